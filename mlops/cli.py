@@ -1,0 +1,57 @@
+"""Entry point of the ``mlops`` console script.
+
+Each command group lives in ``mlops/commands/<group>.py`` and exposes ``register(subparsers)``.
+Command functions take the parsed ``args`` and return an exit code (``None`` means 0).
+Heavy libraries are imported inside the command functions, never at module level, so that
+``mlops --help`` and the fast paths (e.g. ``mlops sync rollback``) start quickly.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mlops_common import log
+from mlops_common.errors import UserError
+
+# Order is the order shown in --help.
+COMMAND_MODULES = ("services", "data", "train", "registry", "sync", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlops",
+        description=(
+            "Deliver TensorFlow models from an MLflow Model Registry to TensorFlow Serving: "
+            "train and register, gate, promote, deploy, smoke-test and roll back."
+        ),
+        epilog="Configuration comes from the environment: MLFLOW_TRACKING_URI (default: the local "
+               "server started by `mlops up`), MLOPS_HOME (state folder, default ./.mlops), "
+               "MLOPS_MODEL_NAME, MLOPS_LEDGER_URL, MLOPS_HOSTS_FILE. Run `mlops COMMAND --help` "
+               "for each command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"mlops.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.setup(verbose=args.verbose)
+    try:
+        code = args.func(args)
+    except UserError as exc:
+        print(f"error: {log.redact(exc.message)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""`mlops up` / `mlops down`: the embedded default's local services."""
+from __future__ import annotations
+
+import json
+
+from mlops_common import settings
+
+
+def register(sub) -> None:
+    p = sub.add_parser("up", help="start (or reuse) the local MLflow server",
+                       description="Start, or reuse if already running, a local `mlflow server` on "
+                                   "127.0.0.1 with a SQLite backend store and a local artifact folder "
+                                   "under the state folder (MLOPS_HOME, default ./.mlops). Waits until "
+                                   "it answers and prints the UI URL.")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"port for MLflow (default: MLOPS_MLFLOW_PORT or {settings.DEFAULT_MLFLOW_PORT})")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop the local services started by `mlops up` / `mlops demo`",
+                       description="Stop every local service recorded in the state folder "
+                                   "(MLflow server, local model server).")
+    p.set_defaults(func=cmd_down)
+
+
+def cmd_up(args) -> int:
+    from mlops.local_services import start_mlflow
+
+    state = settings.state_dir()
+    svc = start_mlflow(state, port=args.port or settings.local_mlflow_port())
+    if args.json:
+        print(json.dumps({"mlflow_ui": svc.url, "pid": svc.pid, "state_dir": str(state)}))
+    else:
+        print(f"MLflow is up: {svc.url}  (state in {state}; log {svc.log})")
+        print(f"Point other shells at it with: export MLFLOW_TRACKING_URI={svc.url}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from mlops.local_services import stop_service
+
+    state = settings.state_dir()
+    stopped = [p.stem for p in sorted(state.glob("*.json")) if stop_service(state, p.stem)]
+    print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {state}")
+    return 0

@@ -1,0 +1,175 @@
+"""Start and stop the embedded default's local services (a real ``mlflow server``).
+
+Used by ``mlops up``/``mlops down`` and by the test fixtures, so the tests run the same
+server the quick start does. Each service runs detached in its own process group, logs to
+a file in the state folder, and is recorded in ``<state>/<name>.json`` (pid, url) so a later
+command can reuse or stop it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from mlops_common.errors import ConfigError, ConnectionFailure
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int
+    url: str
+    log: Path
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log)})
+
+
+def _record_path(state: Path, name: str) -> Path:
+    return state / f"{name}.json"
+
+
+def read_record(state: Path, name: str) -> Service | None:
+    path = _record_path(state, name)
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]))
+    except (ValueError, KeyError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
+                 log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
+                                    f"at {url}; see {log}: {tail.strip().splitlines()[-1] if tail else ''}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise ConnectionFailure(f"{url} did not answer within {timeout:.0f}s; see {log}")
+
+
+def mlflow_server_command(*, port: int, backend_store_uri: str, artifacts_destination: str,
+                          workers: int = 1, app_name: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", backend_store_uri,
+           "--artifacts-destination", artifacts_destination,
+           "--workers", str(workers)]
+    if app_name:
+        cmd += ["--app-name", app_name]
+    return cmd
+
+
+def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
+          env: dict[str, str] | None = None, timeout: float = 120) -> tuple[Service, subprocess.Popen]:
+    """Start ``cmd`` detached, wait for ``health_url``, and record it as service ``name``."""
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / f"{name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    try:
+        wait_http_ok(health_url, timeout=timeout, proc=proc, log=log)
+    except BaseException:
+        stop_pid(proc.pid)
+        raise
+    svc = Service(name, proc.pid, url, log)
+    _record_path(state, name).write_text(svc.to_json())
+    return svc, proc
+
+
+def stop_pid(pid: int, *, timeout: float = 15) -> None:
+    """SIGTERM the process group of ``pid``, then SIGKILL it if it does not exit in time."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not pid_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def stop_service(state: Path, name: str) -> bool:
+    rec = read_record(state, name)
+    if rec is None:
+        return False
+    if pid_alive(rec.pid):
+        stop_pid(rec.pid)
+    _record_path(state, name).unlink(missing_ok=True)
+    return True
+
+
+def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
+                 artifacts_destination: str | None = None, workers: int = 1,
+                 app_name: str | None = None, env: dict[str, str] | None = None) -> Service:
+    """Start (or reuse) the local MLflow server for ``state`` and wait until it answers."""
+    rec = read_record(state, "mlflow-server")
+    if rec and pid_alive(rec.pid):
+        try:
+            wait_http_ok(f"{rec.url}/health", timeout=10)
+            return rec
+        except ConnectionFailure:
+            stop_pid(rec.pid)
+    if port_in_use(port):
+        raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; "
+                          f"set MLOPS_MLFLOW_PORT to a free port")
+    backend = backend_store_uri or f"sqlite:///{state / 'mlflow.db'}"
+    artifacts = artifacts_destination or str(state / "mlartifacts")
+    url = f"http://127.0.0.1:{port}"
+    cmd = mlflow_server_command(port=port, backend_store_uri=backend, artifacts_destination=artifacts,
+                                workers=workers, app_name=app_name)
+    svc, _ = spawn("mlflow-server", cmd, state=state, url=url, health_url=f"{url}/health", env=env)
+    return svc

@@ -1,0 +1,50 @@
+"""Errors a user can cause, reported as one actionable line (tracebacks are for bugs)."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the person running the command can fix.
+
+    The CLI prints ``error: <message>`` on one line and exits with ``exit_code``.
+    The message should say what is wrong *and* what to do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, exit_code: int | None = None):
+        # Keep it to one line: the CLI contract is "one clear line".
+        super().__init__(" ".join(str(message).split()))
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(UserError):
+    """A missing or malformed setting, variable, flag or file."""
+
+
+class NotFoundError(UserError):
+    """A model, version, run, host or file that does not exist."""
+
+
+class ConnectionFailure(UserError):
+    """A service (MLflow, an SSH host, TF Serving, S3) could not be reached."""
+
+
+class RefusedError(UserError):
+    """A request that is understood but refused by policy (gate, host key, lock...)."""
+
+
+class DeployFailed(UserError):
+    """A deploy failed and was rolled back; the message says why and what to do."""
+
+    exit_code = 3
+
+
+class GateFailed(UserError):
+    """The quality gate rejected a version."""
+
+    exit_code = 4
