@@ -1,0 +1,79 @@
+"""The folders are the architecture: check who imports whom, and that heavy libraries stay off
+the paths that do not need them (docs/architecture.md, "Packages and who may import whom")."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+OURS = {"mlops", "mlops_common", "mlproject", "registry", "serving_sync", "serving_host"}
+ALLOWED = {
+    "mlops_common": {"mlops_common"},
+    "registry": {"registry", "mlops_common"},
+    "mlproject": {"mlproject", "mlops_common", "registry"},
+    "serving_sync": {"serving_sync", "mlops_common", "registry"},
+    "serving_host": {"serving_host"},
+    "mlops": OURS,
+}
+HEAVY = {"tensorflow", "keras", "mlflow"}
+# Modules that must not import heavy libraries at module level (fast CLI start, fast rollback).
+LIGHT_PACKAGES = ("mlops_common", "serving_sync")
+LIGHT_FILES = ("mlops/cli.py", "mlops/commands")
+
+
+def _imports(path):
+    """(top-level module, is_module_level) for every import in a file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    module_level = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0], id(node) in module_level
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0], id(node) in module_level
+
+
+def _py_files(package):
+    return sorted((REPO / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_the_design_allows(package):
+    files = _py_files(package)
+    assert files, f"{package} has no modules"
+    bad = [(f.relative_to(REPO), mod) for f in files for mod, _ in _imports(f)
+           if mod in OURS and mod not in ALLOWED[package]]
+    assert not bad, f"imports against the design: {bad}"
+
+
+def test_light_modules_do_not_import_heavy_libraries_at_module_level():
+    files = [f for p in LIGHT_PACKAGES for f in _py_files(p)]
+    for entry in LIGHT_FILES:
+        path = REPO / entry
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    bad = [(f.relative_to(REPO), mod) for f in files for mod, top in _imports(f) if top and mod in HEAVY]
+    assert not bad, f"heavy imports at module level: {bad}"
+
+
+def test_serving_sync_never_imports_tensorflow_at_all():
+    bad = [(f.relative_to(REPO), mod) for f in _py_files("serving_sync") for mod, _ in _imports(f)
+           if mod in ("tensorflow", "keras")]
+    assert not bad, bad
+
+
+def test_cli_help_and_sync_modules_load_without_tensorflow_or_mlflow():
+    code = (
+        "import sys, importlib, pkgutil, serving_sync, mlops.cli\n"
+        "for m in pkgutil.walk_packages(serving_sync.__path__, 'serving_sync.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "mlops.cli.build_parser()\n"
+        "heavy = sorted(k for k in ('tensorflow', 'keras', 'mlflow') if k in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "", f"loaded heavy modules: {p.stdout.strip()}"

@@ -1,0 +1,236 @@
+"""Checks on .circleci/config.yml that need no CircleCI: the official schema plus the project's
+own rules that a schema cannot express."""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.circleci_local import LocalCircleCI, Unsupported, evaluate_when, load_config, substitute
+from tests.helpers import REPO
+
+CONFIG_PATH = REPO / ".circleci" / "config.yml"
+# The only facts a job may hand to later jobs through the workspace.
+WORKSPACE_ALLOWLIST = {"version"}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return yaml.safe_load(CONFIG_PATH.read_text())
+
+
+def _workflow_jobs(wf):
+    out = {}
+    for item in wf["jobs"]:
+        name, spec = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+        out[(spec or {}).get("name", name)] = {**(spec or {}), "job": name}
+    return out
+
+
+def _ancestors(jobs, name):
+    seen, stack = set(), list(jobs[name].get("requires", []))
+    while stack:
+        j = stack.pop()
+        if j not in seen:
+            seen.add(j)
+            stack.extend(jobs[j].get("requires", []))
+    return seen
+
+
+def _run_commands(config, job_name):
+    """All shell commands a job runs, with reusable commands expanded."""
+    cmds = []
+
+    def walk(steps):
+        for step in steps:
+            kind = step if isinstance(step, str) else next(iter(step))
+            spec = None if isinstance(step, str) else step[kind]
+            if kind == "run":
+                cmds.append(spec if isinstance(spec, str) else spec["command"])
+            elif kind in config.get("commands", {}):
+                walk(config["commands"][kind]["steps"])
+
+    walk(config["jobs"][job_name]["steps"])
+    return cmds
+
+
+def test_config_matches_circleci_schema():
+    exe = Path(sys.executable).with_name("check-jsonschema")
+    p = subprocess.run([str(exe), "--builtin-schema", "vendor.circle-ci", str(CONFIG_PATH)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_every_requires_names_a_job_of_its_workflow(config):
+    for wf_name, wf in config["workflows"].items():
+        jobs = _workflow_jobs(wf)
+        for name, spec in jobs.items():
+            for req in spec.get("requires", []):
+                assert req in jobs, f"{wf_name}: {name} requires unknown job {req}"
+
+
+def test_promote_and_deploy_come_after_an_approval(config):
+    """Every workflow that promotes or deploys has an approval job before the promotion step."""
+    checked = 0
+    for wf_name, wf in config["workflows"].items():
+        jobs = _workflow_jobs(wf)
+        for name, spec in jobs.items():
+            if spec.get("type") == "approval":
+                continue
+            text = "\n".join(_run_commands(config, spec["job"]))
+            if re.search(r"mlops (registry (promote|rollback)|sync deploy)", text):
+                checked += 1
+                approvals = [a for a in _ancestors(jobs, name) if jobs[a].get("type") == "approval"]
+                assert approvals, f"{wf_name}: {name} changes production without an approval before it"
+    assert checked >= 6  # promote+deploy in two workflows, rollback+deploy in one
+
+
+def test_approval_jobs_are_not_defined_under_jobs(config):
+    approvals = {n for wf in config["workflows"].values() for n, s in _workflow_jobs(wf).items()
+                 if s.get("type") == "approval"}
+    assert approvals, "the pipeline must have approval jobs"
+    assert not approvals & set(config["jobs"]), "approval jobs must exist only in workflows"
+
+
+def _mlops_invocations(config):
+    for job_name in config["jobs"]:
+        for cmd in _run_commands(config, job_name):
+            for line in cmd.splitlines():
+                m = re.search(r"(?:\.venv/bin/)?mlops\s+(.*)", line)
+                if m and not line.strip().startswith("#"):
+                    yield job_name, m.group(1)
+
+
+def test_every_mlops_command_and_flag_a_job_runs_exists(config):
+    invocations = list(_mlops_invocations(config))
+    assert len(invocations) >= 8
+    for job_name, rest in invocations:
+        words = shlex.split(re.sub(r"\$\([^)]*\)|\$\{[^}]*\}|\$\w+", "X", rest.split(">")[0]))
+        sub = [w for w in itertools_takewhile(words)]
+        p = subprocess.run([sys.executable, "-m", "mlops", *sub, "--help"], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, f"job {job_name}: `mlops {' '.join(sub)}` does not exist: {p.stderr}"
+        for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert flag in p.stdout, f"job {job_name}: `mlops {' '.join(sub)}` has no option {flag}"
+
+
+def itertools_takewhile(words):
+    for w in words:
+        if w.startswith("-"):
+            return
+        yield w
+
+
+def test_workspace_carries_only_small_facts(config):
+    persisted = []
+    for job in config["jobs"].values():
+        for step in job["steps"]:
+            if isinstance(step, dict) and "persist_to_workspace" in step:
+                persisted += step["persist_to_workspace"]["paths"]
+    assert persisted and set(persisted) <= WORKSPACE_ALLOWLIST, persisted
+    secret_names = ("PASSWORD", "SECRET", "TOKEN", "WEBHOOK_URL", "LEDGER_URL")
+    for job_name in config["jobs"]:
+        for cmd in _run_commands(config, job_name):
+            for line in cmd.splitlines():
+                if "workspace" in line:
+                    assert not any(s in line for s in secret_names), f"{job_name}: {line}"
+
+
+def test_secrets_come_from_contexts_only(config):
+    text = CONFIG_PATH.read_text()
+    assert not re.search(r"(PASSWORD|SECRET|TOKEN)\s*:\s*\S", text), "a secret is set in the config"
+    for wf in config["workflows"].values():
+        for name, spec in _workflow_jobs(wf).items():
+            if spec["job"] in ("promote", "deploy", "registry-rollback"):
+                assert "mlops-deploy" in spec.get("context", []), f"{name} must use the restricted context"
+
+
+def test_workflow_selection_by_trigger(tmp_path):
+    def selected(**kw):
+        return LocalCircleCI(tmp_path, **kw).workflows()
+
+    assert selected() == ["build-deploy"]
+    assert selected(branch="feature") == []
+    assert selected(trigger_source="scheduled_pipeline") == ["retrain-deploy"]
+    assert selected(parameters={"run-retrain": True, "incoming": "s3://b/p"}) == ["retrain-deploy"]
+    assert selected(parameters={"run-rollback": True}) == ["rollback"]
+
+
+# ---- the harness itself ----------------------------------------------------------------------
+
+def _mini_config(tmp_path, body):
+    path = tmp_path / "config.yml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_harness_runs_jobs_in_order_with_workspace_and_approval(tmp_path):
+    cfg = _mini_config(tmp_path, """
+        version: 2.1
+        parameters:
+          word: {type: string, default: hello}
+        jobs:
+          make:
+            docker: [{image: x}]
+            steps:
+              - run: mkdir -p ws && echo "<< pipeline.parameters.word >>" > ws/fact
+              - persist_to_workspace: {root: ws, paths: [fact]}
+          use:
+            docker: [{image: x}]
+            steps:
+              - attach_workspace: {at: ws}
+              - run: test "$(cat ws/fact)" = bye && echo "$CIRCLE_JOB" > out.txt
+              - store_artifacts: {path: out.txt}
+        workflows:
+          w:
+            jobs:
+              - make
+              - hold: {type: approval, requires: [make]}
+              - use: {requires: [hold]}
+    """)
+    ci = LocalCircleCI(tmp_path / "run", parameters={"word": "bye"}, config_path=cfg)
+    held = ci.run_workflow("w")
+    assert (held.status("make"), held.status("hold"), held.status("use")) == ("success", "on_hold", "blocked")
+    done = ci.run_workflow("w", approve=lambda job: "alice")
+    assert done.status("use") == "success", done.log()
+    assert (done.artifacts / "use" / "store_artifacts" / "out.txt").read_text().strip() == "use"
+
+
+def test_harness_runs_on_fail_steps_only_after_a_failure(tmp_path):
+    cfg = _mini_config(tmp_path, """
+        version: 2.1
+        jobs:
+          j:
+            docker: [{image: x}]
+            steps:
+              - run: exit 3
+              - run: echo never
+              - run: {name: notify, when: on_fail, command: echo notified}
+        workflows:
+          w: {jobs: [j]}
+    """)
+    res = LocalCircleCI(tmp_path / "run", config_path=cfg).run_workflow("w")
+    steps = res.jobs["j"].steps
+    assert res.status("j") == "failed"
+    assert steps[1].skipped and not steps[2].skipped and "notified" in steps[2].output
+
+
+def test_harness_refuses_what_it_does_not_implement(tmp_path):
+    cfg = _mini_config(tmp_path, """
+        version: 2.1
+        orbs: {slack: circleci/slack@4}
+        jobs: {}
+        workflows: {}
+    """)
+    with pytest.raises(Unsupported, match="orbs"):
+        load_config(cfg)
+    with pytest.raises(Unsupported):
+        evaluate_when({"matches": {"pattern": "x", "value": "y"}})
+    with pytest.raises(Unsupported):
+        substitute("<< pipeline.nope >>", {})
