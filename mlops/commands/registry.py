@@ -1,6 +1,305 @@
-"""`mlops registry` commands (placeholder until its issue lands)."""
+"""`mlops registry ...`: gate, promote, rollback, history, status, webhook.
+
+This is the composition root of the gate: it hands ``registry.gate`` an evaluation callable
+built on ``mlproject.evaluate.evaluate_version`` so that ``registry`` never imports ``mlproject``.
+Heavy imports stay inside the command functions.
+"""
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError, GateFailed, NotFoundError
+
+_ENV_EPILOG = ("Environment: MLFLOW_TRACKING_URI (MLflow server), MLOPS_MODEL_NAME (default model), "
+               "MLOPS_LEDGER_URL (ledger database; default sqlite file in MLOPS_HOME).")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a version number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("version numbers start at 1")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 1")
+    return v
+
+
+def _add_model(p) -> None:
+    p.add_argument("--model-name", metavar="NAME",
+                   help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")
+
+
+def _add_json(p) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON document on stdout (progress goes to stderr)")
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("registry", help="quality gate, promote, rollback, history and status of versions",
+                       description="Everything that reads or writes the MLflow Model Registry: the "
+                                   "quality gate, the `candidate` and `production` aliases, the "
+                                   "append-only ledger, and the webhook that announces alias moves.",
+                       epilog=_ENV_EPILOG)
+    rsub = p.add_subparsers(dest="registry_command", metavar="COMMAND")
+    rsub.required = True
+
+    g = rsub.add_parser(
+        "gate", help="evaluate a version against production and pass or fail it",
+        description="Evaluate version N and the version that now holds `production` on the same "
+                    "frozen held-out set, now, and apply the rules: accuracy >= --min-accuracy; "
+                    "accuracy not lower than production's by more than --max-accuracy-drop "
+                    "(default: max(0.01, 2*sqrt(p(1-p)/n)), two standard errors for the held-out "
+                    "size n); no class lower than production's by more than --max-class-drop; a "
+                    "compatible serving signature. With no production yet only the absolute rule "
+                    "applies. Outcome: tag validation_status=passed/failed, gate/report.md and "
+                    "gate/report.json logged to the version's run and printed, a ledger row, and "
+                    "on pass the `candidate` alias moved to N. A failed gate exits with code 4.",
+        epilog="Rule defaults can also be set with MLOPS_GATE_MIN_ACCURACY, "
+               "MLOPS_GATE_MAX_ACCURACY_DROP and MLOPS_GATE_MAX_CLASS_DROP. " + _ENV_EPILOG)
+    g.add_argument("--version", type=_positive_int, required=True, metavar="N", help="version to gate")
+    g.add_argument("--allow-signature-change", action="store_true",
+                   help="accept a serving signature incompatible with production's (recorded as a "
+                        "tag and in the ledger); only when every client has been updated")
+    g.add_argument("--min-accuracy", type=_fraction, metavar="A", help="minimum held-out accuracy (0.80)")
+    g.add_argument("--max-accuracy-drop", type=_fraction, metavar="D",
+                   help="allowed accuracy drop vs production (default derived from the held-out size)")
+    g.add_argument("--max-class-drop", type=_fraction, metavar="D",
+                   help="allowed per-class accuracy drop vs production (0.10)")
+    g.add_argument("--report-dir", metavar="DIR", help="also write report.md and report.json here "
+                                                       "(for CI artifacts)")
+    _add_model(g)
+    _add_json(g)
+    g.set_defaults(func=cmd_gate)
+
+    pr = rsub.add_parser(
+        "promote", help="point `production` at a validated version",
+        description="Move the `production` alias to a version that passed the gate and record who, "
+                    "when, from which version, which pipeline and why (ledger row + version tags). "
+                    "Pick the version with --version N, or with --pipeline-id ID: exactly the version "
+                    "that CircleCI pipeline registered (tag ci.pipeline_id), never whatever "
+                    "`candidate` points at. Who: in CircleCI (CIRCLE_TOKEN and CIRCLE_WORKFLOW_ID "
+                    "set) the user who approved the workflow's approval job, read from CircleCI's "
+                    "API v2 (CIRCLECI_API_URL, default https://circleci.com); otherwise --actor or the "
+                    "OS user.",
+        epilog=_ENV_EPILOG)
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=_positive_int, metavar="N", help="version to promote")
+    which.add_argument("--pipeline-id", metavar="ID",
+                       help="promote the version registered by this CircleCI pipeline")
+    pr.add_argument("--actor", help="who is promoting (outside CircleCI; default: the OS user)")
+    pr.add_argument("--reason", help="why (recorded)")
+    pr.add_argument("--force", action="store_true",
+                    help="promote even if the version did not pass the gate (needs --reason)")
+    _add_model(pr)
+    _add_json(pr)
+    pr.set_defaults(func=cmd_promote)
+
+    rb = rsub.add_parser(
+        "rollback", help="point `production` back at the previous (or a given) version",
+        description="Without --to: move `production` back to the version that held it before the "
+                    "current one, read from the ledger, skipping versions whose deploy failed. "
+                    "It is a promotion like any other (same checks, same records), marked as a "
+                    "rollback with its reason. Deploy it with `mlops sync deploy`.",
+        epilog=_ENV_EPILOG)
+    rb.add_argument("--to", type=_positive_int, metavar="N", help="roll back to this version")
+    rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
+    rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
+    rb.add_argument("--force", action="store_true",
+                    help="allow a version that did not pass the gate (needs --reason)")
+    _add_model(rb)
+    _add_json(rb)
+    rb.set_defaults(func=cmd_rollback)
+
+    h = rsub.add_parser("history", help="show the ledger (every register, gate, promotion, deploy...)",
+                        description="Print the append-only ledger as a table, oldest first (the "
+                                    "newest --limit rows).", epilog=_ENV_EPILOG)
+    h.add_argument("--model", metavar="NAME", help="only rows of this model (default: all models)")
+    h.add_argument("--limit", type=_positive_int, default=50, metavar="N",
+                   help="show the newest N rows (default 50)")
+    h.add_argument("--action", action="append", metavar="ACTION",
+                   help="only these actions (repeatable): register, gate, promote, rollback, deploy, "
+                        "smoke_test, host_rollback")
+    _add_json(h)
+    h.set_defaults(func=cmd_history)
+
+    s = rsub.add_parser("status", help="show every version with aliases, statuses and accuracy",
+                        description="One line per version of the model: aliases, validation status, "
+                                    "deploy status, held-out accuracy (from its run) and age.",
+                        epilog=_ENV_EPILOG)
+    _add_model(s)
+    _add_json(s)
+    s.set_defaults(func=cmd_status)
+
+    from registry.webhooks import DEFAULT_NAME, DEFAULT_SECRET_ENV, SERVER_SIDE_HELP
+
+    w = rsub.add_parser("webhook", help="MLflow webhook that announces `production` moves",
+                        description="Manage the MLflow webhook that lets a move of `production` "
+                                    "(also from the MLflow UI) trigger a deploy.")
+    wsub = w.add_subparsers(dest="webhook_command", metavar="COMMAND")
+    wsub.required = True
+    wc = wsub.add_parser(
+        "create", help="create or update the webhook for model_version_alias.created",
+        description="Create (or update in place, matched by --name) an MLflow webhook for the "
+                    "model_version_alias.created event, pointing at the deploy receiver --url and "
+                    "signed with the HMAC secret read from the environment variable --secret-env. "
+                    "The secret is never printed, logged or written by this command; MLflow stores "
+                    "it encrypted. " + SERVER_SIDE_HELP,
+        epilog=_ENV_EPILOG)
+    wc.add_argument("--url", required=True, help="the receiver's URL (http(s)://host:port/path)")
+    wc.add_argument("--secret-env", default=DEFAULT_SECRET_ENV, metavar="VAR",
+                    help=f"NAME of the environment variable holding the secret (default {DEFAULT_SECRET_ENV})")
+    wc.add_argument("--name", default=DEFAULT_NAME, help=f"webhook name (default {DEFAULT_NAME})")
+    _add_json(wc)
+    wc.set_defaults(func=cmd_webhook_create)
+
+
+def _emit_json(doc) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _evaluator(model: str):
+    """``evaluate(version, dataset)`` for the gate, built on mlproject (composition root)."""
+    from mlproject.evaluate import evaluate_version
+
+    def evaluate(version: int, dataset: str | None) -> dict:
+        return evaluate_version(model, version, dataset=dataset).to_dict()
+
+    return evaluate
+
+
+def cmd_gate(args) -> int:
+    from registry.gate import run_gate
+    from registry.gate_rules import GateRules
+
+    model = settings.model_name(args.model_name)
+    rules = GateRules.from_env(min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
+                               max_class_drop=args.max_class_drop)
+    outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
+                       allow_signature_change=args.allow_signature_change, report_dir=args.report_dir)
+    if args.json:
+        _emit_json(outcome.report)
+    else:
+        print(outcome.markdown)
+    if not outcome.passed:
+        raise GateFailed(outcome.summary)
+    print(outcome.summary if args.json else
+          f"alias 'candidate' of '{model}' now points at version {outcome.version}", file=sys.stderr)
+    return 0
+
+
+def _version_for_pipeline(model: str, pipeline_id: str) -> int:
+    from registry import versions
+
+    found = versions.find_by_tag("ci.pipeline_id", pipeline_id)
+    mine = [i for i in found if i.model == model]
+    if len(mine) == 1:
+        return mine[0].version
+    if len(mine) > 1:
+        raise ConfigError(f"CircleCI pipeline {pipeline_id} registered several versions of '{model}' "
+                          f"({', '.join('v' + str(i.version) for i in mine)}); promote one with --version N")
+    if found:
+        others = ", ".join(f"'{i.model}' v{i.version}" for i in found)
+        raise ConfigError(f"CircleCI pipeline {pipeline_id} registered {others}, not a version of "
+                          f"'{model}'; check --model-name / MLOPS_MODEL_NAME")
+    raise NotFoundError(f"no version of any registered model is tagged ci.pipeline_id={pipeline_id}; "
+                        f"check the pipeline id (the train job of that pipeline registers it)")
+
+
+def _print_move(args, result, verb: str) -> None:
+    if args.json:
+        _emit_json(result.to_dict())
+        return
+    prev = f"v{result.from_version}" if result.from_version is not None else "(none)"
+    if not result.moved:
+        print(f"'{result.model}': version {result.to_version} already holds production; "
+              f"recorded ({verb} by {result.actor}, ledger #{result.ledger_id})")
+        return
+    print(f"{verb} '{result.model}': production {prev} -> v{result.to_version} by {result.actor}"
+          f"{' (approved in CircleCI)' if result.approved_by else ''}; ledger #{result.ledger_id}. "
+          f"Deploy it with `mlops sync deploy`.")
+
+
+def cmd_promote(args) -> int:
+    from registry import approver, promotion, versions
+
+    model = settings.model_name(args.model_name)
+    if args.pipeline_id:
+        version = _version_for_pipeline(model, args.pipeline_id)
+    else:
+        version = args.version
+        versions.get_version(model, version)
+    actor = approver.resolve_actor(args.actor)
+    result = promotion.promote(model, version, actor=actor.name, reason=args.reason, force=args.force,
+                               approved_by=actor.approved_by,
+                               pipeline_id=args.pipeline_id or None,
+                               details={"actor_source": actor.source,
+                                        **({"approval_job": actor.approval_job}
+                                           if actor.approval_job else {}),
+                                        **({"selected_by_pipeline": args.pipeline_id}
+                                           if args.pipeline_id else {})})
+    _print_move(args, result, "promoted")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from registry import approver, promotion
+
+    model = settings.model_name(args.model_name)
+    actor = approver.resolve_actor(args.actor)
+    result = promotion.rollback(model, to=args.to, reason=args.reason, actor=actor.name,
+                                force=args.force, approved_by=actor.approved_by)
+    _print_move(args, result, "rolled back")
+    return 0
+
+
+def cmd_history(args) -> int:
+    from registry.history import history_table
+    from registry.ledger import ACTIONS, Ledger
+
+    unknown = sorted(set(args.action or ()) - set(ACTIONS))
+    if unknown:
+        raise ConfigError(f"unknown action {', '.join(unknown)}; choose from {', '.join(ACTIONS)}")
+    entries = Ledger().entries(args.model, actions=tuple(args.action) if args.action else None,
+                               limit=args.limit)
+    if args.json:
+        _emit_json([e.to_dict() for e in entries])
+    else:
+        print(history_table(entries))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from registry.history import status_rows, status_table
+
+    model = settings.model_name(args.model_name)
+    rows = status_rows(model)
+    if args.json:
+        _emit_json({"model": model, "versions": rows})
+    else:
+        print(status_table(model, rows))
+    return 0
+
+
+def cmd_webhook_create(args) -> int:
+    from registry.webhooks import ensure_webhook
+
+    info = ensure_webhook(args.url, secret_env=args.secret_env, name=args.name)
+    if args.json:
+        _emit_json(info.to_dict())
+    else:
+        print(f"{'created' if info.created else 'updated'} webhook '{info.name}' ({info.id}): "
+              f"{', '.join(info.events)} -> {info.url} [{info.status}], signed with ${args.secret_env}")
+    return 0

@@ -1,0 +1,122 @@
+"""Who is promoting: the CircleCI approver of this workflow, else ``--actor``, else the OS user.
+
+In CircleCI (``CIRCLE_TOKEN`` and ``CIRCLE_WORKFLOW_ID`` set) the approval job of the workflow
+says who approved: API v2 ``GET /api/v2/workflow/{id}/job`` -> the item with
+``type: approval`` -> ``approved_by`` (a user id) -> ``GET /api/v2/user/{id}`` -> ``login``.
+The token travels only in the ``Circle-Token`` header: it is never logged, stored or put in a
+message. Base URL: ``CIRCLECI_API_URL`` (default https://circleci.com).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+from mlops_common import lineage, settings
+from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
+from mlops_common.retry import retry
+
+DEFAULT_API_URL = "https://circleci.com"
+MAX_PAGES = 20
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, and (when known) who approved in CircleCI."""
+
+    name: str
+    source: str                  # "circleci" | "flag" | "os"
+    approved_by: str | None = None
+    approval_job: str | None = None
+
+
+def api_base() -> str:
+    base = (settings.env("CIRCLECI_API_URL") or DEFAULT_API_URL).rstrip("/")
+    return base if base.endswith("/api/v2") else f"{base}/api/v2"
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    return isinstance(exc, _ServerError)
+
+
+class _ServerError(Exception):
+    pass
+
+
+def _get(path: str, token: str, params: dict | None = None) -> dict:
+    url = f"{api_base()}{path}"
+
+    def call():
+        r = requests.get(url, headers={"Circle-Token": token, "Accept": "application/json"},
+                         params=params, timeout=15)
+        if r.status_code >= 500 or r.status_code == 429:
+            raise _ServerError(f"HTTP {r.status_code}")
+        return r
+
+    try:
+        r = retry(call, is_transient=_transient, attempts=3, first_delay=0.5)
+    except (requests.ConnectionError, requests.Timeout):
+        raise ConnectionFailure(f"cannot reach the CircleCI API at {api_base()}; check the network "
+                                f"or CIRCLECI_API_URL") from None
+    except _ServerError as exc:
+        raise ConnectionFailure(f"the CircleCI API at {api_base()} kept failing ({exc}); "
+                                f"retry the promote job") from None
+    if r.status_code in (401, 403):
+        raise ConfigError(f"the CircleCI API rejected CIRCLE_TOKEN (HTTP {r.status_code}) on {path}; "
+                          f"set CIRCLE_TOKEN to a valid personal API token in the CircleCI context")
+    if r.status_code == 404:
+        raise NotFoundError(f"the CircleCI API has no {path} (HTTP 404); check CIRCLE_WORKFLOW_ID "
+                            f"and that CIRCLE_TOKEN can see this project")
+    if r.status_code != 200:
+        raise ConnectionFailure(f"the CircleCI API answered HTTP {r.status_code} on {path}")
+    try:
+        return r.json()
+    except ValueError:
+        raise ConnectionFailure(f"the CircleCI API returned non-JSON on {path}; check "
+                                f"CIRCLECI_API_URL") from None
+
+
+def pick_approval(jobs: list[dict]) -> dict | None:
+    """The approved approval job of a workflow (the last one to stop if several), else None."""
+    approved = [j for j in jobs if j.get("type") == "approval" and j.get("approved_by")]
+    if not approved:
+        return None
+    return max(approved, key=lambda j: j.get("stopped_at") or j.get("started_at") or "")
+
+
+def circleci_approver(workflow_id: str, token: str) -> tuple[str, str]:
+    """``(login, approval job name)`` of whoever approved ``workflow_id``'s approval job."""
+    jobs: list[dict] = []
+    token_page = None
+    for _ in range(MAX_PAGES):
+        doc = _get(f"/workflow/{workflow_id}/job", token,
+                   {"page-token": token_page} if token_page else None)
+        jobs.extend(doc.get("items") or [])
+        token_page = doc.get("next_page_token")
+        if not token_page:
+            break
+    job = pick_approval(jobs)
+    if job is None:
+        pending = [j.get("name") for j in jobs if j.get("type") == "approval"]
+        raise RefusedError(
+            f"CircleCI workflow {workflow_id} has no approved approval job"
+            + (f" (approval job {', '.join(map(str, pending))} is not approved yet)" if pending
+               else " (add a `type: approval` job before the promote job)"))
+    user = _get(f"/user/{job['approved_by']}", token)
+    login = user.get("login") or user.get("name")
+    if not login:
+        raise ConnectionFailure(f"the CircleCI API returned no login for user {job['approved_by']}")
+    return str(login), str(job.get("name") or "approval")
+
+
+def resolve_actor(explicit: str | None = None) -> Actor:
+    """CircleCI approver when running in CircleCI with a token, else ``explicit``, else the OS user."""
+    token, workflow = settings.env("CIRCLE_TOKEN"), lineage.workflow_id()
+    if token and workflow:
+        login, job = circleci_approver(workflow, token)
+        return Actor(name=login, source="circleci", approved_by=login, approval_job=job)
+    if explicit:
+        return Actor(name=explicit, source="flag")
+    return Actor(name=lineage.os_user(), source="os")

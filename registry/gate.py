@@ -1,0 +1,141 @@
+"""The quality gate: evaluate a new version and production now, decide, record, move ``candidate``.
+
+The evaluation itself is passed in (``evaluate(version, dataset) -> Evaluation dict``; the CLI
+builds it on ``mlproject.evaluate.evaluate_version``) so that ``registry`` never imports
+``mlproject``. Production is re-evaluated in the same run on the candidate's held-out set,
+never trusted from metrics logged long ago. The decision is ``gate_rules.decide``.
+
+Outcome: tag ``validation_status`` (+ ``validation.*``), the report logged to the version's run
+(``gate/report.md``, ``gate/report.json``) and optionally written to a folder, a ``gate`` ledger
+row, and only on pass the ``candidate`` alias moved to this version.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from mlops_common import lineage, log
+from mlops_common.errors import ConfigError
+
+from . import gate_report, signature, versions
+from .gate_rules import GateRules, Verdict, decide, summary
+from .ledger import Entry, Ledger
+
+Evaluate = Callable[[int, "str | None"], dict]
+_log = log.get("registry.gate")
+SIGNATURE_ARTIFACT = "golden/signature.json"
+
+
+@dataclass
+class GateOutcome:
+    passed: bool
+    version: int
+    production_version: int | None
+    verdict: Verdict
+    report: dict
+    markdown: str
+    summary: str
+
+
+def _signature_problems(candidate_sig, production_sig, has_production: bool) -> list[str]:
+    if candidate_sig is None:
+        return [f"new signature: {SIGNATURE_ARTIFACT} is missing from the version's run "
+                f"(mlproject's training logs it)"]
+    problems = [f"new signature: {p}" for p in signature.format_problems(candidate_sig)]
+    if problems or not has_production:
+        return problems
+    if production_sig is None:
+        return [f"production signature: {SIGNATURE_ARTIFACT} is missing from production's run, "
+                f"so compatibility cannot be checked"]
+    return signature.differences(candidate_sig, production_sig)
+
+
+def _check_evaluation(doc: dict, version: int) -> dict:
+    missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n") if k not in doc]
+    if missing:
+        raise ConfigError(f"the evaluation of version {version} lacks {', '.join(missing)}; "
+                          f"it must be an mlproject Evaluation document")
+    return doc
+
+
+def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None = None,
+             allow_signature_change: bool = False, report_dir: str | Path | None = None,
+             actor: str | None = None, ledger: Ledger | None = None) -> GateOutcome:
+    """Gate ``version`` of ``model``; returns the outcome (the caller turns a failure into exit 4)."""
+    rules = rules or GateRules.from_env()
+    ledger = ledger or Ledger()
+    info = versions.get_version(model, version)
+    v = info.version
+    prod = versions.production_version(model)
+    baseline = prod if prod is not None and prod != v else None
+    if prod == v:
+        _log.info(f"version {v} already holds production; gating it without a baseline")
+
+    cand_sig = versions.run_artifact_json(info.run_id, SIGNATURE_ARTIFACT) if info.run_id else None
+    prod_info = versions.get_version(model, baseline) if baseline is not None else None
+    prod_sig = (versions.run_artifact_json(prod_info.run_id, SIGNATURE_ARTIFACT)
+                if prod_info and prod_info.run_id else None)
+    sig_problems = _signature_problems(cand_sig, prod_sig, baseline is not None)
+
+    _log.info(f"evaluating version {v} of '{model}' on the frozen held-out set ...")
+    cand_eval = _check_evaluation(evaluate(v, None), v)
+    prod_eval = None
+    if baseline is not None:
+        _log.info(f"re-evaluating production (version {baseline}) on the same held-out set ...")
+        prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
+
+    verdict = decide(cand_eval, prod_eval, rules, baseline_version=baseline,
+                     signature_problems=sig_problems, allow_signature_change=allow_signature_change)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report = gate_report.build(model=model, version=v, verdict=verdict, rules=rules,
+                               candidate=cand_eval, production=prod_eval,
+                               signature_differences=sig_problems,
+                               allow_signature_change=allow_signature_change, evaluated_at=now)
+    md = gate_report.markdown(report)
+    text = summary(verdict, v)
+    _record(model, info, verdict, report, md, text, now, allow_signature_change, report_dir,
+            actor or lineage.os_user(), ledger)
+    return GateOutcome(verdict.passed, v, baseline, verdict, report, md, text)
+
+
+def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, md: str, text: str,
+            now: str, allow_signature_change: bool, report_dir, actor: str, ledger: Ledger) -> None:
+    v = info.version
+    if report_dir:
+        out = Path(report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, content in (("report.md", md), ("report.json", json.dumps(report, indent=2) + "\n")):
+            tmp = out / f".{name}.tmp"
+            tmp.write_text(content)
+            tmp.replace(out / name)
+    if info.run_id:
+        versions.log_run_text(info.run_id, md, "gate/report.md")
+        versions.log_run_text(info.run_id, json.dumps(report, indent=2), "gate/report.json")
+    status = "passed" if verdict.passed else "failed"
+    tags = {"validation_status": status, "validation.at": now,
+            "validation.accuracy": f"{report['metrics']['candidate']['accuracy']:.4f}",
+            "validation.baseline_version": str(verdict.baseline_version or "none")}
+    if not verdict.passed:
+        tags["validation.failed_rules"] = ",".join(c.rule for c in verdict.failed)
+    if allow_signature_change:
+        tags["validation.signature_change_allowed"] = "true"
+    versions.set_tags(model, v, tags)
+    ledger.append(Entry(
+        action="gate", model=model, outcome=status, from_version=verdict.baseline_version,
+        to_version=v, actor=actor, pipeline_id=lineage.pipeline_id(),
+        workflow_id=lineage.workflow_id(), reason=text,
+        details={"accuracy": report["metrics"]["candidate"]["accuracy"],
+                 "production_accuracy": (report["metrics"]["production"] or {}).get("accuracy"),
+                 "tolerance": verdict.tolerance,
+                 "failed_rules": [c.rule for c in verdict.failed],
+                 "signature_change_allowed": allow_signature_change,
+                 "signature_differences": report["signature_differences"]}))
+    if verdict.passed:
+        versions.set_alias(model, versions.CANDIDATE, v)
+        _log.info(f"alias '{versions.CANDIDATE}' of '{model}' now points at version {v}")
+    elif versions.CANDIDATE in info.aliases:
+        versions.delete_alias(model, versions.CANDIDATE)
+        _log.info(f"removed alias '{versions.CANDIDATE}' from version {v}: it no longer passes")

@@ -1,0 +1,117 @@
+"""The gate report: one JSON document, and the same facts rendered as markdown.
+
+Candidate and production side by side (overall and per class), every rule with its outcome,
+the tolerance and how it was derived. Pure functions: the JSON is built from plain data and
+the markdown is rendered from the JSON, so the two never disagree.
+"""
+from __future__ import annotations
+
+from .gate_rules import GateRules, Verdict, _class_key, summary
+
+
+def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candidate: dict,
+          production: dict | None, signature_differences: list[str],
+          allow_signature_change: bool, evaluated_at: str) -> dict:
+    classes = sorted(set(candidate.get("per_class_accuracy") or {})
+                     | set((production or {}).get("per_class_accuracy") or {}), key=_class_key)
+    per_class = []
+    for k in classes:
+        c = (candidate.get("per_class_accuracy") or {}).get(k)
+        p = ((production or {}).get("per_class_accuracy") or {}).get(k)
+        per_class.append({"class": k, "count": (candidate.get("per_class_count") or {}).get(k),
+                          "candidate": c, "production": p,
+                          "delta": None if c is None or p is None else round(c - p, 6)})
+    return {
+        "model": model,
+        "version": version,
+        "status": "passed" if verdict.passed else "failed",
+        "summary": summary(verdict, version),
+        "evaluated_at": evaluated_at,
+        "production_version": verdict.baseline_version,
+        "dataset": candidate.get("dataset"),
+        "heldout_fingerprint": candidate.get("heldout_fingerprint"),
+        "heldout_size": candidate.get("n"),
+        "rules": {"min_accuracy": rules.min_accuracy,
+                  "max_accuracy_drop": verdict.tolerance,
+                  "max_accuracy_drop_derivation": verdict.tolerance_derivation,
+                  "max_class_drop": rules.max_class_drop},
+        "allow_signature_change": allow_signature_change,
+        "signature_differences": list(signature_differences),
+        "metrics": {
+            "candidate": {"accuracy": candidate.get("accuracy"), "loss": candidate.get("loss")},
+            "production": None if production is None else
+            {"accuracy": production.get("accuracy"), "loss": production.get("loss")},
+        },
+        "per_class": per_class,
+        "checks": verdict.to_dict()["checks"],
+        "notes": list(verdict.notes),
+    }
+
+
+def _f(x, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x) -> str:
+    return "—" if x is None else f"{x:+.4f}"
+
+
+def markdown(report: dict) -> str:
+    prod = report["production_version"]
+    m = report["metrics"]
+    lines = [
+        f"# Quality gate: {report['model']} v{report['version']} — **{report['status'].upper()}**",
+        "",
+        report["summary"],
+        "",
+        f"Held-out set: {report.get('dataset')} (n = {report.get('heldout_size')}, fingerprint "
+        f"`{str(report.get('heldout_fingerprint'))[:16]}`), evaluated {report['evaluated_at']}.",
+        "",
+    ]
+    lines += [f"> {n}" for n in report["notes"]] + ([""] if report["notes"] else [])
+    cand_head = f"v{report['version']} (candidate)"
+    prod_head = f"v{prod} (production)" if prod is not None else "production"
+    pm = m["production"] or {}
+    delta = (None if not m["production"] or m["candidate"]["accuracy"] is None
+             else m["candidate"]["accuracy"] - pm.get("accuracy"))
+    lines += [
+        "## Overall",
+        "",
+        f"| metric | {cand_head} | {prod_head} | delta |",
+        "| --- | ---: | ---: | ---: |",
+        f"| accuracy | {_f(m['candidate']['accuracy'])} | {_f(pm.get('accuracy'))} | {_signed(delta)} |",
+        f"| loss | {_f(m['candidate']['loss'])} | {_f(pm.get('loss'))} | "
+        f"{_signed(None if not m['production'] else m['candidate']['loss'] - pm.get('loss'))} |",
+        "",
+        "## Per class (accuracy)",
+        "",
+        f"| class | n | {cand_head} | {prod_head} | delta |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in report["per_class"]:
+        lines.append(f"| {row['class']} | {row['count'] if row['count'] is not None else '—'} | "
+                     f"{_f(row['candidate'], 3)} | {_f(row['production'], 3)} | {_signed(row['delta'])} |")
+    r = report["rules"]
+    lines += [
+        "",
+        "## Rules",
+        "",
+        "| rule | result | detail |",
+        "| --- | --- | --- |",
+    ]
+    for c in report["checks"]:
+        lines.append(f"| {c['rule']} | {'pass' if c['passed'] else '**FAIL**'} | "
+                     f"{c['message'].replace('|', '/')} |")
+    lines += [
+        "",
+        f"Limits: accuracy ≥ {r['min_accuracy']:.2f}; accuracy drop vs production ≤ "
+        f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {r['max_class_drop']:.2f}.",
+    ]
+    if r["max_accuracy_drop_derivation"]:
+        lines.append(f"Accuracy tolerance: {r['max_accuracy_drop_derivation']}.")
+    if report["signature_differences"]:
+        lines += ["", "## Signature differences", ""]
+        lines += [f"- {d}" for d in report["signature_differences"]]
+        if report["allow_signature_change"]:
+            lines.append("- allowed with --allow-signature-change (recorded)")
+    return "\n".join(lines) + "\n"

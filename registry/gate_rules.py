@@ -1,0 +1,211 @@
+"""The quality gate's decision: pure functions on plain evaluation dicts.
+
+Inputs are ``mlproject.evaluate.Evaluation.to_dict()`` documents (accuracy, loss,
+per_class_accuracy, per_class_count, n, heldout_fingerprint, dataset) for the candidate and
+for production, both computed now on the same frozen held-out set.
+
+Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
+
+1. ``min_accuracy``: held-out accuracy >= 0.80 (the tutorial's bar).
+2. ``accuracy_vs_production``: accuracy not lower than production's by more than a tolerance
+   derived from the held-out size, ``max(0.01, 2 * sqrt(p * (1 - p) / n))`` with ``p`` the
+   production accuracy (two standard errors of an accuracy measured on ``n`` examples). On
+   digits (n = 450, p ~ 0.95) that is ~0.021: retrains on good batches land within -0.007,
+   retrains on bad batches at -0.04 or worse.
+3. ``class_accuracy_vs_production``: no class's accuracy lower than production's by more than
+   0.10.
+4. ``signature``: the serving signature stays compatible (unless explicitly allowed).
+5. ``same_heldout_set``: both evaluations used the same held-out set (fingerprints).
+
+With no production version, only rule 1 (and the candidate's own signature format) applies.
+
+Why not ``mlflow.models.MetricThreshold`` / ``mlflow.validate_evaluation_results``: in the
+installed MLflow 3.17.2, ``MetricThreshold(min_absolute_change=...)`` must be *positive*
+(``min_absolute_change <= 0`` raises), i.e. it can only demand that the candidate *beats* the
+baseline, while rule 2 allows a bounded drop. ``validate_evaluation_results`` also needs
+``EvaluationResult`` objects, reports failures as one exception string rather than per-rule
+data for the report, and would pull MLflow into a decision that should be a fast pure function.
+Only rule 1 would fit, and splitting the rules over two mechanisms would not make them clearer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError
+
+EPS = 1e-9  # float slack so that a value exactly at a limit passes
+
+
+@dataclass(frozen=True)
+class GateRules:
+    min_accuracy: float = 0.80
+    max_accuracy_drop: float | None = None   # None: derived from the held-out size
+    max_class_drop: float = 0.10
+    tolerance_floor: float = 0.01
+    tolerance_z: float = 2.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> "GateRules":
+        """Defaults, then ``MLOPS_GATE_MIN_ACCURACY`` / ``_MAX_ACCURACY_DROP`` / ``_MAX_CLASS_DROP``,
+        then explicit (non-None) ``overrides`` (CLI flags)."""
+        values = {}
+        for name, var in (("min_accuracy", "MLOPS_GATE_MIN_ACCURACY"),
+                          ("max_accuracy_drop", "MLOPS_GATE_MAX_ACCURACY_DROP"),
+                          ("max_class_drop", "MLOPS_GATE_MAX_CLASS_DROP")):
+            raw = settings.env(var)
+            if raw is not None:
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    raise ConfigError(f"{var} must be a number such as 0.05, got '{raw}'") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        rules = cls(**values)
+        for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop"):
+            v = getattr(rules, name)
+            if v is not None and not 0 <= v <= 1:
+                raise ConfigError(f"gate rule {name} must be between 0 and 1, got {v}")
+        return rules
+
+
+def accuracy_tolerance(p: float, n: int, *, floor: float = 0.01, z: float = 2.0) -> float:
+    """Allowed accuracy drop: ``z`` standard errors of an accuracy ``p`` measured on ``n`` examples."""
+    if n <= 0:
+        return floor
+    p = min(max(p, 0.0), 1.0)
+    return max(floor, z * math.sqrt(p * (1 - p) / n))
+
+
+@dataclass(frozen=True)
+class Check:
+    rule: str
+    passed: bool
+    message: str
+    observed: float | None = None
+    limit: float | None = None
+    shortfall: float | None = None   # by how much it missed the limit (failed checks)
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    checks: list[Check]
+    baseline_version: int | None
+    tolerance: float | None
+    tolerance_derivation: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "baseline_version": self.baseline_version,
+                "tolerance": self.tolerance, "tolerance_derivation": self.tolerance_derivation,
+                "notes": list(self.notes), "checks": [asdict(c) for c in self.checks]}
+
+
+def decide(candidate: dict, production: dict | None, rules: GateRules, *,
+           baseline_version: int | None = None,
+           signature_problems: list[str] | None = None,
+           allow_signature_change: bool = False) -> Verdict:
+    """Apply the rules. ``production`` None means there is no production version yet."""
+    checks: list[Check] = []
+    notes: list[str] = []
+    acc = float(candidate["accuracy"])
+    checks.append(_at_least("min_accuracy", acc, rules.min_accuracy,
+                            f"held-out accuracy {acc:.4f} (minimum {rules.min_accuracy:.2f})"))
+
+    tolerance = derivation = None
+    if production is None:
+        notes.append("No production version yet: only the absolute rules applied.")
+    else:
+        cand_fp, prod_fp = candidate.get("heldout_fingerprint"), production.get("heldout_fingerprint")
+        same = not cand_fp or not prod_fp or cand_fp == prod_fp
+        checks.append(Check("same_heldout_set", same,
+                            "both evaluated on the same frozen held-out set" if same else
+                            f"the held-out sets differ (candidate {candidate.get('dataset')} "
+                            f"{str(cand_fp)[:12]}, production {production.get('dataset')} "
+                            f"{str(prod_fp)[:12]}): metrics are not comparable"))
+        p_acc, n = float(production["accuracy"]), int(candidate.get("n") or production.get("n") or 0)
+        if rules.max_accuracy_drop is not None:
+            tolerance = rules.max_accuracy_drop
+            derivation = f"set explicitly: {tolerance:.4f}"
+        else:
+            tolerance = accuracy_tolerance(p_acc, n, floor=rules.tolerance_floor, z=rules.tolerance_z)
+            se = math.sqrt(p_acc * (1 - p_acc) / n) if n > 0 else float("nan")
+            derivation = (f"max({rules.tolerance_floor:g}, {rules.tolerance_z:g} x sqrt(p(1-p)/n)) with "
+                          f"p = {p_acc:.4f} (production accuracy), n = {n}: one standard error = "
+                          f"{se:.4f}, tolerance = {tolerance:.4f}")
+        delta = acc - p_acc
+        checks.append(_at_least("accuracy_vs_production", acc, p_acc - tolerance,
+                                f"accuracy {acc:.4f} vs production v{baseline_version} {p_acc:.4f} "
+                                f"({delta:+.4f}; allowed drop {tolerance:.4f})"))
+        checks.append(_class_check(candidate, production, rules.max_class_drop, baseline_version))
+
+    if signature_problems:
+        allowed = allow_signature_change and production is not None and not any(
+            p.startswith("new signature:") for p in signature_problems)
+        text = "; ".join(signature_problems)
+        checks.append(Check("signature", allowed,
+                            f"signature change allowed by --allow-signature-change: {text}" if allowed
+                            else f"serving signature incompatible with production: {text}"
+                            + ("" if allow_signature_change else
+                               " (pass --allow-signature-change if clients are updated)")))
+    else:
+        checks.append(Check("signature", True,
+                            "serving signature compatible with production" if production is not None
+                            else "serving signature well-formed (no production to compare with)"))
+
+    return Verdict(passed=all(c.passed for c in checks), checks=checks,
+                   baseline_version=baseline_version if production is not None else None,
+                   tolerance=tolerance, tolerance_derivation=derivation, notes=notes)
+
+
+def _at_least(rule: str, observed: float, limit: float, message: str) -> Check:
+    ok = observed + EPS >= limit
+    return Check(rule, ok, message, observed=round(observed, 6), limit=round(limit, 6),
+                 shortfall=None if ok else round(limit - observed, 6))
+
+
+def _class_check(candidate: dict, production: dict, max_drop: float, baseline_version) -> Check:
+    cand, prod = candidate.get("per_class_accuracy") or {}, production.get("per_class_accuracy") or {}
+    drops = {k: float(prod[k]) - float(cand[k]) for k in sorted(set(cand) & set(prod), key=_class_key)}
+    missing = sorted(set(prod) - set(cand), key=_class_key)
+    if missing:
+        return Check("class_accuracy_vs_production", False,
+                     f"classes {', '.join(missing)} have no accuracy in the candidate's evaluation")
+    if not drops:
+        return Check("class_accuracy_vs_production", True, "no per-class accuracies to compare")
+    worst = max(drops, key=lambda k: drops[k])
+    bad = [k for k, d in drops.items() if d > max_drop + EPS]
+    if bad:
+        parts = [f"class {k} {float(cand[k]):.3f} vs {float(prod[k]):.3f} (-{drops[k]:.3f})" for k in bad]
+        return Check("class_accuracy_vs_production", False,
+                     f"per-class accuracy dropped by more than {max_drop:.2f} against production "
+                     f"v{baseline_version}: " + "; ".join(parts),
+                     observed=round(drops[worst], 6), limit=max_drop,
+                     shortfall=round(drops[worst] - max_drop, 6))
+    return Check("class_accuracy_vs_production", True,
+                 f"largest per-class drop {max(drops[worst], 0):.3f} (class {worst}; allowed {max_drop:.2f})",
+                 observed=round(drops[worst], 6), limit=max_drop)
+
+
+def _class_key(k: str):
+    return (0, int(k)) if str(k).isdigit() else (1, str(k))
+
+
+def summary(verdict: Verdict, version: int) -> str:
+    """One paragraph: which rules failed and by how much (or that it passed)."""
+    base = (f"against production v{verdict.baseline_version}" if verdict.baseline_version is not None
+            else "with no production version yet (only the absolute rules applied)")
+    if verdict.passed:
+        return f"Version {version} passed the quality gate {base}: " + \
+            "; ".join(c.message for c in verdict.checks) + "."
+    parts = []
+    for c in verdict.failed:
+        by = f" (short by {c.shortfall:.4f})" if c.shortfall is not None and c.rule != \
+            "class_accuracy_vs_production" else ""
+        parts.append(f"{c.rule}: {c.message}{by}")
+    return f"Version {version} failed the quality gate {base}: " + "; ".join(parts) + "."

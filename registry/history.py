@@ -1,0 +1,76 @@
+"""``mlops registry history`` and ``status``: the ledger and the versions as tables or JSON.
+
+Formatting is pure (plain rows in, text out); ``status_rows`` is the only part that reads MLflow.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .ledger import Entry
+
+
+def age(then: datetime, now: datetime | None = None) -> str:
+    """A short human age such as ``45s``, ``12m``, ``3h``, ``2d``."""
+    now = now or datetime.now(timezone.utc)
+    s = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A plain aligned text table."""
+    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _v(x) -> str:
+    return "-" if x is None else f"v{x}"
+
+
+def history_table(entries: list[Entry], *, reason_width: int = 60) -> str:
+    if not entries:
+        return "(the ledger is empty)"
+    rows = []
+    for e in entries:
+        reason = (e.reason or "").replace("\n", " ")
+        if len(reason) > reason_width:
+            reason = reason[:reason_width - 1] + "…"
+        rows.append([e.id, e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "", e.action, e.model,
+                     f"{_v(e.from_version)}->{_v(e.to_version)}", e.actor or "", e.pipeline_id or "",
+                     e.host or "", e.outcome, reason])
+    return table(["id", "at (UTC)", "action", "model", "from->to", "actor", "pipeline", "host",
+                  "outcome", "reason"], rows)
+
+
+def status_rows(model: str) -> list[dict]:
+    """Every version of ``model`` with aliases, validation and deploy status, accuracy and age."""
+    from . import versions
+
+    rows = []
+    for info in versions.list_versions(model):
+        metrics = versions.run_metrics(info.run_id) if info.run_id else {}
+        rows.append({"version": info.version, "aliases": list(info.aliases),
+                     "validation_status": info.validation_status,
+                     "deploy_status": info.deploy_status,
+                     "heldout_accuracy": metrics.get("heldout_accuracy"),
+                     "created_at": info.created_at.isoformat(timespec="seconds"),
+                     "age": age(info.created_at),
+                     "dataset": info.tags.get("dataset.name"),
+                     "pipeline_id": info.tags.get("ci.pipeline_id"),
+                     "promoted_by": info.tags.get("promoted_by")})
+    return rows
+
+
+def status_table(model: str, rows: list[dict]) -> str:
+    if not rows:
+        return f"registered model '{model}' has no versions yet"
+    return table(["version", "aliases", "validation", "deploy", "heldout_acc", "age", "dataset",
+                  "pipeline"],
+                 [[r["version"], ",".join(r["aliases"]) or "-", r["validation_status"],
+                   r["deploy_status"] or "-",
+                   "-" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.4f}",
+                   r["age"], r["dataset"] or "-", r["pipeline_id"] or "-"] for r in rows])

@@ -1,0 +1,298 @@
+"""The append-only ledger: who did what to which model version, when, from where, and why.
+
+MLflow keeps no history of aliases, so "who moved ``production``, from which version, in which
+pipeline, and why" lives here, as does every register, gate result, deploy and smoke test.
+Rows are only ever inserted: there is no update or delete path in this module, and the
+database itself rejects UPDATE/DELETE (triggers created by the first migration).
+
+The schema is created and versioned with Alembic (``registry/migrations``) on first use, with
+its own version table, so the ledger may share a database with MLflow. SQLite (default, next to
+the local MLflow database) and PostgreSQL are supported.
+
+``Ledger.serialized(model)`` is the promotion lock: a transaction that holds a database-level
+write lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock`` per model) around
+"read current production -> move alias -> append row", so racing promotions never lose a row
+and the alias always ends where the last row says.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError, ConnectionFailure
+
+ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback")
+OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back")
+VERSION_TABLE = "ledger_alembic_version"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 120  # how long a writer waits for the lock before giving up
+
+_metadata = sa.MetaData()
+entries_table = sa.Table(
+    "ledger_entries", _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("from_version", sa.Integer),
+    sa.Column("to_version", sa.Integer),
+    sa.Column("actor", sa.String(256)),
+    sa.Column("pipeline_id", sa.String(128)),
+    sa.Column("workflow_id", sa.String(128)),
+    sa.Column("host", sa.String(256)),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", sa.Text),
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One ledger row. ``id`` and ``at`` are filled in when it is appended."""
+
+    action: str
+    model: str
+    outcome: str
+    from_version: int | None = None
+    to_version: int | None = None
+    actor: str | None = None
+    pipeline_id: str | None = None
+    workflow_id: str | None = None
+    host: str | None = None
+    reason: str | None = None
+    details: dict = field(default_factory=dict)
+    id: int | None = None
+    at: datetime | None = None
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown ledger action {self.action!r}; expected one of {ACTIONS}")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"unknown ledger outcome {self.outcome!r}; expected one of {OUTCOMES}")
+        if not self.model:
+            raise ValueError("a ledger entry needs a model name")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["at"] = self.at.isoformat() if self.at else None
+        return d
+
+
+def _to_row(entry: Entry) -> dict:
+    row = {k: v for k, v in asdict(entry).items() if k not in ("id", "details")}
+    row["details"] = json.dumps(entry.details, sort_keys=True, default=str) if entry.details else None
+    return row
+
+
+def _from_row(row) -> Entry:
+    m = dict(row._mapping)
+    at = m["at"]
+    if at is not None and at.tzinfo is None:  # SQLite returns naive datetimes; we store UTC
+        at = at.replace(tzinfo=timezone.utc)
+    m["at"] = at
+    m["details"] = json.loads(m["details"]) if m["details"] else {}
+    return Entry(**m)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable MLOPS_LEDGER_URL>"
+
+
+def _lock_key(model: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (one lock per model)."""
+    return int.from_bytes(hashlib.sha256(f"mlops-ledger:{model}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+def _create_engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError("MLOPS_LEDGER_URL is not a valid SQLAlchemy URL (e.g. "
+                          "sqlite:////abs/path/ledger.db or postgresql://user@host/db)") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+        # SQLAlchemy's documented recipe: take transaction control away from pysqlite so we
+        # can BEGIN IMMEDIATE (take the write lock up front) for writers.
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn):
+            immediate = conn.get_execution_options().get("ledger_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            # SQLAlchemy 2.1 defaults to psycopg 3; the pinned driver is psycopg2(-binary).
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+        try:
+            return sa.create_engine(parsed, pool_pre_ping=True)
+        except ImportError as exc:  # pragma: no cover - psycopg2-binary is a pinned dependency
+            raise ConfigError(f"MLOPS_LEDGER_URL needs a PostgreSQL driver: {exc}") from None
+    raise ConfigError(f"MLOPS_LEDGER_URL uses '{backend}'; the ledger supports sqlite:// and "
+                      f"postgresql:// URLs")
+
+
+def _lock(conn: sa.Connection, model: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(model)})
+    # SQLite: BEGIN IMMEDIATE already holds the database write lock.
+
+
+@contextlib.contextmanager
+def _write_transaction(engine: sa.Engine, lock_model: str) -> Iterator[sa.Connection]:
+    with engine.connect() as conn:
+        conn.execution_options(ledger_write=True)
+        with conn.begin():
+            _lock(conn, lock_model)
+            yield conn
+
+
+def _migrate(engine: sa.Engine, url: str) -> None:
+    """Bring the schema to the newest revision (no-op when it already is)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["version_table"] = VERSION_TABLE
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}) \
+            .get_current_revision()
+        conn.rollback()
+    if current == head:
+        return
+    if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+        raise ConfigError(f"the ledger at {safe_url(url)} is at schema revision {current}, which this "
+                          f"version of tfmodel-delivery does not know (newest: {head}); upgrade it")
+    with _write_transaction(engine, "__schema__") as conn:
+        cfg.attributes["connection"] = conn
+        try:
+            command.upgrade(cfg, "head")
+        except CommandError as exc:  # pragma: no cover - guarded above
+            raise ConfigError(f"cannot migrate the ledger at {safe_url(url)}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _db_errors(url: str, what: str):
+    """Database failures (unreachable, locked too long, not a database) as one line."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        first = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+        raise ConnectionFailure(f"{what} {safe_url(url)} (MLOPS_LEDGER_URL): {first}") from None
+
+
+_engines: dict[str, sa.Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _engine_for(url: str) -> sa.Engine:
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _create_engine(url)
+            try:
+                with _db_errors(url, "cannot open the ledger database"):
+                    _migrate(engine, url)
+            except BaseException:
+                engine.dispose()
+                raise
+            _engines[url] = engine
+        return engine
+
+
+class Ledger:
+    """Append and read ledger rows. ``Ledger()`` uses ``MLOPS_LEDGER_URL`` or the local SQLite file."""
+
+    def __init__(self, url: str | None = None):
+        self.url = url or settings.ledger_url()
+        self._engine = _engine_for(self.url)
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, entry: Entry) -> Entry:
+        """Insert one row in its own transaction; returns it with ``id`` and ``at`` set."""
+        with _db_errors(self.url, "cannot write to the ledger database"):
+            with _write_transaction(self._engine, entry.model) as conn:
+                return _insert(conn, entry)
+
+    def record(self, action: str, model: str, *, outcome: str, **fields) -> Entry:
+        """Shorthand for ``append(Entry(action, model, outcome, **fields))``."""
+        return self.append(Entry(action=action, model=model, outcome=outcome, **fields))
+
+    @contextlib.contextmanager
+    def serialized(self, model: str) -> Iterator["LockedLedger"]:
+        """Hold ``model``'s promotion lock for the block; rows appended inside commit at its end.
+
+        If the block raises, nothing it appended is kept.
+        """
+        with _db_errors(self.url, "the promotion transaction failed (or waited too long for the lock) on"):
+            with _write_transaction(self._engine, model) as conn:
+                yield LockedLedger(conn, model)
+
+    # -- reading ---------------------------------------------------------------------------
+    def entries(self, model: str | None = None, *, actions: tuple[str, ...] | None = None,
+                limit: int | None = None) -> list[Entry]:
+        """Rows in the order they were appended (oldest first); ``limit`` keeps the newest N."""
+        with _db_errors(self.url, "cannot read the ledger database"):
+            with self._engine.connect() as conn:
+                return _select(conn, model, actions, limit)
+
+
+class LockedLedger:
+    """The ledger as seen inside ``Ledger.serialized``: reads and appends in the locked transaction."""
+
+    def __init__(self, conn: sa.Connection, model: str):
+        self._conn, self.model = conn, model
+
+    def append(self, entry: Entry) -> Entry:
+        if entry.model != self.model:
+            raise ValueError(f"this transaction holds the lock of '{self.model}', not '{entry.model}'")
+        return _insert(self._conn, entry)
+
+    def entries(self, *, actions: tuple[str, ...] | None = None, limit: int | None = None) -> list[Entry]:
+        return _select(self._conn, self.model, actions, limit)
+
+
+def _insert(conn: sa.Connection, entry: Entry) -> Entry:
+    entry = replace(entry, at=datetime.now(timezone.utc))
+    result = conn.execute(entries_table.insert().values(**_to_row(entry)))
+    return replace(entry, id=int(result.inserted_primary_key[0]))
+
+
+def _select(conn: sa.Connection, model: str | None, actions, limit: int | None) -> list[Entry]:
+    t = entries_table
+    q = sa.select(t)
+    if model:
+        q = q.where(t.c.model == model)
+    if actions:
+        q = q.where(t.c.action.in_(actions))
+    q = q.order_by(t.c.id.desc())
+    if limit:
+        q = q.limit(limit)
+    return [_from_row(r) for r in reversed(conn.execute(q).all())]

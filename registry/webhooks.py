@@ -1,0 +1,127 @@
+"""Create or update the MLflow webhook that announces ``production`` moves to a deploy receiver.
+
+MLflow 3 sends ``model_version_alias.created`` when an alias is set (also from the MLflow UI),
+HMAC-signed with the webhook's secret (header ``X-MLflow-Signature: v1,<base64 HMAC-SHA256 of
+"<delivery id>.<timestamp>.<body>">``, plus ``X-MLflow-Delivery-Id`` and ``X-MLflow-Timestamp``).
+Webhooks need a SQL backend store. The secret is read from an environment variable only and
+is passed to MLflow, which stores it encrypted; we never print, log or write it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError, RefusedError
+
+from .client import mlflow_errors, tracking_client
+
+EVENT = "model_version_alias.created"
+DEFAULT_NAME = "mlops-deploy-on-alias"
+DEFAULT_SECRET_ENV = "MLOPS_WEBHOOK_SECRET"
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+SERVER_SIDE_HELP = (
+    "What the MLflow server needs (environment of the `mlflow server` process, not of this "
+    "command): a SQL backend store (webhooks are not supported on a file store); "
+    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY set to a Fernet key (e.g. python -c \"from "
+    "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())\"), the same for "
+    "every worker and across restarts, or stored secrets cannot be decrypted later. For a "
+    "receiver on plain http (e.g. a local `mlops sync watch` at http://127.0.0.1:PORT/...): "
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https (default https only) and, for a private or "
+    "loopback address, MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true (by default MLflow refuses URLs "
+    "that resolve to private IPs, both when the webhook is created and when it delivers). "
+    "MLflow caches the webhook list for MLFLOW_WEBHOOK_CACHE_TTL seconds (default 60), so a new "
+    "or changed webhook may take that long to fire. Deliveries are retried "
+    "MLFLOW_WEBHOOK_REQUEST_MAX_RETRIES times (default 3) with a MLFLOW_WEBHOOK_REQUEST_TIMEOUT "
+    "(default 30 s).")
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    id: str
+    name: str
+    url: str
+    events: list[str]
+    status: str
+    created: bool   # False: an existing webhook of that name was updated
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "name": self.name, "url": self.url, "events": self.events,
+                "status": self.status, "created": self.created}
+
+
+def _translate(message: str) -> str:
+    if "scheme" in message and "Allowed schemes" in message:
+        return (f"the MLflow server refused the URL: {message} Start the MLflow server with "
+                f"MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https to allow a plain-http receiver.")
+    if "non-public IP" in message or "private" in message.lower():
+        return (f"the MLflow server refused the URL: {message} Start the MLflow server with "
+                f"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true to allow a receiver on a private or "
+                f"loopback address.")
+    return message
+
+
+def _events(wh) -> list[str]:
+    out = []
+    for e in wh.events:
+        out.append(f"{e.entity.value}.{e.action.value}" if hasattr(e, "entity") else str(e))
+    return out
+
+
+def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str = DEFAULT_NAME,
+                   description: str | None = None) -> WebhookInfo:
+    """Create the webhook ``name`` for ``model_version_alias.created``, or update it in place."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url must be an http(s) URL of the deploy receiver, got '{url}'")
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"webhook name '{name}' is invalid: letters, digits, '.', '_' and '-', "
+                          f"starting and ending with a letter or digit, at most 63 characters")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
+        raise ConfigError(f"--secret-env must be the NAME of an environment variable, got "
+                          f"'{secret_env}' (never pass the secret itself on the command line)")
+    secret = settings.env(secret_env)
+    if secret is None:
+        raise ConfigError(f"{secret_env} is not set: export the HMAC secret shared with the deploy "
+                          f"receiver in that variable (it is read from the environment only)")
+    if len(secret) < 16:
+        raise RefusedError(f"{secret_env} is too short ({len(secret)} characters); use a random "
+                           f"secret of at least 16 characters")
+    if secret in url:
+        raise RefusedError("the webhook URL contains the secret; keep the secret out of URLs")
+    description = description or "tfmodel-delivery: deploy when the production alias moves"
+    client = tracking_client()
+    with mlflow_errors("creating the MLflow webhook"):
+        from mlflow.exceptions import RestException
+
+        try:
+            existing = [w for w in _all_webhooks(client) if w.name == name]
+            if existing:
+                wh = client.update_webhook(existing[0].webhook_id, url=url, events=[EVENT],
+                                           secret=secret, status="ACTIVE", description=description)
+                created = False
+            else:
+                wh = client.create_webhook(name=name, url=url, events=[EVENT], secret=secret,
+                                           description=description, status="ACTIVE")
+                created = True
+        except RestException as exc:
+            if exc.error_code == "INVALID_PARAMETER_VALUE":
+                raise ConfigError(_translate(exc.message)) from None
+            if exc.error_code in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED"):
+                raise ConfigError("this MLflow server does not support webhooks; run MLflow >= 3.3 "
+                                  "with a SQL backend store") from None
+            raise
+    status = wh.status.value if hasattr(wh.status, "value") else str(wh.status)
+    return WebhookInfo(id=wh.webhook_id, name=wh.name, url=wh.url, events=_events(wh),
+                       status=status, created=created)
+
+
+def _all_webhooks(client) -> list:
+    out, token = [], None
+    for _ in range(100):  # bounded pagination
+        page = client.list_webhooks(max_results=100, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            break
+    return out

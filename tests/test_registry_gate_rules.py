@@ -1,0 +1,179 @@
+"""The gate's decision and report: pure functions on plain evaluation dicts (fast)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mlops_common.errors import ConfigError
+from registry import gate_report
+from registry.gate_rules import GateRules, accuracy_tolerance, decide, summary
+
+FP = "a" * 64
+
+
+def evaluation(acc: float, per_class: dict[str, float] | None = None, *, n: int = 450,
+               loss: float = 0.2, fp: str = FP) -> dict:
+    per_class = per_class or {str(k): acc for k in range(10)}
+    return {"model_uri": "models:/m/1", "dataset": "digits", "heldout_fingerprint": fp, "n": n,
+            "accuracy": acc, "loss": loss, "per_class_accuracy": per_class,
+            "per_class_count": {k: n // len(per_class) for k in per_class}}
+
+
+def failed_rules(verdict) -> list[str]:
+    return [c.rule for c in verdict.failed]
+
+
+def test_tolerance_is_two_standard_errors_with_a_floor():
+    # digits: 450 held-out examples, production around 0.95 -> one SE ~ 0.0103
+    assert accuracy_tolerance(0.95, 450) == pytest.approx(2 * math.sqrt(0.95 * 0.05 / 450))
+    assert 0.020 < accuracy_tolerance(0.95, 450) < 0.021
+    # a huge held-out set or a perfect model would give ~0: the floor keeps 0.01
+    assert accuracy_tolerance(0.95, 1_000_000) == 0.01
+    assert accuracy_tolerance(1.0, 450) == 0.01
+    assert accuracy_tolerance(0.9, 0) == 0.01
+    # smaller held-out sets are noisier: more tolerance
+    assert accuracy_tolerance(0.95, 100) > accuracy_tolerance(0.95, 450)
+
+
+@pytest.mark.parametrize("delta", [0.0, -0.003, -0.007, -0.015, +0.01])
+def test_good_retrain_deltas_pass(delta):
+    prod = evaluation(0.953)
+    cand = evaluation(0.953 + delta)
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert v.passed, summary(v, 2)
+    assert v.tolerance == pytest.approx(accuracy_tolerance(0.953, 450))
+
+
+@pytest.mark.parametrize("delta", [-0.04, -0.06, -0.2])
+def test_bad_retrain_deltas_fail_on_accuracy_vs_production(delta):
+    v = decide(evaluation(0.953 + delta), evaluation(0.953), GateRules(), baseline_version=1)
+    assert not v.passed
+    assert "accuracy_vs_production" in failed_rules(v)
+    check = next(c for c in v.checks if c.rule == "accuracy_vs_production")
+    assert check.shortfall == pytest.approx(-delta - v.tolerance, abs=1e-6)
+
+
+def test_below_absolute_minimum_fails_even_without_production():
+    v = decide(evaluation(0.79), None, GateRules())
+    assert not v.passed and failed_rules(v) == ["min_accuracy"]
+    assert v.baseline_version is None and v.tolerance is None
+    text = summary(v, 1)
+    assert "no production version yet" in text and "min_accuracy" in text and "0.0100" in text
+
+
+def test_first_version_passes_on_absolute_rules_only():
+    v = decide(evaluation(0.85), None, GateRules())
+    assert v.passed
+    assert [c.rule for c in v.checks] == ["min_accuracy", "signature"]
+    assert any("only the absolute rules" in n for n in v.notes)
+
+
+def test_one_class_collapsing_fails_the_per_class_rule_even_if_overall_is_fine():
+    per_class_prod = {str(k): 0.95 for k in range(10)}
+    per_class_cand = dict(per_class_prod, **{"3": 0.80})          # -0.15 on class 3
+    v = decide(evaluation(0.945, per_class_cand), evaluation(0.95, per_class_prod), GateRules(),
+               baseline_version=4)
+    assert failed_rules(v) == ["class_accuracy_vs_production"]
+    msg = next(c for c in v.failed).message
+    assert "class 3" in msg and "-0.150" in msg and "v4" in msg
+
+
+def test_class_drop_exactly_at_limit_passes():
+    prod = {str(k): 0.9 for k in range(10)}
+    cand = dict(prod, **{"5": 0.8})
+    assert decide(evaluation(0.9, cand), evaluation(0.9, prod), GateRules(), baseline_version=1).passed
+
+
+def test_explicit_rules_override_the_derived_tolerance():
+    rules = GateRules(max_accuracy_drop=0.05, max_class_drop=0.2, min_accuracy=0.5)
+    v = decide(evaluation(0.91), evaluation(0.95), rules, baseline_version=1)
+    assert v.passed and v.tolerance == 0.05 and "explicitly" in v.tolerance_derivation
+    assert not decide(evaluation(0.89), evaluation(0.95), rules, baseline_version=1).passed
+
+
+def test_different_heldout_sets_are_not_comparable():
+    v = decide(evaluation(0.95), evaluation(0.95, fp="b" * 64), GateRules(), baseline_version=1)
+    assert failed_rules(v) == ["same_heldout_set"]
+
+
+def test_missing_class_in_candidate_fails():
+    cand = evaluation(0.95, {str(k): 0.95 for k in range(9)})
+    v = decide(cand, evaluation(0.95), GateRules(), baseline_version=1)
+    assert failed_rules(v) == ["class_accuracy_vs_production"]
+
+
+def test_signature_problems_fail_unless_allowed():
+    problems = ["'serving_default' input 'inputs' dtype changed from DT_FLOAT to DT_INT64"]
+    v = decide(evaluation(0.95), evaluation(0.95), GateRules(), baseline_version=1,
+               signature_problems=problems)
+    assert failed_rules(v) == ["signature"]
+    assert "--allow-signature-change" in v.failed[0].message
+    allowed = decide(evaluation(0.95), evaluation(0.95), GateRules(), baseline_version=1,
+                     signature_problems=problems, allow_signature_change=True)
+    assert allowed.passed
+    # a malformed or missing candidate signature is never "allowed"
+    broken = decide(evaluation(0.95), evaluation(0.95), GateRules(), baseline_version=1,
+                    signature_problems=["new signature: golden/signature.json is missing"],
+                    allow_signature_change=True)
+    assert failed_rules(broken) == ["signature"]
+
+
+def test_summary_names_every_failed_rule_and_by_how_much():
+    prod = {str(k): 0.95 for k in range(10)}
+    v = decide(evaluation(0.78, dict(prod, **{"8": 0.6})), evaluation(0.95, prod), GateRules(),
+               baseline_version=2)
+    text = summary(v, 5)
+    assert text.startswith("Version 5 failed the quality gate against production v2")
+    for rule in ("min_accuracy", "accuracy_vs_production", "class_accuracy_vs_production"):
+        assert rule in text
+    assert "short by 0.0200" in text          # 0.80 - 0.78
+    assert "\n" not in text
+
+
+def test_rules_from_env_and_flags(monkeypatch):
+    monkeypatch.setenv("MLOPS_GATE_MIN_ACCURACY", "0.9")
+    monkeypatch.setenv("MLOPS_GATE_MAX_CLASS_DROP", "0.2")
+    r = GateRules.from_env(max_class_drop=0.05, max_accuracy_drop=None)
+    assert (r.min_accuracy, r.max_class_drop, r.max_accuracy_drop) == (0.9, 0.05, None)
+    monkeypatch.setenv("MLOPS_GATE_MAX_ACCURACY_DROP", "lots")
+    with pytest.raises(ConfigError, match="MLOPS_GATE_MAX_ACCURACY_DROP must be a number"):
+        GateRules.from_env()
+    monkeypatch.setenv("MLOPS_GATE_MAX_ACCURACY_DROP", "2")
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        GateRules.from_env()
+
+
+def test_report_has_both_versions_side_by_side_per_class():
+    prod = {str(k): 0.95 for k in range(10)}
+    cand = dict(prod, **{"3": 0.7})
+    c_eval, p_eval = evaluation(0.93, cand, loss=0.25), evaluation(0.95, prod, loss=0.2)
+    v = decide(c_eval, p_eval, GateRules(), baseline_version=1)
+    rep = gate_report.build(model="m", version=2, verdict=v, rules=GateRules(), candidate=c_eval,
+                            production=p_eval, signature_differences=[], allow_signature_change=False,
+                            evaluated_at="2026-01-01T00:00:00+00:00")
+    json.dumps(rep)  # serializable
+    assert rep["status"] == "failed" and rep["production_version"] == 1
+    assert rep["metrics"] == {"candidate": {"accuracy": 0.93, "loss": 0.25},
+                              "production": {"accuracy": 0.95, "loss": 0.2}}
+    row3 = next(r for r in rep["per_class"] if r["class"] == "3")
+    assert row3 == {"class": "3", "count": 45, "candidate": 0.7, "production": 0.95, "delta": -0.25}
+    assert [r["class"] for r in rep["per_class"]] == [str(k) for k in range(10)]
+    assert "sqrt(p(1-p)/n)" in rep["rules"]["max_accuracy_drop_derivation"]
+    md = gate_report.markdown(rep)
+    assert "**FAILED**" in md
+    assert "| 3 | 45 | 0.700 | 0.950 | -0.2500 |" in md
+    assert "| accuracy | 0.9300 | 0.9500 | -0.0200 |" in md
+    assert "v2 (candidate)" in md and "v1 (production)" in md
+
+
+def test_report_without_production_says_so():
+    e = evaluation(0.9)
+    v = decide(e, None, GateRules())
+    rep = gate_report.build(model="m", version=1, verdict=v, rules=GateRules(), candidate=e,
+                            production=None, signature_differences=[], allow_signature_change=False,
+                            evaluated_at="t")
+    assert rep["metrics"]["production"] is None and rep["production_version"] is None
+    md = gate_report.markdown(rep)
+    assert "PASSED" in md and "only the absolute rules applied" in md

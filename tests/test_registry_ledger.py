@@ -1,0 +1,217 @@
+"""The append-only ledger on SQLite: schema via Alembic, append-only in code and in the database."""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlops_common.errors import ConfigError, ConnectionFailure
+from registry.ledger import ACTIONS, Entry, Ledger, VERSION_TABLE
+from tests.helpers import REPO, run_mlops
+
+
+@pytest.fixture
+def ledger_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'state' / 'ledger.db'}"
+
+
+def test_schema_is_created_by_alembic_with_its_own_version_table(ledger_url, tmp_path):
+    Ledger(ledger_url)
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db")
+    tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+    assert {"ledger_entries", VERSION_TABLE} <= tables
+    assert "alembic_version" not in tables
+    assert db.execute(f"select version_num from {VERSION_TABLE}").fetchall() == [("0001",)]
+    triggers = {r[0] for r in db.execute("select name from sqlite_master where type='trigger'")}
+    assert triggers == {"ledger_entries_no_update", "ledger_entries_no_delete"}
+
+
+def test_append_and_read_back(ledger_url):
+    led = Ledger(ledger_url)
+    a = led.record("register", "m1", outcome="ok", to_version=1, actor="ci", pipeline_id="p1",
+                   details={"run_id": "r1"})
+    b = led.record("promote", "m1", outcome="ok", from_version=None, to_version=1, actor="alice",
+                   reason="first release")
+    led.record("register", "m2", outcome="ok", to_version=1)
+    led.record("deploy", "m1", outcome="failed", to_version=1, host="web-1", reason="smoke test failed")
+    assert a.id < b.id and a.at.tzinfo is not None
+    rows = Ledger(ledger_url).entries("m1")
+    assert [(e.action, e.outcome) for e in rows] == [("register", "ok"), ("promote", "ok"),
+                                                     ("deploy", "failed")]
+    assert rows[0].details == {"run_id": "r1"} and rows[1].details == {}
+    assert rows[1].reason == "first release" and rows[2].host == "web-1"
+    assert [e.model for e in led.entries()] == ["m1", "m1", "m2", "m1"]
+    assert [e.action for e in led.entries("m1", limit=2)] == ["promote", "deploy"]
+    assert [e.action for e in led.entries("m1", actions=("promote", "deploy"))] == ["promote", "deploy"]
+    assert rows[0].to_dict()["at"].endswith("+00:00")
+
+
+def test_entries_are_validated():
+    with pytest.raises(ValueError, match="unknown ledger action"):
+        Entry("delete", "m", "ok")
+    with pytest.raises(ValueError, match="unknown ledger outcome"):
+        Entry("promote", "m", "maybe")
+    assert set(ACTIONS) == {"register", "gate", "promote", "rollback", "deploy", "smoke_test",
+                            "host_rollback"}
+
+
+def test_database_rejects_update_and_delete(ledger_url, tmp_path):
+    Ledger(ledger_url).record("promote", "m", outcome="ok", to_version=1, actor="alice")
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db")
+    for stmt in ("update ledger_entries set actor='mallory'", "delete from ledger_entries"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute(stmt)
+        db.rollback()
+    assert db.execute("select actor from ledger_entries").fetchall() == [("alice",)]
+
+
+def test_no_update_or_delete_path_in_the_code():
+    source = "\n".join(p.read_text() for p in (REPO / "registry").rglob("*.py")
+                       if "migrations" not in p.parts)
+    assert not re.search(r"\.(update|delete)\(\s*\)", source)
+    assert not re.search(r"(?i)\b(update\s+ledger_entries|delete\s+from\s+ledger_entries)\b", source)
+    assert "entries_table.update" not in source and "entries_table.delete" not in source
+
+
+def test_rows_appended_in_a_failed_serialized_block_are_not_kept(ledger_url):
+    led = Ledger(ledger_url)
+    with pytest.raises(RuntimeError):
+        with led.serialized("m") as tx:
+            tx.append(Entry("promote", "m", "ok", to_version=1))
+            assert [e.to_version for e in tx.entries()] == [1]   # visible inside the transaction
+            raise RuntimeError("alias move failed")
+    assert led.entries("m") == []
+    with led.serialized("m") as tx:
+        tx.append(Entry("promote", "m", "ok", to_version=2))
+        with pytest.raises(ValueError, match="holds the lock of 'm'"):
+            tx.append(Entry("promote", "other", "ok", to_version=2))
+    assert [e.to_version for e in led.entries("m")] == [2]
+
+
+_APPENDER = r"""
+import sys
+from registry.ledger import Ledger
+led = Ledger(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    led.record("smoke_test", "m", outcome="passed", host=sys.argv[2], to_version=i)
+"""
+
+
+def test_two_processes_first_use_and_append_concurrently(ledger_url):
+    """Both processes migrate a fresh database at once and append: nothing fails or goes missing."""
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, ledger_url, host, "25"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for host in ("a", "b")]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    rows = Ledger(ledger_url).entries("m")
+    assert len(rows) == 50
+    for host in ("a", "b"):
+        assert [e.to_version for e in rows if e.host == host] == list(range(25))
+
+
+def test_shares_a_database_with_mlflow(tmp_path):
+    """Own version table: MLflow's schema (alembic_version) is left exactly as it was."""
+    import sqlalchemy as sa
+    from mlflow.store.db.utils import _safe_initialize_tables, _verify_schema
+
+    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    engine = sa.create_engine(url)
+    _safe_initialize_tables(engine)
+    with engine.connect() as c:
+        before = c.exec_driver_sql("select version_num from alembic_version").all()
+    Ledger(url).record("register", "m", outcome="ok", to_version=1)
+    with engine.connect() as c:
+        assert c.exec_driver_sql("select version_num from alembic_version").all() == before
+        assert c.exec_driver_sql("select count(*) from ledger_entries").scalar() == 1
+    _verify_schema(engine)  # MLflow still accepts its database
+    engine.dispose()
+
+
+def test_unknown_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    db = sqlite3.connect(path)
+    db.execute(f"create table {VERSION_TABLE} (version_num varchar(32) not null primary key)")
+    db.execute(f"insert into {VERSION_TABLE} values ('9999')")
+    db.commit()
+    with pytest.raises(ConfigError, match="revision 9999, which this version of tfmodel-delivery does not know"):
+        Ledger(f"sqlite:///{path}")
+
+
+def test_bad_urls_are_one_clear_line():
+    with pytest.raises(ConfigError, match="not a valid SQLAlchemy URL"):
+        Ledger("not a url")
+    with pytest.raises(ConfigError, match="supports sqlite:// and postgresql://"):
+        Ledger("mysql://u@127.0.0.1/db")
+    with pytest.raises(ConnectionFailure) as exc:
+        Ledger("postgresql://ledger:hunter2-secret@127.0.0.1:1/ledger")
+    assert "hunter2-secret" not in str(exc.value) and "***@127.0.0.1:1/ledger" in str(exc.value)
+
+
+def test_history_command_table_and_json(mlops_env):
+    led = Ledger()
+    led.record("register", "alpha", outcome="ok", to_version=1, actor="ci")
+    led.record("promote", "alpha", outcome="ok", to_version=1, actor="alice", pipeline_id="p-9",
+               reason="release 1")
+    led.record("register", "beta", outcome="ok", to_version=1, actor="ci")
+    r = run_mlops("registry", "history")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["id", "at", "(UTC)", "action"]
+    assert len(lines) == 2 + 3 and "release 1" in r.stdout and "-->v1" in r.stdout
+    r = run_mlops("registry", "history", "--json", "--model", "alpha", "--limit", "1")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(d["action"], d["actor"], d["pipeline_id"]) for d in doc] == [("promote", "alice", "p-9")]
+    r = run_mlops("registry", "history", "--action", "explode")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown action explode")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_history_on_unreadable_ledger_is_one_line(mlops_env, tmp_path):
+    bad = tmp_path / "not-a-db.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    r = run_mlops("registry", "history", env={"MLOPS_LEDGER_URL": f"sqlite:///{bad}"})
+    assert r.returncode != 0
+    assert r.stderr.startswith("error: cannot open the ledger database") and "Traceback" not in r.stderr
+    assert bad.read_bytes() == b"this is not sqlite" * 100
+
+
+CHAIN_WORKER = r"""
+import sys
+from registry.ledger import Entry, Ledger
+led = Ledger(sys.argv[1])
+for _ in range(int(sys.argv[3])):
+    with led.serialized("m") as tx:
+        rows = tx.entries(actions=("promote",), limit=1)
+        last = rows[-1].to_version if rows else 0
+        tx.append(Entry("promote", "m", "ok", from_version=last, to_version=last + 1, actor=sys.argv[2]))
+"""
+
+
+def run_chain(url: str, rounds: int) -> list[Entry]:
+    """Two processes each do read-last-row-then-append under the lock ``rounds`` times."""
+    procs = [subprocess.Popen([sys.executable, "-c", CHAIN_WORKER, url, name, str(rounds)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("p1", "p2")]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    return Ledger(url).entries("m", actions=("promote",))
+
+
+def assert_unbroken_chain(rows: list[Entry], rounds: int) -> None:
+    assert len(rows) == 2 * rounds
+    assert [(e.from_version, e.to_version) for e in rows] == [(i, i + 1) for i in range(2 * rounds)]
+    assert {e.actor for e in rows} == {"p1", "p2"}
+
+
+def test_serialized_blocks_of_two_processes_never_interleave(ledger_url):
+    """Read-then-append under the lock from two processes: every row continues the previous one."""
+    assert_unbroken_chain(run_chain(ledger_url, 40), 40)

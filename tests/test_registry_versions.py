@@ -1,0 +1,97 @@
+"""registry.versions against a real MLflow server: lookups, tags, aliases, bundles."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mlops_common.errors import ConfigError, NotFoundError, RefusedError
+from registry import versions
+from registry.ledger import Ledger
+
+
+def test_unknown_model_and_version_are_one_clear_line(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    with pytest.raises(NotFoundError, match="registered model 'no-such-model' does not exist"):
+        versions.get_version("no-such-model", 1)
+    v = make_version()
+    with pytest.raises(NotFoundError, match=rf"version 7 of registered model '{model}' does not exist "
+                                            rf"\(the latest is {v}\)"):
+        versions.get_version(model, 7)
+    with pytest.raises(ConfigError, match="not a version number"):
+        versions.get_version(model, "seven")
+    with pytest.raises(NotFoundError):
+        versions.production_version("no-such-model")
+
+
+def test_version_info_production_and_aliases(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(pipeline_id="pipe-a")
+    v2 = make_version()
+    assert (v1, v2) == (1, 2)
+    assert versions.production_version(model) is None
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    versions.set_alias(model, versions.CANDIDATE, v2)
+    assert versions.production_version(model) == 1
+    info = versions.get_version(model, v1)
+    assert info.aliases == ("production",)
+    assert info.validation_status == "pending"
+    assert info.tags["ci.pipeline_id"] == "pipe-a"
+    assert info.run_id
+    listed = versions.list_versions(model)
+    assert [i.version for i in listed] == [2, 1]
+    assert listed[0].aliases == ("candidate",)
+    found = versions.find_by_tag("ci.pipeline_id", "pipe-a")
+    assert [(i.model, i.version) for i in found] == [(model, 1)]
+
+
+def test_register_writes_a_ledger_row(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(tags={"retrained_from": "scratch"})
+    rows = Ledger().entries(model)
+    assert [(e.action, e.to_version, e.outcome) for e in rows] == [("register", v, "ok")]
+    assert rows[0].details["run_id"] == versions.get_version(model, v).run_id
+    assert rows[0].details["retrained_from"] == "scratch"
+    assert rows[0].actor
+
+
+def test_set_tags_refuses_secret_values(make_version, monkeypatch):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    monkeypatch.setenv("CIRCLE_TOKEN", "tok-very-secret-123")
+    with pytest.raises(RefusedError, match="secret"):
+        versions.set_tags(model, v, {"approved_by": "someone tok-very-secret-123"})
+    assert "approved_by" not in versions.get_version(model, v).tags
+    versions.set_tags(model, v, {"approved_by": "alice"})
+    assert versions.get_version(model, v).tags["approved_by"] == "alice"
+
+
+def test_download_bundle_gives_savedmodel_and_golden_set(make_version, tmp_path, tiny_serving_bundle):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    bundle = versions.download_bundle(model, v, tmp_path / "dl" / "b")
+    assert (bundle.saved_model_dir / "saved_model.pb").is_file()
+    assert (bundle.saved_model_dir / "variables").is_dir()
+    assert bundle.golden_request["signature_name"] == "serving_default"
+    assert len(bundle.golden_request["instances"]) == len(bundle.golden_response["predictions"]) == 3
+    assert bundle.signature == json.loads((tiny_serving_bundle / "golden" / "signature.json").read_text())
+    # no temporary folders left next to the destination
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["b"]
+
+
+def test_download_bundle_of_version_without_artifacts_fails_cleanly(mlops_env, tmp_path):
+    import mlflow
+
+    from registry.client import tracking_client
+    from registry.register import register_version
+
+    tracking_client()
+    model = os.environ["MLOPS_MODEL_NAME"]
+    with mlflow.start_run() as run:
+        mlflow.log_text("not a model", "notes.txt")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    v = register_version(model, logged.model_uri, run_id=run.info.run_id)
+    with pytest.raises(NotFoundError, match="has no tfserving/ or golden/ artifact"):
+        versions.download_bundle(model, v, tmp_path / "dl" / "b")
+    assert list((tmp_path / "dl").iterdir()) == []
