@@ -1,0 +1,173 @@
+"""``models.config``: parse it with TF Serving's own protobuf schema and decide if it may apply.
+
+The decisions (is this config well formed, may these labels be assigned given what is loaded)
+are pure functions on plain data, mirroring ``ServerCore::ReloadConfig`` and
+``ServerCore::UpdateModelVersionLabelMap``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from serving_host.status import ServingError, failed_precondition, invalid_argument
+from serving_host.versions import VersionPolicy
+
+TENSORFLOW_PLATFORM = "tensorflow"
+EMPTY_CONFIG_TEXT = "model_config_list {\n}\n"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``config { ... }`` of a ``model_config_list``."""
+    name: str
+    base_path: str
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def source_key(self) -> tuple:
+        """What the file-system source cares about (labels are not part of it)."""
+        return (self.base_path, self.policy)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A parsed ``ModelServerConfig``: ``kind`` is "list", "empty" (nothing set) or "custom"."""
+    kind: str
+    models: tuple[ModelEntry, ...] = ()
+
+    def by_name(self) -> dict[str, ModelEntry]:
+        return {m.name: m for m in self.models}
+
+
+def parse_text(text: str, path: str = "<text>"):
+    """Parse text-format ``ModelServerConfig`` (the real proto); error like TF Serving's."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    msg = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as exc:
+        raise invalid_argument(f"Invalid protobuf file: '{path}' ({exc})") from None
+    return msg
+
+
+def read_file(path: str):
+    """Read and parse a ``models.config`` file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ServingError("NOT_FOUND", f"{path}; No such file or directory") from None
+    except OSError as exc:
+        raise ServingError("UNKNOWN", f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
+    return parse_text(text, path)
+
+
+def single_model_proto(name: str, base_path: str):
+    """The config TF Serving builds from ``--model_name`` and ``--model_base_path``."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    msg = model_server_config_pb2.ModelServerConfig()
+    c = msg.model_config_list.config.add()
+    c.name = name
+    c.base_path = base_path
+    c.model_platform = TENSORFLOW_PLATFORM
+    return msg
+
+
+def _platform(c) -> str:
+    """``GetPlatform`` in server_core.cc (model_type is the deprecated spelling)."""
+    if c.model_type != 0:  # MODEL_TYPE_UNSPECIFIED
+        if c.model_platform:
+            raise invalid_argument("Illegal setting both ModelServerConfig::model_type (deprecated) "
+                                   "and ModelServerConfig::model_platform.")
+        if c.model_type == 1:  # TENSORFLOW
+            return TENSORFLOW_PLATFORM
+        raise invalid_argument(f"ModelServerConfig::model_type choice {c.model_type} not supported.")
+    if not c.model_platform:
+        raise invalid_argument("Illegal setting neither ModelServerConfig::model_type (deprecated) "
+                               "nor ModelServerConfig::model_platform.")
+    return c.model_platform
+
+
+def _is_relative(path: str) -> bool:
+    return "://" not in path and not os.path.isabs(path)
+
+
+def _policy(c) -> VersionPolicy:
+    p = c.model_version_policy
+    which = p.WhichOneof("policy_choice")
+    if which == "all":
+        return VersionPolicy("all")
+    if which == "specific":
+        return VersionPolicy("specific", versions=frozenset(int(v) for v in p.specific.versions))
+    num = p.latest.num_versions if which == "latest" else 1
+    return VersionPolicy("latest", num_versions=max(1, int(num)))
+
+
+def to_server_config(msg) -> ServerConfig:
+    """Validate a ``ModelServerConfig`` proto and turn it into plain data.
+
+    Raises ServingError(INVALID_ARGUMENT) for duplicate names, relative base paths and
+    missing or unsupported platforms, with TF Serving's messages.
+    """
+    which = msg.WhichOneof("config")
+    if which is None:
+        return ServerConfig("empty")
+    if which == "custom_model_config":
+        return ServerConfig("custom")
+    seen: set[str] = set()
+    for c in msg.model_config_list.config:
+        if c.name in seen:
+            raise invalid_argument(f"Illegal to list model {c.name} multiple times in config list")
+        seen.add(c.name)
+    for c in msg.model_config_list.config:
+        if _is_relative(c.base_path):
+            raise invalid_argument(f"Expected model {c.name} to have an absolute path or URI; "
+                                   f"got base_path()={c.base_path}")
+    models = []
+    for c in msg.model_config_list.config:
+        platform = _platform(c)
+        if platform != TENSORFLOW_PLATFORM:
+            raise invalid_argument(f"Model {c.name} requests unsupported platform {platform}")
+        models.append(ModelEntry(name=c.name, base_path=c.base_path.rstrip("/") or "/",
+                                 policy=_policy(c),
+                                 labels={k: int(v) for k, v in c.version_labels.items()}))
+    return ServerConfig("list", tuple(models))
+
+
+def check_transition(old: ServerConfig, new: ServerConfig) -> None:
+    """Only ModelConfigList -> ModelConfigList transitions are legal after the first config."""
+    if old.kind == "empty":
+        if new.kind == "custom":
+            raise invalid_argument("ModelServer does not yet support custom model config.")
+        return
+    if not (old.kind == "list" and new.kind == "list"):
+        raise failed_precondition("Cannot transition to requested config. It is only legal to "
+                                  "transition from one ModelConfigList to another.")
+
+
+def label_map(models: tuple[ModelEntry, ...], available: set[tuple[str, int]],
+              current: dict[str, dict[str, int]], allow_unavailable: bool) -> dict[str, dict[str, int]]:
+    """The new label -> version map, or FAILED_PRECONDITION if a label may not be assigned.
+
+    A label may only point at a version that is AVAILABLE now. With
+    ``--allow_version_labels_for_unavailable_models`` a *new* label (or one that keeps its
+    version) may point at any version, but an existing label still cannot be moved to a
+    version that is not available.
+    """
+    result: dict[str, dict[str, int]] = {}
+    for m in models:
+        for label, version in m.labels.items():
+            allowed = False
+            if allow_unavailable:
+                existing = current.get(m.name, {}).get(label)
+                allowed = existing is None or existing == version
+            if not allowed and (m.name, version) not in available:
+                raise failed_precondition(f"Request to assign label to version {version} of model "
+                                          f"{m.name}, which is not currently available for inference")
+            result.setdefault(m.name, {})[label] = version
+    return result

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Prepare a Linux host to serve models with real TensorFlow Serving (Docker image tensorflow/serving).
+#
+#   sudo bash install_server.sh [--base /var/models] [--deploy-user deploy] [--dry-run] ...
+#
+# What it does, each step only when needed (running it twice changes nothing the second time):
+#   1. creates the deploy user (the account serving_sync logs in as; no Docker group needed),
+#   2. creates the model base directory owned by that user,
+#   3. writes an initial empty-but-valid models.config there (never overwrites an existing one:
+#      serving_sync owns that file once deploys start),
+#   4. runs the pinned tensorflow/serving image with --model_config_file=/models/models.config,
+#      a config poll interval, the base directory mounted read-only at /models, REST (8501) and
+#      gRPC (8500) published on 127.0.0.1 unless told otherwise, and a restart policy.
+#      The container carries a label with a hash of its settings: same settings -> left alone,
+#      changed settings -> replaced.
+# --dry-run prints every command that would change the host instead of running it.
+set -euo pipefail
+
+IMAGE="tensorflow/serving:2.21.0"   # pinned; matches tensorflow-serving-api in requirements.lock
+BASE="/var/models"
+DEPLOY_USER="deploy"
+CONTAINER="tfserving"
+REST_PORT=8501
+GRPC_PORT=8500
+REST_BIND="127.0.0.1"
+GRPC_BIND="127.0.0.1"
+POLL_SECONDS=1
+DRY_RUN=0
+WITH_CONTAINER=1
+SPEC_LABEL="tfmodel-delivery.spec"
+
+usage() {
+  cat <<'EOF'
+usage: install_server.sh [options]
+
+Prepare this host to serve models with real TensorFlow Serving (Docker image tensorflow/serving).
+Idempotent: a second run with the same options changes nothing.
+
+options:
+  --base DIR            model base directory on the host (default: /var/models)
+  --deploy-user NAME    user that owns DIR and that deploys log in as (default: deploy)
+  --image IMAGE         TensorFlow Serving image (default: tensorflow/serving:2.21.0)
+  --container NAME      container name (default: tfserving)
+  --rest-port PORT      host port for the REST API (default: 8501)
+  --grpc-port PORT      host port for gRPC (default: 8500)
+  --rest-bind ADDR      host address REST is published on (default: 127.0.0.1)
+  --grpc-bind ADDR      host address gRPC is published on (default: 127.0.0.1)
+  --expose              publish REST and gRPC on all addresses (0.0.0.0)
+  --poll-seconds N      models.config and model directory poll interval (default: 1)
+  --no-container        prepare user, directory and models.config only (no Docker)
+  --dry-run             print the commands that would change the host, run none of them
+  -h, --help            show this help
+EOF
+}
+
+die() { echo "error: $*" >&2; exit 2; }
+
+need_value() {
+  if [ $# -lt 2 ] || [ -z "$2" ]; then
+    die "$1 needs a value (see --help)"
+  fi
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --base) need_value "$@"; BASE="$2"; shift 2 ;;
+    --deploy-user) need_value "$@"; DEPLOY_USER="$2"; shift 2 ;;
+    --image) need_value "$@"; IMAGE="$2"; shift 2 ;;
+    --container) need_value "$@"; CONTAINER="$2"; shift 2 ;;
+    --rest-port) need_value "$@"; REST_PORT="$2"; shift 2 ;;
+    --grpc-port) need_value "$@"; GRPC_PORT="$2"; shift 2 ;;
+    --rest-bind) need_value "$@"; REST_BIND="$2"; shift 2 ;;
+    --grpc-bind) need_value "$@"; GRPC_BIND="$2"; shift 2 ;;
+    --expose) REST_BIND="0.0.0.0"; GRPC_BIND="0.0.0.0"; shift ;;
+    --poll-seconds) need_value "$@"; POLL_SECONDS="$2"; shift 2 ;;
+    --no-container) WITH_CONTAINER=0; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+
+case "$BASE" in /*) ;; *) die "--base must be an absolute path, got '$BASE'" ;; esac
+BASE="${BASE%/}"
+[ -n "$BASE" ] || die "--base must not be /"
+for port in "$REST_PORT" "$GRPC_PORT"; do
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+    die "ports must be numbers between 1 and 65535, got '$port'"
+  fi
+done
+if ! [[ "$POLL_SECONDS" =~ ^[0-9]+$ ]] || [ "$POLL_SECONDS" -lt 1 ]; then
+  die "--poll-seconds must be a whole number >= 1, got '$POLL_SECONDS'"
+fi
+if ! [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]*$ ]]; then
+  die "--deploy-user '$DEPLOY_USER' is not a valid user name"
+fi
+
+CONFIG="$BASE/models.config"
+MODELS_IN_CONTAINER="/models"
+CHANGED=0
+
+# Quote one word for a shell only when it needs it (readable dry-run output).
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+# Print a command (one line, copy-pasteable) in dry-run mode; run it otherwise.
+run() {
+  CHANGED=1
+  if [ "$DRY_RUN" -eq 1 ]; then
+    local line="" word
+    for word in "$@"; do
+      line+="${line:+ }$(quote "$word")"
+    done
+    echo "$line"
+  else
+    "$@"
+  fi
+}
+
+need_root() {
+  if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+    die "$1 needs root; run it as root: sudo bash $0 ..."
+  fi
+}
+
+note() { echo "ok: $*" >&2; }
+
+# 0. preflight: fail before changing anything when the container step cannot work -------------
+DOCKER_OK=0
+if [ "$WITH_CONTAINER" -eq 1 ]; then
+  need_root "running the TensorFlow Serving container"
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    DOCKER_OK=1
+  elif [ "$DRY_RUN" -eq 0 ]; then
+    if command -v docker >/dev/null 2>&1; then
+      die "cannot reach the Docker daemon (docker info failed); start Docker Engine (systemctl start docker) or use --no-container"
+    fi
+    die "docker not found; install Docker Engine (https://docs.docker.com/engine/install/) or use --no-container"
+  fi
+fi
+
+# 1. deploy user -----------------------------------------------------------------------------
+if id -u "$DEPLOY_USER" >/dev/null 2>&1; then
+  note "user $DEPLOY_USER exists"
+  DEPLOY_GROUP="$(id -gn "$DEPLOY_USER")"
+else
+  need_root "creating user $DEPLOY_USER"
+  run useradd --system --create-home --shell /bin/bash "$DEPLOY_USER"
+  DEPLOY_GROUP="$DEPLOY_USER"
+fi
+
+# 2. base directory owned by the deploy user --------------------------------------------------
+if [ -d "$BASE" ]; then
+  owner="$(stat -c '%U:%G' "$BASE")"
+  if [ "$owner" != "$DEPLOY_USER:$DEPLOY_GROUP" ]; then
+    need_root "changing the owner of $BASE"
+    run chown "$DEPLOY_USER:$DEPLOY_GROUP" "$BASE"
+  else
+    note "$BASE exists, owned by $owner"
+  fi
+elif [ -e "$BASE" ]; then
+  die "$BASE exists and is not a directory; remove it or choose another --base"
+else
+  need_root "creating $BASE"
+  run install -d -m 0755 -o "$DEPLOY_USER" -g "$DEPLOY_GROUP" "$BASE"
+fi
+
+# 3. initial empty-but-valid models.config (never overwritten) ------------------------------
+if [ -e "$CONFIG" ]; then
+  note "$CONFIG exists; left as is"
+else
+  CHANGED=1
+  if [ "$DRY_RUN" -eq 1 ]; then
+    echo "install -m 0644 -o $(quote "$DEPLOY_USER") -g $(quote "$DEPLOY_GROUP") /dev/stdin $(quote "$CONFIG") <<'EOF'"
+    printf 'model_config_list {\n}\n'
+    echo "EOF"
+  else
+    printf 'model_config_list {\n}\n' | install -m 0644 -o "$DEPLOY_USER" -g "$DEPLOY_GROUP" /dev/stdin "$CONFIG"
+  fi
+fi
+
+# 4. the TensorFlow Serving container ---------------------------------------------------------
+if [ "$WITH_CONTAINER" -eq 1 ]; then
+  server_args=(
+    --port=8500
+    --rest_api_port=8501
+    "--model_config_file=$MODELS_IN_CONTAINER/models.config"
+    "--model_config_file_poll_wait_seconds=$POLL_SECONDS"
+    "--file_system_poll_wait_seconds=$POLL_SECONDS"
+    --allow_version_labels_for_unavailable_models=true
+  )
+  docker_opts=(
+    --detach
+    --name "$CONTAINER"
+    --restart unless-stopped
+    --publish "$REST_BIND:$REST_PORT:8501"
+    --publish "$GRPC_BIND:$GRPC_PORT:8500"
+    --mount "type=bind,source=$BASE,target=$MODELS_IN_CONTAINER,readonly"
+    --entrypoint tensorflow_model_server
+  )
+  spec="$(printf '%s\n' "$IMAGE" "${docker_opts[@]}" "${server_args[@]}" | sha256sum | cut -c1-16)"
+  run_cmd=(docker run "${docker_opts[@]}" --label "$SPEC_LABEL=$spec" "$IMAGE" "${server_args[@]}")
+
+  if [ "$DOCKER_OK" -eq 0 ]; then
+    echo "# Docker Engine is not reachable on this host; with Docker Engine this would run:"
+    run "${run_cmd[@]}"
+  else
+    need_root "running the container"
+    current="$(docker inspect --format "{{ index .Config.Labels \"$SPEC_LABEL\" }}" "$CONTAINER" 2>/dev/null || true)"
+    if [ -z "$current" ] && ! docker inspect "$CONTAINER" >/dev/null 2>&1; then
+      run "${run_cmd[@]}"
+    elif [ "$current" = "$spec" ]; then
+      if [ "$(docker inspect --format '{{.State.Running}}' "$CONTAINER")" = "true" ]; then
+        note "container $CONTAINER is running with these settings"
+      else
+        run docker start "$CONTAINER"
+      fi
+    else
+      run docker rm --force "$CONTAINER"
+      run "${run_cmd[@]}"
+    fi
+  fi
+fi
+
+if [ "$CHANGED" -eq 0 ]; then
+  note "nothing to change"
+fi
+if [ "$DRY_RUN" -eq 0 ] && [ "$WITH_CONTAINER" -eq 1 ]; then
+  echo "TensorFlow Serving: REST http://$REST_BIND:$REST_PORT/v1/models/<name>, gRPC $GRPC_BIND:$GRPC_PORT;" \
+       "deploy as $DEPLOY_USER into $BASE" >&2
+fi

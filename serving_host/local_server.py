@@ -1,0 +1,179 @@
+"""``python -m serving_host.local_server``: a local TensorFlow-Serving-compatible model server.
+
+NOT TensorFlow Serving. Production hosts run the real ``tensorflow/serving`` image (see
+``serving_host/install_server.sh``). This stands in for ``tensorflow_model_server`` where that
+binary cannot run (the embedded default, the tests, CI): same flags (``--flag=value``), same
+``models.config`` schema, same version policies and transitions, same REST API and the gRPC
+ModelService (GetModelStatus, HandleReloadConfigRequest).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+DESCRIPTION = """\
+Local TensorFlow-Serving-compatible model server.
+
+This is NOT TensorFlow Serving: production uses real TensorFlow Serving (the
+tensorflow/serving Docker image, started by serving_host/install_server.sh).
+This server stands in for tensorflow_model_server where that binary cannot run
+(the embedded default, tests, CI). It takes the same flags with the same
+--flag=value syntax, reads the same models.config (ModelServerConfig text
+proto), polls model base paths for numeric version directories, applies the
+latest/all/specific version policies, loads a new version before unloading the
+old one, enforces the version label rules, and serves the same REST API
+(/v1/models/...) and the gRPC ModelService on --port.
+"""
+
+EPILOG = """\
+example:
+  python -m serving_host.local_server --rest_api_port=8501 --port=8500 \\
+      --model_config_file=/var/models/models.config \\
+      --model_config_file_poll_wait_seconds=1 --file_system_poll_wait_seconds=1
+"""
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes"):
+        return True
+    if t in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving_host.local_server", description=DESCRIPTION,
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("--port", type=int, default=0,
+                   help="gRPC port for the ModelService (GetModelStatus, HandleReloadConfigRequest); "
+                        "0 = no gRPC (default: 0; real TF Serving defaults to 8500)")
+    p.add_argument("--rest_api_port", type=int, default=0,
+                   help="port for the HTTP/REST API; 0 = no REST API (default: 0)")
+    p.add_argument("--model_name", default="default",
+                   help="name of the single model served with --model_base_path (default: default)")
+    p.add_argument("--model_base_path", default="",
+                   help="base path of the single model (numeric version directories below it)")
+    p.add_argument("--model_config_file", default="",
+                   help="ModelServerConfig text proto (model_config_list {...}); overrides "
+                        "--model_name/--model_base_path")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
+                   help="re-read and apply --model_config_file every N seconds; 0 = read once (default: 0)")
+    p.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
+                   help="poll model base paths for new versions every N seconds; 0 = only when the "
+                        "config changes; negative = never (default: 1)")
+    p.add_argument("--max_num_load_retries", type=int, default=5,
+                   help="times a failed load is retried before the version ends in END (default: 5)")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="wait between load retries, in microseconds (default: 60000000 = 1 minute)")
+    p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
+                   default=False, metavar="BOOL",
+                   help="allow a NEW label to point at a version that is not loaded yet (default: false)")
+    p.add_argument("--num_load_threads", type=int, default=4,
+                   help="threads that load/unload versions in the background (default: 4)")
+    p.add_argument("--bind_address", default="127.0.0.1",
+                   help="address both ports listen on (local server only; real TF Serving listens on "
+                        "all interfaces) (default: 127.0.0.1)")
+    return p
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s: %(levelname).1s serving_host] %(message)s"))
+    logger = logging.getLogger("serving_host")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.model_config_file and not args.model_base_path:
+        return _fail("set --model_config_file=FILE or --model_base_path=DIR (both are empty)", 2)
+    if args.port and args.port == args.rest_api_port:
+        return _fail("--rest_api_port cannot be the same as --port; use a different port", 2)
+    for flag in ("port", "rest_api_port"):
+        if not 0 <= getattr(args, flag) <= 65535:
+            return _fail(f"--{flag} must be between 0 and 65535", 2)
+    _setup_logging()
+    log = logging.getLogger("serving_host")
+    log.info("Local TF-Serving-compatible server (not TensorFlow Serving; production uses "
+             "tensorflow/serving) starting")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    from serving_host import config as cfg
+    from serving_host import grpc_service, rest
+    from serving_host.manager import Manager
+    from serving_host.status import ServingError
+
+    try:
+        if args.model_config_file:
+            initial = cfg.to_server_config(cfg.read_file(args.model_config_file))
+        else:
+            log.info("Building single TensorFlow model file config: model_name: %s model_base_path: %s",
+                     args.model_name, args.model_base_path)
+            initial = cfg.to_server_config(cfg.single_model_proto(args.model_name, args.model_base_path))
+    except ServingError as exc:
+        return _fail(f"{exc.message}; fix the model config and start again")
+
+    manager = Manager(max_num_load_retries=args.max_num_load_retries,
+                      load_retry_interval_micros=args.load_retry_interval_micros,
+                      file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+                      allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+                      num_load_threads=args.num_load_threads)
+    try:
+        manager.reload_config(initial)
+    except ServingError as exc:
+        if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION") and "did not become available" not in exc.message:
+            return _fail(f"{exc.message}; fix the model config and start again")
+        log.error("%s (serving the models that did load)", exc.message)
+    manager.start_polling()
+    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+        manager.watch_config_file(args.model_config_file, args.model_config_file_poll_wait_seconds)
+
+    grpc_server = http_server = None
+    try:
+        if args.port:
+            grpc_server = grpc_service.serve(manager, args.bind_address, args.port)
+            log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, args.port)
+        if args.rest_api_port:
+            http_server, _ = rest.serve(rest.RestApi(manager), args.bind_address, args.rest_api_port)
+            log.info("Exporting HTTP/REST API at:%s:%d ...", args.bind_address, args.rest_api_port)
+    except OSError as exc:
+        manager.stop()
+        if grpc_server is not None:
+            grpc_server.stop(0)
+        return _fail(f"cannot listen: {exc}; choose free ports with --port/--rest_api_port")
+
+    while not stop.wait(1.0):
+        pass
+    log.info("Shutting down")
+    if http_server is not None:
+        http_server.shutdown()
+        http_server.server_close()
+    if grpc_server is not None:
+        grpc_server.stop(grace=2).wait(5)
+    manager.stop()
+    log.info("Stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's C++ INFO lines out of the log
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # no slow interpreter teardown of TF sessions and daemon threads

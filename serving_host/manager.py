@@ -1,0 +1,446 @@
+"""The source and the manager: which versions should serve, and loading/unloading them.
+
+Modeled on TF Serving's split. The *source* polls each configured model's ``base_path`` and
+applies its version policy (``serving_host.versions``) to get the aspired versions. The
+*manager* keeps a small state machine per version and asks the availability-preserving policy
+(``serving_host.policy``) what to do next: a new version is loaded (in a background thread,
+never blocking requests) before an old one is unloaded; a version that fails to load ends in
+END with its error and is not retried while it stays aspired. A monitor remembers the last
+state of every version ever seen, so unloaded versions stay listed as END.
+
+``reload_config`` is ``ServerCore::ReloadConfig``: validate, check labels against what is
+loaded now, switch the source, and wait for models that are new in the config.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from serving_host import config as cfg
+from serving_host import policy as pol
+from serving_host.servable import Servable
+from serving_host.status import CODES, ServingError, invalid_argument, not_found
+from serving_host.versions import aspired, discover, missing_specific
+
+log = logging.getLogger("serving_host")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+
+@dataclass
+class VersionState:
+    """What ``GetModelStatus`` reports for one version."""
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+    @property
+    def error_code_number(self) -> int:
+        return CODES[self.error_code]
+
+
+@dataclass
+class _Harness:
+    version: int
+    path: str
+    state: str = pol.NEW
+    is_aspired: bool = True
+    servable: Servable | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def sid(name: str, version: int) -> str:
+    """``ServableId::DebugString``."""
+    return f"{{name: {name} version: {version}}}"
+
+
+class Manager:
+    """All models of one server: config, source polling, version state machines, labels."""
+
+    def __init__(self, *, max_num_load_retries: int = 5, load_retry_interval_micros: int = 60_000_000,
+                 file_system_poll_wait_seconds: int = 1,
+                 allow_version_labels_for_unavailable_models: bool = False,
+                 num_load_threads: int = 4):
+        self.max_num_load_retries = max(0, max_num_load_retries)
+        self.load_retry_interval = max(0.0, load_retry_interval_micros / 1e6)
+        self.fs_poll_seconds = file_system_poll_wait_seconds
+        self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._config_mu = threading.Lock()
+        self._config = cfg.ServerConfig("empty")
+        self._labels: dict[str, dict[str, int]] = {}
+        self._source: dict[str, cfg.ModelEntry] = {}
+        self._source_error: dict[str, ServingError] = {}
+        self._aspired: dict[str, dict[int, str]] = {}
+        self._streams: dict[str, dict[int, _Harness]] = {}
+        self._serving: dict[str, dict[int, Servable]] = {}
+        self._monitor: dict[str, dict[int, VersionState]] = {}
+        self._notes: dict[str, str] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads),
+                                        thread_name_prefix="servable-load")
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ---------------------------------------------------------------------------------------
+    # lifecycle
+    # ---------------------------------------------------------------------------------------
+    def start_polling(self) -> None:
+        """Poll every model's base path every ``file_system_poll_wait_seconds`` (> 0)."""
+        if self.fs_poll_seconds > 0:
+            self._spawn(self._poll_loop, "fs-poll")
+
+    def watch_config_file(self, path: str, every_seconds: int) -> None:
+        """Re-read and re-apply ``path`` every ``every_seconds``, as TF Serving's poll thread does."""
+        def loop():
+            while not self._stop.wait(every_seconds):
+                self.reload_config_file(path)
+        self._spawn(loop, "config-poll")
+
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for h in self._all_harnesses():
+            h.cancel.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _all_harnesses(self) -> list[_Harness]:
+        with self._lock:
+            return [h for s in self._streams.values() for h in s.values()]
+
+    # ---------------------------------------------------------------------------------------
+    # config
+    # ---------------------------------------------------------------------------------------
+    def reload_config_file(self, path: str) -> ServingError | None:
+        """One config-file poll: parse and apply; errors are logged (the old config stays)."""
+        try:
+            msg = cfg.read_file(path)
+        except ServingError as exc:
+            log.error("Failed to read ModelServerConfig file: %s", exc.message)
+            return exc
+        try:
+            self.reload_config(cfg.to_server_config(msg))
+        except ServingError as exc:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc.message)
+            return exc
+        return None
+
+    def reload_config(self, new: cfg.ServerConfig, *, wait_timeout: float | None = None) -> None:
+        """Apply a config, or raise ServingError and leave the previous one in force.
+
+        Labels are checked against the versions AVAILABLE at this moment. Models new in the
+        config are waited for (bounded) until a version is AVAILABLE; versions of models that
+        were already configured load in the background.
+        """
+        with self._config_mu:
+            with self._lock:
+                cfg.check_transition(self._config, new)
+                if new.kind == "empty":
+                    log.info("Taking no action for empty config.")
+                    return
+                if new.kind != "list":
+                    raise invalid_argument("Invalid ServerModelConfig")
+                available = {(n, v) for n, vs in self._serving.items() for v in vs}
+                labels = cfg.label_map(new.models, available, self._labels, self.allow_unavailable_labels)
+                old = self._config
+                old_names = set(old.by_name()) if old.kind == "list" else set()
+                new_by_name = new.by_name()
+                self._config = new
+                self._labels = labels
+                changed = [m for m in new.models
+                           if m.name not in self._source or self._source[m.name].source_key() != m.source_key()]
+                removed = [n for n in self._source if n not in new_by_name]
+                self._source = dict(new_by_name)
+                for n in removed:
+                    self._source_error.pop(n, None)
+                    self._notes.pop(n, None)
+                    self._aspired[n] = {}
+                    self._reconcile(n)
+            if old != new:
+                log.info("Adding/updating models.")
+                for m in new.models:
+                    log.info(" (Re-)adding model: %s", m.name)
+            self.poll([m.name for m in changed])
+            new_names = [m.name for m in new.models if m.name not in old_names]
+            if new_names:
+                self._wait_until_available(new_names, wait_timeout)
+            if old != new:
+                log.info("Finished reloading config")
+
+    def _wait_until_available(self, names: list[str], timeout: float | None) -> None:
+        """``WaitUntilModelsAvailable``: until each model serves, or fails for good."""
+        if timeout is None:
+            timeout = 120.0 + (self.max_num_load_retries + 1) * self.load_retry_interval
+        deadline = time.monotonic() + timeout
+        failures: list[str] = []
+        with self._lock:
+            pending = list(names)
+            while pending and not self._stop.is_set():
+                still = []
+                for n in pending:
+                    if n not in self._source:       # replaced by a later config meanwhile
+                        continue
+                    if self._serving.get(n):
+                        continue
+                    err = self._failure(n)
+                    if err is not None:
+                        failures.append(err)
+                        continue
+                    still.append(n)
+                pending = still
+                remaining = deadline - time.monotonic()
+                if not pending:
+                    break
+                if remaining <= 0:
+                    failures += [f"{{Latest({n}) due to error: DEADLINE_EXCEEDED: not available after "
+                                 f"{timeout:.0f}s}}" for n in pending]
+                    break
+                self._changed.wait(min(remaining, 0.5))
+        if failures:
+            raise ServingError("UNKNOWN", f"{len(failures)} model(s) did not become available: {{"
+                               + "".join(f + ", " for f in failures) + "}")
+
+    def _failure(self, name: str) -> str | None:
+        """Why a new model cannot become available, or None while it still might."""
+        if name in self._source_error:
+            return f"{{Latest({name}) due to error: {self._source_error[name]}}}"
+        stream = self._streams.get(name, {})
+        asp = [h for h in stream.values() if h.is_aspired]
+        if not asp and name in self._aspired and not self._aspired[name]:
+            entry = self._source[name]
+            return (f"{{Latest({name}) due to error: NOT_FOUND: No versions of servable {name} found "
+                    f"under base path {entry.base_path}}}")
+        if asp and all(h.state == pol.ERROR for h in asp):
+            h = max(asp, key=lambda x: x.version)
+            st = self._monitor[name][h.version]
+            return f"{{{sid(name, h.version)} due to error: {st.error_code}: {st.error_message}}}"
+        return None
+
+    def config(self) -> cfg.ServerConfig:
+        with self._lock:
+            return self._config
+
+    # ---------------------------------------------------------------------------------------
+    # source: poll base paths -> aspired versions
+    # ---------------------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.fs_poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # a bug must not stop polling for good
+                log.exception("file-system poll failed")
+
+    def poll(self, names: list[str] | None = None) -> None:
+        """List base paths and hand the aspired versions to the manager."""
+        if self.fs_poll_seconds < 0:
+            return
+        with self._lock:
+            entries = [self._source[n] for n in (self._source if names is None else names)
+                       if n in self._source]
+        for e in entries:
+            error, found = None, {}
+            try:
+                found = discover(os.listdir(e.base_path))
+            except FileNotFoundError:
+                error = invalid_argument(f"Could not find base path {e.base_path} for servable {e.name}")
+            except NotADirectoryError:
+                error = ServingError("FAILED_PRECONDITION", f"{e.base_path} is not a directory "
+                                                            f"(base path of servable {e.name})")
+            except OSError as exc:
+                error = ServingError("UNKNOWN", f"{e.base_path}: {exc.strerror} "
+                                                f"(base path of servable {e.name})")
+            want = {v: os.path.join(e.base_path, d) for v, d in aspired(e.policy, found).items()}
+            with self._lock:
+                if self._source.get(e.name) is not e:
+                    continue  # the config changed while listing
+                if error is not None:
+                    self._note(e.name, f"error:{error}", logging.ERROR,
+                               "FileSystemStoragePathSource encountered a filesystem access error: %s",
+                               error.message)
+                    self._source_error[e.name] = error
+                    self._changed.notify_all()
+                    continue
+                self._source_error.pop(e.name, None)
+                if not found:
+                    self._note(e.name, "empty", logging.WARNING,
+                               "No versions of servable %s found under base path %s. Did you forget to "
+                               "name your leaf directories as numbers (eg. '/1/', '/2/', etc.)?",
+                               e.name, e.base_path)
+                else:
+                    miss = missing_specific(e.policy, found)
+                    self._note(e.name, f"ok:{sorted(want)}:{miss}", logging.WARNING if miss else None,
+                               "Version(s) %s of servable %s, requested as 'specific' versions in the "
+                               "servable's version policy, were not found in the file system",
+                               miss, e.name)
+                if self._aspired.get(e.name) != want:
+                    for v in sorted(set(want) - set(self._aspired.get(e.name, {}))):
+                        log.info("Aspiring version for servable %s from path: %s", e.name, want[v])
+                    self._aspired[e.name] = want
+                    self._reconcile(e.name)
+                self._changed.notify_all()
+
+    def _note(self, name: str, key: str, level: int | None, fmt: str, *args) -> None:
+        """Log a source condition once, when it starts (not on every poll)."""
+        if self._notes.get(name) == key:
+            return
+        self._notes[name] = key
+        if level is not None:
+            log.log(level, fmt, *args)
+
+    # ---------------------------------------------------------------------------------------
+    # manager: harness state machine driven by the availability-preserving policy
+    # ---------------------------------------------------------------------------------------
+    def _set_state(self, name: str, version: int, state: str, code: str = "OK", message: str = "") -> None:
+        self._monitor.setdefault(name, {})[version] = VersionState(state, code, message)
+        self._changed.notify_all()
+
+    def _reconcile(self, name: str) -> None:
+        """Bring one model's harnesses in line with its aspired versions (lock held)."""
+        want = self._aspired.get(name, {})
+        stream = self._streams.setdefault(name, {})
+        for v, h in stream.items():
+            if v not in want and h.is_aspired:
+                h.is_aspired = False
+                h.cancel.set()
+            elif v in want and not h.is_aspired and h.state in (pol.LOADING, pol.READY):
+                h.is_aspired = True
+                h.cancel.clear()
+        for v, h in list(stream.items()):
+            if not h.is_aspired and h.state in (pol.NEW, pol.DISABLED, pol.ERROR):
+                del stream[v]
+                if h.state == pol.NEW:
+                    self._set_state(name, v, END)
+        for v, path in sorted(want.items()):
+            if v not in stream:
+                stream[v] = _Harness(v, path)
+                self._set_state(name, v, START)
+        while not self._stop.is_set():
+            action = pol.next_action([pol.Snapshot(h.version, h.state, h.is_aspired)
+                                      for h in stream.values()])
+            if action is None:
+                break
+            h = stream[action.version]
+            if action.kind == "load":
+                h.state = pol.LOADING
+                self._set_state(name, h.version, LOADING)
+                log.info("Approving load for servable version %s", sid(name, h.version))
+                self._submit(self._load, name, h)
+            else:
+                h.state = pol.UNLOADING
+                self._set_state(name, h.version, UNLOADING)
+                self._serving.get(name, {}).pop(h.version, None)
+                log.info("Quiescing servable version %s", sid(name, h.version))
+                self._submit(self._unload, name, h)
+        if not stream:
+            self._streams.pop(name, None)
+
+    def _submit(self, fn, *args) -> None:
+        try:
+            self._pool.submit(fn, *args)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _load(self, name: str, h: _Harness) -> None:
+        log.info("Loading servable version %s", sid(name, h.version))
+        attempt, error, servable = 0, None, None
+        while True:
+            try:
+                servable = Servable.load(name, h.version, h.path)
+                error = None
+                break
+            except ServingError as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 - any load failure ends the version in END
+                error = ServingError("UNKNOWN", f"{exc.__class__.__name__}: {exc}")
+            if attempt >= self.max_num_load_retries or h.cancel.is_set():
+                break
+            attempt += 1
+            log.info("Retrying load of servable version %s (retry %d of %d) after: %s",
+                     sid(name, h.version), attempt, self.max_num_load_retries, error)
+            if h.cancel.wait(self.load_retry_interval):
+                break
+        with self._lock:
+            if error is None and h.is_aspired and not self._stop.is_set():
+                h.state, h.servable = pol.READY, servable
+                self._serving.setdefault(name, {})[h.version] = servable
+                self._set_state(name, h.version, AVAILABLE)
+                log.info("Successfully loaded servable version %s", sid(name, h.version))
+            elif error is None:  # un-aspired while loading: drop it again
+                h.state = pol.DISABLED
+                self._set_state(name, h.version, END)
+                log.info("Servable version %s was loaded but is no longer aspired; unloaded",
+                         sid(name, h.version))
+                servable.close()
+            else:
+                h.state = pol.ERROR
+                self._set_state(name, h.version, END, error.code, error.message)
+                log.error("Loading servable: %s failed: %s", sid(name, h.version), error)
+            self._reconcile(name)
+
+    def _unload(self, name: str, h: _Harness) -> None:
+        log.info("Unloading servable version %s", sid(name, h.version))
+        if h.servable is not None:
+            h.servable.close()
+        with self._lock:
+            h.state, h.servable = pol.DISABLED, None
+            self._set_state(name, h.version, END)
+            log.info("Done unloading servable version %s", sid(name, h.version))
+            self._reconcile(name)
+
+    # ---------------------------------------------------------------------------------------
+    # requests
+    # ---------------------------------------------------------------------------------------
+    @contextmanager
+    def handle(self, name: str, version: int | None = None, label: str | None = None):
+        """A loaded version for a request (``ServerCore::GetServableHandle``).
+
+        No version and no label: the highest AVAILABLE version. A label resolves through the
+        config's ``version_labels``. The version cannot be unloaded until the handle is released.
+        """
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
+        with self._lock:
+            if label is not None:
+                version = self._labels.get(name, {}).get(label)
+                if version is None:
+                    raise invalid_argument(f"Unrecognized servable version label: {label}")
+            versions = self._serving.get(name) or {}
+            if version is None:
+                if not versions:
+                    raise not_found(f"Servable not found for request: Latest({name})")
+                servable = versions[max(versions)]
+            else:
+                servable = versions.get(version)
+                if servable is None:
+                    raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            servable.acquire()
+        try:
+            yield servable
+        finally:
+            servable.release()
+
+    def model_status(self, name: str, version: int | None = None) -> list[tuple[int, VersionState]]:
+        """``GetModelStatusImpl``: versions (highest first) with state and last status."""
+        with self._lock:
+            states = self._monitor.get(name, {})
+            if version is not None:
+                st = states.get(version)
+                if st is None:
+                    raise not_found(f"Could not find version {version} of model {name}")
+                return [(version, st)]
+            if not states:
+                raise not_found(f"Could not find any versions of model {name}")
+            return sorted(states.items(), key=lambda kv: -kv[0])
+
+    def labels(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._labels.items()}

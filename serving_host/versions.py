@@ -1,0 +1,76 @@
+"""Which versions of a model should be served: TF Serving's file-system source, as pure functions.
+
+TF Serving's ``FileSystemStoragePathSource`` lists the children of a model's ``base_path``, keeps
+those whose names parse as integers (``00000123`` is version 123; ``.incoming-7-x`` is ignored)
+and applies the model's version policy to pick the *aspired* versions the manager should load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """``latest {num_versions}`` (default latest 1), ``all``, or ``specific {versions}``."""
+    kind: str = "latest"                 # "latest" | "all" | "specific"
+    num_versions: int = 1                # latest only
+    versions: frozenset[int] = field(default_factory=frozenset)  # specific only
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {self.num_versions}"
+        if self.kind == "specific":
+            return "specific " + ",".join(str(v) for v in sorted(self.versions))
+        return "all"
+
+
+def parse_version(name: str) -> int | None:
+    """A child directory name as a version number, or None when TF Serving would ignore it.
+
+    Like ``strings::safe_strto64``: optional surrounding whitespace, an optional sign, decimal
+    digits, within int64. Negative numbers parse but are never valid servable versions.
+    """
+    s = name.strip()
+    if not s:
+        return None
+    digits = s[1:] if s[0] in "+-" else s
+    if not digits.isdigit() or not digits.isascii():
+        return None
+    value = int(s)
+    if value < 0 or value > INT64_MAX:
+        return None
+    return value
+
+
+def discover(children: list[str]) -> dict[int, str]:
+    """Map version number -> child name for the numeric children of a base path.
+
+    When two names parse to the same number (``7`` and ``007``) the lexicographically first
+    name is kept, so the result does not depend on listing order.
+    """
+    found: dict[int, str] = {}
+    for child in sorted(children):
+        v = parse_version(child)
+        if v is not None and v not in found:
+            found[v] = child
+    return found
+
+
+def aspired(policy: VersionPolicy, found: dict[int, str]) -> dict[int, str]:
+    """The versions (and their directory names) that the policy wants loaded."""
+    if policy.kind == "all":
+        return dict(found)
+    if policy.kind == "specific":
+        return {v: name for v, name in found.items() if v in policy.versions}
+    n = max(1, policy.num_versions)
+    keep = sorted(found, reverse=True)[:n]
+    return {v: found[v] for v in keep}
+
+
+def missing_specific(policy: VersionPolicy, found: dict[int, str]) -> list[int]:
+    """Specific versions that were asked for but are not on disk (TF Serving logs a warning)."""
+    if policy.kind != "specific":
+        return []
+    return sorted(v for v in policy.versions if v not in found)

@@ -1,0 +1,151 @@
+"""``serving_host/install_server.sh``: dry-run output (exact docker flags, the config it writes),
+idempotence of the host preparation, input errors, and shellcheck.
+
+There is no Docker engine here, so the container step is checked through its dry-run output; the
+user/directory/config steps run for real (as root, on a temporary directory).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from tests.fixtures.tfserving import REPO
+
+SCRIPT = REPO / "serving_host" / "install_server.sh"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+def me() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def docker_run_args(stdout: str) -> list[str]:
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("docker run ")]
+    return shlex.split(line)
+
+
+def test_dry_run_prints_every_command_and_changes_nothing(tmp_path):
+    base = tmp_path / "models"
+    r = run("--dry-run", "--base", str(base), "--deploy-user", me())
+    assert r.returncode == 0, r.stderr
+    assert not base.exists()
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"install -d -m 0755 -o {me()} -g {me()} {base}"
+    i = lines.index(f"install -m 0644 -o {me()} -g {me()} /dev/stdin {base}/models.config <<'EOF'")
+    assert lines[i + 1: i + 4] == ["model_config_list {", "}", "EOF"]
+    args = docker_run_args(r.stdout)
+    spec = next(a for a in args if a.startswith("tfmodel-delivery.spec="))
+    assert args == [
+        "docker", "run", "--detach", "--name", "tfserving", "--restart", "unless-stopped",
+        "--publish", "127.0.0.1:8501:8501", "--publish", "127.0.0.1:8500:8500",
+        "--mount", f"type=bind,source={base},target=/models,readonly",
+        "--entrypoint", "tensorflow_model_server", "--label", spec,
+        "tensorflow/serving:2.21.0",
+        "--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config",
+        "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
+        "--allow_version_labels_for_unavailable_models=true"]
+
+
+def test_config_it_writes_is_an_empty_but_valid_model_config_list(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", me())
+    lines = r.stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.endswith("<<'EOF'")) + 1
+    text = "\n".join(lines[start: lines.index("EOF", start)]) + "\n"
+    cfg = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    assert cfg.WhichOneof("config") == "model_config_list"
+    assert len(cfg.model_config_list.config) == 0
+
+
+def test_options_change_the_docker_flags(tmp_path):
+    r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", me(), "--expose",
+            "--rest-port", "9501", "--grpc-port", "9500", "--poll-seconds", "5", "--image",
+            "tensorflow/serving:2.19.0", "--container", "tfs2")
+    args = docker_run_args(r.stdout)
+    assert "0.0.0.0:9501:8501" in args and "0.0.0.0:9500:8500" in args
+    assert "--model_config_file_poll_wait_seconds=5" in args and "tensorflow/serving:2.19.0" in args
+    assert args[args.index("--name") + 1] == "tfs2"
+    default = docker_run_args(run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", me()).stdout)
+    label = next(a for a in args if a.startswith("tfmodel-delivery.spec="))
+    assert label not in default  # the settings hash changes with the settings
+
+
+def test_missing_deploy_user_is_created(tmp_path):
+    user = f"tfmd{uuid.uuid4().hex[:8]}"
+    r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", user)
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[0] == f"useradd --system --create-home --shell /bin/bash {user}"
+    assert f"install -d -m 0755 -o {user} -g {user} {tmp_path / 'm'}" in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the base directory")
+def test_host_preparation_is_idempotent(tmp_path):
+    base = tmp_path / "models"
+    first = run("--base", str(base), "--deploy-user", me(), "--no-container")
+    assert first.returncode == 0, first.stderr
+    config = base / "models.config"
+    assert config.read_text() == "model_config_list {\n}\n"
+    assert base.stat().st_uid == os.getuid()
+    before = (config.stat().st_mtime_ns, config.read_text())
+
+    second = run("--base", str(base), "--deploy-user", me(), "--no-container")
+    assert second.returncode == 0
+    assert second.stdout == ""
+    assert "ok: nothing to change" in second.stderr
+    assert (config.stat().st_mtime_ns, config.read_text()) == before
+
+    # serving_sync owns models.config once deploys start: never overwritten
+    config.write_text('model_config_list { config { name: "m" base_path: "/models/m" model_platform: "tensorflow" } }\n')
+    third = run("--base", str(base), "--deploy-user", me(), "--no-container")
+    assert "name: \"m\"" in config.read_text() and third.returncode == 0
+    # a dry-run now prints only the container step
+    dry = run("--dry-run", "--base", str(base), "--deploy-user", me())
+    assert [ln for ln in dry.stdout.splitlines() if not ln.startswith("#")][0].startswith("docker run ")
+    assert "install " not in dry.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base", "relative/dir"], "error: --base must be an absolute path"),
+    (["--bogus"], "error: unknown option --bogus"),
+    (["--rest-port", "99999"], "error: ports must be numbers between 1 and 65535"),
+    (["--base"], "error: --base needs a value"),
+    (["--deploy-user", "Bad User"], "is not a valid user name"),
+])
+def test_bad_options_give_one_clear_line(args, message):
+    r = run("--dry-run", *args)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(message) or message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_without_docker_engine_it_stops_before_changing_anything(tmp_path):
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+        pytest.skip("SKIPPED: a Docker Engine is running here; this case needs a host without one")
+    base = tmp_path / "models"
+    r = run("--base", str(base), "--deploy-user", me())
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "--no-container" in r.stderr
+    assert not base.exists()
+
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0 and "--dry-run" in r.stdout and "tensorflow/serving" in r.stdout
+
+
+def test_shellcheck_passes():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("SKIPPED: shellcheck is not installed - run `make system-deps` (apt-get install shellcheck)")
+    r = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout

@@ -1,0 +1,336 @@
+"""The local server's REST API against TF Serving's own test models and expectations.
+
+The cases follow TF Serving's ``http_rest_api_handler_test.cc`` and ``tensorflow_model_server_test.py``
+(half_plus_two: y = 0.5x + 2; classify/regress signatures; the metadata JSON TF Serving returns),
+run over real HTTP against ``python -m serving_host.local_server``.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+
+import pytest
+import requests
+
+from tests.helpers import SHARED
+
+TESTDATA = SHARED / "testdata" / "tensorflow_serving"
+HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
+TWO_VERSIONS = TESTDATA / "saved_model_half_plus_two_2_versions"
+M2 = "saved_model_half_plus_two_2_versions"     # kTestModelName in TF Serving's handler test
+LABEL = "Version_Label"
+
+
+def _config(extra_models: str = "", label: bool = False) -> str:
+    labels = f'version_labels {{ key: "{LABEL}" value: 123 }}' if label else ""
+    return f"""model_config_list {{
+  config {{ name: "default" base_path: "{HALF_PLUS_TWO}" model_platform: "tensorflow" }}
+  config {{ name: "{M2}" base_path: "{TWO_VERSIONS}" model_platform: "tensorflow"
+           model_version_policy {{ specific {{ versions: 123 }} }} {labels} }}
+  config {{ name: "both" base_path: "{TWO_VERSIONS}" model_platform: "tensorflow"
+           model_version_policy {{ all {{}} }} }}
+{extra_models}
+}}
+"""
+
+
+def _save_multi_io_model(path) -> None:
+    """A TF2 SavedModel with two named inputs (float, string) and four outputs."""
+    import tensorflow as tf
+
+    class Multi(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"),
+                                      tf.TensorSpec([None], tf.string, name="s")])
+        def serve(self, a, s):
+            return {"sum": tf.reduce_sum(a, axis=1), "twice": a * 2.0,
+                    "echo_bytes": s, "length": tf.strings.length(s)}
+
+    m = Multi()
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+
+
+def _export_keras_model(path) -> list[float]:
+    """A tiny Keras model exported with ``model.export`` (the project's serving artifact)."""
+    import numpy as np
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.export(str(path), format="tf_saved_model", verbose=False)
+    x = np.linspace(0, 1, 64, dtype="float32").reshape(1, 8, 8, 1)
+    return model.predict(x, verbose=0)[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def server(tfserving_session_factory, tmp_path_factory):
+    models = tmp_path_factory.mktemp("rest-models")
+    _save_multi_io_model(models / "multi" / "1")
+    keras_expected = _export_keras_model(models / "keras" / "3")
+    extra = (f'config {{ name: "multi" base_path: "{models / "multi"}" model_platform: "tensorflow" }}\n'
+             f'config {{ name: "keras" base_path: "{models / "keras"}" model_platform: "tensorflow" }}')
+    srv = tfserving_session_factory(tmp_path_factory.mktemp("rest-serving"), _config(extra))
+    for name, version in (("default", 123), (M2, 123), ("both", 124), ("multi", 1), ("keras", 3)):
+        srv.wait_for_state(name, version, "AVAILABLE")
+    # Labels can only be assigned to loaded versions: add the label in a second config.
+    srv.write_config(_config(extra, label=True))
+    _wait_label(srv)
+    srv.keras_expected = keras_expected
+    yield srv
+    srv.stop()
+
+
+def _wait_label(srv, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = requests.post(f"{srv.rest_url}/v1/models/{M2}/labels/{LABEL}:predict", json={"instances": [1.0]})
+        if r.status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"label never became usable: {r.status_code} {r.text}")
+
+
+def call(srv, method: str, path: str, body=None, raw: bytes | None = None) -> requests.Response:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    return requests.request(method, srv.rest_url + path, data=data, timeout=30)
+
+
+def error_of(r: requests.Response) -> str:
+    assert r.headers["Content-Type"] == "application/json"
+    return r.json()["error"]
+
+
+# -- paths ----------------------------------------------------------------------------------
+def test_paths_outside_v1_are_404_not_json(server):
+    for path in ("/statuspage", "/index", "/"):
+        r = call(server, "GET", path)
+        assert r.status_code == 404
+        assert r.headers["Content-Type"] == "text/html"
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/foo"), ("POST", "/v1/foo"), ("GET", "/v1/models/debug/model_name"),
+    ("POST", "/v1/models"), ("GET", "/v1/models/foo:predict"), ("GET", "/v1/models/foo/version/50:predict"),
+    ("POST", "/v1/models/foo/version/50:regress"), ("POST", "/v1/models/foo/versions/HELLO:regress"),
+    ("POST", "/v1/models/foo/metadata"), ("POST", "/v1/models/foo/label/some_label:regress"),
+    ("POST", "/v1/models/foo/versions/50/labels/some_label:regress"),
+    ("POST", "/v1/models/foo/versions/some_label:regress"), ("PUT", "/v1/models/default"),
+    ("DELETE", "/v1/models/default"),
+])
+def test_unsupported_api_calls_are_malformed_requests(server, method, path):
+    r = call(server, method, path)
+    assert r.status_code == 400
+    assert error_of(r) == f"Malformed request: {method} {path}"
+
+
+def test_missing_model_name_and_bad_version_number(server):
+    r = call(server, "GET", "/v1/models")
+    assert r.status_code == 400 and "Missing model name" in error_of(r)
+    r = call(server, "POST", f"/v1/models/foo/versions/{2**64 - 1}:regress")
+    assert r.status_code == 400 and "Failed to convert version" in error_of(r)
+
+
+def test_paths_are_case_insensitive_like_tf_serving(server):
+    r = call(server, "POST", "/V1/MODELS/default:predict", {"instances": [1.0]})
+    assert r.status_code == 200 and r.json() == {"predictions": [2.5]}
+
+
+# -- predict --------------------------------------------------------------------------------
+def test_predict_model_name_and_version_errors_are_404(server):
+    for path in ("/v1/models/foo:predict", "/v1/models/foo/versions/50:predict",
+                 f"/v1/models/{M2}/versions/99:predict"):
+        r = call(server, "POST", path, {"instances": [1]})
+        assert r.status_code == 404, path
+    assert error_of(call(server, "POST", "/v1/models/foo:predict", {"instances": [1]})) == \
+        "Servable not found for request: Latest(foo)"
+    assert error_of(call(server, "POST", f"/v1/models/{M2}/versions/99:predict", {"instances": [1]})) == \
+        f"Servable not found for request: Specific({M2}, 99)"
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"", 400, "JSON Parse error: The document is empty"),
+    (b"instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
+    (b'{ "instances": ["x", "y"] }', 400, "not of expected type: float"),
+    (b'{ "signature_name": 100 }', 400, "'signature_name' key must be a string value."),
+    (b'{ "signature_name": "nope", "instances": [1.0] }', 400,
+     'Serving signature name: "nope" not found in signature def'),
+])
+def test_predict_request_errors(server, body, status, fragment):
+    r = call(server, "POST", f"/v1/models/{M2}:predict", raw=body)
+    assert r.status_code == status
+    assert fragment in error_of(r)
+
+
+def test_predict_with_unknown_label_is_400(server):
+    r = call(server, "POST", f"/v1/models/{M2}/labels/Version_Nonexistent:predict", {"instances": ["x", "y"]})
+    assert r.status_code == 400
+    assert "Unrecognized servable version label" in error_of(r)
+
+
+def test_predict_row_format_latest_version_and_label(server):
+    # TF Serving feeds the batch as sent: [2, 2] runs although the signature says [-1, 1].
+    r = call(server, "POST", f"/v1/models/{M2}:predict", {"instances": [[1.0, 2.0], [3.0, 4.0]]})
+    assert r.status_code == 200
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.json() == {"predictions": [[2.5, 3.0], [3.5, 4.0]]}
+    for path in (f"/v1/models/{M2}/versions/123:predict", f"/v1/models/{M2}/labels/{LABEL}:predict"):
+        assert call(server, "POST", path, {"instances": [1.0, 2.0]}).json() == {"predictions": [2.5, 3.0]}
+    r = call(server, "POST", f"/v1/models/{M2}/versions/123:predict",
+             {"signature_name": "serving_default", "instances": [3.0, 4.0]})
+    assert r.json() == {"predictions": [3.5, 4.0]}
+
+
+def test_predict_columnar_format(server):
+    r = call(server, "POST", f"/v1/models/{M2}/versions/123:predict",
+             {"signature_name": "serving_default", "inputs": [3.0, 4.0]})
+    assert r.status_code == 200 and r.json() == {"outputs": [3.5, 4.0]}
+    r = call(server, "POST", "/v1/models/default:predict", {"inputs": {"x": [[1.0], [2.0]]}})
+    assert r.json() == {"outputs": [[2.5], [3.0]]}
+
+
+def test_unversioned_requests_go_to_the_highest_loaded_version(server):
+    states = server.version_states("both")
+    assert states == {123: "AVAILABLE", 124: "AVAILABLE"}
+    meta = call(server, "GET", "/v1/models/both/metadata").json()
+    assert meta["model_spec"]["version"] == "124"
+    assert call(server, "GET", "/v1/models/both/versions/123/metadata").json()["model_spec"]["version"] == "123"
+
+
+def test_predict_b64_string_input_on_classify_signature(server):
+    from tensorflow.core.example import example_pb2
+
+    ex = example_pb2.Example()
+    ex.features.feature["x"].float_list.value.append(20.0)
+    b64 = base64.b64encode(ex.SerializeToString()).decode()
+    r = call(server, "POST", "/v1/models/default:predict",
+             {"signature_name": "classify_x_to_y", "instances": [{"b64": b64}]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [[12.0]]}
+
+
+def test_predict_several_named_inputs_and_outputs(server):
+    r = call(server, "POST", "/v1/models/multi:predict", {"instances": [
+        {"a": [1.0, 2.0], "s": {"b64": base64.b64encode(b"hi").decode()}},
+        {"a": [3.0, 4.0], "s": "yo!"}]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [
+        {"sum": 3.0, "twice": [2.0, 4.0], "echo_bytes": {"b64": "aGk="}, "length": 2},
+        {"sum": 7.0, "twice": [6.0, 8.0], "echo_bytes": {"b64": "eW8h"}, "length": 3}]}
+    r = call(server, "POST", "/v1/models/multi:predict", {"inputs": {"a": [[1.0, 1.0]], "s": ["abcd"]}})
+    assert r.json() == {"outputs": {"sum": [2.0], "twice": [[2.0, 2.0]],
+                                    "echo_bytes": [{"b64": base64.b64encode(b"abcd").decode()}], "length": [4]}}
+    r = call(server, "POST", "/v1/models/multi:predict", {"instances": [[1.0, 2.0]]})
+    assert r.status_code == 400 and "instances is a plain list" in error_of(r)
+    r = call(server, "POST", "/v1/models/multi:predict", {"instances": [{"a": [1.0, 2.0]}]})
+    assert r.status_code == 400 and "must only have keys: a,s" in error_of(r)
+
+
+def test_keras_exported_model_serves_what_keras_computes(server):
+    import numpy as np
+
+    x = np.linspace(0, 1, 64, dtype="float32").reshape(1, 8, 8, 1).tolist()
+    r = call(server, "POST", "/v1/models/keras:predict", {"instances": x})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"][0]
+    assert got == pytest.approx(server.keras_expected, abs=1e-6)
+    meta = call(server, "GET", "/v1/models/keras/metadata").json()
+    sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    (inp,) = sig["inputs"].values()
+    assert [int(d["size"]) for d in inp["tensor_shape"]["dim"]] == [-1, 8, 8, 1]
+
+
+# -- classify / regress ---------------------------------------------------------------------
+def test_regress(server):
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]}
+    for path in (f"/v1/models/{M2}:regress", f"/v1/models/{M2}/versions/123:regress",
+                 f"/v1/models/{M2}/labels/{LABEL}:regress"):
+        r = call(server, "POST", path, body)
+        assert r.status_code == 200 and r.json() == {"results": [42]}, path
+
+
+def test_classify(server):
+    r = call(server, "POST", f"/v1/models/{M2}:classify",
+             {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}]})
+    assert r.status_code == 200 and r.json() == {"results": [[["", 12]]]}
+    r = call(server, "POST", f"/v1/models/{M2}/labels/{LABEL}:classify",
+             {"signature_name": "classify_x_to_y", "examples": [{"x": 10.0}]})
+    assert r.json() == {"results": [[["", 7]]]}
+
+
+def test_classify_and_regress_errors(server):
+    r = call(server, "POST", f"/v1/models/{M2}:regress", {"examples": [{"x": 1.0}]})
+    assert r.status_code == 400
+    assert error_of(r) == ("Expected regression signature method_name to be tensorflow/serving/regress. "
+                           "Was: tensorflow/serving/predict")
+    r = call(server, "POST", f"/v1/models/{M2}:classify", {"signature_name": "classify_x_to_y"})
+    assert r.status_code == 400 and "key 'examples' is expected and was not found" in error_of(r)
+    r = call(server, "POST", "/v1/models/foo:classify", {"examples": [{"x": 1.0}]})
+    assert r.status_code == 404
+
+
+# -- status and metadata --------------------------------------------------------------------
+AVAILABLE_123 = {"model_version_status": [
+    {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+def test_get_status(server):
+    for path in (f"/v1/models/{M2}", f"/v1/models/{M2}/versions/123", f"/v1/models/{M2}/labels/{LABEL}"):
+        r = call(server, "GET", path)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+        assert r.json() == AVAILABLE_123, path
+
+
+def test_status_lists_versions_highest_first(server):
+    r = call(server, "GET", "/v1/models/both")
+    assert [v["version"] for v in r.json()["model_version_status"]] == ["124", "123"]
+
+
+def test_get_status_errors(server):
+    r = call(server, "GET", "/v1/models/foo")
+    assert r.status_code == 404 and error_of(r) == "Could not find any versions of model foo"
+    r = call(server, "GET", f"/v1/models/{M2}/versions/7")
+    assert r.status_code == 404 and error_of(r) == f"Could not find version 7 of model {M2}"
+
+
+def _sorted(obj):
+    if isinstance(obj, dict):
+        return {k: _sorted(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, list):
+        return sorted((_sorted(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    return obj
+
+
+def test_metadata_matches_what_tf_serving_returns(server):
+    expected = json.loads((TESTDATA / "half_plus_two_model_metadata.json").read_text())
+    r = call(server, "GET", "/v1/models/default/metadata")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    assert _sorted(r.json()) == _sorted(expected)
+    expected2 = json.loads((TESTDATA / "saved_model_half_plus_two_2_versions_metadata.json").read_text())
+    for path in (f"/v1/models/{M2}/metadata", f"/v1/models/{M2}/versions/123/metadata",
+                 f"/v1/models/{M2}/labels/{LABEL}/metadata"):
+        assert _sorted(call(server, "GET", path).json()) == _sorted(expected2), path
+
+
+def test_metadata_errors(server):
+    r = call(server, "GET", "/v1/models/foo/metadata")
+    assert r.status_code == 404 and error_of(r) == "Servable not found for request: Latest(foo)"
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=10)
+    try:
+        for i in range(20):
+            conn.request("POST", "/v1/models/default:predict", body=json.dumps({"instances": [float(i)]}),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert json.loads(resp.read()) == {"predictions": [0.5 * i + 2]}
+            if i == 0:
+                sock = conn.sock
+            assert conn.sock is sock  # the same TCP connection every time
+    finally:
+        conn.close()

@@ -1,0 +1,349 @@
+"""Version transitions, config reloads (file and gRPC) and failures on the real local server.
+
+Every wait is a bounded poll; traffic loops are bounded in count and time and run against
+127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+from google.protobuf import text_format
+from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from tests.fixtures.tfserving import REPO
+from tests.helpers import SHARED
+
+HALF_PLUS_TWO_123 = SHARED / "testdata" / "tensorflow_serving" / "saved_model_half_plus_two_cpu" / "00000123"
+
+
+def publish(base: Path, model: str, version: int) -> Path:
+    """Copy the test SavedModel as <base>/<model>/<version> (complete before it is visible)."""
+    staging = base / model / f".incoming-{version}"
+    shutil.copytree(HALF_PLUS_TWO_123, staging)
+    final = base / model / str(version)
+    staging.rename(final)
+    return final
+
+
+def model_config(base: Path, model: str, *, versions: list[int] | None = None,
+                 labels: dict[str, int] | None = None, policy: str | None = None) -> str:
+    if versions is not None:
+        pol = "model_version_policy { specific { " + " ".join(f"versions: {v}" for v in versions) + " } }"
+    else:
+        pol = policy or ""
+    lab = " ".join(f'version_labels {{ key: "{k}" value: {v} }}' for k, v in (labels or {}).items())
+    return (f'model_config_list {{ config {{ name: "{model}" base_path: "{base / model}" '
+            f'model_platform: "tensorflow" {pol} {lab} }} }}\n')
+
+
+def served_version(srv, path: str) -> int | None:
+    r = requests.get(f"{srv.rest_url}{path}/metadata", timeout=10)
+    return int(r.json()["model_spec"]["version"]) if r.status_code == 200 else None
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+class Traffic:
+    """Clients that keep predicting (bounded in count and time) and count failed requests."""
+
+    def __init__(self, url: str, paths: list[str], clients: int = 4, max_requests: int = 20000,
+                 max_seconds: float = 120.0):
+        self.url, self.paths = url, paths
+        self.clients, self.max_requests, self.max_seconds = clients, max_requests, max_seconds
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        session = requests.Session()
+        deadline = time.monotonic() + self.max_seconds
+        n = 0
+        while not self._stop.is_set() and time.monotonic() < deadline and n < self.max_requests // self.clients:
+            path = self.paths[(n + i) % len(self.paths)]
+            n += 1
+            try:
+                r = session.post(self.url + path, json={"instances": [2.0]}, timeout=10)
+                good = r.status_code == 200 and r.json() == {"predictions": [3.0]}
+                detail = f"{path}: {r.status_code} {r.text[:200]}"
+            except requests.RequestException as exc:
+                good, detail = False, f"{path}: {exc}"
+            with self._lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failures.append(detail)
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+
+# -- reloads under traffic ------------------------------------------------------------------
+def test_add_version_move_label_drop_version_without_one_failed_request(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m", versions=[1]))
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    srv.write_config(model_config(base, "m", versions=[1], labels={"stable": 1}))
+    wait_until(lambda: served_version(srv, "/v1/models/m/labels/stable") == 1, what="label stable -> 1")
+
+    with Traffic(srv.rest_url, ["/v1/models/m:predict", "/v1/models/m/labels/stable:predict"]) as traffic:
+        # add version 2 (loaded before anything is unloaded)
+        publish(base, "m", 2)
+        srv.write_config(model_config(base, "m", versions=[1, 2], labels={"stable": 1}))
+        srv.wait_for_state("m", 2, "AVAILABLE")
+        assert served_version(srv, "/v1/models/m") == 2            # unversioned -> highest loaded
+        assert served_version(srv, "/v1/models/m/labels/stable") == 1
+        # move the label
+        srv.write_config(model_config(base, "m", versions=[1, 2], labels={"stable": 2, "previous": 1}))
+        wait_until(lambda: served_version(srv, "/v1/models/m/labels/stable") == 2, what="label stable -> 2")
+        assert served_version(srv, "/v1/models/m/labels/previous") == 1
+        # drop version 1
+        srv.write_config(model_config(base, "m", versions=[2], labels={"stable": 2}))
+        srv.wait_for_state("m", 1, "END")
+        time.sleep(1.0)  # keep traffic running across the unload
+    assert traffic.failures == []
+    assert traffic.ok > 50, "the traffic loop did not run"
+    states = srv.version_states("m")
+    assert states == {1: "END", 2: "AVAILABLE"}                     # unloaded versions stay listed
+    r = requests.post(f"{srv.rest_url}/v1/models/m/versions/1:predict", json={"instances": [1.0]})
+    assert r.status_code == 404
+
+
+def test_label_on_unloaded_version_is_refused_and_old_labels_keep_working(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m", versions=[1]))
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    srv.write_config(model_config(base, "m", versions=[1], labels={"stable": 1}))
+    wait_until(lambda: served_version(srv, "/v1/models/m/labels/stable") == 1, what="label stable -> 1")
+    publish(base, "m", 2)
+    with Traffic(srv.rest_url, ["/v1/models/m/labels/stable:predict"], clients=2) as traffic:
+        # version 2 is on disk but not loaded (the policy still says specific 1): refused
+        srv.write_config(model_config(base, "m", versions=[1, 2], labels={"stable": 2}))
+        wait_until(lambda: "Request to assign label to version 2 of model m, which is not currently "
+                           "available for inference" in srv.log(), what="refusal logged")
+        time.sleep(2.5)  # more than two config polls: the refusal repeats, nothing changes
+        assert served_version(srv, "/v1/models/m/labels/stable") == 1
+        assert srv.version_states("m") == {1: "AVAILABLE"}          # the new policy was not applied
+    assert traffic.failures == [] and traffic.ok > 10
+
+
+# -- latest policy, broken versions, missing base paths --------------------------------------
+def test_latest_policy_replaces_version_and_broken_version_ends_in_end(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    with Traffic(srv.rest_url, ["/v1/models/m:predict"], clients=2) as traffic:
+        publish(base, "m", 2)
+        srv.wait_for_state("m", 2, "AVAILABLE")
+        srv.wait_for_state("m", 1, "END")
+        assert served_version(srv, "/v1/models/m") == 2
+        # a broken version 3: truncated saved_model.pb
+        staging = base / "m" / ".incoming-3"
+        shutil.copytree(HALF_PLUS_TWO_123, staging)
+        pb = staging / "saved_model.pb"
+        pb.write_bytes(pb.read_bytes()[:100])
+        staging.rename(base / "m" / "3")
+        entry = srv.wait_for_state("m", 3, "END")
+        time.sleep(2.5)  # several directory polls: version 3 is not loaded again
+    assert traffic.failures == [] and traffic.ok > 10
+    assert entry["status"]["error_code"] != "OK"
+    assert entry["status"]["error_message"]
+    assert srv.version_states("m") == {1: "END", 2: "AVAILABLE", 3: "END"}
+    assert served_version(srv, "/v1/models/m") == 2
+    assert srv.log().count("Loading servable version {name: m version: 3}") == 1
+
+
+def test_failed_load_is_retried_as_configured_then_ends(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    (base / "m" / "1").mkdir(parents=True)          # a version directory without a SavedModel
+    srv = tfserving_factory(base, model_config(base, "m"),
+                            extra_args=["--max_num_load_retries=2", "--load_retry_interval_micros=100000"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert entry["status"]["error_code"] != "OK"
+    assert srv.log().count("Retrying load of servable version {name: m version: 1}") == 2
+
+
+def test_missing_base_path_is_an_error_for_that_model_only(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "good", 1)
+    text = (f'model_config_list {{ config {{ name: "good" base_path: "{base / "good"}" model_platform: "tensorflow" }}'
+            f' config {{ name: "late" base_path: "{base / "late"}" model_platform: "tensorflow" }} }}\n')
+    srv = tfserving_factory(base, text)
+    srv.wait_for_state("good", 1, "AVAILABLE")
+    assert f"Could not find base path {base / 'late'} for servable late" in srv.log()
+    r = requests.get(f"{srv.rest_url}/v1/models/late", timeout=10)
+    assert r.status_code == 404
+    publish(base, "late", 5)                       # the path appears later: it is picked up
+    srv.wait_for_state("late", 5, "AVAILABLE")
+
+
+# -- gRPC ----------------------------------------------------------------------------------
+def _reload(stub, text: str, timeout: float = 120):
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    return stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
+                                          timeout=timeout)
+
+
+def test_grpc_reload_and_get_model_status(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    publish(base, "m", 2)
+    srv = tfserving_factory(base, config_poll_seconds=0)
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        # A new model: ReloadConfig returns once it is loaded.
+        resp = _reload(stub, model_config(base, "m", versions=[1]))
+        assert resp.status.error_code == 0 and resp.status.error_message == ""
+        assert srv.version_states("m") == {1: "AVAILABLE"}
+        status = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+            model_spec={"name": "m"}), timeout=10)
+        (v,) = status.model_version_status
+        assert (v.version, v.state) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+
+        _reload(stub, model_config(base, "m", versions=[1, 2]))
+        srv.wait_for_state("m", 2, "AVAILABLE")
+        _reload(stub, model_config(base, "m", versions=[1, 2], labels={"stable": 2}))
+        assert served_version(srv, "/v1/models/m/labels/stable") == 2   # effective when the call returns
+        # rollback: move the label back, immediately effective
+        _reload(stub, model_config(base, "m", versions=[1, 2], labels={"stable": 1}))
+        assert served_version(srv, "/v1/models/m/labels/stable") == 1
+
+        # a label on a version that is not loaded: refused, old labels stay
+        with pytest.raises(grpc.RpcError) as e:
+            _reload(stub, model_config(base, "m", versions=[1, 2], labels={"stable": 7}))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.details() == ("Request to assign label to version 7 of model m, which is not "
+                                     "currently available for inference")
+        assert served_version(srv, "/v1/models/m/labels/stable") == 1
+
+        # only model_config_list is accepted
+        with pytest.raises(grpc.RpcError) as e:
+            stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        # GetModelStatus errors
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "nope"}),
+                                timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        req = get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "m"})
+        req.model_spec.version.value = 9
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetModelStatus(req, timeout=10)
+        assert e.value.details() == "Could not find version 9 of model m"
+
+        # a new model whose base path is missing: error, but the rest of the config applies
+        text = (model_config(base, "m", versions=[1, 2], labels={"stable": 1}).rstrip().rstrip("}")
+                + f' config {{ name: "ghost" base_path: "{base / "ghost"}" model_platform: "tensorflow" }} }}\n')
+        with pytest.raises(grpc.RpcError) as e:
+            _reload(stub, text)
+        assert e.value.code() == grpc.StatusCode.UNKNOWN
+        assert "1 model(s) did not become available" in e.value.details()
+        assert "Could not find base path" in e.value.details()
+        assert srv.version_states("m") == {1: "AVAILABLE", 2: "AVAILABLE"}
+
+
+def test_grpc_reload_and_polled_file_end_in_the_same_state(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    publish(base, "m", 2)
+    publish(base, "m", 3)
+    steps = [model_config(base, "m", versions=[1, 2]),
+             model_config(base, "m", versions=[1, 2], labels={"stable": 1, "canary": 2}),
+             model_config(base, "m", versions=[2, 3], labels={"stable": 2})]
+    by_file = tfserving_factory(base / "a", model_config(base, "m", versions=[1]))
+    by_grpc = tfserving_factory(base / "b", model_config(base, "m", versions=[1]), config_poll_seconds=0)
+    by_file.wait_for_state("m", 1, "AVAILABLE")
+    by_grpc.wait_for_state("m", 1, "AVAILABLE")
+    with grpc.insecure_channel(by_grpc.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for text in steps:
+            by_file.write_config(text)
+            _reload(stub, text)
+            for srv in (by_file, by_grpc):
+                wait_until(lambda s=srv: all(st in ("AVAILABLE", "END") for st in s.version_states("m").values())
+                           and "LOADING" not in s.version_states("m").values(), what="settled")
+    final = {3: "AVAILABLE", 2: "AVAILABLE", 1: "END"}
+    for srv in (by_file, by_grpc):
+        wait_until(lambda s=srv: s.version_states("m") == final, what=f"final state on {srv.rest_url}")
+        wait_until(lambda s=srv: served_version(s, "/v1/models/m/labels/stable") == 2, what="stable -> 2")
+        r = requests.post(f"{srv.rest_url}/v1/models/m/labels/canary:predict", json={"instances": [1.0]})
+        assert r.status_code == 400 and "Unrecognized servable version label: canary" in r.json()["error"]
+    assert by_file.status("m") == by_grpc.status("m")
+
+
+# -- process behaviour ----------------------------------------------------------------------
+def test_sigterm_stops_the_server_cleanly(tfserving_factory, tmp_path):
+    srv = tfserving_factory(tmp_path / "serving")
+    proc = srv.proc
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert "Stopped" in srv.log()
+
+
+def _run_server(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "serving_host.local_server", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_says_production_uses_real_tensorflow_serving():
+    r = _run_server("--help")
+    assert r.returncode == 0
+    assert "NOT TensorFlow Serving" in r.stdout
+    assert "production uses real TensorFlow Serving" in " ".join(r.stdout.split())
+    for flag in ("--rest_api_port", "--port", "--model_config_file", "--model_config_file_poll_wait_seconds",
+                 "--file_system_poll_wait_seconds", "--max_num_load_retries", "--load_retry_interval_micros",
+                 "--allow_version_labels_for_unavailable_models", "--model_name", "--model_base_path"):
+        assert flag in r.stdout
+
+
+def test_bad_start_gives_one_clear_error_line(tmp_path):
+    r = _run_server("--rest_api_port=0")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: set --model_config_file=FILE or --model_base_path")
+    bad = tmp_path / "models.config"
+    bad.write_text("model_config_list { config { name: ")
+    r = _run_server(f"--model_config_file={bad}", "--rest_api_port=0")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Invalid protobuf file:") and str(bad) in last
+
+
+def test_single_model_flags(tfserving_factory, tmp_path):
+    """``--model_name``/``--model_base_path`` serve one model, as tensorflow_model_server does."""
+    base = tmp_path / "single"
+    publish(base, "hp", 7)
+    srv = tfserving_factory(tmp_path / "serving", grpc=False,
+                            extra_args=["--model_config_file=", "--model_name=hp", f"--model_base_path={base / 'hp'}"])
+    srv.wait_for_state("hp", 7, "AVAILABLE")
+    r = requests.post(f"{srv.rest_url}/v1/models/hp:predict", json={"instances": [4.0]}, timeout=10)
+    assert r.json() == {"predictions": [4.0]}

@@ -1,0 +1,312 @@
+"""Fast tests of the serving host's decisions: version discovery and policies, the
+availability-preserving policy, config validation and label rules, and the JSON<->tensor rules.
+"""
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from serving_host import config as cfg
+from serving_host import json_codec as jc
+from serving_host.policy import LOADING, NEW, READY, Action, Snapshot, next_action
+from serving_host.status import ServingError
+from serving_host.versions import VersionPolicy, aspired, discover, missing_specific, parse_version
+
+
+# -- version discovery and policies -----------------------------------------------------------
+def test_numeric_children_are_versions_and_others_are_ignored():
+    found = discover(["00000123", "124", ".incoming-125-ab12", "assets", "7.5", "-3", "", "0"])
+    assert found == {123: "00000123", 124: "124", 0: "0"}
+
+
+def test_parse_version_limits():
+    assert parse_version("00000123") == 123
+    assert parse_version(str(2**63 - 1)) == 2**63 - 1
+    assert parse_version(str(2**63)) is None
+    assert parse_version("12a") is None
+    assert parse_version("١٢") is None  # non-ASCII digits are not versions
+
+
+def test_same_number_twice_keeps_a_stable_name():
+    assert discover(["007", "7"]) == {7: "007"}
+    assert discover(["7", "007"]) == {7: "007"}
+
+
+@pytest.mark.parametrize("policy, expected", [
+    (VersionPolicy(), {5}),
+    (VersionPolicy("latest", num_versions=2), {4, 5}),
+    (VersionPolicy("latest", num_versions=10), {1, 4, 5}),
+    (VersionPolicy("all"), {1, 4, 5}),
+    (VersionPolicy("specific", versions=frozenset({1, 4, 9})), {1, 4}),
+])
+def test_policies_pick_aspired_versions(policy, expected):
+    found = {1: "1", 4: "4", 5: "5"}
+    assert set(aspired(policy, found)) == expected
+
+
+def test_missing_specific_versions_are_reported():
+    policy = VersionPolicy("specific", versions=frozenset({1, 9}))
+    assert missing_specific(policy, {1: "1"}) == [9]
+    assert missing_specific(VersionPolicy(), {}) == []
+
+
+def test_empty_base_path_aspires_nothing():
+    assert aspired(VersionPolicy(), {}) == {}
+
+
+# -- availability-preserving policy -----------------------------------------------------------
+def test_new_version_loads_before_old_one_unloads():
+    # v1 serving and no longer aspired, v2 aspired and new: load v2 first.
+    snap = [Snapshot(1, READY, False), Snapshot(2, NEW, True)]
+    assert next_action(snap) == Action("load", 2)
+    # while v2 loads, v1 keeps serving
+    assert next_action([Snapshot(1, READY, False), Snapshot(2, LOADING, True)]) is None
+    # v2 ready: now unload v1
+    assert next_action([Snapshot(1, READY, False), Snapshot(2, READY, True)]) == Action("unload", 1)
+
+
+def test_failed_new_version_keeps_old_one_serving():
+    assert next_action([Snapshot(1, READY, False), Snapshot(2, "error", True)]) is None
+
+
+def test_nothing_aspired_unloads_lowest_first():
+    assert next_action([Snapshot(3, READY, False), Snapshot(2, READY, False)]) == Action("unload", 2)
+
+
+def test_two_unaspired_serving_versions_unload_one_even_while_loading():
+    snap = [Snapshot(1, READY, False), Snapshot(2, READY, False), Snapshot(3, LOADING, True)]
+    assert next_action(snap) == Action("unload", 1)
+
+
+def test_highest_new_version_loads_first():
+    assert next_action([Snapshot(1, NEW, True), Snapshot(2, NEW, True)]) == Action("load", 2)
+
+
+# -- config parsing and validation ------------------------------------------------------------
+CONFIG = """
+model_config_list {
+  config {
+    name: "m"
+    base_path: "/models/m"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 3 versions: 4 } }
+    version_labels { key: "stable" value: 3 }
+    version_labels { key: "canary" value: 4 }
+  }
+  config { name: "n" base_path: "/models/n/" model_platform: "tensorflow"
+           model_version_policy { latest { num_versions: 2 } } }
+  config { name: "o" base_path: "/models/o" model_platform: "tensorflow" model_version_policy { all {} } }
+}
+"""
+
+
+def test_config_is_parsed_with_the_real_schema():
+    sc = cfg.to_server_config(cfg.parse_text(CONFIG))
+    assert sc.kind == "list"
+    m, n, o = sc.models
+    assert (m.name, m.base_path, m.labels) == ("m", "/models/m", {"stable": 3, "canary": 4})
+    assert m.policy == VersionPolicy("specific", versions=frozenset({3, 4}))
+    assert n.base_path == "/models/n" and n.policy == VersionPolicy("latest", num_versions=2)
+    assert o.policy == VersionPolicy("all")
+
+
+def test_empty_config_list_and_empty_file():
+    assert cfg.to_server_config(cfg.parse_text(cfg.EMPTY_CONFIG_TEXT)) == cfg.ServerConfig("list", ())
+    assert cfg.to_server_config(cfg.parse_text("")).kind == "empty"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('model_config_list { config { name: "m" base_path: "/a" model_platform: "tensorflow" } '
+     'config { name: "m" base_path: "/b" model_platform: "tensorflow" } }',
+     "Illegal to list model m multiple times in config list"),
+    ('model_config_list { config { name: "m" base_path: "rel/path" model_platform: "tensorflow" } }',
+     "Expected model m to have an absolute path or URI; got base_path()=rel/path"),
+    ('model_config_list { config { name: "m" base_path: "/a" } }',
+     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."),
+    ('model_config_list { config { name: "m" base_path: "/a" model_platform: "pytorch" } }',
+     "Model m requests unsupported platform pytorch"),
+])
+def test_invalid_configs_are_rejected_with_tf_serving_messages(text, message):
+    with pytest.raises(ServingError) as e:
+        cfg.to_server_config(cfg.parse_text(text))
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert e.value.message == message
+
+
+def test_syntax_error_names_the_file():
+    with pytest.raises(ServingError) as e:
+        cfg.parse_text("model_config_list { config { name: ", "/x/models.config")
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert "Invalid protobuf file: '/x/models.config'" in e.value.message
+
+
+def test_only_list_to_list_transitions():
+    lst = cfg.ServerConfig("list", ())
+    cfg.check_transition(cfg.ServerConfig("empty"), lst)
+    cfg.check_transition(lst, lst)
+    with pytest.raises(ServingError) as e:
+        cfg.check_transition(lst, cfg.ServerConfig("empty"))
+    assert e.value.code == "FAILED_PRECONDITION"
+
+
+def _models(labels: dict[str, int]):
+    return (cfg.ModelEntry("m", "/m", labels=labels),)
+
+
+def test_labels_may_point_only_at_available_versions():
+    assert cfg.label_map(_models({"stable": 1}), {("m", 1)}, {}, False) == {"m": {"stable": 1}}
+    with pytest.raises(ServingError) as e:
+        cfg.label_map(_models({"stable": 2}), {("m", 1)}, {"m": {"stable": 1}}, False)
+    assert e.value.code == "FAILED_PRECONDITION"
+    assert e.value.message == ("Request to assign label to version 2 of model m, which is not currently "
+                               "available for inference")
+
+
+def test_flag_allows_new_labels_but_not_moving_existing_ones_to_unavailable_versions():
+    assert cfg.label_map(_models({"canary": 2}), {("m", 1)}, {"m": {"stable": 1}}, True) == {"m": {"canary": 2}}
+    assert cfg.label_map(_models({"stable": 2}), set(), {"m": {"stable": 2}}, True) == {"m": {"stable": 2}}
+    with pytest.raises(ServingError):
+        cfg.label_map(_models({"stable": 2}), {("m", 1)}, {"m": {"stable": 1}}, True)
+
+
+# -- JSON <-> tensors ------------------------------------------------------------------------
+F, S, I64, I32, B = jc.DT_FLOAT, jc.DT_STRING, jc.DT_INT64, jc.DT_INT32, jc.DT_BOOL
+
+
+def test_row_format_batches_instances():
+    t = jc.tensors_from_instances([[1.0, 2.0], [3, 4]], {"x": F})["x"]
+    assert t.dtype == np.float32 and t.shape == (2, 2)
+    assert t.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_row_format_named_inputs_and_b64():
+    raw = b"\x00\xffbin"
+    t = jc.tensors_from_instances([{"a": [1.0], "s": {"b64": base64.b64encode(raw).decode()}},
+                                   {"a": [2.0], "s": "text"}], {"a": F, "s": S})
+    assert t["a"].tolist() == [[1.0], [2.0]]
+    assert t["s"].tolist() == [raw, b"text"]
+
+
+@pytest.mark.parametrize("instances, dtypes, fragment", [
+    ([["x", "y"]], {"x": F}, 'JSON Value: "x" Type: String is not of expected type: float'),
+    ([1, True], {"x": F}, "Type: True is not of expected type: float"),
+    ([[1.0], [1.0, 2.0]], {"x": F}, "Expecting tensor size: 1 but got: 2"),
+    ([[[1.0], 2.0]], {"x": F}, "found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
+    ([1.5], {"x": I64}, "is not of expected type: int64"),
+    ([2**31], {"x": I32}, "is not of expected type: int32"),
+    ([16777217], {"x": F}, "to float without loss of precision"),
+    ([1e39], {"x": F}, "to float without loss of precision"),
+    ([1, 2], {"a": F, "b": F}, "instances is a plain list, but expecting list of objects"),
+    ([{"a": 1.0}], {"a": F, "b": F}, "must only have keys: a,b"),
+    ([{"a": 1.0, "b": 1.0}, 2.0], {"a": F, "b": F}, "Expecting object but got list at item 1"),
+    ([{"zz": 1.0}], {"a": F}, "JSON object: does not have named input: zz"),
+    ([{"b64": "!!notbase64!!"}], {"x": S}, "Unable to base64 decode"),
+    ([{"b64": "aGk="}], {"x": F}, "is not of expected type: float"),
+])
+def test_row_format_errors(instances, dtypes, fragment):
+    with pytest.raises(ServingError) as e:
+        jc.tensors_from_instances(instances, dtypes)
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert fragment in e.value.message
+
+
+def test_columnar_inputs():
+    assert jc.tensors_from_inputs([3.0, 4.0], {"x": F})["x"].tolist() == [3.0, 4.0]
+    assert jc.tensors_from_inputs(5.0, {"x": F})["x"].shape == ()
+    both = jc.tensors_from_inputs({"a": [[1, 2]], "b": [True]}, {"a": I64, "b": B})
+    assert both["a"].dtype == np.int64 and both["b"].tolist() == [True]
+    with pytest.raises(ServingError, match="Missing named input: b in 'inputs' object."):
+        jc.tensors_from_inputs({"a": [1]}, {"a": I64, "b": B})
+    with pytest.raises(ServingError, match="inputs is a plain value/list"):
+        jc.tensors_from_inputs([1], {"a": I64, "b": B})
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    ({"instances": [1.0], "inputs": [1.0]}, "expecting only one of 'inputs' or 'instances' keys to exist"),
+    ({"instances": 1.0}, "Excepting 'instances' to be an list/array"),
+    ({"instances": []}, "No values in 'instances' array"),
+    ({"foo": 1}, "Missing 'inputs' or 'instances' key"),
+])
+def test_predict_request_shape_errors(doc, fragment):
+    with pytest.raises(ServingError) as e:
+        jc.predict_inputs(doc, {"x": F})
+    assert fragment in e.value.message
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"", "JSON Parse error: The document is empty"),
+    (b"instances = [1, 2]", "JSON Parse error: Invalid value."),
+    (b"[1, 2]", "Is not object"),
+    (b'{"a": 1} x', "JSON Parse error: The document root must not be followed by other values."),
+])
+def test_json_parse_errors(body, fragment):
+    with pytest.raises(ServingError) as e:
+        jc.parse_json(body)
+    assert fragment in e.value.message
+
+
+def test_signature_name_must_be_a_string():
+    with pytest.raises(ServingError, match="'signature_name' key must be a string value."):
+        jc.signature_name({"signature_name": 100})
+
+
+@pytest.mark.parametrize("value, text", [
+    (2.5, "2.5"), (3.0, "3.0"), (0.1, "0.1"), (42.0, "42.0"), (9000000.0, "9e+06"),
+    (1e-05, "1e-05"), (float("nan"), "NaN"), (float("-inf"), "-Infinity"), (1 / 3, "0.333333343"),
+])
+def test_float32_formatting(value, text):
+    assert jc.format_float(float(np.float32(value))) == text
+
+
+def test_row_and_columnar_responses():
+    y = np.array([[2.5], [3.0]], dtype=np.float32)
+    assert json.loads(jc.predict_response({"y": y}, jc.ROW)) == {"predictions": [[2.5], [3.0]]}
+    assert json.loads(jc.predict_response({"y": y}, jc.COLUMNAR)) == {"outputs": [[2.5], [3.0]]}
+    multi = {"b_bytes": np.array([b"\x01", b"\x02"], dtype=object), "n": np.array([1, 2], dtype=np.int64)}
+    assert json.loads(jc.predict_response(multi, jc.ROW)) == {
+        "predictions": [{"b_bytes": {"b64": "AQ=="}, "n": 1}, {"b_bytes": {"b64": "Ag=="}, "n": 2}]}
+    assert json.loads(jc.predict_response(multi, jc.COLUMNAR)) == {
+        "outputs": {"b_bytes": [{"b64": "AQ=="}, {"b64": "Ag=="}], "n": [1, 2]}}
+
+
+def test_row_response_needs_a_consistent_batch():
+    with pytest.raises(ServingError, match="has inconsistent batch size"):
+        jc.predict_response({"a": np.zeros(2), "b": np.zeros(3)}, jc.ROW)
+    with pytest.raises(ServingError, match="has no shape information"):
+        jc.predict_response({"a": np.float32(1.0)}, jc.ROW)
+
+
+def test_examples_become_serialized_tf_examples():
+    from tensorflow.core.example import example_pb2
+
+    docs = jc.serialized_examples({"context": {"c": "ctx", "x": 1.0},
+                                   "examples": [{"x": 80.0, "ids": [1, 2], "flag": True}]})
+    ex = example_pb2.Example.FromString(docs[0])
+    f = ex.features.feature
+    assert list(f["x"].float_list.value) == [80.0]          # the example wins over the context
+    assert list(f["c"].bytes_list.value) == [b"ctx"]
+    assert list(f["ids"].int64_list.value) == [1, 2]
+    assert list(f["flag"].int64_list.value) == [1]
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    ({}, "When method is classify, key 'examples' is expected and was not found"),
+    ({"examples": {}}, "Expecting 'examples' value to be an list/array"),
+    ({"examples": []}, "'examples' value is an empty array"),
+    ({"examples": [1]}, "Example must be JSON object but got JSON Number"),
+    ({"examples": [{"x": [1, "a"]}]}, "Unexpected element type in feature: x expecting type: int64"),
+    ({"examples": [{"x": None}]}, "Feature: x has element with unexpected JSON type: Null"),
+])
+def test_example_errors(doc, fragment):
+    with pytest.raises(ServingError) as e:
+        jc.serialized_examples(doc)
+    assert fragment in e.value.message
+
+
+def test_error_body_is_tf_serving_shaped():
+    assert json.loads(jc.error_body('a "quoted"\nmessage')) == {"error": 'a "quoted"\nmessage'}
+    assert jc.error_body("x").startswith('{ "error": ')
+
