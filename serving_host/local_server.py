@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manager.reload_config(initial)
     except ServingError as exc:
-        if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION") and "did not become available" not in exc.message:
+        if exc.code == "FAILED_PRECONDITION" and "assign label" in exc.message:
+            return _fail(f"{exc.message}; at start no version is loaded yet: start with "
+                         "--allow_version_labels_for_unavailable_models or add the labels after the "
+                         "versions are AVAILABLE")
+        if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION"):
             return _fail(f"{exc.message}; fix the model config and start again")
         log.error("%s (serving the models that did load)", exc.message)
     manager.start_polling()

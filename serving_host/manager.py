@@ -82,6 +82,7 @@ class Manager:
         self._serving: dict[str, dict[int, Servable]] = {}
         self._monitor: dict[str, dict[int, VersionState]] = {}
         self._notes: dict[str, str] = {}
+        self._last_file_error: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads),
                                         thread_name_prefix="servable-load")
         self._stop = threading.Event()
@@ -121,17 +122,22 @@ class Manager:
     # config
     # ---------------------------------------------------------------------------------------
     def reload_config_file(self, path: str) -> ServingError | None:
-        """One config-file poll: parse and apply; errors are logged (the old config stays)."""
+        """One config-file poll: parse and apply; errors are logged (the old config stays).
+
+        TF Serving logs a failing config on every poll; the same error is logged once here
+        until the outcome changes, so the log stays readable.
+        """
         try:
-            msg = cfg.read_file(path)
+            self.reload_config(cfg.to_server_config(cfg.read_file(path)))
         except ServingError as exc:
-            log.error("Failed to read ModelServerConfig file: %s", exc.message)
+            text = (f"Failed to read ModelServerConfig file: {exc.message}" if exc.message.startswith(
+                ("Invalid protobuf file", path)) else
+                f"PollFilesystemAndReloadConfig failed to ReloadConfig: {exc.message}")
+            if text != self._last_file_error:
+                log.error("%s", text)
+                self._last_file_error = text
             return exc
-        try:
-            self.reload_config(cfg.to_server_config(msg))
-        except ServingError as exc:
-            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc.message)
-            return exc
+        self._last_file_error = None
         return None
 
     def reload_config(self, new: cfg.ServerConfig, *, wait_timeout: float | None = None) -> None:

@@ -62,10 +62,11 @@ def from_exception(exc: BaseException) -> ServingError:
         name = next((n for n, v in CODES.items() if v == code and n != "OK"), "UNKNOWN")
         message = getattr(exc, "message", None) or str(exc)
         return ServingError(name, message)
-    if isinstance(exc, FileNotFoundError):
-        return ServingError("NOT_FOUND", str(exc))
-    if exc.__class__.__name__ == "DecodeError" or "parse" in str(exc).lower():
-        return ServingError("DATA_LOSS", str(exc))
-    if isinstance(exc, (OSError, IOError)):
-        return ServingError("UNKNOWN", str(exc))
-    return ServingError("UNKNOWN", f"{exc.__class__.__name__}: {exc}")
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) or "does not exist" in text or "could not be found" in text:
+        return ServingError("NOT_FOUND", text)
+    if exc.__class__.__name__ == "DecodeError" or "parse" in text.lower():
+        return ServingError("DATA_LOSS", text)
+    if isinstance(exc, OSError):
+        return ServingError("UNKNOWN", text)
+    return ServingError("UNKNOWN", f"{exc.__class__.__name__}: {text}")

@@ -277,21 +277,25 @@ def test_grpc_reload_and_polled_file_end_in_the_same_state(tfserving_factory, tm
     publish(base, "m", 1)
     publish(base, "m", 2)
     publish(base, "m", 3)
-    steps = [model_config(base, "m", versions=[1, 2]),
-             model_config(base, "m", versions=[1, 2], labels={"stable": 1, "canary": 2}),
-             model_config(base, "m", versions=[2, 3], labels={"stable": 2})]
+    # Each step is applied only after the previous one took effect on both servers (a label can
+    # only be assigned to a loaded version, so writing the label config too early is refused).
+    steps = [(model_config(base, "m", versions=[1, 2]),
+              lambda s: s.version_states("m") == {1: "AVAILABLE", 2: "AVAILABLE"}),
+             (model_config(base, "m", versions=[1, 2], labels={"stable": 1, "canary": 2}),
+              lambda s: served_version(s, "/v1/models/m/labels/canary") == 2),
+             (model_config(base, "m", versions=[2, 3], labels={"stable": 2}),
+              lambda s: s.version_states("m") == {1: "END", 2: "AVAILABLE", 3: "AVAILABLE"})]
     by_file = tfserving_factory(base / "a", model_config(base, "m", versions=[1]))
     by_grpc = tfserving_factory(base / "b", model_config(base, "m", versions=[1]), config_poll_seconds=0)
     by_file.wait_for_state("m", 1, "AVAILABLE")
     by_grpc.wait_for_state("m", 1, "AVAILABLE")
     with grpc.insecure_channel(by_grpc.grpc_address) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        for text in steps:
+        for i, (text, done) in enumerate(steps):
             by_file.write_config(text)
             _reload(stub, text)
             for srv in (by_file, by_grpc):
-                wait_until(lambda s=srv: all(st in ("AVAILABLE", "END") for st in s.version_states("m").values())
-                           and "LOADING" not in s.version_states("m").values(), what="settled")
+                wait_until(lambda s=srv: done(s), what=f"step {i} on {srv.rest_url}")
     final = {3: "AVAILABLE", 2: "AVAILABLE", 1: "END"}
     for srv in (by_file, by_grpc):
         wait_until(lambda s=srv: s.version_states("m") == final, what=f"final state on {srv.rest_url}")
@@ -347,3 +351,19 @@ def test_single_model_flags(tfserving_factory, tmp_path):
     srv.wait_for_state("hp", 7, "AVAILABLE")
     r = requests.post(f"{srv.rest_url}/v1/models/hp:predict", json={"instances": [4.0]}, timeout=10)
     assert r.json() == {"predictions": [4.0]}
+
+
+def test_labels_in_the_config_at_start_need_the_flag(tfserving_factory, tmp_path):
+    """As in TF Serving: at start nothing is loaded, so a labelled config is refused..."""
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    (base / "models.config").write_text(model_config(base, "m", labels={"stable": 1}))
+    r = _run_server(f"--model_config_file={base / 'models.config'}", "--rest_api_port=0")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Request to assign label to version 1 of model m")
+    assert "--allow_version_labels_for_unavailable_models" in last
+    # ...unless new labels may point at versions that are not loaded yet
+    srv = tfserving_factory(base, extra_args=["--allow_version_labels_for_unavailable_models"])
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    assert served_version(srv, "/v1/models/m/labels/stable") == 1

@@ -310,3 +310,16 @@ def test_error_body_is_tf_serving_shaped():
     assert json.loads(jc.error_body('a "quoted"\nmessage')) == {"error": 'a "quoted"\nmessage'}
     assert jc.error_body("x").startswith('{ "error": ')
 
+
+
+def test_load_failures_map_to_tf_status_codes():
+    import tensorflow as tf
+
+    from serving_host.status import HTTP_STATUS, from_exception
+
+    assert from_exception(tf.errors.InvalidArgumentError(None, None, "bad shape")).code == "INVALID_ARGUMENT"
+    assert from_exception(tf.errors.NotFoundError(None, None, "gone")).message == "gone"
+    assert from_exception(FileNotFoundError("no dir")).code == "NOT_FOUND"
+    assert from_exception(OSError("SavedModel file does not exist at: /x")).code == "NOT_FOUND"
+    assert from_exception(ValueError("odd")).code == "UNKNOWN"
+    assert HTTP_STATUS["FAILED_PRECONDITION"] == 400 and HTTP_STATUS["UNAVAILABLE"] == 503
