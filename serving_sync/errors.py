@@ -1,0 +1,44 @@
+"""Errors specific to reaching and changing serving hosts (all one actionable line)."""
+from __future__ import annotations
+
+from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError, UserError
+
+
+class HostUnreachable(ConnectionFailure):
+    """A serving host (SSH, S3, TF Serving) could not be reached or the connection dropped."""
+
+
+class HostKeyRejected(RefusedError):
+    """The SSH host key is unknown or changed: never accepted automatically."""
+
+
+class AuthFailed(ConfigError):
+    """The SSH server or S3 refused our credentials."""
+
+
+class HostPermissionDenied(ConfigError):
+    """The deploy user may not write where it must (the base directory or bucket)."""
+
+
+class DiskFull(UserError):
+    """Not enough space on the host for a version (checked before and during upload)."""
+
+
+class PublishRefused(RefusedError):
+    """A published version differs from the registry's (versions are immutable)."""
+
+
+class VerifyFailed(UserError):
+    """Files on the host do not match the manifest after an upload."""
+
+
+class LockHeld(RefusedError):
+    """Another deploy holds the host's lock (or left a stale one)."""
+
+
+class ServingError(UserError):
+    """TF Serving answered with an error (load failed, bad request, bad config)."""
+
+
+class ServingTimeout(UserError):
+    """TF Serving did not reach the expected state within the bounded wait."""

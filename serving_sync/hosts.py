@@ -1,0 +1,309 @@
+"""Which serving hosts to reconcile: the hosts file (TOML) or one host from the environment.
+
+Every field is validated up front so that a typo fails before anything is touched, with one
+line naming the file, the host entry and the field. Format (docs/architecture.md)::
+
+    [[hosts]]
+    name = "local"
+    target = "file:///abs/path/serving"     # or ssh://user@host:22/var/models, s3://bucket/prefix
+    rest_url = "http://127.0.0.1:8501"
+    grpc = "127.0.0.1:8500"                 # optional: immediate config reload
+    known_hosts = "~/.ssh/known_hosts"      # ssh only (default ~/.ssh/known_hosts)
+    identity_file = "~/.ssh/id_ed25519"     # ssh only; else the SSH agent and default keys
+    model_base_path = "/models"             # optional: the base as TF Serving sees it
+
+Without a hosts file, ``MLOPS_SYNC_TARGET`` + ``MLOPS_SYNC_REST_URL`` (+ ``MLOPS_SYNC_GRPC``,
+``MLOPS_SYNC_KNOWN_HOSTS``, ``MLOPS_SYNC_IDENTITY_FILE``, ``MLOPS_SYNC_MODEL_BASE_PATH``)
+describe a single host named ``MLOPS_SYNC_NAME`` (default ``default``).
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError, NotFoundError
+
+from .names import MODEL_NAME_RE, has_traversal
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+HOST_FIELDS = ("name", "target", "rest_url", "grpc", "known_hosts", "identity_file", "model_base_path")
+SSH_ONLY = ("known_hosts", "identity_file")
+ENV_FIELDS = {
+    "target": "MLOPS_SYNC_TARGET",
+    "rest_url": "MLOPS_SYNC_REST_URL",
+    "grpc": "MLOPS_SYNC_GRPC",
+    "known_hosts": "MLOPS_SYNC_KNOWN_HOSTS",
+    "identity_file": "MLOPS_SYNC_IDENTITY_FILE",
+    "model_base_path": "MLOPS_SYNC_MODEL_BASE_PATH",
+    "name": "MLOPS_SYNC_NAME",
+}
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.:\[\]-]+\Z")
+_USER_RE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?\Z")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a host's base directory is: ``scheme`` file | ssh | s3."""
+
+    scheme: str
+    path: str                     # file/ssh: absolute base directory; s3: key prefix ('' = bucket root)
+    host: str | None = None       # ssh
+    port: int = 22                # ssh
+    user: str | None = None       # ssh (None: the local user name)
+    bucket: str | None = None     # s3
+
+    @property
+    def url(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        if self.scheme == "ssh":
+            user = f"{self.user}@" if self.user else ""
+            return f"ssh://{user}{self.host}:{self.port}{self.path}"
+        return f"s3://{self.bucket}/{self.path}".rstrip("/")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One serving host, validated."""
+
+    name: str
+    target: Target
+    rest_url: str
+    grpc: str | None = None
+    known_hosts: Path | None = None
+    identity_file: Path | None = None
+    model_base_path: str | None = None
+    source: str = field(default="", compare=False)   # where it was defined, for messages
+
+    def serving_base_path(self) -> str:
+        """The base directory as TF Serving sees it (``model_base_path``, else the target's)."""
+        if self.model_base_path:
+            return self.model_base_path.rstrip("/") or "/"
+        return self.target.url if self.target.scheme == "s3" else self.target.path
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "target": self.target.url, "rest_url": self.rest_url,
+                "grpc": self.grpc, "model_base_path": self.serving_base_path()}
+
+
+class _Where:
+    """Builds the one-line error prefix: file, host entry, field."""
+
+    def __init__(self, source: str, index: int | None = None, name: str | None = None):
+        self.source, self.index, self.name = source, index, name
+
+    def error(self, fld: str | None, problem: str) -> ConfigError:
+        parts = [self.source]
+        if self.index is not None:
+            parts.append(f"hosts[{self.index}]" + (f" ({self.name!r})" if self.name else ""))
+        if fld:
+            parts.append(f"field {fld!r}")
+        return ConfigError(": ".join(parts) + f": {problem}")
+
+
+def _absolute_path(value: str, where: _Where, fld: str) -> str:
+    if not value.startswith("/"):
+        raise where.error(fld, f"{value!r} must be an absolute path")
+    if has_traversal(value):
+        raise where.error(fld, f"{value!r} must not contain '..'")
+    if any(c in value for c in "\x00\n\r"):
+        raise where.error(fld, "contains control characters")
+    norm = re.sub(r"/+", "/", value)
+    return norm.rstrip("/") or "/"
+
+
+def parse_target(value: object, where: _Where) -> Target:
+    """Parse ``file:///abs``, ``ssh://[user@]host[:port]/abs`` or ``s3://bucket[/prefix]``."""
+    if not isinstance(value, str) or not value.strip():
+        raise where.error("target", "missing; use file:///abs/path, ssh://user@host:22/abs/path "
+                                    "or s3://bucket/prefix")
+    value = value.strip()
+    if has_traversal(value):
+        raise where.error("target", f"{value!r} must not contain '..'")
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        raise where.error("target", f"{value!r} must not have a query or fragment")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise where.error("target", f"{value!r}: a file target is file:///absolute/path "
+                                        f"(three slashes)")
+        return Target("file", _absolute_path(unquote(parts.path), where, "target"))
+    if parts.scheme == "ssh":
+        if not parts.hostname:
+            raise where.error("target", f"{value!r} has no host; use ssh://user@host:22/abs/path")
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise where.error("target", f"{value!r} has an invalid port") from None
+        if not 1 <= port <= 65535:
+            raise where.error("target", f"{value!r} has an invalid port")
+        if parts.password is not None:
+            raise where.error("target", "must not contain a password; SSH uses keys "
+                                        "(identity_file or the SSH agent)")
+        user = unquote(parts.username) if parts.username else None
+        if user is not None and not _USER_RE.match(user):
+            raise where.error("target", f"invalid user name {user!r}")
+        if not _HOSTNAME_RE.match(parts.hostname):
+            raise where.error("target", f"invalid host name {parts.hostname!r}")
+        if not parts.path or parts.path == "/":
+            raise where.error("target", f"{value!r} needs the absolute base directory, "
+                                        f"e.g. ssh://deploy@host:22/var/models")
+        return Target("ssh", _absolute_path(unquote(parts.path), where, "target"),
+                      host=parts.hostname, port=port, user=user)
+    if parts.scheme == "s3":
+        bucket = parts.netloc
+        if not _BUCKET_RE.match(bucket or "") or ".." in bucket:
+            raise where.error("target", f"{value!r}: invalid bucket name {bucket!r} (3-63 lowercase "
+                                        f"letters, digits, '.', '-')")
+        prefix = unquote(parts.path).strip("/")
+        if any(c in prefix for c in "\x00\n\r\\") or "//" in prefix:
+            raise where.error("target", f"{value!r}: invalid key prefix")
+        return Target("s3", prefix, bucket=bucket)
+    raise where.error("target", f"{value!r}: unsupported scheme {parts.scheme or '(none)'!r}; "
+                                f"use file://, ssh:// or s3://")
+
+
+def _check_rest_url(value: object, where: _Where) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise where.error("rest_url", "missing; the TF Serving REST address, e.g. http://127.0.0.1:8501")
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+            or parts.query or parts.fragment or has_traversal(parts.path):
+        raise where.error("rest_url", f"{value!r} is not an http(s) URL like http://127.0.0.1:8501")
+    return value
+
+
+def _check_grpc(value: object, where: _Where) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise where.error("grpc", "must be a string host:port, e.g. 127.0.0.1:8500")
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", value.strip())
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise where.error("grpc", f"{value!r} is not host:port, e.g. 127.0.0.1:8500")
+    return value.strip()
+
+
+def _check_local_file(value: object, where: _Where, fld: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(fld, "must be a non-empty path string")
+    if has_traversal(value):
+        raise where.error(fld, f"{value!r} must not contain '..'")
+    return Path(value).expanduser()
+
+
+def _check_base_path(value: object, where: _Where) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise where.error("model_base_path", "must be a non-empty path string")
+    value = value.strip()
+    if value.startswith(("s3://", "gs://", "hdfs://")):
+        if has_traversal(value):
+            raise where.error("model_base_path", f"{value!r} must not contain '..'")
+        return value.rstrip("/")
+    return _absolute_path(value, where, "model_base_path")
+
+
+def parse_host(entry: object, where: _Where) -> Host:
+    """Validate one ``[[hosts]]`` table (or the environment's single host)."""
+    if not isinstance(entry, dict):
+        raise where.error(None, "each [[hosts]] entry must be a table")
+    name = entry.get("name")
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
+        raise where.error("name", f"{name!r} is missing or invalid: use letters, digits, '.', '_', '-'")
+    where.name = name
+    unknown = sorted(set(entry) - set(HOST_FIELDS))
+    if unknown:
+        raise where.error(unknown[0], f"unknown field; allowed: {', '.join(HOST_FIELDS)}")
+    target = parse_target(entry.get("target"), where)
+    for fld in SSH_ONLY:
+        if entry.get(fld) is not None and target.scheme != "ssh":
+            raise where.error(fld, f"only applies to ssh:// targets, not {target.scheme}://")
+    known = _check_local_file(entry.get("known_hosts"), where, "known_hosts")
+    if target.scheme == "ssh" and known is None:
+        known = Path(DEFAULT_KNOWN_HOSTS).expanduser()
+    return Host(
+        name=name,
+        target=target,
+        rest_url=_check_rest_url(entry.get("rest_url"), where),
+        grpc=_check_grpc(entry.get("grpc"), where),
+        known_hosts=known,
+        identity_file=_check_local_file(entry.get("identity_file"), where, "identity_file"),
+        model_base_path=_check_base_path(entry.get("model_base_path"), where),
+        source=where.source,
+    )
+
+
+def parse_hosts_toml(text: str, source: str) -> list[Host]:
+    """Parse the text of a hosts file; ``source`` names it in error messages."""
+    where = _Where(source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise where.error(None, f"not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - {"hosts"})
+    if unknown:
+        raise where.error(None, f"unknown top-level key {unknown[0]!r}; hosts are listed as [[hosts]] tables")
+    entries = data.get("hosts")
+    if not isinstance(entries, list) or not entries:
+        raise where.error(None, "no hosts: add at least one [[hosts]] table with name, target and rest_url")
+    hosts: list[Host] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        host = parse_host(entry, _Where(source, i))
+        if host.name in seen:
+            raise _Where(source, i, host.name).error("name", "duplicate host name; names must be unique")
+        seen.add(host.name)
+        hosts.append(host)
+    return hosts
+
+
+def hosts_from_env(environ: dict[str, str]) -> list[Host]:
+    """The single host described by ``MLOPS_SYNC_*`` variables."""
+    entry = {fld: environ[var] for fld, var in ENV_FIELDS.items() if environ.get(var)}
+    entry.setdefault("name", "default")
+    where = _Where("environment (MLOPS_SYNC_*)")
+    if "rest_url" not in entry:
+        raise where.error(None, "MLOPS_SYNC_TARGET is set but MLOPS_SYNC_REST_URL is not; set it to "
+                                "the TF Serving REST address, e.g. http://127.0.0.1:8501")
+    return [parse_host(entry, where)]
+
+
+def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None = None) -> list[Host]:
+    """Hosts to reconcile: ``--hosts FILE``, else ``MLOPS_SYNC_TARGET``, else the hosts file.
+
+    The hosts file is ``MLOPS_HOSTS_FILE`` or ``$MLOPS_HOME/hosts.toml``. Setting both
+    ``MLOPS_HOSTS_FILE`` and ``MLOPS_SYNC_TARGET`` is ambiguous and refused.
+    """
+    import os
+
+    environ = dict(os.environ) if environ is None else environ
+    target_env = environ.get("MLOPS_SYNC_TARGET")
+    if not explicit_file and target_env:
+        if environ.get("MLOPS_HOSTS_FILE"):
+            raise ConfigError("both MLOPS_HOSTS_FILE and MLOPS_SYNC_TARGET are set; unset one of them "
+                              "(a hosts file for several hosts, MLOPS_SYNC_TARGET for one)")
+        return hosts_from_env(environ)
+    path = Path(explicit_file) if explicit_file else settings.hosts_file()
+    if not path.is_file():
+        raise NotFoundError(f"hosts file {path} does not exist; create it ([[hosts]] with name, target, "
+                            f"rest_url; see docs/architecture.md) or set MLOPS_SYNC_TARGET and "
+                            f"MLOPS_SYNC_REST_URL")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the hosts file ({exc})") from None
+    return parse_hosts_toml(text, str(path))

@@ -1,0 +1,169 @@
+"""The sha256 manifest of a SavedModel tree, and its comparison with what a host reports.
+
+A publish is only trusted when every file hashed *on the host* matches the manifest and no
+file or directory is missing or extra. Published version directories stay exactly the
+SavedModel; manifests are stored beside them under ``.serving_sync/manifests/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlops_common.errors import ConfigError, UserError
+
+from .names import check_relpath
+
+FORMAT = "serving_sync.manifest/1"
+# Files TF Serving needs to recognise a SavedModel: published last on stores without rename.
+COMPLETION_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str      # relative POSIX path
+    size: int
+    sha256: str    # hex
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: tuple[FileEntry, ...]   # sorted by path
+    dirs: tuple[str, ...] = ()     # every directory below the root (so empty ones survive), sorted
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def by_path(self) -> dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    @property
+    def completion_file(self) -> str:
+        """The SavedModel's ``saved_model.pb`` (or ``.pbtxt``): what makes the version loadable."""
+        for name in COMPLETION_FILES:
+            if name in self.by_path():
+                return name
+        raise UserError("the model directory is not a SavedModel: no saved_model.pb or "
+                        "saved_model.pbtxt at its top level")
+
+    def without(self, paths: set[str] | frozenset[str]) -> "Manifest":
+        return Manifest(tuple(f for f in self.files if f.path not in paths), self.dirs)
+
+    def only(self, paths: set[str] | frozenset[str]) -> "Manifest":
+        return Manifest(tuple(f for f in self.files if f.path in paths), ())
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "total_size": self.total_size, "dirs": list(self.dirs),
+                "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]}
+
+    def to_json(self) -> str:
+        """Deterministic JSON: same tree, same bytes."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "manifest") -> "Manifest":
+        try:
+            d = json.loads(text)
+            if d.get("format") != FORMAT:
+                raise ValueError(f"unknown format {d.get('format')!r}")
+            files = tuple(FileEntry(check_relpath(f["path"]), int(f["size"]), str(f["sha256"]).lower())
+                          for f in d["files"])
+            dirs = tuple(check_relpath(p) for p in d.get("dirs", []))
+        except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
+            raise ConfigError(f"{source}: not a valid serving_sync manifest ({exc})") from None
+        for f in files:
+            if len(f.sha256) != 64 or any(c not in "0123456789abcdef" for c in f.sha256):
+                raise ConfigError(f"{source}: bad sha256 for {f.path!r}")
+        return cls(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(dirs)))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def build(local_dir: str | os.PathLike) -> Manifest:
+    """Hash every file under ``local_dir``; refuse symlinks, special files and unsafe names."""
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory; expected a SavedModel directory")
+    files: list[FileEntry] = []
+    dirs: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            try:
+                check_relpath(rel)
+            except ConfigError:
+                raise UserError(f"{root}: file name {rel!r} cannot be published (newline or backslash "
+                                f"in the name); rename it in the SavedModel") from None
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                raise UserError(f"{root}: {rel} is a symbolic link; a published SavedModel must "
+                                f"contain plain files only")
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append(rel)
+            elif stat.S_ISREG(st.st_mode):
+                files.append(FileEntry(rel, st.st_size, sha256_file(full)))
+            else:
+                raise UserError(f"{root}: {rel} is not a regular file or directory")
+    manifest = Manifest(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(dirs)))
+    manifest.completion_file  # noqa: B018 - raises when this is not a SavedModel
+    return manifest
+
+
+@dataclass(frozen=True)
+class HostListing:
+    """What a host reported about a directory: file hashes, directories, anything else."""
+
+    files: dict[str, str]            # rel path -> sha256 hex
+    dirs: frozenset[str] = frozenset()
+    others: tuple[str, ...] = ()     # symlinks, devices... (never expected)
+    check_dirs: bool = True          # False for stores without directories (S3)
+
+
+def compare(manifest: Manifest, listing: HostListing) -> list[str]:
+    """Problems between the manifest and a host listing (empty list = identical)."""
+    problems: list[str] = []
+    expected = manifest.by_path()
+    for path in sorted(set(expected) - set(listing.files)):
+        problems.append(f"missing file {path}")
+    for path in sorted(set(listing.files) - set(expected)):
+        problems.append(f"unexpected file {path}")
+    for path in sorted(set(expected) & set(listing.files)):
+        if listing.files[path].lower() != expected[path].sha256:
+            problems.append(f"sha256 mismatch for {path}")
+    if listing.check_dirs:
+        needed = set(manifest.dirs)
+        for path in sorted(needed - listing.dirs):
+            problems.append(f"missing directory {path}")
+        for path in sorted(listing.dirs - needed):
+            problems.append(f"unexpected directory {path}")
+    for path in listing.others:
+        problems.append(f"unexpected non-regular file {path}")
+    return problems
+
+
+def parse_hash_lines(text: str) -> dict[str, str]:
+    """Parse ``sha256sum`` / ``openssl dgst -r`` / ``shasum`` output lines for ``./rel`` paths."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        digest, sep, rest = line[:64], line[64:65], line[65:]
+        if sep != " " or len(digest) != 64:
+            raise ValueError(f"unexpected hash output line {line[:120]!r}")
+        if rest[:1] in (" ", "*"):
+            rest = rest[1:]
+        out[_strip_dot(rest)] = digest.lower()
+    return out
+
+
+def _strip_dot(path: str) -> str:
+    return path[2:] if path.startswith("./") else path

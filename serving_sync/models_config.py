@@ -1,0 +1,216 @@
+"""``models.config`` (TF Serving's ModelServerConfig, text format): build, parse, change.
+
+Pure functions on plain data; the protobuf schema (``model_server_config_pb2``, which does not
+import TensorFlow) does the parsing and printing, so the file is exactly what TF Serving reads.
+
+For each managed model there is a main entry ``<model>`` with a ``specific`` version policy
+(the versions to keep loaded) and labels such as ``stable``, and optionally a validation-only
+entry ``<model>__validate`` with the same base path and a ``specific`` policy for the one
+version being validated. That is how a new, higher version is loaded and smoke-tested while
+unversioned and ``stable`` traffic stays on the previous version (TF Serving sends unversioned
+requests to the highest *loaded* version of an entry, and a label may only point at a loaded
+version). Entries serving_sync does not manage are kept verbatim.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from mlops_common.errors import ConfigError
+
+from .names import VALIDATE_SUFFIX, check_model_name, check_version
+
+LABEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+PLATFORM = "tensorflow"
+
+
+def validation_name(model: str) -> str:
+    """Name of the validation-only entry for ``model`` (a valid TF Serving model name)."""
+    return f"{model}{VALIDATE_SUFFIX}"
+
+
+def model_base_path(serving_base: str, model: str) -> str:
+    """Where TF Serving finds ``model``'s version directories: ``<base>/<model>``."""
+    return f"{serving_base.rstrip('/')}/{model}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``config { ... }`` entry."""
+
+    name: str
+    base_path: str
+    policy: str = "specific"               # specific | latest | all | default
+    versions: tuple[int, ...] = ()         # specific: versions to load; latest: (num_versions,)
+    labels: tuple[tuple[str, int], ...] = ()
+    platform: str = PLATFORM
+    raw: str | None = field(default=None, compare=False)   # verbatim text for foreign entries
+
+    @property
+    def label_map(self) -> dict[str, int]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    entries: tuple[ModelEntry, ...] = ()
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return next((e for e in self.entries if e.name == name), None)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What one managed model should look like on a host."""
+
+    model: str
+    base_path: str
+    versions: tuple[int, ...]              # loaded in the main entry
+    labels: dict[str, int] = field(default_factory=dict)
+    validate: int | None = None            # version loaded in the validation entry, if any
+
+    def __post_init__(self):
+        check_model_name(self.model)
+        vs = tuple(sorted({check_version(v) for v in self.versions}))
+        if not vs:
+            raise ConfigError(f"models.config: model {self.model!r} must keep at least one version loaded")
+        object.__setattr__(self, "versions", vs)
+        for label, v in self.labels.items():
+            if not LABEL_RE.match(label):
+                raise ConfigError(f"models.config: invalid label {label!r} (letters, digits, '_', '-')")
+            if check_version(v) not in vs:
+                raise ConfigError(f"models.config: label {label!r} -> {v} but version {v} is not among "
+                                  f"the loaded versions {list(vs)} (TF Serving refuses labels on "
+                                  f"versions that are not loaded)")
+        if self.validate is not None:
+            object.__setattr__(self, "validate", check_version(self.validate))
+        if not self.base_path or ".." in self.base_path.split("/"):
+            raise ConfigError(f"models.config: invalid base path {self.base_path!r}")
+
+
+def apply_state(config: ServingConfig, state: ModelState) -> ServingConfig:
+    """``config`` with ``state``'s main and validation entries replaced (others untouched)."""
+    vname = validation_name(state.model)
+    main = ModelEntry(state.model, state.base_path, "specific", state.versions,
+                      tuple(sorted(state.labels.items())))
+    val = (ModelEntry(vname, state.base_path, "specific", (state.validate,))
+           if state.validate is not None else None)
+    out: list[ModelEntry] = []
+    placed_main = placed_val = False
+    for e in config.entries:
+        if e.name == state.model:
+            out.append(main)
+            placed_main = True
+        elif e.name == vname:
+            if val is not None:
+                out.append(val)
+                placed_val = True
+        else:
+            out.append(e)
+    if not placed_main:
+        out.append(main)
+    if val is not None and not placed_val:
+        out.append(val)
+    return ServingConfig(tuple(out))
+
+
+def state_of(config: ServingConfig, model: str) -> ModelState | None:
+    """The managed state of ``model`` in ``config`` (None if absent or not a ``specific`` entry)."""
+    main = config.entry(model)
+    if main is None or main.policy != "specific" or not main.versions:
+        return None
+    val = config.entry(validation_name(model))
+    validate = val.versions[0] if val is not None and val.policy == "specific" and val.versions else None
+    return ModelState(model, main.base_path, main.versions, main.label_map, validate)
+
+
+def remove_validation(config: ServingConfig, model: str) -> ServingConfig:
+    """``config`` without ``model``'s validation entry."""
+    vname = validation_name(model)
+    return ServingConfig(tuple(e for e in config.entries if e.name != vname))
+
+
+# --- protobuf text format -----------------------------------------------------------------
+def _pb():
+    from tensorflow_serving.config import model_server_config_pb2
+
+    return model_server_config_pb2
+
+
+def to_proto(config: ServingConfig):
+    from google.protobuf import text_format
+
+    pb = _pb()
+    msg = pb.ModelServerConfig()
+    msg.model_config_list.SetInParent()
+    for e in config.entries:
+        c = msg.model_config_list.config.add()
+        if e.raw is not None:
+            text_format.Parse(e.raw, c)
+            continue
+        c.name = e.name
+        c.base_path = e.base_path
+        c.model_platform = e.platform
+        policy = c.model_version_policy
+        if e.policy == "specific":
+            policy.specific.versions.extend(e.versions)
+        elif e.policy == "latest":
+            policy.latest.num_versions = e.versions[0] if e.versions else 1
+        elif e.policy == "all":
+            policy.all.SetInParent()
+        for label, v in e.labels:
+            c.version_labels[label] = v
+    return msg
+
+
+def render(config: ServingConfig) -> str:
+    """The text TF Serving reads (deterministic: same state, same bytes)."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(to_proto(config))
+
+
+def _entry_from_proto(c) -> ModelEntry:
+    from google.protobuf import text_format
+
+    policy = c.model_version_policy.WhichOneof("policy_choice") if c.HasField("model_version_policy") else None
+    labels = tuple(sorted((k, int(v)) for k, v in c.version_labels.items()))
+    if policy == "specific":
+        versions = tuple(int(v) for v in c.model_version_policy.specific.versions)
+    elif policy == "latest":
+        versions = (int(c.model_version_policy.latest.num_versions),)
+    else:
+        versions = ()
+    return ModelEntry(c.name, c.base_path, policy or "default", versions, labels,
+                      c.model_platform or PLATFORM, raw=text_format.MessageToString(c))
+
+
+def parse(text: str, source: str = "models.config") -> ServingConfig:
+    """Parse an existing file; a malformed one is one line naming it and the position."""
+    from google.protobuf import text_format
+
+    pb = _pb()
+    msg = pb.ModelServerConfig()
+    if text.strip():
+        try:
+            text_format.Parse(text, msg)
+        except text_format.ParseError as exc:
+            raise ConfigError(f"{source} is malformed ({exc}); fix it by hand or restore it from the "
+                              f"last deploy (serving_sync will not overwrite a file it cannot read)") from None
+    if msg.HasField("custom_model_config"):
+        raise ConfigError(f"{source} uses custom_model_config, which serving_sync does not manage; "
+                          f"use model_config_list")
+    entries = tuple(_entry_from_proto(c) for c in msg.model_config_list.config)
+    names = [e.name for e in entries]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"{source} lists model {dup!r} twice; TF Serving refuses duplicate names")
+    return ServingConfig(tuple(replace(e, raw=None) if _managed_shape(e) else e for e in entries))
+
+
+def _managed_shape(e: ModelEntry) -> bool:
+    """Entries we can rebuild exactly from plain data keep no raw text (so they compare equal)."""
+    from google.protobuf import text_format
+
+    rebuilt = to_proto(ServingConfig((replace(e, raw=None),))).model_config_list.config[0]
+    return e.raw is not None and text_format.MessageToString(rebuilt) == e.raw

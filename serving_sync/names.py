@@ -1,0 +1,58 @@
+"""Validation of the names and paths that end up in host paths and ``models.config``.
+
+One place so that hosts, publish, models.config and retention agree on what is safe:
+no path traversal, no separators in names, positive integer versions.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+
+from mlops_common.errors import ConfigError
+
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+# Reserved suffix for the validation-only entry in models.config (see models_config).
+VALIDATE_SUFFIX = "__validate"
+
+
+def check_model_name(name: object, *, what: str = "model name") -> str:
+    """Return ``name`` if it is a safe TF Serving model / directory name, else raise ConfigError."""
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
+        raise ConfigError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+                          f"and start with a letter or digit")
+    if name in (".", "..") or ".." in name:
+        raise ConfigError(f"{what} {name!r} is not allowed: it must not contain '..'")
+    if name.endswith(VALIDATE_SUFFIX):
+        raise ConfigError(f"{what} {name!r} is not allowed: the suffix {VALIDATE_SUFFIX!r} is "
+                          f"reserved for serving_sync's validation entry")
+    return name
+
+
+def check_version(version: object) -> int:
+    """Return ``version`` as a positive int (registry version numbers start at 1)."""
+    if isinstance(version, bool):
+        raise ConfigError(f"version {version!r} is not a positive integer")
+    try:
+        v = int(version)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"version {version!r} is not a positive integer") from None
+    if v < 1 or str(v) != str(version).strip():
+        raise ConfigError(f"version {version!r} is not a positive integer")
+    return v
+
+
+def has_traversal(path: str) -> bool:
+    """True if any component of ``path`` is ``..``."""
+    return any(part == ".." for part in re.split(r"[/\\]", path))
+
+
+def check_relpath(rel: str) -> str:
+    """A normalized relative POSIX path under a base: no ``..``, not absolute, not empty."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or has_traversal(rel) \
+            or "\x00" in rel or "\n" in rel or "\\" in rel:
+        raise ConfigError(f"unsafe path {rel!r}: must be relative, without '..', newlines or "
+                          f"backslashes")
+    norm = posixpath.normpath(rel)
+    if norm in (".", "") or norm.startswith("../"):
+        raise ConfigError(f"unsafe path {rel!r}")
+    return norm

@@ -1,0 +1,179 @@
+"""Publish a SavedModel as ``<base>/<model>/<version>/`` so TF Serving never sees it partial.
+
+Hosts with rename (file, ssh): upload under ``<model>/.incoming-<version>-<stamp>-<random>``
+(non-numeric, ignored by TF Serving), hash every file ON THE HOST against the manifest, store
+the manifest under ``.serving_sync/manifests/``, then rename to the numeric name.
+
+S3 (no rename): upload every object except ``saved_model.pb`` under the final prefix, verify,
+then upload ``saved_model.pb`` last and verify it: a version is loadable only when complete.
+
+Idempotent: a version already present and matching the manifest transfers 0 bytes; a present
+version that differs is refused (versions are immutable). Any failure removes our temporary
+upload (best effort) and never leaves a numeric directory behind.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from mlops_common import log
+
+from .errors import PublishRefused, VerifyFailed
+from .layout import INCOMING_PREFIX, incoming_name, manifest_path, version_path
+from .manifest import Manifest
+from .names import check_model_name, check_version
+from .progress import ProgressFn
+from .transports.base import Transport
+
+logger = log.get("sync.publish")
+
+# Leave room for filesystem overhead (blocks, inodes) beyond the raw byte count.
+SPACE_MARGIN = 1.05
+
+
+@dataclass
+class PublishResult:
+    model: str
+    version: int
+    status: str                 # "uploaded" | "already_present"
+    bytes_transferred: int
+    seconds: float
+    path: str                   # <model>/<version> relative to the base
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_published(transport: Transport, model: str, version: int, manifest: Manifest) -> bool:
+    """Whether a complete version is visible (S3: its ``saved_model.pb`` exists)."""
+    vp = version_path(model, version)
+    if transport.atomic_rename:
+        return transport.exists(vp)
+    return transport.exists(f"{vp}/{manifest.completion_file}")
+
+
+def space_needed(manifest: Manifest) -> int:
+    """Bytes to ask the host for: the files plus room for filesystem overhead."""
+    return int(manifest.total_size * SPACE_MARGIN) + 64 * 1024
+
+
+def _refuse_mismatch(where: str, vp: str, problems: list[str]) -> PublishRefused:
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return PublishRefused(
+        f"{where}: {vp} already exists but differs from this version ({'; '.join(problems[:3])}{more}); "
+        f"published versions are immutable: if it is a damaged leftover, remove {vp} on the host and "
+        f"rerun, otherwise check that the registry and this host belong together")
+
+
+def publish(transport: Transport, model: str, version: int, local_dir: str | os.PathLike,
+            manifest: Manifest, progress: ProgressFn | None = None) -> PublishResult:
+    """Publish ``local_dir`` (whose ``manifest`` was built with ``manifest.build``)."""
+    model = check_model_name(model)
+    version = check_version(version)
+    where = transport.url
+    vp = version_path(model, version)
+    start = time.monotonic()
+    manifest.completion_file  # noqa: B018 - refuses a tree that is not a SavedModel
+
+    if is_published(transport, model, version, manifest):
+        problems = transport.verify(vp, manifest)
+        if problems:
+            raise _refuse_mismatch(where, vp, problems)
+        _store_manifest(transport, model, version, manifest)
+        logger.info("%s: %s already present and verified; nothing to transfer", where, vp)
+        return PublishResult(model, version, "already_present", 0, time.monotonic() - start, vp)
+
+    if transport.atomic_rename:
+        sent = _publish_with_rename(transport, model, version, local_dir, manifest, progress, where)
+    else:
+        sent = _publish_marker_last(transport, model, version, local_dir, manifest, progress, where)
+    return PublishResult(model, version, "uploaded", sent, time.monotonic() - start, vp)
+
+
+def _publish_with_rename(transport, model, version, local_dir, manifest, progress, where) -> int:
+    vp = version_path(model, version)
+    tmp = f"{model}/{incoming_name(version)}"
+    try:
+        sent = transport.upload_tree(local_dir, tmp, manifest, progress, min_free=space_needed(manifest))
+        problems = transport.verify(tmp, manifest)
+        if problems:
+            raise VerifyFailed(f"{where}: the uploaded files do not match the manifest "
+                               f"({'; '.join(problems[:3])}); nothing was published, rerun the deploy")
+        _store_manifest(transport, model, version, manifest)
+        transport.rename(tmp, vp)
+    except FileExistsError:
+        _cleanup(transport, tmp)
+        # Someone published the same version concurrently (the lock should prevent this).
+        problems = transport.verify(vp, manifest)
+        if problems:
+            raise _refuse_mismatch(where, vp, problems) from None
+        return 0
+    except BaseException:
+        _cleanup(transport, tmp)
+        raise
+    return sent
+
+
+def _publish_marker_last(transport, model, version, local_dir, manifest, progress, where) -> int:
+    vp = version_path(model, version)
+    marker = manifest.completion_file
+    body = manifest.without({marker})
+    head = manifest.only({marker})
+    try:
+        # A leftover partial upload (no marker) from a dead process: start clean.
+        transport.remove_tree(vp)
+        sent = transport.upload_tree(local_dir, vp, body, progress, min_free=space_needed(manifest))
+        problems = transport.verify(vp, body)
+        if problems:
+            raise VerifyFailed(f"{where}: the uploaded objects do not match the manifest "
+                               f"({'; '.join(problems[:3])}); nothing was published, rerun the deploy")
+        _store_manifest(transport, model, version, manifest)
+        sent += transport.upload_tree(local_dir, vp, head, progress)
+        problems = transport.verify(vp, manifest)
+        if problems:
+            raise VerifyFailed(f"{where}: {vp} does not match the manifest after upload "
+                               f"({'; '.join(problems[:3])}); rerun the deploy")
+    except BaseException:
+        _cleanup(transport, vp)
+        raise
+    return sent
+
+
+def _store_manifest(transport: Transport, model: str, version: int, manifest: Manifest) -> None:
+    path = manifest_path(model, version)
+    data = manifest.to_json().encode()
+    try:
+        if transport.read_file(path) == data:
+            return
+    except FileNotFoundError:
+        pass
+    transport.write_file_atomic(path, data)
+
+
+def read_stored_manifest(transport: Transport, model: str, version: int) -> Manifest | None:
+    """The manifest stored when ``model/version`` was published (None if absent)."""
+    path = manifest_path(model, version)
+    try:
+        return Manifest.from_json(transport.read_file(path), f"{transport.url}/{path}")
+    except FileNotFoundError:
+        return None
+
+
+def _cleanup(transport: Transport, rel: str) -> None:
+    try:
+        transport.remove_tree(rel)
+    except Exception as exc:  # noqa: BLE001 - best effort; retention removes leftovers later
+        logger.warning("%s: could not remove the partial upload %s (%s); retention will remove it",
+                       transport.url, rel, exc)
+
+
+def published_versions(transport: Transport, model: str) -> list[int]:
+    """Numeric version directories present for ``model`` on the host, ascending."""
+    return sorted(int(n) for n in transport.list_dir(check_model_name(model)) if n.isdigit()
+                  and not n.startswith("0"))
+
+
+def incoming_dirs(transport: Transport, model: str) -> list[str]:
+    """Names of temporary upload directories (``.incoming-*``) under ``<model>/``."""
+    return [n for n in transport.list_dir(check_model_name(model)) if n.startswith(INCOMING_PREFIX)]

@@ -1,0 +1,79 @@
+"""Which old versions and leftover uploads to remove from a host (pure), and removing them.
+
+Never removes the serving version or the previous one (instant rollback), nor any
+``protected`` version (e.g. one loaded for validation); keeps the ``keep`` newest published
+versions besides. Temporary uploads (``.incoming-*``) older than a threshold are leftovers of
+dead processes (retention runs under the host lock, so no live upload is that old).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from mlops_common import log
+from mlops_common.errors import ConfigError
+
+from .layout import INCOMING_PREFIX, incoming_time, manifest_path, version_path
+from .transports.base import Transport
+
+logger = log.get("sync.retention")
+
+DEFAULT_KEEP = 3
+DEFAULT_UPLOAD_AGE = 3600.0
+
+
+def versions_to_remove(published: list[int], *, serving: int | None, previous: int | None,
+                       keep: int = DEFAULT_KEEP, protected: tuple[int, ...] = ()) -> list[int]:
+    """Published versions to delete: all but the ``keep`` newest, serving, previous, protected."""
+    if keep < 0:
+        raise ConfigError(f"retention keep must be >= 0, got {keep}")
+    newest = set(sorted(set(published))[-keep:]) if keep else set()
+    kept = newest | {v for v in (serving, previous) if v is not None} | set(protected)
+    return sorted(v for v in set(published) if v not in kept)
+
+
+def stale_uploads(names: list[str], *, now: float, older_than: float = DEFAULT_UPLOAD_AGE) -> list[str]:
+    """``.incoming-*`` names older than ``older_than`` seconds (undatable ones count as stale)."""
+    out = []
+    for n in names:
+        if not n.startswith(INCOMING_PREFIX):
+            continue
+        started = incoming_time(n)
+        if started is None or now - started > older_than:
+            out.append(n)
+    return sorted(out)
+
+
+@dataclass
+class RetentionPlan:
+    model: str
+    remove_versions: list[int] = field(default_factory=list)
+    remove_uploads: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "remove_versions": self.remove_versions,
+                "remove_uploads": self.remove_uploads}
+
+
+def plan(transport: Transport, model: str, *, serving: int | None, previous: int | None,
+         keep: int = DEFAULT_KEEP, protected: tuple[int, ...] = (),
+         upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None) -> RetentionPlan:
+    """Read the host's listing of ``<model>/`` and decide (no changes made)."""
+    names = transport.list_dir(model)
+    published = [int(n) for n in names if n.isdigit() and not n.startswith("0")]
+    return RetentionPlan(model,
+                         versions_to_remove(published, serving=serving, previous=previous, keep=keep,
+                                            protected=protected),
+                         stale_uploads(names, now=time.time() if now is None else now,
+                                       older_than=upload_age))
+
+
+def apply(transport: Transport, p: RetentionPlan) -> None:
+    """Remove what ``p`` lists (stored manifests of removed versions too)."""
+    for name in p.remove_uploads:
+        logger.info("%s: removing leftover upload %s/%s", transport.url, p.model, name)
+        transport.remove_tree(f"{p.model}/{name}")
+    for v in p.remove_versions:
+        logger.info("%s: removing old version %s", transport.url, version_path(p.model, v))
+        transport.remove_tree(version_path(p.model, v))
+        transport.remove_file(manifest_path(p.model, v))

@@ -1,0 +1,229 @@
+"""TF Serving REST client (status, labels, metadata, predict) and bounded wait helpers.
+
+Every request has a timeout; every wait is bounded in polls and seconds and ends with one line
+that carries TF Serving's own error message (e.g. why a version went to END). The pure parts —
+status parsing, signature normalization, wait verdicts — are plain functions on JSON.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import HostUnreachable, ServingError, ServingTimeout
+
+STATES = ("UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END")
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str                 # START | LOADING | AVAILABLE | UNLOADING | END
+    error_code: str = "OK"
+    error_message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "END" and self.error_code not in ("OK", "", "0")
+
+
+def parse_status(body: dict) -> list[VersionStatus]:
+    """``GetModelStatusResponse`` JSON -> statuses (versions as ints)."""
+    out = []
+    for s in body.get("model_version_status", []) or []:
+        st = s.get("status") or {}
+        out.append(VersionStatus(int(s.get("version", 0)), str(s.get("state", "UNKNOWN")),
+                                 str(st.get("error_code", "OK") or "OK"), str(st.get("error_message", "") or "")))
+    return out
+
+
+def normalize_signature(metadata: dict, names: tuple[str, ...] | None = None) -> dict:
+    """TF Serving ``/metadata`` JSON -> the normalized signature format of docs/architecture.md.
+
+    ``{"serving_default": {"method_name": ..., "inputs": {name: {"dtype", "shape"}}, "outputs": ...}}``;
+    internal signatures (``__saved_model_init_op``) are dropped; ``names`` keeps only those.
+    Unknown rank gives ``"shape": null``; unknown dimensions are -1.
+    """
+    sigs = (((metadata.get("metadata") or {}).get("signature_def") or {}).get("signature_def") or {})
+
+    def tensors(d: dict) -> dict:
+        out = {}
+        for name, info in sorted((d or {}).items()):
+            shape = info.get("tensor_shape") or {}
+            dims = None if shape.get("unknown_rank") else [int(x.get("size", -1)) for x in shape.get("dim", [])]
+            out[name] = {"dtype": info.get("dtype", "DT_INVALID"), "shape": dims}
+        return out
+
+    result = {}
+    for key, sig in sorted(sigs.items()):
+        if key.startswith("__") or (names is not None and key not in names):
+            continue
+        result[key] = {"method_name": sig.get("method_name", ""),
+                       "inputs": tensors(sig.get("inputs")), "outputs": tensors(sig.get("outputs"))}
+    return result
+
+
+# --- wait verdicts (pure) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class WaitVerdict:
+    done: bool
+    failed: bool = False
+    detail: str = ""
+
+
+def available_verdict(statuses: list[VersionStatus], version: int) -> WaitVerdict:
+    s = next((x for x in statuses if x.version == version), None)
+    if s is None:
+        return WaitVerdict(False, detail="not known to TF Serving yet")
+    if s.state == "AVAILABLE":
+        return WaitVerdict(True)
+    if s.state == "END":
+        why = (s.error_message or f"error code {s.error_code}") if s.failed else "unloaded (END)"
+        return WaitVerdict(False, True, why)
+    return WaitVerdict(False, detail=s.state)
+
+
+def gone_verdict(statuses: list[VersionStatus], version: int) -> WaitVerdict:
+    s = next((x for x in statuses if x.version == version), None)
+    if s is None or s.state == "END":
+        return WaitVerdict(True)
+    return WaitVerdict(False, detail=s.state)
+
+
+class TFServingClient:
+    """REST client for one TF Serving (or the local compatible server)."""
+
+    def __init__(self, rest_url: str, *, timeout: float = 10.0, session=None):
+        import requests
+
+        self.base = rest_url.rstrip("/")
+        self.timeout = timeout
+        self._session = session or requests.Session()
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- raw requests --------------------------------------------------------------------
+    def _url(self, model: str, version: int | None = None, label: str | None = None,
+             suffix: str = "") -> str:
+        url = f"{self.base}/v1/models/{model}"
+        if version is not None:
+            url += f"/versions/{int(version)}"
+        elif label is not None:
+            url += f"/labels/{label}"
+        return url + suffix
+
+    def _request(self, method: str, url: str, body: dict | None = None,
+                 timeout: float | None = None) -> tuple[int, dict]:
+        import requests
+
+        try:
+            r = self._session.request(method, url, json=body, timeout=timeout or self.timeout)
+        except requests.ConnectionError:
+            raise HostUnreachable(f"TF Serving REST at {self.base} is not reachable (connection refused "
+                                  f"or no route); check that it runs and the host's rest_url") from None
+        except requests.Timeout:
+            raise HostUnreachable(f"TF Serving REST at {self.base} did not answer within "
+                                  f"{timeout or self.timeout:.0f}s ({method} {url})") from None
+        try:
+            data = r.json()
+        except ValueError:
+            data = {"error": r.text[:300]}
+        if not isinstance(data, dict):
+            data = {"error": f"unexpected JSON {str(data)[:200]}"}
+        return r.status_code, data
+
+    def _get_json(self, url: str) -> dict:
+        code, data = self._request("GET", url)
+        if code != 200:
+            raise ServingError(f"TF Serving at {self.base}: GET {url[len(self.base):]} -> HTTP {code}: "
+                               f"{data.get('error', '')}")
+        return data
+
+    # --- API -----------------------------------------------------------------------------
+    def model_status(self, model: str) -> list[VersionStatus]:
+        """All versions TF Serving knows for ``model`` ([] when the model is unknown: HTTP 404)."""
+        code, data = self._request("GET", self._url(model))
+        if code == 404:
+            return []
+        if code != 200:
+            raise ServingError(f"TF Serving at {self.base}: status of {model} -> HTTP {code}: "
+                               f"{data.get('error', '')}")
+        return parse_status(data)
+
+    def version_status(self, model: str, version: int) -> VersionStatus | None:
+        return next((s for s in self.model_status(model) if s.version == int(version)), None)
+
+    def label_version(self, model: str, label: str) -> int | None:
+        """The version ``label`` points at (None when the label or model is unknown).
+
+        Read from ``/labels/<label>/metadata`` (its ``model_spec.version``): TF Serving's status
+        endpoint ignores a label in the path, so it cannot tell.
+        """
+        code, data = self._request("GET", self._url(model, label=label, suffix="/metadata"))
+        if code in (400, 404):
+            return None
+        if code != 200:
+            raise ServingError(f"TF Serving at {self.base}: label {label} of {model} -> HTTP {code}: "
+                               f"{data.get('error', '')}")
+        version = (data.get("model_spec") or {}).get("version")
+        return int(version) if version not in (None, "") else None
+
+    def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict:
+        return self._get_json(self._url(model, version, label, "/metadata"))
+
+    def signature(self, model: str, *, version: int | None = None, label: str | None = None,
+                  names: tuple[str, ...] | None = ("serving_default",)) -> dict:
+        return normalize_signature(self.metadata(model, version=version, label=label), names)
+
+    def predict(self, model: str, body: dict, *, version: int | None = None, label: str | None = None,
+                timeout: float | None = None) -> dict:
+        """POST ``:predict``; a non-200 answer raises ServingError with TF Serving's message."""
+        url = self._url(model, version, label, ":predict")
+        code, data = self._request("POST", url, body, timeout=timeout)
+        if code != 200:
+            target = f"version {version}" if version else f"label {label}" if label else "default version"
+            raise ServingError(f"TF Serving at {self.base}: predict on {model} ({target}) -> HTTP {code}: "
+                               f"{data.get('error', json.dumps(data)[:200])}")
+        return data
+
+    # --- bounded waits -------------------------------------------------------------------
+    def _poll(self, what: str, check: Callable[[], WaitVerdict], *, timeout: float,
+              interval: float) -> None:
+        polls = max(1, int(timeout / interval) + 1)
+        deadline = time.monotonic() + timeout
+        last = WaitVerdict(False, detail="no answer yet")
+        for _ in range(polls):
+            last = check()
+            if last.done:
+                return
+            if last.failed:
+                raise ServingError(f"TF Serving at {self.base}: {what} failed: {last.detail}")
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        raise ServingTimeout(f"TF Serving at {self.base}: {what} did not happen within {timeout:.0f}s "
+                             f"(last state: {last.detail})")
+
+    def wait_available(self, model: str, version: int, *, timeout: float = 120.0,
+                       interval: float = 0.5) -> None:
+        """Until ``model`` version ``version`` is AVAILABLE; END -> ServingError with TF Serving's reason."""
+        self._poll(f"loading {model} version {version}",
+                   lambda: available_verdict(self.model_status(model), int(version)),
+                   timeout=timeout, interval=interval)
+
+    def wait_label(self, model: str, label: str, version: int, *, timeout: float = 60.0,
+                   interval: float = 0.5) -> None:
+        """Until label ``label`` of ``model`` points at ``version``."""
+        def check() -> WaitVerdict:
+            current = self.label_version(model, label)
+            return WaitVerdict(current == int(version), detail=f"{label} -> {current}")
+        self._poll(f"pointing {model}@{label} at version {version}", check, timeout=timeout,
+                   interval=interval)
+
+    def wait_gone(self, model: str, version: int, *, timeout: float = 60.0, interval: float = 0.5) -> None:
+        """Until ``model`` version ``version`` is unloaded (END or no longer listed)."""
+        self._poll(f"unloading {model} version {version}",
+                   lambda: gone_verdict(self.model_status(model), int(version)),
+                   timeout=timeout, interval=interval)

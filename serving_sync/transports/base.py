@@ -1,0 +1,101 @@
+"""The one interface every way of reaching a serving host implements (file, ssh, s3).
+
+Paths are relative POSIX paths under the host's base directory (``""`` = the base itself) and
+are checked against traversal before any I/O. Errors a user can fix are raised as
+``serving_sync.errors`` (one line); a missing file is ``FileNotFoundError``.
+"""
+from __future__ import annotations
+
+import abc
+import os
+
+from ..manifest import HostListing, Manifest, compare
+from ..names import check_relpath
+from ..progress import ProgressFn
+
+MAX_SMALL_FILE = 4 * 1024 * 1024  # read_file is for config, lock and manifest files
+
+
+def rel_path(rel: str) -> str:
+    """``""`` for the base, else a checked, normalized relative path."""
+    return "" if rel in ("", ".") else check_relpath(rel)
+
+
+class Transport(abc.ABC):
+    """Operations on one host's base directory."""
+
+    scheme: str = ""
+    #: True when ``rename`` of a directory is atomic (file, ssh). S3 has no rename: publish
+    #: uploads everything but ``saved_model.pb``, verifies, then uploads it last.
+    atomic_rename: bool = True
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    # --- reading -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def list_dir(self, rel: str = "") -> list[str]:
+        """Names directly under ``rel`` (files and directories); ``[]`` if it does not exist."""
+
+    @abc.abstractmethod
+    def read_file(self, rel: str, max_bytes: int = MAX_SMALL_FILE) -> bytes:
+        """Content of a small file; ``FileNotFoundError`` if absent."""
+
+    @abc.abstractmethod
+    def exists(self, rel: str) -> bool:
+        """Whether a file or directory (S3: any object under the prefix) exists."""
+
+    @abc.abstractmethod
+    def listing(self, rel: str) -> HostListing:
+        """Hash every file under ``rel`` ON THE HOST (or store) and list its directories."""
+
+    def verify(self, rel: str, manifest: Manifest) -> list[str]:
+        """Problems between ``rel`` on the host and ``manifest`` (empty = identical)."""
+        return compare(manifest, self.listing(rel))
+
+    def disk_free(self) -> int | None:
+        """Free bytes where the base lives, or None when the store has no such notion."""
+        return None
+
+    # --- writing -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def write_file_atomic(self, rel: str, data: bytes) -> None:
+        """Replace ``rel`` with ``data`` so readers see the old or the new content, never a mix."""
+
+    @abc.abstractmethod
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` only if it does not exist; False if it already exists."""
+
+    @abc.abstractmethod
+    def upload_tree(self, local_dir: str | os.PathLike, dest_rel: str, manifest: Manifest,
+                    progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
+        """Upload the manifest's files (and directories) from ``local_dir`` to ``dest_rel``.
+
+        Returns the bytes of file content sent. ``dest_rel`` must not exist yet on transports
+        with atomic rename (it is a fresh temporary name). With ``min_free``, refuse with
+        ``DiskFull`` before writing anything when the host reports less free space.
+        """
+
+    @abc.abstractmethod
+    def rename(self, src_rel: str, dst_rel: str) -> None:
+        """Rename a directory; fails if ``dst_rel`` exists (never moves *into* it)."""
+
+    @abc.abstractmethod
+    def remove_tree(self, rel: str) -> None:
+        """Remove a directory tree (S3: every object under the prefix); absent is fine."""
+
+    @abc.abstractmethod
+    def remove_file(self, rel: str) -> None:
+        """Remove one file; absent is fine."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

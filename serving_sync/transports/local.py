@@ -1,0 +1,178 @@
+"""``file://`` hosts: the base directory is on this machine (the embedded default)."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from ..errors import DiskFull
+from ..manifest import HostListing, Manifest, sha256_file
+from ..progress import ProgressFn
+from .base import MAX_SMALL_FILE, Transport, rel_path
+from .oserrors import host_os_error
+
+CHUNK = 16 * 1024 * 1024
+
+
+def copy_with_progress(src: str, dst: str, progress: ProgressFn | None) -> int:
+    """Copy one file in large chunks (kernel copy where possible), reporting bytes sent."""
+    sent = 0
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        os.fchmod(fout.fileno(), 0o644)
+        size = os.fstat(fin.fileno()).st_size
+        use_kernel = hasattr(os, "copy_file_range")
+        while sent < size:
+            n = 0
+            if use_kernel:
+                try:
+                    n = os.copy_file_range(fin.fileno(), fout.fileno(), min(CHUNK, size - sent))
+                except OSError as exc:
+                    if exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
+                        use_kernel = False
+                        continue
+                    raise
+            else:
+                buf = fin.read(CHUNK)
+                n = len(buf)
+                if n:
+                    fout.write(buf)
+            if n == 0:
+                break
+            sent += n
+            if progress:
+                progress(n)
+    return sent
+
+
+class LocalTransport(Transport):
+    scheme = "file"
+    atomic_rename = True
+
+    def __init__(self, base: str | os.PathLike):
+        self.base = Path(base)
+        super().__init__(f"file://{self.base}")
+
+    def _p(self, rel: str) -> Path:
+        rel = rel_path(rel)
+        return self.base / rel if rel else self.base
+
+    def _err(self, exc: OSError, doing: str):
+        return host_os_error(exc, where=self.url, base=str(self.base), doing=doing)
+
+    def list_dir(self, rel: str = "") -> list[str]:
+        try:
+            return sorted(os.listdir(self._p(rel)))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def read_file(self, rel: str, max_bytes: int = MAX_SMALL_FILE) -> bytes:
+        with open(self._p(rel), "rb") as f:
+            return f.read(max_bytes + 1)[:max_bytes]
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self._p(rel))
+
+    def listing(self, rel: str) -> HostListing:
+        root = self._p(rel)
+        files: dict[str, str] = {}
+        dirs: set[str] = set()
+        others: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            rel_dir = os.path.relpath(dirpath, root)
+            for name in dirnames + filenames:
+                full = os.path.join(dirpath, name)
+                r = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if os.path.islink(full):
+                    others.append(r)
+                elif os.path.isdir(full):
+                    dirs.add(r)
+                elif os.path.isfile(full):
+                    files[r] = sha256_file(full)
+                else:
+                    others.append(r)
+        return HostListing(files, frozenset(dirs), tuple(sorted(others)))
+
+    def disk_free(self) -> int | None:
+        p = self.base
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        return shutil.disk_usage(p).free
+
+    def write_file_atomic(self, rel: str, data: bytes) -> None:
+        path = self._p(rel)
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._err(exc, f"writing {rel}") from None
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        path = self._p(rel)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._err(exc, f"creating {rel}") from None
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return True
+
+    def upload_tree(self, local_dir, dest_rel: str, manifest: Manifest,
+                    progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
+        dest = self._p(dest_rel)
+        if min_free is not None:
+            free = self.disk_free()
+            if free is not None and free < min_free:
+                raise DiskFull(f"{self.url}: not enough free space: {min_free / 1e6:.1f} MB needed, "
+                               f"{free / 1e6:.1f} MB free; free space there (or lower retention) and "
+                               f"rerun; nothing was uploaded")
+        sent = 0
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.mkdir(mode=0o755)  # a fresh temporary name: must not exist
+            for d in manifest.dirs:
+                (dest / d).mkdir(mode=0o755, parents=True, exist_ok=True)
+            for f in manifest.files:
+                (dest / f.path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                sent += copy_with_progress(os.path.join(local_dir, f.path), str(dest / f.path), progress)
+        except OSError as exc:
+            raise self._err(exc, f"uploading to {dest_rel}") from None
+        return sent
+
+    def rename(self, src_rel: str, dst_rel: str) -> None:
+        src, dst = self._p(src_rel), self._p(dst_rel)
+        if os.path.lexists(dst):
+            raise FileExistsError(f"{dst} exists")
+        try:
+            os.rename(src, dst)
+        except OSError as exc:
+            raise self._err(exc, f"renaming {src_rel} to {dst_rel}") from None
+
+    def remove_tree(self, rel: str) -> None:
+        path = self._p(rel)
+        if not rel_path(rel):
+            raise ValueError("refusing to remove the base directory")
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._err(exc, f"removing {rel}") from None
+
+    def remove_file(self, rel: str) -> None:
+        try:
+            self._p(rel).unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._err(exc, f"removing {rel}") from None

@@ -1,0 +1,219 @@
+"""Open an SSH connection the safe way: pinned host key, public-key auth only, bounded waits.
+
+- The server's host key must be in the known_hosts file. Unknown: refused with the
+  ``ssh-keyscan`` command to pin it and the offered ``SHA256:`` fingerprint to compare out of
+  band. Changed: refused naming the file and line, with both fingerprints.
+- Only public keys are tried: the identity file; the SSH agent (``SSH_AUTH_SOCK``, as
+  CircleCI's ``add_ssh_keys`` sets up); ``~/.ssh/id_*`` only when no identity file is set.
+  Never a password or keyboard-interactive prompt.
+- AES-GCM is preferred (fastest in paramiko: OpenSSL AEAD, no separate MAC pass).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from mlops_common import log
+from mlops_common.errors import ConfigError
+
+from ..errors import AuthFailed, HostKeyRejected, HostUnreachable
+from ..hosts import Target
+from . import known_hosts as kh
+
+logger = log.get("sync.ssh")
+
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr",
+                     "aes256-ctr", "aes192-ctr")
+WINDOW_SIZE = 16 * 1024 * 1024
+MAX_PACKET = 32 * 1024
+DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+def where_of(target: Target) -> str:
+    return f"ssh://{target.user}@{target.host}:{target.port}"
+
+
+def reason(exc: BaseException) -> str:
+    """First line of an exception's text (for one-line messages)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | None,
+            timeout: float = 15.0):
+    """A connected, host-verified, authenticated ``paramiko.Transport``; one line on failure."""
+    import paramiko
+
+    where = where_of(target)
+    known_file = Path(known_hosts or Path("~/.ssh/known_hosts")).expanduser()
+    keys = load_known_hosts(known_file)
+    sock = open_socket(target.host, target.port, timeout, where)
+    t = None
+    connected = None
+    try:
+        t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        t.banner_timeout = timeout
+        t.handshake_timeout = timeout
+        t.auth_timeout = timeout
+        opts = t.get_security_options()
+        supported = list(opts.ciphers)
+        opts.ciphers = tuple([c for c in PREFERRED_CIPHERS if c in supported]
+                             + [c for c in supported if c not in PREFERRED_CIPHERS])
+        pinned_types = kh.known_key_types(keys, target.host, target.port)
+        if pinned_types:  # ask for the key type we can check, as OpenSSH does
+            kt = list(opts.key_types)
+            first = [k for k in kt if base_key_type(k) in pinned_types]
+            opts.key_types = tuple(first + [k for k in kt if k not in first])
+        try:
+            t.start_client(timeout=timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HostUnreachable(f"{where}: SSH handshake failed ({reason(exc)}); check that an SSH "
+                                  f"server listens there and the network path") from None
+        if not (t.is_active() and t.initial_kex_done):
+            raise HostUnreachable(f"{where}: SSH handshake failed (no answer within {timeout:.0f}s); "
+                                  f"check that an SSH server listens there and the network path")
+        check_host_key(t.get_remote_server_key(), keys, known_file, target)
+        authenticate(t, target.user, identity_file, where)
+        t.set_keepalive(15)
+        connected = t
+        return connected
+    finally:
+        if connected is None:
+            if t is not None:
+                t.close()
+            sock.close()
+
+
+def base_key_type(key_type: str) -> str:
+    return {"rsa-sha2-256": "ssh-rsa", "rsa-sha2-512": "ssh-rsa"}.get(key_type, key_type)
+
+
+def load_known_hosts(path: Path) -> list[kh.KnownKey]:
+    try:
+        return kh.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"cannot read known_hosts file {path}: {exc.strerror}") from None
+
+
+def open_socket(host: str, port: int, timeout: float, where: str) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        raise HostUnreachable(f"{where}: connection refused; check that sshd runs on {host} and "
+                              f"listens on port {port} (the port in the hosts file)") from None
+    except socket.gaierror as exc:
+        raise HostUnreachable(f"{where}: cannot resolve host name {host!r} ({exc.strerror}); "
+                              f"fix the target in the hosts file") from None
+    except socket.timeout:
+        raise HostUnreachable(f"{where}: no answer within {timeout:.0f}s; check the address, "
+                              f"firewall and that the host is up") from None
+    except OSError as exc:
+        raise HostUnreachable(f"{where}: cannot connect ({exc.strerror or exc}); check the address "
+                              f"and network") from None
+    # Small SSH messages (window adjusts, channel requests) must not wait for Nagle.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def check_host_key(key, keys: list[kh.KnownKey], known_file: Path, target: Target) -> None:
+    """Raise HostKeyRejected unless the offered key is pinned for this host and port."""
+    where = where_of(target)
+    key_type, key_b64 = key.get_name(), key.get_base64()
+    offered = kh.fingerprint(key_b64)
+    verdict = kh.check(keys, target.host, target.port, base_key_type(key_type), key_b64)
+    if verdict.status == "ok":
+        return
+    name = kh.lookup_name(target.host, target.port)
+    if verdict.status == "unknown":
+        port_opt = f"-p {target.port} " if target.port != 22 else ""
+        missing = "" if known_file.exists() else " (the file does not exist)"
+        raise HostKeyRejected(
+            f"{where}: host key not trusted: {name} is not in {known_file}{missing}; the server "
+            f"offered {key_type} {offered}. Pin it with `ssh-keyscan {port_opt}{target.host} >> "
+            f"{known_file}` after comparing that fingerprint with the host's out of band")
+    if verdict.status == "revoked":
+        raise HostKeyRejected(f"{where}: the server's host key {offered} is marked @revoked in "
+                              f"{known_file} line {verdict.line}; refusing to connect")
+    raise HostKeyRejected(
+        f"{where}: HOST KEY CHANGED for {name}: {known_file} line {verdict.line} pins "
+        f"{verdict.expected_fingerprint} but the server offered {key_type} {offered}; refusing "
+        f"(possible man-in-the-middle). If the host was re-keyed, confirm the new fingerprint out "
+        f"of band, then replace line {verdict.line} (ssh-keygen -R '{name}' -f {known_file})")
+
+
+def candidate_keys(identity_file: Path | None, where: str):
+    """(label, key) pairs to try: identity file, agent keys, default ~/.ssh keys (no file set)."""
+    import paramiko
+
+    if identity_file is not None:
+        path = Path(identity_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{where}: identity_file {path} does not exist; fix the path in the hosts "
+                              f"file or remove it to use the SSH agent")
+        try:
+            key = _load_key(path)
+        except paramiko.PasswordRequiredException:
+            key = None
+            if not os.environ.get("SSH_AUTH_SOCK"):
+                raise ConfigError(f"{where}: identity_file {path} is protected by a passphrase; load it "
+                                  f"into ssh-agent (ssh-add {path}) and remove identity_file from the "
+                                  f"hosts file") from None
+        except (paramiko.SSHException, ValueError, OSError) as exc:
+            raise ConfigError(f"{where}: cannot load identity_file {path} ({reason(exc)}); it must be "
+                              f"an OpenSSH or PEM private key") from None
+        if key is not None:
+            yield str(path), key
+    if os.environ.get("SSH_AUTH_SOCK"):
+        try:
+            agent = paramiko.Agent()
+            for i, k in enumerate(agent.get_keys()):
+                yield f"agent key {i + 1} ({k.get_name()})", k
+        except paramiko.SSHException as exc:
+            logger.warning("%s: SSH agent unavailable (%s)", where, reason(exc))
+    if identity_file is None:
+        ssh_dir = Path("~/.ssh").expanduser()
+        for name in DEFAULT_KEY_FILES:
+            p = ssh_dir / name
+            if p.is_file():
+                try:
+                    key = _load_key(p)
+                except (paramiko.SSHException, ValueError, OSError):
+                    continue   # encrypted or unreadable default key: skip it, like ssh in batch mode
+                yield str(p), key
+
+
+def _load_key(path: Path):
+    """Load a private key without a passphrase; an encrypted one -> PasswordRequiredException."""
+    import paramiko
+
+    try:
+        return paramiko.PKey.from_path(path)
+    except TypeError as exc:   # cryptography: "Key is password-protected, but password was not provided"
+        if "password" in str(exc).lower():
+            raise paramiko.PasswordRequiredException(str(exc)) from None
+        raise ValueError(str(exc)) from None
+
+
+def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
+    import paramiko
+
+    tried: list[str] = []
+    for label, key in candidate_keys(identity_file, where):
+        tried.append(label)
+        try:
+            remaining = t.auth_publickey(user, key)
+        except paramiko.AuthenticationException:
+            continue
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HostUnreachable(f"{where}: connection lost during authentication ({reason(exc)})") from None
+        if not remaining and t.is_authenticated():
+            return
+    if not tried:
+        raise AuthFailed(f"{where}: no SSH key to authenticate with: set identity_file in the hosts "
+                         f"file, or start ssh-agent with the deploy key (SSH_AUTH_SOCK)")
+    raise AuthFailed(f"{where}: the server refused public-key authentication for user {user!r} "
+                     f"(tried {', '.join(tried)}); add the deploy public key to that user's "
+                     f"authorized_keys on the host or fix identity_file")

@@ -1,0 +1,92 @@
+"""The POSIX sh scripts serving_sync runs on an SSH host, and the parsing of their output.
+
+Each script prints a marker first, so a missing marker means the account has no real shell
+(e.g. sftp-only) and the transport falls back to SFTP. Every exec costs a process spawn on
+the host (~0.1 s), so one script does as much as possible: check space, create the temporary
+directory, extract the tar stream, then hash every file — one round trip per publish.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from ..manifest import HostListing, parse_hash_lines
+
+MARK = "@serving-sync"
+
+_HASH_SECTION = """\
+echo @dirs; find . -mindepth 1 -type d
+echo @other; find . -mindepth 1 ! -type d ! -type f
+if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then H="openssl dgst -sha256 -r"
+elif command -v sha256sum >/dev/null 2>&1; then H=sha256sum
+elif command -v shasum >/dev/null 2>&1; then H="shasum -a 256"
+else echo @nohash; exit 0; fi
+echo @files
+find . -type f -exec $H {} + || { echo @hashfailed; exit 94; }
+echo @end
+"""
+
+
+def q(path: str) -> str:
+    return shlex.quote(path)
+
+
+def listing_script(path: str) -> str:
+    """Hash every file under ``path`` on the host (exit 3 when it does not exist)."""
+    return f"echo {MARK}\ncd -- {q(path)} || exit 3\n{_HASH_SECTION}"
+
+
+def upload_script(parent: str, dest: str, need_bytes: int | None) -> str:
+    """Check free space, create ``dest`` (must not exist), extract tar from stdin, hash it."""
+    need_kb = -1 if need_bytes is None else (need_bytes + 1023) // 1024
+    return f"""echo {MARK}
+command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
+need_kb={need_kb}
+if [ "$need_kb" -ge 0 ]; then
+  d={q(parent)}; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
+  avail=$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')
+  case "$avail" in ''|*[!0-9]*) avail='' ;; esac
+  if [ -n "$avail" ] && [ "$avail" -lt "$need_kb" ]; then echo "@nospace $avail"; exit 0; fi
+fi
+umask 022
+mkdir -p -- {q(parent)} && mkdir -- {q(dest)} || exit 96
+echo @ready
+tar -x -o -f - -C {q(dest)} || {{ rc=$?; echo "@tarfailed $rc"; exit 95; }}
+cd -- {q(dest)} || exit 3
+{_HASH_SECTION}"""
+
+
+@dataclass
+class ScriptOutput:
+    shell: bool                      # the marker was printed: a real shell ran the script
+    flags: dict[str, str]            # marker lines such as @notar, @nospace 123, @tarfailed 2
+    listing: HostListing | None      # when a complete hash section was printed
+
+
+def parse_output(stdout: bytes) -> ScriptOutput:
+    """Split a script's stdout into marker flags and the hashed listing."""
+    text = stdout.decode("utf-8", errors="surrogateescape")
+    lines = text.splitlines()
+    if MARK not in lines:
+        return ScriptOutput(False, {}, None)
+    flags: dict[str, str] = {}
+    sections: dict[str, list[str]] = {"@dirs": [], "@other": [], "@files": []}
+    current = None
+    for line in lines[lines.index(MARK) + 1:]:
+        if line in sections:
+            current = line
+        elif line.startswith("@") and (line.split(" ", 1)[0] in
+                                       ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
+                                        "@hashfailed", "@end")):
+            key, _, value = line.partition(" ")
+            flags[key] = value
+            current = None
+        elif current and line:
+            sections[current].append(line)
+    listing = None
+    if "@end" in flags:
+        strip = lambda p: p[2:] if p.startswith("./") else p  # noqa: E731
+        listing = HostListing(parse_hash_lines("\n".join(sections["@files"])),
+                              frozenset(strip(p) for p in sections["@dirs"]),
+                              tuple(sorted(strip(p) for p in sections["@other"])))
+    return ScriptOutput(True, flags, listing)

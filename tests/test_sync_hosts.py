@@ -1,0 +1,139 @@
+"""Hosts file and MLOPS_SYNC_* parsing: every field validated, one line naming file, entry, field."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlops_common.errors import ConfigError, NotFoundError
+from serving_sync.hosts import load_hosts, parse_hosts_toml
+
+GOOD = """
+[[hosts]]
+name = "local"
+target = "file:///srv/models"
+rest_url = "http://127.0.0.1:8501"
+
+[[hosts]]
+name = "edge-1"
+target = "ssh://deploy@10.0.0.5:2222/var/models"
+rest_url = "http://10.0.0.5:8501/"
+grpc = "10.0.0.5:8500"
+known_hosts = "/etc/mlops/known_hosts"
+identity_file = "~/.ssh/deploy_ed25519"
+model_base_path = "/models"
+
+[[hosts]]
+name = "bucket"
+target = "s3://models-bucket/serving/prod"
+rest_url = "https://tfs.example.com"
+"""
+
+
+def test_a_valid_file_parses_into_hosts():
+    local, edge, bucket = parse_hosts_toml(GOOD, "hosts.toml")
+    assert local.target.scheme == "file" and local.target.path == "/srv/models"
+    assert local.serving_base_path() == "/srv/models"
+    assert local.known_hosts is None and local.grpc is None
+    assert edge.target.scheme == "ssh"
+    assert (edge.target.user, edge.target.host, edge.target.port, edge.target.path) == \
+        ("deploy", "10.0.0.5", 2222, "/var/models")
+    assert edge.rest_url == "http://10.0.0.5:8501"
+    assert edge.grpc == "10.0.0.5:8500"
+    assert edge.known_hosts == Path("/etc/mlops/known_hosts")
+    assert edge.identity_file == Path("~/.ssh/deploy_ed25519").expanduser()
+    assert edge.serving_base_path() == "/models"
+    assert edge.target.url == "ssh://deploy@10.0.0.5:2222/var/models"
+    assert bucket.target.bucket == "models-bucket" and bucket.target.path == "serving/prod"
+    assert bucket.serving_base_path() == "s3://models-bucket/serving/prod"
+
+
+def test_ssh_defaults_port_22_and_the_users_known_hosts():
+    (h,) = parse_hosts_toml('[[hosts]]\nname="a"\ntarget="ssh://box/var/m"\nrest_url="http://box:8501"\n', "f")
+    assert h.target.port == 22 and h.target.user is None
+    assert h.known_hosts == Path("~/.ssh/known_hosts").expanduser()
+
+
+def entry(**fields) -> str:
+    base = {"name": "h1", "target": "file:///srv/m", "rest_url": "http://127.0.0.1:8501"}
+    base.update(fields)
+    body = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in base.items() if v is not None)
+    return f"[[hosts]]\n{body}\n"
+
+
+@pytest.mark.parametrize("fields, fld, words", [
+    ({"target": "file://relative/path"}, "target", "file:///absolute"),
+    ({"target": "file:///srv/../etc"}, "target", ".."),
+    ({"target": "ftp://x/y"}, "target", "unsupported scheme"),
+    ({"target": None}, "target", "missing"),
+    ({"target": "ssh://host"}, "target", "absolute base directory"),
+    ({"target": "ssh://user:pw@host/var/m"}, "target", "password"),
+    ({"target": "ssh://host:99999/var/m"}, "target", "port"),
+    ({"target": "ssh:///var/m"}, "target", "no host"),
+    ({"target": "s3://AB/x"}, "target", "bucket"),
+    ({"rest_url": "127.0.0.1:8501"}, "rest_url", "http(s) URL"),
+    ({"rest_url": None}, "rest_url", "missing"),
+    ({"grpc": "127.0.0.1"}, "grpc", "host:port"),
+    ({"known_hosts": "/k"}, "known_hosts", "only applies to ssh"),
+    ({"identity_file": "/k"}, "identity_file", "only applies to ssh"),
+    ({"model_base_path": "models"}, "model_base_path", "absolute"),
+    ({"model_base_path": "/a/../b"}, "model_base_path", ".."),
+    ({"name": "../x"}, "name", "invalid"),
+    ({"name": "has space"}, "name", "invalid"),
+    ({"colour": "blue"}, "colour", "unknown field"),
+])
+def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
+    with pytest.raises(ConfigError) as e:
+        parse_hosts_toml(entry(**fields), "/etc/mlops/hosts.toml")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("/etc/mlops/hosts.toml: hosts[0]")
+    assert f"field {fld!r}" in msg
+    assert words in msg
+
+
+def test_ssh_traversal_in_identity_file_is_refused():
+    text = entry(target="ssh://u@h/var/m", identity_file="~/../../etc/shadow")
+    with pytest.raises(ConfigError, match="identity_file.*'\\.\\.'"):
+        parse_hosts_toml(text, "f")
+
+
+def test_whole_file_problems():
+    with pytest.raises(ConfigError, match=r"hosts.toml: not valid TOML \(.*line"):
+        parse_hosts_toml("[[hosts]\nname=", "hosts.toml")
+    with pytest.raises(ConfigError, match="no hosts"):
+        parse_hosts_toml("", "hosts.toml")
+    with pytest.raises(ConfigError, match="unknown top-level key 'host'"):
+        parse_hosts_toml('[[host]]\nname="a"\n', "hosts.toml")
+    with pytest.raises(ConfigError, match=r"hosts\[1\] \('h1'\): field 'name': duplicate"):
+        parse_hosts_toml(entry() + entry(), "hosts.toml")
+    with pytest.raises(ConfigError, match="must be a table"):
+        parse_hosts_toml("hosts = [1]", "hosts.toml")
+
+
+def test_load_hosts_from_file_env_and_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLOPS_SYNC_TARGET", raising=False)
+    monkeypatch.delenv("MLOPS_HOSTS_FILE", raising=False)
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    with pytest.raises(NotFoundError, match="hosts.toml does not exist.*MLOPS_SYNC_TARGET"):
+        load_hosts()
+    f = tmp_path / "hosts.toml"
+    f.write_text(GOOD)
+    assert [h.name for h in load_hosts(str(f))] == ["local", "edge-1", "bucket"]
+    monkeypatch.setenv("MLOPS_HOSTS_FILE", str(f))
+    assert len(load_hosts()) == 3
+
+    env = {"MLOPS_SYNC_TARGET": "ssh://deploy@box:2200/var/models",
+           "MLOPS_SYNC_REST_URL": "http://box:8501", "MLOPS_SYNC_GRPC": "box:8500",
+           "MLOPS_SYNC_IDENTITY_FILE": "/keys/id"}
+    (h,) = load_hosts(environ=env)
+    assert h.name == "default" and h.target.port == 2200 and h.grpc == "box:8500"
+    assert h.identity_file == Path("/keys/id")
+    # an explicit --hosts file wins over the environment
+    assert len(load_hosts(str(f), environ=env)) == 3
+    with pytest.raises(ConfigError, match="MLOPS_SYNC_REST_URL is not"):
+        load_hosts(environ={"MLOPS_SYNC_TARGET": "file:///x"})
+    with pytest.raises(ConfigError, match="both MLOPS_HOSTS_FILE and MLOPS_SYNC_TARGET"):
+        load_hosts(environ={**env, "MLOPS_HOSTS_FILE": str(f)})
+    with pytest.raises(ConfigError, match=r"environment \(MLOPS_SYNC_\*\).*field 'target'"):
+        load_hosts(environ={"MLOPS_SYNC_TARGET": "file://rel", "MLOPS_SYNC_REST_URL": "http://x:1"})

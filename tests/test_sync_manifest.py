@@ -1,0 +1,177 @@
+"""Manifests, host-side hash output parsing, known_hosts verdicts, progress: fast unit tests."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+
+import pytest
+
+from mlops_common.errors import ConfigError, UserError
+from serving_sync import manifest as mf
+from serving_sync.progress import Progress, make_progress
+from serving_sync.transports import known_hosts as kh
+from serving_sync.transports.ssh_scripts import listing_script, parse_output, upload_script
+from tests.test_sync_support import make_model_tree
+
+
+def test_manifest_lists_files_dirs_sizes_and_hashes_deterministically(tmp_path):
+    root = make_model_tree(tmp_path / "m", n_assets=2)
+    a = mf.build(root)
+    b = mf.build(root)
+    assert a.to_json() == b.to_json()
+    paths = [f.path for f in a.files]
+    assert paths == sorted(paths)
+    assert "variables/variables.index" in paths and "saved_model.pb" in paths
+    assert "assets/empty-dir" in a.dirs and "variables" in a.dirs
+    entry = a.by_path()["saved_model.pb"]
+    data = (root / "saved_model.pb").read_bytes()
+    assert entry.size == len(data) and entry.sha256 == hashlib.sha256(data).hexdigest()
+    assert a.total_size == sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert mf.Manifest.from_json(a.to_json()) == a
+    assert json.loads(a.to_json())["format"] == mf.FORMAT
+    assert a.completion_file == "saved_model.pb"
+
+
+def test_manifest_changes_when_a_byte_changes(tmp_path):
+    root = make_model_tree(tmp_path / "m")
+    before = mf.build(root)
+    p = root / "variables" / "variables.index"
+    data = bytearray(p.read_bytes())
+    data[0] ^= 1
+    p.write_bytes(bytes(data))
+    after = mf.build(root)
+    assert mf.compare(before, mf.HostListing({f.path: f.sha256 for f in after.files},
+                                             frozenset(after.dirs))) == \
+        ["sha256 mismatch for variables/variables.index"]
+
+
+def test_manifest_refuses_symlinks_and_bad_names(tmp_path):
+    root = make_model_tree(tmp_path / "m")
+    os.symlink(root / "saved_model.pb", root / "assets" / "link")
+    with pytest.raises(UserError, match="symbolic link"):
+        mf.build(root)
+    root2 = make_model_tree(tmp_path / "n")
+    (root2 / "assets" / "bad\\name").write_text("x")
+    with pytest.raises(UserError, match="cannot be published"):
+        mf.build(root2)
+    with pytest.raises(UserError, match="not a directory"):
+        mf.build(tmp_path / "missing")
+
+
+def test_compare_reports_missing_extra_and_dirs():
+    m = mf.Manifest((mf.FileEntry("a", 1, "0" * 64), mf.FileEntry("b/c", 1, "1" * 64)), ("b",))
+    listing = mf.HostListing({"a": "0" * 64, "z": "2" * 64}, frozenset({"y"}), ("sym",))
+    assert mf.compare(m, listing) == ["missing file b/c", "unexpected file z", "missing directory b",
+                                      "unexpected directory y", "unexpected non-regular file sym"]
+    no_dirs = mf.HostListing({"a": "0" * 64, "b/c": "1" * 64}, check_dirs=False)
+    assert mf.compare(m, no_dirs) == []
+
+
+def test_corrupt_manifest_json_is_one_clear_line():
+    for text in ("{", '{"format": "other"}', '{"format": "%s", "files": [{"path": "../x", "size": 1, '
+                 '"sha256": "%s"}]}' % (mf.FORMAT, "0" * 64)):
+        with pytest.raises(ConfigError) as e:
+            mf.Manifest.from_json(text, "host:/base/.serving_sync/manifests/m/1.json")
+        assert "\n" not in str(e.value) and "manifests/m/1.json" in str(e.value)
+
+
+def test_hash_output_of_real_tools_parses(tmp_path):
+    root = make_model_tree(tmp_path / "m", n_assets=2)
+    m = mf.build(root)
+    expected = {f.path: f.sha256 for f in m.files}
+    for cmd in ("sha256sum", "openssl dgst -sha256 -r"):
+        out = subprocess.run(f"cd {root} && find . -type f -exec {cmd} {{}} +", shell=True,
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+        assert mf.parse_hash_lines(out) == expected, cmd
+    with pytest.raises(ValueError):
+        mf.parse_hash_lines("not a hash line")
+
+
+def test_remote_scripts_run_under_sh_and_their_output_parses(tmp_path):
+    """The scripts the SSH transport runs, executed by a real /bin/sh (as sshd would)."""
+    root = make_model_tree(tmp_path / "m", n_assets=2)
+    m = mf.build(root)
+    out = subprocess.run(["sh", "-c", listing_script(str(root))], capture_output=True, timeout=60).stdout
+    res = parse_output(out)
+    assert res.shell and res.listing is not None
+    assert mf.compare(m, res.listing) == []
+    missing = subprocess.run(["sh", "-c", listing_script(str(tmp_path / "nope"))], capture_output=True,
+                             timeout=60)
+    assert missing.returncode == 3
+    # upload script: refuses when the disk has less than asked, before creating anything
+    dest = tmp_path / "base" / "m" / ".incoming-1-x"
+    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 10 ** 18)],
+                       capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert "@nospace" in res.flags and int(res.flags["@nospace"]) > 0
+    assert not dest.parent.exists()
+    # ... and extracts a tar stream then hashes it
+    tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
+                         timeout=60).stdout
+    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000)], input=tar,
+                       capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 0 and "@ready" in res.flags
+    assert mf.compare(m, res.listing) == []
+    assert parse_output(b"This service allows sftp connections only.\n").shell is False
+
+
+def _key_b64(seed: bytes) -> str:
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + hashlib.sha256(seed).digest()
+    return base64.b64encode(blob).decode()
+
+
+def test_known_hosts_verdicts():
+    k1, k2 = _key_b64(b"one"), _key_b64(b"two")
+    salt = os.urandom(20)
+    import hmac
+    hashed = "|1|%s|%s" % (base64.b64encode(salt).decode(),
+                           base64.b64encode(hmac.new(salt, b"[10.0.0.9]:2222", "sha1").digest()).decode())
+    text = "\n".join([
+        "# comment",
+        f"[127.0.0.1]:2222,other ssh-ed25519 {k1}",
+        f"@cert-authority *.example ssh-ed25519 {k2}",
+        f"{hashed} ssh-ed25519 {k2}",
+        f"*.corp,!bad.corp ssh-ed25519 {k1}",
+        f"@revoked * ssh-ed25519 {_key_b64(b'revoked')}",
+    ])
+    keys = kh.parse(text)
+    assert kh.check(keys, "127.0.0.1", 2222, "ssh-ed25519", k1).status == "ok"
+    changed = kh.check(keys, "127.0.0.1", 2222, "ssh-ed25519", k2)
+    assert (changed.status, changed.line) == ("changed", 2)
+    assert changed.expected_fingerprint == kh.fingerprint(k1)
+    assert kh.check(keys, "127.0.0.1", 22, "ssh-ed25519", k1).status == "unknown"   # port matters
+    assert kh.check(keys, "10.0.0.9", 2222, "ssh-ed25519", k2).status == "ok"      # hashed entry
+    assert kh.check(keys, "a.corp", 22, "ssh-ed25519", k1).status == "ok"          # wildcard
+    assert kh.check(keys, "bad.corp", 22, "ssh-ed25519", k1).status == "unknown"   # negated
+    assert kh.check(keys, "x.example", 22, "ssh-ed25519", k2).status == "unknown"  # CA lines skipped
+    assert kh.check(keys, "any", 22, "ssh-ed25519", _key_b64(b"revoked")).status == "revoked"
+    assert kh.lookup_name("h", 22) == "h" and kh.lookup_name("h", 2200) == "[h]:2200"
+
+
+def test_fingerprint_matches_ssh_keygen(tmp_path):
+    from tests.fixtures.sshd import fingerprint, keygen
+
+    pub = keygen(tmp_path / "k")
+    assert kh.fingerprint(pub.split()[1]) == fingerprint(tmp_path / "k.pub")
+
+
+def test_progress_draws_on_a_terminal_and_stays_quiet_otherwise():
+    out = io.StringIO()
+    p = Progress(2_000_000, "upload digits/3", enabled=True, stream=out, interval=0)
+    p(1_000_000)
+    p(1_000_000)
+    p.done()
+    text = out.getvalue()
+    assert "upload digits/3: 1.0/2.0 MB (50%)" in text and "2.0/2.0 MB (100%)" in text
+    assert text.endswith("\n") and "MB/s" in text
+    quiet = io.StringIO()
+    q = Progress(10, "x", stream=quiet)          # StringIO is not a tty -> quiet
+    q(10)
+    q.done()
+    assert quiet.getvalue() == "" and q.transferred == 10
+    assert make_progress(10, "x", json_mode=True).enabled is False

@@ -1,0 +1,208 @@
+"""The serving_sync pieces composed against the local TF-Serving-compatible server and a real
+SavedModel: publish -> models.config (file poll or gRPC reload) -> wait AVAILABLE -> metadata and
+predict -> validation entry keeps unversioned/stable traffic on the old version -> switch.
+Also: TF Serving's own error message on a failed load, bounded waits, unreachable servers."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from serving_sync import manifest as mf
+from serving_sync import models_config as mc
+from serving_sync.errors import HostUnreachable, ServingError, ServingTimeout
+from serving_sync.layout import MODELS_CONFIG
+from serving_sync.publish import publish
+from serving_sync.tfs_client import (TFServingClient, available_verdict, gone_verdict, normalize_signature,
+                                     parse_status)
+from serving_sync.tfs_reload import reload_config
+from serving_sync.transports.local import LocalTransport
+
+MODEL = "digits"
+
+
+@pytest.fixture
+def bundle(tiny_serving_bundle):
+    saved = tiny_serving_bundle / "tfserving"
+    golden = tiny_serving_bundle / "golden"
+    return saved, mf.build(saved), json.loads((golden / "request.json").read_text()), \
+        json.loads((golden / "response.json").read_text()), json.loads((golden / "signature.json").read_text())
+
+
+def write_config(t: LocalTransport, state: mc.ModelState) -> str:
+    try:
+        current = mc.parse(t.read_file(MODELS_CONFIG).decode(), MODELS_CONFIG)
+    except FileNotFoundError:
+        current = mc.ServingConfig()
+    text = mc.render(mc.apply_state(current, state))
+    t.write_file_atomic(MODELS_CONFIG, text.encode())
+    return text
+
+
+def close(a, b, tol=1e-5) -> bool:
+    return all(abs(x - y) <= tol for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+@pytest.mark.slow
+def test_publish_config_load_predict_then_validate_and_switch(tfserving_factory, tmp_path, bundle):
+    saved, m, request, golden, signature = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base)
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    mbase = mc.model_base_path(str(base), MODEL)
+
+    publish(t, MODEL, 1, saved, m)
+    write_config(t, mc.ModelState(MODEL, mbase, (1,)))
+    client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    write_config(t, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}))
+    client.wait_label(MODEL, "stable", 1, timeout=30, interval=0.2)
+    assert client.signature(MODEL, label="stable") == signature
+    assert close(client.predict(MODEL, request)["predictions"], golden["predictions"])
+
+    # v2 (same bytes, new number) loads in the validation entry only: stable/unversioned stay on v1
+    publish(t, MODEL, 2, saved, m)
+    write_config(t, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}, validate=2))
+    client.wait_available(mc.validation_name(MODEL), 2, timeout=60, interval=0.2)
+    assert [s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"] == [1]
+    assert client.label_version(MODEL, "stable") == 1
+    assert close(client.predict(mc.validation_name(MODEL), request, version=2)["predictions"],
+                 golden["predictions"])
+
+    # switch: load v2 in the main entry (v1 kept), then move stable, then drop the validation entry
+    write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 1}))
+    client.wait_available(MODEL, 2, timeout=60, interval=0.2)
+    write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 2}))
+    client.wait_label(MODEL, "stable", 2, timeout=30, interval=0.2)
+    client.wait_gone(mc.validation_name(MODEL), 2, timeout=30, interval=0.2)
+    assert close(client.predict(MODEL, request, label="stable")["predictions"], golden["predictions"])
+    # the previous version stays loaded for an instant rollback
+    assert {s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"} == {1, 2}
+
+
+def test_grpc_reload_applies_the_config_at_once_and_reports_tf_servings_refusal(tfserving_factory, tmp_path,
+                                                                                 bundle):
+    saved, m, request, golden, _ = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base, config_poll_seconds=0)     # file read only at start: gRPC only
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    publish(t, MODEL, 1, saved, m)
+    text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
+    assert reload_config(srv.grpc_address, text).ok
+    client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    # a label on a version that is not loaded: TF Serving refuses the whole config, with its reason
+    bad = mc.render(mc.apply_state(mc.parse(text), mc.ModelState(
+        MODEL, mc.model_base_path(str(base), MODEL), (1, 5), {"stable": 5})))
+    with pytest.raises(ServingError) as e:
+        reload_config(srv.grpc_address, bad)
+    msg = str(e.value)
+    assert "\n" not in msg and "FAILED_PRECONDITION" in msg and "label" in msg
+    assert client.version_status(MODEL, 1).state == "AVAILABLE"
+
+
+def test_failed_load_ends_with_tf_servings_error_message(tfserving_factory, tmp_path, bundle):
+    saved, m, *_ = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base, extra_args=("--max_num_load_retries=0",))
+    broken = tmp_path / "broken"
+    shutil.copytree(saved, broken)
+    (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel protobuf")
+    t = LocalTransport(base)
+    publish(t, MODEL, 3, broken, mf.build(broken))
+    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (3,)))
+    client = TFServingClient(srv.rest_url)
+    with pytest.raises(ServingError) as e:
+        client.wait_available(MODEL, 3, timeout=60, interval=0.2)
+    msg = str(e.value)
+    assert "\n" not in msg and "loading digits version 3 failed" in msg
+    status = client.version_status(MODEL, 3)
+    assert status.state == "END" and status.error_message and status.error_message in msg
+
+
+def test_waits_are_bounded_and_say_the_last_state(tfserving_factory, tmp_path):
+    srv = tfserving_factory(tmp_path / "serving")
+    client = TFServingClient(srv.rest_url)
+    with pytest.raises(ServingTimeout) as e:
+        client.wait_available("never-configured", 1, timeout=1.0, interval=0.2)
+    assert "within 1s" in str(e.value) and "not known to TF Serving yet" in str(e.value)
+    assert client.model_status("never-configured") == []
+    assert client.label_version("never-configured", "stable") is None
+    with pytest.raises(ServingError, match="HTTP 404"):
+        client.metadata("never-configured")
+
+
+def test_unreachable_rest_is_one_clear_line():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(HostUnreachable) as e:
+        TFServingClient(f"http://127.0.0.1:{port}", timeout=2).model_status(MODEL)
+    assert "\n" not in str(e.value) and "not reachable" in str(e.value)
+    with pytest.raises(HostUnreachable, match="gRPC .* unreachable"):
+        reload_config(f"127.0.0.1:{port}", "model_config_list {}", timeout=2)
+
+
+# --- pure parts ------------------------------------------------------------------------------
+def test_status_parsing_and_wait_verdicts():
+    body = {"model_version_status": [
+        {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        {"version": "3", "state": "END", "status": {"error_code": "NOT_FOUND", "error_message": "no pb"}},
+        {"version": "4", "state": "LOADING", "status": {}},
+        {"version": "1", "state": "END", "status": {"error_code": "OK", "error_message": ""}}]}
+    st = parse_status(body)
+    assert [s.version for s in st] == [2, 3, 4, 1]
+    assert available_verdict(st, 2).done
+    v3 = available_verdict(st, 3)
+    assert v3.failed and v3.detail == "no pb"
+    assert available_verdict(st, 4) == available_verdict(st, 4) and not available_verdict(st, 4).done
+    assert available_verdict(st, 1).failed and "unloaded" in available_verdict(st, 1).detail
+    assert available_verdict(st, 9).detail == "not known to TF Serving yet"
+    assert gone_verdict(st, 1).done and gone_verdict(st, 9).done and not gone_verdict(st, 2).done
+
+
+def test_signature_normalization_of_tf_serving_metadata():
+    meta = {"model_spec": {"name": "m", "version": "1"}, "metadata": {"signature_def": {"signature_def": {
+        "__saved_model_init_op": {"outputs": {"__saved_model_init_op": {"dtype": "DT_INVALID",
+                                                                        "tensor_shape": {"dim": [], "unknown_rank": True}}}},
+        "serving_default": {
+            "inputs": {"inputs": {"dtype": "DT_FLOAT", "name": "serving_default_inputs:0", "tensor_shape": {
+                "dim": [{"size": "-1", "name": ""}, {"size": "8", "name": ""}, {"size": "8", "name": ""},
+                        {"size": "1", "name": ""}], "unknown_rank": False}}},
+            "outputs": {"output_0": {"dtype": "DT_FLOAT", "name": "StatefulPartitionedCall:0", "tensor_shape": {
+                "dim": [{"size": "-1", "name": ""}, {"size": "10", "name": ""}], "unknown_rank": False}}},
+            "method_name": "tensorflow/serving/predict"},
+        "other": {"inputs": {"x": {"dtype": "DT_STRING", "tensor_shape": {"unknown_rank": True}}},
+                  "outputs": {}, "method_name": "tensorflow/serving/predict"}}}}}
+    assert normalize_signature(meta, ("serving_default",)) == {"serving_default": {
+        "method_name": "tensorflow/serving/predict",
+        "inputs": {"inputs": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
+        "outputs": {"output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
+    everything = normalize_signature(meta)
+    assert sorted(everything) == ["other", "serving_default"]
+    assert everything["other"]["inputs"]["x"]["shape"] is None
+
+
+def test_version_published_over_ssh_loads_and_predicts(tfserving_factory, sshd, tmp_path, bundle):
+    from serving_sync.transports import open_transport
+    from tests.test_sync_support import ssh_host
+
+    saved, m, request, golden, signature = bundle
+    base = tmp_path / "remote-serving"
+    srv = tfserving_factory(base)
+    t = open_transport(ssh_host(sshd, base))
+    try:
+        assert publish(t, MODEL, 4, saved, m).status == "uploaded"
+        text = mc.render(mc.apply_state(mc.ServingConfig(), mc.ModelState(
+            MODEL, mc.model_base_path(str(base), MODEL), (4,))))
+        t.write_file_atomic(MODELS_CONFIG, text.encode())
+        client = TFServingClient(srv.rest_url)
+        client.wait_available(MODEL, 4, timeout=60, interval=0.2)
+        assert client.signature(MODEL, version=4) == signature
+        assert close(client.predict(MODEL, request, version=4)["predictions"], golden["predictions"])
+        assert publish(t, MODEL, 4, saved, m).bytes_transferred == 0
+    finally:
+        t.close()
