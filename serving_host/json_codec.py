@@ -252,7 +252,9 @@ def _fill(v, level: int, dt: int, shape: list[int], out: list) -> None:
 
 
 def _to_array(values: list, shape: list[int], dt: int) -> np.ndarray:
-    np_type = _NUMPY[dt]
+    np_type = _NUMPY.get(dt)
+    if np_type is None:
+        raise ServingError("UNIMPLEMENTED", f"Conversion of JSON to type: {dtype_name(dt)}")
     if np_type is object:
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
@@ -453,7 +455,9 @@ def _scalar_text(v, as_bytes: bool) -> str:
         return format_float(float(v), float32=True)
     if isinstance(v, (float, np.floating)):
         return format_float(float(v), float32=False)
-    return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {type(v).__name__}")
 
 
 def _values_text(arr: np.ndarray, as_bytes: bool) -> str:

@@ -50,33 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving_host.local_server", description=DESCRIPTION,
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument("--port", type=int, default=0,
+    p.add_argument("--port", type=int, metavar="N", default=0,
                    help="gRPC port for the ModelService (GetModelStatus, HandleReloadConfigRequest); "
                         "0 = no gRPC (default: 0; real TF Serving defaults to 8500)")
-    p.add_argument("--rest_api_port", type=int, default=0,
+    p.add_argument("--rest_api_port", type=int, metavar="N", default=0,
                    help="port for the HTTP/REST API; 0 = no REST API (default: 0)")
-    p.add_argument("--model_name", default="default",
+    p.add_argument("--model_name", default="default", metavar="NAME",
                    help="name of the single model served with --model_base_path (default: default)")
-    p.add_argument("--model_base_path", default="",
+    p.add_argument("--model_base_path", default="", metavar="DIR",
                    help="base path of the single model (numeric version directories below it)")
-    p.add_argument("--model_config_file", default="",
+    p.add_argument("--model_config_file", default="", metavar="FILE",
                    help="ModelServerConfig text proto (model_config_list {...}); overrides "
                         "--model_name/--model_base_path")
-    p.add_argument("--model_config_file_poll_wait_seconds", type=int, default=0,
+    p.add_argument("--model_config_file_poll_wait_seconds", type=int, metavar="N", default=0,
                    help="re-read and apply --model_config_file every N seconds; 0 = read once (default: 0)")
-    p.add_argument("--file_system_poll_wait_seconds", type=int, default=1,
+    p.add_argument("--file_system_poll_wait_seconds", type=int, metavar="N", default=1,
                    help="poll model base paths for new versions every N seconds; 0 = only when the "
                         "config changes; negative = never (default: 1)")
-    p.add_argument("--max_num_load_retries", type=int, default=5,
+    p.add_argument("--max_num_load_retries", type=int, metavar="N", default=5,
                    help="times a failed load is retried before the version ends in END (default: 5)")
-    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+    p.add_argument("--load_retry_interval_micros", type=int, metavar="N", default=60_000_000,
                    help="wait between load retries, in microseconds (default: 60000000 = 1 minute)")
     p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
                    default=False, metavar="BOOL",
                    help="allow a NEW label to point at a version that is not loaded yet (default: false)")
-    p.add_argument("--num_load_threads", type=int, default=4,
+    p.add_argument("--num_load_threads", type=int, metavar="N", default=4,
                    help="threads that load/unload versions in the background (default: 4)")
-    p.add_argument("--bind_address", default="127.0.0.1",
+    p.add_argument("--bind_address", default="127.0.0.1", metavar="ADDR",
                    help="address both ports listen on (local server only; real TF Serving listens on "
                         "all interfaces) (default: 127.0.0.1)")
     return p
