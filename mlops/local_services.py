@@ -75,8 +75,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
-                 log: Path | None = None) -> None:
-    """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes (bounded)."""
+                 log: Path | None = None, ok: tuple[int, ...] = (200,)) -> None:
+    """Poll ``url`` until it answers a status in ``ok``, the process dies, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -84,7 +84,7 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
             raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
                                     f"at {url}; see {log}: {tail.strip().splitlines()[-1] if tail else ''}")
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=2).status_code in ok:
                 return
         except requests.RequestException:
             pass
@@ -104,7 +104,8 @@ def mlflow_server_command(*, port: int, backend_store_uri: str, artifacts_destin
 
 
 def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
-          env: dict[str, str] | None = None, timeout: float = 120) -> tuple[Service, subprocess.Popen]:
+          env: dict[str, str] | None = None, timeout: float = 120,
+          ok: tuple[int, ...] = (200,)) -> tuple[Service, subprocess.Popen]:
     """Start ``cmd`` detached, wait for ``health_url``, and record it as service ``name``."""
     state.mkdir(parents=True, exist_ok=True)
     log = state / f"{name}.log"
@@ -112,7 +113,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     try:
-        wait_http_ok(health_url, timeout=timeout, proc=proc, log=log)
+        wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok)
     except BaseException:
         stop_pid(proc.pid)
         raise
@@ -172,4 +173,48 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
     cmd = mlflow_server_command(port=port, backend_store_uri=backend, artifacts_destination=artifacts,
                                 workers=workers, app_name=app_name)
     svc, _ = spawn("mlflow-server", cmd, state=state, url=url, health_url=f"{url}/health", env=env)
+    return svc
+
+
+EMPTY_MODELS_CONFIG = "model_config_list {\n}\n"
+
+
+def model_server_command(*, base: Path, rest_port: int, grpc_port: int,
+                         config_poll_seconds: int = 1) -> list[str]:
+    """The local TF-Serving-compatible server with the flags the embedded default uses.
+
+    Failed loads end at once (``--max_num_load_retries=0``): versions are verified before they
+    are published, so a load failure is not transient and the deploy should learn it now.
+    """
+    return [sys.executable, "-m", "serving_host.local_server",
+            f"--rest_api_port={rest_port}", f"--port={grpc_port}",
+            f"--model_config_file={base / 'models.config'}",
+            f"--model_config_file_poll_wait_seconds={config_poll_seconds}",
+            "--file_system_poll_wait_seconds=1",
+            "--max_num_load_retries=0",
+            "--allow_version_labels_for_unavailable_models=true"]
+
+
+def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: int,
+                       name: str = "model-server", config_poll_seconds: int = 1) -> Service:
+    """Start (or reuse) the local TF-Serving-compatible server serving ``base``.
+
+    Writes an empty-but-valid ``models.config`` if there is none. Production hosts run real
+    TensorFlow Serving instead (serving_host/install_server.sh).
+    """
+    rec = read_record(state, name)
+    if rec and pid_alive(rec.pid):
+        return rec
+    base.mkdir(parents=True, exist_ok=True)
+    config = base / "models.config"
+    if not config.exists():
+        config.write_text(EMPTY_MODELS_CONFIG)
+    for port, what in ((rest_port, "MLOPS_SERVING_REST_PORT"), (grpc_port, "MLOPS_SERVING_GRPC_PORT")):
+        if port_in_use(port):
+            raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; set {what} to a free port")
+    url = f"http://127.0.0.1:{rest_port}"
+    cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port,
+                               config_poll_seconds=config_poll_seconds)
+    svc, _ = spawn(name, cmd, state=state, url=url, health_url=f"{url}/v1/models/__probe__",
+                   ok=(404,))
     return svc
