@@ -1,6 +1,130 @@
-"""`mlops train` commands (placeholder until its issue lands)."""
+"""`mlops train`, `mlops retrain`, `mlops evaluate`: MLflow runs and registered versions.
+
+Human progress (epochs, links) goes to stderr; stdout carries the result only (one JSON
+document with --json).
+"""
 from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+MODEL_NAME_HELP = "registered model name (default: MLOPS_MODEL_NAME or image-classifier)"
+
+
+def _training_args(p, *, retrain: bool) -> None:
+    from mlproject.constants import (DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE,
+                                     DEFAULT_SEED)
+
+    default_ds = "the production version's data set, else digits" if retrain else "digits"
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help=f"base data set (default: {default_ds}); digits is bundled and works offline, "
+                        f"fashion_mnist is downloaded by Keras")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"default {DEFAULT_BATCH_SIZE}")
+    p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+                   help=f"Adam learning rate (default {DEFAULT_LEARNING_RATE})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"seed for the train/validation split, weights and shuffling (default {DEFAULT_SEED}); "
+                        f"the held-out set never depends on it")
+    p.add_argument("--model-name", default=None, help=MODEL_NAME_HELP)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
 
 
 def register(sub) -> None:
-    pass
+    from mlproject.constants import DATASETS
+
+    p = sub.add_parser("train", help="train the CNN, log an MLflow run and register a new version",
+                       description="Train the CNN (Conv2D 8x3x3/2 relu -> Flatten -> Dense softmax) on the "
+                                   "base set, log one MLflow run (params, per-epoch metrics, held-out "
+                                   "metrics, plots, the MLflow model, a TF-Serving SavedModel under "
+                                   "tfserving/ and a golden smoke set under golden/) and register it as a "
+                                   "new version (validation_status=pending). Under `mlflow run` "
+                                   "(MLFLOW_RUN_ID set) it logs into that run.")
+    _training_args(p, retrain=False)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("retrain", help="retrain from production on base + new batches and register",
+                       description="Continue training the version that holds the `production` alias "
+                                   "(from scratch when none does, or with --from-scratch) on the base set "
+                                   "plus the incoming .npz batches, which are validated first: invalid data "
+                                   "stops the command before anything is logged or registered. Registers a "
+                                   "new version tagged retrained_from=<version>|scratch.")
+    p.add_argument("--incoming", required=True, metavar="PATH_OR_S3",
+                   help="new data: a .npz batch, a folder of them, or s3://bucket/prefix")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="start from fresh weights instead of the production version")
+    _training_args(p, retrain=True)
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("evaluate", help="evaluate a registered version on the frozen held-out set",
+                       description="Load version N from the registry and measure accuracy, loss and "
+                                   "per-class accuracy on the frozen held-out set of its data set (the "
+                                   "version's dataset.name tag). The quality gate uses the same numbers.")
+    p.add_argument("--version", type=int, required=True, help="registered version number")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="override the version's dataset.name tag")
+    p.add_argument("--model-name", default=None, help=MODEL_NAME_HELP)
+    p.add_argument("--json", action="store_true", help="print the evaluation as one JSON document")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _params(args):
+    from mlproject.train import TrainParams
+
+    return TrainParams(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+                       learning_rate=args.learning_rate, seed=args.seed)
+
+
+def _report(result: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(result))
+        return 0
+    m = result["metrics"]
+    origin = ""
+    if "retrained_from" in result:
+        origin = (" (from scratch)" if result["retrained_from"] == "scratch"
+                  else f" (retrained from version {result['retrained_from']})")
+    print(f"registered {result['model_name']} version {result['version']}{origin}: held-out accuracy "
+          f"{m['heldout_accuracy']:.4f}, loss {m['heldout_loss']:.4f} on {result['dataset']}")
+    print(f"  run:           {result['run_url']}")
+    print(f"  model version: {result['version_url']}")
+    print(f"  next:          mlops registry gate --version {result['version']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mlops_common import settings
+    from mlproject.train import train
+
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is for the result
+        result = train(settings.model_name(args.model_name), _params(args))
+    return _report(result, args.json)
+
+
+def cmd_retrain(args) -> int:
+    from mlops_common import settings
+    from mlproject.train import retrain
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = retrain(settings.model_name(args.model_name), _params(args), args.incoming,
+                         from_scratch=args.from_scratch)
+    return _report(result, args.json)
+
+
+def cmd_evaluate(args) -> int:
+    from mlops_common import settings
+    from mlproject.evaluate import evaluate_version, log_to_active_project_run
+
+    name = settings.model_name(args.model_name)
+    with contextlib.redirect_stdout(sys.stderr):
+        ev = evaluate_version(name, args.version, dataset=args.dataset)
+        log_to_active_project_run(ev)
+    if args.json:
+        print(json.dumps(ev.to_dict()))
+    else:
+        print(f"{ev.model_uri} on the {ev.dataset} held-out set (n={ev.n}): accuracy {ev.accuracy:.4f}, "
+              f"loss {ev.loss:.4f}")
+        worst = sorted(ev.per_class_accuracy.items(), key=lambda kv: kv[1])[:3]
+        print("  weakest classes: " + ", ".join(f"{k}: {v:.3f}" for k, v in worst))
+    return 0

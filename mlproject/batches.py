@@ -1,0 +1,170 @@
+"""Incoming data for retraining: ``.npz`` batches (arrays ``images``, ``labels``).
+
+A location is a ``.npz`` file, a local folder of them, or an ``s3://bucket/prefix``. Batches are
+read without pickle, validated before anything trains, and written atomically. ``make_batch``
+builds the demo/test batches from the pool of samples held back from the base set.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlops_common.errors import ConfigError, NotFoundError
+
+from . import s3, validation
+from .constants import BAD_BATCH_REPEATS, IMAGE_SIZE
+from .datasets import Arrays, check_name
+
+KINDS = ("good", "bad")
+
+
+@dataclass(frozen=True)
+class Batch:
+    source: str   # file path or s3:// URI, for messages and the run's `incoming` param
+    data: Arrays
+
+
+def make_batch(kind: str, pool: Arrays, seed: int, *, repeats: int = BAD_BATCH_REPEATS) -> Arrays:
+    """A batch of new data from ``pool`` (pure).
+
+    ``good``: the pool's samples with their correct labels, in a seeded order.
+    ``bad``: the pool's images ``repeats`` times, each time with the labels shuffled
+    independently of the images (well-formed, but the labels are noise) - large enough
+    relative to the base set that retraining on it clearly hurts.
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "good":
+        return pool.take(rng.permutation(len(pool)))
+    if kind == "bad":
+        if repeats < 1:
+            raise ConfigError("--repeats must be at least 1")
+        images = np.concatenate([pool.images] * repeats)
+        labels = np.concatenate([rng.permutation(pool.labels) for _ in range(repeats)])
+        return Arrays(images.astype(np.float32, copy=False), labels.astype(np.int64, copy=False))
+    raise ConfigError(f"unknown batch kind '{kind}'; choose one of: {', '.join(KINDS)}")
+
+
+def to_npz_bytes(data: Arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=np.asarray(data.images, dtype=np.float32),
+                        labels=np.asarray(data.labels, dtype=np.int64))
+    return buf.getvalue()
+
+
+def write_batch(data: Arrays, out: str) -> str:
+    """Write ``data`` to a local ``.npz`` path (temp file + rename) or an ``s3://`` key."""
+    raw = to_npz_bytes(data)
+    if s3.is_s3(out):
+        s3.put_bytes(out, raw)
+        return out
+    path = Path(out).expanduser()
+    if path.suffix != ".npz":
+        raise ConfigError(f"--out '{out}' must end in .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(path.resolve())
+
+
+def parse_npz(source: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The ``images`` and ``labels`` arrays of one ``.npz`` (no pickle), or a DataError naming it."""
+    def bad(problem: str) -> validation.DataError:
+        return validation.DataError(f"invalid data in {source}: {problem}")
+
+    if not raw.startswith(b"PK"):
+        raise bad("not a .npz file (no zip header; empty or corrupt?); replace the file")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+            missing = [k for k in ("images", "labels") if k not in z.files]
+            if missing:
+                raise bad(f"no '{missing[0]}' array (found: {', '.join(z.files) or 'none'}); "
+                          f"a batch needs arrays 'images' and 'labels'")
+            return z["images"], z["labels"]
+    except validation.DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise bad("holds object (pickled) arrays, which are never loaded; save plain numeric "
+                      "arrays with numpy.savez") from None
+        raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _local_sources(location: str) -> list[Path]:
+    path = Path(location).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.npz") if p.is_file())
+        if not files:
+            raise NotFoundError(f"no .npz batches in folder {path}; put batches there "
+                                f"(e.g. `mlops data make-batch --kind good --out {path}/batch.npz`)")
+        return files
+    raise NotFoundError(f"incoming data '{location}' does not exist; give a .npz file, a folder "
+                        f"of them, or s3://bucket/prefix")
+
+
+def _raw_sources(location: str):
+    """(source, bytes) for every batch at ``location``."""
+    if s3.is_s3(location):
+        bucket, _ = s3.parse_uri(location)
+        keys = s3.list_keys(location, suffix=".npz")
+        if not keys:
+            raise NotFoundError(f"no .npz batches under {location}; upload batches there first")
+        for key in keys:
+            yield f"s3://{bucket}/{key}", s3.get_bytes(bucket, key)
+        return
+    for path in _local_sources(location):
+        yield str(path), path.read_bytes()
+
+
+def load_batch(source: str, raw: bytes, dataset: str) -> Batch:
+    """Parse and validate one batch; images come out (N, H, W, 1). Raises DataError naming it."""
+    images, labels = parse_npz(source, raw)
+    validation.check(source, images, labels, image_size=IMAGE_SIZE[check_name(dataset)])
+    if images.ndim == 3:
+        images = images[..., None]
+    return Batch(source, Arrays(images, labels.astype(np.int64)))
+
+
+def read_batches(location: str, dataset: str) -> list[Batch]:
+    """Read and validate every batch at ``location``; stops at the first invalid one."""
+    check_name(dataset)
+    return [load_batch(source, raw, dataset) for source, raw in _raw_sources(location)]
+
+
+def inspect_batches(location: str, dataset: str) -> list[dict]:
+    """A report line per batch at ``location``: ``{source, ok, n, problem}`` (for ``data validate``)."""
+    check_name(dataset)
+    report = []
+    for source, raw in _raw_sources(location):
+        try:
+            n = len(load_batch(source, raw, dataset).data)
+            report.append({"source": source, "ok": True, "n": n, "problem": None})
+        except validation.DataError as exc:
+            report.append({"source": source, "ok": False, "n": None, "problem": exc.message})
+    return report
+
+
+def default_name(kind: str, dataset: str, seed: int) -> str:
+    return f"{kind}-{dataset}-seed{seed}.npz"

@@ -1,0 +1,103 @@
+"""Evaluate any registered version on the frozen held-out set of its data set.
+
+The quality gate (registry) gets these numbers through the CLI for the candidate and for
+production, so both are always measured on the same "known data".
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlops_common.errors import ConfigError
+
+from . import metrics
+from .constants import NUM_CLASSES
+from .datasets import Arrays, check_name, fingerprint, load_partition
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one model on one frozen held-out set (plain data; see docs/architecture.md)."""
+
+    model_uri: str
+    dataset: str
+    heldout_fingerprint: str
+    n: int
+    accuracy: float
+    loss: float
+    per_class_accuracy: dict[str, float]
+    per_class_count: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_metrics(self) -> dict[str, float]:
+        """The run-metric names of the contract: heldout_accuracy, heldout_loss, ..._class_<k>."""
+        out = {"heldout_accuracy": self.accuracy, "heldout_loss": self.loss}
+        out.update({f"heldout_accuracy_class_{k}": v for k, v in self.per_class_accuracy.items()})
+        return out
+
+
+def evaluation_of(probs: np.ndarray, heldout: Arrays, *, model_uri: str, dataset: str) -> Evaluation:
+    """Build an Evaluation from class probabilities on the held-out set (pure)."""
+    s = metrics.summarize(probs, heldout.labels, NUM_CLASSES)
+    return Evaluation(model_uri=model_uri, dataset=dataset, heldout_fingerprint=fingerprint(heldout),
+                      n=len(heldout), accuracy=s["accuracy"], loss=s["loss"],
+                      per_class_accuracy=s["per_class_accuracy"], per_class_count=s["per_class_count"])
+
+
+def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:
+    """Run a Keras ``model`` on the frozen held-out set of ``dataset``."""
+    from .model import predict
+
+    heldout = load_partition(check_name(dataset)).heldout
+    return evaluation_of(predict(model, heldout.images), heldout, model_uri=model_uri, dataset=dataset)
+
+
+def evaluate_version(model_name: str, version: int, *, dataset: str | None = None) -> Evaluation:
+    """Evaluate registered version ``version`` of ``model_name`` on the frozen held-out set.
+
+    ``dataset`` None -> the version's ``dataset.name`` tag.
+    """
+    from registry import versions
+    from registry.client import mlflow_errors
+
+    from .model import tf_quiet
+
+    info = versions.get_version(model_name, version)   # one clear line for unknown model / version
+    name = dataset or info.tags.get("dataset.name")
+    if not name:
+        raise ConfigError(f"version {version} of '{model_name}' has no dataset.name tag; "
+                          f"say which held-out set to use with --dataset")
+    check_name(name)
+    uri = f"models:/{model_name}/{info.version}"
+    tf_quiet()
+    import mlflow.tensorflow
+
+    with mlflow_errors(f"loading {uri}"):
+        model = mlflow.tensorflow.load_model(uri)
+    return evaluate_model(model, model_uri=uri, dataset=name)
+
+
+def log_to_active_project_run(evaluation: Evaluation) -> str | None:
+    """Under ``mlflow run -e evaluate`` (MLFLOW_RUN_ID set), record the evaluation in that run."""
+    from mlops_common import settings
+
+    run_id = settings.env("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    from mlflow.entities import Metric, RunTag
+
+    from registry.client import mlflow_errors, tracking_client
+
+    now = int(time.time() * 1000)
+    with mlflow_errors(f"logging the evaluation into run {run_id}"):
+        client = tracking_client()
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in evaluation.run_metrics().items()],
+                         tags=[RunTag("evaluated_model_uri", evaluation.model_uri),
+                               RunTag("dataset.name", evaluation.dataset)])
+        client.log_dict(run_id, evaluation.to_dict(), "evaluation/heldout.json")
+    return run_id

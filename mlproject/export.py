@@ -1,0 +1,102 @@
+"""The TF-Serving side of a run: SavedModel export, normalized signature, golden smoke set.
+
+The golden set's expected outputs are computed by the exported SavedModel itself (loaded with
+``tf.saved_model.load``), so a deploy can check that the served outputs match what this run
+produced - not merely that the server answered.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+
+
+def export_saved_model(model, dest: Path) -> Path:
+    """Write ``model`` as a TF-Serving SavedModel (Keras ``model.export``) into ``dest``."""
+    model.export(str(dest), format="tf_saved_model", verbose=False)
+    return dest
+
+
+def signature_defs(saved_model_dir: Path) -> dict:
+    """The SavedModel's signature defs in the JSON form TF Serving's ``/metadata`` uses."""
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
+    graph = next(g for g in sm.meta_graphs if "serve" in g.meta_info_def.tags)
+    return {name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+            for name, sig in graph.signature_def.items()}
+
+
+def _tensor(info: dict) -> dict:
+    shape = info.get("tensor_shape", info.get("tensorShape", {}))
+    if shape.get("unknown_rank", shape.get("unknownRank")):
+        dims = None
+    else:
+        dims = [int(d.get("size", -1)) for d in shape.get("dim", [])]
+    return {"dtype": info.get("dtype", "DT_INVALID"), "shape": dims}
+
+
+def normalize_signature(defs: dict, names: tuple[str, ...] = (SIGNATURE,)) -> dict:
+    """Signature defs (proto JSON, snake_case or camelCase) -> the normalized form of
+    docs/architecture.md: ``{name: {method_name, inputs: {n: {dtype, shape}}, outputs: {...}}}``."""
+    out = {}
+    for name in names:
+        sig = defs[name]
+        out[name] = {
+            "method_name": sig.get("method_name", sig.get("methodName", "")),
+            "inputs": {k: _tensor(v) for k, v in sorted(sig.get("inputs", {}).items())},
+            "outputs": {k: _tensor(v) for k, v in sorted(sig.get("outputs", {}).items())},
+        }
+    return out
+
+
+def _json_floats(a: np.ndarray) -> list:
+    """float32 values as the shortest decimal that reads back to the same float32."""
+    if a.ndim == 0:
+        return float(str(np.float32(a)))
+    return [_json_floats(x) for x in a]
+
+
+def predict_request(images: np.ndarray) -> dict:
+    """TF Serving REST predict body in row format for ``images`` (N, H, W, 1)."""
+    return {"signature_name": SIGNATURE, "instances": _json_floats(np.asarray(images, np.float32))}
+
+
+def predict_response(outputs: dict[str, np.ndarray]) -> dict:
+    """TF Serving's row-format answer: one output -> rows of values; several -> rows of dicts."""
+    if len(outputs) == 1:
+        (values,) = outputs.values()
+        return {"predictions": _json_floats(np.asarray(values, np.float32))}
+    names = sorted(outputs)
+    n = len(next(iter(outputs.values())))
+    return {"predictions": [{k: _json_floats(np.asarray(outputs[k][i], np.float32)) for k in names}
+                            for i in range(n)]}
+
+
+def run_saved_model(saved_model_dir: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of the SavedModel's ``serving_default`` for ``images`` (as TF Serving computes them)."""
+    from .model import tf_quiet
+
+    tf = tf_quiet()
+    fn = tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE]
+    (input_name,) = fn.structured_input_signature[1].keys()
+    result = fn(**{input_name: tf.constant(np.asarray(images, np.float32))})
+    return {k: v.numpy() for k, v in result.items()}
+
+
+def golden_set(saved_model_dir: Path, images: np.ndarray) -> dict[str, dict]:
+    """``{"request.json": ..., "response.json": ..., "signature.json": ...}`` for ``images``.
+
+    The request carries the same float32 values the response was computed from.
+    """
+    request = predict_request(images)
+    sent = np.asarray(request["instances"], dtype=np.float32)
+    return {
+        "request.json": request,
+        "response.json": predict_response(run_saved_model(saved_model_dir, sent)),
+        "signature.json": normalize_signature(signature_defs(saved_model_dir)),
+    }

@@ -1,0 +1,35 @@
+"""Accuracy, loss, per-class accuracy and confusion counts from probabilities (plain numpy)."""
+from __future__ import annotations
+
+import numpy as np
+
+EPSILON = 1e-7  # same clipping as Keras' crossentropy
+
+
+def crossentropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean sparse categorical crossentropy of class probabilities ``probs`` for ``labels``."""
+    p = np.clip(probs[np.arange(len(labels)), labels].astype(np.float64), EPSILON, 1.0)
+    return float(-np.log(p).mean())
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[true, predicted]`` counts, shape (num_classes, num_classes)."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, predicted), 1)
+    return cm
+
+
+def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+    """accuracy, loss, per_class_accuracy / per_class_count keyed "0".."k-1"."""
+    if len(labels) == 0:
+        raise ValueError("no examples to evaluate")
+    predicted = probs.argmax(axis=1)
+    cm = confusion(labels, predicted, num_classes)
+    counts = cm.sum(axis=1)
+    return {
+        "accuracy": float(np.trace(cm) / len(labels)),
+        "loss": crossentropy(probs, labels),
+        "per_class_accuracy": {str(k): float(cm[k, k] / counts[k]) if counts[k] else 0.0
+                               for k in range(num_classes)},
+        "per_class_count": {str(k): int(counts[k]) for k in range(num_classes)},
+    }

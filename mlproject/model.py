@@ -1,0 +1,95 @@
+"""The tutorial's CNN, its tf.data input pipeline, and a fit loop with per-epoch progress.
+
+TensorFlow/Keras are imported inside these functions: importing this module is cheap.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+
+from .datasets import Arrays
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def tf_quiet():
+    """Import TensorFlow with its C++ info/warning chatter turned down (unless the user set it)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same data -> same weights and same batches (deterministic ops on CPU)."""
+    tf = tf_quiet()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def compile_model(model, learning_rate: float) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def build_model(input_shape: tuple[int, int, int], num_classes: int, learning_rate: float):
+    """Conv2D(8 filters, 3x3, stride 2, relu) -> Flatten -> Dense(num_classes, softmax)."""
+    tf_quiet()
+    import keras
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(inputs)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="image_classifier")
+    compile_model(model, learning_rate)
+    return model
+
+
+def input_pipeline(data: Arrays, batch_size: int, *, shuffle_seed: int | None = None):
+    """A tf.data pipeline over (images, labels): optional seeded shuffle, batch, prefetch."""
+    tf = tf_quiet()
+    ds = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(data), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def format_epoch(epoch: int, epochs: int, logs: dict[str, float]) -> str:
+    """One progress line per epoch, e.g. ``epoch 3/10  loss 0.41  accuracy 0.88 ...``."""
+    parts = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+    return f"epoch {epoch + 1}/{epochs}  {parts}"
+
+
+def fit(model, train: Arrays, validation: Arrays, *, epochs: int, batch_size: int, seed: int,
+        on_epoch: EpochHook | None = None, stream=None) -> dict[str, list[float]]:
+    """Train ``model``; print one line per epoch on stderr and call ``on_epoch(epoch, logs)``."""
+    import keras
+
+    out = stream or sys.stderr
+    names = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+    class EpochProgress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            values = {k: float(logs[k]) for k in names if k in (logs or {})}
+            print(format_epoch(epoch, epochs, values), file=out, flush=True)
+            if on_epoch:
+                on_epoch(epoch, values)
+
+    history = model.fit(input_pipeline(train, batch_size, shuffle_seed=seed),
+                        validation_data=input_pipeline(validation, batch_size),
+                        epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles
+                        callbacks=[EpochProgress()])
+    return {k: [float(v) for v in history.history[k]] for k in names if k in history.history}
+
+
+def predict(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities (N, num_classes) as float32."""
+    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)

@@ -1,0 +1,97 @@
+"""Data batches on S3 (``s3://bucket/prefix``): list, read and write objects with boto3.
+
+The endpoint comes from ``MLFLOW_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL`` (MinIO, SeaweedFS,
+...), credentials from the standard ``AWS_*`` variables. Every boto3 failure becomes one line
+that says what to fix.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
+
+MAX_KEYS = 10_000  # bound on how many objects one listing may return
+
+
+def is_s3(location: str) -> bool:
+    return str(location).startswith("s3://")
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    rest = uri[len("s3://"):] if is_s3(uri) else ""
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"'{uri}' is not an S3 location; expected s3://bucket/prefix")
+    return bucket, prefix
+
+
+def endpoint_url() -> str | None:
+    return settings.env("MLFLOW_S3_ENDPOINT_URL") or settings.env("AWS_ENDPOINT_URL")
+
+
+def client():
+    import boto3
+    from botocore.config import Config
+
+    endpoint = endpoint_url()
+    config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                    s3={"addressing_style": "path"} if endpoint else {})
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
+
+
+@contextlib.contextmanager
+def s3_errors(what: str):
+    """Translate boto3/botocore failures inside the block into one-line user errors."""
+    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
+                                     NoCredentialsError, PartialCredentialsError)
+
+    where = endpoint_url() or "AWS S3"
+    try:
+        yield
+    except UserError:
+        raise
+    except (NoCredentialsError, PartialCredentialsError):
+        raise ConfigError(f"{what}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
+                          f"AWS_SECRET_ACCESS_KEY") from None
+    except EndpointConnectionError:
+        raise ConnectionFailure(f"{what}: cannot reach S3 at {where}; check MLFLOW_S3_ENDPOINT_URL "
+                                f"/ AWS_ENDPOINT_URL and that the server runs") from None
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "NoSuchKey", "404"):
+            raise NotFoundError(f"{what}: {code} at {where}; check the bucket and prefix") from None
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            raise ConfigError(f"{what}: S3 refused access ({code}); check AWS_ACCESS_KEY_ID and "
+                              f"AWS_SECRET_ACCESS_KEY") from None
+        raise UserError(f"{what}: S3 answered {code or 'an error'} at {where}") from None
+    except BotoCoreError as exc:
+        raise ConnectionFailure(f"{what}: S3 at {where} failed: {type(exc).__name__}") from None
+
+
+def list_keys(uri: str, *, suffix: str = "") -> list[str]:
+    """Keys under ``uri`` ending in ``suffix``, sorted (bounded by ``MAX_KEYS``)."""
+    bucket, prefix = parse_uri(uri)
+    keys: list[str] = []
+    with s3_errors(f"listing {uri}"):
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
+            if len(keys) > MAX_KEYS:
+                raise UserError(f"more than {MAX_KEYS} objects under {uri}; use a narrower prefix")
+    return sorted(keys)
+
+
+def get_bytes(bucket: str, key: str) -> bytes:
+    with s3_errors(f"reading s3://{bucket}/{key}"):
+        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def put_bytes(uri: str, data: bytes) -> None:
+    """Write one object (S3 writes are atomic: readers see all of it or nothing)."""
+    bucket, key = parse_uri(uri)
+    if not key or key.endswith("/"):
+        raise ConfigError(f"'{uri}' names no object; give s3://bucket/path/name.npz")
+    with s3_errors(f"writing {uri}"):
+        client().put_object(Bucket=bucket, Key=key, Body=data)

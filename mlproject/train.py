@@ -1,0 +1,327 @@
+"""Train and retrain: one MLflow run per call, then a new registered version.
+
+Order matters: settings, the ``production`` alias and all data (base and incoming batches) are
+read and validated *before* a run starts, so bad input leaves nothing behind - no run, no
+version. Inside the run: per-epoch metrics, held-out evaluation, plots, the MLflow model, the
+TF-Serving SavedModel and the golden smoke set. Registration goes through
+``registry.register.register_version``.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mlops_common import lineage, log
+from mlops_common.errors import ConfigError
+
+from . import export, tracking, validation
+from .batches import Batch, read_batches
+from .constants import (DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE,
+                        DEFAULT_SEED, GOLDEN_SIZE, IMAGE_SIZE, NUM_CLASSES)
+from .datasets import (Arrays, check_name, concat, fingerprint, image_shape, load_partition,
+                       train_validation_split)
+from .evaluate import Evaluation, evaluation_of
+
+_log = log.get("train")
+
+DATA_SOURCES = {"digits": "sklearn.datasets.load_digits",
+                "fashion_mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"}
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Hyper-parameters of one run. ``dataset`` None: digits, or production's data set on retrain."""
+
+    dataset: str | None = None
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    seed: int = DEFAULT_SEED
+
+    def checked(self) -> "TrainParams":
+        if self.dataset is not None:
+            check_name(self.dataset)
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Everything a run learns from and is judged on, already validated."""
+
+    dataset: str
+    base: Arrays
+    heldout: Arrays
+    incoming: tuple[Batch, ...] = ()
+    incoming_location: str | None = None
+    combined: Arrays = field(init=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self):
+        combined = concat(self.base, *(b.data for b in self.incoming)) if self.incoming else self.base
+        object.__setattr__(self, "combined", combined)
+        object.__setattr__(self, "fingerprint", fingerprint(combined))
+
+    @property
+    def n_incoming(self) -> int:
+        return sum(len(b.data) for b in self.incoming)
+
+
+@dataclass
+class RunResult:
+    """What one training run produced (before registration)."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str                 # the logged MLflow model (models:/m-...)
+    evaluation: Evaluation
+    history: dict[str, list[float]]
+    data: TrainingData
+    params: TrainParams
+    retrained_from: str | None = None
+
+    def metrics(self) -> dict[str, float]:
+        last = {k: v[-1] for k, v in self.history.items() if v}
+        return {**last, "heldout_accuracy": self.evaluation.accuracy, "heldout_loss": self.evaluation.loss}
+
+
+def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
+    """Load the frozen partition and read + validate incoming batches (before any run starts)."""
+    part = load_partition(check_name(dataset))
+    validation.check(f"the {dataset} base set", part.base.images, part.base.labels,
+                     image_size=IMAGE_SIZE[dataset])
+    try:
+        batches = tuple(read_batches(incoming, dataset)) if incoming else ()
+    except validation.DataError as exc:
+        raise validation.DataError(f"{exc.message} (nothing was trained or registered)") from None
+    for b in batches:
+        _log.info("incoming batch %s: %d examples (valid)", b.source, len(b.data))
+    return TrainingData(dataset, part.base, part.heldout, batches, incoming)
+
+
+def _load_start_model(uri: str, dataset: str):
+    """The Keras model behind ``uri``, checked against the data set."""
+    import mlflow.tensorflow
+
+    from registry.client import mlflow_errors
+
+    with mlflow_errors(f"loading {uri}"):
+        model = mlflow.tensorflow.load_model(uri)
+    shape = tuple(model.input_shape[1:])
+    if shape != image_shape(dataset):
+        raise ConfigError(f"{uri} takes images of shape {shape}, but data set '{dataset}' has "
+                          f"{image_shape(dataset)}; retrain with --from-scratch or the matching --dataset")
+    return model
+
+
+def fit_model(params: TrainParams, data: TrainingData, *, start_model=None, on_epoch=None, stream=None):
+    """Seed, build (or continue ``start_model`` with a fresh optimizer) and fit on ``data``.
+
+    No MLflow here: ``run_training`` logs around it, ``calibrate`` uses it bare.
+    """
+    from .model import build_model, compile_model, fit, seed_everything
+
+    seed_everything(params.seed)
+    if start_model is None:
+        model = build_model(image_shape(data.dataset), NUM_CLASSES, params.learning_rate)
+    else:
+        model = start_model
+        compile_model(model, params.learning_rate)
+    train, val = train_validation_split(data.combined, params.seed)
+    history = fit(model, train, val, epochs=params.epochs, batch_size=params.batch_size,
+                  seed=params.seed, on_epoch=on_epoch, stream=stream)
+    return model, history
+
+
+def _log_data_inputs(data: TrainingData) -> None:
+    import warnings
+
+    import mlflow
+
+    source = data.incoming_location or DATA_SOURCES[data.dataset]
+    name = data.dataset + ("+incoming" if data.incoming else "")
+    # MLflow limits a dataset digest to 36 characters; the full sha256 is in params and tags.
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a label
+        warnings.simplefilter("ignore", UserWarning)
+        train_ds = mlflow.data.from_numpy(data.combined.images, targets=data.combined.labels,
+                                          source=source, name=name, digest=data.fingerprint[:32])
+        heldout_ds = mlflow.data.from_numpy(data.heldout.images, targets=data.heldout.labels,
+                                            source=DATA_SOURCES[data.dataset], name=f"{data.dataset}-heldout",
+                                            digest=fingerprint(data.heldout)[:32])
+    mlflow.log_input(train_ds, context="training")
+    mlflow.log_input(heldout_ds, context="evaluation")
+
+
+def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluation, probs) -> None:
+    """Plots, evaluation, TF-Serving SavedModel and golden set of the current run."""
+    import mlflow
+
+    from . import metrics, plots
+
+    mlflow.log_figure(plots.training_curves(history), "plots/training_curves.png")
+    cm = metrics.confusion(data.heldout.labels, probs.argmax(axis=1), NUM_CLASSES)
+    mlflow.log_figure(plots.confusion_matrix_figure(
+        cm, f"{data.dataset} held-out (n={len(data.heldout)}, acc={evaluation.accuracy:.3f})"),
+        "plots/confusion_matrix.png")
+    mlflow.log_dict(evaluation.to_dict(), "evaluation/heldout.json")
+    with tempfile.TemporaryDirectory(prefix="mlops-export-") as tmp:
+        saved = export.export_saved_model(model, Path(tmp) / "tfserving")
+        mlflow.log_artifacts(str(saved), "tfserving")
+        for name, doc in export.golden_set(saved, data.heldout.images[:GOLDEN_SIZE]).items():
+            mlflow.log_dict(doc, f"golden/{name}")
+
+
+def _log_model(model, data: TrainingData):
+    import keras
+    import mlflow
+    import mlflow.tensorflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    from .model import predict
+
+    example = data.heldout.images[:2]
+    return mlflow.tensorflow.log_model(
+        model, name="model", signature=infer_signature(example, predict(model, example)),
+        input_example=example,
+        # Explicit requirements: skips MLflow's slow requirement inference (it reloads the model).
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+
+
+def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
+                 start_from: str | None = None, retrained_from: str | None = None) -> RunResult:
+    """Train on ``data`` (from ``start_from`` weights if given) inside one MLflow run.
+
+    Under ``mlflow run`` (MLFLOW_RUN_ID set) this logs into that run instead of a new one.
+    """
+    import mlflow
+
+    from registry.client import mlflow_errors, tracking_client
+
+    from .model import predict
+
+    client = tracking_client()
+    with mlflow_errors("choosing the MLflow experiment"):
+        tracking.use_experiment(model_name)
+    start_model = _load_start_model(start_from, data.dataset) if start_from else None
+    n_val = len(train_validation_split(data.combined, params.seed)[1])
+    run_params = {"dataset": data.dataset, "epochs": params.epochs, "batch_size": params.batch_size,
+                  "learning_rate": params.learning_rate, "seed": params.seed, "n_base": len(data.base),
+                  "n_incoming": data.n_incoming, "n_train": len(data.combined), "n_validation": n_val,
+                  "fingerprint": data.fingerprint}
+    if retrained_from is not None:
+        run_params.update(incoming=data.incoming_location or "", retrained_from=retrained_from)
+    tags = {**lineage.lineage_tags(), "dataset.name": data.dataset, "dataset.fingerprint": data.fingerprint,
+            "mlops.kind": "retrain" if retrained_from is not None else "train"}
+
+    with mlflow_errors("logging the training run"), mlflow.start_run() as run:
+        run_id = run.info.run_id
+        _log.info("MLflow run %s: %s", run_id, tracking.run_url(run.info.experiment_id, run_id))
+        tracking.log_new_params(client, run_id, run_params)
+        mlflow.set_tags(tags)
+        _log_data_inputs(data)
+        _log.info("training on %d examples (%d base + %d incoming; %d of them for validation)",
+                  len(data.combined), len(data.base), data.n_incoming, n_val)
+        model, history = fit_model(params, data, start_model=start_model,
+                                   on_epoch=lambda e, logs: mlflow.log_metrics(logs, step=e))
+        _log.info("logging the model, the TF-Serving SavedModel and the golden set")
+        info = _log_model(model, data)
+        probs = predict(model, data.heldout.images)
+        evaluation = evaluation_of(probs, data.heldout, model_uri=info.model_uri, dataset=data.dataset)
+        mlflow.log_metrics(evaluation.run_metrics())
+        _log_artifacts(model, data, history, evaluation, probs)
+        _log.info("held-out accuracy %.4f, loss %.4f (n=%d)", evaluation.accuracy, evaluation.loss,
+                  evaluation.n)
+    return RunResult(run_id, run.info.experiment_id, info.model_uri, evaluation, history, data,
+                     params, retrained_from)
+
+
+def register_run(model_name: str, result: RunResult) -> int:
+    """Register the run's logged model as a new version with dataset (and retrain) tags."""
+    from registry.register import register_version
+
+    tags = {"dataset.name": result.data.dataset, "dataset.fingerprint": result.data.fingerprint}
+    if result.retrained_from is not None:
+        tags["retrained_from"] = result.retrained_from
+    what = (f"retrained from version {result.retrained_from}" if result.retrained_from not in (None, "scratch")
+            else "trained from scratch")
+    return register_version(model_name, result.model_uri, run_id=result.run_id, tags=tags,
+                            description=f"{what} on {result.data.dataset} "
+                                        f"({len(result.data.combined)} examples); held-out accuracy "
+                                        f"{result.evaluation.accuracy:.4f}")
+
+
+def summary(model_name: str, result: RunResult, version: int | None) -> dict:
+    """The ``--json`` document of ``mlops train`` / ``mlops retrain``."""
+    out = {
+        "run_id": result.run_id,
+        "version": version,
+        "model_name": model_name,
+        "model_uri": f"models:/{model_name}/{version}" if version is not None else result.model_uri,
+        "metrics": result.metrics(),
+        "dataset": result.data.dataset,
+        "fingerprint": result.data.fingerprint,
+        "heldout_fingerprint": result.evaluation.heldout_fingerprint,
+        "n_train": len(result.data.combined),
+        "n_incoming": result.data.n_incoming,
+        "run_url": tracking.run_url(result.experiment_id, result.run_id),
+    }
+    if result.retrained_from is not None:
+        out.update(retrained_from=result.retrained_from, incoming=result.data.incoming_location)
+    if version is not None:
+        out["version_url"] = tracking.version_url(model_name, version)
+    return out
+
+
+def train(model_name: str, params: TrainParams, *, register: bool = True) -> dict:
+    """``mlops train``: a fresh model on the base set; registers version N (unless ``register``
+    is False, for fixtures and calibration)."""
+    from registry.client import tracking_client
+
+    params = params.checked()
+    params = replace(params, dataset=params.dataset or DEFAULT_DATASET)
+    tracking_client()  # fail fast on a wrong server, before loading data or training
+    data = prepare_data(params.dataset)
+    result = run_training(params, data, model_name=model_name)
+    version = register_run(model_name, result) if register else None
+    return summary(model_name, result, version)
+
+
+def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) -> tuple[TrainParams, int | None]:
+    """Which version a retrain starts from and on which data set (reads the production alias)."""
+    from registry import versions
+    from registry.client import tracking_client
+
+    tracking_client()  # fail fast on a wrong server, before loading data or training
+    production = None if from_scratch else tracking.production_version(model_name)
+    dataset = params.dataset
+    if production is not None:
+        prod_dataset = versions.get_version(model_name, production).tags.get("dataset.name")
+        if dataset and prod_dataset and dataset != prod_dataset:
+            raise ConfigError(f"production (version {production}) was trained on '{prod_dataset}', not "
+                              f"'{dataset}'; drop --dataset or retrain with --from-scratch")
+        dataset = dataset or prod_dataset
+    return replace(params, dataset=dataset or DEFAULT_DATASET), production
+
+
+def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch: bool = False,
+            register: bool = True) -> dict:
+    """``mlops retrain``: continue from the ``production`` version (or from scratch when there is
+    none, or when asked) on base + incoming batches; registers a version tagged ``retrained_from``."""
+    params, production = retrain_plan(model_name, params.checked(), from_scratch=from_scratch)
+    data = prepare_data(params.dataset, incoming)
+    if production is None:
+        _log.info("retraining from scratch%s", "" if from_scratch else " (no version holds the production alias)")
+    else:
+        _log.info("retraining from production: version %d", production)
+    result = run_training(params, data, model_name=model_name,
+                          start_from=f"models:/{model_name}/{production}" if production else None,
+                          retrained_from=str(production) if production else "scratch")
+    version = register_run(model_name, result) if register else None
+    return summary(model_name, result, version)

@@ -1,0 +1,304 @@
+"""Data sets, frozen partition, fingerprints, batches and validation (fast: no TF, no MLflow)."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from mlops_common.errors import ConfigError, NotFoundError
+from mlproject import batches, metrics, validation
+from mlproject.constants import BAD_BATCH_REPEATS, SPLITS
+from mlproject.datasets import (Arrays, fingerprint, load, load_partition, partition,
+                                train_validation_split)
+from mlproject.validation import DataError
+from tests.helpers import run_mlops
+
+
+def _index_set(a: Arrays) -> set[bytes]:
+    return {row.tobytes() + bytes([int(y)]) for row, y in zip(a.images, a.labels)}
+
+
+# ---------- base data and the frozen partition ----------
+
+def test_digits_are_float32_images_in_unit_range():
+    data = load("digits")
+    assert data.images.dtype == np.float32
+    assert data.images.shape == (1797, 8, 8, 1)
+    assert data.images.min() == 0.0 and data.images.max() == 1.0
+    assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == set(range(10))
+
+
+def test_partition_sizes_come_from_the_constants_and_are_disjoint():
+    part = load_partition("digits")
+    sizes = SPLITS["digits"]
+    assert (len(part.heldout), len(part.pool), len(part.base)) == (sizes.heldout, sizes.pool,
+                                                                   1797 - sizes.heldout - sizes.pool)
+    total = np.concatenate([part.base.images, part.pool.images, part.heldout.images])
+    assert sorted(map(bytes, np.ascontiguousarray(total).reshape(len(total), -1))) == \
+        sorted(map(bytes, np.ascontiguousarray(load("digits").images).reshape(1797, -1)))
+
+
+def test_heldout_is_frozen_and_independent_of_the_training_seed():
+    part = load_partition("digits")
+    again = partition(load("digits"), SPLITS["digits"])
+    assert fingerprint(again.heldout) == fingerprint(part.heldout)
+    # The training seed only splits the training data; it never touches the held-out set.
+    a_train, a_val = train_validation_split(part.base, seed=1)
+    b_train, b_val = train_validation_split(part.base, seed=2)
+    assert fingerprint(a_val) != fingerprint(b_val)
+    assert _index_set(a_train) | _index_set(a_val) == _index_set(part.base)
+    assert not (_index_set(a_train) | _index_set(a_val)) & _index_set(part.heldout)
+    assert fingerprint(load_partition("digits").heldout) == fingerprint(part.heldout)
+
+
+def test_shared_partition_arrays_are_read_only():
+    with pytest.raises(ValueError):
+        load_partition("digits").heldout.labels[0] = 3
+
+
+def test_fingerprint_changes_with_any_pixel_or_label():
+    part = load_partition("digits")
+    base = Arrays(part.base.images.copy(), part.base.labels.copy())
+    same = Arrays(part.base.images.copy(), part.base.labels.copy())
+    assert fingerprint(base) == fingerprint(same)
+    assert len(fingerprint(base)) == 64
+    pixel = Arrays(base.images.copy(), base.labels)
+    pixel.images[3, 2, 2, 0] = np.float32(0.5) if pixel.images[3, 2, 2, 0] != 0.5 else np.float32(0.25)
+    label = Arrays(base.images, base.labels.copy())
+    label.labels[0] = (label.labels[0] + 1) % 10
+    assert len({fingerprint(base), fingerprint(pixel), fingerprint(label)}) == 3
+
+
+def test_unknown_dataset_is_one_clear_error():
+    with pytest.raises(ConfigError, match="unknown data set 'mnist'; choose one of: digits, fashion_mnist"):
+        load("mnist")
+
+
+# ---------- batches ----------
+
+def test_good_batch_is_the_held_back_pool_with_true_labels():
+    pool = load_partition("digits").pool
+    good = batches.make_batch("good", pool, seed=3)
+    assert len(good) == len(pool)
+    assert _index_set(good) == _index_set(pool)          # same (image, label) pairs
+    assert not _index_set(good) & _index_set(load_partition("digits").heldout)
+
+
+def test_bad_batch_repeats_pool_images_with_independently_shuffled_labels():
+    pool = load_partition("digits").pool
+    bad = batches.make_batch("bad", pool, seed=3)
+    n = len(pool)
+    assert len(bad) == BAD_BATCH_REPEATS * n
+    for r in range(BAD_BATCH_REPEATS):
+        chunk = slice(r * n, (r + 1) * n)
+        np.testing.assert_array_equal(bad.images[chunk], pool.images)
+        assert sorted(bad.labels[chunk]) == sorted(pool.labels)      # same label distribution
+    assert (bad.labels == np.tile(pool.labels, BAD_BATCH_REPEATS)).mean() < 0.25  # ~chance agreement
+    assert not np.array_equal(bad.labels[:n], bad.labels[n:2 * n])   # each repeat shuffled anew
+    assert fingerprint(batches.make_batch("bad", pool, seed=3)) == fingerprint(bad)  # seeded
+
+
+def test_unknown_batch_kind_is_rejected():
+    with pytest.raises(ConfigError, match="unknown batch kind 'ugly'"):
+        batches.make_batch("ugly", load_partition("digits").pool, seed=1)
+
+
+def test_write_batch_round_trips_and_leaves_no_temp_files(tmp_path):
+    good = batches.make_batch("good", load_partition("digits").pool, seed=1)
+    where = batches.write_batch(good, str(tmp_path / "sub" / "good.npz"))
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["good.npz"]
+    (back,) = batches.read_batches(where, "digits")
+    assert back.source == where
+    assert fingerprint(back.data) == fingerprint(good)
+    with np.load(where, allow_pickle=False) as z:
+        assert z["images"].dtype == np.float32 and z["labels"].dtype == np.int64
+    with pytest.raises(ConfigError, match="must end in .npz"):
+        batches.write_batch(good, str(tmp_path / "good.bin"))
+
+
+def _save(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def _valid(n=5, h=8, w=8):
+    rng = np.random.default_rng(0)
+    return rng.random((n, h, w, 1), dtype=np.float32), rng.integers(0, 10, n)
+
+
+# ---------- validation (plain function) ----------
+
+@pytest.mark.parametrize("case, expected", [
+    ("wrong_shape", "images have shape (5, 7, 8, 1), expected (N, 8, 8, 1) or (N, 8, 8)"),
+    ("label_11", "labels contain 11 (expected integers 0..9)"),
+    ("nan", "images contain 2 NaN/infinite values"),
+    ("empty", "empty batch (0 examples)"),
+    ("float64", "images have dtype float64, expected float32 in [0, 1]"),
+    ("out_of_range", "image values span [0, 255], expected [0, 1]"),
+    ("float_labels", "labels have dtype float64, expected integers 0..9"),
+    ("count_mismatch", "4 labels for 5 images"),
+    ("two_channels", "images have shape (5, 8, 8, 2)"),
+])
+def test_validation_names_each_problem(case, expected):
+    images, labels = _valid()
+    if case == "wrong_shape":
+        images = images[:, :7]
+    elif case == "label_11":
+        labels = labels.copy()
+        labels[2] = 11
+    elif case == "nan":
+        images = images.copy()
+        images[0, 0, 0, 0] = np.nan
+        images[1, 1, 1, 0] = np.inf
+    elif case == "empty":
+        images, labels = images[:0], labels[:0]
+    elif case == "float64":
+        images = images.astype(np.float64)
+    elif case == "out_of_range":
+        images = images.copy()
+        images[0, 0, 0, 0] = 255
+        images[0, 0, 1, 0] = 0
+    elif case == "float_labels":
+        labels = labels.astype(np.float64)
+    elif case == "count_mismatch":
+        labels = labels[:4]
+    elif case == "two_channels":
+        images = np.concatenate([images, images], axis=3)
+    found = validation.problems(images, labels, image_size=(8, 8))
+    assert any(expected in p for p in found), found
+
+
+def test_valid_batches_have_no_problems_with_or_without_channel_axis():
+    images, labels = _valid()
+    assert validation.problems(images, labels, image_size=(8, 8)) == []
+    assert validation.problems(images[..., 0], labels, image_size=(8, 8)) == []
+    pool = load_partition("digits").pool
+    bad = batches.make_batch("bad", pool, seed=1)   # noisy labels, but well-formed
+    assert validation.problems(bad.images, bad.labels, image_size=(8, 8)) == []
+
+
+def test_check_raises_one_line_naming_the_source():
+    images, labels = _valid()
+    labels[0] = 11
+    with pytest.raises(DataError) as err:
+        validation.check("/data/new/b1.npz", images, labels, image_size=(8, 8))
+    msg = err.value.message
+    assert "\n" not in msg
+    assert msg.startswith("invalid data in /data/new/b1.npz: labels contain 11")
+
+
+# ---------- reading batches from a folder ----------
+
+def test_read_batches_reads_a_folder_in_name_order_and_adds_the_channel_axis(tmp_path):
+    images, labels = _valid()
+    _save(tmp_path / "b.npz", images=images[..., 0], labels=labels)
+    _save(tmp_path / "a.npz", images=images[:2], labels=labels[:2])
+    (tmp_path / "notes.txt").write_text("ignored")
+    got = batches.read_batches(str(tmp_path), "digits")
+    assert [b.source.rsplit("/", 1)[1] for b in got] == ["a.npz", "b.npz"]
+    assert got[1].data.images.shape == (5, 8, 8, 1)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "not a .npz file"),
+    (b"garbage", "not a .npz file"),
+    ("truncated", "cannot read it as a .npz batch"),
+    ("missing_labels", "no 'labels' array (found: images)"),
+    ("pickled", "holds object (pickled) arrays"),
+])
+def test_unreadable_batches_are_rejected_by_name(tmp_path, content, expected):
+    path = tmp_path / "incoming.npz"
+    images, labels = _valid()
+    if content == "truncated":
+        _save(path, images=images, labels=labels)
+        path.write_bytes(path.read_bytes()[:200])
+    elif content == "missing_labels":
+        _save(path, images=images)
+    elif content == "pickled":
+        _save(path, images=images, labels=np.array([{"a": 1}] * 5, dtype=object))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        batches.read_batches(str(path), "digits")
+    assert err.value.message.startswith(f"invalid data in {path}: ")
+    assert expected in err.value.message and "\n" not in err.value.message
+
+
+def test_missing_or_empty_locations_are_clear(tmp_path):
+    with pytest.raises(NotFoundError, match="no .npz batches in folder"):
+        batches.read_batches(str(tmp_path), "digits")
+    with pytest.raises(NotFoundError, match="does not exist"):
+        batches.read_batches(str(tmp_path / "nope"), "digits")
+
+
+# ---------- metrics (plain function) ----------
+
+def test_metrics_from_probabilities():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 1, 1, 2])
+    s = metrics.summarize(probs, labels, 3)
+    assert s["accuracy"] == pytest.approx(0.75)
+    assert s["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.3, 0.8])), rel=1e-6)
+    assert s["per_class_accuracy"] == {"0": 1.0, "1": 0.5, "2": 1.0}
+    assert s["per_class_count"] == {"0": 1, "1": 2, "2": 1}
+    np.testing.assert_array_equal(metrics.confusion(labels, probs.argmax(1), 3),
+                                  [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+
+
+# ---------- training parameters (plain data) ----------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "--epochs must be at least 1, got 0"),
+    ("batch_size", -2, "--batch-size must be at least 1, got -2"),
+    ("learning_rate", 0.0, "--learning-rate must be positive, got 0.0"),
+    ("dataset", "cifar", "unknown data set 'cifar'"),
+])
+def test_training_parameters_are_checked_before_anything_runs(field, value, message):
+    from mlproject.train import TrainParams
+
+    assert TrainParams().checked() == TrainParams()
+    with pytest.raises(ConfigError, match=message):
+        TrainParams(**{field: value}).checked()
+
+
+# ---------- the command line ----------
+
+def test_cli_make_batch_and_validate(tmp_path):
+    r = run_mlops("data", "make-batch", "--kind", "bad", "--out", str(tmp_path), "--seed", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["kind"] == "bad" and made["n"] == BAD_BATCH_REPEATS * SPLITS["digits"].pool
+    assert made["path"] == str(tmp_path / "bad-digits-seed2.npz")
+    r = run_mlops("data", "make-batch", "--kind", "good", "--out", str(tmp_path / "good.npz"))
+    assert r.returncode == 0 and "wrote good batch: 450 digits examples" in r.stdout
+    r = run_mlops("data", "validate", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] and [b["n"] for b in report["batches"]] == [3600, 450]
+
+
+def test_cli_validate_rejects_a_malformed_batch_in_one_line(tmp_path):
+    images, labels = _valid()
+    labels[1] = 11
+    _save(tmp_path / "b.npz", images=images, labels=labels)
+    r = run_mlops("data", "validate", str(tmp_path / "b.npz"))
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: invalid data in {tmp_path / 'b.npz'}: labels contain 11 (expected integers "
+                      f"0..9); fix or remove that file"]
+    assert "FAIL" in r.stdout
+
+
+def test_cli_make_batch_refuses_a_wrong_suffix_without_writing(tmp_path):
+    r = run_mlops("data", "make-batch", "--kind", "good", "--out", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "must end in .npz" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_written_by_make_batch_is_a_plain_zip_without_pickles(tmp_path):
+    r = run_mlops("data", "make-batch", "--kind", "good", "--out", str(tmp_path / "g.npz"))
+    assert r.returncode == 0, r.stderr
+    with zipfile.ZipFile(tmp_path / "g.npz") as z:
+        assert sorted(z.namelist()) == ["images.npy", "labels.npy"]

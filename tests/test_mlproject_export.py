@@ -1,0 +1,85 @@
+"""TF-Serving export, normalized signature and golden set (real TensorFlow, no MLflow)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mlproject import export
+from mlproject.datasets import load_partition
+
+
+# ---------- plain functions ----------
+
+def test_normalize_signature_accepts_tf_serving_metadata_json():
+    # Shape of TF Serving's GET /v1/models/<m>/metadata -> metadata.signature_def.signature_def
+    metadata = {
+        "serving_default": {
+            "inputs": {"image": {"dtype": "DT_FLOAT", "name": "serving_default_image:0",
+                                 "tensor_shape": {"dim": [{"size": "-1"}, {"size": "8"}, {"size": "8"},
+                                                          {"size": "1"}], "unknown_rank": False}}},
+            "outputs": {"output_0": {"dtype": "DT_FLOAT", "name": "StatefulPartitionedCall:0",
+                                     "tensor_shape": {"dim": [{"size": "-1"}, {"size": "10"}]}}},
+            "method_name": "tensorflow/serving/predict"},
+        "__saved_model_init_op": {"outputs": {}},
+    }
+    assert export.normalize_signature(metadata) == {"serving_default": {
+        "method_name": "tensorflow/serving/predict",
+        "inputs": {"image": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
+        "outputs": {"output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
+    camel = {"serving_default": {"methodName": "m", "inputs": {"x": {"dtype": "DT_FLOAT",
+             "tensorShape": {"unknownRank": True}}}, "outputs": {}}}
+    assert export.normalize_signature(camel)["serving_default"]["inputs"]["x"]["shape"] is None
+
+
+def test_request_and_response_are_tf_serving_row_format_with_float32_values():
+    images = np.array([[[[0.1]], [[1 / 3]]]], dtype=np.float32)   # (1, 2, 1, 1)
+    req = export.predict_request(images)
+    assert req == {"signature_name": "serving_default", "instances": [[[[0.1]], [[0.33333334]]]]}
+    back = np.asarray(json.loads(json.dumps(req))["instances"], dtype=np.float32)
+    np.testing.assert_array_equal(back, images)          # exact float32 round trip
+    one = export.predict_response({"output_0": np.array([[0.25, 0.75]], np.float32)})
+    assert one == {"predictions": [[0.25, 0.75]]}
+    two = export.predict_response({"b": np.array([1.0, 2.0]), "a": np.array([3.0, 4.0])})
+    assert two == {"predictions": [{"a": 3.0, "b": 1.0}, {"a": 4.0, "b": 2.0}]}
+
+
+# ---------- real SavedModel ----------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from mlproject.model import build_model, seed_everything
+
+    seed_everything(7)
+    model = build_model((8, 8, 1), 10, 0.01)
+    part = load_partition("digits")
+    model.fit(part.base.images[:200], part.base.labels[:200], epochs=1, verbose=0)
+    path = export.export_saved_model(model, tmp_path_factory.mktemp("export") / "tfserving")
+    return model, path
+
+
+def test_saved_model_serving_default_equals_keras_predictions(exported):
+    from mlproject.model import predict
+
+    model, path = exported
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    images = load_partition("digits").heldout.images[:64]
+    (served,) = export.run_saved_model(path, images).values()
+    np.testing.assert_allclose(served, predict(model, images), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)   # probabilities
+
+
+def test_golden_set_matches_what_the_saved_model_returns(exported):
+    _, path = exported
+    images = load_partition("digits").heldout.images[:8]
+    golden = json.loads(json.dumps(export.golden_set(path, images)))   # as stored in MLflow
+    assert golden["signature.json"] == {"serving_default": {
+        "method_name": "tensorflow/serving/predict",
+        "inputs": {"image": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
+        "outputs": {"output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
+    sent = np.asarray(golden["request.json"]["instances"], dtype=np.float32)
+    np.testing.assert_array_equal(sent, images)
+    (again,) = export.run_saved_model(path, sent).values()
+    np.testing.assert_allclose(np.asarray(golden["response.json"]["predictions"]), again, rtol=1e-6, atol=1e-7)
+    assert len(golden["response.json"]["predictions"]) == 8

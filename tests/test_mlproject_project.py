@@ -1,0 +1,89 @@
+"""The MLflow Project (MLproject, conda.yaml): same code as the CLI, runnable with `mlflow run`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops.cli import build_parser
+from tests.helpers import REPO
+
+ENTRY_POINTS = {"train": "cmd_train", "retrain": "cmd_retrain", "evaluate": "cmd_evaluate"}
+
+
+def _project():
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_entry_point_commands_are_mlops_commands_that_parse(entry):
+    ep = _project()["entry_points"][entry]
+    values = {k: (v.get("default") if "default" in v else {"incoming": "/data/new", "version": "3"}[k])
+              for k, v in ep.get("parameters", {}).items()}
+    command = ep["command"].format(**values)
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "mlops"]
+    args = build_parser().parse_args(argv[3:])
+    assert args.func.__name__ == ENTRY_POINTS[entry]
+    for name, value in values.items():   # every parameter reaches the command
+        assert str(getattr(args, name)) == str(value)
+
+
+def test_conda_env_pins_the_same_dependencies_as_pyproject():
+    project = _project()
+    assert project["conda_env"] == "conda.yaml"
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    deps = conda["dependencies"]
+    assert "python=3.11" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict))
+    pinned = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(p for p in pip if not p.startswith("-e")) == sorted(pinned)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.\-]*", p) for p in pinned)
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point_logs_into_the_project_run(mlops_env):
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    experiment = f"project-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this venv
+    r = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "train", "--env-manager", "local",
+                        "--experiment-name", experiment, "-P", "epochs=2", "-P", "seed=3"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    name = mlops_env["MLOPS_MODEL_NAME"]
+    assert f"registered {name} version 1: held-out accuracy " in r.stdout
+    assert f"/#/models/{name}/versions/1" in r.stdout
+
+    client = MlflowClient(mlops_env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1                     # logged into the project's run, not a second one
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "train"
+    assert run.data.params["epochs"] == "2" and run.data.params["seed"] == "3"
+    assert "heldout_accuracy" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert client.get_model_version(name, "1").run_id == run.info.run_id
+
+    # The evaluate entry point records its numbers in its own project run.
+    r = subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", "evaluate", "--env-manager", "local",
+                        "--experiment-name", experiment, "-P", "version=1"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (evaluation,) = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert evaluation["accuracy"] == pytest.approx(run.data.metrics["heldout_accuracy"], abs=1e-12)
+    eval_run = next(x for x in client.search_runs([exp.experiment_id]) if x.info.run_id != run.info.run_id)
+    assert eval_run.data.tags["evaluated_model_uri"] == f"models:/{name}/1"
+    assert eval_run.data.metrics["heldout_accuracy"] == pytest.approx(evaluation["accuracy"])

@@ -1,0 +1,103 @@
+"""Batches of new data on a real S3 server (SeaweedFS `weed mini` on 127.0.0.1)."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from mlops.local_services import free_port
+from mlproject.batches import make_batch, read_batches, to_npz_bytes
+from mlproject.datasets import Arrays, fingerprint, load_partition
+from tests.fixtures.trained import train_version
+from tests.helpers import run_mlops
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def batch_bucket(s3_server):
+    """A bucket with new/good.npz (written by the CLI), new/bad.npz and new/README.txt."""
+    bucket = s3_server.make_bucket("mlproject-batches")
+    r = run_mlops("data", "make-batch", "--kind", "good", "--out", f"s3://{bucket}/new/good.npz", "--json",
+                  env=s3_server.env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["path"] == f"s3://{bucket}/new/good.npz"
+    c = s3_server.client()
+    c.put_object(Bucket=bucket, Key="new/bad.npz",
+                 Body=to_npz_bytes(make_batch("bad", load_partition("digits").pool, seed=1)))
+    c.put_object(Bucket=bucket, Key="new/README.txt", Body=b"not a batch")
+    return bucket
+
+
+def test_cli_validates_every_batch_under_an_s3_prefix(s3_server, batch_bucket):
+    r = run_mlops("data", "validate", f"s3://{batch_bucket}/new/", "--json", env=s3_server.env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(r.stdout)
+    assert report["ok"]
+    assert [(b["source"], b["n"]) for b in report["batches"]] == [
+        (f"s3://{batch_bucket}/new/bad.npz", 3600), (f"s3://{batch_bucket}/new/good.npz", 450)]
+
+
+def test_batches_read_from_s3_equal_the_ones_made_locally(s3_env, batch_bucket):
+    pool = load_partition("digits").pool
+    got = {b.source.rsplit("/", 1)[1]: b for b in read_batches(f"s3://{batch_bucket}/new", "digits")}
+    assert set(got) == {"bad.npz", "good.npz"}
+    for kind in ("good", "bad"):
+        assert fingerprint(got[f"{kind}.npz"].data) == fingerprint(make_batch(kind, pool, seed=1))
+
+
+def test_malformed_batch_on_s3_is_named_by_its_uri(s3_server, s3_env):
+    bucket = s3_server.make_bucket("mlproject-broken")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 6)
+    labels[0] = 11
+    buf = io.BytesIO()
+    np.savez(buf, images=rng.random((6, 8, 8, 1), dtype=np.float32), labels=labels)
+    s3_server.client().put_object(Bucket=bucket, Key="in/x.npz", Body=buf.getvalue())
+    r = run_mlops("data", "validate", f"s3://{bucket}/in/", env=s3_server.env())
+    assert r.returncode == 2
+    assert _error_lines(r.stderr) == [f"error: invalid data in s3://{bucket}/in/x.npz: labels contain 11 "
+                                      f"(expected integers 0..9); fix or remove that file"]
+
+
+@pytest.mark.parametrize("problem", ["no_bucket", "empty_prefix", "wrong_secret", "unreachable"])
+def test_s3_failures_are_one_clear_line_without_secrets(s3_server, batch_bucket, problem):
+    env = s3_server.env()
+    location = f"s3://{batch_bucket}/new/"
+    expected = ""
+    if problem == "no_bucket":
+        location, expected = "s3://no-such-bucket-here/new/", "NoSuchBucket"
+    elif problem == "empty_prefix":
+        location, expected = f"s3://{batch_bucket}/nothing-here/", "no .npz batches under"
+    elif problem == "wrong_secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "wrong-secret-value-123"
+        expected = "S3 refused access"
+    elif problem == "unreachable":
+        dead = f"http://127.0.0.1:{free_port()}"
+        env.update(MLFLOW_S3_ENDPOINT_URL=dead, AWS_ENDPOINT_URL=dead)
+        expected = f"cannot reach S3 at {dead}"
+    r = run_mlops("data", "validate", location, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert expected in line
+    assert "Traceback" not in r.stderr
+    assert env["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+def test_retrain_reads_incoming_batches_from_s3(mlops_env, s3_env, s3_server):
+    from mlflow import MlflowClient
+
+    bucket = s3_server.make_bucket("mlproject-retrain")
+    pool = load_partition("digits").pool
+    half = Arrays(pool.images[:200], pool.labels[:200])
+    s3_server.client().put_object(Bucket=bucket, Key="incoming/2026-01/part-1.npz", Body=to_npz_bytes(half))
+    res = train_version(incoming=f"s3://{bucket}/incoming/", epochs=1)
+    assert res["version"] == 1 and res["retrained_from"] == "scratch"
+    assert res["n_incoming"] == 200 and res["incoming"] == f"s3://{bucket}/incoming/"
+    params = MlflowClient(mlops_env["MLFLOW_TRACKING_URI"]).get_run(res["run_id"]).data.params
+    assert params["incoming"] == f"s3://{bucket}/incoming/" and params["n_train"] == "1097"

@@ -1,0 +1,280 @@
+"""Train, retrain and evaluate against a real MLflow server with real TensorFlow."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+from mlops_common.errors import ConfigError
+from mlproject.batches import read_batches
+from mlproject.constants import GOLDEN_SIZE
+from mlproject.datasets import concat, fingerprint, load_partition
+from tests.fixtures.trained import train_version
+from tests.helpers import run_mlops
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 5
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def cli_trained(mlflow_server, tmp_path_factory):
+    """One `mlops train --json` through the real CLI: (env, result, stderr)."""
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLOPS_HOME": str(tmp_path_factory.mktemp("home")),
+           "MLOPS_MODEL_NAME": f"train-cli-{uuid.uuid4().hex[:8]}"}
+    r = run_mlops("train", "--epochs", str(EPOCHS), "--json", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return env, json.loads(r.stdout), r.stderr
+
+
+def test_train_prints_one_json_document_and_progress_on_stderr(cli_trained):
+    env, res, stderr = cli_trained
+    assert res["version"] == 1 and res["model_name"] == env["MLOPS_MODEL_NAME"]
+    assert res["dataset"] == "digits"
+    assert res["fingerprint"] == fingerprint(load_partition("digits").base)
+    assert res["heldout_fingerprint"] == fingerprint(load_partition("digits").heldout)
+    assert set(res["metrics"]) == {*METRICS, "heldout_accuracy", "heldout_loss"}
+    assert 0.8 < res["metrics"]["heldout_accuracy"] <= 1.0
+    for e in range(1, EPOCHS + 1):
+        assert f"epoch {e}/{EPOCHS}  loss " in stderr
+    experiment = res["run_url"].split("/")[-3]
+    assert res["run_url"] == f"{env['MLFLOW_TRACKING_URI']}/#/experiments/{experiment}/runs/{res['run_id']}"
+    assert res["version_url"].endswith(f"/#/models/{env['MLOPS_MODEL_NAME']}/versions/1")
+
+
+def test_run_has_params_per_epoch_metrics_tags_and_dataset_inputs(cli_trained):
+    env, res, _ = cli_trained
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(res["run_id"])
+    p = run.data.params
+    assert (p["dataset"], p["epochs"], p["batch_size"], p["learning_rate"], p["seed"]) == \
+        ("digits", str(EPOCHS), "32", "0.01", "1")
+    assert p["n_base"] == p["n_train"] == "897" and p["n_incoming"] == "0"
+    for m in METRICS:
+        history = client.get_metric_history(res["run_id"], m)
+        assert [h.step for h in history] == list(range(EPOCHS)), m
+    final = run.data.metrics
+    assert final["heldout_accuracy"] == pytest.approx(res["metrics"]["heldout_accuracy"])
+    assert {f"heldout_accuracy_class_{k}" for k in range(10)} <= set(final)
+    tags = run.data.tags
+    assert tags["dataset.name"] == "digits" and tags["dataset.fingerprint"] == res["fingerprint"]
+    assert len(tags["git_commit"]) == 40
+    inputs = {i.tags[0].value if i.tags else "": i.dataset for i in run.inputs.dataset_inputs}
+    assert inputs["training"].digest == res["fingerprint"][:32]
+    assert json.loads(inputs["training"].profile)["features_shape"] == [897, 8, 8, 1]
+    assert inputs["evaluation"].digest == res["heldout_fingerprint"][:32]
+
+
+def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_path):
+    import mlflow
+
+    env, res, _ = cli_trained
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    paths = {a.path for d in ("plots", "evaluation", "golden", "tfserving")
+             for a in client.list_artifacts(res["run_id"], d)}
+    assert {"plots/training_curves.png", "plots/confusion_matrix.png", "evaluation/heldout.json",
+            "golden/request.json", "golden/response.json", "golden/signature.json",
+            "tfserving/saved_model.pb", "tfserving/variables"} <= paths
+    local = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="plots",
+                                                dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
+    for name in ("training_curves.png", "confusion_matrix.png"):
+        with open(f"{local}/{name}", "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(client.download_artifacts(res["run_id"], "evaluation/heldout.json", str(tmp_path))) as f:
+        heldout = json.load(f)
+    assert heldout["accuracy"] == pytest.approx(res["metrics"]["heldout_accuracy"])
+    assert heldout["n"] == 450 and heldout["heldout_fingerprint"] == res["heldout_fingerprint"]
+
+
+def test_saved_model_equals_keras_model_and_golden_equals_saved_model(cli_trained, tmp_path):
+    import mlflow
+    import mlflow.tensorflow
+
+    from mlproject.export import run_saved_model
+    from mlproject.model import predict
+
+    env, res, _ = cli_trained
+    uri = env["MLFLOW_TRACKING_URI"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    saved = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="tfserving",
+                                                dst_path=str(tmp_path / "sm"), tracking_uri=uri)
+    golden = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="golden",
+                                                 dst_path=str(tmp_path / "g"), tracking_uri=uri)
+    keras_model = mlflow.tensorflow.load_model(f"models:/{res['model_name']}/1")
+    images = load_partition("digits").heldout.images
+    (served,) = run_saved_model(saved, images).values()
+    np.testing.assert_allclose(served, predict(keras_model, images), rtol=1e-5, atol=1e-6)
+    assert (served.argmax(1) == load_partition("digits").heldout.labels).mean() == \
+        pytest.approx(res["metrics"]["heldout_accuracy"])
+
+    request = json.load(open(f"{golden}/request.json"))
+    response = json.load(open(f"{golden}/response.json"))
+    signature = json.load(open(f"{golden}/signature.json"))
+    assert request["signature_name"] == "serving_default"
+    sent = np.asarray(request["instances"], dtype=np.float32)
+    np.testing.assert_array_equal(sent, images[:GOLDEN_SIZE])
+    (again,) = run_saved_model(saved, sent).values()
+    np.testing.assert_allclose(np.asarray(response["predictions"]), again, rtol=1e-6, atol=1e-7)
+    sig = signature["serving_default"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    assert [v["shape"] for v in sig["inputs"].values()] == [[-1, 8, 8, 1]]
+    assert [v["shape"] for v in sig["outputs"].values()] == [[-1, 10]]
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{res['model_name']}/1")
+    assert np.asarray(pyfunc.predict(images[:3])).shape == (3, 10)
+
+
+def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained):
+    from mlproject.evaluate import Evaluation, evaluate_version
+
+    env, res, _ = cli_trained
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    mv = client.get_model_version(res["model_name"], "1")
+    assert mv.run_id == res["run_id"]
+    assert mv.tags["dataset.name"] == "digits" and mv.tags["dataset.fingerprint"] == res["fingerprint"]
+    assert mv.tags["validation_status"] == "pending" and "retrained_from" not in mv.tags
+
+    r = run_mlops("evaluate", "--version", "1", "--json", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = json.loads(r.stdout)
+    assert set(ev) == {"model_uri", "dataset", "heldout_fingerprint", "n", "accuracy", "loss",
+                       "per_class_accuracy", "per_class_count"}
+    assert ev["model_uri"] == f"models:/{res['model_name']}/1" and ev["n"] == 450
+    assert ev["accuracy"] == pytest.approx(res["metrics"]["heldout_accuracy"], abs=1e-12)
+    assert ev["loss"] == pytest.approx(res["metrics"]["heldout_loss"], rel=1e-4)
+    assert sum(ev["per_class_count"].values()) == 450
+    assert sorted(ev["per_class_accuracy"]) == [str(k) for k in range(10)]
+
+    import os
+    os.environ.update(env)   # the API reads the environment, like the CLI
+    try:
+        api = evaluate_version(res["model_name"], 1)
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+    assert isinstance(api, Evaluation)
+    got = api.to_dict()
+    assert got["loss"] == pytest.approx(ev.pop("loss"), rel=1e-6)
+    got.pop("loss")
+    assert got == ev
+    assert api.heldout_fingerprint == res["heldout_fingerprint"]
+
+
+def test_evaluate_unknown_version_is_one_line(cli_trained):
+    env, res, _ = cli_trained
+    r = run_mlops("evaluate", "--version", "99", env=env)
+    assert r.returncode == 2
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith(f"error: version 99 of registered model '{res['model_name']}' does not exist")
+    r = run_mlops("evaluate", "--version", "1", env={**env, "MLOPS_MODEL_NAME": "no-such-model-here"})
+    assert r.returncode == 2
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith("error: registered model 'no-such-model-here' does not exist")
+
+
+def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches, cli_trained):
+    from mlproject.train import TrainParams, retrain
+
+    name = mlops_env["MLOPS_MODEL_NAME"]
+    client = _client(mlops_env["MLFLOW_TRACKING_URI"])
+    ci = {"CIRCLE_PIPELINE_ID": "pipe-123", "CIRCLE_WORKFLOW_ID": "wf-456", "CIRCLE_JOB": "train"}
+    first = train_version(ci, epochs=3)
+    assert first["version"] == 1
+    for tags in (client.get_run(first["run_id"]).data.tags, client.get_model_version(name, "1").tags):
+        assert (tags["ci.pipeline_id"], tags["ci.workflow_id"], tags["ci.job"]) == ("pipe-123", "wf-456", "train")
+    # Same seed and data as the CLI training in another model -> same fingerprint.
+    assert first["fingerprint"] == cli_trained[1]["fingerprint"]
+
+    scratch = train_version(incoming=digits_batches.good, epochs=1)   # no production alias yet
+    assert scratch["version"] == 2 and scratch["retrained_from"] == "scratch"
+    assert client.get_model_version(name, "2").tags["retrained_from"] == "scratch"
+
+    client.set_registered_model_alias(name, "production", "1")
+    r = run_mlops("retrain", "--incoming", str(digits_batches.good), "--epochs", "1", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    assert res["version"] == 3 and res["retrained_from"] == "1"
+    assert client.get_model_version(name, "3").tags["retrained_from"] == "1"
+    assert "retraining from production: version 1" in r.stderr
+
+    # The run used base + incoming, and says so.
+    (batch,) = read_batches(str(digits_batches.good), "digits")
+    expected = fingerprint(concat(load_partition("digits").base, batch.data))
+    assert res["fingerprint"] == scratch["fingerprint"] == expected != first["fingerprint"]
+    run = client.get_run(res["run_id"])
+    p = run.data.params
+    assert (p["n_base"], p["n_incoming"], p["n_train"]) == ("897", "450", "1347")
+    assert p["incoming"] == str(digits_batches.good) and p["retrained_from"] == "1"
+    assert run.data.tags["mlops.kind"] == "retrain"
+    training = [i.dataset for i in run.inputs.dataset_inputs if i.tags and i.tags[0].value == "training"]
+    assert json.loads(training[0].profile)["features_shape"] == [1347, 8, 8, 1]
+
+    # It continued from production's weights: its first epoch starts far better than scratch's.
+    first_epoch = {rid: client.get_metric_history(rid, "accuracy")[0].value
+                   for rid in (res["run_id"], scratch["run_id"])}
+    assert first_epoch[res["run_id"]] > first_epoch[scratch["run_id"]] + 0.1
+
+    with pytest.raises(ConfigError, match="production \\(version 1\\) was trained on 'digits'"):
+        retrain(name, TrainParams(dataset="fashion_mnist"), str(digits_batches.good))
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("wrong_shape", "images have shape (20, 28, 28, 1), expected (N, 8, 8, 1) or (N, 8, 8)"),
+    ("label_11", "labels contain 11 (expected integers 0..9)"),
+    ("nan", "images contain 1 NaN/infinite values"),
+    ("empty", "empty batch (0 examples)"),
+])
+def test_malformed_batch_stops_retrain_and_registers_nothing(mlops_env, tmp_path, case, problem):
+    import mlflow
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((20, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 20)
+    if case == "wrong_shape":
+        images = rng.random((20, 28, 28, 1), dtype=np.float32)
+    elif case == "label_11":
+        labels[5] = 11
+    elif case == "nan":
+        images[3, 4, 4, 0] = np.nan
+    elif case == "empty":
+        images, labels = images[:0], labels[:0]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    np.savez(folder / "ok.npz", images=rng.random((4, 8, 8, 1), dtype=np.float32), labels=np.arange(4))
+    np.savez(folder / "z-new.npz", images=images, labels=labels)
+
+    r = run_mlops("retrain", "--incoming", str(folder))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert _error_lines(r.stderr) == [f"error: invalid data in {folder / 'z-new.npz'}: {problem}; fix or remove "
+                                      f"that file (nothing was trained or registered)"]
+    client = _client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+    mlflow.set_tracking_uri(mlops_env["MLFLOW_TRACKING_URI"])
+    assert mlflow.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None   # no run either
+
+
+def test_fashion_mnist_offline_names_the_digits_option(mlops_env, tmp_path):
+    keras_home = tmp_path / "keras-home"   # empty: no cached copy of the data set
+    keras_home.mkdir()
+    blocked = "http://127.0.0.1:9"         # nothing listens there: downloads cannot leave the machine
+    r = run_mlops("train", "--dataset", "fashion_mnist", timeout=180,
+                  env={"KERAS_HOME": str(keras_home), "https_proxy": blocked, "HTTPS_PROXY": blocked})
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith("error: cannot download Fashion-MNIST (")
+    assert line.endswith("use the offline data set instead: --dataset digits")
+    client = _client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
