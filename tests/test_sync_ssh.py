@@ -282,20 +282,23 @@ def test_permission_denied_on_the_base_dir_is_one_clear_line(sshd_factory, reado
 
 
 # --- fallbacks ---------------------------------------------------------------------------------
-def test_sftp_only_path_publishes_and_verifies_by_reading_back(sshd, tmp_path):
-    """Hosts without a shell (sftp-only accounts): pipelined SFTP writes, SFTP read-back hashes."""
+def test_sftp_only_account_publishes_and_verifies_by_reading_back(sshd_factory, tmp_path):
+    """ForceCommand internal-sftp (no shell): pipelined SFTP writes, SFTP read-back hashes."""
+    srv = sshd_factory(extra_config=("ForceCommand internal-sftp",))
     model = make_model_tree(tmp_path / "model", n_assets=20)
     m = mf.build(model)
-    t = connect(sshd, tmp_path / "srv")
-    t._no_shell = True
+    t = connect(srv, tmp_path / "srv", op_timeout=60)
     try:
         r = publish(t, MODEL, 2, model, m)
         assert r.status == "uploaded" and r.bytes_transferred == m.total_size
         assert t.verify(f"{MODEL}/2", m) == []
         (tmp_path / "srv" / MODEL / "2" / "assets" / "vocab-0003.txt").write_bytes(b"changed")
         assert t.verify(f"{MODEL}/2", m) == ["sha256 mismatch for assets/vocab-0003.txt"]
+        assert t._no_shell            # it really went the SFTP way
+        assert t.disk_free() is None
         t.remove_tree(f"{MODEL}/2")
         assert not (tmp_path / "srv" / MODEL / "2").exists()
+        assert publish(t, MODEL, 3, model, m).status == "uploaded"   # and again, directly via SFTP
     finally:
         t.close()
 

@@ -33,6 +33,7 @@ from .tarstream import stream_tree
 logger = log.get("sync.ssh")
 
 SFTP_CHUNK = 256 * 1024
+FIRST_LINE_TIMEOUT = 15.0   # a shell answers the upload script's first line at once
 
 
 class SshTransport(Transport):
@@ -304,13 +305,16 @@ class SshTransport(Transport):
         with self._io(doing):
             ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free))
             try:
-                ready, head = _read_until_ready(ch)
+                ready, head = _read_until_ready(ch, first_line_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
                 sent, send_error = 0, None
                 if ready:
                     try:
                         sent = stream_tree(local_dir, manifest, _sender(ch), progress)
                     except (OSError, EOFError) as exc:   # the host stopped reading: see its status
                         send_error = exc
+                if not ready and not head:   # silence: no shell behind this account
+                    self._no_shell = True
+                    return None
                 try:
                     ch.shutdown_write()
                 except (OSError, EOFError):
@@ -440,9 +444,27 @@ def _sender(ch):
     return send
 
 
-def _read_until_ready(ch) -> tuple[bool, bytes]:
-    """Read the script's stdout until ``@ready`` (go) or its end (stop); also return what was read."""
+def _read_until_ready(ch, *, first_line_timeout: float) -> tuple[bool, bytes]:
+    """Read the script's stdout until ``@ready`` (go) or its end (stop); also return what was read.
+
+    A real shell prints the marker at once; an sftp-only account (``ForceCommand internal-sftp``)
+    prints nothing and waits for SFTP packets, so silence past ``first_line_timeout`` means
+    "no shell" (the caller falls back to SFTP).
+    """
     buf = b""
+    saved = ch.gettimeout()
+    ch.settimeout(first_line_timeout)
+    try:
+        while b"\n" not in buf:
+            try:
+                data = ch.recv(4096)
+            except socket.timeout:
+                return False, b""
+            if not data:
+                return False, buf + b"\n"
+            buf += data
+    finally:
+        ch.settimeout(saved)
     while b"@ready\n" not in buf:
         data = ch.recv(4096)
         if not data:
