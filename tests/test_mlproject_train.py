@@ -138,7 +138,7 @@ def test_saved_model_equals_keras_model_and_golden_equals_saved_model(cli_traine
     assert np.asarray(pyfunc.predict(images[:3])).shape == (3, 10)
 
 
-def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained):
+def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     from mlproject.evaluate import Evaluation, evaluate_version
 
     env, res, _ = cli_trained
@@ -159,13 +159,9 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained):
     assert sum(ev["per_class_count"].values()) == 450
     assert sorted(ev["per_class_accuracy"]) == [str(k) for k in range(10)]
 
-    import os
-    os.environ.update(env)   # the API reads the environment, like the CLI
-    try:
-        api = evaluate_version(res["model_name"], 1)
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
+    for k, v in env.items():   # the API reads the environment, like the CLI
+        monkeypatch.setenv(k, v)
+    api = evaluate_version(res["model_name"], 1)
     assert isinstance(api, Evaluation)
     got = api.to_dict()
     assert got["loss"] == pytest.approx(ev.pop("loss"), rel=1e-6)
