@@ -72,9 +72,10 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
     current = None
     try:
         with ledger.serialized(model) as tx:
-            current = versions.production_version(model)
+            aliases = versions.registered_model_aliases(model)
+            current = aliases.get(versions.PRODUCTION)
             v, extra = target(tx, current)
-            info = versions.get_version(model, v)
+            info = versions.get_version(model, v, aliases=aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
             except RefusedError as exc:
@@ -133,7 +134,6 @@ def promote(model: str, version, *, actor: str, reason: str | None = None, force
     """Point ``production`` at ``version`` (it must have passed the gate unless forced with a reason)."""
     ledger = ledger or Ledger()
     v = versions.parse_version(version)
-    versions.get_version(model, v)  # clear NotFoundError before taking the lock
     return _move(model, "promote", target=lambda tx, current: (v, {}), actor=actor, reason=reason,
                  force=force, approved_by=approved_by,
                  pipeline_id=pipeline_id or lineage.pipeline_id(),

@@ -107,10 +107,14 @@ def _by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
     return out
 
 
-def get_version(model: str, version) -> VersionInfo:
-    """Version ``version`` of ``model`` (NotFoundError naming the model or the version)."""
+def get_version(model: str, version, *, aliases: dict[str, int] | None = None) -> VersionInfo:
+    """Version ``version`` of ``model`` (NotFoundError naming the model or the version).
+
+    ``aliases``: the model's ``{alias: version}`` if the caller just read them (saves a request).
+    """
     v = parse_version(version)
-    aliases = registered_model_aliases(model)  # also: clear error for an unknown model
+    if aliases is None:
+        aliases = registered_model_aliases(model)  # also: clear error for an unknown model
     client = tracking_client()
     with mlflow_errors(f"reading version {v} of '{model}'"):
         try:
@@ -163,6 +167,14 @@ def production_version(model: str) -> int | None:
     return registered_model_aliases(model).get(PRODUCTION)
 
 
+def _registry_client(client):
+    """MLflow's registry client, to set tags and aliases without ``MlflowClient``'s extra
+    "is this a prompt?" lookup before every single write (our models are never prompts, and
+    callers have read the version already). Falls back to the public client."""
+    getter = getattr(client, "_get_registry_client", None)
+    return getter() if getter else client
+
+
 def set_tags(model: str, version, tags: dict[str, str]) -> None:
     """Set version tags (values must not contain a secret: refused if they do)."""
     v = parse_version(version)
@@ -171,22 +183,22 @@ def set_tags(model: str, version, tags: dict[str, str]) -> None:
         if any(s in str(value) or s in key for s in secrets):
             raise RefusedError(f"refusing to write tag '{key}' on version {v} of '{model}': its value "
                                f"contains the value of a secret environment variable")
-    client = tracking_client()
+    registry = _registry_client(tracking_client())
     with mlflow_errors(f"tagging version {v} of '{model}'"):
         for key, value in tags.items():
-            client.set_model_version_tag(model, str(v), key, str(value))
+            registry.set_model_version_tag(model, str(v), key, str(value))
 
 
 def set_alias(model: str, alias: str, version: int) -> None:
-    client = tracking_client()
+    registry = _registry_client(tracking_client())
     with mlflow_errors(f"pointing alias '{alias}' of '{model}' at version {version}"):
-        client.set_registered_model_alias(model, alias, str(version))
+        registry.set_registered_model_alias(model, alias, str(version))
 
 
 def delete_alias(model: str, alias: str) -> None:
-    client = tracking_client()
+    registry = _registry_client(tracking_client())
     with mlflow_errors(f"removing alias '{alias}' of '{model}'"):
-        client.delete_registered_model_alias(model, alias)
+        registry.delete_registered_model_alias(model, alias)
 
 
 def run_metrics(run_id: str) -> dict[str, float]:

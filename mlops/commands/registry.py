@@ -11,7 +11,7 @@ import json
 import sys
 
 from mlops_common import settings
-from mlops_common.errors import ConfigError, GateFailed, NotFoundError
+from mlops_common.errors import ConfigError, GateFailed, NotFoundError, RefusedError
 
 _ENV_EPILOG = ("Environment: MLFLOW_TRACKING_URI (MLflow server), MLOPS_MODEL_NAME (default model), "
                "MLOPS_LEDGER_URL (ledger database; default sqlite file in MLOPS_HOME).")
@@ -80,6 +80,8 @@ def register(sub) -> None:
                    help="allowed per-class accuracy drop vs production (0.10)")
     g.add_argument("--report-dir", metavar="DIR", help="also write report.md and report.json here "
                                                        "(for CI artifacts)")
+    g.add_argument("--junit", metavar="FILE", help="also write the rules as JUnit XML test cases "
+                                                   "(for CircleCI's store_test_results)")
     _add_model(g)
     _add_json(g)
     g.set_defaults(func=cmd_gate)
@@ -90,15 +92,15 @@ def register(sub) -> None:
                     "when, from which version, which pipeline and why (ledger row + version tags). "
                     "Pick the version with --version N, or with --pipeline-id ID: exactly the version "
                     "that CircleCI pipeline registered (tag ci.pipeline_id), never whatever "
-                    "`candidate` points at. Who: in CircleCI (CIRCLE_TOKEN and CIRCLE_WORKFLOW_ID "
+                    "`candidate` points at; with both, version N must be the one that pipeline "
+                    "registered. Who: in CircleCI (CIRCLE_TOKEN and CIRCLE_WORKFLOW_ID "
                     "set) the user who approved the workflow's approval job, read from CircleCI's "
                     "API v2 (CIRCLECI_API_URL, default https://circleci.com); otherwise --actor or the "
                     "OS user.",
         epilog=_ENV_EPILOG)
-    which = pr.add_mutually_exclusive_group(required=True)
-    which.add_argument("--version", type=_positive_int, metavar="N", help="version to promote")
-    which.add_argument("--pipeline-id", metavar="ID",
-                       help="promote the version registered by this CircleCI pipeline")
+    pr.add_argument("--version", type=_positive_int, metavar="N", help="version to promote")
+    pr.add_argument("--pipeline-id", metavar="ID",
+                    help="promote the version registered by this CircleCI pipeline")
     pr.add_argument("--actor", help="who is promoting (outside CircleCI; default: the OS user)")
     pr.add_argument("--reason", help="why (recorded)")
     pr.add_argument("--force", action="store_true",
@@ -189,22 +191,35 @@ def cmd_gate(args) -> int:
                                max_class_drop=args.max_class_drop)
     outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
                        allow_signature_change=args.allow_signature_change, report_dir=args.report_dir)
+    if args.junit:
+        from mlops_common import junit
+
+        junit.write(args.junit, f"quality-gate.{model}.v{outcome.version}",
+                    [junit.Case(c["rule"], c["passed"], c["message"]) for c in outcome.report["checks"]])
     if args.json:
         _emit_json(outcome.report)
     else:
         print(outcome.markdown)
     if not outcome.passed:
         raise GateFailed(outcome.summary)
-    print(outcome.summary if args.json else
-          f"alias 'candidate' of '{model}' now points at version {outcome.version}", file=sys.stderr)
+    if args.json:
+        print(outcome.summary, file=sys.stderr)
     return 0
 
 
-def _version_for_pipeline(model: str, pipeline_id: str) -> int:
+def _version_for_pipeline(model: str, pipeline_id: str, version: int | None) -> int:
     from registry import versions
 
     found = versions.find_by_tag("ci.pipeline_id", pipeline_id)
     mine = [i for i in found if i.model == model]
+    if version is not None:
+        if any(i.version == version for i in mine):
+            return version
+        info = versions.get_version(model, version)  # NotFoundError if it does not exist at all
+        tagged = info.tags.get("ci.pipeline_id")
+        raise RefusedError(f"version {version} of '{model}' was registered by "
+                           f"{'pipeline ' + tagged if tagged else 'no CircleCI pipeline'}, not by "
+                           f"pipeline {pipeline_id}; refusing to promote another pipeline's version")
     if len(mine) == 1:
         return mine[0].version
     if len(mine) > 1:
@@ -233,14 +248,17 @@ def _print_move(args, result, verb: str) -> None:
 
 
 def cmd_promote(args) -> int:
-    from registry import approver, promotion, versions
+    from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
-    if args.pipeline_id:
-        version = _version_for_pipeline(model, args.pipeline_id)
+    if args.pipeline_id is None and args.version is None:
+        raise ConfigError("say which version to promote: --version N or --pipeline-id ID (or both)")
+    if args.pipeline_id is not None:
+        if not args.pipeline_id.strip():
+            raise ConfigError("--pipeline-id is empty (is CIRCLE_PIPELINE_ID set in this job?)")
+        version = _version_for_pipeline(model, args.pipeline_id, args.version)
     else:
         version = args.version
-        versions.get_version(model, version)
     actor = approver.resolve_actor(args.actor)
     result = promotion.promote(model, version, actor=actor.name, reason=args.reason, force=args.force,
                                approved_by=actor.approved_by,

@@ -1,0 +1,134 @@
+"""registry.gate.run_gate against a real MLflow server: what a verdict writes, where, and when.
+
+The evaluation is the gate's injected dependency (the CLI passes mlproject's). Here it returns
+evaluation documents with chosen numbers, so each outcome path of the registry side is
+exercised on real registered versions; tests/test_registry_gate_e2e.py runs the real thing
+on trained models.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mlops_common.errors import NotFoundError
+from registry import versions
+from registry.client import tracking_client
+from registry.gate import run_gate
+from registry.ledger import Ledger
+from tests.fixtures.registry_versions import TINY_SIGNATURE
+
+FP = "f" * 64
+
+
+def doc(acc: float, per_class: dict | None = None) -> dict:
+    per_class = per_class or {str(k): acc for k in range(10)}
+    return {"model_uri": "-", "dataset": "digits", "heldout_fingerprint": FP, "n": 450, "accuracy": acc,
+            "loss": round(1 - acc, 4), "per_class_accuracy": per_class,
+            "per_class_count": {k: 45 for k in per_class}}
+
+
+class Evaluations:
+    """An evaluate(version, dataset) with fixed results per version; records the calls."""
+
+    def __init__(self, by_version: dict[int, dict]):
+        self.by_version, self.calls = by_version, []
+
+    def __call__(self, version: int, dataset):
+        self.calls.append((version, dataset))
+        return self.by_version[version]
+
+
+def run_artifact(run_id: str, path: str) -> str:
+    return tracking_client().download_artifacts(run_id, path, os.environ["MLOPS_HOME"])
+
+
+def test_first_version_passes_on_absolute_rules_and_becomes_candidate(make_version, tmp_path):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    ev = Evaluations({v: doc(0.93)})
+    out = run_gate(model, v, ev, report_dir=tmp_path / "reports")
+    assert out.passed and out.production_version is None
+    assert ev.calls == [(v, None)]                         # nothing else to evaluate
+    info = versions.get_version(model, v)
+    assert info.tags["validation_status"] == "passed" and info.aliases == ("candidate",)
+    assert info.tags["validation.baseline_version"] == "none"
+    report = json.loads(open(run_artifact(info.run_id, "gate/report.json")).read())
+    assert report["status"] == "passed" and report["metrics"]["production"] is None
+    assert "only the absolute rules applied" in open(run_artifact(info.run_id, "gate/report.md")).read()
+    assert json.loads((tmp_path / "reports" / "report.json").read_text()) == report
+    assert (tmp_path / "reports" / "report.md").read_text() == out.markdown
+    row = Ledger().entries(model)[-1]
+    assert (row.action, row.to_version, row.from_version, row.outcome) == ("gate", v, None, "passed")
+
+
+def test_worse_version_fails_with_reasons_and_does_not_become_candidate(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = make_version(validation_status="passed"), make_version(), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.945), v3: doc(0.90, dict(doc(0.95)["per_class_accuracy"],
+                                                                        **{"7": 0.70}))})
+    assert run_gate(model, v2, ev).passed
+    assert versions.get_version(model, v2).aliases == ("candidate",)
+    out = run_gate(model, v3, ev)
+    assert not out.passed
+    assert ev.calls == [(v2, None), (v1, "digits"), (v3, None), (v1, "digits")]   # production re-evaluated
+    assert "accuracy_vs_production" in out.summary and "class_accuracy_vs_production" in out.summary
+    assert "class 7 0.700 vs 0.950 (-0.250)" in out.summary
+    info = versions.get_version(model, v3)
+    assert info.tags["validation_status"] == "failed"
+    assert info.tags["validation.failed_rules"] == "accuracy_vs_production,class_accuracy_vs_production"
+    assert versions.get_version(model, v2).aliases == ("candidate",)   # candidate unchanged
+    row = Ledger().entries(model)[-1]
+    assert (row.action, row.from_version, row.to_version, row.outcome) == ("gate", v1, v3, "failed")
+    assert row.reason == out.summary and row.details["production_accuracy"] == 0.95
+
+
+def test_a_candidate_that_fails_a_later_gate_loses_the_candidate_alias(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    assert run_gate(model, v, Evaluations({v: doc(0.9)})).passed
+    assert not run_gate(model, v, Evaluations({v: doc(0.5)})).passed
+    assert versions.get_version(model, v).aliases == ()
+
+
+def test_incompatible_signature_fails_unless_explicitly_allowed(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    changed = json.loads(json.dumps(TINY_SIGNATURE))
+    changed["serving_default"]["inputs"]["inputs"]["shape"] = [-1, 28, 28, 1]
+    v2 = make_version(signature=changed)
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.95)})
+    out = run_gate(model, v2, ev)
+    assert not out.passed and [c.rule for c in out.verdict.failed] == ["signature"]
+    assert "shape [-1, 28, 28, 1] is not compatible with [-1, 8, 8, 1]" in out.summary
+    assert "--allow-signature-change" in out.summary
+    out = run_gate(model, v2, ev, allow_signature_change=True)
+    assert out.passed
+    info = versions.get_version(model, v2)
+    assert info.tags["validation.signature_change_allowed"] == "true" and info.aliases == ("candidate",)
+    row = Ledger().entries(model)[-1]
+    assert row.details["signature_change_allowed"] is True and row.details["signature_differences"]
+
+
+def test_missing_signature_artifact_fails_the_gate(make_version):
+    import mlflow
+
+    from registry.register import register_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    with mlflow.start_run() as run:
+        mlflow.log_text("x", "tfserving/saved_model.pb")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    v = register_version(model, logged.model_uri, run_id=run.info.run_id)
+    out = run_gate(model, v, Evaluations({v: doc(0.95)}), allow_signature_change=True)
+    assert not out.passed and "golden/signature.json is missing" in out.summary
+
+
+def test_unknown_version_is_one_clear_line(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version()
+    with pytest.raises(NotFoundError, match="version 5 of registered model"):
+        run_gate(model, 5, Evaluations({}))

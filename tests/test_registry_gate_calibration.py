@@ -1,0 +1,67 @@
+"""Calibration of the gate's default rules on real training: for every seed tried, a retrain on a
+good batch passes and a retrain on a bad batch fails.
+
+Mirrors ``mlproject.calibrate.measure`` (production from scratch, then retrain from its weights
+on base + batch, as ``mlops retrain`` does) but keeps the full evaluations (per class), because
+the gate's per-class rule must also let every good retrain through.
+"""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from registry.gate_rules import GateRules, decide, summary
+
+pytestmark = pytest.mark.slow
+
+SEEDS = (1, 2, 3, 4, 5)
+
+
+@pytest.fixture(scope="module")
+def retrains():
+    import keras
+
+    from mlproject.batches import Batch, make_batch
+    from mlproject.datasets import load_partition
+    from mlproject.evaluate import evaluate_model
+    from mlproject.train import TrainingData, TrainParams, fit_model
+
+    part = load_partition("digits")
+    rows = {}
+    for seed in SEEDS:
+        params = TrainParams(dataset="digits", seed=seed)
+        quiet = io.StringIO()
+        production, _ = fit_model(params, TrainingData("digits", part.base, part.heldout), stream=quiet)
+        row = {"production": evaluate_model(production, model_uri="prod", dataset="digits").to_dict()}
+        for kind in ("good", "bad"):
+            data = TrainingData("digits", part.base, part.heldout,
+                                (Batch(kind, make_batch(kind, part.pool, seed)),), kind)
+            start = keras.models.clone_model(production)
+            start.set_weights(production.get_weights())
+            model, _ = fit_model(params, data, start_model=start, stream=quiet)
+            row[kind] = evaluate_model(model, model_uri=kind, dataset="digits").to_dict()
+        rows[seed] = row
+    return rows
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_default_rules_pass_good_and_fail_bad_retrains(retrains, seed):
+    row = retrains[seed]
+    assert row["production"]["n"] == 450
+    good = decide(row["good"], row["production"], GateRules(), baseline_version=1)
+    bad = decide(row["bad"], row["production"], GateRules(), baseline_version=1)
+    assert good.passed, summary(good, 2)
+    assert not bad.passed, summary(bad, 3)
+    assert "accuracy_vs_production" in [c.rule for c in bad.failed], summary(bad, 3)
+    # the tolerance is the documented derivation for this held-out size
+    assert 0.015 < good.tolerance < 0.03
+
+
+def test_margins_are_comfortable(retrains):
+    """Good retrains stay well inside the tolerance and bad ones well outside (no knife edge)."""
+    for seed, row in retrains.items():
+        p = row["production"]["accuracy"]
+        tol = decide(row["good"], row["production"], GateRules(), baseline_version=1).tolerance
+        assert row["good"]["accuracy"] - p > -tol / 2, (seed, row["good"]["accuracy"], p)
+        assert row["bad"]["accuracy"] - p < -1.5 * tol, (seed, row["bad"]["accuracy"], p)

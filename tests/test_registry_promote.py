@@ -1,0 +1,214 @@
+"""`mlops registry promote` against a real MLflow server, the ledger, and a CircleCI-like API."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from registry import versions
+from registry.ledger import Ledger
+from tests.helpers import run_mlops
+
+
+def one_error_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    return lines[-1]
+
+
+def moves(model: str) -> list[tuple]:
+    return [(e.action, e.from_version, e.to_version, e.outcome) for e in Ledger().entries(model)
+            if e.action in ("promote", "rollback")]
+
+
+def test_promote_by_version_records_who_when_from_and_why(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    v2 = make_version(validation_status="passed")
+    r = run_mlops("registry", "promote", "--version", str(v1), "--actor", "alice", "--reason", "first release")
+    assert r.returncode == 0, r.stderr
+    assert "production (none) -> v1 by alice" in r.stdout
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "bob", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["from_version"], doc["to_version"], doc["actor"], doc["moved"]) == (1, 2, "bob", True)
+    assert versions.production_version(model) == 2
+    assert moves(model) == [("promote", None, 1, "ok"), ("promote", 1, 2, "ok")]
+    last = Ledger().entries(model)[-1]
+    assert last.actor == "bob" and last.id == doc["ledger_id"]
+    assert last.details["actor_source"] == "flag"
+    tags = versions.get_version(model, v1).tags
+    assert tags["promoted_by"] == "alice" and tags["promotion_reason"] == "first release"
+    assert tags["promotion.from_version"] == "none" and tags["promoted_at"].startswith("20")
+    assert versions.get_version(model, v2).tags["promotion.from_version"] == "1"
+
+
+def test_promote_without_actor_uses_the_os_user(make_version):
+    import getpass
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    r = run_mlops("registry", "promote", "--version", str(v), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["actor"] == getpass.getuser()
+    assert versions.get_version(model, v).tags["promoted_by"] == getpass.getuser()
+
+
+def test_promote_by_pipeline_id_picks_exactly_that_pipelines_version(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed", pipeline_id="pipe-111")
+    v2 = make_version(validation_status="passed", pipeline_id="pipe-222")
+    make_version(validation_status="passed", pipeline_id="pipe-333")
+    versions.set_alias(model, versions.CANDIDATE, 3)   # must not matter
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-222", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to_version"] == v2
+    assert versions.production_version(model) == v2
+    assert Ledger().entries(model)[-1].details["selected_by_pipeline"] == "pipe-222"
+    # --version together with --pipeline-id is a cross-check (the CircleCI promote job does this)
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-111", "--version", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-111", "--version", "3")
+    assert r.returncode == 2
+    assert "was registered by pipeline pipe-333, not by pipeline pipe-111" in one_error_line(r)
+    assert versions.production_version(model) == 1
+
+
+def test_pipeline_with_zero_or_several_versions_is_a_clear_error(make_version):
+    make_version(validation_status="passed", pipeline_id="pipe-dup")
+    make_version(validation_status="passed", pipeline_id="pipe-dup")
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-dup")
+    assert r.returncode == 2 and "registered several versions" in one_error_line(r)
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-nobody")
+    assert r.returncode == 2 and "no version of any registered model is tagged ci.pipeline_id=pipe-nobody" \
+        in one_error_line(r)
+    r = run_mlops("registry", "promote")
+    assert r.returncode == 2 and "--version N or --pipeline-id ID" in one_error_line(r)
+    assert versions.production_version(os.environ["MLOPS_MODEL_NAME"]) is None
+
+
+def test_refuses_unvalidated_versions_and_records_the_refusal(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    v2 = make_version()                            # pending
+    v3 = make_version(validation_status="failed")
+    assert run_mlops("registry", "promote", "--version", str(v1)).returncode == 0
+    for v, status in ((v2, "pending"), (v3, "failed")):
+        r = run_mlops("registry", "promote", "--version", str(v))
+        assert r.returncode == 2
+        assert f"validation_status={status}, not passed" in one_error_line(r)
+    assert versions.production_version(model) == v1
+    assert moves(model) == [("promote", None, 1, "ok"), ("promote", 1, 2, "refused"),
+                            ("promote", 1, 3, "refused")]
+    r = run_mlops("registry", "promote", "--version", str(v3), "--force")
+    assert r.returncode == 2 and "--force needs --reason" in one_error_line(r)
+    r = run_mlops("registry", "promote", "--version", str(v3), "--force", "--reason", "hotfix INC-42",
+                  "--actor", "oncall", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["forced"] is True
+    row = Ledger().entries(model)[-1]
+    assert (row.to_version, row.outcome, row.reason, row.details["forced"]) == (3, "ok", "hotfix INC-42", True)
+    tags = versions.get_version(model, v3).tags
+    assert tags["promotion.forced"] == "true" and tags["promotion_reason"] == "hotfix INC-42"
+
+
+def test_refuses_unknown_versions_and_models(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed")
+    r = run_mlops("registry", "promote", "--version", "9")
+    assert r.returncode == 2
+    assert f"version 9 of registered model '{model}' does not exist (the latest is 1)" in one_error_line(r)
+    r = run_mlops("registry", "promote", "--version", "1", "--model-name", "some-other-model")
+    assert r.returncode == 2
+    assert "registered model 'some-other-model' does not exist" in one_error_line(r)
+    r = run_mlops("registry", "promote", "--version", "zero")
+    assert r.returncode == 2 and "not a version number" in r.stderr
+    assert versions.production_version(model) is None
+
+
+def test_refuses_a_version_of_a_different_registered_model(make_version):
+    """The pipeline registered a version of model A; promoting it as model B is refused."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    other = f"{model}-other"
+    make_version(validation_status="passed")
+    make_version(model=other, validation_status="passed", pipeline_id="pipe-foreign")
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-foreign")
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert f"registered '{other}' v1, not a version of '{model}'" in line
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-foreign", "--version", "1")
+    assert r.returncode == 2 and "not by pipeline pipe-foreign" in one_error_line(r)
+    assert versions.production_version(model) is None and versions.production_version(other) is None
+
+
+def test_approver_comes_from_circleci_and_the_token_goes_nowhere(make_version, circleci_api):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed", pipeline_id="pipe-ci")
+    wid = circleci_api.add_workflow(approver="carol-approver")
+    env = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": wid,
+           "CIRCLE_PIPELINE_ID": "pipe-ci", "CIRCLECI_API_URL": circleci_api.url}
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-ci", "--actor", "ignored-in-ci", "--json",
+                  env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["actor"], doc["approved_by"], doc["workflow_id"]) == ("carol-approver", "carol-approver", wid)
+    row = Ledger().entries(model)[-1]
+    assert (row.actor, row.pipeline_id, row.workflow_id) == ("carol-approver", "pipe-ci", wid)
+    assert row.details["actor_source"] == "circleci" and row.details["approval_job"] == "hold"
+    info = versions.get_version(model, v)
+    assert info.tags["approved_by"] == "carol-approver" and info.tags["promoted_by"] == "carol-approver"
+    # the API was asked with the token (4 job pages of 2 + the user), and it was accepted
+    paths = [p for _, p, ok in circleci_api.requests if ok]
+    assert paths.count(f"/api/v2/workflow/{wid}/job") == 2 and any(p.startswith("/api/v2/user/") for p in paths)
+    # the token is nowhere: not in output, ledger rows or tags
+    assert circleci_api.token not in r.stdout + r.stderr
+    assert all(circleci_api.token not in json.dumps(e.to_dict()) for e in Ledger().entries())
+    assert all(circleci_api.token not in f"{k}={val}" for k, val in info.tags.items())
+    ledger_file = os.path.join(os.environ["MLOPS_HOME"], "ledger.db")
+    with open(ledger_file, "rb") as f:
+        assert circleci_api.token.encode() not in f.read()
+
+
+def test_circleci_problems_are_one_clear_line(make_version, circleci_api):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    pending = circleci_api.add_workflow(approver=None)
+    base = {"CIRCLECI_API_URL": circleci_api.url}
+    r = run_mlops("registry", "promote", "--version", str(v),
+                  env={**base, "CIRCLE_TOKEN": "wrong-token-1234", "CIRCLE_WORKFLOW_ID": pending})
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert "rejected CIRCLE_TOKEN (HTTP 401)" in line and "wrong-token-1234" not in r.stderr
+    r = run_mlops("registry", "promote", "--version", str(v),
+                  env={**base, "CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": pending})
+    assert r.returncode == 2 and "approval job hold is not approved yet" in one_error_line(r)
+    r = run_mlops("registry", "promote", "--version", str(v),
+                  env={**base, "CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": "no-such-workflow"})
+    assert r.returncode == 2 and "HTTP 404" in one_error_line(r)
+    from mlops.local_services import free_port
+
+    r = run_mlops("registry", "promote", "--version", str(v),
+                  env={"CIRCLECI_API_URL": f"http://127.0.0.1:{free_port()}",
+                       "CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": pending})
+    assert r.returncode == 2 and "cannot reach the CircleCI API" in one_error_line(r)
+    assert circleci_api.token not in r.stderr
+    assert versions.production_version(model) is None
+    assert moves(model) == []
+
+
+def test_promoting_the_current_version_again_is_recorded_but_moves_nothing(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    assert run_mlops("registry", "promote", "--version", str(v)).returncode == 0
+    r = run_mlops("registry", "promote", "--version", str(v))
+    assert r.returncode == 0 and "already holds production" in r.stdout
+    assert moves(model) == [("promote", None, 1, "ok"), ("promote", 1, 1, "ok")]
+
+
+def test_help_is_useful():
+    r = run_mlops("registry", "promote", "--help")
+    assert r.returncode == 0
+    for word in ("--pipeline-id", "CIRCLE_TOKEN", "--force", "--reason", "ci.pipeline_id"):
+        assert word in r.stdout

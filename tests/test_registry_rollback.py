@@ -1,0 +1,159 @@
+"""Rollback and revert-after-failed-deploy against a real MLflow server and the ledger."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mlops_common.errors import NotFoundError, RefusedError
+from registry import promotion, versions
+from registry.ledger import Ledger
+from tests.helpers import run_mlops
+
+
+@pytest.fixture
+def four_versions(make_version):
+    return [make_version(validation_status="passed") for _ in range(4)]
+
+
+def prod(model: str) -> int | None:
+    return versions.production_version(model)
+
+
+def test_v1_v2_v3_deploy_failed_rollback_goes_to_v2_and_then_v1(four_versions):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    led = Ledger()
+    led.record("deploy", model, outcome="ok", to_version=2, host="web-1")
+    led.record("deploy", model, outcome="failed", to_version=3, host="web-1", reason="smoke test failed")
+    r = run_mlops("registry", "rollback", "--reason", "v3 broke the smoke test", "--actor", "bob", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["action"], doc["from_version"], doc["to_version"]) == ("rollback", 3, 2)
+    assert prod(model) == 2
+    row = led.entries(model)[-1]
+    assert (row.action, row.from_version, row.to_version, row.actor, row.reason) == \
+        ("rollback", 3, 2, "bob", "v3 broke the smoke test")
+    tags = versions.get_version(model, 2).tags
+    assert tags["promotion.kind"] == "rollback" and tags["promotion_reason"] == "v3 broke the smoke test"
+    # rolling back again goes one more step back, not forward to v3
+    r = run_mlops("registry", "rollback", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to_version"] == 1 and prod(model) == 1
+    r = run_mlops("registry", "rollback")
+    assert r.returncode == 2
+    assert "nothing to roll back to" in r.stderr and "Traceback" not in r.stderr
+    assert prod(model) == 1
+
+
+def test_rollback_skips_a_version_whose_deploy_failed(four_versions):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    versions.set_tags(model, 3, {"deploy_status": "failed"})     # as the sync job tags it
+    promotion.promote(model, 4, actor="alice")
+    result = promotion.rollback(model, actor="bob", reason="v4 is slow")
+    assert (result.from_version, result.to_version) == (4, 2)
+    assert result.details["skipped_failed"] == [3]
+    assert prod(model) == 2
+
+
+def test_rollback_to_an_explicit_version_is_checked_like_a_promotion(four_versions, make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v5 = make_version(validation_status="failed")
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    r = run_mlops("registry", "rollback", "--to", "1", "--reason", "back to the known good one")
+    assert r.returncode == 0, r.stderr
+    assert prod(model) == 1
+    with pytest.raises(RefusedError, match="validation_status=failed"):
+        promotion.rollback(model, to=v5, actor="bob")
+    with pytest.raises(RefusedError, match="already holds production"):
+        promotion.rollback(model, to=1, actor="bob")
+    with pytest.raises(NotFoundError, match="version 42 of registered model"):
+        promotion.rollback(model, to=42, actor="bob")
+    assert prod(model) == 1
+    rows = [(e.action, e.to_version, e.outcome) for e in Ledger().entries(model) if e.action == "rollback"]
+    assert rows == [("rollback", 1, "ok"), ("rollback", v5, "refused")]
+
+
+def test_nothing_to_roll_back_to(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed")
+    with pytest.raises(NotFoundError, match="nothing to roll back to"):
+        promotion.rollback(model, actor="bob")
+    promotion.promote(model, 1, actor="alice")
+    r = run_mlops("registry", "rollback")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"error: nothing to roll back to for '{model}': the ledger shows no earlier production version than 1")
+
+
+def test_revert_failed_deploy_moves_production_back_and_records_it(four_versions):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    promotion.promote(model, 1, actor="alice")
+    promotion.promote(model, 2, actor="alice")
+    result = promotion.revert_failed_deploy(model, 2, 1, "smoke test: predictions differ", actor="deployer",
+                                            host="web-1")
+    assert result.moved and prod(model) == 1
+    info = versions.get_version(model, 2)
+    assert info.tags["deploy_status"] == "failed"
+    assert info.tags["deploy.reason"] == "smoke test: predictions differ"
+    rows = Ledger().entries(model)[-2:]
+    assert [(e.action, e.from_version, e.to_version, e.outcome, e.host) for e in rows] == \
+        [("deploy", 1, 2, "failed", "web-1"), ("rollback", 2, 1, "ok", "web-1")]
+    # a later manual rollback never lands on the failed version, and there is nothing older than v1
+    with pytest.raises(NotFoundError, match="nothing to roll back to"):
+        promotion.rollback(model, actor="bob")
+
+
+def test_revert_leaves_a_newer_promotion_alone(four_versions):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    # the deploy of v2 failed, but v3 was promoted meanwhile: do not clobber it
+    result = promotion.revert_failed_deploy(model, 2, 1, "deploy of v2 failed", actor="deployer")
+    assert not result.moved and prod(model) == 3
+    last = Ledger().entries(model)[-1]
+    assert (last.action, last.outcome) == ("rollback", "refused") and "production is version 3" in last.reason
+    assert versions.get_version(model, 2).tags["deploy_status"] == "failed"
+
+
+def test_revert_of_the_very_first_deploy_removes_production(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed")
+    promotion.promote(model, 1, actor="alice")
+    result = promotion.revert_failed_deploy(model, 1, None, "first deploy failed")
+    assert result.moved and prod(model) is None
+
+
+def test_status_shows_aliases_statuses_accuracy_and_age(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed", metrics={"heldout_accuracy": 0.9512})
+    make_version(validation_status="failed", metrics={"heldout_accuracy": 0.71})
+    make_version(metrics={})
+    promotion.promote(model, 1, actor="alice")
+    versions.set_alias(model, versions.CANDIDATE, 1)
+    versions.set_tags(model, 1, {"deploy_status": "deployed"})
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    rows = {row["version"]: row for row in doc["versions"]}
+    assert doc["model"] == model and sorted(rows) == [1, 2, 3]
+    assert rows[1]["aliases"] == ["candidate", "production"]
+    assert (rows[1]["validation_status"], rows[1]["deploy_status"], rows[1]["heldout_accuracy"]) == \
+        ("passed", "deployed", 0.9512)
+    assert (rows[2]["validation_status"], rows[2]["heldout_accuracy"]) == ("failed", 0.71)
+    assert rows[3]["validation_status"] == "pending" and rows[3]["heldout_accuracy"] is None
+    assert rows[1]["age"].endswith(("s", "m"))
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["version", "aliases", "validation", "deploy", "heldout_acc", "age",
+                                "dataset", "pipeline"]
+    assert lines[2].split()[:5] == ["3", "-", "pending", "-", "-"]
+    assert lines[4].split()[:5] == ["1", "candidate,production", "passed", "deployed", "0.9512"]
+    r = run_mlops("registry", "status", "--model-name", "nope-model")
+    assert r.returncode == 2 and "registered model 'nope-model' does not exist" in r.stderr
