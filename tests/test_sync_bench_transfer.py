@@ -10,6 +10,11 @@ Every method is timed end to end as a user would see it: connect, authenticate, 
 for ours, extract + hash on the host; ``publish`` adds the manifest and the rename). Methods run
 interleaved, ``--repeats`` rounds, median reported. The destination defaults to a tmpfs
 (``/dev/shm``) so disk noise does not swamp the comparison; ``--dest-root`` to change.
+
+Run as root, the benchmark logs in as a dedicated user ``mlopsbench`` with ``/bin/sh`` and no
+home (created, then removed), like a production deploy user: root's own ``~/.bashrc`` (sourced
+by bash for every SSH command) would otherwise add its start-up time to every method that runs a
+remote command (scp, rsync, ours) but not to SFTP put. ``--user root`` to keep root.
 """
 from __future__ import annotations
 
@@ -117,6 +122,8 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
         for _ in range(repeats):
             for method in times:
                 dest_parent = Path(tempfile.mkdtemp(dir=dest_root))
+                st = os.stat(dest_root)
+                os.chown(dest_parent, st.st_uid, st.st_gid)   # writable by the login user
                 dest = dest_parent / "copy"
                 if method == "ours_already_present":
                     run_ours_publish(sshd, src, dest, manifest)
@@ -185,13 +192,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dest-root", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--skip-many", action="store_true")
+    ap.add_argument("--user", default="mlopsbench" if os.geteuid() == 0 else None,
+                    help="login user on the benchmark sshd (default: a dedicated user when root)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="sync-bench-"))
+    os.chmod(work, 0o755)
     dest_root = Path(tempfile.mkdtemp(prefix="sync-bench-dest-", dir=args.dest_root))
     server = None
+    created_user = False
     try:
+        if args.user and args.user != "root":
+            import pwd
+
+            from tests.fixtures.sshd import _ensure_user
+            created_user = _ensure_user(args.user)
+            pw = pwd.getpwnam(args.user)
+            os.chown(dest_root, pw.pw_uid, pw.pw_gid)
         key = work / "id_ed25519"
-        server = start_sshd(work / "sshd", user_key=(key, keygen(key)))
+        server = start_sshd(work / "sshd", user_key=(key, keygen(key)), user=args.user)
         datasets = {f"large_{mb}mb": make_dataset(work / f"large{mb}", "large", int(mb))
                     for mb in args.sizes_mb.split(",") if mb}
         if not args.skip_many:
@@ -199,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average before: {os.getloadavg()}", file=sys.stderr)
         res = bench(server, datasets, dest_root, args.repeats)
         res["_meta"] = {"repeats": args.repeats, "dest_root": str(dest_root), "cpus": os.cpu_count(),
-                        "load_average_after": os.getloadavg()}
+                        "user": server.user, "load_average_after": os.getloadavg()}
         print(json.dumps(res, indent=1))
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(dest_root, ignore_errors=True)
+        if created_user:
+            subprocess.run(["userdel", args.user], capture_output=True, timeout=30)
     return 0
 
 

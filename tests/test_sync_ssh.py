@@ -315,3 +315,28 @@ def test_tar_upload_sets_readable_modes_and_no_foreign_owner(sshd, tmp_path):
     assert (pub / "saved_model.pb").stat().st_mode & 0o777 == 0o644
     assert (pub / "variables").stat().st_mode & 0o777 == 0o755
     assert (pub / "saved_model.pb").stat().st_uid == os.geteuid()
+
+
+def test_a_fleet_of_three_hosts_gets_the_same_verified_version(sshd_factory, tmp_path):
+    """Three real sshd hosts, one at a time (as the deploy does); each holds its own lock."""
+    from serving_sync.lock import HostLock
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    fleet = [sshd_factory() for _ in range(3)]
+    assert len({s.port for s in fleet}) == 3
+    assert len({s.host_key_fingerprint for s in fleet}) == 3
+    for i, srv in enumerate(fleet):
+        t = connect(srv, tmp_path / f"host{i}")
+        try:
+            with HostLock(t):
+                assert publish(t, MODEL, 9, model, m).status == "uploaded"
+                assert t.verify(f"{MODEL}/9", m) == []
+        finally:
+            t.close()
+        # each host's key only opens that host
+        other = fleet[(i + 1) % 3]
+        with pytest.raises(HostKeyRejected):
+            connect(srv, tmp_path / "x", known_hosts=other.known_hosts)
+    for i in range(3):
+        assert sorted(os.listdir(tmp_path / f"host{i}" / MODEL)) == ["9"]

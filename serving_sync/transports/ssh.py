@@ -79,7 +79,8 @@ class SshTransport(Transport):
 
     def _lost(self, doing: str, exc: BaseException) -> HostUnreachable:
         return HostUnreachable(f"{self.where}: lost the SSH connection while {doing} "
-                               f"({ssh_connect.reason(exc)}); nothing was published, rerun the deploy")
+                               f"({ssh_connect.reason(exc)}); check the network and rerun (an interrupted "
+                               f"upload is never published)")
 
     @contextmanager
     def _io(self, doing: str):
