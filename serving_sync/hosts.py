@@ -18,6 +18,7 @@ describe a single host named ``MLOPS_SYNC_NAME`` (default ``default``).
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -177,6 +178,8 @@ def _check_rest_url(value: object, where: _Where) -> str:
         port = parts.port
     except ValueError:
         port = -1
+    if parts.username or parts.password:
+        raise where.error("rest_url", "must not contain credentials (they would end up in logs)")
     if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
             or parts.query or parts.fragment or has_traversal(parts.path):
         raise where.error("rest_url", f"{value!r} is not an http(s) URL like http://127.0.0.1:8501")
@@ -288,8 +291,6 @@ def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None 
     The hosts file is ``MLOPS_HOSTS_FILE`` or ``$MLOPS_HOME/hosts.toml``. Setting both
     ``MLOPS_HOSTS_FILE`` and ``MLOPS_SYNC_TARGET`` is ambiguous and refused.
     """
-    import os
-
     environ = dict(os.environ) if environ is None else environ
     target_env = environ.get("MLOPS_SYNC_TARGET")
     if not explicit_file and target_env:

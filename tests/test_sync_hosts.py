@@ -73,6 +73,7 @@ def entry(**fields) -> str:
     ({"target": "s3://AB/x"}, "target", "bucket"),
     ({"rest_url": "127.0.0.1:8501"}, "rest_url", "http(s) URL"),
     ({"rest_url": None}, "rest_url", "missing"),
+    ({"rest_url": "http://u:secret@h:8501"}, "rest_url", "credentials"),
     ({"grpc": "127.0.0.1"}, "grpc", "host:port"),
     ({"known_hosts": "/k"}, "known_hosts", "only applies to ssh"),
     ({"identity_file": "/k"}, "identity_file", "only applies to ssh"),
