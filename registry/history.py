@@ -28,7 +28,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def _v(x) -> str:
-    return "-" if x is None else f"v{x}"
+    return "none" if x is None else f"v{x}"
 
 
 def history_table(entries: list[Entry], *, reason_width: int = 60) -> str:
@@ -50,9 +50,14 @@ def status_rows(model: str) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy and age."""
     from . import versions
 
+    from mlops_common.errors import NotFoundError
+
     rows = []
     for info in versions.list_versions(model):
-        metrics = versions.run_metrics(info.run_id) if info.run_id else {}
+        try:
+            metrics = versions.run_metrics(info.run_id) if info.run_id else {}
+        except NotFoundError:  # the run was deleted: still list the version
+            metrics = {}
         rows.append({"version": info.version, "aliases": list(info.aliases),
                      "validation_status": info.validation_status,
                      "deploy_status": info.deploy_status,

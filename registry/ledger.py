@@ -6,8 +6,9 @@ Rows are only ever inserted: there is no update or delete path in this module, a
 database itself rejects UPDATE/DELETE (triggers created by the first migration).
 
 The schema is created and versioned with Alembic (``registry/migrations``) on first use, with
-its own version table, so the ledger may share a database with MLflow. SQLite (default, next to
-the local MLflow database) and PostgreSQL are supported.
+its own version table, so the ledger may share a PostgreSQL database with MLflow. SQLite
+(default: its own file next to the local MLflow database, never MLflow's file itself) and
+PostgreSQL are supported.
 
 ``Ledger.serialized(model)`` is the promotion lock: a transaction that holds a database-level
 write lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock`` per model) around
@@ -208,6 +209,26 @@ def _db_errors(url: str, what: str):
         raise ConnectionFailure(f"{what} {safe_url(url)} (MLOPS_LEDGER_URL): {first}") from None
 
 
+def _refuse_mlflow_sqlite(engine: sa.Engine, url: str) -> None:
+    """A SQLite ledger must not live in MLflow's own SQLite file.
+
+    A promotion holds SQLite's database-wide write lock while it asks the MLflow server to move
+    the alias; if that server wrote to the same file, each would wait for the other until the
+    busy timeout. (PostgreSQL is fine: advisory locks do not block MLflow's tables.)
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        names = {r[0] for r in conn.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name IN "
+            "('registered_models', 'experiments', 'model_versions')")}
+        conn.rollback()
+    if names:
+        raise ConfigError(f"MLOPS_LEDGER_URL ({safe_url(url)}) is MLflow's own SQLite database; the "
+                          f"promotion lock would block the MLflow server. Use a separate file (the "
+                          f"default $MLOPS_HOME/ledger.db) or a PostgreSQL database")
+
+
 _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -219,6 +240,7 @@ def _engine_for(url: str) -> sa.Engine:
             engine = _create_engine(url)
             try:
                 with _db_errors(url, "cannot open the ledger database"):
+                    _refuse_mlflow_sqlite(engine, url)
                     _migrate(engine, url)
             except BaseException:
                 engine.dispose()
@@ -251,7 +273,8 @@ class Ledger:
 
         If the block raises, nothing it appended is kept.
         """
-        with _db_errors(self.url, "the promotion transaction failed (or waited too long for the lock) on"):
+        what = "the promotion transaction failed (or waited too long for the lock) on"
+        with _db_errors(self.url, what):
             with _write_transaction(self._engine, model) as conn:
                 yield LockedLedger(conn, model)
 

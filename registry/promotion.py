@@ -9,7 +9,6 @@ MLflow UI after the commit (the ledger is the record; tags are a view of it).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 
 from mlops_common import lineage, log
 from mlops_common.errors import NotFoundError, RefusedError
@@ -108,6 +107,8 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
     if force:
         tags["promotion.forced"] = "true"
     versions.set_tags(model, info.version, tags)
+    if aliases.get(versions.CANDIDATE) == info.version:
+        versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval
     verb = "rolled back" if action == "rollback" else "promoted"
     if current == info.version:
         _log.info(f"version {info.version} of '{model}' already holds production; recorded anyway")

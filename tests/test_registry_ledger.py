@@ -6,7 +6,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -116,22 +115,19 @@ def test_two_processes_first_use_and_append_concurrently(ledger_url):
         assert [e.to_version for e in rows if e.host == host] == list(range(25))
 
 
-def test_shares_a_database_with_mlflow(tmp_path):
-    """Own version table: MLflow's schema (alembic_version) is left exactly as it was."""
+def test_refuses_mlflows_own_sqlite_file(tmp_path):
+    """The promotion lock would block the MLflow server writing the same SQLite file."""
     import sqlalchemy as sa
-    from mlflow.store.db.utils import _safe_initialize_tables, _verify_schema
+    from mlflow.store.db.utils import _safe_initialize_tables
 
-    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    engine = sa.create_engine(url)
+    path = tmp_path / "mlflow.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
     _safe_initialize_tables(engine)
-    with engine.connect() as c:
-        before = c.exec_driver_sql("select version_num from alembic_version").all()
-    Ledger(url).record("register", "m", outcome="ok", to_version=1)
-    with engine.connect() as c:
-        assert c.exec_driver_sql("select version_num from alembic_version").all() == before
-        assert c.exec_driver_sql("select count(*) from ledger_entries").scalar() == 1
-    _verify_schema(engine)  # MLflow still accepts its database
     engine.dispose()
+    with pytest.raises(ConfigError, match="is MLflow's own SQLite database"):
+        Ledger(f"sqlite:///{path}")
+    db = sqlite3.connect(path)
+    assert db.execute("select count(*) from sqlite_master where name = 'ledger_entries'").fetchone() == (0,)
 
 
 def test_unknown_newer_schema_is_refused(tmp_path):
@@ -164,7 +160,7 @@ def test_history_command_table_and_json(mlops_env):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split()[:4] == ["id", "at", "(UTC)", "action"]
-    assert len(lines) == 2 + 3 and "release 1" in r.stdout and "-->v1" in r.stdout
+    assert len(lines) == 2 + 3 and "release 1" in r.stdout and "none->v1" in r.stdout
     r = run_mlops("registry", "history", "--json", "--model", "alpha", "--limit", "1")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)

@@ -99,3 +99,47 @@ def test_failed_block_keeps_nothing_on_postgres(postgres_url):
             tx.append(Entry("promote", "m-rollback", "ok", to_version=1))
             raise RuntimeError("boom")
     assert led.entries("m-rollback") == []
+
+
+def test_shares_a_postgres_database_with_mlflow(postgres_url):
+    """Own version table: MLflow's schema (alembic_version) in the same database is left as it was."""
+    import sqlalchemy as sa
+    from mlflow.store.db.utils import _safe_initialize_tables, _verify_schema
+
+    conn = _raw(postgres_url)
+    conn.autocommit = True
+    conn.cursor().execute("CREATE DATABASE shared_with_mlflow")
+    conn.close()
+    url = postgres_url.rsplit("/", 1)[0] + "/shared_with_mlflow"
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    _safe_initialize_tables(engine)
+    with engine.connect() as c:
+        before = c.exec_driver_sql("select version_num from alembic_version").all()
+    Ledger(url).record("register", "m", outcome="ok", to_version=1)
+    with engine.connect() as c:
+        assert c.exec_driver_sql("select version_num from alembic_version").all() == before
+        assert c.exec_driver_sql(f"select version_num from {VERSION_TABLE}").all() == [("0001",)]
+        assert c.exec_driver_sql("select count(*) from ledger_entries").scalar() == 1
+    _verify_schema(engine)   # MLflow still accepts its database
+    engine.dispose()
+
+
+def test_two_processes_migrate_a_fresh_postgres_database_at_once(postgres_url):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    from tests.test_registry_ledger import _APPENDER
+
+    conn = _raw(postgres_url)
+    conn.autocommit = True
+    conn.cursor().execute("CREATE DATABASE fresh_ledger")
+    conn.close()
+    url = postgres_url.rsplit("/", 1)[0] + "/fresh_ledger"
+    procs = [subprocess.Popen([sys.executable, "-c", _APPENDER, url, host, "10"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for host in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert len(Ledger(url).entries("m")) == 20

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 
 from registry import versions
 from registry.ledger import Ledger
@@ -27,9 +26,11 @@ def test_promote_by_version_records_who_when_from_and_why(make_version):
     model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version(validation_status="passed")
     v2 = make_version(validation_status="passed")
+    versions.set_alias(model, versions.CANDIDATE, v1)
     r = run_mlops("registry", "promote", "--version", str(v1), "--actor", "alice", "--reason", "first release")
     assert r.returncode == 0, r.stderr
     assert "production (none) -> v1 by alice" in r.stdout
+    assert versions.get_version(model, v1).aliases == ("production",)   # no longer a candidate
     r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "bob", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
@@ -66,6 +67,7 @@ def test_promote_by_pipeline_id_picks_exactly_that_pipelines_version(make_versio
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["to_version"] == v2
     assert versions.production_version(model) == v2
+    assert versions.get_version(model, 3).aliases == ("candidate",)      # another version's: untouched
     assert Ledger().entries(model)[-1].details["selected_by_pipeline"] == "pipe-222"
     # --version together with --pipeline-id is a cross-check (the CircleCI promote job does this)
     r = run_mlops("registry", "promote", "--pipeline-id", "pipe-111", "--version", "1", "--json")

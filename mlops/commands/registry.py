@@ -162,7 +162,8 @@ def register(sub) -> None:
         epilog=_ENV_EPILOG)
     wc.add_argument("--url", required=True, help="the receiver's URL (http(s)://host:port/path)")
     wc.add_argument("--secret-env", default=DEFAULT_SECRET_ENV, metavar="VAR",
-                    help=f"NAME of the environment variable holding the secret (default {DEFAULT_SECRET_ENV})")
+                    help="NAME of the environment variable holding the secret "
+                         f"(default {DEFAULT_SECRET_ENV})")
     wc.add_argument("--name", default=DEFAULT_NAME, help=f"webhook name (default {DEFAULT_NAME})")
     _add_json(wc)
     wc.set_defaults(func=cmd_webhook_create)

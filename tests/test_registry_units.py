@@ -1,0 +1,45 @@
+"""Small pure helpers of the registry: approval picking, API base URL, ages and tables (fast)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from registry.approver import api_base, pick_approval
+from registry.history import age, history_table, table
+from registry.ledger import Entry
+
+
+def test_pick_approval_takes_the_approved_approval_job():
+    jobs = [{"type": "build", "name": "train", "approved_by": None},
+            {"type": "approval", "name": "hold", "status": "on_hold"},
+            {"type": "approval", "name": "hold-2", "approved_by": "u1", "stopped_at": "2026-01-01T10:00:00Z"},
+            {"type": "approval", "name": "hold-3", "approved_by": "u2", "stopped_at": "2026-01-01T11:00:00Z"}]
+    assert pick_approval(jobs)["name"] == "hold-3"
+    assert pick_approval(jobs[:2]) is None
+    assert pick_approval([]) is None
+
+
+def test_api_base(monkeypatch):
+    monkeypatch.delenv("CIRCLECI_API_URL", raising=False)
+    assert api_base() == "https://circleci.com/api/v2"
+    monkeypatch.setenv("CIRCLECI_API_URL", "http://127.0.0.1:9999/")
+    assert api_base() == "http://127.0.0.1:9999/api/v2"
+    monkeypatch.setenv("CIRCLECI_API_URL", "https://circleci.example.com/api/v2")
+    assert api_base() == "https://circleci.example.com/api/v2"
+
+
+def test_age():
+    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    assert age(now - timedelta(seconds=5), now) == "5s"
+    assert age(now - timedelta(minutes=3, seconds=59), now) == "3m"
+    assert age(now - timedelta(hours=5), now) == "5h"
+    assert age(now - timedelta(days=40), now) == "40d"
+    assert age(now + timedelta(seconds=5), now) == "0s"     # clock skew never gives "-5s"
+
+
+def test_tables_align_and_truncate():
+    assert table(["a", "bb"], [["xxx", None], [1, 2]]).splitlines() == ["a    bb", "---  --", "xxx", "1    2"]
+    e = Entry("rollback", "m", "ok", from_version=3, to_version=2, actor="bob", reason="r" * 100, id=7,
+              at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    out = history_table([e])
+    assert "2026-01-02 03:04:05" in out and "v3->v2" in out and ("r" * 59 + "…") in out
+    assert history_table([]) == "(the ledger is empty)"
