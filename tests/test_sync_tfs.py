@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from serving_sync import host_config
 from serving_sync import manifest as mf
 from serving_sync import models_config as mc
 from serving_sync.errors import HostUnreachable, ServingError, ServingTimeout
@@ -31,12 +32,7 @@ def bundle(tiny_serving_bundle):
 
 
 def write_config(t: LocalTransport, state: mc.ModelState) -> str:
-    try:
-        current = mc.parse(t.read_file(MODELS_CONFIG).decode(), MODELS_CONFIG)
-    except FileNotFoundError:
-        current = mc.ServingConfig()
-    text = mc.render(mc.apply_state(current, state))
-    t.write_file_atomic(MODELS_CONFIG, text.encode())
+    text, _ = host_config.write(t, mc.apply_state(host_config.read(t), state))
     return text
 
 

@@ -114,3 +114,20 @@ def test_disk_free_is_reported_where_the_store_has_one(hut):
         assert free is None
     else:
         assert isinstance(free, int) and free > 0
+
+
+def test_models_config_on_the_host_read_write_unchanged_and_malformed(hut):
+    from mlops_common.errors import ConfigError
+    from serving_sync import host_config
+    from serving_sync import models_config as mc
+
+    assert host_config.read(hut.transport) == mc.ServingConfig()
+    cfg = mc.apply_state(mc.ServingConfig(), mc.ModelState("digits", "/models/digits", (1,), {"stable": 1}))
+    text, changed = host_config.write(hut.transport, cfg)
+    assert changed and hut.raw_read("models.config").decode() == text
+    assert host_config.read(hut.transport) == cfg
+    assert host_config.write(hut.transport, cfg) == (text, False)
+    hut.raw_write("models.config", b"model_config_list { config { name: ")
+    with pytest.raises(ConfigError) as e:
+        host_config.read(hut.transport)
+    assert "models.config is malformed" in str(e.value) and "\n" not in str(e.value)

@@ -1,0 +1,37 @@
+"""Read and write a host's ``models.config`` through its transport (the I/O edge of models_config).
+
+Reading a malformed file fails with one line naming the host and file (it is never overwritten
+blindly); writing is atomic (temp file + rename, or one PUT on S3) and skipped when unchanged.
+"""
+from __future__ import annotations
+
+from . import models_config as mc
+from .layout import MODELS_CONFIG
+from .transports.base import Transport
+
+
+def read(transport: Transport) -> mc.ServingConfig:
+    """The host's current config (empty when the file does not exist yet)."""
+    try:
+        data = transport.read_file(MODELS_CONFIG)
+    except FileNotFoundError:
+        return mc.ServingConfig()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        from mlops_common.errors import ConfigError
+
+        raise ConfigError(f"{transport.url}/{MODELS_CONFIG} is not UTF-8 text; fix it by hand") from None
+    return mc.parse(text, f"{transport.url}/{MODELS_CONFIG}")
+
+
+def write(transport: Transport, config: mc.ServingConfig) -> tuple[str, bool]:
+    """Write ``config``; returns (text, changed). Unchanged content is not rewritten."""
+    text = mc.render(config)
+    try:
+        if transport.read_file(MODELS_CONFIG).decode("utf-8", errors="replace") == text:
+            return text, False
+    except FileNotFoundError:
+        pass
+    transport.write_file_atomic(MODELS_CONFIG, text.encode("utf-8"))
+    return text, True
