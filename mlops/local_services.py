@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 from mlops_common.errors import ConfigError, ConnectionFailure
+from mlops_common.procs import pid_alive
 
 
 def free_port() -> int:
@@ -57,21 +58,6 @@ def read_record(state: Path, name: str) -> Service | None:
         return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]))
     except (ValueError, KeyError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still "exists"; treat it as dead.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,

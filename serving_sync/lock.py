@@ -21,6 +21,7 @@ from typing import Callable
 
 from mlops_common import log
 from mlops_common.lineage import os_user
+from mlops_common.procs import pid_alive
 
 from .errors import LockHeld
 from .layout import LOCK_PATH
@@ -53,16 +54,6 @@ class LockInfo:
         d = json.loads(data)
         return cls(str(d["user"]), str(d["hostname"]), int(d["pid"]), str(d["token"]),
                    float(d["created"]), float(d["heartbeat"]), str(d.get("purpose", "deploy")))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_reason(info: LockInfo, *, now: float, hostname: str, ttl: float,
