@@ -29,7 +29,7 @@ from typing import Iterator
 import sqlalchemy as sa
 
 from mlops_common import settings
-from mlops_common.errors import ConfigError, ConnectionFailure
+from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError
 
 ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback")
 OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back")
@@ -91,6 +91,10 @@ class Entry:
 def _to_row(entry: Entry) -> dict:
     row = {k: v for k, v in asdict(entry).items() if k not in ("id", "details")}
     row["details"] = json.dumps(entry.details, sort_keys=True, default=str) if entry.details else None
+    text = " ".join(str(v) for v in row.values() if v is not None)
+    if any(secret in text for secret in settings.secret_values()):
+        raise RefusedError(f"refusing to write a '{entry.action}' ledger row for '{entry.model}': it "
+                           f"contains the value of a secret environment variable")
     return row
 
 

@@ -95,17 +95,12 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
             _restore(model, current)
         raise
     at = entry.at.isoformat(timespec="seconds")
+    # every key is written each time, so no tag is left over from an earlier promotion
     tags = {"promoted_by": actor, "promoted_at": at, "promotion.kind": action,
             "promotion.from_version": str(current) if current is not None else "none",
-            "promotion.ledger_id": str(entry.id)}
-    if reason:
-        tags["promotion_reason"] = reason
-    if approved_by:
-        tags["approved_by"] = approved_by
-    if pipeline_id:
-        tags["promotion.pipeline_id"] = pipeline_id
-    if force:
-        tags["promotion.forced"] = "true"
+            "promotion.ledger_id": str(entry.id), "promotion_reason": reason or "none",
+            "approved_by": approved_by or "none", "promotion.pipeline_id": pipeline_id or "none",
+            "promotion.forced": "true" if force else "false"}
     versions.set_tags(model, info.version, tags)
     if aliases.get(versions.CANDIDATE) == info.version:
         versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval

@@ -50,6 +50,18 @@ def test_append_and_read_back(ledger_url):
     assert rows[0].to_dict()["at"].endswith("+00:00")
 
 
+def test_rows_never_carry_secret_values(ledger_url, monkeypatch):
+    from mlops_common.errors import RefusedError
+
+    monkeypatch.setenv("CIRCLE_TOKEN", "circle-tok-5ecret")
+    led = Ledger(ledger_url)
+    with pytest.raises(RefusedError, match="secret"):
+        led.record("promote", "m", outcome="ok", reason="approved with circle-tok-5ecret")
+    with pytest.raises(RefusedError, match="secret"):
+        led.record("promote", "m", outcome="ok", details={"header": "circle-tok-5ecret"})
+    assert led.entries("m") == []
+
+
 def test_entries_are_validated():
     with pytest.raises(ValueError, match="unknown ledger action"):
         Entry("delete", "m", "ok")
