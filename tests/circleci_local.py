@@ -193,10 +193,14 @@ class LocalCircleCI:
         return selected
 
     # ---- running ----------------------------------------------------------------------------
-    def run_workflow(self, name: str, *, approve: Callable[[str], str | None] = lambda job: None,
+    def run_workflow(self, name: str, *,
+                     approve: Callable[[str, str], str | None] = lambda job, workflow_id: None,
+                     on_start: Callable[[str, list[str]], None] | None = None,
                      on_job: Callable[[str, JobResult], None] | None = None) -> WorkflowResult:
-        """Run workflow ``name``. ``approve(job)`` returns the approver's login, or None to leave
-        the approval on hold (the workflow then stops there, as on CircleCI)."""
+        """Run workflow ``name``. ``approve(job, workflow_id)`` returns the approver's login, or
+        None to leave the approval on hold (the workflow then stops there, as on CircleCI).
+        ``on_start(workflow_id, job_names)`` lets a test register the workflow elsewhere (e.g. with
+        a local CircleCI-like API) before the first job runs."""
         wf = self.config["workflows"][name]
         entries = self._workflow_jobs(wf)
         workflow_id = str(uuid.uuid4())
@@ -206,6 +210,8 @@ class LocalCircleCI:
         artifacts.mkdir()
         results: dict[str, JobResult] = {}
         order = self._topological(entries)
+        if on_start:
+            on_start(workflow_id, order)
         for job_name in order:
             entry = entries[job_name]
             if any(results.get(r) is None or results[r].status not in ("success", "approved")
@@ -213,7 +219,7 @@ class LocalCircleCI:
                 results[job_name] = JobResult(job_name, "blocked")
                 continue
             if entry.get("type") == "approval":
-                who = approve(job_name)
+                who = approve(job_name, workflow_id)
                 results[job_name] = JobResult(job_name, "approved" if who else "on_hold",
                                               env={"approved_by": who or ""})
             else:

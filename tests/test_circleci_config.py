@@ -197,7 +197,7 @@ def test_harness_runs_jobs_in_order_with_workspace_and_approval(tmp_path):
     ci = LocalCircleCI(tmp_path / "run", parameters={"word": "bye"}, config_path=cfg)
     held = ci.run_workflow("w")
     assert (held.status("make"), held.status("hold"), held.status("use")) == ("success", "on_hold", "blocked")
-    done = ci.run_workflow("w", approve=lambda job: "alice")
+    done = ci.run_workflow("w", approve=lambda job, wid: "alice")
     assert done.status("use") == "success", done.log()
     assert (done.artifacts / "use" / "store_artifacts" / "out.txt").read_text().strip() == "use"
 
