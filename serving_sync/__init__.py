@@ -15,4 +15,18 @@ functions that need it):
 - ``retention``      which old versions and leftover uploads to remove (pure functions)
 - ``progress``       upload progress on stderr
 - ``layout``, ``names``, ``errors``: the host layout contract, name/path checks, error types
+
+The deploy orchestration on top (observe -> plan -> act):
+
+- ``observe``        read one host's state (config, TF Serving, published, verified)
+- ``plan``           the steps a deploy takes on a host: a pure function of that state
+- ``apply``          write models.config then reload over gRPC; bounded load/label/unload waits
+- ``smoke``          signature / golden outputs / latency verdicts and the smoke test itself
+- ``deploy``         execute one host's plan; restore the host exactly on failure
+- ``fleet``          every host, one at a time, all-new or all-old; registry, ledger, retention
+- ``connections``    open every host and take every lock (fixed order, bounded wait)
+- ``verified``       which versions passed the smoke test on a host (host-side record)
+- ``golden``         what a deploy needs from the registry (golden set, SavedModel)
+- ``status``, ``smoke_hosts``: read-only checks; ``watch``, ``webhook``: the reconcile loop;
+  ``infra``: infra-validate in a throw-away server
 """

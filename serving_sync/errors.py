@@ -42,3 +42,7 @@ class ServingError(UserError):
 
 class ServingTimeout(UserError):
     """TF Serving did not reach the expected state within the bounded wait."""
+
+
+class SmokeFailed(UserError):
+    """A smoke test (signature, golden outputs, latency) failed on a host."""

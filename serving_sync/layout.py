@@ -5,6 +5,7 @@
     <base>/<model>/.incoming-<version>-<stamp>-<id> upload in progress (non-numeric: ignored)
     <base>/.serving_sync/lock                       one deploy at a time
     <base>/.serving_sync/manifests/<model>/<version>.json
+    <base>/.serving_sync/verified/<model>.json      versions that passed the smoke test on this host
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def version_path(model: str, version: int) -> str:
 
 def manifest_path(model: str, version: int) -> str:
     return f"{STATE_DIR}/manifests/{model}/{int(version)}.json"
+
+
+def verified_path(model: str) -> str:
+    return f"{STATE_DIR}/verified/{model}.json"
 
 
 def incoming_name(version: int, now: float | None = None) -> str:

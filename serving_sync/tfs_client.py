@@ -206,6 +206,11 @@ class TFServingClient:
         raise ServingTimeout(f"TF Serving at {self.base}: {what} did not happen within {timeout:.0f}s "
                              f"(last state: {last.detail})")
 
+    def wait_until(self, what: str, check: Callable[[], WaitVerdict], *, timeout: float,
+                   interval: float = 0.5) -> None:
+        """Poll ``check`` (bounded) until it says done; failed -> ServingError, timeout -> ServingTimeout."""
+        self._poll(what, check, timeout=timeout, interval=interval)
+
     def wait_available(self, model: str, version: int, *, timeout: float = 120.0,
                        interval: float = 0.5) -> None:
         """Until ``model`` version ``version`` is AVAILABLE; END -> ServingError with TF Serving's reason."""

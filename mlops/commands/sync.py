@@ -1,6 +1,489 @@
-"""`mlops sync` commands (placeholder until its issue lands)."""
+"""`mlops sync ...`: make the serving hosts serve `production`, prove it, put things back if not.
+
+deploy | plan | status | smoke | rollback | watch | infra-validate. The work lives in
+``serving_sync`` (plan, deploy, fleet, status, smoke, watch, webhook, infra); this module only
+parses flags, wires the registry in, and prints (``--json``: exactly one JSON document on
+stdout; progress on stderr). Heavy imports stay inside the command functions: ``rollback``,
+``status`` and ``smoke`` never import TensorFlow, and MLflow only when they touch the registry.
+"""
 from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import time
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError
+
+_ENV = ("Hosts: --hosts FILE, else MLOPS_SYNC_TARGET + MLOPS_SYNC_REST_URL (one host), else "
+        "MLOPS_HOSTS_FILE or $MLOPS_HOME/hosts.toml (see docs/architecture.md). Registry: "
+        "MLFLOW_TRACKING_URI, MLOPS_MODEL_NAME, MLOPS_LEDGER_URL.")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0 <= v <= 86400:
+        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 86400 seconds")
+    return v
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
+def _common(p, *, hosts: bool = True) -> None:
+    p.add_argument("--model-name", metavar="NAME",
+                   help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")
+    if hosts:
+        p.add_argument("--hosts", metavar="FILE", help="hosts file (TOML, [[hosts]] tables); see below")
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON document on stdout (progress goes to stderr)")
+
+
+def _smoke_flags(p) -> None:
+    p.add_argument("--atol", type=_number, default=1e-4, metavar="A",
+                   help="allowed absolute difference from the golden outputs (default 1e-4)")
+    p.add_argument("--latency-requests", type=_positive_int, default=20, metavar="N",
+                   help="requests for the latency check (default 20)")
+    p.add_argument("--latency-budget-ms", type=_number, default=500.0, metavar="MS",
+                   help="p95 latency budget in milliseconds (default 500)")
+
+
+def _deploy_flags(p) -> None:
+    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="S",
+                   help="bound on every wait (loading, label switch, unloading; default 120)")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over a host lock left by a dead deploy (the owner is named in the error)")
+    p.add_argument("--lock-wait", type=_seconds, default=0.0, metavar="S",
+                   help="wait up to S seconds for another deploy's lock (default 0: fail at once)")
+    p.add_argument("--keep", type=_positive_int, default=3, metavar="N",
+                   help="published versions kept per model after a deploy (default 3; the serving "
+                        "and previous versions are always kept)")
+    p.add_argument("--no-keep-previous", action="store_true",
+                   help="unload the previous version after the switch (default: keep it loaded for an "
+                        "instant rollback)")
+    _smoke_flags(p)
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser(
+        "sync", help="deploy production to the TF Serving hosts, smoke-test, roll back",
+        description="Reconcile TensorFlow Serving hosts with the registry: publish the version that "
+                    "holds `production` atomically, load it beside the serving one, smoke-test it "
+                    "(signature, golden outputs, latency), switch the `stable` label and "
+                    "unversioned traffic, and put everything back if any step fails.",
+        epilog=_ENV)
+    s = p.add_subparsers(dest="sync_command", metavar="COMMAND")
+    s.required = True
+
+    d = s.add_parser(
+        "deploy", help="make every host serve production (or --version N)",
+        description="For each host, one at a time, after taking every host's lock: publish "
+                    "<base>/<model>/<version>/ (atomic, verified), load it under the validation "
+                    "entry <model>__validate while `stable` and unversioned traffic stay on the "
+                    "serving version, smoke-test it on that host, load it in the main entry, switch "
+                    "`stable`, and check again through the label. If a host fails, it and the hosts "
+                    "before it are put back, `production` moves back, the version is tagged "
+                    "deploy_status=failed and the command exits 3. Deploying what already serves "
+                    "changes nothing (\"up to date\"). Retention keeps the last --keep versions.",
+        epilog=_ENV)
+    d.add_argument("--version", type=_positive_int, metavar="N",
+                   help="deploy this version instead of production (production is not moved on failure)")
+    d.add_argument("--reason", help="why (recorded in the ledger)")
+    _deploy_flags(d)
+    _common(d)
+    d.set_defaults(func=cmd_deploy)
+
+    pl = s.add_parser("plan", help="show what deploy would do on each host, changing nothing",
+                      description="Observe every host (models.config, TF Serving's version states and "
+                                  "labels, published and verified versions) and print the steps a "
+                                  "deploy would run. No lock is taken and nothing is written. Exits 1 "
+                                  "when a host cannot be observed.", epilog=_ENV)
+    pl.add_argument("--version", type=_positive_int, metavar="N", help="plan this version instead of production")
+    pl.add_argument("--keep", type=_positive_int, default=3, metavar="N", help="retention (default 3)")
+    pl.add_argument("--no-keep-previous", action="store_true", help="plan without keeping the previous version")
+    _common(pl)
+    pl.set_defaults(func=cmd_plan)
+
+    st = s.add_parser("status", help="registry vs. what each host serves (drift)",
+                      description="Per host: the registry's production version, what TF Serving reports "
+                                  "for each version and for the `stable` label, what models.config asks "
+                                  "for, and whether they agree. Exits 1 on drift or an unreachable host.",
+                      epilog=_ENV)
+    _common(st)
+    st.set_defaults(func=cmd_status)
+
+    sm = s.add_parser("smoke", help="smoke-test each host's stable route (changes nothing)",
+                      description="Send the production version's golden request to each host through "
+                                  "its `stable` label (--via stable) or its version route (--via version) "
+                                  "and check the label, the signature, the outputs and the p95 latency. "
+                                  "Exits 2 when a check fails on any host. CircleCI's test-deployment job.",
+                      epilog=_ENV)
+    sm.add_argument("--via", choices=("stable", "version"), default="stable",
+                    help="route to test (default stable: /v1/models/M/labels/stable)")
+    sm.add_argument("--version", type=_positive_int, metavar="N", help="expect this version instead of production")
+    sm.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
+    _smoke_flags(sm)
+    _common(sm)
+    sm.set_defaults(func=cmd_smoke)
+
+    rb = s.add_parser("rollback", help="move production back and deploy it (one command on call)",
+                      description="Registry rollback (production back to the previous version from the "
+                                  "ledger, or --to N) followed by a deploy. When the previous version "
+                                  "is still loaded (kept warm) and verified on a host, the switch is "
+                                  "one config write and reload. Prints the time from the start of the "
+                                  "command until the old outputs answer on the unversioned route.",
+                      epilog=_ENV)
+    rb.add_argument("--to", type=_positive_int, metavar="N", help="roll back to this version")
+    rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
+    rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
+    _deploy_flags(rb)
+    _common(rb)
+    rb.set_defaults(func=cmd_rollback)
+
+    w = s.add_parser("watch", help="reconcile loop + MLflow webhook receiver",
+                     description="Every --interval seconds (and at once when a verified MLflow webhook "
+                                 "model_version_alias.created for `production` arrives) observe the hosts "
+                                 "and deploy when production moved or a host drifted. Bounded by "
+                                 "--max-seconds or --once. The webhook receiver checks the "
+                                 "X-MLflow-Signature HMAC with MLOPS_WEBHOOK_SECRET (environment only) "
+                                 "and refuses timestamps more than 5 minutes off.", epilog=_ENV)
+    w.add_argument("--interval", type=_seconds, default=30.0, metavar="S", help="seconds between passes (default 30)")
+    w.add_argument("--max-seconds", type=_seconds, metavar="S", help="stop after S seconds")
+    w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
+    w.add_argument("--webhook-port", type=int, metavar="PORT",
+                   help="receive MLflow webhooks on this port (0: any free port; logged)")
+    w.add_argument("--webhook-host", default="127.0.0.1", metavar="ADDR",
+                   help="address to bind the receiver to (default 127.0.0.1)")
+    _deploy_flags(w)
+    _common(w)
+    w.set_defaults(func=cmd_watch)
+
+    iv = s.add_parser("infra-validate", help="load a candidate in a throw-away TF Serving and smoke-test it",
+                      description="Before approval: publish version N into a temporary base, start a "
+                                  "throw-away server (docker: the tensorflow/serving image pinned in "
+                                  "serving_host/install_server.sh; local: the TF-Serving-compatible "
+                                  "server; auto: docker when `docker info` works), wait until it loads, "
+                                  "run the smoke test, stop the server and remove the base. Records tag "
+                                  "infra_validation=passed|failed and a smoke_test ledger row; exits 2 "
+                                  "on failure.", epilog=_ENV)
+    iv.add_argument("--version", type=_positive_int, required=True, metavar="N", help="version to validate")
+    iv.add_argument("--server", choices=("auto", "docker", "local"), default="auto",
+                    help="which TF Serving to use (default auto)")
+    iv.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
+    iv.add_argument("--timeout", type=_seconds, default=120.0, metavar="S", help="bound on loading (default 120)")
+    _smoke_flags(iv)
+    _common(iv, hosts=False)
+    iv.set_defaults(func=cmd_infra_validate)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _emit(doc) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _smoke_options(args):
+    from serving_sync.smoke import SmokeOptions
+
+    return SmokeOptions(atol=args.atol, requests=args.latency_requests, budget_ms=args.latency_budget_ms)
+
+
+def _deploy_options(args):
+    from serving_sync.deploy import DeployOptions
+
+    return DeployOptions(timeout=args.timeout, smoke=_smoke_options(args),
+                         keep_previous=not args.no_keep_previous, keep=args.keep, json_mode=args.json)
+
+
+def _hosts(args):
+    from serving_sync.hosts import load_hosts
+
+    return load_hosts(args.hosts)
+
+
+def _print_deploy(result) -> None:
+    print(result.message)
+    for h in result.hosts:
+        extra = []
+        if h.publish:
+            extra.append(f"{h.publish['status'].replace('_', ' ')}, {h.publish['bytes_transferred']} bytes")
+        if h.switch_seconds is not None:
+            extra.append(f"switch {h.switch_seconds * 1000:.0f} ms")
+        if h.retention and (h.retention.get("remove_versions") or h.retention.get("remove_uploads")):
+            extra.append(f"removed {h.retention.get('remove_versions')} {h.retention.get('remove_uploads')}")
+        extra += h.notes
+        print(f"  {h.host}: {h.status}" + (f" ({'; '.join(extra)})" if extra else ""))
+
+
+def _deploy_and_print(args, model, hosts, *, version=None, reason=None):
+    from mlops_common.errors import DeployFailed
+    from serving_sync import fleet
+
+    try:
+        result = fleet.deploy(model, hosts, version=version, opts=_deploy_options(args),
+                              break_lock=args.break_lock, lock_wait=args.lock_wait, reason=reason)
+    except DeployFailed as exc:
+        if args.json and getattr(exc, "result", None) is not None:
+            _emit(exc.result.to_dict())
+        raise
+    return result
+
+
+# --- commands ---------------------------------------------------------------------------------
+def cmd_deploy(args) -> int:
+    model = settings.model_name(args.model_name)
+    result = _deploy_and_print(args, model, _hosts(args), version=args.version, reason=args.reason)
+    if args.json:
+        _emit(result.to_dict())
+    else:
+        _print_deploy(result)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from serving_sync.deploy import DeployOptions
+    from serving_sync.fleet import plan_fleet
+
+    model = settings.model_name(args.model_name)
+    fp = plan_fleet(model, _hosts(args), version=args.version,
+                    opts=DeployOptions(keep=args.keep, keep_previous=not args.no_keep_previous))
+    if args.json:
+        _emit(fp.to_dict())
+    else:
+        src = "production" if fp.source == "production" else "--version"
+        print(f"plan for v{fp.version} of '{model}' ({src}):")
+        for p in fp.plans:
+            now = f"serves v{p.current}" if p.current is not None else "serves nothing"
+            print(f"  {p.host} ({now}): " + ("up to date, nothing to do" if p.up_to_date else
+                                             f"{len(p.steps)} steps"))
+            for i, step in enumerate(p.steps, 1):
+                print(f"    {i}. {step.text}")
+            if not p.up_to_date and p.retention:
+                print(f"    then retention removes {', '.join(f'v{v}' for v in p.retention)}")
+            for n in p.notes:
+                if n != "up to date":
+                    print(f"    note: {n}")
+        for name, err in fp.errors.items():
+            print(f"  {name}: cannot observe: {err}")
+    return 1 if fp.errors else 0
+
+
+def cmd_status(args) -> int:
+    from registry import versions
+    from serving_sync.status import host_status
+
+    model = settings.model_name(args.model_name)
+    hosts = _hosts(args)
+    production = versions.production_version(model)
+    statuses = [host_status(h, model, production) for h in hosts]
+    in_sync = all(s.in_sync for s in statuses)
+    if args.json:
+        _emit({"model": model, "production": production, "in_sync": in_sync,
+               "hosts": [s.to_dict() for s in statuses]})
+    else:
+        print(f"'{model}': production is {f'v{production}' if production is not None else '(none)'}")
+        for s in statuses:
+            if not s.reachable:
+                print(f"  {s.name}: UNREACHABLE: {s.error}")
+                continue
+            states = ", ".join(f"v{v} {st}" for v, st in sorted(s.versions.items())) or "no versions"
+            label = s.labels.get("stable")
+            print(f"  {s.name}: stable -> {f'v{label}' if label is not None else 'nothing'}, unversioned -> "
+                  f"{f'v{s.unversioned}' if s.unversioned is not None else 'nothing'} ({states}): "
+                  + ("in sync" if s.in_sync else "DRIFT: " + "; ".join(s.drift)))
+    return 0 if in_sync else 1
+
+
+def cmd_smoke(args) -> int:
+    from mlops_common import junit
+    from registry import versions
+    from serving_sync.errors import SmokeFailed
+    from serving_sync.golden import fetch_golden
+    from serving_sync.smoke_hosts import smoke_hosts
+
+    model = settings.model_name(args.model_name)
+    hosts = _hosts(args)
+    version = args.version or versions.production_version(model)
+    if version is None:
+        raise ConfigError(f"no version of '{model}' holds production; pass --version N")
+    reports = smoke_hosts(hosts, model, version, fetch_golden(model, version), via=args.via,
+                          opts=_smoke_options(args))
+    if args.junit:
+        junit.write(args.junit, f"smoke.{model}.v{version}",
+                    [junit.Case(f"{r.host}.{c.name}", c.passed, c.message, c.seconds)
+                     for r in reports for c in r.checks])
+    if args.json:
+        _emit({"model": model, "version": version, "via": args.via, "passed": all(r.passed for r in reports),
+               "hosts": [r.to_dict() for r in reports]})
+    else:
+        for r in reports:
+            print(f"{r.host}: {'passed' if r.passed else 'FAILED'} via {r.route}: "
+                  + "; ".join(f"{c.name}: {c.message}" for c in r.checks))
+    bad = [r for r in reports if not r.passed]
+    if bad:
+        raise SmokeFailed("smoke test failed on " + "; ".join(f"{r.host} ({r.summary()})" for r in bad))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    start = time.monotonic()
+    from registry import approver, promotion, versions
+
+    model = settings.model_name(args.model_name)
+    hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
+    actor = approver.resolve_actor(args.actor)
+    promo = promotion.rollback(model, to=args.to, reason=args.reason, actor=actor.name,
+                               approved_by=actor.approved_by)
+    print(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor.name}, "
+          f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
+    result = _deploy_and_print(args, model, hosts, reason=promo.reason)
+    if promo.from_version is not None and promo.from_version != promo.to_version:
+        versions.set_tags(model, promo.from_version, {"deploy_status": "rolled_back",
+                                                      "deploy.reason": promo.reason or "rollback"})
+    answered = result.answered_after(start)
+    switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
+    if args.json:
+        _emit({"registry": promo.to_dict(), "deploy": result.to_dict(),
+               "seconds_to_old_outputs": answered, "switch_seconds": switch,
+               "seconds": round(time.monotonic() - start, 3)})
+        return 0
+    _print_deploy(result)
+    if answered is not None:
+        print(f"v{promo.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
+              f"command started" + (f" (host switch {switch * 1000:.0f} ms)" if switch is not None else ""))
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from mlops_common.errors import DeployFailed
+    from serving_sync import fleet
+    from serving_sync.watch import FailedVersions, Watcher
+    from serving_sync.webhook import Receiver
+
+    model = settings.model_name(args.model_name)
+    hosts = _hosts(args)
+    opts = _deploy_options(args)
+    failed = FailedVersions()
+
+    def reconcile():
+        fp = fleet.plan_fleet(model, hosts, opts=opts)
+        if fp.errors:
+            return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
+        if fp.up_to_date:
+            return "up_to_date", fp.version, f"hosts serve v{fp.version}"
+        if failed.skip(fp.version):
+            return "skipped", fp.version, (f"v{fp.version}'s deploy failed in this watch; waiting for "
+                                           f"production to move")
+        try:
+            r = fleet.deploy(model, hosts, opts=opts, break_lock=args.break_lock, lock_wait=args.lock_wait)
+        except DeployFailed as exc:
+            failed.add(fp.version)
+            return "failed", fp.version, exc.message
+        return r.status, r.version, r.message
+
+    watcher = Watcher(reconcile, interval=args.interval, max_seconds=args.max_seconds, once=args.once)
+    receiver = None
+    if args.webhook_port is not None:
+        secret = settings.env("MLOPS_WEBHOOK_SECRET")
+        if not secret:
+            raise ConfigError("--webhook-port needs MLOPS_WEBHOOK_SECRET (the HMAC secret of the MLflow "
+                              "webhook; environment only)")
+        if len(secret) < 16:
+            raise ConfigError(f"MLOPS_WEBHOOK_SECRET is too short ({len(secret)} characters); use a random "
+                              f"secret of at least 16 characters")
+
+        def on_event(event: dict) -> None:
+            with contextlib.suppress(TypeError, ValueError):
+                failed.failed.discard(int((event.get("data") or {}).get("version")))
+            watcher.trigger("webhook")
+
+        try:
+            receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port).start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} ({exc.strerror}); "
+                              f"choose another --webhook-port") from None
+        print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
+    def graceful(*_):   # SIGTERM: finish the current pass (a deploy is never cut in half), then stop
+        watcher.stop_event.set()
+        watcher.wake.set()
+
+    previous_handler = signal.signal(signal.SIGTERM, graceful)
+    try:
+        result = watcher.run()
+    except KeyboardInterrupt:   # Ctrl-C: a deploy in progress puts its hosts back first
+        result = watcher.result
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if receiver is not None:
+            receiver.stop()
+            watcher.result.webhook = {"url": receiver.url, **dict(receiver.counts)}
+    if args.json:
+        _emit(result.to_dict())
+    else:
+        for p in result.passes:
+            print(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
+    last = result.passes[-1] if result.passes else None
+    if args.once and last is not None and last.status == "failed":
+        raise DeployFailed(last.message)
+    if args.once and last is not None and last.status == "error":
+        raise ConfigError(last.message)
+    return 0
+
+
+def cmd_infra_validate(args) -> int:
+    from mlops import local_services
+    from mlops_common import junit
+    from serving_sync import infra
+    from serving_sync.errors import SmokeFailed
+
+    model = settings.model_name(args.model_name)
+    kind = infra.choose_server(args.server, local_services.docker_available)
+    if kind == "docker" and args.server == "docker" and not local_services.docker_available():
+        raise ConfigError("--server docker: no Docker engine answers here (`docker info` failed); use "
+                          "--server local or auto")
+
+    @contextlib.contextmanager
+    def start_server(base):
+        srv = local_services.start_throwaway_server(kind, base, timeout=args.timeout)
+        try:
+            yield infra.ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base)
+        finally:
+            srv.stop()
+
+    print(f"infra-validate v{args.version} of '{model}' in a throw-away {kind} TF Serving", file=sys.stderr)
+    result = infra.validate(model, args.version, server=kind, start_server=start_server,
+                            opts=_smoke_options(args), timeout=args.timeout)
+    infra.record(result)
+    if args.junit:
+        junit.write(args.junit, f"infra-validate.{model}.v{args.version}",
+                    [junit.Case(c.name, c.passed, c.message, c.seconds) for c in result.checks])
+    if args.json:
+        _emit(result.to_dict())
+    else:
+        for c in result.checks:
+            print(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.message}")
+        print(f"infra validation of v{args.version} {'passed' if result.passed else 'FAILED'} "
+              f"({kind}, {result.seconds:.1f}s)")
+    if not result.passed:
+        raise SmokeFailed(f"infra validation of v{args.version} of '{model}' failed in {kind} TF Serving: "
+                          f"{result.error}")
+    return 0

@@ -1,0 +1,121 @@
+"""Open every host (transport + TF Serving client) and take every host's lock, in a fixed order.
+
+Locks are taken in host-name order, so two deploys over overlapping fleets cannot each hold a
+part and wait for the rest. ``--lock-wait`` waits (bounded) for a lock another deploy holds;
+the default (0) fails at once with one line naming the owner. Releasing a lock after the
+connection dropped reconnects once, so an interrupted deploy does not leave its lock behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from mlops_common import log
+
+from .errors import LockHeld
+from .lock import HostLock
+from .tfs_client import TFServingClient
+from .transports import open_transport
+
+logger = log.get("sync.hosts")
+HEARTBEAT_EVERY = 60.0
+
+
+@dataclass
+class HostConn:
+    host: object
+    transport: object
+    client: TFServingClient
+    lock: HostLock | None = None
+
+
+@contextlib.contextmanager
+def connected(hosts) -> Iterator[list[HostConn]]:
+    """Connections to every host (closed at the end); the first unreachable host fails all."""
+    conns: list[HostConn] = []
+    try:
+        for host in hosts:
+            conns.append(HostConn(host, open_transport(host), TFServingClient(host.rest_url)))
+        yield conns
+    finally:
+        for c in conns:
+            for closer in (c.transport.close, c.client.close):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - closing dead connections
+                    pass
+
+
+def acquire(transport, *, break_lock: bool, wait: float, purpose: str = "deploy",
+            sleep=time.sleep, clock=time.monotonic) -> HostLock:
+    """Take ``transport``'s lock, waiting up to ``wait`` seconds (bounded polls) for its owner."""
+    lock = HostLock(transport, break_lock=break_lock, purpose=purpose)
+    deadline = clock() + max(0.0, wait)
+    polls = int(max(0.0, wait) / 0.5) + 1
+    announced = False
+    for _ in range(polls):
+        try:
+            lock.acquire()
+            return lock
+        except LockHeld as exc:
+            if clock() >= deadline:
+                raise
+            if not announced:
+                logger.info("%s (waiting up to %.0fs, --lock-wait)", exc.message, wait)
+                announced = True
+            sleep(min(0.5, max(0.0, deadline - clock())))
+    lock.acquire()      # last try: raises LockHeld naming the owner
+    return lock
+
+
+@contextlib.contextmanager
+def locked(conns: list[HostConn], *, break_lock: bool = False, wait: float = 0.0,
+           purpose: str = "deploy") -> Iterator[list[HostConn]]:
+    """Every host's lock, taken in name order and released at the end (even after errors)."""
+    taken: list[HostConn] = []
+    try:
+        for c in sorted(conns, key=lambda c: c.host.name):
+            c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose)
+            taken.append(c)
+        yield conns
+    finally:
+        for c in reversed(taken):
+            release(c)
+
+
+def release(conn: HostConn) -> None:
+    lock, conn.lock = conn.lock, None
+    if lock is None or lock.info is None:
+        return
+    try:
+        lock.release()
+        return
+    except Exception as exc:  # noqa: BLE001 - the connection may have died: reconnect once
+        first = exc
+    try:
+        with open_transport(conn.host) as t:
+            again = HostLock(t)
+            again.info = lock.info
+            again.release()
+            logger.info("%s: released the deploy lock over a new connection", conn.host.name)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("%s: could not release the deploy lock (%s; then %s); if no deploy is running, "
+                       "the next one needs --break-lock", conn.host.name, first, exc)
+
+
+class Heartbeat:
+    """Refresh every held lock at most every ``every`` seconds (the TTL is 30 minutes)."""
+
+    def __init__(self, conns: list[HostConn], every: float = HEARTBEAT_EVERY, clock=time.monotonic):
+        self.conns, self.every, self.clock = conns, every, clock
+        self.last = clock()
+
+    def __call__(self) -> None:
+        if self.clock() - self.last < self.every:
+            return
+        self.last = self.clock()
+        for c in self.conns:
+            if c.lock is not None:
+                c.lock.refresh()

@@ -1,0 +1,262 @@
+"""Execute one host's plan (``plan.HostPlan``), and put the host back exactly as it was.
+
+``HostRun.execute`` runs the planned steps in order — publish, validation entry, smoke test,
+main entry, switch, verify through the label — and raises ``StepFailed`` naming the step. The
+caller (``fleet``) then calls ``HostRun.restore``: the exact previous ``models.config`` text is
+written back and reloaded, and we wait until the previous stable version is AVAILABLE and the
+label points at it again. When the previous version had been unloaded (a switch to a lower
+version unloads the higher one), it is first loaded again next to the current one, because TF
+Serving refuses a label on a version that is not loaded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from mlops_common import log
+
+from . import apply
+from . import host_config
+from . import models_config as mc
+from . import verified
+from .errors import SmokeFailed
+from .observe import Observed
+from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Step, compose
+from .progress import make_progress
+from .publish import publish
+from .smoke import Golden, SmokeOptions, SmokeReport, run_smoke
+
+logger = log.get("sync.deploy")
+
+Recorder = Callable[..., None]   # recorder(action, outcome, *, host, from_version, to_version, reason, details)
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    timeout: float = 120.0                   # every wait is bounded by this
+    smoke: SmokeOptions = field(default_factory=SmokeOptions)
+    keep_previous: bool = True
+    keep: int = 3                            # retention: published versions kept per model
+    label: str = "stable"
+    json_mode: bool = False                  # no progress bar
+    poll_interval: float = 0.2
+
+    def __post_init__(self):
+        from mlops_common.errors import ConfigError
+
+        if not 0 < self.timeout <= 24 * 3600:
+            raise ConfigError(f"--timeout must be between 0 and 86400 seconds, got {self.timeout}")
+        if self.keep < 1:
+            raise ConfigError(f"--keep must be at least 1, got {self.keep}")
+
+
+class StepFailed(Exception):
+    """A planned step failed on a host; ``error`` is the original exception."""
+
+    def __init__(self, host: str, step: Step, error: BaseException):
+        super().__init__(f"{host}: {step.kind}: {error}")
+        self.host, self.step, self.error = host, step, error
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    status: str                               # deployed | up_to_date | failed | restored | restore_failed
+    from_version: int | None
+    to_version: int
+    steps: list[dict] = field(default_factory=list)
+    publish: dict | None = None
+    smoke: list[dict] = field(default_factory=list)
+    previous_kept: int | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    failed_step: str | None = None
+    restore: dict | None = None
+    switch_seconds: float | None = None
+    answered_at: float | None = None          # time.monotonic() when the new outputs answered
+    retention: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("answered_at")
+        return d
+
+
+class HostRun:
+    """One host's deploy: the connection, what was observed, the plan, and how to undo it."""
+
+    def __init__(self, conn, observed: Observed, plan: HostPlan, opts: DeployOptions, *,
+                 golden: Callable[[], Golden], bundle: Callable[[], tuple],
+                 record: Recorder | None = None, heartbeat: Callable[[], None] | None = None):
+        self.conn = conn
+        self.host = conn.host
+        self.transport = conn.transport
+        self.client = conn.client
+        self.observed = observed
+        self.plan = plan
+        self.opts = opts
+        self._golden = golden
+        self._bundle = bundle               # () -> (saved_model_dir, manifest)
+        self.record = record or (lambda *a, **k: None)
+        self.heartbeat = heartbeat or (lambda: None)
+        self.config = observed.config
+        self.touched = False                # models.config may have been changed by us
+        self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,
+                                   previous_kept=plan.previous_kept, notes=list(plan.notes))
+
+    @property
+    def model(self) -> str:
+        return self.plan.model
+
+    # --- execute -----------------------------------------------------------------------
+    def execute(self) -> HostOutcome:
+        name = self.host.name
+        for i, step in enumerate(self.plan.steps, 1):
+            self.heartbeat()
+            logger.info("%s: [%d/%d] %s", name, i, len(self.plan.steps), step.text)
+            start = time.monotonic()
+            try:
+                self._run(step)
+            except BaseException as exc:
+                self.outcome.failed_step = step.kind
+                self.outcome.error = str(exc) or type(exc).__name__
+                raise StepFailed(name, step, exc) from exc
+            self.outcome.steps.append({"kind": step.kind, "text": step.text,
+                                       "seconds": round(time.monotonic() - start, 3)})
+        self.outcome.status = "deployed"
+        return self.outcome
+
+    def _run(self, step: Step) -> None:
+        getattr(self, f"_{step.kind}")(step)
+
+    def _publish(self, step: Step) -> None:
+        saved_model_dir, manifest = self._bundle()
+        progress = make_progress(manifest.total_size, f"{self.host.name}: uploading v{step.version}",
+                                 json_mode=self.opts.json_mode)
+        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, progress)
+        progress.done()
+        self.outcome.publish = result.to_dict()
+        logger.info("%s: v%d %s (%d bytes in %.1fs)", self.host.name, step.version,
+                    result.status.replace("_", " "), result.bytes_transferred, result.seconds)
+
+    def _write(self, target: ConfigTarget) -> None:
+        config = compose(self.config, self.model, self.plan_base_path, target)
+        self.touched = True
+        apply.apply_config(self.host, self.transport, config, timeout=self.opts.timeout)
+        self.config = config
+
+    @property
+    def plan_base_path(self) -> str:
+        return self.observed.obs.base_path
+
+    def _load_validation(self, step: Step) -> None:
+        self._write(step.config)
+
+    def _load_main(self, step: Step) -> None:
+        self._write(step.config)
+
+    def _wait(self, step: Step) -> None:
+        apply.wait_loaded(self.client, step.entry, step.version, timeout=self.opts.timeout,
+                          interval=self.opts.poll_interval)
+
+    _wait_validation = _wait
+    _wait_main = _wait
+
+    def _smoke(self, step: Step) -> None:
+        report = run_smoke(self.client, self.host.name, step.entry, self._golden(), step.version,
+                           route_version=step.version, opts=self.opts.smoke)
+        self._judge(report, f"smoke test of v{step.version} via {report.route}")
+        verified.add(self.transport, self.model, step.version, route=report.route)
+
+    _smoke_validation = _smoke
+    _smoke_main = _smoke
+
+    def _switch(self, step: Step) -> None:
+        start = time.monotonic()
+        self._write(step.config)
+        apply.wait_label(self.client, self.model, self.opts.label, step.version, timeout=self.opts.timeout)
+        apply.wait_gone(self.client, self.model, step.unload, timeout=self.opts.timeout)
+        self.outcome.switch_seconds = round(time.monotonic() - start, 3)
+
+    def _verify(self, step: Step) -> None:
+        golden = self._golden()
+        via_label = run_smoke(self.client, self.host.name, self.model, golden, step.version,
+                              label=self.opts.label, opts=self.opts.smoke, latency=False)
+        unversioned = run_smoke(self.client, self.host.name, self.model, golden, step.version,
+                                opts=self.opts.smoke, latency=False)
+        report = SmokeReport(self.host.name, self.model, f"{via_label.route} + {unversioned.route} (unversioned)",
+                             step.version, via_label.checks + [
+                                 type(c)(f"unversioned_{c.name}", c.passed, c.message, c.seconds)
+                                 for c in unversioned.checks])
+        self._judge(report, f"check of v{step.version} after the switch")
+        self.outcome.answered_at = time.monotonic()
+
+    def _judge(self, report: SmokeReport, what: str) -> None:
+        self.outcome.smoke.append(report.to_dict())
+        self.record("smoke_test", "passed" if report.passed else "failed", host=self.host.name,
+                    from_version=self.plan.current, to_version=report.version,
+                    reason=None if report.passed else report.summary(), details=report.to_dict())
+        if not report.passed:
+            raise SmokeFailed(f"{self.host.name}: {what} failed: {report.summary()}")
+        logger.info("%s: %s passed (%s)", self.host.name, what,
+                    ", ".join(f"{c.name}: {c.message}" for c in report.checks))
+
+    # --- restore -----------------------------------------------------------------------
+    def restore(self) -> dict:
+        """Put the host back as observed before the deploy; never raises (reports instead)."""
+        start = time.monotonic()
+        if not self.touched:
+            info = {"needed": False, "ok": True, "seconds": 0.0}
+            self.outcome.restore = info
+            return info
+        try:
+            self._restore()
+            info = {"needed": True, "ok": True, "seconds": round(time.monotonic() - start, 3)}
+            self.outcome.status = "restored"
+        except BaseException as exc:  # noqa: BLE001 - reported to the person on call
+            info = {"needed": True, "ok": False, "seconds": round(time.monotonic() - start, 3),
+                    "error": str(exc) or type(exc).__name__}
+            self.outcome.status = "restore_failed"
+            if not isinstance(exc, Exception):
+                self.outcome.restore = info
+                raise
+        self.outcome.restore = info
+        return info
+
+    def _restore(self) -> None:
+        obs = self.observed.obs
+        model, label, timeout = self.model, self.opts.label, self.opts.timeout
+        original = self.observed.config
+        orig_main = original.entry(model)
+        current = host_config.read(self.transport)
+        avail_now = {s.version for s in self.client.model_status(model) if s.state == AVAILABLE}
+        needed = sorted({v for _, v in orig_main.labels}) if orig_main is not None else []
+        missing = [v for v in needed if v not in avail_now]
+        if missing and orig_main is not None and orig_main.policy == "specific":
+            # TF Serving refuses a label on a version that is not loaded: load it back first,
+            # next to what serves now, then write the original text.
+            cur_main = current.entry(model)
+            keep = set(cur_main.versions) if cur_main is not None and cur_main.policy == "specific" else set()
+            labels = tuple((k, v) for k, v in (cur_main.labels if cur_main is not None else ()) if v in avail_now)
+            interim = MainTarget(tuple(keep | set(orig_main.versions)), labels)
+            config = compose(current, model, obs.base_path, ConfigTarget(interim, None))
+            logger.info("%s: loading v%s again before restoring models.config", self.host.name,
+                        ", v".join(map(str, missing)))
+            apply.apply_config(self.host, self.transport, config, timeout=timeout)
+            for v in missing:
+                apply.wait_loaded(self.client, model, v, timeout=timeout, interval=self.opts.poll_interval)
+        text = self.observed.config_text
+        if text is None:
+            text = mc.render(compose(current, model, obs.base_path, ConfigTarget(None, None)))
+        apply.apply_text(self.host, self.transport, text, timeout=timeout)
+        serving = obs.serving
+        if serving is not None:
+            apply.wait_loaded(self.client, model, serving, timeout=timeout, interval=self.opts.poll_interval)
+            if obs.stable == serving:
+                apply.wait_label(self.client, model, label, serving, timeout=timeout)
+            orig_versions = set(orig_main.versions) if orig_main is not None else set()
+            extra = [v for v in sorted(avail_now) if v > serving and v not in orig_versions]
+            apply.wait_gone(self.client, model, extra, timeout=timeout)
+        logger.info("%s: restored models.config%s", self.host.name,
+                    f" (v{serving} serves again)" if serving is not None else "")

@@ -1,0 +1,132 @@
+"""``mlops sync infra-validate``: load a candidate in a throw-away TF Serving before approval.
+
+The candidate's SavedModel is published with the file transport into a temporary base, a
+``models.config`` naming only that version is written, a throw-away server (started by the
+caller: the real ``tensorflow/serving`` image or the local compatible server) loads it, and the
+same smoke test as a deploy runs against it. The server and the temporary base are removed
+afterwards. The only registry change is the ``infra_validation`` tag and a ledger row.
+
+``choose_server`` is the pure decision for ``--server auto``; the servers themselves are
+started by ``mlops.local_services`` (the composition root), so this module stays free of them.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from mlops_common import lineage, log
+from mlops_common.errors import ConfigError
+
+from . import host_config
+from . import manifest as mf
+from . import models_config as mc
+from .apply import wait_loaded
+from .golden import download_bundle
+from .publish import publish
+from .smoke import Check, SmokeOptions, SmokeReport, run_smoke
+from .tfs_client import TFServingClient
+from .transports.local import LocalTransport
+
+logger = log.get("sync.infra")
+SERVERS = ("auto", "docker", "local")
+LEDGER_HOST = "infra-validate"
+
+
+def choose_server(requested: str, docker_works: Callable[[], bool]) -> str:
+    """``docker`` / ``local`` as asked; ``auto``: docker when ``docker info`` works, else local."""
+    if requested not in SERVERS:
+        raise ConfigError(f"--server must be one of {', '.join(SERVERS)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "docker" if docker_works() else "local"
+
+
+@dataclass
+class ThrowawayServer:
+    """What a started server tells us: where its REST API is and where it sees the base."""
+
+    kind: str
+    rest_url: str
+    serving_base: str          # the base directory as the server sees it (docker: /models)
+
+
+@dataclass
+class InfraResult:
+    model: str
+    version: int
+    server: str
+    passed: bool = False
+    error: str | None = None
+    report: SmokeReport | None = None
+    checks: list[Check] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "server": self.server, "passed": self.passed,
+                "error": self.error, "seconds": round(self.seconds, 3),
+                "checks": [c.__dict__ for c in self.checks]}
+
+
+ServerStarter = Callable[[Path], ContextManager[ThrowawayServer]]
+
+
+def validate(model: str, version: int, *, server: str, start_server: ServerStarter,
+             opts: SmokeOptions = SmokeOptions(), timeout: float = 120.0,
+             workdir: str | None = None) -> InfraResult:
+    """Publish, load and smoke-test ``version`` in a throw-away server; never raises for a failed
+    check (the result says), only for problems before the server could be tried."""
+    start = time.monotonic()
+    result = InfraResult(model, version, server)
+    tmp = Path(tempfile.mkdtemp(prefix="mlops-infra-", dir=workdir))
+    try:
+        bundle = download_bundle(model, version, tmp / "bundle")
+        base = tmp / "serving"
+        base.mkdir()
+        t = LocalTransport(base)
+        publish(t, model, version, bundle.saved_model_dir, mf.build(bundle.saved_model_dir))
+        host_config.write(t, mc.ServingConfig())     # the server needs a valid file to start
+        with start_server(base) as srv:
+            cfg = mc.apply_state(mc.ServingConfig(), mc.ModelState(
+                model, mc.model_base_path(srv.serving_base, model), (version,)))
+            host_config.write(t, cfg)      # read at the server's next config poll
+            client = TFServingClient(srv.rest_url)
+            try:
+                load = Check("load", True)
+                t0 = time.monotonic()
+                try:
+                    wait_loaded(client, model, version, timeout=timeout)
+                    load.message = f"v{version} AVAILABLE in {srv.kind} TF Serving"
+                except Exception as exc:  # noqa: BLE001 - reported as a failed check
+                    load.passed, load.message = False, str(exc)
+                load.seconds = time.monotonic() - t0
+                result.checks.append(load)
+                if load.passed:
+                    result.report = run_smoke(client, f"{LEDGER_HOST} ({srv.kind})", model, bundle.golden,
+                                              version, route_version=version, opts=opts)
+                    result.checks += result.report.checks
+            finally:
+                client.close()
+        result.passed = bool(result.checks) and all(c.passed for c in result.checks)
+        if not result.passed:
+            result.error = "; ".join(f"{c.name}: {c.message}" for c in result.checks if not c.passed)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        result.seconds = time.monotonic() - start
+    return result
+
+
+def record(result: InfraResult) -> None:
+    """Tag ``infra_validation=passed|failed`` and append a ``smoke_test`` ledger row."""
+    from registry import versions
+    from registry.ledger import Ledger
+
+    outcome = "passed" if result.passed else "failed"
+    versions.set_tags(result.model, result.version, {"infra_validation": outcome})
+    Ledger().record("smoke_test", result.model, outcome=outcome, to_version=result.version,
+                    host=f"{LEDGER_HOST}:{result.server}", reason=result.error, actor=lineage.os_user(),
+                    pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
+                    details={"check": "infra_validation", **result.to_dict()})

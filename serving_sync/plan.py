@@ -1,0 +1,280 @@
+"""What a deploy does on one host: a pure function from (desired version, observed host) to steps.
+
+Observe -> plan -> act, like a Kubernetes controller: ``plan_host`` looks only at plain data
+(the parsed ``models.config`` entries, the version states TF Serving reports, where the
+``stable`` label points, the versions published and verified on the host) and returns the
+ordered steps that bring the host to "``stable`` and unversioned traffic on the desired
+version, the previous one kept warm". The deploy executes exactly these steps, ``mlops sync
+plan`` prints them, and running it again after any interruption plans only what is left (a
+leftover validation entry is dropped, a half-switched config is completed).
+
+TF Serving's rules shape the steps: unversioned requests go to the highest loaded version of
+an entry, and a label may only point at a version that is already AVAILABLE. So a version that
+has not passed the smoke test on this host is loaded under the validation-only entry
+``<model>__validate`` first; only then is it added to the main entry (next to the serving
+version, which keeps ``stable``), and then ``stable`` moves. When the new version is LOWER than
+the serving one (a rollback), the serving one must be unloaded for unversioned requests to
+reach the new one, so it is not kept warm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlops_common.errors import ConfigError
+
+from . import models_config as mc
+from .names import check_version
+from .retention import DEFAULT_KEEP, versions_to_remove
+
+AVAILABLE = "AVAILABLE"
+STABLE = "stable"
+KEEP = "keep"     # ConfigTarget.main: leave the main entry exactly as it is
+
+
+@dataclass(frozen=True)
+class MainTarget:
+    """The main entry we want: a ``specific`` policy with these versions and labels."""
+
+    versions: tuple[int, ...]
+    labels: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self):
+        vs = tuple(sorted({check_version(v) for v in self.versions}))
+        if not vs:
+            raise ConfigError("the main entry must keep at least one version loaded")
+        object.__setattr__(self, "versions", vs)
+        object.__setattr__(self, "labels", tuple(sorted((str(k), int(v)) for k, v in self.labels)))
+        for label, v in self.labels:
+            if v not in vs:
+                raise ConfigError(f"label {label!r} -> {v} but version {v} is not loaded in {list(vs)}")
+
+    @property
+    def label_map(self) -> dict[str, int]:
+        return dict(self.labels)
+
+    def describe(self) -> str:
+        labels = ", ".join(f"{k}->v{v}" for k, v in self.labels)
+        return f"versions {{{', '.join(f'v{v}' for v in self.versions)}}}" + (f", {labels}" if labels else "")
+
+
+@dataclass(frozen=True)
+class ConfigTarget:
+    """One models.config write: the main entry (a target, KEEP, or None = absent) and the
+    validation entry's version (None = no validation entry)."""
+
+    main: MainTarget | str | None
+    validate: int | None = None
+
+
+@dataclass(frozen=True)
+class HostObservation:
+    """What one host looks like now, as plain data (see ``observe.observe_host``)."""
+
+    host: str
+    model: str
+    base_path: str                                   # <serving base>/<model> as TF Serving sees it
+    main_policy: str | None = None                   # None: no main entry in models.config
+    main_base_path: str | None = None
+    main_versions: tuple[int, ...] = ()
+    main_labels: tuple[tuple[str, int], ...] = ()
+    validate: int | None = None                      # version of the validation entry, if any
+    main_states: dict[int, str] = field(default_factory=dict)       # TF Serving: version -> state
+    validate_states: dict[int, str] = field(default_factory=dict)
+    stable: int | None = None                        # TF Serving: where `stable` points
+    published: tuple[int, ...] = ()
+    verified: tuple[int, ...] = ()
+
+    @property
+    def available(self) -> list[int]:
+        return sorted(v for v, s in self.main_states.items() if s == AVAILABLE)
+
+    @property
+    def serving(self) -> int | None:
+        """The version the host serves now: the stable label's, else the unversioned route's."""
+        avail = self.available
+        if self.stable in avail:
+            return self.stable
+        return max(avail) if avail else None
+
+    @property
+    def unversioned(self) -> int | None:
+        avail = self.available
+        return max(avail) if avail else None
+
+    @property
+    def managed(self) -> bool:
+        return self.main_policy == "specific" and bool(self.main_versions) \
+            and self.main_base_path == self.base_path
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str          # publish | load_validation | wait_validation | smoke_validation | load_main |
+    #                    wait_main | smoke_main | switch | verify
+    version: int
+    text: str
+    config: ConfigTarget | None = None
+    entry: str | None = None                 # which entry a wait / smoke uses
+    unload: tuple[int, ...] = ()             # switch: versions to wait out (unversioned -> new)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "version": self.version, "text": self.text}
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host: str
+    model: str
+    desired: int
+    current: int | None                      # what the host serves now
+    final: MainTarget
+    previous_kept: int | None                # kept loaded for an instant rollback
+    steps: tuple[Step, ...]
+    notes: tuple[str, ...] = ()
+    retention: tuple[int, ...] = ()          # published versions retention would remove after success
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.steps
+
+    @property
+    def fast_path(self) -> bool:
+        return bool(self.steps) and all(s.kind in ("switch", "verify") for s in self.steps)
+
+    @property
+    def publishes(self) -> bool:
+        return any(s.kind == "publish" for s in self.steps)
+
+    def to_dict(self) -> dict:
+        return {"host": self.host, "model": self.model, "desired": self.desired, "current": self.current,
+                "up_to_date": self.up_to_date, "fast_path": self.fast_path,
+                "final": {"versions": list(self.final.versions), "labels": self.final.label_map},
+                "previous_kept": self.previous_kept, "steps": [s.to_dict() for s in self.steps],
+                "notes": list(self.notes), "retention_would_remove": list(self.retention)}
+
+
+def _current_main(obs: HostObservation) -> MainTarget | str | None:
+    """The main entry as it is, with labels TF Serving could not honour dropped (so the config
+    we write while validating is accepted); unmanaged shapes are kept verbatim."""
+    if obs.main_policy is None:
+        return None
+    if not obs.managed:
+        return KEEP
+    avail = set(obs.available)
+    return MainTarget(obs.main_versions, tuple((k, v) for k, v in obs.main_labels if v in avail))
+
+
+def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = True,
+                 label: str = STABLE) -> tuple[MainTarget, int | None, list[str]]:
+    """The main entry after the deploy, the version kept warm, and notes for people."""
+    v, s, notes = desired, obs.serving, []
+    prev = None
+    if keep_previous and s is not None:
+        if s < v:
+            prev = s
+        elif s == v:
+            prev = max((x for x in obs.available if x < v and x in obs.main_versions), default=None)
+        else:
+            notes.append(f"previous v{s} is not kept warm because it is newer than v{v} (unversioned "
+                         f"requests go to the highest loaded version)")
+    versions = (v,) if prev is None else (prev, v)
+    others = tuple((k, x) for k, x in obs.main_labels if k != label and x in versions)
+    return MainTarget(versions, others + ((label, v),)), prev, notes
+
+
+def is_up_to_date(obs: HostObservation, desired: int, final: MainTarget) -> bool:
+    return (obs.managed and obs.main_versions == final.versions and tuple(obs.main_labels) == final.labels
+            and obs.validate is None
+            and all(obs.main_states.get(x) == AVAILABLE for x in final.versions)
+            and obs.stable == desired and obs.unversioned == desired
+            and desired in obs.verified and desired in obs.published)
+
+
+def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
+              keep: int = DEFAULT_KEEP, label: str = STABLE) -> HostPlan:
+    """The steps that make ``obs.host`` serve ``desired`` (empty when it already does)."""
+    v = check_version(desired)
+    model = obs.model
+    vname = mc.validation_name(model)
+    s = obs.serving
+    final, prev, notes = final_target(obs, v, keep_previous=keep_previous, label=label)
+    retention_preview = tuple(versions_to_remove(sorted(set(obs.published) | {v}), serving=v,
+                                                 previous=prev if prev is not None else s, keep=keep,
+                                                 protected=final.versions))
+    if is_up_to_date(obs, v, final):
+        return HostPlan(obs.host, model, v, s, final, prev, (), tuple(notes + ["up to date"]))
+
+    steps: list[Step] = []
+    # loaded from where we publish (a main entry reading another base path does not count)
+    loaded = v in obs.available and obs.main_base_path == obs.base_path
+    verified = v in obs.verified
+    validated_here = False
+    if not loaded:
+        where = "already present: verify its files only" if v in obs.published else "upload, verify, rename"
+        steps.append(Step("publish", v, f"publish v{v} as {model}/{v} ({where})"))
+        if verified:
+            notes.append(f"v{v} passed the smoke test on this host before, but is not loaded: validate it again")
+        main_now = _current_main(obs)
+        unchanged = "nothing served yet" if s is None else f"main entry unchanged: stable stays on v{s}"
+        steps.append(Step("load_validation", v, f"load v{v} in the validation entry {vname} ({unchanged})",
+                          ConfigTarget(main_now, v), entry=vname))
+        steps.append(Step("wait_validation", v, f"wait until {vname} v{v} is AVAILABLE", entry=vname))
+        steps.append(Step("smoke_validation", v, f"smoke test v{v} via {vname}/versions/{v}", entry=vname))
+        validated_here = True
+        interim = tuple(x for x in (s, v) if x is not None)
+        labels = tuple((k, x) for k, x in obs.main_labels if x in interim and x in obs.available) \
+            if obs.managed else (((label, s),) if s is not None and obs.stable == s else ())
+        beside = f" beside v{s} (stable stays on v{s})" if s is not None else ""
+        steps.append(Step("load_main", v, f"load v{v} in the main entry {model}{beside}",
+                          ConfigTarget(MainTarget(interim, labels), v), entry=model))
+        steps.append(Step("wait_main", v, f"wait until {model} v{v} is AVAILABLE", entry=model))
+    elif not verified:
+        notes.append(f"v{v} is loaded in the main entry but has not passed the smoke test on this host")
+        steps.append(Step("smoke_main", v, f"smoke test v{v} via {model}/versions/{v}", entry=model))
+    else:
+        notes.append(f"fast path: v{v} is loaded and was verified on this host: switch at once")
+    if obs.validate is not None and not validated_here:
+        notes.append(f"drop the leftover validation entry {vname} (v{obs.validate})")
+    higher = tuple(x for x in obs.available if x > v and x not in final.versions)
+    kept = f", keep v{prev} loaded" if prev is not None else ""
+    gone = f", wait until {', '.join(f'v{x}' for x in higher)} unloaded" if higher else ""
+    drop = ", drop the validation entry" if validated_here or obs.validate is not None else ""
+    steps.append(Step("switch", v, f"switch {label} and unversioned traffic to v{v}{kept}{drop}{gone} (one "
+                      f"config write + reload)", ConfigTarget(final, None), entry=model, unload=higher))
+    steps.append(Step("verify", v, f"check v{v}'s golden outputs via {model}/labels/{label} and the "
+                      f"unversioned route", entry=model))
+    return HostPlan(obs.host, model, v, s, final, prev, tuple(steps), tuple(notes), retention_preview)
+
+
+def compose(config: mc.ServingConfig, model: str, base_path: str, target: ConfigTarget) -> mc.ServingConfig:
+    """``config`` with ``model``'s main and validation entries set as ``target`` says (pure).
+
+    Entries of other models stay verbatim and in place; new entries go at the end.
+    """
+    vname = mc.validation_name(model)
+    if target.main == KEEP:
+        main = config.entry(model)
+    elif target.main is None:
+        main = None
+    else:
+        main = mc.ModelEntry(model, base_path, "specific", target.main.versions, target.main.labels)
+    val = mc.ModelEntry(vname, base_path, "specific", (check_version(target.validate),)) \
+        if target.validate is not None else None
+    out: list[mc.ModelEntry] = []
+    placed = set()
+    for e in config.entries:
+        if e.name == model:
+            if main is not None:
+                out.append(main)
+                placed.add(model)
+        elif e.name == vname:
+            if val is not None:
+                out.append(val)
+                placed.add(vname)
+        else:
+            out.append(e)
+    if main is not None and model not in placed:
+        out.append(main)
+    if val is not None and vname not in placed:
+        out.append(val)
+    return mc.ServingConfig(tuple(out))

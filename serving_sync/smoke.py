@@ -1,0 +1,239 @@
+"""The smoke test of one served version: signature, golden outputs, latency.
+
+A version is trusted on a host only when TF Serving's own ``/metadata`` shows the signature the
+version was registered with (``golden/signature.json``), its golden request returns the outputs
+the exported SavedModel produced at training time (within ``atol``), and the p95 latency over a
+bounded number of requests stays under a budget. The verdicts are pure functions on JSON and
+numbers; ``run_smoke`` is the I/O edge that asks TF Serving through a route (a version of an
+entry, a label, or the unversioned route).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from mlops_common.errors import UserError
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_REQUESTS = 20
+DEFAULT_BUDGET_MS = 500.0
+MAX_REQUESTS = 1000
+
+
+@dataclass(frozen=True)
+class Golden:
+    """What a version must answer: the golden request, its recorded response, its signature."""
+
+    request: dict
+    response: dict
+    signature: dict
+
+
+@dataclass(frozen=True)
+class SmokeOptions:
+    atol: float = DEFAULT_ATOL
+    requests: int = DEFAULT_REQUESTS          # latency sample size (bounded)
+    budget_ms: float = DEFAULT_BUDGET_MS      # p95 latency budget
+    request_timeout: float = 10.0
+
+    def __post_init__(self):
+        if not (self.atol >= 0 and math.isfinite(self.atol)):
+            raise UserError(f"--atol must be a non-negative number, got {self.atol}")
+        if not 1 <= self.requests <= MAX_REQUESTS:
+            raise UserError(f"--latency-requests must be between 1 and {MAX_REQUESTS}, got {self.requests}")
+        if not self.budget_ms > 0:
+            raise UserError(f"--latency-budget-ms must be positive, got {self.budget_ms}")
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class SmokeReport:
+    """The checks made against one route of one host."""
+
+    host: str
+    model: str
+    route: str                 # e.g. "digits__validate/versions/3", "digits/labels/stable"
+    version: int
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def summary(self) -> str:
+        bad = self.failures()
+        if not bad:
+            return f"smoke test of v{self.version} via {self.route} passed"
+        return "; ".join(f"{c.name}: {c.message}" for c in bad)
+
+    def to_dict(self) -> dict:
+        return {"host": self.host, "model": self.model, "route": self.route, "version": self.version,
+                "passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+
+
+# --- verdicts (pure) -----------------------------------------------------------------------
+def compare_signature(expected: dict, served: dict) -> list[str]:
+    """Differences between the registered signature and the one TF Serving serves."""
+    problems = []
+    for key, exp in sorted(expected.items()):
+        got = served.get(key)
+        if got is None:
+            problems.append(f"signature {key!r} is not served (served: {sorted(served) or 'none'})")
+            continue
+        if got.get("method_name") != exp.get("method_name"):
+            problems.append(f"{key}: method {got.get('method_name')!r} != {exp.get('method_name')!r}")
+        for side in ("inputs", "outputs"):
+            e, g = exp.get(side) or {}, got.get(side) or {}
+            if set(e) != set(g):
+                problems.append(f"{key}: {side} {sorted(g)} != registered {sorted(e)}")
+                continue
+            for name in sorted(e):
+                if e[name] != g[name]:
+                    problems.append(f"{key}: {side[:-1]} {name!r} is {g[name]} but registered as {e[name]}")
+    return problems
+
+
+def _payload(doc: dict):
+    """The prediction payload of a REST predict response (row or columnar format)."""
+    if "predictions" in doc:
+        return doc["predictions"]
+    if "outputs" in doc:
+        return doc["outputs"]
+    raise KeyError("neither 'predictions' nor 'outputs'")
+
+
+def _walk(exp, got, path: str, atol: float, out: dict) -> None:
+    if isinstance(exp, dict):
+        if not isinstance(got, dict) or set(exp) != set(got):
+            out["structure"].append(f"{path or 'outputs'}: keys {sorted(got) if isinstance(got, dict) else type(got).__name__}"
+                                    f" != {sorted(exp)}")
+            return
+        for k in sorted(exp):
+            _walk(exp[k], got[k], f"{path}.{k}" if path else k, atol, out)
+    elif isinstance(exp, list):
+        if not isinstance(got, list) or len(exp) != len(got):
+            out["structure"].append(f"{path or 'outputs'}: length {len(got) if isinstance(got, list) else type(got).__name__}"
+                                    f" != {len(exp)}")
+            return
+        for i, (e, g) in enumerate(zip(exp, got)):
+            _walk(e, g, f"{path}[{i}]", atol, out)
+    elif isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        if exp != got:
+            out["values"].append((math.inf, path))
+    else:
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            out["structure"].append(f"{path}: {got!r} is not a number")
+            return
+        diff = abs(float(exp) - float(got))
+        if not diff <= atol:   # also catches NaN
+            out["values"].append((diff, path))
+        out["max"] = max(out["max"], diff) if math.isfinite(diff) else math.inf
+
+
+def compare_outputs(expected: dict, served: dict, atol: float) -> tuple[list[str], float]:
+    """Problems between the golden response and the served one, and the largest |difference|."""
+    try:
+        exp, got = _payload(expected), _payload(served)
+    except KeyError as exc:
+        return [f"response has {exc.args[0]}"], math.inf
+    out = {"structure": [], "values": [], "max": 0.0}
+    _walk(exp, got, "", atol, out)
+    problems = list(out["structure"][:3])
+    if out["values"]:
+        worst = max(out["values"], key=lambda x: x[0])
+        problems.append(f"{len(out['values'])} value(s) differ by more than atol {atol:g} "
+                        f"(max |diff| {worst[0]:.3g} at {worst[1] or 'the output'})")
+    return problems, (math.inf if out["structure"] else out["max"])
+
+
+def p95(values: list[float]) -> float:
+    """95th percentile, nearest-rank (of 20 samples: the 19th smallest)."""
+    if not values:
+        raise ValueError("no samples")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(0.95 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_verdict(latencies_ms: list[float], budget_ms: float) -> Check:
+    value = p95(latencies_ms)
+    msg = (f"p95 {value:.1f} ms over {len(latencies_ms)} requests (budget {budget_ms:g} ms; "
+           f"max {max(latencies_ms):.1f} ms)")
+    return Check("latency", value <= budget_ms, msg)
+
+
+# --- the I/O edge --------------------------------------------------------------------------
+def route_name(model: str, *, version: int | None = None, label: str | None = None) -> str:
+    if version is not None:
+        return f"{model}/versions/{version}"
+    if label is not None:
+        return f"{model}/labels/{label}"
+    return model
+
+
+def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, route_version: int | None = None,
+              label: str | None = None, opts: SmokeOptions = SmokeOptions(),
+              latency: bool = True, expect_label: bool = True) -> SmokeReport:
+    """Ask TF Serving through one route and judge the answers (never raises for a failed check).
+
+    ``model`` is the entry name (e.g. ``digits__validate``), ``version`` the registry version the
+    answers must belong to, ``route_version`` / ``label`` select the route (neither: unversioned).
+    """
+    from .errors import HostUnreachable, ServingError
+
+    report = SmokeReport(host, model, route_name(model, version=route_version, label=label), version)
+    kw = {"version": route_version, "label": label}
+
+    def timed(name: str, fn) -> Check:
+        start = time.monotonic()
+        try:
+            check = fn()
+        except (ServingError, HostUnreachable) as exc:
+            check = Check(name, False, str(exc))
+        check.seconds = time.monotonic() - start
+        report.checks.append(check)
+        return check
+
+    if label is not None and expect_label:
+        def label_check() -> Check:
+            got = client.label_version(model, label)
+            return Check("label", got == version, f"{label} -> {got if got is not None else 'nothing'}"
+                         + ("" if got == version else f", expected v{version}"))
+        if not timed("label", label_check).passed:
+            return report
+
+    def signature_check() -> Check:
+        problems = compare_signature(golden.signature, client.signature(model, **kw))
+        return Check("signature", not problems, "; ".join(problems) or "matches golden/signature.json")
+
+    def outputs_check() -> Check:
+        served = client.predict(model, golden.request, timeout=opts.request_timeout, **kw)
+        problems, worst = compare_outputs(golden.response, served, opts.atol)
+        return Check("golden_outputs", not problems,
+                     "; ".join(problems) or f"match within atol {opts.atol:g} (max |diff| {worst:.2g})")
+
+    timed("signature", signature_check)
+    if not timed("golden_outputs", outputs_check).passed or not latency:
+        return report
+
+    def latency_check() -> Check:
+        samples = []
+        for _ in range(opts.requests):
+            start = time.perf_counter()
+            client.predict(model, golden.request, timeout=opts.request_timeout, **kw)
+            samples.append((time.perf_counter() - start) * 1000.0)
+        return latency_verdict(samples, opts.budget_ms)
+
+    timed("latency", latency_check)
+    return report

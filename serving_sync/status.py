@@ -1,0 +1,97 @@
+"""``mlops sync status``: per host, what the registry wants and what TF Serving serves, and drift.
+
+``drift`` is a pure function of (production version, host observation); ``host_status`` is the
+read-only I/O around it. An unreachable host is reported (one line), never skipped silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlops_common.errors import UserError
+
+from . import models_config as mc
+from .plan import STABLE, HostObservation
+
+
+def drift(obs: HostObservation, production: int | None, *, label: str = STABLE) -> list[str]:
+    """Why this host does not serve ``production`` cleanly (empty list = in sync)."""
+    out = []
+    if production is None:
+        out.append("no version holds production in the registry")
+        return out
+    if not obs.available:
+        out.append(f"TF Serving serves no version of {obs.model}")
+    else:
+        if obs.stable != production:
+            out.append(f"{label} -> {f'v{obs.stable}' if obs.stable is not None else 'nothing'}, production is "
+                       f"v{production}")
+        if obs.unversioned != production:
+            out.append(f"unversioned requests -> v{obs.unversioned} (highest loaded), production is v{production}")
+    if obs.validate is not None:
+        out.append(f"leftover validation entry {mc.validation_name(obs.model)} (v{obs.validate}) in models.config")
+    cfg_label = dict(obs.main_labels).get(label)
+    if obs.main_policy is not None and cfg_label != obs.stable:
+        out.append(f"models.config says {label} -> {cfg_label}, TF Serving says {obs.stable} "
+                   f"(TF Serving has not applied the file, or rejected it)")
+    not_loaded = [v for v in obs.main_versions if obs.main_states.get(v) != "AVAILABLE"]
+    if not_loaded:
+        states = ", ".join(f"v{v} {obs.main_states.get(v, 'unknown')}" for v in not_loaded)
+        out.append(f"models.config asks for {states}")
+    if production not in obs.published:
+        out.append(f"v{production} is not published on the host")
+    return out
+
+
+@dataclass
+class HostStatus:
+    name: str
+    rest_url: str
+    target: str
+    reachable: bool
+    error: str | None = None
+    versions: dict[int, str] = field(default_factory=dict)          # main entry: version -> state
+    validation: dict[int, str] = field(default_factory=dict)
+    labels: dict[str, int | None] = field(default_factory=dict)     # as TF Serving answers
+    unversioned: int | None = None
+    config: dict | None = None
+    published: list[int] = field(default_factory=list)
+    verified: list[int] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+
+    @property
+    def in_sync(self) -> bool:
+        return self.reachable and not self.drift
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "rest_url": self.rest_url, "target": self.target,
+                "reachable": self.reachable, "error": self.error, "in_sync": self.in_sync,
+                "versions": {str(k): v for k, v in sorted(self.versions.items())},
+                "validation": {str(k): v for k, v in sorted(self.validation.items())},
+                "labels": self.labels, "unversioned": self.unversioned, "config": self.config,
+                "published": self.published, "verified": self.verified, "drift": self.drift}
+
+
+def host_status(host, model: str, production: int | None, *, label: str = STABLE) -> HostStatus:
+    """Observe one host (opens and closes its own connection); errors become ``error``."""
+    from .connections import connected
+    from .observe import observe_host
+
+    st = HostStatus(host.name, host.rest_url, host.target.url, False)
+    try:
+        with connected([host]) as (conn,):
+            obs = observe_host(host, conn.transport, conn.client, model, label=label).obs
+    except UserError as exc:
+        st.error = exc.message
+        st.drift = ["unreachable or unreadable: " + exc.message]
+        return st
+    st.reachable = True
+    st.versions = dict(obs.main_states)
+    st.validation = dict(obs.validate_states)
+    st.labels = {label: obs.stable}
+    st.unversioned = obs.unversioned
+    st.config = {"policy": obs.main_policy, "versions": list(obs.main_versions),
+                 "labels": dict(obs.main_labels), "validation_entry": obs.validate}
+    st.published = list(obs.published)
+    st.verified = list(obs.verified)
+    st.drift = drift(obs, production, label=label)
+    return st

@@ -1,0 +1,108 @@
+"""``mlops sync watch``: a reconcile loop (and the webhook that wakes it).
+
+Every ``interval`` seconds, or at once when a verified webhook arrives, one pass runs
+``reconcile()`` (observe -> plan -> deploy if anything is to do). The loop is bounded by
+``max_seconds`` and/or ``once``. A failed pass is logged and the loop goes on; a version whose
+deploy failed is not retried until ``production`` moves again (the failed deploy moved it back
+anyway), so a broken version cannot make the loop hammer the hosts.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mlops_common import log
+from mlops_common.errors import UserError
+
+logger = log.get("sync.watch")
+
+MIN_INTERVAL = 0.5
+
+
+@dataclass
+class Pass:
+    at: float                  # seconds since the loop started
+    trigger: str               # "start" | "interval" | "webhook"
+    status: str                # up_to_date | deployed | failed | skipped | error
+    version: int | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return {"at": round(self.at, 3), "trigger": self.trigger, "status": self.status,
+                "version": self.version, "message": self.message}
+
+
+@dataclass
+class WatchResult:
+    passes: list[Pass] = field(default_factory=list)
+    webhook: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"passes": [p.to_dict() for p in self.passes], "webhook": self.webhook}
+
+
+class Watcher:
+    """``reconcile()`` returns (status, version, message); exceptions become an ``error`` pass."""
+
+    def __init__(self, reconcile: Callable[[], tuple[str, int | None, str]], *, interval: float,
+                 max_seconds: float | None = None, once: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        if interval < MIN_INTERVAL:
+            raise UserError(f"--interval must be at least {MIN_INTERVAL} seconds, got {interval}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise UserError(f"--max-seconds must be positive, got {max_seconds}")
+        self.reconcile = reconcile
+        self.interval, self.max_seconds, self.once = interval, max_seconds, once
+        self.clock = clock
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self._reason = "start"
+        self.result = WatchResult()
+
+    def trigger(self, reason: str = "webhook") -> None:
+        self._reason = reason
+        self.wake.set()
+
+    def _pass(self, start: float, reason: str) -> Pass:
+        try:
+            status, version, message = self.reconcile()
+        except UserError as exc:
+            status, version, message = "error", None, exc.message
+            logger.error("reconcile failed: %s", exc.message)
+        p = Pass(self.clock() - start, reason, status, version, message)
+        self.result.passes.append(p)
+        logger.info("reconcile (%s): %s: %s", reason, status, message)
+        return p
+
+    def run(self) -> WatchResult:
+        start = self.clock()
+        deadline = start + self.max_seconds if self.max_seconds is not None else None
+        self._pass(start, "start")
+        while not self.once and not self.stop_event.is_set():
+            timeout = self.interval
+            if deadline is not None:
+                timeout = min(timeout, deadline - self.clock())
+                if timeout <= 0:
+                    break
+            woke = self.wake.wait(timeout)
+            self.wake.clear()
+            if self.stop_event.is_set() or (deadline is not None and self.clock() >= deadline and not woke):
+                break
+            reason, self._reason = (self._reason if woke else "interval"), "interval"
+            self._pass(start, reason)
+        return self.result
+
+
+class FailedVersions:
+    """Remember versions whose deploy failed in this watch, to not retry them in a loop."""
+
+    def __init__(self):
+        self.failed: set[int] = set()
+
+    def skip(self, version: int) -> bool:
+        return version in self.failed
+
+    def add(self, version: int) -> None:
+        self.failed.add(version)

@@ -1,0 +1,194 @@
+"""`mlops sync plan | status | smoke | rollback | infra-validate` through the real CLI subprocess:
+exit codes, one JSON document with --json, one error line, JUnit files, and the light import path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+COMMANDS = ("deploy", "plan", "status", "smoke", "rollback", "watch", "infra-validate")
+
+
+def test_every_sync_command_has_a_useful_help():
+    from tests.helpers import run_mlops
+
+    for cmd in COMMANDS:
+        r = run_mlops("sync", cmd, "--help")
+        assert r.returncode == 0, r.stderr
+        text = " ".join(r.stdout.split())
+        assert "--json" in text and len(text) > 400, cmd
+    r = run_mlops("sync", "deploy", "--help")
+    text = " ".join(r.stdout.split())
+    for flag in ("--version", "--hosts", "--break-lock", "--lock-wait", "--keep", "--timeout", "--atol",
+                 "--latency-budget-ms", "--no-keep-previous"):
+        assert flag in text
+
+
+def deployed_v1_v2(env, hosts=1):
+    hs = [env.add_host("file") for _ in range(hosts)]
+    v1, v2 = env.register("a"), env.register("b")
+    for v in (v1, v2):
+        env.promote(v)
+        r = env.cli("sync", "deploy", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["status"] == "deployed"
+    return hs, v1, v2
+
+
+def _files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_rollback_end_to_end_is_one_command_and_reports_its_speed(deploy_env):
+    env = deploy_env
+    (h1, h2), v1, v2 = deployed_v1_v2(env, hosts=2)
+    secret = "whsec-do-not-leak-0123456789abcdef"
+    r = env.cli("sync", "rollback", "--reason", "v2 answers slowly", "--actor", "oncall", "--json",
+                extra_env={"MLOPS_WEBHOOK_SECRET": secret})
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["registry"]["from_version"], doc["registry"]["to_version"]) == (v2, v1)
+    assert doc["deploy"]["status"] == "deployed"
+    # v1 was warm on both hosts: a switch, no upload, no validation
+    for h in doc["deploy"]["hosts"]:
+        assert [s["kind"] for s in h["steps"]] == ["switch", "verify"] and h["publish"] is None
+    assert doc["seconds_to_old_outputs"] is not None and doc["switch_seconds"] is not None
+    assert doc["seconds_to_old_outputs"] <= doc["seconds"]
+    for h in (h1, h2):
+        env.serves(h, v1)
+    assert env.production() == v1
+    assert env.tags(v2)["deploy_status"] == "rolled_back" and env.tags(v1)["deploy_status"] == "deployed"
+    rows = env.ledger(("rollback", "deploy"))
+    assert rows[-3].action == "rollback" and rows[-3].actor == "oncall" and rows[-3].reason == "v2 answers slowly"
+    assert [(e.host, e.from_version, e.to_version) for e in rows[-2:]] == [(h1.name, v2, v1), (h2.name, v2, v1)]
+    # the human form says how long it took
+    env.promote(v2)
+    assert env.cli("sync", "deploy").returncode == 0
+    r = env.cli("sync", "rollback")
+    assert r.returncode == 0, r.stderr
+    assert "outputs answered on the unversioned route" in r.stdout and "host switch" in r.stdout
+    # the secret in the environment went nowhere
+    assert secret not in r.stdout + r.stderr
+    for root in (Path(env.env["MLOPS_HOME"]), h1.base, h2.base):
+        assert _files_containing(root, secret.encode()) == []
+
+
+def test_rollback_with_nothing_to_roll_back_to_is_one_line(deploy_env):
+    env = deploy_env
+    env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    r = env.cli("sync", "rollback")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: nothing to roll back to")
+
+
+def test_plan_status_and_smoke_report_and_change_nothing(deploy_env, tmp_path):
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    config = env.config_text(host)
+
+    r = env.cli("sync", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["production"] == v2 and doc["in_sync"] is True
+    hs = doc["hosts"][0]
+    assert hs["versions"] == {str(v1): "AVAILABLE", str(v2): "AVAILABLE"} and hs["labels"] == {"stable": v2}
+    assert hs["unversioned"] == v2 and hs["drift"] == []
+
+    r = env.cli("sync", "plan", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["up_to_date"] is True
+    r = env.cli("sync", "plan", "--version", str(v1))
+    assert r.returncode == 0 and "switch stable and unversioned traffic to v1" in r.stdout
+
+    junit = tmp_path / "smoke.xml"
+    r = env.cli("sync", "smoke", "--via", "stable", "--junit", str(junit), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True and {c["name"] for c in doc["hosts"][0]["checks"]} == \
+        {"label", "signature", "golden_outputs", "latency"}
+    suite = ET.parse(junit).getroot()
+    assert suite.get("tests") == "4" and suite.get("failures") == "0"
+    r = env.cli("sync", "smoke", "--via", "version")
+    assert r.returncode == 0 and f"{env.model}/versions/{v2}" in r.stdout
+    assert env.config_text(host) == config                          # nothing changed
+
+    # drift: production moved in the registry but nobody deployed it
+    env.promote(v1)
+    r = env.cli("sync", "status", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["in_sync"] is False and any("stable -> v2, production is v1" in d for d in doc["hosts"][0]["drift"])
+    r = env.cli("sync", "smoke", "--junit", str(junit))
+    assert r.returncode == 2 and "error: smoke test failed on" in r.stderr and "stable -> 2" in r.stderr
+    assert ET.parse(junit).getroot().get("failures") == "1"
+    r = env.cli("sync", "plan")
+    assert r.returncode == 0 and "2 steps" in r.stdout
+
+    # an unreachable host: status still prints one JSON document, and exits 1
+    host.server.stop()
+    r = env.cli("sync", "status", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["hosts"][0]["reachable"] is False and "not reachable" in doc["hosts"][0]["error"]
+    r = env.cli("sync", "plan", "--json")
+    assert r.returncode == 1 and host.name in json.loads(r.stdout)["errors"]
+    r = env.cli("sync", "smoke", "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["passed"] is False
+
+
+@pytest.mark.parametrize("command", [("status",), ("smoke",), ("rollback",)])
+def test_fast_paths_never_import_tensorflow(deploy_env, command):
+    env = deploy_env
+    deployed_v1_v2(env)
+    code = ("import sys\nfrom mlops.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('HEAVY', sorted(m for m in ('tensorflow', 'keras') if m in sys.modules), file=sys.stderr)\n"
+            "sys.exit(rc)\n")
+    p = subprocess.run([sys.executable, "-c", code, "sync", *command], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, **env.env}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY []" in p.stderr
+
+
+def test_infra_validate_with_the_local_server_passes_and_fails_for_real(deploy_env, tmp_path):
+    env = deploy_env
+    good, bad = env.register("a"), env.register("golden_edited")
+    junit = tmp_path / "infra.xml"
+    r = env.cli("sync", "infra-validate", "--version", str(good), "--server", "local", "--junit", str(junit),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True and doc["server"] == "local"
+    assert [c["name"] for c in doc["checks"]] == ["load", "signature", "golden_outputs", "latency"]
+    assert ET.parse(junit).getroot().get("failures") == "0"
+    assert env.tags(good)["infra_validation"] == "passed"
+    row = env.ledger(("smoke_test",))[-1]
+    assert (row.outcome, row.to_version, row.host) == ("passed", good, "infra-validate:local")
+    assert env.production() is None                         # no registry change beyond tag + row
+
+    r = env.cli("sync", "infra-validate", "--version", str(bad), "--server", "local", "--junit", str(junit))
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: infra validation of v{bad}") and "golden_outputs" in line
+    assert env.tags(bad)["infra_validation"] == "failed"
+    assert ET.parse(junit).getroot().get("failures") == "1"
+    # the throw-away server and base are gone
+    leftovers = [p for p in Path("/tmp").glob("mlops-infra-*")]
+    assert leftovers == [] or all(not (p / "serving").exists() for p in leftovers)
+
+
+def test_infra_validate_of_a_model_that_cannot_load_reports_tf_servings_error(deploy_env):
+    env = deploy_env
+    bad = env.register("truncated")
+    r = env.cli("sync", "infra-validate", "--version", str(bad), "--server", "local", "--json")
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert doc["checks"][0]["name"] == "load" and doc["checks"][0]["passed"] is False
+    assert "Read less bytes" in doc["checks"][0]["message"] or "OUT_OF_RANGE" in doc["checks"][0]["message"]

@@ -1,0 +1,71 @@
+"""`mlops sync deploy` against real services: the MLflow server, the ledger, the local
+TF-Serving-compatible server reading the host base, real tiny SavedModels with distinct outputs.
+
+Every step is checked through TF Serving's REST API: which version answers the unversioned
+route, the `stable` label and each version route.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlops_common.errors import DeployFailed
+from serving_sync import models_config as mc
+
+
+def config_state(env, host):
+    return mc.state_of(mc.parse(env.config_text(host)), env.model)
+
+
+def test_first_deploy_upgrade_noop_and_rollback_to_the_warm_previous_version(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+
+    # first deploy: nothing served before
+    env.promote(v1)
+    r = env.deploy()
+    assert r.status == "deployed", r.message
+    env.serves(host, v1)
+    st = config_state(env, host)
+    assert st.versions == (v1,) and st.labels == {"stable": v1} and st.validate is None
+    assert env.tags(v1)["deploy_status"] == "deployed"
+
+    # upgrade: v2 validated beside v1, then switched; v1 stays loaded for an instant rollback
+    env.promote(v2)
+    traffic = env.traffic(host)
+    r = env.deploy()
+    traffic.stop()
+    assert r.status == "deployed", r.message
+    env.serves(host, v2)
+    assert env.which(host, version=v1) == v1            # the previous version is warm
+    st = config_state(env, host)
+    assert st.versions == (v1, v2) and st.labels == {"stable": v2} and st.validate is None
+    assert traffic.failures == [] and traffic.count > 10
+    kinds = [s["kind"] for s in r.hosts[0].steps]
+    assert kinds == ["publish", "load_validation", "wait_validation", "smoke_validation", "load_main",
+                     "wait_main", "switch", "verify"]
+    # stable traffic never reached v2 before the switch; unversioned only after it was validated
+    assert set(traffic.answers["stable"]) <= {v1, v2} and set(traffic.answers["unversioned"]) <= {v1, v2}
+
+    # the same deploy again changes nothing
+    before = (host.base / "models.config").stat().st_mtime_ns
+    rows = len(env.ledger())
+    r = env.deploy()
+    assert r.status == "up_to_date" and "up to date" in r.message
+    assert (host.base / "models.config").stat().st_mtime_ns == before
+    assert len(env.ledger()) == rows
+    assert not (host.base / ".serving_sync" / "lock").exists()
+
+    # rollback to the warm v1: one config write, v2 unloaded (it is newer), v1 answers everywhere
+    env.promote(v1)
+    r = env.deploy()
+    assert r.status == "deployed", r.message
+    assert [s["kind"] for s in r.hosts[0].steps] == ["switch", "verify"]
+    env.serves(host, v1)
+    assert env.states(host)[v2] == "END"
+    assert any("not kept warm because it is newer" in n for n in r.hosts[0].notes)
+    deploys = [e for e in env.ledger(("deploy",)) if e.outcome == "ok"]
+    assert [(e.from_version, e.to_version, e.host) for e in deploys] == [
+        (None, v1, host.name), (v1, v2, host.name), (v2, v1, host.name)]

@@ -1,0 +1,188 @@
+"""Failed deploys put everything back: the host (exactly), the registry's production alias, the
+tags and the ledger say why, and traffic never notices.
+
+Broken versions are real SavedModels whose golden set does not match (weights altered after
+export, golden response edited, signature changed) or that cannot load (variables truncated).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlops_common.errors import DeployFailed
+
+
+def setup_serving_v1(env, hosts=1, kind="file"):
+    hs = env.add_hosts(hosts, kind) if hosts > 1 else [env.add_host(kind)]
+    v1 = env.register("a")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"
+    return hs, v1
+
+
+@pytest.mark.parametrize("broken,check", [("altered", "golden_outputs"), ("golden_edited", "golden_outputs"),
+                                          ("signature_changed", "signature")])
+def test_a_version_that_fails_the_smoke_test_is_rolled_back_while_v1_keeps_answering(deploy_env, broken, check):
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    config_before = env.config_text(host)
+    bad = env.register(broken)
+    env.promote(bad)
+    traffic = env.traffic(host)
+    with pytest.raises(DeployFailed) as e:
+        env.deploy()
+    traffic.stop()
+    msg = e.value.message
+    assert "\n" not in msg and f"failed on host {host.name} at step 'smoke_validation'" in msg
+    assert check in msg and f"put back {host.name} to v1" in msg and "production moved back to v1" in msg
+    assert e.value.exit_code == 3
+    # the host: exactly as before, v1 everywhere, the broken version never answered
+    assert env.config_text(host) == config_before
+    env.serves(host, v1)
+    assert traffic.failures == [] and traffic.count > 10
+    assert set(traffic.answers["unversioned"]) == {v1} and set(traffic.answers["stable"]) == {v1}
+    # the registry: production back, the version tagged, the ledger tells the story
+    assert env.production() == v1
+    tags = env.tags(bad)
+    assert tags["deploy_status"] == "failed" and check in tags["deploy.reason"]
+    rows = [(r.action, r.outcome, r.host) for r in env.ledger() if r.to_version == bad or r.from_version == bad]
+    assert ("smoke_test", "failed", host.name) in rows
+    assert ("deploy", "failed", host.name) in rows and ("rollback", "ok", host.name) in rows
+    assert ("host_rollback", "ok", host.name) in rows
+    assert not (host.base / ".serving_sync" / "lock").exists()
+    # and the next deploy (production is v1 again) has nothing to do
+    assert env.deploy().status == "up_to_date"
+
+
+def test_a_truncated_savedmodel_is_never_served_and_tf_servings_error_is_reported(deploy_env):
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    bad = env.register("truncated")
+    env.promote(bad)
+    traffic = env.traffic(host)
+    with pytest.raises(DeployFailed) as e:
+        env.deploy()
+    traffic.stop()
+    msg = e.value.message
+    # TF Serving's own reason for the failed load is in the one line
+    assert "Read less bytes than requested" in msg or "OUT_OF_RANGE" in msg, msg
+    assert "load_validation" in msg or "wait_validation" in msg
+    env.serves(host, v1)
+    assert bad not in env.states(host)                         # never loaded in the main entry
+    assert traffic.failures == [] and set(traffic.answers["unversioned"]) == {v1}
+    assert env.production() == v1 and env.tags(bad)["deploy_status"] == "failed"
+
+
+def test_first_deploy_ever_failing_removes_production_and_says_so(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    bad = env.register("golden_edited")
+    env.promote(bad)
+    with pytest.raises(DeployFailed) as e:
+        env.deploy()
+    assert "production removed: there was no previous production version" in e.value.message
+    assert env.production() is None
+    assert env.states(host) == {}                              # nothing serves under the main name
+    assert "__validate" not in env.config_text(host)
+
+
+def test_a_version_deploy_that_fails_leaves_production_alone(deploy_env):
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    bad = env.register("altered")
+    with pytest.raises(DeployFailed) as e:
+        env.deploy(version=bad)
+    assert "production was not involved" in e.value.message
+    assert env.production() == v1 and env.tags(bad)["deploy_status"] == "failed"
+    env.serves(host, v1)
+
+
+def test_two_hosts_second_fails_both_end_on_the_previous_version(deploy_env):
+    env = deploy_env
+    (h1, h2), v1 = setup_serving_v1(env, hosts=2)
+    before = [env.config_text(h) for h in (h1, h2)]
+    # host 2 is misconfigured: TF Serving looks for the models elsewhere than we publish them
+    h2.entry["model_base_path"] = str(h2.base.parent / "not-where-the-files-are")
+    env.write_hosts_file()
+    v2 = env.register("b")
+    env.promote(v2)
+    traffic = env.traffic(h1)
+    with pytest.raises(DeployFailed) as e:
+        env.deploy()
+    traffic.stop()
+    msg = e.value.message
+    assert f"failed on host {h2.name}" in msg and f"put back {h2.name}, {h1.name} to v1" in msg
+    for h, text in zip((h1, h2), before):
+        env.serves(h, v1)
+        assert env.config_text(h) == text
+    assert traffic.failures == []
+    assert env.production() == v1
+    assert {(r.host, r.outcome) for r in env.ledger(("host_rollback",))} == {(h1.name, "ok"), (h2.name, "ok")}
+    # host 1 had switched to v2 before host 2 failed
+    assert any(r.host == h1.name and r.to_version == v2 and r.outcome == "ok" for r in env.ledger(("deploy",)))
+
+
+@pytest.mark.slow
+def test_three_hosts_third_fails_all_three_back_even_when_the_switch_unloaded_the_previous(deploy_env):
+    env = deploy_env
+    hs, v1 = setup_serving_v1(env, hosts=3)
+    v2 = env.register("b")
+    env.promote(v2)
+    assert env.deploy().status == "deployed"
+    for h in hs:
+        env.serves(h, v2)
+    before = [env.config_text(h) for h in hs]
+    # roll back to v1 (lower): hosts 1 and 2 switch at once and UNLOAD v2; host 3 then fails
+    hs[2].entry["model_base_path"] = str(hs[2].base.parent / "elsewhere")
+    env.write_hosts_file()
+    env.promote(v1)
+    traffic = env.traffic(hs[0])
+    with pytest.raises(DeployFailed) as e:
+        env.deploy()
+    traffic.stop()
+    assert f"failed on host {hs[2].name}" in e.value.message
+    for h, text in zip(hs, before):
+        env.serves(h, v2)                  # v2 was loaded again before its label was restored
+        assert env.config_text(h) == text
+    assert traffic.failures == []
+    assert env.production() == v2          # the "rollback" deploy failed: back to what served
+
+
+def test_unknown_version_no_production_and_unreachable_tf_serving_are_one_line_and_change_nothing(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 2 and "registered model" in r.stderr and "does not exist" in r.stderr
+    v1 = env.register("a")
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: no version of")
+    assert "promote one first" in r.stderr
+    r = env.cli("sync", "deploy", "--version", "42")
+    assert r.returncode == 2 and "version 42" in r.stderr and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    env.promote(v1)
+    host.server.stop()
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 2 and "is not reachable" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    assert not (host.base / env.model).exists() and not (host.base / ".serving_sync" / "lock").exists()
+    bad_hosts = env.hosts_file.with_name("bad.toml")
+    bad_hosts.write_text('[[hosts]]\nname = "x"\ntarget = "ftp://nope"\nrest_url = "http://127.0.0.1:1"\n')
+    r = env.cli("sync", "deploy", "--hosts", str(bad_hosts))
+    assert r.returncode == 2 and "unsupported scheme 'ftp'" in r.stderr
+
+
+def test_deploy_failure_with_json_prints_one_document_and_exits_3(deploy_env):
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    bad = env.register("golden_edited")
+    env.promote(bad)
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "failed" and doc["version"] == bad
+    assert doc["hosts"][0]["failed_step"] == "smoke_validation" and doc["hosts"][0]["status"] == "restored"
+    assert doc["registry"]["to_version"] == v1
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: deploy of v{bad} of")
+    env.serves(host, v1)

@@ -1,0 +1,265 @@
+"""Deploys over real transports and under real contention: OpenSSH (cut mid-upload, changed host
+key), S3 (SeaweedFS), concurrent deploys and the host lock, a deploy killed mid-way, retention.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlops_common.errors import DeployFailed
+from serving_sync import models_config as mc
+from serving_sync.errors import HostKeyRejected, LockHeld
+from serving_sync.lock import HostLock
+from serving_sync.transports.local import LocalTransport
+from tests.helpers import REPO
+
+
+def numeric(path) -> list[str]:
+    return sorted(n for n in os.listdir(path) if n.isdigit()) if path.is_dir() else []
+
+
+# --- SSH ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ssh_connection_cut_mid_upload_publishes_nothing_and_the_next_run_completes(
+        deploy_env, sshd_factory, cut_proxy, tmp_path):
+    env = deploy_env
+    host = env.add_host("ssh")
+    v1 = env.register("a")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"
+    config_before = env.config_text(host)
+
+    # the next version is 3 MB; the first connection through the proxy dies after 1.5 MB
+    sshd = env._sshd()
+    proxy = cut_proxy(sshd.port, 1_500_000)
+    key_type, key_b64 = sshd.host_key_pub.split()[:2]
+    known = tmp_path / "known_hosts_proxy"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {key_type} {key_b64}\n")
+    host.entry.update(target=f"ssh://{sshd.user}@127.0.0.1:{proxy.port}{host.base}", known_hosts=str(known))
+    env.write_hosts_file()
+    v2 = env.register("big")
+    env.promote(v2)
+    traffic = env.traffic(host)
+    r = env.cli("sync", "deploy")
+    traffic.stop()
+    assert proxy.cuts == 1
+    assert r.returncode == 3, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: deploy of v2") and "at step 'publish'" in line and "lost the SSH connection" in line
+    assert "production left at v2" in line and "rerun" in line
+    # nothing partial is visible, nothing changed, the lock was released over a new connection
+    assert numeric(host.base / env.model) == ["1"]
+    assert env.config_text(host) == config_before
+    env.serves(host, v1)
+    assert traffic.failures == []
+    assert not (host.base / ".serving_sync" / "lock").exists()
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "deployed" and doc["hosts"][0]["publish"]["status"] == "uploaded"
+    env.serves(host, v2)
+    assert numeric(host.base / env.model) == ["1", "2"]
+
+
+def test_a_changed_host_key_is_refused_and_no_host_is_touched(deploy_env, sshd_factory):
+    env = deploy_env
+    good = env.add_host("file")
+    sshd = env._sshd()
+    impostor = sshd_factory(pin_key_of=sshd)        # its known_hosts pins ANOTHER server's key
+    bad = env.add_host("file")
+    bad.entry.update(target=impostor.target(bad.base), known_hosts=str(impostor.known_hosts),
+                     identity_file=str(impostor.identity_file))
+    env.write_hosts_file()
+    v1 = env.register("a")
+    env.promote(v1)
+    with pytest.raises(HostKeyRejected) as e:
+        env.deploy()
+    assert "HOST KEY CHANGED" in e.value.message and "\n" not in e.value.message
+    for h in (good, bad):
+        assert numeric(h.base / env.model) == [] and env.model not in env.config_text(h)
+        assert not (h.base / ".serving_sync" / "lock").exists()
+
+
+def test_deploy_over_ssh_and_file_hosts_then_noop(deploy_env, sshd_factory):
+    env = deploy_env
+    hs = [env.add_host("ssh"), env.add_host("file", grpc=False)]      # the file host waits for the poll
+    v1, v2 = env.register("a"), env.register("b")
+    for v in (v1, v2):
+        env.promote(v)
+        assert env.deploy().status == "deployed"
+    for h in hs:
+        env.serves(h, v2)
+        assert env.which(h, version=v1) == v1
+    r = env.deploy()
+    assert r.status == "up_to_date" and all(h.status == "up_to_date" for h in r.hosts)
+
+
+# --- S3 ----------------------------------------------------------------------------------------
+def test_s3_target_publishes_the_objects_and_writes_models_config(deploy_env, s3_env):
+    env = deploy_env
+    # no gRPC reload here: the config sent over gRPC would name s3:// paths the local server cannot
+    # read (real TF Serving can); the local server reads the mirrored, rewritten file instead
+    host = env.add_host("s3", grpc=False)
+    v1, v2 = env.register("a"), env.register("b")
+    for v in (v1, v2):
+        env.promote(v)
+        r = env.deploy()
+        assert r.status == "deployed", r.message
+    bucket = host.entry["target"].split("/")[2]
+    client = env.s3.client()
+    keys = {o["Key"][len(host.s3_prefix) + 1:] for o in
+            client.list_objects_v2(Bucket=bucket, Prefix=host.s3_prefix + "/")["Contents"]}
+    for v in (v1, v2):
+        expected = {p.relative_to(env.bundles.path(env.versions[v]) / "tfserving").as_posix()
+                    for p in (env.bundles.path(env.versions[v]) / "tfserving").rglob("*") if p.is_file()}
+        assert {k[len(f"{env.model}/{v}/"):] for k in keys if k.startswith(f"{env.model}/{v}/")} == expected
+    assert ".serving_sync/lock" not in keys
+    # the config in the bucket is what real TF Serving reads: base paths in the bucket
+    cfg = mc.parse(env.config_text(host))
+    st = mc.state_of(cfg, env.model)
+    assert st.base_path == f"s3://{bucket}/{host.s3_prefix}/{env.model}"
+    assert st.versions == (v1, v2) and st.labels == {"stable": v2} and st.validate is None
+    # and served through the mirror of the bucket
+    env.serves(host, v2)
+    assert host.mirror.errors == []
+
+
+# --- the host lock -----------------------------------------------------------------------------
+def test_a_held_lock_fails_cleanly_naming_the_owner_or_is_waited_for(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    other = HostLock(LocalTransport(host.base), purpose="deploy")
+    other.acquire()                                     # "another deploy" (this live process)
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: file://") and "another deploy holds the lock" in line
+    assert f":{os.getpid()}" in line and "wait for it to finish" in line
+    assert numeric(host.base / env.model) == []
+    # --lock-wait: the deploy waits until the lock is released, then goes ahead
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--lock-wait", "120", "--json"],
+                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        assert proc.poll() is None                      # still waiting for the lock
+        other.release()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "waiting up to 120s" in err and json.loads(out)["status"] == "deployed"
+    env.serves(host, v1)
+
+
+def test_a_stale_lock_is_reported_and_broken_only_on_request(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = HostLock(LocalTransport(host.base))
+    lock.acquire()
+    data = json.loads((host.base / ".serving_sync" / "lock").read_text())
+    data["pid"] = dead.pid
+    (host.base / ".serving_sync" / "lock").write_text(json.dumps(data))
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 2 and "looks stale" in r.stderr and "--break-lock" in r.stderr
+    r = env.cli("sync", "deploy", "--break-lock")
+    assert r.returncode == 0, r.stderr
+    assert "breaking the lock" in r.stderr
+    env.serves(host, v1)
+
+
+@pytest.mark.slow
+def test_two_concurrent_deploys_never_interleave(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    cmd = [sys.executable, "-m", "mlops", "sync", "deploy", "--latency-requests", "300"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    outs = [o + e for o, e in results]
+    deployed = [o for o in outs if "deployed v1" in o]
+    assert len(deployed) == 1, outs                  # exactly one of them did the work
+    other = next(o for o in outs if o is not deployed[0])
+    assert ("another deploy holds the lock" in other and codes == [0, 2]) or \
+        ("up to date" in other and codes == [0, 0]), outs
+    env.serves(host, v1)
+    assert len([e for e in env.ledger(("deploy",)) if e.outcome == "ok"]) == 1
+
+
+# --- killed mid-way ----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_deploy_killed_mid_way_converges_on_the_next_run(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    env.deploy()
+    env.promote(v2)
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--latency-requests", "1000"],
+                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "__validate" not in env.config_text(host):
+            time.sleep(0.05)
+        assert "__validate" in env.config_text(host)
+        time.sleep(0.5)                                 # inside the validation smoke test
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # killed: the validation entry is left over, but traffic never moved
+    env.serves(host, v1)
+    r = env.cli("sync", "plan", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)["hosts"][0]
+    assert not plan["up_to_date"] and plan["current"] == v1
+    # the dead deploy's lock is recognized as stale; breaking it lets the next run converge
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 2 and "looks stale" in r.stderr
+    r = env.cli("sync", "deploy", "--break-lock", "--json")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert "__validate" not in env.config_text(host)
+    assert env.deploy().status == "up_to_date"
+
+
+# --- retention ---------------------------------------------------------------------------------
+def test_retention_keeps_the_newest_serving_and_previous_and_removes_stale_uploads(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    vs = [env.register(k) for k in ("a", "b", "c", "big")]
+    stale = host.base / env.model / ".incoming-9-20000101T000000Z-dead"
+    for v in vs[:3]:
+        env.promote(v)
+        env.deploy(opts=None, timeout=60)
+    stale.mkdir(parents=True)
+    (stale / "saved_model.pb").write_bytes(b"partial")
+    env.promote(vs[3])
+    from serving_sync.deploy import DeployOptions
+    r = env.deploy(opts=DeployOptions(timeout=60, keep=2, json_mode=True))
+    assert r.status == "deployed"
+    assert r.hosts[0].retention["remove_versions"] == [1, 2]
+    assert numeric(host.base / env.model) == ["3", "4"] and not stale.exists()
+    assert not (host.base / ".serving_sync" / "manifests" / env.model / "1.json").exists()
+    rec = json.loads((host.base / ".serving_sync" / "verified" / f"{env.model}.json").read_text())
+    assert sorted(rec["versions"]) == ["3", "4"]
+    env.serves(host, vs[3])
+    assert env.which(host, version=vs[2]) == vs[2]       # previous still warm

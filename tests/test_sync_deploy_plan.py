@@ -1,0 +1,223 @@
+"""The deploy plan is a pure function of (desired version, observed host): every case, fast.
+
+Observations are plain data as ``observe.observe_host`` builds them; the assertions check the
+step kinds, the configs each write asks for (so TF Serving's label rule holds at every step)
+and what is kept warm.
+"""
+from __future__ import annotations
+
+import pytest
+
+from mlops_common.errors import ConfigError
+from serving_sync import models_config as mc
+from serving_sync.plan import (KEEP, ConfigTarget, HostObservation, MainTarget, compose, final_target,
+                               plan_host)
+
+M = "digits"
+BASE = "/srv/models/digits"
+A = "AVAILABLE"
+
+
+def obs(*, versions=(), labels=(), states=None, stable=None, validate=None, vstates=None, published=(),
+        verified=(), policy="specific", base=BASE) -> HostObservation:
+    has_main = bool(versions) or policy != "specific"
+    return HostObservation(host="h1", model=M, base_path=BASE,
+                           main_policy=policy if has_main else None, main_base_path=base if has_main else None,
+                           main_versions=tuple(versions), main_labels=tuple(labels), validate=validate,
+                           main_states=dict(states or {}), validate_states=dict(vstates or {}), stable=stable,
+                           published=tuple(published), verified=tuple(verified))
+
+
+def kinds(plan) -> list[str]:
+    return [s.kind for s in plan.steps]
+
+
+def step(plan, kind):
+    return next(s for s in plan.steps if s.kind == kind)
+
+
+def labels_only_on_available(plan, o: HostObservation) -> None:
+    """Every config the plan writes labels only versions that are AVAILABLE at that moment."""
+    loaded = set(o.available)
+    for s in plan.steps:
+        if s.kind in ("wait_main",):
+            loaded.add(s.version)
+        if s.config is None or not isinstance(s.config.main, MainTarget):
+            continue
+        for label, v in s.config.main.labels:
+            assert v in loaded, f"{s.kind}: label {label} -> v{v} before v{v} is loaded in the main entry"
+
+
+def test_first_deploy_validates_then_loads_then_labels():
+    o = obs()
+    p = plan_host(o, 1)
+    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "load_main",
+                        "wait_main", "switch", "verify"]
+    assert p.current is None and p.previous_kept is None
+    assert step(p, "load_validation").config == ConfigTarget(None, 1)       # no main entry yet
+    assert step(p, "load_main").config == ConfigTarget(MainTarget((1,), ()), 1)
+    assert step(p, "switch").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None)
+    labels_only_on_available(p, o)
+
+
+def test_upgrade_keeps_stable_on_the_serving_version_until_the_switch_and_keeps_it_warm():
+    o = obs(versions=(1,), labels=(("stable", 1),), states={1: A}, stable=1, published=(1,), verified=(1,))
+    p = plan_host(o, 2)
+    assert kinds(p)[:4] == ["publish", "load_validation", "wait_validation", "smoke_validation"]
+    assert step(p, "load_validation").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), 2)
+    assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 2), (("stable", 1),)), 2)
+    assert step(p, "switch").config == ConfigTarget(MainTarget((1, 2), (("stable", 2),)), None)
+    assert p.previous_kept == 1 and p.current == 1 and not p.fast_path
+    labels_only_on_available(p, o)
+
+
+def test_redeploy_of_what_serves_is_a_no_op():
+    o = obs(versions=(1, 2), labels=(("stable", 2),), states={1: A, 2: A}, stable=2, published=(1, 2),
+            verified=(1, 2))
+    p = plan_host(o, 2)
+    assert p.up_to_date and p.steps == () and "up to date" in p.notes
+
+
+def test_not_up_to_date_when_the_version_was_never_verified_on_this_host():
+    o = obs(versions=(2,), labels=(("stable", 2),), states={2: A}, stable=2, published=(2,), verified=())
+    p = plan_host(o, 2)
+    assert kinds(p) == ["smoke_main", "switch", "verify"]
+    assert step(p, "smoke_main").entry == M
+
+
+def test_rollback_to_the_warm_previous_version_is_one_switch():
+    o = obs(versions=(1, 2), labels=(("stable", 2),), states={1: A, 2: A}, stable=2, published=(1, 2),
+            verified=(1, 2))
+    p = plan_host(o, 1)
+    assert kinds(p) == ["switch", "verify"] and p.fast_path
+    sw = step(p, "switch")
+    # v2 is newer: keeping it loaded would keep unversioned traffic on it, so it goes
+    assert sw.config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None)
+    assert sw.unload == (2,) and p.previous_kept is None
+    assert any("not kept warm because it is newer" in n for n in p.notes)
+    labels_only_on_available(p, o)
+
+
+def test_rollback_to_a_cold_version_loads_it_beside_the_serving_one_first():
+    o = obs(versions=(2, 3), labels=(("stable", 3),), states={1: "END", 2: A, 3: A}, stable=3,
+            published=(1, 2, 3), verified=(1, 2, 3))
+    p = plan_host(o, 1)
+    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "load_main",
+                        "wait_main", "switch", "verify"]
+    assert "already present" in step(p, "publish").text
+    # while v1 loads in the main entry, stable stays on v3 and v3 (higher) keeps unversioned traffic
+    assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 3), (("stable", 3),)), 1)
+    sw = step(p, "switch")
+    assert sw.config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None) and sw.unload == (2, 3)
+    labels_only_on_available(p, o)
+
+
+def test_lower_new_version_never_published_here():
+    o = obs(versions=(5,), labels=(("stable", 5),), states={5: A}, stable=5, published=(5,), verified=(5,))
+    p = plan_host(o, 4)
+    assert "upload" in step(p, "publish").text
+    assert step(p, "switch").config.main == MainTarget((4,), (("stable", 4),))
+    assert p.previous_kept is None
+
+
+def test_drift_a_hand_loaded_higher_version_is_unloaded_and_stable_repaired():
+    # registry says v2; someone loaded v3 by hand and pointed stable at it
+    o = obs(versions=(2, 3), labels=(("stable", 3),), states={2: A, 3: A}, stable=3, published=(2, 3),
+            verified=(2,))
+    p = plan_host(o, 2)
+    assert kinds(p) == ["switch", "verify"]
+    sw = step(p, "switch")
+    assert sw.config.main == MainTarget((2,), (("stable", 2),)) and sw.unload == (3,)
+
+
+def test_drift_the_label_points_elsewhere_than_the_file_says():
+    o = obs(versions=(1, 2), labels=(("stable", 2),), states={1: A, 2: A}, stable=1, published=(1, 2),
+            verified=(1, 2))
+    p = plan_host(o, 2)
+    assert not p.up_to_date and kinds(p) == ["switch", "verify"]
+
+
+def test_leftover_validation_entry_of_a_killed_deploy_is_validated_again_then_dropped():
+    o = obs(versions=(1,), labels=(("stable", 1),), states={1: A}, stable=1, validate=2, vstates={2: A},
+            published=(1, 2), verified=(1,))
+    p = plan_host(o, 2)
+    assert kinds(p)[:4] == ["publish", "load_validation", "wait_validation", "smoke_validation"]
+    assert step(p, "switch").config.validate is None
+
+
+def test_leftover_validation_entry_of_another_version_goes_in_the_switch():
+    o = obs(versions=(1, 2), labels=(("stable", 2),), states={1: A, 2: A}, stable=2, validate=7,
+            published=(1, 2, 7), verified=(1, 2))
+    p = plan_host(o, 2)
+    assert kinds(p) == ["switch", "verify"]
+    assert step(p, "switch").config == ConfigTarget(MainTarget((1, 2), (("stable", 2),)), None)
+    assert any("leftover validation entry" in n for n in p.notes)
+
+
+def test_half_switched_config_of_a_killed_deploy_is_completed():
+    # killed after load_main: v2 loaded and verified, stable still on v1, validation entry still there
+    o = obs(versions=(1, 2), labels=(("stable", 1),), states={1: A, 2: A}, stable=1, validate=2,
+            vstates={2: A}, published=(1, 2), verified=(1, 2))
+    p = plan_host(o, 2)
+    assert kinds(p) == ["switch", "verify"]
+    assert step(p, "switch").config == ConfigTarget(MainTarget((1, 2), (("stable", 2),)), None)
+
+
+def test_without_keep_previous_only_the_new_version_stays():
+    o = obs(versions=(1,), labels=(("stable", 1),), states={1: A}, stable=1, published=(1,), verified=(1,))
+    p = plan_host(o, 2, keep_previous=False)
+    assert step(p, "switch").config.main == MainTarget((2,), (("stable", 2),)) and p.previous_kept is None
+
+
+def test_other_labels_survive_when_their_version_stays_loaded():
+    o = obs(versions=(1,), labels=(("canary", 1), ("stable", 1)), states={1: A}, stable=1, published=(1,),
+            verified=(1,))
+    final, prev, _ = final_target(o, 2)
+    assert final.label_map == {"canary": 1, "stable": 2} and prev == 1
+
+
+def test_unmanaged_main_entry_is_kept_verbatim_while_validating_then_taken_over():
+    o = obs(policy="latest", versions=(), states={4: A}, stable=None, published=(4,))
+    p = plan_host(o, 5)
+    assert step(p, "load_validation").config.main == KEEP
+    assert step(p, "load_main").config.main == MainTarget((4, 5), ())
+    assert step(p, "switch").config.main == MainTarget((4, 5), (("stable", 5),))
+
+
+def test_retention_preview_never_removes_serving_previous_or_kept_versions():
+    o = obs(versions=(4,), labels=(("stable", 4),), states={4: A}, stable=4, published=(1, 2, 3, 4),
+            verified=(4,))
+    p = plan_host(o, 5, keep=2)
+    assert p.retention == (1, 2, 3)                      # keep=2: v4 (previous) and v5 (serving) stay
+    p = plan_host(o, 5, keep=1)
+    assert p.retention == (1, 2, 3)                      # the previous version is kept whatever keep says
+
+
+def test_compose_replaces_only_our_entries_and_keeps_other_models_verbatim():
+    other = ('model_config_list { config { name: "other" base_path: "/x/other" model_platform: "tensorflow" '
+             'model_version_policy { latest { num_versions: 2 } } } }')
+    cfg = mc.parse(other)
+    out = compose(cfg, M, BASE, ConfigTarget(MainTarget((1, 2), (("stable", 1),)), 2))
+    assert [e.name for e in out.entries] == ["other", M, f"{M}__validate"]
+    assert out.entries[0] == cfg.entries[0]
+    text = mc.render(out)
+    assert mc.parse(text).entry("other").policy == "latest"
+    st = mc.state_of(mc.parse(text), M)
+    assert st.versions == (1, 2) and st.labels == {"stable": 1} and st.validate == 2
+    back = compose(mc.parse(text), M, BASE, ConfigTarget(None, None))
+    assert [e.name for e in back.entries] == ["other"]
+
+
+def test_main_target_refuses_a_label_on_a_version_it_does_not_load():
+    with pytest.raises(ConfigError, match="not loaded"):
+        MainTarget((1,), (("stable", 2),))
+    with pytest.raises(ConfigError):
+        MainTarget((), ())
+
+
+def test_a_main_entry_reading_another_base_path_does_not_count_as_loaded():
+    o = obs(versions=(1, 2), labels=(("stable", 2),), states={1: A, 2: A}, stable=2, published=(1, 2),
+            verified=(1, 2), base="/old/place/digits")
+    p = plan_host(o, 1)
+    assert kinds(p)[:2] == ["publish", "load_validation"] and not p.fast_path
+    assert step(p, "load_validation").config.main == KEEP

@@ -1,0 +1,211 @@
+"""Fast tests of the deploy's pure decisions: smoke verdicts, wait verdicts, the verified record,
+the watch loop's bounds, the infra-validate server choice and docker command line."""
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from mlops_common.errors import UserError
+from serving_sync import verified
+from serving_sync.apply import load_verdict
+from serving_sync.infra import choose_server
+from serving_sync.smoke import (Check, SmokeOptions, SmokeReport, compare_outputs, compare_signature,
+                                latency_verdict, p95)
+from serving_sync.tfs_client import VersionStatus
+from serving_sync.watch import Watcher
+
+SIG = {"serving_default": {"method_name": "tensorflow/serving/predict",
+                           "inputs": {"inputs": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
+                           "outputs": {"output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
+
+
+# --- smoke verdicts ----------------------------------------------------------------------------
+def test_signature_match_and_each_kind_of_difference():
+    assert compare_signature(SIG, SIG) == []
+    other = {"serving_default": {**SIG["serving_default"],
+                                 "outputs": {"probs": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
+    assert "outputs ['probs'] != registered ['output_0']" in compare_signature(SIG, other)[0]
+    shape = {"serving_default": {**SIG["serving_default"],
+                                 "inputs": {"inputs": {"dtype": "DT_FLOAT", "shape": [-1, 28, 28, 1]}}}}
+    assert "input 'inputs'" in compare_signature(SIG, shape)[0]
+    assert "not served" in compare_signature(SIG, {})[0]
+    method = {"serving_default": {**SIG["serving_default"], "method_name": "tensorflow/serving/classify"}}
+    assert "method" in compare_signature(SIG, method)[0]
+
+
+def test_outputs_within_tolerance_pass_and_beyond_fail_with_the_worst_difference():
+    golden = {"predictions": [[0.1, 0.9], [0.5, 0.5]]}
+    ok, worst = compare_outputs(golden, {"predictions": [[0.10005, 0.9], [0.5, 0.49995]]}, 1e-4)
+    assert ok == [] and worst == pytest.approx(5e-5, rel=1e-3)
+    bad, worst = compare_outputs(golden, {"predictions": [[0.1, 0.9], [0.52, 0.5]]}, 1e-4)
+    assert len(bad) == 1 and "1 value(s) differ" in bad[0] and "[1][0]" in bad[0]
+    assert worst == pytest.approx(0.02)
+    # looser tolerance accepts it
+    assert compare_outputs(golden, {"predictions": [[0.1, 0.9], [0.52, 0.5]]}, 0.05)[0] == []
+
+
+def test_outputs_of_another_shape_nan_or_format_fail():
+    golden = {"predictions": [[0.1, 0.9]]}
+    assert "length" in compare_outputs(golden, {"predictions": [[0.1, 0.9], [0, 1]]}, 1e-4)[0][0]
+    assert "length" in compare_outputs(golden, {"predictions": [[0.1]]}, 1e-4)[0][0]
+    problems, worst = compare_outputs(golden, {"predictions": [[math.nan, 0.9]]}, 1e-4)
+    assert problems and "differ" in problems[0] and math.isinf(worst)
+    assert "neither" in compare_outputs(golden, {"error": "x"}, 1e-4)[0][0]
+    assert compare_outputs({"outputs": {"p": [1.0]}}, {"outputs": {"p": [1.0]}}, 0)[0] == []
+    assert "keys" in compare_outputs({"outputs": {"p": [1.0]}}, {"outputs": {"q": [1.0]}}, 0)[0][0]
+    assert "not a number" in compare_outputs(golden, {"predictions": [["x", 0.9]]}, 1e-4)[0][0]
+
+
+def test_p95_is_nearest_rank_and_latency_verdict_uses_the_budget():
+    samples = [float(i) for i in range(1, 21)]          # 1..20 ms
+    assert p95(samples) == 19.0
+    assert p95([7.0]) == 7.0
+    with pytest.raises(ValueError):
+        p95([])
+    assert latency_verdict(samples, 19.0).passed
+    check = latency_verdict(samples, 18.5)
+    assert not check.passed and "p95 19.0 ms over 20 requests" in check.message
+
+
+def test_smoke_options_refuse_nonsense():
+    for kw in ({"atol": -1}, {"atol": math.nan}, {"requests": 0}, {"requests": 10_000}, {"budget_ms": 0}):
+        with pytest.raises(UserError):
+            SmokeOptions(**kw)
+
+
+def test_smoke_report_passes_only_with_checks_all_passed():
+    r = SmokeReport("h", "m", "m/labels/stable", 3)
+    assert not r.passed                                     # no checks made is not a pass
+    r.checks = [Check("signature", True, "ok"), Check("golden_outputs", False, "2 values differ")]
+    assert not r.passed and r.summary() == "golden_outputs: 2 values differ"
+    r.checks[1].passed = True
+    assert r.passed and r.to_dict()["passed"] is True
+
+
+# --- waits -------------------------------------------------------------------------------------
+def test_load_verdict_tolerates_a_clean_unload_for_a_grace_period_but_not_a_failed_load():
+    st = [VersionStatus(1, "END"), VersionStatus(2, "END", "NOT_FOUND", "no pb"), VersionStatus(3, "LOADING"),
+          VersionStatus(4, "AVAILABLE")]
+    assert load_verdict(st, 4, waited=0).done
+    assert not load_verdict(st, 1, waited=1, grace=10).failed           # not picked up yet
+    assert load_verdict(st, 1, waited=11, grace=10).failed
+    assert "has not picked up" in load_verdict(st, 1, waited=11, grace=10).detail
+    failed = load_verdict(st, 2, waited=0)
+    assert failed.failed and failed.detail == "no pb"
+    assert load_verdict(st, 3, waited=0).detail == "LOADING"
+    assert not load_verdict(st, 9, waited=0).done and not load_verdict(st, 9, waited=0).failed
+
+
+# --- the verified record -----------------------------------------------------------------------
+def test_verified_record_round_trip_and_unreadable_is_empty():
+    data = verified.render("m", {3: {"at": "t"}, 1: {"at": "u"}})
+    assert verified.parse(data) == {1: {"at": "u"}, 3: {"at": "t"}}
+    assert verified.parse(b"not json") == {}
+    assert verified.parse(b'{"format": "other/1", "versions": {"1": {}}}') == {}
+
+
+def test_verified_record_on_a_host(tmp_path):
+    from serving_sync.transports.local import LocalTransport
+
+    t = LocalTransport(tmp_path)
+    assert verified.read(t, "m") == {}
+    verified.add(t, "m", 2, route="m__validate/versions/2")
+    verified.add(t, "m", 5, route="m/versions/5")
+    assert sorted(verified.read(t, "m")) == [2, 5]
+    verified.forget(t, "m", [2])
+    assert sorted(verified.read(t, "m")) == [5]
+
+
+# --- watch loop --------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_watch_once_runs_exactly_one_pass():
+    calls = []
+    w = Watcher(lambda: calls.append(1) or ("up_to_date", 3, ""), interval=5, once=True)
+    res = w.run()
+    assert len(calls) == 1 and [p.status for p in res.passes] == ["up_to_date"]
+
+
+def test_watch_is_bounded_by_max_seconds_and_a_trigger_runs_a_pass_at_once():
+    clock = FakeClock()
+    statuses = iter([("up_to_date", 1, ""), ("deployed", 2, "deployed v2"), ("up_to_date", 2, "")] * 10)
+    w = Watcher(lambda: next(statuses), interval=1000, max_seconds=2000, clock=clock)
+
+    real_wait = w.wake.wait
+
+    def wait(timeout):
+        # the first wait is woken by a webhook; later ones let the (fake) time run out
+        if not getattr(wait, "fired", False):
+            wait.fired = True
+            w.trigger("webhook")
+            return real_wait(0)
+        clock.now += timeout
+        return False
+
+    w.wake.wait = wait
+    res = w.run()
+    assert [(p.trigger, p.status) for p in res.passes] == [("start", "up_to_date"), ("webhook", "deployed"),
+                                                          ("interval", "up_to_date")]
+
+
+def test_watch_keeps_going_after_an_error_and_refuses_a_busy_loop():
+    clock = FakeClock()
+
+    def reconcile():
+        raise UserError("TF Serving at http://x is not reachable")
+
+    w = Watcher(reconcile, interval=10, max_seconds=25, clock=clock)
+    w.wake.wait = lambda timeout: (setattr(clock, "now", clock.now + timeout), False)[1]
+    res = w.run()
+    assert [p.status for p in res.passes] == ["error", "error", "error"]
+    assert "not reachable" in res.passes[0].message
+    with pytest.raises(UserError, match="--interval"):
+        Watcher(reconcile, interval=0.01)
+    with pytest.raises(UserError, match="--max-seconds"):
+        Watcher(reconcile, interval=1, max_seconds=0)
+
+
+def test_watch_stop_event_ends_a_long_wait():
+    w = Watcher(lambda: ("up_to_date", 1, ""), interval=3600)
+    t = threading.Thread(target=w.run)
+    t.start()
+    w.stop_event.set()
+    w.trigger("stop")
+    t.join(timeout=10)
+    assert not t.is_alive()
+
+
+# --- infra-validate ----------------------------------------------------------------------------
+def test_server_choice_for_auto_docker_and_local():
+    assert choose_server("auto", lambda: True) == "docker"
+    assert choose_server("auto", lambda: False) == "local"
+    assert choose_server("local", lambda: True) == "local"
+    assert choose_server("docker", lambda: False) == "docker"
+    with pytest.raises(UserError):
+        choose_server("k8s", lambda: True)
+
+
+def test_docker_command_runs_the_pinned_image_read_only_on_loopback(tmp_path):
+    from mlops.local_services import docker_serving_command, tfserving_image
+    from tests.helpers import REPO
+
+    image = tfserving_image()
+    script = (REPO / "serving_host" / "install_server.sh").read_text()
+    assert f'IMAGE="{image}"' in script and image.startswith("tensorflow/serving:")
+    cmd = docker_serving_command(image=image, base=tmp_path, rest_port=18501, name="mlops-infra-x")
+    assert cmd[:4] == ["docker", "run", "--rm", "-d"]
+    assert ["-v", f"{tmp_path}:/models:ro"] == cmd[cmd.index("-v"):cmd.index("-v") + 2]
+    assert ["-p", "127.0.0.1:18501:8501"] == cmd[cmd.index("-p"):cmd.index("-p") + 2]
+    assert cmd.count("-p") == 1                                  # nothing else published
+    i = cmd.index(image)
+    assert cmd[i - 2:i] == ["--entrypoint", "tensorflow_model_server"]
+    assert "--model_config_file=/models/models.config" in cmd[i + 1:]
+    assert "--rest_api_port=8501" in cmd[i + 1:]
