@@ -1,0 +1,203 @@
+"""The quick start: the whole flow on the embedded default, as the CircleCI pipeline runs it.
+
+Local MLflow server + local TF-Serving-compatible server (a ``file://`` serving host), then:
+train v1 → gate → approval → promote → deploy (smoke-tested) and, unless ``--quick``, the
+retraining story: v2 on a good batch is approved and deployed (v1 kept warm for an instant
+rollback), v3 on the tutorial's bad batch is stopped by the gate. Every step calls the same
+functions as the ``mlops`` commands and the CircleCI jobs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlops_common import lineage, settings
+from mlops_common.errors import ConfigError, GateFailed, UserError
+
+DEFAULT_REST_PORT = settings.DEFAULT_REST_PORT
+DEFAULT_GRPC_PORT = settings.DEFAULT_GRPC_PORT
+
+
+@dataclass
+class DemoOptions:
+    yes: bool = False            # approve without asking
+    quick: bool = False          # only v1
+    epochs: int = 10
+    dataset: str = "digits"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def step(n: int, text: str) -> float:
+    say(f"\n[{n}] {text}")
+    return time.monotonic()
+
+
+def _ports() -> tuple[int, int]:
+    try:
+        return (int(settings.env("MLOPS_SERVING_REST_PORT", str(DEFAULT_REST_PORT))),
+                int(settings.env("MLOPS_SERVING_GRPC_PORT", str(DEFAULT_GRPC_PORT))))
+    except ValueError:
+        raise ConfigError("MLOPS_SERVING_REST_PORT and MLOPS_SERVING_GRPC_PORT must be port numbers") from None
+
+
+def hosts_toml(base: Path, rest_url: str, grpc: str) -> str:
+    """The embedded default's hosts file: one ``file://`` host served by the local server."""
+    return ("# Written by `mlops demo`: the embedded default's one serving host.\n"
+            "[[hosts]]\n"
+            'name = "local"\n'
+            f'target = "file://{base}"\n'
+            f'rest_url = "{rest_url}"\n'
+            f'grpc = "{grpc}"\n')
+
+
+def start_services(state: Path) -> dict:
+    """MLflow and the local model server (reused when already running), and the hosts file."""
+    from mlops.local_services import start_mlflow, start_model_server
+
+    mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port())
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default
+    rest_port, grpc_port = _ports()
+    base = state / "serving"
+    model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
+    hosts = state / "hosts.toml"
+    hosts.write_text(hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))
+    os.environ["MLOPS_HOSTS_FILE"] = str(hosts)
+    return {"mlflow": mlflow_svc.url, "serving": model_svc.url, "hosts": hosts, "base": base}
+
+
+def approve(version: int, opts: DemoOptions) -> bool:
+    """The CircleCI `hold` job, locally: a prompt, or --yes."""
+    if opts.yes:
+        say(f"    approved v{version} (--yes)")
+        return True
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"    Approve version {version} for production? Look at the gate report and the "
+                   f"runs in the MLflow UI first. [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def gate(model: str, version: int) -> tuple[bool, str]:
+    from mlops.commands.registry import _evaluator
+    from registry.gate import run_gate
+
+    outcome = run_gate(model, version, _evaluator(model))
+    return outcome.passed, outcome.summary
+
+
+def release(model: str, version: int, opts: DemoOptions, n: int, services: dict) -> bool:
+    """gate → approval → promote → deploy, as the pipeline does; False when stopped on purpose."""
+    from registry import promotion
+    from serving_sync.fleet import deploy
+    from serving_sync.hosts import load_hosts
+
+    step(n, f"quality gate: v{version} vs production on the frozen held-out set")
+    passed, summary = gate(model, version)
+    say(f"    {summary}")
+    if not passed:
+        say(f"    v{version} stops here: it is not a candidate and nobody is asked to approve it.")
+        return False
+    step(n + 1, f"approval (CircleCI's `hold` job): v{version} is the candidate")
+    if not approve(version, opts):
+        say(f"    not approved. Approve later with: mlops registry promote --version {version} "
+            f"&& mlops sync deploy")
+        return False
+    step(n + 2, f"promote v{version} to production")
+    moved = promotion.promote(model, version, actor=lineage.os_user(), reason="approved in mlops demo")
+    was = f"v{moved.from_version}" if moved.from_version is not None else "(none)"
+    say(f"    production: {was} -> v{moved.to_version} (ledger #{moved.ledger_id})")
+    step(n + 3, "deploy production to the serving host: publish, load, smoke-test, switch")
+    result = deploy(model, load_hosts(services["hosts"]))
+    say(f"    {result.message} in {result.seconds:.1f}s")
+    return True
+
+
+def golden_request_file(model: str, version: int, state: Path) -> Path:
+    from registry import versions
+
+    bundle = versions.download_bundle(model, version, state / "demo" / f"bundle-{version}")
+    path = state / "demo" / "request.json"
+    path.write_text(json.dumps(bundle.golden_request))
+    return path
+
+
+def run(opts: DemoOptions) -> dict:
+    """The whole flow; returns what it left running."""
+    from mlproject.batches import make_batch, write_batch
+    from mlproject.datasets import load_partition
+    from mlproject.train import TrainParams, retrain, train
+
+    state = settings.state_dir()
+    model = settings.model_name()
+    t0 = time.monotonic()
+    step(1, f"start the local services (state in {state})")
+    services = start_services(state)
+    say(f"    MLflow UI: {services['mlflow']}   model server (local TF-Serving-compatible): {services['serving']}")
+
+    step(2, f"train and register a new version of '{model}' on {opts.dataset} ({opts.epochs} epochs)")
+    params = TrainParams(dataset=opts.dataset, epochs=opts.epochs)
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is the story
+        v1 = train(model, params)["version"]
+    say(f"    registered version {v1}")
+    served = v1 if release(model, v1, opts, 3, services) else None
+
+    if not opts.quick and served is not None:
+        pool = load_partition(opts.dataset).pool
+        batches = state / "demo" / "incoming"
+        good = write_batch(make_batch("good", pool, seed=1), str(batches / "good" / "batch-001.npz"))
+        step(7, "retrain on a good batch of new, correctly labelled data")
+        with contextlib.redirect_stdout(sys.stderr):
+            v2 = retrain(model, params, good)["version"]
+        say(f"    registered version {v2} (retrained from v{v1})")
+        if release(model, v2, opts, 8, services):
+            served = v2
+        bad = write_batch(make_batch("bad", pool, seed=1), str(batches / "bad" / "batch-001.npz"))
+        step(12, "retrain on the tutorial's bad batch (labels shuffled)")
+        with contextlib.redirect_stdout(sys.stderr):
+            v3 = retrain(model, params, bad)["version"]
+        say(f"    registered version {v3}")
+        release(model, v3, opts, 13, services)
+
+    say(f"\nDone in {time.monotonic() - t0:.0f}s.")
+    if served is not None:
+        request = golden_request_file(model, served, state)
+        say(f"""
+  MLflow UI (compare the runs, see the gate reports): {services['mlflow']}/#/models/{model}
+  Model server (production uses real TensorFlow Serving):  {services['serving']}/v1/models/{model}
+  Predict:   curl -s -X POST {services['serving']}/v1/models/{model}:predict -d @{request}
+  Status:    mlops sync status        History: mlops registry history
+  Roll back: mlops sync rollback --reason "why"   (the previous version is kept warm: about a second)
+  Stop:      mlops down""")
+    return {"services": services, "served": served, "model": model}
+
+
+def wait_for_ctrl_c() -> None:
+    from mlops.local_services import stop_service
+
+    say("\nThe services keep running. Press Ctrl-C to stop them (or run `mlops down` later).")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        state = settings.state_dir()
+        for name in ("model-server", "mlflow-server"):
+            stop_service(state, name)
+        say("stopped.")
+
+
+def main(opts: DemoOptions, *, detach: bool) -> int:
+    try:
+        run(opts)
+    except GateFailed as exc:  # only possible for v1: nothing to serve
+        raise UserError(f"the first version failed the gate: {exc.message}") from None
+    if not detach and sys.stdin.isatty():
+        wait_for_ctrl_c()
+    return 0
