@@ -153,7 +153,9 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
     if port_in_use(port):
         raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; "
                           f"set MLOPS_MLFLOW_PORT to a free port")
-    backend = backend_store_uri or f"sqlite:///{state / 'mlflow.db'}"
+    from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
+
+    backend = prepare_backend_store(backend_store_uri or f"sqlite:///{state / 'mlflow.db'}", env=env)
     artifacts = artifacts_destination or str(state / "mlartifacts")
     url = f"http://127.0.0.1:{port}"
     cmd = mlflow_server_command(port=port, backend_store_uri=backend, artifacts_destination=artifacts,

@@ -1,69 +1,17 @@
 """The ledger on a real PostgreSQL server (started by the test): migrations, triggers, locking."""
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from registry.ledger import Entry, Ledger, VERSION_TABLE
 from tests.test_registry_ledger import assert_unbroken_chain, run_chain
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if found:
-        return Path(found[-1]).parent
-    which = shutil.which("pg_ctl")
-    return Path(which).resolve().parent if which else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust auth), with an empty ``ledger`` database."""
-    from mlops.local_services import free_port
-
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("SKIPPED LOUDLY: PostgreSQL is not installed (no pg_ctl); "
-                    "run scripts/system-deps.sh (apt-get install postgresql) to run the PostgreSQL ledger tests")
-    root = Path(tempfile.mkdtemp(prefix="mlops-pg-", dir="/tmp"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        pg = pwd.getpwnam("postgres")
-        os.chown(root, pg.pw_uid, pg.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    data = root / "data"
-    subprocess.run(run_as + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                             "--no-sync"], check=True, capture_output=True, timeout=120)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"),
-                             "-w", "-t", "60", "start"], check=True, capture_output=True, timeout=120)
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE ledger")
-        conn.close()
-        yield f"postgresql://postgres:not-a-real-password@127.0.0.1:{port}/ledger"
-    finally:
-        subprocess.run(run_as + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def _raw(url: str):
+    """A psycopg2 connection to ``url`` (the ``postgres_url`` fixture: tests/fixtures/postgres.py)."""
     import psycopg2
 
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    return psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="ledger")
+    return psycopg2.connect(url)
 
 
 def test_schema_and_append_only_triggers_on_postgres(postgres_url):
