@@ -26,6 +26,7 @@ The deploy orchestration on top (observe -> plan -> act):
 - ``fleet``          every host, one at a time, all-new or all-old; registry, ledger, retention
 - ``connections``    open every host and take every lock (fixed order, bounded wait)
 - ``verified``       which versions passed the smoke test on a host (host-side record)
+- ``cancel``         SIGTERM / Ctrl-C stop a deploy at a safe point (then its hosts are put back)
 - ``golden``         what a deploy needs from the registry (golden set, SavedModel)
 - ``status``, ``smoke_hosts``: read-only checks; ``watch``, ``webhook``: the reconcile loop;
   ``infra``: infra-validate in a throw-away server

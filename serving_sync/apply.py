@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import time
 
-from . import host_config
+from mlops_common import log
+
+from . import cancel, host_config
 from . import models_config as mc
 from .layout import MODELS_CONFIG
-from .tfs_client import WaitVerdict
+from .tfs_client import WaitVerdict, gone_verdict
 from .transports.base import Transport
+
+logger = log.get("sync.apply")
 
 # How long a version may still show as END (a clean unload from an earlier config) after we
 # aspired it again, before we conclude TF Serving is not picking up the new config.
@@ -29,7 +33,13 @@ def apply_config(host, transport: Transport, config: mc.ServingConfig, *, timeou
 
 
 def apply_text(host, transport: Transport, text: str, *, timeout: float) -> bool:
-    """Write this exact models.config text back (the restore path) and reload; True if written."""
+    """Write this exact models.config text back (the restore path) and reload; True if written.
+
+    A failed gRPC reload is only logged here: the file is what TF Serving applies at its next
+    poll, and the caller waits (bounded) for the state it expects either way.
+    """
+    from .errors import HostUnreachable, ServingError
+
     try:
         current = transport.read_file(MODELS_CONFIG).decode("utf-8", errors="replace")
     except FileNotFoundError:
@@ -37,7 +47,10 @@ def apply_text(host, transport: Transport, text: str, *, timeout: float) -> bool
     if current == text:
         return False
     transport.write_file_atomic(MODELS_CONFIG, text.encode("utf-8"))
-    reload(host, text, timeout=timeout)
+    try:
+        reload(host, text, timeout=timeout)
+    except (HostUnreachable, ServingError) as exc:
+        logger.warning("%s: %s; relying on TF Serving's config poll", host.name, exc.message)
     return True
 
 
@@ -68,20 +81,41 @@ def load_verdict(statuses, version: int, *, waited: float, grace: float = END_GR
     return WaitVerdict(False, detail=s.state)
 
 
+def _checked(check, cancellable: bool):
+    """``check`` that first honours an interrupt request (see ``cancel``) when ``cancellable``."""
+    if not cancellable:
+        return check
+
+    def run():
+        cancel.check()
+        return check()
+    return run
+
+
 def wait_loaded(client, entry: str, version: int, *, timeout: float, interval: float = 0.2,
-                grace: float = END_GRACE_SECONDS) -> None:
+                grace: float = END_GRACE_SECONDS, cancellable: bool = True) -> None:
     """Until ``entry`` version ``version`` is AVAILABLE (END with an error -> TF Serving's reason)."""
     start = time.monotonic()
     client.wait_until(f"loading {entry} version {version}",
-                      lambda: load_verdict(client.model_status(entry), version,
-                                           waited=time.monotonic() - start, grace=grace),
+                      _checked(lambda: load_verdict(client.model_status(entry), version,
+                                                    waited=time.monotonic() - start, grace=grace), cancellable),
                       timeout=timeout, interval=interval)
 
 
-def wait_label(client, model: str, label: str, version: int, *, timeout: float, interval: float = 0.1) -> None:
-    client.wait_label(model, label, version, timeout=timeout, interval=interval)
+def wait_label(client, model: str, label: str, version: int, *, timeout: float, interval: float = 0.1,
+               cancellable: bool = True) -> None:
+    """Until ``label`` of ``model`` points at ``version`` (read from the label's metadata)."""
+    def check() -> WaitVerdict:
+        current = client.label_version(model, label)
+        return WaitVerdict(current == int(version), detail=f"{label} -> {current}")
+    client.wait_until(f"pointing {model}@{label} at version {version}", _checked(check, cancellable),
+                      timeout=timeout, interval=interval)
 
 
-def wait_gone(client, model: str, versions, *, timeout: float, interval: float = 0.1) -> None:
+def wait_gone(client, model: str, versions, *, timeout: float, interval: float = 0.1,
+              cancellable: bool = True) -> None:
+    """Until each of ``versions`` is unloaded (so unversioned requests go to the highest left)."""
     for v in versions:
-        client.wait_gone(model, v, timeout=timeout, interval=interval)
+        client.wait_until(f"unloading {model} version {v}",
+                          _checked(lambda v=v: gone_verdict(client.model_status(model), int(v)), cancellable),
+                          timeout=timeout, interval=interval)

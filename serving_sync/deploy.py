@@ -16,7 +16,7 @@ from typing import Callable
 
 from mlops_common import log
 
-from . import apply
+from . import apply, cancel
 from . import host_config
 from . import models_config as mc
 from . import verified
@@ -114,6 +114,11 @@ class HostRun:
         name = self.host.name
         for i, step in enumerate(self.plan.steps, 1):
             self.heartbeat()
+            try:
+                cancel.check()
+            except cancel.DeployInterrupted as exc:
+                self.outcome.failed_step, self.outcome.error = step.kind, exc.message
+                raise StepFailed(name, step, exc) from exc
             logger.info("%s: [%d/%d] %s", name, i, len(self.plan.steps), step.text)
             start = time.monotonic()
             try:
@@ -134,7 +139,12 @@ class HostRun:
         saved_model_dir, manifest = self._bundle()
         progress = make_progress(manifest.total_size, f"{self.host.name}: uploading v{step.version}",
                                  json_mode=self.opts.json_mode)
-        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, progress)
+
+        def sent(nbytes: int) -> None:        # an interrupt stops the upload between chunks
+            cancel.check()
+            progress(nbytes)
+
+        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent)
         progress.done()
         self.outcome.publish = result.to_dict()
         logger.info("%s: v%d %s (%d bytes in %.1fs)", self.host.name, step.version,
@@ -243,20 +253,22 @@ class HostRun:
             config = compose(current, model, obs.base_path, ConfigTarget(interim, None))
             logger.info("%s: loading v%s again before restoring models.config", self.host.name,
                         ", v".join(map(str, missing)))
-            apply.apply_config(self.host, self.transport, config, timeout=timeout)
+            apply.apply_text(self.host, self.transport, mc.render(config), timeout=timeout)
             for v in missing:
-                apply.wait_loaded(self.client, model, v, timeout=timeout, interval=self.opts.poll_interval)
+                apply.wait_loaded(self.client, model, v, timeout=timeout, interval=self.opts.poll_interval,
+                                  cancellable=False)
         text = self.observed.config_text
         if text is None:
             text = mc.render(compose(current, model, obs.base_path, ConfigTarget(None, None)))
         apply.apply_text(self.host, self.transport, text, timeout=timeout)
         serving = obs.serving
         if serving is not None:
-            apply.wait_loaded(self.client, model, serving, timeout=timeout, interval=self.opts.poll_interval)
+            apply.wait_loaded(self.client, model, serving, timeout=timeout, interval=self.opts.poll_interval,
+                              cancellable=False)
             if obs.stable == serving:
-                apply.wait_label(self.client, model, label, serving, timeout=timeout)
+                apply.wait_label(self.client, model, label, serving, timeout=timeout, cancellable=False)
             orig_versions = set(orig_main.versions) if orig_main is not None else set()
             extra = [v for v in sorted(avail_now) if v > serving and v not in orig_versions]
-            apply.wait_gone(self.client, model, extra, timeout=timeout)
+            apply.wait_gone(self.client, model, extra, timeout=timeout, cancellable=False)
         logger.info("%s: restored models.config%s", self.host.name,
                     f" (v{serving} serves again)" if serving is not None else "")

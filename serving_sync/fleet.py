@@ -25,6 +25,7 @@ from mlops_common.errors import DeployFailed, NotFoundError, UserError
 from . import manifest as mf
 from . import retention, verified
 from .connections import Heartbeat, connected, locked
+from .cancel import DeployInterrupted
 from .deploy import DeployOptions, HostOutcome, HostRun, StepFailed
 from .golden import download_bundle, fetch_golden
 from .observe import observe_host
@@ -260,8 +261,12 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
         recorder("host_rollback", "ok" if info["ok"] else "failed", host=r.host.name, from_version=v,
                  to_version=r.plan.current, reason=f"deploy of v{v} failed on {run.host.name}: {why}",
                  details=info)
-    upload_failure = step == "publish"
-    registry_note = _registry_after_failure(result, recorder, run, why, step, upload_failure=upload_failure)
+    # Ctrl-C / SIGTERM: not the version's fault
+    interrupted = isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
+    if interrupted and not isinstance(error, DeployInterrupted):
+        why = "interrupted"
+    registry_note = _registry_after_failure(result, recorder, run, why, step,
+                                            keep_production=step == "publish" or interrupted)
     result.status = "failed"
     msg = [f"deploy of v{v} of '{model}' failed on host {run.host.name} at step '{step}': {why}"]
     if put_back:
@@ -281,24 +286,26 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
     if not isinstance(error, UserError):
         logger.error("%s", result.message)
         raise error                              # a bug: keep its traceback
-    failed = DeployFailed(result.message)
+    failed = DeployInterrupted(result.message) if interrupted else DeployFailed(result.message)
     failed.result = result                       # for --json
     raise failed
 
 
 def _registry_after_failure(result: FleetResult, recorder: LedgerRecorder, run: HostRun, why: str,
-                            step: str, *, upload_failure: bool) -> str:
+                            step: str, *, keep_production: bool) -> str:
     from registry import promotion, versions
 
     model, v = result.model, result.version
     reason = f"{run.host.name}: {step}: {why}"
     try:
-        if upload_failure:
+        if keep_production:     # the upload failed or the deploy was interrupted: nothing says v is bad
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
                      reason=reason, details={"step": step, "registry_unchanged": True})
-            result.registry = {"moved": False, "reason": "upload failed: the version is not to blame"}
-            return (f"production left at v{v} (the upload failed, not the version); fix the cause and rerun "
-                    f"`mlops sync deploy`: it resumes where this one stopped")
+            cause = ("the deploy was interrupted" if why.startswith("interrupted")
+                     else "the upload failed, not the version")
+            result.registry = {"moved": False, "reason": cause}
+            return (f"production left at v{v} ({cause}); fix the cause and rerun `mlops sync deploy`: it "
+                    f"resumes where this one stopped")
         if result.source != "production":
             versions.set_tags(model, v, {"deploy_status": "failed", "deploy.reason": reason})
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,

@@ -64,9 +64,11 @@ class InfraResult:
     report: SmokeReport | None = None
     checks: list[Check] = field(default_factory=list)
     seconds: float = 0.0
+    rest_url: str | None = None          # of the throw-away server (gone afterwards)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "server": self.server, "passed": self.passed,
+                "rest_url": self.rest_url,
                 "error": self.error, "seconds": round(self.seconds, 3),
                 "checks": [c.__dict__ for c in self.checks]}
 
@@ -90,6 +92,7 @@ def validate(model: str, version: int, *, server: str, start_server: ServerStart
         publish(t, model, version, bundle.saved_model_dir, mf.build(bundle.saved_model_dir))
         host_config.write(t, mc.ServingConfig())     # the server needs a valid file to start
         with start_server(base) as srv:
+            result.rest_url = srv.rest_url
             cfg = mc.apply_state(mc.ServingConfig(), mc.ModelState(
                 model, mc.model_base_path(srv.serving_base, model), (version,)))
             host_config.write(t, cfg)      # read at the server's next config poll

@@ -228,8 +228,11 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
         return report
 
     def latency_check() -> Check:
+        from . import cancel
+
         samples = []
         for _ in range(opts.requests):
+            cancel.check()
             start = time.perf_counter()
             client.predict(model, golden.request, timeout=opts.request_timeout, **kw)
             samples.append((time.perf_counter() - start) * 1000.0)

@@ -69,3 +69,32 @@ def test_first_deploy_upgrade_noop_and_rollback_to_the_warm_previous_version(dep
     deploys = [e for e in env.ledger(("deploy",)) if e.outcome == "ok"]
     assert [(e.from_version, e.to_version, e.host) for e in deploys] == [
         (None, v1, host.name), (v1, v2, host.name), (v2, v1, host.name)]
+
+
+@pytest.mark.slow
+def test_real_trained_digits_models_deploy_and_upgrade(deploy_env, pretrained_digits):
+    """The Keras-exported SavedModel of a real training run: its signature as TF Serving shows it
+    matches golden/signature.json, and its served outputs match the recorded golden outputs."""
+    import requests
+
+    from registry import versions
+    from serving_sync.golden import fetch_golden
+    from serving_sync.smoke import compare_outputs
+
+    env = deploy_env
+    host = env.add_host("file")
+    prod = pretrained_digits.register("production", model_name=env.model)
+    good = pretrained_digits.register("good", model_name=env.model, retrained_from=str(prod))
+    for v in (prod, good):
+        versions.set_tags(env.model, v, {"validation_status": "passed"})
+    for v in (prod, good):
+        env.promote(v)
+        r = env.deploy()
+        assert r.status == "deployed", r.message
+        golden = fetch_golden(env.model, v)
+        for route in ("", "/labels/stable", f"/versions/{v}"):
+            served = requests.post(f"{host.rest_url}/v1/models/{env.model}{route}:predict", json=golden.request,
+                                   timeout=30).json()
+            assert compare_outputs(golden.response, served, 1e-4)[0] == [], route
+    assert env.states(host) == {prod: "AVAILABLE", good: "AVAILABLE"}
+    assert env.label(host) == good

@@ -7,6 +7,7 @@ export, golden response edited, signature changed) or that cannot load (variable
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -186,3 +187,27 @@ def test_deploy_failure_with_json_prints_one_document_and_exits_3(deploy_env):
     assert doc["registry"]["to_version"] == v1
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: deploy of v{bad} of")
     env.serves(host, v1)
+
+
+def test_grpc_unreachable_mid_deploy_fails_and_the_host_is_restored_through_the_config_poll(deploy_env):
+    from mlops.local_services import free_port
+
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    before = env.config_text(host)
+    host.entry["grpc"] = f"127.0.0.1:{free_port()}"      # nothing listens there
+    env.write_hosts_file()
+    v2 = env.register("b")
+    env.promote(v2)
+    with pytest.raises(DeployFailed) as e:
+        env.deploy(timeout=30)
+    msg = e.value.message
+    assert "at step 'load_validation'" in msg and "gRPC" in msg and "unreachable" in msg
+    assert f"put back {host.name} to v1" in msg and "COULD NOT" not in msg
+    assert env.config_text(host) == before
+    env.serves(host, v1)
+    # the validation entry TF Serving picked up from the file is gone again after its next poll
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "AVAILABLE" in env.states(host, f"{env.model}__validate").values():
+        time.sleep(0.2)
+    assert "AVAILABLE" not in env.states(host, f"{env.model}__validate").values()

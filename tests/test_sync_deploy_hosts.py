@@ -263,3 +263,39 @@ def test_retention_keeps_the_newest_serving_and_previous_and_removes_stale_uploa
     assert sorted(rec["versions"]) == ["3", "4"]
     env.serves(host, vs[3])
     assert env.which(host, version=vs[2]) == vs[2]       # previous still warm
+
+
+@pytest.mark.slow
+def test_sigterm_mid_deploy_puts_the_host_back_releases_the_lock_and_keeps_production(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    env.deploy()
+    config_before = env.config_text(host)
+    env.promote(v2)
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--latency-requests", "1000"],
+                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "__validate" not in env.config_text(host):
+            time.sleep(0.05)
+        assert "__validate" in env.config_text(host)
+        proc.send_signal(signal.SIGTERM)            # e.g. the CI job was cancelled
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: deploy of v2") and "interrupted (SIGTERM)" in line
+    assert "production left at v2" in line and f"put back {host.name} to v1" in line
+    assert env.config_text(host) == config_before
+    env.serves(host, v1)
+    assert not (host.base / ".serving_sync" / "lock").exists()
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+    row = env.ledger(("deploy",))[-1]
+    assert (row.outcome, row.to_version) == ("failed", v2) and row.reason.endswith("interrupted (SIGTERM)")
+    assert env.deploy().status == "deployed"       # the next run completes, no --break-lock needed
+    env.serves(host, v2)

@@ -230,8 +230,42 @@ def _print_deploy(result) -> None:
             extra.append(f"switch {h.switch_seconds * 1000:.0f} ms")
         if h.retention and (h.retention.get("remove_versions") or h.retention.get("remove_uploads")):
             extra.append(f"removed {h.retention.get('remove_versions')} {h.retention.get('remove_uploads')}")
-        extra += h.notes
-        print(f"  {h.host}: {h.status}" + (f" ({'; '.join(extra)})" if extra else ""))
+        extra += [n for n in h.notes if n != "up to date"]
+        print(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
+
+
+@contextlib.contextmanager
+def _interrupts(*first_actions):
+    """SIGTERM / Ctrl-C never cut a deploy in half: the n-th signal runs ``first_actions[n]``; after
+    them, a deploy in progress is asked to stop at its next safe point and put its hosts back
+    (``serving_sync.cancel``); one more signal forces it (KeyboardInterrupt)."""
+    from serving_sync import cancel
+
+    cancel.reset()
+    count = {"n": 0}
+
+    def handler(signum, _frame):
+        n, count["n"] = count["n"], count["n"] + 1
+        name = signal.Signals(signum).name
+        if n < len(first_actions):
+            first_actions[n](name)
+        elif n == len(first_actions):
+            print(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
+                  f"(send it again to force)", file=sys.stderr, flush=True)
+            cancel.request(name)
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:          # not the main thread (main() called from a thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def _deploy_and_print(args, model, hosts, *, version=None, reason=None):
@@ -250,6 +284,11 @@ def _deploy_and_print(args, model, hosts, *, version=None, reason=None):
 
 # --- commands ---------------------------------------------------------------------------------
 def cmd_deploy(args) -> int:
+    with _interrupts():
+        return _deploy_command(args)
+
+
+def _deploy_command(args) -> int:
     model = settings.model_name(args.model_name)
     result = _deploy_and_print(args, model, _hosts(args), version=args.version, reason=args.reason)
     if args.json:
@@ -346,6 +385,11 @@ def cmd_smoke(args) -> int:
 
 def cmd_rollback(args) -> int:
     start = time.monotonic()
+    with _interrupts():
+        return _rollback_command(args, start)
+
+
+def _rollback_command(args, start: float) -> int:
     from registry import approver, promotion, versions
 
     model = settings.model_name(args.model_name)
@@ -422,17 +466,18 @@ def cmd_watch(args) -> int:
             raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} ({exc.strerror}); "
                               f"choose another --webhook-port") from None
         print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
-    def graceful(*_):   # SIGTERM: finish the current pass (a deploy is never cut in half), then stop
+    def graceful(name: str) -> None:   # first signal: finish the current pass, then stop
+        print(f"{name}: stopping after the current pass (send it again to interrupt a deploy in progress)",
+              file=sys.stderr, flush=True)
         watcher.stop_event.set()
         watcher.wake.set()
 
-    previous_handler = signal.signal(signal.SIGTERM, graceful)
     try:
-        result = watcher.run()
-    except KeyboardInterrupt:   # Ctrl-C: a deploy in progress puts its hosts back first
+        with _interrupts(graceful):
+            result = watcher.run()
+    except KeyboardInterrupt:
         result = watcher.result
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         if receiver is not None:
             receiver.stop()
             watcher.result.webhook = {"url": receiver.url, **dict(receiver.counts)}
