@@ -108,6 +108,12 @@ def test_plan_status_and_smoke_report_and_change_nothing(deploy_env, tmp_path):
 
     r = env.cli("sync", "plan", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["up_to_date"] is True
+    # one host from the environment instead of a hosts file
+    r = env.cli("sync", "status", "--json", extra_env={
+        "MLOPS_SYNC_TARGET": f"file://{host.base}", "MLOPS_SYNC_REST_URL": host.rest_url,
+        "MLOPS_SYNC_NAME": "from-env"})
+    assert r.returncode == 0, r.stderr
+    assert [(h["name"], h["in_sync"]) for h in json.loads(r.stdout)["hosts"]] == [("from-env", True)]
     r = env.cli("sync", "plan", "--version", str(v1))
     assert r.returncode == 0 and "switch stable and unversioned traffic to v1" in r.stdout
 
