@@ -31,27 +31,11 @@ def signature_defs(saved_model_dir: Path) -> dict:
             for name, sig in graph.signature_def.items()}
 
 
-def _tensor(info: dict) -> dict:
-    shape = info.get("tensor_shape", info.get("tensorShape", {}))
-    if shape.get("unknown_rank", shape.get("unknownRank")):
-        dims = None
-    else:
-        dims = [int(d.get("size", -1)) for d in shape.get("dim", [])]
-    return {"dtype": info.get("dtype", "DT_INVALID"), "shape": dims}
-
-
 def normalize_signature(defs: dict, names: tuple[str, ...] = (SIGNATURE,)) -> dict:
-    """Signature defs (proto JSON, snake_case or camelCase) -> the normalized form of
-    docs/architecture.md: ``{name: {method_name, inputs: {n: {dtype, shape}}, outputs: {...}}}``."""
-    out = {}
-    for name in names:
-        sig = defs[name]
-        out[name] = {
-            "method_name": sig.get("method_name", sig.get("methodName", "")),
-            "inputs": {k: _tensor(v) for k, v in sorted(sig.get("inputs", {}).items())},
-            "outputs": {k: _tensor(v) for k, v in sorted(sig.get("outputs", {}).items())},
-        }
-    return out
+    """A SavedModel's signature defs -> the normalized form of docs/architecture.md."""
+    from registry.signature import normalize_signature_defs
+
+    return normalize_signature_defs(defs, names)
 
 
 def _json_floats(a: np.ndarray) -> list:

@@ -13,6 +13,33 @@ on either side); the same output names. Pure functions on plain dicts.
 from __future__ import annotations
 
 
+def _tensor_spec(info: dict) -> dict:
+    shape = info.get("tensor_shape", info.get("tensorShape")) or {}
+    if shape.get("unknown_rank", shape.get("unknownRank")):
+        dims = None
+    else:
+        dims = [int(d.get("size", -1)) for d in shape.get("dim", [])]
+    return {"dtype": info.get("dtype", "DT_INVALID"), "shape": dims}
+
+
+def normalize_signature_defs(defs: dict, names: tuple[str, ...] | None = None) -> dict:
+    """Signature defs in proto JSON (TF Serving's ``/metadata`` or a SavedModel's, snake_case or
+    camelCase) -> the normalized form above. Internal signatures (``__saved_model_init_op``) are
+    dropped; ``names`` keeps only those. Unknown rank gives ``"shape": null``; unknown dims -1.
+
+    The one normalizer: mlproject writes ``golden/signature.json`` with it and the sync's smoke
+    test reads TF Serving's metadata with it, so the two can be compared for equality.
+    """
+    out = {}
+    for key, sig in sorted((defs or {}).items()):
+        if key.startswith("__") or (names is not None and key not in names):
+            continue
+        out[key] = {"method_name": sig.get("method_name", sig.get("methodName", "")),
+                    "inputs": {k: _tensor_spec(v) for k, v in sorted((sig.get("inputs") or {}).items())},
+                    "outputs": {k: _tensor_spec(v) for k, v in sorted((sig.get("outputs") or {}).items())}}
+    return out
+
+
 def format_problems(sig) -> list[str]:
     """What is wrong with the *format* of a normalized signature document (empty if fine)."""
     if not isinstance(sig, dict) or not sig:

@@ -39,29 +39,12 @@ def parse_status(body: dict) -> list[VersionStatus]:
 
 
 def normalize_signature(metadata: dict, names: tuple[str, ...] | None = None) -> dict:
-    """TF Serving ``/metadata`` JSON -> the normalized signature format of docs/architecture.md.
+    """TF Serving ``/metadata`` JSON -> the normalized signature format of docs/architecture.md
+    (``registry.signature.normalize_signature_defs``, the same normalizer mlproject writes with)."""
+    from registry.signature import normalize_signature_defs
 
-    ``{"serving_default": {"method_name": ..., "inputs": {name: {"dtype", "shape"}}, "outputs": ...}}``;
-    internal signatures (``__saved_model_init_op``) are dropped; ``names`` keeps only those.
-    Unknown rank gives ``"shape": null``; unknown dimensions are -1.
-    """
     sigs = (((metadata.get("metadata") or {}).get("signature_def") or {}).get("signature_def") or {})
-
-    def tensors(d: dict) -> dict:
-        out = {}
-        for name, info in sorted((d or {}).items()):
-            shape = info.get("tensor_shape") or {}
-            dims = None if shape.get("unknown_rank") else [int(x.get("size", -1)) for x in shape.get("dim", [])]
-            out[name] = {"dtype": info.get("dtype", "DT_INVALID"), "shape": dims}
-        return out
-
-    result = {}
-    for key, sig in sorted(sigs.items()):
-        if key.startswith("__") or (names is not None and key not in names):
-            continue
-        result[key] = {"method_name": sig.get("method_name", ""),
-                       "inputs": tensors(sig.get("inputs")), "outputs": tensors(sig.get("outputs"))}
-    return result
+    return normalize_signature_defs(sigs, names)
 
 
 # --- wait verdicts (pure) ------------------------------------------------------------------
