@@ -16,7 +16,7 @@ from typing import Callable
 
 from mlops_common import log
 
-from . import apply, cancel
+from . import apply, cancel, faultpoint
 from . import host_config
 from . import models_config as mc
 from . import verified
@@ -129,6 +129,7 @@ class HostRun:
                 raise StepFailed(name, step, exc) from exc
             self.outcome.steps.append({"kind": step.kind, "text": step.text,
                                        "seconds": round(time.monotonic() - start, 3)})
+            faultpoint.reached(f"after:{step.kind}")     # test hook, inert unless set
         self.outcome.status = "deployed"
         return self.outcome
 
@@ -143,6 +144,7 @@ class HostRun:
         def sent(nbytes: int) -> None:        # an interrupt stops the upload between chunks
             cancel.check()
             progress(nbytes)
+            faultpoint.reached("during:publish")     # test hook, inert unless set
 
         result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent)
         progress.done()
