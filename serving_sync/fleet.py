@@ -168,8 +168,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
         result.plans = [p.to_dict() for p in plans]
         if all(p.up_to_date for p in plans):
             result.status = "up_to_date"
-            result.hosts = [HostOutcome(c.host.name, "up_to_date", p.current, v, previous_kept=p.previous_kept,
-                                        notes=list(p.notes)) for c, p in zip(conns, plans)]
+            result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
             result.seconds = time.monotonic() - start
             return result
@@ -185,8 +184,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
                 if plan.up_to_date:
-                    result.hosts.append(HostOutcome(conn.host.name, "up_to_date", plan.current, v,
-                                                    previous_kept=plan.previous_kept, notes=list(plan.notes)))
+                    result.hosts.append(_unchanged(plan))
                     continue
                 run = HostRun(conn, obsd, plan, opts, golden=lazy.golden, bundle=lazy.bundle,
                               record=recorder, heartbeat=heartbeat)
@@ -194,8 +192,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 try:
                     run.execute()
                 except BaseException as exc:
-                    _fail(result, recorder, run, runs, exc, reason=reason)
-                    raise AssertionError("unreachable")  # _fail always raises
+                    raise _fail(result, recorder, run, runs, exc) from None
                 runs.append(run)
                 recorder("deploy", "ok", host=conn.host.name, from_version=plan.current, to_version=v,
                          reason=reason, details={"steps": [s.kind for s in plan.steps],
@@ -207,6 +204,11 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _unchanged(plan) -> HostOutcome:
+    return HostOutcome(plan.host, "up_to_date", plan.current, plan.desired, previous_kept=plan.previous_kept,
+                       notes=list(plan.notes))
 
 
 def _hosts(conns) -> str:
@@ -246,8 +248,9 @@ def _retention(run: HostRun, opts: DeployOptions) -> dict:
 
 
 def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: list[HostRun],
-          exc: BaseException, *, reason: str | None) -> None:
-    """Put hosts back, move production back, record, and raise DeployFailed (or the bug)."""
+          exc: BaseException) -> BaseException:
+    """Put hosts back, move production back, record; returns what to raise: DeployFailed (exit 3),
+    DeployInterrupted (130), or the original exception when it is a bug or a forced interrupt."""
     step = exc.step.kind if isinstance(exc, StepFailed) else "?"
     error = exc.error if isinstance(exc, StepFailed) else exc
     why = (error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
@@ -282,13 +285,13 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
     msg.append(registry_note)
     result.message = "; ".join(m for m in msg if m)
     if not isinstance(error, Exception):       # KeyboardInterrupt / SystemExit: after putting back
-        raise error
+        return error
     if not isinstance(error, UserError):
         logger.error("%s", result.message)
-        raise error                              # a bug: keep its traceback
+        return error                             # a bug: it keeps its traceback
     failed = DeployInterrupted(result.message) if interrupted else DeployFailed(result.message)
     failed.result = result                       # for --json
-    raise failed
+    return failed
 
 
 def _registry_after_failure(result: FleetResult, recorder: LedgerRecorder, run: HostRun, why: str,

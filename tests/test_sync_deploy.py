@@ -6,11 +6,9 @@ route, the `stable` label and each version route.
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from mlops_common.errors import DeployFailed
 from serving_sync import models_config as mc
 
 

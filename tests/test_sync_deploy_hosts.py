@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from mlops_common.errors import DeployFailed
 from serving_sync import models_config as mc
-from serving_sync.errors import HostKeyRejected, LockHeld
+from serving_sync.errors import HostKeyRejected
 from serving_sync.lock import HostLock
 from serving_sync.transports.local import LocalTransport
 from tests.helpers import REPO
