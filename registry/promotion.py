@@ -4,7 +4,8 @@ Each move runs inside ``Ledger.serialized(model)``: read current production -> a
 row -> move the alias -> commit. Two promotions racing in two processes are serialized by the
 database lock, so no row is lost and the alias ends where the last row says. If the alias moved
 but the commit then fails, the alias is put back. Version tags mirror the key facts for the
-MLflow UI after the commit (the ledger is the record; tags are a view of it).
+MLflow UI after the commit (the ledger is the record; tags are a view of it), or later when the
+caller defers them (``defer_tags=True``: ``mlops sync rollback`` switches the hosts first).
 """
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ class Promotion:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def finish(self) -> None:
+        """Write the registry's view of this move (version tags, candidate alias) if the caller
+        asked to defer it (``defer_tags=True``); a no-op otherwise or the second time."""
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None:
+            pending()
+
+
+def promotion_tags(p: Promotion) -> dict[str, str]:
+    """The version tags that mirror a promotion or rollback for the MLflow UI. Every key is
+    written each time, so no tag is left over from an earlier promotion."""
+    return {"promoted_by": p.actor, "promoted_at": p.at, "promotion.kind": p.action,
+            "promotion.from_version": str(p.from_version) if p.from_version is not None else "none",
+            "promotion.ledger_id": str(p.ledger_id), "promotion_reason": p.reason or "none",
+            "approved_by": p.approved_by or "none", "promotion.pipeline_id": p.pipeline_id or "none",
+            "promotion.forced": "true" if p.forced else "false"}
+
 
 def _restore(model: str, previous: int | None) -> None:
     try:
@@ -65,8 +83,12 @@ def _refused(ledger: Ledger, model: str, action: str, version: int, actor: str, 
 
 def _move(model: str, action: str, *, target, actor: str, reason: str | None, force: bool,
           approved_by: str | None, pipeline_id: str | None, workflow_id: str | None,
-          details: dict, ledger: Ledger) -> Promotion:
-    """Shared body of promote and rollback. ``target(tx, current)`` picks the version under the lock."""
+          details: dict, ledger: Ledger, defer_tags: bool = False) -> Promotion:
+    """Shared body of promote and rollback. ``target(tx, current)`` picks the version under the lock.
+
+    ``defer_tags``: the ledger row and the alias move happen here (under the lock, in that
+    order); the version tags, a view of the ledger row for the MLflow UI, wait for
+    ``Promotion.finish()`` — ``mlops sync rollback`` switches the hosts first."""
     moved_alias = False
     current = None
     try:
@@ -95,26 +117,28 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
             _restore(model, current)
         raise
     at = entry.at.isoformat(timespec="seconds")
-    # every key is written each time, so no tag is left over from an earlier promotion
-    tags = {"promoted_by": actor, "promoted_at": at, "promotion.kind": action,
-            "promotion.from_version": str(current) if current is not None else "none",
-            "promotion.ledger_id": str(entry.id), "promotion_reason": reason or "none",
-            "approved_by": approved_by or "none", "promotion.pipeline_id": pipeline_id or "none",
-            "promotion.forced": "true" if force else "false"}
-    versions.set_tags(model, info.version, tags)
-    if aliases.get(versions.CANDIDATE) == info.version:
-        versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval
     verb = "rolled back" if action == "rollback" else "promoted"
     if current == info.version:
         _log.info(f"version {info.version} of '{model}' already holds production; recorded anyway")
     else:
         _log.info(f"{verb} '{model}': production {current if current is not None else '(none)'} "
                   f"-> {info.version} by {actor}")
-    return Promotion(model=model, action=action, from_version=current, to_version=info.version,
-                     actor=actor, reason=reason, at=at, ledger_id=entry.id,
-                     moved=current != info.version, forced=force, approved_by=approved_by,
-                     pipeline_id=pipeline_id, workflow_id=workflow_id,
-                     details={**details, **extra})
+    promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,
+                      actor=actor, reason=reason, at=at, ledger_id=entry.id,
+                      moved=current != info.version, forced=force, approved_by=approved_by,
+                      pipeline_id=pipeline_id, workflow_id=workflow_id,
+                      details={**details, **extra})
+    held_candidate = aliases.get(versions.CANDIDATE) == info.version
+
+    def write_view() -> None:
+        versions.set_tags(model, info.version, promotion_tags(promo))
+        if held_candidate:
+            versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval
+
+    promo._pending = write_view
+    if not defer_tags:
+        promo.finish()
+    return promo
 
 
 class _Refusal(Exception):
@@ -138,11 +162,12 @@ def promote(model: str, version, *, actor: str, reason: str | None = None, force
 
 
 def rollback(model: str, *, to=None, reason: str | None = None, actor: str, force: bool = False,
-             approved_by: str | None = None, ledger: Ledger | None = None) -> Promotion:
+             approved_by: str | None = None, ledger: Ledger | None = None,
+             defer_tags: bool = False) -> Promotion:
     """Point ``production`` back at ``to``, or at the version that held it before the current one.
 
     "Before" is read from the ledger, skipping versions whose deploy failed. Same checks and
-    records as a promotion, marked as a rollback.
+    records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``.
     """
     ledger = ledger or Ledger()
     explicit = versions.parse_version(to) if to is not None else None
@@ -169,7 +194,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, actor: str, forc
     return _move(model, "rollback", target=target, actor=actor,
                  reason=reason or "rollback requested", force=force, approved_by=approved_by,
                  pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
-                 details={}, ledger=ledger)
+                 details={}, ledger=ledger, defer_tags=defer_tags)
 
 
 def revert_failed_deploy(model: str, failed_version, to_version, reason: str,

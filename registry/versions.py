@@ -3,6 +3,10 @@
 Everything here returns plain data (``VersionInfo``, ``Bundle``, dicts) so that callers
 (gate, promotion, serving_sync) decide on values, not on MLflow objects. Unknown models and
 versions end as one ``NotFoundError`` line that says which one and what exists.
+
+Aliases, versions, tags and artifacts behind the tracking server's proxy go through MLflow's
+REST API (``registry.rest``): no ``import mlflow`` (over a second) on the rollback and deploy
+paths. Artifact stores the server does not proxy go through MLflow's client.
 """
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 from mlops_common import settings
-from mlops_common.errors import ConfigError, NotFoundError, RefusedError
+from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
 
 from .client import mlflow_errors, tracking_client
+from .rest import MlflowRest, rest
 
 PRODUCTION = "production"
 CANDIDATE = "candidate"
@@ -71,14 +77,16 @@ def parse_version(version) -> int:
     return v
 
 
-def _info(mv, aliases_by_version: dict[int, list[str]] | None = None) -> VersionInfo:
-    v = int(mv.version)
+def _info(mv: dict, aliases_by_version: dict[int, list[str]] | None = None) -> VersionInfo:
+    """A version from MLflow's REST JSON (``model_version``)."""
+    v = int(mv["version"])
     aliases = tuple(sorted(aliases_by_version.get(v, ()) if aliases_by_version is not None
-                           else (mv.aliases or ())))
-    return VersionInfo(model=mv.name, version=v, run_id=mv.run_id or None, source=mv.source or "",
-                       tags=dict(mv.tags or {}), aliases=aliases,
-                       created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc),
-                       description=mv.description or None)
+                           else (mv.get("aliases") or ())))
+    return VersionInfo(model=mv["name"], version=v, run_id=mv.get("run_id") or None, source=mv.get("source") or "",
+                       tags={t["key"]: t.get("value", "") for t in mv.get("tags") or ()}, aliases=aliases,
+                       created_at=datetime.fromtimestamp(int(mv.get("creation_timestamp") or 0) / 1000,
+                                                         timezone.utc),
+                       description=mv.get("description") or None)
 
 
 def _escape(value: str) -> str:
@@ -87,17 +95,13 @@ def _escape(value: str) -> str:
 
 def registered_model_aliases(model: str) -> dict[str, int]:
     """``{alias: version}`` of ``model`` (NotFoundError if the model does not exist)."""
-    client = tracking_client()
-    with mlflow_errors(f"reading registered model '{model}'"):
-        try:
-            rm = client.get_registered_model(model)
-        except Exception as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                raise NotFoundError(f"registered model '{model}' does not exist in the MLflow registry at "
-                                    f"{settings.tracking_uri()}; check --model-name / MLOPS_MODEL_NAME "
-                                    f"or register a version first (mlops train)") from None
-            raise
-    return {alias: int(v) for alias, v in (rm.aliases or {}).items()}
+    def missing():
+        return NotFoundError(f"registered model '{model}' does not exist in the MLflow registry at "
+                             f"{settings.tracking_uri()}; check --model-name / MLOPS_MODEL_NAME "
+                             f"or register a version first (mlops train)")
+    doc = rest().get("registered-models/get", {"name": model}, what=f"reading registered model '{model}'",
+                     missing=missing)
+    return {a["alias"]: int(a["version"]) for a in (doc.get("registered_model") or {}).get("aliases") or ()}
 
 
 def _by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
@@ -115,27 +119,26 @@ def get_version(model: str, version, *, aliases: dict[str, int] | None = None) -
     v = parse_version(version)
     if aliases is None:
         aliases = registered_model_aliases(model)  # also: clear error for an unknown model
-    client = tracking_client()
-    with mlflow_errors(f"reading version {v} of '{model}'"):
-        try:
-            mv = client.get_model_version(model, str(v))
-        except Exception as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                latest = latest_version_number(model)
-                hint = f"the latest is {latest}" if latest else "it has no versions yet"
-                raise NotFoundError(f"version {v} of registered model '{model}' does not exist "
-                                    f"({hint}); see `mlops registry status`") from None
-            raise
-    return _info(mv, _by_version(aliases))
+
+    def missing():
+        latest = latest_version_number(model)
+        hint = f"the latest is {latest}" if latest else "it has no versions yet"
+        return NotFoundError(f"version {v} of registered model '{model}' does not exist "
+                             f"({hint}); see `mlops registry status`")
+    doc = rest().get("model-versions/get", {"name": model, "version": str(v)},
+                     what=f"reading version {v} of '{model}'", missing=missing)
+    return _info(doc["model_version"], _by_version(aliases))
 
 
-def _search(filter_string: str) -> list:
-    client = tracking_client()
+def _search(filter_string: str, what: str) -> list[dict]:
     out, token = [], None
     for _ in range(1000):  # bounded pagination
-        page = client.search_model_versions(filter_string, max_results=1000, page_token=token)
-        out.extend(page)
-        token = page.token
+        params = {"filter": filter_string, "max_results": 1000}
+        if token:
+            params["page_token"] = token
+        doc = rest().get("model-versions/search", params, what=what)
+        out.extend(doc.get("model_versions") or ())
+        token = doc.get("next_page_token")
         if not token:
             break
     return out
@@ -144,35 +147,24 @@ def _search(filter_string: str) -> list:
 def list_versions(model: str) -> list[VersionInfo]:
     """Every version of ``model``, newest first, with its aliases."""
     aliases = registered_model_aliases(model)
-    with mlflow_errors(f"listing versions of '{model}'"):
-        found = _search(f"name = '{_escape(model)}'")
+    found = _search(f"name = '{_escape(model)}'", f"listing versions of '{model}'")
     return sorted((_info(mv, _by_version(aliases)) for mv in found), key=lambda i: -i.version)
 
 
 def latest_version_number(model: str) -> int | None:
-    with mlflow_errors(f"listing versions of '{model}'"):
-        found = _search(f"name = '{_escape(model)}'")
-    return max((int(mv.version) for mv in found), default=None)
+    found = _search(f"name = '{_escape(model)}'", f"listing versions of '{model}'")
+    return max((int(mv["version"]) for mv in found), default=None)
 
 
 def find_by_tag(key: str, value: str) -> list[VersionInfo]:
     """Versions of any registered model whose tag ``key`` equals ``value``."""
-    with mlflow_errors(f"searching versions tagged {key}={value}"):
-        found = _search(f"tags.`{key}` = '{_escape(value)}'")
+    found = _search(f"tags.`{key}` = '{_escape(value)}'", f"searching versions tagged {key}={value}")
     return sorted((_info(mv, {}) for mv in found), key=lambda i: (i.model, i.version))
 
 
 def production_version(model: str) -> int | None:
     """The version ``production`` points at, or None when nothing has been promoted yet."""
     return registered_model_aliases(model).get(PRODUCTION)
-
-
-def _registry_client(client):
-    """MLflow's registry client, to set tags and aliases without ``MlflowClient``'s extra
-    "is this a prompt?" lookup before every single write (our models are never prompts, and
-    callers have read the version already). Falls back to the public client."""
-    getter = getattr(client, "_get_registry_client", None)
-    return getter() if getter else client
 
 
 def set_tags(model: str, version, tags: dict[str, str]) -> None:
@@ -183,22 +175,20 @@ def set_tags(model: str, version, tags: dict[str, str]) -> None:
         if any(s in str(value) or s in key for s in secrets):
             raise RefusedError(f"refusing to write tag '{key}' on version {v} of '{model}': its value "
                                f"contains the value of a secret environment variable")
-    registry = _registry_client(tracking_client())
-    with mlflow_errors(f"tagging version {v} of '{model}'"):
-        for key, value in tags.items():
-            registry.set_model_version_tag(model, str(v), key, str(value))
+    client = rest()
+    for key, value in tags.items():
+        client.post("model-versions/set-tag", {"name": model, "version": str(v), "key": key, "value": str(value)},
+                    what=f"tagging version {v} of '{model}'")
 
 
 def set_alias(model: str, alias: str, version: int) -> None:
-    registry = _registry_client(tracking_client())
-    with mlflow_errors(f"pointing alias '{alias}' of '{model}' at version {version}"):
-        registry.set_registered_model_alias(model, alias, str(version))
+    rest().post("registered-models/alias", {"name": model, "alias": alias, "version": str(version)},
+                what=f"pointing alias '{alias}' of '{model}' at version {version}")
 
 
 def delete_alias(model: str, alias: str) -> None:
-    registry = _registry_client(tracking_client())
-    with mlflow_errors(f"removing alias '{alias}' of '{model}'"):
-        registry.delete_registered_model_alias(model, alias)
+    rest().delete("registered-models/alias", {"name": model, "alias": alias},
+                  what=f"removing alias '{alias}' of '{model}'")
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
@@ -208,17 +198,40 @@ def run_metrics(run_id: str) -> dict[str, float]:
         return dict(client.get_run(run_id).data.metrics)
 
 
+@lru_cache(maxsize=256)
+def _artifact_root(tracking_uri: str, run_id: str) -> str:
+    """Where a run's artifacts live (``mlflow-artifacts:/...``, ``s3://...``); it never changes."""
+    doc = rest().get("runs/get", {"run_id": run_id}, what=f"reading run {run_id}")
+    return str(((doc.get("run") or {}).get("info") or {}).get("artifact_uri") or "")
+
+
+def artifact_root(run_id: str) -> str:
+    return _artifact_root(settings.tracking_uri(), run_id)
+
+
 def run_artifact_json(run_id: str, path: str) -> dict | None:
-    """A JSON artifact of a run, parsed; None if the run has no such artifact."""
-    client = tracking_client()
-    parent = os.path.dirname(path)
-    with mlflow_errors(f"reading artifact {path} of run {run_id}"):
-        listed = {f.path for f in client.list_artifacts(run_id, parent or None)}
-        if path not in listed:
+    """A JSON artifact of a run, parsed; None if the run has no such artifact.
+
+    Artifacts behind the tracking server's proxy (the default of ``mlflow server``) are read with
+    one REST request; other stores through MLflow's client.
+    """
+    what = f"reading artifact {path} of run {run_id}"
+    root = artifact_root(run_id)
+    if MlflowRest.proxied(root):
+        data = rest().artifact_bytes(root, path, what=what)
+        if data is None:
             return None
-        with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as tmp:
-            local = client.download_artifacts(run_id, path, tmp)
-            text = Path(local).read_text()
+        text = data.decode("utf-8", errors="replace")
+    else:
+        client = tracking_client()
+        parent = os.path.dirname(path)
+        with mlflow_errors(what):
+            listed = {f.path for f in client.list_artifacts(run_id, parent or None)}
+            if path not in listed:
+                return None
+            with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as tmp:
+                local = client.download_artifacts(run_id, path, tmp)
+                text = Path(local).read_text()
     try:
         return json.loads(text)
     except ValueError:
@@ -244,18 +257,18 @@ def download_bundle(model: str, version, dest) -> Bundle:
                             f"tfserving/ and golden/ artifacts; register versions with mlops train")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    client = tracking_client()
+    what = f"downloading the artifacts of version {info.version} of '{model}'"
+    root = artifact_root(info.run_id)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.incoming-", dir=dest.parent))
     try:
-        with mlflow_errors(f"downloading the artifacts of version {info.version} of '{model}'"):
-            top = {f.path for f in client.list_artifacts(info.run_id)}
-            missing = [p for p in ("tfserving", "golden") if p not in top]
-            if missing:
-                raise NotFoundError(f"run {info.run_id} of version {info.version} of '{model}' has no "
-                                    f"{' or '.join(p + '/' for p in missing)} artifact; it was not logged "
-                                    f"by mlproject's training, re-train and register it")
-            for sub in ("tfserving", "golden"):
-                client.download_artifacts(info.run_id, sub, str(tmp))
+        if MlflowRest.proxied(root):
+            _download_proxied(info, root, tmp, what)
+        else:
+            client = tracking_client()
+            with mlflow_errors(what):
+                _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
+                for sub in BUNDLE_PARTS:
+                    client.download_artifacts(info.run_id, sub, str(tmp))
         bundle = _read_bundle(tmp, model, info.version)
         if dest.exists():
             shutil.rmtree(dest)
@@ -265,6 +278,41 @@ def download_bundle(model: str, version, dest) -> Bundle:
         raise
     return Bundle(saved_model_dir=dest / "tfserving", golden_request=bundle.golden_request,
                   golden_response=bundle.golden_response, signature=bundle.signature)
+
+
+BUNDLE_PARTS = ("tfserving", "golden")
+DOWNLOAD_THREADS = 8
+
+
+def _refuse_missing(info: VersionInfo, top: set[str]) -> None:
+    missing = [p for p in BUNDLE_PARTS if p not in top]
+    if missing:
+        raise NotFoundError(f"run {info.run_id} of version {info.version} of '{info.model}' has no "
+                            f"{' or '.join(p + '/' for p in missing)} artifact; it was not logged "
+                            f"by mlproject's training, re-train and register it")
+
+
+def _download_proxied(info: VersionInfo, root: str, into: Path, what: str) -> None:
+    """Every file of the bundle through the server's artifact proxy, several at a time, each
+    checked against the size the listing gave."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = rest()
+    top = client.get("artifacts/list", {"run_id": info.run_id}, what=what)
+    _refuse_missing(info, {f["path"] for f in top.get("files") or () if f.get("is_dir")})
+    files = [f for part in BUNDLE_PARTS for f in client.artifact_files(info.run_id, part, what=what)]
+    for f in files:
+        if ".." in Path(f["path"]).parts or Path(f["path"]).is_absolute():
+            raise ConfigError(f"{what}: the artifact listing names an unsafe path {f['path']!r}")
+        (into / f["path"]).parent.mkdir(parents=True, exist_ok=True)
+
+    def fetch(f: dict) -> None:
+        size = client.artifact_to_file(root, f["path"], str(into / f["path"]), what=what)
+        if size != f["file_size"]:
+            raise ConnectionFailure(f"{what}: {f['path']} arrived with {size} of {f['file_size']} bytes; retry")
+
+    with ThreadPoolExecutor(min(DOWNLOAD_THREADS, max(1, len(files)))) as pool:
+        list(pool.map(fetch, files))
 
 
 def _read_bundle(root: Path, model: str, version: int) -> Bundle:

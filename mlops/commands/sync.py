@@ -395,11 +395,19 @@ def _rollback_command(args, start: float) -> int:
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
     actor = approver.resolve_actor(args.actor)
+    # ledger row + alias move now (under the promotion lock); the version tags, a view of that row,
+    # after the hosts switched: they are not on the path to the old outputs
     promo = promotion.rollback(model, to=args.to, reason=args.reason, actor=actor.name,
-                               approved_by=actor.approved_by)
+                               approved_by=actor.approved_by, defer_tags=True)
     print(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor.name}, "
           f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
-    result = _deploy_and_print(args, model, hosts, reason=promo.reason)
+    try:
+        result = _deploy_and_print(args, model, hosts, reason=promo.reason)
+    except BaseException:
+        with contextlib.suppress(Exception):   # the deploy's own error is the one to report
+            promo.finish()
+        raise
+    promo.finish()
     if promo.from_version is not None and promo.from_version != promo.to_version:
         versions.set_tags(model, promo.from_version, {"deploy_status": "rolled_back",
                                                       "deploy.reason": promo.reason or "rollback"})

@@ -1,0 +1,86 @@
+"""Run the four benchmarks of issue 7 (``make bench``), each against its same-run baseline.
+
+    python -m benchmarks.run_all [--quick] [--only publish,rollback,availability,e2e] [--no-wait]
+
+a) publish   — publish over SSH vs scp -r, rsync -a and paramiko SFTP put (benchmarks/bench_publish.py)
+b) rollback  — `mlops sync rollback` until the old outputs answer, vs a fresh deploy (bench_rollback.py)
+c) availability — 8 clients through deploy, failed deploy + automatic rollback, rollback (bench_availability.py)
+d) e2e       — each stage of the quick-start flow: train, gate, promote, deploy steps (bench_e2e.py)
+
+Before each benchmark's measured part it waits (bounded, 10 minutes) for the 1-minute load
+average to drop below 1.5 and records it. ``--quick`` runs each in its shortest form (for a
+check that they work, not for figures). Results: ``benchmarks/results/<name>.json``; a summary
+of every target in ``benchmarks/results/summary.json``. Not part of CI.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+from benchmarks import _setup
+
+ORDER = ("publish", "rollback", "availability", "e2e")
+
+
+def plan(quick: bool) -> dict[str, dict]:
+    """The keyword arguments of each benchmark's ``run`` (pure)."""
+    import os
+
+    root_user = "mlopsbench" if os.geteuid() == 0 else None
+    return {
+        "publish": {"sizes_mb": [50] if quick else [50, 300], "many_files": 2000, "repeats": 1 if quick else 3,
+                    "dest_root": "/dev/shm" if os.path.isdir("/dev/shm") else None, "user": root_user},
+        "rollback": {"rounds": 2 if quick else 7, "cold_rounds": 1 if quick else 3},
+        "availability": {"phase_seconds": 4.0 if quick else 10.0, "clients": 8, "max_requests": 20_000},
+        "e2e": {"epochs": 3 if quick else 10, "quick": quick},
+    }
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f"benchmarks.bench_{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run_all", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="shortest form of each benchmark (not for figures)")
+    ap.add_argument("--only", default=",".join(ORDER), help=f"comma-separated subset of {','.join(ORDER)}")
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    args = ap.parse_args(argv)
+    chosen = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in ORDER]
+    if unknown:
+        print(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}", file=sys.stderr)
+        return 2
+    kwargs = plan(args.quick)
+    summary: dict = {"quick": args.quick, "benchmarks": {}}
+    failed = []
+    for name in [n for n in ORDER if n in chosen]:
+        print(f"\n=== {name} ===", flush=True)
+        start = time.monotonic()
+        cmd = f"python -m benchmarks.run_all{' --quick' if args.quick else ''} --only {name}"
+        try:
+            doc = _module(name).run(**kwargs[name], wait=not args.no_wait, command=cmd)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next benchmark
+            traceback.print_exc()
+            failed.append(name)
+            summary["benchmarks"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        summary["benchmarks"][name] = {"seconds": round(time.monotonic() - start, 1),
+                                       "targets": doc.get("targets"),
+                                       "load_average_at_start": (doc.get("machine_at_start") or {}).get("load_average")}
+    path = _setup.save("summary", summary)
+    print(f"\nsummary: {path}")
+    for name, b in summary["benchmarks"].items():
+        for t in b.get("targets") or ():
+            print(f"  {name}: {'met ' if t['met'] else 'MISSED'} {t['target']} ({t['value']})")
+        if "error" in b:
+            print(f"  {name}: FAILED to run: {b['error']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The benchmarks (``benchmarks/``, run by hand or ``make bench``) cannot silently rot: each
+module is imported and run in its smallest form against the real services, and its table / JSON
+functions are checked on what that produced. Nothing here is timed: no assertion on a duration.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from benchmarks import _setup, _traffic, bench_availability, bench_e2e, bench_publish, bench_rollback, run_all
+
+
+def test_setup_machine_table_results_and_quiet_wait(tmp_path):
+    m = _setup.machine()
+    assert m["cores"] >= 1 and m["python"].count(".") == 2 and len(m["load_average"]) == 3
+    assert m["cpu"] and m["kernel"].startswith(("Linux", "Darwin"))
+    line = _setup.machine_line(m)
+    assert "cores" in line and "load average" in line
+    text = _setup.table(["name", "value"], [["a", 1.5], ["longer name", 22]])
+    lines = text.splitlines()
+    assert lines[0].startswith("name") and set(lines[1]) <= {"-", " "}
+    assert lines[2].endswith(" 1.5") and lines[3].endswith("  22")
+    path = _setup.save("unit", {"x": 1}, tmp_path)
+    doc = json.loads(path.read_text())
+    assert doc["benchmark"] == "unit" and doc["x"] == 1 and doc["machine"]["cores"] == m["cores"]
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.json"]          # no temporary file left
+    # already quiet: returns at once; never quiet with no time to wait: says so, does not sleep
+    assert _setup.wait_for_quiet(threshold=1e9, max_wait=0)["quiet"] is True
+    noisy = _setup.wait_for_quiet(threshold=-1, max_wait=0, log=lambda s: None)
+    assert noisy["quiet"] is False and noisy["waited_seconds"] < 5
+    assert _setup.percentile([3, 1, 2, 4], 50) == 2 and _setup.percentile([], 50) is None
+
+
+def test_switch_time_and_phase_stats_are_read_from_the_samples():
+    S = _traffic.Sample
+    samples = [S(0.0, 0.01, 200, "unversioned", "b"), S(0.1, 0.11, 200, "unversioned", "a"),
+               S(0.2, 0.21, 200, "unversioned", "b"), S(0.3, 0.32, 200, "unversioned", "a"),
+               S(0.4, 0.41, 200, "unversioned", "a")]
+    assert _traffic.switch_time(samples, 0.0, "a") == 0.32          # for good: after the last "b"
+    assert _traffic.switch_time(samples, 0.0, "b") is None
+    assert _traffic.switch_time(samples, 0.35, "a") == pytest.approx(0.06)
+    mixed = samples + [S(0.5, 0.6, 503, "stable", error="boom"), S(0.6, 0.61, 0, "stable", error="refused")]
+    st = _traffic.phase_stats(mixed)
+    assert st["requests"] == 7 and st["non_200"] == 2 and st["routes"]["stable"]["non_200"] == 2
+    assert st["routes"]["unversioned"]["non_200"] == 0 and st["p50_ms"] == 10.0
+    assert _traffic.identify([[0.5, 0.5]], {"x": [[0.1, 0.9]], "y": [[0.5, 0.5]]}) == "y"
+
+
+def test_publish_harness_makes_identical_copies_with_every_method(sshd, tmp_path):
+    if shutil.which("rsync") is None or shutil.which("scp") is None:
+        pytest.skip("SKIPPED LOUDLY: `rsync` or `scp` missing; install the Debian packages rsync and "
+                    "openssh-client (`make system-deps`)")
+    src = bench_publish.make_dataset(tmp_path / "m", "many", files=5)
+    big = bench_publish.make_dataset(tmp_path / "big", "large", size_mb=1)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    raw = bench_publish.bench(sshd, {"many_5_files": src, "large_1mb": big}, dest, repeats=1, check=True)
+    assert raw["many_5_files"]["files"] == 8 and raw["many_5_files"]["already_present_bytes"] == [0]
+    assert set(raw["large_1mb"]["seconds"]) == set(bench_publish.METHODS)
+    summary = bench_publish.summarize(raw)
+    checks = bench_publish.verdicts(summary)
+    assert {c["target"] for c in checks} >= {"already present: 0 bytes", "publish time <= rsync time"}
+    assert all(c["met"] for c in checks if c["target"] == "already present: 0 bytes")
+    text = bench_publish.render(summary, checks)
+    assert "many_5_files" in text and "large_1mb" in text and "vs scp" in text
+
+
+def test_rollback_benchmark_round_measures_a_deploy_and_a_rollback(deploy_env):
+    rig = bench_rollback.Rig(deploy_env)
+    try:
+        warm = rig.one_round(0, cold=False)
+    finally:
+        rig.close()
+    rb, fresh = warm["rollback"], warm["fresh_deploy"]
+    assert rb["to_version"] == rig.v1 and set(rb["steps"]) == {"switch", "verify"}
+    assert rb["in_process_s"] is not None and rb["end_to_end_s"] is not None and fresh["end_to_end_s"] is not None
+    assert rb["in_process_s"] <= rb["command_seconds"] and "publish" in fresh["steps"]
+    deploy_env.serves(rig.host, rig.v1)
+    summary = bench_rollback.summarize([warm])
+    checks = bench_rollback.verdicts(summary)
+    assert summary["warm"]["rounds"] == 1 and len(checks) == 2 and "cold" not in summary
+    assert "in_process" in bench_rollback.render(summary, checks)
+
+
+def test_availability_phase_counts_every_request(deploy_env):
+    host = deploy_env.add_host("file")
+    v1 = deploy_env.register("a")
+    deploy_env.promote(v1)
+    assert deploy_env.deploy().status == "deployed"
+    load = _traffic.LoadGen(host.rest_url, deploy_env.model, deploy_env.bundles.golden("a")["request"],
+                            clients=2, max_requests=200, max_seconds=30).start()
+    try:
+        phase = bench_availability.run_phase(load, "idle", None, seconds=0.5, lead=0, action_timeout=10)
+    finally:
+        load.stop()
+    assert phase["requests"] > 0 and phase["non_200"] == 0
+    assert phase["routes"]["stable"]["requests"] > 0 and phase["routes"]["unversioned"]["requests"] > 0
+    checks = bench_availability.verdicts([phase])
+    assert checks == [{"target": "idle: 0 non-200 responses", "value": 0, "met": True}]
+    assert "idle" in bench_availability.render([phase], checks)
+
+
+def test_e2e_breakdown_and_table():
+    doc = {"seconds": 2.0, "timings": {"resolve_version": 0.1, "fetch_from_registry": 0.3, "hosts": 1.2},
+           "hosts": [{"steps": [{"kind": "publish", "seconds": 0.2}, {"kind": "load_validation", "seconds": 0.1},
+                                {"kind": "wait_validation", "seconds": 0.3}, {"kind": "smoke_validation", "seconds": 0.4},
+                                {"kind": "load_main", "seconds": 0.05}, {"kind": "wait_main", "seconds": 0.05},
+                                {"kind": "switch", "seconds": 0.04}, {"kind": "verify", "seconds": 0.06}]}]}
+    b = bench_e2e.deploy_breakdown(doc, wall=2.5)
+    assert b["load"] == 0.5 and b["smoke"] == 0.4 and b["publish"] == 0.2 and b["switch"] == 0.04
+    assert b["fetch_from_registry"] == 0.3 and "hosts" not in b and b["process_start_and_rest"] == 0.5
+    no_timings = bench_e2e.deploy_breakdown({k: v for k, v in doc.items() if k != "timings"}, wall=2.5)
+    assert no_timings["outside_host_steps"] == pytest.approx(0.8)
+    stages = {"v1.train": 10.0, "v1.gate": 3.0, "v1.promote": 0.5, "v1.deploy": 2.5}
+    text = bench_e2e.render(stages, {"v1": {"breakdown": b}})
+    assert "train" in text and "deploy: load" in text and "16.0" in text
+
+
+def test_run_all_knows_the_four_benchmarks_and_refuses_others(capsys):
+    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e")
+    quick, full = run_all.plan(True), run_all.plan(False)
+    assert set(quick) == set(full) == set(run_all.ORDER)
+    assert full["publish"]["sizes_mb"] == [50, 300] and full["publish"]["many_files"] == 2000
+    assert full["availability"]["clients"] == 8 and quick["rollback"]["rounds"] < full["rollback"]["rounds"]
+    for name in run_all.ORDER:     # each benchmark's run() accepts what run_all passes
+        import inspect
+
+        params = inspect.signature(run_all._module(name).run).parameters
+        assert set(full[name]) | {"wait", "command"} <= set(params), name
+    assert run_all.main(["--only", "nope"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+    assert os.path.isdir(_setup.RESULTS)

@@ -1,0 +1,189 @@
+"""The fast registry path: MLflow's REST API without ``import mlflow`` (registry/rest.py), the
+ledger's schema check without alembic, deferred promotion tags — against real servers.
+
+No timed assertions: what makes rollback fast is checked structurally (which modules load,
+which calls happen in which order); the speed itself is measured by benchmarks/bench_rollback.py.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from mlops.local_services import free_port, start_mlflow, stop_service
+from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
+from registry import promotion, rest, versions
+from registry.ledger import Ledger
+from tests.helpers import REPO
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+def test_errors_are_one_actionable_line(mlops_env, monkeypatch, tmp_path):
+    client = rest.rest()
+    with pytest.raises(NotFoundError) as e:
+        client.get("registered-models/get", {"name": "no-such-model"}, what="reading 'no-such-model'")
+    assert _one_line(e.value).startswith("reading 'no-such-model': ") and "not found" in str(e.value)
+    with pytest.raises(UserError, match="MLflow answered INVALID_PARAMETER_VALUE") as e:
+        client.delete("registered-models/alias", {}, what="removing an alias")
+    _one_line(e.value)
+    # a custom message for a missing resource
+    with pytest.raises(NotFoundError, match="registered model 'ghost' does not exist in the MLflow registry"):
+        versions.registered_model_aliases("ghost")
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    with pytest.raises(ConnectionFailure) as e:
+        versions.production_version("m")
+    assert f"cannot reach the MLflow server at {dead}" in _one_line(e.value)
+    assert "fix MLFLOW_TRACKING_URI" in str(e.value)
+
+    # a web server that is not MLflow (a plain static file server on loopback)
+    (tmp_path / "index.html").write_text("<html>hello</html>")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{web.server_address[1]}")
+        with pytest.raises(ConfigError, match="does not look like an MLflow tracking server") as e:
+            versions.production_version("m")
+        _one_line(e.value)
+    finally:
+        web.shutdown()
+        web.server_close()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
+    with pytest.raises(ConfigError, match="must be the http"):
+        versions.production_version("m")
+
+
+def test_retry_decisions():
+    d = rest.retry_delay
+    assert d(1, 5, 1.0, status=503) == 1.0 and d(3, 5, 1.0, status=429) == 4.0
+    assert d(5, 5, 1.0, status=503) is None                     # the last attempt
+    assert d(1, 5, 1.0, status=404) is None and d(1, 5, 1.0, status=200) is None
+    assert d(1, 5, 1.0, connection_error=True, answered=False) is None   # a server that is down: say so now
+    assert d(2, 5, 0.5, connection_error=True, answered=True) == 1.0     # a reset after it answered
+    assert d(4, 9, 100.0, status=500) == 30.0                   # capped
+
+
+def test_credentials_come_from_the_environment(mlops_env, monkeypatch):
+    uri = mlops_env["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok-abcdef")
+    assert rest.MlflowRest(uri).session.headers["Authorization"] == "Bearer tok-abcdef"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-123456")
+    c = rest.MlflowRest(uri)
+    assert c.session.auth == ("alice", "pw-123456") and "Authorization" not in c.session.headers
+    assert rest.rest() is rest.rest()           # one pooled client per server and credentials
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="MLFLOW_HTTP_REQUEST_TIMEOUT must be a number"):
+        rest.MlflowRest(uri)
+
+
+@pytest.mark.slow
+def test_basic_auth_against_a_real_mlflow_auth_server(tmp_path, monkeypatch):
+    """``mlflow server --app-name basic-auth``: right credentials pass, wrong ones are one line."""
+    ini = tmp_path / "auth.ini"
+    ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                   f"database_uri = sqlite:///{tmp_path / 'basic_auth.db'}\nadmin_username = admin\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    password = "adm1n-pw-0123456789"
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
+    state = tmp_path / "state"
+    svc = start_mlflow(state, port=free_port(), app_name="basic-auth", env=env)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", svc.url)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        with pytest.raises(NotFoundError, match="'nothing-here' does not exist"):   # authenticated
+            versions.production_version("nothing-here")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+        with pytest.raises(ConfigError, match=r"rejected the credentials \(HTTP 401\)") as e:
+            versions.production_version("nothing-here")
+        assert "wrong-password" not in _one_line(e.value)
+    finally:
+        stop_service(state, "mlflow-server")
+
+
+def test_small_artifacts_and_bundles_come_through_the_proxy(make_version, tmp_path, tiny_serving_bundle):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    info = versions.get_version(model, v)
+    root = versions.artifact_root(info.run_id)
+    assert rest.MlflowRest.proxied(root)            # the default `mlflow server` proxies artifacts
+    sig = versions.run_artifact_json(info.run_id, "golden/signature.json")
+    assert sig == json.loads((tiny_serving_bundle / "golden" / "signature.json").read_text())
+    assert versions.run_artifact_json(info.run_id, "golden/nothing.json") is None
+    bundle = versions.download_bundle(model, v, tmp_path / "b")
+    expected = {p.relative_to(tiny_serving_bundle / "tfserving"): p.read_bytes()
+                for p in (tiny_serving_bundle / "tfserving").rglob("*") if p.is_file()}
+    got = {p.relative_to(bundle.saved_model_dir): p.read_bytes() for p in bundle.saved_model_dir.rglob("*")
+           if p.is_file()}
+    assert got == expected and expected
+
+
+def test_ledger_schema_head_is_read_without_alembic_and_agrees_with_it():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from registry import ledger
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ledger.MIGRATIONS_DIR))
+    assert ledger.script_head() == ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_rollback_can_defer_its_tags_until_finish(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
+    for v in (v1, v2):
+        promotion.promote(model, v, actor="alice")
+    promo = promotion.rollback(model, actor="bob", reason="deferred", defer_tags=True)
+    # the record and the alias moved at once, in that order, under the lock ...
+    assert versions.production_version(model) == v1
+    row = Ledger().entries(model, actions=("rollback",))[-1]
+    assert (row.from_version, row.to_version, row.actor, row.id) == (v2, v1, "bob", promo.ledger_id)
+    # ... the MLflow UI's view of it only when the caller says so
+    assert versions.get_version(model, v1).tags["promotion.kind"] == "promote"
+    promo.finish()
+    tags = versions.get_version(model, v1).tags
+    assert tags["promotion.kind"] == "rollback" and tags["promotion_reason"] == "deferred"
+    assert tags["promotion.ledger_id"] == str(promo.ledger_id) and tags["promoted_by"] == "bob"
+    promo.finish()                          # once only
+    assert "_pending" not in promo.to_dict()
+
+
+_HEAVY = ("import sys\nfrom mlops.cli import main\nrc = main(sys.argv[1:])\n"
+          "print('HEAVY', sorted(m for m in ('mlflow', 'tensorflow', 'keras', 'alembic') if m in sys.modules),"
+          " file=sys.stderr)\nsys.exit(rc)\n")
+
+
+def _cli_modules(env, *args: str) -> str:
+    p = subprocess.run([sys.executable, "-c", _HEAVY, *args], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, **env.env}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return next(line for line in p.stderr.splitlines() if line.startswith("HEAVY"))
+
+
+def test_deploy_and_rollback_never_import_mlflow_or_alembic(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"          # the ledger's schema exists from here on
+    env.promote(v2)
+    assert _cli_modules(env, "sync", "deploy") == "HEAVY []"     # publishes: the bundle came by REST
+    env.serves(host, v2)
+    assert _cli_modules(env, "sync", "rollback") == "HEAVY []"
+    env.serves(host, v1)
+    assert env.tags(v1)["promotion.kind"] == "rollback" and env.tags(v2)["deploy_status"] == "rolled_back"
