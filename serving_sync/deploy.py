@@ -20,7 +20,7 @@ from . import apply, cancel, faultpoint
 from . import host_config
 from . import models_config as mc
 from . import verified
-from .errors import SmokeFailed
+from .errors import HostUnreachable, SmokeFailed
 from .observe import Observed
 from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Step, compose
 from .progress import make_progress
@@ -102,6 +102,7 @@ class HostRun:
         self.heartbeat = heartbeat or (lambda: None)
         self.config = observed.config
         self.touched = False                # models.config may have been changed by us
+        self.connection_lost = False        # the transport died: the host, not the version, failed
         self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,
                                    previous_kept=plan.previous_kept, notes=list(plan.notes))
 
@@ -241,9 +242,18 @@ class HostRun:
         model, label, timeout = self.model, self.opts.label, self.opts.timeout
         original = self.observed.config
         orig_main = original.entry(model)
-        current = host_config.read(self.transport)
-        avail_now = {s.version for s in self.client.model_status(model) if s.state == AVAILABLE}
-        needed = sorted({v for _, v in orig_main.labels}) if orig_main is not None else []
+        try:
+            current = host_config.read(self.transport)
+        except HostUnreachable:
+            self._reconnect()
+            current = host_config.read(self.transport)
+        try:
+            avail_now = {s.version for s in self.client.model_status(model) if s.state == AVAILABLE}
+            needed = sorted({v for _, v in orig_main.labels}) if orig_main is not None else []
+        except HostUnreachable:
+            # TF Serving is down (restarting?): still write the original file back, it is what
+            # TF Serving reads when it comes back; the waits below then say whether it did.
+            avail_now, needed = set(), []
         missing = [v for v in needed if v not in avail_now]
         if missing and orig_main is not None and orig_main.policy == "specific":
             # TF Serving refuses a label on a version that is not loaded: load it back first,
@@ -274,3 +284,17 @@ class HostRun:
             apply.wait_gone(self.client, model, extra, timeout=timeout, cancellable=False)
         logger.info("%s: restored models.config%s", self.host.name,
                     f" (v{serving} serves again)" if serving is not None else "")
+
+    def _reconnect(self) -> None:
+        """The connection to the host died mid-deploy (e.g. an SSH cut): note it (the failure is
+        not the version's fault) and open a new one, once, to put the host back."""
+        from .transports import open_transport
+
+        self.connection_lost = True
+        logger.info("%s: the connection was lost; reconnecting to put the host back", self.host.name)
+        old, self.transport = self.transport, open_transport(self.host)
+        self.conn.transport = self.transport        # closed with the others at the end
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass

@@ -170,6 +170,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             result.status = "up_to_date"
             result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
+            _record_if_unrecorded(model, v, plans, reason)
             result.seconds = time.monotonic() - start
             return result
         recorder = LedgerRecorder(model)
@@ -204,6 +205,24 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _record_if_unrecorded(model: str, v: int, plans, reason: str | None) -> None:
+    """Every host already serves ``v`` and verified it there. If the registry does not say so (a
+    deploy killed after its switch did the work, not the bookkeeping), record it now, so the
+    registry converges too; otherwise write nothing (deploying twice changes nothing)."""
+    from registry import versions
+
+    if versions.get_version(model, v).deploy_status == "deployed":
+        return
+    recorder = LedgerRecorder(model)
+    for p in plans:
+        recorder("deploy", "ok", host=p.host, from_version=p.current, to_version=v, reason=reason,
+                 details={"steps": [], "recorded_late": "the host already served this version, verified there; "
+                                                        "an earlier deploy stopped before recording it"})
+    versions.set_tags(model, v, {"deploy_status": "deployed", "deploy.reason": "none"})
+    logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier deploy stopped "
+                "before recording it)", v, model)
 
 
 def _unchanged(plan) -> HostOutcome:
@@ -268,8 +287,12 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
     interrupted = isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
     if interrupted and not isinstance(error, DeployInterrupted):
         why = "interrupted"
-    registry_note = _registry_after_failure(result, recorder, run, why, step,
-                                            keep_production=step == "publish" or interrupted)
+    # production stays where it is when nothing says the version is bad
+    kept_because = ("the deploy was interrupted" if interrupted
+                    else "the upload failed, not the version" if step == "publish"
+                    else f"the connection to {run.host.name} was lost, not the version"
+                    if run.connection_lost else None)
+    registry_note = _registry_after_failure(result, recorder, run, why, step, kept_because=kept_because)
     result.status = "failed"
     msg = [f"deploy of v{v} of '{model}' failed on host {run.host.name} at step '{step}': {why}"]
     if put_back:
@@ -295,19 +318,17 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
 
 
 def _registry_after_failure(result: FleetResult, recorder: LedgerRecorder, run: HostRun, why: str,
-                            step: str, *, keep_production: bool) -> str:
+                            step: str, *, kept_because: str | None) -> str:
     from registry import promotion, versions
 
     model, v = result.model, result.version
     reason = f"{run.host.name}: {step}: {why}"
     try:
-        if keep_production:     # the upload failed or the deploy was interrupted: nothing says v is bad
+        if kept_because:        # upload failed, connection lost, or interrupted: nothing says v is bad
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
                      reason=reason, details={"step": step, "registry_unchanged": True})
-            cause = ("the deploy was interrupted" if why.startswith("interrupted")
-                     else "the upload failed, not the version")
-            result.registry = {"moved": False, "reason": cause}
-            return (f"production left at v{v} ({cause}); fix the cause and rerun `mlops sync deploy`: it "
+            result.registry = {"moved": False, "reason": kept_because}
+            return (f"production left at v{v} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
                     f"resumes where this one stopped")
         if result.source != "production":
             versions.set_tags(model, v, {"deploy_status": "failed", "deploy.reason": reason})

@@ -174,11 +174,18 @@ class TFServingClient:
     # --- bounded waits -------------------------------------------------------------------
     def _poll(self, what: str, check: Callable[[], WaitVerdict], *, timeout: float,
               interval: float) -> None:
+        """Bounded polling. A TF Serving that stops answering for a while (it was restarted) is
+        "not done yet", not a failure: it reloads models.config when it comes back, so the wait
+        goes on until the deadline and only then says it was unreachable."""
         polls = max(1, int(timeout / interval) + 1)
         deadline = time.monotonic() + timeout
         last = WaitVerdict(False, detail="no answer yet")
+        unreachable: HostUnreachable | None = None
         for _ in range(polls):
-            last = check()
+            try:
+                last, unreachable = check(), None
+            except HostUnreachable as exc:
+                last, unreachable = WaitVerdict(False, detail="not reachable"), exc
             if last.done:
                 return
             if last.failed:
@@ -186,6 +193,8 @@ class TFServingClient:
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        if unreachable is not None:
+            raise HostUnreachable(f"{unreachable.message} (still, after waiting {timeout:.0f}s for {what})")
         raise ServingTimeout(f"TF Serving at {self.base}: {what} did not happen within {timeout:.0f}s "
                              f"(last state: {last.detail})")
 

@@ -345,6 +345,8 @@ class SshTransport(Transport):
                 raise UserError(f"{self.where}: cannot create {dest}: {_last_line(err)}")
             if send_error is not None:
                 raise self._lost(doing, send_error)
+            if rc == -1 and not self._t.is_active():   # no exit status: the connection died
+                raise self._lost(doing, EOFError("the connection closed before the host reported"))
             raise UserError(f"{self.where}: extracting the upload on the host failed (exit {rc}): "
                             f"{_last_line(err)}")
         self._verified[dest] = res.listing

@@ -1,0 +1,100 @@
+"""The real ``mlops sync deploy`` process SIGKILLed at each phase of a deploy, then run again.
+
+The deploy is held at a precise phase by the test hook of ``serving_sync.faultpoint`` (it writes
+a marker file and waits), the test SIGKILLs its whole process group there — no signal handler,
+no ``finally`` can run — and then runs the deploy again. Throughout, a traffic loop sends
+unversioned and ``stable`` requests to the host: not one may fail, and every answer must be the
+golden output of v1 or v2 (never anything else). The rerun must converge: v2 serves on every
+route, no validation entry, the lock released, the registry and the ledger say deployed.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.fixtures.faults import tree_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def numeric(path) -> list[int]:
+    return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.is_dir() else []
+
+
+def incoming(path) -> list[str]:
+    return sorted(n for n in os.listdir(path) if n.startswith(".incoming-")) if path.is_dir() else []
+
+
+# phase -> what the host must look like right after the kill
+PHASES = {
+    "during:publish": "partial upload only under .incoming-*, nothing numeric, models.config unchanged",
+    "after:publish": "v2 complete under its numeric name, models.config unchanged",
+    "after:load_validation": "v2 loaded only in the validation entry; stable and unversioned on v1",
+    "after:load_main": "v2 beside v1 in the main entry, stable still on v1",
+    "after:switch": "stable on v2, v1 kept warm; the deploy never recorded its success",
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_sigkill_at_each_phase_never_breaks_serving_and_the_rerun_converges(deploy_env, paused_deploy, phase):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"
+    config_v1 = env.config_text(host)
+    v2 = env.register("big")
+    env.promote(v2)
+    v1_files = tree_bytes(host.base / env.model / str(v1))
+
+    traffic = env.traffic(host)
+    try:
+        deploy = paused_deploy(env.env, phase).wait_paused()
+        deploy.kill()
+        assert deploy.proc.returncode == -9
+
+        # --- right after the kill: what TF Serving can see is whole, and v1 still serves ---------
+        model_dir = host.base / env.model
+        assert tree_bytes(model_dir / str(v1)) == v1_files
+        stable_now = env.which(host, label="stable")
+        if phase == "during:publish":
+            assert numeric(model_dir) == [v1] and incoming(model_dir), PHASES[phase]
+            assert env.config_text(host) == config_v1
+        elif phase == "after:publish":
+            assert numeric(model_dir) == [v1, v2] and not incoming(model_dir)
+            assert tree_bytes(model_dir / str(v2)) == tree_bytes(env.bundles.path("big") / "tfserving")
+            assert env.config_text(host) == config_v1
+        elif phase == "after:load_validation":
+            assert f"{env.model}__validate" in env.config_text(host)
+            assert env.which(host) == v1
+        if phase == "after:switch":
+            assert stable_now == v2
+        else:
+            assert stable_now == v1, PHASES[phase]
+        # the dead deploy's lock stays (never broken silently) and is recognized as stale
+        assert (host.base / ".serving_sync" / "lock").exists()
+        r = env.cli("sync", "deploy")
+        assert r.returncode == 2 and "looks stale" in r.stderr and "--break-lock" in r.stderr, r.stderr
+
+        # --- run again: converges --------------------------------------------------------------
+        r = env.cli("sync", "deploy", "--break-lock", "--json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        traffic.stop()
+    assert traffic.failures == [], traffic.failures[:5]
+    assert traffic.count > 20
+    answered = set(traffic.answers["unversioned"]) | set(traffic.answers["stable"])
+    assert answered <= {v1, v2}, answered
+    env.serves(host, v2)
+    assert env.which(host, version=v1) == v1                  # the previous version kept warm
+    assert "__validate" not in env.config_text(host)
+    assert numeric(host.base / env.model) == [v1, v2]
+    assert tree_bytes(host.base / env.model / str(v2)) == tree_bytes(env.bundles.path("big") / "tfserving")
+    assert not (host.base / ".serving_sync" / "lock").exists()
+    assert env.production() == v2
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    assert any(e.outcome == "ok" and e.to_version == v2 and e.host == host.name
+               for e in env.ledger(("deploy",)))
+    # and a third run has nothing left to do
+    assert env.deploy().status == "up_to_date"
