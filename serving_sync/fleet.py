@@ -46,6 +46,7 @@ class FleetResult:
     registry: dict | None = None
     message: str = ""
     started_at: float = 0.0              # time.monotonic() at start (not serialized)
+    timings: dict = field(default_factory=dict)   # seconds per phase (each host's steps: hosts[].steps)
 
     def answered_after(self, since: float) -> float | None:
         """Seconds from ``since`` until the last host answered with the new version's outputs."""
@@ -55,7 +56,13 @@ class FleetResult:
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "source": self.source, "status": self.status,
                 "message": self.message, "seconds": round(self.seconds, 3), "registry": self.registry,
-                "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans}
+                "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans, "timings": self.timings}
+
+    def lap(self, phase: str, since: float) -> float:
+        """Record ``phase`` as lasting from ``since`` until now; returns now."""
+        now = time.monotonic()
+        self.timings[phase] = round(now - since, 3)
+        return now
 
 
 def resolve_version(model: str, version: int | None) -> tuple[int, str]:
@@ -163,8 +170,11 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     start = time.monotonic()
     v, source = resolve_version(model, version)
     result = FleetResult(model, v, source, "failed", started_at=start)
+    t = result.lap("resolve_version", start)
     with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait):
+        t = result.lap("connect_and_lock", t)
         observed, plans = observe_and_plan(conns, model, v, opts)
+        t = result.lap("observe_and_plan", t)
         result.plans = [p.to_dict() for p in plans]
         if all(p.up_to_date for p in plans):
             result.status = "up_to_date"
@@ -182,6 +192,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 lazy.bundle()        # before touching any host: a registry problem changes nothing
             else:
                 lazy.golden()
+            t = result.lap("fetch_from_registry", t)
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
                 if plan.up_to_date:
@@ -200,7 +211,9 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                                                  "previous_kept": plan.previous_kept,
                                                  "publish": run.outcome.publish,
                                                  "switch_seconds": run.outcome.switch_seconds})
+            t = result.lap("hosts", t)
             _succeeded(result, recorder, runs, opts)
+            result.lap("record_and_retention", t)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start
