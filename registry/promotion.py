@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from mlops_common import lineage, log
-from mlops_common.errors import NotFoundError, RefusedError
+from mlops_common.errors import NotFoundError, RefusedError, UserError
 
 from . import versions
 from .ledger import Entry, Ledger
@@ -49,7 +49,13 @@ class Promotion:
         asked to defer it (``defer_tags=True``); a no-op otherwise or the second time."""
         pending = self.__dict__.pop("_pending", None)
         if pending is not None:
-            pending()
+            try:
+                pending()
+            except UserError as exc:   # the move itself is done and recorded: say so
+                raise UserError(f"production of '{self.model}' is v{self.to_version} (ledger #{self.ledger_id}), "
+                                f"but the version tags that show it in the MLflow UI could not be written "
+                                f"({exc.message}); `mlops registry promote --version {self.to_version}` writes "
+                                f"them again once MLflow answers") from None
 
 
 def promotion_tags(p: Promotion) -> dict[str, str]:

@@ -94,10 +94,11 @@ class MlflowRest:
         raise self._error(r, doc, what, missing)
 
     def probe(self, timeout: float = 10.0) -> None:
-        """One cheap request, no retries, that tells a reachable MLflow server we may use from
-        anything else (404 is fine: it only means there is no Default experiment)."""
+        """One cheap request that tells a reachable MLflow server we may use from anything else
+        (404 is fine: it only means there is no Default experiment). A transient answer (408, 429,
+        5xx: a server restarting or overloaded) is retried like every call, within the bound."""
         saved = self.retries, self.timeout
-        self.retries, self.timeout = 0, timeout
+        self.timeout = timeout
         try:
             r = self._send("GET", f"{self.uri}{API}/experiments/get-by-name", "",
                            params={"experiment_name": "Default"})
@@ -201,6 +202,11 @@ class MlflowRest:
             doc = r.json() if "json" in ctype else None
         except ValueError:
             doc = None
+        if r.status_code in TRANSIENT_HTTP:     # still, after the bounded retries of _send
+            said = f" ({str(doc.get('message'))[:200]})" if isinstance(doc, dict) and doc.get("message") else ""
+            raise ConnectionFailure(_line(what, f"the MLflow server at {self.uri} kept answering HTTP "
+                                                f"{r.status_code}{said} after {1 + max(0, self.retries)} tries "
+                                                f"with backoff: it is up but failing; check its log, then rerun"))
         if not isinstance(doc, dict):
             kind = ctype or "no content type"
             raise ConfigError(_line(what, f"{self.uri} answered HTTP {r.status_code} ({kind}) and does not "

@@ -251,7 +251,13 @@ def _hosts(conns) -> str:
 def _succeeded(result: FleetResult, recorder: LedgerRecorder, runs: list[HostRun], opts: DeployOptions) -> None:
     from registry import versions
 
-    versions.set_tags(result.model, result.version, {"deploy_status": "deployed", "deploy.reason": "none"})
+    try:
+        versions.set_tags(result.model, result.version, {"deploy_status": "deployed", "deploy.reason": "none"})
+    except UserError as exc:     # the hosts serve it; only the registry could not be told
+        raise UserError(f"v{result.version} of '{result.model}' now serves on "
+                        f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
+                        f"deploy_status=deployed ({exc.message}); rerun `mlops sync deploy` once MLflow "
+                        f"answers: it records it") from None
     for run in runs:
         run.outcome.retention = _retention(run, opts)
     result.status = "deployed"

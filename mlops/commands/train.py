@@ -93,22 +93,32 @@ def _report(result: dict, as_json: bool) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _new_model_name(args) -> str:
+    """The registered model name, checked before any training: it becomes a directory and a
+    models.config entry on every serving host, so a name the hosts would refuse (``../x``,
+    ``a/b``) is refused now rather than after training and registering."""
     from mlops_common import settings
+    from serving_sync.names import check_model_name
+
+    return check_model_name(settings.model_name(args.model_name),
+                            what="model name (--model-name / MLOPS_MODEL_NAME)")
+
+
+def cmd_train(args) -> int:
+    name = _new_model_name(args)
     from mlproject.train import train
 
     with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is for the result
-        result = train(settings.model_name(args.model_name), _params(args))
+        result = train(name, _params(args))
     return _report(result, args.json)
 
 
 def cmd_retrain(args) -> int:
-    from mlops_common import settings
+    name = _new_model_name(args)
     from mlproject.train import retrain
 
     with contextlib.redirect_stdout(sys.stderr):
-        result = retrain(settings.model_name(args.model_name), _params(args), args.incoming,
-                         from_scratch=args.from_scratch)
+        result = retrain(name, _params(args), args.incoming, from_scratch=args.from_scratch)
     return _report(result, args.json)
 
 

@@ -1,0 +1,273 @@
+"""Bad input through the real command line: one clear line, a non-zero exit, nothing changed.
+
+One shared world for the module (built once): a real MLflow server with this module's model
+(v1 promoted and deployed, v2 registered and gate-passed) and another model with three versions;
+two serving hosts with a real local TF-Serving-compatible server each, one ``file://`` and one
+``ssh://`` (real OpenSSH sshd, pinned host key); the ledger in ``$MLOPS_HOME``.
+
+Each case runs ``mlops ...`` in a subprocess with one thing wrong and checks: exit code != 0;
+stderr is exactly one line, starting with ``error:``, naming what to fix (no traceback, no
+progress); and nothing changed: aliases and tags of every version of both models, the ledger
+rows, and every file under both hosts' base directories (``models.config`` included) are
+byte-identical to before.
+"""
+from __future__ import annotations
+
+import socket
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.fixtures.deploy_env import DeployEnv
+from tests.fixtures.faults import one_error_line, registry_snapshot, tree_bytes
+from tests.fixtures.sshd import keygen
+from tests.helpers import run_mlops
+
+
+@dataclass
+class World:
+    env: DeployEnv
+    other: str                      # another registered model (versions 1..3)
+    file_host: object
+    ssh_host: object
+    v1: int
+    v2: int
+    tmp: Path
+
+    @property
+    def model(self) -> str:
+        return self.env.model
+
+    def snapshot(self):
+        from registry.ledger import Ledger
+
+        return (registry_snapshot(self.model), registry_snapshot(self.other),
+                [(e.id, e.action, e.outcome, e.from_version, e.to_version) for e in Ledger().entries()],
+                tree_bytes(self.file_host.base), tree_bytes(self.ssh_host.base))
+
+    def hosts_file(self, text: str) -> str:
+        path = self.tmp / f"hosts-{uuid.uuid4().hex[:6]}.toml"
+        path.write_text(text)
+        return str(path)
+
+    def host_entry(self, host, **changes) -> str:
+        entry = {**host.entry, **changes}
+        return "[[hosts]]\n" + "".join(f'{k} = "{v}"\n' for k, v in entry.items() if v is not None)
+
+
+@pytest.fixture(scope="module")
+def world(mlflow_server, deploy_bundles, serving_pool, sshd_factory, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("bad-input-home")
+    name = f"bad-input-{uuid.uuid4().hex[:8]}"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLOPS_HOME": str(home), "MLOPS_MODEL_NAME": name}
+    for k, v in env.items():
+        mp.setenv(k, v)
+    for k in ("MLOPS_LEDGER_URL", "MLOPS_HOSTS_FILE", "MLOPS_SYNC_TARGET", "MLOPS_SYNC_REST_URL",
+              "MLOPS_WEBHOOK_SECRET", "CIRCLE_TOKEN", "CIRCLE_WORKFLOW_ID", "CIRCLE_PIPELINE_ID"):
+        mp.delenv(k, raising=False)
+    tmp = tmp_path_factory.mktemp("bad-input")
+    denv = DeployEnv(dict(env), deploy_bundles, tmp, None, sshd_factory, None, serving_pool)
+    try:
+        file_host, ssh_host = denv.add_host("file"), denv.add_host("ssh")
+        v1 = denv.register("a")
+        denv.promote(v1)
+        assert denv.deploy().status == "deployed"
+        v2 = denv.register("b")
+        other = DeployEnv({**env, "MLOPS_MODEL_NAME": f"{name}-other"}, deploy_bundles, tmp, None)
+        for kind in ("a", "b", "c"):
+            other.register(kind)
+        from registry import versions
+
+        versions.set_tags(other.model, 3, {"ci.pipeline_id": "pipe-of-the-other-model"})
+        yield World(denv, other.model, file_host, ssh_host, v1, v2, tmp)
+    finally:
+        denv.close()
+        mp.undo()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def host_models_config(world, data: bytes):
+    """The file host's models.config replaced by ``data`` for the duration of the case."""
+    path = world.file_host.base / "models.config"
+    good = path.read_bytes()
+    path.write_bytes(data)
+    try:
+        yield
+    finally:
+        path.write_bytes(good)
+
+
+def bad_batch(world) -> str:
+    path = world.tmp / "labels-out-of-range.npz"
+    np.savez(path, images=np.zeros((4, 8, 8, 1), np.float32), labels=np.array([0, 1, 2, 42]))
+    return str(path)
+
+
+def other_key(world) -> str:
+    key = world.tmp / f"not-the-deploy-key-{uuid.uuid4().hex[:4]}"
+    keygen(key)
+    return str(key)
+
+
+def changed_host_key(world) -> str:
+    impostor = world.tmp / f"impostor-{uuid.uuid4().hex[:4]}"
+    keygen(impostor)
+    line = world.env._sshd().known_hosts_line(Path(str(impostor) + ".pub").read_text())
+    known = world.tmp / f"known-changed-{uuid.uuid4().hex[:4]}"
+    known.write_text(line + "\n")
+    return str(known)
+
+
+def empty_known_hosts(world) -> str:
+    known = world.tmp / f"known-empty-{uuid.uuid4().hex[:4]}"
+    known.write_text("")
+    return str(known)
+
+
+# id -> (build(world) -> (args, env), fragments the one error line must contain, optional context)
+CASES = {
+    # --- names and versions ------------------------------------------------------------------
+    "unknown model (deploy)": (lambda w: (["sync", "deploy", "--model-name", "no-such-model"], {}),
+                               ["registered model 'no-such-model' does not exist"]),
+    "unknown model (promote)": (lambda w: (["registry", "promote", "--version", "1", "--model-name", "nope"], {}),
+                                ["registered model 'nope' does not exist"]),
+    "unknown version (deploy)": (lambda w: (["sync", "deploy", "--version", "99"], {}),
+                                 ["version 99", "does not exist"]),
+    "unknown version (promote)": (lambda w: (["registry", "promote", "--version", "99"], {}),
+                                  ["version 99 of registered model", "does not exist"]),
+    "unknown version (rollback --to)": (lambda w: (["sync", "rollback", "--to", "99"], {}),
+                                        ["version 99", "does not exist"]),
+    "a version of another model (deploy)": (lambda w: (["sync", "deploy", "--version", "3"], {}),
+                                            ["version 3", "does not exist"]),
+    "a pipeline of another model (promote)": (
+        lambda w: (["registry", "promote", "--pipeline-id", "pipe-of-the-other-model"], {}),
+        ["not a version of"]),
+    "traversal in the model name (deploy)": (lambda w: (["sync", "deploy", "--model-name", "../evil"], {}),
+                                             ["'../evil'"]),
+    "traversal in the model name (train)": (lambda w: (["train", "--model-name", "../../evil", "--epochs", "1"], {}),
+                                            ["model name", "'../../evil' is not allowed"]),
+    "traversal in a hosts file target": (
+        lambda w: (["sync", "deploy", "--hosts", w.hosts_file(w.host_entry(
+            w.file_host, target=f"file://{w.file_host.base}/../../etc"))], {}),
+        ["field 'target'", "must not contain '..'"]),
+    "traversal in identity_file": (
+        lambda w: (["sync", "deploy", "--hosts", w.hosts_file(w.host_entry(
+            w.ssh_host, identity_file="../../root/.ssh/id_ed25519"))], {}),
+        ["field 'identity_file'", "must not contain '..'"]),
+    "traversal in MLOPS_SYNC_TARGET": (
+        lambda w: (["sync", "deploy"], {"MLOPS_SYNC_TARGET": "file:///srv/models/../../etc",
+                                        "MLOPS_SYNC_REST_URL": w.file_host.rest_url}),
+        ["MLOPS_SYNC_", "must not contain '..'"]),
+    # --- the hosts file -------------------------------------------------------------------------
+    "hosts file is not TOML": (lambda w: (["sync", "deploy", "--hosts", w.hosts_file("[[hosts]\nname = ")], {}),
+                               ["not valid TOML"]),
+    "hosts file without rest_url": (
+        lambda w: (["sync", "deploy", "--hosts", w.hosts_file(w.host_entry(w.file_host, rest_url=None))], {}),
+        ["field 'rest_url'", "missing"]),
+    "hosts file with an unknown field": (
+        lambda w: (["sync", "plan", "--hosts", w.hosts_file(w.host_entry(w.file_host, pasword="x"))], {}),
+        ["field 'pasword'", "unknown field"]),
+    "hosts file with an unknown scheme": (
+        lambda w: (["sync", "deploy", "--hosts", w.hosts_file(w.host_entry(w.file_host, target="ftp://h/x"))], {}),
+        ["unsupported scheme 'ftp'"]),
+    "hosts file that does not exist": (lambda w: (["sync", "deploy", "--hosts", str(w.tmp / "nope.toml")], {}),
+                                       ["nope.toml does not exist"]),
+    # --- what is found on a host --------------------------------------------------------------
+    "malformed models.config on the host": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2)], {}),
+        ["models.config"], lambda w: host_models_config(w, b"model_config_list { config { name: ")),
+    "models.config that is not text": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2)], {}),
+        ["models.config is not UTF-8 text"], lambda w: host_models_config(w, b"\xff\xfe\x00garbage")),
+    # --- the environment --------------------------------------------------------------------------
+    "MLOPS_SYNC_TARGET without MLOPS_SYNC_REST_URL": (
+        lambda w: (["sync", "deploy"], {"MLOPS_SYNC_TARGET": f"file://{w.file_host.base}"}),
+        ["MLOPS_SYNC_REST_URL is not"]),
+    "both MLOPS_HOSTS_FILE and MLOPS_SYNC_TARGET": (
+        lambda w: (["sync", "deploy"], {"MLOPS_SYNC_TARGET": f"file://{w.file_host.base}",
+                                        "MLOPS_SYNC_REST_URL": w.file_host.rest_url,
+                                        "MLOPS_HOSTS_FILE": str(w.env.hosts_file)}),
+        ["both MLOPS_HOSTS_FILE and MLOPS_SYNC_TARGET are set"]),
+    "webhook without MLOPS_WEBHOOK_SECRET": (
+        lambda w: (["registry", "webhook", "create", "--url", "http://127.0.0.1:9/hook"], {}),
+        ["MLOPS_WEBHOOK_SECRET is not set"]),
+    "watch receiver without MLOPS_WEBHOOK_SECRET": (
+        lambda w: (["sync", "watch", "--once", "--webhook-port", "0"], {}),
+        ["--webhook-port needs MLOPS_WEBHOOK_SECRET"]),
+    # --- hosts that cannot be reached or trusted -----------------------------------------------------
+    "unreachable SSH host": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2), "--hosts", w.hosts_file(w.host_entry(
+            w.ssh_host, target=f"ssh://{w.env._sshd().user}@127.0.0.1:{free_port()}{w.ssh_host.base}"))], {}),
+        ["connection refused"]),
+    "unreachable TF Serving": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2), "--hosts", w.hosts_file(w.host_entry(
+            w.file_host, rest_url=f"http://127.0.0.1:{free_port()}"))], {}),
+        ["TF Serving REST", "is not reachable"]),
+    "wrong SSH key": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2), "--hosts", w.hosts_file(w.host_entry(
+            w.ssh_host, identity_file=other_key(w)))], {}),
+        ["authorized_keys"]),
+    "changed SSH host key": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2), "--hosts", w.hosts_file(w.host_entry(
+            w.ssh_host, known_hosts=changed_host_key(w)))], {}),
+        ["HOST KEY CHANGED"]),
+    "unknown SSH host key": (
+        lambda w: (["sync", "deploy", "--version", str(w.v2), "--hosts", w.hosts_file(w.host_entry(
+            w.ssh_host, known_hosts=empty_known_hosts(w)))], {}),
+        ["ssh-keyscan -p"]),
+    # --- data -----------------------------------------------------------------------------------------
+    "malformed data batch": (lambda w: (["data", "validate", bad_batch(w)], {}),
+                             ["labels-out-of-range.npz"]),
+    # --- MLflow -----------------------------------------------------------------------------------------
+    "tracking URI that is not http": (lambda w: (["sync", "deploy"], {"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}),
+                                      ["MLFLOW_TRACKING_URI must be the http(s) URL"]),
+    "tracking URI where nothing listens": (
+        lambda w: (["registry", "status"], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}),
+        ["cannot reach the MLflow server"]),
+    "tracking URI of a server that is not MLflow": (
+        lambda w: (["sync", "deploy"], {"MLFLOW_TRACKING_URI": w.file_host.rest_url}),
+        ["does not look like an MLflow tracking server"]),
+}
+
+
+# commands whose stdout is their report (here: FAIL and the file), still with one error line
+REPORTS_ON_STDOUT = {"malformed data batch"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_clear_line_a_nonzero_exit_and_changes_nothing(world, case):
+    build, fragments, *context = CASES[case]
+    untouched = world.snapshot()
+    ctx = context[0](world) if context else contextmanager(lambda: (yield))()
+    with ctx:                                   # e.g. a malformed models.config put on the host
+        args, env = build(world)
+        before = world.snapshot()
+        r = run_mlops(*args, env=env, timeout=180)
+        after = world.snapshot()
+    line = one_error_line(r.stderr)
+    assert r.returncode != 0, (r.returncode, line)
+    missing = [f for f in fragments if f not in line]
+    assert not missing, f"{case}: {missing} not in: {line}"
+    assert r.stdout == "" or case in REPORTS_ON_STDOUT, r.stdout
+    print(f"{case}: {line}")
+    assert after == before, f"{case}: something changed"
+    assert world.snapshot() == untouched
+
+
+def test_the_world_is_still_healthy_after_all_that(world):
+    """The bad inputs above changed nothing: the hosts still serve v1 and a deploy has nothing to do."""
+    for host in (world.file_host, world.ssh_host):
+        world.env.serves(host, world.v1)
+    r = run_mlops("sync", "deploy", "--json")
+    assert r.returncode == 0 and '"up_to_date"' in r.stdout, r.stderr

@@ -1,0 +1,146 @@
+"""The MLflow server flaky, failing or gone: retried with backoff within a bound, or one clear
+line and nothing half-done in the registry.
+
+A loopback HTTP proxy (``http_fault_proxy``) stands in front of the session's real MLflow server
+and answers 503 to chosen requests: every third one (flaky), every one (down for good), or only
+the alias write or the tag writes of a promotion. The code under test reaches MLflow only through
+the proxy (``MLFLOW_TRACKING_URI``); its retries are bounded by MLflow's own settings, set short
+here (2 retries, backoff factor 1 s: MLflow takes only whole seconds) so the suite stays fast.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.faults import final_error_line, one_error_line, registry_snapshot, tree_bytes
+
+BOUNDED = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+TRIES = 1 + int(BOUNDED["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+
+
+def via(proxy) -> dict:
+    return {"MLFLOW_TRACKING_URI": proxy.url, **BOUNDED}
+
+
+def ledger_rows(env) -> list[tuple]:
+    return [(e.id, e.action, e.outcome, e.from_version, e.to_version, e.host) for e in env.ledger()]
+
+
+def alias_write(method: str, path: str) -> bool:
+    return method == "POST" and path.startswith("/api/2.0/mlflow/registered-models/alias")
+
+
+def tag_write(method: str, path: str) -> bool:
+    return method == "POST" and path.startswith("/api/2.0/mlflow/model-versions/set-tag")
+
+
+@pytest.mark.slow
+def test_a_flaky_server_is_retried_through_register_promote_deploy_and_status(
+        deploy_env, http_fault_proxy, mlflow_server, monkeypatch):
+    env = deploy_env
+    host = env.add_host("file")
+    proxy = http_fault_proxy(mlflow_server, fail_every=5)        # every fifth request: 503
+    for k, v in via(proxy).items():
+        monkeypatch.setenv(k, v)                                 # the in-process MLflow client too
+    for kind in ("a", "b"):
+        v = env.register(kind)                                   # MLflow's own client and retries
+        r = env.cli("registry", "promote", "--version", str(v), extra_env=via(proxy))
+        assert r.returncode == 0, r.stderr
+        r = env.cli("sync", "deploy", extra_env=via(proxy))
+        assert r.returncode == 0, r.stderr
+        env.serves(host, v)
+    r = env.cli("sync", "status", extra_env=via(proxy))
+    assert r.returncode == 0 and "in sync" in r.stdout, r.stdout + r.stderr
+    print(f"{len(proxy.failed)} of {proxy.seen} requests answered 503")
+    assert len(proxy.failed) >= 10, proxy.failed                 # the faults really happened
+    assert env.production() == v and env.tags(v)["deploy_status"] == "deployed"
+    moves = [(e.action, e.outcome, e.to_version) for e in env.ledger(("promote",))]
+    assert moves == [("promote", "ok", 1), ("promote", "ok", 2)]     # each move recorded exactly once
+
+
+def test_a_server_that_keeps_failing_ends_in_one_line_after_bounded_retries_and_changes_nothing(
+        deploy_env, http_fault_proxy, mlflow_server):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    proxy = http_fault_proxy(mlflow_server, fail_always=True)
+    before = registry_snapshot(env.model), ledger_rows(env), tree_bytes(host.base)
+    r = env.cli("registry", "status", extra_env=via(proxy))
+    line = one_error_line(r.stderr)
+    assert r.returncode != 0 and "kept answering HTTP 503" in line and f"after {TRIES} tries" in line, line
+    assert len(proxy.failed) == TRIES                            # bounded: then it stops and says so
+    for args in (("sync", "deploy"), ("registry", "promote", "--version", str(v1)), ("registry", "rollback")):
+        r = env.cli(*args, extra_env=via(proxy))
+        line = one_error_line(r.stderr)
+        assert r.returncode != 0 and "HTTP 503" in line and "it is up but failing" in line, (args, line)
+    assert (registry_snapshot(env.model), ledger_rows(env), tree_bytes(host.base)) == before
+    proxy.set()                                                  # MLflow is healthy again
+    r = env.cli("sync", "deploy", extra_env=via(proxy))
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+
+
+def test_the_alias_write_failing_leaves_production_and_the_ledger_as_they_were(
+        deploy_env, http_fault_proxy, mlflow_server):
+    env = deploy_env
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    proxy = http_fault_proxy(mlflow_server, fail_always=True, match=alias_write)
+    before = registry_snapshot(env.model), ledger_rows(env)
+    r = env.cli("registry", "promote", "--version", str(v2), extra_env=via(proxy))
+    line = one_error_line(r.stderr)
+    assert r.returncode != 0 and "HTTP 503" in line, line
+    assert len(proxy.failed) == TRIES
+    # nothing half-done: the ledger row of the move was rolled back with it
+    assert (registry_snapshot(env.model), ledger_rows(env)) == before
+    assert env.production() == v1
+    proxy.set()
+    r = env.cli("registry", "promote", "--version", str(v2), extra_env=via(proxy))
+    assert r.returncode == 0, r.stderr
+    assert env.production() == v2 and env.tags(v2)["promotion.from_version"] == str(v1)
+
+
+def test_the_tag_writes_failing_after_the_move_say_what_happened_and_a_rerun_completes(
+        deploy_env, http_fault_proxy, mlflow_server):
+    env = deploy_env
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    proxy = http_fault_proxy(mlflow_server, fail_always=True, match=tag_write)
+    r = env.cli("registry", "promote", "--version", str(v2), extra_env=via(proxy))
+    line = final_error_line(r.stderr)           # after the line saying it promoted
+    assert r.returncode != 0 and f"production of '{env.model}' is v{v2}" in line, line
+    assert "could not be written" in line and f"mlops registry promote --version {v2}" in line
+    # the move and its ledger row agree (the ledger is the record; the tags are a view of it)
+    row = env.ledger(("promote",))[-1]
+    assert env.production() == v2 and (row.outcome, row.from_version, row.to_version) == ("ok", v1, v2)
+    assert "promoted_by" not in env.tags(v2)
+    proxy.set()
+    r = env.cli("registry", "promote", "--version", str(v2), extra_env=via(proxy))
+    assert r.returncode == 0, r.stderr
+    assert env.tags(v2)["promoted_by"] and env.production() == v2
+
+
+@pytest.mark.slow
+def test_mlflow_failing_after_the_switch_leaves_the_host_serving_and_the_rerun_records_it(
+        deploy_env, http_fault_proxy, mlflow_server, paused_deploy):
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"
+    env.promote(v2)
+    proxy = http_fault_proxy(mlflow_server)
+    deploy = paused_deploy({**env.env, **via(proxy)}, "after:switch").wait_paused()
+    proxy.set(fail_always=True)                                  # MLflow goes away now
+    r = deploy.finish()
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2 and f"v{v2} of '{env.model}' now serves on {host.name}" in line, line
+    assert "could not record deploy_status=deployed" in line and "rerun `mlops sync deploy`" in line
+    env.serves(host, v2)                                         # the host is fine
+    assert env.tags(v2).get("deploy_status") is None
+    proxy.set()
+    r = env.cli("sync", "deploy", extra_env=via(proxy))
+    assert r.returncode == 0 and "up to date" in r.stdout, r.stderr
+    assert env.tags(v2)["deploy_status"] == "deployed"           # the registry converged
+    assert env.cli("sync", "status").returncode == 0
