@@ -39,23 +39,19 @@ def test_a_flaky_server_is_retried_through_register_promote_deploy_and_status(
         deploy_env, http_fault_proxy, mlflow_server, monkeypatch):
     env = deploy_env
     host = env.add_host("file")
-    proxy = http_fault_proxy(mlflow_server, fail_every=5)        # every fifth request: 503
+    proxy = http_fault_proxy(mlflow_server, fail_every=4)        # every fourth request: 503
     for k, v in via(proxy).items():
         monkeypatch.setenv(k, v)                                 # the in-process MLflow client too
-    for kind in ("a", "b"):
-        v = env.register(kind)                                   # MLflow's own client and retries
-        r = env.cli("registry", "promote", "--version", str(v), extra_env=via(proxy))
-        assert r.returncode == 0, r.stderr
-        r = env.cli("sync", "deploy", extra_env=via(proxy))
-        assert r.returncode == 0, r.stderr
-        env.serves(host, v)
-    r = env.cli("sync", "status", extra_env=via(proxy))
-    assert r.returncode == 0 and "in sync" in r.stdout, r.stdout + r.stderr
+    v = env.register("a")                                        # MLflow's own client and retries
+    for args in (("registry", "promote", "--version", str(v)), ("sync", "deploy"), ("sync", "status")):
+        r = env.cli(*args, extra_env=via(proxy))                 # our REST client and its retries
+        assert r.returncode == 0, f"{args}: {r.stderr}"
+    env.serves(host, v)
     print(f"{len(proxy.failed)} of {proxy.seen} requests answered 503")
-    assert len(proxy.failed) >= 10, proxy.failed                 # the faults really happened
+    assert len(proxy.failed) >= 8, proxy.failed                  # the faults really happened
     assert env.production() == v and env.tags(v)["deploy_status"] == "deployed"
-    moves = [(e.action, e.outcome, e.to_version) for e in env.ledger(("promote",))]
-    assert moves == [("promote", "ok", 1), ("promote", "ok", 2)]     # each move recorded exactly once
+    rows = [(e.action, e.outcome, e.to_version) for e in env.ledger(("promote", "deploy"))]
+    assert rows == [("promote", "ok", v), ("deploy", "ok", v)]   # each move recorded exactly once
 
 
 def test_a_server_that_keeps_failing_ends_in_one_line_after_bounded_retries_and_changes_nothing(
@@ -131,6 +127,7 @@ def test_mlflow_failing_after_the_switch_leaves_the_host_serving_and_the_rerun_r
     assert env.deploy().status == "deployed"
     env.promote(v2)
     proxy = http_fault_proxy(mlflow_server)
+    traffic = env.traffic(host)
     deploy = paused_deploy({**env.env, **via(proxy)}, "after:switch").wait_paused()
     proxy.set(fail_always=True)                                  # MLflow goes away now
     r = deploy.finish()
@@ -141,6 +138,8 @@ def test_mlflow_failing_after_the_switch_leaves_the_host_serving_and_the_rerun_r
     assert env.tags(v2).get("deploy_status") is None
     proxy.set()
     r = env.cli("sync", "deploy", extra_env=via(proxy))
+    traffic.stop()
     assert r.returncode == 0 and "up to date" in r.stdout, r.stderr
     assert env.tags(v2)["deploy_status"] == "deployed"           # the registry converged
+    assert traffic.failures == [] and set(traffic.answers["stable"]) <= {v1, v2}
     assert env.cli("sync", "status").returncode == 0

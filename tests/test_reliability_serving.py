@@ -86,7 +86,7 @@ def test_tf_serving_gone_for_the_rest_of_the_deploy_gets_its_file_back(deploy_en
     config_v1 = env.config_text(host)
     v2 = env.register("b")
     env.promote(v2)
-    deploy = paused_deploy(env.env, "after:load_validation", "--timeout", "6").wait_paused()
+    deploy = paused_deploy(env.env, "after:load_validation", "--timeout", "4").wait_paused()
     host.server.stop()
     r = deploy.finish()
     line = final_error_line(r.stderr)
