@@ -63,7 +63,7 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     ``dataset`` None -> the version's ``dataset.name`` tag.
     """
     from registry import versions
-    from registry.client import mlflow_errors
+    from registry.client import mlflow_errors, tracking_client
 
     from .model import tf_quiet
 
@@ -78,6 +78,7 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     import mlflow.tensorflow
 
     with mlflow_errors(f"loading {uri}"):
+        tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
         model = mlflow.tensorflow.load_model(uri)
     return evaluate_model(model, model_uri=uri, dataset=name)
 

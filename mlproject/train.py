@@ -109,9 +109,10 @@ def _load_start_model(uri: str, dataset: str):
     """The Keras model behind ``uri``, checked against the data set."""
     import mlflow.tensorflow
 
-    from registry.client import mlflow_errors
+    from registry.client import mlflow_errors, tracking_client
 
     with mlflow_errors(f"loading {uri}"):
+        tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
         model = mlflow.tensorflow.load_model(uri)
     shape = tuple(model.input_shape[1:])
     if shape != image_shape(dataset):

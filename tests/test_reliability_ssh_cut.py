@@ -90,6 +90,8 @@ def test_ssh_cut_at_many_offsets_never_breaks_serving_and_the_next_run_converges
                 # a failed deploy left the host as it was (put back if it had changed it)
                 assert env.label(host) == serving, f"offset {offset}: stable moved ({msg})"
                 assert env.config_text(host) == config_before, msg
+                assert env.production() == v, f"offset {offset}: production moved back ({msg})"
+                assert env.tags(v).get("deploy_status") != "failed", msg     # not the version's fault
             else:   # cut after the work was done (retention, lock release): it reconnected
                 outcomes.append((offset, "succeeded", r.message))
                 assert env.label(host) == v
