@@ -104,6 +104,7 @@ def save(name: str, doc: dict, results_dir: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": name, **doc}
     doc.setdefault("machine", machine())
+    doc.setdefault("commit", git_commit())
     doc.setdefault("finished_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path = folder / f"{name}.json"
     tmp = folder / f".{name}.json.{uuid.uuid4().hex[:6]}.tmp"
@@ -244,9 +245,20 @@ def build_bundles(root: Path):
     return DeployBundles(root)
 
 
-def mlops_env(extra: dict | None = None) -> dict:
-    """Environment for an ``mlops`` subprocess: this process's, plus ``extra``."""
+def mlops_env(extra: dict | None = None, repo: Path | None = None) -> dict:
+    """Environment for an ``mlops`` subprocess: this process's, plus ``extra``; ``repo`` (default
+    this checkout) first on PYTHONPATH, so another checkout's ``mlops`` can be measured."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(repo or REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """The commit checked out in ``repo`` (default this checkout), for the results."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or REPO, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

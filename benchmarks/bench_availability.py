@@ -102,7 +102,7 @@ def render(phases: list[dict], checks: list[dict]) -> str:
 
 
 def run(*, phase_seconds: float, clients: int, max_requests: int, action_timeout: float = 300.0,
-        wait: bool = True, results_dir=None, command: str = "",
+        wait: float = 600.0, results_dir=None, command: str = "",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     with _setup.Lab() as lab:
         env = lab.deploy_env()
@@ -111,7 +111,7 @@ def run(*, phase_seconds: float, clients: int, max_requests: int, action_timeout
         env.promote(versions["v1"])
         if env.deploy().status != "deployed":
             raise RuntimeError("the first deploy of v1 failed")
-        quiet = _setup.wait_for_quiet(log=log) if wait else None
+        quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
         started = _setup.machine()
         load = LoadGen(host.rest_url, env.model, lab.bundles.golden("a")["request"], clients=clients,
                        max_requests=max_requests * len(PHASES),
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     args = ap.parse_args(argv)
     seconds = 4.0 if args.quick else args.phase_seconds
-    run(phase_seconds=seconds, clients=args.clients, max_requests=args.max_requests, wait=not args.no_wait,
+    run(phase_seconds=seconds, clients=args.clients, max_requests=args.max_requests, wait=0 if args.no_wait else 600.0,
         command="python -m benchmarks.bench_availability" + (" --quick" if args.quick else
                                                               f" --phase-seconds {seconds:g} --clients {args.clients}"))
     return 0

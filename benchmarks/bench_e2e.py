@@ -85,14 +85,14 @@ def render(stages: dict, deploys: dict) -> str:
     return _setup.table(head, rows)
 
 
-def run(*, epochs: int, quick: bool, wait: bool = True, results_dir=None, command: str = "",
+def run(*, epochs: int, quick: bool, wait: float = 600.0, results_dir=None, command: str = "",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     stages: dict[str, float] = {}
     deploys: dict[str, dict] = {}
     with _setup.Lab() as lab:
         env = lab.deploy_env()
         env.add_host("file")
-        quiet = _setup.wait_for_quiet(log=log) if wait else None
+        quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
         started = _setup.machine()
         log(f"  v1: train ({epochs} epochs), gate, promote, deploy")
         v1 = _stage(stages, "v1.train", "train", "--epochs", str(epochs), "--json")["version"]
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     args = ap.parse_args(argv)
     epochs = 3 if args.quick else args.epochs
-    run(epochs=epochs, quick=args.quick, wait=not args.no_wait,
+    run(epochs=epochs, quick=args.quick, wait=0 if args.no_wait else 600.0,
         command="python -m benchmarks.bench_e2e" + (" --quick" if args.quick else f" --epochs {epochs}"))
     return 0
 

@@ -286,7 +286,7 @@ def render(summary: dict, checks: list[dict]) -> str:
 
 # --- the run -----------------------------------------------------------------------------------
 def run(*, sizes_mb: list[int], many_files: int, repeats: int, dest_root: str | None, user: str | None,
-        synthetic: bool = False, wait: bool = True, results_dir: Path | None = None, command: str = "",
+        synthetic: bool = False, wait: float = 600.0, results_dir: Path | None = None, command: str = "",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     from tests.fixtures.sshd import _ensure_user, keygen, start_sshd
 
@@ -314,7 +314,7 @@ def run(*, sizes_mb: list[int], many_files: int, repeats: int, dest_root: str | 
                 datasets[f"many_{many_files}_files"] = make_dataset(work / "many", "many", files=many_files)
         else:
             datasets = make_savedmodels(work / "models", sizes_mb, many_files)
-        quiet = _setup.wait_for_quiet(log=log) if wait else None
+        quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
         started = _setup.machine()
         raw = bench(server, datasets, dest_root_path, repeats, log=log)
         summary = summarize(raw)
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [50] if args.quick else [int(x) for x in args.sizes_mb.split(",") if x]
     repeats = 1 if args.quick else args.repeats
     run(sizes_mb=sizes, many_files=args.many_files, repeats=repeats, dest_root=args.dest_root, user=args.user,
-        synthetic=args.synthetic, wait=not args.no_wait,
+        synthetic=args.synthetic, wait=0 if args.no_wait else 600.0,
         command=f"python -m benchmarks.bench_publish --sizes-mb {','.join(map(str, sizes))} "
                 f"--many-files {args.many_files} --repeats {repeats}" + (" --synthetic" if args.synthetic else ""))
     return 0

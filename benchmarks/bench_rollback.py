@@ -43,11 +43,13 @@ DEFINITIONS = {
 NEW_KINDS = ("b", "c")       # outputs differ from v1 ("a") and from each other
 
 
-def run_cli(*args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float, float]:
-    """``mlops <args>`` in a subprocess; (result, time.monotonic() at Popen, at exit)."""
+def run_cli(*args: str, timeout: float = 300, repo=None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """``mlops <args>`` in a subprocess (from checkout ``repo``, default this one);
+    (result, time.monotonic() at Popen, at exit)."""
+    repo = repo or _setup.REPO
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "mlops", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_setup.mlops_env(), cwd=_setup.REPO)
+                            stderr=subprocess.PIPE, text=True, env=_setup.mlops_env(repo=repo), cwd=repo)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -67,8 +69,9 @@ class Rig:
     """A ``DeployEnv`` (tests/fixtures/deploy_env.py) with one host, v1 serving, and a prober on
     its unversioned route."""
 
-    def __init__(self, env):
+    def __init__(self, env, cli_repo=None):
         self.env = env
+        self.cli_repo = cli_repo        # the `mlops` under test: this checkout, or another one
         self.host = self.env.add_host("file")
         self.v1 = self.env.register("a")
         self.env.promote(self.v1)
@@ -89,13 +92,13 @@ class Rig:
         v = self.env.register(kind)
         self.env.promote(v)
         flags = ["--no-keep-previous"] if cold else []
-        r, t0, t1 = run_cli("sync", "deploy", "--json", *flags)
+        r, t0, t1 = run_cli("sync", "deploy", "--json", *flags, repo=self.cli_repo)
         deployed = _json(r, f"mlops sync deploy of v{v}")
         self.settle(kind)
         fresh = {"version": v, "end_to_end_s": switch_time(self.prober.window(t0, t1 + 1), t0, kind),
                  "command_exit_s": round(t1 - t0, 4), "fleet_seconds": deployed["seconds"],
                  "steps": {s["kind"]: s["seconds"] for s in deployed["hosts"][0]["steps"]}}
-        r, t0, t1 = run_cli("sync", "rollback", "--json", "--reason", f"benchmark round {n}")
+        r, t0, t1 = run_cli("sync", "rollback", "--json", "--reason", f"benchmark round {n}", repo=self.cli_repo)
         doc = _json(r, "mlops sync rollback")
         self.settle("a")
         if doc["registry"]["to_version"] != self.v1:
@@ -161,12 +164,13 @@ def render(summary: dict, checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(*, rounds: int, cold_rounds: int, wait: bool = True, results_dir=None, command: str = "",
+def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None, command: str = "", cli_repo=None,
+        name: str = "rollback",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     with _setup.Lab() as lab:
-        rig = Rig(lab.deploy_env())
+        rig = Rig(lab.deploy_env(), cli_repo=cli_repo)
         try:
-            quiet = _setup.wait_for_quiet(log=log) if wait else None
+            quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
             started = _setup.machine()
             order = [cold for i in range(max(rounds, cold_rounds))          # warm and cold interleaved
                      for cold, count in ((False, rounds), (True, cold_rounds)) if i < count]
@@ -186,7 +190,9 @@ def run(*, rounds: int, cold_rounds: int, wait: bool = True, results_dir=None, c
                                                     "host": "file:// + local TF-Serving-compatible server, gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "targets": checks,
            "rounds": results, "machine": _setup.machine()}
-    path = _setup.save("rollback", doc, results_dir)
+    if cli_repo:
+        doc["cli_repo"] = {"path": str(cli_repo), "commit": _setup.git_commit(cli_repo)}
+    path = _setup.save(name, doc, results_dir)
     print(render(summary, checks))
     print(f"\nmachine: {_setup.machine_line(started)}\nresults: {path}")
     return doc
@@ -198,11 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="warm rounds (default 7)")
     ap.add_argument("--cold-rounds", type=int, default=3, help="rounds with v1 not loaded (default 3)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    ap.add_argument("--cli-repo", metavar="DIR",
+                    help="run `mlops` from this checkout instead (e.g. a `git worktree` of an older commit, to "
+                         "measure a change); results go to rollback-<dir name>.json")
     args = ap.parse_args(argv)
     warm, cold = (2, 1) if args.quick else (args.rounds, args.cold_rounds)
-    run(rounds=warm, cold_rounds=cold, wait=not args.no_wait,
+    from pathlib import Path
+
+    repo = Path(args.cli_repo).resolve() if args.cli_repo else None
+    run(rounds=warm, cold_rounds=cold, wait=0 if args.no_wait else 600.0, cli_repo=repo,
+        name=f"rollback-{repo.name}" if repo else "rollback",
         command="python -m benchmarks.bench_rollback" + (" --quick" if args.quick else
-                                                          f" --rounds {warm} --cold-rounds {cold}"))
+                                                          f" --rounds {warm} --cold-rounds {cold}")
+        + (f" --cli-repo {args.cli_repo}" if args.cli_repo else ""))
     return 0
 
 

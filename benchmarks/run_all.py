@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shortest form of each benchmark (not for figures)")
     ap.add_argument("--only", default=",".join(ORDER), help=f"comma-separated subset of {','.join(ORDER)}")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    ap.add_argument("--max-wait", type=float, default=600.0, metavar="S",
+                    help="before each benchmark, wait up to S seconds for load average < 1.5 (default 600)")
     args = ap.parse_args(argv)
     chosen = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in ORDER]
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         cmd = f"python -m benchmarks.run_all{' --quick' if args.quick else ''} --only {name}"
         try:
-            doc = _module(name).run(**kwargs[name], wait=not args.no_wait, command=cmd)
+            doc = _module(name).run(**kwargs[name], wait=0 if args.no_wait else args.max_wait, command=cmd)
         except Exception as exc:  # noqa: BLE001 - report and go on with the next benchmark
             traceback.print_exc()
             failed.append(name)

@@ -181,7 +181,7 @@ def script_head() -> str | None:
     import ast
 
     revisions, parents = set(), set()
-    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+    for path in sorted((Path(MIGRATIONS_DIR) / "versions").glob("*.py")):
         found = {}
         for node in ast.parse(path.read_text(), filename=str(path)).body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
