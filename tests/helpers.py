@@ -1,6 +1,7 @@
 """Helpers shared by tests (not fixtures)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,3 +17,35 @@ def run_mlops(*args: str, env: dict[str, str] | None = None, timeout: float = 60
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "mlops", *args], env=full_env, cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def mlflow_client(uri: str):
+    """An ``MlflowClient`` whose tracking AND registry are ``uri``: never the process-wide
+    registry URI another test (or ``registry.client``) set with ``mlflow.set_registry_uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def mlflow_process_state(env: dict[str, str] | None = None):
+    """Apply ``env`` to ``os.environ`` for the block, then put the environment AND MLflow's
+    process-wide URIs and active experiment back. ``mlflow.set_registry_uri`` /
+    ``set_tracking_uri`` / ``set_experiment`` (called in-process by registry.client and mlproject)
+    change module globals and ``os.environ`` (MLFLOW_REGISTRY_URI, MLFLOW_EXPERIMENT_ID, ...);
+    without this a later test or subprocess talks to an earlier test's server or experiment."""
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            from mlflow.tracking import fluent
+            from mlflow.tracking._model_registry import utils as registry_utils
+            from mlflow.tracking._tracking_service import utils as tracking_utils
+
+            registry_utils._registry_uri = None
+            tracking_utils._tracking_uri = None
+            fluent._active_experiment_id = None
+        os.environ.clear()
+        os.environ.update(saved)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import mlflow_client
+
 pytestmark = pytest.mark.slow
 
 
@@ -20,15 +22,13 @@ def test_bad_batch_clearly_hurts_and_good_batch_does_not(pretrained_digits):
 
 
 def test_registered_pretrained_versions_evaluate_like_their_runs(mlops_env, pretrained_digits):
-    from mlflow import MlflowClient
-
     from mlproject.evaluate import evaluate_version
 
     name = mlops_env["MLOPS_MODEL_NAME"]
     v1 = pretrained_digits.register("production")
     v2 = pretrained_digits.register("bad", retrained_from=str(v1))
     assert (v1, v2) == (1, 2)
-    tags = MlflowClient(mlops_env["MLFLOW_TRACKING_URI"]).get_model_version(name, "2").tags
+    tags = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"]).get_model_version(name, "2").tags
     assert tags["retrained_from"] == "1" and tags["dataset.name"] == "digits"
     assert tags["dataset.fingerprint"] == pretrained_digits.summary["bad"]["fingerprint"]
     for version, kind in ((v1, "production"), (v2, "bad")):

@@ -11,7 +11,7 @@ from mlops.local_services import free_port
 from mlproject.batches import make_batch, read_batches, to_npz_bytes
 from mlproject.datasets import Arrays, fingerprint, load_partition
 from tests.fixtures.trained import train_version
-from tests.helpers import run_mlops
+from tests.helpers import mlflow_client, run_mlops
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -90,7 +90,6 @@ def test_s3_failures_are_one_clear_line_without_secrets(s3_server, batch_bucket,
 
 @pytest.mark.slow
 def test_retrain_reads_incoming_batches_from_s3(mlops_env, s3_env, s3_server):
-    from mlflow import MlflowClient
 
     bucket = s3_server.make_bucket("mlproject-retrain")
     pool = load_partition("digits").pool
@@ -99,5 +98,5 @@ def test_retrain_reads_incoming_batches_from_s3(mlops_env, s3_env, s3_server):
     res = train_version(incoming=f"s3://{bucket}/incoming/", epochs=1)
     assert res["version"] == 1 and res["retrained_from"] == "scratch"
     assert res["n_incoming"] == 200 and res["incoming"] == f"s3://{bucket}/incoming/"
-    params = MlflowClient(mlops_env["MLFLOW_TRACKING_URI"]).get_run(res["run_id"]).data.params
+    params = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"]).get_run(res["run_id"]).data.params
     assert params["incoming"] == f"s3://{bucket}/incoming/" and params["n_train"] == "1097"

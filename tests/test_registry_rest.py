@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from mlops.local_services import free_port, start_mlflow, stop_service
+from mlops.local_services import free_port
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
 from registry import promotion, rest, versions
 from registry.ledger import Ledger
@@ -90,29 +90,18 @@ def test_credentials_come_from_the_environment(mlops_env, monkeypatch):
 
 
 @pytest.mark.slow
-def test_basic_auth_against_a_real_mlflow_auth_server(tmp_path, monkeypatch):
+def test_basic_auth_against_a_real_mlflow_auth_server(mlflow_basic_auth, monkeypatch):
     """``mlflow server --app-name basic-auth``: right credentials pass, wrong ones are one line."""
-    ini = tmp_path / "auth.ini"
-    ini.write_text("[mlflow]\ndefault_permission = READ\n"
-                   f"database_uri = sqlite:///{tmp_path / 'basic_auth.db'}\nadmin_username = admin\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    password = "adm1n-pw-0123456789"
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
-    state = tmp_path / "state"
-    svc = start_mlflow(state, port=free_port(), app_name="basic-auth", env=env)
-    try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", svc.url)
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
-        with pytest.raises(NotFoundError, match="'nothing-here' does not exist"):   # authenticated
-            versions.production_version("nothing-here")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
-        with pytest.raises(ConfigError, match=r"rejected the credentials \(HTTP 401\)") as e:
-            versions.production_version("nothing-here")
-        assert "wrong-password" not in _one_line(e.value)
-    finally:
-        stop_service(state, "mlflow-server")
+    user, password = mlflow_basic_auth.admin
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_basic_auth.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    with pytest.raises(NotFoundError, match="'nothing-here' does not exist"):   # authenticated
+        versions.production_version("nothing-here")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-password")
+    with pytest.raises(ConfigError, match=r"rejected the credentials \(HTTP 401\)") as e:
+        versions.production_version("nothing-here")
+    assert "wrong-password" not in _one_line(e.value)
 
 
 def test_small_artifacts_and_bundles_come_through_the_proxy(make_version, tmp_path, tiny_serving_bundle):

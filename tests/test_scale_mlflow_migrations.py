@@ -15,7 +15,7 @@ from mlops import mlflow_db
 from mlops.local_services import free_port, mlflow_server_command, port_in_use, spawn, start_mlflow, stop_service
 from mlops_common.errors import ConfigError, ConnectionFailure, UserError
 from tests.fixtures.mlflow_backends import server_env
-from tests.helpers import run_mlops
+from tests.helpers import mlflow_client, run_mlops
 
 KNOWN = frozenset({"a1", "b2", "c3"})
 KEPT_EXPERIMENT = "kept-through-upgrade"
@@ -127,7 +127,6 @@ def test_empty_and_current_postgres_databases_need_nothing(postgres_server, tmp_
 def test_postgres_one_revision_behind_is_upgraded_by_start_mlflow(postgres_server, tmp_path):
     """The production shape: 2 workers, password only in PGPASSWORD, bare postgresql:// URI."""
     import sqlalchemy as sa
-    from mlflow import MlflowClient
 
     url = postgres_server.create_database("behind")
     make_current_db(url, tmp_path)
@@ -149,7 +148,7 @@ def test_postgres_one_revision_behind_is_upgraded_by_start_mlflow(postgres_serve
         assert "Creating initial MLflow database tables" not in server_log
         assert postgres_server.password not in server_log
         assert postgres_server.password not in " ".join(messages)
-        client = MlflowClient(tracking_uri=svc.url)
+        client = mlflow_client(svc.url)
         assert client.get_experiment_by_name(KEPT_EXPERIMENT) is not None       # data kept
         exp = client.create_experiment("after-upgrade")                          # and it works
         run = client.create_run(exp)
@@ -179,9 +178,8 @@ def test_sqlite_one_revision_behind_is_upgraded_by_mlops_up(tmp_path):
         assert f"schema revision {behind} is behind {head}" in r.stderr
         assert f"upgraded {behind} -> {head}" in r.stderr
         assert mlflow_db.current_revision(f"sqlite:///{db}") == head
-        from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=json.loads(r.stdout)["mlflow_ui"])
+        client = mlflow_client(json.loads(r.stdout)["mlflow_ui"])
         assert client.get_experiment_by_name(KEPT_EXPERIMENT) is not None
         assert client.create_experiment("after-upgrade")
     finally:
