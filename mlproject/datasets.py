@@ -18,8 +18,7 @@ import numpy as np
 
 from mlops_common.errors import ConfigError, ConnectionFailure
 
-from .constants import (BAD_BATCH_REPEATS, DATASETS, DEFAULT_DATASET, IMAGE_SIZE,  # noqa: F401
-                        NUM_CLASSES, PARTITION_SEED, SPLITS, VALIDATION_FRACTION, SplitSizes)
+from .constants import DATASETS, IMAGE_SIZE, PARTITION_SEED, SPLITS, VALIDATION_FRACTION, SplitSizes
 
 FASHION_OFFLINE_HINT = "use the offline data set instead: --dataset digits"
 

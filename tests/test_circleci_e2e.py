@@ -264,7 +264,7 @@ def test_runs_compare_side_by_side_through_the_mlflow_rest_api(pipeline):
                            timeout=10).json()["run"]
         runs[v] = ({p["key"]: p["value"] for p in run["data"].get("params", [])},
                    {m["key"]: m["value"] for m in run["data"].get("metrics", [])}, mv["run_id"])
-    (p1, m1, run1), (p2, m2, run2) = runs[1], runs[2]
+    (p1, m1, _), (p2, m2, run2) = runs[1], runs[2]
     assert p1["dataset"] == p2["dataset"] == "digits"
     assert "incoming" in p2 and p2.get("retrained_from") == "1"
     assert 0.8 <= m1["heldout_accuracy"] <= 1 and 0.8 <= m2["heldout_accuracy"] <= 1

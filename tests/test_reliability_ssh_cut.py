@@ -58,11 +58,11 @@ def through(env, host, port: int, tmp_path) -> None:
 
 
 def test_ssh_cut_at_many_offsets_never_breaks_serving_and_the_next_run_converges(
-        deploy_env, sshd_factory, cut_proxy, counting_proxy, tmp_path):
+        deploy_env, sshd_factory, cut_proxy, tmp_path):
     env = deploy_env
     host = env.add_host("ssh")
     big = tree_bytes(env.bundles.path("big") / "tfserving")
-    counter = counting_proxy(env._sshd().port)
+    counter = cut_proxy(env._sshd().port, None)      # never cuts: counts the bytes
     through(env, host, counter.port, tmp_path)
     first = env.register("big")
     env.promote(first)

@@ -15,7 +15,7 @@ from serving_sync import manifest as mf
 from serving_sync import retention
 from serving_sync.errors import LockHeld
 from serving_sync.layout import LOCK_PATH, incoming_name, incoming_time, manifest_path
-from serving_sync.lock import HostLock, LockInfo, stale_reason
+from serving_sync.lock import HostLock, LockInfo
 from serving_sync.publish import published_versions, publish
 from tests.test_sync_support import hut, make_model_tree  # noqa: F401 - fixture
 

@@ -6,45 +6,15 @@ Heavy imports stay inside the command functions.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from mlops.commands import flags
 from mlops_common import settings
 from mlops_common.errors import ConfigError, GateFailed, NotFoundError, RefusedError
 
 _ENV_EPILOG = ("Environment: MLFLOW_TRACKING_URI (MLflow server), MLOPS_MODEL_NAME (default model), "
                "MLOPS_LEDGER_URL (ledger database; default sqlite file in MLOPS_HOME).")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a version number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("version numbers start at 1")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 1")
-    return v
-
-
-def _add_model(p) -> None:
-    p.add_argument("--model-name", metavar="NAME",
-                   help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")
-
-
-def _add_json(p) -> None:
-    p.add_argument("--json", action="store_true",
-                   help="print exactly one JSON document on stdout (progress goes to stderr)")
 
 
 def register(sub) -> None:
@@ -69,21 +39,21 @@ def register(sub) -> None:
                     "on pass the `candidate` alias moved to N. A failed gate exits with code 4.",
         epilog="Rule defaults can also be set with MLOPS_GATE_MIN_ACCURACY, "
                "MLOPS_GATE_MAX_ACCURACY_DROP and MLOPS_GATE_MAX_CLASS_DROP. " + _ENV_EPILOG)
-    g.add_argument("--version", type=_positive_int, required=True, metavar="N", help="version to gate")
+    g.add_argument("--version", type=flags.positive_int, required=True, metavar="N", help="version to gate")
     g.add_argument("--allow-signature-change", action="store_true",
                    help="accept a serving signature incompatible with production's (recorded as a "
                         "tag and in the ledger); only when every client has been updated")
-    g.add_argument("--min-accuracy", type=_fraction, metavar="A", help="minimum held-out accuracy (0.80)")
-    g.add_argument("--max-accuracy-drop", type=_fraction, metavar="D",
+    g.add_argument("--min-accuracy", type=flags.fraction, metavar="A", help="minimum held-out accuracy (0.80)")
+    g.add_argument("--max-accuracy-drop", type=flags.fraction, metavar="D",
                    help="allowed accuracy drop vs production (default derived from the held-out size)")
-    g.add_argument("--max-class-drop", type=_fraction, metavar="D",
+    g.add_argument("--max-class-drop", type=flags.fraction, metavar="D",
                    help="allowed per-class accuracy drop vs production (0.10)")
     g.add_argument("--report-dir", metavar="DIR", help="also write report.md and report.json here "
                                                        "(for CI artifacts)")
     g.add_argument("--junit", metavar="FILE", help="also write the rules as JUnit XML test cases "
                                                    "(for CircleCI's store_test_results)")
-    _add_model(g)
-    _add_json(g)
+    flags.add_model_name(g)
+    flags.add_json(g)
     g.set_defaults(func=cmd_gate)
 
     pr = rsub.add_parser(
@@ -98,15 +68,15 @@ def register(sub) -> None:
                     "API v2 (CIRCLECI_API_URL, default https://circleci.com); otherwise --actor or the "
                     "OS user.",
         epilog=_ENV_EPILOG)
-    pr.add_argument("--version", type=_positive_int, metavar="N", help="version to promote")
+    pr.add_argument("--version", type=flags.positive_int, metavar="N", help="version to promote")
     pr.add_argument("--pipeline-id", metavar="ID",
                     help="promote the version registered by this CircleCI pipeline")
     pr.add_argument("--actor", help="who is promoting (outside CircleCI; default: the OS user)")
     pr.add_argument("--reason", help="why (recorded)")
     pr.add_argument("--force", action="store_true",
                     help="promote even if the version did not pass the gate (needs --reason)")
-    _add_model(pr)
-    _add_json(pr)
+    flags.add_model_name(pr)
+    flags.add_json(pr)
     pr.set_defaults(func=cmd_promote)
 
     rb = rsub.add_parser(
@@ -116,33 +86,33 @@ def register(sub) -> None:
                     "It is a promotion like any other (same checks, same records), marked as a "
                     "rollback with its reason. Deploy it with `mlops sync deploy`.",
         epilog=_ENV_EPILOG)
-    rb.add_argument("--to", type=_positive_int, metavar="N", help="roll back to this version")
+    rb.add_argument("--to", type=flags.positive_int, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
     rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
     rb.add_argument("--force", action="store_true",
                     help="allow a version that did not pass the gate (needs --reason)")
-    _add_model(rb)
-    _add_json(rb)
+    flags.add_model_name(rb)
+    flags.add_json(rb)
     rb.set_defaults(func=cmd_rollback)
 
     h = rsub.add_parser("history", help="show the ledger (every register, gate, promotion, deploy...)",
                         description="Print the append-only ledger as a table, oldest first (the "
                                     "newest --limit rows).", epilog=_ENV_EPILOG)
     h.add_argument("--model", metavar="NAME", help="only rows of this model (default: all models)")
-    h.add_argument("--limit", type=_positive_int, default=50, metavar="N",
+    h.add_argument("--limit", type=flags.positive_int, default=50, metavar="N",
                    help="show the newest N rows (default 50)")
     h.add_argument("--action", action="append", metavar="ACTION",
                    help="only these actions (repeatable): register, gate, promote, rollback, deploy, "
                         "smoke_test, host_rollback")
-    _add_json(h)
+    flags.add_json(h)
     h.set_defaults(func=cmd_history)
 
     s = rsub.add_parser("status", help="show every version with aliases, statuses and accuracy",
                         description="One line per version of the model: aliases, validation status, "
                                     "deploy status, held-out accuracy (from its run) and age.",
                         epilog=_ENV_EPILOG)
-    _add_model(s)
-    _add_json(s)
+    flags.add_model_name(s)
+    flags.add_json(s)
     s.set_defaults(func=cmd_status)
 
     from registry.webhooks import DEFAULT_NAME, DEFAULT_SECRET_ENV, SERVER_SIDE_HELP
@@ -165,7 +135,7 @@ def register(sub) -> None:
                     help="NAME of the environment variable holding the secret "
                          f"(default {DEFAULT_SECRET_ENV})")
     wc.add_argument("--name", default=DEFAULT_NAME, help=f"webhook name (default {DEFAULT_NAME})")
-    _add_json(wc)
+    flags.add_json(wc)
     wc.set_defaults(func=cmd_webhook_create)
 
 

@@ -8,13 +8,13 @@ stdout; progress on stderr). Heavy imports stay inside the command functions: ``
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import signal
 import sys
 import time
 
+from mlops.commands import flags
 from mlops_common import settings
 from mlops_common.errors import ConfigError
 
@@ -23,59 +23,30 @@ _ENV = ("Hosts: --hosts FILE, else MLOPS_SYNC_TARGET + MLOPS_SYNC_REST_URL (one 
         "MLFLOW_TRACKING_URI, MLOPS_MODEL_NAME, MLOPS_LEDGER_URL.")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0 <= v <= 86400:
-        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 86400 seconds")
-    return v
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-
-
 def _common(p, *, hosts: bool = True) -> None:
-    p.add_argument("--model-name", metavar="NAME",
-                   help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")
+    flags.add_model_name(p)
     if hosts:
         p.add_argument("--hosts", metavar="FILE", help="hosts file (TOML, [[hosts]] tables); see below")
-    p.add_argument("--json", action="store_true",
-                   help="print exactly one JSON document on stdout (progress goes to stderr)")
+    flags.add_json(p)
 
 
 def _smoke_flags(p) -> None:
-    p.add_argument("--atol", type=_number, default=1e-4, metavar="A",
+    p.add_argument("--atol", type=flags.number, default=1e-4, metavar="A",
                    help="allowed absolute difference from the golden outputs (default 1e-4)")
-    p.add_argument("--latency-requests", type=_positive_int, default=20, metavar="N",
+    p.add_argument("--latency-requests", type=flags.positive_int, default=20, metavar="N",
                    help="requests for the latency check (default 20)")
-    p.add_argument("--latency-budget-ms", type=_number, default=500.0, metavar="MS",
+    p.add_argument("--latency-budget-ms", type=flags.number, default=500.0, metavar="MS",
                    help="p95 latency budget in milliseconds (default 500)")
 
 
 def _deploy_flags(p) -> None:
-    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=flags.seconds, default=120.0, metavar="S",
                    help="bound on every wait (loading, label switch, unloading; default 120)")
     p.add_argument("--break-lock", action="store_true",
                    help="take over a host lock left by a dead deploy (the owner is named in the error)")
-    p.add_argument("--lock-wait", type=_seconds, default=0.0, metavar="S",
+    p.add_argument("--lock-wait", type=flags.seconds, default=0.0, metavar="S",
                    help="wait up to S seconds for another deploy's lock (default 0: fail at once)")
-    p.add_argument("--keep", type=_positive_int, default=3, metavar="N",
+    p.add_argument("--keep", type=flags.positive_int, default=3, metavar="N",
                    help="published versions kept per model after a deploy (default 3; the serving "
                         "and previous versions are always kept)")
     p.add_argument("--no-keep-previous", action="store_true",
@@ -106,7 +77,7 @@ def register(sub) -> None:
                     "deploy_status=failed and the command exits 3. Deploying what already serves "
                     "changes nothing (\"up to date\"). Retention keeps the last --keep versions.",
         epilog=_ENV)
-    d.add_argument("--version", type=_positive_int, metavar="N",
+    d.add_argument("--version", type=flags.positive_int, metavar="N",
                    help="deploy this version instead of production (production is not moved on failure)")
     d.add_argument("--reason", help="why (recorded in the ledger)")
     _deploy_flags(d)
@@ -118,8 +89,8 @@ def register(sub) -> None:
                                   "labels, published and verified versions) and print the steps a "
                                   "deploy would run. No lock is taken and nothing is written. Exits 1 "
                                   "when a host cannot be observed.", epilog=_ENV)
-    pl.add_argument("--version", type=_positive_int, metavar="N", help="plan this version instead of production")
-    pl.add_argument("--keep", type=_positive_int, default=3, metavar="N", help="retention (default 3)")
+    pl.add_argument("--version", type=flags.positive_int, metavar="N", help="plan this version instead of production")
+    pl.add_argument("--keep", type=flags.positive_int, default=3, metavar="N", help="retention (default 3)")
     pl.add_argument("--no-keep-previous", action="store_true", help="plan without keeping the previous version")
     _common(pl)
     pl.set_defaults(func=cmd_plan)
@@ -140,7 +111,7 @@ def register(sub) -> None:
                       epilog=_ENV)
     sm.add_argument("--via", choices=("stable", "version"), default="stable",
                     help="route to test (default stable: /v1/models/M/labels/stable)")
-    sm.add_argument("--version", type=_positive_int, metavar="N", help="expect this version instead of production")
+    sm.add_argument("--version", type=flags.positive_int, metavar="N", help="expect this version instead of production")
     sm.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
     _smoke_flags(sm)
     _common(sm)
@@ -153,7 +124,7 @@ def register(sub) -> None:
                                   "one config write and reload. Prints the time from the start of the "
                                   "command until the old outputs answer on the unversioned route.",
                       epilog=_ENV)
-    rb.add_argument("--to", type=_positive_int, metavar="N", help="roll back to this version")
+    rb.add_argument("--to", type=flags.positive_int, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
     rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
     _deploy_flags(rb)
@@ -167,8 +138,8 @@ def register(sub) -> None:
                                  "--max-seconds or --once. The webhook receiver checks the "
                                  "X-MLflow-Signature HMAC with MLOPS_WEBHOOK_SECRET (environment only) "
                                  "and refuses timestamps more than 5 minutes off.", epilog=_ENV)
-    w.add_argument("--interval", type=_seconds, default=30.0, metavar="S", help="seconds between passes (default 30)")
-    w.add_argument("--max-seconds", type=_seconds, metavar="S", help="stop after S seconds")
+    w.add_argument("--interval", type=flags.seconds, default=30.0, metavar="S", help="seconds between passes (default 30)")
+    w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
     w.add_argument("--webhook-port", type=int, metavar="PORT",
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
@@ -186,11 +157,11 @@ def register(sub) -> None:
                                   "run the smoke test, stop the server and remove the base. Records tag "
                                   "infra_validation=passed|failed and a smoke_test ledger row; exits 2 "
                                   "on failure.", epilog=_ENV)
-    iv.add_argument("--version", type=_positive_int, required=True, metavar="N", help="version to validate")
+    iv.add_argument("--version", type=flags.positive_int, required=True, metavar="N", help="version to validate")
     iv.add_argument("--server", choices=("auto", "docker", "local"), default="auto",
                     help="which TF Serving to use (default auto)")
     iv.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
-    iv.add_argument("--timeout", type=_seconds, default=120.0, metavar="S", help="bound on loading (default 120)")
+    iv.add_argument("--timeout", type=flags.seconds, default=120.0, metavar="S", help="bound on loading (default 120)")
     _smoke_flags(iv)
     _common(iv, hosts=False)
     iv.set_defaults(func=cmd_infra_validate)

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sys
 
-MODEL_NAME_HELP = "registered model name (default: MLOPS_MODEL_NAME or image-classifier)"
+from mlops.commands import flags
 
 
 def _training_args(p, *, retrain: bool) -> None:
@@ -27,7 +27,7 @@ def _training_args(p, *, retrain: bool) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help=f"seed for the train/validation split, weights and shuffling (default {DEFAULT_SEED}); "
                         f"the held-out set never depends on it")
-    p.add_argument("--model-name", default=None, help=MODEL_NAME_HELP)
+    flags.add_model_name(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
 
 
@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--version", type=int, required=True, help="registered version number")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="override the version's dataset.name tag")
-    p.add_argument("--model-name", default=None, help=MODEL_NAME_HELP)
+    flags.add_model_name(p)
     p.add_argument("--json", action="store_true", help="print the evaluation as one JSON document")
     p.set_defaults(func=cmd_evaluate)
 

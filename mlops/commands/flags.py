@@ -1,0 +1,46 @@
+"""argparse ``type=`` converters shared by the subcommands: a bad value is one usage line, exit 2."""
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """A count or a version number: a whole number, at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
+def _between(lo: float, hi: float, unit: str = ""):
+    def convert(text: str) -> float:
+        v = number(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is not between {lo:g} and {hi:g}{unit}")
+        return v
+    return convert
+
+
+fraction = _between(0, 1)
+seconds = _between(0, 86400, " seconds")
+
+
+# --- flags every registry / sync command takes ----------------------------------------------------
+def add_model_name(p) -> None:
+    p.add_argument("--model-name", metavar="NAME",
+                   help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")
+
+
+def add_json(p) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON document on stdout (progress goes to stderr)")
