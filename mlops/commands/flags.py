@@ -15,6 +15,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def version_number(text: str) -> int:
+    """A registered model version: a whole number, at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a version number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("version numbers start at 1")
+    return v
+
+
 def number(text: str) -> float:
     try:
         return float(text)

@@ -39,7 +39,7 @@ def register(sub) -> None:
                     "on pass the `candidate` alias moved to N. A failed gate exits with code 4.",
         epilog="Rule defaults can also be set with MLOPS_GATE_MIN_ACCURACY, "
                "MLOPS_GATE_MAX_ACCURACY_DROP and MLOPS_GATE_MAX_CLASS_DROP. " + _ENV_EPILOG)
-    g.add_argument("--version", type=flags.positive_int, required=True, metavar="N", help="version to gate")
+    g.add_argument("--version", type=flags.version_number, required=True, metavar="N", help="version to gate")
     g.add_argument("--allow-signature-change", action="store_true",
                    help="accept a serving signature incompatible with production's (recorded as a "
                         "tag and in the ledger); only when every client has been updated")
@@ -68,7 +68,7 @@ def register(sub) -> None:
                     "API v2 (CIRCLECI_API_URL, default https://circleci.com); otherwise --actor or the "
                     "OS user.",
         epilog=_ENV_EPILOG)
-    pr.add_argument("--version", type=flags.positive_int, metavar="N", help="version to promote")
+    pr.add_argument("--version", type=flags.version_number, metavar="N", help="version to promote")
     pr.add_argument("--pipeline-id", metavar="ID",
                     help="promote the version registered by this CircleCI pipeline")
     pr.add_argument("--actor", help="who is promoting (outside CircleCI; default: the OS user)")
@@ -86,7 +86,7 @@ def register(sub) -> None:
                     "It is a promotion like any other (same checks, same records), marked as a "
                     "rollback with its reason. Deploy it with `mlops sync deploy`.",
         epilog=_ENV_EPILOG)
-    rb.add_argument("--to", type=flags.positive_int, metavar="N", help="roll back to this version")
+    rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
     rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
     rb.add_argument("--force", action="store_true",

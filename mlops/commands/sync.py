@@ -77,7 +77,7 @@ def register(sub) -> None:
                     "deploy_status=failed and the command exits 3. Deploying what already serves "
                     "changes nothing (\"up to date\"). Retention keeps the last --keep versions.",
         epilog=_ENV)
-    d.add_argument("--version", type=flags.positive_int, metavar="N",
+    d.add_argument("--version", type=flags.version_number, metavar="N",
                    help="deploy this version instead of production (production is not moved on failure)")
     d.add_argument("--reason", help="why (recorded in the ledger)")
     _deploy_flags(d)
@@ -89,7 +89,7 @@ def register(sub) -> None:
                                   "labels, published and verified versions) and print the steps a "
                                   "deploy would run. No lock is taken and nothing is written. Exits 1 "
                                   "when a host cannot be observed.", epilog=_ENV)
-    pl.add_argument("--version", type=flags.positive_int, metavar="N", help="plan this version instead of production")
+    pl.add_argument("--version", type=flags.version_number, metavar="N", help="plan this version instead of production")
     pl.add_argument("--keep", type=flags.positive_int, default=3, metavar="N", help="retention (default 3)")
     pl.add_argument("--no-keep-previous", action="store_true", help="plan without keeping the previous version")
     _common(pl)
@@ -111,7 +111,7 @@ def register(sub) -> None:
                       epilog=_ENV)
     sm.add_argument("--via", choices=("stable", "version"), default="stable",
                     help="route to test (default stable: /v1/models/M/labels/stable)")
-    sm.add_argument("--version", type=flags.positive_int, metavar="N", help="expect this version instead of production")
+    sm.add_argument("--version", type=flags.version_number, metavar="N", help="expect this version instead of production")
     sm.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
     _smoke_flags(sm)
     _common(sm)
@@ -124,7 +124,7 @@ def register(sub) -> None:
                                   "one config write and reload. Prints the time from the start of the "
                                   "command until the old outputs answer on the unversioned route.",
                       epilog=_ENV)
-    rb.add_argument("--to", type=flags.positive_int, metavar="N", help="roll back to this version")
+    rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
     rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
     _deploy_flags(rb)
@@ -157,7 +157,7 @@ def register(sub) -> None:
                                   "run the smoke test, stop the server and remove the base. Records tag "
                                   "infra_validation=passed|failed and a smoke_test ledger row; exits 2 "
                                   "on failure.", epilog=_ENV)
-    iv.add_argument("--version", type=flags.positive_int, required=True, metavar="N", help="version to validate")
+    iv.add_argument("--version", type=flags.version_number, required=True, metavar="N", help="version to validate")
     iv.add_argument("--server", choices=("auto", "docker", "local"), default="auto",
                     help="which TF Serving to use (default auto)")
     iv.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
