@@ -113,6 +113,16 @@ def save(name: str, doc: dict, results_dir: Path | None = None) -> Path:
     return path
 
 
+def report(name: str, doc: dict, table: str, results_dir: Path | None = None) -> dict:
+    """Save ``doc`` (see :func:`save`), print the benchmark's table, the machine it started on
+    and where the results went; every benchmark ends with this."""
+    doc.setdefault("machine", machine())
+    path = save(name, doc, results_dir)
+    print(table)
+    print(f"\nmachine: {machine_line(doc.get('machine_at_start'))}\nresults: {path}")
+    return doc
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     """A fixed-width text table (numbers right-aligned)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]

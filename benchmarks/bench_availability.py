@@ -133,11 +133,8 @@ def run(*, phase_seconds: float, clients: int, max_requests: int, action_timeout
            "settings": {"clients": clients, "phase_seconds": phase_seconds, "max_requests_per_client_phase": max_requests,
                         "routes": ["unversioned", "labels/stable"], "host": "file:// + local TF-Serving-compatible server"},
            "versions": versions, "after": final, "machine_at_start": started, "quiet_wait": quiet,
-           "phases": phases, "targets": checks, "machine": _setup.machine()}
-    path = _setup.save("availability", doc, results_dir)
-    print(render(phases, checks))
-    print(f"\nmachine: {_setup.machine_line(started)}\nresults: {path}")
-    return doc
+           "phases": phases, "targets": checks}
+    return _setup.report("availability", doc, render(phases, checks), results_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

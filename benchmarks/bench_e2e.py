@@ -107,12 +107,8 @@ def run(*, epochs: int, quick: bool, wait: float = 600.0, results_dir=None, comm
     doc = {"command": command or f"python -m benchmarks.bench_e2e --epochs {epochs}",
            "settings": {"epochs": epochs, "dataset": "digits", "quick": quick,
                         "host": "file:// + local TF-Serving-compatible server, gRPC reload"},
-           "machine_at_start": started, "quiet_wait": quiet, "stages": stages, "deploys": deploys,
-           "machine": _setup.machine()}
-    path = _setup.save("e2e", doc, results_dir)
-    print(render(stages, deploys))
-    print(f"\nmachine: {_setup.machine_line(started)}\nresults: {path}")
-    return doc
+           "machine_at_start": started, "quiet_wait": quiet, "stages": stages, "deploys": deploys}
+    return _setup.report("e2e", doc, render(stages, deploys), results_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

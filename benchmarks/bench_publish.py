@@ -324,11 +324,8 @@ def run(*, sizes_mb: list[int], many_files: int, repeats: int, dest_root: str | 
                             "dest_root": str(dest_root_path), "login_user": server.user,
                             "models": "synthetic" if synthetic else "savedmodel"},
                "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "targets": checks,
-               "raw": raw, "machine": _setup.machine()}
-        path = _setup.save("publish", doc, results_dir)
-        print(render(summary, checks))
-        print(f"\nmachine: {_setup.machine_line(started)}\nresults: {path}")
-        return doc
+               "raw": raw}
+        return _setup.report("publish", doc, render(summary, checks), results_dir)
     finally:
         if server is not None:
             server.stop()

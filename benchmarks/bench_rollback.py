@@ -189,13 +189,10 @@ def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None,
            "definitions": DEFINITIONS, "settings": {"rounds_warm": rounds, "rounds_cold": cold_rounds,
                                                     "host": "file:// + local TF-Serving-compatible server, gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "targets": checks,
-           "rounds": results, "machine": _setup.machine()}
+           "rounds": results}
     if cli_repo:
         doc["cli_repo"] = {"path": str(cli_repo), "commit": _setup.git_commit(cli_repo)}
-    path = _setup.save(name, doc, results_dir)
-    print(render(summary, checks))
-    print(f"\nmachine: {_setup.machine_line(started)}\nresults: {path}")
-    return doc
+    return _setup.report(name, doc, render(summary, checks), results_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
