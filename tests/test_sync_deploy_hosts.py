@@ -203,6 +203,20 @@ def test_two_concurrent_deploys_never_interleave(deploy_env):
     assert len([e for e in env.ledger(("deploy",)) if e.outcome == "ok"]) == 1
 
 
+def _deploy_until_validating(env, host, **popen) -> subprocess.Popen:
+    """Start ``mlops sync deploy`` (a long smoke test) and return once the new version is under
+    the validation entry on ``host`` (bounded: 120 s); the caller stops the process."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--latency-requests", "1000"],
+                            cwd=REPO, env={**os.environ, **env.env}, **popen)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "__validate" not in env.config_text(host):
+        time.sleep(0.05)
+    if "__validate" not in env.config_text(host):
+        proc.kill()
+        raise AssertionError("the deploy never reached the validation entry in 120 s")
+    return proc
+
+
 # --- killed mid-way ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_deploy_killed_mid_way_converges_on_the_next_run(deploy_env):
@@ -212,14 +226,9 @@ def test_a_deploy_killed_mid_way_converges_on_the_next_run(deploy_env):
     env.promote(v1)
     env.deploy()
     env.promote(v2)
-    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--latency-requests", "1000"],
-                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = _deploy_until_validating(env, host, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "__validate" not in env.config_text(host):
-            time.sleep(0.05)
-        assert "__validate" in env.config_text(host)
         time.sleep(0.5)                                 # inside the validation smoke test
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -273,14 +282,8 @@ def test_sigterm_mid_deploy_puts_the_host_back_releases_the_lock_and_keeps_produ
     env.deploy()
     config_before = env.config_text(host)
     env.promote(v2)
-    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--latency-requests", "1000"],
-                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _deploy_until_validating(env, host, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "__validate" not in env.config_text(host):
-            time.sleep(0.05)
-        assert "__validate" in env.config_text(host)
         proc.send_signal(signal.SIGTERM)            # e.g. the CI job was cancelled
         out, err = proc.communicate(timeout=120)
     finally:
