@@ -22,6 +22,18 @@ def setup_serving_v1(env, hosts=1, kind="file"):
     return hs, v1
 
 
+def failed_deploy_under_traffic(env, host):
+    """Deploy while a bounded traffic loop runs against ``host``; the deploy must fail.
+    Returns (pytest's ExceptionInfo of the DeployFailed, the stopped traffic loop)."""
+    traffic = env.traffic(host)
+    try:
+        with pytest.raises(DeployFailed) as e:
+            env.deploy()
+    finally:
+        traffic.stop()
+    return e, traffic
+
+
 @pytest.mark.parametrize("broken,check", [("altered", "golden_outputs"), ("golden_edited", "golden_outputs"),
                                           ("signature_changed", "signature")])
 def test_a_version_that_fails_the_smoke_test_is_rolled_back_while_v1_keeps_answering(deploy_env, broken, check):
@@ -30,10 +42,7 @@ def test_a_version_that_fails_the_smoke_test_is_rolled_back_while_v1_keeps_answe
     config_before = env.config_text(host)
     bad = env.register(broken)
     env.promote(bad)
-    traffic = env.traffic(host)
-    with pytest.raises(DeployFailed) as e:
-        env.deploy()
-    traffic.stop()
+    e, traffic = failed_deploy_under_traffic(env, host)
     msg = e.value.message
     assert "\n" not in msg and f"failed on host {host.name} at step 'smoke_validation'" in msg
     assert check in msg and f"put back {host.name} to v1" in msg and "production moved back to v1" in msg
@@ -61,10 +70,7 @@ def test_a_truncated_savedmodel_is_never_served_and_tf_servings_error_is_reporte
     (host,), v1 = setup_serving_v1(env)
     bad = env.register("truncated")
     env.promote(bad)
-    traffic = env.traffic(host)
-    with pytest.raises(DeployFailed) as e:
-        env.deploy()
-    traffic.stop()
+    e, traffic = failed_deploy_under_traffic(env, host)
     msg = e.value.message
     # TF Serving's own reason for the failed load is in the one line
     assert "Read less bytes than requested" in msg or "OUT_OF_RANGE" in msg, msg
@@ -108,10 +114,7 @@ def test_two_hosts_second_fails_both_end_on_the_previous_version(deploy_env):
     env.write_hosts_file()
     v2 = env.register("b")
     env.promote(v2)
-    traffic = env.traffic(h1)
-    with pytest.raises(DeployFailed) as e:
-        env.deploy()
-    traffic.stop()
+    e, traffic = failed_deploy_under_traffic(env, h1)
     msg = e.value.message
     assert f"failed on host {h2.name}" in msg and f"put back {h2.name}, {h1.name} to v1" in msg
     for h, text in zip((h1, h2), before):
@@ -138,10 +141,7 @@ def test_three_hosts_third_fails_all_three_back_even_when_the_switch_unloaded_th
     hs[2].entry["model_base_path"] = str(hs[2].base.parent / "elsewhere")
     env.write_hosts_file()
     env.promote(v1)
-    traffic = env.traffic(hs[0])
-    with pytest.raises(DeployFailed) as e:
-        env.deploy()
-    traffic.stop()
+    e, traffic = failed_deploy_under_traffic(env, hs[0])
     assert f"failed on host {hs[2].name}" in e.value.message
     for h, text in zip(hs, before):
         env.serves(h, v2)                  # v2 was loaded again before its label was restored
