@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# TF Serving's own test models, copied into the repository (see its README.md).
+TF_SERVING_TESTDATA = REPO / "tests" / "testdata" / "tensorflow_serving"
+
 
 def run_mlops(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
               cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess:

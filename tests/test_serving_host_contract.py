@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import SHARED
+from tests.helpers import TF_SERVING_TESTDATA
 
-HALF_PLUS_TWO_123 = SHARED / "testdata" / "tensorflow_serving" / "saved_model_half_plus_two_cpu" / "00000123"
+HALF_PLUS_TWO_123 = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 REAL_URL = os.environ.get("TFSERVING_REST_URL", "")
 REAL_BASE = os.environ.get("TFSERVING_MODEL_BASE_PATH", "")
 REAL_BASE_IN_SERVER = os.environ.get("TFSERVING_MODEL_BASE_PATH_IN_SERVER", "") or REAL_BASE

@@ -13,9 +13,9 @@ import json
 import pytest
 import requests
 
-from tests.helpers import SHARED
+from tests.helpers import TF_SERVING_TESTDATA
 
-TESTDATA = SHARED / "testdata" / "tensorflow_serving"
+TESTDATA = TF_SERVING_TESTDATA
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
 TWO_VERSIONS = TESTDATA / "saved_model_half_plus_two_2_versions"
 M2 = "saved_model_half_plus_two_2_versions"     # kTestModelName in TF Serving's handler test

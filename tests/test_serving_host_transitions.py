@@ -21,9 +21,9 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, 
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.fixtures.tfserving import REPO
-from tests.helpers import SHARED
+from tests.helpers import TF_SERVING_TESTDATA
 
-HALF_PLUS_TWO_123 = SHARED / "testdata" / "tensorflow_serving" / "saved_model_half_plus_two_cpu" / "00000123"
+HALF_PLUS_TWO_123 = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 
 
 def publish(base: Path, model: str, version: int) -> Path:
