@@ -65,7 +65,10 @@ class Manager:
     def __init__(self, *, max_num_load_retries: int = 5, load_retry_interval_micros: int = 60_000_000,
                  file_system_poll_wait_seconds: int = 1,
                  allow_version_labels_for_unavailable_models: bool = False,
-                 num_load_threads: int = 4):
+                 num_load_threads: int = 4, enable_model_warmup: bool = True,
+                 num_request_iterations_for_warmup: int = 1):
+        self.enable_model_warmup = enable_model_warmup
+        self.num_request_iterations_for_warmup = num_request_iterations_for_warmup
         self.max_num_load_retries = max(0, max_num_load_retries)
         self.load_retry_interval = max(0.0, load_retry_interval_micros / 1e6)
         self.fs_poll_seconds = file_system_poll_wait_seconds
