@@ -3,9 +3,51 @@ which version a retrain starts from.
 """
 from __future__ import annotations
 
-from urllib.parse import quote
+from pathlib import PurePosixPath
+from urllib.parse import quote, urlparse
 
 from mlops_common import settings
+
+
+def incoming_label(location: str) -> str:
+    """A short name for an incoming-data location, for run names (pure).
+
+    ``.../good/batch-001.npz`` -> ``batch-001 (good)`` (the file and the folder it sits in);
+    a folder or ``s3://bucket/prefix/`` -> ``prefix/``.
+    """
+    parsed = urlparse(location)
+    path = parsed.path if parsed.scheme == "s3" else location
+    parts = PurePosixPath(path.rstrip("/")).parts
+    if parsed.scheme == "s3" and not [p for p in parts if p != "/"]:
+        return f"{parsed.netloc}/"
+    if not parts:
+        return location
+    name = parts[-1]
+    if name.endswith(".npz"):
+        parent = parts[-2] if len(parts) > 1 and parts[-2] != "/" else ""
+        return f"{name[:-4]} ({parent})" if parent else name[:-4]
+    return f"{name}/"
+
+
+def run_name(dataset: str, *, retrained_from: str | None = None, incoming: str | None = None) -> str:
+    """What a training run is called in the MLflow UI (pure): ``train digits``,
+    ``retrain v2 + batch-001 (good)``, ``retrain from scratch + incoming/``."""
+    if retrained_from is None:
+        return f"train {dataset}"
+    start = "from scratch" if retrained_from == "scratch" else f"v{retrained_from}"
+    return f"retrain {start} + {incoming_label(incoming) if incoming else 'no new data'}"
+
+
+def run_note(dataset: str, n_base: int, n_incoming: int, *, retrained_from: str | None = None,
+             incoming: str | None = None, parent_run_id: str | None = None) -> str:
+    """The run's description (Markdown, MLflow's ``mlflow.note.content``): where it came from (pure)."""
+    if retrained_from is None:
+        return f"Trained from scratch on the **{dataset}** base set ({n_base} examples)."
+    start = ("from scratch" if retrained_from == "scratch"
+             else f"from version {retrained_from}" + (f" (run `{parent_run_id}`)" if parent_run_id else ""))
+    return (f"Retrained {start} on the **{dataset}** base set ({n_base} examples) plus {n_incoming} "
+            f"new examples from `{incoming}`.")
+
 
 def use_experiment(model_name: str) -> None:
     """Choose the experiment explicitly: MLFLOW_EXPERIMENT_ID / _NAME if set, else one named after

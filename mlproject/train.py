@@ -195,11 +195,38 @@ def _log_model(model, data: TrainingData):
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
 
 
-def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
-                 start_from: str | None = None, retrained_from: str | None = None) -> RunResult:
-    """Train on ``data`` (from ``start_from`` weights if given) inside one MLflow run.
+def run_identity(params: TrainParams, data: TrainingData, n_validation: int, *,
+                 retrained_from: str | None = None, parent_run_id: str | None = None) -> tuple[dict, dict]:
+    """Params and tags of a training run (pure): retrain-only params (``incoming``,
+    ``retrained_from``, ``n_incoming``) are absent from a base training, not ``unknown``; the
+    lineage (kind, start version and its run, incoming data) is in ``mlops.*`` tags."""
+    run_params = {"dataset": data.dataset, "epochs": params.epochs, "batch_size": params.batch_size,
+                  "learning_rate": params.learning_rate, "seed": params.seed, "n_base": len(data.base),
+                  "n_train": len(data.combined), "n_validation": n_validation,
+                  "fingerprint": data.fingerprint}
+    tags = {**lineage.lineage_tags(), "dataset.name": data.dataset, "dataset.fingerprint": data.fingerprint,
+            "mlops.kind": "retrain" if retrained_from is not None else "train",
+            "mlflow.note.content": tracking.run_note(
+                data.dataset, len(data.base), data.n_incoming, retrained_from=retrained_from,
+                incoming=data.incoming_location, parent_run_id=parent_run_id)}
+    if retrained_from is not None:
+        run_params.update(incoming=data.incoming_location or "", retrained_from=retrained_from,
+                          n_incoming=data.n_incoming)
+        tags["mlops.retrained_from"] = retrained_from
+        if data.incoming_location:
+            tags["mlops.incoming"] = data.incoming_location
+        if parent_run_id:
+            tags["mlops.parent_run_id"] = parent_run_id
+    return run_params, tags
 
-    Under ``mlflow run`` (MLFLOW_RUN_ID set) this logs into that run instead of a new one.
+
+def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
+                 start_from: str | None = None, retrained_from: str | None = None,
+                 parent_run_id: str | None = None) -> RunResult:
+    """Train on ``data`` (from ``start_from`` weights if given) inside one MLflow run, named by
+    ``tracking.run_name`` (``train digits``, ``retrain v2 + batch-001 (good)``).
+
+    Under ``mlflow run`` (MLFLOW_RUN_ID set) this logs into that run (and renames it).
     """
     import mlflow
 
@@ -212,18 +239,13 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
         tracking.use_experiment(model_name)
     start_model = _load_start_model(start_from, data.dataset) if start_from else None
     n_val = len(train_validation_split(data.combined, params.seed)[1])
-    run_params = {"dataset": data.dataset, "epochs": params.epochs, "batch_size": params.batch_size,
-                  "learning_rate": params.learning_rate, "seed": params.seed, "n_base": len(data.base),
-                  "n_incoming": data.n_incoming, "n_train": len(data.combined), "n_validation": n_val,
-                  "fingerprint": data.fingerprint}
-    if retrained_from is not None:
-        run_params.update(incoming=data.incoming_location or "", retrained_from=retrained_from)
-    tags = {**lineage.lineage_tags(), "dataset.name": data.dataset, "dataset.fingerprint": data.fingerprint,
-            "mlops.kind": "retrain" if retrained_from is not None else "train"}
+    run_params, tags = run_identity(params, data, n_val, retrained_from=retrained_from,
+                                    parent_run_id=parent_run_id)
+    name = tracking.run_name(data.dataset, retrained_from=retrained_from, incoming=data.incoming_location)
 
-    with mlflow_errors("logging the training run"), mlflow.start_run() as run:
+    with mlflow_errors("logging the training run"), mlflow.start_run(run_name=name) as run:
         run_id = run.info.run_id
-        _log.info("MLflow run %s: %s", run_id, tracking.run_url(run.info.experiment_id, run_id))
+        _log.info("MLflow run '%s' %s: %s", name, run_id, tracking.run_url(run.info.experiment_id, run_id))
         tracking.log_new_params(client, run_id, run_params)
         mlflow.set_tags(tags)
         _log_data_inputs(data)
@@ -311,6 +333,15 @@ def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) ->
     return replace(params, dataset=dataset or DEFAULT_DATASET), production
 
 
+def _run_of(model_name: str, version: int | None) -> str | None:
+    """The run behind ``version`` (lineage of a retrain), None for a retrain from scratch."""
+    if version is None:
+        return None
+    from registry import versions
+
+    return versions.get_version(model_name, version).run_id
+
+
 def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch: bool = False,
             register: bool = True) -> dict:
     """``mlops retrain``: continue from the ``production`` version (or from scratch when there is
@@ -323,6 +354,7 @@ def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch
         _log.info("retraining from production: version %d", production)
     result = run_training(params, data, model_name=model_name,
                           start_from=f"models:/{model_name}/{production}" if production else None,
-                          retrained_from=str(production) if production else "scratch")
+                          retrained_from=str(production) if production else "scratch",
+                          parent_run_id=_run_of(model_name, production))
     version = register_run(model_name, result) if register else None
     return summary(model_name, result, version)

@@ -62,7 +62,9 @@ def test_run_has_params_per_epoch_metrics_tags_and_dataset_inputs(cli_trained):
     p = run.data.params
     assert (p["dataset"], p["epochs"], p["batch_size"], p["learning_rate"], p["seed"]) == \
         ("digits", str(EPOCHS), "32", "0.01", "1")
-    assert p["n_base"] == p["n_train"] == "897" and p["n_incoming"] == "0"
+    assert p["n_base"] == p["n_train"] == "897"
+    assert not {"incoming", "retrained_from", "n_incoming"} & set(p), "retrain-only params on a base training"
+    assert run.info.run_name == "train digits" and run.data.tags["mlops.kind"] == "train"
     for m in METRICS:
         history = client.get_metric_history(res["run_id"], m)
         assert [h.step for h in history] == list(range(EPOCHS)), m
@@ -152,7 +154,10 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads(r.stdout)
     assert set(ev) == {"model_uri", "dataset", "heldout_fingerprint", "n", "accuracy", "loss",
-                       "per_class_accuracy", "per_class_count"}
+                       "per_class_accuracy", "per_class_count", "confusion"}
+    cm = np.asarray(ev["confusion"])    # [true][predicted]: rows are the class counts, the diagonal the hits
+    assert cm.shape == (10, 10) and cm.sum(axis=1).tolist() == [ev["per_class_count"][str(k)] for k in range(10)]
+    assert np.trace(cm) / 450 == pytest.approx(ev["accuracy"], abs=1e-12)
     assert ev["model_uri"] == f"models:/{res['model_name']}/1" and ev["n"] == 450
     assert ev["accuracy"] == pytest.approx(res["metrics"]["heldout_accuracy"], abs=1e-12)
     assert ev["loss"] == pytest.approx(res["metrics"]["heldout_loss"], rel=1e-4)
@@ -216,6 +221,11 @@ def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches
     assert (p["n_base"], p["n_incoming"], p["n_train"]) == ("897", "450", "1347")
     assert p["incoming"] == str(digits_batches.good) and p["retrained_from"] == "1"
     assert run.data.tags["mlops.kind"] == "retrain"
+    assert run.info.run_name == f"retrain v1 + {digits_batches.good.stem} ({digits_batches.good.parent.name})"
+    assert client.get_run(scratch["run_id"]).info.run_name.startswith("retrain from scratch + ")
+    assert run.data.tags["mlops.retrained_from"] == "1" and run.data.tags["mlops.incoming"] == p["incoming"]
+    v1_run = client.get_model_version(name, "1").run_id
+    assert run.data.tags["mlops.parent_run_id"] == v1_run and v1_run in run.data.tags["mlflow.note.content"]
     training = [i.dataset for i in run.inputs.dataset_inputs if i.tags and i.tags[0].value == "training"]
     assert json.loads(training[0].profile)["features_shape"] == [1347, 8, 8, 1]
 

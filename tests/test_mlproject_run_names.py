@@ -1,0 +1,66 @@
+"""Runs people can tell apart in the MLflow UI: names, lineage tags, params that apply (pure parts).
+
+The real runs (names as MLflow stores them) are checked in tests/test_mlproject_train.py and in
+the browser test (tests/test_ui_browser.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlproject import tracking
+from mlproject.batches import Batch
+from mlproject.datasets import Arrays
+from mlproject.train import TrainingData, TrainParams, run_identity
+
+
+@pytest.mark.parametrize("location, label", [
+    ("/home/me/.mlops/demo/incoming/good/batch-001.npz", "batch-001 (good)"),
+    ("incoming/bad/batch-001.npz", "batch-001 (bad)"),
+    ("batch-7.npz", "batch-7"),
+    ("/data/new/", "new/"),
+    ("/data/new", "new/"),
+    ("s3://bucket/new-data/", "new-data/"),
+    ("s3://bucket/new-data/2026-12/b1.npz", "b1 (2026-12)"),
+    ("s3://bucket", "bucket/"),
+])
+def test_incoming_label_names_the_batch_and_its_folder(location, label):
+    assert tracking.incoming_label(location) == label
+
+
+def test_run_names_tell_base_good_and_bad_retrain_apart():
+    names = [tracking.run_name("digits"),
+             tracking.run_name("digits", retrained_from="1", incoming="/d/incoming/good/batch-001.npz"),
+             tracking.run_name("digits", retrained_from="2", incoming="/d/incoming/bad/batch-001.npz"),
+             tracking.run_name("digits", retrained_from="scratch", incoming="s3://b/new/")]
+    assert names == ["train digits", "retrain v1 + batch-001 (good)", "retrain v2 + batch-001 (bad)",
+                     "retrain from scratch + new/"]
+
+
+def _data(incoming: str | None) -> TrainingData:
+    rng = np.random.default_rng(0)
+    arrays = lambda n: Arrays(rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n))
+    batches = (Batch(incoming, arrays(5)),) if incoming else ()
+    return TrainingData("digits", arrays(20), arrays(10), batches, incoming)
+
+
+def test_base_training_has_no_retrain_params_or_lineage_tags():
+    params, tags = run_identity(TrainParams(), _data(None), 4)
+    assert not {"incoming", "retrained_from", "n_incoming"} & set(params)
+    assert params["n_base"] == params["n_train"] == 20 and params["dataset"] == "digits"
+    assert "unknown" not in {str(v) for v in params.values()} | set(tags.values())
+    assert tags["mlops.kind"] == "train" and not any(k.startswith("mlops.") and k != "mlops.kind" for k in tags)
+    assert tags["mlflow.note.content"] == "Trained from scratch on the **digits** base set (20 examples)."
+
+
+def test_retrain_params_and_lineage_tags():
+    params, tags = run_identity(TrainParams(), _data("/d/good/batch-001.npz"), 5, retrained_from="2",
+                                parent_run_id="abc123")
+    assert (params["incoming"], params["retrained_from"], params["n_incoming"], params["n_train"]) == \
+        ("/d/good/batch-001.npz", "2", 5, 25)
+    assert (tags["mlops.kind"], tags["mlops.retrained_from"], tags["mlops.parent_run_id"], tags["mlops.incoming"]) \
+        == ("retrain", "2", "abc123", "/d/good/batch-001.npz")
+    assert "from version 2 (run `abc123`)" in tags["mlflow.note.content"]
+    scratch_params, scratch_tags = run_identity(TrainParams(), _data("/d/x.npz"), 5, retrained_from="scratch")
+    assert scratch_params["retrained_from"] == "scratch" and "mlops.parent_run_id" not in scratch_tags
+    assert scratch_tags["mlflow.note.content"].startswith("Retrained from scratch on the **digits** base set")
