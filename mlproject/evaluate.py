@@ -30,6 +30,7 @@ class Evaluation:
     loss: float
     per_class_accuracy: dict[str, float]
     per_class_count: dict[str, int]
+    confusion: list[list[int]] = dataclasses.field(default_factory=list)  # [true][predicted] counts
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -42,11 +43,14 @@ class Evaluation:
 
 
 def evaluation_of(probs: np.ndarray, heldout: Arrays, *, model_uri: str, dataset: str) -> Evaluation:
-    """Build an Evaluation from class probabilities on the held-out set (pure)."""
+    """Build an Evaluation from class probabilities on the held-out set (pure). The confusion
+    matrix travels with it so the gate report can show candidate and production side by side."""
     s = metrics.summarize(probs, heldout.labels, NUM_CLASSES)
+    cm = metrics.confusion(heldout.labels, probs.argmax(axis=1), NUM_CLASSES)
     return Evaluation(model_uri=model_uri, dataset=dataset, heldout_fingerprint=fingerprint(heldout),
                       n=len(heldout), accuracy=s["accuracy"], loss=s["loss"],
-                      per_class_accuracy=s["per_class_accuracy"], per_class_count=s["per_class_count"])
+                      per_class_accuracy=s["per_class_accuracy"], per_class_count=s["per_class_count"],
+                      confusion=cm.tolist())
 
 
 def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:

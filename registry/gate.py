@@ -6,7 +6,7 @@ builds it on ``mlproject.evaluate.evaluate_version``) so that ``registry`` never
 never trusted from metrics logged long ago. The decision is ``gate_rules.decide``.
 
 Outcome: tag ``validation_status`` (+ ``validation.*``), the report logged to the version's run
-(``gate/report.md``, ``gate/report.json``) and optionally written to a folder, a ``gate`` ledger
+(``gate/report.md``, ``.json``, ``.html``) and optionally written to a folder, a ``gate`` ledger
 row, and only on pass the ``candidate`` alias moved to this version.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 from mlops_common import lineage, log
 from mlops_common.errors import ConfigError
 
-from . import gate_report, signature, versions
+from . import gate_html, gate_report, signature, versions
 from .gate_rules import GateRules, Verdict, decide, summary
 from .ledger import Entry, Ledger
 
@@ -104,16 +104,19 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
 def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, md: str, text: str,
             now: str, allow_signature_change: bool, report_dir, actor: str, ledger: Ledger) -> None:
     v = info.version
+    page = gate_html.html(report)   # for people: CircleCI artifact and MLflow's artifact viewer
     if report_dir:
         out = Path(report_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for name, content in (("report.md", md), ("report.json", json.dumps(report, indent=2) + "\n")):
+        for name, content in (("report.md", md), ("report.json", json.dumps(report, indent=2) + "\n"),
+                              ("report.html", page)):
             tmp = out / f".{name}.tmp"
             tmp.write_text(content)
             tmp.replace(out / name)
     if info.run_id:
         versions.log_run_text(info.run_id, md, "gate/report.md")
         versions.log_run_text(info.run_id, json.dumps(report, indent=2), "gate/report.json")
+        versions.log_run_text(info.run_id, page, "gate/report.html")
     status = "passed" if verdict.passed else "failed"
     tags = {"validation_status": status, "validation.at": now,
             "validation.accuracy": f"{report['metrics']['candidate']['accuracy']:.4f}",

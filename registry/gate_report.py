@@ -1,8 +1,10 @@
-"""The gate report: one JSON document, and the same facts rendered as markdown.
+"""The gate report: one JSON document, and the same facts rendered as markdown (and as HTML
+with charts, ``gate_html``).
 
-Candidate and production side by side (overall and per class), every rule with its outcome,
-the tolerance and how it was derived. Pure functions: the JSON is built from plain data and
-the markdown is rendered from the JSON, so the two never disagree.
+Candidate and production side by side (overall and per class, and their confusion matrices
+``[true][predicted]`` when the evaluation has them), every rule with its outcome, the tolerance
+and how it was derived. Pure functions: the JSON is built from plain data and the markdown and
+HTML are rendered from the JSON, so they never disagree.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
             {"accuracy": production.get("accuracy"), "loss": production.get("loss")},
         },
         "per_class": per_class,
+        "confusion": {"candidate": candidate.get("confusion") or None,
+                      "production": None if production is None else production.get("confusion") or None},
         "checks": verdict.to_dict()["checks"],
         "notes": list(verdict.notes),
     }

@@ -142,6 +142,27 @@ def test_workspace_carries_only_small_facts(config):
                     assert not any(s in line for s in secret_names), f"{job_name}: {line}"
 
 
+def test_gate_job_stores_the_reports_the_approver_opens(config):
+    """Every gate job writes its reports (report.html for people) into a folder it stores as an
+    artifact, and the approval comes after a gate in each workflow that promotes a new version."""
+    gate_jobs = [name for name in config["jobs"]
+                 if any("mlops registry gate" in c for c in _run_commands(config, name))]
+    assert gate_jobs
+    for name in gate_jobs:
+        (cmd,) = [c for c in _run_commands(config, name) if "mlops registry gate" in c]
+        words = shlex.split(cmd)
+        report_dir = words[words.index("--report-dir") + 1]
+        stored = [step["store_artifacts"]["path"] for step in config["jobs"][name]["steps"]
+                  if isinstance(step, dict) and "store_artifacts" in step]
+        assert report_dir in stored, f"{name} writes {report_dir} but stores {stored}"
+    for wf_name, wf in config["workflows"].items():
+        jobs = _workflow_jobs(wf)
+        for name, spec in jobs.items():
+            if spec["job"] == "promote":
+                assert {j for j in _ancestors(jobs, name) if jobs[j]["job"] in gate_jobs}, \
+                    f"{wf_name}: {name} promotes without a gate report to look at"
+
+
 def test_secrets_come_from_contexts_only(config):
     text = CONFIG_PATH.read_text()
     assert not re.search(r"(PASSWORD|SECRET|TOKEN)\s*:\s*\S", text), "a secret is set in the config"

@@ -197,6 +197,8 @@ def test_build_deploy_trains_gates_waits_for_approval_then_serves_v1(pipeline, t
     assert ("gate", "passed") in actions and ("promote", "ok") in actions and ("deploy", "ok") in actions
     # Evidence for the approver and results for CircleCI's test tab.
     assert list(res.artifacts.rglob("report.md")), "the gate report was not stored as an artifact"
+    (page,) = res.artifacts.rglob("report.html")
+    assert 'class="verdict passed">PASSED' in page.read_text() and 'id="per-class-chart"' in page.read_text()
     assert list(res.artifacts.rglob("gate.xml")) and list(res.artifacts.rglob("smoke.xml"))
     _assert_no_secret_written(pipeline, res)
     pipeline["results"]["build"] = res

@@ -59,6 +59,8 @@ def test_first_version_passes_on_absolute_rules_and_becomes_candidate(make_versi
     assert "only the absolute rules applied" in open(run_artifact(info.run_id, "gate/report.md")).read()
     assert json.loads((tmp_path / "reports" / "report.json").read_text()) == report
     assert (tmp_path / "reports" / "report.md").read_text() == out.markdown
+    page = open(run_artifact(info.run_id, "gate/report.html")).read()
+    assert page == (tmp_path / "reports" / "report.html").read_text() and 'class="verdict passed">PASSED' in page
     row = Ledger().entries(model)[-1]
     assert (row.action, row.to_version, row.from_version, row.outcome) == ("gate", v, None, "passed")
 

@@ -55,7 +55,12 @@ def test_first_version_good_retrain_and_bad_batch(mlops_env, pretrained_digits, 
     info = versions.get_version(model, v2)
     assert info.tags["validation_status"] == "passed" and "candidate" in info.aliases
     arts = {f.path for f in tracking_client().list_artifacts(info.run_id, "gate")}
-    assert arts == {"gate/report.md", "gate/report.json"}
+    assert arts == {"gate/report.md", "gate/report.json", "gate/report.html"}
+    # The evaluation carries both confusion matrices (mlproject -> CLI -> registry) into the page.
+    cms = report["confusion"]
+    assert [sum(map(sum, cms[side])) for side in ("candidate", "production")] == [450, 450]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert 'class="verdict passed">PASSED' in page and page.count('<svg class="confusion"') == 2
 
     # 3. a retrain on the tutorial's bad batch fails: exit 4, one paragraph saying why
     v3 = pretrained_digits.register("bad", retrained_from=str(v1))
