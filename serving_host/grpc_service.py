@@ -1,4 +1,12 @@
-"""gRPC ``tensorflow.serving.ModelService`` on ``--port``: GetModelStatus and ReloadConfig.
+"""gRPC on ``--port``: ``tensorflow.serving.ModelService`` and ``PredictionService``.
+
+PredictionService (``prediction_service_impl.cc``): Predict, Classify, Regress, MultiInference
+and GetModelMetadata resolve the servable like ``ServerCore::GetServableHandle`` (NOT_FOUND for an
+unknown model or version, INVALID_ARGUMENT for an unknown label) and run ``serving_host.apis``
+over the same servable core as REST. Error texts longer than 1024 characters are cut as
+``ToGRPCStatus`` cuts them. Predict, Classify and Regress count every request and time the OK
+ones (``RecordModelRequestCount`` / ``RecordRequestLatency``, entrypoint ``GRPC``); TF Serving
+records neither for MultiInference nor GetModelMetadata.
 
 Semantics of TF Serving's ``model_service_impl.cc``: ``HandleReloadConfigRequest`` accepts only a
 ``model_config_list``, runs the same ReloadConfig as the config-file poll (so both end in the same
@@ -9,11 +17,17 @@ gives FAILED_PRECONDITION with "Request to assign label to version ...").
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
+from serving_host import apis, metrics
 from serving_host import config as cfg
 from serving_host.manager import Manager
 from serving_host.rest import status_response
@@ -55,10 +69,84 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
+ERROR_MESSAGE_LIMIT = 1024
+
+
+def grpc_message(message: str) -> str:
+    """``ToGRPCStatus``: messages over 1024 characters end in ``...TRUNCATED``."""
+    if len(message) > ERROR_MESSAGE_LIMIT:
+        return message[:ERROR_MESSAGE_LIMIT] + "...TRUNCATED"
+    return message
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: Manager):
+        self.manager = manager
+
+    def _call(self, context, fn, spec, api: str | None):
+        """Resolve the servable for ``spec``, run ``fn``; map errors and record metrics."""
+        start = time.monotonic()
+        code = "OK"
+        try:
+            version, label = apis.spec_choice(spec)
+            with self.manager.handle(spec.name, version, label) as servable:
+                return fn(servable)
+        except ServingError as exc:
+            code, message = exc.code, exc.message
+        except Exception as exc:  # noqa: BLE001 - a bug answers UNKNOWN and is logged
+            log.exception("internal error in gRPC %s", api or "request")
+            code, message = "UNKNOWN", f"{exc.__class__.__name__}: {exc}"
+        finally:
+            if api is not None:
+                metrics.record_request(spec.name, api, "GRPC", code, time.monotonic() - start)
+        context.abort(getattr(grpc.StatusCode, code), grpc_message(message))
+
+    def _checked(self, context, request, api: str | None):
+        try:
+            apis.require_model_spec(request)
+        except ServingError as exc:
+            if api is not None:
+                metrics.record_request(request.model_spec.name, api, "GRPC", exc.code, 0.0)
+            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC method name
+        self._checked(context, request, "Predict")
+        return self._call(context, lambda s: apis.predict(s, request, s.version),
+                          request.model_spec, "Predict")
+
+    def Classify(self, request, context):  # noqa: N802 - gRPC method name
+        self._checked(context, request, "Classify")
+        return self._call(context, lambda s: apis.classify(s, request, s.version),
+                          request.model_spec, "Classify")
+
+    def Regress(self, request, context):  # noqa: N802 - gRPC method name
+        self._checked(context, request, "Regress")
+        return self._call(context, lambda s: apis.regress(s, request, s.version),
+                          request.model_spec, "Regress")
+
+    def MultiInference(self, request, context):  # noqa: N802 - gRPC method name
+        # GetModelSpecFromRequest: the first task's spec (an empty one names no model).
+        spec = request.tasks[0].model_spec if request.tasks else None
+        if spec is None:
+            from tensorflow_serving.apis import model_pb2
+            spec = model_pb2.ModelSpec()
+        return self._call(context, lambda s: apis.multi_inference(s, request, s.version),
+                          spec, None)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802 - gRPC method name
+        self._checked(context, request, None)
+        try:
+            apis.check_metadata_request(request)
+        except ServingError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+        return self._call(context, lambda s: apis.metadata(s, request), request.model_spec, None)
+
+
 def serve(manager: Manager, host: str, port: int, workers: int = 8) -> grpc.Server:
     """Start the gRPC server; raises OSError when the port cannot be bound."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -5,7 +5,9 @@ applies its version policy (``serving_host.versions``) to get the aspired versio
 *manager* keeps a small state machine per version and asks the availability-preserving policy
 (``serving_host.policy``) what to do next: a new version is loaded (in a background thread,
 never blocking requests) before an old one is unloaded; a version that fails to load ends in
-END with its error and is not retried while it stays aspired. A monitor remembers the last
+END with its error and is not retried while it stays aspired. A loaded version replays its
+warmup requests (``serving_host.warmup``, unless ``enable_model_warmup`` is off) before it
+becomes AVAILABLE; a failed warmup is a failed load. A monitor remembers the last
 state of every version ever seen, so unloaded versions stay listed as END.
 
 ``reload_config`` is ``ServerCore::ReloadConfig``: validate, check labels against what is
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from serving_host import config as cfg
 from serving_host import policy as pol
+from serving_host import warmup
 from serving_host.servable import Servable
 from serving_host.status import CODES, ServingError, invalid_argument, not_found
 from serving_host.versions import aspired, discover, missing_specific
@@ -363,7 +366,7 @@ class Manager:
         attempt, error, servable = 0, None, None
         while True:
             try:
-                servable = Servable.load(name, h.version, h.path)
+                servable = self._load_and_warm(name, h)
                 error = None
                 break
             except ServingError as exc:
@@ -394,6 +397,19 @@ class Manager:
                 self._set_state(name, h.version, END, error.code, error.message)
                 log.error("Loading servable: %s failed: %s", sid(name, h.version), error)
             self._reconcile(name)
+
+    def _load_and_warm(self, name: str, h: _Harness) -> Servable:
+        """Load a version and replay its warmup requests; a failed warmup fails the load."""
+        servable = Servable.load(name, h.version, h.path)
+        if not self.enable_model_warmup:
+            return servable
+        try:
+            warmup.run(servable, h.path, model_name=name, version=h.version,
+                       num_request_iterations_for_warmup=self.num_request_iterations_for_warmup)
+        except BaseException:
+            servable.close()
+            raise
+        return servable
 
     def _unload(self, name: str, h: _Harness) -> None:
         log.info("Unloading servable version %s", sid(name, h.version))

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import numpy as np
 
+from serving_host import metrics
 from serving_host.status import ServingError, from_exception, invalid_argument
 
 SERVING_DEFAULT = "serving_default"
@@ -33,9 +35,43 @@ def numpy_dtype(dt: int):
 
 def dtype_name(dt: int) -> str:
     """``DataTypeString``: DT_FLOAT -> "float", DT_INT64 -> "int64", DT_STRING -> "string"."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(dt).removeprefix("DT_").lower()
+
+
+def _string_vector(items: list[bytes]) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
+
+
+def _shape(t: np.ndarray) -> str:
+    """``TensorShape::DebugString``: [2,3]."""
+    return "[" + ",".join(str(d) for d in t.shape) + "]"
+
+
+def _dt_enum(t: np.ndarray) -> int:
+    """The ``tensorflow.DataType`` of a numpy array (object/bytes arrays are DT_STRING)."""
     import tensorflow as tf
 
-    return tf.dtypes.as_dtype(dt).name
+    if t.dtype == object or t.dtype.kind in ("S", "U"):
+        return tf.string.as_datatype_enum
+    return tf.dtypes.as_dtype(t.dtype).as_datatype_enum
+
+
+def _dt_name(t: np.ndarray) -> str:
+    """``DataType_Name`` of a fetched numpy array (DT_FLOAT, DT_STRING, ...)."""
+    from tensorflow.core.framework import types_pb2
+
+    return types_pb2.DataType.Name(_dt_enum(t))
+
+
+def _debug(message) -> str:
+    """``Message::DebugString`` (protobuf text format)."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(message)
 
 
 class Servable:
@@ -95,18 +131,15 @@ class Servable:
     def signature(self, name: str):
         return self.signatures.get(name or SERVING_DEFAULT)
 
-    def _callable(self, signature_name: str, input_aliases: tuple[str, ...],
-                  output_aliases: tuple[str, ...]):
-        key = (signature_name, input_aliases, output_aliases)
+    def _callable(self, feed: tuple[str, ...], fetch: tuple[str, ...]):
+        """A session callable for these tensor names, built once (TF's fast path)."""
+        key = (feed, fetch)
         fn = self._callables.get(key)
         if fn is not None:
             return fn
         from tensorflow.core.protobuf import config_pb2
 
-        sig = self.signatures[signature_name]
-        opts = config_pb2.CallableOptions(
-            feed=[sig.inputs[a].name for a in input_aliases],
-            fetch=[sig.outputs[a].name for a in output_aliases])
+        opts = config_pb2.CallableOptions(feed=list(feed), fetch=list(fetch))
         with self._lock:
             fn = self._callables.get(key)
             if fn is None:
@@ -114,103 +147,223 @@ class Servable:
                 self._callables[key] = fn
         return fn
 
+    def run_tensors(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...]) -> list[np.ndarray]:
+        """``Session::Run``: feed and fetch by tensor name."""
+        names = tuple(sorted(feeds))
+        fn = self._callable(names, fetch)
+        try:
+            return list(fn(*[feeds[n] for n in names]))
+        except BaseException as exc:
+            raise from_exception(exc) from None
+
     def run(self, signature_name: str, inputs: dict[str, np.ndarray],
             output_aliases: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Run a signature: feed tensors by input alias, return outputs by output alias."""
         sig = self.signatures[signature_name]
-        in_aliases = tuple(sorted(inputs))
         out_aliases = tuple(sorted(sig.outputs)) if output_aliases is None else output_aliases
-        fn = self._callable(signature_name, in_aliases, out_aliases)
-        try:
-            values = fn(*[inputs[a] for a in in_aliases])
-        except BaseException as exc:
-            raise from_exception(exc) from None
+        values = self.run_tensors({sig.inputs[a].name: v for a, v in inputs.items()},
+                                  tuple(sig.outputs[a].name for a in out_aliases))
         return dict(zip(out_aliases, values))
 
-    # -- predict / classify / regress (TF Serving's predict_util, classifier, regressor) -----
-    def predict(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # -- predict / classify / regress: the one inference core of REST, gRPC and warmup -------
+    # Messages and checks of TF Serving's predict_util.cc, classifier.cc, regressor.cc and
+    # multi_inference.cc, with the signature method_name check on (see serving_host/README.md).
+    def predict(self, signature_name: str, inputs: dict[str, np.ndarray],
+                output_filter: tuple[str, ...] | list[str] = (), *,
+                model_name: str | None = None) -> dict[str, np.ndarray]:
+        """``RunPredict``: outputs by alias, in ``output_filter`` order (all outputs if empty)."""
         name = signature_name or SERVING_DEFAULT
         sig = self.signatures.get(name)
         if sig is None:
             raise ServingError("FAILED_PRECONDITION", f'Serving signature key "{name}" not found.')
         if sig.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
-            raise invalid_argument(
-                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
-                f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {sig.method_name}")
+            raise ServingError("INTERNAL",
+                               f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
+                               f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {sig.method_name}")
         expected = set(sig.inputs)
-        if set(inputs) != expected:
+        if len(inputs) != len(expected):
             sent_extra = sorted(set(inputs) - expected)
             missing = sorted(expected - set(inputs))
             raise invalid_argument(
                 f"input size does not match signature: {len(inputs)}!={len(expected)} "
                 f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(expected))}}}). "
                 f"Sent extra: {{{','.join(sent_extra)}}}. Missing but required: {{{','.join(missing)}}}.")
-        return self.run(name, inputs)
+        for alias in sorted(expected):
+            if alias not in inputs:
+                raise invalid_argument(f"Signature input alias: {alias} not found in request and no "
+                                       "defaults")
+        for i, alias in enumerate(sorted(expected)):  # FunctionCallFrame::SetArgs' check
+            want, got = sig.inputs[alias].dtype, _dt_enum(inputs[alias])
+            if got != want:
+                raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but "
+                                       f"{dtype_name(got)} is provided")
+        aliases: list[str] = []
+        for alias in output_filter:
+            if alias not in sig.outputs:
+                raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs "
+                                       f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+            if alias in aliases:
+                raise invalid_argument(f"duplicate output tensor alias: {alias}")
+            aliases.append(alias)
+        start = time.monotonic()
+        out = self.run(name, inputs, tuple(aliases) or None)
+        metrics.record_runtime(self.name if model_name is None else model_name, "Predict",
+                               time.monotonic() - start)
+        return out
 
-    def _examples_signature(self, signature_name: str, method: str, kind: str):
+    def _signature_for(self, signature_name: str, method: str, kind: str):
+        """``GetClassificationSignatureDef`` / ``GetRegressionSignatureDef``."""
         name = signature_name or SERVING_DEFAULT
         sig = self.signatures.get(name)
         if sig is None:
-            raise invalid_argument(f"No signature was found with name: {name}")
+            raise invalid_argument(f"No signature was found with the name: {name}")
         if sig.method_name != method:
             raise invalid_argument(f"Expected {kind} signature method_name to be {method}. "
                                    f"Was: {sig.method_name}")
-        if len(sig.inputs) != 1:
-            raise invalid_argument("Expected one input Tensor.")
         return name, sig
 
-    def classify(self, signature_name: str, serialized_examples: list[bytes]):
-        """-> one list of (label, score) per example, like ClassificationResult."""
-        name, sig = self._examples_signature(signature_name, CLASSIFY_METHOD, "classification")
+    @staticmethod
+    def _classify_tensors(sig) -> tuple[str, tuple[str, ...]]:
+        """``PreProcessClassification`` -> (input tensor name, output tensor names)."""
+        if sig.method_name != CLASSIFY_METHOD:
+            raise invalid_argument(f"Expected classification signature method_name to be "
+                                   f"{CLASSIFY_METHOD}. Was: {sig.method_name}")
+        if len(sig.inputs) != 1:
+            raise invalid_argument("Expected one input Tensor.")
         if len(sig.outputs) not in (1, 2):
             raise invalid_argument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
-        outs = tuple(a for a in ("classes", "scores") if a in sig.outputs)
+        if "inputs" not in sig.inputs:
+            raise invalid_argument(f"No classification inputs found in SignatureDef: {_debug(sig)}")
+        outs = tuple(sig.outputs[a].name for a in ("classes", "scores") if a in sig.outputs)
         if not outs:
-            raise invalid_argument("Expected classification signature outputs to contain at least "
-                                   "one of classes or scores")
-        n = len(serialized_examples)
-        (in_alias,) = tuple(sig.inputs)
-        feed = {in_alias: np.array(serialized_examples, dtype=object)}
-        result = self.run(name, feed, outs)
-        classes, scores = result.get("classes"), result.get("scores")
-        for t in (classes, scores):
+            raise invalid_argument('Expected classification signature outputs to contain at least one '
+                                   f'of "classes" or "scores". Signature was: {_debug(sig)}')
+        return sig.inputs["inputs"].name, outs
+
+    @staticmethod
+    def _classify_result(sig, n: int, names: tuple[str, ...], values: list[np.ndarray]):
+        """``PostProcessClassificationResult`` -> one list of (label, score) per example."""
+        by_name = dict(zip(names, values))
+        classes = by_name.get(sig.outputs["classes"].name) if "classes" in sig.outputs else None
+        scores = by_name.get(sig.outputs["scores"].name) if "scores" in sig.outputs else None
+        for what, t, dtype in (("classes", classes, "DT_STRING"), ("scores", scores, "DT_FLOAT")):
             if t is None:
                 continue
             if t.ndim != 2:
                 raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got "
-                                       f"{list(t.shape)}")
+                                       f"{_shape(t)}")
+            got = _dt_name(t)
+            if got != dtype:
+                raise invalid_argument(f"Expected {what} Tensor of {dtype}. Got: {got}")
             if t.shape[0] != n:
-                raise invalid_argument(f"Input batch size did not match output batch size: {n} vs. "
-                                       f"{t.shape[0]}")
-        if classes is not None and scores is not None and classes.shape != scores.shape:
-            raise invalid_argument(f"Tensors class and score should match in shape. "
-                                   f"Class shape: {list(classes.shape)} Score shape: {list(scores.shape)}")
+                raise invalid_argument(f"Expected {what} output batch size of {n}. Got: {t.shape[0]}")
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got "
+                                   f"{classes.shape[1]} vs. {scores.shape[1]}")
         k = (classes if classes is not None else scores).shape[1]
         out = []
         for i in range(n):
             row = []
             for j in range(k):
-                label_b = classes[i, j] if classes is not None else b""
-                label_s = label_b.decode("utf-8", "replace") if isinstance(label_b, bytes) else str(label_b)
-                score = float(scores[i, j]) if scores is not None else 0.0
-                row.append((label_s, score))
+                label = classes[i, j] if classes is not None else b""
+                label_s = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+                row.append((label_s, float(scores[i, j]) if scores is not None else 0.0))
             out.append(row)
         return out
 
-    def regress(self, signature_name: str, serialized_examples: list[bytes]) -> list[float]:
-        name, sig = self._examples_signature(signature_name, REGRESS_METHOD, "regression")
+    @staticmethod
+    def _regress_tensors(sig) -> tuple[str, tuple[str, ...]]:
+        """``PreProcessRegression`` -> (input tensor name, output tensor names)."""
+        if sig.method_name != REGRESS_METHOD:
+            raise invalid_argument(f"Expected regression signature method_name to be {REGRESS_METHOD}. "
+                                   f"Was: {sig.method_name}")
+        if len(sig.inputs) != 1:
+            raise invalid_argument("Expected one input Tensor.")
         if len(sig.outputs) != 1:
             raise invalid_argument("Expected one output Tensor.")
-        (out_alias,) = tuple(sig.outputs)
-        (in_alias,) = tuple(sig.inputs)
-        n = len(serialized_examples)
-        t = self.run(name, {in_alias: np.array(serialized_examples, dtype=object)}, (out_alias,))[out_alias]
+        if "inputs" not in sig.inputs:
+            raise invalid_argument(f"No regression inputs found in SignatureDef: {_debug(sig)}")
+        if "outputs" not in sig.outputs:
+            raise invalid_argument(f"No regression outputs found in SignatureDef: {_debug(sig)}")
+        return sig.inputs["inputs"].name, (sig.outputs["outputs"].name,)
+
+    @staticmethod
+    def _regress_result(sig, n: int, names: tuple[str, ...], values: list[np.ndarray]) -> list[float]:
+        """``PostProcessRegressionResult``."""
+        name = sig.outputs["outputs"].name
+        t = dict(zip(names, values)).get(name)
+        if t is None:
+            raise invalid_argument(f"Could not find output tensor '{name}'")
         if not (t.ndim == 1 or (t.ndim == 2 and t.shape[1] == 1)):
             raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or "
-                                   f"[batch_size, 1] but got {list(t.shape)}")
+                                   f"[batch_size, 1] but got {_shape(t)}")
         if t.shape[0] != n:
             raise invalid_argument(f"Input batch size did not match output batch size: {n} vs. {t.shape[0]}")
+        if _dt_name(t) != "DT_FLOAT":
+            raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {_dt_name(t)}")
         return [float(x) for x in t.reshape(-1)]
+
+    def _examples(self, input_name: str, fetch: tuple[str, ...], examples: list[bytes]):
+        if not examples:
+            raise invalid_argument("Input is empty.")
+        return self.run_tensors({input_name: _string_vector(examples)}, fetch)
+
+    def classify(self, signature_name: str, serialized_examples: list[bytes], *,
+                 model_name: str | None = None):
+        """``RunClassify`` -> one list of (label, score) per example, like ClassificationResult."""
+        _, sig = self._signature_for(signature_name, CLASSIFY_METHOD, "classification")
+        in_name, outs = self._classify_tensors(sig)
+        start = time.monotonic()
+        values = self._examples(in_name, outs, serialized_examples)
+        metrics.record_runtime(self.name if model_name is None else model_name, "Classify",
+                               time.monotonic() - start)
+        return self._classify_result(sig, len(serialized_examples), outs, values)
+
+    def regress(self, signature_name: str, serialized_examples: list[bytes], *,
+                model_name: str | None = None) -> list[float]:
+        """``RunRegress`` -> one value per example."""
+        _, sig = self._signature_for(signature_name, REGRESS_METHOD, "regression")
+        in_name, outs = self._regress_tensors(sig)
+        start = time.monotonic()
+        values = self._examples(in_name, outs, serialized_examples)
+        metrics.record_runtime(self.name if model_name is None else model_name, "Regress",
+                               time.monotonic() - start)
+        return self._regress_result(sig, len(serialized_examples), outs, values)
+
+    def multi_inference(self, model_name: str, tasks: list[tuple[str, str]],
+                        serialized_examples: list[bytes]):
+        """``TensorFlowMultiInferenceRunner::Infer`` after the model-name checks: tasks are
+        (signature name, method name); one session run for all -> [(method, result rows)]."""
+        seen, inputs, fetch = set(), set(), []
+        for sig_name, method in tasks:
+            name = sig_name or SERVING_DEFAULT
+            if name in seen:
+                raise invalid_argument(f"Duplicate evaluation of signature: {name}")
+            seen.add(name)
+            sig = self.signatures.get(name)
+            if sig is None:
+                raise invalid_argument(f"Requested signature not found in model graph: {name}")
+            if method == CLASSIFY_METHOD:
+                in_name, outs = self._classify_tensors(sig)
+            elif method == REGRESS_METHOD:
+                in_name, outs = self._regress_tensors(sig)
+            else:
+                raise ServingError("UNIMPLEMENTED", f"Unsupported signature method_name: {method}")
+            inputs.add(in_name)
+            fetch += [o for o in outs if o not in fetch]
+        fetch_t = tuple(sorted(fetch))
+        if not serialized_examples:
+            raise invalid_argument("Input is empty.")
+        batch = _string_vector(serialized_examples)
+        values = self.run_tensors({n: batch for n in inputs}, fetch_t)
+        n = len(serialized_examples)
+        metrics.record_examples(model_name, n)
+        results = []
+        for sig_name, method in tasks:
+            sig = self.signatures[sig_name or SERVING_DEFAULT]
+            post = self._classify_result if method == CLASSIFY_METHOD else self._regress_result
+            results.append((method, post(sig, n, fetch_t, values)))
+        return results
 
     # -- metadata -----------------------------------------------------------------------------
     def metadata_json(self) -> str:

@@ -1,0 +1,197 @@
+"""TF Serving's request and response protos (``tensorflow_serving.apis``) over the servable core.
+
+One place turns a ``PredictRequest`` / ``ClassificationRequest`` / ``RegressionRequest`` /
+``MultiInferenceRequest`` into a call of ``Servable`` (the same core the REST API uses) and the
+result into the response proto, filled in as TF Serving fills it (``MakeModelSpec``: the request's
+model name, the signature name with ``serving_default`` for an empty one, the version that served).
+The gRPC PredictionService and the warmup replay both call these, so a warmup record runs exactly
+what a request would. Tensors leave as typed fields (``float_val``, ...), as TF Serving's default
+``AsProtoField`` writes them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from serving_host.servable import SERVING_DEFAULT, Servable
+from serving_host.status import invalid_argument
+
+# TensorProto field for each DataType (tensorflow/core/framework/types.proto numbers).
+_FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
+           7: "string_val", 9: "int64_val", 10: "bool_val", 17: "int_val", 22: "uint32_val",
+           23: "uint64_val"}
+
+
+def tensor_from_proto(alias: str, proto) -> np.ndarray:
+    """``Tensor::FromProto``; a proto that does not make a tensor is INVALID_ARGUMENT."""
+    import tensorflow as tf
+
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims) or proto.dtype == 0:
+        raise invalid_argument(f"tensor parsing error: {alias}")
+    try:
+        arr = tf.make_ndarray(proto)
+    except Exception:  # noqa: BLE001 - any malformed TensorProto is the client's error
+        raise invalid_argument(f"tensor parsing error: {alias}") from None
+    if list(arr.shape) != dims:
+        raise invalid_argument(f"tensor parsing error: {alias}")
+    return arr
+
+
+def tensor_to_proto(arr: np.ndarray):
+    """``Tensor::AsProtoField``: dtype, shape and the typed value field."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    arr = np.asarray(arr)
+    proto = tensor_pb2.TensorProto()
+    dt = tf.string if arr.dtype == object or arr.dtype.kind in ("S", "U") else tf.dtypes.as_dtype(arr.dtype)
+    proto.dtype = dt.as_datatype_enum
+    for d in arr.shape:
+        proto.tensor_shape.dim.add().size = int(d)
+    field = _FIELDS.get(proto.dtype)
+    if field is None:  # half, bfloat16, complex...: TensorFlow's own conversion
+        return tf.make_tensor_proto(arr)
+    flat = arr.reshape(-1)
+    if field == "string_val":
+        getattr(proto, field).extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    else:
+        getattr(proto, field).extend(flat.tolist())
+    return proto
+
+
+def serialized_examples(input_proto) -> list[bytes]:
+    """``InputToSerializedExampleTensor``: each example serialized (after its context, if any)."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in input_proto.example_list.examples]
+    if kind == "example_list_with_context":
+        lst = input_proto.example_list_with_context
+        context = lst.context.SerializeToString()
+        return [context + e.SerializeToString() for e in lst.examples]
+    return []
+
+
+def model_spec(target, name: str, signature_name: str | None, version: int | None) -> None:
+    """``MakeModelSpec``."""
+    target.Clear()
+    target.name = name
+    if signature_name is not None:
+        target.signature_name = signature_name or SERVING_DEFAULT
+    if version is not None:
+        target.version.value = version
+
+
+def require_model_spec(request) -> None:
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+
+
+def spec_choice(spec) -> tuple[int | None, str | None]:
+    """(version, label) a ModelSpec asks for."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return spec.version.value, None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+def predict(servable: Servable, request, version: int | None):
+    from tensorflow_serving.apis import predict_pb2
+
+    spec = request.model_spec
+    response = predict_pb2.PredictResponse()
+    inputs = {alias: tensor_from_proto(alias, t) for alias, t in request.inputs.items()}
+    outputs = servable.predict(spec.signature_name, inputs, tuple(request.output_filter),
+                               model_name=spec.name)
+    model_spec(response.model_spec, spec.name, spec.signature_name, version)
+    for alias, arr in outputs.items():
+        response.outputs[alias].CopyFrom(tensor_to_proto(arr))
+    return response
+
+
+def _fill_classifications(result, rows) -> None:
+    for row in rows:
+        c = result.classifications.add()
+        for label, score in row:
+            cl = c.classes.add()
+            cl.label = label
+            cl.score = score
+
+
+def classify(servable: Servable, request, version: int | None):
+    from tensorflow_serving.apis import classification_pb2
+
+    spec = request.model_spec
+    response = classification_pb2.ClassificationResponse()
+    rows = servable.classify(spec.signature_name, serialized_examples(request.input), model_name=spec.name)
+    model_spec(response.model_spec, spec.name, spec.signature_name, version)
+    _fill_classifications(response.result, rows)
+    return response
+
+
+def regress(servable: Servable, request, version: int | None):
+    from tensorflow_serving.apis import regression_pb2
+
+    spec = request.model_spec
+    response = regression_pb2.RegressionResponse()
+    values = servable.regress(spec.signature_name, serialized_examples(request.input), model_name=spec.name)
+    model_spec(response.model_spec, spec.name, spec.signature_name, version)
+    for v in values:
+        response.result.regressions.add().value = v
+    return response
+
+
+def multi_inference_model(request) -> str:
+    """The model every task names (``Infer``'s checks), or INVALID_ARGUMENT."""
+    name = ""
+    for task in request.tasks:
+        if not task.model_spec.name:
+            raise invalid_argument("Found ModelSpec with an empty model name.")
+        if not name:
+            name = task.model_spec.name
+        elif name != task.model_spec.name:
+            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same "
+                                   "model name.")
+    return name
+
+
+def multi_inference(servable: Servable, request, version: int | None):
+    from tensorflow_serving.apis import inference_pb2
+
+    name = multi_inference_model(request)
+    tasks = [(t.model_spec.signature_name, t.method_name) for t in request.tasks]
+    results = servable.multi_inference(name, tasks, serialized_examples(request.input))
+    response = inference_pb2.MultiInferenceResponse()
+    for task, (method, rows) in zip(request.tasks, results):
+        out = response.results.add()
+        if method == "tensorflow/serving/classify":
+            _fill_classifications(out.classification_result, rows)
+        else:
+            for v in rows:
+                out.regression_result.regressions.add().value = v
+        model_spec(out.model_spec, task.model_spec.name, task.model_spec.signature_name, version)
+    return response
+
+
+def metadata(servable: Servable, request):
+    """``GetModelMetadataImpl`` after the servable is found: the ``signature_def`` map."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    sigmap = get_model_metadata_pb2.SignatureDefMap()
+    for k, v in servable.signatures.items():
+        sigmap.signature_def[k].CopyFrom(v)
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    response.metadata["signature_def"].Pack(sigmap)
+    return response
+
+
+def check_metadata_request(request) -> None:
+    """``ValidateGetModelMetadataRequest``."""
+    if not request.metadata_field:
+        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+    for f in request.metadata_field:
+        if f != "signature_def":
+            raise invalid_argument(f"Metadata field {f} is not supported")

@@ -1,0 +1,114 @@
+"""Warmup: replay ``<version>/assets.extra/tf_serving_warmup_requests`` before a version serves.
+
+TF Serving's ``saved_model_warmup.cc`` and ``saved_model_warmup_util.cc``: the file is a TFRecord
+of ``PredictionLog``; each record's request (predict, classify, regress or multi-inference) runs
+``--num_request_iterations_for_warmup`` times through the same code as a live request
+(``serving_host.apis``). No file is fine. A record that does not parse, more than 1000 records,
+or a request that fails fails the load with TF Serving's message. The warmup metrics
+(latency and records read, by model path and status) are recorded when the file was read to
+its end or a read error stopped it, as TF Serving records them; the early returns record nothing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from serving_host import apis, metrics
+from serving_host.servable import Servable
+from serving_host.status import ServingError, from_exception, invalid_argument
+
+log = logging.getLogger("serving_host")
+
+ASSETS_EXTRA = "assets.extra"
+REQUESTS_FILE = "tf_serving_warmup_requests"
+MAX_NUM_RECORDS = 1000
+
+
+def requests_path(export_dir: str) -> str:
+    return os.path.join(export_dir, ASSETS_EXTRA, REQUESTS_FILE)
+
+
+def iterations(num_request_iterations_for_warmup: int) -> int:
+    """``server.cc``: the flag is used only when > 0; otherwise each record runs once."""
+    return num_request_iterations_for_warmup if num_request_iterations_for_warmup > 0 else 1
+
+
+def options_text(model_name: str, version: int, num_request_iterations_for_warmup: int) -> str:
+    """``ModelWarmupOptions::DebugString`` as TF Serving logs it (one line here)."""
+    parts = []
+    if num_request_iterations_for_warmup > 0:
+        parts.append(f"num_request_iterations {{ value: {num_request_iterations_for_warmup} }}")
+    parts += [f'model_name: "{model_name}"', f"model_version: {version}"]
+    return " ".join(parts)
+
+
+def replay(servable: Servable, record) -> None:
+    """``RunWarmupRequest``: one PredictionLog's request, response discarded."""
+    kind = record.WhichOneof("log_type")
+    if kind == "regress_log":
+        apis.regress(servable, record.regress_log.request, None)
+    elif kind == "classify_log":
+        apis.classify(servable, record.classify_log.request, None)
+    elif kind == "predict_log":
+        apis.predict(servable, record.predict_log.request, None)
+    elif kind == "multi_inference_log":
+        apis.multi_inference(servable, record.multi_inference_log.request, None)
+    elif kind is not None:
+        number = record.DESCRIPTOR.fields_by_name[kind].number
+        raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {number}")
+
+
+def _records(path: str):
+    """The file's records in order (``SequentialRecordReader``; a bad frame is DATA_LOSS)."""
+    import tensorflow as tf
+
+    for tensor in tf.data.TFRecordDataset(path):
+        yield tensor.numpy()
+
+
+def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
+        num_request_iterations_for_warmup: int = 0) -> None:
+    """``RunSavedModelWarmup``: raise ServingError (the load fails) or return when warm."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    start = time.monotonic()
+    path = requests_path(export_dir)
+    if not os.path.exists(path):
+        log.info("No warmup data file found at %s", path)
+        return
+    n_iter = iterations(num_request_iterations_for_warmup)
+    log.info("Starting to read warmup data for model at %s with model-warmup-options %s", path,
+             options_text(model_name, version, num_request_iterations_for_warmup))
+    count = 0
+    status: ServingError | None = None
+    records = _records(path)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except Exception as exc:  # noqa: BLE001 - a read error ends the replay with its status
+            status = from_exception(exc)
+            break
+        entry = prediction_log_pb2.PredictionLog()
+        try:
+            entry.ParseFromString(record)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError
+            raise invalid_argument(f"Failed to parse warmup record: "
+                                   f"{record.decode('utf-8', 'replace')} from {path}") from None
+        for _ in range(n_iter):
+            replay(servable, entry)
+        count += 1
+        if count > MAX_NUM_RECORDS:
+            raise invalid_argument(f"Number of warmup records exceeds the maximum ({MAX_NUM_RECORDS}) "
+                                   f"at {path}")
+    seconds = time.monotonic() - start
+    metrics.record_warmup(export_dir, "OK" if status is None else str(status), seconds, count)
+    if status is not None and status.code == "DATA_LOSS":
+        raise ServingError("DATA_LOSS", f"{status.message}. Please verify your warmup data is in "
+                                        "TFRecord format.")
+    if status is not None:
+        raise status
+    log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
+             "Elapsed time (microseconds): %d.", path, count, int(seconds * 1e6))
