@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,11 @@ class Manifest:
         raise UserError("the model directory is not a SavedModel: no saved_model.pb or "
                         "saved_model.pbtxt at its top level")
 
+    @property
+    def hashed(self) -> bool:
+        """False for a ``scan`` (names and sizes only)."""
+        return all(f.sha256 != UNHASHED for f in self.files)
+
     def without(self, paths: set[str] | frozenset[str]) -> "Manifest":
         return Manifest(tuple(f for f in self.files if f.path not in paths), self.dirs)
 
@@ -57,6 +63,8 @@ class Manifest:
         return Manifest(tuple(f for f in self.files if f.path in paths), ())
 
     def to_dict(self) -> dict:
+        if not self.hashed:
+            raise ValueError("a scanned manifest has no hashes to store")
         return {"format": FORMAT, "total_size": self.total_size, "dirs": list(self.dirs),
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]}
 
@@ -86,12 +94,66 @@ def sha256_file(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+UNHASHED = ""   # FileEntry.sha256 of a scan: the streaming upload hashes while it reads
+
+
+def scan(local_dir: str | os.PathLike) -> Manifest:
+    """Names, sizes and directories without reading a byte (hashes left ``UNHASHED``).
+
+    Refuses symlinks, special files and unsafe names, like ``build``. A streaming upload
+    (``upload_tree_hashing``) fills the hashes in the same pass that sends the bytes.
+    """
+    files, dirs, _ = _walk(Path(local_dir))
+    manifest = Manifest(tuple(FileEntry(rel, st.st_size, UNHASHED) for rel, st in files), tuple(dirs))
+    manifest.completion_file  # noqa: B018 - raises when this is not a SavedModel
+    return manifest
+
+
+# realpath -> (stat signature, manifest): a tree is hashed once per process (hosts, retries).
+_MEMO: dict[str, tuple[tuple, Manifest]] = {}
+# A file modified this recently could change again within the same mtime tick: not memoized.
+_RACY_SECONDS = 2.0
+
+
 def build(local_dir: str | os.PathLike) -> Manifest:
-    """Hash every file under ``local_dir``; refuse symlinks, special files and unsafe names."""
+    """Hash every file under ``local_dir``; refuse symlinks, special files and unsafe names.
+
+    Hashed once per process: a later call whose every file has the same size, mtime, ctime
+    and inode reuses the earlier hashes (a fleet or a retry does not re-read the model).
+    """
     root = Path(local_dir)
+    files, dirs, signature = _walk(root)
+    key = os.path.realpath(root)
+    memo = _MEMO.get(key)
+    if memo is not None and memo[0] == signature:
+        return memo[1]
+    started = time.time()
+    manifest = Manifest(tuple(FileEntry(rel, st.st_size, sha256_file(root / rel)) for rel, st in files),
+                        tuple(dirs))
+    manifest.completion_file  # noqa: B018 - raises when this is not a SavedModel
+    remember(root, manifest, signature, started)
+    return manifest
+
+
+def remember(local_dir: str | os.PathLike, manifest: Manifest, signature: tuple | None = None,
+             hashed_at: float | None = None) -> None:
+    """Keep ``manifest`` (hashed while streaming, say) for the next ``build`` of the same tree."""
+    root = Path(local_dir)
+    if signature is None:
+        _, _, signature = _walk(root)
+    hashed_at = time.time() if hashed_at is None else hashed_at
+    file_sigs, dirs = signature
+    newest = max((sig[3] for sig in file_sigs), default=0) / 1e9
+    if manifest.hashed and newest < hashed_at - _RACY_SECONDS and dirs == manifest.dirs and \
+            [(s[0], s[1]) for s in file_sigs] == [(f.path, f.size) for f in manifest.files]:
+        _MEMO[os.path.realpath(root)] = (signature, manifest)
+
+
+def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str], tuple]:
+    """Regular files (sorted, with their stat) and directories under ``root``, names checked."""
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; expected a SavedModel directory")
-    files: list[FileEntry] = []
+    files: list[tuple[str, os.stat_result]] = []
     dirs: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = os.path.relpath(dirpath, root)
@@ -101,8 +163,9 @@ def build(local_dir: str | os.PathLike) -> Manifest:
             try:
                 check_relpath(rel)
             except ConfigError:
-                raise UserError(f"{root}: file name {rel!r} cannot be published (newline or backslash "
-                                f"in the name); rename it in the SavedModel") from None
+                raise UserError(f"{root}: file name {rel!r} cannot be published (control character, "
+                                f"line separator or backslash in the name); rename it in the "
+                                f"SavedModel") from None
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 raise UserError(f"{root}: {rel} is a symbolic link; a published SavedModel must "
@@ -110,12 +173,14 @@ def build(local_dir: str | os.PathLike) -> Manifest:
             if stat.S_ISDIR(st.st_mode):
                 dirs.append(rel)
             elif stat.S_ISREG(st.st_mode):
-                files.append(FileEntry(rel, st.st_size, sha256_file(full)))
+                files.append((rel, st))
             else:
                 raise UserError(f"{root}: {rel} is not a regular file or directory")
-    manifest = Manifest(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(dirs)))
-    manifest.completion_file  # noqa: B018 - raises when this is not a SavedModel
-    return manifest
+    files.sort(key=lambda e: e[0])
+    dirs.sort()
+    signature = (tuple((rel, st.st_size, st.st_ino, max(st.st_mtime_ns, st.st_ctime_ns)) for rel, st in files),
+                 tuple(dirs))
+    return files, dirs, signature
 
 
 @dataclass(frozen=True)
@@ -153,7 +218,7 @@ def compare(manifest: Manifest, listing: HostListing) -> list[str]:
 def parse_hash_lines(text: str) -> dict[str, str]:
     """Parse ``sha256sum`` / ``openssl dgst -r`` / ``shasum`` output lines for ``./rel`` paths."""
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):   # not splitlines(): "\r" and friends are not line ends here
         if not line.strip():
             continue
         digest, sep, rest = line[:64], line[64:65], line[65:]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import unicodedata
 
 from mlops_common.errors import ConfigError
 
@@ -46,12 +47,18 @@ def has_traversal(path: str) -> bool:
     return any(part == ".." for part in re.split(r"[/\\]", path))
 
 
+def has_control(text: str) -> bool:
+    """Any control character (C0, DEL, C1) or line/paragraph separator: each can split a line
+    in some tool's output (``\r`` in ``splitlines``, U+2028 in editors and logs)."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
 def check_relpath(rel: str) -> str:
     """A normalized relative POSIX path under a base: no ``..``, not absolute, not empty."""
     if not isinstance(rel, str) or not rel or rel.startswith("/") or has_traversal(rel) \
-            or "\x00" in rel or "\n" in rel or "\\" in rel:
-        raise ConfigError(f"unsafe path {rel!r}: must be relative, without '..', newlines or "
-                          f"backslashes")
+            or has_control(rel) or "\\" in rel:
+        raise ConfigError(f"unsafe path {rel!r}: must be relative, without '..', control or "
+                          f"line-separator characters or backslashes")
     norm = posixpath.normpath(rel)
     if norm in (".", "") or norm.startswith("../"):
         raise ConfigError(f"unsafe path {rel!r}")

@@ -1,8 +1,10 @@
 """Publish a SavedModel as ``<base>/<model>/<version>/`` so TF Serving never sees it partial.
 
 Hosts with rename (file, ssh): upload under ``<model>/.incoming-<version>-<stamp>-<random>``
-(non-numeric, ignored by TF Serving), hash every file ON THE HOST against the manifest, store
-the manifest under ``.serving_sync/manifests/``, then rename to the numeric name.
+(non-numeric, ignored by TF Serving), hash every file ON THE HOST against the manifest (ssh:
+the host hashes the stream as it extracts it, the client hashes each file as it sends it, one
+read of every byte on each side), store the manifest under ``.serving_sync/manifests/``, then
+rename to the numeric name.
 
 S3 (no rename): upload every object except ``saved_model.pb`` under the final prefix, verify,
 then upload ``saved_model.pb`` last and verify it: a version is loadable only when complete.
@@ -18,9 +20,11 @@ import time
 from dataclasses import asdict, dataclass
 
 from mlops_common import log
+from mlops_common.errors import ConfigError
 
 from .errors import PublishRefused, VerifyFailed
 from .layout import INCOMING_PREFIX, incoming_name, manifest_path, version_path
+from . import manifest as mf
 from .manifest import Manifest
 from .names import check_model_name, check_version
 from .progress import ProgressFn
@@ -67,35 +71,71 @@ def _refuse_mismatch(where: str, vp: str, problems: list[str]) -> PublishRefused
 
 
 def publish(transport: Transport, model: str, version: int, local_dir: str | os.PathLike,
-            manifest: Manifest, progress: ProgressFn | None = None) -> PublishResult:
-    """Publish ``local_dir`` (whose ``manifest`` was built with ``manifest.build``)."""
+            manifest: Manifest | None = None, progress: ProgressFn | None = None) -> PublishResult:
+    """Publish ``local_dir``; ``manifest`` (from ``manifest.build``) is optional.
+
+    Without it the tree is scanned (names, sizes) and hashed in the same pass that uploads it
+    (ssh), so a publish reads every byte once; with it, the upload still re-hashes what it
+    sends and refuses a file that changed since.
+    """
     model = check_model_name(model)
     version = check_version(version)
     where = transport.url
     vp = version_path(model, version)
     start = time.monotonic()
-    manifest.completion_file  # noqa: B018 - refuses a tree that is not a SavedModel
+    tree = manifest if manifest is not None else mf.scan(local_dir)
+    tree.completion_file  # noqa: B018 - refuses a tree that is not a SavedModel
 
-    if is_published(transport, model, version, manifest):
-        problems = transport.verify(vp, manifest)
+    if is_published(transport, model, version, tree):
+        full = tree if tree.hashed else mf.build(local_dir)
+        problems = _present_problems(transport, model, version, full)
         if problems:
             raise _refuse_mismatch(where, vp, problems)
-        _store_manifest(transport, model, version, manifest)
+        _store_manifest(transport, model, version, full)
         logger.info("%s: %s already present and verified; nothing to transfer", where, vp)
         return PublishResult(model, version, "already_present", 0, time.monotonic() - start, vp)
 
     if transport.atomic_rename:
-        sent = _publish_with_rename(transport, model, version, local_dir, manifest, progress, where)
+        sent = _publish_with_rename(transport, model, version, local_dir, tree, progress, where)
     else:
-        sent = _publish_marker_last(transport, model, version, local_dir, manifest, progress, where)
+        full = tree if tree.hashed else mf.build(local_dir)
+        sent = _publish_marker_last(transport, model, version, local_dir, full, progress, where)
     return PublishResult(model, version, "uploaded", sent, time.monotonic() - start, vp)
 
 
-def _publish_with_rename(transport, model, version, local_dir, manifest, progress, where) -> int:
+def _present_problems(transport: Transport, model: str, version: int, manifest: Manifest) -> list[str]:
+    """Check a present version without re-reading its bytes when we can vouch for them.
+
+    The manifest stored at publish time was written only after the host's bytes were checked
+    against it, and a published directory is never written again: when that manifest equals
+    ours and every name, kind and size on the host still matches, the version is ours (no
+    process spawn, no hashing: a few SFTP round trips). Anything else is hashed on the host.
+    """
+    vp = version_path(model, version)
+    try:
+        stored = read_stored_manifest(transport, model, version)
+    except ConfigError:
+        stored = None
+    if stored == manifest:
+        shape = transport.shape(vp)
+        if shape is not None:
+            sizes, dirs, others = shape
+            expected = manifest.by_path()
+            files = {p: (expected[p].sha256 if p in expected and expected[p].size == n else "size-mismatch")
+                     for p, n in sizes.items()}
+            return mf.compare(manifest, mf.HostListing(files, dirs, others))
+    return transport.verify(vp, manifest)
+
+
+def _publish_with_rename(transport, model, version, local_dir, tree, progress, where) -> int:
     vp = version_path(model, version)
     tmp = f"{model}/{incoming_name(version)}"
+    manifest = tree
     try:
-        sent = transport.upload_tree(local_dir, tmp, manifest, progress, min_free=space_needed(manifest))
+        hashed_at = time.time()
+        sent, manifest = transport.upload_tree_hashing(local_dir, tmp, tree, progress,
+                                                       min_free=space_needed(tree))
+        mf.remember(local_dir, manifest, hashed_at=hashed_at)
         problems = transport.verify(tmp, manifest)
         if problems:
             raise VerifyFailed(f"{where}: the uploaded files do not match the manifest "
@@ -105,6 +145,7 @@ def _publish_with_rename(transport, model, version, local_dir, manifest, progres
     except FileExistsError:
         _cleanup(transport, tmp)
         # Someone published the same version concurrently (the lock should prevent this).
+        manifest = manifest if manifest.hashed else mf.build(local_dir)
         problems = transport.verify(vp, manifest)
         if problems:
             raise _refuse_mismatch(where, vp, problems) from None

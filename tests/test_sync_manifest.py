@@ -109,14 +109,18 @@ def test_remote_scripts_run_under_sh_and_their_output_parses(tmp_path):
     res = parse_output(p.stdout)
     assert "@nospace" in res.flags and int(res.flags["@nospace"]) > 0
     assert not dest.parent.exists()
-    # ... and extracts a tar stream then hashes it
+    # ... and extracts a tar stream while hashing it (one pass), then lists names and sizes
     tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
                          timeout=60).stdout
     p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000)], input=tar,
                        capture_output=True, timeout=60)
     res = parse_output(p.stdout)
-    assert p.returncode == 0 and "@ready" in res.flags
-    assert mf.compare(m, res.listing) == []
+    assert p.returncode == 0 and "@ready" in res.flags and res.flags.get("@hashing") == "stream"
+    assert res.stream_sha256 == hashlib.sha256(tar).hexdigest()
+    assert res.sizes == {f.path: f.size for f in m.files}
+    assert res.listing.dirs == frozenset(m.dirs) and res.listing.others == ()
+    assert not (dest.parent / (dest.name + ".stream")).exists()   # the FIFO is gone
+    assert sorted(x.name for x in dest.parent.iterdir()) == [dest.name]
     assert parse_output(b"This service allows sftp connections only.\n").shell is False
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import os
 
-from ..manifest import HostListing, Manifest, compare
+from ..manifest import HostListing, Manifest, build, compare
 from ..names import check_relpath
 from ..progress import ProgressFn
 
@@ -56,6 +56,11 @@ class Transport(abc.ABC):
         """Problems between ``rel`` on the host and ``manifest`` (empty = identical)."""
         return compare(manifest, self.listing(rel))
 
+    def shape(self, rel: str) -> tuple[dict[str, int], frozenset[str], tuple[str, ...]] | None:
+        """Sizes of the files, the directories and anything else under ``rel``, without reading
+        file content; None when this store cannot tell cheaply (then ``listing`` hashes)."""
+        return None
+
     def disk_free(self) -> int | None:
         """Free bytes where the base lives, or None when the store has no such notion."""
         return None
@@ -69,15 +74,16 @@ class Transport(abc.ABC):
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Create ``rel`` only if it does not exist; False if it already exists."""
 
-    @abc.abstractmethod
-    def upload_tree(self, local_dir: str | os.PathLike, dest_rel: str, manifest: Manifest,
-                    progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
-        """Upload the manifest's files (and directories) from ``local_dir`` to ``dest_rel``.
+    def upload_tree_hashing(self, local_dir: str | os.PathLike, dest_rel: str, tree: Manifest,
+                            progress: ProgressFn | None = None, *,
+                            min_free: int | None = None) -> tuple[int, Manifest]:
+        """``upload_tree`` for a ``tree`` that may be a ``manifest.scan`` (no hashes yet).
 
-        Returns the bytes of file content sent. ``dest_rel`` must not exist yet on transports
-        with atomic rename (it is a fresh temporary name). With ``min_free``, refuse with
-        ``DiskFull`` before writing anything when the host reports less free space.
+        Returns (bytes sent, the hashed manifest). Transports that stream (ssh) hash in the
+        same pass that sends; this default hashes first (``build`` is memoized per tree).
         """
+        manifest = tree if tree.hashed else build(local_dir)
+        return self.upload_tree(local_dir, dest_rel, manifest, progress, min_free=min_free), manifest
 
     @abc.abstractmethod
     def rename(self, src_rel: str, dst_rel: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from ..errors import DiskFull
@@ -92,6 +93,26 @@ class LocalTransport(Transport):
                 else:
                     others.append(r)
         return HostListing(files, frozenset(dirs), tuple(sorted(others)))
+
+    def shape(self, rel: str) -> tuple[dict[str, int], frozenset[str], tuple[str, ...]] | None:
+        root = self._p(rel)
+        if not root.is_dir():
+            raise FileNotFoundError(str(root))
+        sizes: dict[str, int] = {}
+        dirs: set[str] = set()
+        others: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            rel_dir = os.path.relpath(dirpath, root)
+            for name in dirnames + filenames:
+                r = name if rel_dir == "." else f"{rel_dir}/{name}"
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISDIR(st.st_mode):
+                    dirs.add(r)
+                elif stat.S_ISREG(st.st_mode):
+                    sizes[r] = st.st_size
+                else:
+                    others.append(r)
+        return sizes, frozenset(dirs), tuple(sorted(others))
 
     def disk_free(self) -> int | None:
         p = self.base

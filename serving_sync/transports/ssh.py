@@ -20,6 +20,7 @@ from pathlib import Path
 from mlops_common import log
 from mlops_common.errors import UserError
 
+from .. import manifest as mf
 from ..errors import DiskFull, HostUnreachable
 from ..hosts import Target
 from ..manifest import HostListing, Manifest
@@ -27,8 +28,8 @@ from ..progress import ProgressFn
 from . import ssh_connect
 from .base import MAX_SMALL_FILE, Transport, rel_path
 from .oserrors import from_stderr, host_os_error
-from .ssh_scripts import listing_script, parse_output, q, upload_script
-from .tarstream import stream_tree
+from .ssh_scripts import ScriptOutput, listing_script, parse_output, q, upload_script
+from .tarstream import Streamed, stream_tree
 
 logger = log.get("sync.ssh")
 
@@ -211,30 +212,42 @@ class SshTransport(Transport):
 
     def _listing_sftp(self, root: str) -> HostListing:
         """Walk and read back every file over SFTP (hosts without a shell or a hash tool)."""
-        files: dict[str, str] = {}
+        with self._io(f"reading back {root}"):
+            sizes, dirs, others = self._walk_sftp(root)
+            files: dict[str, str] = {}
+            for r in sizes:
+                h = hashlib.sha256()
+                with self.sftp.open(posixpath.join(root, r), "rb") as f:
+                    f.prefetch(sizes[r])
+                    while chunk := f.read(SFTP_CHUNK):
+                        h.update(chunk)
+                files[r] = h.hexdigest()
+        return HostListing(files, dirs, others)
+
+    def _walk_sftp(self, root: str) -> tuple[dict[str, int], frozenset[str], tuple[str, ...]]:
+        sizes: dict[str, int] = {}
         dirs: set[str] = set()
         others: list[str] = []
-        with self._io(f"reading back {root}"):
-            self.sftp.stat(root)   # FileNotFoundError when absent
-            stack = [""]
-            while stack:
-                rel = stack.pop()
-                for attr in self.sftp.listdir_attr(posixpath.join(root, rel) if rel else root):
-                    r = f"{rel}/{attr.filename}" if rel else attr.filename
-                    mode = attr.st_mode or 0
-                    if stat.S_ISDIR(mode):
-                        dirs.add(r)
-                        stack.append(r)
-                    elif stat.S_ISREG(mode):
-                        h = hashlib.sha256()
-                        with self.sftp.open(posixpath.join(root, r), "rb") as f:
-                            f.prefetch(attr.st_size)
-                            while chunk := f.read(SFTP_CHUNK):
-                                h.update(chunk)
-                        files[r] = h.hexdigest()
-                    else:
-                        others.append(r)
-        return HostListing(files, frozenset(dirs), tuple(sorted(others)))
+        self.sftp.stat(root)   # FileNotFoundError when absent
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            for attr in self.sftp.listdir_attr(posixpath.join(root, rel) if rel else root):
+                r = f"{rel}/{attr.filename}" if rel else attr.filename
+                mode = attr.st_mode or 0
+                if stat.S_ISDIR(mode):
+                    dirs.add(r)
+                    stack.append(r)
+                elif stat.S_ISREG(mode):
+                    sizes[r] = attr.st_size or 0
+                else:
+                    others.append(r)
+        return sizes, frozenset(dirs), tuple(sorted(others))
+
+    def shape(self, rel: str) -> tuple[dict[str, int], frozenset[str], tuple[str, ...]] | None:
+        """Names, kinds and sizes over SFTP: a few round trips, no process spawn on the host."""
+        with self._io(f"listing {rel}"):
+            return self._walk_sftp(self._p(rel))
 
     def disk_free(self) -> int | None:
         if self._no_shell:
@@ -292,25 +305,32 @@ class SshTransport(Transport):
 
     def upload_tree(self, local_dir, dest_rel: str, manifest: Manifest,
                     progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
+        return self.upload_tree_hashing(local_dir, dest_rel, manifest, progress, min_free=min_free)[0]
+
+    def upload_tree_hashing(self, local_dir, dest_rel: str, tree: Manifest,
+                            progress: ProgressFn | None = None, *,
+                            min_free: int | None = None) -> tuple[int, Manifest]:
+        """One pass: the tar stream hashes every file as it reads it; the host hashes as it extracts."""
         dest = self._p(dest_rel)
         if not self._no_shell:
-            sent = self._upload_tar(local_dir, dest, manifest, progress, min_free)
-            if sent is not None:
-                return sent
-        return self._upload_sftp(local_dir, dest, manifest, progress, min_free)
+            streamed = self._upload_tar(local_dir, dest, tree, progress, min_free)
+            if streamed is not None:
+                return streamed.sent, streamed.manifest
+        manifest = tree if tree.hashed else mf.build(local_dir)
+        return self._upload_sftp(local_dir, dest, manifest, progress, min_free), manifest
 
     def _upload_tar(self, local_dir, dest: str, manifest: Manifest, progress: ProgressFn | None,
-                    min_free: int | None) -> int | None:
+                    min_free: int | None) -> Streamed | None:
         """Stream tar into the remote script; None when the host cannot (no shell or no tar)."""
         doing = f"uploading to {dest}"
         with self._io(doing):
             ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free))
             try:
                 ready, head = _read_until_ready(ch, first_line_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
-                sent, send_error = 0, None
+                streamed, send_error = None, None
                 if ready:
                     try:
-                        sent = stream_tree(local_dir, manifest, _sender(ch), progress)
+                        streamed = stream_tree(local_dir, manifest, _sender(ch), progress)
                     except (OSError, EOFError) as exc:   # the host stopped reading: see its status
                         send_error = exc
                 if not ready and not head:   # silence: no shell behind this account
@@ -337,7 +357,9 @@ class SshTransport(Transport):
                            f"{(min_free or 0) / 1e6:.1f} MB needed, {avail / 1e6:.1f} MB free; free space "
                            f"on the host (or lower retention) and rerun; nothing was uploaded")
         stderr = err.decode(errors="replace")
-        if rc != 0 or send_error is not None or res.listing is None:
+        if rc == 0 and streamed is not None and "@nohash" in res.flags:
+            return streamed   # no hash tool: verify() reads the files back over SFTP
+        if rc != 0 or send_error is not None or res.listing is None or streamed is None:
             known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
             if known is not None:
                 raise known
@@ -349,8 +371,8 @@ class SshTransport(Transport):
                 raise self._lost(doing, EOFError("the connection closed before the host reported"))
             raise UserError(f"{self.where}: extracting the upload on the host failed (exit {rc}): "
                             f"{_last_line(err)}")
-        self._verified[dest] = res.listing
-        return sent
+        self._verified[dest] = _listing_of_upload(res, streamed)
+        return streamed
 
     def _upload_sftp(self, local_dir, dest: str, manifest: Manifest, progress: ProgressFn | None,
                      min_free: int | None) -> int:
@@ -428,6 +450,25 @@ class SshTransport(Transport):
                 self.sftp.remove(self._p(rel))
             except FileNotFoundError:
                 pass
+
+
+def _listing_of_upload(res: ScriptOutput, streamed: Streamed) -> HostListing:
+    """What the host extracted, as a listing ``compare`` can judge against the manifest.
+
+    Stream-hashed: the host's sha256 of the tar stream it extracted must be the one we sent,
+    and each file's size must match; then each file holds exactly the bytes we hashed. Else
+    (two-pass hosts) the host's own per-file hashes.
+    """
+    listing = res.listing
+    if res.sizes is None:
+        return listing
+    same_stream = res.stream_sha256 == streamed.digest
+    expected = streamed.manifest.by_path()
+    files = {}
+    for path, size in res.sizes.items():
+        entry = expected.get(path)
+        files[path] = entry.sha256 if entry and same_stream and entry.size == size else "stream-mismatch"
+    return HostListing(files, listing.dirs, listing.others)
 
 
 def _last_line(err: bytes) -> str:

@@ -36,9 +36,31 @@ def listing_script(path: str) -> str:
     return f"echo {MARK}\ncd -- {q(path)} || exit 3\n{_HASH_SECTION}"
 
 
+_PICK_HASH = """\
+if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then H="openssl dgst -sha256 -r"
+elif command -v sha256sum >/dev/null 2>&1; then H=sha256sum
+elif command -v shasum >/dev/null 2>&1; then H="shasum -a 256"
+else H=; fi
+"""
+
+# After a stream-hashed extraction: names, kinds and sizes only (no second read of the bytes).
+_SIZE_SECTION = """\
+echo @dirs; find . -mindepth 1 -type d
+echo @other; find . -mindepth 1 ! -type d ! -type f
+echo @sizes; find . -type f -exec wc -c {} + || { echo @hashfailed; exit 94; }
+echo @end
+"""
+
+
 def upload_script(parent: str, dest: str, need_bytes: int | None) -> str:
-    """Check free space, create ``dest`` (must not exist), extract tar from stdin, hash it."""
+    """Check free space, create ``dest`` (must not exist), extract tar from stdin while hashing it.
+
+    One pass over the bytes: ``tee`` feeds ``tar`` and, through a FIFO, the hash tool, which
+    prints ``@stream <sha256>`` of the stream; then names and sizes are listed. Hosts without a
+    hash tool or ``mkfifo`` extract, then hash every file afterwards (the older two-pass way).
+    """
     need_kb = -1 if need_bytes is None else (need_bytes + 1023) // 1024
+    fifo = q(dest + ".stream")
     return f"""echo {MARK}
 command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
 need_kb={need_kb}
@@ -50,6 +72,19 @@ if [ "$need_kb" -ge 0 ]; then
 fi
 umask 022
 mkdir -p -- {q(parent)} && mkdir -- {q(dest)} || exit 96
+{_PICK_HASH}if [ -n "$H" ] && mkfifo -m 600 -- {fifo} 2>/dev/null; then
+  trap 'rm -f -- {fifo}' EXIT
+  echo @hashing stream
+  echo @ready
+  ( s=$($H < {fifo}) && echo "@stream $s" ) & hp=$!
+  tee -- {fifo} | tar -x -o -f - -C {q(dest)}
+  rc=$?
+  wait $hp
+  rm -f -- {fifo}
+  [ "$rc" -eq 0 ] || {{ echo "@tarfailed $rc"; exit 95; }}
+  cd -- {q(dest)} || exit 3
+{_SIZE_SECTION}  exit 0
+fi
 echo @ready
 tar -x -o -f - -C {q(dest)} || {{ rc=$?; echo "@tarfailed $rc"; exit 95; }}
 cd -- {q(dest)} || exit 3
@@ -61,32 +96,51 @@ class ScriptOutput:
     shell: bool                      # the marker was printed: a real shell ran the script
     flags: dict[str, str]            # marker lines such as @notar, @nospace 123, @tarfailed 2
     listing: HostListing | None      # when a complete hash section was printed
+    sizes: dict[str, int] | None = None   # after a stream-hashed extraction: rel path -> size
+    stream_sha256: str | None = None      # the host's sha256 of the tar stream it extracted
 
 
 def parse_output(stdout: bytes) -> ScriptOutput:
     """Split a script's stdout into marker flags and the hashed listing."""
     text = stdout.decode("utf-8", errors="surrogateescape")
-    lines = text.splitlines()
+    lines = text.split("\n")   # not splitlines(): "\r" in a file name is not a line end
     if MARK not in lines:
         return ScriptOutput(False, {}, None)
     flags: dict[str, str] = {}
-    sections: dict[str, list[str]] = {"@dirs": [], "@other": [], "@files": []}
+    sections: dict[str, list[str]] = {"@dirs": [], "@other": [], "@files": [], "@sizes": []}
     current = None
     for line in lines[lines.index(MARK) + 1:]:
         if line in sections:
             current = line
         elif line.startswith("@") and (line.split(" ", 1)[0] in
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
-                                        "@hashfailed", "@end")):
+                                        "@hashfailed", "@end", "@hashing", "@stream")):
             key, _, value = line.partition(" ")
             flags[key] = value
             current = None
         elif current and line:
             sections[current].append(line)
-    listing = None
+    listing, sizes = None, None
     if "@end" in flags:
         strip = lambda p: p[2:] if p.startswith("./") else p  # noqa: E731
-        listing = HostListing(parse_hash_lines("\n".join(sections["@files"])),
-                              frozenset(strip(p) for p in sections["@dirs"]),
+        files = parse_hash_lines("\n".join(sections["@files"]))
+        if "@sizes" in lines:
+            sizes = parse_size_lines(sections["@sizes"])
+            files = {p: "" for p in sizes}   # hashes come from the stream check (ssh.py)
+        listing = HostListing(files, frozenset(strip(p) for p in sections["@dirs"]),
                               tuple(sorted(strip(p) for p in sections["@other"])))
-    return ScriptOutput(True, flags, listing)
+    stream = flags.get("@stream", "").split(" ")[0].lower() or None
+    return ScriptOutput(True, flags, listing, sizes, stream)
+
+
+def parse_size_lines(lines: list[str]) -> dict[str, int]:
+    """``wc -c`` lines (``  123 ./rel``) for ``./`` paths; its ``total`` line is skipped."""
+    out: dict[str, int] = {}
+    for line in lines:
+        count, _, path = line.lstrip(" ").partition(" ")
+        if not path.startswith("./"):
+            continue   # "N total"
+        if not count.isdigit():
+            raise ValueError(f"unexpected size output line {line[:120]!r}")
+        out[path[2:]] = int(count)
+    return out

@@ -1,4 +1,5 @@
-"""Stream a directory tree as a tar archive in large writes (one SSH channel, no temp file).
+"""Stream a directory tree as a tar archive in large writes (one SSH channel, no temp file),
+hashing every file and the whole stream in the same pass that reads it.
 
 ``tarfile``'s own stream writer re-copies its buffer on every write (quadratic for big
 buffers); here headers come from ``TarInfo.tobuf`` and file data goes straight to ``send``.
@@ -7,13 +8,15 @@ can read what the deploy user extracted.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tarfile
+from dataclasses import dataclass
 from typing import Callable
 
 from mlops_common.errors import UserError
 
-from ..manifest import Manifest
+from ..manifest import UNHASHED, FileEntry, Manifest
 from ..progress import ProgressFn
 
 BLOCK = 512
@@ -54,20 +57,37 @@ def _info(name: str, *, is_dir: bool, size: int = 0, mtime: float = 0) -> bytes:
     return ti.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
-def stream_tree(local_dir: str | os.PathLike, manifest: Manifest, send: Callable[[bytes], None],
-                progress: ProgressFn | None = None) -> int:
-    """Write the manifest's directories and files from ``local_dir`` as tar to ``send``.
+@dataclass
+class Streamed:
+    sent: int              # bytes of file content
+    manifest: Manifest     # hashed from the very bytes that were sent
+    digest: str            # sha256 of the whole tar stream (what the host hashes as it extracts)
 
-    Returns the bytes of file content sent. A file whose size changed since the manifest was
-    built aborts the stream (the host then rejects the truncated archive).
+
+def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[bytes], None],
+                progress: ProgressFn | None = None) -> Streamed:
+    """Write ``tree``'s directories and files from ``local_dir`` as tar to ``send``, hashing as it reads.
+
+    One read per byte: each chunk feeds the file's sha256 (the manifest), the stream's sha256
+    (checked against the host's) and the channel. ``tree`` may be a ``manifest.scan`` (no
+    hashes) or a built manifest; a file whose size or bytes changed since then aborts (size:
+    before the host can extract it) or is refused (bytes: the manifest no longer matches).
     """
-    out = CoalescingSender(send)
-    for d in manifest.dirs:
+    stream = hashlib.sha256()
+
+    def hashed_send(data) -> None:
+        stream.update(data)
+        send(data)
+
+    out = CoalescingSender(hashed_send)
+    for d in tree.dirs:
         out.write(_info(d, is_dir=True, mtime=os.stat(os.path.join(local_dir, d)).st_mtime))
     sent = 0
-    for entry in manifest.files:
+    entries: list[FileEntry] = []
+    for entry in tree.files:
         path = os.path.join(local_dir, entry.path)
-        with open(path, "rb") as f:
+        h = hashlib.sha256()
+        with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if st.st_size != entry.size:
                 raise UserError(f"{path} changed size since its manifest was built "
@@ -78,6 +98,7 @@ def stream_tree(local_dir: str | os.PathLike, manifest: Manifest, send: Callable
                 chunk = f.read(min(READ_CHUNK, remaining))
                 if not chunk:
                     raise UserError(f"{path} shrank while being uploaded; retry")
+                h.update(chunk)
                 out.write(chunk)
                 remaining -= len(chunk)
                 sent += len(chunk)
@@ -86,6 +107,11 @@ def stream_tree(local_dir: str | os.PathLike, manifest: Manifest, send: Callable
             pad = (-entry.size) % BLOCK
             if pad:
                 out.write(b"\0" * pad)
+        digest = h.hexdigest()
+        if entry.sha256 not in (UNHASHED, digest):
+            raise UserError(f"{path} changed since its manifest was built (sha256 differs); rebuild "
+                            f"and retry; nothing was published")
+        entries.append(FileEntry(entry.path, entry.size, digest))
     out.write(b"\0" * (2 * BLOCK))  # end-of-archive marker
     out.flush()
-    return sent
+    return Streamed(sent, Manifest(tuple(entries), tree.dirs), stream.hexdigest())

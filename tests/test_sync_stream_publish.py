@@ -1,0 +1,148 @@
+"""The one-pass publish (issue 17) and unsafe file names (issue 14, item 5), over a real sshd.
+
+One pass: the client hashes each file as it sends it (the manifest comes out of the upload), the
+host hashes the tar stream as it extracts it; the guarantees stay (verified before numeric,
+immutable, mismatch refused). File names: every control and line-separator character is refused
+before anything reaches a host, and a deploy that meets one ends in one line with the host as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import pytest
+
+from mlops_common.errors import ConfigError, UserError
+from serving_sync import manifest as mf
+from serving_sync.errors import PublishRefused
+from serving_sync.names import check_relpath
+from serving_sync.publish import incoming_dirs, publish, read_stored_manifest
+from serving_sync.transports import ssh_scripts
+from tests.test_sync_ssh import MODEL, connect, one_line
+from tests.test_sync_support import make_model_tree
+
+
+# --- names (pure) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["a\rb", "a\nb", "a\tb", "a\x00b", "a\x1bb", "a\x7fb", "a\x85b", "a\u2028b",
+                                 "a\u2029b", "a\\b", "../a", "/a", ""])
+def test_check_relpath_refuses_every_control_and_line_separator(bad):
+    with pytest.raises(ConfigError):
+        check_relpath(bad)
+
+
+def test_check_relpath_keeps_ordinary_unicode_and_spaces():
+    assert check_relpath("assets/vocab é 1.txt") == "assets/vocab é 1.txt"
+
+
+def test_a_carriage_return_in_a_savedmodel_name_is_one_line_before_any_host(tmp_path):
+    root = make_model_tree(tmp_path / "m")
+    (root / "assets" / "a\rb.txt").write_bytes(b"x")
+    for fn in (mf.build, mf.scan):
+        with pytest.raises(UserError) as e:
+            fn(root)
+        assert "cannot be published" in one_line(e.value) and "\r" not in str(e.value)
+
+
+def test_hash_and_size_output_is_split_on_newlines_only():
+    d = "ab" * 32
+    assert mf.parse_hash_lines(f"{d}  ./a\x0bb\n{d} *./c\x1cd\n") == {"a\x0bb": d, "c\x1cd": d}
+    assert ssh_scripts.parse_size_lines(["  12 ./a\x0cb", "12 total"]) == {"a\x0cb": 12}
+
+
+# --- the one-pass publish over real OpenSSH -------------------------------------------------------
+def test_publish_without_a_manifest_hashes_in_the_upload_and_stores_the_same_manifest(sshd, tmp_path):
+    model = make_model_tree(tmp_path / "m", n_assets=5, variables_bytes=2_000_000)
+    base = tmp_path / "base"
+    with connect(sshd, base) as t:
+        r = publish(t, MODEL, 1, model)                      # no manifest: built in the same pass
+        assert r.status == "uploaded" and r.bytes_transferred == mf.scan(model).total_size
+        stored = read_stored_manifest(t, MODEL, 1)
+        assert stored == mf.build(model)                      # the stream's hashes are the file hashes
+        assert t.verify(f"{MODEL}/1", stored) == []           # and the host agrees, file by file
+        again = publish(t, MODEL, 1, model)
+        assert again.status == "already_present" and again.bytes_transferred == 0
+        assert incoming_dirs(t, MODEL) == []
+    assert not any(p.name.endswith(".stream") for p in (base / MODEL).iterdir())   # no FIFO left
+
+
+def test_a_file_changed_after_its_manifest_is_refused_and_nothing_is_published(sshd, tmp_path):
+    model = make_model_tree(tmp_path / "m")
+    m = mf.build(model)
+    p = model / "variables" / "variables.index"
+    data = bytearray(p.read_bytes())
+    data[0] ^= 1
+    p.write_bytes(bytes(data))                                # same size, other bytes
+    with connect(sshd, tmp_path / "base") as t:
+        with pytest.raises(UserError) as e:
+            publish(t, MODEL, 1, model, m)
+        assert "changed since its manifest" in one_line(e.value)
+        assert not t.exists(f"{MODEL}/1") and incoming_dirs(t, MODEL) == []
+
+
+def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeypatch):
+    """What the host extracted must be what was hashed: a stream digest that differs is refused."""
+    from serving_sync.transports import ssh as ssh_mod
+
+    real = ssh_mod.stream_tree
+
+    def lying(*a, **k):
+        s = real(*a, **k)
+        s.digest = hashlib.sha256(b"something else").hexdigest()
+        return s
+
+    monkeypatch.setattr(ssh_mod, "stream_tree", lying)
+    model = make_model_tree(tmp_path / "m")
+    with connect(sshd, tmp_path / "base") as t:
+        with pytest.raises(UserError) as e:
+            publish(t, MODEL, 1, model)
+        assert "do not match the manifest" in one_line(e.value)
+        assert not t.exists(f"{MODEL}/1") and incoming_dirs(t, MODEL) == []
+
+
+def test_a_present_version_whose_files_changed_size_is_refused(sshd, tmp_path):
+    model = make_model_tree(tmp_path / "m")
+    base = tmp_path / "base"
+    with connect(sshd, base) as t:
+        publish(t, MODEL, 1, model)
+    with open(base / MODEL / "1" / "variables" / "variables.index", "ab") as f:
+        f.write(b"tampered")
+    with connect(sshd, base) as t:
+        with pytest.raises(PublishRefused, match="immutable"):
+            publish(t, MODEL, 1, model)
+
+
+def test_a_present_version_without_its_stored_manifest_is_hashed_on_the_host(sshd, tmp_path):
+    model = make_model_tree(tmp_path / "m")
+    base = tmp_path / "base"
+    with connect(sshd, base) as t:
+        publish(t, MODEL, 1, model)
+    shutil.rmtree(base / ".serving_sync" / "manifests")
+    p = base / MODEL / "1" / "variables" / "variables.index"
+    data = bytearray(p.read_bytes())
+    data[0] ^= 1
+    p.write_bytes(bytes(data))                                # same size: only a hash sees it
+    with connect(sshd, base) as t:
+        with pytest.raises(PublishRefused, match="sha256 mismatch"):
+            publish(t, MODEL, 1, model)
+
+
+def test_a_host_without_mkfifo_still_verifies_by_hashing_after_extraction(sshd, tmp_path, monkeypatch):
+    """The older two-pass script is kept for hosts without a FIFO; it still checks every file."""
+    monkeypatch.setattr(ssh_scripts, "_PICK_HASH", ssh_scripts._PICK_HASH + "mkfifo() { return 1; }\n")
+    model = make_model_tree(tmp_path / "m")
+    with connect(sshd, tmp_path / "base") as t:
+        r = publish(t, MODEL, 1, model)
+        assert r.status == "uploaded" and t.verify(f"{MODEL}/1", mf.build(model)) == []
+
+
+def test_a_carriage_return_name_through_ssh_publish_is_one_line_and_the_host_is_untouched(sshd, tmp_path):
+    model = make_model_tree(tmp_path / "m")
+    (model / "assets" / "evil\r.txt").write_bytes(b"x")
+    base = tmp_path / "base"
+    with connect(sshd, base) as t:
+        for manifest in (None, "build"):
+            with pytest.raises(UserError) as e:
+                publish(t, MODEL, 1, model, mf.build(model) if manifest else None)
+            assert "cannot be published" in one_line(e.value)
+    assert not (base / MODEL).exists() or os.listdir(base / MODEL) == []
