@@ -171,3 +171,63 @@ def label_map(models: tuple[ModelEntry, ...], available: set[tuple[str, int]],
                                           f"{m.name}, which is not currently available for inference")
             result.setdefault(m.name, {})[label] = version
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# --monitoring_config_file
+# --------------------------------------------------------------------------------------------
+PROMETHEUS_DEFAULT_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
+
+
+def _monitoring_config_class():
+    """``tensorflow.serving.MonitoringConfig`` (config/monitoring_config.proto).
+
+    tensorflow-serving-api ships no ``monitoring_config_pb2``; the schema is built here from
+    the same field names and numbers so text-format parsing is protobuf's own.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    f = descriptor_pb2.FileDescriptorProto(name="tensorflow_serving/config/monitoring_config.proto",
+                                           package="tensorflow.serving", syntax="proto3")
+    fd = descriptor_pb2.FieldDescriptorProto
+    prom = f.message_type.add(name="PrometheusConfig")
+    prom.field.add(name="enable", number=1, type=fd.TYPE_BOOL, label=fd.LABEL_OPTIONAL)
+    prom.field.add(name="path", number=2, type=fd.TYPE_STRING, label=fd.LABEL_OPTIONAL)
+    mon = f.message_type.add(name="MonitoringConfig")
+    mon.field.add(name="prometheus_config", number=1, type=fd.TYPE_MESSAGE, label=fd.LABEL_OPTIONAL,
+                  type_name=".tensorflow.serving.PrometheusConfig")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+
+
+def metrics_path(text: str, path: str = "<text>") -> str | None:
+    """The path the REST port serves Prometheus metrics on, or None when not enabled.
+
+    As ``CreateAndStartHttpServer``: only ``prometheus_config { enable: true }`` turns it on; an
+    empty ``path`` means ``/monitoring/prometheus/metrics``.
+    """
+    from google.protobuf import text_format
+
+    msg = _monitoring_config_class()()
+    try:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as exc:
+        raise invalid_argument(f"Invalid protobuf file: '{path}' ({exc})") from None
+    if not msg.prometheus_config.enable:
+        return None
+    return msg.prometheus_config.path or PROMETHEUS_DEFAULT_PATH
+
+
+def read_metrics_path(path: str) -> str | None:
+    """``metrics_path`` of a ``--monitoring_config_file``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ServingError("NOT_FOUND", f"{path}; No such file or directory") from None
+    except OSError as exc:
+        raise ServingError("UNKNOWN", f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
+    return metrics_path(text, path)

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 
 import numpy as np
 
@@ -37,6 +38,11 @@ UINT32_MAX, UINT64_MAX = 2**32 - 1, 2**64 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 ROW, COLUMNAR = "row", "columnar"
+
+MAX_ECHO_CHARS = 1024       # input echoed in an error message is cut here (TF Serving echoes it whole)
+MAX_MESSAGE_CHARS = 4096    # and no error message is longer than this
+MAX_RANK = 64               # numpy's limit; TF Serving CHECK-fails (crashes) past its own 254
+DBL_MAX_INT = int(sys.float_info.max)
 
 _PARSE_MESSAGES = {  # Python's json messages -> rapidjson's GetParseError_En texts
     "Expecting value": "Invalid value.",
@@ -93,11 +99,22 @@ def format_float(v: float, float32: bool = True) -> str:
     return s
 
 
+def truncate(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """Cut echoed input so a huge request cannot make a huge error message."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _value_text(v) -> str:
-    """``JsonValueToString`` (used only in error messages)."""
+    """``JsonValueToString`` (used only in error messages), cut at ``MAX_ECHO_CHARS``."""
     if isinstance(v, float):
         return format_float(v, float32=False)
-    return json.dumps(v, indent=4 if isinstance(v, (dict, list)) else None, ensure_ascii=False)
+    if isinstance(v, str):
+        v = truncate(v)
+    elif isinstance(v, (dict, list)) and len(v) > MAX_ECHO_CHARS:
+        v = v[:MAX_ECHO_CHARS] if isinstance(v, list) else dict(list(v.items())[:MAX_ECHO_CHARS])
+    return truncate(json.dumps(v, indent=4 if isinstance(v, (dict, list)) else None, ensure_ascii=False))
 
 
 def _format_error(doc, *parts: str) -> ServingError:
@@ -116,7 +133,8 @@ def parse_json(body: bytes):
         raise invalid_argument("JSON Parse error: The document is empty. at offset: "
                                f"{len(text)}")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=lambda t: _parse_int(t, text),
+                         parse_float=lambda t: _parse_float(t, text))
     except json.JSONDecodeError as exc:
         msg = next((m for k, m in _PARSE_MESSAGES.items() if exc.msg.startswith(k)), exc.msg)
         raise invalid_argument(f"JSON Parse error: {msg} at offset: {exc.pos}") from None
@@ -125,6 +143,30 @@ def parse_json(body: bytes):
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc
+
+
+def _too_big(token: str, text: str) -> ServingError:
+    """rapidjson's kParseErrorNumberTooBig (a number past DBL_MAX), at the number's offset."""
+    return invalid_argument("JSON Parse error: Number too big to be stored in double. at offset: "
+                            f"{max(0, text.find(token))}")
+
+
+def _parse_int(token: str, text: str) -> int:
+    """Integers as rapidjson takes them: past uint64 they are doubles, past DBL_MAX an error
+    (Python's own int() would refuse over 4300 digits with a ValueError)."""
+    if len(token) > 400:
+        raise _too_big(token[:400], text)
+    v = int(token)
+    if abs(v) > DBL_MAX_INT:
+        raise _too_big(token, text)
+    return v
+
+
+def _parse_float(token: str, text: str) -> float:
+    v = float(token)
+    if math.isinf(v):
+        raise _too_big(token[:400], text)
+    return v
 
 
 def signature_name(doc: dict) -> str:
@@ -252,6 +294,9 @@ def _fill(v, level: int, dt: int, shape: list[int], out: list) -> None:
 
 
 def _to_array(values: list, shape: list[int], dt: int) -> np.ndarray:
+    if len(shape) > MAX_RANK:
+        raise invalid_argument(f"Tensor of rank {len(shape)} (lists nested {len(shape)} deep): more "
+                               f"than the {MAX_RANK} dimensions supported")
     np_type = _NUMPY.get(dt)
     if np_type is None:
         raise ServingError("UNIMPLEMENTED", f"Conversion of JSON to type: {dtype_name(dt)}")

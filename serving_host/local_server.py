@@ -4,7 +4,10 @@ NOT TensorFlow Serving. Production hosts run the real ``tensorflow/serving`` ima
 ``serving_host/install_server.sh``). This stands in for ``tensorflow_model_server`` where that
 binary cannot run (the embedded default, the tests, CI): same flags (``--flag=value``), same
 ``models.config`` schema, same version policies and transitions, same REST API and the gRPC
-ModelService (GetModelStatus, HandleReloadConfigRequest).
+ModelService (GetModelStatus, HandleReloadConfigRequest) and PredictionService, warmup replay of
+``assets.extra/tf_serving_warmup_requests``, and with ``--monitoring_config_file`` the Prometheus
+page of TF Serving's exporter on the REST port. The REST edge holds under hostile input: a fixed
+worker pool, socket timeouts, a body-size limit, the model resolved before the body is read.
 """
 from __future__ import annotations
 
@@ -26,14 +29,20 @@ This server stands in for tensorflow_model_server where that binary cannot run
 proto), polls model base paths for numeric version directories, applies the
 latest/all/specific version policies, loads a new version before unloading the
 old one, enforces the version label rules, and serves the same REST API
-(/v1/models/...) and the gRPC ModelService on --port.
+(/v1/models/...), the gRPC ModelService and PredictionService on --port, replays
+warmup requests before a version becomes AVAILABLE, and with
+--monitoring_config_file serves Prometheus metrics on the REST port.
 """
 
 EPILOG = """\
 example:
   python -m serving_host.local_server --rest_api_port=8501 --port=8500 \\
       --model_config_file=/var/models/models.config \\
-      --model_config_file_poll_wait_seconds=1 --file_system_poll_wait_seconds=1
+      --model_config_file_poll_wait_seconds=1 --file_system_poll_wait_seconds=1 \\
+      --monitoring_config_file=/var/models/monitoring.config
+
+monitoring.config (MonitoringConfig text proto):
+  prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }
 """
 
 
@@ -51,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--port", type=int, metavar="N", default=0,
-                   help="gRPC port for the ModelService (GetModelStatus, HandleReloadConfigRequest); "
+                   help="gRPC port for the ModelService and PredictionService (Predict, Classify, Regress, "
+                        "MultiInference, GetModelMetadata); "
                         "0 = no gRPC (default: 0; real TF Serving defaults to 8500)")
     p.add_argument("--rest_api_port", type=int, metavar="N", default=0,
                    help="port for the HTTP/REST API; 0 = no REST API (default: 0)")
@@ -76,6 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a NEW label to point at a version that is not loaded yet (default: false)")
     p.add_argument("--num_load_threads", type=int, metavar="N", default=4,
                    help="threads that load/unload versions in the background (default: 4)")
+    p.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
+                   metavar="BOOL",
+                   help="replay <version>/assets.extra/tf_serving_warmup_requests before a version "
+                        "becomes AVAILABLE (default: true)")
+    p.add_argument("--num_request_iterations_for_warmup", type=int, metavar="N", default=1,
+                   help="times each warmup request is replayed; used only if > 0 (default: 1)")
+    p.add_argument("--monitoring_config_file", default="", metavar="FILE",
+                   help="MonitoringConfig text proto; with prometheus_config { enable: true } the "
+                        "REST port serves Prometheus metrics at its path (default: "
+                        "/monitoring/prometheus/metrics)")
+    p.add_argument("--rest_api_num_threads", type=int, metavar="N", default=None,
+                   help="worker threads for REST requests; idle connections hold none "
+                        "(default: 4 x CPUs, as TF Serving)")
+    p.add_argument("--rest_api_socket_timeout_seconds", type=float, metavar="S", default=30.0,
+                   help="close a REST connection idle or stalled this long (local server only; "
+                        "default: 30)")
+    p.add_argument("--rest_api_max_body_bytes", type=int, metavar="N", default=64 * 1024 * 1024,
+                   help="answer 413 to a larger REST request body without reading it (local server "
+                        "only; default: 67108864 = 64 MiB)")
     p.add_argument("--bind_address", default="127.0.0.1", metavar="ADDR",
                    help="address both ports listen on (local server only; real TF Serving listens on "
                         "all interfaces) (default: 127.0.0.1)")
@@ -105,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("port", "rest_api_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             return _fail(f"--{flag} must be between 0 and 65535", 2)
+    if args.rest_api_num_threads is not None and args.rest_api_num_threads < 1:
+        return _fail("--rest_api_num_threads must be at least 1", 2)
+    if args.rest_api_socket_timeout_seconds <= 0 or args.rest_api_max_body_bytes < 0:
+        return _fail("--rest_api_socket_timeout_seconds must be > 0 and --rest_api_max_body_bytes >= 0", 2)
     _setup_logging()
     log = logging.getLogger("serving_host")
     log.info("Local TF-Serving-compatible server (not TensorFlow Serving; production uses "
@@ -128,12 +161,20 @@ def main(argv: list[str] | None = None) -> int:
             initial = cfg.to_server_config(cfg.single_model_proto(args.model_name, args.model_base_path))
     except ServingError as exc:
         return _fail(f"{exc.message}; fix the model config and start again")
+    metrics_path = None
+    if args.monitoring_config_file:
+        try:
+            metrics_path = cfg.read_metrics_path(args.monitoring_config_file)
+        except ServingError as exc:
+            return _fail(f"{exc.message}; fix --monitoring_config_file and start again")
 
     manager = Manager(max_num_load_retries=args.max_num_load_retries,
                       load_retry_interval_micros=args.load_retry_interval_micros,
                       file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
                       allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
-                      num_load_threads=args.num_load_threads)
+                      num_load_threads=args.num_load_threads,
+                      enable_model_warmup=args.enable_model_warmup,
+                      num_request_iterations_for_warmup=args.num_request_iterations_for_warmup)
     try:
         manager.reload_config(initial)
     except ServingError as exc:
@@ -154,8 +195,15 @@ def main(argv: list[str] | None = None) -> int:
             grpc_server = grpc_service.serve(manager, args.bind_address, args.port)
             log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, args.port)
         if args.rest_api_port:
-            http_server, _ = rest.serve(rest.RestApi(manager), args.bind_address, args.rest_api_port)
+            http_server, _ = rest.serve(
+                rest.RestApi(manager), args.bind_address, args.rest_api_port,
+                num_threads=args.rest_api_num_threads or rest.DEFAULT_NUM_THREADS,
+                socket_timeout=args.rest_api_socket_timeout_seconds,
+                max_body_bytes=args.rest_api_max_body_bytes, metrics_path=metrics_path)
             log.info("Exporting HTTP/REST API at:%s:%d ...", args.bind_address, args.rest_api_port)
+            if metrics_path:
+                log.info("Prometheus metrics at http://%s:%d%s", args.bind_address,
+                         args.rest_api_port, metrics_path)
     except OSError as exc:
         manager.stop()
         if grpc_server is not None:

@@ -1,21 +1,35 @@
-"""TF Serving's REST API (``api_rest.md``) over a threaded HTTP/1.1 server with keep-alive.
+"""TF Serving's REST API (``api_rest.md``) over HTTP/1.1 with keep-alive, and edges that hold.
 
 ``RestApi`` maps (method, path, body) to (HTTP status, JSON text) exactly as
 ``HttpRestApiHandler`` does: the same path patterns, the same ``{ "error": ... }`` bodies and
 status codes, ``Content-Type: application/json``; paths outside ``/v1/`` get libevent's 404.
-``serve`` wraps it in a ``ThreadingHTTPServer`` (one thread per connection, keep-alive,
-``TCP_NODELAY``, one write per response) so concurrent clients do not wait on each other.
+Every request under ``/v1/`` is counted in the metrics as ``http_server.cc`` counts it.
+
+``RestServer`` is the transport, shaped like TF Serving's libevent server so hostile clients
+cannot take it down: one selector thread holds idle and keep-alive connections (no thread
+each), a fixed pool of ``num_threads`` workers runs requests, every socket has a timeout
+(a stalled or idle connection is closed after it), a body over ``max_body_bytes`` gets 413
+without being read, and the servable is resolved before the body is read, so a large POST to an
+unknown model is answered 404 and discarded, never held in memory.
 """
 from __future__ import annotations
 
+import io
 import logging
+import os
+import queue
 import re
+import selectors
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
 
 from serving_host import json_codec as jc
+from serving_host import metrics
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
 
@@ -28,9 +42,78 @@ MODEL_STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
 INT64_MAX = 2**63 - 1
 
-# libevent's evhttp_send_error() page, which TF Serving sends for paths outside /v1/.
-NOT_FOUND_PAGE = ("<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
-                  "</BODY></HTML>\n")
+DEFAULT_NUM_THREADS = 4 * (os.cpu_count() or 1)  # server.h: 4.0 * port::NumSchedulableCPUs()
+DEFAULT_SOCKET_TIMEOUT = 30.0
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_CONNECTIONS = 1024
+MAX_HEAD_BYTES = 65536 + 100 * 8192  # request line + headers, as http.server's own limits
+LINGER_SECONDS = 2.0  # after answering without reading a body, discard what the client still sends
+
+
+def _page(status: int, reason: str) -> str:
+    """libevent's ``evhttp_send_error()`` page."""
+    return (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+            "</BODY></HTML>\n")
+
+
+NOT_FOUND_PAGE = _page(404, "Not Found")
+BAD_REQUEST_PAGE = _page(400, "Bad Request")
+TOO_LARGE_PAGE = _page(413, "Request Entity Too Large")
+
+
+class BodyTooLarge(Exception):
+    """The request body is over ``max_body_bytes``."""
+
+
+class BodyUnreadable(Exception):
+    """The body could not be read (malformed chunking, the client went away, a timeout)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """What ``ParseModelInfo`` takes from a request line (``error`` if it cannot be served)."""
+    method: str
+    kind: str = ""          # predict / classify / regress (POST), status / metadata (GET)
+    name: str = ""
+    version: int | None = None
+    label: str | None = None
+    error: ServingError | None = None
+
+    @property
+    def api(self) -> str:
+        """The ``API`` label of request_latency: the POST verb, "" for GET (as http_server.cc)."""
+        return self.kind if self.method == "POST" else ""
+
+
+def route(method: str, path: str) -> Route:
+    """Parse a ``/v1/`` path; never raises (a bad request carries its error)."""
+    malformed = invalid_argument(f"Malformed request: {method} {jc.truncate(path)}")
+    if method == "POST":
+        m = PREDICTION_RE.fullmatch(path)
+    elif method == "GET":
+        m = MODEL_STATUS_RE.fullmatch(path)
+    else:
+        m = None
+    if m is None:
+        return Route(method, error=malformed)
+    name = unquote(m.group(1)) if m.group(1) else ""
+    if method == "POST":
+        kind = m.group(4)  # as matched: TF Serving's (?i) path takes ":PREDICT", its dispatch does not
+        if kind not in ("predict", "classify", "regress"):
+            return Route(method, kind, name, error=malformed)
+    else:
+        kind = "metadata" if m.group(4) == "metadata" else "status"
+    label = unquote(m.group(3)) if m.group(3) else None
+    version = None
+    if m.group(2):
+        version = int(m.group(2))
+        if version > INT64_MAX:
+            return Route(method, kind, name, error=invalid_argument(
+                f"Failed to convert version: {jc.truncate(m.group(2))} to numeric."))
+    if method == "GET" and not name:
+        return Route(method, kind, name, version, label,
+                     error=invalid_argument("Missing model name in request."))
+    return Route(method, kind, name, version, label)
 
 
 class RestApi:
@@ -39,47 +122,51 @@ class RestApi:
     def __init__(self, manager: Manager):
         self.manager = manager
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
-        try:
-            return 200, self._process(method, path, body)
-        except ServingError as exc:
-            return exc.http_status, jc.error_body(exc.message)
-        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never a hang
-            log.exception("internal error processing %s %s", method, path)
-            return 500, jc.error_body(f"Internal: {exc.__class__.__name__}: {exc}")
+    def handle(self, method: str, path: str, body) -> tuple[int, str]:
+        """Answer one request under ``/v1/`` and count it (request_count, request_latency).
 
-    def _process(self, method: str, path: str, body: bytes) -> str:
-        malformed = invalid_argument(f"Malformed request: {method} {path}")
-        if method == "POST":
-            m = PREDICTION_RE.fullmatch(path)
-        elif method == "GET":
-            m = MODEL_STATUS_RE.fullmatch(path)
-        else:
-            m = None
-        if m is None:
-            raise malformed
-        name = unquote(m.group(1)) if m.group(1) else ""
-        version = None
-        if m.group(2):
-            version = int(m.group(2))
-            if version > INT64_MAX:
-                raise invalid_argument(f"Failed to convert version: {m.group(2)} to numeric.")
-        label = unquote(m.group(3)) if m.group(3) else None
-        if method == "POST":
-            kind = m.group(4)
-            if kind == "predict":
-                return self.predict(name, version, label, body)
-            if kind == "classify":
-                return self.classify(name, version, label, body)
-            if kind == "regress":
-                return self.regress(name, version, label, body)
-            raise malformed
-        if not name:
-            raise invalid_argument("Missing model name in request.")
-        if m.group(4) == "metadata":
-            with self.manager.handle(name, version, label) as servable:
+        ``body`` is the bytes or a callable that reads them; it is called only once the model
+        version is resolved, so a body sent to an unknown model is never read. Errors of the
+        body read itself (``BodyTooLarge``, ``OSError``, ``ValueError``) propagate to the transport.
+        """
+        start = time.monotonic()
+        r = route(method, path)
+        code = "OK"
+        try:
+            if r.error is not None:
+                raise r.error
+            if r.method == "POST":
+                with self.manager.handle(r.name, r.version, r.label):
+                    pass  # NOT_FOUND etc. before a byte of the body is read
+                body = _read(body)
+            status, text = 200, self._process(r, body)
+        except ServingError as exc:
+            code = exc.code
+            status, text = exc.http_status, jc.error_body(jc.truncate(exc.message, jc.MAX_MESSAGE_CHARS))
+        except RecursionError:
+            code = "INVALID_ARGUMENT"
+            status, text = 400, jc.error_body("JSON Parse error: Terminate parsing due to Handler error.")
+        except (BodyTooLarge, BodyUnreadable):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never a hang
+            log.exception("internal error processing %s %s", method, jc.truncate(path))
+            code = "INTERNAL"
+            status, text = 500, jc.error_body(jc.truncate(f"Internal: {exc.__class__.__name__}: {exc}",
+                                                          jc.MAX_MESSAGE_CHARS))
+        metrics.record_request(r.name, r.api, "REST", code, time.monotonic() - start)
+        return status, text
+
+    def _process(self, r: Route, body) -> str:
+        if r.kind == "predict":
+            return self.predict(r.name, r.version, r.label, body)
+        if r.kind == "classify":
+            return self.classify(r.name, r.version, r.label, body)
+        if r.kind == "regress":
+            return self.regress(r.name, r.version, r.label, body)
+        if r.kind == "metadata":
+            with self.manager.handle(r.name, r.version, r.label) as servable:
                 return servable.metadata_json()
-        return self.status(name, version)
+        return self.status(r.name, r.version)
 
     def predict(self, name, version, label, body: bytes) -> str:
         doc = jc.parse_json(body)
@@ -118,6 +205,15 @@ class RestApi:
                                          always_print_fields_with_no_presence=True, indent=1)
 
 
+def _read(body) -> bytes:
+    if not callable(body):
+        return body
+    try:
+        return body()
+    except (OSError, ValueError) as exc:
+        raise BodyUnreadable(str(exc)) from exc
+
+
 def status_response(manager: Manager, name: str, version: int | None):
     """A ``GetModelStatusResponse`` proto (shared by REST and gRPC)."""
     from tensorflow_serving.apis import get_model_status_pb2
@@ -132,13 +228,68 @@ def status_response(manager: Manager, name: str, version: int | None):
     return response
 
 
+# --------------------------------------------------------------------------------------------
+# transport
+# --------------------------------------------------------------------------------------------
+class _Body:
+    """Reads a request body on demand, at most ``limit`` bytes; remembers if it was read."""
+
+    def __init__(self, headers, rfile, limit: int):
+        self.rfile, self.limit = rfile, limit
+        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self.length = int(headers.get("Content-Length") or 0)  # ValueError -> 400
+        if self.length < 0:
+            raise ValueError("negative Content-Length")
+        self.consumed = not self.chunked and self.length == 0
+
+    def read(self) -> bytes:
+        self.consumed = True
+        if self.chunked:
+            return self._read_chunked()
+        if self.length > self.limit:
+            self.consumed = False
+            raise BodyTooLarge()
+        data = self.rfile.read(self.length) if self.length else b""
+        if len(data) < self.length:
+            raise ConnectionError("client closed the connection inside the body")
+        return data
+
+    def _read_chunked(self) -> bytes:
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(65537)
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            total += size
+            if total > self.limit:
+                self.consumed = False
+                raise BodyTooLarge()
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(3)
+
+
 class _Handler(BaseHTTPRequestHandler):
+    """One per connection, kept across its keep-alive requests (see ``_Connection``)."""
     protocol_version = "HTTP/1.1"
     server_version = "tfserving-local"
     sys_version = ""
 
+    @classmethod
+    def attach(cls, sock: socket.socket, address, server: "RestServer", prefix: bytearray) -> "_Handler":
+        """Set up without running ``handle()`` (the server drives requests one at a time)."""
+        h = cls.__new__(cls)
+        h.request, h.client_address, h.server = sock, address, server
+        h.setup()
+        h.rfile = io.BufferedReader(_Prefixed(sock, prefix), 65536)
+        h.close_connection = False
+        return h
+
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.socket_timeout)
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -147,24 +298,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - %s", self.address_string(), format % args)
 
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                line = self.rfile.readline(65537)
-                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(3)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _reply(self, status: int, content_type: str, text: str, *, head: bool = False) -> None:
+    def _reply(self, status: int, content_type: str, text: str, *, head: bool = False,
+               reason: str | None = None) -> None:
         body = text.encode("utf-8")
-        reason = self.responses.get(status, ("",))[0]
+        reason = reason or self.responses.get(status, ("",))[0]
         lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
                  f"Content-Length: {len(body)}"]
         if self.close_connection:
@@ -174,36 +311,276 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _dispatch(self) -> None:
+        server: RestServer = self.server  # type: ignore[assignment]
+        head = self.command == "HEAD"
         try:
-            body = self._read_body()
-        except (ValueError, OSError):
+            body = _Body(self.headers, self.rfile, server.max_body_bytes)
+        except ValueError:
             self.close_connection = True
-            self._reply(400, "text/html", "<HTML><HEAD>\n<TITLE>400 Bad Request</TITLE>\n</HEAD>"
-                                          "<BODY>\n<H1>Bad Request</H1>\n</BODY></HTML>\n")
+            self._reply(400, "text/html", BAD_REQUEST_PAGE)
+            self._linger()
             return
         path = urlsplit(self.path).path
-        if not PATH_RE.fullmatch(path):
-            self._reply(404, "text/html", NOT_FOUND_PAGE, head=self.command == "HEAD")
+        try:
+            if server.metrics_path is not None and path == server.metrics_path:
+                status, ctype, text = 200, "text/plain", metrics.render()
+            elif not PATH_RE.fullmatch(path):
+                status, ctype, text = 404, "text/html", NOT_FOUND_PAGE
+            else:
+                status, text = server.api.handle(self.command, path, body.read)
+                ctype = "application/json"
+        except BodyTooLarge:
+            self.close_connection = True
+            self._reply(413, "text/html", TOO_LARGE_PAGE, reason="Request Entity Too Large")
+            self._linger()
             return
-        status, text = self.server.api.handle(self.command, path, body)  # type: ignore[attr-defined]
-        self._reply(status, "application/json", text, head=self.command == "HEAD")
+        except BodyUnreadable as exc:
+            self.close_connection = True
+            if isinstance(exc.__cause__, ValueError):  # a malformed chunk size
+                self._reply(400, "text/html", BAD_REQUEST_PAGE)
+            return
+        if not body.consumed:
+            self.close_connection = True  # the unread body would be taken for the next request
+        self._reply(status, ctype, text, head=head)
+        if not body.consumed:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close politely: stop writing, discard what the client still sends (bounded), so it reads
+        the answer instead of a connection reset. Nothing is kept: one small buffer is reused."""
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            buf = bytearray(65536)
+            deadline = time.monotonic() + LINGER_SECONDS
+            sock.settimeout(0.25)
+            while time.monotonic() < deadline:
+                try:
+                    if sock.recv_into(buf) == 0:
+                        break
+                except TimeoutError:
+                    continue
+        except OSError:
+            pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _dispatch
 
 
-class RestServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+class _Prefixed(io.RawIOBase):
+    """The socket, after the bytes the selector thread already read (the request head)."""
 
-    def __init__(self, address: tuple[str, int], api: RestApi):
-        self.api = api
-        super().__init__(address, _Handler)
+    def __init__(self, sock: socket.socket, prefix: bytearray):
+        self.sock, self.prefix = sock, prefix
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int | None:
+        if self.prefix:
+            n = min(len(b), len(self.prefix))
+            b[:n] = self.prefix[:n]
+            del self.prefix[:n]
+            return n
+        try:
+            return self.sock.recv_into(b)
+        except (BlockingIOError, InterruptedError):
+            return None
 
 
-def serve(api: RestApi, host: str, port: int) -> tuple[RestServer, threading.Thread]:
-    """Start serving in a background thread; ``server.shutdown()`` stops it."""
-    server = RestServer((host, port), api)
+class _Connection:
+    """A client connection: parked in the selector until its request head has arrived, then
+    served by a worker. A client that connects and stalls, or sends its head slowly, holds no
+    thread and is closed when its deadline passes."""
+
+    def __init__(self, sock: socket.socket, address, server: "RestServer"):
+        self.sock = sock
+        self.head = bytearray()
+        self.handler = _Handler.attach(sock, address, server, self.head)
+        self.timeout = server.socket_timeout
+
+    def fill(self) -> str:
+        """Read what arrived (selector thread): "ready" with a whole head, "more", or "closed"."""
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return "more"
+        except OSError:
+            return "closed"
+        if not data:
+            return "closed"
+        self.head += data
+        if b"\r\n\r\n" in self.head or b"\n\n" in self.head or len(self.head) > MAX_HEAD_BYTES:
+            return "ready"
+        return "more"
+
+    def serve(self) -> bool:
+        """Answer the requests that are ready; True if the connection stays open."""
+        h = self.handler
+        while True:
+            h.handle_one_request()  # a socket timeout inside sets close_connection
+            if h.close_connection:
+                return False
+            if not self._buffered():
+                return True
+
+    def _buffered(self) -> bool:
+        """A pipelined request already read into the buffer (the selector would not see it)."""
+        try:
+            self.sock.settimeout(0)
+            return bool(self.handler.rfile.peek(1))
+        except OSError:
+            return False
+        finally:
+            try:
+                self.sock.settimeout(self.timeout)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        try:
+            self.handler.finish()
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class RestServer:
+    """A selector thread for idle connections and ``num_threads`` workers for requests."""
+
+    def __init__(self, address: tuple[str, int], api: RestApi, *, num_threads: int = DEFAULT_NUM_THREADS,
+                 socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, metrics_path: str | None = None,
+                 max_connections: int = MAX_CONNECTIONS):
+        self.api, self.socket_timeout, self.max_body_bytes = api, socket_timeout, max_body_bytes
+        self.metrics_path, self.max_connections = metrics_path, max_connections
+        self.socket = socket.create_server(address, backlog=128)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, num_threads), thread_name_prefix="rest")
+        self._back: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+
+    # -- worker side --------------------------------------------------------------------------
+    def _work(self, conn: _Connection) -> None:
+        alive = False
+        try:
+            alive = conn.serve()
+        except OSError:
+            pass
+        except Exception:  # noqa: BLE001 - never lose the connection bookkeeping
+            log.exception("REST connection failed")
+        if not alive:
+            conn.close()
+        self._back.put((conn, alive))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    # -- selector side ------------------------------------------------------------------------
+    def serve_forever(self, poll_interval: float = 0.2) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.socket, selectors.EVENT_READ, "accept")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        idle: dict[_Connection, float] = {}  # parked connection -> deadline, oldest first
+        busy = 0
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(timeout=poll_interval):
+                    if key.data == "accept":
+                        self._accept(sel, idle, busy)
+                    elif key.data == "wake":
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except (BlockingIOError, InterruptedError):
+                            pass
+                        while True:
+                            try:
+                                conn, alive = self._back.get_nowait()
+                            except queue.Empty:
+                                break
+                            busy -= 1
+                            if alive:
+                                sel.register(conn.sock, selectors.EVENT_READ, conn)
+                                idle[conn] = time.monotonic() + self.socket_timeout
+                    else:
+                        conn = key.data
+                        state = conn.fill()
+                        if state == "more":
+                            continue  # keeps its deadline: a slow head is closed like a silent one
+                        sel.unregister(conn.sock)
+                        idle.pop(conn, None)
+                        if state == "closed":
+                            conn.close()
+                            continue
+                        busy += 1
+                        self._pool.submit(self._work, conn)
+                now = time.monotonic()
+                for conn in [c for c, deadline in idle.items() if deadline <= now]:
+                    sel.unregister(conn.sock)
+                    del idle[conn]
+                    conn.close()
+        finally:
+            for conn in idle:
+                conn.close()
+            sel.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._stopped.set()
+
+    def _accept(self, sel, idle: dict, busy: int) -> None:
+        while True:
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: keep serving who is connected
+                log.warning("REST accept failed: %s", exc)
+                return
+            if len(idle) + busy >= self.max_connections:
+                if not idle:
+                    sock.close()
+                    continue
+                oldest = next(iter(idle))  # evict the longest-parked connection
+                sel.unregister(oldest.sock)
+                del idle[oldest]
+                oldest.close()
+            try:
+                conn = _Connection(sock, address, self)
+            except OSError:
+                sock.close()
+                continue
+            sel.register(sock, selectors.EVENT_READ, conn)
+            idle[conn] = time.monotonic() + self.socket_timeout
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+        self._stopped.wait(10)
+
+    def server_close(self) -> None:
+        for s in (self.socket, self._wake_r, self._wake_w):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def serve(api: RestApi, host: str, port: int, **options) -> tuple[RestServer, threading.Thread]:
+    """Start serving in a background thread; ``server.shutdown()`` stops it.
+
+    ``options``: ``num_threads``, ``socket_timeout``, ``max_body_bytes``, ``metrics_path``.
+    """
+    server = RestServer((host, port), api, **options)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               name="rest", daemon=True)
     thread.start()

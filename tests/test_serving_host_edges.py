@@ -1,0 +1,216 @@
+"""The local server's REST edge under hostile input, against a real running server.
+
+Each case is sent over real sockets to ``python -m serving_host.local_server`` (TF Serving's
+half_plus_two test model) started with a small worker pool (3 threads) and a short socket
+timeout (2 s), and each ends by showing the server still answers a normal predict:
+
+- a 57 MiB POST to an unknown model: 404 with TF Serving's JSON error, the body never read
+  (the server's RSS, from /proc, grows by less than 24 MiB);
+- a body over ``--rest_api_max_body_bytes``: libevent's 413 page at once, nothing read;
+- JSON nested too deep and integers/floats too large: 400 ``{ "error": ... }``, never 500;
+- echoed input in error messages is cut;
+- many silent and slow-header connections (more than the workers) do not stop normal
+  requests, and all are closed after the socket timeout.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.helpers import TF_SERVING_TESTDATA
+
+HALF_PLUS_TWO = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu"
+SOCKET_TIMEOUT = 2
+THREADS = 3
+MAX_BODY = 64 * 1024 * 1024
+CONFIG = f"""model_config_list {{
+  config {{ name: "default" base_path: "{HALF_PLUS_TWO}" model_platform: "tensorflow" }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tfserving_session_factory, tmp_path_factory):
+    srv = tfserving_session_factory(
+        tmp_path_factory.mktemp("edges-serving"), CONFIG, grpc=False,
+        extra_args=(f"--rest_api_socket_timeout_seconds={SOCKET_TIMEOUT}",
+                    f"--rest_api_num_threads={THREADS}", f"--rest_api_max_body_bytes={MAX_BODY}"))
+    srv.wait_for_state("default", 123, "AVAILABLE")
+    yield srv
+    srv.stop()
+
+
+def _predict(srv, body=None, *, raw: bytes | None = None, model: str = "default",
+             timeout: float = 30) -> requests.Response:
+    data = raw if raw is not None else json.dumps(body if body is not None else {"instances": [1.0]})
+    return requests.post(f"{srv.rest_url}/v1/models/{model}:predict", data=data, timeout=timeout)
+
+
+def _still_serves(srv) -> None:
+    r = _predict(srv, {"instances": [1.0, 2.0]}, timeout=10)
+    assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.0]}, r.text
+
+
+def _error(r: requests.Response) -> str:
+    assert r.headers["Content-Type"] == "application/json", r.headers
+    doc = r.json()
+    assert list(doc) == ["error"], doc
+    return doc["error"]
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _raw_request(srv, head: bytes, body: bytes = b"", timeout: float = 10) -> bytes:
+    """Send bytes on a fresh connection; return everything until the server closes it."""
+    with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=timeout) as s:
+        s.sendall(head + body)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+# -- a large body -------------------------------------------------------------------------------
+def test_57_mib_post_to_unknown_model_is_404_without_reading_the_body(server):
+    body = b'{"instances": [' + b"1.0," * (57 * 1024 * 1024 // 4) + b"1.0]}"
+    assert len(body) > 57 * 1024 * 1024
+    _still_serves(server)  # warm: first requests allocate caches
+    before = _rss_mib(server.proc.pid)
+    r = _predict(server, raw=body, model="no_such_model", timeout=60)
+    after = _rss_mib(server.proc.pid)
+    assert r.status_code == 404
+    assert _error(r) == "Servable not found for request: Latest(no_such_model)"
+    assert after - before < 24, f"RSS grew from {before:.0f} to {after:.0f} MiB"
+    _still_serves(server)
+
+
+def test_body_over_the_limit_is_413_at_once(server):
+    head = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1))
+    t0 = time.monotonic()
+    reply = _raw_request(server, head, b'{"instances": [1.0')  # the rest is never sent
+    assert reply.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), reply[:200]
+    assert b"Connection: close" in reply and b"<TITLE>413 Request Entity Too Large</TITLE>" in reply
+    assert time.monotonic() - t0 < SOCKET_TIMEOUT + 3  # answered, then closed after a bounded linger
+    _still_serves(server)
+
+
+def test_chunked_body_over_the_limit_is_413(server):
+    head = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    reply = _raw_request(server, head, b"%x\r\n" % (MAX_BODY + 1) + b"{")
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    _still_serves(server)
+
+
+# -- hostile JSON -------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [65, 100, 500, 990, 5000, 200_000])
+def test_json_nested_too_deep_is_400(server, depth):
+    raw = '{"instances": ' + "[" * depth + "1.0" + "]" * depth + "}"
+    r = _predict(server, raw=raw.encode())
+    assert r.status_code == 400, r.text[:300]
+    assert _error(r)
+    _still_serves(server)
+
+
+def test_deep_json_inside_an_object_is_400(server):
+    raw = '{"inputs": {"x": ' + "[" * 3000 + "]" * 3000 + "}}"
+    r = _predict(server, raw=raw.encode())
+    assert r.status_code == 400, r.text[:300]
+    _still_serves(server)
+
+
+@pytest.mark.parametrize("number", ["1" * 4301, "-" + "9" * 10_000, "1" * 310, "1e400", "-2.5e999"])
+def test_numbers_too_large_are_400_like_rapidjson(server, number):
+    raw = '{"instances": [' + number + "]}"
+    r = _predict(server, raw=raw.encode())
+    assert r.status_code == 400, r.text[:300]
+    assert _error(r) == "JSON Parse error: Number too big to be stored in double. at offset: 15"
+    _still_serves(server)
+
+
+def test_large_integer_that_fits_a_double_is_a_precision_error_not_a_crash(server):
+    r = _predict(server, raw=b'{"instances": [' + b"1" * 300 + b"]}")
+    assert r.status_code == 400 and "without loss of precision" in _error(r)
+
+
+def test_echoed_input_is_cut(server):
+    r = _predict(server, raw=json.dumps("x" * 200_000).encode())
+    message = _error(r)
+    assert r.status_code == 400 and message.startswith('JSON Value: "xxx')
+    assert message.endswith("Is not object") and len(message) < 1200, len(message)
+    assert "more characters" in message
+    long_path = "/v1/" + "p" * 20_000
+    r = requests.post(server.rest_url + long_path, data=b"{}", timeout=10)
+    message = _error(r)
+    assert r.status_code == 400 and message.startswith("Malformed request: POST /v1/ppp")
+    assert len(message) < 1200
+    _still_serves(server)
+
+
+# -- stalled connections ------------------------------------------------------------------------
+def test_stalled_connections_hold_no_worker_and_are_closed_after_the_timeout(server):
+    """20 silent sockets and 2 x THREADS sockets stuck inside their request head: more than the
+    workers, yet normal requests are answered at once; every stalled one is closed on time."""
+    addr = ("127.0.0.1", server.rest_port)
+    stalled = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(20):
+            stalled.append(socket.create_connection(addr, timeout=10))
+        for _ in range(2 * THREADS):
+            s = socket.create_connection(addr, timeout=10)
+            s.sendall(b"POST /v1/models/default:predict HTTP/1.1\r\nContent-Le")
+            stalled.append(s)
+        for _ in range(5):
+            t = time.monotonic()
+            _still_serves(server)
+            assert time.monotonic() - t < 1.0, "a normal request waited behind stalled connections"
+        closed_at = []
+        for s in stalled:
+            s.settimeout(SOCKET_TIMEOUT + 5)
+            try:
+                data = s.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", data[:200]  # closed without an answer, as an idle connection is
+            closed_at.append(time.monotonic() - t0)
+        assert max(closed_at) < SOCKET_TIMEOUT + 3, closed_at
+        assert min(closed_at) >= SOCKET_TIMEOUT - 0.5, closed_at
+    finally:
+        for s in stalled:
+            s.close()
+    _still_serves(server)
+
+
+def test_a_stalled_body_is_cut_after_the_timeout(server):
+    head = b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    t0 = time.monotonic()
+    reply = _raw_request(server, head, b'{"instances": [1', timeout=SOCKET_TIMEOUT + 8)
+    assert reply == b"" and time.monotonic() - t0 < SOCKET_TIMEOUT + 3
+    _still_serves(server)
+
+
+def test_keep_alive_and_pipelined_requests_still_work(server):
+    one = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+           b'{"instances": [1.0]}')
+    last = one.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")
+    reply = _raw_request(server, one + one + last)
+    assert reply.count(b"HTTP/1.1 200 OK") == 3, reply[:500]
+    with requests.Session() as s:
+        for _ in range(5):
+            r = s.post(f"{server.rest_url}/v1/models/default:predict", json={"instances": [2.0]}, timeout=10)
+            assert r.json() == {"predictions": [3.0]}
