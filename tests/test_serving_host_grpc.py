@@ -1,0 +1,353 @@
+"""The local server's gRPC PredictionService, called with tensorflow-serving-api's own stubs.
+
+The cases follow TF Serving's ``tensorflow_model_server_test.py`` (half_plus_two: y = 0.5x + 2, its
+classify/regress signatures, the response ``model_spec`` check of ``_VerifyModelSpec``) and the
+status codes and messages of ``predict_util.cc``, ``classifier.cc``, ``regressor.cc``,
+``multi_inference.cc``, ``get_model_metadata_impl.cc`` and ``server_core.cc``, over a real gRPC
+channel to ``python -m serving_host.local_server``.
+"""
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from tests.helpers import TF_SERVING_TESTDATA
+
+HALF_PLUS_TWO = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu"
+TWO_VERSIONS = TF_SERVING_TESTDATA / "saved_model_half_plus_two_2_versions"
+RPC_TIMEOUT = 10.0
+
+
+def _config(label: bool) -> str:
+    labels = 'version_labels { key: "stable" value: 123 }' if label else ""
+    return f"""model_config_list {{
+  config {{ name: "default" base_path: "{HALF_PLUS_TWO}" model_platform: "tensorflow" }}
+  config {{ name: "two" base_path: "{TWO_VERSIONS}" model_platform: "tensorflow"
+           model_version_policy {{ all {{}} }} {labels} }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tfserving_session_factory, tmp_path_factory):
+    srv = tfserving_session_factory(tmp_path_factory.mktemp("grpc-serving"), _config(False))
+    for name, version in (("default", 123), ("two", 123), ("two", 124)):
+        srv.wait_for_state(name, version, "AVAILABLE")
+    srv.write_config(_config(True))  # a label may only name a loaded version: second config
+    srv.channel = grpc.insecure_channel(srv.grpc_address)
+    grpc.channel_ready_future(srv.channel).result(timeout=60)
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    srv.stub = prediction_service_pb2_grpc.PredictionServiceStub(srv.channel)
+    deadline = time.monotonic() + 30
+    while True:  # bounded: the label is in force once the config poll applied it
+        try:
+            srv.stub.Predict(predict_request("two", label="stable"), RPC_TIMEOUT)
+            break
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    yield srv
+    srv.channel.close()
+    srv.stop()
+
+
+def predict_request(model="default", x=(2.0,), *, signature=None, version=None, label=None,
+                    output_filter=()):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    r = predict_pb2.PredictRequest()
+    r.model_spec.name = model
+    if signature is not None:
+        r.model_spec.signature_name = signature
+    if version is not None:
+        r.model_spec.version.value = version
+    if label is not None:
+        r.model_spec.version_label = label
+    r.inputs["x"].CopyFrom(tf.make_tensor_proto(list(x), dtype=tf.float32))
+    r.output_filter.extend(output_filter)
+    return r
+
+
+def examples_input(target, xs=(2.0,)) -> None:
+    for x in xs:
+        target.example_list.examples.add().features.feature["x"].float_list.value.append(x)
+
+
+def classify_request(model="default", signature="classify_x_to_y", xs=(2.0,)):
+    from tensorflow_serving.apis import classification_pb2
+
+    r = classification_pb2.ClassificationRequest()
+    r.model_spec.name = model
+    r.model_spec.signature_name = signature
+    examples_input(r.input, xs)
+    return r
+
+
+def regress_request(model="default", signature="regress_x_to_y", xs=(2.0,)):
+    from tensorflow_serving.apis import regression_pb2
+
+    r = regression_pb2.RegressionRequest()
+    r.model_spec.name = model
+    r.model_spec.signature_name = signature
+    examples_input(r.input, xs)
+    return r
+
+
+def multi_request(tasks, xs=(2.0,)):
+    from tensorflow_serving.apis import inference_pb2
+
+    r = inference_pb2.MultiInferenceRequest()
+    for model, signature, method in tasks:
+        t = r.tasks.add()
+        t.model_spec.name = model
+        t.model_spec.signature_name = signature
+        t.method_name = method
+    examples_input(r.input, xs)
+    return r
+
+
+REGRESS = "tensorflow/serving/regress"
+CLASSIFY = "tensorflow/serving/classify"
+
+
+def rpc_error(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, RPC_TIMEOUT)
+    return info.value
+
+
+def verify_model_spec(spec, name, signature, version) -> None:
+    """``_VerifyModelSpec`` of TF Serving's test base."""
+    assert spec.name == name
+    assert spec.signature_name == signature
+    assert spec.version.value == version
+
+
+# -- Predict ----------------------------------------------------------------------------------
+def test_predict_default_signature_and_output_filter(server):
+    from tensorflow.core.framework import types_pb2
+
+    result = server.stub.Predict(predict_request(output_filter=["y"]), RPC_TIMEOUT)
+    assert list(result.outputs) == ["y"]
+    assert result.outputs["y"].dtype == types_pb2.DT_FLOAT
+    assert list(result.outputs["y"].float_val) == [3.0]
+    assert [d.size for d in result.outputs["y"].tensor_shape.dim] == [1]
+    verify_model_spec(result.model_spec, "default", "serving_default", 123)
+
+
+def test_predict_batch_without_filter_returns_every_output(server):
+    import tensorflow as tf
+
+    result = server.stub.Predict(predict_request(x=(1.0, 4.0, -2.0)), RPC_TIMEOUT)
+    assert list(result.outputs) == ["y"]
+    assert tf.make_ndarray(result.outputs["y"]).tolist() == [2.5, 4.0, 1.0]
+
+
+def test_predict_by_version_and_label(server):
+    for kwargs, version in (({}, 124), ({"version": 123}, 123), ({"version": 124}, 124),
+                            ({"label": "stable"}, 123)):
+        result = server.stub.Predict(predict_request("two", **kwargs), RPC_TIMEOUT)
+        verify_model_spec(result.model_spec, "two", "serving_default", version)
+        assert list(result.outputs["y"].float_val) == [3.0]
+
+
+def test_predict_named_signature(server):
+    import tensorflow as tf
+
+    r = predict_request(signature="regress_x_to_y")
+    r.inputs.clear()
+    from tensorflow.core.example import example_pb2
+
+    ex = example_pb2.Example()
+    ex.features.feature["x"].float_list.value.append(20.0)
+    r.inputs["inputs"].CopyFrom(tf.make_tensor_proto([ex.SerializeToString()]))
+    result = server.stub.Predict(r, RPC_TIMEOUT)
+    verify_model_spec(result.model_spec, "default", "regress_x_to_y", 123)
+    assert tf.make_ndarray(result.outputs["outputs"]).reshape(-1).tolist() == [12.0]
+
+
+def test_predict_errors(server):
+    import tensorflow as tf
+
+    stub = server.stub
+    e = rpc_error(stub.Predict, predict_request("nope"))
+    assert (e.code(), e.details()) == (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)")
+    e = rpc_error(stub.Predict, predict_request(version=7))
+    assert (e.code(), e.details()) == (grpc.StatusCode.NOT_FOUND,
+                                       "Servable not found for request: Specific(default, 7)")
+    e = rpc_error(stub.Predict, predict_request("two", label="nope"))
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                       "Unrecognized servable version label: nope")
+    e = rpc_error(stub.Predict, predict_request(signature="nope"))
+    assert (e.code(), e.details()) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                       'Serving signature key "nope" not found.')
+
+    r = predict_request()
+    r.inputs["unknown"].CopyFrom(r.inputs["x"])
+    e = rpc_error(stub.Predict, r)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.details() == ("input size does not match signature: 2!=1 len({unknown,x}) != len({x}). "
+                           "Sent extra: {unknown}. Missing but required: {}.")
+    r = predict_request()
+    r.inputs["z"].CopyFrom(r.inputs["x"])
+    del r.inputs["x"]
+    e = rpc_error(stub.Predict, r)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "Signature input alias: x not found" in e.details()
+
+    r = predict_request()
+    r.inputs["x"].float_val.append(9.0)  # two values for a shape of one element
+    e = rpc_error(stub.Predict, r)
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
+    r = predict_request()
+    r.inputs["x"].CopyFrom(tf.make_tensor_proto([b"two"]))
+    e = rpc_error(stub.Predict, r)
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                       "Expects arg[0] to be float but string is provided")
+
+    e = rpc_error(stub.Predict, predict_request(output_filter=["q"]))
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                       "output tensor alias not found in signature: q Outputs expected "
+                                       "to be in the set {y}.")
+    e = rpc_error(stub.Predict, predict_request(output_filter=["y", "y"]))
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias: y")
+
+    from tensorflow_serving.apis import predict_pb2
+
+    e = rpc_error(stub.Predict, predict_pb2.PredictRequest())
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    r = predict_request("")
+    e = rpc_error(stub.Predict, r)
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+
+
+def test_long_error_messages_are_cut_as_tf_serving_cuts_them(server):
+    e = rpc_error(server.stub.Predict, predict_request("m" * 2000))
+    assert e.code() == grpc.StatusCode.NOT_FOUND
+    full = f"Servable not found for request: Latest({'m' * 2000})"
+    assert e.details() == full[:1024] + "...TRUNCATED"
+
+
+# -- Classify / Regress / MultiInference --------------------------------------------------------
+def test_classify(server):
+    result = server.stub.Classify(classify_request(xs=(2.0, 10.0)), RPC_TIMEOUT)
+    scores = [[c.score for c in cl.classes] for cl in result.result.classifications]
+    assert scores == [[3.0], [7.0]]
+    assert result.result.classifications[0].classes[0].label == ""
+    verify_model_spec(result.model_spec, "default", "classify_x_to_y", 123)
+
+
+def test_regress(server):
+    result = server.stub.Regress(regress_request(xs=(2.0, 80.0)), RPC_TIMEOUT)
+    assert [r.value for r in result.result.regressions] == [3.0, 42.0]
+    verify_model_spec(result.model_spec, "default", "regress_x_to_y", 123)
+    r = regress_request("two")
+    r.model_spec.version.value = 123
+    verify_model_spec(server.stub.Regress(r, RPC_TIMEOUT).model_spec, "two", "regress_x_to_y", 123)
+
+
+def test_examples_with_context(server):
+    r = regress_request()
+    r.input.example_list_with_context.context.features.feature["x"].float_list.value.append(4.0)
+    r.input.example_list_with_context.examples.add()  # x comes from the context
+    result = server.stub.Regress(r, RPC_TIMEOUT)
+    assert [v.value for v in result.result.regressions] == [4.0]
+
+
+def test_multi_inference(server):
+    request = multi_request([("default", "regress_x_to_y", REGRESS), ("default", "classify_x_to_y", CLASSIFY)])
+    result = server.stub.MultiInference(request, RPC_TIMEOUT)
+    assert len(result.results) == 2
+    assert result.results[0].regression_result.regressions[0].value == 3.0
+    assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
+    for i, sig in enumerate(("regress_x_to_y", "classify_x_to_y")):
+        verify_model_spec(result.results[i].model_spec, "default", sig, 123)
+
+
+def test_classify_regress_multi_inference_errors(server):
+    stub = server.stub
+    cases = [
+        (stub.Classify, classify_request("nope"), grpc.StatusCode.NOT_FOUND,
+         "Servable not found for request: Latest(nope)"),
+        (stub.Classify, classify_request(signature="nope"), grpc.StatusCode.INVALID_ARGUMENT,
+         "No signature was found with the name: nope"),
+        (stub.Classify, classify_request(signature="serving_default"), grpc.StatusCode.INVALID_ARGUMENT,
+         "Expected classification signature method_name to be tensorflow/serving/classify. "
+         "Was: tensorflow/serving/predict"),
+        (stub.Classify, classify_request(xs=()), grpc.StatusCode.INVALID_ARGUMENT, "Input is empty."),
+        (stub.Regress, regress_request(signature="classify_x_to_y"), grpc.StatusCode.INVALID_ARGUMENT,
+         "Expected regression signature method_name to be tensorflow/serving/regress. "
+         "Was: tensorflow/serving/classify"),
+        (stub.Regress, regress_request(xs=()), grpc.StatusCode.INVALID_ARGUMENT, "Input is empty."),
+        (stub.MultiInference, multi_request([("default", "regress_x_to_y", REGRESS),
+                                             ("two", "classify_x_to_y", CLASSIFY)]),
+         grpc.StatusCode.INVALID_ARGUMENT,
+         "All ModelSpecs in a MultiInferenceRequest must access the same model name."),
+        (stub.MultiInference, multi_request([("default", "regress_x_to_y", REGRESS)] * 2),
+         grpc.StatusCode.INVALID_ARGUMENT, "Duplicate evaluation of signature: regress_x_to_y"),
+        (stub.MultiInference, multi_request([("default", "nope", REGRESS)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "Requested signature not found in model graph: nope"),
+        (stub.MultiInference, multi_request([("default", "serving_default", "tensorflow/serving/predict")]),
+         grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature method_name: tensorflow/serving/predict"),
+        (stub.MultiInference, multi_request([("nope", "regress_x_to_y", REGRESS)]),
+         grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+    ]
+    for call, request, code, details in cases:
+        e = rpc_error(call, request)
+        assert (e.code(), e.details()) == (code, details), request
+
+
+# -- GetModelMetadata -------------------------------------------------------------------------
+def metadata_request(model="default", fields=("signature_def",), version=None):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    r = get_model_metadata_pb2.GetModelMetadataRequest()
+    r.model_spec.name = model
+    if version is not None:
+        r.model_spec.version.value = version
+    r.metadata_field.extend(fields)
+    return r
+
+
+def test_get_model_metadata(server):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    result = server.stub.GetModelMetadata(metadata_request(), RPC_TIMEOUT)
+    assert result.model_spec.name == "default" and result.model_spec.version.value == 123
+    assert list(result.metadata) == ["signature_def"]
+    sigmap = get_model_metadata_pb2.SignatureDefMap()
+    assert result.metadata["signature_def"].Unpack(sigmap)
+    assert {"serving_default", "classify_x_to_y", "regress_x_to_y"} <= set(sigmap.signature_def)
+    assert sigmap.signature_def["serving_default"].method_name == "tensorflow/serving/predict"
+    assert sorted(sigmap.signature_def["serving_default"].inputs) == ["x"]
+    result = server.stub.GetModelMetadata(metadata_request("two", version=123), RPC_TIMEOUT)
+    assert (result.model_spec.name, result.model_spec.version.value) == ("two", 123)
+
+
+def test_get_model_metadata_errors(server):
+    stub = server.stub
+    e = rpc_error(stub.GetModelMetadata, metadata_request(fields=()))
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                       "GetModelMetadataRequest must specify at least one metadata_field")
+    e = rpc_error(stub.GetModelMetadata, metadata_request(fields=("signature_def", "other")))
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Metadata field other is not supported")
+    e = rpc_error(stub.GetModelMetadata, metadata_request("nope"))
+    assert e.code() == grpc.StatusCode.NOT_FOUND
+    e = rpc_error(stub.GetModelMetadata, metadata_request(version=5))
+    assert (e.code(), e.details()) == (grpc.StatusCode.NOT_FOUND,
+                                       "Servable not found for request: Specific(default, 5)")
+
+
+def test_grpc_and_rest_answer_alike(server):
+    """One inference core: the same input gives the same numbers over both APIs."""
+    import requests
+
+    xs = [0.5, 3.0, 1000.25]
+    grpc_y = list(server.stub.Predict(predict_request(x=xs), RPC_TIMEOUT).outputs["y"].float_val)
+    rest_y = requests.post(f"{server.rest_url}/v1/models/default:predict",
+                           json={"instances": xs}, timeout=RPC_TIMEOUT).json()["predictions"]
+    assert grpc_y == rest_y == [2.25, 3.5, 502.125]
