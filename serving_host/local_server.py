@@ -138,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--rest_api_num_threads must be at least 1", 2)
     if args.rest_api_socket_timeout_seconds <= 0 or args.rest_api_max_body_bytes < 0:
         return _fail("--rest_api_socket_timeout_seconds must be > 0 and --rest_api_max_body_bytes >= 0", 2)
+    metrics_path = None
+    if args.monitoring_config_file:  # before the slow imports: a typo fails at once
+        from serving_host.config import read_metrics_path
+        from serving_host.status import ServingError
+
+        try:
+            metrics_path = read_metrics_path(args.monitoring_config_file)
+        except ServingError as exc:
+            return _fail(f"{exc.message}; fix --monitoring_config_file and start again")
     _setup_logging()
     log = logging.getLogger("serving_host")
     log.info("Local TF-Serving-compatible server (not TensorFlow Serving; production uses "
@@ -161,12 +170,6 @@ def main(argv: list[str] | None = None) -> int:
             initial = cfg.to_server_config(cfg.single_model_proto(args.model_name, args.model_base_path))
     except ServingError as exc:
         return _fail(f"{exc.message}; fix the model config and start again")
-    metrics_path = None
-    if args.monitoring_config_file:
-        try:
-            metrics_path = cfg.read_metrics_path(args.monitoring_config_file)
-        except ServingError as exc:
-            return _fail(f"{exc.message}; fix --monitoring_config_file and start again")
 
     manager = Manager(max_num_load_retries=args.max_num_load_retries,
                       load_retry_interval_micros=args.load_retry_interval_micros,

@@ -105,3 +105,141 @@ def test_label_value_count_is_checked():
     r = _registry_with("/x", m.COUNTER, ("a", "b"))
     with pytest.raises(ValueError):
         r.counter("/x", ("only-one",))
+
+
+# --- a running server ------------------------------------------------------------------------
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import requests  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from tests.helpers import REPO, TF_SERVING_TESTDATA  # noqa: E402
+
+TWO_VERSIONS = TF_SERVING_TESTDATA / "saved_model_half_plus_two_2_versions"
+METRICS_PATH = "/monitoring/prometheus/metrics"
+P = ":tensorflow:serving:"
+TYPE_LINES = [f"# TYPE {P}model_warmup_latency histogram", f"# TYPE {P}model_warmup_records_read counter",
+              f"# TYPE {P}request_count counter", f"# TYPE {P}request_example_count_total counter",
+              f"# TYPE {P}request_example_counts histogram", f"# TYPE {P}request_latency histogram",
+              f"# TYPE {P}runtime_latency histogram"]
+MODEL = 'traffic"\\q'  # a name that needs escaping, as the exporter escapes it
+ESCAPED = 'traffic\\"\\\\q'
+
+
+@pytest.fixture(scope="module")
+def server(tfserving_session_factory, tmp_path_factory):
+    base = tmp_path_factory.mktemp("metrics-serving")
+    monitoring = base / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    config = (f'model_config_list {{ config {{ name: "{MODEL.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}" '
+              f'base_path: "{TWO_VERSIONS}" model_platform: "tensorflow" '
+              f"model_version_policy {{ specific {{ versions: 123 }} }} }} }}\n")
+    srv = tfserving_session_factory(base, config, grpc=False,
+                                    extra_args=(f"--monitoring_config_file={monitoring}",))
+    yield srv  # the REST port answers only after the initial config is loaded: no status polls
+    srv.stop()
+
+
+def _page(srv) -> requests.Response:
+    r = requests.get(srv.rest_url + METRICS_PATH, timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/plain", r.text[:300]
+    return r
+
+
+def _traffic(srv) -> None:
+    from urllib.parse import quote
+
+    url = f"{srv.rest_url}/v1/models/{quote(MODEL, safe='')}"
+    for x in (1.0, 2.0, 3.0):
+        assert requests.post(url + ":predict", json={"instances": [x]}, timeout=30).status_code == 200
+    r = requests.post(url + ":classify", json={"signature_name": "classify_x_to_y",
+                                               "examples": [{"x": 20.0}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(url + ":regress", json={"signature_name": "regress_x_to_y",
+                                              "examples": [{"x": 80.0}]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert requests.get(url, timeout=30).status_code == 200
+    assert requests.get(url + "/metadata", timeout=30).status_code == 200
+    assert requests.post(url + ":predict", data=b"{not json", timeout=30).status_code == 400
+    for _ in range(2):
+        r = requests.post(f"{srv.rest_url}/v1/models/no_such_model:predict", json={"instances": [1]},
+                          timeout=30)
+        assert r.status_code == 404
+    assert requests.post(f"{srv.rest_url}/v1/foo", data=b"{}", timeout=30).status_code == 400
+
+
+def test_page_after_real_rest_traffic(server):
+    before = _page(server).text
+    assert f'{P}request_count{{model_name="{ESCAPED}"' not in before
+    _traffic(server)
+    text = _page(server).text
+    lines = text.split("\n")
+    assert text.endswith("\n") and lines[-1] == ""
+    assert [x for x in lines if x.startswith("#")] == TYPE_LINES  # no HELP, sorted by TF name
+    assert not any("_created" in x or x.startswith(f"{P}request_count_total") for x in lines)
+
+    # request_count: every request under /v1/, by status (http_server.cc)
+    for line in (f'{P}request_count{{model_name="{ESCAPED}",status="OK"}} 7',
+                 f'{P}request_count{{model_name="{ESCAPED}",status="INVALID_ARGUMENT"}} 1',
+                 f'{P}request_count{{model_name="no_such_model",status="NOT_FOUND"}} 2',
+                 f'{P}request_count{{model_name="",status="INVALID_ARGUMENT"}} 1'):
+        assert line in lines, line
+
+    # request_latency: OK requests only, API = the REST verb ("" for GET), 33 limits + +Inf
+    les = [m.format_double(b) for b in m.LATENCY_BUCKETS] + ["+Inf"]
+    for api, count in (("predict", 3), ("classify", 1), ("regress", 1), ("", 2)):
+        labels = f'model_name="{ESCAPED}",API="{api}",entrypoint="REST"'
+        buckets = [x for x in lines if x.startswith(f"{P}request_latency_bucket{{{labels},le=")]
+        assert [x.split('le="')[1].split('"')[0] for x in buckets] == les
+        values = [int(x.rsplit(" ", 1)[1]) for x in buckets]
+        assert values == sorted(values) and values[-1] == count
+        assert f"{P}request_latency_count{{{labels}}} {count}" in lines
+        (sum_line,) = [x for x in lines if x.startswith(f"{P}request_latency_sum{{{labels}}} ")]
+        assert float(sum_line.rsplit(" ", 1)[1]) > 0
+    # runtime_latency: the session run of Predict/Classify/Regress (runtime TF1)
+    for api, count in (("Predict", 3), ("Classify", 1), ("Regress", 1)):
+        assert f'{P}runtime_latency_count{{model_name="{ESCAPED}",API="{api}",runtime="TF1"}} {count}' in lines
+
+    # a well-kept parser reads the same values
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    counts = {(s.labels["model_name"], s.labels["status"]): s.value for s in fams[f"{P}request_count"].samples}
+    assert counts[(MODEL, "OK")] == 7 and counts[("no_such_model", "NOT_FOUND")] == 2
+    assert fams[f"{P}request_latency"].type == "histogram"
+    hist = {s.labels["le"]: s.value for s in fams[f"{P}request_latency"].samples
+            if s.name.endswith("_bucket") and s.labels["model_name"] == MODEL and s.labels["API"] == "predict"}
+    assert len(hist) == 34 and hist["+Inf"] == 3
+    assert {f"{P}model_warmup_latency", f"{P}model_warmup_records_read"} <= set(fams)
+
+
+def test_page_is_served_for_any_method_and_head_has_no_body(server):
+    r = requests.head(server.rest_url + METRICS_PATH, timeout=10)
+    assert r.status_code == 200 and r.content == b""
+    r = requests.post(server.rest_url + METRICS_PATH, data=b"ignored", timeout=10)
+    assert r.status_code == 200 and r.text.startswith("# TYPE ")
+    r = requests.get(server.rest_url + METRICS_PATH + "/more", timeout=10)  # exact path only
+    assert r.status_code == 404 and r.headers["Content-Type"] == "text/html"
+
+
+# --- the monitoring config -------------------------------------------------------------------
+def test_metrics_path_from_monitoring_config():
+    from serving_host import config as cfg
+
+    assert cfg.metrics_path('prometheus_config { enable: true, path: "/m" }') == "/m"
+    assert cfg.metrics_path("prometheus_config { enable: true }") == METRICS_PATH
+    assert cfg.metrics_path('prometheus_config { path: "/m" }') is None
+    assert cfg.metrics_path("") is None
+    with pytest.raises(Exception, match="Invalid protobuf file"):
+        cfg.metrics_path("prometheus_config { enabled: true }")
+
+
+def test_bad_monitoring_config_stops_the_start_with_one_line(tmp_path):
+    bad = tmp_path / "monitoring.config"
+    bad.write_text("prometheus_config { enable: maybe }\n")
+    p = subprocess.run([sys.executable, "-m", "serving_host.local_server", "--rest_api_port=1",
+                        f"--model_base_path={tmp_path}", f"--monitoring_config_file={bad}"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 1, p.stderr
+    last = p.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: Invalid protobuf file:") and "Traceback" not in p.stderr
+    assert last.endswith("fix --monitoring_config_file and start again")
