@@ -214,3 +214,11 @@ def test_keep_alive_and_pipelined_requests_still_work(server):
         for _ in range(5):
             r = s.post(f"{server.rest_url}/v1/models/default:predict", json={"instances": [2.0]}, timeout=10)
             assert r.json() == {"predictions": [3.0]}
+
+
+def test_no_metrics_endpoint_without_monitoring_config(server):
+    """Without --monitoring_config_file the path is unknown: libevent's 404 page, as TF Serving."""
+    r = requests.get(server.rest_url + "/monitoring/prometheus/metrics", timeout=10)
+    assert r.status_code == 404 and r.headers["Content-Type"] == "text/html"
+    assert r.text == ("<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
+                      "</BODY></HTML>\n")
