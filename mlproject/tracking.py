@@ -34,7 +34,8 @@ def run_name(dataset: str, *, retrained_from: str | None = None, incoming: str |
     ``retrain v2 + batch-001 (good)``, ``retrain from scratch + incoming/``."""
     if retrained_from is None:
         return f"train {dataset}"
-    start = "from scratch" if retrained_from == "scratch" else f"v{retrained_from}"
+    start = ("from scratch" if retrained_from == "scratch"
+             else f"v{retrained_from}" if retrained_from.isdigit() else retrained_from)
     return f"retrain {start} + {incoming_label(incoming) if incoming else 'no new data'}"
 
 

@@ -32,9 +32,10 @@ def test_run_names_tell_base_good_and_bad_retrain_apart():
     names = [tracking.run_name("digits"),
              tracking.run_name("digits", retrained_from="1", incoming="/d/incoming/good/batch-001.npz"),
              tracking.run_name("digits", retrained_from="2", incoming="/d/incoming/bad/batch-001.npz"),
-             tracking.run_name("digits", retrained_from="scratch", incoming="s3://b/new/")]
+             tracking.run_name("digits", retrained_from="scratch", incoming="s3://b/new/"),
+             tracking.run_name("digits", retrained_from="production", incoming="/t/good.npz")]
     assert names == ["train digits", "retrain v1 + batch-001 (good)", "retrain v2 + batch-001 (bad)",
-                     "retrain from scratch + new/"]
+                     "retrain from scratch + new/", "retrain production + good (t)"]
 
 
 def _data(incoming: str | None) -> TrainingData:
