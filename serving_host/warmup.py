@@ -60,11 +60,13 @@ def replay(servable: Servable, record) -> None:
 
 
 def _records(path: str):
-    """The file's records in order (``SequentialRecordReader``; a bad frame is DATA_LOSS)."""
+    """The file's records in order; a bad frame is DATA_LOSS, as ``SequentialRecordReader`` says.
+
+    TensorFlow's record reader (``tf.io``) rather than ``tf.data``, whose errors carry op names.
+    """
     import tensorflow as tf
 
-    for tensor in tf.data.TFRecordDataset(path):
-        yield tensor.numpy()
+    yield from tf.compat.v1.io.tf_record_iterator(path)
 
 
 def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
