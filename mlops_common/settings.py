@@ -7,6 +7,7 @@ ever read from the environment and never written anywhere by this module.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ DEFAULT_MODEL_NAME = "image-classifier"
 DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_REST_PORT = 8501
 DEFAULT_GRPC_PORT = 8500
+DEFAULT_LOCK_TTL = 10 * 60.0  # a host lock silent this long is taken over (MLOPS_LOCK_TTL)
 
 # Environment variables whose values are secrets: never logged, tagged or persisted.
 SECRET_ENV_VARS = (
@@ -96,6 +98,20 @@ def ledger_url() -> str:
     path = state_dir() / "ledger.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def lock_ttl() -> float:
+    """Seconds without a heartbeat after which a host lock is stale: ``MLOPS_LOCK_TTL`` or 10 min."""
+    raw = env("MLOPS_LOCK_TTL")
+    if raw is None:
+        return DEFAULT_LOCK_TTL
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = -1.0
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ConfigError(f"MLOPS_LOCK_TTL must be a positive number of seconds (got {raw!r})")
+    return ttl
 
 
 def hosts_file(explicit: str | None = None) -> Path:

@@ -48,10 +48,10 @@ def connected(hosts) -> Iterator[list[HostConn]]:
                     pass
 
 
-def acquire(transport, *, break_lock: bool, wait: float, purpose: str = "deploy",
-            sleep=time.sleep, clock=time.monotonic) -> HostLock:
+def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "deploy",
+            sleep=time.sleep, clock=time.monotonic, model: str | None = None) -> HostLock:
     """Take ``transport``'s lock, waiting up to ``wait`` seconds (bounded polls) for its owner."""
-    lock = HostLock(transport, break_lock=break_lock, purpose=purpose)
+    lock = HostLock(transport, break_lock=break_lock, purpose=purpose, model=model)
     deadline = clock() + max(0.0, wait)
     polls = int(max(0.0, wait) / 0.5) + 1
     announced = False
@@ -71,13 +71,13 @@ def acquire(transport, *, break_lock: bool, wait: float, purpose: str = "deploy"
 
 
 @contextlib.contextmanager
-def locked(conns: list[HostConn], *, break_lock: bool = False, wait: float = 0.0,
-           purpose: str = "deploy") -> Iterator[list[HostConn]]:
+def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float = 0.0,
+           purpose: str = "deploy", model: str | None = None) -> Iterator[list[HostConn]]:
     """Every host's lock, taken in name order and released at the end (even after errors)."""
     taken: list[HostConn] = []
     try:
         for c in sorted(conns, key=lambda c: c.host.name):
-            c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose)
+            c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model)
             taken.append(c)
         yield conns
     finally:
@@ -106,7 +106,7 @@ def release(conn: HostConn) -> None:
 
 
 class Heartbeat:
-    """Refresh every held lock at most every ``every`` seconds (the TTL is 30 minutes)."""
+    """Check every held lock between steps (each lock also heartbeats from its own thread)."""
 
     def __init__(self, conns: list[HostConn], every: float = HEARTBEAT_EVERY, clock=time.monotonic):
         self.conns, self.every, self.clock = conns, every, clock

@@ -165,13 +165,13 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
 
 
 def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions = DeployOptions(),
-           break_lock: bool = False, lock_wait: float = 0.0, reason: str | None = None) -> FleetResult:
+           break_lock: str | None = None, lock_wait: float = 0.0, reason: str | None = None) -> FleetResult:
     """Make every host serve ``version`` (default: production); see the module docstring."""
     start = time.monotonic()
     v, source = resolve_version(model, version)
     result = FleetResult(model, v, source, "failed", started_at=start)
     t = result.lap("resolve_version", start)
-    with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait):
+    with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model):
         t = result.lap("connect_and_lock", t)
         observed, plans = observe_and_plan(conns, model, v, opts)
         t = result.lap("observe_and_plan", t)

@@ -2,34 +2,49 @@
 
 The lock file is created with an exclusive create (``O_EXCL`` locally, SFTP ``CREAT|EXCL`` over
 SSH, a conditional ``If-None-Match: *`` PUT on S3) and holds its owner (user@machine:pid), a
-random token, when it was taken and a heartbeat that ``refresh()`` updates. A lock whose owner
-is a dead process on this machine, or whose heartbeat is older than the TTL, is reported as
-stale with how to break it (``--break-lock``); it is never broken silently.
+random token and when it was taken. It is never rewritten while held: the owner's heartbeat goes
+to its own file, ``lock-heartbeat-<token>``, rewritten by a background thread every TTL/4 (so
+uploads and waits keep it fresh), and a late owner can never overwrite a successor's lock.
+
+A lock is taken over only when it is stale — its heartbeat silent for longer than the TTL
+(``MLOPS_LOCK_TTL``, default 10 min), or its owner a dead process on this machine — or when the
+caller names its token (``--break-lock TOKEN``, shown in the refusal). A stale takeover needs no
+person: it logs a warning and appends a ledger row. Taking over is compare-and-delete
+(``Transport.remove_if_same``): only the exact lock that was read and judged is removed, so two
+racing breakers cannot both win, and a lock that changed meanwhile is left alone.
 
 Limits: the TTL compares clocks of different machines (keep them in NTP sync); a store that
-ignores conditional PUTs cannot give mutual exclusion.
+ignores conditional requests cannot give mutual exclusion; an owner frozen past its TTL that
+wakes during a takeover learns it lost the lock at its next heartbeat (and stops).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from mlops_common import log
+from mlops_common import log, settings
+from mlops_common.errors import UserError
 from mlops_common.lineage import os_user
 from mlops_common.procs import pid_alive
 
 from .errors import LockHeld
-from .layout import LOCK_PATH
+from .layout import LOCK_PATH, STATE_DIR
 from .transports.base import Transport
 
 logger = log.get("sync.lock")
 
-DEFAULT_TTL = 30 * 60.0
+DEFAULT_TTL = settings.DEFAULT_LOCK_TTL
+
+
+def heartbeat_path(token: str) -> str:
+    return f"{STATE_DIR}/lock-heartbeat-{token}"
 
 
 @dataclass(frozen=True)
@@ -39,7 +54,7 @@ class LockInfo:
     pid: int
     token: str
     created: float     # UTC epoch seconds
-    heartbeat: float
+    heartbeat: float   # in the lock file: when it was taken; the owner's file has the latest
     purpose: str = "deploy"
 
     @property
@@ -56,103 +71,241 @@ class LockInfo:
                    float(d["created"]), float(d["heartbeat"]), str(d.get("purpose", "deploy")))
 
 
+def corrupt_token(raw: bytes) -> str:
+    """The name of an unreadable lock file for ``--break-lock`` (a hash of its bytes)."""
+    return "corrupt-" + hashlib.sha256(raw).hexdigest()[:12]
+
+
 def stale_reason(info: LockInfo, *, now: float, hostname: str, ttl: float,
                  is_alive: Callable[[int], bool] = pid_alive) -> str | None:
-    """Why the lock looks abandoned (None if its owner may still be working)."""
+    """Why the lock is abandoned (None if its owner may still be working)."""
     if info.hostname == hostname and not is_alive(info.pid):
         return f"its process {info.pid} no longer runs on {hostname}"
     age = now - info.heartbeat
     if age > ttl:
-        return f"no heartbeat for {age / 60:.0f} min (TTL {ttl / 60:.0f} min)"
+        return f"no heartbeat for {_duration(age)} (TTL {_duration(ttl)})"
     return None
+
+
+def takeover_reason(held: LockInfo | None, token: str, *, named: str | None, now: float,
+                    hostname: str, ttl: float, is_alive: Callable[[int], bool] = pid_alive) -> str | None:
+    """Why this lock may be taken over now (None: leave it). ``held`` None = unreadable file."""
+    if named is not None and named == token:
+        return f"--break-lock {token}"
+    if held is None:
+        return None
+    reason = stale_reason(held, now=now, hostname=hostname, ttl=ttl, is_alive=is_alive)
+    return f"stale: {reason}" if reason else None
+
+
+def _duration(s: float) -> str:
+    return f"{s / 60:.0f} min" if s >= 120 else f"{s:.0f}s"
 
 
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-class HostLock:
-    """``with HostLock(transport): ...`` — acquire, keep (``refresh``), release."""
+def _record_takeover(model: str | None, where: str, old: LockInfo | None, token: str, why: str,
+                     new: LockInfo) -> None:
+    """A ledger row for a takeover; the takeover stands even if the ledger cannot be written."""
+    if not model:
+        return
+    try:
+        from registry.ledger import Ledger
 
-    def __init__(self, transport: Transport, *, ttl: float = DEFAULT_TTL, break_lock: bool = False,
-                 purpose: str = "deploy", clock: Callable[[], float] = time.time):
+        Ledger().record("lock_takeover", model, outcome="ok", host=where, actor=new.owner,
+                        reason=f"took over the deploy lock {token} ({why})",
+                        details={"previous_owner": old.owner if old else "unreadable",
+                                 "previous_token": token, "token": new.token})
+    except UserError as exc:
+        logger.warning("%s: could not record the lock takeover in the ledger (%s)", where, exc.message)
+
+
+class _Heartbeat(threading.Thread):
+    """Rewrites the owner's heartbeat file every ``every`` seconds until stopped."""
+
+    def __init__(self, lock: "HostLock", every: float):
+        super().__init__(name=f"lock-heartbeat {lock.transport.url}", daemon=True)
+        self.lock, self.every = lock, every
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            channel = self.lock.transport.lock_channel()
+        except Exception as exc:  # noqa: BLE001 - reported by the next refresh()
+            self.lock.trouble = f"cannot open a heartbeat channel ({exc})"
+            return
+        try:
+            while not self.stop_event.wait(self.every):
+                try:
+                    self.lock.beat(channel)
+                except LockHeld as exc:
+                    self.lock.lost = exc.message
+                    return
+                except Exception as exc:  # noqa: BLE001 - a blip: the next beat retries
+                    self.lock.trouble = str(exc)
+        finally:
+            if channel is not self.lock.transport:
+                try:
+                    channel.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self is not threading.current_thread():
+            self.join(timeout=max(5.0, self.every))
+
+
+class HostLock:
+    """``with HostLock(transport): ...`` — acquire, keep (a heartbeat thread), release.
+
+    ``break_lock`` is the token of a lock the caller names for takeover (``--break-lock``).
+    ``model`` names the ledger row written when a stale lock is taken over.
+    """
+
+    def __init__(self, transport: Transport, *, ttl: float | None = None, break_lock: str | None = None,
+                 purpose: str = "deploy", clock: Callable[[], float] = time.time,
+                 model: str | None = None, heartbeat_every: float | None = None):
+        if break_lock is True:
+            raise ValueError("break_lock names the token of the lock to take over")
         self.transport = transport
-        self.ttl = ttl
-        self.break_lock = break_lock
+        self.ttl = settings.lock_ttl() if ttl is None else ttl
+        self.break_lock = break_lock or None
         self.purpose = purpose
         self.clock = clock
+        self.model = model
+        self.heartbeat_every = heartbeat_every if heartbeat_every is not None else self.ttl / 4
         self.hostname = socket.gethostname()
         self.info: LockInfo | None = None
+        self.lost: str | None = None       # set by the heartbeat thread when the lock was taken over
+        self.trouble: str | None = None    # last heartbeat error (retried)
+        self._thread: _Heartbeat | None = None
+        self._beat_lock = threading.Lock()
 
     def _new(self) -> LockInfo:
         now = self.clock()
         return LockInfo(os_user(), self.hostname, os.getpid(), secrets.token_hex(8), now, now, self.purpose)
 
-    def _read(self) -> LockInfo | None | str:
+    def _read(self, transport: Transport | None = None) -> tuple[bytes, LockInfo | None] | None:
+        """(raw bytes, parsed or None if unreadable), or None when there is no lock."""
         try:
-            data = self.transport.read_file(LOCK_PATH)
+            raw = (transport or self.transport).read_file(LOCK_PATH)
         except FileNotFoundError:
             return None
         try:
-            return LockInfo.from_json(data)
+            return raw, LockInfo.from_json(raw)
         except (ValueError, KeyError, TypeError):
-            return "unreadable"
+            return raw, None
+
+    def _last_beat(self, info: LockInfo) -> LockInfo:
+        """``info`` with the heartbeat its owner last wrote (its own file), if newer."""
+        try:
+            beat = float(json.loads(self.transport.read_file(heartbeat_path(info.token)))["heartbeat"])
+        except FileNotFoundError:
+            return info
+        except (ValueError, KeyError, TypeError):
+            return info
+        return LockInfo(**{**asdict(info), "heartbeat": max(info.heartbeat, beat)})
 
     def acquire(self) -> LockInfo:
         where = self.transport.url
-        for _ in range(3):   # bounded: the lock may disappear between create and read
+        took: tuple[LockInfo | None, str, str] | None = None
+        for _ in range(4):   # bounded: the lock may change between create, read and takeover
             info = self._new()
             if self.transport.create_exclusive(LOCK_PATH, info.to_json()):
-                self.info = info
+                self.info, self.lost, self.trouble = info, None, None
+                self._start_heartbeat()
+                if took is not None:
+                    _record_takeover(self.model, where, *took, info)
                 return info
-            held = self._read()
-            if held is None:
+            got = self._read()
+            if got is None:
                 continue
-            if self.break_lock:
-                owner = held if isinstance(held, str) else held.owner
-                logger.warning("%s: breaking the lock held by %s (--break-lock)", where, owner)
-                self.transport.remove_file(LOCK_PATH)
-                self.break_lock = False
-                continue
-            raise LockHeld(self._held_message(where, held))
+            raw, held = got
+            if held is not None:
+                held = self._last_beat(held)
+            token = held.token if held is not None else corrupt_token(raw)
+            why = takeover_reason(held, token, named=self.break_lock, now=self.clock(),
+                                  hostname=self.hostname, ttl=self.ttl)
+            if why is None:
+                raise LockHeld(self._held_message(where, held, token))
+            if self.transport.remove_if_same(LOCK_PATH, raw):
+                owner = held.owner if held is not None else "nobody (unreadable file)"
+                logger.warning("%s: took over the deploy lock %s held by %s (%s)", where, token, owner, why)
+                took = (held, token, why)
+                if held is not None:
+                    self._remove_quietly(heartbeat_path(held.token))
+            # else: it changed since we read it (a heartbeat, another breaker): judge it again
         raise LockHeld(f"{where}: could not take the deploy lock {LOCK_PATH} (it keeps changing: another "
                        f"deploy is starting); retry")
 
-    def _held_message(self, where: str, held: LockInfo | str) -> str:
-        if isinstance(held, str):
+    def _held_message(self, where: str, held: LockInfo | None, token: str) -> str:
+        if held is None:
             return (f"{where}: the deploy lock {LOCK_PATH} exists but cannot be read (corrupt); if no "
-                    f"deploy is running, rerun with --break-lock")
+                    f"deploy is running, rerun with --break-lock {token}")
         age = max(0.0, self.clock() - held.heartbeat)
-        base = (f"{where}: another {held.purpose} holds the lock ({held.owner}, since {_when(held.created)}, "
-                f"last heartbeat {age:.0f}s ago)")
-        reason = stale_reason(held, now=self.clock(), hostname=self.hostname, ttl=self.ttl)
-        if reason:
-            return f"{base}; it looks stale ({reason}): rerun with --break-lock to take it over"
-        return (f"{base}; wait for it to finish, or if you are sure it is dead, rerun with "
-                f"--break-lock")
+        return (f"{where}: another {held.purpose} holds the lock ({held.owner}, token {token}, since "
+                f"{_when(held.created)}, last heartbeat {age:.0f}s ago; taken over automatically after "
+                f"{_duration(self.ttl)} without one); wait for it to finish, or if you are sure it is dead, "
+                f"rerun with --break-lock {token}")
+
+    # --- keeping it ----------------------------------------------------------------------
+    def _start_heartbeat(self) -> None:
+        if self.heartbeat_every > 0:
+            self._thread = _Heartbeat(self, self.heartbeat_every)
+            self._thread.start()
+
+    def beat(self, transport: Transport | None = None) -> None:
+        """Write the heartbeat file, then check the lock is still ours (LockHeld if not)."""
+        t = transport or self.transport
+        with self._beat_lock:
+            info = self.info
+            if info is None:
+                return
+            now = self.clock()
+            t.write_file_atomic(heartbeat_path(info.token),
+                                json.dumps({"token": info.token, "heartbeat": now}).encode())
+            got = self._read(t)
+            held = got[1] if got else None
+            if held is None or held.token != info.token:
+                owner = held.owner if held is not None else "nobody"
+                raise LockHeld(f"{t.url}: this deploy lost its lock (now held by {owner}; it was taken "
+                               f"over as stale or by --break-lock); stop and check the host")
+            self.info = LockInfo(**{**asdict(info), "heartbeat": now})
 
     def refresh(self) -> None:
-        """Heartbeat: rewrite the lock with the current time, if it is still ours."""
+        """Heartbeat now (between steps); LockHeld if the lock was taken over meanwhile."""
         if self.info is None:
             raise RuntimeError("refresh() before acquire()")
-        held = self._read()
-        if not isinstance(held, LockInfo) or held.token != self.info.token:
-            owner = held.owner if isinstance(held, LockInfo) else "nobody"
-            raise LockHeld(f"{self.transport.url}: this deploy lost its lock (now held by {owner}; "
-                           f"someone used --break-lock); stop and check the host")
-        self.info = LockInfo(**{**asdict(self.info), "heartbeat": self.clock()})
-        self.transport.write_file_atomic(LOCK_PATH, self.info.to_json())
+        if self.lost:
+            raise LockHeld(self.lost)
+        self.beat()
 
     def release(self) -> None:
-        """Remove the lock if it is still ours (never someone else's)."""
+        """Remove the lock if it is still ours (compare-and-delete: never someone else's)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
         if self.info is None:
             return
-        held = self._read()
-        if isinstance(held, LockInfo) and held.token == self.info.token:
-            self.transport.remove_file(LOCK_PATH)
+        info = self.info
+        with self._beat_lock:
+            self.info = None
+        got = self._read()
+        if got is not None and got[1] is not None and got[1].token == info.token:
+            if not self.transport.remove_if_same(LOCK_PATH, got[0]):
+                logger.warning("%s: the lock changed while releasing it; leaving it", self.transport.url)
         else:
             logger.warning("%s: the lock was taken over by someone else; leaving it", self.transport.url)
-        self.info = None
+        self._remove_quietly(heartbeat_path(info.token))
+
+    def _remove_quietly(self, rel: str) -> None:
+        try:
+            self.transport.remove_file(rel)
+        except (UserError, OSError) as exc:
+            logger.info("%s: could not remove %s (%s)", self.transport.url, rel, exc)
 
     def __enter__(self) -> "HostLock":
         self.acquire()

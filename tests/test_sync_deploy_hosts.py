@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from serving_sync import models_config as mc
 from serving_sync.errors import HostKeyRejected
-from serving_sync.lock import HostLock
+from serving_sync.lock import HostLock, LockInfo
 from serving_sync.transports.local import LocalTransport
 from tests.helpers import REPO
 
@@ -162,24 +163,36 @@ def test_a_held_lock_fails_cleanly_naming_the_owner_or_is_waited_for(deploy_env)
     env.serves(host, v1)
 
 
-def test_a_stale_lock_is_reported_and_broken_only_on_request(deploy_env):
+def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(deploy_env):
     env = deploy_env
     host = env.add_host("file")
     v1 = env.register("a")
     env.promote(v1)
+    lock_file = host.base / ".serving_sync" / "lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    live = LockInfo("ci", "another-machine", 4242, "0123456789abcdef", time.time(), time.time())
+    lock_file.write_bytes(live.to_json())
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 2 and "another deploy holds the lock" in r.stderr
+    assert "--break-lock 0123456789abcdef" in r.stderr
+    r = env.cli("sync", "deploy", "--break-lock", "ffffffffffffffff")
+    assert r.returncode == 2 and lock_file.read_bytes() == live.to_json()      # wrong token: untouched
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock = HostLock(LocalTransport(host.base))
-    lock.acquire()
-    data = json.loads((host.base / ".serving_sync" / "lock").read_text())
-    data["pid"] = dead.pid
-    (host.base / ".serving_sync" / "lock").write_text(json.dumps(data))
-    r = env.cli("sync", "deploy")
-    assert r.returncode == 2 and "looks stale" in r.stderr and "--break-lock" in r.stderr
-    r = env.cli("sync", "deploy", "--break-lock")
+    gone = LockInfo("ci", socket.gethostname(), dead.pid, "fedcba9876543210", time.time(), time.time())
+    lock_file.write_bytes(gone.to_json())
+    r = env.cli("sync", "deploy")                      # its process is dead: no person needed
     assert r.returncode == 0, r.stderr
-    assert "breaking the lock" in r.stderr
+    assert "took over the deploy lock fedcba9876543210" in r.stderr
+    assert env.ledger(("lock_takeover",))[-1].details["previous_token"] == gone.token
     env.serves(host, v1)
+    lock_file.write_bytes(live.to_json())
+    v2 = env.register("b")
+    env.promote(v2)
+    r = env.cli("sync", "deploy", "--break-lock", live.token)
+    assert r.returncode == 0, r.stderr
+    assert "took over the deploy lock 0123456789abcdef" in r.stderr and not lock_file.exists()
+    env.serves(host, v2)
 
 
 @pytest.mark.slow
@@ -239,11 +252,10 @@ def test_a_deploy_killed_mid_way_converges_on_the_next_run(deploy_env):
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)["hosts"][0]
     assert not plan["up_to_date"] and plan["current"] == v1
-    # the dead deploy's lock is recognized as stale; breaking it lets the next run converge
-    r = env.cli("sync", "deploy")
-    assert r.returncode == 2 and "looks stale" in r.stderr
-    r = env.cli("sync", "deploy", "--break-lock", "--json")
+    # the dead deploy's lock is taken over (its process is gone) and the next run converges
+    r = env.cli("sync", "deploy", "--json")
     assert r.returncode == 0, r.stderr
+    assert "took over the deploy lock" in r.stderr
     env.serves(host, v2)
     assert "__validate" not in env.config_text(host)
     assert env.deploy().status == "up_to_date"

@@ -15,7 +15,7 @@ from serving_sync import manifest as mf
 from serving_sync import retention
 from serving_sync.errors import LockHeld
 from serving_sync.layout import LOCK_PATH, incoming_name, incoming_time, manifest_path
-from serving_sync.lock import HostLock, LockInfo
+from serving_sync.lock import HostLock, LockInfo, corrupt_token
 from serving_sync.publish import published_versions, publish
 from tests.test_sync_support import hut, make_model_tree  # noqa: F401 - fixture
 
@@ -24,6 +24,10 @@ def dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+def _lock_names(hut) -> list[str]:
+    return [n for n in hut.raw_names(".serving_sync") if n.startswith("lock")]
 
 
 def test_second_deploy_is_refused_while_the_first_holds_the_lock(hut):
@@ -35,85 +39,181 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(hut):
     with pytest.raises(LockHeld) as e:
         HostLock(hut.transport).acquire()
     msg = str(e.value)
-    assert "\n" not in msg and info.owner in msg and "--break-lock" in msg and "wait for it" in msg
+    assert "\n" not in msg and info.owner in msg and f"--break-lock {info.token}" in msg
+    assert "wait for it" in msg
     first.release()
-    assert LOCK_PATH.split("/")[-1] not in hut.raw_names(".serving_sync")
+    assert _lock_names(hut) == []                  # lock and heartbeat file gone
     with HostLock(hut.transport):          # free again
         assert "lock" in hut.raw_names(".serving_sync")
-    assert "lock" not in hut.raw_names(".serving_sync")
+    assert _lock_names(hut) == []
 
 
-def test_stale_lock_of_a_dead_process_is_reported_and_broken_only_on_request(hut):
-    stale = LockInfo("ci", socket.gethostname(), dead_pid(), "deadbeef", time.time() - 60, time.time() - 60)
+def test_a_live_lock_is_never_taken_over_even_past_its_ttl(hut):
+    """The owner's heartbeat thread keeps it fresh; neither the TTL nor a wrong token breaks it."""
+    owner = HostLock(hut.transport, ttl=1.0, heartbeat_every=0.2)
+    info = owner.acquire()
+    try:
+        deadline = time.monotonic() + 3.0          # three TTLs
+        tries = 0
+        while time.monotonic() < deadline and tries < 50:
+            with pytest.raises(LockHeld, match="another deploy holds the lock"):
+                HostLock(hut.transport, ttl=1.0, break_lock="0123456789abcdef").acquire()
+            tries += 1
+            time.sleep(0.25)
+        assert tries >= 8
+        assert json.loads(hut.raw_read(LOCK_PATH))["token"] == info.token
+        owner.refresh()                           # still ours
+        assert owner.lost is None
+    finally:
+        owner.release()
+    assert owner._thread is None
+
+
+def test_a_long_upload_keeps_its_lock_fresh(hut, tmp_path):
+    """A 3 s upload (TTL 1 s, heartbeat 0.25 s) beside a contender on its own connection."""
+    from serving_sync.transports import open_transport
+
+    model = make_model_tree(tmp_path / "m", variables_bytes=200_000)
+    m = mf.build(model)
+    owner = HostLock(hut.transport, ttl=1.0, heartbeat_every=0.25)
+    info = owner.acquire()
+    refusals: list[str] = []
+    taken: list[str] = []
+    started = []
+
+    def slow_progress(n: int) -> None:
+        if not started:
+            started.append(time.monotonic())
+            contender = open_transport(hut.host)
+            try:
+                while time.monotonic() < started[0] + 3.0 and len(refusals) + len(taken) < 40:
+                    try:
+                        HostLock(contender, ttl=1.0, heartbeat_every=0).acquire()
+                        taken.append("taken")
+                    except LockHeld as exc:
+                        refusals.append(exc.message)
+                    time.sleep(0.2)
+            finally:
+                contender.close()
+
+    try:
+        hut.transport.upload_tree(model, "digits/.incoming-1-x", m, progress=slow_progress)
+        assert started and time.monotonic() - started[0] >= 3.0
+        assert taken == [] and len(refusals) >= 8, (taken, refusals[-1:])
+        assert hut.transport.verify("digits/.incoming-1-x", m) == []
+        owner.refresh()
+        assert json.loads(hut.raw_read(LOCK_PATH))["token"] == info.token
+    finally:
+        owner.release()
+
+
+def test_a_dead_lock_is_taken_over_after_the_ttl_with_a_warning_and_a_ledger_row(hut, monkeypatch,
+                                                                                   tmp_path, caplog):
+    from registry.ledger import Ledger
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLOPS_LEDGER_URL", raising=False)
+    dead = LockInfo("ci", "another-machine", 4242, "cafe0123cafe0123", time.time(), time.time())
+    hut.raw_write(LOCK_PATH, dead.to_json())
+    with pytest.raises(LockHeld, match="another deploy holds the lock"):
+        HostLock(hut.transport, ttl=1.0).acquire()      # fresh: not stale yet
+    time.sleep(1.3)
+    lock = HostLock(hut.transport, ttl=1.0, model="digits")
+    with caplog.at_level("WARNING", logger="mlops.sync.lock"):
+        info = lock.acquire()
+    try:
+        assert json.loads(hut.raw_read(LOCK_PATH))["token"] == info.token
+        assert any("took over the deploy lock cafe0123cafe0123" in r.getMessage() for r in caplog.records)
+        rows = Ledger().entries("digits", actions=("lock_takeover",))
+        assert len(rows) == 1 and rows[0].details["previous_owner"] == dead.owner
+        assert "no heartbeat for" in rows[0].reason and rows[0].host == hut.transport.url
+    finally:
+        lock.release()
+
+
+def test_the_lock_of_a_dead_process_on_this_machine_is_taken_over_at_once(hut):
+    stale = LockInfo("ci", socket.gethostname(), dead_pid(), "deadbeefdeadbeef", time.time(), time.time())
     hut.raw_write(LOCK_PATH, stale.to_json())
-    with pytest.raises(LockHeld) as e:
-        HostLock(hut.transport).acquire()
-    msg = str(e.value)
-    assert "looks stale" in msg and f"process {stale.pid} no longer runs" in msg and "--break-lock" in msg
-    assert json.loads(hut.raw_read(LOCK_PATH))["token"] == "deadbeef"     # untouched
-    lock = HostLock(hut.transport, break_lock=True)
-    info = lock.acquire()
-    assert json.loads(hut.raw_read(LOCK_PATH))["token"] == info.token
-    lock.release()
+    with HostLock(hut.transport) as lock:
+        assert json.loads(hut.raw_read(LOCK_PATH))["token"] == lock.info.token
 
 
-def test_lock_without_heartbeat_for_longer_than_the_ttl_is_stale(hut):
-    old = LockInfo("ci", "another-machine", 4242, "cafe", time.time() - 7200, time.time() - 7200)
-    hut.raw_write(LOCK_PATH, old.to_json())
-    with pytest.raises(LockHeld, match=r"looks stale \(no heartbeat for 120 min"):
-        HostLock(hut.transport, ttl=1800).acquire()
-
-
-def test_refresh_updates_the_heartbeat_and_detects_a_stolen_lock(hut):
-    clock = [1000.0]
-    lock = HostLock(hut.transport, clock=lambda: clock[0])
-    lock.acquire()
-    clock[0] = 1500.0
-    lock.refresh()
-    assert json.loads(hut.raw_read(LOCK_PATH))["heartbeat"] == 1500.0
-    thief = HostLock(hut.transport, break_lock=True)
+def test_a_named_token_breaks_only_that_lock(hut):
+    owner = HostLock(hut.transport)
+    info = owner.acquire()
+    with pytest.raises(LockHeld):
+        HostLock(hut.transport, break_lock="ffffffffffffffff").acquire()
+    thief = HostLock(hut.transport, break_lock=info.token)
     thief.acquire()
+    assert json.loads(hut.raw_read(LOCK_PATH))["token"] == thief.info.token
     with pytest.raises(LockHeld, match="lost its lock"):
-        lock.refresh()
-    lock.release()                          # must not remove the thief's lock
+        owner.refresh()
+    owner.release()                          # must not remove the thief's lock
     assert json.loads(hut.raw_read(LOCK_PATH))["token"] == thief.info.token
     thief.release()
+    assert _lock_names(hut) == []
 
 
-def test_corrupt_lock_file_is_reported(hut):
+def test_compare_and_delete_removes_only_the_content_it_was_given(hut):
+    hut.raw_write(LOCK_PATH, b"one")
+    assert hut.transport.remove_if_same(LOCK_PATH, b"two") is False
+    assert hut.raw_read(LOCK_PATH) == b"one"
+    assert hut.transport.remove_if_same(LOCK_PATH, b"one") is True
+    assert "lock" not in hut.raw_names(".serving_sync")
+    assert hut.transport.remove_if_same(LOCK_PATH, b"one") is False     # gone: nothing to do
+    assert [n for n in hut.raw_names(".serving_sync") if ".cad-" in n] == []
+
+
+def test_corrupt_lock_file_is_reported_and_broken_by_its_name(hut):
     hut.raw_write(LOCK_PATH, b"{not json")
-    with pytest.raises(LockHeld, match="cannot be read"):
+    with pytest.raises(LockHeld, match="cannot be read") as e:
         HostLock(hut.transport).acquire()
-    with HostLock(hut.transport, break_lock=True) as lock:
+    token = corrupt_token(b"{not json")
+    assert f"--break-lock {token}" in str(e.value)
+    with HostLock(hut.transport, break_lock=token) as lock:
         assert lock.info is not None
 
 
-def test_exclusive_create_has_exactly_one_winner_among_concurrent_processes(hut, tmp_path):
-    """Several processes race for the lock on the same host: exactly one gets it."""
-    h = hut.host
-    script = f"""
-import time
+_RACE = """
+import sys, time
 from pathlib import PosixPath
 from serving_sync.errors import LockHeld
 from serving_sync.hosts import Host, Target
 from serving_sync.lock import HostLock
 from serving_sync.transports import open_transport
-tr = open_transport(Host("h", {h.target!r}, "http://127.0.0.1:1", known_hosts={h.known_hosts!r},
-                         identity_file={h.identity_file!r}))
-while time.time() < {time.time() + 3.0}:   # start together
+tr = open_transport(Host("h", {target!r}, "http://127.0.0.1:1", known_hosts={known_hosts!r},
+                         identity_file={identity_file!r}))
+while time.time() < {start}:   # start together
     time.sleep(0.005)
 try:
-    HostLock(tr).acquire()
-    print("WON")
+    lock = HostLock(tr, ttl=60, break_lock={token!r})
+    lock.acquire()
+    print("WON", lock.info.token)
 except LockHeld:
     print("LOST")
 """
-    env = {**os.environ}
+
+
+@pytest.mark.parametrize("situation", ["free", "stale", "named"])
+def test_racing_processes_exactly_one_holds(hut, situation):
+    """Four processes race for the lock (free, stale, or all naming the same token): one wins."""
+    h = hut.host
+    token = None
+    if situation != "free":
+        beat = time.time() - (7200 if situation == "stale" else 0)
+        old = LockInfo("ci", "another-machine", 4242, "abad1dea0000beef", beat, beat)
+        hut.raw_write(LOCK_PATH, old.to_json())
+        token = old.token if situation == "named" else None
+    script = _RACE.format(target=h.target, known_hosts=h.known_hosts, identity_file=h.identity_file,
+                          start=time.time() + 3.0, token=token)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for _ in range(4)]
+                              text=True, env={**os.environ}) for _ in range(4)]
     outs = [p.communicate(timeout=120) for p in procs]
-    results = sorted(o[0].strip() for o in outs)
+    results = sorted(o[0].strip().split(" ")[0] for o in outs)
     assert results == ["LOST", "LOST", "LOST", "WON"], outs
+    winner = next(o[0].split()[1] for o in outs if o[0].startswith("WON"))
+    assert json.loads(hut.raw_read(LOCK_PATH))["token"] == winner
+    assert [n for n in hut.raw_names(".serving_sync") if ".cad-" in n] == []
 
 
 # --- retention -----------------------------------------------------------------------------------

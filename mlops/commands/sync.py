@@ -42,8 +42,10 @@ def _smoke_flags(p) -> None:
 def _deploy_flags(p) -> None:
     p.add_argument("--timeout", type=flags.seconds, default=120.0, metavar="S",
                    help="bound on every wait (loading, label switch, unloading; default 120)")
-    p.add_argument("--break-lock", action="store_true",
-                   help="take over a host lock left by a dead deploy (the owner is named in the error)")
+    p.add_argument("--break-lock", metavar="TOKEN", default=None,
+                   help="take over the host lock with this token (shown in the error) even though it "
+                        "is not stale; a lock silent for MLOPS_LOCK_TTL (default 10 min) or whose "
+                        "process died on this machine is taken over without it")
     p.add_argument("--lock-wait", type=flags.seconds, default=0.0, metavar="S",
                    help="wait up to S seconds for another deploy's lock (default 0: fail at once)")
     p.add_argument("--keep", type=flags.positive_int, default=3, metavar="N",
@@ -406,6 +408,7 @@ def cmd_watch(args) -> int:
     hosts = _hosts(args)
     opts = _deploy_options(args)
     failed = FailedVersions()
+    break_lock = [args.break_lock]    # named takeover: first pass only, never carried over
 
     def reconcile():
         fp = fleet.plan_fleet(model, hosts, opts=opts)
@@ -417,7 +420,8 @@ def cmd_watch(args) -> int:
             return "skipped", fp.version, (f"v{fp.version}'s deploy failed in this watch; waiting for "
                                            f"production to move")
         try:
-            r = fleet.deploy(model, hosts, opts=opts, break_lock=args.break_lock, lock_wait=args.lock_wait)
+            token, break_lock[0] = break_lock[0], None
+            r = fleet.deploy(model, hosts, opts=opts, break_lock=token, lock_wait=args.lock_wait)
         except DeployFailed as exc:
             failed.add(fp.version)
             return "failed", fp.version, exc.message

@@ -74,6 +74,28 @@ class Transport(abc.ABC):
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Create ``rel`` only if it does not exist; False if it already exists."""
 
+    def remove_if_same(self, rel: str, expected: bytes) -> bool:
+        """Compare-and-delete: remove ``rel`` only if its content is still ``expected``.
+
+        False when it is gone or changed (then it is left as it is). Used by the host lock, so
+        that a takeover removes exactly the lock that was read and judged.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no compare-and-delete")
+
+    def lock_channel(self) -> "Transport":
+        """A transport the lock's heartbeat thread may use beside this one (close it after)."""
+        return self
+
+    @abc.abstractmethod
+    def upload_tree(self, local_dir: str | os.PathLike, dest_rel: str, manifest: Manifest,
+                    progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
+        """Upload the manifest's files (and directories) from ``local_dir`` to ``dest_rel``.
+
+        Returns the bytes of file content sent. ``dest_rel`` must not exist yet on transports
+        with atomic rename (it is a fresh temporary name). With ``min_free``, refuse with
+        ``DiskFull`` before writing anything when the host reports less free space.
+        """
+
     def upload_tree_hashing(self, local_dir: str | os.PathLike, dest_rel: str, tree: Manifest,
                             progress: ProgressFn | None = None, *,
                             min_free: int | None = None) -> tuple[int, Manifest]:

@@ -229,6 +229,27 @@ class S3Transport(Transport):
         except Exception as exc:  # noqa: BLE001 - translated
             raise self._error(exc, f"creating {rel}") from None
 
+    def remove_if_same(self, rel: str, expected: bytes) -> bool:
+        # GET (body + ETag), compare, then DELETE If-Match: that ETag (412 if it changed since).
+        # SeaweedFS 4.48 and AWS S3 honour If-Match on DeleteObject.
+        from botocore.exceptions import ClientError
+
+        key = self._key(rel)
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            body = obj["Body"].read(MAX_SMALL_FILE + 1)
+            if body != expected:
+                return False
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=obj["ETag"])
+            return True
+        except ClientError as exc:
+            if self._code(exc) in ("NoSuchKey", "404", "NotFound", "PreconditionFailed", "412",
+                                   "ConditionalRequestConflict"):
+                return False
+            raise self._error(exc, f"taking over {rel}") from None
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise self._error(exc, f"taking over {rel}") from None
+
     def upload_tree(self, local_dir, dest_rel: str, manifest: Manifest,
                     progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
         prefix = self._dir_prefix(dest_rel)

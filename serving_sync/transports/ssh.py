@@ -71,7 +71,8 @@ class SshTransport(Transport):
                 self._sftp.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
             pass
-        self._t.close()
+        if not getattr(self, "_shares_connection", False):
+            self._t.close()
 
     # --- plumbing ------------------------------------------------------------------------
     def _p(self, rel: str) -> str:
@@ -302,6 +303,33 @@ class SshTransport(Transport):
             with f:
                 f.write(data)
             return True
+
+    def remove_if_same(self, rel: str, expected: bytes) -> bool:
+        # As on file hosts: rename aside (posix-rename), check, delete or put back with a plain
+        # SFTP rename, which refuses to replace a lock created meanwhile.
+        path = self._p(rel)
+        aside = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.cad-{secrets.token_hex(6)}")
+        with self._io(f"taking over {rel}"):
+            try:
+                self.sftp.posix_rename(path, aside)
+            except FileNotFoundError:
+                return False
+            with self.sftp.open(aside, "rb") as f:
+                same = f.read(MAX_SMALL_FILE + 1) == expected
+            if not same:
+                try:
+                    self.sftp.rename(aside, path)
+                    return False
+                except OSError:
+                    pass
+            self.sftp.remove(aside)
+            return same
+
+    def lock_channel(self) -> "SshTransport":
+        # Same SSH connection, its own SFTP channel: paramiko's SFTPClient is not shared across threads.
+        clone = SshTransport(self.target, self._t, op_timeout=self.op_timeout)
+        clone._shares_connection = True
+        return clone
 
     def upload_tree(self, local_dir, dest_rel: str, manifest: Manifest,
                     progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
