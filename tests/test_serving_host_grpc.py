@@ -18,6 +18,7 @@ from tests.helpers import TF_SERVING_TESTDATA
 HALF_PLUS_TWO = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu"
 TWO_VERSIONS = TF_SERVING_TESTDATA / "saved_model_half_plus_two_2_versions"
 RPC_TIMEOUT = 10.0
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def _config(label: bool) -> str:
@@ -32,7 +33,10 @@ def _config(label: bool) -> str:
 
 @pytest.fixture(scope="module")
 def server(tfserving_session_factory, tmp_path_factory):
-    srv = tfserving_session_factory(tmp_path_factory.mktemp("grpc-serving"), _config(False))
+    base = tmp_path_factory.mktemp("grpc-serving")
+    (base / "monitoring.config").write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    srv = tfserving_session_factory(base, _config(False),
+                                    extra_args=(f"--monitoring_config_file={base / 'monitoring.config'}",))
     for name, version in (("default", 123), ("two", 123), ("two", 124)):
         srv.wait_for_state(name, version, "AVAILABLE")
     srv.write_config(_config(True))  # a label may only name a loaded version: second config
@@ -351,3 +355,52 @@ def test_grpc_and_rest_answer_alike(server):
     rest_y = requests.post(f"{server.rest_url}/v1/models/default:predict",
                            json={"instances": xs}, timeout=RPC_TIMEOUT).json()["predictions"]
     assert grpc_y == rest_y == [2.25, 3.5, 502.125]
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def sample(server, name: str, labels: dict[str, str]) -> float:
+    """One sample of the Prometheus page (parsed with prometheus_client's parser, which names
+    a counter's samples ``<name>_total``); 0 if absent."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(server.rest_url + METRICS_PATH, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return 0.0
+
+
+def test_grpc_requests_are_counted_as_tf_serving_counts_them(server):
+    """``prediction_service_impl.cc``: Predict/Classify/Regress counted (latency only when OK,
+    entrypoint GRPC); MultiInference counts its examples; neither it nor metadata is a request."""
+    stub = server.stub
+    count = ":tensorflow:serving:request_count_total"  # the page writes no suffix; the parser adds it
+    latency = ":tensorflow:serving:request_latency_count"
+
+    def snapshot():
+        return {
+            "ok": sample(server, count, {"model_name": "two", "status": "OK"}),
+            "missing": sample(server, count, {"model_name": "gone", "status": "NOT_FOUND"}),
+            "bad": sample(server, count, {"model_name": "two", "status": "INVALID_ARGUMENT"}),
+            **{api: sample(server, latency, {"model_name": "two", "API": api, "entrypoint": "GRPC"})
+               for api in ("Predict", "Classify", "Regress")},
+            "gone_latency": sample(server, latency, {"model_name": "gone", "API": "Predict", "entrypoint": "GRPC"}),
+            "examples": sample(server, ":tensorflow:serving:request_example_count_total",
+                               {"model": "two"}),
+        }
+
+    before = snapshot()
+    for _ in range(3):
+        stub.Predict(predict_request("two"), RPC_TIMEOUT)
+    stub.Classify(classify_request("two"), RPC_TIMEOUT)
+    stub.Regress(regress_request("two", xs=(1.0, 2.0)), RPC_TIMEOUT)
+    stub.MultiInference(multi_request([("two", "regress_x_to_y", REGRESS)], xs=(1.0, 2.0, 3.0)), RPC_TIMEOUT)
+    stub.GetModelMetadata(metadata_request("two"), RPC_TIMEOUT)
+    rpc_error(stub.Predict, predict_request("gone"))
+    rpc_error(stub.Regress, regress_request("two", xs=()))
+    after = snapshot()
+    delta = {k: after[k] - before[k] for k in before}
+    assert delta == {"ok": 5, "missing": 1, "bad": 1, "Predict": 3, "Classify": 1, "Regress": 1,
+                     "gone_latency": 0, "examples": 3}
