@@ -6,11 +6,14 @@ MLflow signs each delivery (mlflow/webhooks/delivery.py)::
     X-MLflow-Timestamp:   unix seconds
     X-MLflow-Delivery-Id: uuid
 
-``verify`` is the pure check: a missing or wrong signature is 401, a missing, malformed or
-stale timestamp (more than 5 minutes off: a replay) is 400, a delivery id seen before is
-acknowledged without a second reconcile. The receiver binds to 127.0.0.1 by default, reads at
-most 1 MiB, answers at once (202) and leaves the deploy to the watch loop. The secret comes
-only from ``MLOPS_WEBHOOK_SECRET`` and is never logged.
+``verify`` is the pure check: a missing or wrong signature is 401 (compared as bytes, so a
+malformed header is a 401, never an exception), a missing, malformed or stale timestamp (more
+than 5 minutes off: a replay) is 400, a delivery id seen before is acknowledged without a
+second reconcile. ``precheck`` refuses what it can from the headers alone, before the body is
+read. The receiver binds to 127.0.0.1 by default, holds every connection in one asyncio thread
+(bounded count, a deadline per request), reads at most 1 MiB, answers at once (202) and leaves
+the deploy to the watch loop. The secret comes only from ``MLOPS_WEBHOOK_SECRET`` and is never
+logged.
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ import hashlib
 import hmac
 import json
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from mlops_common import log
 
@@ -33,13 +36,19 @@ TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 MAX_AGE_SECONDS = 300
 MAX_BODY = 1024 * 1024
+MAX_HEAD = 16 * 1024
 EVENT = ("model_version_alias", "created")
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
     """The signature header MLflow sends for this delivery."""
-    mac = hmac.new(secret.encode(), f"{delivery_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    mac = hmac.new(secret.encode(), _raw(f"{delivery_id}.{timestamp}.{body}"), hashlib.sha256).digest()
     return "v1," + base64.b64encode(mac).decode()
+
+
+def _raw(text: str) -> bytes:
+    """UTF-8 bytes of any str, even one holding lone surrogates (never raises)."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -66,9 +75,10 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, now: float,
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return Verdict(400, "body is not UTF-8")
-    expected = sign(secret, delivery, ts, text)
+    expected = sign(secret, delivery, ts, text).encode()
     # MLflow sends one "v1,<sig>"; accept a space-separated list like other HMAC schemes do.
-    if not any(hmac.compare_digest(expected, part.strip()) for part in sig.split(" ") if part.strip()):
+    # Compared as bytes: a header with non-ASCII characters or the wrong length is just unequal.
+    if not any(hmac.compare_digest(expected, _raw(part.strip())) for part in sig.split(" ") if part.strip()):
         return Verdict(401, "bad signature")
     try:
         sent = int(ts)
@@ -92,50 +102,195 @@ def wants_reconcile(event: dict, model: str, alias: str = "production") -> bool:
             and data.get("alias") == alias)
 
 
+def precheck(headers: dict[str, str], *, now: float, max_age: float = MAX_AGE_SECONDS) -> Verdict | None:
+    """What can be refused before the body is read: no or malformed signature (401), bad or
+    stale timestamp (400). None: read the body and ``verify`` it."""
+    h = {k.lower(): v for k, v in headers.items()}
+    sig, delivery = h.get(SIGNATURE_HEADER.lower(), ""), h.get(DELIVERY_HEADER.lower(), "")
+    if not sig or not delivery:
+        return Verdict(401, "missing signature or delivery id")
+    if not any(_well_formed(part) for part in sig.split(" ")):
+        return Verdict(401, "bad signature")
+    try:
+        sent = int(h.get(TIMESTAMP_HEADER.lower(), ""))
+    except ValueError:
+        return Verdict(400, "missing or malformed timestamp")
+    if abs(now - sent) > max_age:
+        return Verdict(400, f"timestamp is {abs(now - sent):.0f}s off (more than {max_age:.0f}s): replay refused")
+    return None
+
+
+def _well_formed(part: str) -> bool:
+    """``v1,<base64 of 32 bytes>`` (ASCII only)."""
+    if not part.startswith("v1,") or not part.isascii():
+        return False
+    try:
+        return len(base64.b64decode(part[3:], validate=True)) == 32
+    except ValueError:
+        return False
+
+
+_PHRASES = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 405: "Method Not Allowed",
+            408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    """(method, headers) of an HTTP/1.x request head; header bytes kept as latin-1 (never fails)."""
+    lines = head.decode("latin-1").split("\r\n")
+    method = lines[0].split(" ", 1)[0] if lines and lines[0] else ""
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            headers[name.strip()] = value.strip()
+    return method, headers
+
+
+async def _discard(reader, limit: int = MAX_BODY + MAX_HEAD) -> None:
+    """Read and drop what the client still sends, up to ``limit`` bytes or its end."""
+    total = 0
+    while total <= limit:
+        chunk = await reader.read(64 * 1024)
+        if not chunk:
+            return
+        total += len(chunk)
+
+
 class Receiver:
-    """A small HTTP server: verified deliveries for our model's production alias call ``trigger``."""
+    """A small HTTP server: verified deliveries for our model's production alias call ``trigger``.
+
+    One asyncio loop in one thread holds every connection (a slow or half-open client costs a
+    socket, not a thread); at most ``max_connections`` are open at once (more are closed at
+    once), each gets ``timeout`` seconds in total to send its request, and the verified
+    deliveries are handled by a pool of ``workers`` threads.
+    """
 
     def __init__(self, secret: str, model: str, trigger: Callable[[dict], None], *, host: str = "127.0.0.1",
-                 port: int = 0, clock=None, max_age: float = MAX_AGE_SECONDS):
+                 port: int = 0, clock=None, max_age: float = MAX_AGE_SECONDS, timeout: float = 10.0,
+                 max_connections: int = 256, workers: int = 2):
+        import socket
         import time
 
         self.secret, self.model, self.trigger = secret, model, trigger
         self.clock = clock or time.time
         self.max_age = max_age
+        self.timeout = timeout
+        self.max_connections = max_connections
         self.seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.counts = collections.Counter()
+        self.open_connections = 0
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self._sock = socket.create_server((host, port), backlog=128)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
+        self._loop = None
+        self._stopped = None
         self.thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        return self.httpd.server_address[1]
+        return self._sock.getsockname()[1]
 
     @property
     def url(self) -> str:
-        return f"http://{self.httpd.server_address[0]}:{self.port}/"
+        return f"http://{self._sock.getsockname()[0]}:{self.port}/"
 
-    def start(self) -> "Receiver":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                       daemon=True, name="webhook-receiver")
+    def start(self) -> Receiver:
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True, name="webhook-receiver")
         self.thread.start()
+        ready.wait(10)
         return self
 
+    def _run(self, ready: threading.Event) -> None:
+        import asyncio
+
+        async def main():
+            self._loop = asyncio.get_running_loop()
+            self._stopped = asyncio.Event()
+            server = await asyncio.start_server(self._client, sock=self._sock, limit=MAX_HEAD)
+            ready.set()
+            async with server:
+                await self._stopped.wait()
+
+        asyncio.run(main())
+
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
         if self.thread is not None:
             self.thread.join(timeout=5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sock.close()
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    async def _client(self, reader, writer) -> None:
+        import asyncio
+
+        if self.open_connections >= self.max_connections:
+            self._count("refused_busy")
+            writer.close()
+            return
+        self.open_connections += 1
+        try:
+            try:
+                status, text = await asyncio.wait_for(self._exchange(reader), self.timeout)
+            except TimeoutError:
+                self._count("timed_out")
+                status, text = 408, f"request not received within {self.timeout:.0f}s"
+            except (asyncio.LimitOverrunError, ValueError):
+                status, text = 431, "request head too large"
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            except Exception:
+                logger.exception("webhook: error while handling a delivery")
+                status, text = 500, "internal error"
+            body = json.dumps({"status": status, "message": text}).encode()
+            writer.write(f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\nContent-Type: application/json"
+                         f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            try:
+                await asyncio.wait_for(writer.drain(), self.timeout)
+                # Lingering close: a body we refused unread would otherwise turn our close into
+                # a reset that can destroy the answer before the client reads it.
+                writer.write_eof()
+                await asyncio.wait_for(_discard(reader), 1.0)
+            except (TimeoutError, OSError, RuntimeError):
+                pass
+        finally:
+            self.open_connections -= 1
+            writer.close()
+
+    async def _exchange(self, reader) -> tuple[int, str]:
+        """Read one request, refusing what can be refused before its body is read."""
+        import asyncio
+
+        method, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        if method != "POST":
+            return 405, "POST MLflow webhook deliveries here"
+        try:
+            length = int({k.lower(): v for k, v in headers.items()}.get("content-length", ""))
+        except ValueError:
+            return 411, "a Content-Length is required"
+        if length < 0 or length > MAX_BODY:
+            return 413, f"body larger than {MAX_BODY} bytes"
+        early = precheck(headers, now=self.clock(), max_age=self.max_age)
+        if early is not None:
+            return self._rejected(early)
+        body = await reader.readexactly(length)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.handle, headers, body)
+
+    def _rejected(self, verdict: Verdict) -> tuple[int, str]:
+        self._count(f"rejected_{verdict.status}")
+        logger.warning("webhook rejected (%d): %s", verdict.status, verdict.reason)
+        return verdict.status, verdict.reason
 
     def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
         verdict = verify(self.secret, headers, body, now=self.clock(), max_age=self.max_age)
         if not verdict.ok:
-            with self._lock:
-                self.counts[f"rejected_{verdict.status}"] += 1
-            logger.warning("webhook rejected (%d): %s", verdict.status, verdict.reason)
-            return verdict.status, verdict.reason
+            return self._rejected(verdict)
         delivery = {k.lower(): v for k, v in headers.items()}[DELIVERY_HEADER.lower()]
         with self._lock:
             if delivery in self.seen:
@@ -145,43 +300,10 @@ class Receiver:
             while len(self.seen) > 1000:
                 self.seen.popitem(last=False)
         if not wants_reconcile(verdict.event, self.model):
-            with self._lock:
-                self.counts["ignored"] += 1
+            self._count("ignored")
             return 200, "ignored (not a production alias move of this model)"
-        with self._lock:
-            self.counts["accepted"] += 1
+        self._count("accepted")
         data = verdict.event.get("data") or {}
         logger.info("webhook: production of '%s' -> v%s; reconciling", self.model, data.get("version"))
         self.trigger(verdict.event)
         return 202, "accepted: reconcile triggered"
-
-    def _handler(self):
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):   # no request logging (headers carry signatures)
-                pass
-
-            def _answer(self, status: int, text: str) -> None:
-                body = json.dumps({"status": status, "message": text}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):  # noqa: N802
-                try:
-                    length = int(self.headers.get("Content-Length", "0"))
-                except ValueError:
-                    return self._answer(400, "bad Content-Length")
-                if length < 0 or length > MAX_BODY:
-                    return self._answer(413, f"body larger than {MAX_BODY} bytes")
-                body = self.rfile.read(length)
-                status, text = receiver.handle(dict(self.headers.items()), body)
-                self._answer(status, text)
-
-            def do_GET(self):  # noqa: N802
-                self._answer(405, "POST MLflow webhook deliveries here")
-
-        return Handler
