@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import re
+import select
 import selectors
 import socket
 import threading
@@ -47,6 +48,7 @@ DEFAULT_SOCKET_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 1024
 MAX_HEAD_BYTES = 65536 + 100 * 8192  # request line + headers, as http.server's own limits
+KEEPALIVE_WAIT = 0.002  # seconds a worker with nothing queued waits for a keep-alive's next request
 LINGER_SECONDS = 2.0  # after answering without reading a body, discard what the client still sends
 
 
@@ -413,15 +415,29 @@ class _Connection:
             return "ready"
         return "more"
 
-    def serve(self) -> bool:
-        """Answer the requests that are ready; True if the connection stays open."""
+    def serve(self, may_wait) -> bool:
+        """Answer the requests that are ready; True if the connection stays open.
+
+        A keep-alive client usually sends its next request at once: while ``may_wait()`` (no
+        other connection waits for a worker) wait ``KEEPALIVE_WAIT`` for it here rather than
+        hand the connection back to the selector and take it again.
+        """
         h = self.handler
         while True:
             h.handle_one_request()  # a socket timeout inside sets close_connection
             if h.close_connection:
                 return False
-            if not self._buffered():
+            if self._buffered():
+                continue
+            if not (may_wait() and self._next_arrives()):
                 return True
+
+    def _next_arrives(self) -> bool:
+        try:
+            ready, _, _ = select.select([self.sock], [], [], KEEPALIVE_WAIT)
+        except (OSError, ValueError):
+            return False
+        return bool(ready)
 
     def _buffered(self) -> bool:
         """A pipelined request already read into the buffer (the selector would not see it)."""
@@ -464,13 +480,17 @@ class RestServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stop = threading.Event()
+        self._queue_lock = threading.Lock()
+        self._queued = 0  # connections handed to the pool that no worker has taken yet
         self._stopped = threading.Event()
 
     # -- worker side --------------------------------------------------------------------------
     def _work(self, conn: _Connection) -> None:
         alive = False
         try:
-            alive = conn.serve()
+            with self._queue_lock:
+                self._queued -= 1
+            alive = conn.serve(lambda: self._queued == 0)
         except OSError:
             pass
         except Exception:  # noqa: BLE001 - never lose the connection bookkeeping
@@ -521,6 +541,8 @@ class RestServer:
                             conn.close()
                             continue
                         busy += 1
+                        with self._queue_lock:
+                            self._queued += 1
                         self._pool.submit(self._work, conn)
                 now = time.monotonic()
                 for conn in [c for c, deadline in idle.items() if deadline <= now]:
