@@ -24,7 +24,7 @@ import sys
 from benchmarks import _setup
 from benchmarks.bench_rollback import run_cli
 
-LOAD_STEPS = ("load_validation", "wait_validation", "load_main", "wait_main")
+LOAD_STEPS = ("load_validation", "wait_validation", "drop_validation", "load_main", "wait_main")
 
 
 def _stage(stages: dict, name: str, *args: str, timeout: float = 1800) -> dict:

@@ -32,7 +32,7 @@ from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError
 
 ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback",
-           "lock_takeover")
+           "lock_takeover", "canary")
 OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back")
 VERSION_TABLE = "ledger_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"

@@ -221,7 +221,9 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     versions.get_version(model, failed)
     if to is not None:
         versions.get_version(model, to)
-    versions.set_tags(model, failed, {"deploy_status": "failed", "deploy.reason": reason})
+    from . import deploys
+
+    deploys.tag(model, failed, deploys.FAILED, reason)
     moved_alias = False
     current = None
     try:
@@ -253,13 +255,10 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
             _restore(model, current)
         raise
     at = entry.at.isoformat(timespec="seconds")
-    if moved_alias and to is not None:
-        versions.set_tags(model, to, {"promoted_by": actor, "promoted_at": at,
-                                      "promotion.kind": "rollback",
-                                      "promotion.from_version": str(failed),
-                                      "promotion_reason": reason,
-                                      "promotion.ledger_id": str(entry.id)})
-    return Promotion(model=model, action="rollback", from_version=failed, to_version=to, actor=actor,
-                     reason=reason, at=at, ledger_id=entry.id, moved=moved_alias,
-                     pipeline_id=pid, workflow_id=wid,
-                     details={"after_failed_deploy": failed, "production_was": current})
+    promo = Promotion(model=model, action="rollback", from_version=failed, to_version=to, actor=actor,
+                      reason=reason, at=at, ledger_id=entry.id, moved=moved_alias,
+                      pipeline_id=pid, workflow_id=wid,
+                      details={"after_failed_deploy": failed, "production_was": current})
+    if moved_alias and to is not None:      # every promotion tag: none left from the earlier promotion
+        versions.set_tags(model, to, promotion_tags(promo))
+    return promo

@@ -8,6 +8,8 @@
   ``deploy_status=failed``).
 - ``rollback_target``: the version that held production before the current one, skipping
   failed deploys.
+- ``previous_production``: the one "previous production" rule: where production goes back to
+  from ``version`` (``mlops registry rollback`` and a failed deploy both follow it).
 """
 from __future__ import annotations
 
@@ -67,3 +69,9 @@ def rollback_target(stack: list[int], current: int | None, failed: set[int]) -> 
         if v != current and v not in failed:
             return v
     return None
+
+
+def previous_production(entries: Iterable[Entry], version: int | None, failed: set[int] = frozenset()) -> int | None:
+    """Where ``production`` goes back to from ``version``: ``rollback_target`` on the ledger's
+    production stack (the newest earlier holder whose deploy did not fail)."""
+    return rollback_target(production_stack(entries), version, set(failed))

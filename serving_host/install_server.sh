@@ -8,7 +8,10 @@
 #   2. creates the model base directory owned by that user,
 #   3. writes an initial empty-but-valid models.config there (never overwrites an existing one:
 #      serving_sync owns that file once deploys start),
+#   3b. writes <base>/monitoring.config enabling TF Serving's Prometheus page at
+#      /monitoring/prometheus/metrics (what `mlops sync deploy --bake` reads), unless --no-metrics,
 #   4. runs the pinned tensorflow/serving image with --model_config_file=/models/models.config,
+#      --monitoring_config_file=/models/monitoring.config,
 #      a config poll interval, the base directory mounted read-only at /models, REST (8501) and
 #      gRPC (8500) published on 127.0.0.1 unless told otherwise, and a restart policy.
 #      The container carries a label with a hash of its settings: same settings -> left alone,
@@ -27,6 +30,7 @@ GRPC_BIND="127.0.0.1"
 POLL_SECONDS=1
 DRY_RUN=0
 WITH_CONTAINER=1
+WITH_METRICS=1
 SPEC_LABEL="tfmodel-delivery.spec"
 
 usage() {
@@ -48,6 +52,8 @@ options:
   --expose              publish REST and gRPC on all addresses (0.0.0.0)
   --poll-seconds N      models.config and model directory poll interval (default: 1)
   --no-container        prepare user, directory and models.config only (no Docker)
+  --no-metrics          no monitoring.config: TF Serving serves no Prometheus page (canary bakes
+                        then need --bake 0)
   --dry-run             print the commands that would change the host, run none of them
   -h, --help            show this help
 EOF
@@ -74,6 +80,7 @@ while [ $# -gt 0 ]; do
     --expose) REST_BIND="0.0.0.0"; GRPC_BIND="0.0.0.0"; shift ;;
     --poll-seconds) need_value "$@"; POLL_SECONDS="$2"; shift 2 ;;
     --no-container) WITH_CONTAINER=0; shift ;;
+    --no-metrics) WITH_METRICS=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -96,6 +103,8 @@ if ! [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]*$ ]]; then
 fi
 
 CONFIG="$BASE/models.config"
+MONITORING="$BASE/monitoring.config"
+MONITORING_TEXT='prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }' 
 MODELS_IN_CONTAINER="/models"
 CHANGED=0
 
@@ -184,6 +193,22 @@ else
   fi
 fi
 
+# 3b. TF Serving's Prometheus page (read by the canary bake) ----------------------------------
+if [ "$WITH_METRICS" -eq 1 ]; then
+  if [ -f "$MONITORING" ] && [ "$(cat "$MONITORING")" = "$MONITORING_TEXT" ]; then
+    note "$MONITORING exists"
+  else
+    CHANGED=1
+    if [ "$DRY_RUN" -eq 1 ]; then
+      echo "install -m 0644 -o $(quote "$DEPLOY_USER") -g $(quote "$DEPLOY_GROUP") /dev/stdin $(quote "$MONITORING") <<'EOF'"
+      printf '%s\n' "$MONITORING_TEXT"
+      echo "EOF"
+    else
+      printf '%s\n' "$MONITORING_TEXT" | install -m 0644 -o "$DEPLOY_USER" -g "$DEPLOY_GROUP" /dev/stdin "$MONITORING"
+    fi
+  fi
+fi
+
 # 4. the TensorFlow Serving container ---------------------------------------------------------
 if [ "$WITH_CONTAINER" -eq 1 ]; then
   server_args=(
@@ -194,6 +219,9 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
     "--file_system_poll_wait_seconds=$POLL_SECONDS"
     --allow_version_labels_for_unavailable_models=true
   )
+  if [ "$WITH_METRICS" -eq 1 ]; then
+    server_args+=("--monitoring_config_file=$MODELS_IN_CONTAINER/monitoring.config")
+  fi
   docker_opts=(
     --detach
     --name "$CONTAINER"

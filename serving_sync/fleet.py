@@ -1,35 +1,48 @@
-"""``mlops sync deploy`` for a fleet: one host at a time, all-new or all-old.
+"""``mlops sync deploy`` for a fleet: prepare every host in parallel, switch a canary, bake, waves.
+
+The rollout is a state machine (docs/architecture.md, "Rollout"):
 
 1. Resolve the version (``production`` or ``--version N``), open every host and take every
-   host's lock (name order). 2. Observe every host and plan (``plan.plan_host``); if every host
-   is up to date, stop: nothing is downloaded, written or reloaded. 3. Download what the plans
-   need (the SavedModel only if something is published; else just the golden set). 4. Run each
-   host's plan in hosts-file order. If host k fails, host k and hosts 1..k-1 are put back
-   (``HostRun.restore``), ``production`` moves back (``registry.promotion.revert_failed_deploy``,
-   unless the failure was in the upload itself: the version is not to blame and the next run
-   resumes), the version is tagged, and ``DeployFailed`` (exit 3) says why and what to do.
+   host's lock (name order). Observe every host and plan (``plan.plan_host``); if every host is
+   up to date, stop: nothing is downloaded, written or reloaded (``registry.deploys`` records a
+   deploy that an earlier, killed run did not).
+2. With ``--bake S``: read every changing host's TF Serving metrics (``canary.Baker``); a canary
+   whose metrics cannot be read is refused before anything changes. Download what the plans need.
+3. PREPARE, every host in parallel (``--parallel N``): publish, validation entry, smoke test. No
+   main entry, label or unversioned route changes. A failure on any host puts every host back.
+4. SWITCH, wave by wave (``rollout.shape``): the canary first, judged on its live traffic for
+   ``--bake`` seconds against itself before the switch and the hosts still on the old version,
+   then the other waves in parallel. A failure or a breach anywhere puts every switched host
+   back (``HostRun.restore``), moves ``production`` back (``registry.promotion.revert_failed_deploy``,
+   unless nothing says the version is to blame: a failed upload, a lost connection, an
+   interrupt), tags the version and raises ``DeployFailed`` (exit 3) saying why.
 5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlops_common import lineage, log
+from mlops_common import log
 from mlops_common.errors import DeployFailed, NotFoundError, UserError
+from registry import deploys
 
+from . import cancel, retention, rollout, verified
 from . import manifest as mf
-from . import retention, verified
-from .connections import Heartbeat, connected, locked
+from .canary import Baker, CanaryFailed
 from .cancel import DeployInterrupted
-from .deploy import DeployOptions, HostOutcome, HostRun, StepFailed
+from .connections import Heartbeat, connected, locked
 from .golden import download_bundle, fetch_golden
+from .host_run import HostOutcome, HostRun, StepFailed
 from .observe import observe_host
-from .plan import plan_host
+from .options import DeployOptions
+from .plan import Phase, peak_copies, peak_memory, plan_host
 
 logger = log.get("sync.fleet")
 
@@ -47,6 +60,10 @@ class FleetResult:
     message: str = ""
     started_at: float = 0.0              # time.monotonic() at start (not serialized)
     timings: dict = field(default_factory=dict)   # seconds per phase (each host's steps: hosts[].steps)
+    rollout: dict = field(default_factory=dict)   # rollout.Shape: canary, waves
+    waves: list[dict] = field(default_factory=list)   # per wave: hosts, switch_seconds, bake, bake_seconds
+    bake: list[dict] = field(default_factory=list)    # every bake.Verdict, with its measurements
+    message_extra: str = ""
 
     def answered_after(self, since: float) -> float | None:
         """Seconds from ``since`` until the last host answered with the new version's outputs."""
@@ -56,7 +73,8 @@ class FleetResult:
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "source": self.source, "status": self.status,
                 "message": self.message, "seconds": round(self.seconds, 3), "registry": self.registry,
-                "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans, "timings": self.timings}
+                "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans, "timings": self.timings,
+                "rollout": self.rollout, "waves": self.waves, "bake": self.bake}
 
     def lap(self, phase: str, since: float) -> float:
         """Record ``phase`` as lasting from ``since`` until now; returns now."""
@@ -76,30 +94,6 @@ def resolve_version(model: str, version: int | None) -> tuple[int, str]:
         raise NotFoundError(f"no version of '{model}' holds the production alias; promote one first "
                             f"(mlops registry promote --version N) or pass --version N")
     return v, "production"
-
-
-class LedgerRecorder:
-    """Ledger rows for deploy / smoke_test / host_rollback, with who and which pipeline."""
-
-    def __init__(self, model: str):
-        from registry.ledger import Ledger
-
-        self.model = model
-        self.ledger = Ledger()
-        self.actor = lineage.os_user()
-
-    def __call__(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
-                 reason=None, details=None) -> None:
-        self.ledger.record(action, self.model, outcome=outcome, host=host, from_version=from_version,
-                           to_version=to_version, reason=reason, details=details or {}, actor=self.actor,
-                           pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id())
-
-    def previous_production(self, version: int) -> int | None:
-        """Where ``production`` was before it last moved to ``version`` (None if unknown)."""
-        for e in reversed(self.ledger.entries(self.model, actions=("promote", "rollback"))):
-            if e.outcome == "ok" and e.to_version == version and e.from_version != version:
-                return e.from_version
-        return None
 
 
 class _Lazy:
@@ -126,8 +120,8 @@ class _Lazy:
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions):
     observed = [observe_host(c.host, c.transport, c.client, model, label=opts.label) for c in conns]
-    plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label)
-             for o in observed]
+    plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
+                       fast=opts.fast) for o in observed]
     return observed, plans
 
 
@@ -138,6 +132,9 @@ class FleetPlan:
     source: str
     plans: list = field(default_factory=list)        # plan.HostPlan per reachable host
     errors: dict = field(default_factory=dict)       # host name -> one-line error
+    rollout: dict = field(default_factory=dict)      # rollout.Shape of the hosts that change
+    bake: dict = field(default_factory=dict)         # seconds, each_wave, limits
+    peak: dict = field(default_factory=dict)         # host -> {"copies": [v...], "bytes": int | None}
 
     @property
     def up_to_date(self) -> bool:
@@ -146,7 +143,7 @@ class FleetPlan:
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "source": self.source,
                 "up_to_date": self.up_to_date, "hosts": [p.to_dict() for p in self.plans],
-                "errors": self.errors}
+                "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak}
 
 
 def plan_fleet(model: str, hosts, *, version: int | None = None,
@@ -154,14 +151,36 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     """What ``deploy`` would do on each host, changing nothing (no lock, no write)."""
     v, source = resolve_version(model, version)
     fp = FleetPlan(model, v, source)
+    new_size = deploys.saved_model_size(model, v)
     for host in hosts:
         try:
             with connected([host]) as conns:
-                _, (p,) = observe_and_plan(conns, model, v, opts)
+                (o,), (p,) = observe_and_plan(conns, model, v, opts)
+                copies = peak_copies(o.obs, v, fast=opts.fast)
+                sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
+            if sizes.get(v) is None:
+                sizes[v] = new_size
             fp.plans.append(p)
+            fp.peak[p.host] = {"copies": list(copies), "bytes": peak_memory(copies, sizes),
+                               "sizes": {str(k): s for k, s in sorted(sizes.items())}}
         except UserError as exc:
             fp.errors[host.name] = exc.message
+    fp.rollout = rollout.shape([p.host for p in fp.plans if not p.up_to_date], canary=opts.canary,
+                               wave=opts.wave).to_dict()
+    fp.bake = {"seconds": opts.bake if fp.rollout["canary"] else 0.0, "each_wave": opts.bake_each_wave,
+               "limits": dataclasses.asdict(opts.limits), "parallel": opts.parallel, "fast": opts.fast}
     return fp
+
+
+def _stored_size(transport, model: str, version: int) -> int | None:
+    """The SavedModel size the host's stored manifest gives (None: not published by us)."""
+    from .publish import read_stored_manifest
+
+    try:
+        m = read_stored_manifest(transport, model, version)
+    except UserError:
+        return None
+    return m.total_size if m is not None else None
 
 
 def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions = DeployOptions(),
@@ -180,38 +199,71 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             result.status = "up_to_date"
             result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
-            _record_if_unrecorded(model, v, plans, reason)
+            if deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason):
+                logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier "
+                            "deploy stopped before recording it)", v, model)
             result.seconds = time.monotonic() - start
             return result
-        recorder = LedgerRecorder(model)
-        heartbeat = Heartbeat(conns)
+        recorder = deploys.DeployLedger(model)
         workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
-            if any(p.publishes for p in plans):
-                lazy.bundle()        # before touching any host: a registry problem changes nothing
-            else:
-                lazy.golden()
-            t = result.lap("fetch_from_registry", t)
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
                 if plan.up_to_date:
                     result.hosts.append(_unchanged(plan))
                     continue
                 run = HostRun(conn, obsd, plan, opts, golden=lazy.golden, bundle=lazy.bundle,
-                              record=recorder, heartbeat=heartbeat)
+                              record=recorder, heartbeat=Heartbeat([conn]))
                 result.hosts.append(run.outcome)
-                try:
-                    run.execute()
-                except BaseException as exc:
-                    raise _fail(result, recorder, run, runs, exc) from None
                 runs.append(run)
-                recorder("deploy", "ok", host=conn.host.name, from_version=plan.current, to_version=v,
-                         reason=reason, details={"steps": [s.kind for s in plan.steps],
-                                                 "previous_kept": plan.previous_kept,
-                                                 "publish": run.outcome.publish,
-                                                 "switch_seconds": run.outcome.switch_seconds})
-            t = result.lap("hosts", t)
+            shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
+            result.rollout = shape.to_dict()
+            baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and shape.canary else None
+            if baker is not None:
+                baker.start()        # before anything changes: a canary without metrics is refused here
+            if any(p.publishes for p in plans):
+                lazy.bundle()        # before touching any host: a registry problem changes nothing
+            else:
+                lazy.golden()
+            t = result.lap("fetch_from_registry", t)
+            _log_shape(shape, opts, len(runs))
+            _phase(result, recorder, runs, runs, Phase.PREPARE, opts.parallel)
+            t = result.lap("prepare_hosts", t)
+            by_name = {r.host.name: r for r in runs}
+            for i, names in enumerate(shape.waves):
+                wave = [by_name[n] for n in names]
+                label = "canary" if i == 0 and shape.canary else f"wave {i + (0 if shape.canary else 1)}"
+                logger.info("switch %s: %s", label, ", ".join(names))
+                w0 = time.monotonic()
+                if baker is not None:
+                    baker.before_switch(wave)
+                _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
+                for run in wave:
+                    _record_deployed(recorder, run, v, reason)
+                entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
+                last = i == len(shape.waves) - 1
+                if baker is not None and not last and (i == 0 or opts.bake_each_wave):
+                    b0 = time.monotonic()
+                    try:
+                        verdicts = baker.judge(wave, [by_name[n] for w in shape.waves[i + 1:] for n in w])
+                    except BaseException as exc:
+                        raise _fail(result, recorder, wave[0], runs, exc, step="bake") from None
+                    entry["bake"] = [vd.to_dict() for vd in verdicts]
+                    entry["bake_seconds"] = round(time.monotonic() - b0, 3)
+                    result.bake.extend(entry["bake"])
+                    for vd in verdicts:
+                        recorder("canary", "passed" if vd.passed else "failed", host=vd.host,
+                                 from_version=by_name[vd.host].plan.current, to_version=v, reason=vd.line,
+                                 details=vd.to_dict())
+                        logger.info("%s", vd.line)
+                    bad = [vd for vd in verdicts if not vd.passed]
+                    if bad:
+                        result.waves.append(entry)
+                        raise _fail(result, recorder, by_name[bad[0].host], runs, CanaryFailed(bad[0]),
+                                    step="bake")
+                result.waves.append(entry)
+            t = result.lap("switch_hosts", t)
             _succeeded(result, recorder, runs, opts)
             result.lap("record_and_retention", t)
         finally:
@@ -220,22 +272,51 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     return result
 
 
-def _record_if_unrecorded(model: str, v: int, plans, reason: str | None) -> None:
-    """Every host already serves ``v`` and verified it there. If the registry does not say so (a
-    deploy killed after its switch did the work, not the bookkeeping), record it now, so the
-    registry converges too; otherwise write nothing (deploying twice changes nothing)."""
-    from registry import versions
+def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
+    logger.info("rollout: prepare %d host%s (%d at a time), then %s", n, "" if n == 1 else "s",
+                min(opts.parallel, n) if n else 0,
+                "; ".join((f"canary {', '.join(w)}" + (f", bake {opts.bake:g}s" if opts.bake else ", no bake"))
+                          if i == 0 and shape.canary else f"wave {', '.join(w)}" for i, w in enumerate(shape.waves)))
 
-    if versions.get_version(model, v).deploy_status == "deployed":
+
+def _record_deployed(recorder, run: HostRun, v: int, reason: str | None) -> None:
+    plan = run.plan
+    recorder("deploy", "ok", host=run.host.name, from_version=plan.current, to_version=v, reason=reason,
+             details={"steps": [str(s.kind) for s in plan.steps], "previous_kept": plan.previous_kept,
+                      "publish": run.outcome.publish, "switch_seconds": run.outcome.switch_seconds})
+
+
+def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostRun], phase: Phase,
+           parallel: int) -> None:
+    """Run ``phase`` on ``runs``, at most ``parallel`` at once. If any host fails, every host of
+    ``every`` is put back (``_fail``) and what to raise is raised: the first failure in hosts order."""
+    if not runs:
         return
-    recorder = LedgerRecorder(model)
-    for p in plans:
-        recorder("deploy", "ok", host=p.host, from_version=p.current, to_version=v, reason=reason,
-                 details={"steps": [], "recorded_late": "the host already served this version, verified there; "
-                                                        "an earlier deploy stopped before recording it"})
-    versions.set_tags(model, v, {"deploy_status": "deployed", "deploy.reason": "none"})
-    logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier deploy stopped "
-                "before recording it)", v, model)
+    failures: dict[str, BaseException] = {}
+    with ThreadPoolExecutor(max_workers=min(parallel, len(runs)), thread_name_prefix=f"{phase}") as pool:
+        futures = {pool.submit(run.execute, phase): run for run in runs}
+        try:
+            for fut in as_completed(futures):
+                exc = fut.exception()
+                if exc is not None:
+                    failures[futures[fut].host.name] = exc
+        except BaseException as exc:        # a forced interrupt in this thread: stop the others too
+            cancel.request("interrupted")
+            for fut, run in futures.items():
+                if fut.done() and fut.exception() is not None:
+                    failures.setdefault(run.host.name, fut.exception())
+            failures["\0main"] = exc
+            pool.shutdown(wait=True)
+    if not failures:
+        return
+    order = [r.host.name for r in runs]
+    first = next((n for n in order if n in failures), None)
+    exc = failures.get("\0main") if first is None else failures[first]
+    run = next((r for r in runs if r.host.name == first), runs[0])
+    others = [n for n in order if n in failures and n != first]
+    if others:
+        result.message_extra = f"also failed: {', '.join(others)}"
+    raise _fail(result, recorder, run, every, exc) from None
 
 
 def _unchanged(plan) -> HostOutcome:
@@ -248,11 +329,11 @@ def _hosts(conns) -> str:
     return f"host {names[0]}" if len(names) == 1 else f"hosts {', '.join(names)}"
 
 
-def _succeeded(result: FleetResult, recorder: LedgerRecorder, runs: list[HostRun], opts: DeployOptions) -> None:
-    from registry import versions
-
+def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployOptions) -> None:
+    canary = [b for b in result.bake if b["host"] in result.rollout.get("canary", ())]
     try:
-        versions.set_tags(result.model, result.version, {"deploy_status": "deployed", "deploy.reason": "none"})
+        deploys.tag(result.model, result.version, deploys.DEPLOYED,
+                    canary=",".join(b["outcome"] for b in canary) if canary else None)
     except UserError as exc:     # the hosts serve it; only the registry could not be told
         raise UserError(f"v{result.version} of '{result.model}' now serves on "
                         f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
@@ -285,17 +366,36 @@ def _retention(run: HostRun, opts: DeployOptions) -> dict:
         return {"error": exc.message}
 
 
-def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: list[HostRun],
-          exc: BaseException) -> BaseException:
-    """Put hosts back, move production back, record; returns what to raise: DeployFailed (exit 3),
-    DeployInterrupted (130), or the original exception when it is a bug or a forced interrupt."""
-    step = exc.step.kind if isinstance(exc, StepFailed) else "?"
+def _restore_all(runs: list[HostRun]) -> list[tuple[HostRun, dict]]:
+    """``HostRun.restore`` on every host, in parallel (each never raises but for a forced interrupt)."""
+    if len(runs) <= 1:
+        return [(r, r.restore()) for r in runs]
+    with ThreadPoolExecutor(max_workers=min(8, len(runs)), thread_name_prefix="restore") as pool:
+        futures = [(r, pool.submit(r.restore)) for r in runs]
+        out, forced = [], None
+        for r, f in futures:
+            try:
+                out.append((r, f.result()))
+            except BaseException as exc:  # noqa: BLE001 - re-raised once every host had its turn
+                forced = forced or exc
+                out.append((r, r.outcome.restore or {"needed": True, "ok": False, "error": str(exc)}))
+    if forced is not None:
+        raise forced
+    return out
+
+
+def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
+          exc: BaseException, *, step: str = "?") -> BaseException:
+    """Put every host back, move production back, record; returns what to raise: DeployFailed
+    (exit 3, also for a bug: one line, its traceback under -v), DeployInterrupted (130), or the
+    original exception for a forced interrupt. ``exc``: a ``StepFailed``, a ``CanaryFailed`` (the
+    bake's verdict), or what the bake raised."""
+    step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
     error = exc.error if isinstance(exc, StepFailed) else exc
     why = (error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
     model, v = result.model, result.version
     put_back, not_back = [], []
-    for r in [run] + list(reversed(done)):
-        info = r.restore()
+    for r, info in _restore_all([run] + [r for r in reversed(every) if r is not run]):
         if not info["needed"]:
             continue
         (put_back if info["ok"] else not_back).append(r)
@@ -310,10 +410,17 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
     kept_because = ("the deploy was interrupted" if interrupted
                     else "the upload failed, not the version" if step == "publish"
                     else f"the connection to {run.host.name} was lost, not the version"
-                    if run.connection_lost else None)
-    registry_note = _registry_after_failure(result, recorder, run, why, step, kept_because=kept_because)
+                    if run.connection_lost
+                    else "the canary's metrics could not be read, not the version"
+                    if step == "bake" and not isinstance(error, CanaryFailed) else None)
+    verdict = error.verdict if isinstance(error, CanaryFailed) else None
+    registry_note = _registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
+                                            canary=verdict.outcome if verdict is not None else None)
     result.status = "failed"
-    msg = [f"deploy of v{v} of '{model}' failed on host {run.host.name} at step '{step}': {why}"]
+    msg = [f"deploy of v{v} of '{model}' stopped after the canary: {why}" if verdict is not None else
+           f"deploy of v{v} of '{model}' failed on host {run.host.name} at step '{step}': {why}"]
+    if result.message_extra:
+        msg.append(result.message_extra)
     if put_back:
         prev = sorted({r.plan.current for r in put_back}, key=lambda x: (x is None, x))
         msg.append(f"put back {', '.join(r.host.name for r in put_back)} to "
@@ -328,17 +435,18 @@ def _fail(result: FleetResult, recorder: LedgerRecorder, run: HostRun, done: lis
     result.message = "; ".join(m for m in msg if m)
     if not isinstance(error, Exception):       # KeyboardInterrupt / SystemExit: after putting back
         return error
-    if not isinstance(error, UserError):
-        logger.error("%s", result.message)
-        return error                             # a bug: it keeps its traceback
+    if not isinstance(error, UserError):         # a bug: hosts are back; one line, traceback under -v
+        logger.debug("unexpected error in the deploy", exc_info=error)
+        result.message = " ".join(f"{result.message}; this is a bug in mlops (unexpected "
+                                  f"{type(error).__name__}): rerun with -v for its traceback".split())
     failed = DeployInterrupted(result.message) if interrupted else DeployFailed(result.message)
     failed.result = result                       # for --json
     return failed
 
 
-def _registry_after_failure(result: FleetResult, recorder: LedgerRecorder, run: HostRun, why: str,
-                            step: str, *, kept_because: str | None) -> str:
-    from registry import promotion, versions
+def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,
+                            step: str, *, kept_because: str | None, canary: str | None = None) -> str:
+    from registry import promotion
 
     model, v = result.model, result.version
     reason = f"{run.host.name}: {step}: {why}"
@@ -350,7 +458,7 @@ def _registry_after_failure(result: FleetResult, recorder: LedgerRecorder, run: 
             return (f"production left at v{v} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
                     f"resumes where this one stopped")
         if result.source != "production":
-            versions.set_tags(model, v, {"deploy_status": "failed", "deploy.reason": reason})
+            deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
                      reason=reason, details={"step": step})
             result.registry = {"moved": False, "reason": "--version deploy: production not involved"}
@@ -359,6 +467,8 @@ def _registry_after_failure(result: FleetResult, recorder: LedgerRecorder, run: 
         if to is None:   # production was set outside promote/rollback: what the hosts served
             to = _common([p["current"] for p in result.plans if p["current"] is not None])
         promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name)
+        if canary is not None:
+            deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
         result.registry = promo.to_dict()
         if not promo.moved:
             return (f"v{v} tagged deploy_status=failed; production was NOT moved (it is v"

@@ -11,6 +11,7 @@ line naming the file, the host entry and the field. Format (docs/architecture.md
     known_hosts = "~/.ssh/known_hosts"      # ssh only (default ~/.ssh/known_hosts)
     identity_file = "~/.ssh/id_ed25519"     # ssh only; else the SSH agent and default keys
     model_base_path = "/models"             # optional: the base as TF Serving sees it
+    metrics_url = "http://127.0.0.1:8501/monitoring/prometheus/metrics"   # optional (this default)
 
 Without a hosts file, ``MLOPS_SYNC_TARGET`` + ``MLOPS_SYNC_REST_URL`` (+ ``MLOPS_SYNC_GRPC``,
 ``MLOPS_SYNC_KNOWN_HOSTS``, ``MLOPS_SYNC_IDENTITY_FILE``, ``MLOPS_SYNC_MODEL_BASE_PATH``)
@@ -31,7 +32,9 @@ from mlops_common.errors import ConfigError, NotFoundError
 from .names import MODEL_NAME_RE, has_traversal
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-HOST_FIELDS = ("name", "target", "rest_url", "grpc", "known_hosts", "identity_file", "model_base_path")
+HOST_FIELDS = ("name", "target", "rest_url", "grpc", "known_hosts", "identity_file", "model_base_path",
+               "metrics_url")
+METRICS_PATH = "/monitoring/prometheus/metrics"     # TF Serving's prometheus_config default path
 SSH_ONLY = ("known_hosts", "identity_file")
 ENV_FIELDS = {
     "target": "MLOPS_SYNC_TARGET",
@@ -80,6 +83,12 @@ class Host:
     identity_file: Path | None = None
     model_base_path: str | None = None
     source: str = field(default="", compare=False)   # where it was defined, for messages
+    metrics_url: str | None = None                   # TF Serving's Prometheus page (None: the default)
+
+    @property
+    def metrics(self) -> str:
+        """Where the canary bake reads TF Serving's metrics (``<rest_url>/monitoring/prometheus/metrics``)."""
+        return self.metrics_url or self.rest_url + METRICS_PATH
 
     def serving_base_path(self) -> str:
         """The base directory as TF Serving sees it (``model_base_path``, else the target's)."""
@@ -169,9 +178,9 @@ def parse_target(value: object, where: _Where) -> Target:
                                 f"use file://, ssh:// or s3://")
 
 
-def _check_rest_url(value: object, where: _Where) -> str:
+def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
     if not isinstance(value, str) or not value.strip():
-        raise where.error("rest_url", "missing; the TF Serving REST address, e.g. http://127.0.0.1:8501")
+        raise where.error(fld, "missing; the TF Serving REST address, e.g. http://127.0.0.1:8501")
     value = value.strip().rstrip("/")
     parts = urlsplit(value)
     try:
@@ -179,10 +188,10 @@ def _check_rest_url(value: object, where: _Where) -> str:
     except ValueError:
         port = -1
     if parts.username or parts.password:
-        raise where.error("rest_url", "must not contain credentials (they would end up in logs)")
+        raise where.error(fld, "must not contain credentials (they would end up in logs)")
     if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
             or parts.query or parts.fragment or has_traversal(parts.path):
-        raise where.error("rest_url", f"{value!r} is not an http(s) URL like http://127.0.0.1:8501")
+        raise where.error(fld, f"{value!r} is not an http(s) URL like http://127.0.0.1:8501")
     return value
 
 
@@ -247,6 +256,8 @@ def parse_host(entry: object, where: _Where) -> Host:
         identity_file=_check_local_file(entry.get("identity_file"), where, "identity_file"),
         model_base_path=_check_base_path(entry.get("model_base_path"), where),
         source=where.source,
+        metrics_url=(_check_rest_url(entry["metrics_url"], where, "metrics_url")
+                     if entry.get("metrics_url") is not None else None),
     )
 
 

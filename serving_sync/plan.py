@@ -18,6 +18,7 @@ reach the new one, so it is not kept warm.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from mlops_common.errors import ConfigError
@@ -27,6 +28,7 @@ from .names import check_version
 from .retention import DEFAULT_KEEP, versions_to_remove
 
 AVAILABLE = "AVAILABLE"
+MEMORY_FACTOR = 1.2     # TF Serving's own estimate of a SavedModel's memory: 1.2 x its files' size
 STABLE = "stable"
 KEEP = "keep"     # ConfigTarget.main: leave the main entry exactly as it is
 
@@ -107,10 +109,42 @@ class HostObservation:
             and self.main_base_path == self.base_path
 
 
+class Phase(enum.StrEnum):
+    """The two phases of a fleet rollout: nothing that serves changes in PREPARE."""
+
+    PREPARE = "prepare"
+    SWITCH = "switch"
+
+
+class StepKind(enum.StrEnum):
+    """What one step does (a ``str``: JSON, ledger rows and ``after:<kind>`` test hooks use it)."""
+
+    PUBLISH = "publish"
+    LOAD_VALIDATION = "load_validation"
+    WAIT_VALIDATION = "wait_validation"
+    SMOKE_VALIDATION = "smoke_validation"
+    SMOKE_MAIN = "smoke_main"
+    DROP_VALIDATION = "drop_validation"
+    LOAD_MAIN = "load_main"
+    WAIT_MAIN = "wait_main"
+    SWITCH = "switch"
+    VERIFY = "verify"
+
+    @property
+    def phase(self) -> Phase:
+        """PREPARE: the main entry, its labels and its unversioned route stay as they are; every
+        later step changes what the main entry holds (unversioned traffic goes to the highest
+        loaded version), so it waits until every host is prepared."""
+        return Phase.PREPARE if self in _PREPARE else Phase.SWITCH
+
+
+_PREPARE = frozenset({StepKind.PUBLISH, StepKind.LOAD_VALIDATION, StepKind.WAIT_VALIDATION,
+                      StepKind.SMOKE_VALIDATION, StepKind.SMOKE_MAIN})
+
+
 @dataclass(frozen=True)
 class Step:
-    kind: str          # publish | load_validation | wait_validation | smoke_validation | load_main |
-    #                    wait_main | smoke_main | switch | verify
+    kind: StepKind
     version: int
     text: str
     config: ConfigTarget | None = None
@@ -118,7 +152,8 @@ class Step:
     unload: tuple[int, ...] = ()             # switch: versions to wait out (unversioned -> new)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "version": self.version, "text": self.text}
+        return {"kind": str(self.kind), "version": self.version, "text": self.text,
+                "phase": str(self.kind.phase)}
 
 
 @dataclass(frozen=True)
@@ -144,6 +179,9 @@ class HostPlan:
     @property
     def publishes(self) -> bool:
         return any(s.kind == "publish" for s in self.steps)
+
+    def phase(self, phase: Phase) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.kind.phase == phase)
 
     def to_dict(self) -> dict:
         return {"host": self.host, "model": self.model, "desired": self.desired, "current": self.current,
@@ -191,8 +229,13 @@ def is_up_to_date(obs: HostObservation, desired: int, final: MainTarget) -> bool
 
 
 def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
-              keep: int = DEFAULT_KEEP, label: str = STABLE) -> HostPlan:
-    """The steps that make ``obs.host`` serve ``desired`` (empty when it already does)."""
+              keep: int = DEFAULT_KEEP, label: str = STABLE, fast: bool = False) -> HostPlan:
+    """The steps that make ``obs.host`` serve ``desired`` (empty when it already does).
+
+    Memory: by default the validation copy is unloaded (``drop_validation``) before the main
+    entry loads the version, so a host never holds more than what it serves plus one copy of the
+    new version. ``fast`` skips that reload cycle and holds both copies for a moment.
+    """
     v = check_version(desired)
     model = obs.model
     vname = mc.validation_name(model)
@@ -211,26 +254,30 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     validated_here = False
     if not loaded:
         where = "already present: verify its files only" if v in obs.published else "upload, verify, rename"
-        steps.append(Step("publish", v, f"publish v{v} as {model}/{v} ({where})"))
+        steps.append(Step(StepKind.PUBLISH, v, f"publish v{v} as {model}/{v} ({where})"))
         if verified:
             notes.append(f"v{v} passed the smoke test on this host before, but is not loaded: validate it again")
         main_now = _current_main(obs)
         unchanged = "nothing served yet" if s is None else f"main entry unchanged: stable stays on v{s}"
-        steps.append(Step("load_validation", v, f"load v{v} in the validation entry {vname} ({unchanged})",
+        steps.append(Step(StepKind.LOAD_VALIDATION, v, f"load v{v} in the validation entry {vname} ({unchanged})",
                           ConfigTarget(main_now, v), entry=vname))
-        steps.append(Step("wait_validation", v, f"wait until {vname} v{v} is AVAILABLE", entry=vname))
-        steps.append(Step("smoke_validation", v, f"smoke test v{v} via {vname}/versions/{v}", entry=vname))
+        steps.append(Step(StepKind.WAIT_VALIDATION, v, f"wait until {vname} v{v} is AVAILABLE", entry=vname))
+        steps.append(Step(StepKind.SMOKE_VALIDATION, v, f"smoke test v{v} via {vname}/versions/{v}", entry=vname))
         validated_here = True
         interim = tuple(x for x in (s, v) if x is not None)
         labels = tuple((k, x) for k, x in obs.main_labels if x in interim and x in obs.available) \
             if obs.managed else (((label, s),) if s is not None and obs.stable == s else ())
         beside = f" beside v{s} (stable stays on v{s})" if s is not None else ""
-        steps.append(Step("load_main", v, f"load v{v} in the main entry {model}{beside}",
-                          ConfigTarget(MainTarget(interim, labels), v), entry=model))
-        steps.append(Step("wait_main", v, f"wait until {model} v{v} is AVAILABLE", entry=model))
+        if not fast:
+            steps.append(Step(StepKind.DROP_VALIDATION, v, f"unload the validation copy {vname} v{v} "
+                              f"(memory: at most one new copy loaded)", ConfigTarget(main_now, None), entry=vname,
+                              unload=(v,)))
+        steps.append(Step(StepKind.LOAD_MAIN, v, f"load v{v} in the main entry {model}{beside}",
+                          ConfigTarget(MainTarget(interim, labels), v if fast else None), entry=model))
+        steps.append(Step(StepKind.WAIT_MAIN, v, f"wait until {model} v{v} is AVAILABLE", entry=model))
     elif not verified:
         notes.append(f"v{v} is loaded in the main entry but has not passed the smoke test on this host")
-        steps.append(Step("smoke_main", v, f"smoke test v{v} via {model}/versions/{v}", entry=model))
+        steps.append(Step(StepKind.SMOKE_MAIN, v, f"smoke test v{v} via {model}/versions/{v}", entry=model))
     else:
         notes.append(f"fast path: v{v} is loaded and was verified on this host: switch at once")
     if obs.validate is not None and not validated_here:
@@ -238,10 +285,11 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     higher = tuple(x for x in obs.available if x > v and x not in final.versions)
     kept = f", keep v{prev} loaded" if prev is not None else ""
     gone = f", wait until {', '.join(f'v{x}' for x in higher)} unloaded" if higher else ""
-    drop = ", drop the validation entry" if validated_here or obs.validate is not None else ""
-    steps.append(Step("switch", v, f"switch {label} and unversioned traffic to v{v}{kept}{drop}{gone} (one "
+    leftover = obs.validate is not None and not validated_here
+    drop = ", drop the validation entry" if (validated_here and fast) or leftover else ""
+    steps.append(Step(StepKind.SWITCH, v, f"switch {label} and unversioned traffic to v{v}{kept}{drop}{gone} (one "
                       f"config write + reload)", ConfigTarget(final, None), entry=model, unload=higher))
-    steps.append(Step("verify", v, f"check v{v}'s golden outputs via {model}/labels/{label} and the "
+    steps.append(Step(StepKind.VERIFY, v, f"check v{v}'s golden outputs via {model}/labels/{label} and the "
                       f"unversioned route", entry=model))
     return HostPlan(obs.host, model, v, s, final, prev, tuple(steps), tuple(notes), retention_preview)
 
@@ -278,3 +326,19 @@ def compose(config: mc.ServingConfig, model: str, base_path: str, target: Config
     if val is not None and vname not in placed:
         out.append(val)
     return mc.ServingConfig(tuple(out))
+
+
+def peak_copies(obs: HostObservation, desired: int, *, fast: bool = False) -> tuple[int, ...]:
+    """The model copies a host holds at the deploy's peak: what its main entry has loaded now plus
+    the new version once (twice with ``fast``: the validation copy beside the main one)."""
+    held = tuple(obs.available)
+    if desired in held:
+        return held
+    return held + (desired,) * (2 if fast else 1)
+
+
+def peak_memory(copies: tuple[int, ...], sizes: dict[int, int | None]) -> int | None:
+    """``MEMORY_FACTOR`` x the SavedModel sizes of ``copies`` (None when a size is unknown)."""
+    if any(sizes.get(v) is None for v in copies):
+        return None
+    return round(MEMORY_FACTOR * sum(sizes[v] for v in copies))

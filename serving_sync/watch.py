@@ -4,7 +4,9 @@ Every ``interval`` seconds, or at once when a verified webhook arrives, one pass
 ``reconcile()`` (observe -> plan -> deploy if anything is to do). The loop is bounded by
 ``max_seconds`` and/or ``once``. A failed pass is logged and the loop goes on; a version whose
 deploy failed is not retried until ``production`` moves again (the failed deploy moved it back
-anyway), so a broken version cannot make the loop hammer the hosts.
+anyway), so a broken version cannot make the loop hammer the hosts; the version's
+``deploy_status=failed`` tag carries that across a restart of the watcher. Each deploy is the same
+rollout as ``mlops sync deploy`` (prepare, canary, bake, waves).
 """
 from __future__ import annotations
 
@@ -96,13 +98,21 @@ class Watcher:
 
 
 class FailedVersions:
-    """Remember versions whose deploy failed in this watch, to not retry them in a loop."""
+    """Versions whose deploy failed, not to be retried in a loop: those that failed in this watch,
+    and (``recorded``, e.g. ``registry.deploys.failed_since_promoted``) those the registry records
+    as failed since they were last promoted, so a restarted watcher does not retry them either."""
 
-    def __init__(self):
+    def __init__(self, recorded: Callable[[int], bool] | None = None):
         self.failed: set[int] = set()
+        self.recorded = recorded
 
     def skip(self, version: int) -> bool:
-        return version in self.failed
+        if version in self.failed:
+            return True
+        if self.recorded is not None and self.recorded(version):
+            self.failed.add(version)
+            return True
+        return False
 
     def add(self, version: int) -> None:
         self.failed.add(version)

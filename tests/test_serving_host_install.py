@@ -52,7 +52,18 @@ def test_dry_run_prints_every_command_and_changes_nothing(tmp_path):
         "tensorflow/serving:2.21.0",
         "--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config",
         "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
-        "--allow_version_labels_for_unavailable_models=true"]
+        "--allow_version_labels_for_unavailable_models=true",
+        "--monitoring_config_file=/models/monitoring.config"]
+
+
+def test_monitoring_config_enables_tf_servings_prometheus_page_unless_no_metrics(tmp_path):
+    r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", me())
+    lines = r.stdout.splitlines()
+    i = lines.index(f"install -m 0644 -o {me()} -g {me()} /dev/stdin {tmp_path / 'm'}/monitoring.config <<'EOF'")
+    assert lines[i + 1: i + 3] == ['prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }',
+                                   "EOF"]
+    off = run("--dry-run", "--no-metrics", "--base", str(tmp_path / "m"), "--deploy-user", me())
+    assert "monitoring.config" not in off.stdout and off.returncode == 0
 
 
 def test_config_it_writes_is_an_empty_but_valid_model_config_list(tmp_path):

@@ -42,7 +42,8 @@ def test_first_deploy_upgrade_noop_and_rollback_to_the_warm_previous_version(dep
     assert st.versions == (v1, v2) and st.labels == {"stable": v2} and st.validate is None
     assert traffic.failures == [] and traffic.count > 10
     kinds = [s["kind"] for s in r.hosts[0].steps]
-    assert kinds == ["publish", "load_validation", "wait_validation", "smoke_validation", "load_main",
+    assert kinds == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation",
+                     "load_main",
                      "wait_main", "switch", "verify"]
     # stable traffic never reached v2 before the switch; unversioned only after it was validated
     assert set(traffic.answers["stable"]) <= {v1, v2} and set(traffic.answers["unversioned"]) <= {v1, v2}

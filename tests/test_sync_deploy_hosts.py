@@ -273,7 +273,7 @@ def test_retention_keeps_the_newest_serving_and_previous_and_removes_stale_uploa
     stale.mkdir(parents=True)
     (stale / "saved_model.pb").write_bytes(b"partial")
     env.promote(vs[3])
-    from serving_sync.deploy import DeployOptions
+    from serving_sync.options import DeployOptions
     r = env.deploy(opts=DeployOptions(timeout=60, keep=2, json_mode=True))
     assert r.status == "deployed"
     assert r.hosts[0].retention["remove_versions"] == [1, 2]

@@ -51,11 +51,11 @@ def labels_only_on_available(plan, o: HostObservation) -> None:
 def test_first_deploy_validates_then_loads_then_labels():
     o = obs()
     p = plan_host(o, 1)
-    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "load_main",
+    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation", "load_main",
                         "wait_main", "switch", "verify"]
     assert p.current is None and p.previous_kept is None
     assert step(p, "load_validation").config == ConfigTarget(None, 1)       # no main entry yet
-    assert step(p, "load_main").config == ConfigTarget(MainTarget((1,), ()), 1)
+    assert step(p, "load_main").config == ConfigTarget(MainTarget((1,), ()), None)
     assert step(p, "switch").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None)
     labels_only_on_available(p, o)
 
@@ -65,7 +65,7 @@ def test_upgrade_keeps_stable_on_the_serving_version_until_the_switch_and_keeps_
     p = plan_host(o, 2)
     assert kinds(p)[:4] == ["publish", "load_validation", "wait_validation", "smoke_validation"]
     assert step(p, "load_validation").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), 2)
-    assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 2), (("stable", 1),)), 2)
+    assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 2), (("stable", 1),)), None)
     assert step(p, "switch").config == ConfigTarget(MainTarget((1, 2), (("stable", 2),)), None)
     assert p.previous_kept == 1 and p.current == 1 and not p.fast_path
     labels_only_on_available(p, o)
@@ -102,11 +102,11 @@ def test_rollback_to_a_cold_version_loads_it_beside_the_serving_one_first():
     o = obs(versions=(2, 3), labels=(("stable", 3),), states={1: "END", 2: A, 3: A}, stable=3,
             published=(1, 2, 3), verified=(1, 2, 3))
     p = plan_host(o, 1)
-    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "load_main",
+    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation", "load_main",
                         "wait_main", "switch", "verify"]
     assert "already present" in step(p, "publish").text
     # while v1 loads in the main entry, stable stays on v3 and v3 (higher) keeps unversioned traffic
-    assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 3), (("stable", 3),)), 1)
+    assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 3), (("stable", 3),)), None)
     sw = step(p, "switch")
     assert sw.config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None) and sw.unload == (2, 3)
     labels_only_on_available(p, o)

@@ -15,6 +15,28 @@ def positive_int(text: str) -> int:
     return v
 
 
+def non_negative_int(text: str) -> int:
+    """A count that may be zero (``--canary 0``)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
+    return v
+
+
+def wave(text: str) -> str:
+    """``--wave``: N hosts or P% of the hosts after the canary."""
+    from serving_sync.rollout import parse_wave
+
+    from mlops_common.errors import ConfigError
+    try:
+        return parse_wave(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("--wave ")) from None
+
+
 def version_number(text: str) -> int:
     """A registered model version: a whole number, at least 1."""
     try:

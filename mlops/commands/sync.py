@@ -54,7 +54,62 @@ def _deploy_flags(p) -> None:
     p.add_argument("--no-keep-previous", action="store_true",
                    help="unload the previous version after the switch (default: keep it loaded for an "
                         "instant rollback)")
+    _rollout_flags(p)
     _smoke_flags(p)
+
+
+# Rollout settings: flag, else environment, else default (docs/architecture.md, "Rollout").
+_BAKE_ENV = {"bake": ("MLOPS_BAKE_SECONDS", flags.seconds, 0.0),
+             "max_error_rate": ("MLOPS_BAKE_MAX_ERROR_RATE", flags.fraction, 0.01),
+             "max_latency_ratio": ("MLOPS_BAKE_MAX_LATENCY_RATIO", flags.number, 1.5),
+             "min_requests": ("MLOPS_BAKE_MIN_REQUESTS", flags.positive_int, 20),
+             "on_low_traffic": ("MLOPS_BAKE_ON_LOW_TRAFFIC", str, "pass")}
+
+
+def _rollout_flags(p, *, plan_only: bool = False) -> None:
+    p.add_argument("--parallel", type=flags.positive_int, default=8, metavar="N",
+                   help="prepare at most N hosts at once (default 8)")
+    p.add_argument("--canary", type=flags.non_negative_int, metavar="N",
+                   help="hosts that switch first and are judged on live traffic (default 1 when two or more "
+                        "hosts change; 0: none)")
+    p.add_argument("--wave", type=flags.wave, metavar="N|P%",
+                   help="after the canary, switch N hosts (or P%% of them) at a time (default: all at once)")
+    p.add_argument("--bake", type=flags.seconds, metavar="S",
+                   help="judge the canary on TF Serving's metrics for S seconds before the other hosts switch "
+                        "(default MLOPS_BAKE_SECONDS or 0: no bake)")
+    p.add_argument("--bake-each-wave", action="store_true", help="bake after every wave, not only the canary")
+    p.add_argument("--on-low-traffic", choices=("pass", "fail"), metavar="pass|fail",
+                   help="verdict when the canary served fewer than --min-requests (default "
+                        "MLOPS_BAKE_ON_LOW_TRAFFIC or pass)")
+    p.add_argument("--max-error-rate", type=flags.fraction, metavar="F",
+                   help="breach when the canary's error rate is more than F above the old version's "
+                        "(default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")
+    p.add_argument("--max-latency-ratio", type=flags.number, metavar="R",
+                   help="breach when the canary's p95 or p99 is more than R times the old version's "
+                        "(default MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")
+    p.add_argument("--min-requests", type=flags.positive_int, metavar="N",
+                   help="fewer requests on the canary: 'not enough traffic' (default MLOPS_BAKE_MIN_REQUESTS or 20)")
+    p.add_argument("--fast", action="store_true",
+                   help="skip unloading the validation copy before the main load (one reload cycle faster; "
+                        "the host holds two copies of the new version for a moment)")
+
+
+def _rollout_setting(args, name: str):
+    """A rollout setting: the flag, else its environment variable, else the default."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    var, convert, default = _BAKE_ENV[name]
+    raw = settings.env(var)
+    if raw is None:
+        return default
+    try:
+        value = convert(raw)
+    except Exception as exc:  # noqa: BLE001 - argparse.ArgumentTypeError / ValueError: one line
+        raise ConfigError(f"{var}={raw!r}: {exc}") from None
+    if name == "on_low_traffic" and value not in ("pass", "fail"):
+        raise ConfigError(f"{var}={raw!r}: must be pass or fail")
+    return value
 
 
 def register(sub) -> None:
@@ -70,14 +125,17 @@ def register(sub) -> None:
 
     d = s.add_parser(
         "deploy", help="make every host serve production (or --version N)",
-        description="For each host, one at a time, after taking every host's lock: publish "
-                    "<base>/<model>/<version>/ (atomic, verified), load it under the validation "
-                    "entry <model>__validate while `stable` and unversioned traffic stay on the "
-                    "serving version, smoke-test it on that host, load it in the main entry, switch "
-                    "`stable`, and check again through the label. If a host fails, it and the hosts "
-                    "before it are put back, `production` moves back, the version is tagged "
-                    "deploy_status=failed and the command exits 3. Deploying what already serves "
-                    "changes nothing (\"up to date\"). Retention keeps the last --keep versions.",
+        description="After taking every host's lock, in two phases. Prepare, every host in parallel "
+                    "(--parallel): publish <base>/<model>/<version>/ (atomic, verified), load it under "
+                    "the validation entry <model>__validate while `stable` and unversioned traffic stay "
+                    "on the serving version, smoke-test it on that host. Switch, once every host is "
+                    "prepared: a canary first (--canary), judged for --bake seconds on TF Serving's own "
+                    "metrics, then the other hosts in waves (--wave): unload the validation copy, load "
+                    "the version in the main entry, switch `stable`, check again through the label. If "
+                    "any host fails or the canary breaches a limit, every touched host is put back, "
+                    "`production` moves back, the version is tagged deploy_status=failed and the command "
+                    "exits 3 with one line saying why. Deploying what already serves changes nothing "
+                    "(\"up to date\"). Retention keeps the last --keep versions.",
         epilog=_ENV)
     d.add_argument("--version", type=flags.version_number, metavar="N",
                    help="deploy this version instead of production (production is not moved on failure)")
@@ -94,6 +152,7 @@ def register(sub) -> None:
     pl.add_argument("--version", type=flags.version_number, metavar="N", help="plan this version instead of production")
     pl.add_argument("--keep", type=flags.positive_int, default=3, metavar="N", help="retention (default 3)")
     pl.add_argument("--no-keep-previous", action="store_true", help="plan without keeping the previous version")
+    _rollout_flags(pl)
     _common(pl)
     pl.set_defaults(func=cmd_plan)
 
@@ -181,10 +240,20 @@ def _smoke_options(args):
 
 
 def _deploy_options(args):
-    from serving_sync.deploy import DeployOptions
+    from serving_sync.bake import Limits
+    from serving_sync.options import DeployOptions
 
-    return DeployOptions(timeout=args.timeout, smoke=_smoke_options(args),
-                         keep_previous=not args.no_keep_previous, keep=args.keep, json_mode=args.json)
+    limits = Limits(max_error_rate=_rollout_setting(args, "max_error_rate"),
+                    max_latency_ratio=_rollout_setting(args, "max_latency_ratio"),
+                    min_requests=_rollout_setting(args, "min_requests"),
+                    on_low_traffic=_rollout_setting(args, "on_low_traffic"))
+    from serving_sync.smoke import SmokeOptions
+
+    return DeployOptions(timeout=getattr(args, "timeout", 120.0),
+                         smoke=_smoke_options(args) if hasattr(args, "atol") else SmokeOptions(),
+                         keep_previous=not args.no_keep_previous, keep=args.keep, json_mode=args.json,
+                         fast=args.fast, parallel=args.parallel, canary=args.canary, wave=args.wave,
+                         bake=_rollout_setting(args, "bake"), bake_each_wave=args.bake_each_wave, limits=limits)
 
 
 def _hosts(args):
@@ -272,22 +341,30 @@ def _deploy_command(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from serving_sync.deploy import DeployOptions
     from serving_sync.fleet import plan_fleet
 
     model = settings.model_name(args.model_name)
-    fp = plan_fleet(model, _hosts(args), version=args.version,
-                    opts=DeployOptions(keep=args.keep, keep_previous=not args.no_keep_previous))
+    fp = plan_fleet(model, _hosts(args), version=args.version, opts=_deploy_options(args))
     if args.json:
         _emit(fp.to_dict())
     else:
         src = "production" if fp.source == "production" else "--version"
         print(f"plan for v{fp.version} of '{model}' ({src}):")
+        for line in _rollout_lines(fp):
+            print(f"  {line}")
         for p in fp.plans:
             now = f"serves v{p.current}" if p.current is not None else "serves nothing"
+            peak = fp.peak.get(p.host) or {}
+            mem = (f"; peak model memory {_mb(peak['bytes'])} (1.2 x SavedModel size of "
+                   f"{' + '.join(f'v{c}' for c in peak['copies'])})" if peak.get("bytes") is not None else
+                   "; peak model memory unknown (a SavedModel size is not known)" if peak else "")
             print(f"  {p.host} ({now}): " + ("up to date, nothing to do" if p.up_to_date else
-                                             f"{len(p.steps)} steps"))
+                                             f"{len(p.steps)} steps{mem}"))
+            phase = None
             for i, step in enumerate(p.steps, 1):
+                if step.kind.phase != phase:
+                    phase = step.kind.phase
+                    print(f"    {phase}:")
                 print(f"    {i}. {step.text}")
             if not p.up_to_date and p.retention:
                 print(f"    then retention removes {', '.join(f'v{v}' for v in p.retention)}")
@@ -297,6 +374,35 @@ def cmd_plan(args) -> int:
         for name, err in fp.errors.items():
             print(f"  {name}: cannot observe: {err}")
     return 1 if fp.errors else 0
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
+
+
+def _rollout_lines(fp) -> list[str]:
+    """The rollout's phases, canary, waves and bake, for people."""
+    ro, bk = fp.rollout, fp.bake
+    n = sum(len(w) for w in ro.get("waves", ()))
+    if not n:
+        return ["rollout: nothing changes"]
+    lines = [f"phase 1, prepare: {n} host{'s' if n != 1 else ''}, {min(bk['parallel'], n)} at a time (publish, "
+             f"validation entry, smoke test; nothing that serves changes)"]
+    for i, wave in enumerate(ro["waves"]):
+        if i == 0 and ro["canary"]:
+            lim = bk["limits"]
+            bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate +{100 * lim['max_error_rate']:g}% "
+                    f"max, p95/p99 x{lim['max_latency_ratio']:g} max, fewer than {lim['min_requests']} requests: "
+                    f"{lim['on_low_traffic']})" if bk["seconds"] else "no bake (--bake 0)")
+            lines.append(f"phase 2, switch: canary {', '.join(wave)}; {bake}")
+        else:
+            lines.append(f"phase 2, switch: wave {i if ro['canary'] else i + 1}: {', '.join(wave)}"
+                         + (f"; bake {bk['seconds']:g}s" if bk["each_wave"] and bk["seconds"]
+                            and i < len(ro["waves"]) - 1 else ""))
+    lines.append("memory: " + ("--fast: the validation copy stays loaded until the switch (two copies of the "
+                               "new version for a moment)" if bk["fast"] else
+                               "the validation copy is unloaded before the main entry loads the version"))
+    return lines
 
 
 def cmd_status(args) -> int:
@@ -363,7 +469,7 @@ def cmd_rollback(args) -> int:
 
 
 def _rollback_command(args, start: float) -> int:
-    from registry import approver, promotion, versions
+    from registry import approver, deploys, promotion
 
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
@@ -382,8 +488,7 @@ def _rollback_command(args, start: float) -> int:
         raise
     promo.finish()
     if promo.from_version is not None and promo.from_version != promo.to_version:
-        versions.set_tags(model, promo.from_version, {"deploy_status": "rolled_back",
-                                                      "deploy.reason": promo.reason or "rollback"})
+        deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
     answered = result.answered_after(start)
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
     if args.json:
@@ -401,13 +506,14 @@ def _rollback_command(args, start: float) -> int:
 def cmd_watch(args) -> int:
     from mlops_common.errors import DeployFailed
     from serving_sync import fleet
+    from registry import deploys
     from serving_sync.watch import FailedVersions, Watcher
     from serving_sync.webhook import Receiver
 
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)
     opts = _deploy_options(args)
-    failed = FailedVersions()
+    failed = FailedVersions(recorded=lambda v: deploys.failed_since_promoted(model, v))
     break_lock = [args.break_lock]    # named takeover: first pass only, never carried over
 
     def reconcile():
@@ -417,8 +523,8 @@ def cmd_watch(args) -> int:
         if fp.up_to_date:
             return "up_to_date", fp.version, f"hosts serve v{fp.version}"
         if failed.skip(fp.version):
-            return "skipped", fp.version, (f"v{fp.version}'s deploy failed in this watch; waiting for "
-                                           f"production to move")
+            return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
+                                           f"last promotion); waiting for production to move")
         try:
             token, break_lock[0] = break_lock[0], None
             r = fleet.deploy(model, hosts, opts=opts, break_lock=token, lock_wait=args.lock_wait)

@@ -1,8 +1,9 @@
-"""Execute one host's plan (``plan.HostPlan``), and put the host back exactly as it was.
+"""Run one host's plan (``plan.HostPlan``), phase by phase, and put the host back exactly as it was.
 
-``HostRun.execute`` runs the planned steps in order — publish, validation entry, smoke test,
-main entry, switch, verify through the label — and raises ``StepFailed`` naming the step. The
-caller (``fleet``) then calls ``HostRun.restore``: the exact previous ``models.config`` text is
+``HostRun.execute(phase)`` runs that phase's planned steps in order — PREPARE: publish,
+validation entry, smoke test; SWITCH: validation copy unloaded, main entry, switch, verify
+through the label — and raises ``StepFailed`` naming the step. Each ``StepKind`` has exactly
+one method (``_RUNNERS``). The caller (``fleet``) then calls ``HostRun.restore``: the exact previous ``models.config`` text is
 written back and reloaded, and we wait until the previous stable version is AVAILABLE and the
 label points at it again. When the previous version had been unloaded (a switch to a lower
 version unloads the higher one), it is first loaded again next to the current one, because TF
@@ -22,7 +23,8 @@ from . import models_config as mc
 from . import verified
 from .errors import HostUnreachable, SmokeFailed
 from .observe import Observed
-from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Step, compose
+from .options import DeployOptions
+from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, compose
 from .progress import make_progress
 from .publish import publish
 from .smoke import Golden, SmokeOptions, SmokeReport, run_smoke
@@ -30,25 +32,6 @@ from .smoke import Golden, SmokeOptions, SmokeReport, run_smoke
 logger = log.get("sync.deploy")
 
 Recorder = Callable[..., None]   # recorder(action, outcome, *, host, from_version, to_version, reason, details)
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    timeout: float = 120.0                   # every wait is bounded by this
-    smoke: SmokeOptions = field(default_factory=SmokeOptions)
-    keep_previous: bool = True
-    keep: int = 3                            # retention: published versions kept per model
-    label: str = "stable"
-    json_mode: bool = False                  # no progress bar
-    poll_interval: float = 0.2
-
-    def __post_init__(self):
-        from mlops_common.errors import ConfigError
-
-        if not 0 < self.timeout <= 24 * 3600:
-            raise ConfigError(f"--timeout must be between 0 and 86400 seconds, got {self.timeout}")
-        if self.keep < 1:
-            raise ConfigError(f"--keep must be at least 1, got {self.keep}")
 
 
 class StepFailed(Exception):
@@ -111,16 +94,21 @@ class HostRun:
         return self.plan.model
 
     # --- execute -----------------------------------------------------------------------
-    def execute(self) -> HostOutcome:
+    def execute(self, phase: Phase | None = None) -> HostOutcome:
+        """Run the steps of ``phase`` (all steps when None); the outcome is ``deployed`` once the
+        last step of the plan has run."""
         name = self.host.name
-        for i, step in enumerate(self.plan.steps, 1):
+        steps = self.plan.steps if phase is None else self.plan.phase(phase)
+        total = len(self.plan.steps)
+        for step in steps:
+            i = self.plan.steps.index(step) + 1
             self.heartbeat()
             try:
                 cancel.check()
             except cancel.DeployInterrupted as exc:
                 self.outcome.failed_step, self.outcome.error = step.kind, exc.message
                 raise StepFailed(name, step, exc) from exc
-            logger.info("%s: [%d/%d] %s", name, i, len(self.plan.steps), step.text)
+            logger.info("%s: %s [%d/%d] %s", name, step.kind.phase, i, total, step.text)
             start = time.monotonic()
             try:
                 self._run(step)
@@ -128,14 +116,15 @@ class HostRun:
                 self.outcome.failed_step = step.kind
                 self.outcome.error = str(exc) or type(exc).__name__
                 raise StepFailed(name, step, exc) from exc
-            self.outcome.steps.append({"kind": step.kind, "text": step.text,
+            self.outcome.steps.append({"kind": str(step.kind), "phase": str(step.kind.phase), "text": step.text,
                                        "seconds": round(time.monotonic() - start, 3)})
             faultpoint.reached(f"after:{step.kind}")     # test hook, inert unless set
-        self.outcome.status = "deployed"
+        if not self.plan.steps or (steps and steps[-1] is self.plan.steps[-1]):
+            self.outcome.status = "deployed"
         return self.outcome
 
     def _run(self, step: Step) -> None:
-        getattr(self, f"_{step.kind}")(step)
+        _RUNNERS[step.kind](self, step)
 
     def _publish(self, step: Step) -> None:
         saved_model_dir, manifest = self._bundle()
@@ -163,27 +152,24 @@ class HostRun:
     def plan_base_path(self) -> str:
         return self.observed.obs.base_path
 
-    def _load_validation(self, step: Step) -> None:
+    def _load(self, step: Step) -> None:
         self._write(step.config)
 
-    def _load_main(self, step: Step) -> None:
+    def _drop_validation(self, step: Step) -> None:
+        """Unload the validation copy before the main entry loads the version (memory bound)."""
         self._write(step.config)
+        apply.wait_gone(self.client, step.entry, step.unload, timeout=self.opts.timeout,
+                        interval=self.opts.poll_interval)
 
     def _wait(self, step: Step) -> None:
         apply.wait_loaded(self.client, step.entry, step.version, timeout=self.opts.timeout,
                           interval=self.opts.poll_interval)
-
-    _wait_validation = _wait
-    _wait_main = _wait
 
     def _smoke(self, step: Step) -> None:
         report = run_smoke(self.client, self.host.name, step.entry, self._golden(), step.version,
                            route_version=step.version, opts=self.opts.smoke)
         self._judge(report, f"smoke test of v{step.version} via {report.route}")
         verified.add(self.transport, self.model, step.version, route=report.route)
-
-    _smoke_validation = _smoke
-    _smoke_main = _smoke
 
     def _switch(self, step: Step) -> None:
         start = time.monotonic()
@@ -298,3 +284,18 @@ class HostRun:
             old.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
             pass
+
+
+_RUNNERS: dict[StepKind, Callable[[HostRun, Step], None]] = {
+    StepKind.PUBLISH: HostRun._publish,
+    StepKind.LOAD_VALIDATION: HostRun._load,
+    StepKind.WAIT_VALIDATION: HostRun._wait,
+    StepKind.SMOKE_VALIDATION: HostRun._smoke,
+    StepKind.SMOKE_MAIN: HostRun._smoke,
+    StepKind.DROP_VALIDATION: HostRun._drop_validation,
+    StepKind.LOAD_MAIN: HostRun._load,
+    StepKind.WAIT_MAIN: HostRun._wait,
+    StepKind.SWITCH: HostRun._switch,
+    StepKind.VERIFY: HostRun._verify,
+}
+assert set(_RUNNERS) == set(StepKind), "every StepKind needs a runner"

@@ -1,0 +1,105 @@
+"""Deploy bookkeeping in one place: the version's deploy-status tags, the deploy ledger rows, and
+where ``production`` goes back to after a failed deploy.
+
+Every ``deploy_status`` write goes through ``tag`` (the MLflow UI shows the tag; the ledger is the
+record); every deploy / smoke_test / host_rollback / canary row goes through ``DeployLedger``;
+"previous production" is ``promotion_rules.previous_production`` on the ledger, the same rule
+``mlops registry rollback`` follows.
+"""
+from __future__ import annotations
+
+from mlops_common import lineage
+
+from . import versions
+from .ledger import Ledger
+from .promotion_rules import failed_deploys, previous_production
+
+DEPLOY_STATUS = "deploy_status"
+DEPLOY_REASON = "deploy.reason"
+DEPLOY_CANARY = "deploy.canary"       # the canary's verdict outcome, when one was judged
+DEPLOYED, FAILED, ROLLED_BACK = "deployed", "failed", "rolled_back"
+
+
+def tag(model: str, version: int, status: str, reason: str | None = None, *, canary: str | None = None) -> None:
+    """Write the version's deploy-status tags (every key each time, so none is left over)."""
+    tags = {DEPLOY_STATUS: status, DEPLOY_REASON: reason or "none"}
+    if canary is not None:
+        tags[DEPLOY_CANARY] = canary
+    versions.set_tags(model, version, tags)
+
+
+def status(model: str, version: int) -> str | None:
+    """The version's deploy status as the registry records it (None: never deployed)."""
+    return versions.get_version(model, version).deploy_status
+
+
+def failed_since_promoted(model: str, version: int) -> bool:
+    """Is the version tagged ``deploy_status=failed`` by a deploy after its last promotion? (A
+    restarted ``mlops sync watch`` does not retry it; promoting it again clears this.)"""
+    if status(model, version) != FAILED:
+        return False
+    return failed_after_promotion(Ledger().entries(model, actions=("promote", "deploy")), version)
+
+
+def failed_after_promotion(entries, version: int) -> bool:
+    """Pure: is the newest of (an ok ``promote`` to ``version``, a failed ``deploy`` of it) the
+    failure? (No row at all: the tag alone says it failed.)"""
+    last = None
+    for e in entries:
+        if e.to_version == version and (e.action == "promote" and e.outcome == "ok"
+                                        or e.action == "deploy" and e.outcome == "failed"):
+            last = e.action
+    return last != "promote"
+
+
+class DeployLedger:
+    """Ledger rows for deploy / smoke_test / host_rollback / canary, with who and which pipeline."""
+
+    def __init__(self, model: str, ledger: Ledger | None = None):
+        self.model = model
+        self.ledger = ledger or Ledger()
+        self.actor = lineage.os_user()
+
+    def __call__(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
+                 reason=None, details=None) -> None:
+        self.ledger.record(action, self.model, outcome=outcome, host=host, from_version=from_version,
+                           to_version=to_version, reason=reason, details=details or {}, actor=self.actor,
+                           pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id())
+
+    def previous_production(self, version: int) -> int | None:
+        """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known)."""
+        entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"))
+        return previous_production(entries, version, failed_deploys(entries, {}))
+
+
+def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:
+    """Every host already serves ``version``, verified there. If the registry does not say so (a
+    deploy killed after its switch did the work, not the bookkeeping), record it now and return
+    True; otherwise write nothing (deploying twice changes nothing)."""
+    if status(model, version) == DEPLOYED:
+        return False
+    rows = DeployLedger(model)
+    for host, current in hosts:
+        rows("deploy", "ok", host=host, from_version=current, to_version=version, reason=reason,
+             details={"steps": [], "recorded_late": "the host already served this version, verified there; "
+                                                    "an earlier deploy stopped before recording it"})
+    tag(model, version, DEPLOYED)
+    return True
+
+
+def saved_model_size(model: str, version: int) -> int | None:
+    """Bytes of the version's ``tfserving/`` SavedModel, from the run's artifact listing (None when
+    the listing is not available through the tracking server)."""
+    from mlops_common.errors import UserError
+
+    from .rest import MlflowRest, rest
+    from .versions import artifact_root
+
+    try:
+        info = versions.get_version(model, version)
+        if not info.run_id or not MlflowRest.proxied(artifact_root(info.run_id)):
+            return None
+        files = rest().artifact_files(info.run_id, "tfserving", what=f"listing v{version} of '{model}'")
+    except UserError:
+        return None
+    return sum(f["file_size"] for f in files)

@@ -1,0 +1,107 @@
+"""The bake: read the hosts' TF Serving metrics around a switch and judge each switched host.
+
+Timeline (``Baker``): ``start`` scrapes every changing host before anything changes (a canary
+whose metrics cannot be read is refused here, before any host is touched); ``before_switch``
+waits until the window since ``start`` is at least ``bake`` seconds (the canary's "before" window,
+equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
+switched hosts and the hosts still on the old version, waits ``bake`` seconds, scrapes again
+and returns one ``bake.Verdict`` per switched host. The numbers are ``bake.judge``'s.
+"""
+from __future__ import annotations
+
+import time
+
+from mlops_common import log
+from mlops_common.errors import UserError
+
+from . import bake, cancel
+
+logger = log.get("sync.canary")
+
+
+class CanaryFailed(UserError):
+    """A switched host's live traffic breached a limit (or had too little traffic to judge, with
+    ``--on-low-traffic fail``); the message is the verdict's one line."""
+
+    def __init__(self, verdict: bake.Verdict):
+        super().__init__(verdict.line)
+        self.verdict = verdict
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep in short steps so an interrupt request is honoured within 0.1 s."""
+    end = time.monotonic() + max(0.0, seconds)
+    while True:
+        cancel.check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(0.1, left))
+
+
+class Baker:
+    def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float = 5.0):
+        self.model = model
+        self.hosts = {r.host.name: r.host for r in runs}
+        self.canary = set(canary)
+        self.opts = opts
+        self.timeout = timeout
+        self.s0: dict[str, bake.Snapshot] = {}
+        self.s1: dict[str, bake.Snapshot] = {}
+        self.unreadable: dict[str, str] = {}
+        self.t0 = 0.0
+
+    def _scrape(self, name: str) -> bake.Snapshot:
+        host = self.hosts[name]
+        return bake.scrape(name, host.metrics, self.model, timeout=self.timeout)
+
+    def _scrape_some(self, names) -> dict[str, bake.Snapshot]:
+        out = {}
+        for n in names:
+            if n in self.unreadable:
+                continue
+            try:
+                out[n] = self._scrape(n)
+            except UserError as exc:
+                if n in self.canary:
+                    raise
+                self.unreadable[n] = exc.message
+                logger.warning("%s (left out of the comparison)", exc.message)
+        return out
+
+    def start(self) -> None:
+        for n in sorted(self.canary):
+            try:
+                self.s0[n] = self._scrape(n)
+            except UserError as exc:
+                raise UserError(f"canary {exc.message}") from None
+        self.s0.update(self._scrape_some([n for n in self.hosts if n not in self.canary]))
+        self.t0 = time.monotonic()
+
+    def before_switch(self, wave) -> None:
+        names = [r.host.name for r in wave]
+        if any(n in self.canary for n in names) or self.opts.bake_each_wave:
+            _sleep(self.opts.bake - (time.monotonic() - self.t0))
+        self.s1.update(self._scrape_some(names))
+
+    def judge(self, wave, old) -> list[bake.Verdict]:
+        names = [r.host.name for r in wave]
+        old_names = [r.host.name for r in old]
+        for n in names:
+            if n not in self.s1:      # a wave host whose metrics could not be read is not judged
+                logger.warning("%s: not judged (%s)", n, self.unreadable.get(n, "no metrics"))
+        judged = [n for n in names if n in self.s1]
+        s2 = self._scrape_some(judged + old_names)
+        logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
+        _sleep(self.opts.bake)
+        s3 = self._scrape_some(judged + old_names)
+        others = [bake.window(s2[o], s3[o]) for o in old_names if o in s2 and o in s3]
+        merged = bake.merge(others) if others else None
+        verdicts = []
+        for n in judged:
+            if n not in s2 or n not in s3:
+                raise UserError(f"{n}: its metrics could not be read during the bake "
+                                f"({self.unreadable.get(n, 'unknown error')})")
+            before = bake.window(self.s0[n], self.s1[n]) if n in self.s0 else None
+            verdicts.append(bake.judge(n, bake.window(s2[n], s3[n]), before, merged, self.opts.limits))
+        return verdicts

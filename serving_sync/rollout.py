@@ -1,0 +1,60 @@
+"""The shape of a fleet rollout, as a pure function: which hosts switch first, then in which waves.
+
+A deploy runs in two phases (docs/architecture.md, "Rollout"). PREPARE changes nothing that
+serves, on every host in parallel (at most ``parallel`` at once). SWITCH goes wave by wave: wave
+0 is the canary (``canary`` hosts, default 1 when two or more hosts change), judged on its live
+traffic (``bake``) before any other host switches; the rest follow in waves of ``wave`` hosts
+(``"N"`` or ``"P%"`` of the hosts after the canary; default: all at once), each wave in parallel.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from mlops_common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Shape:
+    canary: tuple[str, ...]
+    waves: tuple[tuple[str, ...], ...]            # every wave, the canary's first when there is one
+
+    def to_dict(self) -> dict:
+        return {"canary": list(self.canary), "waves": [list(w) for w in self.waves]}
+
+
+def parse_wave(value: str | None) -> str | None:
+    """``--wave``: ``N`` hosts or ``P%`` of the hosts after the canary (checked, kept as text)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)(%?)", text)
+    if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(1)) > 100):
+        raise ConfigError(f"--wave must be a number of hosts (e.g. 2) or a percentage 1%-100% (e.g. 25%), "
+                          f"got {value!r}")
+    return text
+
+
+def wave_size(wave: str | None, remaining: int) -> int:
+    if wave is None or remaining == 0:
+        return max(remaining, 1)
+    if wave.endswith("%"):
+        return max(1, math.ceil(remaining * int(wave[:-1]) / 100))
+    return int(wave)
+
+
+def shape(hosts: list[str], *, canary: int | None = None, wave: str | None = None) -> Shape:
+    """Canary first (hosts-file order), then waves; ``canary`` None: 1 when two or more hosts."""
+    n = 1 if canary is None and len(hosts) >= 2 else (canary or 0)
+    if n < 0:
+        raise ConfigError(f"--canary must be 0 or more hosts, got {n}")
+    if hosts and n >= len(hosts) and len(hosts) >= 2:
+        raise ConfigError(f"--canary {n} leaves no host to compare it with: {len(hosts)} hosts change; "
+                          f"use at most {len(hosts) - 1}")
+    n = min(n, len(hosts))
+    first, rest = tuple(hosts[:n]), list(hosts[n:])
+    size = wave_size(parse_wave(wave), len(rest))
+    waves = [first] if first else []
+    waves += [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
+    return Shape(first, tuple(waves))

@@ -1,0 +1,232 @@
+"""Fleet rollout decisions as pure functions, fast: the rollout's shape (canary, waves), the plan's
+two phases and memory order, the bake's parsing of TF Serving's Prometheus page and its verdicts,
+and the one "previous production" rule."""
+from __future__ import annotations
+
+import pytest
+
+from mlops_common.errors import ConfigError, UserError
+from registry.ledger import Entry
+from registry.promotion_rules import previous_production
+from serving_sync import bake, rollout
+from serving_sync.plan import AVAILABLE, HostObservation, Phase, StepKind, plan_host
+
+M = "digits"
+
+
+# --- rollout shape -------------------------------------------------------------------------
+def test_default_shape_is_one_canary_then_everything_else_in_one_wave():
+    s = rollout.shape(["a", "b", "c", "d"])
+    assert s.canary == ("a",) and s.waves == (("a",), ("b", "c", "d"))
+
+
+def test_single_host_has_no_canary():
+    assert rollout.shape(["a"]) == rollout.Shape((), (("a",),))
+    assert rollout.shape([]) == rollout.Shape((), ())
+
+
+@pytest.mark.parametrize("wave,expected", [
+    ("2", (("a",), ("b", "c"), ("d", "e"), ("f",))),
+    ("50%", (("a",), ("b", "c", "d"), ("e", "f"))),
+    ("1%", (("a",), ("b",), ("c",), ("d",), ("e",), ("f",))),
+    ("100%", (("a",), ("b", "c", "d", "e", "f"))),
+])
+def test_waves_by_count_or_percentage_of_the_hosts_after_the_canary(wave, expected):
+    assert rollout.shape(list("abcdef"), wave=wave).waves == expected
+
+
+def test_canary_zero_and_two():
+    assert rollout.shape(list("abc"), canary=0).waves == (("a", "b", "c"),)
+    s = rollout.shape(list("abcd"), canary=2, wave="1")
+    assert s.canary == ("a", "b") and s.waves == (("a", "b"), ("c",), ("d",))
+
+
+@pytest.mark.parametrize("wave", ["0", "-1", "abc", "0%", "101%", "2.5"])
+def test_bad_wave_is_one_config_error(wave):
+    with pytest.raises(ConfigError, match="--wave"):
+        rollout.shape(list("abc"), wave=wave)
+
+
+def test_canary_must_leave_a_host_to_compare_with():
+    with pytest.raises(ConfigError, match="--canary 3"):
+        rollout.shape(list("abc"), canary=3)
+
+
+# --- the plan's phases and memory order -----------------------------------------------------
+def _obs(**kw) -> HostObservation:
+    base = dict(host="h1", model=M, base_path="/srv/digits", main_policy="specific", main_base_path="/srv/digits",
+                main_versions=(1,), main_labels=(("stable", 1),), main_states={1: AVAILABLE}, stable=1,
+                published=(1,), verified=(1,))
+    base.update(kw)
+    return HostObservation(**base)
+
+
+def test_prepare_never_touches_the_main_entry_and_switch_starts_by_unloading_the_validation_copy():
+    p = plan_host(_obs(), 2)
+    prep, switch = p.phase(Phase.PREPARE), p.phase(Phase.SWITCH)
+    assert [s.kind for s in prep] == ["publish", "load_validation", "wait_validation", "smoke_validation"]
+    for s in prep:
+        if s.config is not None:           # the main entry stays exactly as observed
+            assert s.config.main.versions == (1,) and s.config.main.label_map == {"stable": 1}
+    assert [s.kind for s in switch] == ["drop_validation", "load_main", "wait_main", "switch", "verify"]
+    drop, load = switch[0], switch[1]
+    assert drop.config.validate is None and drop.config.main.versions == (1,)   # only the copy goes
+    assert load.config.validate is None                # the main load never sits beside the validation copy
+    assert all(isinstance(s.kind, StepKind) for s in p.steps)
+
+
+def test_fast_keeps_the_validation_copy_until_the_switch():
+    p = plan_host(_obs(), 2, fast=True)
+    assert StepKind.DROP_VALIDATION not in [s.kind for s in p.steps]
+    load = next(s for s in p.steps if s.kind == StepKind.LOAD_MAIN)
+    assert load.config.validate == 2
+    assert "drop the validation entry" in next(s for s in p.steps if s.kind == StepKind.SWITCH).text
+
+
+def test_fast_path_is_all_switch_phase():
+    o = _obs(main_versions=(1, 2), main_states={1: AVAILABLE, 2: AVAILABLE}, published=(1, 2), verified=(1, 2))
+    p = plan_host(o, 1)
+    assert p.fast_path and p.phase(Phase.PREPARE) == ()
+
+
+# --- parsing TF Serving's metrics ------------------------------------------------------------
+PAGE = """# TYPE :tensorflow:serving:request_count counter
+:tensorflow:serving:request_count{model_name="digits",status="OK"} 90
+:tensorflow:serving:request_count{model_name="digits",status="INVALID_ARGUMENT"} 10
+:tensorflow:serving:request_count{model_name="digits__validate",status="OK"} 7
+:tensorflow:serving:request_count{model_name="other",status="OK"} 1000
+# TYPE :tensorflow:serving:request_latency histogram
+:tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="REST",le="1000"} 50
+:tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="REST",le="2000"} 90
+:tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="REST",le="+Inf"} 100
+:tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="GRPC",le="1000"} 10
+:tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="GRPC",le="2000"} 10
+:tensorflow:serving:request_latency_bucket{model_name="digits",API="predict",entrypoint="GRPC",le="+Inf"} 10
+:tensorflow:serving:request_latency_sum{model_name="digits",API="predict",entrypoint="REST"} 150000
+:tensorflow:serving:request_latency_count{model_name="digits",API="predict",entrypoint="REST"} 100
+"""
+
+
+def test_parse_keeps_one_model_and_sums_api_and_entrypoint():
+    s = bake.parse(PAGE, "digits")
+    assert s.requests == {"OK": 90, "INVALID_ARGUMENT": 10}
+    assert s.buckets == {1000.0: 60, 2000.0: 100, float("inf"): 110}
+    assert bake.parse(PAGE, "nothing-here") == bake.Snapshot()
+
+
+def test_parse_refuses_what_is_not_prometheus_text():
+    with pytest.raises(UserError, match="not Prometheus text"):
+        bake.parse('{"json": true}\n', "digits")
+
+
+def test_window_is_the_difference_and_survives_a_counter_reset():
+    a = bake.Snapshot({"OK": 100.0, "INTERNAL": 1.0}, {1000.0: 50.0, float("inf"): 101.0})
+    b = bake.Snapshot({"OK": 150.0, "INTERNAL": 5.0}, {1000.0: 60.0, float("inf"): 155.0})
+    w = bake.window(a, b)
+    assert (w.requests, w.errors) == (54, 4) and dict(w.buckets) == {1000.0: 10.0, float("inf"): 54.0}
+    reset = bake.window(b, bake.Snapshot({"OK": 3.0}, {}))     # TF Serving restarted: counts from 0
+    assert (reset.requests, reset.errors) == (3, 0)
+
+
+def test_quantile_matches_prometheus_histogram_quantile():
+    buckets = ((1000.0, 50.0), (2000.0, 90.0), (float("inf"), 100.0))
+    assert bake.quantile(buckets, 0.5) == pytest.approx(1000.0)
+    assert bake.quantile(buckets, 0.7) == pytest.approx(1500.0)
+    assert bake.quantile(buckets, 0.99) == pytest.approx(2000.0)      # open top bucket: highest bound
+    assert bake.quantile((), 0.5) is None and bake.quantile(((1.0, 0.0),), 0.5) is None
+
+
+# --- verdicts ------------------------------------------------------------------------------
+def _w(requests, errors=0, fast=None, slow=0):
+    """``requests`` of which ``errors`` failed; latency: ``fast`` under 1 ms, ``slow`` at 50-100 ms."""
+    fast = requests - slow if fast is None else fast
+    return bake.Window(requests, errors, ((1000.0, float(fast)), (50_000.0, float(fast)),
+                                          (100_000.0, float(fast + slow)), (float("inf"), float(fast + slow))))
+
+
+LIMITS = bake.Limits(max_error_rate=0.01, max_latency_ratio=1.5, min_requests=20)
+
+
+def test_error_rate_breach_says_it_in_one_line_with_the_figures():
+    v = bake.judge("web-2", _w(320, 40), _w(300), _w(600), LIMITS)
+    assert v.outcome == "breached" and not v.passed
+    assert v.line == ("canary web-2: error rate 12.5% (40/320) vs 0.0% before and 0.0% on the other hosts; "
+                      "limit 1.0%: rolled back")
+    assert v.measurements["canary"]["errors"] == 40 and v.measurements["others"]["requests"] == 600
+
+
+def test_errors_the_old_version_has_too_are_not_the_canarys_fault():
+    v = bake.judge("web-2", _w(300, 30), _w(300, 29), _w(600, 60), LIMITS)
+    assert v.passed and v.outcome == "passed"
+
+
+def test_latency_breach_against_the_worst_baseline():
+    v = bake.judge("web-2", _w(100, slow=100), _w(100), _w(200), LIMITS)
+    assert v.outcome == "breached" and "p95 latency" in v.line and "limit 1.5x" in v.line
+
+
+def test_same_latency_passes_with_its_figures():
+    v = bake.judge("web-2", _w(100), _w(100), _w(200), LIMITS)
+    assert v.passed and v.line.startswith("canary web-2: error rate 0.0% (0/100)") and v.line.endswith("passed")
+
+
+@pytest.mark.parametrize("policy,outcome,passed", [("pass", "low_traffic_passed", True),
+                                                   ("fail", "low_traffic_failed", False)])
+def test_low_traffic_follows_the_policy(policy, outcome, passed):
+    v = bake.judge("web-2", _w(5, 5), _w(300), None, bake.Limits(min_requests=20, on_low_traffic=policy))
+    assert v.outcome == outcome and v.passed is passed
+    assert "not enough traffic (5 requests < 20)" in v.line and f"--on-low-traffic {policy}" in v.line
+
+
+def test_baselines_with_too_little_traffic_do_not_count():
+    # before: 10 requests, 5 errors (ignored: < min_requests); the canary's 10% is judged against 0%
+    v = bake.judge("web-2", _w(100, 10), _w(10, 5), None, LIMITS)
+    assert v.outcome == "breached"
+
+
+@pytest.mark.parametrize("kw", [dict(max_error_rate=2), dict(max_latency_ratio=0.5), dict(min_requests=0),
+                                dict(on_low_traffic="maybe")])
+def test_bad_limits_are_config_errors(kw):
+    with pytest.raises(ConfigError):
+        bake.Limits(**kw)
+
+
+# --- the one "previous production" rule -------------------------------------------------------
+def _e(action, frm, to, outcome="ok"):
+    return Entry(action=action, model=M, outcome=outcome, from_version=frm, to_version=to)
+
+
+def test_previous_production_skips_versions_whose_deploy_failed():
+    entries = [_e("promote", None, 1), _e("promote", 1, 2), _e("promote", 2, 3)]
+    assert previous_production(entries, 3) == 2
+    assert previous_production(entries, 3, {2}) == 1
+    # a rollback 3 -> 2 then a new promotion 4: back to 2, not to 3
+    entries += [_e("rollback", 3, 2), _e("promote", 2, 4)]
+    assert previous_production(entries, 4) == 2
+    assert previous_production([], 1) is None
+
+
+# --- a restarted watcher does not retry a failed version ---------------------------------------
+def test_failed_after_promotion_is_cleared_by_promoting_again():
+    from registry.deploys import failed_after_promotion
+
+    rows = [_e("promote", 1, 2), _e("deploy", 1, 2, "failed")]
+    assert failed_after_promotion(rows, 2)
+    assert not failed_after_promotion(rows + [_e("promote", 1, 2)], 2)
+    assert failed_after_promotion([], 2)                  # only the tag says so
+
+
+def test_failed_versions_asks_the_registry_once_and_remembers():
+    from serving_sync.watch import FailedVersions
+
+    asked = []
+
+    def recorded(v):
+        asked.append(v)
+        return v == 3
+
+    fv = FailedVersions(recorded=recorded)
+    assert fv.skip(3) and fv.skip(3) and asked == [3]       # from the tag, then remembered
+    assert not fv.skip(4) and asked == [3, 4]
+    fv.add(4)
+    assert fv.skip(4) and not FailedVersions().skip(3)
