@@ -11,6 +11,9 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   need+=(postgresql)
 fi
+# Headless browser for tests/test_ui_browser.py (Selenium drives /usr/bin/chromedriver; no driver download).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
