@@ -3,6 +3,11 @@
 The golden set's expected outputs are computed by the exported SavedModel itself (loaded with
 ``tf.saved_model.load``), so a deploy can check that the served outputs match what this run
 produced - not merely that the server answered.
+
+The SavedModel also carries ``assets.extra/tf_serving_warmup_requests`` (a TFRecord of
+``PredictionLog``, built from the golden request): TF Serving replays it on every load before the
+version is AVAILABLE, so each copy (validation entry, main entry) answers its first live request
+warm. It is part of the version directory (manifest, publish) like any other file.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 SIGNATURE = "serving_default"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000        # TF Serving refuses to load a version whose file has more
 
 
 def export_saved_model(model, dest: Path) -> Path:
@@ -84,3 +91,44 @@ def golden_set(saved_model_dir: Path, images: np.ndarray) -> dict[str, dict]:
         "response.json": predict_response(run_saved_model(saved_model_dir, sent)),
         "signature.json": normalize_signature(signature_defs(saved_model_dir)),
     }
+
+
+def warmup_logs(request: dict, input_name: str, *, max_records: int = MAX_WARMUP_RECORDS) -> list[bytes]:
+    """Serialized ``PredictionLog`` records for a golden REST ``request`` (row format).
+
+    One record with the whole batch (the shape the smoke test sends), then one per instance
+    (the shape most live requests have), at most ``max_records`` in all. Values are the
+    request's float32 values, so warmup runs exactly what the smoke test will send.
+    """
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    batch = np.asarray(request["instances"], dtype=np.float32)
+    sig = request.get("signature_name", SIGNATURE)
+
+    def log(values: np.ndarray) -> bytes:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.signature_name = sig
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_FLOAT, tensor_content=np.ascontiguousarray(values, "<f4").tobytes(),
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in values.shape]))
+        req.inputs[input_name].CopyFrom(tensor)
+        return prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString()
+
+    records = [log(batch)] + [log(batch[i:i + 1]) for i in range(len(batch))]
+    return records[:max_records]
+
+
+def write_warmup_requests(saved_model_dir: Path, request: dict) -> Path:
+    """Write ``assets.extra/tf_serving_warmup_requests`` into the SavedModel from ``request``."""
+    import tensorflow as tf
+
+    (input_name,) = signature_defs(saved_model_dir)[request.get("signature_name", SIGNATURE)]["inputs"]
+    path = Path(saved_model_dir) / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in warmup_logs(request, input_name):
+            writer.write(record)
+    return path

@@ -173,8 +173,10 @@ def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluat
     mlflow.log_dict(evaluation.to_dict(), "evaluation/heldout.json")
     with tempfile.TemporaryDirectory(prefix="mlops-export-") as tmp:
         saved = export.export_saved_model(model, Path(tmp) / "tfserving")
+        golden = export.golden_set(saved, data.heldout.images[:GOLDEN_SIZE])
+        export.write_warmup_requests(saved, golden["request.json"])   # TF Serving warms every load
         mlflow.log_artifacts(str(saved), "tfserving")
-        for name, doc in export.golden_set(saved, data.heldout.images[:GOLDEN_SIZE]).items():
+        for name, doc in golden.items():
             mlflow.log_dict(doc, f"golden/{name}")
 
 

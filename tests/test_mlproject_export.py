@@ -83,3 +83,57 @@ def test_golden_set_matches_what_the_saved_model_returns(exported):
     (again,) = export.run_saved_model(path, sent).values()
     np.testing.assert_allclose(np.asarray(golden["response.json"]["predictions"]), again, rtol=1e-6, atol=1e-7)
     assert len(golden["response.json"]["predictions"]) == 8
+
+
+def _warmup_records(path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    out = []
+    for raw in tf.data.TFRecordDataset(str(path / export.WARMUP_FILE)):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(raw.numpy())
+        out.append(log)
+    return out
+
+
+def test_warmup_file_is_in_the_savedmodel_parses_and_replays_the_golden_request(exported, tmp_path):
+    import shutil
+
+    import tensorflow as tf
+
+    from serving_sync import manifest as mf
+
+    _, original = exported
+    path = tmp_path / "tfserving"
+    shutil.copytree(original, path)
+    images = load_partition("digits").heldout.images[:8]
+    golden = export.golden_set(path, images)
+    signature_before = export.signature_defs(path)
+    written = export.write_warmup_requests(path, golden["request.json"])
+    assert written == path / "assets.extra" / "tf_serving_warmup_requests" and written.is_file()
+
+    logs = _warmup_records(path)
+    assert len(logs) == 1 + 8 <= export.MAX_WARMUP_RECORDS
+    assert all(lg.WhichOneof("log_type") == "predict_log" for lg in logs)
+    req = logs[0].predict_log.request
+    assert req.model_spec.signature_name == "serving_default" and list(req.inputs) == ["image"]
+    batch = tf.make_ndarray(req.inputs["image"])
+    np.testing.assert_array_equal(batch, np.asarray(golden["request.json"]["instances"], np.float32))
+    assert [tuple(tf.make_ndarray(lg.predict_log.request.inputs["image"]).shape) for lg in logs[1:]] == \
+        [(1, 8, 8, 1)] * 8
+    # what the warmup sends, the SavedModel answers as the golden set says
+    (out,) = export.run_saved_model(path, batch).values()
+    np.testing.assert_allclose(np.asarray(golden["response.json"]["predictions"]), out, rtol=1e-6, atol=1e-7)
+    # golden set, signature and manifest still agree: the file is one more file of the version
+    assert export.signature_defs(path) == signature_before
+    assert json.loads(json.dumps(export.golden_set(path, images))) == json.loads(json.dumps(golden))
+    assert "assets.extra/tf_serving_warmup_requests" in mf.build(path).by_path()
+    assert mf.build(path).completion_file == "saved_model.pb"
+
+
+def test_warmup_records_are_capped_at_tf_servings_limit():
+    request = {"signature_name": "serving_default", "instances": np.zeros((1500, 2), np.float32).tolist()}
+    logs = export.warmup_logs(request, "x")
+    assert len(logs) == export.MAX_WARMUP_RECORDS == 1000
+    assert len(export.warmup_logs(request, "x", max_records=3)) == 3

@@ -89,7 +89,17 @@ def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_p
              for a in client.list_artifacts(res["run_id"], d)}
     assert {"plots/training_curves.png", "plots/confusion_matrix.png", "evaluation/heldout.json",
             "golden/request.json", "golden/response.json", "golden/signature.json",
-            "tfserving/saved_model.pb", "tfserving/variables"} <= paths
+            "tfserving/saved_model.pb", "tfserving/variables", "tfserving/assets.extra"} <= paths
+    # TF Serving's warmup file rides in the SavedModel: one batch record + one per golden instance
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from mlproject.constants import GOLDEN_SIZE
+    from mlproject.export import WARMUP_FILE
+    from serving_host.warmup import _records
+
+    warm = client.download_artifacts(res["run_id"], f"tfserving/{WARMUP_FILE}", str(tmp_path))
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in _records(warm)]
+    assert len(logs) == 1 + GOLDEN_SIZE and all(lg.HasField("predict_log") for lg in logs)
     local = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="plots",
                                                 dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
     for name in ("training_curves.png", "confusion_matrix.png"):
