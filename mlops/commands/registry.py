@@ -34,8 +34,10 @@ def register(sub) -> None:
                     "(default: max(0.01, 2*sqrt(p(1-p)/n)), two standard errors for the held-out "
                     "size n); no class lower than production's by more than --max-class-drop; a "
                     "compatible serving signature. With no production yet only the absolute rule "
-                    "applies. Outcome: tag validation_status=passed/failed, gate/report.md and "
-                    "gate/report.json logged to the version's run and printed, a ledger row, and "
+                    "applies. Outcome: tag validation_status=passed/failed, gate/report.md, "
+                    "gate/report.json and gate/report.html (for people: verdict, rules, per-class "
+                    "chart, confusion matrices) logged to the version's run, the markdown printed, "
+                    "a ledger row, and "
                     "on pass the `candidate` alias moved to N. A failed gate exits with code 4.",
         epilog="Rule defaults can also be set with MLOPS_GATE_MIN_ACCURACY, "
                "MLOPS_GATE_MAX_ACCURACY_DROP and MLOPS_GATE_MAX_CLASS_DROP. " + _ENV_EPILOG)
@@ -48,8 +50,8 @@ def register(sub) -> None:
                    help="allowed accuracy drop vs production (default derived from the held-out size)")
     g.add_argument("--max-class-drop", type=flags.fraction, metavar="D",
                    help="allowed per-class accuracy drop vs production (0.10)")
-    g.add_argument("--report-dir", metavar="DIR", help="also write report.md and report.json here "
-                                                       "(for CI artifacts)")
+    g.add_argument("--report-dir", metavar="DIR", help="also write report.md, report.json and "
+                                                       "report.html here (for CI artifacts)")
     g.add_argument("--junit", metavar="FILE", help="also write the rules as JUnit XML test cases "
                                                    "(for CircleCI's store_test_results)")
     flags.add_model_name(g)
