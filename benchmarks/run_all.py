@@ -1,11 +1,13 @@
-"""Run the four benchmarks of issue 7 (``make bench``), each against its same-run baseline.
+"""Run the benchmarks (``make bench``: issue 7's four and issue 13's grpc), each against its
+same-run baseline.
 
-    python -m benchmarks.run_all [--quick] [--only publish,rollback,availability,e2e] [--no-wait]
+    python -m benchmarks.run_all [--quick] [--only publish,rollback,availability,e2e,grpc] [--no-wait]
 
 a) publish   — publish over SSH vs scp -r, rsync -a and paramiko SFTP put (benchmarks/bench_publish.py)
 b) rollback  — `mlops sync rollback` until the old outputs answer, vs a fresh deploy (bench_rollback.py)
 c) availability — 8 clients through deploy, failed deploy + automatic rollback, rollback (bench_availability.py)
 d) e2e       — each stage of the quick-start flow: train, gate, promote, deploy steps (bench_e2e.py)
+e) grpc      — gRPC predict vs REST predict throughput on the digits model (bench_grpc.py)
 
 Before each benchmark's measured part it waits (bounded, 10 minutes) for the 1-minute load
 average to drop below 1.5 and records it. ``--quick`` runs each in its shortest form (for a
@@ -21,20 +23,21 @@ import traceback
 
 from benchmarks import _setup
 
-ORDER = ("publish", "rollback", "availability", "e2e")
+ORDER = ("publish", "rollback", "availability", "e2e", "grpc")
 
 
 def plan(quick: bool) -> dict[str, dict]:
     """The keyword arguments of each benchmark's ``run`` (pure)."""
-    import os
+    from benchmarks.bench_publish import MAIN_SETUP, SECOND_SETUP
 
-    root_user = "mlopsbench" if os.geteuid() == 0 else None
     return {
-        "publish": {"sizes_mb": [50] if quick else [50, 300], "many_files": 2000, "repeats": 1 if quick else 3,
-                    "dest_root": "/dev/shm" if os.path.isdir("/dev/shm") else None, "user": root_user},
+        "publish": {"sizes_mb": [50] if quick else [200, 1000], "many_files": 1500, "repeats": 1 if quick else 3,
+                    "setups": [MAIN_SETUP] if quick else [MAIN_SETUP, SECOND_SETUP]},
         "rollback": {"rounds": 2 if quick else 7, "cold_rounds": 1 if quick else 3},
         "availability": {"phase_seconds": 4.0 if quick else 10.0, "clients": 8, "max_requests": 20_000},
         "e2e": {"epochs": 3 if quick else 10, "quick": quick},
+        "grpc": {"seconds": 1.0 if quick else 8.0, "clients": [1] if quick else [1, 4],
+                 "batches": [1] if quick else [1, 32]},
     }
 
 

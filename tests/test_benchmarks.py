@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from benchmarks import _setup, _traffic, bench_availability, bench_e2e, bench_publish, bench_rollback, run_all
+from benchmarks import _setup, _traffic, bench_availability, bench_e2e, bench_grpc, bench_publish, bench_rollback, run_all
 
 
 def test_setup_machine_table_results_and_quiet_wait(tmp_path):
@@ -118,11 +118,12 @@ def test_e2e_breakdown_and_table():
     assert "train" in text and "deploy: load" in text and "16.0" in text
 
 
-def test_run_all_knows_the_four_benchmarks_and_refuses_others(capsys):
-    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e")
+def test_run_all_knows_the_benchmarks_and_refuses_others(capsys):
+    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e", "grpc")
     quick, full = run_all.plan(True), run_all.plan(False)
     assert set(quick) == set(full) == set(run_all.ORDER)
-    assert full["publish"]["sizes_mb"] == [50, 300] and full["publish"]["many_files"] == 2000
+    assert full["publish"]["sizes_mb"] == [200, 1000] and full["publish"]["many_files"] == 1500
+    assert [x["dest_root"] for x in full["publish"]["setups"]] == ["/var/tmp", "/dev/shm"]   # disk first
     assert full["availability"]["clients"] == 8 and quick["rollback"]["rounds"] < full["rollback"]["rounds"]
     for name in run_all.ORDER:     # each benchmark's run() accepts what run_all passes
         import inspect
@@ -131,3 +132,16 @@ def test_run_all_knows_the_four_benchmarks_and_refuses_others(capsys):
         assert set(full[name]) | {"wait", "command"} <= set(params), name
     assert run_all.main(["--only", "nope"]) == 2
     assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_grpc_benchmark_measures_both_apis_on_the_digits_model(tmp_path):
+    """Smallest form of bench_grpc: one short setting per API, results and table from it."""
+    doc = bench_grpc.run(seconds=0.3, clients=[1], batches=[2], max_requests=50, wait=0, results_dir=tmp_path,
+                         log=lambda s: None)
+    assert [(r["api"], r["batch"], r["clients"]) for r in doc["rows"]] == [("REST", 2, 1), ("gRPC", 2, 1)]
+    assert all(0 < r["requests"] <= 50 and r["errors"] == 0 for r in doc["rows"])
+    assert doc["targets"][0] == {"target": "gRPC and REST return the same probabilities", "value": True, "met": True}
+    assert json.loads((tmp_path / "grpc.json").read_text())["rows"] == doc["rows"]
+    text = bench_grpc.render(doc["rows"], doc["targets"])
+    assert "vs REST" in text and "gRPC" in text
+    assert bench_grpc.verdicts([{"errors": 1}], False)[1] == {"target": "0 failed requests", "value": 1, "met": False}
