@@ -115,6 +115,11 @@ _MEMO: dict[str, tuple[tuple, Manifest]] = {}
 _RACY_SECONDS = 2.0
 
 
+def forget() -> None:
+    """Drop every memoized manifest (the next ``build`` reads every byte again)."""
+    _MEMO.clear()
+
+
 def build(local_dir: str | os.PathLike) -> Manifest:
     """Hash every file under ``local_dir``; refuse symlinks, special files and unsafe names.
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import tarfile
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +59,37 @@ def _info(name: str, *, is_dir: bool, size: int = 0, mtime: float = 0) -> bytes:
     return ti.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
+class _Hasher(threading.Thread):
+    """sha256 of each file and of the whole stream on a second core (hashlib releases the GIL),
+    so the sending thread only reads and encrypts."""
+
+    def __init__(self):
+        super().__init__(name="tar-stream-hasher", daemon=True)
+        self.queue: queue.Queue = queue.Queue(maxsize=64)
+        self.stream = hashlib.sha256()
+        self.files: list[str] = []
+        self._file = None
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            kind, data = item
+            if kind == "stream":
+                self.stream.update(data)
+            elif kind == "file":
+                self._file.update(data)
+            elif kind == "begin":
+                self._file = hashlib.sha256()
+            else:                                  # "end"
+                self.files.append(self._file.hexdigest())
+
+    def put(self, kind: str, data=b"") -> None:
+        self.queue.put((kind, data))
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+
+
 @dataclass
 class Streamed:
     sent: int              # bytes of file content
@@ -73,45 +106,55 @@ def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[by
     hashes) or a built manifest; a file whose size or bytes changed since then aborts (size:
     before the host can extract it) or is refused (bytes: the manifest no longer matches).
     """
-    stream = hashlib.sha256()
+    hasher = _Hasher()
+    hasher.start()
 
     def hashed_send(data) -> None:
-        stream.update(data)
+        hasher.put("stream", data)
         send(data)
 
-    out = CoalescingSender(hashed_send)
+    try:
+        sent = _stream(local_dir, tree, CoalescingSender(hashed_send), hasher, progress)
+    finally:
+        hasher.finish()
+    entries: list[FileEntry] = []
+    for entry, digest in zip(tree.files, hasher.files, strict=True):
+        if entry.sha256 not in (UNHASHED, digest):
+            raise UserError(f"{os.path.join(local_dir, entry.path)} changed since its manifest was built "
+                            f"(sha256 differs); rebuild and retry; nothing was published")
+        entries.append(FileEntry(entry.path, entry.size, digest))
+    return Streamed(sent, Manifest(tuple(entries), tree.dirs), hasher.stream.hexdigest())
+
+
+def _stream(local_dir, tree: Manifest, out: CoalescingSender, hasher: _Hasher,
+            progress: ProgressFn | None) -> int:
     for d in tree.dirs:
         out.write(_info(d, is_dir=True, mtime=os.stat(os.path.join(local_dir, d)).st_mtime))
     sent = 0
-    entries: list[FileEntry] = []
     for entry in tree.files:
         path = os.path.join(local_dir, entry.path)
-        h = hashlib.sha256()
         with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if st.st_size != entry.size:
                 raise UserError(f"{path} changed size since its manifest was built "
                                 f"({entry.size} -> {st.st_size} bytes); rebuild and retry")
             out.write(_info(entry.path, is_dir=False, size=entry.size, mtime=st.st_mtime))
+            hasher.put("begin")
             remaining = entry.size
             while remaining:
                 chunk = f.read(min(READ_CHUNK, remaining))
                 if not chunk:
                     raise UserError(f"{path} shrank while being uploaded; retry")
-                h.update(chunk)
+                hasher.put("file", chunk)
                 out.write(chunk)
                 remaining -= len(chunk)
                 sent += len(chunk)
                 if progress:
                     progress(len(chunk))
+            hasher.put("end")
             pad = (-entry.size) % BLOCK
             if pad:
                 out.write(b"\0" * pad)
-        digest = h.hexdigest()
-        if entry.sha256 not in (UNHASHED, digest):
-            raise UserError(f"{path} changed since its manifest was built (sha256 differs); rebuild "
-                            f"and retry; nothing was published")
-        entries.append(FileEntry(entry.path, entry.size, digest))
     out.write(b"\0" * (2 * BLOCK))  # end-of-archive marker
     out.flush()
-    return Streamed(sent, Manifest(tuple(entries), tree.dirs), stream.hexdigest())
+    return sent
