@@ -144,7 +144,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 def serve(manager: Manager, host: str, port: int, workers: int = 8) -> grpc.Server:
     """Start the gRPC server; raises OSError when the port cannot be bound."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
+    unlimited = 2**31 - 1  # server.cc: builder.SetMaxMessageSize(INT32_MAX), not gRPC's 4 MiB default
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=[("grpc.max_receive_message_length", unlimited),
+                                  ("grpc.max_send_message_length", unlimited)])
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from tests.helpers import TF_SERVING_TESTDATA
@@ -72,7 +73,7 @@ def predict_request(model="default", x=(2.0,), *, signature=None, version=None, 
         r.model_spec.version.value = version
     if label is not None:
         r.model_spec.version_label = label
-    r.inputs["x"].CopyFrom(tf.make_tensor_proto(list(x), dtype=tf.float32))
+    r.inputs["x"].CopyFrom(tf.make_tensor_proto(np.asarray(x, np.float32)))
     r.output_filter.extend(output_filter)
     return r
 
@@ -234,6 +235,20 @@ def test_long_error_messages_are_cut_as_tf_serving_cuts_them(server):
     assert e.code() == grpc.StatusCode.NOT_FOUND
     full = f"Servable not found for request: Latest({'m' * 2000})"
     assert e.details() == full[:1024] + "...TRUNCATED"
+
+
+def test_messages_over_grpcs_4_mib_default_pass_as_in_tf_serving(server):
+    """server.cc sets the max message size to INT32_MAX: a 6 MB request and answer go through."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    big = 2**31 - 1
+    with grpc.insecure_channel(server.grpc_address, options=[("grpc.max_receive_message_length", big),
+                                                             ("grpc.max_send_message_length", big)]) as ch:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        n = 1_500_000
+        result = stub.Predict(predict_request(x=np.full(n, 2.0, np.float32)), 60)
+    y = result.outputs["y"].float_val
+    assert len(y) == n and y[0] == y[-1] == 3.0
 
 
 # -- Classify / Regress / MultiInference --------------------------------------------------------
