@@ -15,6 +15,7 @@ timeout (2 s), and each ends by showing the server still answers a normal predic
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -222,3 +223,30 @@ def test_no_metrics_endpoint_without_monitoring_config(server):
     assert r.status_code == 404 and r.headers["Content-Type"] == "text/html"
     assert r.text == ("<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
                       "</BODY></HTML>\n")
+
+
+def test_worker_threads_stay_bounded_under_many_connections(server):
+    """60 open connections and 12 clients at once add no thread once the pool of THREADS is grown
+    (a thread per connection would add 60)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def tasks() -> int:
+        return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+    def burst(n: int) -> list[int]:
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(lambda _: _predict(server, timeout=20).status_code, range(n)))
+
+    assert burst(2 * THREADS) == [200] * (2 * THREADS)  # the pool grows to THREADS here
+    before = tasks()
+    held = [socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) for _ in range(60)]
+    try:
+        for s in held[:30]:
+            s.sendall(b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\n")  # an unfinished head
+        assert burst(12) == [200] * 12
+        during = tasks()
+    finally:
+        for s in held:
+            s.close()
+    assert during - before <= 1, f"threads {before} -> {during}"
+    _still_serves(server)
