@@ -250,3 +250,30 @@ def test_worker_threads_stay_bounded_under_many_connections(server):
             s.close()
     assert during - before <= 1, f"threads {before} -> {during}"
     _still_serves(server)
+
+
+# -- the pure parts (no server) -------------------------------------------------------------------
+def test_route_names_the_model_and_api_as_http_server_cc_records_them():
+    from serving_host.rest import route
+
+    r = route("POST", "/v1/models/m%2Fx/versions/3:predict")
+    assert (r.name, r.version, r.kind, r.api, r.error) == ("m/x", 3, "predict", "predict", None)
+    r = route("GET", "/v1/models/m/labels/stable/metadata")
+    assert (r.name, r.label, r.kind, r.api, r.error) == ("m", "stable", "metadata", "", None)
+    assert route("POST", "/v1/models/m:PREDICT").error.message == "Malformed request: POST /v1/models/m:PREDICT"
+    assert route("PUT", "/v1/models/m").error.code == "INVALID_ARGUMENT"
+    r = route("POST", f"/v1/models/m/versions/{2**64}:predict")
+    assert r.name == "m" and "Failed to convert version" in r.error.message
+    assert len(route("POST", "/v1/" + "x" * 50_000).error.message) < 1200
+
+
+def test_json_codec_numbers_and_echoes():
+    from serving_host import json_codec as jc
+    from serving_host.status import ServingError
+
+    assert jc.parse_json(b'{"a": 18446744073709551616, "b": 1e308}') == {"a": 2**64, "b": 1e308}
+    for raw in (b'{"a": ' + b"9" * 309 + b"}", b'{"a": -1e309}'):
+        with pytest.raises(ServingError, match="Number too big to be stored in double. at offset: 6"):
+            jc.parse_json(raw)
+    assert jc.truncate("x" * 10) == "x" * 10
+    assert jc.truncate("x" * 2000) == "x" * 1024 + "... (976 more characters)"
