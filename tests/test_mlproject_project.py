@@ -72,6 +72,7 @@ def test_mlflow_run_train_entry_point_logs_into_the_project_run(mlops_env):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
+    assert run.info.run_name == "train digits"    # the project run is renamed like any training run
     assert run.data.params["epochs"] == "2" and run.data.params["seed"] == "3"
     assert "heldout_accuracy" in run.data.metrics and len(client.get_metric_history(run.info.run_id, "loss")) == 2
     assert client.get_model_version(name, "1").run_id == run.info.run_id
