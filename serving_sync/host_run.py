@@ -45,7 +45,8 @@ class StepFailed(Exception):
 @dataclass
 class HostOutcome:
     host: str
-    status: str                               # deployed | up_to_date | failed | restored | restore_failed
+    status: str                               # deployed | up_to_date | failed | restored | restore_failed |
+    #                                           unchanged (another host failed before this one was touched)
     from_version: int | None
     to_version: int
     steps: list[dict] = field(default_factory=list)
@@ -208,6 +209,8 @@ class HostRun:
         if not self.touched:
             info = {"needed": False, "ok": True, "seconds": 0.0}
             self.outcome.restore = info
+            if self.outcome.failed_step is None:      # another host failed; this one was never changed
+                self.outcome.status = "unchanged"
             return info
         try:
             self._restore()
