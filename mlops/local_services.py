@@ -78,15 +78,21 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
     raise ConnectionFailure(f"{url} did not answer within {timeout:.0f}s; see {log}")
 
 
-def mlflow_server_command(*, port: int, backend_store_uri: str, artifacts_destination: str,
-                          workers: int = 1, app_name: str | None = None) -> list[str]:
+def mlflow_server_command(*, port: int, artifacts_destination: str, workers: int = 1,
+                          app_name: str | None = None) -> list[str]:
+    """``mlflow server``'s argv; the backend store URI is in ``mlflow_server_env`` (argv is public)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend_store_uri,
            "--artifacts-destination", artifacts_destination,
            "--workers", str(workers)]
     if app_name:
         cmd += ["--app-name", app_name]
     return cmd
+
+
+def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (or ours) plus the backend store URI, which ``mlflow server`` reads from
+    ``MLFLOW_BACKEND_STORE_URI``: a database password never reaches a command line."""
+    return {**(env if env is not None else os.environ), "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
 
 
 def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
@@ -158,9 +164,9 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
     backend = prepare_backend_store(backend_store_uri or f"sqlite:///{state / 'mlflow.db'}", env=env)
     artifacts = artifacts_destination or str(state / "mlartifacts")
     url = f"http://127.0.0.1:{port}"
-    cmd = mlflow_server_command(port=port, backend_store_uri=backend, artifacts_destination=artifacts,
-                                workers=workers, app_name=app_name)
-    svc, _ = spawn("mlflow-server", cmd, state=state, url=url, health_url=f"{url}/health", env=env)
+    cmd = mlflow_server_command(port=port, artifacts_destination=artifacts, workers=workers, app_name=app_name)
+    svc, _ = spawn("mlflow-server", cmd, state=state, url=url, health_url=f"{url}/health",
+                   env=mlflow_server_env(backend, env))
     return svc
 
 

@@ -10,7 +10,7 @@ So before a server starts we read the database's revision ourselves and:
 - no MLflow schema yet (missing SQLite file, empty database): nothing to do, the server
   creates its tables;
 - at this MLflow's newest revision: nothing to do;
-- behind: run ``python -m mlflow db upgrade <uri>`` (bounded in time) and log it;
+- behind: run ``mlflow db upgrade`` (bounded in time; the URI in its environment, not its argv) and log it;
 - at a revision this MLflow does not know: refuse with one line saying to upgrade MLflow.
 
 The decision (:func:`plan`) is a plain function on plain data; reading the revision and running
@@ -160,9 +160,21 @@ def current_revision(uri: str, *, env: dict[str, str] | None = None) -> str | No
         engine.dispose()
 
 
-def upgrade_command(uri: str) -> list[str]:
-    """MLflow's own migration command for ``uri``."""
-    return [sys.executable, "-m", "mlflow", "db", "upgrade", uri]
+UPGRADE_URI_VAR = "MLOPS_MLFLOW_DB_UPGRADE_URI"
+# `mlflow db upgrade URL` takes the URL only as an argument, and argv is readable by every user
+# (/proc/<pid>/cmdline): the URL (password included) travels in the environment instead.
+_UPGRADE_SCRIPT = ("import os, sys; from mlflow.cli import cli; "
+                   f"sys.argv = ['mlflow', 'db', 'upgrade', os.environ.pop({UPGRADE_URI_VAR!r})]; cli()")
+
+
+def upgrade_command() -> list[str]:
+    """MLflow's own migration command; the URI goes in ``upgrade_env`` (never on the command line)."""
+    return [sys.executable, "-c", _UPGRADE_SCRIPT]
+
+
+def upgrade_env(uri: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of ``upgrade_command`` for ``uri`` (``env`` or ours, plus the URI)."""
+    return {**(env if env is not None else os.environ), UPGRADE_URI_VAR: uri}
 
 
 def _scrub(text: str, uri: str) -> str:
@@ -198,8 +210,8 @@ def run_upgrade(uri: str, *, env: dict[str, str] | None = None, timeout: float =
     safe = safe_uri(uri)
     started = time.monotonic()
     try:
-        proc = subprocess.run(upgrade_command(uri), env=env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(upgrade_command(), env=upgrade_env(uri, env), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ConnectionFailure(f"`mlflow db upgrade` on {safe} did not finish within {timeout:.0f}s (is "
                                 f"another process holding the database?); take a backup and run "

@@ -80,6 +80,7 @@ def tracking_uri() -> str:
     global _announced
     uri = env("MLFLOW_TRACKING_URI")
     if uri:
+        check_no_userinfo(uri)
         return uri
     uri = local_mlflow_url()
     if not _announced:
@@ -88,6 +89,21 @@ def tracking_uri() -> str:
         _announced = True
     os.environ["MLFLOW_TRACKING_URI"] = uri  # so MLflow's own clients agree with us
     return uri
+
+
+def check_no_userinfo(uri: str) -> None:
+    """Refuse ``scheme://user:password@host`` (without echoing it): such a URI ends up in error
+    messages, run URLs and CI logs. MLflow reads credentials from their own variables."""
+    from urllib.parse import urlsplit
+
+    try:
+        netloc = urlsplit(uri).netloc
+    except ValueError:
+        netloc = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else ""
+    if "@" in netloc:
+        raise ConfigError("MLFLOW_TRACKING_URI must not contain a user name or password (it would be "
+                          "printed and stored in logs); put them in MLFLOW_TRACKING_USERNAME and "
+                          "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
 
 
 def ledger_url() -> str:

@@ -92,11 +92,29 @@ class Entry:
 def _to_row(entry: Entry) -> dict:
     row = {k: v for k, v in asdict(entry).items() if k not in ("id", "details")}
     row["details"] = json.dumps(entry.details, sort_keys=True, default=str) if entry.details else None
-    text = " ".join(str(v) for v in row.values() if v is not None)
-    if any(secret in text for secret in settings.secret_values()):
+    if _holds_secret([v for k, v in asdict(entry).items() if k != "id"], settings.secret_values()):
         raise RefusedError(f"refusing to write a '{entry.action}' ledger row for '{entry.model}': it "
                            f"contains the value of a secret environment variable")
     return row
+
+
+def _holds_secret(value, secrets: list[str], depth: int = 0) -> bool:
+    """Whether any raw string in ``value`` (dict keys and values, lists, nested) contains a secret.
+
+    Raw, not JSON-escaped: a secret with quotes, backslashes or non-ASCII characters is escaped
+    differently in the stored text, and would slip past a check of that text.
+    """
+    if not secrets or value is None:
+        return False
+    if depth > 50:                      # bounded: deeper levels are checked as their JSON text
+        return _holds_secret(json.dumps(value, default=str), secrets)
+    if isinstance(value, dict):
+        return any(_holds_secret(k, secrets, depth + 1) or _holds_secret(v, secrets, depth + 1)
+                   for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_secret(v, secrets, depth + 1) for v in value)
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return any(secret in text for secret in secrets)
 
 
 def _from_row(row) -> Entry:

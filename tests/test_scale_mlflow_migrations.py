@@ -12,7 +12,8 @@ import logging
 import pytest
 
 from mlops import mlflow_db
-from mlops.local_services import free_port, mlflow_server_command, port_in_use, spawn, start_mlflow, stop_service
+from mlops.local_services import (free_port, mlflow_server_command, mlflow_server_env, port_in_use, spawn,
+                                   start_mlflow, stop_service)
 from mlops_common.errors import ConfigError, ConnectionFailure, UserError
 from tests.fixtures.mlflow_backends import server_env
 from tests.helpers import mlflow_client, run_mlops
@@ -35,7 +36,8 @@ def test_postgres_uris_get_the_installed_driver_and_passwords_are_masked():
     for unchanged in ("postgresql+psycopg2://u@h/db", "sqlite:////tmp/x.db", "mysql+pymysql://u@h/db"):
         assert mlflow_db.normalize_backend_uri(unchanged) == unchanged
     assert mlflow_db.safe_uri("postgresql+psycopg2://u:s3cret@h:5432/db") == "postgresql+psycopg2://u:***@h:5432/db"
-    assert mlflow_db.upgrade_command("sqlite:////x.db")[-3:] == ["db", "upgrade", "sqlite:////x.db"]
+    assert "u:s3cret" not in " ".join(mlflow_db.upgrade_command())        # the URI goes in the environment
+    assert mlflow_db.upgrade_env("sqlite:////x.db", {})[mlflow_db.UPGRADE_URI_VAR] == "sqlite:////x.db"
 
 
 def test_failure_reason_is_the_exception_line_not_sqlalchemys_trailer():
@@ -197,10 +199,9 @@ def test_database_from_a_newer_mlflow_is_refused_with_one_clear_line(postgres_se
     # MLflow by itself: exits at start-up, advising `mlflow db upgrade`, which cannot help here
     port = free_port()
     with pytest.raises(ConnectionFailure, match="exited with code 1"):
-        spawn("raw-mlflow", mlflow_server_command(port=port, backend_store_uri=backend,
-                                                  artifacts_destination=str(tmp_path / "a")),
+        spawn("raw-mlflow", mlflow_server_command(port=port, artifacts_destination=str(tmp_path / "a")),
               state=tmp_path / "raw", url=f"http://127.0.0.1:{port}", health_url=f"http://127.0.0.1:{port}/health",
-              timeout=180)
+              timeout=180, env=mlflow_server_env(backend))
     assert "Detected out-of-date database schema (found version ffffffffffff" in \
         (tmp_path / "raw" / "raw-mlflow.log").read_text()
 
