@@ -419,3 +419,38 @@ def test_grpc_requests_are_counted_as_tf_serving_counts_them(server):
     delta = {k: after[k] - before[k] for k in before}
     assert delta == {"ok": 5, "missing": 1, "bad": 1, "Predict": 3, "Classify": 1, "Regress": 1,
                      "gone_latency": 0, "examples": 3}
+
+
+# -- tensor conversion (no server) ------------------------------------------------------------
+@pytest.mark.parametrize("values, dtype, field", [
+    ([[1.5, -2.0]], "float32", "float_val"), ([1e300], "float64", "double_val"), ([7, -8], "int32", "int_val"),
+    ([2**40], "int64", "int64_val"), ([True, False], "bool", "bool_val"), ([200], "uint8", "int_val"),
+    ([b"a\x00b", b""], "object", "string_val"), ([1.0], "float16", "half_val")])
+def test_outputs_are_written_as_tf_serving_writes_them_and_read_back(values, dtype, field):
+    import tensorflow as tf
+
+    from serving_host import apis
+
+    arr = np.array(values, dtype=dtype)
+    proto = apis.tensor_to_proto(arr)
+    assert len(getattr(proto, field)) > 0 and not proto.tensor_content
+    back = apis.tensor_from_proto("t", proto)
+    assert back.shape == arr.shape and back.tolist() == arr.tolist()
+    assert tf.make_ndarray(proto).tolist() == arr.tolist()
+
+
+def test_tensor_protos_that_make_no_tensor_are_invalid_argument():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    bad = [tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1, 2, 3]),          # 3 values, shape [2]
+           tensor_pb2.TensorProto(dtype=types_pb2.DT_INVALID, float_val=[1])]
+    bad[0].tensor_shape.dim.add().size = 2
+    neg = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1])
+    neg.tensor_shape.dim.add().size = -1
+    for proto in bad + [neg]:
+        with pytest.raises(ServingError) as info:
+            apis.tensor_from_proto("x", proto)
+        assert (info.value.code, info.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
