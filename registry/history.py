@@ -70,6 +70,16 @@ def status_rows(model: str) -> list[dict]:
     return rows
 
 
+def agreement_line(a) -> str:
+    """The line under the status table: does ``production`` sit where the ledger says
+    (``promotion_rules.Agreement``)."""
+    where = "(none)" if a.alias is None else f"v{a.alias}"
+    problem = a.problem()
+    if problem is None:
+        return f"production: {where}, as the ledger says"
+    return f"{'warning' if a.agrees else 'MISMATCH'}: {problem}"
+
+
 def status_table(model: str, rows: list[dict]) -> str:
     if not rows:
         return f"registered model '{model}' has no versions yet"

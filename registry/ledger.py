@@ -10,17 +10,20 @@ its own version table, so the ledger may share a PostgreSQL database with MLflow
 (default: its own file next to the local MLflow database, never MLflow's file itself) and
 PostgreSQL are supported.
 
-``Ledger.serialized(model)`` is the promotion lock: a transaction that holds a database-level
-write lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``pg_advisory_xact_lock`` per model) around
-"read current production -> move alias -> append row", so racing promotions never lose a row
-and the alias always ends where the last row says.
+``Ledger.serialized(model)`` is the promotion lock, held across commits (a lock file beside a
+SQLite database; a session-level ``pg_advisory_lock`` per model on PostgreSQL), around "read
+current production -> commit an intent row -> move alias -> append the outcome row", so racing
+promotions never lose a row and the alias always ends where the ledger says. Both kinds of lock
+die with the process that holds them, so a SIGKILLed promotion blocks no one.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,9 +34,9 @@ import sqlalchemy as sa
 from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError
 
-ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback",
+ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback", "intent",
            "lock_takeover", "canary")
-OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back")
+OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back", "pending")
 VERSION_TABLE = "ledger_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a writer waits for the lock before giving up
@@ -181,6 +184,67 @@ def _lock(conn: sa.Connection, model: str) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(model)})
     # SQLite: BEGIN IMMEDIATE already holds the database write lock.
+
+
+_local_locks: dict[str, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def _sqlite_promotion_lock(engine: sa.Engine, url: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>.lock`` (a process-wide lock for an in-memory
+    database), waited for at most ``SQLITE_BUSY_TIMEOUT_S``. The kernel drops it when the holder
+    dies, however it dies."""
+    database = engine.url.database
+    if not database or database == ":memory:":
+        with _engines_lock:
+            lock = _local_locks.setdefault(url, threading.Lock())
+        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the promotion lock of the "
+                                    f"ledger {safe_url(url)}; another promotion holds it")
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    path = Path(database).expanduser()
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the promotion lock "
+                                            f"of the ledger {safe_url(url)}; another promotion holds "
+                                            f"it") from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _promotion_session(engine: sa.Engine, url: str, model: str) -> Iterator[sa.Connection]:
+    """A write connection that holds ``model``'s promotion lock across its commits."""
+    with engine.connect() as conn:
+        conn.execution_options(ledger_write=True)
+        if conn.dialect.name != "postgresql":
+            with _sqlite_promotion_lock(engine, url):
+                yield conn
+            return
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(model)})
+        conn.commit()
+        try:
+            yield conn
+        finally:
+            try:
+                conn.rollback()
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(model)})
+                conn.commit()
+            except sa.exc.DBAPIError:      # the session is broken: close it, which drops the lock
+                conn.invalidate()
 
 
 @contextlib.contextmanager
@@ -332,14 +396,20 @@ class Ledger:
 
     @contextlib.contextmanager
     def serialized(self, model: str) -> Iterator["LockedLedger"]:
-        """Hold ``model``'s promotion lock for the block; rows appended inside commit at its end.
+        """Hold ``model``'s promotion lock for the block; rows appended inside commit at its end,
+        or earlier at ``LockedLedger.commit()`` (the lock stays held).
 
-        If the block raises, nothing it appended is kept.
+        If the block raises, nothing it appended since the last commit is kept.
         """
         what = "the promotion transaction failed (or waited too long for the lock) on"
         with _db_errors(self.url, what):
-            with _write_transaction(self._engine, model) as conn:
-                yield LockedLedger(conn, model)
+            with _promotion_session(self._engine, self.url, model) as conn:
+                try:
+                    yield LockedLedger(conn, model)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self, model: str | None = None, *, actions: tuple[str, ...] | None = None,
@@ -363,6 +433,11 @@ class LockedLedger:
 
     def entries(self, *, actions: tuple[str, ...] | None = None, limit: int | None = None) -> list[Entry]:
         return _select(self._conn, self.model, actions, limit)
+
+    def commit(self) -> None:
+        """Make the rows appended so far durable now, keeping the lock (an intent row must
+        survive a crash of the call that follows it)."""
+        self._conn.commit()
 
 
 def _insert(conn: sa.Connection, entry: Entry) -> Entry:

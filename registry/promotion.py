@@ -1,25 +1,33 @@
 """Move ``production``: promote, rollback, and revert after a failed deploy.
 
-Each move runs inside ``Ledger.serialized(model)``: read current production -> append the ledger
-row -> move the alias -> commit. Two promotions racing in two processes are serialized by the
-database lock, so no row is lost and the alias ends where the last row says. If the alias moved
-but the commit then fails, the alias is put back. Version tags mirror the key facts for the
+Each move runs inside ``Ledger.serialized(model)`` (the promotion lock): read current production
+-> record what the alias shows if the ledger disagrees (``reconcile_rows``) -> commit an
+``intent`` row -> move the alias -> append the ``ok`` row that closes the intent -> commit. Two
+promotions racing in two processes are serialized by the lock, so no row is lost and the alias
+ends where the last row says. Whatever dies between the intent and the ok row (a SIGKILL, a
+timeout, MLflow's answer lost after it applied the move), the ledger already names the version
+the alias may be on; ``reconcile`` (also run at the start of every move) confirms or closes the
+intent. If MLflow answers that the alias did not move, the intent is closed as failed; if the
+alias moved but the final commit fails, the alias is put back. Version tags mirror the key facts for the
 MLflow UI after the commit (the ledger is the record; tags are a view of it), or later when the
 caller defers them (``defer_tags=True``: ``mlops sync rollback`` switches the hosts first).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from mlops_common import lineage, log
 from mlops_common.errors import NotFoundError, RefusedError, UserError
 
-from . import versions
+from . import faultpoint, versions
 from .ledger import Entry, Ledger
-from .promotion_rules import check_promotable, failed_deploys, production_stack, rollback_target
+from .promotion_rules import (Agreement, agreement, check_promotable, failed_deploys, production_stack,
+                              reconcile_rows, rollback_target)
 
 _log = log.get("registry.promotion")
-_MOVES = ("promote", "rollback", "deploy")
+_MOVES = ("promote", "rollback", "deploy", "intent")
+_VIEW = ("promote", "rollback", "intent")       # what the ledger says about the alias
+_UNKNOWN = object()
 
 
 @dataclass
@@ -79,6 +87,110 @@ def _restore(model: str, previous: int | None) -> None:
                    f"{previous}: {exc}; check it with `mlops registry status`")
 
 
+def _point(model: str, version: int | None) -> None:
+    if version is None:
+        versions.delete_alias(model, versions.PRODUCTION)
+    else:
+        versions.set_alias(model, versions.PRODUCTION, version)
+
+
+def _production_or_unknown(model: str):
+    try:
+        return versions.production_version(model)
+    except Exception:  # noqa: BLE001 - MLflow cannot tell us now: the caller says so
+        return _UNKNOWN
+
+
+def _v(version) -> str:
+    return "(none)" if version is None else f"v{version}"
+
+
+def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -> Entry:
+    """Commit an intent row, point ``production`` at ``row.to_version``, append ``row`` (the
+    ``ok`` move row, closing the intent; committed with the block).
+
+    If the call fails, MLflow is asked where the alias is: moved (the answer was lost) -> go on;
+    not moved -> the intent is closed as failed and the error raised; no answer -> the intent
+    stays open for ``reconcile`` and the error says so."""
+    to = row.to_version
+    intent = tx.append(Entry(action="intent", model=model, outcome="pending", from_version=current,
+                             to_version=to, actor=row.actor, pipeline_id=row.pipeline_id,
+                             workflow_id=row.workflow_id, host=row.host, reason=row.reason,
+                             details={"move": move}))
+    tx.commit()
+    faultpoint.reached("promotion:after_intent")
+    lost_answer = False
+    try:
+        _point(model, to)
+    except BaseException as exc:
+        seen = _production_or_unknown(model)
+        if seen is _UNKNOWN or seen not in (to, current):
+            if isinstance(exc, UserError):
+                raise UserError(f"{exc.message}; whether production of '{model}' moved to {_v(to)} "
+                                f"is unknown: ledger intent #{intent.id} records the attempt, and "
+                                f"`mlops registry reconcile` settles it once MLflow answers") from None
+            raise
+        if seen != to:
+            tx.append(Entry(action="intent", model=model, outcome="failed", from_version=current, to_version=to,
+                            actor=row.actor, pipeline_id=row.pipeline_id, workflow_id=row.workflow_id,
+                            host=row.host, reason=f"the alias did not move: {exc}",
+                            details={"intent": intent.id}))
+            tx.commit()
+            raise
+        lost_answer = True
+        _log.warning(f"MLflow moved production of '{model}' to {_v(to)} but its answer was lost; "
+                     f"recording the move")
+    faultpoint.reached("promotion:after_alias")
+    return tx.append(replace(row, details={**row.details, "intent": intent.id,
+                                           **({"answer_lost": True} if lost_answer else {})}))
+
+
+def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
+    """Append what the alias shows and the ledger does not (see ``reconcile_rows``)."""
+    rows = [tx.append(r) for r in reconcile_rows(model, alias, tx.entries(actions=_VIEW), actor=actor)]
+    for r in rows:
+        _log.warning(f"ledger of '{model}': {r.reason}")
+    return rows
+
+
+def check_agreement(model: str, *, ledger: Ledger | None = None) -> Agreement:
+    """Where ``production`` is, where the ledger says it is, and open intents (read only)."""
+    alias = versions.production_version(model)
+    return agreement(alias, (ledger or Ledger()).entries(model, actions=_VIEW))
+
+
+@dataclass
+class Reconciliation:
+    """What ``reconcile`` found and recorded."""
+
+    model: str
+    production: int | None
+    rows: list[Entry]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "production": self.production,
+                "rows": [r.to_dict() for r in self.rows]}
+
+
+def reconcile(model: str, *, actor: str, ledger: Ledger | None = None) -> Reconciliation:
+    """Make the ledger say where ``production`` is, under the promotion lock (so no promotion is
+    half-way): confirm an intent the alias shows, close intents that did not happen, record a
+    move made outside mlops. Writes nothing when they agree."""
+    ledger = ledger or Ledger()
+    with ledger.serialized(model) as tx:
+        alias = versions.production_version(model)
+        rows = _reconcile_in(tx, model, alias, actor)
+    moves = [r for r in rows if r.action != "intent" and r.to_version is not None]
+    if moves:
+        last = moves[-1]
+        versions.set_tags(model, last.to_version, promotion_tags(Promotion(
+            model=model, action=last.action, from_version=last.from_version, to_version=last.to_version,
+            actor=last.actor or actor, reason=last.reason, at=last.at.isoformat(timespec="seconds"),
+            ledger_id=last.id, approved_by=last.details.get("approved_by"),
+            pipeline_id=last.pipeline_id, forced=bool(last.details.get("forced")))))
+    return Reconciliation(model, alias, rows)
+
+
 def _refused(ledger: Ledger, model: str, action: str, version: int, actor: str, reason: str,
              pipeline_id: str | None, workflow_id: str | None) -> None:
     current = versions.production_version(model)
@@ -101,19 +213,22 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
         with ledger.serialized(model) as tx:
             aliases = versions.registered_model_aliases(model)
             current = aliases.get(versions.PRODUCTION)
+            _reconcile_in(tx, model, current, actor)
             v, extra = target(tx, current)
             info = versions.get_version(model, v, aliases=aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
             except RefusedError as exc:
                 raise _Refusal(info.version, exc) from None
-            entry = tx.append(Entry(
+            row = Entry(
                 action=action, model=model, outcome="ok", from_version=current, to_version=info.version,
                 actor=actor, pipeline_id=pipeline_id, workflow_id=workflow_id, reason=reason,
                 details={**details, **extra, "forced": force, "approved_by": approved_by,
-                         "validation_status": info.validation_status}))
-            if current != info.version:
-                versions.set_alias(model, versions.PRODUCTION, info.version)
+                         "validation_status": info.validation_status})
+            if current == info.version:
+                entry = tx.append(row)
+            else:
+                entry = _move_alias(tx, model, action, current=current, row=row)
                 moved_alias = True
     except _Refusal as r:
         _refused(ledger, model, action, r.version, actor, str(r.error), pipeline_id, workflow_id)
@@ -233,14 +348,10 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
                             to_version=failed, actor=actor, pipeline_id=pid, workflow_id=wid,
                             host=host, reason=reason))
             if current == failed:
-                entry = tx.append(Entry(action="rollback", model=model, outcome="ok", from_version=failed,
-                                        to_version=to, actor=actor, pipeline_id=pid, workflow_id=wid,
-                                        host=host, reason=reason,
-                                        details={"after_failed_deploy": failed, "automatic": True}))
-                if to is None:
-                    versions.delete_alias(model, versions.PRODUCTION)
-                else:
-                    versions.set_alias(model, versions.PRODUCTION, to)
+                entry = _move_alias(tx, model, "rollback", current=current, row=Entry(
+                    action="rollback", model=model, outcome="ok", from_version=failed, to_version=to,
+                    actor=actor, pipeline_id=pid, workflow_id=wid, host=host, reason=reason,
+                    details={"after_failed_deploy": failed, "automatic": True}))
                 moved_alias = True
             else:
                 why = (f"production is version {current} now, not the failed {failed}; "

@@ -10,9 +10,19 @@
   failed deploys.
 - ``previous_production``: the one "previous production" rule: where production goes back to
   from ``version`` (``mlops registry rollback`` and a failed deploy both follow it).
+- ``agreement`` / ``reconcile_rows``: does the ``production`` alias sit where the ledger says,
+  and the rows that record what happened when it does not.
+
+Intent rows: before a promotion moves the alias it commits an ``intent`` row (outcome
+``pending``, ``details.move`` = promote / rollback); the move's ``ok`` row (or an ``intent``
+row with outcome ``failed`` when the alias did not move) closes it by ``details.intent`` = its
+id. The replay counts only ``ok`` moves, so an intent is no move until it is confirmed; an open
+intent whose target the alias holds is what a process that died (or lost MLflow's answer)
+between the move and its record leaves behind, and ``reconcile_rows`` confirms it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from mlops_common.errors import RefusedError
@@ -75,3 +85,98 @@ def previous_production(entries: Iterable[Entry], version: int | None, failed: s
     """Where ``production`` goes back to from ``version``: ``rollback_target`` on the ledger's
     production stack (the newest earlier holder whose deploy did not fail)."""
     return rollback_target(production_stack(entries), version, set(failed))
+
+
+MOVES = ("promote", "rollback")
+
+
+def ledger_production(entries: Iterable[Entry]) -> int | None:
+    """The version the ledger says holds production: the target of the newest ``ok`` move."""
+    current = None
+    for e in entries:
+        if e.action in MOVES and e.outcome == "ok":
+            current = e.to_version
+    return current
+
+
+def open_intents(entries: Iterable[Entry]) -> list[Entry]:
+    """Intent rows that no later row closes (``details.intent`` = their id), oldest first."""
+    entries = list(entries)
+    closed = {e.details.get("intent") for e in entries if e.details}
+    return [e for e in entries if e.action == "intent" and e.outcome == "pending" and e.id not in closed]
+
+
+def _v(version: int | None) -> str:
+    return "(none)" if version is None else f"v{version}"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Where the alias is, where the ledger says it is, and the intents still open."""
+
+    alias: int | None
+    ledger: int | None
+    open_intents: tuple[Entry, ...] = ()
+
+    @property
+    def agrees(self) -> bool:
+        return self.alias == self.ledger
+
+    def problem(self) -> str | None:
+        """One line for a person, or None when there is nothing to say."""
+        pending = ", ".join(f"#{i.id} ({i.details.get('move', 'promote')} to {_v(i.to_version)} by "
+                            f"{i.actor})" for i in self.open_intents)
+        if self.agrees:
+            return (f"open intent {pending}: a promotion is under way or died before moving the alias; "
+                    f"`mlops registry reconcile` closes it") if pending else None
+        why = (f"intent {pending} moved it but was never recorded" if any(
+            i.to_version == self.alias for i in self.open_intents)
+            else "it was moved outside mlops (MLflow UI or API)")
+        return (f"production is {_v(self.alias)} but the ledger says {_v(self.ledger)}: {why}; "
+                f"`mlops registry reconcile` records it")
+
+    def to_dict(self) -> dict:
+        return {"alias": self.alias, "ledger": self.ledger, "agrees": self.agrees,
+                "open_intents": [i.id for i in self.open_intents], "problem": self.problem()}
+
+
+def agreement(alias: int | None, entries: Iterable[Entry]) -> Agreement:
+    """Compare the ``production`` alias with the ledger's replay (pure)."""
+    entries = list(entries)
+    return Agreement(alias, ledger_production(entries), tuple(open_intents(entries)))
+
+
+def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, actor: str) -> list[Entry]:
+    """The rows that make the ledger say what the alias shows (none when they agree and no
+    intent is open): an open intent whose target the alias holds is confirmed with its own move
+    row; every other open intent is closed as ``failed``; an alias moved outside mlops gets a
+    move row of its own. Every row's reason says it came from reconciliation."""
+    entries = list(entries)
+    ledger = ledger_production(entries)
+    rows: list[Entry] = []
+    for i in open_intents(entries):
+        move = i.details.get("move", "promote")
+        what = f"intent #{i.id} ({move} {_v(i.from_version)} -> {_v(i.to_version)} by {i.actor})"
+        if i.to_version == alias and alias != ledger:
+            rows.append(Entry(action=move, model=model, outcome="ok", from_version=i.from_version,
+                              to_version=i.to_version, actor=i.actor, pipeline_id=i.pipeline_id,
+                              workflow_id=i.workflow_id,
+                              reason=f"reconciled by {actor}: {what} moved production, but its "
+                                     f"process ended before recording it",
+                              details={**{k: v for k, v in i.details.items() if k != "move"},
+                                       "intent": i.id, "reconciled_by": actor,
+                                       "intent_reason": i.reason}))
+            ledger = alias
+        else:
+            rows.append(Entry(action="intent", model=model, outcome="failed", from_version=i.from_version,
+                              to_version=i.to_version, actor=actor,
+                              reason=f"reconciled by {actor}: {what} did not move production "
+                                     f"(it is {_v(alias)})",
+                              details={"intent": i.id}))
+    if alias != ledger:
+        rows.append(Entry(action="promote" if alias is not None else "rollback", model=model, outcome="ok",
+                          from_version=ledger, to_version=alias, actor=actor,
+                          reason=f"reconciled by {actor}: production found on {_v(alias)} while the "
+                                 f"ledger said {_v(ledger)}; it was moved outside mlops (MLflow UI or API)",
+                          details={"reconciled_by": actor, "moved_outside": True}))
+    return rows

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mlops_common.errors import ConfigError, ConnectionFailure
-from registry.ledger import ACTIONS, Entry, Ledger, VERSION_TABLE
+from registry.ledger import ACTIONS, OUTCOMES, VERSION_TABLE, Entry, Ledger
 from tests.helpers import REPO, run_mlops
 
 
@@ -67,8 +67,9 @@ def test_entries_are_validated():
         Entry("delete", "m", "ok")
     with pytest.raises(ValueError, match="unknown ledger outcome"):
         Entry("promote", "m", "maybe")
-    assert set(ACTIONS) == {"register", "gate", "promote", "rollback", "deploy", "smoke_test",
-                            "host_rollback"}
+    assert {"register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback",
+            "intent"} <= set(ACTIONS)
+    assert {"ok", "passed", "failed", "refused", "rolled_back", "pending"} <= set(OUTCOMES)
 
 
 def test_database_rejects_update_and_delete(ledger_url, tmp_path):

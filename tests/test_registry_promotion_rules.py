@@ -5,8 +5,8 @@ import pytest
 
 from mlops_common.errors import RefusedError
 from registry.ledger import Entry
-from registry.promotion_rules import (check_promotable, failed_deploys, production_stack,
-                                      rollback_target)
+from registry.promotion_rules import (agreement, check_promotable, failed_deploys, ledger_production,
+                                      open_intents, production_stack, reconcile_rows, rollback_target)
 
 
 def promote(to, frm=None, outcome="ok"):
@@ -90,3 +90,66 @@ def test_nothing_to_roll_back_to():
 def test_alias_moved_outside_the_ledger_rolls_back_to_the_last_known_good():
     # someone pointed production at v7 in the MLflow UI: the ledger's top is the previous one
     assert rollback_target([1, 2], 7, set()) == 2
+
+
+def numbered(*entries):
+    """Entries as the ledger returns them: ids in order."""
+    from dataclasses import replace
+    return [replace(e, id=i) for i, e in enumerate(entries, 1)]
+
+
+def intent(to, frm, move="promote", outcome="pending", closes=None):
+    return Entry("intent", "m", outcome, from_version=frm, to_version=to, actor="alice",
+                 details={"move": move} if closes is None else {"intent": closes})
+
+
+def test_intents_are_no_moves_until_confirmed():
+    rows = numbered(promote(1), intent(2, 1))
+    assert production_stack(rows) == [1] and ledger_production(rows) == 1
+    assert [e.id for e in open_intents(rows)] == [2]
+    closed = numbered(promote(1), intent(2, 1), Entry("promote", "m", "ok", from_version=1, to_version=2,
+                                                       details={"intent": 2}))
+    assert open_intents(closed) == [] and ledger_production(closed) == 2
+    failed = numbered(promote(1), intent(2, 1), intent(2, 1, outcome="failed", closes=2))
+    assert open_intents(failed) == [] and ledger_production(failed) == 1
+
+
+def test_agreement_names_what_is_wrong():
+    rows = numbered(promote(1), intent(2, 1))
+    assert agreement(1, numbered(promote(1))).problem() is None
+    a = agreement(2, rows)                           # the move happened, its record did not
+    assert not a.agrees and "intent #2 (promote to v2 by alice) moved it" in a.problem()
+    assert "mlops registry reconcile" in a.problem()
+    a = agreement(1, rows)                           # died before the move: agrees, intent open
+    assert a.agrees and a.problem().startswith("open intent #2")
+    a = agreement(5, numbered(promote(1)))
+    assert not a.agrees and "moved outside mlops" in a.problem()
+    assert a.to_dict() == {"alias": 5, "ledger": 1, "agrees": False, "open_intents": [],
+                           "problem": a.problem()}
+
+
+def test_reconcile_confirms_the_intent_the_alias_shows():
+    rows = numbered(promote(1), intent(2, 1, move="rollback"))
+    [row] = reconcile_rows("m", 2, rows, actor="ops")
+    assert (row.action, row.outcome, row.from_version, row.to_version, row.actor) == \
+        ("rollback", "ok", 1, 2, "alice")
+    assert row.details["intent"] == 2 and row.details["reconciled_by"] == "ops"
+    assert "reconciled by ops" in row.reason and "ended before recording it" in row.reason
+    after = numbered(*rows, row)
+    assert reconcile_rows("m", 2, after, actor="ops") == [] and agreement(2, after).problem() is None
+
+
+def test_reconcile_closes_intents_that_did_not_happen_and_records_outside_moves():
+    rows = numbered(promote(1), intent(2, 1))
+    [row] = reconcile_rows("m", 1, rows, actor="ops")
+    assert (row.action, row.outcome, row.details) == ("intent", "failed", {"intent": 2})
+    assert "did not move production (it is v1)" in row.reason
+    # an open intent to v2, but someone set v3 in the MLflow UI: close the intent, record v3
+    closing, outside = reconcile_rows("m", 3, rows, actor="ops")
+    assert (closing.action, closing.outcome) == ("intent", "failed")
+    assert (outside.action, outside.outcome, outside.from_version, outside.to_version) == ("promote", "ok", 1, 3)
+    assert "moved outside mlops" in outside.reason and outside.details["moved_outside"] is True
+    # the alias removed by hand
+    [gone] = reconcile_rows("m", None, numbered(promote(1)), actor="ops")
+    assert (gone.action, gone.from_version, gone.to_version) == ("rollback", 1, None)
+    assert production_stack(numbered(promote(1), gone)) == []

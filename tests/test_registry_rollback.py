@@ -101,9 +101,11 @@ def test_revert_failed_deploy_moves_production_back_and_records_it(four_versions
     info = versions.get_version(model, 2)
     assert info.tags["deploy_status"] == "failed"
     assert info.tags["deploy.reason"] == "smoke test: predictions differ"
-    rows = Ledger().entries(model)[-2:]
+    rows = Ledger().entries(model)[-3:]
     assert [(e.action, e.from_version, e.to_version, e.outcome, e.host) for e in rows] == \
-        [("deploy", 1, 2, "failed", "web-1"), ("rollback", 2, 1, "ok", "web-1")]
+        [("deploy", 1, 2, "failed", "web-1"), ("intent", 2, 1, "pending", "web-1"),
+         ("rollback", 2, 1, "ok", "web-1")]
+    assert rows[2].details["intent"] == rows[1].id           # the move closes its intent
     # a later manual rollback never lands on the failed version, and there is nothing older than v1
     with pytest.raises(NotFoundError, match="nothing to roll back to"):
         promotion.rollback(model, actor="bob")

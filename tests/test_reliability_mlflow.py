@@ -88,8 +88,12 @@ def test_the_alias_write_failing_leaves_production_and_the_ledger_as_they_were(
     line = one_error_line(r.stderr)
     assert r.returncode != 0 and "HTTP 503" in line, line
     assert len(proxy.failed) == TRIES
-    # nothing half-done: the ledger row of the move was rolled back with it
-    assert (registry_snapshot(env.model), ledger_rows(env)) == before
+    # nothing half-done: the registry is as it was; the ledger shows the attempt (its intent row,
+    # committed before the call) closed as failed because MLflow says the alias did not move
+    assert registry_snapshot(env.model) == before[0]
+    added = ledger_rows(env)[len(before[1]):]
+    assert [(a, o, f, t) for _, a, o, f, t, _ in added] == [("intent", "pending", v1, v2), ("intent", "failed", v1, v2)]
+    assert env.ledger(("intent",))[-1].details == {"intent": added[0][0]}
     assert env.production() == v1
     proxy.set()
     r = env.cli("registry", "promote", "--version", str(v2), extra_env=via(proxy))

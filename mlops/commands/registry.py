@@ -105,17 +105,33 @@ def register(sub) -> None:
                    help="show the newest N rows (default 50)")
     h.add_argument("--action", action="append", metavar="ACTION",
                    help="only these actions (repeatable): register, gate, promote, rollback, deploy, "
-                        "smoke_test, host_rollback")
+                        "smoke_test, host_rollback, intent, ...")
     flags.add_json(h)
     h.set_defaults(func=cmd_history)
 
     s = rsub.add_parser("status", help="show every version with aliases, statuses and accuracy",
                         description="One line per version of the model: aliases, validation status, "
-                                    "deploy status, held-out accuracy (from its run) and age.",
+                                    "deploy status, held-out accuracy (from its run) and age; then "
+                                    "whether the `production` alias sits where the ledger says (a "
+                                    "disagreement is shown with what to run).",
                         epilog=_ENV_EPILOG)
     flags.add_model_name(s)
     flags.add_json(s)
     s.set_defaults(func=cmd_status)
+
+    rc = rsub.add_parser(
+        "reconcile", help="make the ledger say where `production` is (after a crash or a UI move)",
+        description="Under the promotion lock, compare the `production` alias with the ledger and "
+                    "record what happened: a promotion that moved the alias but died (or lost "
+                    "MLflow's answer) before recording it is confirmed from its intent row; an "
+                    "intent that never moved the alias is closed as failed; a move made outside "
+                    "mlops (MLflow UI or API) gets a row of its own. Every row's reason says it "
+                    "came from reconciliation. Changes nothing when they agree; never moves the alias.",
+        epilog=_ENV_EPILOG)
+    rc.add_argument("--actor", help="who is reconciling (outside CircleCI; default: the OS user)")
+    flags.add_model_name(rc)
+    flags.add_json(rc)
+    rc.set_defaults(func=cmd_reconcile)
 
     from registry.webhooks import DEFAULT_NAME, DEFAULT_SECRET_ENV, SERVER_SIDE_HELP
 
@@ -273,14 +289,36 @@ def cmd_history(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from registry.history import status_rows, status_table
+    from registry.history import agreement_line, status_rows, status_table
+    from registry.promotion import check_agreement
 
     model = settings.model_name(args.model_name)
     rows = status_rows(model)
+    agreement = check_agreement(model) if rows else None
     if args.json:
-        _emit_json({"model": model, "versions": rows})
+        _emit_json({"model": model, "versions": rows,
+                    "ledger": agreement.to_dict() if agreement else None})
     else:
         print(status_table(model, rows))
+        if agreement is not None:
+            print(agreement_line(agreement))
+    return 0
+
+
+def cmd_reconcile(args) -> int:
+    from registry import approver, promotion
+
+    model = settings.model_name(args.model_name)
+    actor = approver.resolve_actor(args.actor)
+    result = promotion.reconcile(model, actor=actor.name)
+    if args.json:
+        _emit_json(result.to_dict())
+        return 0
+    where = "(none)" if result.production is None else f"v{result.production}"
+    if not result.rows:
+        print(f"'{model}': production is {where} and the ledger agrees; nothing recorded")
+    for r in result.rows:
+        print(f"ledger #{r.id}: {r.action} {r.outcome}: {r.reason}")
     return 0
 
 

@@ -1,0 +1,146 @@
+"""The ``production`` alias and the ledger agree whatever happens between the alias move and
+its record: MLflow's answer lost after it applied the move (a proxy forwards the alias write and
+drops the response), MLflow gone right after, or the promoting process SIGKILLed at the phases
+around the move (held there by ``registry.faultpoint``). ``mlops registry status`` shows every
+disagreement; ``mlops registry reconcile`` records what happened, and the "previous production"
+replay then sees the move.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from registry import promotion, versions
+from registry.ledger import Ledger
+from tests.fixtures.faults import final_error_line
+from tests.helpers import REPO, run_mlops
+
+BOUNDED = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+TRIES = 1 + int(BOUNDED["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+
+
+def via(proxy) -> dict:
+    return {"MLFLOW_TRACKING_URI": proxy.url, **BOUNDED}
+
+
+def alias_write(method: str, path: str) -> bool:
+    return method == "POST" and path.startswith("/api/2.0/mlflow/registered-models/alias")
+
+
+def rows(model: str) -> list[tuple]:
+    return [(e.action, e.outcome, e.from_version, e.to_version) for e in Ledger().entries(model)
+            if e.action in ("promote", "rollback", "intent")]
+
+
+def status(model: str) -> dict:
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["ledger"]
+
+
+def two_promoted_once(make_version) -> tuple[str, int, int]:
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
+    promotion.promote(model, v1, actor="alice")
+    return model, v1, v2
+
+
+def test_a_lost_answer_after_mlflow_moved_the_alias_is_recorded_as_the_move(
+        make_version, mlflow_server, http_fault_proxy):
+    model, v1, v2 = two_promoted_once(make_version)
+    proxy = http_fault_proxy(mlflow_server, fail_always=True, match=alias_write, drop_after_forward=True)
+    r = run_mlops("registry", "promote", "--version", str(v2), env=via(proxy))
+    assert r.returncode == 0, r.stderr
+    assert len(proxy.failed) == TRIES and "its answer was lost" in r.stderr   # every answer dropped
+    assert versions.production_version(model) == v2
+    assert rows(model)[-2:] == [("intent", "pending", v1, v2), ("promote", "ok", v1, v2)]
+    intent, move = Ledger().entries(model)[-2:]
+    assert move.details["intent"] == intent.id and move.details["answer_lost"] is True
+    assert status(model) == {"alias": v2, "ledger": v2, "agrees": True, "open_intents": [], "problem": None}
+
+
+def test_mlflow_gone_after_applying_the_move_leaves_an_intent_that_reconcile_confirms(
+        make_version, mlflow_server, http_fault_proxy):
+    model, v1, v2 = two_promoted_once(make_version)
+    seen = {"alias": False}
+
+    def alias_and_after(method: str, path: str) -> bool:      # the move applies, then nothing answers
+        seen["alias"] = seen["alias"] or alias_write(method, path)
+        return seen["alias"]
+
+    proxy = http_fault_proxy(mlflow_server, fail_always=True, match=alias_and_after, drop_after_forward=True)
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "carol", env=via(proxy))
+    line = final_error_line(r.stderr)
+    assert r.returncode != 0 and f"whether production of '{model}' moved to v{v2} is unknown" in line, line
+    assert "mlops registry reconcile" in line
+    assert versions.production_version(model) == v2                   # MLflow did apply it
+    assert rows(model)[-1] == ("intent", "pending", v1, v2)           # the ledger names v2
+    doc = status(model)
+    assert not doc["agrees"] and f"production is v{v2} but the ledger says v{v1}" in doc["problem"]
+    text = run_mlops("registry", "status").stdout
+    assert "MISMATCH" in text and "mlops registry reconcile" in text, text
+
+    r = run_mlops("registry", "reconcile", "--actor", "ops")
+    assert r.returncode == 0 and "reconciled by ops" in r.stdout, r.stderr
+    assert rows(model)[-1] == ("promote", "ok", v1, v2)
+    assert status(model)["agrees"] and versions.get_version(model, v2).tags["promoted_by"] == "carol"
+    r = run_mlops("registry", "reconcile")
+    assert r.returncode == 0 and "nothing recorded" in r.stdout                # idempotent
+    # the replay sees the reconciled move: rolling back goes to v1
+    assert promotion.rollback(model, actor="bob").to_version == v1
+
+
+def held_promotion(version: int, phase: str, marker) -> subprocess.Popen:
+    env = {**os.environ, "MLOPS_TEST_PAUSE_AT": phase, "MLOPS_TEST_PAUSE_MARKER": str(marker),
+           "MLOPS_TEST_PAUSE_SECONDS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "registry", "promote", "--version", str(version),
+                             "--actor", "carol"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+            raise AssertionError(f"the promotion never reached {phase}: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)                              # no handler, no finally runs
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    return proc
+
+
+@pytest.mark.parametrize("phase", ["promotion:after_alias", "promotion:after_intent"])
+def test_sigkill_around_the_alias_move_never_leaves_production_where_the_ledger_cannot_see(
+        make_version, tmp_path, phase):
+    model, v1, v2 = two_promoted_once(make_version)
+    v3 = make_version(validation_status="passed")
+    held_promotion(v2, phase, tmp_path / "marker")
+    moved = phase == "promotion:after_alias"
+    assert versions.production_version(model) == (v2 if moved else v1)
+    assert rows(model)[-1] == ("intent", "pending", v1, v2)           # committed before the move
+    doc = status(model)
+    assert doc["agrees"] is (not moved) and len(doc["open_intents"]) == 1 and doc["problem"]
+    if moved:
+        # the next move (no lock left behind by the dead process) records the dead one first
+        r = run_mlops("registry", "promote", "--version", str(v3), "--actor", "dave")
+        assert r.returncode == 0, r.stderr
+        assert rows(model)[-4:] == [("intent", "pending", v1, v2), ("promote", "ok", v1, v2),
+                                    ("intent", "pending", v2, v3), ("promote", "ok", v2, v3)]
+        assert promotion.rollback(model, actor="bob").to_version == v2
+    else:
+        r = run_mlops("registry", "reconcile")
+        assert r.returncode == 0 and "did not move production" in r.stdout, r.stderr
+        assert rows(model)[-1][:2] == ("intent", "failed")
+        assert status(model) == {"alias": v1, "ledger": v1, "agrees": True, "open_intents": [],
+                                 "problem": None}
+        # a move made outside mlops (MLflow UI / API) is shown and recorded too
+        versions.set_alias(model, versions.PRODUCTION, v3)
+        assert "moved outside mlops" in status(model)["problem"]
+        assert run_mlops("registry", "reconcile").returncode == 0
+        assert rows(model)[-1] == ("promote", "ok", v1, v3) and status(model)["agrees"]
