@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -182,6 +183,7 @@ class Receiver:
         self.open_connections = 0
         self._lock = threading.Lock()
         self._sock = socket.create_server((host, port), backlog=128)
+        self._address = self._sock.getsockname()[:2]     # still known after stop()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
         self._loop = None
         self._stopped = None
@@ -189,11 +191,11 @@ class Receiver:
 
     @property
     def port(self) -> int:
-        return self._sock.getsockname()[1]
+        return self._address[1]
 
     @property
     def url(self) -> str:
-        return f"http://{self._sock.getsockname()[0]}:{self.port}/"
+        return f"http://{self._address[0]}:{self.port}/"
 
     def start(self) -> Receiver:
         ready = threading.Event()
@@ -216,8 +218,10 @@ class Receiver:
         asyncio.run(main())
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
+        """Stop serving (idempotent)."""
+        if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):      # the loop ended meanwhile
+                self._loop.call_soon_threadsafe(self._stopped.set)
         if self.thread is not None:
             self.thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -259,6 +263,8 @@ class Receiver:
                 await asyncio.wait_for(_discard(reader), 1.0)
             except (TimeoutError, OSError, RuntimeError):
                 pass
+        except asyncio.CancelledError:      # stop(): connections still open are just closed
+            pass
         finally:
             self.open_connections -= 1
             writer.close()

@@ -81,6 +81,9 @@ def test_non_ascii_or_malformed_signature_headers_get_401_not_an_exception(recei
     assert got == [] and rec.counts["rejected_401"] == len(bad_values)
     status, _ = raw_post(rec.port, headers, body)      # the real one still goes through
     assert status == 202 and len(got) == 1
+    url = rec.url
+    rec.stop()
+    assert rec.url == url                               # still known after stop (watch reports it)
 
 
 def test_verify_compares_bytes_so_odd_strings_are_just_unequal():
