@@ -155,7 +155,7 @@ class _Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         if self is not threading.current_thread():
-            self.join(timeout=max(5.0, self.every))
+            self.join(timeout=10.0)    # a beat stuck in I/O: the thread is a daemon, let it go
 
 
 class HostLock:
