@@ -52,7 +52,7 @@ np.save(out.parent / "heldout.npy", np.asarray(part.heldout.images[:64], np.floa
 '''
 
 
-def build_model_dir(root: Path) -> tuple[Path, "object"]:
+def build_model_dir(root: Path) -> tuple[Path, object]:
     """The digits SavedModel at ``root/digits/1`` and 64 held-out images to send."""
     import numpy as np
 
