@@ -101,9 +101,13 @@ def scan(local_dir: str | os.PathLike) -> Manifest:
     """Names, sizes and directories without reading a byte (hashes left ``UNHASHED``).
 
     Refuses symlinks, special files and unsafe names, like ``build``. A streaming upload
-    (``upload_tree_hashing``) fills the hashes in the same pass that sends the bytes.
+    (``upload_tree_hashing``) fills the hashes in the same pass that sends the bytes. A tree
+    hashed earlier in this process and unchanged since comes back hashed (see ``build``).
     """
-    files, dirs, _ = _walk(Path(local_dir))
+    files, dirs, signature = _walk(Path(local_dir))
+    memo = _MEMO.get(os.path.realpath(local_dir))
+    if memo is not None and memo[0] == signature:
+        return memo[1]
     manifest = Manifest(tuple(FileEntry(rel, st.st_size, UNHASHED) for rel, st in files), tuple(dirs))
     manifest.completion_file  # noqa: B018 - raises when this is not a SavedModel
     return manifest

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import unicodedata
 
 from mlops_common.errors import ConfigError
 
@@ -44,13 +43,17 @@ def check_version(version: object) -> int:
 
 def has_traversal(path: str) -> bool:
     """True if any component of ``path`` is ``..``."""
-    return any(part == ".." for part in re.split(r"[/\\]", path))
+    return "/../" in "/" + path.replace("\\", "/") + "/"
+
+
+# Unicode categories Cc (C0, DEL, C1), Zl (U+2028) and Zp (U+2029), as one character class.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def has_control(text: str) -> bool:
     """Any control character (C0, DEL, C1) or line/paragraph separator: each can split a line
     in some tool's output (``\r`` in ``splitlines``, U+2028 in editors and logs)."""
-    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+    return _CONTROL_RE.search(text) is not None
 
 
 def check_relpath(rel: str) -> str:

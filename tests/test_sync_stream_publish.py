@@ -146,3 +146,33 @@ def test_a_carriage_return_name_through_ssh_publish_is_one_line_and_the_host_is_
                 publish(t, MODEL, 1, model, mf.build(model) if manifest else None)
             assert "cannot be published" in one_line(e.value)
     assert not (base / MODEL).exists() or os.listdir(base / MODEL) == []
+
+
+# --- a bug inside a real deploy ------------------------------------------------------------------
+def test_an_unexpected_error_inside_a_deploy_puts_the_host_back_in_one_line(deploy_env, monkeypatch):
+    """A bug (here: the upload raising a RuntimeError with a two-line message) is still a deploy
+    failure: every host back, one line naming the bug, the traceback only in the debug log."""
+    from mlops_common.errors import DeployFailed
+    from serving_sync.transports.local import LocalTransport
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"
+    config_v1 = env.config_text(host)
+    v2 = env.register("b")
+    env.promote(v2)
+
+    def boom(self, *a, **k):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(LocalTransport, "upload_tree_hashing", boom)
+    with pytest.raises(DeployFailed) as e:
+        env.deploy()
+    msg = one_line(e.value)
+    assert f"deploy of v{v2}" in msg and "this is a bug in mlops (unexpected RuntimeError)" in msg, msg
+    assert "-v" in msg and "boom second line" in msg
+    assert env.config_text(host) == config_v1
+    assert sorted(n for n in os.listdir(host.base / env.model) if not n.startswith(".")) == [str(v1)]
+    env.serves(host, v1)

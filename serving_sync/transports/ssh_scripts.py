@@ -71,7 +71,7 @@ if [ "$need_kb" -ge 0 ]; then
   if [ -n "$avail" ] && [ "$avail" -lt "$need_kb" ]; then echo "@nospace $avail"; exit 0; fi
 fi
 umask 022
-mkdir -p -- {q(parent)} && mkdir -- {q(dest)} || exit 96
+{{ [ -d {q(parent)} ] || mkdir -p -- {q(parent)}; }} && mkdir -- {q(dest)} || exit 96
 {_PICK_HASH}if [ -n "$H" ] && mkfifo -m 600 -- {fifo} 2>/dev/null; then
   trap 'rm -f -- {fifo}' EXIT
   echo @hashing stream
