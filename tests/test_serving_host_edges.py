@@ -277,3 +277,17 @@ def test_json_codec_numbers_and_echoes():
             jc.parse_json(raw)
     assert jc.truncate("x" * 10) == "x" * 10
     assert jc.truncate("x" * 2000) == "x" * 1024 + "... (976 more characters)"
+
+
+@pytest.mark.parametrize("flag", ["--rest_api_num_threads=0", "--rest_api_socket_timeout_seconds=0",
+                                  "--rest_api_max_body_bytes=-1"])
+def test_bad_rest_edge_flags_are_one_line(flag, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    p = subprocess.run([sys.executable, "-m", "serving_host.local_server", "--rest_api_port=1",
+                        f"--model_base_path={tmp_path}", flag],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: --rest_api_")
