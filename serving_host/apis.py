@@ -10,6 +10,8 @@ what a request would. Tensors leave as typed fields (``float_val``, ...), as TF 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from serving_host.servable import SERVING_DEFAULT, Servable
@@ -59,6 +61,28 @@ def tensor_to_proto(arr: np.ndarray):
     return proto
 
 
+class _Tensors(Mapping):
+    """A request's TensorProtos by alias, each made a tensor when first read: as in TF Serving,
+    the input count and aliases are checked before any tensor is parsed."""
+
+    def __init__(self, protos):
+        self._protos, self._done = protos, {}
+
+    def __getitem__(self, alias: str) -> np.ndarray:
+        if alias not in self._done:
+            self._done[alias] = tensor_from_proto(alias, self._protos[alias])
+        return self._done[alias]
+
+    def __contains__(self, alias) -> bool:  # without parsing (Mapping's default reads the item)
+        return alias in self._protos
+
+    def __iter__(self):
+        return iter(self._protos)
+
+    def __len__(self) -> int:
+        return len(self._protos)
+
+
 def serialized_examples(input_proto) -> list[bytes]:
     """``InputToSerializedExampleTensor``: each example serialized (after its context, if any)."""
     kind = input_proto.WhichOneof("kind")
@@ -101,7 +125,7 @@ def predict(servable: Servable, request, version: int | None):
 
     spec = request.model_spec
     response = predict_pb2.PredictResponse()
-    inputs = {alias: tensor_from_proto(alias, t) for alias, t in request.inputs.items()}
+    inputs = _Tensors(request.inputs)
     outputs = servable.predict(spec.signature_name, inputs, tuple(request.output_filter),
                                model_name=spec.name)
     model_spec(response.model_spec, spec.name, spec.signature_name, version)

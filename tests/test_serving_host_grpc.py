@@ -208,6 +208,9 @@ def test_predict_errors(server):
     r.inputs["x"].float_val.append(9.0)  # two values for a shape of one element
     e = rpc_error(stub.Predict, r)
     assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
+    r.inputs["extra"].CopyFrom(r.inputs["x"])  # the count is checked before any tensor is parsed
+    e = rpc_error(stub.Predict, r)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details().startswith("input size does not match")
     r = predict_request()
     r.inputs["x"].CopyFrom(tf.make_tensor_proto([b"two"]))
     e = rpc_error(stub.Predict, r)
