@@ -216,6 +216,62 @@ def test_racing_processes_exactly_one_holds(hut, situation):
     assert [n for n in hut.raw_names(".serving_sync") if ".cad-" in n] == []
 
 
+@pytest.mark.slow   # a real `mlops sync watch` over two passes
+def test_sync_watch_uses_a_named_token_on_its_first_pass_only(deploy_env):
+    """`watch --break-lock T` takes over lock T on its first pass; the same token on a lock met
+    later is respected (the later pass reports the holder and deploys nothing)."""
+    import signal
+    import threading
+
+    from tests.helpers import REPO
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    lock_file = host.base / ".serving_sync" / "lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def live_lock() -> bytes:
+        data = LockInfo("ci", "another-machine", 4242, "5eed5eed5eed5eed", time.time(), time.time()).to_json()
+        lock_file.write_bytes(data)
+        return data
+
+    live_lock()
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--break-lock", "5eed5eed5eed5eed",
+                             "--interval", "1", "--max-seconds", "240", "--json"],
+                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(text: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not any(text in x for x in lines) and proc.poll() is None:
+            time.sleep(0.1)
+        assert any(text in x for x in lines), "".join(lines)
+
+    try:
+        wait_for("reconcile (start): deployed", 180)
+        assert any("took over the deploy lock 5eed5eed5eed5eed" in x for x in lines)
+        second = live_lock()                       # the same token again, held by a live deploy
+        env.promote(v2)
+        wait_for("another deploy holds the lock", 120)
+        assert lock_file.read_bytes() == second    # never taken over on a later pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    doc = json.loads(out)
+    assert (doc["passes"][0]["status"], doc["passes"][0]["version"]) == ("deployed", v1)
+    assert any(p["status"] == "error" and "5eed5eed5eed5eed" in p["message"] for p in doc["passes"][1:])
+    assert not any(p["status"] == "deployed" for p in doc["passes"][1:])
+    assert lock_file.read_bytes() == second
+    env.serves(host, v1)
+
+
 # --- retention -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("published, serving, previous, keep, protected, removed", [
     ([1, 2, 3, 4, 5, 6], 6, 5, 3, (), [1, 2, 3]),
