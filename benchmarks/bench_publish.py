@@ -171,6 +171,34 @@ def run_ours_publish(sshd, src: Path, dest: Path) -> dict:
         t.close()
 
 
+def _cpu(sshd) -> tuple[float, float]:
+    """(this process and its reaped children, the sshd and its reaped sessions): CPU seconds.
+
+    Client and host share this machine's cores on loopback, so CPU seconds say what a method
+    costs whatever the other engineers' load; wall time is what a user waits.
+    """
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    server = 0.0
+    proc = getattr(sshd, "proc", None)
+    if proc is not None:
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            server = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            server = 0.0
+    return client, server
+
+
+def _cpu_since(sshd, before: tuple[float, float], settle: float = 0.2) -> float:
+    time.sleep(settle)                     # let sshd reap the session it just closed
+    after = _cpu(sshd)
+    return (after[0] - before[0]) + (after[1] - before[1])
+
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -184,6 +212,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
     for name, src in datasets.items():
         tree = mf.scan(src)
         times: dict[str, list[float]] = {k: [] for k in METHODS}
+        cpu: dict[str, list[float]] = {k: [] for k in METHODS}
         present_bytes: list[int] = []
         for rnd in range(repeats):
             for method in METHODS:
@@ -195,6 +224,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
                     run_ours_publish(sshd, src, dest)          # untimed: the host has it now
                 if method != "ours_already_present":
                     mf.forget()                                # the manifest is inside the timed section
+                cpu0 = _cpu(sshd)
                 start = time.perf_counter()
                 if method == "scp":
                     run_scp(sshd, src, dest)
@@ -210,6 +240,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
                             raise AssertionError(f"publishing {name} again did not find it present: {r}")
                 elapsed = time.perf_counter() - start
                 times[method].append(elapsed)
+                cpu[method].append(_cpu_since(sshd, cpu0))
                 log(f"  {name} round {rnd + 1}/{repeats}: {method} {elapsed:.3f}s "
                     f"(load {os.getloadavg()[0]:.2f})")
                 if check:
@@ -219,6 +250,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
                 shutil.rmtree(dest_parent, ignore_errors=True)
         results[name] = {"mb": round(tree.total_size / 1e6, 1), "files": len(tree.files),
                          "seconds": {k: [round(x, 4) for x in v] for k, v in times.items()},
+                         "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
                          "already_present_bytes": present_bytes}
     return results
 
@@ -242,6 +274,7 @@ def summarize(raw: dict) -> dict:
             "ours_publish_vs_rsync_time": round(med["ours_publish"] / med["rsync"], 2),
             "already_present_bytes": max(r["already_present_bytes"], default=None),
             "already_present_seconds": round(med["ours_already_present"], 3),
+            "median_cpu_seconds": {k: round(statistics.median(v), 2) for k, v in r.get("cpu_seconds", {}).items() if v},
         }
     return out
 
@@ -282,6 +315,10 @@ def render(summary: dict, checks: list[dict], label: str = "") -> str:
             "present cold s", "vs scp (speed)", "vs sftp (speed)", "vs rsync (time)", "present bytes"]
     lines = [f"setup: {label}"] if label else []
     lines += [_setup.table(head, rows), ""]
+    cpu_rows = [[name, *(s.get("median_cpu_seconds", {}).get(k) for k in ("scp", "rsync", "sftp_put", "ours_publish"))]
+                for name, s in summary.items()]
+    lines += ["CPU seconds, client + host (both on this machine), median:",
+              _setup.table(["model", "scp", "rsync", "sftp put", "ours publish"], cpu_rows), ""]
     lines += [f"{'met ' if c['met'] else 'MISSED'} {c['model']}: {c['target']} (measured {c['value']})"
               for c in checks]
     return "\n".join(lines)
