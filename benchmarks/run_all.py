@@ -8,6 +8,7 @@ b) rollback  — `mlops sync rollback` until the old outputs answer, vs a fresh 
 c) availability — 8 clients through deploy, failed deploy + automatic rollback, rollback (bench_availability.py)
 d) e2e       — each stage of the quick-start flow: train, gate, promote, deploy steps (bench_e2e.py)
 e) grpc      — gRPC predict vs REST predict throughput on the digits model (bench_grpc.py)
+f) fleet     — deploy to 8 hosts vs 1 (--bake 0), parallel vs sequential; a canary breach (bench_fleet.py)
 
 Before each benchmark's measured part it waits (bounded, 10 minutes) for the 1-minute load
 average to drop below 1.5 and records it. ``--quick`` runs each in its shortest form (for a
@@ -23,7 +24,7 @@ import traceback
 
 from benchmarks import _setup
 
-ORDER = ("publish", "rollback", "availability", "e2e", "grpc")
+ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet")
 
 
 def plan(quick: bool) -> dict[str, dict]:
@@ -38,6 +39,8 @@ def plan(quick: bool) -> dict[str, dict]:
         "e2e": {"epochs": 3 if quick else 10, "quick": quick},
         "grpc": {"seconds": 1.0 if quick else 8.0, "clients": [1] if quick else [1, 4],
                  "batches": [1] if quick else [1, 32]},
+        "fleet": {"rounds": 1 if quick else 2, "n_hosts": 8, "big_mb": 0 if quick else 100, "bake": 2.0,
+                  "ssh": not quick},
     }
 
 

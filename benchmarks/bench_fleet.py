@@ -1,0 +1,324 @@
+"""(e) Fleet rollout: deploy wall time for 8 hosts vs 1, and a canary breach under traffic.
+
+    python -m benchmarks.bench_fleet [--quick] [--rounds 2] [--hosts 8] [--big-mb 100]
+
+Local TF-Serving-compatible servers (``file://`` targets) and a real ``mlflow server``, as the
+other benchmarks. For each model (the deploy tests' tiny SavedModel, ~40 KB like the digits
+model; and one with a ``--big-mb`` MB variable) and each fleet size (1 and ``--hosts``), each
+round promotes a new version and times ``mlops sync deploy --json --bake 0`` from Popen to exit:
+
+- ``rollout``: the default (prepare all hosts in parallel, canary, then one wave);
+- ``sequential``: ``--parallel 1 --canary 0``, one host after the other as before the rollout
+  (the same code path, so the difference is the parallelism alone).
+
+Then a canary breach: 3 hosts started with ``--monitoring_config_file``, 1 client per host
+sending the golden request and, every 4th request, an input the new version refuses; deploy
+with ``--bake B``. Measured: seconds from the first refused answer on the canary (it switched)
+to the command's exit (every host back), against the target bake + 5 s; and the non-200 answers
+on the hosts that are not the canary (target: 0).
+
+Targets (issue 12): 8 hosts <= 1.5x one host (tiny model) and <= 3x (big model) with
+``--bake 0``; breach rolled back within bake + 5 s; zero non-200 on the non-canary hosts.
+Writes ``benchmarks/results/fleet.json`` and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+from benchmarks import _setup
+
+TARGETS = {"tiny_ratio": 1.5, "big_ratio": 3.0, "breach_extra_s": 5.0}
+KINDS = ("b", "c")
+
+_BIG = r'''
+import json, sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+
+out, mb = Path(sys.argv[1]), int(sys.argv[2])
+class Big(tf.Module):
+    def __init__(self, seed):
+        self.w = tf.Variable(tf.random.stateless_normal([64, 10], seed=[seed, 1]))
+        self.pad = tf.Variable(tf.random.stateless_uniform([mb * 250_000], seed=[seed, 2]))
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="inputs")])
+    def serve(self, inputs):
+        return {"output_0": tf.nn.softmax(tf.matmul(tf.reshape(inputs, [-1, 64]), self.w))}
+x = np.random.default_rng(0).uniform(0, 1, size=(4, 8, 8, 1)).astype(np.float32)
+SIG = {"serving_default": {"method_name": "tensorflow/serving/predict",
+       "inputs": {"inputs": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
+       "outputs": {"output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
+m = Big(7)
+d = out / "big100"
+tf.saved_model.save(m, str(d / "tfserving"), signatures={"serving_default": m.serve})
+preds = tf.saved_model.load(str(d / "tfserving")).signatures["serving_default"](inputs=tf.constant(x))["output_0"]
+g = d / "golden"
+g.mkdir()
+(g / "request.json").write_text(json.dumps({"signature_name": "serving_default", "instances": x.tolist()}))
+(g / "response.json").write_text(json.dumps({"predictions": preds.numpy().tolist()}))
+(g / "signature.json").write_text(json.dumps(SIG))
+'''
+
+
+def _build(script: str, root, *args: str) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", script, str(root), *args], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=_setup.REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building a benchmark SavedModel failed:\n{proc.stderr[-3000:]}")
+
+
+def _register_dir(env, root, kind: str, like: str = "b") -> int:
+    """Register ``root/kind`` (tfserving/ + golden/) as a new version of ``env``'s model."""
+    import mlflow
+
+    from registry import versions
+    from registry.client import tracking_client
+    from registry.register import register_version
+
+    client = tracking_client()
+    exp = client.get_experiment_by_name("bench-fleet")
+    exp_id = exp.experiment_id if exp else client.create_experiment("bench-fleet")
+    with mlflow.start_run(run_name=kind, experiment_id=exp_id) as run:
+        mlflow.log_artifacts(str(root / kind / "tfserving"), "tfserving")
+        mlflow.log_artifacts(str(root / kind / "golden"), "golden")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"fixture.kind": kind})
+    versions.set_tags(env.model, v, {"validation_status": "passed"})
+    env.versions[v] = like
+    return v
+
+
+def _cli(*args: str, timeout: float = 900) -> tuple[dict, float, float, subprocess.CompletedProcess]:
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "mlops", *args], capture_output=True, text=True, timeout=timeout,
+                       env=_setup.mlops_env(), cwd=_setup.REPO)
+    end = time.monotonic()
+    doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+    return doc, start, end, r
+
+
+def _sshd(lab):
+    """One real OpenSSH sshd on loopback for the ssh:// hosts (tests/fixtures/sshd.py)."""
+    from tests.fixtures.sshd import keygen, start_sshd
+
+    if not hasattr(lab, "_bench_sshd"):
+        d = lab.root / "sshd"
+        d.mkdir(exist_ok=True)
+        key = d / "id_ed25519"
+        lab._bench_sshd = start_sshd(d / "server", user_key=(key, keygen(key)))
+        lab._stack.callback(lab._bench_sshd.stop)
+    return lab._bench_sshd
+
+
+def fleet_rounds(lab, n_hosts: int, rounds: int, model: str, big_root, log, target: str = "file") -> list[dict]:
+    env = lab.deploy_env()
+    if target == "ssh":
+        server = _sshd(lab)
+        env.sshd_factory = lambda: server
+    env.add_hosts(n_hosts, target)
+    first = _register_dir(env, big_root, "big100") if model == "big" else env.register("a")
+    env.promote(first)
+    if env.deploy().status != "deployed":
+        raise RuntimeError("the first deploy failed")
+    out = []
+    for i in range(rounds):
+        for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
+            v = _register_dir(env, big_root, "big100") if model == "big" else env.register(KINDS[len(out) % 2])
+            env.promote(v)
+            doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
+            if r.returncode != 0:
+                raise RuntimeError(f"deploy failed (exit {r.returncode}): {r.stderr[-2000:]}")
+            row = {"model": model, "target": target, "hosts": n_hosts, "mode": mode, "round": i, "version": v,
+                   "wall_s": round(t1 - t0, 3), "fleet_seconds": doc.get("seconds"),
+                   "timings": doc.get("timings"), "waves": doc.get("waves")}
+            log(f"  {model} {target} x{n_hosts} {mode} round {i + 1}: {row['wall_s']}s")
+            out.append(row)
+    return out
+
+
+class _Load:
+    """One client per host: golden requests, every 4th an input above the golden set's range;
+    records (time, host, status) of every answer; bounded in count and time."""
+
+    def __init__(self, env, hosts, max_seconds=300.0, max_requests=60_000):
+        self.env, self.hosts = env, hosts
+        self.samples: list[tuple[float, str, int]] = []
+        self.stop = threading.Event()
+        self.max_seconds, self.max_requests = max_seconds, max_requests
+        good = env.bundles.golden("a")["request"]
+        self.bodies = (good, {**good, "instances": [[[[2.0] for _ in range(8)] for _ in range(8)]]})
+        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in hosts]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _loop(self, host) -> None:
+        s = requests.Session()
+        url = f"{host.rest_url}/v1/models/{self.env.model}:predict"
+        deadline, i = time.monotonic() + self.max_seconds, 0
+        while not self.stop.is_set() and time.monotonic() < deadline and len(self.samples) < self.max_requests:
+            i += 1
+            try:
+                code = s.post(url, json=self.bodies[i % 4 == 0], timeout=20).status_code
+            except requests.RequestException:
+                code = 0
+            self.samples.append((time.monotonic(), host.name, code))
+            time.sleep(0.002)
+
+
+def canary_breach(lab, bake: float, log) -> dict:
+    from tests.test_sync_canary import _BUILD as CANARY_BUILD
+
+    root = lab.root / "canary-bundles"
+    root.mkdir(exist_ok=True)
+    _build(CANARY_BUILD, root)
+    env = lab.deploy_env()
+    cfg = lab.root / "monitoring.config"
+    cfg.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    hosts = env.add_hosts(3, "file", server_args=(f"--monitoring_config_file={cfg}",))
+    v1 = env.register("a")
+    env.promote(v1)
+    from serving_sync.options import DeployOptions
+    if env.deploy(opts=DeployOptions(canary=0, json_mode=True)).status != "deployed":
+        raise RuntimeError("the first deploy failed")
+    v2 = _register_dir(env, root, "strict")
+    env.promote(v2)
+    with _Load(env, hosts) as load:
+        time.sleep(1.0)
+        doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", str(bake))
+        time.sleep(1.0)
+    canary = hosts[0].name
+    refused = [t for t, h, c in load.samples if h == canary and c == 400 and t0 <= t <= t1]
+    others = [(h, c) for t, h, c in load.samples if h != canary and c != 200]
+    first_refused = min(refused) if refused else None
+    back = min((t for t, h, c in load.samples if h == canary and c == 200 and t > max(refused)), default=None) \
+        if refused else None
+    out = {"exit_code": r.returncode, "bake_s": bake, "command_s": round(t1 - t0, 3),
+           "breach_to_canary_back_s": round(back - first_refused, 3) if back else None,
+           "breach_to_command_exit_s": round(t1 - first_refused, 3) if first_refused else None,
+           "verdict": (doc.get("bake") or [{}])[0].get("line"),
+           "non_200_on_other_hosts": len(others), "requests": len(load.samples),
+           "production_after": env.production(), "v1": v1}
+    log(f"  canary breach: {out['verdict']}; canary back on the old version {out['breach_to_canary_back_s']}s "
+        f"after its first refused answer (command exit after {out['breach_to_command_exit_s']}s); non-200 on "
+        f"the other hosts: {out['non_200_on_other_hosts']}")
+    return out
+
+
+def summarize(rows: list[dict], n_hosts: int) -> dict:
+    out = {}
+    for model, target in (("tiny", "file"), ("tiny", "ssh"), ("big", "file"), ("big", "ssh")):
+        cell = {}
+        for mode in ("rollout", "sequential"):
+            for n in (1, n_hosts):
+                vals = [r["wall_s"] for r in rows if r["model"] == model and r["mode"] == mode and r["hosts"] == n
+                        and r.get("target", "file") == target]
+                if vals:
+                    cell[f"{mode}_{n}_s"] = _setup.median(vals)
+        if cell.get(f"rollout_1_s") and cell.get(f"rollout_{n_hosts}_s"):
+            cell["rollout_ratio"] = round(cell[f"rollout_{n_hosts}_s"] / cell["rollout_1_s"], 3)
+        if cell.get(f"sequential_1_s") and cell.get(f"sequential_{n_hosts}_s"):
+            cell["sequential_ratio"] = round(cell[f"sequential_{n_hosts}_s"] / cell["sequential_1_s"], 3)
+        if cell:
+            out[model if target == "file" else f"{model} ssh"] = cell
+    return out
+
+
+def verdicts(summary: dict, breach: dict | None, n_hosts: int) -> list[dict]:
+    checks = []
+    for model, key in (("tiny", "tiny_ratio"), ("tiny ssh", "tiny_ratio"), ("big", "big_ratio")):
+        if model not in summary:          # not measured in this run (--no-ssh, --big-mb 0, --rounds 0)
+            continue
+        v = (summary.get(model) or {}).get("rollout_ratio")
+        checks.append({"target": f"{model} model: {n_hosts} hosts <= {TARGETS[key]:g}x one host (--bake 0)",
+                       "value": v, "met": v is not None and v <= TARGETS[key]})
+    if breach is not None:
+        lim = breach["bake_s"] + TARGETS["breach_extra_s"]
+        v = breach["breach_to_canary_back_s"]
+        checks.append({"target": f"canary breach rolled back within bake + 5 s ({lim:g} s)", "value": v,
+                       "met": v is not None and v <= lim and breach["exit_code"] == 3})
+        checks.append({"target": "zero non-200 answers on the non-canary hosts", "value":
+                       breach["non_200_on_other_hosts"], "met": breach["non_200_on_other_hosts"] == 0})
+    return checks
+
+
+def render(summary: dict, breach: dict | None, checks: list[dict], n_hosts: int) -> str:
+    rows = []
+    for model, c in summary.items():
+        rows.append([model, c.get("rollout_1_s"), c.get(f"rollout_{n_hosts}_s"), c.get("rollout_ratio"),
+                     c.get("sequential_1_s"), c.get(f"sequential_{n_hosts}_s"), c.get("sequential_ratio")])
+    head = ["model", "1 host s", f"{n_hosts} hosts s", "ratio", "sequential 1 s", f"sequential {n_hosts} s",
+            "seq. ratio"]
+    lines = [_setup.table(head, rows), ""]
+    if breach is not None:
+        lines.append(f"canary breach: {breach['verdict']}; exit {breach['exit_code']}; the canary answered with "
+                     f"the old version again {breach['breach_to_canary_back_s']}s after its first refused answer "
+                     f"(command exit: {breach['breach_to_command_exit_s']}s; bake {breach['bake_s']:g}s); "
+                     f"non-200 on the other hosts: {breach['non_200_on_other_hosts']}")
+    lines += [f"{'met ' if c['met'] else 'MISSED'} {c['target']} (measured {c['value']})" for c in checks]
+    return "\n".join(lines)
+
+
+def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True, wait: float = 600.0,
+        results_dir=None,
+        command: str = "", log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    rows: list[dict] = []
+    with _setup.Lab() as lab:
+        big_root = lab.root / "big-bundle"
+        big_root.mkdir()
+        if big_mb:
+            _build(_BIG, big_root, str(big_mb))
+        quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
+        started = _setup.machine()
+        for model, target in (("tiny", "file"), ("tiny", "ssh"), ("big", "file")):
+            if model == "big" and not big_mb or target == "ssh" and not ssh or not rounds:
+                continue
+            for n in (1, n_hosts):
+                rows += fleet_rounds(lab, n, rounds, model, big_root, log, target)
+        breach = canary_breach(lab, bake, log) if bake else None
+    summary = summarize(rows, n_hosts)
+    checks = verdicts(summary, breach, n_hosts)
+    doc = {"command": command or f"python -m benchmarks.bench_fleet --rounds {rounds} --hosts {n_hosts} "
+                                 f"--big-mb {big_mb} --bake {bake:g}",
+           "settings": {"rounds": rounds, "hosts": n_hosts, "big_mb": big_mb, "bake_s": bake,
+                        "targets": "file:// + local TF-Serving-compatible servers with gRPC reload"},
+           "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "canary_breach": breach,
+           "targets": checks, "rounds": rows}
+    name = "fleet" if rounds else "fleet_breach"        # --rounds 0: the canary breach alone
+    return _setup.report(name, doc, render(summary, breach, checks, n_hosts), results_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_fleet", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 round, tiny model only")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--hosts", type=int, default=8)
+    ap.add_argument("--big-mb", type=int, default=100, help="size of the big model's variable (0: skip)")
+    ap.add_argument("--bake", type=float, default=2.0, help="bake of the canary-breach run (0: skip it)")
+    ap.add_argument("--max-wait", type=float, default=600.0, help="wait at most S seconds for a quiet machine")
+    ap.add_argument("--no-ssh", action="store_true", help="file:// hosts only")
+    args = ap.parse_args(argv)
+    rounds, big = (1, 0) if args.quick else (args.rounds, args.big_mb)
+    run(rounds=rounds, n_hosts=args.hosts, big_mb=big, bake=args.bake, ssh=not args.no_ssh, wait=args.max_wait,
+        command="python -m benchmarks.bench_fleet " + " ".join(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
