@@ -131,14 +131,11 @@ class _Heartbeat(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        try:
-            channel = self.lock.transport.lock_channel()
-        except Exception as exc:  # noqa: BLE001 - reported by the next refresh()
-            self.lock.trouble = f"cannot open a heartbeat channel ({exc})"
-            return
+        channel = None     # opened at the first beat: a short deploy never adds traffic
         try:
             while not self.stop_event.wait(self.every):
                 try:
+                    channel = channel or self.lock.transport.lock_channel()
                     self.lock.beat(channel)
                 except LockHeld as exc:
                     self.lock.lost = exc.message
@@ -146,7 +143,7 @@ class _Heartbeat(threading.Thread):
                 except Exception as exc:  # noqa: BLE001 - a blip: the next beat retries
                     self.lock.trouble = str(exc)
         finally:
-            if channel is not self.lock.transport:
+            if channel is not None and channel is not self.lock.transport:
                 try:
                     channel.close()
                 except Exception:  # noqa: BLE001
