@@ -231,9 +231,9 @@ def summarize(rows: list[dict], n_hosts: int) -> dict:
                         and r.get("target", "file") == target]
                 if vals:
                     cell[f"{mode}_{n}_s"] = _setup.median(vals)
-        if cell.get(f"rollout_1_s") and cell.get(f"rollout_{n_hosts}_s"):
+        if cell.get("rollout_1_s") and cell.get(f"rollout_{n_hosts}_s"):
             cell["rollout_ratio"] = round(cell[f"rollout_{n_hosts}_s"] / cell["rollout_1_s"], 3)
-        if cell.get(f"sequential_1_s") and cell.get(f"sequential_{n_hosts}_s"):
+        if cell.get("sequential_1_s") and cell.get(f"sequential_{n_hosts}_s"):
             cell["sequential_ratio"] = round(cell[f"sequential_{n_hosts}_s"] / cell["sequential_1_s"], 3)
         if cell:
             out[model if target == "file" else f"{model} ssh"] = cell

@@ -220,6 +220,9 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
             result.rollout = shape.to_dict()
             baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and shape.canary else None
+            if opts.bake > 0 and not shape.canary and runs:
+                logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
+                            else "--canary 0", opts.bake)
             if baker is not None:
                 baker.start()        # before anything changes: a canary without metrics is refused here
             if any(p.publishes for p in plans):

@@ -27,7 +27,7 @@ from .options import DeployOptions
 from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, compose
 from .progress import make_progress
 from .publish import publish
-from .smoke import Golden, SmokeOptions, SmokeReport, run_smoke
+from .smoke import Golden, SmokeReport, run_smoke
 
 logger = log.get("sync.deploy")
 
