@@ -287,15 +287,15 @@ class HostLock:
             thread.stop()
         if self.info is None:
             return
-        info = self.info
-        with self._beat_lock:
-            self.info = None
+        info = self.info      # kept until the lock is gone: a caller may retry over a new connection
         got = self._read()
         if got is not None and got[1] is not None and got[1].token == info.token:
             if not self.transport.remove_if_same(LOCK_PATH, got[0]):
                 logger.warning("%s: the lock changed while releasing it; leaving it", self.transport.url)
         else:
             logger.warning("%s: the lock was taken over by someone else; leaving it", self.transport.url)
+        with self._beat_lock:
+            self.info = None
         self._remove_quietly(heartbeat_path(info.token))
 
     def _remove_quietly(self, rel: str) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, UserError
 from serving_sync import manifest as mf
 from serving_sync import retention
 from serving_sync.errors import LockHeld
@@ -152,6 +152,25 @@ def test_a_named_token_breaks_only_that_lock(hut):
     assert json.loads(hut.raw_read(LOCK_PATH))["token"] == thief.info.token
     thief.release()
     assert _lock_names(hut) == []
+
+
+def test_a_release_that_fails_can_be_retried_over_a_new_connection(request, tmp_path):
+    """As ``connections.release`` does after a lost SSH connection: the 2nd try removes the lock."""
+    from serving_sync.transports import open_transport
+    from tests.test_sync_support import make_hut
+
+    h = make_hut("ssh", request, tmp_path)
+    lock = HostLock(h.transport)
+    lock.acquire()
+    h.transport.close()                         # the connection died
+    with pytest.raises(UserError, match="lost the SSH connection"):
+        lock.release()
+    assert "lock" in h.raw_names(".serving_sync") and lock.info is not None
+    with open_transport(h.host) as t:
+        again = HostLock(t)
+        again.info = lock.info
+        again.release()
+    assert _lock_names(h) == []
 
 
 def test_compare_and_delete_removes_only_the_content_it_was_given(hut):
