@@ -26,6 +26,9 @@ def tag(model: str, version: int, status: str, reason: str | None = None, *, can
     if canary is not None:
         tags[DEPLOY_CANARY] = canary
     versions.set_tags(model, version, tags)
+    from .description import refresh_quietly
+
+    refresh_quietly(model, version)         # the description shows the deploy per host
 
 
 def status(model: str, version: int) -> str | None:

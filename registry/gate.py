@@ -20,7 +20,7 @@ from typing import Callable
 from mlops_common import lineage, log
 from mlops_common.errors import ConfigError
 
-from . import gate_html, gate_report, signature, versions
+from . import description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, decide, summary
 from .ledger import Entry, Ledger
 
@@ -118,14 +118,9 @@ def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, m
         versions.log_run_text(info.run_id, json.dumps(report, indent=2), "gate/report.json")
         versions.log_run_text(info.run_id, page, "gate/report.html")
     status = "passed" if verdict.passed else "failed"
-    tags = {"validation_status": status, "validation.at": now,
-            "validation.accuracy": f"{report['metrics']['candidate']['accuracy']:.4f}",
-            "validation.baseline_version": str(verdict.baseline_version or "none")}
-    if not verdict.passed:
-        tags["validation.failed_rules"] = ",".join(c.rule for c in verdict.failed)
-    if allow_signature_change:
-        tags["validation.signature_change_allowed"] = "true"
-    versions.set_tags(model, v, tags)
+    # one tag for the versions list; accuracy, baseline, failed rules, when: the ledger row below
+    # and the description rebuilt from it
+    versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
     ledger.append(Entry(
         action="gate", model=model, outcome=status, from_version=verdict.baseline_version,
         to_version=v, actor=actor, pipeline_id=lineage.pipeline_id(),
@@ -142,3 +137,4 @@ def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, m
     elif versions.CANDIDATE in info.aliases:
         versions.delete_alias(model, versions.CANDIDATE)
         _log.info(f"removed alias '{versions.CANDIDATE}' from version {v}: it no longer passes")
+    description.refresh_quietly(model, v)

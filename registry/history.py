@@ -48,7 +48,7 @@ def history_table(entries: list[Entry], *, reason_width: int = 60) -> str:
 
 def status_rows(model: str) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy and age."""
-    from . import versions
+    from . import tags, versions
 
     from mlops_common.errors import NotFoundError
 
@@ -66,7 +66,7 @@ def status_rows(model: str) -> list[dict]:
                      "age": age(info.created_at),
                      "dataset": info.tags.get("dataset.name"),
                      "pipeline_id": info.tags.get("ci.pipeline_id"),
-                     "promoted_by": info.tags.get("promoted_by")})
+                     "approved_by": info.tags.get(tags.APPROVED_BY)})
     return rows
 
 

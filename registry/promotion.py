@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from mlops_common import lineage, log
 from mlops_common.errors import NotFoundError, RefusedError, UserError
 
-from . import faultpoint, versions
+from . import description, faultpoint, tags, versions
 from .ledger import Entry, Ledger
 from .promotion_rules import (Agreement, agreement, check_promotable, failed_deploys, production_stack,
                               reconcile_rows, rollback_target)
@@ -67,13 +67,17 @@ class Promotion:
 
 
 def promotion_tags(p: Promotion) -> dict[str, str]:
-    """The version tags that mirror a promotion or rollback for the MLflow UI. Every key is
-    written each time, so no tag is left over from an earlier promotion."""
-    return {"promoted_by": p.actor, "promoted_at": p.at, "promotion.kind": p.action,
-            "promotion.from_version": str(p.from_version) if p.from_version is not None else "none",
-            "promotion.ledger_id": str(p.ledger_id), "promotion_reason": p.reason or "none",
-            "approved_by": p.approved_by or "none", "promotion.pipeline_id": p.pipeline_id or "none",
-            "promotion.forced": "true" if p.forced else "false"}
+    """The version tag that shows a promotion in the MLflow versions list: who let it in (the
+    CircleCI approver, else whoever promoted it). The rest of the story (when, from which
+    version, why, ledger id, pipeline, forced) is the version's description and the ledger."""
+    return {tags.APPROVED_BY: p.approved_by or p.actor}
+
+
+def _write_view(model: str, version: int | None, p: Promotion) -> None:
+    """The registry's view of a move: the tag, then both versions' descriptions."""
+    if version is not None:
+        versions.set_tags(model, version, promotion_tags(p))
+    description.refresh_quietly(model, version, p.from_version)
 
 
 def _restore(model: str, previous: int | None) -> None:
@@ -183,11 +187,11 @@ def reconcile(model: str, *, actor: str, ledger: Ledger | None = None) -> Reconc
     moves = [r for r in rows if r.action != "intent" and r.to_version is not None]
     if moves:
         last = moves[-1]
-        versions.set_tags(model, last.to_version, promotion_tags(Promotion(
+        _write_view(model, last.to_version, Promotion(
             model=model, action=last.action, from_version=last.from_version, to_version=last.to_version,
             actor=last.actor or actor, reason=last.reason, at=last.at.isoformat(timespec="seconds"),
             ledger_id=last.id, approved_by=last.details.get("approved_by"),
-            pipeline_id=last.pipeline_id, forced=bool(last.details.get("forced")))))
+            pipeline_id=last.pipeline_id, forced=bool(last.details.get("forced"))))
     return Reconciliation(model, alias, rows)
 
 
@@ -252,7 +256,7 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
     held_candidate = aliases.get(versions.CANDIDATE) == info.version
 
     def write_view() -> None:
-        versions.set_tags(model, info.version, promotion_tags(promo))
+        _write_view(model, info.version, promo)
         if held_candidate:
             versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval
 
@@ -370,6 +374,6 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
                       reason=reason, at=at, ledger_id=entry.id, moved=moved_alias,
                       pipeline_id=pid, workflow_id=wid,
                       details={"after_failed_deploy": failed, "production_was": current})
-    if moved_alias and to is not None:      # every promotion tag: none left from the earlier promotion
-        versions.set_tags(model, to, promotion_tags(promo))
+    if moved_alias:     # `to` keeps the approver it had; both descriptions show the rollback
+        description.refresh_quietly(model, to, failed)
     return promo

@@ -27,6 +27,7 @@ from typing import Iterable, Mapping
 
 from mlops_common.errors import RefusedError
 
+from . import tags as T
 from .ledger import Entry
 
 
@@ -69,7 +70,7 @@ def failed_deploys(entries: Iterable[Entry], tags_by_version: Mapping[int, Mappi
         if e.action == "deploy" and e.to_version is not None:
             latest[e.to_version] = e.outcome
     failed = {v for v, outcome in latest.items() if outcome == "failed"}
-    failed |= {v for v, tags in tags_by_version.items() if tags.get("deploy_status") == "failed"}
+    failed |= {v for v, tags in tags_by_version.items() if tags.get(T.DEPLOY_STATUS) == "failed"}
     return failed
 
 

@@ -6,10 +6,14 @@ before it creates a version the ledger would not know about.
 """
 from __future__ import annotations
 
-from mlops_common import lineage
+from mlops_common import lineage, log
 
+from . import tags as T
 from .client import mlflow_errors, tracking_client
+from .description import ensure_model_description, refresh_quietly
 from .ledger import Entry, Ledger
+
+_log = log.get("registry.register")
 
 
 def register_version(model_name: str, model_uri: str, *, run_id: str,
@@ -23,7 +27,7 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
 
     ledger = Ledger()
     client = tracking_client()
-    all_tags = {**lineage.lineage_tags(), "validation_status": "pending", **(tags or {})}
+    all_tags = {**lineage.lineage_tags(), T.VALIDATION_STATUS: "pending", **(tags or {})}
     with mlflow_errors(f"registering a version of '{model_name}'"):
         mv = mlflow.register_model(model_uri, model_name, tags=all_tags, await_registration_for=300)
         if description:
@@ -34,5 +38,11 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
         actor=lineage.os_user(), pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
         details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
                  **{k: v for k, v in all_tags.items()
-                    if k in ("dataset.name", "dataset.fingerprint", "retrained_from", "git_commit")}}))
+                    if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)}}))
+    if not description:     # the caller's own description wins; else the one built from the ledger
+        refresh_quietly(model_name, version)
+    try:
+        ensure_model_description(model_name)
+    except Exception as exc:  # noqa: BLE001 - a description is a view; the version is registered
+        _log.warning(f"could not write the description of registered model '{model_name}': {exc}")
     return version

@@ -22,6 +22,7 @@ from pathlib import Path
 from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
 
+from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .rest import MlflowRest, rest
 
@@ -44,11 +45,11 @@ class VersionInfo:
 
     @property
     def validation_status(self) -> str:
-        return self.tags.get("validation_status", "pending")
+        return self.tags.get(T.VALIDATION_STATUS, "pending")
 
     @property
     def deploy_status(self) -> str | None:
-        return self.tags.get("deploy_status")
+        return self.tags.get(T.DEPLOY_STATUS)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "run_id": self.run_id,

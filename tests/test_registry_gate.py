@@ -53,7 +53,9 @@ def test_first_version_passes_on_absolute_rules_and_becomes_candidate(make_versi
     assert ev.calls == [(v, None)]                         # nothing else to evaluate
     info = versions.get_version(model, v)
     assert info.tags["validation_status"] == "passed" and info.aliases == ("candidate",)
-    assert info.tags["validation.baseline_version"] == "none"
+    assert not any(k.startswith("validation.") for k in info.tags)     # the story is the description
+    assert info.description.startswith(f"**v{v}** · @candidate · validation passed")
+    assert "**Validation:** passed — held-out accuracy 0.9300 (gate " in info.description
     report = json.loads(open(run_artifact(info.run_id, "gate/report.json")).read())
     assert report["status"] == "passed" and report["metrics"]["production"] is None
     assert "only the absolute rules applied" in open(run_artifact(info.run_id, "gate/report.md")).read()
@@ -80,7 +82,8 @@ def test_worse_version_fails_with_reasons_and_does_not_become_candidate(make_ver
     assert "class 7 0.700 vs 0.950 (-0.250)" in out.summary
     info = versions.get_version(model, v3)
     assert info.tags["validation_status"] == "failed"
-    assert info.tags["validation.failed_rules"] == "accuracy_vs_production,class_accuracy_vs_production"
+    assert "failed rules: accuracy_vs_production, class_accuracy_vs_production" in info.description
+    assert f"for production v{v1}" in info.description
     assert versions.get_version(model, v2).aliases == ("candidate",)   # candidate unchanged
     row = Ledger().entries(model)[-1]
     assert (row.action, row.from_version, row.to_version, row.outcome) == ("gate", v1, v3, "failed")
@@ -110,7 +113,7 @@ def test_incompatible_signature_fails_unless_explicitly_allowed(make_version):
     out = run_gate(model, v2, ev, allow_signature_change=True)
     assert out.passed
     info = versions.get_version(model, v2)
-    assert info.tags["validation.signature_change_allowed"] == "true" and info.aliases == ("candidate",)
+    assert "serving signature change allowed" in info.description and info.aliases == ("candidate",)
     row = Ledger().entries(model)[-1]
     assert row.details["signature_change_allowed"] is True and row.details["signature_differences"]
 

@@ -115,7 +115,7 @@ def test_signature_incompatible_version_is_refused_unless_allowed(mlops_env, pre
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["allow_signature_change"] is True
     info = versions.get_version(model, v2)
-    assert info.tags["validation.signature_change_allowed"] == "true" and "candidate" in info.aliases
+    assert "serving signature change allowed" in info.description and "candidate" in info.aliases
     row = Ledger().entries(model)[-1]
     assert row.details["signature_change_allowed"] is True
 

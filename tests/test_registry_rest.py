@@ -143,11 +143,13 @@ def test_rollback_can_defer_its_tags_until_finish(make_version):
     row = Ledger().entries(model, actions=("rollback",))[-1]
     assert (row.from_version, row.to_version, row.actor, row.id) == (v2, v1, "bob", promo.ledger_id)
     # ... the MLflow UI's view of it only when the caller says so
-    assert versions.get_version(model, v1).tags["promotion.kind"] == "promote"
+    before = versions.get_version(model, v1)
+    assert before.tags["approved_by"] == "alice" and "by bob" not in before.description
     promo.finish()
-    tags = versions.get_version(model, v1).tags
-    assert tags["promotion.kind"] == "rollback" and tags["promotion_reason"] == "deferred"
-    assert tags["promotion.ledger_id"] == str(promo.ledger_id) and tags["promoted_by"] == "bob"
+    after = versions.get_version(model, v1)
+    assert after.tags["approved_by"] == "bob"
+    assert f"**Approved by:** bob (rollback v{v2} → v{v1} by bob" in after.description
+    assert f"ledger #{promo.ledger_id}; reason: deferred)" in after.description
     promo.finish()                          # once only
     assert "_pending" not in promo.to_dict()
 
@@ -175,4 +177,5 @@ def test_deploy_and_rollback_never_import_mlflow_or_alembic(deploy_env):
     env.serves(host, v2)
     assert _cli_modules(env, "sync", "rollback") == "HEAVY []"
     env.serves(host, v1)
-    assert env.tags(v1)["promotion.kind"] == "rollback" and env.tags(v2)["deploy_status"] == "rolled_back"
+    assert f"| rollback | v{v2} → v{v1} |" in versions.get_version(env.model, v1).description
+    assert env.tags(v2)["deploy_status"] == "rolled_back"

@@ -36,8 +36,11 @@ def test_v1_v2_v3_deploy_failed_rollback_goes_to_v2_and_then_v1(four_versions):
     row = led.entries(model)[-1]
     assert (row.action, row.from_version, row.to_version, row.actor, row.reason) == \
         ("rollback", 3, 2, "bob", "v3 broke the smoke test")
-    tags = versions.get_version(model, 2).tags
-    assert tags["promotion.kind"] == "rollback" and tags["promotion_reason"] == "v3 broke the smoke test"
+    info = versions.get_version(model, 2)
+    assert info.tags["approved_by"] == "bob"
+    assert "**Approved by:** bob (rollback v3 → v2 by bob" in info.description
+    assert "reason: v3 broke the smoke test" in info.description
+    assert "| #" in info.description and "web-1" in info.description   # its deploy per host
     # rolling back again goes one more step back, not forward to v3
     r = run_mlops("registry", "rollback", "--json")
     assert r.returncode == 0, r.stderr

@@ -90,7 +90,7 @@ def test_mlflow_gone_after_applying_the_move_leaves_an_intent_that_reconcile_con
     r = run_mlops("registry", "reconcile", "--actor", "ops")
     assert r.returncode == 0 and "reconciled by ops" in r.stdout, r.stderr
     assert rows(model)[-1] == ("promote", "ok", v1, v2)
-    assert status(model)["agrees"] and versions.get_version(model, v2).tags["promoted_by"] == "carol"
+    assert status(model)["agrees"] and versions.get_version(model, v2).tags["approved_by"] == "carol"
     r = run_mlops("registry", "reconcile")
     assert r.returncode == 0 and "nothing recorded" in r.stdout                # idempotent
     # the replay sees the reconciled move: rolling back goes to v1

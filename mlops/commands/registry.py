@@ -197,15 +197,15 @@ def cmd_gate(args) -> int:
 
 
 def _version_for_pipeline(model: str, pipeline_id: str, version: int | None) -> int:
-    from registry import versions
+    from registry import tags, versions
 
-    found = versions.find_by_tag("ci.pipeline_id", pipeline_id)
+    found = versions.find_by_tag(tags.PIPELINE_ID, pipeline_id)
     mine = [i for i in found if i.model == model]
     if version is not None:
         if any(i.version == version for i in mine):
             return version
         info = versions.get_version(model, version)  # NotFoundError if it does not exist at all
-        tagged = info.tags.get("ci.pipeline_id")
+        tagged = info.tags.get(tags.PIPELINE_ID)
         raise RefusedError(f"version {version} of '{model}' was registered by "
                            f"{'pipeline ' + tagged if tagged else 'no CircleCI pipeline'}, not by "
                            f"pipeline {pipeline_id}; refusing to promote another pipeline's version")
