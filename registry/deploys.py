@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from mlops_common import lineage
 
-from . import versions
+from . import tags, versions
 from .ledger import Ledger
 from .promotion_rules import failed_deploys, previous_production
 
-DEPLOY_STATUS = "deploy_status"
-DEPLOY_REASON = "deploy.reason"
-DEPLOY_CANARY = "deploy.canary"       # the canary's verdict outcome, when one was judged
+DEPLOY_STATUS = tags.DEPLOY_STATUS
+DEPLOY_REASON = tags.DEPLOY_REASON
+DEPLOY_CANARY = tags.DEPLOY_CANARY    # the canary's verdict outcome, when one was judged
 DEPLOYED, FAILED, ROLLED_BACK = "deployed", "failed", "rolled_back"
 
 
