@@ -10,6 +10,7 @@ would. Screenshots are saved to test-results/screenshots/ (CI artifacts).
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import time
 from pathlib import Path
@@ -132,26 +133,51 @@ def test_production_alias_sits_on_the_deployed_version(browser, ui):
     assert "@ production" in aliases[2], aliases[2]
     assert not any("@ production" in aliases[v] for v in (1, 3)), aliases
     assert "@ candidate" not in aliases[3]                   # the bad batch never became a candidate
+    # The tags that matter are in the narrow Tags column, keys and values shown whole (not cut).
+    row = _version_row(browser, model, 2)
+    shown = {key: _tag_chip(browser, row, key) for key in
+             ("validation_status", "deploy_status", "approved_by", "dataset.name")}
+    assert shown == {"validation_status": ("validation_status: passed", False),
+                     "deploy_status": ("deploy_status: deployed", False),
+                     "approved_by": (f"approved_by: {getpass.getuser()}", False),
+                     "dataset.name": ("dataset.name: digits", False)}, shown
+
+
+_CHIP = """
+const chip = arguments[0].querySelector('div[role=status][title="' + arguments[1] + '"]');
+if (!chip) return null;
+const parts = Array.from(chip.querySelectorAll('span[title]'));
+return [parts.map(s => s.textContent).join(''), parts.some(s => s.scrollWidth > s.clientWidth + 1)];
+"""
+
+
+def _tag_chip(driver, row, key: str):
+    """(text, cut) of tag ``key`` in a versions-table row: cut = its key or value ends in an ellipsis."""
+    found = driver.execute_script(_CHIP, row, key)
+    return None if found is None else (found[0], bool(found[1]))
+
+
+def _description_line(description: str, label: str) -> str:
+    """The description's ``**<label>:** ...`` line (registry.description's stable wording)."""
+    lines = [line for line in description.splitlines() if line.startswith(f"**{label}:**")]
+    assert lines, f"the description has no '{label}' line:\n{description}"
+    return lines[0][len(label) + 5:].strip()
 
 
 def test_version_page_names_the_approver_and_the_deploy_status(browser, ui):
     model, v = ui["model"], ui["production"]
-    version = ui["versions"][v]
-    description = version.get("description") or ""
-    tags = {t["key"]: t["value"] for t in version.get("tags", [])}
-    assert description, "the version has no description"
-    # Who moved it to production (the CircleCI approver when there is one) and how its deploy went.
-    who = tags.get("approved_by") if tags.get("approved_by") not in (None, "", "none") else tags.get("promoted_by")
-    assert who and tags.get("deploy_status") == "deployed", tags
-    # The page shows the alias, the source run by name, the description, the approver and the status.
-    lines = [line.strip("#*_>|- ") for line in description.splitlines()]
-    first = next(line for line in lines if line)
-    _open(browser, f"{ui['url']}/#/models/{quote(model)}/versions/{v}", "the version page",
-          lambda d: all(t in _body(d) for t in (f"Version {v}", "@ production", first[:40])))
+    description = ui["versions"][v].get("description") or ""
+    # The demo approves with --yes as the local user (no CircleCI): the approver is that user.
+    approver = getpass.getuser()
+    assert description.splitlines()[0].startswith(f"**v{v}** · @production"), description
+    assert _description_line(description, "Approved by").split()[0] == approver, description
+    assert _description_line(description, "Deploy status").startswith("deployed"), description
+    # The page renders it (Markdown: the bold markers are gone) with the alias and the source run.
+    shown = [f"Approved by: {approver}", "Deploy status: deployed", f"Version {v}", "@ production"]
+    _open(browser, f"{ui['url']}/#/models/{quote(model)}/versions/{v}", "the version page and its description",
+          lambda d: all(t in _body(d) for t in shown))
     shot(browser, "2-model-version")
-    body = _body(browser)
-    assert ui["runs"][v]["info"]["run_name"] in body          # "Source Run: retrain v1 + batch-001 (good)"
-    assert who in body and "deployed" in body
+    assert ui["runs"][v]["info"]["run_name"] in _body(browser)   # "Source Run: retrain v1 + batch-001 (good)"
 
 
 def _param_row(driver, name: str) -> list[str]:
