@@ -16,6 +16,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from mlops_common import log, settings
+from mlops_common.errors import RefusedError
 
 from . import tags as T
 from . import versions
@@ -153,6 +154,9 @@ def refresh(model: str, version, *, ledger: Ledger | None = None) -> str:
     run_url, report_url = _urls(info.run_id)
     text = render(model=model, version=info.version, tags=info.tags, aliases=info.aliases,
                   entries=entries, run_url=run_url, report_url=report_url)
+    if any(secret in text for secret in settings.secret_values()):
+        raise RefusedError(f"refusing to write the description of version {info.version} of '{model}': "
+                           f"it contains the value of a secret environment variable")
     rest().call("PATCH", "model-versions/update",
                 body={"name": model, "version": str(info.version), "description": text},
                 what=f"writing the description of version {info.version} of '{model}'")
