@@ -156,6 +156,9 @@ class LocalTransport(Transport):
         path = self._p(rel)
         aside = path.with_name(f".{path.name}.cad-{secrets.token_hex(6)}")
         try:
+            with open(path, "rb") as f:          # most mismatches end here, never moving the file
+                if f.read(MAX_SMALL_FILE + 1) != expected:
+                    return False
             os.rename(path, aside)
         except FileNotFoundError:
             return False

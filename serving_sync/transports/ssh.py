@@ -311,6 +311,9 @@ class SshTransport(Transport):
         aside = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.cad-{secrets.token_hex(6)}")
         with self._io(f"taking over {rel}"):
             try:
+                with self.sftp.open(path, "rb") as f:   # most mismatches end here, never moving it
+                    if f.read(MAX_SMALL_FILE + 1) != expected:
+                        return False
                 self.sftp.posix_rename(path, aside)
             except FileNotFoundError:
                 return False
