@@ -43,6 +43,7 @@ from .host_run import HostOutcome, HostRun, StepFailed
 from .observe import observe_host
 from .options import DeployOptions
 from .plan import Phase, peak_copies, peak_memory, plan_host
+from .store import StoreCopies, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -63,6 +64,7 @@ class FleetResult:
     rollout: dict = field(default_factory=dict)   # rollout.Shape: canary, waves
     waves: list[dict] = field(default_factory=list)   # per wave: hosts, switch_seconds, bake, bake_seconds
     bake: list[dict] = field(default_factory=list)    # every bake.Verdict, with its measurements
+    stores: list[dict] = field(default_factory=list)  # shared stores uploaded to once (store.StoreCopies)
     message_extra: str = ""
 
     def answered_after(self, since: float) -> float | None:
@@ -74,7 +76,7 @@ class FleetResult:
         return {"model": self.model, "version": self.version, "source": self.source, "status": self.status,
                 "message": self.message, "seconds": round(self.seconds, 3), "registry": self.registry,
                 "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans, "timings": self.timings,
-                "rollout": self.rollout, "waves": self.waves, "bake": self.bake}
+                "rollout": self.rollout, "waves": self.waves, "bake": self.bake, "stores": self.stores}
 
     def lap(self, phase: str, since: float) -> float:
         """Record ``phase`` as lasting from ``since`` until now; returns now."""
@@ -160,6 +162,10 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                 sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
             if sizes.get(v) is None:
                 sizes[v] = new_size
+            extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
+            if host.store is not None:
+                extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
+            p = dataclasses.replace(p, notes=p.notes + tuple(extra))
             fp.plans.append(p)
             fp.peak[p.host] = {"copies": list(copies), "bytes": peak_memory(copies, sizes),
                                "sizes": {str(k): s for k, s in sorted(sizes.items())}}
@@ -194,6 +200,9 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
         t = result.lap("connect_and_lock", t)
         observed, plans = observe_and_plan(conns, model, v, opts)
         t = result.lap("observe_and_plan", t)
+        for c in conns:
+            if (note := s3_host_note(c.host)) is not None:
+                logger.info("note: %s", note)
         result.plans = [p.to_dict() for p in plans]
         if all(p.up_to_date for p in plans):
             result.status = "up_to_date"
@@ -208,13 +217,14 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
         workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
+            copies = StoreCopies(model, v)
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
                 if plan.up_to_date:
                     result.hosts.append(_unchanged(plan))
                     continue
                 run = HostRun(conn, obsd, plan, opts, golden=lazy.golden, bundle=lazy.bundle,
-                              record=recorder, heartbeat=Heartbeat([conn]))
+                              record=recorder, heartbeat=Heartbeat([conn]), pull=copies.pull)
                 result.hosts.append(run.outcome)
                 runs.append(run)
             shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
@@ -230,6 +240,12 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             else:
                 lazy.golden()
             t = result.lap("fetch_from_registry", t)
+            stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes}
+            if stores:
+                for store in stores.values():
+                    copies.upload(store, *lazy.bundle())     # once per store, verified, before any host
+                result.stores = copies.results()
+                t = result.lap("upload_to_store", t)
             _log_shape(shape, opts, len(runs))
             _phase(result, recorder, runs, runs, Phase.PREPARE, opts.parallel)
             t = result.lap("prepare_hosts", t)

@@ -72,7 +72,8 @@ class HostRun:
 
     def __init__(self, conn, observed: Observed, plan: HostPlan, opts: DeployOptions, *,
                  golden: Callable[[], Golden], bundle: Callable[[], tuple],
-                 record: Recorder | None = None, heartbeat: Callable[[], None] | None = None):
+                 record: Recorder | None = None, heartbeat: Callable[[], None] | None = None,
+                 pull: Callable | None = None):
         self.conn = conn
         self.host = conn.host
         self.transport = conn.transport
@@ -82,6 +83,7 @@ class HostRun:
         self.opts = opts
         self._golden = golden
         self._bundle = bundle               # () -> (saved_model_dir, manifest)
+        self._pull = pull                   # (host, manifest) -> store.Pull | None (shared store)
         self.record = record or (lambda *a, **k: None)
         self.heartbeat = heartbeat or (lambda: None)
         self.config = observed.config
@@ -137,7 +139,8 @@ class HostRun:
             progress(nbytes)
             faultpoint.reached("during:publish")     # test hook, inert unless set
 
-        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent)
+        pull = self._pull(self.host, manifest) if self._pull is not None else None
+        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent, pull=pull)
         progress.done()
         self.outcome.publish = result.to_dict()
         logger.info("%s: v%d %s (%d bytes in %.1fs)", self.host.name, step.version,

@@ -13,6 +13,12 @@ line naming the file, the host entry and the field. Format (docs/architecture.md
     model_base_path = "/models"             # optional: the base as TF Serving sees it
     metrics_url = "http://127.0.0.1:8501/monitoring/prometheus/metrics"   # optional (this default)
 
+A shared store (top-level key, before the ``[[hosts]]`` tables) makes a deploy upload a version
+once and every ``ssh://`` host pull it with presigned URLs (``serving_sync.store``)::
+
+    store = "s3://bucket/prefix"              # optional; the deploy's AWS_* credentials write it
+    store_endpoint = "http://10.0.0.5:8333"   # optional: the S3 endpoint as the hosts reach it
+
 Without a hosts file, ``MLOPS_SYNC_TARGET`` + ``MLOPS_SYNC_REST_URL`` (+ ``MLOPS_SYNC_GRPC``,
 ``MLOPS_SYNC_KNOWN_HOSTS``, ``MLOPS_SYNC_IDENTITY_FILE``, ``MLOPS_SYNC_MODEL_BASE_PATH``)
 describe a single host named ``MLOPS_SYNC_NAME`` (default ``default``).
@@ -22,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -72,6 +78,18 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Store:
+    """A shared S3 store the ``ssh://`` hosts pull versions from (hosts file ``store``)."""
+
+    target: Target                # scheme "s3"
+    endpoint: str | None = None   # the S3 endpoint as the hosts reach it (None: the deploy's)
+
+    @property
+    def url(self) -> str:
+        return self.target.url
+
+
+@dataclass(frozen=True)
 class Host:
     """One serving host, validated."""
 
@@ -84,6 +102,7 @@ class Host:
     model_base_path: str | None = None
     source: str = field(default="", compare=False)   # where it was defined, for messages
     metrics_url: str | None = None                   # TF Serving's Prometheus page (None: the default)
+    store: Store | None = None                       # ssh hosts: pull versions from this shared store
 
     @property
     def metrics(self) -> str:
@@ -268,9 +287,11 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise where.error(None, f"not valid TOML ({exc})") from None
-    unknown = sorted(set(data) - {"hosts"})
+    unknown = sorted(set(data) - {"hosts", "store", "store_endpoint"})
     if unknown:
-        raise where.error(None, f"unknown top-level key {unknown[0]!r}; hosts are listed as [[hosts]] tables")
+        raise where.error(None, f"unknown top-level key {unknown[0]!r}; allowed: store, store_endpoint; "
+                                f"hosts are listed as [[hosts]] tables")
+    store = parse_store(data.get("store"), data.get("store_endpoint"), where)
     entries = data.get("hosts")
     if not isinstance(entries, list) or not entries:
         raise where.error(None, "no hosts: add at least one [[hosts]] table with name, target and rest_url")
@@ -281,8 +302,32 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
         if host.name in seen:
             raise _Where(source, i, host.name).error("name", "duplicate host name; names must be unique")
         seen.add(host.name)
-        hosts.append(host)
+        hosts.append(replace(host, store=store) if store and host.target.scheme == "ssh" else host)
     return hosts
+
+
+def parse_store(value: object, endpoint: object, where: _Where) -> Store | None:
+    """The top-level ``store = "s3://bucket/prefix"`` (+ ``store_endpoint``), validated."""
+    if value is None:
+        if endpoint is not None:
+            raise where.error("store_endpoint", "set without 'store'; add store = \"s3://bucket/prefix\"")
+        return None
+    if not isinstance(value, str) or not value.startswith("s3://"):
+        raise where.error("store", f"{value!r}: a shared store is an s3://bucket/prefix URL")
+    target = parse_target(value, _StoreWhere(where))
+    if endpoint is not None:
+        endpoint = _check_rest_url(endpoint, where, "store_endpoint")
+    return Store(target, endpoint)
+
+
+class _StoreWhere(_Where):
+    """Reports target problems under the ``store`` key."""
+
+    def __init__(self, where: _Where):
+        super().__init__(where.source)
+
+    def error(self, fld, problem):
+        return super().error("store" if fld == "target" else fld, problem)
 
 
 def hosts_from_env(environ: dict[str, str]) -> list[Host]:

@@ -9,6 +9,10 @@ rename to the numeric name.
 S3 (no rename): upload every object except ``saved_model.pb`` under the final prefix, verify,
 then upload ``saved_model.pb`` last and verify it: a version is loadable only when complete.
 
+Pull from a shared store (``store.Pull``, ssh hosts): the host downloads the version itself
+into the same ``.incoming-*`` directory and hashes it; the rest (verify, manifest, rename) is
+the same, so the guarantees are too. A host that cannot pull (no curl or wget) is streamed to.
+
 Idempotent: a version already present and matching the manifest transfers 0 bytes; a present
 version that differs is refused (versions are immutable). Any failure removes our temporary
 upload (best effort) and never leaves a numeric directory behind.
@@ -40,10 +44,11 @@ SPACE_MARGIN = 1.05
 class PublishResult:
     model: str
     version: int
-    status: str                 # "uploaded" | "already_present"
+    status: str                 # "uploaded" | "pulled" (from the shared store) | "already_present"
     bytes_transferred: int
     seconds: float
     path: str                   # <model>/<version> relative to the base
+    store: str | None = None    # the shared store the host pulled from ("pulled")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +76,8 @@ def _refuse_mismatch(where: str, vp: str, problems: list[str]) -> PublishRefused
 
 
 def publish(transport: Transport, model: str, version: int, local_dir: str | os.PathLike,
-            manifest: Manifest | None = None, progress: ProgressFn | None = None) -> PublishResult:
+            manifest: Manifest | None = None, progress: ProgressFn | None = None,
+            pull=None) -> PublishResult:
     """Publish ``local_dir``; ``manifest`` (from ``manifest.build``) is optional.
 
     Without it the tree is scanned (names, sizes) and hashed in the same pass that uploads it
@@ -96,7 +102,9 @@ def publish(transport: Transport, model: str, version: int, local_dir: str | os.
         return PublishResult(model, version, "already_present", 0, time.monotonic() - start, vp)
 
     if transport.atomic_rename:
-        sent = _publish_with_rename(transport, model, version, local_dir, tree, progress, where)
+        sent, pulled = _publish_with_rename(transport, model, version, local_dir, tree, progress, where, pull)
+        if pulled:
+            return PublishResult(model, version, "pulled", sent, time.monotonic() - start, vp, pull.store_url)
     else:
         full = tree if tree.hashed else mf.build(local_dir)
         sent = _publish_marker_last(transport, model, version, local_dir, full, progress, where)
@@ -127,15 +135,21 @@ def _present_problems(transport: Transport, model: str, version: int, manifest: 
     return transport.verify(vp, manifest)
 
 
-def _publish_with_rename(transport, model, version, local_dir, tree, progress, where) -> int:
+def _publish_with_rename(transport, model, version, local_dir, tree, progress, where,
+                         pull=None) -> tuple[int, bool]:
     vp = version_path(model, version)
     tmp = f"{model}/{incoming_name(version)}"
     manifest = tree
     try:
-        hashed_at = time.time()
-        sent, manifest = transport.upload_tree_hashing(local_dir, tmp, tree, progress,
-                                                       min_free=space_needed(tree))
-        mf.remember(local_dir, manifest, hashed_at=hashed_at)
+        sent = None
+        if pull is not None and hasattr(transport, "pull_tree") and tree == pull.manifest:
+            sent = transport.pull_tree(tmp, pull, min_free=space_needed(tree))
+        pulled = sent is not None
+        if not pulled:
+            hashed_at = time.time()
+            sent, manifest = transport.upload_tree_hashing(local_dir, tmp, tree, progress,
+                                                           min_free=space_needed(tree))
+            mf.remember(local_dir, manifest, hashed_at=hashed_at)
         problems = transport.verify(tmp, manifest)
         if problems:
             raise VerifyFailed(f"{where}: the uploaded files do not match the manifest "
@@ -149,11 +163,11 @@ def _publish_with_rename(transport, model, version, local_dir, tree, progress, w
         problems = transport.verify(vp, manifest)
         if problems:
             raise _refuse_mismatch(where, vp, problems) from None
-        return 0
+        return 0, False
     except BaseException:
         _cleanup(transport, tmp)
         raise
-    return sent
+    return sent, pulled
 
 
 def _publish_marker_last(transport, model, version, local_dir, manifest, progress, where) -> int:

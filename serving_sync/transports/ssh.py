@@ -28,7 +28,7 @@ from ..progress import ProgressFn
 from . import ssh_connect
 from .base import MAX_SMALL_FILE, Transport, rel_path
 from .oserrors import from_stderr, host_os_error
-from .ssh_scripts import ScriptOutput, listing_script, parse_output, q, upload_script
+from .ssh_scripts import ScriptOutput, fetch_script, listing_script, parse_output, q, upload_script
 from .tarstream import Streamed, stream_tree
 
 logger = log.get("sync.ssh")
@@ -404,6 +404,59 @@ class SshTransport(Transport):
                             f"{_last_line(err)}")
         self._verified[dest] = _listing_of_upload(res, streamed)
         return streamed
+
+    def pull_tree(self, dest_rel: str, pull, *, min_free: int | None = None) -> int | None:
+        """The host downloads ``pull`` (``store.Pull``) into ``dest_rel`` and hashes every file.
+
+        Returns the bytes we sent (the URL list on stdin), or None when the host cannot pull
+        (no shell, neither curl nor wget): the caller then streams the version instead.
+        """
+        from ..store import redact
+
+        if self._no_shell:
+            return None
+        dest = self._p(dest_rel)
+        doing = f"downloading into {dest} from the shared store"
+        payload = pull.script_input()
+        with self._io(doing):
+            ch = self._open_exec(fetch_script(posixpath.dirname(dest), dest, min_free))
+            # No output while a big file downloads: allow 10 MB/s on top of the usual timeout.
+            ch.settimeout(self.op_timeout + pull.manifest.total_size / 10e6)
+            try:
+                _sender(ch)(payload)
+                ch.shutdown_write()
+                rc, out, err = self._finish(ch, timeout=self.op_timeout + pull.manifest.total_size / 10e6)
+            finally:
+                ch.close()
+        res = parse_output(out)
+        if not res.shell:
+            self._no_shell = True
+            return None
+        if "@nofetch" in res.flags:
+            logger.warning("%s: neither curl nor wget on the host: sending the version over SSH instead "
+                           "(install curl to pull it from %s)", self.where, pull.store_url)
+            return None
+        if "@nospace" in res.flags:
+            avail = int(res.flags["@nospace"] or 0) * 1024
+            raise DiskFull(f"{self.where}: not enough free space under {self.base}: "
+                           f"{(min_free or 0) / 1e6:.1f} MB needed, {avail / 1e6:.1f} MB free; free space "
+                           f"on the host (or lower retention) and rerun; nothing was downloaded")
+        stderr = redact(err.decode(errors="replace"))
+        if rc == 97:
+            raise UserError(f"{self.where}: the host could not download {res.flags['@fetchfailed']} from "
+                                  f"the shared store {pull.store_url} ({_last_line(stderr.encode())}); check "
+                                  f"that the host reaches the store (store_endpoint in the hosts file); "
+                                  f"nothing was published")
+        if rc == 0 and "@nohash" in res.flags:
+            return len(payload)     # no hash tool: verify() reads the files back over SFTP
+        if rc != 0 or res.listing is None:
+            known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
+            if known is not None:
+                raise known
+            raise UserError(f"{self.where}: downloading from the shared store failed on the host "
+                            f"(exit {rc}): {_last_line(stderr.encode())}")
+        self._verified[dest] = res.listing
+        return len(payload)
 
     def _upload_sftp(self, local_dir, dest: str, manifest: Manifest, progress: ProgressFn | None,
                      min_free: int | None) -> int:

@@ -91,6 +91,50 @@ cd -- {q(dest)} || exit 3
 {_HASH_SECTION}"""
 
 
+def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
+    """Check free space, create ``dest`` (must not exist), download the files named on stdin, hash.
+
+    stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines (``store.Pull``). URLs are secrets:
+    they reach curl (``-K -``) or wget (``-i -``) through a pipe from the shell's builtin
+    ``printf``, never a process's argv. A download that stalls (under 1 KB/s for 30 s) fails.
+    Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead).
+    """
+    need_kb = -1 if need_bytes is None else (need_bytes + 1023) // 1024
+    return f"""echo {MARK}
+if command -v curl >/dev/null 2>&1; then F=curl
+elif command -v wget >/dev/null 2>&1; then F=wget
+else echo @nofetch; exit 0; fi
+need_kb={need_kb}
+if [ "$need_kb" -ge 0 ]; then
+  d={q(parent)}; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
+  avail=$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')
+  case "$avail" in ''|*[!0-9]*) avail='' ;; esac
+  if [ -n "$avail" ] && [ "$avail" -lt "$need_kb" ]; then echo "@nospace $avail"; exit 0; fi
+fi
+umask 022
+{{ [ -d {q(parent)} ] || mkdir -p -- {q(parent)}; }} && mkdir -- {q(dest)} || exit 96
+echo @ready
+dest={q(dest)}
+tab=$(printf '\t')
+while IFS="$tab" read -r kind p u; do
+  case "$kind" in
+    d) mkdir -p -- "$dest/$p" || exit 96 ;;
+    f) mkdir -p -- "$(dirname -- "$dest/$p")" || exit 96
+       if [ "$F" = curl ]; then
+         printf 'url = "%s"\n' "$u" | curl -q --fail --silent --show-error --proto =http,https \
+           --connect-timeout 10 --speed-limit 1024 --speed-time 30 --retry 2 -K - -o "$dest/$p"
+       else
+         printf '%s\n' "$u" | wget -q --timeout=30 --tries=3 -O "$dest/$p" -i -
+       fi || {{ echo "@fetchfailed $p"; exit 97; }}
+       [ -f "$dest/$p" ] || : > "$dest/$p" || exit 96
+       echo "@got $p" ;;
+    *) echo "@badinput"; exit 98 ;;
+  esac
+done
+cd -- "$dest" || exit 3
+{_HASH_SECTION}"""
+
+
 @dataclass
 class ScriptOutput:
     shell: bool                      # the marker was printed: a real shell ran the script
@@ -114,7 +158,8 @@ def parse_output(stdout: bytes) -> ScriptOutput:
             current = line
         elif line.startswith("@") and (line.split(" ", 1)[0] in
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
-                                        "@hashfailed", "@end", "@hashing", "@stream")):
+                                        "@hashfailed", "@end", "@hashing", "@stream", "@nofetch",
+                                        "@fetchfailed", "@got", "@badinput")):
             key, _, value = line.partition(" ")
             flags[key] = value
             current = None

@@ -1,0 +1,138 @@
+"""Upload a version once to a shared S3 store; SSH hosts pull it with presigned URLs.
+
+Without a store every SSH host receives the model over its own stream from the deploying
+machine, so the bytes leaving it grow with the fleet. With ``store = "s3://bucket/prefix"`` in
+the hosts file the deploy publishes the version there ONCE, through the S3 transport's own
+verified publish (checksummed PUTs, ``saved_model.pb`` last, immutable, idempotent), then each
+SSH host's publish runs a script that downloads the objects with curl or wget, hashes them on
+the host and is judged against the manifest exactly like a streamed upload (``publish``:
+non-numeric temporary directory, verified, then renamed; a mismatch is refused).
+
+Secrets: a presigned URL is a credential for its lifetime. URLs are made per host right before
+its publish, expire after ``MLOPS_STORE_URL_EXPIRY`` seconds (default 900), travel on the
+script's stdin (never on a process's argv: curl reads them with ``-K -``, wget with ``-i -``),
+are never logged, and ``redact`` removes them from any host error output we repeat.
+"""
+from __future__ import annotations
+
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+
+from mlops_common import log, settings
+from mlops_common.errors import ConfigError
+
+from .hosts import Host, Store
+from .layout import version_path
+from .manifest import Manifest
+
+logger = log.get("sync.store")
+
+DEFAULT_EXPIRY = 900.0
+MAX_EXPIRY = 7 * 24 * 3600.0     # the SigV4 limit for presigned URLs
+_URL_RE = re.compile(r"https?://\S+")
+
+
+def expiry() -> float:
+    """Seconds a presigned URL stays valid: ``MLOPS_STORE_URL_EXPIRY`` or 15 minutes."""
+    raw = settings.env("MLOPS_STORE_URL_EXPIRY")
+    if raw is None:
+        return DEFAULT_EXPIRY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and 1 <= value <= MAX_EXPIRY):
+        raise ConfigError(f"MLOPS_STORE_URL_EXPIRY must be seconds between 1 and {MAX_EXPIRY:.0f} "
+                          f"(got {raw!r})")
+    return value
+
+
+@dataclass(frozen=True)
+class Pull:
+    """What one host downloads: the manifest's directories and a presigned URL per file."""
+
+    store_url: str
+    manifest: Manifest = field(repr=False)
+    urls: dict = field(repr=False)          # rel path -> presigned GET URL (a secret)
+    expires_in: float = DEFAULT_EXPIRY
+
+    def script_input(self) -> bytes:
+        """The host script's stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines."""
+        lines = [f"d\t{d}" for d in self.manifest.dirs]
+        lines += [f"f\t{f.path}\t{self.urls[f.path]}" for f in self.manifest.files]
+        return ("\n".join(lines) + "\n").encode()
+
+
+def redact(text: str) -> str:
+    """Host output with every URL replaced (a presigned URL must never reach a log)."""
+    return _URL_RE.sub("<presigned URL>", text)
+
+
+def s3_host_note(host: Host) -> str | None:
+    """Item 9: the one-line truth about ``s3://`` hosts (None for other targets)."""
+    if host.target.scheme != "s3":
+        return None
+    return (f"{host.target.url}: TF Serving must read S3 itself; stock tensorflow/serving images since 2.7 "
+            f"(2.21.0 included) have no s3 file system (tensorflow/serving#1963): use a build with one, "
+            f"or an ssh:// host with store = \"{host.target.url}\" in the hosts file")
+
+
+class StoreCopies:
+    """Each distinct store of a deploy, uploaded once (thread-safe), and per-host presigning."""
+
+    def __init__(self, model: str, version: int):
+        self.model, self.version = model, version
+        self._done: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def upload(self, store: Store, local_dir, manifest: Manifest) -> dict:
+        """Publish the version under the store (verified; 0 bytes when already there)."""
+        from .publish import publish
+        from .transports.s3 import S3Transport
+
+        with self._lock:
+            if store.url not in self._done:
+                t = S3Transport(store.target.bucket, store.target.path)
+                logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
+                            store.url)
+                r = publish(t, self.model, self.version, local_dir, manifest)
+                logger.info("%s: v%d %s (%d bytes in %.1fs)", store.url, self.version,
+                            r.status.replace("_", " "), r.bytes_transferred, r.seconds)
+                self._done[store.url] = {"store": store.url, "status": r.status,
+                                         "bytes_transferred": r.bytes_transferred, "seconds": round(r.seconds, 3)}
+            return self._done[store.url]
+
+    def results(self) -> list[dict]:
+        return list(self._done.values())
+
+    def pull(self, host: Host, manifest: Manifest) -> Pull | None:
+        """Fresh presigned URLs for ``host`` (None: the host has no store or it was not uploaded)."""
+        store = host.store
+        if store is None or store.url not in self._done:
+            return None
+        return presign(store, self.model, self.version, manifest, expiry())
+
+
+def presign(store: Store, model: str, version: int, manifest: Manifest, expires_in: float) -> Pull:
+    """Presigned GET URLs for every file of the version (local signing: no request is sent)."""
+    from .transports.s3 import S3Transport
+
+    t = S3Transport(store.target.bucket, store.target.path, client=_signer(store))
+    prefix = t._dir_prefix(version_path(model, version))
+    urls = {f.path: t.client.generate_presigned_url(
+        "get_object", Params={"Bucket": store.target.bucket, "Key": prefix + f.path},
+        ExpiresIn=int(expires_in)) for f in manifest.files}
+    return Pull(store.url, manifest, urls, expires_in)
+
+
+def _signer(store: Store):
+    """A boto3 client that signs for the endpoint the hosts use (``store_endpoint``), else None."""
+    if store.endpoint is None:
+        return None
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=store.endpoint, config=Config(s3={"addressing_style": "path"},
+                                                                           signature_version="s3v4"))

@@ -1,0 +1,136 @@
+"""Shared store (issue 12 item 8): a deploy uploads a version ONCE to S3 and every ssh host pulls it
+with presigned URLs, hashed on the host against the manifest, renamed into place; a host that
+cannot reach the store fails in prepare and every host stays as it was. Item 9: the note for
+``s3://`` hosts. Real sshd, real SeaweedFS, real MLflow and local TF-Serving-compatible servers;
+2 hosts, every wait bounded.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mlops_common.errors import ConfigError, DeployFailed
+from serving_sync import store
+from serving_sync.hosts import Host, _Where, parse_hosts_toml, parse_target
+from serving_sync.options import DeployOptions
+
+HOSTS = """
+store = "s3://models-bucket/fleet"
+{extra}
+[[hosts]]
+name = "web-1"
+target = "ssh://deploy@10.0.0.1:22/var/models"
+rest_url = "http://10.0.0.1:8501"
+
+[[hosts]]
+name = "local"
+target = "file:///srv/models"
+rest_url = "http://127.0.0.1:8501"
+"""
+
+
+def test_store_is_a_top_level_key_that_applies_to_ssh_hosts():
+    ssh, local = parse_hosts_toml(HOSTS.format(extra='store_endpoint = "http://10.0.0.5:8333"'), "h.toml")
+    assert ssh.store is not None and ssh.store.url == "s3://models-bucket/fleet"
+    assert ssh.store.endpoint == "http://10.0.0.5:8333"
+    assert local.store is None                        # file hosts get the bytes directly
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('store = "ssh://x/y"\n[[hosts]]\nname="a"\ntarget="file:///a"\nrest_url="http://h:1"\n', "field 'store'"),
+    ('store = "s3://A_B/p"\n[[hosts]]\nname="a"\ntarget="file:///a"\nrest_url="http://h:1"\n', "field 'store'"),
+    ('store_endpoint = "http://h:1"\n[[hosts]]\nname="a"\ntarget="file:///a"\nrest_url="http://h:1"\n',
+     "without 'store'"),
+    (('store = "s3://b-1/p"\nstore_endpoint = "ftp://h"\n[[hosts]]\nname="a"\ntarget="file:///a"\n'
+      'rest_url="http://h:1"\n'), "field 'store_endpoint'"),
+])
+def test_a_bad_store_is_one_line_naming_the_key(text, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_hosts_toml(text, "h.toml")
+    assert needle in e.value.message and "\n" not in e.value.message
+
+
+def test_s3_host_note_says_stock_images_cannot_read_s3():
+    s3 = Host("s", parse_target("s3://b-1/p", _Where("x")), "http://h:1")
+    note = store.s3_host_note(s3)
+    assert "tensorflow/serving#1963" in note and "store =" in note and "\n" not in note
+    assert store.s3_host_note(Host("f", parse_target("file:///a", _Where("x")), "http://h:1")) is None
+
+
+def test_presigned_urls_go_on_stdin_and_are_redacted():
+    from serving_sync.manifest import FileEntry, Manifest
+    from serving_sync.transports.ssh_scripts import fetch_script
+
+    m = Manifest((FileEntry("saved_model.pb", 3, "a" * 64), FileEntry("variables/v.data", 2, "b" * 64)),
+                 ("variables",))
+    pull = store.Pull("s3://b/p", m, {"saved_model.pb": "http://s/x?X-Amz-Signature=1",
+                                      "variables/v.data": "http://s/y?X-Amz-Signature=2"})
+    assert pull.script_input() == (b"d\tvariables\nf\tsaved_model.pb\thttp://s/x?X-Amz-Signature=1\n"
+                                   b"f\tvariables/v.data\thttp://s/y?X-Amz-Signature=2\n")
+    assert "Signature" not in repr(pull)
+    script = fetch_script("/b/m", "/b/m/.incoming-1", 10)
+    assert "http" not in script.replace("=http,https", "")     # no URL in the script (argv of the shell)
+    assert store.redact("curl: (7) http://s/x?X-Amz-Signature=1 failed") == \
+        "curl: (7) <presigned URL> failed"
+
+
+def _with_store(env, bucket: str, prefix: str, endpoint: str | None = None) -> None:
+    env.write_hosts_file()
+    head = f'store = "s3://{bucket}/{prefix}"\n' + (f'store_endpoint = "{endpoint}"\n' if endpoint else "")
+    env.hosts_file.write_text(head + env.hosts_file.read_text())
+
+
+def _opts(**kw) -> DeployOptions:
+    return DeployOptions(timeout=60.0, json_mode=True, canary=0, **kw)
+
+
+def test_two_ssh_hosts_pull_one_upload_from_the_store(deploy_env, sshd_factory, s3_env, caplog):
+    env = deploy_env
+    hosts = env.add_hosts(2, "ssh")
+    bucket = s3_env.make_bucket("shared-store")
+    _with_store(env, bucket, env.model)
+    v1 = env.register("a")
+    env.promote(v1)
+    with caplog.at_level(logging.DEBUG):
+        r = env.deploy(opts=_opts())
+    assert r.status == "deployed", r.message
+    for h in hosts:
+        env.serves(h, v1)
+    size = sum(p.stat().st_size for p in env.bundles.path("a").joinpath("tfserving").rglob("*") if p.is_file())
+    # Bytes sent by the deploying machine: one copy to S3, only URL lists over SSH.
+    assert [s["bytes_transferred"] for s in r.stores] == [size]
+    pubs = [o.publish for o in r.hosts]
+    assert [p["status"] for p in pubs] == ["pulled", "pulled"]
+    assert all(p["store"] == f"s3://{bucket}/{env.model}" for p in pubs)
+    ssh_bytes = sum(p["bytes_transferred"] for p in pubs)
+    assert 0 < ssh_bytes < size / 4, (ssh_bytes, size)
+    objs = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{env.model}/{env.model}/{v1}/")
+    assert sum(o["Size"] for o in objs.get("Contents", [])) == size
+    # No presigned URL in our logs (botocore's own DEBUG lines are not ours, and off by default).
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("mlops") or r.levelno >= logging.INFO)
+    assert "shared store" in ours and "X-Amz-Signature" not in ours and "Signature=" not in ours
+    for h in hosts:
+        assert not [p for p in (h.base / env.model).iterdir() if p.name.startswith(".incoming-")]
+
+
+def test_a_host_that_cannot_reach_the_store_fails_in_prepare_and_nothing_changes(
+        deploy_env, sshd_factory, s3_env):
+    env = deploy_env
+    hosts = env.add_hosts(2, "ssh")
+    v1 = env.register("a")
+    env.promote(v1)
+    assert env.deploy(opts=_opts()).status == "deployed"
+    bucket = s3_env.make_bucket("shared-store")
+    _with_store(env, bucket, env.model, endpoint="http://127.0.0.1:9")   # the hosts' way to S3 is closed
+    v2 = env.register("b")
+    env.promote(v2)
+    before = [env.config_text(h) for h in hosts]
+    with pytest.raises(DeployFailed) as e:
+        env.deploy(opts=_opts())
+    assert "could not download" in e.value.message and "Signature" not in e.value.message
+    assert [env.config_text(h) for h in hosts] == before
+    for h in hosts:
+        env.serves(h, v1)
+        names = [p.name for p in (h.base / env.model).iterdir()]
+        assert str(v2) not in names and not [n for n in names if n.startswith(".incoming-")]
