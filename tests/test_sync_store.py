@@ -134,3 +134,16 @@ def test_a_host_that_cannot_reach_the_store_fails_in_prepare_and_nothing_changes
         env.serves(h, v1)
         names = [p.name for p in (h.base / env.model).iterdir()]
         assert str(v2) not in names and not [n for n in names if n.startswith(".incoming-")]
+
+
+def test_plan_and_deploy_say_that_s3_hosts_need_a_tf_serving_with_s3(deploy_env, s3_env):
+    env = deploy_env
+    env.add_host("s3", grpc=False)     # the local server reads a mirror of the bucket (deploy_env)
+    v1 = env.register("a")
+    env.promote(v1)
+    plan = env.cli("sync", "plan")
+    assert plan.returncode == 0, plan.stderr
+    assert "tensorflow/serving#1963" in plan.stdout and "store =" in plan.stdout
+    res = env.cli("sync", "deploy", "--timeout", "60")
+    assert res.returncode == 0, res.stderr
+    assert sum("tensorflow/serving#1963" in line for line in res.stderr.splitlines()) == 1
