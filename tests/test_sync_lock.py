@@ -194,7 +194,7 @@ def test_corrupt_lock_file_is_reported_and_broken_by_its_name(hut):
 
 
 _RACE = """
-import sys, time
+import os, sys, time
 from pathlib import PosixPath
 from serving_sync.errors import LockHeld
 from serving_sync.hosts import Host, Target
@@ -207,14 +207,17 @@ while time.time() < {start}:   # start together
 try:
     lock = HostLock(tr, ttl=60, break_lock={token!r})
     lock.acquire()
-    print("WON", lock.info.token)
+    print("WON", lock.info.token, flush=True)
+    deadline = time.time() + 120        # stay alive until the others are done: a dead
+    while time.time() < deadline and not os.path.exists({done!r}):   # winner's lock is rightly stale
+        time.sleep(0.05)
 except LockHeld:
     print("LOST")
 """
 
 
 @pytest.mark.parametrize("situation", ["free", "stale", "named"])
-def test_racing_processes_exactly_one_holds(hut, situation):
+def test_racing_processes_exactly_one_holds(hut, situation, tmp_path):
     """Four processes race for the lock (free, stale, or all naming the same token): one wins."""
     h = hut.host
     token = None
@@ -224,9 +227,13 @@ def test_racing_processes_exactly_one_holds(hut, situation):
         hut.raw_write(LOCK_PATH, old.to_json())
         token = old.token if situation == "named" else None
     script = _RACE.format(target=h.target, known_hosts=h.known_hosts, identity_file=h.identity_file,
-                          start=time.time() + 3.0, token=token)
+                          start=time.time() + 3.0, done=str(tmp_path / "done"), token=token)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ}) for _ in range(4)]
+    deadline = time.monotonic() + 120
+    while sum(p.poll() is not None for p in procs) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (tmp_path / "done").touch()                 # now the winner may exit
     outs = [p.communicate(timeout=120) for p in procs]
     results = sorted(o[0].strip().split(" ")[0] for o in outs)
     assert results == ["LOST", "LOST", "LOST", "WON"], outs
