@@ -85,26 +85,39 @@ def _opts(**kw) -> DeployOptions:
     return DeployOptions(timeout=60.0, json_mode=True, canary=0, **kw)
 
 
-def test_two_ssh_hosts_pull_one_upload_from_the_store(deploy_env, sshd_factory, s3_env, caplog):
+def _tree_size(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_two_ssh_hosts_pull_one_upload_from_the_store(deploy_env, sshd_factory, s3_env, cut_proxy,
+                                                       tmp_path, caplog):
     env = deploy_env
     hosts = env.add_hosts(2, "ssh")
+    # Count the bytes this machine sends over SSH, independently of our code: a pass-through proxy.
+    sshd = env._sshd()
+    proxy = cut_proxy(sshd.port, None)
+    key_type, key_b64 = sshd.host_key_pub.split()[:2]
+    known = tmp_path / "known_hosts_proxy"
+    known.write_text(f"[127.0.0.1]:{proxy.port} {key_type} {key_b64}\n")
+    for h in hosts:
+        h.entry.update(target=f"ssh://{sshd.user}@127.0.0.1:{proxy.port}{h.base}", known_hosts=str(known))
     bucket = s3_env.make_bucket("shared-store")
     _with_store(env, bucket, env.model)
-    v1 = env.register("a")
+    v1 = env.register("big")                     # ~3 MB
     env.promote(v1)
+    size = _tree_size(env.bundles.path("big") / "tfserving")
     with caplog.at_level(logging.DEBUG):
         r = env.deploy(opts=_opts())
     assert r.status == "deployed", r.message
     for h in hosts:
         env.serves(h, v1)
-    size = sum(p.stat().st_size for p in env.bundles.path("a").joinpath("tfserving").rglob("*") if p.is_file())
-    # Bytes sent by the deploying machine: one copy to S3, only URL lists over SSH.
+    ssh_bytes = sum(proxy.sent)
+    # One copy to S3; over SSH only scripts, URL lists, config and lock writes.
     assert [s["bytes_transferred"] for s in r.stores] == [size]
+    assert ssh_bytes < size / 4, (ssh_bytes, size)
     pubs = [o.publish for o in r.hosts]
     assert [p["status"] for p in pubs] == ["pulled", "pulled"]
     assert all(p["store"] == f"s3://{bucket}/{env.model}" for p in pubs)
-    ssh_bytes = sum(p["bytes_transferred"] for p in pubs)
-    assert 0 < ssh_bytes < size / 4, (ssh_bytes, size)
     objs = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{env.model}/{env.model}/{v1}/")
     assert sum(o["Size"] for o in objs.get("Contents", [])) == size
     # No presigned URL in our logs (botocore's own DEBUG lines are not ours, and off by default).
@@ -112,6 +125,15 @@ def test_two_ssh_hosts_pull_one_upload_from_the_store(deploy_env, sshd_factory, 
     assert "shared store" in ours and "X-Amz-Signature" not in ours and "Signature=" not in ours
     for h in hosts:
         assert not [p for p in (h.base / env.model).iterdir() if p.name.startswith(".incoming-")]
+    # The same deploy without the store: every host gets its own copy over SSH.
+    env.write_hosts_file()
+    v2 = env.register("big")
+    env.promote(v2)
+    before = sum(proxy.sent)
+    r2 = env.deploy(opts=_opts())
+    assert r2.status == "deployed" and r2.stores == [], r2.message
+    assert [o.publish["status"] for o in r2.hosts] == ["uploaded", "uploaded"]
+    assert sum(proxy.sent) - before > 2 * size
 
 
 def test_a_host_that_cannot_reach_the_store_fails_in_prepare_and_nothing_changes(
