@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlops_common.errors import ConfigError
+from registry import tags as version_tags
 
 from . import metrics
 from .constants import NUM_CLASSES
@@ -64,7 +65,7 @@ def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:
 def evaluate_version(model_name: str, version: int, *, dataset: str | None = None) -> Evaluation:
     """Evaluate registered version ``version`` of ``model_name`` on the frozen held-out set.
 
-    ``dataset`` None -> the version's ``dataset.name`` tag.
+    ``dataset`` None -> the version's ``dataset`` tag.
     """
     from registry import versions
     from registry.client import mlflow_errors, tracking_client
@@ -72,9 +73,9 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     from .model import tf_quiet
 
     info = versions.get_version(model_name, version)   # one clear line for unknown model / version
-    name = dataset or info.tags.get("dataset.name")
+    name = dataset or version_tags.read(info.tags, version_tags.DATASET)
     if not name:
-        raise ConfigError(f"version {version} of '{model_name}' has no dataset.name tag; "
+        raise ConfigError(f"version {version} of '{model_name}' has no dataset tag; "
                           f"say which held-out set to use with --dataset")
     check_name(name)
     uri = f"models:/{model_name}/{info.version}"

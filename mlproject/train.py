@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlops_common import lineage, log
 from mlops_common.errors import ConfigError
+from registry import tags as T
 
 from . import export, tracking, validation
 from .batches import Batch, read_batches
@@ -271,9 +272,9 @@ def register_run(model_name: str, result: RunResult) -> int:
     """Register the run's logged model as a new version with dataset (and retrain) tags."""
     from registry.register import register_version
 
-    tags = {"dataset.name": result.data.dataset, "dataset.fingerprint": result.data.fingerprint}
+    tags = {T.DATASET: result.data.dataset, T.DATASET_FINGERPRINT: result.data.fingerprint}
     if result.retrained_from is not None:
-        tags["retrained_from"] = result.retrained_from
+        tags[T.RETRAINED_FROM] = result.retrained_from
     what = (f"retrained from version {result.retrained_from}" if result.retrained_from not in (None, "scratch")
             else "trained from scratch")
     return register_version(model_name, result.model_uri, run_id=result.run_id, tags=tags,
@@ -327,7 +328,7 @@ def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) ->
     production = None if from_scratch else tracking.production_version(model_name)
     dataset = params.dataset
     if production is not None:
-        prod_dataset = versions.get_version(model_name, production).tags.get("dataset.name")
+        prod_dataset = T.read(versions.get_version(model_name, production).tags, T.DATASET)
         if dataset and prod_dataset and dataset != prod_dataset:
             raise ConfigError(f"production (version {production}) was trained on '{prod_dataset}', not "
                               f"'{dataset}'; drop --dataset or retrain with --from-scratch")

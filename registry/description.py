@@ -56,6 +56,14 @@ def _when(e: Entry) -> str:
     return e.at.strftime("%Y-%m-%d %H:%M") if e.at else ""
 
 
+def _ci_of_register(entries: list[Entry], version: int) -> dict:
+    """The CircleCI ids the version's ``register`` row kept (they are not version tags)."""
+    for e in entries:
+        if e.action == "register" and e.to_version == version and isinstance(e.details, dict):
+            return e.details.get("ci") or {}
+    return {}
+
+
 def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str, ...],
            entries: list[Entry], run_url: str | None = None, report_url: str | None = None) -> str:
     """The description of ``model`` v``version`` (pure: tags, aliases, the model's ledger rows)."""
@@ -113,8 +121,9 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
         links.append(f"[run]({run_url})")
     if report_url and gates:
         links.append(f"[gate report]({report_url})")
-    if tags.get("ci.build_url"):
-        links.append(f"[CircleCI job]({tags['ci.build_url']})")
+    build_url = _ci_of_register(entries, version).get("ci.build_url")
+    if build_url:
+        links.append(f"[CircleCI job]({build_url})")
     lines.append("**Links:** " + (" · ".join(links) if links else "none"))
     history = [e for e in moves if version in (e.to_version, e.from_version)][-_HISTORY_ROWS:]
     lines += ["", "#### Production history", ""]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from . import tags as T
 from .ledger import Entry
 
 
@@ -64,8 +65,8 @@ def status_rows(model: str) -> list[dict]:
                      "heldout_accuracy": metrics.get("heldout_accuracy"),
                      "created_at": info.created_at.isoformat(timespec="seconds"),
                      "age": age(info.created_at),
-                     "dataset": info.tags.get("dataset.name"),
-                     "pipeline_id": info.tags.get("ci.pipeline_id"),
+                     "dataset": T.read(info.tags, T.DATASET),
+                     "pipeline_id": T.read(info.tags, T.PIPELINE_ID),
                      "approved_by": info.tags.get(tags.APPROVED_BY)})
     return rows
 

@@ -20,14 +20,21 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
                      tags: dict[str, str] | None = None, description: str | None = None) -> int:
     """Create version N of ``model_name`` from ``model_uri`` (a logged model); returns N.
 
-    Tags: the caller's (dataset, retrained_from, ...) plus lineage (git commit, CircleCI ids)
-    and ``validation_status=pending``.
+    Tags: the caller's (dataset, retrained_from, ...), the commit and the CircleCI pipeline, and
+    ``validation_status=pending``; the other CircleCI ids go to the ledger row (the description
+    links the job from there), not to the narrow tag column.
     """
     import mlflow
 
     ledger = Ledger()
     client = tracking_client()
-    all_tags = {**lineage.lineage_tags(), T.VALIDATION_STATUS: "pending", **(tags or {})}
+    ci = lineage.ci_tags()
+    all_tags = {T.VALIDATION_STATUS: "pending", **(tags or {})}
+    commit = lineage.git_commit()
+    if commit:
+        all_tags[T.GIT_COMMIT] = commit
+    if lineage.pipeline_id():
+        all_tags[T.PIPELINE_ID] = lineage.pipeline_id()
     with mlflow_errors(f"registering a version of '{model_name}'"):
         mv = mlflow.register_model(model_uri, model_name, tags=all_tags, await_registration_for=300)
         if description:
@@ -38,7 +45,8 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
         actor=lineage.os_user(), pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
         details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
                  **{k: v for k, v in all_tags.items()
-                    if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)}}))
+                    if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
+                 **({"ci": ci} if ci else {})}))
     if not description:     # the caller's own description wins; else the one built from the ledger
         refresh_quietly(model_name, version)
     try:

@@ -12,15 +12,26 @@ from __future__ import annotations
 VALIDATION_STATUS = "validation_status"   # pending / passed / failed (gate; promotion checks it)
 DEPLOY_STATUS = "deploy_status"           # deployed / failed / rolled_back (sync; rollback skips failed)
 APPROVED_BY = "approved_by"               # who let it into production (CircleCI approver, else the promoter)
-DATASET = "dataset.name"                  # e.g. digits (evaluate reads it to pick the held-out set)
+DATASET = "dataset"                       # e.g. digits (evaluate reads it to pick the held-out set)
 GIT_COMMIT = "git_commit"                 # commit that trained it (lineage)
-PIPELINE_ID = "ci.pipeline_id"            # CircleCI pipeline that registered it (promote --pipeline-id)
+PIPELINE_ID = "pipeline_id"               # CircleCI pipeline that registered it (promote --pipeline-id)
 
 # read by code, not meant for people
-DATASET_FINGERPRINT = "dataset.fingerprint"
+DATASET_FINGERPRINT = "dataset_fingerprint"
 RETRAINED_FROM = "retrained_from"
 INFRA_VALIDATION = "infra_validation"     # sync infra-validate: passed / failed
-DEPLOY_REASON = "deploy.reason"           # why the last deploy failed (sync)
-DEPLOY_CANARY = "deploy.canary"           # canary verdict (sync)
+DEPLOY_REASON = "deploy_reason"           # why the last deploy failed (sync)
+DEPLOY_CANARY = "deploy_canary"           # canary verdict (sync)
 
 VALIDATION_VALUES = ("pending", "passed", "failed")
+
+# Names of versions registered before the tags took one style (read, never written).
+LEGACY = {DATASET: "dataset.name", PIPELINE_ID: "ci.pipeline_id", DATASET_FINGERPRINT: "dataset.fingerprint",
+          DEPLOY_REASON: "deploy.reason"}
+
+
+def read(version_tags: dict[str, str], name: str) -> str | None:
+    """A version tag by its current name, else by its name before the rename."""
+    value = version_tags.get(name)
+    return value if value is not None else version_tags.get(LEGACY.get(name, ""))
+

@@ -83,7 +83,7 @@ def world(mlflow_server, deploy_bundles, serving_pool, sshd_factory, tmp_path_fa
             other.register(kind)
         from registry import versions
 
-        versions.set_tags(other.model, 3, {"ci.pipeline_id": "pipe-of-the-other-model"})
+        versions.set_tags(other.model, 3, {"pipeline_id": "pipe-of-the-other-model"})
         yield World(denv, other.model, file_host, ssh_host, v1, v2, tmp)
     finally:
         denv.close()

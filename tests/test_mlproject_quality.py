@@ -29,8 +29,8 @@ def test_registered_pretrained_versions_evaluate_like_their_runs(mlops_env, pret
     v2 = pretrained_digits.register("bad", retrained_from=str(v1))
     assert (v1, v2) == (1, 2)
     tags = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"]).get_model_version(name, "2").tags
-    assert tags["retrained_from"] == "1" and tags["dataset.name"] == "digits"
-    assert tags["dataset.fingerprint"] == pretrained_digits.summary["bad"]["fingerprint"]
+    assert tags["retrained_from"] == "1" and tags["dataset"] == "digits"
+    assert tags["dataset_fingerprint"] == pretrained_digits.summary["bad"]["fingerprint"]
     for version, kind in ((v1, "production"), (v2, "bad")):
         ev = evaluate_version(name, version)
         assert ev.accuracy == pytest.approx(pretrained_digits.summary[kind]["metrics"]["heldout_accuracy"], abs=1e-12)

@@ -90,7 +90,7 @@ def _register_with_signature(model: str, pretrained, kind: str, signature: dict)
         mlflow.log_dict(signature, "golden/signature.json")
     model_id = result.model_uri.split("/")[-1]
     mv = client.create_model_version(model, result.model_uri, run_id=run.info.run_id, model_id=model_id,
-                                     tags={"dataset.name": "digits", "validation_status": "pending"})
+                                     tags={"dataset": "digits", "validation_status": "pending"})
     return int(mv.version)
 
 

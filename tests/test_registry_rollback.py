@@ -103,7 +103,7 @@ def test_revert_failed_deploy_moves_production_back_and_records_it(four_versions
     assert result.moved and prod(model) == 1
     info = versions.get_version(model, 2)
     assert info.tags["deploy_status"] == "failed"
-    assert info.tags["deploy.reason"] == "smoke test: predictions differ"
+    assert info.tags["deploy_reason"] == "smoke test: predictions differ"
     rows = Ledger().entries(model)[-3:]
     assert [(e.action, e.from_version, e.to_version, e.outcome, e.host) for e in rows] == \
         [("deploy", 1, 2, "failed", "web-1"), ("intent", 2, 1, "pending", "web-1"),

@@ -43,3 +43,26 @@ def test_tables_align_and_truncate():
     out = history_table([e])
     assert "2026-01-02 03:04:05" in out and "v3->v2" in out and ("r" * 59 + "…") in out
     assert history_table([]) == "(the ledger is empty)"
+
+
+def test_version_tags_have_one_style_and_old_names_are_still_read():
+    from registry import tags
+
+    names = [v for k, v in vars(tags).items() if k.isupper() and isinstance(v, str)]
+    assert names and all(n.islower() and "." not in n for n in names), names
+    assert tags.read({"dataset.name": "digits"}, tags.DATASET) == "digits"       # registered before
+    assert tags.read({"dataset": "fashion_mnist", "dataset.name": "digits"}, tags.DATASET) == "fashion_mnist"
+    assert tags.read({}, tags.DATASET) is None and tags.read({"x": "1"}, tags.APPROVED_BY) is None
+
+
+def test_description_links_the_circleci_job_from_the_register_row_not_a_tag():
+    from registry.description import render
+    from registry.ledger import Entry
+
+    reg = Entry(action="register", model="m", outcome="ok", to_version=3,
+                details={"ci": {"ci.build_url": "https://circleci.example/job/7"}})
+    text = render(model="m", version=3, tags={"validation_status": "pending"}, aliases=(), entries=[reg])
+    assert "[CircleCI job](https://circleci.example/job/7)" in text
+    other = Entry(action="register", model="m", outcome="ok", to_version=2,
+                  details={"ci": {"ci.build_url": "https://circleci.example/job/6"}})
+    assert "CircleCI job" not in render(model="m", version=3, tags={}, aliases=(), entries=[other])

@@ -37,12 +37,12 @@ def test_version_info_production_and_aliases(make_version):
     info = versions.get_version(model, v1)
     assert info.aliases == ("production",)
     assert info.validation_status == "pending"
-    assert info.tags["ci.pipeline_id"] == "pipe-a"
+    assert info.tags["pipeline_id"] == "pipe-a"
     assert info.run_id
     listed = versions.list_versions(model)
     assert [i.version for i in listed] == [2, 1]
     assert listed[0].aliases == ("candidate",)
-    found = versions.find_by_tag("ci.pipeline_id", "pipe-a")
+    found = versions.find_by_tag("pipeline_id", "pipe-a")
     assert [(i.model, i.version) for i in found] == [(model, 1)]
 
 

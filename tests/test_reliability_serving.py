@@ -178,7 +178,7 @@ def register_dir(env, bundle) -> int:
         mlflow.log_artifacts(str(bundle / "tfserving"), "tfserving")
         mlflow.log_artifacts(str(bundle / "golden"), "golden")
         logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
-    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"dataset.name": "digits"})
+    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"})
     versions.set_tags(env.model, v, {"validation_status": "passed"})
     return v
 

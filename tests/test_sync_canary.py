@@ -99,7 +99,7 @@ def _register(env, root, kind: str) -> int:
         mlflow.log_artifacts(str(root / kind / "tfserving"), "tfserving")
         mlflow.log_artifacts(str(root / kind / "golden"), "golden")
         logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
-    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"fixture.kind": kind})
+    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"fixture_kind": kind})
     versions.set_tags(env.model, v, {"validation_status": "passed"})
     env.versions[v] = "b"
     return v
@@ -182,7 +182,7 @@ def _check_rolled_back(env, hosts, v1, v2, res, what: str) -> dict:
         env.serves(h, v1)
     assert env.production() == v1
     tags = env.tags(v2)
-    assert tags["deploy_status"] == "failed" and tags["deploy.canary"] == "breached"
+    assert tags["deploy_status"] == "failed" and tags["deploy_canary"] == "breached"
     rows = _canary_rows(env, v2)
     assert len(rows) == 1 and rows[0].outcome == "failed" and rows[0].host == canary.name
     assert rows[0].details["measurements"]["canary"]["requests"] >= 20
@@ -241,7 +241,7 @@ def test_low_traffic_verdict_follows_on_low_traffic(deploy_env, tmp_path):
     assert doc["bake"][0]["outcome"] == "low_traffic_passed" and doc["status"] == "deployed"
     for h in hosts:
         env.serves(h, v3)
-    assert env.tags(v3)["deploy.canary"] == "low_traffic_passed"
+    assert env.tags(v3)["deploy_canary"] == "low_traffic_passed"
     assert [r.outcome for r in _canary_rows(env, v3)] == ["passed"]
 
 

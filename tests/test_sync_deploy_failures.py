@@ -55,7 +55,7 @@ def test_a_version_that_fails_the_smoke_test_is_rolled_back_while_v1_keeps_answe
     # the registry: production back, the version tagged, the ledger tells the story
     assert env.production() == v1
     tags = env.tags(bad)
-    assert tags["deploy_status"] == "failed" and check in tags["deploy.reason"]
+    assert tags["deploy_status"] == "failed" and check in tags["deploy_reason"]
     rows = [(r.action, r.outcome, r.host) for r in env.ledger() if r.to_version == bad or r.from_version == bad]
     assert ("smoke_test", "failed", host.name) in rows
     assert ("deploy", "failed", host.name) in rows and ("rollback", "ok", host.name) in rows

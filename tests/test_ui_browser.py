@@ -136,11 +136,11 @@ def test_production_alias_sits_on_the_deployed_version(browser, ui):
     # The tags that matter are in the narrow Tags column, keys and values shown whole (not cut).
     row = _version_row(browser, model, 2)
     shown = {key: _tag_chip(browser, row, key) for key in
-             ("validation_status", "deploy_status", "approved_by", "dataset.name")}
+             ("validation_status", "deploy_status", "approved_by", "dataset")}
     assert shown == {"validation_status": ("validation_status: passed", False),
                      "deploy_status": ("deploy_status: deployed", False),
                      "approved_by": (f"approved_by: {getpass.getuser()}", False),
-                     "dataset.name": ("dataset.name: digits", False)}, shown
+                     "dataset": ("dataset: digits", False)}, shown
 
 
 _CHIP = """

@@ -63,7 +63,7 @@ def register(sub) -> None:
         description="Move the `production` alias to a version that passed the gate and record who, "
                     "when, from which version, which pipeline and why (ledger row + version tags). "
                     "Pick the version with --version N, or with --pipeline-id ID: exactly the version "
-                    "that CircleCI pipeline registered (tag ci.pipeline_id), never whatever "
+                    "that CircleCI pipeline registered (tag pipeline_id), never whatever "
                     "`candidate` points at; with both, version N must be the one that pipeline "
                     "registered. Who: in CircleCI (CIRCLE_TOKEN and CIRCLE_WORKFLOW_ID "
                     "set) the user who approved the workflow's approval job, read from CircleCI's "
@@ -218,7 +218,7 @@ def _version_for_pipeline(model: str, pipeline_id: str, version: int | None) -> 
         others = ", ".join(f"'{i.model}' v{i.version}" for i in found)
         raise ConfigError(f"CircleCI pipeline {pipeline_id} registered {others}, not a version of "
                           f"'{model}'; check --model-name / MLOPS_MODEL_NAME")
-    raise NotFoundError(f"no version of any registered model is tagged ci.pipeline_id={pipeline_id}; "
+    raise NotFoundError(f"no version of any registered model is tagged pipeline_id={pipeline_id}; "
                         f"check the pipeline id (the train job of that pipeline registers it)")
 
 

@@ -60,10 +60,10 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a registered version on the frozen held-out set",
                        description="Load version N from the registry and measure accuracy, loss and "
                                    "per-class accuracy on the frozen held-out set of its data set (the "
-                                   "version's dataset.name tag). The quality gate uses the same numbers.")
+                                   "version's dataset tag). The quality gate uses the same numbers.")
     p.add_argument("--version", type=int, required=True, help="registered version number")
     p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="override the version's dataset.name tag")
+                   help="override the version's dataset tag")
     flags.add_model_name(p)
     p.add_argument("--json", action="store_true", help="print the evaluation as one JSON document")
     p.set_defaults(func=cmd_evaluate)
