@@ -35,12 +35,15 @@ demo: venv
 down: venv
 	$(BIN)/mlops down
 
-# The same checks run inside the suite (tests/test_shell_scripts.py, tests/test_circleci_config.py).
+# ruff (pyproject.toml [tool.ruff]) also runs first in `make test`; shellcheck and the CircleCI schema
+# run inside the suite (tests/test_shell_scripts.py, tests/test_circleci_config.py).
 lint: venv system-deps
+	$(BIN)/ruff check .
 	shellcheck serving_host/*.sh scripts/*.sh .ci/run
 	$(BIN)/check-jsonschema --builtin-schema vendor.circle-ci .circleci/config.yml
 
 test: venv system-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -ra --junitxml=test-results/junit.xml $(PYTEST_ARGS)
 
 bench: venv system-deps

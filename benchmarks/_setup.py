@@ -187,14 +187,14 @@ class Lab:
     def _start(self) -> None:
         from mlops.local_services import free_port, start_mlflow, stop_service
         from tests.fixtures.deploy_env import ServerPool
-        from tests.fixtures.tfserving import _make_factory
+        from tests.fixtures.tfserving import make_factory
 
         state = self.root / "mlflow-state"
         svc = start_mlflow(state, port=free_port())
         self._stack.callback(stop_service, state, "mlflow-server")
         self.mlflow_url = svc.url
         self.bundles = build_bundles(self.root / "bundles")
-        factory, handles = _make_factory(self.root / "servers")
+        factory, handles = make_factory(self.root / "servers")
         (self.root / "servers").mkdir(parents=True, exist_ok=True)
         self._factory = factory
         self._stack.callback(lambda: [h.stop() for h in handles])
@@ -243,15 +243,15 @@ class Lab:
 def build_bundles(root: Path):
     """The deploy tests' bundles (``a``, ``b``, ``c``, ``big`` and the broken variants), built once
     in a TensorFlow subprocess exactly as the ``deploy_bundles`` fixture builds them."""
-    from tests.fixtures.deploy_env import _BUILD, DeployBundles, _derive
+    from tests.fixtures.deploy_env import BUILD_SCRIPT, DeployBundles, derive
 
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", _BUILD, str(root)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(root)], capture_output=True, text=True,
                           timeout=300, env=env, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"building the benchmark SavedModels failed:\n{proc.stderr[-3000:]}")
-    _derive(root)
+    derive(root)
     return DeployBundles(root)
 
 

@@ -130,8 +130,10 @@ def run(*, phase_seconds: float, clients: int, max_requests: int, action_timeout
         final = {"production": env.production(), "serves": env.which(host)}
     checks = verdicts(phases)
     doc = {"command": command or f"python -m benchmarks.bench_availability --phase-seconds {phase_seconds:g}",
-           "settings": {"clients": clients, "phase_seconds": phase_seconds, "max_requests_per_client_phase": max_requests,
-                        "routes": ["unversioned", "labels/stable"], "host": "file:// + local TF-Serving-compatible server"},
+           "settings": {"clients": clients, "phase_seconds": phase_seconds,
+                        "max_requests_per_client_phase": max_requests,
+                        "routes": ["unversioned", "labels/stable"],
+                        "host": "file:// + local TF-Serving-compatible server"},
            "versions": versions, "after": final, "machine_at_start": started, "quiet_wait": quiet,
            "phases": phases, "targets": checks}
     return _setup.report("availability", doc, render(phases, checks), results_dir)

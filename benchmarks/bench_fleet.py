@@ -91,7 +91,7 @@ def _register_dir(env, root, kind: str, like: str = "b") -> int:
         mlflow.log_artifacts(str(root / kind / "tfserving"), "tfserving")
         mlflow.log_artifacts(str(root / kind / "golden"), "golden")
         logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
-    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"fixture.kind": kind})
+    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"fixture_kind": kind})
     versions.set_tags(env.model, v, {"validation_status": "passed"})
     env.versions[v] = like
     return v
@@ -183,7 +183,7 @@ class _Load:
 
 
 def canary_breach(lab, bake: float, log) -> dict:
-    from tests.test_sync_canary import _BUILD as CANARY_BUILD
+    from tests.test_sync_canary import CANARY_BUILD
 
     root = lab.root / "canary-bundles"
     root.mkdir(exist_ok=True)

@@ -207,15 +207,16 @@ def render(rows: list[dict], checks: list[dict]) -> str:
 def run(*, seconds: float, clients: list[int], batches: list[int], max_requests: int = 100_000,
         wait: float = 600.0, results_dir=None, command: str = "",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    from tests.fixtures.tfserving import _make_factory
+    from tests.fixtures.tfserving import make_factory
 
     root = Path(tempfile.mkdtemp(prefix="mlops-bench-grpc-"))
-    factory, handles = _make_factory(root / "servers")
+    factory, handles = make_factory(root / "servers")
     (root / "servers").mkdir(parents=True, exist_ok=True)
     senders = None
     try:
         base, images = build_model_dir(root)
-        config = f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{base}" model_platform: "tensorflow" }} }}\n'
+        config = (f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{base}" '
+                  'model_platform: "tensorflow" }} }}\n')
         srv = factory(root / "serving", config)
         srv.wait_for_state(MODEL, 1, "AVAILABLE")
         senders = Senders(srv, input_alias(srv))

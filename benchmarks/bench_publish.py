@@ -366,7 +366,7 @@ def run(*, sizes_mb: list[int], many_files: int, repeats: int, setups: list[dict
 
 
 def _run_setup(setup: dict, datasets: dict[str, Path], work: Path, repeats: int, log) -> tuple[dict, str]:
-    from tests.fixtures.sshd import _ensure_user, keygen, start_sshd
+    from tests.fixtures.sshd import ensure_user, keygen, start_sshd
 
     user = setup.get("user")
     dest_root = setup.get("dest_root")
@@ -379,7 +379,7 @@ def _run_setup(setup: dict, datasets: dict[str, Path], work: Path, repeats: int,
         if user and user != "root" and os.geteuid() == 0:
             import pwd
 
-            created_user = _ensure_user(user)
+            created_user = ensure_user(user)
             pw = pwd.getpwnam(user)
             os.chown(dest_root_path, pw.pw_uid, pw.pw_gid)
         elif user and user != "root":

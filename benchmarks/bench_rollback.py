@@ -187,7 +187,8 @@ def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None,
     checks = verdicts(summary)
     doc = {"command": command or f"python -m benchmarks.bench_rollback --rounds {rounds}",
            "definitions": DEFINITIONS, "settings": {"rounds_warm": rounds, "rounds_cold": cold_rounds,
-                                                    "host": "file:// + local TF-Serving-compatible server, gRPC reload"},
+                                                    "host": "file:// + local TF-Serving-compatible server, "
+                                                            "gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "targets": checks,
            "rounds": results}
     if cli_repo:

@@ -44,8 +44,13 @@ def client():
 @contextlib.contextmanager
 def s3_errors(what: str):
     """Translate boto3/botocore failures inside the block into one-line user errors."""
-    from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                     NoCredentialsError, PartialCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
 
     where = endpoint_url() or "AWS S3"
     try:

@@ -18,10 +18,17 @@ from registry import tags as T
 
 from . import export, tracking, validation
 from .batches import Batch, read_batches
-from .constants import (DEFAULT_BATCH_SIZE, DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE,
-                        DEFAULT_SEED, GOLDEN_SIZE, IMAGE_SIZE, NUM_CLASSES)
-from .datasets import (Arrays, check_name, concat, fingerprint, image_shape, load_partition,
-                       train_validation_split)
+from .constants import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_SEED,
+    GOLDEN_SIZE,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+)
+from .datasets import Arrays, check_name, concat, fingerprint, image_shape, load_partition, train_validation_split
 from .evaluate import Evaluation, evaluation_of
 
 _log = log.get("train")

@@ -63,8 +63,8 @@ def tracking_client():
     apply_http_defaults()
     uri = settings.tracking_uri()
     check_server(uri)
-    from mlflow import MlflowClient
     import mlflow
+    from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

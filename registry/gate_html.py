@@ -180,7 +180,8 @@ def html(report: dict) -> str:
     sig = ""
     if report["signature_differences"]:
         items = "".join(f"<li>{escape(d)}</li>" for d in report["signature_differences"])
-        allowed = "<li>allowed with --allow-signature-change (recorded)</li>" if report["allow_signature_change"] else ""
+        allowed = ("<li>allowed with --allow-signature-change (recorded)</li>"
+                   if report["allow_signature_change"] else "")
         sig = f"<h2>Signature differences</h2><ul>{items}{allowed}</ul>"
     fp = str(report.get("heldout_fingerprint"))[:16]
     return (

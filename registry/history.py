@@ -49,9 +49,9 @@ def history_table(entries: list[Entry], *, reason_width: int = 60) -> str:
 
 def status_rows(model: str) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy and age."""
-    from . import tags, versions
-
     from mlops_common.errors import NotFoundError
+
+    from . import tags, versions
 
     rows = []
     for info in versions.list_versions(model):

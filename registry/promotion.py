@@ -21,8 +21,15 @@ from mlops_common.errors import NotFoundError, RefusedError, UserError
 
 from . import description, faultpoint, tags, versions
 from .ledger import Entry, Ledger
-from .promotion_rules import (Agreement, agreement, check_promotable, failed_deploys, production_stack,
-                              reconcile_rows, rollback_target)
+from .promotion_rules import (
+    Agreement,
+    agreement,
+    check_promotable,
+    failed_deploys,
+    production_stack,
+    reconcile_rows,
+    rollback_target,
+)
 
 _log = log.get("registry.promotion")
 _MOVES = ("promote", "rollback", "deploy", "intent")

@@ -559,8 +559,9 @@ def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
         if len(names) == 1:
             rows.append(_values_text(outputs[names[0]][i, ...], _is_bytes_tensor(names[0], outputs[names[0]])))
         else:
-            rows.append("{" + ", ".join(json.dumps(n) + ": " + _values_text(outputs[n][i, ...], _is_bytes_tensor(n, outputs[n]))
-                                        for n in names) + "}")
+            cells = (json.dumps(n) + ": " + _values_text(outputs[n][i, ...], _is_bytes_tensor(n, outputs[n]))
+                     for n in names)
+            rows.append("{" + ", ".join(cells) + "}")
     return '{\n    "predictions": [' + ",\n        ".join(rows) + "\n    ]\n}"
 
 

@@ -3,11 +3,11 @@
 ``HostRun.execute(phase)`` runs that phase's planned steps in order — PREPARE: publish,
 validation entry, smoke test; SWITCH: validation copy unloaded, main entry, switch, verify
 through the label — and raises ``StepFailed`` naming the step. Each ``StepKind`` has exactly
-one method (``_RUNNERS``). The caller (``fleet``) then calls ``HostRun.restore``: the exact previous ``models.config`` text is
-written back and reloaded, and we wait until the previous stable version is AVAILABLE and the
-label points at it again. When the previous version had been unloaded (a switch to a lower
-version unloads the higher one), it is first loaded again next to the current one, because TF
-Serving refuses a label on a version that is not loaded.
+one method (``_RUNNERS``). The caller (``fleet``) then calls ``HostRun.restore``: the exact
+previous ``models.config`` text is written back and reloaded, and we wait until the previous
+stable version is AVAILABLE and the label points at it again. When the previous version had
+been unloaded (a switch to a lower version unloads the higher one), it is first loaded again
+next to the current one, because TF Serving refuses a label on a version that is not loaded.
 """
 from __future__ import annotations
 
@@ -17,10 +17,8 @@ from typing import Callable
 
 from mlops_common import log
 
-from . import apply, cancel, faultpoint
-from . import host_config
+from . import apply, cancel, faultpoint, host_config, verified
 from . import models_config as mc
-from . import verified
 from .errors import HostUnreachable, SmokeFailed
 from .observe import Observed
 from .options import DeployOptions

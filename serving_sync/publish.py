@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from mlops_common import log
 from mlops_common.errors import ConfigError
 
+from . import manifest as mf
 from .errors import PublishRefused, VerifyFailed
 from .layout import INCOMING_PREFIX, incoming_name, manifest_path, version_path
-from . import manifest as mf
 from .manifest import Manifest
 from .names import check_model_name, check_version
 from .progress import ProgressFn

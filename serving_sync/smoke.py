@@ -116,15 +116,15 @@ def _payload(doc: dict):
 def _walk(exp, got, path: str, atol: float, out: dict) -> None:
     if isinstance(exp, dict):
         if not isinstance(got, dict) or set(exp) != set(got):
-            out["structure"].append(f"{path or 'outputs'}: keys {sorted(got) if isinstance(got, dict) else type(got).__name__}"
-                                    f" != {sorted(exp)}")
+            seen = sorted(got) if isinstance(got, dict) else type(got).__name__
+            out["structure"].append(f"{path or 'outputs'}: keys {seen} != {sorted(exp)}")
             return
         for k in sorted(exp):
             _walk(exp[k], got[k], f"{path}.{k}" if path else k, atol, out)
     elif isinstance(exp, list):
         if not isinstance(got, list) or len(exp) != len(got):
-            out["structure"].append(f"{path or 'outputs'}: length {len(got) if isinstance(got, list) else type(got).__name__}"
-                                    f" != {len(exp)}")
+            seen = len(got) if isinstance(got, list) else type(got).__name__
+            out["structure"].append(f"{path or 'outputs'}: length {seen} != {len(exp)}")
             return
         for i, (e, g) in enumerate(zip(exp, got)):
             _walk(e, g, f"{path}[{i}]", atol, out)

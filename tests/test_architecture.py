@@ -77,3 +77,24 @@ def test_cli_help_and_sync_modules_load_without_tensorflow_or_mlflow():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "", f"loaded heavy modules: {p.stdout.strip()}"
+
+
+def test_benchmarks_import_only_public_names_from_the_tests():
+    """The test lab is shared with the benchmarks through its public names only."""
+    private = []
+    for path in _py_files("benchmarks"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert private == []
+
+
+def test_no_test_or_benchmark_reads_outside_the_repository():
+    """A fresh clone with nothing beside it must pass: no path to ../shared or the repo's parent."""
+    offenders = []
+    for folder in ("tests", "benchmarks"):
+        for path in _py_files(folder):
+            text = path.read_text()
+            if path.name != "test_architecture.py" and ('"shared"' in text or "REPO.parent" in text):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

@@ -9,7 +9,16 @@ import shutil
 
 import pytest
 
-from benchmarks import _setup, _traffic, bench_availability, bench_e2e, bench_grpc, bench_publish, bench_rollback, run_all
+from benchmarks import (
+    _setup,
+    _traffic,
+    bench_availability,
+    bench_e2e,
+    bench_grpc,
+    bench_publish,
+    bench_rollback,
+    run_all,
+)
 
 
 def test_setup_machine_table_results_and_quiet_wait(tmp_path):
@@ -107,7 +116,8 @@ def test_availability_phase_counts_every_request(deploy_env):
 def test_e2e_breakdown_and_table():
     doc = {"seconds": 2.0, "timings": {"resolve_version": 0.1, "fetch_from_registry": 0.3, "hosts": 1.2},
            "hosts": [{"steps": [{"kind": "publish", "seconds": 0.2}, {"kind": "load_validation", "seconds": 0.1},
-                                {"kind": "wait_validation", "seconds": 0.3}, {"kind": "smoke_validation", "seconds": 0.4},
+                                {"kind": "wait_validation", "seconds": 0.3},
+                                {"kind": "smoke_validation", "seconds": 0.4},
                                 {"kind": "load_main", "seconds": 0.05}, {"kind": "wait_main", "seconds": 0.05},
                                 {"kind": "switch", "seconds": 0.04}, {"kind": "verify", "seconds": 0.06}]}]}
     b = bench_e2e.deploy_breakdown(doc, wall=2.5)

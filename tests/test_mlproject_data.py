@@ -10,8 +10,7 @@ import pytest
 from mlops_common.errors import ConfigError, NotFoundError
 from mlproject import batches, metrics, validation
 from mlproject.constants import BAD_BATCH_REPEATS, SPLITS
-from mlproject.datasets import (Arrays, fingerprint, load, load_partition, partition,
-                                train_validation_split)
+from mlproject.datasets import Arrays, fingerprint, load, load_partition, partition, train_validation_split
 from mlproject.validation import DataError
 from tests.helpers import run_mlops
 

@@ -9,7 +9,6 @@ import pytest
 from mlproject import export
 from mlproject.datasets import load_partition
 
-
 # ---------- plain functions ----------
 
 def test_normalize_signature_accepts_tf_serving_metadata_json():

@@ -40,7 +40,8 @@ def test_run_names_tell_base_good_and_bad_retrain_apart():
 
 def _data(incoming: str | None) -> TrainingData:
     rng = np.random.default_rng(0)
-    arrays = lambda n: Arrays(rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n))
+    def arrays(n):
+        return Arrays(rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n))
     batches = (Batch(incoming, arrays(5)),) if incoming else ()
     return TrainingData("digits", arrays(20), arrays(10), batches, incoming)
 

@@ -206,7 +206,8 @@ def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches
     first = train_version(ci, epochs=3)
     assert first["version"] == 1
     run_tags = client.get_run(first["run_id"]).data.tags
-    assert (run_tags["ci.pipeline_id"], run_tags["ci.workflow_id"], run_tags["ci.job"]) == ("pipe-123", "wf-456", "train")
+    ids = (run_tags["ci.pipeline_id"], run_tags["ci.workflow_id"], run_tags["ci.job"])
+    assert ids == ("pipe-123", "wf-456", "train")
     version_tags = client.get_model_version(name, "1").tags     # the narrow column: the pipeline only
     assert version_tags["pipeline_id"] == "pipe-123" and not any(k.startswith("ci.") for k in version_tags)
     # Same seed and data as the CLI training in another model -> same fingerprint.

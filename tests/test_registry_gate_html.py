@@ -108,7 +108,8 @@ def test_verdict_rules_tables_chart_and_both_confusion_matrices():
             for t, a in tags.tags if t == "rect" and "bar" in a.get("class", "").split()]
     assert len(bars) == 20
     assert [(c, v) for side, c, v in bars if side == "candidate"] == [(str(k), round(a, 4)) for k, a in enumerate(GOOD)]
-    assert [(c, v) for side, c, v in bars if side == "production"] == [(str(k), round(a, 4)) for k, a in enumerate(PROD)]
+    expected = [(str(k), round(a, 4)) for k, a in enumerate(PROD)]
+    assert [(c, v) for side, c, v in bars if side == "production"] == expected
     # Taller bar = higher accuracy (class 0: candidate 0.98 above production 0.96).
     heights = {(a["class"], a["data-class"]): float(a["height"]) for t, a in tags.tags
                if t == "rect" and "bar" in a.get("class", "").split()}

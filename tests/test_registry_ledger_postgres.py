@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.ledger import Entry, Ledger, VERSION_TABLE
+from registry.ledger import VERSION_TABLE, Entry, Ledger
 from tests.test_registry_ledger import assert_unbroken_chain, run_chain
 
 

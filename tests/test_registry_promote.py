@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-
 from registry import versions
 from registry.ledger import Ledger
 from tests.helpers import run_mlops

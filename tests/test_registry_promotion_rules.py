@@ -5,8 +5,16 @@ import pytest
 
 from mlops_common.errors import RefusedError
 from registry.ledger import Entry
-from registry.promotion_rules import (agreement, check_promotable, failed_deploys, ledger_production,
-                                      open_intents, production_stack, reconcile_rows, rollback_target)
+from registry.promotion_rules import (
+    agreement,
+    check_promotable,
+    failed_deploys,
+    ledger_production,
+    open_intents,
+    production_stack,
+    reconcile_rows,
+    rollback_target,
+)
 
 
 def promote(to, frm=None, outcome="ok"):

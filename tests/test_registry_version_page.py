@@ -82,5 +82,6 @@ def test_render_on_plain_data():
     assert "**Validation:** failed — held-out accuracy 0.8100 vs 0.9000 for production v1; failed rules: " \
            "accuracy_vs_production (gate 2026-12-01 15:00 UTC, ledger #5)" in lines
     assert "**Deploy status:** failed — web-1 failed; reason: smoke failed" in lines
-    assert "never held production" in lines and "| #6 | 2026-12-01 15:00 | web-1 | deploy | failed | smoke \\| failed |" in lines
+    assert "never held production" in lines
+    assert "| #6 | 2026-12-01 15:00 | web-1 | deploy | failed | smoke \\| failed |" in lines
     assert "**Links:** none" in lines

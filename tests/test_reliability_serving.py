@@ -167,9 +167,9 @@ def register_dir(env, bundle) -> int:
     import mlflow
 
     from registry import versions
+    from registry.client import tracking_client
     from registry.register import register_version
     from tests.fixtures.deploy_env import EXPERIMENT
-    from registry.client import tracking_client
 
     client = tracking_client()
     exp = client.get_experiment_by_name(EXPERIMENT)

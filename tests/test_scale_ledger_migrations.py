@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from mlops_common.errors import ConfigError
 from registry import ledger as ledger_mod
-from registry.ledger import Ledger, VERSION_TABLE
+from registry.ledger import VERSION_TABLE, Ledger
 from tests.helpers import REPO
 
 # How a later release adds a column: plain ADD COLUMN (nullable), no batch mode. On SQLite,

@@ -117,7 +117,8 @@ def test_host_preparation_is_idempotent(tmp_path):
     assert (config.stat().st_mtime_ns, config.read_text()) == before
 
     # serving_sync owns models.config once deploys start: never overwritten
-    config.write_text('model_config_list { config { name: "m" base_path: "/models/m" model_platform: "tensorflow" } }\n')
+    config.write_text('model_config_list { config { name: "m" base_path: "/models/m" '
+                      'model_platform: "tensorflow" } }\n')
     third = run("--base", str(base), "--deploy-user", me(), "--no-container")
     assert "name: \"m\"" in config.read_text() and third.returncode == 0
     # a dry-run now prints only the container step

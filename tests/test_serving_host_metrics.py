@@ -132,7 +132,8 @@ def server(tfserving_session_factory, tmp_path_factory):
     base = tmp_path_factory.mktemp("metrics-serving")
     monitoring = base / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
-    config = (f'model_config_list {{ config {{ name: "{MODEL.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}" '
+    quoted = MODEL.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))
+    config = (f'model_config_list {{ config {{ name: "{quoted}" '
               f'base_path: "{TWO_VERSIONS}" model_platform: "tensorflow" '
               f"model_version_policy {{ specific {{ versions: 123 }} }} }} }}\n")
     srv = tfserving_session_factory(base, config, grpc=False,

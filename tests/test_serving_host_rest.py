@@ -52,8 +52,8 @@ def _save_multi_io_model(path) -> None:
 
 def _export_keras_model(path) -> list[float]:
     """A tiny Keras model exported with ``model.export`` (the project's serving artifact)."""
-    import numpy as np
     import keras
+    import numpy as np
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),

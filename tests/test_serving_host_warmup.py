@@ -167,7 +167,8 @@ def test_a_file_that_is_not_a_tfrecord_fails_the_load(server):
     assert status["error_message"].startswith("corrupted record at 0")
     assert status["error_message"].endswith(". Please verify your warmup data is in TFRecord format.")
     page = metrics_page(server)
-    assert f':tensorflow:serving:model_warmup_records_read{{model_path="{version_dir}",status="DATA_LOSS: corrupted record at 0' in page
+    assert (f':tensorflow:serving:model_warmup_records_read{{model_path="{version_dir}",'
+            'status="DATA_LOSS: corrupted record at 0') in page
 
 
 def test_a_failing_warmup_request_fails_the_load(server):

@@ -27,7 +27,7 @@ from serving_sync.options import DeployOptions
 # Two more versions with the weights of the fixture's "b" (so their outputs identify as b's):
 # "strict" refuses inputs above 1.5 (its golden request is uniform in [0, 1): the smoke test passes),
 # "slow" burns ~1.6 GFLOP (a few hundred milliseconds here) per request before answering the same outputs.
-_BUILD = r'''
+CANARY_BUILD = r'''
 import json, sys
 from pathlib import Path
 import numpy as np
@@ -78,7 +78,7 @@ MONITORING = 'prometheus_config { enable: true, path: "/monitoring/prometheus/me
 def canary_bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("canary-bundles")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", _BUILD, str(root)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", CANARY_BUILD, str(root)], capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0, f"building the canary bundles failed:\n{proc.stderr[-3000:]}"
     return root

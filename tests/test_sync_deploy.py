@@ -6,7 +6,6 @@ route, the `stable` label and each version route.
 """
 from __future__ import annotations
 
-
 import pytest
 
 from serving_sync import models_config as mc

@@ -10,8 +10,7 @@ import pytest
 
 from mlops_common.errors import ConfigError
 from serving_sync import models_config as mc
-from serving_sync.plan import (KEEP, ConfigTarget, HostObservation, MainTarget, compose, final_target,
-                               plan_host)
+from serving_sync.plan import KEEP, ConfigTarget, HostObservation, MainTarget, compose, final_target, plan_host
 
 M = "digits"
 BASE = "/srv/models/digits"
@@ -51,8 +50,8 @@ def labels_only_on_available(plan, o: HostObservation) -> None:
 def test_first_deploy_validates_then_loads_then_labels():
     o = obs()
     p = plan_host(o, 1)
-    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation", "load_main",
-                        "wait_main", "switch", "verify"]
+    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation",
+                        "load_main", "wait_main", "switch", "verify"]
     assert p.current is None and p.previous_kept is None
     assert step(p, "load_validation").config == ConfigTarget(None, 1)       # no main entry yet
     assert step(p, "load_main").config == ConfigTarget(MainTarget((1,), ()), None)
@@ -102,8 +101,8 @@ def test_rollback_to_a_cold_version_loads_it_beside_the_serving_one_first():
     o = obs(versions=(2, 3), labels=(("stable", 3),), states={1: "END", 2: A, 3: A}, stable=3,
             published=(1, 2, 3), verified=(1, 2, 3))
     p = plan_host(o, 1)
-    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation", "load_main",
-                        "wait_main", "switch", "verify"]
+    assert kinds(p) == ["publish", "load_validation", "wait_validation", "smoke_validation", "drop_validation",
+                        "load_main", "wait_main", "switch", "verify"]
     assert "already present" in step(p, "publish").text
     # while v1 loads in the main entry, stable stays on v3 and v3 (higher) keeps unversioned traffic
     assert step(p, "load_main").config == ConfigTarget(MainTarget((1, 3), (("stable", 3),)), None)

@@ -11,8 +11,15 @@ from mlops_common.errors import UserError
 from serving_sync import verified
 from serving_sync.apply import load_verdict
 from serving_sync.infra import choose_server
-from serving_sync.smoke import (Check, SmokeOptions, SmokeReport, compare_outputs, compare_signature,
-                                latency_verdict, p95)
+from serving_sync.smoke import (
+    Check,
+    SmokeOptions,
+    SmokeReport,
+    compare_outputs,
+    compare_signature,
+    latency_verdict,
+    p95,
+)
 from serving_sync.tfs_client import VersionStatus
 from serving_sync.watch import Watcher
 

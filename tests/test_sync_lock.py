@@ -16,7 +16,7 @@ from serving_sync import retention
 from serving_sync.errors import LockHeld
 from serving_sync.layout import LOCK_PATH, incoming_name, incoming_time, manifest_path
 from serving_sync.lock import HostLock, LockInfo, corrupt_token
-from serving_sync.publish import published_versions, publish
+from serving_sync.publish import publish, published_versions
 from tests.test_sync_support import hut, make_model_tree  # noqa: F401 - fixture
 
 

@@ -151,7 +151,8 @@ def test_reload_response_decodes_what_the_generated_class_encodes():
     assert decode_response(ok.SerializeToString()).ok
     bad = model_management_pb2.ReloadConfigResponse()
     bad.status.error_code = 9
-    bad.status.error_message = "Request to assign label to version 5 of model digits, which is not currently available. — ünïcode"
+    bad.status.error_message = ("Request to assign label to version 5 of model digits, "
+                                "which is not currently available. — ünïcode")
     st = decode_response(bad.SerializeToString())
     assert (st.error_code, st.code_name) == (9, "FAILED_PRECONDITION")
     assert st.error_message == bad.status.error_message

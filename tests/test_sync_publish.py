@@ -10,8 +10,7 @@ from mlops_common.errors import UserError
 from serving_sync import manifest as mf
 from serving_sync.errors import PublishRefused
 from serving_sync.layout import manifest_path
-from serving_sync.publish import (incoming_dirs, is_published, publish, published_versions,
-                                  read_stored_manifest)
+from serving_sync.publish import incoming_dirs, is_published, publish, published_versions, read_stored_manifest
 from tests.test_sync_support import hut, make_model_tree  # noqa: F401 - fixture
 
 MODEL = "digits"

@@ -14,8 +14,7 @@ import pytest
 from mlops_common.errors import UserError
 from serving_sync import manifest as mf
 from serving_sync import retention
-from serving_sync.errors import (AuthFailed, DiskFull, HostKeyRejected, HostPermissionDenied,
-                                 HostUnreachable)
+from serving_sync.errors import AuthFailed, DiskFull, HostKeyRejected, HostPermissionDenied, HostUnreachable
 from serving_sync.hosts import Target
 from serving_sync.publish import incoming_dirs, publish
 from serving_sync.transports.ssh import SshTransport

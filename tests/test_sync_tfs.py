@@ -15,8 +15,7 @@ from serving_sync import models_config as mc
 from serving_sync.errors import HostUnreachable, ServingError, ServingTimeout
 from serving_sync.layout import MODELS_CONFIG
 from serving_sync.publish import publish
-from serving_sync.tfs_client import (TFServingClient, available_verdict, gone_verdict, normalize_signature,
-                                     parse_status)
+from serving_sync.tfs_client import TFServingClient, available_verdict, gone_verdict, normalize_signature, parse_status
 from serving_sync.tfs_reload import reload_config
 from serving_sync.transports.local import LocalTransport
 
@@ -162,8 +161,8 @@ def test_status_parsing_and_wait_verdicts():
 
 def test_signature_normalization_of_tf_serving_metadata():
     meta = {"model_spec": {"name": "m", "version": "1"}, "metadata": {"signature_def": {"signature_def": {
-        "__saved_model_init_op": {"outputs": {"__saved_model_init_op": {"dtype": "DT_INVALID",
-                                                                        "tensor_shape": {"dim": [], "unknown_rank": True}}}},
+        "__saved_model_init_op": {"outputs": {"__saved_model_init_op": {
+            "dtype": "DT_INVALID", "tensor_shape": {"dim": [], "unknown_rank": True}}}},
         "serving_default": {
             "inputs": {"inputs": {"dtype": "DT_FLOAT", "name": "serving_default_inputs:0", "tensor_shape": {
                 "dim": [{"size": "-1", "name": ""}, {"size": "8", "name": ""}, {"size": "8", "name": ""},

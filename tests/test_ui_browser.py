@@ -66,7 +66,8 @@ def ui(demo_flow):
     versions = {int(v["version"]): v for v in api("model-versions/search", filter=f"name='{model}'")["model_versions"]}
     runs = {n: api("runs/get", run_id=v["run_id"])["run"] for n, v in versions.items()}
     return {"url": url, "model": model, "versions": versions, "runs": runs,
-            "production": int(api("registered-models/alias", name=model, alias="production")["model_version"]["version"])}
+            "production": int(api("registered-models/alias", name=model,
+                                  alias="production")["model_version"]["version"])}
 
 
 def _wait(driver, what: str, condition, timeout: float = PAGE_WAIT):
@@ -118,7 +119,8 @@ def _body(driver) -> str:
 def _version_row(driver, model: str, version: int):
     from selenium.webdriver.common.by import By
 
-    rows = driver.find_elements(By.XPATH, f"//div[@role='row'][.//a[@href='#/models/{quote(model)}/versions/{version}']]")
+    link = f"#/models/{quote(model)}/versions/{version}"
+    rows = driver.find_elements(By.XPATH, f"//div[@role='row'][.//a[@href='{link}']]")
     return rows[0] if rows else None
 
 
@@ -202,7 +204,8 @@ def test_compare_runs_tells_the_runs_apart_by_name(browser, ui):
     shot(browser, "3-compare-runs")
     # Params a base training does not have are empty in its column (not a made-up value).
     incoming = _param_row(browser, "incoming")
-    assert incoming[0] == "" and incoming[1].endswith("good/batch-001.npz") and incoming[2].endswith("bad/batch-001.npz")
+    assert incoming[0] == "" and incoming[1].endswith("good/batch-001.npz")
+    assert incoming[2].endswith("bad/batch-001.npz")
     assert _param_row(browser, "retrained_from") == ["", "1", "2"]
     assert _param_row(browser, "dataset") == ["digits"] * 3
     cells = [td.get_attribute("textContent").strip() for td in browser.find_elements(By.TAG_NAME, "td")]

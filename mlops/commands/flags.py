@@ -28,9 +28,8 @@ def non_negative_int(text: str) -> int:
 
 def wave(text: str) -> str:
     """``--wave``: N hosts or P% of the hosts after the canary."""
-    from serving_sync.rollout import parse_wave
-
     from mlops_common.errors import ConfigError
+    from serving_sync.rollout import parse_wave
     try:
         return parse_wave(text)
     except ConfigError as exc:

@@ -172,7 +172,8 @@ def register(sub) -> None:
                       epilog=_ENV)
     sm.add_argument("--via", choices=("stable", "version"), default="stable",
                     help="route to test (default stable: /v1/models/M/labels/stable)")
-    sm.add_argument("--version", type=flags.version_number, metavar="N", help="expect this version instead of production")
+    sm.add_argument("--version", type=flags.version_number, metavar="N",
+                    help="expect this version instead of production")
     sm.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
     _smoke_flags(sm)
     _common(sm)
@@ -199,7 +200,8 @@ def register(sub) -> None:
                                  "--max-seconds or --once. The webhook receiver checks the "
                                  "X-MLflow-Signature HMAC with MLOPS_WEBHOOK_SECRET (environment only) "
                                  "and refuses timestamps more than 5 minutes off.", epilog=_ENV)
-    w.add_argument("--interval", type=flags.seconds, default=30.0, metavar="S", help="seconds between passes (default 30)")
+    w.add_argument("--interval", type=flags.seconds, default=30.0, metavar="S",
+                   help="seconds between passes (default 30)")
     w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
     w.add_argument("--webhook-port", type=int, metavar="PORT",
@@ -505,8 +507,8 @@ def _rollback_command(args, start: float) -> int:
 
 def cmd_watch(args) -> int:
     from mlops_common.errors import DeployFailed
-    from serving_sync import fleet
     from registry import deploys
+    from serving_sync import fleet
     from serving_sync.watch import FailedVersions, Watcher
     from serving_sync.webhook import Receiver
 

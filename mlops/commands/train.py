@@ -13,8 +13,7 @@ from mlops.commands import flags
 
 
 def _training_args(p, *, retrain: bool) -> None:
-    from mlproject.constants import (DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE,
-                                     DEFAULT_SEED)
+    from mlproject.constants import DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_SEED
 
     default_ds = "the production version's data set, else digits" if retrain else "digits"
     p.add_argument("--dataset", choices=DATASETS, default=None,

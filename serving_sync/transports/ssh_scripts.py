@@ -17,7 +17,8 @@ MARK = "@serving-sync"
 _HASH_SECTION = """\
 echo @dirs; find . -mindepth 1 -type d
 echo @other; find . -mindepth 1 ! -type d ! -type f
-if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then H="openssl dgst -sha256 -r"
+if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then
+  H="openssl dgst -sha256 -r"
 elif command -v sha256sum >/dev/null 2>&1; then H=sha256sum
 elif command -v shasum >/dev/null 2>&1; then H="shasum -a 256"
 else echo @nohash; exit 0; fi
@@ -37,7 +38,8 @@ def listing_script(path: str) -> str:
 
 
 _PICK_HASH = """\
-if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then H="openssl dgst -sha256 -r"
+if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then
+  H="openssl dgst -sha256 -r"
 elif command -v sha256sum >/dev/null 2>&1; then H=sha256sum
 elif command -v shasum >/dev/null 2>&1; then H="shasum -a 256"
 else H=; fi
