@@ -9,6 +9,7 @@ c) availability — 8 clients through deploy, failed deploy + automatic rollback
 d) e2e       — each stage of the quick-start flow: train, gate, promote, deploy steps (bench_e2e.py)
 e) grpc      — gRPC predict vs REST predict throughput on the digits model (bench_grpc.py)
 f) fleet     — deploy to 8 hosts vs 1 (--bake 0), parallel vs sequential; a canary breach (bench_fleet.py)
+g) store     — bytes sent and time to publish to 8 SSH hosts: own SSH streams vs a shared S3 store (bench_store.py)
 
 Before each benchmark's measured part it waits (bounded, 10 minutes) for the 1-minute load
 average to drop below 1.5 and records it. ``--quick`` runs each in its shortest form (for a
@@ -24,7 +25,7 @@ import traceback
 
 from benchmarks import _setup
 
-ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet")
+ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store")
 
 
 def plan(quick: bool) -> dict[str, dict]:
@@ -41,6 +42,7 @@ def plan(quick: bool) -> dict[str, dict]:
                  "batches": [1] if quick else [1, 32]},
         "fleet": {"rounds": 1 if quick else 2, "n_hosts": 8, "big_mb": 0 if quick else 100, "bake": 2.0,
                   "ssh": not quick},
+        "store": {"hosts": 8, "mb": 5 if quick else 100, "rounds": 1 if quick else 3},
     }
 
 
