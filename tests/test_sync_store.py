@@ -169,3 +169,113 @@ def test_plan_and_deploy_say_that_s3_hosts_need_a_tf_serving_with_s3(deploy_env,
     res = env.cli("sync", "deploy", "--timeout", "60")
     assert res.returncode == 0, res.stderr
     assert sum("tensorflow/serving#1963" in line for line in res.stderr.splitlines()) == 1
+
+
+# --- the host side of a pull, without MLflow: real sshd, a loopback HTTP server as the store ---------
+class _Served:
+    """Files of ``root`` over HTTP on 127.0.0.1 (query strings ignored, like a presigned URL's)."""
+
+    def __init__(self, root):
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    def pull(self, manifest):
+        port = self.httpd.server_address[1]
+        return store.Pull("s3://bucket/p", manifest, {f.path: f"http://127.0.0.1:{port}/{f.path}?X-Amz-Signature=s3cr3t"
+                                                      for f in manifest.files})
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def test_a_pulled_version_is_verified_and_a_tampered_store_object_is_refused(sshd, tmp_path):
+    import shutil
+
+    from serving_sync import manifest as mf
+    from serving_sync.errors import VerifyFailed
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    served = _Served(model)
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(sshd, base)
+    try:
+        r = publish(t, "digits", 1, model, m, pull=served.pull(m))
+        assert r.status == "pulled" and r.store == "s3://bucket/p"
+        assert 0 < r.bytes_transferred < m.total_size / 10          # the URL list, not the model
+        assert t.verify("digits/1", m) == []
+        assert (base / "digits/1/assets/empty-dir").is_dir()
+        # an object changed in the store after the upload (same size): refused, nothing numeric
+        tampered = tmp_path / "tampered"
+        shutil.copytree(model, tampered)
+        p = tampered / "variables" / "variables.index"
+        p.write_bytes(bytes(b ^ 1 for b in p.read_bytes()))
+        served.close()
+        served = _Served(tampered)
+        with pytest.raises(VerifyFailed) as e:
+            publish(t, "digits", 2, model, m, pull=served.pull(m))
+        assert "sha256 mismatch for variables/variables.index" in e.value.message
+        assert "Signature" not in e.value.message
+        assert not (base / "digits/2").exists() and incoming_dirs(t, "digits") == []
+    finally:
+        t.close()
+        served.close()
+
+
+def _bin(tmp_path, tools):
+    import shutil
+
+    d = tmp_path / "bin"
+    d.mkdir()
+    for tool in tools:
+        if (path := shutil.which(tool)) is not None:
+            (d / tool).symlink_to(path)
+    return d
+
+
+@pytest.mark.parametrize("fetcher", ["wget", None])
+def test_the_fetch_script_uses_wget_without_curl_and_says_when_it_has_neither(fetcher, tmp_path):
+    import shutil
+    import subprocess
+
+    from serving_sync import manifest as mf
+    from serving_sync.transports.ssh_scripts import parse_output
+    from tests.test_sync_support import make_model_tree
+
+    if fetcher and shutil.which(fetcher) is None:
+        pytest.skip(f"SKIPPED LOUDLY: {fetcher} is not installed on this machine (Debian package {fetcher})")
+    tools = ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm"] + ([fetcher] if fetcher else [])
+    path = _bin(tmp_path, tools)
+    model = make_model_tree(tmp_path / "model", n_assets=2)
+    m = mf.build(model)
+    served = _Served(model)
+    try:
+        dest = tmp_path / "host" / "digits" / ".incoming-1"
+        from serving_sync.transports.ssh_scripts import fetch_script
+
+        proc = subprocess.run([str(path / "sh"), "-c", fetch_script(str(dest.parent), str(dest), 10_000)],
+                              input=served.pull(m).script_input(), capture_output=True, timeout=60,
+                              env={"PATH": str(path)})
+    finally:
+        served.close()
+    res = parse_output(proc.stdout)
+    if fetcher is None:
+        assert "@nofetch" in res.flags and not dest.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert mf.compare(m, res.listing) == []
