@@ -216,7 +216,7 @@ def run(*, seconds: float, clients: list[int], batches: list[int], max_requests:
     try:
         base, images = build_model_dir(root)
         config = (f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{base}" '
-                  'model_platform: "tensorflow" }} }}\n')
+                  'model_platform: "tensorflow" } }\n')
         srv = factory(root / "serving", config)
         srv.wait_for_state(MODEL, 1, "AVAILABLE")
         senders = Senders(srv, input_alias(srv))

@@ -171,10 +171,14 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
 
 
 EMPTY_MODELS_CONFIG = "model_config_list {\n}\n"
+# TF Serving's Prometheus page, as serving_host/install_server.sh enables it on real hosts: a canary
+# bake (`mlops sync deploy --bake S`) reads it.
+METRICS_PATH = "/monitoring/prometheus/metrics"
+MONITORING_CONFIG = f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n'
 
 
 def model_server_command(*, base: Path, rest_port: int, grpc_port: int,
-                         config_poll_seconds: int = 1) -> list[str]:
+                         config_poll_seconds: int = 1, monitoring_config: Path | None = None) -> list[str]:
     """The local TF-Serving-compatible server with the flags the embedded default uses.
 
     Failed loads end at once (``--max_num_load_retries=0``): versions are verified before they
@@ -186,7 +190,8 @@ def model_server_command(*, base: Path, rest_port: int, grpc_port: int,
             f"--model_config_file_poll_wait_seconds={config_poll_seconds}",
             "--file_system_poll_wait_seconds=1",
             "--max_num_load_retries=0",
-            "--allow_version_labels_for_unavailable_models=true"]
+            "--allow_version_labels_for_unavailable_models=true",
+            *([f"--monitoring_config_file={monitoring_config}"] if monitoring_config else [])]
 
 
 def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: int,
@@ -207,8 +212,10 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
         if port_in_use(port):
             raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; set {what} to a free port")
     url = f"http://127.0.0.1:{rest_port}"
+    monitoring = state / f"{name}.monitoring.config"
+    monitoring.write_text(MONITORING_CONFIG)
     cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port,
-                               config_poll_seconds=config_poll_seconds)
+                               config_poll_seconds=config_poll_seconds, monitoring_config=monitoring)
     svc, _ = spawn(name, cmd, state=state, url=url, health_url=f"{url}/v1/models/__probe__",
                    ok=(404,))
     return svc

@@ -92,6 +92,7 @@ class StoreCopies:
         from .publish import publish
         from .transports.s3 import S3Transport
 
+        expiry()     # a bad MLOPS_STORE_URL_EXPIRY is refused before anything is uploaded
         with self._lock:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)

@@ -27,5 +27,9 @@ def test_demo_runs_the_whole_flow_and_leaves_services_running(demo_flow):
     request = json.loads((home / "demo" / "request.json").read_text())
     r = requests.post(f"{serving.url}/v1/models/demo-model:predict", json=request, timeout=10)
     assert r.status_code == 200 and len(r.json()["predictions"]) == len(request["instances"])
+    # the local host serves TF Serving's Prometheus page, as install_server.sh enables it on real hosts
+    page = requests.get(f"{serving.url}/monitoring/prometheus/metrics", timeout=10)
+    assert page.status_code == 200
+    assert ':tensorflow:serving:request_count{model_name="demo-model",status="OK"}' in page.text
     assert requests.get(f"{mlflow.url}/health", timeout=10).status_code == 200
     assert f"{serving.url}/v1/models/demo-model:predict" in out and "mlops sync rollback" in out

@@ -279,3 +279,17 @@ def test_the_fetch_script_uses_wget_without_curl_and_says_when_it_has_neither(fe
         return
     assert proc.returncode == 0, proc.stderr
     assert mf.compare(m, res.listing) == []
+
+
+@pytest.mark.parametrize("raw, ok", [(None, 900.0), ("60", 60.0), ("0", None), ("abc", None), ("700000", None)])
+def test_presigned_url_expiry_setting(raw, ok, monkeypatch):
+    if raw is None:
+        monkeypatch.delenv("MLOPS_STORE_URL_EXPIRY", raising=False)
+    else:
+        monkeypatch.setenv("MLOPS_STORE_URL_EXPIRY", raw)
+    if ok is not None:
+        assert store.expiry() == ok
+    else:
+        with pytest.raises(ConfigError) as e:
+            store.expiry()
+        assert "MLOPS_STORE_URL_EXPIRY" in e.value.message
