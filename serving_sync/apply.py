@@ -13,7 +13,6 @@ from mlops_common import log
 
 from . import cancel, host_config
 from . import models_config as mc
-from .layout import MODELS_CONFIG
 from .tfs_client import WaitVerdict, gone_verdict
 from .transports.base import Transport
 
@@ -40,13 +39,8 @@ def apply_text(host, transport: Transport, text: str, *, timeout: float) -> bool
     """
     from .errors import HostUnreachable, ServingError
 
-    try:
-        current = transport.read_file(MODELS_CONFIG).decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        current = None
-    if current == text:
+    if not host_config.write_text(transport, text):
         return False
-    transport.write_file_atomic(MODELS_CONFIG, text.encode("utf-8"))
     try:
         reload(host, text, timeout=timeout)
     except (HostUnreachable, ServingError) as exc:

@@ -12,26 +12,36 @@ from .transports.base import Transport
 
 def read(transport: Transport) -> mc.ServingConfig:
     """The host's current config (empty when the file does not exist yet)."""
+    text = read_text(transport)
+    return mc.ServingConfig() if text is None else mc.parse(text, f"{transport.url}/{MODELS_CONFIG}")
+
+
+def read_text(transport: Transport) -> str | None:
+    """The exact models.config text (None: the file does not exist yet); not UTF-8 is one line."""
     try:
         data = transport.read_file(MODELS_CONFIG)
     except FileNotFoundError:
-        return mc.ServingConfig()
+        return None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         from mlops_common.errors import ConfigError
 
         raise ConfigError(f"{transport.url}/{MODELS_CONFIG} is not UTF-8 text; fix it by hand") from None
-    return mc.parse(text, f"{transport.url}/{MODELS_CONFIG}")
 
 
 def write(transport: Transport, config: mc.ServingConfig) -> tuple[str, bool]:
     """Write ``config``; returns (text, changed). Unchanged content is not rewritten."""
     text = mc.render(config)
+    return text, write_text(transport, text)
+
+
+def write_text(transport: Transport, text: str) -> bool:
+    """The one writer of models.config: this exact text, atomically, unless it is already there."""
     try:
         if transport.read_file(MODELS_CONFIG).decode("utf-8", errors="replace") == text:
-            return text, False
+            return False
     except FileNotFoundError:
         pass
     transport.write_file_atomic(MODELS_CONFIG, text.encode("utf-8"))
-    return text, True
+    return True

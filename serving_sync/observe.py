@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import host_config
 from . import models_config as mc
 from . import verified as verified_record
 from .layout import MODELS_CONFIG
@@ -22,26 +23,13 @@ class Observed:
     config_text: str | None          # None: the file did not exist
 
 
-def read_config_text(transport: Transport) -> str | None:
-    from mlops_common.errors import ConfigError
-
-    try:
-        data = transport.read_file(MODELS_CONFIG)
-    except FileNotFoundError:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{transport.url}/{MODELS_CONFIG} is not UTF-8 text; fix it by hand") from None
-
-
 def _states(client, name: str) -> dict[int, str]:
     return {s.version: s.state for s in client.model_status(name)}
 
 
 def observe_host(host, transport: Transport, client, model: str, *, label: str = STABLE) -> Observed:
     """Read ``host``'s state for ``model`` (config file, TF Serving, published, verified)."""
-    text = read_config_text(transport)
+    text = host_config.read_text(transport)
     config = mc.parse(text or "", f"{transport.url}/{MODELS_CONFIG}")
     base_path = mc.model_base_path(host.serving_base_path(), model)
     main = config.entry(model)
