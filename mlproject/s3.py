@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
-from mlops_common import settings
+from mlops_common import s3 as s3_factory
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
 
 MAX_KEYS = 10_000  # bound on how many objects one listing may return
@@ -27,18 +27,8 @@ def parse_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def endpoint_url() -> str | None:
-    return settings.env("MLFLOW_S3_ENDPOINT_URL") or settings.env("AWS_ENDPOINT_URL")
-
-
-def client():
-    import boto3
-    from botocore.config import Config
-
-    endpoint = endpoint_url()
-    config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
-                    s3={"addressing_style": "path"} if endpoint else {})
-    return boto3.client("s3", endpoint_url=endpoint, config=config)
+endpoint_url = s3_factory.endpoint_url
+client = s3_factory.client
 
 
 @contextlib.contextmanager

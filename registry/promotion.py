@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from mlops_common import lineage, log
-from mlops_common.errors import NotFoundError, RefusedError, UserError
+from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
 from . import description, faultpoint, tags, versions
 from .ledger import Entry, Ledger
@@ -384,3 +384,29 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     if moved_alias:     # `to` keeps the approver it had; both descriptions show the rollback
         description.refresh_quietly(model, to, failed)
     return promo
+
+
+def version_for_pipeline(model: str, pipeline_id: str, version: int | None = None) -> int:
+    """The version a CircleCI pipeline may promote: the one it registered (tag ``pipeline_id``),
+    never whatever ``candidate`` points at now; ``version``, when given, must be that one."""
+    found = versions.find_by_tag(tags.PIPELINE_ID, pipeline_id)
+    mine = [i for i in found if i.model == model]
+    if version is not None:
+        if any(i.version == version for i in mine):
+            return version
+        info = versions.get_version(model, version)  # NotFoundError if it does not exist at all
+        tagged = info.tags.get(tags.PIPELINE_ID)
+        raise RefusedError(f"version {version} of '{model}' was registered by "
+                           f"{'pipeline ' + tagged if tagged else 'no CircleCI pipeline'}, not by "
+                           f"pipeline {pipeline_id}; refusing to promote another pipeline's version")
+    if len(mine) == 1:
+        return mine[0].version
+    if len(mine) > 1:
+        raise ConfigError(f"CircleCI pipeline {pipeline_id} registered several versions of '{model}' "
+                          f"({', '.join('v' + str(i.version) for i in mine)}); promote one with --version N")
+    if found:
+        others = ", ".join(f"'{i.model}' v{i.version}" for i in found)
+        raise ConfigError(f"CircleCI pipeline {pipeline_id} registered {others}, not a version of "
+                          f"'{model}'; check --model-name / MLOPS_MODEL_NAME")
+    raise NotFoundError(f"no version of any registered model is tagged pipeline_id={pipeline_id}; "
+                        f"check the pipeline id (the train job of that pipeline registers it)")

@@ -69,6 +69,17 @@ def _events(wh) -> list[str]:
     return out
 
 
+MIN_SECRET_CHARS = 16
+
+
+def check_secret_strength(secret: str, env_name: str) -> None:
+    """One rule for both ends of a webhook: MLflow's sender (``ensure_webhook``) and the receiver
+    of ``mlops sync watch`` (``serving_sync.webhook.Receiver``)."""
+    if len(secret) < MIN_SECRET_CHARS:
+        raise RefusedError(f"{env_name} is too short ({len(secret)} characters); use a random "
+                           f"secret of at least {MIN_SECRET_CHARS} characters")
+
+
 def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str = DEFAULT_NAME,
                    description: str | None = None) -> WebhookInfo:
     """Create the webhook ``name`` for ``model_version_alias.created``, or update it in place."""
@@ -84,9 +95,7 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
     if secret is None:
         raise ConfigError(f"{secret_env} is not set: export the HMAC secret shared with the deploy "
                           f"receiver in that variable (it is read from the environment only)")
-    if len(secret) < 16:
-        raise RefusedError(f"{secret_env} is too short ({len(secret)} characters); use a random "
-                           f"secret of at least 16 characters")
+    check_secret_strength(secret, secret_env)
     if secret in url:
         raise RefusedError("the webhook URL contains the secret; keep the secret out of URLs")
     description = description or "tfmodel-delivery: deploy when the production alias moves"

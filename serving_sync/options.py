@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import retention
 from .bake import Limits
 from .smoke import SmokeOptions
 
@@ -12,7 +13,7 @@ class DeployOptions:
     timeout: float = 120.0                   # every wait is bounded by this
     smoke: SmokeOptions = field(default_factory=SmokeOptions)
     keep_previous: bool = True
-    keep: int = 3                            # retention: published versions kept per model
+    keep: int = retention.DEFAULT_KEEP       # published versions kept per model
     label: str = "stable"
     json_mode: bool = False                  # no progress bar
     poll_interval: float = 0.2

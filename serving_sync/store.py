@@ -132,8 +132,6 @@ def _signer(store: Store):
     """A boto3 client that signs for the endpoint the hosts use (``store_endpoint``), else None."""
     if store.endpoint is None:
         return None
-    import boto3
-    from botocore.config import Config
+    from mlops_common import s3
 
-    return boto3.client("s3", endpoint_url=store.endpoint, config=Config(s3={"addressing_style": "path"},
-                                                                           signature_version="s3v4"))
+    return s3.client(endpoint=store.endpoint, signature_version="s3v4")

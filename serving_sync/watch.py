@@ -116,3 +116,49 @@ class FailedVersions:
 
     def add(self, version: int) -> None:
         self.failed.add(version)
+
+
+class FleetReconciler:
+    """One pass of ``mlops sync watch``: plan the fleet against ``production`` and deploy when the
+    hosts differ, with the same rollout as ``mlops sync deploy``. A version whose deploy failed
+    (in this watch, or recorded since its last promotion) is skipped until production moves; a
+    named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on."""
+
+    def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
+                 recorded: Callable[[int], bool] | None = None):
+        if recorded is None:
+            from registry import deploys
+
+            def recorded(v: int) -> bool:
+                return deploys.failed_since_promoted(model, v)
+        self.model, self.hosts, self.opts, self.lock_wait = model, hosts, opts, lock_wait
+        self.failed = FailedVersions(recorded=recorded)
+        self._break_lock = break_lock
+
+    def __call__(self) -> tuple[str, int | None, str]:
+        from mlops_common.errors import DeployFailed
+
+        from . import fleet
+
+        fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts)
+        if fp.errors:
+            return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
+        if fp.up_to_date:
+            return "up_to_date", fp.version, f"hosts serve v{fp.version}"
+        if self.failed.skip(fp.version):
+            return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
+                                           f"last promotion); waiting for production to move")
+        token, self._break_lock = self._break_lock, None
+        try:
+            r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait)
+        except DeployFailed as exc:
+            self.failed.add(fp.version)
+            return "failed", fp.version, exc.message
+        return r.status, r.version, r.message
+
+    def production_moved(self, event: dict) -> None:
+        """A verified webhook: the version it names may be tried again (a person promoted it)."""
+        try:
+            self.failed.failed.discard(int((event.get("data") or {}).get("version")))
+        except (TypeError, ValueError):
+            pass

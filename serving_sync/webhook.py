@@ -169,9 +169,13 @@ class Receiver:
 
     def __init__(self, secret: str, model: str, trigger: Callable[[dict], None], *, host: str = "127.0.0.1",
                  port: int = 0, clock=None, max_age: float = MAX_AGE_SECONDS, timeout: float = 10.0,
-                 max_connections: int = 256, workers: int = 2):
+                 max_connections: int = 256, workers: int = 2, secret_env: str = "MLOPS_WEBHOOK_SECRET"):
         import socket
         import time
+
+        from registry.webhooks import check_secret_strength
+
+        check_secret_strength(secret, secret_env)
 
         self.secret, self.model, self.trigger = secret, model, trigger
         self.clock = clock or time.time

@@ -1,8 +1,9 @@
 """`mlops data`: make demo/test batches of new data, and validate batches before training."""
 from __future__ import annotations
 
-import json
 import sys
+
+from mlops.commands import output
 
 DATASET_HELP = "base data set: digits (bundled, offline; default) or fashion_mnist (downloaded by Keras)"
 
@@ -66,7 +67,7 @@ def cmd_make_batch(args) -> int:
     if args.kind == "bad":
         result["repeats"] = repeats
     if args.json:
-        print(json.dumps(result))
+        output.emit(result)
     else:
         how = (f"held-back samples x{repeats}, labels shuffled" if args.kind == "bad"
                else "held-back samples, correct labels")
@@ -84,8 +85,7 @@ def cmd_validate(args) -> int:
         report = batches.inspect_batches(args.location, args.dataset)
     bad = [r for r in report if not r["ok"]]
     if args.json:
-        print(json.dumps({"location": args.location, "dataset": args.dataset, "ok": not bad,
-                          "batches": report}))
+        output.emit({"location": args.location, "dataset": args.dataset, "ok": not bad, "batches": report})
     else:
         for r in report:
             print(f"ok   {r['source']}: {r['n']} examples" if r["ok"] else f"FAIL {r['source']}")

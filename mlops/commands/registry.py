@@ -6,12 +6,11 @@ Heavy imports stay inside the command functions.
 """
 from __future__ import annotations
 
-import json
 import sys
 
-from mlops.commands import flags
+from mlops.commands import flags, output
 from mlops_common import settings
-from mlops_common.errors import ConfigError, GateFailed, NotFoundError, RefusedError
+from mlops_common.errors import ConfigError, GateFailed
 
 _ENV_EPILOG = ("Environment: MLFLOW_TRACKING_URI (MLflow server), MLOPS_MODEL_NAME (default model), "
                "MLOPS_LEDGER_URL (ledger database; default sqlite file in MLOPS_HOME).")
@@ -157,8 +156,6 @@ def register(sub) -> None:
     wc.set_defaults(func=cmd_webhook_create)
 
 
-def _emit_json(doc) -> None:
-    print(json.dumps(doc, indent=2, default=str))
 
 
 def _evaluator(model: str):
@@ -186,7 +183,7 @@ def cmd_gate(args) -> int:
         junit.write(args.junit, f"quality-gate.{model}.v{outcome.version}",
                     [junit.Case(c["rule"], c["passed"], c["message"]) for c in outcome.report["checks"]])
     if args.json:
-        _emit_json(outcome.report)
+        output.emit(outcome.report)
     else:
         print(outcome.markdown)
     if not outcome.passed:
@@ -196,35 +193,9 @@ def cmd_gate(args) -> int:
     return 0
 
 
-def _version_for_pipeline(model: str, pipeline_id: str, version: int | None) -> int:
-    from registry import tags, versions
-
-    found = versions.find_by_tag(tags.PIPELINE_ID, pipeline_id)
-    mine = [i for i in found if i.model == model]
-    if version is not None:
-        if any(i.version == version for i in mine):
-            return version
-        info = versions.get_version(model, version)  # NotFoundError if it does not exist at all
-        tagged = info.tags.get(tags.PIPELINE_ID)
-        raise RefusedError(f"version {version} of '{model}' was registered by "
-                           f"{'pipeline ' + tagged if tagged else 'no CircleCI pipeline'}, not by "
-                           f"pipeline {pipeline_id}; refusing to promote another pipeline's version")
-    if len(mine) == 1:
-        return mine[0].version
-    if len(mine) > 1:
-        raise ConfigError(f"CircleCI pipeline {pipeline_id} registered several versions of '{model}' "
-                          f"({', '.join('v' + str(i.version) for i in mine)}); promote one with --version N")
-    if found:
-        others = ", ".join(f"'{i.model}' v{i.version}" for i in found)
-        raise ConfigError(f"CircleCI pipeline {pipeline_id} registered {others}, not a version of "
-                          f"'{model}'; check --model-name / MLOPS_MODEL_NAME")
-    raise NotFoundError(f"no version of any registered model is tagged pipeline_id={pipeline_id}; "
-                        f"check the pipeline id (the train job of that pipeline registers it)")
-
-
 def _print_move(args, result, verb: str) -> None:
     if args.json:
-        _emit_json(result.to_dict())
+        output.emit(result.to_dict())
         return
     prev = f"v{result.from_version}" if result.from_version is not None else "(none)"
     if not result.moved:
@@ -245,7 +216,7 @@ def cmd_promote(args) -> int:
     if args.pipeline_id is not None:
         if not args.pipeline_id.strip():
             raise ConfigError("--pipeline-id is empty (is CIRCLE_PIPELINE_ID set in this job?)")
-        version = _version_for_pipeline(model, args.pipeline_id, args.version)
+        version = promotion.version_for_pipeline(model, args.pipeline_id, args.version)
     else:
         version = args.version
     actor = approver.resolve_actor(args.actor)
@@ -282,7 +253,7 @@ def cmd_history(args) -> int:
     entries = Ledger().entries(args.model, actions=tuple(args.action) if args.action else None,
                                limit=args.limit)
     if args.json:
-        _emit_json([e.to_dict() for e in entries])
+        output.emit([e.to_dict() for e in entries])
     else:
         print(history_table(entries))
     return 0
@@ -296,7 +267,7 @@ def cmd_status(args) -> int:
     rows = status_rows(model)
     agreement = check_agreement(model) if rows else None
     if args.json:
-        _emit_json({"model": model, "versions": rows,
+        output.emit({"model": model, "versions": rows,
                     "ledger": agreement.to_dict() if agreement else None})
     else:
         print(status_table(model, rows))
@@ -312,7 +283,7 @@ def cmd_reconcile(args) -> int:
     actor = approver.resolve_actor(args.actor)
     result = promotion.reconcile(model, actor=actor.name)
     if args.json:
-        _emit_json(result.to_dict())
+        output.emit(result.to_dict())
         return 0
     where = "(none)" if result.production is None else f"v{result.production}"
     if not result.rows:
@@ -327,7 +298,7 @@ def cmd_webhook_create(args) -> int:
 
     info = ensure_webhook(args.url, secret_env=args.secret_env, name=args.name)
     if args.json:
-        _emit_json(info.to_dict())
+        output.emit(info.to_dict())
     else:
         print(f"{'created' if info.created else 'updated'} webhook '{info.name}' ({info.id}): "
               f"{', '.join(info.events)} -> {info.url} [{info.status}], signed with ${args.secret_env}")

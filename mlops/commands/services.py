@@ -1,8 +1,7 @@
 """`mlops up` / `mlops down`: the embedded default's local services."""
 from __future__ import annotations
 
-import json
-
+from mlops.commands import output
 from mlops_common import settings
 
 
@@ -29,7 +28,7 @@ def cmd_up(args) -> int:
     state = settings.state_dir()
     svc = start_mlflow(state, port=args.port or settings.local_mlflow_port())
     if args.json:
-        print(json.dumps({"mlflow_ui": svc.url, "pid": svc.pid, "state_dir": str(state)}))
+        output.emit({"mlflow_ui": svc.url, "pid": svc.pid, "state_dir": str(state)})
     else:
         print(f"MLflow is up: {svc.url}  (state in {state}; log {svc.log})")
         print(f"Point other shells at it with: export MLFLOW_TRACKING_URI={svc.url}")

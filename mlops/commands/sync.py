@@ -9,14 +9,19 @@ stdout; progress on stderr). Heavy imports stay inside the command functions: ``
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import time
 
-from mlops.commands import flags
+from mlops.commands import flags, output
 from mlops_common import settings
 from mlops_common.errors import ConfigError
+from serving_sync.bake import Limits
+from serving_sync.options import DeployOptions
+from serving_sync.smoke import SmokeOptions
+
+# Flag defaults are the packages' own defaults (--help shows them), never a second copy.
+_DEPLOY, _SMOKE, _LIMITS = DeployOptions(), SmokeOptions(), Limits()
 
 _ENV = ("Hosts: --hosts FILE, else MLOPS_SYNC_TARGET + MLOPS_SYNC_REST_URL (one host), else "
         "MLOPS_HOSTS_FILE or $MLOPS_HOME/hosts.toml (see docs/architecture.md). Registry: "
@@ -31,25 +36,25 @@ def _common(p, *, hosts: bool = True) -> None:
 
 
 def _smoke_flags(p) -> None:
-    p.add_argument("--atol", type=flags.number, default=1e-4, metavar="A",
-                   help="allowed absolute difference from the golden outputs (default 1e-4)")
-    p.add_argument("--latency-requests", type=flags.positive_int, default=20, metavar="N",
-                   help="requests for the latency check (default 20)")
-    p.add_argument("--latency-budget-ms", type=flags.number, default=500.0, metavar="MS",
-                   help="p95 latency budget in milliseconds (default 500)")
+    p.add_argument("--atol", type=flags.number, default=_SMOKE.atol, metavar="A",
+                   help="allowed absolute difference from the golden outputs (default %(default)g)")
+    p.add_argument("--latency-requests", type=flags.positive_int, default=_SMOKE.requests, metavar="N",
+                   help="requests for the latency check (default %(default)s)")
+    p.add_argument("--latency-budget-ms", type=flags.number, default=_SMOKE.budget_ms, metavar="MS",
+                   help="p95 latency budget in milliseconds (default %(default)g)")
 
 
 def _deploy_flags(p) -> None:
-    p.add_argument("--timeout", type=flags.seconds, default=120.0, metavar="S",
-                   help="bound on every wait (loading, label switch, unloading; default 120)")
+    p.add_argument("--timeout", type=flags.seconds, default=_DEPLOY.timeout, metavar="S",
+                   help="bound on every wait (loading, label switch, unloading; default %(default)g)")
     p.add_argument("--break-lock", metavar="TOKEN", default=None,
                    help="take over the host lock with this token (shown in the error) even though it "
                         "is not stale; a lock silent for MLOPS_LOCK_TTL (default 10 min) or whose "
                         "process died on this machine is taken over without it")
     p.add_argument("--lock-wait", type=flags.seconds, default=0.0, metavar="S",
                    help="wait up to S seconds for another deploy's lock (default 0: fail at once)")
-    p.add_argument("--keep", type=flags.positive_int, default=3, metavar="N",
-                   help="published versions kept per model after a deploy (default 3; the serving "
+    p.add_argument("--keep", type=flags.positive_int, default=_DEPLOY.keep, metavar="N",
+                   help="published versions kept per model after a deploy (default %(default)s; the serving "
                         "and previous versions are always kept)")
     p.add_argument("--no-keep-previous", action="store_true",
                    help="unload the previous version after the switch (default: keep it loaded for an "
@@ -59,16 +64,16 @@ def _deploy_flags(p) -> None:
 
 
 # Rollout settings: flag, else environment, else default (docs/architecture.md, "Rollout").
-_BAKE_ENV = {"bake": ("MLOPS_BAKE_SECONDS", flags.seconds, 0.0),
-             "max_error_rate": ("MLOPS_BAKE_MAX_ERROR_RATE", flags.fraction, 0.01),
-             "max_latency_ratio": ("MLOPS_BAKE_MAX_LATENCY_RATIO", flags.number, 1.5),
-             "min_requests": ("MLOPS_BAKE_MIN_REQUESTS", flags.positive_int, 20),
-             "on_low_traffic": ("MLOPS_BAKE_ON_LOW_TRAFFIC", str, "pass")}
+_BAKE_ENV = {"bake": ("MLOPS_BAKE_SECONDS", flags.seconds, _DEPLOY.bake),
+             "max_error_rate": ("MLOPS_BAKE_MAX_ERROR_RATE", flags.fraction, _LIMITS.max_error_rate),
+             "max_latency_ratio": ("MLOPS_BAKE_MAX_LATENCY_RATIO", flags.number, _LIMITS.max_latency_ratio),
+             "min_requests": ("MLOPS_BAKE_MIN_REQUESTS", flags.positive_int, _LIMITS.min_requests),
+             "on_low_traffic": ("MLOPS_BAKE_ON_LOW_TRAFFIC", str, _LIMITS.on_low_traffic)}
 
 
 def _rollout_flags(p, *, plan_only: bool = False) -> None:
-    p.add_argument("--parallel", type=flags.positive_int, default=8, metavar="N",
-                   help="prepare at most N hosts at once (default 8)")
+    p.add_argument("--parallel", type=flags.positive_int, default=_DEPLOY.parallel, metavar="N",
+                   help="prepare at most N hosts at once (default %(default)s)")
     p.add_argument("--canary", type=flags.non_negative_int, metavar="N",
                    help="hosts that switch first and are judged on live traffic (default 1 when two or more "
                         "hosts change; 0: none)")
@@ -150,7 +155,8 @@ def register(sub) -> None:
                                   "deploy would run. No lock is taken and nothing is written. Exits 1 "
                                   "when a host cannot be observed.", epilog=_ENV)
     pl.add_argument("--version", type=flags.version_number, metavar="N", help="plan this version instead of production")
-    pl.add_argument("--keep", type=flags.positive_int, default=3, metavar="N", help="retention (default 3)")
+    pl.add_argument("--keep", type=flags.positive_int, default=_DEPLOY.keep, metavar="N",
+                    help="retention (default %(default)s)")
     pl.add_argument("--no-keep-previous", action="store_true", help="plan without keeping the previous version")
     _rollout_flags(pl)
     _common(pl)
@@ -224,15 +230,14 @@ def register(sub) -> None:
     iv.add_argument("--server", choices=("auto", "docker", "local"), default="auto",
                     help="which TF Serving to use (default auto)")
     iv.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
-    iv.add_argument("--timeout", type=flags.seconds, default=120.0, metavar="S", help="bound on loading (default 120)")
+    iv.add_argument("--timeout", type=flags.seconds, default=_DEPLOY.timeout, metavar="S",
+                    help="bound on loading (default %(default)g)")
     _smoke_flags(iv)
     _common(iv, hosts=False)
     iv.set_defaults(func=cmd_infra_validate)
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def _emit(doc) -> None:
-    print(json.dumps(doc, indent=2, default=str))
 
 
 def _smoke_options(args):
@@ -321,7 +326,7 @@ def _deploy_and_print(args, model, hosts, *, version=None, reason=None):
                               break_lock=args.break_lock, lock_wait=args.lock_wait, reason=reason)
     except DeployFailed as exc:
         if args.json and getattr(exc, "result", None) is not None:
-            _emit(exc.result.to_dict())
+            output.emit(exc.result.to_dict())
         raise
     return result
 
@@ -336,7 +341,7 @@ def _deploy_command(args) -> int:
     model = settings.model_name(args.model_name)
     result = _deploy_and_print(args, model, _hosts(args), version=args.version, reason=args.reason)
     if args.json:
-        _emit(result.to_dict())
+        output.emit(result.to_dict())
     else:
         _print_deploy(result)
     return 0
@@ -348,7 +353,7 @@ def cmd_plan(args) -> int:
     model = settings.model_name(args.model_name)
     fp = plan_fleet(model, _hosts(args), version=args.version, opts=_deploy_options(args))
     if args.json:
-        _emit(fp.to_dict())
+        output.emit(fp.to_dict())
     else:
         src = "production" if fp.source == "production" else "--version"
         print(f"plan for v{fp.version} of '{model}' ({src}):")
@@ -417,7 +422,7 @@ def cmd_status(args) -> int:
     statuses = [host_status(h, model, production) for h in hosts]
     in_sync = all(s.in_sync for s in statuses)
     if args.json:
-        _emit({"model": model, "production": production, "in_sync": in_sync,
+        output.emit({"model": model, "production": production, "in_sync": in_sync,
                "hosts": [s.to_dict() for s in statuses]})
     else:
         print(f"'{model}': production is {f'v{production}' if production is not None else '(none)'}")
@@ -452,7 +457,7 @@ def cmd_smoke(args) -> int:
                     [junit.Case(f"{r.host}.{c.name}", c.passed, c.message, c.seconds)
                      for r in reports for c in r.checks])
     if args.json:
-        _emit({"model": model, "version": version, "via": args.via, "passed": all(r.passed for r in reports),
+        output.emit({"model": model, "version": version, "via": args.via, "passed": all(r.passed for r in reports),
                "hosts": [r.to_dict() for r in reports]})
     else:
         for r in reports:
@@ -494,7 +499,7 @@ def _rollback_command(args, start: float) -> int:
     answered = result.answered_after(start)
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
     if args.json:
-        _emit({"registry": promo.to_dict(), "deploy": result.to_dict(),
+        output.emit({"registry": promo.to_dict(), "deploy": result.to_dict(),
                "seconds_to_old_outputs": answered, "switch_seconds": switch,
                "seconds": round(time.monotonic() - start, 3)})
         return 0
@@ -505,58 +510,37 @@ def _rollback_command(args, start: float) -> int:
     return 0
 
 
-def cmd_watch(args) -> int:
-    from mlops_common.errors import DeployFailed
-    from registry import deploys
-    from serving_sync import fleet
-    from serving_sync.watch import FailedVersions, Watcher
+def _start_receiver(args, model: str, reconcile, watcher):
+    """The webhook endpoint of ``sync watch``: a verified event wakes the loop at once."""
     from serving_sync.webhook import Receiver
 
+    secret = settings.env("MLOPS_WEBHOOK_SECRET")
+    if not secret:
+        raise ConfigError("--webhook-port needs MLOPS_WEBHOOK_SECRET (the HMAC secret of the MLflow "
+                          "webhook; environment only)")
+
+    def on_event(event: dict) -> None:
+        reconcile.production_moved(event)
+        watcher.trigger("webhook")
+
+    try:
+        receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} ({exc.strerror}); "
+                          f"choose another --webhook-port") from None
+    print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
+    return receiver
+
+
+def cmd_watch(args) -> int:
+    from serving_sync.watch import FleetReconciler, Watcher
+
     model = settings.model_name(args.model_name)
-    hosts = _hosts(args)
-    opts = _deploy_options(args)
-    failed = FailedVersions(recorded=lambda v: deploys.failed_since_promoted(model, v))
-    break_lock = [args.break_lock]    # named takeover: first pass only, never carried over
-
-    def reconcile():
-        fp = fleet.plan_fleet(model, hosts, opts=opts)
-        if fp.errors:
-            return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
-        if fp.up_to_date:
-            return "up_to_date", fp.version, f"hosts serve v{fp.version}"
-        if failed.skip(fp.version):
-            return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
-                                           f"last promotion); waiting for production to move")
-        try:
-            token, break_lock[0] = break_lock[0], None
-            r = fleet.deploy(model, hosts, opts=opts, break_lock=token, lock_wait=args.lock_wait)
-        except DeployFailed as exc:
-            failed.add(fp.version)
-            return "failed", fp.version, exc.message
-        return r.status, r.version, r.message
-
+    reconcile = FleetReconciler(model, _hosts(args), _deploy_options(args), lock_wait=args.lock_wait,
+                                break_lock=args.break_lock)
     watcher = Watcher(reconcile, interval=args.interval, max_seconds=args.max_seconds, once=args.once)
-    receiver = None
-    if args.webhook_port is not None:
-        secret = settings.env("MLOPS_WEBHOOK_SECRET")
-        if not secret:
-            raise ConfigError("--webhook-port needs MLOPS_WEBHOOK_SECRET (the HMAC secret of the MLflow "
-                              "webhook; environment only)")
-        if len(secret) < 16:
-            raise ConfigError(f"MLOPS_WEBHOOK_SECRET is too short ({len(secret)} characters); use a random "
-                              f"secret of at least 16 characters")
+    receiver = _start_receiver(args, model, reconcile, watcher) if args.webhook_port is not None else None
 
-        def on_event(event: dict) -> None:
-            with contextlib.suppress(TypeError, ValueError):
-                failed.failed.discard(int((event.get("data") or {}).get("version")))
-            watcher.trigger("webhook")
-
-        try:
-            receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port).start()
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} ({exc.strerror}); "
-                              f"choose another --webhook-port") from None
-        print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
     def graceful(name: str) -> None:   # first signal: finish the current pass, then stop
         print(f"{name}: stopping after the current pass (send it again to interrupt a deploy in progress)",
               file=sys.stderr, flush=True)
@@ -572,8 +556,15 @@ def cmd_watch(args) -> int:
         if receiver is not None:
             receiver.stop()
             watcher.result.webhook = {"url": receiver.url, **dict(receiver.counts)}
+    return _report_watch(args, result)
+
+
+def _report_watch(args, result) -> int:
+    """Print the passes; with ``--once`` a failed or impossible pass is the command's error."""
+    from mlops_common.errors import DeployFailed
+
     if args.json:
-        _emit(result.to_dict())
+        output.emit(result.to_dict())
     else:
         for p in result.passes:
             print(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
@@ -613,7 +604,7 @@ def cmd_infra_validate(args) -> int:
         junit.write(args.junit, f"infra-validate.{model}.v{args.version}",
                     [junit.Case(c.name, c.passed, c.message, c.seconds) for c in result.checks])
     if args.json:
-        _emit(result.to_dict())
+        output.emit(result.to_dict())
     else:
         for c in result.checks:
             print(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.message}")

@@ -6,10 +6,9 @@ document with --json).
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 
-from mlops.commands import flags
+from mlops.commands import flags, output
 
 
 def _training_args(p, *, retrain: bool) -> None:
@@ -77,7 +76,7 @@ def _params(args):
 
 def _report(result: dict, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(result))
+        output.emit(result)
         return 0
     m = result["metrics"]
     origin = ""
@@ -130,7 +129,7 @@ def cmd_evaluate(args) -> int:
         ev = evaluate_version(name, args.version, dataset=args.dataset)
         log_to_active_project_run(ev)
     if args.json:
-        print(json.dumps(ev.to_dict()))
+        output.emit(ev.to_dict())
     else:
         print(f"{ev.model_uri} on the {ev.dataset} held-out set (n={ev.n}): accuracy {ev.accuracy:.4f}, "
               f"loss {ev.loss:.4f}")

@@ -24,7 +24,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from mlops_common import log, settings
+from mlops_common import log
 from mlops_common.errors import UserError
 
 from ..errors import AuthFailed, HostPermissionDenied, HostUnreachable
@@ -62,18 +62,11 @@ class S3Transport(Transport):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
+            from mlops_common import s3
 
-            endpoint = settings.env("MLFLOW_S3_ENDPOINT_URL") or settings.env("AWS_ENDPOINT_URL")
-            self._client = boto3.client(
-                "s3", endpoint_url=endpoint,
-                config=Config(s3={"addressing_style": "path"} if endpoint else {},
-                              retries={"max_attempts": 4, "mode": "standard"},
-                              connect_timeout=10, read_timeout=120,
-                              max_pool_connections=WORKERS + 2,
-                              request_checksum_calculation="when_required",
-                              response_checksum_validation="when_required"))
+            self._client = s3.client(read_timeout=120, max_attempts=4, max_pool_connections=WORKERS + 2,
+                                     request_checksum_calculation="when_required",
+                                     response_checksum_validation="when_required")
         return self._client
 
     def _key(self, rel: str) -> str:
