@@ -1,0 +1,10 @@
+"""The one ``--json`` printer of every command."""
+from __future__ import annotations
+
+import json
+
+
+def emit(doc) -> None:
+    """Exactly one JSON document on stdout, on one line (``jq``- and line-reader-friendly);
+    human progress goes to stderr."""
+    print(json.dumps(doc, default=str))
