@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from mlops_common import lineage, log
+from mlops_common import faultpoint, lineage, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
-from . import description, faultpoint, tags, versions
+from . import description, tags, versions
 from .ledger import Entry, Ledger
 from .promotion_rules import (
     Agreement,

@@ -52,18 +52,22 @@ def parse_text(text: str, path: str = "<text>"):
     return msg
 
 
-def read_file(path: str):
-    """Read and parse a ``models.config`` file."""
+def _read_text_proto(path: str) -> str:
+    """A config file's text, with TF Serving's errors for a missing, unreadable or non-UTF-8 file."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ServingError("NOT_FOUND", f"{path}; No such file or directory") from None
     except OSError as exc:
         raise ServingError("UNKNOWN", f"{path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
-    return parse_text(text, path)
+
+
+def read_file(path: str):
+    """Read and parse a ``models.config`` file."""
+    return parse_text(_read_text_proto(path), path)
 
 
 def single_model_proto(name: str, base_path: str):
@@ -221,13 +225,4 @@ def metrics_path(text: str, path: str = "<text>") -> str | None:
 
 def read_metrics_path(path: str) -> str | None:
     """``metrics_path`` of a ``--monitoring_config_file``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise ServingError("NOT_FOUND", f"{path}; No such file or directory") from None
-    except OSError as exc:
-        raise ServingError("UNKNOWN", f"{path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
-    return metrics_path(text, path)
+    return metrics_path(_read_text_proto(path), path)

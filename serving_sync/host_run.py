@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from mlops_common import log
+from mlops_common import faultpoint, log
 
-from . import apply, cancel, faultpoint, host_config, verified
+from . import apply, cancel, host_config, verified
 from . import models_config as mc
 from .errors import HostUnreachable, SmokeFailed
 from .observe import Observed
@@ -119,7 +119,7 @@ class HostRun:
                 raise StepFailed(name, step, exc) from exc
             self.outcome.steps.append({"kind": str(step.kind), "phase": str(step.kind.phase), "text": step.text,
                                        "seconds": round(time.monotonic() - start, 3)})
-            faultpoint.reached(f"after:{step.kind}")     # test hook, inert unless set
+            faultpoint.reached(f"after:{step.kind}", stop=cancel.requested)     # test hook, inert unless set
         if not self.plan.steps or (steps and steps[-1] is self.plan.steps[-1]):
             self.outcome.status = "deployed"
         return self.outcome
@@ -135,7 +135,7 @@ class HostRun:
         def sent(nbytes: int) -> None:        # an interrupt stops the upload between chunks
             cancel.check()
             progress(nbytes)
-            faultpoint.reached("during:publish")     # test hook, inert unless set
+            faultpoint.reached("during:publish", stop=cancel.requested)     # test hook, inert unless set
 
         pull = self._pull(self.host, manifest) if self._pull is not None else None
         result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent, pull=pull)

@@ -1,6 +1,6 @@
 """The real ``mlops sync deploy`` process SIGKILLed at each phase of a deploy, then run again.
 
-The deploy is held at a precise phase by the test hook of ``serving_sync.faultpoint`` (it writes
+The deploy is held at a precise phase by the test hook of ``mlops_common.faultpoint`` (it writes
 a marker file and waits), the test SIGKILLs its whole process group there — no signal handler,
 no ``finally`` can run — and then runs the deploy again. Throughout, a traffic loop sends
 unversioned and ``stable`` requests to the host: not one may fail, and every answer must be the

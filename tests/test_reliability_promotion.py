@@ -1,7 +1,7 @@
 """The ``production`` alias and the ledger agree whatever happens between the alias move and
 its record: MLflow's answer lost after it applied the move (a proxy forwards the alias write and
 drops the response), MLflow gone right after, or the promoting process SIGKILLed at the phases
-around the move (held there by ``registry.faultpoint``). ``mlops registry status`` shows every
+around the move (held there by ``mlops_common.faultpoint``). ``mlops registry status`` shows every
 disagreement; ``mlops registry reconcile`` records what happened, and the "previous production"
 replay then sees the move.
 """

@@ -6,7 +6,7 @@ These hosts run their own server started like production (``serving_host/install
 and ``mlops up``: ``--allow_version_labels_for_unavailable_models``, so a restarted server
 accepts the ``stable`` label of its models.config while the versions load again;
 ``--max_num_load_retries=0``), reading a base the test controls (a small tmpfs for the
-full-disk cases). The deploy is held at a phase by the test hook ``serving_sync.faultpoint``.
+full-disk cases). The deploy is held at a phase by the test hook ``mlops_common.faultpoint``.
 """
 from __future__ import annotations
 

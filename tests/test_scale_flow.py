@@ -96,10 +96,13 @@ def test_train_gate_promote_retrain_rollback_history(mlflow_backend, digits_batc
 
     # history: every step, in order, from the ledger of this backend
     hist = ok(cli("registry", "history", "--model", b.model, "--json"))
+    # (every move of production is announced by an intent row before the alias moves)
     assert [(h["action"], h["from_version"], h["to_version"], h["outcome"]) for h in hist] == [
-        ("register", None, 1, "ok"), ("gate", None, 1, "passed"), ("promote", None, 1, "ok"),
-        ("register", None, 2, "ok"), ("gate", 1, 2, "passed"), ("promote", 1, 2, "ok"),
-        ("rollback", 2, 1, "ok")]
+        ("register", None, 1, "ok"), ("gate", None, 1, "passed"),
+        ("intent", None, 1, "pending"), ("promote", None, 1, "ok"),
+        ("register", None, 2, "ok"), ("gate", 1, 2, "passed"),
+        ("intent", 1, 2, "pending"), ("promote", 1, 2, "ok"),
+        ("intent", 2, 1, "pending"), ("rollback", 2, 1, "ok")]
     assert [h["actor"] for h in hist if h["action"] in ("promote", "rollback")] == ["alice", "alice", "bob"]
     assert ledger_rows(b) == [(h["action"], h["from_version"], h["to_version"], h["outcome"]) for h in hist]
 

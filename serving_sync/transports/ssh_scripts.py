@@ -54,18 +54,11 @@ echo @end
 """
 
 
-def upload_script(parent: str, dest: str, need_bytes: int | None) -> str:
-    """Check free space, create ``dest`` (must not exist), extract tar from stdin while hashing it.
-
-    One pass over the bytes: ``tee`` feeds ``tar`` and, through a FIFO, the hash tool, which
-    prints ``@stream <sha256>`` of the stream; then names and sizes are listed. Hosts without a
-    hash tool or ``mkfifo`` extract, then hash every file afterwards (the older two-pass way).
-    """
+def _make_dest(parent: str, dest: str, need_bytes: int | None) -> str:
+    """Shell lines both publish scripts start with: refuse when the disk lacks ``need_bytes``
+    (``@nospace <KB free>``), then create ``dest``, which must not exist yet (exit 96)."""
     need_kb = -1 if need_bytes is None else (need_bytes + 1023) // 1024
-    fifo = q(dest + ".stream")
-    return f"""echo {MARK}
-command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
-need_kb={need_kb}
+    return f"""need_kb={need_kb}
 if [ "$need_kb" -ge 0 ]; then
   d={q(parent)}; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
   avail=$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')
@@ -74,7 +67,20 @@ if [ "$need_kb" -ge 0 ]; then
 fi
 umask 022
 {{ [ -d {q(parent)} ] || mkdir -p -- {q(parent)}; }} && mkdir -- {q(dest)} || exit 96
-{_PICK_HASH}if [ -n "$H" ] && mkfifo -m 600 -- {fifo} 2>/dev/null; then
+"""
+
+
+def upload_script(parent: str, dest: str, need_bytes: int | None) -> str:
+    """Check free space, create ``dest`` (must not exist), extract tar from stdin while hashing it.
+
+    One pass over the bytes: ``tee`` feeds ``tar`` and, through a FIFO, the hash tool, which
+    prints ``@stream <sha256>`` of the stream; then names and sizes are listed. Hosts without a
+    hash tool or ``mkfifo`` extract, then hash every file afterwards (the older two-pass way).
+    """
+    fifo = q(dest + ".stream")
+    return f"""echo {MARK}
+command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
+{_make_dest(parent, dest, need_bytes)}{_PICK_HASH}if [ -n "$H" ] && mkfifo -m 600 -- {fifo} 2>/dev/null; then
   trap 'rm -f -- {fifo}' EXIT
   echo @hashing stream
   echo @ready
@@ -101,21 +107,11 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
     ``printf``, never a process's argv. A download that stalls (under 1 KB/s for 30 s) fails.
     Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead).
     """
-    need_kb = -1 if need_bytes is None else (need_bytes + 1023) // 1024
     return f"""echo {MARK}
 if command -v curl >/dev/null 2>&1; then F=curl
 elif command -v wget >/dev/null 2>&1; then F=wget
 else echo @nofetch; exit 0; fi
-need_kb={need_kb}
-if [ "$need_kb" -ge 0 ]; then
-  d={q(parent)}; while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
-  avail=$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {{print $4}}')
-  case "$avail" in ''|*[!0-9]*) avail='' ;; esac
-  if [ -n "$avail" ] && [ "$avail" -lt "$need_kb" ]; then echo "@nospace $avail"; exit 0; fi
-fi
-umask 022
-{{ [ -d {q(parent)} ] || mkdir -p -- {q(parent)}; }} && mkdir -- {q(dest)} || exit 96
-echo @ready
+{_make_dest(parent, dest, need_bytes)}echo @ready
 dest={q(dest)}
 tab=$(printf '\t')
 while IFS="$tab" read -r kind p u; do
