@@ -14,6 +14,7 @@ import posixpath
 import secrets
 import socket
 import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -297,8 +298,12 @@ class SshTransport(Transport):
             try:
                 f = self.sftp.open(path, "wbx")   # SSH_FXF_CREAT|EXCL -> O_CREAT|O_EXCL on the host
             except OSError as exc:
-                if self.exists(rel):
-                    return False
+                # SFTP says only "Failure" for an existing file. A racing takeover may have set the
+                # file aside for a moment (compare-and-delete), so look again before calling it an error.
+                for _ in range(5):
+                    if self.exists(rel):
+                        return False
+                    time.sleep(0.05)
                 raise self._write_error(exc, doing) from None
             with f:
                 f.write(data)
