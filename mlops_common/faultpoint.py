@@ -1,0 +1,38 @@
+"""Test hook: hold a process at a named phase so a reliability test can kill or disturb it there.
+
+Inert unless ``MLOPS_TEST_PAUSE_AT`` is set (nothing else reads it). With
+``MLOPS_TEST_PAUSE_AT=<phase>`` and ``MLOPS_TEST_PAUSE_MARKER=<file>``, the first time the process
+reaches ``<phase>`` it writes its pid to the marker file and waits until the file is removed (the
+test resumes it), ``stop()`` says so (a deploy's interrupt), or ``MLOPS_TEST_PAUSE_SECONDS``
+(default 120) pass.
+
+Phases (docs/reliability.md): a deploy's ``during:publish`` (the first chunk of the upload was
+written) and ``after:<step>`` after each plan step (``serving_sync.host_run``); a promotion's
+``promotion:after_intent`` (intent row committed, alias not moved) and ``promotion:after_alias``
+(alias moved, outcome row not written) (``registry.promotion``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+PAUSE_AT = "MLOPS_TEST_PAUSE_AT"
+MARKER = "MLOPS_TEST_PAUSE_MARKER"
+SECONDS = "MLOPS_TEST_PAUSE_SECONDS"
+
+
+def reached(phase: str, *, stop: Callable[[], bool] | None = None) -> None:
+    """Pause here if the environment asks for ``phase`` (see the module docstring)."""
+    if os.environ.get(PAUSE_AT) != phase or not os.environ.get(MARKER):
+        return
+    marker = os.environ[MARKER]
+    try:
+        with open(marker, "x") as f:        # once per process: a second host does not pause again
+            f.write(f"{os.getpid()}\n")
+    except OSError:
+        return
+    os.environ.pop(PAUSE_AT, None)
+    deadline = time.monotonic() + float(os.environ.get(SECONDS) or 120)
+    while os.path.exists(marker) and time.monotonic() < deadline and not (stop and stop()):
+        time.sleep(0.05)
