@@ -11,7 +11,9 @@ A lock is taken over only when it is stale — its heartbeat silent for longer t
 caller names its token (``--break-lock TOKEN``, shown in the refusal). A stale takeover needs no
 person: it logs a warning and appends a ledger row. Taking over is compare-and-delete
 (``Transport.remove_if_same``): only the exact lock that was read and judged is removed, so two
-racing breakers cannot both win, and a lock that changed meanwhile is left alone.
+racing breakers cannot both win, and a lock that changed meanwhile is left alone. On file and
+ssh hosts every delete of the lock (takeover and release) happens under a guard file
+(``transports/guarded_delete.py``); S3 deletes with ``If-Match``.
 
 Limits: the TTL compares clocks of different machines (keep them in NTP sync); a store that
 ignores conditional requests cannot give mutual exclusion; an owner frozen past its TTL that

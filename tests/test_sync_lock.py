@@ -180,7 +180,7 @@ def test_compare_and_delete_removes_only_the_content_it_was_given(hut):
     assert hut.transport.remove_if_same(LOCK_PATH, b"one") is True
     assert "lock" not in hut.raw_names(".serving_sync")
     assert hut.transport.remove_if_same(LOCK_PATH, b"one") is False     # gone: nothing to do
-    assert [n for n in hut.raw_names(".serving_sync") if ".cad-" in n] == []
+    assert [n for n in hut.raw_names(".serving_sync") if ".cad" in n] == []
 
 
 def test_corrupt_lock_file_is_reported_and_broken_by_its_name(hut):
@@ -191,6 +191,31 @@ def test_corrupt_lock_file_is_reported_and_broken_by_its_name(hut):
     assert f"--break-lock {token}" in str(e.value)
     with HostLock(hut.transport, break_lock=token) as lock:
         assert lock.info is not None
+
+
+@pytest.mark.parametrize("kind", ["file", "ssh"])    # S3 deletes with If-Match: no guard file
+def test_compare_and_delete_waits_for_a_live_guard_and_breaks_a_dead_one(kind, request, tmp_path):
+    """The guard serialises compare-and-delete: a fresh one (another caller, working) is waited
+    for and then respected; one left by a dead process (old, or never written) is removed."""
+    from serving_sync.transports import guarded_delete
+    from tests.test_sync_support import make_hut
+
+    hut = make_hut(kind, request, tmp_path)
+
+    guard = guarded_delete.guard_path(LOCK_PATH)
+    hut.raw_write(LOCK_PATH, b"one")
+    hut.raw_write(guard, json.dumps({"created": time.time()}).encode())
+    t0 = time.monotonic()
+    assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"one", wait=0.3) is False
+    assert 0.3 <= time.monotonic() - t0 < 5
+    assert hut.raw_read(LOCK_PATH) == b"one"                 # busy: left alone
+    hut.raw_write(guard, json.dumps({"created": time.time() - 120}).encode())
+    assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"one", wait=0.1) is True
+    assert _lock_names(hut) == []
+    hut.raw_write(LOCK_PATH, b"two")
+    hut.raw_write(guard, b"")                                # created, never written: a crash
+    assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"two", wait=0.1) is True
+    assert [n for n in hut.raw_names(".serving_sync") if n.startswith("lock")] == []
 
 
 _RACE = """
@@ -239,7 +264,7 @@ def test_racing_processes_exactly_one_holds(hut, situation, tmp_path):
     assert results == ["LOST", "LOST", "LOST", "WON"], outs
     winner = next(o[0].split()[1] for o in outs if o[0].startswith("WON"))
     assert json.loads(hut.raw_read(LOCK_PATH))["token"] == winner
-    assert [n for n in hut.raw_names(".serving_sync") if ".cad-" in n] == []
+    assert [n for n in hut.raw_names(".serving_sync") if ".cad" in n] == []
 
 
 @pytest.mark.slow   # a real `mlops sync watch` over two passes

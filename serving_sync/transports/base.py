@@ -77,10 +77,13 @@ class Transport(abc.ABC):
     def remove_if_same(self, rel: str, expected: bytes) -> bool:
         """Compare-and-delete: remove ``rel`` only if its content is still ``expected``.
 
-        False when it is gone or changed (then it is left as it is). Used by the host lock, so
-        that a takeover removes exactly the lock that was read and judged.
+        False when it is gone, changed or busy (then it is left as it is). Used by the host lock,
+        so that a takeover removes exactly the lock that was read and judged. Filesystems do it
+        under a guard file (``guarded_delete``); a store with conditional deletes overrides it.
         """
-        raise NotImplementedError(f"{type(self).__name__} has no compare-and-delete")
+        from .guarded_delete import remove_if_same
+
+        return remove_if_same(self, rel, expected)
 
     def lock_channel(self) -> "Transport":
         """A transport the lock's heartbeat thread may use beside this one (close it after)."""

@@ -150,33 +150,6 @@ class LocalTransport(Transport):
             os.close(fd)
         return True
 
-    def remove_if_same(self, rel: str, expected: bytes) -> bool:
-        # Rename aside (atomic: of racing callers only one gets the file), check, then delete or
-        # put back with link(2), which never replaces a lock created meanwhile.
-        path = self._p(rel)
-        aside = path.with_name(f".{path.name}.cad-{secrets.token_hex(6)}")
-        try:
-            with open(path, "rb") as f:          # most mismatches end here, never moving the file
-                if f.read(MAX_SMALL_FILE + 1) != expected:
-                    return False
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise self._err(exc, f"taking over {rel}") from None
-        try:
-            with open(aside, "rb") as f:
-                same = f.read(MAX_SMALL_FILE + 1) == expected
-            if not same:
-                try:
-                    os.link(aside, path)
-                except FileExistsError:
-                    pass
-            aside.unlink()
-            return same
-        except OSError as exc:
-            raise self._err(exc, f"taking over {rel}") from None
-
     def upload_tree(self, local_dir, dest_rel: str, manifest: Manifest,
                     progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
         dest = self._p(dest_rel)

@@ -14,7 +14,6 @@ import posixpath
 import secrets
 import socket
 import stat
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -295,43 +294,21 @@ class SshTransport(Transport):
         doing = f"creating {rel}"
         with self._io(doing):
             self._makedirs(posixpath.dirname(path))
-            try:
-                f = self.sftp.open(path, "wbx")   # SSH_FXF_CREAT|EXCL -> O_CREAT|O_EXCL on the host
-            except OSError as exc:
-                # SFTP says only "Failure" for an existing file. A racing takeover may have set the
-                # file aside for a moment (compare-and-delete), so look again before calling it an error.
-                for _ in range(5):
+            failure: OSError | None = None
+            for _ in range(5):
+                try:
+                    f = self.sftp.open(path, "wbx")   # SSH_FXF_CREAT|EXCL -> O_CREAT|O_EXCL on the host
+                except OSError as exc:
+                    # SFTP says only "Failure" for an existing file. A file that is not there
+                    # may have been removed just now by its holder: create again (bounded).
                     if self.exists(rel):
                         return False
-                    time.sleep(0.05)
-                raise self._write_error(exc, doing) from None
-            with f:
-                f.write(data)
-            return True
-
-    def remove_if_same(self, rel: str, expected: bytes) -> bool:
-        # As on file hosts: rename aside (posix-rename), check, delete or put back with a plain
-        # SFTP rename, which refuses to replace a lock created meanwhile.
-        path = self._p(rel)
-        aside = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.cad-{secrets.token_hex(6)}")
-        with self._io(f"taking over {rel}"):
-            try:
-                with self.sftp.open(path, "rb") as f:   # most mismatches end here, never moving it
-                    if f.read(MAX_SMALL_FILE + 1) != expected:
-                        return False
-                self.sftp.posix_rename(path, aside)
-            except FileNotFoundError:
-                return False
-            with self.sftp.open(aside, "rb") as f:
-                same = f.read(MAX_SMALL_FILE + 1) == expected
-            if not same:
-                try:
-                    self.sftp.rename(aside, path)
-                    return False
-                except OSError:
-                    pass
-            self.sftp.remove(aside)
-            return same
+                    failure = exc
+                    continue
+                with f:
+                    f.write(data)
+                return True
+            raise self._write_error(failure, doing) from None
 
     def lock_channel(self) -> "SshTransport":
         # Same SSH connection, its own SFTP channel: paramiko's SFTPClient is not shared across threads.
