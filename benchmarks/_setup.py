@@ -7,9 +7,10 @@
 - ``table(headers, rows)``: a plain fixed-width text table.
 - ``Lab``: the real services a deploy benchmark needs, started here and stopped at the end — a
   real ``mlflow server`` (SQLite, local artifacts), local TF-Serving-compatible servers, the tiny
-  SavedModels of the deploy tests (``tests/fixtures/deploy_env.py``: versions told apart by their
-  outputs) and that module's ``DeployEnv`` to register, promote and add hosts. The benchmarks
-  reuse the tests' harness; the tests never import the benchmarks.
+  SavedModels of the deploy tests (``tests/lab/bundles.py``: versions told apart by their
+  outputs) and the lab's ``DeployEnv`` (``tests/lab/deploy_env.py``) to register, promote and add
+  hosts. The benchmarks reuse the tests' lab through its public names; the tests never import the
+  benchmarks.
 """
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ def percentile(values: list[float], q: float) -> float | None:
 class Lab:
     """MLflow + local TF-Serving-compatible servers + the deploy tests' tiny versions.
 
-    ``with Lab() as lab: env = lab.deploy_env()`` gives a ``tests.fixtures.deploy_env.DeployEnv``
+    ``with Lab() as lab: env = lab.deploy_env()`` gives a ``tests.lab.deploy_env.DeployEnv``
     for a fresh model name and MLOPS_HOME (``add_host``, ``register``, ``promote``, ``deploy``,
     ``which``...). The environment is applied to ``os.environ`` of this process (the benchmark
     process is the only user of it) and passed to ``mlops`` subprocesses.
@@ -186,8 +187,9 @@ class Lab:
 
     def _start(self) -> None:
         from mlops.local_services import free_port, start_mlflow, stop_service
-        from tests.fixtures.deploy_env import ServerPool
-        from tests.fixtures.tfserving import make_factory
+        from tests.lab.bundles import build_bundles
+        from tests.lab.servers import ServerPool
+        from tests.lab.tfserving import make_factory
 
         state = self.root / "mlflow-state"
         svc = start_mlflow(state, port=free_port())
@@ -207,7 +209,7 @@ class Lab:
 
     def deploy_env(self, name: str | None = None):
         """A fresh model name and MLOPS_HOME on this lab's MLflow server (a ``DeployEnv``)."""
-        from tests.fixtures.deploy_env import DeployEnv
+        from tests.lab.deploy_env import DeployEnv
 
         name = name or f"bench-{uuid.uuid4().hex[:8]}"
         home = self.root / f"home-{name}"
@@ -238,21 +240,6 @@ class Lab:
             else:
                 os.environ[k] = v
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def build_bundles(root: Path):
-    """The deploy tests' bundles (``a``, ``b``, ``c``, ``big`` and the broken variants), built once
-    in a TensorFlow subprocess exactly as the ``deploy_bundles`` fixture builds them."""
-    from tests.fixtures.deploy_env import BUILD_SCRIPT, DeployBundles, derive
-
-    root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(root)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building the benchmark SavedModels failed:\n{proc.stderr[-3000:]}")
-    derive(root)
-    return DeployBundles(root)
 
 
 def mlops_env(extra: dict | None = None, repo: Path | None = None) -> dict:

@@ -6,6 +6,9 @@
 - ``LoadGen``: N concurrent clients (unversioned and ``stable`` alternately), recording status
   codes and latencies, for the availability benchmark.
 - ``switch_time`` / ``phase_stats``: pure functions on what they recorded.
+
+Which version's outputs answered is told by the lab's ``identify`` (tests/lab/traffic.py), the
+one the deploy tests use.
 """
 from __future__ import annotations
 
@@ -15,14 +18,10 @@ from dataclasses import dataclass
 
 import requests
 
+from benchmarks._setup import percentile
+from tests.lab.traffic import identify
 
-def identify(predictions, known: dict[str, list], atol: float = 1e-4) -> str | None:
-    """Which known output set (by name) these predictions are; None if none matches."""
-    for name, golden in known.items():
-        if len(golden) == len(predictions) and all(
-                abs(x - y) <= atol for ra, rb in zip(golden, predictions) for x, y in zip(ra, rb)):
-            return name
-    return None
+__all__ = ["LoadGen", "Prober", "Sample", "identify", "phase_stats", "switch_time"]
 
 
 @dataclass
@@ -144,22 +143,14 @@ class LoadGen:
             return [s for s in self.samples if start <= s.sent < end]
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(min(k, len(ordered))) - 1]
-
-
 def phase_stats(samples: list[Sample]) -> dict:
     """Requests, failures (non-200 or no answer), p50/p99 latency in ms, per route and in total."""
     def stats(ss: list[Sample]) -> dict:
         lat = [(s.received - s.sent) * 1000 for s in ss]
         bad = [s for s in ss if s.status != 200]
         return {"requests": len(ss), "non_200": len(bad),
-                "p50_ms": round(_pct(lat, 50), 2) if lat else None,
-                "p99_ms": round(_pct(lat, 99), 2) if lat else None,
+                "p50_ms": round(percentile(lat, 50), 2) if lat else None,
+                "p99_ms": round(percentile(lat, 99), 2) if lat else None,
                 "errors": sorted({f"{s.status}: {s.error}" for s in bad})[:5]}
     out = stats(samples)
     out["routes"] = {r: stats([s for s in samples if s.route == r]) for r in ("unversioned", "stable")}

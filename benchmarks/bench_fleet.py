@@ -25,76 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
-
-import requests
 
 from benchmarks import _setup
 
 TARGETS = {"tiny_ratio": 1.5, "big_ratio": 3.0, "breach_extra_s": 5.0}
 KINDS = ("b", "c")
-
-_BIG = r'''
-import json, sys
-from pathlib import Path
-import numpy as np
-import tensorflow as tf
-
-out, mb = Path(sys.argv[1]), int(sys.argv[2])
-class Big(tf.Module):
-    def __init__(self, seed):
-        self.w = tf.Variable(tf.random.stateless_normal([64, 10], seed=[seed, 1]))
-        self.pad = tf.Variable(tf.random.stateless_uniform([mb * 250_000], seed=[seed, 2]))
-    @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32, name="inputs")])
-    def serve(self, inputs):
-        return {"output_0": tf.nn.softmax(tf.matmul(tf.reshape(inputs, [-1, 64]), self.w))}
-x = np.random.default_rng(0).uniform(0, 1, size=(4, 8, 8, 1)).astype(np.float32)
-SIG = {"serving_default": {"method_name": "tensorflow/serving/predict",
-       "inputs": {"inputs": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
-       "outputs": {"output_0": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
-m = Big(7)
-d = out / "big100"
-tf.saved_model.save(m, str(d / "tfserving"), signatures={"serving_default": m.serve})
-preds = tf.saved_model.load(str(d / "tfserving")).signatures["serving_default"](inputs=tf.constant(x))["output_0"]
-g = d / "golden"
-g.mkdir()
-(g / "request.json").write_text(json.dumps({"signature_name": "serving_default", "instances": x.tolist()}))
-(g / "response.json").write_text(json.dumps({"predictions": preds.numpy().tolist()}))
-(g / "signature.json").write_text(json.dumps(SIG))
-'''
-
-
-def _build(script: str, root, *args: str) -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", script, str(root), *args], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=_setup.REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building a benchmark SavedModel failed:\n{proc.stderr[-3000:]}")
-
-
-def _register_dir(env, root, kind: str, like: str = "b") -> int:
-    """Register ``root/kind`` (tfserving/ + golden/) as a new version of ``env``'s model."""
-    import mlflow
-
-    from registry import versions
-    from registry.client import tracking_client
-    from registry.register import register_version
-
-    client = tracking_client()
-    exp = client.get_experiment_by_name("bench-fleet")
-    exp_id = exp.experiment_id if exp else client.create_experiment("bench-fleet")
-    with mlflow.start_run(run_name=kind, experiment_id=exp_id) as run:
-        mlflow.log_artifacts(str(root / kind / "tfserving"), "tfserving")
-        mlflow.log_artifacts(str(root / kind / "golden"), "golden")
-        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
-    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"fixture_kind": kind})
-    versions.set_tags(env.model, v, {"validation_status": "passed"})
-    env.versions[v] = like
-    return v
 
 
 def _cli(*args: str, timeout: float = 900) -> tuple[dict, float, float, subprocess.CompletedProcess]:
@@ -107,8 +45,8 @@ def _cli(*args: str, timeout: float = 900) -> tuple[dict, float, float, subproce
 
 
 def _sshd(lab):
-    """One real OpenSSH sshd on loopback for the ssh:// hosts (tests/fixtures/sshd.py)."""
-    from tests.fixtures.sshd import keygen, start_sshd
+    """One real OpenSSH sshd on loopback for the ssh:// hosts (tests/lab/sshd.py)."""
+    from tests.lab.sshd import keygen, start_sshd
 
     if not hasattr(lab, "_bench_sshd"):
         d = lab.root / "sshd"
@@ -123,16 +61,22 @@ def fleet_rounds(lab, n_hosts: int, rounds: int, model: str, big_root, log, targ
     env = lab.deploy_env()
     if target == "ssh":
         server = _sshd(lab)
-        env.sshd_factory = lambda: server
+        env.fleet.sshd_factory = lambda: server
     env.add_hosts(n_hosts, target)
-    first = _register_dir(env, big_root, "big100") if model == "big" else env.register("a")
+
+    def new_version(kind: str) -> int:
+        if model == "big":
+            return env.register_bundle(big_root / "big100", "big100", like="b", experiment="bench-fleet")
+        return env.register(kind)
+
+    first = new_version("a")
     env.promote(first)
     if env.deploy().status != "deployed":
         raise RuntimeError("the first deploy failed")
     out = []
     for i in range(rounds):
         for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
-            v = _register_dir(env, big_root, "big100") if model == "big" else env.register(KINDS[len(out) % 2])
+            v = new_version(KINDS[len(out) % 2])
             env.promote(v)
             doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
             if r.returncode != 0:
@@ -145,49 +89,11 @@ def fleet_rounds(lab, n_hosts: int, rounds: int, model: str, big_root, log, targ
     return out
 
 
-class _Load:
-    """One client per host: golden requests, every 4th an input above the golden set's range;
-    records (time, host, status) of every answer; bounded in count and time."""
-
-    def __init__(self, env, hosts, max_seconds=300.0, max_requests=60_000):
-        self.env, self.hosts = env, hosts
-        self.samples: list[tuple[float, str, int]] = []
-        self.stop = threading.Event()
-        self.max_seconds, self.max_requests = max_seconds, max_requests
-        good = env.bundles.golden("a")["request"]
-        self.bodies = (good, {**good, "instances": [[[[2.0] for _ in range(8)] for _ in range(8)]]})
-        self.threads = [threading.Thread(target=self._loop, args=(h,), daemon=True) for h in hosts]
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-
-    def _loop(self, host) -> None:
-        s = requests.Session()
-        url = f"{host.rest_url}/v1/models/{self.env.model}:predict"
-        deadline, i = time.monotonic() + self.max_seconds, 0
-        while not self.stop.is_set() and time.monotonic() < deadline and len(self.samples) < self.max_requests:
-            i += 1
-            try:
-                code = s.post(url, json=self.bodies[i % 4 == 0], timeout=20).status_code
-            except requests.RequestException:
-                code = 0
-            self.samples.append((time.monotonic(), host.name, code))
-            time.sleep(0.002)
-
-
 def canary_breach(lab, bake: float, log) -> dict:
-    from tests.test_sync_canary import CANARY_BUILD
+    from tests.lab.models import CANARY_MODELS, build_models
+    from tests.lab.traffic import HostLoad
 
-    root = lab.root / "canary-bundles"
-    root.mkdir(exist_ok=True)
-    _build(CANARY_BUILD, root)
+    root = build_models(lab.root / "canary-bundles", CANARY_MODELS, timeout=900)
     env = lab.deploy_env()
     cfg = lab.root / "monitoring.config"
     cfg.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
@@ -197,9 +103,10 @@ def canary_breach(lab, bake: float, log) -> dict:
     from serving_sync.options import DeployOptions
     if env.deploy(opts=DeployOptions(canary=0, json_mode=True)).status != "deployed":
         raise RuntimeError("the first deploy failed")
-    v2 = _register_dir(env, root, "strict")
+    v2 = env.register_bundle(root / "strict", "strict", like="b", experiment="bench-fleet")
     env.promote(v2)
-    with _Load(env, hosts) as load:
+    with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True, max_seconds=300.0,
+                  max_requests=60_000) as load:
         time.sleep(1.0)
         doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", str(bake))
         time.sleep(1.0)
@@ -283,7 +190,9 @@ def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True
         big_root = lab.root / "big-bundle"
         big_root.mkdir()
         if big_mb:
-            _build(_BIG, big_root, str(big_mb))
+            from tests.lab.models import ModelSpec, build_models
+
+            build_models(big_root, [ModelSpec("big100", 7, pad=big_mb * 250_000)], timeout=900)
         quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
         started = _setup.machine()
         for model, target in (("tiny", "file"), ("tiny", "ssh"), ("big", "file")):

@@ -207,7 +207,7 @@ def render(rows: list[dict], checks: list[dict]) -> str:
 def run(*, seconds: float, clients: list[int], batches: list[int], max_requests: int = 100_000,
         wait: float = 600.0, results_dir=None, command: str = "",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    from tests.fixtures.tfserving import make_factory
+    from tests.lab.tfserving import make_factory
 
     root = Path(tempfile.mkdtemp(prefix="mlops-bench-grpc-"))
     factory, handles = make_factory(root / "servers")

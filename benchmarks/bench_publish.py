@@ -366,7 +366,7 @@ def run(*, sizes_mb: list[int], many_files: int, repeats: int, setups: list[dict
 
 
 def _run_setup(setup: dict, datasets: dict[str, Path], work: Path, repeats: int, log) -> tuple[dict, str]:
-    from tests.fixtures.sshd import ensure_user, keygen, start_sshd
+    from tests.lab.sshd import ensure_user, keygen, start_sshd
 
     user = setup.get("user")
     dest_root = setup.get("dest_root")

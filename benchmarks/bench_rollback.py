@@ -66,7 +66,7 @@ def _json(r: subprocess.CompletedProcess, what: str) -> dict:
 
 
 class Rig:
-    """A ``DeployEnv`` (tests/fixtures/deploy_env.py) with one host, v1 serving, and a prober on
+    """A ``DeployEnv`` (tests/lab/deploy_env.py) with one host, v1 serving, and a prober on
     its unversioned route."""
 
     def __init__(self, env, cli_repo=None):

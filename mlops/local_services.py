@@ -7,6 +7,7 @@ command can reuse or stop it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -303,3 +304,19 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
             raise
         return _Throwaway("docker", url, CONTAINER_BASE, stop)
     raise ConfigError(f"unknown server kind {kind!r}; use local or docker")
+
+
+def throwaway_starter(kind: str, *, timeout: float = 120.0):
+    """``serving_sync.infra``'s ``start_server``: a context manager per base that starts a throw-away
+    server of ``kind`` for it and stops the server on the way out."""
+    from serving_sync.infra import ThrowawayServer
+
+    @contextlib.contextmanager
+    def start_server(base: Path):
+        srv = start_throwaway_server(kind, base, timeout=timeout)
+        try:
+            yield ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base)
+        finally:
+            srv.stop()
+
+    return start_server

@@ -249,14 +249,14 @@ def ensure_schema_current(backend_uri: str, *, env: dict[str, str] | None = None
         raise ConfigError(f"the MLflow database {safe} is at schema revision {before}, which MLflow "
                           f"{mlflow.__version__} does not know: a newer MLflow wrote it; install that "
                           f"MLflow version here (or newer) instead of downgrading the database")
-    _log.info(f"MLflow database {safe}: schema revision {before} is behind {head}; running "
-              f"`mlflow db upgrade` (take backups before upgrading MLflow)")
+    _log.info("MLflow database %s: schema revision %s is behind %s; running "
+              "`mlflow db upgrade` (take backups before upgrading MLflow)", safe, before, head)
     seconds = run_upgrade(uri, env=env, timeout=timeout)
     after = current_revision(uri, env=env)
     if after != head:
         raise ConfigError(f"`mlflow db upgrade` on {safe} finished but the schema is at {after}, not "
                           f"{head}; check the database and run `mlflow db upgrade` by hand")
-    _log.info(f"MLflow database {safe}: upgraded {before} -> {after} in {seconds:.1f}s")
+    _log.info("MLflow database %s: upgraded %s -> %s in %.1fs", safe, before, after, seconds)
     return SchemaCheck(uri, "upgraded", before, after, seconds)
 
 

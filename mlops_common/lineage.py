@@ -1,7 +1,8 @@
 """Lineage facts about where a run or an action came from: git commit and CircleCI ids.
 
 Read from the environment (CircleCI's built-in variables) and git; used both for MLflow run
-tags (mlproject) and for version tags and ledger rows (registry).
+tags (mlproject) and, gathered once into ``registry.provenance.Provenance`` at the edge, for
+version tags and ledger rows (registry).
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from mlops_common import lineage, settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
 from mlops_common.retry import retry
 
+from .provenance import Provenance
+
 DEFAULT_API_URL = "https://circleci.com"
 MAX_PAGES = 20
 
@@ -120,3 +122,11 @@ def resolve_actor(explicit: str | None = None) -> Actor:
     if explicit:
         return Actor(name=explicit, source="flag")
     return Actor(name=lineage.os_user(), source="os")
+
+
+def provenance(explicit: str | None = None) -> Provenance:
+    """Who (``resolve_actor``) and where (this CircleCI job) of a command that moves ``production``:
+    built once at its start and carried into every ledger row and tag it writes."""
+    who = resolve_actor(explicit)
+    return Provenance.from_environment(who.name, approved_by=who.approved_by, actor_source=who.source,
+                                       approval_job=who.approval_job)

@@ -8,11 +8,10 @@ record); every deploy / smoke_test / host_rollback / canary row goes through ``D
 """
 from __future__ import annotations
 
-from mlops_common import lineage
-
 from . import tags, versions
 from .ledger import Ledger
 from .promotion_rules import failed_deploys, previous_production
+from .provenance import Provenance
 
 DEPLOY_STATUS = tags.DEPLOY_STATUS
 DEPLOY_REASON = tags.DEPLOY_REASON
@@ -56,18 +55,18 @@ def failed_after_promotion(entries, version: int) -> bool:
 
 
 class DeployLedger:
-    """Ledger rows for deploy / smoke_test / host_rollback / canary, with who and which pipeline."""
+    """Ledger rows for deploy / smoke_test / host_rollback / canary, with who and which pipeline
+    (``provenance``; default: the OS user in this job)."""
 
-    def __init__(self, model: str, ledger: Ledger | None = None):
+    def __init__(self, model: str, ledger: Ledger | None = None, provenance: Provenance | None = None):
         self.model = model
         self.ledger = ledger or Ledger()
-        self.actor = lineage.os_user()
+        self.provenance = provenance or Provenance.from_environment()
 
     def __call__(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
                  reason=None, details=None) -> None:
         self.ledger.record(action, self.model, outcome=outcome, host=host, from_version=from_version,
-                           to_version=to_version, reason=reason, details=details or {}, actor=self.actor,
-                           pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id())
+                           to_version=to_version, reason=reason, details=details or {}, **self.provenance.row())
 
     def previous_production(self, version: int) -> int | None:
         """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known)."""

@@ -181,7 +181,7 @@ def refresh_quietly(model: str, *version_numbers) -> None:
         try:
             refresh(model, v)
         except Exception as exc:  # noqa: BLE001 - see docstring
-            _log.warning(f"could not write the description of version {v} of '{model}': {exc}")
+            _log.warning("could not write the description of version %s of '%s': %s", v, model, exc)
 
 
 def ensure_model_description(model: str) -> None:

@@ -17,12 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from mlops_common import lineage, log
+from mlops_common import log
 from mlops_common.errors import ConfigError
 
 from . import description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, decide, summary
 from .ledger import Entry, Ledger
+from .provenance import Provenance
 
 Evaluate = Callable[[int, "str | None"], dict]
 _log = log.get("registry.gate")
@@ -63,8 +64,10 @@ def _check_evaluation(doc: dict, version: int) -> dict:
 
 def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None = None,
              allow_signature_change: bool = False, report_dir: str | Path | None = None,
-             actor: str | None = None, ledger: Ledger | None = None) -> GateOutcome:
-    """Gate ``version`` of ``model``; returns the outcome (the caller turns a failure into exit 4)."""
+             provenance: Provenance | None = None, ledger: Ledger | None = None) -> GateOutcome:
+    """Gate ``version`` of ``model``; returns the outcome (the caller turns a failure into exit 4).
+
+    ``provenance``: who gates from where, for the ledger row (default: the OS user in this job)."""
     rules = rules or GateRules.from_env()
     ledger = ledger or Ledger()
     info = versions.get_version(model, version)
@@ -72,7 +75,7 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     prod = versions.production_version(model)
     baseline = prod if prod is not None and prod != v else None
     if prod == v:
-        _log.info(f"version {v} already holds production; gating it without a baseline")
+        _log.info("version %s already holds production; gating it without a baseline", v)
 
     cand_sig = versions.run_artifact_json(info.run_id, SIGNATURE_ARTIFACT) if info.run_id else None
     prod_info = versions.get_version(model, baseline) if baseline is not None else None
@@ -80,11 +83,11 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
                 if prod_info and prod_info.run_id else None)
     sig_problems = _signature_problems(cand_sig, prod_sig, baseline is not None)
 
-    _log.info(f"evaluating version {v} of '{model}' on the frozen held-out set ...")
+    _log.info("evaluating version %s of '%s' on the frozen held-out set ...", v, model)
     cand_eval = _check_evaluation(evaluate(v, None), v)
     prod_eval = None
     if baseline is not None:
-        _log.info(f"re-evaluating production (version {baseline}) on the same held-out set ...")
+        _log.info("re-evaluating production (version %s) on the same held-out set ...", baseline)
         prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
 
     verdict = decide(cand_eval, prod_eval, rules, baseline_version=baseline,
@@ -95,15 +98,15 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
                                signature_differences=sig_problems,
                                allow_signature_change=allow_signature_change, evaluated_at=now)
     md = gate_report.markdown(report)
-    text = summary(verdict, v)
-    _record(model, info, verdict, report, md, text, now, allow_signature_change, report_dir,
-            actor or lineage.os_user(), ledger)
-    return GateOutcome(verdict.passed, v, baseline, verdict, report, md, text)
+    outcome = GateOutcome(verdict.passed, v, baseline, verdict, report, md, summary(verdict, v))
+    _record(model, info, outcome, allow_signature_change, report_dir,
+            provenance or Provenance.from_environment(), ledger)
+    return outcome
 
 
-def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, md: str, text: str,
-            now: str, allow_signature_change: bool, report_dir, actor: str, ledger: Ledger) -> None:
-    v = info.version
+def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signature_change: bool,
+            report_dir, by: Provenance, ledger: Ledger) -> None:
+    v, verdict, report, md = info.version, outcome.verdict, outcome.report, outcome.markdown
     page = gate_html.html(report)   # for people: CircleCI artifact and MLflow's artifact viewer
     if report_dir:
         out = Path(report_dir)
@@ -123,8 +126,7 @@ def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, m
     versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
     ledger.append(Entry(
         action="gate", model=model, outcome=status, from_version=verdict.baseline_version,
-        to_version=v, actor=actor, pipeline_id=lineage.pipeline_id(),
-        workflow_id=lineage.workflow_id(), reason=text,
+        to_version=v, reason=outcome.summary, **by.row(),
         details={"accuracy": report["metrics"]["candidate"]["accuracy"],
                  "production_accuracy": (report["metrics"]["production"] or {}).get("accuracy"),
                  "tolerance": verdict.tolerance,
@@ -133,8 +135,8 @@ def _record(model, info: versions.VersionInfo, verdict: Verdict, report: dict, m
                  "signature_differences": report["signature_differences"]}))
     if verdict.passed:
         versions.set_alias(model, versions.CANDIDATE, v)
-        _log.info(f"alias '{versions.CANDIDATE}' of '{model}' now points at version {v}")
+        _log.info("alias '%s' of '%s' now points at version %s", versions.CANDIDATE, model, v)
     elif versions.CANDIDATE in info.aliases:
         versions.delete_alias(model, versions.CANDIDATE)
-        _log.info(f"removed alias '{versions.CANDIDATE}' from version {v}: it no longer passes")
+        _log.info("removed alias '%s' from version %s: it no longer passes", versions.CANDIDATE, v)
     description.refresh_quietly(model, v)

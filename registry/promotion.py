@@ -14,9 +14,10 @@ caller defers them (``defer_tags=True``: ``mlops sync rollback`` switches the ho
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
-from mlops_common import faultpoint, lineage, log
+from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
 from . import description, tags, versions
@@ -30,6 +31,7 @@ from .promotion_rules import (
     reconcile_rows,
     rollback_target,
 )
+from .provenance import Provenance, given
 
 _log = log.get("registry.promotion")
 _MOVES = ("promote", "rollback", "deploy", "intent")
@@ -39,30 +41,36 @@ _UNKNOWN = object()
 
 @dataclass
 class Promotion:
-    """What a promote / rollback / revert did."""
+    """What a promote / rollback / revert did, and who did it from where."""
 
     model: str
     action: str
     from_version: int | None
     to_version: int | None
-    actor: str
+    provenance: Provenance
     reason: str | None
     at: str
     ledger_id: int | None
     moved: bool = True
     forced: bool = False
-    approved_by: str | None = None
-    pipeline_id: str | None = None
-    workflow_id: str | None = None
     details: dict = field(default_factory=dict)
+    # the registry's view of the move (version tags, candidate alias) while it is still to be
+    # written: ``defer_tags=True`` leaves it to ``finish()``
+    pending_view: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The ``--json`` document (flat, the same keys as the ledger row's who and where)."""
+        p = self.provenance
+        return {"model": self.model, "action": self.action, "from_version": self.from_version,
+                "to_version": self.to_version, "actor": p.actor, "reason": self.reason, "at": self.at,
+                "ledger_id": self.ledger_id, "moved": self.moved, "forced": self.forced,
+                "approved_by": p.approved_by, "pipeline_id": p.pipeline_id, "workflow_id": p.workflow_id,
+                "details": dict(self.details)}
 
     def finish(self) -> None:
         """Write the registry's view of this move (version tags, candidate alias) if the caller
         asked to defer it (``defer_tags=True``); a no-op otherwise or the second time."""
-        pending = self.__dict__.pop("_pending", None)
+        pending, self.pending_view = self.pending_view, None
         if pending is not None:
             try:
                 pending()
@@ -77,7 +85,7 @@ def promotion_tags(p: Promotion) -> dict[str, str]:
     """The version tag that shows a promotion in the MLflow versions list: who let it in (the
     CircleCI approver, else whoever promoted it). The rest of the story (when, from which
     version, why, ledger id, pipeline, forced) is the version's description and the ledger."""
-    return {tags.APPROVED_BY: p.approved_by or p.actor}
+    return {tags.APPROVED_BY: p.provenance.approved_by or p.provenance.actor}
 
 
 def _write_view(model: str, version: int | None, p: Promotion) -> None:
@@ -94,8 +102,8 @@ def _restore(model: str, previous: int | None) -> None:
         else:
             versions.set_alias(model, versions.PRODUCTION, previous)
     except Exception as exc:  # noqa: BLE001 - report the original failure, mention this one
-        _log.error(f"could not put alias '{versions.PRODUCTION}' of '{model}' back to "
-                   f"{previous}: {exc}; check it with `mlops registry status`")
+        _log.error("could not put alias '%s' of '%s' back to %s: %s; check it with `mlops registry status`",
+                   versions.PRODUCTION, model, previous, exc)
 
 
 def _point(model: str, version: int | None) -> None:
@@ -124,10 +132,9 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
     not moved -> the intent is closed as failed and the error raised; no answer -> the intent
     stays open for ``reconcile`` and the error says so."""
     to = row.to_version
-    intent = tx.append(Entry(action="intent", model=model, outcome="pending", from_version=current,
-                             to_version=to, actor=row.actor, pipeline_id=row.pipeline_id,
-                             workflow_id=row.workflow_id, host=row.host, reason=row.reason,
-                             details={"move": move}))
+    # the intent and its closing rows carry the move's who, where, host and versions
+    intent = tx.append(replace(row, action="intent", outcome="pending", from_version=current,
+                               details={"move": move}))
     tx.commit()
     faultpoint.reached("promotion:after_intent")
     lost_answer = False
@@ -142,15 +149,13 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
                                 f"`mlops registry reconcile` settles it once MLflow answers") from None
             raise
         if seen != to:
-            tx.append(Entry(action="intent", model=model, outcome="failed", from_version=current, to_version=to,
-                            actor=row.actor, pipeline_id=row.pipeline_id, workflow_id=row.workflow_id,
-                            host=row.host, reason=f"the alias did not move: {exc}",
-                            details={"intent": intent.id}))
+            tx.append(replace(row, action="intent", outcome="failed", from_version=current,
+                              reason=f"the alias did not move: {exc}", details={"intent": intent.id}))
             tx.commit()
             raise
         lost_answer = True
-        _log.warning(f"MLflow moved production of '{model}' to {_v(to)} but its answer was lost; "
-                     f"recording the move")
+        _log.warning("MLflow moved production of '%s' to %s but its answer was lost; recording the move",
+                     model, _v(to))
     faultpoint.reached("promotion:after_alias")
     return tx.append(replace(row, details={**row.details, "intent": intent.id,
                                            **({"answer_lost": True} if lost_answer else {})}))
@@ -160,7 +165,7 @@ def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
     """Append what the alias shows and the ledger does not (see ``reconcile_rows``)."""
     rows = [tx.append(r) for r in reconcile_rows(model, alias, tx.entries(actions=_VIEW), actor=actor)]
     for r in rows:
-        _log.warning(f"ledger of '{model}': {r.reason}")
+        _log.warning("ledger of '%s': %s", model, r.reason)
     return rows
 
 
@@ -183,35 +188,36 @@ class Reconciliation:
                 "rows": [r.to_dict() for r in self.rows]}
 
 
-def reconcile(model: str, *, actor: str, ledger: Ledger | None = None) -> Reconciliation:
+def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | None = None,
+              ledger: Ledger | None = None) -> Reconciliation:
     """Make the ledger say where ``production`` is, under the promotion lock (so no promotion is
     half-way): confirm an intent the alias shows, close intents that did not happen, record a
-    move made outside mlops. Writes nothing when they agree."""
+    move made outside mlops. Writes nothing when they agree. ``actor``: shorthand for a
+    ``provenance`` built from the environment."""
+    by = given(provenance, actor)
     ledger = ledger or Ledger()
     with ledger.serialized(model) as tx:
         alias = versions.production_version(model)
-        rows = _reconcile_in(tx, model, alias, actor)
+        rows = _reconcile_in(tx, model, alias, by.actor)
     moves = [r for r in rows if r.action != "intent" and r.to_version is not None]
     if moves:
-        last = moves[-1]
+        last = moves[-1]    # the tag shows who the ledger row names, not who reconciled
+        mover = Provenance(actor=last.actor or by.actor, approved_by=last.details.get("approved_by"),
+                           pipeline_id=last.pipeline_id)
         _write_view(model, last.to_version, Promotion(
             model=model, action=last.action, from_version=last.from_version, to_version=last.to_version,
-            actor=last.actor or actor, reason=last.reason, at=last.at.isoformat(timespec="seconds"),
-            ledger_id=last.id, approved_by=last.details.get("approved_by"),
-            pipeline_id=last.pipeline_id, forced=bool(last.details.get("forced"))))
+            provenance=mover, reason=last.reason, at=last.at.isoformat(timespec="seconds"),
+            ledger_id=last.id, forced=bool(last.details.get("forced"))))
     return Reconciliation(model, alias, rows)
 
 
-def _refused(ledger: Ledger, model: str, action: str, version: int, actor: str, reason: str,
-             pipeline_id: str | None, workflow_id: str | None) -> None:
+def _refused(ledger: Ledger, model: str, action: str, version: int, by: Provenance, reason: str) -> None:
     current = versions.production_version(model)
     ledger.append(Entry(action=action, model=model, outcome="refused", from_version=current,
-                        to_version=version, actor=actor, pipeline_id=pipeline_id,
-                        workflow_id=workflow_id, reason=reason))
+                        to_version=version, reason=reason, **by.row()))
 
 
-def _move(model: str, action: str, *, target, actor: str, reason: str | None, force: bool,
-          approved_by: str | None, pipeline_id: str | None, workflow_id: str | None,
+def _move(model: str, action: str, *, target, by: Provenance, reason: str | None, force: bool,
           details: dict, ledger: Ledger, defer_tags: bool = False) -> Promotion:
     """Shared body of promote and rollback. ``target(tx, current)`` picks the version under the lock.
 
@@ -224,7 +230,7 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
         with ledger.serialized(model) as tx:
             aliases = versions.registered_model_aliases(model)
             current = aliases.get(versions.PRODUCTION)
-            _reconcile_in(tx, model, current, actor)
+            _reconcile_in(tx, model, current, by.actor)
             v, extra = target(tx, current)
             info = versions.get_version(model, v, aliases=aliases)
             try:
@@ -233,8 +239,8 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
                 raise _Refusal(info.version, exc) from None
             row = Entry(
                 action=action, model=model, outcome="ok", from_version=current, to_version=info.version,
-                actor=actor, pipeline_id=pipeline_id, workflow_id=workflow_id, reason=reason,
-                details={**details, **extra, "forced": force, "approved_by": approved_by,
+                reason=reason, **by.row(),
+                details={**details, **extra, "forced": force, "approved_by": by.approved_by,
                          "validation_status": info.validation_status})
             if current == info.version:
                 entry = tx.append(row)
@@ -242,7 +248,7 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
                 entry = _move_alias(tx, model, action, current=current, row=row)
                 moved_alias = True
     except _Refusal as r:
-        _refused(ledger, model, action, r.version, actor, str(r.error), pipeline_id, workflow_id)
+        _refused(ledger, model, action, r.version, by, str(r.error))
         raise r.error from None
     except BaseException:
         if moved_alias:
@@ -251,15 +257,10 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
     at = entry.at.isoformat(timespec="seconds")
     verb = "rolled back" if action == "rollback" else "promoted"
     if current == info.version:
-        _log.info(f"version {info.version} of '{model}' already holds production; recorded anyway")
+        _log.info("version %s of '%s' already holds production; recorded anyway", info.version, model)
     else:
-        _log.info(f"{verb} '{model}': production {current if current is not None else '(none)'} "
-                  f"-> {info.version} by {actor}")
-    promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,
-                      actor=actor, reason=reason, at=at, ledger_id=entry.id,
-                      moved=current != info.version, forced=force, approved_by=approved_by,
-                      pipeline_id=pipeline_id, workflow_id=workflow_id,
-                      details={**details, **extra})
+        _log.info("%s '%s': production %s -> %s by %s", verb, model,
+                  current if current is not None else "(none)", info.version, by.actor)
     held_candidate = aliases.get(versions.CANDIDATE) == info.version
 
     def write_view() -> None:
@@ -267,7 +268,10 @@ def _move(model: str, action: str, *, target, actor: str, reason: str | None, fo
         if held_candidate:
             versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval
 
-    promo._pending = write_view
+    promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,
+                      provenance=by, reason=reason, at=at, ledger_id=entry.id,
+                      moved=current != info.version, forced=force, details={**details, **extra},
+                      pending_view=write_view)
     if not defer_tags:
         promo.finish()
     return promo
@@ -279,28 +283,30 @@ class _Refusal(Exception):
         self.version, self.error = version, error
 
 
-def promote(model: str, version, *, actor: str, reason: str | None = None, force: bool = False,
-            approved_by: str | None = None, pipeline_id: str | None = None,
-            workflow_id: str | None = None, details: dict | None = None,
+def promote(model: str, version, *, provenance: Provenance | None = None, actor: str | None = None,
+            reason: str | None = None, force: bool = False, details: dict | None = None,
             ledger: Ledger | None = None) -> Promotion:
-    """Point ``production`` at ``version`` (it must have passed the gate unless forced with a reason)."""
+    """Point ``production`` at ``version`` (it must have passed the gate unless forced with a reason).
+
+    ``provenance``: who and from where (the CLI builds it); ``actor`` alone is shorthand for one
+    built from the environment."""
     ledger = ledger or Ledger()
     v = versions.parse_version(version)
-    return _move(model, "promote", target=lambda tx, current: (v, {}), actor=actor, reason=reason,
-                 force=force, approved_by=approved_by,
-                 pipeline_id=pipeline_id or lineage.pipeline_id(),
-                 workflow_id=workflow_id or lineage.workflow_id(), details=details or {},
-                 ledger=ledger)
+    return _move(model, "promote", target=lambda tx, current: (v, {}), by=given(provenance, actor),
+                 reason=reason, force=force, details=details or {}, ledger=ledger)
 
 
-def rollback(model: str, *, to=None, reason: str | None = None, actor: str, force: bool = False,
-             approved_by: str | None = None, ledger: Ledger | None = None,
-             defer_tags: bool = False) -> Promotion:
+def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
+             actor: str | None = None, approved_by: str | None = None, force: bool = False,
+             ledger: Ledger | None = None, defer_tags: bool = False) -> Promotion:
     """Point ``production`` back at ``to``, or at the version that held it before the current one.
 
     "Before" is read from the ledger, skipping versions whose deploy failed. Same checks and
-    records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``.
+    records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``. ``actor`` and
+    ``approved_by``: shorthand for a ``provenance`` built from the environment (``mlops sync
+    rollback`` passes them).
     """
+    by = given(provenance, actor, approved_by=approved_by)
     ledger = ledger or Ledger()
     explicit = versions.parse_version(to) if to is not None else None
     all_versions = {i.version: i.tags for i in versions.list_versions(model)}
@@ -323,27 +329,25 @@ def rollback(model: str, *, to=None, reason: str | None = None, actor: str, forc
                                              else "") + "; use `mlops registry promote --version N`")
         return v, {"rollback_of": current, "skipped_failed": sorted(failed & set(stack))}
 
-    return _move(model, "rollback", target=target, actor=actor,
-                 reason=reason or "rollback requested", force=force, approved_by=approved_by,
-                 pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
-                 details={}, ledger=ledger, defer_tags=defer_tags)
+    return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
+                 force=force, details={}, ledger=ledger, defer_tags=defer_tags)
 
 
 def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
                          actor: str | None = None, *, host: str | None = None,
-                         ledger: Ledger | None = None) -> Promotion:
+                         ledger: Ledger | None = None, provenance: Provenance | None = None) -> Promotion:
     """After a failed deploy: production back to ``to_version``, failed version tagged, rows recorded.
 
     Records a ``deploy`` row (outcome failed) for ``failed_version`` and a ``rollback`` row.
     The alias is only moved if it still points at ``failed_version``; if someone promoted another
     version meanwhile it is left alone (the rollback row then says ``refused`` and why).
-    ``to_version`` None removes ``production`` (the first deploy ever failed).
+    ``to_version`` None removes ``production`` (the first deploy ever failed). ``actor``:
+    shorthand for a ``provenance`` built from the environment.
     """
+    by = given(provenance, actor)
     ledger = ledger or Ledger()
     failed = versions.parse_version(failed_version)
     to = versions.parse_version(to_version) if to_version is not None else None
-    actor = actor or lineage.os_user()
-    pid, wid = lineage.pipeline_id(), lineage.workflow_id()
     versions.get_version(model, failed)
     if to is not None:
         versions.get_version(model, to)
@@ -356,30 +360,27 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
         with ledger.serialized(model) as tx:
             current = versions.production_version(model)
             tx.append(Entry(action="deploy", model=model, outcome="failed", from_version=to,
-                            to_version=failed, actor=actor, pipeline_id=pid, workflow_id=wid,
-                            host=host, reason=reason))
+                            to_version=failed, host=host, reason=reason, **by.row()))
             if current == failed:
                 entry = _move_alias(tx, model, "rollback", current=current, row=Entry(
                     action="rollback", model=model, outcome="ok", from_version=failed, to_version=to,
-                    actor=actor, pipeline_id=pid, workflow_id=wid, host=host, reason=reason,
+                    host=host, reason=reason, **by.row(),
                     details={"after_failed_deploy": failed, "automatic": True}))
                 moved_alias = True
             else:
                 why = (f"production is version {current} now, not the failed {failed}; "
                        f"left it alone")
                 entry = tx.append(Entry(action="rollback", model=model, outcome="refused",
-                                        from_version=failed, to_version=to, actor=actor,
-                                        pipeline_id=pid, workflow_id=wid, host=host,
-                                        reason=f"{reason} ({why})"))
-                _log.warning(f"not moving production of '{model}': {why}")
+                                        from_version=failed, to_version=to, host=host,
+                                        reason=f"{reason} ({why})", **by.row()))
+                _log.warning("not moving production of '%s': %s", model, why)
     except BaseException:
         if moved_alias:
             _restore(model, current)
         raise
     at = entry.at.isoformat(timespec="seconds")
-    promo = Promotion(model=model, action="rollback", from_version=failed, to_version=to, actor=actor,
-                      reason=reason, at=at, ledger_id=entry.id, moved=moved_alias,
-                      pipeline_id=pid, workflow_id=wid,
+    promo = Promotion(model=model, action="rollback", from_version=failed, to_version=to,
+                      provenance=by, reason=reason, at=at, ledger_id=entry.id, moved=moved_alias,
                       details={"after_failed_deploy": failed, "production_was": current})
     if moved_alias:     # `to` keeps the approver it had; both descriptions show the rollback
         description.refresh_quietly(model, to, failed)

@@ -6,35 +6,37 @@ before it creates a version the ledger would not know about.
 """
 from __future__ import annotations
 
-from mlops_common import lineage, log
+from mlops_common import log
 
 from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .description import ensure_model_description, refresh_quietly
 from .ledger import Entry, Ledger
+from .provenance import Provenance
 
 _log = log.get("registry.register")
 
 
 def register_version(model_name: str, model_uri: str, *, run_id: str,
-                     tags: dict[str, str] | None = None, description: str | None = None) -> int:
+                     tags: dict[str, str] | None = None, description: str | None = None,
+                     provenance: Provenance | None = None) -> int:
     """Create version N of ``model_name`` from ``model_uri`` (a logged model); returns N.
 
     Tags: the caller's (dataset, retrained_from, ...), the commit and the CircleCI pipeline, and
     ``validation_status=pending``; the other CircleCI ids go to the ledger row (the description
-    links the job from there), not to the narrow tag column.
+    links the job from there), not to the narrow tag column. ``provenance``: who registers from
+    where (default: the OS user in this job and checkout).
     """
     import mlflow
 
     ledger = Ledger()
     client = tracking_client()
-    ci = lineage.ci_tags()
+    by = provenance or Provenance.from_environment()
     all_tags = {T.VALIDATION_STATUS: "pending", **(tags or {})}
-    commit = lineage.git_commit()
-    if commit:
-        all_tags[T.GIT_COMMIT] = commit
-    if lineage.pipeline_id():
-        all_tags[T.PIPELINE_ID] = lineage.pipeline_id()
+    if by.git_commit:
+        all_tags[T.GIT_COMMIT] = by.git_commit
+    if by.pipeline_id:
+        all_tags[T.PIPELINE_ID] = by.pipeline_id
     with mlflow_errors(f"registering a version of '{model_name}'"):
         mv = mlflow.register_model(model_uri, model_name, tags=all_tags, await_registration_for=300)
         if description:
@@ -42,15 +44,15 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     version = int(mv.version)
     ledger.append(Entry(
         action="register", model=model_name, outcome="ok", to_version=version,
-        actor=lineage.os_user(), pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
+        **by.row(),
         details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
                  **{k: v for k, v in all_tags.items()
                     if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
-                 **({"ci": ci} if ci else {})}))
+                 **({"ci": dict(by.ci)} if by.ci else {})}))
     if not description:     # the caller's own description wins; else the one built from the ledger
         refresh_quietly(model_name, version)
     try:
         ensure_model_description(model_name)
     except Exception as exc:  # noqa: BLE001 - a description is a view; the version is registered
-        _log.warning(f"could not write the description of registered model '{model_name}': {exc}")
+        _log.warning("could not write the description of registered model '%s': %s", model_name, exc)
     return version

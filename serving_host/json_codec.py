@@ -214,44 +214,35 @@ def _lossless(v, max_int: int, fmax: float | None) -> bool:
     return fmax is None or -fmax <= fv <= fmax
 
 
+# AddValueToTensor's per-dtype rules: floats must convert without loss (ints: within the mantissa,
+# float: within its range), whole numbers (never bool) within the dtype's range.
+_FLOATS = {DT_FLOAT: ("float", 2**24 - 1, FLOAT32_MAX), DT_DOUBLE: ("double", 2**53 - 1, None)}
+_INT_RANGES = {DT_INT32: (INT32_MIN, INT32_MAX), DT_INT16: (INT32_MIN, INT32_MAX), DT_INT8: (INT32_MIN, INT32_MAX),
+               DT_UINT8: (INT32_MIN, INT32_MAX), DT_INT64: (INT64_MIN, INT64_MAX), DT_UINT32: (0, UINT32_MAX),
+               DT_UINT64: (0, UINT64_MAX)}
+
+
 def _add_value(v, dt: int, out: list) -> None:
     """``AddValueToTensor``: type checks per dtype (bool is not a number, 1.0 is not an int)."""
-    if dt == DT_FLOAT:
+    if dt in _FLOATS:
+        name, max_int, fmax = _FLOATS[dt]
         if not _is_number(v):
             raise _type_error(v, dt)
-        if not _lossless(v, 2**24 - 1, FLOAT32_MAX):
-            raise invalid_argument(f"Cannot convert JSON value: {_value_text(v)} to float without "
+        if not _lossless(v, max_int, fmax):
+            raise invalid_argument(f"Cannot convert JSON value: {_value_text(v)} to {name} without "
                                    "loss of precision.")
         out.append(v)
-    elif dt == DT_DOUBLE:
-        if not _is_number(v):
-            raise _type_error(v, dt)
-        if not _lossless(v, 2**53 - 1, None):
-            raise invalid_argument(f"Cannot convert JSON value: {_value_text(v)} to double without "
-                                   "loss of precision.")
-        out.append(v)
-    elif dt in (DT_INT32, DT_INT16, DT_INT8, DT_UINT8):
-        if not (isinstance(v, int) and not isinstance(v, bool) and INT32_MIN <= v <= INT32_MAX):
+    elif dt in _INT_RANGES:
+        lo, hi = _INT_RANGES[dt]
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
             raise _type_error(v, dt)
         out.append(v)
     elif dt == DT_STRING:
         if not isinstance(v, str):
             raise _type_error(v, dt)
         out.append(v.encode("utf-8"))
-    elif dt == DT_INT64:
-        if not (isinstance(v, int) and not isinstance(v, bool) and INT64_MIN <= v <= INT64_MAX):
-            raise _type_error(v, dt)
-        out.append(v)
     elif dt == DT_BOOL:
         if not isinstance(v, bool):
-            raise _type_error(v, dt)
-        out.append(v)
-    elif dt == DT_UINT32:
-        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT32_MAX):
-            raise _type_error(v, dt)
-        out.append(v)
-    elif dt == DT_UINT64:
-        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= UINT64_MAX):
             raise _type_error(v, dt)
         out.append(v)
     else:

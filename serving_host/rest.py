@@ -183,20 +183,18 @@ class RestApi:
         return jc.predict_response(outputs, fmt)
 
     def classify(self, name, version, label, body: bytes) -> str:
-        doc = jc.parse_json(body)
-        sig_name = jc.signature_name(doc)
-        examples = jc.serialized_examples(doc)
-        with self.manager.handle(name, version, label) as servable:
-            results = servable.classify(sig_name, examples)
-        return jc.classify_response(results)
+        return jc.classify_response(self._run_examples(name, version, label, body, "classify"))
 
     def regress(self, name, version, label, body: bytes) -> str:
+        return jc.regress_response(self._run_examples(name, version, label, body, "regress"))
+
+    def _run_examples(self, name, version, label, body: bytes, api: str):
+        """The body's examples through the servable's ``classify`` or ``regress`` (``api``)."""
         doc = jc.parse_json(body)
         sig_name = jc.signature_name(doc)
         examples = jc.serialized_examples(doc)
         with self.manager.handle(name, version, label) as servable:
-            values = servable.regress(sig_name, examples)
-        return jc.regress_response(values)
+            return getattr(servable, api)(sig_name, examples)
 
     def status(self, name: str, version: int | None) -> str:
         """``GetModelStatus``; like TF Serving, a label in the path does not narrow the answer."""

@@ -223,22 +223,29 @@ class Servable:
         return name, sig
 
     @staticmethod
-    def _classify_tensors(sig) -> tuple[str, tuple[str, ...]]:
-        """``PreProcessClassification`` -> (input tensor name, output tensor names)."""
-        if sig.method_name != CLASSIFY_METHOD:
-            raise invalid_argument(f"Expected classification signature method_name to be "
-                                   f"{CLASSIFY_METHOD}. Was: {sig.method_name}")
+    def _examples_input(sig, method: str, kind: str, outputs: tuple[int, ...], outputs_error: str) -> str:
+        """The checks ``PreProcessClassification`` and ``PreProcessRegression`` share -> the input
+        tensor name (``outputs``: the allowed output counts; ``outputs_error``: ``{n}`` the count)."""
+        if sig.method_name != method:
+            raise invalid_argument(f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
         if len(sig.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
-        if len(sig.outputs) not in (1, 2):
-            raise invalid_argument(f"Expected one or two output Tensors, found {len(sig.outputs)}")
+        if len(sig.outputs) not in outputs:
+            raise invalid_argument(outputs_error.format(n=len(sig.outputs)))
         if "inputs" not in sig.inputs:
-            raise invalid_argument(f"No classification inputs found in SignatureDef: {_debug(sig)}")
+            raise invalid_argument(f"No {kind} inputs found in SignatureDef: {_debug(sig)}")
+        return sig.inputs["inputs"].name
+
+    @staticmethod
+    def _classify_tensors(sig) -> tuple[str, tuple[str, ...]]:
+        """``PreProcessClassification`` -> (input tensor name, output tensor names)."""
+        in_name = Servable._examples_input(sig, CLASSIFY_METHOD, "classification", (1, 2),
+                                           "Expected one or two output Tensors, found {n}")
         outs = tuple(sig.outputs[a].name for a in ("classes", "scores") if a in sig.outputs)
         if not outs:
             raise invalid_argument('Expected classification signature outputs to contain at least one '
                                    f'of "classes" or "scores". Signature was: {_debug(sig)}')
-        return sig.inputs["inputs"].name, outs
+        return in_name, outs
 
     @staticmethod
     def _classify_result(sig, n: int, names: tuple[str, ...], values: list[np.ndarray]):
@@ -274,18 +281,10 @@ class Servable:
     @staticmethod
     def _regress_tensors(sig) -> tuple[str, tuple[str, ...]]:
         """``PreProcessRegression`` -> (input tensor name, output tensor names)."""
-        if sig.method_name != REGRESS_METHOD:
-            raise invalid_argument(f"Expected regression signature method_name to be {REGRESS_METHOD}. "
-                                   f"Was: {sig.method_name}")
-        if len(sig.inputs) != 1:
-            raise invalid_argument("Expected one input Tensor.")
-        if len(sig.outputs) != 1:
-            raise invalid_argument("Expected one output Tensor.")
-        if "inputs" not in sig.inputs:
-            raise invalid_argument(f"No regression inputs found in SignatureDef: {_debug(sig)}")
+        in_name = Servable._examples_input(sig, REGRESS_METHOD, "regression", (1,), "Expected one output Tensor.")
         if "outputs" not in sig.outputs:
             raise invalid_argument(f"No regression outputs found in SignatureDef: {_debug(sig)}")
-        return sig.inputs["inputs"].name, (sig.outputs["outputs"].name,)
+        return in_name, (sig.outputs["outputs"].name,)
 
     @staticmethod
     def _regress_result(sig, n: int, names: tuple[str, ...], values: list[np.ndarray]) -> list[float]:
@@ -311,24 +310,23 @@ class Servable:
     def classify(self, signature_name: str, serialized_examples: list[bytes], *,
                  model_name: str | None = None):
         """``RunClassify`` -> one list of (label, score) per example, like ClassificationResult."""
-        _, sig = self._signature_for(signature_name, CLASSIFY_METHOD, "classification")
-        in_name, outs = self._classify_tensors(sig)
-        start = time.monotonic()
-        values = self._examples(in_name, outs, serialized_examples)
-        metrics.record_runtime(self.name if model_name is None else model_name, "Classify",
-                               time.monotonic() - start)
-        return self._classify_result(sig, len(serialized_examples), outs, values)
+        return self._run_examples(CLASSIFY_METHOD, signature_name, serialized_examples, model_name)
 
     def regress(self, signature_name: str, serialized_examples: list[bytes], *,
                 model_name: str | None = None) -> list[float]:
         """``RunRegress`` -> one value per example."""
-        _, sig = self._signature_for(signature_name, REGRESS_METHOD, "regression")
-        in_name, outs = self._regress_tensors(sig)
+        return self._run_examples(REGRESS_METHOD, signature_name, serialized_examples, model_name)
+
+    def _run_examples(self, method: str, signature_name: str, examples: list[bytes], model_name: str | None):
+        """``RunClassify`` / ``RunRegress``: the signature's checks, one session run, the result's checks."""
+        classify = method == CLASSIFY_METHOD
+        _, sig = self._signature_for(signature_name, method, "classification" if classify else "regression")
+        in_name, outs = (self._classify_tensors if classify else self._regress_tensors)(sig)
         start = time.monotonic()
-        values = self._examples(in_name, outs, serialized_examples)
-        metrics.record_runtime(self.name if model_name is None else model_name, "Regress",
-                               time.monotonic() - start)
-        return self._regress_result(sig, len(serialized_examples), outs, values)
+        values = self._examples(in_name, outs, examples)
+        metrics.record_runtime(self.name if model_name is None else model_name,
+                               "Classify" if classify else "Regress", time.monotonic() - start)
+        return (self._classify_result if classify else self._regress_result)(sig, len(examples), outs, values)
 
     def multi_inference(self, model_name: str, tasks: list[tuple[str, str]],
                         serialized_examples: list[bytes]):

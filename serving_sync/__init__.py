@@ -29,5 +29,5 @@ The deploy orchestration on top (observe -> plan -> act):
 - ``cancel``         SIGTERM / Ctrl-C stop a deploy at a safe point (then its hosts are put back)
 - ``golden``         what a deploy needs from the registry (golden set, SavedModel)
 - ``status``, ``smoke_hosts``: read-only checks; ``watch``, ``webhook``: the reconcile loop;
-  ``infra``: infra-validate in a throw-away server
+  ``rollback``: registry rollback then deploy; ``infra``: infra-validate in a throw-away server
 """

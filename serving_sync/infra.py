@@ -25,6 +25,7 @@ from . import host_config
 from . import manifest as mf
 from . import models_config as mc
 from .apply import wait_loaded
+from .errors import SmokeFailed
 from .golden import download_bundle
 from .publish import publish
 from .smoke import Check, SmokeOptions, SmokeReport, run_smoke
@@ -37,12 +38,16 @@ LEDGER_HOST = "infra-validate"
 
 
 def choose_server(requested: str, docker_works: Callable[[], bool]) -> str:
-    """``docker`` / ``local`` as asked; ``auto``: docker when ``docker info`` works, else local."""
+    """``local`` as asked; ``docker`` as asked, refused where no Docker engine answers; ``auto``:
+    docker when ``docker info`` works, else local."""
     if requested not in SERVERS:
         raise ConfigError(f"--server must be one of {', '.join(SERVERS)}, got {requested!r}")
-    if requested != "auto":
-        return requested
-    return "docker" if docker_works() else "local"
+    if requested == "auto":
+        return "docker" if docker_works() else "local"
+    if requested == "docker" and not docker_works():
+        raise ConfigError("--server docker: no Docker engine answers here (`docker info` failed); use "
+                          "--server local or auto")
+    return requested
 
 
 @dataclass
@@ -71,6 +76,11 @@ class InfraResult:
                 "rest_url": self.rest_url,
                 "error": self.error, "seconds": round(self.seconds, 3),
                 "checks": [c.__dict__ for c in self.checks]}
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            raise SmokeFailed(f"infra validation of v{self.version} of '{self.model}' failed in {self.server} "
+                              f"TF Serving: {self.error}")
 
 
 ServerStarter = Callable[[Path], ContextManager[ThrowawayServer]]
@@ -119,6 +129,14 @@ def validate(model: str, version: int, *, server: str, start_server: ServerStart
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         result.seconds = time.monotonic() - start
+    return result
+
+
+def validate_and_record(model: str, version: int, *, server: str, start_server: ServerStarter,
+                        opts: SmokeOptions = SmokeOptions(), timeout: float = 120.0) -> InfraResult:
+    """``mlops sync infra-validate``: ``validate``, then ``record`` the verdict in the registry."""
+    result = validate(model, version, server=server, start_server=start_server, opts=opts, timeout=timeout)
+    record(result)
     return result
 
 

@@ -5,12 +5,53 @@ gets one report; an unreachable host is a failed check, not a crash.
 """
 from __future__ import annotations
 
-from mlops_common.errors import UserError
+from dataclasses import dataclass
 
+from mlops_common.errors import ConfigError, UserError
+
+from .errors import SmokeFailed
 from .smoke import Check, Golden, SmokeOptions, SmokeReport, route_name, run_smoke
 from .tfs_client import TFServingClient
 
 VIA = ("stable", "version")
+
+
+@dataclass
+class FleetSmoke:
+    """``mlops sync smoke``: one report per host for one version through one route."""
+
+    model: str
+    version: int
+    via: str
+    reports: list[SmokeReport]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "via": self.via, "passed": self.passed,
+                "hosts": [r.to_dict() for r in self.reports]}
+
+    def raise_if_failed(self) -> None:
+        bad = [r for r in self.reports if not r.passed]
+        if bad:
+            raise SmokeFailed("smoke test failed on " + "; ".join(f"{r.host} ({r.summary()})" for r in bad))
+
+
+def smoke_fleet(model: str, hosts, *, version: int | None = None, via: str = "stable",
+                opts: SmokeOptions = SmokeOptions()) -> FleetSmoke:
+    """Smoke-test ``version`` (default: the one holding ``production``) on every host, with the
+    golden set from the registry; a failed check is in the result, never raised."""
+    from registry import versions
+
+    from .golden import fetch_golden
+
+    version = version or versions.production_version(model)
+    if version is None:
+        raise ConfigError(f"no version of '{model}' holds production; pass --version N")
+    reports = smoke_hosts(hosts, model, version, fetch_golden(model, version), via=via, opts=opts)
+    return FleetSmoke(model, version, via, reports)
 
 
 def smoke_hosts(hosts, model: str, version: int, golden: Golden, *, via: str = "stable",

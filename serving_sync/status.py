@@ -95,3 +95,28 @@ def host_status(host, model: str, production: int | None, *, label: str = STABLE
     st.verified = list(obs.verified)
     st.drift = drift(obs, production, label=label)
     return st
+
+
+@dataclass
+class FleetStatus:
+    """``mlops sync status``: the registry's production version and every host's status."""
+
+    model: str
+    production: int | None
+    hosts: list[HostStatus]
+
+    @property
+    def in_sync(self) -> bool:
+        return all(s.in_sync for s in self.hosts)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "production": self.production, "in_sync": self.in_sync,
+                "hosts": [s.to_dict() for s in self.hosts]}
+
+
+def fleet_status(model: str, hosts, *, label: str = STABLE) -> FleetStatus:
+    """Read ``production`` from the registry, then observe every host (read-only)."""
+    from registry import versions
+
+    production = versions.production_version(model)
+    return FleetStatus(model, production, [host_status(h, model, production, label=label) for h in hosts])

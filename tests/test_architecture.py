@@ -79,14 +79,46 @@ def test_cli_help_and_sync_modules_load_without_tensorflow_or_mlflow():
     assert p.stdout.strip() == "", f"loaded heavy modules: {p.stdout.strip()}"
 
 
+def _test_imports_outside_the_lab(source: str, filename: str) -> list[str]:
+    """What a benchmark imports from ``tests`` other than public names of public ``tests.lab``
+    modules (the fixtures, test modules, private modules or names)."""
+    bad = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules, names = [node.module], [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            modules, names = [a.name for a in node.names], []
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] != "tests":
+                continue
+            if parts[:2] != ["tests", "lab"] or any(p.startswith("_") for p in parts):
+                bad.append(f"{filename}: {module}")
+            bad += [f"{filename}: {module}.{n}" for n in names if n.startswith("_")]
+    return bad
+
+
+GUARDED_IMPORTS = (
+    "from tests.fixtures.deploy_env import DeployEnv",        # a fixture module, not the lab
+    "from tests.test_sync_canary import Load",                 # a test module
+    "from tests.lab.models import _private",                   # a private name
+    "from tests.lab._helpers import thing",                    # a private module
+    "import tests.fixtures.sshd",
+    "def f():\n    from tests.helpers import run_mlops",      # nested imports count too
+)
+
+
 def test_benchmarks_import_only_public_names_from_the_tests():
-    """The test lab is shared with the benchmarks through its public names only."""
-    private = []
-    for path in _py_files("benchmarks"):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
-                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
-    assert private == []
+    """The test lab (tests/lab/) is shared with the benchmarks through its public names only."""
+    for line in GUARDED_IMPORTS:                               # the guard itself can fail
+        assert _test_imports_outside_the_lab(line, "bench_x.py") != [], line
+    assert _test_imports_outside_the_lab("from tests.lab.models import ModelSpec, build_models\n"
+                                         "import tests.lab.traffic\nfrom benchmarks import _setup\n",
+                                         "bench_x.py") == []
+    bad = [b for path in _py_files("benchmarks") for b in _test_imports_outside_the_lab(path.read_text(), path.name)]
+    assert bad == []
 
 
 def test_no_test_or_benchmark_reads_outside_the_repository():

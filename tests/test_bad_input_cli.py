@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.deploy_env import DeployEnv
 from tests.fixtures.faults import one_error_line, registry_snapshot, tree_bytes
-from tests.fixtures.sshd import keygen
 from tests.helpers import run_mlops
+from tests.lab.deploy_env import DeployEnv
+from tests.lab.sshd import keygen
 
 
 @dataclass

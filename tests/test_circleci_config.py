@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.circleci_local import LocalCircleCI, Unsupported, evaluate_when, load_config, substitute
 from tests.helpers import REPO
+from tests.lab.circleci import LocalCircleCI, Unsupported, evaluate_when, load_config, substitute
 
 CONFIG_PATH = REPO / ".circleci" / "config.yml"
 # The only facts a job may hand to later jobs through the workspace.

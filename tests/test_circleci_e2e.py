@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.circleci_local import LocalCircleCI
+from tests.lab.circleci import LocalCircleCI
 
 pytestmark = pytest.mark.slow
 

@@ -151,7 +151,7 @@ def test_rollback_can_defer_its_tags_until_finish(make_version):
     assert f"**Approved by:** bob (rollback v{v2} → v{v1} by bob" in after.description
     assert f"ledger #{promo.ledger_id}; reason: deferred)" in after.description
     promo.finish()                          # once only
-    assert "_pending" not in promo.to_dict()
+    assert promo.pending_view is None and "pending_view" not in promo.to_dict()
 
 
 _HEAVY = ("import sys\nfrom mlops.cli import main\nrc = main(sys.argv[1:])\n"

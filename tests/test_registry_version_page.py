@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from registry import deploys, description, promotion, tags, versions
 from registry.gate import run_gate
 from registry.ledger import Entry
+from registry.provenance import Provenance
 from registry.rest import rest
 from tests.test_registry_gate import Evaluations, doc
 
@@ -36,7 +37,7 @@ def test_version_page_after_gate_promote_deploy_and_rollback(make_version):
 
     promotion.promote(model, v1, actor="alice", reason="first release")
     run_gate(model, v2, ev)
-    promotion.promote(model, v2, actor="bob", approved_by="carol-approver")
+    promotion.promote(model, v2, provenance=Provenance.from_environment("bob", approved_by="carol-approver"))
     led = deploys.DeployLedger(model)
     for host in ("web-1", "web-2"):
         led("deploy", "ok", host=host, from_version=v1, to_version=v2)

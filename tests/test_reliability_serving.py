@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from tests.fixtures.deploy_env import ServingHost
 from tests.fixtures.faults import final_error_line, tree_bytes
+from tests.lab.hosts import ServingHost
 
 PRODUCTION_SERVER_ARGS = ("--max_num_load_retries=0", "--allow_version_labels_for_unavailable_models=true")
 
@@ -169,7 +169,7 @@ def register_dir(env, bundle) -> int:
     from registry import versions
     from registry.client import tracking_client
     from registry.register import register_version
-    from tests.fixtures.deploy_env import EXPERIMENT
+    from tests.lab.registry import EXPERIMENT
 
     client = tracking_client()
     exp = client.get_experiment_by_name(EXPERIMENT)

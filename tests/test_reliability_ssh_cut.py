@@ -37,7 +37,7 @@ def serves_big(env, host, v: int) -> None:
     """``host`` serves ``v`` on every route. Every version here is the same "big" model (equal
     outputs), so which version answers is read from TF Serving (label, states), and the outputs
     are checked to be the big model's golden outputs."""
-    from tests.fixtures.deploy_env import identify
+    from tests.lab.traffic import identify
 
     golden = {v: env.bundles.golden("big")["response"]["predictions"]}
     available = [x for x, s in env.states(host).items() if s == "AVAILABLE"]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.deploy_env import ServingHost
 from tests.fixtures.faults import one_error_line
+from tests.lab.hosts import ServingHost
 
 DEPLOY_USER = "mlopsdeploy"
 PRIVILEGED_GROUPS = {"root", "sudo", "wheel", "admin", "docker"}

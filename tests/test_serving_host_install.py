@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.fixtures.tfserving import REPO
+from tests.helpers import REPO
 
 SCRIPT = REPO / "serving_host" / "install_server.sh"
 

@@ -20,8 +20,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.fixtures.tfserving import REPO
-from tests.helpers import TF_SERVING_TESTDATA
+from tests.helpers import REPO, TF_SERVING_TESTDATA
 
 HALF_PLUS_TWO_123 = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 

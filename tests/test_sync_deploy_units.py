@@ -195,7 +195,9 @@ def test_server_choice_for_auto_docker_and_local():
     assert choose_server("auto", lambda: True) == "docker"
     assert choose_server("auto", lambda: False) == "local"
     assert choose_server("local", lambda: True) == "local"
-    assert choose_server("docker", lambda: False) == "docker"
+    assert choose_server("docker", lambda: True) == "docker"
+    with pytest.raises(UserError, match=r"--server docker: no Docker engine answers here"):
+        choose_server("docker", lambda: False)      # asked for by name: refused, never quietly local
     with pytest.raises(UserError):
         choose_server("k8s", lambda: True)
 

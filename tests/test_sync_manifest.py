@@ -158,7 +158,7 @@ def test_known_hosts_verdicts():
 
 
 def test_fingerprint_matches_ssh_keygen(tmp_path):
-    from tests.fixtures.sshd import fingerprint, keygen
+    from tests.lab.sshd import fingerprint, keygen
 
     pub = keygen(tmp_path / "k")
     assert kh.fingerprint(pub.split()[1]) == fingerprint(tmp_path / "k.pub")

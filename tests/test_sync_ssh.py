@@ -18,7 +18,7 @@ from serving_sync.errors import AuthFailed, DiskFull, HostKeyRejected, HostPermi
 from serving_sync.hosts import Target
 from serving_sync.publish import incoming_dirs, publish
 from serving_sync.transports.ssh import SshTransport
-from tests.fixtures.sshd import keygen
+from tests.lab.sshd import keygen
 from tests.test_sync_support import make_model_tree
 
 MODEL = "digits"

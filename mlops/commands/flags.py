@@ -4,26 +4,25 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
-    """A count or a version number: a whole number, at least 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
+def _whole(minimum: int, too_small: str, *, what: str = "a whole number"):
+    """A converter to a whole number of at least ``minimum`` (``too_small``: the reason, ``{v}`` the value)."""
+    def convert(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(too_small.format(v=v))
+        return v
+    return convert
 
 
-def non_negative_int(text: str) -> int:
-    """A count that may be zero (``--canary 0``)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
-    return v
+# A count or a version number: a whole number, at least 1.
+positive_int = _whole(1, "{v} must be at least 1")
+# A count that may be zero (``--canary 0``).
+non_negative_int = _whole(0, "{v} must be 0 or more")
+# A registered model version: a whole number, at least 1.
+version_number = _whole(1, "version numbers start at 1", what="a version number")
 
 
 def wave(text: str) -> str:
@@ -34,17 +33,6 @@ def wave(text: str) -> str:
         return parse_wave(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(exc.message.removeprefix("--wave ")) from None
-
-
-def version_number(text: str) -> int:
-    """A registered model version: a whole number, at least 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a version number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("version numbers start at 1")
-    return v
 
 
 def number(text: str) -> float:

@@ -7,6 +7,7 @@ Heavy imports stay inside the command functions.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from mlops.commands import flags, output
 from mlops_common import settings
@@ -171,12 +172,14 @@ def _evaluator(model: str):
 def cmd_gate(args) -> int:
     from registry.gate import run_gate
     from registry.gate_rules import GateRules
+    from registry.provenance import Provenance
 
     model = settings.model_name(args.model_name)
     rules = GateRules.from_env(min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
                                max_class_drop=args.max_class_drop)
     outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
-                       allow_signature_change=args.allow_signature_change, report_dir=args.report_dir)
+                       allow_signature_change=args.allow_signature_change, report_dir=args.report_dir,
+                       provenance=Provenance.from_environment())   # the gate job has no approver yet
     if args.junit:
         from mlops_common import junit
 
@@ -198,12 +201,13 @@ def _print_move(args, result, verb: str) -> None:
         output.emit(result.to_dict())
         return
     prev = f"v{result.from_version}" if result.from_version is not None else "(none)"
+    by = result.provenance
     if not result.moved:
         print(f"'{result.model}': version {result.to_version} already holds production; "
-              f"recorded ({verb} by {result.actor}, ledger #{result.ledger_id})")
+              f"recorded ({verb} by {by.actor}, ledger #{result.ledger_id})")
         return
-    print(f"{verb} '{result.model}': production {prev} -> v{result.to_version} by {result.actor}"
-          f"{' (approved in CircleCI)' if result.approved_by else ''}; ledger #{result.ledger_id}. "
+    print(f"{verb} '{result.model}': production {prev} -> v{result.to_version} by {by.actor}"
+          f"{' (approved in CircleCI)' if by.approved_by else ''}; ledger #{result.ledger_id}. "
           f"Deploy it with `mlops sync deploy`.")
 
 
@@ -219,13 +223,12 @@ def cmd_promote(args) -> int:
         version = promotion.version_for_pipeline(model, args.pipeline_id, args.version)
     else:
         version = args.version
-    actor = approver.resolve_actor(args.actor)
-    result = promotion.promote(model, version, actor=actor.name, reason=args.reason, force=args.force,
-                               approved_by=actor.approved_by,
-                               pipeline_id=args.pipeline_id or None,
-                               details={"actor_source": actor.source,
-                                        **({"approval_job": actor.approval_job}
-                                           if actor.approval_job else {}),
+    by = approver.provenance(args.actor)
+    if args.pipeline_id:        # the pipeline whose version this is, wherever the command runs
+        by = replace(by, pipeline_id=args.pipeline_id)
+    result = promotion.promote(model, version, provenance=by, reason=args.reason, force=args.force,
+                               details={"actor_source": by.actor_source,
+                                        **({"approval_job": by.approval_job} if by.approval_job else {}),
                                         **({"selected_by_pipeline": args.pipeline_id}
                                            if args.pipeline_id else {})})
     _print_move(args, result, "promoted")
@@ -236,9 +239,8 @@ def cmd_rollback(args) -> int:
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
-    actor = approver.resolve_actor(args.actor)
-    result = promotion.rollback(model, to=args.to, reason=args.reason, actor=actor.name,
-                                force=args.force, approved_by=actor.approved_by)
+    result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
+                                provenance=approver.provenance(args.actor))
     _print_move(args, result, "rolled back")
     return 0
 
@@ -280,8 +282,7 @@ def cmd_reconcile(args) -> int:
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
-    actor = approver.resolve_actor(args.actor)
-    result = promotion.reconcile(model, actor=actor.name)
+    result = promotion.reconcile(model, provenance=approver.provenance(args.actor))
     if args.json:
         output.emit(result.to_dict())
         return 0

@@ -1,19 +1,21 @@
 """`mlops sync ...`: make the serving hosts serve `production`, prove it, put things back if not.
 
 deploy | plan | status | smoke | rollback | watch | infra-validate. The work lives in
-``serving_sync`` (plan, deploy, fleet, status, smoke, watch, webhook, infra); this module only
-parses flags, wires the registry in, and prints (``--json``: exactly one JSON document on
-stdout; progress on stderr). Heavy imports stay inside the command functions: ``rollback``,
-``status`` and ``smoke`` never import TensorFlow, and MLflow only when they touch the registry.
+``serving_sync`` (plan, deploy, fleet, status, smoke_hosts, rollback, watch, webhook, infra); this
+module only parses flags, makes one call per command and prints its result (``--json``: exactly
+one JSON document on stdout; otherwise ``sync_text``; progress on stderr). Heavy imports stay
+inside the command functions: ``rollback``, ``status`` and ``smoke`` never import TensorFlow, and
+MLflow only when they touch the registry.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import time
 
-from mlops.commands import flags, output
+from mlops.commands import flags, output, sync_text
 from mlops_common import settings
 from mlops_common.errors import ConfigError
 from serving_sync.bake import Limits
@@ -269,20 +271,6 @@ def _hosts(args):
     return load_hosts(args.hosts)
 
 
-def _print_deploy(result) -> None:
-    print(result.message)
-    for h in result.hosts:
-        extra = []
-        if h.publish:
-            extra.append(f"{h.publish['status'].replace('_', ' ')}, {h.publish['bytes_transferred']} bytes")
-        if h.switch_seconds is not None:
-            extra.append(f"switch {h.switch_seconds * 1000:.0f} ms")
-        if h.retention and (h.retention.get("remove_versions") or h.retention.get("remove_uploads")):
-            extra.append(f"removed {h.retention.get('remove_versions')} {h.retention.get('remove_uploads')}")
-        extra += [n for n in h.notes if n != "up to date"]
-        print(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
-
-
 @contextlib.contextmanager
 def _interrupts(*first_actions):
     """SIGTERM / Ctrl-C never cut a deploy in half: the n-th signal runs ``first_actions[n]``; after
@@ -317,18 +305,25 @@ def _interrupts(*first_actions):
             signal.signal(sig, h)
 
 
-def _deploy_and_print(args, model, hosts, *, version=None, reason=None):
+@contextlib.contextmanager
+def _json_on_failure(args):
+    """With ``--json``, a failed deploy still prints its result (then the error goes its way)."""
     from mlops_common.errors import DeployFailed
-    from serving_sync import fleet
 
     try:
-        result = fleet.deploy(model, hosts, version=version, opts=_deploy_options(args),
-                              break_lock=args.break_lock, lock_wait=args.lock_wait, reason=reason)
+        yield
     except DeployFailed as exc:
         if args.json and getattr(exc, "result", None) is not None:
             output.emit(exc.result.to_dict())
         raise
-    return result
+
+
+def _write_junit(path: str | None, suite: str, checks) -> None:
+    """``--junit FILE``: ``checks`` ((case name, smoke Check) pairs) as JUnit XML; nothing without it."""
+    if path:
+        from mlops_common import junit
+
+        junit.write(path, suite, [junit.Case(name, c.passed, c.message, c.seconds) for name, c in checks])
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -338,12 +333,17 @@ def cmd_deploy(args) -> int:
 
 
 def _deploy_command(args) -> int:
+    from serving_sync import fleet
+
     model = settings.model_name(args.model_name)
-    result = _deploy_and_print(args, model, _hosts(args), version=args.version, reason=args.reason)
+    hosts = _hosts(args)
+    with _json_on_failure(args):
+        result = fleet.deploy(model, hosts, version=args.version, opts=_deploy_options(args),
+                              break_lock=args.break_lock, lock_wait=args.lock_wait, reason=args.reason)
     if args.json:
         output.emit(result.to_dict())
     else:
-        _print_deploy(result)
+        sync_text.deploy(result)
     return 0
 
 
@@ -355,117 +355,33 @@ def cmd_plan(args) -> int:
     if args.json:
         output.emit(fp.to_dict())
     else:
-        src = "production" if fp.source == "production" else "--version"
-        print(f"plan for v{fp.version} of '{model}' ({src}):")
-        for line in _rollout_lines(fp):
-            print(f"  {line}")
-        for p in fp.plans:
-            now = f"serves v{p.current}" if p.current is not None else "serves nothing"
-            peak = fp.peak.get(p.host) or {}
-            mem = (f"; peak model memory {_mb(peak['bytes'])} (1.2 x SavedModel size of "
-                   f"{' + '.join(f'v{c}' for c in peak['copies'])})" if peak.get("bytes") is not None else
-                   "; peak model memory unknown (a SavedModel size is not known)" if peak else "")
-            print(f"  {p.host} ({now}): " + ("up to date, nothing to do" if p.up_to_date else
-                                             f"{len(p.steps)} steps{mem}"))
-            phase = None
-            for i, step in enumerate(p.steps, 1):
-                if step.kind.phase != phase:
-                    phase = step.kind.phase
-                    print(f"    {phase}:")
-                print(f"    {i}. {step.text}")
-            if not p.up_to_date and p.retention:
-                print(f"    then retention removes {', '.join(f'v{v}' for v in p.retention)}")
-            for n in p.notes:
-                if n != "up to date":
-                    print(f"    note: {n}")
-        for name, err in fp.errors.items():
-            print(f"  {name}: cannot observe: {err}")
+        sync_text.plan(model, fp)
     return 1 if fp.errors else 0
 
 
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
-
-
-def _rollout_lines(fp) -> list[str]:
-    """The rollout's phases, canary, waves and bake, for people."""
-    ro, bk = fp.rollout, fp.bake
-    n = sum(len(w) for w in ro.get("waves", ()))
-    if not n:
-        return ["rollout: nothing changes"]
-    lines = [f"phase 1, prepare: {n} host{'s' if n != 1 else ''}, {min(bk['parallel'], n)} at a time (publish, "
-             f"validation entry, smoke test; nothing that serves changes)"]
-    for i, wave in enumerate(ro["waves"]):
-        if i == 0 and ro["canary"]:
-            lim = bk["limits"]
-            bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate +{100 * lim['max_error_rate']:g}% "
-                    f"max, p95/p99 x{lim['max_latency_ratio']:g} max, fewer than {lim['min_requests']} requests: "
-                    f"{lim['on_low_traffic']})" if bk["seconds"] else "no bake (--bake 0)")
-            lines.append(f"phase 2, switch: canary {', '.join(wave)}; {bake}")
-        else:
-            lines.append(f"phase 2, switch: wave {i if ro['canary'] else i + 1}: {', '.join(wave)}"
-                         + (f"; bake {bk['seconds']:g}s" if bk["each_wave"] and bk["seconds"]
-                            and i < len(ro["waves"]) - 1 else ""))
-    lines.append("memory: " + ("--fast: the validation copy stays loaded until the switch (two copies of the "
-                               "new version for a moment)" if bk["fast"] else
-                               "the validation copy is unloaded before the main entry loads the version"))
-    return lines
-
-
 def cmd_status(args) -> int:
-    from registry import versions
-    from serving_sync.status import host_status
+    from serving_sync.status import fleet_status
 
-    model = settings.model_name(args.model_name)
-    hosts = _hosts(args)
-    production = versions.production_version(model)
-    statuses = [host_status(h, model, production) for h in hosts]
-    in_sync = all(s.in_sync for s in statuses)
+    fs = fleet_status(settings.model_name(args.model_name), _hosts(args))
     if args.json:
-        output.emit({"model": model, "production": production, "in_sync": in_sync,
-               "hosts": [s.to_dict() for s in statuses]})
+        output.emit(fs.to_dict())
     else:
-        print(f"'{model}': production is {f'v{production}' if production is not None else '(none)'}")
-        for s in statuses:
-            if not s.reachable:
-                print(f"  {s.name}: UNREACHABLE: {s.error}")
-                continue
-            states = ", ".join(f"v{v} {st}" for v, st in sorted(s.versions.items())) or "no versions"
-            label = s.labels.get("stable")
-            print(f"  {s.name}: stable -> {f'v{label}' if label is not None else 'nothing'}, unversioned -> "
-                  f"{f'v{s.unversioned}' if s.unversioned is not None else 'nothing'} ({states}): "
-                  + ("in sync" if s.in_sync else "DRIFT: " + "; ".join(s.drift)))
-    return 0 if in_sync else 1
+        sync_text.status(fs)
+    return 0 if fs.in_sync else 1
 
 
 def cmd_smoke(args) -> int:
-    from mlops_common import junit
-    from registry import versions
-    from serving_sync.errors import SmokeFailed
-    from serving_sync.golden import fetch_golden
-    from serving_sync.smoke_hosts import smoke_hosts
+    from serving_sync.smoke_hosts import smoke_fleet
 
     model = settings.model_name(args.model_name)
-    hosts = _hosts(args)
-    version = args.version or versions.production_version(model)
-    if version is None:
-        raise ConfigError(f"no version of '{model}' holds production; pass --version N")
-    reports = smoke_hosts(hosts, model, version, fetch_golden(model, version), via=args.via,
-                          opts=_smoke_options(args))
-    if args.junit:
-        junit.write(args.junit, f"smoke.{model}.v{version}",
-                    [junit.Case(f"{r.host}.{c.name}", c.passed, c.message, c.seconds)
-                     for r in reports for c in r.checks])
+    sm = smoke_fleet(model, _hosts(args), version=args.version, via=args.via, opts=_smoke_options(args))
+    _write_junit(args.junit, f"smoke.{model}.v{sm.version}",
+                 [(f"{r.host}.{c.name}", c) for r in sm.reports for c in r.checks])
     if args.json:
-        output.emit({"model": model, "version": version, "via": args.via, "passed": all(r.passed for r in reports),
-               "hosts": [r.to_dict() for r in reports]})
+        output.emit(sm.to_dict())
     else:
-        for r in reports:
-            print(f"{r.host}: {'passed' if r.passed else 'FAILED'} via {r.route}: "
-                  + "; ".join(f"{c.name}: {c.message}" for c in r.checks))
-    bad = [r for r in reports if not r.passed]
-    if bad:
-        raise SmokeFailed("smoke test failed on " + "; ".join(f"{r.host} ({r.summary()})" for r in bad))
+        sync_text.smoke(sm.reports)
+    sm.raise_if_failed()
     return 0
 
 
@@ -476,37 +392,21 @@ def cmd_rollback(args) -> int:
 
 
 def _rollback_command(args, start: float) -> int:
-    from registry import approver, deploys, promotion
+    from registry import approver
+    from serving_sync.rollback import rollback_and_deploy
 
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
+    opts = _deploy_options(args)       # so does a bad MLOPS_BAKE_* setting
     actor = approver.resolve_actor(args.actor)
-    # ledger row + alias move now (under the promotion lock); the version tags, a view of that row,
-    # after the hosts switched: they are not on the path to the old outputs
-    promo = promotion.rollback(model, to=args.to, reason=args.reason, actor=actor.name,
-                               approved_by=actor.approved_by, defer_tags=True)
-    print(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor.name}, "
-          f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
-    try:
-        result = _deploy_and_print(args, model, hosts, reason=promo.reason)
-    except BaseException:
-        with contextlib.suppress(Exception):   # the deploy's own error is the one to report
-            promo.finish()
-        raise
-    promo.finish()
-    if promo.from_version is not None and promo.from_version != promo.to_version:
-        deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
-    answered = result.answered_after(start)
-    switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
+    with _json_on_failure(args):
+        rb = rollback_and_deploy(model, hosts, actor=actor, to=args.to, reason=args.reason, opts=opts,
+                                 break_lock=args.break_lock, lock_wait=args.lock_wait, started=start,
+                                 on_moved=functools.partial(sync_text.rollback_moved, model, actor.name))
     if args.json:
-        output.emit({"registry": promo.to_dict(), "deploy": result.to_dict(),
-               "seconds_to_old_outputs": answered, "switch_seconds": switch,
-               "seconds": round(time.monotonic() - start, 3)})
-        return 0
-    _print_deploy(result)
-    if answered is not None:
-        print(f"v{promo.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
-              f"command started" + (f" (host switch {switch * 1000:.0f} ms)" if switch is not None else ""))
+        output.emit(rb.to_dict())
+    else:
+        sync_text.rollback(rb)
     return 0
 
 
@@ -566,8 +466,7 @@ def _report_watch(args, result) -> int:
     if args.json:
         output.emit(result.to_dict())
     else:
-        for p in result.passes:
-            print(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
+        sync_text.watch(result)
     last = result.passes[-1] if result.passes else None
     if args.once and last is not None and last.status == "failed":
         raise DeployFailed(last.message)
@@ -578,39 +477,18 @@ def _report_watch(args, result) -> int:
 
 def cmd_infra_validate(args) -> int:
     from mlops import local_services
-    from mlops_common import junit
     from serving_sync import infra
-    from serving_sync.errors import SmokeFailed
 
     model = settings.model_name(args.model_name)
     kind = infra.choose_server(args.server, local_services.docker_available)
-    if kind == "docker" and args.server == "docker" and not local_services.docker_available():
-        raise ConfigError("--server docker: no Docker engine answers here (`docker info` failed); use "
-                          "--server local or auto")
-
-    @contextlib.contextmanager
-    def start_server(base):
-        srv = local_services.start_throwaway_server(kind, base, timeout=args.timeout)
-        try:
-            yield infra.ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base)
-        finally:
-            srv.stop()
-
-    print(f"infra-validate v{args.version} of '{model}' in a throw-away {kind} TF Serving", file=sys.stderr)
-    result = infra.validate(model, args.version, server=kind, start_server=start_server,
-                            opts=_smoke_options(args), timeout=args.timeout)
-    infra.record(result)
-    if args.junit:
-        junit.write(args.junit, f"infra-validate.{model}.v{args.version}",
-                    [junit.Case(c.name, c.passed, c.message, c.seconds) for c in result.checks])
+    sync_text.infra_validate_started(model, args.version, kind)
+    result = infra.validate_and_record(model, args.version, server=kind, opts=_smoke_options(args),
+                                       start_server=local_services.throwaway_starter(kind, timeout=args.timeout),
+                                       timeout=args.timeout)
+    _write_junit(args.junit, f"infra-validate.{model}.v{args.version}", [(c.name, c) for c in result.checks])
     if args.json:
         output.emit(result.to_dict())
     else:
-        for c in result.checks:
-            print(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.message}")
-        print(f"infra validation of v{args.version} {'passed' if result.passed else 'FAILED'} "
-              f"({kind}, {result.seconds:.1f}s)")
-    if not result.passed:
-        raise SmokeFailed(f"infra validation of v{args.version} of '{model}' failed in {kind} TF Serving: "
-                          f"{result.error}")
+        sync_text.infra_validate(result)
+    result.raise_if_failed()
     return 0

@@ -31,7 +31,7 @@ from typing import Callable
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SUPPORTED_TOP = {"version", "parameters", "executors", "commands", "jobs", "workflows"}
 SUPPORTED_JOB = {"executor", "docker", "machine", "resource_class", "environment", "steps",
