@@ -1,0 +1,140 @@
+"""How the results of ``mlops sync`` read for people (``--json`` prints their ``to_dict()`` instead).
+
+One printer per command; each takes the plain result a ``serving_sync`` call returned and prints
+it, deciding nothing. Progress lines go to stderr, results to stdout.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def deploy(result) -> None:
+    """A ``fleet.deploy`` result: its message, then one line per host."""
+    print(result.message)
+    for h in result.hosts:
+        extra = []
+        if h.publish:
+            extra.append(f"{h.publish['status'].replace('_', ' ')}, {h.publish['bytes_transferred']} bytes")
+        if h.switch_seconds is not None:
+            extra.append(f"switch {h.switch_seconds * 1000:.0f} ms")
+        if h.retention and (h.retention.get("remove_versions") or h.retention.get("remove_uploads")):
+            extra.append(f"removed {h.retention.get('remove_versions')} {h.retention.get('remove_uploads')}")
+        extra += [n for n in h.notes if n != "up to date"]
+        print(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
+
+
+def plan(model: str, fp) -> None:
+    """A ``fleet.plan_fleet`` result: the rollout, then each host's steps by phase."""
+    src = "production" if fp.source == "production" else "--version"
+    print(f"plan for v{fp.version} of '{model}' ({src}):")
+    for line in rollout_lines(fp):
+        print(f"  {line}")
+    for p in fp.plans:
+        _host_plan(p, fp.peak.get(p.host) or {})
+    for name, err in fp.errors.items():
+        print(f"  {name}: cannot observe: {err}")
+
+
+def _host_plan(p, peak: dict) -> None:
+    now = f"serves v{p.current}" if p.current is not None else "serves nothing"
+    mem = (f"; peak model memory {_mb(peak['bytes'])} (1.2 x SavedModel size of "
+           f"{' + '.join(f'v{c}' for c in peak['copies'])})" if peak.get("bytes") is not None else
+           "; peak model memory unknown (a SavedModel size is not known)" if peak else "")
+    print(f"  {p.host} ({now}): " + ("up to date, nothing to do" if p.up_to_date else
+                                     f"{len(p.steps)} steps{mem}"))
+    phase = None
+    for i, step in enumerate(p.steps, 1):
+        if step.kind.phase != phase:
+            phase = step.kind.phase
+            print(f"    {phase}:")
+        print(f"    {i}. {step.text}")
+    if not p.up_to_date and p.retention:
+        print(f"    then retention removes {', '.join(f'v{v}' for v in p.retention)}")
+    for n in p.notes:
+        if n != "up to date":
+            print(f"    note: {n}")
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:.1f} kB"
+
+
+def rollout_lines(fp) -> list[str]:
+    """The rollout's phases, canary, waves and bake, for people."""
+    ro, bk = fp.rollout, fp.bake
+    n = sum(len(w) for w in ro.get("waves", ()))
+    if not n:
+        return ["rollout: nothing changes"]
+    lines = [f"phase 1, prepare: {n} host{'s' if n != 1 else ''}, {min(bk['parallel'], n)} at a time (publish, "
+             f"validation entry, smoke test; nothing that serves changes)"]
+    for i, wave in enumerate(ro["waves"]):
+        if i == 0 and ro["canary"]:
+            lim = bk["limits"]
+            bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate +{100 * lim['max_error_rate']:g}% "
+                    f"max, p95/p99 x{lim['max_latency_ratio']:g} max, fewer than {lim['min_requests']} requests: "
+                    f"{lim['on_low_traffic']})" if bk["seconds"] else "no bake (--bake 0)")
+            lines.append(f"phase 2, switch: canary {', '.join(wave)}; {bake}")
+        else:
+            lines.append(f"phase 2, switch: wave {i if ro['canary'] else i + 1}: {', '.join(wave)}"
+                         + (f"; bake {bk['seconds']:g}s" if bk["each_wave"] and bk["seconds"]
+                            and i < len(ro["waves"]) - 1 else ""))
+    lines.append("memory: " + ("--fast: the validation copy stays loaded until the switch (two copies of the "
+                               "new version for a moment)" if bk["fast"] else
+                               "the validation copy is unloaded before the main entry loads the version"))
+    return lines
+
+
+def status(fs) -> None:
+    """A ``status.fleet_status`` result: production, then each host's routes and drift."""
+    production = fs.production
+    print(f"'{fs.model}': production is {f'v{production}' if production is not None else '(none)'}")
+    for s in fs.hosts:
+        if not s.reachable:
+            print(f"  {s.name}: UNREACHABLE: {s.error}")
+            continue
+        states = ", ".join(f"v{v} {st}" for v, st in sorted(s.versions.items())) or "no versions"
+        label = s.labels.get("stable")
+        print(f"  {s.name}: stable -> {f'v{label}' if label is not None else 'nothing'}, unversioned -> "
+              f"{f'v{s.unversioned}' if s.unversioned is not None else 'nothing'} ({states}): "
+              + ("in sync" if s.in_sync else "DRIFT: " + "; ".join(s.drift)))
+
+
+def smoke(reports) -> None:
+    """``smoke_hosts`` reports: one line per host with every check."""
+    for r in reports:
+        print(f"{r.host}: {'passed' if r.passed else 'FAILED'} via {r.route}: "
+              + "; ".join(f"{c.name}: {c.message}" for c in r.checks))
+
+
+def rollback_moved(model: str, actor: str, promo) -> None:
+    """Progress (stderr): the registry moved back; the deploy starts."""
+    print(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor}, "
+          f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
+
+
+def rollback(rb) -> None:
+    """A ``serving_sync.rollback`` result: the deploy, then how soon the old outputs answered."""
+    deploy(rb.deploy)
+    answered, switch = rb.seconds_to_old_outputs, rb.switch_seconds
+    if answered is not None:
+        print(f"v{rb.registry.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
+              f"command started" + (f" (host switch {switch * 1000:.0f} ms)" if switch is not None else ""))
+
+
+def watch(result) -> None:
+    """A ``Watcher`` result: one line per pass."""
+    for p in result.passes:
+        print(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
+
+
+def infra_validate_started(model: str, version: int, kind: str) -> None:
+    """Progress (stderr): which throw-away server validates what."""
+    print(f"infra-validate v{version} of '{model}' in a throw-away {kind} TF Serving", file=sys.stderr)
+
+
+def infra_validate(result) -> None:
+    """An ``infra.validate`` result: each check, then the verdict."""
+    for c in result.checks:
+        print(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.message}")
+    print(f"infra validation of v{result.version} {'passed' if result.passed else 'FAILED'} "
+          f"({result.server}, {result.seconds:.1f}s)")

@@ -1,0 +1,61 @@
+"""``mlops sync rollback``: move ``production`` back in the registry, then deploy it.
+
+The ledger row and the alias move come first (``registry.promotion.rollback``, under the
+promotion lock). The version tags, a view of that row, are written after the hosts switched:
+they are not on the path to the old outputs. They are written when the deploy fails too (the
+deploy's own error is the one raised), and the version rolled back from is tagged
+``deploy_status=rolled_back`` once the old version serves.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from registry import deploys
+
+from . import fleet
+from .options import DeployOptions
+
+
+@dataclass
+class RollbackResult:
+    registry: object                     # registry.promotion's Promotion (from_version, to_version, ...)
+    deploy: fleet.FleetResult
+    seconds_to_old_outputs: float | None     # from ``started`` until the old outputs answered
+    switch_seconds: float | None             # the slowest host's switch
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"registry": self.registry.to_dict(), "deploy": self.deploy.to_dict(),
+                "seconds_to_old_outputs": self.seconds_to_old_outputs, "switch_seconds": self.switch_seconds,
+                "seconds": round(self.seconds, 3)}
+
+
+def rollback_and_deploy(model: str, hosts, *, actor, to: int | None = None, reason: str | None = None,
+                        opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
+                        lock_wait: float = 0.0, started: float | None = None,
+                        on_moved: Callable[[object], None] | None = None) -> RollbackResult:
+    """Roll ``production`` back (to ``to``, else the previous version in the ledger) as ``actor``
+    (``registry.approver.Actor``) and deploy it to ``hosts``. ``on_moved(promotion)`` runs between
+    the registry move and the deploy; ``started`` (``time.monotonic()``) is where the timing starts.
+    Raises what ``fleet.deploy`` raises (``DeployFailed`` with ``.result``)."""
+    from registry import promotion
+
+    start = time.monotonic() if started is None else started
+    promo = promotion.rollback(model, to=to, reason=reason, actor=actor.name,
+                               approved_by=actor.approved_by, defer_tags=True)
+    if on_moved is not None:
+        on_moved(promo)
+    try:
+        result = fleet.deploy(model, hosts, opts=opts, break_lock=break_lock, lock_wait=lock_wait, reason=promo.reason)
+    except BaseException:
+        with contextlib.suppress(Exception):   # the deploy's own error is the one to report
+            promo.finish()
+        raise
+    promo.finish()
+    if promo.from_version is not None and promo.from_version != promo.to_version:
+        deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
+    switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
+    return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start)

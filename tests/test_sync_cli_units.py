@@ -1,0 +1,151 @@
+"""Fast tests of what the `mlops sync` handlers call, without hosts or a registry: the rollback
+flow (``serving_sync.rollback``), fleet status and smoke results, the infra-validate verdict, and
+the plan text (``mlops.commands.sync_text``). The real CLI runs in test_sync_cli.py."""
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from mlops.commands import sync_text
+from mlops_common.errors import ConfigError, DeployFailed
+from serving_sync import fleet, infra, smoke_hosts, status
+from serving_sync import rollback as rb
+from serving_sync.errors import SmokeFailed
+from serving_sync.smoke import Check, SmokeReport
+
+
+# --- rollback: registry move, deploy, tags ------------------------------------------------------
+class _Promo:
+    def __init__(self, calls, from_version=3, to_version=2):
+        self.calls, self.from_version, self.to_version = calls, from_version, to_version
+        self.ledger_id, self.reason = 17, "slow"
+
+    def finish(self):
+        self.calls.append("finish")
+
+    def to_dict(self):
+        return {"to_version": self.to_version}
+
+
+@pytest.fixture
+def registry_calls(monkeypatch):
+    from registry import deploys, promotion
+
+    calls = []
+    monkeypatch.setattr(promotion, "rollback", lambda model, **kw: calls.append(("rollback", kw)) or _Promo(calls))
+    monkeypatch.setattr(deploys, "tag", lambda *a: calls.append(("tag",) + a))
+    return calls
+
+
+def _deployed(switch=0.012, answered=10.5):
+    result = fleet.FleetResult("m", 2, "production", "deployed", message="deployed")
+    result.hosts = [NS(host="h", switch_seconds=switch, answered_at=answered, to_dict=lambda: {"host": "h"})]
+    return result
+
+
+def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_calls, monkeypatch):
+    def deploy(model, hosts, **kw):
+        registry_calls.append(("deploy", kw))
+        return _deployed()
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    moved = []
+    out = rb.rollback_and_deploy("m", ["h"], actor=NS(name="oncall", approved_by=None), reason="slow",
+                                 started=10.0, on_moved=moved.append)
+    assert [c if isinstance(c, str) else c[0] for c in registry_calls] == ["rollback", "deploy", "finish", "tag"]
+    assert registry_calls[0][1] == {"to": None, "reason": "slow", "actor": "oncall", "approved_by": None,
+                                    "defer_tags": True}
+    assert registry_calls[1][1]["reason"] == "slow"          # the ledger's reason goes to the deploy rows
+    assert registry_calls[3] == ("tag", "m", 3, "rolled_back", "slow")
+    assert moved and moved[0].to_version == 2
+    assert out.seconds_to_old_outputs == 0.5 and out.switch_seconds == 0.012
+    doc = out.to_dict()
+    assert doc["registry"] == {"to_version": 2} and doc["deploy"]["status"] == "deployed"
+    assert set(doc) == {"registry", "deploy", "seconds_to_old_outputs", "switch_seconds", "seconds"}
+
+
+def test_a_failed_rollback_deploy_still_writes_the_version_tags_and_raises_its_own_error(registry_calls,
+                                                                                          monkeypatch):
+    def fail(model, hosts, **kw):
+        raise DeployFailed("host h: smoke test failed")
+
+    monkeypatch.setattr(fleet, "deploy", fail)
+    with pytest.raises(DeployFailed, match="smoke test failed"):
+        rb.rollback_and_deploy("m", ["h"], actor=NS(name="oncall", approved_by=None))
+    assert registry_calls[-1] == "finish" and not any(c[0] == "tag" for c in registry_calls if isinstance(c, tuple))
+
+
+# --- status and smoke results -------------------------------------------------------------------
+def test_fleet_status_reads_production_once_and_is_in_sync_only_when_every_host_is(monkeypatch):
+    from registry import versions
+
+    monkeypatch.setattr(versions, "production_version", lambda model: 4)
+    seen = []
+
+    def host_status(host, model, production, **kw):
+        seen.append((host, production))
+        return status.HostStatus(host, "u", "t", True, drift=[] if host == "a" else ["stable -> v3"])
+
+    monkeypatch.setattr(status, "host_status", host_status)
+    fs = status.fleet_status("m", ["a", "b"])
+    assert seen == [("a", 4), ("b", 4)] and not fs.in_sync
+    assert fs.to_dict()["production"] == 4 and [h["in_sync"] for h in fs.to_dict()["hosts"]] == [True, False]
+    assert status.fleet_status("m", ["a"]).in_sync
+
+
+def test_smoke_without_production_or_version_is_one_line(monkeypatch):
+    from registry import versions
+
+    monkeypatch.setattr(versions, "production_version", lambda model: None)
+    with pytest.raises(ConfigError, match="no version of 'm' holds production; pass --version N"):
+        smoke_hosts.smoke_fleet("m", [])
+
+
+def test_smoke_result_names_every_failed_host():
+    bad = SmokeReport("h1", "m", "m/labels/stable", 2, [Check("outputs", False, "max diff 0.3")])
+    good = SmokeReport("h2", "m", "m/labels/stable", 2, [Check("label", True, "ok")])
+    sm = smoke_hosts.FleetSmoke("m", 2, "stable", [bad, good])
+    assert sm.to_dict()["passed"] is False and len(sm.to_dict()["hosts"]) == 2
+    with pytest.raises(SmokeFailed) as e:
+        sm.raise_if_failed()
+    assert e.value.message == "smoke test failed on h1 (outputs: max diff 0.3)"
+    smoke_hosts.FleetSmoke("m", 2, "stable", [good]).raise_if_failed()
+
+
+# --- infra-validate -------------------------------------------------------------------------------
+def test_infra_result_raises_only_when_it_failed():
+    infra.InfraResult("m", 3, "local", passed=True).raise_if_failed()
+    with pytest.raises(SmokeFailed) as e:
+        infra.InfraResult("m", 3, "docker", passed=False, error="load: timed out").raise_if_failed()
+    assert e.value.message == "infra validation of v3 of 'm' failed in docker TF Serving: load: timed out"
+
+
+# --- plan text ----------------------------------------------------------------------------------
+def test_plan_text_shows_the_rollout_then_each_host(capsys):
+    step = lambda phase, text: NS(kind=NS(phase=phase), text=text)  # noqa: E731
+    fp = NS(source="production", version=3, errors={"h9": "unreachable"},
+            rollout={"canary": ["h1"], "waves": [["h1"], ["h2"]]},
+            bake={"parallel": 8, "seconds": 0, "each_wave": False, "fast": False, "limits": {}},
+            peak={"h1": {"bytes": 2_500_000, "copies": [2, 3]}},
+            plans=[NS(host="h1", current=2, up_to_date=False, retention=[1], notes=["up to date", "warm"],
+                      steps=[step("prepare", "publish v3"), step("switch", "label stable -> v3")]),
+                   NS(host="h2", current=3, up_to_date=True, steps=[], retention=[], notes=["up to date"])])
+    sync_text.plan("m", fp)
+    assert capsys.readouterr().out.splitlines() == [
+        "plan for v3 of 'm' (production):",
+        "  phase 1, prepare: 2 hosts, 2 at a time (publish, validation entry, smoke test; nothing that serves "
+        "changes)",
+        "  phase 2, switch: canary h1; no bake (--bake 0)",
+        "  phase 2, switch: wave 1: h2",
+        "  memory: the validation copy is unloaded before the main entry loads the version",
+        "  h1 (serves v2): 2 steps; peak model memory 2.5 MB (1.2 x SavedModel size of v2 + v3)",
+        "    prepare:",
+        "    1. publish v3",
+        "    switch:",
+        "    2. label stable -> v3",
+        "    then retention removes v1",
+        "    note: warm",
+        "  h2 (serves v3): up to date, nothing to do",
+        "  h9: cannot observe: unreachable",
+    ]
