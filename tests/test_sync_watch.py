@@ -146,6 +146,33 @@ def test_watch_once_with_a_broken_version_rolls_back_and_exits_3(deploy_env):
     assert env.production() == v1
 
 
+def test_a_restarted_watcher_does_not_retry_a_version_whose_deploy_failed(deploy_env):
+    """The failure is remembered in the registry (deploy_status=failed), not in the process: a new
+    watcher that finds the failed version in production again skips it; a new promotion clears it."""
+    from registry.client import tracking_client
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1, bad = env.register("a"), env.register("golden_edited")
+    env.promote(v1)
+    env.deploy()
+    env.promote(bad)
+    assert env.cli("sync", "watch", "--once").returncode == 3       # first watcher: rolled back
+    assert env.production() == v1 and env.tags(bad)["deploy_status"] == "failed"
+    # The alias is moved back by hand in the MLflow UI (no promotion through mlops, no ledger row).
+    tracking_client().set_registered_model_alias(env.model, "production", str(bad))
+    deploys_before = len(env.ledger(("deploy",)))
+    r = env.cli("sync", "watch", "--once", "--json")                # a new watcher process
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = json.loads(r.stdout)["passes"][0]
+    assert (first["status"], first["version"]) == ("skipped", bad), first
+    assert "deploy_status=failed" in first["message"]
+    assert len(env.ledger(("deploy",))) == deploys_before            # nothing was tried
+    env.serves(host, v1)
+    env.promote(bad)                                 # a promotion through mlops clears the memory
+    assert env.cli("sync", "watch", "--once").returncode == 3
+
+
 # --- end to end: MLflow delivers the webhook ------------------------------------------------------
 @pytest.fixture(scope="module")
 def webhook_mlflow(tmp_path_factory):
