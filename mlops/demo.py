@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlops_common import lineage, settings
+from mlops_common import settings
 from mlops_common.errors import ConfigError, GateFailed, UserError
 
 DEFAULT_REST_PORT = settings.DEFAULT_REST_PORT
@@ -96,6 +96,7 @@ def gate(model: str, version: int) -> tuple[bool, str]:
 def release(model: str, version: int, opts: DemoOptions, n: int, services: dict) -> bool:
     """gate → approval → promote → deploy, as the pipeline does; False when stopped on purpose."""
     from registry import promotion
+    from registry.provenance import Provenance
     from serving_sync.fleet import deploy
     from serving_sync.hosts import load_hosts
 
@@ -111,7 +112,8 @@ def release(model: str, version: int, opts: DemoOptions, n: int, services: dict)
             f"&& mlops sync deploy")
         return False
     step(n + 2, f"promote v{version} to production")
-    moved = promotion.promote(model, version, actor=lineage.os_user(), reason="approved in mlops demo")
+    moved = promotion.promote(model, version, provenance=Provenance.from_environment(),
+                              reason="approved in mlops demo")
     was = f"v{moved.from_version}" if moved.from_version is not None else "(none)"
     say(f"    production: {was} -> v{moved.to_version} (ledger #{moved.ledger_id})")
     step(n + 3, "deploy production to the serving host: publish, load, smoke-test, switch")

@@ -297,16 +297,15 @@ def promote(model: str, version, *, provenance: Provenance | None = None, actor:
 
 
 def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
-             actor: str | None = None, approved_by: str | None = None, force: bool = False,
+             actor: str | None = None, force: bool = False,
              ledger: Ledger | None = None, defer_tags: bool = False) -> Promotion:
     """Point ``production`` back at ``to``, or at the version that held it before the current one.
 
     "Before" is read from the ledger, skipping versions whose deploy failed. Same checks and
-    records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``. ``actor`` and
-    ``approved_by``: shorthand for a ``provenance`` built from the environment (``mlops sync
-    rollback`` passes them).
+    records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``. ``actor``:
+    shorthand for a ``provenance`` built from the environment (tests, scripts).
     """
-    by = given(provenance, actor, approved_by=approved_by)
+    by = given(provenance, actor)
     ledger = ledger or Ledger()
     explicit = versions.parse_version(to) if to is not None else None
     all_versions = {i.version: i.tags for i in versions.list_versions(model)}

@@ -190,8 +190,11 @@ def _stored_size(transport, model: str, version: int) -> int | None:
 
 
 def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions = DeployOptions(),
-           break_lock: str | None = None, lock_wait: float = 0.0, reason: str | None = None) -> FleetResult:
-    """Make every host serve ``version`` (default: production); see the module docstring."""
+           break_lock: str | None = None, lock_wait: float = 0.0, reason: str | None = None,
+           provenance=None) -> FleetResult:
+    """Make every host serve ``version`` (default: production); see the module docstring.
+    ``provenance`` (``registry.provenance.Provenance``, default: this job) names who and where in
+    the ledger rows and tags the deploy writes."""
     start = time.monotonic()
     v, source = resolve_version(model, version)
     result = FleetResult(model, v, source, "failed", started_at=start)
@@ -213,7 +216,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                             "deploy stopped before recording it)", v, model)
             result.seconds = time.monotonic() - start
             return result
-        recorder = deploys.DeployLedger(model)
+        recorder = deploys.DeployLedger(model, provenance=provenance)
         workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
@@ -485,7 +488,8 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
         to = recorder.previous_production(v)
         if to is None:   # production was set outside promote/rollback: what the hosts served
             to = _common([p["current"] for p in result.plans if p["current"] is not None])
-        promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name)
+        promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name,
+                                               provenance=recorder.provenance)
         if canary is not None:
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
         result.registry = promo.to_dict()

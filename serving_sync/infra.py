@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from mlops_common import lineage, log
+from mlops_common import log
 from mlops_common.errors import ConfigError
 
 from . import host_config
@@ -144,10 +144,10 @@ def record(result: InfraResult) -> None:
     """Tag ``infra_validation=passed|failed`` and append a ``smoke_test`` ledger row."""
     from registry import versions
     from registry.ledger import Ledger
+    from registry.provenance import Provenance
 
     outcome = "passed" if result.passed else "failed"
     versions.set_tags(result.model, result.version, {"infra_validation": outcome})
     Ledger().record("smoke_test", result.model, outcome=outcome, to_version=result.version,
-                    host=f"{LEDGER_HOST}:{result.server}", reason=result.error, actor=lineage.os_user(),
-                    pipeline_id=lineage.pipeline_id(), workflow_id=lineage.workflow_id(),
-                    details={"check": "infra_validation", **result.to_dict()})
+                    host=f"{LEDGER_HOST}:{result.server}", reason=result.error,
+                    **Provenance.from_environment().row(), details={"check": "infra_validation", **result.to_dict()})

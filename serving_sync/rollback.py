@@ -33,23 +33,24 @@ class RollbackResult:
                 "seconds": round(self.seconds, 3)}
 
 
-def rollback_and_deploy(model: str, hosts, *, actor, to: int | None = None, reason: str | None = None,
+def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,
                         opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
                         lock_wait: float = 0.0, started: float | None = None,
                         on_moved: Callable[[object], None] | None = None) -> RollbackResult:
-    """Roll ``production`` back (to ``to``, else the previous version in the ledger) as ``actor``
-    (``registry.approver.Actor``) and deploy it to ``hosts``. ``on_moved(promotion)`` runs between
+    """Roll ``production`` back (to ``to``, else the previous version in the ledger) as
+    ``provenance`` (``registry.provenance.Provenance``: its rows and tags name who and where) and
+    deploy it to ``hosts``. ``on_moved(promotion)`` runs between
     the registry move and the deploy; ``started`` (``time.monotonic()``) is where the timing starts.
     Raises what ``fleet.deploy`` raises (``DeployFailed`` with ``.result``)."""
     from registry import promotion
 
     start = time.monotonic() if started is None else started
-    promo = promotion.rollback(model, to=to, reason=reason, actor=actor.name,
-                               approved_by=actor.approved_by, defer_tags=True)
+    promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, defer_tags=True)
     if on_moved is not None:
         on_moved(promo)
     try:
-        result = fleet.deploy(model, hosts, opts=opts, break_lock=break_lock, lock_wait=lock_wait, reason=promo.reason)
+        result = fleet.deploy(model, hosts, opts=opts, break_lock=break_lock, lock_wait=lock_wait,
+                              reason=promo.reason, provenance=provenance)
     except BaseException:
         with contextlib.suppress(Exception):   # the deploy's own error is the one to report
             promo.finish()

@@ -9,6 +9,7 @@ import pytest
 
 from mlops.commands import sync_text
 from mlops_common.errors import ConfigError, DeployFailed
+from registry.provenance import Provenance
 from serving_sync import fleet, infra, smoke_hosts, status
 from serving_sync import rollback as rb
 from serving_sync.errors import SmokeFailed
@@ -51,12 +52,12 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
 
     monkeypatch.setattr(fleet, "deploy", deploy)
     moved = []
-    out = rb.rollback_and_deploy("m", ["h"], actor=NS(name="oncall", approved_by=None), reason="slow",
-                                 started=10.0, on_moved=moved.append)
+    by = Provenance("oncall")
+    out = rb.rollback_and_deploy("m", ["h"], provenance=by, reason="slow", started=10.0, on_moved=moved.append)
     assert [c if isinstance(c, str) else c[0] for c in registry_calls] == ["rollback", "deploy", "finish", "tag"]
-    assert registry_calls[0][1] == {"to": None, "reason": "slow", "actor": "oncall", "approved_by": None,
-                                    "defer_tags": True}
+    assert registry_calls[0][1] == {"to": None, "reason": "slow", "provenance": by, "defer_tags": True}
     assert registry_calls[1][1]["reason"] == "slow"          # the ledger's reason goes to the deploy rows
+    assert registry_calls[1][1]["provenance"] is by          # and who rolled back, to every row it writes
     assert registry_calls[3] == ("tag", "m", 3, "rolled_back", "slow")
     assert moved and moved[0].to_version == 2
     assert out.seconds_to_old_outputs == 0.5 and out.switch_seconds == 0.012
@@ -72,7 +73,7 @@ def test_a_failed_rollback_deploy_still_writes_the_version_tags_and_raises_its_o
 
     monkeypatch.setattr(fleet, "deploy", fail)
     with pytest.raises(DeployFailed, match="smoke test failed"):
-        rb.rollback_and_deploy("m", ["h"], actor=NS(name="oncall", approved_by=None))
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"))
     assert registry_calls[-1] == "finish" and not any(c[0] == "tag" for c in registry_calls if isinstance(c, tuple))
 
 

@@ -398,11 +398,11 @@ def _rollback_command(args, start: float) -> int:
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
     opts = _deploy_options(args)       # so does a bad MLOPS_BAKE_* setting
-    actor = approver.resolve_actor(args.actor)
+    by = approver.provenance(args.actor)
     with _json_on_failure(args):
-        rb = rollback_and_deploy(model, hosts, actor=actor, to=args.to, reason=args.reason, opts=opts,
+        rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, opts=opts,
                                  break_lock=args.break_lock, lock_wait=args.lock_wait, started=start,
-                                 on_moved=functools.partial(sync_text.rollback_moved, model, actor.name))
+                                 on_moved=functools.partial(sync_text.rollback_moved, model, by.actor))
     if args.json:
         output.emit(rb.to_dict())
     else:
