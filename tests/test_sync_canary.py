@@ -146,3 +146,33 @@ def test_canary_without_metrics_is_refused_before_anything_changes(deploy_env):
     for h in hosts:
         env.serves(h, v1)
     assert env.production() == v2                      # refused, not failed: nothing to move back
+
+
+def test_bake_each_wave_judges_a_later_wave_and_puts_every_switched_host_back(deploy_env, canary_bundles,
+                                                                               tmp_path):
+    """``--bake-each-wave``: the canary passes (its clients send only inputs the version accepts),
+    wave 1's host breaches (its clients also send one it refuses); the canary and wave 1 go back,
+    the last host never switched, production is back. Latency is not judged here (ratio 50x)."""
+    env = deploy_env
+    hosts = _monitored_hosts(env, tmp_path, n=3)
+    canary, wave1, last = hosts
+    v1 = _first(env, hosts)
+    v2 = _register(env, canary_bundles, "strict")
+    env.promote(v2)
+    request = env.bundles.golden("a")["request"]
+    with HostLoad([canary, last], env.model, request) as plain, \
+            HostLoad([wave1], env.model, request, foreign=True) as mixed:
+        res = env.cli("sync", "deploy", "--json", "--bake", "2", "--wave", "1", "--bake-each-wave",
+                      "--max-latency-ratio", "50", "--timeout", "60")
+    assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert [w["hosts"] for w in doc["waves"]] == [[canary.name], [wave1.name]]     # the last never switched
+    assert [(b["host"], b["outcome"]) for b in doc["bake"]] == [(canary.name, "passed"), (wave1.name, "breached")]
+    assert doc["bake"][1]["measurements"]["canary"]["error_rate"] > 0.1
+    last_line = [ln for ln in res.stderr.splitlines() if ln.strip()][-1]
+    assert f"canary {wave1.name}: error rate" in last_line and "rolled back" in last_line
+    for h in hosts:
+        env.serves(h, v1)
+    assert env.production() == v1 and env.tags(v2)["deploy_status"] == "failed"
+    assert [r.outcome for r in _canary_rows(env, v2)] == ["passed", "failed"]
+    assert plain.non_200[last.name] == [] and plain.count > 50 and mixed.count > 50
