@@ -75,44 +75,14 @@ class LocalTransport(Transport):
         return os.path.lexists(self._p(rel))
 
     def listing(self, rel: str) -> HostListing:
-        root = self._p(rel)
-        files: dict[str, str] = {}
-        dirs: set[str] = set()
-        others: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            rel_dir = os.path.relpath(dirpath, root)
-            for name in dirnames + filenames:
-                full = os.path.join(dirpath, name)
-                r = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if os.path.islink(full):
-                    others.append(r)
-                elif os.path.isdir(full):
-                    dirs.add(r)
-                elif os.path.isfile(full):
-                    files[r] = sha256_file(full)
-                else:
-                    others.append(r)
-        return HostListing(files, frozenset(dirs), tuple(sorted(others)))
+        files, dirs, others = _walk(self._p(rel), lambda full, st: sha256_file(full))
+        return HostListing(files, dirs, others)
 
     def shape(self, rel: str) -> tuple[dict[str, int], frozenset[str], tuple[str, ...]] | None:
         root = self._p(rel)
         if not root.is_dir():
             raise FileNotFoundError(str(root))
-        sizes: dict[str, int] = {}
-        dirs: set[str] = set()
-        others: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            rel_dir = os.path.relpath(dirpath, root)
-            for name in dirnames + filenames:
-                r = name if rel_dir == "." else f"{rel_dir}/{name}"
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISDIR(st.st_mode):
-                    dirs.add(r)
-                elif stat.S_ISREG(st.st_mode):
-                    sizes[r] = st.st_size
-                else:
-                    others.append(r)
-        return sizes, frozenset(dirs), tuple(sorted(others))
+        return _walk(root, lambda full, st: st.st_size)
 
     def disk_free(self) -> int | None:
         p = self.base
@@ -156,9 +126,7 @@ class LocalTransport(Transport):
         if min_free is not None:
             free = self.disk_free()
             if free is not None and free < min_free:
-                raise DiskFull(f"{self.url}: not enough free space: {min_free / 1e6:.1f} MB needed, "
-                               f"{free / 1e6:.1f} MB free; free space there (or lower retention) and "
-                               f"rerun; nothing was uploaded")
+                raise DiskFull.at(self.url, min_free, free)
         sent = 0
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -197,3 +165,25 @@ class LocalTransport(Transport):
             self._p(rel).unlink(missing_ok=True)
         except OSError as exc:
             raise self._err(exc, f"removing {rel}") from None
+
+
+def _walk(root, of_file) -> tuple[dict, frozenset[str], tuple[str, ...]]:
+    """Every entry under ``root`` without following links: ``{file: of_file(path, lstat)}``, the
+    directories, and anything else (links, devices) by relative path."""
+    files: dict = {}
+    dirs: set[str] = set()
+    others: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            r = name if rel_dir == "." else f"{rel_dir}/{name}"
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                dirs.add(r)
+            elif stat.S_ISREG(st.st_mode):
+                files[r] = of_file(full, st)
+            else:
+                others.append(r)
+    return files, frozenset(dirs), tuple(sorted(others))
+

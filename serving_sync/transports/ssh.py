@@ -65,6 +65,10 @@ class SshTransport(Transport):
                                 timeout=timeout)
         return cls(target, t, op_timeout=op_timeout)
 
+    @property
+    def _under_base(self) -> str:
+        return f"{self.where} under {self.base}"
+
     def close(self) -> None:
         try:
             if self._sftp is not None:
@@ -365,10 +369,7 @@ class SshTransport(Transport):
         if "@notar" in res.flags:
             return None
         if "@nospace" in res.flags:
-            avail = int(res.flags["@nospace"] or 0) * 1024
-            raise DiskFull(f"{self.where}: not enough free space under {self.base}: "
-                           f"{(min_free or 0) / 1e6:.1f} MB needed, {avail / 1e6:.1f} MB free; free space "
-                           f"on the host (or lower retention) and rerun; nothing was uploaded")
+            raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024)
         stderr = err.decode(errors="replace")
         if rc == 0 and streamed is not None and "@nohash" in res.flags:
             return streamed   # no hash tool: verify() reads the files back over SFTP
@@ -419,10 +420,8 @@ class SshTransport(Transport):
                            "(install curl to pull it from %s)", self.where, pull.store_url)
             return None
         if "@nospace" in res.flags:
-            avail = int(res.flags["@nospace"] or 0) * 1024
-            raise DiskFull(f"{self.where}: not enough free space under {self.base}: "
-                           f"{(min_free or 0) / 1e6:.1f} MB needed, {avail / 1e6:.1f} MB free; free space "
-                           f"on the host (or lower retention) and rerun; nothing was downloaded")
+            raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024,
+                              nothing="downloaded")
         stderr = redact(err.decode(errors="replace"))
         if rc == 97:
             raise UserError(f"{self.where}: the host could not download {res.flags['@fetchfailed']} from "
@@ -445,8 +444,7 @@ class SshTransport(Transport):
         if min_free is not None:
             free = self.disk_free()
             if free is not None and free < min_free:
-                raise DiskFull(f"{self.where}: not enough free space under {self.base}: "
-                               f"{min_free / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free; nothing was uploaded")
+                raise DiskFull.at(self._under_base, min_free, free)
         sent = 0
         doing = f"uploading to {dest}"
         with self._io(doing):
