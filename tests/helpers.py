@@ -51,3 +51,15 @@ def mlflow_process_state(env: dict[str, str] | None = None):
             fluent._active_experiment_id = None
         os.environ.clear()
         os.environ.update(saved)
+
+
+def order_free(obj):
+    """``obj`` with every dict sorted by key and every list sorted: for comparing JSON answers
+    whose order TF Serving does not promise (model status lists, metadata maps)."""
+    import json
+
+    if isinstance(obj, dict):
+        return {k: order_free(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, list):
+        return sorted((order_free(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    return obj

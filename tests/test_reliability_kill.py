@@ -40,9 +40,7 @@ PHASES = {
 def test_sigkill_at_each_phase_never_breaks_serving_and_the_rerun_converges(deploy_env, paused_deploy, phase):
     env = deploy_env
     host = env.add_host("file")
-    v1 = env.register("a")
-    env.promote(v1)
-    assert env.deploy().status == "deployed"
+    v1 = env.release("a")
     config_v1 = env.config_text(host)
     v2 = env.register("big")
     env.promote(v2)

@@ -34,9 +34,7 @@ def own_host(env, base, name: str = "own") -> ServingHost:
 
 
 def serving_v1(env, host) -> int:
-    v1 = env.register("a")
-    env.promote(v1)
-    assert env.deploy().status == "deployed"
+    v1 = env.release("a")
     env.serves(host, v1)
     return v1
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import TF_SERVING_TESTDATA
+from tests.helpers import TF_SERVING_TESTDATA, order_free
 
 HALF_PLUS_TWO_123 = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
 REAL_URL = os.environ.get("TFSERVING_REST_URL", "")
@@ -53,14 +53,6 @@ def _requests(m: str) -> list[tuple[str, str, object]]:
         ("GET", "/v1/foo", None),
         ("GET", "/statuspage", None),
     ]
-
-
-def _sorted(obj):
-    if isinstance(obj, dict):
-        return {k: _sorted(v) for k, v in sorted(obj.items())}
-    if isinstance(obj, list):
-        return sorted((_sorted(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
-    return obj
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -102,7 +94,7 @@ def _run_scenario(rest_url: str, base: Path, base_in_server: str, m: str) -> lis
             payload = None
         if isinstance(payload, dict) and "error" in payload:
             payload = {"error": "<message>"}   # compare shape and status; wording is checked elsewhere
-        answers.append((r.status_code, _sorted(payload)))
+        answers.append((r.status_code, order_free(payload)))
     return answers
 
 

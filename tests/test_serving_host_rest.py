@@ -13,7 +13,7 @@ import json
 import pytest
 import requests
 
-from tests.helpers import TF_SERVING_TESTDATA
+from tests.helpers import TF_SERVING_TESTDATA, order_free
 
 TESTDATA = TF_SERVING_TESTDATA
 HALF_PLUS_TWO = TESTDATA / "saved_model_half_plus_two_cpu"
@@ -296,23 +296,15 @@ def test_get_status_errors(server):
     assert r.status_code == 404 and error_of(r) == f"Could not find version 7 of model {M2}"
 
 
-def _sorted(obj):
-    if isinstance(obj, dict):
-        return {k: _sorted(v) for k, v in sorted(obj.items())}
-    if isinstance(obj, list):
-        return sorted((_sorted(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
-    return obj
-
-
 def test_metadata_matches_what_tf_serving_returns(server):
     expected = json.loads((TESTDATA / "half_plus_two_model_metadata.json").read_text())
     r = call(server, "GET", "/v1/models/default/metadata")
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
-    assert _sorted(r.json()) == _sorted(expected)
+    assert order_free(r.json()) == order_free(expected)
     expected2 = json.loads((TESTDATA / "saved_model_half_plus_two_2_versions_metadata.json").read_text())
     for path in (f"/v1/models/{M2}/metadata", f"/v1/models/{M2}/versions/123/metadata",
                  f"/v1/models/{M2}/labels/{LABEL}/metadata"):
-        assert _sorted(call(server, "GET", path).json()) == _sorted(expected2), path
+        assert order_free(call(server, "GET", path).json()) == order_free(expected2), path
 
 
 def test_metadata_errors(server):

@@ -47,11 +47,7 @@ def _canary_rows(env, v):
 
 
 def _first(env, hosts) -> int:
-    v1 = env.register("a")
-    env.promote(v1)
-    r = env.deploy(opts=DeployOptions(timeout=60, json_mode=True, canary=0))
-    assert r.status == "deployed", r.message
-    return v1
+    return env.release("a", opts=DeployOptions(timeout=60, json_mode=True, canary=0))
 
 
 def _check_rolled_back(env, hosts, v1, v2, res, what: str) -> dict:

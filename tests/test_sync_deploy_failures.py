@@ -16,10 +16,7 @@ from mlops_common.errors import DeployFailed
 
 def setup_serving_v1(env, hosts=1, kind="file"):
     hs = env.add_hosts(hosts, kind) if hosts > 1 else [env.add_host(kind)]
-    v1 = env.register("a")
-    env.promote(v1)
-    assert env.deploy().status == "deployed"
-    return hs, v1
+    return hs, env.release("a")
 
 
 def failed_deploy_under_traffic(env, host):

@@ -30,9 +30,7 @@ def test_ssh_connection_cut_mid_upload_publishes_nothing_and_the_next_run_comple
         deploy_env, sshd_factory, cut_proxy, tmp_path):
     env = deploy_env
     host = env.add_host("ssh")
-    v1 = env.register("a")
-    env.promote(v1)
-    assert env.deploy().status == "deployed"
+    v1 = env.release("a")
     config_before = env.config_text(host)
 
     # the next version is 3 MB; the first connection through the proxy dies after 1.5 MB

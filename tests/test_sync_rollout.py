@@ -21,10 +21,7 @@ def _opts(**kw) -> DeployOptions:
 
 
 def _first_deploy(env, hosts, kind="a") -> int:
-    v1 = env.register(kind)
-    env.promote(v1)
-    r = env.deploy(opts=_opts(canary=0))
-    assert r.status == "deployed", r.message
+    v1 = env.release(kind, opts=_opts(canary=0))
     for h in hosts:
         env.serves(h, v1)
     return v1

@@ -157,9 +157,7 @@ def test_an_unexpected_error_inside_a_deploy_puts_the_host_back_in_one_line(depl
 
     env = deploy_env
     host = env.add_host("file")
-    v1 = env.register("a")
-    env.promote(v1)
-    assert env.deploy().status == "deployed"
+    v1 = env.release("a")
     config_v1 = env.config_text(host)
     v2 = env.register("b")
     env.promote(v2)

@@ -135,9 +135,8 @@ def test_watch_once_deploys_when_production_moved_and_then_is_a_no_op(deploy_env
 def test_watch_once_with_a_broken_version_rolls_back_and_exits_3(deploy_env):
     env = deploy_env
     host = env.add_host("file")
-    v1, bad = env.register("a"), env.register("golden_edited")
-    env.promote(v1)
-    env.deploy()
+    v1 = env.release("a")
+    bad = env.register("golden_edited")
     env.promote(bad)
     r = env.cli("sync", "watch", "--once")
     assert r.returncode == 3, r.stdout + r.stderr
@@ -153,9 +152,8 @@ def test_a_restarted_watcher_does_not_retry_a_version_whose_deploy_failed(deploy
 
     env = deploy_env
     host = env.add_host("file")
-    v1, bad = env.register("a"), env.register("golden_edited")
-    env.promote(v1)
-    env.deploy()
+    v1 = env.release("a")
+    bad = env.register("golden_edited")
     env.promote(bad)
     assert env.cli("sync", "watch", "--once").returncode == 3       # first watcher: rolled back
     assert env.production() == v1 and env.tags(bad)["deploy_status"] == "failed"

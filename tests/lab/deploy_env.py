@@ -110,6 +110,15 @@ class DeployEnv:
         opts = kw.pop("opts", None) or DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True)
         return fleet.deploy(self.model, load_hosts(), opts=opts, **kw)
 
+    def release(self, kind: str = "a", **deploy_kw) -> int:
+        """Register ``kind``, promote it and deploy it to every host; its version. The usual first
+        step of a test about the next deploy (fails the test if this one does not succeed)."""
+        v = self.register(kind)
+        self.promote(v)
+        r = self.deploy(**deploy_kw)
+        assert r.status == "deployed", r.message
+        return v
+
     def cli(self, *args: str, timeout: float = 300, extra_env: dict | None = None):
         env = {**os.environ, **self.env, **(extra_env or {})}
         return run_mlops(*args, env=env, timeout=timeout)
