@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,27 @@ def _cli(*args: str, timeout: float = 900) -> tuple[dict, float, float, subproce
     end = time.monotonic()
     doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
     return doc, start, end, r
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of this machine spent not idle since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]                # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pids) -> float:
+    """User + system CPU seconds of these processes (their own, not their children's)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _sshd(lab):
@@ -78,13 +100,22 @@ def fleet_rounds(lab, n_hosts: int, rounds: int, model: str, big_root, log, targ
         for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
             v = new_version(KINDS[len(out) % 2])
             env.promote(v)
+            servers = [h.server.proc.pid for h in env.fleet.hosts]
+            busy0, srv0 = machine_busy_s(), process_cpu_s(servers)
             doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
+            busy, srv = machine_busy_s() - busy0, process_cpu_s(servers) - srv0
             if r.returncode != 0:
                 raise RuntimeError(f"deploy failed (exit {r.returncode}): {r.stderr[-2000:]}")
+            # CPU: the whole machine (the CLI, the servers, sshd, MLflow) and the serving hosts' own
+            # processes. busy / cores is the least wall time this machine could do it in: when the
+            # wall time is near it, the hosts (here sharing 2 cores) are the bound, not the rollout.
             row = {"model": model, "target": target, "hosts": n_hosts, "mode": mode, "round": i, "version": v,
                    "wall_s": round(t1 - t0, 3), "fleet_seconds": doc.get("seconds"),
+                   "cpu_busy_s": round(busy, 3), "server_cpu_s": round(srv, 3),
+                   "cpu_bound_s": round(busy / (os.cpu_count() or 1), 3),
                    "timings": doc.get("timings"), "waves": doc.get("waves")}
-            log(f"  {model} {target} x{n_hosts} {mode} round {i + 1}: {row['wall_s']}s")
+            log(f"  {model} {target} x{n_hosts} {mode} round {i + 1}: {row['wall_s']}s (machine busy "
+                f"{row['cpu_busy_s']} CPU-s, of which the {n_hosts} servers {row['server_cpu_s']})")
             out.append(row)
     return out
 
@@ -134,10 +165,13 @@ def summarize(rows: list[dict], n_hosts: int) -> dict:
         cell = {}
         for mode in ("rollout", "sequential"):
             for n in (1, n_hosts):
-                vals = [r["wall_s"] for r in rows if r["model"] == model and r["mode"] == mode and r["hosts"] == n
+                mine = [r for r in rows if r["model"] == model and r["mode"] == mode and r["hosts"] == n
                         and r.get("target", "file") == target]
-                if vals:
-                    cell[f"{mode}_{n}_s"] = _setup.median(vals)
+                if mine:
+                    cell[f"{mode}_{n}_s"] = _setup.median([r["wall_s"] for r in mine])
+                    if mode == "rollout" and "cpu_busy_s" in mine[0]:
+                        cell[f"rollout_{n}_busy_cpu_s"] = _setup.median([r["cpu_busy_s"] for r in mine])
+                        cell[f"rollout_{n}_server_cpu_s"] = _setup.median([r["server_cpu_s"] for r in mine])
         if cell.get("rollout_1_s") and cell.get(f"rollout_{n_hosts}_s"):
             cell["rollout_ratio"] = round(cell[f"rollout_{n_hosts}_s"] / cell["rollout_1_s"], 3)
         if cell.get("sequential_1_s") and cell.get(f"sequential_{n_hosts}_s"):
@@ -173,6 +207,13 @@ def render(summary: dict, breach: dict | None, checks: list[dict], n_hosts: int)
     head = ["model", "1 host s", f"{n_hosts} hosts s", "ratio", "sequential 1 s", f"sequential {n_hosts} s",
             "seq. ratio"]
     lines = [_setup.table(head, rows), ""]
+    cores = os.cpu_count() or 1
+    for model, c in summary.items():
+        if c.get(f"rollout_{n_hosts}_busy_cpu_s") is not None:
+            lines.append(f"{model}: {n_hosts}-host rollout kept this machine busy {c[f'rollout_{n_hosts}_busy_cpu_s']} "
+                         f"CPU-s (the servers {c[f'rollout_{n_hosts}_server_cpu_s']}; 1 host: "
+                         f"{c.get('rollout_1_busy_cpu_s')} / {c.get('rollout_1_server_cpu_s')}): at least "
+                         f"{c[f'rollout_{n_hosts}_busy_cpu_s'] / cores:.2f} s on {cores} cores")
     if breach is not None:
         lines.append(f"canary breach: {breach['verdict']}; exit {breach['exit_code']}; the canary answered with "
                      f"the old version again {breach['breach_to_canary_back_s']}s after its first refused answer "

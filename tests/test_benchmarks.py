@@ -5,7 +5,9 @@ functions are checked on what that produced. Nothing here is timed: no assertion
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -157,3 +159,20 @@ def test_grpc_benchmark_measures_both_apis_on_the_digits_model(tmp_path):
     text = bench_grpc.render(doc["rows"], doc["targets"])
     assert "vs REST" in text and "gRPC" in text
     assert bench_grpc.verdicts([{"errors": 1}], False)[1] == {"target": "0 failed requests", "value": 1, "met": False}
+
+
+def test_fleet_benchmark_reads_cpu_time_of_the_machine_and_of_given_processes():
+    from benchmarks import bench_fleet
+
+    busy0, mine0 = bench_fleet.machine_busy_s(), bench_fleet.process_cpu_s([os.getpid()])
+    end = time.process_time() + 0.3
+    while time.process_time() < end:      # bounded: 0.3 s of this process's CPU
+        sum(range(1000))
+    assert bench_fleet.process_cpu_s([os.getpid()]) - mine0 >= 0.25
+    assert bench_fleet.machine_busy_s() - busy0 >= 0.25
+    assert bench_fleet.process_cpu_s([2 ** 22 + 7]) == 0.0          # gone: counted as nothing
+    rows = [{"model": "tiny", "target": "file", "mode": "rollout", "hosts": n, "wall_s": w, "cpu_busy_s": b,
+             "server_cpu_s": s} for n, w, b, s in ((1, 1.0, 1.2, 0.3), (8, 2.0, 3.6, 2.4))]
+    cell = bench_fleet.summarize(rows, 8)["tiny"]
+    assert cell["rollout_ratio"] == 2.0 and cell["rollout_8_busy_cpu_s"] == 3.6
+    assert cell["rollout_8_server_cpu_s"] == 2.4 and cell["rollout_1_busy_cpu_s"] == 1.2
