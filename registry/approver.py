@@ -8,8 +8,6 @@ message. Base URL: ``CIRCLECI_API_URL`` (default https://circleci.com).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import requests
 
 from mlops_common import lineage, settings
@@ -20,16 +18,6 @@ from .provenance import Provenance
 
 DEFAULT_API_URL = "https://circleci.com"
 MAX_PAGES = 20
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who is acting, and (when known) who approved in CircleCI."""
-
-    name: str
-    source: str                  # "circleci" | "flag" | "os"
-    approved_by: str | None = None
-    approval_job: str | None = None
 
 
 def api_base() -> str:
@@ -113,20 +101,14 @@ def circleci_approver(workflow_id: str, token: str) -> tuple[str, str]:
     return str(login), str(job.get("name") or "approval")
 
 
-def resolve_actor(explicit: str | None = None) -> Actor:
-    """CircleCI approver when running in CircleCI with a token, else ``explicit``, else the OS user."""
+def provenance(explicit: str | None = None) -> Provenance:
+    """Who and where of a command that moves ``production``, built once at its start and carried
+    into every ledger row and tag it writes. Who: the CircleCI approver when running in CircleCI
+    with a token, else ``explicit`` (``--actor``), else the OS user."""
     token, workflow = settings.env("CIRCLE_TOKEN"), lineage.workflow_id()
     if token and workflow:
         login, job = circleci_approver(workflow, token)
-        return Actor(name=login, source="circleci", approved_by=login, approval_job=job)
+        return Provenance.from_environment(login, approved_by=login, actor_source="circleci", approval_job=job)
     if explicit:
-        return Actor(name=explicit, source="flag")
-    return Actor(name=lineage.os_user(), source="os")
-
-
-def provenance(explicit: str | None = None) -> Provenance:
-    """Who (``resolve_actor``) and where (this CircleCI job) of a command that moves ``production``:
-    built once at its start and carried into every ledger row and tag it writes."""
-    who = resolve_actor(explicit)
-    return Provenance.from_environment(who.name, approved_by=who.approved_by, actor_source=who.source,
-                                       approval_job=who.approval_job)
+        return Provenance.from_environment(explicit, actor_source="flag")
+    return Provenance.from_environment(lineage.os_user(), actor_source="os")
