@@ -1,7 +1,7 @@
 """The one-pass publish (issue 17) and unsafe file names (issue 14, item 5), over a real sshd.
 
-One pass: the client hashes each file as it sends it (the manifest comes out of the upload), the
-host hashes the tar stream as it extracts it; the guarantees stay (verified before numeric,
+One pass: the client hashes each file on another core as it sends it (the manifest comes out of the
+upload), the host hashes the tar stream as it extracts it; the guarantees stay (verified before numeric,
 immutable, mismatch refused). File names: every control and line-separator character is refused
 before anything reaches a host, and a deploy that meets one ends in one line with the host as it was.
 """
@@ -98,6 +98,41 @@ def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeyp
             publish(t, MODEL, 1, model)
         assert "do not match the manifest" in one_line(e.value)
         assert not t.exists(f"{MODEL}/1") and incoming_dirs(t, MODEL) == []
+
+
+def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_path, monkeypatch):
+    """The hasher reads each file ahead of the sender (another core, while the host's shell starts):
+    bytes that change between its read and the send no longer match the host's stream hash."""
+    from serving_sync.transports import ssh as ssh_mod
+    from serving_sync.transports.tarstream import StreamHasher
+
+    model = make_model_tree(tmp_path / "m")
+    variables = model / "variables" / "variables.data-00000-of-00001"
+
+    class HashThenRewrite(StreamHasher):
+        def run(self):
+            super().run()
+            data = bytearray(variables.read_bytes())
+            data[0] ^= 0xFF
+            variables.write_bytes(bytes(data))               # same size, other bytes
+
+    monkeypatch.setattr(ssh_mod, "StreamHasher", HashThenRewrite)
+    with connect(sshd, tmp_path / "base") as t:
+        with pytest.raises(UserError) as e:
+            publish(t, MODEL, 1, model)
+        assert "do not match the manifest" in one_line(e.value)
+        assert not t.exists(f"{MODEL}/1") and incoming_dirs(t, MODEL) == []
+
+
+def test_the_hasher_digest_is_the_sha256_of_exactly_the_bytes_sent(tmp_path):
+    from serving_sync.transports.tarstream import stream_tree
+
+    model = make_model_tree(tmp_path / "m")
+    sent = bytearray()
+    streamed = stream_tree(model, mf.scan(model), sent.extend)
+    assert streamed.digest == hashlib.sha256(bytes(sent)).hexdigest()
+    assert streamed.manifest == mf.build(model)
+    assert streamed.sent == mf.scan(model).total_size
 
 
 def test_a_present_version_whose_files_changed_size_is_refused(sshd, tmp_path):

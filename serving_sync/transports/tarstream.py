@@ -1,5 +1,5 @@
 """Stream a directory tree as a tar archive in large writes (one SSH channel, no temp file),
-hashing every file and the whole stream in the same pass that reads it.
+hashing every file and the whole stream on another core as it goes.
 
 ``tarfile``'s own stream writer re-copies its buffer on every write (quadratic for big
 buffers); here headers come from ``TarInfo.tobuf`` and file data goes straight to ``send``.
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import tarfile
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from mlops_common.errors import UserError
 
@@ -59,102 +58,114 @@ def _info(name: str, *, is_dir: bool, size: int = 0, mtime: float = 0) -> bytes:
     return ti.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
 
 
-class _Hasher(threading.Thread):
-    """sha256 of each file and of the whole stream on a second core (hashlib releases the GIL),
-    so the sending thread only reads and encrypts."""
+class StreamHasher(threading.Thread):
+    """Read and hash the tree on another core, independently of the sender: the sha256 of each
+    file (the manifest) and of the exact tar stream the sender writes (what the host hashes).
 
-    def __init__(self):
+    Started before the host's shell is even asked for, it works while the shell starts (a login
+    shell with a ``.bashrc`` takes ~0.1 s) and keeps ahead of the sender, so hashing costs the
+    upload little wall time; the second read of each file comes from the page cache. It proves
+    the bytes it read; the host's stream hash proves those are the bytes that arrived, so a file
+    rewritten between the two reads is refused, never published.
+    """
+
+    def __init__(self, local_dir: str | os.PathLike, tree: Manifest):
         super().__init__(name="tar-stream-hasher", daemon=True)
-        self.queue: queue.Queue = queue.Queue(maxsize=64)
-        self.stream = hashlib.sha256()
+        self.local_dir, self.tree = local_dir, tree
         self.files: list[str] = []
-        self._file = None
+        self.digest = ""
+        self.error: BaseException | None = None
+        self._cancelled = threading.Event()
 
     def run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            kind, data = item
-            if kind == "stream":
-                self.stream.update(data)
-            elif kind == "file":
-                self._file.update(data)
-            elif kind == "begin":
-                self._file = hashlib.sha256()
-            else:                                  # "end"
-                self.files.append(self._file.hexdigest())
+        try:
+            stream = hashlib.sha256()
+            files = [hashlib.sha256() for _ in self.tree.files]
+            for data, index in _pieces(self.local_dir, self.tree):
+                if self._cancelled.is_set():
+                    return
+                stream.update(data)
+                if index is not None:
+                    files[index].update(data)
+            self.files, self.digest = [h.hexdigest() for h in files], stream.hexdigest()
+        except BaseException as exc:  # noqa: BLE001 - handed to the sender by result()
+            self.error = exc
 
-    def put(self, kind: str, data=b"") -> None:
-        self.queue.put((kind, data))
+    def cancel(self) -> None:
+        self._cancelled.set()
 
-    def finish(self) -> None:
-        self.queue.put(None)
+    def result(self) -> tuple[list[str], str]:
         self.join()
+        if self.error is not None:
+            raise self.error
+        return self.files, self.digest
 
 
 @dataclass
 class Streamed:
     sent: int              # bytes of file content
-    manifest: Manifest     # hashed from the very bytes that were sent
+    manifest: Manifest     # hashed by the StreamHasher (the host's stream hash proves they were sent)
     digest: str            # sha256 of the whole tar stream (what the host hashes as it extracts)
 
 
 def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[bytes], None],
-                progress: ProgressFn | None = None) -> Streamed:
-    """Write ``tree``'s directories and files from ``local_dir`` as tar to ``send``, hashing as it reads.
+                progress: ProgressFn | None = None, hasher: StreamHasher | None = None) -> Streamed:
+    """Write ``tree``'s directories and files from ``local_dir`` as tar to ``send``.
 
-    One read per byte: each chunk feeds the file's sha256 (the manifest), the stream's sha256
-    (checked against the host's) and the channel. ``tree`` may be a ``manifest.scan`` (no
-    hashes) or a built manifest; a file whose size or bytes changed since then aborts (size:
-    before the host can extract it) or is refused (bytes: the manifest no longer matches).
+    ``hasher`` (a started ``StreamHasher`` of the same tree; one is started here if not given)
+    supplies the manifest and the stream digest the host's must equal. ``tree`` may be a
+    ``manifest.scan`` (no hashes) or a built manifest; a file whose size changed since aborts
+    (before the host can extract it), one whose bytes changed is refused (the manifest no
+    longer matches).
     """
-    hasher = _Hasher()
-    hasher.start()
-
-    def hashed_send(data) -> None:
-        hasher.put("stream", data)
-        send(data)
-
+    if hasher is None:
+        hasher = StreamHasher(local_dir, tree)
+        hasher.start()
     try:
-        sent = _stream(local_dir, tree, CoalescingSender(hashed_send), hasher, progress)
-    finally:
-        hasher.finish()
+        out = CoalescingSender(send)
+        sent = 0
+        for data, index in _pieces(local_dir, tree):
+            out.write(data)
+            if index is not None:
+                sent += len(data)
+                if progress:
+                    progress(len(data))
+        out.flush()
+    except BaseException:
+        hasher.cancel()
+        raise
+    hashes, digest = hasher.result()
     entries: list[FileEntry] = []
-    for entry, digest in zip(tree.files, hasher.files, strict=True):
-        if entry.sha256 not in (UNHASHED, digest):
+    for entry, digest_of_file in zip(tree.files, hashes, strict=True):
+        if entry.sha256 not in (UNHASHED, digest_of_file):
             raise UserError(f"{os.path.join(local_dir, entry.path)} changed since its manifest was built "
                             f"(sha256 differs); rebuild and retry; nothing was published")
-        entries.append(FileEntry(entry.path, entry.size, digest))
-    return Streamed(sent, Manifest(tuple(entries), tree.dirs), hasher.stream.hexdigest())
+        entries.append(FileEntry(entry.path, entry.size, digest_of_file))
+    return Streamed(sent, Manifest(tuple(entries), tree.dirs), digest)
 
 
-def _stream(local_dir, tree: Manifest, out: CoalescingSender, hasher: _Hasher,
-            progress: ProgressFn | None) -> int:
+def _pieces(local_dir, tree: Manifest) -> Iterator[tuple[bytes, int | None]]:
+    """The tar stream of ``tree``, piece by piece: ``(bytes, index of the file they belong to)``
+    for file content, ``(bytes, None)`` for headers and padding. The sender and the hasher
+    both walk this, so they agree on every byte."""
     for d in tree.dirs:
-        out.write(_info(d, is_dir=True, mtime=os.stat(os.path.join(local_dir, d)).st_mtime))
-    sent = 0
-    for entry in tree.files:
+        yield _info(d, is_dir=True, mtime=os.stat(os.path.join(local_dir, d)).st_mtime), None
+    for index, entry in enumerate(tree.files):
         path = os.path.join(local_dir, entry.path)
         with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if st.st_size != entry.size:
                 raise UserError(f"{path} changed size since its manifest was built "
                                 f"({entry.size} -> {st.st_size} bytes); rebuild and retry")
-            out.write(_info(entry.path, is_dir=False, size=entry.size, mtime=st.st_mtime))
-            hasher.put("begin")
+            yield _info(entry.path, is_dir=False, size=entry.size, mtime=st.st_mtime), None
             remaining = entry.size
             while remaining:
                 chunk = f.read(min(READ_CHUNK, remaining))
                 if not chunk:
                     raise UserError(f"{path} shrank while being uploaded; retry")
-                hasher.put("file", chunk)
-                out.write(chunk)
+                yield chunk, index
                 remaining -= len(chunk)
-                sent += len(chunk)
-                if progress:
-                    progress(len(chunk))
-            hasher.put("end")
             pad = (-entry.size) % BLOCK
             if pad:
-                out.write(b"\0" * pad)
-    out.write(b"\0" * (2 * BLOCK))  # end-of-archive marker
-    out.flush()
-    return sent
+                yield b"\0" * pad, None
+    yield b"\0" * (2 * BLOCK), None   # end-of-archive marker
