@@ -103,7 +103,7 @@ def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeyp
 def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_path, monkeypatch):
     """The hasher reads each file ahead of the sender (another core, while the host's shell starts):
     bytes that change between its read and the send no longer match the host's stream hash."""
-    from serving_sync.transports import ssh as ssh_mod
+    from serving_sync.transports import tarstream
     from serving_sync.transports.tarstream import StreamHasher
 
     model = make_model_tree(tmp_path / "m")
@@ -116,7 +116,7 @@ def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_pat
             data[0] ^= 0xFF
             variables.write_bytes(bytes(data))               # same size, other bytes
 
-    monkeypatch.setattr(ssh_mod, "StreamHasher", HashThenRewrite)
+    monkeypatch.setattr(tarstream, "StreamHasher", HashThenRewrite)
     with connect(sshd, tmp_path / "base") as t:
         with pytest.raises(UserError) as e:
             publish(t, MODEL, 1, model)
@@ -133,6 +133,34 @@ def test_the_hasher_digest_is_the_sha256_of_exactly_the_bytes_sent(tmp_path):
     assert streamed.digest == hashlib.sha256(bytes(sent)).hexdigest()
     assert streamed.manifest == mf.build(model)
     assert streamed.sent == mf.scan(model).total_size
+
+
+def test_a_fleet_hashes_the_model_once_and_a_changed_tree_gets_a_fresh_hash(sshd, tmp_path, monkeypatch):
+    """Hosts publishing the same tree share one hasher (hash once, reuse across hosts); a tree
+    changed since is hashed again, so its new bytes are what every host verifies."""
+    from serving_sync.transports import tarstream
+
+    started = []
+
+    class Counting(tarstream.StreamHasher):
+        def run(self):
+            started.append(self.local_dir)
+            super().run()
+
+    monkeypatch.setattr(tarstream, "StreamHasher", Counting)
+    model = make_model_tree(tmp_path / "m")
+    for i in range(3):
+        with connect(sshd, tmp_path / f"base{i}") as t:
+            assert publish(t, MODEL, 1, model).status == "uploaded"
+    assert len(started) == 1
+    variables = model / "variables" / "variables.data-00000-of-00001"
+    data = bytearray(variables.read_bytes())
+    data[0] ^= 0xFF
+    variables.write_bytes(bytes(data))
+    with connect(sshd, tmp_path / "base3") as t:
+        publish(t, MODEL, 1, model)
+        assert read_stored_manifest(t, MODEL, 1) == mf.build(model)
+    assert len(started) == 2
 
 
 def test_a_present_version_whose_files_changed_size_is_refused(sshd, tmp_path):

@@ -29,7 +29,7 @@ from . import ssh_connect
 from .base import MAX_SMALL_FILE, Transport, rel_path
 from .oserrors import from_stderr, host_os_error
 from .ssh_scripts import ScriptOutput, fetch_script, listing_script, parse_output, q, upload_script
-from .tarstream import Streamed, StreamHasher, stream_tree
+from .tarstream import Streamed, shared_hasher, stream_tree
 
 logger = log.get("sync.ssh")
 
@@ -340,14 +340,9 @@ class SshTransport(Transport):
                     min_free: int | None) -> Streamed | None:
         """Stream tar into the remote script; None when the host cannot (no shell or no tar)."""
         doing = f"uploading to {dest}"
-        hasher = StreamHasher(local_dir, manifest)   # hashes while the host's shell starts
-        hasher.start()
+        hasher = shared_hasher(local_dir, manifest)   # hashes while the host's shell starts
         with self._io(doing):
-            try:
-                ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free))
-            except BaseException:
-                hasher.cancel()
-                raise
+            ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free))
             try:
                 ready, head = _read_until_ready(ch, first_line_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
                 streamed, send_error = None, None
@@ -367,7 +362,6 @@ class SshTransport(Transport):
                     raise send_error
                 rc, out, err = self._finish(ch, timeout=None if send_error is None else 30)
             finally:
-                hasher.cancel()        # a no-op once it finished; stops it on every other way out
                 ch.close()
         res = parse_output(head + out)
         if not res.shell:

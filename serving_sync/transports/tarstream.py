@@ -12,6 +12,8 @@ import hashlib
 import os
 import tarfile
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -101,6 +103,43 @@ class StreamHasher(threading.Thread):
         return self.files, self.digest
 
 
+_SHARED: OrderedDict[tuple, StreamHasher] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+SHARED_KEEP = 4   # trees whose hashers stay shared (a fleet deploys one version; a watcher moves on)
+
+
+def shared_hasher(local_dir: str | os.PathLike, tree: Manifest) -> StreamHasher:
+    """A started ``StreamHasher`` of this tree, shared by every upload of it in this process.
+
+    A fleet's hosts (in parallel or in waves) and a retry hash the model once, not once per
+    host. Sharing is safe: each host's own stream hash must equal the digest, so bytes that
+    changed since the hasher read them are refused, never published. The key holds every
+    file's size, mtime, ctime and inode, so a tree changed since gets a fresh hasher.
+    """
+    key = (os.path.realpath(local_dir), tree.dirs, tuple((f.path, f.size) for f in tree.files),
+           _stat_signature(local_dir, tree))
+    with _SHARED_LOCK:
+        hasher = _SHARED.get(key)
+        if hasher is None or hasher.error is not None:
+            hasher = _SHARED[key] = StreamHasher(local_dir, tree)
+            hasher.start()
+            while len(_SHARED) > SHARED_KEEP:
+                _SHARED.popitem(last=False)
+        _SHARED.move_to_end(key)
+        return hasher
+
+
+def _stat_signature(local_dir, tree: Manifest) -> tuple:
+    sig = []
+    for f in tree.files:
+        try:
+            st = os.stat(os.path.join(local_dir, f.path))
+        except OSError:
+            return ("unreadable", time.monotonic())   # never shared: the upload reports it
+        sig.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(sig)
+
+
 @dataclass
 class Streamed:
     sent: int              # bytes of file content
@@ -112,13 +151,15 @@ def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[by
                 progress: ProgressFn | None = None, hasher: StreamHasher | None = None) -> Streamed:
     """Write ``tree``'s directories and files from ``local_dir`` as tar to ``send``.
 
-    ``hasher`` (a started ``StreamHasher`` of the same tree; one is started here if not given)
+    ``hasher`` (a started ``StreamHasher`` of the same tree, e.g. ``shared_hasher``; one is
+    started here if not given)
     supplies the manifest and the stream digest the host's must equal. ``tree`` may be a
     ``manifest.scan`` (no hashes) or a built manifest; a file whose size changed since aborts
     (before the host can extract it), one whose bytes changed is refused (the manifest no
     longer matches).
     """
-    if hasher is None:
+    own = hasher is None
+    if own:
         hasher = StreamHasher(local_dir, tree)
         hasher.start()
     try:
@@ -132,7 +173,8 @@ def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[by
                     progress(len(data))
         out.flush()
     except BaseException:
-        hasher.cancel()
+        if own:                     # a shared hasher may still serve other hosts
+            hasher.cancel()
         raise
     hashes, digest = hasher.result()
     entries: list[FileEntry] = []
