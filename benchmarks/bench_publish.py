@@ -207,6 +207,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
           log=lambda s: None) -> dict:
     """Every method on every data set, ``repeats`` interleaved rounds; raw seconds per method."""
     from serving_sync import manifest as mf
+    from serving_sync.transports import tarstream
 
     results: dict = {}
     for name, src in datasets.items():
@@ -224,6 +225,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
                     run_ours_publish(sshd, src, dest)          # untimed: the host has it now
                 if method != "ours_already_present":
                     mf.forget()                                # the manifest is inside the timed section
+                    tarstream.forget()                         # and so is the stream hash
                 cpu0 = _cpu(sshd)
                 start = time.perf_counter()
                 if method == "scp":

@@ -129,6 +129,12 @@ def shared_hasher(local_dir: str | os.PathLike, tree: Manifest) -> StreamHasher:
         return hasher
 
 
+def forget() -> None:
+    """Drop the shared hashers (with ``manifest.forget``: the next publish hashes every byte)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+
+
 def _stat_signature(local_dir, tree: Manifest) -> tuple:
     sig = []
     for f in tree.files:
