@@ -2,9 +2,9 @@
 
 Hosts with rename (file, ssh): upload under ``<model>/.incoming-<version>-<stamp>-<random>``
 (non-numeric, ignored by TF Serving), hash every file ON THE HOST against the manifest (ssh:
-the host hashes the stream as it extracts it, the client hashes each file as it sends it, one
-read of every byte on each side), store the manifest under ``.serving_sync/manifests/``, then
-rename to the numeric name.
+the host hashes the stream as it extracts it; on the client a hasher thread, shared by every
+host that receives the tree, hashes each file and the stream while the sender sends), store the
+manifest under ``.serving_sync/manifests/``, then rename to the numeric name.
 
 S3 (no rename): upload every object except ``saved_model.pb`` under the final prefix, verify,
 then upload ``saved_model.pb`` last and verify it: a version is loadable only when complete.
@@ -80,9 +80,8 @@ def publish(transport: Transport, model: str, version: int, local_dir: str | os.
             pull=None) -> PublishResult:
     """Publish ``local_dir``; ``manifest`` (from ``manifest.build``) is optional.
 
-    Without it the tree is scanned (names, sizes) and hashed in the same pass that uploads it
-    (ssh), so a publish reads every byte once; with it, the upload still re-hashes what it
-    sends and refuses a file that changed since.
+    Without it the tree is scanned (names, sizes) and hashed while it uploads (ssh); with it,
+    the upload still hashes what it sends and refuses a file that changed since.
     """
     model = check_model_name(model)
     version = check_version(version)

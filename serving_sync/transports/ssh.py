@@ -327,7 +327,7 @@ class SshTransport(Transport):
     def upload_tree_hashing(self, local_dir, dest_rel: str, tree: Manifest,
                             progress: ProgressFn | None = None, *,
                             min_free: int | None = None) -> tuple[int, Manifest]:
-        """One pass: the tar stream hashes every file as it reads it; the host hashes as it extracts."""
+        """The shared hasher hashes the tree while the tar streams; the host hashes as it extracts."""
         dest = self._p(dest_rel)
         if not self._no_shell:
             streamed = self._upload_tar(local_dir, dest, tree, progress, min_free)
