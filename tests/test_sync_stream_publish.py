@@ -103,20 +103,35 @@ def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeyp
 def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_path, monkeypatch):
     """The hasher reads each file ahead of the sender (another core, while the host's shell starts):
     bytes that change between its read and the send no longer match the host's stream hash."""
+    from serving_sync.transports import ssh as ssh_mod
     from serving_sync.transports import tarstream
     from serving_sync.transports.tarstream import StreamHasher
 
     model = make_model_tree(tmp_path / "m")
     variables = model / "variables" / "variables.data-00000-of-00001"
 
+    hashers = []
+
     class HashThenRewrite(StreamHasher):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            hashers.append(self)
+
         def run(self):
             super().run()
             data = bytearray(variables.read_bytes())
             data[0] ^= 0xFF
             variables.write_bytes(bytes(data))               # same size, other bytes
 
+    real_ready = ssh_mod._read_until_ready
+
+    def ready_after_the_rewrite(*a, **k):                    # the sender reads only after it
+        for h in hashers:
+            h.join()
+        return real_ready(*a, **k)
+
     monkeypatch.setattr(tarstream, "StreamHasher", HashThenRewrite)
+    monkeypatch.setattr(ssh_mod, "_read_until_ready", ready_after_the_rewrite)
     with connect(sshd, tmp_path / "base") as t:
         with pytest.raises(UserError) as e:
             publish(t, MODEL, 1, model)
