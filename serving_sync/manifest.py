@@ -187,9 +187,13 @@ def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str], tupl
                 raise UserError(f"{root}: {rel} is not a regular file or directory")
     files.sort(key=lambda e: e[0])
     dirs.sort()
-    signature = (tuple((rel, st.st_size, st.st_ino, max(st.st_mtime_ns, st.st_ctime_ns)) for rel, st in files),
-                 tuple(dirs))
+    signature = (tuple(file_signature(rel, st) for rel, st in files), tuple(dirs))
     return files, dirs, signature
+
+
+def file_signature(rel: str, st: os.stat_result) -> tuple:
+    """What says a file is unchanged since it was hashed: path, size, inode, latest of mtime/ctime."""
+    return rel, st.st_size, st.st_ino, max(st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)

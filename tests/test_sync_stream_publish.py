@@ -1,9 +1,10 @@
 """The one-pass publish (issue 17) and unsafe file names (issue 14, item 5), over a real sshd.
 
-One pass: the client hashes each file on another core as it sends it (the manifest comes out of the
-upload), the host hashes the tar stream as it extracts it; the guarantees stay (verified before numeric,
-immutable, mismatch refused). File names: every control and line-separator character is refused
-before anything reaches a host, and a deploy that meets one ends in one line with the host as it was.
+One pass on each side: a client thread hashes each file and the stream while the sender sends (the
+manifest comes out of the upload), the host hashes the tar stream as it extracts it; the guarantees
+stay (verified before numeric, immutable, mismatch refused). File names: every control and
+line-separator character is refused before anything reaches a host, and a deploy that meets one
+ends in one line with the host as it was.
 """
 from __future__ import annotations
 

@@ -12,14 +12,13 @@ import hashlib
 import os
 import tarfile
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from mlops_common.errors import UserError
 
-from ..manifest import UNHASHED, FileEntry, Manifest
+from ..manifest import UNHASHED, FileEntry, Manifest, file_signature
 from ..progress import ProgressFn
 
 BLOCK = 512
@@ -77,24 +76,18 @@ class StreamHasher(threading.Thread):
         self.files: list[str] = []
         self.digest = ""
         self.error: BaseException | None = None
-        self._cancelled = threading.Event()
 
     def run(self) -> None:
         try:
             stream = hashlib.sha256()
             files = [hashlib.sha256() for _ in self.tree.files]
             for data, index in _pieces(self.local_dir, self.tree):
-                if self._cancelled.is_set():
-                    return
                 stream.update(data)
                 if index is not None:
                     files[index].update(data)
             self.files, self.digest = [h.hexdigest() for h in files], stream.hexdigest()
         except BaseException as exc:  # noqa: BLE001 - handed to the sender by result()
             self.error = exc
-
-    def cancel(self) -> None:
-        self._cancelled.set()
 
     def result(self) -> tuple[list[str], str]:
         self.join()
@@ -114,36 +107,33 @@ def shared_hasher(local_dir: str | os.PathLike, tree: Manifest) -> StreamHasher:
     A fleet's hosts (in parallel or in waves) and a retry hash the model once, not once per
     host. Sharing is safe: each host's own stream hash must equal the digest, so bytes that
     changed since the hasher read them are refused, never published. The key holds every
-    file's size, mtime, ctime and inode, so a tree changed since gets a fresh hasher.
+    file's ``manifest.file_signature`` (the memo's test of "unchanged"), so a tree changed
+    since gets a fresh hasher.
     """
-    key = (os.path.realpath(local_dir), tree.dirs, tuple((f.path, f.size) for f in tree.files),
-           _stat_signature(local_dir, tree))
+    try:
+        files = tuple(file_signature(f.path, os.stat(os.path.join(local_dir, f.path))) for f in tree.files)
+    except OSError:
+        return _started(StreamHasher(local_dir, tree))   # not shared: the upload reports the file
+    key = (os.path.realpath(local_dir), tree.dirs, files)
     with _SHARED_LOCK:
         hasher = _SHARED.get(key)
         if hasher is None or hasher.error is not None:
-            hasher = _SHARED[key] = StreamHasher(local_dir, tree)
-            hasher.start()
+            hasher = _SHARED[key] = _started(StreamHasher(local_dir, tree))
             while len(_SHARED) > SHARED_KEEP:
                 _SHARED.popitem(last=False)
         _SHARED.move_to_end(key)
         return hasher
 
 
+def _started(hasher: StreamHasher) -> StreamHasher:
+    hasher.start()
+    return hasher
+
+
 def forget() -> None:
     """Drop the shared hashers (with ``manifest.forget``: the next publish hashes every byte)."""
     with _SHARED_LOCK:
         _SHARED.clear()
-
-
-def _stat_signature(local_dir, tree: Manifest) -> tuple:
-    sig = []
-    for f in tree.files:
-        try:
-            st = os.stat(os.path.join(local_dir, f.path))
-        except OSError:
-            return ("unreadable", time.monotonic())   # never shared: the upload reports it
-        sig.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
-    return tuple(sig)
 
 
 @dataclass
@@ -157,31 +147,21 @@ def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[by
                 progress: ProgressFn | None = None, hasher: StreamHasher | None = None) -> Streamed:
     """Write ``tree``'s directories and files from ``local_dir`` as tar to ``send``.
 
-    ``hasher`` (a started ``StreamHasher`` of the same tree, e.g. ``shared_hasher``; one is
-    started here if not given)
-    supplies the manifest and the stream digest the host's must equal. ``tree`` may be a
-    ``manifest.scan`` (no hashes) or a built manifest; a file whose size changed since aborts
-    (before the host can extract it), one whose bytes changed is refused (the manifest no
-    longer matches).
+    ``hasher`` (default: ``shared_hasher`` of the tree) supplies the manifest and the stream
+    digest the host's must equal. ``tree`` may be a ``manifest.scan`` (no hashes) or a built
+    manifest; a file whose size changed since aborts (before the host can extract it), one whose
+    bytes changed is refused (the manifest no longer matches).
     """
-    own = hasher is None
-    if own:
-        hasher = StreamHasher(local_dir, tree)
-        hasher.start()
-    try:
-        out = CoalescingSender(send)
-        sent = 0
-        for data, index in _pieces(local_dir, tree):
-            out.write(data)
-            if index is not None:
-                sent += len(data)
-                if progress:
-                    progress(len(data))
-        out.flush()
-    except BaseException:
-        if own:                     # a shared hasher may still serve other hosts
-            hasher.cancel()
-        raise
+    hasher = hasher or shared_hasher(local_dir, tree)
+    out = CoalescingSender(send)
+    sent = 0
+    for data, index in _pieces(local_dir, tree):
+        out.write(data)
+        if index is not None:
+            sent += len(data)
+            if progress:
+                progress(len(data))
+    out.flush()
     hashes, digest = hasher.result()
     entries: list[FileEntry] = []
     for entry, digest_of_file in zip(tree.files, hashes, strict=True):
