@@ -70,12 +70,14 @@ def test_a_live_lock_is_never_taken_over_even_past_its_ttl(hut):
 
 
 def test_a_long_upload_keeps_its_lock_fresh(hut, tmp_path):
-    """A 3 s upload (TTL 1 s, heartbeat 0.25 s) beside a contender on its own connection."""
+    """A 3 s upload (TTL 2 s, heartbeat 0.25 s) beside a contender on its own connection: the upload
+    outlasts the TTL, so only the heartbeat keeps the lock. (TTL 1 s once went stale on a loaded CI
+    machine: an S3 heartbeat write took longer than 0.75 s.)"""
     from serving_sync.transports import open_transport
 
     model = make_model_tree(tmp_path / "m", variables_bytes=200_000)
     m = mf.build(model)
-    owner = HostLock(hut.transport, ttl=1.0, heartbeat_every=0.25)
+    owner = HostLock(hut.transport, ttl=2.0, heartbeat_every=0.25)
     info = owner.acquire()
     refusals: list[str] = []
     taken: list[str] = []
@@ -88,7 +90,7 @@ def test_a_long_upload_keeps_its_lock_fresh(hut, tmp_path):
             try:
                 while time.monotonic() < started[0] + 3.0 and len(refusals) + len(taken) < 40:
                     try:
-                        HostLock(contender, ttl=1.0, heartbeat_every=0).acquire()
+                        HostLock(contender, ttl=2.0, heartbeat_every=0).acquire()
                         taken.append("taken")
                     except LockHeld as exc:
                         refusals.append(exc.message)
