@@ -124,6 +124,98 @@ def test_remote_scripts_run_under_sh_and_their_output_parses(tmp_path):
     assert parse_output(b"This service allows sftp connections only.\n").shell is False
 
 
+@pytest.mark.parametrize("trailing", [b"", os.urandom(3_000_000)])
+def test_the_upload_script_hashes_a_big_stream_with_the_hosts_python(tmp_path, monkeypatch, trailing):
+    """Big streams go through PY_TEE (1 MiB reads, no tee/FIFO): the same digest and listing as the
+    shell's tee path. Bytes after the archive's end (tar stops reading there) are still hashed, so
+    the digest is always of everything sent."""
+    from serving_sync.transports import ssh_scripts
+
+    monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1)
+    root = make_model_tree(tmp_path / "m", n_assets=2, variables_bytes=3_000_000)
+    m = mf.build(root)
+    tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
+                         timeout=60).stdout + trailing
+    dest = tmp_path / "base" / "m" / ".incoming-1-x"
+    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000, stream_bytes=m.total_size)],
+                       input=tar, capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 0, p.stderr
+    assert res.flags.get("@hashing") == "python"
+    assert res.files_sha256 == _files_digest(tar) and res.stream_sha256 is None
+    assert res.sizes == {f.path: f.size for f in m.files}
+    assert mf.build(dest) == m
+    if trailing:
+        return   # (tee dies when tar stops reading: a partial digest, which the client refuses)
+    # a host with no usable python3 takes the shell's tee path, with the same result
+    monkeypatch.setattr(ssh_scripts, "_PICK_PYTHON", "P=\n")
+    dest2 = tmp_path / "base" / "m" / ".incoming-2-x"
+    p = subprocess.run(["sh", "-c", upload_script(str(dest2.parent), str(dest2), 1000, stream_bytes=m.total_size)],
+                       input=tar, capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 0 and res.flags.get("@hashing") == "stream"
+    assert res.stream_sha256 == hashlib.sha256(tar).hexdigest()
+
+
+def _files_digest(tar: bytes) -> str:
+    """sha256 over the sha256 digests of the archive's regular files, in archive order."""
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        return hashlib.sha256(b"".join(hashlib.sha256(tf.extractfile(m).read()).digest()
+                                       for m in tf.getmembers() if m.isreg())).hexdigest()
+
+
+def _set_size_field(tar: bytearray, at: int, field: bytes) -> None:
+    """Rewrite the size field of the header at ``at`` and its checksum."""
+    tar[at + 124:at + 136] = field
+    tar[at + 148:at + 156] = b" " * 8
+    tar[at + 148:at + 156] = b"%06o\0 " % sum(tar[at:at + 512])
+
+
+@pytest.mark.parametrize("size_as", ["pax", "base-256"])
+def test_the_hosts_python_reads_pax_and_base_256_sizes(tmp_path, monkeypatch, size_as):
+    """Files over 8 GiB get their size from a pax record or as a base-256 number (GNU tar reads
+    both); the host's per-file digest must follow the same sizes."""
+    import tarfile
+
+    from serving_sync.transports import ssh_scripts
+
+    monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1)
+    data = os.urandom(70_000)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in ("a.bin", "b.bin"):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            if size_as == "pax" and name == "a.bin":
+                ti.pax_headers = {"size": str(len(data)), "comment": "x=y"}
+            tf.addfile(ti, io.BytesIO(data))
+    tar = bytearray(buf.getvalue())
+    first = 1024 if size_as == "pax" else 0   # the pax header and its data come first
+    _set_size_field(tar, first, b"\0" * 12 if size_as == "pax" else b"\x80" + len(data).to_bytes(11, "big"))
+    dest = tmp_path / "base" / "m" / ".incoming-1-x"
+    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000, stream_bytes=10)],
+                       input=bytes(tar), capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 0, p.stderr
+    one = hashlib.sha256(data).digest()
+    assert res.files_sha256 == hashlib.sha256(one + one).hexdigest()
+    assert (dest / "a.bin").read_bytes() == data and (dest / "b.bin").read_bytes() == data
+
+
+def test_a_stream_that_is_not_tar_fails_on_the_python_path_and_says_so(tmp_path, monkeypatch):
+    from serving_sync.transports import ssh_scripts
+
+    monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1)
+    dest = tmp_path / "base" / "m" / ".incoming-1-x"
+    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000, stream_bytes=10)],
+                       input=os.urandom(100_000), capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 95 and "@tarfailed" in res.flags and "@end" not in res.flags
+    assert b"tar" in p.stderr
+
+
 def _key_b64(seed: bytes) -> str:
     blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + hashlib.sha256(seed).digest()
     return base64.b64encode(blob).decode()

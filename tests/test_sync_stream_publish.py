@@ -24,6 +24,31 @@ from tests.test_sync_ssh import MODEL, connect, one_line
 from tests.test_sync_support import make_model_tree
 
 
+@pytest.fixture(params=["python", "stream", "big-without-python"])
+def host_hasher(request, monkeypatch):
+    """Run a test through each way the host hashes what it extracts, and check which ran: its
+    python3 (big uploads: per-file digests), tee into a FIFO and the hash tool (small uploads:
+    the stream's sha256), and a big upload to a host without python3 (the client, which skipped
+    the stream hash, computes it once the host says it needs it)."""
+    from serving_sync.transports import ssh as ssh_mod
+
+    monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1 << 62 if request.param == "stream" else 1)
+    if request.param == "big-without-python":
+        monkeypatch.setattr(ssh_scripts, "_PICK_PYTHON", "P=\n")
+    seen = []
+    real = ssh_mod.parse_output
+
+    def recording(stdout):
+        res = real(stdout)
+        if "@hashing" in res.flags:
+            seen.append(res.flags["@hashing"])
+        return res
+
+    monkeypatch.setattr(ssh_mod, "parse_output", recording)
+    yield request.param
+    assert seen and set(seen) == {"python" if request.param == "python" else "stream"}, seen
+
+
 # --- names (pure) ------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", ["a\rb", "a\nb", "a\tb", "a\x00b", "a\x1bb", "a\x7fb", "a\x85b", "a\u2028b",
                                  "a\u2029b", "a\\b", "../a", "/a", ""])
@@ -52,7 +77,7 @@ def test_hash_and_size_output_is_split_on_newlines_only():
 
 
 # --- the one-pass publish over real OpenSSH -------------------------------------------------------
-def test_publish_without_a_manifest_hashes_in_the_upload_and_stores_the_same_manifest(sshd, tmp_path):
+def test_publish_without_a_manifest_hashes_in_the_upload_and_stores_the_same_manifest(sshd, tmp_path, host_hasher):
     model = make_model_tree(tmp_path / "m", n_assets=5, variables_bytes=2_000_000)
     base = tmp_path / "base"
     with connect(sshd, base) as t:
@@ -81,15 +106,24 @@ def test_a_file_changed_after_its_manifest_is_refused_and_nothing_is_published(s
         assert not t.exists(f"{MODEL}/1") and incoming_dirs(t, MODEL) == []
 
 
-def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeypatch):
+def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeypatch, host_hasher):
     """What the host extracted must be what was hashed: a stream digest that differs is refused."""
     from serving_sync.transports import ssh as ssh_mod
 
     real = ssh_mod.stream_tree
 
+    class Lying:
+        def __init__(self, hasher):
+            self.result = hasher.result
+
+        def files_digest(self):
+            return hashlib.sha256(b"something else").hexdigest()
+
+        stream_digest = files_digest
+
     def lying(*a, **k):
         s = real(*a, **k)
-        s.digest = hashlib.sha256(b"something else").hexdigest()
+        s.hasher = Lying(s.hasher)
         return s
 
     monkeypatch.setattr(ssh_mod, "stream_tree", lying)
@@ -101,7 +135,7 @@ def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeyp
         assert not t.exists(f"{MODEL}/1") and incoming_dirs(t, MODEL) == []
 
 
-def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_path, monkeypatch):
+def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_path, monkeypatch, host_hasher):
     """The hasher reads each file ahead of the sender (another core, while the host's shell starts):
     bytes that change between its read and the send no longer match the host's stream hash."""
     from serving_sync.transports import ssh as ssh_mod
@@ -141,12 +175,19 @@ def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_pat
 
 
 def test_the_hasher_digest_is_the_sha256_of_exactly_the_bytes_sent(tmp_path):
+    from serving_sync.transports import tarstream
     from serving_sync.transports.tarstream import stream_tree
 
     model = make_model_tree(tmp_path / "m")
     sent = bytearray()
     streamed = stream_tree(model, mf.scan(model), sent.extend)
-    assert streamed.digest == hashlib.sha256(bytes(sent)).hexdigest()
+    assert streamed.hasher.stream_digest() == hashlib.sha256(bytes(sent)).hexdigest()
+    per_file = b"".join(hashlib.sha256((model / f.path).read_bytes()).digest() for f in mf.scan(model).files)
+    assert streamed.hasher.files_digest() == hashlib.sha256(per_file).hexdigest()
+    tarstream.forget()
+    lazy = tarstream.shared_hasher(model, mf.scan(model), stream=False)   # a big upload's hasher
+    assert lazy.result() and lazy.digest == ""                            # skips the stream hash
+    assert lazy.stream_digest() == hashlib.sha256(bytes(sent)).hexdigest()   # until a host asks
     assert streamed.manifest == mf.build(model)
     assert streamed.sent == mf.scan(model).total_size
 

@@ -28,7 +28,7 @@ from ..progress import ProgressFn
 from . import ssh_connect
 from .base import MAX_SMALL_FILE, Transport, rel_path
 from .oserrors import from_stderr, host_os_error
-from .ssh_scripts import ScriptOutput, fetch_script, listing_script, parse_output, q, upload_script
+from .ssh_scripts import ScriptOutput, fetch_script, host_python_hashes, listing_script, parse_output, q, upload_script
 from .tarstream import Streamed, shared_hasher, stream_tree
 
 logger = log.get("sync.ssh")
@@ -340,13 +340,18 @@ class SshTransport(Transport):
                     min_free: int | None) -> Streamed | None:
         """Stream tar into the remote script; None when the host cannot (no shell or no tar)."""
         doing = f"uploading to {dest}"
-        hasher = shared_hasher(local_dir, manifest)   # hashes while the host's shell starts
+        # Hashes while the host's shell starts. A big upload goes through the host's python3,
+        # which checks per-file digests: no stream hash unless the host turns out to lack it.
+        hasher = shared_hasher(local_dir, manifest, stream=not host_python_hashes(manifest.total_size))
         with self._io(doing):
-            ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free))
+            ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free,
+                                               stream_bytes=manifest.total_size))
             try:
                 ready, head = _read_until_ready(ch, first_line_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
                 streamed, send_error = None, None
                 if ready:
+                    if b"@hashing stream" in head:
+                        hasher.want_stream()
                     try:
                         streamed = stream_tree(local_dir, manifest, _sender(ch), progress, hasher)
                     except (OSError, EOFError) as exc:   # the host stopped reading: see its status
@@ -520,14 +525,18 @@ class SshTransport(Transport):
 def _listing_of_upload(res: ScriptOutput, streamed: Streamed) -> HostListing:
     """What the host extracted, as a listing ``compare`` can judge against the manifest.
 
-    Stream-hashed: the host's sha256 of the tar stream it extracted must be the one we sent,
-    and each file's size must match; then each file holds exactly the bytes we hashed. Else
-    (two-pass hosts) the host's own per-file hashes.
+    Stream-hashed: the host's digest of what it extracted — of its files' bytes in the stream
+    (python3 hosts) or of the whole tar stream — must be the one of what we hashed, and each
+    file's size must match; then each file holds exactly the bytes we hashed. Else (two-pass
+    hosts) the host's own per-file hashes.
     """
     listing = res.listing
     if res.sizes is None:
         return listing
-    same_stream = res.stream_sha256 == streamed.digest
+    if res.files_sha256 is not None:
+        same_stream = res.files_sha256 == streamed.hasher.files_digest()
+    else:
+        same_stream = res.stream_sha256 is not None and res.stream_sha256 == streamed.hasher.stream_digest()
     expected = streamed.manifest.by_path()
     files = {}
     for path, size in res.sizes.items():

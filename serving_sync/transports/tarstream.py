@@ -61,23 +61,76 @@ def _info(name: str, *, is_dir: bool, size: int = 0, mtime: float = 0) -> bytes:
 
 class StreamHasher(threading.Thread):
     """Read and hash the tree on another core, independently of the sender: the sha256 of each
-    file (the manifest) and of the exact tar stream the sender writes (what the host hashes).
+    file (the manifest) and, when ``stream``, of the exact tar stream the sender writes.
 
     Started before the host's shell is even asked for, it works while the shell starts (a login
     shell with a ``.bashrc`` takes ~0.1 s) and keeps ahead of the sender, so hashing costs the
     upload little wall time; the second read of each file comes from the page cache. It proves
-    the bytes it read; the host's stream hash proves those are the bytes that arrived, so a file
-    rewritten between the two reads is refused, never published.
+    the bytes it read; the host's hash of what it extracted proves those are the bytes that
+    arrived, so a file rewritten between the two reads is refused, never published. The host
+    hashes either the whole stream (``stream_digest``) or, with its python3, each file's bytes
+    in the stream (``files_digest``): the latter needs no second hash of the bytes here, so a
+    big upload starts without the stream hash and computes it only for a host that asks
+    (``want_stream``).
     """
 
-    def __init__(self, local_dir: str | os.PathLike, tree: Manifest):
+    def __init__(self, local_dir: str | os.PathLike, tree: Manifest, *, stream: bool = True):
         super().__init__(name="tar-stream-hasher", daemon=True)
         self.local_dir, self.tree = local_dir, tree
         self.files: list[str] = []
-        self.digest = ""
+        self.digest = ""                      # sha256 of the tar stream, once computed
         self.error: BaseException | None = None
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._stream_pass: threading.Thread | None = None
 
     def run(self) -> None:
+        try:
+            stream = hashlib.sha256() if self._stream else None
+            files = [hashlib.sha256() for _ in self.tree.files]
+            for data, index in _pieces(self.local_dir, self.tree):
+                if stream is not None:
+                    stream.update(data)
+                if index is not None:
+                    files[index].update(data)
+            self.files = [h.hexdigest() for h in files]
+            if stream is not None:
+                self.digest = stream.hexdigest()
+        except BaseException as exc:  # noqa: BLE001 - handed to the sender by result()
+            self.error = exc
+
+    def result(self) -> list[str]:
+        """Each file's sha256, in the tree's order (raises what the read raised)."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.files
+
+    def files_digest(self) -> str:
+        """sha256 over the files' raw sha256 digests in stream order (what ``PY_TEE`` prints)."""
+        return hashlib.sha256(b"".join(bytes.fromhex(h) for h in self.result())).hexdigest()
+
+    def want_stream(self) -> None:
+        """Start hashing the whole stream now (beside the send) if the first pass does not."""
+        with self._lock:
+            if self._stream or self._stream_pass is not None:
+                return
+            self._stream_pass = threading.Thread(target=self._hash_stream, name="tar-stream-hasher-2",
+                                                 daemon=True)
+            self._stream_pass.start()
+
+    def stream_digest(self) -> str:
+        self.result()
+        self.want_stream()
+        if self._stream_pass is not None:
+            self._stream_pass.join()
+        if self.error is not None:
+            raise self.error
+        return self.digest
+
+    def _hash_stream(self) -> None:
+        """The second pass reads every file again, so it re-hashes each one too: bytes changed
+        since the first pass (whose hashes are the manifest) give a digest no host can match."""
         try:
             stream = hashlib.sha256()
             files = [hashlib.sha256() for _ in self.tree.files]
@@ -85,15 +138,10 @@ class StreamHasher(threading.Thread):
                 stream.update(data)
                 if index is not None:
                     files[index].update(data)
-            self.files, self.digest = [h.hexdigest() for h in files], stream.hexdigest()
-        except BaseException as exc:  # noqa: BLE001 - handed to the sender by result()
+            same = [h.hexdigest() for h in files] == self.files
+            self.digest = stream.hexdigest() if same else "changed-since-hashed"
+        except BaseException as exc:  # noqa: BLE001 - raised by stream_digest()
             self.error = exc
-
-    def result(self) -> tuple[list[str], str]:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.files, self.digest
 
 
 _SHARED: OrderedDict[tuple, StreamHasher] = OrderedDict()
@@ -101,24 +149,25 @@ _SHARED_LOCK = threading.Lock()
 SHARED_KEEP = 4   # trees whose hashers stay shared (a fleet deploys one version; a watcher moves on)
 
 
-def shared_hasher(local_dir: str | os.PathLike, tree: Manifest) -> StreamHasher:
+def shared_hasher(local_dir: str | os.PathLike, tree: Manifest, *, stream: bool = True) -> StreamHasher:
     """A started ``StreamHasher`` of this tree, shared by every upload of it in this process.
 
     A fleet's hosts (in parallel or in waves) and a retry hash the model once, not once per
     host. Sharing is safe: each host's own stream hash must equal the digest, so bytes that
     changed since the hasher read them are refused, never published. The key holds every
     file's ``manifest.file_signature`` (the memo's test of "unchanged"), so a tree changed
-    since gets a fresh hasher.
+    since gets a fresh hasher. ``stream``: hash the whole stream in the first pass too (a
+    shared hasher without it computes it when a host asks).
     """
     try:
         files = tuple(file_signature(f.path, os.stat(os.path.join(local_dir, f.path))) for f in tree.files)
     except OSError:
-        return _started(StreamHasher(local_dir, tree))   # not shared: the upload reports the file
+        return _started(StreamHasher(local_dir, tree, stream=stream))   # not shared: the upload reports the file
     key = (os.path.realpath(local_dir), tree.dirs, files)
     with _SHARED_LOCK:
         hasher = _SHARED.get(key)
         if hasher is None or hasher.error is not None:
-            hasher = _SHARED[key] = _started(StreamHasher(local_dir, tree))
+            hasher = _SHARED[key] = _started(StreamHasher(local_dir, tree, stream=stream))
             while len(_SHARED) > SHARED_KEEP:
                 _SHARED.popitem(last=False)
         _SHARED.move_to_end(key)
@@ -139,16 +188,16 @@ def forget() -> None:
 @dataclass
 class Streamed:
     sent: int              # bytes of file content
-    manifest: Manifest     # hashed by the StreamHasher (the host's stream hash proves they were sent)
-    digest: str            # sha256 of the whole tar stream (what the host hashes as it extracts)
+    manifest: Manifest     # hashed by the StreamHasher (the host's hash proves they were sent)
+    hasher: StreamHasher   # its stream_digest() / files_digest() are what the host's must equal
 
 
 def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[bytes], None],
                 progress: ProgressFn | None = None, hasher: StreamHasher | None = None) -> Streamed:
     """Write ``tree``'s directories and files from ``local_dir`` as tar to ``send``.
 
-    ``hasher`` (default: ``shared_hasher`` of the tree) supplies the manifest and the stream
-    digest the host's must equal. ``tree`` may be a ``manifest.scan`` (no hashes) or a built
+    ``hasher`` (default: ``shared_hasher`` of the tree) supplies the manifest and the digests
+    the host's must equal. ``tree`` may be a ``manifest.scan`` (no hashes) or a built
     manifest; a file whose size changed since aborts (before the host can extract it), one whose
     bytes changed is refused (the manifest no longer matches).
     """
@@ -162,14 +211,14 @@ def stream_tree(local_dir: str | os.PathLike, tree: Manifest, send: Callable[[by
             if progress:
                 progress(len(data))
     out.flush()
-    hashes, digest = hasher.result()
+    hashes = hasher.result()
     entries: list[FileEntry] = []
     for entry, digest_of_file in zip(tree.files, hashes, strict=True):
         if entry.sha256 not in (UNHASHED, digest_of_file):
             raise UserError(f"{os.path.join(local_dir, entry.path)} changed since its manifest was built "
                             f"(sha256 differs); rebuild and retry; nothing was published")
         entries.append(FileEntry(entry.path, entry.size, digest_of_file))
-    return Streamed(sent, Manifest(tuple(entries), tree.dirs), digest)
+    return Streamed(sent, Manifest(tuple(entries), tree.dirs), hasher)
 
 
 def _pieces(local_dir, tree: Manifest) -> Iterator[tuple[bytes, int | None]]:
