@@ -74,6 +74,21 @@ def gone_verdict(statuses: list[VersionStatus], version: int) -> WaitVerdict:
     return WaitVerdict(False, detail=s.state)
 
 
+FIRST_POLL = 0.01   # seconds before the second poll of a wait
+
+
+def poll_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> list[float]:
+    """The pauses between the polls of one bounded wait: ``first``, doubling up to ``interval``,
+    then ``interval`` until ``timeout`` is covered (so the count is bounded by the timeout)."""
+    interval = max(interval, 1e-3)
+    pauses, pause, total = [], min(first, interval), 0.0
+    while total < timeout:
+        pauses.append(pause)
+        total += pause
+        pause = min(interval, pause * 2)
+    return pauses
+
+
 class TFServingClient:
     """REST client for one TF Serving (or the local compatible server)."""
 
@@ -176,8 +191,13 @@ class TFServingClient:
               interval: float) -> None:
         """Bounded polling. A TF Serving that stops answering for a while (it was restarted) is
         "not done yet", not a failure: it reloads models.config when it comes back, so the wait
-        goes on until the deadline and only then says it was unreachable."""
-        polls = max(1, int(timeout / interval) + 1)
+        goes on until the deadline and only then says it was unreachable.
+
+        The pauses start at ``FIRST_POLL`` and double up to ``interval``: a tiny model loads in
+        tens of milliseconds, and a fixed 0.2 s pause left the host idle for most of it.
+        """
+        pauses = poll_pauses(timeout, interval)
+        polls = len(pauses) + 1
         deadline = time.monotonic() + timeout
         last = WaitVerdict(False, detail="no answer yet")
         unreachable: HostUnreachable | None = None
@@ -190,9 +210,9 @@ class TFServingClient:
                 return
             if last.failed:
                 raise ServingError(f"TF Serving at {self.base}: {what} failed: {last.detail}")
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or not pauses:
                 break
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(pauses.pop(0), max(0.0, deadline - time.monotonic())))
         if unreachable is not None:
             raise HostUnreachable(f"{unreachable.message} (still, after waiting {timeout:.0f}s for {what})")
         raise ServingTimeout(f"TF Serving at {self.base}: {what} did not happen within {timeout:.0f}s "
