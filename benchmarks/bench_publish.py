@@ -11,10 +11,11 @@ than rsync; publishing a version that is already present transfers 0 bytes in < 
 
 Every method is timed end to end as a user would see it: connect, authenticate, transfer (and,
 for ours, the manifest — built in the same pass as the upload, no hashes cached — the host's
-stream hash, the existence check and the rename). ``present`` publishes a version the host
+hash of what it extracted, the existence check and the rename). ``present`` publishes a version the host
 already has, with the tree hashed earlier in the process (a fleet's other hosts, a retry);
 ``present cold`` hashes the tree first (a new process). Methods run interleaved, ``--repeats``
-rounds, median reported, the load average recorded.
+rounds, median reported, the load average recorded. After each method its copy is removed and
+the disk synced, outside the timing, so the next method does not pay for that writeback.
 
 Two setups, each labelled in the results: the main one is what users run — the login user's
 normal shell (root's bash with its ``~/.bashrc``, sourced for every SSH command), destination on
@@ -250,6 +251,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
                     if _tree(copy) != _tree(src):
                         raise AssertionError(f"{method} produced an incomplete copy of {name}")
                 shutil.rmtree(dest_parent, ignore_errors=True)
+                os.sync()   # untimed: the next method does not pay for this copy's writeback and removal
         results[name] = {"mb": round(tree.total_size / 1e6, 1), "files": len(tree.files),
                          "seconds": {k: [round(x, 4) for x in v] for k, v in times.items()},
                          "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
