@@ -2,7 +2,8 @@
 
 Speed: a version goes as ONE tar stream over one exec channel, with writes that avoid
 paramiko's per-packet buffer copies; the same remote script checks free space first, then
-extracts, then hashes every file with ``openssl dgst``/``sha256sum`` — one process spawn per
+extracts while hashing in the same pass (the host's ``python3`` for big uploads, else ``tee``
+into ``openssl dgst``/``sha256sum``; ``ssh_scripts.upload_script``) — one process spawn per
 publish. Small operations (stat, read, write, rename) use one SFTP session. Accounts without a
 shell, ``tar`` or a hash tool fall back to pipelined SFTP writes and SFTP read-back hashing.
 """

@@ -3,7 +3,8 @@
 Each script prints a marker first, so a missing marker means the account has no real shell
 (e.g. sftp-only) and the transport falls back to SFTP. Every exec costs a process spawn on
 the host (~0.1 s), so one script does as much as possible: check space, create the temporary
-directory, extract the tar stream, then hash every file — one round trip per publish.
+directory, extract the tar stream while hashing it, then list names and sizes — one round trip
+per publish.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Stream a directory tree as a tar archive in large writes (one SSH channel, no temp file),
-hashing every file and the whole stream on another core as it goes.
+hashing every file (and, for hosts that hash the whole stream, the stream) on another core.
 
 ``tarfile``'s own stream writer re-copies its buffer on every write (quadratic for big
 buffers); here headers come from ``TarInfo.tobuf`` and file data goes straight to ``send``.
@@ -157,7 +157,7 @@ def shared_hasher(local_dir: str | os.PathLike, tree: Manifest, *, stream: bool 
     """A started ``StreamHasher`` of this tree, shared by every upload of it in this process.
 
     A fleet's hosts (in parallel or in waves) and a retry hash the model once, not once per
-    host. Sharing is safe: each host's own stream hash must equal the digest, so bytes that
+    host. Sharing is safe: each host's own digest must equal the hasher's, so bytes that
     changed since the hasher read them are refused, never published. The key holds every
     file's ``manifest.file_signature`` (the memo's test of "unchanged"), so a tree changed
     since gets a fresh hasher. ``stream``: hash the whole stream in the first pass too (a
