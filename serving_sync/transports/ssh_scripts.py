@@ -173,6 +173,7 @@ def host_python_hashes(stream_bytes: int) -> bool:
     """Whether the upload script tries the host's python3 (``PY_TEE``) for a stream this big."""
     return stream_bytes >= PY_TEE_MIN_BYTES
 
+
 _PICK_PYTHON = """P=
 for c in /usr/bin/python3 /usr/local/bin/python3 "$(command -v python3 2>/dev/null)"; do
   if [ -n "$c" ] && [ -x "$c" ] && "$c" -I -S -c 'import fcntl, hashlib, os' 2>/dev/null; then P=$c; break; fi
