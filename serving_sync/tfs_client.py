@@ -196,12 +196,10 @@ class TFServingClient:
         The pauses start at ``FIRST_POLL`` and double up to ``interval``: a tiny model loads in
         tens of milliseconds, and a fixed 0.2 s pause left the host idle for most of it.
         """
-        pauses = poll_pauses(timeout, interval)
-        polls = len(pauses) + 1
         deadline = time.monotonic() + timeout
         last = WaitVerdict(False, detail="no answer yet")
         unreachable: HostUnreachable | None = None
-        for _ in range(polls):
+        for pause in [*poll_pauses(timeout, interval), None]:   # None: the last poll
             try:
                 last, unreachable = check(), None
             except HostUnreachable as exc:
@@ -210,9 +208,9 @@ class TFServingClient:
                 return
             if last.failed:
                 raise ServingError(f"TF Serving at {self.base}: {what} failed: {last.detail}")
-            if time.monotonic() >= deadline or not pauses:
+            if pause is None or time.monotonic() >= deadline:
                 break
-            time.sleep(min(pauses.pop(0), max(0.0, deadline - time.monotonic())))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         if unreachable is not None:
             raise HostUnreachable(f"{unreachable.message} (still, after waiting {timeout:.0f}s for {what})")
         raise ServingTimeout(f"TF Serving at {self.base}: {what} did not happen within {timeout:.0f}s "

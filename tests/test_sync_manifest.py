@@ -91,6 +91,13 @@ def test_hash_output_of_real_tools_parses(tmp_path):
         mf.parse_hash_lines("not a hash line")
 
 
+def _upload(dest, need_bytes, *, stdin: bytes = b"", stream_bytes: int = 0):
+    """Run the upload script for ``dest`` under a real /bin/sh (as sshd would), ``stdin`` as its input."""
+    return subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), need_bytes,
+                                                     stream_bytes=stream_bytes)],
+                          input=stdin, capture_output=True, timeout=60)
+
+
 def test_remote_scripts_run_under_sh_and_their_output_parses(tmp_path):
     """The scripts the SSH transport runs, executed by a real /bin/sh (as sshd would)."""
     root = make_model_tree(tmp_path / "m", n_assets=2)
@@ -104,16 +111,14 @@ def test_remote_scripts_run_under_sh_and_their_output_parses(tmp_path):
     assert missing.returncode == 3
     # upload script: refuses when the disk has less than asked, before creating anything
     dest = tmp_path / "base" / "m" / ".incoming-1-x"
-    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 10 ** 18)],
-                       capture_output=True, timeout=60)
+    p = _upload(dest, 10 ** 18)
     res = parse_output(p.stdout)
     assert "@nospace" in res.flags and int(res.flags["@nospace"]) > 0
     assert not dest.parent.exists()
     # ... and extracts a tar stream while hashing it (one pass), then lists names and sizes
     tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
                          timeout=60).stdout
-    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000)], input=tar,
-                       capture_output=True, timeout=60)
+    p = _upload(dest, 1000, stdin=tar)
     res = parse_output(p.stdout)
     assert p.returncode == 0 and "@ready" in res.flags and res.flags.get("@hashing") == "stream"
     assert res.stream_sha256 == hashlib.sha256(tar).hexdigest()
@@ -137,8 +142,7 @@ def test_the_upload_script_hashes_a_big_stream_with_the_hosts_python(tmp_path, m
     tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
                          timeout=60).stdout + trailing
     dest = tmp_path / "base" / "m" / ".incoming-1-x"
-    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000, stream_bytes=m.total_size)],
-                       input=tar, capture_output=True, timeout=60)
+    p = _upload(dest, 1000, stdin=tar, stream_bytes=m.total_size)
     res = parse_output(p.stdout)
     assert p.returncode == 0, p.stderr
     assert res.flags.get("@hashing") == "python"
@@ -150,8 +154,7 @@ def test_the_upload_script_hashes_a_big_stream_with_the_hosts_python(tmp_path, m
     # a host with no usable python3 takes the shell's tee path, with the same result
     monkeypatch.setattr(ssh_scripts, "_PICK_PYTHON", "P=\n")
     dest2 = tmp_path / "base" / "m" / ".incoming-2-x"
-    p = subprocess.run(["sh", "-c", upload_script(str(dest2.parent), str(dest2), 1000, stream_bytes=m.total_size)],
-                       input=tar, capture_output=True, timeout=60)
+    p = _upload(dest2, 1000, stdin=tar, stream_bytes=m.total_size)
     res = parse_output(p.stdout)
     assert p.returncode == 0 and res.flags.get("@hashing") == "stream"
     assert res.stream_sha256 == hashlib.sha256(tar).hexdigest()
@@ -195,8 +198,7 @@ def test_the_hosts_python_reads_pax_and_base_256_sizes(tmp_path, monkeypatch, si
     first = 1024 if size_as == "pax" else 0   # the pax header and its data come first
     _set_size_field(tar, first, b"\0" * 12 if size_as == "pax" else b"\x80" + len(data).to_bytes(11, "big"))
     dest = tmp_path / "base" / "m" / ".incoming-1-x"
-    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000, stream_bytes=10)],
-                       input=bytes(tar), capture_output=True, timeout=60)
+    p = _upload(dest, 1000, stdin=bytes(tar), stream_bytes=10)
     res = parse_output(p.stdout)
     assert p.returncode == 0, p.stderr
     one = hashlib.sha256(data).digest()
@@ -209,8 +211,7 @@ def test_a_stream_that_is_not_tar_fails_on_the_python_path_and_says_so(tmp_path,
 
     monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1)
     dest = tmp_path / "base" / "m" / ".incoming-1-x"
-    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000, stream_bytes=10)],
-                       input=os.urandom(100_000), capture_output=True, timeout=60)
+    p = _upload(dest, 1000, stdin=os.urandom(100_000), stream_bytes=10)
     res = parse_output(p.stdout)
     assert p.returncode == 95 and "@tarfailed" in res.flags and "@end" not in res.flags
     assert b"tar" in p.stderr

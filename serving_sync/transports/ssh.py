@@ -351,7 +351,7 @@ class SshTransport(Transport):
                 ready, head = _read_until_ready(ch, first_line_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
                 streamed, send_error = None, None
                 if ready:
-                    if b"@hashing stream" in head:
+                    if parse_output(head).flags.get("@hashing") == "stream":   # no python3 there
                         hasher.want_stream()
                     try:
                         streamed = stream_tree(local_dir, manifest, _sender(ch), progress, hasher)

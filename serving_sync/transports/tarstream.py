@@ -90,16 +90,7 @@ class StreamHasher(threading.Thread):
 
     def run(self) -> None:
         try:
-            stream = hashlib.sha256() if self._stream else None
-            files = [hashlib.sha256() for _ in self.tree.files]
-            for data, index in _pieces(self.local_dir, self.tree):
-                if stream is not None:
-                    stream.update(data)
-                if index is not None:
-                    files[index].update(data)
-            self.files = [h.hexdigest() for h in files]
-            if stream is not None:
-                self.digest = stream.hexdigest()
+            self.files, self.digest = _hash_pass(self.local_dir, self.tree, stream=self._stream)
         except BaseException as exc:  # noqa: BLE001 - handed to the sender by result()
             self.error = exc
 
@@ -136,16 +127,22 @@ class StreamHasher(threading.Thread):
         """The second pass reads every file again, so it re-hashes each one too: bytes changed
         since the first pass (whose hashes are the manifest) give a digest no host can match."""
         try:
-            stream = hashlib.sha256()
-            files = [hashlib.sha256() for _ in self.tree.files]
-            for data, index in _pieces(self.local_dir, self.tree):
-                stream.update(data)
-                if index is not None:
-                    files[index].update(data)
-            same = [h.hexdigest() for h in files] == self.files
-            self.digest = stream.hexdigest() if same else "changed-since-hashed"
+            files, digest = _hash_pass(self.local_dir, self.tree, stream=True)
+            self.digest = digest if files == self.files else "changed-since-hashed"
         except BaseException as exc:  # noqa: BLE001 - raised by stream_digest()
             self.error = exc
+
+
+def _hash_pass(local_dir, tree: Manifest, *, stream: bool) -> tuple[list[str], str]:
+    """One read of the tree: each file's sha256 and, when ``stream``, the tar stream's ("" if not)."""
+    whole = hashlib.sha256() if stream else None
+    files = [hashlib.sha256() for _ in tree.files]
+    for data, index in _pieces(local_dir, tree):
+        if whole is not None:
+            whole.update(data)
+        if index is not None:
+            files[index].update(data)
+    return [h.hexdigest() for h in files], whole.hexdigest() if whole is not None else ""
 
 
 _SHARED: OrderedDict[tuple, StreamHasher] = OrderedDict()
