@@ -49,15 +49,17 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(hut):
 
 
 def test_a_live_lock_is_never_taken_over_even_past_its_ttl(hut):
-    """The owner's heartbeat thread keeps it fresh; neither the TTL nor a wrong token breaks it."""
-    owner = HostLock(hut.transport, ttl=1.0, heartbeat_every=0.2)
+    """The owner's heartbeat thread keeps it fresh; neither the TTL nor a wrong token breaks it.
+    (TTL 2 s: with 1 s, an S3 heartbeat write slower than 0.8 s on a loaded CI machine once let a
+    contender see the lock as stale.)"""
+    owner = HostLock(hut.transport, ttl=2.0, heartbeat_every=0.2)
     info = owner.acquire()
     try:
-        deadline = time.monotonic() + 3.0          # three TTLs
+        deadline = time.monotonic() + 6.0          # three TTLs
         tries = 0
         while time.monotonic() < deadline and tries < 50:
             with pytest.raises(LockHeld, match="another deploy holds the lock"):
-                HostLock(hut.transport, ttl=1.0, break_lock="0123456789abcdef").acquire()
+                HostLock(hut.transport, ttl=2.0, break_lock="0123456789abcdef").acquire()
             tries += 1
             time.sleep(0.25)
         assert tries >= 8
