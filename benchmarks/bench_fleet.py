@@ -13,6 +13,9 @@ the CPU seconds the whole machine and the serving hosts' processes spent meanwhi
 - ``sequential``: ``--parallel 1 --canary 0``, one host after the other as before the rollout
   (the same code path, so the difference is the parallelism alone).
 
+Within a round the one-host and the ``--hosts`` fleet deploy one after the other, so the
+machine's noise falls on the baseline and the fleet alike; figures are medians over rounds.
+
 Then a canary breach: 3 hosts started with ``--monitoring_config_file``, 1 client per host
 sending the golden request and, every 4th request, an input the new version refuses; deploy
 with ``--bake B``. Measured: seconds from the first refused answer on the canary (it switched)
@@ -81,45 +84,58 @@ def _sshd(lab):
     return lab._bench_sshd
 
 
-def fleet_rounds(lab, n_hosts: int, rounds: int, model: str, big_root, log, target: str = "file") -> list[dict]:
-    env = lab.deploy_env()
-    if target == "ssh":
-        server = _sshd(lab)
-        env.fleet.sshd_factory = lambda: server
-    env.add_hosts(n_hosts, target)
+def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root, log,
+                 target: str = "file") -> list[dict]:
+    """``rounds`` rounds; each deploys a new version to every fleet size in turn, rollout then
+    sequential, so the machine's noise falls on the one-host baseline and the fleet alike."""
+    envs = {}
+    for n in sizes:
+        env = envs[n] = lab.deploy_env()
+        if target == "ssh":
+            server = _sshd(lab)
+            env.fleet.sshd_factory = lambda: server
+        env.add_hosts(n, target)
 
-    def new_version(kind: str) -> int:
+    def new_version(env, kind: str) -> int:
         if model == "big":
             return env.register_bundle(big_root / "big100", "big100", like="b", experiment="bench-fleet")
         return env.register(kind)
 
-    first = new_version("a")
-    env.promote(first)
-    if env.deploy().status != "deployed":
-        raise RuntimeError("the first deploy failed")
+    for env in envs.values():
+        lab.set_env(env.env)
+        env.promote(new_version(env, "a"))
+        if env.deploy().status != "deployed":
+            raise RuntimeError("the first deploy failed")
     out = []
     for i in range(rounds):
         for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
-            v = new_version(KINDS[len(out) % 2])
-            env.promote(v)
-            servers = [h.server.proc.pid for h in env.fleet.hosts]
-            busy0, srv0 = machine_busy_s(), process_cpu_s(servers)
-            doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
-            busy, srv = machine_busy_s() - busy0, process_cpu_s(servers) - srv0
-            if r.returncode != 0:
-                raise RuntimeError(f"deploy failed (exit {r.returncode}): {r.stderr[-2000:]}")
-            # CPU: the whole machine (the CLI, the servers, sshd, MLflow) and the serving hosts' own
-            # processes. busy / cores is the least wall time this machine could do it in: when the
-            # wall time is near it, the hosts (here sharing 2 cores) are the bound, not the rollout.
-            row = {"model": model, "target": target, "hosts": n_hosts, "mode": mode, "round": i, "version": v,
-                   "wall_s": round(t1 - t0, 3), "fleet_seconds": doc.get("seconds"),
-                   "cpu_busy_s": round(busy, 3), "server_cpu_s": round(srv, 3),
-                   "cpu_bound_s": round(busy / (os.cpu_count() or 1), 3),
-                   "timings": doc.get("timings"), "waves": doc.get("waves")}
-            log(f"  {model} {target} x{n_hosts} {mode} round {i + 1}: {row['wall_s']}s (machine busy "
-                f"{row['cpu_busy_s']} CPU-s, of which the {n_hosts} servers {row['server_cpu_s']})")
-            out.append(row)
+            for n, env in envs.items():
+                lab.set_env(env.env)
+                v = new_version(env, KINDS[len(out) % 2])
+                env.promote(v)
+                out.append(_timed_deploy(env, model, target, n, mode, flags, i, v, log))
     return out
+
+
+def _timed_deploy(env, model: str, target: str, n_hosts: int, mode: str, flags: list[str], i: int, v: int,
+                  log) -> dict:
+    servers = [h.server.proc.pid for h in env.fleet.hosts]
+    busy0, srv0 = machine_busy_s(), process_cpu_s(servers)
+    doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
+    busy, srv = machine_busy_s() - busy0, process_cpu_s(servers) - srv0
+    if r.returncode != 0:
+        raise RuntimeError(f"deploy failed (exit {r.returncode}): {r.stderr[-2000:]}")
+    # CPU: the whole machine (the CLI, the servers, sshd, MLflow) and the serving hosts' own
+    # processes. busy / cores is the least wall time this machine could do it in: when the
+    # wall time is near it, the hosts (here sharing 2 cores) are the bound, not the rollout.
+    row = {"model": model, "target": target, "hosts": n_hosts, "mode": mode, "round": i, "version": v,
+           "wall_s": round(t1 - t0, 3), "fleet_seconds": doc.get("seconds"),
+           "cpu_busy_s": round(busy, 3), "server_cpu_s": round(srv, 3),
+           "cpu_bound_s": round(busy / (os.cpu_count() or 1), 3),
+           "timings": doc.get("timings"), "waves": doc.get("waves")}
+    log(f"  {model} {target} x{n_hosts} {mode} round {i + 1}: {row['wall_s']}s (machine busy "
+        f"{row['cpu_busy_s']} CPU-s, of which the {n_hosts} servers {row['server_cpu_s']})")
+    return row
 
 
 def canary_breach(lab, bake: float, log) -> dict:
@@ -242,8 +258,7 @@ def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True
         for model, target in (("tiny", "file"), ("tiny", "ssh"), ("big", "file"), ("big", "ssh")):
             if model == "big" and not big_mb or target == "ssh" and not ssh or not rounds:
                 continue
-            for n in (1, n_hosts):
-                rows += fleet_rounds(lab, n, rounds, model, big_root, log, target)
+            rows += fleet_rounds(lab, (1, n_hosts), rounds, model, big_root, log, target)
         breach = canary_breach(lab, bake, log) if bake else None
     summary = summarize(rows, n_hosts)
     checks = verdicts(summary, breach, n_hosts)

@@ -247,9 +247,20 @@ def _promotion_session(engine: sa.Engine, url: str, model: str) -> Iterator[sa.C
                 conn.invalidate()
 
 
+_sqlite_writers: dict[str, threading.Lock] = {}
+_sqlite_writers_lock = threading.Lock()      # not _engines_lock: _engine_for holds it to migrate
+
+
 @contextlib.contextmanager
 def _write_transaction(engine: sa.Engine, lock_model: str) -> Iterator[sa.Connection]:
-    with engine.connect() as conn:
+    """One write transaction. SQLite has one writer at a time, and a writer that finds the lock
+    taken sleeps in SQLite's busy handler (up to 100 ms a nap): this process's own writers —
+    a fleet deploy's host threads — queue on a Python lock instead and go as soon as it is free."""
+    queue = contextlib.nullcontext()
+    if engine.dialect.name == "sqlite":
+        with _sqlite_writers_lock:
+            queue = _sqlite_writers.setdefault(str(engine.url), threading.Lock())
+    with queue, engine.connect() as conn:
         conn.execution_options(ledger_write=True)
         with conn.begin():
             _lock(conn, lock_model)

@@ -14,6 +14,7 @@ from typing import Iterator
 
 from mlops_common import log
 
+from . import parallel
 from .errors import LockHeld
 from .lock import HostLock
 from .tfs_client import TFServingClient
@@ -31,13 +32,30 @@ class HostConn:
     lock: HostLock | None = None
 
 
+# Hosts connected at once. Kept under OpenSSH's default MaxStartups (10 unauthenticated
+# connections), which matters when the hosts sit behind one sshd or bastion.
+CONNECT_AT_ONCE = 8
+
+
+def _open(host) -> HostConn:
+    transport = open_transport(host)
+    try:
+        return HostConn(host, transport, TFServingClient(host.rest_url))
+    except BaseException:
+        transport.close()
+        raise
+
+
 @contextlib.contextmanager
 def connected(hosts) -> Iterator[list[HostConn]]:
-    """Connections to every host (closed at the end); the first unreachable host fails all."""
-    conns: list[HostConn] = []
+    """Connections to every host, opened in parallel and closed at the end; an unreachable host
+    fails all (the first one in the hosts' order is named)."""
+    outcomes = parallel.settle(_open, hosts, workers=CONNECT_AT_ONCE, name="connect")
+    conns = [c for c, exc in outcomes if exc is None]
     try:
-        for host in hosts:
-            conns.append(HostConn(host, open_transport(host), TFServingClient(host.rest_url)))
+        failed = next((exc for _, exc in outcomes if exc is not None), None)
+        if failed is not None:
+            raise failed
         yield conns
     finally:
         for c in conns:

@@ -33,7 +33,7 @@ from mlops_common import log
 from mlops_common.errors import DeployFailed, NotFoundError, UserError
 from registry import deploys
 
-from . import cancel, retention, rollout, verified
+from . import cancel, parallel, retention, rollout, verified
 from . import manifest as mf
 from .canary import Baker, CanaryFailed
 from .cancel import DeployInterrupted
@@ -121,7 +121,8 @@ class _Lazy:
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions):
-    observed = [observe_host(c.host, c.transport, c.client, model, label=opts.label) for c in conns]
+    observed = parallel.map_ordered(lambda c: observe_host(c.host, c.transport, c.client, model, label=opts.label),
+                                    conns, workers=opts.parallel, name="observe")
     plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
                        fast=opts.fast) for o in observed]
     return observed, plans
@@ -389,18 +390,14 @@ def _retention(run: HostRun, opts: DeployOptions) -> dict:
 
 
 def _restore_all(runs: list[HostRun]) -> list[tuple[HostRun, dict]]:
-    """``HostRun.restore`` on every host, in parallel (each never raises but for a forced interrupt)."""
-    if len(runs) <= 1:
-        return [(r, r.restore()) for r in runs]
-    with ThreadPoolExecutor(max_workers=min(8, len(runs)), thread_name_prefix="restore") as pool:
-        futures = [(r, pool.submit(r.restore)) for r in runs]
-        out, forced = [], None
-        for r, f in futures:
-            try:
-                out.append((r, f.result()))
-            except BaseException as exc:  # noqa: BLE001 - re-raised once every host had its turn
-                forced = forced or exc
-                out.append((r, r.outcome.restore or {"needed": True, "ok": False, "error": str(exc)}))
+    """``HostRun.restore`` on every host, in parallel (each never raises but for a forced interrupt,
+    re-raised once every host had its turn)."""
+    out, forced = [], None
+    for r, (info, exc) in zip(runs, parallel.settle(HostRun.restore, runs, workers=8, name="restore")):
+        if exc is not None:
+            forced = forced or exc
+            info = r.outcome.restore or {"needed": True, "ok": False, "error": str(exc)}
+        out.append((r, info))
     if forced is not None:
         raise forced
     return out

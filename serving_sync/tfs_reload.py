@@ -9,9 +9,16 @@ which does not import TensorFlow)::
     StatusProto          { int32 error_code = 1; string error_message = 2; }  // error_codes.Code
 
 Optional: without a gRPC address TF Serving picks the file up at its next poll.
+
+One channel per address is kept for the process (a deploy reloads each host three times, and
+opening a channel costs more client CPU than the call). A call that finds a kept channel
+UNAVAILABLE is sent once more on a new channel, so a TF Serving that restarted meanwhile is
+reached as a new channel would reach it.
 """
 from __future__ import annotations
 
+import atexit
+import threading
 from dataclasses import dataclass
 
 from .errors import HostUnreachable, ServingError
@@ -107,6 +114,33 @@ def decode_response(data: bytes) -> ReloadStatus:
     return ReloadStatus(code, message)
 
 
+_channels: dict[str, object] = {}
+_channels_lock = threading.Lock()
+
+
+def _channel(address: str, *, stale=None):
+    """(channel, kept): the kept channel to ``address``, or a new one (kept from now on) when
+    there is none or the kept one is ``stale`` (closed here)."""
+    import grpc
+
+    with _channels_lock:
+        kept = _channels.get(address)
+        if kept is not None and kept is not stale:
+            return kept, True
+        if kept is not None:
+            kept.close()
+        _channels[address] = channel = grpc.insecure_channel(address)
+        return channel, False
+
+
+@atexit.register
+def close_channels() -> None:
+    with _channels_lock:
+        for channel in _channels.values():
+            channel.close()
+        _channels.clear()
+
+
 def reload_config(address: str, config_text: str, *, timeout: float = 30.0) -> ReloadStatus:
     """Send ``config_text`` (models.config) to TF Serving at ``address`` (host:port) and raise
     ``ServingError`` with TF Serving's message unless it answers OK."""
@@ -116,25 +150,31 @@ def reload_config(address: str, config_text: str, *, timeout: float = 30.0) -> R
 
     msg = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(config_text, msg)
-    channel = grpc.insecure_channel(address)
+    request = encode_request(msg.SerializeToString())
+    channel, kept = _channel(address)
     try:
-        call = channel.unary_unary(METHOD, request_serializer=lambda b: b,
-                                   response_deserializer=lambda b: b)
         try:
-            raw = call(encode_request(msg.SerializeToString()), timeout=timeout)
+            raw = _call(channel, request, timeout)
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise HostUnreachable(f"TF Serving gRPC at {address} unreachable ({code.name}: {details}); "
-                                      f"check the host's `grpc` address or remove it to rely on the "
-                                      f"config file poll") from None
-            name = code.name if code else "ERROR"
-            raise ServingError(f"TF Serving at {address} rejected the config reload ({name}: {details})") from None
-    finally:
-        channel.close()
+            if not (kept and exc.code() == grpc.StatusCode.UNAVAILABLE):
+                raise
+            raw = _call(_channel(address, stale=channel)[0], request, timeout)   # it may predate a restart
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise HostUnreachable(f"TF Serving gRPC at {address} unreachable ({code.name}: {details}); "
+                                  f"check the host's `grpc` address or remove it to rely on the "
+                                  f"config file poll") from None
+        name = code.name if code else "ERROR"
+        raise ServingError(f"TF Serving at {address} rejected the config reload ({name}: {details})") from None
     status = decode_response(raw)
     if not status.ok:
         raise ServingError(f"TF Serving at {address} rejected models.config ({status.code_name}: "
                            f"{status.error_message})")
     return status
+
+
+def _call(channel, request: bytes, timeout: float) -> bytes:
+    call = channel.unary_unary(METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    return call(request, timeout=timeout)

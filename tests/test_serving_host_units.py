@@ -213,6 +213,40 @@ def test_row_format_errors(instances, dtypes, fragment):
     assert fragment in e.value.message
 
 
+D = jc.DT_DOUBLE
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("instances, dt", [
+    ([[1.0, 2.0], [3, 4]], F), ([[[0.5], [0.25]]] * 3, F), ([1, 2.5, -0.0], F), ([[]], F), ([[[]], [[]]], D),
+    ([NAN, INF, -INF], F), ([16777215, -16777215], F), ([16777216], F), ([1e39], F), ([3.4e38, 1e300], D),
+    ([2**53 - 1, 1.5], D), ([2**53], D), ([2**70], F), ([1, True], F), ([[1.0, False]], D), ([[1, 2], [3]], F),
+    ([[1, 2], 3], F), ([1, [2]], F), ([[1, 2], [3, [4]]], F), ([["1"]], F), ([[None]], F), ([{"b64": "aGk="}], F),
+    ([[1.0, 2.0]], I64), ([1, 2], I32),
+])
+def test_plain_number_fast_path_answers_exactly_as_the_element_walk(instances, dt, monkeypatch):
+    """The numpy fast path (``_plain_numbers``) and the element-by-element walk (``_fill``) give
+    the same tensor — dtype, shape and bits — or the same error, with and without batching."""
+    def outcome():
+        try:
+            t = jc.tensors_from_instances(instances, {"x": dt})["x"]
+        except ServingError as exc:
+            return "error", exc.code, exc.message
+        return "tensor", t.dtype, t.shape, t.tobytes()
+
+    fast = outcome()
+    monkeypatch.setattr(jc, "_plain_numbers", lambda *a: None)
+    assert outcome() == fast
+
+
+def test_plain_number_fast_path_takes_plain_numbers_and_leaves_the_rest():
+    shape = jc.dense_shape([[1.0, 2], [3, 4]])
+    assert jc._plain_numbers([[1.0, 2], [3, 4]], F, shape) == [1.0, 2, 3, 4]
+    for odd in ([[1.0, True]], [[1.0, "2"]], [[1.0], [2.0, 3.0]], [16777216], [1e39]):
+        assert jc._plain_numbers(odd, F, jc.dense_shape(odd)) is None, odd
+    assert jc._plain_numbers([1, 2], I64, [2]) is None          # only float and double tensors
+
+
 def test_columnar_inputs():
     assert jc.tensors_from_inputs([3.0, 4.0], {"x": F})["x"].tolist() == [3.0, 4.0]
     assert jc.tensors_from_inputs(5.0, {"x": F})["x"].shape == ()

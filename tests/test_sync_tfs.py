@@ -97,6 +97,39 @@ def test_grpc_reload_applies_the_config_at_once_and_reports_tf_servings_refusal(
     assert client.version_status(MODEL, 1).state == "AVAILABLE"
 
 
+def test_kept_connections_reach_a_tf_serving_that_restarted(tfserving_factory, tmp_path, bundle):
+    """The gRPC channel (kept per address) and the REST connection pool (kept per client) were
+    opened before TF Serving stopped and came back on the same ports: the reload and requests
+    after it get through at once, on a new channel."""
+    from serving_sync import tfs_reload
+
+    saved, m, request, golden, _ = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base, config_poll_seconds=0)
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    publish(t, MODEL, 1, saved, m)
+    text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
+    assert reload_config(srv.grpc_address, text).ok
+    client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    assert close(client.predict(MODEL, request)["predictions"], golden["predictions"])
+    before = tfs_reload._channels[srv.grpc_address]
+    assert tfs_reload._channel(srv.grpc_address) == (before, True)
+
+    srv.stop()                  # a reload now finds it down: the kept channel backs off
+    with pytest.raises(HostUnreachable):
+        reload_config(srv.grpc_address, text, timeout=5)
+    with pytest.raises(HostUnreachable):
+        client.model_status(MODEL)
+    srv.start()                 # same ports; the next reload must not wait out the channel's backoff
+    publish(t, MODEL, 2, saved, m)
+    text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (2,)))
+    assert reload_config(srv.grpc_address, text, timeout=5).ok
+    client.wait_available(MODEL, 2, timeout=60, interval=0.2)
+    assert close(client.predict(MODEL, request, version=2)["predictions"], golden["predictions"])
+    assert tfs_reload._channels[srv.grpc_address] is not before
+
+
 def test_failed_load_ends_with_tf_servings_error_message(tfserving_factory, tmp_path, bundle):
     saved, m, *_ = bundle
     base = tmp_path / "serving"
@@ -139,6 +172,21 @@ def test_unreachable_rest_is_one_clear_line():
     assert "\n" not in str(e.value) and "not reachable" in str(e.value)
     with pytest.raises(HostUnreachable, match="gRPC .* unreachable"):
         reload_config(f"127.0.0.1:{port}", "model_config_list {}", timeout=2)
+
+
+def test_the_client_takes_proxy_and_auth_from_the_environment_once(monkeypatch):
+    """What requests would take for the URL: HTTP_PROXY unless NO_PROXY covers the host, and basic
+    auth from user:password in the URL; decided when the client is made, not per request."""
+    import urllib3
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    direct = TFServingClient("http://127.0.0.1:8501")
+    assert not isinstance(direct._http, urllib3.ProxyManager) and direct._headers == {}
+    proxied = TFServingClient("http://tfs-user:s3cret@serving.example:8501")
+    assert isinstance(proxied._http, urllib3.ProxyManager)
+    assert proxied._http.proxy.host == "proxy.example" and proxied._http.proxy.port == 3128
+    assert proxied._headers == urllib3.make_headers(basic_auth="tfs-user:s3cret")
 
 
 # --- pure parts ------------------------------------------------------------------------------
