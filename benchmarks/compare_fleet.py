@@ -14,21 +14,18 @@ wall times (process start to exit) and writes ``benchmarks/results/compare_fleet
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from benchmarks import _setup
+from benchmarks.bench_rollback import run_cli
 
 
 def _deploy(repo: Path) -> float:
-    start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "mlops", "sync", "deploy", "--json", "--bake", "0"],
-                       capture_output=True, text=True, env=_setup.mlops_env(repo=repo), cwd=repo, timeout=600)
+    r, start, end = run_cli("sync", "deploy", "--json", "--bake", "0", timeout=600, repo=repo)
     if r.returncode != 0:
         raise RuntimeError(f"deploy with {repo} failed (exit {r.returncode}): {r.stderr[-2000:]}")
-    return time.monotonic() - start
+    return end - start
 
 
 def run(*, baseline: Path, rounds: int, n_hosts: int, target: str, wait: float = 600.0, results_dir=None,

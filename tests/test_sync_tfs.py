@@ -76,17 +76,24 @@ def test_publish_config_load_predict_then_validate_and_switch(tfserving_factory,
     assert {s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"} == {1, 2}
 
 
-def test_grpc_reload_applies_the_config_at_once_and_reports_tf_servings_refusal(tfserving_factory, tmp_path,
-                                                                                 bundle):
-    saved, m, request, golden, _ = bundle
-    base = tmp_path / "serving"
-    srv = tfserving_factory(base, config_poll_seconds=0)     # file read only at start: gRPC only
+def _grpc_only_serving_v1(tfserving_factory, base, saved, m):
+    """A server that reads models.config only at start (gRPC reloads only), v1 published,
+    reloaded and AVAILABLE: (server, transport, client, the config text)."""
+    srv = tfserving_factory(base, config_poll_seconds=0)
     t = LocalTransport(base)
     client = TFServingClient(srv.rest_url)
     publish(t, MODEL, 1, saved, m)
     text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
     assert reload_config(srv.grpc_address, text).ok
     client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    return srv, t, client, text
+
+
+def test_grpc_reload_applies_the_config_at_once_and_reports_tf_servings_refusal(tfserving_factory, tmp_path,
+                                                                                 bundle):
+    saved, m, request, golden, _ = bundle
+    base = tmp_path / "serving"
+    srv, t, client, text = _grpc_only_serving_v1(tfserving_factory, base, saved, m)
     # a label on a version that is not loaded: TF Serving refuses the whole config, with its reason
     bad = mc.render(mc.apply_state(mc.parse(text), mc.ModelState(
         MODEL, mc.model_base_path(str(base), MODEL), (1, 5), {"stable": 5})))
@@ -105,13 +112,7 @@ def test_kept_connections_reach_a_tf_serving_that_restarted(tfserving_factory, t
 
     saved, m, request, golden, _ = bundle
     base = tmp_path / "serving"
-    srv = tfserving_factory(base, config_poll_seconds=0)
-    t = LocalTransport(base)
-    client = TFServingClient(srv.rest_url)
-    publish(t, MODEL, 1, saved, m)
-    text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
-    assert reload_config(srv.grpc_address, text).ok
-    client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    srv, t, client, text = _grpc_only_serving_v1(tfserving_factory, base, saved, m)
     assert close(client.predict(MODEL, request)["predictions"], golden["predictions"])
     before = tfs_reload._channels[srv.grpc_address]
     assert tfs_reload._channel(srv.grpc_address) == (before, True)
