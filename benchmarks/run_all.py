@@ -10,6 +10,7 @@ d) e2e       — each stage of the quick-start flow: train, gate, promote, deplo
 e) grpc      — gRPC predict vs REST predict throughput on the digits model (bench_grpc.py)
 f) fleet     — deploy to 8 hosts vs 1 (--bake 0), parallel vs sequential; a canary breach (bench_fleet.py)
 g) store     — bytes sent and time to publish to 8 SSH hosts: own SSH streams vs a shared S3 store (bench_store.py)
+h) warmup    — the first live request after a switch, with and without the warmup file (bench_warmup.py)
 
 Before each benchmark's measured part it waits (bounded, 10 minutes) for the 1-minute load
 average to drop below 1.5 and records it. ``--quick`` runs each in its shortest form (for a
@@ -25,7 +26,7 @@ import traceback
 
 from benchmarks import _setup
 
-ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store")
+ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup")
 
 
 def plan(quick: bool) -> dict[str, dict]:
@@ -43,6 +44,7 @@ def plan(quick: bool) -> dict[str, dict]:
         "fleet": {"rounds": 1 if quick else 2, "n_hosts": 8, "big_mb": 0 if quick else 100, "bake": 2.0,
                   "ssh": not quick},
         "store": {"hosts": 8, "mb": 5 if quick else 100, "rounds": 1 if quick else 3},
+        "warmup": {"rounds": 1 if quick else 5},
     }
 
 

@@ -19,6 +19,7 @@ from benchmarks import (
     bench_grpc,
     bench_publish,
     bench_rollback,
+    bench_warmup,
     run_all,
 )
 
@@ -133,7 +134,7 @@ def test_e2e_breakdown_and_table():
 
 
 def test_run_all_knows_the_benchmarks_and_refuses_others(capsys):
-    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store")
+    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup")
     quick, full = run_all.plan(True), run_all.plan(False)
     assert set(quick) == set(full) == set(run_all.ORDER)
     assert full["publish"]["sizes_mb"] == [200, 1000] and full["publish"]["many_files"] == 1500
@@ -176,3 +177,37 @@ def test_fleet_benchmark_reads_cpu_time_of_the_machine_and_of_given_processes():
     cell = bench_fleet.summarize(rows, 8)["tiny"]
     assert cell["rollout_ratio"] == 2.0 and cell["rollout_8_busy_cpu_s"] == 3.6
     assert cell["rollout_8_server_cpu_s"] == 2.4 and cell["rollout_1_busy_cpu_s"] == 1.2
+
+
+def test_warmup_benchmark_reads_the_first_answers_of_the_new_version():
+    S = _traffic.Sample
+    samples = [S(0.0, 0.003, 200, "unversioned", "a"), S(0.5, 0.502, 200, "unversioned", "a"),
+               S(1.0, 1.004, 200, "unversioned", "a"), S(1.1, 1.12, 503, "unversioned"),
+               S(1.2, 1.215, 200, "unversioned", "b"), S(1.3, 1.302, 200, "unversioned", "b"),
+               S(1.4, 1.42, 200, "unversioned", "b"), S(1.5, 1.501, 200, "unversioned", "b")]
+    assert bench_warmup.first_answers(samples, "b", 1.0, n=3) == {"first_ms": 15.0, "slowest_of_first_ms": 20.0,
+                                                                  "n": 3}
+    assert bench_warmup.first_answers(samples, "b", 1.35, n=5)["first_ms"] == 20.0
+    assert bench_warmup.first_answers(samples, "c", 0.0) is None
+    assert bench_warmup.steady_ms(samples, "a", 0.0, 1.0) == 3.0 and bench_warmup.steady_ms(samples, "a", 2, 3) is None
+    deploys = [{"warmup_file": w, "first_ms": f, "slowest_of_first_ms": f and f + 1, "baseline_ms": 3.0}
+               for w, f in ((False, 16.0), (False, 18.0), (True, 4.0), (True, None))]
+    summary = bench_warmup.summarize(deploys)
+    assert summary["without warmup file"] == {"deploys": 2, "first_ms": 17.0, "first_ms_max": 18.0,
+                                              "slowest_of_first_ms": 18.0, "baseline_ms": 3.0}
+    assert summary["with warmup file"]["deploys"] == 1 and summary["with warmup file"]["first_ms"] == 4.0
+    assert "with warmup file" in bench_warmup.render(summary)
+
+
+def test_warmup_benchmark_deploys_a_version_that_carries_the_warmup_file(deploy_env, tmp_path):
+    rig = bench_warmup.Rig(deploy_env, tmp_path)
+    try:
+        d = rig.deploy("b", warmup=True)
+    finally:
+        rig.close()
+    assert d["warmup_file"] and d["kind"] == "b" and d["n"] >= 1 and d["first_ms"] > 0 and d["baseline_ms"] > 0
+    deploy_env.serves(rig.host, d["version"])
+    from mlproject.export import WARMUP_FILE
+
+    published = rig.host.base / deploy_env.model / str(d["version"]) / WARMUP_FILE
+    assert published.stat().st_size > 0       # the file travelled: registry -> publish -> the host
