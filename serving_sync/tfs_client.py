@@ -94,7 +94,7 @@ def _http_for(url: str):
     each request from the environment: HTTP(S)_PROXY and NO_PROXY, REQUESTS_CA_BUNDLE or
     CURL_CA_BUNDLE (else certifi's bundle), and basic auth from ``user:password@`` in the URL or
     from ``~/.netrc``. ``requests`` resolves all of that again on every request — about 1 ms of
-    CPU each — and a fleet deploy makes some 40 requests per host from one process."""
+    CPU each — and a fleet deploy makes some 35 requests per host from one process."""
     import os
 
     import requests.utils as ru
