@@ -69,7 +69,8 @@ class Rig:
     """A ``DeployEnv`` (tests/lab/deploy_env.py) with one host, v1 serving, and a prober on
     its unversioned route."""
 
-    def __init__(self, env, cli_repo=None):
+    def __init__(self, env, cli_repo=None, **prober):
+        """``prober``: options of the ``Prober`` (``pause``, ``max_requests``, ``max_seconds``)."""
         self.env = env
         self.cli_repo = cli_repo        # the `mlops` under test: this checkout, or another one
         self.host = self.env.add_host("file")
@@ -79,7 +80,8 @@ class Rig:
             raise RuntimeError("the first deploy of v1 failed")
         b = env.bundles
         self.known = {k: b.golden(k)["response"]["predictions"] for k in ("a", *NEW_KINDS)}
-        self.prober = Prober(self.host.rest_url, self.env.model, b.golden("a")["request"], self.known).start()
+        self.prober = Prober(self.host.rest_url, self.env.model, b.golden("a")["request"], self.known,
+                             **prober).start()
 
     def settle(self, answer: str, seconds: float = 0.25) -> None:
         time.sleep(seconds)      # a few more probes after the command exited

@@ -33,11 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import _setup
-from benchmarks._traffic import Prober
+from benchmarks import _setup, bench_rollback
 from benchmarks.bench_rollback import _json, run_cli
 
-KINDS = ("b", "c")        # outputs differ from v1 ("a") and from each other
+KINDS = bench_rollback.NEW_KINDS   # outputs differ from v1 ("a") and from each other
 FIRST_N = 5               # "slowest of the first N answers"
 BASELINE_S = 1.0          # the old version's steady latency: this long before the command
 
@@ -84,19 +83,14 @@ def render(summary: dict) -> str:
 
 
 # --- the I/O edge ----------------------------------------------------------------------------
-class Rig:
-    """A ``DeployEnv`` with one host, v1 serving, each new kind as a folder with and without
-    the warmup file, and a prober on the unversioned route."""
+class Rig(bench_rollback.Rig):
+    """The rollback benchmark's rig (one host, v1 serving, a prober on its unversioned route),
+    probing back to back, and each new kind as a folder with and without the warmup file."""
 
     def __init__(self, env, root: Path):
         from mlproject.export import write_warmup_requests
 
-        self.env = env
-        self.host = env.add_host("file")
-        v1 = env.register("a")
-        env.promote(v1)
-        if env.deploy().status != "deployed":
-            raise RuntimeError("the first deploy of v1 failed")
+        super().__init__(env, pause=0.0, max_requests=400_000, max_seconds=1800.0)
         b = env.bundles
         self.folders = {}
         for kind in KINDS:
@@ -105,9 +99,6 @@ class Rig:
             shutil.copytree(b.path(kind), warm)
             write_warmup_requests(warm / "tfserving", b.golden(kind)["request"])
             self.folders[(kind, True)] = warm
-        self.known = {k: b.golden(k)["response"]["predictions"] for k in ("a", *KINDS)}
-        self.prober = Prober(self.host.rest_url, env.model, b.golden("a")["request"], self.known, pause=0.0,
-                             max_requests=400_000, max_seconds=1800.0).start()
 
     def deploy(self, kind: str, warmup: bool) -> dict:
         v = self.env.register_bundle(self.folders[(kind, warmup)], f"{kind}-warmup" if warmup else kind,
@@ -125,9 +116,6 @@ class Rig:
         return {"version": v, "kind": kind, "warmup_file": warmup, **first,
                 "baseline_ms": steady_ms(samples, old, t0 - BASELINE_S, t0) if old else None,
                 "command_s": round(t1 - t0, 3), "requests": len(samples)}
-
-    def close(self) -> None:
-        self.prober.stop()
 
 
 def run(*, rounds: int, wait: float = 600.0, results_dir=None, command: str = "",
