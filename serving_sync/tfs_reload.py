@@ -129,7 +129,9 @@ def _channel(address: str, *, stale=None):
             return kept, True
         if kept is not None:
             kept.close()
-        _channels[address] = channel = grpc.insecure_channel(address)
+        # Its own subchannel: channels to one address share gRPC's global subchannel pool by
+        # default, so a new channel would inherit the stale one's reconnect backoff.
+        _channels[address] = channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
         return channel, False
 
 
