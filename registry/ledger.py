@@ -24,7 +24,7 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -93,9 +93,10 @@ class Entry:
 
 
 def _to_row(entry: Entry) -> dict:
-    row = {k: v for k, v in asdict(entry).items() if k not in ("id", "details")}
+    values = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name != "id"}   # no deep copy
+    row = {k: v for k, v in values.items() if k != "details"}
     row["details"] = json.dumps(entry.details, sort_keys=True, default=str) if entry.details else None
-    if _holds_secret([v for k, v in asdict(entry).items() if k != "id"], settings.secret_values()):
+    if _holds_secret(list(values.values()), settings.secret_values()):
         raise RefusedError(f"refusing to write a '{entry.action}' ledger row for '{entry.model}': it "
                            f"contains the value of a secret environment variable")
     return row

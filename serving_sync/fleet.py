@@ -16,7 +16,7 @@ The rollout is a state machine (docs/architecture.md, "Rollout"):
    back (``HostRun.restore``), moves ``production`` back (``registry.promotion.revert_failed_deploy``,
    unless nothing says the version is to blame: a failed upload, a lost connection, an
    interrupt), tags the version and raises ``DeployFailed`` (exit 3) saying why.
-5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention.
+5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention (every host at once).
 """
 from __future__ import annotations
 
@@ -362,8 +362,11 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                         f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
                         f"deploy_status=deployed ({exc.message}); rerun `mlops sync deploy` once MLflow "
                         f"answers: it records it") from None
-    for run in runs:
-        run.outcome.retention = _retention(run, opts)
+    # Cleanup on every host at once: on an SSH host removing a version is one command through
+    # the deploy user's shell, and a fleet waited for those one after the other.
+    for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts), runs,
+                                                     workers=opts.parallel, name="retention")):
+        run.outcome.retention = info
     result.status = "deployed"
     parts = []
     for run in runs:

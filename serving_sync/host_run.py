@@ -194,10 +194,11 @@ class HostRun:
         self.outcome.answered_at = time.monotonic()
 
     def _judge(self, report: SmokeReport, what: str) -> None:
-        self.outcome.smoke.append(report.to_dict())
+        doc = report.to_dict()
+        self.outcome.smoke.append(doc)
         self.record("smoke_test", "passed" if report.passed else "failed", host=self.host.name,
                     from_version=self.plan.current, to_version=report.version,
-                    reason=None if report.passed else report.summary(), details=report.to_dict())
+                    reason=None if report.passed else report.summary(), details=doc)
         if not report.passed:
             raise SmokeFailed(f"{self.host.name}: {what} failed: {report.summary()}")
         logger.info("%s: %s passed (%s)", self.host.name, what,

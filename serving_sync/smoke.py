@@ -13,7 +13,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from mlops_common.errors import UserError
 
@@ -60,6 +60,9 @@ class Check:
     message: str = ""
     seconds: float = 0.0
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "message": self.message, "seconds": self.seconds}
+
 
 @dataclass
 class SmokeReport:
@@ -86,7 +89,7 @@ class SmokeReport:
 
     def to_dict(self) -> dict:
         return {"host": self.host, "model": self.model, "route": self.route, "version": self.version,
-                "passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+                "passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
 
 
 # --- verdicts (pure) -----------------------------------------------------------------------

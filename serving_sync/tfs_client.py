@@ -6,10 +6,11 @@ status parsing, signature normalization, wait verdicts — are plain functions o
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import HostUnreachable, ServingError, ServingTimeout
 
@@ -77,16 +78,21 @@ def gone_verdict(statuses: list[VersionStatus], version: int) -> WaitVerdict:
 FIRST_POLL = 0.01   # seconds before the second poll of a wait
 
 
-def poll_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> list[float]:
+def iter_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> Iterator[float]:
     """The pauses between the polls of one bounded wait: ``first``, doubling up to ``interval``,
-    then ``interval`` until ``timeout`` is covered (so the count is bounded by the timeout)."""
+    then ``interval`` until ``timeout`` is covered (so the count is bounded by the timeout).
+    Lazy: a wait usually ends after a few polls, and a 120 s wait has some 600 pauses."""
     interval = max(interval, 1e-3)
-    pauses, pause, total = [], min(first, interval), 0.0
+    pause, total = min(first, interval), 0.0
     while total < timeout:
-        pauses.append(pause)
+        yield pause
         total += pause
         pause = min(interval, pause * 2)
-    return pauses
+
+
+def poll_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> list[float]:
+    """``iter_pauses`` as a list."""
+    return list(iter_pauses(timeout, interval, first))
 
 
 def _http_for(url: str):
@@ -230,7 +236,7 @@ class TFServingClient:
         deadline = time.monotonic() + timeout
         last = WaitVerdict(False, detail="no answer yet")
         unreachable: HostUnreachable | None = None
-        for pause in [*poll_pauses(timeout, interval), None]:   # None: the last poll
+        for pause in itertools.chain(iter_pauses(timeout, interval), [None]):   # None: the last poll
             try:
                 last, unreachable = check(), None
             except HostUnreachable as exc:
