@@ -2,8 +2,12 @@
 
     python -m benchmarks.bench_fleet [--quick] [--rounds 2] [--hosts 8] [--big-mb 100]
 
-Local TF-Serving-compatible servers (``file://`` targets, and ``ssh://`` through one loopback
-OpenSSH sshd unless ``--no-ssh``) and a real ``mlflow server``, as the other benchmarks. For each
+Local TF-Serving-compatible servers (``file://`` targets, and ``ssh://`` through a loopback
+OpenSSH sshd unless ``--no-ssh``) and a real ``mlflow server``, as the other benchmarks. The
+``ssh://`` hosts log in two ways: as the user running the benchmark (root here, whose
+``~/.bashrc`` runs ``pyenv init`` for every command), and, tiny model only, as a deploy user
+created the way ``serving_host/install_server.sh`` creates one (bash and ``/etc/skel/.bashrc``;
+root only, else skipped loudly, and removed at the end). For each
 model (the deploy tests' tiny SavedModel, ~40 KB like the digits model; and one with a
 ``--big-mb`` MB variable), each target and each fleet size (1 and ``--hosts``), each round
 promotes a new version and times ``mlops sync deploy --json --bake 0`` from Popen to exit, with
@@ -34,10 +38,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from benchmarks import _setup
 
 TARGETS = {"tiny_ratio": 1.5, "big_ratio": 3.0, "breach_extra_s": 5.0}
+DEPLOY_USER = "mlopsdeploybench"
+SSH_DEPLOY_USER = "ssh-deploy-user"     # ssh://, logging in as a deploy user made like install_server.sh's
 KINDS = ("b", "c")
 
 
@@ -72,7 +79,8 @@ def process_cpu_s(pids) -> float:
 
 
 def _sshd(lab):
-    """One real OpenSSH sshd on loopback for the ssh:// hosts (tests/lab/sshd.py)."""
+    """One real OpenSSH sshd on loopback for the ssh:// hosts (tests/lab/sshd.py), logging in as
+    the user running the benchmark (root here: bash, and root's own ``~/.bashrc``)."""
     from tests.lab.sshd import keygen, start_sshd
 
     if not hasattr(lab, "_bench_sshd"):
@@ -82,6 +90,57 @@ def _sshd(lab):
         lab._bench_sshd = start_sshd(d / "server", user_key=(key, keygen(key)))
         lab._stack.callback(lab._bench_sshd.stop)
     return lab._bench_sshd
+
+
+def _deploy_user_sshd(lab):
+    """An sshd whose login user is created the way ``serving_host/install_server.sh`` creates the
+    deploy user (``useradd --system --create-home --shell /bin/bash``: bash, and the distribution's
+    ``/etc/skel/.bashrc``); removed again at the end. None (said loudly) when not root."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from tests.lab.sshd import keygen, start_sshd
+
+    if hasattr(lab, "_bench_deploy_sshd"):
+        return lab._bench_deploy_sshd
+    lab._bench_deploy_sshd = None
+    if os.geteuid() != 0:
+        print(f"SKIPPED LOUDLY: the ssh ({DEPLOY_USER}) rows need root to create the deploy user",
+              file=sys.stderr, flush=True)
+        return None
+    try:
+        pwd.getpwnam(DEPLOY_USER)
+    except KeyError:
+        # password "*" rather than useradd's locked "!": the lab's sshd runs without PAM, and
+        # sshd then refuses a locked account even for a key (with PAM, as on Debian, it does not)
+        subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/bash", "--password", "*",
+                        DEPLOY_USER], check=True, capture_output=True, timeout=30)
+        lab._stack.callback(subprocess.run, ["userdel", "--remove", DEPLOY_USER], capture_output=True,
+                            timeout=30)
+    d = Path(tempfile.mkdtemp(prefix="mlops-bench-sshd-"))
+    os.chmod(d, 0o755)                      # sshd reads authorized_keys below it as that user
+    lab._stack.callback(shutil.rmtree, d, True)
+    key = d / "id_ed25519"
+    lab._bench_deploy_sshd = start_sshd(d / "server", user_key=(key, keygen(key)), user=DEPLOY_USER)
+    lab._stack.callback(lab._bench_deploy_sshd.stop)
+    os.chmod(lab.root, 0o711)               # the hosts' bases below it: reachable by the deploy user
+    return lab._bench_deploy_sshd
+
+
+def _hand_bases_to(hosts, user: str) -> None:
+    """Each host's base (and the directories above it, for traversal) usable by ``user``."""
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    for h in hosts:
+        for parent in Path(h.base).parents:
+            if str(parent) in ("/", "/tmp"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o111)
+        for root, dirs, files in os.walk(h.base):
+            for name in [root, *(os.path.join(root, x) for x in dirs + files)]:
+                os.chown(name, pw.pw_uid, pw.pw_gid)
 
 
 def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root, log,
@@ -94,7 +153,14 @@ def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root,
         if target == "ssh":
             server = _sshd(lab)
             env.fleet.sshd_factory = lambda: server
-        env.add_hosts(n, target)
+        elif target == SSH_DEPLOY_USER:
+            server = _deploy_user_sshd(lab)
+            if server is None:
+                return []
+            env.fleet.sshd_factory = lambda: server
+        hosts = env.add_hosts(n, "ssh" if target == SSH_DEPLOY_USER else target)
+        if target == SSH_DEPLOY_USER:
+            _hand_bases_to(hosts, DEPLOY_USER)
 
     def new_version(env, kind: str) -> int:
         if model == "big":
@@ -179,7 +245,7 @@ def canary_breach(lab, bake: float, log) -> dict:
 
 def summarize(rows: list[dict], n_hosts: int) -> dict:
     out = {}
-    for model, target in (("tiny", "file"), ("tiny", "ssh"), ("big", "file"), ("big", "ssh")):
+    for model, target in CELLS:
         cell = {}
         for mode in ("rollout", "sequential"):
             for n in (1, n_hosts):
@@ -195,14 +261,20 @@ def summarize(rows: list[dict], n_hosts: int) -> dict:
         if cell.get("sequential_1_s") and cell.get(f"sequential_{n_hosts}_s"):
             cell["sequential_ratio"] = round(cell[f"sequential_{n_hosts}_s"] / cell["sequential_1_s"], 3)
         if cell:
-            out[model if target == "file" else f"{model} ssh"] = cell
+            out[_cell_name(model, target)] = cell
     return out
+
+
+CELLS = (("tiny", "file"), ("tiny", "ssh"), ("tiny", SSH_DEPLOY_USER), ("big", "file"), ("big", "ssh"))
+
+
+def _cell_name(model: str, target: str) -> str:
+    return {"file": model, "ssh": f"{model} ssh", SSH_DEPLOY_USER: f"{model} ssh (deploy user)"}[target]
 
 
 def verdicts(summary: dict, breach: dict | None, n_hosts: int) -> list[dict]:
     checks = []
-    for model, key in (("tiny", "tiny_ratio"), ("tiny ssh", "tiny_ratio"), ("big", "big_ratio"),
-                       ("big ssh", "big_ratio")):
+    for model, key in ((_cell_name(m, t), f"{m}_ratio") for m, t in CELLS):
         if model not in summary:          # not measured in this run (--no-ssh, --big-mb 0, --rounds 0)
             continue
         v = (summary.get(model) or {}).get("rollout_ratio")
@@ -255,8 +327,8 @@ def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True
             build_models(big_root, [ModelSpec("big100", 7, pad=big_mb * 250_000)], timeout=900)
         quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
         started = _setup.machine()
-        for model, target in (("tiny", "file"), ("tiny", "ssh"), ("big", "file"), ("big", "ssh")):
-            if model == "big" and not big_mb or target == "ssh" and not ssh or not rounds:
+        for model, target in CELLS:
+            if model == "big" and not big_mb or target != "file" and not ssh or not rounds:
                 continue
             rows += fleet_rounds(lab, (1, n_hosts), rounds, model, big_root, log, target)
         breach = canary_breach(lab, bake, log) if bake else None

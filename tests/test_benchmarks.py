@@ -177,6 +177,15 @@ def test_fleet_benchmark_reads_cpu_time_of_the_machine_and_of_given_processes():
     cell = bench_fleet.summarize(rows, 8)["tiny"]
     assert cell["rollout_ratio"] == 2.0 and cell["rollout_8_busy_cpu_s"] == 3.6
     assert cell["rollout_8_server_cpu_s"] == 2.4 and cell["rollout_1_busy_cpu_s"] == 1.2
+    # the ssh rows as the deploy user are their own cell, judged against the tiny model's target
+    rows += [{**r, "target": bench_fleet.SSH_DEPLOY_USER, "wall_s": w}
+             for r, w in zip(rows, (1.0, 1.4))]
+    summary = bench_fleet.summarize(rows, 8)
+    assert summary["tiny"]["rollout_ratio"] == 2.0 and summary["tiny ssh (deploy user)"]["rollout_ratio"] == 1.4
+    checks = {c["target"]: c for c in bench_fleet.verdicts(summary, None, 8)}
+    assert not checks["tiny model: 8 hosts <= 1.5x one host (--bake 0)"]["met"]
+    assert checks["tiny ssh (deploy user) model: 8 hosts <= 1.5x one host (--bake 0)"] == {
+        "target": "tiny ssh (deploy user) model: 8 hosts <= 1.5x one host (--bake 0)", "value": 1.4, "met": True}
 
 
 def test_warmup_benchmark_reads_the_first_answers_of_the_new_version():
