@@ -94,13 +94,12 @@ def _sshd(lab):
 
 def _deploy_user_sshd(lab):
     """An sshd whose login user is created the way ``serving_host/install_server.sh`` creates the
-    deploy user (``useradd --system --create-home --shell /bin/bash``: bash, and the distribution's
-    ``/etc/skel/.bashrc``); removed again at the end. None (said loudly) when not root."""
-    import pwd
+    deploy user (``tests.lab.sshd.ensure_user(login_shell=True)``); removed again at the end. None
+    (said loudly) when not root."""
     import shutil
     import tempfile
 
-    from tests.lab.sshd import keygen, start_sshd
+    from tests.lab.sshd import ensure_user, keygen, start_sshd
 
     if hasattr(lab, "_bench_deploy_sshd"):
         return lab._bench_deploy_sshd
@@ -109,13 +108,7 @@ def _deploy_user_sshd(lab):
         print(f"SKIPPED LOUDLY: the ssh ({DEPLOY_USER}) rows need root to create the deploy user",
               file=sys.stderr, flush=True)
         return None
-    try:
-        pwd.getpwnam(DEPLOY_USER)
-    except KeyError:
-        # password "*" rather than useradd's locked "!": the lab's sshd runs without PAM, and
-        # sshd then refuses a locked account even for a key (with PAM, as on Debian, it does not)
-        subprocess.run(["useradd", "--system", "--create-home", "--shell", "/bin/bash", "--password", "*",
-                        DEPLOY_USER], check=True, capture_output=True, timeout=30)
+    if ensure_user(DEPLOY_USER, login_shell=True):
         lab._stack.callback(subprocess.run, ["userdel", "--remove", DEPLOY_USER], capture_output=True,
                             timeout=30)
     d = Path(tempfile.mkdtemp(prefix="mlops-bench-sshd-"))
@@ -124,7 +117,6 @@ def _deploy_user_sshd(lab):
     key = d / "id_ed25519"
     lab._bench_deploy_sshd = start_sshd(d / "server", user_key=(key, keygen(key)), user=DEPLOY_USER)
     lab._stack.callback(lab._bench_deploy_sshd.stop)
-    os.chmod(lab.root, 0o711)               # the hosts' bases below it: reachable by the deploy user
     return lab._bench_deploy_sshd
 
 

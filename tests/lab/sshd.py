@@ -96,8 +96,10 @@ class SshdServer:
         self.proc = None
 
 
-def ensure_user(name: str) -> bool:
-    """Create local user ``name`` (root only); return True when we created it."""
+def ensure_user(name: str, *, login_shell: bool = False) -> bool:
+    """Create local user ``name`` (root only); return True when we created it. Default: ``/bin/sh``
+    and no home. ``login_shell``: as ``serving_host/install_server.sh`` creates the deploy user
+    (``--create-home --shell /bin/bash``: bash and the distribution's ``/etc/skel/.bashrc``)."""
     try:
         pwd.getpwnam(name)
         return False
@@ -105,9 +107,11 @@ def ensure_user(name: str) -> bool:
         pass
     if os.geteuid() != 0:
         pytest.skip(f"SKIPPED LOUDLY: creating the test user {name!r} needs root")
-    # password field "*": no password login possible, but not "locked" (sshd refuses locked users)
-    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                    "--shell", "/bin/sh", "--password", "*", name], check=True, capture_output=True,
+    home = ["--create-home", "--shell", "/bin/bash"] if login_shell else \
+        ["--no-create-home", "--home-dir", "/nonexistent", "--shell", "/bin/sh"]
+    # password field "*": no password login possible, but not "locked" (without PAM, as in the
+    # lab's sshd, sshd refuses a locked account even for a key)
+    subprocess.run(["useradd", "--system", *home, "--password", "*", name], check=True, capture_output=True,
                    timeout=30)
     return True
 
