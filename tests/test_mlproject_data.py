@@ -29,6 +29,23 @@ def test_digits_are_float32_images_in_unit_range():
     assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == set(range(10))
 
 
+def test_digits_are_scikit_learns_own_read_without_importing_it():
+    """The file scikit-learn ships, byte for byte what ``load_digits`` gives; and a process that
+    only loads the data never pays for importing scikit-learn."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    data, ref = load("digits"), load_digits()
+    assert np.array_equal(data.images.reshape(-1, 64) * 16, ref.data)
+    assert np.array_equal(data.labels, ref.target)
+    probe = ("import sys; from mlproject.datasets import load; load('digits'); "
+             "print('sklearn' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+
+
 def test_partition_sizes_come_from_the_constants_and_are_disjoint():
     part = load_partition("digits")
     sizes = SPLITS["digits"]
