@@ -7,6 +7,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite runs on two workers (pytest-xdist; tests/conftest.py keeps each module on one worker).
+# TEST_WORKERS=0 runs it in this process, one test after another.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test system-deps lint bench clean down help lock
 
@@ -44,7 +47,7 @@ lint: venv system-deps
 
 test: venv system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra --junitxml=test-results/junit.xml $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra --junitxml=test-results/junit.xml -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run_all
