@@ -47,7 +47,7 @@ lint: venv system-deps
 
 test: venv system-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra --junitxml=test-results/junit.xml -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra --junitxml=test-results/junit.xml -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run_all

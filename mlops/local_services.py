@@ -90,10 +90,18 @@ def mlflow_server_command(*, port: int, artifacts_destination: str, workers: int
     return cmd
 
 
+# MLflow 3's server also starts a job runner for its GenAI jobs (LLM judges, prompt optimization,
+# trace roll-ups): about eight more Python processes, each importing MLflow. Nothing here uses those
+# jobs, so the servers mlops starts run without them unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says.
+JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+
+
 def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (or ours) plus the backend store URI, which ``mlflow server`` reads from
-    ``MLFLOW_BACKEND_STORE_URI``: a database password never reaches a command line."""
-    return {**(env if env is not None else os.environ), "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
+    ``MLFLOW_BACKEND_STORE_URI``: a database password never reaches a command line. MLflow's job
+    runner is off unless ``env`` turns it on (see ``JOB_EXECUTION``)."""
+    base = env if env is not None else os.environ
+    return {JOB_EXECUTION: "false", **base, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
 
 
 def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,

@@ -90,11 +90,6 @@ def iter_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> I
         pause = min(interval, pause * 2)
 
 
-def poll_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> list[float]:
-    """``iter_pauses`` as a list."""
-    return list(iter_pauses(timeout, interval, first))
-
-
 def _http_for(url: str):
     """A urllib3 pool manager and headers for ``url``, set up once the way ``requests`` would set up
     each request from the environment: HTTP(S)_PROXY and NO_PROXY, REQUESTS_CA_BUNDLE or

@@ -12,10 +12,10 @@ pytest_plugins = sorted(
 )
 
 
-# ``make test`` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). A test module
-# stays on one worker, so a module-scoped fixture (a whole flow run once for its module) runs once.
-# Session fixtures run once per worker that needs them; the few that cost a minute or more are
-# needed by more than one module, and those modules share a worker.
+# ``make test`` runs the suite on two workers (pytest-xdist). A test module stays on one worker, so
+# a module-scoped fixture (a whole flow run once for its module) runs once, and the module's tests run
+# in their order. Session fixtures run once per worker that needs them; the few that cost a minute or
+# more serve more than one module, and those modules share a worker.
 SHARED_WORKER = {
     "test_demo.py": "demo-flow", "test_ui_browser.py": "demo-flow",            # demo_flow
     "test_mlproject_quality.py": "pretrained", "test_registry_gate_e2e.py": "pretrained",
@@ -23,9 +23,14 @@ SHARED_WORKER = {
 }
 
 
-def pytest_collection_modifyitems(items):
-    import pytest
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling with one scope per module, or per ``SHARED_WORKER`` group.
+    (xdist's own ``--dist loadgroup`` renames node ids, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
 
-    for item in items:
-        module = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(module.rsplit("/", 1)[-1], module)
+
+    return ModuleScheduling(config, log)

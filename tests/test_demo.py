@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import requests
@@ -33,3 +34,31 @@ def test_demo_runs_the_whole_flow_and_leaves_services_running(demo_flow):
     assert ':tensorflow:serving:request_count{model_name="demo-model",status="OK"}' in page.text
     assert requests.get(f"{mlflow.url}/health", timeout=10).status_code == 200
     assert f"{serving.url}/v1/models/demo-model:predict" in out and "mlops sync rollback" in out
+
+
+def _group_cmdlines(pgid: int) -> list[str]:
+    """Command lines of the processes in process group ``pgid`` (a service mlops started leads one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:   # field 5: pgrp
+            found.append(cmdline)
+    return found
+
+
+def test_the_local_mlflow_server_runs_without_mlflows_job_runner(demo_flow):
+    """MLflow 3 starts a job runner for its GenAI jobs (about eight more Python processes); the
+    servers mlops starts leave it off (mlops/local_services.py), and nothing here needs it."""
+    demo_flow.check()
+    mlflow = read_record(demo_flow.home, "mlflow-server")
+    group = _group_cmdlines(mlflow.pid)
+    assert any("mlflow" in c and "server" in c for c in group), group     # the scan sees the server
+    assert not [c for c in group if "mlflow.server.jobs" in c or "huey" in c], group

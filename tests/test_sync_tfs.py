@@ -256,12 +256,12 @@ def test_a_wait_polls_soon_then_backs_off_to_its_interval_and_stays_bounded(monk
     """A tiny model is AVAILABLE within tens of ms: the second poll comes after 10 ms, not after
     the interval; the pauses double up to the interval, and their count is bounded by the timeout."""
     from serving_sync import tfs_client
-    from serving_sync.tfs_client import TFServingClient, WaitVerdict, poll_pauses
+    from serving_sync.tfs_client import TFServingClient, WaitVerdict, iter_pauses
 
-    p = poll_pauses(120, 0.2)
+    p = list(iter_pauses(120, 0.2))
     assert p[:6] == [0.01, 0.02, 0.04, 0.08, 0.16, 0.2] and set(p[5:]) == {0.2}
     assert sum(p) >= 120 and len(p) <= 120 / 0.2 + 6
-    assert poll_pauses(0, 0.5) == [] and poll_pauses(0.05, 0.5) == [0.01, 0.02, 0.04]
+    assert list(iter_pauses(0, 0.5)) == [] and list(iter_pauses(0.05, 0.5)) == [0.01, 0.02, 0.04]
     slept = []
     monkeypatch.setattr(tfs_client.time, "sleep", slept.append)
     answers = iter([WaitVerdict(False, detail="LOADING")] * 3 + [WaitVerdict(True)])
@@ -273,4 +273,4 @@ def test_a_wait_polls_soon_then_backs_off_to_its_interval_and_stays_bounded(monk
         TFServingClient("http://127.0.0.1:9").wait_until(
             "loading m version 1", lambda: calls.append(1) or WaitVerdict(False, detail="LOADING"),
             timeout=0.3, interval=0.1)
-    assert len(calls) <= len(poll_pauses(0.3, 0.1)) + 1
+    assert len(calls) <= len(list(iter_pauses(0.3, 0.1))) + 1
