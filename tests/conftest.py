@@ -23,14 +23,19 @@ SHARED_WORKER = {
 }
 
 
+def scope_of(nodeid: str) -> str:
+    """The unit xdist hands to one worker: the test's module, or its ``SHARED_WORKER`` group."""
+    module = nodeid.split("::", 1)[0]
+    return SHARED_WORKER.get(module.rsplit("/", 1)[-1], module)
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """xdist's scope scheduling with one scope per module, or per ``SHARED_WORKER`` group.
-    (xdist's own ``--dist loadgroup`` renames node ids, which pytest 9 no longer reads.)"""
+    """xdist's scope scheduling with ``scope_of`` as the scope. (xdist's own ``--dist loadgroup``
+    renames node ids, which pytest 9 no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return SHARED_WORKER.get(module.rsplit("/", 1)[-1], module)
+            return scope_of(nodeid)
 
     return ModuleScheduling(config, log)
