@@ -9,7 +9,7 @@ record); every deploy / smoke_test / host_rollback / canary row goes through ``D
 from __future__ import annotations
 
 from . import tags, versions
-from .ledger import Ledger
+from .ledger import Entry, Ledger
 from .promotion_rules import failed_deploys, previous_production
 from .provenance import Provenance
 
@@ -65,8 +65,18 @@ class DeployLedger:
 
     def __call__(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
                  reason=None, details=None) -> None:
-        self.ledger.record(action, self.model, outcome=outcome, host=host, from_version=from_version,
-                           to_version=to_version, reason=reason, details=details or {}, **self.provenance.row())
+        self.ledger.append(self.entry(action, outcome, host=host, from_version=from_version,
+                                      to_version=to_version, reason=reason, details=details))
+
+    def entry(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
+              reason=None, details=None) -> Entry:
+        """One row as it would be written (for ``record_all``)."""
+        return Entry(action=action, model=self.model, outcome=outcome, host=host, from_version=from_version,
+                     to_version=to_version, reason=reason, details=details or {}, **self.provenance.row())
+
+    def record_all(self, entries: list[Entry]) -> None:
+        """Rows of several hosts (a wave's deploys, a fleet's host rollbacks) in one transaction."""
+        self.ledger.append_all(entries)
 
     def previous_production(self, version: int) -> int | None:
         """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known)."""
@@ -81,10 +91,11 @@ def record_converged(model: str, version: int, hosts: list[tuple[str, int | None
     if status(model, version) == DEPLOYED:
         return False
     rows = DeployLedger(model)
-    for host, current in hosts:
-        rows("deploy", "ok", host=host, from_version=current, to_version=version, reason=reason,
-             details={"steps": [], "recorded_late": "the host already served this version, verified there; "
-                                                    "an earlier deploy stopped before recording it"})
+    rows.record_all([rows.entry("deploy", "ok", host=host, from_version=current, to_version=version, reason=reason,
+                                details={"steps": [], "recorded_late": "the host already served this version, "
+                                                                       "verified there; an earlier deploy "
+                                                                       "stopped before recording it"})
+                     for host, current in hosts])
     tag(model, version, DEPLOYED)
     return True
 

@@ -398,9 +398,21 @@ class Ledger:
     # -- writing ---------------------------------------------------------------------------
     def append(self, entry: Entry) -> Entry:
         """Insert one row in its own transaction; returns it with ``id`` and ``at`` set."""
+        return self.append_all([entry])[0]
+
+    def append_all(self, entries: list[Entry]) -> list[Entry]:
+        """Insert rows of one model in ONE transaction, in order: all of them or none. A fleet's
+        wave records its hosts this way: one commit (one fsync on SQLite, one lock and commit
+        round trip on PostgreSQL) per wave instead of one per host."""
+        entries = list(entries)
+        if not entries:
+            return []
+        models = {e.model for e in entries}
+        if len(models) != 1:
+            raise ValueError(f"append_all writes the rows of one model, got {sorted(models)}")
         with _db_errors(self.url, "cannot write to the ledger database"):
-            with _write_transaction(self._engine, entry.model) as conn:
-                return _insert(conn, entry)
+            with _write_transaction(self._engine, entries[0].model) as conn:
+                return [_insert(conn, e) for e in entries]
 
     def record(self, action: str, model: str, *, outcome: str, **fields) -> Entry:
         """Shorthand for ``append(Entry(action, model, outcome, **fields))``."""

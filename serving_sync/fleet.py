@@ -262,8 +262,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 if baker is not None:
                     baker.before_switch(wave)
                 _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
-                for run in wave:
-                    _record_deployed(recorder, run, v, reason)
+                recorder.record_all([_deployed_row(recorder, run, v, reason) for run in wave])
                 entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
                 last = i == len(shape.waves) - 1
                 if baker is not None and not last and (i == 0 or opts.bake_each_wave):
@@ -275,10 +274,10 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                     entry["bake"] = [vd.to_dict() for vd in verdicts]
                     entry["bake_seconds"] = round(time.monotonic() - b0, 3)
                     result.bake.extend(entry["bake"])
+                    recorder.record_all([recorder.entry("canary", "passed" if vd.passed else "failed", host=vd.host,
+                                                        from_version=by_name[vd.host].plan.current, to_version=v,
+                                                        reason=vd.line, details=vd.to_dict()) for vd in verdicts])
                     for vd in verdicts:
-                        recorder("canary", "passed" if vd.passed else "failed", host=vd.host,
-                                 from_version=by_name[vd.host].plan.current, to_version=v, reason=vd.line,
-                                 details=vd.to_dict())
                         logger.info("%s", vd.line)
                     bad = [vd for vd in verdicts if not vd.passed]
                     if bad:
@@ -302,11 +301,11 @@ def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
                           if i == 0 and shape.canary else f"wave {', '.join(w)}" for i, w in enumerate(shape.waves)))
 
 
-def _record_deployed(recorder, run: HostRun, v: int, reason: str | None) -> None:
+def _deployed_row(recorder, run: HostRun, v: int, reason: str | None):
     plan = run.plan
-    recorder("deploy", "ok", host=run.host.name, from_version=plan.current, to_version=v, reason=reason,
-             details={"steps": [str(s.kind) for s in plan.steps], "previous_kept": plan.previous_kept,
-                      "publish": run.outcome.publish, "switch_seconds": run.outcome.switch_seconds})
+    return recorder.entry("deploy", "ok", host=run.host.name, from_version=plan.current, to_version=v, reason=reason,
+                          details={"steps": [str(s.kind) for s in plan.steps], "previous_kept": plan.previous_kept,
+                                   "publish": run.outcome.publish, "switch_seconds": run.outcome.switch_seconds})
 
 
 def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostRun], phase: Phase,
@@ -416,14 +415,15 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     error = exc.error if isinstance(exc, StepFailed) else exc
     why = (error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
     model, v = result.model, result.version
-    put_back, not_back = [], []
+    put_back, not_back, rows = [], [], []
     for r, info in _restore_all([run] + [r for r in reversed(every) if r is not run]):
         if not info["needed"]:
             continue
         (put_back if info["ok"] else not_back).append(r)
-        recorder("host_rollback", "ok" if info["ok"] else "failed", host=r.host.name, from_version=v,
-                 to_version=r.plan.current, reason=f"deploy of v{v} failed on {run.host.name}: {why}",
-                 details=info)
+        rows.append(recorder.entry("host_rollback", "ok" if info["ok"] else "failed", host=r.host.name,
+                                   from_version=v, to_version=r.plan.current,
+                                   reason=f"deploy of v{v} failed on {run.host.name}: {why}", details=info))
+    recorder.record_all(rows)
     # Ctrl-C / SIGTERM: not the version's fault
     interrupted = isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
     if interrupted and not isinstance(error, DeployInterrupted):

@@ -62,6 +62,37 @@ def test_rows_never_carry_secret_values(ledger_url, monkeypatch):
     assert led.entries("m") == []
 
 
+def test_append_all_writes_rows_in_one_transaction_all_or_none(ledger_url, monkeypatch):
+    """A fleet's wave records its hosts' rows with one commit, not one per host; a row that
+    cannot be written (here: it carries a secret) leaves none of them behind."""
+    import sqlalchemy as sa
+
+    from mlops_common.errors import RefusedError
+
+    led = Ledger(ledger_url)
+    commits = []
+    sa.event.listen(led._engine, "commit", lambda conn: commits.append(1))
+    wave = [Entry("deploy", "m", "ok", to_version=2, host=f"web-{i}") for i in range(3)]
+    written = led.append_all(wave)
+    assert len(commits) == 1
+    assert [e.host for e in written] == ["web-0", "web-1", "web-2"]
+    assert written[0].id < written[1].id < written[2].id and all(e.at is not None for e in written)
+    assert [e.host for e in led.entries("m")] == ["web-0", "web-1", "web-2"]
+    for e in wave:
+        led.append(e)
+    assert len(commits) == 4                    # one per append: what append_all saves
+    assert led.append_all([]) == [] and len(commits) == 4
+
+    monkeypatch.setenv("CIRCLE_TOKEN", "circle-tok-5ecret")
+    with pytest.raises(RefusedError, match="secret"):
+        led.append_all([Entry("host_rollback", "n", "ok", host="web-0"),
+                        Entry("host_rollback", "n", "ok", host="web-1", reason="circle-tok-5ecret")])
+    assert led.entries("n") == []
+    with pytest.raises(ValueError, match="one model"):
+        led.append_all([Entry("deploy", "m", "ok"), Entry("deploy", "n", "ok")])
+    assert len(led.entries("m")) == 6 and led.entries("n") == []
+
+
 def test_entries_are_validated():
     with pytest.raises(ValueError, match="unknown ledger action"):
         Entry("delete", "m", "ok")
