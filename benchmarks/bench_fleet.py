@@ -11,7 +11,8 @@ root only, else skipped loudly, and removed at the end). For each
 model (the deploy tests' tiny SavedModel, ~40 KB like the digits model; and one with a
 ``--big-mb`` MB variable), each target and each fleet size (1 and ``--hosts``), each round
 promotes a new version and times ``mlops sync deploy --json --bake 0`` from Popen to exit, with
-the CPU seconds the whole machine and the serving hosts' processes spent meanwhile:
+the CPU seconds spent meanwhile by the whole machine, the serving hosts' processes, the deploying
+CLI and (``ssh://``) sshd with its sessions, and from those what each added host cost:
 
 - ``rollout``: the default (prepare all hosts in parallel, canary, then one wave);
 - ``sequential``: ``--parallel 1 --canary 0``, one host after the other as before the rollout
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -46,6 +48,8 @@ TARGETS = {"tiny_ratio": 1.5, "big_ratio": 3.0, "breach_extra_s": 5.0}
 DEPLOY_USER = "mlopsdeploybench"
 SSH_DEPLOY_USER = "ssh-deploy-user"     # ssh://, logging in as a deploy user made like install_server.sh's
 KINDS = ("b", "c")
+SESSIONS_SETTLE_S = 0.3     # before reading sshd's reaped children (after the timing, outside it)
+CPU_PARTS = ("busy", "server", "cli", "sshd")      # row keys <part>_cpu_s ("busy": cpu_busy_s)
 
 
 def _cli(*args: str, timeout: float = 900) -> tuple[dict, float, float, subprocess.CompletedProcess]:
@@ -65,8 +69,10 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pids) -> float:
-    """User + system CPU seconds of these processes (their own, not their children's)."""
+def process_cpu_s(pids, *, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of these processes: their own, plus, with ``reaped_children``,
+    that of their children that exited and were waited for (sshd: its sessions and the shells,
+    tar and hashing they ran)."""
     total = 0.0
     for pid in pids:
         try:
@@ -74,8 +80,15 @@ def process_cpu_s(pids) -> float:
                 parts = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        fields = parts[11:15] if reaped_children else parts[11:13]
+        total += sum(int(x) for x in fields) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children that exited and were waited for (the CLI)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _sshd(lab):
@@ -178,9 +191,14 @@ def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root,
 def _timed_deploy(env, model: str, target: str, n_hosts: int, mode: str, flags: list[str], i: int, v: int,
                   log) -> dict:
     servers = [h.server.proc.pid for h in env.fleet.hosts]
-    busy0, srv0 = machine_busy_s(), process_cpu_s(servers)
+    sshd = [env.fleet.sshd().proc.pid] if target != "file" else []
+    busy0, srv0, cli0 = machine_busy_s(), process_cpu_s(servers), children_cpu_s()
+    sshd0 = process_cpu_s(sshd, reaped_children=True)
     doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
-    busy, srv = machine_busy_s() - busy0, process_cpu_s(servers) - srv0
+    busy, srv, cli = machine_busy_s() - busy0, process_cpu_s(servers) - srv0, children_cpu_s() - cli0
+    if sshd:
+        time.sleep(SESSIONS_SETTLE_S)       # the sessions end as the CLI disconnects; sshd reaps them
+    sshd_cpu = process_cpu_s(sshd, reaped_children=True) - sshd0
     if r.returncode != 0:
         raise RuntimeError(f"deploy failed (exit {r.returncode}): {r.stderr[-2000:]}")
     # CPU: the whole machine (the CLI, the servers, sshd, MLflow) and the serving hosts' own
@@ -188,11 +206,13 @@ def _timed_deploy(env, model: str, target: str, n_hosts: int, mode: str, flags: 
     # wall time is near it, the hosts (here sharing 2 cores) are the bound, not the rollout.
     row = {"model": model, "target": target, "hosts": n_hosts, "mode": mode, "round": i, "version": v,
            "wall_s": round(t1 - t0, 3), "fleet_seconds": doc.get("seconds"),
-           "cpu_busy_s": round(busy, 3), "server_cpu_s": round(srv, 3),
+           "cpu_busy_s": round(busy, 3), "server_cpu_s": round(srv, 3), "cli_cpu_s": round(cli, 3),
+           "sshd_cpu_s": round(sshd_cpu, 3) if sshd else None,
            "cpu_bound_s": round(busy / (os.cpu_count() or 1), 3),
            "timings": doc.get("timings"), "waves": doc.get("waves")}
     log(f"  {model} {target} x{n_hosts} {mode} round {i + 1}: {row['wall_s']}s (machine busy "
-        f"{row['cpu_busy_s']} CPU-s, of which the {n_hosts} servers {row['server_cpu_s']})")
+        f"{row['cpu_busy_s']} CPU-s, of which the {n_hosts} servers {row['server_cpu_s']}, the CLI {row['cli_cpu_s']}"
+        + (f", sshd {row['sshd_cpu_s']})" if sshd else ")"))
     return row
 
 
@@ -245,11 +265,21 @@ def summarize(rows: list[dict], n_hosts: int) -> dict:
                         and r.get("target", "file") == target]
                 if mine:
                     cell[f"{mode}_{n}_s"] = _setup.median([r["wall_s"] for r in mine])
-                    if mode == "rollout" and "cpu_busy_s" in mine[0]:
-                        cell[f"rollout_{n}_busy_cpu_s"] = _setup.median([r["cpu_busy_s"] for r in mine])
-                        cell[f"rollout_{n}_server_cpu_s"] = _setup.median([r["server_cpu_s"] for r in mine])
+                    if mode == "rollout":
+                        for part in CPU_PARTS:
+                            key = "cpu_busy_s" if part == "busy" else f"{part}_cpu_s"
+                            got = [r[key] for r in mine if r.get(key) is not None]
+                            if got:
+                                cell[f"rollout_{n}_{part}_cpu_s"] = _setup.median(got)
         if cell.get("rollout_1_s") and cell.get(f"rollout_{n_hosts}_s"):
             cell["rollout_ratio"] = round(cell[f"rollout_{n_hosts}_s"] / cell["rollout_1_s"], 3)
+        if n_hosts > 1:      # what each host added to the rollout costs, by where the CPU went
+            per = {part: round((cell[f"rollout_{n_hosts}_{part}_cpu_s"] - cell[f"rollout_1_{part}_cpu_s"])
+                               / (n_hosts - 1), 3)
+                   for part in CPU_PARTS
+                   if f"rollout_{n_hosts}_{part}_cpu_s" in cell and f"rollout_1_{part}_cpu_s" in cell}
+            if per:
+                cell["cpu_s_per_added_host"] = per
         if cell.get("sequential_1_s") and cell.get(f"sequential_{n_hosts}_s"):
             cell["sequential_ratio"] = round(cell[f"sequential_{n_hosts}_s"] / cell["sequential_1_s"], 3)
         if cell:
@@ -297,6 +327,12 @@ def render(summary: dict, breach: dict | None, checks: list[dict], n_hosts: int)
                          f"CPU-s (the servers {c[f'rollout_{n_hosts}_server_cpu_s']}; 1 host: "
                          f"{c.get('rollout_1_busy_cpu_s')} / {c.get('rollout_1_server_cpu_s')}): at least "
                          f"{c[f'rollout_{n_hosts}_busy_cpu_s'] / cores:.2f} s on {cores} cores")
+            per = c.get("cpu_s_per_added_host") or {}
+            if per:
+                names = {"busy": "machine", "server": "its model server", "cli": "the deploying CLI",
+                         "sshd": "sshd, its session and the commands it ran"}
+                lines.append("  each added host: " + ", ".join(f"{names[k]} {v:+.3f}" for k, v in per.items())
+                             + " CPU-s")
     if breach is not None:
         lines.append(f"canary breach: {breach['verdict']}; exit {breach['exit_code']}; the canary answered with "
                      f"the old version again {breach['breach_to_canary_back_s']}s after its first refused answer "

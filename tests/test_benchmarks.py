@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -172,11 +174,26 @@ def test_fleet_benchmark_reads_cpu_time_of_the_machine_and_of_given_processes():
     assert bench_fleet.process_cpu_s([os.getpid()]) - mine0 >= 0.25
     assert bench_fleet.machine_busy_s() - busy0 >= 0.25
     assert bench_fleet.process_cpu_s([2 ** 22 + 7]) == 0.0          # gone: counted as nothing
+    # a child's CPU counts once it exited and was waited for: in getrusage (the CLI) and, with
+    # reaped_children, in its parent's /proc counters (sshd and its sessions)
+    cli0 = bench_fleet.children_cpu_s()
+    reaped0 = bench_fleet.process_cpu_s([os.getpid()], reaped_children=True)
+    own0 = bench_fleet.process_cpu_s([os.getpid()])
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
+                    "while time.process_time() < end: pass"], check=True, timeout=60)
+    assert bench_fleet.children_cpu_s() - cli0 >= 0.25
+    assert (bench_fleet.process_cpu_s([os.getpid()], reaped_children=True) - reaped0) \
+        - (bench_fleet.process_cpu_s([os.getpid()]) - own0) >= 0.25
     rows = [{"model": "tiny", "target": "file", "mode": "rollout", "hosts": n, "wall_s": w, "cpu_busy_s": b,
-             "server_cpu_s": s} for n, w, b, s in ((1, 1.0, 1.2, 0.3), (8, 2.0, 3.6, 2.4))]
+             "server_cpu_s": s, "cli_cpu_s": c, "sshd_cpu_s": None}
+            for n, w, b, s, c in ((1, 1.0, 1.2, 0.3, 0.8), (8, 2.0, 3.6, 2.4, 1.15))]
     cell = bench_fleet.summarize(rows, 8)["tiny"]
     assert cell["rollout_ratio"] == 2.0 and cell["rollout_8_busy_cpu_s"] == 3.6
     assert cell["rollout_8_server_cpu_s"] == 2.4 and cell["rollout_1_busy_cpu_s"] == 1.2
+    # what each of the 7 added hosts cost, by where the CPU went (no sshd on file:// hosts)
+    assert cell["cpu_s_per_added_host"] == {"busy": 0.343, "server": 0.3, "cli": 0.05}
+    assert "each added host: machine +0.343, its model server +0.300, the deploying CLI +0.050 CPU-s" in \
+        bench_fleet.render({"tiny": cell}, None, [], 8)
     # the ssh rows as the deploy user are their own cell, judged against the tiny model's target
     rows += [{**r, "target": bench_fleet.SSH_DEPLOY_USER, "wall_s": w}
              for r, w in zip(rows, (1.0, 1.4))]
