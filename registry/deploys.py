@@ -63,10 +63,9 @@ class DeployLedger:
         self.ledger = ledger or Ledger()
         self.provenance = provenance or Provenance.from_environment()
 
-    def __call__(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
-                 reason=None, details=None) -> None:
-        self.ledger.append(self.entry(action, outcome, host=host, from_version=from_version,
-                                      to_version=to_version, reason=reason, details=details))
+    def __call__(self, action: str, outcome: str, **fields) -> None:
+        """Write one row now (``fields`` as for ``entry``)."""
+        self.ledger.append(self.entry(action, outcome, **fields))
 
     def entry(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
               reason=None, details=None) -> Entry:
