@@ -31,6 +31,42 @@ def apply_config(host, transport: Transport, config: mc.ServingConfig, *, timeou
     return text, changed
 
 
+def refused_label(exc: Exception) -> bool:
+    """TF Serving refused a config because a label names a version that is not AVAILABLE."""
+    msg = getattr(exc, "message", str(exc))
+    return "FAILED_PRECONDITION" in msg and "not currently available for inference" in msg
+
+
+def apply_config_over(host, transport: Transport, config: mc.ServingConfig, previous: mc.ServingConfig,
+                      client, *, timeout: float, interval: float = 0.2) -> tuple[str, bool]:
+    """``apply_config``, and once more if TF Serving's config poll undid ``previous`` meanwhile.
+
+    TF Serving's poll thread reads models.config *outside* the config lock (server.cc
+    ``PollFilesystemAndReloadConfig``), and a reload that adds a model holds that lock until the
+    model loads. So a poll that read the file just before our last write can apply that older text
+    right after our reload and unload the version we loaded (seen once: a first deploy of a
+    100 MB model to 8 hosts, refused at the switch). The switch's labels then name a version
+    that is not AVAILABLE and TF Serving refuses them — from the file too, on every poll. Here,
+    when every labelled version was loaded by ``previous`` (what this host applied last): put
+    ``previous`` back, wait (bounded) until those versions are AVAILABLE, and apply ``config``
+    again, once. Any other refusal is raised at once."""
+    from .errors import ServingError
+
+    needed = {(e.name, v) for e in config.entries for _, v in e.labels}
+    loaded_before = {(e.name, v) for e in previous.entries for v in e.versions}
+    try:
+        return apply_config(host, transport, config, timeout=timeout)
+    except ServingError as exc:
+        if not refused_label(exc) or not needed <= loaded_before:
+            raise           # not that race: a label on a version the previous config did not load
+        logger.warning("%s: %s; TF Serving's config poll may have re-applied an older models.config: "
+                       "applying the previous one again, then this one", host.name, exc.message)
+    apply_config(host, transport, previous, timeout=timeout)
+    for name, v in sorted(needed):
+        wait_loaded(client, name, v, timeout=timeout, interval=interval)
+    return apply_config(host, transport, config, timeout=timeout)
+
+
 def apply_text(host, transport: Transport, text: str, *, timeout: float) -> bool:
     """Write this exact models.config text back (the restore path) and reload; True if written.
 

@@ -147,7 +147,8 @@ class HostRun:
     def _write(self, target: ConfigTarget) -> None:
         config = compose(self.config, self.model, self.plan_base_path, target)
         self.touched = True
-        apply.apply_config(self.host, self.transport, config, timeout=self.opts.timeout)
+        apply.apply_config_over(self.host, self.transport, config, self.config, self.client,
+                                timeout=self.opts.timeout, interval=self.opts.poll_interval)
         self.config = config
 
     @property

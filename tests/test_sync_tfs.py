@@ -104,6 +104,41 @@ def test_grpc_reload_applies_the_config_at_once_and_reports_tf_servings_refusal(
     assert client.version_status(MODEL, 1).state == "AVAILABLE"
 
 
+def test_a_switch_refused_because_a_config_poll_reapplied_an_older_file_is_applied_again(tfserving_factory,
+                                                                                          tmp_path, bundle):
+    """TF Serving's config poll reads models.config outside its config lock; one that read the file
+    before our last write can apply that older text after our reload and unload the version we
+    loaded. The switch's label is then refused (from the file too, on every poll). The deploy's
+    write puts the previous config back, waits for the version and switches again, once."""
+    from types import SimpleNamespace
+
+    from serving_sync import apply
+
+    saved, m, request, golden, _ = bundle
+    base = tmp_path / "serving"
+    srv, t, client, text = _grpc_only_serving_v1(tfserving_factory, base, saved, m)
+    host = SimpleNamespace(name="web-1", grpc=srv.grpc_address)
+    mbase = mc.model_base_path(str(base), MODEL)
+    previous = mc.parse(text)                  # what this host applied last: v1 loaded, no label
+    switch = mc.apply_state(previous, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}))
+    # the stale poll: an older text (the model not yet configured) applied after our reload
+    assert reload_config(srv.grpc_address, "model_config_list {}").ok
+    client.wait_gone(MODEL, 1, timeout=30, interval=0.1)
+    with pytest.raises(ServingError) as e:     # what the switch met: the label is refused
+        reload_config(srv.grpc_address, mc.render(switch))
+    assert apply.refused_label(e.value)
+
+    apply.apply_config_over(host, t, switch, previous, client, timeout=30, interval=0.1)
+    assert client.label_version(MODEL, "stable") == 1
+    assert close(client.predict(MODEL, request, label="stable")["predictions"], golden["predictions"])
+    assert host_config.read(t) == switch                   # the file says what TF Serving applied
+    # a label on a version the previous config did not load is refused at once, not retried
+    bad = mc.apply_state(previous, mc.ModelState(MODEL, mbase, (1, 5), {"stable": 5}))
+    with pytest.raises(ServingError) as e:
+        apply.apply_config_over(host, t, bad, switch, client, timeout=5, interval=0.1)
+    assert apply.refused_label(e.value) and client.label_version(MODEL, "stable") == 1
+
+
 def test_kept_connections_reach_a_tf_serving_that_restarted(tfserving_factory, tmp_path, bundle):
     """The gRPC channel (kept per address) and the REST connection pool (kept per client) were
     opened before TF Serving stopped and came back on the same ports: the reload and requests
