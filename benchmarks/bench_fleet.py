@@ -5,9 +5,9 @@
 Local TF-Serving-compatible servers (``file://`` targets, and ``ssh://`` through a loopback
 OpenSSH sshd unless ``--no-ssh``) and a real ``mlflow server``, as the other benchmarks. The
 ``ssh://`` hosts log in two ways: as the user running the benchmark (root here, whose
-``~/.bashrc`` runs ``pyenv init`` for every command), and, tiny model only, as a deploy user
-created the way ``serving_host/install_server.sh`` creates one (bash and ``/etc/skel/.bashrc``;
-root only, else skipped loudly, and removed at the end). For each
+``~/.bashrc`` runs ``pyenv init`` for every command), and as a deploy user created the way
+``serving_host/install_server.sh`` creates one (bash and ``/etc/skel/.bashrc``; root only, else
+skipped loudly, and removed at the end) — the condition a production deploy runs in. For each
 model (the deploy tests' tiny SavedModel, ~40 KB like the digits model; and one with a
 ``--big-mb`` MB variable), each target and each fleet size (1 and ``--hosts``), each round
 promotes a new version and times ``mlops sync deploy --json --bake 0`` from Popen to exit, with
@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import _setup
+from benchmarks import _setup, subreaper
 
 TARGETS = {"tiny_ratio": 1.5, "big_ratio": 3.0, "breach_extra_s": 5.0}
 DEPLOY_USER = "mlopsdeploybench"
@@ -100,7 +100,7 @@ def _sshd(lab):
         d = lab.root / "sshd"
         d.mkdir(exist_ok=True)
         key = d / "id_ed25519"
-        lab._bench_sshd = start_sshd(d / "server", user_key=(key, keygen(key)))
+        lab._bench_sshd = start_sshd(d / "server", user_key=(key, keygen(key)), wrap=subreaper.PREFIX)
         lab._stack.callback(lab._bench_sshd.stop)
     return lab._bench_sshd
 
@@ -128,7 +128,8 @@ def _deploy_user_sshd(lab):
     os.chmod(d, 0o755)                      # sshd reads authorized_keys below it as that user
     lab._stack.callback(shutil.rmtree, d, True)
     key = d / "id_ed25519"
-    lab._bench_deploy_sshd = start_sshd(d / "server", user_key=(key, keygen(key)), user=DEPLOY_USER)
+    lab._bench_deploy_sshd = start_sshd(d / "server", user_key=(key, keygen(key)), user=DEPLOY_USER,
+                                        wrap=subreaper.PREFIX)
     lab._stack.callback(lab._bench_deploy_sshd.stop)
     return lab._bench_deploy_sshd
 
@@ -191,7 +192,7 @@ def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root,
 def _timed_deploy(env, model: str, target: str, n_hosts: int, mode: str, flags: list[str], i: int, v: int,
                   log) -> dict:
     servers = [h.server.proc.pid for h in env.fleet.hosts]
-    sshd = [env.fleet.sshd().proc.pid] if target != "file" else []
+    sshd = subreaper.sshd_pids(env.fleet.sshd()) if target != "file" else []
     busy0, srv0, cli0 = machine_busy_s(), process_cpu_s(servers), children_cpu_s()
     sshd0 = process_cpu_s(sshd, reaped_children=True)
     doc, t0, t1, r = _cli("sync", "deploy", "--json", "--bake", "0", *flags)
@@ -287,7 +288,8 @@ def summarize(rows: list[dict], n_hosts: int) -> dict:
     return out
 
 
-CELLS = (("tiny", "file"), ("tiny", "ssh"), ("tiny", SSH_DEPLOY_USER), ("big", "file"), ("big", "ssh"))
+CELLS = (("tiny", "file"), ("tiny", "ssh"), ("tiny", SSH_DEPLOY_USER), ("big", "file"), ("big", "ssh"),
+         ("big", SSH_DEPLOY_USER))
 
 
 def _cell_name(model: str, target: str) -> str:
@@ -342,8 +344,12 @@ def render(summary: dict, breach: dict | None, checks: list[dict], n_hosts: int)
     return "\n".join(lines)
 
 
+def cell_names() -> list[str]:
+    return [_cell_name(m, t) for m, t in CELLS]
+
+
 def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True, wait: float = 600.0,
-        results_dir=None,
+        results_dir=None, cells: list[str] | None = None,
         command: str = "", log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     rows: list[dict] = []
     with _setup.Lab() as lab:
@@ -356,7 +362,8 @@ def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True
         quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
         started = _setup.machine()
         for model, target in CELLS:
-            if model == "big" and not big_mb or target != "file" and not ssh or not rounds:
+            if model == "big" and not big_mb or target != "file" and not ssh or not rounds \
+                    or cells and _cell_name(model, target) not in cells:
                 continue
             rows += fleet_rounds(lab, (1, n_hosts), rounds, model, big_root, log, target)
         breach = canary_breach(lab, bake, log) if bake else None
@@ -365,6 +372,7 @@ def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True
     doc = {"command": command or f"python -m benchmarks.bench_fleet --rounds {rounds} --hosts {n_hosts} "
                                  f"--big-mb {big_mb} --bake {bake:g}",
            "settings": {"rounds": rounds, "hosts": n_hosts, "big_mb": big_mb, "bake_s": bake,
+                        "cells": cells or cell_names(),
                         "targets": "file:// + local TF-Serving-compatible servers with gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "canary_breach": breach,
            "targets": checks, "rounds": rows}
@@ -381,9 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bake", type=float, default=2.0, help="bake of the canary-breach run (0: skip it)")
     ap.add_argument("--max-wait", type=float, default=600.0, help="wait at most S seconds for a quiet machine")
     ap.add_argument("--no-ssh", action="store_true", help="file:// hosts only")
+    ap.add_argument("--cell", action="append", choices=cell_names(), dest="cells",
+                    help="measure only this cell (repeatable; default: every cell)")
     args = ap.parse_args(argv)
     rounds, big = (1, 0) if args.quick else (args.rounds, args.big_mb)
     run(rounds=rounds, n_hosts=args.hosts, big_mb=big, bake=args.bake, ssh=not args.no_ssh, wait=args.max_wait,
+        cells=args.cells,
         command="python -m benchmarks.bench_fleet " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 

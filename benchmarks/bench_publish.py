@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import _setup
+from benchmarks import _setup, subreaper
 
 METHODS = ("scp", "rsync", "sftp_put", "ours_publish", "ours_already_present", "ours_present_cold")
 TARGETS = {"large_vs_scp_throughput": 1.0, "large_vs_sftp_throughput": 1.0, "many_speedup_vs_sftp_put": 3.0,
@@ -184,13 +184,14 @@ def _cpu(sshd) -> tuple[float, float]:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     server = 0.0
-    proc = getattr(sshd, "proc", None)
-    if proc is not None:
-        try:
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            server = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            server = 0.0
+    if getattr(sshd, "proc", None) is not None:
+        # sshd and the subreaper it runs under: a non-root user's sessions are orphaned by sshd
+        for pid in subreaper.sshd_pids(sshd):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                server += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
     return client, server
 
 
@@ -389,7 +390,7 @@ def _run_setup(setup: dict, datasets: dict[str, Path], work: Path, repeats: int,
         elif user and user != "root":
             user = None                                   # not root: log in as ourselves
         key = work / "id_ed25519"
-        server = start_sshd(work / "sshd", user_key=(key, keygen(key)), user=user)
+        server = start_sshd(work / "sshd", user_key=(key, keygen(key)), user=user, wrap=subreaper.PREFIX)
         return bench(server, datasets, dest_root_path, repeats, log=log), server.user
     finally:
         if server is not None:

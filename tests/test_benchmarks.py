@@ -205,6 +205,27 @@ def test_fleet_benchmark_reads_cpu_time_of_the_machine_and_of_given_processes():
         "target": "tiny ssh (deploy user) model: 8 hosts <= 1.5x one host (--bake 0)", "value": 1.4, "met": True}
 
 
+def test_subreaper_counts_the_cpu_of_orphans_and_keeps_the_exit_status(tmp_path):
+    """sshd orphans a non-root user's session; under benchmarks/subreaper.py its CPU is still
+    counted (the wrapper waits for it, so it reaches the wrapper's reaped-children time)."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench_fleet, subreaper
+
+    burn = (f"{sys.executable} -c 'import time\nend = time.process_time() + 0.3\n"
+            f"while time.process_time() < end: pass' &")
+    cli0, start = bench_fleet.children_cpu_s(), time.monotonic()
+    r = subprocess.run([*subreaper.PREFIX, "sh", "-c", f"{burn} exit 3"], timeout=60)
+    # the shell exited at once; the wrapper waited for its orphan and kept the shell's status
+    assert r.returncode == 3 and time.monotonic() - start >= 0.25
+    assert bench_fleet.children_cpu_s() - cli0 >= 0.25
+    # an sshd's share is read from the wrapper and from sshd itself (its PidFile)
+    server = SimpleNamespace(proc=SimpleNamespace(pid=4242), dir=tmp_path)
+    assert subreaper.sshd_pids(server) == [4242]
+    (tmp_path / "sshd.pid").write_text("4343\n")
+    assert subreaper.sshd_pids(server) == [4242, 4343]
+
+
 def test_warmup_benchmark_reads_the_first_answers_of_the_new_version():
     S = _traffic.Sample
     samples = [S(0.0, 0.003, 200, "unversioned", "a"), S(0.5, 0.502, 200, "unversioned", "a"),

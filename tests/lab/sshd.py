@@ -118,8 +118,10 @@ def ensure_user(name: str, *, login_shell: bool = False) -> bool:
 
 def start_sshd(dir: Path, *, user_key: tuple[Path, str], user: str | None = None,
                pin_key_pub: str | None = None, extra_config: tuple[str, ...] = (),
-               timeout: float = 20) -> SshdServer:
-    """Start one sshd in ``dir`` (config, host key, authorized_keys, log); wait for its banner."""
+               timeout: float = 20, wrap: tuple[str, ...] = ()) -> SshdServer:
+    """Start one sshd in ``dir`` (config, host key, authorized_keys, log); wait for its banner.
+    ``wrap``: a command prefix sshd runs under (the fleet benchmark's ``benchmarks/subreaper.py``;
+    ``proc`` is then the wrapper, sshd's own pid is in ``dir/sshd.pid``)."""
     need_tools()
     dir.mkdir(parents=True, exist_ok=True)
     os.chmod(dir, 0o755)  # a non-root login user must be able to read authorized_keys
@@ -156,7 +158,7 @@ def start_sshd(dir: Path, *, user_key: tuple[Path, str], user: str | None = None
     ]))
     log = dir / "sshd.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out,
+        proc = subprocess.Popen([*wrap, SSHD, "-D", "-e", "-f", str(config)], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     known = dir / "known_hosts"
