@@ -173,19 +173,25 @@ def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root,
             return env.register_bundle(big_root / "big100", "big100", like="b", experiment="bench-fleet")
         return env.register(kind)
 
-    for env in envs.values():
-        lab.set_env(env.env)
-        env.promote(new_version(env, "a"))
-        if env.deploy().status != "deployed":
-            raise RuntimeError("the first deploy failed")
     out = []
-    for i in range(rounds):
-        for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
-            for n, env in envs.items():
-                lab.set_env(env.env)
-                v = new_version(env, KINDS[len(out) % 2])
-                env.promote(v)
-                out.append(_timed_deploy(env, model, target, n, mode, flags, i, v, log))
+    try:
+        for env in envs.values():
+            lab.set_env(env.env)
+            env.promote(new_version(env, "a"))
+            if env.deploy().status != "deployed":
+                raise RuntimeError("the first deploy failed")
+        for i in range(rounds):
+            for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
+                for n, env in envs.items():
+                    lab.set_env(env.env)
+                    v = new_version(env, KINDS[len(out) % 2])
+                    env.promote(v)
+                    out.append(_timed_deploy(env, model, target, n, mode, flags, i, v, log))
+    finally:
+        # the servers go back to the pool, reset (models unloaded), for the next cell: without it
+        # every cell kept 9 more servers and their models in memory (a full run ran out of it)
+        for env in envs.values():
+            env.close()
     return out
 
 

@@ -125,8 +125,11 @@ class HostFleet:
         return (host.base / "models.config").read_text()
 
     def close(self) -> None:
-        """Stop the S3 mirrors and give the borrowed servers back to the pool."""
-        for stop in self._stops:
+        """Stop the S3 mirrors and give the borrowed servers back to the pool (once: a second
+        close does nothing, so no server is handed out twice)."""
+        stops, self._stops = self._stops, []
+        borrowed, self._borrowed = self._borrowed, []
+        for stop in stops:
             stop()
-        for server in self._borrowed:
+        for server in borrowed:
             self.pool.give_back(server)
