@@ -52,6 +52,22 @@ def _mem_gib() -> float | None:
     return None
 
 
+def process_cpu_s(pids, *, reaped_children: bool = False) -> float:
+    """User + system CPU seconds of these processes: their own, plus, with ``reaped_children``,
+    that of their children that exited and were waited for (sshd: its sessions and the shells,
+    tar and hashing they ran)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        fields = parts[11:15] if reaped_children else parts[11:13]
+        total += sum(int(x) for x in fields) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def machine() -> dict:
     """Where a figure was measured (CPU, cores, memory, kernel, Python, load average now)."""
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _mem_gib(),

@@ -69,20 +69,7 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu_s(pids, *, reaped_children: bool = False) -> float:
-    """User + system CPU seconds of these processes: their own, plus, with ``reaped_children``,
-    that of their children that exited and were waited for (sshd: its sessions and the shells,
-    tar and hashing they ran)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        fields = parts[11:15] if reaped_children else parts[11:13]
-        total += sum(int(x) for x in fields) / os.sysconf("SC_CLK_TCK")
-    return total
+process_cpu_s = _setup.process_cpu_s
 
 
 def children_cpu_s() -> float:

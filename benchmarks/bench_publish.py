@@ -183,15 +183,9 @@ def _cpu(sshd) -> tuple[float, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-    server = 0.0
-    if getattr(sshd, "proc", None) is not None:
-        # sshd and the subreaper it runs under: a non-root user's sessions are orphaned by sshd
-        for pid in subreaper.sshd_pids(sshd):
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                server += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-            except (OSError, IndexError, ValueError):
-                pass
+    # sshd and the subreaper it runs under: a non-root user's sessions are orphaned by sshd
+    server = _setup.process_cpu_s(subreaper.sshd_pids(sshd), reaped_children=True) \
+        if getattr(sshd, "proc", None) is not None else 0.0
     return client, server
 
 
