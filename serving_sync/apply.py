@@ -23,9 +23,11 @@ logger = log.get("sync.apply")
 END_GRACE_SECONDS = 15.0
 
 
-def apply_config(host, transport: Transport, config: mc.ServingConfig, *, timeout: float) -> tuple[str, bool]:
-    """Write ``config`` (skipped when unchanged), then ask TF Serving to reload it over gRPC."""
-    text, changed = host_config.write(transport, config)
+def apply_config(host, transport: Transport, config: mc.ServingConfig, *, timeout: float,
+                 known: mc.ServingConfig | None = None) -> tuple[str, bool]:
+    """Write ``config`` (skipped when unchanged), then ask TF Serving to reload it over gRPC.
+    ``known``: the config this deploy last applied there (``host_config.write_text``)."""
+    text, changed = host_config.write(transport, config, known=known)
     if changed:
         reload(host, text, timeout=timeout)
     return text, changed
@@ -55,16 +57,16 @@ def apply_config_over(host, transport: Transport, config: mc.ServingConfig, prev
     needed = {(e.name, v) for e in config.entries for _, v in e.labels}
     loaded_before = {(e.name, v) for e in previous.entries for v in e.versions}
     try:
-        return apply_config(host, transport, config, timeout=timeout)
+        return apply_config(host, transport, config, timeout=timeout, known=previous)
     except ServingError as exc:
         if not refused_label(exc) or not needed <= loaded_before:
             raise           # not that race: a label on a version the previous config did not load
         logger.warning("%s: %s; TF Serving's config poll may have re-applied an older models.config: "
                        "applying the previous one again, then this one", host.name, exc.message)
-    apply_config(host, transport, previous, timeout=timeout)
+    apply_config(host, transport, previous, timeout=timeout, known=config)
     for name, v in sorted(needed):
         wait_loaded(client, name, v, timeout=timeout, interval=interval)
-    return apply_config(host, transport, config, timeout=timeout)
+    return apply_config(host, transport, config, timeout=timeout, known=previous)
 
 
 def apply_text(host, transport: Transport, text: str, *, timeout: float) -> bool:

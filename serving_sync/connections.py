@@ -114,9 +114,7 @@ def release(conn: HostConn) -> None:
         first = exc
     try:
         with open_transport(conn.host) as t:
-            again = HostLock(t)
-            again.info = lock.info
-            again.release()
+            lock.over(t).release()
             logger.info("%s: released the deploy lock over a new connection", conn.host.name)
     except Exception as exc:  # noqa: BLE001
         logger.warning("%s: could not release the deploy lock (%s; then %s); if no deploy is running, "

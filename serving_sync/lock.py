@@ -182,6 +182,7 @@ class HostLock:
         self.trouble: str | None = None    # last heartbeat error (retried)
         self._thread: _Heartbeat | None = None
         self._beat_lock = threading.Lock()
+        self._created = b""                # the lock file's bytes as this lock created them
 
     def _new(self) -> LockInfo:
         now = self.clock()
@@ -213,8 +214,10 @@ class HostLock:
         took: tuple[LockInfo | None, str, str] | None = None
         for _ in range(4):   # bounded: the lock may change between create, read and takeover
             info = self._new()
-            if self.transport.create_exclusive(LOCK_PATH, info.to_json()):
+            raw = info.to_json()
+            if self.transport.create_exclusive(LOCK_PATH, raw):
                 self.info, self.lost, self.trouble = info, None, None
+                self._created = raw     # the lock file never changes while held (beats go elsewhere)
                 self._start_heartbeat()
                 if took is not None:
                     _record_takeover(self.model, where, *took, info)
@@ -290,15 +293,28 @@ class HostLock:
         if self.info is None:
             return
         info = self.info      # kept until the lock is gone: a caller may retry over a new connection
-        got = self._read()
-        if got is not None and got[1] is not None and got[1].token == info.token:
-            if not self.transport.remove_if_same(LOCK_PATH, got[0]):
+        # compare-and-delete against the bytes we created (the file is read once, under the guard);
+        # read first only when those bytes are unknown
+        expected = self._created
+        if not expected:
+            got = self._read()
+            if got is not None and got[1] is not None and got[1].token == info.token:
+                expected = got[0]
+        if not (expected and self.transport.remove_if_same(LOCK_PATH, expected)):
+            got = self._read()
+            if got is not None and got[1] is not None and got[1].token == info.token:
                 logger.warning("%s: the lock changed while releasing it; leaving it", self.transport.url)
-        else:
-            logger.warning("%s: the lock was taken over by someone else; leaving it", self.transport.url)
+            else:
+                logger.warning("%s: the lock was taken over by someone else; leaving it", self.transport.url)
         with self._beat_lock:
             self.info = None
         self._remove_quietly(heartbeat_path(info.token))
+
+    def over(self, transport: Transport) -> "HostLock":
+        """This held lock, to release over another connection to the same host."""
+        again = HostLock(transport)
+        again.info, again._created = self.info, self._created
+        return again
 
     def _remove_quietly(self, rel: str) -> None:
         try:

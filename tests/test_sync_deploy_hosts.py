@@ -100,6 +100,33 @@ def test_deploy_over_ssh_and_file_hosts_then_noop(deploy_env, sshd_factory):
     assert r.status == "up_to_date" and all(h.status == "up_to_date" for h in r.hosts)
 
 
+# Round trips, not bytes, bound a deploy to a distant host: every SFTP request waits for its
+# answer (at 50 ms RTT, 100 of them are 5 s per host). Counted: a v1 -> v2 deploy to one host,
+# tiny model (lock, observe, publish, four config steps, verified record, retention, release).
+SFTP_REQUESTS_PER_HOST = 71
+
+
+def test_a_deploy_to_an_ssh_host_stays_within_its_round_trip_budget(deploy_env, sshd_factory, monkeypatch):
+    import paramiko.sftp_client
+
+    from serving_sync.transports.ssh import SshTransport
+
+    env = deploy_env
+    h = env.add_host("ssh")
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    sftp, execs = [], []
+    request, open_exec = paramiko.sftp_client.SFTPClient._async_request, SshTransport._open_exec
+    monkeypatch.setattr(paramiko.sftp_client.SFTPClient, "_async_request",
+                        lambda self, *a: (sftp.append(a[1]), request(self, *a))[1])
+    monkeypatch.setattr(SshTransport, "_open_exec", lambda self, cmd: (execs.append(cmd), open_exec(self, cmd))[1])
+    assert env.deploy().status == "deployed"
+    env.serves(h, v2)
+    assert len(execs) == 1                                   # the publish script: one login shell
+    assert 0 < len(sftp) <= SFTP_REQUESTS_PER_HOST, f"{len(sftp)} SFTP requests for one host"
+
+
 # --- S3 ----------------------------------------------------------------------------------------
 def test_s3_target_publishes_the_objects_and_writes_models_config(deploy_env, s3_env):
     env = deploy_env

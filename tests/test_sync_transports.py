@@ -131,3 +131,24 @@ def test_models_config_on_the_host_read_write_unchanged_and_malformed(hut):
     with pytest.raises(ConfigError) as e:
         host_config.read(hut.transport)
     assert "models.config is malformed" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_models_config_written_over_a_known_text_skips_the_read_and_never_skips_a_needed_write(hut, monkeypatch):
+    """``known`` (what the deploy last applied) saves the read before a write; a wrong belief
+    costs an identical rewrite at most, and only a read of the very same text skips the write."""
+    from serving_sync import host_config
+
+    t = hut.transport
+    reads = []
+    read = t.read_file
+    monkeypatch.setattr(t, "read_file", lambda rel, *a: (reads.append(rel), read(rel, *a))[1])
+    hut.raw_write("models.config", b"A")
+    assert host_config.write_text(t, "B", known="A") is True and reads == []
+    assert hut.raw_read("models.config") == b"B"
+    assert host_config.write_text(t, "B", known="B") is False and reads == ["models.config"]
+    hut.raw_write("models.config", b"C")                  # changed behind the caller's back
+    assert host_config.write_text(t, "B", known="B") is True
+    assert hut.raw_read("models.config") == b"B"
+    assert host_config.write_text(t, "B", known="Z") is True      # wrong belief: rewritten, same text
+    assert hut.raw_read("models.config") == b"B"
+    assert host_config.write_text(t, "B") is False                # no belief: read, unchanged

@@ -141,6 +141,16 @@ class SshTransport(Transport):
                 self._sftp.get_channel().settimeout(self.op_timeout)
         return self._sftp
 
+    def _create(self, path: str):
+        """Open a new file for writing (exclusive create), making its directories only when the
+        host says they are missing: a stat per parent before every write was a round trip each,
+        and a deploy's writes go to directories that exist."""
+        try:
+            return self.sftp.open(path, "wbx")
+        except FileNotFoundError:     # SSH_FX_NO_SUCH_FILE: a parent is missing
+            self._makedirs(posixpath.dirname(path))
+        return self.sftp.open(path, "wbx")
+
     def _makedirs(self, path: str) -> None:
         """``mkdir -p`` over SFTP (a few cheap round trips, no process spawn)."""
         missing: list[str] = []
@@ -274,8 +284,7 @@ class SshTransport(Transport):
         doing = f"writing {rel}"
         with self._io(doing):
             try:
-                self._makedirs(posixpath.dirname(path))
-                with self.sftp.open(tmp, "wbx") as f:
+                with self._create(tmp) as f:
                     f.write(data)
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
@@ -298,11 +307,10 @@ class SshTransport(Transport):
         path = self._p(rel)
         doing = f"creating {rel}"
         with self._io(doing):
-            self._makedirs(posixpath.dirname(path))
             failure: OSError | None = None
             for _ in range(5):
                 try:
-                    f = self.sftp.open(path, "wbx")   # SSH_FXF_CREAT|EXCL -> O_CREAT|O_EXCL on the host
+                    f = self._create(path)   # SSH_FXF_CREAT|EXCL -> O_CREAT|O_EXCL on the host
                 except OSError as exc:
                     # SFTP says only "Failure" for an existing file. A file that is not there
                     # may have been removed just now by its holder: create again (bounded).
