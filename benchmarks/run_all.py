@@ -11,6 +11,7 @@ e) grpc      — gRPC predict vs REST predict throughput on the digits model (be
 f) fleet     — deploy to 8 hosts vs 1 (--bake 0), parallel vs sequential; a canary breach (bench_fleet.py)
 g) store     — bytes sent and time to publish to 8 SSH hosts: own SSH streams vs a shared S3 store (bench_store.py)
 h) warmup    — the first live request after a switch, with and without the warmup file (bench_warmup.py)
+i) latency   — deploy wall time to one ssh:// host as its round trip grows, 0 / 20 / 50 ms (bench_latency.py)
 
 Before each benchmark's measured part it waits (bounded, 10 minutes) for the 1-minute load
 average to drop below 1.5 and records it. ``--quick`` runs each in its shortest form (for a
@@ -26,7 +27,7 @@ import traceback
 
 from benchmarks import _setup
 
-ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup")
+ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup", "latency")
 
 
 def plan(quick: bool) -> dict[str, dict]:
@@ -45,6 +46,8 @@ def plan(quick: bool) -> dict[str, dict]:
                   "ssh": not quick},
         "store": {"hosts": 8, "mb": 5 if quick else 100, "rounds": 1 if quick else 3},
         "warmup": {"rounds": 1 if quick else 5},
+        "latency": {"rounds": 1 if quick else 3, "rtts": (0.0, 0.02) if quick else (0.0, 0.02, 0.05),
+                    "baseline": None},
     }
 
 

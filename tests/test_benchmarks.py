@@ -136,7 +136,8 @@ def test_e2e_breakdown_and_table():
 
 
 def test_run_all_knows_the_benchmarks_and_refuses_others(capsys):
-    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup")
+    assert run_all.ORDER == ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup",
+                             "latency")
     quick, full = run_all.plan(True), run_all.plan(False)
     assert set(quick) == set(full) == set(run_all.ORDER)
     assert full["publish"]["sizes_mb"] == [200, 1000] and full["publish"]["many_files"] == 1500
@@ -258,3 +259,53 @@ def test_warmup_benchmark_deploys_a_version_that_carries_the_warmup_file(deploy_
 
     published = rig.host.base / deploy_env.model / str(d["version"]) / WARMUP_FILE
     assert published.stat().st_size > 0       # the file travelled: registry -> publish -> the host
+
+
+def test_delay_proxy_adds_its_round_trip_and_passes_bytes_and_half_close_intact():
+    """The latency benchmark's distant host: each exchange through the proxy takes >= rtt."""
+    import socket
+    import threading
+    import time
+
+    from tests.lab.netfaults import DelayProxy
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(5)
+
+    def echo():
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(5)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+    threading.Thread(target=echo, daemon=True).start()
+    proxy = DelayProxy(srv.getsockname()[1], 0.1)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as c:
+            payload = bytes(range(256)) * 1024
+            for _ in range(2):
+                t0 = time.monotonic()
+                c.sendall(b"x")
+                assert c.recv(1) == b"x"
+                assert 0.1 <= time.monotonic() - t0 < 2.0
+            c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)            # the echo server sees EOF and closes: so do we
+            got = b""
+            while chunk := c.recv(65536):
+                got += chunk
+            assert got == payload
+        assert proxy.connections == 1
+    finally:
+        proxy.stop()
+        srv.close()
+
+
+def test_latency_benchmark_summary_counts_round_trips_from_the_slope():
+    from benchmarks import bench_latency
+
+    rows = [{"code": "this", "rtt_ms": rtt, "wall_s": wall} for rtt, wall in
+            ((0.0, 1.0), (0.0, 1.2), (0.0, 5.0), (20.0, 3.0), (20.0, 3.2), (20.0, 2.9), (50.0, 7.1))]
+    s = bench_latency.summarize(rows)["this"]
+    assert s["wall_s"] == {"0": 1.2, "20": 3.0, "50": 7.1}
+    assert s["sequential_round_trips"] == {"20": 90.0, "50": 118.0}
+    assert "round trips @50 ms" in bench_latency.render({"this": s})
