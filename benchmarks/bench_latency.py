@@ -1,6 +1,6 @@
-"""(i) A distant host: deploy wall time to one ``ssh://`` host as its round trip grows.
+"""(i) Distant hosts: deploy wall time to ``ssh://`` hosts as their round trip grows.
 
-    python -m benchmarks.bench_latency [--rounds 3] [--rtt 0,20,50] [--baseline /tmp/before]
+    python -m benchmarks.bench_latency [--rounds 3] [--rtt 0,20,50] [--hosts 1] [--baseline /tmp/before]
 
 On a fleet the hosts are other machines, often in another zone or region, and every SFTP request,
 REST call and gRPC reload of a deploy waits for its answer. Here one local TF-Serving-compatible
@@ -11,7 +11,9 @@ through a ``tests.lab.netfaults.DelayProxy`` that holds every chunk ``rtt / 2`` 
 round promotes a new version and times ``mlops sync deploy --json --bake 0 --hosts FILE`` from
 Popen to exit, for every ``--rtt`` (0: the same proxies without delay — the baseline of the same
 run). The slope ``(T(rtt) - T(0)) / rtt`` is the number of round trips the deploy waits for in
-sequence (its critical path), which is what a far host costs.
+sequence (its critical path), which is what a far host costs. ``--hosts N``: N such hosts (one
+sshd, each host its own proxies), deployed in parallel as a fleet is, so the slope shows what
+still grows with N (results: ``latency_<N>_hosts.json``).
 
 ``--baseline DIR`` (a ``git worktree`` of an earlier commit) deploys with that checkout's
 ``mlops`` too, interleaved in the same rounds, so a change in round trips shows as a change of
@@ -36,29 +38,33 @@ def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
-def _proxied_hosts_file(lab, host, sshd, rtt: float, proxies: list) -> Path:
-    """A hosts file for ``host`` whose SSH, REST and gRPC go through delay proxies of ``rtt``."""
+def _proxied_hosts_file(lab, hosts, sshd, rtt: float, proxies: list) -> Path:
+    """A hosts file for ``hosts`` whose SSH, REST and gRPC each go through a delay proxy of ``rtt``."""
     from tests.lab.hosts import toml_value
     from tests.lab.netfaults import DelayProxy
 
-    ssh = DelayProxy(sshd.port, rtt)
-    rest = DelayProxy(urlsplit(host.server.rest_url).port, rtt)
-    grpc = DelayProxy(_port(host.entry["grpc"]), rtt)
-    proxies += [ssh, rest, grpc]
     d = lab.root / f"latency-{int(rtt * 1000)}ms"
     d.mkdir(exist_ok=True)
-    known = d / "known_hosts"
+    known, text = [], ""
     key = sshd.host_key_pub.split()
-    known.write_text(f"[127.0.0.1]:{ssh.port} {key[0]} {key[1]}\n")
-    entry = {**host.entry, "target": f"ssh://{sshd.user}@127.0.0.1:{ssh.port}{host.base}",
-             "known_hosts": str(known), "rest_url": f"http://127.0.0.1:{rest.port}",
-             "grpc": f"127.0.0.1:{grpc.port}"}
+    for host in hosts:
+        ssh = DelayProxy(sshd.port, rtt)
+        rest = DelayProxy(urlsplit(host.server.rest_url).port, rtt)
+        grpc = DelayProxy(_port(host.entry["grpc"]), rtt)
+        proxies += [ssh, rest, grpc]
+        known.append(f"[127.0.0.1]:{ssh.port} {key[0]} {key[1]}\n")
+        entry = {**host.entry, "target": f"ssh://{sshd.user}@127.0.0.1:{ssh.port}{host.base}",
+                 "known_hosts": str(d / "known_hosts"), "rest_url": f"http://127.0.0.1:{rest.port}",
+                 "grpc": f"127.0.0.1:{grpc.port}"}
+        text += "[[hosts]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in entry.items()) + "\n"
+    (d / "known_hosts").write_text("".join(known))
     path = d / "hosts.toml"
-    path.write_text("[[hosts]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in entry.items()))
+    path.write_text(text)
     return path
 
 
-def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], log) -> tuple[list[dict], dict]:
+def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], n_hosts: int,
+            log) -> tuple[list[dict], dict]:
     from benchmarks.bench_fleet import DEPLOY_USER, _deploy_user_sshd, _hand_bases_to, _sshd
 
     rows: list[dict] = []
@@ -70,11 +76,11 @@ def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], log
         if sshd is None:
             sshd, user = _sshd(lab), "the current user"
         env.fleet.sshd_factory = lambda: sshd
-        [host] = env.add_hosts(1, "ssh")
+        hosts = env.add_hosts(n_hosts, "ssh")
         if user == DEPLOY_USER:
-            _hand_bases_to([host], DEPLOY_USER)
+            _hand_bases_to(hosts, DEPLOY_USER)
         try:
-            files = {rtt: _proxied_hosts_file(lab, host, sshd, rtt, proxies) for rtt in rtts}
+            files = {rtt: _proxied_hosts_file(lab, hosts, sshd, rtt, proxies) for rtt in rtts}
             env.promote(env.register("a"))
             if env.deploy().status != "deployed":
                 raise RuntimeError("the first deploy failed")
@@ -122,22 +128,24 @@ def render(summary: dict) -> str:
     return _setup.table(head, rows)
 
 
-def run(*, rounds: int, rtts: tuple[float, ...], baseline: Path | None, wait: float = 600.0,
+def run(*, rounds: int, rtts: tuple[float, ...], baseline: Path | None, n_hosts: int = 1, wait: float = 600.0,
         results_dir=None, command: str = "", log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     codes = {"this": _setup.REPO}
     if baseline is not None:
         codes = {"baseline": Path(baseline).resolve(), **codes}
     quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
-    rows, conditions = measure(rounds=rounds, rtts=rtts, codes=codes, log=log)
+    rows, conditions = measure(rounds=rounds, rtts=rtts, codes=codes, n_hosts=n_hosts, log=log)
     summary = summarize(rows)
     doc = {"command": command or "python -m benchmarks.bench_latency",
-           "settings": {"rounds": rounds, "rtt_ms": [round(r * 1000, 1) for r in rtts],
+           "settings": {"rounds": rounds, "rtt_ms": [round(r * 1000, 1) for r in rtts], "hosts": n_hosts,
                         "codes": {k: {"path": str(v), "commit": _setup.git_commit(v)} for k, v in codes.items()},
-                        "host": "one ssh:// host (loopback sshd, login " + conditions["login"] + "), REST and "
-                                "gRPC, each through a DelayProxy; tiny model; --bake 0; Popen to exit"},
+                        "host": f"{n_hosts} ssh:// host(s) (one loopback sshd, login {conditions['login']}); "
+                                "each host's SSH, REST and gRPC through its own DelayProxy; tiny model; --bake 0; "
+                                "Popen to exit"},
            "machine_at_start": conditions["started"], "quiet_wait": quiet, "summary": summary,
            "rounds": rows}
-    return _setup.report("latency", doc, render(summary), results_dir)
+    return _setup.report("latency" if n_hosts == 1 else f"latency_{n_hosts}_hosts", doc, render(summary),
+                         results_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,12 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtt", default=",".join(f"{r * 1000:g}" for r in DEFAULT_RTTS),
                     help="round trips to add, in ms, comma-separated (0 is the baseline; added if missing)")
     ap.add_argument("--baseline", type=Path, help="an earlier checkout (git worktree) to deploy with too")
+    ap.add_argument("--hosts", type=int, default=1, help="hosts in the fleet, each behind its own proxies")
     ap.add_argument("--max-wait", type=float, default=600.0, help="wait at most S seconds for a quiet machine")
     args = ap.parse_args(argv)
     rtts = tuple(sorted({0.0, *(float(x) / 1000 for x in args.rtt.split(",") if x.strip())}))
     if args.baseline is not None and not (args.baseline / "mlops").is_dir():
         ap.error(f"--baseline {args.baseline} is not a checkout of this project (no mlops/ in it)")
-    run(rounds=args.rounds, rtts=rtts, baseline=args.baseline, wait=args.max_wait,
+    run(rounds=args.rounds, rtts=rtts, baseline=args.baseline, n_hosts=args.hosts, wait=args.max_wait,
         command="python -m benchmarks.bench_latency " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 

@@ -1,9 +1,10 @@
-"""Open every host (transport + TF Serving client) and take every host's lock, in a fixed order.
+"""Open every host (transport + TF Serving client) and take every host's lock.
 
-Locks are taken in host-name order, so two deploys over overlapping fleets cannot each hold a
-part and wait for the rest. ``--lock-wait`` waits (bounded) for a lock another deploy holds;
-the default (0) fails at once with one line naming the owner. Releasing a lock after the
-connection dropped reconnects once, so an interrupted deploy does not leave its lock behind.
+Locks are first tried all at once without waiting; when one is held they are taken in host-name
+order, so two deploys over overlapping fleets cannot each hold a part and wait for the rest.
+``--lock-wait`` waits (bounded) for a lock another deploy holds; the default (0) fails at once
+with one line naming the owner. Releasing a lock after the connection dropped reconnects once,
+so an interrupted deploy does not leave its lock behind.
 """
 from __future__ import annotations
 
@@ -88,19 +89,56 @@ def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "d
     return lock
 
 
+# Locks tried at once in the first pass (each try is a few SFTP round trips over an open
+# connection: no new connections, so no MaxStartups concern).
+LOCK_AT_ONCE = 32
+
+
+def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
+             model: str | None) -> BaseException | None:
+    """Every lock at once, without waiting: None when all were taken; else every lock this pass
+    took is released again and the first host's error (in name order) is returned."""
+    def take(c: HostConn) -> None:
+        lock = HostLock(c.transport, break_lock=break_lock, purpose=purpose, model=model)
+        lock.acquire()
+        c.lock = lock
+
+    outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock")
+    failed = next((exc for _, exc in outcomes if exc is not None), None)
+    if failed is not None:
+        parallel.settle(release, [c for c in conns if c.lock is not None], workers=CONNECT_AT_ONCE,
+                        name="unlock")
+    return failed
+
+
 @contextlib.contextmanager
 def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float = 0.0,
            purpose: str = "deploy", model: str | None = None) -> Iterator[list[HostConn]]:
-    """Every host's lock, taken in name order and released at the end (even after errors)."""
+    """Every host's lock for the deploy, released at the end (even after errors).
+
+    First every lock is tried at once without waiting — a few round trips for the whole fleet
+    instead of a few per host in turn (100 hosts 50 ms away: 15 s). A try never waits, so it
+    cannot deadlock. When a lock is held, this pass gives back what it took and the locks are
+    taken one host after the other in name order, waiting up to ``wait`` for each: the order is
+    what keeps two waiting deploys from holding each other's hosts, and it names the first held
+    host as before. (Two deploys that start within a few round trips of each other may then both
+    fail at once — nothing is touched, and the rerun finds one of them done.) Releasing has no
+    order to keep and goes to every host at once: some 14 round trips per host."""
+    ordered = sorted(conns, key=lambda c: c.host.name)
     taken: list[HostConn] = []
     try:
-        for c in sorted(conns, key=lambda c: c.host.name):
-            c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model)
-            taken.append(c)
+        failed = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model)
+        if failed is None:
+            taken = ordered
+        elif not isinstance(failed, LockHeld):
+            raise failed
+        else:
+            for c in ordered:
+                c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model)
+                taken.append(c)
         yield conns
     finally:
-        for c in reversed(taken):
-            release(c)
+        parallel.settle(release, taken, workers=CONNECT_AT_ONCE, name="unlock")
 
 
 def release(conn: HostConn) -> None:

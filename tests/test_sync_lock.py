@@ -376,3 +376,86 @@ def test_retention_plan_and_apply_on_a_host(hut, tmp_path):
     assert hut.raw_names("digits") == ["1", "4", "5"]
     assert "2.json" not in hut.raw_names(".serving_sync/manifests/digits")
     assert hut.raw_read(manifest_path("digits", 4))
+
+
+# --- a fleet's locks (serving_sync.connections.locked) ------------------------------------------
+class _Host:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _MeetingTransport:
+    """A file transport whose lock create / compare-and-delete first meet the other hosts' at a
+    barrier: it only gets through when every host's call runs at the same time."""
+
+    def __init__(self, base, barrier, calls: list):
+        from serving_sync.transports.local import LocalTransport
+
+        self._t, self._barrier, self._calls = LocalTransport(base), barrier, calls
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+    def create_exclusive(self, rel, data):
+        if rel == LOCK_PATH:
+            self._calls.append("create")
+            self._barrier.wait(timeout=10)
+        return self._t.create_exclusive(rel, data)
+
+    def remove_if_same(self, rel, expected):
+        if rel == LOCK_PATH:
+            self._calls.append("remove")
+            self._barrier.wait(timeout=10)
+        return self._t.remove_if_same(rel, expected)
+
+
+def _fleet(tmp_path, n, barrier=None, calls=None):
+    from serving_sync.connections import HostConn
+    from serving_sync.transports.local import LocalTransport
+
+    conns = []
+    for i in range(n):
+        base = tmp_path / f"h{i}"
+        base.mkdir()
+        t = _MeetingTransport(base, barrier, calls) if barrier is not None else LocalTransport(base)
+        conns.append(HostConn(_Host(f"h{i}"), t, client=None))
+    return conns
+
+
+def test_a_fleets_locks_are_taken_and_released_on_every_host_at_once(tmp_path):
+    """Taken one host after the other, the barrier of the first host would never fill (10 s)."""
+    import threading
+
+    from serving_sync.connections import locked
+
+    calls: list = []
+    conns = _fleet(tmp_path, 4, threading.Barrier(4), calls)
+    with locked(conns):
+        assert all(c.lock is not None and (tmp_path / c.host.name / LOCK_PATH).exists() for c in conns)
+    assert calls == ["create"] * 4 + ["remove"] * 4
+    assert not any((tmp_path / c.host.name / LOCK_PATH).exists() for c in conns)
+
+
+def test_a_held_lock_in_the_fleet_gives_back_the_others_and_names_its_owner_or_is_waited_for(tmp_path):
+    import threading
+
+    from serving_sync.connections import locked
+    from serving_sync.transports.local import LocalTransport
+
+    conns = _fleet(tmp_path, 3)
+    other = HostLock(LocalTransport(tmp_path / "h1"), heartbeat_every=0)
+    other.acquire()
+    with pytest.raises(LockHeld, match="another deploy holds the lock"):
+        with locked(conns):
+            pass
+    assert [(tmp_path / f"h{i}" / LOCK_PATH).exists() for i in range(3)] == [False, True, False]
+    assert json.loads((tmp_path / "h1" / LOCK_PATH).read_bytes())["token"] == other.info.token
+    timer = threading.Timer(1.0, other.release)        # --lock-wait: taken in order once it is free
+    timer.start()
+    try:
+        with locked(conns, wait=30):
+            tokens = [json.loads((tmp_path / f"h{i}" / LOCK_PATH).read_bytes())["token"] for i in range(3)]
+            assert tokens == [c.lock.info.token for c in conns]
+    finally:
+        timer.cancel()
+    assert not any((tmp_path / f"h{i}" / LOCK_PATH).exists() for i in range(3))
