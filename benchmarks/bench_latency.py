@@ -40,12 +40,12 @@ def _port(address: str) -> int:
 
 def _proxied_hosts_file(lab, hosts, sshd, rtt: float, proxies: list) -> Path:
     """A hosts file for ``hosts`` whose SSH, REST and gRPC each go through a delay proxy of ``rtt``."""
-    from tests.lab.hosts import toml_value
+    from tests.lab.hosts import hosts_toml
     from tests.lab.netfaults import DelayProxy
 
     d = lab.root / f"latency-{int(rtt * 1000)}ms"
     d.mkdir(exist_ok=True)
-    known, text = [], ""
+    known, entries = [], []
     key = sshd.host_key_pub.split()
     for host in hosts:
         ssh = DelayProxy(sshd.port, rtt)
@@ -53,13 +53,12 @@ def _proxied_hosts_file(lab, hosts, sshd, rtt: float, proxies: list) -> Path:
         grpc = DelayProxy(_port(host.entry["grpc"]), rtt)
         proxies += [ssh, rest, grpc]
         known.append(f"[127.0.0.1]:{ssh.port} {key[0]} {key[1]}\n")
-        entry = {**host.entry, "target": f"ssh://{sshd.user}@127.0.0.1:{ssh.port}{host.base}",
-                 "known_hosts": str(d / "known_hosts"), "rest_url": f"http://127.0.0.1:{rest.port}",
-                 "grpc": f"127.0.0.1:{grpc.port}"}
-        text += "[[hosts]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in entry.items()) + "\n"
+        entries.append({**host.entry, "target": f"ssh://{sshd.user}@127.0.0.1:{ssh.port}{host.base}",
+                        "known_hosts": str(d / "known_hosts"), "rest_url": f"http://127.0.0.1:{rest.port}",
+                        "grpc": f"127.0.0.1:{grpc.port}"})
     (d / "known_hosts").write_text("".join(known))
     path = d / "hosts.toml"
-    path.write_text(text)
+    path.write_text(hosts_toml(entries))
     return path
 
 

@@ -99,9 +99,7 @@ def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
     """Every lock at once, without waiting: None when all were taken; else every lock this pass
     took is released again and the first host's error (in name order) is returned."""
     def take(c: HostConn) -> None:
-        lock = HostLock(c.transport, break_lock=break_lock, purpose=purpose, model=model)
-        lock.acquire()
-        c.lock = lock
+        c.lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
 
     outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock")
     failed = next((exc for _, exc in outcomes if exc is not None), None)

@@ -295,20 +295,20 @@ class HostLock:
         info = self.info      # kept until the lock is gone: a caller may retry over a new connection
         # compare-and-delete against the bytes we created (the file is read once, under the guard);
         # read first only when those bytes are unknown
-        expected = self._created
-        if not expected:
-            got = self._read()
-            if got is not None and got[1] is not None and got[1].token == info.token:
-                expected = got[0]
+        expected = self._created or self._ours_on_host(info)
         if not (expected and self.transport.remove_if_same(LOCK_PATH, expected)):
-            got = self._read()
-            if got is not None and got[1] is not None and got[1].token == info.token:
+            if self._ours_on_host(info):
                 logger.warning("%s: the lock changed while releasing it; leaving it", self.transport.url)
             else:
                 logger.warning("%s: the lock was taken over by someone else; leaving it", self.transport.url)
         with self._beat_lock:
             self.info = None
         self._remove_quietly(heartbeat_path(info.token))
+
+    def _ours_on_host(self, info: LockInfo) -> bytes | None:
+        """The lock file's bytes when it is still the lock ``info`` describes, else None."""
+        got = self._read()
+        return got[0] if got is not None and got[1] is not None and got[1].token == info.token else None
 
     def over(self, transport: Transport) -> "HostLock":
         """This held lock, to release over another connection to the same host."""

@@ -39,6 +39,16 @@ def toml_value(value) -> str:
     return json.dumps(value)  # TOML basic strings are JSON strings for our plain values
 
 
+def hosts_toml(entries: list[dict]) -> str:
+    """A hosts file's text: one ``[[hosts]]`` table per entry."""
+    lines = []
+    for entry in entries:
+        lines.append("[[hosts]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 class HostFleet:
     """The hosts of one model (``model`` names the S3 prefixes) and its hosts file."""
 
@@ -108,12 +118,7 @@ class HostFleet:
         return new
 
     def write_hosts_file(self, hosts: list[ServingHost] | None = None) -> Path:
-        lines = []
-        for h in hosts or self.hosts:
-            lines.append("[[hosts]]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in h.entry.items()]
-            lines.append("")
-        self.hosts_file.write_text("\n".join(lines))
+        self.hosts_file.write_text(hosts_toml([h.entry for h in hosts or self.hosts]))
         return self.hosts_file
 
     def config_text(self, host: ServingHost) -> str:
