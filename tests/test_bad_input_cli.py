@@ -13,7 +13,6 @@ byte-identical to before.
 """
 from __future__ import annotations
 
-import socket
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlops.local_services import free_port
 from tests.fixtures.faults import one_error_line, registry_snapshot, tree_bytes
 from tests.helpers import run_mlops
 from tests.lab.deploy_env import DeployEnv
@@ -88,12 +88,6 @@ def world(mlflow_server, deploy_bundles, serving_pool, sshd_factory, tmp_path_fa
     finally:
         denv.close()
         mp.undo()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -138,11 +138,9 @@ def test_ssh_agent_key_is_used_when_no_identity_file_is_set(sshd, tmp_path, monk
 
 # --- unreachable -------------------------------------------------------------------------------
 def test_connection_refused_is_one_clear_line(sshd, tmp_path):
-    import socket
+    from mlops.local_services import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()                  # nothing listens there
     with pytest.raises(HostUnreachable) as e:
         connect(sshd, tmp_path / "b", port=port)
     msg = one_line(e.value)

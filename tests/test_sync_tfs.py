@@ -198,11 +198,9 @@ def test_waits_are_bounded_and_say_the_last_state(tfserving_factory, tmp_path):
 
 
 def test_unreachable_rest_is_one_clear_line():
-    import socket
+    from mlops.local_services import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()                  # nothing listens there
     with pytest.raises(HostUnreachable) as e:
         TFServingClient(f"http://127.0.0.1:{port}", timeout=2).model_status(MODEL)
     assert "\n" not in str(e.value) and "not reachable" in str(e.value)

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from mlops.local_services import free_port
+
 SSHD = "/usr/sbin/sshd"
 
 
@@ -35,12 +37,6 @@ def need_tools() -> None:
                     "the Debian package `openssh-server` (`make system-deps`) to run the SSH tests")
     if shutil.which("ssh-keygen") is None:
         pytest.skip("SKIPPED LOUDLY: `ssh-keygen` missing; install the Debian package `openssh-client`")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def keygen(path: Path, comment: str = "mlops-test") -> str:
@@ -132,7 +128,7 @@ def start_sshd(dir: Path, *, user_key: tuple[Path, str], user: str | None = None
     auth = dir / "authorized_keys"
     auth.write_text(user_key[1] + "\n")
     os.chmod(auth, 0o644)
-    port = _free_port()
+    port = free_port()
     user = user or getpass.getuser()
     config = dir / "sshd_config"
     config.write_text("\n".join([

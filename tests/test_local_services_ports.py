@@ -1,0 +1,73 @@
+"""Ports for services the project starts (the lab's model servers, MLflow, sshd, SeaweedFS, and
+the throwaway TF Serving of infra validation): never from the kernel's ephemeral range, which
+outgoing connections draw from while a service is still starting (25 model servers started in a
+row failed with "Address already in use" when the ports came from ``bind(0)``)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from mlops import local_services as ls
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_service_ports_never_come_from_the_ephemeral_range_and_are_free():
+    lo, hi = ls.ephemeral_range()
+    if not ls.listen_port_ranges((lo, hi)):
+        pytest.skip(f"SKIPPED LOUDLY: this machine's ephemeral range {lo}-{hi} leaves no port above "
+                    f"{ls.LISTEN_FLOOR} for services")
+    many = ls.free_ports(40)
+    ports = many + [ls.free_port() for _ in range(20)]
+    inside = [p for p in ports if lo <= p <= hi]
+    assert not inside, f"ports from the ephemeral range {lo}-{hi}: {inside}"
+    assert all(p >= ls.LISTEN_FLOOR for p in ports)
+    assert len(set(many)) == 40                     # one call's ports differ
+    assert all(_bindable(p) for p in ports)         # released for the service to bind
+
+
+def test_a_port_held_by_another_socket_is_never_chosen():
+    held = []
+    try:
+        for p in ls.free_ports(30):
+            s = socket.socket()
+            s.bind(("127.0.0.1", p))
+            held.append(s)
+        taken = {s.getsockname()[1] for s in held}
+        assert not taken & set(ls.free_ports(30))
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_ephemeral_range_is_the_kernels_setting_or_linuxs_default():
+    assert ls.ephemeral_range("32768\t60999\n") == (32768, 60999)
+    assert ls.ephemeral_range("1024 65000") == (1024, 65000)
+    for bad in ("", "32768", "a b", "0 0", "60999 32768", "1 70000"):
+        assert ls.ephemeral_range(bad) == ls.DEFAULT_EPHEMERAL, bad
+    proc = Path(ls.EPHEMERAL_RANGE_FILE)
+    if proc.exists():
+        assert ls.ephemeral_range() == tuple(int(x) for x in proc.read_text().split())
+
+
+def test_listen_port_ranges_are_what_the_ephemeral_range_leaves_above_the_floor():
+    assert ls.listen_port_ranges((32768, 60999)) == [range(10000, 32768), range(61000, 65536)]
+    assert ls.listen_port_ranges((49152, 65535)) == [range(10000, 49152)]
+    assert ls.listen_port_ranges((20000, 30000)) == [range(10000, 20000), range(30001, 65536)]
+    assert ls.listen_port_ranges((1024, 9000)) == [range(10000, 65536)]
+    assert ls.listen_port_ranges((1024, 65535)) == []
+
+
+def test_with_no_range_left_ports_still_come_free_from_the_kernel(monkeypatch):
+    monkeypatch.setattr(ls, "ephemeral_range", lambda text=None: (1024, 65535))
+    ports = ls.free_ports(5)
+    assert len(set(ports)) == 5 and all(_bindable(p) for p in ports)
