@@ -21,8 +21,8 @@ CLI and (``ssh://``) sshd with its sessions, and from those what each added host
 Within a round the one-host and the ``--hosts`` fleet deploy one after the other, so the
 machine's noise falls on the baseline and the fleet alike; figures are medians over rounds.
 
-Then a canary breach: 3 hosts started with ``--monitoring_config_file``, 1 client per host
-sending the golden request and, every 4th request, an input the new version refuses; deploy
+Then a canary breach: 3 hosts (``--breach-hosts N``) started with ``--monitoring_config_file``,
+1 client per host sending the golden request and, every 4th request, an input the new version refuses; deploy
 with ``--bake B``. Measured: seconds from the first refused answer on the canary (it switched)
 to the command's exit (every host back), against the target bake + 5 s; and the non-200 answers
 on the hosts that are not the canary (target: 0).
@@ -210,7 +210,7 @@ def _timed_deploy(env, model: str, target: str, n_hosts: int, mode: str, flags: 
     return row
 
 
-def canary_breach(lab, bake: float, log) -> dict:
+def canary_breach(lab, bake: float, log, n_hosts: int = 3) -> dict:
     from tests.lab.models import CANARY_MODELS, build_models
     from tests.lab.traffic import HostLoad
 
@@ -218,7 +218,7 @@ def canary_breach(lab, bake: float, log) -> dict:
     env = lab.deploy_env()
     cfg = lab.root / "monitoring.config"
     cfg.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
-    hosts = env.add_hosts(3, "file", server_args=(f"--monitoring_config_file={cfg}",))
+    hosts = env.add_hosts(n_hosts, "file", server_args=(f"--monitoring_config_file={cfg}",))
     v1 = env.register("a")
     env.promote(v1)
     from serving_sync.options import DeployOptions
@@ -237,7 +237,7 @@ def canary_breach(lab, bake: float, log) -> dict:
     first_refused = min(refused) if refused else None
     back = min((t for t, h, c in load.samples if h == canary and c == 200 and t > max(refused)), default=None) \
         if refused else None
-    out = {"exit_code": r.returncode, "bake_s": bake, "command_s": round(t1 - t0, 3),
+    out = {"hosts": n_hosts, "exit_code": r.returncode, "bake_s": bake, "command_s": round(t1 - t0, 3),
            "breach_to_canary_back_s": round(back - first_refused, 3) if back else None,
            "breach_to_command_exit_s": round(t1 - first_refused, 3) if first_refused else None,
            "verdict": (doc.get("bake") or [{}])[0].get("line"),
@@ -342,7 +342,7 @@ def cell_names() -> list[str]:
 
 
 def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True, wait: float = 600.0,
-        results_dir=None, cells: list[str] | None = None,
+        results_dir=None, cells: list[str] | None = None, breach_hosts: int = 3,
         command: str = "", log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     rows: list[dict] = []
     with _setup.Lab() as lab:
@@ -359,13 +359,13 @@ def run(*, rounds: int, n_hosts: int, big_mb: int, bake: float, ssh: bool = True
                     or cells and _cell_name(model, target) not in cells:
                 continue
             rows += fleet_rounds(lab, (1, n_hosts), rounds, model, big_root, log, target)
-        breach = canary_breach(lab, bake, log) if bake else None
+        breach = canary_breach(lab, bake, log, breach_hosts) if bake else None
     summary = summarize(rows, n_hosts)
     checks = verdicts(summary, breach, n_hosts)
     doc = {"command": command or f"python -m benchmarks.bench_fleet --rounds {rounds} --hosts {n_hosts} "
                                  f"--big-mb {big_mb} --bake {bake:g}",
            "settings": {"rounds": rounds, "hosts": n_hosts, "big_mb": big_mb, "bake_s": bake,
-                        "cells": cells or cell_names(),
+                        "breach_hosts": breach_hosts, "cells": cells or cell_names(),
                         "targets": "file:// + local TF-Serving-compatible servers with gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "canary_breach": breach,
            "targets": checks, "rounds": rows}
@@ -382,12 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bake", type=float, default=2.0, help="bake of the canary-breach run (0: skip it)")
     ap.add_argument("--max-wait", type=float, default=600.0, help="wait at most S seconds for a quiet machine")
     ap.add_argument("--no-ssh", action="store_true", help="file:// hosts only")
+    ap.add_argument("--breach-hosts", type=int, default=3, help="hosts of the canary-breach run (one is the canary)")
     ap.add_argument("--cell", action="append", choices=cell_names(), dest="cells",
                     help="measure only this cell (repeatable; default: every cell)")
     args = ap.parse_args(argv)
     rounds, big = (1, 0) if args.quick else (args.rounds, args.big_mb)
     run(rounds=rounds, n_hosts=args.hosts, big_mb=big, bake=args.bake, ssh=not args.no_ssh, wait=args.max_wait,
-        cells=args.cells,
+        cells=args.cells, breach_hosts=args.breach_hosts,
         command="python -m benchmarks.bench_fleet " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
