@@ -1,9 +1,10 @@
 """(b) Rollback latency: ``mlops sync rollback`` until the old model answers, vs a fresh deploy.
 
-    python -m benchmarks.bench_rollback [--quick] [--rounds 5]
+    python -m benchmarks.bench_rollback [--quick] [--rounds 5] [--hosts N]
 
 One serving host (``file://``, the local TF-Serving-compatible server with gRPC reload, like
-the quick start's) and a real ``mlflow server``. v1 serves. Each round registers a new version,
+the quick start's; ``--hosts N``: N of them, the outside client on the last to switch) and a real
+``mlflow server``. v1 serves. Each round registers a new version,
 promotes it and deploys it with ``mlops sync deploy`` (the baseline: a fresh deploy), then runs
 ``mlops sync rollback`` back to v1. "warm" rounds keep v1 loaded (the default); "cold" rounds
 deploy with ``--no-keep-previous``, so the rollback must load v1 again (it is still published).
@@ -66,14 +67,15 @@ def _json(r: subprocess.CompletedProcess, what: str) -> dict:
 
 
 class Rig:
-    """A ``DeployEnv`` (tests/lab/deploy_env.py) with one host, v1 serving, and a prober on
-    its unversioned route."""
+    """A ``DeployEnv`` (tests/lab/deploy_env.py) with ``hosts`` hosts (default one), v1 serving, and
+    a prober on the unversioned route of the last host in the hosts file: the last to switch
+    (the canary goes first, then the others in one wave)."""
 
-    def __init__(self, env, cli_repo=None, **prober):
+    def __init__(self, env, cli_repo=None, hosts: int = 1, **prober):
         """``prober``: options of the ``Prober`` (``pause``, ``max_requests``, ``max_seconds``)."""
         self.env = env
         self.cli_repo = cli_repo        # the `mlops` under test: this checkout, or another one
-        self.host = self.env.add_host("file")
+        self.host = self.env.add_hosts(hosts, "file")[-1]
         self.v1 = self.env.register("a")
         self.env.promote(self.v1)
         if self.env.deploy().status != "deployed":
@@ -167,10 +169,10 @@ def render(summary: dict, checks: list[dict]) -> str:
 
 
 def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None, command: str = "", cli_repo=None,
-        name: str = "rollback",
+        name: str = "rollback", hosts: int = 1,
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     with _setup.Lab() as lab:
-        rig = Rig(lab.deploy_env(), cli_repo=cli_repo)
+        rig = Rig(lab.deploy_env(), cli_repo=cli_repo, hosts=hosts)
         try:
             quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
             started = _setup.machine()
@@ -186,9 +188,10 @@ def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None,
         finally:
             rig.close()
     summary = summarize(results)
-    checks = verdicts(summary)
+    checks = verdicts(summary) if hosts == 1 else []    # issue 7's targets are for one host
     doc = {"command": command or f"python -m benchmarks.bench_rollback --rounds {rounds}",
            "definitions": DEFINITIONS, "settings": {"rounds_warm": rounds, "rounds_cold": cold_rounds,
+                                                    "hosts": hosts,
                                                     "host": "file:// + local TF-Serving-compatible server, "
                                                             "gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "targets": checks,
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="warm rounds (default 7)")
     ap.add_argument("--cold-rounds", type=int, default=3, help="rounds with v1 not loaded (default 3)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    ap.add_argument("--hosts", type=int, default=1,
+                    help="file:// hosts (default 1); the prober watches the last to switch; results go to "
+                         "rollback_<N>_hosts.json")
     ap.add_argument("--cli-repo", metavar="DIR",
                     help="run `mlops` from this checkout instead (e.g. a `git worktree` of an older commit, to "
                          "measure a change); results go to rollback-<dir name>.json")
@@ -212,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     repo = Path(args.cli_repo).resolve() if args.cli_repo else None
-    run(rounds=warm, cold_rounds=cold, wait=0 if args.no_wait else 600.0, cli_repo=repo,
-        name=f"rollback-{repo.name}" if repo else "rollback",
+    name = f"rollback-{repo.name}" if repo else "rollback"
+    run(rounds=warm, cold_rounds=cold, wait=0 if args.no_wait else 600.0, cli_repo=repo, hosts=args.hosts,
+        name=name if args.hosts == 1 else f"{name}_{args.hosts}_hosts",
         command="python -m benchmarks.bench_rollback" + (" --quick" if args.quick else
                                                           f" --rounds {warm} --cold-rounds {cold}")
+        + (f" --hosts {args.hosts}" if args.hosts != 1 else "")
         + (f" --cli-repo {args.cli_repo}" if args.cli_repo else ""))
     return 0
 
