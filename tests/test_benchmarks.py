@@ -100,6 +100,21 @@ def test_rollback_benchmark_round_measures_a_deploy_and_a_rollback(deploy_env):
     assert "in_process" in bench_rollback.render(summary, checks)
 
 
+def test_rollback_benchmark_with_a_fleet_watches_the_last_host_and_checks_no_one_host_target(deploy_env):
+    rig = bench_rollback.Rig(deploy_env, hosts=2)
+    try:
+        assert rig.host is deploy_env.hosts[-1] and len(deploy_env.hosts) == 2
+        warm = rig.one_round(0, cold=False)
+    finally:
+        rig.close()
+    assert warm["rollback"]["end_to_end_s"] is not None and warm["rollback"]["to_version"] == rig.v1
+    for h in deploy_env.hosts:
+        deploy_env.serves(h, rig.v1)
+    summary = bench_rollback.summarize([warm])
+    assert bench_rollback.verdicts(summary, hosts=2) == []
+    assert "MISSED" not in bench_rollback.render(summary, []) and len(bench_rollback.verdicts(summary)) == 2
+
+
 def test_availability_phase_counts_every_request(deploy_env):
     host = deploy_env.add_host("file")
     v1 = deploy_env.register("a")
