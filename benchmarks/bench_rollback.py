@@ -44,13 +44,14 @@ DEFINITIONS = {
 NEW_KINDS = ("b", "c")       # outputs differ from v1 ("a") and from each other
 
 
-def run_cli(*args: str, timeout: float = 300, repo=None) -> tuple[subprocess.CompletedProcess, float, float]:
-    """``mlops <args>`` in a subprocess (from checkout ``repo``, default this one);
+def run_cli(*args: str, timeout: float = 300, repo=None,
+            extra_env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, float]:
+    """``mlops <args>`` in a subprocess (from checkout ``repo``, default this one, with ``extra_env``);
     (result, time.monotonic() at Popen, at exit)."""
     repo = repo or _setup.REPO
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "mlops", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_setup.mlops_env(repo=repo), cwd=repo)
+                            stderr=subprocess.PIPE, text=True, env=_setup.mlops_env(extra_env, repo=repo), cwd=repo)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -68,14 +69,22 @@ def _json(r: subprocess.CompletedProcess, what: str) -> dict:
 
 class Rig:
     """A ``DeployEnv`` (tests/lab/deploy_env.py) with ``hosts`` hosts (default one), v1 serving, and
-    a prober on the unversioned route of the last host in the hosts file: the last to switch
-    (the canary goes first, then the others in one wave)."""
+    a prober on the unversioned route of the last host in the hosts file (a rollback switches
+    every host at once; a staged one, or an older checkout's, switches a canary first and this
+    host in the last wave)."""
 
-    def __init__(self, env, cli_repo=None, hosts: int = 1, **prober):
-        """``prober``: options of the ``Prober`` (``pause``, ``max_requests``, ``max_seconds``)."""
+    def __init__(self, env, cli_repo=None, hosts: int = 1, rollback_env: dict | None = None, **prober):
+        """``prober``: options of the ``Prober`` (``pause``, ``max_requests``, ``max_seconds``);
+        ``rollback_env``: set for the rollback command only (e.g. the deploy job's MLOPS_BAKE_SECONDS)."""
         self.env = env
+        self.rollback_env = rollback_env
         self.cli_repo = cli_repo        # the `mlops` under test: this checkout, or another one
-        self.host = self.env.add_hosts(hosts, "file")[-1]
+        server_args = ()
+        if rollback_env and float(rollback_env.get("MLOPS_BAKE_SECONDS", 0)) > 0:
+            cfg = env.tmp / "monitoring.config"     # a fleet that bakes serves TF Serving's metrics page
+            cfg.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+            server_args = (f"--monitoring_config_file={cfg}",)
+        self.host = self.env.add_hosts(hosts, "file", server_args=server_args)[-1]
         self.v1 = self.env.register("a")
         self.env.promote(self.v1)
         if self.env.deploy().status != "deployed":
@@ -102,7 +111,8 @@ class Rig:
         fresh = {"version": v, "end_to_end_s": switch_time(self.prober.window(t0, t1 + 1), t0, kind),
                  "command_exit_s": round(t1 - t0, 4), "fleet_seconds": deployed["seconds"],
                  "steps": {s["kind"]: s["seconds"] for s in deployed["hosts"][0]["steps"]}}
-        r, t0, t1 = run_cli("sync", "rollback", "--json", "--reason", f"benchmark round {n}", repo=self.cli_repo)
+        r, t0, t1 = run_cli("sync", "rollback", "--json", "--reason", f"benchmark round {n}", repo=self.cli_repo,
+                            extra_env=self.rollback_env)
         doc = _json(r, "mlops sync rollback")
         self.settle("a")
         if doc["registry"]["to_version"] != self.v1:
@@ -172,10 +182,11 @@ def render(summary: dict, checks: list[dict]) -> str:
 
 
 def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None, command: str = "", cli_repo=None,
-        name: str = "rollback", hosts: int = 1,
+        name: str = "rollback", hosts: int = 1, bake_env: float | None = None,
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    rollback_env = {"MLOPS_BAKE_SECONDS": f"{bake_env:g}"} if bake_env is not None else None
     with _setup.Lab() as lab:
-        rig = Rig(lab.deploy_env(), cli_repo=cli_repo, hosts=hosts)
+        rig = Rig(lab.deploy_env(), cli_repo=cli_repo, hosts=hosts, rollback_env=rollback_env)
         try:
             quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
             started = _setup.machine()
@@ -194,7 +205,7 @@ def run(*, rounds: int, cold_rounds: int, wait: float = 600.0, results_dir=None,
     checks = verdicts(summary, hosts)
     doc = {"command": command or f"python -m benchmarks.bench_rollback --rounds {rounds}",
            "definitions": DEFINITIONS, "settings": {"rounds_warm": rounds, "rounds_cold": cold_rounds,
-                                                    "hosts": hosts,
+                                                    "hosts": hosts, "rollback_env": rollback_env,
                                                     "host": "file:// + local TF-Serving-compatible server, "
                                                             "gRPC reload"},
            "machine_at_start": started, "quiet_wait": quiet, "summary": summary, "targets": checks,
@@ -213,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hosts", type=int, default=1,
                     help="file:// hosts (default 1); the prober watches the last to switch; results go to "
                          "rollback_<N>_hosts.json")
+    ap.add_argument("--bake-env", type=float, metavar="S",
+                    help="run the rollback with MLOPS_BAKE_SECONDS=S in its environment, as CircleCI's deploy job "
+                         "does (the fresh deploys do not bake); results get the suffix _bake<S>")
     ap.add_argument("--cli-repo", metavar="DIR",
                     help="run `mlops` from this checkout instead (e.g. a `git worktree` of an older commit, to "
                          "measure a change); results go to rollback-<dir name>.json")
@@ -223,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path(args.cli_repo).resolve() if args.cli_repo else None
     name = f"rollback-{repo.name}" if repo else "rollback"
     run(rounds=warm, cold_rounds=cold, wait=0 if args.no_wait else 600.0, cli_repo=repo, hosts=args.hosts,
-        name=name if args.hosts == 1 else f"{name}_{args.hosts}_hosts",
+        name=(name if args.hosts == 1 else f"{name}_{args.hosts}_hosts")
+        + (f"_bake{args.bake_env:g}" if args.bake_env is not None else ""), bake_env=args.bake_env,
         command="python -m benchmarks.bench_rollback" + (" --quick" if args.quick else
                                                           f" --rounds {warm} --cold-rounds {cold}")
         + (f" --hosts {args.hosts}" if args.hosts != 1 else "")
+        + (f" --bake-env {args.bake_env:g}" if args.bake_env is not None else "")
         + (f" --cli-repo {args.cli_repo}" if args.cli_repo else ""))
     return 0
 

@@ -4,13 +4,14 @@ where ``production`` goes back to after a failed deploy.
 Every ``deploy_status`` write goes through ``tag`` (the MLflow UI shows the tag; the ledger is the
 record); every deploy / smoke_test / host_rollback / canary row goes through ``DeployLedger``;
 "previous production" is ``promotion_rules.previous_production`` on the ledger, the same rule
-``mlops registry rollback`` follows.
+``mlops registry rollback`` follows; whether a deploy restores a version after a rollback is
+``promotion_rules.restoring_rollback`` on the same rows.
 """
 from __future__ import annotations
 
 from . import tags, versions
 from .ledger import Entry, Ledger
-from .promotion_rules import failed_deploys, previous_production
+from .promotion_rules import MOVES, failed_deploys, previous_production, restoring_rollback
 from .provenance import Provenance
 
 DEPLOY_STATUS = tags.DEPLOY_STATUS
@@ -41,6 +42,12 @@ def failed_since_promoted(model: str, version: int) -> bool:
     if status(model, version) != FAILED:
         return False
     return failed_after_promotion(Ledger().entries(model, actions=("promote", "deploy")), version)
+
+
+def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
+    """The rollback row that made ``version`` production again, if deploying it restores a version
+    that held production before (``promotion_rules.restoring_rollback``); else None."""
+    return restoring_rollback((ledger or Ledger()).entries(model, actions=(*MOVES, "deploy")), version)
 
 
 def failed_after_promotion(entries, version: int) -> bool:

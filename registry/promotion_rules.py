@@ -10,6 +10,8 @@
   failed deploys.
 - ``previous_production``: the one "previous production" rule: where production goes back to
   from ``version`` (``mlops registry rollback`` and a failed deploy both follow it).
+- ``restoring_rollback``: is deploying ``version`` a restore (production rolled back to a version
+  that held it before)? ``mlops sync`` then switches every host at once, without a bake.
 - ``agreement`` / ``reconcile_rows``: does the ``production`` alias sit where the ledger says,
   and the rows that record what happened when it does not.
 
@@ -98,6 +100,33 @@ def ledger_production(entries: Iterable[Entry]) -> int | None:
         if e.action in MOVES and e.outcome == "ok":
             current = e.to_version
     return current
+
+
+def restoring_rollback(entries: Iterable[Entry], version: int) -> Entry | None:
+    """The rollback row that made ``version`` production again, when the newest ``ok`` move is a
+    rollback to ``version``, ``version`` held production before it, and its latest ``deploy`` row
+    is ``ok`` (it served); else None. ``entries``: the ``promote``, ``rollback`` and ``deploy`` rows.
+
+    Deploying such a version restores one the fleet served: it passed its canary then, and the
+    prepare phase still loads and smoke-tests it on every host, so it switches everywhere at once
+    and nothing bakes (a bake would keep the version rolled back from on the other hosts, and
+    judge the restored one against it). A promotion of an older version, or a rollback ``--to`` a
+    version that never held production or whose deploy failed, is a deploy like any other."""
+    held: set[int] = set()
+    deployed: dict[int, str] = {}
+    last: Entry | None = None
+    for e in entries:
+        if e.action == "deploy" and e.to_version is not None:
+            deployed[e.to_version] = e.outcome
+        if e.action not in MOVES or e.outcome != "ok":
+            continue
+        if last is not None and last.to_version is not None:
+            held.add(last.to_version)
+        last = e
+    if (last is None or last.action != "rollback" or last.to_version != version or version not in held
+            or deployed.get(version) != "ok"):
+        return None
+    return last
 
 
 def open_intents(entries: Iterable[Entry]) -> list[Entry]:

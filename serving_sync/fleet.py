@@ -65,6 +65,7 @@ class FleetResult:
     waves: list[dict] = field(default_factory=list)   # per wave: hosts, switch_seconds, bake, bake_seconds
     bake: list[dict] = field(default_factory=list)    # every bake.Verdict, with its measurements
     stores: list[dict] = field(default_factory=list)  # shared stores uploaded to once (store.StoreCopies)
+    restore: dict | None = None          # a restore after a rollback: rolled_back_from, reason
     message_extra: str = ""
 
     def answered_after(self, since: float) -> float | None:
@@ -76,7 +77,8 @@ class FleetResult:
         return {"model": self.model, "version": self.version, "source": self.source, "status": self.status,
                 "message": self.message, "seconds": round(self.seconds, 3), "registry": self.registry,
                 "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans, "timings": self.timings,
-                "rollout": self.rollout, "waves": self.waves, "bake": self.bake, "stores": self.stores}
+                "rollout": self.rollout, "waves": self.waves, "bake": self.bake, "stores": self.stores,
+                "restore": self.restore}
 
     def lap(self, phase: str, since: float) -> float:
         """Record ``phase`` as lasting from ``since`` until now; returns now."""
@@ -138,6 +140,7 @@ class FleetPlan:
     rollout: dict = field(default_factory=dict)      # rollout.Shape of the hosts that change
     bake: dict = field(default_factory=dict)         # seconds, each_wave, limits
     peak: dict = field(default_factory=dict)         # host -> {"copies": [v...], "bytes": int | None}
+    restore: dict | None = None                      # a restore after a rollback (see rollout_options)
 
     @property
     def up_to_date(self) -> bool:
@@ -146,7 +149,8 @@ class FleetPlan:
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "source": self.source,
                 "up_to_date": self.up_to_date, "hosts": [p.to_dict() for p in self.plans],
-                "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak}
+                "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak,
+                "restore": self.restore}
 
 
 def plan_fleet(model: str, hosts, *, version: int | None = None,
@@ -172,11 +176,30 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                                "sizes": {str(k): s for k, s in sorted(sizes.items())}}
         except UserError as exc:
             fp.errors[host.name] = exc.message
-    fp.rollout = rollout.shape([p.host for p in fp.plans if not p.up_to_date], canary=opts.canary,
-                               wave=opts.wave).to_dict()
+    changing = [p.host for p in fp.plans if not p.up_to_date]
+    opts, fp.restore = rollout_options(model, v, len(changing), opts)
+    fp.rollout = rollout.shape(changing, canary=opts.canary, wave=opts.wave).to_dict()
     fp.bake = {"seconds": opts.bake if fp.rollout["canary"] else 0.0, "each_wave": opts.bake_each_wave,
                "limits": dataclasses.asdict(opts.limits), "parallel": opts.parallel, "fast": opts.fast}
     return fp
+
+
+def rollout_options(model: str, version: int, changing: int,
+                    opts: DeployOptions) -> tuple[DeployOptions, dict | None]:
+    """The options a fleet rolls out with, and the restore they follow (None: a deploy like any other).
+
+    After a rollback to a version that held production before (``deploys.restoring``), the deploy
+    restores it: no canary, one wave, no bake, whatever MLOPS_BAKE_SECONDS says — the fleet gets off
+    the version rolled back from as fast as one host's switch, and the prepare phase still checks
+    the restored version on every host before any switches. ``--canary``, ``--wave`` or ``--bake``
+    on the command line (``opts.staged_restore``) keep the staged rollout."""
+    if changing < 2 or opts.staged_restore:
+        return opts, None
+    row = deploys.restoring(model, version)
+    if row is None:
+        return opts, None
+    fast = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
+    return fast, {"rolled_back_from": row.from_version, "reason": row.reason}
 
 
 def _stored_size(transport, model: str, version: int) -> int | None:
@@ -231,6 +254,10 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                               record=recorder, heartbeat=Heartbeat([conn]), pull=copies.pull)
                 result.hosts.append(run.outcome)
                 runs.append(run)
+            opts, result.restore = rollout_options(model, v, len(runs), opts)
+            if result.restore is not None:
+                logger.info("v%d restores production (rolled back from v%s): every host switches at once, no "
+                            "bake (--canary, --wave or --bake stage it)", v, result.restore["rolled_back_from"])
             shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
             result.rollout = shape.to_dict()
             baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and shape.canary else None

@@ -23,6 +23,7 @@ class DeployOptions:
     wave: str | None = None                  # "N" | "P%" | None: all remaining at once
     bake: float = 0.0                        # seconds the canary is judged on live traffic (0: no bake)
     bake_each_wave: bool = False
+    staged_restore: bool = False             # a restore after a rollback keeps canary / wave / bake
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self):

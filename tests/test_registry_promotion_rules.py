@@ -13,6 +13,7 @@ from registry.promotion_rules import (
     open_intents,
     production_stack,
     reconcile_rows,
+    restoring_rollback,
     rollback_target,
 )
 
@@ -55,6 +56,29 @@ def test_stack_follows_promotions_and_pops_on_rollback():
     assert production_stack([promote(5), rollback(2, 5)]) == [5, 2]
     # production removed after the very first deploy failed
     assert production_stack([promote(1), rollback(None, 1)]) == []
+
+
+def test_a_rollback_to_a_version_that_held_production_is_a_restore():
+    h = [promote(1), deploy(1, "ok"), promote(2, 1), deploy(2, "ok")]
+    row = restoring_rollback(h + [rollback(1, 2), deploy(1, "ok")], 1)
+    assert row is not None and (row.from_version, row.to_version) == (2, 1)
+    assert restoring_rollback(h + [rollback(1, 2)], 2) is None            # not the version rolled back to
+    assert restoring_rollback(h, 2) is None                               # a promotion
+    assert restoring_rollback(h + [promote(1, 2)], 1) is None             # promoting an older version again
+    assert restoring_rollback([promote(5), rollback(2, 5)], 2) is None    # --to a version that never held it
+    assert restoring_rollback(h + [rollback(1, 2), promote(3, 1)], 1) is None   # a newer move since
+    # an automatic revert after a failed deploy is a rollback too; refused / intent rows are no moves
+    assert restoring_rollback(h + [promote(3, 2), rollback(2, 3)], 2).from_version == 3
+    assert restoring_rollback(h + [rollback(1, 2, outcome="refused")], 1) is None
+    assert restoring_rollback(h + [rollback(1, 2), Entry("intent", "m", "pending", to_version=3)], 1) is not None
+    assert restoring_rollback([], 1) is None
+    # it must have served: a version whose latest deploy failed, or that was never deployed, is not restored
+    failed = [promote(1), deploy(1, "ok"), promote(2, 1), deploy(2, "failed"), rollback(1, 2)]
+    assert restoring_rollback(failed, 1) is not None
+    assert restoring_rollback(failed + [rollback(2, 1)], 2) is None
+    assert restoring_rollback([promote(1), promote(2, 1), deploy(2, "ok"), rollback(1, 2)], 1) is None
+    redeployed = [promote(1), deploy(1, "failed"), deploy(1, "ok"), promote(2, 1), deploy(2, "ok"), rollback(1, 2)]
+    assert restoring_rollback(redeployed, 1) is not None
 
 
 def test_failed_deploys_from_latest_row_or_tag():

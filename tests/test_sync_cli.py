@@ -84,6 +84,57 @@ def test_rollback_end_to_end_is_one_command_and_reports_its_speed(deploy_env):
         assert _files_containing(root, secret.encode()) == []
 
 
+def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(deploy_env):
+    """MLOPS_BAKE_SECONDS (the CircleCI deploy job sets 300) is for new versions: a rollback's deploy
+    takes the fleet off the version rolled back from at once, by `sync rollback` and by `sync deploy`
+    after `registry rollback` (CircleCI's rollback workflow) alike; --canary stages it."""
+    env = deploy_env
+    (h1, h2), v1, v2 = deployed_v1_v2(env, hosts=2)
+    names = [h1.name, h2.name]
+    baking = {"MLOPS_BAKE_SECONDS": "600"}   # were it read, the rollback would be refused (these servers
+    #                                           have no metrics page) or wait out 2 x 600 s: past its timeout
+
+    def canary_rows() -> int:
+        return len(env.ledger(("canary",)))
+
+    r = env.cli("sync", "rollback", "--json", extra_env=baking, timeout=240)
+    assert r.returncode == 0, r.stderr
+    deploy = json.loads(r.stdout)["deploy"]
+    assert deploy["rollout"] == {"canary": [], "waves": [names]} and deploy["bake"] == []
+    assert deploy["restore"]["rolled_back_from"] == v2
+    assert canary_rows() == 0
+    for h in (h1, h2):
+        env.serves(h, v1)
+
+    # CircleCI's rollback workflow: `registry rollback`, then the deploy job's `sync deploy`
+    env.promote(v2)
+    assert env.deploy().status == "deployed"
+    assert env.cli("registry", "rollback", "--reason", "v2 slow").returncode == 0
+    r = env.cli("sync", "plan", extra_env=baking)
+    assert r.returncode == 0, r.stderr
+    assert f"restore: production was rolled back from v{v2}" in r.stdout and "switch: canary" not in r.stdout
+    r = env.cli("sync", "deploy", "--json", extra_env=baking, timeout=240)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["rollout"] == {"canary": [], "waves": [names]} and doc["restore"]["rolled_back_from"] == v2
+    assert canary_rows() == 0
+
+    # asked for on the command line, the restore is staged like any deploy
+    env.promote(v2)
+    assert env.deploy().status == "deployed"
+    r = env.cli("sync", "rollback", "--canary", "1", "--json", timeout=240)
+    assert r.returncode == 0, r.stderr
+    deploy = json.loads(r.stdout)["deploy"]
+    assert deploy["rollout"] == {"canary": names[:1], "waves": [names[:1], names[1:]]}
+    assert deploy["restore"] is None
+    # and a promotion of v2 again is a deploy like any other: a canary first
+    env.promote(v2)
+    r = env.cli("sync", "deploy", "--json", timeout=240)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["rollout"]["canary"] == names[:1] and doc["restore"] is None
+
+
 def test_rollback_with_nothing_to_roll_back_to_is_one_line(deploy_env):
     env = deploy_env
     env.add_host("file")

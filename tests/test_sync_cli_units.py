@@ -125,7 +125,7 @@ def test_infra_result_raises_only_when_it_failed():
 # --- plan text ----------------------------------------------------------------------------------
 def test_plan_text_shows_the_rollout_then_each_host(capsys):
     step = lambda phase, text: NS(kind=NS(phase=phase), text=text)  # noqa: E731
-    fp = NS(source="production", version=3, errors={"h9": "unreachable"},
+    fp = NS(source="production", version=3, errors={"h9": "unreachable"}, restore=None,
             rollout={"canary": ["h1"], "waves": [["h1"], ["h2"]]},
             bake={"parallel": 8, "seconds": 0, "each_wave": False, "fast": False, "limits": {}},
             peak={"h1": {"bytes": 2_500_000, "copies": [2, 3]}},
@@ -150,3 +150,12 @@ def test_plan_text_shows_the_rollout_then_each_host(capsys):
         "  h2 (serves v3): up to date, nothing to do",
         "  h9: cannot observe: unreachable",
     ]
+
+
+def test_plan_text_says_a_restore_switches_every_host_at_once():
+    fp = NS(restore={"rolled_back_from": 4, "reason": "v4 slow"}, rollout={"canary": [], "waves": [["h1", "h2"]]},
+            bake={"parallel": 8, "seconds": 0, "each_wave": False, "fast": False, "limits": {}})
+    assert sync_text.rollout_lines(fp)[1:3] == [
+        "restore: production was rolled back from v4 to this version, which held it before: every host "
+        "switches at once, no bake (--canary, --wave or --bake stage it)",
+        "phase 2, switch: wave 1: h1, h2"]

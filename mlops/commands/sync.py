@@ -142,7 +142,9 @@ def register(sub) -> None:
                     "any host fails or the canary breaches a limit, every touched host is put back, "
                     "`production` moves back, the version is tagged deploy_status=failed and the command "
                     "exits 3 with one line saying why. Deploying what already serves changes nothing "
-                    "(\"up to date\"). Retention keeps the last --keep versions.",
+                    "(\"up to date\"). After a rollback to a version that held production before, "
+                    "the deploy restores it: every host at once, no bake (unless --canary, --wave or "
+                    "--bake are given). Retention keeps the last --keep versions.",
         epilog=_ENV)
     d.add_argument("--version", type=flags.version_number, metavar="N",
                    help="deploy this version instead of production (production is not moved on failure)")
@@ -191,8 +193,11 @@ def register(sub) -> None:
                       description="Registry rollback (production back to the previous version from the "
                                   "ledger, or --to N) followed by a deploy. When the previous version "
                                   "is still loaded (kept warm) and verified on a host, the switch is "
-                                  "one config write and reload. Prints the time from the start of the "
-                                  "command until the old outputs answer on the unversioned route.",
+                                  "one config write and reload. Every host switches at once and nothing "
+                                  "bakes (MLOPS_BAKE_SECONDS is not read): the restored version held "
+                                  "production before; --canary, --wave or --bake stage it like a deploy. "
+                                  "Prints the time from the start of the command until the old outputs "
+                                  "answer on the unversioned route.",
                       epilog=_ENV)
     rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
@@ -262,7 +267,8 @@ def _deploy_options(args):
                          smoke=_smoke_options(args) if hasattr(args, "atol") else SmokeOptions(),
                          keep_previous=not args.no_keep_previous, keep=args.keep, json_mode=args.json,
                          fast=args.fast, parallel=args.parallel, canary=args.canary, wave=args.wave,
-                         bake=_rollout_setting(args, "bake"), bake_each_wave=args.bake_each_wave, limits=limits)
+                         bake=_rollout_setting(args, "bake"), bake_each_wave=args.bake_each_wave, limits=limits,
+                         staged_restore=any(getattr(args, k, None) is not None for k in ("canary", "wave", "bake")))
 
 
 def _hosts(args):

@@ -67,6 +67,10 @@ def rollout_lines(fp) -> list[str]:
         return ["rollout: nothing changes"]
     lines = [f"phase 1, prepare: {n} host{'s' if n != 1 else ''}, {min(bk['parallel'], n)} at a time (publish, "
              f"validation entry, smoke test; nothing that serves changes)"]
+    if (restore := fp.restore) is not None:
+        lines.append(f"restore: production was rolled back from v{restore['rolled_back_from']} to this version, "
+                     f"which held it before: every host switches at once, no bake (--canary, --wave or "
+                     f"--bake stage it)")
     for i, wave in enumerate(ro["waves"]):
         if i == 0 and ro["canary"]:
             lim = bk["limits"]
