@@ -121,14 +121,20 @@ def _watch_copies(env, host, stop: threading.Event, seen: list, max_seconds: flo
         time.sleep(0.01)
 
 
-def _peak_copies_during_deploy(env, host, v2, hold: tuple | None = None, **opts) -> int:
-    """``hold`` = (monkeypatch, marker path): the deploy stays 0.3 s after its main-entry load
-    (``mlops_common.faultpoint``), where a host holds the most, so the probe cannot miss it."""
-    if hold is not None:
-        monkeypatch, marker = hold
-        monkeypatch.setenv("MLOPS_TEST_PAUSE_AT", "after:wait_main")
-        monkeypatch.setenv("MLOPS_TEST_PAUSE_MARKER", str(marker))
-        monkeypatch.setenv("MLOPS_TEST_PAUSE_SECONDS", "0.3")
+def _peak_copies_during_deploy(env, host, v2, monkeypatch=None, **opts) -> int:
+    """With ``monkeypatch``, the deploy stays 0.3 s after its main-entry load has finished, where a
+    host holds the most, so the probe cannot miss it (a wrapped step runner: nothing else changes)."""
+    held = []
+    if monkeypatch is not None:
+        from serving_sync import host_run
+        from serving_sync.plan import StepKind
+
+        def wait_and_hold(run, step):
+            host_run.HostRun._wait(run, step)           # what _RUNNERS runs for WAIT_MAIN
+            held.append(step.version)
+            time.sleep(0.3)
+
+        monkeypatch.setitem(host_run._RUNNERS, StepKind.WAIT_MAIN, wait_and_hold)
     stop, seen = threading.Event(), []
     t = threading.Thread(target=_watch_copies, args=(env, host, stop, seen), daemon=True)
     t.start()
@@ -139,22 +145,22 @@ def _peak_copies_during_deploy(env, host, v2, hold: tuple | None = None, **opts)
         t.join(timeout=10)
     assert r.status == "deployed", r.message
     assert len(seen) > 20
-    assert hold is None or hold[1].exists(), "the deploy never reached after:wait_main"
+    assert monkeypatch is None or held == [v2], "the deploy never held after its main-entry load"
     return max(len(main) + len(val) for val, main in seen), max((v2 in val) + (v2 in main) for val, main in seen)
 
 
-def test_memory_bound_one_copy_of_the_new_version_unless_fast(deploy_env, monkeypatch, tmp_path):
+def test_memory_bound_one_copy_of_the_new_version_unless_fast(deploy_env, monkeypatch):
     env = deploy_env
     host = env.add_host("file")
     _first_deploy(env, [host])
     v2 = env.register("b")
     env.promote(v2)
-    copies, of_new = _peak_copies_during_deploy(env, host, v2, hold=(monkeypatch, tmp_path / "held-1"))
+    copies, of_new = _peak_copies_during_deploy(env, host, v2, monkeypatch)
     assert of_new == 1 and copies == 2          # v1 (serving) + one copy of v2, never more
     # --fast may hold both copies of the new version: the same probe sees it (so it can fail)
     v3 = env.register("c")
     env.promote(v3)
-    slow_seen = _peak_copies_during_deploy(env, host, v3, hold=(monkeypatch, tmp_path / "held-2"), fast=True)
+    slow_seen = _peak_copies_during_deploy(env, host, v3, monkeypatch, fast=True)
     assert slow_seen[1] == 2
 
 

@@ -193,9 +193,10 @@ def register(sub) -> None:
                       description="Registry rollback (production back to the previous version from the "
                                   "ledger, or --to N) followed by a deploy. When the previous version "
                                   "is still loaded (kept warm) and verified on a host, the switch is "
-                                  "one config write and reload. Every host switches at once and nothing "
-                                  "bakes (MLOPS_BAKE_SECONDS is not read): the restored version held "
-                                  "production before; --canary, --wave or --bake stage it like a deploy. "
+                                  "one config write and reload. A version that served production before "
+                                  "(the usual case; not a --to of one that never did) is restored on every "
+                                  "host at once without a bake, whatever MLOPS_BAKE_SECONDS says; --canary, "
+                                  "--wave or --bake stage it like a deploy. "
                                   "Prints the time from the start of the command until the old outputs "
                                   "answer on the unversioned route.",
                       epilog=_ENV)
