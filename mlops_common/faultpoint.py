@@ -14,6 +14,7 @@ written) and ``after:<step>`` after each plan step (``serving_sync.host_run``); 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -21,18 +22,24 @@ PAUSE_AT = "MLOPS_TEST_PAUSE_AT"
 MARKER = "MLOPS_TEST_PAUSE_MARKER"
 SECONDS = "MLOPS_TEST_PAUSE_SECONDS"
 
+_fired: set[str] = set()     # once per process; os.environ is left alone (other threads iterate it)
+_lock = threading.Lock()
+
 
 def reached(phase: str, *, stop: Callable[[], bool] | None = None) -> None:
     """Pause here if the environment asks for ``phase`` (see the module docstring)."""
     if os.environ.get(PAUSE_AT) != phase or not os.environ.get(MARKER):
         return
+    with _lock:
+        if phase in _fired:                 # a second host, or after the test resumed us
+            return
+        _fired.add(phase)
     marker = os.environ[MARKER]
     try:
-        with open(marker, "x") as f:        # once per process: a second host does not pause again
+        with open(marker, "x") as f:
             f.write(f"{os.getpid()}\n")
     except OSError:
         return
-    os.environ.pop(PAUSE_AT, None)
     deadline = time.monotonic() + float(os.environ.get(SECONDS) or 120)
     while os.path.exists(marker) and time.monotonic() < deadline and not (stop and stop()):
         time.sleep(0.05)
