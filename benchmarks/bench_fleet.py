@@ -216,9 +216,7 @@ def canary_breach(lab, bake: float, log, n_hosts: int = 3) -> dict:
 
     root = build_models(lab.root / "canary-bundles", CANARY_MODELS, timeout=900)
     env = lab.deploy_env()
-    cfg = lab.root / "monitoring.config"
-    cfg.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
-    hosts = env.add_hosts(n_hosts, "file", server_args=(f"--monitoring_config_file={cfg}",))
+    hosts = env.add_monitored_hosts(n_hosts)
     v1 = env.register("a")
     env.promote(v1)
     from serving_sync.options import DeployOptions

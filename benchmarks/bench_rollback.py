@@ -79,12 +79,9 @@ class Rig:
         self.env = env
         self.rollback_env = rollback_env
         self.cli_repo = cli_repo        # the `mlops` under test: this checkout, or another one
-        server_args = ()
-        if rollback_env and float(rollback_env.get("MLOPS_BAKE_SECONDS", 0)) > 0:
-            cfg = env.tmp / "monitoring.config"     # a fleet that bakes serves TF Serving's metrics page
-            cfg.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
-            server_args = (f"--monitoring_config_file={cfg}",)
-        self.host = self.env.add_hosts(hosts, "file", server_args=server_args)[-1]
+        bakes = bool(rollback_env) and float(rollback_env.get("MLOPS_BAKE_SECONDS", 0)) > 0
+        # a fleet that bakes serves TF Serving's metrics page
+        self.host = (env.add_monitored_hosts(hosts) if bakes else env.add_hosts(hosts, "file"))[-1]
         self.v1 = self.env.register("a")
         self.env.promote(self.v1)
         if self.env.deploy().status != "deployed":

@@ -65,13 +65,14 @@ def production_stack(entries: Iterable[Entry]) -> list[int]:
     return stack
 
 
+def latest_deploys(entries: Iterable[Entry]) -> dict[int, str]:
+    """The outcome of each version's latest ``deploy`` row."""
+    return {e.to_version: e.outcome for e in entries if e.action == "deploy" and e.to_version is not None}
+
+
 def failed_deploys(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]]) -> set[int]:
     """Versions whose latest deploy row failed or that are tagged ``deploy_status=failed``."""
-    latest: dict[int, str] = {}
-    for e in entries:
-        if e.action == "deploy" and e.to_version is not None:
-            latest[e.to_version] = e.outcome
-    failed = {v for v, outcome in latest.items() if outcome == "failed"}
+    failed = {v for v, outcome in latest_deploys(entries).items() if outcome == "failed"}
     failed |= {v for v, tags in tags_by_version.items() if tags.get(T.DEPLOY_STATUS) == "failed"}
     return failed
 
@@ -112,19 +113,17 @@ def restoring_rollback(entries: Iterable[Entry], version: int) -> Entry | None:
     and nothing bakes (a bake would keep the version rolled back from on the other hosts, and
     judge the restored one against it). A promotion of an older version, or a rollback ``--to`` a
     version that never held production or whose deploy failed, is a deploy like any other."""
+    entries = list(entries)
     held: set[int] = set()
-    deployed: dict[int, str] = {}
     last: Entry | None = None
     for e in entries:
-        if e.action == "deploy" and e.to_version is not None:
-            deployed[e.to_version] = e.outcome
         if e.action not in MOVES or e.outcome != "ok":
             continue
         if last is not None and last.to_version is not None:
             held.add(last.to_version)
         last = e
     if (last is None or last.action != "rollback" or last.to_version != version or version not in held
-            or deployed.get(version) != "ok"):
+            or latest_deploys(entries).get(version) != "ok"):
         return None
     return last
 

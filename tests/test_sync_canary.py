@@ -21,8 +21,6 @@ from serving_sync.options import DeployOptions
 from tests.lab.models import CANARY_MODELS, build_models
 from tests.lab.traffic import HostLoad
 
-MONITORING = 'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n'
-
 
 @pytest.fixture(scope="module")
 def canary_bundles(tmp_path_factory):
@@ -34,12 +32,6 @@ def canary_bundles(tmp_path_factory):
 def _register(env, root, kind: str) -> int:
     """Register ``root/kind`` (validation passed); its outputs are b's."""
     return env.register_bundle(root / kind, kind, like="b", experiment="canary-fixture-versions")
-
-
-def _monitored_hosts(env, tmp_path, n=2):
-    cfg = tmp_path / "monitoring.config"
-    cfg.write_text(MONITORING)
-    return env.add_hosts(n, "file", server_args=(f"--monitoring_config_file={cfg}",))
 
 
 def _canary_rows(env, v):
@@ -71,9 +63,9 @@ def _check_rolled_back(env, hosts, v1, v2, res, what: str) -> dict:
     return verdict
 
 
-def test_canary_error_rate_breach_rolls_back_only_the_canary(deploy_env, canary_bundles, tmp_path):
+def test_canary_error_rate_breach_rolls_back_only_the_canary(deploy_env, canary_bundles):
     env = deploy_env
-    hosts = _monitored_hosts(env, tmp_path)
+    hosts = env.add_monitored_hosts(2)
     v1 = _first(env, hosts)
     v2 = _register(env, canary_bundles, "strict")
     env.promote(v2)
@@ -88,9 +80,9 @@ def test_canary_error_rate_breach_rolls_back_only_the_canary(deploy_env, canary_
     assert load.count > 100 and took < 120
 
 
-def test_canary_latency_breach_rolls_back_only_the_canary(deploy_env, canary_bundles, tmp_path):
+def test_canary_latency_breach_rolls_back_only_the_canary(deploy_env, canary_bundles):
     env = deploy_env
-    hosts = _monitored_hosts(env, tmp_path)
+    hosts = env.add_monitored_hosts(2)
     v1 = _first(env, hosts)
     v2 = _register(env, canary_bundles, "slow")
     env.promote(v2)
@@ -101,9 +93,9 @@ def test_canary_latency_breach_rolls_back_only_the_canary(deploy_env, canary_bun
     assert load.non_200[hosts[1].name] == []
 
 
-def test_low_traffic_verdict_follows_on_low_traffic(deploy_env, tmp_path):
+def test_low_traffic_verdict_follows_on_low_traffic(deploy_env):
     env = deploy_env
-    hosts = _monitored_hosts(env, tmp_path)
+    hosts = env.add_monitored_hosts(2)
     v1 = _first(env, hosts)
     v2 = env.register("b")
     env.promote(v2)
@@ -144,13 +136,12 @@ def test_canary_without_metrics_is_refused_before_anything_changes(deploy_env):
     assert env.production() == v2                      # refused, not failed: nothing to move back
 
 
-def test_bake_each_wave_judges_a_later_wave_and_puts_every_switched_host_back(deploy_env, canary_bundles,
-                                                                               tmp_path):
+def test_bake_each_wave_judges_a_later_wave_and_puts_every_switched_host_back(deploy_env, canary_bundles):
     """``--bake-each-wave``: the canary passes (its clients send only inputs the version accepts),
     wave 1's host breaches (its clients also send one it refuses); the canary and wave 1 go back,
     the last host never switched, production is back. Latency is not judged here (ratio 50x)."""
     env = deploy_env
-    hosts = _monitored_hosts(env, tmp_path, n=3)
+    hosts = env.add_monitored_hosts(3)
     canary, wave1, last = hosts
     v1 = _first(env, hosts)
     v2 = _register(env, canary_bundles, "strict")

@@ -66,6 +66,15 @@ class DeployEnv:
     def add_hosts(self, n: int, kind: str = "file", **kw) -> list[ServingHost]:
         return self.fleet.add_hosts(n, kind, **kw)
 
+    def add_monitored_hosts(self, n: int, kind: str = "file") -> list[ServingHost]:
+        """``n`` hosts whose servers serve TF Serving's Prometheus page (``--monitoring_config_file``,
+        as serving_host/install_server.sh starts real TF Serving): what a canary bake reads."""
+        from mlops.local_services import MONITORING_CONFIG
+
+        cfg = self.tmp / "monitoring.config"
+        cfg.write_text(MONITORING_CONFIG)
+        return self.add_hosts(n, kind, server_args=(f"--monitoring_config_file={cfg}",))
+
     def write_hosts_file(self, hosts: list[ServingHost] | None = None) -> Path:
         return self.fleet.write_hosts_file(hosts)
 
