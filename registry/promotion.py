@@ -319,14 +319,19 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
             return explicit, {"rollback_of": current}
         stack = production_stack(history)
         failed = failed_deploys(history, all_versions)
-        v = rollback_target(stack, current, failed)
+        deleted = {x for x in stack if x not in all_versions}     # removed from the registry since
+        v = rollback_target(stack, current, failed | deleted)
         if v is None:
-            skipped = sorted(set(stack) & failed)
+            skipped = sorted(set(stack) & (failed | deleted))
             raise NotFoundError(
                 f"nothing to roll back to for '{model}': the ledger shows no earlier production "
-                f"version than {current}" + (f" whose deploy did not fail (skipped {skipped})" if skipped
-                                             else "") + "; use `mlops registry promote --version N`")
-        return v, {"rollback_of": current, "skipped_failed": sorted(failed & set(stack))}
+                f"version than {current}" + (f" whose deploy did not fail and that still exists (skipped "
+                                             f"{skipped})" if skipped else "")
+                + "; use `mlops registry promote --version N`")
+        details = {"rollback_of": current, "skipped_failed": sorted(failed & set(stack))}
+        if deleted:
+            details["skipped_deleted"] = sorted(deleted)
+        return v, details
 
     return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
                  force=force, details={}, ledger=ledger, defer_tags=defer_tags)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from mlops_common import log
 
-from . import parallel
+from . import cancel, parallel
 from .errors import LockHeld
 from .lock import HostLock
 from .tfs_client import TFServingClient
@@ -81,6 +81,7 @@ def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "d
         except LockHeld as exc:
             if clock() >= deadline:
                 raise
+            cancel.check()      # SIGTERM / Ctrl-C while waiting: stop now (taken locks are released)
             if not announced:
                 logger.info("%s (waiting up to %.0fs, --lock-wait)", exc.message, wait)
                 announced = True
@@ -158,14 +159,21 @@ def release(conn: HostConn) -> None:
 
 
 class Heartbeat:
-    """Check every held lock between steps (each lock also heartbeats from its own thread)."""
+    """Check every held lock between steps (each lock also heartbeats from its own thread).
+
+    Every call raises ``LockHeld`` at once when a lock's thread already found it taken over (no
+    I/O); the heartbeat written from here, a few round trips, at most every ``every`` seconds, or
+    now with ``force`` (before something that deletes, such as retention)."""
 
     def __init__(self, conns: list[HostConn], every: float = HEARTBEAT_EVERY, clock=time.monotonic):
         self.conns, self.every, self.clock = conns, every, clock
         self.last = clock()
 
-    def __call__(self) -> None:
-        if self.clock() - self.last < self.every:
+    def __call__(self, *, force: bool = False) -> None:
+        for c in self.conns:
+            if c.lock is not None and c.lock.lost:
+                raise LockHeld(c.lock.lost)
+        if not force and self.clock() - self.last < self.every:
             return
         self.last = self.clock()
         for c in self.conns:

@@ -40,7 +40,7 @@ from .cancel import DeployInterrupted
 from .connections import Heartbeat, connected, locked
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun, StepFailed
-from .observe import observe_host
+from .observe import observe_settled
 from .options import DeployOptions
 from .plan import Phase, peak_copies, peak_memory, plan_host
 from .store import StoreCopies, s3_host_note
@@ -67,6 +67,8 @@ class FleetResult:
     stores: list[dict] = field(default_factory=list)  # shared stores uploaded to once (store.StoreCopies)
     restore: dict | None = None          # a restore after a rollback: rolled_back_from, reason
     message_extra: str = ""
+    blames_version: bool = False         # a failure that says the version is bad (not a host, the network,
+                                         # a signal, the ledger): production moved back, deploy_status=failed
 
     def answered_after(self, since: float) -> float | None:
         """Seconds from ``since`` until the last host answered with the new version's outputs."""
@@ -123,7 +125,8 @@ class _Lazy:
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions):
-    observed = parallel.map_ordered(lambda c: observe_host(c.host, c.transport, c.client, model, label=opts.label),
+    observed = parallel.map_ordered(lambda c: observe_settled(c.host, c.transport, c.client, model, label=opts.label,
+                                                              timeout=opts.timeout, interval=opts.poll_interval),
                                     conns, workers=opts.parallel, name="observe")
     plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
                        fast=opts.fast) for o in observed]
@@ -225,6 +228,12 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     t = result.lap("resolve_version", start)
     with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model):
         t = result.lap("connect_and_lock", t)
+        if source == "production":    # a rollback may have moved it while this deploy connected or waited
+            now, _ = resolve_version(model, None)
+            if now != v:
+                logger.info("production moved from v%d to v%d while this deploy took the hosts' locks: "
+                            "deploying v%d", v, now, now)
+                v = result.version = now
         observed, plans = observe_and_plan(conns, model, v, opts)
         t = result.lap("observe_and_plan", t)
         for c in conns:
@@ -286,10 +295,11 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 label = "canary" if i == 0 and shape.canary else f"wave {i + (0 if shape.canary else 1)}"
                 logger.info("switch %s: %s", label, ", ".join(names))
                 w0 = time.monotonic()
-                if baker is not None:
-                    baker.before_switch(wave)
+                if baker is not None:        # waits for the baseline window: a signal may end it
+                    _or_put_back(result, recorder, wave[0], runs, "bake", baker.before_switch, wave)
                 _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
-                recorder.record_all([_deployed_row(recorder, run, v, reason) for run in wave])
+                _or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
+                             [_deployed_row(recorder, run, v, reason) for run in wave])
                 entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
                 last = i == len(shape.waves) - 1
                 if baker is not None and not last and (i == 0 or opts.bake_each_wave):
@@ -301,9 +311,10 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                     entry["bake"] = [vd.to_dict() for vd in verdicts]
                     entry["bake_seconds"] = round(time.monotonic() - b0, 3)
                     result.bake.extend(entry["bake"])
-                    recorder.record_all([recorder.entry("canary", "passed" if vd.passed else "failed", host=vd.host,
-                                                        from_version=by_name[vd.host].plan.current, to_version=v,
-                                                        reason=vd.line, details=vd.to_dict()) for vd in verdicts])
+                    _or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
+                                 [recorder.entry("canary", "passed" if vd.passed else "failed", host=vd.host,
+                                                 from_version=by_name[vd.host].plan.current, to_version=v,
+                                                 reason=vd.line, details=vd.to_dict()) for vd in verdicts])
                     for vd in verdicts:
                         logger.info("%s", vd.line)
                     bad = [vd for vd in verdicts if not vd.passed]
@@ -406,9 +417,12 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
 def _retention(run: HostRun, opts: DeployOptions) -> dict:
     plan = run.plan
     try:
+        run.heartbeat()               # raises at once if the lock's thread found it taken over
         rp = retention.plan(run.transport, plan.model, serving=plan.desired,
                             previous=plan.previous_kept if plan.previous_kept is not None else plan.current,
                             keep=opts.keep, protected=plan.final.versions)
+        if rp.remove_versions or rp.remove_uploads:
+            run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)
         if rp.remove_versions:
             verified.forget(run.transport, plan.model, rp.remove_versions)
@@ -432,6 +446,16 @@ def _restore_all(runs: list[HostRun]) -> list[tuple[HostRun, dict]]:
     return out
 
 
+def _or_put_back(result: FleetResult, recorder, run: HostRun, every: list[HostRun], step: str, fn, *args):
+    """``fn(*args)`` between two phases of the switch (the bake's baseline window, a wave's ledger
+    rows): whatever it raises — a signal, a ledger that stopped answering — puts every host back
+    like a failed step, so the fleet is never left half switched."""
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        raise _fail(result, recorder, run, every, exc, step=step) from None
+
+
 def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
           exc: BaseException, *, step: str = "?") -> BaseException:
     """Put every host back, move production back, record; returns what to raise: DeployFailed
@@ -450,7 +474,10 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
         rows.append(recorder.entry("host_rollback", "ok" if info["ok"] else "failed", host=r.host.name,
                                    from_version=v, to_version=r.plan.current,
                                    reason=f"deploy of v{v} failed on {run.host.name}: {why}", details=info))
-    recorder.record_all(rows)
+    try:
+        recorder.record_all(rows)
+    except UserError as exc:        # the hosts are back; the ledger is told what it can be told
+        logger.warning("could not record the host rollbacks in the ledger (%s)", exc.message)
     # Ctrl-C / SIGTERM: not the version's fault
     interrupted = isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
     if interrupted and not isinstance(error, DeployInterrupted):
@@ -460,9 +487,13 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
                     else "the upload failed, not the version" if step == "publish"
                     else f"the connection to {run.host.name} was lost, not the version"
                     if run.connection_lost
+                    else f"the deploy lock on {run.host.name} was taken over, not the version"
+                    if run.lock_lost
+                    else "the ledger could not record the deploy, not the version" if step == "record"
                     else "the canary's metrics could not be read, not the version"
                     if step == "bake" and not isinstance(error, CanaryFailed) else None)
     verdict = error.verdict if isinstance(error, CanaryFailed) else None
+    result.blames_version = kept_because is None
     registry_note = _registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
                                             canary=verdict.outcome if verdict is not None else None)
     result.status = "failed"
@@ -501,11 +532,15 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
     reason = f"{run.host.name}: {step}: {why}"
     try:
         if kept_because:        # upload failed, connection lost, or interrupted: nothing says v is bad
-            recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
-                     reason=reason, details={"step": step, "registry_unchanged": True})
             result.registry = {"moved": False, "reason": kept_because}
-            return (f"production left at v{v} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
+            note = (f"production left at v{v} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
                     f"resumes where this one stopped")
+            try:
+                recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
+                         reason=reason, details={"step": step, "registry_unchanged": True})
+            except UserError as exc:
+                note += f" (the ledger row could not be written: {exc.message})"
+            return note
         if result.source != "production":
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,

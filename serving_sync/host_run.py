@@ -19,7 +19,7 @@ from mlops_common import faultpoint, log
 
 from . import apply, cancel, host_config, verified
 from . import models_config as mc
-from .errors import HostUnreachable, SmokeFailed
+from .errors import HostUnreachable, LockHeld, SmokeFailed
 from .observe import Observed
 from .options import DeployOptions
 from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, compose
@@ -70,7 +70,7 @@ class HostRun:
 
     def __init__(self, conn, observed: Observed, plan: HostPlan, opts: DeployOptions, *,
                  golden: Callable[[], Golden], bundle: Callable[[], tuple],
-                 record: Recorder | None = None, heartbeat: Callable[[], None] | None = None,
+                 record: Recorder | None = None, heartbeat: Callable[..., None] | None = None,
                  pull: Callable | None = None):
         self.conn = conn
         self.host = conn.host
@@ -83,10 +83,14 @@ class HostRun:
         self._bundle = bundle               # () -> (saved_model_dir, manifest)
         self._pull = pull                   # (host, manifest) -> store.Pull | None (shared store)
         self.record = record or (lambda *a, **k: None)
-        self.heartbeat = heartbeat or (lambda: None)
+        self.heartbeat = heartbeat or (lambda **_: None)    # Heartbeat(...): (force=False) -> None
         self.config = observed.config
+        # what a put-back writes: the observed text, or the pinned one once PIN_MAIN ran (the
+        # original's policy would load the published version at once)
+        self.baseline: tuple[mc.ServingConfig, str | None] = (observed.config, observed.config_text)
         self.touched = False                # models.config may have been changed by us
         self.connection_lost = False        # the transport died: the host, not the version, failed
+        self.lock_lost: str | None = None   # another deploy took this host's lock: never touch it again
         self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,
                                    previous_kept=plan.previous_kept, notes=list(plan.notes))
 
@@ -103,9 +107,13 @@ class HostRun:
         total = len(self.plan.steps)
         for step in steps:
             i = self.plan.steps.index(step) + 1
-            self.heartbeat()
             try:
+                self.heartbeat()
                 cancel.check()
+            except LockHeld as exc:
+                self.lock_lost = exc.message
+                self.outcome.failed_step, self.outcome.error = step.kind, exc.message
+                raise StepFailed(name, step, exc) from exc
             except cancel.DeployInterrupted as exc:
                 self.outcome.failed_step, self.outcome.error = step.kind, exc.message
                 raise StepFailed(name, step, exc) from exc
@@ -158,6 +166,12 @@ class HostRun:
     def _load(self, step: Step) -> None:
         self._write(step.config)
 
+    def _pin(self, step: Step) -> None:
+        """Pin a main entry that watches the base path to what it serves (nothing that serves
+        changes); from now on that is what a put-back restores."""
+        self._write(step.config)
+        self.baseline = (self.config, mc.render(self.config))
+
     def _drop_validation(self, step: Step) -> None:
         """Unload the validation copy before the main entry loads the version (memory bound)."""
         self._write(step.config)
@@ -209,6 +223,11 @@ class HostRun:
     def restore(self) -> dict:
         """Put the host back as observed before the deploy; never raises (reports instead)."""
         start = time.monotonic()
+        if self.lock_lost and self.touched:      # the host is another deploy's now: leave it to it
+            info = {"needed": True, "ok": False, "seconds": 0.0,
+                    "error": f"not put back: {self.lock_lost}"}
+            self.outcome.status, self.outcome.restore = "restore_failed", info
+            return info
         if not self.touched:
             info = {"needed": False, "ok": True, "seconds": 0.0}
             self.outcome.restore = info
@@ -232,7 +251,7 @@ class HostRun:
     def _restore(self) -> None:
         obs = self.observed.obs
         model, label, timeout = self.model, self.opts.label, self.opts.timeout
-        original = self.observed.config
+        original, text = self.baseline
         orig_main = original.entry(model)
         try:
             current = host_config.read(self.transport)
@@ -261,7 +280,6 @@ class HostRun:
             for v in missing:
                 apply.wait_loaded(self.client, model, v, timeout=timeout, interval=self.opts.poll_interval,
                                   cancellable=False)
-        text = self.observed.config_text
         if text is None:
             text = mc.render(compose(current, model, obs.base_path, ConfigTarget(None, None)))
         apply.apply_text(self.host, self.transport, text, timeout=timeout)
@@ -293,6 +311,7 @@ class HostRun:
 
 
 _RUNNERS: dict[StepKind, Callable[[HostRun, Step], None]] = {
+    StepKind.PIN_MAIN: HostRun._pin,
     StepKind.PUBLISH: HostRun._publish,
     StepKind.LOAD_VALIDATION: HostRun._load,
     StepKind.WAIT_VALIDATION: HostRun._wait,

@@ -58,6 +58,7 @@ class LockInfo:
     created: float     # UTC epoch seconds
     heartbeat: float   # in the lock file: when it was taken; the owner's file has the latest
     purpose: str = "deploy"
+    ttl: float = 0.0   # the owner's TTL (it beats every TTL/4); 0: a lock file from a release without it
 
     @property
     def owner(self) -> str:
@@ -70,7 +71,8 @@ class LockInfo:
     def from_json(cls, data: bytes) -> "LockInfo":
         d = json.loads(data)
         return cls(str(d["user"]), str(d["hostname"]), int(d["pid"]), str(d["token"]),
-                   float(d["created"]), float(d["heartbeat"]), str(d.get("purpose", "deploy")))
+                   float(d["created"]), float(d["heartbeat"]), str(d.get("purpose", "deploy")),
+                   float(d.get("ttl", 0.0)))
 
 
 def corrupt_token(raw: bytes) -> str:
@@ -78,12 +80,18 @@ def corrupt_token(raw: bytes) -> str:
     return "corrupt-" + hashlib.sha256(raw).hexdigest()[:12]
 
 
+def effective_ttl(info: LockInfo, ttl: float) -> float:
+    """The silence after which ``info``'s lock is stale: the longer of our TTL and its owner's
+    (an owner with a longer TTL beats less often; judging it by ours would take a live lock)."""
+    return max(ttl, info.ttl)
+
+
 def stale_reason(info: LockInfo, *, now: float, hostname: str, ttl: float,
                  is_alive: Callable[[int], bool] = pid_alive) -> str | None:
     """Why the lock is abandoned (None if its owner may still be working)."""
     if info.hostname == hostname and not is_alive(info.pid):
         return f"its process {info.pid} no longer runs on {hostname}"
-    age = now - info.heartbeat
+    age, ttl = now - info.heartbeat, effective_ttl(info, ttl)
     if age > ttl:
         return f"no heartbeat for {_duration(age)} (TTL {_duration(ttl)})"
     return None
@@ -186,7 +194,8 @@ class HostLock:
 
     def _new(self) -> LockInfo:
         now = self.clock()
-        return LockInfo(os_user(), self.hostname, os.getpid(), secrets.token_hex(8), now, now, self.purpose)
+        return LockInfo(os_user(), self.hostname, os.getpid(), secrets.token_hex(8), now, now, self.purpose,
+                        self.ttl)
 
     def _read(self, transport: Transport | None = None) -> tuple[bytes, LockInfo | None] | None:
         """(raw bytes, parsed or None if unreadable), or None when there is no lock."""
@@ -250,8 +259,8 @@ class HostLock:
         age = max(0.0, self.clock() - held.heartbeat)
         return (f"{where}: another {held.purpose} holds the lock ({held.owner}, token {token}, since "
                 f"{_when(held.created)}, last heartbeat {age:.0f}s ago; taken over automatically after "
-                f"{_duration(self.ttl)} without one); wait for it to finish, or if you are sure it is dead, "
-                f"rerun with --break-lock {token}")
+                f"{_duration(effective_ttl(held, self.ttl))} without one); wait for it to finish, or if you are "
+                f"sure it is dead, rerun with --break-lock {token}")
 
     # --- keeping it ----------------------------------------------------------------------
     def _start_heartbeat(self) -> None:

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlops_common import log
+
 from . import host_config
 from . import models_config as mc
 from . import verified as verified_record
 from .layout import MODELS_CONFIG
-from .plan import STABLE, HostObservation
+from .plan import LOADING_STATES, STABLE, HostObservation
 from .publish import published_versions
+from .tfs_client import WaitVerdict
 from .transports.base import Transport
+
+logger = log.get("sync.observe")
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,27 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         published=tuple(published_versions(transport, model)),
         verified=tuple(sorted(verified_record.read(transport, model))))
     return Observed(obs, config, text)
+
+
+def observe_settled(host, transport: Transport, client, model: str, *, label: str = STABLE,
+                    timeout: float = 60.0, interval: float = 0.2) -> Observed:
+    """``observe_host`` once TF Serving has finished loading the main entry's versions. A host seen
+    while it loads (TF Serving just restarted) serves nothing yet, so its plan would look like a
+    first deploy's: its labels dropped, the version it is about to serve not kept warm and left
+    to retention. Bounded by ``timeout``; a version that fails to load ends the wait with TF
+    Serving's reason, before anything is changed."""
+    observed = observe_host(host, transport, client, model, label=label)
+    loading = observed.obs.loading
+    if not loading:
+        return observed
+    logger.info("%s: TF Serving is still loading v%s of '%s'; waiting for it before planning", host.name,
+                ", v".join(map(str, loading)), model)
+
+    def settled() -> WaitVerdict:
+        states = _states(client, model)
+        busy = sorted(v for v, s in states.items() if s in LOADING_STATES)
+        return WaitVerdict(not busy, detail=", ".join(f"v{v} {states[v]}" for v in busy))
+
+    client.wait_until(f"TF Serving to finish loading '{model}' on {host.name}", settled, timeout=timeout,
+                      interval=interval)
+    return observe_host(host, transport, client, model, label=label)

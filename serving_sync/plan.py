@@ -28,6 +28,7 @@ from .names import check_version
 from .retention import DEFAULT_KEEP, versions_to_remove
 
 AVAILABLE = "AVAILABLE"
+LOADING_STATES = ("START", "LOADING")     # TF Serving's states before AVAILABLE
 MEMORY_FACTOR = 1.2     # TF Serving's own estimate of a SavedModel's memory: 1.2 x its files' size
 STABLE = "stable"
 KEEP = "keep"     # ConfigTarget.main: leave the main entry exactly as it is
@@ -99,9 +100,20 @@ class HostObservation:
         return max(avail) if avail else None
 
     @property
+    def loading(self) -> list[int]:
+        """Versions of the main entry TF Serving is still loading (it just started or reloaded)."""
+        return sorted(v for v, s in self.main_states.items() if s in LOADING_STATES)
+
+    @property
     def unversioned(self) -> int | None:
         avail = self.available
         return max(avail) if avail else None
+
+    @property
+    def watches_base(self) -> bool:
+        """The main entry loads new version directories by itself (a ``latest`` / ``all`` / default
+        policy over the base path we publish into): a published version would serve at once."""
+        return self.main_policy not in (None, "specific") and self.main_base_path == self.base_path
 
     @property
     def managed(self) -> bool:
@@ -119,6 +131,7 @@ class Phase(enum.StrEnum):
 class StepKind(enum.StrEnum):
     """What one step does (a ``str``: JSON, ledger rows and ``after:<kind>`` test hooks use it)."""
 
+    PIN_MAIN = "pin_main"
     PUBLISH = "publish"
     LOAD_VALIDATION = "load_validation"
     WAIT_VALIDATION = "wait_validation"
@@ -138,7 +151,7 @@ class StepKind(enum.StrEnum):
         return Phase.PREPARE if self in _PREPARE else Phase.SWITCH
 
 
-_PREPARE = frozenset({StepKind.PUBLISH, StepKind.LOAD_VALIDATION, StepKind.WAIT_VALIDATION,
+_PREPARE = frozenset({StepKind.PIN_MAIN, StepKind.PUBLISH, StepKind.LOAD_VALIDATION, StepKind.WAIT_VALIDATION,
                       StepKind.SMOKE_VALIDATION, StepKind.SMOKE_MAIN})
 
 
@@ -253,11 +266,20 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     verified = v in obs.verified
     validated_here = False
     if not loaded:
+        main_now = _current_main(obs)
+        if obs.watches_base:
+            # pin what serves first: the entry would load v{v} the moment it is published, before any
+            # smoke test (and again after a put-back); what is loaded and labelled stays as it is
+            avail = tuple(obs.available)
+            main_now = MainTarget(avail, tuple((k, x) for k, x in obs.main_labels if x in avail)) if avail else None
+            pinned = ", ".join(f"v{x}" for x in avail) or "nothing (it serves nothing)"
+            steps.append(Step(StepKind.PIN_MAIN, v, f"pin the main entry {model} to {pinned} (its version policy "
+                              f"{obs.main_policy} would load v{v} as soon as it is published)",
+                              ConfigTarget(main_now, obs.validate), entry=model))
         where = "already present: verify its files only" if v in obs.published else "upload, verify, rename"
         steps.append(Step(StepKind.PUBLISH, v, f"publish v{v} as {model}/{v} ({where})"))
         if verified:
             notes.append(f"v{v} passed the smoke test on this host before, but is not loaded: validate it again")
-        main_now = _current_main(obs)
         unchanged = "nothing served yet" if s is None else f"main entry unchanged: stable stays on v{s}"
         steps.append(Step(StepKind.LOAD_VALIDATION, v, f"load v{v} in the validation entry {vname} ({unchanged})",
                           ConfigTarget(main_now, v), entry=vname))

@@ -34,7 +34,7 @@ class RollbackResult:
 
 
 def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,
-                        opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
+                        force: bool = False, opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
                         lock_wait: float = 0.0, started: float | None = None,
                         on_moved: Callable[[object], None] | None = None) -> RollbackResult:
     """Roll ``production`` back (to ``to``, else the previous version in the ledger) as
@@ -45,7 +45,7 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     from registry import promotion
 
     start = time.monotonic() if started is None else started
-    promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, defer_tags=True)
+    promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True)
     if on_moved is not None:
         on_moved(promo)
     try:

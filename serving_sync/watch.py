@@ -98,20 +98,23 @@ class Watcher:
 
 
 class FailedVersions:
-    """Versions whose deploy failed, not to be retried in a loop: those that failed in this watch,
-    and (``recorded``, e.g. ``registry.deploys.failed_since_promoted``) those the registry records
-    as failed since they were last promoted, so a restarted watcher does not retry them either."""
+    """Versions whose deploy failed, not to be retried in a loop. With ``recorded`` (e.g.
+    ``registry.deploys.failed_since_promoted``) the registry decides, asked at each pass that would
+    deploy: a version tagged failed since its last promotion is skipped — by a restarted watcher
+    too — and one promoted again is tried again, with or without a webhook. Without it, the
+    versions that failed in this watch."""
 
     def __init__(self, recorded: Callable[[int], bool] | None = None):
         self.failed: set[int] = set()
         self.recorded = recorded
 
     def skip(self, version: int) -> bool:
-        if version in self.failed:
-            return True
-        if self.recorded is not None and self.recorded(version):
+        if self.recorded is None:
+            return version in self.failed
+        if self.recorded(version):
             self.failed.add(version)
             return True
+        self.failed.discard(version)
         return False
 
     def add(self, version: int) -> None:
@@ -121,7 +124,8 @@ class FailedVersions:
 class FleetReconciler:
     """One pass of ``mlops sync watch``: plan the fleet against ``production`` and deploy when the
     hosts differ, with the same rollout as ``mlops sync deploy``. A version whose deploy failed
-    (in this watch, or recorded since its last promotion) is skipped until production moves; a
+    because of the version (recorded since its last promotion) is skipped until it is promoted
+    again or production moves; a failure that does not blame the version is retried next pass; a
     named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
@@ -152,7 +156,9 @@ class FleetReconciler:
         try:
             r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait)
         except DeployFailed as exc:
-            self.failed.add(fp.version)
+            result = getattr(exc, "result", None)
+            if result is None or result.blames_version:     # a host or the network: the next pass retries
+                self.failed.add(fp.version)
             return "failed", fp.version, exc.message
         return r.status, r.version, r.message
 

@@ -55,7 +55,8 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     by = Provenance("oncall")
     out = rb.rollback_and_deploy("m", ["h"], provenance=by, reason="slow", started=10.0, on_moved=moved.append)
     assert [c if isinstance(c, str) else c[0] for c in registry_calls] == ["rollback", "deploy", "finish", "tag"]
-    assert registry_calls[0][1] == {"to": None, "reason": "slow", "provenance": by, "defer_tags": True}
+    assert registry_calls[0][1] == {"to": None, "reason": "slow", "provenance": by, "force": False,
+                                  "defer_tags": True}
     assert registry_calls[1][1]["reason"] == "slow"          # the ledger's reason goes to the deploy rows
     assert registry_calls[1][1]["provenance"] is by          # and who rolled back, to every row it writes
     assert registry_calls[3] == ("tag", "m", 3, "rolled_back", "slow")

@@ -175,12 +175,27 @@ def test_other_labels_survive_when_their_version_stays_loaded():
     assert final.label_map == {"canary": 1, "stable": 2} and prev == 1
 
 
-def test_unmanaged_main_entry_is_kept_verbatim_while_validating_then_taken_over():
-    o = obs(policy="latest", versions=(), states={4: A}, stable=None, published=(4,))
+def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upload_then_taken_over():
+    # TF Serving's latest / all / default policy over the base path we publish into would load v5
+    # the moment it is published, before its smoke test: pinned to what serves first
+    for policy in ("latest", "all", "default"):
+        o = obs(policy=policy, versions=(), states={4: A}, stable=None, published=(4,))
+        p = plan_host(o, 5)
+        assert kinds(p)[:2] == ["pin_main", "publish"], policy
+        assert step(p, "pin_main").config == ConfigTarget(MainTarget((4,), ()), None)
+        assert step(p, "load_validation").config.main == MainTarget((4,), ())
+        assert step(p, "load_main").config.main == MainTarget((4, 5), ())
+        assert step(p, "switch").config.main == MainTarget((4, 5), (("stable", 5),))
+    nothing = plan_host(obs(policy="latest", versions=(), states={}, published=()), 5)
+    assert step(nothing, "pin_main").config.main is None        # it served nothing: no main entry until v5
+
+
+def test_an_unmanaged_main_entry_on_another_base_path_is_kept_verbatim_while_validating_then_taken_over():
+    o = obs(policy="latest", versions=(), states={4: A}, stable=None, published=(4,), base="/elsewhere/m")
     p = plan_host(o, 5)
+    assert "pin_main" not in kinds(p)
     assert step(p, "load_validation").config.main == KEEP
     assert step(p, "load_main").config.main == MainTarget((4, 5), ())
-    assert step(p, "switch").config.main == MainTarget((4, 5), (("stable", 5),))
 
 
 def test_retention_preview_never_removes_serving_previous_or_kept_versions():

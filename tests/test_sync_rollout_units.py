@@ -216,17 +216,17 @@ def test_failed_after_promotion_is_cleared_by_promoting_again():
     assert failed_after_promotion([], 2)                  # only the tag says so
 
 
-def test_failed_versions_asks_the_registry_once_and_remembers():
+def test_failed_versions_follow_the_registry_so_a_version_promoted_again_is_tried_again():
     from serving_sync.watch import FailedVersions
 
-    asked = []
-
-    def recorded(v):
-        asked.append(v)
-        return v == 3
-
-    fv = FailedVersions(recorded=recorded)
-    assert fv.skip(3) and fv.skip(3) and asked == [3]       # from the tag, then remembered
-    assert not fv.skip(4) and asked == [3, 4]
-    fv.add(4)
-    assert fv.skip(4) and not FailedVersions().skip(3)
+    failed_in_registry = {3}
+    fv = FailedVersions(recorded=lambda v: v in failed_in_registry)
+    assert fv.skip(3) and fv.skip(3)                        # tagged failed since its promotion
+    assert not fv.skip(4)
+    failed_in_registry.discard(3)                           # promoted again (no webhook needed)
+    assert not fv.skip(3)
+    fv.add(5)                                               # the registry is the truth when it is asked
+    assert not fv.skip(5)
+    alone = FailedVersions()                                # without a registry: this watch's failures
+    alone.add(4)
+    assert alone.skip(4) and not alone.skip(3)

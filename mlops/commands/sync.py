@@ -203,6 +203,8 @@ def register(sub) -> None:
     rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
     rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
+    rb.add_argument("--force", action="store_true",
+                    help="allow a version that did not pass the gate (needs --reason)")
     _deploy_flags(rb)
     _common(rb)
     rb.set_defaults(func=cmd_rollback)
@@ -407,7 +409,8 @@ def _rollback_command(args, start: float) -> int:
     opts = _deploy_options(args)       # so does a bad MLOPS_BAKE_* setting
     by = approver.provenance(args.actor)
     with _json_on_failure(args):
-        rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, opts=opts,
+        rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, force=args.force,
+                                 opts=opts,
                                  break_lock=args.break_lock, lock_wait=args.lock_wait, started=start,
                                  on_moved=functools.partial(sync_text.rollback_moved, model, by.actor))
     if args.json:

@@ -1,0 +1,105 @@
+"""Rollback without ``--to`` skips earlier production holders deleted from the registry since (real
+MLflow server and ledger), and ``mlops sync rollback --force`` reaches ``promotion.rollback``."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mlops_common.errors import NotFoundError
+from registry import promotion, versions
+from registry.client import tracking_client
+from registry.ledger import Ledger
+
+
+def delete_from_registry(model: str, version: int) -> None:
+    """Delete a version straight in MLflow, as someone cleaning up the registry would."""
+    tracking_client().delete_model_version(model, str(version))
+    assert version not in {i.version for i in versions.list_versions(model)}
+
+
+def promoted_in_turn(make_version, n: int) -> str:
+    """``n`` versions that passed the gate, each promoted in turn by alice; the model's name."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for _ in range(n):
+        make_version(validation_status="passed")
+    for v in range(1, n + 1):
+        promotion.promote(model, v, actor="alice")
+    return model
+
+
+def test_rollback_skips_a_deleted_earlier_holder_and_lands_on_the_one_before(make_version):
+    model = promoted_in_turn(make_version, 3)
+    delete_from_registry(model, 2)
+    result = promotion.rollback(model, actor="bob", reason="v3 is slow")    # used to fail: version 2 not found
+    assert (result.from_version, result.to_version, result.moved) == (3, 1, True)
+    assert versions.production_version(model) == 1
+    row = Ledger().entries(model)[-1]
+    assert (row.action, row.outcome, row.from_version, row.to_version, row.actor) == \
+        ("rollback", "ok", 3, 1, "bob")
+    assert row.details["skipped_deleted"] == [2]
+    assert row.details["skipped_failed"] == [] and row.details["rollback_of"] == 3
+    assert result.details["skipped_deleted"] == [2]
+
+
+def test_a_rollback_with_nothing_deleted_records_no_skipped_deleted(make_version):
+    model = promoted_in_turn(make_version, 2)
+    result = promotion.rollback(model, actor="bob")
+    assert result.to_version == 1
+    assert "skipped_deleted" not in Ledger().entries(model)[-1].details
+
+
+def test_when_every_earlier_holder_was_deleted_the_error_says_nothing_to_roll_back_to_and_names_them(
+        make_version):
+    model = promoted_in_turn(make_version, 3)
+    delete_from_registry(model, 1)
+    delete_from_registry(model, 2)
+    before = len(Ledger().entries(model))
+    with pytest.raises(NotFoundError) as caught:
+        promotion.rollback(model, actor="bob")
+    message = str(caught.value)
+    assert message.startswith(f"nothing to roll back to for '{model}': the ledger shows no earlier production "
+                              f"version than 3")
+    assert "still exists" in message and "skipped [1, 2]" in message
+    assert "mlops registry promote --version N" in message
+    assert versions.production_version(model) == 3
+    assert not [e for e in Ledger().entries(model)[before:] if e.action == "rollback" and e.outcome == "ok"]
+
+
+class _Captured(Exception):
+    """Stops the rollback right after ``promotion.rollback`` is called."""
+
+
+def test_sync_rollback_force_flag_is_parsed_and_reaches_promotion_rollback(monkeypatch):
+    from mlops.cli import build_parser
+    from mlops.commands import sync as sync_cmd
+    from registry.provenance import Provenance
+    from serving_sync import rollback as rb
+
+    parser = build_parser()
+    args = parser.parse_args(["sync", "rollback", "--force", "--reason", "x"])
+    assert args.force is True and args.reason == "x"
+    assert parser.parse_args(["sync", "rollback"]).force is False
+
+    calls = []
+
+    def capture(model, **kw):
+        calls.append((model, kw))
+        raise _Captured
+
+    monkeypatch.setattr(promotion, "rollback", capture)
+    with pytest.raises(_Captured):
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), to=4, reason="x", force=True)
+    assert calls[-1][0] == "m"
+    assert (calls[-1][1]["force"], calls[-1][1]["to"], calls[-1][1]["reason"]) == (True, 4, "x")
+    with pytest.raises(_Captured):
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"))
+    assert calls[-1][1]["force"] is False
+
+    # the whole command: the parsed flag goes through rollback_and_deploy to promotion.rollback
+    monkeypatch.setenv("MLOPS_MODEL_NAME", "cli-model")
+    monkeypatch.setattr(sync_cmd, "_hosts", lambda args: ["h"])
+    with pytest.raises(_Captured):
+        args.func(args)
+    model, kw = calls[-1]
+    assert model == "cli-model" and kw["force"] is True and kw["reason"] == "x" and kw["to"] is None

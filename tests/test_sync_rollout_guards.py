@@ -1,0 +1,229 @@
+"""What happens between the steps of a fleet rollout, against real services (MLflow server,
+ledger, local TF-Serving-compatible servers, the file transport's host locks):
+
+- a ledger that stops answering after the canary switched, or a SIGTERM while the canary's
+  baseline window is measured, puts every host back (the fleet is never left half switched) and
+  leaves production alone: neither says the version is bad;
+- a host whose lock another deploy took over is left to that deploy (never written again), the
+  other hosts are put back, and the version is not blamed;
+- a deploy that waited for the hosts' locks while a rollback moved production deploys what
+  production names after the wait, not before it.
+
+Fleets of 1-2 hosts; every wait is bounded.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from mlops_common.errors import DeployFailed, UserError
+from registry import promotion
+from registry.deploys import DeployLedger
+from serving_sync import cancel, fleet, host_run
+from serving_sync import models_config as mc
+from serving_sync.canary import Baker
+from serving_sync.hosts import load_hosts
+from serving_sync.lock import HostLock
+from serving_sync.options import DeployOptions
+from serving_sync.plan import StepKind
+from serving_sync.transports import open_transport
+
+
+def _opts(**kw) -> DeployOptions:
+    return DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True, **kw)
+
+
+def _v1_then_promote_v2(env, hosts) -> tuple[int, int]:
+    v1 = env.release("a", opts=_opts(canary=0))
+    v2 = env.register("b")
+    env.promote(v2)
+    return v1, v2
+
+
+def _not_blamed(env, v2: int, result) -> None:
+    assert env.production() == v2                               # production left where it was
+    assert env.tags(v2).get("deploy_status") != "failed"
+    assert result.blames_version is False
+
+
+def test_a_ledger_that_fails_after_the_canary_switched_puts_every_host_back(deploy_env, monkeypatch):
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    before = [env.config_text(h) for h in hosts]
+    real = DeployLedger.record_all
+
+    def down_for_deploy_rows(self, entries):
+        if any(e.action == "deploy" and e.outcome == "ok" for e in entries):
+            raise UserError("ledger: could not connect to PostgreSQL (test)")
+        return real(self, entries)
+
+    monkeypatch.setattr(DeployLedger, "record_all", down_for_deploy_rows)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts(canary=1))
+    message = str(failed.value)
+    assert "at step 'record'" in message and "the ledger could not record the deploy, not the version" in message
+    by = {o.host: o for o in failed.value.result.hosts}
+    assert by[hosts[0].name].status == "restored"                # the canary had switched: it is back
+    for h in hosts:
+        env.serves(h, v1)
+    assert [env.config_text(h) for h in hosts] == before
+    _not_blamed(env, v2, failed.value.result)
+
+
+def test_a_sigterm_while_the_canary_baseline_is_measured_puts_every_host_back(deploy_env, monkeypatch):
+    env = deploy_env
+    hosts = env.add_monitored_hosts(2)
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    before = [env.config_text(h) for h in hosts]
+    measure = Baker.before_switch
+
+    def signalled(self, wave):           # the signal arrives during the wait for the baseline window
+        cancel.request("SIGTERM (test)")
+        return measure(self, wave)
+
+    monkeypatch.setattr(Baker, "before_switch", signalled)
+    try:
+        with pytest.raises(cancel.DeployInterrupted) as stopped:
+            env.deploy(opts=_opts(bake=5.0))
+    finally:
+        cancel.reset()
+    assert "at step 'bake'" in str(stopped.value) and "interrupted" in str(stopped.value)
+    for h in hosts:                      # prepared (validation copy loaded), now exactly as before
+        env.serves(h, v1)
+        assert "AVAILABLE" not in env.states(h, mc.validation_name(env.model)).values()
+    assert [env.config_text(h) for h in hosts] == before
+    _not_blamed(env, v2, stopped.value.result)
+
+
+def test_a_host_whose_lock_was_taken_over_is_left_to_its_new_owner(deploy_env, monkeypatch):
+    env = deploy_env
+    monkeypatch.setenv("MLOPS_LOCK_TTL", "2")          # the deploy's lock thread beats every 0.5 s
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    target = hosts[1]
+    other: dict = {}
+    drop = host_run._RUNNERS[StepKind.DROP_VALIDATION]
+
+    def then_taken_over(run, step):
+        drop(run, step)
+        if run.host.name != target.name:
+            return
+        lock_file = target.base / ".serving_sync" / "lock"
+        token = json.loads(lock_file.read_text())["token"]
+        other["transport"] = open_transport(run.host)                # another deploy, its own connection
+        other["lock"] = HostLock(other["transport"], break_lock=token, ttl=600, heartbeat_every=0)
+        other["lock"].acquire()
+        other["config"] = env.config_text(target)
+        deadline = time.monotonic() + 10                             # its lock thread notices
+        while run.conn.lock.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.conn.lock.lost, "the deploy's lock thread did not notice the takeover"
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.DROP_VALIDATION, then_taken_over)
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            env.deploy(opts=_opts(canary=0))
+        message = str(failed.value)
+        assert f"the deploy lock on {target.name} was taken over, not the version" in message
+        assert f"COULD NOT put back {target.name}" in message and "lost its lock" in message
+        assert env.config_text(target) == other["config"]         # not written after the takeover
+        env.serves(hosts[0], v1)                                    # the host still ours is put back
+        held = json.loads((target.base / ".serving_sync" / "lock").read_text())
+        assert held["token"] == other["lock"].info.token            # the new owner's lock was left alone
+        _not_blamed(env, v2, failed.value.result)
+    finally:
+        if "lock" in other:
+            other["lock"].release()
+            other["transport"].close()
+
+
+def test_a_deploy_that_waited_for_the_locks_deploys_what_production_names_after_the_wait(deploy_env, monkeypatch):
+    env = deploy_env
+    hosts = env.add_hosts(1, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    transport = open_transport(load_hosts()[0])
+    held = HostLock(transport, heartbeat_every=0)          # another deploy is working on the host
+    held.acquire()
+    resolved = threading.Event()
+    resolve = fleet.resolve_version
+
+    def noted(model, version):
+        out = resolve(model, version)
+        resolved.set()
+        return out
+
+    monkeypatch.setattr(fleet, "resolve_version", noted)
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = env.deploy(opts=_opts(), lock_wait=60)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    try:
+        thread.start()
+        assert resolved.wait(60), "the deploy never read production"
+        time.sleep(0.5)                                     # it is waiting for the lock now
+        promotion.rollback(env.model, reason="on call: v2 is bad", actor="oncall")
+        assert env.production() == v1
+    finally:
+        held.release()
+        transport.close()
+    thread.join(90)
+    assert not thread.is_alive()
+    assert "error" not in box, box.get("error")
+    result = box["result"]
+    assert result.version == v1 and result.status == "up_to_date", result.message
+    env.serves(hosts[0], v1)
+
+
+def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upload(deploy_env):
+    """A host left by a glue script: TF Serving's default version policy (latest) over the base
+    path the deploy publishes into. The upload would make it serve the new version before any
+    smoke test, and a put-back of that text would load it again; the deploy pins the entry to what
+    it serves first, and that pinned text is what a failure puts back."""
+    from serving_sync import apply
+
+    env = deploy_env
+    [host] = env.add_hosts(1, "file")
+    v1 = env.release("a", opts=_opts(canary=0))
+    target = load_hosts()[0]
+    base = mc.model_base_path(target.serving_base_path(), env.model)
+    glue = (f'model_config_list {{ config {{ name: "{env.model}" base_path: "{base}" '
+            f'model_platform: "tensorflow" }} }}\n')
+    transport = open_transport(target)
+    try:
+        apply.apply_text(target, transport, glue, timeout=30)
+    finally:
+        transport.close()
+    assert mc.parse(env.config_text(host)).entry(env.model).policy == "default"
+    bad = env.register("altered")              # its smoke test fails: its outputs are not its golden ones
+    env.promote(bad)
+    stop, seen = threading.Event(), []
+
+    def probe():                               # the main entry's states, every 20 ms, while it deploys
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            seen.append(env.states(host).get(bad))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=probe, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            env.deploy(opts=_opts())
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert "smoke_validation" in str(failed.value), str(failed.value)
+    main = mc.parse(env.config_text(host)).entry(env.model)
+    assert main.policy == "specific" and main.versions == (v1,)          # pinned, and put back pinned
+    time.sleep(1.5)                            # past the servers' file-system poll: nothing loads it later
+    assert env.states(host).get(bad) is None and set(seen) == {None}   # never in the main entry
+    assert env.answers_like(host, v1) and env.which(host) == v1
