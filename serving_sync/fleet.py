@@ -565,6 +565,14 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
                 f"deploy_status=failed: fix the model or its golden set and register a new version")
     except UserError as exc:
         result.registry = {"moved": False, "error": exc.message}
+        if not kept_because:
+            # the ledger (its own database) still learns the deploy failed: else the newest deploy
+            # row of v could be a canary's "ok", and later rollbacks would take v for a good target
+            try:
+                recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
+                         reason=reason, details={"step": step, "registry_error": exc.message})
+            except UserError:
+                pass
         return f"could not update the registry ({exc.message}); check `mlops registry status`"
 
 

@@ -230,3 +230,34 @@ def test_failed_versions_follow_the_registry_so_a_version_promoted_again_is_trie
     alone = FailedVersions()                                # without a registry: this watch's failures
     alone.add(4)
     assert alone.skip(4) and not alone.skip(3)
+
+
+def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(monkeypatch):
+    """MLflow down when production should move back: the deploy's failure still reaches the ledger,
+    so the version's newest deploy row is not a canary host's "ok" that a later rollback trusts."""
+    from types import SimpleNamespace
+
+    from registry import promotion
+    from serving_sync import fleet
+
+    rows = []
+
+    def recorder(action, outcome, **fields):
+        rows.append((action, outcome, fields["to_version"], fields["details"].get("registry_error")))
+
+    recorder.previous_production = lambda v: 1
+    recorder.provenance = None
+
+    def down(*a, **k):
+        raise UserError("MLflow at http://127.0.0.1:5000 is not reachable")
+
+    monkeypatch.setattr(promotion, "revert_failed_deploy", down)
+    result = fleet.FleetResult("m", 2, "production", "failed")
+    run = SimpleNamespace(host=SimpleNamespace(name="web-1"), plan=SimpleNamespace(current=1))
+    note = fleet._registry_after_failure(result, recorder, run, "smoke test failed", "smoke_validation",
+                                         kept_because=None)
+    assert "could not update the registry" in note and result.registry["moved"] is False
+    assert rows == [("deploy", "failed", 2, "MLflow at http://127.0.0.1:5000 is not reachable")]
+    rows.clear()
+    fleet._registry_after_failure(result, recorder, run, "interrupted", "bake", kept_because="interrupted")
+    assert [r[:3] for r in rows] == [("deploy", "failed", 2)]          # the kept-because row, once
