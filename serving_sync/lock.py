@@ -7,7 +7,8 @@ to its own file, ``lock-heartbeat-<token>``, rewritten by a background thread ev
 uploads and waits keep it fresh), and a late owner can never overwrite a successor's lock.
 
 A lock is taken over only when it is stale — its heartbeat silent for longer than the TTL
-(``MLOPS_LOCK_TTL``, default 10 min), or its owner a dead process on this machine — or when the
+(``MLOPS_LOCK_TTL``, default 10 min, or the owner's recorded TTL when longer), or its owner a dead
+process on this machine (same hostname and PID namespace: containers may share a hostname) — or when the
 caller names its token (``--break-lock TOKEN``, shown in the refusal). A stale takeover needs no
 person: it logs a warning and appends a ledger row. Taking over is compare-and-delete
 (``Transport.remove_if_same``): only the exact lock that was read and judged is removed, so two
@@ -59,6 +60,7 @@ class LockInfo:
     heartbeat: float   # in the lock file: when it was taken; the owner's file has the latest
     purpose: str = "deploy"
     ttl: float = 0.0   # the owner's TTL (it beats every TTL/4); 0: a lock file from a release without it
+    pidns: str = ""    # the owner's boot and PID namespace (pid_namespace()); "": a release without it
 
     @property
     def owner(self) -> str:
@@ -72,12 +74,24 @@ class LockInfo:
         d = json.loads(data)
         return cls(str(d["user"]), str(d["hostname"]), int(d["pid"]), str(d["token"]),
                    float(d["created"]), float(d["heartbeat"]), str(d.get("purpose", "deploy")),
-                   float(d.get("ttl", 0.0)))
+                   float(d.get("ttl", 0.0)), str(d.get("pidns", "")))
 
 
 def corrupt_token(raw: bytes) -> str:
     """The name of an unreadable lock file for ``--break-lock`` (a hash of its bytes)."""
     return "corrupt-" + hashlib.sha256(raw).hexdigest()[:12]
+
+
+def pid_namespace() -> str:
+    """This process's boot and PID namespace (Linux), so that a pid is only judged dead where it
+    means the same process: containers that share a hostname (Kubernetes ``hostNetwork``, Docker
+    ``--uts=host``) each have their own pids. "" where it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def effective_ttl(info: LockInfo, ttl: float) -> float:
@@ -87,9 +101,11 @@ def effective_ttl(info: LockInfo, ttl: float) -> float:
 
 
 def stale_reason(info: LockInfo, *, now: float, hostname: str, ttl: float,
-                 is_alive: Callable[[int], bool] = pid_alive) -> str | None:
-    """Why the lock is abandoned (None if its owner may still be working)."""
-    if info.hostname == hostname and not is_alive(info.pid):
+                 is_alive: Callable[[int], bool] = pid_alive, pidns: str = "") -> str | None:
+    """Why the lock is abandoned (None if its owner may still be working). Its pid is asked about
+    only on the same machine and PID namespace (a lock file without one: by hostname alone)."""
+    same = info.hostname == hostname and (not info.pidns or info.pidns == pidns)
+    if same and not is_alive(info.pid):
         return f"its process {info.pid} no longer runs on {hostname}"
     age, ttl = now - info.heartbeat, effective_ttl(info, ttl)
     if age > ttl:
@@ -98,13 +114,14 @@ def stale_reason(info: LockInfo, *, now: float, hostname: str, ttl: float,
 
 
 def takeover_reason(held: LockInfo | None, token: str, *, named: str | None, now: float,
-                    hostname: str, ttl: float, is_alive: Callable[[int], bool] = pid_alive) -> str | None:
+                    hostname: str, ttl: float, is_alive: Callable[[int], bool] = pid_alive,
+                    pidns: str = "") -> str | None:
     """Why this lock may be taken over now (None: leave it). ``held`` None = unreadable file."""
     if named is not None and named == token:
         return f"--break-lock {token}"
     if held is None:
         return None
-    reason = stale_reason(held, now=now, hostname=hostname, ttl=ttl, is_alive=is_alive)
+    reason = stale_reason(held, now=now, hostname=hostname, ttl=ttl, is_alive=is_alive, pidns=pidns)
     return f"stale: {reason}" if reason else None
 
 
@@ -185,6 +202,7 @@ class HostLock:
         self.model = model
         self.heartbeat_every = heartbeat_every if heartbeat_every is not None else self.ttl / 4
         self.hostname = socket.gethostname()
+        self.pidns = pid_namespace()
         self.info: LockInfo | None = None
         self.lost: str | None = None       # set by the heartbeat thread when the lock was taken over
         self.trouble: str | None = None    # last heartbeat error (retried)
@@ -195,7 +213,7 @@ class HostLock:
     def _new(self) -> LockInfo:
         now = self.clock()
         return LockInfo(os_user(), self.hostname, os.getpid(), secrets.token_hex(8), now, now, self.purpose,
-                        self.ttl)
+                        self.ttl, self.pidns)
 
     def _read(self, transport: Transport | None = None) -> tuple[bytes, LockInfo | None] | None:
         """(raw bytes, parsed or None if unreadable), or None when there is no lock."""
@@ -239,7 +257,7 @@ class HostLock:
                 held = self._last_beat(held)
             token = held.token if held is not None else corrupt_token(raw)
             why = takeover_reason(held, token, named=self.break_lock, now=self.clock(),
-                                  hostname=self.hostname, ttl=self.ttl)
+                                  hostname=self.hostname, ttl=self.ttl, pidns=self.pidns)
             if why is None:
                 raise LockHeld(self._held_message(where, held, token))
             if self.transport.remove_if_same(LOCK_PATH, raw):

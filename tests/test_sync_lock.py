@@ -227,6 +227,32 @@ def test_compare_and_delete_waits_for_a_live_guard_and_breaks_a_dead_one(kind, r
     assert [n for n in hut.raw_names(".serving_sync") if n.startswith("lock")] == []
 
 
+
+def test_a_compare_and_delete_stalled_while_holding_the_guard_gives_up(monkeypatch, tmp_path):
+    """A caller stalled between reading the file and deleting it (a slow round trip) for longer than
+    half the guard's stale age may have had its guard broken and the file replaced meanwhile: it
+    deletes nothing (it deleted the successor's lock before)."""
+    from serving_sync.transports import guarded_delete
+    from serving_sync.transports.local import LocalTransport
+
+    class Slow(LocalTransport):
+        def read_file(self, rel):
+            data = super().read_file(rel)
+            if rel == LOCK_PATH:
+                time.sleep(0.3)           # the read's answer arrives late
+            return data
+
+    monkeypatch.setattr(guarded_delete, "GUARD_STALE", 0.4)
+    t = Slow(tmp_path / "base")
+    try:
+        t.write_file_atomic(LOCK_PATH, b"one")
+        assert guarded_delete.remove_if_same(t, LOCK_PATH, b"one", wait=0.1) is False
+        assert t.read_file(LOCK_PATH) == b"one"
+        monkeypatch.setattr(guarded_delete, "GUARD_STALE", 30.0)
+        assert guarded_delete.remove_if_same(t, LOCK_PATH, b"one", wait=0.1) is True
+    finally:
+        t.close()
+
 _RACE = """
 import os, sys, time
 from pathlib import PosixPath

@@ -110,6 +110,39 @@ def test_a_lock_file_from_an_older_release_is_still_taken_over_after_the_callers
     assert not transport.exists(LOCK_PATH)
 
 
+
+# --- a dead pid counts only in the owner's own PID namespace --------------------------------------
+def test_a_dead_pid_is_judged_only_in_the_owners_pid_namespace():
+    dead = lambda pid: False  # noqa: E731 - every pid is dead here
+    kw = dict(now=T0 + 10, hostname="here", ttl=600, is_alive=dead)
+    assert stale_reason(_info(hostname="here", pidns="boot-1:4026531836"), pidns="boot-1:4026531836", **kw)
+    # another container with the same hostname (Kubernetes hostNetwork): its pids are not ours
+    assert stale_reason(_info(hostname="here", pidns="boot-1:4026532999"), pidns="boot-1:4026531836", **kw) is None
+    assert stale_reason(_info(hostname="here", pidns="boot-0:4026531836"), pidns="boot-1:4026531836", **kw) is None
+    assert stale_reason(_info(hostname="here"), pidns="boot-1:4026531836", **kw)      # an older file: by hostname
+
+
+def test_a_live_lock_from_a_container_sharing_our_hostname_is_not_taken_over(transport):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)                 # no such process here; in the other container it is working
+    info = _info(hostname=socket.gethostname(), pid=pid, created=time.time(), heartbeat=time.time(),
+                 pidns="another-boot:4026532999", ttl=600.0)
+    assert transport.create_exclusive(LOCK_PATH, info.to_json())
+    with pytest.raises(LockHeld):
+        HostLock(transport, heartbeat_every=0).acquire()
+    ours = LockInfo(**{**info.__dict__, "pidns": HostLock(transport, heartbeat_every=0).pidns})
+    transport.remove_file(LOCK_PATH)
+    assert transport.create_exclusive(LOCK_PATH, ours.to_json())    # the same, in our namespace: dead
+    taker = HostLock(transport, heartbeat_every=0)
+    try:
+        assert taker.acquire().token != info.token
+    finally:
+        taker.release()
+
 # --- --lock-wait and signals ----------------------------------------------------------------------
 def test_a_signal_during_lock_wait_stops_the_wait_at_once(transport):
     holder = HostLock(transport, heartbeat_every=0)

@@ -9,8 +9,10 @@ the guard are the bytes deleted.
 
 The guard is held for a few round trips. A process killed while holding it leaves it behind;
 a guard older than ``GUARD_STALE`` seconds (by the creator's clock, written inside it) is removed
-by the next caller. Two callers breaking the same dead guard in the same instant is the one case
-this cannot order; it needs a crash inside that window first.
+by the next caller, and a holder that was stalled for half that long between taking the guard
+and deleting gives up rather than delete a file someone else may have written meanwhile. Two
+callers breaking the same dead guard in the same instant is the one case this cannot order; it
+needs a crash inside that window first.
 """
 from __future__ import annotations
 
@@ -39,12 +41,17 @@ def remove_if_same(t: "Transport", rel: str, expected: bytes, *, clock=time.time
     mine = json.dumps({"created": clock(), "pid": os.getpid(), "nonce": secrets.token_hex(6)}).encode()
     if not _take(t, guard, mine, clock=clock, sleep=sleep, wait=wait):
         return False
+    taken = time.monotonic()
     try:
         try:
             current = t.read_file(rel)
         except FileNotFoundError:
             return False
         if current != expected:
+            return False
+        if time.monotonic() - taken > GUARD_STALE / 2:
+            # stalled while holding the guard (a slow round trip): another caller may have judged
+            # it dead, deleted the file and written its own; what we read may no longer be there
             return False
         t.remove_file(rel)
         return True
