@@ -5,6 +5,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlops_common.errors import ConfigError
+
 
 @dataclass
 class Case:
@@ -14,10 +16,26 @@ class Case:
     seconds: float = 0.0
 
 
+def check_path(path: str | Path | None, flag: str = "--junit") -> None:
+    """Refuse, before a command records anything, a path the report could not be written to."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"{flag} {out} is a directory; name a file, e.g. {out / 'results.xml'}")
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{flag} {out}: {parent} is not a directory")
+
+
 def write(path: str | Path, suite: str, cases: list[Case]) -> Path:
     """Write ``cases`` as one JUnit test suite to ``path`` (parent folders created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--junit {path}: cannot create {path.parent} ({exc.strerror})") from None
     failures = sum(not c.passed for c in cases)
     root = ET.Element("testsuite", name=suite, tests=str(len(cases)), failures=str(failures),
                       errors="0", time=f"{sum(c.seconds for c in cases):.3f}")
@@ -28,6 +46,10 @@ def write(path: str | Path, suite: str, cases: list[Case]) -> Path:
         elif c.message:
             ET.SubElement(el, "system-out").text = c.message
     tmp = path.with_suffix(path.suffix + ".tmp")
-    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    try:
+        ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"--junit {path}: cannot write it ({exc.strerror})") from None
     return path

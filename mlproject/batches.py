@@ -10,6 +10,7 @@ import io
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,11 @@ def write_batch(data: Arrays, out: str) -> str:
     path = Path(out).expanduser()
     if path.suffix != ".npz":
         raise ConfigError(f"--out '{out}' must end in .npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(f"--out '{out}': cannot write there ({exc.strerror}: {exc.filename})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
@@ -101,7 +105,7 @@ def parse_npz(source: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
             raise bad("holds object (pickled) arrays, which are never loaded; save plain numeric "
                       "arrays with numpy.savez") from None
         raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
         raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
 
 

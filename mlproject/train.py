@@ -8,6 +8,7 @@ TF-Serving SavedModel and the golden smoke set. Registration goes through
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -54,8 +55,10 @@ class TrainParams:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise ConfigError(f"--seed must be between 0 and 4294967295 (2**32 - 1), got {self.seed}")
         return self
 
 

@@ -50,6 +50,10 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
     except (requests.ConnectionError, requests.Timeout):
         raise ConnectionFailure(f"cannot reach the CircleCI API at {api_base()}; check the network "
                                 f"or CIRCLECI_API_URL") from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema):
+        raise ConfigError(f"CIRCLECI_API_URL is not a usable URL ({api_base()!r}); e.g. "
+                          f"https://circleci.com/api/v2") from None
     except _ServerError as exc:
         raise ConnectionFailure(f"the CircleCI API at {api_base()} kept failing ({exc}); "
                                 f"retry the promote job") from None

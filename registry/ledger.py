@@ -148,9 +148,10 @@ def _lock_key(model: str) -> int:
 def _create_engine(url: str) -> sa.Engine:
     try:
         parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
+        parsed.port         # noqa: B018 - a port that is not a number raises here, not at the first query
+    except (sa.exc.ArgumentError, ValueError):
         raise ConfigError("MLOPS_LEDGER_URL is not a valid SQLAlchemy URL (e.g. "
-                          "sqlite:////abs/path/ledger.db or postgresql://user@host/db)") from None
+                          "sqlite:////abs/path/ledger.db or postgresql://user@host:5432/db)") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -175,8 +176,9 @@ def _create_engine(url: str) -> sa.Engine:
             parsed = parsed.set(drivername="postgresql+psycopg2")
         try:
             return sa.create_engine(parsed, pool_pre_ping=True)
-        except ImportError as exc:  # pragma: no cover - psycopg2-binary is a pinned dependency
-            raise ConfigError(f"MLOPS_LEDGER_URL needs a PostgreSQL driver: {exc}") from None
+        except (ImportError, sa.exc.NoSuchModuleError):
+            raise ConfigError(f"MLOPS_LEDGER_URL names the driver '{parsed.drivername}', which is not "
+                              f"installed; use postgresql:// (psycopg2)") from None
     raise ConfigError(f"MLOPS_LEDGER_URL uses '{backend}'; the ledger supports sqlite:// and "
                       f"postgresql:// URLs")
 

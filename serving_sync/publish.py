@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from mlops_common import log
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, UserError
 
 from . import manifest as mf
 from .errors import PublishRefused, VerifyFailed
@@ -161,6 +161,10 @@ def _publish_with_rename(transport, model, version, local_dir, tree, progress, w
         manifest = manifest if manifest.hashed else mf.build(local_dir)
         problems = transport.verify(vp, manifest)
         if problems:
+            try:      # the stored manifest we wrote describes our bytes, not the version there
+                transport.remove_file(manifest_path(model, version))
+            except (UserError, OSError):
+                pass
             raise _refuse_mismatch(where, vp, problems) from None
         return 0, False
     except BaseException:
@@ -174,6 +178,12 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
     marker = manifest.completion_file
     body = manifest.without({marker})
     head = manifest.only({marker})
+    # A complete version with the other completion file (saved_model.pbtxt / .pb) is somebody's
+    # published version, not a leftover: immutable, refused before anything is removed.
+    foreign = [f"{name} is there, this version has {marker}" for name in mf.COMPLETION_FILES
+               if name != marker and transport.exists(f"{vp}/{name}")]
+    if foreign:
+        raise _refuse_mismatch(where, vp, foreign)
     try:
         # A leftover partial upload (no marker) from a dead process: start clean.
         transport.remove_tree(vp)
@@ -224,7 +234,7 @@ def _cleanup(transport: Transport, rel: str) -> None:
 
 def published_versions(transport: Transport, model: str) -> list[int]:
     """Numeric version directories present for ``model`` on the host, ascending."""
-    return sorted(int(n) for n in transport.list_dir(check_model_name(model)) if n.isdigit()
+    return sorted(int(n) for n in transport.list_dir(check_model_name(model)) if n.isascii() and n.isdigit()
                   and not n.startswith("0"))
 
 

@@ -60,7 +60,7 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
          upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None) -> RetentionPlan:
     """Read the host's listing of ``<model>/`` and decide (no changes made)."""
     names = transport.list_dir(model)
-    published = [int(n) for n in names if n.isdigit() and not n.startswith("0")]
+    published = [int(n) for n in names if n.isascii() and n.isdigit() and not n.startswith("0")]
     return RetentionPlan(model,
                          versions_to_remove(published, serving=serving, previous=previous, keep=keep,
                                             protected=protected),

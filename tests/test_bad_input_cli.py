@@ -108,6 +108,30 @@ def bad_batch(world) -> str:
     return str(path)
 
 
+def corrupt_batch(world) -> str:
+    """A compressed batch whose zip structure is intact but whose deflate stream is damaged."""
+    path = world.tmp / f"deflate-damaged-{uuid.uuid4().hex[:4]}.npz"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(path, images=rng.random((64, 8, 8, 1), np.float32), labels=np.arange(64) % 10)
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"images.npy") + 100           # inside the compressed bytes of images.npy (zlib.error)
+    raw[start:start + 64] = bytes(64)
+    path.write_bytes(bytes(raw))
+    return str(path)
+
+
+def a_file(world) -> str:
+    path = world.tmp / f"a-file-{uuid.uuid4().hex[:4]}"
+    path.write_text("not a directory")
+    return str(path)
+
+
+def a_directory(world) -> str:
+    path = world.tmp / f"a-dir-{uuid.uuid4().hex[:4]}"
+    path.mkdir()
+    return str(path)
+
+
 def other_key(world) -> str:
     key = world.tmp / f"not-the-deploy-key-{uuid.uuid4().hex[:4]}"
     keygen(key)
@@ -223,6 +247,33 @@ CASES = {
     # --- data -----------------------------------------------------------------------------------------
     "malformed data batch": (lambda w: (["data", "validate", bad_batch(w)], {}),
                              ["labels-out-of-range.npz"]),
+    "corrupt data batch (damaged deflate stream)": (lambda w: (["data", "validate", corrupt_batch(w)], {}),
+                                                    ["deflate-damaged", "cannot read it as a .npz batch"]),
+    "make-batch --out below a file": (
+        lambda w: (["data", "make-batch", "--kind", "good", "--out", a_file(w) + "/batch.npz"], {}),
+        ["--out", "cannot write there"]),
+    "--learning-rate inf (train)": (lambda w: (["train", "--learning-rate", "inf", "--epochs", "1"], {}),
+                                    ["--learning-rate must be a positive number"]),
+    # --- where reports go: refused before the gate records its verdict --------------------------------
+    "--junit that is a directory (gate)": (
+        lambda w: (["registry", "gate", "--version", str(w.v2), "--junit", a_directory(w)], {}),
+        ["--junit", "is a directory"]),
+    "--report-dir that is a file (gate)": (
+        lambda w: (["registry", "gate", "--version", str(w.v2), "--report-dir", a_file(w)], {}),
+        ["--report-dir", "is a file, not a directory"]),
+    "--junit that is a directory (smoke)": (
+        lambda w: (["sync", "smoke", "--junit", a_directory(w)], {}), ["--junit", "is a directory"]),
+    # --- settings that are not URLs --------------------------------------------------------------------
+    "MLOPS_LEDGER_URL with a port that is not a number": (
+        lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": "postgresql://u:pw@127.0.0.1:notaport/db"}),
+        ["MLOPS_LEDGER_URL is not a valid SQLAlchemy URL"]),
+    "MLOPS_LEDGER_URL naming a driver that is not installed": (
+        lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": "postgresql+nodriver://u@127.0.0.1/db"}),
+        ["MLOPS_LEDGER_URL names the driver 'postgresql+nodriver'"]),
+    "CIRCLECI_API_URL that is not a URL": (
+        lambda w: (["registry", "reconcile"], {"CIRCLE_TOKEN": "x", "CIRCLE_WORKFLOW_ID": "abc",
+                                               "CIRCLECI_API_URL": "nonsense"}),
+        ["CIRCLECI_API_URL is not a usable URL"]),
     # --- MLflow -----------------------------------------------------------------------------------------
     "tracking URI that is not http": (lambda w: (["sync", "deploy"], {"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}),
                                       ["MLFLOW_TRACKING_URI must be the http(s) URL"]),
@@ -236,7 +287,7 @@ CASES = {
 
 
 # commands whose stdout is their report (here: FAIL and the file), still with one error line
-REPORTS_ON_STDOUT = {"malformed data batch"}
+REPORTS_ON_STDOUT = {"malformed data batch", "corrupt data batch (damaged deflate stream)"}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -18,6 +18,10 @@ from mlops.commands import flags
     (flags.number, "fast", "'fast' is not a number"),
     (flags.fraction, "1.2", "1.2 is not between 0 and 1"),
     (flags.seconds, "-1", "-1.0 is not between 0 and 86400 seconds"),
+    (flags.seed, "-1", "a seed is 0 or more, got -1"),
+    (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
+    (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
+    (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
 ])
 def test_bad_values_say_why(convert, text, reason):
     with pytest.raises(argparse.ArgumentTypeError) as e:
@@ -28,3 +32,16 @@ def test_bad_values_say_why(convert, text, reason):
 def test_good_values_convert():
     assert flags.version_number("7") == 7 and flags.positive_int("3") == 3 and flags.non_negative_int("0") == 0
     assert flags.fraction("0.25") == 0.25 and flags.seconds("86400") == 86400.0 and flags.number("-2") == -2.0
+    assert flags.seed("0") == 0 and flags.seed("4294967295") == 2**32 - 1
+    assert flags.port("8080") == 8080 and flags.port("0") == 0
+
+
+def test_the_seed_and_port_flags_use_them():
+    from mlops.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "--seed", "4294967296"], ["data", "make-batch", "--kind", "good", "--seed", "-1"],
+                 ["sync", "watch", "--webhook-port", "70000"]):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2, argv

@@ -268,7 +268,11 @@ def test_metrics_from_probabilities():
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "--epochs must be at least 1, got 0"),
     ("batch_size", -2, "--batch-size must be at least 1, got -2"),
-    ("learning_rate", 0.0, "--learning-rate must be positive, got 0.0"),
+    ("learning_rate", 0.0, "--learning-rate must be a positive number, got 0.0"),
+    ("learning_rate", float("inf"), "--learning-rate must be a positive number, got inf"),
+    ("learning_rate", float("nan"), "--learning-rate must be a positive number, got nan"),
+    ("seed", 2**32, "--seed must be between 0 and 4294967295"),
+    ("seed", -1, "--seed must be between 0 and 4294967295"),
     ("dataset", "cifar", "unknown data set 'cifar'"),
 ])
 def test_training_parameters_are_checked_before_anything_runs(field, value, message):

@@ -68,6 +68,19 @@ def test_existing_version_with_different_content_is_refused(hut, model_dir, tmp_
         assert hut.raw_read(f"{MODEL}/2/{f.path}") == (model_dir / f.path).read_bytes()
 
 
+def test_a_published_version_with_the_other_completion_file_is_refused_not_replaced(hut, model_dir, tmp_path):
+    """A complete version saved as saved_model.pbtxt is somebody's published version: a tree with
+    saved_model.pb under the same number is refused (on S3 it was taken for a leftover and replaced)."""
+    text_tree = make_model_tree(tmp_path / "pbtxt", seed=7)
+    (text_tree / "saved_model.pb").rename(text_tree / "saved_model.pbtxt")
+    publish(hut.transport, MODEL, 6, text_tree, mf.build(text_tree))
+    before = {k: hut.raw_read(f"{MODEL}/6/{k}") for k in hut.raw_keys(f"{MODEL}/6")}
+    assert "saved_model.pbtxt" in before
+    with pytest.raises(PublishRefused, match="immutable"):
+        publish(hut.transport, MODEL, 6, model_dir, mf.build(model_dir))
+    assert {k: hut.raw_read(f"{MODEL}/6/{k}") for k in hut.raw_keys(f"{MODEL}/6")} == before
+
+
 def test_tampered_file_on_the_host_is_detected(hut, model_dir):
     m = mf.build(model_dir)
     publish(hut.transport, MODEL, 4, model_dir, m)
@@ -116,3 +129,46 @@ def test_manifest_changed_after_upload_fails_verification_and_leaves_nothing(hut
     assert hut.numeric_versions(MODEL) == []
     assert incoming_dirs(hut.transport, MODEL) == []
     assert not is_published(hut.transport, MODEL, 5, m)
+
+
+def test_a_concurrent_publisher_that_won_leaves_no_manifest_of_ours_behind(model_dir, tmp_path):
+    """Another publisher renames its different bytes into place just before ours (the lock should
+    prevent it): ours is refused, and the stored manifest no longer describes our bytes, so the
+    next publish verifies the files there instead of taking them for ours."""
+    import shutil
+
+    from serving_sync.transports.local import LocalTransport
+
+    other = make_model_tree(tmp_path / "other", seed=99)
+
+    class Raced(LocalTransport):
+        def rename(self, src, dst):
+            if not (self.base / dst).exists():
+                shutil.copytree(other, self.base / dst)      # the other publisher finished first
+            return super().rename(src, dst)
+
+    t = Raced(tmp_path / "base")
+    try:
+        m = mf.build(model_dir)
+        with pytest.raises(PublishRefused, match="immutable"):
+            publish(t, MODEL, 5, model_dir, m)
+        assert read_stored_manifest(t, MODEL, 5) is None
+        with pytest.raises(PublishRefused, match="immutable"):      # not "already_present"
+            publish(t, MODEL, 5, model_dir, m)
+    finally:
+        t.close()
+
+
+def test_only_ascii_digits_name_a_version(tmp_path):
+    from serving_sync import retention
+    from serving_sync.transports.local import LocalTransport
+
+    t = LocalTransport(tmp_path / "base")
+    try:
+        for name in ("3", "\uff15", "\u00b2", "07"):      # 3, fullwidth 5, superscript 2, leading zero
+            (tmp_path / "base" / MODEL / name).mkdir(parents=True)
+        assert published_versions(t, MODEL) == [3]
+        rp = retention.plan(t, MODEL, serving=None, previous=None, keep=0)
+        assert rp.remove_versions == [3]
+    finally:
+        t.close()

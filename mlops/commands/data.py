@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from mlops.commands import output
+from mlops.commands import flags, output
 
 DATASET_HELP = "base data set: digits (bundled, offline; default) or fashion_mnist (downloaded by Keras)"
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
     m.add_argument("--out", required=True, metavar="PATH",
                    help="output .npz file, an existing folder, or s3://bucket/key.npz")
     m.add_argument("--dataset", default="digits", choices=DATASETS, help=DATASET_HELP)
-    m.add_argument("--seed", type=int, default=1, help="order/shuffle seed (default 1)")
+    m.add_argument("--seed", type=flags.seed, default=1, help="order/shuffle seed (default 1)")
     m.add_argument("--repeats", type=int, default=None,
                    help="bad only: how many times the held-back images are repeated (default: calibrated value)")
     m.add_argument("--json", action="store_true", help="print the result as one JSON document")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 
-def _whole(minimum: int, too_small: str, *, what: str = "a whole number"):
+def _whole(minimum: int, too_small: str, *, what: str = "a whole number", maximum: int | None = None,
+           too_large: str = "{v} is too large"):
     """A converter to a whole number of at least ``minimum`` (``too_small``: the reason, ``{v}`` the value)."""
     def convert(text: str) -> int:
         try:
@@ -13,6 +14,8 @@ def _whole(minimum: int, too_small: str, *, what: str = "a whole number"):
             raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(too_small.format(v=v))
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(too_large.format(v=v))
         return v
     return convert
 
@@ -23,6 +26,12 @@ positive_int = _whole(1, "{v} must be at least 1")
 non_negative_int = _whole(0, "{v} must be 0 or more")
 # A registered model version: a whole number, at least 1.
 version_number = _whole(1, "version numbers start at 1", what="a version number")
+# A random seed as numpy and TensorFlow take it.
+seed = _whole(0, "a seed is 0 or more, got {v}", what="a seed", maximum=2**32 - 1,
+              too_large="a seed is at most 4294967295 (2**32 - 1), got {v}")
+# A TCP port to listen on (0: any free port).
+port = _whole(0, "a port is 0 to 65535 (0: any free port), got {v}", what="a port number", maximum=65535,
+              too_large="a port is 0 to 65535 (0: any free port), got {v}")
 
 
 def wave(text: str) -> str:

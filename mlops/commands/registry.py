@@ -169,7 +169,22 @@ def _evaluator(model: str):
     return evaluate
 
 
+def _check_report_dir(path: str | None) -> None:
+    """``--report-dir``: refused before the gate records anything when it cannot hold the reports."""
+    from pathlib import Path
+
+    from mlops_common.errors import ConfigError
+
+    if path is None:
+        return
+    out = Path(path)
+    bad = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if bad is not None:
+        raise ConfigError(f"--report-dir {out}: {bad} is a file, not a directory")
+
+
 def cmd_gate(args) -> int:
+    from mlops_common import junit
     from registry.gate import run_gate
     from registry.gate_rules import GateRules
     from registry.provenance import Provenance
@@ -177,12 +192,12 @@ def cmd_gate(args) -> int:
     model = settings.model_name(args.model_name)
     rules = GateRules.from_env(min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
                                max_class_drop=args.max_class_drop)
+    junit.check_path(args.junit)                 # before the gate records its verdict anywhere
+    _check_report_dir(args.report_dir)
     outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
                        allow_signature_change=args.allow_signature_change, report_dir=args.report_dir,
                        provenance=Provenance.from_environment())   # the gate job has no approver yet
     if args.junit:
-        from mlops_common import junit
-
         junit.write(args.junit, f"quality-gate.{model}.v{outcome.version}",
                     [junit.Case(c["rule"], c["passed"], c["message"]) for c in outcome.report["checks"]])
     if args.json:

@@ -220,7 +220,7 @@ def register(sub) -> None:
                    help="seconds between passes (default 30)")
     w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
-    w.add_argument("--webhook-port", type=int, metavar="PORT",
+    w.add_argument("--webhook-port", type=flags.port, metavar="PORT",
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
     w.add_argument("--webhook-host", default="127.0.0.1", metavar="ADDR",
                    help="address to bind the receiver to (default 127.0.0.1)")
@@ -380,9 +380,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_smoke(args) -> int:
+    from mlops_common import junit
     from serving_sync.smoke_hosts import smoke_fleet
 
     model = settings.model_name(args.model_name)
+    junit.check_path(args.junit)
     sm = smoke_fleet(model, _hosts(args), version=args.version, via=args.via, opts=_smoke_options(args))
     _write_junit(args.junit, f"smoke.{model}.v{sm.version}",
                  [(f"{r.host}.{c.name}", c) for r in sm.reports for c in r.checks])
@@ -487,9 +489,11 @@ def _report_watch(args, result) -> int:
 
 def cmd_infra_validate(args) -> int:
     from mlops import local_services
+    from mlops_common import junit
     from serving_sync import infra
 
     model = settings.model_name(args.model_name)
+    junit.check_path(args.junit)          # before the result is recorded in the ledger and on the version
     kind = infra.choose_server(args.server, local_services.docker_available)
     sync_text.infra_validate_started(model, args.version, kind)
     result = infra.validate_and_record(model, args.version, server=kind, opts=_smoke_options(args),
