@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_common.errors import ConfigError
+from mlops_common.paths import file_in_the_way
 
 
 @dataclass
@@ -23,9 +24,9 @@ def check_path(path: str | Path | None, flag: str = "--junit") -> None:
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a directory; name a file, e.g. {out / 'results.xml'}")
-    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise ConfigError(f"{flag} {out}: {parent} is not a directory")
+    blocked = file_in_the_way(out.parent)
+    if blocked is not None:
+        raise ConfigError(f"{flag} {out}: {blocked} is not a directory")
 
 
 def write(path: str | Path, suite: str, cases: list[Case]) -> Path:

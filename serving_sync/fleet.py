@@ -535,12 +535,8 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
             result.registry = {"moved": False, "reason": kept_because}
             note = (f"production left at v{v} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
                     f"resumes where this one stopped")
-            try:
-                recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
-                         reason=reason, details={"step": step, "registry_unchanged": True})
-            except UserError as exc:
-                note += f" (the ledger row could not be written: {exc.message})"
-            return note
+            trouble = _record_failed(recorder, run, v, reason, {"step": step, "registry_unchanged": True})
+            return note + (f" (the ledger row could not be written: {trouble})" if trouble else "")
         if result.source != "production":
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
@@ -568,12 +564,18 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
         if not kept_because:
             # the ledger (its own database) still learns the deploy failed: else the newest deploy
             # row of v could be a canary's "ok", and later rollbacks would take v for a good target
-            try:
-                recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
-                         reason=reason, details={"step": step, "registry_error": exc.message})
-            except UserError:
-                pass
+            _record_failed(recorder, run, v, reason, {"step": step, "registry_error": exc.message})
         return f"could not update the registry ({exc.message}); check `mlops registry status`"
+
+
+def _record_failed(recorder, run: HostRun, v: int, reason: str, details: dict) -> str | None:
+    """The failed ``deploy`` row of ``v``; what kept the ledger from taking it (None: written)."""
+    try:
+        recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
+                 reason=reason, details=details)
+    except UserError as exc:
+        return exc.message
+    return None
 
 
 def _common(values: list[int]) -> int | None:

@@ -110,11 +110,9 @@ class HostRun:
             try:
                 self.heartbeat()
                 cancel.check()
-            except LockHeld as exc:
-                self.lock_lost = exc.message
-                self.outcome.failed_step, self.outcome.error = step.kind, exc.message
-                raise StepFailed(name, step, exc) from exc
-            except cancel.DeployInterrupted as exc:
+            except (LockHeld, cancel.DeployInterrupted) as exc:
+                if isinstance(exc, LockHeld):
+                    self.lock_lost = exc.message
                 self.outcome.failed_step, self.outcome.error = step.kind, exc.message
                 raise StepFailed(name, step, exc) from exc
             logger.info("%s: %s [%d/%d] %s", name, step.kind.phase, i, total, step.text)

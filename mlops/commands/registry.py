@@ -171,16 +171,12 @@ def _evaluator(model: str):
 
 def _check_report_dir(path: str | None) -> None:
     """``--report-dir``: refused before the gate records anything when it cannot hold the reports."""
-    from pathlib import Path
-
     from mlops_common.errors import ConfigError
+    from mlops_common.paths import file_in_the_way
 
-    if path is None:
-        return
-    out = Path(path)
-    bad = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    bad = file_in_the_way(path) if path is not None else None
     if bad is not None:
-        raise ConfigError(f"--report-dir {out}: {bad} is a file, not a directory")
+        raise ConfigError(f"--report-dir {path}: {bad} is a file, not a directory")
 
 
 def cmd_gate(args) -> int:
