@@ -11,13 +11,12 @@ row, and only on pass the ``candidate`` alias moved to this version.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from mlops_common import log
+from mlops_common import log, strict_json
 from mlops_common.errors import ConfigError
 
 from . import description, gate_html, gate_report, signature, tags, versions
@@ -104,21 +103,26 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     return outcome
 
 
+def write_report_files(out: Path, md: str, report: dict, page: str) -> None:
+    """report.md, report.json (strict JSON: other programs read it) and report.html in ``out``,
+    each replaced whole."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in (("report.md", md), ("report.json", strict_json.dumps(report, indent=2) + "\n"),
+                          ("report.html", page)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(content)
+        tmp.replace(out / name)
+
+
 def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signature_change: bool,
             report_dir, by: Provenance, ledger: Ledger) -> None:
     v, verdict, report, md = info.version, outcome.verdict, outcome.report, outcome.markdown
     page = gate_html.html(report)   # for people: CircleCI artifact and MLflow's artifact viewer
     if report_dir:
-        out = Path(report_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, content in (("report.md", md), ("report.json", json.dumps(report, indent=2) + "\n"),
-                              ("report.html", page)):
-            tmp = out / f".{name}.tmp"
-            tmp.write_text(content)
-            tmp.replace(out / name)
+        write_report_files(Path(report_dir), md, report, page)
     if info.run_id:
         versions.log_run_text(info.run_id, md, "gate/report.md")
-        versions.log_run_text(info.run_id, json.dumps(report, indent=2), "gate/report.json")
+        versions.log_run_text(info.run_id, strict_json.dumps(report, indent=2), "gate/report.json")
         versions.log_run_text(info.run_id, page, "gate/report.html")
     status = "passed" if verdict.passed else "failed"
     # one tag for the versions list; accuracy, baseline, failed rules, when: the ledger row below

@@ -20,3 +20,15 @@ def test_non_finite_numbers_are_null_and_the_rest_is_unchanged(capsys):
     back = json.loads(out, parse_constant=_refuse)
     assert back == {"loss": None, "nested": [{"lr": None}, [1, None]], "ok": 0.5, "n": 3, "name": "digits",
                     "none": None}
+
+
+
+def test_the_gate_report_file_is_strict_json_too(tmp_path):
+    """The gate's report.json (CircleCI artifact, MLflow artifact) is read by other programs: a
+    report holding a NaN (a standard error over no examples) is written with null, as --json."""
+    from registry import gate
+
+    gate.write_report_files(tmp_path / "rep", "# r", {"se": float("nan"), "rows": [float("inf"), 0.25]}, "<p>")
+    text = (tmp_path / "rep" / "report.json").read_text()
+    assert json.loads(text, parse_constant=_refuse) == {"se": None, "rows": [None, 0.25]}
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.html", "report.json", "report.md"]
