@@ -27,8 +27,15 @@ class RollbackResult:
     switch_seconds: float | None             # the slowest host's switch
     seconds: float
 
+    @property
+    def superseded(self) -> bool:
+        """Another promotion moved ``production`` while this rollback deployed: the deploy, which
+        deploys what production names once it holds the locks, served that version instead."""
+        return self.deploy.version != self.registry.to_version
+
     def to_dict(self) -> dict:
         return {"registry": self.registry.to_dict(), "deploy": self.deploy.to_dict(),
+                "served_version": self.deploy.version, "superseded": self.superseded,
                 "seconds_to_old_outputs": self.seconds_to_old_outputs, "switch_seconds": self.switch_seconds,
                 "seconds": round(self.seconds, 3)}
 

@@ -64,7 +64,27 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     assert out.seconds_to_old_outputs == 0.5 and out.switch_seconds == 0.012
     doc = out.to_dict()
     assert doc["registry"] == {"to_version": 2} and doc["deploy"]["status"] == "deployed"
-    assert set(doc) == {"registry", "deploy", "seconds_to_old_outputs", "switch_seconds", "seconds"}
+    assert set(doc) == {"registry", "deploy", "served_version", "superseded", "seconds_to_old_outputs",
+                        "switch_seconds", "seconds"}
+    assert doc["served_version"] == 2 and doc["superseded"] is False
+
+
+def test_a_rollback_overtaken_by_another_promotion_says_what_the_hosts_serve(registry_calls, monkeypatch, capsys):
+    """Someone promoted v5 while the rollback to v2 deployed: the deploy serves what production
+    names once it holds the locks (v5). The command must not claim v2's outputs answered."""
+    def deploy(model, hosts, **kw):
+        result = _deployed()
+        result.version = 5
+        result.hosts[0].__dict__.update(status="deployed", publish=None, retention=None, notes=[])
+        return result
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    out = rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
+    assert out.superseded and out.to_dict()["served_version"] == 5
+    sync_text.rollback(out)
+    printed = capsys.readouterr().out
+    assert "production moved to v5 (another promotion) while this rollback to v2 deployed" in printed
+    assert "v2's outputs answered" not in printed
 
 
 def test_a_failed_rollback_deploy_still_writes_the_version_tags_and_raises_its_own_error(registry_calls,

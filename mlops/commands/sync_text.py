@@ -120,7 +120,10 @@ def rollback(rb) -> None:
     """A ``serving_sync.rollback`` result: the deploy, then how soon the old outputs answered."""
     deploy(rb.deploy)
     answered, switch = rb.seconds_to_old_outputs, rb.switch_seconds
-    if answered is not None:
+    if rb.superseded:
+        print(f"note: production moved to v{rb.deploy.version} (another promotion) while this rollback to "
+              f"v{rb.registry.to_version} deployed; the hosts serve v{rb.deploy.version}, the newer decision")
+    elif answered is not None:
         print(f"v{rb.registry.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
               f"command started" + (f" (host switch {switch * 1000:.0f} ms)" if switch is not None else ""))
 
