@@ -1,8 +1,12 @@
 """Incoming data for retraining: ``.npz`` batches (arrays ``images``, ``labels``).
 
-A location is a ``.npz`` file, a local folder of them, or an ``s3://bucket/prefix``. Batches are
-read without pickle, validated before anything trains, and written atomically. ``make_batch``
-builds the demo/test batches from the pool of samples held back from the base set.
+A location is a ``.npz`` file, a local folder of them (its direct ``*.npz`` children), or an
+``s3://bucket/prefix``: one object when it names a ``.npz``, else every ``*.npz`` in the folder
+``prefix/`` and its sub-folders (dated uploads such as ``incoming/2026-01/``), never in a sibling
+that shares the prefix (``s3://b/incoming`` does not read ``incoming-rejected/``).
+Batches are read without pickle, validated (a batch holding held-out examples is refused too)
+before anything trains, and written atomically. ``make_batch`` builds the demo/test batches from
+the pool of samples held back from the base set.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from mlops_common.errors import ConfigError, NotFoundError
 
 from . import s3, validation
 from .constants import BAD_BATCH_REPEATS, IMAGE_SIZE
-from .datasets import Arrays, check_name
+from .datasets import Arrays, check_name, heldout_index
 
 KINDS = ("good", "bad")
 
@@ -131,10 +135,15 @@ def _local_sources(location: str) -> list[Path]:
 def _raw_sources(location: str):
     """(source, bytes) for every batch at ``location``."""
     if s3.is_s3(location):
-        bucket, _ = s3.parse_uri(location)
+        bucket, key = s3.parse_uri(location)
+        if key.endswith(".npz"):            # one object, like a local file
+            yield location, s3.get_bytes(bucket, key)
+            return
+        # Otherwise a folder: every *.npz in it and its sub-folders, none from a sibling.
         keys = s3.list_keys(location, suffix=".npz")
         if not keys:
-            raise NotFoundError(f"no .npz batches under {location}; upload batches there first")
+            raise NotFoundError(f"no .npz batches under s3://{bucket}/{s3.folder_prefix(key)}; "
+                                f"upload batches there first")
         for key in keys:
             yield f"s3://{bucket}/{key}", s3.get_bytes(bucket, key)
         return
@@ -143,9 +152,11 @@ def _raw_sources(location: str):
 
 
 def load_batch(source: str, raw: bytes, dataset: str) -> Batch:
-    """Parse and validate one batch; images come out (N, H, W, 1). Raises DataError naming it."""
+    """Parse and validate one batch; images come out (N, H, W, 1). Raises DataError naming it,
+    also when it holds examples of the data set's frozen held-out set."""
     images, labels = parse_npz(source, raw)
     validation.check(source, images, labels, image_size=IMAGE_SIZE[check_name(dataset)])
+    validation.check_not_heldout(source, images, heldout_index(dataset), dataset=dataset)
     if images.ndim == 3:
         images = images[..., None]
     return Batch(source, Arrays(images, labels.astype(np.int64)))

@@ -142,3 +142,14 @@ def load_partition(name: str) -> Partition:
         arrays.images.flags.writeable = False
         arrays.labels.flags.writeable = False
     return part
+
+
+@lru_cache(maxsize=4)
+def heldout_index(name: str):
+    """Fingerprints of every held-out example of data set ``name`` (``validation.ExampleIndex``),
+    which incoming batches must not contain. Images the pool holds too (the data set's own
+    duplicates) are left out: batches of new data are made from the pool."""
+    from .validation import ExampleIndex
+
+    part = load_partition(name)
+    return ExampleIndex.of(part.heldout.images, allowed=part.pool.images)

@@ -65,14 +65,22 @@ def s3_errors(what: str):
         raise ConnectionFailure(f"{what}: S3 at {where} failed: {type(exc).__name__}") from None
 
 
+def folder_prefix(prefix: str) -> str:
+    """The key prefix of the folder ``prefix``: ``incoming`` -> ``incoming/`` (never ``incoming-rejected/``)."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 def list_keys(uri: str, *, suffix: str = "") -> list[str]:
-    """Keys under ``uri`` ending in ``suffix``, sorted (bounded by ``MAX_KEYS``)."""
+    """Keys in the folder ``uri`` and its sub-folders (``s3://b/incoming`` = ``incoming/``: dated
+    sub-folders such as ``incoming/2026-01/`` are read, a sibling such as ``incoming-rejected/``
+    is not) ending in ``suffix``, sorted; bounded by ``MAX_KEYS``."""
     bucket, prefix = parse_uri(uri)
+    prefix = folder_prefix(prefix)
     keys: list[str] = []
     with s3_errors(f"listing {uri}"):
         pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
-            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(suffix)]
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"] != prefix and o["Key"].endswith(suffix)]
             if len(keys) > MAX_KEYS:
                 raise UserError(f"more than {MAX_KEYS} objects under {uri}; use a narrower prefix")
     return sorted(keys)

@@ -1,9 +1,14 @@
 """Checks that run before any training: a batch that fails them never reaches a model.
 
 ``problems()`` is a plain function on arrays (fast to test); ``check()`` turns the first
-failing source into one line naming the file and what is wrong.
+failing source into one line naming the file and what is wrong. ``check_not_heldout()`` refuses
+a batch holding examples of the frozen held-out set (:class:`ExampleIndex`): the gate would
+measure the model on images it was trained on.
 """
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,3 +66,79 @@ def check(source: str, images: np.ndarray, labels: np.ndarray, *, image_size: tu
     found = problems(images, labels, image_size=image_size, num_classes=num_classes)
     if found:
         raise DataError(f"invalid data in {source}: {'; '.join(found)}; fix or remove that file")
+
+
+# ---- examples of the held-out set ----
+
+_CHUNK = 4096   # images ranked at a time (bounds the argsort's memory on large batches)
+
+
+def _rows(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images).reshape(len(images), -1)
+
+
+def _coarse_keys(flat: np.ndarray) -> list[bytes]:
+    """Cheap pre-filter: which pixels hold the image's minimum and which its maximum."""
+    if not flat.size:
+        return [b""] * len(flat)
+    marks = np.concatenate([flat == flat.min(axis=1, keepdims=True), flat == flat.max(axis=1, keepdims=True)],
+                           axis=1)
+    return [hashlib.sha256(row.tobytes()).digest() for row in np.packbits(marks, axis=1)]
+
+
+def _rank_keys(flat: np.ndarray) -> list[bytes]:
+    """sha256 of each image's dense-rank pattern: pixel i -> how many distinct values lie below it.
+
+    Equal for the same image however it was scaled to [0, 1] (/16, /17, /max, min-max, float64
+    then float32): any strictly increasing change of the pixel values keeps the pattern.
+    """
+    keys: list[bytes] = []
+    for start in range(0, len(flat), _CHUNK):
+        rows = flat[start:start + _CHUNK]
+        order = np.argsort(rows, axis=1)
+        ordered = np.take_along_axis(rows, order, axis=1)
+        step = np.zeros(rows.shape, dtype=np.uint32)
+        step[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+        ranks = np.empty_like(step)
+        np.put_along_axis(ranks, order, np.cumsum(step, axis=1, dtype=np.uint32), axis=1)
+        keys += [hashlib.sha256(row.tobytes()).digest() for row in ranks]
+    return keys
+
+
+@dataclass(frozen=True)
+class ExampleIndex:
+    """Fingerprints of a set of images (e.g. the held-out set), to count copies of them in a batch.
+
+    An image matches when its pixels have the same dense-rank pattern (:func:`_rank_keys`) as one
+    of the set: exact copies, and copies scaled or stored differently. A copy cropped, shifted or
+    with noise added is not recognised.
+    """
+
+    coarse: frozenset[bytes]
+    fine: frozenset[bytes]
+
+    @classmethod
+    def of(cls, images: np.ndarray, *, allowed: np.ndarray | None = None) -> "ExampleIndex":
+        """The index of ``images``, less any image also in ``allowed`` (data that may be trained on)."""
+        flat = _rows(images)
+        fine = frozenset(_rank_keys(flat))
+        if allowed is not None and len(allowed):
+            fine -= frozenset(_rank_keys(_rows(allowed)))
+        return cls(frozenset(_coarse_keys(flat)), fine)
+
+    def count(self, images: np.ndarray) -> int:
+        """How many of ``images`` are in the set (finite values expected: validate first)."""
+        flat = _rows(images)
+        maybe = np.fromiter((k in self.coarse for k in _coarse_keys(flat)), dtype=bool, count=len(flat))
+        if not maybe.any():
+            return 0
+        return sum(k in self.fine for k in _rank_keys(flat[maybe]))
+
+
+def check_not_heldout(source: str, images: np.ndarray, heldout: ExampleIndex, *, dataset: str) -> None:
+    """Raise :class:`DataError` naming ``source`` if it holds examples of ``dataset``'s held-out set."""
+    n = heldout.count(images)
+    if n:
+        what, them = ("example", "it") if n == 1 else ("examples", "them")
+        raise DataError(f"{source} holds {n} {what} of the {dataset} held-out set: the gate would measure "
+                        f"the model on data it trained on; remove {them}")
