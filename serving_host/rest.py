@@ -37,10 +37,11 @@ from serving_host.status import ServingError, invalid_argument
 log = logging.getLogger("serving_host")
 
 PATH_RE = re.compile(r"/v1/.*", re.I | re.S)
+# http_rest_api_util.cc:31-34; RE2's \d is [0-9] (Python's would take any Unicode digit).
 PREDICTION_RE = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
+    r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
 MODEL_STATUS_RE = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
 INT64_MAX = 2**63 - 1
 
 DEFAULT_NUM_THREADS = 4 * (os.cpu_count() or 1)  # server.h: 4.0 * port::NumSchedulableCPUs()
@@ -80,6 +81,7 @@ class Route:
     version: int | None = None
     label: str | None = None
     error: ServingError | None = None
+    empty_body: bool = False  # the error is answered with no body at all (see route())
 
     @property
     def api(self) -> str:
@@ -101,8 +103,6 @@ def route(method: str, path: str) -> Route:
     name = unquote(m.group(1)) if m.group(1) else ""
     if method == "POST":
         kind = m.group(4)  # as matched: TF Serving's (?i) path takes ":PREDICT", its dispatch does not
-        if kind not in ("predict", "classify", "regress"):
-            return Route(method, kind, name, error=malformed)
     else:
         kind = "metadata" if m.group(4) == "metadata" else "status"
     label = unquote(m.group(3)) if m.group(3) else None
@@ -110,8 +110,14 @@ def route(method: str, path: str) -> Route:
     if m.group(2):
         version = int(m.group(2))
         if version > INT64_MAX:
+            # ParseModelInfo (http_rest_api_util.cc:115-120) fails and ProcessRequest returns at
+            # TF_RETURN_IF_ERROR (http_rest_api_handler.cc:80-82), before MakeJsonFromStatus
+            # (:107): HTTP 400, Content-Type application/json (AddHeaders, :72), EMPTY body. It
+            # runs before the dispatch, so a ":PREDICT" path with such a version is answered so too.
             return Route(method, kind, name, error=invalid_argument(
-                f"Failed to convert version: {jc.truncate(m.group(2))} to numeric."))
+                f"Failed to convert version: {m.group(2)} to numeric."), empty_body=True)
+    if method == "POST" and kind not in ("predict", "classify", "regress"):
+        return Route(method, kind, name, error=malformed)
     if method == "GET" and not name:
         return Route(method, kind, name, version, label,
                      error=invalid_argument("Missing model name in request."))
@@ -144,7 +150,9 @@ class RestApi:
             status, text = 200, self._process(r, body)
         except ServingError as exc:
             code = exc.code
-            status, text = exc.http_status, jc.error_body(jc.truncate(exc.message, jc.MAX_MESSAGE_CHARS))
+            # Every other error: MakeJsonFromStatus (json_tensor.cc:1129-1139), the message whole.
+            status = exc.http_status
+            text = "" if r.error is exc and r.empty_body else jc.error_body(exc.message)
         except RecursionError:
             code = "INVALID_ARGUMENT"
             status, text = 400, jc.error_body("JSON Parse error: Terminate parsing due to Handler error.")
@@ -153,8 +161,7 @@ class RestApi:
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never a hang
             log.exception("internal error processing %s %s", method, jc.truncate(path))
             code = "INTERNAL"
-            status, text = 500, jc.error_body(jc.truncate(f"Internal: {exc.__class__.__name__}: {exc}",
-                                                          jc.MAX_MESSAGE_CHARS))
+            status, text = 500, jc.error_body(jc.truncate(f"Internal: {exc.__class__.__name__}: {exc}", 4096))
         metrics.record_request(r.name, r.api, "REST", code, time.monotonic() - start)
         return status, text
 
@@ -300,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, content_type: str, text: str, *, head: bool = False,
                reason: str | None = None) -> None:
-        body = text.encode("utf-8")
+        body = text.encode("utf-8", "surrogatepass")  # a lone low surrogate: as rapidjson writes it
         reason = reason or self.responses.get(status, ("",))[0]
         lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
                  f"Content-Length: {len(body)}"]

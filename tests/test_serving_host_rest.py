@@ -129,8 +129,9 @@ def test_unsupported_api_calls_are_malformed_requests(server, method, path):
 def test_missing_model_name_and_bad_version_number(server):
     r = call(server, "GET", "/v1/models")
     assert r.status_code == 400 and "Missing model name" in error_of(r)
+    # ParseModelInfo fails before MakeJsonFromStatus (http_rest_api_handler.cc:80-82): empty body.
     r = call(server, "POST", f"/v1/models/foo/versions/{2**64 - 1}:regress")
-    assert r.status_code == 400 and "Failed to convert version" in error_of(r)
+    assert r.status_code == 400 and r.content == b"" and r.headers["Content-Type"] == "application/json"
 
 
 def test_paths_are_case_insensitive_like_tf_serving(server):
@@ -225,7 +226,7 @@ def test_predict_several_named_inputs_and_outputs(server):
     r = call(server, "POST", "/v1/models/multi:predict", {"instances": [[1.0, 2.0]]})
     assert r.status_code == 400 and "instances is a plain list" in error_of(r)
     r = call(server, "POST", "/v1/models/multi:predict", {"instances": [{"a": [1.0, 2.0]}]})
-    assert r.status_code == 400 and "must only have keys: a,s" in error_of(r)
+    assert r.status_code == 400 and "keys must be equal to: a,s" in error_of(r)
 
 
 def test_keras_exported_model_serves_what_keras_computes(server):
