@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from mlops_common import log, strict_json
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, RefusedError
 
 from . import description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, decide, summary
 from .ledger import Entry, Ledger
+from .promotion_rules import ledger_production
 from .provenance import Provenance
 
 Evaluate = Callable[[int, "str | None"], dict]
@@ -72,6 +73,11 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     info = versions.get_version(model, version)
     v = info.version
     prod = versions.production_version(model)
+    if prod is None and (held := ledger_production(ledger.entries(model, actions=("promote", "rollback")))):
+        raise RefusedError(
+            f"'{model}' has no production alias but the ledger says v{held} holds production (the alias was "
+            f"removed outside mlops): the gate would compare with nothing; put it back with `mlops registry "
+            f"promote --version {held}` or record its removal with `mlops registry reconcile`, then gate again")
     baseline = prod if prod is not None and prod != v else None
     if prod == v:
         _log.info("version %s already holds production; gating it without a baseline", v)
@@ -140,7 +146,8 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
     if verdict.passed:
         versions.set_alias(model, versions.CANDIDATE, v)
         _log.info("alias '%s' of '%s' now points at version %s", versions.CANDIDATE, model, v)
-    elif versions.CANDIDATE in info.aliases:
+    elif versions.registered_model_aliases(model).get(versions.CANDIDATE) == v:
+        # read again: another gate may have moved 'candidate' to its version during this evaluation
         versions.delete_alias(model, versions.CANDIDATE)
         _log.info("removed alias '%s' from version %s: it no longer passes", versions.CANDIDATE, v)
     description.refresh_quietly(model, v)

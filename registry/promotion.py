@@ -25,8 +25,11 @@ from .ledger import Entry, Ledger
 from .promotion_rules import (
     Agreement,
     agreement,
+    check_gate_baseline,
     check_promotable,
+    ever_held,
     failed_deploys,
+    latest_gate,
     production_stack,
     reconcile_rows,
     rollback_target,
@@ -235,6 +238,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             info = versions.get_version(model, v, aliases=aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
+                check_gate_baseline(model, info.version, current,
+                                    latest_gate(tx.entries(actions=("gate",)), info.version),
+                                    ever_held(tx.entries(actions=_MOVES)), force=force)
             except RefusedError as exc:
                 raise _Refusal(info.version, exc) from None
             row = Entry(
@@ -261,12 +267,11 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
     else:
         _log.info("%s '%s': production %s -> %s by %s", verb, model,
                   current if current is not None else "(none)", info.version, by.actor)
-    held_candidate = aliases.get(versions.CANDIDATE) == info.version
-
     def write_view() -> None:
         _write_view(model, info.version, promo)
-        if held_candidate:
-            versions.delete_alias(model, versions.CANDIDATE)   # no longer awaiting approval
+        # no longer awaiting approval; read again: another gate may have moved 'candidate' since
+        if versions.registered_model_aliases(model).get(versions.CANDIDATE) == info.version:
+            versions.delete_alias(model, versions.CANDIDATE)
 
     promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,
                       provenance=by, reason=reason, at=at, ledger_id=entry.id,

@@ -1,6 +1,7 @@
 """Promotion and rollback decisions: pure functions on plain data (ledger entries, tags).
 
 - ``check_promotable``: may this version become production?
+- ``check_gate_baseline``: did its passing gate compare it with today's production?
 - ``production_stack``: replay the ledger into the list of versions that held production,
   where a rollback pops back to the version it returned to (so rolling back twice goes two
   steps back instead of undoing the first rollback).
@@ -43,6 +44,39 @@ def check_promotable(model: str, version: int, validation_status: str, *, force:
         raise RefusedError(f"version {version} of '{model}' has validation_status="
                            f"{validation_status or 'pending'}, not passed; run `mlops registry gate "
                            f"--version {version}` first, or use --force --reason \"...\"")
+
+
+def latest_gate(entries: Iterable[Entry], version: int) -> Entry | None:
+    """The newest ``gate`` row of ``version`` (None when the ledger has none)."""
+    last = None
+    for e in entries:
+        if e.action == "gate" and e.to_version == version:
+            last = e
+    return last
+
+
+def ever_held(entries: Iterable[Entry]) -> set[int]:
+    """Every version an ``ok`` promotion or rollback made production at some point."""
+    return {e.to_version for e in entries if e.action in MOVES and e.outcome == "ok" and e.to_version is not None}
+
+
+def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,
+                        held: set[int], *, force: bool = False) -> None:
+    """Raise ``RefusedError`` when ``version``'s passing gate compared it with another version
+    than the one in production now.
+
+    Two pipelines that overlap at the approval both pass their gates against v1; once one is
+    promoted, the other's verdict says nothing about how it compares with the new production
+    (it may be far worse). A version that held production before (promoting it again is how a
+    person rolls back), the version already in production, a forced move and a version whose
+    gate left no ledger row (the tag is all there is) are not refused here."""
+    if force or version == current or version in held or gate is None or gate.outcome != "passed":
+        return
+    if gate.from_version != current:
+        raise RefusedError(
+            f"version {version} of '{model}' passed its gate against {_v(gate.from_version)}, but production "
+            f"is now {_v(current)}: run `mlops registry gate --version {version}` again (it compares with "
+            f"{_v(current)}), or use --force --reason \"...\"")
 
 
 def production_stack(entries: Iterable[Entry]) -> list[int]:

@@ -7,8 +7,11 @@ Works on the normalized form of ``golden/signature.json`` (docs/architecture.md)
                          "outputs": {"<name>": {"dtype": "DT_FLOAT", "shape": [-1, 10]}}}}
 
 Compatible means: every signature production has still exists with the same method; the same
-input names with the same dtypes and compatible shapes (same rank, each dimension equal or -1
-on either side); the same output names. Pure functions on plain dicts.
+input names, dtypes, and shapes that accept every input production accepted (a dimension that
+was -1 stays -1: clients send any batch size); the same output names, dtypes, and shapes that
+production's clients already handle (a fixed dimension stays the same: 10 classes becoming 12
+changes what an index means to a client). ``--allow-signature-change`` is how a person says a
+change is intended. Pure functions on plain dicts.
 """
 from __future__ import annotations
 
@@ -64,14 +67,15 @@ def format_problems(sig) -> list[str]:
     return problems
 
 
-def shapes_compatible(new: list[int] | None, old: list[int] | None) -> bool:
-    """Same rank and each dimension equal, with -1 (any size) matching anything.
-
-    A missing shape (unknown rank) is compatible with anything.
-    """
-    if new is None or old is None:
+def covers(shape: list[int] | None, other: list[int] | None) -> bool:
+    """Can a tensor of ``shape`` be every tensor of ``other``? Same rank, and each dimension of
+    ``shape`` is -1 (any size) or equal to ``other``'s. An unknown rank (None) covers anything
+    and is covered by nothing but itself."""
+    if shape is None:
         return True
-    return len(new) == len(old) and all(a == b or a == -1 or b == -1 for a, b in zip(new, old))
+    if other is None:
+        return False
+    return len(shape) == len(other) and all(a == -1 or a == b for a, b in zip(shape, other))
 
 
 def differences(new: dict, old: dict) -> list[str]:
@@ -97,12 +101,19 @@ def differences(new: dict, old: dict) -> list[str]:
             if o_in[t]["dtype"] != n_in[t]["dtype"]:
                 out.append(f"'{name}' input '{t}' dtype changed from {o_in[t]['dtype']} "
                            f"to {n_in[t]['dtype']}")
-            if not shapes_compatible(n_in[t].get("shape"), o_in[t].get("shape")):
-                out.append(f"'{name}' input '{t}' shape {n_in[t].get('shape')} is not compatible "
-                           f"with {o_in[t].get('shape')}")
-        o_out, n_out = set(o["outputs"]), set(n["outputs"])
-        for t in sorted(o_out - n_out):
+            if not covers(n_in[t].get("shape"), o_in[t].get("shape")):
+                out.append(f"'{name}' input '{t}' shape {n_in[t].get('shape')} does not accept every input "
+                           f"of shape {o_in[t].get('shape')} that clients send")
+        o_out, n_out = o["outputs"], n["outputs"]
+        for t in sorted(set(o_out) - set(n_out)):
             out.append(f"'{name}' output '{t}' was removed")
-        for t in sorted(n_out - o_out):
+        for t in sorted(set(n_out) - set(o_out)):
             out.append(f"'{name}' has a new output name '{t}'")
+        for t in sorted(set(o_out) & set(n_out)):
+            if o_out[t]["dtype"] != n_out[t]["dtype"]:
+                out.append(f"'{name}' output '{t}' dtype changed from {o_out[t]['dtype']} "
+                           f"to {n_out[t]['dtype']}")
+            if not covers(o_out[t].get("shape"), n_out[t].get("shape")):
+                out.append(f"'{name}' output '{t}' shape changed from {o_out[t].get('shape')} to "
+                           f"{n_out[t].get('shape')}, which clients written for the old one may not handle")
     return out

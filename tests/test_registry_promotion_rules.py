@@ -185,3 +185,29 @@ def test_reconcile_closes_intents_that_did_not_happen_and_records_outside_moves(
     [gone] = reconcile_rows("m", None, numbered(promote(1)), actor="ops")
     assert (gone.action, gone.from_version, gone.to_version) == ("rollback", 1, None)
     assert production_stack(numbered(promote(1), gone)) == []
+
+
+# --- check_gate_baseline: a passing gate is about the production it compared with -----------------
+def _gate(version, baseline, outcome="passed"):
+    return Entry(action="gate", model="m", outcome=outcome, from_version=baseline, to_version=version)
+
+
+def test_a_gate_against_another_production_is_refused_and_the_exceptions_are_not():
+    from registry.promotion_rules import check_gate_baseline, ever_held, latest_gate
+
+    check_gate_baseline("m", 3, 2, _gate(3, 2), set())                     # gated against today's
+    with pytest.raises(RefusedError, match="passed its gate against v1, but production is now v2"):
+        check_gate_baseline("m", 3, 2, _gate(3, 1), set())
+    with pytest.raises(RefusedError, match=r"against \(none\), but production is now v2"):
+        check_gate_baseline("m", 3, 2, _gate(3, None), set())
+    with pytest.raises(RefusedError, match=r"against v2, but production is now \(none\)"):
+        check_gate_baseline("m", 3, None, _gate(3, 2), set())
+    check_gate_baseline("m", 3, 2, _gate(3, 1), {3})                       # held production: a rollback
+    check_gate_baseline("m", 3, 3, _gate(3, 1), set())                     # already production
+    check_gate_baseline("m", 3, 2, _gate(3, 1), set(), force=True)
+    check_gate_baseline("m", 3, 2, None, set())                            # no gate row: the tag decides
+    check_gate_baseline("m", 3, 2, _gate(3, 1, "failed"), set())           # check_promotable refuses it
+    rows = [_gate(3, 1), _gate(4, 1), _gate(3, 2)]
+    assert latest_gate(rows, 3).from_version == 2 and latest_gate(rows, 5) is None
+    moves = [promote(1), promote(2, 1), rollback(1, 2), promote(5, 1, outcome="refused"), deploy(6, "ok")]
+    assert ever_held(moves) == {1, 2}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 
-from registry.signature import differences, format_problems, shapes_compatible
+from registry.signature import covers, differences, format_problems
 
 SIG = {"serving_default": {
     "method_name": "tensorflow/serving/predict",
@@ -29,21 +29,25 @@ def test_identical_signatures_are_compatible():
     assert differences(copy.deepcopy(SIG), SIG) == []
 
 
-def test_wildcards_match_any_size_but_rank_must_agree():
-    assert shapes_compatible([-1, 8, 8, 1], [-1, 8, 8, 1])
-    assert shapes_compatible([-1, -1, -1, 1], [-1, 8, 8, 1])
-    assert shapes_compatible([32, 8, 8, 1], [-1, 8, 8, 1])
-    assert not shapes_compatible([-1, 28, 28, 1], [-1, 8, 8, 1])
-    assert not shapes_compatible([-1, 64], [-1, 8, 8, 1])
-    assert shapes_compatible(None, [-1, 8])
+def test_an_input_shape_must_accept_everything_clients_send():
+    assert covers([-1, 8, 8, 1], [-1, 8, 8, 1])
+    assert covers([-1, -1, -1, 1], [-1, 8, 8, 1])       # widened: every old input still fits
+    assert not covers([32, 8, 8, 1], [-1, 8, 8, 1])     # narrowed: a batch of 1 no longer fits
+    assert not covers([1, 8, 8, 1], [-1, 8, 8, 1])
+    assert not covers([-1, 28, 28, 1], [-1, 8, 8, 1])
+    assert not covers([-1, 64], [-1, 8, 8, 1])
+    assert covers(None, [-1, 8]) and not covers([-1, 8], None)
     assert differences(variant(inputs__inputs__shape=[-1, -1, -1, 1]), SIG) == []
+    d = differences(variant(inputs__inputs__shape=[1, 8, 8, 1]), SIG)
+    assert d == ["'serving_default' input 'inputs' shape [1, 8, 8, 1] does not accept every input of shape "
+                 "[-1, 8, 8, 1] that clients send"]
 
 
 def test_each_breaking_change_is_named():
     d = differences(variant(inputs__inputs__dtype="DT_INT64"), SIG)
     assert d == ["'serving_default' input 'inputs' dtype changed from DT_FLOAT to DT_INT64"]
     d = differences(variant(inputs__inputs__shape=[-1, 28, 28, 1]), SIG)
-    assert len(d) == 1 and "shape [-1, 28, 28, 1] is not compatible with [-1, 8, 8, 1]" in d[0]
+    assert len(d) == 1 and "shape [-1, 28, 28, 1] does not accept every input of shape [-1, 8, 8, 1]" in d[0]
     d = differences(variant(inputs__inputs__rename="image"), SIG)
     assert "'serving_default' input 'inputs' was removed" in d
     assert "'serving_default' has a new input 'image' that current clients do not send" in d
@@ -57,9 +61,17 @@ def test_each_breaking_change_is_named():
         ["signature 'serving_default' is gone (clients call it)"]
 
 
-def test_output_shape_change_alone_does_not_break_clients():
-    # e.g. 10 -> 12 classes keeps names; the rules only require the same output names
-    assert differences(variant(outputs__output_0__shape=[-1, 12]), SIG) == []
+def test_an_output_must_stay_what_clients_already_read():
+    # 10 -> 12 (or 5) classes keeps the names, but what an index means to a client changes
+    d = differences(variant(outputs__output_0__shape=[-1, 12]), SIG)
+    assert d == ["'serving_default' output 'output_0' shape changed from [-1, 10] to [-1, 12], which clients "
+                 "written for the old one may not handle"]
+    assert differences(variant(outputs__output_0__shape=[-1, 5]), SIG)
+    assert differences(variant(outputs__output_0__shape=[-1, -1]), SIG)   # a fixed size became any size
+    assert differences(variant(outputs__output_0__dtype="DT_INT64"), SIG) == [
+        "'serving_default' output 'output_0' dtype changed from DT_FLOAT to DT_INT64"]
+    wider = variant(outputs__output_0__shape=[-1, -1])
+    assert differences(variant(outputs__output_0__shape=[-1, 12]), wider) == []   # clients handle any size
 
 
 def test_malformed_documents_are_reported_not_crashed_on():

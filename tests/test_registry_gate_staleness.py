@@ -1,0 +1,96 @@
+"""A gate verdict is about one production version: against a real MLflow server and the ledger.
+
+Two pipelines that overlap at the approval both pass their gates against the same production;
+once one is promoted, the other's verdict no longer says how it compares with production. The
+promotion refuses it (re-gate, or --force with a reason); promoting a version that held
+production before (how a person rolls back) is still allowed. A gate run while the production
+alias was removed outside mlops refuses to compare with nothing. A gate that fails does not take
+'candidate' from another version that a concurrent gate gave it.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mlops_common.errors import RefusedError
+from registry import promotion, versions
+from registry.gate import run_gate
+from registry.ledger import Ledger
+from tests.helpers import run_mlops
+from tests.test_registry_gate import Evaluations, doc
+
+
+def test_a_version_gated_against_an_earlier_production_is_refused_until_gated_again(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = make_version(), make_version(), make_version()
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.60), v3: doc(0.96)})
+    assert run_gate(model, v1, ev).passed
+    promotion.promote(model, v1, actor="alice")
+    # two pipelines at their approval hold, both passed against v1
+    ev.by_version[v2] = doc(0.95)
+    assert run_gate(model, v2, ev).passed and run_gate(model, v3, ev).passed
+    promotion.promote(model, v3, actor="bob")                       # the first approval
+    ev.by_version[v2] = doc(0.60)                                   # how v2 really compares with v3
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "carol")
+    assert r.returncode != 0
+    line = r.stderr.strip().splitlines()[-1]
+    assert line == (f"error: version {v2} of '{model}' passed its gate against v{v1}, but production is now "
+                    f"v{v3}: run `mlops registry gate --version {v2}` again (it compares with v{v3}), or use "
+                    f"--force --reason \"...\""), r.stderr
+    assert versions.production_version(model) == v3
+    refused = Ledger().entries(model)[-1]
+    assert (refused.action, refused.to_version, refused.outcome) == ("promote", v2, "refused")
+    # gated again against v3 it fails, so it stays refused; --force with a reason is the way round
+    assert not run_gate(model, v2, ev).passed
+    with pytest.raises(RefusedError, match="validation_status=failed"):
+        promotion.promote(model, v2, actor="carol")
+    # a version that passes against today's production is promotable
+    ev.by_version[v2] = doc(0.97)
+    assert run_gate(model, v2, ev).passed
+    assert promotion.promote(model, v2, actor="carol").to_version == v2
+
+
+def test_promoting_a_version_that_held_production_before_is_a_rollback_not_refused(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.96)})
+    assert run_gate(model, v1, ev).passed
+    promotion.promote(model, v1, actor="alice")
+    assert run_gate(model, v2, ev).passed
+    promotion.promote(model, v2, actor="alice")
+    # v1 passed its gate against nothing; production is v2 now, but v1 served before
+    assert promotion.promote(model, v1, actor="oncall", reason="v2 is slow").to_version == v1
+    assert versions.production_version(model) == v1
+
+
+def test_a_gate_refuses_when_the_production_alias_was_removed_outside_mlops(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.85)})
+    assert run_gate(model, v1, ev).passed
+    promotion.promote(model, v1, actor="alice")
+    versions.delete_alias(model, versions.PRODUCTION)              # someone in the MLflow UI
+    before = len(Ledger().entries(model))
+    with pytest.raises(RefusedError, match=f"the ledger says v{v1} holds production"):
+        run_gate(model, v2, ev)
+    assert len(Ledger().entries(model)) == before                  # nothing recorded
+    assert versions.get_version(model, v2).tags.get("validation_status") != "passed"
+    r = run_mlops("registry", "gate", "--version", str(v2))
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "mlops registry reconcile" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_failing_gate_leaves_candidate_with_the_version_another_gate_gave_it(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    first = Evaluations({v1: doc(0.9)})
+    assert run_gate(model, v1, first).passed                        # v1 is the candidate
+
+    class MovesCandidateMeanwhile(Evaluations):
+        def __call__(self, version, dataset):
+            versions.set_alias(model, versions.CANDIDATE, v2)       # another gate, during this one
+            return super().__call__(version, dataset)
+
+    assert not run_gate(model, v1, MovesCandidateMeanwhile({v1: doc(0.5)})).passed
+    assert versions.get_version(model, v2).aliases == ("candidate",)
