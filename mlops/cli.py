@@ -50,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug: its traceback, with every secret taken out
+        print(redacted_traceback(), file=sys.stderr, end="")
+        return 1
     return int(code or 0)
+
+
+def redacted_traceback() -> str:
+    """The current exception's traceback with the value of every secret variable replaced by
+    ``***``: raw, stripped and escaped as in a repr (``settings.secret_values``), since an
+    exception message may quote a secret (a header value, a database URL)."""
+    import traceback
+
+    return log.redact(traceback.format_exc())
 
 
 if __name__ == "__main__":  # pragma: no cover

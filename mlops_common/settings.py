@@ -32,13 +32,31 @@ SECRET_ENV_VARS = (
     "MLOPS_WEBHOOK_SECRET",
     "MLOPS_LEDGER_URL",  # may embed a database password
     "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY",
+    "PGPASSWORD",  # libpq's password when it is not in a URL
 )
+# Database URLs whose password (``scheme://user:password@host/...``) is a secret of its own: an
+# error message may carry the password, or a part of it, without the rest of the URL.
+SECRET_URL_ENV_VARS = ("MLOPS_LEDGER_URL", "MLFLOW_BACKEND_STORE_URI")
+_MIN_SECRET_LEN = 4
 
 
 def env(name: str, default: str | None = None) -> str | None:
     """An environment variable, with empty strings treated as unset."""
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def token_env(name: str) -> str | None:
+    """A token that travels in an HTTP header (``CIRCLE_TOKEN``, ``MLFLOW_TRACKING_TOKEN``).
+
+    A value with whitespace, control or non-ASCII characters (a stray space, a trailing newline
+    pasted into a secret store) is refused here, naming the variable and never the value:
+    ``requests`` would otherwise refuse the header with an error that quotes it."""
+    value = env(name)
+    if value is not None and any(not "!" <= c <= "~" for c in value):
+        raise ConfigError(f"{name} contains whitespace, control or non-ASCII characters (a stray space "
+                          f"or newline?); set it to the bare token")
+    return value
 
 
 def require_env(name: str, why: str) -> str:
@@ -78,6 +96,7 @@ _announced = False
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, or the local server (saying so once on stderr)."""
     global _announced
+    token_env("MLFLOW_TRACKING_TOKEN")  # MLflow's client sends it as a header too: refuse a bad one here
     uri = env("MLFLOW_TRACKING_URI")
     if uri:
         check_no_userinfo(uri)
@@ -130,10 +149,60 @@ def lock_ttl() -> float:
     return ttl
 
 
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``scheme://user:password@host...`` is in ``url`` (None: there is none).
+
+    The user name ends at the first ``:``, ``/`` or ``@`` (as SQLAlchemy reads it); the password
+    runs to the LAST ``@``: a password may itself hold ``@``, ``/`` or ``?``, and masking too much
+    of a URL in a message is harmless where masking too little is not."""
+    start = url.find("://")
+    if start < 0:
+        return None
+    i = start + 3
+    while i < len(url) and url[i] not in ":/@":
+        i += 1
+    if i >= len(url) or url[i] != ":":
+        return None
+    at = url.rfind("@", i + 1)
+    return (i + 1, at) if at > i else None
+
+
+def url_password(url: str | None) -> str | None:
+    """The password of a database URL as written in it (percent-encoding kept), or None."""
+    span = _password_span(url or "")
+    return url[span[0]:span[1]] if span else None
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with its password (see ``_password_span``) replaced by ``***``, for messages."""
+    span = _password_span(url)
+    return url if span is None else f"{url[:span[0]]}***{url[span[1]:]}"
+
+
 def hosts_file(explicit: str | None = None) -> Path:
     return Path(explicit or env("MLOPS_HOSTS_FILE") or (state_dir() / "hosts.toml"))
 
 
+def _forms(value: str) -> set[str]:
+    """``value`` and the ways it shows up in text: stripped of surrounding whitespace (a one-line
+    error message collapses it), and escaped as in a Python repr or a JSON string."""
+    forms = {value, value.strip(), repr(value)[1:-1], json.dumps(value)[1:-1]}
+    return {f for f in forms if len(f) >= _MIN_SECRET_LEN}
+
+
 def secret_values() -> list[str]:
-    """Current values of secret variables (for redaction); short values are ignored."""
-    return [v for k in SECRET_ENV_VARS if (v := os.environ.get(k)) and len(v) >= 4]
+    """Current values of secret variables (for redaction and the secret guards), longest first;
+    short values are ignored. Besides each value as set: its stripped and escaped forms, and the
+    password of each database URL (as written, percent-decoded, and each ``@``-separated part of
+    it, which a driver may report as part of a host name)."""
+    from urllib.parse import unquote
+
+    raw = [v for k in SECRET_ENV_VARS if (v := os.environ.get(k))]
+    for k in SECRET_URL_ENV_VARS:
+        password = url_password(os.environ.get(k))
+        if password:
+            raw += [password, unquote(password), *password.split("@")]
+    found: set[str] = set()
+    for v in raw:
+        found |= _forms(v)
+    return sorted(found, key=lambda v: (-len(v), v))

@@ -57,6 +57,10 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
     except _ServerError as exc:
         raise ConnectionFailure(f"the CircleCI API at {api_base()} kept failing ({exc}); "
                                 f"retry the promote job") from None
+    except requests.RequestException as exc:
+        # Only the type: the message of e.g. InvalidHeader quotes the header value (the token).
+        raise ConnectionFailure(f"the request to the CircleCI API at {api_base()} failed "
+                                f"({type(exc).__name__}); check CIRCLE_TOKEN and CIRCLECI_API_URL") from None
     if r.status_code in (401, 403):
         raise ConfigError(f"the CircleCI API rejected CIRCLE_TOKEN (HTTP {r.status_code}) on {path}; "
                           f"set CIRCLE_TOKEN to a valid personal API token in the CircleCI context")
@@ -109,7 +113,7 @@ def provenance(explicit: str | None = None) -> Provenance:
     """Who and where of a command that moves ``production``, built once at its start and carried
     into every ledger row and tag it writes. Who: the CircleCI approver when running in CircleCI
     with a token, else ``explicit`` (``--actor``), else the OS user."""
-    token, workflow = settings.env("CIRCLE_TOKEN"), lineage.workflow_id()
+    token, workflow = settings.token_env("CIRCLE_TOKEN"), lineage.workflow_id()
     if token and workflow:
         login, job = circleci_approver(workflow, token)
         return Provenance.from_environment(login, approved_by=login, actor_source="circleci", approval_job=job)

@@ -13,10 +13,12 @@ The wording is stable (the browser test reads it): the first line is
 """
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from mlops_common import log, settings
 from mlops_common.errors import RefusedError
+from mlops_common.text import markdown_text, printable
 
 from . import tags as T
 from . import versions
@@ -25,6 +27,7 @@ from .rest import rest
 
 _log = log.get("registry.description")
 _HISTORY_ROWS = 10
+_URL_SAFE = "/:?#=&%@+,;~-._!$"      # kept as they are in a link's URL; the rest is percent-encoded
 
 MODEL_DESCRIPTION = """\
 Classifies small grayscale images (8x8 digits or 28x28 Fashion-MNIST) into 10 classes.
@@ -49,7 +52,23 @@ def _v(x) -> str:
 
 
 def _cell(text) -> str:
-    return str(text or "").replace("|", "\\|").replace("\n", " ")[:160]
+    """Free text (a reason, an actor, a host, a tag) as literal Markdown text: never markup, never
+    more than one line or one table cell; at most 160 characters of it."""
+    return markdown_text(printable(text or "", " ")[:160])
+
+
+def _code(text) -> str:
+    """A short identifier (a commit, a fingerprint: hex) as a code span; any other character as ``?``."""
+    return "`" + re.sub(r"[^0-9A-Za-z._-]", "?", str(text)) + "`"
+
+
+def _link(label: str, url: str | None) -> str | None:
+    """``[label](url)`` for an http(s) URL, with every character that could end the link or start
+    markup percent-encoded; None for anything else (javascript:, data:, ...)."""
+    url = printable(url or "", "").strip()
+    if not url.lower().startswith(("http://", "https://")):
+        return None
+    return f"[{label}]({quote(url, safe=_URL_SAFE)})"
 
 
 def _when(e: Entry) -> str:
@@ -73,14 +92,14 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
     to_me = [e for e in moves if e.to_version == version]
     validation = tags.get(T.VALIDATION_STATUS, "pending")
     deploy = tags.get(T.DEPLOY_STATUS) or "not deployed"
-    head = " · ".join([f"**v{version}**", ", ".join(f"@{a}" for a in aliases) or "no alias",
-                       f"validation {validation}", f"deploy {deploy}"])
+    head = " · ".join([f"**v{version}**", ", ".join(f"@{_cell(a)}" for a in aliases) or "no alias",
+                       f"validation {_cell(validation)}", f"deploy {_cell(deploy)}"])
     lines = [head, ""]
     if to_me:
         last = to_me[-1]
         approver = tags.get(T.APPROVED_BY) or last.details.get("approved_by") or last.actor
-        lines.append(f"**Approved by:** {approver} ({last.action} {_v(last.from_version)} → v{version} "
-                     f"by {last.actor}, {_when(last)} UTC, ledger #{last.id}"
+        lines.append(f"**Approved by:** {_cell(approver)} ({_cell(last.action)} {_v(last.from_version)} → "
+                     f"v{version} by {_cell(last.actor)}, {_when(last)} UTC, ledger #{last.id}"
                      + (f"; reason: {_cell(last.reason)}" if last.reason else "") + ")")
     else:
         lines.append("**Approved by:** nobody yet (never promoted)")
@@ -91,52 +110,48 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
         if g.from_version is not None and isinstance(prod, (int, float)):
             nums += f" vs {prod:.4f} for production {_v(g.from_version)}"
         failed = g.details.get("failed_rules") or []
-        lines.append(f"**Validation:** {g.outcome} — {nums}"
-                     + (f"; failed rules: {', '.join(failed)}" if failed else "")
+        lines.append(f"**Validation:** {_cell(g.outcome)} — {nums}"
+                     + (f"; failed rules: {', '.join(_cell(f) for f in failed)}" if failed else "")
                      + ("; serving signature change allowed" if g.details.get("signature_change_allowed") else "")
                      + f" (gate {_when(g)} UTC, ledger #{g.id})")
     else:
-        lines.append(f"**Validation:** {validation} (not gated yet)")
+        lines.append(f"**Validation:** {_cell(validation)} (not gated yet)")
     deploys = [e for e in mine if e.action in ("deploy", "smoke_test", "host_rollback", "canary")
                and e.to_version == version]
     latest: dict[str, Entry] = {}
     for e in deploys:
         if e.action == "deploy":
             latest[e.host or "-"] = e
-    per_host = ", ".join(f"{h} {e.outcome}" for h, e in sorted(latest.items()))
+    per_host = ", ".join(f"{_cell(h)} {_cell(e.outcome)}" for h, e in sorted(latest.items()))
     reason = tags.get(T.DEPLOY_REASON)
-    lines.append(f"**Deploy status:** {deploy}" + (f" — {per_host}" if per_host else "")
+    lines.append(f"**Deploy status:** {_cell(deploy)}" + (f" — {per_host}" if per_host else "")
                  + (f"; reason: {_cell(reason)}" if reason and reason != "none" and deploy != "deployed" else ""))
     ds = tags.get(T.DATASET)
     fp = tags.get(T.DATASET_FINGERPRINT)
     retrained = tags.get(T.RETRAINED_FROM)
-    lines.append(f"**Data set:** {ds or 'unknown'}" + (f" (fingerprint `{fp[:12]}`)" if fp else "")
-                 + (f"; retrained from {retrained}" if retrained else ""))
+    lines.append(f"**Data set:** {_cell(ds) if ds else 'unknown'}" + (f" (fingerprint {_code(fp[:12])})" if fp else "")
+                 + (f"; retrained from {_cell(retrained)}" if retrained else ""))
     commit = tags.get(T.GIT_COMMIT)
     pipeline = tags.get(T.PIPELINE_ID)
-    lines.append(f"**Commit:** {('`' + commit[:12] + '`') if commit else 'unknown'}"
-                 + (f" · pipeline {pipeline}" if pipeline else ""))
-    links = []
-    if run_url:
-        links.append(f"[run]({run_url})")
-    if report_url and gates:
-        links.append(f"[gate report]({report_url})")
-    build_url = _ci_of_register(entries, version).get("ci.build_url")
-    if build_url:
-        links.append(f"[CircleCI job]({build_url})")
+    lines.append(f"**Commit:** {_code(commit[:12]) if commit else 'unknown'}"
+                 + (f" · pipeline {_cell(pipeline)}" if pipeline else ""))
+    links = [_link("run", run_url), _link("gate report", report_url) if gates else None,
+             _link("CircleCI job", _ci_of_register(entries, version).get("ci.build_url"))]
+    links = [link for link in links if link]
     lines.append("**Links:** " + (" · ".join(links) if links else "none"))
     history = [e for e in moves if version in (e.to_version, e.from_version)][-_HISTORY_ROWS:]
     lines += ["", "#### Production history", ""]
     if history:
         lines += ["| ledger | when (UTC) | move | from → to | by | reason |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| #{e.id} | {_when(e)} | {e.action} | {_v(e.from_version)} → {_v(e.to_version)} | "
+        lines += [f"| #{e.id} | {_when(e)} | {_cell(e.action)} | {_v(e.from_version)} → {_v(e.to_version)} | "
                   f"{_cell(e.actor)} | {_cell(e.reason)} |" for e in history]
     else:
         lines.append("never held production")
     lines += ["", "#### Deploys per host", ""]
     if deploys:
         lines += ["| ledger | when (UTC) | host | step | outcome | reason |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {e.action} | {e.outcome} | {_cell(e.reason)} |"
+        lines += [f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_cell(e.action)} | {_cell(e.outcome)} | "
+                  f"{_cell(e.reason)} |"
                   for e in deploys[-_HISTORY_ROWS:]]
     else:
         lines.append("no deploy yet")
@@ -163,7 +178,7 @@ def refresh(model: str, version, *, ledger: Ledger | None = None) -> str:
     run_url, report_url = _urls(info.run_id)
     text = render(model=model, version=info.version, tags=info.tags, aliases=info.aliases,
                   entries=entries, run_url=run_url, report_url=report_url)
-    if any(secret in text for secret in settings.secret_values()):
+    if any(secret in text or markdown_text(secret) in text for secret in settings.secret_values()):
         raise RefusedError(f"refusing to write the description of version {info.version} of '{model}': "
                            f"it contains the value of a secret environment variable")
     rest().call("PATCH", "model-versions/update",

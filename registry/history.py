@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from mlops_common.text import printable
+
 from . import tags as T
 from .ledger import Entry
 
@@ -21,8 +23,9 @@ def age(then: datetime, now: datetime | None = None) -> str:
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    """A plain aligned text table."""
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    """A plain aligned text table; control characters in a cell (ESC, CR, OSC... of a reason or
+    an actor read back from the ledger) are shown as ``?``, never sent to the terminal."""
+    cells = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
@@ -37,7 +40,7 @@ def history_table(entries: list[Entry], *, reason_width: int = 60) -> str:
         return "(the ledger is empty)"
     rows = []
     for e in entries:
-        reason = (e.reason or "").replace("\n", " ")
+        reason = printable(e.reason)
         if len(reason) > reason_width:
             reason = reason[:reason_width - 1] + "…"
         rows.append([e.id, e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "", e.action, e.model,

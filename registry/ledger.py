@@ -134,7 +134,8 @@ def _from_row(row) -> Entry:
 def safe_url(url: str) -> str:
     """The URL with any password masked, for messages."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        # masked to the last '@': SQLAlchemy cuts a password holding '@' at the first one
+        return settings.mask_url_password(sa.engine.make_url(url).render_as_string(hide_password=False))
     except sa.exc.ArgumentError:
         return "<unparseable MLOPS_LEDGER_URL>"
 
@@ -156,7 +157,11 @@ def _create_engine(url: str) -> sa.Engine:
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        try:
+            engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        except sa.exc.ArgumentError:
+            raise ConfigError("MLOPS_LEDGER_URL is not a valid SQLite URL (e.g. sqlite:////abs/path/ledger.db; "
+                              "a SQLite URL has no user, password or host)") from None
 
         # SQLAlchemy's documented recipe: take transaction control away from pysqlite so we
         # can BEGIN IMMEDIATE (take the write lock up front) for writers.

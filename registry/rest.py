@@ -54,7 +54,7 @@ class MlflowRest:
         self.uri = uri.rstrip("/")
         self.session = session or requests.Session()
         user, password = settings.env("MLFLOW_TRACKING_USERNAME"), settings.env("MLFLOW_TRACKING_PASSWORD")
-        token = settings.env("MLFLOW_TRACKING_TOKEN")
+        token = settings.token_env("MLFLOW_TRACKING_TOKEN")
         if user and password:
             self.session.auth = (user, password)
         elif token:
@@ -183,6 +183,11 @@ class MlflowRest:
                 raise ConnectionFailure(_line(what, f"the MLflow server at {self.uri} did not answer within "
                                                     f"{self.timeout:.0f}s; check that it is running and "
                                                     f"MLFLOW_TRACKING_URI")) from None
+            except requests.RequestException as exc:
+                # Only the type: the message of e.g. InvalidHeader quotes the header value (a token).
+                raise ConnectionFailure(_line(what, f"the request to the MLflow server at {self.uri} failed "
+                                                    f"({type(exc).__name__}); check MLFLOW_TRACKING_URI and "
+                                                    f"the MLFLOW_TRACKING_* credentials")) from None
             else:
                 self.answered = True
                 delay = retry_delay(attempt, attempts, self.backoff, status=r.status_code)

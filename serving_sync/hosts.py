@@ -147,53 +147,68 @@ def _absolute_path(value: str, where: _Where, fld: str) -> str:
 
 
 def parse_target(value: object, where: _Where) -> Target:
-    """Parse ``file:///abs``, ``ssh://[user@]host[:port]/abs`` or ``s3://bucket[/prefix]``."""
+    """Parse ``file:///abs``, ``ssh://[user@]host[:port]/abs`` or ``s3://bucket[/prefix]``.
+
+    A password in the URL is refused first, without echoing the value; every later message
+    echoes the value with anything that could be a password masked (``shown``)."""
     if not isinstance(value, str) or not value.strip():
         raise where.error("target", "missing; use file:///abs/path, ssh://user@host:22/abs/path "
                                     "or s3://bucket/prefix")
     value = value.strip()
+    shown = settings.mask_url_password(value)
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        raise where.error("target", f"{shown!r} is not a URL; use file:///abs/path, "
+                                    f"ssh://user@host:22/abs/path or s3://bucket/prefix") from None
+    if password is not None:
+        if parts.scheme == "s3":
+            raise where.error("target", "must not contain credentials; S3 credentials come from "
+                                        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        if parts.scheme == "ssh":
+            raise where.error("target", "must not contain a password; SSH uses keys "
+                                        "(identity_file or the SSH agent)")
+        raise where.error("target", "must not contain a password; use file:///abs/path, "
+                                    "ssh://user@host:22/abs/path or s3://bucket/prefix")
     if has_traversal(value):
-        raise where.error("target", f"{value!r} must not contain '..'")
-    parts = urlsplit(value)
+        raise where.error("target", f"{shown!r} must not contain '..'")
     if parts.query or parts.fragment:
-        raise where.error("target", f"{value!r} must not have a query or fragment")
+        raise where.error("target", f"{shown!r} must not have a query or fragment")
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise where.error("target", f"{value!r}: a file target is file:///absolute/path "
+            raise where.error("target", f"{shown!r}: a file target is file:///absolute/path "
                                         f"(three slashes)")
         return Target("file", _absolute_path(unquote(parts.path), where, "target"))
     if parts.scheme == "ssh":
         if not parts.hostname:
-            raise where.error("target", f"{value!r} has no host; use ssh://user@host:22/abs/path")
+            raise where.error("target", f"{shown!r} has no host; use ssh://user@host:22/abs/path")
         try:
             port = parts.port or 22
         except ValueError:
-            raise where.error("target", f"{value!r} has an invalid port") from None
+            raise where.error("target", f"{shown!r} has an invalid port") from None
         if not 1 <= port <= 65535:
-            raise where.error("target", f"{value!r} has an invalid port")
-        if parts.password is not None:
-            raise where.error("target", "must not contain a password; SSH uses keys "
-                                        "(identity_file or the SSH agent)")
+            raise where.error("target", f"{shown!r} has an invalid port")
         user = unquote(parts.username) if parts.username else None
         if user is not None and not _USER_RE.match(user):
             raise where.error("target", f"invalid user name {user!r}")
         if not _HOSTNAME_RE.match(parts.hostname):
             raise where.error("target", f"invalid host name {parts.hostname!r}")
         if not parts.path or parts.path == "/":
-            raise where.error("target", f"{value!r} needs the absolute base directory, "
+            raise where.error("target", f"{shown!r} needs the absolute base directory, "
                                         f"e.g. ssh://deploy@host:22/var/models")
         return Target("ssh", _absolute_path(unquote(parts.path), where, "target"),
                       host=parts.hostname, port=port, user=user)
     if parts.scheme == "s3":
         bucket = parts.netloc
         if not _BUCKET_RE.match(bucket or "") or ".." in bucket:
-            raise where.error("target", f"{value!r}: invalid bucket name {bucket!r} (3-63 lowercase "
+            raise where.error("target", f"{shown!r}: invalid bucket name {bucket!r} (3-63 lowercase "
                                         f"letters, digits, '.', '-')")
         prefix = unquote(parts.path).strip("/")
         if any(c in prefix for c in "\x00\n\r\\") or "//" in prefix:
-            raise where.error("target", f"{value!r}: invalid key prefix")
+            raise where.error("target", f"{shown!r}: invalid key prefix")
         return Target("s3", prefix, bucket=bucket)
-    raise where.error("target", f"{value!r}: unsupported scheme {parts.scheme or '(none)'!r}; "
+    raise where.error("target", f"{shown!r}: unsupported scheme {parts.scheme or '(none)'!r}; "
                                 f"use file://, ssh:// or s3://")
 
 

@@ -64,6 +64,17 @@ fraction = _between(0, 1)
 seconds = _between(0, 86400, " seconds")
 
 
+def free_text(text: str) -> str:
+    """A free-text flag recorded in the ledger and shown in MLflow and terminals (``--actor``,
+    ``--reason``): one line of text without control characters (newline, ESC, CR, ...)."""
+    from mlops_common.text import has_control
+
+    if has_control(text):
+        raise argparse.ArgumentTypeError("must be one line of text without control characters "
+                                         "(newlines, escape sequences)")
+    return text
+
+
 # --- flags every registry / sync command takes ----------------------------------------------------
 def add_model_name(p) -> None:
     p.add_argument("--model-name", metavar="NAME",

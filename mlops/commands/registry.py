@@ -73,8 +73,9 @@ def register(sub) -> None:
     pr.add_argument("--version", type=flags.version_number, metavar="N", help="version to promote")
     pr.add_argument("--pipeline-id", metavar="ID",
                     help="promote the version registered by this CircleCI pipeline")
-    pr.add_argument("--actor", help="who is promoting (outside CircleCI; default: the OS user)")
-    pr.add_argument("--reason", help="why (recorded)")
+    pr.add_argument("--actor", type=flags.free_text,
+                    help="who is promoting (outside CircleCI; default: the OS user)")
+    pr.add_argument("--reason", type=flags.free_text, help="why (recorded)")
     pr.add_argument("--force", action="store_true",
                     help="promote even if the version did not pass the gate (needs --reason)")
     flags.add_model_name(pr)
@@ -89,8 +90,9 @@ def register(sub) -> None:
                     "rollback with its reason. Deploy it with `mlops sync deploy`.",
         epilog=_ENV_EPILOG)
     rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
-    rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
-    rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
+    rb.add_argument("--reason", type=flags.free_text, help="why (recorded; default 'rollback requested')")
+    rb.add_argument("--actor", type=flags.free_text,
+                    help="who is rolling back (outside CircleCI; default: the OS user)")
     rb.add_argument("--force", action="store_true",
                     help="allow a version that did not pass the gate (needs --reason)")
     flags.add_model_name(rb)
@@ -128,7 +130,8 @@ def register(sub) -> None:
                     "mlops (MLflow UI or API) gets a row of its own. Every row's reason says it "
                     "came from reconciliation. Changes nothing when they agree; never moves the alias.",
         epilog=_ENV_EPILOG)
-    rc.add_argument("--actor", help="who is reconciling (outside CircleCI; default: the OS user)")
+    rc.add_argument("--actor", type=flags.free_text,
+                    help="who is reconciling (outside CircleCI; default: the OS user)")
     flags.add_model_name(rc)
     flags.add_json(rc)
     rc.set_defaults(func=cmd_reconcile)
@@ -290,6 +293,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_reconcile(args) -> int:
+    from mlops_common.text import printable
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
@@ -301,7 +305,7 @@ def cmd_reconcile(args) -> int:
     if not result.rows:
         print(f"'{model}': production is {where} and the ledger agrees; nothing recorded")
     for r in result.rows:
-        print(f"ledger #{r.id}: {r.action} {r.outcome}: {r.reason}")
+        print(printable(f"ledger #{r.id}: {r.action} {r.outcome}: {r.reason}"))
     return 0
 
 

@@ -148,7 +148,7 @@ def register(sub) -> None:
         epilog=_ENV)
     d.add_argument("--version", type=flags.version_number, metavar="N",
                    help="deploy this version instead of production (production is not moved on failure)")
-    d.add_argument("--reason", help="why (recorded in the ledger)")
+    d.add_argument("--reason", type=flags.free_text, help="why (recorded in the ledger)")
     _deploy_flags(d)
     _common(d)
     d.set_defaults(func=cmd_deploy)
@@ -201,8 +201,9 @@ def register(sub) -> None:
                                   "answer on the unversioned route.",
                       epilog=_ENV)
     rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
-    rb.add_argument("--reason", help="why (recorded; default 'rollback requested')")
-    rb.add_argument("--actor", help="who is rolling back (outside CircleCI; default: the OS user)")
+    rb.add_argument("--reason", type=flags.free_text, help="why (recorded; default 'rollback requested')")
+    rb.add_argument("--actor", type=flags.free_text,
+                    help="who is rolling back (outside CircleCI; default: the OS user)")
     rb.add_argument("--force", action="store_true",
                     help="allow a version that did not pass the gate (needs --reason)")
     _deploy_flags(rb)

@@ -1,0 +1,44 @@
+"""Free text (reasons, actors, host names read back from the ledger or MLflow) made safe to show.
+
+``has_control`` / ``printable`` for a terminal: control characters (ESC, CR, BEL, OSC...), line
+and paragraph separators and invisible format characters (bidi overrides) could move the cursor,
+rewrite a line already printed or retitle the window. ``markdown_text`` for MLflow's Markdown
+descriptions: free text is shown as text, never as markup (links, images, HTML, table cells).
+"""
+from __future__ import annotations
+
+import unicodedata
+
+_CONTROL_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp"))
+
+
+def is_control(c: str) -> bool:
+    """Whether the character ``c`` is a control, format or line/paragraph separator character."""
+    return unicodedata.category(c) in _CONTROL_CATEGORIES
+
+
+def has_control(text: str) -> bool:
+    return any(is_control(c) for c in text)
+
+
+def printable(text: object, replacement: str = "?") -> str:
+    """``text`` for one terminal line: newlines and tabs as spaces, any other control character
+    as ``replacement``."""
+    s = "" if text is None else str(text)
+    if not has_control(s):
+        return s
+    return "".join(" " if c in "\n\t" else replacement if is_control(c) else c for c in s)
+
+
+# Backslash escapes both CommonMark and showdown (MLflow's renderer) honour; ':' and '.' so that a
+# bare URL or e-mail address is not turned into a link (showdown's simplifiedAutoLink).
+_MD_ESCAPED = frozenset("\\`*[]()!|~:.")
+_HTML = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as literal text inside one line of Markdown (a paragraph or a table cell): control
+    characters and newlines as spaces, Markdown punctuation backslash-escaped, HTML's ``< > &`` as
+    entities."""
+    s = printable(text, " ")
+    return "".join(_HTML.get(c) or (f"\\{c}" if c in _MD_ESCAPED else c) for c in s)
