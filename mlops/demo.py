@@ -94,7 +94,8 @@ def gate(model: str, version: int) -> tuple[bool, str]:
 
 
 def release(model: str, version: int, opts: DemoOptions, n: int, services: dict) -> bool:
-    """gate → approval → promote → deploy, as the pipeline does; False when stopped on purpose."""
+    """gate → approval → promote → deploy, as the pipeline does; False when not approved, and
+    when the gate stopped it (``GateFailed`` instead for the first version: nothing would serve)."""
     from registry import promotion
     from registry.provenance import Provenance
     from serving_sync.fleet import deploy
@@ -104,6 +105,10 @@ def release(model: str, version: int, opts: DemoOptions, n: int, services: dict)
     passed, summary = gate(model, version)
     say(f"    {summary}")
     if not passed:
+        from registry import versions
+
+        if versions.production_version(model) is None:
+            raise GateFailed(summary)
         say(f"    v{version} stops here: it is not a candidate and nobody is asked to approve it.")
         return False
     step(n + 1, f"approval (CircleCI's `hold` job): v{version} is the candidate")
@@ -198,7 +203,7 @@ def wait_for_ctrl_c() -> None:
 def main(opts: DemoOptions, *, detach: bool) -> int:
     try:
         run(opts)
-    except GateFailed as exc:  # only possible for v1: nothing to serve
+    except GateFailed as exc:  # only for a first version: nothing to serve
         raise UserError(f"the first version failed the gate: {exc.message}") from None
     if not detach and sys.stdin.isatty():
         wait_for_ctrl_c()

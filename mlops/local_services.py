@@ -2,8 +2,9 @@
 
 Used by ``mlops up``/``mlops down`` and by the test fixtures, so the tests run the same
 server the quick start does. Each service runs detached in its own process group, logs to
-a file in the state folder, and is recorded in ``<state>/<name>.json`` (pid, url) so a later
-command can reuse or stop it.
+a file in the state folder, and is recorded in ``<state>/<name>.json`` (pid, its start time,
+url) so a later command can reuse or stop it — and never signals a program that got the pid
+after a reboot or a crash.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import requests
 
 from mlops_common.errors import ConfigError, ConnectionFailure
-from mlops_common.procs import pid_alive
+from mlops_common.procs import is_process, pid_alive, process_identity
 
 EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 DEFAULT_EPHEMERAL = (32768, 60999)   # Linux's default (macOS and Windows use 49152-65535)
@@ -106,9 +107,24 @@ class Service:
     pid: int
     url: str
     log: Path
+    identity: str = ""       # procs.process_identity(pid) when started
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log)})
+        return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log),
+                           "identity": self.identity})
+
+    @property
+    def running(self) -> bool:
+        """Its process is still the one we started (not another program that got the pid). A
+        record written before identities were recorded is trusted when the pid runs one of the
+        programs ``spawn`` starts."""
+        if self.identity or not pid_alive(self.pid):
+            return is_process(self.pid, self.identity)
+        try:
+            argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return True          # no /proc: the number is all there is
+        return any(a in (b"mlflow", b"serving_host.local_server") for a in argv)
 
 
 def _record_path(state: Path, name: str) -> Path:
@@ -121,8 +137,8 @@ def read_record(state: Path, name: str) -> Service | None:
         return None
     try:
         d = json.loads(path.read_text())
-        return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]))
-    except (ValueError, KeyError):
+        return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""))
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
         return None
 
 
@@ -178,20 +194,28 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
+    identity = process_identity(proc.pid)
     try:
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok)
     except BaseException:
         stop_pid(proc.pid)
         raise
-    svc = Service(name, proc.pid, url, log)
+    svc = Service(name, proc.pid, url, log, identity)
     _record_path(state, name).write_text(svc.to_json())
     return svc, proc
 
 
 def stop_pid(pid: int, *, timeout: float = 15) -> None:
-    """SIGTERM the process group of ``pid``, then SIGKILL it if it does not exit in time."""
+    """SIGTERM the process group of ``pid`` (its own group: ``spawn`` starts a session), else
+    ``pid`` alone, then SIGKILL if it does not exit in time."""
+    try:
+        own_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
+            if not own_group:
+                raise PermissionError      # never signal a group the process merely belongs to
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
             try:
@@ -210,13 +234,16 @@ def stop_pid(pid: int, *, timeout: float = 15) -> None:
 
 
 def stop_service(state: Path, name: str) -> bool:
+    """Stop service ``name`` if its recorded process still runs, and forget it. True when it ran;
+    a record whose pid is now another program's is forgotten without a signal."""
     rec = read_record(state, name)
     if rec is None:
         return False
-    if pid_alive(rec.pid):
+    ran = rec.running
+    if ran:
         stop_pid(rec.pid)
     _record_path(state, name).unlink(missing_ok=True)
-    return True
+    return ran
 
 
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
@@ -224,7 +251,7 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
                  app_name: str | None = None, env: dict[str, str] | None = None) -> Service:
     """Start (or reuse) the local MLflow server for ``state`` and wait until it answers."""
     rec = read_record(state, "mlflow-server")
-    if rec and pid_alive(rec.pid):
+    if rec and rec.running:
         try:
             wait_http_ok(f"{rec.url}/health", timeout=10)
             return rec
@@ -276,8 +303,12 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
     TensorFlow Serving instead (serving_host/install_server.sh).
     """
     rec = read_record(state, name)
-    if rec and pid_alive(rec.pid):
-        return rec
+    if rec and rec.running:
+        try:
+            wait_http_ok(f"{rec.url}/v1/models/__probe__", timeout=10, ok=(404,))
+            return rec
+        except ConnectionFailure:
+            stop_pid(rec.pid)
     base.mkdir(parents=True, exist_ok=True)
     config = base / "models.config"
     if not config.exists():

@@ -17,3 +17,29 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def process_identity(pid: int) -> str:
+    """Who ``pid`` is, beyond its number: the boot and the process's start time (Linux
+    ``/proc/<pid>/stat`` field 22, clock ticks after boot). A pid recorded in a file may belong to
+    another program after a reboot or once the number is reused; the same pid with the same
+    identity is the same process. "" where it cannot be read (not Linux, process gone)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[-1].split()[19]
+        return f"{boot}:{start}"
+    except (OSError, IndexError):
+        return ""
+
+
+def is_process(pid: int, identity: str | None) -> bool:
+    """``pid`` is alive and is the process recorded as ``identity`` (``process_identity`` when
+    it was started). A record without an identity is trusted only where none can be read."""
+    if not pid_alive(pid):
+        return False
+    now = process_identity(pid)
+    if not now:
+        return not identity          # no /proc: the number is all there is
+    return identity == now

@@ -255,3 +255,59 @@ def test_harness_refuses_what_it_does_not_implement(tmp_path):
         evaluate_when({"matches": {"pattern": "x", "value": "y"}})
     with pytest.raises(Unsupported):
         substitute("<< pipeline.nope >>", {})
+
+
+def _run_step(tmp_path, job: str, step_name: str, parameters: dict, env: dict | None = None) -> list[str]:
+    """Run one ``run`` step of ``job`` (pipeline values substituted) with a stand-in ``mlops`` that
+    records its arguments and answers like ``mlops train --json``; returns those arguments."""
+    import json
+    import os
+
+    ci = LocalCircleCI(tmp_path / "ci", parameters=parameters)
+    steps = ci._expand(ci.config["jobs"][job]["steps"])       # noqa: SLF001 - the harness's own expansion
+    spec = next(s["run"] for s in steps if isinstance(s, dict) and "run" in s
+                and isinstance(s["run"], dict) and s["run"].get("name") == step_name)
+    work = tmp_path / "work"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    fake = work / ".venv" / "bin" / "mlops"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                    "json.dump(sys.argv[1:], open('args.json', 'w'))\nprint(json.dumps({'version': 7}))\n")
+    fake.chmod(0o755)
+    (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    step_env = {**os.environ, **(env or {}), **{k: str(v) for k, v in (spec.get("environment") or {}).items()}}
+    p = subprocess.run(["bash", "-eo", "pipefail", "-c", spec["command"]], cwd=work, env=step_env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (work / "workspace" / "version").read_text().strip() == "7"
+    return json.loads((work / "args.json").read_text())
+
+
+def test_retrain_keeps_the_production_data_set_unless_the_pipeline_names_one(tmp_path):
+    """A scheduled retrain must not force a data set: once production was trained on digits, a
+    forced fashion_mnist made every retrain fail (retrain's own default is production's)."""
+    step = "Retrain on the incoming batches and register"
+    args = _run_step(tmp_path / "a", "retrain", step, {"run-retrain": True, "incoming": "s3://b/new"})
+    assert "--dataset" not in args and args[:3] == ["retrain", "--incoming", "s3://b/new"]
+    args = _run_step(tmp_path / "b", "retrain", step, {"run-retrain": True, "dataset": "digits"},
+                     env={"MLOPS_INCOMING": "s3://b/ctx"})
+    assert args[args.index("--dataset") + 1] == "digits" and args[2] == "s3://b/ctx"
+    # train: auto is fashion_mnist (Keras's loader), or what the pipeline names
+    args = _run_step(tmp_path / "c", "train", "Train and register", {})
+    assert args[args.index("--dataset") + 1] == "fashion_mnist"
+    args = _run_step(tmp_path / "d", "train", "Train and register", {"dataset": "digits"})
+    assert args[args.index("--dataset") + 1] == "digits"
+
+
+def test_the_dependency_cache_is_never_shared_between_executor_kinds(tmp_path, config):
+    """A .venv saved in the cimg/python image points at that image's interpreter; restored on a
+    machine executor (infra-validate's docker-vm) it does not start (CircleCI's caching docs warn
+    about caches across Docker and machine executors)."""
+    ci = LocalCircleCI(tmp_path)
+    keys: dict[str, set[str]] = {}
+    for name, job in ci.config["jobs"].items():
+        kind = "machine" if "machine" in job or job.get("executor") in ("docker-vm", "gpu") else "docker"
+        for step in ci._expand(job["steps"]):                  # noqa: SLF001
+            if isinstance(step, dict) and "restore_cache" in step:
+                keys.setdefault(kind, set()).update(step["restore_cache"]["keys"])
+    assert keys.get("docker") and keys.get("machine"), keys
+    assert not keys["docker"] & keys["machine"], keys

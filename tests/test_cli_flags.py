@@ -45,3 +45,16 @@ def test_the_seed_and_port_flags_use_them():
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv
+
+
+@pytest.mark.parametrize("argv", [["retrain", "--incoming", ""], ["retrain", "--incoming", "  "],
+                                  ["data", "validate", ""]])
+def test_an_empty_batch_location_is_refused_not_a_retrain_on_no_new_data(argv, capsys):
+    """CircleCI's ``--incoming "${INCOMING:-$MLOPS_INCOMING}"`` is empty when neither is set: that
+    registered a version trained on nothing new, which then went to the gate and the approval."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert "is empty: name a .npz batch, a folder of them or s3://bucket/prefix" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from mlops.local_services import read_record
+from tests.helpers import run_mlops
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +63,21 @@ def test_the_local_mlflow_server_runs_without_mlflows_job_runner(demo_flow):
     group = _group_cmdlines(mlflow.pid)
     assert any("mlflow" in c and "server" in c for c in group), group     # the scan sees the server
     assert not [c for c in group if "mlflow.server.jobs" in c or "huey" in c], group
+
+
+def test_a_demo_whose_first_version_fails_the_gate_exits_non_zero(tmp_path):
+    """Nothing serves when v1 fails the gate: the quick start must not end "Done" with exit 0."""
+    from mlops.local_services import free_port
+
+    home = tmp_path / "mlops"
+    env = {"MLOPS_HOME": str(home), "MLOPS_MLFLOW_PORT": str(free_port()),
+           "MLOPS_SERVING_REST_PORT": str(free_port()), "MLOPS_SERVING_GRPC_PORT": str(free_port()),
+           "MLOPS_MODEL_NAME": "demo-gate-fails", "MLFLOW_TRACKING_URI": "", "MLOPS_HOSTS_FILE": "",
+           "MLOPS_LEDGER_URL": "", "MLOPS_GATE_MIN_ACCURACY": "0.9999"}
+    try:
+        r = run_mlops("demo", "--quick", "--yes", "--detach", "--epochs", "1", env=env, cwd=tmp_path, timeout=600)
+    finally:
+        down = run_mlops("down", env=env, cwd=tmp_path, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: the first version failed the gate:"), r.stderr

@@ -39,7 +39,7 @@ def register(sub) -> None:
                                     "s3://bucket/prefix) and check it exactly as `mlops retrain` does before "
                                     "training: shape, dtype, value range, NaN, label set, empty batch. "
                                     "Exits non-zero with one line naming the first bad file.")
-    v.add_argument("location", metavar="PATH_OR_S3")
+    v.add_argument("location", metavar="PATH_OR_S3", type=flags.location)
     v.add_argument("--dataset", default="digits", choices=DATASETS, help=DATASET_HELP)
     v.add_argument("--json", action="store_true", help="print the per-file report as one JSON document")
     v.set_defaults(func=cmd_validate)

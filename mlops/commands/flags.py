@@ -75,6 +75,17 @@ def free_text(text: str) -> str:
     return text
 
 
+def location(text: str) -> str:
+    """Where batches are (``--incoming``, ``data validate``): a .npz file, a folder or an
+    ``s3://`` prefix — never empty (an empty ``${INCOMING:-$MLOPS_INCOMING}`` in a CI job would
+    otherwise retrain on no new data and register the result)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a .npz batch, a folder of them or s3://bucket/prefix "
+                                         "(in CircleCI: the `incoming` pipeline parameter or MLOPS_INCOMING "
+                                         "in the mlops-tracking context)")
+    return text
+
+
 # --- flags every registry / sync command takes ----------------------------------------------------
 def add_model_name(p) -> None:
     p.add_argument("--model-name", metavar="NAME",

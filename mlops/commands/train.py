@@ -48,7 +48,7 @@ def register(sub) -> None:
                                    "plus the incoming .npz batches, which are validated first: invalid data "
                                    "stops the command before anything is logged or registered. Registers a "
                                    "new version tagged retrained_from=<version>|scratch.")
-    p.add_argument("--incoming", required=True, metavar="PATH_OR_S3",
+    p.add_argument("--incoming", required=True, metavar="PATH_OR_S3", type=flags.location,
                    help="new data: a .npz batch, a folder of them, or s3://bucket/prefix")
     p.add_argument("--from-scratch", action="store_true",
                    help="start from fresh weights instead of the production version")

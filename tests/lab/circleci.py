@@ -8,8 +8,8 @@ on anything else, so the config cannot silently drift away from what the tests e
   statements (``and``/``or``/``not``/``equal``),
 - jobs in dependency order (``requires``), contexts (given by the test as env dicts), approval
   jobs that wait for an explicit approval from the test,
-- executors (their ``environment``; images are not pulled), reusable ``commands`` without
-  parameters, and the steps ``checkout``, ``run`` (bash ``-eo pipefail``, ``when``,
+- executors (their ``environment``; images are not pulled), reusable ``commands`` (string
+  parameters: ``<< parameters.x >>``), and the steps ``checkout``, ``run`` (bash ``-eo pipefail``, ``when``,
   ``environment``, ``$BASH_ENV``), ``restore_cache``/``save_cache`` (no-ops: the venv is shared),
   ``persist_to_workspace``/``attach_workspace`` (a folder), ``store_artifacts``,
   ``store_test_results`` (copied), ``add_ssh_keys`` (installs the test's deploy key in ``~/.ssh``).
@@ -109,6 +109,11 @@ def _typed_param_defaults(config: dict, given: dict) -> dict:
     return params
 
 
+def _later(key: str, values: dict) -> bool:
+    """A command's ``<< parameters.x >>``, left for ``_expand`` when pipeline values go in."""
+    return key.startswith("parameters.") and not any(k.startswith("parameters.") for k in values)
+
+
 def substitute(obj, values: dict):
     """Replace ``<< name >>`` pipeline values: a whole-string reference keeps its type."""
     if isinstance(obj, dict):
@@ -120,12 +125,16 @@ def substitute(obj, values: dict):
         if whole:
             key = whole.group(1)
             if key not in values:
+                if _later(key, values):
+                    return obj
                 raise Unsupported(f"unknown pipeline value << {key} >>")
             return values[key]
 
         def repl(m):
             key = m.group(1)
             if key not in values:
+                if _later(key, values):
+                    return m.group(0)
                 raise Unsupported(f"unknown pipeline value << {key} >>")
             v = values[key]
             return ("true" if v else "false") if isinstance(v, bool) else str(v)
@@ -304,9 +313,19 @@ class LocalCircleCI:
             command = self.config.get("commands", {}).get(name)
             if command is None:
                 raise Unsupported(f"step '{name}' is neither built in nor a defined command")
-            if command.get("parameters") or (isinstance(step, dict) and step[name]):
-                raise Unsupported(f"command parameters are not supported ('{name}')")
-            out.extend(self._expand(command["steps"]))
+            declared = command.get("parameters") or {}
+            given = (step[name] or {}) if isinstance(step, dict) else {}
+            unknown = set(given) - set(declared)
+            if unknown:
+                raise Unsupported(f"command '{name}' has no parameters {sorted(unknown)}")
+            if any(spec.get("type", "string") != "string" for spec in declared.values()):
+                raise Unsupported(f"only string command parameters are supported ('{name}')")
+            values = {}
+            for p, spec in declared.items():
+                if p not in given and "default" not in spec:
+                    raise Unsupported(f"command '{name}' needs parameter '{p}'")
+                values[f"parameters.{p}"] = str(given.get(p, spec.get("default")))
+            out.extend(self._expand(substitute(command["steps"], values) if values else command["steps"]))
         return out
 
     def _run_job(self, job_name: str, entry: dict, workflow_id: str, base: Path, workspace: Path,
