@@ -96,7 +96,8 @@ _announced = False
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, or the local server (saying so once on stderr)."""
     global _announced
-    token_env("MLFLOW_TRACKING_TOKEN")  # MLflow's client sends it as a header too: refuse a bad one here
+    if not (env("MLFLOW_TRACKING_USERNAME") and env("MLFLOW_TRACKING_PASSWORD")):
+        token_env("MLFLOW_TRACKING_TOKEN")  # MLflow's client sends it as a header: refuse a bad one here
     uri = env("MLFLOW_TRACKING_URI")
     if uri:
         check_no_userinfo(uri)
@@ -183,25 +184,32 @@ def hosts_file(explicit: str | None = None) -> Path:
     return Path(explicit or env("MLOPS_HOSTS_FILE") or (state_dir() / "hosts.toml"))
 
 
+_MIN_DERIVED_LEN = 8     # a part of a secret (stripped, a piece of a password) redacted only from here:
+                         # shorter parts ("mlops", "2026") are words of ordinary output
+
+
 def _forms(value: str) -> set[str]:
-    """``value`` and the ways it shows up in text: stripped of surrounding whitespace (a one-line
-    error message collapses it), and escaped as in a Python repr or a JSON string."""
-    forms = {value, value.strip(), repr(value)[1:-1], json.dumps(value)[1:-1]}
-    return {f for f in forms if len(f) >= _MIN_SECRET_LEN}
+    """``value`` and the ways it shows up in text: escaped as in a Python repr or a JSON string,
+    and stripped of surrounding whitespace (a one-line error message collapses it)."""
+    forms = {f for f in (value, repr(value)[1:-1], json.dumps(value)[1:-1]) if len(f) >= _MIN_SECRET_LEN}
+    if len(value.strip()) >= _MIN_DERIVED_LEN:
+        forms.add(value.strip())
+    return forms
 
 
 def secret_values() -> list[str]:
     """Current values of secret variables (for redaction and the secret guards), longest first;
     short values are ignored. Besides each value as set: its stripped and escaped forms, and the
-    password of each database URL (as written, percent-decoded, and each ``@``-separated part of
-    it, which a driver may report as part of a host name)."""
+    password of each database URL (as written, percent-decoded, and what follows each ``@`` in it,
+    which a driver may report as part of a host name, when at least ``_MIN_DERIVED_LEN`` long)."""
     from urllib.parse import unquote
 
     raw = [v for k in SECRET_ENV_VARS if (v := os.environ.get(k))]
     for k in SECRET_URL_ENV_VARS:
         password = url_password(os.environ.get(k))
         if password:
-            raw += [password, unquote(password), *password.split("@")]
+            raw += [password, unquote(password),
+                    *(p for p in password.split("@")[1:] if len(p) >= _MIN_DERIVED_LEN)]
     found: set[str] = set()
     for v in raw:
         found |= _forms(v)

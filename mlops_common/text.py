@@ -1,20 +1,26 @@
 """Free text (reasons, actors, host names read back from the ledger or MLflow) made safe to show.
 
 ``has_control`` / ``printable`` for a terminal: control characters (ESC, CR, BEL, OSC...), line
-and paragraph separators and invisible format characters (bidi overrides) could move the cursor,
-rewrite a line already printed or retitle the window. ``markdown_text`` for MLflow's Markdown
+and paragraph separators and bidi controls could move the cursor, rewrite a line already printed,
+retitle the window or reorder what a line says. ``markdown_text`` for MLflow's Markdown
 descriptions: free text is shown as text, never as markup (links, images, HTML, table cells).
 """
 from __future__ import annotations
 
 import unicodedata
 
-_CONTROL_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp"))
+_CONTROL_CATEGORIES = frozenset(("Cc", "Zl", "Zp"))
+# The format characters (category Cf) that reorder or hide text: bidi marks, embeddings, overrides
+# and isolates. Other Cf characters are parts of ordinary writing (the zero-width non-joiner of
+# Persian, the joiner of emoji sequences, the soft hyphen) and stay.
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u061c" + "".join(map(chr, range(0x202A, 0x202F)))
+                           + "".join(map(chr, range(0x2066, 0x206A))))
 
 
 def is_control(c: str) -> bool:
-    """Whether the character ``c`` is a control, format or line/paragraph separator character."""
-    return unicodedata.category(c) in _CONTROL_CATEGORIES
+    """Whether the character ``c`` is a control character, a line/paragraph separator, or a bidi
+    control that could make a line read other than it is."""
+    return c in _BIDI_CONTROLS or unicodedata.category(c) in _CONTROL_CATEGORIES
 
 
 def has_control(text: str) -> bool:

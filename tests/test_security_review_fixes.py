@@ -323,3 +323,55 @@ def test_reconcile_prints_reasons_without_control_characters(monkeypatch, capsys
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("ledger #4: promote ok: x?[2K?9") and _controls(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# what the guards above must not catch
+# ---------------------------------------------------------------------------------------------
+
+def test_parts_of_secrets_too_short_to_be_secret_are_left_in_ordinary_output(monkeypatch):
+    """A piece of a password ("2026" of Winter@2026) or a stripped value (" mlops ") is a word of
+    ordinary output: redacting it garbled dates and commands ('***-03-01', 'run***registry')."""
+    from mlops_common import log, settings
+
+    monkeypatch.setenv("MLOPS_LEDGER_URL", "postgresql://mlops:Winter@2026@db/ledger")
+    monkeypatch.setenv("PGPASSWORD", " mlops ")
+    values = settings.secret_values()
+    assert "Winter@2026" in values and "2026" not in values and "Winter" not in values
+    assert "mlops" not in values and " mlops " in values
+    assert log.redact("2026-03-01 12:00 promoted v3 by mlops") == \
+        "2026-03-01 12:00 promoted v3 by mlops"
+
+
+def test_a_stale_token_beside_basic_auth_does_not_stop_commands(monkeypatch):
+    """Basic auth wins when a username and password are set (MLflow's client and ours): the
+    token is never sent, so a bad one is no reason to refuse."""
+    from mlops_common import settings
+    from mlops_common.errors import ConfigError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "stale\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "u")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pppp")
+    assert settings.tracking_uri() == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_TOKEN"):
+        settings.tracking_uri()
+
+
+@pytest.mark.parametrize("text", ["می\u200cخواهم rollback", "Müller\u00adSchmidt", "ops \U0001F469\u200d\U0001F4BB"])
+def test_ordinary_writing_with_format_characters_is_accepted(text):
+    from mlops.commands import flags
+    from mlops_common.text import printable
+
+    assert flags.free_text(text) == text and printable(text) == text
+
+
+@pytest.mark.parametrize("text", ["a\u202eb", "x\u2066y", "\u200fz"])
+def test_bidi_controls_that_reorder_a_line_are_refused(text):
+    import argparse
+
+    from mlops.commands import flags
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        flags.free_text(text)
