@@ -52,6 +52,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802 - gRPC method name
         response = model_management_pb2.ReloadConfigResponse()
+        names = list(dict.fromkeys(request.metric_names))    # model_service_impl.cc GetMetrics
+        before = {n: metrics.REGISTRY.first_int(n) for n in names}
         try:
             if request.config.WhichOneof("config") != "model_config_list":
                 raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest."
@@ -66,6 +68,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             response.status.error_message = exc.message
             context.set_code(getattr(grpc.StatusCode, exc.code))
             context.set_details(exc.message)
+        for n in names:                                       # RecordMetricsIncrease, also after a failure
+            response.metric.add(name=n, int64_value_increase=metrics.REGISTRY.first_int(n) - before[n])
         return response
 
 

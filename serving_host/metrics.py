@@ -140,6 +140,15 @@ class Registry:
         with self._lock:
             self._metrics[name].add(values, value)
 
+    def first_int(self, name: str) -> int:
+        """The int64 value of the metric's first point (cells in label order), 0 when it has none,
+        is a histogram or does not exist: what ``ModelServiceImpl::GetMetrics`` reads."""
+        with self._lock:
+            m = self._metrics.get(name)
+            if m is None or not m.cells or m.kind == HISTOGRAM:
+                return 0
+            return int(m.cells[min(m.cells)])
+
     def page(self) -> str:
         """All metrics sorted by name (the exporter walks a std::map), joined by newlines + one."""
         with self._lock:

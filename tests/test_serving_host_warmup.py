@@ -197,3 +197,44 @@ def test_warmup_off_loads_without_reading_the_file(tmp_path):
             assert (version, st.state) == (1, state), st
         finally:
             manager.stop()
+
+
+def test_reload_config_reports_the_increase_of_the_metrics_asked_for(server, tmp_path_factory):
+    """``ReloadConfigRequest.metric_names`` (model_service_impl.cc ``GetMetrics`` /
+    ``RecordMetricsIncrease``): one ``metric`` per name asked for (repeats once), the first point
+    of that metric (points in label order, as the Prometheus page lists them) after the reload
+    minus the first point before; 0 for a histogram or a metric that does not exist. The new
+    model's path sorts before every other, so its 3 warmup records become the first point."""
+    import grpc
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    first = tmp_path_factory.mktemp("aaa-first")
+    make_model(first, "reloaded", [predict_log(model="reloaded").SerializeToString()] * 3)
+    models = server.paths["good"][0].parents[1]
+    text = "model_config_list {\n" + "".join(
+        f'  config {{ name: "{n}" base_path: "{models / n}" model_platform: "tensorflow" }}\n'
+        for n in server.paths) + f'  config {{ name: "reloaded" base_path: "{first / "reloaded"}" ' \
+                                 'model_platform: "tensorflow" }\n}\n'
+    request = model_management_pb2.ReloadConfigRequest(
+        config=text_format.Parse(text, model_server_config_pb2.ModelServerConfig()),
+        metric_names=["/tensorflow/serving/model_warmup_records_read", "/no/such/metric",
+                      "/tensorflow/serving/model_warmup_latency",
+                      "/tensorflow/serving/model_warmup_records_read"])
+
+    def first_point() -> tuple[str, int]:
+        line = next(ln for ln in metrics_page(server).splitlines()
+                    if ln.startswith(":tensorflow:serving:model_warmup_records_read{"))
+        labels, value = line.rsplit(" ", 1)
+        return labels, int(value)
+
+    before = first_point()
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=120)
+    after = first_point()
+    assert response.status.error_code == 0, response.status.error_message
+    assert str(first / "reloaded" / "1") in after[0] and after[1] == 3 and before[0] != after[0]
+    assert [(m.name, m.int64_value_increase) for m in response.metric] == [
+        ("/tensorflow/serving/model_warmup_records_read", after[1] - before[1]), ("/no/such/metric", 0),
+        ("/tensorflow/serving/model_warmup_latency", 0)]     # a histogram has no int64 value
