@@ -96,6 +96,7 @@ class RunResult:
     data: TrainingData
     params: TrainParams
     retrained_from: str | None = None
+    bundle_files: dict[str, str] = field(default_factory=dict)   # sha256 of what tfserving/ and golden/ hold
 
     def metrics(self) -> dict[str, float]:
         last = {k: v[-1] for k, v in self.history.items() if v}
@@ -170,9 +171,15 @@ def _log_data_inputs(data: TrainingData) -> None:
     mlflow.log_input(heldout_ds, context="evaluation")
 
 
-def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluation, probs) -> None:
-    """Plots, evaluation, TF-Serving SavedModel and golden set of the current run."""
+def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluation, probs) -> dict[str, str]:
+    """Plots, evaluation, TF-Serving SavedModel and golden set of the current run; returns the
+    sha256 of every file logged under ``tfserving/`` and ``golden/`` (registration records them:
+    ``registry.bundle_hashes``)."""
+    import json
+
     import mlflow
+
+    from registry import bundle_hashes
 
     from . import metrics, plots
 
@@ -186,9 +193,13 @@ def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluat
         saved = export.export_saved_model(model, Path(tmp) / "tfserving")
         golden = export.golden_set(saved, data.heldout.images[:GOLDEN_SIZE])
         export.write_warmup_requests(saved, golden["request.json"])   # TF Serving warms every load
-        mlflow.log_artifacts(str(saved), "tfserving")
+        (Path(tmp) / "golden").mkdir()
         for name, doc in golden.items():
-            mlflow.log_dict(doc, f"golden/{name}")
+            (Path(tmp) / "golden" / name).write_text(json.dumps(doc) + "\n")
+        files = bundle_hashes.tree_files(tmp)
+        mlflow.log_artifacts(str(saved), "tfserving")
+        mlflow.log_artifacts(str(Path(tmp) / "golden"), "golden")
+    return files
 
 
 def _log_model(model, data: TrainingData):
@@ -271,11 +282,11 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
         probs = predict(model, data.heldout.images)
         evaluation = evaluation_of(probs, data.heldout, model_uri=info.model_uri, dataset=data.dataset)
         mlflow.log_metrics(evaluation.run_metrics())
-        _log_artifacts(model, data, history, evaluation, probs)
+        files = _log_artifacts(model, data, history, evaluation, probs)
         _log.info("held-out accuracy %.4f, loss %.4f (n=%d)", evaluation.accuracy, evaluation.loss,
                   evaluation.n)
     return RunResult(run_id, run.info.experiment_id, info.model_uri, evaluation, history, data,
-                     params, retrained_from)
+                     params, retrained_from, files)
 
 
 def register_run(model_name: str, result: RunResult) -> int:
@@ -288,6 +299,7 @@ def register_run(model_name: str, result: RunResult) -> int:
     what = (f"retrained from version {result.retrained_from}" if result.retrained_from not in (None, "scratch")
             else "trained from scratch")
     return register_version(model_name, result.model_uri, run_id=result.run_id, tags=tags,
+                            bundle_files=result.bundle_files or None,
                             description=f"{what} on {result.data.dataset} "
                                         f"({len(result.data.combined)} examples); held-out accuracy "
                                         f"{result.evaluation.accuracy:.4f}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mlops_common import log
 
+from . import bundle_hashes
 from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .description import ensure_model_description, refresh_quietly
@@ -19,8 +20,12 @@ _log = log.get("registry.register")
 
 def register_version(model_name: str, model_uri: str, *, run_id: str,
                      tags: dict[str, str] | None = None, description: str | None = None,
-                     provenance: Provenance | None = None) -> int:
+                     provenance: Provenance | None = None, bundle_files: dict[str, str] | None = None) -> int:
     """Create version N of ``model_name`` from ``model_uri`` (a logged model); returns N.
+
+    ``bundle_files``: the sha256 of every file the run logged under ``tfserving/`` and ``golden/``
+    (``bundle_hashes.tree_files`` of the folder it logged), recorded in the ledger row so every
+    later download is checked against it.
 
     Tags: the caller's (dataset, retrained_from, ...), the commit and the CircleCI pipeline, and
     ``validation_status=pending``; the other CircleCI ids go to the ledger row (the description
@@ -48,7 +53,9 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
         details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
                  **{k: v for k, v in all_tags.items()
                     if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
-                 **({"ci": dict(by.ci)} if by.ci else {})}))
+                 **({"ci": dict(by.ci)} if by.ci else {}),
+                 **({"bundle_files": dict(bundle_files), "bundle_sha256": bundle_hashes.digest(bundle_files)}
+                    if bundle_files else {})}))
     if not description:     # the caller's own description wins; else the one built from the ledger
         refresh_quietly(model_name, version)
     try:

@@ -22,6 +22,7 @@ from pathlib import Path
 from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
 
+from . import bundle_hashes
 from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .rest import MlflowRest, rest
@@ -270,6 +271,7 @@ def download_bundle(model: str, version, dest) -> Bundle:
                 _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
                 for sub in BUNDLE_PARTS:
                     client.download_artifacts(info.run_id, sub, str(tmp))
+        bundle_hashes.check(model, info.version, tmp)     # the bytes registered, not the store's now
         bundle = _read_bundle(tmp, model, info.version)
         if dest.exists():
             shutil.rmtree(dest)
@@ -281,7 +283,7 @@ def download_bundle(model: str, version, dest) -> Bundle:
                   golden_response=bundle.golden_response, signature=bundle.signature)
 
 
-BUNDLE_PARTS = ("tfserving", "golden")
+BUNDLE_PARTS = bundle_hashes.PARTS
 DOWNLOAD_THREADS = 8
 
 

@@ -533,7 +533,9 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
     try:
         if kept_because:        # upload failed, connection lost, or interrupted: nothing says v is bad
             result.registry = {"moved": False, "reason": kept_because}
-            note = (f"production left at v{v} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
+            where = (f"production left at v{v}" if result.source == "production"
+                     else "production not involved (--version)")
+            note = (f"{where} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
                     f"resumes where this one stopped")
             trouble = _record_failed(recorder, run, v, reason, {"step": step, "registry_unchanged": True})
             return note + (f" (the ledger row could not be written: {trouble})" if trouble else "")

@@ -111,6 +111,24 @@ def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_p
     assert heldout["n"] == 450 and heldout["heldout_fingerprint"] == res["heldout_fingerprint"]
 
 
+def test_registration_records_the_hash_of_every_bundle_file_and_a_download_matches_it(cli_trained, tmp_path,
+                                                                                       monkeypatch):
+    """The hashes mlproject records are those of the bytes MLflow stores: a download checks
+    every file against them (registry.bundle_hashes)."""
+    from registry import bundle_hashes, versions
+
+    env, res, _ = cli_trained
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    files = bundle_hashes.recorded(env["MLOPS_MODEL_NAME"], res["version"])
+    assert files is not None and {"tfserving/saved_model.pb", "golden/request.json", "golden/response.json",
+                                  "golden/signature.json"} <= set(files)
+    assert any(p.startswith("tfserving/variables/") for p in files)
+    assert any(p.startswith("tfserving/assets.extra/") for p in files)
+    versions.download_bundle(env["MLOPS_MODEL_NAME"], res["version"], tmp_path / "bundle")
+    assert bundle_hashes.tree_files(tmp_path / "bundle") == files
+
+
 def test_saved_model_equals_keras_model_and_golden_equals_saved_model(cli_trained, tmp_path):
     import mlflow
     import mlflow.tensorflow

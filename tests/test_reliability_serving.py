@@ -164,7 +164,7 @@ def register_dir(env, bundle) -> int:
     """Register a bundle folder (``tfserving/`` + ``golden/``) as the next version."""
     import mlflow
 
-    from registry import versions
+    from registry import bundle_hashes, versions
     from registry.client import tracking_client
     from registry.register import register_version
     from tests.lab.registry import EXPERIMENT
@@ -176,7 +176,8 @@ def register_dir(env, bundle) -> int:
         mlflow.log_artifacts(str(bundle / "tfserving"), "tfserving")
         mlflow.log_artifacts(str(bundle / "golden"), "golden")
         logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
-    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"})
+    v = register_version(env.model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
+                         bundle_files=bundle_hashes.tree_files(bundle))
     versions.set_tags(env.model, v, {"validation_status": "passed"})
     return v
 

@@ -261,3 +261,24 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
     rows.clear()
     fleet._registry_after_failure(result, recorder, run, "interrupted", "bake", kept_because="interrupted")
     assert [r[:3] for r in rows] == [("deploy", "failed", 2)]          # the kept-because row, once
+
+
+def test_a_version_deploy_stopped_by_a_host_does_not_claim_production_holds_it():
+    """``--version 2`` while production is v1: a lost connection said "production left at v2"."""
+    from types import SimpleNamespace
+
+    from serving_sync import fleet
+
+    def recorder(action, outcome, **fields):
+        pass
+
+    recorder.provenance = None
+    run = SimpleNamespace(host=SimpleNamespace(name="web-1"), plan=SimpleNamespace(current=1))
+    pinned = fleet.FleetResult("m", 2, "--version", "failed")
+    note = fleet._registry_after_failure(pinned, recorder, run, "lost the SSH connection", "publish",
+                                         kept_because="the connection was lost")
+    assert note.startswith("production not involved (--version) (the connection was lost)"), note
+    prod = fleet.FleetResult("m", 2, "production", "failed")
+    note = fleet._registry_after_failure(prod, recorder, run, "lost the SSH connection", "publish",
+                                         kept_because="the connection was lost")
+    assert note.startswith("production left at v2 (the connection was lost)"), note

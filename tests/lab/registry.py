@@ -22,7 +22,7 @@ class ModelRegistry:
         with ``tags`` and ``validation_status``; return the new version."""
         import mlflow
 
-        from registry import versions
+        from registry import bundle_hashes, versions
         from registry.client import tracking_client
         from registry.register import register_version
 
@@ -33,7 +33,8 @@ class ModelRegistry:
             mlflow.log_artifacts(str(folder / "tfserving"), "tfserving")
             mlflow.log_artifacts(str(folder / "golden"), "golden")
             logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
-        v = register_version(self.model, logged.model_uri, run_id=run.info.run_id, tags=tags)
+        v = register_version(self.model, logged.model_uri, run_id=run.info.run_id, tags=tags,
+                             bundle_files=bundle_hashes.tree_files(folder))
         versions.set_tags(self.model, v, {"validation_status": validation_status})
         return v
 

@@ -1,0 +1,72 @@
+"""The sha256 of every file of a version's bundle (``tfserving/``, ``golden/``), recorded when the
+version is registered and checked whenever it is downloaded.
+
+MLflow artifacts can be rewritten after registration (``log_artifacts`` into the run again, a
+change in the artifact store): without this, a deploy would publish whatever the store holds
+now — a model the gate never saw — and a file damaged in the store would be blamed on the
+version. The record is the ``register`` ledger row (``details.bundle_files``,
+``details.bundle_sha256``); versions registered before it existed are downloaded unchecked, with
+a warning. ``differences`` is the pure comparison.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from mlops_common import log
+from mlops_common.errors import ConfigError
+
+PARTS = ("tfserving", "golden")
+_log = log.get("registry.bundle_hashes")
+
+
+def tree_files(root: str | Path, parts: tuple[str, ...] = PARTS) -> dict[str, str]:
+    """``{"tfserving/saved_model.pb": sha256 hex, ...}`` for every file under ``root/<part>``."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for part in parts:
+        for path in sorted((root / part).rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as f:
+                    out[path.relative_to(root).as_posix()] = hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def digest(files: dict[str, str]) -> str:
+    """One sha256 for the whole bundle (paths and their hashes, in path order)."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path}\0{files[path]}\n".encode())
+    return h.hexdigest()
+
+
+def differences(recorded: dict[str, str], got: dict[str, str]) -> list[str]:
+    """How ``got`` differs from ``recorded`` (empty when every file is there, the same, and no other)."""
+    out = [f"{p} changed" for p in sorted(recorded) if p in got and got[p] != recorded[p]]
+    out += [f"{p} is missing" for p in sorted(set(recorded) - set(got))]
+    out += [f"{p} was added" for p in sorted(set(got) - set(recorded))]
+    return out
+
+
+def recorded(model: str, version: int, ledger=None) -> dict[str, str] | None:
+    """The files recorded when ``version`` was registered (None: registered without a record)."""
+    from .ledger import Ledger
+
+    rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",)) if e.to_version == version]
+    files = rows[-1].details.get("bundle_files") if rows else None
+    return dict(files) if isinstance(files, dict) else None
+
+
+def check(model: str, version: int, root: str | Path, ledger=None) -> None:
+    """Raise ``ConfigError`` (one line) when the bundle under ``root`` is not what was registered."""
+    expected = recorded(model, version, ledger)
+    if expected is None:
+        _log.warning("version %s of '%s' was registered without file hashes: its artifacts are used "
+                     "unchecked", version, model)
+        return
+    diff = differences(expected, tree_files(root))
+    if diff:
+        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        raise ConfigError(f"the artifacts of version {version} of '{model}' are not the ones registered "
+                          f"({shown}): they were changed in the artifact store since; restore them or "
+                          f"register a new version. Nothing was deployed")

@@ -1,0 +1,71 @@
+"""A registered version's bytes are the ones registered: the sha256 of every file under
+``tfserving/`` and ``golden/`` is recorded with the ``register`` ledger row, and every download
+(deploy, infra-validate, demo) is checked against it. MLflow artifacts can be rewritten after
+registration; a deploy must not publish a model the gate never saw, nor blame the version for a
+file damaged in the store. Real MLflow server, real deploy to a local server."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mlops_common.errors import ConfigError
+from registry import bundle_hashes, versions
+from registry.client import tracking_client
+from tests.fixtures.faults import final_error_line
+
+
+def test_differences_name_each_changed_missing_and_added_file():
+    rec = {"tfserving/saved_model.pb": "a" * 64, "golden/request.json": "b" * 64, "golden/response.json": "c" * 64}
+    got = {"tfserving/saved_model.pb": "f" * 64, "golden/request.json": "b" * 64, "golden/extra.json": "d" * 64}
+    assert bundle_hashes.differences(rec, got) == [
+        "tfserving/saved_model.pb changed", "golden/response.json is missing", "golden/extra.json was added"]
+    assert bundle_hashes.differences(rec, dict(rec)) == []
+    assert bundle_hashes.digest(rec) == bundle_hashes.digest(dict(reversed(list(rec.items()))))
+    assert bundle_hashes.digest(rec) != bundle_hashes.digest(got)
+
+
+def _relog(run_id: str, tmp_path, artifact_dir: str, name: str, data: bytes) -> None:
+    """What anyone with write access to the run can do after registration."""
+    local = tmp_path / "relog" / name
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+    tracking_client().log_artifact(run_id, str(local), artifact_dir)
+
+
+def test_a_download_of_artifacts_changed_after_registration_is_refused(make_version, tmp_path):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    info = versions.get_version(model, v)
+    files = bundle_hashes.recorded(model, v)
+    assert files and "tfserving/saved_model.pb" in files and "golden/request.json" in files
+    versions.download_bundle(model, v, tmp_path / "ok")            # as registered: fine
+    _relog(info.run_id, tmp_path, "golden", "response.json", b'{"predictions": [[1.0]]}\n')
+    with pytest.raises(ConfigError) as e:
+        versions.download_bundle(model, v, tmp_path / "bad")
+    assert e.value.message == (f"the artifacts of version {v} of '{model}' are not the ones registered "
+                               f"(golden/response.json changed): they were changed in the artifact store "
+                               f"since; restore them or register a new version. Nothing was deployed")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.incoming-*"))
+
+
+def test_a_deploy_of_a_model_swapped_after_registration_touches_no_host(deploy_env, tmp_path):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    env.serves(host, v1)
+    config_v1 = env.config_text(host)
+    v2 = env.register("b")
+    run_id = versions.get_version(env.model, v2).run_id
+    pb = env.bundles.path("c") / "tfserving" / "saved_model.pb"        # another model's graph
+    _relog(run_id, tmp_path, "tfserving", "saved_model.pb", pb.read_bytes())
+    env.promote(v2)
+    r = env.cli("sync", "deploy")
+    line = final_error_line(r.stderr)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"the artifacts of version {v2} of '{env.model}' are not the ones registered " \
+           f"(tfserving/saved_model.pb changed)" in line, line
+    assert env.config_text(host) == config_v1 and v2 not in env.states(host)
+    assert not (host.base / env.model / str(v2)).exists()
+    env.serves(host, v1)
+    assert env.tags(v2).get("deploy_status") != "failed"              # the version is not to blame
