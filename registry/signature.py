@@ -92,28 +92,27 @@ def differences(new: dict, old: dict) -> list[str]:
             continue
         if o.get("method_name") != n.get("method_name"):
             out.append(f"'{name}' method changed from {o.get('method_name')} to {n.get('method_name')}")
-        o_in, n_in = o["inputs"], n["inputs"]
-        for t in sorted(set(o_in) - set(n_in)):
-            out.append(f"'{name}' input '{t}' was removed")
-        for t in sorted(set(n_in) - set(o_in)):
-            out.append(f"'{name}' has a new input '{t}' that current clients do not send")
-        for t in sorted(set(o_in) & set(n_in)):
-            if o_in[t]["dtype"] != n_in[t]["dtype"]:
-                out.append(f"'{name}' input '{t}' dtype changed from {o_in[t]['dtype']} "
-                           f"to {n_in[t]['dtype']}")
-            if not covers(n_in[t].get("shape"), o_in[t].get("shape")):
-                out.append(f"'{name}' input '{t}' shape {n_in[t].get('shape')} does not accept every input "
-                           f"of shape {o_in[t].get('shape')} that clients send")
-        o_out, n_out = o["outputs"], n["outputs"]
-        for t in sorted(set(o_out) - set(n_out)):
-            out.append(f"'{name}' output '{t}' was removed")
-        for t in sorted(set(n_out) - set(o_out)):
-            out.append(f"'{name}' has a new output name '{t}'")
-        for t in sorted(set(o_out) & set(n_out)):
-            if o_out[t]["dtype"] != n_out[t]["dtype"]:
-                out.append(f"'{name}' output '{t}' dtype changed from {o_out[t]['dtype']} "
-                           f"to {n_out[t]['dtype']}")
-            if not covers(o_out[t].get("shape"), n_out[t].get("shape")):
-                out.append(f"'{name}' output '{t}' shape changed from {o_out[t].get('shape')} to "
-                           f"{n_out[t].get('shape')}, which clients written for the old one may not handle")
+        out += _tensor_differences(name, "inputs", o["inputs"], n["inputs"])
+        out += _tensor_differences(name, "outputs", o["outputs"], n["outputs"])
+    return out
+
+
+def _tensor_differences(sig: str, part: str, old: dict, new: dict) -> list[str]:
+    """The inputs or outputs of signature ``sig``: names, dtypes, and shapes — an input must accept
+    every shape clients send (``covers(new, old)``), an output stay within what clients read
+    (``covers(old, new)``)."""
+    kind = part[:-1]
+    out = [f"'{sig}' {kind} '{t}' was removed" for t in sorted(set(old) - set(new))]
+    out += [f"'{sig}' has a new input '{t}' that current clients do not send" if part == "inputs"
+            else f"'{sig}' has a new output name '{t}'" for t in sorted(set(new) - set(old))]
+    for t in sorted(set(old) & set(new)):
+        o, n = old[t], new[t]
+        if o["dtype"] != n["dtype"]:
+            out.append(f"'{sig}' {kind} '{t}' dtype changed from {o['dtype']} to {n['dtype']}")
+        if part == "inputs" and not covers(n.get("shape"), o.get("shape")):
+            out.append(f"'{sig}' input '{t}' shape {n.get('shape')} does not accept every input "
+                       f"of shape {o.get('shape')} that clients send")
+        if part == "outputs" and not covers(o.get("shape"), n.get("shape")):
+            out.append(f"'{sig}' output '{t}' shape changed from {o.get('shape')} to "
+                       f"{n.get('shape')}, which clients written for the old one may not handle")
     return out

@@ -27,24 +27,10 @@ import requests
 from serving_host import json_codec as jc
 from serving_host.status import ServingError
 from tests.helpers import TF_SERVING_TESTDATA
+from tests.test_serving_host_rest import _save_multi_io_model
 
 HALF_PLUS_TWO = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu"
 F, D, I32, I64, S = jc.DT_FLOAT, jc.DT_DOUBLE, jc.DT_INT32, jc.DT_INT64, jc.DT_STRING
-
-
-def _save_multi_io_model(path) -> None:
-    """A TF2 SavedModel with two named inputs (float a [None, 2], string s [None]), four outputs."""
-    import tensorflow as tf
-
-    class Multi(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="a"),
-                                      tf.TensorSpec([None], tf.string, name="s")])
-        def serve(self, a, s):
-            return {"sum": tf.reduce_sum(a, axis=1), "twice": a * 2.0,
-                    "echo_bytes": s, "length": tf.strings.length(s)}
-
-    m = Multi()
-    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
 
 
 @pytest.fixture(scope="module")
