@@ -214,14 +214,12 @@ def stop_pid(pid: int, *, timeout: float = 15) -> None:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            if not own_group:
-                raise PermissionError      # never signal a group the process merely belongs to
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
+            try:        # never signal a group the process merely belongs to
+                (os.killpg if own_group else os.kill)(pid, sig)
+            except PermissionError:
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                return
+        except ProcessLookupError:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -59,6 +59,14 @@ def token_env(name: str) -> str | None:
     return value
 
 
+def tracking_token() -> str | None:
+    """``MLFLOW_TRACKING_TOKEN`` when it is what MLflow's clients send (no username and password
+    set: basic auth wins), checked as ``token_env`` does; None otherwise."""
+    if env("MLFLOW_TRACKING_USERNAME") and env("MLFLOW_TRACKING_PASSWORD"):
+        return None
+    return token_env("MLFLOW_TRACKING_TOKEN")
+
+
 def require_env(name: str, why: str) -> str:
     value = env(name)
     if value is None:
@@ -96,8 +104,7 @@ _announced = False
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, or the local server (saying so once on stderr)."""
     global _announced
-    if not (env("MLFLOW_TRACKING_USERNAME") and env("MLFLOW_TRACKING_PASSWORD")):
-        token_env("MLFLOW_TRACKING_TOKEN")  # MLflow's client sends it as a header: refuse a bad one here
+    tracking_token()        # MLflow's client sends it as a header: refuse a bad one here
     uri = env("MLFLOW_TRACKING_URI")
     if uri:
         check_no_userinfo(uri)

@@ -238,9 +238,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             info = versions.get_version(model, v, aliases=aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
-                check_gate_baseline(model, info.version, current,
-                                    latest_gate(tx.entries(actions=("gate",)), info.version),
-                                    ever_held(tx.entries(actions=_MOVES)), force=force)
+                verdicts = tx.entries(actions=("gate", "promote", "rollback"))     # one read
+                check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version),
+                                    ever_held(verdicts), force=force)
             except RefusedError as exc:
                 raise _Refusal(info.version, exc) from None
             row = Entry(

@@ -54,7 +54,7 @@ class MlflowRest:
         self.uri = uri.rstrip("/")
         self.session = session or requests.Session()
         user, password = settings.env("MLFLOW_TRACKING_USERNAME"), settings.env("MLFLOW_TRACKING_PASSWORD")
-        token = settings.token_env("MLFLOW_TRACKING_TOKEN")
+        token = settings.tracking_token()
         if user and password:
             self.session.auth = (user, password)
         elif token:
