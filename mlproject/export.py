@@ -96,9 +96,12 @@ def golden_set(saved_model_dir: Path, images: np.ndarray) -> dict[str, dict]:
 def warmup_logs(request: dict, input_name: str, *, max_records: int = MAX_WARMUP_RECORDS) -> list[bytes]:
     """Serialized ``PredictionLog`` records for a golden REST ``request`` (row format).
 
-    One record with the whole batch (the shape the smoke test sends), then one per instance
-    (the shape most live requests have), at most ``max_records`` in all. Values are the
-    request's float32 values, so warmup runs exactly what the smoke test will send.
+    One record per request shape a version will see first: the whole batch (what the smoke
+    test sends) and its first instance alone (the shape most live requests have). TF Serving
+    runs every record in full at every load, so a record that repeats a shape only makes each
+    load slower (for a large model, one inference more per copy). Values are the request's
+    float32 values, so warmup runs exactly what the smoke test will send. At most
+    ``max_records`` (TF Serving refuses a file with more than 1000).
     """
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
@@ -117,8 +120,8 @@ def warmup_logs(request: dict, input_name: str, *, max_records: int = MAX_WARMUP
         return prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString()
 
-    records = [log(batch)] + [log(batch[i:i + 1]) for i in range(len(batch))]
-    return records[:max_records]
+    shapes = [batch] + ([batch[:1]] if len(batch) > 1 else [])
+    return [log(values) for values in shapes][:max_records]
 
 
 def write_warmup_requests(saved_model_dir: Path, request: dict) -> Path:

@@ -113,14 +113,14 @@ def test_warmup_file_is_in_the_savedmodel_parses_and_replays_the_golden_request(
     assert written == path / "assets.extra" / "tf_serving_warmup_requests" and written.is_file()
 
     logs = _warmup_records(path)
-    assert len(logs) == 1 + 8 <= export.MAX_WARMUP_RECORDS
+    assert len(logs) == 2          # one record per shape: the golden batch, then one instance
     assert all(lg.WhichOneof("log_type") == "predict_log" for lg in logs)
     req = logs[0].predict_log.request
     assert req.model_spec.signature_name == "serving_default" and list(req.inputs) == ["image"]
     batch = tf.make_ndarray(req.inputs["image"])
     np.testing.assert_array_equal(batch, np.asarray(golden["request.json"]["instances"], np.float32))
-    assert [tuple(tf.make_ndarray(lg.predict_log.request.inputs["image"]).shape) for lg in logs[1:]] == \
-        [(1, 8, 8, 1)] * 8
+    single = tf.make_ndarray(logs[1].predict_log.request.inputs["image"])
+    np.testing.assert_array_equal(single, batch[:1])
     # what the warmup sends, the SavedModel answers as the golden set says
     (out,) = export.run_saved_model(path, batch).values()
     np.testing.assert_allclose(np.asarray(golden["response.json"]["predictions"]), out, rtol=1e-6, atol=1e-7)
@@ -131,8 +131,19 @@ def test_warmup_file_is_in_the_savedmodel_parses_and_replays_the_golden_request(
     assert mf.build(path).completion_file == "saved_model.pb"
 
 
-def test_warmup_records_are_capped_at_tf_servings_limit():
+def test_warmup_has_one_record_per_request_shape_whatever_the_golden_size():
+    """TF Serving runs every record at every load: a repeated shape would only slow each load."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    def shapes(logs):
+        out = []
+        for raw in logs:
+            lg = prediction_log_pb2.PredictionLog.FromString(raw)
+            out.append(tuple(d.size for d in lg.predict_log.request.inputs["x"].tensor_shape.dim))
+        return out
+
     request = {"signature_name": "serving_default", "instances": np.zeros((1500, 2), np.float32).tolist()}
-    logs = export.warmup_logs(request, "x")
-    assert len(logs) == export.MAX_WARMUP_RECORDS == 1000
-    assert len(export.warmup_logs(request, "x", max_records=3)) == 3
+    assert shapes(export.warmup_logs(request, "x")) == [(1500, 2), (1, 2)]
+    one = {"signature_name": "serving_default", "instances": [[1.0, 2.0]]}
+    assert shapes(export.warmup_logs(one, "x")) == [(1, 2)]
+    assert len(export.warmup_logs(request, "x", max_records=1)) == 1 <= export.MAX_WARMUP_RECORDS
