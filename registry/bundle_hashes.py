@@ -64,7 +64,22 @@ def check(model: str, version: int, root: str | Path, ledger=None) -> None:
         _log.warning("version %s of '%s' was registered without file hashes: its artifacts are used "
                      "unchecked", version, model)
         return
-    diff = differences(expected, tree_files(root))
+    _refuse(model, version, differences(expected, tree_files(root)))
+
+
+def check_files(model: str, version: int, files: dict[str, bytes], ledger=None) -> None:
+    """``check`` for some files of the bundle read on their own (``{"golden/request.json": bytes}``):
+    the golden set a switch to a version already on the hosts is verified with."""
+    expected = recorded(model, version, ledger)
+    if expected is None:
+        _log.warning("version %s of '%s' was registered without file hashes: its golden set is used "
+                     "unchecked", version, model)
+        return
+    got = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
+    _refuse(model, version, differences({p: h for p, h in expected.items() if p in got}, got))
+
+
+def _refuse(model: str, version: int, diff: list[str]) -> None:
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise ConfigError(f"the artifacts of version {version} of '{model}' are not the ones registered "

@@ -211,8 +211,8 @@ def artifact_root(run_id: str) -> str:
     return _artifact_root(settings.tracking_uri(), run_id)
 
 
-def run_artifact_json(run_id: str, path: str) -> dict | None:
-    """A JSON artifact of a run, parsed; None if the run has no such artifact.
+def run_artifact_bytes(run_id: str, path: str) -> bytes | None:
+    """A run's artifact as stored; None if the run has no such artifact.
 
     Artifacts behind the tracking server's proxy (the default of ``mlflow server``) are read with
     one REST request; other stores through MLflow's client.
@@ -220,24 +220,51 @@ def run_artifact_json(run_id: str, path: str) -> dict | None:
     what = f"reading artifact {path} of run {run_id}"
     root = artifact_root(run_id)
     if MlflowRest.proxied(root):
-        data = rest().artifact_bytes(root, path, what=what)
-        if data is None:
+        return rest().artifact_bytes(root, path, what=what)
+    client = tracking_client()
+    parent = os.path.dirname(path)
+    with mlflow_errors(what):
+        listed = {f.path for f in client.list_artifacts(run_id, parent or None)}
+        if path not in listed:
             return None
-        text = data.decode("utf-8", errors="replace")
-    else:
-        client = tracking_client()
-        parent = os.path.dirname(path)
-        with mlflow_errors(what):
-            listed = {f.path for f in client.list_artifacts(run_id, parent or None)}
-            if path not in listed:
-                return None
-            with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as tmp:
-                local = client.download_artifacts(run_id, path, tmp)
-                text = Path(local).read_text()
+        with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_bytes()
+
+
+def _artifact_doc(data: bytes, run_id: str, path: str) -> dict:
     try:
-        return json.loads(text)
+        return json.loads(data.decode("utf-8", errors="replace"))
     except ValueError:
         raise ConfigError(f"artifact {path} of run {run_id} is not valid JSON; re-log it") from None
+
+
+def run_artifact_json(run_id: str, path: str) -> dict | None:
+    """A JSON artifact of a run, parsed; None if the run has no such artifact."""
+    data = run_artifact_bytes(run_id, path)
+    return None if data is None else _artifact_doc(data, run_id, path)
+
+
+GOLDEN_NAMES = ("request", "response", "signature")
+
+
+def golden_set(model: str, version) -> dict[str, dict]:
+    """``{"request": ..., "response": ..., "signature": ...}`` of a version's ``golden/``, checked
+    against the hashes recorded at registration (a switch to a version already on the hosts is
+    verified with this alone, so it must be what the version was gated with)."""
+    info = get_version(model, version)
+    if not info.run_id:
+        raise NotFoundError(f"version {info.version} of '{model}' has no source run, so it has no golden "
+                            f"set; register versions with mlops train")
+    raw = {}
+    for name in GOLDEN_NAMES:
+        data = run_artifact_bytes(info.run_id, f"golden/{name}.json")
+        if data is None:
+            raise NotFoundError(f"version {info.version} of '{model}': golden/{name}.json is missing from "
+                                f"its run's artifacts; re-train and register it")
+        raw[f"golden/{name}.json"] = data
+    bundle_hashes.check_files(model, info.version, raw)
+    return {name: _artifact_doc(raw[f"golden/{name}.json"], info.run_id, f"golden/{name}.json")
+            for name in GOLDEN_NAMES}
 
 
 def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
@@ -323,7 +350,7 @@ def _read_bundle(root: Path, model: str, version: int) -> Bundle:
     if not (root / "tfserving" / "saved_model.pb").is_file():
         raise NotFoundError(f"{where}: tfserving/ has no saved_model.pb; it is not a SavedModel")
     docs = {}
-    for name in ("request", "response", "signature"):
+    for name in GOLDEN_NAMES:
         path = root / "golden" / f"{name}.json"
         if not path.is_file():
             raise NotFoundError(f"{where}: golden/{name}.json is missing from its run's artifacts")

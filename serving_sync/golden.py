@@ -9,11 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlops_common.errors import NotFoundError
-
 from .smoke import Golden
-
-GOLDEN_FILES = ("request", "response", "signature")
 
 
 @dataclass(frozen=True)
@@ -23,20 +19,11 @@ class Bundle:
 
 
 def fetch_golden(model: str, version: int) -> Golden:
-    """The golden set of ``version`` (NotFoundError naming what is missing)."""
+    """The golden set of ``version``, as registered (NotFoundError naming what is missing,
+    ConfigError when it was changed in the artifact store since)."""
     from registry import versions
 
-    info = versions.get_version(model, version)
-    if not info.run_id:
-        raise NotFoundError(f"version {info.version} of '{model}' has no source run, so it has no golden "
-                            f"set; register versions with mlops train")
-    docs = {}
-    for name in GOLDEN_FILES:
-        doc = versions.run_artifact_json(info.run_id, f"golden/{name}.json")
-        if doc is None:
-            raise NotFoundError(f"version {info.version} of '{model}': golden/{name}.json is missing from "
-                                f"its run's artifacts; re-train and register it")
-        docs[name] = doc
+    docs = versions.golden_set(model, version)
     return Golden(docs["request"], docs["response"], docs["signature"])
 
 

@@ -69,3 +69,45 @@ def test_a_deploy_of_a_model_swapped_after_registration_touches_no_host(deploy_e
     assert not (host.base / env.model / str(v2)).exists()
     env.serves(host, v1)
     assert env.tags(v2).get("deploy_status") != "failed"              # the version is not to blame
+
+
+def test_a_switch_back_to_a_version_still_on_the_host_checks_its_golden_set(deploy_env, tmp_path):
+    """A rollback to a version the host still holds downloads no SavedModel: the golden set alone
+    verifies it, so that golden set must be the one the version was gated with."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.release("b")
+    env.serves(host, v2)
+    assert v1 in env.states(host)                                  # kept warm: a switch back is warm
+    config_v2 = env.config_text(host)
+    run_id = versions.get_version(env.model, v1).run_id
+    # v2's golden answers written over v1's: the smoke test would then hold v1 to another model
+    _relog(run_id, tmp_path, "golden", "response.json",
+           (env.bundles.path("b") / "golden" / "response.json").read_bytes())
+    env.promote(v1)
+    r = env.cli("sync", "deploy")
+    line = final_error_line(r.stderr)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"the artifacts of version {v1} of '{env.model}' are not the ones registered " \
+           f"(golden/response.json changed)" in line, line
+    assert env.config_text(host) == config_v2
+    env.serves(host, v2)
+    assert env.tags(v1).get("deploy_status") != "failed"              # the version is not to blame
+    # what `mlops sync smoke` reads is checked the same way
+    r = env.cli("sync", "smoke", "--version", str(v1))
+    assert r.returncode != 0 and "(golden/response.json changed)" in final_error_line(r.stderr), r.stderr
+
+
+def test_check_files_compares_only_the_files_read_and_names_unregistered_ones(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    info = versions.get_version(model, v)
+    raw = {f"golden/{n}.json": versions.run_artifact_bytes(info.run_id, f"golden/{n}.json")
+           for n in versions.GOLDEN_NAMES}
+    bundle_hashes.check_files(model, v, raw)                           # as registered: fine
+    assert versions.golden_set(model, v)["request"] == versions.run_artifact_json(info.run_id, "golden/request.json")
+    with pytest.raises(ConfigError) as e:
+        bundle_hashes.check_files(model, v, {**raw, "golden/request.json": raw["golden/request.json"] + b" ",
+                                             "golden/notes.json": b"{}"})
+    assert "(golden/request.json changed; golden/notes.json was added)" in e.value.message
