@@ -57,14 +57,18 @@ def recorded(model: str, version: int, ledger=None) -> dict[str, str] | None:
     return dict(files) if isinstance(files, dict) else None
 
 
-def check(model: str, version: int, root: str | Path, ledger=None) -> None:
-    """Raise ``ConfigError`` (one line) when the bundle under ``root`` is not what was registered."""
+def check(model: str, version: int, root: str | Path, ledger=None) -> dict[str, str] | None:
+    """Raise ``ConfigError`` (one line) when the bundle under ``root`` is not what was registered;
+    otherwise the files' sha256 (``tree_files``), so a caller need not read them again (None when
+    the version was registered without a record and nothing was hashed)."""
     expected = recorded(model, version, ledger)
     if expected is None:
         _log.warning("version %s of '%s' was registered without file hashes: its artifacts are used "
                      "unchecked", version, model)
-        return
-    _refuse(model, version, differences(expected, tree_files(root)))
+        return None
+    got = tree_files(root)
+    _refuse(model, version, differences(expected, got))
+    return got
 
 
 def check_files(model: str, version: int, files: dict[str, bytes], ledger=None) -> None:

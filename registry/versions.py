@@ -66,6 +66,7 @@ class Bundle:
     golden_request: dict
     golden_response: dict
     signature: dict
+    sha256: dict[str, str] | None = None   # of each SavedModel file (relative to it), as checked
 
 
 def parse_version(version) -> int:
@@ -298,7 +299,7 @@ def download_bundle(model: str, version, dest) -> Bundle:
                 _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
                 for sub in BUNDLE_PARTS:
                     client.download_artifacts(info.run_id, sub, str(tmp))
-        bundle_hashes.check(model, info.version, tmp)     # the bytes registered, not the store's now
+        hashes = bundle_hashes.check(model, info.version, tmp)   # the bytes registered, not the store's now
         bundle = _read_bundle(tmp, model, info.version)
         if dest.exists():
             shutil.rmtree(dest)
@@ -306,8 +307,11 @@ def download_bundle(model: str, version, dest) -> Bundle:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    saved = {path.removeprefix("tfserving/"): sha for path, sha in (hashes or {}).items()
+             if path.startswith("tfserving/")}
     return Bundle(saved_model_dir=dest / "tfserving", golden_request=bundle.golden_request,
-                  golden_response=bundle.golden_response, signature=bundle.signature)
+                  golden_response=bundle.golden_response, signature=bundle.signature,
+                  sha256=saved if hashes is not None else None)
 
 
 BUNDLE_PARTS = bundle_hashes.PARTS

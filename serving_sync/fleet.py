@@ -114,7 +114,7 @@ class _Lazy:
         if self._bundle is None:
             logger.info("downloading v%d of '%s' (SavedModel and golden set) from MLflow", self.version, self.model)
             b = download_bundle(self.model, self.version, self.workdir / "bundle")
-            self._bundle = (b.saved_model_dir, mf.build(b.saved_model_dir))
+            self._bundle = (b.saved_model_dir, mf.build(b.saved_model_dir, known=b.sha256))
             self._golden = b.golden
         return self._bundle
 

@@ -16,6 +16,7 @@ from .smoke import Golden
 class Bundle:
     saved_model_dir: Path
     golden: Golden
+    sha256: dict[str, str] | None = None    # each SavedModel file's, hashed by the registry's check
 
 
 def fetch_golden(model: str, version: int) -> Golden:
@@ -32,4 +33,4 @@ def download_bundle(model: str, version: int, dest: Path) -> Bundle:
     from registry import versions
 
     b = versions.download_bundle(model, version, dest)
-    return Bundle(Path(b.saved_model_dir), Golden(b.golden_request, b.golden_response, b.signature))
+    return Bundle(Path(b.saved_model_dir), Golden(b.golden_request, b.golden_response, b.signature), b.sha256)

@@ -99,7 +99,7 @@ def validate(model: str, version: int, *, server: str, start_server: ServerStart
         base = tmp / "serving"
         base.mkdir()
         t = LocalTransport(base)
-        publish(t, model, version, bundle.saved_model_dir, mf.build(bundle.saved_model_dir))
+        publish(t, model, version, bundle.saved_model_dir, mf.build(bundle.saved_model_dir, known=bundle.sha256))
         host_config.write(t, mc.ServingConfig())     # the server needs a valid file to start
         with start_server(base) as srv:
             result.rest_url = srv.rest_url

@@ -124,11 +124,13 @@ def forget() -> None:
     _MEMO.clear()
 
 
-def build(local_dir: str | os.PathLike) -> Manifest:
+def build(local_dir: str | os.PathLike, known: dict[str, str] | None = None) -> Manifest:
     """Hash every file under ``local_dir``; refuse symlinks, special files and unsafe names.
 
     Hashed once per process: a later call whose every file has the same size, mtime, ctime
     and inode reuses the earlier hashes (a fleet or a retry does not re-read the model).
+    ``known``: sha256 by relative path that this process has just computed from these very files
+    (the registry's check of a download), used instead of reading them again.
     """
     root = Path(local_dir)
     files, dirs, signature = _walk(root)
@@ -137,8 +139,9 @@ def build(local_dir: str | os.PathLike) -> Manifest:
     if memo is not None and memo[0] == signature:
         return memo[1]
     started = time.time()
-    manifest = Manifest(tuple(FileEntry(rel, st.st_size, sha256_file(root / rel)) for rel, st in files),
-                        tuple(dirs))
+    known = known or {}
+    manifest = Manifest(tuple(FileEntry(rel, st.st_size, known.get(rel) or sha256_file(root / rel))
+                              for rel, st in files), tuple(dirs))
     manifest.completion_file  # noqa: B018 - raises when this is not a SavedModel
     remember(root, manifest, signature, started)
     return manifest

@@ -111,3 +111,20 @@ def test_check_files_compares_only_the_files_read_and_names_unregistered_ones(ma
         bundle_hashes.check_files(model, v, {**raw, "golden/request.json": raw["golden/request.json"] + b" ",
                                              "golden/notes.json": b"{}"})
     assert "(golden/request.json changed; golden/notes.json was added)" in e.value.message
+
+
+def test_a_download_hands_its_checked_hashes_to_the_manifest_so_the_model_is_read_once(
+        make_version, tmp_path, monkeypatch):
+    from serving_sync import manifest as mf
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    b = versions.download_bundle(model, v, tmp_path / "b")
+    assert b.sha256 and "saved_model.pb" in b.sha256
+    reads = []
+    real = mf.sha256_file
+    monkeypatch.setattr(mf, "sha256_file", lambda p: reads.append(p) or real(p))
+    manifest = mf.build(b.saved_model_dir, known=b.sha256)
+    assert reads == []                                                 # not read a second time
+    monkeypatch.setattr(mf, "_MEMO", {})
+    assert mf.build(b.saved_model_dir) == manifest and len(reads) == len(manifest.files)
