@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import tags, versions
 from .ledger import Entry, Ledger
-from .promotion_rules import MOVES, failed_deploys, previous_production, restoring_rollback
+from .promotion_rules import MOVES, failed_deploys, judged, previous_production, restoring_rollback
 from .provenance import Provenance
 
 DEPLOY_STATUS = tags.DEPLOY_STATUS
@@ -41,7 +41,7 @@ def failed_since_promoted(model: str, version: int) -> bool:
     restarted ``mlops sync watch`` does not retry it; promoting it again clears this.)"""
     if status(model, version) != FAILED:
         return False
-    return failed_after_promotion(Ledger().entries(model, actions=("promote", "deploy")), version)
+    return failed_after_promotion(Ledger().entries(model, actions=MOVES + ("deploy",)), version)
 
 
 def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
@@ -51,14 +51,19 @@ def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry |
 
 
 def failed_after_promotion(entries, version: int) -> bool:
-    """Pure: is the newest of (an ok ``promote`` to ``version``, a failed ``deploy`` of it) the
-    failure? (No row at all: the tag alone says it failed.)"""
+    """Pure: is the newest of (an ok move of ``production`` to ``version`` — a promotion or a
+    rollback to it — and a failed ``deploy`` of it that blamed it) the failure? A failure that left
+    the registry unchanged does not count (``promotion_rules.judged``). (No row at all: the tag
+    alone says it failed.)"""
     last = None
     for e in entries:
-        if e.to_version == version and (e.action == "promote" and e.outcome == "ok"
-                                        or e.action == "deploy" and e.outcome == "failed"):
-            last = e.action
-    return last != "promote"
+        if e.to_version != version or e.outcome not in ("ok", "failed"):
+            continue
+        if e.action in MOVES and e.outcome == "ok":
+            last = "moved"
+        elif e.action == "deploy" and e.outcome == "failed" and judged(e):
+            last = "failed"
+    return last != "moved"
 
 
 class DeployLedger:
@@ -85,9 +90,12 @@ class DeployLedger:
         self.ledger.append_all(entries)
 
     def previous_production(self, version: int) -> int | None:
-        """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known)."""
+        """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known):
+        the rule ``mlops registry rollback`` follows, on the same ledger rows and registry tags."""
         entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"))
-        return previous_production(entries, version, failed_deploys(entries, {}))
+        tags_by_version = {i.version: i.tags for i in versions.list_versions(self.model)}
+        return previous_production(entries, version, failed_deploys(entries, tags_by_version),
+                                   existing=set(tags_by_version))
 
 
 def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:

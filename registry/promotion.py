@@ -30,9 +30,9 @@ from .promotion_rules import (
     ever_held,
     failed_deploys,
     latest_gate,
+    previous_production,
     production_stack,
     reconcile_rows,
-    rollback_target,
 )
 from .provenance import Provenance, given
 
@@ -325,7 +325,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
         stack = production_stack(history)
         failed = failed_deploys(history, all_versions)
         deleted = {x for x in stack if x not in all_versions}     # removed from the registry since
-        v = rollback_target(stack, current, failed | deleted)
+        v = previous_production(history, current, failed, existing=set(all_versions))
         if v is None:
             skipped = sorted(set(stack) & (failed | deleted))
             raise NotFoundError(
@@ -358,11 +358,11 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     failed = versions.parse_version(failed_version)
     to = versions.parse_version(to_version) if to_version is not None else None
     versions.get_version(model, failed)
-    if to is not None:
-        versions.get_version(model, to)
     from . import deploys
 
-    deploys.tag(model, failed, deploys.FAILED, reason)
+    deploys.tag(model, failed, deploys.FAILED, reason)      # first: whatever happens next, it failed
+    if to is not None:
+        versions.get_version(model, to)
     moved_alias = False
     current = None
     try:

@@ -8,7 +8,7 @@
 - ``failed_deploys``: versions whose deploy failed (latest ledger ``deploy`` row failed, or tag
   ``deploy_status=failed``).
 - ``rollback_target``: the version that held production before the current one, skipping
-  failed deploys.
+  failed deploys, preferring one that was deployed.
 - ``previous_production``: the one "previous production" rule: where production goes back to
   from ``version`` (``mlops registry rollback`` and a failed deploy both follow it).
 - ``restoring_rollback``: is deploying ``version`` a restore (production rolled back to a version
@@ -99,9 +99,17 @@ def production_stack(entries: Iterable[Entry]) -> list[int]:
     return stack
 
 
+def judged(e: Entry) -> bool:
+    """Does this ``deploy`` row say something about its version? A failure that left the registry
+    unchanged (upload failed, connection or lock lost, interrupted) does not: the version is
+    retried, and it stays a rollback target."""
+    return not (e.outcome == "failed" and (e.details or {}).get("registry_unchanged"))
+
+
 def latest_deploys(entries: Iterable[Entry]) -> dict[int, str]:
-    """The outcome of each version's latest ``deploy`` row."""
-    return {e.to_version: e.outcome for e in entries if e.action == "deploy" and e.to_version is not None}
+    """The outcome of each version's latest ``deploy`` row that judged it (``judged``)."""
+    return {e.to_version: e.outcome for e in entries
+            if e.action == "deploy" and e.to_version is not None and judged(e)}
 
 
 def failed_deploys(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]]) -> set[int]:
@@ -111,18 +119,27 @@ def failed_deploys(entries: Iterable[Entry], tags_by_version: Mapping[int, Mappi
     return failed
 
 
-def rollback_target(stack: list[int], current: int | None, failed: set[int]) -> int | None:
-    """The newest version in ``stack`` other than ``current`` whose deploy did not fail."""
-    for v in reversed(stack):
-        if v != current and v not in failed:
-            return v
-    return None
+def rollback_target(stack: list[int], current: int | None, failed: set[int],
+                    deployed: set[int] = frozenset()) -> int | None:
+    """The newest version in ``stack`` other than ``current`` whose deploy did not fail; of those,
+    the newest that was ``deployed`` (a deploy ``ok`` row) when any was: a version promoted and
+    replaced before a deploy never ran on the hosts, and going back to it would roll out an untried
+    version in the middle of an incident (a registry used without ``mlops sync`` has no deploy rows:
+    the newest)."""
+    candidates = [v for v in reversed(stack) if v != current and v not in failed]
+    return next((v for v in candidates if v in deployed), candidates[0] if candidates else None)
 
 
-def previous_production(entries: Iterable[Entry], version: int | None, failed: set[int] = frozenset()) -> int | None:
+def previous_production(entries: Iterable[Entry], version: int | None, failed: set[int] = frozenset(),
+                        existing: set[int] | None = None) -> int | None:
     """Where ``production`` goes back to from ``version``: ``rollback_target`` on the ledger's
-    production stack (the newest earlier holder whose deploy did not fail)."""
-    return rollback_target(production_stack(entries), version, set(failed))
+    production stack, skipping versions whose deploy failed and, given ``existing`` (the registry's
+    versions), those deleted since."""
+    entries = list(entries)
+    stack = production_stack(entries)
+    skip = set(failed) | (set() if existing is None else {v for v in stack if v not in existing})
+    deployed = {v for v, outcome in latest_deploys(entries).items() if outcome == "ok"}
+    return rollback_target(stack, version, skip, deployed)
 
 
 MOVES = ("promote", "rollback")

@@ -400,8 +400,15 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                         f"deploy_status=deployed ({exc.message}); rerun `mlops sync deploy` once MLflow "
                         f"answers: it records it") from None
     # Cleanup on every host at once: on an SSH host removing a version is one command through
-    # the deploy user's shell, and a fleet waited for those one after the other.
-    for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts), runs,
+    # the deploy user's shell, and a fleet waited for those one after the other. Where the
+    # registry would roll back to stays (a rollback is then a switch, not a new upload).
+    try:
+        rollback_to = recorder.previous_production(result.version)
+    except UserError as exc:
+        logger.warning("could not read where production would roll back to (%s); retention keeps "
+                       "only what each host serves and kept", exc.message)
+        rollback_to = None
+    for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts, rollback_to), runs,
                                                      workers=opts.parallel, name="retention")):
         run.outcome.retention = info
     result.status = "deployed"
@@ -414,13 +421,14 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     result.message = f"deployed v{result.version} of '{result.model}' to {', '.join(parts)}"
 
 
-def _retention(run: HostRun, opts: DeployOptions) -> dict:
+def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
     plan = run.plan
     try:
         run.heartbeat()               # raises at once if the lock's thread found it taken over
         rp = retention.plan(run.transport, plan.model, serving=plan.desired,
                             previous=plan.previous_kept if plan.previous_kept is not None else plan.current,
-                            keep=opts.keep, protected=plan.final.versions)
+                            keep=opts.keep,
+                            protected=tuple(plan.final.versions) + (() if rollback_to is None else (rollback_to,)))
         if rp.remove_versions or rp.remove_uploads:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)

@@ -1,0 +1,89 @@
+"""Where ``production`` goes back to, and which failures count against a version.
+
+Found in review: a failure that did not blame a version (an upload, a lost lock) made
+``mlops sync watch`` skip it for good once it had failed before; a failed deploy whose previous
+production had been deleted from the registry left production on the failed version, untagged,
+and a watcher deployed it again at every pass; production went back to a version promoted and
+replaced before any deploy (hosts put back to v3, production to v5, which never ran); and
+retention deleted, from every host, the version the registry would roll back to next. Pure
+rules on ledger rows, and the deploys that follow them (real MLflow, a real local server).
+"""
+from __future__ import annotations
+
+from registry.deploys import failed_after_promotion
+from registry.ledger import Entry
+from registry.promotion_rules import latest_deploys, previous_production
+
+M = "digits"
+
+
+def _e(action, frm, to, outcome="ok", **details):
+    return Entry(action=action, model=M, outcome=outcome, from_version=frm, to_version=to, details=details)
+
+
+def test_a_failure_that_left_the_registry_unchanged_judges_nothing():
+    rows = [_e("promote", 1, 2), _e("deploy", 1, 2, "failed"), _e("promote", 1, 2),
+            _e("deploy", 1, 2, "failed", step="publish", registry_unchanged=True)]
+    assert not failed_after_promotion(rows, 2)               # promoted again: retried, not skipped
+    assert failed_after_promotion(rows[:2], 2)
+    ok_then_upload_failed = [_e("deploy", 1, 3), _e("deploy", 1, 3, "failed", registry_unchanged=True)]
+    assert latest_deploys(ok_then_upload_failed) == {3: "ok"}  # still a good rollback target
+
+
+def test_a_rollback_to_a_version_makes_it_production_again_like_a_promotion():
+    rows = [_e("promote", 1, 3), _e("deploy", 1, 3, "failed"), _e("rollback", 3, 1), _e("rollback", 1, 3)]
+    assert not failed_after_promotion(rows, 3)
+    assert failed_after_promotion(rows[:3], 3)
+
+
+def test_previous_production_prefers_a_version_that_was_deployed():
+    rows = [_e("promote", None, 3), _e("deploy", None, 3), _e("promote", 3, 5), _e("promote", 5, 6),
+            _e("deploy", 3, 6, "failed")]
+    assert previous_production(rows, 6, {6}) == 3             # 5 never ran on the hosts
+    registry_only = [_e("promote", None, 3), _e("promote", 3, 5), _e("promote", 5, 6)]
+    assert previous_production(registry_only, 6) == 5         # no deploys at all: the newest
+    assert previous_production(rows + [_e("deploy", 3, 5)], 6, {6}) == 5
+
+
+def test_previous_production_skips_versions_deleted_from_the_registry():
+    rows = [_e("promote", None, 1), _e("deploy", None, 1), _e("promote", 1, 2), _e("deploy", 1, 2),
+            _e("promote", 2, 3)]
+    assert previous_production(rows, 3) == 2
+    assert previous_production(rows, 3, existing={1, 3}) == 1
+    assert previous_production(rows, 3, existing={3}) is None
+
+
+def test_a_failed_deploy_whose_previous_production_was_deleted_goes_back_further(deploy_env):
+    from registry.client import tracking_client
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.release("b")
+    v3 = env.register("golden_edited")                    # its smoke test fails
+    env.promote(v3)
+    tracking_client().delete_model_version(env.model, str(v2))   # a clean-up of the registry
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 3, r.stderr
+    assert f"production moved back to v{v1}" in r.stderr, r.stderr
+    assert env.production() == v1 and env.tags(v3).get("deploy_status") == "failed"
+    assert env.which(host) == v2                           # the host is as it was
+    r = env.cli("sync", "watch", "--once")                  # restores v1; never v3 again
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+    assert [e.to_version for e in env.ledger(("deploy",)) if e.outcome == "failed"] == [v3]
+
+
+def test_retention_keeps_the_version_the_registry_would_roll_back_to(deploy_env):
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    r = env.cli("registry", "rollback", "--reason", "v3 misbehaves")
+    assert r.returncode == 0 and env.production() == v2, r.stderr
+    r = env.cli("sync", "deploy", "--keep", "1")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    published = sorted(int(p.name) for p in (host.base / env.model).iterdir() if p.name.isdigit())
+    assert v1 in published, published                      # the next rollback: a switch, not an upload
+    r = env.cli("registry", "rollback", "--reason", "v2 too")
+    assert r.returncode == 0 and env.production() == v1, r.stderr
