@@ -9,7 +9,8 @@ the host and is judged against the manifest exactly like a streamed upload (``pu
 non-numeric temporary directory, verified, then renamed; a mismatch is refused).
 
 Secrets: a presigned URL is a credential for its lifetime. URLs are made per host right before
-its publish, expire after ``MLOPS_STORE_URL_EXPIRY`` seconds (default 900), travel on the
+its publish, signed SigV4, expire after ``MLOPS_STORE_URL_EXPIRY`` seconds (default 900) plus
+one second per MB of the version (``url_lifetime``), travel on the
 script's stdin (never on a process's argv: curl reads them with ``-K -``, wget with ``-i -``),
 are never logged, and ``redact`` removes them from any host error output we repeat.
 """
@@ -31,6 +32,7 @@ logger = log.get("sync.store")
 
 DEFAULT_EXPIRY = 900.0
 MAX_EXPIRY = 7 * 24 * 3600.0     # the SigV4 limit for presigned URLs
+MIN_PULL_RATE = 1e6              # bytes/s a host's download may slow to before the URLs run out
 _URL_RE = re.compile(r"https?://\S+")
 
 
@@ -113,7 +115,14 @@ class StoreCopies:
         store = host.store
         if store is None or store.url not in self._done:
             return None
-        return presign(store, self.model, self.version, manifest, expiry())
+        return presign(store, self.model, self.version, manifest, url_lifetime(expiry(), manifest.total_size))
+
+
+def url_lifetime(setting: float, total_size: int) -> float:
+    """How long a host's URLs stay valid: the setting, plus the time the whole version takes at
+    ``MIN_PULL_RATE`` (the host fetches the files one after another, so on a slow link the last
+    URL is used long after it was made), at most ``MAX_EXPIRY``."""
+    return min(MAX_EXPIRY, setting + total_size / MIN_PULL_RATE)
 
 
 def presign(store: Store, model: str, version: int, manifest: Manifest, expires_in: float) -> Pull:
@@ -129,9 +138,27 @@ def presign(store: Store, model: str, version: int, manifest: Manifest, expires_
 
 
 def _signer(store: Store):
-    """A boto3 client that signs for the endpoint the hosts use (``store_endpoint``), else None."""
-    if store.endpoint is None:
-        return None
+    """A boto3 client that signs with SigV4 for the endpoint the hosts use (``store_endpoint``, else
+    the deploying machine's) and, on AWS, for the bucket's region. boto3's default presigns SigV2
+    query strings there, which AWS refuses for buckets made since 2020 and in newer regions."""
     from mlops_common import s3
 
+    if store.endpoint is None and s3.endpoint_url() is None:
+        return s3.client(signature_version="s3v4", region_name=_bucket_region(store.target.bucket))
     return s3.client(endpoint=store.endpoint, signature_version="s3v4")
+
+
+def _bucket_region(bucket: str) -> str | None:
+    """The AWS region of ``bucket`` (``x-amz-bucket-region`` of a HEAD, answered even when the
+    request went to another region); None: boto3's own (``AWS_REGION`` / ``AWS_DEFAULT_REGION``)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from mlops_common import s3
+
+    try:
+        meta = s3.client(max_attempts=1).head_bucket(Bucket=bucket)["ResponseMetadata"]
+    except ClientError as exc:
+        meta = exc.response.get("ResponseMetadata") or {}
+    except BotoCoreError:
+        return None
+    return (meta.get("HTTPHeaders") or {}).get("x-amz-bucket-region")

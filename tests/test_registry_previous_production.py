@@ -84,6 +84,6 @@ def test_retention_keeps_the_version_the_registry_would_roll_back_to(deploy_env)
     assert r.returncode == 0, r.stderr
     env.serves(host, v2)
     published = sorted(int(p.name) for p in (host.base / env.model).iterdir() if p.name.isdigit())
-    assert v1 in published, published                      # the next rollback: a switch, not an upload
+    assert v1 in published and v3 in published, published   # the next rollback: a switch, not an upload
     r = env.cli("registry", "rollback", "--reason", "v2 too")
     assert r.returncode == 0 and env.production() == v1, r.stderr

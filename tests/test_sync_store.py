@@ -175,7 +175,7 @@ def test_plan_and_deploy_say_that_s3_hosts_need_a_tf_serving_with_s3(deploy_env,
 class _Served:
     """Files of ``root`` over HTTP on 127.0.0.1 (query strings ignored, like a presigned URL's)."""
 
-    def __init__(self, root):
+    def __init__(self, root, *, expired: bool = False):
         import functools
         import threading
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -183,6 +183,12 @@ class _Served:
         class Quiet(SimpleHTTPRequestHandler):
             def log_message(self, *a):
                 pass
+
+            def do_GET(self):
+                if expired:             # what S3 answers a presigned URL past its expiry
+                    self.send_error(403, "Request has expired")
+                    return
+                super().do_GET()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -293,3 +299,51 @@ def test_presigned_url_expiry_setting(raw, ok, monkeypatch):
         with pytest.raises(ConfigError) as e:
             store.expiry()
         assert "MLOPS_STORE_URL_EXPIRY" in e.value.message
+
+
+def _manifest(total: int):
+    from serving_sync.manifest import FileEntry, Manifest
+
+    return Manifest((FileEntry("saved_model.pb", 1000, "0" * 64),
+                     FileEntry("variables/variables.data-00000-of-00001", total - 1000, "1" * 64)),
+                    ("variables",))
+
+
+@pytest.mark.parametrize("endpoint", [None, "http://10.0.0.5:8333"])
+def test_presigned_urls_are_sigv4_and_last_as_long_as_a_slow_download(s3_env, endpoint):
+    """boto3's default presigns SigV2 (AWSAccessKeyId=, Signature=), which AWS refuses for buckets
+    made since 2020; and a fixed 15 minutes ran out before the last file of a big version."""
+    (ssh, _) = parse_hosts_toml(HOSTS.format(extra=f'store_endpoint = "{endpoint}"' if endpoint else ""), "h.toml")
+    m = _manifest(50_000_000)
+    lifetime = store.url_lifetime(900.0, m.total_size)
+    assert lifetime == 950.0 and store.url_lifetime(900.0, 10**13) == store.MAX_EXPIRY
+    pull = store.presign(ssh.store, "digits", 3, m, lifetime)
+    for url in pull.urls.values():
+        assert "X-Amz-Signature=" in url and "X-Amz-Expires=950" in url, url
+        assert "AWSAccessKeyId=" not in url
+        assert url.startswith(endpoint or s3_env.env()["AWS_ENDPOINT_URL"].rstrip("/")), url
+
+
+def test_an_expired_url_says_so_and_publishes_nothing(sshd, tmp_path):
+    from mlops_common.errors import UserError
+    from serving_sync import manifest as mf
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    served = _Served(model, expired=True)
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(sshd, base)
+    try:
+        with pytest.raises(UserError) as e:
+            publish(t, "digits", 1, model, m, pull=served.pull(m))
+        msg = e.value.message
+        assert "403" in msg and "MLOPS_STORE_URL_EXPIRY" in msg and "nothing was published" in msg, msg
+        assert "Signature" not in msg and "s3cr3t" not in msg
+        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
+    finally:
+        t.close()
+        served.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import secrets
 import socket
 import stat
@@ -409,7 +410,7 @@ class SshTransport(Transport):
         Returns the bytes we sent (the URL list on stdin), or None when the host cannot pull
         (no shell, neither curl nor wget): the caller then streams the version instead.
         """
-        from ..store import redact
+        from ..store import MIN_PULL_RATE, redact
 
         if self._no_shell:
             return None
@@ -418,12 +419,14 @@ class SshTransport(Transport):
         payload = pull.script_input()
         with self._io(doing):
             ch = self._open_exec(fetch_script(posixpath.dirname(dest), dest, min_free))
-            # No output while a big file downloads: allow 10 MB/s on top of the usual timeout.
-            ch.settimeout(self.op_timeout + pull.manifest.total_size / 10e6)
+            # No output while a big file downloads: allow the slowest rate the URLs are made for
+            # on top of the usual timeout (curl itself gives up on a stalled transfer).
+            timeout = self.op_timeout + pull.manifest.total_size / MIN_PULL_RATE
+            ch.settimeout(timeout)
             try:
                 _sender(ch)(payload)
                 ch.shutdown_write()
-                rc, out, err = self._finish(ch, timeout=self.op_timeout + pull.manifest.total_size / 10e6)
+                rc, out, err = self._finish(ch, timeout=timeout)
             finally:
                 ch.close()
         res = parse_output(out)
@@ -439,10 +442,13 @@ class SshTransport(Transport):
                               nothing="downloaded")
         stderr = redact(err.decode(errors="replace"))
         if rc == 97:
+            last = _last_line(stderr.encode())
+            hint = ("the URL was refused (403): check the clocks of this machine and the host, and that "
+                    "the download took less than MLOPS_STORE_URL_EXPIRY plus one second per MB"
+                    if re.search(r"\b403\b", last) else
+                    "check that the host reaches the store (store_endpoint in the hosts file)")
             raise UserError(f"{self.where}: the host could not download {res.flags['@fetchfailed']} from "
-                                  f"the shared store {pull.store_url} ({_last_line(stderr.encode())}); check "
-                                  f"that the host reaches the store (store_endpoint in the hosts file); "
-                                  f"nothing was published")
+                            f"the shared store {pull.store_url} ({last}); {hint}; nothing was published")
         if rc == 0 and "@nohash" in res.flags:
             return len(payload)     # no hash tool: verify() reads the files back over SFTP
         if rc != 0 or res.listing is None:
