@@ -43,7 +43,7 @@ from .host_run import HostOutcome, HostRun, StepFailed
 from .observe import observe_settled
 from .options import DeployOptions
 from .plan import Phase, peak_copies, peak_memory, plan_host
-from .store import StoreCopies, s3_host_note
+from .store import StoreCopies, retire, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -411,6 +411,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts, rollback_to), runs,
                                                      workers=opts.parallel, name="retention")):
         run.outcome.retention = info
+    _store_retention(result, runs, opts, rollback_to)
     result.status = "deployed"
     parts = []
     for run in runs:
@@ -419,6 +420,20 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
         kept = f", v{o.previous_kept} kept warm" if o.previous_kept is not None else ""
         parts.append(f"{o.host} ({was}{kept})")
     result.message = f"deployed v{result.version} of '{result.model}' to {', '.join(parts)}"
+
+
+def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None) -> None:
+    """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``)."""
+    stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
+    loaded = tuple(sorted({v for r in runs for v in r.plan.final.versions}))
+    for entry in result.stores:
+        try:
+            entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,
+                                        previous=rollback_to, keep=opts.keep, protected=loaded)
+        except UserError as exc:   # the deploy succeeded; the next one cleans up
+            logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],
+                           exc.message)
+            entry["retention"] = {"error": exc.message}
 
 
 def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:

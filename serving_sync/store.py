@@ -125,6 +125,21 @@ def url_lifetime(setting: float, total_size: int) -> float:
     return min(MAX_EXPIRY, setting + total_size / MIN_PULL_RATE)
 
 
+def retire(store: Store, model: str, *, serving: int, previous: int | None, keep: int,
+           protected: tuple[int, ...]) -> dict:
+    """Remove from ``store`` the versions of ``model`` that no host needs any more, by the hosts'
+    own rule (``retention``: all but the ``keep`` newest, what serves, the rollback target and
+    what a host keeps loaded), and uploads that died. Without it every version deployed stayed in
+    the bucket for good. A later deploy of a removed version uploads it again."""
+    from . import retention
+    from .transports.s3 import S3Transport
+
+    t = S3Transport(store.target.bucket, store.target.path)
+    rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected)
+    retention.apply(t, rp)
+    return rp.to_dict()
+
+
 def presign(store: Store, model: str, version: int, manifest: Manifest, expires_in: float) -> Pull:
     """Presigned GET URLs for every file of the version (local signing: no request is sent)."""
     from .transports.s3 import S3Transport

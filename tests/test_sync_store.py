@@ -347,3 +347,32 @@ def test_an_expired_url_says_so_and_publishes_nothing(sshd, tmp_path):
     finally:
         t.close()
         served.close()
+
+
+def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
+    """Every version deployed through the store stayed in the bucket for good."""
+    env = deploy_env
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("retained-store")
+    _with_store(env, bucket, env.model)
+
+    def stored() -> set[int]:
+        objs = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{env.model}/{env.model}/")
+        return {int(o["Key"].split("/")[2]) for o in objs.get("Contents", []) if o["Key"].split("/")[2].isdigit()}
+
+    released = []
+    for kind in ("a", "b", "c"):
+        v = env.register(kind)
+        env.promote(v)
+        r = env.deploy(opts=_opts(keep=1))
+        assert r.status == "deployed", r.message
+        released.append(v)
+    v1, v2, v3 = released
+    env.serves(host, v3)
+    assert stored() == {v2, v3}                     # v3 serves; v2 is where a rollback goes
+    assert r.stores[0]["retention"]["remove_versions"] == [v1]
+    r = env.cli("registry", "rollback", "--reason", "v3 misbehaves")
+    assert r.returncode == 0, r.stderr
+    assert env.deploy(opts=_opts(keep=1)).status == "deployed"   # a switch: nothing uploaded, nothing removed
+    env.serves(host, v2)
+    assert stored() == {v2, v3}
