@@ -175,9 +175,10 @@ def test_plan_and_deploy_say_that_s3_hosts_need_a_tf_serving_with_s3(deploy_env,
 class _Served:
     """Files of ``root`` over HTTP on 127.0.0.1 (query strings ignored, like a presigned URL's)."""
 
-    def __init__(self, root, *, expired: bool = False):
+    def __init__(self, root, *, expired: bool = False, delay: float = 0.0):
         import functools
         import threading
+        import time
         from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
         class Quiet(SimpleHTTPRequestHandler):
@@ -185,6 +186,7 @@ class _Served:
                 pass
 
             def do_GET(self):
+                time.sleep(delay)       # a slow store: the host's download takes this long
                 if expired:             # what S3 answers a presigned URL past its expiry
                     self.send_error(403, "Request has expired")
                     return
@@ -376,3 +378,36 @@ def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     assert env.deploy(opts=_opts(keep=1)).status == "deployed"   # a switch: nothing uploaded, nothing removed
     env.serves(host, v2)
     assert stored() == {v2, v3}
+
+
+def test_an_interrupt_ends_a_long_pull_at_once(sshd, tmp_path):
+    """SIGTERM (a cancelled CI job) waited for the whole download before the deploy could put the
+    hosts back; CircleCI's SIGKILL then left the lock and the upload behind."""
+    import threading
+    import time
+
+    from serving_sync import cancel
+    from serving_sync import manifest as mf
+    from serving_sync.publish import publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    served = _Served(model, expired=True, delay=4.0)
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(sshd, base)
+    timer = threading.Timer(1.0, cancel.request, args=("SIGTERM",))
+    try:
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(cancel.DeployInterrupted):
+            publish(t, "digits", 1, model, m, pull=served.pull(m))
+        assert time.monotonic() - started < 2.5              # not the 4 s the download takes
+        assert not (base / "digits/1").exists()
+    finally:
+        timer.cancel()
+        cancel.reset()
+        t.close()
+        served.close()

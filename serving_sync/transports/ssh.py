@@ -16,6 +16,7 @@ import re
 import secrets
 import socket
 import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,6 +122,34 @@ class SshTransport(Transport):
         if not ch.status_event.wait(timeout or self.op_timeout):
             raise socket.timeout()
         return ch.recv_exit_status(), out, err
+
+    def _finish_interruptible(self, ch, timeout: float, poll: float = 0.5) -> tuple[int, bytes, bytes]:
+        """``_finish`` for a command that runs for minutes in silence (a pull): a requested interrupt
+        (SIGTERM from a cancelled CI job, Ctrl-C) ends the wait within ``poll`` seconds, with
+        ``DeployInterrupted``, instead of after the whole download. ``timeout``: seconds without
+        output before the host counts as stalled."""
+        from ..cancel import check
+
+        chunks: list[bytes] = []
+        ch.settimeout(poll)
+        quiet_since = time.monotonic()
+        while True:
+            try:
+                data = ch.recv(65536)
+            except socket.timeout:
+                check()
+                if time.monotonic() - quiet_since > timeout:
+                    raise
+                continue
+            if not data:
+                break
+            chunks.append(data)
+            quiet_since = time.monotonic()
+        ch.settimeout(timeout)
+        err = _read_all(ch, stderr=True)
+        if not ch.status_event.wait(timeout):
+            raise socket.timeout()
+        return ch.recv_exit_status(), b"".join(chunks), err
 
     def _exec(self, command: str) -> tuple[int, bytes, bytes]:
         """Run one command on the host: (exit code, stdout, stderr)."""
@@ -426,7 +455,7 @@ class SshTransport(Transport):
             try:
                 _sender(ch)(payload)
                 ch.shutdown_write()
-                rc, out, err = self._finish(ch, timeout=timeout)
+                rc, out, err = self._finish_interruptible(ch, timeout)
             finally:
                 ch.close()
         res = parse_output(out)
