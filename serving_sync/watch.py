@@ -73,6 +73,11 @@ class Watcher:
         except UserError as exc:
             status, version, message = "error", None, exc.message
             logger.error("reconcile failed: %s", exc.message)
+        except Exception as exc:  # noqa: BLE001 - a controller keeps reconciling (a deploy puts its hosts back itself)
+            status, version = "error", None
+            message = (f"unexpected {type(exc).__name__}: {exc} (a bug in mlops; the watch goes on and "
+                       f"tries again at the next pass)")
+            logger.error("reconcile failed: %s", message)
         p = Pass(self.clock() - start, reason, status, version, message)
         self.result.passes.append(p)
         logger.info("reconcile (%s): %s: %s", reason, status, message)

@@ -218,3 +218,21 @@ def test_docker_command_runs_the_pinned_image_read_only_on_loopback(tmp_path):
     assert cmd[i - 2:i] == ["--entrypoint", "tensorflow_model_server"]
     assert "--model_config_file=/models/models.config" in cmd[i + 1:]
     assert "--rest_api_port=8501" in cmd[i + 1:]
+
+
+def test_watch_outlives_an_unexpected_exception_in_a_pass():
+    """A bug (an exception that is not a UserError) ended the watcher's loop: no more deploys."""
+    clock = FakeClock()
+    outcomes = iter([KeyError("model_version"), ("deployed", 2, "deployed v2")])
+
+    def reconcile():
+        got = next(outcomes)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    w = Watcher(reconcile, interval=10, max_seconds=15, clock=clock)
+    w.wake.wait = lambda timeout: (setattr(clock, "now", clock.now + timeout), False)[1]
+    res = w.run()
+    assert [p.status for p in res.passes] == ["error", "deployed"]
+    assert "unexpected KeyError" in res.passes[0].message and "next pass" in res.passes[0].message
