@@ -63,7 +63,8 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
             promo.finish()
         raise
     promo.finish()
-    if promo.from_version is not None and promo.from_version != promo.to_version:
+    if promo.from_version is not None and promo.from_version not in (promo.to_version, result.version):
+        # (promoted again while this rollback deployed, it serves: not rolled back)
         deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
     return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start)

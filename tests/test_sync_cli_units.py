@@ -85,6 +85,20 @@ def test_a_rollback_overtaken_by_another_promotion_says_what_the_hosts_serve(reg
     printed = capsys.readouterr().out
     assert "production moved to v5 (another promotion) while this rollback to v2 deployed" in printed
     assert "v2's outputs answered" not in printed
+    assert [c[:4] for c in registry_calls if c[0] == "tag"] == [("tag", "m", 3, "rolled_back")]  # rolled back from
+
+
+def test_a_rollback_overtaken_by_promoting_the_same_version_again_does_not_tag_it_rolled_back(
+        registry_calls, monkeypatch):
+    def deploy(model, hosts, **kw):
+        result = _deployed()
+        result.version = 3                       # v3 promoted again meanwhile: it serves
+        return result
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    out = rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
+    assert out.superseded and out.to_dict()["served_version"] == 3
+    assert not any(isinstance(c, tuple) and c[0] == "tag" for c in registry_calls)
 
 
 def test_a_failed_rollback_deploy_still_writes_the_version_tags_and_raises_its_own_error(registry_calls,
