@@ -52,3 +52,8 @@ class ServingTimeout(UserError):
 
 class SmokeFailed(UserError):
     """A smoke test (signature, golden outputs, latency) failed on a host."""
+
+
+class LedgerWriteFailed(UserError):
+    """A host's row could not be written to the ledger: the deploy stops (the ledger is the record)
+    and every host is put back, but the version is not to blame."""

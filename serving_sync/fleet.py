@@ -38,6 +38,7 @@ from . import manifest as mf
 from .canary import Baker, CanaryFailed
 from .cancel import DeployInterrupted
 from .connections import Heartbeat, connected, locked
+from .errors import LedgerWriteFailed
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun, StepFailed
 from .observe import observe_settled
@@ -269,8 +270,10 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                             "bake (--canary, --wave or --bake stage it)", v, result.restore["rolled_back_from"])
             shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
             result.rollout = shape.to_dict()
-            baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and shape.canary else None
-            if opts.bake > 0 and not shape.canary and runs:
+            # a bake needs hosts after the canary to protect (and to compare with)
+            judged = bool(shape.canary) and len(shape.waves) > 1
+            baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and judged else None
+            if opts.bake > 0 and not judged and runs:
                 logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
                             else "--canary 0", opts.bake)
             if baker is not None:
@@ -311,15 +314,22 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                     entry["bake"] = [vd.to_dict() for vd in verdicts]
                     entry["bake_seconds"] = round(time.monotonic() - b0, 3)
                     result.bake.extend(entry["bake"])
-                    _or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
-                                 [recorder.entry("canary", "passed" if vd.passed else "failed", host=vd.host,
-                                                 from_version=by_name[vd.host].plan.current, to_version=v,
-                                                 reason=vd.line, details=vd.to_dict()) for vd in verdicts])
                     for vd in verdicts:
                         logger.info("%s", vd.line)
                     bad = [vd for vd in verdicts if not vd.passed]
                     if bad:
                         result.waves.append(entry)
+                    try:
+                        recorder.record_all([recorder.entry("canary", "passed" if vd.passed else "failed",
+                                                            host=vd.host, from_version=by_name[vd.host].plan.current,
+                                                            to_version=v, reason=vd.line, details=vd.to_dict())
+                                             for vd in verdicts])
+                    except BaseException as exc:
+                        if not bad:
+                            raise _fail(result, recorder, wave[0], runs, exc, step="record") from None
+                        logger.warning("could not record the canary verdicts in the ledger (%s)",
+                                       getattr(exc, "message", exc))
+                    if bad:            # a breach stays a breach when its rows could not be written
                         raise _fail(result, recorder, by_name[bad[0].host], runs, CanaryFailed(bad[0]),
                                     step="bake")
                 result.waves.append(entry)
@@ -335,7 +345,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
 def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
     logger.info("rollout: prepare %d host%s (%d at a time), then %s", n, "" if n == 1 else "s",
                 min(opts.parallel, n) if n else 0,
-                "; ".join((f"canary {', '.join(w)}" + (f", bake {opts.bake:g}s" if opts.bake else ", no bake"))
+                "; ".join((f"canary {', '.join(w)}" + (f", bake {opts.bake:g}s" if opts.bake and len(shape.waves) > 1
+                                                        else ", no bake"))
                           if i == 0 and shape.canary else f"wave {', '.join(w)}" for i, w in enumerate(shape.waves)))
 
 
@@ -512,7 +523,8 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
                     if run.connection_lost
                     else f"the deploy lock on {run.host.name} was taken over, not the version"
                     if run.lock_lost
-                    else "the ledger could not record the deploy, not the version" if step == "record"
+                    else "the ledger could not record the deploy, not the version"
+                    if step == "record" or isinstance(error, LedgerWriteFailed)
                     else "the canary's metrics could not be read, not the version"
                     if step == "bake" and not isinstance(error, CanaryFailed) else None)
     verdict = error.verdict if isinstance(error, CanaryFailed) else None

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from mlops_common import faultpoint, log
+from mlops_common.errors import UserError
 
 from . import apply, cancel, host_config, verified
 from . import models_config as mc
-from .errors import HostUnreachable, LockHeld, SmokeFailed
+from .errors import HostUnreachable, LedgerWriteFailed, LockHeld, SmokeFailed
 from .observe import Observed
 from .options import DeployOptions
 from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, compose
@@ -115,6 +116,11 @@ class HostRun:
                     self.lock_lost = exc.message
                 self.outcome.failed_step, self.outcome.error = step.kind, exc.message
                 raise StepFailed(name, step, exc) from exc
+            except Exception as exc:  # noqa: BLE001 - the heartbeat's write failed: the host, not the version
+                self.connection_lost = True
+                self.outcome.failed_step = step.kind
+                self.outcome.error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                raise StepFailed(name, step, exc) from exc
             logger.info("%s: %s [%d/%d] %s", name, step.kind.phase, i, total, step.text)
             start = time.monotonic()
             try:
@@ -209,9 +215,16 @@ class HostRun:
     def _judge(self, report: SmokeReport, what: str) -> None:
         doc = report.to_dict()
         self.outcome.smoke.append(doc)
-        self.record("smoke_test", "passed" if report.passed else "failed", host=self.host.name,
-                    from_version=self.plan.current, to_version=report.version,
-                    reason=None if report.passed else report.summary(), details=doc)
+        try:
+            self.record("smoke_test", "passed" if report.passed else "failed", host=self.host.name,
+                        from_version=self.plan.current, to_version=report.version,
+                        reason=None if report.passed else report.summary(), details=doc)
+        except UserError as exc:
+            if report.passed:      # the version passed: only the record is missing
+                raise LedgerWriteFailed(f"{self.host.name}: {what} passed, but the ledger could not record "
+                                        f"it: {exc.message}") from None
+            logger.warning("%s: the ledger could not record the failed %s (%s)", self.host.name, what,
+                           exc.message)
         if not report.passed:
             raise SmokeFailed(f"{self.host.name}: {what} failed: {report.summary()}")
         logger.info("%s: %s passed (%s)", self.host.name, what,
@@ -221,6 +234,9 @@ class HostRun:
     def restore(self) -> dict:
         """Put the host back as observed before the deploy; never raises (reports instead)."""
         start = time.monotonic()
+        lock = getattr(self.conn, "lock", None)
+        if self.lock_lost is None and getattr(lock, "lost", None):
+            self.lock_lost = lock.lost           # taken over while this host waited for its wave
         if self.lock_lost and self.touched:      # the host is another deploy's now: leave it to it
             info = {"needed": True, "ok": False, "seconds": 0.0,
                     "error": f"not put back: {self.lock_lost}"}

@@ -1,0 +1,109 @@
+"""Put-back and blame guards of one host's run, found in review (in process, no services):
+
+- a host whose lock another deploy took over while it waited for its wave was still rewritten
+  by the put-back (only a takeover seen by its own step was honoured);
+- a heartbeat write that failed (a network blip) escaped as a bare exception: step ``?``, and the
+  version was blamed;
+- a smoke test that passed but whose ledger row could not be written failed the step and blamed
+  the version;
+- a canary breach whose ledger rows could not be written was reported as a ledger failure (the
+  version kept production); a lone changing host with ``--canary 1 --bake S`` waited S seconds and
+  judged nothing.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from mlops_common.errors import UserError
+from serving_sync import host_run
+from serving_sync import models_config as mc
+from serving_sync.errors import HostUnreachable, LedgerWriteFailed
+from serving_sync.observe import Observed
+from serving_sync.options import DeployOptions
+from serving_sync.plan import HostObservation, Phase, plan_host
+
+TEXT = 'model_config_list {\n config {\n name: "m"\n base_path: "/s/m"\n model_platform: "tensorflow"\n}\n}\n'
+
+
+def _run(*, lock=None, published=(1,), states=None, **kw) -> host_run.HostRun:
+    obs = HostObservation(host="h1", model="m", base_path="/s/m", main_policy="specific", main_base_path="/s/m",
+                          main_versions=(1,), main_labels=(("stable", 1),),
+                          main_states=states or {1: "AVAILABLE"}, stable=1, published=published, verified=(1,))
+    observed = Observed(obs, mc.parse(TEXT, "x"), TEXT)
+    conn = NS(host=NS(name="h1"), transport=object(), client=object(), lock=lock)
+    return host_run.HostRun(conn, observed, plan_host(obs, 2), DeployOptions(), golden=lambda: None,
+                            bundle=lambda: None, **kw)
+
+
+def test_a_host_whose_lock_was_taken_over_while_it_waited_is_not_put_back(monkeypatch):
+    run = _run(lock=NS(lost="this deploy lost its lock (now held by other@ci)"))
+    run.touched = True                                  # prepared: the validation entry was written
+    writes = []
+    monkeypatch.setattr(host_run.HostRun, "_restore", lambda self: writes.append("models.config"))
+    info = run.restore()
+    assert writes == [] and info["ok"] is False and "lost its lock" in info["error"]
+    assert run.outcome.status == "restore_failed" and run.lock_lost
+
+
+def test_a_failed_heartbeat_write_is_the_hosts_failure_not_the_versions():
+    def beat(force=False):
+        raise HostUnreachable("h1: writing the lock heartbeat failed (connection reset)")
+
+    run = _run(heartbeat=beat)
+    with pytest.raises(host_run.StepFailed) as e:
+        run.execute(Phase.SWITCH)
+    assert run.connection_lost and run.outcome.failed_step == e.value.step.kind
+    assert "connection reset" in run.outcome.error
+
+
+def test_a_passing_smoke_test_the_ledger_could_not_record_does_not_blame_the_version(monkeypatch):
+    def rec(*a, **k):
+        raise UserError("cannot write to the ledger database (database is locked)")
+
+    run = _run(record=rec, published=(1, 2), states={1: "AVAILABLE", 2: "AVAILABLE"})
+    passed = NS(passed=True, version=2, to_dict=lambda: {}, summary=lambda: "", checks=[], route="r")
+    with pytest.raises(LedgerWriteFailed) as e:
+        run._judge(passed, "smoke test of v2")
+    assert "passed, but the ledger could not record it" in e.value.message
+    failed = NS(passed=False, version=2, to_dict=lambda: {}, summary=lambda: "golden_outputs: differ",
+                checks=[], route="r")
+    with pytest.raises(host_run.SmokeFailed):               # a failure stays the version's
+        run._judge(failed, "smoke test of v2")
+
+
+def test_the_ledger_failure_keeps_production_where_it_is():
+    from serving_sync import fleet
+
+    result = fleet.FleetResult("m", 2, "production", "failed")
+    rows = []
+
+    def recorder(action, outcome, **fields):
+        rows.append((action, outcome, fields["details"]))
+
+    recorder.entry = lambda *a, **k: NS()
+    recorder.record_all = lambda rows: None
+    run = _run(record=recorder)
+    step = next(s for s in run.plan.steps if "smoke" in str(s.kind))
+    err = fleet._fail(result, recorder, run, [run],
+                      host_run.StepFailed("h1", step, LedgerWriteFailed("h1: smoke test passed, but ...")))
+    assert result.blames_version is False and "the ledger could not record" in str(err)
+    assert rows and rows[-1][2].get("registry_unchanged") is True
+
+
+def test_a_lone_changing_host_with_a_canary_is_not_baked(deploy_env):
+    """Nothing follows the canary, so there is nothing to protect and nothing to compare with: no
+    bake (it waited --bake seconds, judged nothing, and refused a host without metrics)."""
+    import time
+
+    env = deploy_env
+    host = env.add_host("file")                      # no monitoring config: no metrics page
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    t0 = time.monotonic()
+    r = env.cli("sync", "deploy", "--canary", "1", "--bake", "30")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 30 and "--bake 30s not used" in r.stderr, r.stderr
+    env.serves(host, v2)
