@@ -30,6 +30,7 @@ from .promotion_rules import (
     ever_held,
     failed_deploys,
     latest_gate,
+    ledger_production,
     previous_production,
     production_stack,
     reconcile_rows,
@@ -107,6 +108,26 @@ def _restore(model: str, previous: int | None) -> None:
     except Exception as exc:  # noqa: BLE001 - report the original failure, mention this one
         _log.error("could not put alias '%s' of '%s' back to %s: %s; check it with `mlops registry status`",
                    versions.PRODUCTION, model, previous, exc)
+
+
+def _restore_unless_recorded(ledger: Ledger, model: str, previous: int | None, moved_to: int | None) -> None:
+    """After a move whose last commit failed: put ``production`` back to ``previous`` — under the
+    promotion lock, and only while the alias still names ``moved_to`` and the ledger does not
+    record that move. Without the lock another promotion could get in first (confirm this move's
+    intent and move on), and the put-back would undo its move; a commit whose answer was lost is
+    recorded, and stays. When the lock cannot be had the alias stays where it is: the move's open
+    intent is what ``mlops registry reconcile`` settles."""
+    try:
+        with ledger.serialized(model) as tx:
+            if versions.production_version(model) != moved_to:
+                return
+            if ledger_production(tx.entries(actions=("promote", "rollback"))) == moved_to:
+                return
+            _restore(model, previous)
+    except Exception as exc:  # noqa: BLE001 - report the original failure, mention this one
+        _log.error("could not put alias '%s' of '%s' back to %s (%s): its intent row stays open; run "
+                   "`mlops registry reconcile`", versions.PRODUCTION, model, previous,
+                   getattr(exc, "message", exc))
 
 
 def _point(model: str, version: int | None) -> None:
@@ -258,7 +279,7 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         raise r.error from None
     except BaseException:
         if moved_alias:
-            _restore(model, current)
+            _restore_unless_recorded(ledger, model, current, row.to_version)
         raise
     at = entry.at.isoformat(timespec="seconds")
     verb = "rolled back" if action == "rollback" else "promoted"
@@ -368,6 +389,7 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     try:
         with ledger.serialized(model) as tx:
             current = versions.production_version(model)
+            _reconcile_in(tx, model, current, by.actor)     # a killed promotion's move is recorded first
             tx.append(Entry(action="deploy", model=model, outcome="failed", from_version=to,
                             to_version=failed, host=host, reason=reason, **by.row()))
             if current == failed:
@@ -385,7 +407,7 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
                 _log.warning("not moving production of '%s': %s", model, why)
     except BaseException:
         if moved_alias:
-            _restore(model, current)
+            _restore_unless_recorded(ledger, model, current, to)
         raise
     at = entry.at.isoformat(timespec="seconds")
     promo = Promotion(model=model, action="rollback", from_version=failed, to_version=to,

@@ -144,3 +144,56 @@ def test_sigkill_around_the_alias_move_never_leaves_production_where_the_ledger_
         assert "moved outside mlops" in status(model)["problem"]
         assert run_mlops("registry", "reconcile").returncode == 0
         assert rows(model)[-1] == ("promote", "ok", v1, v3) and status(model)["agrees"]
+
+
+def test_a_failed_deploys_revert_records_a_killed_promotion_first(make_version, tmp_path):
+    """A promotion killed after moving the alias left its intent open; the failed deploy's revert
+    moved production back without recording it, and reconcile then called it 'did not move'."""
+    model, v1, v2 = two_promoted_once(make_version)
+    held_promotion(v2, "promotion:after_alias", tmp_path / "marker")    # alias on v2, intent open
+    assert versions.production_version(model) == v2
+    promotion.revert_failed_deploy(model, v2, v1, "smoke test failed", actor="ci")
+    assert versions.production_version(model) == v1
+    assert rows(model)[-3:] == [("promote", "ok", v1, v2),          # the killed move, recorded first
+                                ("intent", "pending", v2, v1), ("rollback", "ok", v2, v1)]
+    doc = status(model)
+    assert doc["agrees"] and doc["open_intents"] == [], doc
+
+
+def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(make_version, monkeypatch):
+    """The put-back of a move whose last commit failed ran after the promotion lock was released:
+    a promotion that got in between (confirming the first move's intent, then moving on) was
+    undone, and the alias no longer matched the ledger."""
+    import threading
+
+    import sqlalchemy as sa
+
+    model, v1, v2 = two_promoted_once(make_version)
+    v3 = make_version(validation_status="passed")
+    led = Ledger()
+    commits = {"n": 0}
+
+    @sa.event.listens_for(led._engine, "commit")
+    def fail_the_last_commit(conn):                  # the intent commits; the ok row's commit fails
+        if threading.current_thread().name == "A":
+            commits["n"] += 1
+            if commits["n"] == 2:
+                conn.connection.dbapi_connection.execute("ROLLBACK")
+                raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    real = promotion._restore_unless_recorded
+
+    def another_promotion_first(*args):
+        b = threading.Thread(target=lambda: promotion.promote(model, v3, actor="bob"), name="B")
+        b.start()
+        b.join(timeout=60)
+        real(*args)
+
+    monkeypatch.setattr(promotion, "_restore_unless_recorded", another_promotion_first)
+    failed = []
+    a = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, promotion.promote, model, v2,
+                                                                    actor="alice", ledger=led)), name="A")
+    a.start()
+    a.join(timeout=120)
+    assert failed and versions.production_version(model) == v3
+    assert status(model)["agrees"]
