@@ -40,6 +40,7 @@ OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back", "pending")
 VERSION_TABLE = "ledger_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a writer waits for the lock before giving up
+LOCK_WAIT_S = float(SQLITE_BUSY_TIMEOUT_S)   # the same bound for PostgreSQL's advisory locks
 
 _metadata = sa.MetaData()
 entries_table = sa.Table(
@@ -190,7 +191,16 @@ def _create_engine(url: str) -> sa.Engine:
 
 def _lock(conn: sa.Connection, model: str) -> None:
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(model)})
+        # bounded like SQLite's busy timeout: a promotion holding the lock forever (its machine
+        # gone, the TCP session not yet dropped) must not hang every writer of the model
+        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'"))
+        try:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(model)})
+        except sa.exc.OperationalError as exc:
+            if "lock timeout" not in str(exc.orig):
+                raise
+            raise ConnectionFailure(f"waited {LOCK_WAIT_S:g}s for the ledger lock of '{model}'; another "
+                                    f"promotion holds it (`mlops registry status` shows open intents)") from None
     # SQLite: BEGIN IMMEDIATE already holds the database write lock.
 
 
@@ -242,7 +252,14 @@ def _promotion_session(engine: sa.Engine, url: str, model: str) -> Iterator[sa.C
             with _sqlite_promotion_lock(engine, url):
                 yield conn
             return
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(model)})
+        # try and sleep, not pg_advisory_lock: bounded, and Ctrl-C / SIGTERM work while it waits
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(model)}).scalar():
+            conn.commit()
+            if time.monotonic() > deadline:
+                raise ConnectionFailure(f"waited {LOCK_WAIT_S:g}s for the promotion lock of '{model}' in the "
+                                        f"ledger {safe_url(url)}; another promotion holds it")
+            time.sleep(0.05)
         conn.commit()
         try:
             yield conn

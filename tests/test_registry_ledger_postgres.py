@@ -91,3 +91,32 @@ def test_two_processes_migrate_a_fresh_postgres_database_at_once(postgres_url):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     assert len(Ledger(url).entries("m")) == 20
+
+
+def test_a_held_promotion_lock_is_waited_for_within_a_bound_on_postgres(postgres_url, monkeypatch):
+    """pg_advisory_lock waited with no bound (a holder whose machine vanished kept it until TCP
+    keepalive noticed, about two hours) and a Ctrl-C was lost meanwhile."""
+    import time
+
+    from mlops_common.errors import ConnectionFailure
+    from registry import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "LOCK_WAIT_S", 1.0)
+    holder = _raw(postgres_url)
+    holder.autocommit = True
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_mod._lock_key("m-held"),))
+    led = Ledger(postgres_url)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailure, match="another promotion holds it"):
+            with led.serialized("m-held"):
+                pass
+        with pytest.raises(ConnectionFailure, match="another promotion holds it"):
+            led.append(Entry(action="gate", model="m-held", outcome="passed", to_version=1))
+        assert time.monotonic() - t0 < 10
+    finally:
+        holder.cursor().execute("SELECT pg_advisory_unlock(%s)", (ledger_mod._lock_key("m-held"),))
+        holder.close()
+    with led.serialized("m-held") as tx:                    # free again: no lock left behind
+        tx.append(Entry(action="gate", model="m-held", outcome="passed", to_version=1))
+    assert [e.action for e in led.entries("m-held")] == ["gate"]
