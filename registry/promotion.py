@@ -256,6 +256,10 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             current = aliases.get(versions.PRODUCTION)
             _reconcile_in(tx, model, current, by.actor)
             v, extra = target(tx, current)
+            # SQLite: a read here holds the database's write lock (BEGIN IMMEDIATE); end it before
+            # asking MLflow, so other models' rows (a fleet deploy's) are not held up by its answer.
+            # The promotion lock stays held: no other promotion of this model gets in.
+            tx.commit()
             info = versions.get_version(model, v, aliases=aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)

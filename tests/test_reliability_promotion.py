@@ -197,3 +197,32 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
     a.join(timeout=120)
     assert failed and versions.production_version(model) == v3
     assert status(model)["agrees"]
+
+
+def test_a_promotion_waiting_for_mlflow_does_not_hold_up_other_ledger_writers(make_version, monkeypatch):
+    """SQLite: the promotion's reads took the database write lock (BEGIN IMMEDIATE) and kept it
+    through its MLflow call, so every other writer — another model's deploy rows — waited on it."""
+    import threading
+
+    from registry.ledger import Entry
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    real = versions.get_version
+    asked = threading.Event()
+
+    def slow_mlflow(*a, **k):
+        asked.set()
+        time.sleep(2.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(versions, "get_version", slow_mlflow)
+    p = threading.Thread(target=lambda: promotion.promote(model, v1, actor="alice"))
+    p.start()
+    assert asked.wait(60)
+    t0 = time.monotonic()
+    Ledger().append(Entry(action="deploy", model="another-model", outcome="ok", to_version=7, host="web-1"))
+    waited = time.monotonic() - t0
+    p.join(timeout=60)
+    assert waited < 1.0, waited
+    assert versions.production_version(model) == v1
