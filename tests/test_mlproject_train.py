@@ -90,7 +90,8 @@ def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_p
     assert {"plots/training_curves.png", "plots/confusion_matrix.png", "evaluation/heldout.json",
             "golden/request.json", "golden/response.json", "golden/signature.json",
             "tfserving/saved_model.pb", "tfserving/variables", "tfserving/assets.extra"} <= paths
-    # TF Serving's warmup file rides in the SavedModel: one batch record + one per golden instance
+    # TF Serving's warmup file rides in the SavedModel: one record per request shape, the golden
+    # batch and one instance
     from tensorflow_serving.apis import prediction_log_pb2
 
     from mlproject.constants import GOLDEN_SIZE
@@ -99,7 +100,8 @@ def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_p
 
     warm = client.download_artifacts(res["run_id"], f"tfserving/{WARMUP_FILE}", str(tmp_path))
     logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in _records(warm)]
-    assert len(logs) == 1 + GOLDEN_SIZE and all(lg.HasField("predict_log") for lg in logs)
+    assert len(logs) == 2 and all(lg.HasField("predict_log") for lg in logs)
+    assert [lg.predict_log.request.inputs["image"].tensor_shape.dim[0].size for lg in logs] == [GOLDEN_SIZE, 1]
     local = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="plots",
                                                 dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
     for name in ("training_curves.png", "confusion_matrix.png"):
