@@ -171,15 +171,22 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
     model, v1, v2 = two_promoted_once(make_version)
     v3 = make_version(validation_status="passed")
     led = Ledger()
-    commits = {"n": 0}
+    moved, failed_once = threading.Event(), threading.Event()
+    point = promotion._point
+
+    def move_alias(*args):
+        point(*args)
+        if threading.current_thread().name == "A":
+            moved.set()
+
+    monkeypatch.setattr(promotion, "_point", move_alias)
 
     @sa.event.listens_for(led._engine, "commit")
-    def fail_the_last_commit(conn):                  # the intent commits; the ok row's commit fails
-        if threading.current_thread().name == "A":
-            commits["n"] += 1
-            if commits["n"] == 2:
-                conn.connection.dbapi_connection.execute("ROLLBACK")
-                raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+    def fail_the_last_commit(conn):              # the commit of the ok row, after the alias moved
+        if threading.current_thread().name == "A" and moved.is_set() and not failed_once.is_set():
+            failed_once.set()
+            conn.connection.dbapi_connection.execute("ROLLBACK")
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
 
     real = promotion._restore_unless_recorded
 
