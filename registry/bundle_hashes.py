@@ -61,10 +61,8 @@ def check(model: str, version: int, root: str | Path, ledger=None) -> dict[str, 
     """Raise ``ConfigError`` (one line) when the bundle under ``root`` is not what was registered;
     otherwise the files' sha256 (``tree_files``), so a caller need not read them again (None when
     the version was registered without a record and nothing was hashed)."""
-    expected = recorded(model, version, ledger)
+    expected = _expected(model, version, ledger, "its artifacts are")
     if expected is None:
-        _log.warning("version %s of '%s' was registered without file hashes: its artifacts are used "
-                     "unchecked", version, model)
         return None
     got = tree_files(root)
     _refuse(model, version, differences(expected, got))
@@ -74,13 +72,20 @@ def check(model: str, version: int, root: str | Path, ledger=None) -> dict[str, 
 def check_files(model: str, version: int, files: dict[str, bytes], ledger=None) -> None:
     """``check`` for some files of the bundle read on their own (``{"golden/request.json": bytes}``):
     the golden set a switch to a version already on the hosts is verified with."""
-    expected = recorded(model, version, ledger)
+    expected = _expected(model, version, ledger, "its golden set is")
     if expected is None:
-        _log.warning("version %s of '%s' was registered without file hashes: its golden set is used "
-                     "unchecked", version, model)
         return
     got = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
     _refuse(model, version, differences({p: h for p, h in expected.items() if p in got}, got))
+
+
+def _expected(model: str, version: int, ledger, what: str) -> dict[str, str] | None:
+    """``recorded``, with the warning for a version registered before hashes were recorded."""
+    expected = recorded(model, version, ledger)
+    if expected is None:
+        _log.warning("version %s of '%s' was registered without file hashes: %s used unchecked",
+                     version, model, what)
+    return expected
 
 
 def _refuse(model: str, version: int, diff: list[str]) -> None:

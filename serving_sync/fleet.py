@@ -270,10 +270,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                             "bake (--canary, --wave or --bake stage it)", v, result.restore["rolled_back_from"])
             shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
             result.rollout = shape.to_dict()
-            # a bake needs hosts after the canary to protect (and to compare with)
-            judged = bool(shape.canary) and len(shape.waves) > 1
-            baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and judged else None
-            if opts.bake > 0 and not judged and runs:
+            baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and shape.bakeable else None
+            if opts.bake > 0 and not shape.bakeable and runs:
                 logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
                             else "--canary 0", opts.bake)
             if baker is not None:
@@ -345,7 +343,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
 def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
     logger.info("rollout: prepare %d host%s (%d at a time), then %s", n, "" if n == 1 else "s",
                 min(opts.parallel, n) if n else 0,
-                "; ".join((f"canary {', '.join(w)}" + (f", bake {opts.bake:g}s" if opts.bake and len(shape.waves) > 1
+                "; ".join((f"canary {', '.join(w)}" + (f", bake {opts.bake:g}s" if opts.bake and shape.bakeable
                                                         else ", no bake"))
                           if i == 0 and shape.canary else f"wave {', '.join(w)}" for i, w in enumerate(shape.waves)))
 

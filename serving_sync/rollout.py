@@ -20,6 +20,11 @@ class Shape:
     canary: tuple[str, ...]
     waves: tuple[tuple[str, ...], ...]            # every wave, the canary's first when there is one
 
+    @property
+    def bakeable(self) -> bool:
+        """A canary with hosts after it: something to protect, and to compare it with."""
+        return bool(self.canary) and len(self.waves) > 1
+
     def to_dict(self) -> dict:
         return {"canary": list(self.canary), "waves": [list(w) for w in self.waves]}
 

@@ -116,40 +116,17 @@ class SshTransport(Transport):
         ch.exec_command(command)
         return ch
 
-    def _finish(self, ch, timeout: float | None = None) -> tuple[int, bytes, bytes]:
-        out = _read_all(ch, stderr=False)
-        err = _read_all(ch, stderr=True)
-        if not ch.status_event.wait(timeout or self.op_timeout):
-            raise socket.timeout()
-        return ch.recv_exit_status(), out, err
-
-    def _finish_interruptible(self, ch, timeout: float, poll: float = 0.5) -> tuple[int, bytes, bytes]:
-        """``_finish`` for a command that runs for minutes in silence (a pull): a requested interrupt
-        (SIGTERM from a cancelled CI job, Ctrl-C) ends the wait within ``poll`` seconds, with
-        ``DeployInterrupted``, instead of after the whole download. ``timeout``: seconds without
-        output before the host counts as stalled."""
-        from ..cancel import check
-
-        chunks: list[bytes] = []
-        ch.settimeout(poll)
-        quiet_since = time.monotonic()
-        while True:
-            try:
-                data = ch.recv(65536)
-            except socket.timeout:
-                check()
-                if time.monotonic() - quiet_since > timeout:
-                    raise
-                continue
-            if not data:
-                break
-            chunks.append(data)
-            quiet_since = time.monotonic()
-        ch.settimeout(timeout)
+    def _finish(self, ch, timeout: float | None = None, *, interruptible: bool = False) -> tuple[int, bytes, bytes]:
+        """Read the command's output to the end and its exit status. ``interruptible``: for a
+        command that runs for minutes in silence (a pull), a requested interrupt (SIGTERM from a
+        cancelled CI job, Ctrl-C) ends the wait within half a second with ``DeployInterrupted``,
+        instead of after the whole download; ``timeout`` is then the silence allowed."""
+        timeout = timeout or self.op_timeout
+        out = _read_interruptible(ch, timeout) if interruptible else _read_all(ch, stderr=False)
         err = _read_all(ch, stderr=True)
         if not ch.status_event.wait(timeout):
             raise socket.timeout()
-        return ch.recv_exit_status(), b"".join(chunks), err
+        return ch.recv_exit_status(), out, err
 
     def _exec(self, command: str) -> tuple[int, bytes, bytes]:
         """Run one command on the host: (exit code, stdout, stderr)."""
@@ -455,7 +432,7 @@ class SshTransport(Transport):
             try:
                 _sender(ch)(payload)
                 ch.shutdown_write()
-                rc, out, err = self._finish_interruptible(ch, timeout)
+                rc, out, err = self._finish(ch, timeout, interruptible=True)
             finally:
                 ch.close()
         res = parse_output(out)
@@ -633,6 +610,32 @@ def _read_until_ready(ch, *, first_line_timeout: float) -> tuple[bool, bytes]:
             return False, buf + b"\n"
         buf += data
     return True, buf
+
+
+def _read_interruptible(ch, timeout: float, poll: float = 0.5) -> bytes:
+    """stdout to its end, checking for a requested interrupt every ``poll`` seconds; more than
+    ``timeout`` seconds without output is a stall (``socket.timeout``). Leaves the channel's
+    timeout at ``timeout``."""
+    from ..cancel import check
+
+    chunks: list[bytes] = []
+    ch.settimeout(poll)
+    quiet_since = time.monotonic()
+    try:
+        while True:
+            try:
+                data = ch.recv(65536)
+            except socket.timeout:
+                check()
+                if time.monotonic() - quiet_since > timeout:
+                    raise
+                continue
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            quiet_since = time.monotonic()
+    finally:
+        ch.settimeout(timeout)
 
 
 def _read_all(ch, *, stderr: bool) -> bytes:
