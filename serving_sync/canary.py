@@ -1,7 +1,8 @@
 """The bake: read the hosts' TF Serving metrics around a switch and judge each switched host.
 
-Timeline (``Baker``): ``start`` scrapes every changing host before anything changes (a canary
-whose metrics cannot be read is refused here, before any host is touched); ``before_switch``
+Timeline (``Baker``): ``start`` scrapes every changing host before anything changes (a host to be
+judged — the canary; with ``--bake-each-wave`` every wave but the last — whose metrics cannot be
+read is refused here, before any host is touched); ``before_switch``
 waits until the window since ``start`` is at least ``bake`` seconds (the canary's "before" window,
 equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
 switched hosts and the hosts still on the old version, waits ``bake`` seconds, scrapes again
@@ -40,6 +41,8 @@ def _sleep(seconds: float) -> None:
 
 
 class Baker:
+    """``canary``: the hosts to judge (``rollout.Shape.judged``); their metrics must be readable."""
+
     def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float = 5.0):
         self.model = model
         self.hosts = {r.host.name: r.host for r in runs}
@@ -74,7 +77,8 @@ class Baker:
             try:
                 self.s0[n] = self._scrape(n)
             except UserError as exc:
-                raise UserError(f"canary {exc.message}") from None
+                extra = " (--bake-each-wave judges every wave but the last)" if self.opts.bake_each_wave else ""
+                raise UserError(f"canary {exc.message}{extra}") from None
         self.s0.update(self._scrape_some([n for n in self.hosts if n not in self.canary]))
         self.t0 = time.monotonic()
 
@@ -85,12 +89,8 @@ class Baker:
         self.s1.update(self._scrape_some(names))
 
     def judge(self, wave, old) -> list[bake.Verdict]:
-        names = [r.host.name for r in wave]
+        judged = [r.host.name for r in wave]      # every one read before its switch (``canary``)
         old_names = [r.host.name for r in old]
-        for n in names:
-            if n not in self.s1:      # a wave host whose metrics could not be read is not judged
-                logger.warning("%s: not judged (%s)", n, self.unreadable.get(n, "no metrics"))
-        judged = [n for n in names if n in self.s1]
         s2 = self._scrape_some(judged + old_names)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
         _sleep(self.opts.bake)

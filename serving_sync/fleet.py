@@ -270,12 +270,13 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                             "bake (--canary, --wave or --bake stage it)", v, result.restore["rolled_back_from"])
             shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
             result.rollout = shape.to_dict()
-            baker = Baker(model, runs, shape.canary, opts) if opts.bake > 0 and shape.bakeable else None
+            baker = (Baker(model, runs, shape.judged(opts.bake_each_wave), opts)
+                     if opts.bake > 0 and shape.bakeable else None)
             if opts.bake > 0 and not shape.bakeable and runs:
                 logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
                             else "--canary 0", opts.bake)
             if baker is not None:
-                baker.start()        # before anything changes: a canary without metrics is refused here
+                baker.start()        # before anything changes: a judged host without metrics is refused here
             if any(p.publishes for p in plans):
                 lazy.bundle()        # before touching any host: a registry problem changes nothing
             else:
@@ -379,7 +380,12 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
     if not failures:
         return
     order = [r.host.name for r in runs]
-    first = next((n for n in order if n in failures), None)
+    by_name = {r.host.name: r for r in runs}
+    failed = [n for n in order if n in failures]
+    # the first failure that says the version is bad, else the first in hosts order: a lost
+    # connection on one host must not hide a failed smoke test on another (the version is blamed)
+    first = next((n for n in failed if _not_the_versions_fault(by_name[n], failures[n]) is None),
+                 failed[0] if failed else None)
     exc = failures.get("\0main") if first is None else failures[first]
     run = next((r for r in runs if r.host.name == first), runs[0])
     others = [n for n in order if n in failures and n != first]
@@ -510,21 +516,10 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
         recorder.record_all(rows)
     except UserError as exc:        # the hosts are back; the ledger is told what it can be told
         logger.warning("could not record the host rollbacks in the ledger (%s)", exc.message)
-    # Ctrl-C / SIGTERM: not the version's fault
-    interrupted = isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
+    interrupted = _interrupted(error)
     if interrupted and not isinstance(error, DeployInterrupted):
         why = "interrupted"
-    # production stays where it is when nothing says the version is bad
-    kept_because = ("the deploy was interrupted" if interrupted
-                    else "the upload failed, not the version" if step == "publish"
-                    else f"the connection to {run.host.name} was lost, not the version"
-                    if run.connection_lost
-                    else f"the deploy lock on {run.host.name} was taken over, not the version"
-                    if run.lock_lost
-                    else "the ledger could not record the deploy, not the version"
-                    if step == "record" or isinstance(error, LedgerWriteFailed)
-                    else "the canary's metrics could not be read, not the version"
-                    if step == "bake" and not isinstance(error, CanaryFailed) else None)
+    kept_because = _not_the_versions_fault(run, error, step=step)
     verdict = error.verdict if isinstance(error, CanaryFailed) else None
     result.blames_version = kept_because is None
     registry_note = _registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
@@ -555,6 +550,30 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     failed = DeployInterrupted(result.message) if interrupted else DeployFailed(result.message)
     failed.result = result                       # for --json
     return failed
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Ctrl-C / SIGTERM (or the deploy's own cancel): not the version's fault."""
+    return isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
+
+
+def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?") -> str | None:
+    """Why production stays where it is after this failure, or None when the version is to blame.
+    Production moves back only when something says the version is bad: not for an interrupt, a
+    failed upload, a lost connection or lock, a ledger that could not record, or a canary whose
+    metrics could not be read."""
+    step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
+    error = exc.error if isinstance(exc, StepFailed) else exc
+    return ("the deploy was interrupted" if _interrupted(error)
+            else "the upload failed, not the version" if step == "publish"
+            else f"the connection to {run.host.name} was lost, not the version"
+            if run.connection_lost
+            else f"the deploy lock on {run.host.name} was taken over, not the version"
+            if run.lock_lost
+            else "the ledger could not record the deploy, not the version"
+            if step == "record" or isinstance(error, LedgerWriteFailed)
+            else "the canary's metrics could not be read, not the version"
+            if step == "bake" and not isinstance(error, CanaryFailed) else None)
 
 
 def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,

@@ -25,6 +25,13 @@ class Shape:
         """A canary with hosts after it: something to protect, and to compare it with."""
         return bool(self.canary) and len(self.waves) > 1
 
+    def judged(self, each_wave: bool = False) -> tuple[str, ...]:
+        """The hosts judged on their live traffic: the canary, and with ``--bake-each-wave`` every
+        wave but the last (no host is left after it to protect)."""
+        if not self.bakeable:
+            return ()
+        return tuple(n for w in (self.waves[:-1] if each_wave else self.waves[:1]) for n in w)
+
     def to_dict(self) -> dict:
         return {"canary": list(self.canary), "waves": [list(w) for w in self.waves]}
 

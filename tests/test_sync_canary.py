@@ -163,3 +163,27 @@ def test_bake_each_wave_judges_a_later_wave_and_puts_every_switched_host_back(de
     assert env.production() == v1 and env.tags(v2)["deploy_status"] == "failed"
     assert [r.outcome for r in _canary_rows(env, v2)] == ["passed", "failed"]
     assert plain.non_200[last.name] == [] and plain.count > 50 and mixed.count > 50
+
+
+def test_bake_each_wave_refuses_a_judged_wave_host_without_metrics_before_anything_changes(deploy_env):
+    """With ``--bake-each-wave`` every wave but the last is judged like the canary, so a host of
+    such a wave whose metrics cannot be read is refused before any host is touched (it used to
+    switch unjudged, while metrics lost during its bake put the fleet back)."""
+    env = deploy_env
+    canary = env.add_monitored_hosts(1)[0]
+    unmonitored = env.add_hosts(1, "file")[0]          # wave 1: judged, no metrics page
+    last = env.add_monitored_hosts(1)[0]
+    hosts = [canary, unmonitored, last]
+    v1 = _first(env, hosts)
+    v2 = env.register("b")
+    env.promote(v2)
+    before = [env.config_text(h) for h in hosts]
+    res = env.cli("sync", "deploy", "--bake", "1", "--wave", "1", "--bake-each-wave")
+    assert res.returncode != 0
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
+    assert len(err) == 1, res.stderr
+    assert f"{unmonitored.name}: cannot read TF Serving's metrics" in err[0] and "--bake-each-wave" in err[0]
+    assert [env.config_text(h) for h in hosts] == before
+    for h in hosts:
+        env.serves(h, v1)
+    assert env.production() == v2

@@ -227,3 +227,37 @@ def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upl
     time.sleep(1.5)                            # past the servers' file-system poll: nothing loads it later
     assert env.states(host).get(bad) is None and set(seen) == {None}   # never in the main entry
     assert env.answers_like(host, v1) and env.which(host) == v1
+
+
+def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy_env, monkeypatch):
+    """Prepare fails on two hosts at once: the first (in hosts order) cannot take the upload — not
+    the version's fault — while the second's smoke test finds wrong outputs. The deploy reports the
+    smoke failure and blames the version (it used to report the first host's and leave
+    production on the bad version for the next run to find)."""
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    junk = hosts[0].base / env.model / str(v2)            # a damaged leftover: host 0's publish refuses it
+    junk.mkdir(parents=True)
+    (junk / "saved_model.pb").write_bytes(b"not a SavedModel")
+    load = host_run._RUNNERS[StepKind.LOAD_VALIDATION]
+    other_weights = env.bundles.path("c") / "tfserving" / "variables"
+
+    def other_weights_on_host_1(run, step):
+        if run.host.name == hosts[1].name:                  # published and verified; now other weights
+            dest = hosts[1].base / env.model / str(v2) / "variables"
+            for f in other_weights.iterdir():
+                (dest / f.name).write_bytes(f.read_bytes())
+        load(run, step)
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.LOAD_VALIDATION, other_weights_on_host_1)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts(canary=0))
+    message = str(failed.value)
+    assert f"failed on host {hosts[1].name} at step 'smoke_validation'" in message, message
+    assert f"also failed: {hosts[0].name}" in message
+    assert failed.value.result.blames_version is True
+    assert env.production() == v1                               # production moved back
+    assert env.tags(v2).get("deploy_status") == "failed"
+    for h in hosts:
+        env.serves(h, v1)

@@ -41,6 +41,14 @@ def test_canary_zero_and_two():
     assert s.canary == ("a", "b") and s.waves == (("a", "b"), ("c",), ("d",))
 
 
+def test_judged_hosts_are_the_canary_or_every_wave_but_the_last():
+    s = rollout.shape(["h1", "h2", "h3", "h4"], wave="1")
+    assert s.judged() == ("h1",)
+    assert s.judged(each_wave=True) == ("h1", "h2", "h3")        # h4's wave is last: nothing after it
+    assert rollout.shape(["h1", "h2", "h3"], canary=0).judged(each_wave=True) == ()   # no canary, no bake
+    assert rollout.shape(["h1"]).judged(each_wave=True) == ()
+
+
 @pytest.mark.parametrize("wave", ["0", "-1", "abc", "0%", "101%", "2.5"])
 def test_bad_wave_is_one_config_error(wave):
     with pytest.raises(ConfigError, match="--wave"):
