@@ -7,6 +7,7 @@ cannot reach the store fails in prepare and every host stays as it was. Item 9: 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -267,7 +268,8 @@ def test_the_fetch_script_uses_wget_without_curl_and_says_when_it_has_neither(fe
 
     if fetcher and shutil.which(fetcher) is None:
         pytest.skip(f"SKIPPED LOUDLY: {fetcher} is not installed on this machine (Debian package {fetcher})")
-    tools = ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm"] + ([fetcher] if fetcher else [])
+    tools = ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm", "sleep"]
+    tools += [fetcher] if fetcher else []
     path = _bin(tmp_path, tools)
     model = make_model_tree(tmp_path / "model", n_assets=2)
     m = mf.build(model)
@@ -394,18 +396,36 @@ def test_an_interrupt_ends_a_long_pull_at_once(sshd, tmp_path):
 
     model = make_model_tree(tmp_path / "model")
     m = mf.build(model)
-    served = _Served(model, expired=True, delay=4.0)
+    served = _Served(model, expired=True, delay=8.0)
     base = tmp_path / "host"
     base.mkdir()
     t = connect(sshd, base)
     timer = threading.Timer(1.0, cancel.request, args=("SIGTERM",))
+
+    def downloaders() -> list[str]:      # the host's curl / wget writing under base (same machine here)
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and Path(argv[0].decode(errors="replace")).name in ("curl", "wget") \
+                    and any(str(base).encode() in a for a in argv):
+                found.append(proc.name)
+        return found
+
     try:
         timer.start()
         started = time.monotonic()
         with pytest.raises(cancel.DeployInterrupted):
             publish(t, "digits", 1, model, m, pull=served.pull(m))
-        assert time.monotonic() - started < 2.5              # not the 4 s the download takes
+        assert time.monotonic() - started < 2.5              # not the 8 s the download takes
         assert not (base / "digits/1").exists()
+        # the host's downloader stops too (it ran on into a deleted directory until the store answered)
+        deadline = time.monotonic() + 4.0
+        while downloaders() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert downloaders() == [], "the host's download kept running after the deploy gave up"
     finally:
         timer.cancel()
         cancel.reset()

@@ -230,6 +230,12 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
     they reach curl (``-K -``) or wget (``-i -``) through a pipe from the shell's builtin
     ``printf``, never a process's argv. A download that stalls (under 1 KB/s for 30 s) fails.
     Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead).
+
+    A channel closed by the deploying machine (an interrupt, a timeout) ends the download: sshd
+    signals nothing to a command without a terminal, so while a file downloads a watcher writes
+    an empty line to stderr every second, and the first write that fails (the channel is gone)
+    stops the downloader and this script — instead of a download running on into a directory the
+    deploy has already removed, holding the disk space until it ends.
     """
     return f"""echo {MARK}
 if command -v curl >/dev/null 2>&1; then F=curl
@@ -244,10 +250,16 @@ while IFS="$tab" read -r kind p u; do
     f) mkdir -p -- "$(dirname -- "$dest/$p")" || exit 96
        if [ "$F" = curl ]; then
          printf 'url = "%s"\n' "$u" | curl -q --fail --silent --show-error --proto =http,https \
-           --connect-timeout 10 --speed-limit 1024 --speed-time 30 --retry 2 -K - -o "$dest/$p"
+           --connect-timeout 10 --speed-limit 1024 --speed-time 30 --retry 2 -K - -o "$dest/$p" &
        else
-         printf '%s\n' "$u" | wget -q --timeout=30 --tries=3 -O "$dest/$p" -i -
-       fi || {{ echo "@fetchfailed $p"; exit 97; }}
+         printf '%s\n' "$u" | wget -q --timeout=30 --tries=3 -O "$dest/$p" -i - &
+       fi
+       c=$!
+       ( trap '' PIPE; while sleep 1; do printf '\n' >&2 || {{ kill -TERM "$c" $$; exit 0; }}; done ) &
+       w=$!
+       wait "$c"; frc=$?
+       kill "$w" 2>/dev/null; wait "$w" 2>/dev/null
+       [ "$frc" -eq 0 ] || {{ echo "@fetchfailed $p"; exit 97; }}
        [ -f "$dest/$p" ] || : > "$dest/$p" || exit 96
        echo "@got $p" ;;
     *) echo "@badinput"; exit 98 ;;
