@@ -89,6 +89,12 @@ class DeployLedger:
         """Rows of several hosts (a wave's deploys, a fleet's host rollbacks) in one transaction."""
         self.ledger.append_all(entries)
 
+    def rollback_target(self) -> int | None:
+        """Where ``mlops registry rollback`` would move production now (None: no production, or
+        nowhere known): what retention keeps on every host, whichever version was deployed."""
+        current = versions.production_version(self.model)
+        return None if current is None else self.previous_production(current)
+
     def previous_production(self, version: int) -> int | None:
         """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known):
         the rule ``mlops registry rollback`` follows, on the same ledger rows and registry tags."""

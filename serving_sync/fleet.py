@@ -416,17 +416,22 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                         f"answers: it records it") from None
     # Cleanup on every host at once: on an SSH host removing a version is one command through
     # the deploy user's shell, and a fleet waited for those one after the other. Where the
-    # registry would roll back to stays (a rollback is then a switch, not a new upload).
+    # registry would roll back to now stays (a rollback is then a switch, not a new upload) —
+    # for a --version deploy too, whose own predecessor is not production's.
     try:
-        rollback_to = recorder.previous_production(result.version)
-    except UserError as exc:
-        logger.warning("could not read where production would roll back to (%s); retention keeps "
-                       "only what each host serves and kept", exc.message)
-        rollback_to = None
-    for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts, rollback_to), runs,
-                                                     workers=opts.parallel, name="retention")):
-        run.outcome.retention = info
-    _store_retention(result, runs, opts, rollback_to)
+        rollback_to = recorder.rollback_target()
+    except UserError as exc:       # not knowing what to keep: remove nothing this time
+        logger.warning("could not read where production would roll back to (%s); nothing removed from "
+                       "the hosts this time: the next deploy cleans up", exc.message)
+        for run in runs:
+            run.outcome.retention = {"skipped": exc.message}
+        for entry in result.stores:
+            entry["retention"] = {"skipped": exc.message}
+    else:
+        for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts, rollback_to), runs,
+                                                         workers=opts.parallel, name="retention")):
+            run.outcome.retention = info
+        _store_retention(result, runs, opts, rollback_to)
     result.status = "deployed"
     parts = []
     for run in runs:
@@ -440,23 +445,28 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
 def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None) -> None:
     """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``)."""
     stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
-    loaded = tuple(sorted({v for r in runs for v in r.plan.final.versions}))
+    kept = tuple(sorted({v for r in runs for v in r.plan.final.versions}
+                        | {p for r in runs if (p := _host_previous(r.plan)) is not None}))
     for entry in result.stores:
         try:
             entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,
-                                        previous=rollback_to, keep=opts.keep, protected=loaded)
+                                        previous=rollback_to, keep=opts.keep, protected=kept)
         except UserError as exc:   # the deploy succeeded; the next one cleans up
             logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],
                            exc.message)
             entry["retention"] = {"error": exc.message}
 
 
+def _host_previous(plan) -> int | None:
+    """What a host keeps as its previous version: the one kept warm, else the one it served."""
+    return plan.previous_kept if plan.previous_kept is not None else plan.current
+
+
 def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
     plan = run.plan
     try:
         run.heartbeat()               # raises at once if the lock's thread found it taken over
-        rp = retention.plan(run.transport, plan.model, serving=plan.desired,
-                            previous=plan.previous_kept if plan.previous_kept is not None else plan.current,
+        rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + (() if rollback_to is None else (rollback_to,)))
         if rp.remove_versions or rp.remove_uploads:
@@ -465,9 +475,10 @@ def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None
         if rp.remove_versions:
             verified.forget(run.transport, plan.model, rp.remove_versions)
         return rp.to_dict()
-    except UserError as exc:   # the deploy succeeded; cleaning up can wait for the next one
-        logger.warning("%s: retention failed (%s); it will be retried by the next deploy", run.host.name, exc)
-        return {"error": exc.message}
+    except (UserError, OSError) as exc:   # the deploy succeeded; cleaning up can wait for the next one
+        message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("%s: retention failed (%s); it will be retried by the next deploy", run.host.name, message)
+        return {"error": message}
 
 
 def _restore_all(runs: list[HostRun]) -> list[tuple[HostRun, dict]]:

@@ -300,6 +300,33 @@ def test_sftp_only_account_publishes_and_verifies_by_reading_back(sshd_factory, 
         t.close()
 
 
+def test_sftp_only_removal_removes_a_symlinked_version_and_never_what_it_points_at(sshd_factory, tmp_path):
+    """Over SFTP (no shell) removing a version listed a symlinked version directory's target and
+    deleted it — outside the base — then failed on the link with an error retention did not catch."""
+    from serving_sync import retention
+
+    srv = sshd_factory(extra_config=("ForceCommand internal-sftp",))
+    base = tmp_path / "srv"
+    outside = tmp_path / "precious"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "data.bin").write_bytes(b"x" * 10)
+    (outside / "sub" / "more.bin").write_bytes(b"y")
+    for v in (2, 3, 4, 5):
+        (base / MODEL / str(v)).mkdir(parents=True)
+        (base / MODEL / str(v) / "saved_model.pb").write_bytes(b"pb")
+    (base / MODEL / "1").symlink_to(outside, target_is_directory=True)
+    t = connect(srv, base)
+    try:
+        rp = retention.plan(t, MODEL, serving=5, previous=4, keep=3)
+        assert 1 in rp.remove_versions
+        retention.apply(t, rp)
+        assert t._no_shell            # it really went the SFTP way
+    finally:
+        t.close()
+    assert not (base / MODEL / "1").is_symlink()                      # the link is gone
+    assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == ["data.bin", "sub", "sub/more.bin"]
+
+
 def test_tar_upload_sets_readable_modes_and_no_foreign_owner(sshd, tmp_path):
     model = make_model_tree(tmp_path / "model")
     os.chmod(model / "saved_model.pb", 0o600)   # TF Serving may run as another user

@@ -523,7 +523,12 @@ class SshTransport(Transport):
             self._rmtree_sftp(path)
 
     def _rmtree_sftp(self, path: str) -> None:
+        """``rm -rf`` over SFTP: a symlink is removed, never followed (listing it would list, and
+        then delete, what it points at — outside the base)."""
         try:
+            if stat.S_ISLNK(self.sftp.lstat(path).st_mode or 0):
+                self.sftp.remove(path)
+                return
             attrs = self.sftp.listdir_attr(path)
         except FileNotFoundError:
             return

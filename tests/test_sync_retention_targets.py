@@ -1,0 +1,104 @@
+"""What a successful deploy removes from its hosts and its shared store (found by review):
+
+- a ``--version`` deploy protected its own predecessor, not where ``mlops registry rollback``
+  goes (production's), and removed that from the hosts;
+- when the rollback target could not be read after the switch, retention removed without it;
+- the store removed a version a host keeps as its previous one (``--no-keep-previous``, or a
+  switch down to a lower version), so the next rollback uploaded it again.
+
+Real ``retention`` on local directories; the registry side is a stand-in recorder (its rule is
+``registry.deploys.DeployLedger.rollback_target``, tested against a real MLflow in
+``test_registry_previous_production.py``).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from mlops_common.errors import UserError
+from serving_sync import fleet
+from serving_sync.options import DeployOptions
+from serving_sync.transports.local import LocalTransport
+
+M = "digits"
+
+
+def _host(root, versions) -> LocalTransport:
+    for v in versions:
+        d = root / M / str(v)
+        d.mkdir(parents=True)
+        (d / "saved_model.pb").write_bytes(b"pb")
+    return LocalTransport(root)
+
+
+def _on(root) -> list[int]:
+    return sorted(int(p.name) for p in (root / M).iterdir() if p.name.isdigit())
+
+
+def _run(t, *, desired, current, previous_kept, final, store=None):
+    return NS(plan=NS(model=M, desired=desired, current=current, previous_kept=previous_kept,
+                      final=NS(versions=final)),
+              transport=t, host=NS(name="h1", store=store), heartbeat=lambda force=False: None,
+              outcome=NS(retention=None, host="h1", from_version=current, previous_kept=previous_kept))
+
+
+class _Recorder:
+    def __init__(self, target=None, error=None, own=None):
+        self.target, self.error, self.own = target, error, own
+
+    def previous_production(self, version):     # the deployed version's own predecessor
+        if self.error:
+            raise UserError(self.error)
+        return self.own
+
+    def rollback_target(self):
+        if self.error:
+            raise UserError(self.error)
+        return self.target
+
+
+@pytest.fixture
+def untagged(monkeypatch):
+    monkeypatch.setattr(fleet.deploys, "tag", lambda *a, **k: None)
+
+
+def _result(version, stores=()):
+    return NS(model=M, version=version, bake=[], rollout={}, stores=list(stores), status="failed", message="")
+
+
+def test_a_version_deploy_keeps_where_the_registry_would_roll_back_to(tmp_path, untagged):
+    # production history 3 -> 4 -> 5; hosts serve 5; `mlops sync deploy --version 6 --keep 1`:
+    # `mlops registry rollback` would go to 4 (production's predecessor), not 5 (6's)
+    t = _host(tmp_path, [3, 4, 5, 6])
+    run = _run(t, desired=6, current=5, previous_kept=5, final=(5, 6))
+    fleet._succeeded(_result(6), _Recorder(target=4, own=5), [run], DeployOptions(keep=1))
+    assert _on(tmp_path) == [4, 5, 6]
+
+
+def test_an_unreadable_rollback_target_removes_nothing(tmp_path, untagged):
+    t = _host(tmp_path, [3, 4, 5, 6])
+    run = _run(t, desired=6, current=5, previous_kept=5, final=(5, 6))
+    result = _result(6, stores=[{"store": "s3://b/p"}])
+    fleet._succeeded(result, _Recorder(error="MLflow answered 503"), [run], DeployOptions(keep=1))
+    assert _on(tmp_path) == [3, 4, 5, 6]
+    assert run.outcome.retention == {"skipped": "MLflow answered 503"}
+    assert result.stores[0]["retention"] == {"skipped": "MLflow answered 503"}
+    assert result.status == "deployed"
+
+
+def test_the_store_keeps_what_the_hosts_keep_when_the_old_version_is_not_kept_warm(tmp_path, monkeypatch):
+    """Production rolled back 5 -> 4: the hosts switch down to 4 (5 is not kept loaded) but keep
+    5's files as their previous version; the store removed 5."""
+    import serving_sync.transports.s3 as s3mod
+
+    host_dir, store_dir = tmp_path / "host", tmp_path / "store"
+    host, store_t = _host(host_dir, [3, 4, 5, 6]), _host(store_dir, [3, 4, 5, 6])
+    monkeypatch.setattr(s3mod, "S3Transport", lambda bucket, path, **kw: store_t)   # the bucket, on disk
+    store = NS(url="s3://bucket/p", target=NS(bucket="bucket", path="p"))
+    run = _run(host, desired=4, current=5, previous_kept=None, final=(4,), store=store)
+    opts = DeployOptions(keep=1)
+    fleet._retention(run, opts, 3)
+    fleet._store_retention(NS(model=M, version=4, stores=[{"store": store.url}]), [run], opts, 3)
+    assert _on(host_dir) == [3, 4, 5, 6]         # rollback target, serving, previous, newest
+    assert _on(store_dir) == _on(host_dir)       # the store removed 5
