@@ -55,7 +55,8 @@ def _signature_problems(candidate_sig, production_sig, has_production: bool) -> 
 
 
 def _check_evaluation(doc: dict, version: int) -> dict:
-    missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n") if k not in doc]
+    missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n", "dataset", "heldout_fingerprint")
+               if doc.get(k) in (None, "")]
     if missing:
         raise ConfigError(f"the evaluation of version {version} lacks {', '.join(missing)}; "
                           f"it must be an mlproject Evaluation document")

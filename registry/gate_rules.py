@@ -15,7 +15,10 @@ Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
 3. ``class_accuracy_vs_production``: no class's accuracy lower than production's by more than
    0.10.
 4. ``signature``: the serving signature stays compatible (unless explicitly allowed).
-5. ``same_heldout_set``: both evaluations used the same held-out set (fingerprints).
+5. ``same_heldout_set``: both evaluations used the same held-out set (fingerprints; a missing
+   fingerprint fails: it proves nothing).
+6. ``metrics_valid`` (only when it fails): every accuracy, overall and per class, is a number in
+   [0, 1] — a NaN passes no comparison and an inf passes every one.
 
 With no production version, only rule 1 (and the candidate's own signature format) applies.
 
@@ -113,6 +116,13 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
     """Apply the rules. ``production`` None means there is no production version yet."""
     checks: list[Check] = []
     notes: list[str] = []
+    invalid = _invalid_metrics(candidate, "candidate") + (
+        _invalid_metrics(production, f"production v{baseline_version}") if production is not None else [])
+    if invalid:       # a NaN passes no comparison and an inf passes every one: neither is a measurement
+        return Verdict(passed=False, checks=[Check("metrics_valid", False, "; ".join(invalid))],
+                       baseline_version=baseline_version if production is not None else None,
+                       tolerance=None, tolerance_derivation=None,
+                       notes=["The evaluation is not a measurement: no other rule was applied."])
     acc = float(candidate["accuracy"])
     checks.append(_at_least("min_accuracy", acc, rules.min_accuracy,
                             f"held-out accuracy {acc:.4f} (minimum {rules.min_accuracy:.2f})"))
@@ -122,9 +132,12 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
         notes.append("No production version yet: only the absolute rules applied.")
     else:
         cand_fp, prod_fp = candidate.get("heldout_fingerprint"), production.get("heldout_fingerprint")
-        same = not cand_fp or not prod_fp or cand_fp == prod_fp
+        same = bool(cand_fp) and cand_fp == prod_fp     # an unrecorded held-out set proves nothing
         checks.append(Check("same_heldout_set", same,
                             "both evaluated on the same frozen held-out set" if same else
+                            f"the held-out set of {'the candidate' if not cand_fp else 'production'} is not "
+                            f"recorded (no heldout_fingerprint): metrics are not comparable"
+                            if not (cand_fp and prod_fp) else
                             f"the held-out sets differ (candidate {candidate.get('dataset')} "
                             f"{str(cand_fp)[:12]}, production {production.get('dataset')} "
                             f"{str(prod_fp)[:12]}): metrics are not comparable"))
@@ -161,6 +174,23 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
     return Verdict(passed=all(c.passed for c in checks), checks=checks,
                    baseline_version=baseline_version if production is not None else None,
                    tolerance=tolerance, tolerance_derivation=derivation, notes=notes)
+
+
+def _invalid_metrics(doc: dict, who: str) -> list[str]:
+    """Accuracies that are not numbers in [0, 1] (NaN, inf, negative, above 1, not a number)."""
+    def bad(value) -> bool:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            return True
+        return not (math.isfinite(x) and 0.0 <= x <= 1.0)
+
+    out = [f"{who}'s accuracy is {doc.get('accuracy')!r}, not a number in [0, 1]"] if bad(doc.get("accuracy")) else []
+    classes = sorted((k for k, x in (doc.get("per_class_accuracy") or {}).items() if bad(x)), key=_class_key)
+    if classes:
+        out.append(f"{who}'s accuracy of class{'es' if len(classes) > 1 else ''} {', '.join(classes)} is not a "
+                   f"number in [0, 1]")
+    return out
 
 
 def _at_least(rule: str, observed: float, limit: float, message: str) -> Check:

@@ -137,3 +137,20 @@ def test_unknown_version_is_one_clear_line(make_version):
     make_version()
     with pytest.raises(NotFoundError, match="version 5 of registered model"):
         run_gate(model, 5, Evaluations({}))
+
+
+def test_an_evaluation_without_its_data_set_or_held_out_fingerprint_is_refused(make_version):
+    """Production was re-evaluated with ``dataset=None`` — on its own data set — when the
+    candidate's document did not name one, and a missing fingerprint counted as "the same"."""
+    from mlops_common.errors import ConfigError
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    for key in ("dataset", "heldout_fingerprint"):
+        partial = {k: x for k, x in doc(0.95).items() if k != key}
+        ev = Evaluations({v1: doc(0.60), v2: partial})
+        with pytest.raises(ConfigError, match=key):
+            run_gate(model, v2, ev)
+        assert ev.calls == [(v2, None)]                       # production never measured on other data
+        assert versions.get_version(model, v2).aliases == ()

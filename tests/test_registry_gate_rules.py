@@ -177,3 +177,39 @@ def test_report_without_production_says_so():
     assert rep["metrics"]["production"] is None and rep["production_version"] is None
     md = gate_report.markdown(rep)
     assert "PASSED" in md and "only the absolute rules applied" in md
+
+
+# --- found by review: verdicts on documents that prove nothing -------------------------------
+@pytest.mark.parametrize("cand_fp, prod_fp", [("", FP), (None, FP), (FP, ""), (None, None)])
+def test_an_unrecorded_held_out_set_is_not_the_same_held_out_set(cand_fp, prod_fp):
+    cand, prod = evaluation(0.95), evaluation(0.60)
+    for doc, fp in ((cand, cand_fp), (prod, prod_fp)):
+        if fp is None:
+            del doc["heldout_fingerprint"]
+        else:
+            doc["heldout_fingerprint"] = fp
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert "same_heldout_set" in failed_rules(v)
+    assert "not recorded" in next(c.message for c in v.checks if c.rule == "same_heldout_set")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1.5, -0.1])
+def test_an_accuracy_that_is_not_a_number_in_0_1_fails(value):
+    v = decide(evaluation(value), evaluation(0.95), GateRules(), baseline_version=1)
+    assert not v.passed and "metrics_valid" in failed_rules(v), [c.message for c in v.checks]
+    v = decide(evaluation(0.95), evaluation(value), GateRules(), baseline_version=1)   # production's too
+    assert not v.passed and "metrics_valid" in failed_rules(v)
+
+
+def test_a_nan_class_accuracy_fails_and_is_named():
+    per_class = {str(k): 0.95 for k in range(10)}
+    v = decide(evaluation(0.95, dict(per_class, **{"3": math.nan})), evaluation(0.95, per_class), GateRules(),
+               baseline_version=1)
+    assert not v.passed
+    msg = next(c.message for c in v.checks if c.rule == "metrics_valid")
+    assert "class 3 is not a number" in msg
+
+
+def test_valid_documents_have_no_metrics_rule():
+    v = decide(evaluation(0.95), evaluation(0.95), GateRules(), baseline_version=1)
+    assert v.passed and "metrics_valid" not in [c.rule for c in v.checks]
