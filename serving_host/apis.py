@@ -21,6 +21,8 @@ from serving_host.status import invalid_argument
 _FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
            7: "string_val", 9: "int64_val", 10: "bool_val", 17: "int_val", 22: "uint32_val",
            23: "uint64_val"}
+# DT_HALF and DT_BFLOAT16: ``half_val`` holds each value's 16 bits (ProtoHelper<Eigen::half>::Fill)
+_HALF_FIELDS = {19: "half_val", 14: "half_val"}
 
 
 def tensor_from_proto(alias: str, proto) -> np.ndarray:
@@ -30,6 +32,14 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
     dims = [d.size for d in proto.tensor_shape.dim]
     if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims) or proto.dtype == 0:
         raise invalid_argument(f"tensor parsing error: {alias}")
+    field = _FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype)
+    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if field is not None and not proto.tensor_content and len(getattr(proto, field)) > n:
+        # FromProtoField copies the first n values and ignores the rest (tensor.cc)
+        trimmed = type(proto)()
+        trimmed.CopyFrom(proto)
+        del getattr(trimmed, field)[n:]
+        proto = trimmed
     try:
         arr = tf.make_ndarray(proto)
     except Exception:  # noqa: BLE001 - any malformed TensorProto is the client's error
@@ -51,7 +61,10 @@ def tensor_to_proto(arr: np.ndarray):
     for d in arr.shape:
         proto.tensor_shape.dim.add().size = int(d)
     field = _FIELDS.get(proto.dtype)
-    if field is None:  # half, bfloat16, complex...: TensorFlow's own conversion
+    if proto.dtype in _HALF_FIELDS:
+        proto.half_val.extend(np.ascontiguousarray(arr).reshape(-1).view(np.uint16).tolist())
+        return proto
+    if field is None:  # complex, ...: TensorFlow's own conversion
         return tf.make_tensor_proto(arr)
     flat = arr.reshape(-1)
     if field == "string_val":

@@ -4,7 +4,7 @@ PredictionService (``prediction_service_impl.cc``): Predict, Classify, Regress, 
 and GetModelMetadata resolve the servable like ``ServerCore::GetServableHandle`` (NOT_FOUND for an
 unknown model or version, INVALID_ARGUMENT for an unknown label) and run ``serving_host.apis``
 over the same servable core as REST. Error texts longer than 1024 characters are cut as
-``ToGRPCStatus`` cuts them. Predict, Classify and Regress count every request and time the OK
+``ToGRPCStatus`` cuts them, on every RPC. Predict, Classify and Regress count every request and time the OK
 ones (``RecordModelRequestCount`` / ``RecordRequestLatency``, entrypoint ``GRPC``); TF Serving
 records neither for MultiInference nor GetModelMetadata.
 
@@ -36,6 +36,21 @@ from serving_host.status import CODES, ServingError, invalid_argument
 log = logging.getLogger("serving_host")
 
 
+ERROR_MESSAGE_LIMIT = 1024
+
+
+def grpc_message(message: str) -> str:
+    """``ToGRPCStatus``: messages over 1024 characters end in ``...TRUNCATED``."""
+    if len(message) > ERROR_MESSAGE_LIMIT:
+        return message[:ERROR_MESSAGE_LIMIT] + "...TRUNCATED"
+    return message
+
+
+def _abort(context, exc: ServingError):
+    """End the RPC with ``exc`` as ``ToGRPCStatus`` does (every RPC's status goes through it)."""
+    context.abort(getattr(grpc.StatusCode, exc.code), grpc_message(exc.message))
+
+
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: Manager):
         self.manager = manager
@@ -48,10 +63,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             version = spec.version.value if spec.HasField("version") else None
             return status_response(self.manager, spec.name, version)
         except ServingError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+            _abort(context, exc)
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802 - gRPC method name
         response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()     # ToStatusProto(status): present, empty when OK
         names = list(dict.fromkeys(request.metric_names))    # model_service_impl.cc GetMetrics
         before = {n: metrics.REGISTRY.first_int(n) for n in names}
         try:
@@ -67,20 +83,10 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             response.status.error_code = CODES[exc.code]
             response.status.error_message = exc.message
             context.set_code(getattr(grpc.StatusCode, exc.code))
-            context.set_details(exc.message)
+            context.set_details(grpc_message(exc.message))
         for n in names:                                       # RecordMetricsIncrease, also after a failure
             response.metric.add(name=n, int64_value_increase=metrics.REGISTRY.first_int(n) - before[n])
         return response
-
-
-ERROR_MESSAGE_LIMIT = 1024
-
-
-def grpc_message(message: str) -> str:
-    """``ToGRPCStatus``: messages over 1024 characters end in ``...TRUNCATED``."""
-    if len(message) > ERROR_MESSAGE_LIMIT:
-        return message[:ERROR_MESSAGE_LIMIT] + "...TRUNCATED"
-    return message
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -111,7 +117,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         except ServingError as exc:
             if api is not None:
                 metrics.record_request(request.model_spec.name, api, "GRPC", exc.code, 0.0)
-            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+            _abort(context, exc)
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
         self._checked(context, request, "Predict")
@@ -142,7 +148,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             apis.check_metadata_request(request)
         except ServingError as exc:
-            context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+            _abort(context, exc)
         return self._call(context, lambda s: apis.metadata(s, request), request.model_spec, None)
 
 

@@ -181,23 +181,16 @@ class Servable:
                                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
                                f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {sig.method_name}")
         expected = set(sig.inputs)
-        if len(inputs) != len(expected):
+        defaults = sig.defaults if hasattr(sig, "defaults") else {}
+        if len(inputs) > len(expected) or (len(inputs) < len(expected) and not defaults):
             sent_extra = sorted(set(inputs) - expected)
             missing = sorted(expected - set(inputs))
             raise invalid_argument(
                 f"input size does not match signature: {len(inputs)}!={len(expected)} "
                 f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(expected))}}}). "
                 f"Sent extra: {{{','.join(sent_extra)}}}. Missing but required: {{{','.join(missing)}}}.")
-        for alias in sorted(expected):
-            if alias not in inputs:
-                raise invalid_argument(f"Signature input alias: {alias} not found in request and no "
-                                       "defaults")
-        for i, alias in enumerate(sorted(expected)):  # FunctionCallFrame::SetArgs' check
-            want, got = sig.inputs[alias].dtype, _dt_enum(inputs[alias])
-            if got != want:
-                raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but "
-                                       f"{dtype_name(got)} is provided")
-        aliases: list[str] = []
+        feeds = self._input_values(sig, inputs, defaults)
+        aliases: list[str] = []          # PreProcessPrediction: outputs after inputs, before the run
         for alias in output_filter:
             if alias not in sig.outputs:
                 raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs "
@@ -205,11 +198,40 @@ class Servable:
             if alias in aliases:
                 raise invalid_argument(f"duplicate output tensor alias: {alias}")
             aliases.append(alias)
+        for i, alias in enumerate(sorted(expected)):  # the session run's FunctionCallFrame::SetArgs check
+            want, got = sig.inputs[alias].dtype, _dt_enum(feeds[alias])
+            if got != want:
+                raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but "
+                                       f"{dtype_name(got)} is provided")
         start = time.monotonic()
-        out = self.run(name, inputs, tuple(aliases) or None)
+        out = self.run(name, feeds, tuple(aliases) or None)
         metrics.record_runtime(self.name if model_name is None else model_name, "Predict",
                                time.monotonic() - start)
         return out
+
+    @staticmethod
+    def _input_values(sig, inputs, defaults) -> dict[str, np.ndarray]:
+        """TensorFlow's ``saved_model::GetInputValues``: each signature input from the request or
+        the signature's default, parsed as it is reached; then every request input must have been
+        used. (Its map order is unspecified; ours is sorted.)"""
+        from serving_host.apis import tensor_from_proto
+
+        feeds, seen = {}, set()
+        for alias in sorted(sig.inputs):
+            if alias in inputs:
+                feeds[alias] = inputs[alias]
+                seen.add(alias)
+            elif alias in defaults:
+                feeds[alias] = tensor_from_proto(alias, defaults[alias])
+            else:
+                raise invalid_argument(
+                    f"Signature input alias: {alias}(feed name: {sig.inputs[alias].name}) not found in request "
+                    f"and no default value provided. Inputs expected to be in the request "
+                    f"{{{','.join(sorted(inputs))}}}, or default input alias set: {','.join(sorted(defaults))}")
+        if inputs and len(seen) != len(inputs):
+            raise invalid_argument(f"Inputs contains invalid name. Used request inputs: {','.join(sorted(seen))}, "
+                                   f"request input: {','.join(sorted(inputs))}")
+        return feeds
 
     def _signature_for(self, signature_name: str, method: str, kind: str):
         """``GetClassificationSignatureDef`` / ``GetRegressionSignatureDef``."""

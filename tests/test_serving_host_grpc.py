@@ -202,10 +202,15 @@ def test_predict_errors(server):
     r.inputs["z"].CopyFrom(r.inputs["x"])
     del r.inputs["x"]
     e = rpc_error(stub.Predict, r)
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "Signature input alias: x not found" in e.details()
+    assert (e.code(), e.details()) == (   # TensorFlow's saved_model::GetInputValues
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Signature input alias: x(feed name: x:0) not found in request and no default value provided. "
+        "Inputs expected to be in the request {z}, or default input alias set: ")
 
     r = predict_request()
-    r.inputs["x"].float_val.append(9.0)  # two values for a shape of one element
+    r.inputs["x"].float_val.append(9.0)  # two values for a shape of one element: the first is used
+    assert list(stub.Predict(r, RPC_TIMEOUT).outputs["y"].float_val) == [3.0]     # (tensor.cc FromProtoField)
+    r.inputs["x"].tensor_shape.dim[0].size = -1
     e = rpc_error(stub.Predict, r)
     assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
     r.inputs["extra"].CopyFrom(r.inputs["x"])  # the count is checked before any tensor is parsed
@@ -223,6 +228,10 @@ def test_predict_errors(server):
                                        "to be in the set {y}.")
     e = rpc_error(stub.Predict, predict_request(output_filter=["y", "y"]))
     assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "duplicate output tensor alias: y")
+    r = predict_request(output_filter=["q"])          # the filter is checked before the session run's dtypes
+    r.inputs["x"].CopyFrom(tf.make_tensor_proto([b"two"]))
+    e = rpc_error(stub.Predict, r)
+    assert e.details().startswith("output tensor alias not found in signature: q")
 
     from tensorflow_serving.apis import predict_pb2
 
@@ -238,6 +247,15 @@ def test_long_error_messages_are_cut_as_tf_serving_cuts_them(server):
     assert e.code() == grpc.StatusCode.NOT_FOUND
     full = f"Servable not found for request: Latest({'m' * 2000})"
     assert e.details() == full[:1024] + "...TRUNCATED"
+    # every RPC's status goes through ToGRPCStatus: GetModelStatus and GetModelMetadata too
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "m" * 2000
+    e = rpc_error(model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus, status)
+    assert e.code() == grpc.StatusCode.NOT_FOUND and len(e.details()) == 1024 + len("...TRUNCATED")
+    e = rpc_error(server.stub.GetModelMetadata, metadata_request(fields=("f" * 2000,)))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details().endswith("...TRUNCATED")
 
 
 def test_messages_over_grpcs_4_mib_default_pass_as_in_tf_serving(server):
@@ -428,13 +446,14 @@ def test_grpc_requests_are_counted_as_tf_serving_counts_them(server):
 @pytest.mark.parametrize("values, dtype, field", [
     ([[1.5, -2.0]], "float32", "float_val"), ([1e300], "float64", "double_val"), ([7, -8], "int32", "int_val"),
     ([2**40], "int64", "int64_val"), ([True, False], "bool", "bool_val"), ([200], "uint8", "int_val"),
-    ([b"a\x00b", b""], "object", "string_val"), ([1.0], "float16", "half_val")])
+    ([b"a\x00b", b""], "object", "string_val"), ([1.0], "float16", "half_val"),
+    ([1.0, -2.5, 65504.0], "float16", "half_val"), ([1.0, -2.5], "bfloat16", "half_val")])
 def test_outputs_are_written_as_tf_serving_writes_them_and_read_back(values, dtype, field):
     import tensorflow as tf
 
     from serving_host import apis
 
-    arr = np.array(values, dtype=dtype)
+    arr = np.array(values, dtype=tf.bfloat16.as_numpy_dtype if dtype == "bfloat16" else dtype)
     proto = apis.tensor_to_proto(arr)
     assert len(getattr(proto, field)) > 0 and not proto.tensor_content
     back = apis.tensor_from_proto("t", proto)
@@ -448,7 +467,7 @@ def test_tensor_protos_that_make_no_tensor_are_invalid_argument():
     from serving_host import apis
     from serving_host.status import ServingError
 
-    bad = [tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1, 2, 3]),          # 3 values, shape [2]
+    bad = [tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\0" * 12),   # 3 floats, shape [2]
            tensor_pb2.TensorProto(dtype=types_pb2.DT_INVALID, float_val=[1])]
     bad[0].tensor_shape.dim.add().size = 2
     neg = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1])
@@ -457,3 +476,22 @@ def test_tensor_protos_that_make_no_tensor_are_invalid_argument():
         with pytest.raises(ServingError) as info:
             apis.tensor_from_proto("x", proto)
         assert (info.value.code, info.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
+
+
+def test_typed_values_beyond_the_shape_are_ignored_and_too_few_repeat_the_last():
+    """``FromProtoField`` (tensor.cc): the first n values when there are more, the last value
+    repeated when there are fewer, zeros when there are none."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving_host import apis
+
+    def proto(values, n, **kw):
+        p = tensor_pb2.TensorProto(dtype=kw.get("dtype", types_pb2.DT_FLOAT), **{kw.get("field", "float_val"): values})
+        p.tensor_shape.dim.add().size = n
+        return p
+
+    assert apis.tensor_from_proto("x", proto([1, 2, 3], 2)).tolist() == [1.0, 2.0]
+    assert apis.tensor_from_proto("x", proto([1, 2], 4)).tolist() == [1.0, 2.0, 2.0, 2.0]
+    assert apis.tensor_from_proto("x", proto([], 3)).tolist() == [0.0, 0.0, 0.0]
+    assert apis.tensor_from_proto("s", proto([b"a", b"b"], 1, dtype=types_pb2.DT_STRING,
+                                             field="string_val")).tolist() == [b"a"]

@@ -222,6 +222,8 @@ def test_grpc_reload_and_get_model_status(tfserving_factory, tmp_path):
         # A new model: ReloadConfig returns once it is loaded.
         resp = _reload(stub, model_config(base, "m", versions=[1]))
         assert resp.status.error_code == 0 and resp.status.error_message == ""
+        assert resp.HasField("status")              # ToStatusProto(OK): present, empty (b"\n\x00")
+        assert resp.SerializeToString() == b"\n\x00"
         assert srv.version_states("m") == {1: "AVAILABLE"}
         status = stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
             model_spec={"name": "m"}), timeout=10)

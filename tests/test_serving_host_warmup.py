@@ -174,7 +174,8 @@ def test_a_file_that_is_not_a_tfrecord_fails_the_load(server):
 def test_a_failing_warmup_request_fails_the_load(server):
     assert _ended(server, "bad_request") == {
         "error_code": "INVALID_ARGUMENT",
-        "error_message": "Signature input alias: x not found in request and no defaults"}
+        "error_message": "Signature input alias: x(feed name: x:0) not found in request and no default value "
+                         "provided. Inputs expected to be in the request {nope}, or default input alias set: "}
 
 
 def test_warmup_off_loads_without_reading_the_file(tmp_path):
