@@ -18,8 +18,16 @@ from mlops_common.errors import UserError
 COMMAND_MODULES = ("services", "data", "train", "registry", "sync", "demo")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line that names the flag and says where the usage is, exit 2
+    (argparse prints the whole usage block first; subcommands inherit this class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (usage: `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mlops",
         description=(
             "Deliver TensorFlow models from an MLflow Model Registry to TensorFlow Serving: "
@@ -39,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # TensorFlow's C++ start-up chatter (CUDA probes, absl's preface) is not a command's output;
+    # set before any command imports TensorFlow (mlflow and keras may, before mlproject's tf_quiet)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(verbose=args.verbose)

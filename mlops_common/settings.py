@@ -36,7 +36,10 @@ SECRET_ENV_VARS = (
 )
 # Database URLs whose password (``scheme://user:password@host/...``) is a secret of its own: an
 # error message may carry the password, or a part of it, without the rest of the URL.
-SECRET_URL_ENV_VARS = ("MLOPS_LEDGER_URL", "MLFLOW_BACKEND_STORE_URI")
+# URLs whose password (if one is written in them) is a secret: databases, and S3 endpoints (a
+# password there is accepted by nothing but still printed in "cannot reach" messages)
+SECRET_URL_ENV_VARS = ("MLOPS_LEDGER_URL", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_S3_ENDPOINT_URL",
+                       "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 _MIN_SECRET_LEN = 4
 
 
@@ -84,7 +87,14 @@ def model_name(explicit: str | None = None) -> str:
 
 
 def local_mlflow_port() -> int:
-    return int(env("MLOPS_MLFLOW_PORT", str(DEFAULT_MLFLOW_PORT)))
+    raw = env("MLOPS_MLFLOW_PORT", str(DEFAULT_MLFLOW_PORT))
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"MLOPS_MLFLOW_PORT must be a port number 1-65535, got {raw!r}")
+    return port
 
 
 def local_mlflow_url() -> str:
@@ -139,8 +149,17 @@ def ledger_url() -> str:
     if url:
         return url
     path = state_dir() / "ledger.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, "MLOPS_HOME (the state folder)")
     return f"sqlite:///{path}"
+
+
+def make_folder(path: Path, what: str) -> None:
+    """``mkdir -p`` with one line when it cannot be made (a file in the way, no permission)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {path} for {what}: {exc.strerror or exc}; "
+                          f"point it at a folder you can write") from None
 
 
 def lock_ttl() -> float:

@@ -75,17 +75,40 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     info = versions.get_version(model_name, version)   # one clear line for unknown model / version
     name = dataset or version_tags.read(info.tags, version_tags.DATASET)
     if not name:
-        raise ConfigError(f"version {version} of '{model_name}' has no dataset tag; "
-                          f"say which held-out set to use with --dataset")
+        raise ConfigError(f"version {version} of '{model_name}' has no dataset tag (mlproject's registration "
+                          f"sets it): set the version's tag dataset=digits or dataset=fashion_mnist in the "
+                          f"MLflow UI, or name the held-out set with `mlops evaluate --dataset`")
     check_name(name)
     uri = f"models:/{model_name}/{info.version}"
     tf_quiet()
     import mlflow.tensorflow
+    from mlflow.exceptions import MlflowException, RestException
 
     with mlflow_errors(f"loading {uri}"):
         tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
-        model = mlflow.tensorflow.load_model(uri)
+        try:
+            model = mlflow.tensorflow.load_model(uri)
+        except RestException:
+            raise               # the server's answer: mlflow_errors says it
+        except (MlflowException, OSError, ValueError, KeyError) as exc:   # KeyError: logged with another flavor
+            first = (str(getattr(exc, "message", exc)).splitlines() or [type(exc).__name__])[0]
+            if isinstance(exc, KeyError):
+                first = f"its MLmodel has no {exc} flavor"
+            if "Connection" in first or "Max retries exceeded" in first:
+                raise
+            raise ConfigError(
+                f"version {version} of '{model_name}' cannot be loaded as an MLflow TensorFlow model "
+                f"({_without_temp_paths(first)}): its logged model is missing or damaged; register a "
+                f"new version with `mlops train` (or `mlops retrain`)") from None
     return evaluate_model(model, model_uri=uri, dataset=name)
+
+
+def _without_temp_paths(text: str) -> str:
+    """MLflow names the temporary folder it downloaded into, deleted by the time anyone reads it."""
+    import re
+    import tempfile
+
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/[^\s\"']*/", "", text)
 
 
 def log_to_active_project_run(evaluation: Evaluation) -> str | None:

@@ -157,7 +157,9 @@ def _create_engine(url: str) -> sa.Engine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            from mlops_common.settings import make_folder
+
+            make_folder(Path(parsed.database).expanduser().parent, "the ledger (MLOPS_LEDGER_URL)")
         try:
             engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         except sa.exc.ArgumentError:

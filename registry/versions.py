@@ -77,6 +77,8 @@ def parse_version(version) -> int:
         raise ConfigError(f"'{version}' is not a version number; use a positive integer such as 3") from None
     if v < 1:
         raise ConfigError(f"version numbers start at 1, got {v}")
+    if v > 2**63 - 1:       # MLflow's stores keep 64-bit integers: the server answered 500, five times
+        raise ConfigError(f"{v} is larger than any version number (at most 2**63 - 1)")
     return v
 
 

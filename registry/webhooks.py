@@ -84,7 +84,12 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
                    description: str | None = None) -> WebhookInfo:
     """Create the webhook ``name`` for ``model_version_alias.created``, or update it in place."""
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url must be an http(s) URL of the deploy receiver, got '{url}'")
+        raise ConfigError(f"--url must be an http(s) URL of the deploy receiver, got "
+                          f"'{settings.mask_url_password(url)}'")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        raise ConfigError("--url must not hold a user name or password: MLflow stores the URL and shows "
+                          "it to everyone who can read the model; the receiver checks MLflow's HMAC "
+                          "signature instead")
     if not _NAME_RE.match(name):
         raise ConfigError(f"webhook name '{name}' is invalid: letters, digits, '.', '_' and '-', "
                           f"starting and ending with a letter or digit, at most 63 characters")

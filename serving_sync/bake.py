@@ -68,10 +68,10 @@ class Limits:
     def __post_init__(self):
         from mlops_common.errors import ConfigError
 
-        if not 0 <= self.max_error_rate <= 1:
+        if not 0 <= self.max_error_rate <= 1:      # (a NaN fails every comparison: refused too)
             raise ConfigError(f"--max-error-rate must be between 0 and 1, got {self.max_error_rate}")
-        if self.max_latency_ratio < 1:
-            raise ConfigError(f"--max-latency-ratio must be at least 1, got {self.max_latency_ratio}")
+        if not 1 <= self.max_latency_ratio < float("inf"):
+            raise ConfigError(f"--max-latency-ratio must be a number of at least 1, got {self.max_latency_ratio}")
         if self.min_requests < 1:
             raise ConfigError(f"--min-requests must be at least 1, got {self.min_requests}")
         if self.on_low_traffic not in ("pass", "fail"):

@@ -72,15 +72,16 @@ class Watcher:
             status, version, message = self.reconcile()
         except UserError as exc:
             status, version, message = "error", None, exc.message
-            logger.error("reconcile failed: %s", exc.message)
         except Exception as exc:  # noqa: BLE001 - a controller keeps reconciling (a deploy puts its hosts back itself)
             status, version = "error", None
             message = (f"unexpected {type(exc).__name__}: {exc} (a bug in mlops; the watch goes on and "
                        f"tries again at the next pass)")
-            logger.error("reconcile failed: %s", message)
         p = Pass(self.clock() - start, reason, status, version, message)
         self.result.passes.append(p)
-        logger.info("reconcile (%s): %s: %s", reason, status, message)
+        if status != "error":
+            logger.info("reconcile (%s): %s: %s", reason, status, message)
+        elif not self.once:        # with --once the failed pass is the command's one error line
+            logger.error("reconcile (%s) failed: %s", reason, message)
         return p
 
     def run(self) -> WatchResult:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from mlops.local_services import free_port
-from tests.fixtures.faults import one_error_line, registry_snapshot, tree_bytes
+from tests.fixtures.faults import final_error_line, one_error_line, registry_snapshot, tree_bytes
 from tests.helpers import run_mlops
 from tests.lab.deploy_env import DeployEnv
 from tests.lab.sshd import keygen
@@ -283,11 +283,49 @@ CASES = {
     "tracking URI of a server that is not MLflow": (
         lambda w: (["sync", "deploy"], {"MLFLOW_TRACKING_URI": w.file_host.rest_url}),
         ["does not look like an MLflow tracking server"]),
+    # --- found by review (2026-12-03): tracebacks, silently accepted values, echoed passwords -------------
+    "a usage mistake (argparse)": (lambda w: (["sync", "deploy", "--timeout", "-1"], {}),
+                                   ["--timeout", "usage: `mlops sync deploy --help`"]),
+    "--max-latency-ratio nan (switched the latency check off)": (
+        lambda w: (["sync", "plan", "--max-latency-ratio", "nan"], {}), ["'nan' is not a finite number"]),
+    "MLOPS_BAKE_MAX_LATENCY_RATIO=inf": (
+        lambda w: (["sync", "plan"], {"MLOPS_BAKE_MAX_LATENCY_RATIO": "inf"}),
+        ["MLOPS_BAKE_MAX_LATENCY_RATIO='inf'", "not a finite number"]),
+    "mlops up --port 99999 (a traceback)": (lambda w: (["up", "--port", "99999"], {}),
+                                            ["a port is 0 to 65535"]),
+    "MLOPS_MLFLOW_PORT that is not a number (a traceback)": (
+        lambda w: (["registry", "status"], {"MLFLOW_TRACKING_URI": "", "MLOPS_MLFLOW_PORT": "abc"}),
+        ["MLOPS_MLFLOW_PORT must be a port number 1-65535, got 'abc'"]),
+    "MLOPS_LEDGER_URL below a file (a traceback)": (
+        lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": f"sqlite:///{a_file(w)}/ledger.db"}),
+        ["cannot create the folder", "MLOPS_LEDGER_URL"]),
+    "make-batch --repeats 100000000 (10 TiB, a traceback)": (
+        lambda w: (["data", "make-batch", "--kind", "bad", "--out", str(w.tmp / "b.npz"), "--repeats", "100000000"],
+                   {}), ["--repeats is at most 100"]),
+    "make-batch --kind good --repeats 5 (ignored)": (
+        lambda w: (["data", "make-batch", "--kind", "good", "--out", str(w.tmp / "g.npz"), "--repeats", "5"], {}),
+        ["--repeats applies to --kind bad only"]),
+    "a version number past 64 bits (15 s of retries, blamed the server)": (
+        lambda w: (["registry", "gate", "--version", "99999999999999999999"], {}),
+        ["larger than any version number"]),
+    "gate on a version without a loadable model (named a deleted temporary folder)": (
+        lambda w: (["registry", "gate", "--version", str(w.v2)], {}),
+        ["cannot be loaded as an MLflow TensorFlow model", "register a new version"]),
+    "webhook URL with a password (stored in MLflow, printed)": (
+        lambda w: (["registry", "webhook", "create", "--url", "http://deploy:hunter2SECRET@127.0.0.1:9/hook"],
+                   {"MLOPS_WEBHOOK_SECRET": "s" * 24}),
+        ["--url must not hold a user name or password"]),
+    "webhook URL of another scheme with a password": (
+        lambda w: (["registry", "webhook", "create", "--url", "ftp://deploy:hunter2SECRET@127.0.0.1/hook"],
+                   {"MLOPS_WEBHOOK_SECRET": "s" * 24}),
+        ["--url must be an http(s) URL", "deploy:***@"]),
 }
 
 
 # commands whose stdout is their report (here: FAIL and the file), still with one error line
 REPORTS_ON_STDOUT = {"malformed data batch", "corrupt data batch (damaged deflate stream)"}
+# commands that said what they were doing first (progress lines), then their one error line, last
+PROGRESS_FIRST = {"gate on a version without a loadable model (named a deleted temporary folder)"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -300,10 +338,11 @@ def test_bad_input_is_one_clear_line_a_nonzero_exit_and_changes_nothing(world, c
         before = world.snapshot()
         r = run_mlops(*args, env=env, timeout=180)
         after = world.snapshot()
-    line = one_error_line(r.stderr)
+    line = final_error_line(r.stderr) if case in PROGRESS_FIRST else one_error_line(r.stderr)
     assert r.returncode != 0, (r.returncode, line)
     missing = [f for f in fragments if f not in line]
     assert not missing, f"{case}: {missing} not in: {line}"
+    assert "hunter2SECRET" not in r.stderr + r.stdout
     assert r.stdout == "" or case in REPORTS_ON_STDOUT, r.stdout
     print(f"{case}: {line}")
     assert after == before, f"{case}: something changed"

@@ -16,6 +16,12 @@ from mlops.commands import flags
     (flags.non_negative_int, "x", "'x' is not a whole number"),
     (flags.non_negative_int, "-1", "-1 must be 0 or more"),
     (flags.number, "fast", "'fast' is not a number"),
+    (flags.number, "nan", "'nan' is not a finite number"),          # passes no comparison
+    (flags.number, "-inf", "'-inf' is not a finite number"),
+    (flags.version_number, "9223372036854775808", "9223372036854775808 is larger than any version number "
+                                                  "(at most 2**63 - 1)"),
+    (flags.repeats, "0", "--repeats must be at least 1, got 0"),
+    (flags.repeats, "101", "--repeats is at most 100 (each repeat is another copy of the pool), got 101"),
     (flags.fraction, "1.2", "1.2 is not between 0 and 1"),
     (flags.seconds, "-1", "-1.0 is not between 0 and 86400 seconds"),
     (flags.seed, "-1", "a seed is 0 or more, got -1"),
@@ -58,3 +64,14 @@ def test_an_empty_batch_location_is_refused_not_a_retrain_on_no_new_data(argv, c
         build_parser().parse_args(argv)
     assert e.value.code == 2
     assert "is empty: name a .npz batch, a folder of them or s3://bucket/prefix" in capsys.readouterr().err
+
+
+def test_limits_refuse_a_latency_ratio_that_is_not_a_finite_number():
+    from mlops_common.errors import ConfigError
+    from serving_sync.bake import Limits
+
+    for bad in (float("nan"), float("inf"), 0.5):
+        with pytest.raises(ConfigError, match="--max-latency-ratio"):
+            Limits(max_latency_ratio=bad)
+    with pytest.raises(ConfigError, match="--max-error-rate"):
+        Limits(max_error_rate=float("nan"))

@@ -141,6 +141,41 @@ def test_watch_once_runs_exactly_one_pass():
     assert len(calls) == 1 and [p.status for p in res.passes] == ["up_to_date"]
 
 
+def test_watch_once_logs_a_failed_pass_not_at_all_and_a_long_watch_once(caplog):
+    """With ``--once`` the failed pass is the command's one error line (it was logged twice
+    before it, then printed again); a long-running watch logs it once per pass."""
+    import logging
+
+    def reconcile():
+        raise UserError("no version of 'm' holds production")
+
+    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
+    mlops_logger.addHandler(caplog.handler)
+    try:
+        _watch_once_logs(reconcile, caplog)
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+
+
+def _watch_once_logs(reconcile, caplog):
+    with caplog.at_level("INFO", logger="mlops"):
+        Watcher(reconcile, interval=5, once=True).run()
+    assert [r for r in caplog.records if "no version" in r.getMessage()] == []
+    clock = FakeClock()
+    w = Watcher(reconcile, interval=1000, max_seconds=1500, clock=clock)
+
+    def wait(timeout):
+        clock.now += timeout
+        return False
+
+    w.wake.wait = wait
+    with caplog.at_level("INFO", logger="mlops"):
+        res = w.run()
+    records = {id(r): r for r in caplog.records}.values()     # once however many handlers saw it
+    logged = [r.getMessage() for r in records if "no version" in r.getMessage()]
+    assert len(logged) == len(res.passes) == 2 and logged[0].startswith("reconcile (start) failed")
+
+
 def test_watch_is_bounded_by_max_seconds_and_a_trigger_runs_a_pass_at_once():
     clock = FakeClock()
     statuses = iter([("up_to_date", 1, ""), ("deployed", 2, "deployed v2"), ("up_to_date", 2, "")] * 10)

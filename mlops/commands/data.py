@@ -29,7 +29,7 @@ def register(sub) -> None:
                    help="output .npz file, an existing folder, or s3://bucket/key.npz")
     m.add_argument("--dataset", default="digits", choices=DATASETS, help=DATASET_HELP)
     m.add_argument("--seed", type=flags.seed, default=1, help="order/shuffle seed (default 1)")
-    m.add_argument("--repeats", type=int, default=None,
+    m.add_argument("--repeats", type=flags.repeats, default=None,
                    help="bad only: how many times the held-back images are repeated (default: calibrated value)")
     m.add_argument("--json", action="store_true", help="print the result as one JSON document")
     m.set_defaults(func=cmd_make_batch)
@@ -49,11 +49,14 @@ def cmd_make_batch(args) -> int:
     import contextlib
     from pathlib import Path
 
+    from mlops_common.errors import ConfigError
     from mlproject import batches, s3
     from mlproject.constants import BAD_BATCH_REPEATS
     from mlproject.datasets import check_name, fingerprint, load_partition
 
     check_name(args.dataset)
+    if args.repeats is not None and args.kind != "bad":
+        raise ConfigError("--repeats applies to --kind bad only (a good batch is the held-back samples once)")
     out = args.out
     if (not s3.is_s3(out) and Path(out).is_dir()) or (s3.is_s3(out) and out.endswith("/")):
         out = out.rstrip("/") + "/" + batches.default_name(args.kind, args.dataset, args.seed)

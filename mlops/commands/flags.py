@@ -25,10 +25,15 @@ positive_int = _whole(1, "{v} must be at least 1")
 # A count that may be zero (``--canary 0``).
 non_negative_int = _whole(0, "{v} must be 0 or more")
 # A registered model version: a whole number, at least 1.
-version_number = _whole(1, "version numbers start at 1", what="a version number")
+version_number = _whole(1, "version numbers start at 1", what="a version number", maximum=2**63 - 1,
+                        too_large="{v} is larger than any version number (at most 2**63 - 1)")
 # A random seed as numpy and TensorFlow take it.
 seed = _whole(0, "a seed is 0 or more, got {v}", what="a seed", maximum=2**32 - 1,
               too_large="a seed is at most 4294967295 (2**32 - 1), got {v}")
+# How many times a bad batch repeats the held-back images (each repeat is a copy of the pool:
+# 100 copies of fashion_mnist's pool are ~1 GB).
+repeats = _whole(1, "--repeats must be at least 1, got {v}", maximum=100,
+                 too_large="--repeats is at most 100 (each repeat is another copy of the pool), got {v}")
 # A TCP port to listen on (0: any free port).
 port = _whole(0, "a port is 0 to 65535 (0: any free port), got {v}", what="a port number", maximum=65535,
               too_large="a port is 0 to 65535 (0: any free port), got {v}")
@@ -45,10 +50,17 @@ def wave(text: str) -> str:
 
 
 def number(text: str) -> float:
+    """A finite number: ``nan`` passes no comparison and ``inf`` every one (a ``nan`` latency
+    limit switched the canary's latency check off)."""
+    import math
+
     try:
-        return float(text)
+        v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return v
 
 
 def _between(lo: float, hi: float, unit: str = ""):

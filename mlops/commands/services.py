@@ -1,7 +1,7 @@
 """`mlops up` / `mlops down`: the embedded default's local services."""
 from __future__ import annotations
 
-from mlops.commands import output
+from mlops.commands import flags, output
 from mlops_common import settings
 
 
@@ -11,7 +11,7 @@ def register(sub) -> None:
                                    "127.0.0.1 with a SQLite backend store and a local artifact folder "
                                    "under the state folder (MLOPS_HOME, default ./.mlops). Waits until "
                                    "it answers and prints the UI URL.")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=flags.port, default=None,
                    help=f"port for MLflow (default: MLOPS_MLFLOW_PORT or {settings.DEFAULT_MLFLOW_PORT})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)

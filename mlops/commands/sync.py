@@ -10,6 +10,7 @@ MLflow only when they touch the registry.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import signal
 import sys
@@ -438,9 +439,11 @@ def _start_receiver(args, model: str, reconcile, watcher):
 
     try:
         receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port).start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} ({exc.strerror}); "
-                          f"choose another --webhook-port") from None
+    except OSError as exc:           # a port in use, or a host name that does not resolve to this machine
+        busy = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+        raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} "
+                          f"({exc.strerror or exc}); choose another "
+                          f"{'--webhook-port' if busy else '--webhook-host (an address of this machine)'}") from None
     print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
     return receiver
 
