@@ -29,14 +29,23 @@ class CanaryFailed(UserError):
         self.verdict = verdict
 
 
-def _sleep(seconds: float) -> None:
-    """Sleep in short steps so an interrupt request is honoured within 0.1 s."""
+PROGRESS_EVERY = 30.0    # seconds between "still baking" lines: a CI step with no output for 10 min is killed
+
+
+def _sleep(seconds: float, doing: str = "") -> None:
+    """Sleep in short steps so an interrupt request is honoured within 0.1 s; say ``doing`` and
+    the seconds left every ``PROGRESS_EVERY`` seconds (CircleCI ends a step silent for 10 minutes)."""
     end = time.monotonic() + max(0.0, seconds)
+    said = time.monotonic()
     while True:
         cancel.check()
-        left = end - time.monotonic()
+        now = time.monotonic()
+        left = end - now
         if left <= 0:
             return
+        if doing and now - said >= PROGRESS_EVERY:
+            logger.info("bake: %s, %.0fs left", doing, left)
+            said = now
         time.sleep(min(0.1, left))
 
 
@@ -85,7 +94,8 @@ class Baker:
     def before_switch(self, wave) -> None:
         names = [r.host.name for r in wave]
         if any(n in self.canary for n in names) or self.opts.bake_each_wave:
-            _sleep(self.opts.bake - (time.monotonic() - self.t0))
+            _sleep(self.opts.bake - (time.monotonic() - self.t0),
+                   f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
         self.s1.update(self._scrape_some(names))
 
     def judge(self, wave, old) -> list[bake.Verdict]:
@@ -93,7 +103,7 @@ class Baker:
         old_names = [r.host.name for r in old]
         s2 = self._scrape_some(judged + old_names)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
-        _sleep(self.opts.bake)
+        _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic")
         s3 = self._scrape_some(judged + old_names)
         others = [bake.window(s2[o], s3[o]) for o in old_names if o in s2 and o in s3]
         merged = bake.merge(others) if others else None

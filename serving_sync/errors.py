@@ -57,3 +57,14 @@ class SmokeFailed(UserError):
 class LedgerWriteFailed(UserError):
     """A host's row could not be written to the ledger: the deploy stops (the ledger is the record)
     and every host is put back, but the version is not to blame."""
+
+
+class ProductionMoved(UserError):
+    """``production`` moved to another version while the deploy ran (a rollback, a promotion):
+    the deploy stops before its next wave and puts every host back; the version is not to blame
+    and the next deploy installs what production names now."""
+
+    def __init__(self, model: str, deploying: int, now: int | None):
+        super().__init__(f"production of '{model}' moved from v{deploying} to "
+                         f"{'v' + str(now) if now is not None else 'no version'} while this deploy ran")
+        self.now = now

@@ -38,7 +38,7 @@ from . import manifest as mf
 from .canary import Baker, CanaryFailed
 from .cancel import DeployInterrupted
 from .connections import Heartbeat, connected, locked
-from .errors import LedgerWriteFailed
+from .errors import LedgerWriteFailed, ProductionMoved
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun, StepFailed
 from .observe import observe_settled
@@ -299,6 +299,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 w0 = time.monotonic()
                 if baker is not None:        # waits for the baseline window: a signal may end it
                     _or_put_back(result, recorder, wave[0], runs, "bake", baker.before_switch, wave)
+                if result.source == "production":   # a rollback during the prepare or a bake wins
+                    _or_put_back(result, recorder, wave[0], runs, "production", _still_production, model, v)
                 _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
                 _or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
                              [_deployed_row(recorder, run, v, reason) for run in wave])
@@ -339,6 +341,16 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _still_production(model: str, v: int) -> None:
+    """Raise ``ProductionMoved`` unless ``v`` still holds production (read before each wave: a
+    rollback while this deploy prepared or baked must not be overtaken by its next wave)."""
+    from registry import versions
+
+    now = versions.production_version(model)
+    if now != v:
+        raise ProductionMoved(model, v, now)
 
 
 def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
@@ -584,7 +596,9 @@ def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?"
             else "the ledger could not record the deploy, not the version"
             if step == "record" or isinstance(error, LedgerWriteFailed)
             else "the canary's metrics could not be read, not the version"
-            if step == "bake" and not isinstance(error, CanaryFailed) else None)
+            if step == "bake" and not isinstance(error, CanaryFailed)
+            else "production moved to another version meanwhile, not the version"
+            if isinstance(error, ProductionMoved) else None)
 
 
 def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,
@@ -596,10 +610,14 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
     try:
         if kept_because:        # upload failed, connection lost, or interrupted: nothing says v is bad
             result.registry = {"moved": False, "reason": kept_because}
-            where = (f"production left at v{v}" if result.source == "production"
-                     else "production not involved (--version)")
-            note = (f"{where} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
-                    f"resumes where this one stopped")
+            if step == "production":
+                note = ("rerun `mlops sync deploy` (or let the deploy that moved it run): it installs what "
+                        "production names now")
+            else:
+                where = (f"production left at v{v}" if result.source == "production"
+                         else "production not involved (--version)")
+                note = (f"{where} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
+                        f"resumes where this one stopped")
             trouble = _record_failed(recorder, run, v, reason, {"step": step, "registry_unchanged": True})
             return note + (f" (the ledger row could not be written: {trouble})" if trouble else "")
         if result.source != "production":

@@ -84,11 +84,41 @@ def test_promote_and_deploy_come_after_an_approval(config):
             if spec.get("type") == "approval":
                 continue
             text = "\n".join(_run_commands(config, spec["job"]))
-            if re.search(r"mlops (registry (promote|rollback)|sync deploy)", text):
+            if re.search(r"mlops (registry (promote|rollback)|sync (deploy|rollback|watch))", text):
                 checked += 1
                 approvals = [a for a in _ancestors(jobs, name) if jobs[a].get("type") == "approval"]
                 assert approvals, f"{wf_name}: {name} changes production without an approval before it"
     assert checked >= 6  # promote+deploy in two workflows, rollback+deploy in one
+
+
+def test_a_version_is_promoted_only_after_its_gate_and_its_infra_validation(config):
+    """Promote checks the gate's verdict on the version, not infra-validate's: the job order is what
+    makes a version that TF Serving cannot load stop before the approval."""
+    checked = 0
+    for wf_name, wf in config["workflows"].items():
+        jobs = _workflow_jobs(wf)
+        for name, spec in jobs.items():
+            if spec.get("type") == "approval":
+                continue
+            if any("mlops registry promote" in c for c in _run_commands(config, spec["job"])):
+                before = {jobs[a]["job"] for a in _ancestors(jobs, name)}
+                assert {"gate", "infra-validate"} <= before, f"{wf_name}: {name} promotes before {before}"
+                holds = [a for a in _ancestors(jobs, name) if jobs[a].get("type") == "approval"]
+                assert holds and all("infra-validate" in {jobs[b]["job"] for b in _ancestors(jobs, h)}
+                                     for h in holds), f"{wf_name}: the approval comes before infra-validate"
+                checked += 1
+    assert checked >= 2
+
+
+def test_deploys_of_the_fleet_run_one_at_a_time_across_pipelines(config):
+    groups = set()
+    for wf_name, wf in config["workflows"].items():
+        for name, spec in _workflow_jobs(wf).items():
+            if spec.get("type") != "approval" and any(
+                    re.search(r"mlops sync (deploy|rollback)", c) for c in _run_commands(config, spec["job"])):
+                assert spec.get("serial-group"), f"{wf_name}: {name} deploys without a serial-group"
+                groups.add(spec["serial-group"])
+    assert len(groups) == 1, groups                 # the same group in every workflow
 
 
 def test_approval_jobs_are_not_defined_under_jobs(config):
@@ -168,7 +198,10 @@ def test_secrets_come_from_contexts_only(config):
     assert not re.search(r"(PASSWORD|SECRET|TOKEN)\s*:\s*\S", text), "a secret is set in the config"
     for wf in config["workflows"].values():
         for name, spec in _workflow_jobs(wf).items():
-            if spec["job"] in ("promote", "deploy", "registry-rollback"):
+            changes = spec.get("type") != "approval" and any(
+                re.search(r"mlops (registry (promote|rollback)|sync (deploy|rollback|watch))", c)
+                for c in _run_commands(config, spec["job"]))
+            if spec["job"] in ("promote", "deploy", "registry-rollback") or changes:
                 assert "mlops-deploy" in spec.get("context", []), f"{name} must use the restricted context"
 
 

@@ -261,3 +261,34 @@ def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy
     assert env.tags(v2).get("deploy_status") == "failed"
     for h in hosts:
         env.serves(h, v1)
+
+
+def test_a_rollback_while_the_canary_is_judged_stops_the_next_wave(deploy_env, monkeypatch):
+    """Production rolled back while the deploy's canary was live (found by review: two CircleCI
+    pipelines, a rollback during the bake): the deploy used to switch every other host to the
+    version just rolled back from. It now reads production before each wave, stops, puts every
+    host back and does not blame the version."""
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    rolled = {}
+
+    def then_rolled_back(run, step):
+        verify(run, step)
+        if run.host.name == hosts[0].name and not rolled:      # the canary serves v2 now
+            r = env.cli("registry", "rollback", "--reason", "v2 misbehaves on another dashboard")
+            rolled["rc"] = r.returncode
+            assert r.returncode == 0, r.stderr
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, then_rolled_back)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts(canary=1))
+    message = str(failed.value)
+    assert f"production of '{env.model}' moved from v{v2} to v{v1} while this deploy ran" in message, message
+    put_back = message.split("put back ", 1)[1].split(";", 1)[0]
+    assert hosts[0].name in put_back and put_back.endswith(f"to v{v1}"), message   # the canary, switched
+    assert env.production() == v1
+    assert env.tags(v2).get("deploy_status") != "failed" and failed.value.result.blames_version is False
+    for h in hosts:
+        env.serves(h, v1)

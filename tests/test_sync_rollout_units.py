@@ -290,3 +290,27 @@ def test_a_version_deploy_stopped_by_a_host_does_not_claim_production_holds_it()
     note = fleet._registry_after_failure(prod, recorder, run, "lost the SSH connection", "publish",
                                          kept_because="the connection was lost")
     assert note.startswith("production left at v2 (the connection was lost)"), note
+
+
+def test_a_long_bake_says_it_is_still_baking(monkeypatch):
+    """CircleCI ends a step that prints nothing for 10 minutes: a bake of MLOPS_BAKE_SECONDS=900
+    was killed mid-canary. It now says what it waits for, and how long, every PROGRESS_EVERY s."""
+    import logging
+
+    from serving_sync import canary
+
+    monkeypatch.setattr(canary, "PROGRESS_EVERY", 0.05)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    canary.logger.addHandler(handler)
+    old_level = canary.logger.level
+    canary.logger.setLevel(logging.INFO)
+    try:
+        canary._sleep(0.32, "judging web-2 on live traffic")
+        canary._sleep(0.2)                                   # nothing to say: silent
+    finally:
+        canary.logger.removeHandler(handler)
+        canary.logger.setLevel(old_level)
+    assert 3 <= len(lines) <= 7, lines
+    assert all(ln.startswith("bake: judging web-2 on live traffic, ") and ln.endswith("s left") for ln in lines)

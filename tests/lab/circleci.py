@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 SUPPORTED_TOP = {"version", "parameters", "executors", "commands", "jobs", "workflows"}
 SUPPORTED_JOB = {"executor", "docker", "machine", "resource_class", "environment", "steps",
                  "working_directory", "description"}
-SUPPORTED_WF_JOB = {"requires", "context", "type", "name", "filters"}
+# serial-group: accepted, and nothing to do here: the harness runs one pipeline at a time
+SUPPORTED_WF_JOB = {"requires", "context", "type", "name", "filters", "serial-group"}
 SUPPORTED_RUN = {"name", "command", "when", "environment", "no_output_timeout", "working_directory"}
 BUILTIN_STEPS = {"checkout", "run", "restore_cache", "save_cache", "persist_to_workspace",
                  "attach_workspace", "store_artifacts", "store_test_results", "add_ssh_keys"}
