@@ -75,50 +75,49 @@ def test_every_requires_names_a_job_of_its_workflow(config):
                 assert req in jobs, f"{wf_name}: {name} requires unknown job {req}"
 
 
-def test_promote_and_deploy_come_after_an_approval(config):
-    """Every workflow that promotes or deploys has an approval job before the promotion step."""
-    checked = 0
+CHANGES_PRODUCTION = r"mlops (registry (promote|rollback)|sync (deploy|rollback|watch))"
+
+
+def _jobs_running(config, pattern: str):
+    """(workflow, its jobs, job name, spec) of every non-approval job with a command matching ``pattern``."""
     for wf_name, wf in config["workflows"].items():
         jobs = _workflow_jobs(wf)
         for name, spec in jobs.items():
-            if spec.get("type") == "approval":
-                continue
-            text = "\n".join(_run_commands(config, spec["job"]))
-            if re.search(r"mlops (registry (promote|rollback)|sync (deploy|rollback|watch))", text):
-                checked += 1
-                approvals = [a for a in _ancestors(jobs, name) if jobs[a].get("type") == "approval"]
-                assert approvals, f"{wf_name}: {name} changes production without an approval before it"
-    assert checked >= 6  # promote+deploy in two workflows, rollback+deploy in one
+            if spec.get("type") != "approval" and any(re.search(pattern, c)
+                                                      for c in _run_commands(config, spec["job"])):
+                yield wf_name, jobs, name, spec
+
+
+def _approvals_before(jobs, name) -> list[str]:
+    return [a for a in _ancestors(jobs, name) if jobs[a].get("type") == "approval"]
+
+
+def test_promote_and_deploy_come_after_an_approval(config):
+    """Every workflow that promotes or deploys has an approval job before the promotion step."""
+    found = list(_jobs_running(config, CHANGES_PRODUCTION))
+    for wf_name, jobs, name, _ in found:
+        assert _approvals_before(jobs, name), f"{wf_name}: {name} changes production without an approval before it"
+    assert len(found) >= 6  # promote+deploy in two workflows, rollback+deploy in one
 
 
 def test_a_version_is_promoted_only_after_its_gate_and_its_infra_validation(config):
     """Promote checks the gate's verdict on the version, not infra-validate's: the job order is what
     makes a version that TF Serving cannot load stop before the approval."""
-    checked = 0
-    for wf_name, wf in config["workflows"].items():
-        jobs = _workflow_jobs(wf)
-        for name, spec in jobs.items():
-            if spec.get("type") == "approval":
-                continue
-            if any("mlops registry promote" in c for c in _run_commands(config, spec["job"])):
-                before = {jobs[a]["job"] for a in _ancestors(jobs, name)}
-                assert {"gate", "infra-validate"} <= before, f"{wf_name}: {name} promotes before {before}"
-                holds = [a for a in _ancestors(jobs, name) if jobs[a].get("type") == "approval"]
-                assert holds and all("infra-validate" in {jobs[b]["job"] for b in _ancestors(jobs, h)}
-                                     for h in holds), f"{wf_name}: the approval comes before infra-validate"
-                checked += 1
-    assert checked >= 2
+    found = list(_jobs_running(config, r"mlops registry promote"))
+    for wf_name, jobs, name, _ in found:
+        before = {jobs[a]["job"] for a in _ancestors(jobs, name)}
+        assert {"gate", "infra-validate"} <= before, f"{wf_name}: {name} promotes before {before}"
+        holds = _approvals_before(jobs, name)
+        assert holds and all("infra-validate" in {jobs[b]["job"] for b in _ancestors(jobs, h)} for h in holds), \
+            f"{wf_name}: the approval comes before infra-validate"
+    assert len(found) >= 2
 
 
 def test_deploys_of_the_fleet_run_one_at_a_time_across_pipelines(config):
-    groups = set()
-    for wf_name, wf in config["workflows"].items():
-        for name, spec in _workflow_jobs(wf).items():
-            if spec.get("type") != "approval" and any(
-                    re.search(r"mlops sync (deploy|rollback)", c) for c in _run_commands(config, spec["job"])):
-                assert spec.get("serial-group"), f"{wf_name}: {name} deploys without a serial-group"
-                groups.add(spec["serial-group"])
-    assert len(groups) == 1, groups                 # the same group in every workflow
+    found = list(_jobs_running(config, r"mlops sync (deploy|rollback)"))
+    for wf_name, _, name, spec in found:
+        assert spec.get("serial-group"), f"{wf_name}: {name} deploys without a serial-group"
+    assert len(found) >= 3 and len({spec["serial-group"] for *_, spec in found}) == 1   # one group everywhere
 
 
 def test_approval_jobs_are_not_defined_under_jobs(config):
@@ -196,13 +195,10 @@ def test_gate_job_stores_the_reports_the_approver_opens(config):
 def test_secrets_come_from_contexts_only(config):
     text = CONFIG_PATH.read_text()
     assert not re.search(r"(PASSWORD|SECRET|TOKEN)\s*:\s*\S", text), "a secret is set in the config"
-    for wf in config["workflows"].values():
-        for name, spec in _workflow_jobs(wf).items():
-            changes = spec.get("type") != "approval" and any(
-                re.search(r"mlops (registry (promote|rollback)|sync (deploy|rollback|watch))", c)
-                for c in _run_commands(config, spec["job"]))
-            if spec["job"] in ("promote", "deploy", "registry-rollback") or changes:
-                assert "mlops-deploy" in spec.get("context", []), f"{name} must use the restricted context"
+    found = list(_jobs_running(config, CHANGES_PRODUCTION))
+    for _, _, name, spec in found:
+        assert "mlops-deploy" in spec.get("context", []), f"{name} must use the restricted context"
+    assert {spec["job"] for *_, spec in found} >= {"promote", "deploy", "registry-rollback"}
 
 
 def test_workflow_selection_by_trigger(tmp_path):
