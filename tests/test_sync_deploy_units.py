@@ -65,6 +65,51 @@ def test_outputs_of_another_shape_nan_or_format_fail():
     assert "not a number" in compare_outputs(golden, {"predictions": [["x", 0.9]]}, 1e-4)[0][0]
 
 
+def test_a_number_past_a_double_and_a_nan_are_reported_not_raised_or_hidden():
+    """(found by review) a served integer past a double's range raised OverflowError out of the
+    smoke test; with a NaN among the differences the message named the NaN, not the worst number."""
+    import json as _json
+
+    golden = {"predictions": [[0.25, 0.75]]}
+    problems, worst = compare_outputs(golden, _json.loads('{"predictions": [[1' + "0" * 400 + ', 0.75]]}'), 1e-4)
+    assert problems and "is not a finite number" in problems[0] and math.isinf(worst)
+    problems, _ = compare_outputs({"predictions": [[0.1, 0.2]]}, {"predictions": [[math.nan, 5.0]]}, 1e-4)
+    assert "2 value(s) differ" in problems[0] and "at [0][0]" in problems[0]   # the NaN counts as the worst...
+    problems, _ = compare_outputs({"predictions": [[0.1, 0.2, 0.3]]}, {"predictions": [[0.1, 5.0, 2.0]]}, 1e-4)
+    assert "max |diff| 4.8 at [0][1]" in problems[0]                            # ...and numbers by size
+
+
+def test_the_unversioned_route_must_be_answered_by_the_version_judged():
+    """(found by review) outputs alone cannot tell two versions apart when they agree within atol:
+    the unversioned route's metadata names the version that answers."""
+    from serving_sync.smoke import Golden, SmokeOptions, run_smoke
+    from serving_sync.tfs_client import normalize_signature
+
+    sig = {"serving_default": {
+        "method_name": "tensorflow/serving/predict",
+        "inputs": {"image": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "2"}]}}},
+        "outputs": {"output_0": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "2"}]}}}}}
+
+    class Served:
+        def __init__(self, answering):
+            self.meta = {"model_spec": {"name": "m", "version": str(answering)},
+                         "metadata": {"signature_def": {"signature_def": sig}}}
+
+        def metadata(self, model, *, version=None, label=None):
+            return self.meta
+
+        def predict(self, model, body, **kw):
+            return {"predictions": [[0.25, 0.75]]}
+
+    golden = Golden({"instances": [[0.0, 1.0]]}, {"predictions": [[0.25, 0.75]]},
+                    normalize_signature(Served(3).meta))
+    r = run_smoke(Served(2), "h", "m", golden, 3, opts=SmokeOptions(), latency=False)
+    assert not r.passed and "the unversioned route answers v2, not v3" in r.checks[0].message
+    assert run_smoke(Served(3), "h", "m", golden, 3, opts=SmokeOptions(), latency=False).passed
+    # a version route is checked by its path: the metadata's version is that one anyway
+    assert run_smoke(Served(2), "h", "m", golden, 3, route_version=3, opts=SmokeOptions(), latency=False).passed
+
+
 def test_p95_is_nearest_rank_and_latency_verdict_uses_the_budget():
     samples = [float(i) for i in range(1, 21)]          # 1..20 ms
     assert p95(samples) == 19.0
