@@ -157,8 +157,9 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
     stays open for ``reconcile`` and the error says so."""
     to = row.to_version
     # the intent and its closing rows carry the move's who, where, host and versions
+    # ... and its details (forced, approved_by, ...): a reconcile that confirms it copies them
     intent = tx.append(replace(row, action="intent", outcome="pending", from_version=current,
-                               details={"move": move}))
+                               details={**row.details, "move": move}))
     tx.commit()
     faultpoint.reached("promotion:after_intent")
     lost_answer = False
@@ -194,9 +195,15 @@ def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
 
 
 def check_agreement(model: str, *, ledger: Ledger | None = None) -> Agreement:
-    """Where ``production`` is, where the ledger says it is, and open intents (read only)."""
-    alias = versions.production_version(model)
-    return agreement(alias, (ledger or Ledger()).entries(model, actions=_VIEW))
+    """Where ``production`` is, where the ledger says it is, and open intents (writes nothing).
+    A disagreement is read again under the promotion lock: a promotion that committed between
+    the two reads is not a move made outside mlops."""
+    ledger = ledger or Ledger()
+    found = agreement(versions.production_version(model), ledger.entries(model, actions=_VIEW))
+    if found.agrees:
+        return found
+    with ledger.serialized(model) as tx:
+        return agreement(versions.production_version(model), tx.entries(actions=_VIEW))
 
 
 @dataclass
@@ -223,16 +230,25 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
     with ledger.serialized(model) as tx:
         alias = versions.production_version(model)
         rows = _reconcile_in(tx, model, alias, by.actor)
-    moves = [r for r in rows if r.action != "intent" and r.to_version is not None]
+    moves = _confirmed_moves(model, rows, by.actor)
     if moves:
-        last = moves[-1]    # the tag shows who the ledger row names, not who reconciled
-        mover = Provenance(actor=last.actor or by.actor, approved_by=last.details.get("approved_by"),
-                           pipeline_id=last.pipeline_id)
-        _write_view(model, last.to_version, Promotion(
-            model=model, action=last.action, from_version=last.from_version, to_version=last.to_version,
-            provenance=mover, reason=last.reason, at=last.at.isoformat(timespec="seconds"),
-            ledger_id=last.id, forced=bool(last.details.get("forced"))))
+        _write_view(model, moves[-1].to_version, moves[-1])
     return Reconciliation(model, alias, rows)
+
+
+def _confirmed_moves(model: str, rows: list[Entry], actor: str | None = None) -> list[Promotion]:
+    """The moves reconciliation recorded, as promotions for the version tags: the tag shows who
+    the ledger row names (and its approver), not who reconciled."""
+    out = []
+    for r in rows:
+        if r.action == "intent" or r.to_version is None:
+            continue
+        mover = Provenance(actor=r.actor or actor or "", approved_by=r.details.get("approved_by"),
+                           pipeline_id=r.pipeline_id)
+        out.append(Promotion(model=model, action=r.action, from_version=r.from_version, to_version=r.to_version,
+                             provenance=mover, reason=r.reason, at=r.at.isoformat(timespec="seconds"),
+                             ledger_id=r.id, forced=bool(r.details.get("forced"))))
+    return out
 
 
 def _refused(ledger: Ledger, model: str, action: str, version: int, by: Provenance, reason: str) -> None:
@@ -254,7 +270,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         with ledger.serialized(model) as tx:
             aliases = versions.registered_model_aliases(model)
             current = aliases.get(versions.PRODUCTION)
-            _reconcile_in(tx, model, current, by.actor)
+            reconciled = _reconcile_in(tx, model, current, by.actor)
+            if reconciled:
+                tx.commit()       # recorded even when no target is found (a refused rollback)
             v, extra = target(tx, current)
             # SQLite: a read here holds the database's write lock (BEGIN IMMEDIATE); end it before
             # asking MLflow, so other models' rows (a fleet deploy's) are not held up by its answer.
@@ -293,6 +311,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         _log.info("%s '%s': production %s -> %s by %s", verb, model,
                   current if current is not None else "(none)", info.version, by.actor)
     def write_view() -> None:
+        for earlier in _confirmed_moves(model, reconciled):   # e.g. a killed re-promotion's approver
+            if earlier.to_version != info.version:
+                _write_view(model, earlier.to_version, earlier)
         _write_view(model, info.version, promo)
         # no longer awaiting approval; read again: another gate may have moved 'candidate' since
         if versions.registered_model_aliases(model).get(versions.CANDIDATE) == info.version:

@@ -97,11 +97,11 @@ def test_mlflow_gone_after_applying_the_move_leaves_an_intent_that_reconcile_con
     assert promotion.rollback(model, actor="bob").to_version == v1
 
 
-def held_promotion(version: int, phase: str, marker) -> subprocess.Popen:
+def held_promotion(version: int, phase: str, marker, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "MLOPS_TEST_PAUSE_AT": phase, "MLOPS_TEST_PAUSE_MARKER": str(marker),
            "MLOPS_TEST_PAUSE_SECONDS": "120"}
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "registry", "promote", "--version", str(version),
-                             "--actor", "carol"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             "--actor", "carol", *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while not (marker.exists() and marker.read_text().strip()):
@@ -233,3 +233,51 @@ def test_a_promotion_waiting_for_mlflow_does_not_hold_up_other_ledger_writers(ma
     p.join(timeout=60)
     assert waited < 1.0, waited
     assert versions.production_version(model) == v1
+
+
+# --- found by review (2026-12-03, late) ------------------------------------------------------
+def test_a_killed_move_confirmed_by_the_next_one_keeps_its_details_and_shows_its_mover(make_version, tmp_path):
+    """The intent row kept only the kind of move: a forced promotion confirmed by reconciliation
+    became an ordinary one in the ledger; and a move confirmed inside the next promotion left the
+    version's tag naming its earlier promoter."""
+    model, v1, v2 = two_promoted_once(make_version)
+    v3 = make_version(validation_status="passed")
+    promotion.promote(model, v2, actor="erin")
+    promotion.promote(model, v1, actor="frank")                      # v2's tag: erin
+    held_promotion(v2, "promotion:after_alias", tmp_path / "marker", "--force", "--reason", "hotfix")
+    promotion.promote(model, v3, actor="dave")                       # confirms carol's move first
+    confirmed = [e for e in Ledger().entries(model) if e.action == "promote" and e.to_version == v2][-1]
+    assert confirmed.actor == "carol" and "intent" in confirmed.details
+    assert confirmed.details.get("forced") is True, confirmed.details
+    assert versions.get_version(model, v2).tags["approved_by"] == "carol"
+    assert versions.get_version(model, v3).tags["approved_by"] == "dave"
+
+
+def test_a_refused_rollback_still_records_the_move_it_found(make_version):
+    """A rollback found production moved outside mlops, logged that it recorded it, then found no
+    target: the recorded rows were rolled back with the refusal."""
+    from mlops_common.errors import RefusedError
+    from registry.promotion_rules import ledger_production
+
+    model, v1, v2 = two_promoted_once(make_version)
+    versions.set_alias(model, versions.PRODUCTION, v2)               # the MLflow UI
+    with pytest.raises(RefusedError):
+        promotion.rollback(model, to=v2, actor="ops")                 # --to where production already is
+    assert ledger_production(Ledger().entries(model)) == v2
+    assert status(model)["agrees"]
+
+
+def test_status_is_not_fooled_by_a_promotion_between_its_two_reads(make_version, monkeypatch):
+    """``registry status`` read the alias, then the ledger: a promotion committing in between was
+    reported as a move made outside mlops."""
+    model, v1, v2 = two_promoted_once(make_version)
+    real = Ledger.entries
+
+    def after_a_concurrent_promotion(self, *a, **k):
+        monkeypatch.setattr(Ledger, "entries", real)
+        promotion.promote(model, v2, actor="bob")                    # another process, between the reads
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Ledger, "entries", after_a_concurrent_promotion)
+    found = promotion.check_agreement(model)
+    assert found.problem() is None and found.alias == found.ledger == v2
