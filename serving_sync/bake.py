@@ -1,11 +1,29 @@
 """Judge a canary on the traffic it really serves: TF Serving's own Prometheus metrics.
 
 TF Serving (``--monitoring_config_file`` with ``prometheus_config``) counts every request in
-``:tensorflow:serving:request_count{model_name,status}`` and times it in the histogram
-``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (microseconds). Counters only
-grow, so a window is the difference of two scrapes. The canary's window after its switch is
-compared with (a) the same host over a window before its switch and (b) the hosts still on the
-old version over the same window as the canary's.
+``:tensorflow:serving:request_count{model_name,status}`` and times each request answered OK in
+the histogram ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (microseconds;
+``http_server.cc``, ``prediction_service_impl.cc``). Counters only grow, so a window is the
+difference of two scrapes. The canary's window after its switch is compared with (a) the same
+host over a window before its switch and (b) the hosts still on the old version over the same
+window as the canary's.
+
+What is counted: status and metadata GETs (a load balancer's health check) carry ``API=""`` in
+the histogram and are left out, so they neither pass for traffic nor dilute the latency. The
+request count has no API label: a window's requests are its inference requests answered OK (the
+histogram's ``_count`` for ``API`` other than ``""``) plus every request that failed (every
+``status`` but ``OK``; a failed health check is rare and counts as an error).
+
+The latency checks allow for the histogram's resolution (bucket limits 1.8x apart, wider than a
+1.5x limit): the exact mean (``_sum / _count``) must stay within ``max_latency_ratio`` of the
+worst baseline's, and a p95 / p99 breaches only when the lowest value its bucket allows is above
+``max_latency_ratio`` times the highest its baseline's bucket allows — so a version 3% slower
+whose p95 crosses a bucket limit is not rolled back, and a version several times slower is.
+
+A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
+window is the counts since the restart, marked ``restarted``. A canary that restarted during its
+bake breaches (its window is not the whole bake, and a crash is the likeliest cause); a baseline
+that restarted is not used.
 
 Everything here but ``scrape`` is a pure function on parsed samples: ``parse`` (the page, read
 with ``prometheus_client.parser``), ``window`` (two snapshots -> counts in between),
@@ -13,12 +31,13 @@ with ``prometheus_client.parser``), ``window`` (two snapshots -> counts in betwe
 The rule (docs/architecture.md, "Rollout"): fewer than ``min_requests`` requests on the canary
 -> "not enough traffic", which passes or fails as ``on_low_traffic`` says; else the canary
 breaches when its error rate is more than ``max_error_rate`` above the worst baseline's, or its
-p95 or p99 latency is more than ``max_latency_ratio`` times the worst baseline's (a baseline
-counts only with at least ``min_requests`` requests of its own).
+latency (above) is more than ``max_latency_ratio`` times the worst baseline's (a baseline counts
+only with at least ``min_requests`` requests of its own).
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 from mlops_common.errors import UserError
@@ -26,23 +45,29 @@ from mlops_common.errors import UserError
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 OK = "OK"
+MAX_PAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """One model's counters on one host at one moment."""
 
-    requests: dict[str, float] = field(default_factory=dict)      # status -> count
-    buckets: dict[float, float] = field(default_factory=dict)     # le (µs) -> cumulative count
+    requests: dict[str, float] = field(default_factory=dict)      # status -> count (every request)
+    buckets: dict[float, float] = field(default_factory=dict)     # le (µs) -> cumulative, inference APIs
+    latency_sum: float = 0.0                                      # µs, inference requests answered OK
+    latency_count: float = 0.0                                    # inference requests answered OK
 
 
 @dataclass(frozen=True)
 class Window:
     """What happened between two snapshots."""
 
-    requests: int = 0
+    requests: int = 0                                             # inference requests (OK) + errors
     errors: int = 0
     buckets: tuple[tuple[float, float], ...] = ()                 # (le µs, cumulative count), sorted
+    latency_sum: float = 0.0                                      # µs over the OK inference requests
+    latency_count: int = 0
+    restarted: bool = False                                       # its counters went down: TF Serving restarted
 
     @property
     def error_rate(self) -> float:
@@ -52,16 +77,25 @@ class Window:
         v = quantile(self.buckets, q)
         return None if v is None else v / 1000.0
 
+    def latency_bounds_ms(self, q: float) -> tuple[float, float] | None:
+        b = quantile_bounds(self.buckets, q)
+        return None if b is None else (b[0] / 1000.0, b[1] / 1000.0)
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.latency_sum / self.latency_count / 1000.0 if self.latency_count > 0 else None
+
     def to_dict(self) -> dict:
-        p95, p99 = self.latency_ms(0.95), self.latency_ms(0.99)
+        p95, p99, mean = self.latency_ms(0.95), self.latency_ms(0.99), self.mean_ms
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
-                "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3)}
+                "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3),
+                "mean_ms": None if mean is None else round(mean, 3), "restarted": self.restarted}
 
 
 @dataclass(frozen=True)
 class Limits:
     max_error_rate: float = 0.01          # above the baseline's
-    max_latency_ratio: float = 1.5        # canary p95/p99 over the baseline's
+    max_latency_ratio: float = 1.5        # canary mean / p95 / p99 over the baseline's
     min_requests: int = 20                # fewer on the canary: "not enough traffic"
     on_low_traffic: str = "pass"          # pass | fail
 
@@ -96,88 +130,149 @@ class Verdict:
 
 
 # --- parsing -------------------------------------------------------------------------------
+def _value(s) -> float:
+    if not (math.isfinite(s.value) and s.value >= 0):
+        raise UserError(f"{s.name} has the value {s.value}, which no counter can have")
+    return float(s.value)
+
+
 def parse(text: str, model: str) -> Snapshot:
-    """``model``'s request counts by status and latency buckets (summed over API / entrypoint)."""
+    """``model``'s request counts by status and its inference latency (summed over API /
+    entrypoint); UserError for a page that is not TF Serving's metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     requests: dict[str, float] = {}
     buckets: dict[float, float] = {}
+    total = count = 0.0
     try:
         families = list(text_string_to_metric_families(text))
     except Exception as exc:  # noqa: BLE001 - the parser raises ValueError and friends
         raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
+    if not any(f.name == REQUEST_COUNT for f in families):
+        raise UserError(f"the page has no {REQUEST_COUNT}: it is not TF Serving's metrics page (check "
+                        f"metrics_url in the hosts file)")
     for fam in families:
         if fam.name not in (REQUEST_COUNT, REQUEST_LATENCY):
             continue
         for s in fam.samples:
             if s.labels.get("model_name") != model:
                 continue
-            if fam.name == REQUEST_COUNT and s.name in (REQUEST_COUNT, REQUEST_COUNT + "_total"):
+            if fam.name == REQUEST_COUNT:
                 status = s.labels.get("status", OK)
-                requests[status] = requests.get(status, 0.0) + s.value
-            elif fam.name == REQUEST_LATENCY and s.name == REQUEST_LATENCY + "_bucket":
-                le = float(s.labels.get("le", "+Inf"))
-                buckets[le] = buckets.get(le, 0.0) + s.value
-    return Snapshot(requests, buckets)
+                requests[status] = requests.get(status, 0.0) + _value(s)
+            elif not s.labels.get("API"):                 # status / metadata GETs: not inference traffic
+                continue
+            elif s.name == REQUEST_LATENCY + "_bucket":
+                try:
+                    le = float(s.labels.get("le", "+Inf"))
+                except ValueError:
+                    raise UserError(f"{s.name} has the bucket limit le={s.labels.get('le')!r}, "
+                                    f"which is not a number") from None
+                buckets[le] = buckets.get(le, 0.0) + _value(s)
+            elif s.name == REQUEST_LATENCY + "_sum":
+                total += _value(s)
+            elif s.name == REQUEST_LATENCY + "_count":
+                count += _value(s)
+    if buckets and not count:             # a page without _count: the +Inf bucket holds it
+        count = buckets.get(math.inf, 0.0)
+    return Snapshot(requests, buckets, total, count)
 
 
-def _delta(after: float, before: float) -> float:
-    """A counter's growth; a counter that went down was reset (TF Serving restarted)."""
-    return after - before if after >= before else after
+def _went_down(before: Snapshot, after: Snapshot) -> bool:
+    pairs = [(after.requests.get(k, 0.0), v) for k, v in before.requests.items()]
+    pairs += [(after.buckets.get(k, 0.0), v) for k, v in before.buckets.items()]
+    pairs += [(after.latency_sum, before.latency_sum), (after.latency_count, before.latency_count)]
+    return any(a < b for a, b in pairs)
 
 
 def window(before: Snapshot, after: Snapshot) -> Window:
+    """The counts between two snapshots; if any went down TF Serving restarted in between, and
+    the window is what ``after`` counted since (``restarted``)."""
+    restarted = _went_down(before, after)
+    if restarted:
+        before = Snapshot()
     statuses = set(before.requests) | set(after.requests)
-    counts = {st: _delta(after.requests.get(st, 0.0), before.requests.get(st, 0.0)) for st in statuses}
-    total = int(round(sum(counts.values())))
+    counts = {st: after.requests.get(st, 0.0) - before.requests.get(st, 0.0) for st in statuses}
     errors = int(round(sum(c for st, c in counts.items() if st != OK)))
+    ok = int(round(after.latency_count - before.latency_count))
     les = sorted(set(before.buckets) | set(after.buckets))
-    buckets = tuple((le, _delta(after.buckets.get(le, 0.0), before.buckets.get(le, 0.0))) for le in les)
-    return Window(total, errors, buckets)
+    buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
+    return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted)
 
 
 def merge(windows: list[Window]) -> Window:
     """Several hosts' windows as one (the hosts still on the old version)."""
     les = sorted({le for w in windows for le, _ in w.buckets})
     buckets = tuple((le, sum(dict(w.buckets).get(le, 0.0) for w in windows)) for le in les)
-    return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets)
+    return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
+                  sum(w.latency_sum for w in windows), sum(w.latency_count for w in windows),
+                  any(w.restarted for w in windows))
+
+
+def _cumulative(buckets) -> list[tuple[float, float]]:
+    """Counts made non-decreasing, as Prometheus does before ``histogram_quantile``."""
+    out, top = [], 0.0
+    for le, c in buckets:
+        top = max(top, c)
+        out.append((le, top))
+    return out
+
+
+def _locate(buckets, q: float):
+    """(previous limit, previous count, limit, count, rank) of the bucket holding quantile ``q``."""
+    buckets = _cumulative(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            return prev_le, prev_count, le, count, rank
+        prev_le, prev_count = le, count
+    return prev_le, prev_count, math.inf, prev_count, rank
 
 
 def quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | None:
     """Prometheus' ``histogram_quantile``: linear inside the bucket; None without observations."""
-    if not buckets:
+    found = _locate(buckets, q)
+    if found is None:
         return None
-    total = buckets[-1][1] if math.isinf(buckets[-1][0]) else max(c for _, c in buckets)
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if math.isinf(le):           # in the open top bucket: the highest finite bound
-                return prev_le
-            if count == prev_count:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return prev_le
+    prev_le, prev_count, le, count, rank = found
+    if math.isinf(le):               # in the open top bucket: the highest finite bound
+        return prev_le
+    if count == prev_count:
+        return le
+    return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+
+
+def quantile_bounds(buckets: tuple[tuple[float, float], ...], q: float) -> tuple[float, float] | None:
+    """The limits of the bucket holding quantile ``q``: all the histogram can say of it."""
+    found = _locate(buckets, q)
+    return None if found is None else (found[0], found[2])
 
 
 # --- the verdict ---------------------------------------------------------------------------
-def _pct(w: Window) -> str:
-    return f"{100 * w.error_rate:.1f}%"
+def _pct(rate: float) -> str:
+    return f"{100 * rate:.1f}%"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.1f} ms" if v >= 0.1 or v == 0 else f"{v:.2f} ms"
 
 
 def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits) -> Verdict:
     """Did the canary's live traffic get worse than before its switch / than the old hosts?"""
-    baselines = {name: w for name, w in (("before", before), ("on the other hosts", others))
-                 if w is not None and w.requests >= limits.min_requests}
+    named = [(name, w) for name, w in (("before", before), ("on the other hosts", others)) if w is not None]
+    baselines = {name: w for name, w in named if w.requests >= limits.min_requests and not w.restarted}
     measurements = {"canary": canary.to_dict(),
                     "before": before.to_dict() if before is not None else None,
                     "others": others.to_dict() if others is not None else None,
                     "limits": {"max_error_rate": limits.max_error_rate,
                                "max_latency_ratio": limits.max_latency_ratio,
                                "min_requests": limits.min_requests, "on_low_traffic": limits.on_low_traffic}}
+    if canary.restarted:
+        why = "TF Serving restarted during the bake (its counters went down)"
+        return Verdict(host, "breached", f"canary {host}: {why}: rolled back", (why,), measurements)
     if canary.requests < limits.min_requests:
         ok = limits.on_low_traffic == "pass"
         line = (f"canary {host}: not enough traffic ({canary.requests} requests < {limits.min_requests}) to "
@@ -186,40 +281,79 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
                        ("not enough traffic",), measurements)
     reasons = []
     base_rate = max((w.error_rate for w in baselines.values()), default=0.0)
-    compare = " and ".join(f"{_pct(w)} {name}" for name, w in (("before", before), ("on the other hosts", others))
-                           if w is not None) or "no baseline"
-    err = (f"error rate {_pct(canary)} ({canary.errors}/{canary.requests}) vs {compare}; "
-           f"limit {100 * limits.max_error_rate:.1f}%")
+
+    def unused(w: Window) -> str:
+        if w.restarted:
+            return " (restarted, not used)"
+        return "" if w.requests >= limits.min_requests else f" ({w.requests} requests, too few to use)"
+
+    compare = " and ".join(f"{_pct(w.error_rate)} {name}{unused(w)}" for name, w in named) or "no baseline"
+    limit = _pct(limits.max_error_rate) if base_rate == 0 else \
+        f"{_pct(base_rate + limits.max_error_rate)} ({_pct(base_rate)} + {_pct(limits.max_error_rate)})"
+    err = f"error rate {_pct(canary.error_rate)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
     if canary.error_rate > base_rate + limits.max_error_rate:
         reasons.append(err)
+    ratio = limits.max_latency_ratio
+    mine, base = canary.mean_ms, [(n, w.mean_ms) for n, w in baselines.items() if w.mean_ms]
+    if mine is not None and base and mine > ratio * max(v for _, v in base):
+        reasons.append(f"mean latency {_ms(mine)} vs " + " and ".join(f"{_ms(v)} {n}" for n, v in base)
+                       + f"; limit {ratio:g}x")
     for q in (0.95, 0.99):
-        mine = canary.latency_ms(q)
-        base = [(name, w.latency_ms(q)) for name, w in baselines.items()]
-        base = [(n, v) for n, v in base if v is not None and v > 0]
-        if mine is None or not base:
+        mine_b = canary.latency_bounds_ms(q)
+        base_b = [(n, w.latency_bounds_ms(q)) for n, w in baselines.items()]
+        base_b = [(n, b) for n, b in base_b if b is not None and b[1] > 0]
+        if mine_b is None or not base_b:
             continue
-        worst = max(v for _, v in base)
-        if mine > limits.max_latency_ratio * worst:
-            reasons.append(f"p{round(q * 100)} latency {mine:.1f} ms vs "
-                           + " and ".join(f"{v:.1f} ms {n}" for n, v in base)
-                           + f"; limit {limits.max_latency_ratio:g}x")
+        if mine_b[0] > ratio * max(b[1] for _, b in base_b):
+            reasons.append(f"p{round(q * 100)} latency at least {_ms(mine_b[0])} vs "
+                           + " and ".join(f"at most {_ms(b[1])} {n}" for n, b in base_b) + f"; limit {ratio:g}x")
     if reasons:
         return Verdict(host, "breached", f"canary {host}: {'; '.join(reasons)}: rolled back", tuple(reasons),
                        measurements)
-    p95 = canary.latency_ms(0.95)
-    lat = f", p95 {p95:.1f} ms" if p95 is not None else ""
+    lat = f", mean {_ms(canary.mean_ms)}" if canary.mean_ms is not None else ""
+    p95 = canary.latency_bounds_ms(0.95)
+    lat += f", p95 at most {_ms(p95[1])}" if p95 is not None and math.isfinite(p95[1]) else ""
     return Verdict(host, "passed", f"canary {host}: {err}{lat}: passed", (), measurements)
 
 
 # --- reading a host ------------------------------------------------------------------------
+def _read_page(url: str, timeout: float) -> bytes:
+    """The whole page or OSError / ValueError: at most ``MAX_PAGE_BYTES``, within about
+    ``timeout`` seconds in all (each read waits at most ``timeout``), never a page cut short."""
+    import http.client
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
+            expected = resp.headers.get("Content-Length")
+            chunks, size = [], 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the page did not arrive within {timeout:g}s")
+                chunk = resp.read1(64 * 1024)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_PAGE_BYTES:
+                    raise ValueError(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
+                chunks.append(chunk)
+    except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
+        raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
+    body = b"".join(chunks)
+    if expected is not None and expected.strip().isdigit() and len(body) != int(expected):
+        raise ValueError(f"the page was cut off ({len(body)} of {int(expected)} bytes)")
+    if body and not body.endswith(b"\n"):
+        raise ValueError("the page was cut off (it does not end with a new line)")
+    return body
+
+
 def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Snapshot:
     """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters; one-line UserError."""
     import urllib.error
-    import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
-            text = resp.read(16 * 1024 * 1024).decode("utf-8", "replace")
+        text = _read_page(url, timeout).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
                         f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "

@@ -15,7 +15,7 @@ import time
 from mlops_common import log
 from mlops_common.errors import UserError
 
-from . import bake, cancel
+from . import bake, cancel, parallel
 
 logger = log.get("sync.canary")
 
@@ -67,18 +67,21 @@ class Baker:
         host = self.hosts[name]
         return bake.scrape(name, host.metrics, self.model, timeout=self.timeout)
 
-    def _scrape_some(self, names) -> dict[str, bake.Snapshot]:
+    def _scrape_some(self, names, required=()) -> dict[str, bake.Snapshot]:
+        """Every host of ``names`` read at once (their windows line up); a host in ``required``
+        must be readable (UserError), any other one is left out of the comparison. A host never
+        judged is not read again after a failure (each would wait ``timeout``); a host judged
+        later (``--bake-each-wave``) is, since it must be readable when its own wave comes."""
+        names = [n for n in names if n in required or n not in self.unreadable or n in self.canary]
         out = {}
-        for n in names:
-            if n in self.unreadable:
+        for n, (snap, exc) in zip(names, parallel.settle(self._scrape, names, workers=16, name="metrics")):
+            if exc is None:
+                out[n] = snap
                 continue
-            try:
-                out[n] = self._scrape(n)
-            except UserError as exc:
-                if n in self.canary:
-                    raise
-                self.unreadable[n] = exc.message
-                logger.warning("%s (left out of the comparison)", exc.message)
+            if n in required or not isinstance(exc, UserError):
+                raise exc
+            self.unreadable[n] = exc.message
+            logger.warning("%s (left out of the comparison)", exc.message)
         return out
 
     def start(self) -> None:
@@ -96,22 +99,26 @@ class Baker:
         if any(n in self.canary for n in names) or self.opts.bake_each_wave:
             _sleep(self.opts.bake - (time.monotonic() - self.t0),
                    f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
-        self.s1.update(self._scrape_some(names))
+        self.s1.update(self._scrape_some(names, required=self.canary.intersection(names)))
 
     def judge(self, wave, old) -> list[bake.Verdict]:
         judged = [r.host.name for r in wave]      # every one read before its switch (``canary``)
         old_names = [r.host.name for r in old]
-        s2 = self._scrape_some(judged + old_names)
+        s2 = self._scrape_some(judged + old_names, required=judged)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
         _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic")
-        s3 = self._scrape_some(judged + old_names)
-        others = [bake.window(s2[o], s3[o]) for o in old_names if o in s2 and o in s3]
+        s3 = self._scrape_some(judged + old_names, required=judged)
+        others = []
+        for o in old_names:
+            if o in s2 and o in s3:
+                w = bake.window(s2[o], s3[o])
+                if w.restarted:
+                    logger.warning("%s: TF Serving restarted during the bake (left out of the comparison)", o)
+                else:
+                    others.append(w)
         merged = bake.merge(others) if others else None
         verdicts = []
         for n in judged:
-            if n not in s2 or n not in s3:
-                raise UserError(f"{n}: its metrics could not be read during the bake "
-                                f"({self.unreadable.get(n, 'unknown error')})")
             before = bake.window(self.s0[n], self.s1[n]) if n in self.s0 else None
             verdicts.append(bake.judge(n, bake.window(s2[n], s3[n]), before, merged, self.opts.limits))
         return verdicts

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 from mlops_common import settings
 from mlops_common.errors import ConfigError, NotFoundError
 
-from .names import MODEL_NAME_RE, has_traversal
+from .names import MODEL_NAME_RE, has_control, has_traversal
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 HOST_FIELDS = ("name", "target", "rest_url", "grpc", "known_hosts", "identity_file", "model_base_path",
@@ -73,7 +73,8 @@ class Target:
             return f"file://{self.path}"
         if self.scheme == "ssh":
             user = f"{self.user}@" if self.user else ""
-            return f"ssh://{user}{self.host}:{self.port}{self.path}"
+            host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+            return f"ssh://{user}{host}:{self.port}{self.path}"
         return f"s3://{self.bucket}/{self.path}".rstrip("/")
 
 
@@ -140,8 +141,8 @@ def _absolute_path(value: str, where: _Where, fld: str) -> str:
         raise where.error(fld, f"{value!r} must be an absolute path")
     if has_traversal(value):
         raise where.error(fld, f"{value!r} must not contain '..'")
-    if any(c in value for c in "\x00\n\r"):
-        raise where.error(fld, "contains control characters")
+    if has_control(value):
+        raise where.error(fld, "contains control or line-separator characters")
     norm = re.sub(r"/+", "/", value)
     return norm.rstrip("/") or "/"
 
@@ -156,6 +157,8 @@ def parse_target(value: object, where: _Where) -> Target:
                                     "or s3://bucket/prefix")
     value = value.strip()
     shown = settings.mask_url_password(value)
+    if has_control(value):      # urlsplit drops tabs and new lines without a word: a different path
+        raise where.error("target", "contains control or line-separator characters")
     try:
         parts = urlsplit(value)
         password = parts.password
@@ -184,7 +187,7 @@ def parse_target(value: object, where: _Where) -> Target:
         if not parts.hostname:
             raise where.error("target", f"{shown!r} has no host; use ssh://user@host:22/abs/path")
         try:
-            port = parts.port or 22
+            port = 22 if parts.port is None else parts.port
         except ValueError:
             raise where.error("target", f"{shown!r} has an invalid port") from None
         if not 1 <= port <= 65535:
@@ -205,7 +208,7 @@ def parse_target(value: object, where: _Where) -> Target:
             raise where.error("target", f"{shown!r}: invalid bucket name {bucket!r} (3-63 lowercase "
                                         f"letters, digits, '.', '-')")
         prefix = unquote(parts.path).strip("/")
-        if any(c in prefix for c in "\x00\n\r\\") or "//" in prefix:
+        if has_control(prefix) or "\\" in prefix or "//" in prefix or has_traversal(prefix):
             raise where.error("target", f"{shown!r}: invalid key prefix")
         return Target("s3", prefix, bucket=bucket)
     raise where.error("target", f"{shown!r}: unsupported scheme {parts.scheme or '(none)'!r}; "
@@ -216,16 +219,19 @@ def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
     if not isinstance(value, str) or not value.strip():
         raise where.error(fld, "missing; the TF Serving REST address, e.g. http://127.0.0.1:8501")
     value = value.strip().rstrip("/")
-    parts = urlsplit(value)
+    example = "an http(s) URL like http://127.0.0.1:8501"
+    if has_control(value):
+        raise where.error(fld, f"contains control or line-separator characters; it must be {example}")
     try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.username or parts.password:
+        parts = urlsplit(value)
+        port, credentials = parts.port, parts.username or parts.password
+    except ValueError:          # "http://[::1", a port that is not a number: not echoed (a password?)
+        raise where.error(fld, f"is not {example}") from None
+    if credentials:
         raise where.error(fld, "must not contain credentials (they would end up in logs)")
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1 \
+    if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and not 1 <= port <= 65535) \
             or parts.query or parts.fragment or has_traversal(parts.path):
-        raise where.error(fld, f"{value!r} is not an http(s) URL like http://127.0.0.1:8501")
+        raise where.error(fld, f"{value!r} is not {example}")
     return value
 
 
@@ -257,6 +263,11 @@ def _check_base_path(value: object, where: _Where) -> str | None:
         raise where.error("model_base_path", "must be a non-empty path string")
     value = value.strip()
     if value.startswith(("s3://", "gs://", "hdfs://")):
+        if "@" in value.split("/", 3)[2]:
+            raise where.error("model_base_path", "must not contain credentials; TF Serving reads them "
+                                                 "from its own environment (AWS_ACCESS_KEY_ID, ...)")
+        if has_control(value):
+            raise where.error("model_base_path", "contains control or line-separator characters")
         if has_traversal(value):
             raise where.error("model_base_path", f"{value!r} must not contain '..'")
         return value.rstrip("/")
@@ -312,13 +323,26 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
         raise where.error(None, "no hosts: add at least one [[hosts]] table with name, target and rest_url")
     hosts: list[Host] = []
     seen: set[str] = set()
+    bases: dict[tuple, str] = {}
     for i, entry in enumerate(entries):
         host = parse_host(entry, _Where(source, i))
         if host.name in seen:
             raise _Where(source, i, host.name).error("name", "duplicate host name; names must be unique")
         seen.add(host.name)
+        base = _base_key(host.target)
+        if base in bases:       # two names for one base directory: the deploy would wait on its own lock
+            raise _Where(source, i, host.name).error(
+                "target", f"the same base directory as host {bases[base]!r}; list each base directory once")
+        bases[base] = host.name
         hosts.append(replace(host, store=store) if store and host.target.scheme == "ssh" else host)
     return hosts
+
+
+def _base_key(t: Target) -> tuple:
+    """What names one base directory: a host name's case and the default port do not matter."""
+    if t.scheme == "s3":
+        return ("s3", t.bucket, t.path)
+    return (t.scheme, (t.host or "").lower().rstrip("."), t.port if t.scheme == "ssh" else 0, t.path)
 
 
 def parse_store(value: object, endpoint: object, where: _Where) -> Store | None:
@@ -328,7 +352,8 @@ def parse_store(value: object, endpoint: object, where: _Where) -> Store | None:
             raise where.error("store_endpoint", "set without 'store'; add store = \"s3://bucket/prefix\"")
         return None
     if not isinstance(value, str) or not value.startswith("s3://"):
-        raise where.error("store", f"{value!r}: a shared store is an s3://bucket/prefix URL")
+        shown = settings.mask_url_password(value) if isinstance(value, str) else value
+        raise where.error("store", f"{shown!r}: a shared store is an s3://bucket/prefix URL")
     target = parse_target(value, _StoreWhere(where))
     if endpoint is not None:
         endpoint = _check_rest_url(endpoint, where, "store_endpoint")

@@ -82,6 +82,15 @@ def entry(**fields) -> str:
     ({"name": "../x"}, "name", "invalid"),
     ({"name": "has space"}, "name", "invalid"),
     ({"colour": "blue"}, "colour", "unknown field"),
+    # found by review: a traceback, a port silently changed, a different path than written
+    ({"rest_url": "http://u:hunter2secret@[::1"}, "rest_url", "is not an http(s) URL"),
+    ({"metrics_url": "http://[::1:9/m"}, "metrics_url", "is not an http(s) URL"),
+    ({"rest_url": "http://h:0"}, "rest_url", "http(s) URL"),
+    ({"target": "ssh://d@h:0/srv/m"}, "target", "invalid port"),
+    ({"target": "file:///srv/a\tb"}, "target", "control"),
+    ({"target": "file:///srv/a\u2028b"}, "target", "control"),
+    ({"target": "s3://bucket/a/%2e%2e/b"}, "target", "invalid key prefix"),
+    ({"model_base_path": "s3://AKIAX:secret@bucket/m"}, "model_base_path", "credentials"),
 ])
 def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
     with pytest.raises(ConfigError) as e:
@@ -91,6 +100,33 @@ def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, wor
     assert msg.startswith("/etc/mlops/hosts.toml: hosts[0]")
     assert f"field {fld!r}" in msg
     assert words in msg
+
+
+def test_no_message_echoes_a_password():
+    for text in (entry(rest_url="http://u:hunter2secret@[::1"),
+                 entry(model_base_path="s3://AKIAX:hunter2secret@bucket/m"),
+                 'store = "https://AKIAX:hunter2secret@s3.example.com/bucket"\n' + entry()):
+        with pytest.raises(ConfigError) as e:
+            parse_hosts_toml(text, "hosts.toml")
+        assert "hunter2secret" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("first,second", [
+    ("file:///srv/m", "file://localhost/srv//m/"),
+    ("ssh://d@h/x", "ssh://d@H:22/x"),
+    ("s3://bucket/a/b", "s3://bucket/a/b/"),
+])
+def test_two_names_for_one_base_directory_are_refused(first, second):
+    """The deploy locked the first and then waited on its own lock for the second, and told the
+    person to --break-lock a token that changes every run."""
+    text = entry(name="a", target=first) + entry(name="b", target=second)
+    with pytest.raises(ConfigError, match=r"hosts\[1\] \('b'\): field 'target': the same base directory as host 'a'"):
+        parse_hosts_toml(text, "hosts.toml")
+
+
+def test_an_ipv6_host_is_bracketed_in_messages():
+    (h,) = parse_hosts_toml(entry(target="ssh://d@[::1]:2222/srv/m"), "f")
+    assert h.target.url == "ssh://d@[::1]:2222/srv/m"
 
 
 def test_ssh_traversal_in_identity_file_is_refused():

@@ -128,12 +128,14 @@ def test_parse_refuses_what_is_not_prometheus_text():
 
 
 def test_window_is_the_difference_and_survives_a_counter_reset():
-    a = bake.Snapshot({"OK": 100.0, "INTERNAL": 1.0}, {1000.0: 50.0, float("inf"): 101.0})
-    b = bake.Snapshot({"OK": 150.0, "INTERNAL": 5.0}, {1000.0: 60.0, float("inf"): 155.0})
+    # requests: the inference requests answered OK (the histogram's count) plus every error
+    a = bake.Snapshot({"OK": 130.0, "INTERNAL": 1.0}, {1000.0: 50.0, float("inf"): 100.0}, 90_000.0, 100.0)
+    b = bake.Snapshot({"OK": 190.0, "INTERNAL": 5.0}, {1000.0: 60.0, float("inf"): 150.0}, 140_000.0, 150.0)
     w = bake.window(a, b)
-    assert (w.requests, w.errors) == (54, 4) and dict(w.buckets) == {1000.0: 10.0, float("inf"): 54.0}
-    reset = bake.window(b, bake.Snapshot({"OK": 3.0}, {}))     # TF Serving restarted: counts from 0
-    assert (reset.requests, reset.errors) == (3, 0)
+    assert (w.requests, w.errors, w.restarted) == (54, 4, False)
+    assert dict(w.buckets) == {1000.0: 10.0, float("inf"): 50.0} and w.mean_ms == pytest.approx(1.0)
+    reset = bake.window(b, bake.Snapshot({"OK": 3.0}, {1000.0: 3.0, float("inf"): 3.0}, 600.0, 3.0))
+    assert (reset.requests, reset.errors, reset.restarted) == (3, 0, True)     # counts since the restart
 
 
 def test_quantile_matches_prometheus_histogram_quantile():

@@ -1,0 +1,243 @@
+"""The bake's reading of TF Serving's metrics, against the faults a review found: a histogram too
+coarse for a 1.5x limit, health checks counted as traffic, a restart during the bake, pages that
+are slow, cut off or not TF Serving's, verdict lines quoting what they did not use, and a later
+wave's unreadable host aborting the canary's bake. Pure functions, a real HTTP server on
+127.0.0.1 for the page reads."""
+from __future__ import annotations
+
+import bisect
+import http.server
+import random
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from mlops_common.errors import UserError
+from serving_host import metrics as tfs_metrics
+from serving_sync import bake, canary
+
+INF = float("inf")
+LIMITS = bake.Limits()          # 1% above the baseline, 1.5x latency, 20 requests
+EMPTY = bake.Snapshot()
+
+
+def _snap(latencies_us, errors: int = 0, health: int = 0) -> bake.Snapshot:
+    """What TF Serving's counters hold after these OK inference requests (µs), ``errors`` failed
+    ones and ``health`` status GETs (counted in request_count only: the histogram leaves API="")."""
+    cells = [0] * (len(tfs_metrics.LATENCY_BUCKETS) + 1)
+    for v in latencies_us:
+        cells[bisect.bisect_right(tfs_metrics.LATENCY_BUCKETS, v)] += 1
+    buckets, c = {}, 0
+    for i, n in enumerate(cells):
+        c += n
+        buckets[tfs_metrics.LATENCY_BUCKETS[i] if i < len(tfs_metrics.LATENCY_BUCKETS) else INF] = float(c)
+    requests = {"OK": float(len(latencies_us) + health)}
+    if errors:
+        requests["INTERNAL"] = float(errors)
+    return bake.Snapshot(requests, buckets, float(sum(latencies_us)), float(len(latencies_us)))
+
+
+def _win(latencies_us, errors: int = 0) -> bake.Window:
+    return bake.window(EMPTY, _snap(latencies_us, errors))
+
+
+# --- latency: the histogram's resolution ---------------------------------------------------------
+def test_a_slowdown_of_a_few_percent_across_a_bucket_limit_is_not_a_breach():
+    """Bucket limits are 1.8x apart: 1100 µs and 1103 µs fall in different buckets, and the
+    interpolated p95 read 1.9 ms vs 1.1 ms, a breach of a 1.5x limit (rolled back for 0.3%)."""
+    v = bake.judge("web-2", _win([1103] * 500), _win([1100] * 500), _win([1100] * 1000), LIMITS)
+    assert v.passed, v.line
+    rnd = random.Random(1)
+    base = [rnd.gauss(1000, 40) for _ in range(2000)]
+    for shift in (1.0, 1.03, 1.05, 1.3):
+        v = bake.judge("web-2", _win([x * shift for x in base]), _win(base), _win(base), LIMITS)
+        assert v.passed, (shift, v.line)
+
+
+@pytest.mark.parametrize("shift", [1.6, 2.0, 5.0])
+def test_a_real_slowdown_breaches_on_the_exact_mean(shift):
+    rnd = random.Random(2)
+    base = [rnd.gauss(1000, 40) for _ in range(2000)]
+    v = bake.judge("web-2", _win([x * shift for x in base]), _win(base), _win(base), LIMITS)
+    assert v.outcome == "breached" and "mean latency" in v.line and "limit 1.5x" in v.line
+
+
+def test_a_tail_regression_breaches_on_the_bucket_bounds():
+    rnd = random.Random(3)
+    base = [rnd.gauss(1000, 40) for _ in range(2000)]
+    tail = [x * (5 if i % 10 == 0 else 1) for i, x in enumerate(base)]   # 10% of requests 5x slower
+    v = bake.judge("web-2", _win(tail), _win(base), None, LIMITS)
+    assert v.outcome == "breached" and "p95 latency at least" in v.line and "at most 1.1 ms before" in v.line
+
+
+def test_quantile_treats_the_buckets_as_cumulative_even_when_they_are_not():
+    assert bake.quantile(((100.0, 305.0), (1000.0, 300.0), (INF, 305.0)), 0.95) <= 100.0
+    assert bake.quantile_bounds(((1000.0, 50.0), (2000.0, 90.0), (INF, 100.0)), 0.7) == (1000.0, 2000.0)
+    assert bake.quantile_bounds(((1000.0, 50.0), (INF, 100.0)), 0.99) == (1000.0, INF)
+
+
+# --- what is traffic ------------------------------------------------------------------------------
+def _page(model="m", ok=5, predict_us=10_000, gets=600, get_us=300, errors=0) -> str:
+    reg = tfs_metrics.serving_registry()        # the local server's metrics, as TF Serving writes them
+    for _ in range(ok):
+        reg.counter(tfs_metrics.REQUEST_COUNT, (model, "OK"))
+        reg.sample(tfs_metrics.REQUEST_LATENCY, (model, "predict", "REST"), predict_us)
+    for _ in range(gets):
+        reg.counter(tfs_metrics.REQUEST_COUNT, (model, "OK"))
+        reg.sample(tfs_metrics.REQUEST_LATENCY, (model, "", "REST"), get_us)
+    for _ in range(errors):
+        reg.counter(tfs_metrics.REQUEST_COUNT, (model, "INVALID_ARGUMENT"))
+    return reg.page()
+
+
+def test_health_checks_are_neither_traffic_nor_latency():
+    """600 status GETs at 0.3 ms and 5 predicts at 10 ms: 5 requests (not enough traffic), and
+    the latency is the predicts' (the GETs made a 10x slower canary pass at p95 0.3 ms)."""
+    s = bake.parse(_page(), "m")
+    w = bake.window(EMPTY, s)
+    assert w.requests == 5 and w.mean_ms == pytest.approx(10.0)
+    assert bake.judge("web-2", w, None, None, LIMITS).outcome == "low_traffic_passed"
+    slow = bake.window(EMPTY, bake.parse(_page(ok=200, predict_us=10_000), "m"))
+    fast = bake.window(EMPTY, bake.parse(_page(ok=200, predict_us=1_000), "m"))
+    assert bake.judge("web-2", slow, fast, None, LIMITS).outcome == "breached"
+    errs = bake.window(EMPTY, bake.parse(_page(ok=90, errors=10), "m"))
+    assert (errs.requests, errs.errors) == (100, 10)          # 10% of inference, not 10/700
+
+
+# --- a restart during the bake ---------------------------------------------------------------------
+def test_a_canary_that_restarted_during_its_bake_is_rolled_back():
+    """Counters that go down: TF Serving restarted. 15 errors since then once read as "not enough
+    traffic: passed"."""
+    s2 = _snap([1000] * 100_000)
+    s3 = bake.Snapshot({"OK": 0.0, "INTERNAL": 15.0}, {}, 0.0, 0.0)
+    w = bake.window(s2, s3)
+    assert w.restarted and (w.requests, w.errors) == (15, 15)
+    v = bake.judge("web-2", w, _win([1000] * 5000), _win([1000] * 5000), LIMITS)
+    assert v.outcome == "breached" and "restarted during the bake" in v.line
+
+
+def test_a_baseline_that_restarted_is_not_used_and_says_so():
+    restarted = bake.window(_snap([1000] * 500, errors=100), _snap([1000] * 30, errors=20))
+    v = bake.judge("web-2", _win([1000] * 95, errors=5), restarted, None, LIMITS)
+    assert v.outcome == "breached" and "(restarted, not used)" in v.line
+
+
+# --- the verdict line says what it used ------------------------------------------------------------
+def test_the_line_marks_unused_baselines_and_prints_the_threshold_applied():
+    before = _win([1000], errors=1)                     # 2 requests: too few to use
+    v = bake.judge("web-2", _win([1000] * 90, errors=10), before, _win([1000] * 1000), LIMITS)
+    assert "50.0% before (2 requests, too few to use)" in v.line and "limit 1.0%" in v.line
+    v = bake.judge("web-2", _win([1000] * 945, errors=55), None, _win([1000] * 950, errors=50), LIMITS)
+    assert v.passed and "limit 6.0% (5.0% + 1.0%)" in v.line
+
+
+# --- pages that are not TF Serving's whole page ----------------------------------------------------
+@pytest.mark.parametrize("page,says", [
+    ("# TYPE node_cpu_seconds_total counter\nnode_cpu_seconds_total{cpu=\"0\"} 1\n", "not TF Serving's metrics"),
+    ("", "not TF Serving's metrics"),
+    ("# TYPE :tensorflow:serving:request_count counter\n"
+     ":tensorflow:serving:request_count{model_name=\"m\",status=\"OK\"} NaN\n", "no counter can have"),
+    ("# TYPE :tensorflow:serving:request_count counter\n"
+     "# TYPE :tensorflow:serving:request_latency histogram\n"
+     ":tensorflow:serving:request_latency_bucket{model_name=\"m\",API=\"predict\",entrypoint=\"REST\",le=\"abc\"} 1\n",
+     "not a number"),
+])
+def test_a_page_that_is_not_tf_servings_is_one_line(page, says):
+    with pytest.raises(UserError, match=says):
+        bake.parse(page, "m")
+
+
+def test_a_page_without_traffic_yet_is_tf_servings_all_the_same():
+    assert bake.parse(tfs_metrics.serving_registry().page(), "m") == bake.Snapshot()
+
+
+class _Pages(http.server.BaseHTTPRequestHandler):
+    mode = "whole"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):  # noqa: N802 - stdlib name
+        body = _page(ok=30, gets=0).encode()
+        self.send_response(200)
+        if self.mode == "slow":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(0, min(len(body), 200)):                  # one byte each 50 ms: 10 s at most
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.05)
+            return
+        if self.mode == "cut":
+            self.send_header("Content-Length", str(len(body) + 5))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
+        if self.mode == "huge":
+            self.end_headers()
+            chunk = b"# " + b"x" * 65_000 + b"\n"
+            for _ in range(bake.MAX_PAGE_BYTES // len(chunk) + 2):       # just over the cap, then stop
+                self.wfile.write(chunk)
+            return
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def page_server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_whole_page_is_read(page_server):
+    _Pages.mode = "whole"
+    url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
+    assert bake.window(EMPTY, bake.scrape("web-1", url, "m", timeout=5)).requests == 30
+
+
+@pytest.mark.parametrize("mode,says", [("slow", "did not arrive within 1s"), ("cut", "cut off"),
+                                       ("huge", "larger than 16 MB")])
+def test_a_slow_cut_or_huge_page_is_refused_in_time(page_server, mode, says):
+    _Pages.mode = mode
+    url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
+    start = time.monotonic()
+    with pytest.raises(UserError, match=says) as e:
+        bake.scrape("web-1", url, "m", timeout=1.0)
+    assert time.monotonic() - start < 3.0            # a page trickling in held the bake 12 s and more
+    assert "web-1: cannot read TF Serving's metrics" in e.value.message
+
+
+# --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
+def test_a_later_waves_unreadable_host_does_not_abort_the_canarys_bake(monkeypatch):
+    hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2", "web-3")}
+    runs = [SimpleNamespace(host=h) for h in hosts.values()]
+    opts = SimpleNamespace(bake=0.0, bake_each_wave=True, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1", "web-2"), opts)
+    down = set()
+
+    def scrape(name):
+        if name in down:
+            raise UserError(f"{name}: cannot read TF Serving's metrics at http://{name}/m (timed out)")
+        return _snap([1000] * 100)
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    baker.start()
+    baker.before_switch([runs[0]])
+    down.add("web-2")                                  # the next wave's host, read as a baseline now
+    verdicts = baker.judge([runs[0]], [runs[1], runs[2]])
+    assert [v.host for v in verdicts] == ["web-1"]
+    down.discard("web-2")                              # readable again when its own wave comes
+    baker.before_switch([runs[1]])
+    assert [v.host for v in baker.judge([runs[1]], [runs[2]])] == ["web-2"]
+    down.add("web-2")
+    with pytest.raises(UserError, match="web-2: cannot read"):      # the host being judged must be read
+        baker.judge([runs[1]], [runs[2]])
