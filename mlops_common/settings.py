@@ -171,8 +171,8 @@ def lock_ttl() -> float:
         ttl = float(raw)
     except ValueError:
         ttl = -1.0
-    if not (math.isfinite(ttl) and ttl > 0):
-        raise ConfigError(f"MLOPS_LOCK_TTL must be a positive number of seconds (got {raw!r})")
+    if not (math.isfinite(ttl) and ttl >= 1):   # shorter than a round trip: live locks taken over
+        raise ConfigError(f"MLOPS_LOCK_TTL must be a number of seconds, at least 1 (got {raw!r})")
     return ttl
 
 

@@ -124,20 +124,19 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
     fail at once — nothing is touched, and the rerun finds one of them done.) Releasing has no
     order to keep and goes to every host at once: some 14 round trips per host."""
     ordered = sorted(conns, key=lambda c: c.host.name)
-    taken: list[HostConn] = []
     try:
         failed = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model)
-        if failed is None:
-            taken = ordered
-        elif not isinstance(failed, LockHeld):
+        if failed is not None and not isinstance(failed, LockHeld):
             raise failed
-        else:
+        if failed is not None:
             for c in ordered:
                 c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model)
-                taken.append(c)
         yield conns
     finally:
-        parallel.settle(release, taken, workers=CONNECT_AT_ONCE, name="unlock")
+        # every lock this deploy holds, however it got here: a forced interrupt during the first
+        # pass (its threads still finish taking locks) left them all behind for the lock's TTL
+        parallel.settle(release, [c for c in ordered if c.lock is not None], workers=CONNECT_AT_ONCE,
+                        name="unlock")
 
 
 def release(conn: HostConn) -> None:

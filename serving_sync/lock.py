@@ -44,6 +44,7 @@ from .transports.base import Transport
 logger = log.get("sync.lock")
 
 DEFAULT_TTL = settings.DEFAULT_LOCK_TTL
+SETTLE_S = 1.0      # how long an unparseable lock file may be one being written (create, then write)
 
 
 def heartbeat_path(token: str) -> str:
@@ -226,6 +227,18 @@ class HostLock:
         except (ValueError, KeyError, TypeError):
             return raw, None
 
+    def _read_settled(self) -> tuple[bytes, LockInfo | None] | None:
+        """``_read``, but a lock that cannot be parsed is read again for up to ``SETTLE_S``: a
+        transport creates the file first and writes it after (one SFTP round trip), so another
+        deploy's lock is empty or partial for a moment, and calling it corrupt then told the
+        person to --break-lock a live lock (with a token that is the same for every empty file)."""
+        got = self._read()
+        deadline = time.monotonic() + SETTLE_S
+        while got is not None and got[1] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got = self._read()
+        return got
+
     def _last_beat(self, info: LockInfo) -> LockInfo:
         """``info`` with the heartbeat its owner last wrote (its own file), if newer."""
         try:
@@ -249,7 +262,7 @@ class HostLock:
                 if took is not None:
                     _record_takeover(self.model, where, *took, info)
                 return info
-            got = self._read()
+            got = self._read_settled()
             if got is None:
                 continue
             raw, held = got

@@ -6,6 +6,7 @@ the file line to fix and both fingerprints, is tested without a network.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -34,9 +35,13 @@ def lookup_name(host: str, port: int) -> str:
 
 
 def fingerprint(key_b64: str) -> str:
-    """OpenSSH ``SHA256:...`` fingerprint of a base64 public key blob."""
-    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+    """OpenSSH ``SHA256:...`` fingerprint of a base64 public key blob; a damaged blob (a line cut
+    by a bad copy and paste) is named as such, so the refusal still points at the line to fix."""
+    try:
+        blob = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return "a damaged key (not valid base64)"
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def parse(text: str) -> list[KnownKey]:

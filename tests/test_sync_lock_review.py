@@ -1,0 +1,92 @@
+"""Host locks and host keys, against the faults a review found: a damaged known_hosts line was a
+traceback, a forced interrupt during the first lock pass left every lock it took (blocking the
+next deploy for the lock's TTL), another deploy's lock caught between its create and its write
+was called corrupt (with --break-lock advice, the same token for every empty file), and a lock
+TTL of 0.01 s was accepted. Real files on disk, a real paramiko key; no network."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import SimpleNamespace
+
+import paramiko
+import pytest
+
+from mlops_common import settings
+from mlops_common.errors import ConfigError
+from serving_sync.connections import HostConn, locked
+from serving_sync.errors import HostKeyRejected, LockHeld
+from serving_sync.hosts import Target
+from serving_sync.layout import LOCK_PATH
+from serving_sync.lock import HostLock
+from serving_sync.transports import known_hosts as kh
+from serving_sync.transports.local import LocalTransport
+from serving_sync.transports.ssh_connect import check_host_key
+
+
+def test_a_damaged_known_hosts_line_is_a_refusal_that_names_the_line(tmp_path):
+    keys = kh.parse("# pinned\n127.0.0.1 ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC\n")   # cut short
+    offered = paramiko.RSAKey.generate(1024)
+    with pytest.raises(HostKeyRejected) as e:
+        check_host_key(offered, keys, tmp_path / "known_hosts",
+                       Target("ssh", "/srv", host="127.0.0.1", port=22, user="deploy"))
+    msg = e.value.message
+    assert "\n" not in msg and "line 2" in msg and "damaged key" in msg and "refusing" in msg
+
+
+class _SlowLock(LocalTransport):
+    """Taking the lock takes a second (a host far away)."""
+
+    def create_exclusive(self, rel, data):
+        ok = super().create_exclusive(rel, data)
+        if rel == LOCK_PATH:
+            time.sleep(1.0)
+        return ok
+
+
+def test_a_forced_interrupt_during_the_first_lock_pass_releases_what_it_took(tmp_path):
+    conns = []
+    for i in range(3):
+        (tmp_path / f"h{i}").mkdir()
+        conns.append(HostConn(SimpleNamespace(name=f"h{i}"), _SlowLock(tmp_path / f"h{i}"), client=None))
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))   # a second Ctrl-C
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with locked(conns):
+                time.sleep(5)
+    finally:
+        timer.cancel()
+    assert [i for i in range(3) if (tmp_path / f"h{i}" / LOCK_PATH).exists()] == []
+
+
+def test_a_lock_being_written_is_another_deploys_not_a_corrupt_one(tmp_path):
+    base = tmp_path / "h"
+    base.mkdir()
+    owner = HostLock(LocalTransport(base), heartbeat_every=0)
+    path = base / LOCK_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")                                     # created, not yet written
+    content = owner._new().to_json()
+    writer = threading.Timer(0.3, lambda: path.write_bytes(content))
+    writer.start()
+    try:
+        with pytest.raises(LockHeld) as e:
+            HostLock(LocalTransport(base), heartbeat_every=0).acquire()
+    finally:
+        writer.cancel()
+    assert "corrupt" not in e.value.message and "another deploy holds the lock" in e.value.message
+    path.write_bytes(b"")                                     # still empty a second later: corrupt
+    with pytest.raises(LockHeld, match="cannot be read \\(corrupt\\)"):
+        HostLock(LocalTransport(base), heartbeat_every=0).acquire()
+
+
+@pytest.mark.parametrize("raw", ["0.01", "0", "nan"])
+def test_a_lock_ttl_shorter_than_a_second_is_refused(monkeypatch, raw):
+    monkeypatch.setenv("MLOPS_LOCK_TTL", raw)
+    with pytest.raises(ConfigError, match="at least 1"):
+        settings.lock_ttl()
+
+
