@@ -416,6 +416,27 @@ def _hosts(conns) -> str:
     return f"host {names[0]}" if len(names) == 1 else f"hosts {', '.join(names)}"
 
 
+def _tag_rolled_back(result: FleetResult) -> None:
+    """A deploy that restored production after a rollback in the registry tags the version rolled
+    back from ``rolled_back`` once the restored one serves — whichever way the rollback came
+    (`sync rollback`; `registry rollback` then `sync deploy`, CircleCI's rollback workflow; `sync
+    watch`), where only `sync rollback` did before and the other ways left it ``deployed``. Not
+    when that version is production again (promoted again meanwhile: it serves)."""
+    from registry import versions
+
+    try:
+        if result.restore is not None:
+            frm, why = result.restore["rolled_back_from"], result.restore.get("reason")
+        else:
+            row = deploys.restoring(result.model, result.version)
+            frm, why = (row.from_version, row.reason) if row is not None else (None, None)
+        if frm is None or frm == result.version or versions.production_version(result.model) == frm:
+            return
+        deploys.tag(result.model, frm, deploys.ROLLED_BACK, why or "rollback")
+    except UserError as exc:        # the hosts serve the restored version: only a tag is missing
+        logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
+
+
 def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployOptions) -> None:
     canary = [b for b in result.bake if b["host"] in result.rollout.get("canary", ())]
     try:
@@ -426,6 +447,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                         f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
                         f"deploy_status=deployed ({exc.message}); rerun `mlops sync deploy` once MLflow "
                         f"answers: it records it") from None
+    _tag_rolled_back(result)
     # Cleanup on every host at once: on an SSH host removing a version is one command through
     # the deploy user's shell, and a fleet waited for those one after the other. Where the
     # registry would roll back to now stays (a rollback is then a switch, not a new upload) —

@@ -3,8 +3,8 @@
 The ledger row and the alias move come first (``registry.promotion.rollback``, under the
 promotion lock). The version tags, a view of that row, are written after the hosts switched:
 they are not on the path to the old outputs. They are written when the deploy fails too (the
-deploy's own error is the one raised), and the version rolled back from is tagged
-``deploy_status=rolled_back`` once the old version serves.
+deploy's own error is the one raised); the deploy tags the version rolled back from
+``deploy_status=rolled_back`` once the old version serves (as after `registry rollback` + `sync deploy`).
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
-
-from registry import deploys
 
 from . import fleet
 from .options import DeployOptions
@@ -62,9 +60,6 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
         with contextlib.suppress(Exception):   # the deploy's own error is the one to report
             promo.finish()
         raise
-    promo.finish()
-    if promo.from_version is not None and promo.from_version not in (promo.to_version, result.version):
-        # (promoted again while this rollback deployed, it serves: not rolled back)
-        deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
+    promo.finish()      # (the deploy tagged the version rolled back from: fleet._tag_rolled_back)
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
     return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start)

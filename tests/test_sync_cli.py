@@ -118,6 +118,8 @@ def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(de
     doc = json.loads(r.stdout)
     assert doc["rollout"] == {"canary": [], "waves": [names]} and doc["restore"]["rolled_back_from"] == v2
     assert canary_rows() == 0
+    # the version rolled back from reads rolled_back, as after `sync rollback` (it stayed "deployed")
+    assert env.tags(v2)["deploy_status"] == "rolled_back" and env.tags(v1)["deploy_status"] == "deployed"
 
     # asked for on the command line, the restore is staged like any deploy
     env.promote(v2)
