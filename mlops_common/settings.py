@@ -223,6 +223,15 @@ def _forms(value: str) -> set[str]:
     return forms
 
 
+_NAMED_SECRET_ENV_VARS: set[str] = set()
+
+
+def treat_as_secret(name: str) -> None:
+    """Redact the value of environment variable ``name`` from now on, as the SECRET_ENV_VARS are:
+    a variable a person named for a secret (``--secret-env``) is one."""
+    _NAMED_SECRET_ENV_VARS.add(name)
+
+
 def secret_values() -> list[str]:
     """Current values of secret variables (for redaction and the secret guards), longest first;
     short values are ignored. Besides each value as set: its stripped and escaped forms, and the
@@ -230,7 +239,7 @@ def secret_values() -> list[str]:
     which a driver may report as part of a host name, when at least ``_MIN_DERIVED_LEN`` long)."""
     from urllib.parse import unquote
 
-    raw = [v for k in SECRET_ENV_VARS if (v := os.environ.get(k))]
+    raw = [v for k in (*SECRET_ENV_VARS, *sorted(_NAMED_SECRET_ENV_VARS)) if (v := os.environ.get(k))]
     for k in SECRET_URL_ENV_VARS:
         password = url_password(os.environ.get(k))
         if password:

@@ -90,3 +90,14 @@ def test_a_lock_ttl_shorter_than_a_second_is_refused(monkeypatch, raw):
         settings.lock_ttl()
 
 
+
+
+def test_a_variable_named_for_a_secret_is_redacted_like_the_known_ones(monkeypatch):
+    """``--secret-env HOOK_SECRET``: its value is a secret too (redaction knew only fixed names)."""
+    from mlops_common import log
+
+    monkeypatch.setenv("HOOK_SECRET_FOR_TEST", "zq8-unusual-hmac-secret-value")
+    assert "zq8-unusual" in log.redact("secret zq8-unusual-hmac-secret-value")
+    monkeypatch.setattr(settings, "_NAMED_SECRET_ENV_VARS", set())
+    settings.treat_as_secret("HOOK_SECRET_FOR_TEST")
+    assert log.redact("secret zq8-unusual-hmac-secret-value") == "secret ***"

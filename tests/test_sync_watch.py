@@ -115,6 +115,16 @@ def test_watch_needs_the_secret_in_the_environment(deploy_env):
     r = deploy_env.cli("sync", "watch", "--once", "--webhook-port", "0",
                        extra_env={"MLOPS_WEBHOOK_SECRET": "q7x9z"})
     assert r.returncode == 2 and "too short (5 characters)" in r.stderr and "q7x9z" not in r.stderr
+    # the variable `registry webhook create --secret-env` named is the one read (it was always
+    # MLOPS_WEBHOOK_SECRET, so a webhook created with another variable could never be verified)
+    r = deploy_env.cli("sync", "watch", "--once", "--webhook-port", "0", "--secret-env", "HOOK_SECRET",
+                       extra_env={"MLOPS_WEBHOOK_SECRET": "", "HOOK_SECRET": ""})
+    assert r.returncode == 2 and "error: --webhook-port needs HOOK_SECRET" in r.stderr
+    r = deploy_env.cli("sync", "watch", "--once", "--webhook-port", "0", "--secret-env", "HOOK_SECRET",
+                       extra_env={"MLOPS_WEBHOOK_SECRET": "", "HOOK_SECRET": "q7x9z"})
+    assert r.returncode == 2 and "HOOK_SECRET is too short (5 characters)" in r.stderr and "q7x9z" not in r.stderr
+    r = deploy_env.cli("sync", "watch", "--once", "--webhook-port", "0", "--secret-env", "q7x9z-secret")
+    assert r.returncode == 2 and "NAME of an environment variable" in r.stderr and "q7x9z" not in r.stderr
 
 
 def test_watch_once_deploys_when_production_moved_and_then_is_a_no_op(deploy_env):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import re
 import signal
 import sys
 import time
@@ -216,7 +217,8 @@ def register(sub) -> None:
                                  "model_version_alias.created for `production` arrives) observe the hosts "
                                  "and deploy when production moved or a host drifted. Bounded by "
                                  "--max-seconds or --once. The webhook receiver checks the "
-                                 "X-MLflow-Signature HMAC with MLOPS_WEBHOOK_SECRET (environment only) "
+                                 "X-MLflow-Signature HMAC with the secret in MLOPS_WEBHOOK_SECRET (or --secret-env; "
+                                 "environment only) "
                                  "and refuses timestamps more than 5 minutes off.", epilog=_ENV)
     w.add_argument("--interval", type=flags.seconds, default=30.0, metavar="S",
                    help="seconds between passes (default 30)")
@@ -226,6 +228,9 @@ def register(sub) -> None:
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
     w.add_argument("--webhook-host", default="127.0.0.1", metavar="ADDR",
                    help="address to bind the receiver to (default 127.0.0.1)")
+    w.add_argument("--secret-env", default="MLOPS_WEBHOOK_SECRET", metavar="VAR",
+                   help="the environment variable holding the webhook's HMAC secret, as given to "
+                        "`registry webhook create --secret-env` (default MLOPS_WEBHOOK_SECRET)")
     _deploy_flags(w)
     _common(w)
     w.set_defaults(func=cmd_watch)
@@ -428,17 +433,23 @@ def _start_receiver(args, model: str, reconcile, watcher):
     """The webhook endpoint of ``sync watch``: a verified event wakes the loop at once."""
     from serving_sync.webhook import Receiver
 
-    secret = settings.env("MLOPS_WEBHOOK_SECRET")
+    name = args.secret_env
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError("--secret-env must be the NAME of an environment variable (never pass the "
+                          "secret itself on the command line)")
+    settings.treat_as_secret(name)
+    secret = settings.env(name)
     if not secret:
-        raise ConfigError("--webhook-port needs MLOPS_WEBHOOK_SECRET (the HMAC secret of the MLflow "
-                          "webhook; environment only)")
+        raise ConfigError(f"--webhook-port needs {name} (the HMAC secret of the MLflow webhook, the "
+                          f"variable `registry webhook create --secret-env` named; environment only)")
 
     def on_event(event: dict) -> None:
         reconcile.production_moved(event)
         watcher.trigger("webhook")
 
     try:
-        receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port).start()
+        receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port,
+                            secret_env=name).start()
     except OSError as exc:           # a port in use, or a host name that does not resolve to this machine
         busy = exc.errno in (errno.EADDRINUSE, errno.EACCES)
         raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} "
