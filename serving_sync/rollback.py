@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from registry import deploys
+
 from . import fleet
 from .options import DeployOptions
 
@@ -60,6 +62,11 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
         with contextlib.suppress(Exception):   # the deploy's own error is the one to report
             promo.finish()
         raise
-    promo.finish()      # (the deploy tagged the version rolled back from: fleet._tag_rolled_back)
+    promo.finish()
+    # The deploy tagged the version rolled back from when it restored this rollback's version
+    # (fleet._tag_rolled_back); overtaken by another promotion, it deployed that one instead, and
+    # the version rolled back from is tagged here (not when it is the one promoted again: it serves).
+    if result.version != promo.to_version and promo.from_version not in (None, promo.to_version, result.version):
+        deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
     return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start)

@@ -61,10 +61,12 @@ class _Recorder:
 @pytest.fixture
 def untagged(monkeypatch):
     monkeypatch.setattr(fleet.deploys, "tag", lambda *a, **k: None)
+    monkeypatch.setattr(fleet.deploys, "restoring", lambda *a, **k: None)      # not after a rollback
 
 
 def _result(version, stores=()):
-    return NS(model=M, version=version, bake=[], rollout={}, stores=list(stores), status="failed", message="")
+    return NS(model=M, version=version, bake=[], rollout={}, stores=list(stores), status="failed", message="",
+              restore=None)
 
 
 def test_a_version_deploy_keeps_where_the_registry_would_roll_back_to(tmp_path, untagged):
