@@ -35,8 +35,8 @@ system-deps:
 demo: venv
 	$(BIN)/mlops demo $(DEMO_ARGS)
 
-down: venv
-	$(BIN)/mlops down
+down:  # no set-up first: stopping needs only what `make demo` installed
+	@if [ -x $(BIN)/mlops ]; then $(BIN)/mlops down; else echo "nothing to stop: $(BIN)/mlops is not installed"; fi
 
 # ruff (pyproject.toml [tool.ruff]) also runs first in `make test`; shellcheck and the CircleCI schema
 # run inside the suite (tests/test_shell_scripts.py, tests/test_circleci_config.py).

@@ -201,6 +201,9 @@ def wait_for_ctrl_c() -> None:
 
 
 def main(opts: DemoOptions, *, detach: bool) -> int:
+    if not opts.yes and not sys.stdin.isatty():     # before anything starts: nobody could approve
+        raise ConfigError("no terminal to ask for the approval on: run `mlops demo --yes` (or `make demo "
+                          "DEMO_ARGS=--yes`) to approve each version as the CircleCI hold job's approver would")
     try:
         run(opts)
     except GateFailed as exc:  # only for a first version: nothing to serve

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -108,23 +108,18 @@ class Service:
     url: str
     log: Path
     identity: str = ""       # procs.process_identity(pid) when started
+    ports: dict = field(default_factory=dict)     # what it was started with, e.g. {"grpc": 8500}
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log),
-                           "identity": self.identity})
+                           "identity": self.identity, "ports": self.ports})
 
     @property
     def running(self) -> bool:
         """Its process is still the one we started (not another program that got the pid). A
-        record written before identities were recorded is trusted when the pid runs one of the
-        programs ``spawn`` starts."""
-        if self.identity or not pid_alive(self.pid):
-            return is_process(self.pid, self.identity)
-        try:
-            argv = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return True          # no /proc: the number is all there is
-        return any(a in (b"mlflow", b"serving_host.local_server") for a in argv)
+        record without an identity is trusted only where none can be read (no /proc): on Linux
+        it matched any process with ``mlflow`` in its argv — another user's server too."""
+        return is_process(self.pid, self.identity)
 
 
 def _record_path(state: Path, name: str) -> Path:
@@ -137,7 +132,8 @@ def read_record(state: Path, name: str) -> Service | None:
         return None
     try:
         d = json.loads(path.read_text())
-        return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""))
+        return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""),
+                       dict(d.get("ports") or {}))
     except (ValueError, KeyError, TypeError, AttributeError, OSError):
         return None
 
@@ -148,9 +144,10 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            last = (tail.strip().splitlines() or [""])[-1]
             raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
-                                    f"at {url}; see {log}: {tail.strip().splitlines()[-1] if tail else ''}")
+                                    f"at {url}; see {log}" + (f": {last}" if last else ""))
         try:
             if requests.get(url, timeout=2).status_code in ok:
                 return
@@ -187,22 +184,42 @@ def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None)
 
 def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
           env: dict[str, str] | None = None, timeout: float = 120,
-          ok: tuple[int, ...] = (200,)) -> tuple[Service, subprocess.Popen]:
-    """Start ``cmd`` detached, wait for ``health_url``, and record it as service ``name``."""
-    state.mkdir(parents=True, exist_ok=True)
+          ok: tuple[int, ...] = (200,), ports: dict | None = None) -> tuple[Service, subprocess.Popen]:
+    """Start ``cmd`` detached, record it as service ``name`` at once (a start killed during the
+    wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
+    for ``health_url``; on any failure stop it and forget it."""
     log = state / f"{name}.log"
-    with open(log, "ab") as out:
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        out = open(log, "ab")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the state folder {state} ({exc.strerror or exc}); point "
+                          f"MLOPS_HOME at a folder you can write") from None
+    with out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-    identity = process_identity(proc.pid)
+    svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}))
     try:
+        write_record(state, svc)
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok)
     except BaseException:
         stop_pid(proc.pid)
+        _record_path(state, name).unlink(missing_ok=True)
         raise
-    svc = Service(name, proc.pid, url, log, identity)
-    _record_path(state, name).write_text(svc.to_json())
     return svc, proc
+
+
+def write_record(state: Path, svc: Service) -> None:
+    """The service's record, whole or not at all (a temporary file renamed into place)."""
+    path = _record_path(state, svc.name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(svc.to_json())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
+                          f"you can write") from None
 
 
 def stop_pid(pid: int, *, timeout: float = 15) -> None:
@@ -231,17 +248,45 @@ def stop_pid(pid: int, *, timeout: float = 15) -> None:
             time.sleep(0.1)
 
 
-def stop_service(state: Path, name: str) -> bool:
-    """Stop service ``name`` if its recorded process still runs, and forget it. True when it ran;
-    a record whose pid is now another program's is forgotten without a signal."""
-    rec = read_record(state, name)
-    if rec is None:
-        return False
+def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
+    """The rest of a service whose first process died (MLflow's uvicorn worker keeps the port):
+    its process group, which ``spawn`` made with the recorded pid as its number. Linux does not
+    give that number to a new process while the group lives, so every member is ours. True when
+    there were any."""
+    if not rec.identity or pid_alive(rec.pid):
+        return False        # the number is another program's now (or never was ours to judge)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(rec.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return sig is signal.SIGKILL
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(rec.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            time.sleep(0.1)
+    return True
+
+
+def forget(state: Path, rec: Service) -> bool:
+    """Stop what is left of a recorded service and drop its record. True when something of it ran;
+    a record whose pid is now another program's is dropped without a signal."""
     ran = rec.running
     if ran:
         stop_pid(rec.pid)
-    _record_path(state, name).unlink(missing_ok=True)
+    else:
+        ran = _stop_orphans(rec)
+    _record_path(state, rec.name).unlink(missing_ok=True)
     return ran
+
+
+def stop_service(state: Path, name: str) -> bool:
+    """Stop service ``name`` if its recorded process (or what is left of it) still runs, and
+    forget it. True when it ran."""
+    rec = read_record(state, name)
+    return False if rec is None else forget(state, rec)
 
 
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
@@ -249,12 +294,14 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
                  app_name: str | None = None, env: dict[str, str] | None = None) -> Service:
     """Start (or reuse) the local MLflow server for ``state`` and wait until it answers."""
     rec = read_record(state, "mlflow-server")
-    if rec and rec.running:
+    if rec and rec.running and rec.url == f"http://127.0.0.1:{port}":
         try:
             wait_http_ok(f"{rec.url}/health", timeout=10)
             return rec
         except ConnectionFailure:
-            stop_pid(rec.pid)
+            pass
+    if rec is not None:     # not answering, half gone, or on another port than asked: start again
+        forget(state, rec)
     if port_in_use(port):
         raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; "
                           f"set MLOPS_MLFLOW_PORT to a free port")
@@ -301,16 +348,23 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
     TensorFlow Serving instead (serving_host/install_server.sh).
     """
     rec = read_record(state, name)
-    if rec and rec.running:
+    asked = {"grpc": grpc_port}
+    if rec and rec.running and rec.url == f"http://127.0.0.1:{rest_port}" and rec.ports == asked:
         try:
             wait_http_ok(f"{rec.url}/v1/models/__probe__", timeout=10, ok=(404,))
             return rec
         except ConnectionFailure:
-            stop_pid(rec.pid)
-    base.mkdir(parents=True, exist_ok=True)
+            pass
+    if rec is not None:     # not answering, half gone, or on other ports than asked: start again
+        forget(state, rec)
     config = base / "models.config"
-    if not config.exists():
-        config.write_text(EMPTY_MODELS_CONFIG)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if not config.exists():
+            config.write_text(EMPTY_MODELS_CONFIG)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {config} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
+                          f"you can write") from None
     for port, what in ((rest_port, "MLOPS_SERVING_REST_PORT"), (grpc_port, "MLOPS_SERVING_GRPC_PORT")):
         if port_in_use(port):
             raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; set {what} to a free port")
@@ -320,7 +374,7 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
     cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port,
                                config_poll_seconds=config_poll_seconds, monitoring_config=monitoring)
     svc, _ = spawn(name, cmd, state=state, url=url, health_url=f"{url}/v1/models/__probe__",
-                   ok=(404,))
+                   ok=(404,), ports=asked)
     return svc
 
 

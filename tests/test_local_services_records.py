@@ -85,3 +85,85 @@ def test_the_model_server_is_started_afresh_when_its_record_names_another_progra
     finally:
         ls.stop_service(state, "model-server")
     assert not pid_alive(svc.pid)
+
+
+# --- found by review -----------------------------------------------------------------------------
+@pytest.mark.skipif(not process_identity(1), reason="SKIPPED LOUDLY: no /proc: a pid is all a record can name")
+def test_a_record_without_identity_never_signals_even_a_program_named_mlflow(tmp_path):
+    """An old record (no identity) named any live pid with the word mlflow in its argv ours: another
+    user's `python -m mlflow server` was killed by `mlops down`."""
+    other = subprocess.Popen(["python3", "-c", "import time; time.sleep(120)", "-m", "mlflow", "server"],
+                             start_new_session=True)
+    try:
+        _record(tmp_path / "state", "mlflow-server", other.pid)
+        assert not ls.stop_service(tmp_path / "state", "mlflow-server")
+        time.sleep(0.3)
+        assert other.poll() is None and not (tmp_path / "state" / "mlflow-server.json").exists()
+    finally:
+        other.kill()
+        other.wait(timeout=10)
+
+
+@pytest.mark.skipif(not process_identity(1), reason="SKIPPED LOUDLY: no /proc: a pid is all a record can name")
+def test_down_stops_what_is_left_of_a_service_whose_first_process_died(tmp_path):
+    """MLflow's first process killed: its worker (same process group) kept the port and `mlops up`
+    blamed "another program"; `mlops down` said nothing ran."""
+    leader = subprocess.Popen(["bash", "-c", "sleep 120 & wait"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        state = tmp_path / "state"
+        _record(state, "mlflow-server", leader.pid, identity=process_identity(leader.pid))
+        workers = subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True, text=True).stdout.split()
+        worker = next(int(p) for p in workers if int(p) != leader.pid)
+        leader.kill()
+        leader.wait(timeout=10)
+        assert pid_alive(worker)
+        assert ls.stop_service(state, "mlflow-server")
+        deadline = time.monotonic() + 10
+        while pid_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(worker)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-g", str(leader.pid)], capture_output=True)
+
+
+def test_a_start_is_recorded_before_its_wait_and_forgotten_when_it_fails(tmp_path):
+    """A start killed during its health wait left a server nobody recorded; a failed one is
+    stopped and its record dropped. A log of blank lines no longer turns the message into a
+    traceback."""
+    state = tmp_path / "state"
+    seen = []
+
+    def record_seen(*a, **k):
+        seen.append(ls.read_record(state, "svc"))
+        raise ls.ConnectionFailure("not answering")
+
+    orig = ls.wait_http_ok
+    ls.wait_http_ok = record_seen
+    try:
+        with pytest.raises(ls.ConnectionFailure):
+            ls.spawn("svc", ["sleep", "60"], state=state, url="http://127.0.0.1:9", health_url="http://127.0.0.1:9/")
+    finally:
+        ls.wait_http_ok = orig
+    assert seen and seen[0] is not None and seen[0].identity
+    assert not pid_alive(seen[0].pid) and ls.read_record(state, "svc") is None
+    with pytest.raises(ls.ConnectionFailure, match="exited with code 3"):
+        ls.spawn("blank", ["bash", "-c", "echo; echo; exit 3"], state=state, url="http://127.0.0.1:9",
+                 health_url="http://127.0.0.1:9/", timeout=10)
+
+
+def test_a_state_folder_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    r = run_mlops("up", env={"MLOPS_HOME": str(blocker / "state"), "MLOPS_MLFLOW_PORT": str(ls.free_port())},
+                  timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "MLOPS_HOME" in r.stderr
+
+
+def test_the_demo_without_a_terminal_or_yes_refuses_before_it_starts_anything(tmp_path):
+    """Without a terminal nobody can approve: it started both servers, deployed nothing and exited 0."""
+    home = tmp_path / "home"
+    r = run_mlops("demo", "--quick", env={"MLOPS_HOME": str(home)}, input="", timeout=120)
+    assert r.returncode == 2 and "--yes" in r.stderr and "Traceback" not in r.stderr
+    assert not list(home.glob("*.json"))          # no service was started
