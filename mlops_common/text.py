@@ -40,11 +40,44 @@ def printable(text: object, replacement: str = "?") -> str:
 # bare URL or e-mail address is not turned into a link (showdown's simplifiedAutoLink).
 _MD_ESCAPED = frozenset("\\`*[]()!|~:.")
 _HTML = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+CUT = "…"
 
 
-def markdown_text(text: object) -> str:
+def _ascii_alnum(c: str) -> bool:
+    return c.isascii() and c.isalnum()
+
+
+def _markdown_char(s: str, i: int) -> str:
+    """``s[i]`` as literal Markdown. ``_`` between two ASCII letters or digits stays: neither
+    CommonMark nor showdown's github flavour (literalMidWordUnderscores) makes it emphasis, and
+    host names and statuses (``gpu_host_a``, ``rolled_back``) stay readable in the raw text.
+    ``@`` only where showdown's ghMentions would make a GitHub link of it (at the start or after
+    a space, before a letter or digit): showdown drops the backslash there, and only there."""
+    c = s[i]
+    if c in _HTML:
+        return _HTML[c]
+    if c in _MD_ESCAPED:
+        return "\\" + c
+    if c == "_" and not (0 < i < len(s) - 1 and _ascii_alnum(s[i - 1]) and _ascii_alnum(s[i + 1])):
+        return "\\_"
+    if c == "@" and (i == 0 or s[i - 1].isspace()) and i + 1 < len(s) and _ascii_alnum(s[i + 1]):
+        return "\\@"
+    return c
+
+
+def markdown_text(text: object, limit: int | None = None) -> str:
     """``text`` as literal text inside one line of Markdown (a paragraph or a table cell): control
     characters and newlines as spaces, Markdown punctuation backslash-escaped, HTML's ``< > &`` as
-    entities."""
+    entities. ``limit``: at most that many characters of the result, cut between two escapes
+    (never inside ``\\|`` or ``&amp;``) and ending in ``…`` when cut."""
     s = printable(text, " ")
-    return "".join(_HTML.get(c) or (f"\\{c}" if c in _MD_ESCAPED else c) for c in s)
+    pieces = [_markdown_char(s, i) for i in range(len(s))]
+    if limit is None or sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    out, used = [], len(CUT)
+    for piece in pieces:
+        if used + len(piece) > limit:
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out) + CUT

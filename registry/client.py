@@ -84,6 +84,9 @@ def mlflow_errors(what: str):
         raise error_for(what, getattr(exc, "error_code", ""), exc.message) from None
     except MlflowException as exc:
         msg = str(exc.message).splitlines()[0] if exc.message else type(exc).__name__
+        if "error responses" in msg:    # urllib3: "too many 500 error responses": it answered, failing
+            raise ConnectionFailure(f"{what}: the MLflow server at {settings.tracking_uri()} kept answering "
+                                    f"HTTP errors after retries: it is up but failing; check its log") from None
         if "Max retries exceeded" in msg or "Connection" in msg or "ConnectionError" in msg:
             raise ConnectionFailure(f"{what}: lost the connection to the MLflow server at "
                                     f"{settings.tracking_uri()} after retries; check that it is running") from None

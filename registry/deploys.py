@@ -21,11 +21,10 @@ DEPLOYED, FAILED, ROLLED_BACK = "deployed", "failed", "rolled_back"
 
 
 def tag(model: str, version: int, status: str, reason: str | None = None, *, canary: str | None = None) -> None:
-    """Write the version's deploy-status tags (every key each time, so none is left over)."""
-    tags = {DEPLOY_STATUS: status, DEPLOY_REASON: reason or "none"}
-    if canary is not None:
-        tags[DEPLOY_CANARY] = canary
-    versions.set_tags(model, version, tags)
+    """Write the version's deploy-status tags (every key each time, so none is left over: a deploy
+    without a canary says ``deploy_canary=none``, not an earlier deploy's verdict)."""
+    versions.set_tags(model, version, {DEPLOY_STATUS: status, DEPLOY_REASON: reason or "none",
+                                       DEPLOY_CANARY: canary or "none"})
     from .description import refresh_quietly
 
     refresh_quietly(model, version)         # the description shows the deploy per host

@@ -5,19 +5,26 @@
 and reconcile, so it always says the same as the ledger. ``render`` is pure. The registered
 model gets a fixed description too (``ensure_model_description``).
 
-The wording is stable (the browser test reads it): the first line is
-``**v<N>** · <aliases> · validation <status> · deploy <status>``, then lines starting
-``**Approved by:**``, ``**Validation:**``, ``**Deploy status:**``, ``**Data set:**``,
-``**Commit:**``, ``**Links:**``, and the sections ``#### Production history`` and
-``#### Deploys per host``.
+Only the block between ``<!-- mlops:begin -->`` and ``<!-- mlops:end -->`` (HTML comments: the
+page does not show them) is ours; whatever a person writes above or below it stays
+(``compose``). The block stays under ``BLOCK_LIMIT`` characters: MLflow keeps a description in a
+5,000-character column on SQL stores and refuses a longer one, which would leave the old text.
+
+The wording is stable (the browser test reads it): the block's first line is
+``**v<N>** · <aliases> · validation <status> · deploy <status>`` (aliases as ``\\@production``:
+a bare ``@name`` is a GitHub link on MLflow's page), then lines starting ``**Approved by:**``,
+``**Validation:**``, ``**Deploy status:**``, ``**Data set:**``, ``**Commit:**``, ``**Links:**``,
+and the sections ``#### Production history`` and ``#### Deploys per host``. ``block(text)``
+gives the block of a written description.
 """
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from urllib.parse import quote
 
 from mlops_common import log, settings
-from mlops_common.errors import RefusedError
+from mlops_common.errors import RefusedError, UserError
 from mlops_common.text import markdown_text, printable
 
 from . import tags as T
@@ -27,6 +34,12 @@ from .rest import rest
 
 _log = log.get("registry.description")
 _HISTORY_ROWS = 10
+_CELL_CHARS = 160                     # of a cell's Markdown, escapes included
+_URL_CHARS = 400
+DESCRIPTION_LIMIT = 5000              # MLflow's model_versions.description on SQL stores: String(5000)
+BLOCK_LIMIT = 4900                    # our block, markers included; the rest is room for a person's note
+BEGIN, END = "<!-- mlops:begin -->", "<!-- mlops:end -->"
+_MARKERS = len(BEGIN) + len(END) + 2      # what ``compose`` adds around the rendered block
 _URL_SAFE = "/:?#=&%@+,;~-._!$"      # kept as they are in a link's URL; the rest is percent-encoded
 
 MODEL_DESCRIPTION = """\
@@ -53,8 +66,20 @@ def _v(x) -> str:
 
 def _cell(text) -> str:
     """Free text (a reason, an actor, a host, a tag) as literal Markdown text: never markup, never
-    more than one line or one table cell; at most 160 characters of it."""
-    return markdown_text(printable(text or "", " ")[:160])
+    more than one line or one table cell; at most 160 characters of Markdown (cut after escaping,
+    so an escape is never cut in two and the cap holds whatever the text)."""
+    return markdown_text(text or "", limit=_CELL_CHARS)
+
+
+def _some(cells: list[str], budget: int) -> str:
+    """``cells`` joined with ", ", as many as fit in ``budget`` characters, then how many more."""
+    out, used = [], 0
+    for i, c in enumerate(cells):
+        if out and used + len(c) + 2 > budget:
+            return ", ".join(out) + f" and {len(cells) - i} more"
+        out.append(c)
+        used += len(c) + 2
+    return ", ".join(out)
 
 
 def _code(text) -> str:
@@ -64,11 +89,13 @@ def _code(text) -> str:
 
 def _link(label: str, url: str | None) -> str | None:
     """``[label](url)`` for an http(s) URL, with every character that could end the link or start
-    markup percent-encoded; None for anything else (javascript:, data:, ...)."""
+    markup percent-encoded; None for anything else (javascript:, data:, ...) and for a URL too
+    long to keep the description under MLflow's limit."""
     url = printable(url or "", "").strip()
     if not url.lower().startswith(("http://", "https://")):
         return None
-    return f"[{label}]({quote(url, safe=_URL_SAFE)})"
+    url = quote(url, safe=_URL_SAFE)
+    return f"[{label}]({url})" if len(url) <= _URL_CHARS else None
 
 
 def _when(e: Entry) -> str:
@@ -83,22 +110,60 @@ def _ci_of_register(entries: list[Entry], version: int) -> dict:
     return {}
 
 
+def current(entries: list[Entry], created_at: datetime | None) -> list[Entry]:
+    """The rows that can be about the version created at ``created_at``: a row dated before it is
+    about an earlier version of the same number (the model was deleted and created again). The
+    ledger's clock (the process that wrote the row) is compared with MLflow's (the server's)."""
+    if created_at is None:
+        return list(entries)
+    return [e for e in entries if e.at is None or e.at >= created_at]
+
+
+def _host_state(e: Entry, version: int) -> str:
+    if e.action == "host_rollback" and e.from_version == version:
+        return "put back" if e.outcome == "ok" else f"put back {e.outcome}"
+    return e.outcome
+
+
+def _step(e: Entry) -> str:
+    if e.action == "host_rollback":
+        return f"{_cell(e.action)} {_v(e.from_version)} → {_v(e.to_version)}"
+    return _cell(e.action)
+
+
+def _forced(e: Entry) -> bool:
+    return isinstance(e.details, dict) and bool(e.details.get("forced"))
+
+
+def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |", *rows]
+    if left_out:
+        lines += ["", f"{left_out} older {'row' if left_out == 1 else 'rows'} left out here; "
+                      f"`mlops registry history` lists every row."]
+    return lines
+
+
 def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str, ...],
-           entries: list[Entry], run_url: str | None = None, report_url: str | None = None) -> str:
-    """The description of ``model`` v``version`` (pure: tags, aliases, the model's ledger rows)."""
+           entries: list[Entry], run_url: str | None = None, report_url: str | None = None,
+           created_at: datetime | None = None, max_chars: int = BLOCK_LIMIT - _MARKERS) -> str:
+    """The description block of ``model`` v``version`` (pure: tags, aliases, the model's ledger
+    rows, the version's creation time). At most ``max_chars`` characters when the table rows can
+    make it so: the oldest rows go first, and the table says how many it left out."""
+    entries = current(entries, created_at)
     mine = [e for e in entries if version in (e.to_version, e.from_version)]
     gates = [e for e in entries if e.action == "gate" and e.to_version == version]
     moves = [e for e in entries if e.action in ("promote", "rollback") and e.outcome == "ok"]
     to_me = [e for e in moves if e.to_version == version]
-    validation = tags.get(T.VALIDATION_STATUS, "pending")
-    deploy = tags.get(T.DEPLOY_STATUS) or "not deployed"
-    head = " · ".join([f"**v{version}**", ", ".join(f"@{_cell(a)}" for a in aliases) or "no alias",
+    validation = T.read(tags, T.VALIDATION_STATUS) or "pending"
+    deploy = T.read(tags, T.DEPLOY_STATUS) or "not deployed"
+    head = " · ".join([f"**v{version}**", _some([_cell(f"@{a}") for a in aliases], 300) or "no alias",
                        f"validation {_cell(validation)}", f"deploy {_cell(deploy)}"])
     lines = [head, ""]
     if to_me:
         last = to_me[-1]
-        approver = tags.get(T.APPROVED_BY) or last.details.get("approved_by") or last.actor
-        lines.append(f"**Approved by:** {_cell(approver)} ({_cell(last.action)} {_v(last.from_version)} → "
+        approver = T.read(tags, T.APPROVED_BY) or last.details.get("approved_by") or last.actor
+        lines.append(f"**Approved by:** {_cell(approver)} ({'**forced**: ' if _forced(last) else ''}"
+                     f"{_cell(last.action)} {_v(last.from_version)} → "
                      f"v{version} by {_cell(last.actor)}, {_when(last)} UTC, ledger #{last.id}"
                      + (f"; reason: {_cell(last.reason)}" if last.reason else "") + ")")
     else:
@@ -109,53 +174,109 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
         nums = f"held-out accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "held-out accuracy ?"
         if g.from_version is not None and isinstance(prod, (int, float)):
             nums += f" vs {prod:.4f} for production {_v(g.from_version)}"
-        failed = g.details.get("failed_rules") or []
+        failed = [_cell(f) for f in g.details.get("failed_rules") or []]
         lines.append(f"**Validation:** {_cell(g.outcome)} — {nums}"
-                     + (f"; failed rules: {', '.join(_cell(f) for f in failed)}" if failed else "")
+                     + (f"; failed rules: {_some(failed, 400)}" if failed else "")
                      + ("; serving signature change allowed" if g.details.get("signature_change_allowed") else "")
                      + f" (gate {_when(g)} UTC, ledger #{g.id})")
     else:
         lines.append(f"**Validation:** {_cell(validation)} (not gated yet)")
-    deploys = [e for e in mine if e.action in ("deploy", "smoke_test", "host_rollback", "canary")
-               and e.to_version == version]
+    # this version's steps on each host, and a host put back from it after a failure in a later wave
+    deploys = [e for e in mine if (e.action in ("deploy", "smoke_test", "host_rollback", "canary")
+                                   and e.to_version == version)
+               or (e.action == "host_rollback" and e.from_version == version)]
     latest: dict[str, Entry] = {}
     for e in deploys:
-        if e.action == "deploy":
+        if e.action == "deploy" or (e.action == "host_rollback" and e.from_version == version):
             latest[e.host or "-"] = e
-    per_host = ", ".join(f"{_cell(h)} {_cell(e.outcome)}" for h, e in sorted(latest.items()))
-    reason = tags.get(T.DEPLOY_REASON)
+    per_host = _some([f"{_cell(h)} {_cell(_host_state(e, version))}" for h, e in sorted(latest.items())], 600)
+    reason = T.read(tags, T.DEPLOY_REASON)
     lines.append(f"**Deploy status:** {_cell(deploy)}" + (f" — {per_host}" if per_host else "")
                  + (f"; reason: {_cell(reason)}" if reason and reason != "none" and deploy != "deployed" else ""))
-    ds = tags.get(T.DATASET)
-    fp = tags.get(T.DATASET_FINGERPRINT)
-    retrained = tags.get(T.RETRAINED_FROM)
+    ds = T.read(tags, T.DATASET)
+    fp = T.read(tags, T.DATASET_FINGERPRINT)
+    retrained = T.read(tags, T.RETRAINED_FROM)
     lines.append(f"**Data set:** {_cell(ds) if ds else 'unknown'}" + (f" (fingerprint {_code(fp[:12])})" if fp else "")
                  + (f"; retrained from {_cell(retrained)}" if retrained else ""))
-    commit = tags.get(T.GIT_COMMIT)
-    pipeline = tags.get(T.PIPELINE_ID)
+    commit = T.read(tags, T.GIT_COMMIT)
+    pipeline = T.read(tags, T.PIPELINE_ID)
     lines.append(f"**Commit:** {_code(commit[:12]) if commit else 'unknown'}"
                  + (f" · pipeline {_cell(pipeline)}" if pipeline else ""))
     links = [_link("run", run_url), _link("gate report", report_url) if gates else None,
              _link("CircleCI job", _ci_of_register(entries, version).get("ci.build_url"))]
     links = [link for link in links if link]
     lines.append("**Links:** " + (" · ".join(links) if links else "none"))
-    history = [e for e in moves if version in (e.to_version, e.from_version)][-_HISTORY_ROWS:]
-    lines += ["", "#### Production history", ""]
-    if history:
-        lines += ["| ledger | when (UTC) | move | from → to | by | reason |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| #{e.id} | {_when(e)} | {_cell(e.action)} | {_v(e.from_version)} → {_v(e.to_version)} | "
-                  f"{_cell(e.actor)} | {_cell(e.reason)} |" for e in history]
-    else:
-        lines.append("never held production")
-    lines += ["", "#### Deploys per host", ""]
-    if deploys:
-        lines += ["| ledger | when (UTC) | host | step | outcome | reason |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_cell(e.action)} | {_cell(e.outcome)} | "
-                  f"{_cell(e.reason)} |"
-                  for e in deploys[-_HISTORY_ROWS:]]
-    else:
-        lines.append("no deploy yet")
-    return "\n".join(lines) + "\n"
+
+    order = {id(e): i for i, e in enumerate(entries)}      # which row is older, across both tables
+    history = [e for e in moves if version in (e.to_version, e.from_version)]
+    history_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.action)}"
+                     f"{' (**forced**)' if _forced(e) else ''} | {_v(e.from_version)} → {_v(e.to_version)} | "
+                     f"{_cell(e.actor)} | {_cell(e.reason)} |") for e in history]
+    deploy_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_step(e)} | "
+                    f"{_cell(e.outcome)} | {_cell(e.reason)} |") for e in deploys]
+
+    def text(h: int, d: int) -> str:
+        """The block with the newest ``h`` history rows and ``d`` deploy rows."""
+        out = lines + ["", "#### Production history", ""]
+        out += (_table(["ledger", "when (UTC)", "move", "from → to", "by", "reason"],
+                       [r for _, r in history_rows[len(history_rows) - h:]], len(history_rows) - h)
+                if history_rows else ["never held production"])
+        out += ["", "#### Deploys per host", ""]
+        out += (_table(["ledger", "when (UTC)", "host", "step", "outcome", "reason"],
+                       [r for _, r in deploy_rows[len(deploy_rows) - d:]], len(deploy_rows) - d)
+                if deploy_rows else ["no deploy yet"])
+        return "\n".join(out) + "\n"
+
+    h, d = min(len(history_rows), _HISTORY_ROWS), min(len(deploy_rows), _HISTORY_ROWS)
+    out = text(h, d)
+    while len(out) > max_chars and (h or d):
+        # drop the oldest row shown, whichever table it is in
+        oldest_h = history_rows[len(history_rows) - h][0] if h else None
+        oldest_d = deploy_rows[len(deploy_rows) - d][0] if d else None
+        if oldest_d is None or (oldest_h is not None and oldest_h < oldest_d):
+            h -= 1
+        else:
+            d -= 1
+        out = text(h, d)
+    return out
+
+
+def block(description: str | None) -> str:
+    """Our block of a written description (between the markers; all of it when it has none)."""
+    text = description or ""
+    start = text.find(BEGIN)
+    start = 0 if start < 0 else start + len(BEGIN)
+    end = text.find(END, start)
+    return text[start:end if end >= 0 else len(text)].strip("\n") + "\n"
+
+
+def _looks_like_ours(text: str) -> bool:
+    """A description this code wrote before it marked its block: it rewrote the whole text each
+    time, so no person's words can be in it."""
+    return bool(re.match(r"\*\*v\d+\*\* · ", text)) and "#### Deploys per host" in text
+
+
+def others(description: str | None) -> tuple[str, str]:
+    """What is not ours in a written description: (the text above our block, the text below it),
+    kept as they are. A begin marker without an end marker: ours runs to the end (the end marker
+    was deleted); an end marker alone: ours starts at the top. No marker at all: a description an
+    older version of this code wrote (``_looks_like_ours``) is replaced whole; any other text is a
+    person's and stays below our block."""
+    text = description or ""
+    start, end = text.find(BEGIN), text.find(END)
+    if start >= 0:
+        end = text.find(END, start)
+        return text[:start], (text[end + len(END):] if end >= 0 else "")
+    if end >= 0:
+        return "", text[end + len(END):]
+    if not text.strip() or _looks_like_ours(text):
+        return "", ""
+    return "", "\n\n" + text.strip("\n")
+
+
+def compose(above: str, rendered: str, below: str) -> str:
+    """The whole description: a person's text above, our block between its markers, theirs below."""
+    return f"{above}{BEGIN}\n{rendered}\n{END}{below}"
 
 
 def _urls(run_id: str | None) -> tuple[str | None, str | None]:
@@ -172,15 +293,26 @@ def _urls(run_id: str | None) -> tuple[str | None, str | None]:
 
 
 def refresh(model: str, version, *, ledger: Ledger | None = None) -> str:
-    """Rebuild and write the description of ``model`` v``version``; returns it."""
+    """Rebuild our block of the description of ``model`` v``version`` and write it, keeping a
+    person's text around it; returns the whole description."""
     info = versions.get_version(model, version)
     entries = (ledger or Ledger()).entries(model)
     run_url, report_url = _urls(info.run_id)
-    text = render(model=model, version=info.version, tags=info.tags, aliases=info.aliases,
-                  entries=entries, run_url=run_url, report_url=report_url)
-    if any(secret in text or markdown_text(secret) in text for secret in settings.secret_values()):
+    above, below = others(info.description)
+    room = DESCRIPTION_LIMIT - len(above) - len(below) - _MARKERS
+    rendered = render(model=model, version=info.version, tags=info.tags, aliases=info.aliases,
+                      entries=entries, run_url=run_url, report_url=report_url, created_at=info.created_at,
+                      max_chars=min(BLOCK_LIMIT - _MARKERS, room))
+    text = compose(above, rendered, below)
+    # what we write, escaped or not (a person's own text is theirs)
+    plain = re.sub(r"\\(.)", r"\1", rendered)
+    if any(secret in plain or markdown_text(secret) in rendered for secret in settings.secret_values()):
         raise RefusedError(f"refusing to write the description of version {info.version} of '{model}': "
                            f"it contains the value of a secret environment variable")
+    if len(text) > DESCRIPTION_LIMIT:
+        raise UserError(f"not writing the description of version {info.version} of '{model}': with the "
+                        f"{len(above) + len(below)} characters written outside the mlops block it would be "
+                        f"{len(text)} characters, and MLflow keeps at most {DESCRIPTION_LIMIT}; shorten that text")
     rest().call("PATCH", "model-versions/update",
                 body={"name": model, "version": str(info.version), "description": text},
                 what=f"writing the description of version {info.version} of '{model}'")

@@ -144,11 +144,13 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
                  "failed_rules": [c.rule for c in verdict.failed],
                  "signature_change_allowed": allow_signature_change,
                  "signature_differences": report["signature_differences"]}))
+    # read now: another gate may have moved 'candidate' to its version during this evaluation
+    held = versions.registered_model_aliases(model).get(versions.CANDIDATE)
     if verdict.passed:
         versions.set_alias(model, versions.CANDIDATE, v)
         _log.info("alias '%s' of '%s' now points at version %s", versions.CANDIDATE, model, v)
-    elif versions.registered_model_aliases(model).get(versions.CANDIDATE) == v:
-        # read again: another gate may have moved 'candidate' to its version during this evaluation
+    elif held == v:
         versions.delete_alias(model, versions.CANDIDATE)
         _log.info("removed alias '%s' from version %s: it no longer passes", versions.CANDIDATE, v)
-    description.refresh_quietly(model, v)
+    # after the alias moved; the version it moved from shows it no longer
+    description.refresh_quietly(model, v, held if verdict.passed and held != v else None)

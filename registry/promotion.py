@@ -314,10 +314,10 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         for earlier in _confirmed_moves(model, reconciled):   # e.g. a killed re-promotion's approver
             if earlier.to_version != info.version:
                 _write_view(model, earlier.to_version, earlier)
-        _write_view(model, info.version, promo)
         # no longer awaiting approval; read again: another gate may have moved 'candidate' since
         if versions.registered_model_aliases(model).get(versions.CANDIDATE) == info.version:
             versions.delete_alias(model, versions.CANDIDATE)
+        _write_view(model, info.version, promo)     # after the alias change: it shows the aliases
 
     promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,
                       provenance=by, reason=reason, at=at, ledger_id=entry.id,

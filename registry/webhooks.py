@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import requests
+
 from mlops_common import settings
 from mlops_common.errors import ConfigError, RefusedError
 
@@ -62,6 +64,37 @@ def _translate(message: str) -> str:
     return message
 
 
+NO_WEBHOOKS = "this MLflow server does not support webhooks (it needs a SQL backend store)"
+
+
+def unsupported(list_status: int | None, store_type: str | None) -> str | None:
+    """Pure: the line that says the server cannot hold webhooks, from one answer to the webhooks
+    list (not retried) and the store type of ``/api/3.0/mlflow/server-info``; None: go on.
+
+    A file store answers HTTP 500 (MLflow raises NotImplementedError inside the server, the
+    answer says nothing more), which MLflow's client retries for ~17 s and then reports as a lost
+    connection. A 500 from a server whose store can hold webhooks is left to those retries."""
+    if list_status == 500 and store_type == "FileStore":
+        return f"{NO_WEBHOOKS}; its backend store is a file store: start it with a database URI"
+    return None
+
+
+def _support_problem() -> str | None:
+    """Ask the server once, without retries, whether it can hold webhooks (``unsupported``)."""
+    from .rest import API, rest
+
+    client = rest()
+    try:
+        r = client.session.get(f"{client.uri}{API}/webhooks", params={"max_results": 1}, timeout=client.timeout)
+        if r.status_code != 500:
+            return None
+        info = client.session.get(f"{client.uri}/api/3.0/mlflow/server-info", timeout=client.timeout)
+        store = info.json().get("store_type") if info.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError):
+        return None         # MLflow's client below asks again and says what is wrong
+    return unsupported(r.status_code, store)
+
+
 def _events(wh) -> list[str]:
     out = []
     for e in wh.events:
@@ -96,6 +129,7 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
         raise ConfigError(f"--secret-env must be the NAME of an environment variable, got "
                           f"'{secret_env}' (never pass the secret itself on the command line)")
+    settings.treat_as_secret(secret_env)        # its value is redacted like the known secrets'
     secret = settings.env(secret_env)
     if secret is None:
         raise ConfigError(f"{secret_env} is not set: export the HMAC secret shared with the deploy "
@@ -105,6 +139,9 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
         raise RefusedError("the webhook URL contains the secret; keep the secret out of URLs")
     description = description or "tfmodel-delivery: deploy when the production alias moves"
     client = tracking_client()
+    problem = _support_problem()
+    if problem:
+        raise ConfigError(problem)
     with mlflow_errors("creating the MLflow webhook"):
         from mlflow.exceptions import RestException
 
@@ -122,8 +159,7 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
             if exc.error_code == "INVALID_PARAMETER_VALUE":
                 raise ConfigError(_translate(exc.message)) from None
             if exc.error_code in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "FEATURE_DISABLED"):
-                raise ConfigError("this MLflow server does not support webhooks; run MLflow >= 3.3 "
-                                  "with a SQL backend store") from None
+                raise ConfigError(f"{NO_WEBHOOKS}; run MLflow >= 3.3") from None
             raise
     status = wh.status.value if hasattr(wh.status, "value") else str(wh.status)
     return WebhookInfo(id=wh.webhook_id, name=wh.name, url=wh.url, events=_events(wh),

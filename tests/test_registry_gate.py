@@ -13,7 +13,7 @@ import os
 import pytest
 
 from mlops_common.errors import NotFoundError
-from registry import versions
+from registry import description, versions
 from registry.client import tracking_client
 from registry.gate import run_gate
 from registry.ledger import Ledger
@@ -54,7 +54,7 @@ def test_first_version_passes_on_absolute_rules_and_becomes_candidate(make_versi
     info = versions.get_version(model, v)
     assert info.tags["validation_status"] == "passed" and info.aliases == ("candidate",)
     assert not any(k.startswith("validation.") for k in info.tags)     # the story is the description
-    assert info.description.startswith(f"**v{v}** · @candidate · validation passed")
+    assert description.block(info.description).startswith(f"**v{v}** · \\@candidate · validation passed")
     assert "**Validation:** passed — held-out accuracy 0.9300 (gate " in info.description
     report = json.loads(open(run_artifact(info.run_id, "gate/report.json")).read())
     assert report["status"] == "passed" and report["metrics"]["production"] is None

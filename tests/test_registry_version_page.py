@@ -31,7 +31,8 @@ def test_version_page_after_gate_promote_deploy_and_rollback(make_version):
     ev = Evaluations({v1: doc(0.93), v2: doc(0.95)})
     run_gate(model, v1, ev)
     p = page(model, v1)
-    assert p.description.startswith(f"**v{v1}** · @candidate · validation passed · deploy not deployed")
+    assert description.block(p.description).startswith(
+        f"**v{v1}** · \\@candidate · validation passed · deploy not deployed")
     assert "**Approved by:** nobody yet (never promoted)" in p.description
     assert "**Links:** [run](http" in p.description and "/artifacts/gate/report.html)" in p.description
 
@@ -44,7 +45,8 @@ def test_version_page_after_gate_promote_deploy_and_rollback(make_version):
     deploys.tag(model, v2, deploys.DEPLOYED)
     p = page(model, v2)
     assert p.tags[tags.APPROVED_BY] == "carol-approver" and p.tags[tags.DEPLOY_STATUS] == "deployed"
-    assert p.description.startswith(f"**v{v2}** · @production · validation passed · deploy deployed")
+    assert description.block(p.description).startswith(
+        f"**v{v2}** · \\@production · validation passed · deploy deployed")
     assert f"**Approved by:** carol-approver (promote v{v1} → v{v2} by bob" in p.description
     assert f"**Validation:** passed — held-out accuracy 0.9500 vs 0.9300 for production v{v1}" in p.description
     assert "**Deploy status:** deployed — web-1 ok, web-2 ok" in p.description
@@ -53,10 +55,10 @@ def test_version_page_after_gate_promote_deploy_and_rollback(make_version):
     promotion.rollback(model, actor="dave", reason="latency")
     deploys.tag(model, v2, deploys.ROLLED_BACK, "rolled back by dave")
     old, new = page(model, v1), page(model, v2)
-    assert old.description.startswith(f"**v{v1}** · @production")
+    assert description.block(old.description).startswith(f"**v{v1}** · \\@production")
     assert f"| rollback | v{v2} → v{v1} | dave | latency |" in old.description
     assert f"| promote | none → v{v1} | alice | first release |" in old.description
-    assert "deploy rolled_back" in new.description.splitlines()[0]
+    assert "deploy rolled_back" in description.block(new.description).splitlines()[0]
     assert "reason: rolled back by dave" in new.description
     # the list shows a few short tags, all in the known set; no value is cut in a narrow column
     for info in (old, new):

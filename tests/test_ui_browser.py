@@ -171,7 +171,9 @@ def test_version_page_names_the_approver_and_the_deploy_status(browser, ui):
     description = ui["versions"][v].get("description") or ""
     # The demo approves with --yes as the local user (no CircleCI): the approver is that user.
     approver = getpass.getuser()
-    assert description.splitlines()[0].startswith(f"**v{v}** · @production"), description
+    from registry.description import block
+
+    assert block(description).splitlines()[0].startswith(f"**v{v}** · \\@production"), description
     assert _description_line(description, "Approved by").split()[0] == approver, description
     assert _description_line(description, "Deploy status").startswith("deployed"), description
     # The page renders it (Markdown: the bold markers are gone) with the alias and the source run.

@@ -1,0 +1,385 @@
+"""What people read in the MLflow UI — a version's description and its tags — after the review of
+the version page: mentions and emphasis, MLflow's 5,000-character limit, a person's own text, a
+stale ``@candidate``, hosts put back after a later wave failed, leftover ``deploy_canary``, forced
+promotions, older tag names, a re-created model's v1, and a server without webhooks.
+
+Most checks are on ``render`` and the other pure functions; the ones about what MLflow stores or
+answers run on the session's real MLflow server (and one file-store server for webhooks).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from mlops_common.text import markdown_text
+from registry import deploys, description, promotion, versions
+from registry.ledger import Entry, Ledger
+from registry.rest import rest
+from tests.helpers import run_mlops
+
+AT = datetime(2026, 12, 1, 15, 0, tzinfo=timezone.utc)
+RUN_URL = "http://mlflow.example.internal:5000/#/experiments/1/runs/" + "a" * 32
+LONG_REASON = ("web-%d.prod.example.internal: smoke_validation: golden outputs differ by 0.031 (atol 1e-05) "
+               "at instance 3 class 7; p95 latency 412 ms > budget 250 ms; see ledger")
+
+
+def rows(*entries: Entry) -> list[Entry]:
+    """``entries`` with ids and times as the ledger gives them (in order)."""
+    return [Entry(e.action, e.model, e.outcome, host=e.host, from_version=e.from_version, to_version=e.to_version,
+                  actor=e.actor, reason=e.reason, details=e.details, id=i, at=e.at or AT)
+            for i, e in enumerate(entries, 1)]
+
+
+def line(text: str, label: str) -> str:
+    found = [x for x in text.splitlines() if x.startswith(f"**{label}:**")]
+    assert found, text
+    return found[0]
+
+
+def unescaped_pipes(row: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", row))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. @name is a GitHub link and _x_ is emphasis on MLflow's page
+# ---------------------------------------------------------------------------------------------
+
+def test_mentions_and_emphasis_are_escaped_where_the_renderer_would_use_them():
+    assert markdown_text("approved by @bob after review _urgent_ fix") == \
+        "approved by \\@bob after review \\_urgent\\_ fix"
+    assert markdown_text("@alice") == "\\@alice"
+    # where showdown makes no link or emphasis, no backslash it would show: mid-word, e-mail, "(@"
+    assert markdown_text("gpu_host_a rolled_back a@b (@c) @ x") == "gpu_host_a rolled_back a@b \\(@c\\) @ x"
+    assert markdown_text("__init__ x_") == "\\_\\_init\\_\\_ x\\_"
+
+
+def test_aliases_actors_and_reasons_are_not_mentions():
+    text = description.render(
+        model="m", version=1, tags={"validation_status": "passed", "deploy_status": "rolled_back",
+                                    "deploy_reason": "canary web_2 breach _now_"},
+        aliases=("candidate", "production"),
+        entries=rows(Entry("promote", "m", "ok", to_version=1, actor="@alice",
+                           reason="approved by @bob after review _urgent_ fix"),
+                     Entry("deploy", "m", "ok", host="gpu_host_a", to_version=1)))
+    assert text.startswith("**v1** · \\@candidate, \\@production · validation passed · deploy rolled_back\n")
+    assert "**Approved by:** \\@alice (promote none → v1 by \\@alice" in text
+    assert "reason: approved by \\@bob after review \\_urgent\\_ fix" in text
+    assert "gpu_host_a ok; reason: canary web_2 breach \\_now\\_" in text
+    assert not re.search(r"(^|\s)@\w", text) and not re.search(r"(^|\s)_\w", text)
+
+
+def _showdown_html(markdown: str) -> str:
+    """``markdown`` as MLflow's page renders it: the showdown converter (github flavour) bundled
+    in the installed MLflow's UI, run by node. Skips when node or the bundle is missing."""
+    import mlflow
+
+    node = shutil.which("node")
+    build = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    chunks = [p for p in build.glob("*.js") if "ghMentions" in p.read_text(errors="replace")] if build.is_dir() else []
+    if not node or not chunks:
+        pytest.skip("node or MLflow's bundled showdown is not available")
+    script = """
+globalThis.webpackChunk_mlflow_mlflow = [];
+for (const f of JSON.parse(process.argv[1])) require(f);
+let showdown = null;
+for (const [, mods] of globalThis.webpackChunk_mlflow_mlflow) for (const k of Object.keys(mods)) {
+  if (showdown) break;
+  try {
+    const m = {exports: {}}; mods[k](m, m.exports, () => ({}));
+    if (m.exports && m.exports.Converter) showdown = m.exports;
+  } catch (e) {}
+}
+const c = new showdown.Converter(); c.setFlavor('github');
+process.stdout.write(c.makeHtml(require('fs').readFileSync(0, 'utf8')));
+"""
+    out = subprocess.run([node, "-e", script, json.dumps([str(p) for p in chunks])], input=markdown,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_mlflows_renderer_shows_the_text_as_written():
+    text = description.render(
+        model="m", version=1, tags={"validation_status": "passed", "deploy_status": "rolled_back",
+                                    "deploy_reason": "canary web_2 breach"},
+        aliases=("candidate", "production"),
+        entries=rows(Entry("promote", "m", "ok", to_version=1, actor="@alice",
+                           reason="approved by @bob after review _urgent_ fix"),
+                     Entry("deploy", "m", "ok", host="gpu_host_a", to_version=1, reason="a | b ~~x~~ <b>x</b>")))
+    html = _showdown_html(description.compose("", text, "\n\nOwner note: ask carol"))
+    assert "github.com" not in html and "<a " not in html and "<em>" not in html and "<del>" not in html, html
+    assert "@candidate, @production" in html and "by @alice" in html
+    assert "approved by @bob after review _urgent_ fix" in html
+    assert "gpu_host_a" in html and "\\" not in html
+    assert html.count("<table>") == 2 and "<h4" in html and "Owner note" in html
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. MLflow on PostgreSQL refuses a description over 5,000 characters
+# ---------------------------------------------------------------------------------------------
+
+def _long_history() -> list[Entry]:
+    entries = [Entry("promote", "m", "ok", from_version=1, to_version=2, actor="circleci-approver-name",
+                     reason="release " + "x" * 140)]
+    entries += [Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="someone", reason=LONG_REASON % 1),
+                Entry("promote", "m", "ok", from_version=1, to_version=2, actor="someone", reason=LONG_REASON % 2)] * 6
+    entries += [Entry("smoke_test", "m", "failed", host=f"web-{i % 8}.prod.example.internal", to_version=2,
+                      reason=LONG_REASON % (i % 8)) for i in range(300)]
+    entries.append(Entry("deploy", "m", "failed", host="web-newest.prod.example.internal", to_version=2,
+                         reason="the newest row"))
+    return rows(*entries)
+
+
+def test_a_long_history_stays_under_mlflows_limit_and_keeps_the_newest_rows():
+    entries = _long_history()
+    text = description.render(
+        model="m", version=2, tags={"validation_status": "passed", "deploy_status": "failed",
+                                    "deploy_reason": LONG_REASON % 1},
+        aliases=("production",), entries=entries,
+        run_url=RUN_URL, report_url=RUN_URL + "/artifacts/gate/report.html")
+    whole = description.compose("", text, "")
+    assert len(whole) <= description.BLOCK_LIMIT < description.DESCRIPTION_LIMIT, len(whole)
+    newest = entries[-1]
+    assert f"| #{newest.id} | " in text and "the newest row" in text            # the newest deploy row
+    assert f"| #{entries[12].id} | " in text                                      # the newest move
+    assert re.search(r"^\d+ older rows left out here; `mlops registry history` lists every row\.$", text, re.M)
+    deploys_part = text[text.index("#### Deploys per host"):]
+    shown = len(re.findall(r"^\| #\d+ ", deploys_part, re.M))
+    left = int(re.search(r"^(\d+) older rows", deploys_part, re.M).group(1))
+    assert shown + left == 301 and shown >= 1
+
+
+def test_cells_are_cut_after_escaping_never_inside_an_escape():
+    worst = "&" * 200
+    cell = markdown_text(worst, limit=160)
+    assert len(cell) <= 160 and cell.endswith("…") and re.fullmatch(r"(&amp;)+…", cell)
+    assert re.fullmatch(r"(\\\|)+…", markdown_text("|" * 200, limit=160))     # no lone backslash before the cut
+    text = description.render(
+        model="m", version=2, tags={"validation_status": "passed", "deploy_status": "failed", "deploy_reason": worst},
+        aliases=(), entries=rows(*[Entry("deploy", "m", "failed", host=worst, to_version=2, reason="|" * 200)] * 10,
+                                 *[Entry("promote", "m", "ok", to_version=2, actor=worst, reason=worst)] * 10))
+    assert len(description.compose("", text, "")) <= description.BLOCK_LIMIT, len(text)
+    for row in (x for x in text.splitlines() if x.startswith("| #")):
+        assert unescaped_pipes(row) == 7, row
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. a person's own text is kept; ours is the marked block
+# ---------------------------------------------------------------------------------------------
+
+def test_only_the_marked_block_is_ours():
+    block = "**v1** · no alias · validation passed · deploy deployed\n\nnew\n"
+    written = description.compose("Above, by a person.\n\n", "**v1** old\n", "\n\nBelow, by a person.\n")
+    above, below = description.others(written)
+    again = description.compose(above, block, below)
+    assert again == f"Above, by a person.\n\n{description.BEGIN}\n{block}\n{description.END}\n\nBelow, by a person.\n"
+    assert description.compose(*[description.others(again)[0], block, description.others(again)[1]]) == again
+    assert description.block(again) == block
+    # no marker: a person's text stays below our block; one written whole by an older mlops goes
+    note = "Owner note: ask bob before deleting."
+    assert description.others(note) == ("", "\n\n" + note)
+    old_ours = description.render(model="m", version=1, tags={}, aliases=(), entries=[])
+    assert description.others(old_ours) == ("", "")
+    assert description.others(None) == ("", "")
+    # a marker deleted by hand: ours runs to the end / starts at the top
+    assert description.others(f"note\n{description.BEGIN}\nold") == ("note\n", "")
+    assert description.others(f"old\n{description.END}\nnote") == ("", "\nnote")
+
+
+def test_a_persons_note_survives_a_promotion(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    note = "Owner note: trained with the new augmentation; ask bob before deleting."
+    rest().call("PATCH", "model-versions/update", body={"name": model, "version": str(v1), "description": note},
+                what="test")
+    promotion.promote(model, v1, actor="alice")
+    written = versions.get_version(model, v1).description
+    assert note in written and written.count(description.BEGIN) == 1
+    assert description.block(written).startswith(f"**v{v1}** · \\@production")
+    description.refresh(model, v1)
+    assert versions.get_version(model, v1).description == written          # a refresh changes nothing
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. @candidate left on a version that no longer holds it
+# ---------------------------------------------------------------------------------------------
+
+def test_candidate_marker_follows_the_alias(make_version):
+    from registry.gate import run_gate
+    from tests.test_registry_gate import Evaluations, doc
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    ev = Evaluations({v1: doc(0.93), v2: doc(0.95)})
+    run_gate(model, v1, ev)
+    assert "\\@candidate" in description.block(versions.get_version(model, v1).description).splitlines()[0]
+    run_gate(model, v2, ev)                              # candidate moves v1 -> v2
+    assert "candidate" not in description.block(versions.get_version(model, v1).description).splitlines()[0]
+    promotion.promote(model, v2, actor="alice")
+    info = versions.get_version(model, v2)
+    assert info.aliases == ("production",)
+    assert description.block(info.description).splitlines()[0].startswith(f"**v{v2}** · \\@production · ")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. hosts put back after a later wave failed
+# ---------------------------------------------------------------------------------------------
+
+def test_hosts_put_back_after_a_later_wave_failed_say_so():
+    entries = rows(
+        Entry("promote", "m", "ok", from_version=1, to_version=2, actor="alice"),
+        Entry("deploy", "m", "ok", host="web-1", from_version=1, to_version=2),
+        Entry("deploy", "m", "ok", host="web-2", from_version=1, to_version=2),
+        Entry("smoke_test", "m", "failed", host="web-3", to_version=2, reason="golden outputs differ"),
+        Entry("host_rollback", "m", "ok", host="web-3", from_version=2, to_version=1),
+        Entry("host_rollback", "m", "ok", host="web-1", from_version=2, to_version=1),
+        Entry("host_rollback", "m", "failed", host="web-2", from_version=2, to_version=1),
+        Entry("deploy", "m", "failed", host="web-3", from_version=1, to_version=2, reason="web-3: smoke"),
+        Entry("rollback", "m", "ok", host="web-3", from_version=2, to_version=1, details={"automatic": True}))
+    text = description.render(model="m", version=2, tags={"validation_status": "passed", "deploy_status": "failed",
+                                                          "deploy_reason": "web-3: smoke"}, aliases=(), entries=entries)
+    assert line(text, "Deploy status").startswith(
+        "**Deploy status:** failed — web-1 put back, web-2 put back failed, web-3 failed; reason:")
+    assert "| web-1 | host_rollback v2 → v1 | ok |" in text
+    # v1's page: the put-back rows are v2's story, v1's own deploys are unchanged
+    v1 = description.render(model="m", version=1, tags={}, aliases=("production",), entries=entries)
+    assert "put back" not in v1
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. deploy_canary left over from an earlier deploy
+# ---------------------------------------------------------------------------------------------
+
+def test_every_deploy_tag_is_written_each_time(monkeypatch):
+    written = []
+    monkeypatch.setattr(versions, "set_tags", lambda model, version, tags: written.append(dict(tags)))
+    monkeypatch.setattr(description, "refresh_quietly", lambda *a: None)
+    deploys.tag("m", 1, deploys.FAILED, "web-1: bake: canary breach", canary="failed")
+    deploys.tag("m", 1, deploys.DEPLOYED)          # one host / --bake 0 / a restore: no canary
+    assert written == [{"deploy_status": "failed", "deploy_reason": "web-1: bake: canary breach",
+                        "deploy_canary": "failed"},
+                       {"deploy_status": "deployed", "deploy_reason": "none", "deploy_canary": "none"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. a forced promotion shows as forced
+# ---------------------------------------------------------------------------------------------
+
+def test_a_forced_promotion_says_so():
+    entries = rows(
+        Entry("gate", "m", "failed", from_version=1, to_version=2, details={"accuracy": 0.7, "failed_rules": ["x"]}),
+        Entry("promote", "m", "ok", from_version=1, to_version=2, actor="alice", reason="hotfix",
+              details={"forced": True, "approved_by": None, "validation_status": "failed"}))
+    text = description.render(model="m", version=2, tags={"validation_status": "failed"}, aliases=("production",),
+                              entries=entries)
+    assert line(text, "Approved by") == ("**Approved by:** alice (**forced**: promote v1 → v2 by alice, "
+                                         "2026-12-01 15:00 UTC, ledger #2; reason: hotfix)")
+    assert "| #2 | 2026-12-01 15:00 | promote (**forced**) | v1 → v2 | alice | hotfix |" in text
+    plain = description.render(model="m", version=2, tags={}, aliases=(),
+                               entries=rows(Entry("promote", "m", "ok", to_version=2, actor="bob",
+                                                  details={"forced": False})))
+    assert "forced" not in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. tags under their older names
+# ---------------------------------------------------------------------------------------------
+
+def test_tags_under_their_older_names_are_read():
+    legacy = {"validation_status": "passed", "deploy_status": "failed", "dataset.name": "digits",
+              "ci.pipeline_id": "77", "dataset.fingerprint": "abcdef0123456789", "deploy.reason": "web-1: smoke"}
+    text = description.render(model="m", version=3, tags=legacy, aliases=(), entries=[])
+    assert line(text, "Data set") == "**Data set:** digits (fingerprint `abcdef012345`)"
+    assert line(text, "Commit") == "**Commit:** unknown · pipeline 77"
+    assert line(text, "Deploy status") == "**Deploy status:** failed; reason: web-1\\: smoke"
+    # the current name wins over the older one, as registry.tags.read (and `registry status`) reads it
+    both = description.render(model="m", version=3, tags={**legacy, "dataset": "fashion_mnist"}, aliases=(), entries=[])
+    assert line(both, "Data set").startswith("**Data set:** fashion_mnist")
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. a re-created model's v1 does not inherit the old v1's story
+# ---------------------------------------------------------------------------------------------
+
+def test_rows_dated_before_the_version_was_created_are_an_earlier_versions():
+    created = AT + timedelta(hours=1)
+    old = [Entry("promote", "m", "ok", to_version=1, actor="alice", reason="first release", at=AT),
+           Entry("deploy", "m", "ok", host="web-1", to_version=1, at=AT)]
+    new = [Entry("gate", "m", "passed", to_version=1, details={"accuracy": 0.9}, at=created + timedelta(seconds=5))]
+    text = description.render(model="m", version=1, tags={}, aliases=(), entries=rows(*old, *new), created_at=created)
+    assert "alice" not in text and "web-1" not in text and "never held production" in text and "no deploy yet" in text
+    assert "**Validation:** passed" in text
+    assert "alice" in description.render(model="m", version=1, tags={}, aliases=(), entries=rows(*old, *new))
+
+
+def test_a_recreated_model_starts_a_new_story(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    promotion.promote(model, v1, actor="alice", reason="first release")
+    deploys.DeployLedger(model)("deploy", "ok", host="web-1", to_version=v1)
+    deploys.tag(model, v1, deploys.DEPLOYED)
+    rest().call("DELETE", "registered-models/delete", body={"name": model}, what="test")
+    n1 = make_version()                      # a brand-new model of the same name: version 1 again
+    assert n1 == v1 and any(e.actor == "alice" for e in Ledger().entries(model))
+    written = versions.get_version(model, n1).description
+    assert "alice" not in written and "web-1" not in written, written
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. a server without webhook support
+# ---------------------------------------------------------------------------------------------
+
+def test_webhook_support_decision():
+    from registry.webhooks import NO_WEBHOOKS, unsupported
+
+    assert unsupported(500, "FileStore").startswith(NO_WEBHOOKS)
+    assert unsupported(500, "SqlStore") is None and unsupported(500, None) is None    # a failing server: retried
+    assert unsupported(200, "FileStore") is None            # a separate SQL registry store holds them
+
+
+@pytest.fixture
+def file_store_mlflow(tmp_path, mlops_env, monkeypatch):
+    """An MLflow server on a file store (no webhooks), for this test only."""
+    from mlops.local_services import free_port, start_mlflow, stop_service
+
+    state = tmp_path / "fs-mlflow"
+    state.mkdir()
+    svc = start_mlflow(state, port=free_port(), backend_store_uri=f"file://{tmp_path / 'mlruns'}",
+                       env={**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", svc.url)
+    yield svc.url
+    stop_service(state, "mlflow-server")
+
+
+def test_webhook_create_on_a_file_store_says_so_at_once(file_store_mlflow):
+    t0 = time.monotonic()
+    r = run_mlops("registry", "webhook", "create", "--url", "https://hooks.example.com/x",
+                  env={"MLOPS_WEBHOOK_SECRET": "whsec-" + "k" * 32, "MLFLOW_TRACKING_URI": file_store_mlflow})
+    took = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: this MLflow server does not support webhooks (it needs a SQL backend store)"), last
+    assert "lost the connection" not in r.stderr and took < 12, (took, r.stderr[-2000:])
+
+
+def test_a_server_that_keeps_failing_is_not_called_unreachable(monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from mlops_common.errors import ConnectionFailure
+    from registry.client import mlflow_errors
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    with pytest.raises(ConnectionFailure) as caught, mlflow_errors("creating the MLflow webhook"):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/webhooks failed with exception "
+                              "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url: "
+                              "/api/2.0/mlflow/webhooks (Caused by ResponseError('too many 500 error responses'))")
+    said = caught.value.message
+    assert "kept answering HTTP errors" in said and "check that it is running" not in said
