@@ -222,6 +222,22 @@ def write_record(state: Path, svc: Service) -> None:
                           f"you can write") from None
 
 
+def _term_then_kill(send, gone, timeout: float) -> bool:
+    """SIGTERM with ``send``, wait up to ``timeout`` for ``gone()``, then SIGKILL likewise. False
+    when there was nothing to signal (``send`` found no process)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            send(sig)
+        except ProcessLookupError:
+            return sig is signal.SIGKILL
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if gone():
+                return True
+            time.sleep(0.1)
+    return True
+
+
 def stop_pid(pid: int, *, timeout: float = 15) -> None:
     """SIGTERM the process group of ``pid`` (its own group: ``spawn`` starts a session), else
     ``pid`` alone, then SIGKILL if it does not exit in time."""
@@ -229,23 +245,21 @@ def stop_pid(pid: int, *, timeout: float = 15) -> None:
         own_group = os.getpgid(pid) == pid
     except ProcessLookupError:
         return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+
+    def send(sig) -> None:
+        try:        # never signal a group the process merely belongs to
+            (os.killpg if own_group else os.kill)(pid, sig)
+        except PermissionError:
+            os.kill(pid, sig)
+
+    def gone() -> bool:
         try:
-            try:        # never signal a group the process merely belongs to
-                (os.killpg if own_group else os.kill)(pid, sig)
-            except PermissionError:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if not pid_alive(pid):
-                return
-            time.sleep(0.1)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return not pid_alive(pid)
+
+    _term_then_kill(send, gone, timeout)
 
 
 def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
@@ -255,19 +269,21 @@ def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
     there were any."""
     if not rec.identity or pid_alive(rec.pid):
         return False        # the number is another program's now (or never was ours to judge)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+
+    def send(sig) -> None:
         try:
             os.killpg(rec.pid, sig)
+        except PermissionError:
+            raise ProcessLookupError from None     # not ours to signal: as if there were none
+
+    def gone() -> bool:
+        try:
+            os.killpg(rec.pid, 0)
         except (ProcessLookupError, PermissionError):
-            return sig is signal.SIGKILL
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(rec.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                return True
-            time.sleep(0.1)
-    return True
+            return True
+        return False
+
+    return _term_then_kill(send, gone, timeout)
 
 
 def forget(state: Path, rec: Service) -> bool:

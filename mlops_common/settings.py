@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -230,6 +231,17 @@ def treat_as_secret(name: str) -> None:
     """Redact the value of environment variable ``name`` from now on, as the SECRET_ENV_VARS are:
     a variable a person named for a secret (``--secret-env``) is one."""
     _NAMED_SECRET_ENV_VARS.add(name)
+
+
+def named_secret(name: str, flag: str = "--secret-env") -> str | None:
+    """The value of the environment variable a person named for a secret (``flag``), redacted
+    from then on; ConfigError, without echoing it, when ``name`` is not a variable's name (it may
+    be the secret itself)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"{flag} must be the NAME of an environment variable (never pass the secret "
+                          f"itself on the command line)")
+    treat_as_secret(name)
+    return env(name)
 
 
 def secret_values() -> list[str]:

@@ -126,11 +126,7 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
     if not _NAME_RE.match(name):
         raise ConfigError(f"webhook name '{name}' is invalid: letters, digits, '.', '_' and '-', "
                           f"starting and ending with a letter or digit, at most 63 characters")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
-        raise ConfigError(f"--secret-env must be the NAME of an environment variable, got "
-                          f"'{secret_env}' (never pass the secret itself on the command line)")
-    settings.treat_as_secret(secret_env)        # its value is redacted like the known secrets'
-    secret = settings.env(secret_env)
+    secret = settings.named_secret(secret_env)
     if secret is None:
         raise ConfigError(f"{secret_env} is not set: export the HMAC secret shared with the deploy "
                           f"receiver in that variable (it is read from the environment only)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import re
 import signal
 import sys
 import time
@@ -434,11 +433,7 @@ def _start_receiver(args, model: str, reconcile, watcher):
     from serving_sync.webhook import Receiver
 
     name = args.secret_env
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ConfigError("--secret-env must be the NAME of an environment variable (never pass the "
-                          "secret itself on the command line)")
-    settings.treat_as_secret(name)
-    secret = settings.env(name)
+    secret = settings.named_secret(name)
     if not secret:
         raise ConfigError(f"--webhook-port needs {name} (the HMAC secret of the MLflow webhook, the "
                           f"variable `registry webhook create --secret-env` named; environment only)")
