@@ -35,11 +35,20 @@ def reached(phase: str, *, stop: Callable[[], bool] | None = None) -> None:
             return
         _fired.add(phase)
     marker = os.environ[MARKER]
+    # whole or not at all: a test polls for the file and reads the pid at once (created empty,
+    # then written, it was sometimes read between the two); the link fails if the marker exists
+    tmp = f"{marker}.{os.getpid()}.tmp"
     try:
-        with open(marker, "x") as f:
+        with open(tmp, "w") as f:
             f.write(f"{os.getpid()}\n")
+        os.link(tmp, marker)
     except OSError:
         return
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
     deadline = time.monotonic() + float(os.environ.get(SECONDS) or 120)
     while os.path.exists(marker) and time.monotonic() < deadline and not (stop and stop()):
         time.sleep(0.05)
