@@ -48,9 +48,12 @@ def _ports() -> tuple[int, int]:
         raise ConfigError("MLOPS_SERVING_REST_PORT and MLOPS_SERVING_GRPC_PORT must be port numbers") from None
 
 
+HOSTS_MARK = "# Written by `mlops demo`"
+
+
 def hosts_toml(base: Path, rest_url: str, grpc: str) -> str:
     """The embedded default's hosts file: one ``file://`` host served by the local server."""
-    return ("# Written by `mlops demo`: the embedded default's one serving host.\n"
+    return (f"{HOSTS_MARK}: the embedded default's one serving host.\n"
             "[[hosts]]\n"
             'name = "local"\n'
             f'target = "file://{base}"\n'
@@ -58,17 +61,72 @@ def hosts_toml(base: Path, rest_url: str, grpc: str) -> str:
             f'grpc = "{grpc}"\n')
 
 
+def check_hosts_file(path: Path) -> None:
+    """Refuse (one line, before anything starts) to overwrite a hosts file the demo did not write:
+    ``$MLOPS_HOME/hosts.toml`` is also where ``mlops sync`` looks for a person's own hosts."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder you "
+                          f"can write") from None
+    if not first.startswith(HOSTS_MARK):
+        raise ConfigError(f"{path} was not written by `mlops demo` (it names your own hosts) and the demo "
+                          f"would replace it: run the demo with another MLOPS_HOME, or move that file")
+
+
+def write_hosts_file(path: Path, text: str) -> None:
+    """The hosts file, whole or not at all (written beside it, then renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder you "
+                          f"can write") from None
+
+
+@contextlib.contextmanager
+def one_demo_at_a_time(state: Path):
+    """An exclusive ``flock`` on ``$MLOPS_HOME/demo.lock`` for the whole flow: two demos on one
+    state folder would train, promote and deploy into each other's story. Released when the
+    process ends, however it ends."""
+    import fcntl
+
+    path = state / "demo.lock"
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the state folder {state} ({exc.strerror or exc}); point "
+                          f"MLOPS_HOME at a folder you can write") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(f"another `mlops demo` is running on {state}; wait for it to finish, or run "
+                              f"this one with another MLOPS_HOME") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def start_services(state: Path) -> dict:
     """MLflow and the local model server (reused when already running), and the hosts file."""
     from mlops.local_services import start_mlflow, start_model_server
 
+    hosts = state / "hosts.toml"
+    check_hosts_file(hosts)
     mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port())
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default
     rest_port, grpc_port = _ports()
     base = state / "serving"
     model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
-    hosts = state / "hosts.toml"
-    hosts.write_text(hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))
+    write_hosts_file(hosts, hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))
     os.environ["MLOPS_HOSTS_FILE"] = str(hosts)
     return {"mlflow": mlflow_svc.url, "serving": model_svc.url, "hosts": hosts, "base": base}
 
@@ -175,15 +233,27 @@ def run(opts: DemoOptions) -> dict:
 
     say(f"\nDone in {time.monotonic() - t0:.0f}s.")
     if served is not None:
+        from registry.deploys import DeployLedger
+
         request = golden_request_file(model, served, state)
-        say(f"""
+        say(closing_text(services, model, served, request, DeployLedger(model).rollback_target()))
+    return {"services": services, "served": served, "model": model}
+
+
+def closing_text(services: dict, model: str, served: int, request: Path, rollback_to: int | None) -> str:
+    """Where to look and what to run next. The rollback line only when there is a version to go
+    back to (``--quick`` on a fresh state has served one version: a rollback would be refused)."""
+    back = (f'mlops sync rollback --reason "why"   (to v{rollback_to}, kept warm on the host: about a second)'
+            if rollback_to is not None else
+            f"nothing to roll back to yet: v{served} is the first version to serve production "
+            f"(run the demo without --quick for a second one)")
+    return f"""
   MLflow UI (compare the runs, see the gate reports): {services['mlflow']}/#/models/{model}
   Model server (production uses real TensorFlow Serving):  {services['serving']}/v1/models/{model}
   Predict:   curl -s -X POST {services['serving']}/v1/models/{model}:predict -d @{request}
   Status:    mlops sync status        History: mlops registry history
-  Roll back: mlops sync rollback --reason "why"   (the previous version is kept warm: about a second)
-  Stop:      mlops down""")
-    return {"services": services, "served": served, "model": model}
+  Roll back: {back}
+  Stop:      mlops down"""
 
 
 def wait_for_ctrl_c() -> None:
@@ -200,12 +270,22 @@ def wait_for_ctrl_c() -> None:
         say("stopped.")
 
 
-def main(opts: DemoOptions, *, detach: bool) -> int:
-    if not opts.yes and not sys.stdin.isatty():     # before anything starts: nobody could approve
+def check_options(opts: DemoOptions) -> None:
+    """Every option the flow will use, checked before anything starts (one line each)."""
+    from mlproject.train import TrainParams
+
+    if not opts.yes and not sys.stdin.isatty():     # nobody could approve
         raise ConfigError("no terminal to ask for the approval on: run `mlops demo --yes` (or `make demo "
                           "DEMO_ARGS=--yes`) to approve each version as the CircleCI hold job's approver would")
+    TrainParams(dataset=opts.dataset, epochs=opts.epochs).checked()     # --epochs 0: here, not after the servers
+    _ports()
+
+
+def main(opts: DemoOptions, *, detach: bool) -> int:
+    check_options(opts)
     try:
-        run(opts)
+        with one_demo_at_a_time(settings.state_dir()):
+            run(opts)
     except GateFailed as exc:  # only for a first version: nothing to serve
         raise UserError(f"the first version failed the gate: {exc.message}") from None
     if not detach and sys.stdin.isatty():

@@ -1,0 +1,100 @@
+"""`mlops demo` refuses bad input before anything starts: `--epochs 0` (it was checked after both
+servers had started), a `$MLOPS_HOME/hosts.toml` the demo did not write (it was overwritten: a
+person's own hosts lost), a second demo on the same state folder (two flows trained, promoted and
+deployed into each other). And the closing text offers a rollback only when there is a version to
+go back to (`--quick` on a fresh state suggested one that would be refused). Real `mlops` processes;
+no server is started by these tests, and a run that starts one fails them."""
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+import pytest
+
+from mlops.demo import HOSTS_MARK, check_hosts_file, closing_text, hosts_toml
+from mlops.local_services import free_port
+from mlops_common.errors import ConfigError
+from tests.helpers import run_mlops
+
+MINE = '[[hosts]]\nname = "web-1"\ntarget = "ssh://deploy@web-1/srv/models"\nrest_url = "http://web-1:8501"\n'
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {"MLOPS_HOME": str(home), "MLOPS_MLFLOW_PORT": str(free_port()),
+            "MLOPS_SERVING_REST_PORT": str(free_port()), "MLOPS_SERVING_GRPC_PORT": str(free_port()),
+            "MLOPS_MODEL_NAME": "demo-refusals", "MLFLOW_TRACKING_URI": "", "MLOPS_HOSTS_FILE": "",
+            "MLOPS_LEDGER_URL": ""}
+
+
+def _demo(home: Path, *extra: str):
+    env = _env(home)
+    try:
+        return run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", *extra, env=env,
+                         cwd=home.parent, timeout=300)
+    finally:
+        if any(home.glob("*.json")) or any(home.glob("*.log")):      # a server started: stop it
+            run_mlops("down", env=env, cwd=home.parent, timeout=120)
+
+
+def _started_nothing(home: Path) -> None:
+    leftovers = sorted(p.name for p in home.glob("*") if p.suffix in (".json", ".log")) if home.exists() else []
+    assert leftovers == [], f"the refused demo started something: {leftovers}"
+    assert not (home / "serving").exists()
+
+
+def _one_line(r) -> str:
+    assert r.returncode != 0, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_zero_epochs_is_refused_before_any_server_starts(tmp_path):
+    home = tmp_path / "mlops"
+    line = _one_line(_demo(home, "--epochs", "0"))
+    assert "--epochs must be at least 1, got 0" in line
+    _started_nothing(home)
+
+
+def test_a_hosts_file_the_demo_did_not_write_is_left_alone(tmp_path):
+    home = tmp_path / "mlops"
+    home.mkdir()
+    (home / "hosts.toml").write_text(MINE)
+    line = _one_line(_demo(home))
+    assert str(home / "hosts.toml") in line and "not written by `mlops demo`" in line
+    assert "another MLOPS_HOME" in line
+    assert (home / "hosts.toml").read_text() == MINE
+    _started_nothing(home)
+
+
+def test_a_second_demo_on_the_same_state_folder_is_refused(tmp_path):
+    home = tmp_path / "mlops"
+    home.mkdir()
+    with open(home / "demo.lock", "a+") as held:          # the first demo, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = _one_line(_demo(home))
+    assert "another `mlops demo` is running" in line and str(home) in line
+    _started_nothing(home)
+
+
+def test_a_hosts_file_an_earlier_demo_wrote_may_be_replaced(tmp_path):
+    path = tmp_path / "hosts.toml"
+    check_hosts_file(path)                                  # none yet
+    path.write_text(hosts_toml(tmp_path / "serving", "http://127.0.0.1:8501", "127.0.0.1:8500"))
+    assert path.read_text().startswith(HOSTS_MARK)
+    check_hosts_file(path)                                  # the demo's own: fine
+    path.write_text("\n" + path.read_text())                # a person edited it (the mark is no longer first)
+    with pytest.raises(ConfigError, match="not written by `mlops demo`"):
+        check_hosts_file(path)
+
+
+def test_the_closing_text_offers_a_rollback_only_when_there_is_somewhere_to_go():
+    services = {"mlflow": "http://127.0.0.1:5000", "serving": "http://127.0.0.1:8501"}
+    first = closing_text(services, "digits", 1, Path("/tmp/request.json"), None)
+    assert "mlops sync rollback" not in first
+    assert "nothing to roll back to yet: v1 is the first version to serve production" in first
+    later = closing_text(services, "digits", 2, Path("/tmp/request.json"), 1)
+    assert 'mlops sync rollback --reason "why"   (to v1, kept warm' in later
+    for text in (first, later):
+        assert "curl -s -X POST http://127.0.0.1:8501/v1/models/digits:predict -d @/tmp/request.json" in text
