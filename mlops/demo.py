@@ -77,18 +77,6 @@ def check_hosts_file(path: Path) -> None:
                           f"would replace it: run the demo with another MLOPS_HOME, or move that file")
 
 
-def write_hosts_file(path: Path, text: str) -> None:
-    """The hosts file, whole or not at all (written beside it, then renamed into place)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder you "
-                          f"can write") from None
-
-
 @contextlib.contextmanager
 def one_demo_at_a_time(state: Path):
     """An exclusive ``flock`` on ``$MLOPS_HOME/demo.lock`` for the whole flow: two demos on one
@@ -96,14 +84,9 @@ def one_demo_at_a_time(state: Path):
     process ends, however it ends."""
     import fcntl
 
-    path = state / "demo.lock"
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")
-    except OSError as exc:
-        raise ConfigError(f"cannot write the state folder {state} ({exc.strerror or exc}); point "
-                          f"MLOPS_HOME at a folder you can write") from None
-    with f:
+    from mlops.local_services import open_in_state
+
+    with open_in_state(state, "demo.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -117,7 +100,7 @@ def one_demo_at_a_time(state: Path):
 
 def start_services(state: Path) -> dict:
     """MLflow and the local model server (reused when already running), and the hosts file."""
-    from mlops.local_services import start_mlflow, start_model_server
+    from mlops.local_services import start_mlflow, start_model_server, write_whole
 
     hosts = state / "hosts.toml"
     check_hosts_file(hosts)
@@ -126,7 +109,7 @@ def start_services(state: Path) -> dict:
     rest_port, grpc_port = _ports()
     base = state / "serving"
     model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
-    write_hosts_file(hosts, hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))
+    write_whole(hosts, hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))
     os.environ["MLOPS_HOSTS_FILE"] = str(hosts)
     return {"mlflow": mlflow_svc.url, "serving": model_svc.url, "hosts": hosts, "base": base}
 

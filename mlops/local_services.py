@@ -189,13 +189,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
     for ``health_url``; on any failure stop it and forget it."""
     log = state / f"{name}.log"
-    try:
-        state.mkdir(parents=True, exist_ok=True)
-        out = open(log, "ab")
-    except OSError as exc:
-        raise ConfigError(f"cannot write the state folder {state} ({exc.strerror or exc}); point "
-                          f"MLOPS_HOME at a folder you can write") from None
-    with out:
+    with open_in_state(state, log.name, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}))
@@ -209,17 +203,31 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     return svc, proc
 
 
-def write_record(state: Path, svc: Service) -> None:
-    """The service's record, whole or not at all (a temporary file renamed into place)."""
-    path = _record_path(state, svc.name)
+def open_in_state(state: Path, name: str, mode: str):
+    """``open(state / name, mode)``, creating the state folder; one line when it cannot be written."""
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        return open(state / name, mode)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the state folder {state} ({exc.strerror or exc}); point "
+                          f"MLOPS_HOME at a folder you can write") from None
+
+
+def write_whole(path: Path, text: str) -> None:
+    """``text`` at ``path``, whole or not at all (written beside it, then renamed into place)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(svc.to_json())
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
                           f"you can write") from None
+
+
+def write_record(state: Path, svc: Service) -> None:
+    """The service's record, whole or not at all."""
+    write_whole(_record_path(state, svc.name), svc.to_json())
 
 
 def _term_then_kill(send, gone, timeout: float) -> bool:
