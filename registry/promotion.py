@@ -25,6 +25,7 @@ from .ledger import Entry, Ledger
 from .promotion_rules import (
     Agreement,
     agreement,
+    check_forced_reason,
     check_gate_baseline,
     check_promotable,
     ever_held,
@@ -356,6 +357,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``. ``actor``:
     shorthand for a ``provenance`` built from the environment (tests, scripts).
     """
+    check_forced_reason(force, reason)      # before the default text below stands in for one
     by = given(provenance, actor)
     ledger = ledger or Ledger()
     explicit = versions.parse_version(to) if to is not None else None

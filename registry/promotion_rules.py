@@ -34,12 +34,17 @@ from . import tags as T
 from .ledger import Entry
 
 
-def check_promotable(model: str, version: int, validation_status: str, *, force: bool = False,
-                     reason: str | None = None) -> None:
-    """Raise ``RefusedError`` unless the version passed the gate (or is forced with a reason)."""
+def check_forced_reason(force: bool, reason: str | None) -> None:
+    """``--force`` only with a reason a person wrote (a default text is not one)."""
     if force and not (reason and reason.strip()):
         raise RefusedError("--force needs --reason \"...\" saying why the gate is bypassed; "
                            "it is recorded in the ledger and on the version")
+
+
+def check_promotable(model: str, version: int, validation_status: str, *, force: bool = False,
+                     reason: str | None = None) -> None:
+    """Raise ``RefusedError`` unless the version passed the gate (or is forced with a reason)."""
+    check_forced_reason(force, reason)
     if validation_status != "passed" and not force:
         raise RefusedError(f"version {version} of '{model}' has validation_status="
                            f"{validation_status or 'pending'}, not passed; run `mlops registry gate "

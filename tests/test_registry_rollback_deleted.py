@@ -1,5 +1,6 @@
 """Rollback without ``--to`` skips earlier production holders deleted from the registry since (real
-MLflow server and ledger), and ``mlops sync rollback --force`` reaches ``promotion.rollback``."""
+MLflow server and ledger), ``--force`` needs a reason, and ``mlops sync rollback --force`` reaches
+``promotion.rollback``."""
 from __future__ import annotations
 
 import os
@@ -64,6 +65,25 @@ def test_when_every_earlier_holder_was_deleted_the_error_says_nothing_to_roll_ba
     assert "mlops registry promote --version N" in message
     assert versions.production_version(model) == 3
     assert not [e for e in Ledger().entries(model)[before:] if e.action == "rollback" and e.outcome == "ok"]
+
+
+@pytest.mark.parametrize("reason", [None, "", "   "])
+def test_a_forced_rollback_without_a_reason_is_refused_and_moves_nothing(make_version, reason):
+    """``--force`` needs a reason a person wrote: the rollback's default text ("rollback requested")
+    stood in for one, and a version that failed the gate went back to production unexplained."""
+    from mlops_common.errors import RefusedError
+
+    model = promoted_in_turn(make_version, 2)
+    make_version(validation_status="failed")
+    before = len(Ledger().entries(model))
+    with pytest.raises(RefusedError, match="--force needs --reason"):
+        promotion.rollback(model, to=3, force=True, reason=reason, actor="bob")
+    assert versions.production_version(model) == 2
+    assert len(Ledger().entries(model)) == before
+    result = promotion.rollback(model, to=3, force=True, reason="v2 corrupts labels", actor="bob")
+    assert (result.to_version, result.moved) == (3, True)
+    row = Ledger().entries(model)[-1]
+    assert (row.action, row.outcome, row.reason) == ("rollback", "ok", "v2 corrupts labels")
 
 
 class _Captured(Exception):
