@@ -226,12 +226,18 @@ def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
         parts = urlsplit(value)
         port, credentials = parts.port, parts.username or parts.password
     except ValueError:          # "http://[::1", a port that is not a number: not echoed (a password?)
+        big = re.fullmatch(r"[a-z]+://[A-Za-z0-9_.-]+:(\d+)(/.*)?", value)
+        if big:
+            raise where.error(fld, f"port {big.group(1)} is out of range 1-65535; it must be {example}") from None
         raise where.error(fld, f"is not {example}") from None
     if credentials:
         raise where.error(fld, "must not contain credentials (they would end up in logs)")
     if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and not 1 <= port <= 65535) \
             or parts.query or parts.fragment or has_traversal(parts.path):
         raise where.error(fld, f"{value!r} is not {example}")
+    if re.search(r"/v1(/.*)?$", parts.path):
+        raise where.error(fld, f"{value!r} ends in TF Serving's API path; give the server's address without "
+                               f"/v1 (requests add /v1/models/...), e.g. http://127.0.0.1:8501")
     return value
 
 
@@ -279,8 +285,10 @@ def parse_host(entry: object, where: _Where) -> Host:
     if not isinstance(entry, dict):
         raise where.error(None, "each [[hosts]] entry must be a table")
     name = entry.get("name")
+    if name is None:
+        raise where.error("name", "missing; every host needs a name (letters, digits, '.', '_', '-')")
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
-        raise where.error("name", f"{name!r} is missing or invalid: use letters, digits, '.', '_', '-'")
+        raise where.error("name", f"{name!r} is invalid: use letters, digits, '.', '_', '-'")
     where.name = name
     unknown = sorted(set(entry) - set(HOST_FIELDS))
     if unknown:
@@ -324,25 +332,46 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
     hosts: list[Host] = []
     seen: set[str] = set()
     bases: dict[tuple, str] = {}
+    servers: dict[tuple, str] = {}
     for i, entry in enumerate(entries):
         host = parse_host(entry, _Where(source, i))
+        at = _Where(source, i, host.name)
         if host.name in seen:
-            raise _Where(source, i, host.name).error("name", "duplicate host name; names must be unique")
+            raise at.error("name", "duplicate host name; names must be unique")
         seen.add(host.name)
         base = _base_key(host.target)
         if base in bases:       # two names for one base directory: the deploy would wait on its own lock
-            raise _Where(source, i, host.name).error(
-                "target", f"the same base directory as host {bases[base]!r}; list each base directory once")
+            raise at.error("target", f"the same base directory as host {bases[base]!r}; list each base "
+                                     f"directory once")
         bases[base] = host.name
+        # one TF Serving reads one models.config: two entries for it would point it at each other's
+        # base directory in turn, and a canary would be judged against itself
+        for fld, key in (("rest_url", _server_key(host.rest_url)),
+                         ("grpc", ("grpc", host.grpc.lower()) if host.grpc else None)):
+            if key is not None and key in servers:
+                raise at.error(fld, f"the same TF Serving as host {servers[key]!r}; one TF Serving is one host "
+                                    f"(list it once, with the base directory its --model_config_file is in)")
+            if key is not None:
+                servers[key] = host.name
         hosts.append(replace(host, store=store) if store and host.target.scheme == "ssh" else host)
     return hosts
 
 
 def _base_key(t: Target) -> tuple:
-    """What names one base directory: a host name's case and the default port do not matter."""
+    """What names one base directory: a host name's case, the default port and (on this machine)
+    a symbolic link do not matter."""
     if t.scheme == "s3":
         return ("s3", t.bucket, t.path)
+    if t.scheme == "file":
+        return ("file", "", 0, os.path.realpath(t.path))
     return (t.scheme, (t.host or "").lower().rstrip("."), t.port if t.scheme == "ssh" else 0, t.path)
+
+
+def _server_key(rest_url: str) -> tuple:
+    """What names one TF Serving REST endpoint (case of the host name, default port, a trailing /)."""
+    parts = urlsplit(rest_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return ("rest", parts.scheme, (parts.hostname or "").lower().rstrip("."), port, parts.path.rstrip("/"))
 
 
 def parse_store(value: object, endpoint: object, where: _Where) -> Store | None:
@@ -395,6 +424,9 @@ def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None 
                               "(a hosts file for several hosts, MLOPS_SYNC_TARGET for one)")
         return hosts_from_env(environ)
     path = Path(explicit_file) if explicit_file else settings.hosts_file()
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"hosts file {path} is {'a directory' if path.is_dir() else 'not a regular file'}; "
+                          f"point --hosts or MLOPS_HOSTS_FILE at the TOML file that lists the hosts")
     if not path.is_file():
         raise NotFoundError(f"hosts file {path} does not exist; create it ([[hosts]] with name, target, "
                             f"rest_url; see docs/architecture.md) or set MLOPS_SYNC_TARGET and "

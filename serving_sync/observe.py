@@ -20,6 +20,8 @@ from .transports.base import Transport
 
 logger = log.get("sync.observe")
 
+GRPC_CHECK_S = 5.0     # how long a gRPC address may take to accept a connection
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -33,7 +35,8 @@ def _states(client, name: str) -> dict[int, str]:
 
 
 def observe_host(host, transport: Transport, client, model: str, *, label: str = STABLE) -> Observed:
-    """Read ``host``'s state for ``model`` (config file, TF Serving, published, verified)."""
+    """Read ``host``'s state for ``model`` (config file, TF Serving, published, verified), and check
+    that its gRPC address (when it has one) answers: every config change goes through it."""
     text = host_config.read_text(transport)
     config = mc.parse(text or "", f"{transport.url}/{MODELS_CONFIG}")
     base_path = mc.model_base_path(host.serving_base_path(), model)
@@ -52,6 +55,10 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         main_states=main_states, validate_states=validate_states, stable=stable,
         published=tuple(published_versions(transport, model)),
         verified=tuple(sorted(verified_record.read(transport, model))))
+    if host.grpc:           # after the REST reads: a server that is down says so the usual way first
+        from .tfs_reload import check_reachable
+
+        check_reachable(host.grpc, timeout=min(GRPC_CHECK_S, client.timeout))
     return Observed(obs, config, text)
 
 

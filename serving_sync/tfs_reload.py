@@ -143,6 +143,48 @@ def close_channels() -> None:
         _channels.clear()
 
 
+def check_reachable(address: str, *, timeout: float = 5.0) -> None:
+    """Connect the kept channel to ``address`` now, changing nothing: a wrong ``grpc`` address in
+    the hosts file is one line before a deploy touches any host (found at the first config reload
+    it failed the deploy mid-way and tagged a good version failed), and the later reloads use this
+    connection. A refused connection ends the wait at once, a silent address after ``timeout``; a
+    kept channel that failed before (TF Serving restarted) is replaced once, as a reload does."""
+    import grpc
+
+    channel, kept = _channel(address)
+    state = _settle(channel, timeout)
+    if state is not grpc.ChannelConnectivity.READY and kept:
+        state = _settle(_channel(address, stale=channel)[0], timeout)
+    if state is not grpc.ChannelConnectivity.READY:
+        why = "connection refused or failed" if state is not None else f"no answer within {timeout:g}s"
+        raise HostUnreachable(f"TF Serving gRPC at {address} unreachable ({why}); check the host's `grpc` "
+                              f"address (TF Serving's --port) or remove it to rely on the config file poll")
+
+
+def _settle(channel, timeout: float):
+    """Ask ``channel`` to connect; its state once READY or failed (None: neither within ``timeout``)."""
+    import threading
+
+    import grpc
+
+    final = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+             grpc.ChannelConnectivity.SHUTDOWN)
+    seen: list = []
+    settled = threading.Event()
+
+    def watch(state) -> None:
+        if state in final:
+            seen.append(state)
+            settled.set()
+
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        settled.wait(timeout)
+    finally:
+        channel.unsubscribe(watch)
+    return seen[0] if seen else None
+
+
 def reload_config(address: str, config_text: str, *, timeout: float = 30.0) -> ReloadStatus:
     """Send ``config_text`` (models.config) to TF Serving at ``address`` (host:port) and raise
     ``ServingError`` with TF Serving's message unless it answers OK."""

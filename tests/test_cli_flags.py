@@ -28,6 +28,8 @@ from mlops.commands import flags
     (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
     (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
     (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
+    (flags.bind_address, "", "is empty: name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to "
+                             "listen on every interface on purpose)"),
 ])
 def test_bad_values_say_why(convert, text, reason):
     with pytest.raises(argparse.ArgumentTypeError) as e:
@@ -75,3 +77,26 @@ def test_limits_refuse_a_latency_ratio_that_is_not_a_finite_number():
             Limits(max_latency_ratio=bad)
     with pytest.raises(ConfigError, match="--max-error-rate"):
         Limits(max_error_rate=float("nan"))
+
+
+def test_an_empty_webhook_host_is_refused_not_every_interface():
+    """``--webhook-host "$HOST"`` with HOST unset bound the receiver on 0.0.0.0; a deploy trigger
+    then listened on every network the machine is on."""
+    from mlops.cli import build_parser
+
+    parser = build_parser()
+    for value in ("", "  "):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["sync", "watch", "--webhook-port", "0", "--webhook-host", value])
+        assert e.value.code == 2
+    assert parser.parse_args(["sync", "watch", "--webhook-host", "0.0.0.0"]).webhook_host == "0.0.0.0"
+    assert parser.parse_args(["sync", "watch"]).webhook_host == "127.0.0.1"
+
+
+def test_a_zero_timeout_is_refused_with_a_message_that_does_not_contradict_itself():
+    from mlops_common.errors import ConfigError
+    from serving_sync.options import DeployOptions
+
+    with pytest.raises(ConfigError) as e:
+        DeployOptions(timeout=0)
+    assert str(e.value) == "--timeout must be more than 0 and at most 86400 seconds, got 0"

@@ -91,6 +91,11 @@ def entry(**fields) -> str:
     ({"target": "file:///srv/a\u2028b"}, "target", "control"),
     ({"target": "s3://bucket/a/%2e%2e/b"}, "target", "invalid key prefix"),
     ({"model_base_path": "s3://AKIAX:secret@bucket/m"}, "model_base_path", "credentials"),
+    # found by a bad-input sweep: an unclear port, an API path that became /v1/v1/..., a Python None
+    ({"rest_url": "http://127.0.0.1:99999"}, "rest_url", "port 99999 is out of range 1-65535"),
+    ({"rest_url": "http://127.0.0.1:8501/v1/"}, "rest_url", "without /v1"),
+    ({"rest_url": "http://tfs:8501/v1/models/digits"}, "rest_url", "without /v1"),
+    ({"name": None}, "name", "missing; every host needs a name"),
 ])
 def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
     with pytest.raises(ConfigError) as e:
@@ -122,6 +127,39 @@ def test_two_names_for_one_base_directory_are_refused(first, second):
     text = entry(name="a", target=first) + entry(name="b", target=second)
     with pytest.raises(ConfigError, match=r"hosts\[1\] \('b'\): field 'target': the same base directory as host 'a'"):
         parse_hosts_toml(text, "hosts.toml")
+
+
+@pytest.mark.parametrize("first,second,fld", [
+    ('rest_url = "http://10.0.0.5:8501"', 'rest_url = "http://10.0.0.5:8501/"', "rest_url"),
+    ('rest_url = "http://TFS.example.com"', 'rest_url = "http://tfs.example.com:80"', "rest_url"),
+    ('rest_url = "http://a:8501"\ngrpc = "10.0.0.5:8500"',
+     'rest_url = "http://b:8501"\ngrpc = "10.0.0.5:8500"', "grpc"),
+])
+def test_two_entries_for_one_tf_serving_are_refused(first, second, fld):
+    """One TF Serving reads one models.config: two entries with different base directories made a
+    deploy point it at each base in turn (exit 0, "deployed to local, copy") and judge a canary
+    against itself."""
+    text = (f'[[hosts]]\nname = "a"\ntarget = "file:///srv/a"\n{first}\n'
+            f'[[hosts]]\nname = "b"\ntarget = "file:///srv/b"\n{second}\n')
+    with pytest.raises(ConfigError, match=rf"hosts\[1\] \('b'\): field '{fld}': the same TF Serving as host 'a'"):
+        parse_hosts_toml(text, "hosts.toml")
+
+
+def test_a_symbolic_link_to_a_base_directory_is_the_same_base_directory(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    text = (f'[[hosts]]\nname = "a"\ntarget = "file://{tmp_path}/real"\nrest_url = "http://a:8501"\n'
+            f'[[hosts]]\nname = "b"\ntarget = "file://{tmp_path}/link"\nrest_url = "http://b:8501"\n')
+    with pytest.raises(ConfigError, match="the same base directory as host 'a'"):
+        parse_hosts_toml(text, "hosts.toml")
+
+
+def test_a_hosts_file_that_is_a_directory_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLOPS_SYNC_TARGET", raising=False)
+    with pytest.raises(ConfigError, match="is a directory; point --hosts or MLOPS_HOSTS_FILE at the TOML file"):
+        load_hosts(str(tmp_path))
+    with pytest.raises(NotFoundError, match="does not exist"):
+        load_hosts(str(tmp_path / "missing.toml"))
 
 
 def test_an_ipv6_host_is_bracketed_in_messages():

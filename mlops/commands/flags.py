@@ -87,6 +87,15 @@ def free_text(text: str) -> str:
     return text
 
 
+def bind_address(text: str) -> str:
+    """An address to listen on, never empty: an empty ``--webhook-host "$HOST"`` (an unset variable)
+    bound every interface."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name an address of this machine (e.g. 127.0.0.1, or "
+                                         "0.0.0.0 to listen on every interface on purpose)")
+    return text.strip()
+
+
 def location(text: str) -> str:
     """Where batches are (``--incoming``, ``data validate``): a .npz file, a folder or an
     ``s3://`` prefix — never empty (an empty ``${INCOMING:-$MLOPS_INCOMING}`` in a CI job would

@@ -225,7 +225,7 @@ def register(sub) -> None:
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
     w.add_argument("--webhook-port", type=flags.port, metavar="PORT",
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
-    w.add_argument("--webhook-host", default="127.0.0.1", metavar="ADDR",
+    w.add_argument("--webhook-host", type=flags.bind_address, default="127.0.0.1", metavar="ADDR",
                    help="address to bind the receiver to (default 127.0.0.1)")
     w.add_argument("--secret-env", default="MLOPS_WEBHOOK_SECRET", metavar="VAR",
                    help="the environment variable holding the webhook's HMAC secret, as given to "
