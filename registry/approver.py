@@ -25,6 +25,11 @@ def api_base() -> str:
     return base if base.endswith("/api/v2") else f"{base}/api/v2"
 
 
+def shown_base() -> str:
+    """``api_base()`` for messages: a password in ``CIRCLECI_API_URL`` (a proxy's) is masked."""
+    return settings.mask_url_password(api_base())
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return True
@@ -48,18 +53,18 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
     try:
         r = retry(call, is_transient=_transient, attempts=3, first_delay=0.5)
     except (requests.ConnectionError, requests.Timeout):
-        raise ConnectionFailure(f"cannot reach the CircleCI API at {api_base()}; check the network "
+        raise ConnectionFailure(f"cannot reach the CircleCI API at {shown_base()}; check the network "
                                 f"or CIRCLECI_API_URL") from None
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
             requests.exceptions.InvalidSchema):
-        raise ConfigError(f"CIRCLECI_API_URL is not a usable URL ({api_base()!r}); e.g. "
+        raise ConfigError(f"CIRCLECI_API_URL is not a usable URL ({shown_base()!r}); e.g. "
                           f"https://circleci.com/api/v2") from None
     except _ServerError as exc:
-        raise ConnectionFailure(f"the CircleCI API at {api_base()} kept failing ({exc}); "
+        raise ConnectionFailure(f"the CircleCI API at {shown_base()} kept failing ({exc}); "
                                 f"retry the promote job") from None
     except requests.RequestException as exc:
         # Only the type: the message of e.g. InvalidHeader quotes the header value (the token).
-        raise ConnectionFailure(f"the request to the CircleCI API at {api_base()} failed "
+        raise ConnectionFailure(f"the request to the CircleCI API at {shown_base()} failed "
                                 f"({type(exc).__name__}); check CIRCLE_TOKEN and CIRCLECI_API_URL") from None
     if r.status_code in (401, 403):
         raise ConfigError(f"the CircleCI API rejected CIRCLE_TOKEN (HTTP {r.status_code}) on {path}; "

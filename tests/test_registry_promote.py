@@ -196,10 +196,11 @@ def test_circleci_problems_are_one_clear_line(make_version, circleci_api):
     from mlops.local_services import free_port
 
     r = run_mlops("registry", "promote", "--version", str(v),
-                  env={"CIRCLECI_API_URL": f"http://127.0.0.1:{free_port()}",
+                  env={"CIRCLECI_API_URL": f"http://proxyuser:cipw-hunter2@127.0.0.1:{free_port()}",
                        "CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": pending})
     assert r.returncode == 2 and "cannot reach the CircleCI API" in one_error_line(r)
     assert circleci_api.token not in r.stderr
+    assert "cipw-hunter2" not in r.stderr and "proxyuser:***@127.0.0.1" in r.stderr     # a proxy's password
     assert versions.production_version(model) is None
     assert moves(model) == []
 

@@ -25,7 +25,7 @@ def register(sub) -> None:
                                     "independently of the images - well-formed, so it passes validation, "
                                     "but retraining on it clearly hurts the model and the gate must stop it.")
     m.add_argument("--kind", required=True, choices=("good", "bad"), help="which batch to write")
-    m.add_argument("--out", required=True, metavar="PATH",
+    m.add_argument("--out", required=True, metavar="PATH", type=flags.output_path,
                    help="output .npz file, an existing folder, or s3://bucket/key.npz")
     m.add_argument("--dataset", default="digits", choices=DATASETS, help=DATASET_HELP)
     m.add_argument("--seed", type=flags.seed, default=1, help="order/shuffle seed (default 1)")

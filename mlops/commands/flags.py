@@ -96,6 +96,15 @@ def bind_address(text: str) -> str:
     return text.strip()
 
 
+def output_path(text: str) -> str:
+    """Where a command writes (``data make-batch --out``), never empty: ``Path("")`` is the current
+    folder's "." and an empty ``--out "$OUT"`` wrote to ``/<name>.npz``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the output .npz file, an existing folder or "
+                                         "s3://bucket/key.npz")
+    return text
+
+
 def location(text: str) -> str:
     """Where batches are (``--incoming``, ``data validate``): a .npz file, a folder or an
     ``s3://`` prefix — never empty (an empty ``${INCOMING:-$MLOPS_INCOMING}`` in a CI job would
