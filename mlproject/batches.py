@@ -101,9 +101,16 @@ def parse_npz(source: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise bad(f"no '{missing[0]}' array (found: {', '.join(z.files) or 'none'}); "
                           f"a batch needs arrays 'images' and 'labels'")
-            return z["images"], z["labels"]
+            arrays = z["images"], z["labels"]
+        for name, a in zip(("images", "labels"), arrays):
+            if not isinstance(a, np.ndarray):     # a member that is not a .npy: numpy hands back its bytes
+                raise bad(f"'{name}' is not a numpy array (not a .npy inside the .npz); save the batch with "
+                          f"numpy.savez")
+        return arrays
     except validation.DataError:
         raise
+    except MemoryError:                           # a header that declares an array larger than memory
+        raise bad("declares an array too large to load (a corrupt .npy header?); replace the file") from None
     except ValueError as exc:
         if "pickle" in str(exc):
             raise bad("holds object (pickled) arrays, which are never loaded; save plain numeric "

@@ -223,11 +223,28 @@ def test_read_batches_reads_a_folder_in_name_order_and_adds_the_channel_axis(tmp
     ("truncated", "cannot read it as a .npz batch"),
     ("missing_labels", "no 'labels' array (found: images)"),
     ("pickled", "holds object (pickled) arrays"),
+    # found by a bad-input sweep: tracebacks (AttributeError on bytes, a 23 TiB allocation)
+    ("not_npy_members", "'images' is not a numpy array (not a .npy inside the .npz)"),
+    ("huge_header", "declares an array too large to load"),
 ])
 def test_unreadable_batches_are_rejected_by_name(tmp_path, content, expected):
+    import io
+    import zipfile
+
     path = tmp_path / "incoming.npz"
     images, labels = _valid()
-    if content == "truncated":
+    if content == "not_npy_members":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("images.npy", b"these are not array bytes")
+            z.writestr("labels.npy", b"nor these")
+    elif content == "huge_header":
+        header = {"descr": "<f4", "fortran_order": False, "shape": (100_000_000_000, 8, 8, 1)}
+        raw = io.BytesIO()
+        np.lib.format.write_array_header_1_0(raw, header)
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("images.npy", raw.getvalue() + b"\0" * 64)
+            z.writestr("labels.npy", raw.getvalue())
+    elif content == "truncated":
         _save(path, images=images, labels=labels)
         path.write_bytes(path.read_bytes()[:200])
     elif content == "missing_labels":
