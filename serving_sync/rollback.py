@@ -13,9 +13,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from mlops_common.errors import DeployFailed, UserError
 from registry import deploys
 
 from . import fleet
+from .cancel import DeployInterrupted
 from .options import DeployOptions
 
 
@@ -58,9 +60,15 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     try:
         result = fleet.deploy(model, hosts, opts=opts, break_lock=break_lock, lock_wait=lock_wait,
                               reason=promo.reason, provenance=provenance)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):   # the deploy's own error is the one to report
             promo.finish()
+        moved_only = promo.moved and isinstance(exc, UserError) and not isinstance(exc, (DeployFailed,
+                                                                                            DeployInterrupted))
+        if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
+            raise type(exc)(f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
+                            f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
+                            f"installs v{promo.to_version} on the hosts", exit_code=exc.exit_code) from None
         raise
     promo.finish()
     # The deploy tagged the version rolled back from when it restored this rollback's version

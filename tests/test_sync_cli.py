@@ -84,6 +84,28 @@ def test_rollback_end_to_end_is_one_command_and_reports_its_speed(deploy_env):
         assert _files_containing(root, secret.encode()) == []
 
 
+def test_a_rollback_whose_hosts_cannot_be_reached_says_production_moved_and_how_to_finish(deploy_env):
+    """The registry moved first and the deploy then found the host unreachable: the one line said
+    only "not reachable", and `sync status` then showed drift nobody had been told about."""
+    from mlops.local_services import free_port
+
+    env = deploy_env
+    (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
+    bad = env.hosts_file.with_name("unreachable.toml")
+    bad.write_text(env.hosts_file.read_text().replace(h1.rest_url, f"http://127.0.0.1:{free_port()}"))
+    r = env.cli("sync", "rollback", "--reason", "v2 is slow", "--hosts", str(bad))
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "is not reachable" in line, r.stderr
+    assert f"production is v{v1} in the registry now (rolled back from v{v2})" in line
+    assert f"`mlops sync deploy` installs v{v1} on the hosts" in line and "Traceback" not in r.stderr
+    assert env.production() == v1
+    env.serves(h1, v2)                                   # nothing changed on the host
+    r = env.cli("sync", "deploy")                        # what the line says to do
+    assert r.returncode == 0, r.stderr
+    env.serves(h1, v1)
+
+
 def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(deploy_env):
     """MLOPS_BAKE_SECONDS (the CircleCI deploy job sets 300) is for new versions: a rollback's deploy
     takes the fleet off the version rolled back from at once, by `sync rollback` and by `sync deploy`
