@@ -22,6 +22,15 @@ class UserError(Exception):
         return str(self)
 
 
+def reworded(exc: UserError, message: str) -> UserError:
+    """``exc`` saying ``message`` instead: the same class (what callers catch and its exit code)
+    where its constructor takes a message, else a plain ``UserError`` with that exit code."""
+    try:
+        return type(exc)(message, exit_code=exc.exit_code)
+    except TypeError:
+        return UserError(message, exit_code=exc.exit_code)
+
+
 class ConfigError(UserError):
     """A missing or malformed setting, variable, flag or file."""
 

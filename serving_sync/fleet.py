@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import log
-from mlops_common.errors import DeployFailed, NotFoundError, UserError
+from mlops_common.errors import DeployFailed, NotFoundError, UserError, reworded
 from registry import deploys
 
 from . import cancel, parallel, retention, rollout, verified
@@ -126,9 +126,16 @@ class _Lazy:
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions):
-    observed = parallel.map_ordered(lambda c: observe_settled(c.host, c.transport, c.client, model, label=opts.label,
-                                                              timeout=opts.timeout, interval=opts.poll_interval),
-                                    conns, workers=opts.parallel, name="observe")
+    def observe(c):
+        try:
+            return observe_settled(c.host, c.transport, c.client, model, label=opts.label, timeout=opts.timeout,
+                                   interval=opts.poll_interval)
+        except UserError as exc:     # in a fleet, which host: TF Serving's address alone does not say
+            if c.host.name in exc.message:
+                raise
+            raise reworded(exc, f"{c.host.name}: {exc.message}") from None
+
+    observed = parallel.map_ordered(observe, conns, workers=opts.parallel, name="observe")
     plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
                        fast=opts.fast) for o in observed]
     return observed, plans

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from mlops_common.errors import DeployFailed, UserError
+from mlops_common.errors import DeployFailed, UserError, reworded
 from registry import deploys
 
 from . import fleet
@@ -66,9 +66,9 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
         moved_only = promo.moved and isinstance(exc, UserError) and not isinstance(exc, (DeployFailed,
                                                                                             DeployInterrupted))
         if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
-            raise type(exc)(f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
-                            f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
-                            f"installs v{promo.to_version} on the hosts", exit_code=exc.exit_code) from None
+            raise reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
+                                f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
+                                f"installs v{promo.to_version} on the hosts") from None
         raise
     promo.finish()
     # The deploy tagged the version rolled back from when it restored this rollback's version

@@ -217,6 +217,24 @@ def test_deploy_failure_with_json_prints_one_document_and_exits_3(deploy_env):
     env.serves(host, v1)
 
 
+def test_in_a_fleet_the_line_names_the_host_that_cannot_be_reached(deploy_env):
+    """Said only "TF Serving REST at http://…:27799 is not reachable": which of the hosts?"""
+    from mlops.local_services import free_port
+
+    env = deploy_env
+    (h1, h2), v1 = setup_serving_v1(env, hosts=2)
+    v2 = env.register("b")
+    env.promote(v2)
+    bad = env.hosts_file.with_name("one-down.toml")
+    bad.write_text(env.hosts_file.read_text().replace(h2.rest_url, f"http://127.0.0.1:{free_port()}"))
+    r = env.cli("sync", "deploy", "--hosts", str(bad))
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {h2.name}: TF Serving REST at ") and "is not reachable" in line, r.stderr
+    env.serves(h1, v1)
+    assert env.production() == v2
+
+
 def test_grpc_unreachable_is_found_before_the_deploy_changes_anything(deploy_env):
     """Found at the first config reload, it failed the deploy at load_validation after the
     validation entry was written (TF Serving's poll then loaded it, and put-back unloaded it); now
