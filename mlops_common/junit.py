@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_common.errors import ConfigError
-from mlops_common.paths import file_in_the_way
+from mlops_common.paths import check_writable_dir
 
 
 @dataclass
@@ -24,9 +24,7 @@ def check_path(path: str | Path | None, flag: str = "--junit") -> None:
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a directory; name a file, e.g. {out / 'results.xml'}")
-    blocked = file_in_the_way(out.parent)
-    if blocked is not None:
-        raise ConfigError(f"{flag} {out}: {blocked} is not a directory")
+    check_writable_dir(out.parent, f"{flag} {out}")
 
 
 def write(path: str | Path, suite: str, cases: list[Case]) -> Path:

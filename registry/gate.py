@@ -113,12 +113,16 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
 def write_report_files(out: Path, md: str, report: dict, page: str) -> None:
     """report.md, report.json (strict JSON: other programs read it) and report.html in ``out``,
     each replaced whole."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, content in (("report.md", md), ("report.json", strict_json.dumps(report, indent=2) + "\n"),
-                          ("report.html", page)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(content)
-        tmp.replace(out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, content in (("report.md", md), ("report.json", strict_json.dumps(report, indent=2) + "\n"),
+                              ("report.html", page)):
+            tmp = out / f".{name}.tmp"
+            tmp.write_text(content)
+            tmp.replace(out / name)
+    except OSError as exc:
+        raise ConfigError(f"--report-dir {out}: cannot write the gate report ({exc.strerror or exc}); name a "
+                          f"folder you can write") from None
 
 
 def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signature_change: bool,

@@ -263,6 +263,16 @@ CASES = {
         ["--report-dir", "is a file, not a directory"]),
     "--junit that is a directory (smoke)": (
         lambda w: (["sync", "smoke", "--junit", a_directory(w)], {}), ["--junit", "is a directory"]),
+    # found by a bad-input sweep (2026-12-04): a folder that cannot be written passed the check; the
+    # gate then evaluated, recorded its verdict (tag, ledger row, alias) and failed on the report
+    "--junit in a folder that cannot be written (gate)": (
+        lambda w: (["registry", "gate", "--version", str(w.v2), "--junit", "/proc/mlops-no-such/gate.xml"], {}),
+        ["--junit /proc/mlops-no-such/gate.xml", "cannot write in /proc/mlops-no-such"]),
+    "--report-dir that cannot be written (gate)": (
+        lambda w: (["registry", "gate", "--version", str(w.v2), "--report-dir", "/proc/mlops-no-such/r"], {}),
+        ["--report-dir /proc/mlops-no-such/r", "cannot write in"]),
+    "--junit in a folder that cannot be written (smoke)": (
+        lambda w: (["sync", "smoke", "--junit", "/proc/mlops-no-such/smoke.xml"], {}), ["--junit", "cannot write in"]),
     # --- settings that are not URLs --------------------------------------------------------------------
     "MLOPS_LEDGER_URL with a port that is not a number": (
         lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": "postgresql://u:pw@127.0.0.1:notaport/db"}),

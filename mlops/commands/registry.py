@@ -174,12 +174,10 @@ def _evaluator(model: str):
 
 def _check_report_dir(path: str | None) -> None:
     """``--report-dir``: refused before the gate records anything when it cannot hold the reports."""
-    from mlops_common.errors import ConfigError
-    from mlops_common.paths import file_in_the_way
+    from mlops_common.paths import check_writable_dir
 
-    bad = file_in_the_way(path) if path is not None else None
-    if bad is not None:
-        raise ConfigError(f"--report-dir {path}: {bad} is a file, not a directory")
+    if path is not None:
+        check_writable_dir(path, f"--report-dir {path}")
 
 
 def cmd_gate(args) -> int:
