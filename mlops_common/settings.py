@@ -148,10 +148,31 @@ def ledger_url() -> str:
     """SQLAlchemy URL of the ledger: ``MLOPS_LEDGER_URL`` or a SQLite file in the state folder."""
     url = env("MLOPS_LEDGER_URL")
     if url:
+        check_ledger_sqlite(url)
         return url
     path = state_dir() / "ledger.db"
     make_folder(path.parent, "MLOPS_HOME (the state folder)")
     return f"sqlite:///{path}"
+
+
+def check_ledger_sqlite(url: str) -> None:
+    """Refuse the two SQLite URLs that lose the audit trail quietly: an in-memory database (every row
+    gone when the command ends, while the registry keeps its moves) and a relative path (three
+    slashes: a new, empty ledger in whatever folder the command runs in)."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
+        return
+    if not (rest in ("", "//") or rest.startswith("///")):
+        return          # a user or host part: the ledger's own URL check says what is wrong with it
+    path = rest[3:].split("?", 1)[0]
+    if path in ("", ":memory:"):
+        raise ConfigError("MLOPS_LEDGER_URL names an in-memory SQLite database: every ledger row would be "
+                          "lost when the command ends; name a file (sqlite:////abs/path/ledger.db) or a "
+                          "PostgreSQL database")
+    if not path.startswith("/"):
+        raise ConfigError(f"MLOPS_LEDGER_URL names a relative SQLite path ({path!r}: a new, empty ledger in "
+                          f"whatever folder the command runs in); an absolute path has four slashes: "
+                          f"sqlite:////abs/path/ledger.db")
 
 
 def make_folder(path: Path, what: str) -> None:

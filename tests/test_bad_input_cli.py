@@ -277,6 +277,13 @@ CASES = {
     "MLOPS_LEDGER_URL with a port that is not a number": (
         lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": "postgresql://u:pw@127.0.0.1:notaport/db"}),
         ["MLOPS_LEDGER_URL is not a valid SQLAlchemy URL"]),
+    # found by a bad-input sweep (2026-12-04): the alias moved, its ledger rows vanished with the process
+    "MLOPS_LEDGER_URL in memory (rollback)": (
+        lambda w: (["registry", "rollback", "--reason", "x"], {"MLOPS_LEDGER_URL": "sqlite://"}),
+        ["MLOPS_LEDGER_URL names an in-memory SQLite database"]),
+    "MLOPS_LEDGER_URL with a relative SQLite path (history)": (
+        lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": "sqlite:///mlops-typo-dir/ledger.db"}),
+        ["MLOPS_LEDGER_URL names a relative SQLite path ('mlops-typo-dir/ledger.db'", "sqlite:////abs"]),
     "MLOPS_LEDGER_URL naming a driver that is not installed": (
         lambda w: (["registry", "history"], {"MLOPS_LEDGER_URL": "postgresql+nodriver://u@127.0.0.1/db"}),
         ["MLOPS_LEDGER_URL names the driver 'postgresql+nodriver'"]),

@@ -255,3 +255,25 @@ def assert_unbroken_chain(rows: list[Entry], rounds: int) -> None:
 def test_serialized_blocks_of_two_processes_never_interleave(ledger_url):
     """Read-then-append under the lock from two processes: every row continues the previous one."""
     assert_unbroken_chain(run_chain(ledger_url, 40), 40)
+
+
+@pytest.mark.parametrize("url, words", [
+    ("sqlite://", "in-memory"), ("sqlite:///", "in-memory"), ("sqlite:///:memory:", "in-memory"),
+    ("sqlite+pysqlite:///:memory:", "in-memory"),
+    ("sqlite:///ledger.db", "relative SQLite path ('ledger.db'"),
+    ("sqlite:///nonexistent/dir/l.db", "four slashes: sqlite:////abs/path/ledger.db"),
+])
+def test_ledger_urls_that_lose_rows_quietly_are_refused(monkeypatch, url, words):
+    from mlops_common import settings
+
+    monkeypatch.setenv("MLOPS_LEDGER_URL", url)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        settings.ledger_url()
+
+
+def test_file_and_server_ledger_urls_pass(monkeypatch, tmp_path):
+    from mlops_common import settings
+
+    for url in (f"sqlite:///{tmp_path / 'ledger.db'}", "postgresql://mlops@127.0.0.1:5432/ledger"):
+        monkeypatch.setenv("MLOPS_LEDGER_URL", url)
+        assert settings.ledger_url() == url
