@@ -35,9 +35,15 @@ def _v(x) -> str:
     return "none" if x is None else f"v{x}"
 
 
-def history_table(entries: list[Entry], *, reason_width: int = 60) -> str:
+def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | None = None,
+                  actions: tuple[str, ...] | None = None) -> str:
+    """The rows as a table; none: says which filter found nothing (the ledger may hold other rows)."""
     if not entries:
-        return "(the ledger is empty)"
+        if not (model or actions):
+            return "(the ledger is empty)"
+        what = " and ".join(x for x in (f"model '{model}'" if model else "",
+                                         f"action {', '.join(actions)}" if actions else "") if x)
+        return f"(no ledger rows for {what})"
     rows = []
     for e in entries:
         reason = printable(e.reason)

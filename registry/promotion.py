@@ -370,6 +370,9 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
                 raise RefusedError(f"version {explicit} of '{model}' already holds production; "
                                    f"nothing to roll back")
             return explicit, {"rollback_of": current}
+        if current is None:
+            raise NotFoundError(f"nothing to roll back to for '{model}': no version holds production; "
+                                f"use `mlops registry promote --version N`")
         stack = production_stack(history)
         failed = failed_deploys(history, all_versions)
         deleted = {x for x in stack if x not in all_versions}     # removed from the registry since

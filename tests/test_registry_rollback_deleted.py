@@ -67,6 +67,17 @@ def test_when_every_earlier_holder_was_deleted_the_error_says_nothing_to_roll_ba
     assert not [e for e in Ledger().entries(model)[before:] if e.action == "rollback" and e.outcome == "ok"]
 
 
+def test_a_rollback_with_no_production_says_so_not_none(make_version):
+    """It said "no earlier production version than None"."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed")
+    with pytest.raises(NotFoundError) as caught:
+        promotion.rollback(model, actor="bob")
+    assert str(caught.value) == (f"nothing to roll back to for '{model}': no version holds production; use "
+                                 f"`mlops registry promote --version N`")
+    assert versions.production_version(model) is None
+
+
 @pytest.mark.parametrize("reason", [None, "", "   "])
 def test_a_forced_rollback_without_a_reason_is_refused_and_moves_nothing(make_version, reason):
     """``--force`` needs a reason a person wrote: the rollback's default text ("rollback requested")

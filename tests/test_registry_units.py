@@ -43,6 +43,10 @@ def test_tables_align_and_truncate():
     out = history_table([e])
     assert "2026-01-02 03:04:05" in out and "v3->v2" in out and ("r" * 59 + "…") in out
     assert history_table([]) == "(the ledger is empty)"
+    # a filter that matches nothing is not an empty ledger (found by a bad-input sweep)
+    assert history_table([], model="nope") == "(no ledger rows for model 'nope')"
+    assert history_table([], model="digits", actions=("rollback",)) == \
+        "(no ledger rows for model 'digits' and action rollback)"
 
 
 def test_version_tags_have_one_style_and_old_names_are_still_read():

@@ -269,7 +269,7 @@ def cmd_history(args) -> int:
     if args.json:
         output.emit([e.to_dict() for e in entries])
     else:
-        print(history_table(entries))
+        print(history_table(entries, model=args.model, actions=tuple(args.action) if args.action else None))
     return 0
 
 
