@@ -217,6 +217,28 @@ def test_deploy_failure_with_json_prints_one_document_and_exits_3(deploy_env):
     env.serves(host, v1)
 
 
+def test_deploying_a_version_that_failed_the_gate_needs_force_and_a_reason(deploy_env):
+    """`sync deploy --version N` put a version the gate had stopped on the hosts' stable label, exit 0,
+    with neither the gate's verdict nor an approval (`sync rollback --to N` refused the same)."""
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    stopped = env.register("b", validation_status="failed")
+    for extra, words in (((), f"version {stopped} of '{env.model}' has validation_status=failed, not passed"),
+                         (("--force",), "--force needs --reason")):
+        r = env.cli("sync", "deploy", "--version", str(stopped), *extra)
+        assert r.returncode == 2, r.stderr
+        assert words in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+        env.serves(host, v1)
+    r = env.cli("sync", "deploy", "--force")
+    assert r.returncode == 2 and "--force applies to --version N" in r.stderr
+    r = env.cli("sync", "deploy", "--version", str(stopped), "--force", "--reason", "reproduce bug 42 on staging")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, stopped)
+    row = env.ledger(("deploy",))[-1]
+    assert (row.to_version, row.outcome, row.reason) == (stopped, "ok", "reproduce bug 42 on staging")
+    assert env.production() == v1
+
+
 def test_in_a_fleet_the_line_names_the_host_that_cannot_be_reached(deploy_env):
     """Said only "TF Serving REST at http://…:27799 is not reachable": which of the hosts?"""
     from mlops.local_services import free_port

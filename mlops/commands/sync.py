@@ -148,8 +148,11 @@ def register(sub) -> None:
                     "--bake are given). Retention keeps the last --keep versions.",
         epilog=_ENV)
     d.add_argument("--version", type=flags.version_number, metavar="N",
-                   help="deploy this version instead of production (production is not moved on failure)")
+                   help="deploy this version instead of production (production is not moved on failure); "
+                        "one that did not pass the gate needs --force --reason")
     d.add_argument("--reason", type=flags.free_text, help="why (recorded in the ledger)")
+    d.add_argument("--force", action="store_true",
+                   help="with --version: serve a version that did not pass the gate (needs --reason)")
     _deploy_flags(d)
     _common(d)
     d.set_defaults(func=cmd_deploy)
@@ -352,6 +355,11 @@ def _deploy_command(args) -> int:
 
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)
+    if args.version is not None:
+        _check_gate_passed(model, args.version, force=args.force, reason=args.reason)
+    elif args.force:
+        raise ConfigError("--force applies to --version N (a version that did not pass the gate); production "
+                          "was approved when it was promoted")
     with _json_on_failure(args):
         result = fleet.deploy(model, hosts, version=args.version, opts=_deploy_options(args),
                               break_lock=args.break_lock, lock_wait=args.lock_wait, reason=args.reason)
@@ -360,6 +368,19 @@ def _deploy_command(args) -> int:
     else:
         sync_text.deploy(result)
     return 0
+
+
+def _check_gate_passed(model: str, version: int, *, force: bool, reason: str | None) -> None:
+    """``--version N`` puts N on the hosts' stable label without the gate or an approval: the same
+    rule as a promotion (passed, or --force with a reason); production itself was checked when it
+    was promoted."""
+    from registry import versions
+    from registry.promotion_rules import check_promotable
+
+    if version == versions.production_version(model):
+        return
+    info = versions.get_version(model, version)
+    check_promotable(model, version, info.validation_status or "", force=force, reason=reason)
 
 
 def cmd_plan(args) -> int:
