@@ -122,6 +122,10 @@ def provenance(explicit: str | None = None) -> Provenance:
     if token and workflow:
         login, job = circleci_approver(workflow, token)
         return Provenance.from_environment(login, approved_by=login, actor_source="circleci", approval_job=job)
+    if workflow and not explicit:     # a CircleCI job whose context lacks the token: never the OS user
+        raise ConfigError(f"CIRCLE_WORKFLOW_ID is set (CircleCI workflow {workflow}) but CIRCLE_TOKEN is not, so "
+                          f"who approved cannot be read: add CIRCLE_TOKEN to the job's context (mlops-deploy), or "
+                          f"name who acts with --actor")
     if explicit:
         return Provenance.from_environment(explicit, actor_source="flag")
     return Provenance.from_environment(lineage.os_user(), actor_source="os")

@@ -177,6 +177,25 @@ def test_approver_comes_from_circleci_and_the_token_goes_nowhere(make_version, c
         assert circleci_api.token.encode() not in f.read()
 
 
+def test_a_circleci_job_without_its_token_is_refused_not_recorded_as_the_os_user(make_version):
+    """A promote job whose context lacked CIRCLE_TOKEN recorded the runner's OS user ("circleci") as
+    the approver, exit 0: the audit trail lost who approved."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    for token in ("", None):
+        env = {"CIRCLE_WORKFLOW_ID": "wf-no-token"} | ({"CIRCLE_TOKEN": token} if token is not None else {})
+        r = run_mlops("registry", "promote", "--version", str(v), env=env)
+        assert r.returncode == 2, r.stdout
+        line = one_error_line(r)
+        assert "CIRCLE_WORKFLOW_ID is set (CircleCI workflow wf-no-token) but CIRCLE_TOKEN is not" in line
+        assert "--actor" in line
+    assert versions.production_version(model) is None and moves(model) == []
+    r = run_mlops("registry", "promote", "--version", str(v), "--actor", "alice",
+                  env={"CIRCLE_WORKFLOW_ID": "wf-no-token"})
+    assert r.returncode == 0, r.stderr
+    assert Ledger().entries(model)[-1].actor == "alice"
+
+
 def test_circleci_problems_are_one_clear_line(make_version, circleci_api):
     model = os.environ["MLOPS_MODEL_NAME"]
     v = make_version(validation_status="passed")
