@@ -28,6 +28,9 @@ from mlops.commands import flags
     (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
     (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
     (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
+    (flags.model_name, "", "is empty: name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME"),
+    (flags.actor, " ", "is empty: name who acts, or leave --actor out"),
+    (flags.actor, "a\nb", "must be one line of text without control characters (newlines, escape sequences)"),
     (flags.output_path, "", "is empty: name the output .npz file, an existing folder or s3://bucket/key.npz"),
     (flags.bind_address, "", "is empty: name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to "
                              "listen on every interface on purpose)"),
@@ -45,12 +48,14 @@ def test_good_values_convert():
     assert flags.port("8080") == 8080 and flags.port("0") == 0
 
 
-def test_the_seed_and_port_flags_use_them():
+def test_the_commands_use_these_converters():
     from mlops.cli import build_parser
 
     parser = build_parser()
     for argv in (["train", "--seed", "4294967296"], ["data", "make-batch", "--kind", "good", "--seed", "-1"],
-                 ["sync", "watch", "--webhook-port", "70000"], ["data", "make-batch", "--kind", "good", "--out", ""]):
+                 ["sync", "watch", "--webhook-port", "70000"], ["data", "make-batch", "--kind", "good", "--out", ""],
+                 ["registry", "status", "--model-name", ""], ["registry", "promote", "--version", "1", "--actor", ""],
+                 ["sync", "rollback", "--actor", " "]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

@@ -117,8 +117,24 @@ def location(text: str) -> str:
 
 
 # --- flags every registry / sync command takes ----------------------------------------------------
+def model_name(text: str) -> str:
+    """``--model-name``, never empty: an empty ``--model-name "$MODEL"`` fell back to
+    MLOPS_MODEL_NAME (or the default model) without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name the registered model, or leave --model-name out to "
+                                         "use MLOPS_MODEL_NAME")
+    return text
+
+
+def actor(text: str) -> str:
+    """``--actor``: one line of text (``free_text``), never empty (it fell back to the OS user)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name who acts, or leave --actor out")
+    return free_text(text)
+
+
 def add_model_name(p) -> None:
-    p.add_argument("--model-name", metavar="NAME",
+    p.add_argument("--model-name", metavar="NAME", type=model_name,
                    help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")
 
 

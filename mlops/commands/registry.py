@@ -73,7 +73,7 @@ def register(sub) -> None:
     pr.add_argument("--version", type=flags.version_number, metavar="N", help="version to promote")
     pr.add_argument("--pipeline-id", metavar="ID",
                     help="promote the version registered by this CircleCI pipeline")
-    pr.add_argument("--actor", type=flags.free_text,
+    pr.add_argument("--actor", type=flags.actor,
                     help="who is promoting (outside CircleCI; default: the OS user)")
     pr.add_argument("--reason", type=flags.free_text, help="why (recorded)")
     pr.add_argument("--force", action="store_true",
@@ -91,7 +91,7 @@ def register(sub) -> None:
         epilog=_ENV_EPILOG)
     rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", type=flags.free_text, help="why (recorded; default 'rollback requested')")
-    rb.add_argument("--actor", type=flags.free_text,
+    rb.add_argument("--actor", type=flags.actor,
                     help="who is rolling back (outside CircleCI; default: the OS user)")
     rb.add_argument("--force", action="store_true",
                     help="allow a version that did not pass the gate (needs --reason)")
@@ -130,7 +130,7 @@ def register(sub) -> None:
                     "mlops (MLflow UI or API) gets a row of its own. Every row's reason says it "
                     "came from reconciliation. Changes nothing when they agree; never moves the alias.",
         epilog=_ENV_EPILOG)
-    rc.add_argument("--actor", type=flags.free_text,
+    rc.add_argument("--actor", type=flags.actor,
                     help="who is reconciling (outside CircleCI; default: the OS user)")
     flags.add_model_name(rc)
     flags.add_json(rc)

@@ -206,7 +206,7 @@ def register(sub) -> None:
                       epilog=_ENV)
     rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
     rb.add_argument("--reason", type=flags.free_text, help="why (recorded; default 'rollback requested')")
-    rb.add_argument("--actor", type=flags.free_text,
+    rb.add_argument("--actor", type=flags.actor,
                     help="who is rolling back (outside CircleCI; default: the OS user)")
     rb.add_argument("--force", action="store_true",
                     help="allow a version that did not pass the gate (needs --reason)")
