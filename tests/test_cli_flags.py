@@ -28,6 +28,8 @@ from mlops.commands import flags
     (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
     (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
     (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
+    (flags.ratio, "0", "0 is below 1 (a ratio of the canary's latency to the old version's; 1.5 = 50% slower)"),
+    (flags.ratio, "inf", "'inf' is not a finite number"),
     (flags.model_name, "", "is empty: name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME"),
     (flags.actor, " ", "is empty: name who acts, or leave --actor out"),
     (flags.actor, "a\nb", "must be one line of text without control characters (newlines, escape sequences)"),
@@ -106,3 +108,18 @@ def test_a_zero_timeout_is_refused_with_a_message_that_does_not_contradict_itsel
     with pytest.raises(ConfigError) as e:
         DeployOptions(timeout=0)
     assert str(e.value) == "--timeout must be more than 0 and at most 86400 seconds, got 0"
+
+
+def test_a_bake_variable_out_of_range_names_the_variable_not_a_flag(monkeypatch):
+    """MLOPS_BAKE_MAX_LATENCY_RATIO=0 said "--max-latency-ratio must be ...", a flag nobody gave."""
+    from mlops.cli import build_parser
+    from mlops.commands.sync import _rollout_setting
+    from mlops_common.errors import ConfigError
+
+    args = build_parser().parse_args(["sync", "plan"])
+    monkeypatch.setenv("MLOPS_BAKE_MAX_LATENCY_RATIO", "0")
+    with pytest.raises(ConfigError) as e:
+        _rollout_setting(args, "max_latency_ratio")
+    assert str(e.value).startswith("MLOPS_BAKE_MAX_LATENCY_RATIO='0': 0 is below 1")
+    monkeypatch.setenv("MLOPS_BAKE_MAX_LATENCY_RATIO", "2")
+    assert _rollout_setting(args, "max_latency_ratio") == 2.0

@@ -72,6 +72,15 @@ def _between(lo: float, hi: float, unit: str = ""):
     return convert
 
 
+def ratio(text: str) -> float:
+    """A ratio of two latencies: a finite number of at least 1 (``--max-latency-ratio``)."""
+    v = number(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v:g} is below 1 (a ratio of the canary's latency to the old "
+                                         f"version's; 1.5 = 50% slower)")
+    return v
+
+
 fraction = _between(0, 1)
 seconds = _between(0, 86400, " seconds")
 

@@ -69,7 +69,7 @@ def _deploy_flags(p) -> None:
 # Rollout settings: flag, else environment, else default (docs/architecture.md, "Rollout").
 _BAKE_ENV = {"bake": ("MLOPS_BAKE_SECONDS", flags.seconds, _DEPLOY.bake),
              "max_error_rate": ("MLOPS_BAKE_MAX_ERROR_RATE", flags.fraction, _LIMITS.max_error_rate),
-             "max_latency_ratio": ("MLOPS_BAKE_MAX_LATENCY_RATIO", flags.number, _LIMITS.max_latency_ratio),
+             "max_latency_ratio": ("MLOPS_BAKE_MAX_LATENCY_RATIO", flags.ratio, _LIMITS.max_latency_ratio),
              "min_requests": ("MLOPS_BAKE_MIN_REQUESTS", flags.positive_int, _LIMITS.min_requests),
              "on_low_traffic": ("MLOPS_BAKE_ON_LOW_TRAFFIC", str, _LIMITS.on_low_traffic)}
 
@@ -92,7 +92,7 @@ def _rollout_flags(p, *, plan_only: bool = False) -> None:
     p.add_argument("--max-error-rate", type=flags.fraction, metavar="F",
                    help="breach when the canary's error rate is more than F above the old version's "
                         "(default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")
-    p.add_argument("--max-latency-ratio", type=flags.number, metavar="R",
+    p.add_argument("--max-latency-ratio", type=flags.ratio, metavar="R",
                    help="breach when the canary's p95 or p99 is more than R times the old version's "
                         "(default MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")
     p.add_argument("--min-requests", type=flags.positive_int, metavar="N",
