@@ -28,6 +28,10 @@ from mlops.commands import flags
     (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
     (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
     (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
+    (flags.timeout, "0", "0 is not more than 0 and at most 86400 seconds"),
+    (flags.timeout, "86401", "86401 is not more than 0 and at most 86400 seconds"),
+    (flags.interval, "0", "0.0 is not between 0.5 and 86400 seconds"),
+    (flags.interval, "-1", "-1.0 is not between 0.5 and 86400 seconds"),
     (flags.ratio, "0", "0 is below 1 (a ratio of the canary's latency to the old version's; 1.5 = 50% slower)"),
     (flags.ratio, "inf", "'inf' is not a finite number"),
     (flags.model_name, "", "is empty: name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME"),
@@ -57,7 +61,8 @@ def test_the_commands_use_these_converters():
     for argv in (["train", "--seed", "4294967296"], ["data", "make-batch", "--kind", "good", "--seed", "-1"],
                  ["sync", "watch", "--webhook-port", "70000"], ["data", "make-batch", "--kind", "good", "--out", ""],
                  ["registry", "status", "--model-name", ""], ["registry", "promote", "--version", "1", "--actor", ""],
-                 ["sync", "rollback", "--actor", " "]):
+                 ["sync", "rollback", "--actor", " "], ["sync", "infra-validate", "--version", "1", "--timeout", "0"],
+                 ["sync", "deploy", "--timeout", "0"], ["sync", "watch", "--interval", "0"]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

@@ -85,6 +85,17 @@ fraction = _between(0, 1)
 seconds = _between(0, 86400, " seconds")
 
 
+interval = _between(0.5, 86400, " seconds")     # sync watch: passes at most twice a second
+
+
+def timeout(text: str) -> float:
+    """A bound on a wait: more than 0 (a wait of 0 s never succeeds) and at most a day."""
+    v = number(text)
+    if not 0 < v <= 86400:
+        raise argparse.ArgumentTypeError(f"{v:g} is not more than 0 and at most 86400 seconds")
+    return v
+
+
 def free_text(text: str) -> str:
     """A free-text flag recorded in the ledger and shown in MLflow and terminals (``--actor``,
     ``--reason``): one line of text without control characters (newline, ESC, CR, ...)."""

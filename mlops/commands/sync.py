@@ -48,7 +48,7 @@ def _smoke_flags(p) -> None:
 
 
 def _deploy_flags(p) -> None:
-    p.add_argument("--timeout", type=flags.seconds, default=_DEPLOY.timeout, metavar="S",
+    p.add_argument("--timeout", type=flags.timeout, default=_DEPLOY.timeout, metavar="S",
                    help="bound on every wait (loading, label switch, unloading; default %(default)g)")
     p.add_argument("--break-lock", metavar="TOKEN", default=None,
                    help="take over the host lock with this token (shown in the error) even though it "
@@ -222,7 +222,7 @@ def register(sub) -> None:
                                  "X-MLflow-Signature HMAC with the secret in MLOPS_WEBHOOK_SECRET (or --secret-env; "
                                  "environment only) "
                                  "and refuses timestamps more than 5 minutes off.", epilog=_ENV)
-    w.add_argument("--interval", type=flags.seconds, default=30.0, metavar="S",
+    w.add_argument("--interval", type=flags.interval, default=30.0, metavar="S",
                    help="seconds between passes (default 30)")
     w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
@@ -249,7 +249,7 @@ def register(sub) -> None:
     iv.add_argument("--server", choices=("auto", "docker", "local"), default="auto",
                     help="which TF Serving to use (default auto)")
     iv.add_argument("--junit", metavar="FILE", help="also write the checks as JUnit XML")
-    iv.add_argument("--timeout", type=flags.seconds, default=_DEPLOY.timeout, metavar="S",
+    iv.add_argument("--timeout", type=flags.timeout, default=_DEPLOY.timeout, metavar="S",
                     help="bound on loading (default %(default)g)")
     _smoke_flags(iv)
     _common(iv, hosts=False)
