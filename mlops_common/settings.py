@@ -119,6 +119,9 @@ def tracking_uri() -> str:
     uri = env("MLFLOW_TRACKING_URI")
     if uri:
         check_no_userinfo(uri)
+        if uri != uri.strip():
+            raise ConfigError("MLFLOW_TRACKING_URI starts or ends with a space or a line break (a value pasted "
+                              "into a CI context?); remove it")
         return uri
     uri = local_mlflow_url()
     if not _announced:

@@ -294,6 +294,9 @@ CASES = {
     # --- MLflow -----------------------------------------------------------------------------------------
     "tracking URI that is not http": (lambda w: (["sync", "deploy"], {"MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}),
                                       ["MLFLOW_TRACKING_URI must be the http(s) URL"]),
+    "tracking URI with a trailing space (said only InvalidURL)": (
+        lambda w: (["registry", "status"], {"MLFLOW_TRACKING_URI": w.env.env["MLFLOW_TRACKING_URI"] + " "}),
+        ["MLFLOW_TRACKING_URI starts or ends with a space or a line break"]),
     "tracking URI where nothing listens": (
         lambda w: (["registry", "status"], {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}),
         ["cannot reach the MLflow server"]),
