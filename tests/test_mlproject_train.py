@@ -317,3 +317,43 @@ def test_fashion_mnist_offline_names_the_digits_option(mlops_env, tmp_path):
     assert line.endswith("use the offline data set instead: --dataset digits")
     client = _client(mlops_env["MLFLOW_TRACKING_URI"])
     assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+
+
+def test_a_training_stopped_by_sigterm_closes_its_mlflow_run_failed(mlflow_server, tmp_path):
+    """CircleCI cancelling a job (and `timeout`) sends SIGTERM: the process died at once and its
+    MLflow run stayed RUNNING in the UI for good (Ctrl-C closed it FAILED). A real `mlops train`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    model = f"sigterm-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLOPS_HOME": str(tmp_path / "home"),
+           "MLOPS_MODEL_NAME": model, "MLFLOW_EXPERIMENT_NAME": "", "MLFLOW_EXPERIMENT_ID": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "train", "--epochs", "5000"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = _client(mlflow_server)
+    run = None
+    try:
+        deadline = time.monotonic() + 300            # until an epoch has been logged: training runs
+        while time.monotonic() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name(model)
+            runs = client.search_runs([exp.experiment_id]) if exp is not None else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None and run.info.status == "RUNNING", proc.poll()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.search_model_versions(f"name='{model}'") == []          # nothing registered

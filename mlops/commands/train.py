@@ -102,11 +102,28 @@ def _new_model_name(args) -> str:
                             what="model name (--model-name / MLOPS_MODEL_NAME)")
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (CircleCI cancelling the job, ``timeout``, ``kill``) ends a training the way Ctrl-C
+    does: MLflow's run is closed FAILED. By default the process died at once and its run stayed
+    RUNNING in the MLflow UI for good."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args) -> int:
     name = _new_model_name(args)
     from mlproject.train import train
 
-    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout is for the result
+    with _sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout: the result
         result = train(name, _params(args))
     return _report(result, args.json)
 
@@ -115,7 +132,7 @@ def cmd_retrain(args) -> int:
     name = _new_model_name(args)
     from mlproject.train import retrain
 
-    with contextlib.redirect_stdout(sys.stderr):
+    with _sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):
         result = retrain(name, _params(args), args.incoming, from_scratch=args.from_scratch)
     return _report(result, args.json)
 
