@@ -318,7 +318,10 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         # no longer awaiting approval; read again: another gate may have moved 'candidate' since
         if versions.registered_model_aliases(model).get(versions.CANDIDATE) == info.version:
             versions.delete_alias(model, versions.CANDIDATE)
-        _write_view(model, info.version, promo)     # after the alias change: it shows the aliases
+        if promo.moved or not info.tags.get(tags.APPROVED_BY):
+            _write_view(model, info.version, promo)     # after the alias change: it shows the aliases
+        else:       # promoted again where it already served: who let it in stays (the ledger has both)
+            description.refresh_quietly(model, info.version)
 
     promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,
                       provenance=by, reason=reason, at=at, ledger_id=entry.id,

@@ -225,12 +225,17 @@ def test_circleci_problems_are_one_clear_line(make_version, circleci_api):
 
 
 def test_promoting_the_current_version_again_is_recorded_but_moves_nothing(make_version):
+    """Nor does it rewrite who let the version in (the second promoter overwrote approved_by)."""
+    from registry import tags
+
     model = os.environ["MLOPS_MODEL_NAME"]
     v = make_version(validation_status="passed")
-    assert run_mlops("registry", "promote", "--version", str(v)).returncode == 0
-    r = run_mlops("registry", "promote", "--version", str(v))
+    assert run_mlops("registry", "promote", "--version", str(v), "--actor", "alice").returncode == 0
+    r = run_mlops("registry", "promote", "--version", str(v), "--actor", "bob")
     assert r.returncode == 0 and "already holds production" in r.stdout
     assert moves(model) == [("promote", None, 1, "ok"), ("promote", 1, 1, "ok")]
+    assert versions.get_version(model, v).tags[tags.APPROVED_BY] == "alice"
+    assert [e.actor for e in Ledger().entries(model) if e.action == "promote"] == ["alice", "bob"]
 
 
 def test_help_is_useful():
