@@ -22,8 +22,21 @@ class _Parser(argparse.ArgumentParser):
     """A usage mistake is one line that names the flag and says where the usage is, exit 2
     (argparse prints the whole usage block first; subcommands inherit this class)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_defaults(_usage_prog=self.prog)    # the innermost command parsed sets it last
+
     def error(self, message: str):
         self.exit(2, f"error: {message} (usage: `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """An unknown flag is found by the top parser, after the command's own parsed: point at
+        that command's usage (it pointed at `mlops --help`)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            prog = getattr(parsed, "_usage_prog", self.prog)
+            self.exit(2, f"error: unrecognized arguments: {' '.join(extra)} (usage: `{prog} --help`)\n")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,3 +128,17 @@ def test_a_bake_variable_out_of_range_names_the_variable_not_a_flag(monkeypatch)
     assert str(e.value).startswith("MLOPS_BAKE_MAX_LATENCY_RATIO='0': 0 is below 1")
     monkeypatch.setenv("MLOPS_BAKE_MAX_LATENCY_RATIO", "2")
     assert _rollout_setting(args, "max_latency_ratio") == 2.0
+
+
+@pytest.mark.parametrize("argv, prog", [(["registry", "status", "--bogus"], "mlops registry status"),
+                                        (["sync", "deploy", "--bogus", "x"], "mlops sync deploy"),
+                                        (["data", "validate", "a.npz", "--nope"], "mlops data validate")])
+def test_an_unknown_flag_points_at_its_own_commands_usage(argv, prog, capsys):
+    """It pointed at `mlops --help` (the top parser finds unknown flags after the command's)."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unrecognized arguments: ") and err.rstrip().endswith(f"(usage: `{prog} --help`)")
