@@ -36,6 +36,21 @@ def test_a_damaged_known_hosts_line_is_a_refusal_that_names_the_line(tmp_path):
     assert "\n" not in msg and "line 2" in msg and "damaged key" in msg and "refusing" in msg
 
 
+def test_a_known_hosts_file_with_no_entry_at_all_says_so(tmp_path):
+    """A garbage file (the wrong file named in the hosts file) read as "host not in FILE"."""
+    known = tmp_path / "known_hosts"
+    known.write_text("this is not\na known_hosts file\n# a comment\n")
+    offered = paramiko.RSAKey.generate(1024)
+    target = Target("ssh", "/srv", host="127.0.0.1", port=22, user="deploy")
+    with pytest.raises(HostKeyRejected) as e:
+        check_host_key(offered, kh.parse(known.read_text()), known, target)
+    assert "none of its 2 lines is a known_hosts entry: is it the right file?" in e.value.message
+    known.write_text("# only comments\n")
+    with pytest.raises(HostKeyRejected) as e:
+        check_host_key(offered, [], known, target)
+    assert "known_hosts entry" not in e.value.message and "is not in" in e.value.message
+
+
 class _SlowLock(LocalTransport):
     """Taking the lock takes a second (a host far away)."""
 

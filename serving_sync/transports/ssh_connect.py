@@ -130,6 +130,8 @@ def check_host_key(key, keys: list[kh.KnownKey], known_file: Path, target: Targe
     if verdict.status == "unknown":
         port_opt = f"-p {target.port} " if target.port != 22 else ""
         missing = "" if known_file.exists() else " (the file does not exist)"
+        if not any(k.key_type.startswith(KEY_TYPE_PREFIXES) for k in keys) and (lines := _entry_lines(known_file)):
+            missing = f" (none of its {lines} lines is a known_hosts entry: is it the right file?)"
         raise HostKeyRejected(
             f"{where}: host key not trusted: {name} is not in {known_file}{missing}; the server "
             f"offered {key_type} {offered}. Pin it with `ssh-keyscan {port_opt}{target.host} >> "
@@ -142,6 +144,18 @@ def check_host_key(key, keys: list[kh.KnownKey], known_file: Path, target: Targe
         f"{verdict.expected_fingerprint} but the server offered {key_type} {offered}; refusing "
         f"(possible man-in-the-middle). If the host was re-keyed, confirm the new fingerprint out "
         f"of band, then replace line {verdict.line} (ssh-keygen -R '{name}' -f {known_file})")
+
+
+KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-")     # what a known_hosts key type starts with
+
+
+def _entry_lines(path: Path) -> int:
+    """Lines of ``path`` that are neither blank nor comments (0 when it cannot be read)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
 def candidate_keys(identity_file: Path | None, where: str):
