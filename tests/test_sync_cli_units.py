@@ -20,7 +20,7 @@ from serving_sync.smoke import Check, SmokeReport
 class _Promo:
     def __init__(self, calls, from_version=3, to_version=2):
         self.calls, self.from_version, self.to_version = calls, from_version, to_version
-        self.ledger_id, self.reason = 17, "slow"
+        self.ledger_id, self.reason, self.moved = 17, "slow", from_version != to_version
 
     def finish(self):
         self.calls.append("finish")
