@@ -107,50 +107,31 @@ def free_text(text: str) -> str:
     return text
 
 
-def bind_address(text: str) -> str:
-    """An address to listen on, never empty: an empty ``--webhook-host "$HOST"`` (an unset variable)
-    bound every interface."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: name an address of this machine (e.g. 127.0.0.1, or "
-                                         "0.0.0.0 to listen on every interface on purpose)")
-    return text.strip()
+def _not_empty(hint: str, *, then=None):
+    """A converter that refuses an empty or blank value with ``is empty: <hint>`` (an unset
+    ``"$VAR"`` in a CI job is an empty argument, and each of these fell back to something else)
+    and passes the rest through ``then``."""
+    def convert(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty: {hint}")
+        return then(text) if then is not None else text
+    return convert
 
 
-def output_path(text: str) -> str:
-    """Where a command writes (``data make-batch --out``), never empty: ``Path("")`` is the current
-    folder's "." and an empty ``--out "$OUT"`` wrote to ``/<name>.npz``."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: name the output .npz file, an existing folder or "
-                                         "s3://bucket/key.npz")
-    return text
-
-
-def location(text: str) -> str:
-    """Where batches are (``--incoming``, ``data validate``): a .npz file, a folder or an
-    ``s3://`` prefix — never empty (an empty ``${INCOMING:-$MLOPS_INCOMING}`` in a CI job would
-    otherwise retrain on no new data and register the result)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: name a .npz batch, a folder of them or s3://bucket/prefix "
-                                         "(in CircleCI: the `incoming` pipeline parameter or MLOPS_INCOMING "
-                                         "in the mlops-tracking context)")
-    return text
+# ``--webhook-host``: an empty one bound every interface
+bind_address = _not_empty("name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to listen on every "
+                          "interface on purpose)", then=str.strip)
+# ``data make-batch --out``: ``Path("")`` is "." and an empty one wrote to ``/<name>.npz``
+output_path = _not_empty("name the output .npz file, an existing folder or s3://bucket/key.npz")
+# ``--incoming``, ``data validate``: an empty ``${INCOMING:-$MLOPS_INCOMING}`` retrained on no new data
+location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix (in CircleCI: the `incoming` "
+                      "pipeline parameter or MLOPS_INCOMING in the mlops-tracking context)")
 
 
 # --- flags every registry / sync command takes ----------------------------------------------------
-def model_name(text: str) -> str:
-    """``--model-name``, never empty: an empty ``--model-name "$MODEL"`` fell back to
-    MLOPS_MODEL_NAME (or the default model) without a word."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: name the registered model, or leave --model-name out to "
-                                         "use MLOPS_MODEL_NAME")
-    return text
-
-
-def actor(text: str) -> str:
-    """``--actor``: one line of text (``free_text``), never empty (it fell back to the OS user)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("is empty: name who acts, or leave --actor out")
-    return free_text(text)
+# ``--model-name`` fell back to MLOPS_MODEL_NAME, ``--actor`` to the OS user
+model_name = _not_empty("name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME")
+actor = _not_empty("name who acts, or leave --actor out", then=free_text)
 
 
 def add_model_name(p) -> None:
