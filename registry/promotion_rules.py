@@ -111,10 +111,60 @@ def judged(e: Entry) -> bool:
     return not (e.outcome == "failed" and (e.details or {}).get("registry_unchanged"))
 
 
+PARTIAL, PUT_BACK = "partial", "put_back"
+
+
+def deploy_verdict(e: Entry) -> str | None:
+    """What one ``deploy`` row says about its version: ``ok`` (it served on the fleet), ``failed``,
+    ``partial`` (an ``ok`` of a wave before the last, ``details.final`` false: the rollout had not
+    finished — a deploy killed after its canary), ``put_back`` (a failure that did not blame the
+    version, after which this deploy put back hosts it had switched: its ``ok`` rows were undone),
+    or None (nothing: a failure that left the registry and the hosts as they were)."""
+    details = e.details or {}
+    if e.outcome == "ok" and details.get("final") is False:
+        return PARTIAL
+    if judged(e):
+        return e.outcome
+    return PUT_BACK if details.get("switched_put_back") else None
+
+
 def latest_deploys(entries: Iterable[Entry]) -> dict[int, str]:
-    """The outcome of each version's latest ``deploy`` row that judged it (``judged``)."""
-    return {e.to_version: e.outcome for e in entries
-            if e.action == "deploy" and e.to_version is not None and judged(e)}
+    """Each version's latest ``deploy_verdict``: only ``ok`` means the fleet served it (a canary
+    that was put back, or a rollout that stopped after its canary, is not a version the fleet
+    served, so no rollback goes to it and restoring it stages the rollout again)."""
+    out: dict[int, str] = {}
+    before: dict[int, str | None] = {}      # the verdict before the newest run of ok rows
+    for e in entries:
+        if e.action != "deploy" or e.to_version is None or (verdict := deploy_verdict(e)) is None:
+            continue
+        v = e.to_version
+        if verdict in ("ok", PARTIAL) and out.get(v) not in ("ok", PARTIAL):
+            before[v] = out.get(v)
+        elif verdict == PUT_BACK and before.get(v) == "failed":
+            verdict = "failed"   # undoing its own ok rows does not undo another deploy's failure before them
+        out[v] = verdict
+    return out
+
+
+def last_verdict(entries: Iterable[Entry], version: int) -> str | None:
+    """The newest of an ok move of ``production`` to ``version`` (a promotion or a rollback to it:
+    ``moved``) and a failed ``deploy`` of it that blamed it (``failed``); None: neither. A failure
+    that left the registry unchanged does not count (``judged``)."""
+    last = None
+    for e in entries:
+        if e.to_version != version or e.outcome not in ("ok", "failed"):
+            continue
+        if e.action in MOVES and e.outcome == "ok":
+            last = "moved"
+        elif e.action == "deploy" and e.outcome == "failed" and judged(e):
+            last = "failed"
+    return last
+
+
+def failed_after_promotion(entries: Iterable[Entry], version: int) -> bool:
+    """Did a deploy fail ``version`` after it last moved into production (``last_verdict``)? No
+    row at all: yes (the caller's ``deploy_status=failed`` tag alone says it failed)."""
+    return last_verdict(entries, version) != "moved"
 
 
 def failed_deploys(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]]) -> set[int]:

@@ -67,6 +67,7 @@ class FleetResult:
     bake: list[dict] = field(default_factory=list)    # every bake.Verdict, with its measurements
     stores: list[dict] = field(default_factory=list)  # shared stores uploaded to once (store.StoreCopies)
     restore: dict | None = None          # a restore after a rollback: rolled_back_from, reason
+    switched: list[str] = field(default_factory=list)   # hosts whose switch was recorded (deploy ok rows)
     message_extra: str = ""
     blames_version: bool = False         # a failure that says the version is bad (not a host, the network,
                                          # a signal, the ledger): production moved back, deploy_status=failed
@@ -309,10 +310,11 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 if result.source == "production":   # a rollback during the prepare or a bake wins
                     _or_put_back(result, recorder, wave[0], runs, "production", _still_production, model, v)
                 _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
-                _or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
-                             [_deployed_row(recorder, run, v, reason) for run in wave])
-                entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
                 last = i == len(shape.waves) - 1
+                _or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
+                             [_deployed_row(recorder, run, v, reason, final=last) for run in wave])
+                result.switched.extend(names)
+                entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
                 if baker is not None and not last and (i == 0 or opts.bake_each_wave):
                     b0 = time.monotonic()
                     try:
@@ -341,6 +343,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                         raise _fail(result, recorder, by_name[bad[0].host], runs, CanaryFailed(bad[0]),
                                     step="bake")
                 result.waves.append(entry)
+            if runs and result.source == "production" and (moved := _moved_meanwhile(model, v)) is not None:
+                raise _fail(result, recorder, runs[0], runs, moved, step="production")
             t = result.lap("switch_hosts", t)
             _succeeded(result, recorder, runs, opts)
             result.lap("record_and_retention", t)
@@ -351,13 +355,29 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
 
 
 def _still_production(model: str, v: int) -> None:
-    """Raise ``ProductionMoved`` unless ``v`` still holds production (read before each wave: a
-    rollback while this deploy prepared or baked must not be overtaken by its next wave)."""
+    """Raise ``ProductionMoved`` unless ``v`` still holds production (read before each wave and
+    after the last: a rollback — or another fleet's failed deploy moving it back — while this
+    deploy prepared, baked or switched must not be overtaken by its next wave, nor find its
+    version tagged ``deployed`` over the ``failed`` the other deploy wrote)."""
     from registry import versions
 
     now = versions.production_version(model)
     if now != v:
         raise ProductionMoved(model, v, now)
+
+
+def _moved_meanwhile(model: str, v: int) -> ProductionMoved | None:
+    """After the last wave: did ``production`` move away from ``v`` while it switched (a rollback,
+    another fleet's failed deploy moving it back)? Then the fleet is put back like before a wave,
+    and ``v`` is not tagged ``deployed`` over the ``failed`` the other deploy wrote. A registry
+    that cannot be read now is not a reason to undo a finished rollout: tagging it says so."""
+    try:
+        _still_production(model, v)
+    except ProductionMoved as moved:
+        return moved
+    except UserError as exc:
+        logger.warning("could not read production after the last wave (%s)", exc.message)
+    return None
 
 
 def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
@@ -368,11 +388,15 @@ def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
                           if i == 0 and shape.canary else f"wave {', '.join(w)}" for i, w in enumerate(shape.waves)))
 
 
-def _deployed_row(recorder, run: HostRun, v: int, reason: str | None):
+def _deployed_row(recorder, run: HostRun, v: int, reason: str | None, *, final: bool):
+    """A host's ``deploy ok`` row, written once its wave switched; ``final``: the last wave's (a
+    row of an earlier wave alone does not make the version one the fleet served:
+    ``promotion_rules.deploy_verdict``)."""
     plan = run.plan
     return recorder.entry("deploy", "ok", host=run.host.name, from_version=plan.current, to_version=v, reason=reason,
                           details={"steps": [str(s.kind) for s in plan.steps], "previous_kept": plan.previous_kept,
-                                   "publish": run.outcome.publish, "switch_seconds": run.outcome.switch_seconds})
+                                   "publish": run.outcome.publish, "switch_seconds": run.outcome.switch_seconds,
+                                   "final": final})
 
 
 def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostRun], phase: Phase,
@@ -647,7 +671,10 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
                          else "production not involved (--version)")
                 note = (f"{where} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
                         f"resumes where this one stopped")
-            trouble = _record_failed(recorder, run, v, reason, {"step": step, "registry_unchanged": True})
+            details = {"step": step, "registry_unchanged": True}
+            if result.switched:       # its deploy ok rows were undone: the fleet did not keep serving it
+                details["switched_put_back"] = list(result.switched)
+            trouble = _record_failed(recorder, run, v, reason, details)
             return note + (f" (the ledger row could not be written: {trouble})" if trouble else "")
         if result.source != "production":
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)

@@ -10,9 +10,8 @@ rules on ledger rows, and the deploys that follow them (real MLflow, a real loca
 """
 from __future__ import annotations
 
-from registry.deploys import failed_after_promotion
 from registry.ledger import Entry
-from registry.promotion_rules import latest_deploys, previous_production
+from registry.promotion_rules import failed_after_promotion, latest_deploys, previous_production
 
 M = "digits"
 
@@ -87,3 +86,26 @@ def test_retention_keeps_the_version_the_registry_would_roll_back_to(deploy_env)
     assert v1 in published and v3 in published, published   # the next rollback: a switch, not an upload
     r = env.cli("registry", "rollback", "--reason", "v2 too")
     assert r.returncode == 0 and env.production() == v1, r.stderr
+
+
+def test_a_rollout_that_did_not_finish_is_not_a_version_the_fleet_served():
+    from registry.promotion_rules import deploy_verdict, restoring_rollback
+
+    canary_ok = _e("deploy", 2, 3, final=False)
+    last_wave_ok = _e("deploy", 2, 3, final=True)
+    put_back = _e("deploy", 2, 3, "failed", step="production", registry_unchanged=True, switched_put_back=["h1"])
+    assert [deploy_verdict(e) for e in (canary_ok, last_wave_ok, put_back)] == ["partial", "ok", "put_back"]
+    assert deploy_verdict(_e("deploy", 2, 3)) == "ok"              # rows written before waves had a name
+    assert deploy_verdict(_e("deploy", 2, 3, "failed", registry_unchanged=True)) is None
+    history = [_e("promote", None, 2), _e("deploy", None, 2), _e("promote", 2, 3)]
+    killed_after_canary = history + [canary_ok, _e("promote", 3, 4), _e("deploy", 3, 4, "failed")]
+    stopped_after_canary = history + [canary_ok, put_back, _e("promote", 3, 4), _e("deploy", 2, 4, "failed")]
+    for rows in (killed_after_canary, stopped_after_canary):
+        assert latest_deploys(rows)[3] in ("partial", "put_back")
+        assert previous_production(rows, 4, {4}) == 2             # the version the fleet served
+        assert restoring_rollback(rows + [_e("rollback", 4, 3)], 3) is None
+    other_fleet_failed = history + [_e("deploy", 2, 3, "failed"), last_wave_ok, put_back]
+    assert latest_deploys(other_fleet_failed)[3] == "failed"       # undoing its own ok keeps that
+    finished = history + [canary_ok, last_wave_ok, _e("promote", 3, 4), _e("deploy", 3, 4, "failed")]
+    assert previous_production(finished, 4, {4}) == 3
+    assert restoring_rollback(finished + [_e("rollback", 4, 3)], 3) is not None

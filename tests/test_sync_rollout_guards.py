@@ -292,3 +292,78 @@ def test_a_rollback_while_the_canary_is_judged_stops_the_next_wave(deploy_env, m
     assert env.tags(v2).get("deploy_status") != "failed" and failed.value.result.blames_version is False
     for h in hosts:
         env.serves(h, v1)
+
+
+def test_a_deploy_whose_production_moved_during_its_last_wave_puts_it_back_and_keeps_the_failed_tag(
+        deploy_env, monkeypatch):
+    """Found by a race sweep: two fleets (two hosts files) deploying v2; the other fleet's smoke
+    test failed, moved production back to v1 and tagged v2 failed while this deploy switched its
+    last (here: only) wave. Production was read before each wave but not after the last: this
+    deploy exited 0, its host served v2 against production v1, and it overwrote the other deploy's
+    deploy_status=failed with deployed (so v2 was a rollback target and a watcher retried it)."""
+    from registry.promotion_rules import latest_deploys
+
+    env = deploy_env
+    hosts = env.add_hosts(1, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    other = {}
+
+    def while_another_fleet_fails(run, step):
+        verify(run, step)
+        if not other:                                   # the host serves v2 now
+            other["promo"] = promotion.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
+                                                            host="other-fleet")
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_another_fleet_fails)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts())
+    message = str(failed.value)
+    assert other["promo"].moved, other["promo"].to_dict()
+    assert f"production of '{env.model}' moved from v{v2} to v{v1} while this deploy ran" in message, message
+    assert f"put back {hosts[0].name} to v{v1}" in message, message
+    env.serves(hosts[0], v1)
+    assert env.production() == v1
+    assert env.tags(v2).get("deploy_status") == "failed"            # the other fleet's verdict stands
+    assert failed.value.result.blames_version is False
+    rows = env.ledger(("deploy",))
+    assert latest_deploys(rows)[v2] == "failed", [(e.outcome, e.details) for e in rows]
+    assert DeployLedger(env.model).rollback_target() is None or DeployLedger(env.model).rollback_target() != v2
+
+
+def test_a_canary_that_was_put_back_is_not_a_version_the_fleet_served(deploy_env, monkeypatch):
+    """Found by a race sweep: v3's canary switched (its deploy ok row written), then a promotion of
+    v4 stopped the rollout and every host went back to v2. The canary's ok row stayed v3's latest
+    verdict, so when v4's deploy failed production went back to v3 — a version that never got past
+    its canary — and the next deploy restored it to every host at once, with no canary or bake."""
+    from registry import deploys
+
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    env.release("a", opts=_opts(canary=0))
+    v2 = env.release("b", opts=_opts(canary=0))
+    v3 = env.register("c")
+    env.promote(v3)
+    v4 = env.register("a")
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    promoted = {}
+
+    def promoted_during_the_canary(run, step):
+        verify(run, step)
+        if run.host.name == hosts[0].name and not promoted:       # the canary serves v3 now
+            promoted["v4"] = True
+            env.promote(v4)
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, promoted_during_the_canary)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts(canary=1))
+    put_back = str(failed.value).split("put back ", 1)[1].split(";", 1)[0]
+    assert hosts[0].name in put_back and put_back.endswith(f"to v{v2}"), str(failed.value)
+    for h in hosts:
+        env.serves(h, v2)
+    rows = env.ledger(("promote", "rollback", "deploy"))
+    canary_ok = [e for e in rows if e.action == "deploy" and e.to_version == v3 and e.outcome == "ok"]
+    assert [e.host for e in canary_ok] == [hosts[0].name] and canary_ok[0].details["final"] is False
+    assert DeployLedger(env.model).previous_production(v4) == v2     # not v3: the fleet never served it
+    promotion.rollback(env.model, to=v3, reason="try v3 again", actor="oncall")
+    assert deploys.restoring(env.model, v3) is None                  # a rollout like any other: staged again
