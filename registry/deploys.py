@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from . import tags, versions
 from .ledger import Entry, Ledger
-from .promotion_rules import MOVES, failed_deploys, judged, previous_production, restoring_rollback
+from .promotion_rules import (
+    MOVES,
+    failed_after_promotion,
+    failed_deploys,
+    last_verdict,
+    previous_production,
+    restoring_rollback,
+)
 from .provenance import Provenance
 
 DEPLOY_STATUS = tags.DEPLOY_STATUS
@@ -36,33 +43,20 @@ def status(model: str, version: int) -> str | None:
 
 
 def failed_since_promoted(model: str, version: int) -> bool:
-    """Is the version tagged ``deploy_status=failed`` by a deploy after its last promotion? (A
-    restarted ``mlops sync watch`` does not retry it; promoting it again clears this.)"""
-    if status(model, version) != FAILED:
-        return False
-    return failed_after_promotion(Ledger().entries(model, actions=MOVES + ("deploy",)), version)
+    """Did a deploy fail the version after its last promotion — tagged ``deploy_status=failed``, or
+    a failed ``deploy`` row in the ledger when MLflow refused the tag? (A restarted ``mlops sync
+    watch`` does not retry it, nor does one whose tag could not be written; promoting it again
+    clears this.)"""
+    entries = Ledger().entries(model, actions=MOVES + ("deploy",))
+    if status(model, version) == FAILED:
+        return failed_after_promotion(entries, version)
+    return last_verdict(entries, version) == "failed"
 
 
 def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
     """The rollback row that made ``version`` production again, if deploying it restores a version
     that held production before (``promotion_rules.restoring_rollback``); else None."""
     return restoring_rollback((ledger or Ledger()).entries(model, actions=(*MOVES, "deploy")), version)
-
-
-def failed_after_promotion(entries, version: int) -> bool:
-    """Pure: is the newest of (an ok move of ``production`` to ``version`` — a promotion or a
-    rollback to it — and a failed ``deploy`` of it that blamed it) the failure? A failure that left
-    the registry unchanged does not count (``promotion_rules.judged``). (No row at all: the tag
-    alone says it failed.)"""
-    last = None
-    for e in entries:
-        if e.to_version != version or e.outcome not in ("ok", "failed"):
-            continue
-        if e.action in MOVES and e.outcome == "ok":
-            last = "moved"
-        elif e.action == "deploy" and e.outcome == "failed" and judged(e):
-            last = "failed"
-    return last != "moved"
 
 
 class DeployLedger:

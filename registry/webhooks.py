@@ -9,6 +9,7 @@ is passed to MLflow, which stores it encrypted; we never print, log or write it.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 import requests
@@ -111,6 +112,11 @@ def check_secret_strength(secret: str, env_name: str) -> None:
     if len(secret) < MIN_SECRET_CHARS:
         raise RefusedError(f"{env_name} is too short ({len(secret)} characters); use a random "
                            f"secret of at least {MIN_SECRET_CHARS} characters")
+    try:            # raw random bytes: MLflow signs with the secret as UTF-8 text, and so must we
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{env_name} holds bytes that are not UTF-8 text (raw random bytes?); use "
+                          f"printable random text, e.g. `openssl rand -hex 32`") from None
 
 
 def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str = DEFAULT_NAME,
@@ -123,6 +129,13 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
         raise ConfigError("--url must not hold a user name or password: MLflow stores the URL and shows "
                           "it to everyone who can read the model; the receiver checks MLflow's HMAC "
                           "signature instead")
+    try:
+        port = urllib.parse.urlsplit(url).port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"--url has a port that is not a number from 1 to 65535: "
+                          f"'{settings.mask_url_password(url)}'")
     if not _NAME_RE.match(name):
         raise ConfigError(f"webhook name '{name}' is invalid: letters, digits, '.', '_' and '-', "
                           f"starting and ending with a letter or digit, at most 63 characters")

@@ -10,6 +10,7 @@ rollout as ``mlops sync deploy`` (prepare, canary, bake, waves).
 """
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,15 +22,18 @@ from mlops_common.errors import UserError
 logger = log.get("sync.watch")
 
 MIN_INTERVAL = 0.5
+KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept, the rest counted
+INTERRUPTED = 130          # the exit code of a deploy cut by a signal (``cancel.DeployInterrupted``)
 
 
 @dataclass
 class Pass:
     at: float                  # seconds since the loop started
     trigger: str               # "start" | "interval" | "webhook"
-    status: str                # up_to_date | deployed | failed | skipped | error
+    status: str                # up_to_date | deployed | failed | skipped | error | interrupted
     version: int | None = None
     message: str = ""
+    exit_code: int | None = None   # an error's or an interrupt's (not serialized)
 
     def to_dict(self) -> dict:
         return {"at": round(self.at, 3), "trigger": self.trigger, "status": self.status,
@@ -38,11 +42,24 @@ class Pass:
 
 @dataclass
 class WatchResult:
-    passes: list[Pass] = field(default_factory=list)
+    """The newest ``KEPT_PASSES`` passes, and how many passes of each status there were in all."""
+
+    passes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=KEPT_PASSES))
+    counts: collections.Counter = field(default_factory=collections.Counter)
     webhook: dict | None = None
 
+    def add(self, p: Pass) -> None:
+        self.passes.append(p)
+        self.counts[p.status] += 1
+
+    @property
+    def dropped(self) -> int:
+        """Passes run but no longer kept (the oldest)."""
+        return sum(self.counts.values()) - len(self.passes)
+
     def to_dict(self) -> dict:
-        return {"passes": [p.to_dict() for p in self.passes], "webhook": self.webhook}
+        return {"passes": [p.to_dict() for p in self.passes], "counts": dict(self.counts),
+                "dropped": self.dropped, "webhook": self.webhook}
 
 
 class Watcher:
@@ -68,16 +85,22 @@ class Watcher:
         self.wake.set()
 
     def _pass(self, start: float, reason: str) -> Pass:
+        exit_code = None
         try:
             status, version, message = self.reconcile()
-        except UserError as exc:
-            status, version, message = "error", None, exc.message
+        except KeyboardInterrupt:         # a forced interrupt: the pass it cut is reported, then it goes on
+            self.result.add(Pass(self.clock() - start, reason, "interrupted", None,
+                                 "interrupted (forced) in the middle of a pass", INTERRUPTED))
+            raise
+        except UserError as exc:          # a deploy interrupted by a signal ends the watch (exit 130)
+            status = "interrupted" if exc.exit_code == INTERRUPTED else "error"
+            version, message, exit_code = None, exc.message, exc.exit_code
         except Exception as exc:  # noqa: BLE001 - a controller keeps reconciling (a deploy puts its hosts back itself)
             status, version = "error", None
             message = (f"unexpected {type(exc).__name__}: {exc} (a bug in mlops; the watch goes on and "
                        f"tries again at the next pass)")
-        p = Pass(self.clock() - start, reason, status, version, message)
-        self.result.passes.append(p)
+        p = Pass(self.clock() - start, reason, status, version, message, exit_code)
+        self.result.add(p)
         if status != "error":
             logger.info("reconcile (%s): %s: %s", reason, status, message)
         elif not self.once:        # with --once the failed pass is the command's one error line
@@ -87,8 +110,8 @@ class Watcher:
     def run(self) -> WatchResult:
         start = self.clock()
         deadline = start + self.max_seconds if self.max_seconds is not None else None
-        self._pass(start, "start")
-        while not self.once and not self.stop_event.is_set():
+        last = self._pass(start, "start")
+        while not self.once and not self.stop_event.is_set() and last.status != "interrupted":
             timeout = self.interval
             if deadline is not None:
                 timeout = min(timeout, deadline - self.clock())
@@ -99,7 +122,7 @@ class Watcher:
             if self.stop_event.is_set() or (deadline is not None and self.clock() >= deadline and not woke):
                 break
             reason, self._reason = (self._reason if woke else "interval"), "interval"
-            self._pass(start, reason)
+            last = self._pass(start, reason)
         return self.result
 
 
@@ -132,17 +155,24 @@ class FleetReconciler:
     hosts differ, with the same rollout as ``mlops sync deploy``. A version whose deploy failed
     because of the version (recorded since its last promotion) is skipped until it is promoted
     again or production moves; a failure that does not blame the version is retried next pass; a
-    named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on."""
+    named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on.
+    Hosts that already serve production while the registry does not say it was deployed (a deploy
+    killed after its switch) go through ``fleet.deploy`` once, which records it, as ``mlops sync
+    deploy`` would."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
-                 recorded: Callable[[int], bool] | None = None):
-        if recorded is None:
-            from registry import deploys
+                 recorded: Callable[[int], bool] | None = None, deployed: Callable[[int], bool] | None = None):
+        from registry import deploys
 
+        if recorded is None:
             def recorded(v: int) -> bool:
                 return deploys.failed_since_promoted(model, v)
+        if deployed is None:
+            def deployed(v: int) -> bool:
+                return deploys.status(model, v) == deploys.DEPLOYED
         self.model, self.hosts, self.opts, self.lock_wait = model, hosts, opts, lock_wait
         self.failed = FailedVersions(recorded=recorded)
+        self.deployed = deployed
         self._break_lock = break_lock
 
     def __call__(self) -> tuple[str, int | None, str]:
@@ -153,12 +183,12 @@ class FleetReconciler:
         fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts)
         if fp.errors:
             return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
-        if fp.up_to_date:
+        if fp.up_to_date and self.deployed(fp.version):
             return "up_to_date", fp.version, f"hosts serve v{fp.version}"
-        if self.failed.skip(fp.version):
+        if not fp.up_to_date and self.failed.skip(fp.version):
             return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
                                            f"last promotion); waiting for production to move")
-        token, self._break_lock = self._break_lock, None
+        token, self._break_lock = self._break_lock, None      # up to date: deploy records it, changing nothing
         try:
             r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait)
         except DeployFailed as exc:

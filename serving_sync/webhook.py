@@ -186,7 +186,8 @@ class Receiver:
         self.counts = collections.Counter()
         self.open_connections = 0
         self._lock = threading.Lock()
-        self._sock = socket.create_server((host, port), backlog=128)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET      # ::1, an IPv6 address
+        self._sock = socket.create_server((host, port), family=family, backlog=128)
         self._address = self._sock.getsockname()[:2]     # still known after stop()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook")
         self._loop = None
@@ -199,7 +200,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self._address[0]}:{self.port}/"
+        host = self._address[0]
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
     def start(self) -> Receiver:
         ready = threading.Event()
@@ -249,8 +251,6 @@ class Receiver:
             except TimeoutError:
                 self._count("timed_out")
                 status, text = 408, f"request not received within {self.timeout:.0f}s"
-            except (asyncio.LimitOverrunError, ValueError):
-                status, text = 431, "request head too large"
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             except Exception:
@@ -277,7 +277,10 @@ class Receiver:
         """Read one request, refusing what can be refused before its body is read."""
         import asyncio
 
-        method, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        try:
+            method, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        except (asyncio.LimitOverrunError, ValueError):       # only the head: a bug later is a 500
+            return 431, "request head too large"
         if method != "POST":
             return 405, "POST MLflow webhook deliveries here"
         try:

@@ -218,7 +218,7 @@ def test_previous_production_skips_versions_whose_deploy_failed():
 
 # --- a restarted watcher does not retry a failed version ---------------------------------------
 def test_failed_after_promotion_is_cleared_by_promoting_again():
-    from registry.deploys import failed_after_promotion
+    from registry.promotion_rules import failed_after_promotion
 
     rows = [_e("promote", 1, 2), _e("deploy", 1, 2, "failed")]
     assert failed_after_promotion(rows, 2)

@@ -490,31 +490,37 @@ def cmd_watch(args) -> int:
         watcher.stop_event.set()
         watcher.wake.set()
 
-    try:
-        with _interrupts(graceful):
+    forced = False
+    try:           # --once has no next pass to stop after: its first signal stops the deploy
+        with (_interrupts() if args.once else _interrupts(graceful)):
             result = watcher.run()
     except KeyboardInterrupt:
-        result = watcher.result
+        result, forced = watcher.result, True
     finally:
         if receiver is not None:
             receiver.stop()
             watcher.result.webhook = {"url": receiver.url, **dict(receiver.counts)}
-    return _report_watch(args, result)
+    return _report_watch(args, result, forced=forced)
 
 
-def _report_watch(args, result) -> int:
-    """Print the passes; with ``--once`` a failed or impossible pass is the command's error."""
-    from mlops_common.errors import DeployFailed
+def _report_watch(args, result, *, forced: bool = False) -> int:
+    """Print the passes; a deploy cut by a signal is the command's error (exit 130), and with
+    ``--once`` a failed or impossible pass is (exit 3, or the error's own code)."""
+    from mlops_common.errors import DeployFailed, UserError
 
     if args.json:
         output.emit(result.to_dict())
     else:
         sync_text.watch(result)
     last = result.passes[-1] if result.passes else None
+    if last is not None and last.status == "interrupted":
+        raise UserError(last.message, exit_code=last.exit_code or 130)
+    if forced:
+        return 130
     if args.once and last is not None and last.status == "failed":
         raise DeployFailed(last.message)
     if args.once and last is not None and last.status == "error":
-        raise ConfigError(last.message)
+        raise UserError(last.message, exit_code=last.exit_code or ConfigError.exit_code)
     return 0
 
 

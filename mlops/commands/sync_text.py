@@ -129,7 +129,10 @@ def rollback(rb) -> None:
 
 
 def watch(result) -> None:
-    """A ``Watcher`` result: one line per pass."""
+    """A ``Watcher`` result: one line per pass kept (the newest), and how many ran before them."""
+    if result.dropped:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
+        print(f"{result.dropped} earlier passes not shown (all passes: {counts})")
     for p in result.passes:
         print(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
 

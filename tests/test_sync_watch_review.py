@@ -1,0 +1,236 @@
+"""``mlops sync watch`` and its webhook, as a sweep found them (each test fails on the code before):
+
+- a deploy killed after its switch was recorded by the next ``sync deploy`` but never by a
+  watcher: every pass said "up to date" while the version stayed without ``deploy_status`` and
+  without an ``ok`` deploy row (so rollbacks passed it over);
+- when MLflow refused the ``deploy_status=failed`` tag, the watcher deployed the broken version
+  again at every pass (the ledger's failed row was never asked);
+- a deploy cut by a signal ended the watch with exit 0 (or 2 with ``--once``), the forced cut
+  lost its pass, and ``--once`` finished its deploy after the first SIGTERM;
+- a watch kept every pass in memory and printed them all at exit (months at 30 s);
+- a webhook secret of raw random bytes passed the length check, then every delivery got 431;
+- ``webhook create --url`` with a port out of range replaced a working webhook with a dead one;
+- the receiver could not listen on an IPv6 address (``--webhook-host ::1``).
+
+Real MLflow server, ledger and local TF-Serving-compatible servers where the registry matters;
+the loop's own rules on stand-ins. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from mlops_common.errors import ConfigError, DeployFailed, UserError
+from serving_sync import fleet
+from serving_sync import watch as watch_mod
+from serving_sync.cancel import DeployInterrupted
+from serving_sync.watch import FleetReconciler, Watcher
+
+
+# --- the loop's rules --------------------------------------------------------------------------
+def test_hosts_that_serve_production_unrecorded_go_through_deploy_once(monkeypatch):
+    deployed = {5: False}
+    calls = []
+    monkeypatch.setattr(fleet, "plan_fleet",
+                        lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
+
+    def deploy(model, hosts, **kw):
+        calls.append(kw)
+        deployed[5] = True               # what record_converged writes
+        return SimpleNamespace(status="up_to_date", version=5, message="up to date (recorded)")
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    r = FleetReconciler("digits", [], None, recorded=lambda v: True, deployed=lambda v: deployed[v])
+    assert r() == ("up_to_date", 5, "up to date (recorded)")
+    assert r() == ("up_to_date", 5, "hosts serve v5")
+    assert len(calls) == 1
+
+
+def test_a_deploy_cut_by_a_signal_ends_the_watch_and_its_pass_is_kept():
+    def interrupted():
+        raise DeployInterrupted("deploy of v5 interrupted; put back web-1 to v4")
+
+    w = Watcher(interrupted, interval=0.5, max_seconds=30)
+    t0 = time.monotonic()
+    res = w.run()
+    assert time.monotonic() - t0 < 5                     # it did not wait for the next pass
+    assert [(p.status, p.exit_code) for p in res.passes] == [("interrupted", 130)]
+
+    def forced():
+        raise KeyboardInterrupt
+
+    w = Watcher(forced, interval=0.5, once=True)
+    with pytest.raises(KeyboardInterrupt):
+        w.run()
+    assert [p.status for p in w.result.passes] == ["interrupted"]
+
+
+def test_the_watch_command_exits_130_for_an_interrupted_pass_and_keeps_error_codes(capsys):
+    from mlops.commands.sync import _report_watch
+    from serving_sync.watch import Pass, WatchResult
+
+    def result(*passes):
+        r = WatchResult()
+        for p in passes:
+            r.add(p)
+        return r
+
+    args = SimpleNamespace(json=False, once=False)
+    with pytest.raises(UserError) as e:
+        _report_watch(args, result(Pass(0, "start", "interrupted", 5, "interrupted", 130)))
+    assert e.value.exit_code == 130
+    assert _report_watch(args, result(Pass(0, "start", "up_to_date", 5, "ok")), forced=True) == 130
+    once = SimpleNamespace(json=False, once=True)
+    with pytest.raises(DeployFailed):
+        _report_watch(once, result(Pass(0, "start", "failed", 5, "smoke test failed")))
+    with pytest.raises(UserError) as e:
+        _report_watch(once, result(Pass(0, "start", "error", None, "host down", 2)))
+    assert e.value.exit_code == ConfigError.exit_code
+    capsys.readouterr()
+
+
+def test_a_long_watch_keeps_the_newest_passes_and_counts_the_rest(monkeypatch, capsys):
+    from mlops.commands import sync_text
+
+    monkeypatch.setattr(watch_mod, "KEPT_PASSES", 3)
+    clock = iter(range(10_000))
+    w = Watcher(lambda: ("up_to_date", 5, "hosts serve v5"), interval=0.5, clock=lambda: next(clock) * 0.01)
+    for _ in range(10):
+        w._pass(0.0, "interval")
+    res = w.result
+    assert len(res.passes) == 3 and res.counts == {"up_to_date": 10} and res.dropped == 7
+    assert res.to_dict()["dropped"] == 7 and len(res.to_dict()["passes"]) == 3
+    sync_text.watch(res)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "7 earlier passes not shown (all passes: 10 up_to_date)" and len(out) == 4
+
+
+# --- the webhook's edges -------------------------------------------------------------------------
+def test_a_secret_that_is_not_utf8_text_is_refused_in_one_line():
+    from registry.webhooks import check_secret_strength
+
+    with pytest.raises(ConfigError, match="MLOPS_WEBHOOK_SECRET holds bytes that are not UTF-8 text"):
+        check_secret_strength("whsec-abcdefghijklmnop\udcff", "MLOPS_WEBHOOK_SECRET")   # how Python reads 0xff
+    check_secret_strength("whsec-abcdefghijklmnop-é", "MLOPS_WEBHOOK_SECRET")           # UTF-8 text is fine
+
+
+def test_a_bug_after_the_request_head_is_a_500_not_a_431(monkeypatch):
+    from serving_sync.webhook import Receiver
+    from tests.test_sync_webhook_abuse import SECRET, raw_post, signed
+
+    rec = Receiver(SECRET, "digits", lambda e: None, timeout=2.0).start()
+    try:
+        def broken(headers, body):
+            raise ValueError("a bug while handling")
+
+        monkeypatch.setattr(rec, "handle", broken)
+        status, _ = raw_post(rec.port, *signed())
+        assert status == 500
+    finally:
+        rec.stop()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/hook", "http://127.0.0.1:0/hook", "http://h:port/hook"])
+def test_a_webhook_url_with_an_impossible_port_is_refused(url, monkeypatch):
+    from registry.webhooks import ensure_webhook
+
+    monkeypatch.setenv("MLOPS_WEBHOOK_SECRET", "whsec-0123456789abcdef0123")
+    with pytest.raises(ConfigError, match="--url has a port that is not a number from 1 to 65535"):
+        ensure_webhook(url)
+
+
+def test_the_receiver_listens_on_an_ipv6_address():
+    from serving_sync.webhook import Receiver
+    from tests.test_sync_webhook_abuse import SECRET
+
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError as exc:
+        pytest.skip(f"SKIPPED LOUDLY: this machine has no IPv6 loopback ({exc})")
+    rec = Receiver(SECRET, "digits", lambda e: None, host="::1", port=0).start()
+    try:
+        assert rec.url == f"http://[::1]:{rec.port}/"
+        with socket.create_connection(("::1", rec.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.1 405")
+    finally:
+        rec.stop()
+
+
+# --- against real services --------------------------------------------------------------------------
+def test_a_watcher_records_a_deploy_that_was_killed_after_its_switch(deploy_env, paused_deploy):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    paused_deploy(env.env, "after:switch", "--timeout", "60").wait_paused().kill()
+    env.serves(host, v2)
+    assert env.tags(v2).get("deploy_status") in (None, "none")
+    r = env.cli("sync", "watch", "--once")
+    assert r.returncode == 0, r.stderr
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    late = [e for e in env.ledger(("deploy",)) if e.to_version == v2 and e.outcome == "ok"]
+    assert len(late) == 1 and "recorded_late" in late[0].details, late
+    r = env.cli("sync", "watch", "--once")            # nothing more to record
+    assert r.returncode == 0 and len([e for e in env.ledger(("deploy",)) if e.to_version == v2]) == 1
+    assert env.which(host) == v2 and v1 != v2
+
+
+def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_env, monkeypatch):
+    from registry import deploys, versions
+
+    env = deploy_env
+    env.add_host("file")
+    env.release("a")
+    v2 = env.register("golden_edited")                   # its smoke test fails
+    env.promote(v2)
+    set_tags = versions.set_tags
+
+    def refused(model, version, tags):
+        if tags.get(deploys.DEPLOY_STATUS) == deploys.FAILED:
+            raise UserError("MLflow answered 403 PERMISSION_DENIED to set-tag")
+        return set_tags(model, version, tags)
+
+    monkeypatch.setattr(versions, "set_tags", refused)
+    calls = []
+    deploy = fleet.deploy
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return deploy(*a, **kw)
+
+    monkeypatch.setattr(fleet, "deploy", counted)
+    from serving_sync.hosts import load_hosts
+    from serving_sync.options import DeployOptions
+
+    r = FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True))
+    r.failed.failed.clear()
+    status, version, message = r()
+    assert (status, version) == ("failed", v2), message
+    assert env.tags(v2).get("deploy_status") != "failed"         # MLflow refused it
+    fresh = FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True))
+    assert fresh()[:2] == ("skipped", v2)                         # a restarted watcher: the ledger says
+    assert r()[:2] == ("skipped", v2)
+    assert len(calls) == 1
+
+
+def test_watch_once_stops_its_deploy_at_the_first_sigterm_and_exits_130(deploy_env, paused_deploy):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    d = paused_deploy(env.env, "after:load_main", "--timeout", "60", command=("sync", "watch", "--once"))
+    d.wait_paused()
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    done = d.finish()
+    assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
+    assert "interrupted" in done.stderr
+    env.serves(host, v1)                                  # put back: the deploy did not finish
+    assert env.production() == v2                         # not the version's fault
