@@ -41,11 +41,8 @@ def step(n: int, text: str) -> float:
 
 
 def _ports() -> tuple[int, int]:
-    try:
-        return (int(settings.env("MLOPS_SERVING_REST_PORT", str(DEFAULT_REST_PORT))),
-                int(settings.env("MLOPS_SERVING_GRPC_PORT", str(DEFAULT_GRPC_PORT))))
-    except ValueError:
-        raise ConfigError("MLOPS_SERVING_REST_PORT and MLOPS_SERVING_GRPC_PORT must be port numbers") from None
+    return (settings.port_env("MLOPS_SERVING_REST_PORT", DEFAULT_REST_PORT),
+            settings.port_env("MLOPS_SERVING_GRPC_PORT", DEFAULT_GRPC_PORT))
 
 
 HOSTS_MARK = "# Written by `mlops demo`"

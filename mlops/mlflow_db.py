@@ -85,13 +85,11 @@ def normalize_backend_uri(uri: str) -> str:
 
 
 def safe_uri(uri: str) -> str:
-    """The URI with any password masked, for messages and logs."""
-    import sqlalchemy as sa
+    """The URI with any password masked, for messages and logs (the ledger's rule: a password
+    holding '@' is masked to the last one)."""
+    from registry.ledger import safe_url
 
-    try:
-        return sa.engine.make_url(uri).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: show only its scheme
-        return uri.split("://", 1)[0] + "://..." if "://" in uri else "<backend store URI>"
+    return safe_url(uri, uri.split("://", 1)[0] + "://..." if "://" in uri else "<backend store URI>")
 
 
 def _is_database_uri(uri: str) -> bool:

@@ -71,13 +71,6 @@ def tracking_token() -> str | None:
     return token_env("MLFLOW_TRACKING_TOKEN")
 
 
-def require_env(name: str, why: str) -> str:
-    value = env(name)
-    if value is None:
-        raise ConfigError(f"{name} is not set: {why}")
-    return value
-
-
 def state_dir() -> Path:
     """The embedded default's state folder (MLflow DB, artifacts, ledger, serving base)."""
     return Path(env("MLOPS_HOME", ".mlops")).expanduser().resolve()
@@ -87,15 +80,20 @@ def model_name(explicit: str | None = None) -> str:
     return explicit or env("MLOPS_MODEL_NAME", DEFAULT_MODEL_NAME)
 
 
-def local_mlflow_port() -> int:
-    raw = env("MLOPS_MLFLOW_PORT", str(DEFAULT_MLFLOW_PORT))
+def port_env(name: str, default: int) -> int:
+    """A port number 1-65535 from the variable ``name``; one line naming it otherwise."""
+    raw = env(name, str(default))
     try:
         port = int(raw)
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
-        raise ConfigError(f"MLOPS_MLFLOW_PORT must be a port number 1-65535, got {raw!r}")
+        raise ConfigError(f"{name} must be a port number 1-65535, got {raw!r}")
     return port
+
+
+def local_mlflow_port() -> int:
+    return port_env("MLOPS_MLFLOW_PORT", DEFAULT_MLFLOW_PORT)
 
 
 def local_mlflow_url() -> str:

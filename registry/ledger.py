@@ -132,13 +132,14 @@ def _from_row(row) -> Entry:
     return Entry(**m)
 
 
-def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages."""
+def safe_url(url: str, unparseable: str = "<unparseable MLOPS_LEDGER_URL>") -> str:
+    """A database URL (the ledger's, MLflow's backend store) with any password masked, for
+    messages and logs; ``unparseable`` when SQLAlchemy cannot read it."""
     try:
         # masked to the last '@': SQLAlchemy cuts a password holding '@' at the first one
         return settings.mask_url_password(sa.engine.make_url(url).render_as_string(hide_password=False))
-    except sa.exc.ArgumentError:
-        return "<unparseable MLOPS_LEDGER_URL>"
+    except (sa.exc.ArgumentError, ValueError):
+        return unparseable
 
 
 def _lock_key(model: str) -> int:

@@ -15,6 +15,7 @@ One connection pool per server (keep-alive). Every failure is one line, translat
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -35,13 +36,19 @@ CHUNK = 1 << 20
 Missing = Callable[[], UserError]
 
 
-def _float_env(name: str, default: float) -> float:
+def _float_env(name: str, default: float, *, positive: bool = False) -> float:
+    """A finite number >= 0 (> 0 with ``positive``) from the environment: one line otherwise (a
+    NaN retry count or a negative timeout was a traceback from deep inside requests)."""
     from .client import HTTP_DEFAULTS
 
+    raw = settings.env(name) or HTTP_DEFAULTS.get(name) or default
     try:
-        return float(settings.env(name) or HTTP_DEFAULTS.get(name) or default)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got '{settings.env(name)}'") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name} must be a number {'above' if positive else 'of at least'} 0, got '{raw}'")
+    return value
 
 
 class MlflowRest:
@@ -65,7 +72,7 @@ class MlflowRest:
             self.session.verify = settings.env("MLFLOW_TRACKING_SERVER_CERT_PATH")
         if settings.env("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
             self.session.cert = settings.env("MLFLOW_TRACKING_CLIENT_CERT_PATH")
-        self.timeout = _float_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 60)
+        self.timeout = _float_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 60, positive=True)
         self.retries = int(_float_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 4))
         self.backoff = _float_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1)
         self.answered = False          # the server answered once: later connection errors are transient

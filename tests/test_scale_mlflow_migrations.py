@@ -43,6 +43,7 @@ def test_postgres_uris_get_the_installed_driver_and_passwords_are_masked():
     for unchanged in ("postgresql+psycopg2://u@h/db", "sqlite:////tmp/x.db", "mysql+pymysql://u@h/db"):
         assert mlflow_db.normalize_backend_uri(unchanged) == unchanged
     assert mlflow_db.safe_uri("postgresql+psycopg2://u:s3cret@h:5432/db") == "postgresql+psycopg2://u:***@h:5432/db"
+    assert mlflow_db.safe_uri("postgresql://mlflow:s3cr@tP4ss@db:5432/x") == "postgresql://mlflow:***@db:5432/x"
     assert "u:s3cret" not in " ".join(mlflow_db.upgrade_command())        # the URI goes in the environment
     assert mlflow_db.upgrade_env("sqlite:////x.db", {})[mlflow_db.UPGRADE_URI_VAR] == "sqlite:////x.db"
 
