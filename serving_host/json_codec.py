@@ -43,7 +43,6 @@ _NUMPY = {DT_FLOAT: np.float32, DT_DOUBLE: np.float64, DT_INT32: np.int32, DT_UI
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT32_MAX, UINT64_MAX = 2**32 - 1, 2**64 - 1
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 ROW, COLUMNAR = "row", "columnar"
 

@@ -23,16 +23,6 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 
-def numpy_dtype(dt: int):
-    """numpy dtype for a ``tensorflow.DataType`` enum value (DT_STRING -> object of bytes)."""
-    import tensorflow as tf
-
-    tf_dtype = tf.dtypes.as_dtype(dt)
-    if tf_dtype == tf.string:
-        return np.dtype(object)
-    return np.dtype(tf_dtype.as_numpy_dtype)
-
-
 def dtype_name(dt: int) -> str:
     """``DataTypeString``: DT_FLOAT -> "float", DT_INT64 -> "int64", DT_STRING -> "string"."""
     from tensorflow.core.framework import types_pb2

@@ -12,7 +12,7 @@ functions that need it):
 - ``tfs_client``     TF Serving REST client and bounded wait helpers
 - ``tfs_reload``     gRPC ``HandleReloadConfigRequest`` without importing TensorFlow
 - ``lock``           one deploy at a time per host (lock file with owner and heartbeat)
-- ``retention``      which old versions and leftover uploads to remove (pure functions)
+- ``retention``      which old versions and leftover uploads to remove (a pure choice), and removing them
 - ``progress``       upload progress on stderr
 - ``layout``, ``names``, ``errors``: the host layout contract, name/path checks, error types
 
@@ -22,8 +22,14 @@ The deploy orchestration on top (observe -> plan -> act):
 - ``plan``           the steps a deploy takes on a host: a pure function of that state
 - ``apply``          write models.config then reload over gRPC; bounded load/label/unload waits
 - ``smoke``          signature / golden outputs / latency verdicts and the smoke test itself
-- ``deploy``         execute one host's plan; restore the host exactly on failure
-- ``fleet``          every host, one at a time, all-new or all-old; registry, ledger, retention
+- ``host_run``       execute one host's plan, phase by phase; restore the host exactly on failure
+- ``options``        the deploy's settings (``DeployOptions``), one value passed everywhere
+- ``rollout``        the rollout's shape: canary, then waves (pure)
+- ``parallel``       bounded thread pools for the per-host work of a phase
+- ``bake``, ``canary``: judge the canary on TF Serving's own Prometheus metrics (pure), and the bake
+- ``store``          a shared S3 store: upload a version once, hosts pull it with presigned URLs
+- ``fleet``          the rollout: prepare every host in parallel, switch a canary, bake, then waves,
+                     all-new or all-old; registry, ledger, retention
 - ``connections``    open every host and take every lock (fixed order, bounded wait)
 - ``verified``       which versions passed the smoke test on a host (host-side record)
 - ``cancel``         SIGTERM / Ctrl-C stop a deploy at a safe point (then its hosts are put back)

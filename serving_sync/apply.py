@@ -13,7 +13,7 @@ from mlops_common import log
 
 from . import cancel, host_config
 from . import models_config as mc
-from .tfs_client import WaitVerdict, gone_verdict
+from .tfs_client import WaitVerdict, available_verdict, gone_verdict
 from .transports.base import Transport
 
 logger = log.get("sync.apply")
@@ -98,19 +98,13 @@ def load_verdict(statuses, version: int, *, waited: float, grace: float = END_GR
     "not picked up yet" for ``grace`` seconds: re-aspiring an unloaded version is normal in a
     rollback, and without gRPC TF Serving only sees the new config at its next poll."""
     s = next((x for x in statuses if x.version == int(version)), None)
-    if s is None:
-        return WaitVerdict(False, detail="not known to TF Serving yet")
-    if s.state == "AVAILABLE":
-        return WaitVerdict(True)
-    if s.state == "END":
-        if s.failed:
-            return WaitVerdict(False, True, s.error_message or f"error code {s.error_code}")
-        if waited >= grace:
-            return WaitVerdict(False, True, f"still unloaded after {grace:.0f}s: TF Serving has not picked up "
-                                            f"the new models.config (check its --model_config_file and "
-                                            f"poll interval, or configure grpc for the host)")
-        return WaitVerdict(False, detail="unloaded (END), waiting for the new config to load it")
-    return WaitVerdict(False, detail=s.state)
+    if s is None or s.state != "END" or s.failed:
+        return available_verdict(statuses, int(version))
+    if waited >= grace:
+        return WaitVerdict(False, True, f"still unloaded after {grace:.0f}s: TF Serving has not picked up "
+                                        f"the new models.config (check its --model_config_file and "
+                                        f"poll interval, or configure grpc for the host)")
+    return WaitVerdict(False, detail="unloaded (END), waiting for the new config to load it")
 
 
 def _checked(check, cancellable: bool):

@@ -28,7 +28,7 @@ from .progress import make_progress
 from .publish import publish
 from .smoke import Golden, SmokeReport, run_smoke
 
-logger = log.get("sync.deploy")
+logger = log.get("sync.host_run")
 
 Recorder = Callable[..., None]   # recorder(action, outcome, *, host, from_version, to_version, reason, details)
 

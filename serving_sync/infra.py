@@ -142,12 +142,12 @@ def validate_and_record(model: str, version: int, *, server: str, start_server: 
 
 def record(result: InfraResult) -> None:
     """Tag ``infra_validation=passed|failed`` and append a ``smoke_test`` ledger row."""
-    from registry import versions
+    from registry import tags, versions
     from registry.ledger import Ledger
     from registry.provenance import Provenance
 
     outcome = "passed" if result.passed else "failed"
-    versions.set_tags(result.model, result.version, {"infra_validation": outcome})
+    versions.set_tags(result.model, result.version, {tags.INFRA_VALIDATION: outcome})
     Ledger().record("smoke_test", result.model, outcome=outcome, to_version=result.version,
                     host=f"{LEDGER_HOST}:{result.server}", reason=result.error,
                     **Provenance.from_environment().row(), details={"check": "infra_validation", **result.to_dict()})

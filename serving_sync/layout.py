@@ -40,6 +40,12 @@ def incoming_name(version: int, now: float | None = None) -> str:
     return f"{INCOMING_PREFIX}{int(version)}-{stamp}-{secrets.token_hex(4)}"
 
 
+def version_of(name: str) -> int | None:
+    """The version a directory name under ``<base>/<model>/`` publishes (``"12"`` -> 12), or None:
+    TF Serving's file-system source takes decimal names; ``"012"`` and ``"１２"`` are not ours."""
+    return int(name) if name.isascii() and name.isdigit() and not name.startswith("0") else None
+
+
 def incoming_time(name: str) -> float | None:
     """When an ``.incoming-*`` upload was started (None if the name has another shape)."""
     m = INCOMING_RE.match(name)

@@ -43,7 +43,6 @@ from .transports.base import Transport
 
 logger = log.get("sync.lock")
 
-DEFAULT_TTL = settings.DEFAULT_LOCK_TTL
 SETTLE_S = 1.0      # how long an unparseable lock file may be one being written (create, then write)
 
 

@@ -15,11 +15,6 @@ ProgressFn = Callable[[int], None]
 MB = 1_000_000
 
 
-def format_rate(nbytes: int, seconds: float) -> str:
-    rate = nbytes / seconds / MB if seconds > 0 else 0.0
-    return f"{nbytes / MB:.1f} MB in {seconds:.1f}s ({rate:.1f} MB/s)"
-
-
 class Progress:
     """Counts bytes sent; redraws one stderr line at most every ``interval`` seconds."""
 

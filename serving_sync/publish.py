@@ -28,7 +28,7 @@ from mlops_common.errors import ConfigError, UserError
 
 from . import manifest as mf
 from .errors import PublishRefused, VerifyFailed
-from .layout import INCOMING_PREFIX, incoming_name, manifest_path, version_path
+from .layout import INCOMING_PREFIX, incoming_name, manifest_path, version_of, version_path
 from .manifest import Manifest
 from .names import check_model_name, check_version
 from .progress import ProgressFn
@@ -234,8 +234,7 @@ def _cleanup(transport: Transport, rel: str) -> None:
 
 def published_versions(transport: Transport, model: str) -> list[int]:
     """Numeric version directories present for ``model`` on the host, ascending."""
-    return sorted(int(n) for n in transport.list_dir(check_model_name(model)) if n.isascii() and n.isdigit()
-                  and not n.startswith("0"))
+    return sorted(v for n in transport.list_dir(check_model_name(model)) if (v := version_of(n)) is not None)
 
 
 def incoming_dirs(transport: Transport, model: str) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from mlops_common import log
 from mlops_common.errors import ConfigError
 
-from .layout import INCOMING_PREFIX, incoming_time, manifest_path, version_path
+from .layout import INCOMING_PREFIX, incoming_time, manifest_path, version_of, version_path
 from .transports.base import Transport
 
 logger = log.get("sync.retention")
@@ -60,7 +60,7 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
          upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None) -> RetentionPlan:
     """Read the host's listing of ``<model>/`` and decide (no changes made)."""
     names = transport.list_dir(model)
-    published = [int(n) for n in names if n.isascii() and n.isdigit() and not n.startswith("0")]
+    published = [v for n in names if (v := version_of(n)) is not None]
     return RetentionPlan(model,
                          versions_to_remove(published, serving=serving, previous=previous, keep=keep,
                                             protected=protected),

@@ -14,8 +14,6 @@ from typing import Callable, Iterator
 
 from .errors import HostUnreachable, ServingError, ServingTimeout
 
-STATES = ("UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END")
-
 
 @dataclass(frozen=True)
 class VersionStatus:

@@ -172,3 +172,18 @@ def test_only_ascii_digits_name_a_version(tmp_path):
         assert rp.remove_versions == [3]
     finally:
         t.close()
+
+
+def test_which_directory_names_are_published_versions_one_rule_for_publish_and_retention(tmp_path):
+    from serving_sync import retention
+    from serving_sync.layout import version_of
+    from serving_sync.publish import published_versions
+    from serving_sync.transports import local
+
+    assert [version_of(n) for n in ("12", "1", "012", "0", "１２", "12a", ".incoming-3-x", "")] == \
+        [12, 1, None, None, None, None, None, None]
+    for name in ("1", "2", "10", "012", "１２", "notes"):
+        (tmp_path / "m" / name).mkdir(parents=True)
+    t = local.LocalTransport(tmp_path)
+    assert published_versions(t, "m") == [1, 2, 10]
+    assert retention.plan(t, "m", serving=10, previous=2, keep=0).remove_versions == [1]
