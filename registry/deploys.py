@@ -14,10 +14,9 @@ from .ledger import Entry, Ledger
 from .promotion_rules import (
     MOVES,
     failed_after_promotion,
-    failed_deploys,
     last_verdict,
-    previous_production,
     restoring_rollback,
+    rollback_choice,
 )
 from .provenance import Provenance
 
@@ -92,9 +91,8 @@ class DeployLedger:
         """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known):
         the rule ``mlops registry rollback`` follows, on the same ledger rows and registry tags."""
         entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"))
-        tags_by_version = {i.version: i.tags for i in versions.list_versions(self.model)}
-        return previous_production(entries, version, failed_deploys(entries, tags_by_version),
-                                   existing=set(tags_by_version))
+        return rollback_choice(entries, {i.version: i.tags for i in versions.list_versions(self.model)},
+                               version).version
 
 
 def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:

@@ -29,12 +29,10 @@ from .promotion_rules import (
     check_gate_baseline,
     check_promotable,
     ever_held,
-    failed_deploys,
     latest_gate,
     ledger_production,
-    previous_production,
-    production_stack,
     reconcile_rows,
+    rollback_choice,
 )
 from .provenance import Provenance, given
 
@@ -376,21 +374,18 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
         if current is None:
             raise NotFoundError(f"nothing to roll back to for '{model}': no version holds production; "
                                 f"use `mlops registry promote --version N`")
-        stack = production_stack(history)
-        failed = failed_deploys(history, all_versions)
-        deleted = {x for x in stack if x not in all_versions}     # removed from the registry since
-        v = previous_production(history, current, failed, existing=set(all_versions))
-        if v is None:
-            skipped = sorted(set(stack) & (failed | deleted))
+        choice = rollback_choice(history, all_versions, current)
+        if choice.version is None:
+            skipped = sorted(set(choice.skipped_failed) | set(choice.skipped_deleted))
             raise NotFoundError(
                 f"nothing to roll back to for '{model}': the ledger shows no earlier production "
                 f"version than {current}" + (f" whose deploy did not fail and that still exists (skipped "
                                              f"{skipped})" if skipped else "")
                 + "; use `mlops registry promote --version N`")
-        details = {"rollback_of": current, "skipped_failed": sorted(failed & set(stack))}
-        if deleted:
-            details["skipped_deleted"] = sorted(deleted)
-        return v, details
+        details = {"rollback_of": current, "skipped_failed": list(choice.skipped_failed)}
+        if choice.skipped_deleted:
+            details["skipped_deleted"] = list(choice.skipped_deleted)
+        return choice.version, details
 
     return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
                  force=force, details={}, ledger=ledger, defer_tags=defer_tags)

@@ -197,6 +197,29 @@ def previous_production(entries: Iterable[Entry], version: int | None, failed: s
     return rollback_target(stack, version, skip, deployed)
 
 
+
+@dataclass(frozen=True)
+class RollbackChoice:
+    """Where ``production`` goes back to (None: nowhere known), and what was passed over."""
+
+    version: int | None
+    skipped_failed: tuple[int, ...] = ()      # held production, but their deploy failed
+    skipped_deleted: tuple[int, ...] = ()     # held production, deleted from the registry since
+
+
+def rollback_choice(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]],
+                    current: int | None) -> RollbackChoice:
+    """``previous_production`` from ``current`` on the ledger's rows and the registry's versions
+    (``tags_by_version``: every existing version's tags): the one rule of ``mlops registry
+    rollback`` and of a failed deploy moving production back."""
+    entries = list(entries)
+    stack = production_stack(entries)
+    failed = failed_deploys(entries, tags_by_version)
+    deleted = {v for v in stack if v not in tags_by_version}
+    return RollbackChoice(previous_production(entries, current, failed, existing=set(tags_by_version)),
+                          tuple(sorted(failed & set(stack))), tuple(sorted(deleted)))
+
+
 MOVES = ("promote", "rollback")
 
 

@@ -109,3 +109,14 @@ def test_a_rollout_that_did_not_finish_is_not_a_version_the_fleet_served():
     finished = history + [canary_ok, last_wave_ok, _e("promote", 3, 4), _e("deploy", 3, 4, "failed")]
     assert previous_production(finished, 4, {4}) == 3
     assert restoring_rollback(finished + [_e("rollback", 4, 3)], 3) is not None
+
+
+def test_one_rollback_choice_for_registry_rollback_and_a_failed_deploy():
+    from registry.promotion_rules import RollbackChoice, rollback_choice
+
+    rows = [_e("promote", None, 1), _e("deploy", None, 1), _e("promote", 1, 2), _e("deploy", 1, 2),
+            _e("promote", 2, 3), _e("deploy", 2, 3, "failed"), _e("promote", 3, 4)]
+    tags = {1: {}, 3: {}, 4: {}}                                    # v2 deleted from the registry since
+    assert rollback_choice(rows, tags, 4) == RollbackChoice(1, skipped_failed=(3,), skipped_deleted=(2,))
+    assert rollback_choice(rows, {1: {"deploy_status": "failed"}, 3: {}, 4: {}}, 4) == \
+        RollbackChoice(None, skipped_failed=(1, 3), skipped_deleted=(2,))
