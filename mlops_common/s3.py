@@ -25,3 +25,40 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": max_attempts, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint else {}, **config))
+
+
+# What went wrong, as both readers of boto3's errors tell it (each in its own words):
+NO_CREDENTIALS, BAD_CREDENTIALS, DENIED, UNREACHABLE = "no_credentials", "bad_credentials", "denied", "unreachable"
+NO_BUCKET, MISSING, CHECKSUM, CONNECTION, OTHER = "no_bucket", "missing", "checksum", "connection", "other"
+_BY_CODE = {
+    **dict.fromkeys(("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"),
+                    BAD_CREDENTIALS),
+    **dict.fromkeys(("AccessDenied", "403", "AllAccessDisabled"), DENIED),
+    "NoSuchBucket": NO_BUCKET,
+    **dict.fromkeys(("NoSuchKey", "404"), MISSING),
+    **dict.fromkeys(("BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"), CHECKSUM),
+}
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(kind, S3 error code) of a boto3 / botocore failure: one table of codes for the data
+    batches' reader and the ``s3://`` transport, so an expired token gets the credentials hint in
+    both."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return NO_CREDENTIALS, ""
+    if isinstance(exc, EndpointConnectionError):
+        return UNREACHABLE, ""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return _BY_CODE.get(code, OTHER), code
+    if isinstance(exc, (BotoCoreError, OSError)):
+        return CONNECTION, ""
+    return OTHER, ""

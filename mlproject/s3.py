@@ -34,35 +34,29 @@ client = s3_factory.client
 @contextlib.contextmanager
 def s3_errors(what: str):
     """Translate boto3/botocore failures inside the block into one-line user errors."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        EndpointConnectionError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError
 
     where = endpoint_url() or "AWS S3"
     try:
         yield
     except UserError:
         raise
-    except (NoCredentialsError, PartialCredentialsError):
-        raise ConfigError(f"{what}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
-                          f"AWS_SECRET_ACCESS_KEY") from None
-    except EndpointConnectionError:
-        raise ConnectionFailure(f"{what}: cannot reach S3 at {where}; check MLFLOW_S3_ENDPOINT_URL "
-                                f"/ AWS_ENDPOINT_URL and that the server runs") from None
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "NoSuchKey", "404"):
+    except (BotoCoreError, ClientError) as exc:
+        kind, code = s3_factory.classify(exc)
+        if kind == s3_factory.NO_CREDENTIALS:
+            raise ConfigError(f"{what}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
+                              f"AWS_SECRET_ACCESS_KEY") from None
+        if kind == s3_factory.UNREACHABLE:
+            raise ConnectionFailure(f"{what}: cannot reach S3 at {where}; check MLFLOW_S3_ENDPOINT_URL "
+                                    f"/ AWS_ENDPOINT_URL and that the server runs") from None
+        if kind in (s3_factory.NO_BUCKET, s3_factory.MISSING):
             raise NotFoundError(f"{what}: {code} at {where}; check the bucket and prefix") from None
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+        if kind in (s3_factory.DENIED, s3_factory.BAD_CREDENTIALS):
             raise ConfigError(f"{what}: S3 refused access ({code}); check AWS_ACCESS_KEY_ID and "
                               f"AWS_SECRET_ACCESS_KEY") from None
+        if kind == s3_factory.CONNECTION:
+            raise ConnectionFailure(f"{what}: S3 at {where} failed: {type(exc).__name__}") from None
         raise UserError(f"{what}: S3 answered {code or 'an error'} at {where}") from None
-    except BotoCoreError as exc:
-        raise ConnectionFailure(f"{what}: S3 at {where} failed: {type(exc).__name__}") from None
 
 
 def folder_prefix(prefix: str) -> str:

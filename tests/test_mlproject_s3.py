@@ -100,3 +100,28 @@ def test_retrain_reads_incoming_batches_from_s3(mlops_env, s3_env, s3_server):
     assert res["n_incoming"] == 200 and res["incoming"] == f"s3://{bucket}/incoming/"
     params = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"]).get_run(res["run_id"]).data.params
     assert params["incoming"] == f"s3://{bucket}/incoming/" and params["n_train"] == "1097"
+
+
+@pytest.mark.parametrize("code, kind, says", [
+    ("ExpiredToken", "ConfigError", "S3 refused access (ExpiredToken); check AWS_ACCESS_KEY_ID"),
+    ("InvalidAccessKeyId", "ConfigError", "S3 refused access (InvalidAccessKeyId)"),
+    ("NoSuchBucket", "NotFoundError", "NoSuchBucket at"),
+    ("SlowDown", "UserError", "S3 answered SlowDown at"),
+])
+def test_s3_errors_of_the_batch_reader_and_the_transport_come_from_one_table(code, kind, says):
+    """An expired token said only "S3 answered ExpiredToken" when data batches were read, where the
+    s3:// transport gave the credentials hint (two tables of codes; now ``mlops_common.s3.classify``)."""
+    from botocore.exceptions import ClientError
+
+    from mlproject.s3 import s3_errors
+    from serving_sync.transports.s3 import S3Transport
+
+    exc = ClientError({"Error": {"Code": code, "Message": "m"}}, "GetObject")
+    with pytest.raises(Exception) as e:
+        with s3_errors("reading s3://b/incoming"):
+            raise exc
+    assert type(e.value).__name__ == kind and says in str(e.value), str(e.value)
+    if code in ("ExpiredToken", "InvalidAccessKeyId"):
+        transport = S3Transport.__new__(S3Transport)
+        transport.url, transport.bucket, transport.prefix = "s3://b/p", "b", "p"
+        assert "S3 rejected the credentials" in transport._error(exc, "reading").message

@@ -78,31 +78,31 @@ class S3Transport(Transport):
         return f"{key}/" if key else ""
 
     def _error(self, exc: Exception, doing: str) -> UserError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from mlops_common import s3 as s3_factory
 
-        if isinstance(exc, NoCredentialsError):
+        kind, code = s3_factory.classify(exc)
+        if kind == s3_factory.NO_CREDENTIALS:
             return AuthFailed(f"{self.url}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
                               f"AWS_SECRET_ACCESS_KEY (or an AWS profile)")
-        if isinstance(exc, EndpointConnectionError):
+        if kind == s3_factory.UNREACHABLE:
             return HostUnreachable(f"{self.url}: cannot reach the S3 endpoint while {doing} "
-                                   f"({exc.kwargs.get('endpoint_url', '')}); check MLFLOW_S3_ENDPOINT_URL "
-                                   f"/ AWS_ENDPOINT_URL")
-        if isinstance(exc, ClientError):
-            code = exc.response.get("Error", {}).get("Code", "")
-            msg = exc.response.get("Error", {}).get("Message", "")
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
-                return AuthFailed(f"{self.url}: S3 rejected the credentials ({code}); check "
-                                  f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-            if code in ("AccessDenied", "403", "AllAccessDisabled"):
-                return HostPermissionDenied(f"{self.url}: access denied while {doing}; the deploy "
-                                            f"credentials need read/write on s3://{self.bucket}/{self.prefix}")
-            if code in ("NoSuchBucket",):
-                return UserError(f"{self.url}: bucket {self.bucket!r} does not exist; create it or fix "
-                                 f"the target")
-            if code in ("BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"):
-                return UserError(f"{self.url}: the store rejected an upload whose checksum did not "
-                                 f"match while {doing}; the local file changed or was corrupted in "
-                                 f"transit; rerun")
+                                   f"({getattr(exc, 'kwargs', {}).get('endpoint_url', '')}); check "
+                                   f"MLFLOW_S3_ENDPOINT_URL / AWS_ENDPOINT_URL")
+        if kind == s3_factory.BAD_CREDENTIALS:
+            return AuthFailed(f"{self.url}: S3 rejected the credentials ({code}); check "
+                              f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        if kind == s3_factory.DENIED:
+            return HostPermissionDenied(f"{self.url}: access denied while {doing}; the deploy "
+                                        f"credentials need read/write on s3://{self.bucket}/{self.prefix}")
+        if kind == s3_factory.NO_BUCKET:
+            return UserError(f"{self.url}: bucket {self.bucket!r} does not exist; create it or fix "
+                             f"the target")
+        if kind == s3_factory.CHECKSUM:
+            return UserError(f"{self.url}: the store rejected an upload whose checksum did not "
+                             f"match while {doing}; the local file changed or was corrupted in "
+                             f"transit; rerun")
+        if code:
+            msg = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
             return UserError(f"{self.url}: S3 error {code} while {doing}: {msg}")
         if isinstance(exc, OSError):
             return HostUnreachable(f"{self.url}: connection problem while {doing} ({exc})")
