@@ -134,6 +134,15 @@ model_name = _not_empty("name the registered model, or leave --model-name out to
 actor = _not_empty("name who acts, or leave --actor out", then=free_text)
 
 
+def add_rollback(p) -> None:
+    """The flags of both rollbacks (``registry rollback``, ``sync rollback``): what to and why."""
+    p.add_argument("--to", type=version_number, metavar="N", help="roll back to this version")
+    p.add_argument("--reason", type=free_text, help="why (recorded; default 'rollback requested')")
+    p.add_argument("--actor", type=actor, help="who is rolling back (outside CircleCI; default: the OS user)")
+    p.add_argument("--force", action="store_true",
+                   help="allow a version that did not pass the gate (needs --reason)")
+
+
 def add_model_name(p) -> None:
     p.add_argument("--model-name", metavar="NAME", type=model_name,
                    help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")

@@ -89,12 +89,7 @@ def register(sub) -> None:
                     "It is a promotion like any other (same checks, same records), marked as a "
                     "rollback with its reason. Deploy it with `mlops sync deploy`.",
         epilog=_ENV_EPILOG)
-    rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
-    rb.add_argument("--reason", type=flags.free_text, help="why (recorded; default 'rollback requested')")
-    rb.add_argument("--actor", type=flags.actor,
-                    help="who is rolling back (outside CircleCI; default: the OS user)")
-    rb.add_argument("--force", action="store_true",
-                    help="allow a version that did not pass the gate (needs --reason)")
+    flags.add_rollback(rb)
     flags.add_model_name(rb)
     flags.add_json(rb)
     rb.set_defaults(func=cmd_rollback)

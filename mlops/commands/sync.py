@@ -204,12 +204,7 @@ def register(sub) -> None:
                                   "Prints the time from the start of the command until the old outputs "
                                   "answer on the unversioned route.",
                       epilog=_ENV)
-    rb.add_argument("--to", type=flags.version_number, metavar="N", help="roll back to this version")
-    rb.add_argument("--reason", type=flags.free_text, help="why (recorded; default 'rollback requested')")
-    rb.add_argument("--actor", type=flags.actor,
-                    help="who is rolling back (outside CircleCI; default: the OS user)")
-    rb.add_argument("--force", action="store_true",
-                    help="allow a version that did not pass the gate (needs --reason)")
+    flags.add_rollback(rb)
     _deploy_flags(rb)
     _common(rb)
     rb.set_defaults(func=cmd_rollback)
