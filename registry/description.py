@@ -30,6 +30,7 @@ from mlops_common.text import markdown_text, printable
 from . import tags as T
 from . import versions
 from .ledger import Entry, Ledger
+from .promotion_rules import version_label
 from .rest import rest
 
 _log = log.get("registry.description")
@@ -60,8 +61,8 @@ ledger (`MLOPS_LEDGER_URL`; `mlops registry history`). Each version's descriptio
 from it at every step."""
 
 
-def _v(x) -> str:
-    return "none" if x is None else f"v{x}"
+def _v(version) -> str:
+    return version_label(version, "none")
 
 
 def _cell(text) -> str:

@@ -10,6 +10,7 @@ from mlops_common.text import printable
 
 from . import tags as T
 from .ledger import Entry
+from .promotion_rules import version_label
 
 
 def age(then: datetime, now: datetime | None = None) -> str:
@@ -31,8 +32,8 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-def _v(x) -> str:
-    return "none" if x is None else f"v{x}"
+def _v(version) -> str:
+    return version_label(version, "none")
 
 
 def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | None = None,

@@ -33,6 +33,7 @@ from .promotion_rules import (
     ledger_production,
     reconcile_rows,
     rollback_choice,
+    version_label,
 )
 from .provenance import Provenance, given
 
@@ -143,8 +144,7 @@ def _production_or_unknown(model: str):
         return _UNKNOWN
 
 
-def _v(version) -> str:
-    return "(none)" if version is None else f"v{version}"
+_v = version_label
 
 
 def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -> Entry:

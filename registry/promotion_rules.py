@@ -264,8 +264,12 @@ def open_intents(entries: Iterable[Entry]) -> list[Entry]:
     return [e for e in entries if e.action == "intent" and e.outcome == "pending" and e.id not in closed]
 
 
-def _v(version: int | None) -> str:
-    return "(none)" if version is None else f"v{version}"
+def version_label(version: int | None, none: str = "(none)") -> str:
+    """``v3``, or ``none`` for no version: how every registry message names a version."""
+    return none if version is None else f"v{version}"
+
+
+_v = version_label
 
 
 @dataclass(frozen=True)
