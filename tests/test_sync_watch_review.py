@@ -234,3 +234,13 @@ def test_watch_once_stops_its_deploy_at_the_first_sigterm_and_exits_130(deploy_e
     assert "interrupted" in done.stderr
     env.serves(host, v1)                                  # put back: the deploy did not finish
     assert env.production() == v2                         # not the version's fault
+
+
+@pytest.mark.parametrize("extra", [("--secret-env", "HOOK_SECRET"), ("--webhook-host", "0.0.0.0")])
+def test_webhook_flags_without_a_webhook_port_are_refused_not_ignored(extra):
+    from tests.helpers import run_mlops
+
+    r = run_mlops("sync", "watch", "--once", *extra)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"error: {extra[0]} only apply to the webhook receiver: add --webhook-port PORT "
+                                f"(without it the watch only polls)"), r.stderr

@@ -223,9 +223,9 @@ def register(sub) -> None:
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
     w.add_argument("--webhook-port", type=flags.port, metavar="PORT",
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
-    w.add_argument("--webhook-host", type=flags.bind_address, default="127.0.0.1", metavar="ADDR",
+    w.add_argument("--webhook-host", type=flags.bind_address, metavar="ADDR",
                    help="address to bind the receiver to (default 127.0.0.1)")
-    w.add_argument("--secret-env", default="MLOPS_WEBHOOK_SECRET", metavar="VAR",
+    w.add_argument("--secret-env", metavar="VAR",
                    help="the environment variable holding the webhook's HMAC secret, as given to "
                         "`registry webhook create --secret-env` (default MLOPS_WEBHOOK_SECRET)")
     _deploy_flags(w)
@@ -448,7 +448,7 @@ def _start_receiver(args, model: str, reconcile, watcher):
     """The webhook endpoint of ``sync watch``: a verified event wakes the loop at once."""
     from serving_sync.webhook import Receiver
 
-    name = args.secret_env
+    name = args.secret_env or "MLOPS_WEBHOOK_SECRET"
     secret = settings.named_secret(name)
     if not secret:
         raise ConfigError(f"--webhook-port needs {name} (the HMAC secret of the MLflow webhook, the "
@@ -459,11 +459,11 @@ def _start_receiver(args, model: str, reconcile, watcher):
         watcher.trigger("webhook")
 
     try:
-        receiver = Receiver(secret, model, on_event, host=args.webhook_host, port=args.webhook_port,
+        receiver = Receiver(secret, model, on_event, host=args.webhook_host or "127.0.0.1", port=args.webhook_port,
                             secret_env=name).start()
     except OSError as exc:           # a port in use, or a host name that does not resolve to this machine
         busy = exc.errno in (errno.EADDRINUSE, errno.EACCES)
-        raise ConfigError(f"cannot listen on {args.webhook_host}:{args.webhook_port} "
+        raise ConfigError(f"cannot listen on {args.webhook_host or '127.0.0.1'}:{args.webhook_port} "
                           f"({exc.strerror or exc}); choose another "
                           f"{'--webhook-port' if busy else '--webhook-host (an address of this machine)'}") from None
     print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
@@ -474,6 +474,10 @@ def cmd_watch(args) -> int:
     from serving_sync.watch import FleetReconciler, Watcher
 
     model = settings.model_name(args.model_name)
+    if args.webhook_port is None and (given := [f for f, v in (("--webhook-host", args.webhook_host),
+                                                               ("--secret-env", args.secret_env)) if v]):
+        raise ConfigError(f"{' and '.join(given)} only apply to the webhook receiver: add --webhook-port PORT "
+                          f"(without it the watch only polls)")
     reconcile = FleetReconciler(model, _hosts(args), _deploy_options(args), lock_wait=args.lock_wait,
                                 break_lock=args.break_lock)
     watcher = Watcher(reconcile, interval=args.interval, max_seconds=args.max_seconds, once=args.once)
