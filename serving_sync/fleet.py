@@ -316,32 +316,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 result.switched.extend(names)
                 entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
                 if baker is not None and not last and (i == 0 or opts.bake_each_wave):
-                    b0 = time.monotonic()
-                    try:
-                        verdicts = baker.judge(wave, [by_name[n] for w in shape.waves[i + 1:] for n in w])
-                    except BaseException as exc:
-                        raise _fail(result, recorder, wave[0], runs, exc, step="bake") from None
-                    entry["bake"] = [vd.to_dict() for vd in verdicts]
-                    entry["bake_seconds"] = round(time.monotonic() - b0, 3)
-                    result.bake.extend(entry["bake"])
-                    for vd in verdicts:
-                        logger.info("%s", vd.line)
-                    bad = [vd for vd in verdicts if not vd.passed]
-                    if bad:
-                        result.waves.append(entry)
-                    try:
-                        recorder.record_all([recorder.entry("canary", "passed" if vd.passed else "failed",
-                                                            host=vd.host, from_version=by_name[vd.host].plan.current,
-                                                            to_version=v, reason=vd.line, details=vd.to_dict())
-                                             for vd in verdicts])
-                    except BaseException as exc:
-                        if not bad:
-                            raise _fail(result, recorder, wave[0], runs, exc, step="record") from None
-                        logger.warning("could not record the canary verdicts in the ledger (%s)",
-                                       getattr(exc, "message", exc))
-                    if bad:            # a breach stays a breach when its rows could not be written
-                        raise _fail(result, recorder, by_name[bad[0].host], runs, CanaryFailed(bad[0]),
-                                    step="bake")
+                    _bake(result, recorder, baker, wave, [by_name[n] for w in shape.waves[i + 1:] for n in w],
+                          runs, entry)
                 result.waves.append(entry)
             if runs and result.source == "production" and (moved := _moved_meanwhile(model, v)) is not None:
                 raise _fail(result, recorder, runs[0], runs, moved, step="production")
@@ -364,6 +340,38 @@ def _still_production(model: str, v: int) -> None:
     now = versions.production_version(model)
     if now != v:
         raise ProductionMoved(model, v, now)
+
+
+def _bake(result: FleetResult, recorder, baker: Baker, wave: list[HostRun], later: list[HostRun],
+          runs: list[HostRun], entry: dict) -> None:
+    """Judge the hosts of ``wave`` on their live traffic (``later``: hosts still on the old version,
+    the baseline) and record the verdicts as ``canary`` rows; a breach puts every host back
+    (raises). ``entry``: the wave's ``--json`` record, given the bake's figures."""
+    b0 = time.monotonic()
+    try:
+        verdicts = baker.judge(wave, later)
+    except BaseException as exc:
+        raise _fail(result, recorder, wave[0], runs, exc, step="bake") from None
+    entry["bake"] = [vd.to_dict() for vd in verdicts]
+    entry["bake_seconds"] = round(time.monotonic() - b0, 3)
+    result.bake.extend(entry["bake"])
+    for vd in verdicts:
+        logger.info("%s", vd.line)
+    bad = [vd for vd in verdicts if not vd.passed]
+    if bad:
+        result.waves.append(entry)
+    by_name = {r.host.name: r for r in runs}
+    try:
+        recorder.record_all([recorder.entry("canary", "passed" if vd.passed else "failed", host=vd.host,
+                                            from_version=by_name[vd.host].plan.current, to_version=result.version,
+                                            reason=vd.line, details=vd.to_dict())
+                             for vd in verdicts])
+    except BaseException as exc:
+        if not bad:
+            raise _fail(result, recorder, wave[0], runs, exc, step="record") from None
+        logger.warning("could not record the canary verdicts in the ledger (%s)", getattr(exc, "message", exc))
+    if bad:            # a breach stays a breach when its rows could not be written
+        raise _fail(result, recorder, by_name[bad[0].host], runs, CanaryFailed(bad[0]), step="bake")
 
 
 def _moved_meanwhile(model: str, v: int) -> ProductionMoved | None:
