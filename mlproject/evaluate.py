@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlops_common.errors import ConfigError
+from registry import artifacts
 from registry import tags as version_tags
 
 from . import metrics
@@ -128,5 +129,5 @@ def log_to_active_project_run(evaluation: Evaluation) -> str | None:
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in evaluation.run_metrics().items()],
                          tags=[RunTag("evaluated_model_uri", evaluation.model_uri),
                                RunTag("dataset.name", evaluation.dataset)])
-        client.log_dict(run_id, evaluation.to_dict(), "evaluation/heldout.json")
+        client.log_dict(run_id, evaluation.to_dict(), artifacts.HELDOUT)
     return run_id

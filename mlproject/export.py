@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from registry import artifacts
+
 SIGNATURE = "serving_default"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000        # TF Serving refuses to load a version whose file has more
@@ -87,9 +89,9 @@ def golden_set(saved_model_dir: Path, images: np.ndarray) -> dict[str, dict]:
     request = predict_request(images)
     sent = np.asarray(request["instances"], dtype=np.float32)
     return {
-        "request.json": request,
-        "response.json": predict_response(run_saved_model(saved_model_dir, sent)),
-        "signature.json": normalize_signature(signature_defs(saved_model_dir)),
+        artifacts.golden_file("request"): request,
+        artifacts.golden_file("response"): predict_response(run_saved_model(saved_model_dir, sent)),
+        artifacts.golden_file("signature"): normalize_signature(signature_defs(saved_model_dir)),
     }
 
 

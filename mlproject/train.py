@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mlops_common import lineage, log
 from mlops_common.errors import ConfigError
+from registry import artifacts
 from registry import tags as T
 
 from . import export, tracking, validation
@@ -188,17 +189,17 @@ def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluat
     mlflow.log_figure(plots.confusion_matrix_figure(
         cm, f"{data.dataset} held-out (n={len(data.heldout)}, acc={evaluation.accuracy:.3f})"),
         "plots/confusion_matrix.png")
-    mlflow.log_dict(evaluation.to_dict(), "evaluation/heldout.json")
+    mlflow.log_dict(evaluation.to_dict(), artifacts.HELDOUT)
     with tempfile.TemporaryDirectory(prefix="mlops-export-") as tmp:
-        saved = export.export_saved_model(model, Path(tmp) / "tfserving")
+        saved = export.export_saved_model(model, Path(tmp) / artifacts.TFSERVING)
         golden = export.golden_set(saved, data.heldout.images[:GOLDEN_SIZE])
-        export.write_warmup_requests(saved, golden["request.json"])   # TF Serving warms every load
-        (Path(tmp) / "golden").mkdir()
+        export.write_warmup_requests(saved, golden[artifacts.golden_file("request")])   # TF Serving warms every load
+        (Path(tmp) / artifacts.GOLDEN).mkdir()
         for name, doc in golden.items():
-            (Path(tmp) / "golden" / name).write_text(json.dumps(doc) + "\n")
+            (Path(tmp) / artifacts.GOLDEN / name).write_text(json.dumps(doc) + "\n")
         files = bundle_hashes.tree_files(tmp)
-        mlflow.log_artifacts(str(saved), "tfserving")
-        mlflow.log_artifacts(str(Path(tmp) / "golden"), "golden")
+        mlflow.log_artifacts(str(saved), artifacts.TFSERVING)
+        mlflow.log_artifacts(str(Path(tmp) / artifacts.GOLDEN), artifacts.GOLDEN)
     return files
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from mlops_common import log
 from mlops_common.errors import ConfigError
 
-PARTS = ("tfserving", "golden")
+from . import artifacts
+
+PARTS = artifacts.PARTS
 _log = log.get("registry.bundle_hashes")
 
 

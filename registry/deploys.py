@@ -9,7 +9,7 @@ record); every deploy / smoke_test / host_rollback / canary row goes through ``D
 """
 from __future__ import annotations
 
-from . import tags, versions
+from . import artifacts, tags, versions
 from .ledger import Entry, Ledger
 from .promotion_rules import (
     MOVES,
@@ -123,7 +123,7 @@ def saved_model_size(model: str, version: int) -> int | None:
         info = versions.get_version(model, version)
         if not info.run_id or not MlflowRest.proxied(artifact_root(info.run_id)):
             return None
-        files = rest().artifact_files(info.run_id, "tfserving", what=f"listing v{version} of '{model}'")
+        files = rest().artifact_files(info.run_id, artifacts.TFSERVING, what=f"listing v{version} of '{model}'")
     except UserError:
         return None
     return sum(f["file_size"] for f in files)

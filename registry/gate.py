@@ -19,7 +19,7 @@ from typing import Callable
 from mlops_common import log, strict_json
 from mlops_common.errors import ConfigError, RefusedError
 
-from . import description, gate_html, gate_report, signature, tags, versions
+from . import artifacts, description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, decide, summary
 from .ledger import Entry, Ledger
 from .promotion_rules import ledger_production
@@ -27,7 +27,7 @@ from .provenance import Provenance
 
 Evaluate = Callable[[int, "str | None"], dict]
 _log = log.get("registry.gate")
-SIGNATURE_ARTIFACT = "golden/signature.json"
+SIGNATURE_ARTIFACT = artifacts.golden_path("signature")
 
 
 @dataclass
@@ -132,9 +132,9 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
     if report_dir:
         write_report_files(Path(report_dir), md, report, page)
     if info.run_id:
-        versions.log_run_text(info.run_id, md, "gate/report.md")
-        versions.log_run_text(info.run_id, strict_json.dumps(report, indent=2), "gate/report.json")
-        versions.log_run_text(info.run_id, page, "gate/report.html")
+        versions.log_run_text(info.run_id, md, f"{artifacts.GATE_REPORT}.md")
+        versions.log_run_text(info.run_id, strict_json.dumps(report, indent=2), f"{artifacts.GATE_REPORT}.json")
+        versions.log_run_text(info.run_id, page, f"{artifacts.GATE_REPORT}.html")
     status = "passed" if verdict.passed else "failed"
     # one tag for the versions list; accuracy, baseline, failed rules, when: the ledger row below
     # and the description rebuilt from it

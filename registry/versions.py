@@ -22,7 +22,7 @@ from pathlib import Path
 from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
 
-from . import bundle_hashes
+from . import artifacts, bundle_hashes
 from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .rest import MlflowRest, rest
@@ -247,7 +247,7 @@ def run_artifact_json(run_id: str, path: str) -> dict | None:
     return None if data is None else _artifact_doc(data, run_id, path)
 
 
-GOLDEN_NAMES = ("request", "response", "signature")
+GOLDEN_NAMES = artifacts.GOLDEN_NAMES
 
 
 def golden_set(model: str, version) -> dict[str, dict]:
@@ -260,13 +260,13 @@ def golden_set(model: str, version) -> dict[str, dict]:
                             f"set; register versions with mlops train")
     raw = {}
     for name in GOLDEN_NAMES:
-        data = run_artifact_bytes(info.run_id, f"golden/{name}.json")
+        data = run_artifact_bytes(info.run_id, artifacts.golden_path(name))
         if data is None:
             raise NotFoundError(f"version {info.version} of '{model}': golden/{name}.json is missing from "
                                 f"its run's artifacts; re-train and register it")
-        raw[f"golden/{name}.json"] = data
+        raw[artifacts.golden_path(name)] = data
     bundle_hashes.check_files(model, info.version, raw)
-    return {name: _artifact_doc(raw[f"golden/{name}.json"], info.run_id, f"golden/{name}.json")
+    return {name: _artifact_doc(raw[artifacts.golden_path(name)], info.run_id, artifacts.golden_path(name))
             for name in GOLDEN_NAMES}
 
 
@@ -309,9 +309,9 @@ def download_bundle(model: str, version, dest) -> Bundle:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    saved = {path.removeprefix("tfserving/"): sha for path, sha in (hashes or {}).items()
-             if path.startswith("tfserving/")}
-    return Bundle(saved_model_dir=dest / "tfserving", golden_request=bundle.golden_request,
+    saved = {path.removeprefix(f"{artifacts.TFSERVING}/"): sha for path, sha in (hashes or {}).items()
+             if path.startswith(f"{artifacts.TFSERVING}/")}
+    return Bundle(saved_model_dir=dest / artifacts.TFSERVING, golden_request=bundle.golden_request,
                   golden_response=bundle.golden_response, signature=bundle.signature,
                   sha256=saved if hashes is not None else None)
 
@@ -353,15 +353,15 @@ def _download_proxied(info: VersionInfo, root: str, into: Path, what: str) -> No
 
 def _read_bundle(root: Path, model: str, version: int) -> Bundle:
     where = f"version {version} of '{model}'"
-    if not (root / "tfserving" / "saved_model.pb").is_file():
+    if not (root / artifacts.TFSERVING / "saved_model.pb").is_file():
         raise NotFoundError(f"{where}: tfserving/ has no saved_model.pb; it is not a SavedModel")
     docs = {}
     for name in GOLDEN_NAMES:
-        path = root / "golden" / f"{name}.json"
+        path = root / artifacts.golden_path(name)
         if not path.is_file():
             raise NotFoundError(f"{where}: golden/{name}.json is missing from its run's artifacts")
         try:
             docs[name] = json.loads(path.read_text())
         except ValueError:
             raise ConfigError(f"{where}: golden/{name}.json is not valid JSON") from None
-    return Bundle(root / "tfserving", docs["request"], docs["response"], docs["signature"])
+    return Bundle(root / artifacts.TFSERVING, docs["request"], docs["response"], docs["signature"])
