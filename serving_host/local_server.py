@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 
 DESCRIPTION = """\
@@ -53,6 +54,23 @@ def _bool(text: str) -> bool:
     if t in ("0", "false", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+# TF Serving flags (model_servers/main.cc) that the local server takes and ignores, with one log
+# line each, so a production command line starts it instead of exiting on "unrecognized arguments".
+NO_EFFECT_FLAGS = (
+    "batching_parameters_file", "enable_batching", "enable_per_model_batching_parameters",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
+    "grpc_channel_arguments", "grpc_max_threads", "grpc_socket_path", "enable_grpc_healthcheck_service",
+    "ssl_config_file", "use_alts_credentials",
+    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+    "tensorflow_session_config_file", "thread_pool_factory_config_file", "num_unload_threads",
+    "saved_model_tags", "platform_config_file", "flush_filesystem_caches",
+    "remove_unused_fields_from_bundle_metagraph", "enable_serialization_as_tensor_content", "mixed_precision",
+    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled", "per_process_gpu_memory_fraction",
+    "skip_initialize_tpu", "enable_signature_method_name_check", "enable_profiler",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind_address", default="127.0.0.1", metavar="ADDR",
                    help="address both ports listen on (local server only; real TF Serving listens on "
                         "all interfaces) (default: 127.0.0.1)")
+    ignored = p.add_argument_group("TF Serving flags taken and ignored (logged at start)",
+                                   textwrap.fill(" ".join(f"--{n}" for n in NO_EFFECT_FLAGS), 92))
+    for name in NO_EFFECT_FLAGS:
+        ignored.add_argument(f"--{name}", nargs="?", const="true", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -151,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("serving_host")
     log.info("Local TF-Serving-compatible server (not TensorFlow Serving; production uses "
              "tensorflow/serving) starting")
+    for name in NO_EFFECT_FLAGS:
+        if getattr(args, name) is not None:
+            log.warning("--%s=%s has no effect in the local server (TF Serving uses it)", name, getattr(args, name))
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -261,7 +261,7 @@ class Manager:
         for e in entries:
             error, found = None, {}
             try:
-                found = discover(os.listdir(e.base_path))
+                found = discover(os.listdir(e.base_path), log.warning)
             except FileNotFoundError:
                 error = invalid_argument(f"Could not find base path {e.base_path} for servable {e.name}")
             except NotADirectoryError:

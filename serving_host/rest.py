@@ -238,11 +238,35 @@ def status_response(manager: Manager, name: str, version: int | None):
 # --------------------------------------------------------------------------------------------
 # transport
 # --------------------------------------------------------------------------------------------
+MAX_UNCOMPRESSED_BYTES = 100 * 1024 * 1024   # net_http's ZLib::kMaxUncompressedBytes
+
+
+def gunzip(data: bytes, limit: int = MAX_UNCOMPRESSED_BYTES) -> bytes:
+    """A gzip body uncompressed, as TF Serving's HTTP server does for ``Content-Encoding: gzip``
+    (``EvHTTPRequest::ReadRequestGzipBytes``, on by default): a body that does not uncompress, or
+    that would be over ``limit`` bytes, reads as empty (TF Serving logs "Failed to uncompress the
+    gzipped body" and hands the handler no body). Bounded: a small bomb never inflates past it."""
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        log.error("Got zlib error: %s", exc)
+        return b""
+    if len(out) > limit or not inflater.eof:
+        log.error("Failed to uncompress the gzipped body")
+        return b""
+    return out
+
+
 class _Body:
-    """Reads a request body on demand, at most ``limit`` bytes; remembers if it was read."""
+    """Reads a request body on demand, at most ``limit`` bytes; remembers if it was read. A
+    ``Content-Encoding`` holding ``gzip`` is uncompressed (``gunzip``)."""
 
     def __init__(self, headers, rfile, limit: int):
         self.rfile, self.limit = rfile, limit
+        self.gzip = "gzip" in headers.get("Content-Encoding", "")     # absl::StrContains: case matters
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         self.length = int(headers.get("Content-Length") or 0)  # ValueError -> 400
         if self.length < 0:
@@ -250,6 +274,10 @@ class _Body:
         self.consumed = not self.chunked and self.length == 0
 
     def read(self) -> bytes:
+        data = self._read()
+        return gunzip(data) if self.gzip and data else data
+
+    def _read(self) -> bytes:
         self.consumed = True
         if self.chunked:
             return self._read_chunked()

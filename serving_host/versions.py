@@ -44,17 +44,22 @@ def parse_version(name: str) -> int | None:
     return value
 
 
-def discover(children: list[str]) -> dict[int, str]:
+def discover(children: list[str], warn=None) -> dict[int, str]:
     """Map version number -> child name for the numeric children of a base path.
 
-    When two names parse to the same number (``7`` and ``007``) the lexicographically first
-    name is kept, so the result does not depend on listing order.
+    ``IndexChildrenByVersion``: the children in sorted order (TF Serving lists them into a
+    ``std::set``), a later name for the same number replacing an earlier one — of ``007`` and
+    ``7`` the version is loaded from ``7`` — with TF Serving's warning passed to ``warn``.
     """
     found: dict[int, str] = {}
     for child in sorted(children):
         v = parse_version(child)
-        if v is not None and v not in found:
-            found[v] = child
+        if v is None:
+            continue
+        if v in found and warn is not None:
+            warn(f"Duplicate version directories detected. Version {v} will be loaded from {child}, "
+                 f"{found[v]} will be ignored.")
+        found[v] = child
     return found
 
 

@@ -39,10 +39,25 @@ def server(tfserving_session_factory, tmp_path_factory):
     srv = tfserving_session_factory(
         tmp_path_factory.mktemp("edges-serving"), CONFIG, grpc=False,
         extra_args=(f"--rest_api_socket_timeout_seconds={SOCKET_TIMEOUT}",
-                    f"--rest_api_num_threads={THREADS}", f"--rest_api_max_body_bytes={MAX_BODY}"))
+                    f"--rest_api_num_threads={THREADS}", f"--rest_api_max_body_bytes={MAX_BODY}",
+                    *PRODUCTION_ONLY_FLAGS))
     srv.wait_for_state("default", 123, "AVAILABLE")
     yield srv
     srv.stop()
+
+
+# TF Serving flags a production command line carries that the local server does not implement: it
+# exited on "unrecognized arguments"; it takes them and says, once each, that they do nothing here
+PRODUCTION_ONLY_FLAGS = ("--enable_batching", "--rest_api_timeout_in_ms=1000",
+                         "--tensorflow_intra_op_parallelism=2", "--grpc_max_threads=4")
+
+
+def test_tf_serving_flags_it_does_not_implement_are_taken_and_logged(server):
+    log = server.log()
+    for flag in PRODUCTION_ONLY_FLAGS:
+        name, _, value = flag.removeprefix("--").partition("=")
+        assert f"--{name}={value or 'true'} has no effect in the local server (TF Serving uses it)" in log, log[-2000:]
+    assert _predict(server, {"instances": [1.0]}).json() == {"predictions": [2.5]}
 
 
 def _predict(srv, body=None, *, raw: bytes | None = None, model: str = "default",

@@ -327,3 +327,21 @@ def test_keep_alive_serves_many_requests_on_one_connection(server):
             assert conn.sock is sock  # the same TCP connection every time
     finally:
         conn.close()
+
+
+def test_a_gzip_body_is_uncompressed_like_tf_serving(server):
+    """TF Serving's HTTP server uncompresses a body whose Content-Encoding holds "gzip"
+    (evhttp_request.cc ReadRequestGzipBytes, on by default, at most 100 MB); the local server read
+    the compressed bytes as JSON ("Invalid encoding in string")."""
+    import gzip
+
+    body = json.dumps({"instances": [1.0, 2.0]}).encode()
+    r = requests.post(f"{server.rest_url}/v1/models/{M2}:predict", data=gzip.compress(body),
+                      headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}, timeout=30)
+    assert (r.status_code, r.json()) == (200, {"predictions": [2.5, 3.0]})
+    # not gzip after all, or more than 100 MB once uncompressed: TF Serving hands on no body
+    bomb = gzip.compress(b" " * (100 * 1024 * 1024 + 1), compresslevel=9)
+    for data in (b"not gzip at all", bomb):
+        r = requests.post(f"{server.rest_url}/v1/models/{M2}:predict", data=data,
+                          headers={"Content-Encoding": "gzip"}, timeout=60)
+        assert r.status_code == 400 and error_of(r).startswith("JSON Parse error: The document is empty"), r.text

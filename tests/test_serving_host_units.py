@@ -31,8 +31,10 @@ def test_parse_version_limits():
 
 
 def test_same_number_twice_keeps_a_stable_name():
-    assert discover(["007", "7"]) == {7: "007"}
-    assert discover(["7", "007"]) == {7: "007"}
+    warned: list[str] = []
+    assert discover(["007", "7"], warned.append) == {7: "7"}        # TF Serving: the later name wins
+    assert discover(["7", "007"]) == {7: "7"}
+    assert warned == ["Duplicate version directories detected. Version 7 will be loaded from 7, 007 will be ignored."]
 
 
 @pytest.mark.parametrize("policy, expected", [
