@@ -60,12 +60,16 @@ def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry |
 
 class DeployLedger:
     """Ledger rows for deploy / smoke_test / host_rollback / canary, with who and which pipeline
-    (``provenance``; default: the OS user in this job)."""
+    (``provenance``; default: the OS user in this job). One instance per deploy: its
+    ``deploy_id`` is on every row it writes (``details.deploy``)."""
 
     def __init__(self, model: str, ledger: Ledger | None = None, provenance: Provenance | None = None):
+        import uuid
+
         self.model = model
         self.ledger = ledger or Ledger()
         self.provenance = provenance or Provenance.from_environment()
+        self.deploy_id = uuid.uuid4().hex[:16]   # on every row: a put-back undoes only its own deploy's rows
 
     def __call__(self, action: str, outcome: str, **fields) -> None:
         """Write one row now (``fields`` as for ``entry``)."""
@@ -75,7 +79,8 @@ class DeployLedger:
               reason=None, details=None) -> Entry:
         """One row as it would be written (for ``record_all``)."""
         return Entry(action=action, model=self.model, outcome=outcome, host=host, from_version=from_version,
-                     to_version=to_version, reason=reason, details=details or {}, **self.provenance.row())
+                     to_version=to_version, reason=reason, details={**(details or {}), "deploy": self.deploy_id},
+                     **self.provenance.row())
 
     def record_all(self, entries: list[Entry]) -> None:
         """Rows of several hosts (a wave's deploys, a fleet's host rollbacks) in one transaction."""

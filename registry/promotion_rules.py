@@ -111,7 +111,7 @@ def judged(e: Entry) -> bool:
     return not (e.outcome == "failed" and (e.details or {}).get("registry_unchanged"))
 
 
-PARTIAL, PUT_BACK = "partial", "put_back"
+PARTIAL, PUT_BACK, MOVED = "partial", "put_back", "moved"
 
 
 def deploy_verdict(e: Entry) -> str | None:
@@ -128,43 +128,54 @@ def deploy_verdict(e: Entry) -> str | None:
     return PUT_BACK if details.get("switched_put_back") else None
 
 
-def latest_deploys(entries: Iterable[Entry]) -> dict[int, str]:
-    """Each version's latest ``deploy_verdict``: only ``ok`` means the fleet served it (a canary
-    that was put back, or a rollout that stopped after its canary, is not a version the fleet
-    served, so no rollback goes to it and restoring it stages the rollout again)."""
+def _verdicts(entries: Iterable[Entry], *, moves: bool) -> dict[int, str]:
+    """Each version's newest verdict (``deploy_verdict``; with ``moves``, an ok promotion or
+    rollback to it is ``moved``). A put-back undoes the rows of its own deploy (``details.deploy``,
+    the id every row of one ``mlops sync deploy`` carries): the version's verdict goes back to what
+    it was before that deploy's first row — an earlier full rollout stays ``ok``, an earlier
+    failure ``failed``; with nothing before, ``put_back``."""
     out: dict[int, str] = {}
-    before: dict[int, str | None] = {}      # the verdict before the newest run of ok rows
+    before: dict[tuple[int, str], str | None] = {}
     for e in entries:
-        if e.action != "deploy" or e.to_version is None or (verdict := deploy_verdict(e)) is None:
-            continue
         v = e.to_version
-        if verdict in ("ok", PARTIAL) and out.get(v) not in ("ok", PARTIAL):
-            before[v] = out.get(v)
-        elif verdict == PUT_BACK and before.get(v) == "failed":
-            verdict = "failed"   # undoing its own ok rows does not undo another deploy's failure before them
+        if v is None:
+            continue
+        if e.action in MOVES:
+            if moves and e.outcome == "ok":
+                out[v] = MOVED
+            continue
+        if e.action != "deploy" or (verdict := deploy_verdict(e)) is None:
+            continue
+        run = (e.details or {}).get("deploy")
+        if run is not None:
+            before.setdefault((v, run), out.get(v))
+        if verdict == PUT_BACK:
+            prior = before.get((v, run)) if run is not None else None
+            verdict = prior if prior in ("ok", "failed", MOVED) else PUT_BACK
         out[v] = verdict
     return out
 
 
+def latest_deploys(entries: Iterable[Entry]) -> dict[int, str]:
+    """Each version's deploy verdict (``_verdicts``): only ``ok`` means the fleet served it (a
+    canary that was put back, or a rollout that stopped after its canary, is not a version the
+    fleet served, so no rollback goes to it and restoring it stages the rollout again)."""
+    return _verdicts(entries, moves=False)
+
+
 def last_verdict(entries: Iterable[Entry], version: int) -> str | None:
-    """The newest of an ok move of ``production`` to ``version`` (a promotion or a rollback to it:
-    ``moved``) and a failed ``deploy`` of it that blamed it (``failed``); None: neither. A failure
-    that left the registry unchanged does not count (``judged``)."""
-    last = None
-    for e in entries:
-        if e.to_version != version or e.outcome not in ("ok", "failed"):
-            continue
-        if e.action in MOVES and e.outcome == "ok":
-            last = "moved"
-        elif e.action == "deploy" and e.outcome == "failed" and judged(e):
-            last = "failed"
-    return last
+    """The newest of: an ok move of ``production`` to ``version`` (a promotion or a rollback to it:
+    ``moved``), a deploy of it that finished (``ok``), one that blamed it (``failed``), one that
+    did not finish (``partial``, ``put_back``); None: none of these. A failure that left the
+    registry unchanged does not count (``judged``)."""
+    return _verdicts([e for e in entries if e.to_version == version], moves=True).get(version)
 
 
 def failed_after_promotion(entries: Iterable[Entry], version: int) -> bool:
-    """Did a deploy fail ``version`` after it last moved into production (``last_verdict``)? No
-    row at all: yes (the caller's ``deploy_status=failed`` tag alone says it failed)."""
-    return last_verdict(entries, version) != "moved"
+    """Did a deploy fail ``version`` after it last moved into production or last deployed fully
+    (``last_verdict``)? No row at all: yes (the caller's ``deploy_status=failed`` tag alone says
+    it failed)."""
+    return last_verdict(entries, version) not in (MOVED, "ok")
 
 
 def failed_deploys(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]]) -> set[int]:

@@ -156,23 +156,25 @@ class FleetReconciler:
     because of the version (recorded since its last promotion) is skipped until it is promoted
     again or production moves; a failure that does not blame the version is retried next pass; a
     named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on.
-    Hosts that already serve production while the registry does not say it was deployed (a deploy
-    killed after its switch) go through ``fleet.deploy`` once, which records it, as ``mlops sync
-    deploy`` would."""
+    Hosts that already serve production while the version has no ``deploy_status`` at all (a
+    deploy killed after its switch) go through ``fleet.deploy`` once, which records it, as ``mlops
+    sync deploy`` would; once per version in a watch (a registry refusing the tag is not asked at
+    every pass), and never over a status another deploy wrote."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
-                 recorded: Callable[[int], bool] | None = None, deployed: Callable[[int], bool] | None = None):
+                 recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None):
         from registry import deploys
 
         if recorded is None:
             def recorded(v: int) -> bool:
                 return deploys.failed_since_promoted(model, v)
-        if deployed is None:
-            def deployed(v: int) -> bool:
-                return deploys.status(model, v) == deploys.DEPLOYED
+        if status_known is None:
+            def status_known(v: int) -> bool:       # any status: a deploy recorded what it did
+                return deploys.status(model, v) not in (None, "", "none")
         self.model, self.hosts, self.opts, self.lock_wait = model, hosts, opts, lock_wait
         self.failed = FailedVersions(recorded=recorded)
-        self.deployed = deployed
+        self.status_known = status_known
+        self._record_tried: set[int] = set()
         self._break_lock = break_lock
 
     def __call__(self) -> tuple[str, int | None, str]:
@@ -183,12 +185,15 @@ class FleetReconciler:
         fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts)
         if fp.errors:
             return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
-        if fp.up_to_date and self.deployed(fp.version):
+        if fp.up_to_date and (fp.version in self._record_tried or self.status_known(fp.version)):
             return "up_to_date", fp.version, f"hosts serve v{fp.version}"
-        if not fp.up_to_date and self.failed.skip(fp.version):
+        recording = fp.up_to_date         # a deploy killed after its switch: deploy records it, once
+        if recording:
+            self._record_tried.add(fp.version)
+        elif self.failed.skip(fp.version):
             return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
                                            f"last promotion); waiting for production to move")
-        token, self._break_lock = self._break_lock, None      # up to date: deploy records it, changing nothing
+        token, self._break_lock = self._break_lock, None
         try:
             r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait)
         except DeployFailed as exc:
@@ -196,6 +201,12 @@ class FleetReconciler:
             if result is None or result.blames_version:     # a host or the network: the next pass retries
                 self.failed.add(fp.version)
             return "failed", fp.version, exc.message
+        except UserError as exc:
+            if not recording:
+                raise
+            logger.warning("hosts serve v%d, but it could not be recorded as deployed (%s); `mlops sync "
+                           "deploy` records it", fp.version, exc.message)
+            return "up_to_date", fp.version, f"hosts serve v{fp.version} (not recorded: {exc.message})"
         return r.status, r.version, r.message
 
     def production_moved(self, event: dict) -> None:

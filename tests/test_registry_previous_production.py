@@ -91,9 +91,10 @@ def test_retention_keeps_the_version_the_registry_would_roll_back_to(deploy_env)
 def test_a_rollout_that_did_not_finish_is_not_a_version_the_fleet_served():
     from registry.promotion_rules import deploy_verdict, restoring_rollback
 
-    canary_ok = _e("deploy", 2, 3, final=False)
-    last_wave_ok = _e("deploy", 2, 3, final=True)
-    put_back = _e("deploy", 2, 3, "failed", step="production", registry_unchanged=True, switched_put_back=["h1"])
+    canary_ok = _e("deploy", 2, 3, final=False, deploy="d1")
+    last_wave_ok = _e("deploy", 2, 3, final=True, deploy="d1")
+    put_back = _e("deploy", 2, 3, "failed", step="production", registry_unchanged=True, switched_put_back=["h1"],
+                  deploy="d1")
     assert [deploy_verdict(e) for e in (canary_ok, last_wave_ok, put_back)] == ["partial", "ok", "put_back"]
     assert deploy_verdict(_e("deploy", 2, 3)) == "ok"              # rows written before waves had a name
     assert deploy_verdict(_e("deploy", 2, 3, "failed", registry_unchanged=True)) is None
@@ -104,11 +105,30 @@ def test_a_rollout_that_did_not_finish_is_not_a_version_the_fleet_served():
         assert latest_deploys(rows)[3] in ("partial", "put_back")
         assert previous_production(rows, 4, {4}) == 2             # the version the fleet served
         assert restoring_rollback(rows + [_e("rollback", 4, 3)], 3) is None
-    other_fleet_failed = history + [_e("deploy", 2, 3, "failed"), last_wave_ok, put_back]
-    assert latest_deploys(other_fleet_failed)[3] == "failed"       # undoing its own ok keeps that
     finished = history + [canary_ok, last_wave_ok, _e("promote", 3, 4), _e("deploy", 3, 4, "failed")]
     assert previous_production(finished, 4, {4}) == 3
     assert restoring_rollback(finished + [_e("rollback", 4, 3)], 3) is not None
+
+
+def test_a_put_back_undoes_only_its_own_deploys_rows():
+    """Found in review: a put-back undid every ok row of its version, so a version the whole fleet
+    served lost its "deployed" once a later deploy of it (new hosts, another fleet) was put back."""
+    from registry.promotion_rules import failed_after_promotion, last_verdict
+
+    served = [_e("promote", None, 2), _e("deploy", None, 2, final=True, deploy="d1")]
+    later_put_back = [_e("deploy", None, 2, final=False, deploy="d2"),
+                      _e("deploy", None, 2, "failed", registry_unchanged=True, switched_put_back=["h3"], deploy="d2")]
+    assert latest_deploys(served + later_put_back) == {2: "ok"}
+    # another fleet failed the version while this deploy switched; this deploy's own rows are undone
+    other_fleet_failed = served[:1] + [_e("deploy", 1, 2, "failed"), _e("deploy", 1, 2, final=True, deploy="d3"),
+                                       _e("deploy", 1, 2, "failed", registry_unchanged=True,
+                                          switched_put_back=["h1"], deploy="d3")]
+    assert latest_deploys(other_fleet_failed) == {2: "failed"}
+    assert failed_after_promotion(other_fleet_failed, 2)
+    # failed, then deployed in full (a flaky smoke test; the rerun passed): not failed any more
+    rerun_ok = [_e("promote", 1, 2), _e("deploy", 1, 2, "failed"), _e("deploy", 1, 2, final=True, deploy="d4")]
+    assert last_verdict(rerun_ok, 2) == "ok" and not failed_after_promotion(rerun_ok, 2)
+    assert last_verdict(rerun_ok + later_put_back, 2) == "ok"
 
 
 def test_one_rollback_choice_for_registry_rollback_and_a_failed_deploy():

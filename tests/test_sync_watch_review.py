@@ -44,10 +44,43 @@ def test_hosts_that_serve_production_unrecorded_go_through_deploy_once(monkeypat
         return SimpleNamespace(status="up_to_date", version=5, message="up to date (recorded)")
 
     monkeypatch.setattr(fleet, "deploy", deploy)
-    r = FleetReconciler("digits", [], None, recorded=lambda v: True, deployed=lambda v: deployed[v])
+    r = FleetReconciler("digits", [], None, recorded=lambda v: True, status_known=lambda v: deployed[v])
     assert r() == ("up_to_date", 5, "up to date (recorded)")
     assert r() == ("up_to_date", 5, "hosts serve v5")
     assert len(calls) == 1
+
+
+def test_recording_is_tried_once_per_version_and_a_refusing_registry_is_not_asked_every_pass(monkeypatch):
+    """Found in review: with MLflow refusing the tag, every up-to-date pass locked every host,
+    wrote the recorded_late rows again and ended in an error."""
+    calls = []
+    monkeypatch.setattr(fleet, "plan_fleet",
+                        lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
+
+    def refused(model, hosts, **kw):
+        calls.append(kw)
+        raise UserError("MLflow answered 503 to set-tag")
+
+    monkeypatch.setattr(fleet, "deploy", refused)
+    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: False)
+    status, version, message = r()
+    assert (status, version) == ("up_to_date", 5) and "not recorded: MLflow answered 503" in message
+    assert r()[:2] == ("up_to_date", 5) and r()[:2] == ("up_to_date", 5)
+    assert len(calls) == 1
+
+
+def test_the_watch_records_only_a_version_without_any_deploy_status(deploy_env):
+    from registry import deploys
+
+    env = deploy_env
+    env.add_host("file")
+    v1 = env.release("a")
+    r = FleetReconciler(env.model, [], None)
+    assert r.status_known(v1)                                         # deployed
+    deploys.tag(env.model, v1, deploys.FAILED, "a --version deploy elsewhere")
+    assert r.status_known(v1)                                         # another deploy's word: left alone
+    v2 = env.register("b")
+    assert not r.status_known(v2)                                     # never deployed: nothing recorded yet
 
 
 def test_a_deploy_cut_by_a_signal_ends_the_watch_and_its_pass_is_kept():
