@@ -2,7 +2,7 @@
 # Make Python 3.11 available to `make venv` (CircleCI machine images carry several via pyenv).
 # Exports MLOPS_PYTHON through $BASH_ENV for the following steps; a no-op when python3.11 exists.
 set -euo pipefail
-if command -v python3.11 >/dev/null 2>&1; then
+if python3.11 -c 'import sys' >/dev/null 2>&1; then   # runs: a pyenv shim of an unselected version does not
   exit 0
 fi
 if command -v pyenv >/dev/null 2>&1; then

@@ -120,6 +120,28 @@ def test_deploys_of_the_fleet_run_one_at_a_time_across_pipelines(config):
     assert len(found) >= 3 and len({spec["serial-group"] for *_, spec in found}) == 1   # one group everywhere
 
 
+def test_promotions_share_the_fleets_serial_group(config):
+    """An older pipeline's promotion approved while a newer pipeline deployed moved production,
+    then CircleCI skipped its deploy (the newer pipeline held the group): production named a
+    version no host got. Every job that moves production is in the deploys' group."""
+    deploys = {spec["serial-group"] for *_, spec in _jobs_running(config, r"mlops sync (deploy|rollback)")}
+    moves = list(_jobs_running(config, r"mlops registry (promote|rollback)"))
+    assert len(moves) >= 3
+    for wf_name, _, name, spec in moves:
+        assert spec.get("serial-group") in deploys, f"{wf_name}: {name} moves production outside the deploys' group"
+
+
+def test_infra_validation_uses_the_real_image_in_circleci(config):
+    """``--server auto`` validated against the local stand-in whenever no Docker engine answered,
+    and the job passed; the approver trusted the real image."""
+    found = list(_jobs_running(config, r"mlops sync infra-validate"))
+    assert found
+    for *_, spec in found:
+        command = next(s["run"]["command"] for s in config["jobs"][spec["job"]]["steps"]
+                       if isinstance(s, dict) and "infra-validate" in str(s.get("run", "")))
+        assert '--server "${MLOPS_INFRA_SERVER:-docker}"' in command, command
+
+
 def test_approval_jobs_are_not_defined_under_jobs(config):
     approvals = {n for wf in config["workflows"].values() for n, s in _workflow_jobs(wf).items()
                  if s.get("type") == "approval"}
@@ -210,6 +232,11 @@ def test_workflow_selection_by_trigger(tmp_path):
     assert selected(trigger_source="scheduled_pipeline") == ["retrain-deploy"]
     assert selected(parameters={"run-retrain": True, "incoming": "s3://b/p"}) == ["retrain-deploy"]
     assert selected(parameters={"run-rollback": True}) == ["rollback"]
+    # another branch's config and code never reach production (found in review: retrain-deploy and
+    # rollback ran on any branch an API call or a schedule named)
+    for kw in ({"trigger_source": "scheduled_pipeline"}, {"parameters": {"run-retrain": True}},
+               {"parameters": {"run-rollback": True}}):
+        assert selected(branch="feature-x", **kw) == [], kw
 
 
 # ---- the harness itself ----------------------------------------------------------------------

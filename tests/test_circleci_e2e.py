@@ -100,7 +100,8 @@ def pipeline(mlflow_server, sshd, ssh_user_key, tfserving_session_factory, _circ
 def run(pipeline, name: str, *, parameters: dict, approver: str | None, trigger="webhook"):
     ci = LocalCircleCI(pipeline["root"] / "runs", parameters={"dataset": "digits", **parameters},
                        trigger_source=trigger, contexts=pipeline["contexts"],
-                       project_env={"TF_CPP_MIN_LOG_LEVEL": "3"}, ssh_key=pipeline["ssh_key"])
+                       project_env={"TF_CPP_MIN_LOG_LEVEL": "3", "MLOPS_INFRA_SERVER": "local"},  # no Docker here
+                       ssh_key=pipeline["ssh_key"])
     assert ci.workflows() == [name]
     api = pipeline["api"]
 
