@@ -92,7 +92,7 @@ def test_limits_refuse_a_latency_ratio_that_is_not_a_finite_number():
         Limits(max_error_rate=float("nan"))
 
 
-def test_an_empty_webhook_host_is_refused_not_every_interface():
+def test_an_empty_webhook_host_is_refused_not_every_interface(monkeypatch):
     """``--webhook-host "$HOST"`` with HOST unset bound the receiver on 0.0.0.0; a deploy trigger
     then listened on every network the machine is on."""
     from mlops.cli import build_parser
@@ -103,7 +103,21 @@ def test_an_empty_webhook_host_is_refused_not_every_interface():
             parser.parse_args(["sync", "watch", "--webhook-port", "0", "--webhook-host", value])
         assert e.value.code == 2
     assert parser.parse_args(["sync", "watch", "--webhook-host", "0.0.0.0"]).webhook_host == "0.0.0.0"
-    assert parser.parse_args(["sync", "watch"]).webhook_host == "127.0.0.1"
+    # not given: None (so that a --webhook-host without --webhook-port is refused); the receiver
+    # then binds 127.0.0.1
+    args = parser.parse_args(["sync", "watch", "--webhook-port", "0"])
+    assert args.webhook_host is None
+    from types import SimpleNamespace
+
+    from mlops.commands import sync
+
+    monkeypatch.setenv("MLOPS_WEBHOOK_SECRET", "whsec-0123456789abcdef-for-test")
+    receiver = sync._start_receiver(args, "digits", SimpleNamespace(production_moved=lambda e: None),
+                                    SimpleNamespace(trigger=lambda reason: None))
+    try:
+        assert receiver.url.startswith("http://127.0.0.1:")
+    finally:
+        receiver.stop()
 
 
 def test_a_zero_timeout_is_refused_with_a_message_that_does_not_contradict_itself():
