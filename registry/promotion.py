@@ -144,9 +144,6 @@ def _production_or_unknown(model: str):
         return _UNKNOWN
 
 
-_v = version_label
-
-
 def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -> Entry:
     """Commit an intent row, point ``production`` at ``row.to_version``, append ``row`` (the
     ``ok`` move row, closing the intent; committed with the block).
@@ -168,7 +165,7 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
         seen = _production_or_unknown(model)
         if seen is _UNKNOWN or seen not in (to, current):
             if isinstance(exc, UserError):
-                raise UserError(f"{exc.message}; whether production of '{model}' moved to {_v(to)} "
+                raise UserError(f"{exc.message}; whether production of '{model}' moved to {version_label(to)} "
                                 f"is unknown: ledger intent #{intent.id} records the attempt, and "
                                 f"`mlops registry reconcile` settles it once MLflow answers") from None
             raise
@@ -179,7 +176,7 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
             raise
         lost_answer = True
         _log.warning("MLflow moved production of '%s' to %s but its answer was lost; recording the move",
-                     model, _v(to))
+                     model, version_label(to))
     faultpoint.reached("promotion:after_alias")
     return tx.append(replace(row, details={**row.details, "intent": intent.id,
                                            **({"answer_lost": True} if lost_answer else {})}))

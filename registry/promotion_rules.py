@@ -79,9 +79,9 @@ def check_gate_baseline(model: str, version: int, current: int | None, gate: Ent
         return
     if gate.from_version != current:
         raise RefusedError(
-            f"version {version} of '{model}' passed its gate against {_v(gate.from_version)}, but production "
-            f"is now {_v(current)}: run `mlops registry gate --version {version}` again (it compares with "
-            f"{_v(current)}), or use --force --reason \"...\"")
+            f"version {version} of '{model}' passed its gate against {version_label(gate.from_version)}, but "
+            f"production is now {version_label(current)}: run `mlops registry gate --version {version}` again "
+            f"(it compares with {version_label(current)}), or use --force --reason \"...\"")
 
 
 def production_stack(entries: Iterable[Entry]) -> list[int]:
@@ -280,8 +280,6 @@ def version_label(version: int | None, none: str = "(none)") -> str:
     return none if version is None else f"v{version}"
 
 
-_v = version_label
-
 
 @dataclass(frozen=True)
 class Agreement:
@@ -297,7 +295,7 @@ class Agreement:
 
     def problem(self) -> str | None:
         """One line for a person, or None when there is nothing to say."""
-        pending = ", ".join(f"#{i.id} ({i.details.get('move', 'promote')} to {_v(i.to_version)} by "
+        pending = ", ".join(f"#{i.id} ({i.details.get('move', 'promote')} to {version_label(i.to_version)} by "
                             f"{i.actor})" for i in self.open_intents)
         if self.agrees:
             return (f"open intent {pending}: a promotion is under way or died before moving the alias; "
@@ -305,7 +303,7 @@ class Agreement:
         why = (f"intent {pending} moved it but was never recorded" if any(
             i.to_version == self.alias for i in self.open_intents)
             else "it was moved outside mlops (MLflow UI or API)")
-        return (f"production is {_v(self.alias)} but the ledger says {_v(self.ledger)}: {why}; "
+        return (f"production is {version_label(self.alias)} but the ledger says {version_label(self.ledger)}: {why}; "
                 f"`mlops registry reconcile` records it")
 
     def to_dict(self) -> dict:
@@ -329,7 +327,7 @@ def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, a
     rows: list[Entry] = []
     for i in open_intents(entries):
         move = i.details.get("move", "promote")
-        what = f"intent #{i.id} ({move} {_v(i.from_version)} -> {_v(i.to_version)} by {i.actor})"
+        what = f"intent #{i.id} ({move} {version_label(i.from_version)} -> {version_label(i.to_version)} by {i.actor})"
         if i.to_version == alias and alias != ledger:
             rows.append(Entry(action=move, model=model, outcome="ok", from_version=i.from_version,
                               to_version=i.to_version, actor=i.actor, pipeline_id=i.pipeline_id,
@@ -344,12 +342,12 @@ def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, a
             rows.append(Entry(action="intent", model=model, outcome="failed", from_version=i.from_version,
                               to_version=i.to_version, actor=actor,
                               reason=f"reconciled by {actor}: {what} did not move production "
-                                     f"(it is {_v(alias)})",
+                                     f"(it is {version_label(alias)})",
                               details={"intent": i.id}))
     if alias != ledger:
         rows.append(Entry(action="promote" if alias is not None else "rollback", model=model, outcome="ok",
                           from_version=ledger, to_version=alias, actor=actor,
-                          reason=f"reconciled by {actor}: production found on {_v(alias)} while the "
-                                 f"ledger said {_v(ledger)}; it was moved outside mlops (MLflow UI or API)",
+                          reason=f"reconciled by {actor}: production found on {version_label(alias)} while the "
+                                 f"ledger said {version_label(ledger)}; it was moved outside mlops (MLflow UI or API)",
                           details={"reconciled_by": actor, "moved_outside": True}))
     return rows

@@ -19,11 +19,13 @@ from typing import Callable
 from mlops_common import log
 from mlops_common.errors import UserError
 
+from .cancel import DeployInterrupted
+
 logger = log.get("sync.watch")
 
 MIN_INTERVAL = 0.5
 KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept, the rest counted
-INTERRUPTED = 130          # the exit code of a deploy cut by a signal (``cancel.DeployInterrupted``)
+INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
 
 
 @dataclass

@@ -449,6 +449,7 @@ def _start_receiver(args, model: str, reconcile, watcher):
     from serving_sync.webhook import Receiver
 
     name = args.secret_env or "MLOPS_WEBHOOK_SECRET"
+    host = args.webhook_host or "127.0.0.1"
     secret = settings.named_secret(name)
     if not secret:
         raise ConfigError(f"--webhook-port needs {name} (the HMAC secret of the MLflow webhook, the "
@@ -459,11 +460,11 @@ def _start_receiver(args, model: str, reconcile, watcher):
         watcher.trigger("webhook")
 
     try:
-        receiver = Receiver(secret, model, on_event, host=args.webhook_host or "127.0.0.1", port=args.webhook_port,
+        receiver = Receiver(secret, model, on_event, host=host, port=args.webhook_port,
                             secret_env=name).start()
     except OSError as exc:           # a port in use, or a host name that does not resolve to this machine
         busy = exc.errno in (errno.EADDRINUSE, errno.EACCES)
-        raise ConfigError(f"cannot listen on {args.webhook_host or '127.0.0.1'}:{args.webhook_port} "
+        raise ConfigError(f"cannot listen on {host}:{args.webhook_port} "
                           f"({exc.strerror or exc}); choose another "
                           f"{'--webhook-port' if busy else '--webhook-host (an address of this machine)'}") from None
     print(f"listening for MLflow webhooks on {receiver.url}", file=sys.stderr, flush=True)
@@ -506,6 +507,7 @@ def _report_watch(args, result, *, forced: bool = False) -> int:
     """Print the passes; a deploy cut by a signal is the command's error (exit 130), and with
     ``--once`` a failed or impossible pass is (exit 3, or the error's own code)."""
     from mlops_common.errors import DeployFailed, UserError
+    from serving_sync.watch import INTERRUPTED
 
     if args.json:
         output.emit(result.to_dict())
@@ -513,9 +515,9 @@ def _report_watch(args, result, *, forced: bool = False) -> int:
         sync_text.watch(result)
     last = result.passes[-1] if result.passes else None
     if last is not None and last.status == "interrupted":
-        raise UserError(last.message, exit_code=last.exit_code or 130)
+        raise UserError(last.message, exit_code=INTERRUPTED)
     if forced:
-        return 130
+        return INTERRUPTED
     if args.once and last is not None and last.status == "failed":
         raise DeployFailed(last.message)
     if args.once and last is not None and last.status == "error":
