@@ -4,6 +4,7 @@ TensorFlow/Keras are imported inside these functions: importing this module is c
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Callable
@@ -82,12 +83,26 @@ def fit(model, train: Arrays, validation: Arrays, *, epochs: int, batch_size: in
             print(format_epoch(epoch, epochs, values), file=out, flush=True)
             if on_epoch:
                 on_epoch(epoch, values)
+            if first_non_finite({k: [v] for k, v in values.items()}) is not None:
+                self.model.stop_training = True     # diverged: more epochs cannot bring it back
 
     history = model.fit(input_pipeline(train, batch_size, shuffle_seed=seed),
                         validation_data=input_pipeline(validation, batch_size),
                         epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles
                         callbacks=[EpochProgress()])
     return {k: [float(v) for v in history.history[k]] for k in names if k in history.history}
+
+
+def first_non_finite(history: dict[str, list[float]]) -> tuple[int, str, float] | None:
+    """The first epoch (0-based), metric and value of ``history`` that is NaN or infinite: a
+    training that diverged (e.g. a learning rate far too high) and whose weights are unusable."""
+    first = None
+    for name, values in history.items():
+        for epoch, value in enumerate(values):
+            if not math.isfinite(value) and (first is None or epoch < first[0]):
+                first = (epoch, name, value)
+                break
+    return first
 
 
 def predict(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -139,7 +139,7 @@ def fit_model(params: TrainParams, data: TrainingData, *, start_model=None, on_e
 
     No MLflow here: ``run_training`` logs around it, ``calibrate`` uses it bare.
     """
-    from .model import build_model, compile_model, fit, seed_everything
+    from .model import build_model, compile_model, first_non_finite, fit, seed_everything
 
     seed_everything(params.seed)
     if start_model is None:
@@ -150,6 +150,12 @@ def fit_model(params: TrainParams, data: TrainingData, *, start_model=None, on_e
     train, val = train_validation_split(data.combined, params.seed)
     history = fit(model, train, val, epochs=params.epochs, batch_size=params.batch_size,
                   seed=params.seed, on_epoch=on_epoch, stream=stream)
+    diverged = first_non_finite(history)
+    if diverged is not None:
+        epoch, name, value = diverged
+        raise ConfigError(f"training diverged: {name} became {value} at epoch {epoch + 1}/{params.epochs} "
+                          f"with --learning-rate {params.learning_rate:g}; nothing was registered; "
+                          f"train again with a lower --learning-rate (default {DEFAULT_LEARNING_RATE:g})")
     return model, history
 
 

@@ -339,3 +339,13 @@ def test_npz_written_by_make_batch_is_a_plain_zip_without_pickles(tmp_path):
     assert r.returncode == 0, r.stderr
     with zipfile.ZipFile(tmp_path / "g.npz") as z:
         assert sorted(z.namelist()) == ["images.npy", "labels.npy"]
+
+
+def test_first_non_finite_names_the_earliest_epoch_that_diverged():
+    from mlproject.model import first_non_finite
+
+    assert first_non_finite({"loss": [2.0, 1.0], "val_loss": [2.1, 1.2]}) is None
+    assert first_non_finite({}) is None
+    assert first_non_finite({"loss": [2.0, 1e300, float("inf")], "val_loss": [2.1, float("nan"), 3.0]}) \
+        == (1, "val_loss", pytest.approx(float("nan"), nan_ok=True))
+    assert first_non_finite({"loss": [float("nan")], "val_loss": [float("nan")]})[:2] == (0, "loss")

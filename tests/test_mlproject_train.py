@@ -357,3 +357,21 @@ def test_a_training_stopped_by_sigterm_closes_its_mlflow_run_failed(mlflow_serve
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert client.search_model_versions(f"name='{model}'") == []          # nothing registered
+
+
+def test_a_diverged_training_stops_fails_its_run_and_registers_nothing(mlops_env):
+    """A learning rate far too high made the loss NaN: the NaN model, with a golden set of NaN,
+    was registered as a version (exit 0), for the gate to find. Now training stops at the first
+    non-finite epoch, the run is FAILED and one line says what to change."""
+    r = run_mlops("train", "--epochs", "4", "--learning-rate", "1e30")
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith("error: training diverged: loss became nan at epoch 1/4 with --learning-rate 1e+30;")
+    assert line.endswith("train again with a lower --learning-rate (default 0.01)")
+    assert "epoch 2/4" not in r.stderr                # stopped at the first non-finite epoch
+    client = _client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+    exp = client.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"])
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert np.isnan(run.data.metrics["loss"])        # the epoch that diverged is on record
