@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -70,11 +71,12 @@ class Bundle:
 
 
 def parse_version(version) -> int:
-    """A version number from user input, or one clear line."""
-    try:
-        v = int(str(version).strip())
-    except ValueError:
-        raise ConfigError(f"'{version}' is not a version number; use a positive integer such as 3") from None
+    """A version number from user input, or one clear line (ASCII digits only: ``int()`` reads
+    "0_3" as 3 and a full-width "３" as 3, and a promotion moved production to a version nobody typed)."""
+    text = str(version).strip()
+    if isinstance(version, bool) or not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise ConfigError(f"'{version}' is not a version number; use a positive integer such as 3")
+    v = int(text)
     if v < 1:
         raise ConfigError(f"version numbers start at 1, got {v}")
     if v > 2**63 - 1:       # MLflow's stores keep 64-bit integers: the server answered 500, five times

@@ -126,7 +126,7 @@ class _Lazy:
         return self._golden
 
 
-def observe_and_plan(conns, model: str, version: int, opts: DeployOptions):
+def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
     def observe(c):
         try:
             return observe_settled(c.host, c.transport, c.client, model, label=opts.label, timeout=opts.timeout,
@@ -138,7 +138,7 @@ def observe_and_plan(conns, model: str, version: int, opts: DeployOptions):
 
     observed = parallel.map_ordered(observe, conns, workers=opts.parallel, name="observe")
     plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
-                       fast=opts.fast) for o in observed]
+                       fast=opts.fast, rollback_to=rollback_to) for o in observed]
     return observed, plans
 
 
@@ -171,10 +171,14 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     v, source = resolve_version(model, version)
     fp = FleetPlan(model, v, source)
     new_size = deploys.saved_model_size(model, v)
+    try:     # what the deploy's retention keeps on every host (read there after the switch)
+        rollback_to, unknown = deploys.DeployLedger(model).rollback_target(), None
+    except UserError as exc:
+        rollback_to, unknown = None, exc.message
     for host in hosts:
         try:
             with connected([host]) as conns:
-                (o,), (p,) = observe_and_plan(conns, model, v, opts)
+                (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
                 copies = peak_copies(o.obs, v, fast=opts.fast)
                 sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
             if sizes.get(v) is None:
@@ -182,6 +186,10 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
             if host.store is not None:
                 extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
+            if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
+                p = dataclasses.replace(p, retention=())
+                extra.append(f"retention removes nothing: where production would roll back to is unknown "
+                             f"({unknown})")
             p = dataclasses.replace(p, notes=p.notes + tuple(extra))
             fp.plans.append(p)
             fp.peak[p.host] = {"copies": list(copies), "bytes": peak_memory(copies, sizes),
@@ -190,8 +198,10 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             fp.errors[host.name] = exc.message
     changing = [p.host for p in fp.plans if not p.up_to_date]
     opts, fp.restore = rollout_options(model, v, len(changing), opts)
-    fp.rollout = rollout.shape(changing, canary=opts.canary, wave=opts.wave).to_dict()
-    fp.bake = {"seconds": opts.bake if fp.rollout["canary"] else 0.0, "each_wave": opts.bake_each_wave,
+    shape = rollout.shape(changing, canary=opts.canary, wave=opts.wave)
+    fp.rollout = shape.to_dict()
+    fp.bake = {"seconds": opts.bake if shape.bakeable else 0.0, "requested": opts.bake,
+               "each_wave": opts.bake_each_wave,
                "limits": dataclasses.asdict(opts.limits), "parallel": opts.parallel, "fast": opts.fast}
     return fp
 

@@ -268,7 +268,13 @@ def _check_base_path(value: object, where: _Where) -> str | None:
     if not isinstance(value, str) or not value.strip():
         raise where.error("model_base_path", "must be a non-empty path string")
     value = value.strip()
-    if value.startswith(("s3://", "gs://", "hdfs://")):
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    if scheme and scheme.group(1) not in ("s3", "gs", "hdfs"):     # S3://, s3a://: not TF Serving's
+        raise where.error("model_base_path", f"scheme '{scheme.group(1)}://' is not one TF Serving reads: use "
+                                             f"s3://, gs://, hdfs:// (lower case) or an absolute path")
+    if scheme:
+        if not value.split("/", 3)[2]:
+            raise where.error("model_base_path", f"'{value}' names no bucket or host (e.g. s3://bucket/models)")
         if "@" in value.split("/", 3)[2]:
             raise where.error("model_base_path", "must not contain credentials; TF Serving reads them "
                                                  "from its own environment (AWS_ACCESS_KEY_ID, ...)")

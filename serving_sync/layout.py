@@ -47,8 +47,12 @@ def version_of(name: str) -> int | None:
 
 
 def incoming_time(name: str) -> float | None:
-    """When an ``.incoming-*`` upload was started (None if the name has another shape)."""
+    """When an ``.incoming-*`` upload was started (None if the name has another shape or a date
+    that does not exist, e.g. 30 February: retention counts such a name as stale)."""
     m = INCOMING_RE.match(name)
     if not m:
         return None
-    return float(calendar.timegm(time.strptime(m.group(2), _STAMP)))
+    try:
+        return float(calendar.timegm(time.strptime(m.group(2), _STAMP)))
+    except ValueError:
+        return None

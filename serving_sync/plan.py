@@ -242,8 +242,12 @@ def is_up_to_date(obs: HostObservation, desired: int, final: MainTarget) -> bool
 
 
 def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
-              keep: int = DEFAULT_KEEP, label: str = STABLE, fast: bool = False) -> HostPlan:
+              keep: int = DEFAULT_KEEP, label: str = STABLE, fast: bool = False,
+              rollback_to: int | None = None) -> HostPlan:
     """The steps that make ``obs.host`` serve ``desired`` (empty when it already does).
+
+    ``rollback_to``: where the registry would roll back to, which retention keeps on every host
+    (the deploy's ``fleet._retention`` does): the preview must not list it.
 
     Memory: by default the validation copy is unloaded (``drop_validation``) before the main
     entry loads the version, so a host never holds more than what it serves plus one copy of the
@@ -256,7 +260,8 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     final, prev, notes = final_target(obs, v, keep_previous=keep_previous, label=label)
     retention_preview = tuple(versions_to_remove(sorted(set(obs.published) | {v}), serving=v,
                                                  previous=prev if prev is not None else s, keep=keep,
-                                                 protected=final.versions))
+                                                 protected=final.versions + ((rollback_to,) if rollback_to
+                                                                             is not None else ())))
     if is_up_to_date(obs, v, final):
         return HostPlan(obs.host, model, v, s, final, prev, (), tuple(notes + ["up to date"]))
 

@@ -40,6 +40,13 @@ from mlops.commands import flags
     (flags.output_path, "", "is empty: name the output .npz file, an existing folder or s3://bucket/key.npz"),
     (flags.bind_address, "", "is empty: name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to "
                              "listen on every interface on purpose)"),
+    # found by a sweep (2026-12-04): int() read "0_3" as 3 (a promotion moved production to v3),
+    # a full-width "３" as 3, "1_0" as 10; --hosts "" fell back to another fleet
+    (flags.version_number, "0_3", "'0_3' is not a version number"),
+    (flags.version_number, "\uff13", "'\uff13' is not a version number"),
+    (flags.positive_int, "1_0", "'1_0' is not a whole number"),
+    (flags.hosts_file, "", "is empty: name the hosts file, or leave --hosts out to use MLOPS_SYNC_TARGET / "
+                           "MLOPS_HOSTS_FILE"),
 ])
 def test_bad_values_say_why(convert, text, reason):
     with pytest.raises(argparse.ArgumentTypeError) as e:
@@ -62,7 +69,9 @@ def test_the_commands_use_these_converters():
                  ["sync", "watch", "--webhook-port", "70000"], ["data", "make-batch", "--kind", "good", "--out", ""],
                  ["registry", "status", "--model-name", ""], ["registry", "promote", "--version", "1", "--actor", ""],
                  ["sync", "rollback", "--actor", " "], ["sync", "infra-validate", "--version", "1", "--timeout", "0"],
-                 ["sync", "deploy", "--timeout", "0"], ["sync", "watch", "--interval", "0"]):
+                 ["sync", "deploy", "--timeout", "0"], ["sync", "watch", "--interval", "0"],
+                 ["registry", "promote", "--version", "0_3"], ["sync", "status", "--hosts", ""],
+                 ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

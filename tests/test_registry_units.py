@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
+from mlops_common.errors import ConfigError
 from registry.approver import api_base, pick_approval
 from registry.history import age, history_table, table
 from registry.ledger import Entry
@@ -70,3 +73,21 @@ def test_description_links_the_circleci_job_from_the_register_row_not_a_tag():
     other = Entry(action="register", model="m", outcome="ok", to_version=2,
                   details={"ci": {"ci.build_url": "https://circleci.example/job/6"}})
     assert "CircleCI job" not in render(model="m", version=3, tags={}, aliases=(), entries=[other])
+
+
+@pytest.mark.parametrize("text", ["0_3", "1_0", "\uff13", "3.0", "0x3", "", "3 4", True])
+def test_a_version_is_ascii_digits_not_whatever_int_reads(text):
+    """Found by a sweep (2026-12-04): int() read "0_3" as 3 and "３" as 3, so a version nobody
+    typed was promoted; "1_0" was refused as "version 10 does not exist"."""
+    from registry.versions import parse_version
+
+    with pytest.raises(ConfigError, match="is not a version number"):
+        parse_version(text)
+
+
+def test_a_version_number_as_typed_or_as_an_int():
+    from registry.versions import parse_version
+
+    assert parse_version(" 3 ") == 3 and parse_version(3) == 3 and parse_version("03") == 3
+    with pytest.raises(ConfigError, match="version numbers start at 1"):
+        parse_version("-1")

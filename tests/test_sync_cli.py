@@ -159,6 +159,51 @@ def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(de
     assert doc["rollout"]["canary"] == names[:1] and doc["restore"] is None
 
 
+def test_a_rollback_refuses_a_canary_the_fleet_cannot_take_before_the_registry_moves(deploy_env):
+    """Found by a sweep (2026-12-04): `sync rollback --canary 5` on a fleet of 2 moved production,
+    then refused the flag: the registry said v1, every host still served v2."""
+    env = deploy_env
+    (h1, h2), v1, v2 = deployed_v1_v2(env, hosts=2)
+    rows = len(env.ledger())
+    r = env.cli("sync", "rollback", "--reason", "v2 slow", "--canary", "2")
+    assert r.returncode == 2, r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: --canary 2 leaves no host to compare it with: 2 hosts change"), line
+    assert "production is" not in line                   # nothing moved, so nothing to explain
+    assert env.production() == v2 and len(env.ledger()) == rows
+    for h in (h1, h2):
+        env.serves(h, v2)
+
+
+def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy_env):
+    """Found by a sweep (2026-12-04): `sync plan` announced a bake for a single changing host (the
+    deploy bakes only a canary with hosts after it), and its retention preview listed the version
+    the registry would roll back to, which the deploy keeps on every host."""
+    env = deploy_env
+    (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
+    v3 = env.register("a")
+
+    r = env.cli("sync", "plan", "--canary", "1", "--bake", "5")      # v2 is up to date: nothing changes
+    assert r.returncode == 0 and "rollout: nothing changes" in r.stdout, r.stdout + r.stderr
+    # --version 3 with production at v2: the rollback target is v1, kept by the deploy's retention
+    r = env.cli("sync", "plan", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (host,) = doc["hosts"]
+    assert doc["bake"]["seconds"] == 0 and doc["bake"]["requested"] == 5
+    assert host["retention_would_remove"] == [], host
+    text = env.cli("sync", "plan", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5").stdout
+    assert "no canary (one host changes): --bake 5s not used" in text and "canary " + h1.name not in text, text
+    assert "then retention removes" not in text, text
+
+    r = env.cli("sync", "deploy", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5",
+                "--force", "--reason", "plan check", "--json")
+    assert r.returncode == 0, r.stderr
+    deployed = json.loads(r.stdout)
+    assert deployed["bake"] == [] and deployed["hosts"][0]["retention"]["remove_versions"] == []
+    assert (h1.base / env.model / str(v1)).is_dir()
+
+
 def test_rollback_with_nothing_to_roll_back_to_is_one_line(deploy_env):
     env = deploy_env
     env.add_host("file")

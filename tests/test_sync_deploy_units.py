@@ -170,6 +170,24 @@ def test_verified_record_on_a_host(tmp_path):
     assert sorted(verified.read(t, "m")) == [5]
 
 
+def test_a_local_hosts_config_that_cannot_be_read_is_one_line_and_a_missing_one_is_not_an_error(tmp_path):
+    """Found by a sweep (2026-12-04): a models.config that is a directory (what Docker makes of a
+    bind mount of a file that does not exist) or a base that is a file was a traceback in
+    `sync status`, `plan` and `deploy`."""
+    from mlops_common.errors import UserError
+    from serving_sync.transports.local import LocalTransport
+
+    t = LocalTransport(tmp_path)
+    with pytest.raises(FileNotFoundError):          # a host with no config yet: the callers' empty config
+        t.read_file("models.config")
+    (tmp_path / "models.config").mkdir()
+    with pytest.raises(UserError, match=r"^file://.*: Is a directory while reading models.config under "):
+        t.read_file("models.config")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"Not a directory while reading models.config under .*afile$"):
+        LocalTransport(tmp_path / "afile").read_file("models.config")
+
+
 # --- watch loop --------------------------------------------------------------------------------
 class FakeClock:
     def __init__(self):

@@ -96,6 +96,11 @@ def entry(**fields) -> str:
     ({"rest_url": "http://127.0.0.1:8501/v1/"}, "rest_url", "without /v1"),
     ({"rest_url": "http://tfs:8501/v1/models/digits"}, "rest_url", "without /v1"),
     ({"name": None}, "name", "missing; every host needs a name"),
+    # found by a sweep (2026-12-04): upper case and s3a:// went past the credentials check and the
+    # value, keys and all, was echoed as "must be an absolute path"; s3:// alone was taken as "s3:"
+    ({"model_base_path": "S3://AKIAX:secret@bucket/m"}, "model_base_path", "scheme 'S3://' is not one TF Serving"),
+    ({"model_base_path": "s3a://bucket/m"}, "model_base_path", "use s3://, gs://, hdfs:// (lower case)"),
+    ({"model_base_path": "s3://"}, "model_base_path", "names no bucket or host"),
 ])
 def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
     with pytest.raises(ConfigError) as e:
@@ -110,6 +115,8 @@ def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, wor
 def test_no_message_echoes_a_password():
     for text in (entry(rest_url="http://u:hunter2secret@[::1"),
                  entry(model_base_path="s3://AKIAX:hunter2secret@bucket/m"),
+                 entry(model_base_path="S3://AKIAX:hunter2secret@bucket/m"),
+                 entry(model_base_path="s3a://AKIAX:hunter2secret@bucket/m"),
                  'store = "https://AKIAX:hunter2secret@s3.example.com/bucket"\n' + entry()):
         with pytest.raises(ConfigError) as e:
             parse_hosts_toml(text, "hosts.toml")

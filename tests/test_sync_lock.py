@@ -388,6 +388,14 @@ def test_stale_uploads_by_age():
     assert retention.stale_uploads(names, now=now, older_than=3600) == sorted([old, ".incoming-garbage"])
 
 
+def test_an_upload_named_with_a_date_that_does_not_exist_is_stale_not_a_crash():
+    """Found by a sweep (2026-12-04): a leftover `.incoming-4-20260230T...` (30 February) made
+    every deploy end in a ValueError traceback after its switch, retention half done."""
+    bad = ".incoming-4-20260230T000000Z-abcd"
+    assert incoming_time(bad) is None
+    assert retention.stale_uploads([bad, "4"], now=1_800_000_000.0) == [bad]
+
+
 def test_retention_plan_and_apply_on_a_host(hut, tmp_path):
     model = make_model_tree(tmp_path / "m", variables_bytes=1000)
     m = mf.build(model)

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+_DIGITS = re.compile(r"[+-]?[0-9]+")     # int() also takes "0_3" (3) and "３" (full-width): another number
 
 
 def _whole(minimum: int, too_small: str, *, what: str = "a whole number", maximum: int | None = None,
            too_large: str = "{v} is too large"):
     """A converter to a whole number of at least ``minimum`` (``too_small``: the reason, ``{v}`` the value)."""
     def convert(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not _DIGITS.fullmatch(text.strip()):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
+        v = int(text)
         if v < minimum:
             raise argparse.ArgumentTypeError(too_small.format(v=v))
         if maximum is not None and v > maximum:
@@ -132,6 +134,10 @@ location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix
 # ``--model-name`` fell back to MLOPS_MODEL_NAME, ``--actor`` to the OS user
 model_name = _not_empty("name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME")
 actor = _not_empty("name who acts, or leave --actor out", then=free_text)
+# ``registry history --model``: an empty one listed every model
+model_filter = _not_empty("name a registered model, or leave --model out to list every model")
+# ``--hosts``: an empty one fell back to MLOPS_SYNC_TARGET or MLOPS_HOSTS_FILE, another fleet
+hosts_file = _not_empty("name the hosts file, or leave --hosts out to use MLOPS_SYNC_TARGET / MLOPS_HOSTS_FILE")
 
 
 def add_rollback(p) -> None:

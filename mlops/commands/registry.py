@@ -97,7 +97,8 @@ def register(sub) -> None:
     h = rsub.add_parser("history", help="show the ledger (every register, gate, promotion, deploy...)",
                         description="Print the append-only ledger as a table, oldest first (the "
                                     "newest --limit rows).", epilog=_ENV_EPILOG)
-    h.add_argument("--model", metavar="NAME", help="only rows of this model (default: all models)")
+    h.add_argument("--model", type=flags.model_filter, metavar="NAME",
+                   help="only rows of this model (default: all models)")
     h.add_argument("--limit", type=flags.positive_int, default=50, metavar="N",
                    help="show the newest N rows (default 50)")
     h.add_argument("--action", action="append", metavar="ACTION",

@@ -34,7 +34,8 @@ _ENV = ("Hosts: --hosts FILE, else MLOPS_SYNC_TARGET + MLOPS_SYNC_REST_URL (one 
 def _common(p, *, hosts: bool = True) -> None:
     flags.add_model_name(p)
     if hosts:
-        p.add_argument("--hosts", metavar="FILE", help="hosts file (TOML, [[hosts]] tables); see below")
+        p.add_argument("--hosts", type=flags.hosts_file, metavar="FILE",
+                       help="hosts file (TOML, [[hosts]] tables); see below")
     flags.add_json(p)
 
 
@@ -429,8 +430,11 @@ def _rollback_command(args, start: float) -> int:
     from serving_sync.rollback import rollback_and_deploy
 
     model = settings.model_name(args.model_name)
+    from serving_sync import rollout
+
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
     opts = _deploy_options(args)       # so does a bad MLOPS_BAKE_* setting
+    rollout.shape([h.name for h in hosts], canary=opts.canary, wave=opts.wave)   # and a --canary the fleet cannot take
     by = approver.provenance(args.actor)
     with _json_on_failure(args):
         rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, force=args.force,

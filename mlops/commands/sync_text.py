@@ -71,15 +71,19 @@ def rollout_lines(fp) -> list[str]:
         lines.append(f"restore: production was rolled back from v{restore['rolled_back_from']} to this version, "
                      f"which held it before: every host switches at once, no bake (--canary, --wave or "
                      f"--bake stage it)")
+    canary = bool(ro["canary"]) and len(ro["waves"]) > 1      # rollout.Shape.bakeable: as the deploy decides
+    if not canary and bk.get("requested"):
+        lines.append(f"no canary ({'one host changes' if n == 1 else '--canary 0'}): --bake "
+                     f"{bk['requested']:g}s not used")
     for i, wave in enumerate(ro["waves"]):
-        if i == 0 and ro["canary"]:
+        if i == 0 and canary:
             lim = bk["limits"]
             bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate +{100 * lim['max_error_rate']:g}% "
                     f"max, p95/p99 x{lim['max_latency_ratio']:g} max, fewer than {lim['min_requests']} requests: "
                     f"{lim['on_low_traffic']})" if bk["seconds"] else "no bake (--bake 0)")
             lines.append(f"phase 2, switch: canary {', '.join(wave)}; {bake}")
         else:
-            lines.append(f"phase 2, switch: wave {i if ro['canary'] else i + 1}: {', '.join(wave)}"
+            lines.append(f"phase 2, switch: wave {i if canary else i + 1}: {', '.join(wave)}"
                          + (f"; bake {bk['seconds']:g}s" if bk["each_wave"] and bk["seconds"]
                             and i < len(ro["waves"]) - 1 else ""))
     lines.append("memory: " + ("--fast: the validation copy stays loaded until the switch (two copies of the "

@@ -68,8 +68,15 @@ class LocalTransport(Transport):
             return []
 
     def read_file(self, rel: str, max_bytes: int = MAX_SMALL_FILE) -> bytes:
-        with open(self._p(rel), "rb") as f:
-            return f.read(max_bytes + 1)[:max_bytes]
+        """FileNotFoundError when ``rel`` is not there (a host with no config yet); any other
+        OS error (a directory where the file belongs, a base that is a file) is one line."""
+        try:
+            with open(self._p(rel), "rb") as f:
+                return f.read(max_bytes + 1)[:max_bytes]
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._err(exc, f"reading {rel}") from None
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self._p(rel))
