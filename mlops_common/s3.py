@@ -21,6 +21,12 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
     from botocore.config import Config
 
     endpoint = endpoint or endpoint_url()
+    if endpoint is not None and not endpoint.lower().startswith(("http://", "https://")):
+        from mlops_common.errors import ConfigError  # boto3: a ValueError traceback, "Invalid endpoint"
+
+        raise ConfigError(f"the S3 endpoint '{settings.mask_url_password(endpoint)}' (MLFLOW_S3_ENDPOINT_URL or "
+                          f"AWS_ENDPOINT_URL) is not an http(s) URL; write it with its scheme, e.g. "
+                          f"http://{endpoint.split('://')[-1]}")
     return boto3.client("s3", endpoint_url=endpoint, config=Config(
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": max_attempts, "mode": "standard"},

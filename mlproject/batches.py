@@ -64,13 +64,14 @@ def to_npz_bytes(data: Arrays) -> bytes:
 
 def write_batch(data: Arrays, out: str) -> str:
     """Write ``data`` to a local ``.npz`` path (temp file + rename) or an ``s3://`` key."""
+    if not out.endswith(".npz"):      # an S3 key too: a retrain reads only *.npz, locally and in S3
+        raise ConfigError(f"--out '{out}' must end in .npz (or name a folder: an existing local one, or "
+                          f"s3://bucket/prefix/ with the slash)")
     raw = to_npz_bytes(data)
     if s3.is_s3(out):
         s3.put_bytes(out, raw)
         return out
     path = Path(out).expanduser()
-    if path.suffix != ".npz":
-        raise ConfigError(f"--out '{out}' must end in .npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -116,7 +117,8 @@ def parse_npz(source: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
             raise bad("holds object (pickled) arrays, which are never loaded; save plain numeric "
                       "arrays with numpy.savez") from None
         raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError,
+            RuntimeError, NotImplementedError) as exc:    # zip: "is encrypted", "compression method"
         raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
 
 
@@ -125,12 +127,27 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+def _unreadable(location: str, exc: OSError) -> ConfigError:
+    return ConfigError(f"incoming data '{location}': cannot read it ({exc.strerror or exc}); check the "
+                       f"path and that this user may read it")
+
+
 def _local_sources(location: str) -> list[Path]:
-    path = Path(location).expanduser()
-    if path.is_file():
+    try:
+        path = Path(location).expanduser()
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except RuntimeError:                    # "~nosuchuser/...": no such home directory
+        raise ConfigError(f"incoming data '{location}': '{location.split('/')[0]}' is not a user with a "
+                          f"home directory; give the full path") from None
+    except OSError as exc:                  # a name too long, ...
+        raise _unreadable(location, exc) from None
+    if is_file:
         return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.npz") if p.is_file())
+    if is_dir:
+        try:
+            files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+        except OSError as exc:              # a folder this user may not list (glob said "no batches")
+            raise _unreadable(location, exc) from None
         if not files:
             raise NotFoundError(f"no .npz batches in folder {path}; put batches there "
                                 f"(e.g. `mlops data make-batch --kind good --out {path}/batch.npz`)")
@@ -155,7 +172,11 @@ def _raw_sources(location: str):
             yield f"s3://{bucket}/{key}", s3.get_bytes(bucket, key)
         return
     for path in _local_sources(location):
-        yield str(path), path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise _unreadable(str(path), exc) from None
+        yield str(path), raw
 
 
 def load_batch(source: str, raw: bytes, dataset: str) -> Batch:

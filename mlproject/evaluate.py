@@ -69,9 +69,7 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     ``dataset`` None -> the version's ``dataset`` tag.
     """
     from registry import versions
-    from registry.client import mlflow_errors, tracking_client
 
-    from .model import tf_quiet
 
     info = versions.get_version(model_name, version)   # one clear line for unknown model / version
     name = dataset or version_tags.read(info.tags, version_tags.DATASET)
@@ -81,6 +79,21 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
                           f"MLflow UI, or name the held-out set with `mlops evaluate --dataset`")
     check_name(name)
     uri = f"models:/{model_name}/{info.version}"
+    model = load_checked(uri, f"version {version} of '{model_name}'", name,
+                         damaged="register a new version with `mlops train` (or `mlops retrain`)",
+                         other_shape="evaluate it on the data set it was trained on (--dataset)")
+    return evaluate_model(model, model_uri=uri, dataset=name)
+
+
+def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape: str):
+    """The Keras model behind ``uri`` (``what`` names it in messages), taking ``dataset``'s images,
+    or one line: a logged model that is missing or damaged (``damaged``: what to do), or one that
+    takes images of another shape (``other_shape``: what to do). Both were tracebacks once."""
+    from registry.client import mlflow_errors, tracking_client
+
+    from .datasets import image_shape
+    from .model import tf_quiet
+
     tf_quiet()
     import mlflow.tensorflow
     from mlflow.exceptions import MlflowException, RestException
@@ -97,11 +110,14 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
                 first = f"its MLmodel has no {exc} flavor"
             if "Connection" in first or "Max retries exceeded" in first:
                 raise
-            raise ConfigError(
-                f"version {version} of '{model_name}' cannot be loaded as an MLflow TensorFlow model "
-                f"({_without_temp_paths(first)}): its logged model is missing or damaged; register a "
-                f"new version with `mlops train` (or `mlops retrain`)") from None
-    return evaluate_model(model, model_uri=uri, dataset=name)
+            raise ConfigError(f"{what} cannot be loaded as an MLflow TensorFlow model "
+                              f"({_without_temp_paths(first)}): its logged model is missing or damaged; "
+                              f"{damaged}") from None
+    shape = tuple(model.input_shape[1:])
+    if shape != image_shape(dataset):
+        raise ConfigError(f"{what} takes images of shape {shape}, but data set '{dataset}' has "
+                          f"{image_shape(dataset)}; {other_shape}")
+    return model
 
 
 def _without_temp_paths(text: str) -> str:

@@ -50,6 +50,32 @@ def run_note(dataset: str, n_base: int, n_incoming: int, *, retrained_from: str 
             f"new examples from `{incoming}`.")
 
 
+def project_run_id() -> str | None:
+    """``MLFLOW_RUN_ID`` when it names a run that is RUNNING (the one ``mlflow run`` started for
+    this entry point), else one line: a variable left over from another job reopened a finished
+    run, mixed two trainings in it and overwrote a registered version's SavedModel and golden set."""
+    from mlops_common.errors import ConfigError
+    from registry.client import mlflow_errors, tracking_client
+
+    run_id = settings.env("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    with mlflow_errors(f"reading run {run_id} (MLFLOW_RUN_ID)"):
+        try:
+            status = tracking_client().get_run(run_id).info.status
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            status = None
+    if status != "RUNNING":
+        what = "does not exist on this MLflow server" if status is None else f"is {status}"
+        raise ConfigError(f"MLFLOW_RUN_ID names run {run_id}, which {what}: only `mlflow run` sets it, for the "
+                          f"run it has just started; unset MLFLOW_RUN_ID (nothing was logged)")
+    return run_id
+
+
 def use_experiment(model_name: str) -> None:
     """Choose the experiment explicitly: MLFLOW_EXPERIMENT_ID / _NAME if set, else one named after
     the model.
@@ -60,7 +86,7 @@ def use_experiment(model_name: str) -> None:
     """
     import mlflow
 
-    if settings.env("MLFLOW_RUN_ID"):
+    if project_run_id():
         return
     if settings.env("MLFLOW_EXPERIMENT_ID"):
         mlflow.set_experiment(experiment_id=settings.env("MLFLOW_EXPERIMENT_ID"))

@@ -54,8 +54,8 @@ class TrainParams:
             check_name(self.dataset)
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= 2**31 - 1:       # TensorFlow's int32 batch size (else a traceback)
+            raise ConfigError(f"--batch-size must be between 1 and 2147483647 (2**31 - 1), got {self.batch_size}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ConfigError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if not 0 <= self.seed <= 2**32 - 1:
@@ -120,18 +120,10 @@ def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
 
 def _load_start_model(uri: str, dataset: str):
     """The Keras model behind ``uri``, checked against the data set."""
-    import mlflow.tensorflow
+    from .evaluate import load_checked
 
-    from registry.client import mlflow_errors, tracking_client
-
-    with mlflow_errors(f"loading {uri}"):
-        tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
-        model = mlflow.tensorflow.load_model(uri)
-    shape = tuple(model.input_shape[1:])
-    if shape != image_shape(dataset):
-        raise ConfigError(f"{uri} takes images of shape {shape}, but data set '{dataset}' has "
-                          f"{image_shape(dataset)}; retrain with --from-scratch or the matching --dataset")
-    return model
+    return load_checked(uri, uri, dataset, damaged="retrain with --from-scratch, or promote a version that loads",
+                        other_shape="retrain with --from-scratch or the matching --dataset")
 
 
 def fit_model(params: TrainParams, data: TrainingData, *, start_model=None, on_epoch=None, stream=None):
@@ -159,6 +151,18 @@ def fit_model(params: TrainParams, data: TrainingData, *, start_model=None, on_e
     return model, history
 
 
+def dataset_digest(fingerprint_hex: str, source: str) -> str:
+    """The training input's MLflow digest (at most 36 characters; the full sha256 is in params and
+    tags). MLflow keeps one dataset per experiment, name and digest: the same examples read from
+    another place got the first place as their source, so the digest of data read from a
+    location other than the bundled set also depends on where (pure)."""
+    import hashlib
+
+    if source in DATA_SOURCES.values():
+        return fingerprint_hex[:32]
+    return fingerprint_hex[:24] + hashlib.sha256(source.encode()).hexdigest()[:8]
+
+
 def _log_data_inputs(data: TrainingData) -> None:
     import warnings
 
@@ -166,11 +170,10 @@ def _log_data_inputs(data: TrainingData) -> None:
 
     source = data.incoming_location or DATA_SOURCES[data.dataset]
     name = data.dataset + ("+incoming" if data.incoming else "")
-    # MLflow limits a dataset digest to 36 characters; the full sha256 is in params and tags.
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a label
         warnings.simplefilter("ignore", UserWarning)
         train_ds = mlflow.data.from_numpy(data.combined.images, targets=data.combined.labels,
-                                          source=source, name=name, digest=data.fingerprint[:32])
+                                          source=source, name=name, digest=dataset_digest(data.fingerprint, source))
         heldout_ds = mlflow.data.from_numpy(data.heldout.images, targets=data.heldout.labels,
                                             source=DATA_SOURCES[data.dataset], name=f"{data.dataset}-heldout",
                                             digest=fingerprint(data.heldout)[:32])
@@ -334,6 +337,14 @@ def summary(model_name: str, result: RunResult, version: int | None) -> dict:
     return out
 
 
+def _ledger_ready() -> None:
+    """Open the ledger the registration writes to: a bad MLOPS_LEDGER_URL (a relative SQLite path,
+    a server down) fails here, not after a whole training left a FINISHED run and no version."""
+    from registry.ledger import Ledger
+
+    Ledger()
+
+
 def train(model_name: str, params: TrainParams, *, register: bool = True) -> dict:
     """``mlops train``: a fresh model on the base set; registers version N (unless ``register``
     is False, for fixtures and calibration)."""
@@ -342,6 +353,8 @@ def train(model_name: str, params: TrainParams, *, register: bool = True) -> dic
     params = params.checked()
     params = replace(params, dataset=params.dataset or DEFAULT_DATASET)
     tracking_client()  # fail fast on a wrong server, before loading data or training
+    if register:
+        _ledger_ready()
     data = prepare_data(params.dataset)
     result = run_training(params, data, model_name=model_name)
     version = register_run(model_name, result) if register else None
@@ -379,6 +392,8 @@ def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch
     """``mlops retrain``: continue from the ``production`` version (or from scratch when there is
     none, or when asked) on base + incoming batches; registers a version tagged ``retrained_from``."""
     params, production = retrain_plan(model_name, params.checked(), from_scratch=from_scratch)
+    if register:
+        _ledger_ready()
     data = prepare_data(params.dataset, incoming)
     if production is None:
         _log.info("retraining from scratch%s", "" if from_scratch else " (no version holds the production alias)")

@@ -102,6 +102,13 @@ def host_models_config(world, data: bytes):
         path.write_bytes(good)
 
 
+def good_batch(world) -> str:
+    path = world.tmp / "good-batch.npz"
+    rng = np.random.default_rng(7)
+    np.savez(path, images=rng.random((4, 8, 8, 1), dtype=np.float32), labels=np.array([0, 1, 2, 3]))
+    return str(path)
+
+
 def bad_batch(world) -> str:
     path = world.tmp / "labels-out-of-range.npz"
     np.savez(path, images=np.zeros((4, 8, 8, 1), np.float32), labels=np.array([0, 1, 2, 42]))
@@ -331,6 +338,10 @@ CASES = {
     "gate on a version without a loadable model (named a deleted temporary folder)": (
         lambda w: (["registry", "gate", "--version", str(w.v2)], {}),
         ["cannot be loaded as an MLflow TensorFlow model", "register a new version"]),
+    # found by a sweep (2026-12-04): a production model that does not load was a traceback in retrain
+    "retrain from a production version without a loadable model": (
+        lambda w: (["retrain", "--incoming", good_batch(w), "--epochs", "1"], {}),
+        ["cannot be loaded as an MLflow TensorFlow model", "retrain with --from-scratch"]),
     "webhook URL with a password (stored in MLflow, printed)": (
         lambda w: (["registry", "webhook", "create", "--url", "http://deploy:hunter2SECRET@127.0.0.1:9/hook"],
                    {"MLOPS_WEBHOOK_SECRET": "s" * 24}),
@@ -345,7 +356,8 @@ CASES = {
 # commands whose stdout is their report (here: FAIL and the file), still with one error line
 REPORTS_ON_STDOUT = {"malformed data batch", "corrupt data batch (damaged deflate stream)"}
 # commands that said what they were doing first (progress lines), then their one error line, last
-PROGRESS_FIRST = {"gate on a version without a loadable model (named a deleted temporary folder)"}
+PROGRESS_FIRST = {"gate on a version without a loadable model (named a deleted temporary folder)",
+                  "retrain from a production version without a loadable model"}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -284,7 +284,8 @@ def test_metrics_from_probabilities():
 
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "--epochs must be at least 1, got 0"),
-    ("batch_size", -2, "--batch-size must be at least 1, got -2"),
+    ("batch_size", -2, "--batch-size must be between 1 and 2147483647 \\(2\\*\\*31 - 1\\), got -2"),
+    ("batch_size", 10**20, "--batch-size must be between 1 and 2147483647"),   # was a TensorFlow traceback
     ("learning_rate", 0.0, "--learning-rate must be a positive number, got 0.0"),
     ("learning_rate", float("inf"), "--learning-rate must be a positive number, got inf"),
     ("learning_rate", float("nan"), "--learning-rate must be a positive number, got nan"),
@@ -349,3 +350,56 @@ def test_first_non_finite_names_the_earliest_epoch_that_diverged():
     assert first_non_finite({"loss": [2.0, 1e300, float("inf")], "val_loss": [2.1, float("nan"), 3.0]}) \
         == (1, "val_loss", pytest.approx(float("nan"), nan_ok=True))
     assert first_non_finite({"loss": [float("nan")], "val_loss": [float("nan")]})[:2] == (0, "loss")
+
+
+def _zip_with(path, mutate) -> bytes:
+    """A valid batch whose zip headers ``mutate`` edits (as another tool or a damaged copy would)."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((2, 8, 8, 1), np.float32), labels=np.array([0, 1]))
+    raw = bytearray(buf.getvalue())
+    mutate(raw)
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
+def _set_encrypted(raw: bytearray) -> None:
+    raw[6] |= 1                                   # local header: general purpose flag, bit 0
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 8] |= 1                         # central directory: the same flag
+
+
+def _unknown_method(raw: bytearray) -> None:
+    raw[8] = 99                                   # local header: compression method
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 10] = 99
+
+
+@pytest.mark.parametrize("mutate, words", [(_set_encrypted, "encrypted"), (_unknown_method, "compression method")])
+def test_a_zip_numpy_cannot_open_is_one_line_naming_the_file(tmp_path, mutate, words):
+    """Found by a sweep (2026-12-04): an encrypted member or an unknown compression method was a
+    RuntimeError / NotImplementedError traceback in `retrain` and `data validate`."""
+    raw = _zip_with(tmp_path / "odd.npz", mutate)
+    with pytest.raises(DataError, match=f"invalid data in odd.npz: cannot read it as a .npz batch \\(.*{words}"):
+        batches.parse_npz("odd.npz", raw)
+
+
+def test_incoming_paths_that_cannot_be_read_say_so_in_one_line(tmp_path):
+    """Found by a sweep (2026-12-04): a name too long and an unknown ~user were tracebacks."""
+    with pytest.raises(ConfigError, match="cannot read it"):
+        batches.read_batches(str(tmp_path / ("a" * 300 + ".npz")), "digits")
+    with pytest.raises(ConfigError, match="'~no-such-user-mlops' is not a user with a home directory"):
+        batches.read_batches("~no-such-user-mlops/x.npz", "digits")
+    with pytest.raises(ConfigError, match="must end in .npz"):        # S3 keys too: a retrain reads only *.npz
+        batches.write_batch(batches.Arrays(np.zeros((1, 8, 8, 1), np.float32), np.array([0])), "s3://b/x.txt")
+
+
+def test_an_s3_endpoint_without_its_scheme_is_one_line(monkeypatch):
+    """Found by a sweep (2026-12-04): boto3's "Invalid endpoint" ValueError traceback."""
+    from mlops_common import s3
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "127.0.0.1:8333")
+    with pytest.raises(ConfigError, match="is not an http\\(s\\) URL; write it with its scheme, e.g. "
+                                          "http://127.0.0.1:8333"):
+        s3.client()

@@ -205,6 +205,37 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     assert api.heldout_fingerprint == res["heldout_fingerprint"]
 
 
+def test_a_leftover_mlflow_run_id_of_a_finished_run_is_refused_and_changes_nothing(cli_trained):
+    """Found by a sweep (2026-12-04): MLFLOW_RUN_ID left from another job reopened v1's finished
+    run: `train` mixed a second training into it and overwrote v1's SavedModel and golden set,
+    then registered a new version from it; `evaluate` overwrote its held-out metrics."""
+    env, res, _ = cli_trained
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    before = client.get_run(res["run_id"])
+    versions = len(client.search_model_versions(f"name='{env['MLOPS_MODEL_NAME']}'"))
+    for args in (("train", "--epochs", "1"), ("evaluate", "--version", "1")):
+        r = run_mlops(*args, env={**env, "MLFLOW_RUN_ID": res["run_id"]})
+        assert r.returncode == 2, r.stderr[-2000:]
+        (line,) = _error_lines(r.stderr)
+        assert line == (f"error: MLFLOW_RUN_ID names run {res['run_id']}, which is FINISHED: only `mlflow run` "
+                        f"sets it, for the run it has just started; unset MLFLOW_RUN_ID (nothing was logged)")
+        assert "epoch 1/1" not in r.stderr
+    after = client.get_run(res["run_id"])
+    assert (after.data.params, after.data.metrics, after.data.tags, after.info.status, after.info.end_time) == \
+        (before.data.params, before.data.metrics, before.data.tags, before.info.status, before.info.end_time)
+    assert len(client.search_model_versions(f"name='{env['MLOPS_MODEL_NAME']}'")) == versions
+
+
+def test_evaluate_on_a_data_set_of_another_image_shape_is_one_line(cli_trained):
+    """Found by a sweep (2026-12-04): Keras's "expected shape=(None, 28, 28, 1)" traceback."""
+    env, _, _ = cli_trained
+    r = run_mlops("evaluate", "--version", "1", "--dataset", "fashion_mnist", env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line == (f"error: version 1 of '{env['MLOPS_MODEL_NAME']}' takes images of shape (8, 8, 1), but data "
+                    f"set 'fashion_mnist' has (28, 28, 1); evaluate it on the data set it was trained on (--dataset)")
+
+
 def test_evaluate_unknown_version_is_one_line(cli_trained):
     env, res, _ = cli_trained
     r = run_mlops("evaluate", "--version", "99", env=env)
@@ -261,6 +292,17 @@ def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches
     assert run.data.tags["mlops.parent_run_id"] == v1_run and v1_run in run.data.tags["mlflow.note.content"]
     training = [i.dataset for i in run.inputs.dataset_inputs if i.tags and i.tags[0].value == "training"]
     assert json.loads(training[0].profile)["features_shape"] == [1347, 8, 8, 1]
+    assert json.loads(training[0].source) == {"uri": str(digits_batches.good)}
+
+    # The same examples from another place: the run's input names that place (found by a sweep,
+    # 2026-12-04: MLflow kept one dataset per name and digest, and the source of the first retrain)
+    moved = digits_batches.good.parent.parent / "moved" / digits_batches.good.name
+    moved.parent.mkdir(exist_ok=True)
+    moved.write_bytes(digits_batches.good.read_bytes())
+    again = train_version(incoming=moved, epochs=1)
+    run = client.get_run(again["run_id"])
+    (training,) = [i.dataset for i in run.inputs.dataset_inputs if i.tags and i.tags[0].value == "training"]
+    assert again["fingerprint"] == res["fingerprint"] and json.loads(training.source) == {"uri": str(moved)}
 
     # It continued from production's weights: its first epoch starts far better than scratch's.
     first_epoch = {rid: client.get_metric_history(rid, "accuracy")[0].value
@@ -375,3 +417,17 @@ def test_a_diverged_training_stops_fails_its_run_and_registers_nothing(mlops_env
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED"
     assert np.isnan(run.data.metrics["loss"])        # the epoch that diverged is on record
+
+
+def test_a_bad_ledger_url_fails_before_training_not_after(mlops_env):
+    """Found by a sweep (2026-12-04): the ledger was first opened at registration, so a typo in
+    MLOPS_LEDGER_URL cost a whole training and left a FINISHED run with no version."""
+    import mlflow
+
+    r = run_mlops("train", "--epochs", "1", env={"MLOPS_LEDGER_URL": "sqlite:///relative-typo.db"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith("error: MLOPS_LEDGER_URL names a relative SQLite path"), line
+    assert "epoch 1/1" not in r.stderr
+    mlflow.set_tracking_uri(mlops_env["MLFLOW_TRACKING_URI"])
+    assert mlflow.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None     # no run either

@@ -140,8 +140,10 @@ def cmd_retrain(args) -> int:
 def cmd_evaluate(args) -> int:
     from mlops_common import settings
     from mlproject.evaluate import evaluate_version, log_to_active_project_run
+    from mlproject.tracking import project_run_id
 
     name = settings.model_name(args.model_name)
+    project_run_id()        # a leftover MLFLOW_RUN_ID is refused before the evaluation, not after
     with contextlib.redirect_stdout(sys.stderr):
         ev = evaluate_version(name, args.version, dataset=args.dataset)
         log_to_active_project_run(ev)
