@@ -54,7 +54,8 @@ def recorded(model: str, version: int, ledger=None) -> dict[str, str] | None:
     """The files recorded when ``version`` was registered (None: registered without a record)."""
     from .ledger import Ledger
 
-    rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",)) if e.to_version == version]
+    rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",), current=True)
+            if e.to_version == version]
     files = rows[-1].details.get("bundle_files") if rows else None
     return dict(files) if isinstance(files, dict) else None
 

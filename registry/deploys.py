@@ -46,7 +46,7 @@ def failed_since_promoted(model: str, version: int) -> bool:
     a failed ``deploy`` row in the ledger when MLflow refused the tag? (A restarted ``mlops sync
     watch`` does not retry it, nor does one whose tag could not be written; promoting it again
     clears this.)"""
-    entries = Ledger().entries(model, actions=MOVES + ("deploy",))
+    entries = Ledger().entries(model, actions=MOVES + ("deploy",), current=True)
     if status(model, version) == FAILED:
         return failed_after_promotion(entries, version)
     return last_verdict(entries, version) == "failed"
@@ -55,7 +55,7 @@ def failed_since_promoted(model: str, version: int) -> bool:
 def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
     """The rollback row that made ``version`` production again, if deploying it restores a version
     that held production before (``promotion_rules.restoring_rollback``); else None."""
-    return restoring_rollback((ledger or Ledger()).entries(model, actions=(*MOVES, "deploy")), version)
+    return restoring_rollback((ledger or Ledger()).entries(model, actions=(*MOVES, "deploy"), current=True), version)
 
 
 class DeployLedger:
@@ -95,7 +95,8 @@ class DeployLedger:
     def previous_production(self, version: int) -> int | None:
         """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known):
         the rule ``mlops registry rollback`` follows, on the same ledger rows and registry tags."""
-        entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"))
+        entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"),
+                                     current=True)
         return rollback_choice(entries, {i.version: i.tags for i in versions.list_versions(self.model)},
                                version).version
 

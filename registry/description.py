@@ -155,6 +155,9 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
     gates = [e for e in entries if e.action == "gate" and e.to_version == version]
     moves = [e for e in entries if e.action in ("promote", "rollback") and e.outcome == "ok"]
     to_me = [e for e in moves if e.to_version == version]
+    # a promotion of the version already in production is recorded but moves nothing: the line
+    # names the move that put it there (found by a sweep: a no-op hid the rollback that did)
+    to_me = [e for e in to_me if e.from_version != e.to_version] or to_me
     validation = T.read(tags, T.VALIDATION_STATUS) or "pending"
     deploy = T.read(tags, T.DEPLOY_STATUS) or "not deployed"
     head = " · ".join([f"**v{version}**", _some([_cell(f"@{a}") for a in aliases], 300) or "no alias",

@@ -74,7 +74,9 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     info = versions.get_version(model, version)
     v = info.version
     prod = versions.production_version(model)
-    if prod is None and (held := ledger_production(ledger.entries(model, actions=("promote", "rollback")))):
+    held = None if prod is not None else ledger_production(
+        ledger.entries(model, actions=("promote", "rollback"), current=True))
+    if held:
         raise RefusedError(
             f"'{model}' has no production alias but the ledger says v{held} holds production (the alias was "
             f"removed outside mlops): the gate would compare with nothing; put it back with `mlops registry "
@@ -97,7 +99,8 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
         prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
 
     verdict = decide(cand_eval, prod_eval, rules, baseline_version=baseline,
-                     signature_problems=sig_problems, allow_signature_change=allow_signature_change)
+                     signature_problems=sig_problems, allow_signature_change=allow_signature_change,
+                     gated_production=prod == v)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report = gate_report.build(model=model, version=v, verdict=verdict, rules=rules,
                                candidate=cand_eval, production=prod_eval,
@@ -150,11 +153,14 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
                  "signature_differences": report["signature_differences"]}))
     # read now: another gate may have moved 'candidate' to its version during this evaluation
     held = versions.registered_model_aliases(model).get(versions.CANDIDATE)
-    if verdict.passed:
+    if verdict.passed and verdict.gated_production:     # not a candidate: the one awaiting approval keeps it
+        _log.info("version %s holds production: alias '%s' left where it is", v, versions.CANDIDATE)
+    elif verdict.passed:
         versions.set_alias(model, versions.CANDIDATE, v)
         _log.info("alias '%s' of '%s' now points at version %s", versions.CANDIDATE, model, v)
     elif held == v:
         versions.delete_alias(model, versions.CANDIDATE)
         _log.info("removed alias '%s' from version %s: it no longer passes", versions.CANDIDATE, v)
     # after the alias moved; the version it moved from shows it no longer
-    description.refresh_quietly(model, v, held if verdict.passed and held != v else None)
+    moved_from = held if verdict.passed and not verdict.gated_production and held != v else None
+    description.refresh_quietly(model, v, moved_from)

@@ -98,6 +98,7 @@ class Verdict:
     tolerance: float | None
     tolerance_derivation: str | None
     notes: list[str] = field(default_factory=list)
+    gated_production: bool = False      # the version gated holds production: no baseline to compare with
 
     @property
     def failed(self) -> list[Check]:
@@ -112,8 +113,9 @@ class Verdict:
 def decide(candidate: dict, production: dict | None, rules: GateRules, *,
            baseline_version: int | None = None,
            signature_problems: list[str] | None = None,
-           allow_signature_change: bool = False) -> Verdict:
-    """Apply the rules. ``production`` None means there is no production version yet."""
+           allow_signature_change: bool = False, gated_production: bool = False) -> Verdict:
+    """Apply the rules. ``production`` None means there is no production version yet, or (with
+    ``gated_production``) that the version gated is production itself."""
     checks: list[Check] = []
     notes: list[str] = []
     invalid = _invalid_metrics(candidate, "candidate") + (
@@ -122,14 +124,17 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
         return Verdict(passed=False, checks=[Check("metrics_valid", False, "; ".join(invalid))],
                        baseline_version=baseline_version if production is not None else None,
                        tolerance=None, tolerance_derivation=None,
-                       notes=["The evaluation is not a measurement: no other rule was applied."])
+                       notes=["The evaluation is not a measurement: no other rule was applied."],
+                       gated_production=gated_production)
     acc = float(candidate["accuracy"])
     checks.append(_at_least("min_accuracy", acc, rules.min_accuracy,
                             f"held-out accuracy {acc:.4f} (minimum {rules.min_accuracy:.2f})"))
 
     tolerance = derivation = None
     if production is None:
-        notes.append("No production version yet: only the absolute rules applied.")
+        notes.append("This version holds production already: no baseline to compare it with, only the "
+                     "absolute rules applied." if gated_production else
+                     "No production version yet: only the absolute rules applied.")
     else:
         cand_fp, prod_fp = candidate.get("heldout_fingerprint"), production.get("heldout_fingerprint")
         same = bool(cand_fp) and cand_fp == prod_fp     # an unrecorded held-out set proves nothing
@@ -173,7 +178,8 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
 
     return Verdict(passed=all(c.passed for c in checks), checks=checks,
                    baseline_version=baseline_version if production is not None else None,
-                   tolerance=tolerance, tolerance_derivation=derivation, notes=notes)
+                   tolerance=tolerance, tolerance_derivation=derivation, notes=notes,
+                   gated_production=gated_production and production is None)
 
 
 def _invalid_metrics(doc: dict, who: str) -> list[str]:
@@ -229,6 +235,8 @@ def _class_key(k: str):
 def summary(verdict: Verdict, version: int) -> str:
     """One paragraph: which rules failed and by how much (or that it passed)."""
     base = (f"against production v{verdict.baseline_version}" if verdict.baseline_version is not None
+            else "as the production version itself (no baseline: only the absolute rules applied)"
+            if verdict.gated_production
             else "with no production version yet (only the absolute rules applied)")
     if verdict.passed:
         return f"Version {version} passed the quality gate {base}: " + \

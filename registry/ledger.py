@@ -464,11 +464,12 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self, model: str | None = None, *, actions: tuple[str, ...] | None = None,
-                limit: int | None = None) -> list[Entry]:
-        """Rows in the order they were appended (oldest first); ``limit`` keeps the newest N."""
+                limit: int | None = None, current: bool = False) -> list[Entry]:
+        """Rows in the order they were appended (oldest first); ``limit`` keeps the newest N;
+        ``current``: only the rows of the model as it exists now (``_select``), for decisions."""
         with _db_errors(self.url, "cannot read the ledger database"):
             with self._engine.connect() as conn:
-                return _select(conn, model, actions, limit)
+                return _select(conn, model, actions, limit, current=current)
 
 
 class LockedLedger:
@@ -483,7 +484,8 @@ class LockedLedger:
         return _insert(self._conn, entry)
 
     def entries(self, *, actions: tuple[str, ...] | None = None, limit: int | None = None) -> list[Entry]:
-        return _select(self._conn, self.model, actions, limit)
+        """The rows of the model as it exists now (every read here is for a decision)."""
+        return _select(self._conn, self.model, actions, limit, current=True)
 
     def commit(self) -> None:
         """Make the rows appended so far durable now, keeping the lock (an intent row must
@@ -497,11 +499,22 @@ def _insert(conn: sa.Connection, entry: Entry) -> Entry:
     return replace(entry, id=int(result.inserted_primary_key[0]))
 
 
-def _select(conn: sa.Connection, model: str | None, actions, limit: int | None) -> list[Entry]:
+def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, *,
+            current: bool = False) -> list[Entry]:
+    """``current`` (with ``model``): from the model's latest registration of version 1 on. MLflow
+    numbers a registered model deleted and created again from 1, and the rows of the model that
+    was deleted (its productions, gates, deploys) are about other versions of the same numbers:
+    a rollback went to a version that never held production, a stale gate passed."""
     t = entries_table
     q = sa.select(t)
     if model:
         q = q.where(t.c.model == model)
+        if current:
+            start = (sa.select(sa.func.max(t.c.id))
+                     .where(t.c.model == model, t.c.action == "register", t.c.to_version == 1,
+                            t.c.outcome == "ok")
+                     .scalar_subquery())
+            q = q.where(sa.or_(start.is_(None), t.c.id >= start))
     if actions:
         q = q.where(t.c.action.in_(actions))
     q = q.order_by(t.c.id.desc())

@@ -195,7 +195,7 @@ def check_agreement(model: str, *, ledger: Ledger | None = None) -> Agreement:
     A disagreement is read again under the promotion lock: a promotion that committed between
     the two reads is not a move made outside mlops."""
     ledger = ledger or Ledger()
-    found = agreement(versions.production_version(model), ledger.entries(model, actions=_VIEW))
+    found = agreement(versions.production_version(model), ledger.entries(model, actions=_VIEW, current=True))
     if found.agrees:
         return found
     with ledger.serialized(model) as tx:

@@ -289,6 +289,22 @@ def test_a_forced_promotion_says_so():
     assert "forced" not in plain
 
 
+def test_a_promotion_that_moved_nothing_does_not_hide_the_move_that_did():
+    """Found by a sweep (2026-12-04): `promote --version 1` while v1 already held production (after
+    a rollback put it there) became the "Approved by" line, naming mallory's no-op instead."""
+    entries = rows(
+        Entry("promote", "m", "ok", from_version=None, to_version=1, actor="alice"),
+        Entry("promote", "m", "ok", from_version=1, to_version=2, actor="alice"),
+        Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="root", reason="v2 slow"),
+        Entry("promote", "m", "ok", from_version=1, to_version=1, actor="mallory", reason="noop"))
+    text = description.render(model="m", version=1, tags={}, aliases=("production",), entries=entries)
+    assert line(text, "Approved by") == ("**Approved by:** root (rollback v2 → v1 by root, 2026-12-01 15:00 UTC, "
+                                         "ledger #3; reason: v2 slow)")
+    assert "| #4 | 2026-12-01 15:00 | promote | v1 → v1 | mallory | noop |" in text   # still in the table
+    only = description.render(model="m", version=1, tags={}, aliases=("production",), entries=entries[3:])
+    assert "by mallory" in line(only, "Approved by")      # the alias set outside mlops: the no-op is all there is
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. tags under their older names
 # ---------------------------------------------------------------------------------------------

@@ -98,6 +98,26 @@ def test_a_candidate_that_fails_a_later_gate_loses_the_candidate_alias(make_vers
     assert versions.get_version(model, v).aliases == ()
 
 
+def test_gating_the_production_version_says_so_and_leaves_the_candidate_alias_alone(make_version):
+    """Found by a sweep (2026-12-04): gating v1 while it held production said "passed with no
+    production version yet" (report, ledger, description) and moved 'candidate' off v2, which
+    had passed and was waiting for its approval."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.95)})
+    assert run_gate(model, v2, ev).passed
+    out = run_gate(model, v1, ev)
+    assert out.passed and out.production_version is None
+    assert out.summary.startswith(f"Version {v1} passed the quality gate as the production version itself "
+                                  f"(no baseline: only the absolute rules applied)")
+    assert "no production version yet" not in out.markdown.lower()
+    assert "> This version holds production already" in out.markdown
+    assert versions.get_version(model, v2).aliases == ("candidate",)
+    assert versions.get_version(model, v1).aliases == ("production",)
+    assert Ledger().entries(model)[-1].reason == out.summary
+
+
 def test_incompatible_signature_fails_unless_explicitly_allowed(make_version):
     model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version(validation_status="passed")

@@ -4,10 +4,11 @@ MLflow server and ledger), ``--force`` needs a reason, and ``mlops sync rollback
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
-from mlops_common.errors import NotFoundError
+from mlops_common.errors import NotFoundError, RefusedError
 from registry import promotion, versions
 from registry.client import tracking_client
 from registry.ledger import Ledger
@@ -129,8 +130,37 @@ def test_sync_rollback_force_flag_is_parsed_and_reaches_promotion_rollback(monke
 
     # the whole command: the parsed flag goes through rollback_and_deploy to promotion.rollback
     monkeypatch.setenv("MLOPS_MODEL_NAME", "cli-model")
-    monkeypatch.setattr(sync_cmd, "_hosts", lambda args: ["h"])
+    monkeypatch.setattr(sync_cmd, "_hosts", lambda args: [SimpleNamespace(name="h")])
     with pytest.raises(_Captured):
         args.func(args)
     model, kw = calls[-1]
     assert model == "cli-model" and kw["force"] is True and kw["reason"] == "x" and kw["to"] is None
+
+
+def test_rows_of_a_model_deleted_and_created_again_steer_neither_its_rollback_nor_its_gate_check(make_version):
+    """Found by a sweep (2026-12-04): MLflow numbers a model created again from 1, and the rows of
+    the deleted one (v1, v2, v3 each in production) were read as the new one's: a rollback of the
+    new v1 went to the new v2, which never held production, and a gate verdict against no
+    production passed although v1 had been promoted since (v2 "had held production")."""
+    from registry.ledger import Entry
+
+    model = promoted_in_turn(make_version, 3)
+    tracking_client().delete_registered_model(model)
+    make_version(validation_status="passed")
+    make_version(validation_status="passed")
+    Ledger().append(Entry(action="gate", model=model, outcome="passed", from_version=None, to_version=2,
+                          actor="ci"))                    # v2's gate, run while nothing was in production
+    promotion.promote(model, 1, actor="alice")
+    before = [(e.action, e.from_version, e.to_version) for e in Ledger().entries(model)]
+    assert before[-1] == ("promote", None, 1)              # no reconcile row from the deleted model's production
+
+    with pytest.raises(NotFoundError, match=f"nothing to roll back to for '{model}': the ledger shows no earlier "
+                                            f"production version than 1"):
+        promotion.rollback(model, actor="bob")
+    with pytest.raises(RefusedError, match="passed its gate against \\(none\\), but production is now v1"):
+        promotion.promote(model, 2, actor="alice")
+    assert versions.production_version(model) == 1
+    assert [(e.action, e.outcome, e.to_version) for e in Ledger().entries(model)][len(before):] == \
+        [("promote", "refused", 2)]
+    # the whole history stays on record for `registry history`
+    assert [e.to_version for e in Ledger().entries(model, actions=("promote",))][:3] == [1, 2, 3]
