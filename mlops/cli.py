@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     log.setup(verbose=args.verbose)
     try:
         code = args.func(args)
+        sys.stdout.flush()      # a reader gone (`| head`) is found here, not in a traceback at exit
+    except BrokenPipeError:
+        if not _stdout_gone():  # a socket's broken pipe: a bug to see
+            print(redacted_traceback(), file=sys.stderr, end="")
+            return 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing more to write
+        return 141              # as a command killed by SIGPIPE (128 + 13), which pipefail sees
     except UserError as exc:
         print(f"error: {log.redact(exc.message)}", file=sys.stderr)
         return exc.exit_code
@@ -80,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         print(redacted_traceback(), file=sys.stderr, end="")
         return 1
     return int(code or 0)
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def redacted_traceback() -> str:

@@ -36,6 +36,7 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
 # What went wrong, as both readers of boto3's errors tell it (each in its own words):
 NO_CREDENTIALS, BAD_CREDENTIALS, DENIED, UNREACHABLE = "no_credentials", "bad_credentials", "denied", "unreachable"
 NO_BUCKET, MISSING, CHECKSUM, CONNECTION, OTHER = "no_bucket", "missing", "checksum", "connection", "other"
+BAD_NAME = "bad_name"       # botocore refused the request before sending it (an invalid bucket name)
 _BY_CODE = {
     **dict.fromkeys(("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"),
                     BAD_CREDENTIALS),
@@ -55,11 +56,14 @@ def classify(exc: BaseException) -> tuple[str, str]:
         ClientError,
         EndpointConnectionError,
         NoCredentialsError,
+        ParamValidationError,
         PartialCredentialsError,
     )
 
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return NO_CREDENTIALS, ""
+    if isinstance(exc, ParamValidationError):
+        return BAD_NAME, ""
     if isinstance(exc, EndpointConnectionError):
         return UNREACHABLE, ""
     if isinstance(exc, ClientError):

@@ -54,6 +54,9 @@ def s3_errors(what: str):
         if kind in (s3_factory.DENIED, s3_factory.BAD_CREDENTIALS):
             raise ConfigError(f"{what}: S3 refused access ({code}); check AWS_ACCESS_KEY_ID and "
                               f"AWS_SECRET_ACCESS_KEY") from None
+        if kind == s3_factory.BAD_NAME:
+            raise ConfigError(f"{what}: not a valid S3 location ({_first_line(exc)}); check the bucket name "
+                              f"in the s3:// URL (lower case letters, digits, '.' and '-')") from None
         if kind == s3_factory.CONNECTION:
             raise ConnectionFailure(f"{what}: S3 at {where} failed: {type(exc).__name__}") from None
         raise UserError(f"{what}: S3 answered {code or 'an error'} at {where}") from None
@@ -92,3 +95,8 @@ def put_bytes(uri: str, data: bytes) -> None:
         raise ConfigError(f"'{uri}' names no object; give s3://bucket/path/name.npz")
     with s3_errors(f"writing {uri}"):
         client().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

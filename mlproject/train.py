@@ -105,7 +105,15 @@ class RunResult:
 
 
 def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
-    """Load the frozen partition and read + validate incoming batches (before any run starts)."""
+    """Load the frozen partition and read + validate incoming batches (before any run starts).
+    A local ``incoming`` is recorded absolute: a relative one said nothing of where the data was
+    (and ``mlflow run`` resolves it against the project, not where it was typed)."""
+    import os
+
+    from .s3 import is_s3
+
+    if incoming and not is_s3(incoming):
+        incoming = os.path.abspath(os.path.expanduser(incoming))
     part = load_partition(check_name(dataset))
     validation.check(f"the {dataset} base set", part.base.images, part.base.labels,
                      image_size=IMAGE_SIZE[dataset])

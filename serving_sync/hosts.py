@@ -147,14 +147,21 @@ def _absolute_path(value: str, where: _Where, fld: str) -> str:
     return norm.rstrip("/") or "/"
 
 
+def _missing_or_not_text(value: object) -> str:
+    """``rest_url = 5`` is there, but not text: "missing" sent people looking for a key they had."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "missing"
+    return f"must be a quoted string, not {type(value).__name__} {value!r}"[:120]
+
+
 def parse_target(value: object, where: _Where) -> Target:
     """Parse ``file:///abs``, ``ssh://[user@]host[:port]/abs`` or ``s3://bucket[/prefix]``.
 
     A password in the URL is refused first, without echoing the value; every later message
     echoes the value with anything that could be a password masked (``shown``)."""
     if not isinstance(value, str) or not value.strip():
-        raise where.error("target", "missing; use file:///abs/path, ssh://user@host:22/abs/path "
-                                    "or s3://bucket/prefix")
+        raise where.error("target", f"{_missing_or_not_text(value)}; use file:///abs/path, "
+                                    f"ssh://user@host:22/abs/path or s3://bucket/prefix")
     value = value.strip()
     shown = settings.mask_url_password(value)
     if has_control(value):      # urlsplit drops tabs and new lines without a word: a different path
@@ -217,7 +224,9 @@ def parse_target(value: object, where: _Where) -> Target:
 
 def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
     if not isinstance(value, str) or not value.strip():
-        raise where.error(fld, "missing; the TF Serving REST address, e.g. http://127.0.0.1:8501")
+        raise where.error(fld, f"{_missing_or_not_text(value)}; " + (
+            "the TF Serving REST address, e.g. http://127.0.0.1:8501" if fld == "rest_url" else
+            "TF Serving's metrics page, e.g. http://127.0.0.1:8501/monitoring/prometheus/metrics"))
     value = value.strip().rstrip("/")
     example = "an http(s) URL like http://127.0.0.1:8501"
     if has_control(value):

@@ -32,3 +32,31 @@ def test_the_gate_report_file_is_strict_json_too(tmp_path):
     text = (tmp_path / "rep" / "report.json").read_text()
     assert json.loads(text, parse_constant=_refuse) == {"se": None, "rows": [None, 0.25]}
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_sigpipes_code(tmp_path):
+    """`mlops registry status | head -1` ended in a BrokenPipeError traceback (found by a sweep,
+    2026-12-04). Now: nothing on stderr but the command's own lines, exit 141 (128 + SIGPIPE) as a
+    command killed by SIGPIPE, which `set -o pipefail` still sees."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.helpers import REPO
+
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, images=np.zeros((4, 8, 8, 1), np.float32), labels=np.array([0, 1, 2, 3]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)                              # the reader is gone before the command writes
+    try:
+        r = subprocess.run([sys.executable, "-m", "mlops", "data", "validate", str(batch)], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141, r.stderr
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    with_reader = subprocess.run([sys.executable, "-m", "mlops", "data", "validate", str(batch)],
+                                 capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert with_reader.returncode == 0 and with_reader.stdout.strip(), with_reader.stderr

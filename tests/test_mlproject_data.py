@@ -403,3 +403,27 @@ def test_an_s3_endpoint_without_its_scheme_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match="is not an http\\(s\\) URL; write it with its scheme, e.g. "
                                           "http://127.0.0.1:8333"):
         s3.client()
+
+
+def test_an_s3_location_botocore_refuses_to_send_says_to_check_the_bucket_name(monkeypatch):
+    """Found by a sweep (2026-12-04): "S3 ... failed: ParamValidationError", with nothing to fix."""
+    for var, value in (("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9"), ("AWS_ACCESS_KEY_ID", "x"),
+                       ("AWS_SECRET_ACCESS_KEY", "y")):
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=r"not a valid S3 location \(Parameter validation failed.*check the "
+                                          r"bucket name in the s3:// URL"):
+        batches.read_batches("s3://Bad_Bucket!/incoming", "digits")
+
+
+def test_a_relative_incoming_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """Found by a sweep (2026-12-04): params, tags and the run's input said `incoming/batch.npz`,
+    which tells nobody where the data was (and `mlflow run` reads it from the project folder)."""
+    from mlproject.train import prepare_data
+
+    (tmp_path / "incoming").mkdir()
+    batches.write_batch(batches.make_batch("good", load_partition("digits").pool, seed=1),
+                        str(tmp_path / "incoming" / "batch.npz"))
+    monkeypatch.chdir(tmp_path)
+    data = prepare_data("digits", "incoming/batch.npz")
+    assert data.incoming_location == str(tmp_path / "incoming" / "batch.npz")
+    assert [b.source for b in data.incoming] == [str(tmp_path / "incoming" / "batch.npz")]

@@ -181,7 +181,7 @@ def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy
     the registry would roll back to, which the deploy keeps on every host."""
     env = deploy_env
     (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
-    v3 = env.register("a")
+    v3 = env.register("a", validation_status="failed")
 
     r = env.cli("sync", "plan", "--canary", "1", "--bake", "5")      # v2 is up to date: nothing changes
     assert r.returncode == 0 and "rollout: nothing changes" in r.stdout, r.stdout + r.stderr
@@ -195,6 +195,11 @@ def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy
     text = env.cli("sync", "plan", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5").stdout
     assert "no canary (one host changes): --bake 5s not used" in text and "canary " + h1.name not in text, text
     assert "then retention removes" not in text, text
+
+    # v3 has not passed its gate: the plan says what the deploy will answer first
+    assert doc["deploy_refused"].startswith(f"version {v3} of '{env.model}' has validation_status="), doc
+    assert f"note: `mlops sync deploy --version {v3}` refuses this without --force --reason: " in text
+    assert json.loads(env.cli("sync", "plan", "--json").stdout)["deploy_refused"] is None
 
     r = env.cli("sync", "deploy", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5",
                 "--force", "--reason", "plan check", "--json")

@@ -101,6 +101,10 @@ def entry(**fields) -> str:
     ({"model_base_path": "S3://AKIAX:secret@bucket/m"}, "model_base_path", "scheme 'S3://' is not one TF Serving"),
     ({"model_base_path": "s3a://bucket/m"}, "model_base_path", "use s3://, gs://, hdfs:// (lower case)"),
     ({"model_base_path": "s3://"}, "model_base_path", "names no bucket or host"),
+    # said "missing" for a key that was there, as a number
+    ({"rest_url": 5}, "rest_url", "must be a quoted string, not int 5; the TF Serving REST address"),
+    ({"metrics_url": 5}, "metrics_url", "must be a quoted string, not int 5; TF Serving's metrics page"),
+    ({"target": 5}, "target", "must be a quoted string, not int 5; use file:///abs/path"),
 ])
 def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
     with pytest.raises(ConfigError) as e:

@@ -43,8 +43,8 @@ def register(sub) -> None:
                "MLOPS_GATE_MAX_ACCURACY_DROP and MLOPS_GATE_MAX_CLASS_DROP. " + _ENV_EPILOG)
     g.add_argument("--version", type=flags.version_number, required=True, metavar="N", help="version to gate")
     g.add_argument("--allow-signature-change", action="store_true",
-                   help="accept a serving signature incompatible with production's (recorded as a "
-                        "tag and in the ledger); only when every client has been updated")
+                   help="accept a serving signature incompatible with production's (recorded in the "
+                        "ledger and the version's description); only when every client has been updated")
     g.add_argument("--min-accuracy", type=flags.fraction, metavar="A", help="minimum held-out accuracy (0.80)")
     g.add_argument("--max-accuracy-drop", type=flags.fraction, metavar="D",
                    help="allowed accuracy drop vs production (default derived from the held-out size)")

@@ -18,7 +18,7 @@ import time
 
 from mlops.commands import flags, output, sync_text
 from mlops_common import settings
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, RefusedError
 from serving_sync.bake import Limits
 from serving_sync.options import DeployOptions
 from serving_sync.smoke import SmokeOptions
@@ -384,10 +384,19 @@ def cmd_plan(args) -> int:
 
     model = settings.model_name(args.model_name)
     fp = plan_fleet(model, _hosts(args), version=args.version, opts=_deploy_options(args))
+    refused = None
+    if args.version is not None:      # what `sync deploy --version N` would say first (found by a sweep)
+        try:
+            _check_gate_passed(model, args.version, force=False, reason=None)
+        except RefusedError as exc:
+            refused = exc.message
     if args.json:
-        output.emit(fp.to_dict())
+        output.emit({**fp.to_dict(), "deploy_refused": refused})
     else:
         sync_text.plan(model, fp)
+        if refused:
+            print(f"note: `mlops sync deploy --version {args.version}` refuses this without --force --reason: "
+                  f"{refused}")
     return 1 if fp.errors else 0
 
 
