@@ -24,9 +24,9 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
     if endpoint is not None and not endpoint.lower().startswith(("http://", "https://")):
         from mlops_common.errors import ConfigError  # boto3: a ValueError traceback, "Invalid endpoint"
 
-        raise ConfigError(f"the S3 endpoint '{settings.mask_url_password(endpoint)}' (MLFLOW_S3_ENDPOINT_URL or "
-                          f"AWS_ENDPOINT_URL) is not an http(s) URL; write it with its scheme, e.g. "
-                          f"http://{endpoint.split('://')[-1]}")
+        host = endpoint.split("://")[-1].rsplit("@", 1)[-1]        # never a user:password before an '@'
+        raise ConfigError(f"the S3 endpoint in MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL is not an http(s) "
+                          f"URL; write it with its scheme, e.g. http://{host}")
     return boto3.client("s3", endpoint_url=endpoint, config=Config(
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": max_attempts, "mode": "standard"},

@@ -81,7 +81,8 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     uri = f"models:/{model_name}/{info.version}"
     model = load_checked(uri, f"version {version} of '{model_name}'", name,
                          damaged="register a new version with `mlops train` (or `mlops retrain`)",
-                         other_shape="evaluate it on the data set it was trained on (--dataset)")
+                         other_shape="evaluate it on the data set it was trained on (`mlops evaluate "
+                                     "--dataset`); the gate compares versions of one data set only")
     return evaluate_model(model, model_uri=uri, dataset=name)
 
 

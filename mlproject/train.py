@@ -112,8 +112,8 @@ def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
 
     from .s3 import is_s3
 
-    if incoming and not is_s3(incoming):
-        incoming = os.path.abspath(os.path.expanduser(incoming))
+    if incoming and not is_s3(incoming) and not (expanded := os.path.expanduser(incoming)).startswith("~"):
+        incoming = os.path.abspath(expanded)     # "~nosuchuser/...": left for read_batches to name
     part = load_partition(check_name(dataset))
     validation.check(f"the {dataset} base set", part.base.images, part.base.labels,
                      image_size=IMAGE_SIZE[dataset])

@@ -54,8 +54,10 @@ def recorded(model: str, version: int, ledger=None) -> dict[str, str] | None:
     """The files recorded when ``version`` was registered (None: registered without a record)."""
     from .ledger import Ledger
 
-    rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",), current=True)
-            if e.to_version == version]
+    rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",))
+            if e.to_version == version]   # all rows: the newest of this version's is the one (a model created
+    #                                        again registers after the deleted one; two first trainings at once
+    #                                        can record v2 before v1, which a cut at v1's row would hide)
     files = rows[-1].details.get("bundle_files") if rows else None
     return dict(files) if isinstance(files, dict) else None
 

@@ -151,7 +151,10 @@ def _missing_or_not_text(value: object) -> str:
     """``rest_url = 5`` is there, but not text: "missing" sent people looking for a key they had."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return "missing"
-    return f"must be a quoted string, not {type(value).__name__} {value!r}"[:120]
+    kind = ("true/false" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+            else "a list" if isinstance(value, list) else "a table" if isinstance(value, dict)
+            else f"a {type(value).__name__}")
+    return f"must be a quoted string, not {kind}"     # not its value: a list or table may hold a password
 
 
 def parse_target(value: object, where: _Where) -> Target:

@@ -403,6 +403,10 @@ def test_an_s3_endpoint_without_its_scheme_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match="is not an http\\(s\\) URL; write it with its scheme, e.g. "
                                           "http://127.0.0.1:8333"):
         s3.client()
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "minio:hunter2secret@127.0.0.1:8333")
+    with pytest.raises(ConfigError) as e:
+        s3.client()
+    assert "hunter2secret" not in str(e.value) and str(e.value).endswith("e.g. http://127.0.0.1:8333")
 
 
 def test_an_s3_location_botocore_refuses_to_send_says_to_check_the_bucket_name(monkeypatch):
@@ -427,3 +431,5 @@ def test_a_relative_incoming_path_is_recorded_absolute(tmp_path, monkeypatch):
     data = prepare_data("digits", "incoming/batch.npz")
     assert data.incoming_location == str(tmp_path / "incoming" / "batch.npz")
     assert [b.source for b in data.incoming] == [str(tmp_path / "incoming" / "batch.npz")]
+    with pytest.raises(ConfigError, match="'~no-such-user-mlops' is not a user with a home directory"):
+        prepare_data("digits", "~no-such-user-mlops/x.npz")

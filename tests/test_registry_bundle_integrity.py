@@ -25,6 +25,19 @@ def test_differences_name_each_changed_missing_and_added_file():
     assert bundle_hashes.digest(rec) != bundle_hashes.digest(got)
 
 
+def test_a_version_registered_before_v1_was_recorded_keeps_its_hashes(tmp_path):
+    """Two first trainings at once: MLflow gives them v1 and v2, and v2's row may be written
+    first. Reading only the rows from v1's registration on (what decisions do for a model created
+    again) hid v2's hashes, and every deploy of v2 went unchecked (found by review, 2026-12-04)."""
+    from registry.ledger import Entry, Ledger
+
+    led = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    led.append(Entry("register", "m", "ok", to_version=2, details={"bundle_files": {"tfserving/a": "2" * 64}}))
+    led.append(Entry("register", "m", "ok", to_version=1, details={"bundle_files": {"tfserving/a": "1" * 64}}))
+    assert bundle_hashes.recorded("m", 2, led) == {"tfserving/a": "2" * 64}
+    assert [e.to_version for e in led.entries("m", current=True)] == [1]       # what decisions read
+
+
 def _relog(run_id: str, tmp_path, artifact_dir: str, name: str, data: bytes) -> None:
     """What anyone with write access to the run can do after registration."""
     local = tmp_path / "relog" / name

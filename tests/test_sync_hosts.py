@@ -102,9 +102,9 @@ def entry(**fields) -> str:
     ({"model_base_path": "s3a://bucket/m"}, "model_base_path", "use s3://, gs://, hdfs:// (lower case)"),
     ({"model_base_path": "s3://"}, "model_base_path", "names no bucket or host"),
     # said "missing" for a key that was there, as a number
-    ({"rest_url": 5}, "rest_url", "must be a quoted string, not int 5; the TF Serving REST address"),
-    ({"metrics_url": 5}, "metrics_url", "must be a quoted string, not int 5; TF Serving's metrics page"),
-    ({"target": 5}, "target", "must be a quoted string, not int 5; use file:///abs/path"),
+    ({"rest_url": 5}, "rest_url", "must be a quoted string, not a number; the TF Serving REST address"),
+    ({"metrics_url": 5}, "metrics_url", "must be a quoted string, not a number; TF Serving's metrics page"),
+    ({"target": 5}, "target", "must be a quoted string, not a number; use file:///abs/path"),
 ])
 def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
     with pytest.raises(ConfigError) as e:
@@ -120,6 +120,9 @@ def test_no_message_echoes_a_password():
     for text in (entry(rest_url="http://u:hunter2secret@[::1"),
                  entry(model_base_path="s3://AKIAX:hunter2secret@bucket/m"),
                  entry(model_base_path="S3://AKIAX:hunter2secret@bucket/m"),
+                 entry(target=["ssh://deploy:hunter2secret@host:22/models"]),
+                 entry().replace('rest_url = "http://127.0.0.1:8501"',
+                                 'rest_url = {url = "http://admin:hunter2secret@h:8501"}'),
                  entry(model_base_path="s3a://AKIAX:hunter2secret@bucket/m"),
                  'store = "https://AKIAX:hunter2secret@s3.example.com/bucket"\n' + entry()):
         with pytest.raises(ConfigError) as e:
