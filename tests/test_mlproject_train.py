@@ -233,7 +233,8 @@ def test_evaluate_on_a_data_set_of_another_image_shape_is_one_line(cli_trained):
     assert r.returncode == 2, r.stderr[-2000:]
     (line,) = _error_lines(r.stderr)
     assert line == (f"error: version 1 of '{env['MLOPS_MODEL_NAME']}' takes images of shape (8, 8, 1), but data "
-                    f"set 'fashion_mnist' has (28, 28, 1); evaluate it on the data set it was trained on (--dataset)")
+                    f"set 'fashion_mnist' has (28, 28, 1); evaluate it on the data set it was trained on (`mlops "
+                    f"evaluate --dataset`); the gate compares versions of one data set only")
 
 
 def test_evaluate_unknown_version_is_one_line(cli_trained):
