@@ -411,6 +411,11 @@ def test_an_s3_endpoint_without_its_scheme_is_one_line(monkeypatch):
 
 def test_an_s3_location_botocore_refuses_to_send_says_to_check_the_bucket_name(monkeypatch):
     """Found by a sweep (2026-12-04): "S3 ... failed: ParamValidationError", with nothing to fix."""
+    import boto3
+
+    # boto3's default session keeps the first credentials it resolves: these fake ones must not
+    # outlive the test (every later S3 test in this worker was refused with InvalidAccessKeyId)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     for var, value in (("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9"), ("AWS_ACCESS_KEY_ID", "x"),
                        ("AWS_SECRET_ACCESS_KEY", "y")):
         monkeypatch.setenv(var, value)
