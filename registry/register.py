@@ -6,7 +6,8 @@ before it creates a version the ledger would not know about.
 """
 from __future__ import annotations
 
-from mlops_common import log
+from mlops_common import faultpoint, log
+from mlops_common.errors import UserError, reworded
 
 from . import bundle_hashes
 from . import tags as T
@@ -47,15 +48,24 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
         if description:
             client.update_model_version(model_name, mv.version, description=description)
     version = int(mv.version)
-    ledger.append(Entry(
-        action="register", model=model_name, outcome="ok", to_version=version,
-        **by.row(),
-        details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
-                 **{k: v for k, v in all_tags.items()
-                    if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
-                 **({"ci": dict(by.ci)} if by.ci else {}),
-                 **({"bundle_files": dict(bundle_files), "bundle_sha256": bundle_hashes.digest(bundle_files)}
-                    if bundle_files else {})}))
+    try:
+        faultpoint.reached("register:after_version")
+        ledger.append(Entry(
+            action="register", model=model_name, outcome="ok", to_version=version,
+            **by.row(),
+            details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
+                     **{k: v for k, v in all_tags.items()
+                        if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
+                     **({"ci": dict(by.ci)} if by.ci else {}),
+                     **({"bundle_files": dict(bundle_files), "bundle_sha256": bundle_hashes.digest(bundle_files)}
+                        if bundle_files else {})}))
+    except BaseException as exc:      # a signal, a ledger that stopped answering: no version without its row
+        removed = _unregister(client, model_name, version)
+        if isinstance(exc, UserError):
+            raise reworded(exc, f"{exc.message}; version {version} of '{model_name}' " + (
+                "was removed again: nothing is registered" if removed else
+                "is registered without its ledger row (its files are unchecked): delete it in MLflow")) from None
+        raise
     if not description:     # the caller's own description wins; else the one built from the ledger
         refresh_quietly(model_name, version)
     try:
@@ -63,3 +73,14 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     except Exception as exc:  # noqa: BLE001 - a description is a view; the version is registered
         _log.warning("could not write the description of registered model '%s': %s", model_name, exc)
     return version
+
+
+def _unregister(client, model_name: str, version: int) -> bool:
+    """Delete the version just created (nobody has gated or promoted it yet); False if MLflow
+    would not (it is then said in the error line)."""
+    try:
+        client.delete_model_version(model_name, str(version))
+        _log.warning("version %s of '%s' removed again: its ledger row could not be written", version, model_name)
+        return True
+    except Exception:  # noqa: BLE001 - the first error is the one to report
+        return False

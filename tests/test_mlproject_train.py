@@ -432,3 +432,40 @@ def test_a_bad_ledger_url_fails_before_training_not_after(mlops_env):
     assert "epoch 1/1" not in r.stderr
     mlflow.set_tracking_uri(mlops_env["MLFLOW_TRACKING_URI"])
     assert mlflow.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None     # no run either
+
+
+def test_a_training_stopped_between_registration_and_its_ledger_row_leaves_no_version(mlflow_server, tmp_path):
+    """SIGTERM (CircleCI cancelling the job) after MLflow created the version and before its ledger
+    row: the version stayed, unknown to the ledger, its files unchecked by every deploy. Now it is
+    removed again; the run itself had finished. A real `mlops train`, held at that phase."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    model = f"sigterm-reg-{uuid.uuid4().hex[:8]}"
+    marker = tmp_path / "marker"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLOPS_HOME": str(tmp_path / "home"),
+           "MLOPS_MODEL_NAME": model, "MLFLOW_EXPERIMENT_NAME": "", "MLFLOW_EXPERIMENT_ID": "",
+           "MLOPS_TEST_PAUSE_AT": "register:after_version", "MLOPS_TEST_PAUSE_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "train", "--epochs", "1"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = _client(mlflow_server)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.2)
+        assert marker.exists(), proc.poll()
+        assert [v.version for v in client.search_model_versions(f"name='{model}'")] == ["1"]   # held there
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert client.search_model_versions(f"name='{model}'") == []

@@ -141,3 +141,27 @@ def test_a_download_hands_its_checked_hashes_to_the_manifest_so_the_model_is_rea
     assert reads == []                                                 # not read a second time
     monkeypatch.setattr(mf, "_MEMO", {})
     assert mf.build(b.saved_model_dir) == manifest and len(reads) == len(manifest.files)
+
+
+def test_a_registration_whose_ledger_row_cannot_be_written_leaves_no_version(make_version, monkeypatch):
+    """Found by a sweep (2026-12-04): the version was created, then the ledger row failed (a
+    database gone, a signal): a version nobody's ledger knew of, whose files no deploy could check.
+    Now the version is removed again and the line says so."""
+    from mlops_common.errors import UserError
+    from registry import register
+    from registry.ledger import Ledger as RealLedger
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+
+    class Refusing(RealLedger):
+        def append(self, entry):
+            raise UserError("cannot write the ledger database (MLOPS_LEDGER_URL): disk I/O error")
+
+    monkeypatch.setattr(register, "Ledger", Refusing)
+    with pytest.raises(UserError) as caught:
+        make_version()
+    assert str(caught.value) == (f"cannot write the ledger database (MLOPS_LEDGER_URL): disk I/O error; version "
+                                 f"{v1 + 1} of '{model}' was removed again: nothing is registered")
+    assert [i.version for i in versions.list_versions(model)] == [v1]
+    assert [e.to_version for e in RealLedger().entries(model, actions=("register",))] == [v1]
