@@ -103,6 +103,7 @@ def start_services(state: Path) -> dict:
     check_hosts_file(hosts)
     mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port())
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default
+    os.environ.pop("MLOPS_LEDGER_URL", None)    # its ledger too: $MLOPS_HOME/ledger.db, never a team's
     rest_port, grpc_port = _ports()
     base = state / "serving"
     model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
@@ -118,8 +119,12 @@ def approve(version: int, opts: DemoOptions) -> bool:
         return True
     if not sys.stdin.isatty():
         return False
-    answer = input(f"    Approve version {version} for production? Look at the gate report and the "
-                   f"runs in the MLflow UI first. [y/N] ").strip().lower()
+    try:
+        answer = input(f"    Approve version {version} for production? Look at the gate report and the "
+                       f"runs in the MLflow UI first. [y/N] ").strip().lower()
+    except EOFError:        # Ctrl-D: no answer is no approval
+        say()
+        return False
     return answer in ("y", "yes")
 
 
@@ -184,6 +189,7 @@ def run(opts: DemoOptions) -> dict:
     model = settings.model_name()
     t0 = time.monotonic()
     step(1, f"start the local services (state in {state})")
+    user_env = dict(os.environ)     # before the demo points the process at its own services
     services = start_services(state)
     say(f"    MLflow UI: {services['mlflow']}   model server (local TF-Serving-compatible): {services['serving']}")
 
@@ -212,28 +218,74 @@ def run(opts: DemoOptions) -> dict:
         release(model, v3, opts, 13, services)
 
     say(f"\nDone in {time.monotonic() - t0:.0f}s.")
+    if served is None:      # a second demo on the same state: its v1 fails against the earlier v2
+        from registry import versions
+
+        with contextlib.suppress(UserError):
+            served = versions.production_version(model)
     if served is not None:
         from registry.deploys import DeployLedger
 
         request = golden_request_file(model, served, state)
-        say(closing_text(services, model, served, request, DeployLedger(model).rollback_target()))
+        say(closing_text(services, model, served, request, DeployLedger(model).rollback_target(),
+                         mlops=mlops_command(), shell_env=foreign_settings(user_env, services)))
     return {"services": services, "served": served, "model": model}
 
 
-def closing_text(services: dict, model: str, served: int, request: Path, rollback_to: int | None) -> str:
-    """Where to look and what to run next. The rollback line only when there is a version to go
-    back to (``--quick`` on a fresh state has served one version: a rollback would be refused)."""
-    back = (f'mlops sync rollback --reason "why"   (to v{rollback_to}, kept warm on the host: about a second)'
+def closing_text(services: dict, model: str, served: int, request: Path, rollback_to: int | None, *,
+                 mlops: str = "mlops", shell_env: dict[str, str] | None = None) -> str:
+    """Where to look and what to run next, each command as it can be pasted (pure). The rollback
+    line only when there is a version to go back to (``--quick`` on a fresh state has served one
+    version: a rollback would be refused). ``mlops``: how this shell reaches the command (``make
+    demo`` runs it from the virtualenv, not from PATH); ``shell_env``: the variables the user's
+    shell sets that would send those commands elsewhere (another MLflow, ledger, hosts file)."""
+    import shlex
+
+    back = (f'{mlops} sync rollback --reason "why"   (to v{rollback_to}, kept warm on the host: about a second)'
             if rollback_to is not None else
             f"nothing to roll back to yet: v{served} is the first version to serve production "
             f"(run the demo without --quick for a second one)")
-    return f"""
+    text = f"""
   MLflow UI (compare the runs, see the gate reports): {services['mlflow']}/#/models/{model}
   Model server (production uses real TensorFlow Serving):  {services['serving']}/v1/models/{model}
-  Predict:   curl -s -X POST {services['serving']}/v1/models/{model}:predict -d @{request}
-  Status:    mlops sync status        History: mlops registry history
+  Predict:   curl -s -X POST {services['serving']}/v1/models/{model}:predict -d @{shlex.quote(str(request))}
+  Status:    {mlops} sync status        History: {mlops} registry history
   Roll back: {back}
-  Stop:      mlops down"""
+  Stop:      {mlops} down"""
+    if shell_env:
+        text += ("\n  Note: your shell sets " + ", ".join(sorted(shell_env)) + ", which would send these "
+                 "commands elsewhere; unset " + ("it" if len(shell_env) == 1 else "them") + " first")
+    return text
+
+
+def mlops_command() -> str:
+    """``mlops`` when that is this program on PATH, else the path of this virtualenv's script."""
+    import shutil
+
+    here = Path(sys.executable).parent / "mlops"
+    on_path = shutil.which("mlops")
+    if on_path and Path(on_path).resolve() == here.resolve():
+        return "mlops"
+    if not here.exists():
+        return "mlops"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
+
+
+def foreign_settings(environ: dict[str, str], services: dict) -> dict[str, str]:
+    """The variables of the user's shell that point the printed commands away from the demo (pure)."""
+    out = {}
+    if environ.get("MLFLOW_TRACKING_URI", "").rstrip("/") not in ("", services["mlflow"].rstrip("/")):
+        out["MLFLOW_TRACKING_URI"] = environ["MLFLOW_TRACKING_URI"]
+    if environ.get("MLOPS_LEDGER_URL"):
+        out["MLOPS_LEDGER_URL"] = environ["MLOPS_LEDGER_URL"]
+    if environ.get("MLOPS_HOSTS_FILE") and environ["MLOPS_HOSTS_FILE"] != str(services["hosts"]):
+        out["MLOPS_HOSTS_FILE"] = environ["MLOPS_HOSTS_FILE"]
+    if environ.get("MLOPS_SYNC_TARGET"):
+        out["MLOPS_SYNC_TARGET"] = environ["MLOPS_SYNC_TARGET"]
+    return out
 
 
 def wait_for_ctrl_c() -> None:
@@ -266,6 +318,10 @@ def main(opts: DemoOptions, *, detach: bool) -> int:
     try:
         with one_demo_at_a_time(settings.state_dir()):
             run(opts)
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM mid-flow: its MLflow run is closed FAILED by now
+        print(f"the local services keep running (state in {settings.state_dir()}); `{mlops_command()} down` "
+              f"stops them", file=sys.stderr)
+        raise
     except GateFailed as exc:  # only for a first version: nothing to serve
         raise UserError(f"the first version failed the gate: {exc.message}") from None
     if not detach and sys.stdin.isatty():

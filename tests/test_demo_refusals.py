@@ -98,3 +98,46 @@ def test_the_closing_text_offers_a_rollback_only_when_there_is_somewhere_to_go()
     assert 'mlops sync rollback --reason "why"   (to v1, kept warm' in later
     for text in (first, later):
         assert "curl -s -X POST http://127.0.0.1:8501/v1/models/digits:predict -d @/tmp/request.json" in text
+
+
+def test_the_closing_text_can_be_pasted_as_printed():
+    """Found by a sweep (2026-12-04): a state folder with a space broke the curl line; after `make
+    demo` the `mlops ...` lines were not on PATH; a shell that exports another MLFLOW_TRACKING_URI
+    (or ledger, hosts file) sent them to another registry without a word."""
+    import shlex
+
+    from mlops.demo import foreign_settings
+
+    services = {"mlflow": "http://127.0.0.1:5000", "serving": "http://127.0.0.1:8501",
+                "hosts": Path("/s/hosts.toml")}
+    text = closing_text(services, "digits", 2, Path("/tmp/my state/request.json"), 1, mlops=".venv/bin/mlops")
+    curl = next(line for line in text.splitlines() if "curl" in line).split("Predict:", 1)[1].strip()
+    assert shlex.split(curl)[-1] == "@/tmp/my state/request.json"
+    assert ".venv/bin/mlops sync status" in text and "Stop:      .venv/bin/mlops down" in text
+    assert ".venv/bin/mlops sync rollback" in text and "Note:" not in text
+    theirs = {"MLFLOW_TRACKING_URI": "http://team:5000", "MLOPS_LEDGER_URL": "postgresql://u@db/l",
+              "MLOPS_HOSTS_FILE": "/etc/mlops/hosts.toml", "HOME": "/root"}
+    found = foreign_settings(theirs, services)
+    assert sorted(found) == ["MLFLOW_TRACKING_URI", "MLOPS_HOSTS_FILE", "MLOPS_LEDGER_URL"]
+    assert foreign_settings({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000/", "MLOPS_HOSTS_FILE": "/s/hosts.toml"},
+                            services) == {}
+    noted = closing_text(services, "digits", 2, Path("/r.json"), 1, shell_env=found)
+    assert noted.endswith("Note: your shell sets MLFLOW_TRACKING_URI, MLOPS_HOSTS_FILE, MLOPS_LEDGER_URL, which "
+                          "would send these commands elsewhere; unset them first")
+    assert "postgresql" not in noted                        # names only: a URL may hold a password
+
+
+def test_ctrl_d_at_the_approval_prompt_is_no_approval(monkeypatch):
+    """Found by a sweep (2026-12-04): an EOFError traceback, with both services left running."""
+    import builtins
+
+    from mlops.demo import DemoOptions, approve
+
+    def eof(prompt=""):
+        raise EOFError
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr(builtins, "input", eof)
+    assert approve(3, DemoOptions(yes=False)) is False
+    monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
+    assert approve(3, DemoOptions(yes=False)) is True

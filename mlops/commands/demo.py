@@ -12,7 +12,8 @@ def register(sub) -> None:
                     "test; then retrain on a good batch (approved and deployed, the previous version "
                     "kept warm) and on the tutorial's bad batch (stopped by the gate). Leaves MLflow's "
                     "UI and the model server running and prints their URLs, a curl predict example "
-                    "and how to roll back. Ctrl-C or `mlops down` stops everything.",
+                    "and how to roll back. Ctrl-C at the end, or `mlops down` at any time, stops "
+                    "everything.",
         epilog="State lives in MLOPS_HOME (default ./.mlops). Ports: MLOPS_MLFLOW_PORT (5000), "
                "MLOPS_SERVING_REST_PORT (8501), MLOPS_SERVING_GRPC_PORT (8500).")
     p.add_argument("--yes", action="store_true",
@@ -26,6 +27,8 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
+    from mlops.commands.train import sigterm_as_ctrl_c
     from mlops.demo import DemoOptions, main
 
-    return main(DemoOptions(yes=args.yes, quick=args.quick, epochs=args.epochs), detach=args.detach)
+    with sigterm_as_ctrl_c():      # a cancelled job closes its MLflow run FAILED, as `mlops train` does
+        return main(DemoOptions(yes=args.yes, quick=args.quick, epochs=args.epochs), detach=args.detach)

@@ -103,7 +103,7 @@ def _new_model_name(args) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_as_ctrl_c():
+def sigterm_as_ctrl_c():
     """SIGTERM (CircleCI cancelling the job, ``timeout``, ``kill``) ends a training the way Ctrl-C
     does: MLflow's run is closed FAILED. By default the process died at once and its run stayed
     RUNNING in the MLflow UI for good."""
@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
     name = _new_model_name(args)
     from mlproject.train import train
 
-    with _sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout: the result
+    with sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout: the result
         result = train(name, _params(args))
     return _report(result, args.json)
 
@@ -132,7 +132,7 @@ def cmd_retrain(args) -> int:
     name = _new_model_name(args)
     from mlproject.train import retrain
 
-    with _sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):
+    with sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):
         result = retrain(name, _params(args), args.incoming, from_scratch=args.from_scratch)
     return _report(result, args.json)
 
