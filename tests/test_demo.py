@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import requests
@@ -65,27 +66,47 @@ def test_the_local_mlflow_server_runs_without_mlflows_job_runner(demo_flow):
     assert not [c for c in group if "mlflow.server.jobs" in c or "huey" in c], group
 
 
-def test_a_second_demo_on_the_same_state_still_says_what_serves_and_how_to_use_it(demo_flow):
-    """Found by a sweep (2026-12-04): run again, the demo's new v1 fails against the v2 the first
-    run served, and the closing text (URLs, curl, rollback, stop) never printed. Also: a team
+@pytest.fixture(scope="module")
+def served_once(tmp_path_factory):
+    """A state of its own (the session's demo is shared with the UI tests, which count its
+    versions): one quick demo that serves v1, the services left up; `mlops down` at the end."""
+    from mlops.local_services import free_port
+
+    cwd = tmp_path_factory.mktemp("demo-again")
+    env = {"MLOPS_HOME": str(cwd / "state"), "MLOPS_MLFLOW_PORT": str(free_port()),
+           "MLOPS_SERVING_REST_PORT": str(free_port()), "MLOPS_SERVING_GRPC_PORT": str(free_port()),
+           "MLOPS_MODEL_NAME": "demo-again", "MLFLOW_TRACKING_URI": "", "MLOPS_HOSTS_FILE": "",
+           "MLOPS_LEDGER_URL": ""}
+    try:
+        first = run_mlops("demo", "--yes", "--detach", "--quick", env=env, cwd=cwd, timeout=600)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        yield cwd, env
+    finally:
+        down = run_mlops("down", env=env, cwd=cwd, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_a_second_demo_on_the_same_state_still_says_what_serves_and_how_to_use_it(served_once):
+    """Found by a sweep (2026-12-04): run again, the demo's new version fails against the one the
+    first run served, and the closing text (URLs, curl, rollback, stop) never printed. Also: a team
     ledger exported in the shell received the demo's rows."""
-    demo_flow.check()
-    team_ledger = demo_flow.cwd / "team-ledger.db"
-    # run from the repository: the first run's state folder, `mlops/` under its working folder,
-    # would shadow the package there (a test's layout, not a user's: MLOPS_HOME defaults to .mlops)
-    r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", timeout=600,
-                  env={**demo_flow.env, "MLOPS_LEDGER_URL": f"sqlite:///{team_ledger}"})
+    cwd, env = served_once
+    team_ledger = cwd / "team-ledger.db"
+    r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", cwd=cwd, timeout=600,
+                  env={**env, "MLOPS_LEDGER_URL": f"sqlite:///{team_ledger}"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "failed the quality gate" in r.stdout
-    assert "/v1/models/demo-model:predict -d @" in r.stdout and "sync rollback --reason" in r.stdout, r.stdout
+    assert "/v1/models/demo-again:predict -d @" in r.stdout and "down" in r.stdout.splitlines()[-2], r.stdout
+    assert "nothing to roll back to yet: v1 is the first version to serve production" in r.stdout
     assert "Note: your shell sets MLOPS_LEDGER_URL" in r.stdout
     assert not team_ledger.exists()                 # the demo's rows went to its own ledger
-    meta = requests.get(f"{demo_flow.service_url('model-server')}/v1/models/demo-model/labels/stable/metadata",
-                        timeout=10).json()
-    assert meta["model_spec"]["version"] == "2"     # what the first run served still serves
+    serving = read_record(Path(env["MLOPS_HOME"]), "model-server")
+    meta = requests.get(f"{serving.url}/v1/models/demo-again/labels/stable/metadata", timeout=10).json()
+    assert meta["model_spec"]["version"] == "1"     # what the first run served still serves
 
 
-def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_registered_version(demo_flow, tmp_path):
+def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_registered_version(served_once,
+                                                                                             tmp_path):
     """SIGTERM (a cancelled job, `timeout`) killed the demo at once: its MLflow run stayed RUNNING
     for good and nothing said the services were still up (found by a sweep, 2026-12-04). Held
     where MLflow has created the version and its ledger row is not written yet."""
@@ -96,16 +117,15 @@ def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_regist
 
     from mlflow import MlflowClient
 
-    from tests.helpers import REPO
-
-    demo_flow.check()
+    cwd, env = served_once
+    home = Path(env["MLOPS_HOME"])
     marker = tmp_path / "marker"
-    env = {**os.environ, **demo_flow.env, "MLOPS_TEST_PAUSE_AT": "register:after_version",
-           "MLOPS_TEST_PAUSE_MARKER": str(marker)}
-    client = MlflowClient(demo_flow.service_url("mlflow-server"))
-    before = {v.version for v in client.search_model_versions("name='demo-model'")}
+    full_env = {**os.environ, **env, "MLOPS_TEST_PAUSE_AT": "register:after_version",
+                "MLOPS_TEST_PAUSE_MARKER": str(marker)}
+    client = MlflowClient(read_record(home, "mlflow-server").url)
+    before = {v.version for v in client.search_model_versions("name='demo-again'")}
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "demo", "--yes", "--detach", "--quick", "--epochs", "1"],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=full_env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
@@ -121,8 +141,8 @@ def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_regist
     lines = err.strip().splitlines()
     assert lines[-1] == "interrupted" and "Traceback" not in err, err[-3000:]
     assert lines[-2].startswith("the local services keep running (state in ") and lines[-2].endswith("down` stops them")
-    assert {v.version for v in client.search_model_versions("name='demo-model'")} == before
-    assert read_record(demo_flow.home, "mlflow-server") and read_record(demo_flow.home, "model-server")
+    assert {v.version for v in client.search_model_versions("name='demo-again'")} == before
+    assert read_record(home, "mlflow-server") and read_record(home, "model-server")
 
 
 def test_a_demo_whose_first_version_fails_the_gate_exits_non_zero(tmp_path):
