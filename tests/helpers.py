@@ -63,3 +63,25 @@ def order_free(obj):
     if isinstance(obj, list):
         return sorted((order_free(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
     return obj
+
+
+def sigterm_when_held(proc: subprocess.Popen, marker: Path, *, before_signal=None, timeout: float = 300.0) -> str:
+    """Wait (bounded) until ``proc`` is held at its faultpoint (``marker`` exists), run
+    ``before_signal``, send SIGTERM as a cancelled CI job would, and return its stderr; a process
+    that outlives all that is killed."""
+    import signal
+    import time
+
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.2)
+        assert marker.exists(), proc.poll()
+        if before_signal is not None:
+            before_signal()
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from mlops.local_services import read_record
-from tests.helpers import run_mlops
+from tests.helpers import run_mlops, sigterm_when_held
 
 pytestmark = pytest.mark.slow
 
@@ -110,10 +110,8 @@ def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_regist
     """SIGTERM (a cancelled job, `timeout`) killed the demo at once: its MLflow run stayed RUNNING
     for good and nothing said the services were still up (found by a sweep, 2026-12-04). Held
     where MLflow has created the version and its ledger row is not written yet."""
-    import signal
     import subprocess
     import sys
-    import time
 
     from mlflow import MlflowClient
 
@@ -126,17 +124,7 @@ def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_regist
     before = {v.version for v in client.search_model_versions("name='demo-again'")}
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "demo", "--yes", "--detach", "--quick", "--epochs", "1"],
                             env=full_env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
-            time.sleep(0.2)
-        assert marker.exists(), proc.poll()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    err = sigterm_when_held(proc, marker)
     assert proc.returncode == 130, err[-3000:]
     lines = err.strip().splitlines()
     assert lines[-1] == "interrupted" and "Traceback" not in err, err[-3000:]

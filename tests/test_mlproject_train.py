@@ -12,7 +12,7 @@ from mlproject.batches import read_batches
 from mlproject.constants import GOLDEN_SIZE
 from mlproject.datasets import concat, fingerprint, load_partition
 from tests.fixtures.trained import train_version
-from tests.helpers import run_mlops
+from tests.helpers import run_mlops, sigterm_when_held
 
 pytestmark = pytest.mark.slow
 
@@ -439,10 +439,8 @@ def test_a_training_stopped_between_registration_and_its_ledger_row_leaves_no_ve
     row: the version stayed, unknown to the ledger, its files unchecked by every deploy. Now it is
     removed again; the run itself had finished. A real `mlops train`, held at that phase."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from tests.helpers import REPO
 
@@ -454,18 +452,11 @@ def test_a_training_stopped_between_registration_and_its_ledger_row_leaves_no_ve
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "train", "--epochs", "1"], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = _client(mlflow_server)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
-            time.sleep(0.2)
-        assert marker.exists(), proc.poll()
-        assert [v.version for v in client.search_model_versions(f"name='{model}'")] == ["1"]   # held there
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+
+    def held_there() -> None:
+        assert [v.version for v in client.search_model_versions(f"name='{model}'")] == ["1"]
+
+    err = sigterm_when_held(proc, marker, before_signal=held_there)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert client.search_model_versions(f"name='{model}'") == []
