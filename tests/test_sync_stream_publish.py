@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -254,6 +255,26 @@ def test_a_host_without_mkfifo_still_verifies_by_hashing_after_extraction(sshd, 
     with connect(sshd, tmp_path / "base") as t:
         r = publish(t, MODEL, 1, model)
         assert r.status == "uploaded" and t.verify(f"{MODEL}/1", mf.build(model)) == []
+
+
+@pytest.mark.parametrize("name", ["my models", "it's \"q\"", "$(touch pwned)"])
+def test_a_base_path_with_shell_characters_is_never_run_as_shell_code(sshd, tmp_path, monkeypatch, name):
+    """The small-upload script's FIFO trap quoted the already quoted path again: with a space its
+    action became ``rm -f -- <the path up to the space>`` (a file beside the base was deleted), a
+    ``'`` broke every small upload, and ``$(…)`` ran on the host."""
+    monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1 << 62)       # the tee + FIFO script
+    monkeypatch.chdir(tmp_path)
+    model = make_model_tree(tmp_path / "m")
+    beside = tmp_path / name.split(" ")[0]
+    if beside.name != name:
+        beside.write_text("keep me")
+    base = tmp_path / name / "base"
+    with connect(sshd, base) as t:
+        r = publish(t, MODEL, 1, model)
+        assert r.status == "uploaded" and t.verify(f"{MODEL}/1", mf.build(model)) == []
+    assert beside.exists()
+    assert not [p for p in tmp_path.rglob("pwned")] and not (Path.home() / "pwned").exists()
+    assert not any(p.name.endswith(".stream") for p in (base / MODEL).iterdir())
 
 
 def test_a_carriage_return_name_through_ssh_publish_is_one_line_and_the_host_is_untouched(sshd, tmp_path):

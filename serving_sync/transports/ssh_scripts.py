@@ -209,7 +209,7 @@ fi
     return f"""echo {MARK}
 command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
 {_make_dest(parent, dest, need_bytes)}{python}{_PICK_HASH}if [ -n "$H" ] && mkfifo -m 600 -- {fifo} 2>/dev/null; then
-  trap 'rm -f -- {fifo}' EXIT
+  trap {q('rm -f -- ' + fifo)} EXIT
   echo @hashing stream
   echo @ready
   ( s=$($H < {fifo}) && echo "@stream $s" ) & hp=$!
