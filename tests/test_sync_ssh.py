@@ -364,3 +364,28 @@ def test_a_fleet_of_three_hosts_gets_the_same_verified_version(sshd_factory, tmp
             connect(srv, tmp_path / "x", known_hosts=other.known_hosts)
     for i in range(3):
         assert sorted(os.listdir(tmp_path / f"host{i}" / MODEL)) == ["9"]
+
+
+@pytest.mark.parametrize("kind", ["ssh", "file"])
+def test_a_full_disk_at_the_lock_leaves_no_lock_behind_and_says_the_disk_is_full(sshd, tmpfs, kind):
+    """The exclusive create succeeded and its write failed: the empty file stayed, and once the
+    space was freed every deploy was refused as holding a "corrupt" lock (--break-lock)."""
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.local import LocalTransport
+
+    mnt = tmpfs("1m")
+    base = mnt / "base"
+    (base / ".serving_sync").mkdir(parents=True)
+    subprocess.run(["dd", "if=/dev/zero", f"of={mnt}/fill", "bs=4k"], capture_output=True, timeout=60)
+    t = connect(sshd, base) if kind == "ssh" else LocalTransport(base)
+    try:
+        with pytest.raises(DiskFull) as e:
+            with HostLock(t):
+                pass
+        assert "no space left" in one_line(e.value)
+        assert os.listdir(base / ".serving_sync") == []
+        os.remove(mnt / "fill")
+        with HostLock(t):
+            assert os.listdir(base / ".serving_sync") == ["lock"]
+    finally:
+        t.close()

@@ -1,6 +1,7 @@
 """``file://`` hosts: the base directory is on this machine (the embedded default)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -122,9 +123,16 @@ class LocalTransport(Transport):
         except OSError as exc:
             raise self._err(exc, f"creating {rel}") from None
         try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        except OSError as exc:      # a full disk: the empty file would read as a corrupt lock
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise self._err(exc, f"creating {rel}") from None
         return True
 
     def upload_tree(self, local_dir, dest_rel: str, manifest: Manifest,

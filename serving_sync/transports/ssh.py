@@ -9,6 +9,7 @@ shell, ``tar`` or a hash tool fall back to pipelined SFTP writes and SFTP read-b
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -325,8 +326,13 @@ class SshTransport(Transport):
                         return False
                     failure = exc
                     continue
-                with f:
-                    f.write(data)
+                try:
+                    with f:
+                        f.write(data)
+                except OSError as exc:      # a full disk: the empty file would read as a corrupt lock
+                    with contextlib.suppress(OSError):
+                        self.sftp.remove(path)
+                    raise self._write_error(exc, doing) from None
                 return True
             raise self._write_error(failure, doing) from None
 
