@@ -38,7 +38,7 @@ from . import manifest as mf
 from .canary import Baker, CanaryFailed
 from .cancel import DeployInterrupted
 from .connections import Heartbeat, connected, locked
-from .errors import LedgerWriteFailed, ProductionMoved
+from .errors import DiskFull, HostPermissionDenied, LedgerWriteFailed, ProductionMoved
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun, StepFailed
 from .observe import observe_settled
@@ -654,12 +654,15 @@ def _interrupted(error: BaseException) -> bool:
 def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?") -> str | None:
     """Why production stays where it is after this failure, or None when the version is to blame.
     Production moves back only when something says the version is bad: not for an interrupt, a
-    failed upload, a lost connection or lock, a ledger that could not record, or a canary whose
-    metrics could not be read."""
+    failed upload, a host that cannot be written to (a full disk, or a permission taken from the
+    deploy user: at any step, e.g. writing models.config), a lost connection or lock, a ledger
+    that could not record, or a canary whose metrics could not be read."""
     step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
     error = exc.error if isinstance(exc, StepFailed) else exc
     return ("the deploy was interrupted" if _interrupted(error)
             else "the upload failed, not the version" if step == "publish"
+            else f"{run.host.name} could not be written to ({_write_failure(error)}), not the version"
+            if isinstance(error, (DiskFull, HostPermissionDenied))
             else f"the connection to {run.host.name} was lost, not the version"
             if run.connection_lost
             else f"the deploy lock on {run.host.name} was taken over, not the version"
@@ -670,6 +673,10 @@ def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?"
             if step == "bake" and not isinstance(error, CanaryFailed)
             else "production moved to another version meanwhile, not the version"
             if isinstance(error, ProductionMoved) else None)
+
+
+def _write_failure(error: BaseException) -> str:
+    return "its disk is full" if isinstance(error, DiskFull) else "permission denied"
 
 
 def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,

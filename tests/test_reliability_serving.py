@@ -159,6 +159,33 @@ def test_disk_filling_up_during_the_upload_fails_cleanly_and_the_next_run_conver
     env.serves(host, v2)
 
 
+def test_a_disk_full_after_the_upload_is_the_hosts_fault_not_the_versions(deploy_env, tmpfs, paused_deploy):
+    """The upload fits; then the disk fills before models.config is written (step load_validation).
+    The host failed, not v2: production stays at v2, v2 is not tagged failed (the watcher would
+    never retry it), and once space is freed the next run deploys it."""
+    env = deploy_env
+    base = tmpfs("8m")
+    host = own_host(env, base)
+    v1 = serving_v1(env, host)
+    config_v1 = env.config_text(host)
+    v2 = env.register("b")
+    env.promote(v2)
+    deploy = paused_deploy(env.env, "after:publish").wait_paused()
+    filler = base / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True, timeout=60)
+    r = deploy.finish()
+    line = final_error_line(r.stderr)
+    assert r.returncode == 3 and "at step 'load_validation'" in line, line
+    assert "could not be written to (its disk is full), not the version" in line and "production left at v2" in line
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+    assert env.config_text(host) == config_v1
+    env.serves(host, v1)
+    filler.unlink()
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+
+
 # --- a corrupt SavedModel --------------------------------------------------------------------------
 def register_dir(env, bundle) -> int:
     """Register a bundle folder (``tfserving/`` + ``golden/``) as the next version."""
