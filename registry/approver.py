@@ -61,7 +61,7 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
                           f"https://circleci.com/api/v2") from None
     except _ServerError as exc:
         raise ConnectionFailure(f"the CircleCI API at {shown_base()} kept failing ({exc}); "
-                                f"retry the promote job") from None
+                                f"retry the promote-and-deploy job") from None
     except requests.RequestException as exc:
         # Only the type: the message of e.g. InvalidHeader quotes the header value (the token).
         raise ConnectionFailure(f"the request to the CircleCI API at {shown_base()} failed "
@@ -106,7 +106,7 @@ def circleci_approver(workflow_id: str, token: str) -> tuple[str, str]:
         raise RefusedError(
             f"CircleCI workflow {workflow_id} has no approved approval job"
             + (f" (approval job {', '.join(map(str, pending))} is not approved yet)" if pending
-               else " (add a `type: approval` job before the promote job)"))
+               else " (add a `type: approval` job before the promote-and-deploy job)"))
     user = _get(f"/user/{job['approved_by']}", token)
     login = user.get("login") or user.get("name")
     if not login:

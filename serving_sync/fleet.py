@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import log
-from mlops_common.errors import DeployFailed, NotFoundError, UserError, reworded
+from mlops_common.errors import DeployFailed, NotFoundError, RefusedError, UserError, reworded
 from registry import deploys
 
 from . import cancel, parallel, retention, rollout, verified
@@ -102,6 +102,16 @@ def resolve_version(model: str, version: int | None) -> tuple[int, str]:
         raise NotFoundError(f"no version of '{model}' holds the production alias; promote one first "
                             f"(mlops registry promote --version N) or pass --version N")
     return v, "production"
+
+
+def expected_production(model: str, production: int, expect: int | None) -> None:
+    """``--expect-version N``: a CI job deploys the version it promoted or nothing. Production may
+    have moved since (a rollback, or an earlier deploy of N that failed and moved it back, so a
+    rerun of the job would find every host up to date on the old version and pass)."""
+    if expect is not None and production != expect:
+        raise RefusedError(f"production of '{model}' is v{production}, not v{expect} (--expect-version): it "
+                           f"moved after v{expect} was promoted (a rollback, or a failed deploy of v{expect} "
+                           f"moved it back: see `mlops registry history`); nothing was deployed")
 
 
 class _Lazy:
@@ -237,12 +247,14 @@ def _stored_size(transport, model: str, version: int) -> int | None:
 
 def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions = DeployOptions(),
            break_lock: str | None = None, lock_wait: float = 0.0, reason: str | None = None,
-           provenance=None) -> FleetResult:
+           provenance=None, expect: int | None = None) -> FleetResult:
     """Make every host serve ``version`` (default: production); see the module docstring.
     ``provenance`` (``registry.provenance.Provenance``, default: this job) names who and where in
-    the ledger rows and tags the deploy writes."""
+    the ledger rows and tags the deploy writes. ``expect``: production must be that version, read
+    before and again under the hosts' locks (``expected_production``)."""
     start = time.monotonic()
     v, source = resolve_version(model, version)
+    expected_production(model, v, expect)
     result = FleetResult(model, v, source, "failed", started_at=start)
     t = result.lap("resolve_version", start)
     with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model):
@@ -250,6 +262,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
         if source == "production":    # a rollback may have moved it while this deploy connected or waited
             now, _ = resolve_version(model, None)
             if now != v:
+                expected_production(model, now, expect)
                 logger.info("production moved from v%d to v%d while this deploy took the hosts' locks: "
                             "deploying v%d", v, now, now)
                 v = result.version = now

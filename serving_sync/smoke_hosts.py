@@ -1,6 +1,6 @@
 """``mlops sync smoke``: the smoke test against every host's stable route, changing nothing.
 
-REST only (no SSH, no lock): what CircleCI's test-deployment job runs after a deploy. Each host
+REST only (no SSH, no lock): what CircleCI's promote-and-deploy job runs after its deploy. Each host
 gets one report; an unreachable host is a failed check, not a crash.
 """
 from __future__ import annotations

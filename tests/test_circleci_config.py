@@ -97,7 +97,7 @@ def test_promote_and_deploy_come_after_an_approval(config):
     found = list(_jobs_running(config, CHANGES_PRODUCTION))
     for wf_name, jobs, name, _ in found:
         assert _approvals_before(jobs, name), f"{wf_name}: {name} changes production without an approval before it"
-    assert len(found) >= 6  # promote+deploy in two workflows, rollback+deploy in one
+    assert len(found) >= 3  # promote-and-deploy in two workflows, rollback-and-deploy in one
 
 
 def test_a_version_is_promoted_only_after_its_gate_and_its_infra_validation(config):
@@ -120,15 +120,24 @@ def test_deploys_of_the_fleet_run_one_at_a_time_across_pipelines(config):
     assert len(found) >= 3 and len({spec["serial-group"] for *_, spec in found}) == 1   # one group everywhere
 
 
-def test_promotions_share_the_fleets_serial_group(config):
-    """An older pipeline's promotion approved while a newer pipeline deployed moved production,
-    then CircleCI skipped its deploy (the newer pipeline held the group): production named a
-    version no host got. Every job that moves production is in the deploys' group."""
-    deploys = {spec["serial-group"] for *_, spec in _jobs_running(config, r"mlops sync (deploy|rollback)")}
+def test_every_job_that_moves_production_deploys_it_in_the_same_job(config):
+    """Promote and deploy were separate jobs in the fleet's serial group. CircleCI skips an older
+    pipeline's job while a newer pipeline's job of the group runs or waits, so an older pipeline's
+    deploy was skipped after its promotion had run: production named a version no host got (and
+    the newer promotion, gated against the old production, was refused). Each job that moves
+    production deploys and smoke-tests in the same job, in the group; no other job deploys."""
     moves = list(_jobs_running(config, r"mlops registry (promote|rollback)"))
-    assert len(moves) >= 3
+    deploys = list(_jobs_running(config, r"mlops sync (deploy|rollback)"))
+    assert len(moves) >= 3 and {n for _, _, n, _ in moves} == {n for _, _, n, _ in deploys}
     for wf_name, _, name, spec in moves:
-        assert spec.get("serial-group") in deploys, f"{wf_name}: {name} moves production outside the deploys' group"
+        cmds = _run_commands(config, spec["job"])
+        move = next(i for i, c in enumerate(cmds) if re.search(r"mlops registry (promote|rollback)", c))
+        deploy = next(i for i, c in enumerate(cmds) if "mlops sync deploy" in c)
+        smoke = next(i for i, c in enumerate(cmds) if "mlops sync smoke" in c)
+        assert move < deploy < smoke, f"{wf_name}: {name} runs {cmds}"
+        assert spec.get("serial-group"), f"{wf_name}: {name} moves production outside the deploys' group"
+        if "mlops registry promote" in cmds[move]:      # the version it promoted, or nothing
+            assert '--expect-version "$(cat workspace/version)"' in cmds[deploy], cmds[deploy]
 
 
 def test_infra_validation_uses_the_real_image_in_circleci(config):
@@ -209,7 +218,7 @@ def test_gate_job_stores_the_reports_the_approver_opens(config):
     for wf_name, wf in config["workflows"].items():
         jobs = _workflow_jobs(wf)
         for name, spec in jobs.items():
-            if spec["job"] == "promote":
+            if spec["job"] == "promote-and-deploy":
                 assert {j for j in _ancestors(jobs, name) if jobs[j]["job"] in gate_jobs}, \
                     f"{wf_name}: {name} promotes without a gate report to look at"
 
@@ -220,7 +229,7 @@ def test_secrets_come_from_contexts_only(config):
     found = list(_jobs_running(config, CHANGES_PRODUCTION))
     for _, _, name, spec in found:
         assert "mlops-deploy" in spec.get("context", []), f"{name} must use the restricted context"
-    assert {spec["job"] for *_, spec in found} >= {"promote", "deploy", "registry-rollback"}
+    assert {spec["job"] for *_, spec in found} >= {"promote-and-deploy", "rollback-and-deploy"}
 
 
 def test_workflow_selection_by_trigger(tmp_path):

@@ -228,7 +228,7 @@ def test_retrain_with_the_bad_batch_stops_at_the_gate(pipeline, digits_batches):
                                                           "incoming": str(digits_batches.bad)},
                   approver="alice")
     assert res.status("retrain") == "success" and res.status("gate") == "failed", res.log()
-    assert all(res.status(j) == "blocked" for j in ("infra-validate", "hold", "promote", "deploy"))
+    assert all(res.status(j) == "blocked" for j in ("infra-validate", "hold", "promote-and-deploy"))
     assert len(pipeline["approvals"]) == approvals_before, "nobody may be asked to approve a failed gate"
     model, server = pipeline["model"], pipeline["server"]
     assert _stable_version(server, model) == 2

@@ -277,3 +277,29 @@ def test_grpc_unreachable_is_found_before_the_deploy_changes_anything(deploy_env
     env.serves(host, v1)
     assert v2 not in env.states(host, f"{env.model}__validate")          # never loaded for validation
     assert not (host.base / env.model / str(v2)).exists()                # nor published
+
+
+def test_a_ci_rerun_after_a_failed_deploy_does_not_pass_on_the_old_version(deploy_env):
+    """CircleCI's deploy step reran after its version's deploy failed and moved production back:
+    every host was up to date on the old version, the job passed and the approved version served
+    nowhere. ``--expect-version N`` deploys N or refuses with one line (exit 2), changing nothing."""
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    bad = env.register("altered")
+    env.promote(bad)
+    r = env.cli("sync", "deploy", "--expect-version", str(bad))
+    assert r.returncode == 3 and env.production() == v1
+    config = env.config_text(host)
+    r = env.cli("sync", "deploy", "--expect-version", str(bad))
+    line = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2, r.stderr
+    assert f"is v{v1}, not v{bad} (--expect-version)" in line and "nothing was deployed" in line, line
+    assert env.config_text(host) == config and env.production() == v1
+    env.serves(host, v1)
+    # the version production names deploys as before; --version N has no production to expect
+    good = env.register("b")
+    env.promote(good)
+    assert env.cli("sync", "deploy", "--expect-version", str(good)).returncode == 0
+    env.serves(host, good)
+    r = env.cli("sync", "deploy", "--version", str(good), "--expect-version", str(good))
+    assert r.returncode == 2 and "pass one of them" in r.stderr

@@ -154,6 +154,9 @@ def register(sub) -> None:
     d.add_argument("--reason", type=flags.free_text, help="why (recorded in the ledger)")
     d.add_argument("--force", action="store_true",
                    help="with --version: serve a version that did not pass the gate (needs --reason)")
+    d.add_argument("--expect-version", type=flags.version_number, metavar="N",
+                   help="refuse unless production is vN, read before and under the hosts' locks (a CI job "
+                        "deploys the version it promoted, not one production moved to since)")
     _deploy_flags(d)
     _common(d)
     d.set_defaults(func=cmd_deploy)
@@ -183,7 +186,7 @@ def register(sub) -> None:
                       description="Send the production version's golden request to each host through "
                                   "its `stable` label (--via stable) or its version route (--via version) "
                                   "and check the label, the signature, the outputs and the p95 latency. "
-                                  "Exits 2 when a check fails on any host. CircleCI's test-deployment job.",
+                                  "Exits 2 when a check fails on any host. CircleCI runs it after each deploy.",
                       epilog=_ENV)
     sm.add_argument("--via", choices=("stable", "version"), default="stable",
                     help="route to test (default stable: /v1/models/M/labels/stable)")
@@ -356,9 +359,13 @@ def _deploy_command(args) -> int:
     elif args.force:
         raise ConfigError("--force applies to --version N (a version that did not pass the gate); production "
                           "was approved when it was promoted")
+    if args.version is not None and args.expect_version is not None:
+        raise ConfigError("--expect-version checks what production names; with --version N production is not "
+                          "deployed: pass one of them")
     with _json_on_failure(args):
         result = fleet.deploy(model, hosts, version=args.version, opts=_deploy_options(args),
-                              break_lock=args.break_lock, lock_wait=args.lock_wait, reason=args.reason)
+                              break_lock=args.break_lock, lock_wait=args.lock_wait, reason=args.reason,
+                              expect=args.expect_version)
     if args.json:
         output.emit(result.to_dict())
     else:
