@@ -258,6 +258,13 @@ def _format_error(doc, *parts: str) -> ServingError:
     return invalid_argument("JSON Value: " + debug_text(doc) + " " + "".join(parts))
 
 
+def _first_of_each_key(pairs: list) -> dict:
+    doc: dict = {}
+    for key, value in pairs:
+        doc.setdefault(key, value)
+    return doc
+
+
 def parse_json(body: bytes):
     """``ParseJson``: the request body must be one JSON object."""
     if not body:
@@ -269,16 +276,21 @@ def parse_json(body: bytes):
     if not text.strip():
         raise invalid_argument("JSON Parse error: The document is empty. at offset: "
                                f"{len(text)}")
+    # rapidjson as TF Serving calls it (json_tensor.cc, kParseStopWhenDoneFlag): parsing stops at
+    # the end of the root value, so text after it is ignored; FindMember finds a repeated key's
+    # first value.
+    decoder = json.JSONDecoder(parse_int=lambda t: _parse_int(t, text), parse_float=lambda t: _parse_float(t, text),
+                               object_pairs_hook=_first_of_each_key)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
-        doc = json.loads(text, parse_int=lambda t: _parse_int(t, text),
-                         parse_float=lambda t: _parse_float(t, text))
+        doc, end = decoder.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         _check_surrogates(text, exc.pos)
         msg = next((m for k, m in _PARSE_MESSAGES.items() if exc.msg.startswith(k)), exc.msg)
         raise invalid_argument(f"JSON Parse error: {msg} at offset: {exc.pos}") from None
     except RecursionError:
         raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error.") from None
-    _check_surrogates(text, len(text))
+    _check_surrogates(text, end)
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc

@@ -293,7 +293,7 @@ class _Body:
         chunks, total = [], 0
         while True:
             line = self.rfile.readline(65537)
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            size = _chunk_size(line)
             if size == 0:
                 while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                     pass
@@ -304,6 +304,19 @@ class _Body:
                 raise BodyTooLarge()
             chunks.append(self.rfile.read(size))
             self.rfile.readline(3)
+
+
+_CHUNK_SIZE_RE = re.compile(rb"(?:0[xX])?[0-9a-fA-F]{1,16}")
+
+
+def _chunk_size(line: bytes) -> int:
+    """A chunk-size line (``strtoll(…, 16)`` as libevent reads it, which refuses anything else):
+    ``int(…, 16)`` took ``-1`` — then ``read(-1)`` read until the client closed, past the body
+    limit — and ``1_0``. ValueError: a malformed chunk."""
+    text = line.split(b";", 1)[0].strip() or b"0"
+    if not _CHUNK_SIZE_RE.fullmatch(text):
+        raise ValueError(f"malformed chunk size {text[:20]!r}")
+    return int(text, 16)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -355,10 +368,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, "text/html", BAD_REQUEST_PAGE)
             self._linger()
             return
-        path = urlsplit(self.path).path
+        # uri_path() as TF Serving matches it: the path with its query and fragment (a query is
+        # not a parameter there: /v1/models/m?x=1 names the model "m?x=1").
+        path = self.path if self.path.startswith("/") else urlsplit(self.path).path
         try:
-            if server.metrics_path is not None and path == server.metrics_path:
-                status, ctype, text = 200, "text/plain", metrics.render()
+            if server.metrics_path is not None and urlsplit(path).path == server.metrics_path:
+                if path == server.metrics_path:
+                    status, ctype, text = 200, "text/plain", metrics.render()
+                else:       # http_server.cc ProcessPrometheusRequest
+                    status, ctype = 400, "text/plain"
+                    text = f"Unexpected path: {path}. Should be {server.metrics_path}"
             elif not PATH_RE.fullmatch(path):
                 status, ctype, text = 404, "text/html", NOT_FOUND_PAGE
             else:
@@ -373,6 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             if isinstance(exc.__cause__, ValueError):  # a malformed chunk size
                 self._reply(400, "text/html", BAD_REQUEST_PAGE)
+                self._linger()      # the client may still be sending: let it read the answer
             return
         if not body.consumed:
             self.close_connection = True  # the unread body would be taken for the next request

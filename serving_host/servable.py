@@ -107,10 +107,13 @@ class Servable:
             if self._inflight == 0:
                 self._idle.notify_all()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Wait (bounded) for in-flight requests to finish, then free the session."""
+    def close(self) -> None:
+        """Wait for in-flight requests to finish, then free the session. Unbounded, as TF Serving's
+        manager waits until the last handle to the old version is released (basic_manager.cc): a
+        30 s bound here cancelled a long request under an unload. Handles are taken after the
+        body is read, so only the model's own run time is waited for."""
         with self._lock:
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=timeout)
+            self._idle.wait_for(lambda: self._inflight == 0)
             if self._closed:
                 return
             self._closed = True

@@ -132,6 +132,37 @@ def test_chunked_body_over_the_limit_is_413(server):
     _still_serves(server)
 
 
+@pytest.mark.parametrize("size", [b"-1", b"1_0", b"ff ff"])
+def test_a_malformed_chunk_size_is_refused_before_the_body_is_read(server, size):
+    """``int(size, 16)`` took ``-1``, and ``read(-1)`` then read until the client closed: past the
+    body limit, holding a worker (libevent's strtoll refuses it as corrupt data)."""
+    head = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    t0 = time.monotonic()
+    reply = _raw_request(server, head, size + b"\r\n" + b"x" * (1 << 20), timeout=SOCKET_TIMEOUT + 5)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert time.monotonic() - t0 < SOCKET_TIMEOUT + 3
+    _still_serves(server)
+
+
+def test_text_after_the_json_document_is_ignored_and_a_repeated_key_keeps_its_first_value(server):
+    """rapidjson stops at the end of the root value (kParseStopWhenDoneFlag) and FindMember finds
+    the first of repeated keys; this server refused the first and answered with the last value."""
+    for raw in (b'{"instances": [1.0]} trailing', b'{"instances": [1.0]}{"x": 1}', b'{"instances": [1.0]}\n{}',
+                b'{"instances": [1.0], "instances": [5.0]}'):
+        r = _predict(server, raw=raw)
+        assert r.status_code == 200 and json.loads(r.text) == {"predictions": [2.5]}, (raw, r.text)
+
+
+def test_a_query_string_is_part_of_the_path_as_tf_serving_reads_it(server):
+    """TF Serving matches uri_path() with its query: no route takes one. This server stripped it
+    and answered 200, counting the request under the bare model name."""
+    base = f"http://127.0.0.1:{server.rest_port}/v1/models/default"
+    r = requests.post(f"{base}:predict?x=1", data=b'{"instances": [1.0]}', timeout=30)
+    assert r.status_code == 400 and _error(r) == "Malformed request: POST /v1/models/default:predict?x=1", r.text
+    r = requests.get(f"{base}?x=1", timeout=30)
+    assert r.status_code == 404 and _error(r) == "Could not find any versions of model default?x=1", r.text
+
+
 # -- hostile JSON -------------------------------------------------------------------------------
 @pytest.mark.parametrize("depth", [65, 100, 500, 990, 5000, 200_000])
 def test_json_nested_too_deep_is_400(server, depth):

@@ -495,3 +495,14 @@ def test_typed_values_beyond_the_shape_are_ignored_and_too_few_repeat_the_last()
     assert apis.tensor_from_proto("x", proto([], 3)).tolist() == [0.0, 0.0, 0.0]
     assert apis.tensor_from_proto("s", proto([b"a", b"b"], 1, dtype=types_pb2.DT_STRING,
                                              field="string_val")).tolist() == [b"a"]
+
+
+def test_the_metrics_page_with_a_query_is_refused_as_tf_serving_refuses_it(server):
+    """ProcessPrometheusRequest (http_server.cc) compares uri_path() — query included — with the
+    configured path: 400 "Unexpected path". This server stripped the query and answered 200."""
+    import requests
+
+    assert requests.get(server.rest_url + METRICS_PATH, timeout=10).status_code == 200
+    r = requests.get(server.rest_url + METRICS_PATH + "?x=1", timeout=10)
+    assert r.status_code == 400 and r.headers["Content-Type"] == "text/plain"
+    assert r.text == f"Unexpected path: {METRICS_PATH}?x=1. Should be {METRICS_PATH}"

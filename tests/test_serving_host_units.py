@@ -275,12 +275,18 @@ def test_predict_request_shape_errors(doc, fragment):
     (b"", "JSON Parse error: The document is empty"),
     (b"instances = [1, 2]", "JSON Parse error: Invalid value."),
     (b"[1, 2]", "Is not object"),
-    (b'{"a": 1} x', "JSON Parse error: The document root must not be followed by other values."),
 ])
 def test_json_parse_errors(body, fragment):
     with pytest.raises(ServingError) as e:
         jc.parse_json(body)
     assert fragment in e.value.message
+
+
+def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
+    """json_tensor.cc parses with kParseStopWhenDoneFlag: what follows the root value is not read
+    (this server answered "The document root must not be followed by other values.")."""
+    assert jc.parse_json(b' {"a": 1} x') == {"a": 1}
+    assert jc.parse_json(b'{"a": 1, "a": 2}') == {"a": 1}       # FindMember: the first
 
 
 def test_signature_name_must_be_a_string():
@@ -358,3 +364,32 @@ def test_load_failures_map_to_tf_status_codes():
     assert from_exception(OSError("SavedModel file does not exist at: /x")).code == "NOT_FOUND"
     assert from_exception(ValueError("odd")).code == "UNKNOWN"
     assert HTTP_STATUS["FAILED_PRECONDITION"] == 400 and HTTP_STATUS["UNAVAILABLE"] == 503
+
+
+def test_an_unload_waits_for_a_request_in_flight_however_long_it_runs():
+    """TF Serving's manager frees a version once its last handle is released, without a time
+    limit (basic_manager.cc). ``Servable.close`` gave up after 30 s and closed the session under
+    the running request (HTTP 499, "cancelled")."""
+    import threading
+
+    from serving_host.servable import Servable
+    from tests.helpers import TF_SERVING_TESTDATA
+
+    path = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
+    servable = Servable.load("default", 123, str(path))
+    bounds = []
+    real_wait_for = servable._idle.wait_for
+
+    def recording(predicate, timeout=None):
+        bounds.append(timeout)
+        return real_wait_for(predicate, timeout=timeout)
+
+    servable._idle.wait_for = recording
+    servable.acquire()
+    closer = threading.Thread(target=servable.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and bounds == [None]      # waiting, with no bound
+    servable.release()
+    closer.join(10)
+    assert not closer.is_alive() and servable._closed
