@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -389,3 +390,40 @@ def test_a_full_disk_at_the_lock_leaves_no_lock_behind_and_says_the_disk_is_full
             assert os.listdir(base / ".serving_sync") == ["lock"]
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("rc", ["printf 'motd'\n", "echo hello from bashrc\n"])
+def test_a_login_shell_that_prints_at_start_still_runs_the_host_scripts(sshd_factory, tmp_path, rc):
+    """A deploy user's ~/.bashrc that printed text without a newline glued it to the scripts'
+    marker: the account was taken for one without a shell and the upload fell back to SFTP into
+    the directory the script had made (a wrong "SFTP refused" line). One that printed a line
+    made the free-space check read the text (no free-space checks at all)."""
+    import pwd
+
+    from serving_sync.lock import HostLock
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopsbashrc"          # this test's own user, removed at its end (-f: a session may linger)
+    ensure_user(user, login_shell=True)
+    try:
+        home = Path(pwd.getpwnam(user).pw_dir)
+        (home / ".bashrc").write_text(rc)
+        server = sshd_factory(user=user)
+        base = Path(tempfile.mkdtemp(prefix="mlops-bashrc-")) / "base"
+        base.mkdir()
+        shutil.chown(base, user, user)
+        os.chmod(base.parent, 0o755)
+        model = make_model_tree(tmp_path / "m")
+        os.chmod(tmp_path, 0o755)
+        t = connect(server, base, user=user)
+        try:
+            with HostLock(t):
+                r = publish(t, "digits", 1, model)
+            assert r.status == "uploaded" and not t._no_shell
+            assert isinstance(t.disk_free(), int) and t.disk_free() > 0
+            assert t.verify("digits/1", mf.build(model)) == []
+        finally:
+            t.close()
+            shutil.rmtree(base.parent)
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)

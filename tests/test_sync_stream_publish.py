@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -257,13 +258,15 @@ def test_a_host_without_mkfifo_still_verifies_by_hashing_after_extraction(sshd, 
         assert r.status == "uploaded" and t.verify(f"{MODEL}/1", mf.build(model)) == []
 
 
-@pytest.mark.parametrize("name", ["my models", "it's \"q\"", "$(touch pwned)"])
+@pytest.mark.parametrize("name", ["my models", "it's \"q\"", "$(touch {marker})"])
 def test_a_base_path_with_shell_characters_is_never_run_as_shell_code(sshd, tmp_path, monkeypatch, name):
     """The small-upload script's FIFO trap quoted the already quoted path again: with a space its
     action became ``rm -f -- <the path up to the space>`` (a file beside the base was deleted), a
     ``'`` broke every small upload, and ``$(…)`` ran on the host."""
     monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1 << 62)       # the tee + FIFO script
     monkeypatch.chdir(tmp_path)
+    marker = f"pwned-{uuid.uuid4().hex[:8]}"
+    name = name.format(marker=marker)
     model = make_model_tree(tmp_path / "m")
     beside = tmp_path / name.split(" ")[0]
     if beside.name != name:
@@ -273,7 +276,10 @@ def test_a_base_path_with_shell_characters_is_never_run_as_shell_code(sshd, tmp_
         r = publish(t, MODEL, 1, model)
         assert r.status == "uploaded" and t.verify(f"{MODEL}/1", mf.build(model)) == []
     assert beside.exists()
-    assert not [p for p in tmp_path.rglob("pwned")] and not (Path.home() / "pwned").exists()
+    ran = [*tmp_path.rglob(marker), *Path.home().glob(marker)]
+    for p in ran:
+        p.unlink()
+    assert not ran
     assert not any(p.name.endswith(".stream") for p in (base / MODEL).iterdir())
 
 

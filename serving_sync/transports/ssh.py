@@ -276,12 +276,13 @@ class SshTransport(Transport):
     def disk_free(self) -> int | None:
         if self._no_shell:
             return None
-        script = (f"d={q(self.base)}; while [ ! -d \"$d\" ]; do d=$(dirname -- \"$d\"); done; "
+        script = (f"echo; d={q(self.base)}; while [ ! -d \"$d\" ]; do d=$(dirname -- \"$d\"); done; "
                   f"df -Pk -- \"$d\" | awk 'NR==2 {{print $4}}'")
         with self._io("checking free space"):
             rc, out, _ = self._exec(script)
         try:
-            return int(out.split()[0]) * 1024 if rc == 0 else None
+            # the last word: a login shell's startup file may print before df does
+            return int(out.split()[-1]) * 1024 if rc == 0 else None
         except (IndexError, ValueError):
             return None
 

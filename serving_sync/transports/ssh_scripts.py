@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from ..manifest import HostListing, parse_hash_lines
 
 MARK = "@serving-sync"
+# The marker on a line of its own even after a login shell's startup file printed text without a
+# newline (``printf motd`` in ~/.bashrc): glued to it, the marker was not found, the account was
+# taken for one with no shell, and the upload fell back to SFTP into the directory the script had
+# already created.
+MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 
 _HASH_SECTION = """\
 echo @dirs; find . -mindepth 1 -type d
@@ -35,7 +40,7 @@ def q(path: str) -> str:
 
 def listing_script(path: str) -> str:
     """Hash every file under ``path`` on the host (exit 3 when it does not exist)."""
-    return f"echo {MARK}\ncd -- {q(path)} || exit 3\n{_HASH_SECTION}"
+    return f"{MARK_LINE}\ncd -- {q(path)} || exit 3\n{_HASH_SECTION}"
 
 
 _PICK_HASH = """\
@@ -206,7 +211,7 @@ fi
   "$P" -I -S -c {q(PY_TEE)} | {extract}
   rc=$?
 {sizes}"""
-    return f"""echo {MARK}
+    return f"""{MARK_LINE}
 command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
 {_make_dest(parent, dest, need_bytes)}{python}{_PICK_HASH}if [ -n "$H" ] && mkfifo -m 600 -- {fifo} 2>/dev/null; then
   trap {q('rm -f -- ' + fifo)} EXIT
@@ -237,7 +242,7 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
     stops the downloader and this script — instead of a download running on into a directory the
     deploy has already removed, holding the disk space until it ends.
     """
-    return f"""echo {MARK}
+    return f"""{MARK_LINE}
 if command -v curl >/dev/null 2>&1; then F=curl
 elif command -v wget >/dev/null 2>&1; then F=wget
 else echo @nofetch; exit 0; fi
