@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import log
-from mlops_common.errors import DeployFailed, NotFoundError, RefusedError, UserError, reworded
+from mlops_common.errors import ConfigError, DeployFailed, NotFoundError, RefusedError, UserError, reworded
 from registry import deploys
 
 from . import cancel, parallel, retention, rollout, verified
@@ -254,7 +254,11 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     before and again under the hosts' locks (``expected_production``)."""
     start = time.monotonic()
     v, source = resolve_version(model, version)
-    expected_production(model, v, expect)
+    if source == "production":
+        expected_production(model, v, expect)
+    elif expect is not None:
+        raise ConfigError("--expect-version checks what production names; with --version N production is not "
+                          "deployed: pass one of them")
     result = FleetResult(model, v, source, "failed", started_at=start)
     t = result.lap("resolve_version", start)
     with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model):

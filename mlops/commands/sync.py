@@ -359,9 +359,6 @@ def _deploy_command(args) -> int:
     elif args.force:
         raise ConfigError("--force applies to --version N (a version that did not pass the gate); production "
                           "was approved when it was promoted")
-    if args.version is not None and args.expect_version is not None:
-        raise ConfigError("--expect-version checks what production names; with --version N production is not "
-                          "deployed: pass one of them")
     with _json_on_failure(args):
         result = fleet.deploy(model, hosts, version=args.version, opts=_deploy_options(args),
                               break_lock=args.break_lock, lock_wait=args.lock_wait, reason=args.reason,
