@@ -35,6 +35,15 @@ class ConfigError(UserError):
     """A missing or malformed setting, variable, flag or file."""
 
 
+class DamagedModel(ConfigError):
+    """A logged model that cannot be loaded. ``problem`` says what is wrong without the advice,
+    which depends on the model's role (a candidate is registered again; production is moved)."""
+
+    def __init__(self, message: str, *, problem: str = ""):
+        super().__init__(message)
+        self.problem = problem or message
+
+
 class NotFoundError(UserError):
     """A model, version, run, host or file that does not exist."""
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, DamagedModel
 from registry import artifacts
 from registry import tags as version_tags
 
@@ -111,9 +111,9 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
                 first = f"its MLmodel has no {exc} flavor"
             if "Connection" in first or "Max retries exceeded" in first:
                 raise
-            raise ConfigError(f"{what} cannot be loaded as an MLflow TensorFlow model "
-                              f"({_without_temp_paths(first)}): its logged model is missing or damaged; "
-                              f"{damaged}") from None
+            problem = (f"{what} cannot be loaded as an MLflow TensorFlow model ({_without_temp_paths(first)}): "
+                       f"its logged model is missing or damaged")
+            raise DamagedModel(f"{problem}; {damaged}", problem=problem) from None
     shape = tuple(model.input_shape[1:])
     if shape != image_shape(dataset):
         raise ConfigError(f"{what} takes images of shape {shape}, but data set '{dataset}' has "

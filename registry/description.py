@@ -166,9 +166,12 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
     if to_me:
         last = to_me[-1]
         approver = T.read(tags, T.APPROVED_BY) or last.details.get("approved_by") or last.actor
-        lines.append(f"**Approved by:** {_cell(approver)} ({'**forced**: ' if _forced(last) else ''}"
+        outside = isinstance(last.details, dict) and bool(last.details.get("moved_outside"))
+        mark = "**forced**: " if _forced(last) else "**outside mlops**: " if outside else ""
+        lines.append(f"**Approved by:** {_cell(approver)} ({mark}"
                      f"{_cell(last.action)} {_v(last.from_version)} → "
-                     f"v{version} by {_cell(last.actor)}, {_when(last)} UTC, ledger #{last.id}"
+                     f"v{version} {'recorded by' if outside else 'by'} {_cell(last.actor)}, {_when(last)} UTC, "
+                     f"ledger #{last.id}"
                      + (f"; reason: {_cell(last.reason)}" if last.reason else "") + ")")
     else:
         lines.append("**Approved by:** nobody yet (never promoted)")

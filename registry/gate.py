@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlops_common import log, strict_json
-from mlops_common.errors import ConfigError, RefusedError
+from mlops_common.errors import ConfigError, DamagedModel, RefusedError
 
 from . import artifacts, description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, decide, summary
@@ -96,7 +96,12 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     prod_eval = None
     if baseline is not None:
         _log.info("re-evaluating production (version %s) on the same held-out set ...", baseline)
-        prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
+        try:
+            prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
+        except DamagedModel as exc:     # "register a new version" would not help: every gate fails here
+            raise DamagedModel(f"{exc.problem}, and it holds production: no version can be gated against it; "
+                               f"move production to a version that loads (`mlops registry rollback --to N "
+                               f"--reason ...`), then gate v{v} again", problem=exc.problem) from None
 
     verdict = decide(cand_eval, prod_eval, rules, baseline_version=baseline,
                      signature_problems=sig_problems, allow_signature_change=allow_signature_change,

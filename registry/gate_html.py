@@ -7,6 +7,7 @@ per-class accuracy candidate vs production, and the two confusion matrices side 
 """
 from __future__ import annotations
 
+import math
 from html import escape
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -48,13 +49,19 @@ def _axis_floor(values: list[float]) -> float:
     return max(0.0, min(0.9, int((low - 0.05) * 10) / 10))
 
 
+def _drawable(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def class_chart(report: dict) -> str:
     """Grouped bars: per-class accuracy of the candidate and of production (inline SVG)."""
     rows = report["per_class"]
     if not rows:
         return '<p class="muted">No per-class accuracies in the evaluation.</p>'
     cand_head, prod_head = _heads(report)
-    values = [v for r in rows for v in (r["candidate"], r["production"]) if v is not None]
+    # a non-finite accuracy (the metrics_valid rule fails the gate on it) has no bar: int(NaN) in
+    # the axis crashed the gate before its failed verdict was recorded
+    values = [v for r in rows for v in (r["candidate"], r["production"]) if _drawable(v)]
     lo = _axis_floor(values)
     left, top, plot_h, group_w, bar_w = 48, 28, 220, 56, 20
     width, height = left + group_w * len(rows) + 20, top + plot_h + 48
@@ -73,7 +80,7 @@ def class_chart(report: dict) -> str:
         for j, (key, color, head) in enumerate((("candidate", CANDIDATE_COLOR, cand_head),
                                                  ("production", PRODUCTION_COLOR, prod_head))):
             v = r[key]
-            if v is None:
+            if not _drawable(v):
                 continue
             parts.append(f'<rect class="bar {key}" data-class="{escape(str(r["class"]))}" data-value="{v:.4f}" '
                          f'x="{x0 + j * bar_w:.1f}" y="{y(v):.1f}" width="{bar_w - 2}" '

@@ -4,6 +4,7 @@ Formatting is pure (plain rows in, text out); ``status_rows`` is the only part t
 """
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timezone
 
 from mlops_common.text import printable
@@ -27,9 +28,17 @@ def table(headers: list[str], rows: list[list]) -> str:
     """A plain aligned text table; control characters in a cell (ESC, CR, OSC... of a reason or
     an actor read back from the ledger) are shown as ``?``, never sent to the terminal."""
     cells = [[printable(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    widths = [max([display_width(h)] + [display_width(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def display_width(text: str) -> int:
+    """Terminal cells ``text`` takes: wide and full-width characters (CJK, most emoji) two,
+    combining marks none. Padding by ``len`` shifted every later column of a row with an actor
+    or reason in Chinese."""
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
 
 
 def _v(version) -> str:

@@ -317,6 +317,12 @@ def agreement(alias: int | None, entries: Iterable[Entry]) -> Agreement:
     return Agreement(alias, ledger_production(entries), tuple(open_intents(entries)))
 
 
+# Who let a version in when the alias was moved outside mlops (MLflow UI or API): not known, and
+# not whoever recorded the move (the reconciler showed as its approver, a version that failed its
+# gate included).
+MOVED_OUTSIDE_APPROVER = "unknown (moved outside mlops)"
+
+
 def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, actor: str) -> list[Entry]:
     """The rows that make the ledger say what the alias shows (none when they agree and no
     intent is open): an open intent whose target the alias holds is confirmed with its own move
@@ -349,5 +355,6 @@ def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, a
                           from_version=ledger, to_version=alias, actor=actor,
                           reason=f"reconciled by {actor}: production found on {version_label(alias)} while the "
                                  f"ledger said {version_label(ledger)}; it was moved outside mlops (MLflow UI or API)",
-                          details={"reconciled_by": actor, "moved_outside": True}))
+                          details={"reconciled_by": actor, "moved_outside": True,
+                                   "approved_by": MOVED_OUTSIDE_APPROVER}))
     return rows

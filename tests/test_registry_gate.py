@@ -174,3 +174,26 @@ def test_an_evaluation_without_its_data_set_or_held_out_fingerprint_is_refused(m
             run_gate(model, v2, ev)
         assert ev.calls == [(v2, None)]                       # production never measured on other data
         assert versions.get_version(model, v2).aliases == ()
+
+
+def test_a_production_that_cannot_be_loaded_says_to_move_production_not_to_register_again(make_version):
+    """The line said "register a new version with mlops train": every new version fails the same
+    way while production's logged model cannot be loaded. Nothing is recorded for the candidate."""
+    from mlops_common.errors import DamagedModel
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+
+    def evaluate(version, dataset):
+        if version == v1:
+            problem = f"version {v1} of '{model}' cannot be loaded as an MLflow TensorFlow model (gone)"
+            raise DamagedModel(f"{problem}; register a new version with `mlops train`", problem=problem)
+        return doc(0.95)
+
+    with pytest.raises(DamagedModel) as e:
+        run_gate(model, v2, evaluate)
+    msg = e.value.message
+    assert "and it holds production" in msg and "mlops registry rollback --to N" in msg, msg
+    assert f"then gate v{v2} again" in msg and "register a new version" not in msg
+    assert versions.get_version(model, v2).aliases == ()

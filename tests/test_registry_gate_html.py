@@ -148,3 +148,17 @@ def test_report_json_carries_the_confusion_matrices():
     report = report_for(evaluation(GOOD, cand), evaluation(PROD, prod))
     assert report["confusion"] == {"candidate": cand, "production": prod}
     assert report_for(evaluation(GOOD, None), None)["confusion"] == {"candidate": None, "production": None}
+
+
+def test_a_non_finite_per_class_accuracy_fails_the_gate_and_the_page_still_renders():
+    """int(NaN) in the chart's axis crashed the gate before its failed metrics_valid verdict was
+    written: no report, no validation_status, no ledger row. Such a class has no bar."""
+    cand = evaluation(GOOD, diagonal(GOOD))
+    cand["per_class_accuracy"]["0"] = float("nan")
+    cand["per_class_accuracy"]["1"] = float("inf")
+    report = report_for(cand, evaluation(PROD, diagonal(PROD)))
+    page = gate_html.html(report)
+    tags = parse(page)
+    bars = [a for t, a in tags.tags if t == "rect" and "bar" in a.get("class", "").split()]
+    assert len(bars) == 18 and not any(a.get("data-class") in ("0", "1") and "candidate" in a["class"] for a in bars)
+    assert 'class="verdict failed">FAILED</span>' in page

@@ -142,8 +142,14 @@ def test_sigkill_around_the_alias_move_never_leaves_production_where_the_ledger_
         # a move made outside mlops (MLflow UI / API) is shown and recorded too
         versions.set_alias(model, versions.PRODUCTION, v3)
         assert "moved outside mlops" in status(model)["problem"]
-        assert run_mlops("registry", "reconcile").returncode == 0
+        assert run_mlops("registry", "reconcile", "--actor", "carol").returncode == 0
         assert rows(model)[-1] == ("promote", "ok", v1, v3) and status(model)["agrees"]
+        # whoever moved it is not known: not the one who recorded it (the MLflow UI said "carol")
+        info = versions.get_version(model, v3)
+        assert info.tags["approved_by"] == "unknown (moved outside mlops)"
+        line = next(x for x in info.description.splitlines() if x.startswith("**Approved by:**"))
+        assert line.startswith("**Approved by:** unknown \\(moved outside mlops\\) (**outside mlops**: promote "
+                               "v1 → v3 recorded by carol,"), line
 
 
 def test_a_failed_deploys_revert_records_a_killed_promotion_first(make_version, tmp_path):
