@@ -194,7 +194,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             if sizes.get(v) is None:
                 sizes[v] = new_size
             extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
-            if host.store is not None:
+            if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
                 extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
             if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
                 p = dataclasses.replace(p, retention=())
@@ -545,8 +545,23 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
 def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None) -> None:
     """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``)."""
     stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
-    kept = tuple(sorted({v for r in runs for v in r.plan.final.versions}
-                        | {p for r in runs if (p := _host_previous(r.plan)) is not None}))
+    kept = ({v for r in runs for v in r.plan.final.versions}
+            | {p for r in runs if (p := _host_previous(r.plan)) is not None})
+    if result.source != "production" and result.stores:
+        # a store may be shared by fleets (staging and production): a --version deploy removed the
+        # production version another fleet had just uploaded and was pulling (found by a sweep)
+        from registry import versions
+
+        try:
+            if (prod := versions.production_version(result.model)) is not None:
+                kept.add(prod)
+        except UserError as exc:
+            logger.warning("could not read production (%s); nothing removed from the stores this time",
+                           exc.message)
+            for entry in result.stores:
+                entry["retention"] = {"skipped": exc.message}
+            return
+    kept = tuple(sorted(kept))
     for entry in result.stores:
         try:
             entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,

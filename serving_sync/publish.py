@@ -184,11 +184,14 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
                if name != marker and transport.exists(f"{vp}/{name}")]
     if foreign:
         raise _refuse_mismatch(where, vp, foreign)
+    # Objects already there (a dead process's partial upload, or another fleet's deploy uploading
+    # the same version to a shared store right now) are written over, not removed first: the
+    # version's objects are the same bytes whoever writes them (its manifest, checked below), and
+    # removing them deleted a live upload of another deploy, which then failed.
+    complete = lambda: transport.exists(f"{vp}/{marker}")      # noqa: E731
     try:
-        # A leftover partial upload (no marker) from a dead process: start clean.
-        transport.remove_tree(vp)
         sent = transport.upload_tree(local_dir, vp, body, progress, min_free=space_needed(manifest))
-        problems = transport.verify(vp, body)
+        problems = transport.verify(vp, manifest if complete() else body)   # completed meanwhile: all of it
         if problems:
             raise VerifyFailed(f"{where}: the uploaded objects do not match the manifest "
                                f"({'; '.join(problems[:3])}); nothing was published, rerun the deploy")
@@ -199,9 +202,17 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
             raise VerifyFailed(f"{where}: {vp} does not match the manifest after upload "
                                f"({'; '.join(problems[:3])}); rerun the deploy")
     except BaseException:
-        _cleanup(transport, vp)
+        if not _complete_and_verified(transport, vp, manifest):   # never another deploy's good copy
+            _cleanup(transport, vp)
         raise
     return sent
+
+
+def _complete_and_verified(transport, vp: str, manifest: Manifest) -> bool:
+    try:
+        return transport.exists(f"{vp}/{manifest.completion_file}") and not transport.verify(vp, manifest)
+    except Exception:  # noqa: BLE001 - cannot tell: the caller cleans up as before
+        return False
 
 
 def _store_manifest(transport: Transport, model: str, version: int, manifest: Manifest) -> None:

@@ -187,3 +187,62 @@ def test_which_directory_names_are_published_versions_one_rule_for_publish_and_r
     t = local.LocalTransport(tmp_path)
     assert published_versions(t, "m") == [1, 2, 10]
     assert retention.plan(t, "m", serving=10, previous=2, keep=0).remove_versions == [1]
+
+
+@pytest.fixture
+def s3_hut(request, tmp_path):
+    from tests.test_sync_support import make_hut
+
+    h = make_hut("s3", request, tmp_path)
+    yield h
+    h.transport.close()
+
+
+def test_two_deploys_uploading_one_version_to_a_shared_store_both_succeed(s3_hut, model_dir, monkeypatch):
+    """Two fleets sharing a store uploaded the same version at once: the second removed the first's
+    partial upload as a dead leftover and completed it; the first then found the completion file
+    it had not sent, failed, and its clean-up deleted the second's complete, verified copy."""
+    from serving_sync.transports import open_transport
+
+    m = mf.build(model_dir)
+    other = open_transport(s3_hut.host)           # the other fleet's deploy: its own connection
+    real = type(s3_hut.transport).upload_tree
+    results = []
+
+    def upload_then_the_other_deploy(self, local_dir, dest_rel, manifest, *a, **kw):
+        sent = real(self, local_dir, dest_rel, manifest, *a, **kw)
+        if self is s3_hut.transport and not results:      # the first deploy's body is up
+            results.append(publish(other, MODEL, 5, model_dir, m))
+        return sent
+
+    monkeypatch.setattr(type(s3_hut.transport), "upload_tree", upload_then_the_other_deploy)
+    first = publish(s3_hut.transport, MODEL, 5, model_dir, m)
+    assert results[0].status == "uploaded" and first.status == "uploaded"
+    assert is_published(s3_hut.transport, MODEL, 5, m) and s3_hut.transport.verify(f"{MODEL}/5", m) == []
+    other.close()
+
+
+def test_a_failed_upload_never_removes_a_complete_copy_another_deploy_made(s3_hut, model_dir, monkeypatch):
+    """The failure clean-up removed the version's objects, including a complete copy that another
+    deploy had finished meanwhile: a host of that fleet still pulling it got 404s."""
+    from serving_sync.transports import open_transport
+
+    m = mf.build(model_dir)
+    other = open_transport(s3_hut.host)
+    real_verify = type(s3_hut.transport).verify
+
+    failed = []
+
+    def other_completes_then_this_check_fails(self, rel, manifest):
+        if self is s3_hut.transport and not failed:       # this deploy's first check of its upload
+            publish(other, MODEL, 7, model_dir, m)
+            failed.append(rel)
+            return ["a check that failed for a reason of its own"]
+        return real_verify(self, rel, manifest)
+
+    monkeypatch.setattr(type(s3_hut.transport), "verify", other_completes_then_this_check_fails)
+    with pytest.raises(UserError):
+        publish(s3_hut.transport, MODEL, 7, model_dir, m)
+    monkeypatch.setattr(type(s3_hut.transport), "verify", real_verify)
+    assert is_published(other, MODEL, 7, m) and other.verify(f"{MODEL}/7", m) == []
+    other.close()

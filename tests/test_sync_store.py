@@ -353,6 +353,33 @@ def test_an_expired_url_says_so_and_publishes_nothing(sshd, tmp_path):
         served.close()
 
 
+def test_an_object_gone_from_the_store_says_so_not_that_the_host_cannot_reach_it(sshd, tmp_path):
+    """A 404 (the version removed meanwhile, e.g. by another fleet's retention) said "check that
+    the host reaches the store (store_endpoint)", which sent people to the wrong place."""
+    from mlops_common.errors import UserError
+    from serving_sync import manifest as mf
+    from serving_sync.publish import publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    served = _Served(tmp_path / "empty-store")
+    (tmp_path / "empty-store").mkdir()
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(sshd, base)
+    try:
+        with pytest.raises(UserError) as e:
+            publish(t, "digits", 1, model, m, pull=served.pull(m))
+        msg = e.value.message
+        assert "not in the store (404)" in msg and "store_endpoint" not in msg, msg
+        assert not (base / "digits/1").exists()
+    finally:
+        t.close()
+        served.close()
+
+
 def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     """Every version deployed through the store stayed in the bucket for good."""
     env = deploy_env
@@ -377,9 +404,45 @@ def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     assert r.stores[0]["retention"]["remove_versions"] == [v1]
     r = env.cli("registry", "rollback", "--reason", "v3 misbehaves")
     assert r.returncode == 0, r.stderr
+    plan = env.cli("sync", "plan")               # it said "pulls v2 from the shared store" for a switch
+    assert plan.returncode == 0 and "shared store" not in plan.stdout, plan.stdout
     assert env.deploy(opts=_opts(keep=1)).status == "deployed"   # a switch: nothing uploaded, nothing removed
     env.serves(host, v2)
     assert stored() == {v2, v3}
+    v4 = env.register("a")
+    env.promote(v4)
+    plan = env.cli("sync", "plan")
+    assert f"pulls v{v4} from the shared store s3://{bucket}/" in plan.stdout, plan.stdout
+
+
+def test_another_fleets_version_deploy_keeps_production_in_a_shared_store(deploy_env, sshd_factory, s3_env):
+    """A staging fleet sharing the store deployed `--version N --keep 1`: its clean-up removed
+    the production version the production fleet had just uploaded (and was pulling: 404s)."""
+    env = deploy_env
+    prod_host, staging_host = env.add_host("ssh"), env.add_host("ssh")
+    bucket = s3_env.make_bucket("shared-store")
+
+    def fleet(host) -> None:
+        env.write_hosts_file([host])
+        head = f'store = "s3://{bucket}/{env.model}"\n'
+        env.hosts_file.write_text(head + env.hosts_file.read_text())
+
+    def stored() -> set[int]:
+        objs = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{env.model}/{env.model}/")
+        return {int(o["Key"].split("/")[2]) for o in objs.get("Contents", []) if o["Key"].split("/")[2].isdigit()}
+
+    fleet(prod_host)
+    env.release("a", opts=_opts(keep=1))
+    v2 = env.register("b")
+    env.promote(v2)
+    assert env.deploy(opts=_opts(keep=1)).status == "deployed"
+    env.serves(prod_host, v2)
+    v3 = env.register("c")
+    fleet(staging_host)
+    r = env.deploy(version=v3, opts=_opts(keep=1))
+    assert r.status == "deployed", r.message
+    env.serves(staging_host, v3)
+    assert v2 in stored() and v2 not in r.stores[0]["retention"]["remove_versions"], (stored(), r.stores)
 
 
 def test_an_interrupt_ends_a_long_pull_at_once(sshd, tmp_path):

@@ -459,6 +459,9 @@ class SshTransport(Transport):
             hint = ("the URL was refused (403): check the clocks of this machine and the host, and that "
                     "the download took less than MLOPS_STORE_URL_EXPIRY plus one second per MB"
                     if re.search(r"\b403\b", last) else
+                    "the object is not in the store (404): removed while this deploy ran, e.g. by another "
+                    "fleet's retention on the same store; rerun the deploy (it uploads it again)"
+                    if re.search(r"\b404\b", last) else
                     "check that the host reaches the store (store_endpoint in the hosts file)")
             raise UserError(f"{self.where}: the host could not download {res.flags['@fetchfailed']} from "
                             f"the shared store {pull.store_url} ({last}); {hint}; nothing was published")
