@@ -201,9 +201,13 @@ def window(before: Snapshot, after: Snapshot) -> Window:
 
 
 def merge(windows: list[Window]) -> Window:
-    """Several hosts' windows as one (the hosts still on the old version)."""
-    les = sorted({le for w in windows for le, _ in w.buckets})
-    buckets = tuple((le, sum(dict(w.buckets).get(le, 0.0) for w in windows)) for le in les)
+    """Several hosts' windows as one (the hosts still on the old version). Histogram buckets are
+    merged on the limits every host has (a count is cumulative, known only at a host's own
+    limits): a host missing a limit counted as 0 there, and TF Serving builds with other bucket
+    sets made the old hosts' p95 look unbounded, so no canary breached on latency."""
+    observed = [w for w in windows if w.buckets]
+    les = sorted(set.intersection(*(set(le for le, _ in w.buckets) for w in observed))) if observed else []
+    buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
                   sum(w.latency_sum for w in windows), sum(w.latency_count for w in windows),
                   any(w.restarted for w in windows))
@@ -252,8 +256,19 @@ def quantile_bounds(buckets: tuple[tuple[float, float], ...], q: float) -> tuple
 
 
 # --- the verdict ---------------------------------------------------------------------------
-def _pct(rate: float) -> str:
-    return f"{100 * rate:.1f}%"
+RATE_EPSILON = 1e-9      # error rates closer than this to their limit are at it, not above
+def _pct(rate: float, decimals: int = 1) -> str:
+    return f"{100 * rate:.{decimals}f}%"
+
+
+def _decimals(rate: float, limit: float, *parts: float) -> int:
+    """Enough decimals for the line to tell ``rate`` from ``limit`` and to show a non-zero part
+    as non-zero (at 1 decimal, 104/10000 errors read "1.0% ... limit 1.0%: rolled back")."""
+    for d in (1, 2, 3, 4):
+        if (rate == limit or round(100 * rate, d) != round(100 * limit, d)) and \
+                all(p == 0 or round(100 * p, d) != 0 for p in parts):
+            return d
+    return 4
 
 
 def _ms(v: float) -> str:
@@ -287,11 +302,14 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
             return " (restarted, not used)"
         return "" if w.requests >= limits.min_requests else f" ({w.requests} requests, too few to use)"
 
-    compare = " and ".join(f"{_pct(w.error_rate)} {name}{unused(w)}" for name, w in named) or "no baseline"
-    limit = _pct(limits.max_error_rate) if base_rate == 0 else \
-        f"{_pct(base_rate + limits.max_error_rate)} ({_pct(base_rate)} + {_pct(limits.max_error_rate)})"
-    err = f"error rate {_pct(canary.error_rate)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
-    if canary.error_rate > base_rate + limits.max_error_rate:
+    bound = base_rate + limits.max_error_rate
+    d = _decimals(canary.error_rate, bound, base_rate, limits.max_error_rate, *(w.error_rate for _, w in named))
+    compare = " and ".join(f"{_pct(w.error_rate, d)} {name}{unused(w)}" for name, w in named) or "no baseline"
+    limit = _pct(limits.max_error_rate, d) if base_rate == 0 else \
+        f"{_pct(bound, d)} ({_pct(base_rate, d)} + {_pct(limits.max_error_rate, d)})"
+    err = f"error rate {_pct(canary.error_rate, d)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
+    # "more than the limit": 7/100 against 6/100 + 1% is at it, though 0.06 + 0.01 > 0.07 in floats
+    if canary.error_rate > bound + RATE_EPSILON:
         reasons.append(err)
     ratio = limits.max_latency_ratio
     mine, base = canary.mean_ms, [(n, w.mean_ms) for n, w in baselines.items() if w.mean_ms]
@@ -301,7 +319,9 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     for q in (0.95, 0.99):
         mine_b = canary.latency_bounds_ms(q)
         base_b = [(n, w.latency_bounds_ms(q)) for n, w in baselines.items()]
-        base_b = [(n, b) for n, b in base_b if b is not None and b[1] > 0]
+        # a baseline whose histogram cannot bound the quantile (it lies in the open top bucket)
+        # says nothing about it: as the worst baseline it let every canary pass
+        base_b = [(n, b) for n, b in base_b if b is not None and 0 < b[1] < math.inf]
         if mine_b is None or not base_b:
             continue
         if mine_b[0] > ratio * max(b[1] for _, b in base_b):

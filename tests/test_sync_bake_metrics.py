@@ -133,6 +133,51 @@ def test_the_line_marks_unused_baselines_and_prints_the_threshold_applied():
     assert v.passed and "limit 6.0% (5.0% + 1.0%)" in v.line
 
 
+def _win_with_buckets(latencies_us, limits) -> bake.Window:
+    """A window from a TF Serving build whose histogram has ``limits`` (µs) instead of the default."""
+    buckets = tuple((le, float(sum(1 for v in latencies_us if v <= le))) for le in (*limits, INF))
+    n = float(len(latencies_us))
+    return bake.Window(int(n), 0, buckets, float(sum(latencies_us)), n)
+
+
+def test_old_hosts_with_other_bucket_limits_do_not_hide_a_tail_regression():
+    """Merging counted a host missing a bucket limit as 0 there: two old hosts with different
+    limits made the others' p95 "at most 5,368,709 ms", and as the worst baseline that let a canary
+    whose tail was 6x slower pass, although each old host alone puts p95 near 1 ms."""
+    default = [10 * 1.8 ** k for k in range(33)]
+    other = [10 * 2.0 ** k for k in range(30)]
+    old = [1000.0] * 1000
+    merged = bake.merge([_win_with_buckets(old, default), _win_with_buckets(old, other)])
+    assert merged.requests == 2000 and dict(merged.buckets) == {10.0: 0.0, INF: 2000.0}   # exact where shared
+    same = bake.merge([_win_with_buckets(old, default), _win_with_buckets(old, default)])
+    assert bake.quantile_bounds(same.buckets, 0.95)[1] < 1200         # one bucket set: as fine as before
+    tail = [6000.0 if i % 12 == 0 else 1000.0 for i in range(1000)]
+    v = bake.judge("web-2", _win_with_buckets(tail, default), _win_with_buckets(old, default), merged, LIMITS)
+    assert v.outcome == "breached" and "p95 latency at least" in v.line, v.line
+
+
+def test_an_error_rate_exactly_at_its_limit_passes():
+    """7/100 against 6/100 + 1% is at the limit ("more than" breaches), but 0.06 + 0.01 > 0.07
+    in floating point rolled it back."""
+    v = bake.judge("web-2", _win([1000] * 93, errors=7), _win([1000] * 94, errors=6), None, LIMITS)
+    assert v.passed, v.line
+    v = bake.judge("web-2", _win([1000] * 92, errors=8), _win([1000] * 94, errors=6), None, LIMITS)
+    assert v.outcome == "breached"
+
+
+@pytest.mark.parametrize("errors,ok,limits,says", [
+    (104, 9896, LIMITS, "error rate 1.04% (104/10000) vs 0.00% before; limit 1.00%"),
+    (1, 4999, bake.Limits(max_error_rate=0.0), "error rate 0.02% (1/5000) vs 0.00% before; limit 0.00%"),
+    (5, 9995, bake.Limits(max_error_rate=0.0001), "limit 0.05% (0.04% + 0.01%)"),
+])
+def test_the_line_shows_enough_decimals_to_tell_the_rate_from_its_limit(errors, ok, limits, says):
+    """At one decimal a breach read "error rate 1.0% ... limit 1.0%: rolled back" and a limit
+    "0.1% (0.0% + 0.0%)"."""
+    before = _win([1000] * 9996, errors=4) if "0.04%" in says else _win([1000] * 10_000)
+    v = bake.judge("web-2", _win([1000] * ok, errors=errors), before, None, limits)
+    assert says in v.line, v.line
+
+
 # --- pages that are not TF Serving's whole page ----------------------------------------------------
 @pytest.mark.parametrize("page,says", [
     ("# TYPE node_cpu_seconds_total counter\nnode_cpu_seconds_total{cpu=\"0\"} 1\n", "not TF Serving's metrics"),

@@ -303,3 +303,20 @@ def test_a_ci_rerun_after_a_failed_deploy_does_not_pass_on_the_old_version(deplo
     env.serves(host, good)
     r = env.cli("sync", "deploy", "--version", str(good), "--expect-version", str(good))
     assert r.returncode == 2 and "pass one of them" in r.stderr
+
+
+def test_an_interrupted_deploy_with_json_still_prints_its_document(deploy_env, paused_deploy):
+    """SIGTERM (a cancelled CI job) ended a `--json` deploy with exit 130 and nothing on stdout,
+    though the hosts were put back and the result said so: the JSON contract is one document."""
+    import signal
+
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    env.promote(env.register("b"))
+    held = paused_deploy(env.env, "after:publish", "--json").wait_paused()
+    held.proc.send_signal(signal.SIGTERM)
+    out, err = held.proc.communicate(timeout=120)
+    assert held.proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["status"] == "failed" and doc["version"] == v1 + 1 and "interrupted" in doc["message"], doc
+    env.serves(host, v1)

@@ -18,7 +18,7 @@ import time
 
 from mlops.commands import flags, output, sync_text
 from mlops_common import settings
-from mlops_common.errors import ConfigError, RefusedError
+from mlops_common.errors import ConfigError, RefusedError, UserError
 from serving_sync.bake import Limits
 from serving_sync.options import DeployOptions
 from serving_sync.smoke import SmokeOptions
@@ -324,12 +324,11 @@ def _interrupts(*first_actions):
 
 @contextlib.contextmanager
 def _json_on_failure(args):
-    """With ``--json``, a failed deploy still prints its result (then the error goes its way)."""
-    from mlops_common.errors import DeployFailed
-
+    """With ``--json``, a failed or interrupted deploy still prints its result (then the error
+    goes its way): an interrupt (exit 130) printed nothing, though the hosts were put back."""
     try:
         yield
-    except DeployFailed as exc:
+    except UserError as exc:
         if args.json and getattr(exc, "result", None) is not None:
             output.emit(exc.result.to_dict())
         raise
