@@ -6,8 +6,13 @@ if python3.11 -c 'import sys' >/dev/null 2>&1; then   # runs: a pyenv shim of an
   exit 0
 fi
 if command -v pyenv >/dev/null 2>&1; then
-  version=$(pyenv install --list | sed -n 's/^ *\(3\.11\.[0-9]*\)$/\1/p' | tail -n 1)
-  pyenv install -s "$version"
+  # a 3.11 the image already carries (CircleCI's machine images do): building one from source
+  # takes minutes each time the cache key changes
+  version=$(pyenv versions --bare | sed -n 's/^\(3\.11\.[0-9]*\)$/\1/p' | sort -t. -k3,3n | tail -n 1)
+  if [ -z "$version" ]; then
+    version=$(pyenv install --list | sed -n 's/^ *\(3\.11\.[0-9]*\)$/\1/p' | tail -n 1)
+    pyenv install -s "$version"
+  fi
   echo "export MLOPS_PYTHON=$(pyenv root)/versions/$version/bin/python3.11" >> "${BASH_ENV:?}"
   exit 0
 fi
