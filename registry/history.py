@@ -37,8 +37,13 @@ def display_width(text: str) -> int:
     """Terminal cells ``text`` takes: wide and full-width characters (CJK, most emoji) two,
     combining marks none. Padding by ``len`` shifted every later column of a row with an actor
     or reason in Chinese."""
-    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
-               for ch in text)
+    return sum(_cells(ch) for ch in text)
+
+
+def _cells(ch: str) -> int:
+    if unicodedata.category(ch) in ("Mn", "Me", "Cf") or "\u1160" <= ch <= "\u11ff":
+        return 0            # marks drawn on the character before (Thai, Devanagari), ZWJ, jamo
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
 
 
 def _v(version) -> str:

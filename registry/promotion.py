@@ -27,10 +27,12 @@ from .promotion_rules import (
     agreement,
     check_forced_reason,
     check_gate_baseline,
+    check_pipeline_rerun,
     check_promotable,
     ever_held,
     latest_gate,
     ledger_production,
+    pipeline_move,
     reconcile_rows,
     rollback_choice,
     version_label,
@@ -254,8 +256,9 @@ def _refused(ledger: Ledger, model: str, action: str, version: int, by: Provenan
 
 
 def _move(model: str, action: str, *, target, by: Provenance, reason: str | None, force: bool,
-          details: dict, ledger: Ledger, defer_tags: bool = False) -> Promotion:
-    """Shared body of promote and rollback. ``target(tx, current)`` picks the version under the lock.
+          details: dict, ledger: Ledger, defer_tags: bool = False, requested: int | None = None) -> Promotion:
+    """Shared body of promote and rollback. ``target(tx, current)`` picks the version under the lock;
+    ``requested``: the version asked for, when the caller named one (a CircleCI rerun check).
 
     ``defer_tags``: the ledger row and the alias move happen here (under the lock, in that
     order); the version tags, a view of the ledger row for the MLflow UI, wait for
@@ -269,7 +272,12 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             reconciled = _reconcile_in(tx, model, current, by.actor)
             if reconciled:
                 tx.commit()       # recorded even when no target is found (a refused rollback)
-            v, extra = target(tx, current)
+            earlier = pipeline_move(tx.entries(actions=("promote", "rollback")), by.pipeline_id) \
+                if by.pipeline_id else None
+            if check_pipeline_rerun(model, action, current, earlier, requested):
+                v, extra = current, {"rerun_of": earlier.id}
+            else:
+                v, extra = target(tx, current)
             # SQLite: a read here holds the database's write lock (BEGIN IMMEDIATE); end it before
             # asking MLflow, so other models' rows (a fleet deploy's) are not held up by its answer.
             # The promotion lock stays held: no other promotion of this model gets in.
@@ -343,7 +351,7 @@ def promote(model: str, version, *, provenance: Provenance | None = None, actor:
     ledger = ledger or Ledger()
     v = versions.parse_version(version)
     return _move(model, "promote", target=lambda tx, current: (v, {}), by=given(provenance, actor),
-                 reason=reason, force=force, details=details or {}, ledger=ledger)
+                 reason=reason, force=force, details=details or {}, ledger=ledger, requested=v)
 
 
 def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
@@ -385,7 +393,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
         return choice.version, details
 
     return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
-                 force=force, details={}, ledger=ledger, defer_tags=defer_tags)
+                 force=force, details={}, ledger=ledger, defer_tags=defer_tags, requested=explicit)
 
 
 def revert_failed_deploy(model: str, failed_version, to_version, reason: str,

@@ -65,6 +65,32 @@ def ever_held(entries: Iterable[Entry]) -> set[int]:
     return {e.to_version for e in entries if e.action in MOVES and e.outcome == "ok" and e.to_version is not None}
 
 
+def pipeline_move(entries: Iterable[Entry], pipeline_id: str) -> Entry | None:
+    """The last move of production a CircleCI pipeline made itself (a failed deploy's automatic
+    revert is not one): CircleCI reruns a whole job, and its promote or rollback step ran again."""
+    own = [e for e in entries if e.action in MOVES and e.outcome == "ok" and e.pipeline_id == pipeline_id
+           and not (e.details or {}).get("automatic")]
+    return own[-1] if own else None
+
+
+def check_pipeline_rerun(model: str, action: str, current: int | None, earlier: Entry | None,
+                         requested: int | None) -> bool:
+    """A pipeline moves production once: its job run again asks for the same move (``requested``:
+    the version asked for; None, a rollback to "the previous one"). True: production is where that
+    job put it, so the move is a no-op (the deploy after it resumes). ``RefusedError``: production
+    moved since — the rerun promoted its failed version again, or rolled back one version
+    further. Another move in the same pipeline (another version) is not a rerun."""
+    if earlier is None or earlier.action != action or requested not in (None, earlier.to_version):
+        return False
+    if earlier.to_version != current:
+        raise RefusedError(
+            f"this CircleCI pipeline already moved production of '{model}' to "
+            f"{version_label(earlier.to_version)} (ledger #{earlier.id}), and it is {version_label(current)} now "
+            f"(its deploy failed and moved it back, or another move came since): a pipeline moves production "
+            f"once; start a new pipeline, or move it by hand outside CircleCI")
+    return True
+
+
 def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,
                         held: set[int], *, force: bool = False) -> None:
     """Raise ``RefusedError`` when ``version``'s passing gate compared it with another version

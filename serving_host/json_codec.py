@@ -258,11 +258,24 @@ def _format_error(doc, *parts: str) -> ServingError:
     return invalid_argument("JSON Value: " + debug_text(doc) + " " + "".join(parts))
 
 
-def _first_of_each_key(pairs: list) -> dict:
-    doc: dict = {}
-    for key, value in pairs:
-        doc.setdefault(key, value)
-    return doc
+class _Object(dict):
+    """A JSON object as Python keeps it (a repeated key: its last value, as TF Serving's example
+    parsing assigns each member in turn), plus what rapidjson keeps besides: the number of members
+    (``{"b64": …}`` must have exactly one) and, when a key repeats, the first values (what
+    ``FindMember`` finds: the request's top-level keys)."""
+
+    __slots__ = ("members", "first")
+
+
+def _object(pairs: list) -> _Object:
+    obj = _Object(pairs)
+    obj.members = len(pairs)
+    obj.first = None
+    if len(obj) != len(pairs):
+        obj.first = {}
+        for key, value in pairs:
+            obj.first.setdefault(key, value)
+    return obj
 
 
 def parse_json(body: bytes):
@@ -280,7 +293,7 @@ def parse_json(body: bytes):
     # the end of the root value, so text after it is ignored; FindMember finds a repeated key's
     # first value.
     decoder = json.JSONDecoder(parse_int=lambda t: _parse_int(t, text), parse_float=lambda t: _parse_float(t, text),
-                               object_pairs_hook=_first_of_each_key)
+                               object_pairs_hook=_object)
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
         doc, end = decoder.raw_decode(text, start)
@@ -293,7 +306,7 @@ def parse_json(body: bytes):
     _check_surrogates(text, end)
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
-    return doc
+    return dict(doc.first) if doc.first is not None else doc
 
 
 _ESCAPE_RE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
@@ -358,7 +371,7 @@ def signature_name(doc: dict) -> str:
 # JSON -> tensors
 # --------------------------------------------------------------------------------------------
 def _is_b64(v) -> bool:
-    return isinstance(v, dict) and len(v) == 1 and isinstance(v.get("b64"), str)
+    return isinstance(v, dict) and getattr(v, "members", len(v)) == 1 and isinstance(v.get("b64"), str)
 
 
 _B64_SPACE = b" \t\n\v\f\r"                     # absl::ascii_isspace

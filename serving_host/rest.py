@@ -293,6 +293,14 @@ class _Body:
         chunks, total = [], 0
         while True:
             line = self.rfile.readline(65537)
+            if not line:
+                raise ConnectionError("client closed the connection inside the body")
+            if line in (b"\r\n", b"\n"):     # libevent skips an empty line; counted against the limit
+                total += len(line)
+                if total > self.limit:
+                    self.consumed = False
+                    raise BodyTooLarge()
+                continue
             size = _chunk_size(line)
             if size == 0:
                 while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
@@ -306,17 +314,26 @@ class _Body:
             self.rfile.readline(3)
 
 
-_CHUNK_SIZE_RE = re.compile(rb"(?:0[xX])?[0-9a-fA-F]{1,16}")
+def _origin_form(target: str) -> str:
+    """``http://host:port/p?q#f`` -> ``/p?q#f``: the path TF Serving matches (ParsedEvRequest keeps
+    the query and fragment whatever the request target's form)."""
+    u = urlsplit(target)
+    return (u.path or "/") + (f"?{u.query}" if u.query else "") + (f"#{u.fragment}" if u.fragment else "")
+
+
+_CHUNK_SIZE_RE = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(?:0[xX])?([0-9a-fA-F]+)(?: .*)?", re.S)
 
 
 def _chunk_size(line: bytes) -> int:
-    """A chunk-size line (``strtoll(…, 16)`` as libevent reads it, which refuses anything else):
-    ``int(…, 16)`` took ``-1`` — then ``read(-1)`` read until the client closed, past the body
-    limit — and ``1_0``. ValueError: a malformed chunk."""
-    text = line.split(b";", 1)[0].strip() or b"0"
-    if not _CHUNK_SIZE_RE.fullmatch(text):
+    """A chunk-size line as libevent reads it (``evhttp_handle_chunked_read``): ``strtoll(…, 16)``
+    — blanks, a sign, ``0x`` — followed by the end of the line or a space, and not negative;
+    anything else is corrupt data (``;ext`` included). ``int(…, 16)`` took ``-1``, and ``read(-1)``
+    then read until the client closed, past the body limit. ValueError: a malformed chunk."""
+    text = line.rstrip(b"\r\n")
+    m = _CHUNK_SIZE_RE.fullmatch(text)
+    if not m or (m.group(1) == b"-" and int(m.group(2), 16) != 0):
         raise ValueError(f"malformed chunk size {text[:20]!r}")
-    return int(text, 16)
+    return int(m.group(2), 16)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -370,7 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # uri_path() as TF Serving matches it: the path with its query and fragment (a query is
         # not a parameter there: /v1/models/m?x=1 names the model "m?x=1").
-        path = self.path if self.path.startswith("/") else urlsplit(self.path).path
+        path = self.path if self.path.startswith("/") else _origin_form(self.path)
         try:
             if server.metrics_path is not None and urlsplit(path).path == server.metrics_path:
                 if path == server.metrics_path:
@@ -390,8 +407,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except BodyUnreadable as exc:
             self.close_connection = True
-            if isinstance(exc.__cause__, ValueError):  # a malformed chunk size
-                self._reply(400, "text/html", BAD_REQUEST_PAGE)
+            if isinstance(exc.__cause__, ValueError):  # a malformed chunk size: libevent's
+                # DATA_CORRUPTED, answered as EVREQ_HTTP_DATA_TOO_LONG (http.c evhttp_read_body)
+                self._reply(413, "text/html", TOO_LARGE_PAGE, reason="Request Entity Too Large")
                 self._linger()      # the client may still be sending: let it read the answer
             return
         if not body.consumed:

@@ -205,7 +205,7 @@ def merge(windows: list[Window]) -> Window:
     merged on the limits every host has (a count is cumulative, known only at a host's own
     limits): a host missing a limit counted as 0 there, and TF Serving builds with other bucket
     sets made the old hosts' p95 look unbounded, so no canary breached on latency."""
-    observed = [w for w in windows if w.buckets]
+    observed = [w for w in windows if w.buckets and w.latency_count > 0]   # an idle host's limits say nothing
     les = sorted(set.intersection(*(set(le for le, _ in w.buckets) for w in observed))) if observed else []
     buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
@@ -265,7 +265,7 @@ def _decimals(rate: float, limit: float, *parts: float) -> int:
     """Enough decimals for the line to tell ``rate`` from ``limit`` and to show a non-zero part
     as non-zero (at 1 decimal, 104/10000 errors read "1.0% ... limit 1.0%: rolled back")."""
     for d in (1, 2, 3, 4):
-        if (rate == limit or round(100 * rate, d) != round(100 * limit, d)) and \
+        if (abs(rate - limit) <= RATE_EPSILON or round(100 * rate, d) != round(100 * limit, d)) and \
                 all(p == 0 or round(100 * p, d) != 0 for p in parts):
             return d
     return 4

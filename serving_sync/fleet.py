@@ -547,7 +547,7 @@ def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptio
     stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
     kept = ({v for r in runs for v in r.plan.final.versions}
             | {p for r in runs if (p := _host_previous(r.plan)) is not None})
-    if result.source != "production" and result.stores:
+    if result.stores and result.source != "production":
         # a store may be shared by fleets (staging and production): a --version deploy removed the
         # production version another fleet had just uploaded and was pulling (found by a sweep)
         from registry import versions

@@ -184,12 +184,18 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
                if name != marker and transport.exists(f"{vp}/{name}")]
     if foreign:
         raise _refuse_mismatch(where, vp, foreign)
-    # Objects already there (a dead process's partial upload, or another fleet's deploy uploading
-    # the same version to a shared store right now) are written over, not removed first: the
-    # version's objects are the same bytes whoever writes them (its manifest, checked below), and
-    # removing them deleted a live upload of another deploy, which then failed.
+    # Objects of the version already there (a dead process's partial upload, or another fleet's
+    # deploy uploading the same version to a shared store right now) are written over, not
+    # removed first: they are the same bytes whoever writes them (its manifest, checked below),
+    # and removing them deleted a live upload of another deploy, which then failed. Objects that
+    # are not the version's are removed.
     complete = lambda: transport.exists(f"{vp}/{marker}")      # noqa: E731
     try:
+        # what is not the version's (a leftover of another build under the same number) goes
+        wanted = {f.path for f in manifest.files}
+        for rel in transport.files_under(vp):
+            if rel not in wanted:
+                transport.remove_file(f"{vp}/{rel}")
         sent = transport.upload_tree(local_dir, vp, body, progress, min_free=space_needed(manifest))
         problems = transport.verify(vp, manifest if complete() else body)   # completed meanwhile: all of it
         if problems:

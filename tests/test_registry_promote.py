@@ -243,3 +243,40 @@ def test_help_is_useful():
     assert r.returncode == 0
     for word in ("--pipeline-id", "CIRCLE_TOKEN", "--force", "--reason", "pipeline_id"):
         assert word in r.stdout
+
+
+def test_a_circleci_job_run_again_does_not_move_production_a_second_time(make_version, monkeypatch):
+    """CircleCI reruns a whole job: the promote step of promote-and-deploy ran again after its
+    version's deploy failed and moved production back, promoting the failed version again (and
+    --expect-version then passed); a rollback job's rerun rolled back one version further. A
+    pipeline moves production once: a rerun where production still is where it put it is a no-op
+    (the deploy resumes); one after production moved is refused in one line."""
+    import pytest
+
+    from mlops_common.errors import RefusedError
+    from registry import promotion
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    promotion.promote(model, v1, actor="setup")
+    monkeypatch.setenv("CIRCLE_PIPELINE_ID", "pipe-a")
+    promotion.promote(model, v2, actor="ci")
+    assert promotion.promote(model, v2, actor="ci").moved is False          # rerun, nothing changed
+    promotion.revert_failed_deploy(model, v2, v1, "smoke test failed", actor="ci")   # the deploy failed
+    with pytest.raises(RefusedError, match="already moved production .* to v2 .* it is v1 now"):
+        promotion.promote(model, v2, actor="ci")
+    assert versions.production_version(model) == v1
+    # another pipeline's rollback, run twice: the second run changes nothing
+    monkeypatch.setenv("CIRCLE_PIPELINE_ID", "pipe-b")
+    promotion.promote(model, v3, actor="ci-b")
+    monkeypatch.setenv("CIRCLE_PIPELINE_ID", "pipe-c")
+    assert promotion.rollback(model, reason="v3 misbehaves", actor="ci-c").to_version == v1
+    again = promotion.rollback(model, reason="v3 misbehaves", actor="ci-c")
+    assert again.moved is False and versions.production_version(model) == v1
+    assert promotion.rollback(model, to=v1, reason="v3 misbehaves", actor="ci-c").moved is False
+    # another move in the same pipeline (another version) is not a rerun: it moves
+    monkeypatch.setenv("CIRCLE_PIPELINE_ID", "pipe-a")
+    assert promotion.promote(model, v3, actor="ci").moved is True
+    # without CircleCI (by hand) the rules are as before
+    monkeypatch.delenv("CIRCLE_PIPELINE_ID")
+    assert promotion.promote(model, v2, actor="alice").moved is True

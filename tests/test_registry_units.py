@@ -55,8 +55,10 @@ def test_tables_align_and_truncate():
 def test_tables_align_by_terminal_cells_with_wide_characters():
     """An actor or reason in Chinese (two cells a character) shifted every later column of its
     row: the padding counted characters, not the cells a terminal draws."""
-    out = table(["actor", "outcome"], [["李雷", "refused"], ["bob", "ok"], ["e\u0301", "ok"]]).splitlines()
-    assert out == ["actor  outcome", "-----  -------", "李雷   refused", "bob    ok", "e\u0301      ok"]
+    out = table(["actor", "outcome"], [["李雷", "refused"], ["bob", "ok"], ["e\u0301", "ok"],
+                                       ["สิริ", "ok"]]).splitlines()
+    assert out == ["actor  outcome", "-----  -------", "李雷   refused", "bob    ok", "e\u0301      ok",
+                   "สิริ     ok"]
 
 
 def test_version_tags_have_one_style_and_old_names_are_still_read():

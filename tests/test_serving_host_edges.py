@@ -132,16 +132,28 @@ def test_chunked_body_over_the_limit_is_413(server):
     _still_serves(server)
 
 
-@pytest.mark.parametrize("size", [b"-1", b"1_0", b"ff ff"])
+@pytest.mark.parametrize("size", [b"-1", b"1_0", b"ff;ext=1", b"zz"])
 def test_a_malformed_chunk_size_is_refused_before_the_body_is_read(server, size):
     """``int(size, 16)`` took ``-1``, and ``read(-1)`` then read until the client closed: past the
-    body limit, holding a worker (libevent's strtoll refuses it as corrupt data)."""
+    body limit, holding a worker. libevent's strtoll refuses it as corrupt data, which it answers
+    413 (``EVREQ_HTTP_DATA_TOO_LONG``)."""
     head = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     t0 = time.monotonic()
     reply = _raw_request(server, head, size + b"\r\n" + b"x" * (1 << 20), timeout=SOCKET_TIMEOUT + 5)
-    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
     assert time.monotonic() - t0 < SOCKET_TIMEOUT + 3
     _still_serves(server)
+
+
+def test_a_chunk_size_as_strtoll_reads_it_is_taken():
+    """Blanks, a sign, 0x and text after a space: libevent takes them (only the digits count)."""
+    from serving_host.rest import _chunk_size
+
+    assert _chunk_size(b"  +0x14 anything\r\n") == 20 and _chunk_size(b"ff ff\r\n") == 255
+    assert _chunk_size(b"0\r\n") == 0 and _chunk_size(b"-0\r\n") == 0
+    for bad in (b"-1\r\n", b"1_0\r\n", b"ff;x\r\n", b"0x\r\n"):
+        with pytest.raises(ValueError):
+            _chunk_size(bad)
 
 
 def test_text_after_the_json_document_is_ignored_and_a_repeated_key_keeps_its_first_value(server):
@@ -161,6 +173,9 @@ def test_a_query_string_is_part_of_the_path_as_tf_serving_reads_it(server):
     assert r.status_code == 400 and _error(r) == "Malformed request: POST /v1/models/default:predict?x=1", r.text
     r = requests.get(f"{base}?x=1", timeout=30)
     assert r.status_code == 404 and _error(r) == "Could not find any versions of model default?x=1", r.text
+    # the absolute form of the request target (a proxy's) keeps it too
+    reply = _raw_request(server, f"GET {base}?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 404 ") and b"model default?x=1" in reply, reply[:300]
 
 
 # -- hostile JSON -------------------------------------------------------------------------------

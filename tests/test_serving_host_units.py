@@ -287,6 +287,10 @@ def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     (this server answered "The document root must not be followed by other values.")."""
     assert jc.parse_json(b' {"a": 1} x') == {"a": 1}
     assert jc.parse_json(b'{"a": 1, "a": 2}') == {"a": 1}       # FindMember: the first
+    # inside, TF Serving's example parsing assigns each member in turn (the last wins), and a
+    # {"b64": …} object must have exactly one member
+    doc = jc.parse_json(b'{"examples": [{"x": [1.0], "x": [2.0]}], "b": {"b64": "YQ==", "b64": "Yg=="}}')
+    assert doc["examples"][0]["x"] == [2.0] and not jc._is_b64(doc["b"])
 
 
 def test_signature_name_must_be_a_string():

@@ -149,6 +149,8 @@ def test_old_hosts_with_other_bucket_limits_do_not_hide_a_tail_regression():
     old = [1000.0] * 1000
     merged = bake.merge([_win_with_buckets(old, default), _win_with_buckets(old, other)])
     assert merged.requests == 2000 and dict(merged.buckets) == {10.0: 0.0, INF: 2000.0}   # exact where shared
+    idle = bake.merge([_win_with_buckets(old, default), _win_with_buckets([], other)])   # no observation
+    assert bake.quantile_bounds(idle.buckets, 0.95)[1] < 1200
     same = bake.merge([_win_with_buckets(old, default), _win_with_buckets(old, default)])
     assert bake.quantile_bounds(same.buckets, 0.95)[1] < 1200         # one bucket set: as fine as before
     tail = [6000.0 if i % 12 == 0 else 1000.0 for i in range(1000)]
@@ -160,7 +162,7 @@ def test_an_error_rate_exactly_at_its_limit_passes():
     """7/100 against 6/100 + 1% is at the limit ("more than" breaches), but 0.06 + 0.01 > 0.07
     in floating point rolled it back."""
     v = bake.judge("web-2", _win([1000] * 93, errors=7), _win([1000] * 94, errors=6), None, LIMITS)
-    assert v.passed, v.line
+    assert v.passed and "error rate 7.0% (7/100) vs 6.0% before; limit 7.0% (6.0% + 1.0%)" in v.line, v.line
     v = bake.judge("web-2", _win([1000] * 92, errors=8), _win([1000] * 94, errors=6), None, LIMITS)
     assert v.outcome == "breached"
 

@@ -246,3 +246,14 @@ def test_a_failed_upload_never_removes_a_complete_copy_another_deploy_made(s3_hu
     monkeypatch.setattr(type(s3_hut.transport), "verify", real_verify)
     assert is_published(other, MODEL, 7, m) and other.verify(f"{MODEL}/7", m) == []
     other.close()
+
+
+def test_an_object_that_is_not_the_versions_is_removed_before_the_upload(s3_hut, model_dir):
+    """Objects already under the version's prefix are written over (another deploy may be
+    uploading them); one the manifest does not name (a leftover of another build under the same
+    number) is removed first, so the upload does not fail its check on it."""
+    m = mf.build(model_dir)
+    s3_hut.raw_write(f"{MODEL}/8/variables/stale.bin", b"from another build")
+    s3_hut.raw_write(f"{MODEL}/8/variables/variables.index", b"half written")
+    r = publish(s3_hut.transport, MODEL, 8, model_dir, m)
+    assert r.status == "uploaded" and s3_hut.transport.verify(f"{MODEL}/8", m) == []

@@ -128,6 +128,11 @@ class S3Transport(Transport):
                 yield obj
 
     # --- reading -------------------------------------------------------------------------
+    def files_under(self, rel: str) -> list[str]:
+        """Every object under ``rel``, relative to it (one LIST per 1,000; nothing is read)."""
+        prefix = self._dir_prefix(rel)
+        return sorted(o["Key"][len(prefix):] for o in self._iter_keys(prefix))
+
     def list_dir(self, rel: str = "") -> list[str]:
         prefix = self._dir_prefix(rel)
         paginator = self.client.get_paginator("list_objects_v2")

@@ -276,15 +276,14 @@ class SshTransport(Transport):
     def disk_free(self) -> int | None:
         if self._no_shell:
             return None
-        script = (f"echo; d={q(self.base)}; while [ ! -d \"$d\" ]; do d=$(dirname -- \"$d\"); done; "
-                  f"df -Pk -- \"$d\" | awk 'NR==2 {{print $4}}'")
+        script = (f"d={q(self.base)}; while [ ! -d \"$d\" ]; do d=$(dirname -- \"$d\"); done; "
+                  f"printf '\\n@df %s\\n' \"$(df -Pk -- \"$d\" | awk 'NR==2 {{print $4}}')\"")
         with self._io("checking free space"):
             rc, out, _ = self._exec(script)
-        try:
-            # the last word: a login shell's startup file may print before df does
-            return int(out.split()[-1]) * 1024 if rc == 0 else None
-        except (IndexError, ValueError):
-            return None
+        # its own tagged line: a login shell's startup file may print before it (text without a
+        # newline, or a number)
+        found = re.findall(r"^@df (\d+)$", out.decode(errors="replace") if isinstance(out, bytes) else out, re.M)
+        return int(found[-1]) * 1024 if rc == 0 and found else None
 
     # --- writing -------------------------------------------------------------------------
     def write_file_atomic(self, rel: str, data: bytes) -> None:
