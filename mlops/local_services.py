@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from mlops_common.errors import ConfigError, ConnectionFailure
-from mlops_common.procs import is_process, pid_alive, process_identity
+from mlops_common.procs import boot_id, is_process, pid_alive, process_identity
 
 EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 DEFAULT_EPHEMERAL = (32768, 60999)   # Linux's default (macOS and Windows use 49152-65535)
@@ -273,9 +273,11 @@ def stop_pid(pid: int, *, timeout: float = 15) -> None:
 def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
     """The rest of a service whose first process died (MLflow's uvicorn worker keeps the port):
     its process group, which ``spawn`` made with the recorded pid as its number. Linux does not
-    give that number to a new process while the group lives, so every member is ours. True when
-    there were any."""
-    if not rec.identity or pid_alive(rec.pid):
+    give that number to a new process while the group lives, so every member is ours — in the boot
+    the record was made in: after a reboot the number may be any program's group (it killed
+    another program's processes). True when there were any."""
+    boot = rec.identity.split(":", 1)[0]
+    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid):
         return False        # the number is another program's now (or never was ours to judge)
 
     def send(sig) -> None:

@@ -19,6 +19,15 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def boot_id() -> str:
+    """This boot's id (Linux), "" where it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def process_identity(pid: int) -> str:
     """Who ``pid`` is, beyond its number: the boot and the process's start time (Linux
     ``/proc/<pid>/stat`` field 22, clock ticks after boot). A pid recorded in a file may belong to

@@ -240,7 +240,10 @@ _MIN_DERIVED_LEN = 8     # a part of a secret (stripped, a piece of a password) 
 def _forms(value: str) -> set[str]:
     """``value`` and the ways it shows up in text: escaped as in a Python repr or a JSON string,
     and stripped of surrounding whitespace (a one-line error message collapses it)."""
-    forms = {f for f in (value, repr(value)[1:-1], json.dumps(value)[1:-1]) if len(f) >= _MIN_SECRET_LEN}
+    from urllib.parse import quote, quote_plus
+
+    forms = {f for f in (value, repr(value)[1:-1], json.dumps(value)[1:-1], quote(value, safe=""),
+                         quote_plus(value)) if len(f) >= _MIN_SECRET_LEN}
     if len(value.strip()) >= _MIN_DERIVED_LEN:
         forms.add(value.strip())
     return forms

@@ -144,7 +144,7 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
         raise ConfigError(f"{secret_env} is not set: export the HMAC secret shared with the deploy "
                           f"receiver in that variable (it is read from the environment only)")
     check_secret_strength(secret, secret_env)
-    if secret in url:
+    if any(secret in u for u in (url, urllib.parse.unquote(url), urllib.parse.unquote_plus(url))):  # encoded too
         raise RefusedError("the webhook URL contains the secret; keep the secret out of URLs")
     description = description or "tfmodel-delivery: deploy when the production alias moves"
     client = tracking_client()

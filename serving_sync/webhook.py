@@ -47,6 +47,16 @@ def sign(secret: str, delivery_id: str, timestamp: str, body: str) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
+def _timestamp(text: str) -> int | None:
+    """Unix seconds, or None: 400 digits overflowed the float ``abs(now - sent)`` and anyone who
+    could reach the port got a traceback into the watcher's log (no secret needed)."""
+    try:
+        sent = int(text)
+    except ValueError:
+        return None
+    return sent if abs(sent) < 10 ** 12 else None
+
+
 def _raw(text: str) -> bytes:
     """UTF-8 bytes of any str, even one holding lone surrogates (never raises)."""
     return text.encode("utf-8", "surrogatepass")
@@ -81,9 +91,8 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, now: float,
     # Compared as bytes: a header with non-ASCII characters or the wrong length is just unequal.
     if not any(hmac.compare_digest(expected, _raw(part.strip())) for part in sig.split(" ") if part.strip()):
         return Verdict(401, "bad signature")
-    try:
-        sent = int(ts)
-    except ValueError:
+    sent = _timestamp(ts)
+    if sent is None:
         return Verdict(400, "missing or malformed timestamp")
     if abs(now - sent) > max_age:
         return Verdict(400, f"timestamp is {abs(now - sent):.0f}s off (more than {max_age:.0f}s): replay refused")
@@ -98,7 +107,9 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, now: float,
 
 def wants_reconcile(event: dict, model: str, alias: str = "production") -> bool:
     """True for ``model_version_alias.created`` of ``alias`` on ``model``."""
-    data = event.get("data") or {}
+    data = event.get("data") if isinstance(event, dict) else None
+    if not isinstance(data, dict):      # a signed event of another shape: not ours (it was a 500)
+        return False
     return ((event.get("entity"), event.get("action")) == EVENT and data.get("name") == model
             and data.get("alias") == alias)
 
@@ -112,9 +123,8 @@ def precheck(headers: dict[str, str], *, now: float, max_age: float = MAX_AGE_SE
         return Verdict(401, "missing signature or delivery id")
     if not any(_well_formed(part) for part in sig.split(" ")):
         return Verdict(401, "bad signature")
-    try:
-        sent = int(h.get(TIMESTAMP_HEADER.lower(), ""))
-    except ValueError:
+    sent = _timestamp(h.get(TIMESTAMP_HEADER.lower(), ""))
+    if sent is None:
         return Verdict(400, "missing or malformed timestamp")
     if abs(now - sent) > max_age:
         return Verdict(400, f"timestamp is {abs(now - sent):.0f}s off (more than {max_age:.0f}s): replay refused")

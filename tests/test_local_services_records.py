@@ -127,6 +127,27 @@ def test_down_stops_what_is_left_of_a_service_whose_first_process_died(tmp_path)
         subprocess.run(["pkill", "-KILL", "-g", str(leader.pid)], capture_output=True)
 
 
+def test_down_never_signals_a_group_named_by_a_record_of_another_boot(tmp_path):
+    """After a reboot the recorded number may be any program's process group: a record of
+    another boot whose first process is gone had `mlops down` kill that program's processes."""
+    leader = subprocess.Popen(["bash", "-c", "sleep 120 & wait"], start_new_session=True)
+    try:
+        time.sleep(0.3)
+        state = tmp_path / "state"
+        workers = subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True, text=True).stdout.split()
+        worker = next(int(p) for p in workers if int(p) != leader.pid)
+        leader.kill()
+        leader.wait(timeout=10)
+        _record(state, "mlflow-server", leader.pid, identity="0000-another-boot:12345")
+        r = run_mlops("down", env={"MLOPS_HOME": str(state)})
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.3)
+        assert pid_alive(worker), r.stdout                     # another program's: untouched
+        assert not list(state.glob("*.json"))
+    finally:
+        subprocess.run(["pkill", "-KILL", "-g", str(leader.pid)], capture_output=True)
+
+
 def test_a_start_is_recorded_before_its_wait_and_forgotten_when_it_fails(tmp_path):
     """A start killed during its health wait left a server nobody recorded; a failed one is
     stopped and its record dropped. A log of blank lines no longer turns the message into a

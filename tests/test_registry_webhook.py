@@ -157,3 +157,20 @@ def test_help_documents_the_server_side_settings():
                    "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "SQL backend", "model_version_alias.created",
                    "--secret-env"):
         assert needle in text, needle
+
+
+def test_a_percent_encoded_secret_in_the_url_is_refused_and_redacted(mlops_env, monkeypatch):
+    """The guard looked for the secret as written: `?t=<urlencoded secret>` passed, MLflow stored
+    it and stdout printed it in full (the redaction did not know the encoded form either)."""
+    from urllib.parse import quote
+
+    from mlops_common import settings
+
+    secret = "whsec-Zq8pLm3Kt7Vw2Xy9Rb4Nc6/+="
+    for encoded in (quote(secret, safe=""), secret.replace("/", "%2F").replace("+", "%2B").replace("=", "%3D")):
+        r = run_mlops("registry", "webhook", "create", "--url", f"https://hooks.example.com/x?t={encoded}",
+                      env={"MLOPS_WEBHOOK_SECRET": secret})
+        assert r.returncode == 2 and "contains the secret" in r.stderr, r.stderr
+        assert encoded not in r.stderr + r.stdout and secret not in r.stderr + r.stdout
+    monkeypatch.setenv("MLOPS_WEBHOOK_SECRET", secret)
+    assert quote(secret, safe="") in settings.secret_values()

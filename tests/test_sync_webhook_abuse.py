@@ -167,3 +167,22 @@ def test_unauthenticated_large_body_is_refused_before_it_is_read(receiver):
     status, answer = raw_post(rec.port, stale_headers, stale_body)
     assert status == 400 and "replay" in json.loads(answer)["message"]
     assert got == []
+
+
+def test_a_huge_timestamp_is_400_not_a_traceback_and_an_event_of_another_shape_is_ignored(receiver, caplog):
+    """400 digits in X-MLflow-Timestamp overflowed `abs(now - sent)`: anyone who reached the port
+    (no secret needed) got a 500 and a traceback into the watcher's log. A signed event whose
+    "data" is not an object was a 500 too, and MLflow's retry was then a "duplicate"."""
+    from serving_sync.webhook import wants_reconcile
+
+    rec, got = receiver
+    headers, body = signed()
+    for ts in ("9" * 400, "-" + "9" * 400):
+        signed_huge, signed_body = signed(ts=int(ts))          # signed: the check reaches the timestamp
+        for check in (precheck({**headers, "X-MLflow-Timestamp": ts}, now=time.time()),
+                      verify(SECRET, signed_huge, signed_body, now=time.time())):
+            assert check.status == 400 and "timestamp" in check.reason, check
+        status, answer = raw_post(rec.port, {**headers, "X-MLflow-Timestamp": ts}, body)
+        assert status == 400, answer
+    assert "Traceback" not in caplog.text and "OverflowError" not in caplog.text
+    assert wants_reconcile({"entity": "model_version_alias", "action": "created", "data": [1]}, "m") is False
