@@ -19,11 +19,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
+from mlops_common import log
 from mlops_common.errors import ConfigError, ConnectionFailure
 from mlops_common.procs import boot_id, is_process, pid_alive, process_identity
+
+_log = log.get("local_services")
 
 EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 DEFAULT_EPHEMERAL = (32768, 60999)   # Linux's default (macOS and Windows use 49152-65535)
@@ -128,10 +132,15 @@ def _record_path(state: Path, name: str) -> Path:
 
 def read_record(state: Path, name: str) -> Service | None:
     path = _record_path(state, name)
-    if not path.is_file():
-        return None
     try:
-        d = json.loads(path.read_text())
+        if not path.is_file():
+            return None
+        text = path.read_text()
+    except OSError as exc:      # a name too long, a folder that cannot be read: one line, not a traceback
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder you "
+                          f"can read and write") from None
+    try:
+        d = json.loads(text)
         return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""),
                        dict(d.get("ports") or {}))
     except (ValueError, KeyError, TypeError, AttributeError, OSError):
@@ -198,6 +207,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok)
     except BaseException:
         stop_pid(proc.pid)
+        _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
         _record_path(state, name).unlink(missing_ok=True)
         raise
     return svc, proc
@@ -304,7 +314,11 @@ def forget(state: Path, rec: Service) -> bool:
         stop_pid(rec.pid)
     else:
         ran = _stop_orphans(rec)
-    _record_path(state, rec.name).unlink(missing_ok=True)
+    try:
+        _record_path(state, rec.name).unlink(missing_ok=True)
+    except OSError as exc:      # a read-only state folder: it is stopped; say the record stays
+        _log.warning("%s is stopped, but its record %s could not be removed (%s)", rec.name,
+                    _record_path(state, rec.name), exc.strerror or exc)
     return ran
 
 
@@ -313,6 +327,20 @@ def stop_service(state: Path, name: str) -> bool:
     forget it. True when it ran."""
     rec = read_record(state, name)
     return False if rec is None else forget(state, rec)
+
+
+def _refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
+    """One line for a port another program holds. With ``rec`` (a service of ours that runs):
+    only ports it does not hold itself, checked before it is stopped — `mlops up --port P2`
+    stopped a healthy server on P1, then refused because P2 was taken."""
+    if rec is not None and not rec.running:
+        return
+    own = set() if rec is None else {*(rec.ports or {}).values(), urlsplit(rec.url).port}
+    for port, what in ports.items():
+        if port not in own and port_in_use(port):
+            kept = f"; {rec.name} keeps running on {rec.url}" if rec is not None else ""
+            raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program{kept}; set {what} "
+                              f"to a free port")
 
 
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
@@ -326,11 +354,10 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
             return rec
         except ConnectionFailure:
             pass
+    _refuse_taken_ports(rec, {port: "MLOPS_MLFLOW_PORT (or --port)"})   # before the running one stops
     if rec is not None:     # not answering, half gone, or on another port than asked: start again
         forget(state, rec)
-    if port_in_use(port):
-        raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; "
-                          f"set MLOPS_MLFLOW_PORT to a free port")
+    _refuse_taken_ports(None, {port: "MLOPS_MLFLOW_PORT (or --port)"})
     from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
 
     backend = prepare_backend_store(backend_store_uri or f"sqlite:///{state / 'mlflow.db'}", env=env)
@@ -381,19 +408,20 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
             return rec
         except ConnectionFailure:
             pass
+    wanted = {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"}
+    _refuse_taken_ports(rec, wanted)        # before the running one stops
     if rec is not None:     # not answering, half gone, or on other ports than asked: start again
         forget(state, rec)
     config = base / "models.config"
     try:
         base.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True)      # the monitoring config goes there
         if not config.exists():
             config.write_text(EMPTY_MODELS_CONFIG)
     except OSError as exc:
         raise ConfigError(f"cannot write {config} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
                           f"you can write") from None
-    for port, what in ((rest_port, "MLOPS_SERVING_REST_PORT"), (grpc_port, "MLOPS_SERVING_GRPC_PORT")):
-        if port_in_use(port):
-            raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program; set {what} to a free port")
+    _refuse_taken_ports(None, wanted)
     url = f"http://127.0.0.1:{rest_port}"
     monitoring = state / f"{name}.monitoring.config"
     monitoring.write_text(MONITORING_CONFIG)

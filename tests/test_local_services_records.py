@@ -6,6 +6,7 @@ server."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import time
 
@@ -85,6 +86,57 @@ def test_the_model_server_is_started_afresh_when_its_record_names_another_progra
     finally:
         ls.stop_service(state, "model-server")
     assert not pid_alive(svc.pid)
+
+
+def test_asking_for_a_taken_port_leaves_the_running_server_alone(tmp_path):
+    """`mlops up --port P2` (and the demo's model server) stopped the healthy server first, then
+    refused because P2 was taken: nothing ran afterwards."""
+    import socket
+
+    import requests
+
+    from mlops_common.errors import ConfigError
+
+    state, base = tmp_path / ".mlops", tmp_path / "serving"
+    rest, grpc, other = ls.free_ports(3)
+    svc = ls.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", other))
+        holder.listen(1)
+        with pytest.raises(ConfigError, match=f"port {other} .* taken .*model-server keeps running on {svc.url}"):
+            ls.start_model_server(state, base, rest_port=rest, grpc_port=other)
+        assert svc.running and requests.get(f"{svc.url}/v1/models/__probe__", timeout=10).status_code == 404
+        assert ls.read_record(state, "model-server").pid == svc.pid
+    finally:
+        holder.close()
+        ls.stop_service(state, "model-server")
+
+
+def test_a_start_whose_first_process_dies_leaves_no_worker_behind(tmp_path):
+    """The first process died during the health wait and was reaped: stopping it by its pid did
+    nothing, and its worker kept the port ("taken by another program" at the next `mlops up`)."""
+    marker = f"{random.randint(10**6, 10**7)}.5"
+    port = ls.free_ports(1)[0]
+    with pytest.raises(Exception):
+        ls.spawn("svc", ["bash", "-c", f"sleep {marker} & exit 1"], state=tmp_path / "state",
+                 url=f"http://127.0.0.1:{port}", health_url=f"http://127.0.0.1:{port}/", timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", f"sleep {marker}"]).returncode == 0:
+        time.sleep(0.1)
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["pkill", "-KILL", "-f", f"sleep {marker}"], capture_output=True)
+    assert left == [] and not (tmp_path / "state" / "svc.json").exists()
+
+
+def test_a_state_path_too_long_is_one_line_for_up_and_down(tmp_path):
+    """A 300-character folder name in MLOPS_HOME: `mlops up` and `mlops down` ended in an
+    `OSError: File name too long` traceback."""
+    state = tmp_path / ("x" * 300)
+    for command in (("down",), ("up", "--json")):
+        r = run_mlops(*command, env={"MLOPS_HOME": str(state)}, timeout=120)
+        assert r.returncode == 2, (command, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
 
 
 # --- found by review -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from mlops.commands import flags, output
 from mlops_common import settings
+from mlops_common.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -39,6 +40,10 @@ def cmd_down(args) -> int:
     from mlops.local_services import stop_service
 
     state = settings.state_dir()
-    stopped = [p.stem for p in sorted(state.glob("*.json")) if stop_service(state, p.stem)]
+    try:
+        records = sorted(state.glob("*.json"))
+    except OSError as exc:      # a path too long: one line, not a traceback
+        raise ConfigError(f"cannot read {state} ({exc.strerror or exc}); check MLOPS_HOME") from None
+    stopped = [p.stem for p in records if stop_service(state, p.stem)]
     print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {state}")
     return 0
