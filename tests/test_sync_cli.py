@@ -335,3 +335,42 @@ def test_infra_validate_of_a_model_that_cannot_load_reports_tf_servings_error(de
     doc = json.loads(r.stdout)
     assert doc["checks"][0]["name"] == "load" and doc["checks"][0]["passed"] is False
     assert "Read less bytes" in doc["checks"][0]["message"] or "OUT_OF_RANGE" in doc["checks"][0]["message"]
+
+
+def test_infra_validate_stopped_by_sigterm_leaves_no_server_and_no_folder(deploy_env, tmp_path):
+    """A cancelled CircleCI job (SIGTERM) killed the command at once: its throw-away server kept
+    its ports, and its temporary folder kept the downloaded SavedModel (Ctrl-C cleaned up)."""
+    import signal
+    import time
+
+    env = deploy_env
+    v = env.register("a")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    full = {**os.environ, **env.env, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "infra-validate", "--version", str(v),
+                             "--server", "local", "--latency-requests", "1000"], cwd=REPO, env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def servers() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"local_server.*{tmpdir}"], capture_output=True, text=True).stdout.split()
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not servers():
+            time.sleep(0.1)
+        assert servers(), proc.poll()
+        time.sleep(1.0)                        # loading or sending its golden requests
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and servers():
+        time.sleep(0.2)
+    left = servers()
+    subprocess.run(["pkill", "-KILL", "-f", f"local_server.*{tmpdir}"], capture_output=True)
+    assert proc.returncode == 130, err
+    assert left == [] and not list(tmpdir.glob("mlops-infra-*")), (left, list(tmpdir.iterdir()))

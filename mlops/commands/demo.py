@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from mlops.commands.train import sigterm_as_ctrl_c
+    from mlops.commands.signals import sigterm_as_ctrl_c
     from mlops.demo import DemoOptions, main
 
     with sigterm_as_ctrl_c():      # a cancelled job closes its MLflow run FAILED, as `mlops train` does

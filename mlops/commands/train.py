@@ -9,6 +9,7 @@ import contextlib
 import sys
 
 from mlops.commands import flags, output
+from mlops.commands.signals import sigterm_as_ctrl_c
 
 
 def _training_args(p, *, retrain: bool) -> None:
@@ -100,23 +101,6 @@ def _new_model_name(args) -> str:
 
     return check_model_name(settings.model_name(args.model_name),
                             what="model name (--model-name / MLOPS_MODEL_NAME)")
-
-
-@contextlib.contextmanager
-def sigterm_as_ctrl_c():
-    """SIGTERM (CircleCI cancelling the job, ``timeout``, ``kill``) ends a training the way Ctrl-C
-    does: MLflow's run is closed FAILED. By default the process died at once and its run stayed
-    RUNNING in the MLflow UI for good."""
-    import signal
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_train(args) -> int:
