@@ -94,8 +94,14 @@ class SmokeReport:
 
 # --- verdicts (pure) -----------------------------------------------------------------------
 def compare_signature(expected: dict, served: dict) -> list[str]:
-    """Differences between the registered signature and the one TF Serving serves."""
-    problems = []
+    """Differences between the registered signature and the one TF Serving serves. A registered
+    document the gate would refuse (``registry.signature.format_problems``: e.g. ``{}``) is a
+    problem: it compares nothing, and an empty one passed ("matches golden/signature.json")."""
+    from registry.signature import format_problems
+
+    problems = [f"golden/signature.json: {p}" for p in format_problems(expected)]
+    if problems:
+        return problems
     for key, exp in sorted(expected.items()):
         got = served.get(key)
         if got is None:

@@ -195,3 +195,19 @@ def test_plan_text_says_a_restore_switches_every_host_at_once():
         "restore: production was rolled back from v4 to this version, which held it before: every host "
         "switches at once, no bake (--canary, --wave or --bake stage it)",
         "phase 2, switch: wave 1: h1, h2"]
+
+
+def test_junit_reports_parse_whatever_a_check_message_holds(tmp_path):
+    """A message carrying control characters (TF Serving's error text echoing a request's bytes)
+    was written as it was: the XML did not parse and CircleCI's Tests tab showed nothing."""
+    import xml.etree.ElementTree as ET
+
+    from mlops_common import junit
+
+    odd = "signature \x07\x1b[31m not found \udcff \x00 end"
+    path = junit.write(tmp_path / "r.xml", "infra-validate.m\x01.v1",
+                       [junit.Case("signature\x0b", False, odd), junit.Case("latency", True, "ok \x1f")])
+    root = ET.parse(path).getroot()
+    assert root.get("tests") == "2" and root.get("failures") == "1" and root.get("name") == "infra-validate.m?.v1"
+    failure = root.find("testcase/failure")
+    assert failure.get("message") == "signature ??[31m not found ? ? end" == failure.text

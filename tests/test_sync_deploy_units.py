@@ -40,6 +40,9 @@ def test_signature_match_and_each_kind_of_difference():
     assert "not served" in compare_signature(SIG, {})[0]
     method = {"serving_default": {**SIG["serving_default"], "method_name": "tensorflow/serving/classify"}}
     assert "method" in compare_signature(SIG, method)[0]
+    # a registered document that compares nothing passed ("matches golden/signature.json")
+    assert compare_signature({}, SIG) == ["golden/signature.json: the signature document must be a non-empty "
+                                          "JSON object of signatures"]
 
 
 def test_outputs_within_tolerance_pass_and_beyond_fail_with_the_worst_difference():
