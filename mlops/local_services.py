@@ -163,7 +163,10 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
         except requests.RequestException:
             pass
         time.sleep(0.25)
-    raise ConnectionFailure(f"{url} did not answer within {timeout:.0f}s; see {log}")
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    last = (tail.strip().splitlines() or [""])[-1]
+    # the log's last line in the message: a throw-away server's log goes with its folder
+    raise ConnectionFailure(f"{url} did not answer within {timeout:g}s; see {log}" + (f": {last}" if last else ""))
 
 
 def mlflow_server_command(*, port: int, artifacts_destination: str, workers: int = 1,

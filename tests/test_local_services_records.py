@@ -240,3 +240,16 @@ def test_the_demo_without_a_terminal_or_yes_refuses_before_it_starts_anything(tm
     r = run_mlops("demo", "--quick", env={"MLOPS_HOME": str(home)}, input="", timeout=120)
     assert r.returncode == 2 and "--yes" in r.stderr and "Traceback" not in r.stderr
     assert not list(home.glob("*.json"))          # no service was started
+
+
+def test_a_server_that_never_answers_is_named_with_its_logs_last_line(tmp_path):
+    """"did not answer within 0s; see <log>": the limit was rounded away, and a throw-away
+    server's log (infra-validate's) had been removed with its folder by the time anyone read it."""
+    from mlops_common.errors import ConnectionFailure
+
+    log = tmp_path / "server.log"
+    log.write_text("starting\nE0000 could not bind the gRPC port\n")
+    port = ls.free_ports(1)[0]
+    with pytest.raises(ConnectionFailure) as e:
+        ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log)
+    assert "within 0.3s" in e.value.message and e.value.message.endswith(": E0000 could not bind the gRPC port")
