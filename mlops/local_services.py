@@ -346,10 +346,42 @@ def _refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
                               f"to a free port")
 
 
+@contextlib.contextmanager
+def _one_start_at_a_time(state: Path, name: str, timeout: float = 300):
+    """Hold ``state``'s start lock for service ``name`` (``flock``, released if the process dies).
+    Two `mlops up` at once both started a server: one lost the port, its error path removed the
+    winner's record, and the server that listened was recorded nowhere."""
+    import fcntl
+
+    with open_in_state(state, f".{name}.start-lock", "a") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"another start of {name} for {state} has held its lock for "
+                                      f"{timeout:g}s; wait for it or run `mlops down`") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
                  artifacts_destination: str | None = None, workers: int = 1,
                  app_name: str | None = None, env: dict[str, str] | None = None) -> Service:
     """Start (or reuse) the local MLflow server for ``state`` and wait until it answers."""
+    with _one_start_at_a_time(state, "mlflow-server"):
+        return _start_mlflow(state, port=port, backend_store_uri=backend_store_uri,
+                             artifacts_destination=artifacts_destination, workers=workers,
+                             app_name=app_name, env=env)
+
+
+def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, artifacts_destination: str | None,
+                  workers: int, app_name: str | None, env: dict[str, str] | None) -> Service:
     rec = read_record(state, "mlflow-server")
     if rec and rec.running and rec.url == f"http://127.0.0.1:{port}":
         try:
@@ -403,6 +435,13 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
     Writes an empty-but-valid ``models.config`` if there is none. Production hosts run real
     TensorFlow Serving instead (serving_host/install_server.sh).
     """
+    with _one_start_at_a_time(state, name):
+        return _start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port, name=name,
+                                   config_poll_seconds=config_poll_seconds)
+
+
+def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: int, name: str,
+                        config_poll_seconds: int) -> Service:
     rec = read_record(state, name)
     asked = {"grpc": grpc_port}
     if rec and rec.running and rec.url == f"http://127.0.0.1:{rest_port}" and rec.ports == asked:

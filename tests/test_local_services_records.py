@@ -253,3 +253,33 @@ def test_a_server_that_never_answers_is_named_with_its_logs_last_line(tmp_path):
     with pytest.raises(ConnectionFailure) as e:
         ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log)
     assert "within 0.3s" in e.value.message and e.value.message.endswith(": E0000 could not bind the gRPC port")
+
+
+def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
+    """Two `mlops up` at the same moment both started a server: one lost the port and its error
+    path removed the winner's record (or both reported different pids); the server that listened
+    was recorded nowhere and `mlops down` could not stop it."""
+    import os
+    import sys
+
+    from tests.helpers import REPO
+
+    state = tmp_path / "state"
+    port = ls.free_ports(1)[0]
+    env = {**os.environ, "MLOPS_HOME": str(state)}
+    procs = [subprocess.Popen([sys.executable, "-m", "mlops", "up", "--json", "--port", str(port)], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+        pids = {json.loads(o[0])["pid"] for o in outs}
+        rec = ls.read_record(state, "mlflow-server")
+        assert len(pids) == 1 and rec is not None and rec.pid in pids and rec.running
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        r = run_mlops("down", env={"MLOPS_HOME": str(state)})
+        leaked = subprocess.run(["pkill", "-f", "--", f"--artifacts-destination {state}/"], capture_output=True).returncode
+    assert r.returncode == 0 and "stopped: mlflow-server" in r.stdout
+    assert leaked == 1 and not ls.port_in_use(port)                  # pkill found nothing left
