@@ -280,6 +280,7 @@ def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
             if p.poll() is None:
                 p.kill()
         r = run_mlops("down", env={"MLOPS_HOME": str(state)})
-        leaked = subprocess.run(["pkill", "-f", "--", f"--artifacts-destination {state}/"], capture_output=True).returncode
+        pattern = f"--artifacts-destination {state}/"
+        leaked = subprocess.run(["pkill", "-f", "--", pattern], capture_output=True).returncode
     assert r.returncode == 0 and "stopped: mlflow-server" in r.stdout
     assert leaked == 1 and not ls.port_in_use(port)                  # pkill found nothing left
