@@ -351,23 +351,15 @@ def _one_start_at_a_time(state: Path, name: str, timeout: float = 300):
     """Hold ``state``'s start lock for service ``name`` (``flock``, released if the process dies).
     Two `mlops up` at once both started a server: one lost the port, its error path removed the
     winner's record, and the server that listened was recorded nowhere."""
-    import fcntl
+    from mlops_common import filelock
 
-    with open_in_state(state, f".{name}.start-lock", "a") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ConfigError(f"another start of {name} for {state} has held its lock for "
-                                      f"{timeout:g}s; wait for it or run `mlops down`") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    def timed_out() -> Exception:
+        return ConfigError(f"another start of {name} for {state} has held its lock for {timeout:g}s; wait "
+                           f"for it or run `mlops down`")
+
+    with open_in_state(state, f".{name}.start-lock", "a") as f, \
+            filelock.held(f, timeout=timeout, poll=0.1, timed_out=timed_out):
+        yield
 
 
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,

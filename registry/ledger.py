@@ -19,7 +19,6 @@ die with the process that holds them, so a SIGKILLed promotion blocks no one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import threading
@@ -31,7 +30,7 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from mlops_common import settings
+from mlops_common import filelock, settings
 from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError
 
 ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback", "intent",
@@ -215,35 +214,25 @@ def _sqlite_promotion_lock(engine: sa.Engine, url: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``<database>.lock`` (a process-wide lock for an in-memory
     database), waited for at most ``SQLITE_BUSY_TIMEOUT_S``. The kernel drops it when the holder
     dies, however it dies."""
+    def timed_out() -> Exception:
+        return ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the promotion lock of the ledger "
+                                 f"{safe_url(url)}; another promotion holds it")
+
     database = engine.url.database
     if not database or database == ":memory:":
         with _engines_lock:
             lock = _local_locks.setdefault(url, threading.Lock())
         if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
-            raise ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the promotion lock of the "
-                                    f"ledger {safe_url(url)}; another promotion holds it")
+            raise timed_out()
         try:
             yield
         finally:
             lock.release()
         return
     path = Path(database).expanduser()
-    with open(path.with_name(path.name + ".lock"), "a") as f:
-        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the promotion lock "
-                                            f"of the ledger {safe_url(url)}; another promotion holds "
-                                            f"it") from None
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with open(path.with_name(path.name + ".lock"), "a") as f, \
+            filelock.held(f, timeout=SQLITE_BUSY_TIMEOUT_S, poll=0.02, timed_out=timed_out):
+        yield
 
 
 @contextlib.contextmanager
