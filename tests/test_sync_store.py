@@ -328,7 +328,13 @@ def test_presigned_urls_are_sigv4_and_last_as_long_as_a_slow_download(s3_env, en
         assert url.startswith(endpoint or s3_env.env()["AWS_ENDPOINT_URL"].rstrip("/")), url
 
 
-def test_an_expired_url_says_so_and_publishes_nothing(sshd, tmp_path):
+@pytest.mark.parametrize("store,says", [
+    ("expired", ("403", "MLOPS_STORE_URL_EXPIRY")),
+    # a 404 (the version removed meanwhile, e.g. by another fleet's retention) said "check that the
+    # host reaches the store (store_endpoint)", which sent people to the wrong place
+    ("empty", ("not in the store (404)", "rerun the deploy")),
+])
+def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path, store, says):
     from mlops_common.errors import UserError
     from serving_sync import manifest as mf
     from serving_sync.publish import incoming_dirs, publish
@@ -337,35 +343,8 @@ def test_an_expired_url_says_so_and_publishes_nothing(sshd, tmp_path):
 
     model = make_model_tree(tmp_path / "model")
     m = mf.build(model)
-    served = _Served(model, expired=True)
-    base = tmp_path / "host"
-    base.mkdir()
-    t = connect(sshd, base)
-    try:
-        with pytest.raises(UserError) as e:
-            publish(t, "digits", 1, model, m, pull=served.pull(m))
-        msg = e.value.message
-        assert "403" in msg and "MLOPS_STORE_URL_EXPIRY" in msg and "nothing was published" in msg, msg
-        assert "Signature" not in msg and "s3cr3t" not in msg
-        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
-    finally:
-        t.close()
-        served.close()
-
-
-def test_an_object_gone_from_the_store_says_so_not_that_the_host_cannot_reach_it(sshd, tmp_path):
-    """A 404 (the version removed meanwhile, e.g. by another fleet's retention) said "check that
-    the host reaches the store (store_endpoint)", which sent people to the wrong place."""
-    from mlops_common.errors import UserError
-    from serving_sync import manifest as mf
-    from serving_sync.publish import publish
-    from tests.test_sync_ssh import connect
-    from tests.test_sync_support import make_model_tree
-
-    model = make_model_tree(tmp_path / "model")
-    m = mf.build(model)
-    served = _Served(tmp_path / "empty-store")
     (tmp_path / "empty-store").mkdir()
+    served = _Served(model, expired=True) if store == "expired" else _Served(tmp_path / "empty-store")
     base = tmp_path / "host"
     base.mkdir()
     t = connect(sshd, base)
@@ -373,8 +352,10 @@ def test_an_object_gone_from_the_store_says_so_not_that_the_host_cannot_reach_it
         with pytest.raises(UserError) as e:
             publish(t, "digits", 1, model, m, pull=served.pull(m))
         msg = e.value.message
-        assert "not in the store (404)" in msg and "store_endpoint" not in msg, msg
-        assert not (base / "digits/1").exists()
+        assert all(s in msg for s in says) and "nothing was published" in msg, msg
+        assert "Signature" not in msg and "s3cr3t" not in msg
+        assert store == "expired" or "store_endpoint" not in msg
+        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
     finally:
         t.close()
         served.close()
