@@ -153,20 +153,23 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            last = (tail.strip().splitlines() or [""])[-1]
             raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
-                                    f"at {url}; see {log}" + (f": {last}" if last else ""))
+                                    f"at {url}; see {log}{_last_line(log)}")
         try:
             if requests.get(url, timeout=2).status_code in ok:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.25)
+    raise ConnectionFailure(f"{url} did not answer within {timeout:g}s; see {log}{_last_line(log)}")
+
+
+def _last_line(log: Path | None) -> str:
+    """": <the log's last line>" for a message, or "": a throw-away server's log (infra-validate's)
+    goes with its folder before anyone opens it."""
     tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
     last = (tail.strip().splitlines() or [""])[-1]
-    # the log's last line in the message: a throw-away server's log goes with its folder
-    raise ConnectionFailure(f"{url} did not answer within {timeout:g}s; see {log}" + (f": {last}" if last else ""))
+    return f": {last}" if last else ""
 
 
 def mlflow_server_command(*, port: int, artifacts_destination: str, workers: int = 1,

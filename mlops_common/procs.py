@@ -33,9 +33,10 @@ def process_identity(pid: int) -> str:
     ``/proc/<pid>/stat`` field 22, clock ticks after boot). A pid recorded in a file may belong to
     another program after a reboot or once the number is reused; the same pid with the same
     identity is the same process. "" where it cannot be read (not Linux, process gone)."""
+    boot = boot_id()
+    if not boot:
+        return ""
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
         with open(f"/proc/{pid}/stat") as f:
             start = f.read().rsplit(")", 1)[-1].split()[19]
         return f"{boot}:{start}"

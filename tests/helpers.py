@@ -66,17 +66,22 @@ def order_free(obj):
 
 
 def sigterm_when_held(proc: subprocess.Popen, marker: Path, *, before_signal=None, timeout: float = 300.0) -> str:
-    """Wait (bounded) until ``proc`` is held at its faultpoint (``marker`` exists), run
-    ``before_signal``, send SIGTERM as a cancelled CI job would, and return its stderr; a process
-    that outlives all that is killed."""
+    """``sigterm_when`` the process is held at its faultpoint (``marker`` exists)."""
+    return sigterm_when(proc, marker.exists, before_signal=before_signal, timeout=timeout)
+
+
+def sigterm_when(proc: subprocess.Popen, ready, *, before_signal=None, timeout: float = 300.0,
+                 poll: float = 0.2) -> str:
+    """Wait (bounded) until ``ready()``, run ``before_signal``, send SIGTERM as a cancelled CI job
+    would, and return its stderr; a process that outlives all that is killed."""
     import signal
     import time
 
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
-            time.sleep(0.2)
-        assert marker.exists(), proc.poll()
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(poll)
+        assert ready(), proc.poll()
         if before_signal is not None:
             before_signal()
         proc.send_signal(signal.SIGTERM)

@@ -340,8 +340,9 @@ def test_infra_validate_of_a_model_that_cannot_load_reports_tf_servings_error(de
 def test_infra_validate_stopped_by_sigterm_leaves_no_server_and_no_folder(deploy_env, tmp_path):
     """A cancelled CircleCI job (SIGTERM) killed the command at once: its throw-away server kept
     its ports, and its temporary folder kept the downloaded SavedModel (Ctrl-C cleaned up)."""
-    import signal
     import time
+
+    from tests.helpers import sigterm_when
 
     env = deploy_env
     v = env.register("a")
@@ -355,18 +356,8 @@ def test_infra_validate_stopped_by_sigterm_leaves_no_server_and_no_folder(deploy
     def servers() -> list[str]:
         return subprocess.run(["pgrep", "-f", f"local_server.*{tmpdir}"], capture_output=True, text=True).stdout.split()
 
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not servers():
-            time.sleep(0.1)
-        assert servers(), proc.poll()
-        time.sleep(1.0)                        # loading or sending its golden requests
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    # signalled while it loads or sends its golden requests
+    err = sigterm_when(proc, servers, before_signal=lambda: time.sleep(1.0), timeout=120, poll=0.1)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and servers():
         time.sleep(0.2)

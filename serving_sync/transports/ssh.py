@@ -282,7 +282,7 @@ class SshTransport(Transport):
             rc, out, _ = self._exec(script)
         # its own tagged line: a login shell's startup file may print before it (text without a
         # newline, or a number)
-        found = re.findall(r"^@df (\d+)$", out.decode(errors="replace") if isinstance(out, bytes) else out, re.M)
+        found = re.findall(rb"^@df (\d+)$", out, re.M)
         return int(found[-1]) * 1024 if rc == 0 and found else None
 
     # --- writing -------------------------------------------------------------------------
