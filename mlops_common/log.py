@@ -9,17 +9,14 @@ from .settings import secret_values
 _CONFIGURED = False
 
 
-class RedactSecrets(logging.Filter):
-    """Replace the value of any secret environment variable in a log record with ``***``."""
+class RedactingFormatter(logging.Formatter):
+    """Every form of a secret's value replaced by ``***`` in the whole formatted record: the
+    message, and the traceback that ``exc_info`` adds (``-v``, ``logger.exception``) — an
+    exception's text can carry a token or a URL with a password, and a filter sees only the
+    message (tracebacks are formatted after it)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        secrets = secret_values()
-        if secrets:
-            msg = record.getMessage()
-            for s in secrets:
-                msg = msg.replace(s, "***")
-            record.msg, record.args = msg, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def redact(text: str) -> str:
@@ -33,8 +30,7 @@ def setup(verbose: bool = False) -> None:
     if _CONFIGURED:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(RedactSecrets())
+    handler.setFormatter(RedactingFormatter("%(message)s"))
     root = logging.getLogger("mlops")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -375,3 +375,34 @@ def test_bidi_controls_that_reorder_a_line_are_refused(text):
 
     with pytest.raises(argparse.ArgumentTypeError):
         flags.free_text(text)
+
+
+def test_log_lines_and_the_tracebacks_they_carry_show_no_form_of_a_secret():
+    """``-v`` logs a bug's traceback (``exc_info``) and the watcher logs a failed delivery's
+    (``logger.exception``): the exception text there was printed as it was, with the token in
+    it; only the message went through the redaction."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    code = (
+        "from mlops_common import log\n"
+        "import os\n"
+        "log.setup(verbose=True)\n"
+        "lg = log.get('sync.test')\n"
+        "secret = os.environ['CIRCLE_TOKEN']\n"
+        "lg.info('message %s', secret)\n"
+        "try:\n"
+        "    raise RuntimeError(f'header {secret!r} rejected, raw {secret}')\n"
+        "except RuntimeError as exc:\n"
+        "    lg.debug('unexpected error in the deploy', exc_info=exc)\n"
+        "    lg.exception('webhook: error while handling a delivery')\n"
+    )
+    env = {**os.environ, "CIRCLE_TOKEN": TOKEN + "\n", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("Traceback") == 2 and "RuntimeError: header" in r.stderr
+    assert "tok-SECRET" not in r.stderr, r.stderr
+    assert r.stderr.count("***") >= 5
