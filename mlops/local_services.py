@@ -148,28 +148,32 @@ def read_record(state: Path, name: str) -> Service | None:
 
 
 def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
-                 log: Path | None = None, ok: tuple[int, ...] = (200,)) -> None:
-    """Poll ``url`` until it answers a status in ``ok``, the process dies, or ``timeout`` passes."""
+                 log: Path | None = None, ok: tuple[int, ...] = (200,), log_kept: bool = True) -> None:
+    """Poll ``url`` until it answers a status in ``ok``, the process dies, or ``timeout`` passes.
+    The failure names ``log`` when it stays (``log_kept``), and quotes its last line either way."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
-                                    f"at {url}; see {log}{_last_line(log)}")
+                                    f"at {url}{_log_hint(log, log_kept)}")
         try:
             if requests.get(url, timeout=2).status_code in ok:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.25)
-    raise ConnectionFailure(f"{url} did not answer within {timeout:g}s; see {log}{_last_line(log)}")
+    raise ConnectionFailure(f"{url} did not answer within {timeout:g}s{_log_hint(log, log_kept)}")
 
 
-def _last_line(log: Path | None) -> str:
-    """": <the log's last line>" for a message, or "": a throw-away server's log (infra-validate's)
-    goes with its folder before anyone opens it."""
-    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+def _log_hint(log: Path | None, kept: bool) -> str:
+    """"; see <log>: <its last line>" for a message; the path only when the log stays (a
+    throw-away server's log, infra-validate's, goes with its folder before anyone opens it) and
+    nothing at all without a log (it read "see None")."""
+    if log is None:
+        return ""
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     last = (tail.strip().splitlines() or [""])[-1]
-    return f": {last}" if last else ""
+    return (f"; see {log}" if kept else "") + (f": {last}" if last else "")
 
 
 def mlflow_server_command(*, port: int, artifacts_destination: str, workers: int = 1,
@@ -199,7 +203,8 @@ def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None)
 
 def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
           env: dict[str, str] | None = None, timeout: float = 120,
-          ok: tuple[int, ...] = (200,), ports: dict | None = None) -> tuple[Service, subprocess.Popen]:
+          ok: tuple[int, ...] = (200,), ports: dict | None = None,
+          log_kept: bool = True) -> tuple[Service, subprocess.Popen]:
     """Start ``cmd`` detached, record it as service ``name`` at once (a start killed during the
     wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
     for ``health_url``; on any failure stop it and forget it."""
@@ -210,7 +215,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}))
     try:
         write_record(state, svc)
-        wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok)
+        wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok, log_kept=log_kept)
     except BaseException:
         stop_pid(proc.pid)
         _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
@@ -531,7 +536,7 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
         cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port)
         state = base.parent / "server-state"
         _, proc = spawn("infra-validate-server", cmd, state=state, url=url,
-                        health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,))
+                        health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), log_kept=False)
         return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid))
     if kind == "docker":
         name = f"mlops-infra-validate-{secrets.token_hex(4)}"

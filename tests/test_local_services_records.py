@@ -253,6 +253,15 @@ def test_a_server_that_never_answers_is_named_with_its_logs_last_line(tmp_path):
     with pytest.raises(ConnectionFailure) as e:
         ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log)
     assert "within 0.3s" in e.value.message and e.value.message.endswith(": E0000 could not bind the gRPC port")
+    assert f"see {log}" in e.value.message
+    # a throw-away server's log is quoted, not named (it is gone by the time anyone reads the
+    # line); without a log the line said "see None" (docker's infra-validate server, re-checks)
+    with pytest.raises(ConnectionFailure) as e:
+        ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log, log_kept=False)
+    assert str(log) not in e.value.message and e.value.message.endswith("s: E0000 could not bind the gRPC port")
+    with pytest.raises(ConnectionFailure) as e:
+        ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3)
+    assert e.value.message.endswith("did not answer within 0.3s"), e.value.message
 
 
 def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
