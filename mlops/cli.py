@@ -68,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(verbose=args.verbose)
+    stdout, sys.stdout = sys.stdout, log.RedactingStream(sys.stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(args) -> int:
+    """The command, with every failure turned into its exit code and at most one line (or a
+    redacted traceback for a bug)."""
+    import os
+
     try:
         code = args.func(args)
         sys.stdout.flush()      # a reader gone (`| head`) is found here, not in a traceback at exit

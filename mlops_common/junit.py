@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_common.errors import ConfigError
+from mlops_common.log import redact
 from mlops_common.paths import check_writable_dir
 
 # Characters XML 1.0 does not allow (ElementTree writes them as they are, and the file does not
@@ -50,7 +51,7 @@ def write(path: str | Path, suite: str, cases: list[Case]) -> Path:
     root = ET.Element("testsuite", name=suite, tests=str(len(cases)), failures=str(failures),
                       errors="0", time=f"{sum(c.seconds for c in cases):.3f}")
     for c in cases:
-        message = xml_text(c.message)
+        message = xml_text(redact(c.message))       # a CI artifact: no form of a secret
         el = ET.SubElement(root, "testcase", classname=suite, name=xml_text(c.name), time=f"{c.seconds:.3f}")
         if not c.passed:
             ET.SubElement(el, "failure", message=message[:500]).text = message

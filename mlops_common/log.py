@@ -19,6 +19,27 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class RedactingStream:
+    """A text stream (stdout) that writes every form of a secret's value as ``***``: ``--json``
+    documents and text tables carry messages built from exceptions (a psycopg host name holding
+    part of a database password, botocore's endpoint URL), and stdout is what CI saves. One
+    wrapper at the edge covers every ``print``; everything but ``write`` goes to the stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def redact(text: str) -> str:
     for s in secret_values():
         text = text.replace(s, "***")

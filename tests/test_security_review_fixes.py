@@ -11,6 +11,7 @@ F5 ledger text printed to a terminal never carries control characters (ESC, CR, 
 """
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from datetime import datetime, timezone
@@ -406,3 +407,56 @@ def test_log_lines_and_the_tracebacks_they_carry_show_no_form_of_a_secret():
     assert r.stderr.count("Traceback") == 2 and "RuntimeError: header" in r.stderr
     assert "tok-SECRET" not in r.stderr, r.stderr
     assert r.stderr.count("***") >= 5
+
+
+def test_stdout_of_every_command_shows_no_form_of_a_secret(deploy_env):
+    """`sync watch --once` printed psycopg's host-name error, which holds what follows the `@` in
+    a ledger password, in its `--json` document and its text lines: only stderr was redacted,
+    and stdout is what CI saves (`--json > report.json`)."""
+    env = deploy_env
+    env.add_host("file")
+    env.write_hosts_file()
+    env.release("a")
+    env.promote(env.register("b"))        # production v2, the host serves v1: the watch deploys
+    bad = {"MLOPS_LEDGER_URL": "postgresql://u:Pw@SECRET-fragment-1@127.0.0.1:9/db"}
+    for flags in (("--json",), ()):
+        r = env.cli("sync", "watch", "--once", *flags, extra_env=bad)
+        assert "ledger" in r.stdout, r.stdout          # the error is there...
+        assert "SECRET-fragment" not in r.stdout + r.stderr, r.stdout   # ...without the secret
+        if flags:
+            assert json.loads(r.stdout)["passes"]
+
+
+def test_the_stdout_wrapper_and_junit_files_redact_every_form(monkeypatch, capsys, tmp_path):
+    """A command's printed lines and `--json` document (still valid JSON, the escaped form is
+    replaced too) and the JUnit file CI keeps as an artifact."""
+    import mlops.commands.registry as registry_commands
+    from mlops.cli import main
+    from mlops.commands.output import emit
+    from mlops_common import junit
+
+    secret = 'tok"SECRET\\4f1c'
+    monkeypatch.setenv("CIRCLE_TOKEN", secret)
+
+    def show(args):
+        print(f"error: header {secret} rejected")
+        emit({"error": f"header {secret} rejected"})
+
+    monkeypatch.setattr(registry_commands, "cmd_history", show)
+    assert main(["registry", "history"]) == 0
+    out = capsys.readouterr().out
+    assert "SECRET" not in out and out.count("***") == 2, out
+    assert json.loads(out.splitlines()[1]) == {"error": "header *** rejected"}
+    path = junit.write(tmp_path / "j.xml", "smoke", [junit.Case("golden", False, f"bad {secret}", 0.1)])
+    assert "SECRET" not in path.read_text() and "***" in path.read_text()
+
+
+def test_an_unreachable_s3_endpoint_is_named_without_its_password():
+    """The `s3://` transport quoted botocore's endpoint URL as it was, password and all."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from serving_sync.transports.s3 import S3Transport
+
+    err = S3Transport("bucket", "p", client=object())._error(
+        EndpointConnectionError(endpoint_url="http://minio:S3EndpointPassw0rd@127.0.0.1:1/bucket/p"), "reading")
+    assert "S3EndpointPassw0rd" not in err.message and "http://minio:***@127.0.0.1:1/bucket/p" in err.message

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mlops_common import log
 from mlops_common.errors import UserError
+from mlops_common.settings import mask_url_password
 
 from ..errors import AuthFailed, HostPermissionDenied, HostUnreachable
 from ..manifest import HostListing, Manifest
@@ -85,8 +86,9 @@ class S3Transport(Transport):
             return AuthFailed(f"{self.url}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
                               f"AWS_SECRET_ACCESS_KEY (or an AWS profile)")
         if kind == s3_factory.UNREACHABLE:
+            endpoint = mask_url_password(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
             return HostUnreachable(f"{self.url}: cannot reach the S3 endpoint while {doing} "
-                                   f"({getattr(exc, 'kwargs', {}).get('endpoint_url', '')}); check "
+                                   f"({endpoint}); check "
                                    f"MLFLOW_S3_ENDPOINT_URL / AWS_ENDPOINT_URL")
         if kind == s3_factory.BAD_CREDENTIALS:
             return AuthFailed(f"{self.url}: S3 rejected the credentials ({code}); check "
