@@ -68,11 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(verbose=args.verbose)
-    stdout, sys.stdout = sys.stdout, log.RedactingStream(sys.stdout)
+    # Both streams redacted at the edge: stdout carries messages built from exceptions, and
+    # stderr gets text no mlops logger formats (MLflow's own handler, `warnings`, a worker
+    # thread's traceback from threading.excepthook).
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (log.RedactingStream(s) for s in streams)
     try:
         return _run(args)
     finally:
-        sys.stdout = stdout
+        sys.stdout, sys.stderr = streams
 
 
 def _run(args) -> int:

@@ -460,3 +460,34 @@ def test_an_unreachable_s3_endpoint_is_named_without_its_password():
     err = S3Transport("bucket", "p", client=object())._error(
         EndpointConnectionError(endpoint_url="http://minio:S3EndpointPassw0rd@127.0.0.1:1/bucket/p"), "reading")
     assert "S3EndpointPassw0rd" not in err.message and "http://minio:***@127.0.0.1:1/bucket/p" in err.message
+
+
+def test_stderr_text_no_mlops_logger_formats_is_redacted_too():
+    """A `warnings` message and a worker thread's traceback (threading.excepthook) go to stderr
+    without passing an mlops log handler."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    code = (
+        "import os, sys, threading, warnings\n"
+        "import mlops.commands.registry as r\n"
+        "from mlops.cli import main\n"
+        "secret = os.environ['CIRCLE_TOKEN']\n"
+        "def noisy(args):\n"
+        "    warnings.warn(f'retrying https://x/?token={secret}', RuntimeWarning, stacklevel=1)\n"
+        "    def fail():\n"
+        "        raise RuntimeError(f'header {secret}')\n"
+        "    t = threading.Thread(target=fail)\n"
+        "    t.start()\n"
+        "    t.join()\n"
+        "r.cmd_history = noisy\n"
+        "sys.exit(main(['registry', 'history']))\n"
+    )
+    env = {**os.environ, "CIRCLE_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "retrying https://x/?token=***" in r.stderr and "RuntimeError: header ***" in r.stderr, r.stderr
+    assert "SECRET" not in r.stderr
