@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
@@ -96,8 +97,20 @@ def _info(mv: dict, aliases_by_version: dict[int, list[str]] | None = None) -> V
                        description=mv.get("description") or None)
 
 
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+def equals_clause(field: str, value: str) -> str:
+    """A search-filter clause for ``field`` equal to ``value``, as MLflow's parser reads it: the
+    text between the quotes is taken as it is (a backslash escapes nothing, so ``it\\'s`` was
+    searched for with its backslash and a model named ``it's a model`` had no versions). The
+    value is quoted with the quote it does not hold; holding both, it becomes a LIKE pattern
+    with each quote and backslash a one-character wildcard, a superset the caller narrows to
+    exact matches (``_search(..., keep=)``)."""
+    value = str(value)
+    if "'" not in value:
+        return f"{field} = '{value}'"
+    if '"' not in value:
+        return f'{field} = "{value}"'
+    pattern = value.replace("'", "_").replace("\\", "_")
+    return f"{field} LIKE '{pattern}'"
 
 
 def registered_model_aliases(model: str) -> dict[str, int]:
@@ -137,14 +150,15 @@ def get_version(model: str, version, *, aliases: dict[str, int] | None = None) -
     return _info(doc["model_version"], _by_version(aliases))
 
 
-def _search(filter_string: str, what: str) -> list[dict]:
+def _search(filter_string: str, what: str, keep: Callable[[dict], bool]) -> list[dict]:
+    """Every version the filter finds (bounded pagination) that ``keep`` accepts."""
     out, token = [], None
     for _ in range(1000):  # bounded pagination
         params = {"filter": filter_string, "max_results": 1000}
         if token:
             params["page_token"] = token
         doc = rest().get("model-versions/search", params, what=what)
-        out.extend(doc.get("model_versions") or ())
+        out.extend(mv for mv in doc.get("model_versions") or () if keep(mv))
         token = doc.get("next_page_token")
         if not token:
             break
@@ -154,18 +168,25 @@ def _search(filter_string: str, what: str) -> list[dict]:
 def list_versions(model: str) -> list[VersionInfo]:
     """Every version of ``model``, newest first, with its aliases."""
     aliases = registered_model_aliases(model)
-    found = _search(f"name = '{_escape(model)}'", f"listing versions of '{model}'")
+    found = _search(equals_clause("name", model), f"listing versions of '{model}'", _named(model))
     return sorted((_info(mv, _by_version(aliases)) for mv in found), key=lambda i: -i.version)
 
 
+def _named(model: str) -> Callable[[dict], bool]:
+    return lambda mv: mv.get("name") == model
+
+
 def latest_version_number(model: str) -> int | None:
-    found = _search(f"name = '{_escape(model)}'", f"listing versions of '{model}'")
+    found = _search(equals_clause("name", model), f"listing versions of '{model}'", _named(model))
     return max((int(mv["version"]) for mv in found), default=None)
 
 
 def find_by_tag(key: str, value: str) -> list[VersionInfo]:
     """Versions of any registered model whose tag ``key`` equals ``value``."""
-    found = _search(f"tags.`{key}` = '{_escape(value)}'", f"searching versions tagged {key}={value}")
+    def tagged(mv: dict) -> bool:
+        return any(t.get("key") == key and t.get("value") == value for t in mv.get("tags") or ())
+
+    found = _search(equals_clause(f"tags.`{key}`", value), f"searching versions tagged {key}={value}", tagged)
     return sorted((_info(mv, {}) for mv in found), key=lambda i: (i.model, i.version))
 
 

@@ -95,3 +95,26 @@ def test_download_bundle_of_version_without_artifacts_fails_cleanly(mlops_env, t
     with pytest.raises(NotFoundError, match="has no tfserving/ or golden/ artifact"):
         versions.download_bundle(model, v, tmp_path / "dl" / "b")
     assert list((tmp_path / "dl").iterdir()) == []
+
+
+@pytest.mark.parametrize("model", ["it's a model", "back\\slash", "both'\"quotes\\", "per%cent_"])
+def test_models_named_with_quotes_or_backslashes_list_their_versions(make_version, model):
+    """MLflow's filter parser takes the text between the quotes as it is: the backslash-escaped
+    `it\\'s a model` matched nothing, so status said "no versions yet" while v2 held production,
+    and rollback found nothing to roll back to."""
+    make_version(model=model, pipeline_id=f"pipe-{model}")
+    make_version(model=model)
+    versions.set_alias(model, versions.PRODUCTION, 2)
+    assert [i.version for i in versions.list_versions(model)] == [2, 1]
+    assert versions.latest_version_number(model) == 2
+    assert [(i.model, i.version) for i in versions.find_by_tag("pipeline_id", f"pipe-{model}")] == [(model, 1)]
+
+
+def test_equals_clause_reads_back_as_the_value_through_mlflows_parser():
+    from mlflow.utils.search_utils import SearchModelVersionUtils
+
+    for value in ("plain", "it's", "q\"uote", "end\\", "it's\\", "a\\'b"):
+        (clause,) = SearchModelVersionUtils.parse_search_filter(versions.equals_clause("name", value))
+        assert (clause["comparator"], clause["value"]) == ("=", value)
+    (clause,) = SearchModelVersionUtils.parse_search_filter(versions.equals_clause("name", "b'\"q"))
+    assert (clause["comparator"], clause["value"]) == ("LIKE", "b_\"q")
