@@ -683,12 +683,16 @@ def _interrupted(error: BaseException) -> bool:
     return isinstance(error, DeployInterrupted) or not isinstance(error, Exception)
 
 
+REGISTRY_UNREADABLE = "the registry could not be read before the switch, not the version"
+
+
 def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?") -> str | None:
     """Why production stays where it is after this failure, or None when the version is to blame.
     Production moves back only when something says the version is bad: not for an interrupt, a
     failed upload, a host that cannot be written to (a full disk, or a permission taken from the
     deploy user: at any step, e.g. writing models.config), a lost connection or lock, a ledger
-    that could not record, or a canary whose metrics could not be read."""
+    that could not record, a canary whose metrics could not be read, or a registry that could
+    not be read before a wave (the hosts go back, and the next deploy or watch pass retries)."""
     step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
     error = exc.error if isinstance(exc, StepFailed) else exc
     return ("the deploy was interrupted" if _interrupted(error)
@@ -704,7 +708,8 @@ def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?"
             else "the canary's metrics could not be read, not the version"
             if step == "bake" and not isinstance(error, CanaryFailed)
             else "production moved to another version meanwhile, not the version"
-            if isinstance(error, ProductionMoved) else None)
+            if isinstance(error, ProductionMoved)
+            else REGISTRY_UNREADABLE if step == "production" else None)
 
 
 def _write_failure(error: BaseException) -> str:
@@ -720,7 +725,7 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
     try:
         if kept_because:        # upload failed, connection lost, or interrupted: nothing says v is bad
             result.registry = {"moved": False, "reason": kept_because}
-            if step == "production":
+            if step == "production" and kept_because != REGISTRY_UNREADABLE:
                 note = ("rerun `mlops sync deploy` (or let the deploy that moved it run): it installs what "
                         "production names now")
             else:

@@ -9,6 +9,8 @@ here (2 retries, backoff factor 1 s: MLflow takes only whole seconds) so the sui
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.fixtures.faults import final_error_line, one_error_line, registry_snapshot, tree_bytes
@@ -147,3 +149,27 @@ def test_mlflow_failing_after_the_switch_leaves_the_host_serving_and_the_rerun_r
     assert env.tags(v2)["deploy_status"] == "deployed"           # the registry converged
     assert traffic.failures == [] and set(traffic.answers["stable"]) <= {v1, v2}
     assert env.cli("sync", "status").returncode == 0
+
+
+@pytest.mark.slow
+def test_mlflow_failing_before_the_switch_puts_the_host_back_without_blaming_the_version(
+        deploy_env, http_fault_proxy, mlflow_server, paused_deploy):
+    """Production is read before each wave. MLflow failing there put the host back (right: the
+    deploy cannot know production still names v2) but wrote a `deploy failed` row against v2,
+    so every `sync watch` pass after it skipped v2 for good while production said v2."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    proxy = http_fault_proxy(mlflow_server)
+    deploy = paused_deploy({**env.env, **via(proxy)}, "after:smoke_validation").wait_paused()
+    proxy.set(fail_always=True)                                  # MLflow goes away now
+    r = deploy.finish()
+    proxy.set()
+    assert r.returncode == 3 and "not the version" in final_error_line(r.stderr), r.stderr[-1500:]
+    env.serves(host, v1)                                         # put back
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") is None
+    w = env.cli("sync", "watch", "--once", "--json")
+    assert w.returncode == 0 and json.loads(w.stdout)["passes"][0]["status"] == "deployed", w.stdout + w.stderr
+    env.serves(host, v2)
