@@ -428,3 +428,47 @@ def test_a_login_shell_that_prints_at_start_still_runs_the_host_scripts(sshd_fac
             shutil.rmtree(base.parent)
     finally:
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
+def test_shell_options_a_login_shell_sets_do_not_reach_the_host_scripts(sshd_factory, tmp_path):
+    """sshd makes bash read ~/.bashrc before every command: `set -e` there ended a pull from the
+    shared store at the `wait` on its killed watcher (exit 143, "no error output"), so every
+    deploy to that host failed at publish. Upload, pull, verify and the lock run as with the
+    shell's defaults."""
+    import functools
+    import http.server
+    import pwd
+    import threading
+
+    from serving_sync.lock import HostLock
+    from serving_sync.store import Pull
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopssete"            # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    model = make_model_tree(tmp_path / "m")
+    os.chmod(tmp_path, 0o755)
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text("set -euo pipefail\nset -C\n")
+        server = sshd_factory(user=user)
+        base = Path(tempfile.mkdtemp(prefix="mlops-sete-")) / "base"
+        base.mkdir()
+        shutil.chown(base, user, user)
+        os.chmod(base.parent, 0o755)
+        m = mf.build(model)
+        urls = {f.path: f"http://127.0.0.1:{httpd.server_address[1]}/{f.path}" for f in m.files}
+        t = connect(server, base, user=user)
+        try:
+            with HostLock(t):
+                assert publish(t, "digits", 1, model, m).status == "uploaded" and not t._no_shell
+                assert publish(t, "digits", 2, model, m, pull=Pull("s3://b/p", m, urls)).status == "pulled"
+            assert t.verify("digits/1", m) == [] and t.verify("digits/2", m) == []
+        finally:
+            t.close()
+            shutil.rmtree(base.parent)
+    finally:
+        httpd.shutdown()
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)

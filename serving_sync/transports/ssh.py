@@ -32,7 +32,16 @@ from ..progress import ProgressFn
 from . import ssh_connect
 from .base import MAX_SMALL_FILE, Transport, rel_path
 from .oserrors import from_stderr, host_os_error
-from .ssh_scripts import ScriptOutput, fetch_script, host_python_hashes, listing_script, parse_output, q, upload_script
+from .ssh_scripts import (
+    SHELL_DEFAULTS,
+    ScriptOutput,
+    fetch_script,
+    host_python_hashes,
+    listing_script,
+    parse_output,
+    q,
+    upload_script,
+)
 from .tarstream import Streamed, shared_hasher, stream_tree
 
 logger = log.get("sync.ssh")
@@ -114,7 +123,7 @@ class SshTransport(Transport):
     def _open_exec(self, command: str):
         ch = self._t.open_session(timeout=self.op_timeout)
         ch.settimeout(self.op_timeout)
-        ch.exec_command(command)
+        ch.exec_command(SHELL_DEFAULTS + command)
         return ch
 
     def _finish(self, ch, timeout: float | None = None, *, interruptible: bool = False) -> tuple[int, bytes, bytes]:

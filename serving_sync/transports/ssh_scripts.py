@@ -19,6 +19,12 @@ MARK = "@serving-sync"
 # taken for one with no shell, and the upload fell back to SFTP into the directory the script had
 # already created.
 MARK_LINE = f"printf '\\n%s\\n' {MARK}"
+# sshd makes bash read ~/.bashrc before every command, and options set there carried into the
+# scripts, which are written for the shell's defaults: `set -e` ended a pull at the `wait` on its
+# killed watcher (exit 143, no output) and a failed fetch before its message. Every command starts
+# by turning them off (pipefail only where the shell has it: dash refuses the option, and a
+# special built-in's error would end the command).
+SHELL_DEFAULTS = "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
 
 _HASH_SECTION = """\
 echo @dirs; find . -mindepth 1 -type d
