@@ -60,3 +60,28 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_sigpipes_code(tmp
     with_reader = subprocess.run([sys.executable, "-m", "mlops", "data", "validate", str(batch)],
                                  capture_output=True, text=True, cwd=REPO, timeout=120)
     assert with_reader.returncode == 0 and with_reader.stdout.strip(), with_reader.stderr
+
+
+def test_no_command_help_names_a_flag_the_command_does_not_take():
+    """`sync infra-validate --help` told people to pass `--hosts FILE`, a flag it does not have."""
+    import argparse
+    import re
+
+    from mlops.cli import build_parser
+
+    def commands(parser, prog=""):      # the commands themselves, not their groups
+        groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in groups:
+            for name, sub in action.choices.items():
+                yield from commands(sub, f"{prog} {name}".strip())
+        if not groups:
+            yield prog, parser
+
+    checked = 0
+    for prog, parser in commands(build_parser()):
+        text = " ".join(filter(None, (parser.description, parser.epilog)))
+        taken = {s for a in parser._actions for s in a.option_strings}
+        for flag in set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", text)):
+            checked += 1
+            assert flag in taken, f"`mlops {prog} --help` names {flag}, which it does not take"
+    assert checked > 10

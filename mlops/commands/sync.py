@@ -26,9 +26,9 @@ from serving_sync.smoke import SmokeOptions
 # Flag defaults are the packages' own defaults (--help shows them), never a second copy.
 _DEPLOY, _SMOKE, _LIMITS = DeployOptions(), SmokeOptions(), Limits()
 
+_REGISTRY_ENV = "Registry: MLFLOW_TRACKING_URI, MLOPS_MODEL_NAME, MLOPS_LEDGER_URL."
 _ENV = ("Hosts: --hosts FILE, else MLOPS_SYNC_TARGET + MLOPS_SYNC_REST_URL (one host), else "
-        "MLOPS_HOSTS_FILE or $MLOPS_HOME/hosts.toml (see docs/architecture.md). Registry: "
-        "MLFLOW_TRACKING_URI, MLOPS_MODEL_NAME, MLOPS_LEDGER_URL.")
+        "MLOPS_HOSTS_FILE or $MLOPS_HOME/hosts.toml (see docs/architecture.md). " + _REGISTRY_ENV)
 
 
 def _common(p, *, hosts: bool = True) -> None:
@@ -243,7 +243,7 @@ def register(sub) -> None:
                                   "server; auto: docker when `docker info` works), wait until it loads, "
                                   "run the smoke test, stop the server and remove the base. Records tag "
                                   "infra_validation=passed|failed and a smoke_test ledger row; exits 2 "
-                                  "on failure.", epilog=_ENV)
+                                  "on failure.", epilog=_REGISTRY_ENV)   # no hosts: its own server
     iv.add_argument("--version", type=flags.version_number, required=True, metavar="N", help="version to validate")
     iv.add_argument("--server", choices=("auto", "docker", "local"), default="auto",
                     help="which TF Serving to use (default auto)")
