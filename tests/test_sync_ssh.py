@@ -472,3 +472,39 @@ def test_shell_options_a_login_shell_sets_do_not_reach_the_host_scripts(sshd_fac
     finally:
         httpd.shutdown()
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
+def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_factory, tmp_path):
+    """rbash forbids redirection and cd: the scripts' `command -v tar >/dev/null` failed, the
+    upload fell back to SFTP, and the listing's `cd` failing was taken for a missing directory —
+    "a bug in mlops (unexpected FileNotFoundError)" on every deploy, an empty model folder left."""
+    import pwd
+
+    from serving_sync.lock import HostLock
+    from tests.lab.sshd import ensure_user
+
+    if not Path("/bin/rbash").exists():
+        pytest.skip("SKIPPED LOUDLY: /bin/rbash is not installed here")
+    user = "mlopsrbash"
+    ensure_user(user, login_shell=True)
+    try:
+        subprocess.run(["usermod", "--shell", "/bin/rbash", user], check=True, capture_output=True, timeout=30)
+        assert pwd.getpwnam(user).pw_shell == "/bin/rbash"
+        server = sshd_factory(user=user)
+        base = Path(tempfile.mkdtemp(prefix="mlops-rbash-")) / "base"
+        base.mkdir()
+        shutil.chown(base, user, user)
+        os.chmod(base.parent, 0o755)
+        t = connect(server, base, user=user)
+        try:
+            model = make_model_tree(tmp_path / "m")
+            with HostLock(t):
+                with pytest.raises(UserError) as e:
+                    publish(t, "digits", 1, model)
+            assert "login shell is restricted (rbash" in one_line(e.value) and "/bin/bash" in str(e.value)
+            assert [p.name for p in base.iterdir()] in ([], [".serving_sync"])      # no model folder
+        finally:
+            t.close()
+            shutil.rmtree(base.parent)
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)

@@ -33,6 +33,8 @@ from . import ssh_connect
 from .base import MAX_SMALL_FILE, Transport, rel_path
 from .oserrors import from_stderr, host_os_error
 from .ssh_scripts import (
+    RESTRICTED,
+    RESTRICTED_EXIT,
     SHELL_DEFAULTS,
     ScriptOutput,
     fetch_script,
@@ -136,7 +138,17 @@ class SshTransport(Transport):
         err = _read_all(ch, stderr=True)
         if not ch.status_event.wait(timeout):
             raise socket.timeout()
-        return ch.recv_exit_status(), out, err
+        rc = ch.recv_exit_status()
+        self._refuse_restricted(rc, out)
+        return rc, out, err
+
+    def _refuse_restricted(self, rc: int, out: bytes) -> None:
+        """One line for a restricted login shell (every command's first words check), instead of
+        taking the account for one without a shell and failing later in a confusing way."""
+        if rc == RESTRICTED_EXIT and RESTRICTED.encode() in (line.strip() for line in out.splitlines()):
+            raise UserError(f"{self.where}: the deploy user's login shell is restricted (rbash: no "
+                            f"redirection, no cd), so the host scripts cannot run; give the user /bin/bash "
+                            f"or /bin/sh (serving_host/install_server.sh creates it with /bin/bash)")
 
     def _exec(self, command: str) -> tuple[int, bytes, bytes]:
         """Run one command on the host: (exit code, stdout, stderr)."""
@@ -399,6 +411,7 @@ class SshTransport(Transport):
                 rc, out, err = self._finish(ch, timeout=None if send_error is None else 30)
             finally:
                 ch.close()
+        self._refuse_restricted(rc, head)        # its line was read with the head
         res = parse_output(head + out)
         if not res.shell:
             self._no_shell = True

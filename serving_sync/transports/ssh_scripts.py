@@ -24,7 +24,10 @@ MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 # killed watcher (exit 143, no output) and a failed fetch before its message. Every command starts
 # by turning them off (pipefail only where the shell has it: dash refuses the option, and a
 # special built-in's error would end the command).
-SHELL_DEFAULTS = "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
+# A restricted login shell (rbash: no redirection, no cd) cannot run them at all: it says so first.
+RESTRICTED, RESTRICTED_EXIT = "@restricted", 90
+SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
+                  "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; ")
 
 _HASH_SECTION = """\
 echo @dirs; find . -mindepth 1 -type d
