@@ -30,6 +30,7 @@ from .promotion_rules import (
     check_pipeline_rerun,
     check_promotable,
     ever_held,
+    last_move,
     latest_gate,
     ledger_production,
     pipeline_move,
@@ -211,10 +212,11 @@ class Reconciliation:
     model: str
     production: int | None
     rows: list[Entry]
+    retagged: bool = False       # the ledger agreed, but the version's tags did not show its move
 
     def to_dict(self) -> dict:
         return {"model": self.model, "production": self.production,
-                "rows": [r.to_dict() for r in self.rows]}
+                "rows": [r.to_dict() for r in self.rows], "retagged": self.retagged}
 
 
 def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | None = None,
@@ -228,10 +230,29 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
     with ledger.serialized(model) as tx:
         alias = versions.production_version(model)
         rows = _reconcile_in(tx, model, alias, by.actor)
+        last = None if rows else last_move(tx.entries(actions=_VIEW))
     moves = _confirmed_moves(model, rows, by.actor)
-    if moves:
-        _write_view(model, moves[-1].to_version, moves[-1])
-    return Reconciliation(model, alias, rows)
+    stale = [] if moves or last is None or last.to_version != alias else \
+        [p for p in _confirmed_moves(model, [last]) if _tags_lag(model, p)]
+    if moves or stale:
+        p = (moves or stale)[-1]
+        try:
+            _write_view(model, p.to_version, p)
+        except UserError as exc:      # the rows are committed: a rerun finds the tags behind and writes them
+            raise UserError(f"the ledger records production of '{model}' at {version_label(p.to_version)} "
+                            f"(ledger #{p.ledger_id}), but the version tags that show it in the MLflow UI could "
+                            f"not be written ({exc.message}); rerun `mlops registry reconcile` once MLflow "
+                            f"answers") from None
+    return Reconciliation(model, alias, rows, retagged=bool(stale))
+
+
+def _tags_lag(model: str, p: Promotion) -> bool:
+    """Whether ``p``'s version does not show ``p`` yet (its approver tag differs): a reconcile or
+    promotion whose tag writes failed after its row was committed."""
+    if p.to_version is None:
+        return False
+    shown = versions.get_version(model, p.to_version).tags
+    return any(shown.get(k) != v for k, v in promotion_tags(p).items())
 
 
 def _confirmed_moves(model: str, rows: list[Entry], actor: str | None = None) -> list[Promotion]:

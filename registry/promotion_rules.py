@@ -260,13 +260,19 @@ def rollback_choice(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapp
 MOVES = ("promote", "rollback")
 
 
-def ledger_production(entries: Iterable[Entry]) -> int | None:
-    """The version the ledger says holds production: the target of the newest ``ok`` move."""
-    current = None
+def last_move(entries: Iterable[Entry]) -> Entry | None:
+    """The newest ``ok`` move row (promote or rollback), or None."""
+    last = None
     for e in entries:
         if e.action in MOVES and e.outcome == "ok":
-            current = e.to_version
-    return current
+            last = e
+    return last
+
+
+def ledger_production(entries: Iterable[Entry]) -> int | None:
+    """The version the ledger says holds production: the target of the newest ``ok`` move."""
+    last = last_move(entries)
+    return None if last is None else last.to_version
 
 
 def restoring_rollback(entries: Iterable[Entry], version: int) -> Entry | None:

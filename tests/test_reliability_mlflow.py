@@ -173,3 +173,29 @@ def test_mlflow_failing_before_the_switch_puts_the_host_back_without_blaming_the
     w = env.cli("sync", "watch", "--once", "--json")
     assert w.returncode == 0 and json.loads(w.stdout)["passes"][0]["status"] == "deployed", w.stdout + w.stderr
     env.serves(host, v2)
+
+
+def test_reconcile_whose_tag_writes_fail_says_so_and_its_rerun_writes_them(
+        deploy_env, http_fault_proxy, mlflow_server):
+    """The reconcile of a move made in the MLflow UI committed its ledger row, then its tag writes
+    failed and it said "check its log, then rerun"; the rerun found the ledger in agreement and
+    wrote nothing, so the version never showed its approver."""
+    from registry import versions
+
+    env = deploy_env
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    versions.set_alias(env.model, versions.PRODUCTION, v2)              # moved in the MLflow UI
+    proxy = http_fault_proxy(mlflow_server, fail_always=True, match=tag_write)
+    r = env.cli("registry", "reconcile", "--actor", "bob", extra_env=via(proxy))
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2 and f"records production of '{env.model}' at v{v2}" in line, line
+    assert "rerun `mlops registry reconcile`" in line and "approved_by" not in env.tags(v2)
+    rows = env.ledger(("promote",))
+    proxy.set()
+    r = env.cli("registry", "reconcile", "--actor", "bob", extra_env=via(proxy))
+    assert r.returncode == 0 and "written again" in r.stdout, r.stdout + r.stderr
+    assert env.tags(v2)["approved_by"] == "unknown (moved outside mlops)"
+    assert env.ledger(("promote",)) == rows                              # nothing recorded twice
+    r = env.cli("registry", "reconcile", "--actor", "bob")
+    assert r.returncode == 0 and "nothing recorded" in r.stdout and "written again" not in r.stdout

@@ -297,7 +297,8 @@ def cmd_reconcile(args) -> int:
         return 0
     where = "(none)" if result.production is None else f"v{result.production}"
     if not result.rows:
-        print(f"'{model}': production is {where} and the ledger agrees; nothing recorded")
+        print(f"'{model}': production is {where} and the ledger agrees; nothing recorded"
+              + ("; its version tags were behind and are written again" if result.retagged else ""))
     for r in result.rows:
         print(printable(f"ledger #{r.id}: {r.action} {r.outcome}: {r.reason}"))
     return 0
