@@ -179,26 +179,11 @@ def regress(servable: Servable, request, version: int | None):
     return response
 
 
-def multi_inference_model(request) -> str:
-    """The model every task names (``Infer``'s checks), or INVALID_ARGUMENT."""
-    name = ""
-    for task in request.tasks:
-        if not task.model_spec.name:
-            raise invalid_argument("Found ModelSpec with an empty model name.")
-        if not name:
-            name = task.model_spec.name
-        elif name != task.model_spec.name:
-            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same "
-                                   "model name.")
-    return name
-
-
 def multi_inference(servable: Servable, request, version: int | None):
     from tensorflow_serving.apis import inference_pb2
 
-    name = multi_inference_model(request)
-    tasks = [(t.model_spec.signature_name, t.method_name) for t in request.tasks]
-    results = servable.multi_inference(name, tasks, serialized_examples(request.input))
+    tasks = [(t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks]
+    results = servable.multi_inference(tasks, serialized_examples(request.input))
     response = inference_pb2.MultiInferenceResponse()
     for task, (method, rows) in zip(request.tasks, results):
         out = response.results.add()

@@ -87,13 +87,13 @@ def _platform(c) -> str:
     if c.model_type != 0:  # MODEL_TYPE_UNSPECIFIED
         if c.model_platform:
             raise invalid_argument("Illegal setting both ModelServerConfig::model_type (deprecated) "
-                                   "and ModelServerConfig::model_platform.")
+                                   f"and ModelServerConfig::model_platform, model name is {c.name}")
         if c.model_type == 1:  # TENSORFLOW
             return TENSORFLOW_PLATFORM
         raise invalid_argument(f"ModelServerConfig::model_type choice {c.model_type} not supported.")
     if not c.model_platform:
         raise invalid_argument("Illegal setting neither ModelServerConfig::model_type (deprecated) "
-                               "nor ModelServerConfig::model_platform.")
+                               f"nor ModelServerConfig::model_platform, model name is {c.name}")
     return c.model_platform
 
 

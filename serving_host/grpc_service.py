@@ -40,9 +40,11 @@ ERROR_MESSAGE_LIMIT = 1024
 
 
 def grpc_message(message: str) -> str:
-    """``ToGRPCStatus``: messages over 1024 characters end in ``...TRUNCATED``."""
-    if len(message) > ERROR_MESSAGE_LIMIT:
-        return message[:ERROR_MESSAGE_LIMIT] + "...TRUNCATED"
+    """``ToGRPCStatus``: messages over 1024 bytes (``std::string::length``, UTF-8) are cut there
+    and end in ``...TRUNCATED``; a character the cut splits is dropped here (C++ sends the bytes)."""
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) > ERROR_MESSAGE_LIMIT:
+        return data[:ERROR_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
     return message
 
 

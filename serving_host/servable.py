@@ -75,6 +75,7 @@ class Servable:
         self._session = session
         self.signatures = dict(meta_graph.signature_def)
         self._callables: dict[tuple, object] = {}
+        self._dtypes: dict[str, int | None] = {}
         self._lock = threading.Lock()
         self._metadata_json: str | None = None
         self._inflight = 0
@@ -141,13 +142,30 @@ class Servable:
         return fn
 
     def run_tensors(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...]) -> list[np.ndarray]:
-        """``Session::Run``: feed and fetch by tensor name."""
+        """``Session::Run``: feed and fetch by tensor name. A fed dtype that is not the tensor's is
+        refused as the run's FunctionCallFrame::SetArgs refuses it (the session callable's own
+        "Type mismatch" text is Python's), by its place among the sorted feeds."""
         names = tuple(sorted(feeds))
+        for i, n in enumerate(names):
+            want, got = self._dtype(n), _dt_enum(feeds[n])
+            if want is not None and got != want:
+                raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
+                                       f"is provided")
         fn = self._callable(names, fetch)
         try:
             return list(fn(*[feeds[n] for n in names]))
         except BaseException as exc:
             raise from_exception(exc) from None
+
+    def _dtype(self, tensor_name: str) -> int | None:
+        """The graph's DataType enum of ``tensor_name`` (None: not in the graph, TF says so)."""
+        dtypes = self._dtypes
+        if tensor_name not in dtypes:
+            try:
+                dtypes[tensor_name] = self._graph.get_tensor_by_name(tensor_name).dtype.as_datatype_enum
+            except (KeyError, ValueError):
+                dtypes[tensor_name] = None
+        return dtypes[tensor_name]
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray],
             output_aliases: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
@@ -343,12 +361,19 @@ class Servable:
                                "Classify" if classify else "Regress", time.monotonic() - start)
         return (self._classify_result if classify else self._regress_result)(sig, len(examples), outs, values)
 
-    def multi_inference(self, model_name: str, tasks: list[tuple[str, str]],
-                        serialized_examples: list[bytes]):
-        """``TensorFlowMultiInferenceRunner::Infer`` after the model-name checks: tasks are
-        (signature name, method name); one session run for all -> [(method, result rows)]."""
-        seen, inputs, fetch = set(), set(), []
-        for sig_name, method in tasks:
+    def multi_inference(self, tasks: list[tuple[str, str, str]], serialized_examples: list[bytes]):
+        """``TensorFlowMultiInferenceRunner::Infer``: tasks are (model name, signature name, method
+        name), each checked in turn as Infer checks it (its model name, then its signature and
+        method); one session run for all -> [(method, result rows)]."""
+        model_name, seen, inputs, fetch = "", set(), set(), []
+        for task_model, sig_name, method in tasks:
+            if not task_model:
+                raise invalid_argument("Found ModelSpec with an empty model name.")
+            if not model_name:
+                model_name = task_model
+            elif model_name != task_model:
+                raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same "
+                                       "model name.")
             name = sig_name or SERVING_DEFAULT
             if name in seen:
                 raise invalid_argument(f"Duplicate evaluation of signature: {name}")
@@ -372,7 +397,7 @@ class Servable:
         n = len(serialized_examples)
         metrics.record_examples(model_name, n)
         results = []
-        for sig_name, method in tasks:
+        for _, sig_name, method in tasks:
             sig = self.signatures[sig_name or SERVING_DEFAULT]
             post = self._classify_result if method == CLASSIFY_METHOD else self._regress_result
             results.append((method, post(sig, n, fetch_t, values)))

@@ -335,6 +335,22 @@ def test_classify_regress_multi_inference_errors(server):
          grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature method_name: tensorflow/serving/predict"),
         (stub.MultiInference, multi_request([("nope", "regress_x_to_y", REGRESS)]),
          grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+        # Infer checks task by task: a bad signature in the first task is found before the
+        # second task's model name (the local server checked every name first)
+        (stub.MultiInference, multi_request([("default", "nope", REGRESS), ("two", "regress_x_to_y", REGRESS)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "Requested signature not found in model graph: nope"),
+        (stub.MultiInference, multi_request([("default", "serving_default", "tensorflow/serving/predict"),
+                                             ("", "regress_x_to_y", REGRESS)]),
+         grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature method_name: tensorflow/serving/predict"),
+        (stub.MultiInference, multi_request([("default", "regress_x_to_y", REGRESS), ("", "x", REGRESS)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name."),
+        # examples fed to a float input: Session::Run's SetArgs message (it was Python's
+        # "Type mismatch: actual string vs. expect float [[{{node _arg_x2_0_0}}]]")
+        (stub.Regress, regress_request(signature="regress_x2_to_y3"), grpc.StatusCode.INVALID_ARGUMENT,
+         "Expects arg[0] to be float but string is provided"),
+        (stub.MultiInference, multi_request([("default", "regress_x_to_y", REGRESS),
+                                             ("default", "regress_x2_to_y3", REGRESS)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "Expects arg[1] to be float but string is provided"),
     ]
     for call, request, code, details in cases:
         e = rpc_error(call, request)

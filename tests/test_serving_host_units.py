@@ -127,9 +127,13 @@ def test_empty_config_list_and_empty_file():
     ('model_config_list { config { name: "m" base_path: "rel/path" model_platform: "tensorflow" } }',
      "Expected model m to have an absolute path or URI; got base_path()=rel/path"),
     ('model_config_list { config { name: "m" base_path: "/a" } }',
-     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform."),
+     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor ModelServerConfig::model_platform, "
+     "model name is m"),
     ('model_config_list { config { name: "m" base_path: "/a" model_platform: "pytorch" } }',
      "Model m requests unsupported platform pytorch"),
+    ('model_config_list { config { name: "m" base_path: "/a" model_platform: "tensorflow" model_type: TENSORFLOW } }',
+     "Illegal setting both ModelServerConfig::model_type (deprecated) and ModelServerConfig::model_platform, "
+     "model name is m"),
 ])
 def test_invalid_configs_are_rejected_with_tf_serving_messages(text, message):
     with pytest.raises(ServingError) as e:
@@ -397,3 +401,13 @@ def test_an_unload_waits_for_a_request_in_flight_however_long_it_runs():
     servable.release()
     closer.join(10)
     assert not closer.is_alive() and servable._closed
+
+
+def test_grpc_error_messages_are_cut_at_1024_bytes_not_characters():
+    """ToGRPCStatus cuts std::string's length(): bytes. A 600-character name of two-byte
+    characters (1235 bytes) came back whole."""
+    from serving_host.grpc_service import grpc_message
+
+    cut = grpc_message("é" * 600)
+    assert cut.endswith("...TRUNCATED") and cut.removesuffix("...TRUNCATED") == "é" * 512
+    assert grpc_message("é" * 512) == "é" * 512 and grpc_message("x" * 1025) == "x" * 1024 + "...TRUNCATED"
