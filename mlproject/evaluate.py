@@ -96,19 +96,28 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
     from .model import tf_quiet
 
     tf_quiet()
+    import tempfile
+
     import mlflow.tensorflow
+    import yaml
     from mlflow.exceptions import MlflowException, RestException
 
-    with mlflow_errors(f"loading {uri}"):
+    with mlflow_errors(f"loading {uri}"), tempfile.TemporaryDirectory(prefix="mlops-model-") as into:
         tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
         try:
-            model = mlflow.tensorflow.load_model(uri)
+            # into a folder removed at once (the model is in memory): without dst_path MLflow left
+            # a copy of the model in /tmp at every load, two per gate
+            model = mlflow.tensorflow.load_model(uri, dst_path=into)
         except RestException:
             raise               # the server's answer: mlflow_errors says it
-        except (MlflowException, OSError, ValueError, KeyError) as exc:   # KeyError: logged with another flavor
+        # KeyError: logged with another flavor; AttributeError, TypeError, YAMLError: an MLmodel
+        # file that is not the YAML mapping MLflow expects (garbage, empty, cut off)
+        except (MlflowException, OSError, ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError) as exc:
             first = (str(getattr(exc, "message", exc)).splitlines() or [type(exc).__name__])[0]
             if isinstance(exc, KeyError):
                 first = f"its MLmodel has no {exc} flavor"
+            elif isinstance(exc, (AttributeError, TypeError, yaml.YAMLError)):
+                first = f"its MLmodel file is not readable ({type(exc).__name__})"
             if "Connection" in first or "Max retries exceeded" in first:
                 raise
             problem = (f"{what} cannot be loaded as an MLflow TensorFlow model ({_without_temp_paths(first)}): "
@@ -118,6 +127,11 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
     if shape != image_shape(dataset):
         raise ConfigError(f"{what} takes images of shape {shape}, but data set '{dataset}' has "
                           f"{image_shape(dataset)}; {other_shape}")
+    out = tuple(model.output_shape[1:]) if isinstance(model.output_shape, tuple) else None
+    if out != (NUM_CLASSES,):       # retraining it failed mid-run, or registered a 12-class model
+        raise ConfigError(f"{what} answers with shape {out} per image, not one probability for each of "
+                          f"data set '{dataset}''s {NUM_CLASSES} classes, so it is not one of this project's "
+                          f"classifiers; {damaged}")
     return model
 
 

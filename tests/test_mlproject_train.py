@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import numpy as np
@@ -460,3 +461,71 @@ def test_a_training_stopped_between_registration_and_its_ledger_row_leaves_no_ve
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert client.search_model_versions(f"name='{model}'") == []
+
+
+ODD_MODEL = r'''
+import sys, mlflow, mlflow.tensorflow, keras
+from mlflow import MlflowClient
+name, ncls = sys.argv[1], int(sys.argv[2])
+mlflow.set_experiment("odd-models")
+inp = keras.Input(shape=(8, 8, 1), name="image")
+m = keras.Model(inp, keras.layers.Dense(ncls, activation="softmax")(keras.layers.Flatten()(inp)))
+with mlflow.start_run():
+    info = mlflow.tensorflow.log_model(m, name="model")
+mv = mlflow.register_model(info.model_uri, name, tags={"dataset": "digits"})
+MlflowClient().set_registered_model_alias(name, "production", mv.version)
+'''
+
+
+def test_a_model_of_another_class_count_is_one_line_and_loading_leaves_nothing_in_tmp(cli_trained, tmp_path):
+    """Found by a sweep (2026-12-04): only the input shape was checked, so retraining a 12-class
+    production registered a 12-class version (a 5-class one failed mid-run with a traceback), and
+    evaluate failed with an IndexError; and every model load left a copy of the model in /tmp."""
+    import subprocess
+    import sys
+
+    env, _, _ = cli_trained
+    odd = {**env, "MLOPS_MODEL_NAME": f"odd-{uuid.uuid4().hex[:6]}"}
+    subprocess.run([sys.executable, "-c", ODD_MODEL, odd["MLOPS_MODEL_NAME"], "12"], env={**os.environ, **odd},
+                   check=True, capture_output=True, timeout=300)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = run_mlops("evaluate", "--version", "1", env={**odd, "TMPDIR": str(tmp)})
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert "answers with shape (12,) per image, not one probability for each of data set 'digits''s 10" in line
+    assert list(tmp.iterdir()) == []                              # the download went with its folder
+    batch = tmp_path / "good.npz"
+    assert run_mlops("data", "make-batch", "--kind", "good", "--out", str(batch), env=odd).returncode == 0
+    r = run_mlops("retrain", "--incoming", str(batch), "--epochs", "1", env=odd)
+    assert r.returncode == 2 and "(12,)" in _error_lines(r.stderr)[0], r.stderr[-2000:]
+    assert len(_client(env["MLFLOW_TRACKING_URI"]).search_model_versions(
+        f"name='{odd['MLOPS_MODEL_NAME']}'")) == 1                # nothing registered
+    r = run_mlops("evaluate", "--version", "1", env={**env, "TMPDIR": str(tmp)})    # a good one loads
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", [AttributeError("'str' object has no attribute 'copy'"),
+                                   TypeError("'NoneType' object is not subscriptable"), "yaml"])
+def test_an_unreadable_mlmodel_file_is_a_damaged_model_not_a_traceback(monkeypatch, error):
+    """Found by a sweep (2026-12-04): an MLmodel file holding `garbage`, nothing, or cut-off YAML
+    made MLflow's loader raise AttributeError / YAMLError, which came out as tracebacks."""
+    import mlflow.tensorflow
+    import yaml
+
+    from mlops_common.errors import DamagedModel
+    from mlproject.evaluate import load_checked
+
+    def load_model(uri, dst_path=None):
+        if error == "yaml":
+            yaml.safe_load("flavors: [")
+        raise error
+
+    import registry.client
+
+    monkeypatch.setattr(registry.client, "tracking_client", lambda: None)    # no server: the loader fails first
+    monkeypatch.setattr(mlflow.tensorflow, "load_model", load_model)
+    with pytest.raises(DamagedModel) as e:
+        load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
+    assert "its MLmodel file is not readable" in e.value.message and e.value.message.endswith("register a new version")
