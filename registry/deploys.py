@@ -14,8 +14,10 @@ from .ledger import Entry, Ledger
 from .promotion_rules import (
     MOVES,
     failed_after_promotion,
+    last_move,
     last_verdict,
     restoring_rollback,
+    revert_target,
     rollback_choice,
 )
 from .provenance import Provenance
@@ -90,15 +92,25 @@ class DeployLedger:
         """Where ``mlops registry rollback`` would move production now (None: no production, or
         nowhere known): what retention keeps on every host, whichever version was deployed."""
         current = versions.production_version(self.model)
-        return None if current is None else self.previous_production(current)
+        if current is None:
+            return None
+        entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"), current=True)
+        return rollback_choice(entries, self._tags(), current).version
+
+    def last_move(self) -> Entry | None:
+        """The newest ``ok`` promote or rollback row of the model."""
+        return last_move(self.ledger.entries(self.model, actions=MOVES, current=True))
+
+    def _tags(self) -> dict[int, dict[str, str]]:
+        return {i.version: i.tags for i in versions.list_versions(self.model)}
 
     def previous_production(self, version: int) -> int | None:
         """Where ``production`` goes back to when ``version``'s deploy fails (None: nowhere known):
-        the rule ``mlops registry rollback`` follows, on the same ledger rows and registry tags."""
+        ``promotion_rules.revert_target``, on the ledger rows and registry tags ``mlops registry
+        rollback`` reads."""
         entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"),
                                      current=True)
-        return rollback_choice(entries, {i.version: i.tags for i in versions.list_versions(self.model)},
-                               version).version
+        return revert_target(entries, self._tags(), version)
 
 
 def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:

@@ -418,7 +418,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
 
 
 def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
-                         actor: str | None = None, *, host: str | None = None,
+                         actor: str | None = None, *, host: str | None = None, host_was: int | None = _UNKNOWN,
                          ledger: Ledger | None = None, provenance: Provenance | None = None) -> Promotion:
     """After a failed deploy: production back to ``to_version``, failed version tagged, rows recorded.
 
@@ -426,7 +426,8 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     The alias is only moved if it still points at ``failed_version``; if someone promoted another
     version meanwhile it is left alone (the rollback row then says ``refused`` and why).
     ``to_version`` None removes ``production`` (the first deploy ever failed). ``actor``:
-    shorthand for a ``provenance`` built from the environment.
+    shorthand for a ``provenance`` built from the environment. ``host_was``: what ``host``
+    served before the deploy (the failed ``deploy`` row's ``from_version``; default ``to_version``).
     """
     by = given(provenance, actor)
     ledger = ledger or Ledger()
@@ -444,7 +445,8 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
         with ledger.serialized(model) as tx:
             current = versions.production_version(model)
             _reconcile_in(tx, model, current, by.actor)     # a killed promotion's move is recorded first
-            tx.append(Entry(action="deploy", model=model, outcome="failed", from_version=to,
+            tx.append(Entry(action="deploy", model=model, outcome="failed",
+                            from_version=to if host_was is _UNKNOWN else host_was,
                             to_version=failed, host=host, reason=reason, **by.row()))
             if current == failed:
                 entry = _move_alias(tx, model, "rollback", current=current, row=Entry(

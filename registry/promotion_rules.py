@@ -257,6 +257,20 @@ def rollback_choice(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapp
                           tuple(sorted(failed & set(stack))), tuple(sorted(deleted)))
 
 
+def revert_target(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]],
+                  version: int) -> int | None:
+    """Where ``production`` goes back to when ``version``'s deploy fails: the move that made it
+    production, undone. That is ``rollback_choice`` — but for a rollback to ``version``: its
+    hosts were put back to the version rolled back from, and going one more step down the stack
+    named a version no host served (and the next deploy would have rolled it out everywhere)."""
+    entries = list(entries)
+    last = last_move(entries)
+    if last is not None and last.action == "rollback" and last.to_version == version \
+            and last.from_version is not None and last.from_version in tags_by_version:
+        return last.from_version
+    return rollback_choice(entries, tags_by_version, version).version
+
+
 MOVES = ("promote", "rollback")
 
 

@@ -645,7 +645,7 @@ def _fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     interrupted = _interrupted(error)
     if interrupted and not isinstance(error, DeployInterrupted):
         why = "interrupted"
-    kept_because = _not_the_versions_fault(run, error, step=step)
+    kept_because = _not_the_versions_fault(run, error, step=step) or _served_elsewhere(result)
     verdict = error.verdict if isinstance(error, CanaryFailed) else None
     result.blames_version = kept_because is None
     registry_note = _registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
@@ -684,6 +684,15 @@ def _interrupted(error: BaseException) -> bool:
 
 
 REGISTRY_UNREADABLE = "the registry could not be read before the switch, not the version"
+
+
+def _served_elsewhere(result: FleetResult) -> str | None:
+    """Hosts this deploy left alone already serve the version (a host added to a fleet on it):
+    one host failing to take it does not make it bad, so production and its tags stay (moving
+    production back named a version no host served, and the next deploy rolled it out)."""
+    others = [p["host"] for p in result.plans if p.get("up_to_date") and p.get("current") == result.version]
+    return (f"v{result.version} serves on {', '.join(others)}, which this deploy did not change; not "
+            f"the version" if others else None)
 
 
 def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?") -> str | None:
@@ -744,10 +753,13 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
                      reason=reason, details={"step": step})
             result.registry = {"moved": False, "reason": "--version deploy: production not involved"}
             return f"v{v} tagged deploy_status=failed; production was not involved (--version)"
+        last = recorder.last_move()
         to = recorder.previous_production(v)
         if to is None:   # production was set outside promote/rollback: what the hosts served
             to = _common([p["current"] for p in result.plans if p["current"] is not None])
-        promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name,
+        undoes_rollback = last is not None and last.action == "rollback" and last.to_version == v \
+            and to is not None and last.from_version == to
+        promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name, host_was=run.plan.current,
                                                provenance=recorder.provenance)
         if canary is not None:
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
@@ -758,6 +770,10 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
         if to is None:
             return (f"v{v} tagged deploy_status=failed; production removed: there was no previous production "
                     f"version to go back to; promote a working version")
+        if undoes_rollback:
+            return (f"the rollback to v{v} failed: production is v{to} again, which the hosts still serve "
+                    f"(ledger #{promo.ledger_id}); v{v} tagged deploy_status=failed; roll back to another "
+                    f"version with `mlops sync rollback --to N`")
         return (f"production moved back to v{to} (ledger #{promo.ledger_id}); v{v} tagged "
                 f"deploy_status=failed: fix the model or its golden set and register a new version")
     except UserError as exc:

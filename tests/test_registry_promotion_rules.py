@@ -14,6 +14,7 @@ from registry.promotion_rules import (
     production_stack,
     reconcile_rows,
     restoring_rollback,
+    revert_target,
     rollback_target,
 )
 
@@ -211,3 +212,17 @@ def test_a_gate_against_another_production_is_refused_and_the_exceptions_are_not
     assert latest_gate(rows, 3).from_version == 2 and latest_gate(rows, 5) is None
     moves = [promote(1), promote(2, 1), rollback(1, 2), promote(5, 1, outcome="refused"), deploy(6, "ok")]
     assert ever_held(moves) == {1, 2}
+
+
+def test_a_failed_deploy_undoes_the_move_that_made_its_version_production():
+    tags = {1: {}, 2: {}, 3: {}}
+    promoted = [promote(1), deploy(1, "ok"), promote(2, 1), deploy(2, "ok"), promote(3, 2), deploy(3, "ok")]
+    # a promotion that fails to deploy goes back down the stack, as `registry rollback` would
+    assert revert_target(promoted[:-1], tags, 3) == 2
+    # a rollback to v2 that fails to deploy goes back to v3, where the hosts were put back: one
+    # more step down (v1) named a version no host served
+    assert revert_target([*promoted, rollback(2, 3)], tags, 2) == 3
+    # ... unless v3 is gone from the registry: then the rollback rule
+    assert revert_target([*promoted, rollback(2, 3)], {1: {}, 2: {}}, 2) == 1
+    # a rollback to another version than the failing one changes nothing
+    assert revert_target([*promoted, rollback(1, 3), promote(2, 1)], tags, 2) == 1

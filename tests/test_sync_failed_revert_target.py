@@ -1,0 +1,51 @@
+"""Where production goes when a deploy fails: back to what the hosts were put back to.
+
+Two ways it named a version no host served (and the next deploy or watch pass would have rolled
+that version out to the whole fleet, with no canary): a failed `sync rollback` moved production a
+second step down, and one new host failing the version the rest of the fleet already served
+moved production away from it.
+"""
+from __future__ import annotations
+
+from tests.test_sync_cli import deployed_v1_v2
+
+SMOKE_FAILS = ("--latency-budget-ms", "0.001")      # any failure that blames the version
+
+
+def test_a_failed_rollback_puts_production_back_where_the_hosts_are(deploy_env):
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 not loaded
+    r = env.cli("sync", "rollback", "--reason", "v3 is bad", *SMOKE_FAILS)
+    assert r.returncode == 3, r.stderr
+    env.serves(host, v3)                                           # put back
+    assert env.production() == v3, "production went two steps down, to a version no host serves"
+    assert f"the rollback to v{v2} failed: production is v{v3} again" in r.stderr
+    assert "--to N" in r.stderr
+    assert env.tags(v2)["deploy_status"] == "failed" and env.tags(v3)["deploy_status"] == "deployed"
+    row = [e for e in env.ledger(("deploy",)) if e.outcome == "failed"][-1]
+    assert (row.from_version, row.to_version) == (v3, v2)         # what the host served, not the target
+    assert "up to date" in env.cli("sync", "plan").stdout          # nothing to roll out
+    # the next rollback skips the failed v2
+    r = env.cli("sync", "rollback", "--reason", "v3 is still bad")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+    assert env.production() == v1
+
+
+def test_one_new_host_failing_the_version_the_fleet_serves_leaves_production_alone(deploy_env):
+    env = deploy_env
+    (h1, h2), v1, v2 = deployed_v1_v2(env, hosts=2)
+    h3 = env.add_host("file")
+    r = env.cli("sync", "deploy", *SMOKE_FAILS)
+    assert r.returncode == 3, r.stderr
+    assert env.production() == v2 and env.tags(v2)["deploy_status"] == "deployed"
+    assert f"v{v2} serves on {h1.name}, {h2.name}" in r.stderr and f"production left at v{v2}" in r.stderr
+    env.serves(h1, v2)
+    env.serves(h2, v2)
+    assert env.label(h3) is None                                   # back as it was: nothing served
+    r = env.cli("sync", "deploy")                                  # fixed (here: the budget): it resumes
+    assert r.returncode == 0, r.stderr
+    env.serves(h3, v2)
