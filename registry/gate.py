@@ -77,6 +77,11 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     held = None if prod is not None else ledger_production(
         ledger.entries(model, actions=("promote", "rollback"), current=True))
     if held:
+        if not versions.version_exists(model, held):    # MLflow drops the alias with a deleted version
+            raise RefusedError(
+                f"'{model}' has no production alias: v{held}, which the ledger says holds production, was "
+                f"deleted from the registry; the gate would compare with nothing; record its removal with "
+                f"`mlops registry reconcile` (then promote a version), then gate again")
         raise RefusedError(
             f"'{model}' has no production alias but the ledger says v{held} holds production (the alias was "
             f"removed outside mlops): the gate would compare with nothing; put it back with `mlops registry "

@@ -187,7 +187,10 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
 
 def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
     """Append what the alias shows and the ledger does not (see ``reconcile_rows``)."""
-    rows = [tx.append(r) for r in reconcile_rows(model, alias, tx.entries(actions=_VIEW), actor=actor)]
+    entries = tx.entries(actions=_VIEW)
+    held = ledger_production(entries) if alias is None else None
+    deleted = held is not None and not versions.version_exists(model, held)
+    rows = [tx.append(r) for r in reconcile_rows(model, alias, entries, actor=actor, ledger_version_deleted=deleted)]
     for r in rows:
         _log.warning("ledger of '%s': %s", model, r.reason)
     return rows

@@ -369,7 +369,8 @@ def agreement(alias: int | None, entries: Iterable[Entry]) -> Agreement:
 MOVED_OUTSIDE_APPROVER = "unknown (moved outside mlops)"
 
 
-def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, actor: str) -> list[Entry]:
+def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, actor: str,
+                   ledger_version_deleted: bool = False) -> list[Entry]:
     """The rows that make the ledger say what the alias shows (none when they agree and no
     intent is open): an open intent whose target the alias holds is confirmed with its own move
     row; every other open intent is closed as ``failed``; an alias moved outside mlops gets a
@@ -397,10 +398,12 @@ def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, a
                                      f"(it is {version_label(alias)})",
                               details={"intent": i.id}))
     if alias != ledger:
+        how = (f"{version_label(ledger)} was deleted from the registry (MLflow removes its aliases with it)"
+               if alias is None and ledger_version_deleted else "it was moved outside mlops (MLflow UI or API)")
         rows.append(Entry(action="promote" if alias is not None else "rollback", model=model, outcome="ok",
                           from_version=ledger, to_version=alias, actor=actor,
                           reason=f"reconciled by {actor}: production found on {version_label(alias)} while the "
-                                 f"ledger said {version_label(ledger)}; it was moved outside mlops (MLflow UI or API)",
+                                 f"ledger said {version_label(ledger)}; {how}",
                           details={"reconciled_by": actor, "moved_outside": True,
                                    "approved_by": MOVED_OUTSIDE_APPROVER}))
     return rows

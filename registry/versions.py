@@ -150,6 +150,15 @@ def get_version(model: str, version, *, aliases: dict[str, int] | None = None) -
     return _info(doc["model_version"], _by_version(aliases))
 
 
+def version_exists(model: str, version: int) -> bool:
+    """Whether version ``version`` of ``model`` is in the registry (it may have been deleted)."""
+    try:
+        get_version(model, version)
+    except NotFoundError:
+        return False
+    return True
+
+
 def _search(filter_string: str, what: str, keep: Callable[[dict], bool]) -> list[dict]:
     """Every version the filter finds (bounded pagination) that ``keep`` accepts."""
     out, token = [], None

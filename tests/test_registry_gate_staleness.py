@@ -94,3 +94,24 @@ def test_a_failing_gate_leaves_candidate_with_the_version_another_gate_gave_it(m
 
     assert not run_gate(model, v1, MovesCandidateMeanwhile({v1: doc(0.5)})).passed
     assert versions.get_version(model, v2).aliases == ("candidate",)
+
+
+def test_a_deleted_production_version_is_named_as_deleted_not_as_one_to_promote_again(make_version):
+    """Found by a sweep (2026-12-04): with production's version deleted in MLflow (which drops the
+    alias with it), the gate advised `mlops registry promote --version 2` — a version that no
+    longer exists — and reconcile recorded the alias as "moved outside mlops"."""
+    from registry.client import tracking_client
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    promotion.promote(model, v1, actor="alice")
+    promotion.promote(model, v2, actor="alice")
+    tracking_client().delete_model_version(model, str(v2))
+    ev = Evaluations({v1: doc(0.95), v3: doc(0.95)})
+    with pytest.raises(RefusedError) as e:
+        run_gate(model, v3, ev)
+    assert f"v{v2}, which the ledger says holds production, was deleted" in e.value.message
+    assert "promote --version" not in e.value.message and "mlops registry reconcile" in e.value.message
+    rows = promotion.reconcile(model, actor="bob").rows
+    assert [(r.action, r.from_version, r.to_version) for r in rows] == [("rollback", v2, None)]
+    assert f"v{v2} was deleted from the registry" in rows[0].reason
