@@ -73,16 +73,13 @@ def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | 
 
 def status_rows(model: str) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy and age."""
-    from mlops_common.errors import NotFoundError
-
     from . import tags, versions
 
+    found = versions.list_versions(model)
+    by_run = versions.runs_metrics(info.run_id for info in found)   # a deleted run: no metrics, still listed
     rows = []
-    for info in versions.list_versions(model):
-        try:
-            metrics = versions.run_metrics(info.run_id) if info.run_id else {}
-        except NotFoundError:  # the run was deleted: still list the version
-            metrics = {}
+    for info in found:
+        metrics = by_run.get(info.run_id or "", {})
         rows.append({"version": info.version, "aliases": list(info.aliases),
                      "validation_status": info.validation_status,
                      "deploy_status": info.deploy_status,

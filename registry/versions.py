@@ -228,11 +228,35 @@ def delete_alias(model: str, alias: str) -> None:
                   what=f"removing alias '{alias}' of '{model}'")
 
 
-def run_metrics(run_id: str) -> dict[str, float]:
-    """Final metric values of a run (e.g. ``heldout_accuracy``)."""
-    client = tracking_client()
-    with mlflow_errors(f"reading metrics of run {run_id}"):
-        return dict(client.get_run(run_id).data.metrics)
+RUNS_PER_SEARCH = 100
+
+
+def runs_metrics(run_ids) -> dict[str, dict[str, float]]:
+    """Final metric values (e.g. ``heldout_accuracy``) of many runs, in a few requests:
+    ``runs/search`` with ``attributes.run_id IN (...)``, ``RUNS_PER_SEARCH`` ids a request, over
+    every experiment (a version does not say which experiment its run is in). One ``runs/get``
+    per version made ``registry status`` take 12 s for 1,200 versions on loopback, and grow
+    with every version. A deleted run is absent from the answer."""
+    ids = sorted({r for r in run_ids if r})
+    if not ids:
+        return {}
+    experiments, token = [], None
+    for _ in range(1000):  # bounded pagination
+        params = {"max_results": 1000, "view_type": "ALL", **({"page_token": token} if token else {})}
+        doc = rest().get("experiments/search", params, what="listing experiments")
+        experiments += [e["experiment_id"] for e in doc.get("experiments") or ()]
+        token = doc.get("next_page_token")
+        if not token:
+            break
+    out: dict[str, dict[str, float]] = {}
+    for i in range(0, len(ids), RUNS_PER_SEARCH):
+        chunk = ids[i:i + RUNS_PER_SEARCH]
+        body = {"experiment_ids": experiments, "max_results": len(chunk), "run_view_type": "ALL",
+                "filter": "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in chunk) + ")"}
+        doc = rest().post("runs/search", body, what=f"reading the metrics of {len(chunk)} runs")
+        for run in doc.get("runs") or ():
+            out[run["info"]["run_id"]] = {m["key"]: m["value"] for m in (run.get("data") or {}).get("metrics") or ()}
+    return out
 
 
 @lru_cache(maxsize=256)

@@ -162,3 +162,24 @@ def test_status_shows_aliases_statuses_accuracy_and_age(make_version):
     assert lines[4].split()[:5] == ["1", "candidate,production", "passed", "deployed", "0.9512"]
     r = run_mlops("registry", "status", "--model-name", "nope-model")
     assert r.returncode == 2 and "registered model 'nope-model' does not exist" in r.stderr
+
+
+def test_status_reads_every_versions_metrics_in_a_few_requests(make_version, http_fault_proxy, monkeypatch):
+    """Found by a sweep (2026-12-04): one `runs/get` per version (1,200 versions: 12 s on loopback,
+    over a minute across a network). Now `runs/search` by run id, a chunk of ids a request."""
+    from registry import history
+    from registry.client import tracking_client
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    accs = [0.91, 0.92, 0.93, 0.94, 0.95]
+    for a in accs:
+        make_version(metrics={"heldout_accuracy": a})
+    tracking_client().delete_run(versions.get_version(model, 2).run_id)     # a deleted run: still listed
+    proxy = http_fault_proxy(os.environ["MLFLOW_TRACKING_URI"], match=lambda m, p: False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    monkeypatch.setattr(versions, "RUNS_PER_SEARCH", 2)
+    rows = {r["version"]: r["heldout_accuracy"] for r in history.status_rows(model)}
+    assert rows == {1: 0.91, 2: 0.92, 3: 0.93, 4: 0.94, 5: 0.95}       # a deleted run keeps its metrics
+    paths = [p.split("?")[0] for _, p, _ in proxy.forwarded]
+    assert not any(p.endswith("/runs/get") for p in paths), paths
+    assert sum(p.endswith("/runs/search") for p in paths) == 3        # 5 run ids, 2 a request
