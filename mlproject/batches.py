@@ -113,9 +113,12 @@ def parse_npz(source: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     except MemoryError:                           # a header that declares an array larger than memory
         raise bad("declares an array too large to load (a corrupt .npy header?); replace the file") from None
     except ValueError as exc:
-        if "pickle" in str(exc):
+        if "Object arrays cannot be loaded" in str(exc):
             raise bad("holds object (pickled) arrays, which are never loaded; save plain numeric "
                       "arrays with numpy.savez") from None
+        if "Header info length" in str(exc):    # numpy's message suggests allow_pickle: not the cause
+            raise bad("has a .npy header over numpy's 10,000-byte limit (a corrupt or hand-made file); "
+                      "save the batch with numpy.savez") from None
         raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError,
             RuntimeError, NotImplementedError) as exc:    # zip: "is encrypted", "compression method"

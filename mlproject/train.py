@@ -58,6 +58,11 @@ class TrainParams:
             raise ConfigError(f"--batch-size must be between 1 and 2147483647 (2**31 - 1), got {self.batch_size}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ConfigError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        import numpy as np
+
+        if float(np.float32(self.learning_rate)) == 0.0:     # the optimizer's float32: no step at all
+            raise ConfigError(f"--learning-rate {self.learning_rate} is 0 in float32, which the optimizer uses "
+                              f"(nothing would be learned); use a larger one")
         if not 0 <= self.seed <= 2**32 - 1:
             raise ConfigError(f"--seed must be between 0 and 4294967295 (2**32 - 1), got {self.seed}")
         return self

@@ -226,6 +226,8 @@ def test_read_batches_reads_a_folder_in_name_order_and_adds_the_channel_axis(tmp
     # found by a bad-input sweep: tracebacks (AttributeError on bytes, a 23 TiB allocation)
     ("not_npy_members", "'images' is not a numpy array (not a .npy inside the .npz)"),
     ("huge_header", "declares an array too large to load"),
+    # found by a sweep: numpy's "header too long" was reported as pickled arrays
+    ("long_header", "has a .npy header over numpy's 10,000-byte limit"),
 ])
 def test_unreadable_batches_are_rejected_by_name(tmp_path, content, expected):
     import io
@@ -244,6 +246,12 @@ def test_unreadable_batches_are_rejected_by_name(tmp_path, content, expected):
         with zipfile.ZipFile(path, "w") as z:
             z.writestr("images.npy", raw.getvalue() + b"\0" * 64)
             z.writestr("labels.npy", raw.getvalue())
+    elif content == "long_header":
+        head = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }" + " " * 30_000 + "\n"
+        raw = np.lib.format.magic(2, 0) + len(head).to_bytes(4, "little") + head.encode() + b"\0" * 4
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("images.npy", raw)
+            z.writestr("labels.npy", raw)
     elif content == "truncated":
         _save(path, images=images, labels=labels)
         path.write_bytes(path.read_bytes()[:200])
@@ -289,6 +297,7 @@ def test_metrics_from_probabilities():
     ("learning_rate", 0.0, "--learning-rate must be a positive number, got 0.0"),
     ("learning_rate", float("inf"), "--learning-rate must be a positive number, got inf"),
     ("learning_rate", float("nan"), "--learning-rate must be a positive number, got nan"),
+    ("learning_rate", 1e-300, "--learning-rate 1e-300 is 0 in float32"),    # registered an untrained model
     ("seed", 2**32, "--seed must be between 0 and 4294967295"),
     ("seed", -1, "--seed must be between 0 and 4294967295"),
     ("dataset", "cifar", "unknown data set 'cifar'"),
