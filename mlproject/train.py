@@ -8,6 +8,7 @@ TF-Serving SavedModel and the golden smoke set. Registration goes through
 """
 from __future__ import annotations
 
+import errno
 import math
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -273,13 +274,10 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
     """Train on ``data`` (from ``start_from`` weights if given) inside one MLflow run, named by
     ``tracking.run_name`` (``train digits``, ``retrain v2 + batch-001 (good)``).
 
-    Under ``mlflow run`` (MLFLOW_RUN_ID set) this logs into that run (and renames it).
+    Under ``mlflow run`` (MLFLOW_RUN_ID set) this logs into that run (and renames it). A full
+    disk is one line (the run is FAILED, nothing registered), not a traceback.
     """
-    import mlflow
-
     from registry.client import mlflow_errors, tracking_client
-
-    from .model import predict
 
     client = tracking_client()
     with mlflow_errors("choosing the MLflow experiment"):
@@ -289,6 +287,24 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
     run_params, tags = run_identity(params, data, n_val, retrained_from=retrained_from,
                                     parent_run_id=parent_run_id)
     name = tracking.run_name(data.dataset, retrained_from=retrained_from, incoming=data.incoming_location)
+
+    try:
+        return _run(params, data, client, name, run_params, tags, n_val, start_model, retrained_from)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ConfigError(f"no space left on the disk ({exc.strerror}{': ' + exc.filename if exc.filename else ''}) "
+                          f"while training or logging the model; free space in {tempfile.gettempdir()} (TMPDIR) "
+                          f"and rerun: the MLflow run is marked FAILED and nothing was registered") from None
+
+
+def _run(params, data, client, name, run_params, tags, n_val, start_model, retrained_from) -> RunResult:
+    """The MLflow run of ``run_training`` (ended FAILED by MLflow when anything in it raises)."""
+    import mlflow
+
+    from registry.client import mlflow_errors
+
+    from .model import predict
 
     with mlflow_errors("logging the training run"), mlflow.start_run(run_name=name) as run:
         run_id = run.info.run_id

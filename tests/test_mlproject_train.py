@@ -529,3 +529,19 @@ def test_an_unreadable_mlmodel_file_is_a_damaged_model_not_a_traceback(monkeypat
     with pytest.raises(DamagedModel) as e:
         load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
     assert "its MLmodel file is not readable" in e.value.message and e.value.message.endswith("register a new version")
+
+
+def test_a_full_disk_while_logging_the_model_is_one_line_and_registers_nothing(cli_trained, tmpfs):
+    """Found by a sweep (2026-12-04): ENOSPC from logging the model came out as a traceback (the
+    run was FAILED and nothing registered, but the line did not say so)."""
+    env, _, _ = cli_trained
+    full = {**env, "MLOPS_MODEL_NAME": f"full-{uuid.uuid4().hex[:6]}", "TMPDIR": str(tmpfs("60k"))}
+    r = run_mlops("train", "--epochs", "1", env=full)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = _error_lines(r.stderr)
+    assert "no space left on the disk" in line and "nothing was registered" in line, line
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{full['MLOPS_MODEL_NAME']}'") == []
+    exp = client.get_experiment_by_name(full["MLOPS_MODEL_NAME"])
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    assert runs and {run.info.status for run in runs} == {"FAILED"}
