@@ -168,6 +168,9 @@ async def _discard(reader, limit: int = MAX_BODY + MAX_HEAD) -> None:
         total += len(chunk)
 
 
+REJECT_LOG_INTERVAL = 60.0      # seconds between two "webhook rejected" lines
+
+
 class Receiver:
     """A small HTTP server: verified deliveries for our model's production alias call ``trigger``.
 
@@ -196,6 +199,7 @@ class Receiver:
         self.counts = collections.Counter()
         self.open_connections = 0
         self._lock = threading.Lock()
+        self._rejects_logged_at, self._rejects_unlogged = float("-inf"), 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET      # ::1, an IPv6 address
         self._sock = socket.create_server((host, port), family=family, backlog=128)
         self._address = self._sock.getsockname()[:2]     # still known after stop()
@@ -306,8 +310,22 @@ class Receiver:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.handle, headers, body)
 
     def _rejected(self, verdict: Verdict) -> tuple[int, str]:
-        self._count(f"rejected_{verdict.status}")
-        logger.warning("webhook rejected (%d): %s", verdict.status, verdict.reason)
+        """Count the rejection; log at most one line a ``REJECT_LOG_INTERVAL`` (anyone who can
+        reach the port can send unsigned requests: one line each would flood the watcher's log),
+        saying how many were not logged since."""
+        import time
+
+        now = time.monotonic()
+        with self._lock:
+            self.counts[f"rejected_{verdict.status}"] += 1
+            due = now - self._rejects_logged_at >= REJECT_LOG_INTERVAL
+            if due:
+                unlogged, self._rejects_unlogged, self._rejects_logged_at = self._rejects_unlogged, 0, now
+            else:
+                self._rejects_unlogged += 1
+        if due:
+            logger.warning("webhook rejected (%d): %s%s", verdict.status, verdict.reason,
+                           f" ({unlogged} more rejected since the last such line)" if unlogged else "")
         return verdict.status, verdict.reason
 
     def handle(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
