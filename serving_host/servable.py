@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 
@@ -64,6 +65,20 @@ def _debug(message) -> str:
     return text_format.MessageToString(message)
 
 
+PB, PBTXT = "saved_model.pb", "saved_model.pbtxt"
+
+
+def _check_saved_model_file(path: str) -> None:
+    """A version folder without the SavedModel file fails with the C++ loader's message (TF
+    Serving's ``ReadSavedModel``), which the status and a reload pass on to the person on call."""
+    import tensorflow as tf
+
+    if not any(tf.io.gfile.exists(os.path.join(path, name)) for name in (PB, PBTXT)):
+        raise ServingError("NOT_FOUND", f"Could not find SavedModel .pb or .pbtxt at supplied export directory "
+                                        f"path: {path}. Check that the directory exists and that you have the "
+                                        f"right permissions for accessing it.")
+
+
 class Servable:
     """A loaded version: signatures, a session, and a cache of session callables."""
 
@@ -88,12 +103,15 @@ class Servable:
         import tensorflow as tf
 
         tf.get_logger().setLevel(logging.ERROR)  # the v1 loader's deprecation notice is noise here
+        _check_saved_model_file(path)
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:
             meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
         except BaseException as exc:
             session.close()
+            if str(exc).startswith("Cannot parse file"):    # the Python loader's words for it
+                raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PB)} as binary proto") from None
             raise from_exception(exc) from None
         return cls(name, version, path, graph, session, meta)
 
