@@ -13,6 +13,7 @@ version). Entries serving_sync does not manage are kept verbatim.
 """
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +28,55 @@ PLATFORM = "tensorflow"
 def validation_name(model: str) -> str:
     """Name of the validation-only entry for ``model`` (a valid TF Serving model name)."""
     return f"{model}{VALIDATE_SUFFIX}"
+
+
+def same_path(a: str | None, b: str | None) -> bool:
+    """Two base paths naming one directory as TF Serving reads them: ``/m/`` and ``/m`` (and
+    ``/x//m``) are one. Compared as raw strings, a main entry written with a trailing slash was
+    not seen to watch the folder we publish into, and a published version served at once."""
+    if a is None or b is None:
+        return a == b
+
+    def norm(p: str) -> str:
+        if "://" in p:
+            scheme, rest = p.split("://", 1)
+            return f"{scheme}://{re.sub('/+', '/', rest).rstrip('/')}"
+        return posixpath.normpath(p)
+
+    return norm(a) == norm(b)
+
+
+def versions_held_by_others(config: "ServingConfig", model: str, base_path: str) -> tuple[int, ...]:
+    """Versions that entries other than ``model``'s own (main and validation) load or label from
+    ``model``'s folder: another team's entry reading it. Retention must keep them."""
+    ours = {model, validation_name(model)}
+    held: set[int] = set()
+    for e in config.entries:
+        if e.name in ours or not same_path(e.base_path, base_path):
+            continue
+        if e.policy == "specific":
+            held.update(e.versions)
+        held.update(v for _, v in e.labels)
+    return tuple(sorted(held))
+
+
+def keeping_extras(old: "ModelEntry | None", new: "ModelEntry") -> "ModelEntry":
+    """``new`` (base path, version policy, labels) with every other field of ``old`` kept as it
+    was: its ``logging_config``, ``platform_config``, a deprecated ``model_type``. Built from
+    plain data alone, a deploy dropped them (request logging stopped)."""
+    if old is None or old.raw is None:
+        return new
+    from google.protobuf import text_format
+
+    c = _pb().ModelConfig()
+    text_format.Parse(old.raw, c)
+    c.name, c.base_path = new.name, new.base_path
+    c.ClearField("model_version_policy")
+    c.model_version_policy.specific.versions.extend(new.versions)
+    c.ClearField("version_labels")
+    for label, v in new.labels:
+        c.version_labels[label] = v
+    return replace(new, raw=text_format.MessageToString(c))
 
 
 def model_base_path(serving_base: str, model: str) -> str:

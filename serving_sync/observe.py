@@ -54,7 +54,8 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         validate=(val.versions[0] if val is not None and val.policy == "specific" and val.versions else None),
         main_states=main_states, validate_states=validate_states, stable=stable,
         published=tuple(published_versions(transport, model)),
-        verified=tuple(sorted(verified_record.read(transport, model))))
+        verified=tuple(sorted(verified_record.read(transport, model))),
+        held_by_others=mc.versions_held_by_others(config, model, base_path))
     if host.grpc:           # after the REST reads: a server that is down says so the usual way first
         from .tfs_reload import check_reachable
 

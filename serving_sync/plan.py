@@ -86,6 +86,7 @@ class HostObservation:
     stable: int | None = None                        # TF Serving: where `stable` points
     published: tuple[int, ...] = ()
     verified: tuple[int, ...] = ()
+    held_by_others: tuple[int, ...] = ()             # versions other entries load from our folder
 
     @property
     def available(self) -> list[int]:
@@ -113,12 +114,12 @@ class HostObservation:
     def watches_base(self) -> bool:
         """The main entry loads new version directories by itself (a ``latest`` / ``all`` / default
         policy over the base path we publish into): a published version would serve at once."""
-        return self.main_policy not in (None, "specific") and self.main_base_path == self.base_path
+        return self.main_policy not in (None, "specific") and mc.same_path(self.main_base_path, self.base_path)
 
     @property
     def managed(self) -> bool:
         return self.main_policy == "specific" and bool(self.main_versions) \
-            and self.main_base_path == self.base_path
+            and mc.same_path(self.main_base_path, self.base_path)
 
 
 class Phase(enum.StrEnum):
@@ -228,9 +229,20 @@ def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = Tr
         else:
             notes.append(f"previous v{s} is not kept warm because it is newer than v{v} (unversioned "
                          f"requests go to the highest loaded version)")
-    versions = (v,) if prev is None else (prev, v)
+    versions = {v} if prev is None else {prev, v}
+    # another label (a team's `experiment`, a `canary`) keeps its version loaded and labelled when
+    # that version is older than v; a newer one would take the unversioned requests: it goes,
+    # and the plan says so (it was dropped silently, and retention then deleted its version)
+    for k, x in obs.main_labels:
+        if k == label or x not in obs.available or x in versions:
+            continue
+        if x < v:
+            versions.add(x)
+        else:
+            notes.append(f"label {k} -> v{x} is removed and v{x} unloaded: it is newer than v{v}, so it "
+                         f"would take the unversioned requests")
     others = tuple((k, x) for k, x in obs.main_labels if k != label and x in versions)
-    return MainTarget(versions, others + ((label, v),)), prev, notes
+    return MainTarget(tuple(versions), others + ((label, v),)), prev, notes
 
 
 def is_up_to_date(obs: HostObservation, desired: int, final: MainTarget) -> bool:
@@ -260,14 +272,14 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     final, prev, notes = final_target(obs, v, keep_previous=keep_previous, label=label)
     retention_preview = tuple(versions_to_remove(sorted(set(obs.published) | {v}), serving=v,
                                                  previous=prev if prev is not None else s, keep=keep,
-                                                 protected=final.versions + ((rollback_to,) if rollback_to
-                                                                             is not None else ())))
+                                                 protected=final.versions + obs.held_by_others
+                                                 + ((rollback_to,) if rollback_to is not None else ())))
     if is_up_to_date(obs, v, final):
         return HostPlan(obs.host, model, v, s, final, prev, (), tuple(notes + ["up to date"]))
 
     steps: list[Step] = []
     # loaded from where we publish (a main entry reading another base path does not count)
-    loaded = v in obs.available and obs.main_base_path == obs.base_path
+    loaded = v in obs.available and mc.same_path(obs.main_base_path, obs.base_path)
     verified = v in obs.verified
     validated_here = False
     if not loaded:
@@ -291,7 +303,8 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
         steps.append(Step(StepKind.WAIT_VALIDATION, v, f"wait until {vname} v{v} is AVAILABLE", entry=vname))
         steps.append(Step(StepKind.SMOKE_VALIDATION, v, f"smoke test v{v} via {vname}/versions/{v}", entry=vname))
         validated_here = True
-        interim = tuple(x for x in (s, v) if x is not None)
+        stay = {x for x in final.versions if x in obs.available}      # labelled or kept warm: stay loaded
+        interim = tuple(sorted({x for x in (s, v) if x is not None} | stay))
         labels = tuple((k, x) for k, x in obs.main_labels if x in interim and x in obs.available) \
             if obs.managed else (((label, s),) if s is not None and obs.stable == s else ())
         beside = f" beside v{s} (stable stays on v{s})" if s is not None else ""
@@ -332,7 +345,8 @@ def compose(config: mc.ServingConfig, model: str, base_path: str, target: Config
     elif target.main is None:
         main = None
     else:
-        main = mc.ModelEntry(model, base_path, "specific", target.main.versions, target.main.labels)
+        main = mc.keeping_extras(config.entry(model),
+                                 mc.ModelEntry(model, base_path, "specific", target.main.versions, target.main.labels))
     val = mc.ModelEntry(vname, base_path, "specific", (check_version(target.validate),)) \
         if target.validate is not None else None
     out: list[mc.ModelEntry] = []

@@ -235,3 +235,60 @@ def test_a_main_entry_reading_another_base_path_does_not_count_as_loaded():
     p = plan_host(o, 1)
     assert kinds(p)[:2] == ["publish", "load_validation"] and not p.fast_path
     assert step(p, "load_validation").config.main == KEEP
+
+
+def test_another_label_keeps_an_older_version_loaded_and_a_newer_one_is_removed_with_a_note():
+    """Found by a sweep (2026-12-04): `experiment -> v1` beside `stable -> v3` was dropped by the
+    deploy of v4 (v1 unloaded, then deleted by retention), silently."""
+    o = obs(versions=(1, 2, 3), labels=(("experiment", 1), ("stable", 3)), states={1: A, 2: A, 3: A}, stable=3,
+            published=(1, 2, 3), verified=(1, 2, 3))
+    p = plan_host(o, 4)
+    assert p.final == MainTarget((1, 3, 4), (("experiment", 1), ("stable", 4)))
+    assert step(p, "load_main").config.main == MainTarget((1, 3, 4), (("experiment", 1), ("stable", 3)))
+    assert 1 not in p.retention
+    labels_only_on_available(p, o)
+    # a rollback to v2 while `canary -> v3`: v3 would take the unversioned requests, so it goes
+    o = obs(versions=(2, 3), labels=(("canary", 3), ("stable", 3)), states={2: A, 3: A}, stable=3, published=(2, 3),
+            verified=(2, 3))
+    p = plan_host(o, 2)
+    assert p.final == MainTarget((2,), (("stable", 2),))
+    assert any("label canary -> v3 is removed" in n for n in p.notes), p.notes
+
+
+def test_a_main_entry_written_with_a_trailing_slash_is_the_folder_we_publish_into():
+    """Found by a sweep (2026-12-04): `base_path: ".../digits/"` with a latest policy was not seen
+    to watch our folder (raw string comparison): nothing pinned it, a published version served at
+    once, and after a failed smoke test it kept serving."""
+    o = obs(policy="latest", base=BASE + "/", states={1: A}, stable=None, published=(1,))
+    assert o.watches_base
+    assert kinds(plan_host(o, 2))[0] == "pin_main"
+    assert obs(versions=(1,), base=BASE + "//", states={1: A}, published=(1,)).managed
+    assert mc.same_path("s3://b/m/", "s3://b//m") and not mc.same_path("/srv/models/digits", "/srv/models/digit")
+
+
+def test_versions_other_entries_load_from_our_folder_are_kept_by_retention():
+    config = mc.parse(f'model_config_list {{ config {{ name: "{M}" base_path: "{BASE}" model_platform: "tensorflow" '
+                      f'model_version_policy {{ specific {{ versions: 4 }} }} }} '
+                      f'config {{ name: "shadow" base_path: "{BASE}/" model_platform: "tensorflow" '
+                      f'model_version_policy {{ specific {{ versions: 1 }} }} '
+                      f'version_labels {{ key: "x" value: 2 }} }} '
+                      f'config {{ name: "other" base_path: "/srv/models/other" model_platform: "tensorflow" '
+                      f'model_version_policy {{ specific {{ versions: 3 }} }} }} }}')
+    assert mc.versions_held_by_others(config, M, BASE) == (1, 2)
+    o = obs(versions=(4,), labels=(("stable", 4),), states={4: A}, stable=4, published=(1, 2, 3, 4, 5), verified=(4,))
+    o = HostObservation(**{**o.__dict__, "held_by_others": (1, 2)})
+    p = plan_host(o, 5, keep=1)
+    assert set(p.retention) == {3}
+
+
+def test_compose_keeps_the_fields_of_our_entry_it_does_not_manage():
+    """Found by a sweep (2026-12-04): the entry was rebuilt from plain data, so its
+    `logging_config` (request logging) was gone after any deploy — at load_validation already."""
+    text = (f'model_config_list {{ config {{ name: "{M}" base_path: "{BASE}" model_platform: "tensorflow" '
+            f'model_version_policy {{ specific {{ versions: 1 }} }} version_labels {{ key: "stable" value: 1 }} '
+            f'logging_config {{ sampling_config {{ sampling_rate: 0.05 }} }} }} }}')
+    config = mc.parse(text)
+    out = mc.render(compose(config, M, BASE, ConfigTarget(MainTarget((1, 2), (("stable", 2),)), 2)))
+    assert "sampling_rate: 0.05" in out and "versions: 2" in out and 'value: 2' in out
+    main = mc.parse(out).entry(M)
+    assert (main.versions, main.labels) == ((1, 2), (("stable", 2),))
