@@ -14,11 +14,11 @@ from .ledger import Entry, Ledger
 from .promotion_rules import (
     MOVES,
     failed_after_promotion,
-    last_move,
     last_verdict,
     restoring_rollback,
     revert_target,
     rollback_choice,
+    rollback_in_rollout,
 )
 from .provenance import Provenance
 
@@ -97,9 +97,10 @@ class DeployLedger:
         entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"), current=True)
         return rollback_choice(entries, self._tags(), current).version
 
-    def last_move(self) -> Entry | None:
-        """The newest ``ok`` promote or rollback row of the model."""
-        return last_move(self.ledger.entries(self.model, actions=MOVES, current=True))
+    def rollback_in_rollout(self, version: int) -> Entry | None:
+        """The person's rollback that deploying ``version`` rolls out (``promotion_rules``)."""
+        return rollback_in_rollout(self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True),
+                                   version)
 
     def _tags(self) -> dict[int, dict[str, str]]:
         return {i.version: i.tags for i in versions.list_versions(self.model)}

@@ -264,11 +264,28 @@ def revert_target(entries: Iterable[Entry], tags_by_version: Mapping[int, Mappin
     hosts were put back to the version rolled back from, and going one more step down the stack
     named a version no host served (and the next deploy would have rolled it out everywhere)."""
     entries = list(entries)
-    last = last_move(entries)
-    if last is not None and last.action == "rollback" and last.to_version == version \
-            and last.from_version is not None and last.from_version in tags_by_version:
-        return last.from_version
+    undone = rollback_in_rollout(entries, version)
+    if undone is not None and undone.from_version in tags_by_version:
+        return undone.from_version
     return rollback_choice(entries, tags_by_version, version).version
+
+
+def rollback_in_rollout(entries: Iterable[Entry], version: int) -> Entry | None:
+    """The rollback this deploy of ``version`` rolls out, if that is what it does: the newest
+    ``ok`` move is a rollback to ``version`` that a person asked for (not a failed deploy's
+    automatic revert) and no ``deploy`` of ``version`` succeeded since (a later deploy, e.g. to
+    a new host, is not that rollback's rollout). ``entries``: promote, rollback and deploy rows."""
+    last, deployed_since = None, False
+    for e in entries:
+        if e.action in MOVES and e.outcome == "ok":
+            last, deployed_since = e, False
+        elif e.action == "deploy" and e.outcome == "ok" and e.to_version == version:
+            deployed_since = True
+    if last is None or last.action != "rollback" or last.to_version != version or last.from_version is None:
+        return None
+    if deployed_since or (last.details or {}).get("automatic"):
+        return None
+    return last
 
 
 MOVES = ("promote", "rollback")

@@ -754,12 +754,11 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
                      reason=reason, details={"step": step})
             result.registry = {"moved": False, "reason": "--version deploy: production not involved"}
             return f"v{v} tagged deploy_status=failed; production was not involved (--version)"
-        last = recorder.last_move()
+        rolling_back = recorder.rollback_in_rollout(v)
         to = recorder.previous_production(v)
         if to is None:   # production was set outside promote/rollback: what the hosts served
             to = _common([p["current"] for p in result.plans if p["current"] is not None])
-        undoes_rollback = last is not None and last.action == "rollback" and last.to_version == v \
-            and to is not None and last.from_version == to
+        undoes_rollback = rolling_back is not None and to is not None and rolling_back.from_version == to
         promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name, host_was=run.plan.current,
                                                provenance=recorder.provenance)
         if canary is not None:

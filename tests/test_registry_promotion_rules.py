@@ -226,3 +226,9 @@ def test_a_failed_deploy_undoes_the_move_that_made_its_version_production():
     assert revert_target([*promoted, rollback(2, 3)], {1: {}, 2: {}}, 2) == 1
     # a rollback to another version than the failing one changes nothing
     assert revert_target([*promoted, rollback(1, 3), promote(2, 1)], tags, 2) == 1
+    # found by review: a rollback already rolled out (v2 deployed since), then a later deploy of
+    # v2 failing (a new host) must not bring back the v3 rolled back from
+    assert revert_target([*promoted, rollback(2, 3), deploy(2, "ok")], tags, 2) == 1
+    # nor is a failed deploy's automatic revert a rollback a person asked for
+    auto = Entry("rollback", "m", "ok", from_version=3, to_version=2, details={"automatic": True})
+    assert revert_target([*promoted, auto], tags, 2) == 1
