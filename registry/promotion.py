@@ -235,7 +235,10 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
         rows = _reconcile_in(tx, model, alias, by.actor)
         last = None if rows else last_move(tx.entries(actions=_VIEW))
     moves = _confirmed_moves(model, rows, by.actor)
-    stale = [] if moves or last is None or last.to_version != alias else \
+    # a failed deploy's automatic revert leaves its target's approver as it was (on purpose):
+    # only a move a person made can leave tags behind
+    automatic = last is not None and bool((last.details or {}).get("automatic"))
+    stale = [] if moves or last is None or last.to_version != alias or automatic else \
         [p for p in _confirmed_moves(model, [last]) if _tags_lag(model, p)]
     if moves or stale:
         p = (moves or stale)[-1]

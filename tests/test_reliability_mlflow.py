@@ -199,3 +199,19 @@ def test_reconcile_whose_tag_writes_fail_says_so_and_its_rerun_writes_them(
     assert env.ledger(("promote",)) == rows                              # nothing recorded twice
     r = env.cli("registry", "reconcile", "--actor", "bob")
     assert r.returncode == 0 and "nothing recorded" in r.stdout and "written again" not in r.stdout
+
+
+def test_reconcile_after_an_automatic_revert_leaves_the_approver_alone(deploy_env):
+    """Found by review: the revert keeps its target's approver on purpose; reconcile took the
+    revert row (the deploy runner, no approver) for a move whose tags lagged and rewrote it."""
+    env = deploy_env
+    env.add_host("file")
+    v1 = env.release("a")
+    approver = env.tags(v1)["approved_by"]
+    bad = env.register("altered")
+    env.promote(bad)
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 3 and env.production() == v1, r.stderr
+    r = env.cli("registry", "reconcile", "--actor", "bob")
+    assert r.returncode == 0 and "written again" not in r.stdout, r.stdout
+    assert env.tags(v1)["approved_by"] == approver
