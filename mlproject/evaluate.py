@@ -116,7 +116,7 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
             first = (str(getattr(exc, "message", exc)).splitlines() or [type(exc).__name__])[0]
             if isinstance(exc, KeyError):
                 first = f"its MLmodel has no {exc} flavor"
-            elif isinstance(exc, (AttributeError, TypeError, yaml.YAMLError)):
+            elif isinstance(exc, (AttributeError, TypeError, yaml.YAMLError)) and not _mlmodel_parses(into):
                 first = f"its MLmodel file is not readable ({type(exc).__name__})"
             if "Connection" in first or "Max retries exceeded" in first:
                 raise
@@ -133,6 +133,23 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
                           f"data set '{dataset}''s {NUM_CLASSES} classes, so it is not one of this project's "
                           f"classifiers; {damaged}")
     return model
+
+
+def _mlmodel_parses(folder: str) -> bool:
+    """Whether the MLmodel file downloaded into ``folder`` reads as MLflow's model description
+    (then an AttributeError or TypeError came from elsewhere, e.g. Keras reading the model)."""
+    from pathlib import Path
+
+    from mlflow.models import Model
+
+    found = next(Path(folder).rglob("MLmodel"), None)
+    if found is None:
+        return False
+    try:
+        Model.load(str(found))
+    except Exception:  # noqa: BLE001 - any failure to read it means it is not readable
+        return False
+    return True
 
 
 def _without_temp_paths(text: str) -> str:

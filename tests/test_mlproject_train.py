@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -529,6 +530,27 @@ def test_an_unreadable_mlmodel_file_is_a_damaged_model_not_a_traceback(monkeypat
     with pytest.raises(DamagedModel) as e:
         load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
     assert "its MLmodel file is not readable" in e.value.message and e.value.message.endswith("register a new version")
+
+
+def test_a_type_error_from_reading_the_model_itself_keeps_its_own_words(monkeypatch, tmp_path):
+    """Found by review: with a readable MLmodel, a TypeError from Keras (a layer argument a newer
+    Keras wrote) is that error, not an unreadable MLmodel file."""
+    import mlflow.tensorflow
+
+    import registry.client
+    from mlops_common.errors import DamagedModel
+    from mlproject.evaluate import load_checked
+
+    def load_model(uri, dst_path=None):
+        (Path(dst_path) / "MLmodel").write_text("flavors:\n  tensorflow: {}\nartifact_path: model\n")
+        raise TypeError("Dense.__init__() got an unexpected keyword argument 'quantization_config'")
+
+    monkeypatch.setattr(registry.client, "tracking_client", lambda: None)
+    monkeypatch.setattr(mlflow.tensorflow, "load_model", load_model)
+    with pytest.raises(DamagedModel) as e:
+        load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
+    assert "unexpected keyword argument 'quantization_config'" in e.value.message
+    assert "MLmodel file is not readable" not in e.value.message
 
 
 def test_a_full_disk_while_logging_the_model_is_one_line_and_registers_nothing(cli_trained, tmpfs):
