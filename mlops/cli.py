@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     # stderr gets text no mlops logger formats (MLflow's own handler, `warnings`, a worker
     # thread's traceback from threading.excepthook).
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (log.RedactingStream(s) for s in streams)
+    # a closed stream is None (`2>&-`): print() then writes nowhere, as without the wrapper
+    sys.stdout, sys.stderr = (s if s is None else log.RedactingStream(s) for s in streams)
     try:
         return _run(args)
     finally:

@@ -491,3 +491,42 @@ def test_stderr_text_no_mlops_logger_formats_is_redacted_too():
     assert r.returncode == 0, r.stderr
     assert "retrying https://x/?token=***" in r.stderr and "RuntimeError: header ***" in r.stderr, r.stderr
     assert "SECRET" not in r.stderr
+
+
+def test_a_closed_stderr_keeps_a_user_errors_exit_code(tmp_path):
+    """Found by review: with stderr closed (`2>&-`) Python's sys.stderr is None, and wrapping it
+    for redaction turned the error line into an AttributeError: exit 1 instead of 2."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+           "MLOPS_HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "mlops", "registry", "status"], env=env, timeout=120,
+                       stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2))
+    assert r.returncode == 2
+
+
+def test_redacting_every_line_works_the_secret_forms_out_once(monkeypatch):
+    """Found by review: the secret forms were worked out again for every write (100,000 lines of a
+    long listing took 13 s); they are cached per set of values, and a changed value is seen."""
+    import io
+
+    from mlops_common import log, settings
+
+    calls = []
+    real = settings._forms
+    monkeypatch.setattr(settings, "_forms", lambda v: calls.append(v) or real(v))
+    settings._secret_forms.cache_clear()
+    monkeypatch.setenv("CIRCLE_TOKEN", TOKEN)
+    out = io.StringIO()
+    stream = log.RedactingStream(out)
+    for i in range(1000):
+        stream.write(f"row {i} {TOKEN}\n")
+    assert out.getvalue().count("***") == 1000 and TOKEN not in out.getvalue()
+    assert calls.count(TOKEN) == 1, len(calls)
+    monkeypatch.setenv("CIRCLE_TOKEN", TOKEN + "-rotated")
+    stream.write(f"{TOKEN}-rotated\n")
+    assert out.getvalue().endswith("***\n")
