@@ -116,8 +116,11 @@ def wait_for_quiet(threshold: float = 1.5, max_wait: float = 600.0, poll: float 
 
 # --- results -----------------------------------------------------------------------------------
 def save(name: str, doc: dict, results_dir: Path | None = None) -> Path:
-    """Write ``doc`` (plus the machine, if absent) as ``<results>/<name>.json`` atomically."""
-    folder = Path(results_dir) if results_dir is not None else RESULTS
+    """Write ``doc`` (plus the machine, if absent) as ``<results>/<name>.json`` atomically. A
+    ``--quick`` run (its command says so) goes to ``results/quick/`` (not kept in git): it
+    overwrote the recorded figures with one short round."""
+    quick = "--quick" in str(doc.get("command") or "")
+    folder = Path(results_dir) if results_dir is not None else (RESULTS / "quick" if quick else RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": name, **doc}
     doc.setdefault("machine", machine())
@@ -268,10 +271,16 @@ def mlops_env(extra: dict | None = None, repo: Path | None = None) -> dict:
 
 
 def git_commit(repo: Path | None = None) -> str | None:
-    """The commit checked out in ``repo`` (default this checkout), for the results."""
+    """The commit checked out in ``repo`` (default this checkout), for the results; ``+dirty``
+    when code outside ``benchmarks/results`` differs from it (the figures are then of code no
+    commit holds: a result said 5640685 for a benchmark that commit did not have)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or REPO, capture_output=True, text=True,
                              timeout=10)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)benchmarks/results"], cwd=repo or REPO, capture_output=True,
+                                 text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    return (commit + ("+dirty" if changed.stdout.strip() else "")) or None

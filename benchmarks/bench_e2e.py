@@ -47,8 +47,8 @@ def deploy_breakdown(doc: dict, wall: float) -> dict:
            "smoke": steps.get("smoke_validation", steps.get("smoke_main")),
            "switch": steps.get("switch"), "verify": steps.get("verify")}
     timings = doc.get("timings") or {}
-    for k, v in timings.items():
-        if k != "hosts":
+    for k, v in timings.items():     # the phases outside the hosts' steps (the two host phases
+        if k not in ("hosts", "prepare_hosts", "switch_hosts"):   # are the steps above: not twice)
             out[k] = v
     out["process_start_and_rest"] = round(wall - (doc.get("seconds") or 0.0), 3)
     if not timings:      # a deploy that does not report its phases: what the steps do not cover

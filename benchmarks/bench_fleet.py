@@ -171,7 +171,9 @@ def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root,
             for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
                 for n, env in envs.items():
                     lab.set_env(env.env)
-                    v = new_version(env, KINDS[len(out) % 2])
+                    # each env alternates its own bundles (keyed on all deploys, the 1-host env
+                    # always got "b" and the fleet always "c")
+                    v = new_version(env, KINDS[sum(r["hosts"] == n for r in out) % 2])
                     env.promote(v)
                     out.append(_timed_deploy(env, model, target, n, mode, flags, i, v, log))
     finally:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -230,6 +231,7 @@ def run(*, seconds: float, clients: list[int], batches: list[int], max_requests:
             senders.close()
         for h in handles:
             h.stop()
+        shutil.rmtree(root, ignore_errors=True)      # the model, the held-out set, the servers' folders
     checks = verdicts(rows, same)
     doc = {"command": command or f"python -m benchmarks.bench_grpc --seconds {seconds:g}",
            "settings": {"seconds_per_setting": seconds, "clients": clients, "batches": batches,

@@ -14,6 +14,11 @@ Bytes are counted OUTSIDE our code: the deploying machine reaches sshd and S3 th
 pass-through proxies (``tests/lab/netfaults.CutProxy``) that count client -> server bytes;
 the hosts reach S3 directly (``store_endpoint``), as they would on a network. Every published
 copy is checked byte for byte afterwards. Writes ``benchmarks/results/store.json``.
+
+Timed: from the first byte sent to the last host's verified rename, both ways. Not timed: the
+manifest (the hashes of the version's files), built once before, as a deploy has it from the
+registry (checked when the bundle is downloaded) before it publishes anything; it is the same
+work in both ways.
 """
 from __future__ import annotations
 

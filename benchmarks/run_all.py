@@ -21,6 +21,7 @@ of every target in ``benchmarks/results/summary.json``. Not part of CI.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         summary["benchmarks"][name] = {"seconds": round(time.monotonic() - start, 1),
                                        "targets": doc.get("targets"),
                                        "load_average_at_start": (doc.get("machine_at_start") or {}).get("load_average")}
+    if not args.quick and set(chosen) != set(ORDER):      # --only: the others' entries stay as they were
+        previous = _setup.RESULTS / "summary.json"
+        if previous.exists():
+            kept = json.loads(previous.read_text()).get("benchmarks") or {}
+            summary["benchmarks"] = {**{k: v for k, v in kept.items() if k not in summary["benchmarks"]},
+                                     **summary["benchmarks"]}
+    summary["command"] = f"python -m benchmarks.run_all{' --quick' if args.quick else ''}"
     path = _setup.save("summary", summary)
     print(f"\nsummary: {path}")
     for name, b in summary["benchmarks"].items():

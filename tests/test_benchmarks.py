@@ -47,6 +47,17 @@ def test_setup_machine_table_results_and_quiet_wait(tmp_path):
     assert _setup.percentile([3, 1, 2, 4], 50) == 2 and _setup.percentile([], 50) is None
 
 
+def test_a_quick_run_does_not_overwrite_the_recorded_results(tmp_path, monkeypatch):
+    """Found by a sweep (2026-12-04): each `--quick` run replaced its benchmark's recorded JSON
+    with one short round; and a result's commit did not say the code measured was uncommitted."""
+    monkeypatch.setattr(_setup, "RESULTS", tmp_path)
+    path = _setup.save("unit", {"command": "python -m benchmarks.bench_grpc --quick"})
+    assert path == tmp_path / "quick" / "unit.json" and not (tmp_path / "unit.json").exists()
+    assert _setup.save("unit", {"command": "python -m benchmarks.bench_grpc"}) == tmp_path / "unit.json"
+    commit = _setup.git_commit()
+    assert commit is None or len(commit.removesuffix("+dirty")) == 40
+
+
 def test_switch_time_and_phase_stats_are_read_from_the_samples():
     S = _traffic.Sample
     samples = [S(0.0, 0.01, 200, "unversioned", "b"), S(0.1, 0.11, 200, "unversioned", "a"),
@@ -143,6 +154,10 @@ def test_e2e_breakdown_and_table():
     b = bench_e2e.deploy_breakdown(doc, wall=2.5)
     assert b["load"] == 0.5 and b["smoke"] == 0.4 and b["publish"] == 0.2 and b["switch"] == 0.04
     assert b["fetch_from_registry"] == 0.3 and "hosts" not in b and b["process_start_and_rest"] == 0.5
+    # the two host phases are the steps' sums: not rows of their own beside them (counted twice)
+    phased = bench_e2e.deploy_breakdown({**doc, "timings": {**doc["timings"], "prepare_hosts": 1.0,
+                                                             "switch_hosts": 0.2}}, wall=2.5)
+    assert "prepare_hosts" not in phased and "switch_hosts" not in phased
     no_timings = bench_e2e.deploy_breakdown({k: v for k, v in doc.items() if k != "timings"}, wall=2.5)
     assert no_timings["outside_host_steps"] == pytest.approx(0.8)
     stages = {"v1.train": 10.0, "v1.gate": 3.0, "v1.promote": 0.5, "v1.deploy": 2.5}
