@@ -685,6 +685,7 @@ def _interrupted(error: BaseException) -> bool:
 
 
 REGISTRY_UNREADABLE = "the registry could not be read before the switch, not the version"
+INTERRUPTED_BY_SIGNAL = "the deploy was interrupted"
 
 
 def _served_elsewhere(result: FleetResult) -> str | None:
@@ -705,7 +706,7 @@ def _not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?"
     not be read before a wave (the hosts go back, and the next deploy or watch pass retries)."""
     step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
     error = exc.error if isinstance(exc, StepFailed) else exc
-    return ("the deploy was interrupted" if _interrupted(error)
+    return (INTERRUPTED_BY_SIGNAL if _interrupted(error)
             else "the upload failed, not the version" if step == "publish"
             else f"{run.host.name} could not be written to ({_write_failure(error)}), not the version"
             if isinstance(error, (DiskFull, HostPermissionDenied))
@@ -741,8 +742,9 @@ def _registry_after_failure(result: FleetResult, recorder, run: HostRun, why: st
             else:
                 where = (f"production left at v{v}" if result.source == "production"
                          else "production not involved (--version)")
-                note = (f"{where} ({kept_because}); fix the cause and rerun `mlops sync deploy`: it "
-                        f"resumes where this one stopped")
+                fix = "" if kept_because == INTERRUPTED_BY_SIGNAL else "fix the cause and "
+                note = (f"{where} ({kept_because}); {fix}rerun `mlops sync deploy`: it resumes where this one "
+                        f"stopped")
             details = {"step": step, "registry_unchanged": True}
             if result.switched:       # its deploy ok rows were undone: the fleet did not keep serving it
                 details["switched_put_back"] = list(result.switched)

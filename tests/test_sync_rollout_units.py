@@ -294,6 +294,11 @@ def test_a_version_deploy_stopped_by_a_host_does_not_claim_production_holds_it()
     note = fleet._registry_after_failure(prod, recorder, run, "lost the SSH connection", "publish",
                                          kept_because="the connection was lost")
     assert note.startswith("production left at v2 (the connection was lost)"), note
+    assert "fix the cause and rerun" in note
+    # a signal is not a cause to fix (`sync watch` said so after a plain SIGTERM)
+    note = fleet._registry_after_failure(prod, recorder, run, "interrupted", "switch",
+                                         kept_because=fleet.INTERRUPTED_BY_SIGNAL)
+    assert "(the deploy was interrupted); rerun `mlops sync deploy`" in note and "fix the cause" not in note, note
 
 
 def test_a_long_bake_says_it_is_still_baking(monkeypatch):
