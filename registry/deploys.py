@@ -100,7 +100,7 @@ class DeployLedger:
     def rollback_in_rollout(self, version: int) -> Entry | None:
         """The person's rollback that deploying ``version`` rolls out (``promotion_rules``)."""
         return rollback_in_rollout(self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True),
-                                   version)
+                                   version, deploy_id=self.deploy_id)
 
     def _tags(self) -> dict[int, dict[str, str]]:
         return {i.version: i.tags for i in versions.list_versions(self.model)}
@@ -111,7 +111,7 @@ class DeployLedger:
         rollback`` reads."""
         entries = self.ledger.entries(self.model, actions=("promote", "rollback", "deploy"),
                                      current=True)
-        return revert_target(entries, self._tags(), version)
+        return revert_target(entries, self._tags(), version, deploy_id=self.deploy_id)
 
 
 def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:

@@ -258,28 +258,31 @@ def rollback_choice(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapp
 
 
 def revert_target(entries: Iterable[Entry], tags_by_version: Mapping[int, Mapping[str, str]],
-                  version: int) -> int | None:
+                  version: int, *, deploy_id: str | None = None) -> int | None:
     """Where ``production`` goes back to when ``version``'s deploy fails: the move that made it
     production, undone. That is ``rollback_choice`` — but for a rollback to ``version``: its
     hosts were put back to the version rolled back from, and going one more step down the stack
     named a version no host served (and the next deploy would have rolled it out everywhere)."""
     entries = list(entries)
-    undone = rollback_in_rollout(entries, version)
+    undone = rollback_in_rollout(entries, version, deploy_id=deploy_id)
     if undone is not None and undone.from_version in tags_by_version:
         return undone.from_version
     return rollback_choice(entries, tags_by_version, version).version
 
 
-def rollback_in_rollout(entries: Iterable[Entry], version: int) -> Entry | None:
+def rollback_in_rollout(entries: Iterable[Entry], version: int, *, deploy_id: str | None = None) -> Entry | None:
     """The rollback this deploy of ``version`` rolls out, if that is what it does: the newest
     ``ok`` move is a rollback to ``version`` that a person asked for (not a failed deploy's
-    automatic revert) and no ``deploy`` of ``version`` succeeded since (a later deploy, e.g. to
-    a new host, is not that rollback's rollout). ``entries``: promote, rollback and deploy rows."""
+    automatic revert) and no other deploy rolled ``version`` out since (a later deploy, e.g. to
+    a new host, is not that rollback's rollout; this deploy's own canary rows, ``deploy_id``,
+    and any wave before a rollout's last do not count). ``entries``: promote, rollback and
+    deploy rows."""
     last, deployed_since = None, False
     for e in entries:
         if e.action in MOVES and e.outcome == "ok":
             last, deployed_since = e, False
-        elif e.action == "deploy" and e.outcome == "ok" and e.to_version == version:
+        elif e.action == "deploy" and e.to_version == version and deploy_verdict(e) == "ok" \
+                and (deploy_id is None or (e.details or {}).get("deploy") != deploy_id):
             deployed_since = True
     if last is None or last.action != "rollback" or last.to_version != version or last.from_version is None:
         return None

@@ -46,16 +46,24 @@ def same_path(a: str | None, b: str | None) -> bool:
     return norm(a) == norm(b)
 
 
-def versions_held_by_others(config: "ServingConfig", model: str, base_path: str) -> tuple[int, ...]:
+def versions_held_by_others(config: "ServingConfig", model: str, base_path: str,
+                            published: tuple[int, ...] = ()) -> tuple[int, ...]:
     """Versions that entries other than ``model``'s own (main and validation) load or label from
-    ``model``'s folder: another team's entry reading it. Retention must keep them."""
+    ``model``'s folder (``published``: the versions in it): another team's entry reading it.
+    Retention must keep them: a ``specific`` entry's versions, a ``latest`` one's newest N, an
+    ``all`` one's every version, TF Serving's default policy's newest, and every label's."""
     ours = {model, validation_name(model)}
+    newest_first = sorted(published, reverse=True)
     held: set[int] = set()
     for e in config.entries:
         if e.name in ours or not same_path(e.base_path, base_path):
             continue
         if e.policy == "specific":
             held.update(e.versions)
+        elif e.policy == "all":
+            held.update(published)
+        else:           # latest N, or TF Serving's default (latest 1)
+            held.update(newest_first[:max(1, e.versions[0] if e.policy == "latest" and e.versions else 1)])
         held.update(v for _, v in e.labels)
     return tuple(sorted(held))
 

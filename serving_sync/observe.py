@@ -53,9 +53,9 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         main_labels=tuple(main.labels) if main is not None else (),
         validate=(val.versions[0] if val is not None and val.policy == "specific" and val.versions else None),
         main_states=main_states, validate_states=validate_states, stable=stable,
-        published=tuple(published_versions(transport, model)),
+        published=(published := tuple(published_versions(transport, model))),
         verified=tuple(sorted(verified_record.read(transport, model))),
-        held_by_others=mc.versions_held_by_others(config, model, base_path))
+        held_by_others=mc.versions_held_by_others(config, model, base_path, published))
     if host.grpc:           # after the REST reads: a server that is down says so the usual way first
         from .tfs_reload import check_reachable
 

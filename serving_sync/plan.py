@@ -220,12 +220,14 @@ def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = Tr
                  label: str = STABLE) -> tuple[MainTarget, int | None, list[str]]:
     """The main entry after the deploy, the version kept warm, and notes for people."""
     v, s, notes = desired, obs.serving, []
+    labelled = {x for k, x in obs.main_labels if k != label}       # another label's version
     prev = None
     if keep_previous and s is not None:
         if s < v:
             prev = s
-        elif s == v:
-            prev = max((x for x in obs.available if x < v and x in obs.main_versions), default=None)
+        elif s == v:      # a rerun: the warm copy is the newest older one no other label holds
+            prev = max((x for x in obs.available if x < v and x in obs.main_versions and x not in labelled),
+                       default=None)
         else:
             notes.append(f"previous v{s} is not kept warm because it is newer than v{v} (unversioned "
                          f"requests go to the highest loaded version)")
@@ -233,8 +235,9 @@ def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = Tr
     # another label (a team's `experiment`, a `canary`) keeps its version loaded and labelled when
     # that version is older than v; a newer one would take the unversioned requests: it goes,
     # and the plan says so (it was dropped silently, and retention then deleted its version)
+    ours = obs.managed or obs.watches_base          # an entry reading another folder is replaced whole
     for k, x in obs.main_labels:
-        if k == label or x not in obs.available or x in versions:
+        if k == label or x not in obs.available or x in versions or not ours or x not in obs.published:
             continue
         if x < v:
             versions.add(x)
@@ -306,7 +309,7 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
         stay = {x for x in final.versions if x in obs.available}      # labelled or kept warm: stay loaded
         interim = tuple(sorted({x for x in (s, v) if x is not None} | stay))
         labels = tuple((k, x) for k, x in obs.main_labels if x in interim and x in obs.available) \
-            if obs.managed else (((label, s),) if s is not None and obs.stable == s else ())
+            if obs.managed or obs.watches_base else (((label, s),) if s is not None and obs.stable == s else ())
         beside = f" beside v{s} (stable stays on v{s})" if s is not None else ""
         if not fast:
             steps.append(Step(StepKind.DROP_VALIDATION, v, f"unload the validation copy {vname} v{v} "

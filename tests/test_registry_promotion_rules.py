@@ -232,3 +232,8 @@ def test_a_failed_deploy_undoes_the_move_that_made_its_version_production():
     # nor is a failed deploy's automatic revert a rollback a person asked for
     auto = Entry("rollback", "m", "ok", from_version=3, to_version=2, details={"automatic": True})
     assert revert_target([*promoted, auto], tags, 2) == 1
+    # found by review: this deploy's own canary row (ok, not final) is not another rollout of v2
+    canary = Entry("deploy", "m", "ok", from_version=3, to_version=2, details={"deploy": "d1", "final": False})
+    assert revert_target([*promoted, rollback(2, 3), canary], tags, 2, deploy_id="d1") == 3
+    final_of_this = Entry("deploy", "m", "ok", from_version=3, to_version=2, details={"deploy": "d1"})
+    assert revert_target([*promoted, rollback(2, 3), final_of_this], tags, 2, deploy_id="d1") == 3

@@ -292,3 +292,47 @@ def test_compose_keeps_the_fields_of_our_entry_it_does_not_manage():
     assert "sampling_rate: 0.05" in out and "versions: 2" in out and 'value: 2' in out
     main = mc.parse(out).entry(M)
     assert (main.versions, main.labels) == ((1, 2), (("stable", 2),))
+
+
+def test_a_rerun_after_a_deploy_that_kept_another_label_changes_nothing():
+    """Found by review: the warm copy of a rerun was taken as the newest older loaded version —
+    the other label's — so the rerun unloaded the real warm copy (a deploy twice changed things)."""
+    before = obs(versions=(1, 2), labels=(("exp", 2), ("stable", 1)), states={1: A, 2: A}, stable=1,
+                 published=(1, 2), verified=(1, 2))
+    p = plan_host(before, 3)
+    assert p.final == MainTarget((1, 2, 3), (("exp", 2), ("stable", 3))) and p.previous_kept == 1
+    after = obs(versions=p.final.versions, labels=p.final.labels, states={1: A, 2: A, 3: A}, stable=3,
+                published=(1, 2, 3), verified=(1, 2, 3))
+    again = plan_host(after, 3)
+    assert again.up_to_date and again.final == p.final and again.previous_kept == 1
+
+
+def test_another_label_of_an_entry_on_another_folder_is_not_carried_over():
+    """Found by review: taking over a main entry that reads another folder kept its `exp -> v1`,
+    a version our folder does not have: TF Serving could not load it and the switch failed."""
+    o = obs(versions=(1, 2), labels=(("exp", 1), ("stable", 2)), states={1: A, 2: A}, stable=2, published=(2,),
+            verified=(2,), base="/old/place/digits")
+    final, _, _ = final_target(o, 3)
+    assert 1 not in final.versions and "exp" not in final.label_map
+
+
+def test_a_latest_policy_entry_keeps_its_other_label_through_every_step():
+    """Found by review: pinned, the entry lost `exp` at load_main and got it back at the switch."""
+    o = obs(policy="latest", versions=(2,), labels=(("exp", 1), ("stable", 2)), states={1: A, 2: A}, stable=2,
+            published=(1, 2), verified=(1, 2))
+    p = plan_host(o, 3)
+    for kind in ("pin_main", "load_main", "switch"):
+        assert step(p, kind).config.main.label_map.get("exp") == 1, kind
+    labels_only_on_available(p, o)
+
+
+def test_entries_on_our_folder_with_a_latest_all_or_default_policy_hold_what_they_would_load():
+    def config(body):
+        return mc.parse(f'model_config_list {{ config {{ name: "shadow" base_path: "{BASE}" '
+                        f'model_platform: "tensorflow" {body} }} }}')
+
+    published = (1, 2, 3, 4, 5, 6)
+    assert mc.versions_held_by_others(config("model_version_policy { all {} }"), M, BASE, published) == published
+    assert mc.versions_held_by_others(config("model_version_policy { latest { num_versions: 4 } }"), M, BASE,
+                                      published) == (3, 4, 5, 6)
+    assert mc.versions_held_by_others(config(""), M, BASE, published) == (6,)
