@@ -277,9 +277,8 @@ def git_commit(repo: Path | None = None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or REPO, capture_output=True, text=True,
                              timeout=10)
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                  ":(exclude)benchmarks/results"], cwd=repo or REPO, capture_output=True,
-                                 text=True, timeout=30)
+        changed = subprocess.run(["git", "status", "--porcelain", "--", ".", ":(exclude)benchmarks/results"],
+                                 cwd=repo or REPO, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
     commit = out.stdout.strip()

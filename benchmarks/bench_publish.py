@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         setups.append(SECOND_SETUP)
     run(sizes_mb=sizes, many_files=args.many_files, repeats=repeats, setups=setups,
         synthetic=args.synthetic, wait=0 if args.no_wait else 600.0,
-        command=f"python -m benchmarks.bench_publish --sizes-mb {','.join(map(str, sizes))} "
-                f"--many-files {args.many_files} --repeats {repeats}" + (" --synthetic" if args.synthetic else ""))
+        command="python -m benchmarks.bench_publish" + (" --quick" if args.quick else
+                                                        f" --sizes-mb {','.join(map(str, sizes))} --repeats {repeats}")
+                + f" --many-files {args.many_files}" + (" --synthetic" if args.synthetic else ""))
     return 0
 
 

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             summary["benchmarks"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        summary["benchmarks"][name] = {"seconds": round(time.monotonic() - start, 1),
+        summary["benchmarks"][name] = {"seconds": round(time.monotonic() - start, 1), "commit": doc.get("commit"),
                                        "targets": doc.get("targets"),
                                        "load_average_at_start": (doc.get("machine_at_start") or {}).get("load_average")}
     if not args.quick and set(chosen) != set(ORDER):      # --only: the others' entries stay as they were
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             kept = json.loads(previous.read_text()).get("benchmarks") or {}
             summary["benchmarks"] = {**{k: v for k, v in kept.items() if k not in summary["benchmarks"]},
                                      **summary["benchmarks"]}
-    summary["command"] = f"python -m benchmarks.run_all{' --quick' if args.quick else ''}"
+    summary["command"] = f"python -m benchmarks.run_all{' --quick' if args.quick else ''}" + \
+        (f" --only {','.join(chosen)}" if set(chosen) != set(ORDER) else "")
     path = _setup.save("summary", summary)
     print(f"\nsummary: {path}")
     for name, b in summary["benchmarks"].items():
