@@ -137,6 +137,7 @@ def report(name: str, doc: dict, table: str, results_dir: Path | None = None) ->
     """Save ``doc`` (see :func:`save`), print the benchmark's table, the machine it started on
     and where the results went; every benchmark ends with this."""
     doc.setdefault("machine", machine())
+    doc.setdefault("commit", git_commit())
     path = save(name, doc, results_dir)
     print(table)
     print(f"\nmachine: {machine_line(doc.get('machine_at_start'))}\nresults: {path}")
