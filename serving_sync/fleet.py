@@ -583,7 +583,7 @@ def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None
         run.heartbeat()               # raises at once if the lock's thread found it taken over
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
-                            protected=tuple(plan.final.versions) + run.observed.obs.held_by_others
+                            protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
                             + (() if rollback_to is None else (rollback_to,)))
         if rp.remove_versions or rp.remove_uploads:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)

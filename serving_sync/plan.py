@@ -181,6 +181,7 @@ class HostPlan:
     steps: tuple[Step, ...]
     notes: tuple[str, ...] = ()
     retention: tuple[int, ...] = ()          # published versions retention would remove after success
+    held_by_others: tuple[int, ...] = ()     # versions other entries load from our folder: retention keeps them
 
     @property
     def up_to_date(self) -> bool:
@@ -278,7 +279,8 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
                                                  protected=final.versions + obs.held_by_others
                                                  + ((rollback_to,) if rollback_to is not None else ())))
     if is_up_to_date(obs, v, final):
-        return HostPlan(obs.host, model, v, s, final, prev, (), tuple(notes + ["up to date"]))
+        return HostPlan(obs.host, model, v, s, final, prev, (), tuple(notes + ["up to date"]),
+                        held_by_others=obs.held_by_others)
 
     steps: list[Step] = []
     # loaded from where we publish (a main entry reading another base path does not count)
@@ -334,7 +336,8 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
                       f"config write + reload)", ConfigTarget(final, None), entry=model, unload=higher))
     steps.append(Step(StepKind.VERIFY, v, f"check v{v}'s golden outputs via {model}/labels/{label} and the "
                       f"unversioned route", entry=model))
-    return HostPlan(obs.host, model, v, s, final, prev, tuple(steps), tuple(notes), retention_preview)
+    return HostPlan(obs.host, model, v, s, final, prev, tuple(steps), tuple(notes), retention_preview,
+                    obs.held_by_others)
 
 
 def compose(config: mc.ServingConfig, model: str, base_path: str, target: ConfigTarget) -> mc.ServingConfig:

@@ -38,7 +38,7 @@ def _on(root) -> list[int]:
 
 def _run(t, *, desired, current, previous_kept, final, store=None):
     return NS(plan=NS(model=M, desired=desired, current=current, previous_kept=previous_kept,
-                      final=NS(versions=final)),
+                      final=NS(versions=final), held_by_others=()),
               transport=t, host=NS(name="h1", store=store), heartbeat=lambda force=False: None,
               outcome=NS(retention=None, host="h1", from_version=current, previous_kept=previous_kept))
 

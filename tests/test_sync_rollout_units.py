@@ -258,6 +258,7 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
         rows.append((action, outcome, fields["to_version"], fields["details"].get("registry_error")))
 
     recorder.previous_production = lambda v: 1
+    recorder.rollback_in_rollout = lambda v: None
     recorder.provenance = None
 
     def down(*a, **k):
