@@ -82,26 +82,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     """The command, with every failure turned into its exit code and at most one line (or a
-    redacted traceback for a bug)."""
+    traceback for a bug). Both go to stderr, which ``main`` redacts."""
     import os
+    import traceback
 
     try:
         code = args.func(args)
         sys.stdout.flush()      # a reader gone (`| head`) is found here, not in a traceback at exit
     except BrokenPipeError:
         if not _stdout_gone():  # a socket's broken pipe: a bug to see
-            print(redacted_traceback(), file=sys.stderr, end="")
+            print(traceback.format_exc(), file=sys.stderr, end="")
             return 1
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing more to write
         return 141              # as a command killed by SIGPIPE (128 + 13), which pipefail sees
     except UserError as exc:
-        print(f"error: {log.redact(exc.message)}", file=sys.stderr)
+        print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - a bug: its traceback, with every secret taken out
-        print(redacted_traceback(), file=sys.stderr, end="")
+    except Exception:  # noqa: BLE001 - a bug: its traceback (the stream takes every secret out)
+        print(traceback.format_exc(), file=sys.stderr, end="")
         return 1
     return int(code or 0)
 
@@ -116,15 +117,6 @@ def _stdout_gone() -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def redacted_traceback() -> str:
-    """The current exception's traceback with the value of every secret variable replaced by
-    ``***``: raw, stripped and escaped as in a repr (``settings.secret_values``), since an
-    exception message may quote a secret (a header value, a database URL)."""
-    import traceback
-
-    return log.redact(traceback.format_exc())
 
 
 if __name__ == "__main__":  # pragma: no cover

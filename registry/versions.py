@@ -151,9 +151,11 @@ def get_version(model: str, version, *, aliases: dict[str, int] | None = None) -
 
 
 def version_exists(model: str, version: int) -> bool:
-    """Whether version ``version`` of ``model`` is in the registry (it may have been deleted)."""
+    """Whether version ``version`` of ``model`` is in the registry (it may have been deleted): one
+    request (``get_version`` also reads the aliases, and its "not found" line searches versions)."""
     try:
-        get_version(model, version)
+        rest().get("model-versions/get", {"name": model, "version": str(parse_version(version))},
+                   what=f"reading version {version} of '{model}'", missing=lambda: NotFoundError(""))
     except NotFoundError:
         return False
     return True
