@@ -275,31 +275,37 @@ def summarize(raw: dict) -> dict:
             "already_present_bytes": max(r["already_present_bytes"], default=None),
             "already_present_seconds": round(med["ours_already_present"], 3),
             "median_cpu_seconds": {k: round(statistics.median(v), 2) for k, v in r.get("cpu_seconds", {}).items() if v},
+            # the verdicts compare these, not the rounded figures above (0.996x is not 1.0x)
+            "exact": {"ours_publish_vs_scp_throughput": med["scp"] / med["ours_publish"],
+                      "ours_publish_vs_sftp_put_throughput": med["sftp_put"] / med["ours_publish"],
+                      "ours_publish_speedup_vs_sftp_put": med["sftp_put"] / med["ours_publish"],
+                      "ours_publish_vs_rsync_time": med["ours_publish"] / med["rsync"],
+                      "already_present_seconds": med["ours_already_present"]},
         }
     return out
 
 
 def verdicts(summary: dict) -> list[dict]:
-    """Each target of issue 17 with the measured value and whether it was met."""
+    """Each target of issue 17 with the measured value and whether it was met (on exact values)."""
     out = []
     for name, s in summary.items():
+        exact = {**s, **s.get("exact", {})}
+
+        def check(target: str, key: str, met) -> None:
+            out.append({"model": name, "target": target, "value": s[key], "met": bool(met(exact[key]))})
+
         if name.startswith("large"):
             for key, what in (("large_vs_scp_throughput", "scp -r"), ("large_vs_sftp_throughput", "SFTP put")):
-                value = s["ours_publish_vs_scp_throughput" if "scp" in key else "ours_publish_vs_sftp_put_throughput"]
-                out.append({"model": name, "target": f"publish >= {TARGETS[key]}x {what}'s speed",
-                            "value": value, "met": value >= TARGETS[key]})
+                field = "ours_publish_vs_scp_throughput" if "scp" in key else "ours_publish_vs_sftp_put_throughput"
+                check(f"publish >= {TARGETS[key]}x {what}'s speed", field, lambda v, k=key: v >= TARGETS[k])
         else:
-            out.append({"model": name, "target": f"publish >= {TARGETS['many_speedup_vs_sftp_put']}x faster than "
-                                                  f"SFTP put", "value": s["ours_publish_speedup_vs_sftp_put"],
-                        "met": s["ours_publish_speedup_vs_sftp_put"] >= TARGETS["many_speedup_vs_sftp_put"]})
-            out.append({"model": name, "target": "publish time <= rsync time",
-                        "value": s["ours_publish_vs_rsync_time"],
-                        "met": s["ours_publish_vs_rsync_time"] <= TARGETS["many_time_vs_rsync"]})
-        out.append({"model": name, "target": "already present: 0 bytes", "value": s["already_present_bytes"],
-                    "met": s["already_present_bytes"] == 0})
-        out.append({"model": name, "target": f"already present: < {TARGETS['present_seconds']} s",
-                    "value": s["already_present_seconds"],
-                    "met": s["already_present_seconds"] < TARGETS["present_seconds"]})
+            check(f"publish >= {TARGETS['many_speedup_vs_sftp_put']}x faster than SFTP put",
+                  "ours_publish_speedup_vs_sftp_put", lambda v: v >= TARGETS["many_speedup_vs_sftp_put"])
+            check("publish time <= rsync time", "ours_publish_vs_rsync_time",
+                  lambda v: v <= TARGETS["many_time_vs_rsync"])
+        check("already present: 0 bytes", "already_present_bytes", lambda v: v == 0)
+        check(f"already present: < {TARGETS['present_seconds']} s", "already_present_seconds",
+              lambda v: v < TARGETS["present_seconds"])
     return out
 
 

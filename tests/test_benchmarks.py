@@ -94,6 +94,23 @@ def test_publish_harness_makes_identical_copies_with_every_method(sshd, tmp_path
     assert "many_5_files" in text and "large_1mb" in text and "vs scp" in text
 
 
+def test_publish_verdicts_compare_exact_ratios_not_the_rounded_figures():
+    # scp 0.995 s vs ours 1.0 s is 0.995x scp's speed: shown as 0.99-1.0, but not "met"
+    secs = {"scp": [0.995], "rsync": [1.0], "sftp_put": [0.9975], "ours_publish": [1.0],
+            "ours_already_present": [0.2996], "ours_present_cold": [0.3]}
+    raw = {"large_1mb": {"mb": 1.0, "files": 3, "seconds": secs, "already_present_bytes": [0]},
+           "many_5_files": {"mb": 1.0, "files": 8, "seconds": {**secs, "rsync": [0.9996]},
+                            "already_present_bytes": [0]}}
+    summary = bench_publish.summarize(raw)
+    checks = {(c["model"], c["target"]): c for c in bench_publish.verdicts(summary)}
+    assert summary["large_1mb"]["ours_publish_vs_sftp_put_throughput"] == 1.0    # rounded for the table
+    assert checks[("large_1mb", "publish >= 1.0x SFTP put's speed")]["met"] is False
+    assert checks[("large_1mb", "publish >= 1.0x scp -r's speed")]["met"] is False
+    assert checks[("many_5_files", "publish time <= rsync time")]["met"] is False    # 1.0004x rsync's time
+    assert checks[("large_1mb", "already present: < 0.3 s")]["met"] is True
+    assert checks[("large_1mb", "already present: 0 bytes")]["met"] is True
+
+
 def test_rollback_benchmark_round_measures_a_deploy_and_a_rollback(deploy_env):
     rig = bench_rollback.Rig(deploy_env)
     try:
