@@ -63,7 +63,9 @@ def _proxied_hosts_file(lab, hosts, sshd, rtt: float, proxies: list) -> Path:
 
 
 def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], n_hosts: int,
-            log) -> tuple[list[dict], dict]:
+            log, wait: float = 0.0) -> tuple[list[dict], dict]:
+    """Deploy rounds through the proxies; waits for a quiet machine once the lab is up (its
+    servers' start-up and the first deploy are what would otherwise load the first round)."""
     from benchmarks.bench_fleet import DEPLOY_USER, _deploy_user_sshd, _hand_bases_to, _sshd
 
     rows: list[dict] = []
@@ -83,7 +85,8 @@ def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], n_h
             env.promote(env.register("a"))
             if env.deploy().status != "deployed":
                 raise RuntimeError("the first deploy failed")
-            conditions = {"login": user, "started": _setup.machine()}
+            quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
+            conditions = {"login": user, "started": _setup.machine(), "quiet_wait": quiet}
             for i in range(rounds):
                 order = list(codes.items()) if i % 2 == 0 else list(reversed(codes.items()))
                 for name, repo in order:
@@ -132,8 +135,7 @@ def run(*, rounds: int, rtts: tuple[float, ...], baseline: Path | None, n_hosts:
     codes = {"this": _setup.REPO}
     if baseline is not None:
         codes = {"baseline": Path(baseline).resolve(), **codes}
-    quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
-    rows, conditions = measure(rounds=rounds, rtts=rtts, codes=codes, n_hosts=n_hosts, log=log)
+    rows, conditions = measure(rounds=rounds, rtts=rtts, codes=codes, n_hosts=n_hosts, log=log, wait=wait)
     summary = summarize(rows)
     doc = {"command": command or "python -m benchmarks.bench_latency",
            "settings": {"rounds": rounds, "rtt_ms": [round(r * 1000, 1) for r in rtts], "hosts": n_hosts,
@@ -141,7 +143,7 @@ def run(*, rounds: int, rtts: tuple[float, ...], baseline: Path | None, n_hosts:
                         "host": f"{n_hosts} ssh:// host(s) (one loopback sshd, login {conditions['login']}); "
                                 "each host's SSH, REST and gRPC through its own DelayProxy; tiny model; --bake 0; "
                                 "Popen to exit"},
-           "machine_at_start": conditions["started"], "quiet_wait": quiet, "summary": summary,
+           "machine_at_start": conditions["started"], "quiet_wait": conditions["quiet_wait"], "summary": summary,
            "rounds": rows}
     return _setup.report("latency" if n_hosts == 1 else f"latency_{n_hosts}_hosts", doc, render(summary),
                          results_dir)
