@@ -89,6 +89,9 @@ def switch_time(samples: list[Sample], since: float, answer: str) -> float | Non
     return round(after[first].received - since, 4)
 
 
+REQUEST_TIMEOUT_S = 30.0
+
+
 class LoadGen:
     """``clients`` concurrent clients alternating the unversioned route and the ``stable`` label,
     each bounded by ``max_requests`` (per client) and ``max_seconds``; ``think`` seconds between
@@ -101,6 +104,7 @@ class LoadGen:
         self.request, self.clients, self.think = request, clients, think
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.samples: list[Sample] = []
+        self._inflight: dict[int, float] = {}    # client -> when its unanswered request was sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True, name=f"load-{i}")
@@ -125,22 +129,30 @@ class LoadGen:
             if self._stop.is_set() or time.monotonic() > deadline:
                 break
             route = names[(n + i) % 2]
-            sent = time.monotonic()
+            with self._lock:
+                sent = self._inflight[i] = time.monotonic()
             try:
-                r = session.post(self.routes[route], json=self.request, timeout=30)
+                r = session.post(self.routes[route], json=self.request, timeout=REQUEST_TIMEOUT_S)
                 s = Sample(sent, time.monotonic(), r.status_code, route,
                            error=None if r.status_code == 200 else r.text[:200])
             except requests.RequestException as exc:
                 s = Sample(sent, time.monotonic(), 0, route, error=f"{type(exc).__name__}: {exc}"[:200])
             with self._lock:
                 self.samples.append(s)
+                del self._inflight[i]
             if self.think:
                 time.sleep(self.think)
         session.close()
 
-    def window(self, start: float, end: float) -> list[Sample]:
-        with self._lock:
-            return [s for s in self.samples if start <= s.sent < end]
+    def window(self, start: float, end: float, *, settle: float = REQUEST_TIMEOUT_S + 5) -> list[Sample]:
+        """Requests sent in ``[start, end)``, once each of them has its answer: one still in
+        flight at ``end`` that fails afterwards counts in its phase (waits at most ``settle`` s)."""
+        deadline = time.monotonic() + settle
+        while True:
+            with self._lock:
+                if time.monotonic() >= deadline or not any(t < end for t in self._inflight.values()):
+                    return [s for s in self.samples if start <= s.sent < end]
+            time.sleep(0.01)
 
 
 def phase_stats(samples: list[Sample]) -> dict:

@@ -73,6 +73,44 @@ def test_switch_time_and_phase_stats_are_read_from_the_samples():
     assert _traffic.identify([[0.5, 0.5]], {"x": [[0.1, 0.9]], "y": [[0.5, 0.5]]}) == "y"
 
 
+def test_a_phase_window_waits_for_the_requests_in_flight_at_its_end():
+    """A request sent inside a phase that fails after the phase ends still counts in it."""
+    import http.server
+    import threading
+
+    answered, arrived = threading.Event(), threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrived.set()
+            answered.wait(5)                        # held until the phase has ended
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    load = _traffic.LoadGen(f"http://127.0.0.1:{srv.server_address[1]}", "m", {"instances": [1]},
+                            clients=1, max_requests=1, max_seconds=10)
+    try:
+        start = time.monotonic()
+        load.start()
+        assert arrived.wait(5)                      # the request is in flight
+        end = time.monotonic()
+        threading.Timer(0.2, answered.set).start()
+        samples = load.window(start, end, settle=5)
+        assert [s.status for s in samples] == [503]
+    finally:
+        answered.set()
+        load.stop()
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_publish_harness_makes_identical_copies_with_every_method(sshd, tmp_path):
     if shutil.which("rsync") is None or shutil.which("scp") is None:
         pytest.skip("SKIPPED LOUDLY: `rsync` or `scp` missing; install the Debian packages rsync and "
