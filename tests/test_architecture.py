@@ -26,15 +26,47 @@ LIGHT_FILES = ("mlops/cli.py", "mlops/commands")
 
 
 def _imports(path):
-    """(top-level module, is_module_level) for every import in a file."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    module_level = {id(n) for n in tree.body}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name.split(".")[0], id(node) in module_level
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module.split(".")[0], id(node) in module_level
+    """(top-level module, is_module_level) for every import in a file (``path`` or its text)."""
+    source = path if isinstance(path, str) else path.read_text()
+    return list(_imports_in(ast.parse(source, filename=str(path)), lazy=False))
+
+
+_DYNAMIC = {"import_module", "__import__"}      # importlib.import_module("x"), __import__("x")
+
+
+def _imports_in(node, *, lazy: bool):
+    """Imports below ``node``; module level unless inside a function or lambda (an import in a
+    ``try:``, an ``if`` or a class body runs when the module is imported)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import):
+            for alias in child.names:
+                yield alias.name.split(".")[0], not lazy
+        elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+            yield child.module.split(".")[0], not lazy
+        elif isinstance(child, ast.Call) and child.args and isinstance(child.args[0], ast.Constant) \
+                and isinstance(child.args[0].value, str) \
+                and getattr(child.func, "attr", getattr(child.func, "id", None)) in _DYNAMIC:
+            yield child.args[0].value.split(".")[0], not lazy
+        yield from _imports_in(child, lazy=lazy or isinstance(
+            child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+
+# Each must be seen (module name, module level?) or the checks below could pass on a blind guard.
+GUARDED_PACKAGE_IMPORTS = (
+    ("import serving_sync.fleet", ("serving_sync", True)),
+    ("def f():\n    from serving_sync import fleet", ("serving_sync", False)),
+    ("import importlib\nimportlib.import_module('serving_sync.fleet')", ("serving_sync", True)),
+    ("def f():\n    return __import__('mlproject.train')", ("mlproject", False)),
+    ("try:\n    import mlflow\nexcept ImportError:\n    mlflow = None", ("mlflow", True)),
+    ("if True:\n    from tensorflow import keras", ("tensorflow", True)),
+    ("class C:\n    import keras", ("keras", True)),
+    ("f = lambda: importlib.import_module('tensorflow')", ("tensorflow", False)),
+)
+
+
+def test_the_import_scanner_sees_every_form_of_import():
+    for source, expected in GUARDED_PACKAGE_IMPORTS:
+        assert expected in _imports(source), source
 
 
 def _py_files(package):
