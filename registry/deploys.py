@@ -30,7 +30,8 @@ DEPLOYED, FAILED, ROLLED_BACK = "deployed", "failed", "rolled_back"
 
 def tag(model: str, version: int, status: str, reason: str | None = None, *, canary: str | None = None) -> None:
     """Write the version's deploy-status tags (every key each time, so none is left over: a deploy
-    without a canary says ``deploy_canary=none``, not an earlier deploy's verdict)."""
+    without a canary says ``deploy_canary=none``, not an earlier deploy's verdict), then rebuild
+    the version's description, which shows them (a second MLflow write)."""
     versions.set_tags(model, version, {DEPLOY_STATUS: status, DEPLOY_REASON: reason or "none",
                                        DEPLOY_CANARY: canary or "none"})
     from .description import refresh_quietly

@@ -23,8 +23,6 @@ INFRA_VALIDATION = "infra_validation"     # sync infra-validate: passed / failed
 DEPLOY_REASON = "deploy_reason"           # why the last deploy failed (sync)
 DEPLOY_CANARY = "deploy_canary"           # canary verdict (sync)
 
-VALIDATION_VALUES = ("pending", "passed", "failed")
-
 # Names of versions registered before the tags took one style (read, never written).
 LEGACY = {DATASET: "dataset.name", PIPELINE_ID: "ci.pipeline_id", DATASET_FINGERPRINT: "dataset.fingerprint",
           DEPLOY_REASON: "deploy.reason"}

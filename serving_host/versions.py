@@ -18,13 +18,6 @@ class VersionPolicy:
     num_versions: int = 1                # latest only
     versions: frozenset[int] = field(default_factory=frozenset)  # specific only
 
-    def describe(self) -> str:
-        if self.kind == "latest":
-            return f"latest {self.num_versions}"
-        if self.kind == "specific":
-            return "specific " + ",".join(str(v) for v in sorted(self.versions))
-        return "all"
-
 
 def parse_version(name: str) -> int | None:
     """A child directory name as a version number, or None when TF Serving would ignore it.

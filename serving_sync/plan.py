@@ -55,10 +55,6 @@ class MainTarget:
     def label_map(self) -> dict[str, int]:
         return dict(self.labels)
 
-    def describe(self) -> str:
-        labels = ", ".join(f"{k}->v{v}" for k, v in self.labels)
-        return f"versions {{{', '.join(f'v{v}' for v in self.versions)}}}" + (f", {labels}" if labels else "")
-
 
 @dataclass(frozen=True)
 class ConfigTarget:

@@ -12,7 +12,7 @@ Secrets: a presigned URL is a credential for its lifetime. URLs are made per hos
 its publish, signed SigV4, expire after ``MLOPS_STORE_URL_EXPIRY`` seconds (default 900) plus
 one second per MB of the version (``url_lifetime``), travel on the
 script's stdin (never on a process's argv: curl reads them with ``-K -``, wget with ``-i -``),
-are never logged, and ``redact`` removes them from any host error output we repeat.
+are never logged, and ``hide_presigned_urls`` removes them from any host error output we repeat.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Pull:
         return ("\n".join(lines) + "\n").encode()
 
 
-def redact(text: str) -> str:
+def hide_presigned_urls(text: str) -> str:
     """Host output with every URL replaced (a presigned URL must never reach a log)."""
     return _URL_RE.sub("<presigned URL>", text)
 

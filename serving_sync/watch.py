@@ -151,6 +151,10 @@ class FailedVersions:
     def add(self, version: int) -> None:
         self.failed.add(version)
 
+    def forget(self, version: int) -> None:
+        """Try ``version`` again (a person promoted it)."""
+        self.failed.discard(version)
+
 
 class FleetReconciler:
     """One pass of ``mlops sync watch``: plan the fleet against ``production`` and deploy when the
@@ -214,6 +218,6 @@ class FleetReconciler:
     def production_moved(self, event: dict) -> None:
         """A verified webhook: the version it names may be tried again (a person promoted it)."""
         try:
-            self.failed.failed.discard(int((event.get("data") or {}).get("version")))
+            self.failed.forget(int((event.get("data") or {}).get("version")))
         except (TypeError, ValueError):
             pass

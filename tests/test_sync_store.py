@@ -72,7 +72,7 @@ def test_presigned_urls_go_on_stdin_and_are_redacted():
     assert "Signature" not in repr(pull)
     script = fetch_script("/b/m", "/b/m/.incoming-1", 10)
     assert "http" not in script.replace("=http,https", "")     # no URL in the script (argv of the shell)
-    assert store.redact("curl: (7) http://s/x?X-Amz-Signature=1 failed") == \
+    assert store.hide_presigned_urls("curl: (7) http://s/x?X-Amz-Signature=1 failed") == \
         "curl: (7) <presigned URL> failed"
 
 

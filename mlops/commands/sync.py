@@ -75,7 +75,7 @@ _BAKE_ENV = {"bake": ("MLOPS_BAKE_SECONDS", flags.seconds, _DEPLOY.bake),
              "on_low_traffic": ("MLOPS_BAKE_ON_LOW_TRAFFIC", str, _LIMITS.on_low_traffic)}
 
 
-def _rollout_flags(p, *, plan_only: bool = False) -> None:
+def _rollout_flags(p) -> None:
     p.add_argument("--parallel", type=flags.positive_int, default=_DEPLOY.parallel, metavar="N",
                    help="prepare at most N hosts at once (default %(default)s)")
     p.add_argument("--canary", type=flags.non_negative_int, metavar="N",
@@ -259,22 +259,15 @@ def register(sub) -> None:
 
 
 def _smoke_options(args):
-    from serving_sync.smoke import SmokeOptions
-
     return SmokeOptions(atol=args.atol, requests=args.latency_requests, budget_ms=args.latency_budget_ms)
 
 
 def _deploy_options(args):
-    from serving_sync.bake import Limits
-    from serving_sync.options import DeployOptions
-
     limits = Limits(max_error_rate=_rollout_setting(args, "max_error_rate"),
                     max_latency_ratio=_rollout_setting(args, "max_latency_ratio"),
                     min_requests=_rollout_setting(args, "min_requests"),
                     on_low_traffic=_rollout_setting(args, "on_low_traffic"))
-    from serving_sync.smoke import SmokeOptions
-
-    return DeployOptions(timeout=getattr(args, "timeout", 120.0),
+    return DeployOptions(timeout=getattr(args, "timeout", _DEPLOY.timeout),
                          smoke=_smoke_options(args) if hasattr(args, "atol") else SmokeOptions(),
                          keep_previous=not args.no_keep_previous, keep=args.keep, json_mode=args.json,
                          fast=args.fast, parallel=args.parallel, canary=args.canary, wave=args.wave,

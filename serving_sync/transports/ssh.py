@@ -444,7 +444,7 @@ class SshTransport(Transport):
         Returns the bytes we sent (the URL list on stdin), or None when the host cannot pull
         (no shell, neither curl nor wget): the caller then streams the version instead.
         """
-        from ..store import MIN_PULL_RATE, redact
+        from ..store import MIN_PULL_RATE, hide_presigned_urls
 
         if self._no_shell:
             return None
@@ -474,7 +474,7 @@ class SshTransport(Transport):
         if "@nospace" in res.flags:
             raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024,
                               nothing="downloaded")
-        stderr = redact(err.decode(errors="replace"))
+        stderr = hide_presigned_urls(err.decode(errors="replace"))
         if rc == 97:
             last = _last_line(stderr.encode())
             hint = ("the URL was refused (403): check the clocks of this machine and the host, and that "
