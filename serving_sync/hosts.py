@@ -175,7 +175,7 @@ def parse_target(value: object, where: _Where) -> Target:
     except ValueError:
         raise where.error("target", f"{shown!r} is not a URL; use file:///abs/path, "
                                     f"ssh://user@host:22/abs/path or s3://bucket/prefix") from None
-    if password is not None:
+    if password is not None or shown != value:      # a "/" in it hides a password from urlsplit
         if parts.scheme == "s3":
             raise where.error("target", "must not contain credentials; S3 credentials come from "
                                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")

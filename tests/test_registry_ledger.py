@@ -225,12 +225,15 @@ def test_history_on_unreadable_ledger_is_one_line(mlops_env, tmp_path):
 
 CHAIN_WORKER = r"""
 import sys
+import time
 from registry.ledger import Entry, Ledger
 led = Ledger(sys.argv[1])
 for _ in range(int(sys.argv[3])):
     with led.serialized("m") as tx:
         rows = tx.entries(actions=("promote",), limit=1)
         last = rows[-1].to_version if rows else 0
+        tx.commit()         # as a promotion commits its intent row: the lock, not one transaction,
+        time.sleep(0.01)    # must keep the other process out until the block ends
         tx.append(Entry("promote", "m", "ok", from_version=last, to_version=last + 1, actor=sys.argv[2]))
 """
 
