@@ -14,7 +14,6 @@ server (no mocks).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +108,7 @@ def test_batches_of_new_data_are_not_mistaken_for_heldout(tmp_path):
     pool = load_partition("digits").pool
     for kind in ("good", "bad"):
         write_batch(make_batch(kind, pool, seed=3), str(tmp_path / f"{kind}.npz"))
-    started = time.perf_counter()
     got = read_batches(str(tmp_path), "digits")
-    assert time.perf_counter() - started < 5
     assert [len(b.data) for b in got] == [3600, 450]   # bad.npz, good.npz
 
 

@@ -83,7 +83,11 @@ def test_credentials_come_from_the_environment(mlops_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-123456")
     c = rest.MlflowRest(uri)
     assert c.session.auth == ("alice", "pw-123456") and "Authorization" not in c.session.headers
-    assert rest.rest() is rest.rest()           # one pooled client per server and credentials
+    pooled = rest.rest()
+    assert rest.rest() is pooled                # one pooled client per server and credentials
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw-rotated")
+    rotated = rest.rest()                       # new credentials: a new client that sends them
+    assert rotated is not pooled and rotated.session.auth == ("alice", "pw-rotated")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="MLFLOW_HTTP_REQUEST_TIMEOUT must be a number"):
         rest.MlflowRest(uri)

@@ -243,6 +243,22 @@ def test_plain_number_fast_path_answers_exactly_as_the_element_walk(instances, d
     assert outcome() == fast
 
 
+@pytest.mark.parametrize("instances, dt", [
+    ([[1.0, 2.0], [3, 4]], F), ([[[0.5], [0.25]]] * 3, F), ([1, 2.5, -0.0], F), ([3.4e38, 1e300], D),
+])
+def test_plain_numbers_take_the_fast_path(instances, dt, monkeypatch):
+    """The comparison above would pass with the fast path disconnected: plain numbers must use it."""
+    real, answers = jc._plain_numbers, []
+
+    def spy(*args):
+        answers.append(real(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(jc, "_plain_numbers", spy)
+    jc.tensors_from_instances(instances, {"x": dt})
+    assert any(a is not None for a in answers), answers
+
+
 def test_plain_number_fast_path_takes_plain_numbers_and_leaves_the_rest():
     shape = jc.dense_shape([[1.0, 2], [3, 4]])
     assert jc._plain_numbers([[1.0, 2], [3, 4]], F, shape) == [1.0, 2, 3, 4]
