@@ -23,6 +23,9 @@ class _Parser(argparse.ArgumentParser):
     (argparse prints the whole usage block first; subcommands inherit this class)."""
 
     def __init__(self, *args, **kwargs):
+        # no abbreviations: `mlflow run -P epoch=2` appends `--epoch 2`, which took --epochs' place
+        # while the run's parameters said epochs=10 (a typo must be an error, not a guess)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.set_defaults(_usage_prog=self.prog)    # the innermost command parsed sets it last
 

@@ -36,8 +36,11 @@ def apply_http_defaults() -> None:
 
 def check_uri(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
+        # `mlflow run` without MLFLOW_TRACKING_URI hands its child a sqlite file of its own
+        hint = ("; `mlflow run` sets it to a local file when it is not exported: export "
+                "MLFLOW_TRACKING_URI before `mlflow run`" if os.environ.get("MLFLOW_RUN_ID") else "")
         raise ConfigError(f"MLFLOW_TRACKING_URI must be the http(s) URL of an MLflow tracking "
-                          f"server (e.g. http://127.0.0.1:5000), got '{uri}'")
+                          f"server (e.g. http://127.0.0.1:5000), got '{uri}'{hint}")
 
 
 def error_for(what: str, code: str, message: str) -> UserError:

@@ -165,3 +165,17 @@ def test_an_unknown_flag_points_at_its_own_commands_usage(argv, prog, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unrecognized arguments: ") and err.rstrip().endswith(f"(usage: `{prog} --help`)")
+
+
+@pytest.mark.parametrize("argv", [["train", "--epoch", "2"], ["train", "--data", "digits"],
+                                  ["sync", "deploy", "--canar", "0"]])
+def test_an_abbreviated_flag_is_an_error_not_a_guess(argv, capsys):
+    """`mlflow run -P epoch=2` appends `--epoch 2`: argparse took it for --epochs and trained 2
+    epochs while the run's parameters said 10."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    flag = next(a for a in argv if a.startswith("--"))
+    assert f"unrecognized arguments: {flag}" in capsys.readouterr().err

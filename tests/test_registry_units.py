@@ -100,3 +100,18 @@ def test_a_version_number_as_typed_or_as_an_int():
     assert parse_version(" 3 ") == 3 and parse_version(3) == 3 and parse_version("03") == 3
     with pytest.raises(ConfigError, match="version numbers start at 1"):
         parse_version("-1")
+
+
+def test_a_file_tracking_uri_under_mlflow_run_says_to_export_the_server_url(monkeypatch):
+    """`mlflow run` without MLFLOW_TRACKING_URI gives its child a sqlite file: the error named a
+    URI the user never set."""
+    from mlops_common.errors import ConfigError
+    from registry.client import check_uri
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with pytest.raises(ConfigError) as plain:
+        check_uri("sqlite:////tmp/x/mlflow.db")
+    assert "mlflow run" not in plain.value.message
+    monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
+    with pytest.raises(ConfigError, match="export MLFLOW_TRACKING_URI before `mlflow run`"):
+        check_uri("sqlite:////tmp/x/mlflow.db")
