@@ -146,7 +146,11 @@ class RestApi:
             if r.method == "POST":
                 with self.manager.handle(r.name, r.version, r.label):
                     pass  # NOT_FOUND etc. before a byte of the body is read
+                arriving = time.monotonic()
                 body = _read(body)
+                # TF Serving's handler runs once libevent holds the whole request: a client
+                # slow to send its body is not server latency (evhttp_server.cc)
+                start += time.monotonic() - arriving
             status, text = 200, self._process(r, body)
         except ServingError as exc:
             code = exc.code

@@ -244,3 +244,33 @@ def test_bad_monitoring_config_stops_the_start_with_one_line(tmp_path):
     last = p.stderr.rstrip().splitlines()[-1]
     assert last.startswith("error: Invalid protobuf file:") and "Traceback" not in p.stderr
     assert last.endswith("fix --monitoring_config_file and start again")
+
+
+def test_request_latency_starts_once_the_body_has_arrived(tfserving_session_factory, tmp_path):
+    """TF Serving's handler runs once libevent has the whole request (evhttp_server.cc), so a
+    client slow to send its body does not count as server latency (it counted here: a bake then
+    judged the clients' upload time)."""
+    import socket
+    import time
+
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    config = (f'model_config_list {{ config {{ name: "slowbody" base_path: "{TWO_VERSIONS}" '
+              f'model_platform: "tensorflow" }} }}\n')
+    srv = tfserving_session_factory(tmp_path, config, grpc=False,
+                                    extra_args=(f"--monitoring_config_file={monitoring}",))
+    try:
+        port = int(srv.rest_url.rsplit(":", 1)[1])
+        body = b'{"instances": [1.0]}'
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"POST /v1/models/slowbody:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
+            time.sleep(2.0)                                  # the client is slow with the rest
+            s.sendall(body[5:])
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+        fams = {f.name: f for f in text_string_to_metric_families(_page(srv).text)}
+        (total,) = [x.value for x in fams[f"{P}request_latency"].samples
+                    if x.name.endswith("_sum") and x.labels["model_name"] == "slowbody"]
+        assert total < 1_000_000, f"{total} µs: the 2 s the body took to arrive counted as latency"
+    finally:
+        srv.stop()
