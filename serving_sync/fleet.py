@@ -162,7 +162,7 @@ class FleetPlan:
     rollout: dict = field(default_factory=dict)      # rollout.Shape of the hosts that change
     bake: dict = field(default_factory=dict)         # seconds, each_wave, limits
     peak: dict = field(default_factory=dict)         # host -> {"copies": [v...], "bytes": int | None}
-    restore: dict | None = None                      # a restore after a rollback (see rollout_options)
+    restore: dict | None = None                      # a restore after a rollback (see decide_rollout)
 
     @property
     def up_to_date(self) -> bool:
@@ -206,32 +206,47 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                                "sizes": {str(k): s for k, s in sorted(sizes.items())}}
         except UserError as exc:
             fp.errors[host.name] = exc.message
-    changing = [p.host for p in fp.plans if not p.up_to_date]
-    opts, fp.restore = rollout_options(model, v, len(changing), opts)
-    shape = rollout.shape(changing, canary=opts.canary, wave=opts.wave)
-    fp.rollout = shape.to_dict()
-    fp.bake = {"seconds": opts.bake if shape.bakeable else 0.0, "requested": opts.bake,
-               "each_wave": opts.bake_each_wave,
-               "limits": dataclasses.asdict(opts.limits), "parallel": opts.parallel, "fast": opts.fast}
+    d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts)
+    fp.restore, fp.rollout = d.restore, d.shape.to_dict()
+    fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
+               "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
     return fp
 
 
-def rollout_options(model: str, version: int, changing: int,
-                    opts: DeployOptions) -> tuple[DeployOptions, dict | None]:
-    """The options a fleet rolls out with, and the restore they follow (None: a deploy like any other).
+@dataclass(frozen=True)
+class RolloutDecision:
+    """How the changing hosts roll out — one decision for ``sync plan`` and ``sync deploy``, so the
+    plan cannot say other than the deploy does."""
 
-    After a rollback to a version that held production before (``deploys.restoring``), the deploy
-    restores it: no canary, one wave, no bake, whatever MLOPS_BAKE_SECONDS says — the fleet gets off
-    the version rolled back from as fast as one host's switch, and the prepare phase still checks
-    the restored version on every host before any switches. ``--canary``, ``--wave`` or ``--bake``
-    on the command line (``opts.staged_restore``) keep the staged rollout."""
-    if changing < 2 or opts.staged_restore:
-        return opts, None
-    row = deploys.restoring(model, version)
-    if row is None:
-        return opts, None
-    fast = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
-    return fast, {"rolled_back_from": row.from_version, "reason": row.reason}
+    opts: DeployOptions          # the options in force (a restore unstages them)
+    restore: dict | None         # the rollback this deploy restores from (None: a deploy like any other)
+    shape: rollout.Shape
+
+    @property
+    def bake(self) -> float:
+        """Seconds the canary is judged: 0 when none was asked or there is no canary to judge."""
+        return self.opts.bake if self.shape.bakeable else 0.0
+
+
+def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None) -> RolloutDecision:
+    """The rollout of ``changing`` hosts (pure). ``restoring``: the ledger row of a rollback to this
+    version, which held production before (``deploys.restoring``).
+
+    Such a deploy restores it: no canary, one wave, no bake, whatever MLOPS_BAKE_SECONDS says — the
+    fleet gets off the version rolled back from as fast as one host's switch, and the prepare phase
+    still checks the restored version on every host before any switches. ``--canary``, ``--wave``
+    or ``--bake`` on the command line (``opts.staged_restore``) keep the staged rollout."""
+    restore = None
+    if len(changing) >= 2 and not opts.staged_restore and restoring is not None:
+        opts = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
+        restore = {"rolled_back_from": restoring.from_version, "reason": restoring.reason}
+    return RolloutDecision(opts, restore, rollout.shape(changing, canary=opts.canary, wave=opts.wave))
+
+
+def rollout_for(model: str, version: int, changing: list[str], opts: DeployOptions) -> RolloutDecision:
+    """``decide_rollout``, reading the ledger only when a restore could change the answer."""
+    could_restore = len(changing) >= 2 and not opts.staged_restore
+    return decide_rollout(changing, opts, deploys.restoring(model, version) if could_restore else None)
 
 
 def _stored_size(transport, model: str, version: int) -> int | None:
@@ -299,14 +314,13 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                               record=recorder, heartbeat=Heartbeat([conn]), pull=copies.pull)
                 result.hosts.append(run.outcome)
                 runs.append(run)
-            opts, result.restore = rollout_options(model, v, len(runs), opts)
+            d = rollout_for(model, v, [r.host.name for r in runs], opts)
+            opts, result.restore, shape = d.opts, d.restore, d.shape
             if result.restore is not None:
                 logger.info("v%d restores production (rolled back from v%s): every host switches at once, no "
                             "bake (--canary, --wave or --bake stage it)", v, result.restore["rolled_back_from"])
-            shape = rollout.shape([r.host.name for r in runs], canary=opts.canary, wave=opts.wave)
             result.rollout = shape.to_dict()
-            baker = (Baker(model, runs, shape.judged(opts.bake_each_wave), opts)
-                     if opts.bake > 0 and shape.bakeable else None)
+            baker = Baker(model, runs, shape.judged(opts.bake_each_wave), opts) if d.bake > 0 else None
             if opts.bake > 0 and not shape.bakeable and runs:
                 logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
                             else "--canary 0", opts.bake)

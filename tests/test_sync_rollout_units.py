@@ -330,3 +330,23 @@ def test_a_long_bake_says_it_is_still_baking(monkeypatch):
         canary.logger.setLevel(old_level)
     assert lines == ["bake: judging web-2 on live traffic, 0s left"] * 3, lines    # at 0.1, 0.2, 0.3 s of 0.32
     assert clock["now"] == pytest.approx(0.52)
+
+
+def test_one_rollout_decision_for_plan_and_deploy():
+    """``sync plan`` and ``sync deploy`` both take the rollout from ``decide_rollout`` (they
+    decided it in two places, so the plan could drift from what the deploy does)."""
+    from serving_sync.fleet import decide_rollout
+    from serving_sync.options import DeployOptions
+
+    staged = DeployOptions(bake=30.0)
+    d = decide_rollout(["a", "b", "c"], staged)
+    assert (d.shape.canary, d.bake, d.restore) == (("a",), 30.0, None)
+    assert decide_rollout(["a"], staged).bake == 0.0                   # no canary: nothing to judge
+    assert decide_rollout(["a", "b"], DeployOptions(bake=30.0, canary=0)).bake == 0.0
+    row = SimpleNamespace(from_version=7, reason="too slow")
+    d = decide_rollout(["a", "b", "c"], staged, row)                   # a restore: all at once, no bake
+    assert (d.shape.canary, d.shape.waves, d.bake) == ((), (("a", "b", "c"),), 0.0)
+    assert d.restore == {"rolled_back_from": 7, "reason": "too slow"}
+    kept = decide_rollout(["a", "b", "c"], DeployOptions(bake=30.0, staged_restore=True), row)
+    assert (kept.shape.canary, kept.bake, kept.restore) == (("a",), 30.0, None)   # --canary/--wave/--bake
+    assert decide_rollout(["a"], staged, row).restore is None          # one host: nothing to unstage
