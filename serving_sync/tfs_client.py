@@ -250,25 +250,3 @@ class TFServingClient:
                    interval: float = 0.5) -> None:
         """Poll ``check`` (bounded) until it says done; failed -> ServingError, timeout -> ServingTimeout."""
         self._poll(what, check, timeout=timeout, interval=interval)
-
-    def wait_available(self, model: str, version: int, *, timeout: float = 120.0,
-                       interval: float = 0.5) -> None:
-        """Until ``model`` version ``version`` is AVAILABLE; END -> ServingError with TF Serving's reason."""
-        self._poll(f"loading {model} version {version}",
-                   lambda: available_verdict(self.model_status(model), int(version)),
-                   timeout=timeout, interval=interval)
-
-    def wait_label(self, model: str, label: str, version: int, *, timeout: float = 60.0,
-                   interval: float = 0.5) -> None:
-        """Until label ``label`` of ``model`` points at ``version``."""
-        def check() -> WaitVerdict:
-            current = self.label_version(model, label)
-            return WaitVerdict(current == int(version), detail=f"{label} -> {current}")
-        self._poll(f"pointing {model}@{label} at version {version}", check, timeout=timeout,
-                   interval=interval)
-
-    def wait_gone(self, model: str, version: int, *, timeout: float = 60.0, interval: float = 0.5) -> None:
-        """Until ``model`` version ``version`` is unloaded (END or no longer listed)."""
-        self._poll(f"unloading {model} version {version}",
-                   lambda: gone_verdict(self.model_status(model), int(version)),
-                   timeout=timeout, interval=interval)

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from serving_sync import host_config
+from serving_sync import apply, host_config
 from serving_sync import manifest as mf
 from serving_sync import models_config as mc
 from serving_sync.errors import HostUnreachable, ServingError, ServingTimeout
@@ -50,16 +50,16 @@ def test_publish_config_load_predict_then_validate_and_switch(tfserving_factory,
 
     publish(t, MODEL, 1, saved, m)
     write_config(t, mc.ModelState(MODEL, mbase, (1,)))
-    client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
     write_config(t, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}))
-    client.wait_label(MODEL, "stable", 1, timeout=30, interval=0.2)
+    apply.wait_label(client, MODEL, "stable", 1, timeout=30, interval=0.2)
     assert client.signature(MODEL, label="stable") == signature
     assert close(client.predict(MODEL, request)["predictions"], golden["predictions"])
 
     # v2 (same bytes, new number) loads in the validation entry only: stable/unversioned stay on v1
     publish(t, MODEL, 2, saved, m)
     write_config(t, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}, validate=2))
-    client.wait_available(mc.validation_name(MODEL), 2, timeout=60, interval=0.2)
+    apply.wait_loaded(client, mc.validation_name(MODEL), 2, timeout=60, interval=0.2)
     assert [s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"] == [1]
     assert client.label_version(MODEL, "stable") == 1
     assert close(client.predict(mc.validation_name(MODEL), request, version=2)["predictions"],
@@ -67,10 +67,10 @@ def test_publish_config_load_predict_then_validate_and_switch(tfserving_factory,
 
     # switch: load v2 in the main entry (v1 kept), then move stable, then drop the validation entry
     write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 1}))
-    client.wait_available(MODEL, 2, timeout=60, interval=0.2)
+    apply.wait_loaded(client, MODEL, 2, timeout=60, interval=0.2)
     write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 2}))
-    client.wait_label(MODEL, "stable", 2, timeout=30, interval=0.2)
-    client.wait_gone(mc.validation_name(MODEL), 2, timeout=30, interval=0.2)
+    apply.wait_label(client, MODEL, "stable", 2, timeout=30, interval=0.2)
+    apply.wait_gone(client, mc.validation_name(MODEL), [2], timeout=30, interval=0.2)
     assert close(client.predict(MODEL, request, label="stable")["predictions"], golden["predictions"])
     # the previous version stays loaded for an instant rollback
     assert {s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"} == {1, 2}
@@ -85,7 +85,7 @@ def _grpc_only_serving_v1(tfserving_factory, base, saved, m):
     publish(t, MODEL, 1, saved, m)
     text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
     assert reload_config(srv.grpc_address, text).ok
-    client.wait_available(MODEL, 1, timeout=60, interval=0.2)
+    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
     return srv, t, client, text
 
 
@@ -123,7 +123,7 @@ def test_a_switch_refused_because_a_config_poll_reapplied_an_older_file_is_appli
     switch = mc.apply_state(previous, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}))
     # the stale poll: an older text (the model not yet configured) applied after our reload
     assert reload_config(srv.grpc_address, "model_config_list {}").ok
-    client.wait_gone(MODEL, 1, timeout=30, interval=0.1)
+    apply.wait_gone(client, MODEL, [1], timeout=30, interval=0.1)
     with pytest.raises(ServingError) as e:     # what the switch met: the label is refused
         reload_config(srv.grpc_address, mc.render(switch))
     assert apply.refused_label(e.value)
@@ -161,7 +161,7 @@ def test_kept_connections_reach_a_tf_serving_that_restarted(tfserving_factory, t
     publish(t, MODEL, 2, saved, m)
     text = write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (2,)))
     assert reload_config(srv.grpc_address, text, timeout=5).ok
-    client.wait_available(MODEL, 2, timeout=60, interval=0.2)
+    apply.wait_loaded(client, MODEL, 2, timeout=60, interval=0.2)
     assert close(client.predict(MODEL, request, version=2)["predictions"], golden["predictions"])
     assert tfs_reload._channels[srv.grpc_address] is not before
 
@@ -178,7 +178,7 @@ def test_failed_load_ends_with_tf_servings_error_message(tfserving_factory, tmp_
     write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (3,)))
     client = TFServingClient(srv.rest_url)
     with pytest.raises(ServingError) as e:
-        client.wait_available(MODEL, 3, timeout=60, interval=0.2)
+        apply.wait_loaded(client, MODEL, 3, timeout=60, interval=0.2)
     msg = str(e.value)
     assert "\n" not in msg and "loading digits version 3 failed" in msg
     status = client.version_status(MODEL, 3)
@@ -189,7 +189,7 @@ def test_waits_are_bounded_and_say_the_last_state(tfserving_factory, tmp_path):
     srv = tfserving_factory(tmp_path / "serving")
     client = TFServingClient(srv.rest_url)
     with pytest.raises(ServingTimeout) as e:
-        client.wait_available("never-configured", 1, timeout=1.0, interval=0.2)
+        apply.wait_loaded(client, "never-configured", 1, timeout=1.0, interval=0.2)
     assert "within 1s" in str(e.value) and "not known to TF Serving yet" in str(e.value)
     assert client.model_status("never-configured") == []
     assert client.label_version("never-configured", "stable") is None
@@ -277,7 +277,7 @@ def test_version_published_over_ssh_loads_and_predicts(tfserving_factory, sshd, 
             MODEL, mc.model_base_path(str(base), MODEL), (4,))))
         t.write_file_atomic(MODELS_CONFIG, text.encode())
         client = TFServingClient(srv.rest_url)
-        client.wait_available(MODEL, 4, timeout=60, interval=0.2)
+        apply.wait_loaded(client, MODEL, 4, timeout=60, interval=0.2)
         assert client.signature(MODEL, version=4) == signature
         assert close(client.predict(MODEL, request, version=4)["predictions"], golden["predictions"])
         assert publish(t, MODEL, 4, saved, m).bytes_transferred == 0
