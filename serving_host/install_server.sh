@@ -5,7 +5,9 @@
 #
 # What it does, each step only when needed (running it twice changes nothing the second time):
 #   1. creates the deploy user (the account serving_sync logs in as; no Docker group needed),
-#   2. creates the model base directory owned by that user,
+#   2. creates the model base directory owned by that user (an existing non-empty folder that user
+#      does not own is refused unless --take-ownership; /, and system folders such as /var or
+#      /opt, always),
 #   3. writes an initial empty-but-valid models.config there (never overwrites an existing one:
 #      serving_sync owns that file once deploys start),
 #   3b. writes <base>/monitoring.config enabling TF Serving's Prometheus page at
@@ -31,6 +33,7 @@ POLL_SECONDS=1
 DRY_RUN=0
 WITH_CONTAINER=1
 WITH_METRICS=1
+TAKE_OWNERSHIP=0
 SPEC_LABEL="tfmodel-delivery.spec"
 
 usage() {
@@ -54,6 +57,8 @@ options:
   --no-container        prepare user, directory and models.config only (no Docker)
   --no-metrics          no monitoring.config: TF Serving serves no Prometheus page (canary bakes
                         then need --bake 0)
+  --take-ownership      give an existing non-empty DIR the deploy user does not own to that user
+                        (refused without it; /, and system folders such as /var, always)
   --dry-run             print the commands that would change the host, run none of them
   -h, --help            show this help
 EOF
@@ -81,6 +86,7 @@ while [ $# -gt 0 ]; do
     --poll-seconds) need_value "$@"; POLL_SECONDS="$2"; shift 2 ;;
     --no-container) WITH_CONTAINER=0; shift ;;
     --no-metrics) WITH_METRICS=0; shift ;;
+    --take-ownership) TAKE_OWNERSHIP=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -88,8 +94,14 @@ while [ $# -gt 0 ]; do
 done
 
 case "$BASE" in /*) ;; *) die "--base must be an absolute path, got '$BASE'" ;; esac
-BASE="${BASE%/}"
-[ -n "$BASE" ] || die "--base must not be /"
+# the folder it really is: //, /var/.., trailing slashes and symlinks resolved before any check
+GIVEN_BASE="$BASE"
+BASE="$(realpath -m -- "$BASE")" || die "cannot resolve --base '$GIVEN_BASE'"
+case "$BASE" in
+  /|/bin|/boot|/dev|/etc|/home|/lib|/lib32|/lib64|/libx32|/media|/mnt|/opt|/proc|/root|/run|/sbin|\
+  /srv|/sys|/tmp|/usr|/usr/*bin|/usr/lib*|/usr/local|/usr/share|/var|/var/lib|/var/log|/var/tmp)
+    die "--base '$GIVEN_BASE' is $BASE, a system folder; choose a folder of its own (e.g. /var/models)" ;;
+esac
 for port in "$REST_PORT" "$GRPC_PORT"; do
   if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
     die "ports must be numbers between 1 and 65535, got '$port'"
@@ -139,7 +151,16 @@ need_root() {
 
 note() { echo "ok: $*" >&2; }
 
-# 0. preflight: fail before changing anything when the container step cannot work -------------
+# 0. preflight: fail before changing anything ---------------------------------------------------
+# An existing folder with content is handed to the deploy user only when it already owns it or
+# --take-ownership says so (it would get write access to everything there; a re-run is fine).
+if [ -d "$BASE" ] && [ "$TAKE_OWNERSHIP" -eq 0 ]; then
+  base_owner="$(stat -c '%U' "$BASE")"
+  if [ "$base_owner" != "$DEPLOY_USER" ] && [ -n "$(find "$BASE" -mindepth 1 -maxdepth 1 -print -quit)" ]; then
+    die "$BASE is not empty and is owned by $base_owner, not $DEPLOY_USER; nothing changed: pass --take-ownership to give it to $DEPLOY_USER, or choose another --base"
+  fi
+fi
+# the container step cannot work
 DOCKER_OK=0
 if [ "$WITH_CONTAINER" -eq 1 ]; then
   need_root "running the TensorFlow Serving container"

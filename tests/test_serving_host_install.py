@@ -142,6 +142,78 @@ def test_bad_options_give_one_clear_line(args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def group_of(user: str) -> str:
+    import grp
+
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+
+
+@pytest.mark.parametrize("base", ["/", "//", "/var/..", "/var/../", "/tmp/x/..", "/var", "/opt/", "/usr/local",
+                                  "/home", "/etc"])
+def test_root_and_system_folders_are_never_handed_to_the_deploy_user(base):
+    """``--base //`` and ``--base /var/..`` passed the "/" check and printed ``chown nobody:nogroup /``;
+    ``--base /var`` or ``/opt`` were chowned without a question. The path is resolved first, and a
+    system folder is refused in one line, even with --take-ownership, before anything changes."""
+    for extra in ([], ["--take-ownership"]):
+        r = run("--dry-run", "--no-container", "--base", base, "--deploy-user", "nobody", *extra)
+        assert r.returncode == 2, (base, r.stdout, r.stderr)
+        assert r.stdout == ""                                   # not one command would run
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith("error: --base ") and "system folder" in line, line
+
+
+def test_an_existing_folder_with_content_is_taken_over_only_when_asked(tmp_path):
+    """Any existing folder was chowned to the deploy user without asking: one that has content and
+    that user does not own is refused (one line, nothing printed to run) unless --take-ownership."""
+    base = tmp_path / "data"
+    base.mkdir()
+    (base / "someone-elses.txt").write_text("x")
+    owner = pwd.getpwuid(base.stat().st_uid).pw_name
+    assert owner != "nobody"
+    r = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", "nobody")
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {base} is not empty and is owned by {owner}, not nobody") \
+        and "--take-ownership" in line, line
+    # a deploy user still to be created owns nothing: refused before useradd
+    user = f"tfmd{uuid.uuid4().hex[:8]}"
+    r = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", user)
+    assert r.returncode == 2 and r.stdout == "" and "useradd" not in r.stderr
+    # asked for: the chown is what it does (also with a trailing slash, resolved)
+    r = run("--dry-run", "--no-container", "--base", f"{base}/", "--deploy-user", "nobody", "--take-ownership")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"chown nobody:{group_of('nobody')} {base}"
+    # an empty folder (a fresh mount point, say) is still simply given to the deploy user
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("--dry-run", "--no-container", "--base", str(empty), "--deploy-user", "nobody")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == f"chown nobody:{group_of('nobody')} {empty}"
+
+
+def test_a_base_the_deploy_user_owns_is_fine_with_content(tmp_path):
+    """Re-runs stay idempotent: a base with models in it, owned by the deploy user, needs no flag."""
+    base = tmp_path / "models"
+    (base / "m" / "1").mkdir(parents=True)
+    (base / "models.config").write_text("model_config_list {\n}\n")
+    (base / "monitoring.config").write_text(
+        'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    r = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", me())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and "ok: nothing to change" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0,
+                    reason="SKIPPED LOUDLY: needs root to run the host preparation for real (CI runs as root)")
+def test_refusing_a_folder_changes_nothing_for_real(tmp_path):
+    base = tmp_path / "data"
+    base.mkdir()
+    (base / "keep.txt").write_text("x")
+    before = (base.stat().st_uid, base.stat().st_gid, sorted(p.name for p in base.iterdir()))
+    r = run("--no-container", "--base", str(base), "--deploy-user", "nobody")
+    assert r.returncode == 2 and "--take-ownership" in r.stderr
+    assert (base.stat().st_uid, base.stat().st_gid, sorted(p.name for p in base.iterdir())) == before
+
+
 def test_without_docker_engine_it_stops_before_changing_anything(tmp_path):
     if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
         pytest.skip("SKIPPED: a Docker Engine is running here; this case needs a host without one")
