@@ -113,11 +113,28 @@ def test_a_version_is_promoted_only_after_its_gate_and_its_infra_validation(conf
     assert len(found) >= 2
 
 
+FLEET_GROUP = "<< pipeline.project.slug >>/serving-fleet"
+
+
 def test_deploys_of_the_fleet_run_one_at_a_time_across_pipelines(config):
     found = list(_jobs_running(config, r"mlops sync (deploy|rollback)"))
     for wf_name, _, name, spec in found:
         assert spec.get("serial-group"), f"{wf_name}: {name} deploys without a serial-group"
     assert len(found) >= 3 and len({spec["serial-group"] for *_, spec in found}) == 1   # one group everywhere
+
+
+def test_the_fleets_serial_group_belongs_to_this_project(config, tmp_path):
+    """A serial group is shared by the whole CircleCI organisation, across projects: the fixed
+    ``mlops/serving-fleet`` queued this project's deploys behind (and skipped them for) any other
+    project's job that used the same string. The project slug scopes it to this project."""
+    groups = {spec["serial-group"] for wf in config["workflows"].values()
+              for spec in _workflow_jobs(wf).values() if "serial-group" in spec}
+    assert groups == {FLEET_GROUP}, groups
+    # the pipeline value exists (the harness knows CircleCI's names and refuses unknown ones)
+    ci = LocalCircleCI(tmp_path)
+    resolved = {spec["serial-group"] for wf in ci.config["workflows"].values()
+                for spec in ci._workflow_jobs(wf).values() if "serial-group" in spec}   # noqa: SLF001
+    assert resolved == {f"{ci.values['pipeline.project.slug']}/serving-fleet"}
 
 
 def test_every_job_that_moves_production_deploys_it_in_the_same_job(config):
@@ -237,7 +254,7 @@ def test_workflow_selection_by_trigger(tmp_path):
         return LocalCircleCI(tmp_path, **kw).workflows()
 
     assert selected() == ["build-deploy"]
-    assert selected(branch="feature") == []
+    assert selected(branch="feature") == ["test"]
     assert selected(trigger_source="scheduled_pipeline") == ["retrain-deploy"]
     assert selected(parameters={"run-retrain": True, "incoming": "s3://b/p"}) == ["retrain-deploy"]
     assert selected(parameters={"run-rollback": True}) == ["rollback"]
@@ -246,6 +263,41 @@ def test_workflow_selection_by_trigger(tmp_path):
     for kw in ({"trigger_source": "scheduled_pipeline"}, {"parameters": {"run-retrain": True}},
                {"parameters": {"run-rollback": True}}):
         assert selected(branch="feature-x", **kw) == [], kw
+
+
+def _test_jobs(config) -> set[str]:
+    """Jobs that lint and run the suite: the CI entry point, which is `make test` (ruff, pytest)."""
+    assert "exec make test" in (REPO / ".ci" / "run").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile[makefile.index("\ntest:"):].split("\n\n")[0]
+    assert "ruff check ." in recipe and "pytest" in recipe, recipe
+    return {name for name in config["jobs"]
+            if any(re.search(r"(^|\s)(bash )?\.ci/run\b", c) for c in _run_commands(config, name))}
+
+
+def test_nothing_trains_or_deploys_before_the_tests_passed(config):
+    """A push to main went train -> gate -> hold -> deploy with code no job had tested or linted."""
+    tests = _test_jobs(config)
+    assert tests, "no job runs .ci/run"
+    builds = list(_jobs_running(config, r"mlops train\b"))
+    assert builds
+    for wf_name, jobs, name, spec in builds:
+        assert {jobs[a]["job"] for a in _ancestors(jobs, name)} & tests, \
+            f"{wf_name}: {name} runs before (or without) the tests"
+    build = _workflow_jobs(config["workflows"]["build-deploy"])
+    assert "test" in build["train"].get("requires", []), build["train"]
+    for name in tests:
+        stored = [s["store_test_results"]["path"] for s in config["jobs"][name]["steps"]
+                  if isinstance(s, dict) and "store_test_results" in s]
+        assert stored == ["test-results"], f"{name} must store make test's junit.xml: {stored}"
+
+
+@pytest.mark.parametrize("branch", ["main", "feature-x", "renovate/pin-deps"])
+def test_every_push_runs_the_tests(tmp_path, config, branch):
+    ci = LocalCircleCI(tmp_path, branch=branch)
+    selected = ci.workflows()
+    jobs = {spec["job"] for wf in selected for spec in ci._workflow_jobs(ci.config["workflows"][wf]).values()}  # noqa: SLF001
+    assert jobs & _test_jobs(config), f"a push to {branch} runs {selected}: no tests"
 
 
 # ---- the harness itself ----------------------------------------------------------------------
@@ -286,6 +338,26 @@ def test_harness_runs_jobs_in_order_with_workspace_and_approval(tmp_path):
     done = ci.run_workflow("w", approve=lambda job, wid: "alice")
     assert done.status("use") == "success", done.log()
     assert (done.artifacts / "use" / "store_artifacts" / "out.txt").read_text().strip() == "use"
+
+
+def test_harness_skips_only_the_jobs_it_is_told_to(tmp_path):
+    cfg = _mini_config(tmp_path, """
+        version: 2.1
+        jobs:
+          suite:
+            docker: [{image: x}]
+            steps: [{run: exit 1}]
+          after:
+            docker: [{image: x}]
+            steps: [{run: "true"}]
+        workflows:
+          w: {jobs: [suite, {after: {requires: [suite]}}]}
+    """)
+    ran = LocalCircleCI(tmp_path / "a", config_path=cfg).run_workflow("w")
+    assert (ran.status("suite"), ran.status("after")) == ("failed", "blocked")
+    skipped = LocalCircleCI(tmp_path / "b", config_path=cfg, skip_jobs={"suite"}).run_workflow("w")
+    assert (skipped.status("suite"), skipped.status("after")) == ("success", "success")
+    assert skipped.jobs["suite"].steps[0].skipped
 
 
 def test_harness_runs_on_fail_steps_only_after_a_failure(tmp_path):

@@ -4,10 +4,12 @@ It supports exactly the subset of CircleCI 2.1 that this project's config uses a
 on anything else, so the config cannot silently drift away from what the tests exercise:
 
 - pipeline parameters and values (``<< pipeline.parameters.x >>``, ``pipeline.git.branch``,
-  ``pipeline.trigger_source``, ``pipeline.id``, ``pipeline.number``), workflow ``when`` logic
+  ``pipeline.trigger_source``, ``pipeline.id``, ``pipeline.number``, ``pipeline.project.slug``),
+  workflow ``when`` logic
   statements (``and``/``or``/``not``/``equal``),
 - jobs in dependency order (``requires``), contexts (given by the test as env dicts), approval
-  jobs that wait for an explicit approval from the test,
+  jobs that wait for an explicit approval from the test, jobs the test names in ``skip_jobs``
+  recorded as passed without running (the ``test`` job runs this very suite: ``bash .ci/run``),
 - executors (their ``environment``; images are not pulled), reusable ``commands`` (string
   parameters: ``<< parameters.x >>``), and the steps ``checkout``, ``run`` (bash ``-eo pipefail``, ``when``,
   ``environment``, ``$BASH_ENV``), ``restore_cache``/``save_cache`` (no-ops: the venv is shared),
@@ -175,7 +177,8 @@ class LocalCircleCI:
     def __init__(self, root: Path, *, parameters: dict | None = None, branch: str = "main",
                  trigger_source: str = "webhook", contexts: dict[str, dict] | None = None,
                  project_env: dict[str, str] | None = None, ssh_key: Path | None = None,
-                 config_path: Path = REPO / ".circleci" / "config.yml", step_timeout: float = 900):
+                 config_path: Path = REPO / ".circleci" / "config.yml", step_timeout: float = 900,
+                 skip_jobs: frozenset[str] | set[str] = frozenset()):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = load_config(config_path)
@@ -185,13 +188,15 @@ class LocalCircleCI:
         values = {f"pipeline.parameters.{k}": v for k, v in params.items()}
         values.update({"pipeline.git.branch": branch, "pipeline.trigger_source": trigger_source,
                        "pipeline.id": self.pipeline_id, "pipeline.number": self.pipeline_number,
-                       "pipeline.git.revision": "local", "pipeline.project.git_url": str(REPO)})
+                       "pipeline.git.revision": "local", "pipeline.project.git_url": str(REPO),
+                       "pipeline.project.slug": f"local/local/{REPO.name}"})
         self.values = values
         self.config = substitute(self.config, values)
         self.contexts = contexts or {}
         self.project_env = project_env or {}
         self.ssh_key = ssh_key
         self.step_timeout = step_timeout
+        self.skip_jobs = frozenset(skip_jobs)
 
     # ---- selection -------------------------------------------------------------------------
     def workflows(self) -> list[str]:
@@ -228,7 +233,10 @@ class LocalCircleCI:
                    for r in entry.get("requires", [])):
                 results[job_name] = JobResult(job_name, "blocked")
                 continue
-            if entry.get("type") == "approval":
+            if entry.get("job") in self.skip_jobs:
+                results[job_name] = JobResult(job_name, "success", steps=[
+                    StepResult("skipped by the local harness (skip_jobs)", 0, "", skipped=True)])
+            elif entry.get("type") == "approval":
                 who = approve(job_name, workflow_id)
                 results[job_name] = JobResult(job_name, "approved" if who else "on_hold",
                                               env={"approved_by": who or ""})
