@@ -19,12 +19,19 @@ help:
 	@echo "make bench  # run the benchmarks (not part of CI)"
 	@echo "make down   # stop the local services started by make demo"
 
-$(STAMP): requirements.lock pyproject.toml
+# The venv is current when its stamp holds the sha256 of the files it was built from. Not their
+# mtimes: a checkout (CircleCI's, after restoring the cached .venv) gives them new ones, and every
+# job reinstalled. A missing stamp or another hash (a changed lock) installs; the same hash skips.
+VENV_FROM := requirements.lock pyproject.toml
+ifneq ($(shell sha256sum $(VENV_FROM) 2>&1),$(shell cat $(STAMP) 2>/dev/null))
+.PHONY: $(STAMP)
+endif
+$(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+	sha256sum $(VENV_FROM) > $(STAMP)
 
 venv: $(STAMP)
 
