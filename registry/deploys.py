@@ -117,11 +117,12 @@ class DeployLedger:
 
 def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:
     """Every host already serves ``version``, verified there. If the registry does not say so (a
-    deploy killed after its switch did the work, not the bookkeeping), record it now and return
-    True; otherwise write nothing (deploying twice changes nothing)."""
-    if status(model, version) == DEPLOYED:
-        return False
+    deploy killed after its switch did the work, not the bookkeeping — or a rollback's deploy,
+    where ``version`` says deployed from before but the ledger has not seen the rollback rolled
+    out), record it now and return True; otherwise write nothing (deploying twice changes nothing)."""
     rows = DeployLedger(model)
+    if status(model, version) == DEPLOYED and rows.rollback_in_rollout(version) is None:
+        return False
     rows.record_all([rows.entry("deploy", "ok", host=host, from_version=current, to_version=version, reason=reason,
                                 details={"steps": [], "recorded_late": "the host already served this version, "
                                                                        "verified there; an earlier deploy "

@@ -36,6 +36,7 @@ from .promotion_rules import (
     pipeline_move,
     reconcile_rows,
     rollback_choice,
+    rollback_in_rollout,
     version_label,
 )
 from .provenance import Provenance, given
@@ -383,12 +384,14 @@ def promote(model: str, version, *, provenance: Provenance | None = None, actor:
 
 def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
              actor: str | None = None, force: bool = False,
-             ledger: Ledger | None = None, defer_tags: bool = False) -> Promotion:
+             ledger: Ledger | None = None, defer_tags: bool = False, unrolled_ok: bool = True) -> Promotion:
     """Point ``production`` back at ``to``, or at the version that held it before the current one.
 
     "Before" is read from the ledger, skipping versions whose deploy failed. Same checks and
     records as a promotion, marked as a rollback. ``defer_tags``: see ``_move``. ``actor``:
     shorthand for a ``provenance`` built from the environment (tests, scripts).
+    ``unrolled_ok`` False (``sync rollback``): refuse a step back while the last one is not on the
+    hosts yet — a rerun of a rollback killed after its move went one version further down.
     """
     check_forced_reason(force, reason)      # before the default text below stands in for one
     by = given(provenance, actor)
@@ -406,6 +409,10 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
         if current is None:
             raise NotFoundError(f"nothing to roll back to for '{model}': no version holds production; "
                                 f"use `mlops registry promote --version N`")
+        if not unrolled_ok and (pending := rollback_in_rollout(history, current)) is not None:
+            raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) is not "
+                               f"on the hosts yet (interrupted?): `mlops sync deploy` finishes it; to roll "
+                               f"back further, `mlops sync rollback --to N`")
         choice = rollback_choice(history, all_versions, current)
         if choice.version is None:
             skipped = sorted(set(choice.skipped_failed) | set(choice.skipped_deleted))

@@ -298,6 +298,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             if deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason):
                 logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier "
                             "deploy stopped before recording it)", v, model)
+            if source == "production":
+                _finish_rolled_back_tag(model, v)
             result.seconds = time.monotonic() - start
             return result
         recorder = deploys.DeployLedger(model, provenance=provenance)
@@ -513,6 +515,25 @@ def _tag_rolled_back(result: FleetResult) -> None:
         if frm is None or frm == result.version or versions.production_version(result.model) == frm:
             return
         deploys.tag(result.model, frm, deploys.ROLLED_BACK, why or "rollback")
+    except UserError as exc:        # the hosts serve the restored version: only a tag is missing
+        logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
+
+
+def _finish_rolled_back_tag(model: str, version: int) -> None:
+    """Every host serves ``version``, which a rollback restored, but the version rolled back from
+    still says ``deployed``: the rollback's deploy was killed after its switch, and its tag (which
+    ``_tag_rolled_back`` writes once the restored version serves) was never written."""
+    try:
+        row = deploys.restoring(model, version)
+        if row is None or row.from_version in (None, version) \
+                or deploys.status(model, row.from_version) != deploys.DEPLOYED:
+            return
+        from registry import versions
+
+        if versions.production_version(model) != row.from_version:
+            deploys.tag(model, row.from_version, deploys.ROLLED_BACK, row.reason or "rollback")
+            logger.info("tagged v%d of '%s' rolled_back: the rollback to v%d is on every host (its deploy "
+                        "stopped before saying so)", row.from_version, model, version)
     except UserError as exc:        # the hosts serve the restored version: only a tag is missing
         logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
 

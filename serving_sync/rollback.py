@@ -54,7 +54,8 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     from registry import promotion
 
     start = time.monotonic() if started is None else started
-    promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True)
+    promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True,
+                               unrolled_ok=False)
     if on_moved is not None:
         on_moved(promo)
     try:

@@ -95,3 +95,32 @@ def test_sigkill_at_each_phase_never_breaks_serving_and_the_rerun_converges(depl
                for e in env.ledger(("deploy",)))
     # and a third run has nothing left to do
     assert env.deploy().status == "up_to_date"
+
+
+def test_a_rollback_killed_after_its_switch_is_finished_by_a_deploy_not_repeated(deploy_env, paused_deploy):
+    """Found by a kill sweep: `sync rollback` (v3 -> v2) SIGKILLed once the hosts served v2 left
+    v3 tagged ``deployed`` for good (the rerun deploy was "up to date" and wrote nothing), and the
+    same command run again rolled back one more version, to v1."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    rollback = paused_deploy(env.env, "after:switch", "--reason", "v3 is slow",
+                             command=("sync", "rollback")).wait_paused()
+    rollback.kill()
+    assert env.production() == v2 and env.which(host) == v2
+    assert env.tags(v3).get("deploy_status") == "deployed"
+
+    again = env.cli("sync", "rollback", "--reason", "v3 is slow")
+    assert again.returncode != 0 and env.production() == v2, again.stderr
+    assert f"the last rollback of '{env.model}' (v{v3} -> v{v2}) is not on the hosts yet" in again.stderr
+    assert "`mlops sync deploy` finishes it" in again.stderr
+
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.tags(v3).get("deploy_status") == "rolled_back"
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    further = env.cli("sync", "rollback", "--reason", "v2 too")       # now a rollback is one step again
+    assert further.returncode == 0, further.stderr
+    assert env.production() == v1
+    env.serves(host, v1)
