@@ -14,16 +14,28 @@ request count has no API label: a window's requests are its inference requests a
 histogram's ``_count`` for ``API`` other than ``""``) plus every request that failed (every
 ``status`` but ``OK``; a failed health check is rare and counts as an error).
 
-The latency checks allow for the histogram's resolution (bucket limits 1.8x apart, wider than a
-1.5x limit): the exact mean (``_sum / _count``) must stay within ``max_latency_ratio`` of the
-worst baseline's, and a p95 / p99 breaches only when the lowest value its bucket allows is above
-``max_latency_ratio`` times the highest its baseline's bucket allows — so a version 3% slower
-whose p95 crosses a bucket limit is not rolled back, and a version several times slower is.
+The latency checks allow for what the page can say. A p95 / p99 breaches only when the lowest
+value its bucket allows is above ``max_latency_ratio`` times the highest its baseline's bucket
+allows (bucket limits are 1.8x apart, wider than a 1.5x limit) — so a version 3% slower whose p95
+crosses a bucket limit is not rolled back, and a version several times slower is. The mean
+(``_sum / _count``) is not exact: TF Serving prints ``_sum`` with ``absl::StrCat(double)``, 6
+significant digits, and the sum is per model name, cumulative since TF Serving started, so after
+weeks of uptime its rounding step (±½ unit of the 6th digit, ``sum_uncertainty``) outgrows a
+bake's whole sum. A window's mean is therefore an interval; the mean breaches only when the
+canary's lowest possible mean is above ``max_latency_ratio`` times the baselines' highest, and is
+not compared at all (the verdict says so) when a window's sum is known to worse than
+``MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
 
 A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
 window is the counts since the restart, marked ``restarted``. A canary that restarted during its
 bake breaches (its window is not the whole bake, and a crash is the likeliest cause); a baseline
 that restarted is not used.
+
+A request's model name is a label value, and TF Serving escapes only ``\\`` and ``"`` in it: a
+``POST /v1/models/a%0Ab:predict`` (a 404 from any client) puts a raw newline in the page until
+TF Serving restarts. ``parse`` then reads the page line by line, keeping the request_count /
+request_latency lines that parse on their own; an injected line cannot pass for the model's, as
+a raw ``"`` never comes from a client (``prometheus_exporter.cc``, ``SanitizeLabelValue``).
 
 Everything here but ``scrape`` is a pure function on parsed samples: ``parse`` (the page, read
 with ``prometheus_client.parser``), ``window`` (two snapshots -> counts in between),
@@ -46,6 +58,7 @@ REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 OK = "OK"
 MAX_PAGE_BYTES = 16 * 1024 * 1024
+MEAN_MAX_UNCERTAINTY = 0.10      # a window's latency sum known to worse than this: its mean is not compared
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class Snapshot:
     buckets: dict[float, float] = field(default_factory=dict)     # le (µs) -> cumulative, inference APIs
     latency_sum: float = 0.0                                      # µs, inference requests answered OK
     latency_count: float = 0.0                                    # inference requests answered OK
+    latency_sum_error: float = 0.0                                # ± µs: the page prints _sum to 6 digits
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class Window:
     latency_sum: float = 0.0                                      # µs over the OK inference requests
     latency_count: int = 0
     restarted: bool = False                                       # its counters went down: TF Serving restarted
+    latency_sum_error: float = 0.0                                # ± µs on latency_sum (the pages' rounding)
 
     @property
     def error_rate(self) -> float:
@@ -83,13 +98,30 @@ class Window:
 
     @property
     def mean_ms(self) -> float | None:
+        """The mean as printed sums say it; ``mean_bounds_ms`` is what it can really be."""
         return self.latency_sum / self.latency_count / 1000.0 if self.latency_count > 0 else None
+
+    @property
+    def mean_bounds_ms(self) -> tuple[float, float] | None:
+        """(lowest, highest) mean the rounded ``_sum`` values allow."""
+        if self.latency_count <= 0:
+            return None
+        n = self.latency_count * 1000.0
+        return (max(0.0, self.latency_sum - self.latency_sum_error) / n,
+                (self.latency_sum + self.latency_sum_error) / n)
+
+    @property
+    def mean_known(self) -> bool:
+        """Whether the sum's rounding leaves the mean worth comparing (within MEAN_MAX_UNCERTAINTY)."""
+        return self.latency_sum_error <= MEAN_MAX_UNCERTAINTY * self.latency_sum
 
     def to_dict(self) -> dict:
         p95, p99, mean = self.latency_ms(0.95), self.latency_ms(0.99), self.mean_ms
+        err = self.latency_sum_error / self.latency_count / 1000.0 if self.latency_count > 0 else None
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
                 "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3),
-                "mean_ms": None if mean is None else round(mean, 3), "restarted": self.restarted}
+                "mean_ms": None if mean is None else round(mean, 3),
+                "mean_ms_uncertainty": None if err is None else round(err, 3), "restarted": self.restarted}
 
 
 @dataclass(frozen=True)
@@ -136,46 +168,80 @@ def _value(s) -> float:
     return float(s.value)
 
 
-def parse(text: str, model: str) -> Snapshot:
-    """``model``'s request counts by status and its inference latency (summed over API /
-    entrypoint); UserError for a page that is not TF Serving's metrics."""
+def sum_uncertainty(v: float) -> float:
+    """± on a ``_sum`` as TF Serving prints it (``absl::StrCat(double)``: 6 significant digits):
+    half a unit of its 6th digit (0 for 0). The exponent comes from formatting, not a log10."""
+    if v == 0:
+        return 0.0
+    return 0.5 * 10.0 ** (int(f"{v:e}".split("e")[1]) - 5)
+
+
+_KEPT = (REQUEST_COUNT, REQUEST_LATENCY + "_bucket", REQUEST_LATENCY + "_sum", REQUEST_LATENCY + "_count")
+
+
+def _samples(text: str) -> list:
+    """The page's request_count / request_latency samples as (name, sample): the name is the
+    sample's without the ``_total`` the parser adds to a counter's. The whole page is parsed; if that
+    fails on a page that is TF Serving's (it has request_count's TYPE line), each line of those
+    metrics is parsed on its own and the rest skipped: a model name from a request can hold a
+    newline, which TF Serving does not escape, and one such 404 must not make the page unreadable.
+    UserError for a page that is neither."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    requests: dict[str, float] = {}
-    buckets: dict[float, float] = {}
-    total = count = 0.0
     try:
         families = list(text_string_to_metric_families(text))
     except Exception as exc:  # noqa: BLE001 - the parser raises ValueError and friends
-        raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
+        lines = text.split("\n")                 # not splitlines(): label values may hold \r, \x85, \u2028
+        if f"# TYPE {REQUEST_COUNT} counter" not in lines:
+            raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
+        return [(s.name, s) for line in lines if line.startswith(tuple(n + "{" for n in _KEPT))
+                for s in _line_samples(line)]
     if not any(f.name == REQUEST_COUNT for f in families):
         raise UserError(f"the page has no {REQUEST_COUNT}: it is not TF Serving's metrics page (check "
                         f"metrics_url in the hosts file)")
-    for fam in families:
-        if fam.name not in (REQUEST_COUNT, REQUEST_LATENCY):
+    return [(REQUEST_COUNT if f.name == REQUEST_COUNT else s.name, s)
+            for f in families if f.name in (REQUEST_COUNT, REQUEST_LATENCY) for s in f.samples]
+
+
+def _line_samples(line: str) -> list:
+    """One sample line's samples, or none if it does not parse alone (a piece of a split line)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        return [s for f in text_string_to_metric_families(line + "\n") for s in f.samples]
+    except Exception:  # noqa: BLE001 - the parser raises ValueError and friends
+        return []
+
+
+def parse(text: str, model: str) -> Snapshot:
+    """``model``'s request counts by status and its inference latency (summed over API /
+    entrypoint); UserError for a page that is not TF Serving's metrics."""
+    requests: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    total = count = error = 0.0
+    for name, s in _samples(text):
+        if s.labels.get("model_name") != model:
             continue
-        for s in fam.samples:
-            if s.labels.get("model_name") != model:
-                continue
-            if fam.name == REQUEST_COUNT:
-                status = s.labels.get("status", OK)
-                requests[status] = requests.get(status, 0.0) + _value(s)
-            elif not s.labels.get("API"):                 # status / metadata GETs: not inference traffic
-                continue
-            elif s.name == REQUEST_LATENCY + "_bucket":
-                try:
-                    le = float(s.labels.get("le", "+Inf"))
-                except ValueError:
-                    raise UserError(f"{s.name} has the bucket limit le={s.labels.get('le')!r}, "
-                                    f"which is not a number") from None
-                buckets[le] = buckets.get(le, 0.0) + _value(s)
-            elif s.name == REQUEST_LATENCY + "_sum":
-                total += _value(s)
-            elif s.name == REQUEST_LATENCY + "_count":
-                count += _value(s)
+        if name == REQUEST_COUNT:
+            status = s.labels.get("status", OK)
+            requests[status] = requests.get(status, 0.0) + _value(s)
+        elif not s.labels.get("API"):                     # status / metadata GETs: not inference traffic
+            continue
+        elif name == REQUEST_LATENCY + "_bucket":
+            try:
+                le = float(s.labels.get("le", "+Inf"))
+            except ValueError:
+                raise UserError(f"{s.name} has the bucket limit le={s.labels.get('le')!r}, "
+                                f"which is not a number") from None
+            buckets[le] = buckets.get(le, 0.0) + _value(s)
+        elif name == REQUEST_LATENCY + "_sum":
+            total += _value(s)
+            error += sum_uncertainty(s.value)
+        elif name == REQUEST_LATENCY + "_count":
+            count += _value(s)
     if buckets and not count:             # a page without _count: the +Inf bucket holds it
         count = buckets.get(math.inf, 0.0)
-    return Snapshot(requests, buckets, total, count)
+    return Snapshot(requests, buckets, total, count, error)
 
 
 def _went_down(before: Snapshot, after: Snapshot) -> bool:
@@ -197,7 +263,8 @@ def window(before: Snapshot, after: Snapshot) -> Window:
     ok = int(round(after.latency_count - before.latency_count))
     les = sorted(set(before.buckets) | set(after.buckets))
     buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
-    return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted)
+    return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted,
+                  after.latency_sum_error + before.latency_sum_error)
 
 
 def merge(windows: list[Window]) -> Window:
@@ -210,7 +277,7 @@ def merge(windows: list[Window]) -> Window:
     buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
                   sum(w.latency_sum for w in windows), sum(w.latency_count for w in windows),
-                  any(w.restarted for w in windows))
+                  any(w.restarted for w in windows), sum(w.latency_sum_error for w in windows))
 
 
 def _cumulative(buckets) -> list[tuple[float, float]]:
@@ -275,6 +342,33 @@ def _ms(v: float) -> str:
     return f"{v:.1f} ms" if v >= 0.1 or v == 0 else f"{v:.2f} ms"
 
 
+def _ms_bounds(b: tuple[float, float]) -> str:
+    lo, hi = b
+    return _ms(lo) if _ms(lo) == _ms(hi) else f"{_ms(lo)} to {_ms(hi)}"
+
+
+def _judge_mean(canary: Window, baselines: dict[str, Window], ratio: float) -> tuple[str | None, str | None]:
+    """(breach reason, note that the mean was not compared). The printed ``_sum`` is rounded, so
+    each mean is an interval: breach only if the canary's lowest exceeds ``ratio`` times the
+    baselines' highest; when a window's sum is too coarse (a host up for weeks) say so instead."""
+    mine = canary.mean_bounds_ms
+    base = {n: w for n, w in baselines.items() if w.mean_ms}
+    if mine is None or not base:
+        return None, None
+    coarse = [f"{n} {_ms_bounds(w.mean_bounds_ms)}" for n, w in (("canary", canary), *base.items())
+              if not w.mean_known]
+    if coarse:
+        return None, (f"mean not compared: TF Serving's cumulative latency sums, printed to 6 digits, "
+                      f"are too coarse for this window: {', '.join(coarse)}")
+    highs = {n: w.mean_bounds_ms[1] for n, w in base.items()}
+    if mine[0] <= ratio * max(highs.values()):
+        return None, None
+    exact = canary.latency_sum_error == 0 and all(w.latency_sum_error == 0 for w in base.values())
+    lo, at_most = ("", "") if exact else ("at least ", "at most ")
+    return (f"mean latency {lo}{_ms(mine[0])} vs " + " and ".join(f"{at_most}{_ms(v)} {n}" for n, v in highs.items())
+            + f"; limit {ratio:g}x"), None
+
+
 def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits) -> Verdict:
     """Did the canary's live traffic get worse than before its switch / than the old hosts?"""
     named = [(name, w) for name, w in (("before", before), ("on the other hosts", others)) if w is not None]
@@ -312,10 +406,11 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     if canary.error_rate > bound + RATE_EPSILON:
         reasons.append(err)
     ratio = limits.max_latency_ratio
-    mine, base = canary.mean_ms, [(n, w.mean_ms) for n, w in baselines.items() if w.mean_ms]
-    if mine is not None and base and mine > ratio * max(v for _, v in base):
-        reasons.append(f"mean latency {_ms(mine)} vs " + " and ".join(f"{_ms(v)} {n}" for n, v in base)
-                       + f"; limit {ratio:g}x")
+    mean_reason, mean_note = _judge_mean(canary, baselines, ratio)
+    measurements["mean_compared"] = (mean_note is None and canary.mean_ms is not None
+                                     and any(w.mean_ms for w in baselines.values()))
+    if mean_reason:
+        reasons.append(mean_reason)
     for q in (0.95, 0.99):
         mine_b = canary.latency_bounds_ms(q)
         base_b = [(n, w.latency_bounds_ms(q)) for n, w in baselines.items()]
@@ -327,16 +422,22 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         if mine_b[0] > ratio * max(b[1] for _, b in base_b):
             reasons.append(f"p{round(q * 100)} latency at least {_ms(mine_b[0])} vs "
                            + " and ".join(f"at most {_ms(b[1])} {n}" for n, b in base_b) + f"; limit {ratio:g}x")
+    note = f" ({mean_note})" if mean_note else ""
     if reasons:
-        return Verdict(host, "breached", f"canary {host}: {'; '.join(reasons)}: rolled back", tuple(reasons),
-                       measurements)
-    lat = f", mean {_ms(canary.mean_ms)}" if canary.mean_ms is not None else ""
+        return Verdict(host, "breached", f"canary {host}: {'; '.join(reasons)}{note}: rolled back",
+                       tuple(reasons), measurements)
+    lat = f", mean {_ms_bounds(canary.mean_bounds_ms)}" if canary.mean_ms is not None and not mean_note else ""
+    lat += f", {mean_note}" if mean_note else ""
     p95 = canary.latency_bounds_ms(0.95)
     lat += f", p95 at most {_ms(p95[1])}" if p95 is not None and math.isfinite(p95[1]) else ""
     return Verdict(host, "passed", f"canary {host}: {err}{lat}: passed", (), measurements)
 
 
 # --- reading a host ------------------------------------------------------------------------
+class PageTooLarge(ValueError):
+    """The page passed ``MAX_PAGE_BYTES``: most likely many model names that clients asked for."""
+
+
 def _read_page(url: str, timeout: float) -> bytes:
     """The whole page or OSError / ValueError: at most ``MAX_PAGE_BYTES``, within about
     ``timeout`` seconds in all (each read waits at most ``timeout``), never a page cut short."""
@@ -356,7 +457,7 @@ def _read_page(url: str, timeout: float) -> bytes:
                     break
                 size += len(chunk)
                 if size > MAX_PAGE_BYTES:
-                    raise ValueError(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
+                    raise PageTooLarge(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
                 chunks.append(chunk)
     except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
         raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
@@ -374,6 +475,12 @@ def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Sna
 
     try:
         text = _read_page(url, timeout).decode("utf-8", "replace")
+    except PageTooLarge as exc:
+        # TF Serving keeps a request_count line for every model name a request named, a 404 too
+        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}; TF Serving keeps a "
+                        f"request_count line for every model name any client has asked for, unknown ones too, "
+                        f"until it restarts): restart TF Serving on {host_name} to clear them (or deploy "
+                        f"with --bake 0), and let only known model names reach its REST port") from None
     except urllib.error.HTTPError as exc:
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
                         f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "
