@@ -620,7 +620,7 @@ def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
                             + (() if rollback_to is None else (rollback_to,)))
-        if rp.remove_versions or rp.remove_uploads:
+        if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)
         if rp.remove_versions:

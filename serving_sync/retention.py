@@ -3,7 +3,8 @@
 Never removes the serving version or the previous one (instant rollback), nor any
 ``protected`` version (e.g. one loaded for validation); keeps the ``keep`` newest published
 versions besides. Temporary uploads (``.incoming-*``) older than a threshold are leftovers of
-dead processes (retention runs under the host lock, so no live upload is that old).
+dead processes (retention runs under the host lock, so no live upload is that old), and so is
+any half-written ``.models.config.tmp-*`` (every writer of models.config holds that lock).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from mlops_common import log
 from mlops_common.errors import ConfigError
 
-from .layout import INCOMING_PREFIX, incoming_time, manifest_path, version_of, version_path
+from .layout import INCOMING_PREFIX, MODELS_CONFIG, incoming_time, manifest_path, version_of, version_path
 from .transports.base import Transport
 
 logger = log.get("sync.retention")
@@ -44,20 +45,27 @@ def stale_uploads(names: list[str], *, now: float, older_than: float = DEFAULT_U
     return sorted(out)
 
 
+def stale_config_temps(names: list[str]) -> list[str]:
+    """The base's ``.models.config.tmp-*`` files: a config write killed before its rename."""
+    return sorted(n for n in names if n.startswith(f".{MODELS_CONFIG}.tmp-"))
+
+
 @dataclass
 class RetentionPlan:
     model: str
     remove_versions: list[int] = field(default_factory=list)
     remove_uploads: list[str] = field(default_factory=list)
+    remove_config_temps: list[str] = field(default_factory=list)     # in the base, not the model's folder
 
     def to_dict(self) -> dict:
         return {"model": self.model, "remove_versions": self.remove_versions,
-                "remove_uploads": self.remove_uploads}
+                "remove_uploads": self.remove_uploads, "remove_config_temps": self.remove_config_temps}
 
 
 def plan(transport: Transport, model: str, *, serving: int | None, previous: int | None,
          keep: int = DEFAULT_KEEP, protected: tuple[int, ...] = (),
-         upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None) -> RetentionPlan:
+         upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None,
+         config_temps: bool = True) -> RetentionPlan:
     """Read the host's listing of ``<model>/`` and decide (no changes made)."""
     names = transport.list_dir(model)
     published = [v for n in names if (v := version_of(n)) is not None]
@@ -65,11 +73,15 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
                          versions_to_remove(published, serving=serving, previous=previous, keep=keep,
                                             protected=protected),
                          stale_uploads(names, now=time.time() if now is None else now,
-                                       older_than=upload_age))
+                                       older_than=upload_age),
+                         stale_config_temps(transport.list_dir("")) if config_temps else [])
 
 
 def apply(transport: Transport, p: RetentionPlan) -> None:
     """Remove what ``p`` lists (stored manifests of removed versions too)."""
+    for name in p.remove_config_temps:
+        logger.info("%s: removing a half-written %s", transport.url, name)
+        transport.remove_file(name)
     for name in p.remove_uploads:
         logger.info("%s: removing leftover upload %s/%s", transport.url, p.model, name)
         transport.remove_tree(f"{p.model}/{name}")

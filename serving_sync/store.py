@@ -135,7 +135,8 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
-    rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected)
+    rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected,
+                        config_temps=False)     # a store has no models.config
     retention.apply(t, rp)
     return rp.to_dict()
 

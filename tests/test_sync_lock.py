@@ -403,9 +403,13 @@ def test_retention_plan_and_apply_on_a_host(hut, tmp_path):
         publish(hut.transport, "digits", v, model, m)
     old_upload = incoming_name(6, time.time() - 7200)
     hut.raw_write(f"digits/{old_upload}/saved_model.pb", b"partial")
+    hut.raw_write("models.config", b"model_config_list {}\n")
+    hut.raw_write(".models.config.tmp-0badf00d", b"model_config_li")     # a config write killed mid-way
     p = retention.plan(hut.transport, "digits", serving=5, previous=1, keep=2)
     assert p.remove_versions == [2, 3] and p.remove_uploads == [old_upload]
+    assert p.remove_config_temps == [".models.config.tmp-0badf00d"]
     retention.apply(hut.transport, p)
+    assert ".models.config.tmp-0badf00d" not in hut.raw_names("") and "models.config" in hut.raw_names("")
     assert published_versions(hut.transport, "digits") == [1, 4, 5]
     assert hut.raw_names("digits") == ["1", "4", "5"]
     assert "2.json" not in hut.raw_names(".serving_sync/manifests/digits")
