@@ -23,6 +23,7 @@ class ModelEntry:
     base_path: str
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: dict[str, int] = field(default_factory=dict)
+    platform: str = TENSORFLOW_PLATFORM
 
     def source_key(self) -> tuple:
         """What the file-system source cares about (labels are not part of it)."""
@@ -116,7 +117,8 @@ def to_server_config(msg) -> ServerConfig:
     """Validate a ``ModelServerConfig`` proto and turn it into plain data.
 
     Raises ServingError(INVALID_ARGUMENT) for duplicate names, relative base paths and
-    missing or unsupported platforms, with TF Serving's messages.
+    missing platforms, with TF Serving's messages. An unsupported platform is refused later, by
+    ``check_platforms``, after the check that no model changes its platform.
     """
     which = msg.WhichOneof("config")
     if which is None:
@@ -134,12 +136,10 @@ def to_server_config(msg) -> ServerConfig:
                                    f"got base_path()={c.base_path}")
     models = []
     for c in msg.model_config_list.config:
-        platform = _platform(c)
-        if platform != TENSORFLOW_PLATFORM:
-            raise invalid_argument(f"Model {c.name} requests unsupported platform {platform}")
         models.append(ModelEntry(name=c.name, base_path=c.base_path.rstrip("/") or "/",
                                  policy=_policy(c),
-                                 labels={k: int(v) for k, v in c.version_labels.items()}))
+                                 labels={k: int(v) for k, v in c.version_labels.items()},
+                                 platform=_platform(c)))
     return ServerConfig("list", tuple(models))
 
 
@@ -152,6 +152,22 @@ def check_transition(old: ServerConfig, new: ServerConfig) -> None:
     if not (old.kind == "list" and new.kind == "list"):
         raise failed_precondition("Cannot transition to requested config. It is only legal to "
                                   "transition from one ModelConfigList to another.")
+
+
+def check_platform_change(old: ServerConfig, new: ServerConfig) -> None:
+    """``ValidateNoModelsChangePlatforms``: checked before labels and platform support."""
+    before = {m.name: m.platform for m in old.models}
+    for m in new.models:
+        if m.name in before and before[m.name] != m.platform:
+            raise invalid_argument(f"Illegal to change a model's platform. For model {m.name} platform "
+                                   f"was {before[m.name]} and new platform requested is {m.platform}")
+
+
+def check_platforms_supported(new: ServerConfig) -> None:
+    """Only ``tensorflow`` servables exist here (``AddModelsViaModelConfigList``'s check)."""
+    for m in new.models:
+        if m.platform != TENSORFLOW_PLATFORM:
+            raise invalid_argument(f"Model {m.name} requests unsupported platform {m.platform}")
 
 
 def label_map(models: tuple[ModelEntry, ...], available: set[tuple[str, int]],

@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True,
                    default=False, metavar="BOOL",
                    help="allow a NEW label to point at a version that is not loaded yet (default: false)")
-    p.add_argument("--num_load_threads", type=int, metavar="N", default=4,
-                   help="threads that load/unload versions in the background (default: 4)")
+    p.add_argument("--num_load_threads", type=int, metavar="N", default=0,
+                   help="threads that load/unload versions in parallel; 0 = one at a time, and "
+                        "version changes wait for the running load and its retries, as TF "
+                        "Serving's default (default: 0)")
     p.add_argument("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True,
                    metavar="BOOL",
                    help="replay <version>/assets.extra/tf_serving_warmup_requests before a version "

@@ -5,9 +5,11 @@ applies its version policy (``serving_host.versions``) to get the aspired versio
 *manager* keeps a small state machine per version and asks the availability-preserving policy
 (``serving_host.policy``) what to do next: a new version is loaded (in a background thread,
 never blocking requests) before an old one is unloaded; a version that fails to load ends in
-END with its error and is not retried while it stays aspired. A loaded version replays its
-warmup requests (``serving_host.warmup``, unless ``enable_model_warmup`` is off) before it
-becomes AVAILABLE; a failed warmup is a failed load. A monitor remembers the last
+END with its error and is not retried while it stays aspired. With ``num_load_threads`` 0 (TF
+Serving's default) loads and unloads run one at a time, and aspired-version changes wait until
+the running one (with its retries) ends, as on TF Serving's single manager thread. A loaded
+version replays its warmup requests (``serving_host.warmup``, unless ``enable_model_warmup`` is
+off) before it becomes AVAILABLE; a failed warmup is a failed load. A monitor remembers the last
 state of every version ever seen, so unloaded versions stay listed as END.
 
 ``reload_config`` is ``ServerCore::ReloadConfig``: validate, check labels against what is
@@ -21,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from serving_host import config as cfg
 from serving_host import policy as pol
@@ -54,7 +56,6 @@ class _Harness:
     state: str = pol.NEW
     is_aspired: bool = True
     servable: Servable | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def sid(name: str, version: int) -> str:
@@ -68,7 +69,7 @@ class Manager:
     def __init__(self, *, max_num_load_retries: int = 5, load_retry_interval_micros: int = 60_000_000,
                  file_system_poll_wait_seconds: int = 1,
                  allow_version_labels_for_unavailable_models: bool = False,
-                 num_load_threads: int = 4, enable_model_warmup: bool = True,
+                 num_load_threads: int = 0, enable_model_warmup: bool = True,
                  num_request_iterations_for_warmup: int = 1):
         self.enable_model_warmup = enable_model_warmup
         self.num_request_iterations_for_warmup = num_request_iterations_for_warmup
@@ -89,6 +90,9 @@ class Manager:
         self._monitor: dict[str, dict[int, VersionState]] = {}
         self._notes: dict[str, str] = {}
         self._last_file_error: str | None = None
+        # 0 = TF Serving's inline executor: one load/unload at a time (see _reconcile)
+        self.serial = num_load_threads <= 0
+        self._busy = False
         self._pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads),
                                         thread_name_prefix="servable-load")
         self._stop = threading.Event()
@@ -116,13 +120,7 @@ class Manager:
 
     def stop(self) -> None:
         self._stop.set()
-        for h in self._all_harnesses():
-            h.cancel.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def _all_harnesses(self) -> list[_Harness]:
-        with self._lock:
-            return [h for s in self._streams.values() for h in s.values()]
 
     # ---------------------------------------------------------------------------------------
     # config
@@ -162,8 +160,10 @@ class Manager:
                 if new.kind != "list":
                     raise invalid_argument("Invalid ServerModelConfig")
                 available = {(n, v) for n, vs in self._serving.items() for v in vs}
-                labels = cfg.label_map(new.models, available, self._labels, self.allow_unavailable_labels)
                 old = self._config
+                cfg.check_platform_change(old, new)
+                labels = cfg.label_map(new.models, available, self._labels, self.allow_unavailable_labels)
+                cfg.check_platforms_supported(new)
                 old_names = set(old.by_name()) if old.kind == "list" else set()
                 new_by_name = new.by_name()
                 self._config = new
@@ -316,44 +316,75 @@ class Manager:
         self._changed.notify_all()
 
     def _reconcile(self, name: str) -> None:
-        """Bring one model's harnesses in line with its aspired versions (lock held)."""
+        """Apply aspired-version changes and start what the policy asks (lock held).
+
+        Serial (``num_load_threads`` 0): TF Serving's manager thread runs a load or unload inline,
+        so while one runs (retries included) every aspired change waits; when it ends, all
+        waiting changes apply and the next single action starts (unloads first).
+        """
+        if not self.serial:
+            self._apply_aspired(name)
+            while (action := self._next_action(name)) is not None:
+                self._start(name, action)
+            return
+        if self._busy or self._stop.is_set():
+            return
+        for n in sorted(set(self._aspired) | set(self._streams)):
+            self._apply_aspired(n)
+        actions = [(a.kind != "unload", n, a) for n in sorted(self._streams)
+                   if (a := self._next_action(n)) is not None]
+        if actions:
+            _, n, action = min(actions, key=lambda x: x[:2])
+            self._busy = True
+            self._start(n, action)
+
+    def _apply_aspired(self, name: str) -> None:
+        """``ProcessAspiredVersionsRequest`` + ``FlushServables`` for one model (lock held).
+
+        A version dropped before it started loading is removed without a state event, so it
+        stays listed as START, as in TF Serving.
+        """
         want = self._aspired.get(name, {})
         stream = self._streams.setdefault(name, {})
         for v, h in stream.items():
-            if v not in want and h.is_aspired:
+            if v not in want:
                 h.is_aspired = False
-                h.cancel.set()
-            elif v in want and not h.is_aspired and h.state in (pol.LOADING, pol.READY):
+            elif not h.is_aspired and h.state in (pol.LOADING, pol.READY):
                 h.is_aspired = True
-                h.cancel.clear()
         for v, h in list(stream.items()):
             if not h.is_aspired and h.state in (pol.NEW, pol.DISABLED, pol.ERROR):
                 del stream[v]
-                if h.state == pol.NEW:
-                    self._set_state(name, v, END)
         for v, path in sorted(want.items()):
             if v not in stream:
                 stream[v] = _Harness(v, path)
                 self._set_state(name, v, START)
-        while not self._stop.is_set():
-            action = pol.next_action([pol.Snapshot(h.version, h.state, h.is_aspired)
-                                      for h in stream.values()])
-            if action is None:
-                break
-            h = stream[action.version]
-            if action.kind == "load":
-                h.state = pol.LOADING
-                self._set_state(name, h.version, LOADING)
-                log.info("Approving load for servable version %s", sid(name, h.version))
-                self._submit(self._load, name, h)
-            else:
-                h.state = pol.UNLOADING
-                self._set_state(name, h.version, UNLOADING)
-                self._serving.get(name, {}).pop(h.version, None)
-                log.info("Quiescing servable version %s", sid(name, h.version))
-                self._submit(self._unload, name, h)
         if not stream:
             self._streams.pop(name, None)
+
+    def _next_action(self, name: str) -> pol.Action | None:
+        if self._stop.is_set():
+            return None
+        stream = self._streams.get(name, {})
+        return pol.next_action([pol.Snapshot(h.version, h.state, h.is_aspired) for h in stream.values()])
+
+    def _start(self, name: str, action: pol.Action) -> None:
+        h = self._streams[name][action.version]
+        if action.kind == "load":
+            h.state = pol.LOADING
+            self._set_state(name, h.version, LOADING)
+            log.info("Approving load for servable version %s", sid(name, h.version))
+            self._submit(self._load, name, h)
+        else:
+            h.state = pol.UNLOADING
+            self._set_state(name, h.version, UNLOADING)
+            self._serving.get(name, {}).pop(h.version, None)
+            log.info("Quiescing servable version %s", sid(name, h.version))
+            self._submit(self._unload, name, h)
+
+    def _done(self, name: str) -> None:
+        """A load or unload ended (lock held): let the next change through."""
+        self._busy = False
+        self._reconcile(name)
 
     def _submit(self, fn, *args) -> None:
         try:
@@ -373,12 +404,12 @@ class Manager:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - any load failure ends the version in END
                 error = ServingError("UNKNOWN", f"{exc.__class__.__name__}: {exc}")
-            if attempt >= self.max_num_load_retries or h.cancel.is_set():
-                break
+            if attempt >= self.max_num_load_retries or not h.is_aspired:
+                break  # util/retrier.cc: a drop stops the retries after the running attempt
             attempt += 1
             log.info("Retrying load of servable version %s (retry %d of %d) after: %s",
                      sid(name, h.version), attempt, self.max_num_load_retries, error)
-            if h.cancel.wait(self.load_retry_interval):
+            if self._stop.wait(self.load_retry_interval):  # a drop does not cut the wait short
                 break
         with self._lock:
             if error is None and h.is_aspired and not self._stop.is_set():
@@ -386,17 +417,16 @@ class Manager:
                 self._serving.setdefault(name, {})[h.version] = servable
                 self._set_state(name, h.version, AVAILABLE)
                 log.info("Successfully loaded servable version %s", sid(name, h.version))
-            elif error is None:  # un-aspired while loading: drop it again
-                h.state = pol.DISABLED
-                self._set_state(name, h.version, END)
-                log.info("Servable version %s was loaded but is no longer aspired; unloaded",
-                         sid(name, h.version))
+            elif error is None:  # dropped while loading (parallel only): loader_harness.cc
+                log.info("Unloading just-loaded servable version %s", sid(name, h.version))
                 servable.close()
+                h.state = pol.DISABLED
+                self._set_state(name, h.version, END, "CANCELLED", "Loading of servable cancelled")
             else:
                 h.state = pol.ERROR
                 self._set_state(name, h.version, END, error.code, error.message)
                 log.error("Loading servable: %s failed: %s", sid(name, h.version), error)
-            self._reconcile(name)
+            self._done(name)
 
     def _load_and_warm(self, name: str, h: _Harness) -> Servable:
         """Load a version and replay its warmup requests; a failed warmup fails the load."""
@@ -419,7 +449,7 @@ class Manager:
             h.state, h.servable = pol.DISABLED, None
             self._set_state(name, h.version, END)
             log.info("Done unloading servable version %s", sid(name, h.version))
-            self._reconcile(name)
+            self._done(name)
 
     # ---------------------------------------------------------------------------------------
     # requests

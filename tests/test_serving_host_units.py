@@ -137,7 +137,7 @@ def test_empty_config_list_and_empty_file():
 ])
 def test_invalid_configs_are_rejected_with_tf_serving_messages(text, message):
     with pytest.raises(ServingError) as e:
-        cfg.to_server_config(cfg.parse_text(text))
+        cfg.check_platforms_supported(cfg.to_server_config(cfg.parse_text(text)))
     assert e.value.code == "INVALID_ARGUMENT"
     assert e.value.message == message
 

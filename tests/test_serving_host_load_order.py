@@ -1,0 +1,138 @@
+"""Load order on the real local server, as TF Serving's manager does it.
+
+``--num_load_threads=0`` (the default): one load or unload at a time; aspired-version changes
+wait until the running load and its retries end, and a version dropped meanwhile is not
+cancelled. With N > 0 a load that ends after its version was dropped is END / CANCELLED.
+Every wait is bounded; all servers listen on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.test_serving_host_transitions import HALF_PLUS_TWO_123, _reload, model_config, publish, wait_until
+
+FAILING_LOAD_ERROR = "NOT_FOUND"     # an empty version directory: no SavedModel
+
+
+def broken(base: Path, model: str, version: int) -> Path:
+    """A version directory without a SavedModel: every load attempt fails until ``heal``."""
+    path = base / model / str(version)
+    path.mkdir(parents=True)
+    return path
+
+
+def heal(path: Path) -> None:
+    """Make a broken version loadable; saved_model.pb appears last, whole (rename)."""
+    for item in HALF_PLUS_TWO_123.iterdir():
+        if item.name != "saved_model.pb":
+            (shutil.copytree if item.is_dir() else shutil.copy)(item, path / item.name)
+    shutil.copy(HALF_PLUS_TWO_123 / "saved_model.pb", path / ".saved_model.pb.tmp")
+    os.replace(path / ".saved_model.pb.tmp", path / "saved_model.pb")
+
+
+def retries(srv, model: str, version: int) -> int:
+    return srv.log().count(f"Retrying load of servable version {{name: {model} version: {version}}}")
+
+
+def test_a_retrying_load_holds_a_later_version_until_its_retries_end(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m"),
+                            extra_args=["--max_num_load_retries=8", "--load_retry_interval_micros=500000"])
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    broken(base, "m", 2)
+    srv.wait_for_state("m", 2, "LOADING")
+    publish(base, "m", 3)                             # drops 2 (latest 1): held while 2 retries
+    wait_until(lambda: "from path: " + str(base / "m" / "3") in srv.log(), 10, "version 3 seen by the source")
+    time.sleep(1.0)
+    assert srv.version_states("m") == {1: "AVAILABLE", 2: "LOADING"}   # 3 not even START yet
+    entry = srv.wait_for_state("m", 2, "END", timeout=30)
+    assert entry["status"]["error_code"] == FAILING_LOAD_ERROR      # failed, not cancelled
+    assert retries(srv, "m", 2) == 8                                 # every retry ran
+    srv.wait_for_state("m", 3, "AVAILABLE")
+    srv.wait_for_state("m", 1, "END")
+
+
+def test_a_version_dropped_while_it_loads_finishes_serves_then_unloads(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m"),
+                            extra_args=["--max_num_load_retries=20", "--load_retry_interval_micros=500000"])
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    v2 = broken(base, "m", 2)
+    srv.wait_for_state("m", 2, "LOADING")
+    publish(base, "m", 3)                             # 2 is no longer aspired ...
+    wait_until(lambda: "from path: " + str(base / "m" / "3") in srv.log(), 10, "version 3 seen by the source")
+    heal(v2)                                          # ... but its next retry loads it
+    srv.wait_for_state("m", 3, "AVAILABLE", timeout=30)
+    entry = srv.wait_for_state("m", 2, "END")
+    assert entry["status"].get("error_code", "OK") == "OK"
+    log = srv.log()
+    assert "Successfully loaded servable version {name: m version: 2}" in log
+    assert log.index("Successfully loaded servable version {name: m version: 2}") < \
+        log.index("Loading servable version {name: m version: 3}")
+    assert srv.version_states("m") == {1: "END", 2: "END", 3: "AVAILABLE"}
+
+
+def test_a_version_dropped_before_it_loads_stays_start(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    publish(base, "m", 2)
+    broken(base, "m", 3)
+    srv = tfserving_factory(base, model_config(base, "m", versions=[1]),
+                            extra_args=["--max_num_load_retries=10", "--load_retry_interval_micros=500000"])
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    srv.write_config(model_config(base, "m", versions=[2, 3]))     # 3 loads first, 2 waits in START
+    srv.wait_for_state("m", 3, "LOADING")
+    assert srv.version_states("m")[2] == "START"
+    srv.write_config(model_config(base, "m", versions=[3]))        # drops 2 before it loads
+    srv.wait_for_state("m", 3, "END", timeout=30)
+    time.sleep(1.5)
+    assert srv.version_states("m") == {1: "AVAILABLE", 2: "START", 3: "END"}
+    assert "Loading servable version {name: m version: 2}" not in srv.log()
+
+
+def test_parallel_loads_report_a_dropped_load_as_cancelled(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m"),
+                            extra_args=["--num_load_threads=2", "--max_num_load_retries=5",
+                                        "--load_retry_interval_micros=4000000"])
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    v2 = broken(base, "m", 2)
+    wait_until(lambda: retries(srv, "m", 2) >= 1, 15, "a first retry of version 2")
+    heal(v2)                                   # the attempt after this 4 s wait succeeds ...
+    publish(base, "m", 3)                      # ... but 2 is dropped during the wait
+    srv.wait_for_state("m", 3, "AVAILABLE", timeout=15)   # loads in parallel meanwhile
+    entry = srv.wait_for_state("m", 2, "END", timeout=15)
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
+        ("CANCELLED", "Loading of servable cancelled")
+    assert retries(srv, "m", 2) == 1           # the wait was not cut short, no retry after it
+    assert srv.version_states("m") == {1: "END", 2: "END", 3: "AVAILABLE"}
+
+
+def test_changing_a_model_platform_is_refused_with_tf_serving_message(tfserving_factory, tmp_path):
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    base = tmp_path / "serving"
+    publish(base, "m", 1)
+    srv = tfserving_factory(base, model_config(base, "m"), config_poll_seconds=0)
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    lite = model_config(base, "m").replace('"tensorflow"', '"tensorflow_lite"')
+    other = lite.replace('name: "m"', 'name: "n"')
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        for text, message in [
+                (lite, "Illegal to change a model's platform. For model m platform was tensorflow and "
+                       "new platform requested is tensorflow_lite"),
+                (other, "Model n requests unsupported platform tensorflow_lite")]:
+            with pytest.raises(grpc.RpcError) as e:
+                _reload(stub, text, timeout=30)
+            assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert srv.version_states("m") == {1: "AVAILABLE"}
