@@ -13,7 +13,7 @@ from . import host_config
 from . import models_config as mc
 from . import verified as verified_record
 from .layout import MODELS_CONFIG
-from .plan import LOADING_STATES, STABLE, HostObservation
+from .plan import STABLE, HostObservation, loading_versions
 from .publish import published_versions
 from .tfs_client import WaitVerdict
 from .transports.base import Transport
@@ -79,7 +79,7 @@ def observe_settled(host, transport: Transport, client, model: str, *, label: st
 
     def settled() -> WaitVerdict:
         states = _states(client, model)
-        busy = sorted(v for v, s in states.items() if s in LOADING_STATES)
+        busy = loading_versions(states, observed.obs.main_policy, observed.obs.main_versions)
         return WaitVerdict(not busy, detail=", ".join(f"v{v} {states[v]}" for v in busy))
 
     client.wait_until(f"TF Serving to finish loading '{model}' on {host.name}", settled, timeout=timeout,

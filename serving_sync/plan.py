@@ -28,7 +28,6 @@ from .names import check_version
 from .retention import DEFAULT_KEEP, versions_to_remove
 
 AVAILABLE = "AVAILABLE"
-LOADING_STATES = ("START", "LOADING")     # TF Serving's states before AVAILABLE
 MEMORY_FACTOR = 1.2     # TF Serving's own estimate of a SavedModel's memory: 1.2 x its files' size
 STABLE = "stable"
 KEEP = "keep"     # ConfigTarget.main: leave the main entry exactly as it is
@@ -65,6 +64,14 @@ class ConfigTarget:
     validate: int | None = None
 
 
+def loading_versions(states: dict[int, str], policy: str | None, listed: tuple[int, ...]) -> list[int]:
+    """Versions still loading. TF Serving keeps a version dropped before its load started at START
+    for good (aspired_versions_manager.cc), so START counts only for a version a "specific" entry
+    still lists (or any, when the entry watches the base path)."""
+    return sorted(v for v, s in states.items()
+                  if s == "LOADING" or (s == "START" and (policy != "specific" or v in listed)))
+
+
 @dataclass(frozen=True)
 class HostObservation:
     """What one host looks like now, as plain data (see ``observe.observe_host``)."""
@@ -99,7 +106,7 @@ class HostObservation:
     @property
     def loading(self) -> list[int]:
         """Versions of the main entry TF Serving is still loading (it just started or reloaded)."""
-        return sorted(v for v, s in self.main_states.items() if s in LOADING_STATES)
+        return loading_versions(self.main_states, self.main_policy, self.main_versions)
 
     @property
     def unversioned(self) -> int | None:

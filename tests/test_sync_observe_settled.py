@@ -67,6 +67,13 @@ def test_a_version_still_loading_is_listed_as_loading_and_not_served():
     assert done.loading == [] and done.serving == 5
 
 
+def test_a_start_version_the_config_no_longer_lists_is_not_loading():
+    """TF Serving leaves a version dropped before its load started at START for good."""
+    obs = HostObservation(host="h1", model=M, base_path="/srv/digits", main_policy="specific",
+                          main_versions=(5,), main_states={4: "START", 5: "START", 6: "LOADING"})
+    assert obs.loading == [5, 6]
+
+
 def test_a_host_seen_while_loading_is_observed_again_once_it_serves(host, transport):
     client = ScriptedServing(loading_polls=2)
     observed = observe_settled(host, transport, client, M, timeout=10.0, interval=0.05)
