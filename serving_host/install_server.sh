@@ -13,7 +13,7 @@
 #   3b. writes <base>/monitoring.config enabling TF Serving's Prometheus page at
 #      /monitoring/prometheus/metrics (what `mlops sync deploy --bake` reads), unless --no-metrics,
 #   4. runs the pinned tensorflow/serving image with --model_config_file=/models/models.config,
-#      --monitoring_config_file=/models/monitoring.config,
+#      --monitoring_config_file=/models/monitoring.config, --max_num_load_retries=0,
 #      a config poll interval, the base directory mounted read-only at /models, REST (8501) and
 #      gRPC (8500) published on 127.0.0.1 unless told otherwise, and a restart policy.
 #      The container carries a label with a hash of its settings: same settings -> left alone,
@@ -239,6 +239,10 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
     "--model_config_file_poll_wait_seconds=$POLL_SECONDS"
     "--file_system_poll_wait_seconds=$POLL_SECONDS"
     --allow_version_labels_for_unavailable_models=true
+    # a model loads from this host's own disk, so a failed load is the version's fault: fail it at
+    # once. TF Serving's default (5 retries, 1 min apart) holds every other change on the host,
+    # the deploy's put-back included, for 5 minutes (its manager loads one version at a time)
+    --max_num_load_retries=0
   )
   if [ "$WITH_METRICS" -eq 1 ]; then
     server_args+=("--monitoring_config_file=$MODELS_IN_CONTAINER/monitoring.config")

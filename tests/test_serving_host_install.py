@@ -52,7 +52,7 @@ def test_dry_run_prints_every_command_and_changes_nothing(tmp_path):
         "tensorflow/serving:2.21.0",
         "--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config",
         "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
-        "--allow_version_labels_for_unavailable_models=true",
+        "--allow_version_labels_for_unavailable_models=true", "--max_num_load_retries=0",
         "--monitoring_config_file=/models/monitoring.config"]
 
 
