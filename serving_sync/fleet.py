@@ -176,19 +176,27 @@ class FleetPlan:
 
 
 def plan_fleet(model: str, hosts, *, version: int | None = None,
-               opts: DeployOptions = DeployOptions()) -> FleetPlan:
-    """What ``deploy`` would do on each host, changing nothing (no lock, no write)."""
+               opts: DeployOptions = DeployOptions(), annotate: bool = True) -> FleetPlan:
+    """What ``deploy`` would do on each host, changing nothing (no lock, no write).
+    ``annotate`` False (each ``sync watch`` pass): whether each host is up to date and its steps,
+    without what only ``sync plan`` shows (peak memory from the artifact listing and the hosts'
+    manifests, retention's rollback target, the rollout) — MLflow requests a pass need not make."""
     v, source = resolve_version(model, version)
     fp = FleetPlan(model, v, source)
-    new_size = deploys.saved_model_size(model, v)
-    try:     # what the deploy's retention keeps on every host (read there after the switch)
-        rollback_to, unknown = deploys.DeployLedger(model).rollback_target(), None
-    except UserError as exc:
-        rollback_to, unknown = None, exc.message
+    new_size = deploys.saved_model_size(model, v) if annotate else None
+    rollback_to, unknown = None, None
+    if annotate:
+        try:     # what the deploy's retention keeps on every host (read there after the switch)
+            rollback_to = deploys.DeployLedger(model).rollback_target()
+        except UserError as exc:
+            unknown = exc.message
     for host in hosts:
         try:
             with connected([host]) as conns:
                 (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
+                if not annotate:
+                    fp.plans.append(p)
+                    continue
                 copies = peak_copies(o.obs, v, fast=opts.fast)
                 sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
             if sizes.get(v) is None:
@@ -206,6 +214,8 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                                "sizes": {str(k): s for k, s in sorted(sizes.items())}}
         except UserError as exc:
             fp.errors[host.name] = exc.message
+    if not annotate:
+        return fp
     d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts)
     fp.restore, fp.rollout = d.restore, d.shape.to_dict()
     fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,

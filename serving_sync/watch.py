@@ -188,7 +188,7 @@ class FleetReconciler:
 
         from . import fleet
 
-        fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts)
+        fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
         if fp.errors:
             return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
         if fp.up_to_date and (fp.version in self._record_tried or self.status_known(fp.version)):

@@ -265,3 +265,27 @@ def test_re_promoting_an_older_version_in_mlflow_rolls_the_hosts_back_through_th
                for p in doc["passes"]), doc
     assert doc["webhook"]["accepted"] >= 1 and doc["webhook"]["rejected_401"] == 1
     assert secret not in out + err
+
+
+def test_a_watch_pass_asks_mlflow_only_what_it_uses(deploy_env, monkeypatch):
+    """Each pass planned the fleet as `sync plan` does: the version's artifact listing, the
+    hosts' stored sizes and the ledger's rollback target, every pass, for nothing it reads."""
+    from registry import deploys
+    from serving_sync.hosts import load_hosts
+    from serving_sync.options import DeployOptions
+    from serving_sync.watch import FleetReconciler
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+
+    def not_in_a_pass(*a, **k):
+        raise AssertionError("a watch pass asked for what only `sync plan` shows")
+
+    monkeypatch.setattr(deploys, "saved_model_size", not_in_a_pass)
+    monkeypatch.setattr(deploys.DeployLedger, "rollback_target", not_in_a_pass)
+    for k, v in env.env.items():
+        monkeypatch.setenv(k, v)
+    status, version, _ = FleetReconciler(env.model, load_hosts(), DeployOptions(), status_known=lambda v: True)()
+    assert (status, version) == ("up_to_date", v1)
+    env.serves(host, v1)
