@@ -58,6 +58,15 @@ class _Harness:
     servable: Servable | None = None
 
 
+def _close_quietly(servable: Servable, name: str, version: int) -> None:
+    """Close a version's session; a failure is logged, never left to stop the manager (with one
+    load or unload at a time, an exception here would hold every later change)."""
+    try:
+        servable.close()
+    except Exception:  # noqa: BLE001 - logged; the version is gone either way
+        log.exception("closing servable version %s failed", sid(name, version))
+
+
 def sid(name: str, version: int) -> str:
     """``ServableId::DebugString``."""
     return f"{{name: {name} version: {version}}}"
@@ -226,7 +235,10 @@ class Manager:
         if name in self._source_error:
             return f"{{Latest({name}) due to error: {self._source_error[name]}}}"
         stream = self._streams.get(name, {})
-        asp = [h for h in stream.values() if h.is_aspired]
+        # only what the current config wants: with changes held behind a running load, the stream
+        # can still hold an earlier entry's failed version, which is not this model's answer
+        want = self._aspired.get(name, {})
+        asp = [h for h in stream.values() if h.is_aspired and h.version in want]
         if not asp and name in self._aspired and not self._aspired[name]:
             entry = self._source[name]
             return (f"{{Latest({name}) due to error: NOT_FOUND: No versions of servable {name} found "
@@ -419,9 +431,9 @@ class Manager:
                 log.info("Successfully loaded servable version %s", sid(name, h.version))
             elif error is None:  # dropped while loading (parallel only): loader_harness.cc
                 log.info("Unloading just-loaded servable version %s", sid(name, h.version))
-                servable.close()
                 h.state = pol.DISABLED
                 self._set_state(name, h.version, END, "CANCELLED", "Loading of servable cancelled")
+                _close_quietly(servable, name, h.version)
             else:
                 h.state = pol.ERROR
                 self._set_state(name, h.version, END, error.code, error.message)
@@ -444,7 +456,7 @@ class Manager:
     def _unload(self, name: str, h: _Harness) -> None:
         log.info("Unloading servable version %s", sid(name, h.version))
         if h.servable is not None:
-            h.servable.close()
+            _close_quietly(h.servable, name, h.version)     # the manager must go on (serial: _done)
         with self._lock:
             h.state, h.servable = pol.DISABLED, None
             self._set_state(name, h.version, END)

@@ -67,9 +67,11 @@ class ConfigTarget:
 def loading_versions(states: dict[int, str], policy: str | None, listed: tuple[int, ...]) -> list[int]:
     """Versions still loading. TF Serving keeps a version dropped before its load started at START
     for good (aspired_versions_manager.cc), so START counts only for a version a "specific" entry
-    still lists (or any, when the entry watches the base path)."""
+    still lists, or any when the entry watches the base path — and none when there is no entry
+    (a first deploy put back before its version started loading left it at START)."""
     return sorted(v for v, s in states.items()
-                  if s == "LOADING" or (s == "START" and (policy != "specific" or v in listed)))
+                  if s == "LOADING" or (s == "START" and policy is not None
+                                        and (policy != "specific" or v in listed)))
 
 
 @dataclass(frozen=True)

@@ -136,3 +136,87 @@ def test_changing_a_model_platform_is_refused_with_tf_serving_message(tfserving_
                 _reload(stub, text, timeout=30)
             assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
     assert srv.version_states("m") == {1: "AVAILABLE"}
+
+
+def test_a_model_added_again_is_not_failed_by_its_earlier_entrys_error(tmp_path, monkeypatch):
+    """Found by review: with changes held behind another model's load, removing a validation entry
+    whose version failed and adding it again with a good version answered the old version's error
+    at once (the stream still held it)."""
+    import threading
+
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    slow = threading.Event()
+
+    def load(name, version, path):
+        if (name, version) == ("A", 2):
+            slow.wait(10)                              # another model's long load: the manager is busy
+        if (name, version) == ("V", 5):
+            raise ServingError("NOT_FOUND", "bad v5")
+        return Fake()
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(load))
+    for m, vs in (("A", [1]), ("V", [5, 6])):
+        for v in vs:
+            (tmp_path / m / str(v)).mkdir(parents=True)
+
+    def entry(n, versions=None):
+        pol = VersionPolicy("specific", versions=frozenset(versions)) if versions else VersionPolicy()
+        return cfg.ModelEntry(n, str(tmp_path / n), pol)
+
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(cfg.ServerConfig("list", (entry("A"),)))
+        with pytest.raises(ServingError, match="bad v5"):
+            m.reload_config(cfg.ServerConfig("list", (entry("A"), entry("V", {5}))), wait_timeout=10)
+        (tmp_path / "A" / "2").mkdir()
+        m.poll(["A"])                                  # A v2 starts its slow load
+        deadline = time.monotonic() + 10
+        while m.model_status("A", 2)[0][1].state != "LOADING" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        m.reload_config(cfg.ServerConfig("list", (entry("A"),)))           # V removed: held
+        threading.Timer(0.5, slow.set).start()
+        m.reload_config(cfg.ServerConfig("list", (entry("A"), entry("V", {6}))), wait_timeout=20)
+        assert [(v, st.state) for v, st in m.model_status("V", 6)] == [(6, "AVAILABLE")]
+    finally:
+        slow.set()
+        m.stop()
+
+
+def test_a_version_whose_close_fails_does_not_stop_the_manager(tmp_path, monkeypatch):
+    """With one load or unload at a time, an exception closing a session left the manager busy
+    for good: no later version of any model would load."""
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.versions import VersionPolicy
+
+    class Sticky:
+        def close(self):
+            raise RuntimeError("session close failed")
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(lambda name, version, path: Sticky()))
+    (tmp_path / "A" / "1").mkdir(parents=True)
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy()),)))
+        def settles_at(expected: dict) -> dict:
+            deadline = time.monotonic() + 10
+            while (states := dict((x, st.state) for x, st in m.model_status("A", None))) != expected \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return states
+
+        for v in (2, 3):                                   # each replaces the last: an unload that raises
+            (tmp_path / "A" / str(v)).mkdir()
+            m.poll(["A"])
+            expected = {x: "END" for x in range(1, v)} | {v: "AVAILABLE"}
+            assert settles_at(expected) == expected
+    finally:
+        m.stop()

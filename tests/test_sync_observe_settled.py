@@ -62,7 +62,8 @@ def transport(host):
 def test_a_version_still_loading_is_listed_as_loading_and_not_served():
     obs = HostObservation(host="h1", model=M, base_path="/srv/digits", main_states={5: "LOADING", 4: "END"})
     assert obs.loading == [5] and obs.serving is None
-    assert HostObservation(host="h1", model=M, base_path="/srv/digits", main_states={5: "START"}).loading == [5]
+    assert HostObservation(host="h1", model=M, base_path="/srv/digits", main_policy="latest",
+                           main_states={5: "START"}).loading == [5]
     done = HostObservation(host="h1", model=M, base_path="/srv/digits", main_states={5: AVAILABLE})
     assert done.loading == [] and done.serving == 5
 
@@ -72,6 +73,10 @@ def test_a_start_version_the_config_no_longer_lists_is_not_loading():
     obs = HostObservation(host="h1", model=M, base_path="/srv/digits", main_policy="specific",
                           main_versions=(5,), main_states={4: "START", 5: "START", 6: "LOADING"})
     assert obs.loading == [5, 6]
+    # no main entry at all: a first deploy put back before its version started loading (TF Serving
+    # then lists it at START for good); every later deploy waited for it and timed out
+    gone = HostObservation(host="h1", model=M, base_path="/srv/digits", main_states={1: "START"})
+    assert gone.main_policy is None and gone.loading == []
 
 
 def test_a_host_seen_while_loading_is_observed_again_once_it_serves(host, transport):
