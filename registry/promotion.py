@@ -410,9 +410,10 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
             raise NotFoundError(f"nothing to roll back to for '{model}': no version holds production; "
                                 f"use `mlops registry promote --version N`")
         if not unrolled_ok and (pending := rollback_in_rollout(history, current)) is not None:
-            raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) is not "
-                               f"on the hosts yet (interrupted?): `mlops sync deploy` finishes it; to roll "
-                               f"back further, `mlops sync rollback --to N`")
+            raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) has no "
+                               f"deploy recorded since (interrupted, or made with `registry rollback`): "
+                               f"`mlops sync deploy` installs v{current}, or records it where the hosts serve "
+                               f"it; to roll back further, `mlops sync rollback --to N`")
         choice = rollback_choice(history, all_versions, current)
         if choice.version is None:
             skipped = sorted(set(choice.skipped_failed) | set(choice.skipped_deleted))

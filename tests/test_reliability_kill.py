@@ -112,8 +112,8 @@ def test_a_rollback_killed_after_its_switch_is_finished_by_a_deploy_not_repeated
 
     again = env.cli("sync", "rollback", "--reason", "v3 is slow")
     assert again.returncode != 0 and env.production() == v2, again.stderr
-    assert f"the last rollback of '{env.model}' (v{v3} -> v{v2}) is not on the hosts yet" in again.stderr
-    assert "`mlops sync deploy` finishes it" in again.stderr
+    assert f"the last rollback of '{env.model}' (v{v3} -> v{v2}) has no deploy recorded since" in again.stderr
+    assert f"`mlops sync deploy` installs v{v2}, or records it where the hosts serve it" in again.stderr
 
     r = env.cli("sync", "deploy", "--json")
     assert r.returncode == 0, r.stderr
@@ -121,6 +121,27 @@ def test_a_rollback_killed_after_its_switch_is_finished_by_a_deploy_not_repeated
     assert env.tags(v3).get("deploy_status") == "rolled_back"
     assert env.tags(v2).get("deploy_status") == "deployed"
     further = env.cli("sync", "rollback", "--reason", "v2 too")       # now a rollback is one step again
+    assert further.returncode == 0, further.stderr
+    assert env.production() == v1
+    env.serves(host, v1)
+
+
+def test_a_registry_rollback_the_hosts_already_serve_is_recorded_by_a_deploy(deploy_env):
+    """Found by review: v3 promoted but never deployed, `registry rollback` back to v2 (which the
+    hosts serve): `sync rollback` must not say the hosts lack v2 without a way out — `sync
+    deploy` records it, and a rollback is one step again."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2 = env.release("a"), env.release("b")
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("registry", "rollback", "--reason", "not yet").returncode == 0
+    assert env.production() == v2
+    refused = env.cli("sync", "rollback", "--reason", "further")
+    assert refused.returncode != 0 and f"`mlops sync deploy` installs v{v2}, or records it" in refused.stderr
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 0 and '"up_to_date"' in r.stdout, r.stdout + r.stderr
+    further = env.cli("sync", "rollback", "--reason", "further")
     assert further.returncode == 0, further.stderr
     assert env.production() == v1
     env.serves(host, v1)
