@@ -626,10 +626,13 @@ def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None
     plan = run.plan
     try:
         run.heartbeat()               # raises at once if the lock's thread found it taken over
+        # a dead deploy's half-written models.config can lie in the base only when its lock was
+        # taken over: list the base then, not on every deploy (over SSH a listing is 4 round trips)
+        took_over = bool(getattr(getattr(run.conn, "lock", None), "took_over", False))
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
-                            + (() if rollback_to is None else (rollback_to,)))
+                            + (() if rollback_to is None else (rollback_to,)), config_temps=took_over)
         if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)

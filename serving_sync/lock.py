@@ -209,6 +209,7 @@ class HostLock:
         self._thread: _Heartbeat | None = None
         self._beat_lock = threading.Lock()
         self._created = b""                # the lock file's bytes as this lock created them
+        self.took_over = False             # taken from a dead (or named) owner: its leftovers may lie about
 
     def _new(self) -> LockInfo:
         now = self.clock()
@@ -259,6 +260,7 @@ class HostLock:
                 self._created = raw     # the lock file never changes while held (beats go elsewhere)
                 self._start_heartbeat()
                 if took is not None:
+                    self.took_over = True
                     _record_takeover(self.model, where, *took, info)
                 return info
             got = self._read_settled()

@@ -65,8 +65,9 @@ class RetentionPlan:
 def plan(transport: Transport, model: str, *, serving: int | None, previous: int | None,
          keep: int = DEFAULT_KEEP, protected: tuple[int, ...] = (),
          upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None,
-         config_temps: bool = True) -> RetentionPlan:
-    """Read the host's listing of ``<model>/`` and decide (no changes made)."""
+         config_temps: bool = False) -> RetentionPlan:
+    """Read the host's listing of ``<model>/`` and decide (no changes made). ``config_temps``: also
+    list the base for half-written ``.models.config.tmp-*`` files (after a lock takeover)."""
     names = transport.list_dir(model)
     published = [v for n in names if (v := version_of(n)) is not None]
     return RetentionPlan(model,

@@ -135,8 +135,7 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
-    rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected,
-                        config_temps=False)     # a store has no models.config
+    rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected)
     retention.apply(t, rp)
     return rp.to_dict()
 

@@ -28,7 +28,11 @@ def project(tmp_path) -> Path:
 
 
 def plan(project: Path) -> str:
-    p = subprocess.run(["make", "-n", "venv"], cwd=project, capture_output=True, text=True, timeout=60)
+    # as a person runs it: not as a sub-make of `make test` (CI), whose MAKEFLAGS print
+    # "make[1]: Entering directory" lines around the plan
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    p = subprocess.run(["make", "--no-print-directory", "-n", "venv"], cwd=project, capture_output=True,
+                       text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     return p.stdout
 

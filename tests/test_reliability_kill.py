@@ -145,3 +145,25 @@ def test_a_registry_rollback_the_hosts_already_serve_is_recorded_by_a_deploy(dep
     assert further.returncode == 0, further.stderr
     assert env.production() == v1
     env.serves(host, v1)
+
+
+def test_a_deploy_that_takes_over_a_dead_lock_removes_a_half_written_models_config(deploy_env, paused_deploy):
+    """Found by a kill sweep: a config write killed before its rename left `.models.config.tmp-*`
+    in the base for good. The base is listed for them only after a lock takeover (over SSH a
+    listing is 4 round trips, which every deploy would pay)."""
+    env = deploy_env
+    host = env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    deploy = paused_deploy(env.env, "after:load_validation").wait_paused()
+    deploy.kill()
+    leftover = host.base / ".models.config.tmp-0badf00d"
+    leftover.write_text("model_config_list { con")          # as a write killed before its rename
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 0 and "took over the deploy lock" in r.stderr, r.stderr
+    assert not leftover.exists() and (host.base / "models.config").exists()
+    env.serves(host, v2)
+    leftover.write_text("model_config_list { con")          # no takeover: the base is not listed
+    env.promote(env.register("c"))
+    assert env.cli("sync", "deploy").returncode == 0 and leftover.exists()

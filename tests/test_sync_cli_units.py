@@ -58,7 +58,7 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     # tests/test_sync_cli.py), as after `registry rollback` + `sync deploy`: not a second time here
     assert [c if isinstance(c, str) else c[0] for c in registry_calls] == ["rollback", "deploy", "finish"]
     assert registry_calls[0][1] == {"to": None, "reason": "slow", "provenance": by, "force": False,
-                                  "defer_tags": True}
+                                  "defer_tags": True, "unrolled_ok": False}
     assert registry_calls[1][1]["reason"] == "slow"          # the ledger's reason goes to the deploy rows
     assert registry_calls[1][1]["provenance"] is by          # and who rolled back, to every row it writes
     assert moved and moved[0].to_version == 2

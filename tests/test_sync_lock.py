@@ -405,7 +405,8 @@ def test_retention_plan_and_apply_on_a_host(hut, tmp_path):
     hut.raw_write(f"digits/{old_upload}/saved_model.pb", b"partial")
     hut.raw_write("models.config", b"model_config_list {}\n")
     hut.raw_write(".models.config.tmp-0badf00d", b"model_config_li")     # a config write killed mid-way
-    p = retention.plan(hut.transport, "digits", serving=5, previous=1, keep=2)
+    assert retention.plan(hut.transport, "digits", serving=5, previous=1, keep=2).remove_config_temps == []
+    p = retention.plan(hut.transport, "digits", serving=5, previous=1, keep=2, config_temps=True)  # a takeover
     assert p.remove_versions == [2, 3] and p.remove_uploads == [old_upload]
     assert p.remove_config_temps == [".models.config.tmp-0badf00d"]
     retention.apply(hut.transport, p)
