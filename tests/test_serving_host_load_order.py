@@ -40,14 +40,20 @@ def retries(srv, model: str, version: int) -> int:
     return srv.log().count(f"Retrying load of servable version {{name: {model} version: {version}}}")
 
 
-def test_a_retrying_load_holds_a_later_version_until_its_retries_end(tfserving_factory, tmp_path):
+def v1_serving_and_v2_retrying(tfserving_factory, tmp_path, retries: int):
+    """A server with ``m`` v1 AVAILABLE and a broken v2 LOADING (retrying every 0.5 s)."""
     base = tmp_path / "serving"
     publish(base, "m", 1)
-    srv = tfserving_factory(base, model_config(base, "m"),
-                            extra_args=["--max_num_load_retries=8", "--load_retry_interval_micros=500000"])
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=[
+        f"--max_num_load_retries={retries}", "--load_retry_interval_micros=500000"])
     srv.wait_for_state("m", 1, "AVAILABLE")
-    broken(base, "m", 2)
+    v2 = broken(base, "m", 2)
     srv.wait_for_state("m", 2, "LOADING")
+    return base, srv, v2
+
+
+def test_a_retrying_load_holds_a_later_version_until_its_retries_end(tfserving_factory, tmp_path):
+    base, srv, _ = v1_serving_and_v2_retrying(tfserving_factory, tmp_path, 8)
     publish(base, "m", 3)                             # drops 2 (latest 1): held while 2 retries
     wait_until(lambda: "from path: " + str(base / "m" / "3") in srv.log(), 10, "version 3 seen by the source")
     time.sleep(1.0)
@@ -60,13 +66,7 @@ def test_a_retrying_load_holds_a_later_version_until_its_retries_end(tfserving_f
 
 
 def test_a_version_dropped_while_it_loads_finishes_serves_then_unloads(tfserving_factory, tmp_path):
-    base = tmp_path / "serving"
-    publish(base, "m", 1)
-    srv = tfserving_factory(base, model_config(base, "m"),
-                            extra_args=["--max_num_load_retries=20", "--load_retry_interval_micros=500000"])
-    srv.wait_for_state("m", 1, "AVAILABLE")
-    v2 = broken(base, "m", 2)
-    srv.wait_for_state("m", 2, "LOADING")
+    base, srv, v2 = v1_serving_and_v2_retrying(tfserving_factory, tmp_path, 20)
     publish(base, "m", 3)                             # 2 is no longer aspired ...
     wait_until(lambda: "from path: " + str(base / "m" / "3") in srv.log(), 10, "version 3 seen by the source")
     heal(v2)                                          # ... but its next retry loads it
