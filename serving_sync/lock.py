@@ -272,6 +272,10 @@ class HostLock:
             token = held.token if held is not None else corrupt_token(raw)
             why = takeover_reason(held, token, named=self.break_lock, now=self.clock(),
                                   hostname=self.hostname, ttl=self.ttl, pidns=self.pidns)
+            if why is None and held is None and not raw:
+                # still empty after SETTLE_S: a live creator writes within one round trip of its
+                # create, so this one died in between (a SIGKILL there left a lock no rerun took)
+                why = f"empty for over {SETTLE_S:g}s: its deploy died between creating and writing it"
             if why is None:
                 raise LockHeld(self._held_message(where, held, token))
             if self.transport.remove_if_same(LOCK_PATH, raw):

@@ -202,6 +202,18 @@ def test_corrupt_lock_file_is_reported_and_broken_by_its_name(hut):
         assert lock.info is not None
 
 
+def test_an_empty_lock_file_is_taken_over_once_it_stays_empty(hut):
+    """Found by a kill sweep: a deploy SIGKILLed between creating its lock and writing it (one SFTP
+    round trip) left an empty file that every rerun refused as corrupt until --break-lock."""
+    hut.raw_write(LOCK_PATH, b"")
+    lock = HostLock(hut.transport)
+    info = lock.acquire()
+    try:
+        assert lock.took_over and json.loads(hut.raw_read(LOCK_PATH))["token"] == info.token
+    finally:
+        lock.release()
+
+
 @pytest.mark.parametrize("kind", ["file", "ssh"])    # S3 deletes with If-Match: no guard file
 def test_compare_and_delete_waits_for_a_live_guard_and_breaks_a_dead_one(kind, request, tmp_path):
     """The guard serialises compare-and-delete: a fresh one (another caller, working) is waited
