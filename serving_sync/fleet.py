@@ -628,7 +628,8 @@ def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None
         run.heartbeat()               # raises at once if the lock's thread found it taken over
         # a dead deploy's half-written models.config can lie in the base only when its lock was
         # taken over: list the base then, not on every deploy (over SSH a listing is 4 round trips)
-        took_over = bool(getattr(getattr(run.conn, "lock", None), "took_over", False))
+        lock = run.conn.lock
+        took_over = lock is not None and lock.took_over
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)

@@ -229,7 +229,7 @@ def test_retention_removes_nothing_once_the_hosts_lock_was_taken_over(transport)
     conn.lock = ours
     plan = SimpleNamespace(model="m", desired=6, previous_kept=5, current=5, final=SimpleNamespace(versions=(5, 6)),
                            held_by_others=())
-    run = SimpleNamespace(plan=plan, transport=transport, host=conn.host, heartbeat=Heartbeat([conn]))
+    run = SimpleNamespace(plan=plan, transport=transport, host=conn.host, heartbeat=Heartbeat([conn]), conn=conn)
     thief = HostLock(transport, break_lock=ours.info.token, heartbeat_every=0)
     thief.acquire()                       # ours.lost is not set: only the forced heartbeat can tell
     try:

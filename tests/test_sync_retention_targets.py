@@ -40,6 +40,7 @@ def _run(t, *, desired, current, previous_kept, final, store=None):
     return NS(plan=NS(model=M, desired=desired, current=current, previous_kept=previous_kept,
                       final=NS(versions=final), held_by_others=()),
               transport=t, host=NS(name="h1", store=store), heartbeat=lambda force=False: None,
+              conn=NS(lock=None),
               outcome=NS(retention=None, host="h1", from_version=current, previous_kept=previous_kept))
 
 
