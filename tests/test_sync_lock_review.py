@@ -93,7 +93,14 @@ def test_a_lock_being_written_is_another_deploys_not_a_corrupt_one(tmp_path):
     finally:
         writer.cancel()
     assert "corrupt" not in e.value.message and "another deploy holds the lock" in e.value.message
-    path.write_bytes(b"")                                     # still empty a second later: corrupt
+    path.write_bytes(b"")                 # still empty a second later: its creator died in between
+    taker = HostLock(LocalTransport(base), heartbeat_every=0)
+    taker.acquire()
+    try:
+        assert taker.took_over and path.read_bytes() == taker.info.to_json()
+    finally:
+        taker.release()
+    path.write_bytes(b"{half a lock")                         # unreadable and not empty: corrupt
     with pytest.raises(LockHeld, match="cannot be read \\(corrupt\\)"):
         HostLock(LocalTransport(base), heartbeat_every=0).acquire()
 
