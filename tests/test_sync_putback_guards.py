@@ -74,7 +74,7 @@ def test_a_passing_smoke_test_the_ledger_could_not_record_does_not_blame_the_ver
 
 
 def test_the_ledger_failure_keeps_production_where_it_is():
-    from serving_sync import fleet
+    from serving_sync import deploy_failure, fleet
 
     result = fleet.FleetResult("m", 2, "production", "failed")
     rows = []
@@ -86,8 +86,8 @@ def test_the_ledger_failure_keeps_production_where_it_is():
     recorder.record_all = lambda rows: None
     run = _run(record=recorder)
     step = next(s for s in run.plan.steps if "smoke" in str(s.kind))
-    err = fleet._fail(result, recorder, run, [run],
-                      host_run.StepFailed("h1", step, LedgerWriteFailed("h1: smoke test passed, but ...")))
+    err = deploy_failure.fail(result, recorder, run, [run],
+                              host_run.StepFailed("h1", step, LedgerWriteFailed("h1: smoke test passed, but ...")))
     assert result.blames_version is False and "the ledger could not record" in str(err)
     assert rows and rows[-1][2].get("registry_unchanged") is True
 

@@ -250,7 +250,7 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
     from types import SimpleNamespace
 
     from registry import promotion
-    from serving_sync import fleet
+    from serving_sync import deploy_failure, fleet
 
     rows = []
 
@@ -267,12 +267,13 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
     monkeypatch.setattr(promotion, "revert_failed_deploy", down)
     result = fleet.FleetResult("m", 2, "production", "failed")
     run = SimpleNamespace(host=SimpleNamespace(name="web-1"), plan=SimpleNamespace(current=1))
-    note = fleet._registry_after_failure(result, recorder, run, "smoke test failed", "smoke_validation",
-                                         kept_because=None)
+    note = deploy_failure.registry_after_failure(result, recorder, run, "smoke test failed",
+                                                 "smoke_validation", kept_because=None)
     assert "could not update the registry" in note and result.registry["moved"] is False
     assert rows == [("deploy", "failed", 2, "MLflow at http://127.0.0.1:5000 is not reachable")]
     rows.clear()
-    fleet._registry_after_failure(result, recorder, run, "interrupted", "bake", kept_because="interrupted")
+    deploy_failure.registry_after_failure(result, recorder, run, "interrupted", "bake",
+                                          kept_because="interrupted")
     assert [r[:3] for r in rows] == [("deploy", "failed", 2)]          # the kept-because row, once
 
 
@@ -280,7 +281,7 @@ def test_a_version_deploy_stopped_by_a_host_does_not_claim_production_holds_it()
     """``--version 2`` while production is v1: a lost connection said "production left at v2"."""
     from types import SimpleNamespace
 
-    from serving_sync import fleet
+    from serving_sync import deploy_failure, fleet
 
     def recorder(action, outcome, **fields):
         pass
@@ -288,17 +289,17 @@ def test_a_version_deploy_stopped_by_a_host_does_not_claim_production_holds_it()
     recorder.provenance = None
     run = SimpleNamespace(host=SimpleNamespace(name="web-1"), plan=SimpleNamespace(current=1))
     pinned = fleet.FleetResult("m", 2, "--version", "failed")
-    note = fleet._registry_after_failure(pinned, recorder, run, "lost the SSH connection", "publish",
-                                         kept_because="the connection was lost")
+    note = deploy_failure.registry_after_failure(pinned, recorder, run, "lost the SSH connection", "publish",
+                                                 kept_because="the connection was lost")
     assert note.startswith("production not involved (--version) (the connection was lost)"), note
     prod = fleet.FleetResult("m", 2, "production", "failed")
-    note = fleet._registry_after_failure(prod, recorder, run, "lost the SSH connection", "publish",
-                                         kept_because="the connection was lost")
+    note = deploy_failure.registry_after_failure(prod, recorder, run, "lost the SSH connection", "publish",
+                                                 kept_because="the connection was lost")
     assert note.startswith("production left at v2 (the connection was lost)"), note
     assert "fix the cause and rerun" in note
     # a signal is not a cause to fix (`sync watch` said so after a plain SIGTERM)
-    note = fleet._registry_after_failure(prod, recorder, run, "interrupted", "switch",
-                                         kept_because=fleet.INTERRUPTED_BY_SIGNAL)
+    note = deploy_failure.registry_after_failure(prod, recorder, run, "interrupted", "switch",
+                                                 kept_because=deploy_failure.INTERRUPTED_BY_SIGNAL)
     assert "(the deploy was interrupted); rerun `mlops sync deploy`" in note and "fix the cause" not in note, note
 
 
