@@ -145,17 +145,20 @@ def get_version(model: str, version, *, aliases: dict[str, int] | None = None) -
         hint = f"the latest is {latest}" if latest else "it has no versions yet"
         return NotFoundError(f"version {v} of registered model '{model}' does not exist "
                              f"({hint}); see `mlops registry status`")
-    doc = rest().get("model-versions/get", {"name": model, "version": str(v)},
-                     what=f"reading version {v} of '{model}'", missing=missing)
-    return _info(doc["model_version"], _by_version(aliases))
+    return _info(_version_doc(model, v, missing)["model_version"], _by_version(aliases))
+
+
+def _version_doc(model: str, v: int, missing: Callable[[], Exception]) -> dict:
+    """MLflow's ``model-versions/get`` answer for version ``v`` (``missing()`` is raised if none)."""
+    return rest().get("model-versions/get", {"name": model, "version": str(v)},
+                      what=f"reading version {v} of '{model}'", missing=missing)
 
 
 def version_exists(model: str, version: int) -> bool:
     """Whether version ``version`` of ``model`` is in the registry (it may have been deleted): one
     request (``get_version`` also reads the aliases, and its "not found" line searches versions)."""
     try:
-        rest().get("model-versions/get", {"name": model, "version": str(parse_version(version))},
-                   what=f"reading version {version} of '{model}'", missing=lambda: NotFoundError(""))
+        _version_doc(model, parse_version(version), lambda: NotFoundError(""))
     except NotFoundError:
         return False
     return True

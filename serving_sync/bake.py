@@ -177,6 +177,7 @@ def sum_uncertainty(v: float) -> float:
 
 
 _KEPT = (REQUEST_COUNT, REQUEST_LATENCY + "_bucket", REQUEST_LATENCY + "_sum", REQUEST_LATENCY + "_count")
+_KEPT_LINES = tuple(n + "{" for n in _KEPT)      # a sample line of a kept metric starts so
 
 
 def _samples(text: str) -> list:
@@ -194,7 +195,7 @@ def _samples(text: str) -> list:
         lines = text.split("\n")                 # not splitlines(): label values may hold \r, \x85, \u2028
         if f"# TYPE {REQUEST_COUNT} counter" not in lines:
             raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
-        return [(s.name, s) for line in lines if line.startswith(tuple(n + "{" for n in _KEPT))
+        return [(s.name, s) for line in lines if line.startswith(_KEPT_LINES)
                 for s in _line_samples(line)]
     if not any(f.name == REQUEST_COUNT for f in families):
         raise UserError(f"the page has no {REQUEST_COUNT}: it is not TF Serving's metrics page (check "

@@ -247,16 +247,22 @@ def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None) -> 
     still checks the restored version on every host before any switches. ``--canary``, ``--wave``
     or ``--bake`` on the command line (``opts.staged_restore``) keep the staged rollout."""
     restore = None
-    if len(changing) >= 2 and not opts.staged_restore and restoring is not None:
+    if _could_restore(changing, opts) and restoring is not None:
         opts = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
         restore = {"rolled_back_from": restoring.from_version, "reason": restoring.reason}
     return RolloutDecision(opts, restore, rollout.shape(changing, canary=opts.canary, wave=opts.wave))
 
 
+def _could_restore(changing: list[str], opts: DeployOptions) -> bool:
+    """Whether a restore would unstage this rollout: two or more hosts change, and no --canary,
+    --wave or --bake asks for the staged one."""
+    return len(changing) >= 2 and not opts.staged_restore
+
+
 def rollout_for(model: str, version: int, changing: list[str], opts: DeployOptions) -> RolloutDecision:
     """``decide_rollout``, reading the ledger only when a restore could change the answer."""
-    could_restore = len(changing) >= 2 and not opts.staged_restore
-    return decide_rollout(changing, opts, deploys.restoring(model, version) if could_restore else None)
+    return decide_rollout(changing, opts,
+                          deploys.restoring(model, version) if _could_restore(changing, opts) else None)
 
 
 def _stored_size(transport, model: str, version: int) -> int | None:
@@ -309,7 +315,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier "
                             "deploy stopped before recording it)", v, model)
             if source == "production":
-                _finish_rolled_back_tag(model, v)
+                _tag_rolled_back(model, v, late=True)
             result.seconds = time.monotonic() - start
             return result
         recorder = deploys.DeployLedger(model, provenance=provenance)
@@ -509,42 +515,31 @@ def _hosts(conns) -> str:
     return f"host {names[0]}" if len(names) == 1 else f"hosts {', '.join(names)}"
 
 
-def _tag_rolled_back(result: FleetResult) -> None:
+def _tag_rolled_back(model: str, version: int, restore: dict | None = None, *,
+                     late: bool = False) -> None:
     """A deploy that restored production after a rollback in the registry tags the version rolled
     back from ``rolled_back`` once the restored one serves — whichever way the rollback came
     (`sync rollback`; `registry rollback` then `sync deploy`, CircleCI's rollback workflow; `sync
     watch`), where only `sync rollback` did before and the other ways left it ``deployed``. Not
-    when that version is production again (promoted again meanwhile: it serves)."""
+    when that version is production again (promoted again meanwhile: it serves).
+
+    ``late`` (every host already served ``version``): only if that version still says
+    ``deployed`` — the rollback's deploy was killed after its switch, before it wrote the tag."""
     from registry import versions
 
     try:
-        if result.restore is not None:
-            frm, why = result.restore["rolled_back_from"], result.restore.get("reason")
+        if restore is not None:
+            frm, why = restore["rolled_back_from"], restore.get("reason")
         else:
-            row = deploys.restoring(result.model, result.version)
+            row = deploys.restoring(model, version)
             frm, why = (row.from_version, row.reason) if row is not None else (None, None)
-        if frm is None or frm == result.version or versions.production_version(result.model) == frm:
+        if frm is None or frm == version or (late and deploys.status(model, frm) != deploys.DEPLOYED) \
+                or versions.production_version(model) == frm:
             return
-        deploys.tag(result.model, frm, deploys.ROLLED_BACK, why or "rollback")
-    except UserError as exc:        # the hosts serve the restored version: only a tag is missing
-        logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
-
-
-def _finish_rolled_back_tag(model: str, version: int) -> None:
-    """Every host serves ``version``, which a rollback restored, but the version rolled back from
-    still says ``deployed``: the rollback's deploy was killed after its switch, and its tag (which
-    ``_tag_rolled_back`` writes once the restored version serves) was never written."""
-    try:
-        row = deploys.restoring(model, version)
-        if row is None or row.from_version in (None, version) \
-                or deploys.status(model, row.from_version) != deploys.DEPLOYED:
-            return
-        from registry import versions
-
-        if versions.production_version(model) != row.from_version:
-            deploys.tag(model, row.from_version, deploys.ROLLED_BACK, row.reason or "rollback")
+        deploys.tag(model, frm, deploys.ROLLED_BACK, why or "rollback")
+        if late:
             logger.info("tagged v%d of '%s' rolled_back: the rollback to v%d is on every host (its deploy "
-                        "stopped before saying so)", row.from_version, model, version)
+                        "stopped before saying so)", frm, model, version)
     except UserError as exc:        # the hosts serve the restored version: only a tag is missing
         logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
 
@@ -559,7 +554,9 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                         f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
                         f"deploy_status=deployed ({exc.message}); rerun `mlops sync deploy` once MLflow "
                         f"answers: it records it") from None
-    _tag_rolled_back(result)
+    # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
+    # (a rollback --to a version whose earlier deploy failed)
+    _tag_rolled_back(result.model, result.version, result.restore)
     # Cleanup on every host at once: on an SSH host removing a version is one command through
     # the deploy user's shell, and a fleet waited for those one after the other. Where the
     # registry would roll back to now stays (a rollback is then a switch, not a new upload) —

@@ -115,12 +115,15 @@ def stale_reason(info: LockInfo, *, now: float, hostname: str, ttl: float,
 
 def takeover_reason(held: LockInfo | None, token: str, *, named: str | None, now: float,
                     hostname: str, ttl: float, is_alive: Callable[[int], bool] = pid_alive,
-                    pidns: str = "") -> str | None:
-    """Why this lock may be taken over now (None: leave it). ``held`` None = unreadable file."""
+                    pidns: str = "", empty: bool = False) -> str | None:
+    """Why this lock may be taken over now (None: leave it). ``held`` None = unreadable file;
+    ``empty``: it has no bytes at all, after ``SETTLE_S`` of reading it again — a live creator
+    writes within one round trip of its create, so this one died in between (a SIGKILL there
+    left a lock no rerun took)."""
     if named is not None and named == token:
         return f"--break-lock {token}"
     if held is None:
-        return None
+        return f"empty for over {SETTLE_S:g}s: its deploy died between creating and writing it" if empty else None
     reason = stale_reason(held, now=now, hostname=hostname, ttl=ttl, is_alive=is_alive, pidns=pidns)
     return f"stale: {reason}" if reason else None
 
@@ -271,11 +274,7 @@ class HostLock:
                 held = self._last_beat(held)
             token = held.token if held is not None else corrupt_token(raw)
             why = takeover_reason(held, token, named=self.break_lock, now=self.clock(),
-                                  hostname=self.hostname, ttl=self.ttl, pidns=self.pidns)
-            if why is None and held is None and not raw:
-                # still empty after SETTLE_S: a live creator writes within one round trip of its
-                # create, so this one died in between (a SIGKILL there left a lock no rerun took)
-                why = f"empty for over {SETTLE_S:g}s: its deploy died between creating and writing it"
+                                  hostname=self.hostname, ttl=self.ttl, pidns=self.pidns, empty=not raw)
             if why is None:
                 raise LockHeld(self._held_message(where, held, token))
             if self.transport.remove_if_same(LOCK_PATH, raw):
