@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 from mlops_common import log, strict_json
-from mlops_common.errors import ConfigError, DamagedModel, RefusedError
+from mlops_common.errors import ConfigError, DamagedModel
 
 from . import artifacts, description, gate_html, gate_report, signature, tags, versions
-from .gate_rules import GateRules, Verdict, decide, summary
+from .gate_rules import GateRules, Verdict, choose_baseline, decide, summary
 from .ledger import Entry, Ledger
 from .promotion_rules import ledger_production
 from .provenance import Provenance
@@ -76,18 +76,11 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     prod = versions.production_version(model)
     held = None if prod is not None else ledger_production(
         ledger.entries(model, actions=("promote", "rollback"), current=True))
-    if held:
-        if not versions.version_exists(model, held):    # MLflow drops the alias with a deleted version
-            raise RefusedError(
-                f"'{model}' has no production alias: v{held}, which the ledger says holds production, was "
-                f"deleted from the registry; the gate would compare with nothing; record its removal with "
-                f"`mlops registry reconcile` (then promote a version), then gate again")
-        raise RefusedError(
-            f"'{model}' has no production alias but the ledger says v{held} holds production (the alias was "
-            f"removed outside mlops): the gate would compare with nothing; put it back with `mlops registry "
-            f"promote --version {held}` or record its removal with `mlops registry reconcile`, then gate again")
-    baseline = prod if prod is not None and prod != v else None
-    if prod == v:
+    # MLflow drops the alias with a deleted version: does the version the ledger names still exist?
+    held_exists = versions.version_exists(model, held) if held else None
+    choice = choose_baseline(model, v, prod, held, held_exists)
+    baseline = choice.version
+    if choice.gated_production:
         _log.info("version %s already holds production; gating it without a baseline", v)
 
     cand_sig = versions.run_artifact_json(info.run_id, SIGNATURE_ARTIFACT) if info.run_id else None
@@ -110,7 +103,7 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
 
     verdict = decide(cand_eval, prod_eval, rules, baseline_version=baseline,
                      signature_problems=sig_problems, allow_signature_change=allow_signature_change,
-                     gated_production=prod == v)
+                     gated_production=choice.gated_production)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report = gate_report.build(model=model, version=v, verdict=verdict, rules=rules,
                                candidate=cand_eval, production=prod_eval,

@@ -22,6 +22,11 @@ Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
 
 With no production version, only rule 1 (and the candidate's own signature format) applies.
 
+Which version is the baseline is ``choose_baseline``: production (the ``production`` alias),
+none when the version gated holds production itself or there is no production yet, and a refusal
+when the alias is missing but the ledger says a version holds production (removed outside mlops,
+or that version was deleted): the gate would compare with nothing.
+
 Why not ``mlflow.models.MetricThreshold`` / ``mlflow.validate_evaluation_results``: in the
 installed MLflow 3.17.2, ``MetricThreshold(min_absolute_change=...)`` must be *positive*
 (``min_absolute_change <= 0`` raises), i.e. it can only demand that the candidate *beats* the
@@ -36,7 +41,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from mlops_common import settings
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, RefusedError
 
 EPS = 1e-9  # float slack so that a value exactly at a limit passes
 
@@ -70,6 +75,34 @@ class GateRules:
             if v is not None and not 0 <= v <= 1:
                 raise ConfigError(f"gate rule {name} must be between 0 and 1, got {v}")
         return rules
+
+
+@dataclass(frozen=True)
+class Baseline:
+    version: int | None             # the version the candidate is compared with (None: no comparison)
+    gated_production: bool = False  # the version gated holds production itself
+
+
+def choose_baseline(model: str, candidate: int, production_alias: int | None, ledger_holder: int | None,
+                    holder_exists: bool | None) -> Baseline:
+    """The gate's baseline from the facts read: the ``production`` alias, the version the ledger
+    says holds production (read only when the alias is missing) and whether that version still
+    exists (read only when the ledger names one). ``RefusedError`` when the alias is missing but
+    the ledger names a holder: the gate would compare with nothing."""
+    if production_alias is None and ledger_holder:
+        if not holder_exists:       # deleted: MLflow dropped the alias with it
+            raise RefusedError(
+                f"'{model}' has no production alias: v{ledger_holder}, which the ledger says holds production, "
+                f"was deleted from the registry; the gate would compare with nothing; record its removal with "
+                f"`mlops registry reconcile` (then promote a version), then gate again")
+        raise RefusedError(
+            f"'{model}' has no production alias but the ledger says v{ledger_holder} holds production (the "
+            f"alias was removed outside mlops): the gate would compare with nothing; put it back with `mlops "
+            f"registry promote --version {ledger_holder}` or record its removal with `mlops registry "
+            f"reconcile`, then gate again")
+    if production_alias == candidate:
+        return Baseline(None, gated_production=True)
+    return Baseline(production_alias)
 
 
 def accuracy_tolerance(p: float, n: int, *, floor: float = 0.01, z: float = 2.0) -> float:

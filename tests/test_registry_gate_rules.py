@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, RefusedError
 from registry import gate_report
-from registry.gate_rules import GateRules, accuracy_tolerance, decide, summary
+from registry.gate_rules import Baseline, GateRules, accuracy_tolerance, choose_baseline, decide, summary
 
 FP = "a" * 64
 
@@ -213,3 +213,34 @@ def test_a_nan_class_accuracy_fails_and_is_named():
 def test_valid_documents_have_no_metrics_rule():
     v = decide(evaluation(0.95), evaluation(0.95), GateRules(), baseline_version=1)
     assert v.passed and "metrics_valid" not in [c.rule for c in v.checks]
+
+
+# --- the baseline: which version the gate compares with (read by run_gate, chosen here) --------
+def test_the_baseline_is_the_production_version():
+    assert choose_baseline("m", 5, 3, None, None) == Baseline(3, gated_production=False)
+
+
+def test_no_production_and_no_ledger_holder_means_no_baseline():
+    assert choose_baseline("m", 1, None, None, None) == Baseline(None, gated_production=False)
+
+
+def test_gating_the_production_version_has_no_baseline_and_says_so():
+    assert choose_baseline("m", 4, 4, None, None) == Baseline(None, gated_production=True)
+
+
+def test_a_missing_alias_with_a_deleted_ledger_holder_says_to_reconcile():
+    with pytest.raises(RefusedError) as exc:
+        choose_baseline("digits", 5, None, 3, False)
+    assert str(exc.value) == (
+        "'digits' has no production alias: v3, which the ledger says holds production, was deleted from the "
+        "registry; the gate would compare with nothing; record its removal with `mlops registry reconcile` "
+        "(then promote a version), then gate again")
+
+
+def test_a_missing_alias_whose_ledger_holder_exists_says_to_promote_it_again():
+    with pytest.raises(RefusedError) as exc:
+        choose_baseline("digits", 5, None, 3, True)
+    assert str(exc.value) == (
+        "'digits' has no production alias but the ledger says v3 holds production (the alias was removed "
+        "outside mlops): the gate would compare with nothing; put it back with `mlops registry promote "
+        "--version 3` or record its removal with `mlops registry reconcile`, then gate again")
