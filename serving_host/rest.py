@@ -29,8 +29,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import unquote, urlsplit
 
-from serving_host import json_codec as jc
 from serving_host import metrics
+from serving_host.json_parse import parse_json
+from serving_host.json_request import predict_inputs, serialized_examples, signature_name
+from serving_host.json_response import classify_response, error_body, predict_response, regress_response
+from serving_host.json_text import truncate
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
 
@@ -91,7 +94,7 @@ class Route:
 
 def route(method: str, path: str) -> Route:
     """Parse a ``/v1/`` path; never raises (a bad request carries its error)."""
-    malformed = invalid_argument(f"Malformed request: {method} {jc.truncate(path)}")
+    malformed = invalid_argument(f"Malformed request: {method} {truncate(path)}")
     if method == "POST":
         m = PREDICTION_RE.fullmatch(path)
     elif method == "GET":
@@ -156,16 +159,16 @@ class RestApi:
             code = exc.code
             # Every other error: MakeJsonFromStatus (json_tensor.cc:1129-1139), the message whole.
             status = exc.http_status
-            text = "" if r.error is exc and r.empty_body else jc.error_body(exc.message)
+            text = "" if r.error is exc and r.empty_body else error_body(exc.message)
         except RecursionError:
             code = "INVALID_ARGUMENT"
-            status, text = 400, jc.error_body("JSON Parse error: Terminate parsing due to Handler error.")
+            status, text = 400, error_body("JSON Parse error: Terminate parsing due to Handler error.")
         except (BodyTooLarge, BodyUnreadable):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and is logged, never a hang
-            log.exception("internal error processing %s %s", method, jc.truncate(path))
+            log.exception("internal error processing %s %s", method, truncate(path))
             code = "INTERNAL"
-            status, text = 500, jc.error_body(jc.truncate(f"Internal: {exc.__class__.__name__}: {exc}", 4096))
+            status, text = 500, error_body(truncate(f"Internal: {exc.__class__.__name__}: {exc}", 4096))
         metrics.record_request(r.name, r.api, "REST", code, time.monotonic() - start)
         return status, text
 
@@ -182,28 +185,28 @@ class RestApi:
         return self.status(r.name, r.version)
 
     def predict(self, name, version, label, body: bytes) -> str:
-        doc = jc.parse_json(body)
-        sig_name = jc.signature_name(doc)
+        doc = parse_json(body)
+        sig_name = signature_name(doc)
         with self.manager.handle(name, version, label) as servable:
             sig = servable.signature(sig_name)
             if sig is None:
                 raise invalid_argument(f'Serving signature name: "{sig_name or "serving_default"}" '
                                        f"not found in signature def")
-            tensors, fmt = jc.predict_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()})
+            tensors, fmt = predict_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()})
             outputs = servable.predict(sig_name, tensors)
-        return jc.predict_response(outputs, fmt)
+        return predict_response(outputs, fmt)
 
     def classify(self, name, version, label, body: bytes) -> str:
-        return jc.classify_response(self._run_examples(name, version, label, body, "classify"))
+        return classify_response(self._run_examples(name, version, label, body, "classify"))
 
     def regress(self, name, version, label, body: bytes) -> str:
-        return jc.regress_response(self._run_examples(name, version, label, body, "regress"))
+        return regress_response(self._run_examples(name, version, label, body, "regress"))
 
     def _run_examples(self, name, version, label, body: bytes, api: str):
         """The body's examples through the servable's ``classify`` or ``regress`` (``api``)."""
-        doc = jc.parse_json(body)
-        sig_name = jc.signature_name(doc)
-        examples = jc.serialized_examples(doc)
+        doc = parse_json(body)
+        sig_name = signature_name(doc)
+        examples = serialized_examples(doc)
         with self.manager.handle(name, version, label) as servable:
             return getattr(servable, api)(sig_name, examples)
 

@@ -333,15 +333,15 @@ def test_route_names_the_model_and_api_as_http_server_cc_records_them():
 
 
 def test_json_codec_numbers_and_echoes():
-    from serving_host import json_codec as jc
+    from serving_host import json_parse, json_text
     from serving_host.status import ServingError
 
-    assert jc.parse_json(b'{"a": 18446744073709551616, "b": 1e308}') == {"a": 2**64, "b": 1e308}
+    assert json_parse.parse_json(b'{"a": 18446744073709551616, "b": 1e308}') == {"a": 2**64, "b": 1e308}
     for raw in (b'{"a": ' + b"9" * 309 + b"}", b'{"a": -1e309}'):
         with pytest.raises(ServingError, match="Number too big to be stored in double. at offset: 6"):
-            jc.parse_json(raw)
-    assert jc.truncate("x" * 10) == "x" * 10
-    assert jc.truncate("x" * 2000) == "x" * 1024 + "... (976 more characters)"
+            json_parse.parse_json(raw)
+    assert json_text.truncate("x" * 10) == "x" * 10
+    assert json_text.truncate("x" * 2000) == "x" * 1024 + "... (976 more characters)"
 
 
 @pytest.mark.parametrize("flag", ["--rest_api_num_threads=0", "--rest_api_socket_timeout_seconds=0",

@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 import requests
 
-from serving_host import json_codec as jc
+from serving_host import json_request, json_response, json_text, tf_dtypes
 from serving_host.status import ServingError
 from tests.helpers import TF_SERVING_TESTDATA
 from tests.test_serving_host_rest import _save_multi_io_model
 
 HALF_PLUS_TWO = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu"
-F, D, I32, I64, S = jc.DT_FLOAT, jc.DT_DOUBLE, jc.DT_INT32, jc.DT_INT64, jc.DT_STRING
+F, D, I32, I64, S = tf_dtypes.DT_FLOAT, tf_dtypes.DT_DOUBLE, tf_dtypes.DT_INT32, tf_dtypes.DT_INT64, tf_dtypes.DT_STRING
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +71,26 @@ def test_whole_and_large_numbers_to_a_float_input_are_converted_not_refused(serv
 
 
 def test_float_and_double_conversion_in_the_codec():
-    t = jc.tensors_from_instances([16777217, 1435774380, 1e39, -1e39, 2**70], {"x": F})["x"]
+    t = json_request.tensors_from_instances([16777217, 1435774380, 1e39, -1e39, 2**70], {"x": F})["x"]
     assert t.dtype == np.float32
     assert t.tolist() == [16777216.0, 1435774336.0, float("inf"), float("-inf"), float(np.float32(2**70))]
-    assert jc.tensors_from_inputs([2**53 + 1, 1e300], {"x": D})["x"].tolist() == [2.0**53, 1e300]
+    assert json_request.tensors_from_inputs([2**53 + 1, 1e300], {"x": D})["x"].tolist() == [2.0**53, 1e300]
     # integer dtypes keep rapidjson's IsInt / IsInt64 / IsUint64 (a '.' number is never an integer)
-    for v, dt in ((2**31, I32), (2**63, I64), (1.0, I32), (True, I64), (-1, jc.DT_UINT64)):
+    for v, dt in ((2**31, I32), (2**63, I64), (1.0, I32), (True, I64), (-1, tf_dtypes.DT_UINT64)):
         with pytest.raises(ServingError, match="is not of expected type"):
-            jc.tensors_from_inputs([v], {"x": dt})
-    assert jc.tensors_from_inputs([2**64 - 1], {"x": jc.DT_UINT64})["x"].tolist() == [2**64 - 1]
+            json_request.tensors_from_inputs([v], {"x": dt})
+    assert json_request.tensors_from_inputs([2**64 - 1], {"x": tf_dtypes.DT_UINT64})["x"].tolist() == [2**64 - 1]
 
 
 def test_example_features_take_large_numbers_as_float():
     from tensorflow.core.example import example_pb2
 
-    raw = jc.serialized_examples({"examples": [{"f": [1e39, 16777217.0], "i": 16777217}]})[0]
+    raw = json_request.serialized_examples({"examples": [{"f": [1e39, 16777217.0], "i": 16777217}]})[0]
     feat = example_pb2.Example.FromString(raw).features.feature
     assert list(feat["f"].float_list.value) == [float("inf"), 16777216.0]
     assert list(feat["i"].int64_list.value) == [16777217]
     with pytest.raises(ServingError) as e:
-        jc.serialized_examples({"examples": [{"x": 2**64 - 1}]})
+        json_request.serialized_examples({"examples": [{"x": 2**64 - 1}]})
     assert e.value.message == "Feature: x has uint64_t element. Only int64_t is supported."
 
 
@@ -108,8 +108,8 @@ def test_regress_with_a_number_past_float_range_is_200(server):
     (" Q Q = = ", b"A"), ("\tQ\vQ\f=\r=", b"A"), ("+/8=", b"\xfb\xff"),
 ])
 def test_base64_accepted_as_absl_accepts_it(text, decoded):
-    assert jc.base64_unescape(text) == decoded
-    t = jc.tensors_from_instances([{"b64": text}], {"x": S})["x"]
+    assert json_request.base64_unescape(text) == decoded
+    t = json_request.tensors_from_instances([{"b64": text}], {"x": S})["x"]
     assert t.tolist() == [decoded]
 
 
@@ -118,9 +118,9 @@ def test_base64_accepted_as_absl_accepts_it(text, decoded):
     "QQ\x00=", "QUJDé", "!!notbase64!!",
 ])
 def test_base64_refused_as_absl_refuses_it(text):
-    assert jc.base64_unescape(text) is None
+    assert json_request.base64_unescape(text) is None
     with pytest.raises(ServingError) as e:
-        jc.tensors_from_instances([{"b64": text}], {"x": S})
+        json_request.tensors_from_instances([{"b64": text}], {"x": S})
     assert e.value.message == ("Failed to process element: 0 of 'instances' list. Error: "
                                "INVALID_ARGUMENT: Unable to base64 decode")
 
@@ -146,13 +146,13 @@ def test_base64_over_http(server):
 ])
 def test_predict_document_errors(doc, message):
     with pytest.raises(ServingError) as e:
-        jc.predict_inputs(doc, {"x": F})
+        json_request.predict_inputs(doc, {"x": F})
     assert e.value.message == message
 
 
 def test_instance_keys_error_text():
     with pytest.raises(ServingError) as e:
-        jc.tensors_from_instances([{"a": [1.0, 2.5]}], {"a": F, "b": F})
+        json_request.tensors_from_instances([{"a": [1.0, 2.5]}], {"a": F, "b": F})
     assert e.value.message == ("Failed to process element: 0 of 'instances' list. JSON object: "
                                "{\n    \"a\": [1.0, 2.5]\n} keys must be equal to: a,b")
 
@@ -167,7 +167,7 @@ def test_instance_keys_error_text():
     ([1, float("nan"), 2], "[1, "), (float("inf"), ""),
 ])
 def test_debug_text_is_rapidjson_pretty_writer(value, text):
-    assert jc.debug_text(value) == text
+    assert json_text.debug_text(value) == text
 
 
 def test_debug_text_stops_after_256_bytes_but_writes_a_started_token_whole():
@@ -175,17 +175,17 @@ def test_debug_text_stops_after_256_bytes_but_writes_a_started_token_whole():
     while len(expected) < 256:                 # JsonWriterWithLimit: checked before each token
         expected += (", " if i else "") + str(i)
         i += 1
-    assert jc.debug_text(list(range(10_000))) == expected
+    assert json_text.debug_text(list(range(10_000))) == expected
     long = "x" * 5000
-    assert jc.debug_text([long, 1]) == '["' + long + '"'
+    assert json_text.debug_text([long, 1]) == '["' + long + '"'
 
 
 def test_type_errors_echo_numbers_as_rapidjson_writes_them():
     with pytest.raises(ServingError) as e:
-        jc.tensors_from_inputs([1e39], {"x": I32})
+        json_request.tensors_from_inputs([1e39], {"x": I32})
     assert e.value.message == "JSON Value: 1e39 Type: Number is not of expected type: int32"
     with pytest.raises(ServingError) as e:
-        jc.tensors_from_inputs([float("nan")], {"x": I64})
+        json_request.tensors_from_inputs([float("nan")], {"x": I64})
     assert e.value.message == "JSON Value:  Type: Number is not of expected type: int64"
 
 
@@ -230,7 +230,7 @@ def test_error_body_bytes(server):
     assert r.text == ('{\n    "error": "Failed to process element: 0 of \'instances\' list. Error: '
                       'INVALID_ARGUMENT: JSON Value: \\"\\\\u0001\\" Type: String is not of expected type: '
                       'float"\n}')
-    assert jc.error_body("a\x02b\té") == '{\n    "error": "a\\u0002b\\té"\n}'
+    assert json_response.error_body("a\x02b\té") == '{\n    "error": "a\\u0002b\\té"\n}'
 
 
 # -- 6. predictions / outputs / results layout --------------------------------------------------------
@@ -290,17 +290,18 @@ def test_classify_layout(server):
 
 def test_codec_layouts_without_a_server():
     one_bytes = {"x_bytes": np.array([b"\x01", b"\x02"], dtype=object)}
-    assert jc.predict_response(one_bytes, jc.ROW) == (
+    assert json_response.predict_response(one_bytes, json_request.ROW) == (
         '{\n    "predictions": [{\n            "b64": "AQ=="\n        }, {\n'
         '            "b64": "Ag=="\n        }\n    ]\n}')
-    assert jc.predict_response({"y": np.zeros((0, 3), np.float32)}, jc.ROW) == '{\n    "predictions": []\n}'
-    assert jc.predict_response({"y": np.zeros((2, 0), np.float32)}, jc.ROW) == (
+    assert json_response.predict_response({"y": np.zeros((0, 3), np.float32)}, json_request.ROW) == (
+        '{\n    "predictions": []\n}')
+    assert json_response.predict_response({"y": np.zeros((2, 0), np.float32)}, json_request.ROW) == (
         '{\n    "predictions": [[], []\n    ]\n}')
-    assert jc.predict_response({"y": np.float32(1)}, jc.COLUMNAR) == '{\n    "outputs": 1.0\n}'
-    assert jc.predict_response({"y": np.array([[1, 2]], np.int32)}, jc.ROW) == (
+    assert json_response.predict_response({"y": np.float32(1)}, json_request.COLUMNAR) == '{\n    "outputs": 1.0\n}'
+    assert json_response.predict_response({"y": np.array([[1, 2]], np.int32)}, json_request.ROW) == (
         '{\n    "predictions": [[1, 2]\n    ]\n}')
     with pytest.raises(ServingError, match="Failed to write JSON value for tensor type: half"):
-        jc.predict_response({"y": np.zeros(2, np.float16)}, jc.ROW)
-    assert jc.regress_response([1.0, 2.5]) == '{\n    "results": [1.0, 2.5]\n}'
-    assert jc.classify_response([[("a", 0.5), ("b", 0.25)], []]) == (
+        json_response.predict_response({"y": np.zeros(2, np.float16)}, json_request.ROW)
+    assert json_response.regress_response([1.0, 2.5]) == '{\n    "results": [1.0, 2.5]\n}'
+    assert json_response.classify_response([[("a", 0.5), ("b", 0.25)], []]) == (
         '{\n    "results": [[["a", 0.5], ["b", 0.25]], []\n    ]\n}')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serving_host import config as cfg
-from serving_host import json_codec as jc
+from serving_host import json_parse, json_request, json_response, tf_dtypes
 from serving_host.policy import LOADING, NEW, READY, Action, Snapshot, next_action
 from serving_host.status import ServingError
 from serving_host.versions import VersionPolicy, aspired, discover, missing_specific, parse_version
@@ -179,18 +179,18 @@ def test_flag_allows_new_labels_but_not_moving_existing_ones_to_unavailable_vers
 
 
 # -- JSON <-> tensors ------------------------------------------------------------------------
-F, S, I64, I32, B = jc.DT_FLOAT, jc.DT_STRING, jc.DT_INT64, jc.DT_INT32, jc.DT_BOOL
+F, S, I64, I32, B = tf_dtypes.DT_FLOAT, tf_dtypes.DT_STRING, tf_dtypes.DT_INT64, tf_dtypes.DT_INT32, tf_dtypes.DT_BOOL
 
 
 def test_row_format_batches_instances():
-    t = jc.tensors_from_instances([[1.0, 2.0], [3, 4]], {"x": F})["x"]
+    t = json_request.tensors_from_instances([[1.0, 2.0], [3, 4]], {"x": F})["x"]
     assert t.dtype == np.float32 and t.shape == (2, 2)
     assert t.tolist() == [[1.0, 2.0], [3.0, 4.0]]
 
 
 def test_row_format_named_inputs_and_b64():
     raw = b"\x00\xffbin"
-    t = jc.tensors_from_instances([{"a": [1.0], "s": {"b64": base64.b64encode(raw).decode()}},
+    t = json_request.tensors_from_instances([{"a": [1.0], "s": {"b64": base64.b64encode(raw).decode()}},
                                    {"a": [2.0], "s": "text"}], {"a": F, "s": S})
     assert t["a"].tolist() == [[1.0], [2.0]]
     assert t["s"].tolist() == [raw, b"text"]
@@ -212,12 +212,12 @@ def test_row_format_named_inputs_and_b64():
 ])
 def test_row_format_errors(instances, dtypes, fragment):
     with pytest.raises(ServingError) as e:
-        jc.tensors_from_instances(instances, dtypes)
+        json_request.tensors_from_instances(instances, dtypes)
     assert e.value.code == "INVALID_ARGUMENT"
     assert fragment in e.value.message
 
 
-D = jc.DT_DOUBLE
+D = tf_dtypes.DT_DOUBLE
 NAN, INF = float("nan"), float("inf")
 
 
@@ -233,13 +233,13 @@ def test_plain_number_fast_path_answers_exactly_as_the_element_walk(instances, d
     the same tensor — dtype, shape and bits — or the same error, with and without batching."""
     def outcome():
         try:
-            t = jc.tensors_from_instances(instances, {"x": dt})["x"]
+            t = json_request.tensors_from_instances(instances, {"x": dt})["x"]
         except ServingError as exc:
             return "error", exc.code, exc.message
         return "tensor", t.dtype, t.shape, t.tobytes()
 
     fast = outcome()
-    monkeypatch.setattr(jc, "_plain_numbers", lambda *a: None)
+    monkeypatch.setattr(json_request, "_plain_numbers", lambda *a: None)
     assert outcome() == fast
 
 
@@ -248,35 +248,35 @@ def test_plain_number_fast_path_answers_exactly_as_the_element_walk(instances, d
 ])
 def test_plain_numbers_take_the_fast_path(instances, dt, monkeypatch):
     """The comparison above would pass with the fast path disconnected: plain numbers must use it."""
-    real, answers = jc._plain_numbers, []
+    real, answers = json_request._plain_numbers, []
 
     def spy(*args):
         answers.append(real(*args))
         return answers[-1]
 
-    monkeypatch.setattr(jc, "_plain_numbers", spy)
-    jc.tensors_from_instances(instances, {"x": dt})
+    monkeypatch.setattr(json_request, "_plain_numbers", spy)
+    json_request.tensors_from_instances(instances, {"x": dt})
     assert any(a is not None for a in answers), answers
 
 
 def test_plain_number_fast_path_takes_plain_numbers_and_leaves_the_rest():
-    shape = jc.dense_shape([[1.0, 2], [3, 4]])
-    assert jc._plain_numbers([[1.0, 2], [3, 4]], F, shape) == [1.0, 2, 3, 4]
+    shape = json_request.dense_shape([[1.0, 2], [3, 4]])
+    assert json_request._plain_numbers([[1.0, 2], [3, 4]], F, shape) == [1.0, 2, 3, 4]
     for odd in ([[1.0, True]], [[1.0, "2"]], [[1.0], [2.0, 3.0]]):
-        assert jc._plain_numbers(odd, F, jc.dense_shape(odd)) is None, odd
-    assert jc._plain_numbers([16777217, 1e39], F, [2]) == [16777217, 1e39]   # no precision check
-    assert jc._plain_numbers([1, 2], I64, [2]) is None          # only float and double tensors
+        assert json_request._plain_numbers(odd, F, json_request.dense_shape(odd)) is None, odd
+    assert json_request._plain_numbers([16777217, 1e39], F, [2]) == [16777217, 1e39]   # no precision check
+    assert json_request._plain_numbers([1, 2], I64, [2]) is None          # only float and double tensors
 
 
 def test_columnar_inputs():
-    assert jc.tensors_from_inputs([3.0, 4.0], {"x": F})["x"].tolist() == [3.0, 4.0]
-    assert jc.tensors_from_inputs(5.0, {"x": F})["x"].shape == ()
-    both = jc.tensors_from_inputs({"a": [[1, 2]], "b": [True]}, {"a": I64, "b": B})
+    assert json_request.tensors_from_inputs([3.0, 4.0], {"x": F})["x"].tolist() == [3.0, 4.0]
+    assert json_request.tensors_from_inputs(5.0, {"x": F})["x"].shape == ()
+    both = json_request.tensors_from_inputs({"a": [[1, 2]], "b": [True]}, {"a": I64, "b": B})
     assert both["a"].dtype == np.int64 and both["b"].tolist() == [True]
     with pytest.raises(ServingError, match="Missing named input: b in 'inputs' object."):
-        jc.tensors_from_inputs({"a": [1]}, {"a": I64, "b": B})
+        json_request.tensors_from_inputs({"a": [1]}, {"a": I64, "b": B})
     with pytest.raises(ServingError, match="inputs is a plain value/list"):
-        jc.tensors_from_inputs([1], {"a": I64, "b": B})
+        json_request.tensors_from_inputs([1], {"a": I64, "b": B})
 
 
 @pytest.mark.parametrize("doc, fragment", [
@@ -287,7 +287,7 @@ def test_columnar_inputs():
 ])
 def test_predict_request_shape_errors(doc, fragment):
     with pytest.raises(ServingError) as e:
-        jc.predict_inputs(doc, {"x": F})
+        json_request.predict_inputs(doc, {"x": F})
     assert fragment in e.value.message
 
 
@@ -298,24 +298,24 @@ def test_predict_request_shape_errors(doc, fragment):
 ])
 def test_json_parse_errors(body, fragment):
     with pytest.raises(ServingError) as e:
-        jc.parse_json(body)
+        json_parse.parse_json(body)
     assert fragment in e.value.message
 
 
 def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     """json_tensor.cc parses with kParseStopWhenDoneFlag: what follows the root value is not read
     (this server answered "The document root must not be followed by other values.")."""
-    assert jc.parse_json(b' {"a": 1} x') == {"a": 1}
-    assert jc.parse_json(b'{"a": 1, "a": 2}') == {"a": 1}       # FindMember: the first
+    assert json_parse.parse_json(b' {"a": 1} x') == {"a": 1}
+    assert json_parse.parse_json(b'{"a": 1, "a": 2}') == {"a": 1}       # FindMember: the first
     # inside, TF Serving's example parsing assigns each member in turn (the last wins), and a
     # {"b64": …} object must have exactly one member
-    doc = jc.parse_json(b'{"examples": [{"x": [1.0], "x": [2.0]}], "b": {"b64": "YQ==", "b64": "Yg=="}}')
-    assert doc["examples"][0]["x"] == [2.0] and not jc._is_b64(doc["b"])
+    doc = json_parse.parse_json(b'{"examples": [{"x": [1.0], "x": [2.0]}], "b": {"b64": "YQ==", "b64": "Yg=="}}')
+    assert doc["examples"][0]["x"] == [2.0] and not json_request._is_b64(doc["b"])
 
 
 def test_signature_name_must_be_a_string():
     with pytest.raises(ServingError, match="'signature_name' key must be a string value."):
-        jc.signature_name({"signature_name": 100})
+        json_request.signature_name({"signature_name": 100})
 
 
 @pytest.mark.parametrize("value, text", [
@@ -323,31 +323,31 @@ def test_signature_name_must_be_a_string():
     (1e-05, "1e-05"), (float("nan"), "NaN"), (float("-inf"), "-Infinity"), (1 / 3, "0.333333343"),
 ])
 def test_float32_formatting(value, text):
-    assert jc.format_float(float(np.float32(value))) == text
+    assert json_response.format_float(float(np.float32(value))) == text
 
 
 def test_row_and_columnar_responses():
     y = np.array([[2.5], [3.0]], dtype=np.float32)
-    assert json.loads(jc.predict_response({"y": y}, jc.ROW)) == {"predictions": [[2.5], [3.0]]}
-    assert json.loads(jc.predict_response({"y": y}, jc.COLUMNAR)) == {"outputs": [[2.5], [3.0]]}
+    assert json.loads(json_response.predict_response({"y": y}, json_request.ROW)) == {"predictions": [[2.5], [3.0]]}
+    assert json.loads(json_response.predict_response({"y": y}, json_request.COLUMNAR)) == {"outputs": [[2.5], [3.0]]}
     multi = {"b_bytes": np.array([b"\x01", b"\x02"], dtype=object), "n": np.array([1, 2], dtype=np.int64)}
-    assert json.loads(jc.predict_response(multi, jc.ROW)) == {
+    assert json.loads(json_response.predict_response(multi, json_request.ROW)) == {
         "predictions": [{"b_bytes": {"b64": "AQ=="}, "n": 1}, {"b_bytes": {"b64": "Ag=="}, "n": 2}]}
-    assert json.loads(jc.predict_response(multi, jc.COLUMNAR)) == {
+    assert json.loads(json_response.predict_response(multi, json_request.COLUMNAR)) == {
         "outputs": {"b_bytes": [{"b64": "AQ=="}, {"b64": "Ag=="}], "n": [1, 2]}}
 
 
 def test_row_response_needs_a_consistent_batch():
     with pytest.raises(ServingError, match="has inconsistent batch size"):
-        jc.predict_response({"a": np.zeros(2), "b": np.zeros(3)}, jc.ROW)
+        json_response.predict_response({"a": np.zeros(2), "b": np.zeros(3)}, json_request.ROW)
     with pytest.raises(ServingError, match="has no shape information"):
-        jc.predict_response({"a": np.float32(1.0)}, jc.ROW)
+        json_response.predict_response({"a": np.float32(1.0)}, json_request.ROW)
 
 
 def test_examples_become_serialized_tf_examples():
     from tensorflow.core.example import example_pb2
 
-    docs = jc.serialized_examples({"context": {"c": "ctx", "x": 1.0},
+    docs = json_request.serialized_examples({"context": {"c": "ctx", "x": 1.0},
                                    "examples": [{"x": 80.0, "ids": [1, 2], "flag": True}]})
     ex = example_pb2.Example.FromString(docs[0])
     f = ex.features.feature
@@ -367,13 +367,13 @@ def test_examples_become_serialized_tf_examples():
 ])
 def test_example_errors(doc, fragment):
     with pytest.raises(ServingError) as e:
-        jc.serialized_examples(doc)
+        json_request.serialized_examples(doc)
     assert fragment in e.value.message
 
 
 def test_error_body_is_tf_serving_shaped():
-    assert json.loads(jc.error_body('a "quoted"\nmessage')) == {"error": 'a "quoted"\nmessage'}
-    assert jc.error_body("x") == '{\n    "error": "x"\n}'      # rapidjson PrettyWriter
+    assert json.loads(json_response.error_body('a "quoted"\nmessage')) == {"error": 'a "quoted"\nmessage'}
+    assert json_response.error_body("x") == '{\n    "error": "x"\n}'      # rapidjson PrettyWriter
 
 
 

@@ -1,0 +1,130 @@
+"""A request body parsed as TF Serving's rapidjson parses it (``ParseJson`` in json_tensor.cc).
+
+Python's ``json`` does the parsing; this module adds what rapidjson does differently: its error
+texts and offsets (``JSON Parse error: ... at offset: N``), its number limits (past DBL_MAX an
+error, integers past uint64 kept as doubles), its refusal of a lone high surrogate escape,
+``kParseStopWhenDoneFlag`` (text after the root value is ignored) and ``FindMember`` (a repeated
+top-level key: the first value), plus the member count a ``{"b64": ...}`` object is checked by.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+
+from serving_host.json_text import json_value_error, utf8_len
+from serving_host.status import ServingError, invalid_argument
+
+DBL_MAX_INT = int(sys.float_info.max)
+
+_PARSE_MESSAGES = {  # Python's json messages -> rapidjson's GetParseError_En texts
+    "Expecting value": "Invalid value.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Expecting ',' delimiter": "Missing a comma or '}' after an object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+}
+
+
+class _Object(dict):
+    """A JSON object as Python keeps it (a repeated key: its last value, as TF Serving's example
+    parsing assigns each member in turn), plus what rapidjson keeps besides: the number of members
+    (``{"b64": …}`` must have exactly one) and, when a key repeats, the first values (what
+    ``FindMember`` finds: the request's top-level keys)."""
+
+    __slots__ = ("members", "first")
+
+
+def _object(pairs: list) -> _Object:
+    obj = _Object(pairs)
+    obj.members = len(pairs)
+    obj.first = None
+    if len(obj) != len(pairs):
+        obj.first = {}
+        for key, value in pairs:
+            obj.first.setdefault(key, value)
+    return obj
+
+
+def parse_json(body: bytes):
+    """``ParseJson``: the request body must be one JSON object."""
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+    if not text.strip():
+        raise invalid_argument("JSON Parse error: The document is empty. at offset: "
+                               f"{len(text)}")
+    # rapidjson as TF Serving calls it (json_tensor.cc, kParseStopWhenDoneFlag): parsing stops at
+    # the end of the root value, so text after it is ignored; FindMember finds a repeated key's
+    # first value.
+    decoder = json.JSONDecoder(parse_int=lambda t: _parse_int(t, text), parse_float=lambda t: _parse_float(t, text),
+                               object_pairs_hook=_object)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        doc, end = decoder.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        _check_surrogates(text, exc.pos)
+        msg = next((m for k, m in _PARSE_MESSAGES.items() if exc.msg.startswith(k)), exc.msg)
+        raise invalid_argument(f"JSON Parse error: {msg} at offset: {exc.pos}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error.") from None
+    _check_surrogates(text, end)
+    if not isinstance(doc, dict):
+        raise json_value_error(doc, "Is not object")
+    return dict(doc.first) if doc.first is not None else doc
+
+
+_ESCAPE_RE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
+
+
+def _check_surrogates(text: str, before: int) -> None:
+    """rapidjson 1.1.0 (reader.h ParseStringToStream) refuses a ``\\uD800``-``\\uDBFF`` escape
+    not followed at once by a ``\\uDC00``-``\\uDFFF`` one: "The surrogate pair in string is
+    invalid." at the first escape's offset (bytes). Python's json would keep the lone surrogate.
+    (A lone low surrogate is kept, as rapidjson 1.1.0 keeps it.)"""
+    if "\\u" not in text or not re.search(r"\\u[dD][89abAB]", text):
+        return
+    pending = None
+    for m in _ESCAPE_RE.finditer(text, 0, before):
+        cp = int(m.group(1), 16) if m.group(1) else -1
+        if pending is not None:
+            if m.start() != pending.end() or not 0xDC00 <= cp <= 0xDFFF:
+                break
+            pending = None
+        elif 0xD800 <= cp <= 0xDBFF:
+            pending = m
+    if pending is not None:
+        offset = utf8_len(text[:pending.start()])
+        raise invalid_argument(f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}")
+
+
+def _too_big(token: str, text: str) -> ServingError:
+    """rapidjson's kParseErrorNumberTooBig (a number past DBL_MAX), at the number's offset."""
+    return invalid_argument("JSON Parse error: Number too big to be stored in double. at offset: "
+                            f"{max(0, text.find(token))}")
+
+
+def _parse_int(token: str, text: str) -> int:
+    """Integers as rapidjson takes them: past uint64 they are doubles, past DBL_MAX an error
+    (Python's own int() would refuse over 4300 digits with a ValueError)."""
+    if len(token) > 400:
+        raise _too_big(token[:400], text)
+    v = int(token)
+    if abs(v) > DBL_MAX_INT:
+        raise _too_big(token, text)
+    return v
+
+
+def _parse_float(token: str, text: str) -> float:
+    v = float(token)
+    if math.isinf(v):
+        raise _too_big(token[:400], text)
+    return v

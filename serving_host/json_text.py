@@ -1,0 +1,188 @@
+"""JSON text as rapidjson writes it, for TF Serving's messages and answers.
+
+``json_string`` (rapidjson's string escapes) and ``INDENT`` (the PrettyWriter's) are shared by the
+response writer; ``debug_text`` is ``JsonValueToDebugString``, the echo of a parsed value that
+json_tensor.cc's error messages quote (``json_value_error``: ``JSON Value: <echo> ...``), with
+rapidjson's double text (``dtoa``) and JSON type names (``json_type``); ``truncate`` keeps other
+echoed input short. Kept apart so the parser, the request decoder and the response writer all
+quote values the same way.
+"""
+from __future__ import annotations
+
+import math
+
+from serving_host.status import ServingError, invalid_argument
+from serving_host.tf_dtypes import INT64_MIN, UINT64_MAX
+
+MAX_ECHO_CHARS = 1024       # truncate()'s default (paths echoed by rest.py)
+MAX_DEBUG_BYTES = 256       # json_tensor.cc:225 kMaxJsonDebugStringBytes
+
+
+def json_type(v) -> str:
+    """The JSON type name TF Serving's messages give a value: Null, True, False, Object, Array,
+    String or Number."""
+    if v is None:
+        return "Null"
+    if v is True:
+        return "True"
+    if v is False:
+        return "False"
+    if isinstance(v, dict):
+        return "Object"
+    if isinstance(v, list):
+        return "Array"
+    if isinstance(v, str):
+        return "String"
+    return "Number"
+
+
+def truncate(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """Cut echoed input so a huge request cannot make a huge error message."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+# rapidjson (v1.1.0, the version tensorflow_serving/workspace.bzl pins) Writer::WriteString:
+# '"', '\\', \b \t \n \f \r and \u00XX (upper-case hex) for the other control characters;
+# everything else, non-ASCII included, is written as it is.
+_ESCAPES = {i: f"\\u{i:04X}" for i in range(0x20)}
+_ESCAPES.update({8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r", 34: '\\"', 92: "\\\\"})
+INDENT = "    "   # PrettyWriter's default indent: 4 spaces per open object/array
+
+
+def json_string(s: str) -> str:
+    """A JSON string as rapidjson's ``Writer::String`` writes it."""
+    return '"' + s.translate(_ESCAPES) + '"'
+
+
+def utf8_len(s: str) -> int:
+    return len(s.encode("utf-8", "surrogatepass"))
+
+
+def dtoa(d: float) -> str:
+    """rapidjson's ``Writer::Double`` text (``internal::dtoa`` + ``Prettify``, dtoa.h) for a finite
+    double: shortest round-trip digits, ``.0`` on whole numbers, ``e`` notation from 1e21 and below
+    1e-6 (``1e39``, ``1.5e-7``, no ``+`` and no zero padding in the exponent)."""
+    if d == 0:
+        return "-0.0" if math.copysign(1.0, d) < 0 else "0.0"
+    sign = "-" if d < 0 else ""
+    mant, _, exp = repr(abs(d)).partition("e")
+    ip, _, fp = mant.partition(".")
+    digits, k = (ip + fp).lstrip("0"), (int(exp) if exp else 0) - len(fp)
+    stripped = digits.rstrip("0")
+    k += len(digits) - len(stripped)
+    digits = stripped
+    length = len(digits)
+    kk = length + k                      # 10^(kk-1) <= v < 10^kk
+    if 0 <= k and kk <= 21:
+        text = digits + "0" * k + ".0"
+    elif 0 < kk <= 21:
+        text = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        text = "0." + "0" * -kk + digits
+    elif kk < -324:
+        text = "0.0"
+    elif length == 1:
+        text = f"{digits}e{kk - 1}"
+    else:
+        text = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+    return sign + text
+
+
+class _Full(Exception):
+    """The debug writer stopped (over ``MAX_DEBUG_BYTES``, or a NaN/Inf it cannot write)."""
+
+
+def debug_text(v, max_bytes: int = MAX_DEBUG_BYTES) -> str:
+    """``JsonValueToDebugString`` (json_tensor.cc:225-236): the parsed value written back through
+    ``JsonWriterWithLimit`` (:177-223) by a ``PrettyWriter`` with ``kFormatSingleLineArray``.
+
+    Arrays stay on one line (``[1, 2]``), objects are indented by 4 spaces per level. Before each
+    token the writer checks that fewer than 256 bytes are out; past that it stops, leaving the
+    text unclosed — but a token that starts under the limit is written whole (a long string is
+    echoed entirely). A NaN or infinity stops it too: rapidjson's default ``Writer::Double``
+    writes the separator, then refuses the value (writer.h ``WriteDouble``). Numbers print as
+    rapidjson stores them: integers in [-2^63, 2^64) exactly, other numbers as doubles (``dtoa``).
+    """
+    out: list[str] = []
+    size = 0
+    stack: list[list] = []               # [in_array, value_count] per open container
+
+    def put(text: str) -> None:
+        nonlocal size
+        out.append(text)
+        size += utf8_len(text)
+
+    def prefix() -> None:                # PrettyWriter::PrettyPrefix, single-line arrays
+        if size >= max_bytes:
+            raise _Full
+        if not stack:
+            return
+        level = stack[-1]
+        if level[0]:
+            if level[1] > 0:
+                put(", ")
+        else:
+            if level[1] > 0:
+                put(",\n" if level[1] % 2 == 0 else ": ")
+            else:
+                put("\n")
+            if level[1] % 2 == 0:
+                put(INDENT * len(stack))
+        level[1] += 1
+
+    def end(closer: str) -> None:        # EndObject / EndArray
+        if size >= max_bytes:
+            raise _Full
+        level = stack.pop()
+        if closer == "}" and level[1]:
+            put("\n" + INDENT * len(stack))
+        put(closer)
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            prefix()
+            stack.append([False, 0])
+            put("{")
+            for key, val in x.items():
+                prefix()
+                put(json_string(key))
+                walk(val)
+            end("}")
+        elif isinstance(x, list):
+            prefix()
+            stack.append([True, 0])
+            put("[")
+            for item in x:
+                walk(item)
+            end("]")
+        else:
+            prefix()
+            if isinstance(x, float) and not math.isfinite(x):
+                raise _Full
+            put(_scalar_json(x))
+
+    try:
+        walk(v)
+    except _Full:
+        pass
+    return "".join(out)
+
+
+def _scalar_json(x) -> str:
+    if x is None:
+        return "null"
+    if x is True:
+        return "true"
+    if x is False:
+        return "false"
+    if isinstance(x, str):
+        return json_string(x)
+    if isinstance(x, int) and INT64_MIN <= x <= UINT64_MAX:
+        return str(x)
+    return dtoa(float(x))                # past uint64 rapidjson holds an integer as a double
+
+
+def json_value_error(doc, *parts: str) -> ServingError:
+    return invalid_argument("JSON Value: " + debug_text(doc) + " " + "".join(parts))
