@@ -22,8 +22,11 @@ crosses a bucket limit is not rolled back, and a version several times slower is
 significant digits, and the sum is per model name, cumulative since TF Serving started, so after
 weeks of uptime its rounding step (±½ unit of the 6th digit, ``sum_uncertainty``) outgrows a
 bake's whole sum. A window's mean is therefore an interval; the mean breaches only when the
-canary's lowest possible mean is above ``max_latency_ratio`` times the baselines' highest, and is
-not compared at all (the verdict says so) when a window's sum is known to worse than
+canary's lowest possible mean is above ``max_latency_ratio`` times the highest possible mean of
+the slowest baseline. A baseline's highest is a true bound however coarse its sum (a host up for
+weeks, a sum whose printed digits did not move in the window), so a coarse baseline is used as it
+is — it can only make a breach less likely — and does not stop the comparison with a precise one.
+The mean is not compared (the verdict says so) when the canary's own sum is known to worse than
 ``MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
 
 A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
@@ -58,7 +61,7 @@ REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 OK = "OK"
 MAX_PAGE_BYTES = 16 * 1024 * 1024
-MEAN_MAX_UNCERTAINTY = 0.10      # a window's latency sum known to worse than this: its mean is not compared
+MEAN_MAX_UNCERTAINTY = 0.10      # the canary's latency sum known to worse than this: its mean is not compared
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ class Window:
 
     @property
     def mean_known(self) -> bool:
-        """Whether the sum's rounding leaves the mean worth comparing (within MEAN_MAX_UNCERTAINTY)."""
+        """Whether the sum's rounding leaves the mean worth comparing (within MEAN_MAX_UNCERTAINTY):
+        asked of the canary; a baseline is used at its highest mean whatever its rounding."""
         return self.latency_sum_error <= MEAN_MAX_UNCERTAINTY * self.latency_sum
 
     def to_dict(self) -> dict:
@@ -348,26 +352,29 @@ def _ms_bounds(b: tuple[float, float]) -> str:
     return _ms(lo) if _ms(lo) == _ms(hi) else f"{_ms(lo)} to {_ms(hi)}"
 
 
-def _judge_mean(canary: Window, baselines: dict[str, Window], ratio: float) -> tuple[str | None, str | None]:
-    """(breach reason, note that the mean was not compared). The printed ``_sum`` is rounded, so
-    each mean is an interval: breach only if the canary's lowest exceeds ``ratio`` times the
-    baselines' highest; when a window's sum is too coarse (a host up for weeks) say so instead."""
+def _judge_mean(canary: Window, baselines: dict[str, Window],
+                ratio: float) -> tuple[str | None, str | None, bool]:
+    """(breach reason, note that the mean was not compared, whether it was compared). The printed
+    ``_sum`` is rounded, so each mean is an interval: breach only if the canary's lowest exceeds
+    ``ratio`` times the highest of the slowest baseline. A baseline's highest is a true upper bound
+    however coarse its sum (a host up for weeks, a sum whose printed digits did not move): it can
+    only make a breach less likely, so every baseline with a finite, non-zero highest is used (a
+    highest of 0 is no measurement: a page without ``_sum``). Not compared: a canary whose own sum
+    is too coarse (said in the note), or without a mean or a usable baseline (nothing to say)."""
     mine = canary.mean_bounds_ms
-    base = {n: w for n, w in baselines.items() if w.mean_ms}
-    if mine is None or not base:
-        return None, None
-    coarse = [f"{n} {_ms_bounds(w.mean_bounds_ms)}" for n, w in (("canary", canary), *base.items())
-              if not w.mean_known]
-    if coarse:
+    highs = {n: w.mean_bounds_ms[1] for n, w in baselines.items()
+             if w.mean_bounds_ms is not None and 0 < w.mean_bounds_ms[1] < math.inf}
+    if mine is None or not highs:
+        return None, None, False
+    if not canary.mean_known:
         return None, (f"mean not compared: TF Serving's cumulative latency sums, printed to 6 digits, "
-                      f"are too coarse for this window: {', '.join(coarse)}")
-    highs = {n: w.mean_bounds_ms[1] for n, w in base.items()}
+                      f"are too coarse for this window: canary {_ms_bounds(mine)}"), False
     if mine[0] <= ratio * max(highs.values()):
-        return None, None
-    exact = canary.latency_sum_error == 0 and all(w.latency_sum_error == 0 for w in base.values())
+        return None, None, True
+    exact = canary.latency_sum_error == 0 and all(baselines[n].latency_sum_error == 0 for n in highs)
     lo, at_most = ("", "") if exact else ("at least ", "at most ")
     return (f"mean latency {lo}{_ms(mine[0])} vs " + " and ".join(f"{at_most}{_ms(v)} {n}" for n, v in highs.items())
-            + f"; limit {ratio:g}x"), None
+            + f"; limit {ratio:g}x"), None, True
 
 
 def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits) -> Verdict:
@@ -407,9 +414,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     if canary.error_rate > bound + RATE_EPSILON:
         reasons.append(err)
     ratio = limits.max_latency_ratio
-    mean_reason, mean_note = _judge_mean(canary, baselines, ratio)
-    measurements["mean_compared"] = (mean_note is None and canary.mean_ms is not None
-                                     and any(w.mean_ms for w in baselines.values()))
+    mean_reason, mean_note, measurements["mean_compared"] = _judge_mean(canary, baselines, ratio)
     if mean_reason:
         reasons.append(mean_reason)
     for q in (0.95, 0.99):

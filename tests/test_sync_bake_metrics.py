@@ -1,12 +1,14 @@
 """The bake's reading of TF Serving's metrics, against the faults a review found: a histogram too
 coarse for a 1.5x limit, health checks counted as traffic, a restart during the bake, pages that
-are slow, cut off or not TF Serving's, verdict lines quoting what they did not use, and a later
-wave's unreadable host aborting the canary's bake. Pure functions, a real HTTP server on
-127.0.0.1 for the page reads."""
+are slow, cut off or not TF Serving's, verdict lines quoting what they did not use, a later
+wave's unreadable host aborting the canary's bake, and one baseline's coarse or unmoved 6-digit
+latency sum switching the mean comparison off (or dropping that baseline). Pure functions, a real
+HTTP server on 127.0.0.1 for the page reads."""
 from __future__ import annotations
 
 import bisect
 import http.server
+import math
 import random
 import re
 import threading
@@ -354,19 +356,28 @@ def test_the_local_server_poisoned_by_a_newline_in_a_model_name_is_still_scraped
 DAY = 86_400
 
 
-def _printed(n: int, total_us: float, each_us: float, model: str = "m") -> bake.Snapshot:
-    """A host's page after ``n`` predicts summing ``total_us``, all in ``each_us``'s bucket, the
-    ``_sum`` printed as TF Serving prints it (``absl::StrCat``: 6 significant digits)."""
+def _printed_counts(counts: dict[float, int], total_us: float, model: str = "m") -> bake.Snapshot:
+    """A host's page after ``counts[us]`` predicts of ``us`` each, summing ``total_us`` (printed to 6
+    significant digits, as TF Serving prints it)."""
     limits = [tfs_metrics.format_double(b) for b in tfs_metrics.LATENCY_BUCKETS] + ["+Inf"]
-    k = bisect.bisect_right(tfs_metrics.LATENCY_BUCKETS, each_us)
+    cells = [0] * len(limits)
+    for us, k in counts.items():
+        cells[bisect.bisect_right(tfs_metrics.LATENCY_BUCKETS, us)] += k
+    n = sum(counts.values())
     labels = f'model_name="{model}",API="predict",entrypoint="REST"'
     lines = [f"# TYPE {bake.REQUEST_COUNT} counter", f'{bake.REQUEST_COUNT}{{model_name="{model}",status="OK"}} {n}',
              f"# TYPE {bake.REQUEST_LATENCY} histogram"]
-    lines += [f'{bake.REQUEST_LATENCY}_bucket{{{labels},le="{le}"}} {n if i >= k else 0}'
+    lines += [f'{bake.REQUEST_LATENCY}_bucket{{{labels},le="{le}"}} {sum(cells[:i + 1])}'
               for i, le in enumerate(limits)]
     lines += [f"{bake.REQUEST_LATENCY}_sum{{{labels}}} {tfs_metrics.format_double(total_us)}",
               f"{bake.REQUEST_LATENCY}_count{{{labels}}} {n}"]
     return bake.parse("\n".join(lines) + "\n", model)
+
+
+def _printed(n: int, total_us: float, each_us: float, model: str = "m") -> bake.Snapshot:
+    """A host's page after ``n`` predicts summing ``total_us``, all in ``each_us``'s bucket, the
+    ``_sum`` printed as TF Serving prints it (``absl::StrCat``: 6 significant digits)."""
+    return _printed_counts({each_us: n}, total_us, model)
 
 
 def _uptime_windows(uptime_s: float, bake_s: float, rps: float, us: float, canary_us: float):
@@ -420,3 +431,86 @@ def test_sum_uncertainty_is_half_a_unit_of_the_sixth_digit():
     assert bake.sum_uncertainty(2.01868e+06) == pytest.approx(5.0)
     assert bake.sum_uncertainty(1e6) == pytest.approx(5.0) and bake.sum_uncertainty(999_999.0) == pytest.approx(0.5)
     assert bake.sum_uncertainty(1.03680e+11) == pytest.approx(500_000.0)
+
+
+# --- a coarse or unmoved baseline sum bounds the comparison, it does not switch it off ------------
+def _host(up_n: int, up_us: float, *windows: dict[float, int], start_sum: float | None = None) -> list[bake.Window]:
+    """Consecutive windows on one host that served ``up_n`` requests of ``up_us`` before the first:
+    each window ``{µs: requests}``, read from two pages whose ``_sum`` is printed to 6 digits."""
+    counts, total = {up_us: up_n}, up_n * up_us if start_sum is None else start_sum
+    snap, out = _printed_counts(counts, total), []
+    for w in windows:
+        for us, k in w.items():
+            counts[us] = counts.get(us, 0) + k
+            total += us * k
+        nxt = _printed_counts(counts, total)
+        out.append(bake.window(snap, nxt))
+        snap = nxt
+    return out
+
+
+HOUR_AT_5 = 3600 * 5             # requests a host serves in an hour at 5 req/s
+WEEKS_AT_5 = 60 * DAY * 5        # ... in 60 days: a printed _sum then steps by a second
+
+
+def test_a_coarse_baseline_does_not_switch_off_the_mean_against_a_precise_one():
+    """The canary's own host up an hour (its sums known to ±50 µs), the old hosts up 60 days (±0.5 s
+    a page): 1% of the canary's requests take 4 s, its mean is 11x, its p95 / p99 unchanged. One
+    coarse baseline turned the mean comparison off for all: rolled out, "mean not compared"."""
+    before, canary = _host(HOUR_AT_5, 4000.0, {4000.0: 300}, {4000.0: 297, 4_000_000.0: 3})
+    others, = _host(WEEKS_AT_5, 4000.0, {4000.0: 600})
+    assert before.mean_known and canary.mean_known and not others.mean_known
+    v = bake.judge("web-2", canary, before, others, LIMITS)
+    assert v.outcome == "breached" and v.measurements["mean_compared"] is True, v.line
+    assert ("mean latency at least 44.0 ms vs at most 4.0 ms before and at most 5.0 ms on the other hosts; "
+            "limit 1.5x") in v.line and "p95" not in v.line and "p99" not in v.line, v.line
+    # a coarse baseline is used at its highest: one coarser still (hi 50 ms) lets this canary pass
+    quiet, = _host(WEEKS_AT_5, 4000.0, {4000.0: 20}, start_sum=WEEKS_AT_5 * 4000.0 - 200_000)
+    assert quiet.latency_sum == 0 and quiet.mean_bounds_ms[1] == pytest.approx(50.0)
+    v = bake.judge("web-2", canary, before, quiet, LIMITS)
+    assert v.passed and v.measurements["mean_compared"] is True and "not compared" not in v.line, v.line
+
+
+def test_a_baseline_whose_printed_sum_did_not_move_still_bounds_the_mean():
+    """An old host up 60 days whose printed ``_sum`` did not move in the window (its requests summed
+    less than one step of the 6th digit) read as mean 0 and was dropped: the canary was compared with
+    the faster window before its switch alone (the fleet slowed down together: rolled back), or with
+    nothing at all (an 11x mean rolled out)."""
+    start = WEEKS_AT_5 * 4000.0 - 490_000               # prints 1.0368e+11, as does start + 0.9 s
+    others, = _host(WEEKS_AT_5, 4000.0, {10_000.0: 90}, start_sum=start)       # 10 ms now
+    assert others.requests == 90 and others.latency_sum == 0 and others.mean_bounds_ms[1] == pytest.approx(11.111, 1e-3)
+    before, canary = _host(HOUR_AT_5, 4000.0, {4000.0: 300}, {10_000.0: 300})   # 4 ms before, 10 ms as the others
+    v = bake.judge("web-2", canary, before, others, LIMITS)
+    assert v.passed and v.measurements["mean_compared"] is True, v.line       # was "vs at most 4.0 ms before"
+
+    others, = _host(WEEKS_AT_5, 4000.0, {4000.0: 240}, start_sum=start)
+    assert others.latency_sum == 0 and others.mean_bounds_ms[1] == pytest.approx(4.167, 1e-3)
+    _, canary = _host(HOUR_AT_5, 4000.0, {4000.0: 300}, {4000.0: 297, 4_000_000.0: 3})
+    v = bake.judge("web-2", canary, None, others, LIMITS)
+    assert v.outcome == "breached" and v.measurements["mean_compared"] is True, v.line
+    assert "mean latency at least 44.0 ms vs at most 4.2 ms on the other hosts; limit 1.5x" in v.line, v.line
+
+
+def test_an_identical_version_passes_against_coarse_and_unmoved_baselines():
+    """Identical latency (each host within 1%), the canary's host up minutes to 90 days, 1-3 old
+    hosts up 1 to 90 days, baked 20 s to 10 min at 1-20 req/s: a coarse baseline, or one whose
+    printed sum did not move, is now used at its highest mean, and no rounding may roll an identical
+    version back (long-running hosts' 6-digit sums once did)."""
+    rnd = random.Random(5)
+    verdicts, coarse_used, unmoved = [], 0, 0
+    for _ in range(300):
+        us, rps = rnd.uniform(500, 20_000), rnd.uniform(1, 20)
+        n = max(20, int(rps * 10 ** rnd.uniform(math.log10(20), math.log10(600))))
+
+        def host(up_from, up_to, *windows):
+            up = int(rps * 10 ** rnd.uniform(math.log10(up_from), math.log10(up_to)))
+            return _host(up, us, *windows, start_sum=up * us * rnd.uniform(0.5, 2))
+        before, canary = host(100, 90 * DAY, {us * rnd.uniform(0.99, 1.01): n}, {us * rnd.uniform(0.99, 1.01): n})
+        olds = [host(DAY, 90 * DAY, {us * rnd.uniform(0.99, 1.01): n})[0] for _ in range(rnd.randint(1, 3))]
+        others = bake.merge(olds)
+        v = bake.judge("web-2", canary, before, others, LIMITS)
+        verdicts.append(v)
+        coarse_used += v.measurements["mean_compared"] and not (before.mean_known and others.mean_known)
+        unmoved += v.measurements["mean_compared"] and any(w.latency_sum == 0 for w in (before, *olds))
+    assert [v.line for v in verdicts if not v.passed] == []
+    assert coarse_used > 20 and unmoved > 0, (coarse_used, unmoved)     # compared against them, not skipped
