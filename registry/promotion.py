@@ -14,14 +14,15 @@ caller defers them (``defer_tags=True``: ``mlops sync rollback`` switches the ho
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
 from . import description, tags, versions
-from .ledger import Entry, Ledger
+from .ledger import Entry, Ledger, LockedLedger
 from .promotion_rules import (
     Agreement,
     agreement,
@@ -186,6 +187,45 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
                                            **({"answer_lost": True} if lost_answer else {})}))
 
 
+@dataclass
+class _LockedMove:
+    """A move of ``production`` under way inside ``_production_move`` (what it read, whether it moved)."""
+
+    tx: LockedLedger
+    aliases: dict[str, int]
+    current: int | None
+    reconciled: list[Entry]
+    moved: bool = False
+    to: int | None = None
+
+    def record(self, row: Entry, *, move_alias: bool) -> Entry:
+        """Append ``row``; with ``move_alias``, through ``_move_alias`` (production to ``row.to_version``)."""
+        if not move_alias:
+            return self.tx.append(row)
+        entry = _move_alias(self.tx, self.tx.model, row.action, current=self.current, row=row)
+        self.moved, self.to = True, row.to_version
+        return entry
+
+
+@contextlib.contextmanager
+def _production_move(ledger: Ledger, model: str, actor: str) -> Iterator[_LockedMove]:
+    """What every move of ``production`` shares, in one place so the moves cannot drift apart:
+    under the promotion lock, the alias is read and what the ledger missed recorded
+    (``_reconcile_in``) before the caller decides; if the block fails once the alias moved (its
+    last commit), the alias is put back unless the ledger recorded the move."""
+    locked = None
+    try:
+        with ledger.serialized(model) as tx:
+            aliases = versions.registered_model_aliases(model)
+            current = aliases.get(versions.PRODUCTION)
+            locked = _LockedMove(tx, aliases, current, _reconcile_in(tx, model, current, actor))
+            yield locked
+    except BaseException:
+        if locked is not None and locked.moved:
+            _restore_unless_recorded(ledger, model, locked.current, locked.to)
+        raise
+
+
 def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
     """Append what the alias shows and the ledger does not (see ``reconcile_rows``)."""
     entries = tx.entries(actions=_VIEW)
@@ -291,13 +331,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
     ``defer_tags``: the ledger row and the alias move happen here (under the lock, in that
     order); the version tags, a view of the ledger row for the MLflow UI, wait for
     ``Promotion.finish()`` — ``mlops sync rollback`` switches the hosts first."""
-    moved_alias = False
-    current = None
     try:
-        with ledger.serialized(model) as tx:
-            aliases = versions.registered_model_aliases(model)
-            current = aliases.get(versions.PRODUCTION)
-            reconciled = _reconcile_in(tx, model, current, by.actor)
+        with _production_move(ledger, model, by.actor) as locked:
+            tx, current, reconciled = locked.tx, locked.current, locked.reconciled
             if reconciled:
                 tx.commit()       # recorded even when no target is found (a refused rollback)
             earlier = pipeline_move(tx.entries(actions=("promote", "rollback")), by.pipeline_id) \
@@ -310,7 +346,7 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             # asking MLflow, so other models' rows (a fleet deploy's) are not held up by its answer.
             # The promotion lock stays held: no other promotion of this model gets in.
             tx.commit()
-            info = versions.get_version(model, v, aliases=aliases)
+            info = versions.get_version(model, v, aliases=locked.aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
                 verdicts = tx.entries(actions=("gate", "promote", "rollback"))     # one read
@@ -318,23 +354,14 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
                                     ever_held(verdicts), force=force)
             except RefusedError as exc:
                 raise _Refusal(info.version, exc) from None
-            row = Entry(
+            entry = locked.record(Entry(
                 action=action, model=model, outcome="ok", from_version=current, to_version=info.version,
                 reason=reason, **by.row(),
                 details={**details, **extra, "forced": force, "approved_by": by.approved_by,
-                         "validation_status": info.validation_status})
-            if current == info.version:
-                entry = tx.append(row)
-            else:
-                entry = _move_alias(tx, model, action, current=current, row=row)
-                moved_alias = True
+                         "validation_status": info.validation_status}), move_alias=current != info.version)
     except _Refusal as r:
         _refused(ledger, model, action, r.version, by, str(r.error))
         raise r.error from None
-    except BaseException:
-        if moved_alias:
-            _restore_unless_recorded(ledger, model, current, row.to_version)
-        raise
     at = entry.at.isoformat(timespec="seconds")
     verb = "rolled back" if action == "rollback" else "promoted"
     if current == info.version:
@@ -453,37 +480,28 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     deploys.tag(model, failed, deploys.FAILED, reason)      # first: whatever happens next, it failed
     if to is not None:
         versions.get_version(model, to)
-    moved_alias = False
-    current = None
-    try:
-        with ledger.serialized(model) as tx:
-            current = versions.production_version(model)
-            _reconcile_in(tx, model, current, by.actor)     # a killed promotion's move is recorded first
-            tx.append(Entry(action="deploy", model=model, outcome="failed",
-                            from_version=to if host_was is _UNKNOWN else host_was,
-                            to_version=failed, host=host, reason=reason, **by.row()))
-            if current == failed:
-                entry = _move_alias(tx, model, "rollback", current=current, row=Entry(
-                    action="rollback", model=model, outcome="ok", from_version=failed, to_version=to,
-                    host=host, reason=reason, **by.row(),
-                    details={"after_failed_deploy": failed, "automatic": True}))
-                moved_alias = True
-            else:
-                why = (f"production is version {current} now, not the failed {failed}; "
-                       f"left it alone")
-                entry = tx.append(Entry(action="rollback", model=model, outcome="refused",
+    with _production_move(ledger, model, by.actor) as locked:     # a killed promotion's move is recorded first
+        current = locked.current
+        locked.tx.append(Entry(action="deploy", model=model, outcome="failed",
+                               from_version=to if host_was is _UNKNOWN else host_was,
+                               to_version=failed, host=host, reason=reason, **by.row()))
+        if current == failed:
+            entry = locked.record(Entry(
+                action="rollback", model=model, outcome="ok", from_version=failed, to_version=to,
+                host=host, reason=reason, **by.row(),
+                details={"after_failed_deploy": failed, "automatic": True}), move_alias=True)
+        else:
+            why = (f"production is version {current} now, not the failed {failed}; "
+                   f"left it alone")
+            entry = locked.record(Entry(action="rollback", model=model, outcome="refused",
                                         from_version=failed, to_version=to, host=host,
-                                        reason=f"{reason} ({why})", **by.row()))
-                _log.warning("not moving production of '%s': %s", model, why)
-    except BaseException:
-        if moved_alias:
-            _restore_unless_recorded(ledger, model, current, to)
-        raise
+                                        reason=f"{reason} ({why})", **by.row()), move_alias=False)
+            _log.warning("not moving production of '%s': %s", model, why)
     at = entry.at.isoformat(timespec="seconds")
     promo = Promotion(model=model, action="rollback", from_version=failed, to_version=to,
-                      provenance=by, reason=reason, at=at, ledger_id=entry.id, moved=moved_alias,
+                      provenance=by, reason=reason, at=at, ledger_id=entry.id, moved=locked.moved,
                       details={"after_failed_deploy": failed, "production_was": current})
-    if moved_alias:     # `to` keeps the approver it had; both descriptions show the rollback
+    if locked.moved:     # `to` keeps the approver it had; both descriptions show the rollback
         description.refresh_quietly(model, to, failed)
     return promo
 
