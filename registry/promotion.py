@@ -428,6 +428,13 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
 
     def target(tx, current):
         history = tx.entries(actions=_MOVES)
+        pending = (rollback_in_rollout(history, current)
+                   if not unrolled_ok and current is not None and explicit in (None, current) else None)
+        if pending is not None:     # a rerun of a `sync rollback` (--to N) whose deploy never finished
+            raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) has no "
+                               f"deploy recorded since (interrupted, or made with `registry rollback`): "
+                               f"`mlops sync deploy` installs v{current}, or records it where the hosts serve "
+                               f"it; to roll back further, `mlops sync rollback --to N`")
         if explicit is not None:
             if explicit == current:
                 raise RefusedError(f"version {explicit} of '{model}' already holds production; "
@@ -436,11 +443,6 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
         if current is None:
             raise NotFoundError(f"nothing to roll back to for '{model}': no version holds production; "
                                 f"use `mlops registry promote --version N`")
-        if not unrolled_ok and (pending := rollback_in_rollout(history, current)) is not None:
-            raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) has no "
-                               f"deploy recorded since (interrupted, or made with `registry rollback`): "
-                               f"`mlops sync deploy` installs v{current}, or records it where the hosts serve "
-                               f"it; to roll back further, `mlops sync rollback --to N`")
         choice = rollback_choice(history, all_versions, current)
         if choice.version is None:
             skipped = sorted(set(choice.skipped_failed) | set(choice.skipped_deleted))

@@ -183,3 +183,30 @@ def test_status_reads_every_versions_metrics_in_a_few_requests(make_version, htt
     paths = [p.split("?")[0] for _, p, _ in proxy.forwarded]
     assert not any(p.endswith("/runs/get") for p in paths), paths
     assert sum(p.endswith("/runs/search") for p in paths) == 3        # 5 run ids, 2 a request
+
+
+def test_a_rerun_sync_rollback_to_n_not_yet_on_the_hosts_says_so_not_nothing_to_roll_back(four_versions):
+    """`sync rollback --to 2` killed after its registry move (hosts still on v3): the same command
+    run again said 'version 2 already holds production; nothing to roll back' while the fleet
+    still served v3 — the on-call engineer read it as done. It says what `sync rollback` without
+    --to says: the rollback is not on the hosts yet and `sync deploy` installs it."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    led = Ledger()
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+        led.record("deploy", model, outcome="ok", to_version=v, host="web-1")
+    promotion.rollback(model, to=2, actor="bob", reason="v3 is slow", unrolled_ok=False)   # then killed
+    assert prod(model) == 2
+    with pytest.raises(RefusedError) as caught:
+        promotion.rollback(model, to=2, actor="bob", reason="v3 is slow", unrolled_ok=False)
+    message = str(caught.value)
+    assert f"the last rollback of '{model}' (v3 -> v2) has no deploy recorded since" in message, message
+    assert "`mlops sync deploy` installs v2" in message
+    assert prod(model) == 2
+    # `registry rollback --to 2` (no rollout of its own) still says only that v2 holds production
+    with pytest.raises(RefusedError, match="already holds production"):
+        promotion.rollback(model, to=2, actor="bob")
+    # once a deploy rolled it out, the rerun is the plain refusal again
+    led.record("deploy", model, outcome="ok", to_version=2, host="web-1")
+    with pytest.raises(RefusedError, match="already holds production; nothing to roll back"):
+        promotion.rollback(model, to=2, actor="bob", unrolled_ok=False)
