@@ -96,18 +96,21 @@ LOCK_AT_ONCE = 32
 
 
 def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
-             model: str | None) -> BaseException | None:
-    """Every lock at once, without waiting: None when all were taken; else every lock this pass
-    took is released again and the first host's error (in name order) is returned."""
+             model: str | None) -> tuple[BaseException | None, list[HostConn]]:
+    """Every lock at once, without waiting: (None, []) when all were taken; else every lock this
+    pass took is released again, and the first host's error (in name order) is returned with the
+    hosts whose lock this pass took over from a dead owner (its leftovers are still there)."""
     def take(c: HostConn) -> None:
         c.lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
 
     outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock")
     failed = next((exc for _, exc in outcomes if exc is not None), None)
-    if failed is not None:
-        parallel.settle(release, [c for c in conns if c.lock is not None], workers=CONNECT_AT_ONCE,
-                        name="unlock")
-    return failed
+    if failed is None:
+        return None, []
+    took_over = [c for c in conns if c.lock is not None and c.lock.took_over]
+    parallel.settle(release, [c for c in conns if c.lock is not None], workers=CONNECT_AT_ONCE,
+                    name="unlock")
+    return failed, took_over
 
 
 @contextlib.contextmanager
@@ -125,12 +128,14 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
     order to keep and goes to every host at once: some 14 round trips per host."""
     ordered = sorted(conns, key=lambda c: c.host.name)
     try:
-        failed = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model)
+        failed, took_over = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model)
         if failed is not None and not isinstance(failed, LockHeld):
             raise failed
         if failed is not None:
             for c in ordered:
                 c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model)
+            for c in took_over:     # the dead owner's half-written files are still there to remove
+                c.lock.took_over = True
         yield conns
     finally:
         # every lock this deploy holds, however it got here: a forced interrupt during the first

@@ -244,3 +244,39 @@ def test_retention_removes_nothing_once_the_hosts_lock_was_taken_over(transport)
     finally:
         ours.release()
         thief.release()
+
+
+def test_a_takeover_in_the_first_lock_pass_is_still_known_after_waiting_for_another_host(tmp_path):
+    """The fleet's first pass takes every lock at once; when one host is busy it gives them all
+    back and takes them again one by one. A dead owner's lock taken over in that first pass is gone
+    by the second, so the retaken lock must still say it was taken over: retention removes the dead
+    deploy's half-written ``models.config`` temp files only then."""
+    import socket
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from serving_sync import connections
+
+    dead_host, busy_host = LocalTransport(tmp_path / "a"), LocalTransport(tmp_path / "b")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    probe = HostLock(dead_host, heartbeat_every=0)
+    dead = _info(hostname=socket.gethostname(), pid=int(gone.stdout), created=time.time(),
+                 heartbeat=time.time(), pidns=probe.pidns, ttl=600.0)
+    assert dead_host.create_exclusive(LOCK_PATH, dead.to_json())
+    holder = HostLock(busy_host, heartbeat_every=0)
+    held_token = holder.acquire().token
+    timer = threading.Timer(0.3, holder.release)          # the other deploy finishes meanwhile
+    timer.start()
+    conns = [HostConn(SimpleNamespace(name=n), t, None) for n, t in (("a", dead_host), ("b", busy_host))]
+    try:
+        with connections.locked(conns, wait=10.0):
+            a, b = conns
+            assert a.lock.info.token != dead.token and b.lock.info.token != held_token
+            assert a.lock.took_over, "the dead owner's lock was taken over in the first pass"
+            assert not b.lock.took_over
+    finally:
+        timer.cancel()
+        holder.release()
+        dead_host.close()
+        busy_host.close()
