@@ -90,6 +90,8 @@ class Manager:
         self._changed = threading.Condition(self._lock)
         self._config_mu = threading.Lock()
         self._config = cfg.ServerConfig("empty")
+        # ServerCore's config_: the last config that passed validation, applied or not (see reload_config)
+        self._validated = cfg.ServerConfig("empty")
         self._labels: dict[str, dict[str, int]] = {}
         self._source: dict[str, cfg.ModelEntry] = {}
         self._source_error: dict[str, ServingError] = {}
@@ -162,7 +164,7 @@ class Manager:
         """
         with self._config_mu:
             with self._lock:
-                cfg.check_transition(self._config, new)
+                cfg.check_transition(self._validated, new)
                 if new.kind == "empty":
                     log.info("Taking no action for empty config.")
                     return
@@ -170,13 +172,16 @@ class Manager:
                     raise invalid_argument("Invalid ServerModelConfig")
                 available = {(n, v) for n, vs in self._serving.items() for v in vs}
                 old = self._config
-                cfg.check_platform_change(old, new)
-                labels = cfg.label_map(new.models, available, self._labels, self.allow_unavailable_labels)
+                cfg.check_platform_change(self._validated, new)
+                # server_core.cc: config_ = new_config here, so a config refused below (labels,
+                # platform) is what the next reload is checked against; the label map is swapped
+                # before an unsupported platform is refused
+                self._validated = new
+                self._labels = cfg.label_map(new.models, available, self._labels, self.allow_unavailable_labels)
                 cfg.check_platforms_supported(new)
                 old_names = set(old.by_name()) if old.kind == "list" else set()
                 new_by_name = new.by_name()
                 self._config = new
-                self._labels = labels
                 changed = [m for m in new.models
                            if m.name not in self._source or self._source[m.name].source_key() != m.source_key()]
                 removed = [n for n in self._source if n not in new_by_name]

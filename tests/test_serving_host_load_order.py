@@ -220,3 +220,55 @@ def test_a_version_whose_close_fails_does_not_stop_the_manager(tmp_path, monkeyp
             assert settles_at(expected) == expected
     finally:
         m.stop()
+
+
+def test_a_config_refused_after_validation_is_what_the_next_reload_is_checked_against(tmp_path, monkeypatch):
+    """server_core.cc ReloadConfig sets ``config_ = new_config`` once ValidateNoModelsChangePlatforms
+    passes, before UpdateModelVersionLabelMap and before AddModelsViaModelConfigList refuses an
+    unsupported platform (CreateStoragePathRoutes). So a config refused for its platform has already
+    put its labels in force, and the next reload's platform check compares with it: fixing a model's
+    mistyped platform is refused as a platform change until the model leaves the config once."""
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(lambda name, version, path: Fake()))
+    for v in (1, 2):
+        (tmp_path / "A" / str(v)).mkdir(parents=True)
+    (tmp_path / "N" / "1").mkdir(parents=True)
+
+    def a(label_version):
+        return cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy("specific", versions=frozenset({1, 2})),
+                              labels={"stable": label_version})
+
+    def n(platform):
+        return cfg.ModelEntry("N", str(tmp_path / "N"), platform=platform)
+
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy(
+            "specific", versions=frozenset({1, 2}))),)), wait_timeout=10)
+        deadline = time.monotonic() + 10
+        while [st.state for _, st in m.model_status("A")] != ["AVAILABLE"] * 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        m.reload_config(cfg.ServerConfig("list", (a(1),)), wait_timeout=10)
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (a(2), n("tensorflow_lite"))), wait_timeout=10)
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT",
+                                                   "Model N requests unsupported platform tensorflow_lite")
+        assert m.labels() == {"A": {"stable": 2}}          # swapped before the platform was refused
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (a(2), n("tensorflow"))), wait_timeout=10)
+        assert (e.value.code, e.value.message) == (
+            "INVALID_ARGUMENT", "Illegal to change a model's platform. For model N platform was "
+                                "tensorflow_lite and new platform requested is tensorflow")
+        m.reload_config(cfg.ServerConfig("list", (a(2),)), wait_timeout=10)        # N out once ...
+        m.reload_config(cfg.ServerConfig("list", (a(2), n("tensorflow"))), wait_timeout=10)  # ... then in
+        assert [st.state for _, st in m.model_status("N")] == ["AVAILABLE"]
+    finally:
+        m.stop()
