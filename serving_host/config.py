@@ -24,6 +24,7 @@ class ModelEntry:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     labels: dict[str, int] = field(default_factory=dict)
     platform: str = TENSORFLOW_PLATFORM
+    platform_error: str = ""    # GetPlatform's message, raised where TF Serving calls it (below)
 
     def source_key(self) -> tuple:
         """What the file-system source cares about (labels are not part of it)."""
@@ -116,9 +117,9 @@ def _policy(c) -> VersionPolicy:
 def to_server_config(msg) -> ServerConfig:
     """Validate a ``ModelServerConfig`` proto and turn it into plain data.
 
-    Raises ServingError(INVALID_ARGUMENT) for duplicate names, relative base paths and
-    missing platforms, with TF Serving's messages. An unsupported platform is refused later, by
-    ``check_platforms``, after the check that no model changes its platform.
+    Raises ServingError(INVALID_ARGUMENT) for duplicate names and relative base paths, with TF
+    Serving's messages. A missing or contradictory platform (``GetPlatform``'s errors) and an
+    unsupported one are refused later, by ``check_platform_change`` and ``check_platforms_supported``.
     """
     which = msg.WhichOneof("config")
     if which is None:
@@ -136,10 +137,14 @@ def to_server_config(msg) -> ServerConfig:
                                    f"got base_path()={c.base_path}")
     models = []
     for c in msg.model_config_list.config:
+        try:
+            platform, platform_error = _platform(c), ""
+        except ServingError as exc:
+            platform, platform_error = "", exc.message
         models.append(ModelEntry(name=c.name, base_path=c.base_path.rstrip("/") or "/",
                                  policy=_policy(c),
                                  labels={k: int(v) for k, v in c.version_labels.items()},
-                                 platform=_platform(c)))
+                                 platform=platform, platform_error=platform_error))
     return ServerConfig("list", tuple(models))
 
 
@@ -154,19 +159,29 @@ def check_transition(old: ServerConfig, new: ServerConfig) -> None:
                                   "transition from one ModelConfigList to another.")
 
 
+def _get_platform(m: ModelEntry) -> str:
+    """``GetPlatform`` of one entry: its platform, or its error."""
+    if m.platform_error:
+        raise invalid_argument(m.platform_error)
+    return m.platform
+
+
 def check_platform_change(old: ServerConfig, new: ServerConfig) -> None:
-    """``ValidateNoModelsChangePlatforms``: checked before labels and platform support."""
-    before = {m.name: m.platform for m in old.models}
+    """``ValidateNoModelsChangePlatforms``: checked before labels and platform support. GetPlatform
+    runs on every model of ``old`` and on the models of ``new`` that ``old`` has (a new model is
+    skipped), so an earlier config holding a model without a platform fails every later reload."""
+    before = {m.name: _get_platform(m) for m in old.models}
     for m in new.models:
-        if m.name in before and before[m.name] != m.platform:
+        if m.name in before and before[m.name] != _get_platform(m):
             raise invalid_argument(f"Illegal to change a model's platform. For model {m.name} platform "
                                    f"was {before[m.name]} and new platform requested is {m.platform}")
 
 
 def check_platforms_supported(new: ServerConfig) -> None:
-    """Only ``tensorflow`` servables exist here (``AddModelsViaModelConfigList``'s check)."""
+    """Only ``tensorflow`` servables exist here (``CreateStoragePathRoutes``: GetPlatform, then the
+    platform's route, model by model)."""
     for m in new.models:
-        if m.platform != TENSORFLOW_PLATFORM:
+        if _get_platform(m) != TENSORFLOW_PLATFORM:
             raise invalid_argument(f"Model {m.name} requests unsupported platform {m.platform}")
 
 

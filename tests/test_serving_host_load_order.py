@@ -272,3 +272,45 @@ def test_a_config_refused_after_validation_is_what_the_next_reload_is_checked_ag
         assert [st.state for _, st in m.model_status("N")] == ["AVAILABLE"]
     finally:
         m.stop()
+
+
+def test_a_model_without_a_platform_refuses_every_later_reload_as_tf_serving_does(tmp_path, monkeypatch):
+    """server_core.cc: a model new in the config is skipped by ValidateNoModelsChangePlatforms, so
+    a config whose new model has no model_platform becomes ``config_`` and is refused only later
+    (CreateStoragePathRoutes' GetPlatform). The next ReloadConfig's ValidateNoModelsChangePlatforms
+    calls GetPlatform on every model of ``config_`` and fails the same way: every later reload is
+    refused with that message (until a restart), while what was loaded keeps serving. Here the
+    config was refused up front and the next reload was taken."""
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.status import ServingError
+
+    class Fake:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(lambda name, version, path: Fake()))
+    for m in ("A", "N"):
+        (tmp_path / m / "1").mkdir(parents=True)
+
+    def config(*entries: str):
+        return cfg.to_server_config(cfg.parse_text("model_config_list { " + " ".join(
+            f'config {{ name: "{n}" base_path: "{tmp_path / n}" {extra} }}'
+            for n, extra in (e.split(":", 1) for e in entries)) + " }"))
+
+    neither = ("Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+               "ModelServerConfig::model_platform, model name is N")
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(config('A:model_platform: "tensorflow"'), wait_timeout=10)
+        for text in (('A:model_platform: "tensorflow"', "N:"),                            # N: no platform
+                     ('A:model_platform: "tensorflow"', 'N:model_platform: "tensorflow"'),  # fixed
+                     ('A:model_platform: "tensorflow"',)):                                # N left out
+            with pytest.raises(ServingError) as e:
+                m.reload_config(config(*text), wait_timeout=10)
+            assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", neither)
+        assert [st.state for _, st in m.model_status("A")] == ["AVAILABLE"]
+        with pytest.raises(ServingError, match="Could not find any versions of model N"):
+            m.model_status("N")
+    finally:
+        m.stop()
