@@ -8,6 +8,7 @@ TF-Serving SavedModel and the golden smoke set. Registration goes through
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import tempfile
@@ -288,25 +289,12 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
                                     parent_run_id=parent_run_id)
     name = tracking.run_name(data.dataset, retrained_from=retrained_from, incoming=data.incoming_location)
 
-    try:
-        return _run(params, data, client, name, run_params, tags, n_val, start_model, retrained_from)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise ConfigError(f"no space left on the disk ({exc.strerror}{': ' + exc.filename if exc.filename else ''}) "
-                          f"while training or logging the model; free space in {tempfile.gettempdir()} (TMPDIR) "
-                          f"and rerun: the MLflow run is marked FAILED and nothing was registered") from None
-
-
-def _run(params, data, client, name, run_params, tags, n_val, start_model, retrained_from) -> RunResult:
-    """The MLflow run of ``run_training`` (ended FAILED by MLflow when anything in it raises)."""
     import mlflow
-
-    from registry.client import mlflow_errors
 
     from .model import predict
 
-    with mlflow_errors("logging the training run"), mlflow.start_run(run_name=name) as run:
+    # the full-disk handler outermost: MLflow has ended the run FAILED by the time it speaks
+    with _full_disk_is_one_line(), mlflow_errors("logging the training run"), mlflow.start_run(run_name=name) as run:
         run_id = run.info.run_id
         _log.info("MLflow run '%s' %s: %s", name, run_id, tracking.run_url(run.info.experiment_id, run_id))
         tracking.log_new_params(client, run_id, run_params)
@@ -326,6 +314,19 @@ def _run(params, data, client, name, run_params, tags, n_val, start_model, retra
                   evaluation.n)
     return RunResult(run_id, run.info.experiment_id, info.model_uri, evaluation, history, data,
                      params, retrained_from, files)
+
+
+@contextlib.contextmanager
+def _full_disk_is_one_line():
+    """A full disk while training or logging is one line saying what to free, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ConfigError(f"no space left on the disk ({exc.strerror}{': ' + exc.filename if exc.filename else ''}) "
+                          f"while training or logging the model; free space in {tempfile.gettempdir()} (TMPDIR) "
+                          f"and rerun: the MLflow run is marked FAILED and nothing was registered") from None
 
 
 def register_run(model_name: str, result: RunResult) -> int:
