@@ -68,10 +68,11 @@ class Baker:
         return bake.scrape(name, host.metrics, self.model, timeout=self.timeout)
 
     def _scrape_some(self, names, required=()) -> dict[str, bake.Snapshot]:
-        """Every host of ``names`` read at once (their windows line up); a host in ``required``
-        must be readable (UserError), any other one is left out of the comparison. A host never
-        judged is not read again after a failure (each would wait ``timeout``); a host judged
-        later (``--bake-each-wave``) is, since it must be readable when its own wave comes."""
+        """Every host of ``names`` read at once, 16 at a time (their windows line up; past 16 hosts
+        less exactly); a host in ``required`` must be readable (UserError), any other one is left
+        out of the comparison. A host never judged is not read again after a failure (each would
+        wait ``timeout``); a host judged later (``--bake-each-wave``) is, since it must be
+        readable when its own wave comes."""
         names = [n for n in names if n in required or n not in self.unreadable or n in self.canary]
         out = {}
         for n, (snap, exc) in zip(names, parallel.settle(self._scrape, names, workers=16, name="metrics")):

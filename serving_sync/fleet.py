@@ -17,7 +17,7 @@ The rollout is a state machine (docs/architecture.md, "Rollout"):
    unless nothing says the version is to blame: a failed upload, a lost connection, an
    interrupt), tags the version and raises ``DeployFailed`` (exit 3) saying why: all of that is
    ``deploy_failure`` (``fail``, ``or_put_back``).
-5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention (every host at once).
+5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention (``--parallel`` hosts at once).
 """
 from __future__ import annotations
 
@@ -557,7 +557,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
     # (a rollback --to a version whose earlier deploy failed)
     _tag_rolled_back(result.model, result.version, result.restore)
-    # Cleanup on every host at once: on an SSH host removing a version is one command through
+    # Cleanup on --parallel hosts at once: on an SSH host removing a version is one command through
     # the deploy user's shell, and a fleet waited for those one after the other. Where the
     # registry would roll back to now stays (a rollback is then a switch, not a new upload) —
     # for a --version deploy too, whose own predecessor is not production's.

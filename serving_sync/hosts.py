@@ -50,6 +50,7 @@ ENV_FIELDS = {
     "identity_file": "MLOPS_SYNC_IDENTITY_FILE",
     "model_base_path": "MLOPS_SYNC_MODEL_BASE_PATH",
     "name": "MLOPS_SYNC_NAME",
+    "metrics_url": "MLOPS_SYNC_METRICS_URL",
 }
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.:\[\]-]+\Z")

@@ -218,6 +218,9 @@ def test_load_hosts_from_file_env_and_errors(tmp_path, monkeypatch):
     (h,) = load_hosts(environ=env)
     assert h.name == "default" and h.target.port == 2200 and h.grpc == "box:8500"
     assert h.identity_file == Path("/keys/id")
+    assert h.metrics == "http://box:8501/monitoring/prometheus/metrics"      # the default page
+    (h,) = load_hosts(environ={**env, "MLOPS_SYNC_METRICS_URL": "http://box:9090/metrics"})
+    assert h.metrics == "http://box:9090/metrics"     # a host set up by environment alone can bake too
     # an explicit --hosts file wins over the environment
     assert len(load_hosts(str(f), environ=env)) == 3
     with pytest.raises(ConfigError, match="MLOPS_SYNC_REST_URL is not"):
