@@ -68,6 +68,16 @@ def versions_held_by_others(config: "ServingConfig", model: str, base_path: str,
     return tuple(sorted(held))
 
 
+def entries_loading_new_versions(config: "ServingConfig", model: str, base_path: str) -> tuple[str, ...]:
+    """Entries other than ``model``'s own that read ``model``'s folder with a policy that loads a
+    new version by itself (``latest``, ``all``, TF Serving's default): they serve a version the
+    moment it is published, before the deploy's smoke test. A deploy does not rewrite another
+    team's entry; it says so (a plan note)."""
+    ours = {model, validation_name(model)}
+    return tuple(sorted(e.name for e in config.entries
+                        if e.name not in ours and same_path(e.base_path, base_path) and e.policy != "specific"))
+
+
 def keeping_extras(old: "ModelEntry | None", new: "ModelEntry") -> "ModelEntry":
     """``new`` (base path, version policy, labels) with every other field of ``old`` kept as it
     was: its ``logging_config``, ``platform_config``, a deprecated ``model_type``. Built from

@@ -92,6 +92,7 @@ class HostObservation:
     published: tuple[int, ...] = ()
     verified: tuple[int, ...] = ()
     held_by_others: tuple[int, ...] = ()             # versions other entries load from our folder
+    loaded_by_others_on_publish: tuple[str, ...] = ()    # other entries that load a new version by themselves
 
     @property
     def available(self) -> list[int]:
@@ -279,6 +280,11 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     vname = mc.validation_name(model)
     s = obs.serving
     final, prev, notes = final_target(obs, v, keep_previous=keep_previous, label=label)
+    if obs.loaded_by_others_on_publish and v not in obs.published:
+        names = ", ".join(obs.loaded_by_others_on_publish)
+        notes.append(f"models.config entry {names} reads this model's folder with a policy that loads new "
+                     f"versions by itself: it will serve v{v} as soon as it is published, before the smoke "
+                     f"test; give it a `specific` version policy")
     retention_preview = tuple(versions_to_remove(sorted(set(obs.published) | {v}), serving=v,
                                                  previous=prev if prev is not None else s, keep=keep,
                                                  protected=final.versions + obs.held_by_others

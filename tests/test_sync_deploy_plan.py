@@ -336,3 +336,26 @@ def test_entries_on_our_folder_with_a_latest_all_or_default_policy_hold_what_the
     assert mc.versions_held_by_others(config("model_version_policy { latest { num_versions: 4 } }"), M, BASE,
                                       published) == (3, 4, 5, 6)
     assert mc.versions_held_by_others(config(""), M, BASE, published) == (6,)
+
+
+def test_a_plan_says_when_another_entry_will_serve_the_version_the_moment_it_is_published():
+    """Another team's entry on our folder with a `latest`, `all` or default policy loads a
+    version as soon as it is published, before the smoke test: the plan says so, naming it."""
+    def config(body):
+        return mc.parse(f'model_config_list {{ config {{ name: "{M}" base_path: "{BASE}" model_platform: "tensorflow" '
+                        f'model_version_policy {{ specific {{ versions: 4 }} }} }} '
+                        f'config {{ name: "shadow" base_path: "{BASE}/" model_platform: "tensorflow" {body} }} '
+                        f'config {{ name: "other" base_path: "/srv/models/other" model_platform: "tensorflow" }} }}')
+
+    for body in ("model_version_policy { latest { num_versions: 2 } }", "model_version_policy { all {} }", ""):
+        assert mc.entries_loading_new_versions(config(body), M, BASE) == ("shadow",), body
+    pinned = config("model_version_policy { specific { versions: 4 } }")
+    assert mc.entries_loading_new_versions(pinned, M, BASE) == ()
+    o = obs(versions=(4,), labels=(("stable", 4),), states={4: A}, stable=4, published=(4,), verified=(4,))
+    warned = HostObservation(**{**o.__dict__, "loaded_by_others_on_publish": ("shadow",)})
+    [note] = [n for n in plan_host(warned, 5).notes if "shadow" in n]
+    assert "serve v5 as soon as it is published, before the smoke test" in note
+    assert not any("shadow" in n for n in plan_host(o, 5).notes)
+    # already published (a rerun): the entry loaded it already; nothing new to say
+    again = HostObservation(**{**warned.__dict__, "published": (4, 5)})
+    assert not any("shadow" in n for n in plan_host(again, 5).notes)

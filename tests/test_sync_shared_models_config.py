@@ -100,3 +100,20 @@ def test_retention_keeps_what_another_entry_loads_from_our_folder(deploy_env):
     env.release("a")                                   # v4; retention keeps 3 by default
     assert (host.base / env.model / str(v1)).exists(), "v1, which entry 'shadow' loads, was deleted"
     assert env.states(host, "shadow").get(v1) == "AVAILABLE"
+
+
+def test_sync_plan_names_another_entry_that_will_serve_the_new_version_once_published(deploy_env):
+    """An entry of another team reading our folder with TF Serving's default policy (latest 1)
+    loads a new version the moment it is published, before the smoke test: `sync plan` says so."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    cur = env.config_text(host)
+    mbase = mc.parse(cur).entry(env.model).base_path
+    _apply(env, host, cur.rstrip()[:-1] + _entry("shadow", mbase) + "}\n")
+    assert _until(lambda: env.states(host, "shadow").get(v1) == "AVAILABLE")
+    v2 = env.register("b")
+    env.promote(v2)
+    r = env.cli("sync", "plan")
+    assert r.returncode == 0, r.stderr
+    assert "entry shadow reads this model's folder" in r.stdout and f"serve v{v2} as soon as" in r.stdout, r.stdout
