@@ -68,14 +68,19 @@ def versions_held_by_others(config: "ServingConfig", model: str, base_path: str,
     return tuple(sorted(held))
 
 
-def entries_loading_new_versions(config: "ServingConfig", model: str, base_path: str) -> tuple[str, ...]:
+def entries_loading_new_versions(config: "ServingConfig", model: str,
+                                 base_path: str) -> tuple[tuple[str, int | None], ...]:
     """Entries other than ``model``'s own that read ``model``'s folder with a policy that loads a
     new version by itself (``latest``, ``all``, TF Serving's default): they serve a version the
     moment it is published, before the deploy's smoke test. A deploy does not rewrite another
-    team's entry; it says so (a plan note)."""
+    team's entry; it says so (a plan note). Each as (name, N): it loads the newest N versions
+    (``latest`` N, the default's 1), None for ``all``: an older version published is not loaded."""
     ours = {model, validation_name(model)}
-    return tuple(sorted(e.name for e in config.entries
-                        if e.name not in ours and same_path(e.base_path, base_path) and e.policy != "specific"))
+    return tuple(sorted(((e.name, None if e.policy == "all" else
+                          max(1, e.versions[0] if e.policy == "latest" and e.versions else 1))
+                         for e in config.entries
+                         if e.name not in ours and same_path(e.base_path, base_path) and e.policy != "specific"),
+                        key=lambda named: named[0]))
 
 
 def keeping_extras(old: "ModelEntry | None", new: "ModelEntry") -> "ModelEntry":

@@ -92,7 +92,8 @@ class HostObservation:
     published: tuple[int, ...] = ()
     verified: tuple[int, ...] = ()
     held_by_others: tuple[int, ...] = ()             # versions other entries load from our folder
-    loaded_by_others_on_publish: tuple[str, ...] = ()    # other entries that load a new version by themselves
+    loaded_by_others_on_publish: tuple[tuple[str, int | None], ...] = ()    # other entries that load a new
+    # version by themselves: (name, the newest N versions it loads; None: all)
 
     @property
     def available(self) -> list[int]:
@@ -280,8 +281,10 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     vname = mc.validation_name(model)
     s = obs.serving
     final, prev, notes = final_target(obs, v, keep_previous=keep_previous, label=label)
-    if obs.loaded_by_others_on_publish and v not in obs.published:
-        names = ", ".join(obs.loaded_by_others_on_publish)
+    newest_first = sorted(set(obs.published) | {v}, reverse=True)
+    loading = [n for n, newest in obs.loaded_by_others_on_publish if newest is None or v in newest_first[:newest]]
+    if loading and v not in obs.published:
+        names = ", ".join(loading)
         notes.append(f"models.config entry {names} reads this model's folder with a policy that loads new "
                      f"versions by itself: it will serve v{v} as soon as it is published, before the smoke "
                      f"test; give it a `specific` version policy")

@@ -347,15 +347,36 @@ def test_a_plan_says_when_another_entry_will_serve_the_version_the_moment_it_is_
                         f'config {{ name: "shadow" base_path: "{BASE}/" model_platform: "tensorflow" {body} }} '
                         f'config {{ name: "other" base_path: "/srv/models/other" model_platform: "tensorflow" }} }}')
 
-    for body in ("model_version_policy { latest { num_versions: 2 } }", "model_version_policy { all {} }", ""):
-        assert mc.entries_loading_new_versions(config(body), M, BASE) == ("shadow",), body
+    for body, newest in (("model_version_policy { latest { num_versions: 2 } }", 2),
+                         ("model_version_policy { all {} }", None), ("", 1)):
+        assert mc.entries_loading_new_versions(config(body), M, BASE) == (("shadow", newest),), body
     pinned = config("model_version_policy { specific { versions: 4 } }")
     assert mc.entries_loading_new_versions(pinned, M, BASE) == ()
     o = obs(versions=(4,), labels=(("stable", 4),), states={4: A}, stable=4, published=(4,), verified=(4,))
-    warned = HostObservation(**{**o.__dict__, "loaded_by_others_on_publish": ("shadow",)})
+    warned = HostObservation(**{**o.__dict__, "loaded_by_others_on_publish": (("shadow", 1),)})
     [note] = [n for n in plan_host(warned, 5).notes if "shadow" in n]
     assert "serve v5 as soon as it is published, before the smoke test" in note
     assert not any("shadow" in n for n in plan_host(o, 5).notes)
     # already published (a rerun): the entry loaded it already; nothing new to say
     again = HostObservation(**{**warned.__dict__, "published": (4, 5)})
     assert not any("shadow" in n for n in plan_host(again, 5).notes)
+
+
+def test_a_plan_does_not_say_another_entry_serves_an_older_version_its_latest_policy_does_not_load():
+    """A deploy of an older version (a rollback to one retention removed) publishes v3 beside v5
+    and v6: another team's entry with `latest 1`, `latest 2` or the default policy keeps serving
+    v5/v6 and never loads v3; only `all`, or a `latest` N that reaches v3, serves it on publish."""
+    def config(body):
+        return mc.parse(f'model_config_list {{ config {{ name: "{M}" base_path: "{BASE}" model_platform: "tensorflow" '
+                        f'model_version_policy {{ specific {{ versions: 6 }} }} }} '
+                        f'config {{ name: "shadow" base_path: "{BASE}" model_platform: "tensorflow" {body} }} }}')
+
+    o = obs(versions=(6,), labels=(("stable", 6),), states={6: A}, stable=6, published=(5, 6), verified=(5, 6))
+    for body, loads_v3 in (("model_version_policy { latest { num_versions: 1 } }", False), ("", False),
+                           ("model_version_policy { latest { num_versions: 2 } }", False),
+                           ("model_version_policy { latest { num_versions: 3 } }", True),
+                           ("model_version_policy { all {} }", True)):
+        others = mc.entries_loading_new_versions(config(body), M, BASE)
+        seen = HostObservation(**{**o.__dict__, "loaded_by_others_on_publish": others})
+        assert any("shadow" in n for n in plan_host(seen, 3).notes) == loads_v3, body
+        assert any("shadow" in n for n in plan_host(seen, 7).notes), body      # a new version: every one of them
