@@ -495,9 +495,9 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
         else:
             why = (f"production is version {current} now, not the failed {failed}; "
                    f"left it alone")
-            entry = locked.record(Entry(action="rollback", model=model, outcome="refused",
-                                        from_version=failed, to_version=to, host=host,
-                                        reason=f"{reason} ({why})", **by.row()), move_alias=False)
+            entry = locked.tx.append(Entry(action="rollback", model=model, outcome="refused",
+                                           from_version=failed, to_version=to, host=host,
+                                           reason=f"{reason} ({why})", **by.row()))
             _log.warning("not moving production of '%s': %s", model, why)
     at = entry.at.isoformat(timespec="seconds")
     promo = Promotion(model=model, action="rollback", from_version=failed, to_version=to,

@@ -118,8 +118,8 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
            purpose: str = "deploy", model: str | None = None) -> Iterator[list[HostConn]]:
     """Every host's lock for the deploy, released at the end (even after errors).
 
-    First every lock is tried (``LOCK_AT_ONCE`` at a time) without waiting — a few round trips for the whole fleet
-    instead of a few per host in turn (100 hosts 50 ms away: 15 s). A try never waits, so it
+    First every lock is tried (``LOCK_AT_ONCE`` at a time) without waiting — a few round trips
+    for the whole fleet instead of a few per host in turn (100 hosts 50 ms away: 15 s). A try never waits, so it
     cannot deadlock. When a lock is held, this pass gives back what it took and the locks are
     taken one host after the other in name order, waiting up to ``wait`` for each: the order is
     what keeps two waiting deploys from holding each other's hosts, and it names the first held

@@ -20,8 +20,8 @@ once and every ``ssh://`` host pull it with presigned URLs (``serving_sync.store
     store_endpoint = "http://10.0.0.5:8333"   # optional: the S3 endpoint as the hosts reach it
 
 Without a hosts file, ``MLOPS_SYNC_TARGET`` + ``MLOPS_SYNC_REST_URL`` (+ ``MLOPS_SYNC_GRPC``,
-``MLOPS_SYNC_KNOWN_HOSTS``, ``MLOPS_SYNC_IDENTITY_FILE``, ``MLOPS_SYNC_MODEL_BASE_PATH``, ``MLOPS_SYNC_METRICS_URL``)
-describe a single host named ``MLOPS_SYNC_NAME`` (default ``default``).
+``MLOPS_SYNC_KNOWN_HOSTS``, ``MLOPS_SYNC_IDENTITY_FILE``, ``MLOPS_SYNC_MODEL_BASE_PATH``,
+``MLOPS_SYNC_METRICS_URL``) describe a single host named ``MLOPS_SYNC_NAME`` (default ``default``).
 """
 from __future__ import annotations
 

@@ -60,12 +60,19 @@ def versions_held_by_others(config: "ServingConfig", model: str, base_path: str,
             continue
         if e.policy == "specific":
             held.update(e.versions)
-        elif e.policy == "all":
-            held.update(published)
-        else:           # latest N, or TF Serving's default (latest 1)
-            held.update(newest_first[:max(1, e.versions[0] if e.policy == "latest" and e.versions else 1)])
+        else:
+            n = _newest_loaded(e)
+            held.update(published if n is None else newest_first[:n])
         held.update(v for _, v in e.labels)
     return tuple(sorted(held))
+
+
+def _newest_loaded(e: "ModelEntry") -> int | None:
+    """How many of the newest versions a self-loading policy serves: ``latest`` N's N, TF
+    Serving's default 1, ``all`` every one (None)."""
+    if e.policy == "all":
+        return None
+    return max(1, e.versions[0] if e.policy == "latest" and e.versions else 1)
 
 
 def entries_loading_new_versions(config: "ServingConfig", model: str,
@@ -76,11 +83,8 @@ def entries_loading_new_versions(config: "ServingConfig", model: str,
     team's entry; it says so (a plan note). Each as (name, N): it loads the newest N versions
     (``latest`` N, the default's 1), None for ``all``: an older version published is not loaded."""
     ours = {model, validation_name(model)}
-    return tuple(sorted(((e.name, None if e.policy == "all" else
-                          max(1, e.versions[0] if e.policy == "latest" and e.versions else 1))
-                         for e in config.entries
-                         if e.name not in ours and same_path(e.base_path, base_path) and e.policy != "specific"),
-                        key=lambda named: named[0]))
+    return tuple(sorted((e.name, _newest_loaded(e)) for e in config.entries
+                        if e.name not in ours and same_path(e.base_path, base_path) and e.policy != "specific"))
 
 
 def keeping_extras(old: "ModelEntry | None", new: "ModelEntry") -> "ModelEntry":

@@ -92,8 +92,8 @@ class HostObservation:
     published: tuple[int, ...] = ()
     verified: tuple[int, ...] = ()
     held_by_others: tuple[int, ...] = ()             # versions other entries load from our folder
-    loaded_by_others_on_publish: tuple[tuple[str, int | None], ...] = ()    # other entries that load a new
-    # version by themselves: (name, the newest N versions it loads; None: all)
+    # other entries that load a new version by themselves: (name, the newest N it loads; None: all)
+    loaded_by_others_on_publish: tuple[tuple[str, int | None], ...] = ()
 
     @property
     def available(self) -> list[int]:
@@ -282,8 +282,9 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     s = obs.serving
     final, prev, notes = final_target(obs, v, keep_previous=keep_previous, label=label)
     newest_first = sorted(set(obs.published) | {v}, reverse=True)
-    loading = [n for n, newest in obs.loaded_by_others_on_publish if newest is None or v in newest_first[:newest]]
-    if loading and v not in obs.published:
+    loading = [] if v in obs.published else [
+        n for n, newest in obs.loaded_by_others_on_publish if newest is None or v in newest_first[:newest]]
+    if loading:
         names = ", ".join(loading)
         notes.append(f"models.config entry {names} reads this model's folder with a policy that loads new "
                      f"versions by itself: it will serve v{v} as soon as it is published, before the smoke "
