@@ -35,6 +35,7 @@ from serving_host.versions import aspired, discover, missing_specific
 log = logging.getLogger("serving_host")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+NUM_INITIAL_LOAD_THREADS_PER_CPU = 4    # server_core.h: num_initial_load_threads = 4.0 * NumSchedulableCPUs()
 
 
 @dataclass
@@ -103,9 +104,10 @@ class Manager:
         self._last_file_error: str | None = None
         # 0 = TF Serving's inline executor: one load/unload at a time (see _reconcile)
         self.serial = num_load_threads <= 0
-        self._busy = False
+        self._running = 0           # loads and unloads started and not yet done
         self._pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads),
                                         thread_name_prefix="servable-load")
+        self._initial_pool: ThreadPoolExecutor | None = None    # the first config's fast load
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -132,6 +134,8 @@ class Manager:
     def stop(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._initial_pool is not None:
+            self._initial_pool.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------------------------------
     # config
@@ -172,6 +176,7 @@ class Manager:
                     raise invalid_argument("Invalid ServerModelConfig")
                 available = {(n, v) for n, vs in self._serving.items() for v in vs}
                 old = self._config
+                first = old.kind != "list"      # AddModelsViaModelConfigList's is_first_config
                 cfg.check_platform_change(self._validated, new)
                 # server_core.cc: config_ = new_config here, so a config refused below (labels,
                 # platform) is what the next reload is checked against; the label map is swapped
@@ -195,12 +200,36 @@ class Manager:
                 log.info("Adding/updating models.")
                 for m in new.models:
                     log.info(" (Re-)adding model: %s", m.name)
-            self.poll([m.name for m in changed])
             new_names = [m.name for m in new.models if m.name not in old_names]
-            if new_names:
-                self._wait_until_available(new_names, wait_timeout)
+            with self._fast_initial_load(first):
+                self.poll([m.name for m in changed])
+                if new_names:
+                    self._wait_until_available(new_names, wait_timeout)
             if old != new:
                 log.info("Finished reloading config")
+
+    @contextmanager
+    def _fast_initial_load(self, first: bool):
+        """``ConnectSourcesWithFastInitialLoad``: the first config's versions load on
+        ``num_initial_load_threads`` (4 x the CPUs) threads in parallel, whatever
+        ``num_load_threads`` says, until they are waited for; then the manager's own setting is
+        back. Loads still running then finish; with ``num_load_threads`` 0 the next single action
+        waits for them (``_running``), as TF Serving's executor reset waits for its threads."""
+        if not first:
+            yield
+            return
+        threads = NUM_INITIAL_LOAD_THREADS_PER_CPU * len(os.sched_getaffinity(0))
+        with self._lock:
+            serial, self.serial = self.serial, False
+            self._initial_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="servable-initial-load")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.serial, pool, self._initial_pool = serial, self._initial_pool, None
+                pool.shutdown(wait=False)       # queued loads still run; nothing new goes there
+                for n in sorted(self._streams):
+                    self._reconcile(n)
 
     def _wait_until_available(self, names: list[str], timeout: float | None) -> None:
         """``WaitUntilModelsAvailable``: until each model serves, or fails for good."""
@@ -344,7 +373,7 @@ class Manager:
             while (action := self._next_action(name)) is not None:
                 self._start(name, action)
             return
-        if self._busy or self._stop.is_set():
+        if self._running or self._stop.is_set():
             return
         for n in sorted(set(self._aspired) | set(self._streams)):
             self._apply_aspired(n)
@@ -352,7 +381,6 @@ class Manager:
                    if (a := self._next_action(n)) is not None]
         if actions:
             _, n, action = min(actions, key=lambda x: x[:2])
-            self._busy = True
             self._start(n, action)
 
     def _apply_aspired(self, name: str) -> None:
@@ -386,6 +414,7 @@ class Manager:
 
     def _start(self, name: str, action: pol.Action) -> None:
         h = self._streams[name][action.version]
+        self._running += 1
         if action.kind == "load":
             h.state = pol.LOADING
             self._set_state(name, h.version, LOADING)
@@ -400,12 +429,12 @@ class Manager:
 
     def _done(self, name: str) -> None:
         """A load or unload ended (lock held): let the next change through."""
-        self._busy = False
+        self._running -= 1
         self._reconcile(name)
 
     def _submit(self, fn, *args) -> None:
         try:
-            self._pool.submit(fn, *args)
+            (self._initial_pool or self._pool).submit(fn, *args)
         except RuntimeError:  # shutting down
             pass
 

@@ -314,3 +314,99 @@ def test_a_model_without_a_platform_refuses_every_later_reload_as_tf_serving_doe
             m.model_status("N")
     finally:
         m.stop()
+
+
+def test_the_first_config_loads_in_parallel_and_later_ones_one_at_a_time(tmp_path, monkeypatch):
+    """server_core.cc connects the first config's sources with ConnectSourcesWithFastInitialLoad:
+    its models load on ``num_initial_load_threads`` (4 x the CPUs) threads at once, then the
+    manager is back to ``num_load_threads`` (0: one at a time). The local server loaded the first
+    config one model after another, so a host with several models took their sum to start."""
+    import threading
+
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    lock, running, peaks = threading.Lock(), [0], []
+
+    def load(name, version, path):
+        with lock:
+            running[0] += 1
+            peaks.append(running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+        return Fake()
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(load))
+    monkeypatch.setattr(mg.os, "sched_getaffinity", lambda pid: {0})       # 4 initial threads
+    names = ["A", "B", "C", "D", "E", "F"]
+    for n in names:
+        (tmp_path / n / "1").mkdir(parents=True)
+
+    def entries(ns):
+        return cfg.ServerConfig("list", tuple(cfg.ModelEntry(n, str(tmp_path / n), VersionPolicy()) for n in ns))
+
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        started = time.monotonic()
+        m.reload_config(entries(names[:4]))
+        assert max(peaks) == 4 and time.monotonic() - started < 1.0      # serially: 1.2 s
+        peaks.clear()
+        m.reload_config(entries(names), wait_timeout=20)                   # E and F: one at a time
+        assert peaks == [1, 1]
+        for n in names:
+            assert [(v, st.state) for v, st in m.model_status(n)] == [(1, "AVAILABLE")]
+    finally:
+        m.stop()
+
+
+def test_after_the_fast_initial_load_the_manager_waits_for_its_loads_before_the_next(tmp_path, monkeypatch):
+    """A load of the first config that is not waited for (a version the start-up does not need)
+    may still run when the fast load ends; with ``num_load_threads`` 0 the next action starts only
+    when it is done, as TF Serving's executor reset waits for its threads."""
+    import threading
+
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    lock, running, peaks = threading.Lock(), [0], []
+    release = threading.Event()
+
+    def load(name, version, path):
+        with lock:
+            running[0] += 1
+            peaks.append(running[0])
+        if version == 1:
+            release.wait(10)                 # the older version of an 'all' model: still loading
+        with lock:
+            running[0] -= 1
+        return Fake()
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(load))
+    for v in (1, 2):
+        (tmp_path / "A" / str(v)).mkdir(parents=True)
+    (tmp_path / "B" / "1").mkdir(parents=True)
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy("all")),)))
+        assert m.model_status("A", 1)[0][1].state == "LOADING"
+        peaks.clear()
+        threading.Timer(0.5, release.set).start()
+        m.reload_config(cfg.ServerConfig("list", (
+            cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy("all")),
+            cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy()))), wait_timeout=20)
+        assert peaks == [1]                  # B loaded alone, after A v1 was done
+        assert m.model_status("A", 1)[0][1].state == "AVAILABLE"
+    finally:
+        release.set()
+        m.stop()
