@@ -68,6 +68,13 @@ def _close_quietly(servable: Servable, name: str, version: int) -> None:
         log.exception("closing servable version %s failed", sid(name, version))
 
 
+def _schedulable_cpus() -> int:
+    """``port::NumSchedulableCPUs``: the CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def sid(name: str, version: int) -> str:
     """``ServableId::DebugString``."""
     return f"{{name: {name} version: {version}}}"
@@ -218,7 +225,7 @@ class Manager:
         if not first:
             yield
             return
-        threads = NUM_INITIAL_LOAD_THREADS_PER_CPU * len(os.sched_getaffinity(0))
+        threads = NUM_INITIAL_LOAD_THREADS_PER_CPU * _schedulable_cpus()
         with self._lock:
             serial, self.serial = self.serial, False
             self._initial_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="servable-initial-load")

@@ -343,7 +343,7 @@ def test_the_first_config_loads_in_parallel_and_later_ones_one_at_a_time(tmp_pat
         return Fake()
 
     monkeypatch.setattr(mg.Servable, "load", staticmethod(load))
-    monkeypatch.setattr(mg.os, "sched_getaffinity", lambda pid: {0})       # 4 initial threads
+    monkeypatch.setattr(mg, "_schedulable_cpus", lambda: 1)                # 4 initial threads
     names = ["A", "B", "C", "D", "E", "F"]
     for n in names:
         (tmp_path / n / "1").mkdir(parents=True)
