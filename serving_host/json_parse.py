@@ -2,7 +2,9 @@
 
 Python's ``json`` does the parsing; this module adds what rapidjson does differently: its error
 texts and offsets (``JSON Parse error: ... at offset: N``), its number limits (past DBL_MAX an
-error, integers past uint64 kept as doubles), its refusal of a lone high surrogate escape,
+error, integers past uint64 kept as doubles), the special numbers of rapidjson 1.1.0's
+``kParseNanAndInfFlag`` (``NaN``, ``Inf``, ``Infinity``, each with an optional ``-``; Python's
+json takes ``NaN``, ``Infinity`` and ``-Infinity`` only), its refusal of a lone high surrogate escape,
 ``kParseStopWhenDoneFlag`` (text after the root value is ignored) and ``FindMember`` (a repeated
 top-level key: the first value), plus the member count a ``{"b64": ...}`` object is checked by.
 """
@@ -12,6 +14,7 @@ import json
 import math
 import re
 import sys
+from collections import deque
 
 from serving_host.json_text import json_value_error, utf8_len
 from serving_host.status import ServingError, invalid_argument
@@ -65,11 +68,12 @@ def parse_json(body: bytes):
     # rapidjson as TF Serving calls it (json_tensor.cc, kParseStopWhenDoneFlag): parsing stops at
     # the end of the root value, so text after it is ignored; FindMember finds a repeated key's
     # first value.
+    text_read, parse_constant = _special_numbers(text)
     decoder = json.JSONDecoder(parse_int=lambda t: _parse_int(t, text), parse_float=lambda t: _parse_float(t, text),
-                               object_pairs_hook=_object)
-    start = len(text) - len(text.lstrip(" \t\n\r"))
+                               parse_constant=parse_constant, object_pairs_hook=_object)
+    start = len(text_read) - len(text_read.lstrip(" \t\n\r"))
     try:
-        doc, end = decoder.raw_decode(text, start)
+        doc, end = decoder.raw_decode(text_read, start)
     except json.JSONDecodeError as exc:
         _check_surrogates(text, exc.pos)
         msg = next((m for k, m in _PARSE_MESSAGES.items() if exc.msg.startswith(k)), exc.msg)
@@ -80,6 +84,34 @@ def parse_json(body: bytes):
     if not isinstance(doc, dict):
         raise json_value_error(doc, "Is not object")
     return dict(doc.first) if doc.first is not None else doc
+
+
+_SPECIAL_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|(-?)(NaN|Infinity|Inf(?!i))', re.S)  # strings skipped whole
+_SPECIAL_VALUES = {"NaN": math.nan, "Infinity": math.inf, "Inf": math.inf}
+
+
+def _special_numbers(text: str):
+    """rapidjson 1.1.0's ParseNumber with kParseNanAndInfFlag (reader.h) takes ``NaN``, ``Inf`` and
+    ``Infinity`` after an optional ``-``. Python's json takes ``NaN``, ``Infinity``, ``-Infinity``
+    only, so ``Inf``, ``-Inf`` and ``-NaN`` outside strings are given to it as ``NaN`` padded
+    with spaces to the same length (error offsets stay those of the text as sent), and the values
+    of all special numbers, in document order (the order the decoder meets them), are what
+    ``parse_constant`` answers. Returns the text to decode and the ``parse_constant`` to use."""
+    if "-NaN" not in text and text.count("Inf") == text.count("Infinity"):
+        return text, None
+    values: deque = deque()
+    pieces, last = [], 0
+    for m in _SPECIAL_RE.finditer(text):
+        if m.group(2) is None:
+            continue
+        value = _SPECIAL_VALUES[m.group(2)]
+        values.append(-value if m.group(1) and m.group(2) != "NaN" else value)
+        token = m.group(0)
+        if token not in ("NaN", "Infinity", "-Infinity"):
+            pieces += [text[last:m.start()], "NaN".rjust(len(token))]
+            last = m.end()
+    pieces.append(text[last:])
+    return "".join(pieces), lambda _name: values.popleft()
 
 
 _ESCAPE_RE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.S)

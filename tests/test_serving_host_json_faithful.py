@@ -101,6 +101,18 @@ def test_regress_with_a_number_past_float_range_is_200(server):
     assert r.text == '{\n    "results": [Infinity, 3.0]\n}'
 
 
+def test_inf_and_minus_nan_are_taken_and_written_back_as_tf_serving_writes_them(server):
+    """rapidjson 1.1.0 with kParseNanAndInfFlag (json_tensor.cc) reads ``Inf``, ``-Inf`` and
+    ``-NaN`` too; WriteDecimal writes them back as ``Infinity``, ``-Infinity``, ``NaN``."""
+    r = post(server, "/v1/models/default:predict", raw=b'{"instances": [Inf, -Inf, -NaN, NaN, Infinity, -Infinity]}')
+    assert r.status_code == 200, r.text
+    assert r.text == ('{\n    "predictions": [Infinity, -Infinity, NaN, NaN, Infinity, -Infinity\n    ]\n}')
+    r = post(server, "/v1/models/default:regress",
+             raw=b'{"signature_name": "regress_x_to_y", "examples": [{"x": -Inf}, {"x": [Inf]}]}')
+    assert r.status_code == 200, r.text
+    assert r.text == '{\n    "results": [-Infinity, Infinity]\n}'
+
+
 # -- 2. {"b64": ...} as absl::Base64Unescape -----------------------------------------------------
 @pytest.mark.parametrize("text, decoded", [
     ("QUJD", b"ABC"), ("QUI=", b"AB"), ("QUI", b"AB"), ("QUI.", b"AB"), ("QQ==", b"A"), ("QQ", b"A"),

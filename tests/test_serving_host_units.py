@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 
 import numpy as np
 import pytest
@@ -311,6 +312,29 @@ def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     # {"b64": …} object must have exactly one member
     doc = json_parse.parse_json(b'{"examples": [{"x": [1.0], "x": [2.0]}], "b": {"b64": "YQ==", "b64": "Yg=="}}')
     assert doc["examples"][0]["x"] == [2.0] and not json_request._is_b64(doc["b"])
+
+
+def test_special_floats_are_read_as_rapidjson_1_1_0_reads_them():
+    """json_tensor.cc parses with kParseNanAndInfFlag, and TF Serving pins rapidjson 1.1.0
+    (workspace.bzl), whose ParseNumber takes ``NaN``, ``Inf`` and ``Infinity``, each with an
+    optional ``-`` (this server refused ``Inf``, ``-Inf`` and ``-NaN`` with "Invalid value.")."""
+    doc = json_parse.parse_json(b'{"a": [NaN, -NaN, Inf, -Inf, Infinity, -Infinity], "s": "Inf -NaN"}')
+    a = doc["a"]
+    assert math.isnan(a[0]) and math.isnan(a[1])
+    assert a[2:] == [math.inf, -math.inf, math.inf, -math.inf]
+    assert doc["s"] == "Inf -NaN"
+    doc = json_parse.parse_json(b'{"x":Inf,"y":{"z":-Inf},"n":-NaN}')
+    assert doc["x"] == math.inf and doc["y"]["z"] == -math.inf and math.isnan(doc["n"])
+    with pytest.raises(ServingError) as e:                  # a number, as there: not an object
+        json_parse.parse_json(b"-Inf ")
+    assert e.value.message == "JSON Value:  Is not object"
+    # what rapidjson 1.1.0 still refuses: a partial word, lower case
+    for body in (b'{"a": [Infinit]}', b'{"a": [inf]}', b'{"a": [nan]}', b'{"a": [Na]}'):
+        with pytest.raises(ServingError, match="JSON Parse error: Invalid value."):
+            json_parse.parse_json(body)
+    # offsets of later errors are those of the text as sent
+    with pytest.raises(ServingError, match="at offset: 12$"):
+        json_parse.parse_json(b'{"a": [-Inf,]}')
 
 
 def test_signature_name_must_be_a_string():
