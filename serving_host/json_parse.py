@@ -21,17 +21,87 @@ from serving_host.status import ServingError, invalid_argument
 
 DBL_MAX_INT = int(sys.float_info.max)
 
-_PARSE_MESSAGES = {  # Python's json messages -> rapidjson's GetParseError_En texts
-    "Expecting value": "Invalid value.",
-    "Extra data": "The document root must not be followed by other values.",
+_PARSE_MESSAGES = {  # Python's json messages -> rapidjson's GetParseError_En texts (the rest:
+    "Extra data": "The document root must not be followed by other values.",     # _rapidjson_error)
     "Expecting property name enclosed in double quotes": "Missing a name for object member.",
     "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Expecting ',' delimiter": "Missing a comma or '}' after an object member.",
-    "Unterminated string starting at": "Missing a closing quotation mark in string.",
-    "Invalid control character at": "Invalid encoding in string.",
     "Invalid \\escape": "Invalid escape character in string.",
-    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
 }
+
+
+_NUMBER_END_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")  # a number token ending here
+_CONTAINER_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+
+
+def _rapidjson_error(text: str, py_msg: str, pos: int) -> tuple[str, int]:
+    """rapidjson 1.1.0's GetParseError_En text and error position (in characters of ``text``;
+    the caller counts them in bytes, as rapidjson does) for Python's error ``py_msg`` at ``pos``
+    (reader.h: ParseStringToStream, ParseNumber, ParseTrue/False/Null, HandleError)."""
+    c = text[pos:pos + 1]
+    if py_msg.startswith("Invalid control character"):    # a raw byte < 0x20 in a string
+        if c == "\0":
+            return "Missing a closing quotation mark in string.", pos
+        return "Invalid escape character in string.", pos
+    if py_msg.startswith("Unterminated string"):          # rapidjson reads to the end first
+        return "Missing a closing quotation mark in string.", len(text)
+    if py_msg.startswith("Invalid \\uXXXX escape"):        # rapidjson: the escape's backslash
+        return "Incorrect hex digit after \\u escape in string.", text.rfind("\\", 0, pos + 1)
+    if py_msg.startswith("Expecting ',' delimiter"):
+        start = pos
+        while start > 0 and text[start - 1] in "0123456789.eE+-":
+            start -= 1
+        number = _NUMBER_END_RE.match(text, start, pos)
+        if number is not None and number.group(2) is None:
+            if c == "." and number.group(1) is None:      # "1." / "1.e5": no digit after the '.'
+                return "Miss fraction part in number.", pos + 1
+            if c in ("e", "E"):                           # "1e" / "1.5E+": no digit in the exponent
+                return "Miss exponent in number.", pos + 1 + (text[pos + 1:pos + 2] in ("+", "-"))
+        if _innermost_container(text, pos) == "[":
+            return "Missing a comma or ']' after an array element.", pos
+        return "Missing a comma or '}' after an object member.", pos
+    if py_msg.startswith("Expecting value"):
+        if c in (",", ":", "]", "}", "\0") and not text[:pos].strip(" \t\n\r"):
+            return "The document is empty.", pos          # HandleError(IterativeParsingStartState)
+        return "Invalid value.", _invalid_value_end(text, pos)
+    msg = next((m for k, m in _PARSE_MESSAGES.items() if py_msg.startswith(k)), py_msg)
+    return msg, pos
+
+
+def _innermost_container(text: str, pos: int) -> str:
+    """The bracket of the array or object open at ``pos`` (``text[:pos]`` is valid JSON so far)."""
+    stack = []
+    for m in _CONTAINER_RE.finditer(text, 0, pos):
+        t = m.group(0)
+        if t in "[{":
+            stack.append(t)
+        elif t in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def _invalid_value_end(text: str, pos: int) -> int:
+    """Where rapidjson stops on an invalid value starting at ``pos``: ParseTrue/False/Null take the
+    first letter and every matching one after it; ParseNumber a ``-``, then (kParseNanAndInfFlag)
+    the letters of ``NaN`` or ``Inf``/``Infinity`` it can match."""
+    def take(i: int, word: str) -> int:
+        for ch in word:
+            if text[i:i + 1] != ch:
+                break
+            i += 1
+        return i
+
+    c = text[pos:pos + 1]
+    for word in ("true", "false", "null"):
+        if c == word[0]:
+            return take(pos + 1, word[1:])
+    i = pos + (c == "-")
+    if text[i:i + 1] in ("N", "I"):
+        j = take(i, "NaN")
+        if j - i < 3:
+            k = take(j, "Inf")
+            j = take(k, "inity") if k - j == 3 and text[k:k + 1] == "i" else k
+        return j
+    return i
 
 
 class _Object(dict):
@@ -76,8 +146,8 @@ def parse_json(body: bytes):
         doc, end = decoder.raw_decode(text_read, start)
     except json.JSONDecodeError as exc:
         _check_surrogates(text, exc.pos)
-        msg = next((m for k, m in _PARSE_MESSAGES.items() if exc.msg.startswith(k)), exc.msg)
-        raise invalid_argument(f"JSON Parse error: {msg} at offset: {exc.pos}") from None
+        msg, pos = _rapidjson_error(text, exc.msg, exc.pos)
+        raise invalid_argument(f"JSON Parse error: {msg} at offset: {utf8_len(text[:pos])}") from None
     except RecursionError:
         raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error.") from None
     _check_surrogates(text, end)

@@ -303,6 +303,56 @@ def test_json_parse_errors(body, fragment):
     assert fragment in e.value.message
 
 
+# Expected texts: rapidjson 1.1.0 (the version TF Serving pins) built with json_tensor.cc's
+# ParseJson flags (kParseIterativeFlag | kParseNanAndInfFlag | kParseStopWhenDoneFlag) and run
+# on each body: GetParseError_En(...) and GetErrorOffset(), a byte offset.
+@pytest.mark.parametrize("body, message", [
+    (b'{"instances": [1 2]}', "Missing a comma or ']' after an array element. at offset: 17"),
+    (b'{"instances": [1', "Missing a comma or ']' after an array element. at offset: 16"),
+    (b'{"instances": [[1, 2] [3]]}', "Missing a comma or ']' after an array element. at offset: 22"),
+    (b'{"a": [1, 2}', "Missing a comma or ']' after an array element. at offset: 11"),
+    (b'{"a": [01]}', "Missing a comma or ']' after an array element. at offset: 8"),
+    (b'{"a": [1.5.3]}', "Missing a comma or ']' after an array element. at offset: 10"),
+    (b'{"a": {"b": 1 "c": 2}}', "Missing a comma or '}' after an object member. at offset: 14"),
+    (b'{"a": {"b": 1]}', "Missing a comma or '}' after an object member. at offset: 13"),
+    (b'{"a": "x\ny"}', "Invalid escape character in string. at offset: 8"),
+    (b'{"a": "x\x00y"}', "Missing a closing quotation mark in string. at offset: 8"),
+    (b'{"a": "abc', "Missing a closing quotation mark in string. at offset: 10"),
+    (b'{"a": [1., 2.]}', "Miss fraction part in number. at offset: 9"),
+    (b'{"a": [-1.e5]}', "Miss fraction part in number. at offset: 10"),
+    (b'{"a": [1e, 2]}', "Miss exponent in number. at offset: 9"),
+    (b'{"a": [1.5E+]}', "Miss exponent in number. at offset: 12"),
+    (b'{"a": [tru]}', "Invalid value. at offset: 10"),
+    (b'{"a": [fals ]}', "Invalid value. at offset: 11"),
+    (b'{"a": [nul]}', "Invalid value. at offset: 10"),
+    (b'   tru', "Invalid value. at offset: 6"),
+    (b'{"a": [-]}', "Invalid value. at offset: 8"),
+    (b'{"a": [-x]}', "Invalid value. at offset: 8"),
+    (b'{"a": [Nax]}', "Invalid value. at offset: 9"),
+    (b'{"a": [-Nope]}', "Invalid value. at offset: 9"),
+    (b'{"a": [Infinit]}', "Invalid value. at offset: 14"),
+    (b'{"a": [.5]}', "Invalid value. at offset: 7"),
+    (b':{"a": 1}', "The document is empty. at offset: 0"),
+    (b'  ]', "The document is empty. at offset: 2"),
+    (b'\x00{"a": 1}', "The document is empty. at offset: 0"),
+    (b'x', "Invalid value. at offset: 0"),
+    (b'{"a": "\\u12"}', "Incorrect hex digit after \\u escape in string. at offset: 7"),
+    (b'{"a": "\\q"}', "Invalid escape character in string. at offset: 7"),
+    # offsets count bytes, not characters
+    (b'{"\xc3\xa9": [1,]}', "Invalid value. at offset: 10"),
+    (b'{"a": "\xe2\x82\xac", "b": tru}', "Invalid value. at offset: 21"),
+    (b'{"a": "\xe2\x82\xac\t"}', "Invalid escape character in string. at offset: 10"),
+    (b'{"\xc3\xa9": "abc', "Missing a closing quotation mark in string. at offset: 11"),
+])
+def test_json_parse_errors_are_rapidjson_s_texts_and_byte_offsets(body, message):
+    """Python's json says "Expecting ',' delimiter" in an array and an object alike, "Invalid
+    control character" for a raw newline or NUL in a string, stops a number at "1." and counts
+    characters; rapidjson's texts and offsets were not reproduced for these."""
+    with pytest.raises(ServingError) as e:
+        json_parse.parse_json(body)
+    assert e.value.message == "JSON Parse error: " + message
+
+
 def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     """json_tensor.cc parses with kParseStopWhenDoneFlag: what follows the root value is not read
     (this server answered "The document root must not be followed by other values.")."""
