@@ -508,6 +508,23 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
     return promo
 
 
+def check_deployable(model: str, version: int, *, force: bool = False, reason: str | None = None,
+                     ledger: Ledger | None = None) -> None:
+    """``mlops sync deploy --version N`` (and ``sync plan``'s answer to it): the version goes on the
+    hosts' ``stable`` label without an approval or a move of ``production``, so it must pass what
+    a promotion of it would — ``check_promotable`` and ``check_gate_baseline`` (a verdict against
+    an earlier production says nothing about today's) — unless forced with a reason. Production
+    itself was checked when it was promoted. Reads only; ``RefusedError`` when refused."""
+    current = versions.production_version(model)
+    if version == current:
+        return
+    info = versions.get_version(model, version)
+    check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
+    verdicts = (ledger or Ledger()).entries(model, actions=("gate", "promote", "rollback"), current=True)
+    check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version), ever_held(verdicts),
+                        force=force)
+
+
 def version_for_pipeline(model: str, pipeline_id: str, version: int | None = None) -> int:
     """The version a CircleCI pipeline may promote: the one it registered (tag ``pipeline_id``),
     never whatever ``candidate`` points at now; ``version``, when given, must be that one."""

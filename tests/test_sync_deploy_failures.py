@@ -239,6 +239,34 @@ def test_deploying_a_version_that_failed_the_gate_needs_force_and_a_reason(deplo
     assert env.production() == v1
 
 
+def test_deploying_a_version_gated_against_an_earlier_production_is_refused_like_its_promotion(deploy_env):
+    """`sync deploy --version N` checked the tag alone: a version that passed its gate against v1
+    went onto the hosts' stable label once production was v3, which `registry promote` refuses
+    (its verdict says nothing about v3). The same rule now: gate again, or --force --reason."""
+    from registry.ledger import Entry, Ledger
+
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    v2, v3 = env.register("b"), env.register("b")
+    for v in (v2, v3):      # two pipelines held at their approval, both passed against v1
+        Ledger().append(Entry(action="gate", model=env.model, outcome="passed", from_version=v1, to_version=v))
+    env.promote(v3)
+    refused = (f"version {v2} of '{env.model}' passed its gate against v{v1}, but production is now v{v3}")
+    r = env.cli("sync", "deploy", "--version", str(v2))
+    assert r.returncode == 2, r.stderr
+    assert refused in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr
+    env.serves(host, v1)
+    r = env.cli("sync", "plan", "--version", str(v2), "--json")
+    assert json.loads(r.stdout)["deploy_refused"].startswith(refused), r.stdout
+    # a version that held production before is a rollback, not refused; --force with a reason goes
+    r = env.cli("sync", "deploy", "--version", str(v1))
+    assert r.returncode == 0, r.stderr
+    r = env.cli("sync", "deploy", "--version", str(v2), "--force", "--reason", "compare with v3 on staging")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.production() == v3
+
+
 def test_in_a_fleet_the_line_names_the_host_that_cannot_be_reached(deploy_env):
     """Said only "TF Serving REST at http://…:27799 is not reachable": which of the hosts?"""
     from mlops.local_services import free_port

@@ -364,15 +364,11 @@ def _deploy_command(args) -> int:
 
 def _check_gate_passed(model: str, version: int, *, force: bool, reason: str | None) -> None:
     """``--version N`` puts N on the hosts' stable label without the gate or an approval: the same
-    rule as a promotion (passed, or --force with a reason); production itself was checked when it
-    was promoted."""
-    from registry import versions
-    from registry.promotion_rules import check_promotable
+    rules as a promotion (passed, against today's production, or --force with a reason);
+    production itself was checked when it was promoted."""
+    from registry.promotion import check_deployable
 
-    if version == versions.production_version(model):
-        return
-    info = versions.get_version(model, version)
-    check_promotable(model, version, info.validation_status or "", force=force, reason=reason)
+    check_deployable(model, version, force=force, reason=reason)
 
 
 def cmd_plan(args) -> int:
