@@ -143,9 +143,11 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
         versions.log_run_text(info.run_id, page, f"{artifacts.GATE_REPORT}.html")
     status = "passed" if verdict.passed else "failed"
     # one tag for the versions list; accuracy, baseline, failed rules, when: the ledger row below
-    # and the description rebuilt from it
-    versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
-    ledger.append(Entry(
+    # and the description rebuilt from it. A promotion reads both (the tag: passed; the row: against
+    # which production), so whichever write fails must not leave a `passed` the row does not back:
+    # a failure is tagged before its row, a pass only after it (a tag `passed` without a row was
+    # promoted on a verdict against an earlier production).
+    row = Entry(
         action="gate", model=model, outcome=status, from_version=verdict.baseline_version,
         to_version=v, reason=outcome.summary, **by.row(),
         details={"accuracy": report["metrics"]["candidate"]["accuracy"],
@@ -153,7 +155,12 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
                  "tolerance": verdict.tolerance,
                  "failed_rules": [c.rule for c in verdict.failed],
                  "signature_change_allowed": allow_signature_change,
-                 "signature_differences": report["signature_differences"]}))
+                 "signature_differences": report["signature_differences"]})
+    if not verdict.passed:
+        versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
+    ledger.append(row)
+    if verdict.passed:
+        versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
     # read now: another gate may have moved 'candidate' to its version during this evaluation
     held = versions.registered_model_aliases(model).get(versions.CANDIDATE)
     if verdict.passed and verdict.gated_production:     # not a candidate: the one awaiting approval keeps it

@@ -115,3 +115,40 @@ def test_a_deleted_production_version_is_named_as_deleted_not_as_one_to_promote_
     rows = promotion.reconcile(model, actor="bob").rows
     assert [(r.action, r.from_version, r.to_version) for r in rows] == [("rollback", v2, None)]
     assert f"v{v2} was deleted from the registry" in rows[0].reason
+
+
+class _GateRowLost(Ledger):
+    """The ledger at a blip: reads answer, the gate's row cannot be written."""
+
+    def append(self, entry):
+        if entry.action == "gate":
+            from mlops_common.errors import ConnectionFailure
+            raise ConnectionFailure("cannot write to the ledger database (blip)")
+        return super().append(entry)
+
+
+def test_a_passing_gate_whose_ledger_row_is_lost_leaves_no_passed_tag_to_promote_later(make_version):
+    """The gate tagged `validation_status=passed` before writing its ledger row: when the row could
+    not be written the tag stayed, with no row saying which production it was compared with, so
+    once production had moved the version was promoted on that stale verdict (a version with no
+    gate row is not checked against today's production)."""
+    from mlops_common.errors import ConnectionFailure
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = make_version(), make_version(), make_version()
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.95), v3: doc(0.96)})
+    assert run_gate(model, v1, ev).passed
+    promotion.promote(model, v1, actor="alice")
+    with pytest.raises(ConnectionFailure):
+        run_gate(model, v2, ev, ledger=_GateRowLost())            # passed against v1, row lost
+    assert versions.get_version(model, v2).tags.get("validation_status") != "passed"
+    assert run_gate(model, v3, ev).passed
+    promotion.promote(model, v3, actor="bob")
+    with pytest.raises(RefusedError):
+        promotion.promote(model, v2, actor="carol")              # never compared with v3
+    assert versions.production_version(model) == v3
+    # a failing verdict is tagged first: a lost row never leaves an earlier `passed` standing
+    ev.by_version[v3] = doc(0.50)
+    with pytest.raises(ConnectionFailure):
+        run_gate(model, v3, ev, ledger=_GateRowLost())
+    assert versions.get_version(model, v3).tags.get("validation_status") == "failed"
