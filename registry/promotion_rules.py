@@ -279,7 +279,7 @@ def rollback_in_rollout(entries: Iterable[Entry], version: int, *, deploy_id: st
     deploy rows."""
     last, deployed_since = None, False
     for e in entries:
-        if e.action in MOVES and e.outcome == "ok":
+        if moved(e):
             last, deployed_since = e, False
         elif e.action == "deploy" and e.to_version == version and deploy_verdict(e) == "ok" \
                 and (deploy_id is None or (e.details or {}).get("deploy") != deploy_id):
@@ -292,6 +292,14 @@ def rollback_in_rollout(entries: Iterable[Entry], version: int, *, deploy_id: st
 
 
 MOVES = ("promote", "rollback")
+
+
+def moved(e: Entry) -> bool:
+    """Is ``e`` an ``ok`` move that changed where ``production`` is? A move recorded where the
+    version already held production (a CircleCI job run again, a promotion of production itself:
+    ``from_version`` = ``to_version``) moved nothing: it is not the rollback a deploy rolls out,
+    nor what a restore rolled back from."""
+    return e.action in MOVES and e.outcome == "ok" and e.from_version != e.to_version
 
 
 def last_move(entries: Iterable[Entry]) -> Entry | None:
@@ -323,7 +331,7 @@ def restoring_rollback(entries: Iterable[Entry], version: int) -> Entry | None:
     held: set[int] = set()
     last: Entry | None = None
     for e in entries:
-        if e.action not in MOVES or e.outcome != "ok":
+        if not moved(e):
             continue
         if last is not None and last.to_version is not None:
             held.add(last.to_version)

@@ -237,3 +237,21 @@ def test_a_failed_deploy_undoes_the_move_that_made_its_version_production():
     assert revert_target([*promoted, rollback(2, 3), canary], tags, 2, deploy_id="d1") == 3
     final_of_this = Entry("deploy", "m", "ok", from_version=3, to_version=2, details={"deploy": "d1"})
     assert revert_target([*promoted, rollback(2, 3), final_of_this], tags, 2, deploy_id="d1") == 3
+
+
+def test_a_circleci_rerun_of_a_rollback_records_no_move_so_its_failed_deploy_still_goes_back():
+    """A rerun of `rollback-and-deploy` while production is still where that job put it records
+    a rollback row from v2 to v2 (`rerun_of`). It moved nothing, yet it was taken for the
+    person's rollback being rolled out: a failed deploy of v2 then "went back" to v2 itself
+    (production left on the failed version while the hosts were put back to v3), and the restore
+    said it rolled back from v2."""
+    tags = {1: {}, 2: {}, 3: {}}
+    promoted = [promote(1), deploy(1, "ok"), promote(2, 1), deploy(2, "ok"), promote(3, 2), deploy(3, "ok")]
+    person = rollback(2, 3)
+    host_fault = Entry("deploy", "m", "failed", from_version=3, to_version=2, details={"registry_unchanged": True})
+    rerun = Entry("rollback", "m", "ok", from_version=2, to_version=2, details={"rerun_of": 7})
+    entries = [*promoted, person, host_fault, rerun]
+    assert revert_target(entries, tags, 2) == 3
+    assert restoring_rollback(entries, 2).from_version == 3
+    # a promotion recorded again where it already served moves nothing either
+    assert restoring_rollback([*promoted, person, promote(2, 2)], 2).from_version == 3
