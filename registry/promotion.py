@@ -153,9 +153,10 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
     """Commit an intent row, point ``production`` at ``row.to_version``, append ``row`` (the
     ``ok`` move row, closing the intent; committed with the block).
 
-    If the call fails, MLflow is asked where the alias is: moved (the answer was lost) -> go on;
-    not moved -> the intent is closed as failed and the error raised; no answer -> the intent
-    stays open for ``reconcile`` and the error says so."""
+    If the call fails, MLflow is asked where the alias is: moved (the answer was lost) -> go on
+    (an interrupt: the move is recorded and committed, then the interrupt goes on up); not moved ->
+    the intent is closed as failed and the error raised; no answer -> the intent stays open for
+    ``reconcile`` and the error says so."""
     to = row.to_version
     # the intent and its closing rows carry the move's who, where, host and versions
     # ... and its details (forced, approved_by, ...): a reconcile that confirms it copies them
@@ -177,6 +178,10 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
         if seen != to:
             tx.append(replace(row, action="intent", outcome="failed", from_version=current,
                               reason=f"the alias did not move: {exc}", details={"intent": intent.id}))
+            tx.commit()
+            raise
+        if not isinstance(exc, Exception):      # Ctrl-C / SIGTERM, not a lost answer: record, then stop
+            tx.append(replace(row, details={**row.details, "intent": intent.id, "interrupted": True}))
             tx.commit()
             raise
         lost_answer = True

@@ -287,3 +287,26 @@ def test_status_is_not_fooled_by_a_promotion_between_its_two_reads(make_version,
     monkeypatch.setattr(Ledger, "entries", after_a_concurrent_promotion)
     found = promotion.check_agreement(model)
     assert found.problem() is None and found.alias == found.ledger == v2
+
+
+def test_ctrl_c_once_mlflow_moved_the_alias_records_the_move_and_still_stops(make_version, monkeypatch):
+    """A Ctrl-C (or SIGTERM, turned into one) arriving while MLflow applied the move was taken for
+    a lost answer: the move was recorded and the interrupt swallowed, so the command went on
+    (`mlops sync rollback` into its deploy) as if nobody had pressed Ctrl-C. The move is recorded,
+    then the interrupt ends the command."""
+    model, v1, v2 = two_promoted_once(make_version)
+    point = promotion._point
+
+    def moved_then_interrupted(m, v):
+        point(m, v)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(promotion, "_point", moved_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        promotion.promote(model, v2, actor="alice")
+    assert versions.production_version(model) == v2
+    assert rows(model)[-2:] == [("intent", "pending", v1, v2), ("promote", "ok", v1, v2)]
+    intent, move = Ledger().entries(model)[-2:]
+    assert move.details["intent"] == intent.id
+    monkeypatch.setattr(promotion, "_point", point)
+    assert status(model) == {"alias": v2, "ledger": v2, "agrees": True, "open_intents": [], "problem": None}
