@@ -235,6 +235,11 @@ def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
     """Append what the alias shows and the ledger does not (see ``reconcile_rows``)."""
     entries = tx.entries(actions=_VIEW)
     held = ledger_production(entries) if alias is None else None
+    if held is not None:
+        # SQLite: the read holds the database's write lock (BEGIN IMMEDIATE); end it (nothing is
+        # appended yet) before asking MLflow, as ``_move`` does: other writers' rows would wait on
+        # its answer. The promotion lock stays held.
+        tx.commit()
     deleted = held is not None and not versions.version_exists(model, held)
     rows = [tx.append(r) for r in reconcile_rows(model, alias, entries, actor=actor, ledger_version_deleted=deleted)]
     for r in rows:

@@ -310,3 +310,39 @@ def test_ctrl_c_once_mlflow_moved_the_alias_records_the_move_and_still_stops(mak
     assert move.details["intent"] == intent.id
     monkeypatch.setattr(promotion, "_point", point)
     assert status(model) == {"alias": v2, "ledger": v2, "agrees": True, "open_intents": [], "problem": None}
+
+
+def test_a_promotion_asking_mlflow_whether_the_ledgers_production_exists_does_not_hold_up_other_writers(
+        make_version, monkeypatch):
+    """The same, on the reconcile at the start of a move when the `production` alias is gone: its
+    read of the ledger took SQLite's write lock and kept it while MLflow was asked whether the
+    version the ledger names still exists (up to the request timeout and its retries; other
+    writers give up after the busy timeout)."""
+    import threading
+
+    from registry.ledger import Entry
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    promotion.promote(model, v1, actor="alice")
+    versions.delete_alias(model, versions.PRODUCTION)             # removed in the MLflow UI
+    real = versions.version_exists
+    asked = threading.Event()
+
+    def slow_mlflow(*a, **k):
+        asked.set()
+        time.sleep(2.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(versions, "version_exists", slow_mlflow)
+    p = threading.Thread(target=lambda: promotion.promote(model, v1, actor="alice"))
+    p.start()
+    assert asked.wait(60)
+    t0 = time.monotonic()
+    Ledger().append(Entry(action="deploy", model="another-model", outcome="ok", to_version=7, host="web-1"))
+    waited = time.monotonic() - t0
+    p.join(timeout=60)
+    assert waited < 1.0, waited
+    assert versions.production_version(model) == v1
+    assert rows(model)[-3:] == [("rollback", "ok", v1, None), ("intent", "pending", None, v1),
+                                ("promote", "ok", None, v1)]
