@@ -54,6 +54,16 @@ def _signature_problems(candidate_sig, production_sig, has_production: bool) -> 
     return signature.differences(candidate_sig, production_sig)
 
 
+def _trained_beside(info: versions.VersionInfo | None) -> str | None:
+    """The held-out fingerprint the version's training run recorded (``evaluation/heldout.json``),
+    or None when its run has none."""
+    if info is None or not info.run_id:
+        return None
+    doc = versions.run_artifact_json(info.run_id, artifacts.HELDOUT)
+    fp = doc.get("heldout_fingerprint") if isinstance(doc, dict) else None
+    return fp if isinstance(fp, str) and fp else None
+
+
 def _check_evaluation(doc: dict, version: int) -> dict:
     missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n", "dataset", "heldout_fingerprint")
                if doc.get(k) in (None, "")]
@@ -101,9 +111,11 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
                                f"move production to a version that loads (`mlops registry rollback --to N "
                                f"--reason ...`), then gate v{v} again", problem=exc.problem) from None
 
+    trained_beside = {"candidate": _trained_beside(info),
+                      "production": _trained_beside(prod_info) if prod_eval is not None else None}
     verdict = decide(cand_eval, prod_eval, rules, baseline_version=baseline,
                      signature_problems=sig_problems, allow_signature_change=allow_signature_change,
-                     gated_production=choice.gated_production)
+                     gated_production=choice.gated_production, trained_beside=trained_beside)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     report = gate_report.build(model=model, version=v, verdict=verdict, rules=rules,
                                candidate=cand_eval, production=prod_eval,

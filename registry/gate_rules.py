@@ -17,6 +17,10 @@ Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
 4. ``signature``: the serving signature stays compatible (unless explicitly allowed).
 5. ``same_heldout_set``: both evaluations used the same held-out set (fingerprints; a missing
    fingerprint fails: it proves nothing).
+   ``heldout_unchanged_since_training`` (when a version's training run recorded one): the
+   held-out set evaluated now is the one each version was trained beside. The frozen partition
+   rests on NumPy's permutation for a fixed seed, which NumPy does not promise across releases;
+   a set that moved may hold examples a version trained on, and its score would be inflated.
 6. ``metrics_valid`` (only when it fails): every accuracy, overall and per class, is a number in
    [0, 1] — a NaN passes no comparison and an inf passes every one.
 
@@ -146,9 +150,12 @@ class Verdict:
 def decide(candidate: dict, production: dict | None, rules: GateRules, *,
            baseline_version: int | None = None,
            signature_problems: list[str] | None = None,
-           allow_signature_change: bool = False, gated_production: bool = False) -> Verdict:
+           allow_signature_change: bool = False, gated_production: bool = False,
+           trained_beside: dict[str, str | None] | None = None) -> Verdict:
     """Apply the rules. ``production`` None means there is no production version yet, or (with
-    ``gated_production``) that the version gated is production itself."""
+    ``gated_production``) that the version gated is production itself. ``trained_beside``: for
+    ``"candidate"`` and ``"production"``, the held-out fingerprint its training run recorded
+    (None: not recorded)."""
     checks: list[Check] = []
     notes: list[str] = []
     invalid = _invalid_metrics(candidate, "candidate") + (
@@ -195,6 +202,10 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
                                 f"({delta:+.4f}; allowed drop {tolerance:.4f})"))
         checks.append(_class_check(candidate, production, rules.max_class_drop, baseline_version))
 
+    moved = heldout_moved(candidate, production, trained_beside or {}, baseline_version)
+    if moved is not None:
+        checks.append(moved)
+
     if signature_problems:
         allowed = allow_signature_change and production is not None and not any(
             p.startswith("new signature:") for p in signature_problems)
@@ -213,6 +224,30 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
                    baseline_version=baseline_version if production is not None else None,
                    tolerance=tolerance, tolerance_derivation=derivation, notes=notes,
                    gated_production=gated_production and production is None)
+
+
+def heldout_moved(candidate: dict, production: dict | None, trained_beside: dict[str, str | None],
+                  baseline_version: int | None) -> Check | None:
+    """``heldout_unchanged_since_training``: each version's training run recorded the held-out
+    set it was trained beside; the set evaluated now must be that one. None when no run recorded
+    it (nothing to compare)."""
+    now = candidate.get("heldout_fingerprint")
+    roles = [("candidate", "the candidate")] + (
+        [("production", f"production v{baseline_version}")] if production is not None else [])
+    recorded = [(who, trained_beside.get(role)) for role, who in roles if trained_beside.get(role)]
+    if not recorded:
+        return None
+    moved = [(who, fp) for who, fp in recorded if fp != now]
+    if not moved:
+        return Check("heldout_unchanged_since_training", True,
+                     "the held-out set is the one " + " and ".join(who for who, _ in recorded)
+                     + " was trained beside")
+    return Check("heldout_unchanged_since_training", False,
+                 "the held-out set changed since " + " and ".join(
+                     f"{who} was trained (recorded {str(fp)[:12]})" for who, fp in moved)
+                 + f"; now {str(now)[:12]}: the frozen partition moved (a NumPy or data change), so the "
+                 f"held-out set may hold examples it trained on; retrain on today's partition, or "
+                 f"promote with --force --reason after checking")
 
 
 def _invalid_metrics(doc: dict, who: str) -> list[str]:

@@ -244,3 +244,29 @@ def test_a_missing_alias_whose_ledger_holder_exists_says_to_promote_it_again():
         "'digits' has no production alias but the ledger says v3 holds production (the alias was removed "
         "outside mlops): the gate would compare with nothing; put it back with `mlops registry promote "
         "--version 3` or record its removal with `mlops registry reconcile`, then gate again")
+
+
+def test_a_held_out_set_that_moved_since_a_version_was_trained_fails_the_gate():
+    """The frozen partition rests on NumPy's permutation for a fixed seed, which NumPy does not
+    promise across releases. Both evaluations are made now with the same code, so their
+    fingerprints agree even when the set moved; only what each training run recorded shows it."""
+    cand, prod = evaluation(0.95), evaluation(0.95)
+    same = decide(cand, prod, GateRules(), baseline_version=1, trained_beside={"candidate": FP, "production": FP})
+    assert same.passed
+    assert next(c for c in same.checks if c.rule == "heldout_unchanged_since_training").passed
+
+    moved = decide(cand, prod, GateRules(), baseline_version=1,
+                   trained_beside={"candidate": FP, "production": "b" * 64})
+    assert not moved.passed and failed_rules(moved) == ["heldout_unchanged_since_training"]
+    check = next(c for c in moved.checks if c.rule == "heldout_unchanged_since_training")
+    assert "production v1 was trained (recorded bbbbbbbbbbbb)" in check.message
+    assert "now aaaaaaaaaaaa" in check.message and "--force --reason" in check.message
+
+    # no production: the candidate's own record still counts (its accuracy may be inflated)
+    alone = decide(cand, None, GateRules(), trained_beside={"candidate": "c" * 64})
+    assert not alone.passed and failed_rules(alone) == ["heldout_unchanged_since_training"]
+
+    # nothing recorded (runs made elsewhere): no check, as before
+    for beside in (None, {}, {"candidate": None, "production": None}):
+        v = decide(cand, prod, GateRules(), baseline_version=1, trained_beside=beside)
+        assert v.passed and "heldout_unchanged_since_training" not in [c.rule for c in v.checks]

@@ -152,3 +152,28 @@ def test_a_passing_gate_whose_ledger_row_is_lost_leaves_no_passed_tag_to_promote
     with pytest.raises(ConnectionFailure):
         run_gate(model, v3, ev, ledger=_GateRowLost())
     assert versions.get_version(model, v3).tags.get("validation_status") == "failed"
+
+
+def test_a_gate_fails_when_the_held_out_set_moved_since_production_was_trained(make_version):
+    """Production's training run recorded the held-out set it was trained beside
+    (``evaluation/heldout.json``); a gate that now evaluates on another one (the partition moved
+    with a NumPy release) would score production on examples it may have trained on."""
+    from registry import artifacts
+    from registry.client import tracking_client
+    from tests.test_registry_gate import FP
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.96)})
+    assert run_gate(model, v1, ev).passed
+    promotion.promote(model, v1, actor="alice")
+    client = tracking_client()
+    client.log_dict(versions.get_version(model, v2).run_id, doc(0.96), artifacts.HELDOUT)
+    client.log_dict(versions.get_version(model, v1).run_id, {**doc(0.95), "heldout_fingerprint": "e" * 64},
+                    artifacts.HELDOUT)
+    out = run_gate(model, v2, ev)
+    assert not out.passed
+    assert [c.rule for c in out.verdict.failed] == ["heldout_unchanged_since_training"]
+    assert f"production v{v1} was trained (recorded eeeeeeeeeeee); now {FP[:12]}" in out.summary \
+        or f"production v{v1} was trained (recorded eeeeeeeeeeee); now {FP[:12]}" in out.markdown
+    assert versions.get_version(model, v2).tags["validation_status"] == "failed"
