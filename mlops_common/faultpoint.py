@@ -7,7 +7,9 @@ test resumes it), ``stop()`` says so (a deploy's interrupt), or ``MLOPS_TEST_PAU
 (default 120) pass.
 
 Phases (docs/reliability.md): a deploy's ``during:publish`` (the first chunk of the upload was
-written) and ``after:<step>`` after each plan step (``serving_sync.host_run``); a promotion's
+written), ``after:<step>`` after each plan step (``serving_sync.host_run``) and
+``deploy:after_final_rows`` (the last wave's ``deploy`` rows committed, no tag written yet:
+``serving_sync.fleet``); a promotion's
 ``promotion:after_intent`` (intent row committed, alias not moved) and ``promotion:after_alias``
 (alias moved, outcome row not written) (``registry.promotion``); a registration's
 ``register:after_version`` (version created, its ``register`` row not written) (``registry.register``).

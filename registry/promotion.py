@@ -38,6 +38,7 @@ from .promotion_rules import (
     reconcile_rows,
     rollback_choice,
     rollback_in_rollout,
+    rollback_unfinished,
     version_label,
 )
 from .provenance import Provenance, given
@@ -445,6 +446,10 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
                                f"deploy recorded since (interrupted, or made with `registry rollback`): "
                                f"`mlops sync deploy` installs v{current}, or records it where the hosts serve "
                                f"it; to roll back further, `mlops sync rollback --to N`")
+        unfinished = (rollback_unfinished(history, current, all_versions)
+                      if not unrolled_ok and current is not None and explicit in (None, current) else None)
+        if unfinished is not None:  # a rerun of a `sync rollback` stopped after its rollout, before its tags
+            raise _Unfinished(unfinished)
         if explicit is not None:
             if explicit == current:
                 raise RefusedError(f"version {explicit} of '{model}' already holds production; "
@@ -466,8 +471,39 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
             details["skipped_deleted"] = list(choice.skipped_deleted)
         return choice.version, details
 
-    return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
-                 force=force, details={}, ledger=ledger, defer_tags=defer_tags, requested=explicit)
+    try:
+        return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
+                     force=force, details={}, ledger=ledger, defer_tags=defer_tags, requested=explicit)
+    except _Unfinished as u:
+        return _finishing(model, u.row, defer_tags=defer_tags)
+
+
+class _Unfinished(Exception):
+    """``rollback``'s target: the last rollback is on the hosts but its command stopped before its
+    tags (``promotion_rules.rollback_unfinished``); no new move, that one is finished."""
+
+    def __init__(self, row: Entry):
+        super().__init__(f"rollback #{row.id} unfinished")
+        self.row = row
+
+
+def _finishing(model: str, row: Entry, *, defer_tags: bool) -> Promotion:
+    """The rollback ``row`` again, as the promotion that finishes it: nothing moves or is
+    recorded (its rows are in the ledger); its view (``to_version``'s approver, both
+    descriptions) is written by ``finish()``, the tag of the version rolled back from by the
+    deploy that follows (every host already serves ``to_version``: ``fleet._tag_rolled_back``)."""
+    (original,) = _confirmed_moves(model, [row])
+    _log.info("the rollback of '%s' v%s -> v%s (ledger #%s) is on the hosts but stopped before its tags; "
+              "finishing it (run again to roll back further)", model, row.from_version, row.to_version, row.id)
+
+    def write_view() -> None:
+        _write_view(model, row.to_version, original)
+
+    promo = replace(original, moved=False, details={**(row.details or {}), "finishes": row.id},
+                    pending_view=write_view)
+    if not defer_tags:
+        promo.finish()
+    return promo
 
 
 def revert_failed_deploy(model: str, failed_version, to_version, reason: str,

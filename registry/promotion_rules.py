@@ -291,6 +291,25 @@ def rollback_in_rollout(entries: Iterable[Entry], version: int, *, deploy_id: st
     return last
 
 
+def rollback_unfinished(entries: Iterable[Entry], version: int,
+                        tags_by_version: Mapping[int, Mapping[str, str]]) -> Entry | None:
+    """The person's rollback to ``version`` whose rollout is on the hosts (its ``deploy`` rows:
+    ``rollback_in_rollout`` is None) but whose command stopped before it was done: the version
+    rolled back from still says ``deploy_status=deployed`` (the deploy tags it ``rolled_back`` as
+    its last step, after retention). Its rows cannot tell it from a finished rollback; that tag
+    can, and a rerun finishes it instead of stepping back one more version (the same sign as
+    ``sync deploy``'s late tag, ``fleet._tag_rolled_back``). ``entries``: promote, rollback and
+    deploy rows; ``tags_by_version``: every existing version's tags."""
+    last = last_move(entries)
+    if last is None or last.action != "rollback" or last.to_version != version \
+            or last.from_version in (None, version) or (last.details or {}).get("automatic"):
+        return None
+    rolled_back_from = tags_by_version.get(last.from_version)
+    if rolled_back_from is not None and T.read(rolled_back_from, T.DEPLOY_STATUS) == "deployed":
+        return last
+    return None
+
+
 MOVES = ("promote", "rollback")
 
 

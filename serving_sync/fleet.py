@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlops_common import log
+from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError, reworded
 from registry import deploys
 
@@ -373,6 +373,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
                             [_deployed_row(recorder, run, v, reason, final=last) for run in wave])
                 result.switched.extend(names)
+                if last:     # test hook, inert unless set: the rollout recorded, its tags not yet
+                    faultpoint.reached("deploy:after_final_rows", stop=cancel.requested)
                 entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
                 if baker is not None and not last and (i == 0 or opts.bake_each_wave):
                     _bake(result, recorder, baker, wave, [by_name[n] for w in shape.waves[i + 1:] for n in w],
@@ -554,9 +556,6 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                         f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
                         f"deploy_status=deployed ({exc.message}); rerun `mlops sync deploy` once MLflow "
                         f"answers: it records it") from None
-    # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
-    # (a rollback --to a version whose earlier deploy failed)
-    _tag_rolled_back(result.model, result.version, result.restore)
     # Cleanup on --parallel hosts at once: on an SSH host removing a version is one command through
     # the deploy user's shell, and a fleet waited for those one after the other. Where the
     # registry would roll back to now stays (a rollback is then a switch, not a new upload) —
@@ -575,6 +574,11 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                                                          workers=opts.parallel, name="retention")):
             run.outcome.retention = info
         _store_retention(result, runs, opts, rollback_to)
+    # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
+    # (a rollback --to a version whose earlier deploy failed). Last: until it is written, a rerun
+    # of the `sync rollback` behind it finishes that rollback instead of rolling back further
+    # (``promotion_rules.rollback_unfinished``), so a deploy stopped during retention counts too.
+    _tag_rolled_back(result.model, result.version, result.restore)
     result.status = "deployed"
     parts = []
     for run in runs:

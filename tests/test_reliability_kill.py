@@ -126,6 +126,74 @@ def test_a_rollback_killed_after_its_switch_is_finished_by_a_deploy_not_repeated
     env.serves(host, v1)
 
 
+def test_a_rollback_killed_after_its_rollout_was_recorded_is_finished_by_a_rerun_not_repeated(
+        deploy_env, paused_deploy):
+    """Found by review: `sync rollback` (v3 -> v2) SIGKILLed once its deploy rows were committed,
+    before any tag: the ledger cannot tell it from a finished rollback, and the same command run
+    again rolled production back one more version, to v1. The rerun now finishes that rollback
+    (v3 tagged rolled_back, v2 shows who rolled back) and a rollback after it is one step again."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    rollback = paused_deploy(env.env, "deploy:after_final_rows", "--reason", "v3 is slow", "--actor", "oncall-bob",
+                             command=("sync", "rollback")).wait_paused()
+    rollback.kill()
+    assert env.production() == v2 and env.which(host) == v2
+    assert any(e.outcome == "ok" and e.to_version == v2 and (e.details or {}).get("final")
+               for e in env.ledger(("deploy",)))          # its rollout is recorded ...
+    assert env.tags(v3).get("deploy_status") == "deployed"   # ... its tags are not
+
+    again = env.cli("sync", "rollback", "--reason", "v3 is slow", "--actor", "oncall-bob")
+    assert again.returncode == 0, again.stderr
+    assert env.production() == v2, again.stderr
+    env.serves(host, v2)
+    assert f"finishing the rollback v{v3} -> v{v2}" in again.stderr
+    assert env.tags(v3).get("deploy_status") == "rolled_back"
+    assert env.tags(v2).get("approved_by") == "oncall-bob"
+    assert [e.to_version for e in env.ledger(("rollback",)) if e.outcome == "ok"] == [v2]   # no new move
+
+    further = env.cli("sync", "rollback", "--reason", "v2 too")       # now a rollback is one step again
+    assert further.returncode == 0, further.stderr
+    assert env.production() == v1
+    env.serves(host, v1)
+
+
+def test_a_rollback_stopped_during_its_retention_is_finished_by_a_rerun_not_repeated(deploy_env):
+    """The same when `sync rollback` stops during the deploy's retention (removing versions over
+    SSH takes a while): the version rolled back from was tagged rolled_back before it, so the
+    rerun took the rollback for a finished one and went to v1. It is tagged after retention now.
+    The registry move and the deploy run in-process here, retention raising as a kill would stop
+    it (and `Promotion.finish()` never called, as when the process died there)."""
+    from registry import promotion
+    from serving_sync import fleet
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    promotion.rollback(env.model, reason="v3 is slow", actor="oncall-bob", defer_tags=True, unrolled_ok=False)
+
+    def killed(*a, **kw):
+        raise RuntimeError("killed during retention")
+
+    retention, fleet._retention = fleet._retention, killed
+    try:
+        with pytest.raises(RuntimeError, match="killed during retention"):
+            env.deploy()
+    finally:
+        fleet._retention = retention
+    assert env.which(host) == v2 and env.production() == v2
+
+    again = env.cli("sync", "rollback", "--reason", "v3 is slow", "--actor", "oncall-bob")
+    assert again.returncode == 0, again.stderr
+    assert env.production() == v2, again.stderr
+    env.serves(host, v2)
+    assert env.tags(v3).get("deploy_status") == "rolled_back"
+    assert env.tags(v2).get("approved_by") == "oncall-bob"
+    further = env.cli("sync", "rollback", "--reason", "v2 too")
+    assert further.returncode == 0, further.stderr
+    assert env.production() == v1
+
+
 def test_a_registry_rollback_the_hosts_already_serve_is_recorded_by_a_deploy(deploy_env):
     """Found by review: v3 promoted but never deployed, `registry rollback` back to v2 (which the
     hosts serve): `sync rollback` must not say the hosts lack v2 without a way out — `sync

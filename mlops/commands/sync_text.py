@@ -116,6 +116,11 @@ def smoke(reports) -> None:
 
 def rollback_moved(model: str, actor: str, promo) -> None:
     """Progress (stderr): the registry moved back; the deploy starts."""
+    if promo.details.get("finishes") is not None:
+        print(f"production of '{model}' is v{promo.to_version}: finishing the rollback v{promo.from_version} -> "
+              f"v{promo.to_version} (ledger #{promo.ledger_id}), which stopped before its tags were written; "
+              f"run `mlops sync rollback` again to roll back further", file=sys.stderr)
+        return
     print(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor}, "
           f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
 
