@@ -300,7 +300,7 @@ def rollback_unfinished(entries: Iterable[Entry], version: int,
     can, and a rerun finishes it instead of stepping back one more version (the same sign as
     ``sync deploy``'s late tag, ``fleet._tag_rolled_back``). ``entries``: promote, rollback and
     deploy rows; ``tags_by_version``: every existing version's tags."""
-    last = last_move(entries)
+    last = next((e for e in reversed(list(entries)) if moved(e)), None)
     if last is None or last.action != "rollback" or last.to_version != version \
             or last.from_version in (None, version) or (last.details or {}).get("automatic"):
         return None

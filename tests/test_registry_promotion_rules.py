@@ -15,6 +15,7 @@ from registry.promotion_rules import (
     reconcile_rows,
     restoring_rollback,
     revert_target,
+    rollback_in_rollout,
     rollback_target,
 )
 
@@ -255,3 +256,15 @@ def test_a_circleci_rerun_of_a_rollback_records_no_move_so_its_failed_deploy_sti
     assert restoring_rollback(entries, 2).from_version == 3
     # a promotion recorded again where it already served moves nothing either
     assert restoring_rollback([*promoted, person, promote(2, 2)], 2).from_version == 3
+
+
+def test_a_move_recorded_where_production_already_was_is_not_the_move_a_deploy_rolls_out():
+    """A CircleCI rollback job run again records a no-op row (v1 -> v1): the deploy after it still
+    restores the rollback from v2 (and tags v2 rolled_back); a failed deploy of it goes back to v2."""
+    h = [promote(1), deploy(1, "ok"), promote(2, 1), deploy(2, "ok"), rollback(1, 2)]
+    rerun = rollback(1, 1)
+    assert restoring_rollback(h + [rerun, deploy(1, "ok")], 1).from_version == 2
+    assert rollback_in_rollout(h + [rerun], 1).from_version == 2
+    assert rollback_in_rollout(h + [deploy(1, "ok"), rerun], 1) is None       # rolled out before the rerun
+    assert revert_target(h + [rerun], {1: {}, 2: {}}, 1) == 2
+    assert restoring_rollback(h + [deploy(1, "ok"), promote(1, 1)], 1).from_version == 2   # promoted again in place

@@ -49,3 +49,24 @@ def test_one_new_host_failing_the_version_the_fleet_serves_leaves_production_alo
     r = env.cli("sync", "deploy")                                  # fixed (here: the budget): it resumes
     assert r.returncode == 0, r.stderr
     env.serves(h3, v2)
+
+
+def test_a_circleci_rollback_job_run_again_still_tags_the_version_rolled_back_from(deploy_env, monkeypatch):
+    """Found by review: a CircleCI rollback job run again (its deploy step failed before touching
+    the hosts) records its rollback once more as a no-op row (v2 -> v2, ``rerun_of``). The deploy
+    after it took that row for the rollback it restores: "rolled back from v2", so v3 was never
+    tagged rolled_back and stayed `deployed` for good."""
+    from registry import promotion
+
+    env = deploy_env
+    host = env.add_host("file")
+    _, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    monkeypatch.setenv("CIRCLE_PIPELINE_ID", "pipe-rollback")
+    assert promotion.rollback(env.model, reason="v3 is slow", actor="ci").to_version == v2
+    again = promotion.rollback(env.model, reason="v3 is slow", actor="ci")     # the job's rerun
+    assert again.moved is False and env.production() == v2
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.tags(v3).get("deploy_status") == "rolled_back"
+    assert env.tags(v2).get("deploy_status") == "deployed"
