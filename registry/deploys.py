@@ -15,6 +15,7 @@ from .promotion_rules import (
     MOVES,
     failed_after_promotion,
     last_verdict,
+    latest_deploys,
     restoring_rollback,
     revert_target,
     rollback_choice,
@@ -102,6 +103,15 @@ class DeployLedger:
         """The person's rollback that deploying ``version`` rolls out (``promotion_rules``)."""
         return rollback_in_rollout(self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True),
                                    version, deploy_id=self.deploy_id)
+
+    def rolled_out(self, version: int) -> bool:
+        """Whether a rollout of ``version`` finished on the fleet before this deploy (its verdict
+        is ``ok``: ``promotion_rules.latest_deploys``, this deploy's own rows left out). A host
+        switched by a deploy killed after its canary, or by one whose rows were never written,
+        does not count: nothing judged the version there."""
+        entries = [e for e in self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True)
+                   if (e.details or {}).get("deploy") != self.deploy_id]
+        return latest_deploys(entries).get(version) == "ok"
 
     def _tags(self) -> dict[int, dict[str, str]]:
         return {i.version: i.tags for i in versions.list_versions(self.model)}

@@ -75,7 +75,7 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     interrupted = _interrupted(error)
     if interrupted and not isinstance(error, DeployInterrupted):
         why = "interrupted"
-    kept_because = not_the_versions_fault(run, error, step=step) or _served_elsewhere(result)
+    kept_because = not_the_versions_fault(run, error, step=step) or _served_elsewhere(result, recorder)
     verdict = error.verdict if isinstance(error, CanaryFailed) else None
     result.blames_version = kept_because is None
     registry_note = registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
@@ -117,13 +117,22 @@ REGISTRY_UNREADABLE = "the registry could not be read before the switch, not the
 INTERRUPTED_BY_SIGNAL = "the deploy was interrupted"
 
 
-def _served_elsewhere(result: FleetResult) -> str | None:
+def _served_elsewhere(result: FleetResult, recorder) -> str | None:
     """Hosts this deploy left alone already serve the version (a host added to a fleet on it):
     one host failing to take it does not make it bad, so production and its tags stay (moving
-    production back named a version no host served, and the next deploy rolled it out)."""
+    production back named a version no host served, and the next deploy rolled it out). Only
+    when a rollout of it finished (the ledger's verdict): a canary left switched by a deploy
+    killed before its bake or its last wave vouches for nothing, and this failure is the first
+    judgement of the version."""
     others = [p["host"] for p in result.plans if p.get("up_to_date") and p.get("current") == result.version]
-    return (f"v{result.version} serves on {', '.join(others)}, which this deploy did not change; not "
-            f"the version" if others else None)
+    if not others:
+        return None
+    try:
+        if not recorder.rolled_out(result.version):
+            return None
+    except UserError as exc:      # not knowing: leave production where it is, as before
+        logger.warning("could not read the ledger (%s)", exc.message)
+    return f"v{result.version} serves on {', '.join(others)}, which this deploy did not change; not the version"
 
 
 def not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?") -> str | None:

@@ -70,3 +70,29 @@ def test_a_circleci_rollback_job_run_again_still_tags_the_version_rolled_back_fr
     env.serves(host, v2)
     assert env.tags(v3).get("deploy_status") == "rolled_back"
     assert env.tags(v2).get("deploy_status") == "deployed"
+
+
+def test_a_canary_left_switched_by_a_killed_deploy_does_not_vouch_for_the_version(deploy_env, paused_deploy):
+    """Found by review: a deploy SIGKILLed once its canary switched leaves that host on v2, unjudged
+    (no bake, no full rollout). The rerun found it "up to date" and took it for a host already
+    serving v2: a failed smoke test on the other host then blamed nothing — production stayed on
+    v2, the canary kept serving it, and every rerun (or watch pass) tried again. Only a finished
+    rollout (the ledger's verdict ``ok``) vouches for the version now."""
+    env = deploy_env
+    h1, h2 = env.add_hosts(2, "file")
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    deploy = paused_deploy(env.env, "after:verify", "--canary", "1").wait_paused()
+    deploy.kill()
+    assert env.label(h1) == v2 and env.label(h2) == v1            # the canary switched, nothing recorded
+
+    r = env.cli("sync", "deploy", *SMOKE_FAILS)
+    assert r.returncode == 3, r.stderr
+    assert env.production() == v1, r.stderr
+    assert env.tags(v2)["deploy_status"] == "failed"
+    env.serves(h2, v1)
+    r = env.cli("sync", "deploy")                                  # production's version everywhere again
+    assert r.returncode == 0, r.stderr
+    env.serves(h1, v1)
+    env.serves(h2, v1)
