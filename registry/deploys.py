@@ -20,6 +20,7 @@ from .promotion_rules import (
     revert_target,
     rollback_choice,
     rollback_in_rollout,
+    rolled_back_to,
 )
 from .provenance import Provenance
 
@@ -60,6 +61,13 @@ def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry |
     """The rollback row that made ``version`` production again, if deploying it restores a version
     that held production before (``promotion_rules.restoring_rollback``); else None."""
     return restoring_rollback((ledger or Ledger()).entries(model, actions=(*MOVES, "deploy"), current=True), version)
+
+
+def rolled_back_from(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
+    """The person's rollback that made ``version`` production, when it is the newest move
+    (``promotion_rules.rolled_back_to``): a deploy serving ``version`` tags its ``from_version``
+    ``rolled_back``. None otherwise."""
+    return rolled_back_to((ledger or Ledger()).entries(model, actions=MOVES, current=True), version)
 
 
 class DeployLedger:

@@ -291,6 +291,18 @@ def rollback_in_rollout(entries: Iterable[Entry], version: int, *, deploy_id: st
     return last
 
 
+def rolled_back_to(entries: Iterable[Entry], version: int) -> Entry | None:
+    """The person's rollback that made ``version`` production, when it is the newest move (a no-op
+    row aside): its ``from_version`` is the version rolled back from, which a deploy serving
+    ``version`` tags ``rolled_back`` — a restore or not (``--to`` a version that never held
+    production). Not a failed deploy's automatic revert: that version is tagged ``failed``."""
+    last = next((e for e in reversed(list(entries)) if moved(e)), None)
+    if last is None or last.action != "rollback" or last.to_version != version \
+            or last.from_version in (None, version) or (last.details or {}).get("automatic"):
+        return None
+    return last
+
+
 def rollback_unfinished(entries: Iterable[Entry], version: int,
                         tags_by_version: Mapping[int, Mapping[str, str]]) -> Entry | None:
     """The person's rollback to ``version`` whose rollout is on the hosts (its ``deploy`` rows:
@@ -300,9 +312,8 @@ def rollback_unfinished(entries: Iterable[Entry], version: int,
     can, and a rerun finishes it instead of stepping back one more version (the same sign as
     ``sync deploy``'s late tag, ``fleet._tag_rolled_back``). ``entries``: promote, rollback and
     deploy rows; ``tags_by_version``: every existing version's tags."""
-    last = next((e for e in reversed(list(entries)) if moved(e)), None)
-    if last is None or last.action != "rollback" or last.to_version != version \
-            or last.from_version in (None, version) or (last.details or {}).get("automatic"):
+    last = rolled_back_to(entries, version)
+    if last is None:
         return None
     rolled_back_from = tags_by_version.get(last.from_version)
     if rolled_back_from is not None and T.read(rolled_back_from, T.DEPLOY_STATUS) == "deployed":

@@ -517,24 +517,22 @@ def _hosts(conns) -> str:
     return f"host {names[0]}" if len(names) == 1 else f"hosts {', '.join(names)}"
 
 
-def _tag_rolled_back(model: str, version: int, restore: dict | None = None, *,
-                     late: bool = False) -> None:
-    """A deploy that restored production after a rollback in the registry tags the version rolled
-    back from ``rolled_back`` once the restored one serves — whichever way the rollback came
+def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
+    """A deploy of the version a person's rollback made production (the newest move: a restore,
+    or ``--to`` a version that never held it) tags the version rolled back from ``rolled_back``
+    once the version rolled back to serves — whichever way the rollback came
     (`sync rollback`; `registry rollback` then `sync deploy`, CircleCI's rollback workflow; `sync
     watch`), where only `sync rollback` did before and the other ways left it ``deployed``. Not
-    when that version is production again (promoted again meanwhile: it serves).
+    when that version is production again (promoted again meanwhile: it serves), nor after a
+    failed deploy's automatic revert (that version says ``failed``).
 
     ``late`` (every host already served ``version``): only if that version still says
     ``deployed`` — the rollback's deploy was killed after its switch, before it wrote the tag."""
     from registry import versions
 
     try:
-        if restore is not None:
-            frm, why = restore["rolled_back_from"], restore.get("reason")
-        else:
-            row = deploys.restoring(model, version)
-            frm, why = (row.from_version, row.reason) if row is not None else (None, None)
+        row = deploys.rolled_back_from(model, version)     # a restore or not (--to a version never in production)
+        frm, why = (row.from_version, row.reason) if row is not None else (None, None)
         if frm is None or frm == version or (late and deploys.status(model, frm) != deploys.DEPLOYED) \
                 or versions.production_version(model) == frm:
             return
@@ -578,7 +576,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     # (a rollback --to a version whose earlier deploy failed). Last: until it is written, a rerun
     # of the `sync rollback` behind it finishes that rollback instead of rolling back further
     # (``promotion_rules.rollback_unfinished``), so a deploy stopped during retention counts too.
-    _tag_rolled_back(result.model, result.version, result.restore)
+    _tag_rolled_back(result.model, result.version)
     result.status = "deployed"
     parts = []
     for run in runs:

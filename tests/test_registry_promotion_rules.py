@@ -17,6 +17,7 @@ from registry.promotion_rules import (
     revert_target,
     rollback_in_rollout,
     rollback_target,
+    rolled_back_to,
 )
 
 
@@ -268,3 +269,14 @@ def test_a_move_recorded_where_production_already_was_is_not_the_move_a_deploy_r
     assert rollback_in_rollout(h + [deploy(1, "ok"), rerun], 1) is None       # rolled out before the rerun
     assert revert_target(h + [rerun], {1: {}, 2: {}}, 1) == 2
     assert restoring_rollback(h + [deploy(1, "ok"), promote(1, 1)], 1).from_version == 2   # promoted again in place
+
+
+def test_the_rollback_a_deploy_tags_the_version_rolled_back_from_of():
+    """Any person's rollback that is the newest move (a restore or ``--to`` a version that never
+    held production); not a failed deploy's automatic revert, whose version says ``failed``."""
+    h = [promote(1), deploy(1, "ok"), promote(3, 1), deploy(3, "ok")]
+    assert rolled_back_to(h + [rollback(2, 3)], 2).from_version == 3          # 2 never held production
+    assert rolled_back_to(h + [rollback(1, 3), rollback(1, 1)], 1).from_version == 3   # a rerun's no-op row
+    assert rolled_back_to(h + [rollback(1, 3), promote(3, 1)], 1) is None
+    automatic = Entry("rollback", "m", "ok", from_version=3, to_version=1, details={"automatic": True})
+    assert rolled_back_to(h + [automatic], 1) is None

@@ -235,3 +235,22 @@ def test_a_deploy_that_takes_over_a_dead_lock_removes_a_half_written_models_conf
     leftover.write_text("model_config_list { con")          # no takeover: the base is not listed
     env.promote(env.register("c"))
     assert env.cli("sync", "deploy").returncode == 0 and leftover.exists()
+
+
+def test_a_rollback_to_a_version_that_never_held_production_tags_the_one_rolled_back_from(deploy_env):
+    """Found by review: `sync rollback --to N` to a version that never held production is no
+    restore, and the deploy tagged only a restore's version rolled back from: v3 stayed `deployed`
+    (and a `sync rollback` after it took that rollback for an unfinished one, every time)."""
+    env = deploy_env
+    host = env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")                    # never promoted
+    v3 = env.release("c")
+    r = env.cli("sync", "rollback", "--to", str(v2), "--reason", "v3 is slow")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.tags(v3).get("deploy_status") == "rolled_back"
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    again = env.cli("sync", "rollback", "--reason", "v2 too")
+    assert again.returncode == 0, again.stderr
+    assert "finishing the rollback" not in again.stderr and env.production() != v2
