@@ -13,6 +13,11 @@ from mlops_common.errors import ConfigError
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 # Reserved suffix for the validation-only entry in models.config (see models_config).
 VALIDATE_SUFFIX = "__validate"
+# The longest file name a host gets from a model name is the atomic write of its smoke-test record,
+# ``.serving_sync/verified/.<name>.json.tmp-<8 hex>`` (the name + 19): file names hold at most 255
+# bytes on Linux file systems (a longer name trained and registered, then every deploy of it was an
+# ENAMETOOLONG traceback on the host).
+MAX_MODEL_NAME_LEN = 255 - len("..json.tmp-12345678")
 
 
 def check_model_name(name: object, *, what: str = "model name") -> str:
@@ -20,6 +25,9 @@ def check_model_name(name: object, *, what: str = "model name") -> str:
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
         raise ConfigError(f"{what} {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
                           f"and start with a letter or digit")
+    if len(name) > MAX_MODEL_NAME_LEN:
+        raise ConfigError(f"{what} {name[:40]!r}... is {len(name)} characters long; at most "
+                          f"{MAX_MODEL_NAME_LEN} (it names a folder and files on every serving host)")
     if name in (".", "..") or ".." in name:
         raise ConfigError(f"{what} {name!r} is not allowed: it must not contain '..'")
     if name.endswith(VALIDATE_SUFFIX):

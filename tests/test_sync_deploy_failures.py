@@ -348,3 +348,30 @@ def test_an_interrupted_deploy_with_json_still_prints_its_document(deploy_env, p
     doc = json.loads(out)
     assert doc["status"] == "failed" and doc["version"] == v1 + 1 and "interrupted" in doc["message"], doc
     env.serves(host, v1)
+
+
+def test_a_model_name_too_long_for_a_hosts_file_names_is_one_line_and_changes_nothing(deploy_env, tmp_path):
+    """MLflow takes a registered model name of any length, but the name is a folder on every host
+    and part of the file ``.serving_sync/verified/.<name>.json.tmp-<8 hex>`` (+19 characters), and a
+    file name holds at most 255 bytes. ``mlops train`` registered a 300-character name, and every
+    deploy of it was an ``OSError: File name too long`` traceback. Now: refused in one line before
+    training, and before a deploy touches a host; the longest name allowed (236) deploys."""
+    from tests.fixtures.faults import one_error_line, tree_bytes
+    from tests.lab.deploy_env import DeployEnv
+
+    env = deploy_env
+    host = env.add_host("file")
+    too_long = DeployEnv({**env.env, "MLOPS_MODEL_NAME": "m" * 237}, env.bundles, tmp_path, None)
+    too_long.promote(too_long.register("a"))
+    before = tree_bytes(host.base)
+    r = env.cli("sync", "deploy", "--model-name", too_long.model)
+    line = one_error_line(r.stderr)
+    assert r.returncode == 2 and "is 237 characters long; at most 236" in line, line
+    assert tree_bytes(host.base) == before
+    r = env.cli("train", "--model-name", "n" * 237, "--epochs", "1")
+    assert r.returncode == 2 and "is 237 characters long" in one_error_line(r.stderr)
+    longest = DeployEnv({**env.env, "MLOPS_MODEL_NAME": "k" * 236}, env.bundles, tmp_path, None)
+    longest.promote(longest.register("a"))
+    r = env.cli("sync", "deploy", "--model-name", longest.model)
+    assert r.returncode == 0, r.stderr
+    assert (host.base / longest.model / "1").is_dir()
