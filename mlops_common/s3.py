@@ -27,10 +27,34 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
         host = endpoint.split("://")[-1].rsplit("@", 1)[-1]        # never a user:password before an '@'
         raise ConfigError(f"the S3 endpoint in MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL is not an http(s) "
                           f"URL; write it with its scheme, e.g. http://{host}")
+    if endpoint is not None:
+        _check_endpoint(endpoint)
     return boto3.client("s3", endpoint_url=endpoint, config=Config(
         connect_timeout=connect_timeout, read_timeout=read_timeout,
         retries={"max_attempts": max_attempts, "mode": "standard"},
         s3={"addressing_style": "path"} if endpoint else {}, **config))
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """One line for an http(s) endpoint boto3 cannot use: ``http://``, ``http://[::1``, a space
+    (boto3: a ValueError traceback) or a port that is not a number (``EndpointResolutionError``
+    at the first request, nothing to fix named). The value is not echoed: it may hold a password."""
+    from urllib.parse import urlsplit
+
+    from mlops_common.errors import ConfigError
+
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port                   # ValueError: not a number, or out of 0-65535
+        problem = ("it names no host" if not parts.hostname
+                   else "it holds a space or a line break" if any(c.isspace() for c in endpoint)
+                   else "port 0" if port == 0 else None)
+    except ValueError as exc:
+        problem = f"{exc}"                  # "Invalid IPv6 URL", "Port could not be cast to integer value as 'x'"
+        problem = problem.split(" as ")[0]  # never the text after it (a piece of the value)
+    if problem:
+        raise ConfigError(f"the S3 endpoint in MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL is not a usable "
+                          f"URL ({problem}); write it as http(s)://host:port, e.g. http://127.0.0.1:8333")
 
 
 # What went wrong, as both readers of boto3's errors tell it (each in its own words):

@@ -418,6 +418,28 @@ def test_an_s3_endpoint_without_its_scheme_is_one_line(monkeypatch):
     assert "hunter2secret" not in str(e.value) and str(e.value).endswith("e.g. http://127.0.0.1:8333")
 
 
+@pytest.mark.parametrize("endpoint, problem", [
+    ("http://", "it names no host"),
+    ("http://minio:hunter2secret@[::1", "Invalid IPv6 URL"),
+    ("https://s3 .example.com", "a space"),
+    ("http://minio:hunter2secret@127.0.0.1:8333x", "Port could not be cast to integer value"),
+    ("http://127.0.0.1:99999", "Port out of range"),
+])
+def test_an_s3_endpoint_boto3_cannot_use_is_one_line_without_its_password(monkeypatch, endpoint, problem):
+    """Found by review (2026-12-05, third stop): ``http://``, an unclosed ``[``, a space were boto3's
+    ValueError traceback out of ``mlops data validate`` / ``retrain`` / an S3 host; a port that is
+    not a number said only "S3 ... failed: EndpointResolutionError"."""
+    from mlops_common import s3
+
+    for var in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+        monkeypatch.setenv(var, endpoint)
+        with pytest.raises(ConfigError) as e:
+            s3.client()
+        assert "MLFLOW_S3_ENDPOINT_URL or AWS_ENDPOINT_URL is not a usable URL" in e.value.message
+        assert problem in e.value.message and "hunter2secret" not in e.value.message
+
+
 def test_an_s3_location_botocore_refuses_to_send_says_to_check_the_bucket_name(monkeypatch):
     """Found by a sweep (2026-12-04): "S3 ... failed: ParamValidationError", with nothing to fix."""
     import boto3
