@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -33,6 +34,24 @@ KINDS = ("good", "bad")
 class Batch:
     source: str   # file path or s3:// URI, for messages and the run's `incoming` param
     data: Arrays
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def check_location(location: str, what: str = "incoming data") -> str:
+    """``location`` if it is a local path or an ``s3://bucket/...`` without credentials, else one
+    line that does not echo it. ``https://user:pw@host/b.npz`` was read (or, for ``--out``, written:
+    exit 0) as the local folder ``./https:/user:pw@host/``, the password in the message and on disk;
+    ``s3://user:pw@bucket`` was echoed with botocore's bucket-name error."""
+    m = _SCHEME.match(location)
+    if m and m.group(1) != "s3":
+        raise ConfigError(f"{what}: a {m.group(1)}:// URL is not supported; give a local .npz file, a "
+                          f"folder of them, or s3://bucket/prefix (in lower case)")
+    if m and re.match(r"[^/]*[@:]", location[len("s3://"):]):
+        raise ConfigError(f"{what}: an s3:// location is s3://bucket/prefix, without a user name, password "
+                          f"or port; S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    return location
 
 
 def make_batch(kind: str, pool: Arrays, seed: int, *, repeats: int = BAD_BATCH_REPEATS) -> Arrays:
@@ -64,6 +83,7 @@ def to_npz_bytes(data: Arrays) -> bytes:
 
 def write_batch(data: Arrays, out: str) -> str:
     """Write ``data`` to a local ``.npz`` path (temp file + rename) or an ``s3://`` key."""
+    check_location(out, "--out")
     if not out.endswith(".npz"):      # an S3 key too: a retrain reads only *.npz, locally and in S3
         raise ConfigError(f"--out '{out}' must end in .npz (or name a folder: an existing local one, or "
                           f"s3://bucket/prefix/ with the slash)")
@@ -161,6 +181,7 @@ def _local_sources(location: str) -> list[Path]:
 
 def _raw_sources(location: str):
     """(source, bytes) for every batch at ``location``."""
+    check_location(location)
     if s3.is_s3(location):
         bucket, key = s3.parse_uri(location)
         if key.endswith(".npz"):            # one object, like a local file

@@ -21,7 +21,7 @@ from registry import artifacts
 from registry import tags as T
 
 from . import export, tracking, validation
-from .batches import Batch, read_batches
+from .batches import Batch, check_location, read_batches
 from .constants import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
@@ -119,6 +119,8 @@ def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
 
     from .s3 import is_s3
 
+    if incoming:
+        check_location(incoming)        # before a URL is made a local path below
     if incoming and not is_s3(incoming) and not (expanded := os.path.expanduser(incoming)).startswith("~"):
         incoming = os.path.abspath(expanded)     # "~nosuchuser/...": left for read_batches to name
     part = load_partition(check_name(dataset))

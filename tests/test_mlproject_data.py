@@ -440,6 +440,29 @@ def test_an_s3_endpoint_boto3_cannot_use_is_one_line_without_its_password(monkey
         assert problem in e.value.message and "hunter2secret" not in e.value.message
 
 
+@pytest.mark.parametrize("location", ["https://user:hunter2secret@example.com/b.npz",
+                                      "HTTPS://hunter2secret@example.com/new/",
+                                      "s3://user:hunter2secret@bucket/b.npz"])
+def test_a_url_is_refused_without_echoing_it_and_nothing_is_written(location, tmp_path):
+    """Found by review (2026-12-05, third stop): ``make-batch --out https://user:pw@host/b.npz``
+    wrote the batch to the local folder ``./https:/user:pw@host/`` and exited 0 (the password on disk
+    and on stdout); ``data validate`` and ``retrain --incoming`` read it as that path and echoed the
+    password ("does not exist"), an ``s3://user:pw@bucket`` with botocore's bucket-name error."""
+    from mlproject.train import prepare_data
+    from tests.fixtures.faults import one_error_line
+    from tests.helpers import REPO
+
+    for argv in (["data", "make-batch", "--kind", "good", "--out", location], ["data", "validate", location]):
+        r = run_mlops(*argv, cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+        line = one_error_line(r.stderr)
+        assert r.returncode == 2 and "s3://bucket/prefix" in line, line
+        assert "hunter2secret" not in r.stdout + r.stderr
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError) as e:
+        prepare_data("digits", location)
+    assert "hunter2secret" not in e.value.message
+
+
 def test_an_s3_location_botocore_refuses_to_send_says_to_check_the_bucket_name(monkeypatch):
     """Found by a sweep (2026-12-04): "S3 ... failed: ParamValidationError", with nothing to fix."""
     import boto3
