@@ -102,13 +102,20 @@ case "$BASE" in
   /srv|/sys|/tmp|/usr|/usr/*bin|/usr/lib*|/usr/local|/usr/share|/var|/var/lib|/var/log|/var/tmp)
     die "--base '$GIVEN_BASE' is $BASE, a system folder; choose a folder of its own (e.g. /var/models)" ;;
 esac
+# digits counted before any arithmetic: `[ 99999999999999999999 -gt 65535 ]` is an error, which
+# `if` read as false (the value passed, and docker failed after the user and folder were made)
 for port in "$REST_PORT" "$GRPC_PORT"; do
-  if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+  if ! [[ "$port" =~ ^[0-9]{1,5}$ ]] || (( 10#$port < 1 || 10#$port > 65535 )); then
     die "ports must be numbers between 1 and 65535, got '$port'"
   fi
 done
-if ! [[ "$POLL_SECONDS" =~ ^[0-9]+$ ]] || [ "$POLL_SECONDS" -lt 1 ]; then
-  die "--poll-seconds must be a whole number >= 1, got '$POLL_SECONDS'"
+if ! [[ "$POLL_SECONDS" =~ ^[0-9]{1,5}$ ]] || (( 10#$POLL_SECONDS < 1 )); then
+  die "--poll-seconds must be a whole number from 1 to 99999, got '$POLL_SECONDS'"
+fi
+# docker's --mount value is comma-separated fields: a comma in the folder starts another field
+# (`--base /srv/m,target=/etc` mounted /srv/m, not the folder the deploy user writes to)
+if [ "$WITH_CONTAINER" -eq 1 ] && [[ "$BASE" == *[,\"[:cntrl:]]* ]]; then
+  die "--base '$GIVEN_BASE' holds a comma, a quote or a control character, which docker's --mount cannot take; choose another folder"
 fi
 if ! [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]*$ ]]; then
   die "--deploy-user '$DEPLOY_USER' is not a valid user name"

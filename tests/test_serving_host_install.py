@@ -134,6 +134,12 @@ def test_host_preparation_is_idempotent(tmp_path):
     (["--rest-port", "99999"], "error: ports must be numbers between 1 and 65535"),
     (["--base"], "error: --base needs a value"),
     (["--deploy-user", "Bad User"], "is not a valid user name"),
+    # found by review (2026-12-05, third stop): `[ 99999999999999999999 -gt 65535 ]` is an error that
+    # `if` read as false, so the value passed (docker failed after the user and the folder were made)
+    (["--rest-port", "99999999999999999999"], "error: ports must be numbers between 1 and 65535"),
+    (["--poll-seconds", "99999999999999999999"], "error: --poll-seconds must be a whole number"),
+    # a comma starts another field of docker's --mount: TF Serving would have read /tmp/m, not the base
+    (["--base", "/tmp/m,target=/etc"], "error: --base '/tmp/m,target=/etc' holds a comma"),
 ])
 def test_bad_options_give_one_clear_line(args, message):
     r = run("--dry-run", *args)
