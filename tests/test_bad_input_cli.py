@@ -319,7 +319,7 @@ CASES = {
         lambda w: (["sync", "plan"], {"MLOPS_BAKE_MAX_LATENCY_RATIO": "inf"}),
         ["MLOPS_BAKE_MAX_LATENCY_RATIO='inf'", "not a finite number"]),
     "mlops up --port 99999 (a traceback)": (lambda w: (["up", "--port", "99999"], {}),
-                                            ["a port is 0 to 65535"]),
+                                            ["a port is 1 to 65535"]),
     "MLOPS_MLFLOW_PORT that is not a number (a traceback)": (
         lambda w: (["registry", "status"], {"MLFLOW_TRACKING_URI": "", "MLOPS_MLFLOW_PORT": "abc"}),
         ["MLOPS_MLFLOW_PORT must be a port number 1-65535, got 'abc'"]),

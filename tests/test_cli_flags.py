@@ -28,6 +28,8 @@ from mlops.commands import flags
     (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
     (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
     (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
+    # found by review (2026-12-05, third stop): `mlops up --port 0` started MLflow on 5000
+    (flags.service_port, "0", "a port is 1 to 65535 (the one other commands will find it at), got 0"),
     (flags.timeout, "0", "0 is not more than 0 and at most 86400 seconds"),
     (flags.timeout, "86401", "86401 is not more than 0 and at most 86400 seconds"),
     (flags.interval, "0", "0.0 is not between 0.5 and 86400 seconds"),
@@ -71,7 +73,7 @@ def test_the_commands_use_these_converters():
                  ["sync", "rollback", "--actor", " "], ["sync", "infra-validate", "--version", "1", "--timeout", "0"],
                  ["sync", "deploy", "--timeout", "0"], ["sync", "watch", "--interval", "0"],
                  ["registry", "promote", "--version", "0_3"], ["sync", "status", "--hosts", ""],
-                 ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""]):
+                 ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""], ["up", "--port", "0"]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

@@ -39,6 +39,11 @@ repeats = _whole(1, "--repeats must be at least 1, got {v}", maximum=100,
 # A TCP port to listen on (0: any free port).
 port = _whole(0, "a port is 0 to 65535 (0: any free port), got {v}", what="a port number", maximum=65535,
               too_large="a port is 0 to 65535 (0: any free port), got {v}")
+# A TCP port a service keeps, that other commands find it at (``mlops up --port``: 0 said "any free
+# port" and started MLflow on 5000, the default, instead).
+service_port = _whole(1, "a port is 1 to 65535 (the one other commands will find it at), got {v}",
+                      what="a port number", maximum=65535,
+                      too_large="a port is 1 to 65535 (the one other commands will find it at), got {v}")
 
 
 def wave(text: str) -> str:

@@ -12,7 +12,7 @@ def register(sub) -> None:
                                    "127.0.0.1 with a SQLite backend store and a local artifact folder "
                                    "under the state folder (MLOPS_HOME, default ./.mlops). Waits until "
                                    "it answers and prints the UI URL.")
-    p.add_argument("--port", type=flags.port, default=None,
+    p.add_argument("--port", type=flags.service_port, default=None,
                    help=f"port for MLflow (default: MLOPS_MLFLOW_PORT or {settings.DEFAULT_MLFLOW_PORT})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_up)
@@ -27,7 +27,7 @@ def cmd_up(args) -> int:
     from mlops.local_services import start_mlflow
 
     state = settings.state_dir()
-    svc = start_mlflow(state, port=args.port or settings.local_mlflow_port())
+    svc = start_mlflow(state, port=args.port if args.port is not None else settings.local_mlflow_port())
     if args.json:
         output.emit({"mlflow_ui": svc.url, "pid": svc.pid, "state_dir": str(state)})
     else:
