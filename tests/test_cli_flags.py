@@ -73,7 +73,10 @@ def test_the_commands_use_these_converters():
                  ["sync", "rollback", "--actor", " "], ["sync", "infra-validate", "--version", "1", "--timeout", "0"],
                  ["sync", "deploy", "--timeout", "0"], ["sync", "watch", "--interval", "0"],
                  ["registry", "promote", "--version", "0_3"], ["sync", "status", "--hosts", ""],
-                 ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""], ["up", "--port", "0"]):
+                 ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""], ["up", "--port", "0"],
+                 # found by review (2026-12-05, third stop): int() read "0_1" as 1, "３２" as 32
+                 ["evaluate", "--version", "0_1"], ["evaluate", "--version", "\uff11"], ["train", "--epochs", "0_2"],
+                 ["retrain", "--incoming", "b.npz", "--batch-size", "\uff13\uff12"], ["demo", "--epochs", "1_0"]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

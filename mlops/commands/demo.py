@@ -3,6 +3,8 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from mlops.commands import flags
+
     p = sub.add_parser(
         "demo", help="run the whole flow locally: train, gate, approve, promote, deploy, smoke-test",
         description="Start a local MLflow server and a local TF-Serving-compatible model server "
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--detach", action="store_true",
                    help="return when the flow is done, leaving the services running (default when "
                         "not run from a terminal)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--epochs", type=flags.epochs, default=10, help="training epochs (default 10)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -29,6 +29,10 @@ non_negative_int = _whole(0, "{v} must be 0 or more")
 # A registered model version: a whole number, at least 1.
 version_number = _whole(1, "version numbers start at 1", what="a version number", maximum=2**63 - 1,
                         too_large="{v} is larger than any version number (at most 2**63 - 1)")
+# Training's counts (``train`` / ``retrain`` / ``demo``): int() read "0_2" as 2 and a full-width "３２" as 32.
+epochs = _whole(1, "--epochs must be at least 1, got {v}")
+batch_size = _whole(1, "--batch-size must be between 1 and 2147483647 (2**31 - 1), got {v}", maximum=2**31 - 1,
+                    too_large="--batch-size must be between 1 and 2147483647 (2**31 - 1), got {v}")
 # A random seed as numpy and TensorFlow take it.
 seed = _whole(0, "a seed is 0 or more, got {v}", what="a seed", maximum=2**32 - 1,
               too_large="a seed is at most 4294967295 (2**32 - 1), got {v}")

@@ -19,8 +19,9 @@ def _training_args(p, *, retrain: bool) -> None:
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help=f"base data set (default: {default_ds}); digits is bundled and works offline, "
                         f"fashion_mnist is downloaded by Keras")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"default {DEFAULT_BATCH_SIZE}")
+    p.add_argument("--epochs", type=flags.epochs, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
+    p.add_argument("--batch-size", type=flags.batch_size, default=DEFAULT_BATCH_SIZE,
+                   help=f"default {DEFAULT_BATCH_SIZE}")
     p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
                    help=f"Adam learning rate (default {DEFAULT_LEARNING_RATE})")
     p.add_argument("--seed", type=flags.seed, default=DEFAULT_SEED,
@@ -60,7 +61,7 @@ def register(sub) -> None:
                        description="Load version N from the registry and measure accuracy, loss and "
                                    "per-class accuracy on the frozen held-out set of its data set (the "
                                    "version's dataset tag). The quality gate uses the same numbers.")
-    p.add_argument("--version", type=int, required=True, help="registered version number")
+    p.add_argument("--version", type=flags.version_number, required=True, help="registered version number")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="override the version's dataset tag")
     flags.add_model_name(p)
