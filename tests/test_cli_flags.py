@@ -28,6 +28,8 @@ from mlops.commands import flags
     (flags.seed, "4294967296", "a seed is at most 4294967295 (2**32 - 1), got 4294967296"),
     (flags.port, "70000", "a port is 0 to 65535 (0: any free port), got 70000"),
     (flags.port, "-1", "a port is 0 to 65535 (0: any free port), got -1"),
+    (flags.row_limit, "9223372036854775808",
+     "9223372036854775808 is more rows than a ledger holds (at most 2**63 - 1)"),
     # found by review (2026-12-05, third stop): `mlops up --port 0` started MLflow on 5000
     (flags.service_port, "0", "a port is 1 to 65535 (the one other commands will find it at), got 0"),
     (flags.timeout, "0", "0 is not more than 0 and at most 86400 seconds"),
@@ -76,7 +78,8 @@ def test_the_commands_use_these_converters():
                  ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""], ["up", "--port", "0"],
                  # found by review (2026-12-05, third stop): int() read "0_1" as 1, "３２" as 32
                  ["evaluate", "--version", "0_1"], ["evaluate", "--version", "\uff11"], ["train", "--epochs", "0_2"],
-                 ["retrain", "--incoming", "b.npz", "--batch-size", "\uff13\uff12"], ["demo", "--epochs", "1_0"]):
+                 ["retrain", "--incoming", "b.npz", "--batch-size", "\uff13\uff12"], ["demo", "--epochs", "1_0"],
+                 ["registry", "history", "--limit", str(2**63)]):     # an OverflowError traceback from SQLite
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

@@ -24,6 +24,10 @@ def _whole(minimum: int, too_small: str, *, what: str = "a whole number", maximu
 
 # A count or a version number: a whole number, at least 1.
 positive_int = _whole(1, "{v} must be at least 1")
+# How many ledger rows to show (``registry history --limit``): SQL takes a 64-bit LIMIT (2**63 was an
+# OverflowError traceback from the database driver).
+row_limit = _whole(1, "{v} must be at least 1", maximum=2**63 - 1,
+                   too_large="{v} is more rows than a ledger holds (at most 2**63 - 1)")
 # A count that may be zero (``--canary 0``).
 non_negative_int = _whole(0, "{v} must be 0 or more")
 # A registered model version: a whole number, at least 1.

@@ -99,7 +99,7 @@ def register(sub) -> None:
                                     "newest --limit rows).", epilog=_ENV_EPILOG)
     h.add_argument("--model", type=flags.model_filter, metavar="NAME",
                    help="only rows of this model (default: all models)")
-    h.add_argument("--limit", type=flags.positive_int, default=50, metavar="N",
+    h.add_argument("--limit", type=flags.row_limit, default=50, metavar="N",
                    help="show the newest N rows (default 50)")
     h.add_argument("--action", action="append", metavar="ACTION",
                    help="only these actions (repeatable): register, gate, promote, rollback, deploy, "
