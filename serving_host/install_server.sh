@@ -22,6 +22,7 @@
 set -euo pipefail
 
 IMAGE="tensorflow/serving:2.21.0"   # pinned; matches tensorflow-serving-api in requirements.lock
+PINNED_IMAGE="$IMAGE"
 BASE="/var/models"
 DEPLOY_USER="deploy"
 CONTAINER="tfserving"
@@ -116,6 +117,22 @@ fi
 # (`--base /srv/m,target=/etc` mounted /srv/m, not the folder the deploy user writes to)
 if [ "$WITH_CONTAINER" -eq 1 ] && [[ "$BASE" == *[,\"[:cntrl:]]* ]]; then
   die "--base '$GIVEN_BASE' holds a comma, a quote or a control character, which docker's --mount cannot take; choose another folder"
+fi
+# what docker run accepts, checked before anything changes (docker said so only after the user and
+# the folder were made): a container name, an address to publish on, an image reference without spaces
+if ! [[ "$CONTAINER" =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]+$ ]]; then
+  die "--container '$CONTAINER' is not a Docker container name (letters, digits, '_', '.', '-'; at least 2 characters)"
+fi
+for addr in "$REST_BIND" "$GRPC_BIND"; do
+  if ! { [[ "$addr" =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] \
+         && (( 10#${BASH_REMATCH[1]} <= 255 && 10#${BASH_REMATCH[2]} <= 255 && 10#${BASH_REMATCH[3]} <= 255 \
+               && 10#${BASH_REMATCH[4]} <= 255 )); } \
+     && ! [[ "$addr" =~ ^[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*$ ]]; then
+    die "--rest-bind / --grpc-bind must be an IP address of this host (e.g. 127.0.0.1, 0.0.0.0, ::1), got '$addr'"
+  fi
+done
+if [[ "$IMAGE" =~ [[:space:]] ]]; then
+  die "--image '$IMAGE' is not an image reference (it holds a space); e.g. $PINNED_IMAGE"
 fi
 if ! [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]*$ ]]; then
   die "--deploy-user '$DEPLOY_USER' is not a valid user name"

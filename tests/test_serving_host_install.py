@@ -140,6 +140,11 @@ def test_host_preparation_is_idempotent(tmp_path):
     (["--poll-seconds", "99999999999999999999"], "error: --poll-seconds must be a whole number"),
     # a comma starts another field of docker's --mount: TF Serving would have read /tmp/m, not the base
     (["--base", "/tmp/m,target=/etc"], "error: --base '/tmp/m,target=/etc' holds a comma"),
+    # docker run refused these only after the user, the folder and models.config were made
+    (["--container", "tf serving"], "error: --container 'tf serving' is not a Docker container name"),
+    (["--rest-bind", "127.0.0.1:8501"], "error: --rest-bind / --grpc-bind must be an IP address of this host"),
+    (["--grpc-bind", "localhost"], "error: --rest-bind / --grpc-bind must be an IP address of this host"),
+    (["--image", "tensorflow/serving:2.21.0 --privileged"], "is not an image reference (it holds a space)"),
 ])
 def test_bad_options_give_one_clear_line(args, message):
     r = run("--dry-run", *args)
