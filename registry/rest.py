@@ -180,8 +180,13 @@ class MlflowRest:
         for attempt in range(1, attempts + 1):
             try:
                 r = self.session.request(method, url, timeout=self.timeout, **kw)
-            except requests.ConnectionError:
+            except requests.ConnectionError as exc:
                 delay = retry_delay(attempt, attempts, self.backoff, connection_error=True, answered=self.answered)
+                if delay is None and isinstance(exc, requests.exceptions.SSLError):    # it answered, not in TLS
+                    raise ConnectionFailure(_line(
+                        what, f"the TLS handshake with the MLflow server at {self.uri} failed; check that it "
+                              f"serves https (else write http:// in MLFLOW_TRACKING_URI) and "
+                              f"MLFLOW_TRACKING_SERVER_CERT_PATH / MLFLOW_TRACKING_CLIENT_CERT_PATH")) from None
                 if delay is None:
                     raise ConnectionFailure(_line(
                         what, f"cannot reach the MLflow server at {self.uri} (connection refused or no "
@@ -195,6 +200,10 @@ class MlflowRest:
                 raise ConnectionFailure(_line(what, f"the request to the MLflow server at {self.uri} failed "
                                                     f"({type(exc).__name__}); check MLFLOW_TRACKING_URI and "
                                                     f"the MLFLOW_TRACKING_* credentials")) from None
+            except OSError as exc:      # requests' cert_verify: a certificate file that does not exist
+                said = exc.args[0] if exc.args else exc
+                raise ConfigError(_line(what, f"{said}; fix MLFLOW_TRACKING_CLIENT_CERT_PATH / "
+                                              f"MLFLOW_TRACKING_SERVER_CERT_PATH")) from None
             else:
                 self.answered = True
                 delay = retry_delay(attempt, attempts, self.backoff, status=r.status_code)

@@ -183,3 +183,23 @@ def test_deploy_and_rollback_never_import_mlflow_or_alembic(deploy_env):
     env.serves(host, v1)
     assert f"| rollback | v{v2} → v{v1} |" in versions.get_version(env.model, v1).description
     assert env.tags(v2)["deploy_status"] == "rolled_back"
+
+
+def test_tls_problems_are_one_line_saying_what_to_fix(mlops_env):
+    """Found by review (2026-12-05, third stop): ``https://`` to a server that speaks http said
+    "cannot reach the MLflow server (connection refused or no route)" of a server that answered;
+    an MLFLOW_TRACKING_CLIENT_CERT_PATH that does not exist was an OSError traceback from requests
+    (every command: it is checked before each request, http or https)."""
+    from tests.fixtures.faults import one_error_line
+    from tests.helpers import run_mlops
+
+    https = mlops_env["MLFLOW_TRACKING_URI"].replace("http://", "https://")
+    r = run_mlops("registry", "status", env={"MLFLOW_TRACKING_URI": https})
+    line = one_error_line(r.stderr)
+    assert r.returncode == 2 and "the TLS handshake with the MLflow server" in line, line
+    assert "connection refused" not in line and "write http:// in MLFLOW_TRACKING_URI" in line
+    for argv in (["registry", "status"], ["registry", "rollback", "--reason", "x"], ["evaluate", "--version", "1"]):
+        r = run_mlops(*argv, env={"MLFLOW_TRACKING_CLIENT_CERT_PATH": "/nonexistent/client.pem"})
+        line = one_error_line(r.stderr)
+        assert r.returncode == 2 and "/nonexistent/client.pem" in line, line
+        assert "fix MLFLOW_TRACKING_CLIENT_CERT_PATH" in line
