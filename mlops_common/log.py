@@ -59,6 +59,10 @@ def setup(verbose: bool = False) -> None:
     # Quieten chatty libraries unless asked.
     for name in ("paramiko", "urllib3", "botocore", "boto3", "s3transfer", "alembic"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # paramiko's transport thread logs a failed SSH handshake (a port that accepts and closes) as
+    # ERROR with two tracebacks; without a handler Python's last-resort one printed them around the
+    # command's one line, which already says what failed. Shown (redacted) with -v only.
+    logging.getLogger("paramiko").addHandler(handler if verbose else logging.NullHandler())
     _CONFIGURED = True
 
 
