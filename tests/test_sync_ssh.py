@@ -508,3 +508,21 @@ def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_fa
             shutil.rmtree(base.parent)
     finally:
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
+def test_a_passphrase_key_the_agent_does_not_hold_says_to_add_it(sshd, tmp_path, monkeypatch):
+    """Found by review (2026-12-05, third stop): with SSH_AUTH_SOCK set (CircleCI sets it) but the
+    agent not holding the passphrase-protected identity_file (or not answering), the line said "no
+    SSH key to authenticate with: set identity_file in the hosts file", which was set."""
+    key = tmp_path / "locked"
+    shutil.copy(sshd.identity_file, key)
+    key.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "s3cret-pass", "-f", str(key)],
+                   check=True, capture_output=True, timeout=30)
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "no-agent.sock"))
+    with pytest.raises(AuthFailed) as e:
+        connect(sshd, tmp_path / "b", identity_file=key)
+    msg = one_line(e.value)
+    assert f"identity_file {key} is protected by a passphrase" in msg and f"ssh-add {key}" in msg, msg
+    assert "set identity_file" not in msg and "s3cret-pass" not in msg

@@ -225,6 +225,13 @@ def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
             raise HostUnreachable(f"{where}: connection lost during authentication ({reason(exc)})") from None
         if not remaining and t.is_authenticated():
             return
+    locked = identity_file is not None and str(Path(identity_file).expanduser()) not in tried
+    if locked:      # passphrase-protected, with SSH_AUTH_SOCK set (else candidate_keys said so)
+        path = Path(identity_file).expanduser()
+        agent = (f"holds only other keys ({', '.join(tried)}), which the server refused" if tried
+                 else "offers no key")
+        raise AuthFailed(f"{where}: identity_file {path} is protected by a passphrase and the SSH agent "
+                         f"(SSH_AUTH_SOCK) {agent}; load it into the agent (ssh-add {path})")
     if not tried:
         raise AuthFailed(f"{where}: no SSH key to authenticate with: set identity_file in the hosts "
                          f"file, or start ssh-agent with the deploy key (SSH_AUTH_SOCK)")
