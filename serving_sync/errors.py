@@ -46,6 +46,10 @@ class ServingError(UserError):
     """TF Serving answered with an error (load failed, bad request, bad config)."""
 
 
+class NotTFServing(ConfigError):
+    """A host's ``rest_url`` answers, but not as TF Serving does (another web server on that port)."""
+
+
 class ServingTimeout(UserError):
     """TF Serving did not reach the expected state within the bounded wait."""
 

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .errors import HostUnreachable, ServingError, ServingTimeout
+from .errors import HostUnreachable, NotTFServing, ServingError, ServingTimeout
+
+_NOT_JSON = "_not_json"     # marks an answer whose body was not JSON (TF Serving's always is)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class TFServingClient:
         try:
             data = json.loads(r.data)
         except ValueError:
-            data = {"error": r.data[:300].decode("utf-8", "replace")}
+            data = {"error": r.data[:300].decode("utf-8", "replace"), _NOT_JSON: True}
         if not isinstance(data, dict):
             data = {"error": f"unexpected JSON {str(data)[:200]}"}
         return r.status, data
@@ -168,12 +170,29 @@ class TFServingClient:
                                f"{data.get('error', '')}")
         return data
 
+    def _not_tf_serving(self, url: str, code: int, data: dict) -> NotTFServing:
+        body = "not JSON" if data.get(_NOT_JSON) else "JSON without TF Serving's fields"
+        return NotTFServing(f"{self.base} answered GET {url[len(self.base):]} with HTTP {code} ({body}), not as "
+                            f"TF Serving does; check the host's rest_url (TF Serving's REST port, "
+                            f"--rest_api_port, 8501 by default)")
+
+    @staticmethod
+    def _tf_servings_error(data: dict) -> bool:
+        """TF Serving's own error answer: a JSON object with an ``error`` text. A web server that is
+        not TF Serving (a wrong port in rest_url) answers 404 too, in HTML or other JSON: read as
+        "this model is unknown", a deploy went ahead on a host it could not observe, then failed
+        the version and moved production back."""
+        return isinstance(data.get("error"), str) and not data.get(_NOT_JSON)
+
     # --- API -----------------------------------------------------------------------------
     def model_status(self, model: str) -> list[VersionStatus]:
         """All versions TF Serving knows for ``model`` ([] when the model is unknown: HTTP 404)."""
-        code, data = self._request("GET", self._url(model))
-        if code == 404:
+        url = self._url(model)
+        code, data = self._request("GET", url)
+        if code == 404 and self._tf_servings_error(data):
             return []
+        if code == 404 or (code == 200 and not isinstance(data.get("model_version_status"), list)):
+            raise self._not_tf_serving(url, code, data)
         if code != 200:
             raise ServingError(f"TF Serving at {self.base}: status of {model} -> HTTP {code}: "
                                f"{data.get('error', '')}")
@@ -188,9 +207,12 @@ class TFServingClient:
         Read from ``/labels/<label>/metadata`` (its ``model_spec.version``): TF Serving's status
         endpoint ignores a label in the path, so it cannot tell.
         """
-        code, data = self._request("GET", self._url(model, label=label, suffix="/metadata"))
-        if code in (400, 404):
+        url = self._url(model, label=label, suffix="/metadata")
+        code, data = self._request("GET", url)
+        if code in (400, 404) and self._tf_servings_error(data):
             return None
+        if code in (400, 404):
+            raise self._not_tf_serving(url, code, data)
         if code != 200:
             raise ServingError(f"TF Serving at {self.base}: label {label} of {model} -> HTTP {code}: "
                                f"{data.get('error', '')}")

@@ -412,3 +412,44 @@ def test_a_port_that_accepts_and_closes_is_one_line_without_paramikos_traceback(
             assert r.returncode == 2 and "SSH handshake failed" in line, line
     finally:
         listener.close()
+
+
+def test_a_rest_url_that_is_not_tf_serving_is_one_line_before_any_host_changes_and_blames_no_version(
+        deploy_env, tmp_path):
+    """Found by review (2026-12-05, third stop): a `rest_url` on a port where another web server
+    answers (a typo: MLflow's port, a proxy's page) answers HTTP 404 for /v1/models/<name>, which
+    was read as "TF Serving serves nothing of it". The deploy went ahead, waited for a version that
+    server never loads, tagged a good version deploy_status=failed, moved production back, and its
+    put-back wrote models.config from what it had (not) observed: the stable label was gone on the
+    real server. Now every command that observes the host says so first, and nothing changes."""
+    import http.server
+    import threading
+
+    from registry import versions
+
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    v2 = env.register("b")
+    env.promote(v2)
+    before = env.config_text(host)
+    (tmp_path / "www").mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"), **k)  # noqa: E731
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    wrong = f"http://127.0.0.1:{web.server_address[1]}"
+    bad_hosts = env.hosts_file.with_name("not-tf-serving.toml")
+    bad_hosts.write_text(env.hosts_file.read_text().replace(host.rest_url, wrong))
+    assert wrong in bad_hosts.read_text()
+    try:
+        for args, code in ((("sync", "deploy"), 2), (("sync", "plan"), 1), (("sync", "status"), 1)):
+            r = env.cli(*args, "--hosts", str(bad_hosts))
+            assert r.returncode == code, (args, r.stdout, r.stderr)
+            said = r.stderr + r.stdout
+            assert f"{wrong} answered GET /v1/models/{env.model} with HTTP 404 (not JSON), not as TF Serving does" \
+                in said and "check the host's rest_url" in said, said
+            assert "Traceback" not in said
+    finally:
+        web.shutdown()
+    assert versions.get_version(env.model, v2).deploy_status is None       # not blamed
+    assert env.production() == v2 and env.config_text(host) == before
+    env.serves(host, v1)
