@@ -310,7 +310,16 @@ def check_options(opts: DemoOptions) -> None:
         raise ConfigError("no terminal to ask for the approval on: run `mlops demo --yes` (or `make demo "
                           "DEMO_ARGS=--yes`) to approve each version as the CircleCI hold job's approver would")
     TrainParams(dataset=opts.dataset, epochs=opts.epochs).checked()     # --epochs 0: here, not after the servers
-    _ports()
+    rest, grpc = _ports()
+    # one port for two servers: MLflow started, then the model server found "its" port taken (by that
+    # MLflow) and the demo stopped with MLflow left running
+    seen: dict[int, str] = {}
+    for var, port in (("MLOPS_MLFLOW_PORT", settings.local_mlflow_port()), ("MLOPS_SERVING_REST_PORT", rest),
+                      ("MLOPS_SERVING_GRPC_PORT", grpc)):
+        if port in seen:
+            raise ConfigError(f"{seen[port]} and {var} are both {port}: the demo's MLflow server and the model "
+                              f"server's REST and gRPC ports must be three different ports")
+        seen[port] = var
 
 
 def main(opts: DemoOptions, *, detach: bool) -> int:

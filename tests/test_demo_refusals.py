@@ -57,6 +57,28 @@ def test_zero_epochs_is_refused_before_any_server_starts(tmp_path):
     _started_nothing(home)
 
 
+@pytest.mark.parametrize("same", [("MLOPS_MLFLOW_PORT", "MLOPS_SERVING_REST_PORT"),
+                                  ("MLOPS_SERVING_REST_PORT", "MLOPS_SERVING_GRPC_PORT")])
+def test_one_port_for_two_servers_is_refused_before_any_server_starts(tmp_path, same):
+    """Found by review (2026-12-05, third stop): MLflow started on the port, then the model server
+    found it taken (by that MLflow): the demo stopped, MLflow left running."""
+    from tests.helpers import REPO
+
+    home = tmp_path / "mlops"
+    env = _env(home)
+    env[same[1]] = env[same[0]]
+    env["PYTHONPATH"] = str(REPO)       # this checkout's code (the cwd is not the repository)
+    try:
+        r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", env=env, cwd=home.parent,
+                      timeout=300)
+    finally:
+        if any(home.glob("*.json")):
+            run_mlops("down", env=env, cwd=home.parent, timeout=120)
+    line = _one_line(r)
+    assert f"{same[0]} and {same[1]} are both {env[same[0]]}" in line, line
+    _started_nothing(home)
+
+
 def test_a_hosts_file_the_demo_did_not_write_is_left_alone(tmp_path):
     home = tmp_path / "mlops"
     home.mkdir()
