@@ -97,14 +97,18 @@ def one_demo_at_a_time(state: Path):
 
 def start_services(state: Path) -> dict:
     """MLflow and the local model server (reused when already running), and the hosts file."""
-    from mlops.local_services import start_mlflow, start_model_server, write_whole
+    from mlops.local_services import _refuse_taken_ports, read_record, start_mlflow, start_model_server, write_whole
 
     hosts = state / "hosts.toml"
     check_hosts_file(hosts)
+    rest_port, grpc_port = _ports()
+    # the model server's ports before MLflow starts: one another program holds stopped the demo after
+    # MLflow had started, and left it running
+    _refuse_taken_ports(read_record(state, "model-server"),
+                        {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"})
     mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port())
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default
     os.environ.pop("MLOPS_LEDGER_URL", None)    # its ledger too: $MLOPS_HOME/ledger.db, never a team's
-    rest_port, grpc_port = _ports()
     base = state / "serving"
     model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
     write_whole(hosts, hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))

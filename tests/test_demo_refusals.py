@@ -79,6 +79,28 @@ def test_one_port_for_two_servers_is_refused_before_any_server_starts(tmp_path, 
     _started_nothing(home)
 
 
+def test_a_serving_port_another_program_holds_is_refused_before_mlflow_starts(tmp_path):
+    """Found by review (2026-12-05, third stop): MLflow started first, then the model server's port
+    was found taken: the demo stopped with MLflow left running."""
+    import socket
+
+    from tests.helpers import REPO
+
+    home = tmp_path / "mlops"
+    env = {**_env(home), "PYTHONPATH": str(REPO)}       # this checkout's code (the cwd is not the repository)
+    with socket.create_server(("127.0.0.1", int(env["MLOPS_SERVING_REST_PORT"]))):
+        try:
+            r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", env=env, cwd=home.parent,
+                          timeout=300)
+        finally:
+            if any(home.glob("*.json")):
+                run_mlops("down", env=env, cwd=home.parent, timeout=120)
+    line = _one_line(r)
+    assert f"port {env['MLOPS_SERVING_REST_PORT']} on 127.0.0.1 is taken by another program" in line, line
+    assert "MLOPS_SERVING_REST_PORT" in line
+    _started_nothing(home)
+
+
 def test_a_hosts_file_the_demo_did_not_write_is_left_alone(tmp_path):
     home = tmp_path / "mlops"
     home.mkdir()
