@@ -182,6 +182,10 @@ class MlflowRest:
                 r = self.session.request(method, url, timeout=self.timeout, **kw)
             except requests.ConnectionError as exc:
                 delay = retry_delay(attempt, attempts, self.backoff, connection_error=True, answered=self.answered)
+                if delay is None and isinstance(exc, requests.exceptions.ProxyError):
+                    raise ConnectionFailure(_line(
+                        what, f"cannot reach the HTTP proxy the environment names for {self.uri} (HTTP_PROXY / "
+                              f"HTTPS_PROXY); fix it, or add the server's host to NO_PROXY")) from None
                 if delay is None and isinstance(exc, requests.exceptions.SSLError):    # it answered, not in TLS
                     raise ConnectionFailure(_line(
                         what, f"the TLS handshake with the MLflow server at {self.uri} failed; check that it "

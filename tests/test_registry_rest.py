@@ -203,3 +203,17 @@ def test_tls_problems_are_one_line_saying_what_to_fix(mlops_env):
         line = one_error_line(r.stderr)
         assert r.returncode == 2 and "/nonexistent/client.pem" in line, line
         assert "fix MLFLOW_TRACKING_CLIENT_CERT_PATH" in line
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_not_the_mlflow_server(mlops_env):
+    """Found by review (2026-12-05, third stop): with HTTP_PROXY naming a dead proxy, every command
+    said "cannot reach the MLflow server ... start it with `mlops up`" of a server that runs."""
+    from mlops.local_services import free_port
+    from tests.fixtures.faults import one_error_line
+    from tests.helpers import run_mlops
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = run_mlops("registry", "status", env={"HTTP_PROXY": dead, "http_proxy": dead, "NO_PROXY": "", "no_proxy": ""})
+    line = one_error_line(r.stderr)
+    assert r.returncode == 2 and "cannot reach the HTTP proxy" in line and "NO_PROXY" in line, line
+    assert "start it with `mlops up`" not in line
