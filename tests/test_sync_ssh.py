@@ -526,3 +526,30 @@ def test_a_passphrase_key_the_agent_does_not_hold_says_to_add_it(sshd, tmp_path,
     msg = one_line(e.value)
     assert f"identity_file {key} is protected by a passphrase" in msg and f"ssh-add {key}" in msg, msg
     assert "set identity_file" not in msg and "s3cret-pass" not in msg
+
+
+def test_a_known_hosts_that_is_not_a_regular_file_is_one_line(tmp_path):
+    """Found by review (2026-12-05, third stop): known_hosts is read before connecting; a FIFO
+    there waited forever, and /dev/zero read until memory ran out (a MemoryError traceback).
+    (Through a subprocess with a time limit: the code before hangs on the FIFO.)"""
+    import sys
+
+    from tests.helpers import REPO
+
+    fifo = tmp_path / "known_hosts.fifo"
+    os.mkfifo(fifo)
+    code = ("import sys\n"
+            "from serving_sync.hosts import Target\n"
+            "from serving_sync.transports.ssh_connect import connect\n"
+            "from mlops_common.errors import UserError\n"
+            "try:\n"
+            "    connect(Target('ssh', '/srv/models', host='127.0.0.1', port=1, user='deploy'),\n"
+            "            known_hosts=sys.argv[1], identity_file=None, timeout=2)\n"
+            "except UserError as exc:\n"
+            "    print(type(exc).__name__, exc.message)\n")
+    for known in (str(fifo), "/dev/null"):
+        r = subprocess.run([sys.executable, "-c", code, known], capture_output=True, text=True, timeout=30,
+                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert r.stdout.strip() == (f"ConfigError known_hosts file {known} is not a regular file; point known_hosts "
+                                    f"(hosts file) or MLOPS_SYNC_KNOWN_HOSTS at the file that pins the serving "
+                                    f"hosts' keys"), r.stdout + r.stderr

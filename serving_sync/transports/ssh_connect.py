@@ -90,7 +90,12 @@ def base_key_type(key_type: str) -> str:
 
 
 def load_known_hosts(path: Path) -> list[kh.KnownKey]:
+    import stat
+
     try:
+        if not stat.S_ISREG(path.stat().st_mode):   # a FIFO waited forever, /dev/zero filled memory
+            raise ConfigError(f"known_hosts file {path} is not a regular file; point known_hosts (hosts file) "
+                              f"or MLOPS_SYNC_KNOWN_HOSTS at the file that pins the serving hosts' keys")
         return kh.parse(path.read_text(encoding="utf-8", errors="replace"))
     except FileNotFoundError:
         return []
