@@ -100,11 +100,12 @@ def local_mlflow_port() -> int:
 def local_mlflow_url() -> str:
     """URL of the embedded MLflow server: the one recorded by ``mlops up``, else the default port."""
     info = state_dir() / "mlflow-server.json"
-    if info.is_file():
-        try:
-            return json.loads(info.read_text())["url"]
-        except (ValueError, KeyError):
-            pass
+    try:
+        url = json.loads(info.read_text())["url"] if info.is_file() else None
+    except (ValueError, KeyError, TypeError, OSError):  # a record of another shape ([] was a traceback)
+        url = None
+    if isinstance(url, str) and url.startswith("http://127.0.0.1:"):
+        return url
     return f"http://127.0.0.1:{local_mlflow_port()}"
 
 

@@ -67,6 +67,14 @@ def test_a_record_that_is_not_a_service_is_ignored_not_a_traceback(tmp_path):
     assert ls.read_record(state, "notes") is None and ls.read_record(state, "other") is None
     r = run_mlops("down", env={"MLOPS_HOME": str(state)})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    # found by review (2026-12-05, third stop): every command that uses the local server read its
+    # record's url without these checks: `[]` or a url that is not text was a TypeError traceback
+    for record in ("[]", '{"url": 5}', '{"url": ["x"]}'):
+        (state / "mlflow-server.json").write_text(record)
+        r = run_mlops("registry", "status", env={"MLOPS_HOME": str(state), "MLFLOW_TRACKING_URI": "",
+                                                 "MLOPS_MLFLOW_PORT": "1"})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "cannot reach the MLflow server at http://127.0.0.1:1 " in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(not process_identity(1), reason="SKIPPED LOUDLY: no /proc: a pid is all a record can name")
