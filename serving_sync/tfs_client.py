@@ -152,6 +152,10 @@ class TFServingClient:
         except urllib3.exceptions.ReadTimeoutError:
             raise HostUnreachable(f"TF Serving REST at {self.base} did not answer within "
                                   f"{seconds:.0f}s ({method} {url})") from None
+        except urllib3.exceptions.ProxyError:   # the environment's proxy, not TF Serving
+            raise HostUnreachable(f"cannot reach the HTTP proxy the environment names for TF Serving REST at "
+                                  f"{self.base} (HTTP_PROXY / HTTPS_PROXY); fix it, or add the host to "
+                                  f"NO_PROXY") from None
         except urllib3.exceptions.HTTPError:   # refused, no route, reset, connect timeout
             raise HostUnreachable(f"TF Serving REST at {self.base} is not reachable (connection refused "
                                   f"or no route); check that it runs and the host's rest_url") from None

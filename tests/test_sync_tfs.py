@@ -307,3 +307,18 @@ def test_a_wait_polls_soon_then_backs_off_to_its_interval_and_stays_bounded(monk
             "loading m version 1", lambda: calls.append(1) or WaitVerdict(False, detail="LOADING"),
             timeout=0.3, interval=0.1)
     assert len(calls) <= len(list(iter_pauses(0.3, 0.1))) + 1
+
+
+def test_a_proxy_that_cannot_be_reached_is_named_not_tf_serving(monkeypatch):
+    """Found by review (2026-12-05, third stop): with HTTP_PROXY naming a dead proxy, a host's TF
+    Serving was reported "not reachable; check that it runs and the host's rest_url"."""
+    from mlops.local_services import free_port
+
+    for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(HostUnreachable) as e:
+        TFServingClient("http://serving.example:8501", timeout=2).model_status(MODEL)
+    line = str(e.value)
+    assert "\n" not in line and "cannot reach the HTTP proxy" in line and "NO_PROXY" in line, line
+    assert "check that it runs" not in line
