@@ -14,7 +14,7 @@ import pytest
 from mlops.demo import HOSTS_MARK, check_hosts_file, closing_text, hosts_toml
 from mlops.local_services import free_port
 from mlops_common.errors import ConfigError
-from tests.helpers import run_mlops
+from tests.helpers import REPO, run_mlops
 
 MINE = '[[hosts]]\nname = "web-1"\ntarget = "ssh://deploy@web-1/srv/models"\nrest_url = "http://web-1:8501"\n'
 
@@ -26,8 +26,10 @@ def _env(home: Path) -> dict[str, str]:
             "MLOPS_LEDGER_URL": ""}
 
 
-def _demo(home: Path, *extra: str):
-    env = _env(home)
+def _demo(home: Path, *extra: str, env: dict[str, str] | None = None):
+    """``mlops demo --quick`` with this checkout's code (the cwd is not the repository, so the
+    editable install would name another tree's), and ``mlops down`` if it started a server."""
+    env = {**(env or _env(home)), "PYTHONPATH": str(REPO)}
     try:
         return run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", *extra, env=env,
                          cwd=home.parent, timeout=300)
@@ -62,19 +64,10 @@ def test_zero_epochs_is_refused_before_any_server_starts(tmp_path):
 def test_one_port_for_two_servers_is_refused_before_any_server_starts(tmp_path, same):
     """Found by review (2026-12-05, third stop): MLflow started on the port, then the model server
     found it taken (by that MLflow): the demo stopped, MLflow left running."""
-    from tests.helpers import REPO
-
     home = tmp_path / "mlops"
     env = _env(home)
     env[same[1]] = env[same[0]]
-    env["PYTHONPATH"] = str(REPO)       # this checkout's code (the cwd is not the repository)
-    try:
-        r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", env=env, cwd=home.parent,
-                      timeout=300)
-    finally:
-        if any(home.glob("*.json")):
-            run_mlops("down", env=env, cwd=home.parent, timeout=120)
-    line = _one_line(r)
+    line = _one_line(_demo(home, env=env))
     assert f"{same[0]} and {same[1]} are both {env[same[0]]}" in line, line
     _started_nothing(home)
 
@@ -84,17 +77,10 @@ def test_a_serving_port_another_program_holds_is_refused_before_mlflow_starts(tm
     was found taken: the demo stopped with MLflow left running."""
     import socket
 
-    from tests.helpers import REPO
-
     home = tmp_path / "mlops"
-    env = {**_env(home), "PYTHONPATH": str(REPO)}       # this checkout's code (the cwd is not the repository)
+    env = _env(home)
     with socket.create_server(("127.0.0.1", int(env["MLOPS_SERVING_REST_PORT"]))):
-        try:
-            r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", env=env, cwd=home.parent,
-                          timeout=300)
-        finally:
-            if any(home.glob("*.json")):
-                run_mlops("down", env=env, cwd=home.parent, timeout=120)
+        r = _demo(home, env=env)
     line = _one_line(r)
     assert f"port {env['MLOPS_SERVING_REST_PORT']} on 127.0.0.1 is taken by another program" in line, line
     assert "MLOPS_SERVING_REST_PORT" in line

@@ -215,13 +215,20 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
 def test_a_promotion_waiting_for_mlflow_does_not_hold_up_other_ledger_writers(make_version, monkeypatch):
     """SQLite: the promotion's reads took the database write lock (BEGIN IMMEDIATE) and kept it
     through its MLflow call, so every other writer — another model's deploy rows — waited on it."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    assert other_writer_waits_while_promoting(monkeypatch, "get_version", model, v1) < 1.0
+    assert versions.production_version(model) == v1
+
+
+def other_writer_waits_while_promoting(monkeypatch, mlflow_call: str, model: str, version: int) -> float:
+    """Promote ``version`` while ``versions.<mlflow_call>`` takes 2 s; how long another model's
+    ledger row waited meanwhile (SQLite: a move holding the write lock through that call)."""
     import threading
 
     from registry.ledger import Entry
 
-    model = os.environ["MLOPS_MODEL_NAME"]
-    v1 = make_version(validation_status="passed")
-    real = versions.get_version
+    real = getattr(versions, mlflow_call)
     asked = threading.Event()
 
     def slow_mlflow(*a, **k):
@@ -229,16 +236,15 @@ def test_a_promotion_waiting_for_mlflow_does_not_hold_up_other_ledger_writers(ma
         time.sleep(2.0)
         return real(*a, **k)
 
-    monkeypatch.setattr(versions, "get_version", slow_mlflow)
-    p = threading.Thread(target=lambda: promotion.promote(model, v1, actor="alice"))
+    monkeypatch.setattr(versions, mlflow_call, slow_mlflow)
+    p = threading.Thread(target=lambda: promotion.promote(model, version, actor="alice"))
     p.start()
     assert asked.wait(60)
     t0 = time.monotonic()
     Ledger().append(Entry(action="deploy", model="another-model", outcome="ok", to_version=7, host="web-1"))
     waited = time.monotonic() - t0
     p.join(timeout=60)
-    assert waited < 1.0, waited
-    assert versions.production_version(model) == v1
+    return waited
 
 
 # --- found by review (2026-12-03, late) ------------------------------------------------------
@@ -318,31 +324,11 @@ def test_a_promotion_asking_mlflow_whether_the_ledgers_production_exists_does_no
     read of the ledger took SQLite's write lock and kept it while MLflow was asked whether the
     version the ledger names still exists (up to the request timeout and its retries; other
     writers give up after the busy timeout)."""
-    import threading
-
-    from registry.ledger import Entry
-
     model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version(validation_status="passed")
     promotion.promote(model, v1, actor="alice")
     versions.delete_alias(model, versions.PRODUCTION)             # removed in the MLflow UI
-    real = versions.version_exists
-    asked = threading.Event()
-
-    def slow_mlflow(*a, **k):
-        asked.set()
-        time.sleep(2.0)
-        return real(*a, **k)
-
-    monkeypatch.setattr(versions, "version_exists", slow_mlflow)
-    p = threading.Thread(target=lambda: promotion.promote(model, v1, actor="alice"))
-    p.start()
-    assert asked.wait(60)
-    t0 = time.monotonic()
-    Ledger().append(Entry(action="deploy", model="another-model", outcome="ok", to_version=7, host="web-1"))
-    waited = time.monotonic() - t0
-    p.join(timeout=60)
-    assert waited < 1.0, waited
+    assert other_writer_waits_while_promoting(monkeypatch, "version_exists", model, v1) < 1.0
     assert versions.production_version(model) == v1
     assert rows(model)[-3:] == [("rollback", "ok", v1, None), ("intent", "pending", None, v1),
                                 ("promote", "ok", None, v1)]
