@@ -129,6 +129,7 @@ def _restore_unless_recorded(ledger: Ledger, model: str, previous: int | None, m
                 return
             if ledger_production(tx.entries(actions=("promote", "rollback"))) == moved_to:
                 return
+            tx.commit()     # SQLite: end the read's write lock before asking MLflow (the promotion lock stays)
             _restore(model, previous)
     except Exception as exc:  # noqa: BLE001 - report the original failure, mention this one
         _log.error("could not put alias '%s' of '%s' back to %s (%s): its intent row stays open; run "

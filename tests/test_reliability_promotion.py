@@ -212,6 +212,54 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
     assert status(model)["agrees"]
 
 
+
+def test_a_put_back_after_a_failed_last_commit_does_not_hold_up_other_ledger_writers(make_version, monkeypatch):
+    """Found by review (2026-12-05, third stop): the put-back read the ledger (SQLite's write lock)
+    and kept it while MLflow moved the alias back, so other writers waited on MLflow's answer."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from registry.ledger import Entry
+
+    model, v1, v2 = two_promoted_once(make_version)
+    led = Ledger()
+    moved, failed_once, restoring = threading.Event(), threading.Event(), threading.Event()
+    point, restore = promotion._point, promotion._restore
+
+    def move_alias(*args):
+        point(*args)
+        if threading.current_thread().name == "A":
+            moved.set()
+
+    def slow_restore(*args):
+        restoring.set()
+        time.sleep(2.0)
+        restore(*args)
+
+    monkeypatch.setattr(promotion, "_point", move_alias)
+    monkeypatch.setattr(promotion, "_restore", slow_restore)
+
+    @sa.event.listens_for(led._engine, "commit")
+    def fail_the_last_commit(conn):              # the commit of the ok row, after the alias moved
+        if threading.current_thread().name == "A" and moved.is_set() and not failed_once.is_set():
+            failed_once.set()
+            conn.connection.dbapi_connection.execute("ROLLBACK")
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    failed = []
+    a = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, promotion.promote, model, v2,
+                                                                    actor="alice", ledger=led)), name="A")
+    a.start()
+    assert restoring.wait(60)
+    t0 = time.monotonic()
+    Ledger().append(Entry(action="deploy", model="another-model", outcome="ok", to_version=7, host="web-1"))
+    waited = time.monotonic() - t0
+    a.join(timeout=120)
+    assert failed and versions.production_version(model) == v1      # put back
+    assert waited < 1.0, waited
+
+
 def test_a_promotion_waiting_for_mlflow_does_not_hold_up_other_ledger_writers(make_version, monkeypatch):
     """SQLite: the promotion's reads took the database write lock (BEGIN IMMEDIATE) and kept it
     through its MLflow call, so every other writer — another model's deploy rows — waited on it."""
