@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlops_common import log, strict_json
-from mlops_common.errors import ConfigError, DamagedModel
+from mlops_common.errors import ConfigError, DamagedModel, RefusedError
 
 from . import artifacts, description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, choose_baseline, decide, summary
@@ -64,6 +64,18 @@ def _trained_beside(info: versions.VersionInfo | None) -> str | None:
     return fp if isinstance(fp, str) and fp else None
 
 
+def _check_same_data_set(model: str, version: int, dataset: str, baseline: int, production_dataset: str | None) -> None:
+    """The gate compares versions of one data set: production trained on another one (its
+    ``dataset`` tag) cannot be measured on the candidate's held-out set. Moving production to
+    another data set is a person's decision, so the line says how to make it; nothing is recorded.
+    (It was a shape error from loading production, pointing at ``mlops evaluate --dataset``.)"""
+    if production_dataset and production_dataset != dataset:
+        raise RefusedError(f"production v{baseline} of '{model}' was trained on data set '{production_dataset}' "
+                           f"and v{version} on '{dataset}': the gate compares versions of one data set only; "
+                           f"to move production to '{dataset}', promote it deliberately: `mlops registry promote "
+                           f"--version {version} --force --reason \"...\"`")
+
+
 def _check_evaluation(doc: dict, version: int) -> dict:
     missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n", "dataset", "heldout_fingerprint")
                if doc.get(k) in (None, "")]
@@ -103,6 +115,7 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     cand_eval = _check_evaluation(evaluate(v, None), v)
     prod_eval = None
     if baseline is not None:
+        _check_same_data_set(model, v, cand_eval["dataset"], baseline, tags.read(prod_info.tags, tags.DATASET))
         _log.info("re-evaluating production (version %s) on the same held-out set ...", baseline)
         try:
             prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)

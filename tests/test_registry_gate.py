@@ -197,3 +197,24 @@ def test_a_production_that_cannot_be_loaded_says_to_move_production_not_to_regis
     assert "and it holds production" in msg and "mlops registry rollback --to N" in msg, msg
     assert f"then gate v{v2} again" in msg and "register a new version" not in msg
     assert versions.get_version(model, v2).aliases == ()
+
+
+def test_a_production_trained_on_another_data_set_is_one_line_saying_how_to_move_production(make_version):
+    """Found by review (2026-12-05, third stop): production trained on another data set failed
+    the gate with a shape error from loading it and the advice `mlops evaluate --dataset`; the way
+    forward is a deliberate promotion. Nothing is recorded; production is never measured."""
+    from mlops_common.errors import RefusedError
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed", tags={"dataset": "fashion_mnist"})
+    v2 = make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.96)})
+    with pytest.raises(RefusedError) as e:
+        run_gate(model, v2, ev)
+    assert e.value.message == (
+        f"production v{v1} of '{model}' was trained on data set 'fashion_mnist' and v{v2} on 'digits': the gate "
+        f"compares versions of one data set only; to move production to 'digits', promote it deliberately: "
+        f"`mlops registry promote --version {v2} --force --reason \"...\"`")
+    assert ev.calls == [(v2, None)]
+    assert versions.get_version(model, v2).tags["validation_status"] == "pending"      # nothing recorded
