@@ -74,14 +74,16 @@ def check(model: str, version: int, root: str | Path, ledger=None) -> dict[str, 
     return got
 
 
-def check_files(model: str, version: int, files: dict[str, bytes], ledger=None) -> None:
+def check_files(model: str, version: int, files: dict[str, bytes], ledger=None, *,
+                unchanged: str = "Nothing was deployed") -> None:
     """``check`` for some files of the bundle read on their own (``{"golden/request.json": bytes}``):
-    the golden set a switch to a version already on the hosts is verified with."""
+    the golden set a switch to a version already on the hosts is verified with, the signature the
+    gate compares."""
     expected = _expected(model, version, ledger, "its golden set is")
     if expected is None:
         return
     got = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
-    _refuse(model, version, differences({p: h for p, h in expected.items() if p in got}, got))
+    _refuse(model, version, differences({p: h for p, h in expected.items() if p in got}, got), unchanged)
 
 
 def _expected(model: str, version: int, ledger, what: str) -> dict[str, str] | None:
@@ -93,9 +95,9 @@ def _expected(model: str, version: int, ledger, what: str) -> dict[str, str] | N
     return expected
 
 
-def _refuse(model: str, version: int, diff: list[str]) -> None:
+def _refuse(model: str, version: int, diff: list[str], unchanged: str = "Nothing was deployed") -> None:
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         raise ConfigError(f"the artifacts of version {version} of '{model}' are not the ones registered "
                           f"({shown}): they were changed in the artifact store since; restore them or "
-                          f"register a new version. Nothing was deployed")
+                          f"register a new version. {unchanged}")

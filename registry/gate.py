@@ -28,6 +28,7 @@ from .provenance import Provenance
 Evaluate = Callable[[int, "str | None"], dict]
 _log = log.get("registry.gate")
 SIGNATURE_ARTIFACT = artifacts.golden_path("signature")
+NOTHING_GATED = "Nothing was gated or recorded"
 
 
 @dataclass
@@ -105,10 +106,12 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     if choice.gated_production:
         _log.info("version %s already holds production; gating it without a baseline", v)
 
-    cand_sig = versions.run_artifact_json(info.run_id, SIGNATURE_ARTIFACT) if info.run_id else None
+    # checked against the registration's hashes: a signature rewritten in the artifact store since
+    # would be compared instead of the one the hosts will check
+    cand_sig = versions.bundle_artifact_json(model, info, SIGNATURE_ARTIFACT, unchanged=NOTHING_GATED, ledger=ledger)
     prod_info = versions.get_version(model, baseline) if baseline is not None else None
-    prod_sig = (versions.run_artifact_json(prod_info.run_id, SIGNATURE_ARTIFACT)
-                if prod_info and prod_info.run_id else None)
+    prod_sig = (versions.bundle_artifact_json(model, prod_info, SIGNATURE_ARTIFACT, unchanged=NOTHING_GATED,
+                                              ledger=ledger) if prod_info else None)
     sig_problems = _signature_problems(cand_sig, prod_sig, baseline is not None)
 
     _log.info("evaluating version %s of '%s' on the frozen held-out set ...", v, model)

@@ -308,6 +308,19 @@ def run_artifact_json(run_id: str, path: str) -> dict | None:
     return None if data is None else _artifact_doc(data, run_id, path)
 
 
+def bundle_artifact_json(model: str, info: "VersionInfo", path: str, *, unchanged: str, ledger=None) -> dict | None:
+    """A JSON file of a version's bundle (``golden/signature.json``), checked against the hash
+    recorded at registration (``unchanged``: what did not happen when it was changed, for the
+    line); None when the run has no such file."""
+    if not info.run_id:
+        return None
+    data = run_artifact_bytes(info.run_id, path)
+    if data is None:
+        return None
+    bundle_hashes.check_files(model, info.version, {path: data}, ledger, unchanged=unchanged)
+    return _artifact_doc(data, info.run_id, path)
+
+
 GOLDEN_NAMES = artifacts.GOLDEN_NAMES
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +219,26 @@ def test_a_production_trained_on_another_data_set_is_one_line_saying_how_to_move
         f"`mlops registry promote --version {v2} --force --reason \"...\"`")
     assert ev.calls == [(v2, None)]
     assert versions.get_version(model, v2).tags["validation_status"] == "pending"      # nothing recorded
+
+
+def test_a_signature_rewritten_in_the_artifact_store_since_registration_is_refused(make_version):
+    """Found by review (2026-12-05, third stop): the gate compared the signature file the store
+    holds now, unchecked, while a deploy checks the golden set against the hashes recorded at
+    registration: a rewritten signature passed the gate and failed only on the hosts."""
+    from mlops_common.errors import ConfigError
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    run_id = versions.get_version(model, v2).run_id
+    sig = tracking_client().download_artifacts(run_id, "golden/signature.json", os.environ["MLOPS_HOME"])
+    doc_ = json.loads(Path(sig).read_text())
+    doc_["rewritten"] = True
+    tracking_client().log_dict(run_id, doc_, "golden/signature.json")
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.96)})
+    with pytest.raises(ConfigError) as e:
+        run_gate(model, v2, ev)
+    assert f"the artifacts of version {v2} of '{model}' are not the ones registered (golden/signature.json " \
+           f"changed)" in e.value.message and e.value.message.endswith("Nothing was gated or recorded"), e.value.message
+    assert ev.calls == []
+    assert versions.get_version(model, v2).tags["validation_status"] == "pending"
