@@ -79,7 +79,10 @@ def test_the_commands_use_these_converters():
                  # found by review (2026-12-05, third stop): int() read "0_1" as 1, "３２" as 32
                  ["evaluate", "--version", "0_1"], ["evaluate", "--version", "\uff11"], ["train", "--epochs", "0_2"],
                  ["retrain", "--incoming", "b.npz", "--batch-size", "\uff13\uff12"], ["demo", "--epochs", "1_0"],
-                 ["registry", "history", "--limit", str(2**63)]):     # an OverflowError traceback from SQLite
+                 ["registry", "history", "--limit", str(2**63)],      # an OverflowError traceback from SQLite
+                 # float() read "0_01" as 1.0 and full-width digits as digits
+                 ["train", "--learning-rate", "0_01"], ["retrain", "--incoming", "b.npz", "--learning-rate", "\uff11"],
+                 ["sync", "deploy", "--bake", "3_0"], ["registry", "gate", "--version", "1", "--min-accuracy", "0_9"]):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2, argv

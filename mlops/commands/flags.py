@@ -5,6 +5,8 @@ import argparse
 import re
 
 _DIGITS = re.compile(r"[+-]?[0-9]+")     # int() also takes "0_3" (3) and "３" (full-width): another number
+# a decimal number as written in ASCII, or a spelling of nan / inf that ``number`` then refuses by name
+_DECIMAL = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)", re.IGNORECASE)
 
 
 def _whole(minimum: int, too_small: str, *, what: str = "a whole number", maximum: int | None = None,
@@ -69,10 +71,9 @@ def number(text: str) -> float:
     limit switched the canary's latency check off)."""
     import math
 
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not _DECIMAL.fullmatch(text.strip()):    # float() also takes "0_01" (1.0) and full-width digits
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+    v = float(text)
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
     return v

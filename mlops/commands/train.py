@@ -22,7 +22,7 @@ def _training_args(p, *, retrain: bool) -> None:
     p.add_argument("--epochs", type=flags.epochs, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     p.add_argument("--batch-size", type=flags.batch_size, default=DEFAULT_BATCH_SIZE,
                    help=f"default {DEFAULT_BATCH_SIZE}")
-    p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+    p.add_argument("--learning-rate", type=flags.number, default=DEFAULT_LEARNING_RATE,
                    help=f"Adam learning rate (default {DEFAULT_LEARNING_RATE})")
     p.add_argument("--seed", type=flags.seed, default=DEFAULT_SEED,
                    help=f"seed for the train/validation split, weights and shuffling (default {DEFAULT_SEED}); "
