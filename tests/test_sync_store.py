@@ -176,7 +176,7 @@ def test_plan_and_deploy_say_that_s3_hosts_need_a_tf_serving_with_s3(deploy_env,
 class _Served:
     """Files of ``root`` over HTTP on 127.0.0.1 (query strings ignored, like a presigned URL's)."""
 
-    def __init__(self, root, *, expired: bool = False, delay: float = 0.0):
+    def __init__(self, root, *, expired: bool = False, delay: float = 0.0, before=None):
         import functools
         import threading
         import time
@@ -188,6 +188,8 @@ class _Served:
 
             def do_GET(self):
                 time.sleep(delay)       # a slow store: the host's download takes this long
+                if before is not None:  # something happens on the host meanwhile
+                    before()
                 if expired:             # what S3 answers a presigned URL past its expiry
                     self.send_error(403, "Request has expired")
                     return
@@ -473,5 +475,50 @@ def test_an_interrupt_ends_a_long_pull_at_once(sshd, tmp_path):
     finally:
         timer.cancel()
         cancel.reset()
+        t.close()
+        served.close()
+
+
+@pytest.mark.parametrize("fetcher", ["curl", "wget"])
+def test_a_disk_filling_up_during_a_pull_says_the_disk_is_full(sshd, tmpfs, tmp_path, fetcher, monkeypatch):
+    """Found by review (2026-12-05, third stop): another process filled the host's disk while it
+    downloaded from the shared store; curl's "(23) Failure writing output to destination" (wget:
+    exit 3, nothing said) was reported as a download failure with the hint "check that the host
+    reaches the store (store_endpoint in the hosts file)", not as a full disk (the streamed
+    upload's DiskFull)."""
+    from serving_sync import manifest as mf
+    from serving_sync.errors import DiskFull
+    from serving_sync.publish import incoming_dirs, publish
+    from serving_sync.transports import ssh_scripts
+    from tests.test_sync_ssh import connect, one_line
+    from tests.test_sync_support import make_model_tree
+
+    if fetcher == "wget":     # the host script picks curl first: hide it from the script
+        monkeypatch.setattr(ssh_scripts, "fetch_script", lambda *a, _f=ssh_scripts.fetch_script: _f(*a).replace(
+            "command -v curl >/dev/null 2>&1", "false", 1))
+    monkeypatch.setattr("serving_sync.transports.ssh.fetch_script", ssh_scripts.fetch_script)
+    mnt = tmpfs("2m")
+    model = make_model_tree(tmp_path / "model", variables_bytes=1_200_000)
+    m = mf.build(model)
+    filler = mnt / "filler"
+
+    def fill_disk() -> None:        # another process eats the space while the host downloads
+        if not filler.exists():
+            filler.write_bytes(b"\0" * 900_000)
+
+    served = _Served(model, before=fill_disk)
+    t = connect(sshd, mnt)
+    try:
+        with pytest.raises(DiskFull) as e:
+            publish(t, "digits", 1, model, m, pull=served.pull(m))
+        msg = one_line(e.value)
+        assert "no space left" in msg and "nothing was published" in msg, msg
+        assert "store_endpoint" not in msg and "s3cr3t" not in msg
+        assert incoming_dirs(t, "digits") == [] and not (mnt / "digits/1").exists()
+        filler.unlink()
+        served.close()
+        served = _Served(model)
+        assert publish(t, "digits", 1, model, m, pull=served.pull(m)).status == "pulled"
+    finally:
         t.close()
         served.close()

@@ -10,6 +10,7 @@ shell, ``tar`` or a hash tool fall back to pipelined SFTP writes and SFTP read-b
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
@@ -50,6 +51,8 @@ logger = log.get("sync.ssh")
 
 SFTP_CHUNK = 256 * 1024
 FIRST_LINE_TIMEOUT = 15.0   # a shell answers the upload script's first line at once
+# The downloader's exit status for "could not write the file" (fetch_script's ``@fetchrc``).
+WRITE_FAILED = ("curl 23", "wget 3")
 
 
 class SshTransport(Transport):
@@ -475,6 +478,8 @@ class SshTransport(Transport):
             raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024,
                               nothing="downloaded")
         stderr = hide_presigned_urls(err.decode(errors="replace"))
+        if rc == 97 and res.flags.get("@fetchrc") in WRITE_FAILED:
+            raise self._download_write_error(res.flags["@fetchfailed"], stderr, doing)
         if rc == 97:
             last = _last_line(stderr.encode())
             hint = ("the URL was refused (403): check the clocks of this machine and the host, and that "
@@ -496,6 +501,20 @@ class SshTransport(Transport):
                             f"(exit {rc}): {_last_line(stderr.encode())}")
         self._verified[dest] = res.listing
         return len(payload)
+
+    def _download_write_error(self, path: str, stderr: str, doing: str) -> UserError:
+        """The host's downloader could not write ``path`` (curl 23, wget 3): a full disk is
+        ``DiskFull`` like a streamed upload's, not a store the host cannot reach."""
+        known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
+        if known is not None:
+            return known
+        free = self.disk_free()
+        if free is not None and free < 64 * 1024:
+            return host_os_error(OSError(errno.ENOSPC, "No space left on device"), where=self.where,
+                                 base=self.base, doing=doing)
+        return UserError(f"{self.where}: the host could not write {path} while {doing} "
+                         f"({_last_line(stderr.encode())}); check free space and the deploy user's write "
+                         f"access under {self.base}; nothing was published")
 
     def _upload_sftp(self, local_dir, dest: str, manifest: Manifest, progress: ProgressFn | None,
                      min_free: int | None) -> int:

@@ -243,7 +243,9 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
     stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines (``store.Pull``). URLs are secrets:
     they reach curl (``-K -``) or wget (``-i -``) through a pipe from the shell's builtin
     ``printf``, never a process's argv. A download that stalls (under 1 KB/s for 30 s) fails.
-    Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead).
+    Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead). A
+    failed download prints ``@fetchrc <curl|wget> <exit code>`` and ``@fetchfailed <path>`` (exit
+    97): curl's 23 and wget's 3 are a failed write on the host (a full disk), not the store.
 
     A channel closed by the deploying machine (an interrupt, a timeout) ends the download: sshd
     signals nothing to a command without a terminal, so while a file downloads a watcher writes
@@ -273,7 +275,7 @@ while IFS="$tab" read -r kind p u; do
        w=$!
        wait "$c"; frc=$?
        kill "$w" 2>/dev/null; wait "$w" 2>/dev/null
-       [ "$frc" -eq 0 ] || {{ echo "@fetchfailed $p"; exit 97; }}
+       [ "$frc" -eq 0 ] || {{ echo "@fetchrc $F $frc"; echo "@fetchfailed $p"; exit 97; }}
        [ -f "$dest/$p" ] || : > "$dest/$p" || exit 96
        echo "@got $p" ;;
     *) echo "@badinput"; exit 98 ;;
@@ -308,7 +310,7 @@ def parse_output(stdout: bytes) -> ScriptOutput:
         elif line.startswith("@") and (line.split(" ", 1)[0] in
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
                                         "@hashfailed", "@end", "@hashing", "@stream", "@filesha", "@nofetch",
-                                        "@fetchfailed", "@got", "@badinput")):
+                                        "@fetchfailed", "@fetchrc", "@got", "@badinput")):
             key, _, value = line.partition(" ")
             flags[key] = value
             current = None
