@@ -430,6 +430,44 @@ def test_a_login_shell_that_prints_at_start_still_runs_the_host_scripts(sshd_fac
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
 
 
+def test_a_login_shell_that_prints_breaks_an_external_sftp_server_and_says_so(sshd_factory, tmp_path):
+    """Found by review (2026-12-05, third stop): with Debian's default ``Subsystem sftp
+    /usr/lib/openssh/sftp-server`` sshd starts the SFTP server through the login shell, so a
+    ``~/.bashrc`` that prints puts its text before the SFTP protocol (as for OpenSSH's own sftp and
+    scp). The lock's first write raised paramiko's ``SFTPError: Garbage packet received`` out of
+    every command ("a bug in mlops"). Now one line that names the startup file and the fix."""
+    import pwd
+
+    from serving_sync.lock import HostLock
+    from tests.lab.sshd import ensure_user
+
+    sftp_server = "/usr/lib/openssh/sftp-server"
+    if not Path(sftp_server).exists():
+        pytest.skip(f"SKIPPED LOUDLY: {sftp_server} is not installed here (Debian package openssh-sftp-server)")
+    user = "mlopssftprc"          # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text("echo hello from bashrc\n")
+        server = sshd_factory(user=user, sftp=sftp_server)
+        base = Path(tempfile.mkdtemp(prefix="mlops-sftprc-")) / "base"
+        base.mkdir()
+        shutil.chown(base, user, user)
+        os.chmod(base.parent, 0o755)
+        t = connect(server, base, user=user)
+        try:
+            with pytest.raises(UserError) as e:
+                with HostLock(t):
+                    pass
+            msg = one_line(e.value)
+            assert "SFTP" in msg and "~/.bashrc" in msg and "interactive" in msg, msg
+            assert list(base.iterdir()) == []
+        finally:
+            t.close()
+            shutil.rmtree(base.parent)
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
 def test_shell_options_a_login_shell_sets_do_not_reach_the_host_scripts(sshd_factory, tmp_path):
     """sshd makes bash read ~/.bashrc before every command: `set -e` there ended a pull from the
     shared store at the `wait` on its killed watcher (exit 143, "no error output"), so every

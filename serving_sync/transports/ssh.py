@@ -168,8 +168,20 @@ class SshTransport(Transport):
             import paramiko
 
             with self._io("opening SFTP"):
-                self._sftp = paramiko.SFTPClient.from_transport(
-                    self._t, window_size=ssh_connect.WINDOW_SIZE, max_packet_size=ssh_connect.MAX_PACKET)
+                try:
+                    self._sftp = paramiko.SFTPClient.from_transport(
+                        self._t, window_size=ssh_connect.WINDOW_SIZE, max_packet_size=ssh_connect.MAX_PACKET)
+                except paramiko.SFTPError as exc:
+                    # An SFTP server started through the login shell (Debian's default
+                    # ``Subsystem sftp /usr/lib/openssh/sftp-server``): what a startup file
+                    # prints comes before the protocol, as for OpenSSH's own sftp and scp.
+                    raise UserError(
+                        f"{self.where}: the SFTP session began with text that is not SFTP "
+                        f"({ssh_connect.reason(exc)}): sshd starts the SFTP server through the deploy "
+                        f"user's login shell, and a startup file (~/.bashrc, ~/.profile) prints; make it "
+                        f"print only in interactive shells (first line of ~/.bashrc: "
+                        f"case $- in *i*) ;; *) return;; esac) or set `Subsystem sftp internal-sftp` "
+                        f"in the host's sshd_config") from None
                 self._sftp.get_channel().settimeout(self.op_timeout)
         return self._sftp
 

@@ -114,10 +114,11 @@ def ensure_user(name: str, *, login_shell: bool = False) -> bool:
 
 def start_sshd(dir: Path, *, user_key: tuple[Path, str], user: str | None = None,
                pin_key_pub: str | None = None, extra_config: tuple[str, ...] = (),
-               timeout: float = 20, wrap: tuple[str, ...] = ()) -> SshdServer:
+               timeout: float = 20, wrap: tuple[str, ...] = (), sftp: str = "internal-sftp") -> SshdServer:
     """Start one sshd in ``dir`` (config, host key, authorized_keys, log); wait for its banner.
     ``wrap``: a command prefix sshd runs under (the fleet benchmark's ``benchmarks/subreaper.py``;
-    ``proc`` is then the wrapper, sshd's own pid is in ``dir/sshd.pid``)."""
+    ``proc`` is then the wrapper, sshd's own pid is in ``dir/sshd.pid``). ``sftp``: the SFTP
+    subsystem (Debian's default ``/usr/lib/openssh/sftp-server`` runs through the login shell)."""
     need_tools()
     dir.mkdir(parents=True, exist_ok=True)
     os.chmod(dir, 0o755)  # a non-root login user must be able to read authorized_keys
@@ -148,7 +149,7 @@ def start_sshd(dir: Path, *, user_key: tuple[Path, str], user: str | None = None
         "MaxSessions 30",
         "MaxStartups 50:30:100",
         "LogLevel VERBOSE",
-        "Subsystem sftp internal-sftp",
+        f"Subsystem sftp {sftp}",
         *extra_config,
         "",
     ]))
