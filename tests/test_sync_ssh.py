@@ -342,6 +342,35 @@ def test_tar_upload_sets_readable_modes_and_no_foreign_owner(sshd, tmp_path):
     assert (pub / "saved_model.pb").stat().st_uid == os.geteuid()
 
 
+@pytest.mark.parametrize("kind", ["file", "sftp-only"])
+def test_published_folders_are_readable_by_another_user_whatever_the_umask(kind, sshd_factory, tmp_path):
+    """Found by review (2026-12-05, third stop): TF Serving may run as another user (the tar upload
+    sets 0644 files and 0755 folders, under ``umask 022``). The file transport and the SFTP upload
+    set 0644 on files but made the folders with the deploying process's umask (a CI runner's 077
+    or 027, ``ForceCommand internal-sftp -u 077``): ``<model>``, the version and ``variables``
+    came out 0700, and a TF Serving running as another user could not load the version."""
+    from serving_sync.transports.local import LocalTransport
+
+    model = make_model_tree(tmp_path / "model")
+    base = tmp_path / "srv"
+    if kind == "file":
+        t = LocalTransport(base)
+    else:
+        t = connect(sshd_factory(extra_config=("ForceCommand internal-sftp -u 077",)), base)
+    old = os.umask(0o077)
+    try:
+        base.mkdir(mode=0o755)
+        os.chmod(base, 0o755)
+        publish(t, MODEL, 1, model, mf.build(model))
+        assert kind == "file" or t._no_shell
+    finally:
+        os.umask(old)
+        t.close()
+    pub = base / MODEL / "1"
+    modes = {str(p.relative_to(base)): p.stat().st_mode & 0o777 for p in [base / MODEL, *[pub, *pub.rglob("*")]]}
+    assert modes == {k: (0o755 if (base / k).is_dir() else 0o644) for k in modes}, modes
+
+
 def test_a_fleet_of_three_hosts_gets_the_same_verified_version(sshd_factory, tmp_path):
     """Three real sshd hosts, one at a time (as the deploy does); each holds its own lock."""
     from serving_sync.lock import HostLock

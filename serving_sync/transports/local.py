@@ -144,12 +144,13 @@ class LocalTransport(Transport):
                 raise DiskFull.at(self.url, min_free, free)
         sent = 0
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.mkdir(mode=0o755)  # a fresh temporary name: must not exist
+            _make_dirs(dest.parent)
+            dest.mkdir()            # a fresh temporary name: must not exist
+            os.chmod(dest, 0o755)
             for d in manifest.dirs:
-                (dest / d).mkdir(mode=0o755, parents=True, exist_ok=True)
+                _make_dirs(dest / d)
             for f in manifest.files:
-                (dest / f.path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                _make_dirs((dest / f.path).parent)
                 sent += copy_with_progress(os.path.join(local_dir, f.path), str(dest / f.path), progress)
         except OSError as exc:
             raise self._err(exc, f"uploading to {dest_rel}") from None
@@ -180,6 +181,21 @@ class LocalTransport(Transport):
             self._p(rel).unlink(missing_ok=True)
         except OSError as exc:
             raise self._err(exc, f"removing {rel}") from None
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose new folders are 0755 whatever the umask (TF Serving may run as another
+    user; ``mkdir``'s mode is masked by the umask, a CI runner's 077 made them 0700)."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    os.chmod(path, 0o755)
 
 
 def _walk(root, of_file) -> tuple[dict, frozenset[str], tuple[str, ...]]:

@@ -212,6 +212,8 @@ class SshTransport(Transport):
             except OSError:
                 if not self._isdir(d):
                     raise
+                continue
+            self.sftp.chmod(d, 0o755)     # mkdir's mode is masked by the SFTP server's umask
 
     def _isdir(self, path: str) -> bool:
         try:
@@ -539,9 +541,11 @@ class SshTransport(Transport):
         with self._io(doing):
             try:
                 self._makedirs(posixpath.dirname(dest))
-                self.sftp.mkdir(dest, 0o755)
-                for d in manifest.dirs:
-                    self.sftp.mkdir(posixpath.join(dest, d), 0o755)
+                # 0755 whatever the SFTP server's umask (``internal-sftp -u 077``): TF Serving may
+                # run as another user (files are chmod 0644 below)
+                for d in [dest, *(posixpath.join(dest, d) for d in manifest.dirs)]:
+                    self.sftp.mkdir(d, 0o755)
+                    self.sftp.chmod(d, 0o755)
                 for entry in manifest.files:
                     remote = posixpath.join(dest, entry.path)
                     with open(os.path.join(local_dir, entry.path), "rb") as fin, \
