@@ -106,3 +106,24 @@ def test_the_store_keeps_what_the_hosts_keep_when_the_old_version_is_not_kept_wa
                            opts, 3)
     assert _on(host_dir) == [3, 4, 5, 6]         # rollback target, serving, previous, newest
     assert _on(store_dir) == _on(host_dir)       # the store removed 5
+
+
+def test_file_host_retention_removes_a_symlinked_version_and_a_stray_upload_file(tmp_path):
+    """Found by review (2026-12-05, third stop): on a file:// host ``shutil.rmtree`` refused a
+    version folder that is a symbolic link ("Cannot call rmtree on a symbolic link") and an
+    ``.incoming-*`` that is a file ("Not a directory"); retention stopped at the first and, on
+    every later deploy, removed no old version at all (ssh hosts remove both: ``rm -rf``, and
+    over SFTP the link, never what it points at)."""
+    from serving_sync import retention
+
+    outside = tmp_path / "precious"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "data.bin").write_bytes(b"x" * 10)
+    t = _host(tmp_path / "srv", (2, 3, 4, 5))
+    (tmp_path / "srv" / M / "1").symlink_to(outside, target_is_directory=True)
+    (tmp_path / "srv" / M / ".incoming-9-stray").write_text("a file, not an upload folder")
+    rp = retention.plan(t, M, serving=5, previous=4, keep=3)
+    assert rp.remove_versions == [1, 2] and rp.remove_uploads == [".incoming-9-stray"]
+    retention.apply(t, rp)
+    assert sorted(p.name for p in (tmp_path / "srv" / M).iterdir()) == ["3", "4", "5"]
+    assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == ["data.bin", "sub"]

@@ -170,7 +170,10 @@ class LocalTransport(Transport):
         if not rel_path(rel):
             raise ValueError("refusing to remove the base directory")
         try:
-            shutil.rmtree(path)
+            if path.is_symlink() or not path.is_dir():
+                path.unlink()       # a link (never what it points at) or a file, as ``rm -rf``
+            else:
+                shutil.rmtree(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
