@@ -91,6 +91,7 @@ class StoreCopies:
 
     def upload(self, store: Store, local_dir, manifest: Manifest) -> dict:
         """Publish the version under the store (verified; 0 bytes when already there)."""
+        from . import cancel
         from .publish import publish
         from .transports.s3 import S3Transport
 
@@ -100,7 +101,8 @@ class StoreCopies:
                 t = S3Transport(store.target.bucket, store.target.path)
                 logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
                             store.url)
-                r = publish(t, self.model, self.version, local_dir, manifest)
+                # an interrupt (SIGTERM from a cancelled CI job) stops it between objects
+                r = publish(t, self.model, self.version, local_dir, manifest, lambda _n: cancel.check())
                 logger.info("%s: v%d %s (%d bytes in %.1fs)", store.url, self.version,
                             r.status.replace("_", " "), r.bytes_transferred, r.seconds)
                 self._done[store.url] = {"store": store.url, "status": r.status,

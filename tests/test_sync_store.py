@@ -522,3 +522,36 @@ def test_a_disk_filling_up_during_a_pull_says_the_disk_is_full(sshd, tmpfs, tmp_
     finally:
         t.close()
         served.close()
+
+
+def test_an_interrupt_stops_the_upload_to_the_shared_store(s3_env, tmp_path):
+    """Found by review (2026-12-05, third stop): the upload to the shared store checked no interrupt
+    (``StoreCopies.upload`` gave ``publish`` no progress callback): SIGTERM (a cancelled CI job)
+    waited for the whole version to reach the store and be verified, while CircleCI's SIGKILL came
+    closer (the lock then stays behind for ``MLOPS_LOCK_TTL``). Now it stops after the PUTs in
+    flight and the partial upload is removed."""
+    import time
+
+    from serving_sync import cancel
+    from serving_sync import manifest as mf
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model", n_assets=400, asset_bytes=200)
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("interrupted-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    started = time.monotonic()
+    assert store.StoreCopies("digits", 1).upload(st, model, m)["status"] == "uploaded"
+    whole = time.monotonic() - started
+    cancel.request("SIGTERM")
+    try:
+        started = time.monotonic()
+        with pytest.raises(cancel.DeployInterrupted):
+            store.StoreCopies("digits", 2).upload(st, model, m)
+        interrupted = time.monotonic() - started
+    finally:
+        cancel.reset()
+    assert interrupted < whole / 3, (interrupted, whole)
+    assert S3Transport(bucket, "fleet").files_under("digits/2") == []       # nothing half-uploaded left
