@@ -30,9 +30,11 @@ The mean is not compared (the verdict says so) when the canary's own sum is know
 ``MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
 
 A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
-window is the counts since the restart, marked ``restarted``. A canary that restarted during its
-bake breaches (its window is not the whole bake, and a crash is the likeliest cause); a baseline
-that restarted is not used.
+window is the counts since the restart, marked ``restarted``. Counts, not ``_sum``: TF Serving
+times a request with the wall clock, so one timed across a clock step back adds a negative
+latency and lowers the sum of a server that never stopped (such a window has no mean). A canary
+that restarted during its bake breaches (its window is not the whole bake, and a crash is the
+likeliest cause); a baseline that restarted is not used.
 
 A request's model name is a label value, and TF Serving escapes only ``\\`` and ``"`` in it: a
 ``POST /v1/models/a%0Ab:predict`` (a 404 from any client) puts a raw newline in the page until
@@ -100,14 +102,21 @@ class Window:
         return None if b is None else (b[0] / 1000.0, b[1] / 1000.0)
 
     @property
+    def _timed(self) -> bool:
+        """Whether the window has a mean: OK requests, and a latency sum that did not go down
+        (TF Serving times requests with the wall clock: one timed across a clock step back adds
+        a negative latency; such a window says nothing of its mean)."""
+        return self.latency_count > 0 and self.latency_sum + self.latency_sum_error >= 0
+
+    @property
     def mean_ms(self) -> float | None:
         """The mean as printed sums say it; ``mean_bounds_ms`` is what it can really be."""
-        return self.latency_sum / self.latency_count / 1000.0 if self.latency_count > 0 else None
+        return self.latency_sum / self.latency_count / 1000.0 if self._timed else None
 
     @property
     def mean_bounds_ms(self) -> tuple[float, float] | None:
         """(lowest, highest) mean the rounded ``_sum`` values allow."""
-        if self.latency_count <= 0:
+        if not self._timed:
             return None
         n = self.latency_count * 1000.0
         return (max(0.0, self.latency_sum - self.latency_sum_error) / n,
@@ -250,9 +259,12 @@ def parse(text: str, model: str) -> Snapshot:
 
 
 def _went_down(before: Snapshot, after: Snapshot) -> bool:
+    """Whether a count went down. Counts only: ``_sum`` goes down without a restart when a
+    request is timed across a wall-clock step back (``Env::NowMicros`` is CLOCK_REALTIME in
+    ``http_server.cc`` / ``prediction_service_impl.cc``: a negative latency)."""
     pairs = [(after.requests.get(k, 0.0), v) for k, v in before.requests.items()]
     pairs += [(after.buckets.get(k, 0.0), v) for k, v in before.buckets.items()]
-    pairs += [(after.latency_sum, before.latency_sum), (after.latency_count, before.latency_count)]
+    pairs += [(after.latency_count, before.latency_count)]
     return any(a < b for a, b in pairs)
 
 

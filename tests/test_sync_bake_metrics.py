@@ -132,6 +132,24 @@ def test_a_baseline_that_restarted_is_not_used_and_says_so():
     assert v.outcome == "breached" and "(restarted, not used)" in v.line
 
 
+def test_a_wall_clock_step_back_during_a_request_is_not_a_restart():
+    """TF Serving times a request with the wall clock (``Env::Default()->NowMicros()``, i.e.
+    CLOCK_REALTIME, in ``http_server.cc`` and ``prediction_service_impl.cc``): NTP stepping the
+    clock back 2 s during one request records -2,000,000 µs, which lowers ``_sum`` while every
+    count grows. That read as a restart: a good canary was rolled back (its version tagged
+    failed, never retried by a watch), an old host left out of the comparison."""
+    s2 = _snap([1000] * 3000)
+    s3 = _snap([1000] * 3300 + [-2_000_000])          # 301 more requests, one timed across the step
+    assert s3.latency_sum < s2.latency_sum
+    w = bake.window(s2, s3)
+    assert not w.restarted and (w.requests, w.errors) == (301, 0)
+    v = bake.judge("web-2", w, _win([1000] * 300), _win([1000] * 600), LIMITS)
+    assert v.passed, v.line
+    assert v.measurements["canary"]["mean_ms"] is None      # a sum that went down says no mean
+    # a real restart is still one: the counts went down
+    assert bake.window(s3, _snap([1000] * 50)).restarted
+
+
 # --- the verdict line says what it used ------------------------------------------------------------
 def test_the_line_marks_unused_baselines_and_prints_the_threshold_applied():
     before = _win([1000], errors=1)                     # 2 requests: too few to use
