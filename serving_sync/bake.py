@@ -175,8 +175,10 @@ class Verdict:
 
 
 # --- parsing -------------------------------------------------------------------------------
-def _value(s) -> float:
-    if not (math.isfinite(s.value) and s.value >= 0):
+def _value(s, *, signed: bool = False) -> float:
+    """A count (finite, not negative); ``signed``: a latency ``_sum``, which TF Serving can print
+    below zero (a request timed across a wall-clock step back adds a negative latency)."""
+    if not (math.isfinite(s.value) and (signed or s.value >= 0)):
         raise UserError(f"{s.name} has the value {s.value}, which no counter can have")
     return float(s.value)
 
@@ -249,7 +251,7 @@ def parse(text: str, model: str) -> Snapshot:
                                 f"which is not a number") from None
             buckets[le] = buckets.get(le, 0.0) + _value(s)
         elif name == REQUEST_LATENCY + "_sum":
-            total += _value(s)
+            total += _value(s, signed=True)
             error += sum_uncertainty(s.value)
         elif name == REQUEST_LATENCY + "_count":
             count += _value(s)

@@ -150,6 +150,30 @@ def test_a_wall_clock_step_back_during_a_request_is_not_a_restart():
     assert bake.window(s3, _snap([1000] * 50)).restarted
 
 
+def test_a_latency_sum_below_zero_is_tf_servings_page_all_the_same():
+    """The same wall clock: a request in flight when the clock was stepped back 30 s soon after
+    TF Serving started (chrony's ``makestep`` at a VM's first sync) leaves ``_sum`` below zero
+    until 30 s of latency more has been added, which at a few ms a request takes weeks. The page
+    was refused ("which no counter can have"): every ``--bake`` deploy whose canary was that host
+    stopped before it began, until TF Serving restarted."""
+    reg = tfs_metrics.serving_registry()
+
+    def serve(n: int, us: float) -> None:
+        for _ in range(n):
+            reg.counter(tfs_metrics.REQUEST_COUNT, ("m", "OK"))
+            reg.sample(tfs_metrics.REQUEST_LATENCY, ("m", "predict", "REST"), us)
+
+    serve(1, -30_000_000)
+    serve(1000, 1000)
+    s2 = bake.parse(reg.page(), "m")
+    assert s2.latency_sum < 0 and s2.latency_count == 1001
+    serve(300, 1000)
+    w = bake.window(s2, bake.parse(reg.page(), "m"))
+    assert not w.restarted and w.requests == 300
+    lo, hi = w.mean_bounds_ms
+    assert lo <= 1.0 <= hi
+
+
 # --- the verdict line says what it used ------------------------------------------------------------
 def test_the_line_marks_unused_baselines_and_prints_the_threshold_applied():
     before = _win([1000], errors=1)                     # 2 requests: too few to use
