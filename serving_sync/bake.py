@@ -47,7 +47,9 @@ with ``prometheus_client.parser``), ``window`` (two snapshots -> counts in betwe
 ``quantile`` (Prometheus' ``histogram_quantile``) and ``judge`` (the verdict and its one line).
 The rule (docs/architecture.md, "Rollout"): fewer than ``min_requests`` requests on the canary
 -> "not enough traffic", which passes or fails as ``on_low_traffic`` says; else the canary
-breaches when its error rate is more than ``max_error_rate`` above the worst baseline's, or its
+breaches when its error rate is more than ``max_error_rate`` above the worst baseline's by more
+than chance explains (``ERROR_RATE_ALPHA``: that many errors at the limit's rate would come in
+fewer than 1 bake of 100), or its
 latency (above) is more than ``max_latency_ratio`` times the worst baseline's (a baseline counts
 only with at least ``min_requests`` requests of its own).
 """
@@ -343,6 +345,36 @@ def quantile_bounds(buckets: tuple[tuple[float, float], ...], q: float) -> tuple
 
 # --- the verdict ---------------------------------------------------------------------------
 RATE_EPSILON = 1e-9      # error rates closer than this to their limit are at it, not above
+# An error rate above its limit breaches only when that many errors would come by chance less
+# than once in a hundred bakes of a version whose true rate is at the limit: with a 0.5% rate on
+# the old hosts, one error in 20 requests (5% > 1%) rolled back 1 in 10 identical versions.
+ERROR_RATE_ALPHA = 0.01
+
+
+def chance_of_at_least(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), for the verdict: exact above the mean (terms summed in log
+    space from k until they stop counting), 1.0 at or below it (the tail is then at least about a
+    half, never rare)."""
+    if k <= 0 or p >= 1:
+        return 1.0
+    if p <= 0 or k > n:
+        return 0.0
+    if k <= n * p:
+        return 1.0
+    log_p, log_q, top = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    total = 0.0
+    for i in range(k, n + 1):
+        term = math.exp(top - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        total += term
+        if term <= total * 1e-12:      # past the mean, terms fall at least geometrically
+            break
+    return min(total, 1.0)
+
+
+def _beyond_chance(errors: int, requests: int, bound: float) -> bool:
+    return chance_of_at_least(errors, requests, bound) < ERROR_RATE_ALPHA
+
+
 def _pct(rate: float, decimals: int = 1) -> str:
     return f"{100 * rate:.{decimals}f}%"
 
@@ -426,7 +458,11 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     err = f"error rate {_pct(canary.error_rate, d)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
     # "more than the limit": 7/100 against 6/100 + 1% is at it, though 0.06 + 0.01 > 0.07 in floats
     if canary.error_rate > bound + RATE_EPSILON:
-        reasons.append(err)
+        if _beyond_chance(int(canary.errors), int(canary.requests), bound):
+            reasons.append(err)
+        else:
+            err += (f", within chance at {canary.requests} requests (at the limit, {canary.errors} or more "
+                    f"errors come in more than 1 bake of {round(1 / ERROR_RATE_ALPHA)})")
     ratio = limits.max_latency_ratio
     mean_reason, mean_note, measurements["mean_compared"] = _judge_mean(canary, baselines, ratio)
     if mean_reason:

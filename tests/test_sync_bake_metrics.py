@@ -213,8 +213,47 @@ def test_an_error_rate_exactly_at_its_limit_passes():
     in floating point rolled it back."""
     v = bake.judge("web-2", _win([1000] * 93, errors=7), _win([1000] * 94, errors=6), None, LIMITS)
     assert v.passed and "error rate 7.0% (7/100) vs 6.0% before; limit 7.0% (6.0% + 1.0%)" in v.line, v.line
-    v = bake.judge("web-2", _win([1000] * 92, errors=8), _win([1000] * 94, errors=6), None, LIMITS)
+    v = bake.judge("web-2", _win([1000] * 80, errors=20), _win([1000] * 94, errors=6), None, LIMITS)
     assert v.outcome == "breached"
+
+
+def test_an_error_rate_above_its_limit_breaches_only_beyond_chance():
+    """Found by review (2026-12-05, third stop): "more than the limit" alone rolled back 1 in 12
+    identical versions at 100 requests with a 0.5% error rate on the old hosts (one error in 20
+    requests is 5% against a 1% limit). Now the errors must also be more than chance gives at the
+    limit's rate (fewer than 1 bake in 100); a version clearly worse still breaches."""
+    import numpy as np
+
+    one_in_20 = bake.judge("web-2", _win([1000] * 19, errors=1), _win([1000] * 100), None, LIMITS)
+    assert one_in_20.passed and "within chance at 20 requests" in one_in_20.line, one_in_20.line
+    three_in_20 = bake.judge("web-2", _win([1000] * 17, errors=3), _win([1000] * 100), None, LIMITS)
+    assert three_in_20.outcome == "breached"
+    eight = bake.judge("web-2", _win([1000] * 92, errors=8), _win([1000] * 94, errors=6), None, LIMITS)
+    assert eight.passed and "within chance at 100 requests" in eight.line, eight.line
+    # the issue's example is far beyond chance
+    assert bake.judge("web-2", _win([1000] * 280, errors=40), _win([1000] * 320), None, LIMITS).outcome == "breached"
+
+    rng = np.random.default_rng(7)
+    for n in (20, 50, 100, 200):           # identical versions, 0.5% errors everywhere
+        breached = sum(bake.judge("web-2", _win([1000] * (n - e), errors=e), _win([1000] * (n - b), errors=b),
+                                  None, LIMITS).outcome == "breached"
+                       for e, b in zip(rng.binomial(n, 0.005, 400), rng.binomial(n, 0.005, 400)))
+        assert breached <= 4, (n, breached)         # at most 1%
+    for n in (100, 320):                   # a version failing 10% of its requests
+        caught = sum(bake.judge("web-2", _win([1000] * (n - e), errors=e), _win([1000] * n), None,
+                                LIMITS).outcome == "breached" for e in rng.binomial(n, 0.10, 200))
+        assert caught >= 190, (n, caught)
+
+
+def test_chance_of_at_least_is_the_binomial_tail():
+    from math import comb
+
+    for k, n, p in ((3, 20, 0.01), (8, 100, 0.07), (40, 320, 0.01), (1, 5, 0.5), (2, 10, 0.3)):
+        exact = sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        got = bake.chance_of_at_least(k, n, p)
+        assert got == pytest.approx(exact, rel=1e-9) or (k <= n * p and got == 1.0), (k, n, p, got, exact)
+    assert bake.chance_of_at_least(1, 5000, 0.0) == 0.0 and bake.chance_of_at_least(0, 10, 0.1) == 1.0
+    assert bake.chance_of_at_least(10_500, 1_000_000, 0.01) < 1e-5           # large counts: quick, exact enough
 
 
 @pytest.mark.parametrize("errors,ok,limits,says", [

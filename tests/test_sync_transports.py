@@ -32,6 +32,19 @@ def test_small_files_read_write_exists_list_remove(hut):
     t.remove_tree("never-existed")                       # absent is fine
 
 
+
+def test_a_small_file_over_the_limit_is_refused_not_cut(hut):
+    """Found by review (2026-12-05, third stop): a file over the 4 MB read limit came back cut at
+    the limit; a models.config cut at an entry's end would have been written back without the
+    rest of the entries."""
+    from mlops_common.errors import UserError
+
+    t: Transport = hut.transport
+    t.write_file_atomic("models.config", b"x" * 1001)
+    with pytest.raises(UserError, match="models.config is larger than .* MB, the most mlops reads"):
+        t.read_file("models.config", max_bytes=1000)
+    assert t.read_file("models.config", max_bytes=1001) == b"x" * 1001
+
 def test_create_exclusive_only_once(hut):
     t = hut.transport
     assert t.create_exclusive(".serving_sync/lock", b"one")

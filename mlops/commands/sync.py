@@ -91,8 +91,8 @@ def _rollout_flags(p) -> None:
                    help="verdict when the canary served fewer than --min-requests (default "
                         "MLOPS_BAKE_ON_LOW_TRAFFIC or pass)")
     p.add_argument("--max-error-rate", type=flags.fraction, metavar="F",
-                   help="breach when the canary's error rate is more than F above the old version's "
-                        "(default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")
+                   help="breach when the canary's error rate is more than F above the old version's, "
+                        "beyond chance (default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")
     p.add_argument("--max-latency-ratio", type=flags.ratio, metavar="R",
                    help="breach when the canary's p95 or p99 is more than R times the old version's "
                         "(default MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")

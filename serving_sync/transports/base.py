@@ -16,6 +16,19 @@ from ..progress import ProgressFn
 MAX_SMALL_FILE = 4 * 1024 * 1024  # read_file is for config, lock and manifest files
 
 
+def whole_small_file(data: bytes, max_bytes: int, url: str, rel: str) -> bytes:
+    """``data`` read as ``max_bytes + 1`` bytes at most: the whole file, or a refusal. A file cut at
+    the limit and parsed anyway (a ``models.config`` cut at an entry's end) would be written back
+    without the rest: other teams' entries lost."""
+    if len(data) > max_bytes:
+        from ..errors import UserError
+
+        raise UserError(f"{url}: {rel} is larger than {max_bytes / (1024 * 1024):g} MB, the most mlops reads of a "
+                        f"config, lock or manifest file; nothing was changed: trim it or split the models "
+                        f"among several TF Serving servers")
+    return data
+
+
 def rel_path(rel: str) -> str:
     """``""`` for the base, else a checked, normalized relative path."""
     return "" if rel in ("", ".") else check_relpath(rel)

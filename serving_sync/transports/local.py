@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DiskFull
 from ..manifest import HostListing, Manifest, sha256_file
 from ..progress import ProgressFn
-from .base import MAX_SMALL_FILE, Transport, rel_path
+from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 from .oserrors import host_os_error
 
 CHUNK = 16 * 1024 * 1024
@@ -73,11 +73,12 @@ class LocalTransport(Transport):
         OS error (a directory where the file belongs, a base that is a file) is one line."""
         try:
             with open(self._p(rel), "rb") as f:
-                return f.read(max_bytes + 1)[:max_bytes]
+                data = f.read(max_bytes + 1)
         except FileNotFoundError:
             raise
         except OSError as exc:
             raise self._err(exc, f"reading {rel}") from None
+        return whole_small_file(data, max_bytes, self.url, rel)
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self._p(rel))

@@ -31,7 +31,7 @@ from mlops_common.settings import mask_url_password
 from ..errors import AuthFailed, HostPermissionDenied, HostUnreachable
 from ..manifest import HostListing, Manifest
 from ..progress import ProgressFn
-from .base import MAX_SMALL_FILE, Transport, rel_path
+from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 
 logger = log.get("sync.s3")
 
@@ -167,7 +167,7 @@ class S3Transport(Transport):
             raise self._error(exc, f"reading {rel}") from None
         except Exception as exc:  # noqa: BLE001 - translated
             raise self._error(exc, f"reading {rel}") from None
-        return obj["Body"].read(max_bytes)
+        return whole_small_file(obj["Body"].read(max_bytes + 1), max_bytes, self.url, rel)
 
     def _head(self, key: str, doing: str) -> dict | None:
         from botocore.exceptions import ClientError

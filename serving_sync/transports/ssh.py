@@ -31,7 +31,7 @@ from ..hosts import Target
 from ..manifest import HostListing, Manifest
 from ..progress import ProgressFn
 from . import ssh_connect
-from .base import MAX_SMALL_FILE, Transport, rel_path
+from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
 from .ssh_scripts import (
     RESTRICTED,
@@ -243,7 +243,8 @@ class SshTransport(Transport):
     def read_file(self, rel: str, max_bytes: int = MAX_SMALL_FILE) -> bytes:
         with self._io(f"reading {rel}"):
             with self.sftp.open(self._p(rel), "rb") as f:
-                return f.read(max_bytes)
+                data = f.read(max_bytes + 1)
+        return whole_small_file(data, max_bytes, self.url, rel)
 
     def exists(self, rel: str) -> bool:
         with self._io(f"checking {rel}"):
