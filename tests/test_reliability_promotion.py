@@ -166,16 +166,14 @@ def test_a_failed_deploys_revert_records_a_killed_promotion_first(make_version, 
     assert doc["agrees"] and doc["open_intents"] == [], doc
 
 
-def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(make_version, monkeypatch):
-    """The put-back of a move whose last commit failed ran after the promotion lock was released:
-    a promotion that got in between (confirming the first move's intent, then moving on) was
-    undone, and the alias no longer matched the ledger."""
+
+def ledger_whose_last_commit_fails_in_thread_a(monkeypatch) -> Ledger:
+    """A ledger whose first commit after thread "A" moved the alias fails (the commit of the ok
+    row that closes the move), once."""
     import threading
 
     import sqlalchemy as sa
 
-    model, v1, v2 = two_promoted_once(make_version)
-    v3 = make_version(validation_status="passed")
     led = Ledger()
     moved, failed_once = threading.Event(), threading.Event()
     point = promotion._point
@@ -188,11 +186,24 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
     monkeypatch.setattr(promotion, "_point", move_alias)
 
     @sa.event.listens_for(led._engine, "commit")
-    def fail_the_last_commit(conn):              # the commit of the ok row, after the alias moved
+    def fail_the_last_commit(conn):
         if threading.current_thread().name == "A" and moved.is_set() and not failed_once.is_set():
             failed_once.set()
             conn.connection.dbapi_connection.execute("ROLLBACK")
             raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    return led
+
+def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(make_version, monkeypatch):
+    """The put-back of a move whose last commit failed ran after the promotion lock was released:
+    a promotion that got in between (confirming the first move's intent, then moving on) was
+    undone, and the alias no longer matched the ledger."""
+    import threading
+
+
+    model, v1, v2 = two_promoted_once(make_version)
+    v3 = make_version(validation_status="passed")
+    led = ledger_whose_last_commit_fails_in_thread_a(monkeypatch)
 
     real = promotion._restore_unless_recorded
 
@@ -218,34 +229,18 @@ def test_a_put_back_after_a_failed_last_commit_does_not_hold_up_other_ledger_wri
     and kept it while MLflow moved the alias back, so other writers waited on MLflow's answer."""
     import threading
 
-    import sqlalchemy as sa
-
     from registry.ledger import Entry
 
     model, v1, v2 = two_promoted_once(make_version)
-    led = Ledger()
-    moved, failed_once, restoring = threading.Event(), threading.Event(), threading.Event()
-    point, restore = promotion._point, promotion._restore
-
-    def move_alias(*args):
-        point(*args)
-        if threading.current_thread().name == "A":
-            moved.set()
+    led = ledger_whose_last_commit_fails_in_thread_a(monkeypatch)
+    restoring, restore = threading.Event(), promotion._restore
 
     def slow_restore(*args):
         restoring.set()
         time.sleep(2.0)
         restore(*args)
 
-    monkeypatch.setattr(promotion, "_point", move_alias)
     monkeypatch.setattr(promotion, "_restore", slow_restore)
-
-    @sa.event.listens_for(led._engine, "commit")
-    def fail_the_last_commit(conn):              # the commit of the ok row, after the alias moved
-        if threading.current_thread().name == "A" and moved.is_set() and not failed_once.is_set():
-            failed_once.set()
-            conn.connection.dbapi_connection.execute("ROLLBACK")
-            raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
 
     failed = []
     a = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, promotion.promote, model, v2,

@@ -39,7 +39,18 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
+def base_of(user: str, prefix: str) -> Path:
+    """A base folder owned by ``user`` in a fresh folder others can enter (not under the test's
+    tmp_path, which only root may enter)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix)) / "base"
+    base.mkdir()
+    shutil.chown(base, user, user)
+    os.chmod(base.parent, 0o755)
+    return base
+
+
 # --- host keys -------------------------------------------------------------------------------
+
 def test_unknown_host_key_is_refused_with_the_command_to_pin_it(sshd, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("")
@@ -438,10 +449,7 @@ def test_a_login_shell_that_prints_at_start_still_runs_the_host_scripts(sshd_fac
         home = Path(pwd.getpwnam(user).pw_dir)
         (home / ".bashrc").write_text(rc)
         server = sshd_factory(user=user)
-        base = Path(tempfile.mkdtemp(prefix="mlops-bashrc-")) / "base"
-        base.mkdir()
-        shutil.chown(base, user, user)
-        os.chmod(base.parent, 0o755)
+        base = base_of(user, "mlops-bashrc-")
         model = make_model_tree(tmp_path / "m")
         os.chmod(tmp_path, 0o755)
         t = connect(server, base, user=user)
@@ -478,10 +486,7 @@ def test_a_login_shell_that_prints_breaks_an_external_sftp_server_and_says_so(ss
     try:
         (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text("echo hello from bashrc\n")
         server = sshd_factory(user=user, sftp=sftp_server)
-        base = Path(tempfile.mkdtemp(prefix="mlops-sftprc-")) / "base"
-        base.mkdir()
-        shutil.chown(base, user, user)
-        os.chmod(base.parent, 0o755)
+        base = base_of(user, "mlops-sftprc-")
         t = connect(server, base, user=user)
         try:
             with pytest.raises(UserError) as e:
@@ -521,10 +526,7 @@ def test_shell_options_a_login_shell_sets_do_not_reach_the_host_scripts(sshd_fac
     try:
         (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text("set -euo pipefail\nset -C\n")
         server = sshd_factory(user=user)
-        base = Path(tempfile.mkdtemp(prefix="mlops-sete-")) / "base"
-        base.mkdir()
-        shutil.chown(base, user, user)
-        os.chmod(base.parent, 0o755)
+        base = base_of(user, "mlops-sete-")
         m = mf.build(model)
         urls = {f.path: f"http://127.0.0.1:{httpd.server_address[1]}/{f.path}" for f in m.files}
         t = connect(server, base, user=user)
@@ -558,10 +560,7 @@ def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_fa
         subprocess.run(["usermod", "--shell", "/bin/rbash", user], check=True, capture_output=True, timeout=30)
         assert pwd.getpwnam(user).pw_shell == "/bin/rbash"
         server = sshd_factory(user=user)
-        base = Path(tempfile.mkdtemp(prefix="mlops-rbash-")) / "base"
-        base.mkdir()
-        shutil.chown(base, user, user)
-        os.chmod(base.parent, 0o755)
+        base = base_of(user, "mlops-rbash-")
         t = connect(server, base, user=user)
         try:
             model = make_model_tree(tmp_path / "m")
