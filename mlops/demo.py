@@ -97,14 +97,14 @@ def one_demo_at_a_time(state: Path):
 
 def start_services(state: Path) -> dict:
     """MLflow and the local model server (reused when already running), and the hosts file."""
-    from mlops.local_services import _refuse_taken_ports, read_record, start_mlflow, start_model_server, write_whole
+    from mlops.local_services import read_record, refuse_taken_ports, start_mlflow, start_model_server, write_whole
 
     hosts = state / "hosts.toml"
     check_hosts_file(hosts)
     rest_port, grpc_port = _ports()
     # the model server's ports before MLflow starts: one another program holds stopped the demo after
     # MLflow had started, and left it running
-    _refuse_taken_ports(read_record(state, "model-server"),
+    refuse_taken_ports(read_record(state, "model-server"),
                         {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"})
     mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port())
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default

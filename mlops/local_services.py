@@ -340,7 +340,7 @@ def stop_service(state: Path, name: str) -> bool:
     return False if rec is None else forget(state, rec)
 
 
-def _refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
+def refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
     """One line for a port another program holds. With ``rec`` (a service of ours that runs):
     only ports it does not hold itself, checked before it is stopped — `mlops up --port P2`
     stopped a healthy server on P1, then refused because P2 was taken."""
@@ -389,10 +389,10 @@ def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, arti
             return rec
         except ConnectionFailure:
             pass
-    _refuse_taken_ports(rec, {port: "MLOPS_MLFLOW_PORT (or --port)"})   # before the running one stops
+    refuse_taken_ports(rec, {port: "MLOPS_MLFLOW_PORT (or --port)"})   # before the running one stops
     if rec is not None:     # not answering, half gone, or on another port than asked: start again
         forget(state, rec)
-    _refuse_taken_ports(None, {port: "MLOPS_MLFLOW_PORT (or --port)"})
+    refuse_taken_ports(None, {port: "MLOPS_MLFLOW_PORT (or --port)"})
     from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
 
     backend = prepare_backend_store(backend_store_uri or f"sqlite:///{state / 'mlflow.db'}", env=env)
@@ -451,7 +451,7 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
         except ConnectionFailure:
             pass
     wanted = {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"}
-    _refuse_taken_ports(rec, wanted)        # before the running one stops
+    refuse_taken_ports(rec, wanted)        # before the running one stops
     if rec is not None:     # not answering, half gone, or on other ports than asked: start again
         forget(state, rec)
     config = base / "models.config"
@@ -463,7 +463,7 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
     except OSError as exc:
         raise ConfigError(f"cannot write {config} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
                           f"you can write") from None
-    _refuse_taken_ports(None, wanted)
+    refuse_taken_ports(None, wanted)
     url = f"http://127.0.0.1:{rest_port}"
     monitoring = state / f"{name}.monitoring.config"
     monitoring.write_text(MONITORING_CONFIG)
