@@ -260,7 +260,9 @@ CASES = {
         lambda w: (["data", "make-batch", "--kind", "good", "--out", a_file(w) + "/batch.npz"], {}),
         ["--out", "cannot write there"]),
     "--learning-rate inf (train)": (lambda w: (["train", "--learning-rate", "inf", "--epochs", "1"], {}),
-                                    ["--learning-rate must be a positive number"]),
+                                    ["argument --learning-rate: 'inf' is not a finite number"]),
+    "--learning-rate -0.1 (train)": (lambda w: (["train", "--learning-rate", "-0.1", "--epochs", "1"], {}),
+                                     ["--learning-rate must be a positive number"]),
     # --- where reports go: refused before the gate records its verdict --------------------------------
     "--junit that is a directory (gate)": (
         lambda w: (["registry", "gate", "--version", str(w.v2), "--junit", a_directory(w)], {}),
