@@ -166,7 +166,6 @@ def test_a_failed_deploys_revert_records_a_killed_promotion_first(make_version, 
     assert doc["agrees"] and doc["open_intents"] == [], doc
 
 
-
 def ledger_whose_last_commit_fails_in_thread_a(monkeypatch) -> Ledger:
     """A ledger whose first commit after thread "A" moved the alias fails (the commit of the ok
     row that closes the move), once."""
@@ -194,17 +193,28 @@ def ledger_whose_last_commit_fails_in_thread_a(monkeypatch) -> Ledger:
 
     return led
 
+
+def promotion_failing_in_thread_a(model: str, version: int, led: Ledger):
+    """Promote ``version`` in a started thread named "A" (the one whose last commit fails); the
+    thread and a list that gets the raised exception's info."""
+    import threading
+
+    failed: list = []
+    a = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, promotion.promote, model, version,
+                                                                    actor="alice", ledger=led)), name="A")
+    a.start()
+    return a, failed
+
+
 def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(make_version, monkeypatch):
     """The put-back of a move whose last commit failed ran after the promotion lock was released:
     a promotion that got in between (confirming the first move's intent, then moving on) was
     undone, and the alias no longer matched the ledger."""
     import threading
 
-
     model, v1, v2 = two_promoted_once(make_version)
     v3 = make_version(validation_status="passed")
     led = ledger_whose_last_commit_fails_in_thread_a(monkeypatch)
-
     real = promotion._restore_unless_recorded
 
     def another_promotion_first(*args):
@@ -214,14 +224,10 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
         real(*args)
 
     monkeypatch.setattr(promotion, "_restore_unless_recorded", another_promotion_first)
-    failed = []
-    a = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, promotion.promote, model, v2,
-                                                                    actor="alice", ledger=led)), name="A")
-    a.start()
+    a, failed = promotion_failing_in_thread_a(model, v2, led)
     a.join(timeout=120)
     assert failed and versions.production_version(model) == v3
     assert status(model)["agrees"]
-
 
 
 def test_a_put_back_after_a_failed_last_commit_does_not_hold_up_other_ledger_writers(make_version, monkeypatch):
@@ -241,11 +247,7 @@ def test_a_put_back_after_a_failed_last_commit_does_not_hold_up_other_ledger_wri
         restore(*args)
 
     monkeypatch.setattr(promotion, "_restore", slow_restore)
-
-    failed = []
-    a = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, promotion.promote, model, v2,
-                                                                    actor="alice", ledger=led)), name="A")
-    a.start()
+    a, failed = promotion_failing_in_thread_a(model, v2, led)
     assert restoring.wait(60)
     t0 = time.monotonic()
     Ledger().append(Entry(action="deploy", model="another-model", outcome="ok", to_version=7, host="web-1"))

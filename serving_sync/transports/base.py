@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import os
 
+from ..errors import UserError
 from ..manifest import HostListing, Manifest, build, compare
 from ..names import check_relpath
 from ..progress import ProgressFn
@@ -21,8 +22,6 @@ def whole_small_file(data: bytes, max_bytes: int, url: str, rel: str) -> bytes:
     the limit and parsed anyway (a ``models.config`` cut at an entry's end) would be written back
     without the rest: other teams' entries lost."""
     if len(data) > max_bytes:
-        from ..errors import UserError
-
         raise UserError(f"{url}: {rel} is larger than {max_bytes / (1024 * 1024):g} MB, the most mlops reads of a "
                         f"config, lock or manifest file; nothing was changed: trim it or split the models "
                         f"among several TF Serving servers")
