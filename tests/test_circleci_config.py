@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO
-from tests.lab.circleci import LocalCircleCI, Unsupported, evaluate_when, load_config, substitute
+from tests.lab.circleci import LocalCircleCI, Unsupported, env_value, evaluate_when, load_config, substitute
 
 CONFIG_PATH = REPO / ".circleci" / "config.yml"
 # The only facts a job may hand to later jobs through the workspace.
@@ -395,7 +395,8 @@ def test_harness_refuses_what_it_does_not_implement(tmp_path):
         substitute("<< pipeline.nope >>", {})
 
 
-def _run_step(tmp_path, job: str, step_name: str, parameters: dict, env: dict | None = None) -> list[str]:
+def _run_step(tmp_path, job: str, step_name: str, parameters: dict, env: dict | None = None, *,
+              writes_version: bool = True) -> list[str]:
     """Run one ``run`` step of ``job`` (pipeline values substituted) with a stand-in ``mlops`` that
     records its arguments and answers like ``mlops train --json``; returns those arguments."""
     import json
@@ -412,11 +413,12 @@ def _run_step(tmp_path, job: str, step_name: str, parameters: dict, env: dict | 
                     "json.dump(sys.argv[1:], open('args.json', 'w'))\nprint(json.dumps({'version': 7}))\n")
     fake.chmod(0o755)
     (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
-    step_env = {**os.environ, **(env or {}), **{k: str(v) for k, v in (spec.get("environment") or {}).items()}}
+    step_env = {**os.environ, **(env or {}), **{k: env_value(v) for k, v in (spec.get("environment") or {}).items()}}
     p = subprocess.run(["bash", "-eo", "pipefail", "-c", spec["command"]], cwd=work, env=step_env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert (work / "workspace" / "version").read_text().strip() == "7"
+    if writes_version:
+        assert (work / "workspace" / "version").read_text().strip() == "7"
     return json.loads((work / "args.json").read_text())
 
 
@@ -434,6 +436,24 @@ def test_retrain_keeps_the_production_data_set_unless_the_pipeline_names_one(tmp
     assert args[args.index("--dataset") + 1] == "fashion_mnist"
     args = _run_step(tmp_path / "d", "train", "Train and register", {"dataset": "digits"})
     assert args[args.index("--dataset") + 1] == "digits"
+
+
+def test_an_empty_pipeline_parameter_means_its_documented_default_on_circleci(tmp_path):
+    """CircleCI hands an empty pipeline value set in a step's ``environment`` to the job as the text
+    ``<nil>`` (its "Project values and variables" page). A scheduled retrain (no ``incoming``)
+    retrained on ``--incoming '<nil>'`` instead of MLOPS_INCOMING, and a rollback with the default
+    ``rollback-to`` ran ``--to '<nil>'`` instead of going back to the previous production."""
+    assert env_value("") == "<nil>" and env_value("s3://b/x") == "s3://b/x"
+    step = "Retrain on the incoming batches and register"
+    args = _run_step(tmp_path / "a", "retrain", step, {"run-retrain": True}, env={"MLOPS_INCOMING": "s3://b/ctx"})
+    assert args[:3] == ["retrain", "--incoming", "s3://b/ctx"], args
+    rollback = "Move production back"
+    args = _run_step(tmp_path / "b", "rollback-and-deploy", rollback, {"run-rollback": True}, writes_version=False)
+    assert args[:2] == ["registry", "rollback"] and "--to" not in args and "<nil>" not in args, args
+    assert args[args.index("--reason") + 1] == "rollback requested through the CircleCI API"
+    args = _run_step(tmp_path / "c", "rollback-and-deploy", rollback,
+                     {"run-rollback": True, "rollback-to": "4", "rollback-reason": ""}, writes_version=False)
+    assert args == ["registry", "rollback", "--to", "4"], args
 
 
 def test_the_dependency_cache_is_never_shared_between_executor_kinds(tmp_path, config):

@@ -12,7 +12,8 @@ on anything else, so the config cannot silently drift away from what the tests e
   recorded as passed without running (the ``test`` job runs this very suite: ``bash .ci/run``),
 - executors (their ``environment``; images are not pulled), reusable ``commands`` (string
   parameters: ``<< parameters.x >>``), and the steps ``checkout``, ``run`` (bash ``-eo pipefail``, ``when``,
-  ``environment``, ``$BASH_ENV``), ``restore_cache``/``save_cache`` (no-ops: the venv is shared),
+  ``environment``, ``$BASH_ENV``; an empty ``environment`` value reaches the job as ``<nil>``, as on
+  CircleCI: ``env_value``), ``restore_cache``/``save_cache`` (no-ops: the venv is shared),
   ``persist_to_workspace``/``attach_workspace`` (a folder), ``store_artifacts``,
   ``store_test_results`` (copied), ``add_ssh_keys`` (installs the test's deploy key in ``~/.ssh``).
 
@@ -144,6 +145,14 @@ def substitute(obj, values: dict):
 
         return _VALUE.sub(repl, obj)
     return obj
+
+
+def env_value(value) -> str:
+    """An ``environment`` value as CircleCI hands it to the job. An empty one (an empty string
+    pipeline parameter substituted into it, an absent pipeline value) arrives as the text ``<nil>``,
+    not as an empty string: CircleCI's "Project values and variables" page says so, and tells to set
+    the variable in a shell command for an empty string."""
+    return "<nil>" if value is None or value == "" else str(value)
 
 
 def evaluate_when(cond) -> bool:
@@ -305,8 +314,8 @@ class LocalCircleCI:
             ex = self.config.get("executors", {}).get(executor)
             if ex is None:
                 raise Unsupported(f"undefined executor '{executor}'")
-            env.update({k: str(v) for k, v in (ex.get("environment") or {}).items()})
-        env.update({k: str(v) for k, v in (job.get("environment") or {}).items()})
+            env.update({k: env_value(v) for k, v in (ex.get("environment") or {}).items()})
+        env.update({k: env_value(v) for k, v in (job.get("environment") or {}).items()})
         # Executors' paths refer to CircleCI's machine; map its home to the job's.
         for k, v in list(env.items()):
             env[k] = v.replace("/home/circleci/project", str(project)).replace("/home/circleci", str(home))
@@ -365,7 +374,7 @@ class LocalCircleCI:
                 if (when == "on_success" and failed) or (when == "on_fail" and not failed):
                     result.steps.append(StepResult(spec.get("name", "run"), 0, "", skipped=True))
                     continue
-                step_env = {**env, **{k: str(v) for k, v in (spec.get("environment") or {}).items()}}
+                step_env = {**env, **{k: env_value(v) for k, v in (spec.get("environment") or {}).items()}}
                 sr = self._bash(spec.get("name", spec["command"].splitlines()[0]), spec["command"],
                                 step_env, project)
             elif failed:
