@@ -11,7 +11,7 @@ its own version table, so the ledger may share a PostgreSQL database with MLflow
 PostgreSQL are supported.
 
 ``Ledger.serialized(model)`` is the promotion lock, held across commits (a lock file beside a
-SQLite database; a session-level ``pg_advisory_lock`` per model on PostgreSQL), around "read
+SQLite database; a session-level advisory lock per model on PostgreSQL, ``pg_try_advisory_lock`` polled), around "read
 current production -> commit an intent row -> move alias -> append the outcome row", so racing
 promotions never lose a row and the alias always ends where the ledger says. Both kinds of lock
 die with the process that holds them, so a SIGKILLed promotion blocks no one.
