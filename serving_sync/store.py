@@ -167,7 +167,8 @@ def _signer(store: Store):
 
 def _bucket_region(bucket: str) -> str | None:
     """The AWS region of ``bucket`` (``x-amz-bucket-region`` of a HEAD, answered even when the
-    request went to another region); None: boto3's own (``AWS_REGION`` / ``AWS_DEFAULT_REGION``)."""
+    request went to another region); None: boto3's own (``AWS_DEFAULT_REGION`` or the profile's;
+    boto3 does not read ``AWS_REGION``)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     from mlops_common import s3
