@@ -44,8 +44,10 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
     url = f"{api_base()}{path}"
 
     def call():
+        # never redirected: requests drops only ``Authorization`` on a redirect to another host,
+        # so the Circle-Token header went along to wherever a Location pointed
         r = requests.get(url, headers={"Circle-Token": token, "Accept": "application/json"},
-                         params=params, timeout=15)
+                         params=params, timeout=15, allow_redirects=False)
         if r.status_code >= 500 or r.status_code == 429:
             raise _ServerError(f"HTTP {r.status_code}")
         return r
@@ -66,6 +68,10 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
         # Only the type: the message of e.g. InvalidHeader quotes the header value (the token).
         raise ConnectionFailure(f"the request to the CircleCI API at {shown_base()} failed "
                                 f"({type(exc).__name__}); check CIRCLE_TOKEN and CIRCLECI_API_URL") from None
+    if r.is_redirect:
+        raise ConfigError(f"the CircleCI API at {shown_base()} answered HTTP {r.status_code} (a redirect) on {path}; "
+                          f"CIRCLE_TOKEN is sent nowhere else: set CIRCLECI_API_URL to the API's own address "
+                          f"(https://circleci.com, or your CircleCI server's)")
     if r.status_code in (401, 403):
         raise ConfigError(f"the CircleCI API rejected CIRCLE_TOKEN (HTTP {r.status_code}) on {path}; "
                           f"set CIRCLE_TOKEN to a valid personal API token in the CircleCI context")
