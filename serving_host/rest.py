@@ -14,6 +14,7 @@ unknown model is answered 404 and discarded, never held in memory.
 """
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -53,6 +54,8 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 1024
 MAX_HEAD_BYTES = 65536 + 100 * 8192  # request line + headers, as http.server's own limits
 KEEPALIVE_WAIT = 0.002  # seconds a worker with nothing queued waits for a keep-alive's next request
+ACCEPT_PAUSE = 0.1  # seconds the listening socket is not watched after an accept failure with nothing to evict
+ACCEPT_LOG_INTERVAL = 60.0  # seconds between two "accept failed" lines
 LINGER_SECONDS = 2.0  # after answering without reading a body, discard what the client still sends
 
 
@@ -565,6 +568,8 @@ class RestServer:
         self._queue_lock = threading.Lock()
         self._queued = 0  # connections handed to the pool that no worker has taken yet
         self._stopped = threading.Event()
+        self._accept_resumes = None  # monotonic time the paused listening socket is watched again
+        self._accept_logged_at, self._accept_unlogged = float("-inf"), 0
 
     # -- worker side --------------------------------------------------------------------------
     def _work(self, conn: _Connection) -> None:
@@ -627,6 +632,9 @@ class RestServer:
                             self._queued += 1
                         self._pool.submit(self._work, conn)
                 now = time.monotonic()
+                if self._accept_resumes is not None and now >= self._accept_resumes:
+                    self._accept_resumes = None
+                    sel.register(self.socket, selectors.EVENT_READ, "accept")
                 for conn in [c for c, deadline in idle.items() if deadline <= now]:
                     sel.unregister(conn.sock)
                     del idle[conn]
@@ -645,16 +653,22 @@ class RestServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. out of file descriptors: keep serving who is connected
-                log.warning("REST accept failed: %s", exc)
+                # The listening socket stays readable: accepting again at once spun a core and
+                # logged a line per try (25,000 a second). Out of descriptors, the longest-parked
+                # connection makes room, as at max_connections; with none to evict (or another
+                # error), the socket is not watched for ACCEPT_PAUSE. One line a minute at most.
+                self._accept_failed(exc)
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and idle:
+                    self._evict_oldest(sel, idle)
+                    continue
+                sel.unregister(self.socket)
+                self._accept_resumes = time.monotonic() + ACCEPT_PAUSE
                 return
             if len(idle) + busy >= self.max_connections:
                 if not idle:
                     sock.close()
                     continue
-                oldest = next(iter(idle))  # evict the longest-parked connection
-                sel.unregister(oldest.sock)
-                del idle[oldest]
-                oldest.close()
+                self._evict_oldest(sel, idle)
             try:
                 conn = _Connection(sock, address, self)
             except OSError:
@@ -662,6 +676,22 @@ class RestServer:
                 continue
             sel.register(sock, selectors.EVENT_READ, conn)
             idle[conn] = time.monotonic() + self.socket_timeout
+
+    @staticmethod
+    def _evict_oldest(sel, idle: dict) -> None:
+        oldest = next(iter(idle))  # the longest-parked connection
+        sel.unregister(oldest.sock)
+        del idle[oldest]
+        oldest.close()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._accept_logged_at < ACCEPT_LOG_INTERVAL:
+            self._accept_unlogged += 1
+            return
+        unlogged, self._accept_unlogged, self._accept_logged_at = self._accept_unlogged, 0, now
+        log.warning("REST accept failed: %s%s", exc,
+                    f" ({unlogged} more failures since the last such line)" if unlogged else "")
 
     def shutdown(self) -> None:
         self._stop.set()

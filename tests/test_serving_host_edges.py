@@ -262,6 +262,50 @@ def test_stalled_connections_hold_no_worker_and_are_closed_after_the_timeout(ser
     _still_serves(server)
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime + stime
+
+
+def test_out_of_file_descriptors_the_server_neither_spins_nor_floods_its_log(server):
+    """Found by the security review (2026-12-05, fourth stop): with its file descriptors used up by
+    idle connections (``max_connections``, 1024, is also the usual soft RLIMIT_NOFILE), ``accept``
+    failed with EMFILE and the selector, still seeing the listening socket readable, called it again
+    at once: one warning per failure (some 25,000 lines a second into the log) and a core at 100%
+    for as long as the connections stayed (a client re-opening them every socket timeout: for good),
+    and a new client waited for an idle one to time out. Now the longest-parked idle connection makes
+    room, as at ``max_connections``: no spin, at most a line a minute, new clients served at once."""
+    import resource
+
+    pid = server.proc.pid
+    addr = ("127.0.0.1", server.rest_port)
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    log_before = len(server.log())
+    held = []
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 30, hard))
+    try:
+        for _ in range(60):                   # 30 more than it has descriptors for
+            held.append(socket.create_connection(addr, timeout=10))
+        time.sleep(0.3)
+        cpu = _cpu_seconds(pid)
+        time.sleep(1.2)                       # within the socket timeout: the idle ones still open
+        spent = _cpu_seconds(pid) - cpu
+        t = time.monotonic()
+        _still_serves(server)
+        waited = time.monotonic() - t
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for s in held:
+            s.close()
+    lines = server.log()[log_before:].splitlines()
+    assert spent < 0.4, f"{spent:.2f} s of CPU in 1.2 s with every descriptor in use"
+    assert len(lines) <= 2, (len(lines), lines[:3])
+    assert waited < 1.0, f"a new client waited {waited:.2f} s"
+    _still_serves(server)
+
+
 def test_a_stalled_body_is_cut_after_the_timeout(server):
     head = b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
     t0 = time.monotonic()
