@@ -1,4 +1,4 @@
-"""Security review of 2026-12-05, fourth stop: each test fails on the code before its fix."""
+"""The CircleCI API token (`Circle-Token`) goes to the configured address only, never along a redirect."""
 from __future__ import annotations
 
 import threading
