@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from mlops_common import log
-from mlops_common.errors import UserError
+from mlops_common.errors import UserError, one_line
 
 # Order is the order shown in --help.
 COMMAND_MODULES = ("services", "data", "train", "registry", "sync", "demo")
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         self.set_defaults(_usage_prog=self.prog)    # the innermost command parsed sets it last
 
     def error(self, message: str):
-        self.exit(2, f"error: {message} (usage: `{self.prog} --help`)\n")
+        self.exit(2, f"error: {one_line(message)} (usage: `{self.prog} --help`)\n")
 
     def parse_args(self, args=None, namespace=None):
         """An unknown flag is found by the top parser, after the command's own parsed: point at
@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
             prog = getattr(parsed, "_usage_prog", self.prog)
-            self.exit(2, f"error: unrecognized arguments: {' '.join(extra)} (usage: `{prog} --help`)\n")
+            self.exit(2, f"error: {one_line('unrecognized arguments: ' + ' '.join(extra))} (usage: `{prog} --help`)\n")
         return parsed
 
 

@@ -1,6 +1,18 @@
 """Errors a user can cause, reported as one actionable line (tracebacks are for bugs)."""
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: whitespace runs become one space, and any other control
+    character is shown as ``\\xNN``. Messages carry what hosts, servers and users sent (a host's
+    stderr, TF Serving's error text, a file name); a terminal escape in them must not repaint
+    the terminal or a CI log that shows the line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(str(text).split()))
+
 
 class UserError(Exception):
     """Something the person running the command can fix.
@@ -13,7 +25,7 @@ class UserError(Exception):
 
     def __init__(self, message: str, *, exit_code: int | None = None):
         # Keep it to one line: the CLI contract is "one clear line".
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
         if exit_code is not None:
             self.exit_code = exit_code
 

@@ -85,3 +85,25 @@ def test_no_command_help_names_a_flag_the_command_does_not_take():
             checked += 1
             assert flag in taken, f"`mlops {prog} --help` names {flag}, which it does not take"
     assert checked > 10
+
+
+def test_an_error_line_shows_control_characters_instead_of_sending_them_to_the_terminal(tmp_path):
+    """Error lines quote what hosts, servers and users sent (a host's stderr, TF Serving's error
+    text, a file name, an argument). ESC sequences in them reached the terminal or the CI log
+    as they were (found by the security review, 2026-12-05, fourth stop): now every control
+    character is shown as ``\\xNN``, through a refusal and through a usage error alike."""
+    import subprocess
+    import sys
+
+    from mlops_common.errors import UserError
+    from tests.helpers import REPO
+
+    assert UserError("host said:\x1b[2J\x1b]0;pwned\x07 done\r\n\x9b").message == \
+        "host said:\\x1b[2J\\x1b]0;pwned\\x07 done \\x9b"
+    hosts = tmp_path / "no\x1b[2Jsuch.toml"
+    for argv in (["sync", "plan", "--hosts", str(hosts)], ["registry", "promote", "--model", "m\x1b[31mred"]):
+        r = subprocess.run([sys.executable, "-m", "mlops", *argv], capture_output=True, text=True, cwd=REPO,
+                           timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert "\x1b" not in r.stderr and "\\x1b[" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
