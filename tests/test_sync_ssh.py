@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_common.errors import UserError
+from mlops_common.errors import ConfigError, UserError
 from serving_sync import manifest as mf
 from serving_sync import retention
 from serving_sync.errors import AuthFailed, DiskFull, HostKeyRejected, HostPermissionDenied, HostUnreachable
@@ -105,6 +105,21 @@ def test_wrong_key_is_refused_with_a_clear_line(sshd, tmp_path):
 def test_missing_identity_file_is_a_config_error(sshd, tmp_path):
     with pytest.raises(UserError, match="identity_file .* does not exist"):
         connect(sshd, tmp_path / "b", identity_file=tmp_path / "missing_key")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_an_identity_file_others_may_read_is_refused_as_ssh_refuses_it(sshd, tmp_path, mode):
+    """OpenSSH will not use a private key that group or others may read; we used it (found by the
+    security review, 2026-12-05, fourth stop). Now one line says to chmod 600, and the same key
+    at 0600 logs in."""
+    key = tmp_path / "deploy_key"
+    shutil.copy(sshd.identity_file, key)
+    key.chmod(mode)
+    with pytest.raises(ConfigError) as e:
+        connect(sshd, tmp_path / "b", identity_file=key)
+    assert f"chmod 600 {key}" in one_line(e.value) and f"{mode:04o}" in one_line(e.value)
+    key.chmod(0o600)
+    connect(sshd, tmp_path / "b", identity_file=key).close()
 
 
 def test_no_key_at_all_says_how_to_provide_one(sshd, tmp_path, monkeypatch):

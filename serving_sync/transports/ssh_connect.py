@@ -172,6 +172,7 @@ def candidate_keys(identity_file: Path | None, where: str):
         if not path.is_file():
             raise ConfigError(f"{where}: identity_file {path} does not exist; fix the path in the hosts "
                               f"file or remove it to use the SSH agent")
+        _refuse_open_key(path, where)
         try:
             key = _load_key(path)
         except paramiko.PasswordRequiredException:
@@ -202,6 +203,16 @@ def candidate_keys(identity_file: Path | None, where: str):
                 except (paramiko.SSHException, ValueError, OSError):
                     continue   # encrypted or unreadable default key: skip it, like ssh in batch mode
                 yield str(p), key
+
+
+def _refuse_open_key(path: Path, where: str) -> None:
+    """OpenSSH refuses a private key of ours that group or others may read ("UNPROTECTED
+    PRIVATE KEY FILE", sshkey_perm_ok): such a key is refused here too, so a key that works
+    for us works for ``ssh`` and the other way round."""
+    st = path.stat()
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        raise ConfigError(f"{where}: identity_file {path} may be read by others (mode {st.st_mode & 0o777:04o}); "
+                          f"ssh refuses such a key too: chmod 600 {path}")
 
 
 def _load_key(path: Path):
