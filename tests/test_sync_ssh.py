@@ -92,6 +92,20 @@ def test_hashed_known_hosts_entries_are_honoured(sshd, tmp_path):
     connect(sshd, tmp_path / "b", known_hosts=known).close()
 
 
+@pytest.mark.parametrize("algorithms", [("Ciphers aes128-cbc,aes256-cbc,3des-cbc",),
+                                        ("Ciphers aes128-ctr", "MACs hmac-md5,hmac-md5-etm@openssh.com")])
+def test_a_server_offering_only_what_openssh_no_longer_uses_is_refused_in_one_line(sshd_factory, tmp_path,
+                                                                                     algorithms):
+    """paramiko still offers CBC ciphers and MD5 MACs, which OpenSSH's client dropped; a server
+    offering only those was used (found by the security review, 2026-12-05, fourth stop). Now the
+    handshake is refused in one line that says what to enable."""
+    weak = sshd_factory(extra_config=algorithms)
+    with pytest.raises(HostUnreachable) as e:
+        connect(weak, tmp_path / "b")
+    msg = one_line(e.value)
+    assert "SSH handshake failed" in msg and "enable modern ones in its sshd_config" in msg, msg
+
+
 # --- authentication ----------------------------------------------------------------------------
 def test_wrong_key_is_refused_with_a_clear_line(sshd, tmp_path):
     other = tmp_path / "other_key"

@@ -57,9 +57,10 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
         t.handshake_timeout = timeout
         t.auth_timeout = timeout
         opts = t.get_security_options()
-        supported = list(opts.ciphers)
+        supported = [c for c in opts.ciphers if not c.endswith("-cbc")]     # OpenSSH's client: no CBC
         opts.ciphers = tuple([c for c in PREFERRED_CIPHERS if c in supported]
                              + [c for c in supported if c not in PREFERRED_CIPHERS])
+        opts.digests = tuple(m for m in opts.digests if not m.startswith("hmac-md5"))   # nor MD5
         pinned_types = kh.known_key_types(keys, target.host, target.port)
         if pinned_types:  # ask for the key type we can check, as OpenSSH does
             kt = list(opts.key_types)
@@ -67,6 +68,10 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
             opts.key_types = tuple(first + [k for k in kt if k not in first])
         try:
             t.start_client(timeout=timeout)
+        except paramiko.IncompatiblePeer as exc:
+            raise HostUnreachable(f"{where}: SSH handshake failed ({reason(exc)}): the server offers only "
+                                  f"algorithms OpenSSH's own client no longer uses (CBC ciphers, MD5 MACs, "
+                                  f"SHA-1 key exchange); enable modern ones in its sshd_config") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HostUnreachable(f"{where}: SSH handshake failed ({reason(exc)}); check that an SSH "
                                   f"server listens there and the network path") from None
