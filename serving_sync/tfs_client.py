@@ -92,10 +92,11 @@ def iter_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> I
 
 def _http_for(url: str):
     """A urllib3 pool manager and headers for ``url``, set up once the way ``requests`` would set up
-    each request from the environment: HTTP(S)_PROXY and NO_PROXY, REQUESTS_CA_BUNDLE or
-    CURL_CA_BUNDLE (else certifi's bundle), and basic auth from ``user:password@`` in the URL or
-    from ``~/.netrc``. ``requests`` resolves all of that again on every request — about 1 ms of
-    CPU each — and a fleet deploy makes some 35 requests per host from one process."""
+    each request from the environment: HTTP(S)_PROXY and NO_PROXY (with the proxy's own
+    ``user:password@`` as ``Proxy-Authorization``), REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else
+    certifi's bundle), and basic auth from ``user:password@`` in the URL or from ``~/.netrc``.
+    ``requests`` resolves all of that again on every request — about 1 ms of CPU each — and a
+    fleet deploy makes some 35 requests per host from one process."""
     import os
 
     import requests.utils as ru
@@ -110,7 +111,12 @@ def _http_for(url: str):
     ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ru.DEFAULT_CA_BUNDLE_PATH
     kw = {"num_pools": 2, "maxsize": 4, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca, "retries": False}
     proxy = ru.select_proxy(url, ru.get_environ_proxies(url))
-    return (urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)), headers
+    if not proxy:
+        return urllib3.PoolManager(**kw), headers
+    proxy_user, proxy_password = ru.get_auth_from_url(proxy)    # urllib3 does not read them from the URL
+    if proxy_user or proxy_password:
+        kw["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=f"{proxy_user}:{proxy_password}")
+    return urllib3.ProxyManager(proxy, **kw), headers
 
 
 class TFServingClient:

@@ -322,3 +322,43 @@ def test_a_proxy_that_cannot_be_reached_is_named_not_tf_serving(monkeypatch):
     line = str(e.value)
     assert "\n" not in line and "cannot reach the HTTP proxy" in line and "NO_PROXY" in line, line
     assert "check that it runs" not in line
+
+
+def test_a_proxy_that_asks_for_credentials_gets_those_in_http_proxy(monkeypatch):
+    """``requests`` sends ``user:password@`` of HTTP_PROXY as Proxy-Authorization; the client set
+    up its proxy the way requests does but dropped them, so an authenticating proxy answered 407
+    on every host (found by the security review, 2026-12-05, fourth stop). A real proxy on
+    127.0.0.1 here demands them and answers for TF Serving when they come."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    expected = "Basic " + base64.b64encode(b"proxy-user:pr0xy-pass").decode()
+    seen: list[tuple[str, str | None]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Proxy-Authorization")))
+            ok = self.headers.get("Proxy-Authorization") == expected
+            body = (b'{"model_version_status": [{"version": "3", "state": "AVAILABLE", "status": {}}]}'
+                    if ok else b"proxy authentication required")
+            self.send_response(200 if ok else 407)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for var in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://proxy-user:pr0xy-pass@127.0.0.1:{proxy.server_port}")
+        statuses = TFServingClient("http://serving.example:8501", timeout=5).model_status(MODEL)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert [(s.version, s.state) for s in statuses] == [(3, "AVAILABLE")]
+    assert seen == [(f"http://serving.example:8501/v1/models/{MODEL}", expected)]
