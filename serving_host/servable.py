@@ -37,6 +37,17 @@ def _string_vector(items: list[bytes]) -> np.ndarray:
     return arr
 
 
+def _as_array(value) -> np.ndarray:
+    """A fetched value as a tensor: the session hands a scalar string back as a Python ``bytes``
+    (other scalars as numpy scalars); it becomes a 0-d string array with every byte kept
+    (``np.asarray`` would make it ``S`` and drop trailing NULs)."""
+    if isinstance(value, bytes):
+        arr = np.empty((), dtype=object)
+        arr[()] = value
+        return arr
+    return np.asarray(value)
+
+
 def _shape(t: np.ndarray) -> str:
     """``TensorShape::DebugString``: [2,3]."""
     return "[" + ",".join(str(d) for d in t.shape) + "]"
@@ -171,7 +182,7 @@ class Servable:
                                        f"is provided")
         fn = self._callable(names, fetch)
         try:
-            return list(fn(*[feeds[n] for n in names]))
+            return [_as_array(v) for v in fn(*[feeds[n] for n in names])]
         except BaseException as exc:
             raise from_exception(exc) from None
 

@@ -46,8 +46,13 @@ def _save_multi_io_model(path) -> None:
             return {"sum": tf.reduce_sum(a, axis=1), "twice": a * 2.0,
                     "echo_bytes": s, "length": tf.strings.length(s)}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="s")])
+        def scalars(self, s):  # scalar outputs, one of each kind a client reads
+            return {"first": s[0], "first_bytes": s[0], "count": tf.size(s, out_type=tf.int64),
+                    "any": tf.reduce_any(tf.strings.length(s) > 2)}
+
     m = Multi()
-    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve})
+    tf.saved_model.save(m, str(path), signatures={"serving_default": m.serve, "scalars": m.scalars})
 
 
 def _export_keras_model(path) -> list[float]:
@@ -227,6 +232,20 @@ def test_predict_several_named_inputs_and_outputs(server):
     assert r.status_code == 400 and "instances is a plain list" in error_of(r)
     r = call(server, "POST", "/v1/models/multi:predict", {"instances": [{"a": [1.0, 2.0]}]})
     assert r.status_code == 400 and "keys must be equal to: a,s" in error_of(r)
+
+
+def test_scalar_string_outputs_are_written_in_columnar_format(server):
+    """A scalar string output left the session as a Python ``bytes``, not an array: the columnar
+    answer was a 500 (``'bytes' object has no attribute 'dtype'``). TF Serving writes each scalar
+    as a bare value (``AddTensorValues``), ``_bytes`` ones as ``{"b64": ...}``, every byte kept."""
+    raw = b"ab\x00"
+    r = call(server, "POST", "/v1/models/multi:predict",
+             {"signature_name": "scalars", "inputs": [{"b64": base64.b64encode(raw).decode()}, "xyz"]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"outputs": {"any": True, "count": 2, "first": "ab\x00",
+                                    "first_bytes": {"b64": base64.b64encode(raw).decode()}}}
+    r = call(server, "POST", "/v1/models/multi:predict", {"signature_name": "scalars", "instances": ["ab"]})
+    assert r.status_code == 400 and error_of(r) == "Tensor name: any has no shape information "
 
 
 def test_keras_exported_model_serves_what_keras_computes(server):
