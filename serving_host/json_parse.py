@@ -124,15 +124,38 @@ def _object(pairs: list) -> _Object:
     return obj
 
 
+def _bom_length(body: bytes) -> int:
+    """The bytes rapidjson 1.1.0's ``EncodedInputStream<UTF8<>, MemoryStream>`` skips before it
+    parses (encodedstream.h): a 0xEF, then a 0xBB, then a 0xBF, each taken if it comes next (a
+    UTF-8 byte order mark, or any part of it). Error offsets still count them."""
+    n = 0
+    for byte in (0xEF, 0xBB, 0xBF):
+        if body[n:n + 1] == bytes((byte,)):
+            n += 1
+    return n
+
+
 def parse_json(body: bytes):
     """``ParseJson``: the request body must be one JSON object."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    skipped = _bom_length(body)
+    try:
+        doc = _parse(body[skipped:])
+    except ServingError as exc:
+        if skipped and (m := re.fullmatch(r"(JSON Parse error: .*) at offset: (\d+)", exc.message, re.S)):
+            raise invalid_argument(f"{m.group(1)} at offset: {int(m.group(2)) + skipped}") from None
+        raise
+    return doc
+
+
+def _parse(body: bytes):
+    """``parse_json`` of the body after its byte order mark (offsets from there)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
-    if not text.strip():
+    if not text.strip(" \t\n\r"):              # rapidjson's whitespace (SkipWhitespace)
         raise invalid_argument("JSON Parse error: The document is empty. at offset: "
                                f"{len(text)}")
     # rapidjson as TF Serving calls it (json_tensor.cc, kParseStopWhenDoneFlag): parsing stops at

@@ -364,6 +364,27 @@ def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     assert doc["examples"][0]["x"] == [2.0] and not json_request._is_b64(doc["b"])
 
 
+def test_a_utf8_byte_order_mark_is_skipped_as_rapidjson_skips_it():
+    """json_tensor.cc reads the body through EncodedInputStream<UTF8<>, MemoryStream>, whose
+    constructor takes a leading 0xEF, then 0xBB, then 0xBF, each if it comes next (rapidjson
+    1.1.0 encodedstream.h): a body saved with a BOM (Notepad, PowerShell) is read by TF Serving.
+    This server answered "Invalid value. at offset: 0". Offsets still count the skipped bytes;
+    rapidjson's whitespace is space, \\t, \\n, \\r only."""
+    for body in (b'\xef\xbb\xbf{"a": 1}', b'\xef\xbb\xbf  {"a": 1}', b'\xbb{"a": 1}', b'\xef\xbf{"a": 1}'):
+        assert json_parse.parse_json(body) == {"a": 1}, body
+    for body, message in ((b'\xef\xbb\xbf', "The document is empty. at offset: 3"),
+                          (b'\xef\xbb\xbf \n', "The document is empty. at offset: 5"),
+                          (b'\xef\xbb\xbf{"a": [1 2]}', "Missing a comma or ']' after an array element. at offset: 12"),
+                          (b'\xef\xbb\xbf{"a": "\xff"}', "Invalid encoding in string. at offset: 10"),
+                          (b'\xef\xbb\xbf{"a": "\\ud800"}', "The surrogate pair in string is invalid. at offset: 10"),
+                          (b'\xef\xbb\xbf\xef\xbb\xbf{}', "Invalid value. at offset: 3"),
+                          (b'\x0c{"a": 1}', "Invalid value. at offset: 0"),
+                          ("\u00a0".encode(), "Invalid value. at offset: 0")):
+        with pytest.raises(ServingError) as e:
+            json_parse.parse_json(body)
+        assert e.value.message == "JSON Parse error: " + message, body
+
+
 def test_special_floats_are_read_as_rapidjson_1_1_0_reads_them():
     """json_tensor.cc parses with kParseNanAndInfFlag, and TF Serving pins rapidjson 1.1.0
     (workspace.bzl), whose ParseNumber takes ``NaN``, ``Inf`` and ``Infinity``, each with an
