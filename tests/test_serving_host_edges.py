@@ -178,6 +178,48 @@ def test_a_query_string_is_part_of_the_path_as_tf_serving_reads_it(server):
     assert reply.startswith(b"HTTP/1.1 404 ") and b"model default?x=1" in reply, reply[:300]
 
 
+def test_the_request_target_is_read_as_libevent_s_strict_uri_parser_reads_it(server):
+    """TF Serving's ParsedEvRequest::decode parses the target with evhttp_uri_parse (libevent
+    2.1.12, RFC 3986): a character a path or query may not hold (``| [ ] " { }``, a byte over
+    0x7f), a ``%`` without two hex digits or a bad port is 400 Bad Request, libevent's page, the
+    connection closed; a leading ``//`` starts an authority, so ``//v1/models/m`` is the path
+    ``/models/m`` (404 page). This server answered the first as model names (404 JSON) and the
+    second 200 (http.server folds leading slashes): a client's bad URL passed here and failed
+    against TF Serving."""
+    def get(target: bytes) -> bytes:
+        return _raw_request(server, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+    for target in (b"/v1/models/a|b", b"/v1/models/a[0]", b'/v1/models/a"b', b"/v1/models/de%zzfault",
+                   b"/v1/models/default%4", b"/v1/models/caf\xc3\xa9", b"/v1/models/default?x=[1]",
+                   b"/v1/models/default#{}", b"http://h:99999/v1/models/default"):
+        reply = get(target)
+        assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (target, reply[:300])
+        assert b"<TITLE>400 Bad Request</TITLE>" in reply and b"Connection: close" in reply, reply[:300]
+    reply = get(b"//v1/models/default")
+    assert reply.startswith(b"HTTP/1.1 404 Not Found\r\n") and b"<TITLE>404 Not Found</TITLE>" in reply, reply[:300]
+    # what it takes: sub-delims, '@', '~', %XX (decoded for the name), an authority (empty too)
+    reply = get(b"/v1/models/a%7Cb!$&'()*+,;=@~")
+    assert reply.startswith(b"HTTP/1.1 404 ") and b"model a|b!$&'()*+,;=@~" in reply, reply[:300]
+    for target in (b"///v1/models/default", b"http://h:8501/v1/models/default", b"http://u@[::1]/v1/models/default"):
+        reply = get(target)
+        assert reply.startswith(b"HTTP/1.1 200 ") and b'"AVAILABLE"' in reply, (target, reply[:300])
+    _still_serves(server)
+
+
+def test_uri_path_as_evhttp_uri_parse_and_parsed_ev_request_read_it():
+    from serving_host.rest import uri_path
+
+    taken = {"/v1/models/m:predict": "/v1/models/m:predict", "/v1/models/m?x=1#f?/": "/v1/models/m?x=1#f?/",
+             "/a?": "/a?", "//h:80/v1/x": "/v1/x", "//u:p%41@h/p": "/p", "http://[::1]:8501/p?q": "/p?q",
+             "http://[v1.x:y]/p": "/p", "HTTP://h": "", "/p%41%7c": "/p%41%7c", "/p\0|": "/p",
+             "a:b": "b", "v1/x:y": "v1/x:y"}
+    for target, path in taken.items():
+        assert uri_path(target) == path, target
+    for target in ("/a|b", "/a b", "/a%4", "/a%g0", "/\x7f", "/caf\xc3\xa9", "/a?[", "/a#%", "//h:65536/p",
+                   "//[::1/p", "//[]/p", "//[zz]/p", "//h^/p", "//u|@h/p", "1a:b", "_x:/"):
+        assert uri_path(target) is None, target
+
+
 # -- hostile JSON -------------------------------------------------------------------------------
 @pytest.mark.parametrize("depth", [65, 100, 500, 990, 5000, 200_000])
 def test_json_nested_too_deep_is_400(server, depth):
