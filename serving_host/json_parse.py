@@ -231,10 +231,18 @@ def _check_surrogates(text: str, before: int) -> None:
         raise invalid_argument(f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}")
 
 
+_STRING_OR_NUMBER_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?'
+                                  r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?", re.S)
+
+
 def _too_big(token: str, text: str) -> ServingError:
-    """rapidjson's kParseErrorNumberTooBig (a number past DBL_MAX), at the number's offset."""
+    """rapidjson's kParseErrorNumberTooBig (a number past DBL_MAX) at the number's start, in bytes
+    (``token``, or its first characters, is the first number outside strings the decoder met that
+    is too big: an earlier one of the same text would have stopped it there)."""
+    start = next((m.start() for m in _STRING_OR_NUMBER_RE.finditer(text)
+                  if m.group(0)[:1] != '"' and m.group(0).startswith(token)), 0)
     return invalid_argument("JSON Parse error: Number too big to be stored in double. at offset: "
-                            f"{max(0, text.find(token))}")
+                            f"{utf8_len(text[:start])}")
 
 
 def _parse_int(token: str, text: str) -> int:

@@ -385,6 +385,18 @@ def test_a_utf8_byte_order_mark_is_skipped_as_rapidjson_skips_it():
         assert e.value.message == "JSON Parse error: " + message, body
 
 
+def test_a_number_too_big_is_reported_at_its_own_byte_offset():
+    """rapidjson reports kParseErrorNumberTooBig at the number's start (ParseNumber's
+    ``startOffset``, a byte offset). This server gave the first place the number's text occurs,
+    counted in characters: inside a key that spells it, or one short after a non-ASCII key."""
+    for body, offset in ((b'{"1e400": 1, "a": 1e400}', 18), ('{"\u00e9": 1e400}'.encode(), 7),
+                         (b'{"a": -1e400}', 6), (b'{"a": "9e999", "b": [1, 9e999]}', 24),
+                         ('{"\u00e9\u00e9": ['.encode() + b"9" * 5000 + b"]}", 10)):
+        with pytest.raises(ServingError) as e:
+            json_parse.parse_json(body)
+        assert e.value.message == f"JSON Parse error: Number too big to be stored in double. at offset: {offset}", body
+
+
 def test_special_floats_are_read_as_rapidjson_1_1_0_reads_them():
     """json_tensor.cc parses with kParseNanAndInfFlag, and TF Serving pins rapidjson 1.1.0
     (workspace.bzl), whose ParseNumber takes ``NaN``, ``Inf`` and ``Infinity``, each with an
