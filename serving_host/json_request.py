@@ -301,10 +301,11 @@ def tensors_from_inputs(inputs, input_dtypes: dict[str, int]) -> dict[str, np.nd
         vals, shape = _tensor(inputs, dt)
         return {name: _to_array(vals, shape, dt)}
     out = {}
+    found = getattr(inputs, "first", None) or inputs     # FindMember: a repeated key's first value
     for name in sorted(input_dtypes):
-        if name not in inputs:
+        if name not in found:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        vals, shape = _tensor(inputs[name], input_dtypes[name])
+        vals, shape = _tensor(found[name], input_dtypes[name])
         out[name] = _to_array(vals, shape, input_dtypes[name])
     return out
 

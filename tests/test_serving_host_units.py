@@ -397,6 +397,19 @@ def test_a_number_too_big_is_reported_at_its_own_byte_offset():
         assert e.value.message == f"JSON Parse error: Number too big to be stored in double. at offset: {offset}", body
 
 
+def test_a_repeated_named_input_in_columnar_inputs_takes_its_first_value():
+    """FillTensorMapFromInputsMap finds each named input with FindMember: the first of repeated
+    keys. This server took the last (``{"x": [1.0], "x": [5.0]}`` predicted on 5.0, and a bad
+    second value was an error TF Serving never reads)."""
+    for body in (b'{"inputs": {"x": [1.0], "x": [5.0]}}', b'{"inputs": {"x": [1.0], "x": "s"}}'):
+        tensors, _ = json_request.predict_inputs(json_parse.parse_json(body), {"x": F})
+        assert tensors["x"].tolist() == [1.0], body
+    two = {"a": F, "b": F}
+    tensors, _ = json_request.predict_inputs(
+        json_parse.parse_json(b'{"inputs": {"b": 2.0, "a": [1.0], "b": [7.0], "a": 3}}'), two)
+    assert tensors["a"].tolist() == [1.0] and tensors["b"].tolist() == 2.0
+
+
 def test_special_floats_are_read_as_rapidjson_1_1_0_reads_them():
     """json_tensor.cc parses with kParseNanAndInfFlag, and TF Serving pins rapidjson 1.1.0
     (workspace.bzl), whose ParseNumber takes ``NaN``, ``Inf`` and ``Infinity``, each with an
