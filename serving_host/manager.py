@@ -100,7 +100,8 @@ class Manager:
         self._config = cfg.ServerConfig("empty")
         # ServerCore's config_: the last config that passed validation, applied or not (see reload_config)
         self._validated = cfg.ServerConfig("empty")
-        self._labels: dict[str, dict[str, int]] = {}
+        # ServerCore's model_labels_to_versions_: None until a model_config_list sets it
+        self._labels: dict[str, dict[str, int]] | None = None
         self._source: dict[str, cfg.ModelEntry] = {}
         self._source_error: dict[str, ServingError] = {}
         self._aspired: dict[str, dict[int, str]] = {}
@@ -189,7 +190,8 @@ class Manager:
                 # platform) is what the next reload is checked against; the label map is swapped
                 # before an unsupported platform is refused
                 self._validated = new
-                self._labels = cfg.label_map(new.models, available, self._labels, self.allow_unavailable_labels)
+                self._labels = cfg.label_map(new.models, available, self._labels or {},
+                                             self.allow_unavailable_labels)
                 cfg.check_platforms_supported(new)
                 old_names = set(old.by_name()) if old.kind == "list" else set()
                 new_by_name = new.by_name()
@@ -518,6 +520,8 @@ class Manager:
             raise invalid_argument("ModelSpec has no name specified.")
         with self._lock:
             if label is not None:
+                if self._labels is None:        # GetModelVersionForLabel before any label map
+                    raise ServingError("UNAVAILABLE", f"Model labels does not init yet.{label}")
                 version = self._labels.get(name, {}).get(label)
                 if version is None:
                     raise invalid_argument(f"Unrecognized servable version label: {label}")
@@ -551,4 +555,4 @@ class Manager:
 
     def labels(self) -> dict[str, dict[str, int]]:
         with self._lock:
-            return {k: dict(v) for k, v in self._labels.items()}
+            return {k: dict(v) for k, v in (self._labels or {}).items()}

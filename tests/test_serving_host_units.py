@@ -179,6 +179,32 @@ def test_flag_allows_new_labels_but_not_moving_existing_ones_to_unavailable_vers
         cfg.label_map(_models({"stable": 2}), {("m", 1)}, {"m": {"stable": 1}}, True)
 
 
+def test_a_label_before_any_model_list_is_unavailable_as_tf_serving_answers(tmp_path):
+    """server_core.cc GetModelVersionForLabel: until a model_config_list has set the label map
+    (an empty config file at start, or a first list refused for its labels), a request by label
+    is UNAVAILABLE "Model labels does not init yet.<label>"; once one applied, INVALID_ARGUMENT
+    "Unrecognized servable version label". This server answered the latter from the start."""
+    from serving_host.manager import Manager
+
+    m = Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(cfg.ServerConfig("empty"))          # an empty models.config: no action
+        (tmp_path / "m" / "1").mkdir(parents=True)
+        labelled = cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"), labels={"stable": 1}),))
+        with pytest.raises(ServingError):                   # refused before the label map is swapped
+            m.reload_config(labelled, wait_timeout=5)
+        for label in ("stable", ""):
+            with pytest.raises(ServingError) as e, m.handle("m", label=label):
+                pass
+            assert (e.value.code, e.value.message) == ("UNAVAILABLE", f"Model labels does not init yet.{label}")
+        m.reload_config(cfg.ServerConfig("list", ()), wait_timeout=5)
+        with pytest.raises(ServingError) as e, m.handle("m", label="stable"):
+            pass
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "Unrecognized servable version label: stable")
+    finally:
+        m.stop()
+
+
 # -- JSON <-> tensors ------------------------------------------------------------------------
 F, S, I64, I32, B = tf_dtypes.DT_FLOAT, tf_dtypes.DT_STRING, tf_dtypes.DT_INT64, tf_dtypes.DT_INT32, tf_dtypes.DT_BOOL
 
