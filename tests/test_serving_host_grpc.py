@@ -522,3 +522,41 @@ def test_the_metrics_page_with_a_query_is_refused_as_tf_serving_refuses_it(serve
     r = requests.get(server.rest_url + METRICS_PATH + "?x=1", timeout=10)
     assert r.status_code == 400 and r.headers["Content-Type"] == "text/plain"
     assert r.text == f"Unexpected path: {METRICS_PATH}?x=1. Should be {METRICS_PATH}"
+
+
+def test_a_wrong_dtype_is_reported_by_its_place_among_the_sorted_feed_names(tmp_path):
+    """Session::Run (DirectSession) sorts the feeds by tensor name and FunctionCallFrame::SetArgs
+    reports the first mismatch by that index, whatever the aliases: alias ``a`` feeds ``z:0`` and
+    ``b`` feeds ``a:0``, so a string for ``a`` is arg[1]. This server counted by sorted alias
+    and answered arg[0]."""
+    import tensorflow as tf
+
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        z = tf.compat.v1.placeholder(tf.float32, [None], name="z")
+        a = tf.compat.v1.placeholder(tf.int64, [None], name="a")
+        y = tf.identity(z + tf.cast(a, tf.float32), name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"a": info(z), "b": info(a)}, outputs={"y": info(y)},
+            method_name="tensorflow/serving/predict")
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+        builder.save()
+    servable = Servable.load("m", 1, path)
+    try:
+        good = {"a": np.array([1.5], np.float32), "b": np.array([2], np.int64)}
+        assert servable.predict("", good)["y"].tolist() == [3.5]
+        with pytest.raises(ServingError) as e:
+            servable.predict("", {**good, "a": np.array([b"x"], object)})
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT",
+                                                   "Expects arg[1] to be float but string is provided")
+        with pytest.raises(ServingError) as e:       # both wrong: a:0 (alias b) comes first
+            servable.predict("", {"a": np.array([b"x"], object), "b": np.array([1.0], np.float32)})
+        assert e.value.message == "Expects arg[0] to be int64 but float is provided"
+    finally:
+        servable.close()
