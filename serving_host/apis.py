@@ -23,6 +23,10 @@ _FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_
            23: "uint64_val"}
 # DT_HALF and DT_BFLOAT16: ``half_val`` holds each value's 16 bits (ProtoHelper<Eigen::half>::Fill)
 _HALF_FIELDS = {19: "half_val", 14: "half_val"}
+# Read only (FromProtoField): quantized types in ``int_val``; complex64/128 as (real, imaginary)
+# pairs, so a field holds two numbers an element
+_QUANTIZED_FIELDS = {11: "int_val", 12: "int_val", 13: "int_val", 15: "int_val", 16: "int_val"}
+_COMPLEX_FIELDS = {8: "scomplex_val", 18: "dcomplex_val"}
 
 
 def tensor_from_proto(alias: str, proto) -> np.ndarray:
@@ -32,14 +36,20 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
     dims = [d.size for d in proto.tensor_shape.dim]
     if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims) or proto.dtype == 0:
         raise invalid_argument(f"tensor parsing error: {alias}")
-    field = _FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype)
+    field = (_FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype) or _QUANTIZED_FIELDS.get(proto.dtype)
+             or _COMPLEX_FIELDS.get(proto.dtype))
+    per = 2 if proto.dtype in _COMPLEX_FIELDS else 1
     n = int(np.prod(dims, dtype=np.int64)) if dims else 1
-    if field is not None and not proto.tensor_content and len(getattr(proto, field)) > n:
-        # FromProtoField copies the first n values and ignores the rest (tensor.cc)
-        trimmed = type(proto)()
-        trimmed.CopyFrom(proto)
-        del getattr(trimmed, field)[n:]
-        proto = trimmed
+    if field is not None and not proto.tensor_content:
+        # FromProtoField copies the first n elements and ignores the rest (tensor.cc); a complex
+        # field's odd last number is no element
+        have = len(getattr(proto, field))
+        keep = min(have, n * per) // per * per
+        if keep < have:
+            trimmed = type(proto)()
+            trimmed.CopyFrom(proto)
+            del getattr(trimmed, field)[keep:]
+            proto = trimmed
     try:
         arr = tf.make_ndarray(proto)
     except Exception:  # noqa: BLE001 - any malformed TensorProto is the client's error

@@ -513,6 +513,29 @@ def test_typed_values_beyond_the_shape_are_ignored_and_too_few_repeat_the_last()
                                              field="string_val")).tolist() == [b"a"]
 
 
+
+def test_complex_and_quantized_values_beyond_the_shape_are_ignored_too():
+    """``FromProtoField`` for complex (``scomplex_val``/``dcomplex_val``: two numbers an element,
+    an odd last one ignored) and quantized types (``int_val``): the first n elements are used.
+    This server refused them as "tensor parsing error"."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving_host import apis
+
+    def proto(dtype, field, values, n):
+        p = tensor_pb2.TensorProto(dtype=dtype, **{field: values})
+        p.tensor_shape.dim.add().size = n
+        return p
+
+    assert apis.tensor_from_proto("x", proto(types_pb2.DT_COMPLEX64, "scomplex_val", [1, 2, 3, 4, 5, 6], 2)).tolist() \
+        == [1 + 2j, 3 + 4j]
+    assert apis.tensor_from_proto("x", proto(types_pb2.DT_COMPLEX128, "dcomplex_val", [1, 2, 3], 1)).tolist() \
+        == [1 + 2j]
+    assert apis.tensor_from_proto("x", proto(types_pb2.DT_COMPLEX64, "scomplex_val", [1, 2, 3], 2)).tolist() \
+        == [1 + 2j, 1 + 2j]
+    for dtype in (types_pb2.DT_QINT8, types_pb2.DT_QUINT8, types_pb2.DT_QINT32):
+        assert len(apis.tensor_from_proto("x", proto(dtype, "int_val", [1, 2, 3], 2))) == 2
+
 def test_the_metrics_page_with_a_query_is_refused_as_tf_serving_refuses_it(server):
     """ProcessPrometheusRequest (http_server.cc) compares uri_path() — query included — with the
     configured path: 400 "Unexpected path". This server stripped the query and answered 200."""
