@@ -27,6 +27,9 @@ _HALF_FIELDS = {19: "half_val", 14: "half_val"}
 # pairs, so a field holds two numbers an element
 _QUANTIZED_FIELDS = {11: "int_val", 12: "int_val", 13: "int_val", 15: "int_val", 16: "int_val"}
 _COMPLEX_FIELDS = {8: "scomplex_val", 18: "dcomplex_val"}
+# Elements narrower than their field's int32: FromProtoField's C++ cast wraps (300 as uint8 is 44)
+_NARROW = {4: np.uint8, 5: np.int16, 6: np.int8, 17: np.uint16, 11: np.int8, 12: np.uint8, 15: np.int16,
+           16: np.uint16, 19: np.uint16, 14: np.uint16}
 
 
 def tensor_from_proto(alias: str, proto) -> np.ndarray:
@@ -45,10 +48,18 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
         # field's odd last number is no element
         have = len(getattr(proto, field))
         keep = min(have, n * per) // per * per
-        if keep < have:
+        values = getattr(proto, field)
+        wrapped = None
+        if proto.dtype in _NARROW and have:
+            given = np.array(values[:keep], np.int32)
+            cast = given.astype(_NARROW[proto.dtype])
+            if (cast != given).any():
+                wrapped = cast.astype(np.int32).tolist()
+        if keep < have or wrapped is not None:
             trimmed = type(proto)()
             trimmed.CopyFrom(proto)
-            del getattr(trimmed, field)[keep:]
+            del getattr(trimmed, field)[:]
+            getattr(trimmed, field).extend(values[:keep] if wrapped is None else wrapped)
             proto = trimmed
     try:
         arr = tf.make_ndarray(proto)

@@ -536,6 +536,27 @@ def test_complex_and_quantized_values_beyond_the_shape_are_ignored_too():
     for dtype in (types_pb2.DT_QINT8, types_pb2.DT_QUINT8, types_pb2.DT_QINT32):
         assert len(apis.tensor_from_proto("x", proto(dtype, "int_val", [1, 2, 3], 2))) == 2
 
+
+def test_narrow_integers_out_of_their_range_wrap_as_tf_serving_casts_them():
+    """``FromProtoField`` copies ``int_val`` (int32) into uint8/int8/uint16/int16 and quantized
+    elements, and ``half_val`` into 16 bits, with a C++ cast: 300 as uint8 is 44, -1 is 255.
+    This server refused them as "tensor parsing error" (numpy will not wrap a Python int)."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving_host import apis
+
+    def parsed(dtype, values, field="int_val"):
+        p = tensor_pb2.TensorProto(dtype=dtype, **{field: values})
+        p.tensor_shape.dim.add().size = len(values)
+        return apis.tensor_from_proto("x", p)
+
+    assert parsed(types_pb2.DT_UINT8, [300, -1, 7]).tolist() == [44, 255, 7]
+    assert parsed(types_pb2.DT_INT8, [-200, 130]).tolist() == [56, -126]
+    assert parsed(types_pb2.DT_UINT16, [70000, -2]).tolist() == [4464, 65534]
+    assert parsed(types_pb2.DT_INT16, [40000]).tolist() == [-25536]
+    assert parsed(types_pb2.DT_QUINT8, [257]).view("uint8").tolist() == [1]
+    assert parsed(types_pb2.DT_HALF, [65536 + 0x3C00, -0x4000], field="half_val").tolist() == [1.0, -2.0]
+
 def test_the_metrics_page_with_a_query_is_refused_as_tf_serving_refuses_it(server):
     """ProcessPrometheusRequest (http_server.cc) compares uri_path() — query included — with the
     configured path: 400 "Unexpected path". This server stripped the query and answered 200."""
