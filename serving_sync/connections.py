@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mlops_common import log
 
@@ -68,8 +68,11 @@ def connected(hosts) -> Iterator[list[HostConn]]:
 
 
 def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "deploy",
-            sleep=time.sleep, clock=time.monotonic, model: str | None = None) -> HostLock:
-    """Take ``transport``'s lock, waiting up to ``wait`` seconds (bounded polls) for its owner."""
+            sleep=time.sleep, clock=time.monotonic, model: str | None = None,
+            give_up: Callable[[], bool] | None = None) -> HostLock:
+    """Take ``transport``'s lock, waiting up to ``wait`` seconds (bounded polls) for its owner.
+    ``give_up`` (``sync watch``: asked to stop): when it says so, the wait ends with the owner's
+    ``LockHeld`` at once, nothing taken."""
     lock = HostLock(transport, break_lock=break_lock, purpose=purpose, model=model)
     deadline = clock() + max(0.0, wait)
     polls = int(max(0.0, wait) / 0.5) + 1
@@ -79,7 +82,7 @@ def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "d
             lock.acquire()
             return lock
         except LockHeld as exc:
-            if clock() >= deadline:
+            if clock() >= deadline or (give_up is not None and give_up()):
                 raise
             cancel.check()      # SIGTERM / Ctrl-C while waiting: stop now (taken locks are released)
             if not announced:
@@ -115,7 +118,8 @@ def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
 
 @contextlib.contextmanager
 def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float = 0.0,
-           purpose: str = "deploy", model: str | None = None) -> Iterator[list[HostConn]]:
+           purpose: str = "deploy", model: str | None = None,
+           give_up: Callable[[], bool] | None = None) -> Iterator[list[HostConn]]:
     """Every host's lock for the deploy, released at the end (even after errors).
 
     First every lock is tried (``LOCK_AT_ONCE`` at a time) without waiting — a few round trips
@@ -133,7 +137,8 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
             raise failed
         if failed is not None:
             for c in ordered:
-                c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model)
+                c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model,
+                                 give_up=give_up)
             for c in took_over:     # the dead owner's half-written files are still there to remove
                 c.lock.took_over = True
         yield conns

@@ -278,11 +278,12 @@ def _stored_size(transport, model: str, version: int) -> int | None:
 
 def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions = DeployOptions(),
            break_lock: str | None = None, lock_wait: float = 0.0, reason: str | None = None,
-           provenance=None, expect: int | None = None) -> FleetResult:
+           provenance=None, expect: int | None = None, give_up_waiting=None) -> FleetResult:
     """Make every host serve ``version`` (default: production); see the module docstring.
     ``provenance`` (``registry.provenance.Provenance``, default: this job) names who and where in
     the ledger rows and tags the deploy writes. ``expect``: production must be that version, read
-    before and again under the hosts' locks (``expected_production``)."""
+    before and again under the hosts' locks (``expected_production``). ``give_up_waiting`` (a
+    callable; ``sync watch`` asked to stop): a wait for another deploy's lock ends at once."""
     start = time.monotonic()
     v, source = resolve_version(model, version)
     if source == "production":
@@ -292,7 +293,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                           "deployed: pass one of them")
     result = FleetResult(model, v, source, "failed", started_at=start)
     t = result.lap("resolve_version", start)
-    with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model):
+    with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model,
+                                           give_up=give_up_waiting):
         t = result.lap("connect_and_lock", t)
         if source == "production":    # a rollback may have moved it while this deploy connected or waited
             now, _ = resolve_version(model, None)

@@ -32,7 +32,7 @@ INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends
 class Pass:
     at: float                  # seconds since the loop started
     trigger: str               # "start" | "interval" | "webhook"
-    status: str                # up_to_date | deployed | failed | skipped | error | interrupted
+    status: str                # up_to_date | deployed | failed | skipped | stopped | error | interrupted
     version: int | None = None
     message: str = ""
     exit_code: int | None = None   # an error's or an interrupt's (not serialized)
@@ -162,13 +162,17 @@ class FleetReconciler:
     because of the version (recorded since its last promotion) is skipped until it is promoted
     again or production moves; a failure that does not blame the version is retried next pass; a
     named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on.
+    ``stopping`` (the watch was asked to stop: SIGTERM from systemd, Ctrl-C): a pass that has not
+    begun its deploy does not begin one, and one waiting for another deploy's lock (``--lock-wait``)
+    gives up at once — nothing changed, nothing to finish (``stopped``).
     Hosts that already serve production while the version has no ``deploy_status`` at all (a
     deploy killed after its switch) go through ``fleet.deploy`` once, which records it, as ``mlops
     sync deploy`` would; once per version in a watch (a registry refusing the tag is not asked at
     every pass), and never over a status another deploy wrote."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
-                 recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None):
+                 recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
+                 stopping: Callable[[], bool] = lambda: False):
         from registry import deploys
 
         if recorded is None:
@@ -182,11 +186,13 @@ class FleetReconciler:
         self.status_known = status_known
         self._record_tried: set[int] = set()
         self._break_lock = break_lock
+        self.stopping = stopping
 
     def __call__(self) -> tuple[str, int | None, str]:
         from mlops_common.errors import DeployFailed
 
         from . import fleet
+        from .errors import LockHeld
 
         fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
         if fp.errors:
@@ -199,15 +205,21 @@ class FleetReconciler:
         elif self.failed.skip(fp.version):
             return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
                                            f"last promotion); waiting for production to move")
+        if self.stopping():
+            return "stopped", fp.version, f"the watch is stopping: v{fp.version} not deployed (nothing was changed)"
         token, self._break_lock = self._break_lock, None
         try:
-            r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait)
+            r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait,
+                             give_up_waiting=self.stopping)
         except DeployFailed as exc:
             result = getattr(exc, "result", None)
             if result is None or result.blames_version:     # a host or the network: the next pass retries
                 self.failed.add(fp.version)
             return "failed", fp.version, exc.message
         except UserError as exc:
+            if isinstance(exc, LockHeld) and self.stopping():     # gave up waiting: nothing was changed
+                return "stopped", fp.version, (f"the watch is stopping: stopped waiting for a lock, v{fp.version} "
+                                               f"not deployed (nothing was changed): {exc.message}")
             if not recording:
                 raise
             logger.warning("hosts serve v%d, but it could not be recorded as deployed (%s); `mlops sync "

@@ -487,10 +487,12 @@ def cmd_watch(args) -> int:
     reconcile = FleetReconciler(model, _hosts(args), _deploy_options(args), lock_wait=args.lock_wait,
                                 break_lock=args.break_lock)
     watcher = Watcher(reconcile, interval=args.interval, max_seconds=args.max_seconds, once=args.once)
+    reconcile.stopping = watcher.stop_event.is_set   # asked to stop: a pass starts no deploy, waits for no lock
     receiver = _start_receiver(args, model, reconcile, watcher) if args.webhook_port is not None else None
 
-    def graceful(name: str) -> None:   # first signal: finish the current pass, then stop
-        print(f"{name}: stopping after the current pass (send it again to interrupt a deploy in progress)",
+    def graceful(name: str) -> None:   # first signal: finish the current pass's deploy (if any), then stop
+        print(f"{name}: stopping after the current pass; a deploy not yet begun is not begun (send it again to "
+              f"interrupt a deploy in progress)",
               file=sys.stderr, flush=True)
         watcher.stop_event.set()
         watcher.wake.set()

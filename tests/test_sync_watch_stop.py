@@ -1,0 +1,85 @@
+"""``mlops sync watch`` asked to stop (SIGTERM from systemd, Ctrl-C) while a pass has not begun
+its deploy: it stops, it does not wait for another deploy's lock and then start a rollout (found by
+review: the first signal only ended the loop after the pass, so a watch waiting up to
+``--lock-wait`` for a lock went on waiting and then deployed, long after systemd's stop timeout
+had SIGKILLed it mid-rollout, and a pass whose plan was done started its deploy after the signal).
+
+Real MLflow server, ledger, local TF-Serving-compatible server and a real deploy holding the lock;
+the loop's rule on stand-ins. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+from serving_sync import fleet
+from serving_sync.watch import FleetReconciler
+from tests.helpers import REPO
+
+
+def test_a_pass_asked_to_stop_before_its_deploy_does_not_start_one(monkeypatch):
+    stopping = {"now": False}
+    calls = []
+
+    def plan(model, hosts, **kw):
+        stopping["now"] = True             # the signal arrives while the pass observes the hosts
+        return SimpleNamespace(errors={}, up_to_date=False, version=5)
+
+    monkeypatch.setattr(fleet, "plan_fleet", plan)
+    monkeypatch.setattr(fleet, "deploy", lambda *a, **kw: calls.append(kw))
+    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: True,
+                        stopping=lambda: stopping["now"])
+    status, version, message = r()
+    assert (status, version) == ("stopped", 5) and "not deployed" in message, message
+    assert calls == []
+
+
+def test_sigterm_while_a_watch_waits_for_another_deploys_lock_stops_it_at_once(deploy_env, paused_deploy):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    other = paused_deploy(env.env, "after:load_validation", "--timeout", "60").wait_paused()   # holds the lock
+    v3 = env.register("c")
+    env.promote(v3)
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
+                             "--lock-wait", "120", "--max-seconds", "300", "--json", "--timeout", "60"],
+                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120       # the first pass waits for the paused deploy's lock
+        while time.monotonic() < deadline and not any("--lock-wait" in x for x in lines):
+            time.sleep(0.1)
+        assert any("--lock-wait" in x for x in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        try:
+            out = proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise AssertionError("the watch went on waiting for the lock after SIGTERM") from None
+        assert time.monotonic() - t0 < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    passes = json.loads(out)["passes"]
+    assert [(p["status"], p["version"]) for p in passes] == [("stopped", v3)], passes
+    assert "Traceback" not in err
+    done = other.finish()                   # the paused deploy is put back: production moved meanwhile
+    assert done.returncode != 0
+    env.serves(host, v1)                    # the stopped watch changed nothing
