@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -478,8 +479,24 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
     if not runs:
         return
     failures: dict[str, BaseException] = {}
+    # Once a host failed, every host is going to be put back: a host whose turn has not come
+    # (more hosts than --parallel) is not started — it would upload and smoke-test, or switch to
+    # and serve, a version the deploy already stops. Set by the failing worker itself, before the
+    # pool hands it the next host. Hosts already running finish their phase (a smoke test failing
+    # on one of them is still the failure reported).
+    stopped = threading.Event()
+
+    def execute(run: HostRun):
+        if stopped.is_set():
+            return None
+        try:
+            return run.execute(phase)
+        except BaseException:
+            stopped.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=min(parallel, len(runs)), thread_name_prefix=f"{phase}") as pool:
-        futures = {pool.submit(run.execute, phase): run for run in runs}
+        futures = {pool.submit(execute, run): run for run in runs}
         try:
             for fut in as_completed(futures):
                 exc = fut.exception()
