@@ -1,7 +1,8 @@
 """Open every host (transport + TF Serving client) and take every host's lock.
 
-Locks are first tried all at once without waiting; when one is held they are taken in host-name
-order, so two deploys over overlapping fleets cannot each hold a part and wait for the rest.
+Locks are first tried all at once without waiting; when one is held they are taken in one order
+(where each lock is, then the host's name: ``lock_order``), so two deploys over overlapping fleets
+cannot each hold a part and wait for the rest, even when their hosts files name the hosts otherwise.
 ``--lock-wait`` waits (bounded) for a lock another deploy holds; the default (0) fails at once
 with one line naming the owner. Releasing a lock after the connection dropped reconnects once,
 so an interrupted deploy does not leave its lock behind.
@@ -17,6 +18,7 @@ from mlops_common import log
 
 from . import cancel, parallel
 from .errors import LockHeld
+from .hosts import base_key
 from .lock import HostLock
 from .tfs_client import TFServingClient
 from .transports import open_transport
@@ -101,7 +103,7 @@ LOCK_AT_ONCE = 32
 def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
              model: str | None) -> tuple[BaseException | None, list[HostConn]]:
     """Every lock at once, without waiting: (None, []) when all were taken; else every lock this
-    pass took is released again, and the first host's error (in name order) is returned with the
+    pass took is released again, and the first host's error (in lock order) is returned with the
     hosts whose lock this pass took over from a dead owner (its leftovers are still there)."""
     def take(c: HostConn) -> None:
         c.lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
@@ -125,12 +127,13 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
     First every lock is tried (``LOCK_AT_ONCE`` at a time) without waiting — a few round trips
     for the whole fleet instead of a few per host in turn (100 hosts 50 ms away: 15 s). A try never waits, so it
     cannot deadlock. When a lock is held, this pass gives back what it took and the locks are
-    taken one host after the other in name order, waiting up to ``wait`` for each: the order is
+    taken one host after the other in ``lock_order`` (where each lock is, not what the hosts file
+    calls the host), waiting up to ``wait`` for each: the order is
     what keeps two waiting deploys from holding each other's hosts, and it names the first held
     host as before. (Two deploys that start within a few round trips of each other may then both
     fail at once — nothing is touched, and the rerun finds one of them done.) Releasing has no
     order to keep and goes to ``CONNECT_AT_ONCE`` hosts at a time: some 14 round trips per host."""
-    ordered = sorted(conns, key=lambda c: c.host.name)
+    ordered = sorted(conns, key=lock_order)
     try:
         failed, took_over = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model)
         if failed is not None and not isinstance(failed, LockHeld):
@@ -147,6 +150,14 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
         # pass (its threads still finish taking locks) left them all behind for the lock's TTL
         parallel.settle(release, [c for c in ordered if c.lock is not None], workers=CONNECT_AT_ONCE,
                         name="unlock")
+
+
+def lock_order(conn: HostConn) -> tuple:
+    """Where the host's lock is, then its name: two deploys whose hosts files name the same base
+    directories otherwise (CI's file and an operator's) still wait for them in one order (by name,
+    each could take a part and wait for the rest until --lock-wait ran out)."""
+    target = getattr(conn.host, "target", None)
+    return (base_key(target) if target is not None else (), conn.host.name)
 
 
 def release(conn: HostConn) -> None:

@@ -3,7 +3,7 @@
 The rollout is a state machine (docs/architecture.md, "Rollout"):
 
 1. Resolve the version (``production`` or ``--version N``), open every host and take every
-   host's lock (name order). Observe every host and plan (``plan.plan_host``); if every host is
+   host's lock (base-directory order). Observe every host and plan (``plan.plan_host``); if every host is
    up to date, stop: nothing is downloaded, written or reloaded (``registry.deploys`` records a
    deploy that an earlier, killed run did not).
 2. With ``--bake S``: read every changing host's TF Serving metrics (``canary.Baker``); a canary

@@ -358,7 +358,7 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
         if host.name in seen:
             raise at.error("name", "duplicate host name; names must be unique")
         seen.add(host.name)
-        base = _base_key(host.target)
+        base = base_key(host.target)
         if base in bases:       # two names for one base directory: the deploy would wait on its own lock
             raise at.error("target", f"the same base directory as host {bases[base]!r}; list each base "
                                      f"directory once")
@@ -376,9 +376,10 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
     return hosts
 
 
-def _base_key(t: Target) -> tuple:
+def base_key(t: Target) -> tuple:
     """What names one base directory: a host name's case, the default port and (on this machine)
-    a symbolic link do not matter."""
+    a symbolic link do not matter. Also the order a fleet's locks are waited for in
+    (``connections.locked``), whatever each hosts file calls its hosts."""
     if t.scheme == "s3":
         return ("s3", t.bucket, t.path)
     if t.scheme == "file":

@@ -510,3 +510,54 @@ def test_a_held_lock_in_the_fleet_gives_back_the_others_and_names_its_owner_or_i
     finally:
         timer.cancel()
     assert not any((tmp_path / f"h{i}" / LOCK_PATH).exists() for i in range(3))
+
+
+class _NamedHost:
+    def __init__(self, name: str, base):
+        from serving_sync.hosts import Target
+
+        self.name, self.target = name, Target("file", str(base))
+
+
+def test_two_hosts_files_naming_the_same_bases_otherwise_wait_for_the_locks_in_one_order(tmp_path):
+    """Two deploys over one fleet whose hosts files name its hosts differently (CI's file and an
+    operator's) waited for the locks in their own name orders: while a third deploy held host X,
+    the second took Y and waited for X; when X came free the first could take it and wait for Y —
+    each holding half the fleet until --lock-wait ran out. The order is where the locks are."""
+    import threading
+
+    from serving_sync.connections import HostConn, locked
+    from serving_sync.transports.local import LocalTransport
+
+    x, y = tmp_path / "base-x", tmp_path / "base-y"
+    x.mkdir()
+    y.mkdir()
+    first = [HostConn(_NamedHost("a", x), LocalTransport(x), client=None),
+             HostConn(_NamedHost("b", y), LocalTransport(y), client=None)]
+    second = [HostConn(_NamedHost("a", y), LocalTransport(y), client=None),      # the same bases,
+              HostConn(_NamedHost("b", x), LocalTransport(x), client=None)]      # named the other way
+    holder = HostLock(LocalTransport(x), heartbeat_every=0)
+    holder.acquire()
+    outcomes: dict = {}
+
+    def deploy(name, conns):
+        try:
+            with locked(conns, wait=6.0):
+                outcomes[name] = sorted(json.loads((b / LOCK_PATH).read_bytes())["token"] for b in (x, y)) \
+                    == sorted(c.lock.info.token for c in conns)
+                time.sleep(0.3)
+        except LockHeld as exc:
+            outcomes[name] = exc.message
+
+    threads = [threading.Thread(target=deploy, args=("second", second))]
+    threads[0].start()
+    time.sleep(1.0)                     # the second deploy waits for X now
+    assert not (y / LOCK_PATH).exists(), "a deploy waiting for X holds Y"
+    threads.append(threading.Thread(target=deploy, args=("first", first)))
+    threads[1].start()
+    time.sleep(1.0)
+    holder.release()
+    for t in threads:
+        t.join(timeout=30)
+    assert outcomes == {"first": True, "second": True}
+    assert not (x / LOCK_PATH).exists() and not (y / LOCK_PATH).exists()
