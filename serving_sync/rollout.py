@@ -41,7 +41,7 @@ def parse_wave(value: str | None) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
-    m = re.fullmatch(r"(\d+)(%?)", text)
+    m = re.fullmatch(r"([0-9]+)(%?)", text)       # ASCII digits only, as every number flag (flags._whole)
     if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(1)) > 100):
         raise ConfigError(f"--wave must be a number of hosts (e.g. 2) or a percentage 1%-100% (e.g. 25%), "
                           f"got {value!r}")

@@ -51,7 +51,7 @@ def test_judged_hosts_are_the_canary_or_every_wave_but_the_last():
     assert rollout.shape(["h1"]).judged(each_wave=True) == ()
 
 
-@pytest.mark.parametrize("wave", ["0", "-1", "abc", "0%", "101%", "2.5"])
+@pytest.mark.parametrize("wave", ["0", "-1", "abc", "0%", "101%", "2.5", "\uff15", "5\u0660%"])   # full-width 5; 50%
 def test_bad_wave_is_one_config_error(wave):
     with pytest.raises(ConfigError, match="--wave"):
         rollout.shape(list("abc"), wave=wave)
