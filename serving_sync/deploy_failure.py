@@ -17,7 +17,7 @@ from registry import deploys
 from . import parallel
 from .canary import CanaryFailed
 from .cancel import DeployInterrupted
-from .errors import DiskFull, HostPermissionDenied, LedgerWriteFailed, ProductionMoved
+from .errors import DiskFull, HostPermissionDenied, LedgerWriteFailed, ProductionMoved, SmokeFailed
 from .host_run import HostRun, StepFailed
 
 if TYPE_CHECKING:
@@ -141,7 +141,10 @@ def not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?")
     failed upload, a host that cannot be written to (a full disk, or a permission taken from the
     deploy user: at any step, e.g. writing models.config), a lost connection or lock, a ledger
     that could not record, a canary whose metrics could not be read, or a registry that could
-    not be read before a wave (the hosts go back, and the next deploy or watch pass retries)."""
+    not be read before a wave (the hosts go back, and the next deploy or watch pass retries).
+    A failed smoke test or canary bake is a verdict on the version: a connection the put-back
+    found dropped (``HostRun._reconnect``, after the verdict: idle through a bake, a blip) does
+    not explain it. Its lock taken over still does (the new owner may have changed the host)."""
     step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
     error = exc.error if isinstance(exc, StepFailed) else exc
     return (INTERRUPTED_BY_SIGNAL if _interrupted(error)
@@ -149,7 +152,7 @@ def not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?")
             else f"{run.host.name} could not be written to ({_write_failure(error)}), not the version"
             if isinstance(error, (DiskFull, HostPermissionDenied))
             else f"the connection to {run.host.name} was lost, not the version"
-            if run.connection_lost
+            if run.connection_lost and not isinstance(error, (SmokeFailed, CanaryFailed))
             else f"the deploy lock on {run.host.name} was taken over, not the version"
             if run.lock_lost
             else "the ledger could not record the deploy, not the version"

@@ -107,3 +107,65 @@ def test_a_lone_changing_host_with_a_canary_is_not_baked(deploy_env):
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - t0 < 30 and "--bake 30s not used" in r.stderr, r.stderr
     env.serves(host, v2)
+
+
+def _fail_after_a_put_back_that_reconnected(monkeypatch, exc, **kw):
+    """``deploy_failure.fail`` on a host whose put-back found its SSH connection dead and opened a
+    new one (``HostRun._reconnect`` notes ``connection_lost``); what it decided about the version."""
+    from serving_sync import deploy_failure, fleet
+
+    result = fleet.FleetResult("m", 2, "production", "failed")
+    recorder = lambda *a, **k: None      # noqa: E731 - the ledger, as far as fail() writes to it here
+    recorder.entry = lambda *a, **k: NS()
+    recorder.record_all = lambda rows: None
+    run = _run(record=recorder)
+    run.touched = True
+
+    def put_back_over_a_new_connection(self):
+        self.connection_lost = True      # what _reconnect notes: the connection had dropped meanwhile
+
+    monkeypatch.setattr(host_run.HostRun, "_restore", put_back_over_a_new_connection)
+    seen = {}
+
+    def registry(result, recorder, run, why, step, *, kept_because, canary=None):
+        seen["kept_because"] = kept_because
+        return ""
+
+    monkeypatch.setattr(deploy_failure, "registry_after_failure", registry)
+    err = deploy_failure.fail(result, recorder, run, [run], exc(run), **kw)
+    assert run.outcome.status == "restored"
+    return result, seen["kept_because"], err
+
+
+def test_a_failed_smoke_test_stays_the_versions_when_the_put_back_had_to_reconnect(monkeypatch):
+    """Found by review: the blame was decided after the put-back, and a put-back that found the SSH
+    connection gone (idle through the smoke test or a bake, a blip) made any failure "the
+    connection ... was lost, not the version": production stayed on a version whose smoke test had
+    failed, untagged, and every `sync watch` pass deployed it again. A connection that dropped after
+    the verdict does not explain it."""
+    def smoke_failed(run):
+        step = next(s for s in run.plan.steps if s.kind == "smoke_validation")
+        return host_run.StepFailed("h1", step, host_run.SmokeFailed("h1: smoke test of v2 failed: outputs differ"))
+
+    result, kept_because, _ = _fail_after_a_put_back_that_reconnected(monkeypatch, smoke_failed)
+    assert kept_because is None and result.blames_version is True
+
+
+def test_a_canary_breach_stays_the_versions_when_the_put_back_had_to_reconnect(monkeypatch):
+    from serving_sync.canary import CanaryFailed
+
+    verdict = NS(line="canary h1: error rate 25.0% (5/20) vs 0.0% before; limit 1.0%: rolled back",
+                 outcome="breached", passed=False)
+    result, kept_because, _ = _fail_after_a_put_back_that_reconnected(
+        monkeypatch, lambda run: CanaryFailed(verdict), step="bake")
+    assert kept_because is None and result.blames_version is True
+
+
+def test_a_step_that_lost_the_connection_is_still_the_connections(monkeypatch):
+    """The put-back's reconnect still says why a step failed when it is what broke the step."""
+    def cut(run):
+        step = next(s for s in run.plan.steps if s.kind == "load_validation")
+        return host_run.StepFailed("h1", step, HostUnreachable("h1: lost the SSH connection while writing"))
+
+    result, kept_because, _ = _fail_after_a_put_back_that_reconnected(monkeypatch, cut)
+    assert "the connection to h1 was lost" in kept_because and result.blames_version is False
