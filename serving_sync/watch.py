@@ -220,7 +220,7 @@ class FleetReconciler:
             if isinstance(exc, LockHeld) and self.stopping():     # gave up waiting: nothing was changed
                 return "stopped", fp.version, (f"the watch is stopping: stopped waiting for a lock, v{fp.version} "
                                                f"not deployed (nothing was changed): {exc.message}")
-            if not recording:
+            if not recording or isinstance(exc, DeployInterrupted):     # a signal ends the watch (130)
                 raise
             logger.warning("hosts serve v%d, but it could not be recorded as deployed (%s); `mlops sync "
                            "deploy` records it", fp.version, exc.message)

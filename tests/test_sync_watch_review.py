@@ -69,6 +69,23 @@ def test_recording_is_tried_once_per_version_and_a_refusing_registry_is_not_aske
     assert len(calls) == 1
 
 
+def test_a_signal_while_a_recording_pass_waits_for_a_lock_still_ends_the_watch(monkeypatch):
+    """Found by review: a pass that only records a deploy killed after its switch took every
+    UserError of its deploy for "could not be recorded", an interrupt included: a SIGTERM while it
+    waited for a host's lock (--lock-wait) became an "up_to_date" pass and the watch went on (exit
+    0 with --once), where every other deploy cut by a signal ends it with 130."""
+    monkeypatch.setattr(fleet, "plan_fleet",
+                        lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
+
+    def interrupted(model, hosts, **kw):
+        raise DeployInterrupted("interrupted (SIGTERM)")
+
+    monkeypatch.setattr(fleet, "deploy", interrupted)
+    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: False)
+    res = Watcher(r, interval=0.5, once=True).run()
+    assert [(p.status, p.exit_code) for p in res.passes] == [("interrupted", 130)]
+
+
 def test_the_watch_records_only_a_version_without_any_deploy_status(deploy_env):
     from registry import deploys
 
