@@ -144,8 +144,8 @@ def _absolute_path(value: str, where: _Where, fld: str) -> str:
         raise where.error(fld, f"{value!r} must not contain '..'")
     if has_control(value):
         raise where.error(fld, "contains control or line-separator characters")
-    norm = re.sub(r"/+", "/", value)
-    return norm.rstrip("/") or "/"
+    # '//' and '.' name the same folder: one base directory is one spelling (hosts-file check, locks)
+    return "/" + "/".join(p for p in value.split("/") if p not in ("", "."))
 
 
 def _missing_or_not_text(value: object) -> str:

@@ -134,6 +134,7 @@ def test_no_message_echoes_a_password():
     ("file:///srv/m", "file://localhost/srv//m/"),
     ("ssh://d@h/x", "ssh://d@H:22/x"),
     ("s3://bucket/a/b", "s3://bucket/a/b/"),
+    ("ssh://d@h/srv/m", "ssh://d@h/srv/./m/."),        # found by review: '.' segments were kept
 ])
 def test_two_names_for_one_base_directory_are_refused(first, second):
     """The deploy locked the first and then waited on its own lock for the second, and told the
