@@ -126,6 +126,8 @@ def _from_row(row) -> Entry:
     at = m["at"]
     if at is not None and at.tzinfo is None:  # SQLite returns naive datetimes; we store UTC
         at = at.replace(tzinfo=timezone.utc)
+    elif at is not None:    # PostgreSQL: in the session's time zone (the server's); shown labelled UTC
+        at = at.astimezone(timezone.utc)
     m["at"] = at
     m["details"] = json.loads(m["details"]) if m["details"] else {}
     return Entry(**m)

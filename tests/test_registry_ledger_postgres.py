@@ -120,3 +120,32 @@ def test_a_held_promotion_lock_is_waited_for_within_a_bound_on_postgres(postgres
     with led.serialized("m-held") as tx:                    # free again: no lock left behind
         tx.append(Entry(action="gate", model="m-held", outcome="passed", to_version=1))
     assert [e.action for e in led.entries("m-held")] == ["gate"]
+
+
+def test_times_are_read_back_in_utc_whatever_the_servers_time_zone(postgres_server):
+    """The history and the version description label their times UTC. PostgreSQL hands a
+    ``timestamptz`` back in the session's time zone (the server's ``timezone`` setting, which
+    initdb takes from the machine, or the database's): a ledger on a server set to Tokyo showed
+    times 9 hours off, still labelled UTC."""
+    from datetime import timedelta, timezone
+
+    from registry import description
+    from registry.history import history_table
+
+    url = postgres_server.create_database("tz")
+    conn = _raw(url)
+    conn.autocommit = True
+    conn.cursor().execute(f"ALTER DATABASE \"{url.rsplit('/', 1)[1]}\" SET timezone TO 'Asia/Tokyo'")
+    conn.close()
+    led = Ledger(url)
+    written = led.record("promote", "m-tz", outcome="ok", from_version=1, to_version=2, actor="alice")
+    cur = _raw(url).cursor()
+    cur.execute("show timezone")
+    assert cur.fetchone() == ("Asia/Tokyo",)        # the session really is in another zone
+    [read] = Ledger(url).entries("m-tz")
+    assert read.at == written.at and read.at.utcoffset() == timedelta(0), read.at
+    utc = written.at.astimezone(timezone.utc)
+    assert utc.strftime("%Y-%m-%d %H:%M:%S") in history_table([read])
+    text = description.render(model="m-tz", version=2, tags={}, aliases=("production",), entries=[read])
+    assert f"| #{read.id} | {utc:%Y-%m-%d %H:%M} | promote |" in text, text
+    assert f"by alice, {utc:%Y-%m-%d %H:%M} UTC" in text, text
