@@ -552,6 +552,8 @@ def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
                       details={"after_failed_deploy": failed, "production_was": current})
     if locked.moved:     # `to` keeps the approver it had; both descriptions show the rollback
         description.refresh_quietly(model, to, failed)
+    else:                # the tag rebuilt it before the failed deploy row
+        description.refresh_quietly(model, failed)
     return promo
 
 

@@ -170,7 +170,7 @@ def _write_failure(error: BaseException) -> str:
 
 def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,
                            step: str, *, kept_because: str | None, canary: str | None = None) -> str:
-    from registry import promotion
+    from registry import description, promotion
 
     model, v = result.model, result.version
     reason = f"{run.host.name}: {step}: {why}"
@@ -195,6 +195,7 @@ def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)
             recorder("deploy", "failed", host=run.host.name, from_version=run.plan.current, to_version=v,
                      reason=reason, details={"step": step})
+            description.refresh_quietly(model, v)       # the tag rebuilt it before this row
             result.registry = {"moved": False, "reason": "--version deploy: production not involved"}
             return f"v{v} tagged deploy_status=failed; production was not involved (--version)"
         rolling_back = recorder.rollback_in_rollout(v)

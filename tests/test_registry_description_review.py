@@ -399,3 +399,40 @@ def test_a_server_that_keeps_failing_is_not_called_unreachable(monkeypatch):
                               "/api/2.0/mlflow/webhooks (Caused by ResponseError('too many 500 error responses'))")
     said = caught.value.message
     assert "kept answering HTTP errors" in said and "check that it is running" not in said
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. a failed deploy whose failed row is written after the tag that refreshed the description
+# ---------------------------------------------------------------------------------------------
+
+def test_the_description_shows_a_failed_deploy_that_moved_no_production(make_version):
+    """A ``--version`` deploy that failed, and a failed deploy whose production had moved on
+    meanwhile, tagged the version (which rebuilt its description) before writing the failed
+    ``deploy`` row: the page said ``deploy failed`` with no host and no row saying where or why."""
+    from types import SimpleNamespace
+
+    from serving_sync import deploy_failure, fleet
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    promotion.promote(model, v1, actor="alice")
+
+    def failed_on(host: str, version: int, source: str) -> str:
+        run = SimpleNamespace(host=SimpleNamespace(name=host), plan=SimpleNamespace(current=v1))
+        deploy_failure.registry_after_failure(fleet.FleetResult(model, version, source, "failed"),
+                                              deploys.DeployLedger(model), run, "golden outputs differ",
+                                              "smoke_validation", kept_because=None)
+        return versions.get_version(model, version).description
+
+    text = failed_on("web-7", v2, "--version")                    # production not involved
+    assert line(text, "Deploy status").startswith("**Deploy status:** failed — web-7 failed; reason:"), text
+    assert re.search(r"^\| #\d+ \| [^|]+ \| web-7 \| deploy \| failed \| web-7\\: smoke_validation\\: golden", text,
+                     re.M), text
+
+    promotion.promote(model, v3, actor="alice")                   # production is v3, not the failed one
+    text = failed_on("web-8", v3, "production")
+    promotion.promote(model, v1, actor="bob", reason="back to v1 by hand")
+    text = failed_on("web-9", v3, "production")                    # production moved on: left alone
+    assert versions.production_version(model) == v1
+    assert line(text, "Deploy status").startswith("**Deploy status:** failed — web-8 failed, web-9 failed"), text
+    assert re.search(r"^\| #\d+ \| [^|]+ \| web-9 \| deploy \| failed \|", text, re.M), text
