@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from html import escape
 
+from .gate_rules import limit_text
+
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
 
 _CSS = """
@@ -171,8 +173,8 @@ def _rules(report: dict) -> str:
     rows = "".join(f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{escape(c["rule"])}</td>'
                    f'<td>{"pass" if c["passed"] else "<b>FAIL</b>"}</td><td>{escape(c["message"])}</td></tr>'
                    for c in report["checks"])
-    limits = (f"Limits: accuracy ≥ {r['min_accuracy']:.2f}; accuracy drop vs production ≤ "
-              f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {r['max_class_drop']:.2f}.")
+    limits = (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
+              f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {limit_text(r['max_class_drop'])}.")
     derivation = (f"<br>Accuracy tolerance: {escape(r['max_accuracy_drop_derivation'])}."
                   if r.get("max_accuracy_drop_derivation") else "")
     return (f"<h2>Rules</h2><table><tr><th>rule</th><th>result</th><th>detail</th></tr>{rows}</table>"

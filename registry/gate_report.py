@@ -8,7 +8,7 @@ HTML are rendered from the JSON, so they never disagree.
 """
 from __future__ import annotations
 
-from .gate_rules import GateRules, Verdict, _class_key, summary
+from .gate_rules import GateRules, Verdict, _class_key, limit_text, summary
 
 
 def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candidate: dict,
@@ -108,8 +108,8 @@ def markdown(report: dict) -> str:
                      f"{c['message'].replace('|', '/')} |")
     lines += [
         "",
-        f"Limits: accuracy ≥ {r['min_accuracy']:.2f}; accuracy drop vs production ≤ "
-        f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {r['max_class_drop']:.2f}.",
+        f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
+        f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {limit_text(r['max_class_drop'])}.",
     ]
     if r["max_accuracy_drop_derivation"]:
         lines.append(f"Accuracy tolerance: {r['max_accuracy_drop_derivation']}.")

@@ -168,7 +168,7 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
                        gated_production=gated_production)
     acc = float(candidate["accuracy"])
     checks.append(_at_least("min_accuracy", acc, rules.min_accuracy,
-                            f"held-out accuracy {acc:.4f} (minimum {rules.min_accuracy:.2f})"))
+                            f"held-out accuracy {acc:.4f} (minimum {limit_text(rules.min_accuracy)})"))
 
     tolerance = derivation = None
     if production is None:
@@ -287,13 +287,21 @@ def _class_check(candidate: dict, production: dict, max_drop: float, baseline_ve
     if bad:
         parts = [f"class {k} {float(cand[k]):.3f} vs {float(prod[k]):.3f} (-{drops[k]:.3f})" for k in bad]
         return Check("class_accuracy_vs_production", False,
-                     f"per-class accuracy dropped by more than {max_drop:.2f} against production "
+                     f"per-class accuracy dropped by more than {limit_text(max_drop)} against production "
                      f"v{baseline_version}: " + "; ".join(parts),
                      observed=round(drops[worst], 6), limit=max_drop,
                      shortfall=round(drops[worst] - max_drop, 6))
     return Check("class_accuracy_vs_production", True,
-                 f"largest per-class drop {max(drops[worst], 0):.3f} (class {worst}; allowed {max_drop:.2f})",
+                 f"largest per-class drop {max(drops[worst], 0):.3f} (class {worst}; allowed {limit_text(max_drop)})",
                  observed=round(drops[worst], 6), limit=max_drop)
+
+
+def limit_text(limit: float) -> str:
+    """A limit a person set (``--min-accuracy``, ``--max-class-drop``) as it was set: two decimals
+    when that is the whole value (``0.80``), else every digit (``0.905``). At two decimals alone
+    ``0.905`` read ``0.91``, and a version that passed read "0.9060 (minimum 0.91)"."""
+    two = f"{limit:.2f}"
+    return two if float(two) == limit else repr(float(limit))
 
 
 def _class_key(k: str):

@@ -270,3 +270,32 @@ def test_a_held_out_set_that_moved_since_a_version_was_trained_fails_the_gate():
     for beside in (None, {}, {"candidate": None, "production": None}):
         v = decide(cand, prod, GateRules(), baseline_version=1, trained_beside=beside)
         assert v.passed and "heldout_unchanged_since_training" not in [c.rule for c in v.checks]
+
+
+def test_a_limit_with_three_decimals_is_shown_as_it_was_set():
+    """``--min-accuracy 0.905`` / ``--max-class-drop 0.075``: the messages, the JUnit cases, the
+    report's limits line and the summary showed them to 2 decimals (0.91, 0.07), so a version that
+    passed read "held-out accuracy 0.9060 (minimum 0.91)" and "largest per-class drop 0.074
+    (allowed 0.07)" — a pass whose numbers say fail."""
+    from registry import gate_html
+
+    rules = GateRules(min_accuracy=0.905, max_class_drop=0.075)
+    prod = evaluation(0.95, {str(k): 0.95 for k in range(10)})
+    cand = evaluation(0.945, {**{str(k): 0.95 for k in range(10)}, "3": 0.876})     # drop 0.074 on class 3
+    v = decide(cand, prod, rules, baseline_version=1)
+    assert v.passed, summary(v, 2)
+    checks = {c.rule: c.message for c in v.checks}
+    assert checks["min_accuracy"] == "held-out accuracy 0.9450 (minimum 0.905)", checks
+    assert checks["class_accuracy_vs_production"] == "largest per-class drop 0.074 (class 3; allowed 0.075)", checks
+    report = gate_report.build(model="m", version=2, verdict=v, rules=rules, candidate=cand, production=prod,
+                               signature_differences=[], allow_signature_change=False,
+                               evaluated_at="2026-12-01T12:00:00+00:00")
+    limits = "Limits: accuracy ≥ 0.905; accuracy drop vs production ≤ "
+    assert limits in gate_report.markdown(report) and "per-class drop ≤ 0.075." in gate_report.markdown(report)
+    assert limits in gate_html.html(report) and "per-class drop ≤ 0.075." in gate_html.html(report)
+    # a failure says the limit it missed as set, too
+    v = decide(evaluation(0.9049), None, rules)
+    assert [c.message for c in v.failed] == ["held-out accuracy 0.9049 (minimum 0.905)"]
+    # limits of two decimals read as before
+    v = decide(cand, prod, GateRules(min_accuracy=0.9, max_class_drop=0.1), baseline_version=1)
+    assert {c.rule: c.message for c in v.checks}["min_accuracy"] == "held-out accuracy 0.9450 (minimum 0.90)"
