@@ -338,11 +338,29 @@ def refresh_quietly(model: str, *version_numbers) -> None:
             _log.warning("could not write the description of version %s of '%s': %s", v, model, exc)
 
 
+def _model_others(description: str | None) -> tuple[str, str]:
+    """What is not ours in the registered model's description (``others``); without markers, a
+    text an older mlops wrote whole (it starts as ours) is replaced, any other is a person's."""
+    text = description or ""
+    if BEGIN not in text and END not in text and text.startswith(MODEL_DESCRIPTION.split("\n", 1)[0][:40]):
+        return "", ""
+    return others(text)
+
+
 def ensure_model_description(model: str) -> None:
     """Give the registered model its description (what it predicts, input contract, how
-    versions reach production, where the ledger is) when it has none or an older one."""
+    versions reach production, where the ledger is) when it has none or an older one: our
+    block between the markers, a person's text around it kept (it was written over at every
+    registration)."""
     doc = rest().get("registered-models/get", {"name": model}, what=f"reading registered model '{model}'")
-    if (doc.get("registered_model") or {}).get("description") == MODEL_DESCRIPTION:
+    current = (doc.get("registered_model") or {}).get("description") or ""
+    above, below = _model_others(current)
+    text = compose(above, MODEL_DESCRIPTION + "\n", below)
+    if text == current:
         return
-    rest().call("PATCH", "registered-models/update", body={"name": model, "description": MODEL_DESCRIPTION},
+    if len(text) > DESCRIPTION_LIMIT:
+        raise UserError(f"not writing the description of registered model '{model}': with the "
+                        f"{len(above) + len(below)} characters written outside the mlops block it would be "
+                        f"{len(text)} characters, and MLflow keeps at most {DESCRIPTION_LIMIT}; shorten that text")
+    rest().call("PATCH", "registered-models/update", body={"name": model, "description": text},
                 what=f"writing the description of registered model '{model}'")

@@ -436,3 +436,33 @@ def test_the_description_shows_a_failed_deploy_that_moved_no_production(make_ver
     assert versions.production_version(model) == v1
     assert line(text, "Deploy status").startswith("**Deploy status:** failed — web-8 failed, web-9 failed"), text
     assert re.search(r"^\| #\d+ \| [^|]+ \| web-9 \| deploy \| failed \|", text, re.M), text
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. a person's description of the registered model
+# ---------------------------------------------------------------------------------------------
+
+def test_a_persons_description_of_the_registered_model_survives_the_next_registration(make_version):
+    """Every registration wrote the registered model's fixed description over whatever it had: an
+    owner's note written on the model's page in the MLflow UI was gone at the next `mlops train`.
+    Ours is a marked block now, as on a version; an older unmarked one of ours is replaced whole."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version()
+
+    def written() -> str:
+        return rest().get("registered-models/get", {"name": model}, what="test")["registered_model"]["description"]
+
+    assert description.block(written()) == description.MODEL_DESCRIPTION + "\n"
+    note = "Owner: team vision (#vision-oncall). Do not delete versions before 2027."
+    rest().call("PATCH", "registered-models/update", body={"name": model, "description": note}, what="test")
+    make_version()
+    text = written()
+    assert note in text and text.count(description.BEGIN) == 1, text
+    assert description.block(text) == description.MODEL_DESCRIPTION + "\n"
+    make_version()
+    assert written() == text                                   # nothing changes a second time
+    # a description an older mlops wrote (ours, unmarked) is replaced, not kept as a person's
+    older = description.MODEL_DESCRIPTION.replace("10 classes.", "10 classes (old wording).")
+    rest().call("PATCH", "registered-models/update", body={"name": model, "description": older}, what="test")
+    make_version()
+    assert written() == description.compose("", description.MODEL_DESCRIPTION + "\n", "")

@@ -68,7 +68,7 @@ def test_version_page_after_gate_promote_deploy_and_rollback(make_version):
             assert len(info.tags.get(key, "")) <= 24, (key, info.tags.get(key))
     # the registered model has its description
     registered = rest().get("registered-models/get", {"name": model}, what="test")["registered_model"]
-    assert registered["description"] == description.MODEL_DESCRIPTION
+    assert description.block(registered["description"]) == description.MODEL_DESCRIPTION + "\n"
     assert "Input contract" in registered["description"] and "ledger" in registered["description"]
 
 
