@@ -142,7 +142,7 @@ def validate_and_record(model: str, version: int, *, server: str, start_server: 
 
 def record(result: InfraResult) -> None:
     """Tag ``infra_validation=passed|failed`` and append a ``smoke_test`` ledger row."""
-    from registry import tags, versions
+    from registry import description, tags, versions
     from registry.ledger import Ledger
     from registry.provenance import Provenance
 
@@ -151,3 +151,4 @@ def record(result: InfraResult) -> None:
     Ledger().record("smoke_test", result.model, outcome=outcome, to_version=result.version,
                     host=f"{LEDGER_HOST}:{result.server}", reason=result.error,
                     **Provenance.from_environment().row(), details={"check": "infra_validation", **result.to_dict()})
+    description.refresh_quietly(result.model, result.version)     # the page the approver reads at `hold`

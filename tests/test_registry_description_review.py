@@ -466,3 +466,22 @@ def test_a_persons_description_of_the_registered_model_survives_the_next_registr
     rest().call("PATCH", "registered-models/update", body={"name": model, "description": older}, what="test")
     make_version()
     assert written() == description.compose("", description.MODEL_DESCRIPTION + "\n", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. infra-validate's verdict, read by the approver before pressing Approve
+# ---------------------------------------------------------------------------------------------
+
+def test_the_description_shows_infra_validation_once_it_is_recorded(make_version):
+    """`sync infra-validate` tagged the version and wrote its `smoke_test` row, but nothing rebuilt
+    the description: the page the approver opens at the `hold` step said "no deploy yet" until
+    the promotion, and a failure's reason was on no page."""
+    from serving_sync import infra
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    infra.record(infra.InfraResult(model, v, "docker", passed=False,
+                                   error="version 1 did not become AVAILABLE within 120s"))
+    text = versions.get_version(model, v).description
+    assert re.search(r"^\| #\d+ \| [^|]+ \| infra-validate\\:docker \| smoke_test \| failed \| version 1 did not "
+                     r"become AVAILABLE within 120s \|$", text, re.M), text
