@@ -6,12 +6,17 @@ import re
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def printable(text: str) -> str:
+    """``text`` with every control character shown as ``\\xNN`` (newlines and tabs too): what
+    hosts, servers and users sent (a host's stderr, TF Serving's error text, a file name) must
+    not repaint the terminal or a CI log that shows it."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
 def one_line(text: str) -> str:
-    """``text`` as one printable line: whitespace runs become one space, and any other control
-    character is shown as ``\\xNN``. Messages carry what hosts, servers and users sent (a host's
-    stderr, TF Serving's error text, a file name); a terminal escape in them must not repaint
-    the terminal or a CI log that shows the line."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(str(text).split()))
+    """``text`` as one printable line: whitespace runs become one space, any other control
+    character is shown as ``\\xNN`` (``printable``)."""
+    return printable(" ".join(str(text).split()))
 
 
 class UserError(Exception):

@@ -211,3 +211,15 @@ def test_junit_reports_parse_whatever_a_check_message_holds(tmp_path):
     assert root.get("tests") == "2" and root.get("failures") == "1" and root.get("name") == "infra-validate.m?.v1"
     failure = root.find("testcase/failure")
     assert failure.get("message") == "signature ??[31m not found ? ? end" == failure.text
+
+
+def test_check_messages_from_hosts_are_printed_with_control_characters_shown(capsys):
+    """A smoke check's message carries TF Serving's own error text; the printers wrote it to
+    stdout as sent, ESC sequences included (found by review, 2026-12-05, fourth stop)."""
+    from serving_sync.smoke import Check, SmokeReport
+
+    hostile = "Servable not found\x1b[2J\x1b]0;owned\x07\nnext"
+    sync_text.smoke([SmokeReport("web-1", "m", "m/versions/3", 3, [Check("golden", False, hostile)])])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and out.count("\n") == 1, out
+    assert "web-1: FAILED via m/versions/3: golden: Servable not found\\x1b[2J\\x1b]0;owned\\x07\\x0anext" in out

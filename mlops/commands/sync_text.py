@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import sys
 
+from mlops_common.errors import printable
+
+
+def _say(line: str, *, file=None) -> None:
+    """Print one line with any control character in it shown as ``\\xNN``: check messages and
+    drift carry text from hosts and TF Serving (found by review, 2026-12-05, fourth stop)."""
+    print(printable(line), file=file or sys.stdout)
+
 
 def deploy(result) -> None:
     """A ``fleet.deploy`` result: its message, then one line per host."""
-    print(result.message)
+    _say(result.message)
     for h in result.hosts:
         extra = []
         if h.publish:
@@ -20,19 +28,19 @@ def deploy(result) -> None:
         if h.retention and (h.retention.get("remove_versions") or h.retention.get("remove_uploads")):
             extra.append(f"removed {h.retention.get('remove_versions')} {h.retention.get('remove_uploads')}")
         extra += [n for n in h.notes if n != "up to date"]
-        print(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
+        _say(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
 
 
 def plan(model: str, fp) -> None:
     """A ``fleet.plan_fleet`` result: the rollout, then each host's steps by phase."""
     src = "production" if fp.source == "production" else "--version"
-    print(f"plan for v{fp.version} of '{model}' ({src}):")
+    _say(f"plan for v{fp.version} of '{model}' ({src}):")
     for line in rollout_lines(fp):
-        print(f"  {line}")
+        _say(f"  {line}")
     for p in fp.plans:
         _host_plan(p, fp.peak.get(p.host) or {})
     for name, err in fp.errors.items():
-        print(f"  {name}: cannot observe: {err}")
+        _say(f"  {name}: cannot observe: {err}")
 
 
 def _host_plan(p, peak: dict) -> None:
@@ -40,19 +48,19 @@ def _host_plan(p, peak: dict) -> None:
     mem = (f"; peak model memory {_mb(peak['bytes'])} (1.2 x SavedModel size of "
            f"{' + '.join(f'v{c}' for c in peak['copies'])})" if peak.get("bytes") is not None else
            "; peak model memory unknown (a SavedModel size is not known)" if peak else "")
-    print(f"  {p.host} ({now}): " + ("up to date, nothing to do" if p.up_to_date else
+    _say(f"  {p.host} ({now}): " + ("up to date, nothing to do" if p.up_to_date else
                                      f"{len(p.steps)} steps{mem}"))
     phase = None
     for i, step in enumerate(p.steps, 1):
         if step.kind.phase != phase:
             phase = step.kind.phase
-            print(f"    {phase}:")
-        print(f"    {i}. {step.text}")
+            _say(f"    {phase}:")
+        _say(f"    {i}. {step.text}")
     if not p.up_to_date and p.retention:
-        print(f"    then retention removes {', '.join(f'v{v}' for v in p.retention)}")
+        _say(f"    then retention removes {', '.join(f'v{v}' for v in p.retention)}")
     for n in p.notes:
         if n != "up to date":
-            print(f"    note: {n}")
+            _say(f"    note: {n}")
 
 
 def _mb(nbytes: int) -> str:
@@ -95,14 +103,14 @@ def rollout_lines(fp) -> list[str]:
 def status(fs) -> None:
     """A ``status.fleet_status`` result: production, then each host's routes and drift."""
     production = fs.production
-    print(f"'{fs.model}': production is {f'v{production}' if production is not None else '(none)'}")
+    _say(f"'{fs.model}': production is {f'v{production}' if production is not None else '(none)'}")
     for s in fs.hosts:
         if not s.reachable:
-            print(f"  {s.name}: UNREACHABLE: {s.error}")
+            _say(f"  {s.name}: UNREACHABLE: {s.error}")
             continue
         states = ", ".join(f"v{v} {st}" for v, st in sorted(s.versions.items())) or "no versions"
         label = s.labels.get("stable")
-        print(f"  {s.name}: stable -> {f'v{label}' if label is not None else 'nothing'}, unversioned -> "
+        _say(f"  {s.name}: stable -> {f'v{label}' if label is not None else 'nothing'}, unversioned -> "
               f"{f'v{s.unversioned}' if s.unversioned is not None else 'nothing'} ({states}): "
               + ("in sync" if s.in_sync else "DRIFT: " + "; ".join(s.drift)))
 
@@ -110,18 +118,18 @@ def status(fs) -> None:
 def smoke(reports) -> None:
     """``smoke_hosts`` reports: one line per host with every check."""
     for r in reports:
-        print(f"{r.host}: {'passed' if r.passed else 'FAILED'} via {r.route}: "
+        _say(f"{r.host}: {'passed' if r.passed else 'FAILED'} via {r.route}: "
               + "; ".join(f"{c.name}: {c.message}" for c in r.checks))
 
 
 def rollback_moved(model: str, actor: str, promo) -> None:
     """Progress (stderr): the registry moved back; the deploy starts."""
     if promo.details.get("finishes") is not None:
-        print(f"production of '{model}' is v{promo.to_version}: finishing the rollback v{promo.from_version} -> "
+        _say(f"production of '{model}' is v{promo.to_version}: finishing the rollback v{promo.from_version} -> "
               f"v{promo.to_version} (ledger #{promo.ledger_id}), which stopped before its tags were written; "
               f"run `mlops sync rollback` again to roll back further", file=sys.stderr)
         return
-    print(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor}, "
+    _say(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor}, "
           f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
 
 
@@ -130,10 +138,10 @@ def rollback(rb) -> None:
     deploy(rb.deploy)
     answered, switch = rb.seconds_to_old_outputs, rb.switch_seconds
     if rb.superseded:
-        print(f"note: production moved to v{rb.deploy.version} (another promotion) while this rollback to "
+        _say(f"note: production moved to v{rb.deploy.version} (another promotion) while this rollback to "
               f"v{rb.registry.to_version} deployed; the hosts serve v{rb.deploy.version}, the newer decision")
     elif answered is not None:
-        print(f"v{rb.registry.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
+        _say(f"v{rb.registry.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
               f"command started" + (f" (host switch {switch * 1000:.0f} ms)" if switch is not None else ""))
 
 
@@ -141,19 +149,19 @@ def watch(result) -> None:
     """A ``Watcher`` result: one line per pass kept (the newest), and how many ran before them."""
     if result.dropped:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
-        print(f"{result.dropped} earlier passes not shown (all passes: {counts})")
+        _say(f"{result.dropped} earlier passes not shown (all passes: {counts})")
     for p in result.passes:
-        print(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
+        _say(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
 
 
 def infra_validate_started(model: str, version: int, kind: str) -> None:
     """Progress (stderr): which throw-away server validates what."""
-    print(f"infra-validate v{version} of '{model}' in a throw-away {kind} TF Serving", file=sys.stderr)
+    _say(f"infra-validate v{version} of '{model}' in a throw-away {kind} TF Serving", file=sys.stderr)
 
 
 def infra_validate(result) -> None:
     """An ``infra.validate`` result: each check, then the verdict."""
     for c in result.checks:
-        print(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.message}")
-    print(f"infra validation of v{result.version} {'passed' if result.passed else 'FAILED'} "
+        _say(f"{'ok  ' if c.passed else 'FAIL'} {c.name}: {c.message}")
+    _say(f"infra validation of v{result.version} {'passed' if result.passed else 'FAILED'} "
           f"({result.server}, {result.seconds:.1f}s)")
