@@ -31,7 +31,7 @@ from .promotion_rules import (
     check_pipeline_rerun,
     check_promotable,
     ever_held,
-    last_move,
+    last_real_move,
     latest_gate,
     ledger_production,
     pipeline_move,
@@ -286,7 +286,7 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
     with ledger.serialized(model) as tx:
         alias = versions.production_version(model)
         rows = _reconcile_in(tx, model, alias, by.actor)
-        last = None if rows else last_move(tx.entries(actions=_VIEW))
+        last = None if rows else last_real_move(tx.entries(actions=_VIEW))   # not a no-op rerun's row
     moves = _confirmed_moves(model, rows, by.actor)
     # a failed deploy's automatic revert leaves its target's approver as it was (on purpose):
     # only a move a person made can leave tags behind
@@ -305,13 +305,25 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
     return Reconciliation(model, alias, rows, retagged=bool(stale))
 
 
-def _tags_lag(model: str, p: Promotion) -> bool:
+def _tags_lag(model: str, p: Promotion, shown: dict[str, str] | None = None) -> bool:
     """Whether ``p``'s version does not show ``p`` yet (its approver tag differs): a reconcile or
-    promotion whose tag writes failed after its row was committed."""
+    promotion whose tag writes failed after its row was committed. ``shown``: the version's tags
+    if the caller just read them."""
     if p.to_version is None:
         return False
-    shown = versions.get_version(model, p.to_version).tags
+    if shown is None:
+        shown = versions.get_version(model, p.to_version).tags
     return any(shown.get(k) != v for k, v in promotion_tags(p).items())
+
+
+def _let_in(model: str, version: int, arrived: Entry | None) -> Promotion | None:
+    """The move that let ``version`` into production (``last_real_move``), as a promotion for its
+    tags; None when there is none, or it was a failed deploy's automatic revert (whose target
+    keeps the approver it had, on purpose)."""
+    if arrived is None or arrived.to_version != version or (arrived.details or {}).get("automatic"):
+        return None
+    (p,) = _confirmed_moves(model, [arrived])
+    return p
 
 
 def _confirmed_moves(model: str, rows: list[Entry], actor: str | None = None) -> list[Promotion]:
@@ -362,6 +374,7 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
                 verdicts = tx.entries(actions=("gate", "promote", "rollback"))     # one read
+                arrived = last_real_move(verdicts) if current == info.version else None
                 check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version),
                                     ever_held(verdicts), force=force)
             except RefusedError as exc:
@@ -388,9 +401,16 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         # no longer awaiting approval; read again: another gate may have moved 'candidate' since
         if versions.registered_model_aliases(model).get(versions.CANDIDATE) == info.version:
             versions.delete_alias(model, versions.CANDIDATE)
-        if promo.moved or not info.tags.get(tags.APPROVED_BY):
+        let_in = _let_in(model, info.version, arrived) if not promo.moved else None
+        if promo.moved:
             _write_view(model, info.version, promo)     # after the alias change: it shows the aliases
-        else:       # promoted again where it already served: who let it in stays (the ledger has both)
+        elif let_in is not None and _tags_lag(model, let_in, info.tags):
+            # promoted again where it already served: who let it in stays (the ledger has both) —
+            # written when the tags do not show it yet (a rerun after that move's tag writes failed)
+            _write_view(model, info.version, let_in)
+        elif not info.tags.get(tags.APPROVED_BY):
+            _write_view(model, info.version, promo)
+        else:
             description.refresh_quietly(model, info.version)
 
     promo = Promotion(model=model, action=action, from_version=current, to_version=info.version,

@@ -341,6 +341,17 @@ def last_move(entries: Iterable[Entry]) -> Entry | None:
     return last
 
 
+def last_real_move(entries: Iterable[Entry]) -> Entry | None:
+    """The newest move that changed where ``production`` is (``moved``): the one that let the
+    ledger's production version in. A move recorded where the version already held production (a
+    rerun, a promotion of production itself) let nothing in, so its actor is not the approver."""
+    last = None
+    for e in entries:
+        if moved(e):
+            last = e
+    return last
+
+
 def ledger_production(entries: Iterable[Entry]) -> int | None:
     """The version the ledger says holds production: the target of the newest ``ok`` move."""
     last = last_move(entries)

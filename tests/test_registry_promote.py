@@ -280,3 +280,45 @@ def test_a_circleci_job_run_again_does_not_move_production_a_second_time(make_ve
     # without CircleCI (by hand) the rules are as before
     monkeypatch.delenv("CIRCLE_PIPELINE_ID")
     assert promotion.promote(model, v2, actor="alice").moved is True
+
+
+def test_the_rerun_a_failed_tag_write_asks_for_writes_who_let_the_version_in_this_time(
+        make_version, http_fault_proxy, mlflow_server):
+    """A promotion whose tag writes failed after the alias moved says to run it again; the rerun
+    finds the version already in production. When that version had an approver from an earlier
+    time in production, the rerun kept it: `approved_by` (and the description's "Approved by")
+    named alice for bob's promotion until someone ran `registry reconcile`."""
+    from registry import tags
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
+    for args in (("promote", "--version", str(v1), "--actor", "zed"),
+                 ("promote", "--version", str(v2), "--actor", "alice"), ("rollback", "--actor", "carol")):
+        assert run_mlops("registry", *args).returncode == 0
+    assert versions.get_version(model, v2).tags[tags.APPROVED_BY] == "alice"
+    proxy = http_fault_proxy(mlflow_server, fail_always=True,
+                             match=lambda method, path: method == "POST" and "model-versions/set-tag" in path)
+    via = {"MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "bob", env=via)
+    assert r.returncode != 0 and f"`mlops registry promote --version {v2}` writes them again" in one_error_line(r)
+    assert versions.production_version(model) == v2
+    proxy.set()                                                  # MLflow answers again
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "bob", env=via)
+    assert r.returncode == 0 and "already holds production" in r.stdout, r.stderr
+    info = versions.get_version(model, v2)
+    assert info.tags[tags.APPROVED_BY] == "bob"
+    assert "**Approved by:** bob (promote v1 → v2 by bob" in info.description
+
+
+def test_reconcile_keeps_who_let_the_version_in_when_it_was_promoted_again(make_version):
+    """Promoting production's version again keeps its approver (test above); `registry reconcile`
+    then took that no-op row for the move, called the tags "behind" and made bob the approver."""
+    from registry import tags
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    assert run_mlops("registry", "promote", "--version", str(v), "--actor", "alice").returncode == 0
+    assert run_mlops("registry", "promote", "--version", str(v), "--actor", "bob").returncode == 0
+    r = run_mlops("registry", "reconcile", "--actor", "carol")
+    assert r.returncode == 0 and "nothing recorded" in r.stdout and "behind" not in r.stdout, r.stdout
+    assert versions.get_version(model, v).tags[tags.APPROVED_BY] == "alice"
