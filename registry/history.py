@@ -104,7 +104,7 @@ def agreement_line(a) -> str:
 
 def status_table(model: str, rows: list[dict]) -> str:
     if not rows:
-        return f"registered model '{model}' has no versions yet"
+        return f"registered model '{model}' has no versions (none registered yet, or all deleted)"
     return table(["version", "aliases", "validation", "deploy", "heldout_acc", "age", "dataset",
                   "pipeline"],
                  [[r["version"], ",".join(r["aliases"]) or "-", r["validation_status"],

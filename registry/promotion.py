@@ -258,7 +258,10 @@ def check_agreement(model: str, *, ledger: Ledger | None = None) -> Agreement:
     if found.agrees:
         return found
     with ledger.serialized(model) as tx:
-        return agreement(versions.production_version(model), tx.entries(actions=_VIEW))
+        found = agreement(versions.production_version(model), tx.entries(actions=_VIEW))
+    if found.alias is None and found.ledger is not None and not versions.version_exists(model, found.ledger):
+        found = replace(found, ledger_deleted=True)    # deleted, not moved: MLflow removed its alias with it
+    return found
 
 
 @dataclass

@@ -403,6 +403,7 @@ class Agreement:
     alias: int | None
     ledger: int | None
     open_intents: tuple[Entry, ...] = ()
+    ledger_deleted: bool = False        # the ledger's production version is gone from the registry
 
     @property
     def agrees(self) -> bool:
@@ -417,6 +418,7 @@ class Agreement:
                     f"`mlops registry reconcile` closes it") if pending else None
         why = (f"intent {pending} moved it but was never recorded" if any(
             i.to_version == self.alias for i in self.open_intents)
+            else DELETED_WITH_ALIAS.format(version_label(self.ledger)) if self.alias is None and self.ledger_deleted
             else "it was moved outside mlops (MLflow UI or API)")
         return (f"production is {version_label(self.alias)} but the ledger says {version_label(self.ledger)}: {why}; "
                 f"`mlops registry reconcile` records it")
@@ -426,10 +428,14 @@ class Agreement:
                 "open_intents": [i.id for i in self.open_intents], "problem": self.problem()}
 
 
-def agreement(alias: int | None, entries: Iterable[Entry]) -> Agreement:
-    """Compare the ``production`` alias with the ledger's replay (pure)."""
+def agreement(alias: int | None, entries: Iterable[Entry], *, ledger_deleted: bool = False) -> Agreement:
+    """Compare the ``production`` alias with the ledger's replay (pure). ``ledger_deleted``: the
+    version the ledger names is no longer in the registry."""
     entries = list(entries)
-    return Agreement(alias, ledger_production(entries), tuple(open_intents(entries)))
+    return Agreement(alias, ledger_production(entries), tuple(open_intents(entries)), ledger_deleted)
+
+
+DELETED_WITH_ALIAS = "{} was deleted from the registry (MLflow removes its aliases with it)"
 
 
 # Who let a version in when the alias was moved outside mlops (MLflow UI or API): not known, and
@@ -467,7 +473,7 @@ def reconcile_rows(model: str, alias: int | None, entries: Iterable[Entry], *, a
                                      f"(it is {version_label(alias)})",
                               details={"intent": i.id}))
     if alias != ledger:
-        how = (f"{version_label(ledger)} was deleted from the registry (MLflow removes its aliases with it)"
+        how = (DELETED_WITH_ALIAS.format(version_label(ledger))
                if alias is None and ledger_version_deleted else "it was moved outside mlops (MLflow UI or API)")
         rows.append(Entry(action="promote" if alias is not None else "rollback", model=model, outcome="ok",
                           from_version=ledger, to_version=alias, actor=actor,

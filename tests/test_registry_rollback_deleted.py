@@ -164,3 +164,28 @@ def test_rows_of_a_model_deleted_and_created_again_steer_neither_its_rollback_no
         [("promote", "refused", 2)]
     # the whole history stays on record for `registry history`
     assert [e.to_version for e in Ledger().entries(model, actions=("promote",))][:3] == [1, 2, 3]
+
+
+def test_status_says_production_was_deleted_not_moved_and_still_compares_with_the_ledger(make_version):
+    """`registry status` of a model whose production version was deleted said "it was moved
+    outside mlops (MLflow UI or API)" (reconcile then recorded that it was deleted); with every
+    version deleted it said the model "has no versions yet" and left out the ledger's production."""
+    import json
+
+    from tests.helpers import run_mlops
+
+    model = promoted_in_turn(make_version, 2)
+    delete_from_registry(model, 2)
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("MISMATCH: production is (none) but the ledger says v2: v2 was deleted from the "
+                           "registry"), last
+    assert "moved outside mlops" not in last
+    delete_from_registry(model, 1)
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0, r.stderr
+    assert "no versions yet" not in r.stdout and f"registered model '{model}' has no versions" in r.stdout
+    assert "MISMATCH: production is (none) but the ledger says v2: v2 was deleted" in r.stdout, r.stdout
+    doc = json.loads(run_mlops("registry", "status", "--json").stdout)
+    assert doc["versions"] == [] and doc["ledger"]["ledger"] == 2 and doc["ledger"]["agrees"] is False

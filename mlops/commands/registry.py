@@ -275,13 +275,12 @@ def cmd_status(args) -> int:
 
     model = settings.model_name(args.model_name)
     rows = status_rows(model)
-    agreement = check_agreement(model) if rows else None
+    agreement = check_agreement(model)      # also with no versions: the ledger may name a deleted one
     if args.json:
-        output.emit({"model": model, "versions": rows,
-                    "ledger": agreement.to_dict() if agreement else None})
+        output.emit({"model": model, "versions": rows, "ledger": agreement.to_dict()})
     else:
         print(status_table(model, rows))
-        if agreement is not None:
+        if rows or agreement.ledger is not None or agreement.problem():
             print(agreement_line(agreement))
     return 0
 
