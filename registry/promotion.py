@@ -85,10 +85,14 @@ class Promotion:
             try:
                 pending()
             except UserError as exc:   # the move itself is done and recorded: say so
+                # a promotion of a version that passed its gate, run again, writes them (and moves
+                # nothing); for a forced move or a rollback that command is refused or records a
+                # promotion nobody made: reconcile writes the tags of the move the ledger records
+                again = (f"mlops registry promote --version {self.to_version}"
+                         if self.action == "promote" and not self.forced else "mlops registry reconcile")
                 raise UserError(f"production of '{self.model}' is v{self.to_version} (ledger #{self.ledger_id}), "
                                 f"but the version tags that show it in the MLflow UI could not be written "
-                                f"({exc.message}); `mlops registry promote --version {self.to_version}` writes "
-                                f"them again once MLflow answers") from None
+                                f"({exc.message}); `{again}` writes them again once MLflow answers") from None
 
 
 def promotion_tags(p: Promotion) -> dict[str, str]:

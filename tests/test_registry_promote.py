@@ -322,3 +322,34 @@ def test_reconcile_keeps_who_let_the_version_in_when_it_was_promoted_again(make_
     r = run_mlops("registry", "reconcile", "--actor", "carol")
     assert r.returncode == 0 and "nothing recorded" in r.stdout and "behind" not in r.stdout, r.stdout
     assert versions.get_version(model, v).tags[tags.APPROVED_BY] == "alice"
+
+
+def test_the_command_a_failed_tag_write_names_finishes_a_forced_move(make_version, http_fault_proxy, mlflow_server):
+    """The line after a move whose tag writes failed named `mlops registry promote --version N`;
+    for a version that did not pass its gate (moved with --force --reason) that command is refused
+    (and recorded as a refusal), and the tags stayed behind. The command it names now finishes
+    every move as it is."""
+    import re
+    import shlex
+
+    from registry import tags
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version(validation_status="failed")
+    assert run_mlops("registry", "promote", "--version", str(v1), "--actor", "zed").returncode == 0
+    proxy = http_fault_proxy(mlflow_server, fail_always=True,
+                             match=lambda method, path: method == "POST" and "model-versions/set-tag" in path)
+    via = {"MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "bob", "--force",
+                  "--reason", "hotfix", env=via)
+    line = one_error_line(r)
+    assert r.returncode != 0 and versions.production_version(model) == v2, line
+    named = re.search(r"`(mlops registry [^`]+)` writes them again", line)
+    assert named, line
+    proxy.set()
+    argv = shlex.split(named.group(1))
+    assert argv[:2] == ["mlops", "registry"]
+    r = run_mlops(*argv[1:], "--actor", "bob", env=via)
+    assert r.returncode == 0, r.stderr
+    assert versions.get_version(model, v2).tags[tags.APPROVED_BY] == "bob"
+    assert not [e for e in Ledger().entries(model) if e.outcome == "refused"]
