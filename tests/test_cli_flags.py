@@ -41,6 +41,8 @@ from mlops.commands import flags
     (flags.model_name, "", "is empty: name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME"),
     (flags.actor, " ", "is empty: name who acts, or leave --actor out"),
     (flags.actor, "a\nb", "must be one line of text without control characters (newlines, escape sequences)"),
+    # the ledger's actor column is VARCHAR(256): PostgreSQL refused a longer one mid-promotion
+    (flags.actor, "a" * 257, "is 257 characters long; name who acts in at most 256"),
     (flags.output_path, "", "is empty: name the output .npz file, an existing folder or s3://bucket/key.npz"),
     (flags.bind_address, "", "is empty: name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to "
                              "listen on every interface on purpose)"),
@@ -63,6 +65,7 @@ def test_good_values_convert():
     assert flags.fraction("0.25") == 0.25 and flags.seconds("86400") == 86400.0 and flags.number("-2") == -2.0
     assert flags.seed("0") == 0 and flags.seed("4294967295") == 2**32 - 1
     assert flags.port("8080") == 8080 and flags.port("0") == 0
+    assert flags.actor("é" * 256) == "é" * 256      # 256 characters fit the ledger column (not bytes)
 
 
 def test_the_commands_use_these_converters():

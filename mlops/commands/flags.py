@@ -147,7 +147,17 @@ location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix
 # --- flags every registry / sync command takes ----------------------------------------------------
 # ``--model-name`` fell back to MLOPS_MODEL_NAME, ``--actor`` to the OS user
 model_name = _not_empty("name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME")
-actor = _not_empty("name who acts, or leave --actor out", then=free_text)
+ACTOR_MAX = 256     # the ledger's actor column (VARCHAR(256): PostgreSQL refused a longer one mid-promotion)
+
+
+def _actor_text(text: str) -> str:
+    text = free_text(text)
+    if len(text) > ACTOR_MAX:
+        raise argparse.ArgumentTypeError(f"is {len(text)} characters long; name who acts in at most {ACTOR_MAX}")
+    return text
+
+
+actor = _not_empty("name who acts, or leave --actor out", then=_actor_text)
 # ``registry history --model``: an empty one listed every model
 model_filter = _not_empty("name a registered model, or leave --model out to list every model")
 # ``--hosts``: an empty one fell back to MLOPS_SYNC_TARGET or MLOPS_HOSTS_FILE, another fleet
