@@ -235,6 +235,10 @@ def test_retrain_with_the_bad_batch_stops_at_the_gate(pipeline, digits_batches):
     assert _stable_version(server, model) == 2
     gate_rows = [e for e in _ledger(pipeline) if e.action == "gate" and e.to_version == 3]
     assert gate_rows and gate_rows[-1].outcome == "failed" and "accuracy" in (gate_rows[-1].reason or "")
+    # CircleCI stores artifacts and test results after a failed step too: the failed gate's report
+    # and JUnit file are there for the person who reads why (the harness skipped them until 2026-12-05).
+    gate_job = res.artifacts / "gate"
+    assert list(gate_job.rglob("report.html")) and list(gate_job.rglob("gate.xml")), res.log()
     # The on_fail step told the team.
     new_posts = pipeline["slack"].posts[posts_before:]
     assert new_posts and "gate" in new_posts[-1]["text"]

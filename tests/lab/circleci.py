@@ -15,7 +15,8 @@ on anything else, so the config cannot silently drift away from what the tests e
   ``environment``, ``$BASH_ENV``; an empty ``environment`` value reaches the job as ``<nil>``, as on
   CircleCI: ``env_value``), ``restore_cache``/``save_cache`` (no-ops: the venv is shared),
   ``persist_to_workspace``/``attach_workspace`` (a folder), ``store_artifacts``,
-  ``store_test_results`` (copied), ``add_ssh_keys`` (installs the test's deploy key in ``~/.ssh``).
+  ``store_test_results`` (copied, after a failed step too, as on CircleCI), ``add_ssh_keys``
+  (installs the test's deploy key in ``~/.ssh``).
 
 Each job gets a fresh checkout (tracked and untracked-but-not-ignored files, with ``.venv``
 linked) and a fresh ``HOME``, like a fresh CircleCI container.
@@ -145,6 +146,11 @@ def substitute(obj, values: dict):
 
         return _VALUE.sub(repl, obj)
     return obj
+
+
+# CircleCI runs these even after a failed step (its configuration reference: they take no `when`
+# and are always executed); a failed gate job's report and JUnit file are what a person reads.
+ALWAYS_RUN = ("store_artifacts", "store_test_results")
 
 
 def env_value(value) -> str:
@@ -377,7 +383,7 @@ class LocalCircleCI:
                 step_env = {**env, **{k: env_value(v) for k, v in (spec.get("environment") or {}).items()}}
                 sr = self._bash(spec.get("name", spec["command"].splitlines()[0]), spec["command"],
                                 step_env, project)
-            elif failed:
+            elif failed and kind not in ALWAYS_RUN:
                 sr = StepResult(kind, 0, "", skipped=True)
             else:
                 sr = self._builtin(kind, spec, project, home, workspace, artifacts / job_name)
