@@ -9,7 +9,7 @@ from __future__ import annotations
 from mlops_common import faultpoint, log
 from mlops_common.errors import UserError, reworded
 
-from . import bundle_hashes
+from . import bundle_hashes, versions
 from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .description import ensure_model_description, refresh_quietly
@@ -43,12 +43,17 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
         all_tags[T.GIT_COMMIT] = by.git_commit
     if by.pipeline_id:
         all_tags[T.PIPELINE_ID] = by.pipeline_id
-    with mlflow_errors(f"registering a version of '{model_name}'"):
-        mv = mlflow.register_model(model_uri, model_name, tags=all_tags, await_registration_for=300)
-        if description:
-            client.update_model_version(model_name, mv.version, description=description)
-    version = int(mv.version)
+    # MLflow creates the version in one request of several (the registered model, the version, its
+    # wait, a tag on the logged model, our description): whichever fails, no version stays
+    # without its ledger row. The run's versions from before tell a version this call created.
+    before = versions.versions_of_run(model_name, run_id, what=f"registering a version of '{model_name}'")
+    version = None
     try:
+        with mlflow_errors(f"registering a version of '{model_name}'"):
+            mv = mlflow.register_model(model_uri, model_name, tags=all_tags, await_registration_for=300)
+            version = int(mv.version)
+            if description:
+                client.update_model_version(model_name, mv.version, description=description)
         faultpoint.reached("register:after_version")
         ledger.append(Entry(
             action="register", model=model_name, outcome="ok", to_version=version,
@@ -59,12 +64,21 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
                      **({"ci": dict(by.ci)} if by.ci else {}),
                      **({"bundle_files": dict(bundle_files), "bundle_sha256": bundle_hashes.digest(bundle_files)}
                         if bundle_files else {})}))
-    except BaseException as exc:      # a signal, a ledger that stopped answering: no version without its row
-        removed = _unregister(client, model_name, version)
-        if isinstance(exc, UserError):
-            raise reworded(exc, f"{exc.message}; version {version} of '{model_name}' " + (
-                "was removed again: nothing is registered" if removed else
-                "is registered without its ledger row (its files are unchecked): delete it in MLflow")) from None
+    except BaseException as exc:      # a signal, a ledger or server that stopped answering
+        created = {version} if version is not None else _created_since(model_name, run_id, before)
+        if created is None:           # whether MLflow created one cannot be read now
+            if isinstance(exc, UserError):
+                raise reworded(exc, f"{exc.message}; a version of '{model_name}' from run {run_id} may be "
+                                    f"registered without its ledger row (its files are unchecked): look for it "
+                                    f"in MLflow and delete it") from None
+            raise
+        kept = sorted(v for v in created if not _unregister(client, model_name, v))
+        if created and isinstance(exc, UserError):
+            one = len(created) == 1
+            raise reworded(exc, f"{exc.message}; {_numbered(sorted(created), model_name)} " + (
+                f"{'was' if one else 'were'} removed again: nothing is registered" if not kept else
+                f"{'is' if one else 'are'} registered without {'its' if one else 'a'} ledger row (its files are "
+                f"unchecked): delete {'it' if one else _numbered(kept, model_name)} in MLflow")) from None
         raise
     if not description:     # the caller's own description wins; else the one built from the ledger
         refresh_quietly(model_name, version)
@@ -75,12 +89,27 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     return version
 
 
+def _created_since(model_name: str, run_id: str, before: set[int]) -> set[int] | None:
+    """The versions of ``model_name`` registered from ``run_id`` since ``before`` was read; None
+    when the registry cannot say."""
+    try:
+        return versions.versions_of_run(model_name, run_id) - before
+    except Exception:  # noqa: BLE001 - the first error is the one to report
+        return None
+
+
+def _numbered(numbers: list[int], model_name: str) -> str:
+    if len(numbers) == 1:
+        return f"version {numbers[0]} of '{model_name}'"
+    return f"versions {', '.join(map(str, numbers))} of '{model_name}'"
+
+
 def _unregister(client, model_name: str, version: int) -> bool:
     """Delete the version just created (nobody has gated or promoted it yet); False if MLflow
     would not (it is then said in the error line)."""
     try:
         client.delete_model_version(model_name, str(version))
-        _log.warning("version %s of '%s' removed again: its ledger row could not be written", version, model_name)
+        _log.warning("version %s of '%s' removed again: its registration did not complete", version, model_name)
         return True
     except Exception:  # noqa: BLE001 - the first error is the one to report
         return False

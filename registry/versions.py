@@ -190,6 +190,14 @@ def _named(model: str) -> Callable[[dict], bool]:
     return lambda mv: mv.get("name") == model
 
 
+def versions_of_run(model: str, run_id: str, *, what: str | None = None) -> set[int]:
+    """Numbers of the versions of ``model`` registered from run ``run_id`` (``what``: the step
+    named in an error)."""
+    found = _search(f"{equals_clause('name', model)} and {equals_clause('run_id', run_id)}",
+                    what or f"listing versions of '{model}'", _named(model))
+    return {int(mv["version"]) for mv in found if mv.get("run_id") == run_id}
+
+
 def latest_version_number(model: str) -> int | None:
     found = _search(equals_clause("name", model), f"listing versions of '{model}'", _named(model))
     return max((int(mv["version"]) for mv in found), default=None)

@@ -165,3 +165,41 @@ def test_a_registration_whose_ledger_row_cannot_be_written_leaves_no_version(mak
                                  f"{v1 + 1} of '{model}' was removed again: nothing is registered")
     assert [i.version for i in versions.list_versions(model)] == [v1]
     assert [e.to_version for e in RealLedger().entries(model, actions=("register",))] == [v1]
+
+
+@pytest.mark.parametrize("method, failing, lost", [("PATCH", "/model-versions/update", False),
+                                                   ("PATCH", "/tags", False),
+                                                   ("POST", "/model-versions/create", True)],
+                         ids=["description", "logged-model-tag", "create-answer-lost"])
+def test_a_registration_whose_server_fails_after_creating_the_version_leaves_no_version(
+        make_version, http_fault_proxy, mlflow_server, tiny_serving_bundle, monkeypatch, method, failing, lost):
+    """Found by a review (2026-12-05, fourth stop): MLflow created the version, then a later request
+    of the same registration failed (the description `mlops train` writes, or MLflow's own tag on
+    the logged model), or the answer to the creation was lost: the version stayed registered
+    without its ledger row and without the hashes of its files, so no deploy could check them.
+    Now it is removed again and the line says so."""
+    import mlflow
+
+    from mlops_common.errors import UserError
+    from registry.ledger import Ledger
+    from registry.register import register_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    proxy = http_fault_proxy(mlflow_server, fail_always=True, drop_after_forward=lost,
+                             match=lambda m, path: m == method and path.endswith(failing))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracking_client()
+    exp = mlflow.get_experiment_by_name("registry-fixture-versions").experiment_id
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_artifacts(str(tiny_serving_bundle / "golden"), "golden")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    with pytest.raises(UserError) as caught:
+        register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
+                         description="trained from scratch on digits",
+                         bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+    assert proxy.failed, "the fault was never injected"
+    assert str(caught.value).endswith(f"version {v1 + 1} of '{model}' was removed again: nothing is registered")
+    assert [i.version for i in versions.list_versions(model)] == [v1]
+    assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1]
