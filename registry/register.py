@@ -80,8 +80,8 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
                 f"{'is' if one else 'are'} registered without {'its' if one else 'a'} ledger row (its files are "
                 f"unchecked): delete {'it' if one else _numbered(kept, model_name)} in MLflow")) from None
         raise
-    if not description:     # the caller's own description wins; else the one built from the ledger
-        refresh_quietly(model_name, version)
+    # the block built from the ledger, as after every step; the caller's own words stay below it
+    refresh_quietly(model_name, version)
     try:
         ensure_model_description(model_name)
     except Exception as exc:  # noqa: BLE001 - a description is a view; the version is registered

@@ -207,6 +207,23 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     assert api.heldout_fingerprint == res["heldout_fingerprint"]
 
 
+def test_a_trained_version_s_description_is_the_ledger_s_block_from_registration_on(cli_trained):
+    """docs/architecture.md: the description is rebuilt from the ledger after every register. Found by
+    a review (2026-12-05, fourth stop): `mlops train` wrote its own sentence instead, so until the gate
+    ran the version's page had no block (status, data set, commit, link to the run)."""
+    from registry import description
+
+    env, res, _ = cli_trained
+    text = _client(env["MLFLOW_TRACKING_URI"]).get_model_version(res["model_name"], "1").description
+    block = description.block(text)
+    assert description.BEGIN in text, text
+    assert block.startswith("**v1** · no alias · validation pending · deploy not deployed"), text
+    assert f"/runs/{res['run_id']})" in block and "**Data set:** digits" in block
+    # what the training said of itself stays, outside the block
+    assert f"trained from scratch on digits (897 examples); held-out accuracy " \
+           f"{res['metrics']['heldout_accuracy']:.4f}" in text.split(description.END)[1]
+
+
 def test_a_leftover_mlflow_run_id_of_a_finished_run_is_refused_and_changes_nothing(cli_trained):
     """Found by a sweep (2026-12-04): MLFLOW_RUN_ID left from another job reopened v1's finished
     run: `train` mixed a second training into it and overwrote v1's SavedModel and golden set,
