@@ -394,20 +394,21 @@ def train(model_name: str, params: TrainParams, *, register: bool = True) -> dic
 
 
 def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) -> tuple[TrainParams, int | None]:
-    """Which version a retrain starts from and on which data set (reads the production alias)."""
+    """Which version a retrain starts from and on which data set (reads the production alias).
+    ``from_scratch`` drops production's weights, not its data set (the default of --dataset)."""
     from registry import versions
     from registry.client import tracking_client
 
     tracking_client()  # fail fast on a wrong server, before loading data or training
-    production = None if from_scratch else tracking.production_version(model_name)
+    production = tracking.production_version(model_name)
     dataset = params.dataset
     if production is not None:
         prod_dataset = T.read(versions.get_version(model_name, production).tags, T.DATASET)
-        if dataset and prod_dataset and dataset != prod_dataset:
+        if dataset and prod_dataset and dataset != prod_dataset and not from_scratch:
             raise ConfigError(f"production (version {production}) was trained on '{prod_dataset}', not "
                               f"'{dataset}'; drop --dataset or retrain with --from-scratch")
         dataset = dataset or prod_dataset
-    return replace(params, dataset=dataset or DEFAULT_DATASET), production
+    return replace(params, dataset=dataset or DEFAULT_DATASET), None if from_scratch else production
 
 
 def _run_of(model_name: str, version: int | None) -> str | None:

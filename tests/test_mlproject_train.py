@@ -268,6 +268,26 @@ def test_evaluate_unknown_version_is_one_line(cli_trained):
     assert line.startswith("error: registered model 'no-such-model-here' does not exist")
 
 
+def test_retrain_from_scratch_drops_production_s_weights_not_its_data_set(make_version):
+    """`mlops retrain --dataset` defaults to "the production version's data set, else digits";
+    --from-scratch starts "from fresh weights instead of the production version". Found by a review
+    (2026-12-05, fourth stop): with --from-scratch production was not read at all, so a retrain of a
+    fashion_mnist model from scratch trained on digits (or refused its 28x28 batches as the wrong
+    shape). An explicit other --dataset stays allowed from scratch, as the mismatch line advises."""
+    from mlproject.train import TrainParams, retrain_plan
+    from registry import versions
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(tags={"dataset": "fashion_mnist"})
+    versions.set_alias(model, "production", v)
+    assert retrain_plan(model, TrainParams(), from_scratch=False) == (TrainParams(dataset="fashion_mnist"), v)
+    assert retrain_plan(model, TrainParams(), from_scratch=True) == (TrainParams(dataset="fashion_mnist"), None)
+    assert retrain_plan(model, TrainParams(dataset="digits"), from_scratch=True) == \
+        (TrainParams(dataset="digits"), None)
+    with pytest.raises(ConfigError, match="drop --dataset or retrain with --from-scratch"):
+        retrain_plan(model, TrainParams(dataset="digits"), from_scratch=False)
+
+
 def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches, cli_trained):
     from mlproject.train import TrainParams, retrain
 
