@@ -54,6 +54,7 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
             version = int(mv.version)
             if description:
                 client.update_model_version(model_name, mv.version, description=description)
+        _remove_retried_copies(client, model_name, run_id, before, version)
         faultpoint.reached("register:after_version")
         ledger.append(Entry(
             action="register", model=model_name, outcome="ok", to_version=version,
@@ -89,6 +90,21 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     return version
 
 
+def _remove_retried_copies(client, model_name: str, run_id: str, before: set[int], version: int) -> None:
+    """Delete the versions of the run this call created besides ``version``: MLflow's client
+    retries a creation whose answer was lost (a proxy's 502/504 after the server committed it),
+    and each try that reached the server made a version, which no ledger row would know."""
+    copies = _created_since(model_name, run_id, before)
+    if copies is None:
+        _log.warning("could not check whether MLflow created more than version %s of '%s' from run %s (a "
+                     "retried request); `mlops registry status` lists every version", version, model_name, run_id)
+        return
+    for v in sorted(copies - {version}):
+        if not _unregister(client, model_name, v):
+            _log.warning("version %s of '%s' (a retried request's copy of version %s) has no ledger row and "
+                         "could not be removed: delete it in MLflow", v, model_name, version)
+
+
 def _created_since(model_name: str, run_id: str, before: set[int]) -> set[int] | None:
     """The versions of ``model_name`` registered from ``run_id`` since ``before`` was read; None
     when the registry cannot say."""
@@ -109,7 +125,7 @@ def _unregister(client, model_name: str, version: int) -> bool:
     would not (it is then said in the error line)."""
     try:
         client.delete_model_version(model_name, str(version))
-        _log.warning("version %s of '%s' removed again: its registration did not complete", version, model_name)
+        _log.warning("version %s of '%s' removed again: it has no ledger row", version, model_name)
         return True
     except Exception:  # noqa: BLE001 - the first error is the one to report
         return False

@@ -203,3 +203,34 @@ def test_a_registration_whose_server_fails_after_creating_the_version_leaves_no_
     assert str(caught.value).endswith(f"version {v1 + 1} of '{model}' was removed again: nothing is registered")
     assert [i.version for i in versions.list_versions(model)] == [v1]
     assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1]
+
+
+def test_a_version_creation_retried_after_its_answer_was_lost_registers_one_version(
+        make_version, http_fault_proxy, mlflow_server, tiny_serving_bundle, monkeypatch):
+    """Found by a review (2026-12-05, fourth stop): MLflow's client retries a POST whose answer was
+    lost (a proxy's 502/504 after the server committed it, a reset connection), and each try
+    creates a version: the registration went on with the last one and left the first registered
+    without a ledger row or file hashes. Now the versions this call created besides its own are
+    removed again."""
+    import mlflow
+
+    from registry.ledger import Ledger
+    from registry.register import register_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    proxy = http_fault_proxy(mlflow_server, fail_first=1, drop_after_forward=True,
+                             match=lambda m, path: m == "POST" and path.endswith("/model-versions/create"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    tracking_client()
+    exp = mlflow.get_experiment_by_name("registry-fixture-versions").experiment_id
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_artifacts(str(tiny_serving_bundle / "golden"), "golden")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    v = register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
+                         bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+    assert proxy.failed, "the fault was never injected"
+    assert [i.version for i in versions.list_versions(model)] == [v, v1]
+    assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1, v]
