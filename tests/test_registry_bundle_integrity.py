@@ -167,6 +167,19 @@ def test_a_registration_whose_ledger_row_cannot_be_written_leaves_no_version(mak
     assert [e.to_version for e in RealLedger().entries(model, actions=("register",))] == [v1]
 
 
+def _run_with_a_logged_model(bundle):
+    """A finished run holding ``bundle``'s golden files and a logged model, read through whatever
+    ``MLFLOW_TRACKING_URI`` says now (a fault proxy)."""
+    import mlflow
+
+    tracking_client()
+    exp = mlflow.get_experiment_by_name("registry-fixture-versions").experiment_id
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_artifacts(str(bundle / "golden"), "golden")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    return run, logged
+
+
 @pytest.mark.parametrize("method, failing, lost", [("PATCH", "/model-versions/update", False),
                                                    ("PATCH", "/tags", False),
                                                    ("POST", "/model-versions/create", True)],
@@ -178,8 +191,6 @@ def test_a_registration_whose_server_fails_after_creating_the_version_leaves_no_
     the logged model), or the answer to the creation was lost: the version stayed registered
     without its ledger row and without the hashes of its files, so no deploy could check them.
     Now it is removed again and the line says so."""
-    import mlflow
-
     from mlops_common.errors import UserError
     from registry.ledger import Ledger
     from registry.register import register_version
@@ -190,11 +201,7 @@ def test_a_registration_whose_server_fails_after_creating_the_version_leaves_no_
                              match=lambda m, path: m == method and path.endswith(failing))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    tracking_client()
-    exp = mlflow.get_experiment_by_name("registry-fixture-versions").experiment_id
-    with mlflow.start_run(experiment_id=exp) as run:
-        mlflow.log_artifacts(str(tiny_serving_bundle / "golden"), "golden")
-        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
     with pytest.raises(UserError) as caught:
         register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
                          description="trained from scratch on digits",
@@ -212,8 +219,6 @@ def test_a_version_creation_retried_after_its_answer_was_lost_registers_one_vers
     creates a version: the registration went on with the last one and left the first registered
     without a ledger row or file hashes. Now the versions this call created besides its own are
     removed again."""
-    import mlflow
-
     from registry.ledger import Ledger
     from registry.register import register_version
 
@@ -224,11 +229,7 @@ def test_a_version_creation_retried_after_its_answer_was_lost_registers_one_vers
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    tracking_client()
-    exp = mlflow.get_experiment_by_name("registry-fixture-versions").experiment_id
-    with mlflow.start_run(experiment_id=exp) as run:
-        mlflow.log_artifacts(str(tiny_serving_bundle / "golden"), "golden")
-        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
     v = register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
                          bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
     assert proxy.failed, "the fault was never injected"
