@@ -484,10 +484,13 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
     # and serve, a version the deploy already stops. Set by the failing worker itself, before the
     # pool hands it the next host. Hosts already running finish their phase (a smoke test failing
     # on one of them is still the failure reported).
+    # The first `workers` hosts start at once whatever a thread's start-up latency: one of them is
+    # never "waiting for its turn", even when another fails before its thread runs.
     stopped = threading.Event()
+    workers = min(parallel, len(runs))
 
-    def execute(run: HostRun):
-        if stopped.is_set():
+    def execute(run: HostRun, queued: bool):
+        if queued and stopped.is_set():
             return None
         try:
             return run.execute(phase)
@@ -495,8 +498,8 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
             stopped.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=min(parallel, len(runs)), thread_name_prefix=f"{phase}") as pool:
-        futures = {pool.submit(execute, run): run for run in runs}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{phase}") as pool:
+        futures = {pool.submit(execute, run, i >= workers): run for i, run in enumerate(runs)}
         try:
             for fut in as_completed(futures):
                 exc = fut.exception()

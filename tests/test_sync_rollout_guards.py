@@ -13,6 +13,7 @@ Fleets of 1-2 hosts; every wait is bounded.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import threading
 import time
@@ -229,11 +230,28 @@ def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upl
     assert env.answers_like(host, v1) and env.which(host) == v1
 
 
-def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy_env, monkeypatch):
+class _SlowToStart(concurrent.futures.ThreadPoolExecutor):
+    """A pool whose next worker thread the OS schedules late: each host is handed over only once the
+    one before it has finished (a loaded CI machine did this on its own)."""
+
+    def submit(self, fn, *args, **kwargs):
+        before = getattr(self, "_last", None)
+        if before is not None:
+            concurrent.futures.wait([before], timeout=120)
+        self._last = super().submit(fn, *args, **kwargs)
+        return self._last
+
+
+@pytest.mark.parametrize("threads", ["prompt", "slow_to_start"])
+def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy_env, monkeypatch, threads):
     """Prepare fails on two hosts at once: the first (in hosts order) cannot take the upload — not
     the version's fault — while the second's smoke test finds wrong outputs. The deploy reports the
     smoke failure and blames the version (it used to report the first host's and leave
-    production on the bad version for the next run to find)."""
+    production on the bad version for the next run to find). With --parallel at least the fleet,
+    no host waits for its turn: the second runs even when its thread starts after the first host
+    failed (a full CI run found it skipped as "queued")."""
+    if threads == "slow_to_start":
+        monkeypatch.setattr(fleet, "ThreadPoolExecutor", _SlowToStart)
     env = deploy_env
     hosts = env.add_hosts(2, "file")
     v1, v2 = _v1_then_promote_v2(env, hosts)
