@@ -33,6 +33,7 @@ class Evaluation:
     per_class_accuracy: dict[str, float]
     per_class_count: dict[str, int]
     confusion: list[list[int]] = dataclasses.field(default_factory=list)  # [true][predicted] counts
+    non_probability_outputs: int = 0  # images whose outputs are not class probabilities (NaN, logits)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,7 +53,7 @@ def evaluation_of(probs: np.ndarray, heldout: Arrays, *, model_uri: str, dataset
     return Evaluation(model_uri=model_uri, dataset=dataset, heldout_fingerprint=fingerprint(heldout),
                       n=len(heldout), accuracy=s["accuracy"], loss=s["loss"],
                       per_class_accuracy=s["per_class_accuracy"], per_class_count=s["per_class_count"],
-                      confusion=cm.tolist())
+                      confusion=cm.tolist(), non_probability_outputs=s["non_probability_outputs"])
 
 
 def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:

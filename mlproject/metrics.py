@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 EPSILON = 1e-7  # same clipping as Keras' crossentropy
+PROBABILITY_SLACK = 1e-3  # a float32 softmax over 10 classes sums to 1 within ~1e-6
 
 
 def crossentropy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -19,8 +20,21 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np
     return cm
 
 
+def non_probability_rows(probs: np.ndarray) -> int:
+    """Rows that are not a probability distribution: a value that is not finite or not in
+    [0, 1], or a sum further than ``PROBABILITY_SLACK`` from 1. The argmax of such a row is no
+    answer (NaN picks class 0, logits the highest score), so accuracy alone does not show them."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(p).all(axis=1)
+              & ((p >= -PROBABILITY_SLACK) & (p <= 1 + PROBABILITY_SLACK)).all(axis=1)
+              & (np.abs(p.sum(axis=1) - 1) <= PROBABILITY_SLACK))
+    return int((~ok).sum())
+
+
 def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-    """accuracy, loss, per_class_accuracy / per_class_count keyed "0".."k-1"."""
+    """accuracy, loss, per_class_accuracy / per_class_count keyed "0".."k-1", and
+    non_probability_outputs (``non_probability_rows``)."""
     if len(labels) == 0:
         raise ValueError("no examples to evaluate")
     predicted = probs.argmax(axis=1)
@@ -32,4 +46,5 @@ def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
         "per_class_accuracy": {str(k): float(cm[k, k] / counts[k]) if counts[k] else 0.0
                                for k in range(num_classes)},
         "per_class_count": {str(k): int(counts[k]) for k in range(num_classes)},
+        "non_probability_outputs": non_probability_rows(probs),
     }

@@ -23,6 +23,11 @@ Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
    a set that moved may hold examples a version trained on, and its score would be inflated.
 6. ``metrics_valid`` (only when it fails): every accuracy, overall and per class, is a number in
    [0, 1] — a NaN passes no comparison and an inf passes every one.
+7. ``class_probabilities`` (only when it fails): the candidate answered every held-out image with
+   class probabilities (the serving contract), counted by the evaluation as
+   ``non_probability_outputs``. Accuracy is an argmax, which NaN (class 0) or logits (the highest
+   score) still give, so a version answering NaN to some images passed on accuracy. Production
+   answering so is a note only: it must not stop the version that replaces it.
 
 With no production version, only rule 1 (and the candidate's own signature format) applies.
 
@@ -205,6 +210,16 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
     moved = heldout_moved(candidate, production, trained_beside or {}, baseline_version)
     if moved is not None:
         checks.append(moved)
+    bad_rows = _non_probability_outputs(candidate)
+    if bad_rows:
+        checks.append(Check("class_probabilities", False,
+                            f"the candidate answered {bad_rows} of {candidate.get('n')} held-out images with "
+                            f"outputs that are not class probabilities (NaN, infinite, outside [0, 1] or not "
+                            f"summing to 1); its accuracy counts only their largest value",
+                            observed=bad_rows, limit=0))
+    if production is not None and _non_probability_outputs(production):
+        notes.append(f"Production v{baseline_version} answered {_non_probability_outputs(production)} of "
+                     f"{production.get('n')} held-out images with outputs that are not class probabilities.")
 
     if signature_problems:
         allowed = allow_signature_change and production is not None and not any(
@@ -248,6 +263,14 @@ def heldout_moved(candidate: dict, production: dict | None, trained_beside: dict
                  + f"; now {str(now)[:12]}: the frozen partition moved (a NumPy or data change), so the "
                  f"held-out set may hold examples it trained on; retrain on today's partition, or "
                  f"promote with --force --reason after checking")
+
+
+def _non_probability_outputs(doc: dict) -> int:
+    """``non_probability_outputs`` of an evaluation (0 for documents older than it)."""
+    try:
+        return max(int(doc.get("non_probability_outputs") or 0), 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _invalid_metrics(doc: dict, who: str) -> list[str]:

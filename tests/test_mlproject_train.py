@@ -186,7 +186,8 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads(r.stdout)
     assert set(ev) == {"model_uri", "dataset", "heldout_fingerprint", "n", "accuracy", "loss",
-                       "per_class_accuracy", "per_class_count", "confusion"}
+                       "per_class_accuracy", "per_class_count", "confusion", "non_probability_outputs"}
+    assert ev["non_probability_outputs"] == 0      # a softmax answers probabilities on every image
     cm = np.asarray(ev["confusion"])    # [true][predicted]: rows are the class counts, the diagonal the hits
     assert cm.shape == (10, 10) and cm.sum(axis=1).tolist() == [ev["per_class_count"][str(k)] for k in range(10)]
     assert np.trace(cm) / 450 == pytest.approx(ev["accuracy"], abs=1e-12)

@@ -299,3 +299,36 @@ def test_a_limit_with_three_decimals_is_shown_as_it_was_set():
     # limits of two decimals read as before
     v = decide(cand, prod, GateRules(min_accuracy=0.9, max_class_drop=0.1), baseline_version=1)
     assert {c.rule: c.message for c in v.checks}["min_accuracy"] == "held-out accuracy 0.9450 (minimum 0.90)"
+
+
+@pytest.mark.parametrize("kind", ["nan_on_some_images", "logits", "inf_on_some_images"])
+def test_a_candidate_whose_outputs_are_not_class_probabilities_fails(kind):
+    """The contract's output is class probabilities. An argmax over NaN picks class 0 and over
+    logits the right class, so such a candidate measured a fine accuracy and passed the gate,
+    then answered NaN (or scores that are not probabilities) to clients."""
+    import numpy as np
+
+    from mlproject.datasets import load_partition
+    from mlproject.evaluate import evaluation_of
+
+    heldout = load_partition("digits").heldout
+    good = np.full((len(heldout), 10), 0.01, np.float32)
+    good[np.arange(len(heldout)), heldout.labels] = 0.91      # right on every image, sums to 1
+    cand = good.copy()
+    if kind == "logits":
+        cand = cand * 40 - 3                                   # same argmax, not probabilities
+    else:
+        cand[:4] = np.nan if kind == "nan_on_some_images" else np.inf
+    production = evaluation_of(good, heldout, model_uri="models:/m/1", dataset="digits").to_dict()
+    candidate = evaluation_of(cand, heldout, model_uri="models:/m/2", dataset="digits").to_dict()
+    assert candidate["accuracy"] > 0.98          # argmax alone saw nothing wrong
+    v = decide(candidate, production, GateRules(), baseline_version=1)
+    assert not v.passed, summary(v, 2)
+    assert "class_probabilities" in failed_rules(v)
+    msg = next(c.message for c in v.failed if c.rule == "class_probabilities")
+    expected = len(heldout) if kind == "logits" else 4
+    assert f"{expected} of {len(heldout)} held-out images" in msg
+    # the same outputs from production do not stop a candidate that answers probabilities
+    v = decide(production, candidate, GateRules(), baseline_version=1)
+    assert "class_probabilities" not in failed_rules(v)
+    assert any("not class probabilities" in n for n in v.notes)

@@ -139,4 +139,7 @@ def cmd_evaluate(args) -> int:
               f"loss {ev.loss:.4f}")
         worst = sorted(ev.per_class_accuracy.items(), key=lambda kv: kv[1])[:3]
         print("  weakest classes: " + ", ".join(f"{k}: {v:.3f}" for k, v in worst))
+        if ev.non_probability_outputs:
+            print(f"  {ev.non_probability_outputs} of {ev.n} images were answered with outputs that are not "
+                  f"class probabilities (NaN, infinite, logits): the gate fails such a version")
     return 0
