@@ -292,13 +292,17 @@ def merge(windows: list[Window]) -> Window:
     """Several hosts' windows as one (the hosts still on the old version). Histogram buckets are
     merged on the limits every host has (a count is cumulative, known only at a host's own
     limits): a host missing a limit counted as 0 there, and TF Serving builds with other bucket
-    sets made the old hosts' p95 look unbounded, so no canary breached on latency."""
+    sets made the old hosts' p95 look unbounded, so no canary breached on latency. The mean is
+    the windows' that have one: a host whose sum went down (a request timed across a wall-clock
+    step back) says nothing of its mean, and adding its negative sum made the others look faster
+    than any of them was (an identical canary rolled back)."""
     observed = [w for w in windows if w.buckets and w.latency_count > 0]   # an idle host's limits say nothing
     les = sorted(set.intersection(*(set(le for le, _ in w.buckets) for w in observed))) if observed else []
     buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
+    timed = [w for w in windows if w._timed]
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
-                  sum(w.latency_sum for w in windows), sum(w.latency_count for w in windows),
-                  any(w.restarted for w in windows), sum(w.latency_sum_error for w in windows))
+                  sum(w.latency_sum for w in timed), sum(w.latency_count for w in timed),
+                  any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed))
 
 
 def _cumulative(buckets) -> list[tuple[float, float]]:

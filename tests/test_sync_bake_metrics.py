@@ -150,6 +150,22 @@ def test_a_wall_clock_step_back_during_a_request_is_not_a_restart():
     assert bake.window(s3, _snap([1000] * 50)).restarted
 
 
+def test_an_old_host_whose_window_sum_went_down_does_not_lower_the_others_mean():
+    """Found by review (2026-12-05, fourth stop): a window whose latency sum went below zero (a
+    request timed across a wall-clock step back) has no mean, but merging the old hosts added its
+    sum all the same: one old host's 1.5 s step made the others' mean 1.5 ms for hosts at 4 ms,
+    and an identical canary (its own "before" too quiet to use) was rolled back on the mean."""
+    old = [bake.window(_snap([4000] * 1000), _snap([4000] * 1120)) for _ in range(4)]
+    stepped = bake.window(_snap([4000] * 1000), _snap([4000] * 1119 + [-1_500_000]))
+    assert stepped.mean_bounds_ms is None and stepped.requests == 120
+    merged = bake.merge(old + [stepped])
+    assert merged.requests == 600
+    lo, hi = merged.mean_bounds_ms
+    assert lo <= 4.0 <= hi
+    v = bake.judge("web-1", _win([4000] * 120), _win([4000] * 10), merged, LIMITS)
+    assert v.passed, v.line
+
+
 def test_a_latency_sum_below_zero_is_tf_servings_page_all_the_same():
     """The same wall clock: a request in flight when the clock was stepped back 30 s soon after
     TF Serving started (chrony's ``makestep`` at a VM's first sync) leaves ``_sum`` below zero
