@@ -38,6 +38,10 @@ logger = log.get("sync.publish")
 
 # Leave room for filesystem overhead (blocks, inodes) beyond the raw byte count.
 SPACE_MARGIN = 1.05
+# A stored manifest is about 130 bytes per file: the 4 MB cap of config and lock files is reached
+# by a SavedModel of ~32,000 files (a big assets/ folder, many variables/ shards), whose every
+# publish after the first was then refused over the file serving_sync wrote itself.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -225,7 +229,7 @@ def _store_manifest(transport: Transport, model: str, version: int, manifest: Ma
     path = manifest_path(model, version)
     data = manifest.to_json().encode()
     try:
-        if transport.read_file(path) == data:
+        if transport.read_file(path, max_bytes=MAX_MANIFEST_BYTES) == data:
             return
     except FileNotFoundError:
         pass
@@ -236,7 +240,8 @@ def read_stored_manifest(transport: Transport, model: str, version: int) -> Mani
     """The manifest stored when ``model/version`` was published (None if absent)."""
     path = manifest_path(model, version)
     try:
-        return Manifest.from_json(transport.read_file(path), f"{transport.url}/{path}")
+        return Manifest.from_json(transport.read_file(path, max_bytes=MAX_MANIFEST_BYTES),
+                                  f"{transport.url}/{path}")
     except FileNotFoundError:
         return None
 

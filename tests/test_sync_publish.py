@@ -257,3 +257,26 @@ def test_an_object_that_is_not_the_versions_is_removed_before_the_upload(s3_hut,
     s3_hut.raw_write(f"{MODEL}/8/variables/variables.index", b"half written")
     r = publish(s3_hut.transport, MODEL, 8, model_dir, m)
     assert r.status == "uploaded" and s3_hut.transport.verify(f"{MODEL}/8", m) == []
+
+
+@pytest.mark.parametrize("kind", ["file", "ssh"])
+def test_a_savedmodel_whose_manifest_is_over_4_mb_publishes_again_as_already_present(kind, request, tmp_path):
+    """36,000 files (a big ``assets/``, many ``variables/`` shards) make a stored manifest of about
+    4.7 MB. It was read with the 4 MB cap of config and lock files: the first publish worked, every
+    later one (a rerun, a rollback to it) failed with "larger than 4 MB ... trim it or split the
+    models", about a file serving_sync itself wrote."""
+    from tests.test_sync_support import make_hut
+
+    d = make_model_tree(tmp_path / "model", variables_bytes=10, n_assets=0)
+    for i in range(36_000):
+        (d / "assets" / f"asset-{i:06d}-of-a-big-vocabulary.txt").write_bytes(b"")
+    m = mf.build(d)
+    assert len(m.to_json()) > 4 * 1024 * 1024
+    h = make_hut(kind, request, tmp_path)
+    try:
+        assert publish(h.transport, MODEL, 1, d, m).status == "uploaded"
+        assert read_stored_manifest(h.transport, MODEL, 1) == m
+        again = publish(h.transport, MODEL, 1, d, m)
+        assert again.status == "already_present" and again.bytes_transferred == 0
+    finally:
+        h.transport.close()
