@@ -18,6 +18,10 @@ VALIDATE_SUFFIX = "__validate"
 # bytes on Linux file systems (a longer name trained and registered, then every deploy of it was an
 # ENAMETOOLONG traceback on the host).
 MAX_MODEL_NAME_LEN = 255 - len("..json.tmp-12345678")
+# Files in a serving host's base beside the model folders (``<base>/<model>/``): TF Serving's config
+# (``layout.MODELS_CONFIG``) and the metrics config ``serving_host/install_server.sh`` writes. A
+# model of that name was published as a folder there, where TF Serving reads its config file.
+BASE_FILES = ("models.config", "monitoring.config")
 
 
 def check_model_name(name: object, *, what: str = "model name") -> str:
@@ -30,6 +34,9 @@ def check_model_name(name: object, *, what: str = "model name") -> str:
                           f"{MAX_MODEL_NAME_LEN} (it names a folder and files on every serving host)")
     if name in (".", "..") or ".." in name:
         raise ConfigError(f"{what} {name!r} is not allowed: it must not contain '..'")
+    if name in BASE_FILES:
+        raise ConfigError(f"{what} {name!r} is not allowed: it names a file of the serving host's base "
+                          f"folder (beside the model folders); choose another name")
     if name.endswith(VALIDATE_SUFFIX):
         raise ConfigError(f"{what} {name!r} is not allowed: the suffix {VALIDATE_SUFFIX!r} is "
                           f"reserved for serving_sync's validation entry")

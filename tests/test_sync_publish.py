@@ -116,6 +116,20 @@ def test_bad_model_name_or_version_is_refused(hut, model_dir):
     assert hut.raw_names("") == []   # refused before any I/O
 
 
+@pytest.mark.parametrize("name", ["models.config", "monitoring.config"])
+def test_a_model_named_like_a_file_of_the_base_is_refused_before_any_io(hut, model_dir, name):
+    """A model called ``models.config`` was published as the folder ``<base>/models.config/``: on a
+    fresh host the deploy's next step could not write TF Serving's config file (a directory stood
+    there), and TF Serving's ``--model_config_file`` named a directory from then on."""
+    from serving_sync.layout import MODELS_CONFIG
+    from serving_sync.names import BASE_FILES
+
+    assert MODELS_CONFIG in BASE_FILES
+    with pytest.raises(UserError, match="names a file of the serving host's base"):
+        publish(hut.transport, name, 1, model_dir, mf.build(model_dir))
+    assert hut.raw_names("") == []
+
+
 def test_manifest_changed_after_upload_fails_verification_and_leaves_nothing(hut, model_dir):
     """The host-side hash check is real: a manifest that lies about a file makes publish fail."""
     m = mf.build(model_dir)
