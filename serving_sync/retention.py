@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from mlops_common import log
 from mlops_common.errors import ConfigError
 
-from .layout import INCOMING_PREFIX, MODELS_CONFIG, incoming_time, manifest_path, version_of, version_path
+from .layout import (
+    INCOMING_PREFIX,
+    MODELS_CONFIG,
+    incoming_name,
+    incoming_time,
+    manifest_path,
+    version_of,
+    version_path,
+)
 from .transports.base import Transport
 
 logger = log.get("sync.retention")
@@ -88,5 +96,24 @@ def apply(transport: Transport, p: RetentionPlan) -> None:
         transport.remove_tree(f"{p.model}/{name}")
     for v in p.remove_versions:
         logger.info("%s: removing old version %s", transport.url, version_path(p.model, v))
-        transport.remove_tree(version_path(p.model, v))
+        _remove_version(transport, p.model, v)
         transport.remove_file(manifest_path(p.model, v))
+
+
+def _remove_version(transport: Transport, model: str, version: int) -> None:
+    """Remove a published version so that no reader ever sees part of it under its number.
+
+    ``rm -rf`` of the numeric folder killed midway (SIGKILL, a lost connection) left a version
+    with part of its files: published to every later reader, and a deploy of it refused as a
+    damaged leftover. Where rename is atomic the folder first leaves its number in one rename,
+    as publish brings one in, under an upload name dated 1970: what a killed removal leaves is
+    a stale upload the next retention removes. (S3 removes ``saved_model.pb`` first instead.)
+    """
+    vp = version_path(model, version)
+    if transport.atomic_rename:
+        if not transport.exists(vp):
+            return
+        aside = f"{model}/{incoming_name(version, now=0)}"
+        transport.rename(vp, aside)
+        vp = aside
+    transport.remove_tree(vp)

@@ -127,3 +127,50 @@ def test_file_host_retention_removes_a_symlinked_version_and_a_stray_upload_file
     retention.apply(t, rp)
     assert sorted(p.name for p in (tmp_path / "srv" / M).iterdir()) == ["3", "4", "5"]
     assert sorted(str(p.relative_to(outside)) for p in outside.rglob("*")) == ["data.bin", "sub"]
+
+
+@pytest.mark.parametrize("kind", ["file", "ssh"])
+def test_a_removal_killed_midway_never_leaves_part_of_a_numeric_version(kind, request, tmp_path):
+    """Found by review (2026-12-05, fourth stop): retention removed an old version with ``rm -rf``
+    (``shutil.rmtree``) on its numeric folder. A deploy killed during it (SIGKILL, a lost
+    connection) left ``<model>/<v>/`` with part of its files: a published version to every later
+    reader, and a deploy of it (a rollback to it) refused as a damaged leftover until a person
+    removed it. The folder is first renamed out of sight (one atomic rename, as publish renames a
+    version in), so the leftover of a killed removal is a dead upload the next retention removes."""
+    from serving_sync import manifest as mf
+    from serving_sync import retention
+    from serving_sync.publish import incoming_dirs, publish, published_versions
+    from tests.test_sync_support import make_hut, make_model_tree
+
+    d = make_model_tree(tmp_path / "model", variables_bytes=1000)
+    m = mf.build(d)
+    h = make_hut(kind, request, tmp_path)
+    t = h.transport
+    real_remove_tree = t.remove_tree
+
+    class Killed(BaseException):
+        pass
+
+    def killed_midway(rel):      # rm -rf got as far as variables/, then the process died
+        real_remove_tree(f"{rel}/variables")
+        raise Killed()
+
+    try:
+        for v in (1, 2, 3):
+            publish(t, M, v, d, m)
+        rp = retention.plan(t, M, serving=3, previous=2, keep=0)
+        assert rp.remove_versions == [1]
+        t.remove_tree = killed_midway
+        with pytest.raises(Killed):
+            retention.apply(t, rp)
+        t.remove_tree = real_remove_tree
+        assert published_versions(t, M) == [2, 3]               # no half-removed v1
+        assert publish(t, M, 1, d, m).status == "uploaded"      # v1 can be deployed again
+        leftovers = incoming_dirs(t, M)
+        assert len(leftovers) == 1
+        rp = retention.plan(t, M, serving=3, previous=2, keep=3)
+        assert rp.remove_uploads == leftovers and rp.remove_versions == []
+        retention.apply(t, rp)
+        assert incoming_dirs(t, M) == [] and published_versions(t, M) == [1, 2, 3]
+    finally:
+        t.close()
