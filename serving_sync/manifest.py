@@ -178,6 +178,13 @@ def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str], tupl
                 raise UserError(f"{root}: file name {rel!r} cannot be published (control character, "
                                 f"line separator or backslash in the name); rename it in the "
                                 f"SavedModel") from None
+            try:     # os.walk gives undecodable bytes as surrogates ("caf\udce9" for Latin-1 b"caf\xe9")
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                # S3 keys and SFTP names are UTF-8 (botocore, paramiko failed on it with a traceback),
+                # and so are the proto strings by which a SavedModel names its files
+                raise UserError(f"{root}: file name {rel!r} cannot be published (not UTF-8); rename it "
+                                f"in the SavedModel") from None
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
                 raise UserError(f"{root}: {rel} is a symbolic link; a published SavedModel must "

@@ -294,3 +294,22 @@ def test_a_savedmodel_whose_manifest_is_over_4_mb_publishes_again_as_already_pre
         assert again.status == "already_present" and again.bytes_transferred == 0
     finally:
         h.transport.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line_before_any_host(hut, model_dir):
+    """A SavedModel file named in Latin-1 (``caf\\xe9.txt``, written where the locale is not UTF-8).
+    On S3 (keys are UTF-8) the upload ended in botocore's ``UnicodeEncodeError`` after part of the
+    objects had been PUT; over SSH the first publish went through and every later one (a rerun, a
+    rollback to it) ended in paramiko's ``UnicodeDecodeError`` listing it. A SavedModel refers to
+    its files by proto strings, which are UTF-8: the name is refused in one line now, before any
+    host is touched, like a control character."""
+    import os
+
+    with open(os.path.join(os.fsencode(model_dir / "assets"), b"caf\xe9.txt"), "wb") as f:
+        f.write(b"latin-1 named")
+    for attempt in (lambda: mf.build(model_dir), lambda: mf.scan(model_dir),
+                    lambda: publish(hut.transport, MODEL, 1, model_dir)):
+        with pytest.raises(UserError) as e:
+            attempt()
+        assert "\n" not in str(e.value) and "not UTF-8" in str(e.value) and "caf" in str(e.value)
+    assert hut.raw_names("") == []
