@@ -648,3 +648,22 @@ def test_a_known_hosts_that_is_not_a_regular_file_is_one_line(tmp_path):
         assert r.stdout.strip() == (f"ConfigError known_hosts file {known} is not a regular file; point known_hosts "
                                     f"(hosts file) or MLOPS_SYNC_KNOWN_HOSTS at the file that pins the serving "
                                     f"hosts' keys"), r.stdout + r.stderr
+
+
+def test_a_file_name_on_the_host_that_is_not_utf8_is_one_line(sshd, tmp_path):
+    """paramiko decodes SFTP file names as UTF-8: an operator's stray file named in Latin-1 in the
+    model's folder made every listing of it a UnicodeDecodeError traceback (found by review,
+    2026-12-05, fourth stop). Now one line says which folder and what to do."""
+    base = tmp_path / "b"
+    (base / "m" / "1").mkdir(parents=True)
+    with open(os.fsencode(str(base / "m")) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"x")
+    t = connect(sshd, base)
+    try:
+        with pytest.raises(UserError) as e:
+            t.list_dir("m")
+        msg = one_line(e.value)
+        assert "is not UTF-8 text" in msg and "rename or remove that file on the host" in msg, msg
+        assert t.list_dir("") == ["m"]          # the connection still works
+    finally:
+        t.close()

@@ -115,6 +115,9 @@ class SshTransport(Transport):
             yield
         except (UserError, FileNotFoundError, FileExistsError):
             raise
+        except UnicodeDecodeError:  # paramiko decodes SFTP file names as UTF-8, strictly
+            raise UserError(f"{self.where}: a file name under {self.base} is not UTF-8 text (found while "
+                            f"{doing}); rename or remove that file on the host") from None
         except socket.timeout:
             raise HostUnreachable(f"{self.where}: no progress for {self.op_timeout:.0f}s while {doing}; "
                                   f"the connection stalled") from None
