@@ -7,7 +7,8 @@ applies its version policy (``serving_host.versions``) to get the aspired versio
 never blocking requests) before an old one is unloaded; a version that fails to load ends in
 END with its error and is not retried while it stays aspired. With ``num_load_threads`` 0 (TF
 Serving's default) loads and unloads run one at a time, and aspired-version changes wait until
-the running one (with its retries) ends, as on TF Serving's single manager thread. A loaded
+the running one (with its retries) ends, as on TF Serving's single manager thread; with N > 0
+loads run in parallel and an unload still runs alone (``--num_unload_threads`` 0). A loaded
 version replays its warmup requests (``serving_host.warmup``, unless ``enable_model_warmup`` is
 off) before it becomes AVAILABLE; a failed warmup is a failed load. A monitor remembers the last
 state of every version ever seen, so unloaded versions stay listed as END.
@@ -115,6 +116,10 @@ class Manager:
         self._running = 0           # loads and unloads started and not yet done
         self._pool = ThreadPoolExecutor(max_workers=max(1, num_load_threads),
                                         thread_name_prefix="servable-load")
+        # TF Serving's unload executor (--num_unload_threads 0: inline on the manager thread): one
+        # unload at a time, never queued behind loads; while one runs nothing else starts
+        self._unloading = 0
+        self._unload_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servable-unload")
         self._initial_pool: ThreadPoolExecutor | None = None    # the first config's fast load
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -142,6 +147,7 @@ class Manager:
     def stop(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._unload_pool.shutdown(wait=False, cancel_futures=True)
         if self._initial_pool is not None:
             self._initial_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -376,11 +382,20 @@ class Manager:
         Serial (``num_load_threads`` 0): TF Serving's manager thread runs a load or unload inline,
         so while one runs (retries included) every aspired change waits; when it ends, all
         waiting changes apply and the next single action starts (unloads first).
+
+        Parallel (N > 0): loads go to the thread pool, but an unload still runs on TF Serving's
+        manager thread (``--num_unload_threads`` 0), so while one runs no change applies and no
+        other load or unload starts (loads already running go on); when it ends, every model's
+        waiting changes apply.
         """
         if not self.serial:
+            if self._unloading:
+                return
             self._apply_aspired(name)
             while (action := self._next_action(name)) is not None:
                 self._start(name, action)
+                if action.kind == "unload":
+                    return
             return
         if self._running or self._stop.is_set():
             return
@@ -431,19 +446,26 @@ class Manager:
             self._submit(self._load, name, h)
         else:
             h.state = pol.UNLOADING
+            self._unloading += 1
             self._set_state(name, h.version, UNLOADING)
             self._serving.get(name, {}).pop(h.version, None)
             log.info("Quiescing servable version %s", sid(name, h.version))
-            self._submit(self._unload, name, h)
+            self._submit(self._unload, name, h, pool=self._unload_pool)
 
-    def _done(self, name: str) -> None:
+    def _done(self, name: str, *, unload: bool = False) -> None:
         """A load or unload ended (lock held): let the next change through."""
         self._running -= 1
+        if unload:
+            self._unloading -= 1
+            if not self.serial:     # the manager thread is free again: every model's changes
+                for n in sorted(set(self._aspired) | set(self._streams)):
+                    self._reconcile(n)
+                return
         self._reconcile(name)
 
-    def _submit(self, fn, *args) -> None:
+    def _submit(self, fn, *args, pool: ThreadPoolExecutor | None = None) -> None:
         try:
-            (self._initial_pool or self._pool).submit(fn, *args)
+            (pool or self._initial_pool or self._pool).submit(fn, *args)
         except RuntimeError:  # shutting down
             pass
 
@@ -504,7 +526,7 @@ class Manager:
             h.state, h.servable = pol.DISABLED, None
             self._set_state(name, h.version, END)
             log.info("Done unloading servable version %s", sid(name, h.version))
-            self._done(name)
+            self._done(name, unload=True)
 
     # ---------------------------------------------------------------------------------------
     # requests

@@ -410,3 +410,110 @@ def test_after_the_fast_initial_load_the_manager_waits_for_its_loads_before_the_
     finally:
         release.set()
         m.stop()
+
+
+def _fake_manager(tmp_path, monkeypatch, load, versions, **kwargs):
+    """A Manager over fake servables (``load(name, version) -> servable``) with the given version
+    folders made under ``tmp_path``."""
+    from serving_host import manager as mg
+
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(lambda name, version, path: load(name, version)))
+    for name, version in versions:
+        (tmp_path / name / str(version)).mkdir(parents=True, exist_ok=True)
+    return mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False,
+                      **kwargs)
+
+
+def _models(tmp_path, *names):
+    from serving_host import config as cfg
+    from serving_host.versions import VersionPolicy
+
+    return cfg.ServerConfig("list", tuple(cfg.ModelEntry(n, str(tmp_path / n), VersionPolicy()) for n in names))
+
+
+def _settle(m, name, version, state, timeout=10.0):
+    """The version's state once it is ``state``, or at the timeout (None: not listed)."""
+    from serving_host.status import ServingError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            now = m.model_status(name, version)[0][1].state
+        except ServingError:                             # not listed (yet)
+            now = None
+        if now == state or time.monotonic() > deadline:
+            return now
+        time.sleep(0.01)
+
+
+def test_with_load_threads_an_unload_does_not_wait_behind_a_running_load(tmp_path, monkeypatch):
+    """basic_manager.cc: unloads go to their own executor, ``--num_unload_threads`` (0: inline on
+    the manager thread), never to the load thread pool. With ``--num_load_threads=1`` the local
+    server queued an unload behind the running load (and all its retries): the version dropped
+    stayed UNLOADING, holding its memory, for as long as another model took to load."""
+    import threading
+
+    class Fake:
+        def close(self):
+            pass
+
+    slow = threading.Event()
+
+    def load(name, version):
+        if (name, version) == ("A", 2):
+            slow.wait(10)                               # A's new version: a long load
+        return Fake()
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("A", 1), ("B", 1)], num_load_threads=1)
+    try:
+        m.reload_config(_models(tmp_path, "A", "B"))
+        (tmp_path / "A" / "2").mkdir()
+        m.poll(["A"])
+        assert _settle(m, "A", 2, "LOADING") == "LOADING"
+        m.reload_config(_models(tmp_path, "A"))          # B leaves the config: its v1 unloads
+        assert _settle(m, "B", 1, "END", timeout=3) == "END"
+        assert m.model_status("A", 2)[0][1].state == "LOADING"
+    finally:
+        slow.set()
+        m.stop()
+
+
+def test_with_load_threads_a_running_unload_holds_the_next_action_as_tf_serving_s_inline_unload(
+        tmp_path, monkeypatch):
+    """With ``--num_unload_threads=0`` TF Serving unloads on the manager thread itself, so while an
+    unload waits for its requests in flight no other load or unload starts (loads already running
+    go on); then the held changes apply. The local server started other models' loads at once."""
+    import threading
+
+    closing, release, loads = threading.Event(), threading.Event(), []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            if self.name == "B":
+                closing.set()
+                release.wait(10)                         # a request in flight holds B v1's unload
+
+    def load(name, version):
+        loads.append((name, version))
+        return Fake(name)
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("A", 1), ("B", 1)], num_load_threads=2)
+    try:
+        m.reload_config(_models(tmp_path, "A", "B"))
+        m.reload_config(_models(tmp_path, "A"))          # B v1 unloads, slowly
+        assert closing.wait(5)
+        (tmp_path / "A" / "2").mkdir()
+        m.poll(["A"])
+        time.sleep(0.5)
+        assert ("A", 2) not in loads                     # held: not even START (the request waits)
+        assert {v: st.state for v, st in m.model_status("A")} == {1: "AVAILABLE"}
+        release.set()
+        assert _settle(m, "A", 2, "AVAILABLE") == "AVAILABLE"
+        assert _settle(m, "A", 1, "END") == "END"
+        assert m.model_status("B", 1)[0][1].state == "END"
+    finally:
+        release.set()
+        m.stop()
