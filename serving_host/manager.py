@@ -408,27 +408,35 @@ class Manager:
             self._start(n, action)
 
     def _apply_aspired(self, name: str) -> None:
-        """``ProcessAspiredVersionsRequest`` + ``FlushServables`` for one model (lock held).
+        """``FlushServables`` + ``HandlePendingAspiredVersionsRequests`` for one model (lock held).
 
         A version dropped before it started loading is removed without a state event, so it
-        stays listed as START, as in TF Serving.
+        stays listed as START, as in TF Serving. A request naming a version that is still there
+        but no longer aspired (loading, loaded, unloading) waits, whole, until that version has
+        ended (``ContainsAnyReaspiredVersions``); a version that failed and is still aspired is
+        not loaded again (``enable_reload_servables_with_error`` is off).
         """
         want = self._aspired.get(name, {})
         stream = self._streams.setdefault(name, {})
-        for v, h in stream.items():
-            if v not in want:
-                h.is_aspired = False
-            elif not h.is_aspired and h.state in (pol.LOADING, pol.READY):
-                h.is_aspired = True
+        self._flush(stream)
+        if not any(v in want and not h.is_aspired for v, h in stream.items()):
+            for v, h in stream.items():
+                if v not in want:
+                    h.is_aspired = False
+            for v, path in sorted(want.items()):
+                if v not in stream:
+                    stream[v] = _Harness(v, path)
+                    self._set_state(name, v, START)
+            self._flush(stream)
+        if not stream:
+            self._streams.pop(name, None)
+
+    @staticmethod
+    def _flush(stream: dict[int, _Harness]) -> None:
+        """``FlushServables``: forget versions no longer aspired that are not (or no more) loaded."""
         for v, h in list(stream.items()):
             if not h.is_aspired and h.state in (pol.NEW, pol.DISABLED, pol.ERROR):
                 del stream[v]
-        for v, path in sorted(want.items()):
-            if v not in stream:
-                stream[v] = _Harness(v, path)
-                self._set_state(name, v, START)
-        if not stream:
-            self._streams.pop(name, None)
 
     def _next_action(self, name: str) -> pol.Action | None:
         if self._stop.is_set():

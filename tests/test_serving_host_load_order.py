@@ -517,3 +517,53 @@ def test_with_load_threads_a_running_unload_holds_the_next_action_as_tf_serving_
     finally:
         release.set()
         m.stop()
+
+
+def test_a_request_re_aspiring_a_loaded_version_waits_whole_until_that_version_has_ended(tmp_path, monkeypatch):
+    """aspired_versions_manager.cc ``HandlePendingAspiredVersionsRequests``: a request naming a
+    version that is still loaded but no longer aspired (``ContainsAnyReaspiredVersions``) is held,
+    whole, until that version has ended. After a failed switch (v1 serving, not aspired; v2 END
+    with its error, aspired) putting v1 back is held, so v2 stays aspired, and asking for v2 again
+    does not load it again (``enable_reload_servables_with_error`` is off): v1 keeps serving, v2
+    stays END until a request without v1 that drops v2. The local server applied each request at
+    once and loaded v2 again."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    bad, loads = {2}, []
+
+    def load(name, version):
+        loads.append(version)
+        if version in bad:
+            raise ServingError("UNKNOWN", "flaky load")
+        return Fake()
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("m", 1), ("m", 2), ("m", 3)])
+
+    def specific(*versions):
+        return cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"),
+                                                        VersionPolicy("specific", versions=frozenset(versions))),))
+
+    def states():
+        return {v: (st.state, st.error_code) for v, st in m.model_status("m")}
+
+    try:
+        m.reload_config(specific(1))
+        m.reload_config(specific(2))                 # v2 fails; v1 serves on, no longer aspired
+        assert _settle(m, "m", 2, "END") == "END"
+        m.reload_config(specific(1))                 # the put-back re-aspires v1: held
+        bad.clear()
+        m.reload_config(specific(2))                 # v2 is still aspired (END): not loaded again
+        time.sleep(0.3)
+        assert states() == {1: ("AVAILABLE", "OK"), 2: ("END", "UNKNOWN")} and loads == [1, 2]
+        m.reload_config(specific(3))                 # no v1: applies; v2 dropped, v3 loads, v1 unloads
+        assert _settle(m, "m", 3, "AVAILABLE") == "AVAILABLE"
+        assert _settle(m, "m", 1, "END") == "END"
+        assert loads == [1, 2, 3]
+    finally:
+        m.stop()
