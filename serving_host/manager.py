@@ -323,7 +323,7 @@ class Manager:
             error, found = None, {}
             try:
                 found = discover(os.listdir(e.base_path), log.warning)
-            except FileNotFoundError:
+            except (FileNotFoundError, ValueError):     # ValueError: a NUL byte (C++ stops reading there)
                 error = invalid_argument(f"Could not find base path {e.base_path} for servable {e.name}")
             except NotADirectoryError:
                 error = ServingError("FAILED_PRECONDITION", f"{e.base_path} is not a directory "

@@ -567,3 +567,27 @@ def test_a_request_re_aspiring_a_loaded_version_waits_whole_until_that_version_h
         assert loads == [1, 2, 3]
     finally:
         m.stop()
+
+
+def test_a_base_path_with_a_nul_byte_is_that_model_s_error_not_a_dead_config_poll(tmp_path, monkeypatch):
+    """A ``base_path`` holding ``\\000`` (a text proto escape) made ``os.listdir`` raise ValueError
+    out of the reload: a traceback at start, and on a later poll the config-poll thread died, so
+    the server stopped following models.config for good. Now it is that model's "Could not find
+    base path" error (TF Serving's C++ reads the path up to the NUL), and the poll goes on."""
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1)])
+    config = tmp_path / "models.config"
+    config.write_text('model_config_list { config { name: "m" base_path: "%s\\000x" '
+                      'model_platform: "tensorflow" } }\n' % (tmp_path / "m"))
+    try:
+        error = m.reload_config_file(str(config))
+        assert error is not None and "Could not find base path" in error.message
+        config.write_text('model_config_list { config { name: "m" base_path: "%s" '
+                          'model_platform: "tensorflow" } }\n' % (tmp_path / "m"))
+        assert m.reload_config_file(str(config)) is None
+        assert _settle(m, "m", 1, "AVAILABLE") == "AVAILABLE"
+    finally:
+        m.stop()
