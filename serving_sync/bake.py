@@ -104,7 +104,7 @@ class Window:
         return None if b is None else (b[0] / 1000.0, b[1] / 1000.0)
 
     @property
-    def _timed(self) -> bool:
+    def timed(self) -> bool:
         """Whether the window has a mean: OK requests, and a latency sum that did not go down
         (TF Serving times requests with the wall clock: one timed across a clock step back adds
         a negative latency; such a window says nothing of its mean)."""
@@ -113,12 +113,12 @@ class Window:
     @property
     def mean_ms(self) -> float | None:
         """The mean as printed sums say it; ``mean_bounds_ms`` is what it can really be."""
-        return self.latency_sum / self.latency_count / 1000.0 if self._timed else None
+        return self.latency_sum / self.latency_count / 1000.0 if self.timed else None
 
     @property
     def mean_bounds_ms(self) -> tuple[float, float] | None:
         """(lowest, highest) mean the rounded ``_sum`` values allow."""
-        if not self._timed:
+        if not self.timed:
             return None
         n = self.latency_count * 1000.0
         return (max(0.0, self.latency_sum - self.latency_sum_error) / n,
@@ -299,7 +299,7 @@ def merge(windows: list[Window]) -> Window:
     observed = [w for w in windows if w.buckets and w.latency_count > 0]   # an idle host's limits say nothing
     les = sorted(set.intersection(*(set(le for le, _ in w.buckets) for w in observed))) if observed else []
     buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
-    timed = [w for w in windows if w._timed]
+    timed = [w for w in windows if w.timed]
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
                   sum(w.latency_sum for w in timed), sum(w.latency_count for w in timed),
                   any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed))

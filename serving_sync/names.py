@@ -10,6 +10,8 @@ import re
 
 from mlops_common.errors import ConfigError
 
+from .layout import MODELS_CONFIG
+
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 # Reserved suffix for the validation-only entry in models.config (see models_config).
 VALIDATE_SUFFIX = "__validate"
@@ -19,9 +21,9 @@ VALIDATE_SUFFIX = "__validate"
 # ENAMETOOLONG traceback on the host).
 MAX_MODEL_NAME_LEN = 255 - len("..json.tmp-12345678")
 # Files in a serving host's base beside the model folders (``<base>/<model>/``): TF Serving's config
-# (``layout.MODELS_CONFIG``) and the metrics config ``serving_host/install_server.sh`` writes. A
+# (``MODELS_CONFIG``) and the metrics config ``serving_host/install_server.sh`` writes. A
 # model of that name was published as a folder there, where TF Serving reads its config file.
-BASE_FILES = ("models.config", "monitoring.config")
+BASE_FILES = (MODELS_CONFIG, "monitoring.config")
 
 
 def check_model_name(name: object, *, what: str = "model name") -> str:
