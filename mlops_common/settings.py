@@ -145,6 +145,31 @@ def check_no_userinfo(uri: str) -> None:
         raise ConfigError("MLFLOW_TRACKING_URI must not contain a user name or password (it would be "
                           "printed and stored in logs); put them in MLFLOW_TRACKING_USERNAME and "
                           "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
+    if query_secrets(uri):
+        raise ConfigError("MLFLOW_TRACKING_URI must not carry a credential in its query string (a token, key "
+                          "or password parameter: it would be printed and stored in logs); put it in "
+                          "MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) instead")
+
+
+_SECRET_QUERY_KEY = re.compile(r"token|key|secret|pass|pwd|sig|credential|auth", re.IGNORECASE)
+
+
+def query_secrets(url: str | None) -> list[str]:
+    """Values of a URL's query parameters whose names say they are credentials (``?token=``,
+    ``?password=`` — libpq reads one —, a presigned URL's ``X-Amz-Signature``), as written and
+    percent-decoded: such a value is a secret wherever the URL is."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    try:
+        query = urlsplit(url or "").query
+    except ValueError:
+        query = (url or "").partition("?")[2]
+    out = []
+    for part in query.split("&"):
+        name, sep, value = part.partition("=")
+        if sep and value and _SECRET_QUERY_KEY.search(unquote(name)):
+            out += [value, *(v for _, v in parse_qsl(part, keep_blank_values=False))]
+    return list(dict.fromkeys(out))
 
 
 def ledger_url() -> str:
@@ -289,6 +314,8 @@ def _secret_forms(values: tuple[str | None, ...], urls: tuple[str | None, ...]) 
 
     raw = [v for v in values if v]
     for url in urls:
+        # from 8 characters, as the parts of a password: `?auth=true` names no secret in "true"
+        raw += [v for v in query_secrets(url) if len(v) >= _MIN_DERIVED_LEN]
         password = url_password(url)
         if password:
             raw += [password, unquote(password),

@@ -152,8 +152,9 @@ def record_converged(model: str, version: int, hosts: list[tuple[str, int | None
 
 def saved_model_size(model: str, version: int) -> int | None:
     """Bytes of the version's ``tfserving/`` SavedModel, from the run's artifact listing (None when
-    the listing is not available through the tracking server)."""
-    from mlops_common.errors import UserError
+    the listing is not available through the tracking server). A listing without ``saved_model.pb``
+    raises what the deploy's download would: a plan must not show steps the deploy refuses."""
+    from mlops_common.errors import NotFoundError, UserError
 
     from .rest import MlflowRest, rest
     from .versions import artifact_root
@@ -165,4 +166,7 @@ def saved_model_size(model: str, version: int) -> int | None:
         files = rest().artifact_files(info.run_id, artifacts.TFSERVING, what=f"listing v{version} of '{model}'")
     except UserError:
         return None
+    if f"{artifacts.TFSERVING}/saved_model.pb" not in {f["path"] for f in files}:
+        raise NotFoundError(f"version {version} of '{model}': tfserving/ has no saved_model.pb; it is not a "
+                            f"SavedModel")
     return sum(f["file_size"] for f in files)

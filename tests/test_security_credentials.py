@@ -80,7 +80,28 @@ def test_tracking_uri_with_user_info_is_refused(uri, monkeypatch):
     assert "alice" not in str(e.value)
 
 
-@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.com/x@y", "databricks"])
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9/?token=s3cr3t-tok", "https://mlflow.example.com/?api_key=s3cr3t-tok",
+                                 "http://127.0.0.1:9/p?a=1&Password=s3cr3t-tok", "http://127.0.0.1:9/?X-Amz-Signature=s3cr3t-tok"])
+def test_tracking_uri_with_a_credential_in_its_query_is_refused_without_echoing_it(uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ConfigError) as e:
+        settings.tracking_uri()
+    assert "MLFLOW_TRACKING_TOKEN" in str(e.value) and "s3cr3t-tok" not in str(e.value)
+
+
+def test_a_credential_in_a_database_urls_query_is_redacted_on_its_own(monkeypatch):
+    # libpq takes ?password=; an error quoting the value alone must not show it
+    monkeypatch.setenv("MLOPS_LEDGER_URL", "postgresql://u@127.0.0.1:9/l?sslmode=disable&password=p%40ss-w0rd-long")
+    secrets = settings.secret_values()
+    assert "p%40ss-w0rd-long" in secrets and "p@ss-w0rd-long" in secrets
+    assert "disable" not in secrets
+    from mlops_common.log import redact
+    said = redact('connection failed: password "p@ss-w0rd-long" rejected')
+    assert said == 'connection failed: password "***" rejected'
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://mlflow.example.com/x@y", "databricks",
+                                 "http://127.0.0.1:5000/?experiment=3"])
 def test_tracking_uris_without_user_info_pass(uri, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert settings.tracking_uri() == uri

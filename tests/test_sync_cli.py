@@ -365,3 +365,24 @@ def test_infra_validate_stopped_by_sigterm_leaves_no_server_and_no_folder(deploy
     subprocess.run(["pkill", "-KILL", "-f", f"local_server.*{tmpdir}"], capture_output=True)
     assert proc.returncode == 130, err
     assert left == [] and not list(tmpdir.glob("mlops-infra-*")), (left, list(tmpdir.iterdir()))
+
+
+def test_plan_refuses_a_version_without_a_savedmodel_as_the_deploy_does(deploy_env, tmp_path):
+    """Found by a review (2026-12-05): `sync plan` of a version whose tfserving/ holds no
+    saved_model.pb planned its steps (peak memory of the variables alone) where `sync deploy`
+    refuses the version after downloading it."""
+    import shutil
+
+    env = deploy_env
+    (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
+    folder = tmp_path / "no-graph"
+    shutil.copytree(env.bundles.path("a"), folder)
+    (folder / "tfserving" / "saved_model.pb").unlink()
+    v3 = env.register_bundle(folder, "no-graph")
+    config = (h1.base / "models.config").read_bytes()
+    for cmd in (("plan",), ("deploy", "--bake", "0")):
+        r = env.cli("sync", *cmd, "--version", str(v3))
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+        assert r.returncode == 2 and len(lines) == 1, (cmd, r.returncode, r.stdout, r.stderr)
+        assert f"version {v3} of '{env.model}': tfserving/ has no saved_model.pb" in lines[0], r.stderr
+    assert (h1.base / "models.config").read_bytes() == config and not (h1.base / env.model / str(v3)).exists()
