@@ -1,0 +1,210 @@
+"""What the user-facing docs name exists: every `mlops` command and flag they show, every flag of
+the local server and the install script, every setting of their configuration tables.
+
+The docs are what a new user follows (README.md, docs/production.md, docs/architecture.md,
+serving_host/README.md); a flag renamed in the code and not in them would be the first thing
+that user hits. Pure text checks against the real parsers: no service is started.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from tests.helpers import REPO
+
+DOCS = ("README.md", "docs/production.md", "docs/architecture.md", "serving_host/README.md")
+# Flags of other programs the docs show (mlflow server / mlflow run, docker, useradd,
+# check-jsonschema): not ours to check.
+FOREIGN_FLAGS = {"--workers", "--backend-store-uri", "--artifacts-destination", "--host", "--port",
+                 "--allowed-hosts", "--app-name", "--env-manager", "--experiment-name", "--builtin-schema",
+                 "--restart", "--create-home",
+                 "--flag"}      # serving_host/README.md: "`--flag=value` syntax"
+# Where the code reads settings (the docs and the tests do not count).
+CODE = ("mlops", "mlops_common", "registry", "serving_sync", "serving_host", "mlproject", "scripts",
+        ".circleci", "Makefile", "MLproject")
+
+
+def _doc(name: str) -> str:
+    return (REPO / name).read_text()
+
+
+def _mlops_parser():
+    from mlops.cli import build_parser
+
+    return build_parser()
+
+
+def _subparser(parser, name):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def _all_options(parser) -> set[str]:
+    out = set()
+    for action in parser._actions:
+        out.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _all_options(sub)
+    return out
+
+
+def _logical_lines(text: str):
+    """Lines of a doc, with an indented `[--flag ...]` continuation inside a code block joined to
+    the command line above it (the "Command names" block of docs/architecture.md)."""
+    out: list[str] = []
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced and out and re.match(r"\s+\[--", line):
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
+def _mlops_invocations():
+    """(doc, line, command words, flags) for each `mlops <command> ...` a doc shows; the flags up
+    to where the command's text ends (a backtick, a table cell, an alternative `|`, a sentence)."""
+    parser = _mlops_parser()
+    for doc in DOCS:
+        for n, line in enumerate(_logical_lines(_doc(doc)), 1):
+            for m in re.finditer(r"\bmlops((?: [a-z][a-z-]*)+)([^`|;)\n]*)", line):
+                words, p, path = m.group(1).split(), parser, []
+                for w in words:
+                    sub = _subparser(p, w)
+                    if sub is None:
+                        break
+                    p, path = sub, path + [w]
+                if not path:
+                    continue
+                rest = " ".join(words[len(path):]) + m.group(2)
+                flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest)
+                yield doc, n, path, p, flags
+
+
+def test_every_mlops_flag_the_docs_show_belongs_to_its_command():
+    seen, wrong = 0, []
+    for doc, n, path, p, flags in _mlops_invocations():
+        known = _all_options(p)
+        seen += len(flags)
+        wrong += [f"{doc}:{n}: `mlops {' '.join(path)}` has no option {f}" for f in flags if f not in known]
+    assert seen >= 60, f"only {seen} flags found in the docs: is the extraction still working?"
+    assert not wrong, "\n".join(wrong)
+
+
+def _install_script_options() -> set[str]:
+    text = (REPO / "serving_host" / "install_server.sh").read_text()
+    return set(re.findall(r"^\s*(--[a-z][a-z0-9-]*)\)", text, flags=re.M))
+
+
+def _benchmark_options() -> set[str]:
+    out = set()
+    for f in (REPO / "benchmarks").glob("*.py"):
+        out |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", f.read_text()))
+    return out
+
+
+def _local_server_options() -> set[str]:
+    from serving_host import local_server
+
+    return _all_options(local_server.build_parser())
+
+
+def test_every_dashed_flag_the_docs_name_exists_somewhere():
+    """A `--kebab-case` flag anywhere in the docs is an `mlops` option, an install_server.sh
+    option, a benchmark's, or another program's (FOREIGN_FLAGS)."""
+    known = _all_options(_mlops_parser()) | _install_script_options() | _benchmark_options() | FOREIGN_FLAGS
+    wrong = []
+    for doc in DOCS:
+        for n, line in enumerate(_doc(doc).splitlines(), 1):
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w])", line):
+                if flag not in known:
+                    wrong.append(f"{doc}:{n}: {flag} is no option of mlops, install_server.sh or a benchmark")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_tf_serving_flag_the_docs_name_is_taken_by_the_local_server():
+    """The local server takes TF Serving's flags (serving_host/README.md): every `--snake_case`
+    flag the docs name is in its parser (served, or taken and ignored)."""
+    known = _local_server_options()
+    wrong = []
+    for doc in DOCS:
+        for n, line in enumerate(_doc(doc).splitlines(), 1):
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9]*(?:_[a-z0-9]+)+)", line):
+                if flag not in known:
+                    wrong.append(f"{doc}:{n}: {flag} is not a flag of python -m serving_host.local_server")
+    assert not wrong, "\n".join(wrong)
+
+
+def _table_settings(doc: str, heading: str) -> list[str]:
+    text = _doc(doc)
+    start = text.index(heading)
+    end = text.find("\n#", start + len(heading))
+    rows = [line for line in text[start:end if end > 0 else None].splitlines() if line.startswith("| `")]
+    names = []
+    for row in rows:
+        first_cell = row.split("|")[1]
+        names += re.findall(r"`([A-Z][A-Z0-9_]+)`", first_cell)
+        # `MLFLOW_TRACKING_USERNAME` / `_PASSWORD`: the suffix names a variable of the same stem
+        for suffix in re.findall(r"`(_[A-Z0-9_]+)`", first_cell):
+            names.append(names[-1].rsplit("_", 1)[0] + suffix)
+    return names
+
+
+@pytest.mark.parametrize("doc, heading", [("README.md", "### Configuration"),
+                                          ("docs/architecture.md", "## Settings (environment)")])
+def test_every_setting_of_the_configuration_tables_is_read_by_the_code(doc, heading):
+    names = _table_settings(doc, heading)
+    assert len(names) >= 20, names
+    code = ""
+    for part in CODE:
+        path = REPO / part
+        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()
+                                                and f.suffix in (".py", ".sh", ".yml")]
+        code += "\n".join(f.read_text() for f in files)
+    unread = [name for name in names if not re.search(rf"\b{name}\b", code)]
+    assert not unread, f"{doc} ({heading}) names settings no code reads: {unread}"
+
+
+def _default_cell(doc: str, heading: str, first: str) -> str:
+    text = _doc(doc)
+    section = text[text.index(heading):]
+    for line in section.splitlines():
+        if line.startswith(f"| `{first}`"):
+            return line.rstrip().rstrip("|").rsplit("|", 1)[1].strip()
+    raise AssertionError(f"{doc} ({heading}) has no row for {first}")
+
+
+@pytest.mark.parametrize("doc, heading", [("README.md", "### Configuration"),
+                                          ("docs/architecture.md", "## Settings (environment)")])
+def test_the_defaults_of_the_configuration_tables_are_the_codes(doc, heading):
+    from mlops_common import settings
+    from registry.gate_rules import GateRules
+    from serving_sync import store
+    from serving_sync.bake import Limits
+    from serving_sync.options import DeployOptions
+
+    def numbers(cell):
+        return [float(x) for x in re.findall(r"(?<![\w.$])(\d+(?:\.\d+)?)(?![\w.])", cell)]
+
+    assert numbers(_default_cell(doc, heading, "MLOPS_LOCK_TTL")) == [settings.DEFAULT_LOCK_TTL]
+    assert numbers(_default_cell(doc, heading, "MLOPS_STORE_URL_EXPIRY")) == [store.DEFAULT_EXPIRY]
+    assert numbers(_default_cell(doc, heading, "MLOPS_MLFLOW_PORT")) == [
+        settings.DEFAULT_MLFLOW_PORT, settings.DEFAULT_REST_PORT, settings.DEFAULT_GRPC_PORT]
+    limits = Limits()
+    bake = _default_cell(doc, heading, "MLOPS_BAKE_SECONDS")
+    assert numbers(bake) == [DeployOptions().bake, limits.max_error_rate, limits.max_latency_ratio,
+                             limits.min_requests], bake
+    assert bake.rstrip("`").endswith(limits.on_low_traffic), bake
+    gate, rules = _default_cell(doc, heading, "MLOPS_GATE_MIN_ACCURACY"), GateRules()
+    assert rules.max_accuracy_drop is None and "derived" in gate       # from the held-out size
+    fractions = [n for n in numbers(gate) if n < 1]     # min accuracy first, max class drop last
+    assert (fractions[0], fractions[-1]) == (rules.min_accuracy, rules.max_class_drop), gate
+    assert settings.DEFAULT_MODEL_NAME in _default_cell(doc, heading, "MLOPS_MODEL_NAME")
+    assert "./.mlops" in _default_cell(doc, heading, "MLOPS_HOME")
