@@ -147,6 +147,19 @@ def test_a_state_path_too_long_is_one_line_for_up_and_down(tmp_path):
         assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
 
 
+def _worker_of(leader: subprocess.Popen, timeout: float = 30.0) -> int:
+    """The pid of the other process in ``leader``'s process group (bash's ``sleep 120 &``), once
+    bash has started it: polled (bounded), as a loaded machine may take well over 0.3 s to fork."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True, text=True).stdout.split()
+        others = [int(p) for p in out if int(p) != leader.pid]
+        if others:
+            return others[0]
+        assert leader.poll() is None and time.monotonic() < deadline, f"no worker in group {leader.pid} yet"
+        time.sleep(0.05)
+
+
 # --- found by review -----------------------------------------------------------------------------
 @pytest.mark.skipif(not process_identity(1), reason="SKIPPED LOUDLY: no /proc: a pid is all a record can name")
 def test_a_record_without_identity_never_signals_even_a_program_named_mlflow(tmp_path):
@@ -170,11 +183,9 @@ def test_down_stops_what_is_left_of_a_service_whose_first_process_died(tmp_path)
     blamed "another program"; `mlops down` said nothing ran."""
     leader = subprocess.Popen(["bash", "-c", "sleep 120 & wait"], start_new_session=True)
     try:
-        time.sleep(0.3)
+        worker = _worker_of(leader)
         state = tmp_path / "state"
         _record(state, "mlflow-server", leader.pid, identity=process_identity(leader.pid))
-        workers = subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True, text=True).stdout.split()
-        worker = next(int(p) for p in workers if int(p) != leader.pid)
         leader.kill()
         leader.wait(timeout=10)
         assert pid_alive(worker)
@@ -192,10 +203,8 @@ def test_down_never_signals_a_group_named_by_a_record_of_another_boot(tmp_path):
     another boot whose first process is gone had `mlops down` kill that program's processes."""
     leader = subprocess.Popen(["bash", "-c", "sleep 120 & wait"], start_new_session=True)
     try:
-        time.sleep(0.3)
+        worker = _worker_of(leader)
         state = tmp_path / "state"
-        workers = subprocess.run(["pgrep", "-g", str(leader.pid)], capture_output=True, text=True).stdout.split()
-        worker = next(int(p) for p in workers if int(p) != leader.pid)
         leader.kill()
         leader.wait(timeout=10)
         _record(state, "mlflow-server", leader.pid, identity="0000-another-boot:12345")
