@@ -353,9 +353,8 @@ def test_the_first_config_loads_in_parallel_and_later_ones_one_at_a_time(tmp_pat
 
     m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
     try:
-        started = time.monotonic()
         m.reload_config(entries(names[:4]))
-        assert max(peaks) == 4 and time.monotonic() - started < 1.0      # serially: 1.2 s
+        assert max(peaks) == 4          # four at once: an ordering, not a stopwatch (serially 4 x 0.3 s)
         peaks.clear()
         m.reload_config(entries(names), wait_timeout=20)                   # E and F: one at a time
         assert peaks == [1, 1]
