@@ -91,7 +91,8 @@ def _wait_label(srv, timeout: float = 30.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = requests.post(f"{srv.rest_url}/v1/models/{M2}/labels/{LABEL}:predict", json={"instances": [1.0]})
+        r = requests.post(f"{srv.rest_url}/v1/models/{M2}/labels/{LABEL}:predict", json={"instances": [1.0]},
+                          timeout=10)
         if r.status_code == 200:
             return
         time.sleep(0.2)

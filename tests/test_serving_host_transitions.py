@@ -131,7 +131,7 @@ def test_add_version_move_label_drop_version_without_one_failed_request(tfservin
     assert traffic.ok > 50, "the traffic loop did not run"
     states = srv.version_states("m")
     assert states == {1: "END", 2: "AVAILABLE"}                     # unloaded versions stay listed
-    r = requests.post(f"{srv.rest_url}/v1/models/m/versions/1:predict", json={"instances": [1.0]})
+    r = requests.post(f"{srv.rest_url}/v1/models/m/versions/1:predict", json={"instances": [1.0]}, timeout=30)
     assert r.status_code == 404
 
 
@@ -305,7 +305,8 @@ def test_grpc_reload_and_polled_file_end_in_the_same_state(tfserving_factory, tm
     for srv in (by_file, by_grpc):
         wait_until(lambda s=srv: s.version_states("m") == final, what=f"final state on {srv.rest_url}")
         wait_until(lambda s=srv: served_version(s, "/v1/models/m/labels/stable") == 2, what="stable -> 2")
-        r = requests.post(f"{srv.rest_url}/v1/models/m/labels/canary:predict", json={"instances": [1.0]})
+        r = requests.post(f"{srv.rest_url}/v1/models/m/labels/canary:predict", json={"instances": [1.0]},
+                          timeout=30)
         assert r.status_code == 400 and "Unrecognized servable version label: canary" in r.json()["error"]
     assert by_file.status("m") == by_grpc.status("m")
 
