@@ -229,7 +229,10 @@ def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluat
     return files
 
 
-def _log_model(model, data: TrainingData):
+def _log_model(model, data: TrainingData, step: int):
+    """Log the MLflow model at ``step`` (the last epoch's): MLflow 3 links a logged model to the
+    run's metrics at the step it is logged at, so at step 0 the experiment's Models tab and the
+    model's page showed epoch 1's loss and accuracy, not those of the weights it holds."""
     import keras
     import mlflow
     import mlflow.tensorflow
@@ -241,7 +244,7 @@ def _log_model(model, data: TrainingData):
     example = data.heldout.images[:2]
     return mlflow.tensorflow.log_model(
         model, name="model", signature=infer_signature(example, predict(model, example)),
-        input_example=example,
+        input_example=example, step=step,
         # Explicit requirements: skips MLflow's slow requirement inference (it reloads the model).
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
 
@@ -307,10 +310,10 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
         model, history = fit_model(params, data, start_model=start_model,
                                    on_epoch=lambda e, logs: mlflow.log_metrics(logs, step=e))
         _log.info("logging the model, the TF-Serving SavedModel and the golden set")
-        info = _log_model(model, data)
+        info = _log_model(model, data, step=len(history["loss"]) - 1)
         probs = predict(model, data.heldout.images)
         evaluation = evaluation_of(probs, data.heldout, model_uri=info.model_uri, dataset=data.dataset)
-        mlflow.log_metrics(evaluation.run_metrics())
+        mlflow.log_metrics(evaluation.run_metrics(), model_id=info.model_id)   # step 0: linked by id
         files = _log_artifacts(model, data, history, evaluation, probs)
         _log.info("held-out accuracy %.4f, loss %.4f (n=%d)", evaluation.accuracy, evaluation.loss,
                   evaluation.n)

@@ -82,6 +82,24 @@ def test_run_has_params_per_epoch_metrics_tags_and_dataset_inputs(cli_trained):
     assert inputs["evaluation"].digest == res["heldout_fingerprint"][:32]
 
 
+def test_the_logged_model_carries_the_final_epoch_s_metrics_and_the_held_out_ones(cli_trained):
+    """MLflow 3 links a logged model to the run's metrics at the step it was logged at: logged at
+    step 0 it showed epoch 1's loss and accuracy (the experiment's Models tab, the model page), not
+    those of the weights it holds."""
+    env, res, _ = cli_trained
+    client = _client(env["MLFLOW_TRACKING_URI"])
+    model_id = client.get_model_version(env["MLOPS_MODEL_NAME"], "1").source.removeprefix("models:/")
+    model = client.get_logged_model(model_id)
+    linked = {m.key: m for m in model.metrics}
+    for name in METRICS:
+        assert linked[name].step == EPOCHS - 1, name
+        assert linked[name].value == pytest.approx(res["metrics"][name]), name
+    assert linked["heldout_accuracy"].value == pytest.approx(res["metrics"]["heldout_accuracy"])
+    assert {f"heldout_accuracy_class_{k}" for k in range(10)} <= set(linked)
+    (output,) = client.get_run(res["run_id"]).outputs.model_outputs
+    assert (output.model_id, output.step) == (model_id, EPOCHS - 1)
+
+
 def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_path):
     import mlflow
 
