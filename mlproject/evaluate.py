@@ -172,11 +172,16 @@ def log_to_active_project_run(evaluation: Evaluation) -> str | None:
 
     from registry.client import mlflow_errors, tracking_client
 
+    from .tracking import evaluate_run_name
+
     now = int(time.time() * 1000)
     with mlflow_errors(f"logging the evaluation into run {run_id}"):
         client = tracking_client()
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in evaluation.run_metrics().items()],
                          tags=[RunTag("evaluated_model_uri", evaluation.model_uri),
-                               RunTag("dataset.name", evaluation.dataset)])
+                               RunTag("dataset.name", evaluation.dataset),
+                               # named like the training runs beside it, not MLflow's random name
+                               RunTag("mlflow.runName", evaluate_run_name(evaluation.model_uri,
+                                                                          evaluation.dataset))])
         client.log_dict(run_id, evaluation.to_dict(), artifacts.HELDOUT)
     return run_id

@@ -39,6 +39,13 @@ def run_name(dataset: str, *, retrained_from: str | None = None, incoming: str |
     return f"retrain {start} + {incoming_label(incoming) if incoming else 'no new data'}"
 
 
+def evaluate_run_name(model_uri: str, dataset: str) -> str:
+    """What the evaluate entry point's run is called (pure): ``evaluate v3 on digits`` for
+    ``models:/<name>/3``, like the training runs beside it in the compare view."""
+    ref = model_uri.rstrip("/").rsplit("/", 1)[-1]
+    return f"evaluate {'v' + ref if ref.isdigit() else ref} on {dataset}"
+
+
 def run_note(dataset: str, n_base: int, n_incoming: int, *, retrained_from: str | None = None,
              incoming: str | None = None, parent_run_id: str | None = None) -> str:
     """The run's description (Markdown, MLflow's ``mlflow.note.content``): where it came from (pure)."""

@@ -87,3 +87,22 @@ def test_mlflow_run_train_entry_point_logs_into_the_project_run(mlops_env):
     eval_run = next(x for x in client.search_runs([exp.experiment_id]) if x.info.run_id != run.info.run_id)
     assert eval_run.data.tags["evaluated_model_uri"] == f"models:/{name}/1"
     assert eval_run.data.metrics["heldout_accuracy"] == pytest.approx(evaluation["accuracy"])
+
+
+def test_the_evaluate_entry_point_names_its_run_after_the_version_it_evaluated(mlops_env, monkeypatch):
+    """Training renames its project run (`train digits`, `retrain v1 + ...`) so the compare view
+    tells runs apart; the evaluate entry point's run, holding the same held-out metrics, kept
+    MLflow's random name (`illustrious-vole-848`) beside them (review 2026-12-05, fifth stop)."""
+    from mlproject.evaluate import Evaluation, log_to_active_project_run
+
+    client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
+    experiment = client.create_experiment(f"project-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment, run_name="illustrious-vole-848")
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    name = mlops_env["MLOPS_MODEL_NAME"]
+    ev = Evaluation(model_uri=f"models:/{name}/3", dataset="digits", heldout_fingerprint="ab" * 32, n=450,
+                    accuracy=0.9, loss=0.3, per_class_accuracy={"0": 0.9}, per_class_count={"0": 45})
+    assert log_to_active_project_run(ev) == run.info.run_id
+    logged = client.get_run(run.info.run_id)
+    assert logged.info.run_name == "evaluate v3 on digits"
+    assert logged.data.metrics["heldout_accuracy"] == 0.9
