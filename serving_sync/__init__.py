@@ -30,6 +30,8 @@ The deploy orchestration on top (observe -> plan -> act):
 - ``store``          a shared S3 store: upload a version once, hosts pull it with presigned URLs
 - ``fleet``          the rollout: prepare every host in parallel, switch a canary, bake, then waves,
                      all-new or all-old; registry, ledger, retention
+- ``deploy_failure`` what a failed rollout does: put every host back, move ``production`` back when
+                     the version is to blame, tag it, one message
 - ``connections``    open every host and take every lock (fixed order, bounded wait)
 - ``verified``       which versions passed the smoke test on a host (host-side record)
 - ``cancel``         SIGTERM / Ctrl-C stop a deploy at a safe point (then its hosts are put back)

@@ -61,7 +61,6 @@ class FleetResult:
     seconds: float = 0.0
     registry: dict | None = None
     message: str = ""
-    started_at: float = 0.0              # time.monotonic() at start (not serialized)
     timings: dict = field(default_factory=dict)   # seconds per phase (each host's steps: hosts[].steps)
     rollout: dict = field(default_factory=dict)   # rollout.Shape: canary, waves
     waves: list[dict] = field(default_factory=list)   # per wave: hosts, switch_seconds, bake, bake_seconds
@@ -292,7 +291,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     elif expect is not None:
         raise ConfigError("--expect-version checks what production names; with --version N production is not "
                           "deployed: pass one of them")
-    result = FleetResult(model, v, source, "failed", started_at=start)
+    result = FleetResult(model, v, source, "failed")
     t = result.lap("resolve_version", start)
     with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model,
                                            give_up=give_up_waiting):

@@ -201,12 +201,6 @@ def state_of(config: ServingConfig, model: str) -> ModelState | None:
     return ModelState(model, main.base_path, main.versions, main.label_map, validate)
 
 
-def remove_validation(config: ServingConfig, model: str) -> ServingConfig:
-    """``config`` without ``model``'s validation entry."""
-    vname = validation_name(model)
-    return ServingConfig(tuple(e for e in config.entries if e.name != vname))
-
-
 # --- protobuf text format -----------------------------------------------------------------
 def _pb():
     from tensorflow_serving.config import model_server_config_pb2

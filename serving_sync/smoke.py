@@ -204,7 +204,7 @@ def route_name(model: str, *, version: int | None = None, label: str | None = No
 
 def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, route_version: int | None = None,
               label: str | None = None, opts: SmokeOptions = SmokeOptions(),
-              latency: bool = True, expect_label: bool = True) -> SmokeReport:
+              latency: bool = True) -> SmokeReport:
     """Ask TF Serving through one route and judge the answers (never raises for a failed check).
 
     ``model`` is the entry name (e.g. ``digits__validate``), ``version`` the registry version the
@@ -225,7 +225,7 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
         report.checks.append(check)
         return check
 
-    if label is not None and expect_label:
+    if label is not None:
         def label_check() -> Check:
             got = client.label_version(model, label)
             return Check("label", got == version, f"{label} -> {got if got is not None else 'nothing'}"

@@ -58,7 +58,6 @@ class Pull:
     store_url: str
     manifest: Manifest = field(repr=False)
     urls: dict = field(repr=False)          # rel path -> presigned GET URL (a secret)
-    expires_in: float = DEFAULT_EXPIRY
 
     def script_input(self) -> bytes:
         """The host script's stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines."""
@@ -151,7 +150,7 @@ def presign(store: Store, model: str, version: int, manifest: Manifest, expires_
     urls = {f.path: t.client.generate_presigned_url(
         "get_object", Params={"Bucket": store.target.bucket, "Key": prefix + f.path},
         ExpiresIn=int(expires_in)) for f in manifest.files}
-    return Pull(store.url, manifest, urls, expires_in)
+    return Pull(store.url, manifest, urls)
 
 
 def _signer(store: Store):

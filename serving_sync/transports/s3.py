@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from mlops_common import log
@@ -57,7 +56,6 @@ class S3Transport(Transport):
         self.prefix = prefix.strip("/")
         super().__init__(f"s3://{bucket}/{self.prefix}".rstrip("/"))
         self._client = client
-        self._local = threading.local()
 
     # --- plumbing ------------------------------------------------------------------------
     @property
