@@ -13,7 +13,6 @@ from serving_host.status import ServingError, failed_precondition, invalid_argum
 from serving_host.versions import VersionPolicy
 
 TENSORFLOW_PLATFORM = "tensorflow"
-EMPTY_CONFIG_TEXT = "model_config_list {\n}\n"
 
 
 @dataclass(frozen=True)

@@ -81,9 +81,6 @@ class Metric:
         key = self._key(values)
         self.cells[key] = self.cells.get(key, 0) + int(by)
 
-    def set(self, values, value: int) -> None:
-        self.cells[self._key(values)] = int(value)
-
     def add(self, values, value: float) -> None:
         """Histogram sample: bucket = first limit greater than value (``std::upper_bound``)."""
         key = self._key(values)
@@ -131,10 +128,6 @@ class Registry:
     def counter(self, name: str, values, by: int = 1) -> None:
         with self._lock:
             self._metrics[name].increment(values, by)
-
-    def gauge(self, name: str, values, value: int) -> None:
-        with self._lock:
-            self._metrics[name].set(values, value)
 
     def sample(self, name: str, values, value: float) -> None:
         with self._lock:

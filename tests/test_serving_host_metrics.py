@@ -26,12 +26,6 @@ def test_exporter_counter():
     assert r.page() == '# TYPE :test:path:total counter\n:test:path:total{name="abc"} 2\n'
 
 
-def test_exporter_gauge():
-    r = _registry_with("/test/path/gague", m.GAUGE, ("x", "y"))
-    r.gauge("/test/path/gague", ("abc", "def"), 5)
-    assert r.page() == '# TYPE :test:path:gague gauge\n:test:path:gague{x="abc",y="def"} 5\n'
-
-
 def test_exporter_histogram():
     r = _registry_with("/test/path/histogram", m.HISTOGRAM, ("status",),
                        m.exponential_buckets(1, 2, 10))

@@ -117,7 +117,7 @@ def test_config_is_parsed_with_the_real_schema():
 
 
 def test_empty_config_list_and_empty_file():
-    assert cfg.to_server_config(cfg.parse_text(cfg.EMPTY_CONFIG_TEXT)) == cfg.ServerConfig("list", ())
+    assert cfg.to_server_config(cfg.parse_text("model_config_list {\n}\n")) == cfg.ServerConfig("list", ())
     assert cfg.to_server_config(cfg.parse_text("")).kind == "empty"
 
 
