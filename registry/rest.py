@@ -54,12 +54,12 @@ def _float_env(name: str, default: float, *, positive: bool = False) -> float:
 class MlflowRest:
     """A small REST client for one MLflow tracking server (see the module docstring)."""
 
-    def __init__(self, uri: str, *, session: requests.Session | None = None):
+    def __init__(self, uri: str):
         from .client import check_uri
 
         check_uri(uri)
         self.uri = uri.rstrip("/")
-        self.session = session or requests.Session()
+        self.session = requests.Session()
         user, password = settings.env("MLFLOW_TRACKING_USERNAME"), settings.env("MLFLOW_TRACKING_PASSWORD")
         token = settings.tracking_token()
         if user and password:
