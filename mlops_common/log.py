@@ -23,7 +23,8 @@ class RedactingStream:
     """A text stream (stdout) that writes every form of a secret's value as ``***``: ``--json``
     documents and text tables carry messages built from exceptions (a psycopg host name holding
     part of a database password, botocore's endpoint URL), and stdout is what CI saves. One
-    wrapper at the edge covers every ``print``; everything but ``write`` goes to the stream."""
+    wrapper at the edge covers every ``print``; ``write`` and ``writelines``
+    redact, every other attribute is the stream's."""
 
     def __init__(self, stream):
         self._stream = stream

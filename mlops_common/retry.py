@@ -8,8 +8,7 @@ T = TypeVar("T")
 
 
 def retry(fn: Callable[[], T], *, is_transient: Callable[[BaseException], bool],
-          attempts: int = 5, first_delay: float = 0.5, max_delay: float = 8.0,
-          on_retry: Callable[[int, BaseException, float], None] | None = None) -> T:
+          attempts: int = 5, first_delay: float = 0.5, max_delay: float = 8.0) -> T:
     """Call ``fn`` until it succeeds, a non-transient error occurs, or ``attempts`` run out."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
@@ -18,8 +17,6 @@ def retry(fn: Callable[[], T], *, is_transient: Callable[[BaseException], bool],
         except BaseException as exc:  # noqa: BLE001 - re-raised unless transient
             if attempt == attempts or not is_transient(exc):
                 raise
-            if on_retry:
-                on_retry(attempt, exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
     raise AssertionError("unreachable")
