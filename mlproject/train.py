@@ -350,13 +350,13 @@ def register_run(model_name: str, result: RunResult) -> int:
                                         f"{result.evaluation.accuracy:.4f}")
 
 
-def summary(model_name: str, result: RunResult, version: int | None) -> dict:
+def summary(model_name: str, result: RunResult, version: int) -> dict:
     """The ``--json`` document of ``mlops train`` / ``mlops retrain``."""
     out = {
         "run_id": result.run_id,
         "version": version,
         "model_name": model_name,
-        "model_uri": f"models:/{model_name}/{version}" if version is not None else result.model_uri,
+        "model_uri": f"models:/{model_name}/{version}",
         "metrics": result.metrics(),
         "dataset": result.data.dataset,
         "fingerprint": result.data.fingerprint,
@@ -367,8 +367,7 @@ def summary(model_name: str, result: RunResult, version: int | None) -> dict:
     }
     if result.retrained_from is not None:
         out.update(retrained_from=result.retrained_from, incoming=result.data.incoming_location)
-    if version is not None:
-        out["version_url"] = tracking.version_url(model_name, version)
+    out["version_url"] = tracking.version_url(model_name, version)
     return out
 
 
@@ -380,20 +379,17 @@ def _ledger_ready() -> None:
     Ledger()
 
 
-def train(model_name: str, params: TrainParams, *, register: bool = True) -> dict:
-    """``mlops train``: a fresh model on the base set; registers version N (unless ``register``
-    is False, for fixtures and calibration)."""
+def train(model_name: str, params: TrainParams) -> dict:
+    """``mlops train``: a fresh model on the base set; registers version N."""
     from registry.client import tracking_client
 
     params = params.checked()
     params = replace(params, dataset=params.dataset or DEFAULT_DATASET)
     tracking_client()  # fail fast on a wrong server, before loading data or training
-    if register:
-        _ledger_ready()
+    _ledger_ready()
     data = prepare_data(params.dataset)
     result = run_training(params, data, model_name=model_name)
-    version = register_run(model_name, result) if register else None
-    return summary(model_name, result, version)
+    return summary(model_name, result, register_run(model_name, result))
 
 
 def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) -> tuple[TrainParams, int | None]:
@@ -423,13 +419,11 @@ def _run_of(model_name: str, version: int | None) -> str | None:
     return versions.get_version(model_name, version).run_id
 
 
-def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch: bool = False,
-            register: bool = True) -> dict:
+def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch: bool = False) -> dict:
     """``mlops retrain``: continue from the ``production`` version (or from scratch when there is
     none, or when asked) on base + incoming batches; registers a version tagged ``retrained_from``."""
     params, production = retrain_plan(model_name, params.checked(), from_scratch=from_scratch)
-    if register:
-        _ledger_ready()
+    _ledger_ready()
     data = prepare_data(params.dataset, incoming)
     if production is None:
         _log.info("retraining from scratch%s", "" if from_scratch else " (no version holds the production alias)")
@@ -439,5 +433,4 @@ def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch
                           start_from=f"models:/{model_name}/{production}" if production else None,
                           retrained_from=str(production) if production else "scratch",
                           parent_run_id=_run_of(model_name, production))
-    version = register_run(model_name, result) if register else None
-    return summary(model_name, result, version)
+    return summary(model_name, result, register_run(model_name, result))
