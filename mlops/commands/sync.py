@@ -94,7 +94,7 @@ def _rollout_flags(p) -> None:
                    help="breach when the canary's error rate is more than F above the old version's, "
                         "beyond chance (default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")
     p.add_argument("--max-latency-ratio", type=flags.ratio, metavar="R",
-                   help="breach when the canary's p95 or p99 is more than R times the old version's "
+                   help="breach when the canary's mean, p95 or p99 is more than R times the old version's "
                         "(default MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")
     p.add_argument("--min-requests", type=flags.positive_int, metavar="N",
                    help="fewer requests on the canary: 'not enough traffic' (default MLOPS_BAKE_MIN_REQUESTS or 20)")
