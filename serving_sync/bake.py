@@ -26,7 +26,7 @@ canary's lowest possible mean is above ``max_latency_ratio`` times the highest p
 the slowest baseline. A baseline's highest is a true bound however coarse its sum (a host up for
 weeks, a sum whose printed digits did not move in the window), so a coarse baseline is used as it
 is — it can only make a breach less likely — and does not stop the comparison with a precise one.
-The mean is not compared (the verdict says so) when the canary's own sum is known to worse than
+The mean is not compared (the verdict says so) when the canary's own sum is known to be worse than
 ``MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
 
 A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
@@ -65,7 +65,7 @@ REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 OK = "OK"
 MAX_PAGE_BYTES = 16 * 1024 * 1024
-MEAN_MAX_UNCERTAINTY = 0.10      # the canary's latency sum known to worse than this: its mean is not compared
+MEAN_MAX_UNCERTAINTY = 0.10      # the canary's latency sum known to be worse than this: its mean is not compared
 
 
 @dataclass(frozen=True)
