@@ -380,3 +380,132 @@ def test_a_plan_does_not_say_another_entry_serves_an_older_version_its_latest_po
         seen = HostObservation(**{**o.__dict__, "loaded_by_others_on_publish": others})
         assert any("shadow" in n for n in plan_host(seen, 3).notes) == loads_v3, body
         assert any("shadow" in n for n in plan_host(seen, 7).notes), body      # a new version: every one of them
+
+
+# --- found by hand mutation of the plan's decisions (2026-12-05) ------------------------------
+def test_without_a_stable_label_the_host_serves_its_highest_version_and_keeps_it_warm():
+    """TF Serving sends unversioned requests to the highest loaded version: that is what serves."""
+    o = obs(versions=(1, 2), states={1: A, 2: A}, published=(1, 2), verified=(1, 2))
+    p = plan_host(o, 3)
+    assert p.current == 2 and p.previous_kept == 2 and p.final == MainTarget((2, 3), (("stable", 3),))
+
+
+def test_a_specific_main_entry_listing_no_version_is_kept_as_it_is_while_validating():
+    """`specific {}` by hand: not ours to rebuild (a MainTarget of no version is a ConfigError)."""
+    o = HostObservation(host="h1", model=M, base_path=BASE, main_policy="specific", main_base_path=BASE,
+                        published=(1,))
+    p = plan_host(o, 1)
+    assert step(p, "load_validation").config.main == KEEP
+    assert step(p, "switch").config.main == MainTarget((1,), (("stable", 1),))
+
+
+def test_a_label_on_a_version_that_is_not_loaded_is_left_out_of_every_config_written():
+    """TF Serving refuses a config labelling a version that is not AVAILABLE: the validation config
+    keeps only the labels it can honour, and the final one does not load v1 again for its label."""
+    o = obs(versions=(1, 3), labels=(("experiment", 1), ("stable", 3)), states={1: "END", 3: A}, stable=3,
+            published=(1, 3), verified=(3,))
+    p = plan_host(o, 4)
+    assert step(p, "load_validation").config.main == MainTarget((1, 3), (("stable", 3),))
+    assert p.final == MainTarget((3, 4), (("stable", 4),))
+    labels_only_on_available(p, o)
+
+
+def test_a_label_on_a_version_not_published_in_our_folder_is_not_kept():
+    o = obs(versions=(1, 3), labels=(("experiment", 1), ("stable", 3)), states={1: A, 3: A}, stable=3,
+            published=(3,), verified=(3,))
+    assert plan_host(o, 4).final == MainTarget((3, 4), (("stable", 4),))
+
+
+def test_the_labels_of_a_main_entry_reading_another_folder_are_not_carried_over():
+    """Its v1 is another folder's v1: the entry is replaced whole (only the warm copy is kept)."""
+    o = obs(versions=(1, 2), labels=(("experiment", 1), ("stable", 2)), states={1: A, 2: A}, stable=2,
+            published=(1, 2), verified=(1, 2), base="/old/place/digits")
+    assert plan_host(o, 3).final == MainTarget((2, 3), (("stable", 3),))
+
+
+def test_a_rerun_keeps_the_newest_older_version_warm_and_unloads_the_rest():
+    o = obs(versions=(1, 2, 3), labels=(("stable", 3),), states={1: A, 2: A, 3: A}, stable=3,
+            published=(1, 2, 3), verified=(1, 2, 3))
+    p = plan_host(o, 3)
+    assert p.previous_kept == 2 and p.final == MainTarget((2, 3), (("stable", 3),))
+    assert kinds(p) == ["switch", "verify"]
+
+
+def test_a_rerun_does_not_load_again_a_version_the_config_no_longer_lists():
+    """v2 still AVAILABLE while TF Serving unloads it (a deploy without keep-previous): up to date."""
+    o = obs(versions=(3,), labels=(("stable", 3),), states={2: A, 3: A}, stable=3, published=(2, 3),
+            verified=(2, 3))
+    p = plan_host(o, 3)
+    assert p.previous_kept is None and p.final == MainTarget((3,), (("stable", 3),))
+    assert p.up_to_date
+
+
+def test_not_up_to_date_while_unversioned_requests_go_to_a_higher_version():
+    """`stable` is right but a higher version still loaded takes the unversioned requests."""
+    o = obs(versions=(3,), labels=(("stable", 3),), states={3: A, 4: A}, stable=3, published=(3, 4), verified=(3,))
+    p = plan_host(o, 3)
+    assert not p.up_to_date and step(p, "switch").unload == (4,)
+
+
+def test_not_up_to_date_while_the_main_entry_reads_another_folder():
+    """Everything else matches (versions, label, verified): the entry must still move to our folder."""
+    o = obs(versions=(3,), labels=(("stable", 3),), states={3: A}, stable=3, published=(3,), verified=(3,),
+            base="/old/place/digits")
+    p = plan_host(o, 3)
+    assert not p.up_to_date and "publish" in kinds(p)
+
+
+def test_not_up_to_date_when_the_version_is_not_published_on_the_host():
+    o = obs(versions=(3,), labels=(("stable", 3),), states={3: A}, stable=3, published=(), verified=(3,))
+    assert not plan_host(o, 3).up_to_date
+
+
+def test_compose_with_keep_leaves_the_main_entry_verbatim_and_adds_the_validation_entry():
+    cfg = mc.parse(f'model_config_list {{ config {{ name: "{M}" base_path: "/elsewhere/{M}" '
+                   f'model_platform: "tensorflow" model_version_policy {{ latest {{ num_versions: 2 }} }} }} '
+                   f'config {{ name: "other" base_path: "/x/other" model_platform: "tensorflow" }} }}')
+    out = compose(cfg, M, BASE, ConfigTarget(KEEP, 5))
+    assert [e.name for e in out.entries] == [M, "other", f"{M}__validate"]
+    assert out.entry(M) == cfg.entry(M) and out.entry(M).raw == cfg.entry(M).raw
+    assert out.entry(f"{M}__validate") == mc.ModelEntry(f"{M}__validate", BASE, "specific", (5,))
+    assert [e.name for e in compose(out, M, BASE, ConfigTarget(KEEP, None)).entries] == [M, "other"]
+
+
+def test_a_latest_policy_without_num_versions_holds_the_newest_version():
+    """TF Serving serves max(num_versions, 1) of the newest (file_system_storage_path_source.cc):
+    `latest {}` holds the newest, which retention must keep."""
+    cfg = mc.parse(f'model_config_list {{ config {{ name: "shadow" base_path: "{BASE}" '
+                   f'model_platform: "tensorflow" model_version_policy {{ latest {{ }} }} }} }}')
+    assert mc.versions_held_by_others(cfg, M, BASE, (1, 2, 3)) == (3,)
+
+
+def test_a_self_loading_main_entry_is_pinned_without_a_label_on_a_version_it_unloaded():
+    """`latest` moved from v1 to v2 and unloaded v1, its `stable -> 1` left behind: the pinned
+    config must not label v1 (TF Serving refuses a label on a version that is not AVAILABLE)."""
+    o = obs(policy="latest", versions=(), labels=(("stable", 1),), states={2: A}, stable=None, published=(1, 2))
+    p = plan_host(o, 3)
+    assert step(p, "pin_main").config == ConfigTarget(MainTarget((2,), ()), None)
+    labels_only_on_available(p, o)
+
+
+def test_a_label_left_on_a_version_that_never_loaded_is_not_written_before_it_loads():
+    """A switch config naming v4 whose load failed: the load_main config must not label v4 yet."""
+    o = obs(versions=(3, 4), labels=(("stable", 4),), states={3: A, 4: "END"}, stable=None, published=(3, 4),
+            verified=(3,))
+    p = plan_host(o, 4)
+    assert step(p, "load_main").config.main == MainTarget((3, 4), ())
+    labels_only_on_available(p, o)
+
+
+def test_the_switch_waits_out_only_versions_above_the_new_one():
+    """Unversioned requests go to the highest loaded version: a lower one being unloaded is no wait."""
+    o = obs(versions=(1, 2), labels=(("stable", 2),), states={1: A, 2: A}, stable=2, published=(1, 2, 3),
+            verified=(1, 2, 3))
+    p = plan_host(o, 3)
+    assert p.final.versions == (2, 3) and step(p, "switch").unload == ()
+
+
+def test_the_retention_preview_keeps_the_version_a_rollback_would_go_to():
+    o = obs(versions=(4,), labels=(("stable", 4),), states={4: A}, stable=4, published=(1, 2, 3, 4), verified=(4,))
+    assert plan_host(o, 5, keep=1).retention == (1, 2, 3)
+    assert plan_host(o, 5, keep=1, rollback_to=2).retention == (1, 3)

@@ -67,6 +67,7 @@ def entry(**fields) -> str:
     ({"target": "ftp://x/y"}, "target", "unsupported scheme"),
     ({"target": None}, "target", "missing"),
     ({"target": "ssh://host"}, "target", "absolute base directory"),
+    ({"target": "ssh://host/"}, "target", "absolute base directory"),
     ({"target": "ssh://user:pw@host/var/m"}, "target", "password"),
     ({"target": "ssh://host:99999/var/m"}, "target", "port"),
     ({"target": "ssh:///var/m"}, "target", "no host"),
@@ -75,6 +76,7 @@ def entry(**fields) -> str:
     ({"rest_url": None}, "rest_url", "missing"),
     ({"rest_url": "http://u:secret@h:8501"}, "rest_url", "credentials"),
     ({"grpc": "127.0.0.1"}, "grpc", "host:port"),
+    ({"grpc": "127.0.0.1:0"}, "grpc", "host:port"),
     ({"known_hosts": "/k"}, "known_hosts", "only applies to ssh"),
     ({"identity_file": "/k"}, "identity_file", "only applies to ssh"),
     ({"model_base_path": "models"}, "model_base_path", "absolute"),
@@ -133,6 +135,7 @@ def test_no_message_echoes_a_password():
 @pytest.mark.parametrize("first,second", [
     ("file:///srv/m", "file://localhost/srv//m/"),
     ("ssh://d@h/x", "ssh://d@H:22/x"),
+    ("ssh://d@h/x", "ssh://d@h./x"),                   # a fully qualified name's final dot
     ("s3://bucket/a/b", "s3://bucket/a/b/"),
     ("ssh://d@h/srv/m", "ssh://d@h/srv/./m/."),        # found by review: '.' segments were kept
 ])
@@ -147,6 +150,7 @@ def test_two_names_for_one_base_directory_are_refused(first, second):
 @pytest.mark.parametrize("first,second,fld", [
     ('rest_url = "http://10.0.0.5:8501"', 'rest_url = "http://10.0.0.5:8501/"', "rest_url"),
     ('rest_url = "http://TFS.example.com"', 'rest_url = "http://tfs.example.com:80"', "rest_url"),
+    ('rest_url = "https://tfs.example.com"', 'rest_url = "https://tfs.example.com:443"', "rest_url"),
     ('rest_url = "http://a:8501"\ngrpc = "10.0.0.5:8500"',
      'rest_url = "http://b:8501"\ngrpc = "10.0.0.5:8500"', "grpc"),
 ])

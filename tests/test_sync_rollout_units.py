@@ -62,6 +62,24 @@ def test_canary_must_leave_a_host_to_compare_with():
         rollout.shape(list("abc"), canary=3)
 
 
+
+def test_two_changing_hosts_get_the_default_canary():
+    """architecture.md: the canary is 1 host by default "when >= 2 hosts change" (two is enough)."""
+    s = rollout.shape(["a", "b"])
+    assert s.canary == ("a",) and s.waves == (("a",), ("b",)) and s.judged() == ("a",)
+
+
+def test_an_explicit_canary_on_a_lone_host_is_allowed_and_not_baked():
+    """Nothing after it to protect or compare with: no refusal, and no host is judged."""
+    s = rollout.shape(["a"], canary=1)
+    assert s.canary == ("a",) and s.waves == (("a",),)
+    assert not s.bakeable and s.judged() == () and s.judged(each_wave=True) == ()
+
+
+def test_a_negative_canary_is_one_config_error():
+    with pytest.raises(ConfigError, match="--canary must be 0 or more hosts, got -1"):
+        rollout.shape(list("abc"), canary=-1)
+
 # --- the plan's phases and memory order -----------------------------------------------------
 def _obs(**kw) -> HostObservation:
     base = dict(host="h1", model=M, base_path="/srv/digits", main_policy="specific", main_base_path="/srv/digits",
@@ -195,6 +213,38 @@ def test_baselines_with_too_little_traffic_do_not_count():
     v = bake.judge("web-2", _w(100, 10), _w(10, 5), None, LIMITS)
     assert v.outcome == "breached"
 
+
+
+def test_the_error_rate_is_judged_against_the_worse_baseline():
+    """5.5% on the canary, 0% before its switch and 5% on the old hosts: within 1% of the worse
+    baseline's (architecture.md, "Rollout"), so not the canary's fault."""
+    v = bake.judge("web-2", _w(1000, 55), _w(1000, 0), _w(1000, 50), LIMITS)
+    assert v.passed, v.line
+    assert bake.judge("web-2", _w(1000, 100), _w(1000, 0), _w(1000, 50), LIMITS).outcome == "breached"
+
+
+def test_the_p95_is_judged_against_the_worse_baseline():
+    """Slow old hosts: a canary as slow as they are passes, though its own window before was fast."""
+    v = bake.judge("web-2", _w(100, slow=100), _w(100), _w(200, slow=200), LIMITS)
+    assert v.passed, v.line
+
+
+def _timed(requests, mean_us):
+    return bake.Window(requests, 0, (), mean_us * requests, requests)
+
+
+def test_a_mean_exactly_at_the_latency_limit_is_not_a_breach():
+    """"more than --max-latency-ratio times": 1.5 ms against 1.0 ms at 1.5x passes, 1.501 ms does not."""
+    v = bake.judge("web-2", _timed(100, 1500.0), _timed(100, 1000.0), None, LIMITS)
+    assert v.passed and v.measurements["mean_compared"], v.line
+    v = bake.judge("web-2", _timed(100, 1501.0), _timed(100, 1000.0), None, LIMITS)
+    assert v.outcome == "breached" and "mean latency 1.5 ms vs 1.0 ms before" in v.line
+
+
+def test_a_baseline_without_a_latency_sum_is_no_mean_to_compare_with():
+    """A page without ``_sum`` (a mean of 0 ms) is no measurement: every canary would breach."""
+    v = bake.judge("web-2", _timed(100, 1000.0), _timed(100, 0.0), None, LIMITS)
+    assert v.passed and not v.measurements["mean_compared"], v.line
 
 @pytest.mark.parametrize("kw", [dict(max_error_rate=2), dict(max_latency_ratio=0.5), dict(min_requests=0),
                                 dict(on_low_traffic="maybe")])
