@@ -239,6 +239,12 @@ def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = Tr
         else:
             notes.append(f"previous v{s} is not kept warm because it is newer than v{v} (unversioned "
                          f"requests go to the highest loaded version)")
+    if prev is not None and prev not in obs.published:
+        # served from another folder (the main entry is taken over): our folder has no v{prev}, so
+        # TF Serving could not keep it; listed anyway, the host would never read as up to date
+        notes.append(f"previous v{prev} is not kept warm: it is served from {obs.main_base_path}, and "
+                     f"{obs.base_path} has no v{prev}")
+        prev = None
     versions = {v} if prev is None else {prev, v}
     # another label (a team's `experiment`, a `canary`) keeps its version loaded and labelled when
     # that version is older than v; a newer one would take the unversioned requests: it goes,

@@ -509,3 +509,19 @@ def test_the_retention_preview_keeps_the_version_a_rollback_would_go_to():
     o = obs(versions=(4,), labels=(("stable", 4),), states={4: A}, stable=4, published=(1, 2, 3, 4), verified=(4,))
     assert plan_host(o, 5, keep=1).retention == (1, 2, 3)
     assert plan_host(o, 5, keep=1, rollback_to=2).retention == (1, 3)
+
+
+def test_a_warm_copy_served_from_another_folder_is_not_kept_when_our_folder_lacks_it():
+    """Found by a mutation review (2026-12-05): taking over a main entry that serves v7 from
+    another folder, the final entry on our folder listed v7 as the warm copy although our folder
+    has no v7: TF Serving unloaded it, the plan said "keep v7 loaded", and the host never read as
+    up to date again (every rerun and every `sync watch` pass switched it anew)."""
+    o = obs(versions=(7,), labels=(("stable", 7),), states={7: A}, stable=7, published=(), verified=(),
+            base="/old/place/digits")
+    p = plan_host(o, 8)
+    assert p.previous_kept is None and p.final == MainTarget((8,), (("stable", 8),)), p
+    assert any("previous v7 is not kept warm: it is served from /old/place/digits" in n for n in p.notes), p.notes
+    # published in our folder too: kept, as before
+    o2 = obs(versions=(7,), labels=(("stable", 7),), states={7: A}, stable=7, published=(7,), verified=(7,),
+             base="/old/place/digits")
+    assert plan_host(o2, 8).previous_kept == 7
