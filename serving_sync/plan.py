@@ -304,8 +304,11 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
                         held_by_others=obs.held_by_others)
 
     steps: list[Step] = []
-    # loaded from where we publish (a main entry reading another base path does not count)
-    loaded = v in obs.available and mc.same_path(obs.main_base_path, obs.base_path)
+    # loaded from where we publish (a main entry reading another base path does not count), and
+    # its folder still there: one removed while TF Serving keeps it loaded is published again (the
+    # fast path never publishes, so the host never read as up to date, and a restart of TF Serving
+    # would find nothing to serve)
+    loaded = v in obs.available and v in obs.published and mc.same_path(obs.main_base_path, obs.base_path)
     verified = v in obs.verified
     validated_here = False
     if not loaded:

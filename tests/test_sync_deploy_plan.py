@@ -457,7 +457,12 @@ def test_not_up_to_date_while_the_main_entry_reads_another_folder():
 
 def test_not_up_to_date_when_the_version_is_not_published_on_the_host():
     o = obs(versions=(3,), labels=(("stable", 3),), states={3: A}, stable=3, published=(), verified=(3,))
-    assert not plan_host(o, 3).up_to_date
+    p = plan_host(o, 3)
+    assert not p.up_to_date
+    # found by a mutation review (2026-12-05): the plan was the fast path (switch, verify), which
+    # never publishes: the host never read as up to date (every rerun and watch pass switched it
+    # again) and a TF Serving restart found no v3. It publishes v3 again and validates it first.
+    assert kinds(p)[:2] == ["publish", "load_validation"] and "switch" in kinds(p), kinds(p)
 
 
 def test_compose_with_keep_leaves_the_main_entry_verbatim_and_adds_the_validation_entry():
