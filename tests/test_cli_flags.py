@@ -66,6 +66,11 @@ def test_good_values_convert():
     assert flags.seed("0") == 0 and flags.seed("4294967295") == 2**32 - 1
     assert flags.port("8080") == 8080 and flags.port("0") == 0
     assert flags.actor("é" * 256) == "é" * 256      # 256 characters fit the ledger column (not bytes)
+    # the bounds themselves, and spellings the patterns take (found by hand mutation, 2026-12-05)
+    assert flags.fraction("0") == 0.0 and flags.seconds("0") == 0.0 and flags.ratio("1") == 1.0
+    assert flags.timeout("86400") == 86400.0 and flags.interval("0.5") == 0.5
+    assert flags.positive_int("+3") == 3 and flags.number(".5") == 0.5 and flags.number("1e-3") == 0.001
+    assert flags.bind_address(" 127.0.0.1 ") == "127.0.0.1"
 
 
 def test_the_commands_use_these_converters():

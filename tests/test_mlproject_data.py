@@ -156,6 +156,11 @@ def _valid(n=5, h=8, w=8):
     ("float_labels", "labels have dtype float64, expected integers 0..9"),
     ("count_mismatch", "4 labels for 5 images"),
     ("two_channels", "images have shape (5, 8, 8, 2)"),
+    # found by hand mutation (2026-12-05, fifth stop): each bound below could be dropped unnoticed
+    ("negative_pixel", "image values span [-0.5, "),
+    ("label_10", "labels contain 10 (expected integers 0..9)"),
+    ("label_negative", "labels contain -1 (expected integers 0..9)"),
+    ("labels_2d", "labels have shape (5, 1), expected (N,)"),
 ])
 def test_validation_names_each_problem(case, expected):
     images, labels = _valid()
@@ -182,6 +187,14 @@ def test_validation_names_each_problem(case, expected):
         labels = labels[:4]
     elif case == "two_channels":
         images = np.concatenate([images, images], axis=3)
+    elif case == "negative_pixel":
+        images = images.copy()
+        images[0, 0, 0, 0] = -0.5
+    elif case in ("label_10", "label_negative"):
+        labels = labels.copy()
+        labels[2] = 10 if case == "label_10" else -1
+    elif case == "labels_2d":
+        labels = labels[:, None]
     found = validation.problems(images, labels, image_size=(8, 8))
     assert any(expected in p for p in found), found
 
@@ -190,6 +203,7 @@ def test_valid_batches_have_no_problems_with_or_without_channel_axis():
     images, labels = _valid()
     assert validation.problems(images, labels, image_size=(8, 8)) == []
     assert validation.problems(images[..., 0], labels, image_size=(8, 8)) == []
+    assert validation.problems(images, labels.astype(np.uint8), image_size=(8, 8)) == []   # keras' own labels
     pool = load_partition("digits").pool
     bad = batches.make_batch("bad", pool, seed=1)   # noisy labels, but well-formed
     assert validation.problems(bad.images, bad.labels, image_size=(8, 8)) == []
@@ -203,6 +217,40 @@ def test_check_raises_one_line_naming_the_source():
     msg = err.value.message
     assert "\n" not in msg
     assert msg.startswith("invalid data in /data/new/b1.npz: labels contain 11")
+
+
+def test_heldout_index_leaves_out_what_may_be_trained_on_and_counts_copies_in_one_line():
+    """Found by hand mutation (2026-12-05, fifth stop): dropping ``allowed`` (the pool's own
+    duplicates of held-out images) or the singular wording went unnoticed."""
+    rng = np.random.default_rng(3)
+    held = rng.random((4, 8, 8, 1), dtype=np.float32)
+    index = validation.ExampleIndex.of(held, allowed=held[:1])
+    assert index.count(held[:1]) == 0 and index.count(held[1:]) == 3
+    with pytest.raises(DataError, match=r"^b\.npz holds 1 example of the digits held-out set: .*; remove it$"):
+        validation.check_not_heldout("b.npz", held[1:2], index, dataset="digits")
+    with pytest.raises(DataError, match=r"^b\.npz holds 2 examples of .*; remove them$"):
+        validation.check_not_heldout("b.npz", held[1:3], index, dataset="digits")
+
+
+def test_split_sizes_that_leave_no_base_are_refused_and_validation_never_overlaps_training():
+    from mlproject.constants import SplitSizes
+
+    data = Arrays(np.zeros((10, 8, 8, 1), np.float32), np.arange(10))
+    with pytest.raises(ValueError, match="no base data"):
+        partition(data, SplitSizes(heldout=6, pool=4))
+    train, val = train_validation_split(data, seed=1, fraction=0.3)
+    assert len(train) + len(val) == 10 and len(val) == 3
+    assert not set(train.labels.tolist()) & set(val.labels.tolist())
+    tiny_train, tiny_val = train_validation_split(data.take(np.arange(3)), seed=1, fraction=0.1)
+    assert (len(tiny_train), len(tiny_val)) == (2, 1)      # Keras' per-epoch validation needs one example
+
+
+def test_an_s3_location_with_a_port_is_refused_and_a_bad_batch_repeats_at_least_once():
+    with pytest.raises(ConfigError, match="without a user name, password or port") as err:
+        batches.check_location("s3://bucket:9000/incoming")
+    assert "9000" not in err.value.message
+    with pytest.raises(ConfigError, match="--repeats must be at least 1"):
+        batches.make_batch("bad", load_partition("digits").pool, seed=1, repeats=0)
 
 
 # ---------- reading batches from a folder ----------
@@ -286,6 +334,31 @@ def test_metrics_from_probabilities():
     assert s["per_class_count"] == {"0": 1, "1": 2, "2": 1}
     np.testing.assert_array_equal(metrics.confusion(labels, probs.argmax(1), 3),
                                   [[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+    assert s["non_probability_outputs"] == 0
+
+
+def test_loss_is_clipped_like_keras_a_missing_class_scores_0_and_no_examples_is_an_error():
+    """Found by hand mutation (2026-12-05, fifth stop): none of these was checked."""
+    probs = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    s = metrics.summarize(probs, np.array([1, 1]), 3)
+    assert s["loss"] == pytest.approx(-np.log(metrics.EPSILON) / 2)      # finite, not inf
+    assert s["per_class_accuracy"] == {"0": 0.0, "1": 0.5, "2": 0.0}
+    assert s["per_class_count"] == {"0": 0, "1": 2, "2": 0}
+    with pytest.raises(ValueError, match="no examples to evaluate"):
+        metrics.summarize(probs[:0], np.array([], np.int64), 3)
+
+
+def test_rows_that_are_not_probabilities_are_counted():
+    """The gate's ``class_probabilities`` rule rests on this count (docs/architecture.md)."""
+    probs = np.array([[0.2, 0.8],          # a distribution
+                      [0.5, 0.5005],       # sums to 1 within the slack
+                      [np.nan, 1.0],       # not finite
+                      [-0.5, 1.5],         # sums to 1, values outside [0, 1]
+                      [0.3, 0.3],          # values in [0, 1], sum not 1
+                      [3.0, -2.0]],        # logits summing to 1
+                     np.float32)
+    assert metrics.non_probability_rows(probs) == 4
+    assert metrics.summarize(probs, np.array([1, 1, 1, 1, 1, 0]), 2)["non_probability_outputs"] == 4
 
 
 # ---------- training parameters (plain data) ----------
@@ -293,6 +366,7 @@ def test_metrics_from_probabilities():
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "--epochs must be at least 1, got 0"),
     ("batch_size", -2, "--batch-size must be between 1 and 2147483647 \\(2\\*\\*31 - 1\\), got -2"),
+    ("batch_size", 0, "--batch-size must be between 1 and 2147483647"),
     ("batch_size", 10**20, "--batch-size must be between 1 and 2147483647"),   # was a TensorFlow traceback
     ("learning_rate", 0.0, "--learning-rate must be a positive number, got 0.0"),
     ("learning_rate", float("inf"), "--learning-rate must be a positive number, got inf"),
@@ -306,6 +380,7 @@ def test_training_parameters_are_checked_before_anything_runs(field, value, mess
     from mlproject.train import TrainParams
 
     assert TrainParams().checked() == TrainParams()
+    assert TrainParams(seed=2**32 - 1, batch_size=1).checked().seed == 2**32 - 1
     with pytest.raises(ConfigError, match=message):
         TrainParams(**{field: value}).checked()
 

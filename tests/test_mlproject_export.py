@@ -147,3 +147,16 @@ def test_warmup_has_one_record_per_request_shape_whatever_the_golden_size():
     one = {"signature_name": "serving_default", "instances": [[1.0, 2.0]]}
     assert shapes(export.warmup_logs(one, "x")) == [(1, 2)]
     assert len(export.warmup_logs(request, "x", max_records=1)) == 1 <= export.MAX_WARMUP_RECORDS
+
+
+def test_warmup_records_carry_the_requests_signature_and_its_float32_values():
+    """Found by hand mutation (2026-12-05, fifth stop): the shapes alone were checked, so records
+    of float64 bytes (which TF Serving cannot read as DT_FLOAT) or of another signature passed."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    values = [[0.1, 0.7], [1.0, 0.25]]
+    logs = export.warmup_logs({"signature_name": "scores", "instances": values}, "x")
+    first = prediction_log_pb2.PredictionLog.FromString(logs[0]).predict_log.request
+    assert first.model_spec.signature_name == "scores"
+    np.testing.assert_array_equal(np.frombuffer(first.inputs["x"].tensor_content, "<f4").reshape(2, 2),
+                                  np.asarray(values, np.float32))

@@ -23,6 +23,9 @@ from mlproject.train import TrainingData, TrainParams, run_identity
     ("s3://bucket/new-data/", "new-data/"),
     ("s3://bucket/new-data/2026-12/b1.npz", "b1 (2026-12)"),
     ("s3://bucket", "bucket/"),
+    # found by hand mutation (2026-12-05, fifth stop): the root is no folder to name
+    ("/batch-7.npz", "batch-7"),
+    ("s3://bucket/b1.npz", "b1"),
 ])
 def test_incoming_label_names_the_batch_and_its_folder(location, label):
     assert tracking.incoming_label(location) == label
@@ -66,3 +69,20 @@ def test_retrain_params_and_lineage_tags():
     scratch_params, scratch_tags = run_identity(TrainParams(), _data("/d/x.npz"), 5, retrained_from="scratch")
     assert scratch_params["retrained_from"] == "scratch" and "mlops.parent_run_id" not in scratch_tags
     assert scratch_tags["mlflow.note.content"].startswith("Retrained from scratch on the **digits** base set")
+
+
+def test_evaluate_run_names_say_which_version():
+    assert tracking.evaluate_run_name("models:/image-classifier/3", "digits") == "evaluate v3 on digits"
+    assert tracking.evaluate_run_name("models:/image-classifier@production", "digits") == \
+        "evaluate image-classifier@production on digits"
+
+
+def test_dataset_digest_depends_on_where_the_data_was_read_unless_it_is_the_bundled_set():
+    """MLflow keeps one dataset per (experiment, name, digest): the same examples read from another
+    place got the first place as their source (found again by hand mutation, 2026-12-05)."""
+    from mlproject.train import DATA_SOURCES, dataset_digest
+
+    fp = "ab" * 32
+    assert dataset_digest(fp, DATA_SOURCES["digits"]) == fp[:32]
+    here, there = dataset_digest(fp, "/data/a/"), dataset_digest(fp, "s3://b/a/")
+    assert here != there and here.startswith(fp[:24]) and len(here) == len(there) == 32

@@ -21,6 +21,36 @@ def test_pick_approval_takes_the_approved_approval_job():
     assert pick_approval([]) is None
 
 
+
+def test_pick_approval_reads_approval_jobs_only_and_orders_unstopped_ones_by_start():
+    """Found by hand mutation (2026-12-05, fifth stop)."""
+    jobs = [{"type": "approval", "name": "early", "approved_by": "u1", "started_at": "2026-01-01T09:00:00Z"},
+            {"type": "approval", "name": "late", "approved_by": "u2", "started_at": "2026-01-01T12:00:00Z"},
+            {"type": "build", "name": "promote", "approved_by": "u3", "stopped_at": "2026-01-02T00:00:00Z"}]
+    assert pick_approval(jobs)["name"] == "late"
+
+
+def test_an_approver_without_a_login_is_recorded_by_name(circleci_api, monkeypatch):
+    from registry.approver import circleci_approver
+
+    monkeypatch.setenv("CIRCLECI_API_URL", circleci_api.url)
+    uid = circleci_api.add_user("dana", name="Dana Scully")
+    wid = circleci_api.add_workflow(approver="dana")
+    circleci_api.state.users[uid]["login"] = None
+    assert circleci_approver(wid, circleci_api.token) == ("Dana Scully", "hold")
+
+
+def test_in_circleci_without_a_token_an_explicit_actor_is_used_never_the_os_user(monkeypatch):
+    from registry.approver import provenance
+
+    monkeypatch.delenv("CIRCLE_TOKEN", raising=False)
+    monkeypatch.setenv("CIRCLE_WORKFLOW_ID", "wf-1")
+    who = provenance("alice")
+    assert (who.actor, who.actor_source) == ("alice", "flag")
+    with pytest.raises(ConfigError, match="CIRCLE_WORKFLOW_ID is set .* but CIRCLE_TOKEN is not"):
+        provenance(None)
+
+
 def test_api_base(monkeypatch):
     monkeypatch.delenv("CIRCLECI_API_URL", raising=False)
     assert api_base() == "https://circleci.com/api/v2"
