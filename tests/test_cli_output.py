@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mlops.commands import output
 
 
@@ -107,3 +109,26 @@ def test_an_error_line_shows_control_characters_instead_of_sending_them_to_the_t
         assert r.returncode == 2, r.stderr
         assert "\x1b" not in r.stderr and "\\x1b[" in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    ("gate", 4, "error: the gate rejected v3"),
+    ("deploy", 3, "error: the deploy failed and was rolled back"),
+    ("interrupt", 130, "interrupted"),
+])
+def test_each_failure_is_its_own_exit_code_and_one_line(monkeypatch, capsys, raised, code, line):
+    """Found by hand mutation (2026-12-05, fifth stop): only exit 1, 2 and 141 were checked, so a
+    gate failure (4, what CI branches on) or a deploy rolled back (3) could have exited 2."""
+    import mlops.commands.registry as registry_commands
+    from mlops.cli import main
+    from mlops_common.errors import DeployFailed, GateFailed
+
+    exc = {"gate": GateFailed("the gate rejected v3"), "deploy": DeployFailed("the deploy failed and was rolled back"),
+           "interrupt": KeyboardInterrupt()}[raised]
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(registry_commands, "cmd_history", fail)
+    assert main(["registry", "history"]) == code
+    assert capsys.readouterr().err.splitlines()[-1:] == [line]

@@ -253,6 +253,24 @@ def test_an_s3_location_with_a_port_is_refused_and_a_bad_batch_repeats_at_least_
         batches.make_batch("bad", load_partition("digits").pool, seed=1, repeats=0)
 
 
+def test_validate_counts_the_other_invalid_files_and_repeats_is_for_bad_batches_only(tmp_path):
+    """Found by hand mutation (2026-12-05, fifth stop): neither was checked."""
+    from argparse import Namespace
+
+    from mlops.commands import data as data_commands
+
+    images, labels = _valid()
+    _save(tmp_path / "a.npz", images=images, labels=labels + 20)
+    _save(tmp_path / "b.npz", images=images * 300, labels=labels)
+    _save(tmp_path / "c.npz", images=images, labels=labels)
+    with pytest.raises(DataError, match=r"a\.npz: labels contain .*; fix or remove that file \(1 more invalid file"):
+        data_commands.cmd_validate(Namespace(location=str(tmp_path), dataset="digits", json=False))
+    with pytest.raises(ConfigError, match="--repeats applies to --kind bad only"):
+        data_commands.cmd_make_batch(Namespace(kind="good", out=str(tmp_path / "g.npz"), dataset="digits", seed=1,
+                                               repeats=2, json=False))
+    assert not (tmp_path / "g.npz").exists()
+
+
 # ---------- reading batches from a folder ----------
 
 def test_read_batches_reads_a_folder_in_name_order_and_adds_the_channel_axis(tmp_path):

@@ -86,3 +86,22 @@ def test_dataset_digest_depends_on_where_the_data_was_read_unless_it_is_the_bund
     assert dataset_digest(fp, DATA_SOURCES["digits"]) == fp[:32]
     here, there = dataset_digest(fp, "/data/a/"), dataset_digest(fp, "s3://b/a/")
     assert here != there and here.startswith(fp[:24]) and len(here) == len(there) == 32
+
+
+def test_the_json_summary_has_retrain_keys_for_a_retrain_only_and_run_metrics_name_each_class(monkeypatch):
+    """Found by hand mutation (2026-12-05, fifth stop): the pure parts of the run's result."""
+    from mlproject.evaluate import Evaluation
+    from mlproject.train import RunResult, summary
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    ev = Evaluation("models:/m/1", "digits", "f", 10, 0.9, 0.3, {"0": 1.0, "1": 0.8}, {"0": 5, "1": 5})
+    assert ev.run_metrics() == {"heldout_accuracy": 0.9, "heldout_loss": 0.3,
+                                "heldout_accuracy_class_0": 1.0, "heldout_accuracy_class_1": 0.8}
+    base = RunResult("r1", "e1", "models:/m-1", ev, {"loss": [0.5, 0.4], "val_loss": []}, _data(None), TrainParams())
+    assert base.metrics() == {"loss": 0.4, "heldout_accuracy": 0.9, "heldout_loss": 0.3}
+    doc = summary("m", base, 1)
+    assert "retrained_from" not in doc and "incoming" not in doc and doc["n_incoming"] == 0
+    again = RunResult("r2", "e1", "models:/m-2", ev, {"loss": [0.2]}, _data("/d/b.npz"), TrainParams(),
+                      retrained_from="1")
+    doc = summary("m", again, 2)
+    assert (doc["retrained_from"], doc["incoming"], doc["n_incoming"], doc["n_train"]) == ("1", "/d/b.npz", 5, 25)

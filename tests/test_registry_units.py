@@ -145,3 +145,14 @@ def test_a_file_tracking_uri_under_mlflow_run_says_to_export_the_server_url(monk
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
     with pytest.raises(ConfigError, match="export MLFLOW_TRACKING_URI before `mlflow run`"):
         check_uri("sqlite:////tmp/x/mlflow.db")
+
+
+def test_a_workflow_whose_approval_is_pending_names_the_job(circleci_api, monkeypatch):
+    from mlops_common.errors import RefusedError
+    from registry.approver import circleci_approver
+
+    monkeypatch.setenv("CIRCLECI_API_URL", circleci_api.url)
+    wid = circleci_api.add_workflow(approver=None, approval_name="hold-for-review")
+    with pytest.raises(RefusedError, match=r"has no approved approval job \(approval job hold-for-review is not "
+                                           r"approved yet\)"):
+        circleci_approver(wid, circleci_api.token)

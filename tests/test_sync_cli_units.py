@@ -197,6 +197,51 @@ def test_plan_text_says_a_restore_switches_every_host_at_once():
         "phase 2, switch: wave 1: h1, h2"]
 
 
+def _bake(**kw):
+    limits = {"max_error_rate": 0.01, "max_latency_ratio": 1.5, "min_requests": 50, "on_low_traffic": "pass"}
+    return {"parallel": 8, "seconds": 30, "requested": 30, "each_wave": False, "fast": False, "limits": limits,
+            **kw}
+
+
+def test_plan_text_tells_bake_limits_waves_and_memory_as_the_deploy_decides():
+    """Found by hand mutation (2026-12-05, fifth stop): only the no-bake canary was checked."""
+    lines = sync_text.rollout_lines(NS(restore=None, bake=_bake(each_wave=True, fast=True),
+                                       rollout={"canary": ["h1"], "waves": [["h1"], ["h2"], ["h3"]]}))
+    assert lines[1:] == [
+        "phase 2, switch: canary h1; bake 30s on TF Serving's metrics (error rate +1% max, p95/p99 x1.5 max, "
+        "fewer than 50 requests: pass)",
+        "phase 2, switch: wave 1: h2; bake 30s",
+        "phase 2, switch: wave 2: h3",                   # the last wave: no host left to protect
+        "memory: --fast: the validation copy stays loaded until the switch (two copies of the new version "
+        "for a moment)"]
+    # a canary with no host after it is not baked (rollout.Shape.bakeable)
+    alone = sync_text.rollout_lines(NS(restore=None, bake=_bake(), rollout={"canary": ["h1"], "waves": [["h1"]]}))
+    assert alone[1:3] == ["no canary (one host changes): --bake 30s not used", "phase 2, switch: wave 1: h1"]
+    flat = sync_text.rollout_lines(NS(restore=None, bake=_bake(), rollout={"canary": [], "waves": [["h1", "h2"]]}))
+    assert flat[1] == "no canary (--canary 0): --bake 30s not used"
+    unasked = sync_text.rollout_lines(NS(restore=None, bake=_bake(requested=0, seconds=0),
+                                         rollout={"canary": [], "waves": [["h1", "h2"]]}))
+    assert not any("not used" in line for line in unasked)
+
+
+def test_deploy_and_status_text_show_drift_and_leave_out_up_to_date_notes(capsys):
+    host = NS(host="h1", status="up_to_date", publish=None, switch_seconds=None, retention={},
+              notes=["up to date", "warm"])
+    sync_text.deploy(NS(message="v3 of 'm' is on every host", hosts=[host]))
+    up_to_date = NS(host="h2", current=3, up_to_date=True, steps=[], retention=[1], notes=[])
+    sync_text._host_plan(up_to_date, {})              # an up-to-date host runs no retention
+    hosts = [NS(name="h1", reachable=True, versions={3: "AVAILABLE"}, labels={"stable": 3}, unversioned=3,
+                in_sync=False, drift=["serves v3, production is v4"]),
+             NS(name="h2", reachable=False, error="connection refused")]
+    sync_text.status(NS(model="m", production=4, hosts=hosts))
+    assert capsys.readouterr().out.splitlines() == [
+        "v3 of 'm' is on every host", "  h1: up to date (warm)",
+        "  h2 (serves v3): up to date, nothing to do",
+        "'m': production is v4",
+        "  h1: stable -> v3, unversioned -> v3 (v3 AVAILABLE): DRIFT: serves v3, production is v4",
+        "  h2: UNREACHABLE: connection refused"]
+
+
 def test_junit_reports_parse_whatever_a_check_message_holds(tmp_path):
     """A message carrying control characters (TF Serving's error text echoing a request's bytes)
     was written as it was: the XML did not parse and CircleCI's Tests tab showed nothing."""
