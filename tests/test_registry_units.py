@@ -156,3 +156,38 @@ def test_a_workflow_whose_approval_is_pending_names_the_job(circleci_api, monkey
     with pytest.raises(RefusedError, match=r"has no approved approval job \(approval job hold-for-review is not "
                                            r"approved yet\)"):
         circleci_approver(wid, circleci_api.token)
+
+
+def test_the_circleci_api_answering_429_is_retried_not_an_error(monkeypatch):
+    """CircleCI rate-limits with HTTP 429; the client retries it like a 5xx (found by hand
+    mutation, 2026-12-05, fifth stop: nothing checked it)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from registry import approver
+
+    answers = [429, 200]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server API
+            code = answers.pop(0) if answers else 500
+            body = json.dumps({"items": [], "next_page_token": None} if code == 200 else {"message": "slow down"})
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("CIRCLECI_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        assert approver._get("/workflow/w/job", "tok") == {"items": [], "next_page_token": None}
+        assert answers == []
+    finally:
+        server.shutdown()
+        server.server_close()
