@@ -251,6 +251,11 @@ def test_an_s3_location_with_a_port_is_refused_and_a_bad_batch_repeats_at_least_
     assert "9000" not in err.value.message
     with pytest.raises(ConfigError, match="--repeats must be at least 1"):
         batches.make_batch("bad", load_partition("digits").pool, seed=1, repeats=0)
+    with pytest.raises(ConfigError, match="a S3:// URL is not supported; .*s3://bucket/prefix \\(in lower case\\)"):
+        batches.check_location("S3://bucket/incoming")
+    images, labels = _valid()
+    labels[:3] = [12, 11, -2]
+    assert "labels contain -2, 11, 12 (expected" in "; ".join(validation.problems(images, labels, image_size=(8, 8)))
 
 
 def test_validate_counts_the_other_invalid_files_and_repeats_is_for_bad_batches_only(tmp_path):

@@ -42,6 +42,20 @@ def test_cli_validates_every_batch_under_an_s3_prefix(s3_server, batch_bucket):
         (f"s3://{batch_bucket}/new/bad.npz", 3600), (f"s3://{batch_bucket}/new/good.npz", 450)]
 
 
+def test_make_batch_into_an_s3_folder_names_the_object_as_in_a_local_folder(s3_env, batch_bucket, capsys):
+    """``--out s3://bucket/prefix/`` (with the slash) is a folder, as ``--help`` says (found
+    untested by hand mutation, 2026-12-05, fifth stop)."""
+    from argparse import Namespace
+
+    from mlops.commands import data as data_commands
+
+    data_commands.cmd_make_batch(Namespace(kind="good", out=f"s3://{batch_bucket}/dated/", dataset="digits",
+                                           seed=4, repeats=None, json=True))
+    assert json.loads(capsys.readouterr().out)["path"] == f"s3://{batch_bucket}/dated/good-digits-seed4.npz"
+    listed = s3_env.client().list_objects_v2(Bucket=batch_bucket, Prefix="dated/")["Contents"]
+    assert [o["Key"] for o in listed] == ["dated/good-digits-seed4.npz"]
+
+
 def test_batches_read_from_s3_equal_the_ones_made_locally(s3_env, batch_bucket):
     pool = load_partition("digits").pool
     got = {b.source.rsplit("/", 1)[1]: b for b in read_batches(f"s3://{batch_bucket}/new", "digits")}
