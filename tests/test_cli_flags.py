@@ -53,6 +53,12 @@ from mlops.commands import flags
     (flags.positive_int, "1_0", "'1_0' is not a whole number"),
     (flags.hosts_file, "", "is empty: name the hosts file, or leave --hosts out to use MLOPS_SYNC_TARGET / "
                            "MLOPS_HOSTS_FILE"),
+    # found by review (2026-12-05, fifth stop): int() refuses more than 4300 digits with a ValueError,
+    # which argparse printed as "invalid convert value: '<every digit>'"
+    (flags.version_number, "1" * 5000, "1111111111... (5000 digits) is larger than any version number "
+                                       "(at most 2**63 - 1)"),
+    (flags.positive_int, "-" + "9" * 4301, "-9999999999... (4301 digits) must be at least 1"),
+    (flags.non_negative_int, "7" * 4400, "7777777777... (4400 digits) is too large"),
 ])
 def test_bad_values_say_why(convert, text, reason):
     with pytest.raises(argparse.ArgumentTypeError) as e:

@@ -15,7 +15,12 @@ def _whole(minimum: int, too_small: str, *, what: str = "a whole number", maximu
     def convert(text: str) -> int:
         if not _DIGITS.fullmatch(text.strip()):
             raise argparse.ArgumentTypeError(f"'{text}' is not {what}")
-        v = int(text)
+        try:
+            v = int(text)
+        except ValueError:      # more digits than int() reads (4300): beyond any bound; argparse
+            sign, digits = ("-", text.strip()[1:]) if text.strip()[0] == "-" else ("", text.strip().lstrip("+"))
+            shown = f"{sign}{digits[:10]}... ({len(digits)} digits)"     # printed "invalid convert value"
+            raise argparse.ArgumentTypeError((too_small if sign else too_large).format(v=shown)) from None
         if v < minimum:
             raise argparse.ArgumentTypeError(too_small.format(v=v))
         if maximum is not None and v > maximum:
