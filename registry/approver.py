@@ -112,7 +112,8 @@ def circleci_approver(workflow_id: str, token: str) -> tuple[str, str]:
         raise RefusedError(
             f"CircleCI workflow {workflow_id} has no approved approval job"
             + (f" (approval job {', '.join(map(str, pending))} is not approved yet)" if pending
-               else " (add a `type: approval` job before the promote-and-deploy job)"))
+               else " (add a `type: approval` job before the promote-and-deploy job)")
+            + (f"; only its first {len(jobs)} jobs ({MAX_PAGES} pages) were read" if token_page else ""))
     user = _get(f"/user/{job['approved_by']}", token)
     login = user.get("login") or user.get("name")
     if not login:

@@ -191,3 +191,26 @@ def test_the_circleci_api_answering_429_is_retried_not_an_error(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_workflow_longer_than_the_pages_read_says_so_in_its_refusal(monkeypatch):
+    """Found by hand mutation (2026-12-05, fifth stop): past MAX_PAGES pages the jobs were cut off
+    silently, and the refusal said only "no approved approval job"."""
+    from registry import approver
+
+    calls = []
+
+    def pages(path, token, params=None):
+        calls.append(params)
+        return {"items": [{"type": "build", "name": f"job{len(calls)}"}], "next_page_token": f"p{len(calls)}"}
+
+    monkeypatch.setattr(approver, "_get", pages)
+    with pytest.raises(approver.RefusedError) as e:
+        approver.circleci_approver("wf", "tok")
+    assert len(calls) == approver.MAX_PAGES
+    assert f"only its first {approver.MAX_PAGES} jobs ({approver.MAX_PAGES} pages) were read" in str(e.value)
+
+    monkeypatch.setattr(approver, "_get", lambda path, token, params=None: {"items": [], "next_page_token": None})
+    with pytest.raises(approver.RefusedError) as e:
+        approver.circleci_approver("wf", "tok")
+    assert "were read" not in str(e.value)
