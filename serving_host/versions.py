@@ -22,10 +22,11 @@ class VersionPolicy:
 def parse_version(name: str) -> int | None:
     """A child directory name as a version number, or None when TF Serving would ignore it.
 
-    Like ``strings::safe_strto64``: optional surrounding whitespace, an optional sign, decimal
-    digits, within int64. Negative numbers parse but are never valid servable versions.
+    Like ``absl::SimpleAtoi``: optional surrounding ASCII whitespace (not Unicode spaces, which
+    ``str.strip()`` would also take), an optional sign, decimal digits, within int64. Negative
+    numbers parse but are never valid servable versions.
     """
-    s = name.strip()
+    s = name.strip(" \t\n\v\f\r")
     if not s:
         return None
     digits = s[1:] if s[0] in "+-" else s

@@ -31,6 +31,16 @@ def test_parse_version_limits():
     assert parse_version("١٢") is None  # non-ASCII digits are not versions
 
 
+def test_parse_version_strips_only_ascii_whitespace_as_simple_atoi_does():
+    """absl::SimpleAtoi allows ASCII whitespace around the number (space, tab, newline, vertical
+    tab, form feed, carriage return) and nothing else: a folder " 7 " is version 7 on TF Serving,
+    "7" followed by a no-break space or a 0x1c (which Python's str.strip() also strips) is not."""
+    assert parse_version(" 7\t\n\v\f\r") == 7
+    assert parse_version("+7") == 7
+    for name in ("7\u00a0", "\u20037", "7\x1c", "\x1f7", "7\x85", "\u30007"):
+        assert parse_version(name) is None, repr(name)
+
+
 def test_same_number_twice_keeps_a_stable_name():
     warned: list[str] = []
     assert discover(["007", "7"], warned.append) == {7: "7"}        # TF Serving: the later name wins
