@@ -60,6 +60,11 @@ def test_policies_pick_aspired_versions(policy, expected):
     assert set(aspired(policy, found)) == expected
 
 
+def test_latest_zero_versions_serves_one_as_tf_serving_clamps_it():
+    """AspireLatestVersions: std::max(num_versions, 1U)."""
+    assert set(aspired(VersionPolicy("latest", num_versions=0), {1: "1", 4: "4", 5: "5"})) == {5}
+
+
 def test_missing_specific_versions_are_reported():
     policy = VersionPolicy("specific", versions=frozenset({1, 9}))
     assert missing_specific(policy, {1: "1"}) == [9]
@@ -124,6 +129,38 @@ def test_config_is_parsed_with_the_real_schema():
     assert m.policy == VersionPolicy("specific", versions=frozenset({3, 4}))
     assert n.base_path == "/models/n" and n.policy == VersionPolicy("latest", num_versions=2)
     assert o.policy == VersionPolicy("all")
+
+
+def test_an_entry_without_a_version_policy_serves_its_latest_version_only():
+    """POLICY_CHOICE_NOT_SET falls through to kLatest, whose num_versions 0 is taken as 1."""
+    sc = cfg.to_server_config(cfg.parse_text(
+        'model_config_list { config { name: "m" base_path: "/models/m" model_platform: "tensorflow" } '
+        'config { name: "z" base_path: "/models/z" model_platform: "tensorflow" '
+        'model_version_policy { latest { } } } }'))
+    for m in sc.models:
+        assert m.policy == VersionPolicy("latest", num_versions=1)
+        assert set(aspired(m.policy, {1: "1", 4: "4", 5: "5"})) == {5}
+
+
+def test_a_base_path_that_is_a_uri_is_absolute():
+    """UriIsRelativePath: a path with a scheme (gs://, s3://) is not relative."""
+    sc = cfg.to_server_config(cfg.parse_text(
+        'model_config_list { config { name: "m" base_path: "s3://bucket/models/m" model_platform: "tensorflow" } }'))
+    assert sc.models[0].base_path == "s3://bucket/models/m"
+
+
+def test_a_model_without_a_platform_in_the_last_validated_config_fails_every_later_config():
+    """ValidateNoModelsChangePlatforms runs GetPlatform on every model of the old config, not only
+    those the new config keeps: a refused config whose model had no platform (it became config_)
+    makes a later config without that model fail too."""
+    old = cfg.to_server_config(cfg.parse_text('model_config_list { config { name: "a" base_path: "/a" } }'))
+    new = cfg.to_server_config(cfg.parse_text(
+        'model_config_list { config { name: "b" base_path: "/b" model_platform: "tensorflow" } }'))
+    with pytest.raises(ServingError) as e:
+        cfg.check_platform_change(old, new)
+    assert (e.value.code, e.value.message) == (
+        "INVALID_ARGUMENT", "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+        "ModelServerConfig::model_platform, model name is a")
 
 
 def test_empty_config_list_and_empty_file():
