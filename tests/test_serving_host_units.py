@@ -583,6 +583,20 @@ def test_load_failures_map_to_tf_status_codes():
     assert HTTP_STATUS["FAILED_PRECONDITION"] == 400 and HTTP_STATUS["UNAVAILABLE"] == 503
 
 
+def test_every_status_code_has_tf_serving_s_http_status():
+    """ToHTTPStatusCode (http_server.cc), code by code: a REST client of the deploy (smoke test,
+    bake) sees these, so one wrong entry would pass here and differ on a real host."""
+    from serving_host.status import CODES, HTTP_STATUS, ServingError
+
+    assert HTTP_STATUS == {
+        "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
+        "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
+        "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501,
+        "INTERNAL": 500, "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401}
+    assert set(CODES) == set(HTTP_STATUS)
+    assert ServingError("ABORTED", "x").http_status == 409
+
+
 def test_an_unload_waits_for_a_request_in_flight_however_long_it_runs():
     """TF Serving's manager frees a version once its last handle is released, without a time
     limit (basic_manager.cc). ``Servable.close`` gave up after 30 s and closed the session under
