@@ -590,3 +590,43 @@ def test_a_base_path_with_a_nul_byte_is_that_model_s_error_not_a_dead_config_pol
         assert _settle(m, "m", 1, "AVAILABLE") == "AVAILABLE"
     finally:
         m.stop()
+
+
+def test_one_at_a_time_an_unload_of_one_model_goes_before_a_load_of_another(tmp_path, monkeypatch):
+    """aspired_versions_manager.cc ``GetNextAction``: the policy's action of every model, sorted by
+    ``CompareActions`` (unloads first), and the first one runs. With ``num_load_threads`` 0, when a
+    running load ends with B's old version to unload and A's new version to load both waiting, B
+    v1 is unloaded (its memory freed) before A v2 loads."""
+    import threading
+
+    events, slow = [], threading.Event()
+
+    class Fake:
+        def __init__(self, name, version):
+            self.name, self.version = name, version
+
+        def close(self):
+            events.append(("unload", self.name, self.version))
+
+    def load(name, version):
+        if (name, version) == ("B", 2):
+            slow.wait(10)                               # B's new version: held while A v2 appears
+        events.append(("load", name, version))
+        return Fake(name, version)
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("A", 1), ("B", 1)])
+    try:
+        m.reload_config(_models(tmp_path, "A", "B"))
+        assert _settle(m, "B", 1, "AVAILABLE") == "AVAILABLE" and _settle(m, "A", 1, "AVAILABLE") == "AVAILABLE"
+        (tmp_path / "B" / "2").mkdir()
+        m.poll(["B"])
+        assert _settle(m, "B", 2, "LOADING") == "LOADING"
+        (tmp_path / "A" / "2").mkdir()
+        m.poll(["A"])                                   # A v2 waits behind B v2's load
+        events.clear()
+        slow.set()
+        assert _settle(m, "A", 1, "END") == "END" and _settle(m, "B", 1, "END") == "END"
+        assert events == [("load", "B", 2), ("unload", "B", 1), ("load", "A", 2), ("unload", "A", 1)]
+    finally:
+        slow.set()
+        m.stop()
