@@ -597,6 +597,22 @@ def test_every_status_code_has_tf_serving_s_http_status():
     assert ServingError("ABORTED", "x").http_status == 409
 
 
+def test_reload_config_metric_reads_the_first_point_in_label_order():
+    """model_service_impl.cc GetMetrics takes the first point of the metric's point set; a TF
+    counter's cells are a std::map keyed by label values, so that is the smallest label tuple,
+    whatever order the cells were made in (0 for a histogram, a metric without points, or none)."""
+    from serving_host import metrics
+
+    r = metrics.serving_registry()
+    r.counter(metrics.REQUEST_COUNT, ("m", "OK"), 5)
+    r.counter(metrics.REQUEST_COUNT, ("a", "OK"), 2)
+    r.counter(metrics.REQUEST_COUNT, ("m", "INVALID_ARGUMENT"), 7)
+    assert r.first_int(metrics.REQUEST_COUNT) == 2
+    r.sample(metrics.REQUEST_LATENCY, ("a", "predict", "REST"), 10)
+    assert r.first_int(metrics.REQUEST_LATENCY) == 0
+    assert r.first_int(metrics.EXAMPLE_COUNT_TOTAL) == 0 and r.first_int("/no/such") == 0
+
+
 def test_an_unload_waits_for_a_request_in_flight_however_long_it_runs():
     """TF Serving's manager frees a version once its last handle is released, without a time
     limit (basic_manager.cc). ``Servable.close`` gave up after 30 s and closed the session under
