@@ -630,3 +630,56 @@ def test_one_at_a_time_an_unload_of_one_model_goes_before_a_load_of_another(tmp_
     finally:
         slow.set()
         m.stop()
+
+
+def test_with_load_threads_two_old_versions_unload_one_after_the_other(tmp_path, monkeypatch):
+    """With ``--num_unload_threads=0`` an unload runs inline on the manager thread: two old
+    versions serving and a new one not yet loaded, the policy unloads the lowest old one first;
+    while that unload waits (a request in flight) nothing else starts, not the new version's load
+    (with load threads to spare) and not the other old version's unload (it still serves). Then
+    the new version loads, and only once it serves does the last old one go."""
+    import threading
+
+    from serving_host import config as cfg
+    from serving_host.versions import VersionPolicy
+
+    closing, release, closed = threading.Event(), threading.Event(), []
+
+    class Fake:
+        def __init__(self, version):
+            self.version = version
+
+        def acquire(self):
+            pass
+
+        def release(self):
+            pass
+
+        def close(self):
+            if self.version == 1:
+                closing.set()
+                release.wait(10)
+            closed.append(self.version)
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(version), [("m", 1), ("m", 2)],
+                      num_load_threads=2)
+
+    def latest(n):
+        return cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"), VersionPolicy("latest", n)),))
+
+    try:
+        m.reload_config(latest(2))
+        assert _settle(m, "m", 1, "AVAILABLE") == "AVAILABLE" and _settle(m, "m", 2, "AVAILABLE") == "AVAILABLE"
+        (tmp_path / "m" / "3").mkdir()
+        m.reload_config(latest(1))                      # aspires v3 alone: two old versions serve
+        assert closing.wait(5)
+        time.sleep(0.3)
+        assert {v: st.state for v, st in m.model_status("m")} == {3: "START", 2: "AVAILABLE", 1: "UNLOADING"}
+        with m.handle("m", 2) as servable:              # still served
+            assert servable.version == 2
+        release.set()
+        assert _settle(m, "m", 2, "END") == "END"
+        assert closed == [1, 2] and m.model_status("m", 3)[0][1].state == "AVAILABLE"
+    finally:
+        release.set()
+        m.stop()
