@@ -274,6 +274,7 @@ def test_row_format_named_inputs_and_b64():
     ([["x", "y"]], {"x": F}, 'JSON Value: "x" Type: String is not of expected type: float'),
     ([1, True], {"x": F}, "Type: True is not of expected type: float"),
     ([[1.0], [1.0, 2.0]], {"x": F}, "Expecting tensor size: 1 but got: 2"),
+    ([[[1.0, 2.0], [3.0]]], {"x": F}, "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
     ([[[1.0], 2.0]], {"x": F}, "found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
     ([1.5], {"x": I64}, "is not of expected type: int64"),
     ([2**31], {"x": I32}, "is not of expected type: int32"),
