@@ -418,6 +418,17 @@ def test_route_names_the_model_and_api_as_http_server_cc_records_them():
     assert len(route("POST", "/v1/" + "x" * 50_000).error.message) < 1200
 
 
+def test_route_takes_the_path_case_insensitively_but_only_metadata_in_lower_case_is_metadata():
+    """kModelStatusApiRegex is (?i), so ``/V1/MODELS/m/VERSIONS/3/METADATA`` matches, but the
+    handler compares the subresource with ``== "metadata"``: anything else is a status request."""
+    from serving_host.rest import route
+
+    r = route("GET", "/V1/MODELS/m/VERSIONS/3/METADATA")
+    assert (r.name, r.version, r.kind, r.error) == ("m", 3, "status", None)
+    r = route("GET", "/v1/models/m/versions/3/metadata")
+    assert (r.name, r.version, r.kind, r.error) == ("m", 3, "metadata", None)
+
+
 def test_json_codec_numbers_and_echoes():
     from serving_host import json_parse, json_text
     from serving_host.status import ServingError
