@@ -551,6 +551,18 @@ def test_examples_become_serialized_tf_examples():
     assert list(f["flag"].int64_list.value) == [1]
 
 
+def test_example_int64_limits_are_rapidjson_s():
+    """json_tensor.cc: an integer is refused as uint64 only when ``!IsInt64() && IsUint64()``, so
+    INT64_MAX and INT64_MIN are int64 features, 2**63 is refused."""
+    from tensorflow.core.example import example_pb2
+
+    doc = json_request.serialized_examples({"examples": [{"x": [2**63 - 1, -2**63]}]})[0]
+    assert list(example_pb2.Example.FromString(doc).features.feature["x"].int64_list.value) == [2**63 - 1, -2**63]
+    with pytest.raises(ServingError) as e:
+        json_request.serialized_examples({"examples": [{"x": [2**63]}]})
+    assert e.value.message == "Feature: x has uint64_t element. Only int64_t is supported."
+
+
 @pytest.mark.parametrize("doc, fragment", [
     ({}, "When method is classify, key 'examples' is expected and was not found"),
     ({"examples": {}}, "Expecting 'examples' value to be an list/array"),
