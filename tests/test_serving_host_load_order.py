@@ -683,3 +683,26 @@ def test_with_load_threads_two_old_versions_unload_one_after_the_other(tmp_path,
     finally:
         release.set()
         m.stop()
+
+
+def test_a_new_model_whose_versions_all_fail_names_its_highest_version(tmp_path, monkeypatch):
+    """server_core.cc WaitUntilModelsAvailable waits for ``Latest(name)``, and the state monitor
+    walks a model's versions highest first (VersionMap is ``std::greater``): the reload fails
+    with the highest version's error."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    def load(name, version):
+        raise ServingError("NOT_FOUND", f"no SavedModel in {version}")
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("B", 1), ("B", 2)])
+    try:
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy("all")),)),
+                            wait_timeout=20)
+        assert e.value.code == "UNKNOWN"
+        assert e.value.message == ("1 model(s) did not become available: {{{name: B version: 2} due to error: "
+                                   "NOT_FOUND: no SavedModel in 2}, }")
+    finally:
+        m.stop()
