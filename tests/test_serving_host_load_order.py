@@ -706,3 +706,43 @@ def test_a_new_model_whose_versions_all_fail_names_its_highest_version(tmp_path,
                                    "NOT_FOUND: no SavedModel in 2}, }")
     finally:
         m.stop()
+
+
+def test_a_failed_version_dropped_then_asked_for_again_loads_again(tmp_path, monkeypatch):
+    """basic_manager.cc FlushServables forgets a version no longer aspired that is in kNew,
+    kDisabled or kError: once a failed version has been dropped from the policy, asking for it
+    again starts a fresh load (not held as a "re-aspired" version that never ends)."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    bad, loads = {2}, []
+
+    def load(name, version):
+        loads.append(version)
+        if version in bad:
+            raise ServingError("UNKNOWN", "flaky load")
+        return Fake()
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("m", 1), ("m", 2), ("m", 3)])
+
+    def specific(v):
+        return cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"),
+                                                        VersionPolicy("specific", versions=frozenset({v}))),))
+
+    try:
+        m.reload_config(specific(1))
+        m.reload_config(specific(2))                 # v2 fails
+        assert _settle(m, "m", 2, "END") == "END"
+        m.reload_config(specific(3))                 # v2 dropped (forgotten), v3 serves
+        assert _settle(m, "m", 3, "AVAILABLE") == "AVAILABLE"
+        bad.clear()
+        m.reload_config(specific(2))                 # asked for again: a new load
+        assert _settle(m, "m", 2, "AVAILABLE") == "AVAILABLE"
+        assert loads == [1, 2, 3, 2]
+    finally:
+        m.stop()
