@@ -120,26 +120,23 @@ def test_every_dashed_flag_the_docs_name_exists_somewhere():
     """A `--kebab-case` flag anywhere in the docs is an `mlops` option, an install_server.sh
     option, a benchmark's, or another program's (FOREIGN_FLAGS)."""
     known = _all_options(_mlops_parser()) | _install_script_options() | _benchmark_options() | FOREIGN_FLAGS
-    wrong = []
-    for doc in DOCS:
-        for n, line in enumerate(_doc(doc).splitlines(), 1):
-            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w])", line):
-                if flag not in known:
-                    wrong.append(f"{doc}:{n}: {flag} is no option of mlops, install_server.sh or a benchmark")
+    wrong = _flags_not_in(r"(?<![\w-])(--[a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?![\w])", known,
+                          "is no option of mlops, install_server.sh or a benchmark")
     assert not wrong, "\n".join(wrong)
 
 
 def test_every_tf_serving_flag_the_docs_name_is_taken_by_the_local_server():
     """The local server takes TF Serving's flags (serving_host/README.md): every `--snake_case`
     flag the docs name is in its parser (served, or taken and ignored)."""
-    known = _local_server_options()
-    wrong = []
-    for doc in DOCS:
-        for n, line in enumerate(_doc(doc).splitlines(), 1):
-            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9]*(?:_[a-z0-9]+)+)", line):
-                if flag not in known:
-                    wrong.append(f"{doc}:{n}: {flag} is not a flag of python -m serving_host.local_server")
+    wrong = _flags_not_in(r"(?<![\w-])(--[a-z][a-z0-9]*(?:_[a-z0-9]+)+)", _local_server_options(),
+                          "is not a flag of python -m serving_host.local_server")
     assert not wrong, "\n".join(wrong)
+
+
+def _flags_not_in(pattern: str, known: set, says: str) -> list[str]:
+    """``doc:line: --flag <says>`` for each flag matching ``pattern`` in the docs and not in ``known``."""
+    return [f"{doc}:{n}: {flag} {says}" for doc in DOCS for n, line in enumerate(_doc(doc).splitlines(), 1)
+            for flag in re.findall(pattern, line) if flag not in known]
 
 
 def _table_settings(doc: str, heading: str) -> list[str]:

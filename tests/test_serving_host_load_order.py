@@ -518,14 +518,9 @@ def test_with_load_threads_a_running_unload_holds_the_next_action_as_tf_serving_
         m.stop()
 
 
-def test_a_request_re_aspiring_a_loaded_version_waits_whole_until_that_version_has_ended(tmp_path, monkeypatch):
-    """aspired_versions_manager.cc ``HandlePendingAspiredVersionsRequests``: a request naming a
-    version that is still loaded but no longer aspired (``ContainsAnyReaspiredVersions``) is held,
-    whole, until that version has ended. After a failed switch (v1 serving, not aspired; v2 END
-    with its error, aspired) putting v1 back is held, so v2 stays aspired, and asking for v2 again
-    does not load it again (``enable_reload_servables_with_error`` is off): v1 keeps serving, v2
-    stays END until a request without v1 that drops v2. The local server applied each request at
-    once and loaded v2 again."""
+def _flaky_m(tmp_path, monkeypatch, bad: set):
+    """A manager over m/1..3 whose loads of the versions in ``bad`` (read at each load) fail; with
+    the loads it made, in order, and ``specific(*versions)``: a config serving those of m."""
     from serving_host import config as cfg
     from serving_host.status import ServingError
     from serving_host.versions import VersionPolicy
@@ -534,7 +529,7 @@ def test_a_request_re_aspiring_a_loaded_version_waits_whole_until_that_version_h
         def close(self):
             pass
 
-    bad, loads = {2}, []
+    loads = []
 
     def load(name, version):
         loads.append(version)
@@ -542,11 +537,23 @@ def test_a_request_re_aspiring_a_loaded_version_waits_whole_until_that_version_h
             raise ServingError("UNKNOWN", "flaky load")
         return Fake()
 
-    m = _fake_manager(tmp_path, monkeypatch, load, [("m", 1), ("m", 2), ("m", 3)])
-
     def specific(*versions):
         return cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"),
                                                         VersionPolicy("specific", versions=frozenset(versions))),))
+
+    return _fake_manager(tmp_path, monkeypatch, load, [("m", 1), ("m", 2), ("m", 3)]), loads, specific
+
+
+def test_a_request_re_aspiring_a_loaded_version_waits_whole_until_that_version_has_ended(tmp_path, monkeypatch):
+    """aspired_versions_manager.cc ``HandlePendingAspiredVersionsRequests``: a request naming a
+    version that is still loaded but no longer aspired (``ContainsAnyReaspiredVersions``) is held,
+    whole, until that version has ended. After a failed switch (v1 serving, not aspired; v2 END
+    with its error, aspired) putting v1 back is held, so v2 stays aspired, and asking for v2 again
+    does not load it again (``enable_reload_servables_with_error`` is off): v1 keeps serving, v2
+    stays END until a request without v1 that drops v2. The local server applied each request at
+    once and loaded v2 again."""
+    bad = {2}
+    m, loads, specific = _flaky_m(tmp_path, monkeypatch, bad)
 
     def states():
         return {v: (st.state, st.error_code) for v, st in m.model_status("m")}
@@ -712,27 +719,8 @@ def test_a_failed_version_dropped_then_asked_for_again_loads_again(tmp_path, mon
     """basic_manager.cc FlushServables forgets a version no longer aspired that is in kNew,
     kDisabled or kError: once a failed version has been dropped from the policy, asking for it
     again starts a fresh load (not held as a "re-aspired" version that never ends)."""
-    from serving_host import config as cfg
-    from serving_host.status import ServingError
-    from serving_host.versions import VersionPolicy
-
-    class Fake:
-        def close(self):
-            pass
-
-    bad, loads = {2}, []
-
-    def load(name, version):
-        loads.append(version)
-        if version in bad:
-            raise ServingError("UNKNOWN", "flaky load")
-        return Fake()
-
-    m = _fake_manager(tmp_path, monkeypatch, load, [("m", 1), ("m", 2), ("m", 3)])
-
-    def specific(v):
-        return cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"),
-                                                        VersionPolicy("specific", versions=frozenset({v}))),))
+    bad = {2}
+    m, loads, specific = _flaky_m(tmp_path, monkeypatch, bad)
 
     try:
         m.reload_config(specific(1))
