@@ -4,6 +4,7 @@ could delete the version about to serve. The observation now waits, bounded, unt
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +102,7 @@ def test_the_fleet_plan_keeps_the_version_a_loading_host_is_about_to_serve(host,
 
     conn = Conn()
     conn.host, conn.transport, conn.client = host, transport, ScriptedServing(loading_polls=2)
+    (Path(host.target.path) / M / "5").mkdir(parents=True)     # v5 is in our folder: a warm copy can stay
     (observed,), (plan,) = observe_and_plan([conn], M, 6, DeployOptions(timeout=10.0, poll_interval=0.05))
     assert observed.obs.serving == 5
     assert plan.current == 5 and plan.previous_kept == 5

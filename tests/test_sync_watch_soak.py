@@ -31,11 +31,21 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def _live_transports() -> int:
+def _live_transports(before: frozenset = frozenset()) -> int:
+    """Active paramiko transports in this process, but those in ``before`` (ids of transports an
+    earlier test of this xdist worker left alive: not this test's)."""
     import paramiko
 
     gc.collect()
-    return sum(1 for o in gc.get_objects() if isinstance(o, paramiko.Transport) and o.is_active())
+    return sum(1 for o in gc.get_objects()
+               if isinstance(o, paramiko.Transport) and o.is_active() and id(o) not in before)
+
+
+def _transport_ids() -> frozenset:
+    import paramiko
+
+    gc.collect()
+    return frozenset(id(o) for o in gc.get_objects() if isinstance(o, paramiko.Transport))
 
 
 def test_watch_passes_and_deploys_leak_no_descriptors_threads_transports_or_temp_files(
@@ -52,6 +62,7 @@ def test_watch_passes_and_deploys_leak_no_descriptors_threads_transports_or_temp
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))     # what a pass leaves in the temp folder
+    earlier = _transport_ids()
     reconcile = FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True))
     v = env.register("b")
     env.promote(v)
@@ -59,7 +70,7 @@ def test_watch_passes_and_deploys_leak_no_descriptors_threads_transports_or_temp
     for _ in range(3):
         assert reconcile()[0] == "up_to_date"
     fds, threads = _fds(), _threads()
-    assert _live_transports() == 0
+    assert _live_transports(earlier) == 0
 
     for i in range(NOOP_PASSES):
         status, version, message = reconcile()
@@ -71,7 +82,7 @@ def test_watch_passes_and_deploys_leak_no_descriptors_threads_transports_or_temp
             assert status == "deployed", message
 
     assert i + 1 == NOOP_PASSES and DEPLOYS == NOOP_PASSES // 10
-    assert _live_transports() == 0, "an SSH transport left open after the passes"
+    assert _live_transports(earlier) == 0, "an SSH transport left open after the passes"
     assert _fds() - fds <= SLACK, f"file descriptors {fds} -> {_fds()} over {NOOP_PASSES} passes and {DEPLOYS} deploys"
     assert _threads() - threads <= THREAD_SLACK, f"threads {threads} -> {_threads()} over {NOOP_PASSES} passes"
     assert os.listdir(scratch) == [], f"left in the temporary folder: {os.listdir(scratch)}"
