@@ -7,6 +7,7 @@ are pure functions on plain data, mirroring ``ServerCore::ReloadConfig`` and
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from serving_host.status import ServingError, failed_precondition, invalid_argument
@@ -98,8 +99,13 @@ def _platform(c) -> str:
     return c.model_platform
 
 
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9.]*://")
+
+
 def _is_relative(path: str) -> bool:
-    return "://" not in path and not os.path.isabs(path)
+    """``UriIsRelativePath``: no scheme as TF's ``io::ParseURI`` reads one (a letter, then letters,
+    digits or dots, then ``://`` at the very start) and not absolute: ``a/b://c`` is relative."""
+    return not _URI_SCHEME.match(path) and not os.path.isabs(path)
 
 
 def _policy(c) -> VersionPolicy:

@@ -149,6 +149,18 @@ def test_a_base_path_that_is_a_uri_is_absolute():
     assert sc.models[0].base_path == "s3://bucket/models/m"
 
 
+@pytest.mark.parametrize("path", ["a/b://c", "1s3://bucket/m", "s_3://bucket/m", "://bucket/m"])
+def test_a_base_path_with_no_scheme_at_its_start_is_relative_and_refused(path):
+    """io::ParseURI takes a scheme only as [a-zA-Z][0-9a-zA-Z.]* followed by :// at the start;
+    anything else is a path, here a relative one: ValidateModelConfigList refuses it."""
+    with pytest.raises(ServingError) as e:
+        cfg.to_server_config(cfg.parse_text(
+            f'model_config_list {{ config {{ name: "m" base_path: "{path}" model_platform: "tensorflow" }} }}'))
+    assert e.value.message == f"Expected model m to have an absolute path or URI; got base_path()={path}"
+    assert cfg.to_server_config(cfg.parse_text(
+        'model_config_list { config { name: "m" base_path: "gs.x1://b/m" model_platform: "tensorflow" } }'))
+
+
 def test_a_model_without_a_platform_in_the_last_validated_config_fails_every_later_config():
     """ValidateNoModelsChangePlatforms runs GetPlatform on every model of the old config, not only
     those the new config keeps: a refused config whose model had no platform (it became config_)
