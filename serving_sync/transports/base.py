@@ -11,10 +11,17 @@ import os
 
 from ..errors import UserError
 from ..manifest import HostListing, Manifest, build, compare
-from ..names import check_relpath
+from ..names import BASE_FILES, check_relpath
 from ..progress import ProgressFn
 
 MAX_SMALL_FILE = 4 * 1024 * 1024  # read_file is for config, lock and manifest files
+# The operator's files in the base (``names.BASE_FILES``: models.config, monitoring.config), which
+# config management often links elsewhere (/etc/tfserving/models.config): ``write_file_atomic``
+# writes them through a link, its temp file and rename beside the link's target, as ``sed -i
+# --follow-symlinks`` (replacing the link silently cut it off from the managed file). TF Serving
+# opens the path it was given, so the OS follows the link. serving_sync's own files are never
+# links (over SSH each check is a round trip).
+LINKABLE = BASE_FILES
 
 
 def whole_small_file(data: bytes, max_bytes: int, url: str, rel: str) -> bytes:
@@ -80,7 +87,8 @@ class Transport(abc.ABC):
     # --- writing -----------------------------------------------------------------------
     @abc.abstractmethod
     def write_file_atomic(self, rel: str, data: bytes) -> None:
-        """Replace ``rel`` with ``data`` so readers see the old or the new content, never a mix."""
+        """Replace ``rel`` with ``data`` so readers see the old or the new content, never a mix.
+        A ``LINKABLE`` file that is a symbolic link is written through it (file, ssh)."""
 
     @abc.abstractmethod
     def create_exclusive(self, rel: str, data: bytes) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DiskFull
 from ..manifest import HostListing, Manifest, sha256_file
 from ..progress import ProgressFn
-from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
+from .base import LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 from .oserrors import host_os_error
 
 CHUNK = 16 * 1024 * 1024
@@ -101,9 +101,13 @@ class LocalTransport(Transport):
 
     def write_file_atomic(self, rel: str, data: bytes) -> None:
         path = self._p(rel)
+        linked = rel_path(rel) in LINKABLE and path.is_symlink()
+        if linked:     # written through the link, beside its target (``sed -i --follow-symlinks``)
+            path = Path(os.path.realpath(path))
         tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not linked:          # never folders outside the base for a dangling link
+                path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
@@ -112,6 +116,9 @@ class LocalTransport(Transport):
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
+            if linked:
+                raise host_os_error(exc, where=self.url, base=str(path.parent),
+                                    doing=f"writing {rel} through its link to {path}") from None
             raise self._err(exc, f"writing {rel}") from None
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:

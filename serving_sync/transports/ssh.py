@@ -31,7 +31,7 @@ from ..hosts import Target
 from ..manifest import HostListing, Manifest
 from ..progress import ProgressFn
 from . import ssh_connect
-from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
+from .base import LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
 from .ssh_scripts import (
     RESTRICTED,
@@ -66,6 +66,7 @@ class SshTransport(Transport):
         self._sftp = None
         self._no_shell = False
         self._verified: dict[str, HostListing] = {}   # listings hashed right after an upload
+        self._link_targets: dict[str, str] = {}       # _through_link, per connection
         self.op_timeout = op_timeout
         self.where = ssh_connect.where_of(target)
         super().__init__(target.url)
@@ -224,16 +225,18 @@ class SshTransport(Transport):
         except FileNotFoundError:
             return False
 
-    def _write_error(self, exc: OSError, doing: str) -> UserError:
-        """SFTP reports most write errors as a bare 'Failure': say what is likely and how to check."""
+    def _write_error(self, exc: OSError, doing: str, base: str | None = None) -> UserError:
+        """SFTP reports most write errors as a bare 'Failure': say what is likely and how to check.
+        ``base``: the folder written in, when not the base (a linked models.config's)."""
+        base = base or self.base
         if exc.errno is not None:
-            return host_os_error(exc, where=self.where, base=self.base, doing=doing)
+            return host_os_error(exc, where=self.where, base=base, doing=doing)
         free = self.disk_free()
         if free is not None and free < 64 * 1024:
-            return DiskFull(f"{self.where}: no space left under {self.base} while {doing}; free space "
+            return DiskFull(f"{self.where}: no space left under {base} while {doing}; free space "
                             f"on the host and rerun; nothing was published")
         return UserError(f"{self.where}: the SFTP server refused {doing} ({ssh_connect.reason(exc)}); "
-                         f"check that the deploy user can write to {self.base}")
+                         f"check that the deploy user can write to {base}")
 
     # --- reading -------------------------------------------------------------------------
     def list_dir(self, rel: str = "") -> list[str]:
@@ -329,12 +332,17 @@ class SshTransport(Transport):
 
     # --- writing -------------------------------------------------------------------------
     def write_file_atomic(self, rel: str, data: bytes) -> None:
-        path = self._p(rel)
+        path, doing, base = self._p(rel), f"writing {rel}", self.base
+        with self._io(doing):
+            target = self._through_link(rel)
+        linked = target != path
+        if linked:       # written through the link, beside its target (``base.LINKABLE``)
+            path, doing, base = target, f"writing {rel} through its link to {target}", posixpath.dirname(target)
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{secrets.token_hex(4)}")
-        doing = f"writing {rel}"
         with self._io(doing):
             try:
-                with self._create(tmp) as f:
+                # never folders outside the base for a dangling link
+                with (self.sftp.open(tmp, "wbx") if linked else self._create(tmp)) as f:
                     f.write(data)
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
@@ -342,10 +350,34 @@ class SshTransport(Transport):
                 self._best_effort_remove(tmp)
                 if not self._t.is_active():
                     raise
-                raise self._write_error(exc, doing) from None
+                raise self._write_error(exc, doing, base) from None
             except BaseException:
                 self._best_effort_remove(tmp)
                 raise
+
+    def _through_link(self, rel: str) -> str:
+        """Where a write of ``rel`` goes: the file a ``LINKABLE`` link leads to (followed hop by
+        hop, relative targets from the link's folder), else ``rel`` itself. Checked once per
+        connection (an lstat is a round trip; a deploy writes models.config four times)."""
+        path = self._p(rel)
+        if rel_path(rel) not in LINKABLE:
+            return path
+        if rel in self._link_targets:
+            return self._link_targets[rel]
+        target = path
+        for _ in range(40):          # the kernel's own limit on links in a path
+            try:
+                st = self.sftp.lstat(target)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISLNK(st.st_mode or 0):
+                break
+            target = posixpath.join(posixpath.dirname(target), self.sftp.readlink(target))
+        else:
+            raise UserError(f"{self.where}: {path} is a loop of symbolic links; point it at the file "
+                            f"TF Serving reads")
+        self._link_targets[rel] = target
+        return target
 
     def _best_effort_remove(self, path: str) -> None:
         try:

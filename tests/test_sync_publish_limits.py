@@ -1,0 +1,87 @@
+"""Known limits of publishing closed at the fifth stop's reviews (2026-12-05): a ``models.config``
+that is a symbolic link, on the file and SSH transports (real sshd)."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlops_common.errors import UserError
+from serving_sync import host_config
+from serving_sync import models_config as mc
+from tests.test_sync_support import hut, ssh_host  # noqa: F401 - fixture
+
+CONFIG = "model_config_list {\n}\n"
+
+
+@pytest.mark.parametrize("hut", ["file", "ssh"], indirect=True)
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute-link", "relative-link"])
+def test_a_models_config_that_is_a_link_is_written_through_the_link(hut, tmp_path, relative):
+    """Found by review (2026-12-05, fifth stop): a ``models.config`` linked by config management
+    (to /etc/tfserving/models.config) was replaced by a regular file at each write: the link was
+    silently broken and the managed file kept the old config. TF Serving opens the path it was
+    given, so the OS follows the link: the write goes through it (temp file + rename beside the
+    target, as ``sed -i --follow-symlinks``)."""
+    etc = tmp_path / "etc-tfserving"
+    etc.mkdir()
+    (etc / "models.config").write_text(CONFIG)
+    base = hut.local_base
+    base.mkdir(parents=True, exist_ok=True)
+    link = base / "models.config"
+    link.symlink_to(os.path.relpath(etc / "models.config", base) if relative else etc / "models.config")
+    cfg = mc.parse('model_config_list {\n  config {\n    name: "m"\n    base_path: "/srv/m"\n'
+                   '    model_platform: "tensorflow"\n  }\n}\n')
+    text, changed = host_config.write(hut.transport, cfg)
+    assert changed
+    assert link.is_symlink() and os.readlink(link) == (os.path.relpath(etc / "models.config", base)
+                                                       if relative else str(etc / "models.config"))
+    assert (etc / "models.config").read_text() == text          # what TF Serving reads through the link
+    assert host_config.read_text(hut.transport) == text
+    assert sorted(os.listdir(etc)) == ["models.config"] and sorted(os.listdir(base)) == ["models.config"]
+    # a second write (an unchanged text is skipped, another one goes through the link again)
+    host_config.write_text(hut.transport, text + "\n")
+    assert link.is_symlink() and (etc / "models.config").read_text() == text + "\n"
+
+
+@pytest.fixture
+def readonly_etc():
+    """A folder owned by root, 0755, holding a models.config: readable by others, not writable."""
+    d = Path("/tmp") / f"mlops-ro-etc-{uuid.uuid4().hex[:8]}"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    (d / "models.config").write_text(CONFIG)
+    os.chmod(d / "models.config", 0o666)          # the file itself is writable: not its folder
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_link_whose_folder_the_deploy_user_cannot_write_is_refused_in_one_line(
+        sshd_factory, readonly_etc, tmp_path):
+    """The temp file goes beside the link's target: a folder the deploy user cannot write is one
+    line naming it, and neither the link nor the target changes (no fallback to replacing the link)."""
+    from serving_sync.transports import open_transport
+
+    if os.geteuid() != 0:
+        pytest.skip("SKIPPED LOUDLY: needs root to create the unprivileged test user")
+    srv = sshd_factory(user="mlopssynctest")
+    base = Path("/tmp") / f"mlops-base-{uuid.uuid4().hex[:8]}"
+    base.mkdir(mode=0o777)
+    os.chmod(base, 0o777)
+    try:
+        (base / "models.config").symlink_to(readonly_etc / "models.config")
+        t = open_transport(ssh_host(srv, base))
+        try:
+            with pytest.raises(UserError) as e:
+                host_config.write_text(t, CONFIG + "# changed\n")
+        finally:
+            t.close()
+        msg = e.value.message
+        assert "\n" not in msg and str(readonly_etc) in msg and "Permission denied" in msg, msg
+        assert (base / "models.config").is_symlink() and os.listdir(base) == ["models.config"]
+        assert (readonly_etc / "models.config").read_text() == CONFIG
+        assert os.listdir(readonly_etc) == ["models.config"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
