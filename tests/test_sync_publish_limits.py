@@ -85,3 +85,43 @@ def test_a_link_whose_folder_the_deploy_user_cannot_write_is_refused_in_one_line
         assert os.listdir(readonly_etc) == ["models.config"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_config_write_cut_with_the_ssh_connection_leaves_no_temp_file_once_the_lock_is_released(
+        sshd, tmp_path, monkeypatch):
+    """Found by review (2026-12-05, fifth stop): an SSH connection cut between a config write's
+    temp file and its rename left ``.models.config.tmp-*`` in the base until a lock takeover,
+    which never came: the deploy released its lock over a new connection. That new connection
+    now first removes the temp files of the writes the cut interrupted (their exact names, ours),
+    while the lock is still held."""
+    from serving_sync import connections
+    from serving_sync.errors import HostUnreachable
+    from serving_sync.lock import HostLock
+    from serving_sync.transports import open_transport
+
+    base = tmp_path / "remote-serving"
+    base.mkdir()
+    (base / "models.config").write_text(CONFIG)
+    host = ssh_host(sshd, base)
+    t = open_transport(host)
+    conn = connections.HostConn(host, t, None)
+    conn.lock = HostLock(t, purpose="deploy")
+    conn.lock.acquire()
+    sftp = t.sftp
+    rename = sftp.posix_rename
+
+    def cut(src, dst):          # the connection dies after the temp file was written
+        t._t.close()
+        return rename(src, dst)
+
+    monkeypatch.setattr(sftp, "posix_rename", cut)
+    with pytest.raises(HostUnreachable):
+        host_config.write_text(t, CONFIG + "# v2\n")
+    left = [n for n in os.listdir(base) if n.startswith(".models.config.tmp-")]
+    assert len(left) == 1                                   # what the cut leaves
+    connections.release(conn)
+    t.close()
+    assert sorted(os.listdir(base)) == [".serving_sync", "models.config"]
+    assert (base / "models.config").read_text() == CONFIG
+    assert not (base / ".serving_sync" / "lock").exists()
+

@@ -53,6 +53,7 @@ SFTP_CHUNK = 256 * 1024
 FIRST_LINE_TIMEOUT = 15.0   # a shell answers the upload script's first line at once
 # The downloader's exit status for "could not write the file" (fetch_script's ``@fetchrc``).
 WRITE_FAILED = ("curl 23", "wget 3")
+_TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{8}")     # write_file_atomic's temp files
 
 
 class SshTransport(Transport):
@@ -67,6 +68,7 @@ class SshTransport(Transport):
         self._no_shell = False
         self._verified: dict[str, HostListing] = {}   # listings hashed right after an upload
         self._link_targets: dict[str, str] = {}       # _through_link, per connection
+        self.cut_writes: set[str] = set()             # temp files a lost connection may have left
         self.op_timeout = op_timeout
         self.where = ssh_connect.where_of(target)
         super().__init__(target.url)
@@ -340,12 +342,14 @@ class SshTransport(Transport):
             path, doing, base = target, f"writing {rel} through its link to {target}", posixpath.dirname(target)
         tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp-{secrets.token_hex(4)}")
         with self._io(doing):
+            self.cut_writes.add(tmp)    # until renamed or removed: a cut connection may leave it
             try:
                 # never folders outside the base for a dangling link
                 with (self.sftp.open(tmp, "wbx") if linked else self._create(tmp)) as f:
                     f.write(data)
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
+                self.cut_writes.discard(tmp)
             except OSError as exc:
                 self._best_effort_remove(tmp)
                 if not self._t.is_active():
@@ -382,8 +386,26 @@ class SshTransport(Transport):
     def _best_effort_remove(self, path: str) -> None:
         try:
             self.sftp.remove(path)
+        except FileNotFoundError:
+            self.cut_writes.discard(path)
         except Exception:  # noqa: BLE001 - cleanup only
             pass
+        else:
+            self.cut_writes.discard(path)
+
+    def remove_cut_writes(self, paths) -> None:
+        """Remove the temp files of writes another connection to this host lost mid-way (its
+        ``cut_writes``: our own random names, never renamed into place), before its lock is
+        released over this connection; they stayed until a lock takeover, which never came."""
+        for path in sorted(paths):
+            if not _TEMP_NAME.fullmatch(posixpath.basename(path)):
+                continue
+            with self._io(f"removing {path}"):
+                try:
+                    self.sftp.remove(path)
+                    logger.info("%s: removed %s, left by the lost connection", self.where, path)
+                except FileNotFoundError:
+                    pass
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         path = self._p(rel)
