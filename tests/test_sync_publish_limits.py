@@ -1,5 +1,6 @@
 """Known limits of publishing closed at the fifth stop's reviews (2026-12-05): a ``models.config``
-that is a symbolic link, on the file and SSH transports (real sshd)."""
+that is a symbolic link (file and SSH transports, real sshd), the temp file of a config write cut
+with the SSH connection, and S3 folder markers under a version (real SeaweedFS)."""
 from __future__ import annotations
 
 import os
@@ -125,3 +126,29 @@ def test_a_config_write_cut_with_the_ssh_connection_leaves_no_temp_file_once_the
     assert (base / "models.config").read_text() == CONFIG
     assert not (base / ".serving_sync" / "lock").exists()
 
+
+@pytest.mark.parametrize("hut", ["s3"], indirect=True)
+def test_s3_folder_markers_under_a_version_do_not_fail_its_first_publish(hut, tmp_path):
+    """Found by review (2026-12-05, fifth stop): a zero-byte key ending in ``/`` under a version
+    (what the S3 console's "Create folder" makes) was an extra "file" to the verification, so the
+    first deploy of that version failed (its cleanup removed the marker, the rerun worked). TF
+    Serving skips such keys (an empty child name); they are folders, not files of the version."""
+    from serving_sync import manifest as mf
+    from serving_sync.publish import publish
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "m", variables_bytes=1000)
+    m = mf.build(model)
+    hut.raw_write("digits/1/", b"")
+    hut.raw_write("digits/1/variables/", b"")
+    assert hut.transport.files_under("digits/1") == []          # folders, not files of the version
+    assert publish(hut.transport, "digits", 1, model, m).status == "uploaded"
+    assert not hut.transport.verify("digits/1", m)
+    # a folder made in the console under a published version: still the same version, not refused
+    hut.raw_write("digits/1/notes/", b"")
+    assert "notes/" in hut.raw_keys("digits/1")
+    assert not hut.transport.verify("digits/1", m)
+    assert publish(hut.transport, "digits", 1, model, m).status == "already_present"
+    assert "saved_model.pb" in hut.raw_keys("digits/1")
+    hut.transport.remove_tree("digits/1")                       # and removing the version removes them
+    assert hut.raw_keys("digits") == []

@@ -128,10 +128,16 @@ class S3Transport(Transport):
                 yield obj
 
     # --- reading -------------------------------------------------------------------------
+    def _file_keys(self, prefix: str):
+        """The objects under ``prefix`` that are files: a zero-byte key ending in ``/`` is a
+        folder marker (the S3 console's "Create folder"), which TF Serving skips (an empty child
+        name); taken for a file it failed the verification of a version that held one."""
+        return (o for o in self._iter_keys(prefix) if not (o["Key"].endswith("/") and not o.get("Size")))
+
     def files_under(self, rel: str) -> list[str]:
-        """Every object under ``rel``, relative to it (one LIST per 1,000; nothing is read)."""
+        """Every file object under ``rel``, relative to it (one LIST per 1,000; nothing is read)."""
         prefix = self._dir_prefix(rel)
-        return sorted(o["Key"][len(prefix):] for o in self._iter_keys(prefix))
+        return sorted(o["Key"][len(prefix):] for o in self._file_keys(prefix))
 
     def list_dir(self, rel: str = "") -> list[str]:
         prefix = self._dir_prefix(rel)
@@ -188,7 +194,7 @@ class S3Transport(Transport):
     def listing(self, rel: str) -> HostListing:
         """SHA-256 of every object under ``rel``, as the store computed it on upload."""
         prefix = self._dir_prefix(rel)
-        keys = [o["Key"] for o in self._iter_keys(prefix)]
+        keys = [o["Key"] for o in self._file_keys(prefix)]
 
         def digest(key: str) -> tuple[str, str]:
             head = self._head(key, f"verifying {key}")
