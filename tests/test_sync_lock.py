@@ -222,21 +222,23 @@ def test_compare_and_delete_waits_for_a_live_guard_and_breaks_a_dead_one(kind, r
     from tests.test_sync_support import make_hut
 
     hut = make_hut(kind, request, tmp_path)
-
-    guard = guarded_delete.guard_path(LOCK_PATH)
-    hut.raw_write(LOCK_PATH, b"one")
-    hut.raw_write(guard, json.dumps({"created": time.time()}).encode())
-    t0 = time.monotonic()
-    assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"one", wait=0.3) is False
-    assert 0.3 <= time.monotonic() - t0 < 5
-    assert hut.raw_read(LOCK_PATH) == b"one"                 # busy: left alone
-    hut.raw_write(guard, json.dumps({"created": time.time() - 120}).encode())
-    assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"one", wait=0.1) is True
-    assert _lock_names(hut) == []
-    hut.raw_write(LOCK_PATH, b"two")
-    hut.raw_write(guard, b"")                                # created, never written: a crash
-    assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"two", wait=0.1) is True
-    assert [n for n in hut.raw_names(".serving_sync") if n.startswith("lock")] == []
+    try:        # closed here: an SSH transport left open stays alive (its thread) for the rest of the worker
+        guard = guarded_delete.guard_path(LOCK_PATH)
+        hut.raw_write(LOCK_PATH, b"one")
+        hut.raw_write(guard, json.dumps({"created": time.time()}).encode())
+        t0 = time.monotonic()
+        assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"one", wait=0.3) is False
+        assert 0.3 <= time.monotonic() - t0 < 5
+        assert hut.raw_read(LOCK_PATH) == b"one"                 # busy: left alone
+        hut.raw_write(guard, json.dumps({"created": time.time() - 120}).encode())
+        assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"one", wait=0.1) is True
+        assert _lock_names(hut) == []
+        hut.raw_write(LOCK_PATH, b"two")
+        hut.raw_write(guard, b"")                                # created, never written: a crash
+        assert guarded_delete.remove_if_same(hut.transport, LOCK_PATH, b"two", wait=0.1) is True
+        assert [n for n in hut.raw_names(".serving_sync") if n.startswith("lock")] == []
+    finally:
+        hut.transport.close()
 
 
 
