@@ -33,19 +33,44 @@ def _threads() -> int:
 
 def _live_transports(before: frozenset = frozenset()) -> int:
     """Active paramiko transports in this process, but those in ``before`` (ids of transports an
-    earlier test of this xdist worker left alive: not this test's)."""
+    earlier test of this xdist worker left alive: not this test's). By the object's own type:
+    ``isinstance`` also matches the ``weakref.proxy`` each transport's auth handler holds (one
+    transport counted twice), and raises ReferenceError on any dead proxy in the process."""
     import paramiko
 
     gc.collect()
     return sum(1 for o in gc.get_objects()
-               if isinstance(o, paramiko.Transport) and o.is_active() and id(o) not in before)
+               if issubclass(type(o), paramiko.Transport) and o.is_active() and id(o) not in before)
 
 
 def _transport_ids() -> frozenset:
     import paramiko
 
     gc.collect()
-    return frozenset(id(o) for o in gc.get_objects() if isinstance(o, paramiko.Transport))
+    return frozenset(id(o) for o in gc.get_objects() if issubclass(type(o), paramiko.Transport))
+
+
+def test_the_transport_count_counts_each_transport_once_and_passes_over_dead_proxies(sshd, tmp_path):
+    """The soak's own measure: one open SSH connection is 1 (not 2 with its auth handler's
+    proxy), 0 once closed, and a dead ``weakref.proxy`` elsewhere in the process does not crash it."""
+    import weakref
+
+    from tests.test_sync_ssh import connect
+
+    class Gone:
+        pass
+
+    gone = Gone()
+    dead = weakref.proxy(gone)
+    del gone                            # a dead proxy, as any library may leave one for a while
+    earlier = _transport_ids()
+    t = connect(sshd, tmp_path / "b")
+    try:
+        assert _live_transports(earlier) == 1
+    finally:
+        t.close()
+    assert _live_transports(earlier) == 0
+    del dead
 
 
 def test_watch_passes_and_deploys_leak_no_descriptors_threads_transports_or_temp_files(
