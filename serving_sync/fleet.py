@@ -284,6 +284,40 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     the ledger rows and tags the deploy writes. ``expect``: production must be that version, read
     before and again under the hosts' locks (``expected_production``). ``give_up_waiting`` (a
     callable; ``sync watch`` asked to stop): a wait for another deploy's lock ends at once."""
+    seen: dict = {}
+    try:
+        return _deploy(model, hosts, version=version, opts=opts, break_lock=break_lock, lock_wait=lock_wait,
+                       reason=reason, provenance=provenance, expect=expect, give_up_waiting=give_up_waiting,
+                       seen=seen)
+    except (cancel.DeployInterrupted, KeyboardInterrupt) as exc:
+        # an interrupt outside the rollout phases (resolving, connecting, waiting for a lock,
+        # observing) changed no host: it still gets its result, so `--json` prints one document
+        if getattr(exc, "result", None) is None:
+            exc.result = _interrupted_before_rollout(model, version, seen.get("result"), exc,
+                                                     rollout_began=seen.get("rollout", False))
+        raise
+
+
+def _interrupted_before_rollout(model: str, version: int | None, result: FleetResult | None,
+                                exc: BaseException, *, rollout_began: bool = False) -> FleetResult:
+    """The result of a deploy interrupted before its hosts were planned (nothing changed); a
+    forced interrupt inside the phases keeps the result ``deploy_failure.fail`` wrote."""
+    if result is not None and result.message:
+        return result
+    if result is None:
+        result = FleetResult(model, version, "--version" if version is not None else "production", "failed")
+    why = exc.message if isinstance(exc, UserError) else "interrupted"
+    what = f"deploy of {f'v{result.version}' if result.version is not None else 'production'} of '{model}'"
+    result.status = "failed"
+    result.message = (f"{what} stopped before the rollout: {why}; no host was changed" if not rollout_began
+                      else f"{what} stopped: {why}; check the hosts with `mlops sync status`")
+    return result
+
+
+def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, break_lock: str | None,
+            lock_wait: float, reason: str | None, provenance, expect: int | None, give_up_waiting,
+            seen: dict) -> FleetResult:
+    """``deploy``; ``seen["result"]``: its result as soon as there is one."""
     start = time.monotonic()
     v, source = resolve_version(model, version)
     if source == "production":
@@ -291,11 +325,13 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     elif expect is not None:
         raise ConfigError("--expect-version checks what production names; with --version N production is not "
                           "deployed: pass one of them")
-    result = FleetResult(model, v, source, "failed")
+    result = seen["result"] = FleetResult(model, v, source, "failed")
     t = result.lap("resolve_version", start)
+    cancel.check()          # a signal while resolving: before any connection
     with connected(hosts) as conns, locked(conns, break_lock=break_lock, wait=lock_wait, model=model,
                                            give_up=give_up_waiting):
         t = result.lap("connect_and_lock", t)
+        cancel.check()      # ... while connecting
         if source == "production":    # a rollback may have moved it while this deploy connected or waited
             now, _ = resolve_version(model, None)
             if now != v:
@@ -305,6 +341,7 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
                 v = result.version = now
         observed, plans = observe_and_plan(conns, model, v, opts)
         t = result.lap("observe_and_plan", t)
+        cancel.check()      # ... while observing: not "up to date", nor a download
         for c in conns:
             if (note := s3_host_note(c.host)) is not None:
                 logger.info("note: %s", note)
@@ -344,20 +381,20 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             if opts.bake > 0 and not shape.bakeable and runs:
                 logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
                             else "--canary 0", opts.bake)
-            if baker is not None:
-                baker.start()        # before anything changes: a judged host without metrics is refused here
-            if any(p.publishes for p in plans):
-                lazy.bundle()        # before touching any host: a registry problem changes nothing
-            else:
-                lazy.golden()
+            if baker is not None:    # before anything changes: a judged host without metrics is refused here
+                _before_prepare(result, recorder, runs, "bake", baker.start)
+            # before touching any host: a registry problem changes nothing; a signal stops the download
+            _before_prepare(result, recorder, runs, "download",
+                            lazy.bundle if any(p.publishes for p in plans) else lazy.golden)
             t = result.lap("fetch_from_registry", t)
             stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes}
             if stores:
-                for store in stores.values():
-                    copies.upload(store, *lazy.bundle())     # once per store, verified, before any host
+                for store in stores.values():      # once per store, verified, before any host
+                    _before_prepare(result, recorder, runs, "upload_to_store", copies.upload, store, *lazy.bundle())
                 result.stores = copies.results()
                 t = result.lap("upload_to_store", t)
             _log_shape(shape, opts, len(runs))
+            seen["rollout"] = True      # from here a host may change
             _phase(result, recorder, runs, runs, Phase.PREPARE, opts.parallel)
             t = result.lap("prepare_hosts", t)
             by_name = {r.host.name: r for r in runs}
@@ -391,6 +428,16 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start
     return result
+
+
+def _before_prepare(result: FleetResult, recorder, runs: list[HostRun], step: str, fn, *args):
+    """``fn(*args)`` once the hosts are planned, before the prepare phase: an interrupt there
+    ends the deploy as one in the phases does (a ``deploy`` row, the result for ``--json``), with
+    no host changed; other errors go their own way."""
+    try:
+        return fn(*args)
+    except (cancel.DeployInterrupted, KeyboardInterrupt) as exc:
+        raise fail(result, recorder, runs[0], runs, exc, step=step) from None
 
 
 def _still_production(model: str, v: int) -> None:

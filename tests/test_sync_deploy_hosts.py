@@ -339,3 +339,51 @@ def test_sigterm_mid_deploy_puts_the_host_back_releases_the_lock_and_keeps_produ
     assert (row.outcome, row.to_version) == ("failed", v2) and row.reason.endswith("interrupted (SIGTERM)")
     assert env.deploy().status == "deployed"       # the next run completes, no --break-lock needed
     env.serves(host, v2)
+
+
+# --- interrupts outside the rollout phases ---------------------------------------------------------
+def _wait_for(predicate, what: str, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened in {seconds:g} s: {what}")
+
+
+def test_sigterm_while_waiting_for_a_lock_still_prints_the_json_document(deploy_env, tmp_path):
+    """A CI job parsing ``--json`` gets one document on every exit: an interrupt before the
+    rollout phases (here: waiting for another deploy's lock) printed nothing on stdout."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    config_before = env.config_text(host)
+    v2 = env.register("b")
+    env.promote(v2)
+    holder = HostLock(LocalTransport(str(host.base)), heartbeat_every=0)
+    info = holder.acquire()
+    err_path = tmp_path / "stderr"
+    try:
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--json", "--lock-wait", "300"],
+                                    cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE, stderr=err,
+                                    text=True)
+            try:
+                _wait_for(lambda: "--lock-wait" in err_path.read_text(), "the deploy waits for the lock")
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        stderr = err_path.read_text()
+        assert proc.returncode == 130, stderr
+        doc = json.loads(out)                       # exactly one document on stdout
+        assert doc["status"] == "failed" and doc["version"] == v2 and "interrupted (SIGTERM)" in doc["message"]
+        assert "no host was changed" in doc["message"] and doc["hosts"] == []
+        assert "interrupted (SIGTERM)" in stderr.strip().splitlines()[-1]
+        assert json.loads((host.base / ".serving_sync" / "lock").read_text())["token"] == info.token   # not ours
+    finally:
+        holder.release()
+    assert env.config_text(host) == config_before
+    env.serves(host, v1)
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"

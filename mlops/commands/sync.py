@@ -318,10 +318,11 @@ def _interrupts(*first_actions):
 @contextlib.contextmanager
 def _json_on_failure(args):
     """With ``--json``, a failed or interrupted deploy still prints its result (then the error
-    goes its way): an interrupt (exit 130) printed nothing, though the hosts were put back."""
+    goes its way): an interrupt (exit 130) printed nothing, though the hosts were put back. A
+    forced interrupt (a second signal, KeyboardInterrupt) prints it too."""
     try:
         yield
-    except UserError as exc:
+    except (UserError, KeyboardInterrupt) as exc:
         if args.json and getattr(exc, "result", None) is not None:
             output.emit(exc.result.to_dict())
         raise
