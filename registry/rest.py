@@ -129,8 +129,11 @@ class MlflowRest:
             return None
         raise self._error(r, doc, what, None)
 
-    def artifact_to_file(self, artifact_uri: str, path: str, dest: str, *, what: str) -> int:
-        """Stream ``path`` under a proxied ``artifact_uri`` into the new file ``dest``; its size."""
+    def artifact_to_file(self, artifact_uri: str, path: str, dest: str, *, what: str,
+                         stop: Callable[[], bool] | None = None) -> int:
+        """Stream ``path`` under a proxied ``artifact_uri`` into the new file ``dest``; its size.
+        ``stop`` (the caller gave up: an interrupt): checked between chunks, ends the download
+        with ``ConnectionFailure``."""
         rel = f"{artifact_uri[len(PROXIED):].lstrip('/')}/{path.lstrip('/')}"
         r = self._send("GET", f"{self.uri}{ARTIFACTS_API}/{quote(rel)}", what, stream=True)
         try:
@@ -140,6 +143,8 @@ class MlflowRest:
             size = 0
             with open(dest, "xb") as f:
                 for chunk in r.iter_content(CHUNK):
+                    if stop is not None and stop():
+                        raise ConnectionFailure(_line(what, "stopped"))
                     f.write(chunk)
                     size += len(chunk)
             return size

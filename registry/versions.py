@@ -359,11 +359,14 @@ def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
         client.log_text(run_id, text, artifact_file)
 
 
-def download_bundle(model: str, version, dest) -> Bundle:
+def download_bundle(model: str, version, dest, *, check: Callable[[], None] | None = None) -> Bundle:
     """Download the ``tfserving/`` and ``golden/`` artifacts of a version's run into ``dest``.
 
     ``dest`` ends up holding ``tfserving/`` and ``golden/``; the download goes to a temporary
     folder next to it first, so a failure never leaves a half-written bundle behind.
+    ``check`` (a deploy's interrupt: raises to stop) is called at least every tenth of a second
+    while the files come through the server's artifact proxy (the download stops at once, its
+    threads left to end at their next chunk), and between the parts otherwise.
     """
     info = get_version(model, version)
     if not info.run_id:
@@ -376,13 +379,17 @@ def download_bundle(model: str, version, dest) -> Bundle:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.incoming-", dir=dest.parent))
     try:
         if MlflowRest.proxied(root):
-            _download_proxied(info, root, tmp, what)
+            _download_proxied(info, root, tmp, what, check)
         else:
             client = tracking_client()
             with mlflow_errors(what):
                 _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
                 for sub in BUNDLE_PARTS:
+                    if check is not None:
+                        check()
                     client.download_artifacts(info.run_id, sub, str(tmp))
+        if check is not None:
+            check()
         hashes = bundle_hashes.check(model, info.version, tmp)   # the bytes registered, not the store's now
         bundle = _read_bundle(tmp, model, info.version)
         if dest.exists():
@@ -410,10 +417,14 @@ def _refuse_missing(info: VersionInfo, top: set[str]) -> None:
                             f"by mlproject's training, re-train and register it")
 
 
-def _download_proxied(info: VersionInfo, root: str, into: Path, what: str) -> None:
+def _download_proxied(info: VersionInfo, root: str, into: Path, what: str,
+                      check: Callable[[], None] | None = None) -> None:
     """Every file of the bundle through the server's artifact proxy, several at a time, each
-    checked against the size the listing gave."""
-    from concurrent.futures import ThreadPoolExecutor
+    checked against the size the listing gave. The downloads run in daemon threads while this
+    one calls ``check``: when it raises, they stop at their next chunk (or are left to their
+    socket's timeout) and neither this call nor the process's exit waits for them."""
+    import queue
+    import threading
 
     client = rest()
     top = client.get("artifacts/list", {"run_id": info.run_id}, what=what)
@@ -425,12 +436,44 @@ def _download_proxied(info: VersionInfo, root: str, into: Path, what: str) -> No
         (into / f["path"]).parent.mkdir(parents=True, exist_ok=True)
 
     def fetch(f: dict) -> None:
-        size = client.artifact_to_file(root, f["path"], str(into / f["path"]), what=what)
+        size = client.artifact_to_file(root, f["path"], str(into / f["path"]), what=what, stop=stopped.is_set)
         if size != f["file_size"]:
             raise ConnectionFailure(f"{what}: {f['path']} arrived with {size} of {f['file_size']} bytes; retry")
 
-    with ThreadPoolExecutor(min(DOWNLOAD_THREADS, max(1, len(files)))) as pool:
-        list(pool.map(fetch, files))
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    stopped = threading.Event()
+    for f in files:
+        todo.put(f)
+
+    def worker() -> None:
+        while not stopped.is_set():
+            try:
+                f = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fetch(f)
+                done.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                done.put(exc)
+
+    for i in range(min(DOWNLOAD_THREADS, len(files))):
+        threading.Thread(target=worker, name=f"download-{i}", daemon=True).start()
+    try:
+        for _ in files:
+            while True:
+                if check is not None:
+                    check()
+                try:
+                    exc = done.get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    continue
+            if exc is not None:
+                raise exc
+    finally:
+        stopped.set()       # on a failure or an interrupt: the other downloads stop too
 
 
 def _read_bundle(root: Path, model: str, version: int) -> Bundle:

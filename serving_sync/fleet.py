@@ -125,7 +125,8 @@ class _Lazy:
     def bundle(self):
         if self._bundle is None:
             logger.info("downloading v%d of '%s' (SavedModel and golden set) from MLflow", self.version, self.model)
-            b = download_bundle(self.model, self.version, self.workdir / "bundle")
+            # a SIGTERM stops the download at once, not at the first prepare step once it ended
+            b = download_bundle(self.model, self.version, self.workdir / "bundle", check=cancel.check)
             self._bundle = (b.saved_model_dir, mf.build(b.saved_model_dir, known=b.sha256))
             self._golden = b.golden
         return self._bundle

@@ -28,9 +28,10 @@ def fetch_golden(model: str, version: int) -> Golden:
     return Golden(docs["request"], docs["response"], docs["signature"])
 
 
-def download_bundle(model: str, version: int, dest: Path) -> Bundle:
-    """The SavedModel and golden set of ``version`` downloaded into ``dest`` (atomic)."""
+def download_bundle(model: str, version: int, dest: Path, *, check=None) -> Bundle:
+    """The SavedModel and golden set of ``version`` downloaded into ``dest`` (atomic); ``check``
+    (``cancel.check``) stops the download when it raises."""
     from registry import versions
 
-    b = versions.download_bundle(model, version, dest)
+    b = versions.download_bundle(model, version, dest, check=check)
     return Bundle(Path(b.saved_model_dir), Golden(b.golden_request, b.golden_response, b.signature), b.sha256)

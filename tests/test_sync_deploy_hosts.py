@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -386,4 +387,48 @@ def test_sigterm_while_waiting_for_a_lock_still_prints_the_json_document(deploy_
         holder.release()
     assert env.config_text(host) == config_before
     env.serves(host, v1)
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_bundle_downloads_stops_it_at_once_publishes_nothing_and_releases_the_lock(
+        deploy_env, http_fault_proxy):
+    """The download from MLflow saw a SIGTERM only at the first prepare step, once it had ended
+    (a large model: minutes). A proxy in front of MLflow holds every artifact download 60 s."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    config_before = env.config_text(host)
+    v2 = env.register("b")
+    env.promote(v2)
+    downloading = threading.Event()
+
+    def slow_artifacts(method: str, path: str) -> bool:      # never fails a request: delays the downloads
+        if method == "GET" and path.startswith("/api/2.0/mlflow-artifacts/artifacts/"):
+            downloading.set()
+            time.sleep(60)
+        return False
+
+    proxy = http_fault_proxy(env.env["MLFLOW_TRACKING_URI"], match=slow_artifacts)
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--json"], cwd=REPO,
+                            env={**os.environ, **env.env, "MLFLOW_TRACKING_URI": proxy.url},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(downloading.is_set, "the deploy downloads the bundle")
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert took < 15, f"the download went on for {took:.1f} s after SIGTERM"
+    doc = json.loads(out)
+    assert doc["status"] == "failed" and "interrupted (SIGTERM)" in doc["message"]
+    assert "no host was changed" in doc["message"]
+    assert numeric(host.base / env.model) == ["1"]           # nothing published
+    assert env.config_text(host) == config_before
+    env.serves(host, v1)
+    assert not (host.base / ".serving_sync" / "lock").exists()
     assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
