@@ -16,7 +16,7 @@ from typing import Callable
 from mlops_common.errors import DeployFailed, UserError, reworded
 from registry import deploys
 
-from . import fleet
+from . import fleet, rollout
 from .cancel import DeployInterrupted
 from .options import DeployOptions
 
@@ -40,6 +40,26 @@ class RollbackResult:
                 "served_version": self.deploy.version, "superseded": self.superseded,
                 "seconds_to_old_outputs": self.seconds_to_old_outputs, "switch_seconds": self.switch_seconds,
                 "seconds": round(self.seconds, 3)}
+
+
+def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> None:
+    """``--canary`` / ``--wave`` before the registry moves: against the fleet, then — for a canary
+    of 2 or more, the only one the hosts that change can be too few for — against the hosts that
+    would change for the version rolled back to (``to``, else where the ledger says), observed
+    now. A host or registry that cannot be read leaves the check to the deploy (the rollback's
+    own error says why)."""
+    rollout.shape([h.name for h in hosts], canary=opts.canary, wave=opts.wave)
+    if opts.canary is None or opts.canary < 2:
+        return
+    try:
+        target = to if to is not None else deploys.DeployLedger(model).rollback_target()
+        if target is None:
+            return
+        fp = fleet.plan_fleet(model, hosts, version=target, opts=opts, annotate=False)
+    except UserError:
+        return
+    if not fp.errors:
+        rollout.shape([p.host for p in fp.plans if not p.up_to_date], canary=opts.canary, wave=opts.wave)
 
 
 def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,

@@ -175,6 +175,37 @@ def test_a_rollback_refuses_a_canary_the_fleet_cannot_take_before_the_registry_m
         env.serves(h, v2)
 
 
+def test_a_rollback_checks_its_canary_against_the_hosts_that_change_before_the_registry_moves(deploy_env):
+    """`sync rollback --canary N` was checked against the whole fleet: on 3 hosts of which one
+    still served the version rolled back to, `--canary 2` passed, production moved, then the
+    deploy refused the flag for its 2 changing hosts (the registry said v1, two hosts served v2)."""
+    from serving_sync import fleet
+    from serving_sync.hosts import load_hosts
+    from serving_sync.options import DeployOptions
+
+    env = deploy_env
+    h1, h2, h3 = env.add_hosts(3)
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    r = fleet.deploy(env.model, load_hosts()[:2], opts=DeployOptions(timeout=60.0, json_mode=True))
+    assert r.status == "deployed", r.message            # h3 still serves v1
+    rows = len(env.ledger())
+    r = env.cli("sync", "rollback", "--reason", "v2 slow", "--canary", "2")
+    assert r.returncode == 2, r.stderr
+    assert env.production() == v2 and len(env.ledger()) == rows, r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: --canary 2 leaves no host to compare it with: 2 hosts change"), line
+    assert "production is" not in line                   # nothing moved, so nothing to explain
+    for h in (h1, h2):
+        env.serves(h, v2)
+    env.serves(h3, v1)
+    r = env.cli("sync", "rollback", "--reason", "v2 slow", "--canary", "1", "--json")   # one it can take
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["deploy"]["rollout"]["canary"] == [h1.name]
+    assert env.production() == v1
+
+
 def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy_env):
     """Found by a sweep (2026-12-04): `sync plan` announced a bake for a single changing host (the
     deploy bakes only a canary with hosts after it), and its retention preview listed the version

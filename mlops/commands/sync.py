@@ -429,14 +429,12 @@ def cmd_rollback(args) -> int:
 
 def _rollback_command(args, start: float) -> int:
     from registry import approver
-    from serving_sync.rollback import rollback_and_deploy
+    from serving_sync.rollback import check_rollout, rollback_and_deploy
 
     model = settings.model_name(args.model_name)
-    from serving_sync import rollout
-
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
     opts = _deploy_options(args)       # so does a bad MLOPS_BAKE_* setting
-    rollout.shape([h.name for h in hosts], canary=opts.canary, wave=opts.wave)   # and a --canary the fleet cannot take
+    check_rollout(model, hosts, to=args.to, opts=opts)   # and a --canary the hosts that change cannot take
     by = approver.provenance(args.actor)
     with _json_on_failure(args):
         rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, force=args.force,
