@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -407,6 +408,7 @@ def download_bundle(model: str, version, dest, *, check: Callable[[], None] | No
 
 BUNDLE_PARTS = bundle_hashes.PARTS
 DOWNLOAD_THREADS = 8
+JOIN_S = 1.0        # how long a stopped download's threads are waited for
 
 
 def _refuse_missing(info: VersionInfo, top: set[str]) -> None:
@@ -458,8 +460,10 @@ def _download_proxied(info: VersionInfo, root: str, into: Path, what: str,
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 done.put(exc)
 
-    for i in range(min(DOWNLOAD_THREADS, len(files))):
-        threading.Thread(target=worker, name=f"download-{i}", daemon=True).start()
+    threads = [threading.Thread(target=worker, name=f"download-{i}", daemon=True)
+               for i in range(min(DOWNLOAD_THREADS, len(files)))]
+    for t in threads:
+        t.start()
     try:
         for _ in files:
             while True:
@@ -474,6 +478,11 @@ def _download_proxied(info: VersionInfo, root: str, into: Path, what: str,
                 raise exc
     finally:
         stopped.set()       # on a failure or an interrupt: the other downloads stop too
+        # at their next chunk, mostly within this second: the caller then removes their folder
+        # without them still writing into it (one stalled on its socket is left to its timeout)
+        deadline = time.monotonic() + JOIN_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _read_bundle(root: Path, model: str, version: int) -> Bundle:
