@@ -60,6 +60,16 @@ class _Harness:
     servable: Servable | None = None
 
 
+@dataclass
+class _Wait:
+    """One ``WaitUntilModelsAvailable``: the events it sees and what each model settled on
+    (``""`` AVAILABLE, else the failure's text), decided at the event, as the monitor's
+    notification is."""
+    since: int
+    names: frozenset[str]
+    decided: dict[str, str]
+
+
 def _close_quietly(servable: Servable, name: str, version: int) -> None:
     """Close a version's session; a failure is logged, never left to stop the manager (with one
     load or unload at a time, an exception here would hold every later change)."""
@@ -109,6 +119,11 @@ class Manager:
         self._streams: dict[str, dict[int, _Harness]] = {}
         self._serving: dict[str, dict[int, Servable]] = {}
         self._monitor: dict[str, dict[int, VersionState]] = {}
+        # ServerCore waits for new models on a fresh ServableStateMonitor: each state event is
+        # numbered, so a wait sees only the events since its reload began
+        self._seq = 0
+        self._event_seq: dict[str, dict[int, int]] = {}
+        self._waits: list[_Wait] = []
         self._notes: dict[str, str] = {}
         self._last_file_error: str | None = None
         # 0 = TF Serving's inline executor: one load/unload at a time (see _reconcile)
@@ -196,6 +211,7 @@ class Manager:
                 # platform) is what the next reload is checked against; the label map is swapped
                 # before an unsupported platform is refused
                 self._validated = new
+                since = self._seq
                 self._labels = cfg.label_map(new.models, available, self._labels or {},
                                              self.allow_unavailable_labels)
                 cfg.check_platforms_supported(new)
@@ -219,7 +235,7 @@ class Manager:
             with self._fast_initial_load(first):
                 self.poll([m.name for m in changed])
                 if new_names:
-                    self._wait_until_available(new_names, wait_timeout)
+                    self._wait_until_available(new_names, wait_timeout, since)
             if old != new:
                 log.info("Finished reloading config")
 
@@ -246,56 +262,76 @@ class Manager:
                 for n in sorted(self._streams):
                     self._reconcile(n)
 
-    def _wait_until_available(self, names: list[str], timeout: float | None) -> None:
-        """``WaitUntilModelsAvailable``: until each model serves, or fails for good."""
+    def _wait_until_available(self, names: list[str], timeout: float | None, since: int = -1) -> None:
+        """``WaitUntilModelsAvailable``: until each model's ``Latest`` settles.
+
+        TF Serving's monitor (a fresh one for a later config) walks a model's versions highest
+        first and stops at the first AVAILABLE or END one (``HasAnyServableInStreamReachedState``):
+        a failed highest version fails the wait even when an older one loads after it. Only
+        events since ``since`` count; a version already serving counts as AVAILABLE.
+        """
         if timeout is None:
             timeout = 120.0 + (self.max_num_load_retries + 1) * self.load_retry_interval
         deadline = time.monotonic() + timeout
         failures: list[str] = []
         with self._lock:
-            pending = list(names)
-            while pending and not self._stop.is_set():
-                still = []
-                for n in pending:
-                    if n not in self._source:       # replaced by a later config meanwhile
-                        continue
-                    if self._serving.get(n):
-                        continue
-                    err = self._failure(n)
-                    if err is not None:
-                        failures.append(err)
-                        continue
-                    still.append(n)
-                pending = still
-                remaining = deadline - time.monotonic()
-                if not pending:
-                    break
-                if remaining <= 0:
-                    failures += [f"{{Latest({n}) due to error: DEADLINE_EXCEEDED: not available after "
-                                 f"{timeout:.0f}s}}" for n in pending]
-                    break
-                self._changed.wait(min(remaining, 0.5))
+            wait = _Wait(since, frozenset(names), {})
+            self._waits.append(wait)
+            try:
+                pending = list(names)
+                while pending and not self._stop.is_set():
+                    still = []
+                    for n in pending:
+                        if n not in self._source:       # replaced by a later config meanwhile
+                            continue
+                        err = self._failure(n, wait)
+                        if err == "":
+                            continue
+                        if err is not None:
+                            failures.append(err)
+                            continue
+                        still.append(n)
+                    pending = still
+                    remaining = deadline - time.monotonic()
+                    if not pending:
+                        break
+                    if remaining <= 0:
+                        failures += [f"{{Latest({n}) due to error: DEADLINE_EXCEEDED: not available after "
+                                     f"{timeout:.0f}s}}" for n in pending]
+                        break
+                    self._changed.wait(min(remaining, 0.5))
+            finally:
+                self._waits.remove(wait)
         if failures:
             raise ServingError("UNKNOWN", f"{len(failures)} model(s) did not become available: {{"
                                + "".join(f + ", " for f in failures) + "}")
 
-    def _failure(self, name: str) -> str | None:
-        """Why a new model cannot become available, or None while it still might."""
+    def _failure(self, name: str, wait: _Wait) -> str | None:
+        """``""`` once a new model serves, why it cannot, or None while it still might."""
+        if name in wait.decided:
+            return wait.decided[name]
         if name in self._source_error:
             return f"{{Latest({name}) due to error: {self._source_error[name]}}}"
-        stream = self._streams.get(name, {})
-        # only what the current config wants: with changes held behind a running load, the stream
-        # can still hold an earlier entry's failed version, which is not this model's answer
-        want = self._aspired.get(name, {})
-        asp = [h for h in stream.values() if h.is_aspired and h.version in want]
-        if not asp and name in self._aspired and not self._aspired[name]:
+        if name in self._aspired and not self._aspired[name]:
             entry = self._source[name]
             return (f"{{Latest({name}) due to error: NOT_FOUND: No versions of servable {name} found "
                     f"under base path {entry.base_path}}}")
-        if asp and all(h.state == pol.ERROR for h in asp):
-            h = max(asp, key=lambda x: x.version)
-            st = self._monitor[name][h.version]
-            return f"{{{sid(name, h.version)} due to error: {st.error_code}: {st.error_message}}}"
+        return self._settled(name, wait.since)
+
+    def _settled(self, name: str, since: int) -> str | None:
+        """The monitor's walk for ``Latest(name)`` over the events since ``since`` (lock held)."""
+        states = self._monitor.get(name, {})
+        seqs = self._event_seq.get(name, {})
+        serving = self._serving.get(name, {})
+        for v in sorted(states, reverse=True):
+            if seqs.get(v, 0) <= since and v not in serving:
+                continue        # not seen by this wait's monitor
+            st = states[v]
+            if st.state == AVAILABLE:
+                return ""
+            if st.state == END:
+                why = "" if st.error_code == "OK" else f" due to error: {st.error_code}: {st.error_message}"
+                return f"{{{sid(name, v)}{why}}}"
         return None
 
     def config(self) -> cfg.ServerConfig:
@@ -374,6 +410,13 @@ class Manager:
     # ---------------------------------------------------------------------------------------
     def _set_state(self, name: str, version: int, state: str, code: str = "OK", message: str = "") -> None:
         self._monitor.setdefault(name, {})[version] = VersionState(state, code, message)
+        self._seq += 1
+        self._event_seq.setdefault(name, {})[version] = self._seq
+        for wait in self._waits:        # the monitor decides at the event, not when the waiter wakes
+            if name in wait.names and name not in wait.decided:
+                result = self._settled(name, wait.since)
+                if result is not None:
+                    wait.decided[name] = result
         self._changed.notify_all()
 
     def _reconcile(self, name: str) -> None:

@@ -696,11 +696,20 @@ def test_a_new_model_whose_versions_all_fail_names_its_highest_version(tmp_path,
     """server_core.cc WaitUntilModelsAvailable waits for ``Latest(name)``, and the state monitor
     walks a model's versions highest first (VersionMap is ``std::greater``): the reload fails
     with the highest version's error."""
+    import threading
+
     from serving_host import config as cfg
     from serving_host.status import ServingError
     from serving_host.versions import VersionPolicy
 
+    v2_failed = threading.Event()
+
     def load(name, version):
+        if version == 1:        # the first config loads in parallel: v1 fails after v2, as when
+            v2_failed.wait(10)  # TF Serving's manager thread starts v2 first (a failed v1 while v2
+            time.sleep(0.2)     # still loads would be the answer there, as here)
+        else:
+            v2_failed.set()
         raise ServingError("NOT_FOUND", f"no SavedModel in {version}")
 
     m = _fake_manager(tmp_path, monkeypatch, load, [("B", 1), ("B", 2)])
@@ -711,6 +720,62 @@ def test_a_new_model_whose_versions_all_fail_names_its_highest_version(tmp_path,
         assert e.value.code == "UNKNOWN"
         assert e.value.message == ("1 model(s) did not become available: {{{name: B version: 2} due to error: "
                                    "NOT_FOUND: no SavedModel in 2}, }")
+    finally:
+        m.stop()
+
+
+def test_a_new_model_fails_as_soon_as_its_highest_settled_version_failed(tmp_path, monkeypatch):
+    """server_core.cc WaitUntilModelsAvailable waits for ``Latest(name)`` on a fresh state
+    monitor, which walks the versions highest first and stops at the first one AVAILABLE or
+    END (HasAnyServableInStreamReachedState): a new model whose highest version fails to load
+    (loaded first, one at a time) fails the reload, even though an older version then loads.
+    The local server waited until any version served and accepted the config."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    def load(name, version):
+        if (name, version) == ("B", 2):
+            raise ServingError("NOT_FOUND", "no SavedModel in 2")
+        return Fake()
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("A", 1), ("B", 1), ("B", 2)])
+    a = cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy())
+    b = cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy("all"))
+    try:
+        m.reload_config(cfg.ServerConfig("list", (a,)), wait_timeout=20)
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        assert e.value.message == ("1 model(s) did not become available: {{{name: B version: 2} due to error: "
+                                   "NOT_FOUND: no SavedModel in 2}, }")
+        assert _settle(m, "B", 1, "AVAILABLE") == "AVAILABLE"     # the config is in force all the same
+    finally:
+        m.stop()
+
+
+def test_a_model_removed_then_added_again_waits_for_its_new_load(tmp_path, monkeypatch):
+    """A re-added model is waited for on a fresh monitor (server_core.cc): the END its versions
+    reached when it was removed is not this reload's answer."""
+    from serving_host import config as cfg
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("A", 1), ("B", 1)])
+    a = cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy())
+    b = cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy())
+    try:
+        m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        m.reload_config(cfg.ServerConfig("list", (a,)), wait_timeout=20)
+        assert _settle(m, "B", 1, "END") == "END"
+        m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        assert m.model_status("B", 1)[0][1].state == "AVAILABLE"
     finally:
         m.stop()
 
