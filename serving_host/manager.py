@@ -356,9 +356,10 @@ class Manager:
             entries = [self._source[n] for n in (self._source if names is None else names)
                        if n in self._source]
         for e in entries:
-            error, found = None, {}
+            error, found, children = None, {}, []
             try:
-                found = discover(os.listdir(e.base_path), log.warning)
+                children = os.listdir(e.base_path)
+                found = discover(children, log.warning)
             except (FileNotFoundError, ValueError):     # ValueError: a NUL byte (C++ stops reading there)
                 error = invalid_argument(f"Could not find base path {e.base_path} for servable {e.name}")
             except NotADirectoryError:
@@ -367,7 +368,7 @@ class Manager:
             except OSError as exc:
                 error = ServingError("UNKNOWN", f"{e.base_path}: {exc.strerror} "
                                                 f"(base path of servable {e.name})")
-            want = {v: os.path.join(e.base_path, d) for v, d in aspired(e.policy, found).items()}
+            want = {v: os.path.join(e.base_path, d) for v, d in aspired(e.policy, found, children).items()}
             with self._lock:
                 if self._source.get(e.name) is not e:
                     continue  # the config changed while listing

@@ -43,7 +43,8 @@ def discover(children: list[str], warn=None) -> dict[int, str]:
 
     ``IndexChildrenByVersion``: the children in sorted order (TF Serving lists them into a
     ``std::set``), a later name for the same number replacing an earlier one — of ``007`` and
-    ``7`` the version is loaded from ``7`` — with TF Serving's warning passed to ``warn``.
+    ``7`` the version is loaded from ``7`` (except under ``all``: see ``aspired``) — with TF
+    Serving's warning passed to ``warn``.
     """
     found: dict[int, str] = {}
     for child in sorted(children):
@@ -57,10 +58,23 @@ def discover(children: list[str], warn=None) -> dict[int, str]:
     return found
 
 
-def aspired(policy: VersionPolicy, found: dict[int, str]) -> dict[int, str]:
-    """The versions (and their directory names) that the policy wants loaded."""
+def aspired(policy: VersionPolicy, found: dict[int, str], children: list[str] | None = None) -> dict[int, str]:
+    """The versions (and their directory names) that the policy wants loaded.
+
+    ``all`` (``AspireAllVersions``) emits every numeric child of the sorted listing, so a number
+    named twice is emitted twice and the manager keeps the first (the second is "already being
+    managed"): with ``children`` given, version 7 of ``007`` and ``7`` loads from ``007``. The
+    other policies read ``found`` (``IndexChildrenByVersion``: the later name).
+    """
     if policy.kind == "all":
-        return dict(found)
+        if children is None:
+            return dict(found)
+        first: dict[int, str] = {}
+        for child in sorted(children):
+            v = parse_version(child)
+            if v is not None and v in found:
+                first.setdefault(v, child)
+        return first
     if policy.kind == "specific":
         return {v: name for v, name in found.items() if v in policy.versions}
     n = max(1, policy.num_versions)

@@ -799,3 +799,27 @@ def test_a_failed_version_dropped_then_asked_for_again_loads_again(tmp_path, mon
         assert loads == [1, 2, 3, 2]
     finally:
         m.stop()
+
+
+def test_under_the_all_policy_a_version_named_twice_loads_from_its_first_name(tmp_path, monkeypatch):
+    """AspireAllVersions emits ``007`` and ``7`` (sorted) both as version 7 and the manager
+    keeps the first: TF Serving loads version 7 from ``007``; the local server loaded ``7``."""
+    from serving_host import config as cfg
+    from serving_host import manager as mg
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    paths = []
+    monkeypatch.setattr(mg.Servable, "load", staticmethod(lambda name, version, path: paths.append(path) or Fake()))
+    for d in ("007", "7"):
+        (tmp_path / "m" / d).mkdir(parents=True)
+    m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
+    try:
+        m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"), VersionPolicy("all")),)),
+                        wait_timeout=20)
+        assert paths == [str(tmp_path / "m" / "007")]
+    finally:
+        m.stop()

@@ -48,6 +48,18 @@ def test_same_number_twice_keeps_a_stable_name():
     assert warned == ["Duplicate version directories detected. Version 7 will be loaded from 7, 007 will be ignored."]
 
 
+def test_the_all_policy_loads_the_first_listed_name_of_a_version():
+    """file_system_storage_path_source.cc AspireAllVersions emits every numeric child of the
+    sorted listing (``007`` and ``7`` both as version 7), and AspiredVersionsManager manages the
+    first (the second is "already being managed"): version 7 loads from ``007`` there, while
+    the other policies take it from ``7`` (IndexChildrenByVersion, the later name)."""
+    children = ["7", "007", "8"]
+    found = discover(children)
+    assert aspired(VersionPolicy("all"), found, children) == {7: "007", 8: "8"}
+    assert aspired(VersionPolicy("latest", num_versions=2), found, children) == {7: "7", 8: "8"}
+    assert aspired(VersionPolicy("specific", versions=frozenset({7})), found, children) == {7: "7"}
+
+
 @pytest.mark.parametrize("policy, expected", [
     (VersionPolicy(), {5}),
     (VersionPolicy("latest", num_versions=2), {4, 5}),
