@@ -68,6 +68,7 @@ def _page(status: int, reason: str) -> str:
 NOT_FOUND_PAGE = _page(404, "Not Found")
 BAD_REQUEST_PAGE = _page(400, "Bad Request")
 TOO_LARGE_PAGE = _page(413, "Request Entity Too Large")
+NOT_IMPLEMENTED_PAGE = _page(501, "Not Implemented")
 
 
 class BodyTooLarge(Exception):
@@ -494,6 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, "text/html", BAD_REQUEST_PAGE, head=head)
             self._linger()
             return
+        error_page = False
         try:
             if server.metrics_path is not None and urlsplit(path).path == server.metrics_path:
                 if path == server.metrics_path:
@@ -501,8 +503,9 @@ class _Handler(BaseHTTPRequestHandler):
                 else:       # http_server.cc ProcessPrometheusRequest
                     status, ctype = 400, "text/plain"
                     text = f"Unexpected path: {path}. Should be {server.metrics_path}"
-            elif not PATH_RE.fullmatch(path):
+            elif not PATH_RE.fullmatch(path):     # evhttp_send_error: its page closes the connection
                 status, ctype, text = 404, "text/html", NOT_FOUND_PAGE
+                self.close_connection = error_page = True
             else:
                 status, text = server.api.handle(self.command, path, body.read)
                 ctype = "application/json"
@@ -518,10 +521,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(413, "text/html", TOO_LARGE_PAGE, reason="Request Entity Too Large")
                 self._linger()      # the client may still be sending: let it read the answer
             return
+        linger = not body.consumed or error_page
         if not body.consumed:
             self.close_connection = True  # the unread body would be taken for the next request
         self._reply(status, ctype, text, head=head)
-        if not body.consumed:
+        if linger:
             self._linger()
 
     def _linger(self) -> None:
@@ -543,6 +547,19 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _dispatch
+
+    def _not_implemented(self) -> None:
+        """A method outside evhttp_server.cc's allowed set (``FOO``, ``TRACE``, ``CONNECT``, ``get``):
+        libevent's 501 page from evhttp_handle_request, which closes the connection."""
+        self.close_connection = True
+        self._reply(501, "text/html", NOT_IMPLEMENTED_PAGE)
+        self._linger()
+
+    def __getattr__(self, name: str):
+        # handle_one_request looks up do_<METHOD>; an unknown one would get Python's own 501 page
+        if name.startswith("do_"):
+            return self._not_implemented
+        raise AttributeError(name)
 
 
 class _Prefixed(io.RawIOBase):

@@ -368,6 +368,27 @@ def test_keep_alive_and_pipelined_requests_still_work(server):
             assert r.json() == {"predictions": [3.0]}
 
 
+def test_libevent_error_pages_close_the_connection_as_tf_serving_does(server):
+    """evhttp_send_error (libevent 2.1.12 http.c, TF Serving's REST transport) sends its page
+    through evhttp_send_page_, which adds ``Connection: close``, and evhttp_send_done then frees
+    the connection: a keep-alive request after a 404 page is never answered there. A method
+    libevent does not allow (evhttp_server.cc allows GET POST HEAD PUT DELETE OPTIONS PATCH) is
+    its 501 page (evhttp_handle_request), also closing. The local server kept the connection
+    open after its 404 page and answered unknown methods with Python's 501 page."""
+    follow = b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply = _raw_request(server, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" + follow)
+    assert reply.startswith(b"HTTP/1.1 404 Not Found\r\n"), reply[:300]
+    assert b"\r\nConnection: close\r\n" in reply and reply.count(b"HTTP/1.1 ") == 1, reply[:500]
+    for method in (b"FOO", b"TRACE", b"CONNECT", b"get"):
+        reply = _raw_request(server, method + b" /v1/models/default HTTP/1.1\r\nHost: x\r\n\r\n" + follow)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 501 Not Implemented\r\n"), (method, reply[:300])
+        assert b"\r\nContent-Type: text/html" in head and b"\r\nConnection: close" in head, (method, head)
+        assert body == (b"<HTML><HEAD>\n<TITLE>501 Not Implemented</TITLE>\n</HEAD><BODY>\n"
+                        b"<H1>Not Implemented</H1>\n</BODY></HTML>\n"), (method, body)
+    _still_serves(server)
+
+
 def test_no_metrics_endpoint_without_monitoring_config(server):
     """Without --monitoring_config_file the path is unknown: libevent's 404 page, as TF Serving."""
     r = requests.get(server.rest_url + "/monitoring/prometheus/metrics", timeout=10)
