@@ -6,7 +6,8 @@ of ``PredictionLog``; each record's request (predict, classify, regress or multi
 (``serving_host.apis``). No file is fine. A record that does not parse, more than 1000 records,
 or a request that fails fails the load with TF Serving's message. The warmup metrics
 (latency and records read, by model path and status) are recorded when the file was read to
-its end or a read error stopped it, as TF Serving records them; the early returns record nothing.
+its end or a read error stopped it, as TF Serving records them; the early returns (a file that
+cannot be opened among them) record nothing.
 """
 from __future__ import annotations
 
@@ -60,13 +61,15 @@ def replay(servable: Servable, record) -> None:
 
 
 def _records(path: str):
-    """The file's records in order; a bad frame is DATA_LOSS, as ``SequentialRecordReader`` says.
+    """An iterator over the file's records; a bad frame is DATA_LOSS, as ``SequentialRecordReader``
+    says. The file is opened here, at once (TensorFlow's ``RecordIterator`` opens it when made),
+    so an open error is raised by this call, not by the first record.
 
     TensorFlow's record reader (``tf.io``) rather than ``tf.data``, whose errors carry op names.
     """
     import tensorflow as tf
 
-    yield from tf.compat.v1.io.tf_record_iterator(path)
+    return tf.compat.v1.io.tf_record_iterator(path)
 
 
 def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
@@ -82,9 +85,12 @@ def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
     n_iter = iterations(num_request_iterations_for_warmup)
     log.info("Starting to read warmup data for model at %s with model-warmup-options %s", path,
              options_text(model_name, version, num_request_iterations_for_warmup))
+    try:
+        records = _records(path)
+    except Exception as exc:  # noqa: BLE001 - NewRandomAccessFile's error: returned before any metric
+        raise from_exception(exc) from None
     count = 0
     status: ServingError | None = None
-    records = _records(path)
     while True:
         try:
             record = next(records)

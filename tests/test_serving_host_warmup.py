@@ -239,3 +239,25 @@ def test_reload_config_reports_the_increase_of_the_metrics_asked_for(server, tmp
     assert [(m.name, m.int64_value_increase) for m in response.metric] == [
         ("/tensorflow/serving/model_warmup_records_read", after[1] - before[1]), ("/no/such/metric", 0),
         ("/tensorflow/serving/model_warmup_latency", 0)]     # a histogram has no int64 value
+
+
+def test_a_warmup_file_that_cannot_be_opened_fails_the_load_without_metrics(tmp_path):
+    """saved_model_warmup_util.cc: ``NewRandomAccessFile`` failing returns its error
+    (TF_RETURN_IF_ERROR) before any warmup metric is recorded; only a read error after the open
+    is recorded. A UNIX socket at the file's path exists (FilesExist) but does not open (ENXIO,
+    NOT_FOUND as TensorFlow maps it). The local server opened the file lazily and recorded
+    ``model_warmup_records_read`` / ``model_warmup_latency`` with that status."""
+    import socket
+
+    from serving_host import metrics, warmup
+    from serving_host.status import ServingError
+
+    version_dir = tmp_path / "m" / "1"
+    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    with pytest.raises(ServingError) as e:
+        warmup.run(None, str(version_dir), model_name="m", version=1)
+    assert (e.value.code, e.value.message) == ("NOT_FOUND", f"{path}; No such device or address")
+    assert f'model_path="{version_dir}"' not in metrics.render()
