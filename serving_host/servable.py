@@ -122,7 +122,10 @@ class Servable:
         except BaseException as exc:
             session.close()
             if str(exc).startswith("Cannot parse file"):    # the Python loader's words for it
-                raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PB)} as binary proto") from None
+                # ReadSavedModel: the .pb if it exists (ReadBinaryProto), else the .pbtxt (ReadTextProto)
+                if tf.io.gfile.exists(os.path.join(path, PB)):
+                    raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PB)} as binary proto") from None
+                raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PBTXT)} as text proto") from None
             raise from_exception(exc) from None
         return cls(name, version, path, graph, session, meta)
 

@@ -687,3 +687,22 @@ def test_grpc_error_messages_are_cut_at_1024_bytes_not_characters():
     cut = grpc_message("é" * 600)
     assert cut.endswith("...TRUNCATED") and cut.removesuffix("...TRUNCATED") == "é" * 512
     assert grpc_message("é" * 512) == "é" * 512 and grpc_message("x" * 1025) == "x" * 1024 + "...TRUNCATED"
+
+
+def test_a_saved_model_pbtxt_that_does_not_parse_is_named_as_a_text_proto(tmp_path):
+    """TensorFlow's ReadSavedModel reads ``saved_model.pb`` if it exists, else
+    ``saved_model.pbtxt`` with ReadTextProto, whose failure is DATA_LOSS ``Can't parse <path> as
+    text proto``. The local server named ``saved_model.pb`` "as binary proto" for a bad pbtxt, a
+    file that is not there."""
+    from serving_host.servable import Servable
+
+    (tmp_path / "saved_model.pbtxt").write_text("this is { not a saved model\n")
+    with pytest.raises(ServingError) as e:
+        Servable.load("m", 1, str(tmp_path))
+    assert (e.value.code, e.value.message) == (
+        "DATA_LOSS", f"Can't parse {tmp_path / 'saved_model.pbtxt'} as text proto")
+    (tmp_path / "saved_model.pb").write_bytes(b"\xff\xff not a proto")      # the .pb is read first
+    with pytest.raises(ServingError) as e:
+        Servable.load("m", 1, str(tmp_path))
+    assert (e.value.code, e.value.message) == (
+        "DATA_LOSS", f"Can't parse {tmp_path / 'saved_model.pb'} as binary proto")
