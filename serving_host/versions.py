@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,8 @@ def parse_version(name: str) -> int | None:
     """A child directory name as a version number, or None when TF Serving would ignore it.
 
     Like ``absl::SimpleAtoi``: optional surrounding ASCII whitespace (not Unicode spaces, which
-    ``str.strip()`` would also take), an optional sign, decimal digits, within int64. Negative
-    numbers parse but are never valid servable versions.
+    ``str.strip()`` would also take), an optional sign, decimal digits, within int64. A negative
+    number is a version too (``-1`` is version -1): ``ParseVersionNumber`` checks no sign.
     """
     s = name.strip(" \t\n\v\f\r")
     if not s:
@@ -33,7 +33,7 @@ def parse_version(name: str) -> int | None:
     if not digits.isdigit() or not digits.isascii():
         return None
     value = int(s)
-    if value < 0 or value > INT64_MAX:
+    if value < INT64_MIN or value > INT64_MAX:
         return None
     return value
 

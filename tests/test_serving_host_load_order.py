@@ -823,3 +823,22 @@ def test_under_the_all_policy_a_version_named_twice_loads_from_its_first_name(tm
         assert paths == [str(tmp_path / "m" / "007")]
     finally:
         m.stop()
+
+
+def test_a_folder_minus_one_is_served_as_version_minus_one(tfserving_factory, tmp_path):
+    """TF Serving's source reads a folder ``-1`` as version -1 (``absl::SimpleAtoi``, no sign
+    check), loads it and serves it as the model's latest while nothing higher is there; the
+    local server ignored the folder and warned that the model had no versions."""
+    import requests
+
+    base = tmp_path / "serving"
+    publish(base, "m", -1)
+    srv = tfserving_factory(base, model_config(base, "m"))
+    srv.wait_for_state("m", -1, "AVAILABLE")
+    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [2.0]}, timeout=10)
+    assert r.json() == {"predictions": [3.0]}
+    meta = requests.get(f"{srv.rest_url}/v1/models/m/metadata", timeout=10).json()
+    assert meta["model_spec"]["version"] == "-1"
+    publish(base, "m", 1)                                  # a higher version replaces it
+    srv.wait_for_state("m", 1, "AVAILABLE")
+    srv.wait_for_state("m", -1, "END")

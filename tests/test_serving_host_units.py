@@ -19,8 +19,21 @@ from serving_host.versions import VersionPolicy, aspired, discover, missing_spec
 
 # -- version discovery and policies -----------------------------------------------------------
 def test_numeric_children_are_versions_and_others_are_ignored():
-    found = discover(["00000123", "124", ".incoming-125-ab12", "assets", "7.5", "-3", "", "0"])
+    found = discover(["00000123", "124", ".incoming-125-ab12", "assets", "7.5", "", "0"])
     assert found == {123: "00000123", 124: "124", 0: "0"}
+
+
+def test_a_negative_folder_is_a_negative_version_as_simple_atoi_reads_it():
+    """file_system_storage_path_source.cc ParseVersionNumber is ``absl::SimpleAtoi`` into an
+    int64 and nothing checks the sign: TF Serving takes a folder ``-1`` as version -1 (latest
+    only when nothing higher is there). The local server ignored negative folders."""
+    assert parse_version("-1") == -1
+    assert parse_version(str(-(2**63))) == -(2**63)
+    assert parse_version(str(-(2**63) - 1)) is None
+    found = discover(["-3", "-1", "x"])
+    assert found == {-3: "-3", -1: "-1"}
+    assert aspired(VersionPolicy(), found) == {-1: "-1"}
+    assert aspired(VersionPolicy("latest", num_versions=2), {**found, 2: "2"}) == {2: "2", -1: "-1"}
 
 
 def test_parse_version_limits():
