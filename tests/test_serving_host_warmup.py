@@ -241,7 +241,7 @@ def test_reload_config_reports_the_increase_of_the_metrics_asked_for(server, tmp
         ("/tensorflow/serving/model_warmup_latency", 0)]     # a histogram has no int64 value
 
 
-def test_a_warmup_file_that_cannot_be_opened_fails_the_load_without_metrics(tmp_path):
+def test_a_warmup_file_that_cannot_be_opened_fails_the_load_without_metrics(tmp_path, monkeypatch):
     """saved_model_warmup_util.cc: ``NewRandomAccessFile`` failing returns its error
     (TF_RETURN_IF_ERROR) before any warmup metric is recorded; only a read error after the open
     is recorded. A UNIX socket at the file's path exists (FilesExist) but does not open (ENXIO,
@@ -255,8 +255,10 @@ def test_a_warmup_file_that_cannot_be_opened_fails_the_load_without_metrics(tmp_
     version_dir = tmp_path / "m" / "1"
     path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
     path.parent.mkdir(parents=True)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(path))
+    # bound by its relative name: an xdist worker's tmp_path is longer than a socket address takes
+    with monkeypatch.context() as mp, socket.socket(socket.AF_UNIX) as s:
+        mp.chdir(path.parent)
+        s.bind(path.name)
     with pytest.raises(ServingError) as e:
         warmup.run(None, str(version_dir), model_name="m", version=1)
     assert (e.value.code, e.value.message) == ("NOT_FOUND", f"{path}; No such device or address")
