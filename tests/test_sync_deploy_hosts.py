@@ -352,15 +352,21 @@ def _wait_for(predicate, what: str, seconds: float = 120.0) -> None:
     raise AssertionError(f"never happened in {seconds:g} s: {what}")
 
 
-def test_sigterm_while_waiting_for_a_lock_still_prints_the_json_document(deploy_env, tmp_path):
-    """A CI job parsing ``--json`` gets one document on every exit: an interrupt before the
-    rollout phases (here: waiting for another deploy's lock) printed nothing on stdout."""
-    env = deploy_env
+def _v1_serves_v2_promoted(env):
+    """One file:// host serving v1, and v2 promoted: the host, v1, its models.config text, v2."""
     host = env.add_host("file")
     v1 = env.release("a")
     config_before = env.config_text(host)
     v2 = env.register("b")
     env.promote(v2)
+    return host, v1, config_before, v2
+
+
+def test_sigterm_while_waiting_for_a_lock_still_prints_the_json_document(deploy_env, tmp_path):
+    """A CI job parsing ``--json`` gets one document on every exit: an interrupt before the
+    rollout phases (here: waiting for another deploy's lock) printed nothing on stdout."""
+    env = deploy_env
+    host, v1, config_before, v2 = _v1_serves_v2_promoted(env)
     holder = HostLock(LocalTransport(str(host.base)), heartbeat_every=0)
     info = holder.acquire()
     err_path = tmp_path / "stderr"
@@ -396,11 +402,7 @@ def test_sigterm_while_the_bundle_downloads_stops_it_at_once_publishes_nothing_a
     """The download from MLflow saw a SIGTERM only at the first prepare step, once it had ended
     (a large model: minutes). A proxy in front of MLflow holds every artifact download 60 s."""
     env = deploy_env
-    host = env.add_host("file")
-    v1 = env.release("a")
-    config_before = env.config_text(host)
-    v2 = env.register("b")
-    env.promote(v2)
+    host, v1, config_before, v2 = _v1_serves_v2_promoted(env)
     downloading = threading.Event()
 
     def slow_artifacts(method: str, path: str) -> bool:      # never fails a request: delays the downloads
