@@ -151,7 +151,10 @@ class Manager:
         """Re-read and re-apply ``path`` every ``every_seconds``, as TF Serving's poll thread does."""
         def loop():
             while not self._stop.wait(every_seconds):
-                self.reload_config_file(path)
+                try:
+                    self.reload_config_file(path)
+                except Exception:  # a bug must not stop following the config for good
+                    log.exception("config-file poll failed")
         self._spawn(loop, "config-poll")
 
     def _spawn(self, target, name: str) -> None:

@@ -842,3 +842,33 @@ def test_a_folder_minus_one_is_served_as_version_minus_one(tfserving_factory, tm
     publish(base, "m", 1)                                  # a higher version replaces it
     srv.wait_for_state("m", 1, "AVAILABLE")
     srv.wait_for_state("m", -1, "END")
+
+
+def test_an_unexpected_error_in_a_config_poll_does_not_stop_the_polling(tmp_path, monkeypatch):
+    """The file-system poll survived a bug; the config-file poll thread died on any error that is
+    not a ServingError, and the server stopped following models.config for good."""
+    from serving_host import config as cfg
+
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1)])
+    path = tmp_path / "models.config"
+    path.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
+                    f'model_platform: "tensorflow" }} }}')
+    real, calls = cfg.read_file, []
+
+    def flaky(p):
+        calls.append(p)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one poll")
+        return real(p)
+
+    monkeypatch.setattr(cfg, "read_file", flaky)
+    try:
+        m.watch_config_file(str(path), 1)
+        assert _settle(m, "m", 1, "AVAILABLE", timeout=15) == "AVAILABLE"   # a later poll applied it
+        assert len(calls) >= 2
+    finally:
+        m.stop()
