@@ -171,10 +171,9 @@ def release(conn: HostConn) -> None:
         first = exc
     try:
         with open_transport(conn.host) as t:
-            cut = getattr(conn.transport, "cut_writes", None)
-            if cut and hasattr(t, "remove_cut_writes"):
+            if conn.transport.cut_writes:
                 try:      # still under our lock: a config write cut mid-way left its temp file
-                    t.remove_cut_writes(cut)
+                    t.remove_cut_writes(conn.transport.cut_writes)
                 except Exception as exc:  # noqa: BLE001 - the lock's release matters more
                     logger.warning("%s: could not remove the temp files of a write the lost connection "
                                    "cut (%s); a lock takeover's retention removes them", conn.host.name, exc)

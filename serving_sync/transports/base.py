@@ -50,6 +50,9 @@ class Transport(abc.ABC):
 
     def __init__(self, url: str):
         self.url = url
+        #: temp files of ``write_file_atomic`` not yet renamed or removed: a lost connection may
+        #: have left them (only SSH fills it; a local write cannot be cut from its file system)
+        self.cut_writes: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
@@ -89,6 +92,10 @@ class Transport(abc.ABC):
     def write_file_atomic(self, rel: str, data: bytes) -> None:
         """Replace ``rel`` with ``data`` so readers see the old or the new content, never a mix.
         A ``LINKABLE`` file that is a symbolic link is written through it (file, ssh)."""
+
+    def remove_cut_writes(self, paths) -> None:
+        """Remove the temp files another connection's lost writes left (its ``cut_writes``),
+        under the lock it still holds. Nothing to do where writes cannot be cut mid-way."""
 
     @abc.abstractmethod
     def create_exclusive(self, rel: str, data: bytes) -> bool:

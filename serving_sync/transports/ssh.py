@@ -68,7 +68,6 @@ class SshTransport(Transport):
         self._no_shell = False
         self._verified: dict[str, HostListing] = {}   # listings hashed right after an upload
         self._link_targets: dict[str, str] = {}       # _through_link, per connection
-        self.cut_writes: set[str] = set()             # temp files a lost connection may have left
         self.op_timeout = op_timeout
         self.where = ssh_connect.where_of(target)
         super().__init__(target.url)
