@@ -369,6 +369,7 @@ def download_bundle(model: str, version, dest, *, check: Callable[[], None] | No
     while the files come through the server's artifact proxy (the download stops at once, its
     threads left to end at their next chunk), and between the parts otherwise.
     """
+    check = check or _go_on
     info = get_version(model, version)
     if not info.run_id:
         raise NotFoundError(f"version {info.version} of '{model}' has no source run, so it has no "
@@ -386,11 +387,9 @@ def download_bundle(model: str, version, dest, *, check: Callable[[], None] | No
             with mlflow_errors(what):
                 _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
                 for sub in BUNDLE_PARTS:
-                    if check is not None:
-                        check()
+                    check()
                     client.download_artifacts(info.run_id, sub, str(tmp))
-        if check is not None:
-            check()
+        check()
         hashes = bundle_hashes.check(model, info.version, tmp)   # the bytes registered, not the store's now
         bundle = _read_bundle(tmp, model, info.version)
         if dest.exists():
@@ -419,12 +418,16 @@ def _refuse_missing(info: VersionInfo, top: set[str]) -> None:
                             f"by mlproject's training, re-train and register it")
 
 
-def _download_proxied(info: VersionInfo, root: str, into: Path, what: str,
-                      check: Callable[[], None] | None = None) -> None:
+def _go_on() -> None:
+    """``download_bundle``'s ``check`` when none is given: nothing stops it."""
+
+
+def _download_proxied(info: VersionInfo, root: str, into: Path, what: str, check: Callable[[], None]) -> None:
     """Every file of the bundle through the server's artifact proxy, several at a time, each
     checked against the size the listing gave. The downloads run in daemon threads while this
-    one calls ``check``: when it raises, they stop at their next chunk (or are left to their
-    socket's timeout) and neither this call nor the process's exit waits for them."""
+    one calls ``check``: when it raises (or a download fails), the others stop at their next
+    chunk, waited for at most ``JOIN_S`` (one stalled on its socket is left to its timeout, and
+    the process's exit does not wait for it)."""
     import queue
     import threading
 
@@ -467,8 +470,7 @@ def _download_proxied(info: VersionInfo, root: str, into: Path, what: str,
     try:
         for _ in files:
             while True:
-                if check is not None:
-                    check()
+                check()
                 try:
                     exc = done.get(timeout=0.1)
                     break
