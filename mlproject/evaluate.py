@@ -14,6 +14,7 @@ import numpy as np
 from mlops_common.errors import ConfigError, DamagedModel
 from registry import artifacts
 from registry import tags as version_tags
+from registry.gate_rules import encode_correct
 
 from . import metrics
 from .constants import NUM_CLASSES
@@ -34,6 +35,9 @@ class Evaluation:
     per_class_count: dict[str, int]
     confusion: list[list[int]] = dataclasses.field(default_factory=list)  # [true][predicted] counts
     non_probability_outputs: int = 0  # images whose outputs are not class probabilities (NaN, logits)
+    # one bit per held-out example in held-out order, 1 = answered right (base64,
+    # registry.gate_rules.encode_correct): the gate pairs two versions' answers on the same examples
+    correct_bits: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -49,11 +53,13 @@ def evaluation_of(probs: np.ndarray, heldout: Arrays, *, model_uri: str, dataset
     """Build an Evaluation from class probabilities on the held-out set (pure). The confusion
     matrix travels with it so the gate report can show candidate and production side by side."""
     s = metrics.summarize(probs, heldout.labels, NUM_CLASSES)
-    cm = metrics.confusion(heldout.labels, probs.argmax(axis=1), NUM_CLASSES)
+    predicted = probs.argmax(axis=1)
+    cm = metrics.confusion(heldout.labels, predicted, NUM_CLASSES)
     return Evaluation(model_uri=model_uri, dataset=dataset, heldout_fingerprint=fingerprint(heldout),
                       n=len(heldout), accuracy=s["accuracy"], loss=s["loss"],
                       per_class_accuracy=s["per_class_accuracy"], per_class_count=s["per_class_count"],
-                      confusion=cm.tolist(), non_probability_outputs=s["non_probability_outputs"])
+                      confusion=cm.tolist(), non_probability_outputs=s["non_probability_outputs"],
+                      correct_bits=encode_correct(predicted == heldout.labels))
 
 
 def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
+from .gate_report import flipped_text
 from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -157,7 +158,10 @@ def _tables(report: dict) -> str:
         out.append(f'<tr><td>{key}</td><td class="num">{_f(ca.get(key))}</td>'
                    f'<td class="num">{_f(pm.get(key))}</td>'
                    f'<td class="num">{_signed(delta, higher_is_better=key != "loss")}</td></tr>')
-    out.append(f"</table><h2>Per class (accuracy)</h2><table><tr><th>class</th><th>n</th>"
+    out.append("</table>")
+    if report.get("discordant"):
+        out.append(f'<p id="flipped">{escape(flipped_text(report["discordant"]))}</p>')
+    out.append(f"<h2>Per class (accuracy)</h2><table><tr><th>class</th><th>n</th>"
                f"<th>{escape(cand_head)}</th><th>{escape(prod_head)}</th><th>delta</th></tr>")
     for r in report["per_class"]:
         out.append(f'<tr><td>{escape(str(r["class"]))}</td><td class="num">'

@@ -3,7 +3,8 @@ with charts, ``gate_html``).
 
 Candidate and production side by side (overall and per class, and their confusion matrices
 ``[true][predicted]`` when the evaluation has them), every rule with its outcome, the tolerance
-and how it was derived. Pure functions: the JSON is built from plain data and the markdown and
+and how it was derived (paired on the examples that flipped, ``discordant``, when both evaluations
+carry per-example results). Pure functions: the JSON is built from plain data and the markdown and
 HTML are rendered from the JSON, so they never disagree.
 """
 from __future__ import annotations
@@ -44,6 +45,9 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
             "production": None if production is None else
             {"accuracy": production.get("accuracy"), "loss": production.get("loss")},
         },
+        # examples that flipped each way between production and the candidate (None: an evaluation
+        # without per-example results, or no production)
+        "discordant": verdict.paired.to_dict() if verdict.paired else None,
         "per_class": per_class,
         "confusion": {"candidate": candidate.get("confusion") or None,
                       "production": None if production is None else production.get("confusion") or None},
@@ -58,6 +62,13 @@ def _f(x, digits: int = 4) -> str:
 
 def _signed(x) -> str:
     return "—" if x is None else f"{x:+.4f}"
+
+
+def flipped_text(discordant: dict) -> str:
+    """The report's ``discordant`` counts as one sentence (markdown and HTML)."""
+    b, c = discordant["production_right_candidate_wrong"], discordant["candidate_right_production_wrong"]
+    return (f"Examples that flipped, of the {discordant['n']} held-out examples both answered: {b} production got "
+            f"right and the candidate wrong (b), {c} the candidate got right and production wrong (c).")
 
 
 def markdown(report: dict) -> str:
@@ -87,6 +98,10 @@ def markdown(report: dict) -> str:
         f"| loss | {_f(m['candidate']['loss'])} | {_f(pm.get('loss'))} | "
         f"{_signed(None if not m['production'] else m['candidate']['loss'] - pm.get('loss'))} |",
         "",
+    ]
+    if report.get("discordant"):
+        lines += [flipped_text(report["discordant"]), ""]
+    lines += [
         "## Per class (accuracy)",
         "",
         f"| class | n | {cand_head} | {prod_head} | delta |",

@@ -131,6 +131,12 @@ def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_p
         heldout = json.load(f)
     assert heldout["accuracy"] == pytest.approx(res["metrics"]["heldout_accuracy"])
     assert heldout["n"] == 450 and heldout["heldout_fingerprint"] == res["heldout_fingerprint"]
+    # per-example results for the gate's paired rule: in the evaluation document, not in tags/params
+    from registry.gate_rules import decode_correct
+
+    assert decode_correct(heldout["correct_bits"], 450).bit_count() == round(heldout["accuracy"] * 450)
+    run = client.get_run(res["run_id"])
+    assert heldout["correct_bits"] not in json.dumps({**run.data.tags, **run.data.params})
 
 
 def test_registration_records_the_hash_of_every_bundle_file_and_a_download_matches_it(cli_trained, tmp_path,

@@ -242,3 +242,50 @@ def test_a_signature_rewritten_in_the_artifact_store_since_registration_is_refus
            f"changed)" in e.value.message and e.value.message.endswith("Nothing was gated or recorded"), e.value.message
     assert ev.calls == []
     assert versions.get_version(model, v2).tags["validation_status"] == "pending"
+
+
+def test_the_gate_compares_accuracy_on_the_examples_that_flipped(make_version, tmp_path):
+    """Both versions answer the same frozen held-out examples, yet the accuracy rule used
+    production's standard error alone: a candidate that got 7 examples wrong that production got
+    right, and none the other way (0.9356 vs 0.9511, -0.0156), passed within 0.0203. Paired on the
+    examples that flipped (b = 7, c = 0) the allowed drop is 0.0117: it fails, and the report
+    says how many examples flipped each way."""
+    import base64
+
+    import numpy as np
+
+    def encode_correct(right):      # the documented format: numpy.packbits in base64
+        return base64.b64encode(np.packbits(np.array(right, bool)).tobytes()).decode("ascii")
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    prod_right = [i < 428 for i in range(450)]
+    cand_right = [7 <= i < 428 for i in range(450)]
+    prod, cand = doc(428 / 450), doc(421 / 450)
+    prod["correct_bits"], cand["correct_bits"] = encode_correct(prod_right), encode_correct(cand_right)
+    out = run_gate(model, v2, Evaluations({v1: prod, v2: cand}), report_dir=tmp_path / "reports")
+    assert not out.passed and [c.rule for c in out.verdict.failed] == ["accuracy_vs_production"], out.summary
+    assert "allowed drop 0.0117" in out.summary
+    info = versions.get_version(model, v2)
+    assert info.tags["validation_status"] == "failed" and info.aliases == ()
+    report = json.loads(open(run_artifact(info.run_id, "gate/report.json")).read())
+    assert report["discordant"] == {"production_right_candidate_wrong": 7,
+                                    "candidate_right_production_wrong": 0, "n": 450}
+    derivation = report["rules"]["max_accuracy_drop_derivation"]
+    assert derivation.startswith("paired") and "b = 7" in derivation and "c = 0" in derivation
+    flipped = "7 production got right and the candidate wrong (b), 0 the candidate got right and production wrong (c)"
+    assert flipped in open(run_artifact(info.run_id, "gate/report.md")).read()
+    assert flipped in (tmp_path / "reports" / "report.html").read_text()
+    assert "correct_bits" not in json.dumps(report)
+    assert not any("correct" in k for k in info.tags)
+    assert Ledger().entries(model)[-1].details["tolerance"] == pytest.approx(0.011667, abs=1e-6)
+    # the same accuracies from evaluations of an older version (no per-example results): the
+    # unpaired rule, as before, and the report says so
+    for d in (prod, cand):
+        d.pop("correct_bits")
+    out = run_gate(model, v2, Evaluations({v1: prod, v2: cand}))
+    assert out.passed, out.summary
+    assert out.report["discordant"] is None
+    assert out.report["rules"]["max_accuracy_drop_derivation"].startswith(
+        "unpaired (fallback: neither evaluation carries per-example results")

@@ -124,6 +124,7 @@ def test_gate_help_and_bad_input(mlops_env):
     r = run_mlops("registry", "gate", "--help")
     assert r.returncode == 0
     for word in ("--allow-signature-change", "--report-dir", "--junit", "sqrt(p(1-p)/n)", "code 4",
+                 "sqrt(((b+c)/n - d^2)/n)", "b and c the examples that flipped each way",
                  "MLOPS_GATE_MIN_ACCURACY"):
         assert word in " ".join(r.stdout.split()), word
     r = run_mlops("registry", "gate", "--version", "3")

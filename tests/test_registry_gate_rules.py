@@ -8,7 +8,18 @@ import pytest
 
 from mlops_common.errors import ConfigError, RefusedError
 from registry import gate_report
-from registry.gate_rules import Baseline, GateRules, accuracy_tolerance, choose_baseline, decide, summary
+from registry.gate_rules import (
+    Baseline,
+    GateRules,
+    accuracy_tolerance,
+    choose_baseline,
+    decide,
+    decode_correct,
+    encode_correct,
+    paired_standard_error,
+    paired_tolerance,
+    summary,
+)
 
 FP = "a" * 64
 
@@ -332,3 +343,154 @@ def test_a_candidate_whose_outputs_are_not_class_probabilities_fails(kind):
     v = decide(production, candidate, GateRules(), baseline_version=1)
     assert "class_probabilities" not in failed_rules(v)
     assert any("not class probabilities" in n for n in v.notes)
+
+
+# --- the paired accuracy rule (Reviews of 2026-12-05, sixth stop) ---------------------------------
+
+def with_answers(doc: dict, right: list[bool]) -> dict:
+    """``doc`` with per-example results ``right`` (held-out order) and the accuracy they give."""
+    return dict(doc, accuracy=sum(right) / len(right), correct_bits=encode_correct(right), n=len(right))
+
+
+def flips(n: int = 450, prod_right: int = 428, lost: int = 7, won: int = 0) -> tuple[dict, dict]:
+    """Production right on the first ``prod_right`` of ``n`` examples; the candidate gets ``lost``
+    of those wrong and ``won`` of production's wrong ones right."""
+    assert won <= n - prod_right
+    prod = [i < prod_right for i in range(n)]
+    cand = [(i < prod_right and i >= lost) or (i >= prod_right and i < prod_right + won) for i in range(n)]
+    return with_answers(evaluation(0.0, n=n), cand), with_answers(evaluation(0.0, n=n), prod)
+
+
+def test_paired_tolerance_numbers_by_hand():
+    # b = 7, c = 0, n = 450: d = -7/450 = -0.0155556; (b + c)/n - d^2 = 0.0155556 - 0.000241975
+    # = 0.0153136; / 450 = 3.40302e-5; sqrt = 0.0058335; x 2 = 0.0116670
+    assert paired_standard_error(7, 0, 450) == pytest.approx(0.0058335, abs=1e-7)
+    assert paired_tolerance(7, 0, 450) == pytest.approx(0.0116670, abs=1e-6)
+    # b = 40, c = 30: d = -0.0222222; 0.1555556 - 0.000493827 = 0.1550617; / 450 = 3.445816e-4;
+    # sqrt = 0.0185629; x 2 = 0.0371258 (wider than the unpaired 0.0203: many flips, both ways)
+    assert paired_tolerance(40, 30, 450) == pytest.approx(0.0371258, abs=1e-6)
+    # nothing flipped, or too few examples to say anything: the floor
+    assert paired_tolerance(0, 0, 450) == 0.01 and paired_tolerance(1, 0, 450) == 0.01
+    assert paired_tolerance(3, 1, 0) == 0.01
+    assert paired_tolerance(7, 0, 450, floor=0.0, z=3.0) == pytest.approx(3 * 0.0058335, abs=1e-6)
+
+
+def test_correct_bits_are_numpys_packbits_in_base64_and_decode_back():
+    import base64
+
+    import numpy as np
+
+    right = np.random.default_rng(3).random(450) > 0.07
+    text = encode_correct(right)
+    assert text == base64.b64encode(np.packbits(right).tobytes()).decode("ascii") and len(text) == 76
+    value = decode_correct(text, 450)
+    assert value.bit_count() == int(right.sum()) and value >> 449 == int(right[0])
+    with pytest.raises(ValueError, match="bits for 449 examples"):
+        decode_correct(encode_correct(right[:440]), 449)
+    with pytest.raises(ValueError, match="past the last example"):
+        decode_correct(base64.b64encode(bytes([0xFF] * 57)).decode(), 450)
+    with pytest.raises(ValueError, match="not base64"):
+        decode_correct("%%%", 450)
+
+
+def test_a_candidate_that_only_lost_examples_fails_the_paired_rule_the_unpaired_one_passed():
+    """The same accuracies, 0.9356 vs 0.9511 (-0.0156): production's standard error alone allowed
+    0.0203, but on the same examples the candidate got 7 wrong that production got right and won
+    none back, a regression no noise explains (allowed 0.0117)."""
+    cand, prod = flips(lost=7, won=0)
+    old = decide({k: v for k, v in cand.items() if k != "correct_bits"}, prod, GateRules(), baseline_version=1)
+    assert old.passed and old.tolerance == pytest.approx(accuracy_tolerance(prod["accuracy"], 450))
+    assert old.tolerance_derivation.startswith("unpaired (fallback: the candidate's evaluation carries no "
+                                               "per-example results")
+    assert "b and c unknown" in old.tolerance_derivation and old.paired is None
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert failed_rules(v) == ["accuracy_vs_production"], summary(v, 2)
+    assert v.tolerance == pytest.approx(0.011667, abs=1e-6)
+    assert v.tolerance_derivation.startswith("paired, both versions on the same 450 held-out examples")
+    assert ("b = 7 (production right, candidate wrong), c = 0 (candidate right, production wrong), n = 450"
+            in v.tolerance_derivation)
+    assert v.to_dict()["discordant"] == {"production_right_candidate_wrong": 7,
+                                         "candidate_right_production_wrong": 0, "n": 450}
+
+
+def test_a_candidate_that_flipped_many_both_ways_passes_the_paired_rule():
+    """The reverse: -0.0222 failed production's standard error alone (0.0203), but 20 lost and 10
+    won is within the noise of two models' answers: (30/450 - 0.0222^2)/450 = 1.470507e-4, sqrt =
+    0.0121264, allowed 0.0242528."""
+    cand, prod = flips(prod_right=428, lost=20, won=10)
+    assert not decide({k: v for k, v in cand.items() if k != "correct_bits"}, prod, GateRules(),
+                      baseline_version=1).passed
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert v.passed, summary(v, 2)
+    assert (v.paired.b, v.paired.c, v.paired.n) == (20, 10, 450)
+    assert v.tolerance == pytest.approx(0.0242528, abs=1e-6)
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda c, p: p.pop("correct_bits"), "production's evaluation carries no per-example results"),
+    (lambda c, p: (c.pop("correct_bits"), p.pop("correct_bits")),
+     "neither evaluation carries per-example results"),
+    (lambda c, p: c.update(n=449), "held-out sizes differ"),
+    (lambda c, p: c.update(correct_bits=p["correct_bits"]), "the candidate's per-example results count 428 "
+                                                            "right of 450, its accuracy 0.9356 says 421"),
+    (lambda c, p: c.update(correct_bits="not-base64!"), "the candidate's per-example results are not 450 "
+                                                        "examples' bits (not base64)"),
+    (lambda c, p: c.update(heldout_fingerprint="b" * 64), "not of one recorded held-out set"),
+])
+def test_without_usable_per_example_results_the_unpaired_rule_applies_and_says_why(change, why):
+    """Fallback, not refusal: an evaluation from an older version has no bits, and the rule it
+    falls back to is the one every earlier gate used. Held-out sets that differ already fail
+    ``same_heldout_set``; bits that do not fit their own document are not trusted."""
+    cand, prod = flips(lost=7)
+    change(cand, prod)
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert v.paired is None and v.to_dict()["discordant"] is None
+    assert v.tolerance_derivation.startswith("unpaired (fallback: ") and why in v.tolerance_derivation
+    assert v.tolerance == pytest.approx(accuracy_tolerance(prod["accuracy"], cand["n"]))
+    assert ("same_heldout_set" in failed_rules(v)) == ("held-out set" in why)
+
+
+def test_an_explicit_tolerance_still_reports_the_flips():
+    cand, prod = flips(lost=7, won=2)
+    v = decide(cand, prod, GateRules(max_accuracy_drop=0.05), baseline_version=1)
+    assert v.passed and v.tolerance == 0.05
+    assert v.tolerance_derivation.startswith("set explicitly: 0.0500 (paired counts: b = 7 ")
+    assert (v.paired.b, v.paired.c) == (7, 2)
+
+
+def test_the_report_shows_how_many_examples_flipped_each_way():
+    from registry import gate_html
+
+    cand, prod = flips(lost=7, won=2)
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    report = gate_report.build(model="m", version=2, verdict=v, rules=GateRules(), candidate=cand,
+                               production=prod, signature_differences=[], allow_signature_change=False,
+                               evaluated_at="now")
+    assert report["discordant"] == {"production_right_candidate_wrong": 7,
+                                    "candidate_right_production_wrong": 2, "n": 450}
+    assert "correct_bits" not in json.dumps(report)       # the bits stay in the evaluation documents
+    sentence = ("Examples that flipped, of the 450 held-out examples both answered: 7 production got right and "
+                "the candidate wrong (b), 2 the candidate got right and production wrong (c).")
+    md = gate_report.markdown(report)
+    assert sentence in md and "Accuracy tolerance: paired, both versions" in md
+    assert sentence in gate_html.html(report)
+    # no production, or evaluations without bits: no such line
+    report["discordant"] = None
+    assert "flipped" not in gate_report.markdown(report) and "flipped" not in gate_html.html(report)
+
+
+def test_an_evaluation_carries_its_per_example_results():
+    import numpy as np
+
+    from mlproject.datasets import load_partition
+    from mlproject.evaluate import evaluation_of
+
+    heldout = load_partition("digits").heldout
+    probs = np.full((len(heldout), 10), 0.01, np.float32)
+    probs[np.arange(len(heldout)), heldout.labels] = 0.91
+    probs[[0, 5], :] = np.roll(probs[[0, 5], :], 1, axis=1)       # examples 0 and 5 answered wrong
+    doc = evaluation_of(probs, heldout, model_uri="models:/m/1", dataset="digits").to_dict()
+    value = decode_correct(doc["correct_bits"], len(heldout))
+    assert value.bit_count() == len(heldout) - 2 and round(doc["accuracy"] * doc["n"]) == len(heldout) - 2
+    assert not value >> (len(heldout) - 1) & 1 and not value >> (len(heldout) - 6) & 1
+    assert value >> (len(heldout) - 2) & 1

@@ -31,8 +31,10 @@ def register(sub) -> None:
         description="Evaluate version N and the version that now holds `production` on the same "
                     "frozen held-out set, now, and apply the rules: accuracy >= --min-accuracy; "
                     "accuracy not lower than production's by more than --max-accuracy-drop "
-                    "(default: max(0.01, 2*sqrt(p(1-p)/n)), two standard errors for the held-out "
-                    "size n); no class lower than production's by more than --max-class-drop; a "
+                    "(default: two standard errors of the paired difference on the same n examples, "
+                    "max(0.01, 2*sqrt(((b+c)/n - d^2)/n)), b and c the examples that flipped each "
+                    "way, d = (c-b)/n; for evaluations without per-example results "
+                    "max(0.01, 2*sqrt(p(1-p)/n))); no class lower than production's by more than --max-class-drop; a "
                     "compatible serving signature. With no production yet only the absolute rule "
                     "applies. Outcome: tag validation_status=passed/failed, gate/report.md, "
                     "gate/report.json and gate/report.html (for people: verdict, rules, per-class "
@@ -47,7 +49,8 @@ def register(sub) -> None:
                         "ledger and the version's description); only when every client has been updated")
     g.add_argument("--min-accuracy", type=flags.fraction, metavar="A", help="minimum held-out accuracy (0.80)")
     g.add_argument("--max-accuracy-drop", type=flags.fraction, metavar="D",
-                   help="allowed accuracy drop vs production (default derived from the held-out size)")
+                   help="allowed accuracy drop vs production (default derived from the examples that "
+                        "flipped between production and the candidate)")
     g.add_argument("--max-class-drop", type=flags.fraction, metavar="D",
                    help="allowed per-class accuracy drop vs production (0.10)")
     g.add_argument("--report-dir", metavar="DIR", help="also write report.md, report.json and "
