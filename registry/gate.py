@@ -181,6 +181,7 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
         details={"accuracy": report["metrics"]["candidate"]["accuracy"],
                  "production_accuracy": (report["metrics"]["production"] or {}).get("accuracy"),
                  "tolerance": verdict.tolerance,
+                 "discordant": report["discordant"],
                  "failed_rules": [c.rule for c in verdict.failed],
                  "signature_change_allowed": allow_signature_change,
                  "signature_differences": report["signature_differences"]})

@@ -279,7 +279,9 @@ def test_the_gate_compares_accuracy_on_the_examples_that_flipped(make_version, t
     assert flipped in (tmp_path / "reports" / "report.html").read_text()
     assert "correct_bits" not in json.dumps(report)
     assert not any("correct" in k for k in info.tags)
-    assert Ledger().entries(model)[-1].details["tolerance"] == pytest.approx(0.011667, abs=1e-6)
+    row = Ledger().entries(model)[-1]
+    assert row.details["tolerance"] == pytest.approx(0.011667, abs=1e-6)
+    assert row.details["discordant"] == report["discordant"]      # the ledger keeps b and c too
     # the same accuracies from evaluations of an older version (no per-example results): the
     # unpaired rule, as before, and the report says so
     for d in (prod, cand):
