@@ -108,6 +108,10 @@ class Manager:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._config_mu = threading.Lock()
+        # the source's mutex (file_system_storage_path_source.cc mu_): held by a poll from its
+        # listing to handing the versions over, so polls apply in the order they list; not the
+        # manager's lock, so requests and status are not held by a slow listing
+        self._poll_mu = threading.Lock()
         self._config = cfg.ServerConfig("empty")
         # ServerCore's config_: the last config that passed validation, applied or not (see reload_config)
         self._validated = cfg.ServerConfig("empty")
@@ -352,9 +356,17 @@ class Manager:
                 log.exception("file-system poll failed")
 
     def poll(self, names: list[str] | None = None) -> None:
-        """List base paths and hand the aspired versions to the manager."""
+        """List base paths and hand the aspired versions to the manager.
+
+        One poll at a time (``PollFileSystemAndInvokeCallback`` holds the source's mutex from the
+        listing to the callback): a listing is never applied after a newer one.
+        """
         if self.fs_poll_seconds < 0:
             return
+        with self._poll_mu:
+            self._poll(names)
+
+    def _poll(self, names: list[str] | None) -> None:
         with self._lock:
             entries = [self._source[n] for n in (self._source if names is None else names)
                        if n in self._source]

@@ -872,3 +872,51 @@ def test_an_unexpected_error_in_a_config_poll_does_not_stop_the_polling(tmp_path
         assert len(calls) >= 2
     finally:
         m.stop()
+
+
+def test_a_folder_listing_is_never_applied_after_a_newer_one(tmp_path, monkeypatch):
+    """file_system_storage_path_source.cc: ``PollFileSystemAndInvokeCallback`` holds the source's
+    mutex from the listing to the aspired-versions callback, so polls apply in the order they
+    list. The local server listed outside any lock: a poll that listed {1, 2} and was slow to
+    apply it landed after a later poll that had seen folder 2 removed (a rollback), and version 2,
+    its folder gone, was aspired (and loaded) again until the next poll."""
+    import threading
+
+    from serving_host import manager as mg
+
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1), ("m", 2)])
+    base = str(tmp_path / "m")
+    listed, go = threading.Event(), threading.Event()
+    real = os.listdir
+
+    def listdir(path):
+        children = real(path)
+        if path == base and threading.current_thread().name == "slow-poll":
+            listed.set()
+            go.wait(10)                     # the listing {1, 2} is held until the other poll ran
+        return children
+
+    try:
+        m.reload_config(_models(tmp_path, "m"))
+        assert _settle(m, "m", 2, "AVAILABLE") == "AVAILABLE"
+        monkeypatch.setattr(mg.os, "listdir", listdir)
+        slow = threading.Thread(target=m.poll, name="slow-poll")
+        slow.start()
+        assert listed.wait(10)
+        shutil.rmtree(tmp_path / "m" / "2")                     # rolled back: version 2 removed
+        later = threading.Thread(target=m.poll, name="later-poll")
+        later.start()
+        later.join(1.0)                     # the old code: done; now: waits for the slow poll
+        go.set()
+        slow.join(10)
+        later.join(10)
+        assert not slow.is_alive() and not later.is_alive()
+        with m._lock:
+            assert sorted(m._aspired["m"]) == [1]       # the newest listing is the one in force
+    finally:
+        go.set()
+        m.stop()
