@@ -90,6 +90,28 @@ def _check_saved_model_file(path: str) -> None:
                                         f"right permissions for accessing it.")
 
 
+def _read_saved_model(path: str):
+    """TensorFlow's ``ReadSavedModel`` step: the SavedModel file read and parsed (the Python
+    loader's ``SavedModelLoader``, which reads it as ``tf.compat.v1.saved_model.loader.load``
+    does). A file that does not parse is DATA_LOSS with ``ReadBinaryProto``'s words for the .pb
+    (read if it exists) or ``ReadTextProto``'s for the .pbtxt, told by the error's type (the
+    protobuf error the loader raises from, or the .pbtxt's UTF-8 decoding), not its text."""
+    from google.protobuf import message, text_format
+    from tensorflow.python.saved_model import loader_impl
+
+    try:
+        return loader_impl.SavedModelLoader(path)
+    except BaseException as exc:
+        if isinstance(exc, UnicodeDecodeError) or isinstance(exc.__cause__, (message.DecodeError,
+                                                                             text_format.ParseError)):
+            import tensorflow as tf
+
+            if tf.io.gfile.exists(os.path.join(path, PB)):
+                raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PB)} as binary proto") from None
+            raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PBTXT)} as text proto") from None
+        raise from_exception(exc) from None
+
+
 class Servable:
     """A loaded version: signatures, a session, and a cache of session callables."""
 
@@ -115,17 +137,13 @@ class Servable:
 
         tf.get_logger().setLevel(logging.ERROR)  # the v1 loader's deprecation notice is noise here
         _check_saved_model_file(path)
+        loader = _read_saved_model(path)
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:
-            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+            meta = loader.load(session, ["serve"])
         except BaseException as exc:
             session.close()
-            if str(exc).startswith("Cannot parse file"):    # the Python loader's words for it
-                # ReadSavedModel: the .pb if it exists (ReadBinaryProto), else the .pbtxt (ReadTextProto)
-                if tf.io.gfile.exists(os.path.join(path, PB)):
-                    raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PB)} as binary proto") from None
-                raise ServingError("DATA_LOSS", f"Can't parse {os.path.join(path, PBTXT)} as text proto") from None
             raise from_exception(exc) from None
         return cls(name, version, path, graph, session, meta)
 

@@ -53,20 +53,32 @@ def failed_precondition(msg: str) -> ServingError:
     return ServingError("FAILED_PRECONDITION", msg)
 
 
+def _tf_error(exc: BaseException) -> BaseException | None:
+    """The TensorFlow error (``tf.errors.OpError``: it carries its TF code number) that ``exc`` is,
+    or that it re-raises under a Python type with the same text: ``import_graph_def`` raises
+    ``ValueError(str(e))`` while handling the C++ INVALID_ARGUMENT of a graph that does not build,
+    which TF Serving's ``session->Create`` returns as it is."""
+    if isinstance(getattr(exc, "error_code", None), int):
+        return exc
+    inner = exc.__cause__ or exc.__context__
+    if isinstance(getattr(inner, "error_code", None), int) and str(inner) == str(exc):
+        return inner
+    return None
+
+
 def from_exception(exc: BaseException) -> ServingError:
     """Map an exception raised while loading or running a model to a status."""
     if isinstance(exc, ServingError):
         return exc
-    code = getattr(exc, "error_code", None)  # tf.errors.OpError carries its TF code number
-    if isinstance(code, int):
+    tf_error = _tf_error(exc)
+    if tf_error is not None:
+        code = tf_error.error_code
         name = next((n for n, v in CODES.items() if v == code and n != "OK"), "UNKNOWN")
-        message = getattr(exc, "message", None) or str(exc)
+        message = getattr(tf_error, "message", None) or str(tf_error)
         return ServingError(name, message)
     text = str(exc)
     if isinstance(exc, FileNotFoundError) or "does not exist" in text or "could not be found" in text:
         return ServingError("NOT_FOUND", text)
-    if exc.__class__.__name__ == "DecodeError" or "parse" in text.lower():
-        return ServingError("DATA_LOSS", text)
     if isinstance(exc, OSError):
         return ServingError("UNKNOWN", text)
     return ServingError("UNKNOWN", f"{exc.__class__.__name__}: {text}")

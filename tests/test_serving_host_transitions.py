@@ -183,6 +183,46 @@ def test_latest_policy_replaces_version_and_broken_version_ends_in_end(tfserving
     assert srv.log().count("Loading servable version {name: m version: 3}") == 1
 
 
+def test_a_graph_that_does_not_build_is_invalid_argument_whatever_its_node_names(tfserving_factory, tmp_path):
+    """TF Serving's loader hands the graph to ``session->Create``, whose graph constructor refuses
+    a node with an unknown input as INVALID_ARGUMENT. The Python loader raises that as a
+    ValueError, which the local server mapped by its text: UNKNOWN, or DATA_LOSS when the text held
+    "parse" (a node named ``SparseToDense…``, ``ParseExample…``)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    base = tmp_path / "serving"
+    staging = base / "m" / ".incoming-1"
+    shutil.copytree(HALF_PLUS_TWO_123, staging)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((staging / "saved_model.pb").read_bytes())
+    node = proto.meta_graphs[0].graph_def.node.add()
+    node.name, node.op = "SparseToDense_1", "Identity"
+    node.input.append("no_such_node")
+    node.attr["T"].type = 1
+    (staging / "saved_model.pb").write_bytes(proto.SerializeToString())
+    staging.rename(base / "m" / "1")
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
+        ("INVALID_ARGUMENT", "Node 'SparseToDense_1': Unknown input node 'no_such_node'")
+
+
+def test_a_saved_model_pbtxt_that_is_not_utf8_is_data_loss_as_a_text_proto(tfserving_factory, tmp_path):
+    """ReadSavedModel reads ``saved_model.pbtxt`` (no .pb) with ReadTextProto: bytes that are not
+    text fail the parse, DATA_LOSS ``Can't parse <path> as text proto``. The Python loader decodes
+    the file as UTF-8 first; its UnicodeDecodeError came out as UNKNOWN ``UnicodeDecodeError: …``."""
+    base = tmp_path / "serving"
+    staging = base / "m" / ".incoming-1"
+    shutil.copytree(HALF_PLUS_TWO_123, staging)
+    (staging / "saved_model.pb").unlink()
+    (staging / "saved_model.pbtxt").write_bytes(b"\xff\xfe saved_model_schema_version: 1\n")
+    staging.rename(base / "m" / "1")
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
+        ("DATA_LOSS", f"Can't parse {base / 'm' / '1' / 'saved_model.pbtxt'} as text proto")
+
+
 def test_failed_load_is_retried_as_configured_then_ends(tfserving_factory, tmp_path):
     base = tmp_path / "serving"
     (base / "m" / "1").mkdir(parents=True)          # a version directory without a SavedModel
