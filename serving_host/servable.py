@@ -138,6 +138,11 @@ class Servable:
         tf.get_logger().setLevel(logging.ERROR)  # the v1 loader's deprecation notice is noise here
         _check_saved_model_file(path)
         loader = _read_saved_model(path)
+        # FindMetaGraphDef: the meta graph whose tag set is exactly {serve}, else its NOT_FOUND
+        if not any(set(m.meta_info_def.tags) == {"serve"} for m in loader.saved_model.meta_graphs):
+            raise ServingError("NOT_FOUND", "Could not find meta graph def matching supplied tags: { serve }. To "
+                                            "inspect available tag-sets in the SavedModel, please use the "
+                                            "SavedModel CLI: `saved_model_cli`")
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:

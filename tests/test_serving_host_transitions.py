@@ -223,6 +223,23 @@ def test_a_saved_model_pbtxt_that_is_not_utf8_is_data_loss_as_a_text_proto(tfser
         ("DATA_LOSS", f"Can't parse {base / 'm' / '1' / 'saved_model.pbtxt'} as text proto")
 
 
+def test_an_empty_saved_model_pb_is_tensorflow_s_no_meta_graph_for_serve(tfserving_factory, tmp_path):
+    """A saved_model.pb cut to 0 bytes parses as an empty SavedModel; TensorFlow's
+    FindMetaGraphDef then says NOT_FOUND ``Could not find meta graph def matching supplied tags:
+    { serve }. …``. The local server gave the Python loader's words (``MetaGraphDef associated
+    with tags 'serve' could not be found in SavedModel, with available tags '[]'. …``)."""
+    base = tmp_path / "serving"
+    staging = base / "m" / ".incoming-1"
+    shutil.copytree(HALF_PLUS_TWO_123, staging)
+    (staging / "saved_model.pb").write_bytes(b"")
+    staging.rename(base / "m" / "1")
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
+        ("NOT_FOUND", "Could not find meta graph def matching supplied tags: { serve }. To inspect available "
+                      "tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
+
+
 def test_failed_load_is_retried_as_configured_then_ends(tfserving_factory, tmp_path):
     base = tmp_path / "serving"
     (base / "m" / "1").mkdir(parents=True)          # a version directory without a SavedModel
