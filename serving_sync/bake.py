@@ -45,7 +45,11 @@ a raw ``"`` never comes from a client (``prometheus_exporter.cc``, ``SanitizeLab
 Everything here but ``scrape`` is a pure function on parsed samples: ``parse`` (the page, read
 with ``prometheus_client.parser``), ``window`` (two snapshots -> counts in between),
 ``quantile`` (Prometheus' ``histogram_quantile``) and ``judge`` (the verdict and its one line).
-The rule (docs/architecture.md, "Rollout"): fewer than ``min_requests`` requests on the canary
+The rule (docs/architecture.md, "Rollout"): the canary breaches when its traffic fell — TF
+Serving counts a request when it finishes, so a canary that hangs or crawls completes few — that is
+when it answered fewer than ``min_traffic_ratio`` times the requests of every baseline in the same
+time (its own before its switch, scaled to the bake's length; the old hosts' per host), at least
+one of which has ``min_requests``; else fewer than ``min_requests`` requests on the canary
 -> "not enough traffic", which passes or fails as ``on_low_traffic`` says; else the canary
 breaches when its error rate is more than ``max_error_rate`` above the worst baseline's by more
 than chance explains (``ERROR_RATE_ALPHA``: that many errors at the limit's rate would come in
@@ -77,6 +81,7 @@ class Snapshot:
     latency_sum: float = 0.0                                      # µs, inference requests answered OK
     latency_count: float = 0.0                                    # inference requests answered OK
     latency_sum_error: float = 0.0                                # ± µs: the page prints _sum to 6 digits
+    at: float | None = None                                       # time.monotonic() when read (``scrape``)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Window:
     latency_count: int = 0
     restarted: bool = False                                       # its counters went down: TF Serving restarted
     latency_sum_error: float = 0.0                                # ± µs on latency_sum (the pages' rounding)
+    seconds: float | None = None                                  # its length, when both snapshots say when
+    hosts: int = 1                                                # hosts merged into it (``merge``)
 
     @property
     def error_rate(self) -> float:
@@ -136,7 +143,8 @@ class Window:
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
                 "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3),
                 "mean_ms": None if mean is None else round(mean, 3),
-                "mean_ms_uncertainty": None if err is None else round(err, 3), "restarted": self.restarted}
+                "mean_ms_uncertainty": None if err is None else round(err, 3), "restarted": self.restarted,
+                "seconds": None if self.seconds is None else round(self.seconds, 3), "hosts": self.hosts}
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,7 @@ class Limits:
     max_latency_ratio: float = 1.5        # canary mean / p95 / p99 over the baseline's
     min_requests: int = 20                # fewer on the canary: "not enough traffic"
     on_low_traffic: str = "pass"          # pass | fail
+    min_traffic_ratio: float = 0.25       # fewer than this times its baselines' requests: "traffic fell"
 
     def __post_init__(self):
         from mlops_common.errors import ConfigError
@@ -155,6 +164,8 @@ class Limits:
             raise ConfigError(f"--max-latency-ratio must be a number of at least 1, got {self.max_latency_ratio}")
         if self.min_requests < 1:
             raise ConfigError(f"--min-requests must be at least 1, got {self.min_requests}")
+        if not 0 <= self.min_traffic_ratio <= 1:
+            raise ConfigError(f"--min-traffic-ratio must be between 0 and 1, got {self.min_traffic_ratio}")
         if self.on_low_traffic not in ("pass", "fail"):
             raise ConfigError(f"--on-low-traffic must be pass or fail, got {self.on_low_traffic!r}")
 
@@ -276,6 +287,7 @@ def window(before: Snapshot, after: Snapshot) -> Window:
     """The counts between two snapshots; if any went down TF Serving restarted in between, and
     the window is what ``after`` counted since (``restarted``)."""
     restarted = _went_down(before, after)
+    seconds = after.at - before.at if after.at is not None and before.at is not None else None
     if restarted:
         before = Snapshot()
     statuses = set(before.requests) | set(after.requests)
@@ -285,7 +297,7 @@ def window(before: Snapshot, after: Snapshot) -> Window:
     les = sorted(set(before.buckets) | set(after.buckets))
     buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
     return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted,
-                  after.latency_sum_error + before.latency_sum_error)
+                  after.latency_sum_error + before.latency_sum_error, seconds)
 
 
 def merge(windows: list[Window]) -> Window:
@@ -295,14 +307,18 @@ def merge(windows: list[Window]) -> Window:
     sets made the old hosts' p95 look unbounded, so no canary breached on latency. The mean is
     the windows' that have one: a host whose sum went down (a request timed across a wall-clock
     step back) says nothing of its mean, and adding its negative sum made the others look faster
-    than any of them was (an identical canary rolled back)."""
+    than any of them was (an identical canary rolled back). Its length is the hosts' mean (their
+    pages are read at once), unknown if one's is; ``hosts`` says how many it holds."""
     observed = [w for w in windows if w.buckets and w.latency_count > 0]   # an idle host's limits say nothing
     les = sorted(set.intersection(*(set(le for le, _ in w.buckets) for w in observed))) if observed else []
     buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
     timed = [w for w in windows if w.timed]
+    lengths = [w.seconds for w in windows]
+    seconds = sum(lengths) / len(lengths) if lengths and None not in lengths else None
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
                   sum(w.latency_sum for w in timed), sum(w.latency_count for w in timed),
-                  any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed))
+                  any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed), seconds,
+                  sum(w.hosts for w in windows))
 
 
 def _cumulative(buckets) -> list[tuple[float, float]]:
@@ -427,6 +443,57 @@ def _judge_mean(canary: Window, baselines: dict[str, Window],
             + f"; limit {ratio:g}x"), None, True
 
 
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
+def _count(n: float) -> str:
+    """A request count, scaled: whole from 10 up (316.5 reads 316), else to a tenth."""
+    return f"{n:.0f}" if n >= 10 else f"{round(n, 1):g}"
+
+
+def _expected(w: Window, canary: Window) -> float:
+    """``w``'s requests per host, scaled to the canary's window when the two lengths differ (the
+    canary's "before" window lasts from the first read to its switch: the bake or longer)."""
+    n = w.requests / max(1, w.hosts)
+    if canary.seconds and w.seconds and canary.seconds > 0 and w.seconds > 0:
+        n *= canary.seconds / w.seconds
+    return n
+
+
+def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
+                   limits: Limits) -> tuple[str | None, dict]:
+    """(breach reason, measurements) of the "traffic fell" rule. TF Serving counts a request when
+    it finishes, so a canary that hangs or crawls on live traffic completes few: it breaches when
+    its requests are below ``min_traffic_ratio`` times every baseline's in the same time — its own
+    before its switch (scaled to the canary window's length) and the old hosts' per host — and at
+    least one of them has ``min_requests`` (scaled). A restarted baseline is not compared; a quiet
+    one cannot call a fall alone but can deny it (a canary that was as quiet before its switch, or
+    old hosts as quiet as it now: the traffic went elsewhere, not to a hung version). No busy
+    baseline: no verdict here (a quiet fleet is "not enough traffic", as before)."""
+    compared = {name: _expected(w, canary) for name, w in (("before", before), ("others", others))
+                if w is not None and not w.restarted}
+    ratio = limits.min_traffic_ratio
+    fell = any(n >= limits.min_requests for n in compared.values()) and \
+        all(canary.requests < ratio * n for n in compared.values())
+    info = {"canary": canary.requests, "before": None if "before" not in compared else round(compared["before"], 1),
+            "others_per_host": None if "others" not in compared else round(compared["others"], 1),
+            "compared": sorted(compared), "fell": fell}
+    if not fell:
+        return None, info
+    parts = []
+    if "before" in compared:
+        raw = "" if round(before.requests) == round(compared["before"]) or not before.seconds else \
+            f" ({before.requests} in {_seconds(before.seconds)})"
+        parts.append(f"{_count(compared['before'])} before its switch{raw}")
+    if "others" in compared:
+        parts.append(f"{_count(compared['others'])} per host on the {others.hosts} other hosts" if others.hosts > 1
+                     else f"{_count(compared['others'])} on the other host")
+    took = f"in {_seconds(canary.seconds)}" if canary.seconds else "in the bake"
+    return (f"answered {canary.requests} request{'' if canary.requests == 1 else 's'} {took} vs "
+            f"{' and '.join(parts)}; traffic fell below {100 * ratio:g}%"), info
+
+
 def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits) -> Verdict:
     """Did the canary's live traffic get worse than before its switch / than the old hosts?"""
     named = [(name, w) for name, w in (("before", before), ("on the other hosts", others)) if w is not None]
@@ -436,10 +503,14 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
                     "others": others.to_dict() if others is not None else None,
                     "limits": {"max_error_rate": limits.max_error_rate,
                                "max_latency_ratio": limits.max_latency_ratio,
-                               "min_requests": limits.min_requests, "on_low_traffic": limits.on_low_traffic}}
+                               "min_requests": limits.min_requests, "on_low_traffic": limits.on_low_traffic,
+                               "min_traffic_ratio": limits.min_traffic_ratio}}
     if canary.restarted:
         why = "TF Serving restarted during the bake (its counters went down)"
         return Verdict(host, "breached", f"canary {host}: {why}: rolled back", (why,), measurements)
+    fell, measurements["traffic"] = _judge_traffic(canary, before, others, limits)
+    if fell and canary.requests < limits.min_requests:      # a hung canary, not a quiet fleet
+        return Verdict(host, "breached", f"canary {host}: {fell}: rolled back", (fell,), measurements)
     if canary.requests < limits.min_requests:
         ok = limits.on_low_traffic == "pass"
         line = (f"canary {host}: not enough traffic ({canary.requests} requests < {limits.min_requests}) to "
@@ -482,6 +553,8 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         if mine_b[0] > ratio * max(b[1] for _, b in base_b):
             reasons.append(f"p{round(q * 100)} latency at least {_ms(mine_b[0])} vs "
                            + " and ".join(f"at most {_ms(b[1])} {n}" for n, b in base_b) + f"; limit {ratio:g}x")
+    if fell:
+        reasons.append(fell)
     note = f" ({mean_note})" if mean_note else ""
     if reasons:
         return Verdict(host, "breached", f"canary {host}: {'; '.join(reasons)}{note}: rolled back",
@@ -530,9 +603,12 @@ def _read_page(url: str, timeout: float) -> bytes:
 
 
 def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Snapshot:
-    """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters; one-line UserError."""
+    """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters, stamped with when
+    (the middle of the read: a window's length is the difference); one-line UserError."""
+    import dataclasses
     import urllib.error
 
+    started = time.monotonic()
     try:
         text = _read_page(url, timeout).decode("utf-8", "replace")
     except PageTooLarge as exc:
@@ -549,7 +625,8 @@ def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Sna
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}); start TF Serving "
                         f"with --monitoring_config_file enabling prometheus_config, set metrics_url in the "
                         f"hosts file, or deploy with --bake 0") from None
+    at = (started + time.monotonic()) / 2
     try:
-        return parse(text, model)
+        return dataclasses.replace(parse(text, model), at=at)
     except UserError as exc:
         raise UserError(f"{host_name}: {url}: {exc.message}") from None

@@ -204,3 +204,22 @@ def test_an_abbreviated_flag_is_an_error_not_a_guess(argv, capsys):
     assert e.value.code == 2
     flag = next(a for a in argv if a.startswith("--"))
     assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+
+
+def test_min_traffic_ratio_flows_from_flag_or_setting_into_the_bake_limits(monkeypatch):
+    """``--min-traffic-ratio`` / ``MLOPS_BAKE_MIN_TRAFFIC_RATIO`` reach ``bake.Limits`` as the other
+    bake limits do (flag, else setting, else 0.25); out of [0, 1] names the variable."""
+    from mlops.cli import build_parser
+    from mlops.commands.sync import _deploy_options
+    from mlops_common.errors import ConfigError
+
+    parser = build_parser()
+    monkeypatch.delenv("MLOPS_BAKE_MIN_TRAFFIC_RATIO", raising=False)
+    assert _deploy_options(parser.parse_args(["sync", "deploy"])).limits.min_traffic_ratio == 0.25
+    monkeypatch.setenv("MLOPS_BAKE_MIN_TRAFFIC_RATIO", "0.4")
+    assert _deploy_options(parser.parse_args(["sync", "deploy"])).limits.min_traffic_ratio == 0.4
+    args = parser.parse_args(["sync", "deploy", "--min-traffic-ratio", "0.1"])
+    assert _deploy_options(args).limits.min_traffic_ratio == 0.1
+    monkeypatch.setenv("MLOPS_BAKE_MIN_TRAFFIC_RATIO", "2")
+    with pytest.raises(ConfigError, match="MLOPS_BAKE_MIN_TRAFFIC_RATIO='2'"):
+        _deploy_options(parser.parse_args(["sync", "deploy"]))

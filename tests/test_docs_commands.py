@@ -197,7 +197,7 @@ def test_the_defaults_of_the_configuration_tables_are_the_codes(doc, heading):
     limits = Limits()
     bake = _default_cell(doc, heading, "MLOPS_BAKE_SECONDS")
     assert numbers(bake) == [DeployOptions().bake, limits.max_error_rate, limits.max_latency_ratio,
-                             limits.min_requests], bake
+                             limits.min_requests, limits.min_traffic_ratio], bake
     assert bake.rstrip("`").endswith(limits.on_low_traffic), bake
     gate, rules = _default_cell(doc, heading, "MLOPS_GATE_MIN_ACCURACY"), GateRules()
     assert rules.max_accuracy_drop is None and "derived" in gate       # from the held-out size

@@ -7,6 +7,7 @@ HTTP server on 127.0.0.1 for the page reads."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import http.server
 import math
 import random
@@ -240,9 +241,10 @@ def test_an_error_rate_above_its_limit_breaches_only_beyond_chance():
     limit's rate (fewer than 1 bake in 100); a version clearly worse still breaches."""
     import numpy as np
 
-    one_in_20 = bake.judge("web-2", _win([1000] * 19, errors=1), _win([1000] * 100), None, LIMITS)
+    errors_only = dataclasses.replace(LIMITS, min_traffic_ratio=0)    # 20 requests vs 100 is not the point here
+    one_in_20 = bake.judge("web-2", _win([1000] * 19, errors=1), _win([1000] * 100), None, errors_only)
     assert one_in_20.passed and "within chance at 20 requests" in one_in_20.line, one_in_20.line
-    three_in_20 = bake.judge("web-2", _win([1000] * 17, errors=3), _win([1000] * 100), None, LIMITS)
+    three_in_20 = bake.judge("web-2", _win([1000] * 17, errors=3), _win([1000] * 100), None, errors_only)
     assert three_in_20.outcome == "breached"
     eight = bake.judge("web-2", _win([1000] * 92, errors=8), _win([1000] * 94, errors=6), None, LIMITS)
     assert eight.passed and "within chance at 100 requests" in eight.line, eight.line
@@ -611,3 +613,117 @@ def test_an_identical_version_passes_against_coarse_and_unmoved_baselines():
         unmoved += v.measurements["mean_compared"] and any(w.latency_sum == 0 for w in (before, *olds))
     assert [v.line for v in verdicts if not v.passed] == []
     assert coarse_used > 20 and unmoved > 0, (coarse_used, unmoved)     # compared against them, not skipped
+
+
+# --- traffic that fell: a canary that hangs or crawls completes few requests ---------------------------
+def _served(requests: int, at: float = 0.0, seconds: float = 10.0, errors: int = 0) -> bake.Window:
+    """A host's window of ``seconds`` (snapshots stamped as ``scrape`` does) with ``requests``."""
+    s0 = dataclasses.replace(_snap([1000] * 1000), at=at)
+    s1 = dataclasses.replace(_snap([1000] * (1000 + requests - errors), errors=errors), at=at + seconds)
+    return bake.window(s0, s1)
+
+
+def _old_hosts(*requests: int, seconds: float = 10.0) -> bake.Window:
+    return bake.merge([_served(n, at=100.0, seconds=seconds) for n in requests])
+
+
+def test_a_canary_whose_traffic_fell_breaches_with_its_figures():
+    """Found by review (2026-12-05, fourth stop; fixed at the sixth): TF Serving counts a request
+    when it finishes, so a canary that hangs completed 3 requests in its bake, "not enough traffic",
+    which passed by default — while it served 160 before its switch and the old hosts 150 each."""
+    canary_w, others = _served(3, at=100.0), _old_hosts(140, 150, 160)
+    assert (canary_w.seconds, others.seconds, others.hosts, others.requests) == (10.0, 10.0, 3, 450)
+    v = bake.judge("web-2", canary_w, _served(160), others, LIMITS)
+    assert v.outcome == "breached" and not v.passed
+    assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch and 150 per host on "
+                      "the 3 other hosts; traffic fell below 25%: rolled back")
+    m = v.to_dict()["measurements"]
+    assert m["traffic"] == {"canary": 3, "before": 160.0, "others_per_host": 150.0,
+                            "compared": ["before", "others"], "fell": True}
+    assert m["limits"]["min_traffic_ratio"] == 0.25 and m["others"]["hosts"] == 3 and m["canary"]["seconds"] == 10.0
+    # with as many requests as --min-requests but still far below: a breach too, beside the others' reasons
+    v = bake.judge("web-2", _served(30, at=100.0), _served(1000), _old_hosts(1000), LIMITS)
+    assert v.outcome == "breached" and v.line.startswith("canary web-2: answered 30 requests in 10 s vs 1000 "
+                                                         "before its switch and 1000 on the other host;"), v.line
+
+
+@pytest.mark.parametrize("canary_n", [128, 120, 60, 40])
+def test_normal_traffic_noise_is_not_a_breach(canary_n):
+    """20% less traffic (128 vs 160 and 150), and well more: under 25% of both baselines is the rule."""
+    v = bake.judge("web-2", _served(canary_n, at=100.0), _served(160), _old_hosts(140, 150, 160), LIMITS)
+    assert v.passed and v.outcome == "passed" and not v.measurements["traffic"]["fell"], v.line
+
+
+def test_a_longer_window_before_the_switch_is_scaled_to_the_bakes_length():
+    """The canary's "before" window lasts from the first read to its switch: the bake or longer
+    (the prepare phase). 100 requests in 30 s are 33 in a 10 s bake: 10 is not a fall to under 25%."""
+    assert bake.judge("web-2", _served(10, at=100.0), _served(100, seconds=30.0), None,
+                      bake.Limits(min_requests=5)).passed
+    v = bake.judge("web-2", _served(3, at=100.0), _served(480, seconds=30.0), None, LIMITS)
+    assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch (480 in 30 s); "
+                      "traffic fell below 25%: rolled back")
+    # 45 in 30 s are 15 in the bake: fewer than --min-requests, too few to judge a fall on
+    v = bake.judge("web-2", _served(1, at=100.0), _served(45, seconds=30.0), None, LIMITS)
+    assert v.outcome == "low_traffic_passed", v.line
+
+
+def test_one_busy_baseline_is_enough_and_a_quiet_one_can_only_deny_a_fall():
+    assert bake.judge("web-2", _served(3, at=100.0), None, _old_hosts(150, 150), LIMITS).line == (
+        "canary web-2: answered 3 requests in 10 s vs 150 per host on the 2 other hosts; traffic fell below "
+        "25%: rolled back")
+    assert bake.judge("web-2", _served(3, at=100.0), _served(160), None, LIMITS).outcome == "breached"
+    # the old hosts are quiet now (10 each, fewer than --min-requests) but the canary answered none
+    v = bake.judge("web-2", _served(0, at=100.0), _served(160), _old_hosts(10, 10), LIMITS)
+    assert v.line == ("canary web-2: answered 0 requests in 10 s vs 160 before its switch and 10 per host on the "
+                      "2 other hosts; traffic fell below 25%: rolled back")
+    # 3 is not under a quarter of the old hosts' 10: clients went away from every host
+    v = bake.judge("web-2", _served(3, at=100.0), _served(160), _old_hosts(10, 10), LIMITS)
+    assert v.outcome == "low_traffic_passed", v.line
+    # the load balancer sends this model's traffic to the other hosts only: quiet before, quiet after
+    v = bake.judge("web-2", _served(0, at=100.0), _served(0), _old_hosts(150, 150), LIMITS)
+    assert v.outcome == "low_traffic_passed", v.line
+
+
+def test_traffic_that_fell_on_every_host_alike_is_not_the_canarys():
+    """Busy before the switch, but the old hosts are as quiet now as the canary: clients went away."""
+    v = bake.judge("web-2", _served(4, at=100.0), _served(160), _old_hosts(12, 14),
+                   bake.Limits(min_requests=10))
+    assert v.outcome == "low_traffic_passed" and not v.measurements["traffic"]["fell"], v.line
+
+
+def test_without_a_busy_baseline_low_traffic_is_as_before():
+    for before, others in ((None, None), (_served(15), _old_hosts(10, 12)), (_served(15), None)):
+        v = bake.judge("web-2", _served(2, at=100.0), before, others, LIMITS)
+        assert v.outcome == "low_traffic_passed" and "not enough traffic (2 requests < 20)" in v.line
+    off = dataclasses.replace(LIMITS, min_traffic_ratio=0)
+    assert bake.judge("web-2", _served(3, at=100.0), _served(160), _old_hosts(150), off).outcome == \
+        "low_traffic_passed"
+    assert bake.judge("web-2", _served(3, at=100.0), _served(160), _old_hosts(150),
+                      dataclasses.replace(LIMITS, on_low_traffic="fail")).outcome == "breached"
+
+
+def test_restarted_windows_in_the_traffic_rule():
+    """A baseline that restarted counts only since its restart: not used. A canary that restarted
+    breaches as before (its own line)."""
+    s0, s1 = dataclasses.replace(_snap([1000] * 5000), at=0.0), dataclasses.replace(_snap([1000] * 10), at=10.0)
+    restarted_before = bake.window(s0, s1)
+    assert restarted_before.restarted and restarted_before.seconds == 10.0
+    v = bake.judge("web-2", _served(3, at=100.0), restarted_before, _old_hosts(150), LIMITS)
+    assert v.outcome == "breached" and "vs 150 on the other host;" in v.line and "before its switch" not in v.line
+    assert bake.judge("web-2", _served(3, at=100.0), restarted_before, None, LIMITS).outcome == "low_traffic_passed"
+    restarted_old = bake.merge([_served(150, at=100.0), bake.window(s0, s1)])
+    assert restarted_old.restarted
+    assert bake.judge("web-2", _served(3, at=100.0), None, restarted_old, LIMITS).outcome == "low_traffic_passed"
+    crashed = bake.window(dataclasses.replace(_snap([1000] * 500), at=100.0),
+                          dataclasses.replace(_snap([1000] * 3), at=110.0))
+    v = bake.judge("web-2", crashed, _served(160), _old_hosts(150), LIMITS)
+    assert v.outcome == "breached" and "restarted during the bake" in v.line
+
+
+def test_scrape_stamps_when_the_page_was_read(page_server):
+    """The windows' lengths come from the reads' times (a "before" window longer than the bake)."""
+    _Pages.mode = "whole"
+    url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
+    before = time.monotonic()
+    snap = bake.scrape("web-1", url, "m", timeout=5)
+    assert before <= snap.at <= time.monotonic()

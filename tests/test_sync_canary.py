@@ -4,6 +4,8 @@
 - a version whose live requests fail for inputs its golden set does not contain: only the canary
   switched, it is put back, production is back, exit 3, a ``canary`` ledger row with the numbers;
 - a version much slower under concurrent load whose smoke test passes: the same;
+- a version that stalls on live traffic's inputs, so its canary completes few requests: the same
+  (it passed as "not enough traffic");
 - no traffic: the verdict follows ``--on-low-traffic``;
 - a canary whose metrics cannot be read is refused before anything changes.
 
@@ -24,8 +26,9 @@ from tests.lab.traffic import HostLoad
 
 @pytest.fixture(scope="module")
 def canary_bundles(tmp_path_factory):
-    """Two more versions with the weights of the fixture's "b" (their outputs identify as b's):
-    "strict" refuses inputs above 1.5, "slow" answers slowly (tests/lab/models.py)."""
+    """More versions with the weights of the fixture's "b" (their outputs identify as b's):
+    "strict" refuses inputs above 1.5, "slow" answers slowly, "stall" takes 1 s on inputs above
+    1.5 (tests/lab/models.py)."""
     return build_models(tmp_path_factory.mktemp("canary-bundles"), CANARY_MODELS)
 
 
@@ -42,7 +45,7 @@ def _first(env, hosts) -> int:
     return env.release("a", opts=DeployOptions(timeout=60, json_mode=True, canary=0))
 
 
-def _check_rolled_back(env, hosts, v1, v2, res, what: str) -> dict:
+def _check_rolled_back(env, hosts, v1, v2, res, what: str, min_requests: int = 20) -> dict:
     assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-3000:]
     doc = json.loads(res.stdout)
     canary, other = hosts
@@ -59,7 +62,7 @@ def _check_rolled_back(env, hosts, v1, v2, res, what: str) -> dict:
     assert tags["deploy_status"] == "failed" and tags["deploy_canary"] == "breached"
     rows = _canary_rows(env, v2)
     assert len(rows) == 1 and rows[0].outcome == "failed" and rows[0].host == canary.name
-    assert rows[0].details["measurements"]["canary"]["requests"] >= 20
+    assert rows[0].details["measurements"]["canary"]["requests"] >= min_requests
     return verdict
 
 
@@ -91,6 +94,27 @@ def test_canary_latency_breach_rolls_back_only_the_canary(deploy_env, canary_bun
     verdict = _check_rolled_back(env, hosts, v1, v2, res, "latency")
     assert verdict["measurements"]["canary"]["error_rate"] == 0
     assert load.non_200[hosts[1].name] == []
+
+
+def test_a_canary_that_stalls_on_live_traffic_is_rolled_back_not_passed_for_low_traffic(deploy_env, canary_bundles):
+    """Found by review (2026-12-05, fourth stop; fixed at the sixth): TF Serving counts a request
+    when it finishes, so a version that takes 1 s on every 4th live request completed a handful in
+    its bake: "not enough traffic", passed by default, and it rolled out. Its traffic fell against
+    its own window before the switch and the old host's: a breach with the figures."""
+    env = deploy_env
+    hosts = env.add_monitored_hosts(2)
+    v1 = _first(env, hosts)
+    v2 = _register(env, canary_bundles, "stall")
+    env.promote(v2)
+    with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True) as load:
+        res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60")
+    verdict = _check_rolled_back(env, hosts, v1, v2, res, "traffic fell below 25%", min_requests=0)
+    m = verdict["measurements"]
+    assert m["canary"]["requests"] < 20 and m["traffic"]["fell"], m        # the gap: fewer than --min-requests
+    assert m["traffic"]["before"] >= 80 and m["traffic"]["others_per_host"] >= 80, m
+    assert f"canary {hosts[0].name}: answered {m['canary']['requests']} requests in " in verdict["line"]
+    assert "before its switch" in verdict["line"] and "on the other host;" in verdict["line"]
+    assert load.non_200[hosts[1].name] == [] and load.count > 100
 
 
 def test_low_traffic_verdict_follows_on_low_traffic(deploy_env):

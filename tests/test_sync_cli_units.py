@@ -198,7 +198,8 @@ def test_plan_text_says_a_restore_switches_every_host_at_once():
 
 
 def _bake(**kw):
-    limits = {"max_error_rate": 0.01, "max_latency_ratio": 1.5, "min_requests": 50, "on_low_traffic": "pass"}
+    limits = {"max_error_rate": 0.01, "max_latency_ratio": 1.5, "min_requests": 50, "on_low_traffic": "pass",
+              "min_traffic_ratio": 0.25}
     return {"parallel": 8, "seconds": 30, "requested": 30, "each_wave": False, "fast": False, "limits": limits,
             **kw}
 
@@ -209,7 +210,7 @@ def test_plan_text_tells_bake_limits_waves_and_memory_as_the_deploy_decides():
                                        rollout={"canary": ["h1"], "waves": [["h1"], ["h2"], ["h3"]]}))
     assert lines[1:] == [
         "phase 2, switch: canary h1; bake 30s on TF Serving's metrics (error rate +1% max, p95/p99 x1.5 max, "
-        "fewer than 50 requests: pass)",
+        "traffic 25% of the baselines' min, fewer than 50 requests: pass)",
         "phase 2, switch: wave 1: h2; bake 30s",
         "phase 2, switch: wave 2: h3",                   # the last wave: no host left to protect
         "memory: --fast: the validation copy stays loaded until the switch (two copies of the new version "

@@ -203,7 +203,8 @@ def test_same_latency_passes_with_its_figures():
 @pytest.mark.parametrize("policy,outcome,passed", [("pass", "low_traffic_passed", True),
                                                    ("fail", "low_traffic_failed", False)])
 def test_low_traffic_follows_the_policy(policy, outcome, passed):
-    v = bake.judge("web-2", _w(5, 5), _w(300), None, bake.Limits(min_requests=20, on_low_traffic=policy))
+    # a quiet fleet: the canary's window before its switch was quiet too (else its traffic fell)
+    v = bake.judge("web-2", _w(5, 5), _w(12), None, bake.Limits(min_requests=20, on_low_traffic=policy))
     assert v.outcome == outcome and v.passed is passed
     assert "not enough traffic (5 requests < 20)" in v.line and f"--on-low-traffic {policy}" in v.line
 
@@ -247,7 +248,8 @@ def test_a_baseline_without_a_latency_sum_is_no_mean_to_compare_with():
     assert v.passed and not v.measurements["mean_compared"], v.line
 
 @pytest.mark.parametrize("kw", [dict(max_error_rate=2), dict(max_latency_ratio=0.5), dict(min_requests=0),
-                                dict(on_low_traffic="maybe")])
+                                dict(on_low_traffic="maybe"), dict(min_traffic_ratio=1.5),
+                                dict(min_traffic_ratio=-0.1)])
 def test_bad_limits_are_config_errors(kw):
     with pytest.raises(ConfigError):
         bake.Limits(**kw)

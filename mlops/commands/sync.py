@@ -72,6 +72,7 @@ _BAKE_ENV = {"bake": ("MLOPS_BAKE_SECONDS", flags.seconds, _DEPLOY.bake),
              "max_error_rate": ("MLOPS_BAKE_MAX_ERROR_RATE", flags.fraction, _LIMITS.max_error_rate),
              "max_latency_ratio": ("MLOPS_BAKE_MAX_LATENCY_RATIO", flags.ratio, _LIMITS.max_latency_ratio),
              "min_requests": ("MLOPS_BAKE_MIN_REQUESTS", flags.positive_int, _LIMITS.min_requests),
+             "min_traffic_ratio": ("MLOPS_BAKE_MIN_TRAFFIC_RATIO", flags.fraction, _LIMITS.min_traffic_ratio),
              "on_low_traffic": ("MLOPS_BAKE_ON_LOW_TRAFFIC", str, _LIMITS.on_low_traffic)}
 
 
@@ -98,6 +99,10 @@ def _rollout_flags(p) -> None:
                         "(default MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")
     p.add_argument("--min-requests", type=flags.positive_int, metavar="N",
                    help="fewer requests on the canary: 'not enough traffic' (default MLOPS_BAKE_MIN_REQUESTS or 20)")
+    p.add_argument("--min-traffic-ratio", type=flags.fraction, metavar="F",
+                   help="breach when the canary answers fewer than F times the requests it answered before its "
+                        "switch and the old hosts answer per host, in the same time (a hung or crawling "
+                        "version; default MLOPS_BAKE_MIN_TRAFFIC_RATIO or 0.25; 0: off)")
     p.add_argument("--fast", action="store_true",
                    help="skip unloading the validation copy before the main load (one reload cycle faster; "
                         "the host holds two copies of the new version for a moment)")
@@ -266,6 +271,7 @@ def _deploy_options(args):
     limits = Limits(max_error_rate=_rollout_setting(args, "max_error_rate"),
                     max_latency_ratio=_rollout_setting(args, "max_latency_ratio"),
                     min_requests=_rollout_setting(args, "min_requests"),
+                    min_traffic_ratio=_rollout_setting(args, "min_traffic_ratio"),
                     on_low_traffic=_rollout_setting(args, "on_low_traffic"))
     return DeployOptions(timeout=getattr(args, "timeout", _DEPLOY.timeout),
                          smoke=_smoke_options(args) if hasattr(args, "atol") else SmokeOptions(),

@@ -87,7 +87,8 @@ def rollout_lines(fp) -> list[str]:
         if i == 0 and canary:
             lim = bk["limits"]
             bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate +{100 * lim['max_error_rate']:g}% "
-                    f"max, p95/p99 x{lim['max_latency_ratio']:g} max, fewer than {lim['min_requests']} requests: "
+                    f"max, p95/p99 x{lim['max_latency_ratio']:g} max, traffic {100 * lim['min_traffic_ratio']:g}% "
+                    f"of the baselines' min, fewer than {lim['min_requests']} requests: "
                     f"{lim['on_low_traffic']})" if bk["seconds"] else "no bake (--bake 0)")
             lines.append(f"phase 2, switch: canary {', '.join(wave)}; {bake}")
         else:

@@ -10,7 +10,8 @@ A spec's ``seed`` picks the weights, so models built with different seeds answer
 (``tests.lab.traffic.identify`` tells them apart) and models with the same seed answer the same.
 ``pad`` adds a float32 variable of that many elements (4 bytes each) that the outputs do not use;
 ``kind`` changes how it serves without changing its outputs on the golden request:
-``"strict"`` refuses inputs above 1.5, ``"slow"`` burns ~1.6 GFLOP per request first.
+``"strict"`` refuses inputs above 1.5, ``"slow"`` burns ~1.6 GFLOP per request first, ``"stall"``
+sleeps 1 s on inputs above 1.5 (tf.data's sleep: no CPU burnt).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 
 out, specs = Path(sys.argv[1]), json.loads(sys.argv[2])
 SIG = {"serving_default": {"method_name": "tensorflow/serving/predict",
@@ -52,6 +54,11 @@ class Tiny(tf.Module):
             for _ in range(6):
                 y = tf.tanh(tf.matmul(y, self.m))
             logits = logits + 0.0 * tf.reduce_sum(y)
+        if self.kind == "stall":
+            us = tf.cast(tf.reduce_max(inputs) > 1.5, tf.int64) * 1_000_000
+            slept = tf.data.Dataset.range(1).apply(tf_data_testing.sleep(us)).reduce(
+                tf.constant(0, tf.int64), lambda a, b: a + b)
+            logits = logits + 0.0 * tf.cast(slept, tf.float32)
         return {"output_0": tf.nn.softmax(logits)}
 
 x = np.random.default_rng(0).uniform(0, 1, size=(4, 8, 8, 1)).astype(np.float32)
@@ -74,14 +81,16 @@ class ModelSpec:
     name: str
     seed: int
     pad: int = 0                 # elements of an unused float32 variable (size, not behaviour)
-    kind: str | None = None      # None | "strict" | "slow"
+    kind: str | None = None      # None | "strict" | "slow" | "stall"
 
 
 # The deploy tests' versions: three with different weights, and "big" (a 3 MB variable).
 DEPLOY_MODELS = (ModelSpec("a", 1), ModelSpec("b", 2), ModelSpec("c", 3), ModelSpec("big", 4, pad=750_000))
 # Two more with b's weights (their outputs identify as b's): "strict" refuses inputs above 1.5 (its
-# golden request is uniform in [0, 1): the smoke test passes), "slow" answers the same, slowly.
-CANARY_MODELS = (ModelSpec("strict", 2, kind="strict"), ModelSpec("slow", 2, kind="slow"))
+# golden request is uniform in [0, 1): the smoke test passes), "slow" answers the same, slowly,
+# "stall" answers the golden request at once and takes 1 s on an input above 1.5.
+CANARY_MODELS = (ModelSpec("strict", 2, kind="strict"), ModelSpec("slow", 2, kind="slow"),
+                 ModelSpec("stall", 2, kind="stall"))
 
 
 def build_models(root: Path, specs: tuple[ModelSpec, ...] | list[ModelSpec], *, timeout: float = 300) -> Path:
