@@ -2,7 +2,9 @@
 
 In CircleCI (``CIRCLE_TOKEN`` and ``CIRCLE_WORKFLOW_ID`` set) the approval job of the workflow
 says who approved: API v2 ``GET /api/v2/workflow/{id}/job`` -> the item with
-``type: approval`` -> ``approved_by`` (a user id) -> ``GET /api/v2/user/{id}`` -> ``login``.
+``type: approval`` -> ``approved_by`` (a user id) -> ``GET /api/v2/user/{id}`` -> ``login``;
+``GET /api/v2/workflow/{id}`` -> ``pipeline_id``: the pipeline the approval belongs to (what
+ties it to the version that pipeline gated: ``promotion_rules.check_approval_tie``).
 The token travels only in the ``Circle-Token`` header: it is never logged, stored or put in a
 message. Base URL: ``CIRCLECI_API_URL`` (default https://circleci.com).
 """
@@ -121,6 +123,15 @@ def circleci_approver(workflow_id: str, token: str) -> tuple[str, str]:
     return str(login), str(job.get("name") or "approval")
 
 
+def workflow_pipeline(workflow_id: str, token: str) -> str:
+    """The id of the pipeline ``workflow_id`` belongs to, as CircleCI says (not the environment)."""
+    pipeline = _get(f"/workflow/{workflow_id}", token).get("pipeline_id")
+    if not pipeline:
+        raise ConnectionFailure(f"the CircleCI API returned no pipeline_id for workflow {workflow_id}; "
+                                f"check CIRCLECI_API_URL")
+    return str(pipeline)
+
+
 def provenance(explicit: str | None = None) -> Provenance:
     """Who and where of a command that moves ``production``, built once at its start and carried
     into every ledger row and tag it writes. Who: the CircleCI approver when running in CircleCI
@@ -128,7 +139,8 @@ def provenance(explicit: str | None = None) -> Provenance:
     token, workflow = settings.token_env("CIRCLE_TOKEN"), lineage.workflow_id()
     if token and workflow:
         login, job = circleci_approver(workflow, token)
-        return Provenance.from_environment(login, approved_by=login, actor_source="circleci", approval_job=job)
+        return Provenance.from_environment(login, approved_by=login, actor_source="circleci", approval_job=job,
+                                           approval_pipeline_id=workflow_pipeline(workflow, token))
     if workflow and not explicit:     # a CircleCI job whose context lacks the token: never the OS user
         raise ConfigError(f"CIRCLE_WORKFLOW_ID is set (CircleCI workflow {workflow}) but CIRCLE_TOKEN is not, so "
                           f"who approved cannot be read: add CIRCLE_TOKEN to the job's context (mlops-deploy), or "

@@ -26,6 +26,8 @@ from .ledger import Entry, Ledger, LockedLedger
 from .promotion_rules import (
     Agreement,
     agreement,
+    approval_gate,
+    check_approval_tie,
     check_forced_reason,
     check_gate_baseline,
     check_pipeline_rerun,
@@ -361,7 +363,15 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
 
     ``defer_tags``: the ledger row and the alias move happen here (under the lock, in that
     order); the version tags, a view of the ledger row for the MLflow UI, wait for
-    ``Promotion.finish()`` — ``mlops sync rollback`` switches the hosts first."""
+    ``Promotion.finish()`` — ``mlops sync rollback`` switches the hosts first.
+
+    A CircleCI approval (``by.circleci_approval``) approves the move it was given for only
+    (``check_approval_tie``); refused before anything is written, as the approver did not ask
+    for this move (a refusal row would name them)."""
+    if by.circleci_approval:
+        gate = approval_gate(ledger.entries(model, actions=("gate",), current=True), by.workflow_id,
+                             by.approval_pipeline_id)
+        check_approval_tie(model, action, requested, gate, by.workflow_id)
     try:
         with _production_move(ledger, model, by.actor) as locked:
             tx, current, reconciled = locked.tx, locked.current, locked.reconciled

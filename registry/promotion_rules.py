@@ -2,6 +2,8 @@
 
 - ``check_promotable``: may this version become production?
 - ``check_gate_baseline``: did its passing gate compare it with today's production?
+- ``approval_gate`` / ``check_approval_tie``: is a CircleCI approval used for the move it was
+  given for (the version its pipeline gated; a rollback's approval followed no gate)?
 - ``production_stack``: replay the ledger into the list of versions that held production,
   where a rollback pops back to the version it returned to (so rolling back twice goes two
   steps back instead of undoing the first rollback).
@@ -58,6 +60,43 @@ def latest_gate(entries: Iterable[Entry], version: int) -> Entry | None:
         if e.action == "gate" and e.to_version == version:
             last = e
     return last
+
+
+def approval_gate(entries: Iterable[Entry], workflow_id: str, pipeline_id: str | None) -> Entry | None:
+    """The gate a CircleCI approval in ``workflow_id`` was given after: the last ``gate`` row of
+    that workflow (the gate job runs before the approval job in it), else the last of its pipeline
+    ``pipeline_id`` (a rerun from failed is a new workflow of the same pipeline, where the gate
+    job that passed does not run again); None when neither gated a version."""
+    gates = [e for e in entries if e.action == "gate"]
+    mine = [e for e in gates if e.workflow_id == workflow_id] or \
+        ([e for e in gates if e.pipeline_id == pipeline_id] if pipeline_id else [])
+    return mine[-1] if mine else None
+
+
+def check_approval_tie(model: str, action: str, version: int | None, gate: Entry | None, workflow_id: str) -> None:
+    """Raise ``RefusedError`` when a CircleCI approval is used for another move than the one it was
+    given for. The approval job of build-deploy / retrain-deploy follows the gate of the version
+    that pipeline trained: a promotion it approves must be of that version, and that gate passed
+    (``gate``: ``approval_gate``). The rollback workflow has an approval and no gate: a rollback
+    it approves must not use an approval that followed a gate (that one approved a version)."""
+    fix = "or without CircleCI with --actor"
+    if action == "promote":
+        if gate is None:
+            raise RefusedError(f"the approval in CircleCI workflow {workflow_id} follows no gate of '{model}' (its "
+                               f"pipeline gated no version; a rollback's approval?), so it approves no version: "
+                               f"promote {version} from the workflow that gated it, {fix}")
+        if gate.to_version != version:
+            raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for version "
+                               f"{gate.to_version} (gated there), not version {version}: promote {version} from "
+                               f"the workflow that gated it, {fix}")
+        if gate.outcome != "passed":
+            raise RefusedError(f"version {version} of '{model}' failed its gate in CircleCI workflow {workflow_id} "
+                               f"(ledger #{gate.id}), so its approval there approves nothing: gate it again in a "
+                               f"new pipeline, {fix}")
+    elif gate is not None:
+        raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for version "
+                           f"{gate.to_version} (gated there), not for a rollback: roll back from the rollback "
+                           f"workflow (run-rollback=true), {fix}")
 
 
 def ever_held(entries: Iterable[Entry]) -> set[int]:

@@ -20,6 +20,9 @@ class Provenance:
     approved_by: str | None = None      # the CircleCI approver's login, when there was one
     actor_source: str | None = None     # "circleci" | "flag" | "os": how the CLI found the actor
     approval_job: str | None = None     # the CircleCI approval job that said yes
+    # the pipeline of the workflow whose approval job said yes (``workflow_id``), from CircleCI's
+    # API: a rerun from failed is a new workflow of the same pipeline
+    approval_pipeline_id: str | None = None
     pipeline_id: str | None = None
     workflow_id: str | None = None
     git_commit: str | None = None
@@ -31,6 +34,11 @@ class Provenance:
         return cls(actor=actor or lineage.os_user(), pipeline_id=lineage.pipeline_id(),
                    workflow_id=lineage.workflow_id(), git_commit=lineage.git_commit(),
                    ci=lineage.ci_tags(), **who)
+
+    @property
+    def circleci_approval(self) -> bool:
+        """Whether the approver was read from a CircleCI workflow's approval job (``workflow_id``)."""
+        return self.actor_source == "circleci" and bool(self.workflow_id)
 
     def row(self) -> dict[str, str | None]:
         """The ledger columns it fills: ``Entry(..., **provenance.row())``."""

@@ -149,10 +149,22 @@ def test_refuses_a_version_of_a_different_registered_model(make_version):
     assert versions.production_version(model) is None and versions.production_version(other) is None
 
 
+def gated_in(model: str, version: int, workflow_id: str | None, pipeline_id: str | None, outcome: str = "passed",
+             baseline: int | None = None) -> None:
+    """The row the gate job of a CircleCI workflow leaves (``registry.gate._record``: its ids
+    from the job's environment)."""
+    from registry.ledger import Entry
+
+    Ledger().append(Entry(action="gate", model=model, outcome=outcome, from_version=baseline, to_version=version,
+                          actor="circleci", pipeline_id=pipeline_id, workflow_id=workflow_id,
+                          reason=f"gate {outcome}"))
+
+
 def test_approver_comes_from_circleci_and_the_token_goes_nowhere(make_version, circleci_api):
     model = os.environ["MLOPS_MODEL_NAME"]
     v = make_version(validation_status="passed", pipeline_id="pipe-ci")
-    wid = circleci_api.add_workflow(approver="carol-approver")
+    wid = circleci_api.add_workflow(approver="carol-approver", pipeline_id="pipe-ci")
+    gated_in(model, v, wid, "pipe-ci")
     env = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": wid,
            "CIRCLE_PIPELINE_ID": "pipe-ci", "CIRCLECI_API_URL": circleci_api.url}
     r = run_mlops("registry", "promote", "--pipeline-id", "pipe-ci", "--actor", "ignored-in-ci", "--json",
@@ -175,6 +187,82 @@ def test_approver_comes_from_circleci_and_the_token_goes_nowhere(make_version, c
     ledger_file = os.path.join(os.environ["MLOPS_HOME"], "ledger.db")
     with open(ledger_file, "rb") as f:
         assert circleci_api.token.encode() not in f.read()
+
+
+def test_a_circleci_approval_promotes_only_the_version_its_workflow_gated(make_version, circleci_api):
+    """An approval was not tied to what it approved: with a personal CIRCLE_TOKEN, naming another
+    workflow's approval (CIRCLE_WORKFLOW_ID) promoted any version, and the ledger and `approved_by`
+    credited that workflow's approver (alice, who approved v1 after seeing v1's gate) with v2.
+    Now the version must be the one the approval's workflow gated (passed); else one line, exit 2,
+    nothing written. A rerun from failed (a new workflow of the same pipeline, the gate not run
+    again) still promotes its pipeline's version; --actor outside CircleCI is as before."""
+    from registry import tags
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed", pipeline_id="pipe-1")
+    v2 = make_version(validation_status="passed", pipeline_id="pipe-2")
+    w1 = circleci_api.add_workflow(approver="alice", pipeline_id="pipe-1")
+    w2 = circleci_api.add_workflow(approver="bob", pipeline_id="pipe-2")
+    gated_in(model, v1, w1, "pipe-1")
+    gated_in(model, v2, w2, "pipe-2")
+    ci = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLECI_API_URL": circleci_api.url}
+    rows = len(Ledger().entries())
+    for args in (("--version", str(v2)), ("--pipeline-id", "pipe-2"), ("--version", str(v2), "--force",
+                                                                         "--reason", "urgent")):
+        r = run_mlops("registry", "promote", *args, env={**ci, "CIRCLE_WORKFLOW_ID": w1})
+        assert r.returncode == 2, r.stdout
+        line = one_error_line(r)
+        assert (f"the approval in CircleCI workflow {w1} was given for version {v1} (gated there), not version "
+                f"{v2}: promote {v2} from the workflow that gated it, or without CircleCI with --actor") in line
+    assert len(Ledger().entries()) == rows and versions.production_version(model) is None
+    assert tags.APPROVED_BY not in versions.get_version(model, v2).tags
+    # a version whose gate in that workflow failed is not approved by it either
+    v3 = make_version(validation_status="passed", pipeline_id="pipe-3")
+    w3 = circleci_api.add_workflow(approver="alice", pipeline_id="pipe-3")
+    gated_in(model, v3, w3, "pipe-3", outcome="failed")
+    r = run_mlops("registry", "promote", "--version", str(v3), env={**ci, "CIRCLE_WORKFLOW_ID": w3})
+    assert r.returncode == 2 and f"failed its gate in CircleCI workflow {w3}" in one_error_line(r)
+    # the approval of the workflow that gated it promotes it (also from a rerun of that workflow)
+    w2_rerun = circleci_api.add_workflow(approver="bob", pipeline_id="pipe-2")
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-2", "--json",
+                  env={**ci, "CIRCLE_WORKFLOW_ID": w2_rerun})
+    assert r.returncode == 0, r.stderr
+    assert (json.loads(r.stdout)["approved_by"], versions.production_version(model)) == ("bob", v2)
+    assert versions.get_version(model, v2).tags[tags.APPROVED_BY] == "bob"
+    # by hand, outside CircleCI: as before (v4 was gated by hand: no workflow)
+    v4 = make_version(validation_status="passed")
+    gated_in(model, v4, None, None, baseline=v2)
+    r = run_mlops("registry", "promote", "--version", str(v4), "--actor", "carol")
+    assert r.returncode == 0, r.stderr
+    assert moves(model) == [("promote", None, v2, "ok"), ("promote", v2, v4, "ok")]
+    assert versions.get_version(model, v4).tags[tags.APPROVED_BY] == "carol"
+
+
+def test_a_circleci_approval_that_followed_a_gate_does_not_approve_a_rollback(make_version, circleci_api):
+    """The rollback workflow has its own approval and no gate: a rollback takes an approval that
+    followed no gate (the rollback workflow's), never one given for a gated version; and that
+    approval promotes nothing."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed", pipeline_id="pipe-1")
+    v2 = make_version(validation_status="passed", pipeline_id="pipe-2")
+    assert run_mlops("registry", "promote", "--version", str(v1), "--actor", "setup").returncode == 0
+    w2 = circleci_api.add_workflow(approver="alice", pipeline_id="pipe-2")
+    gated_in(model, v2, w2, "pipe-2", baseline=v1)
+    ci = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLECI_API_URL": circleci_api.url}
+    assert run_mlops("registry", "promote", "--version", str(v2), env={**ci, "CIRCLE_WORKFLOW_ID": w2}).returncode == 0
+    rows = len(Ledger().entries())
+    r = run_mlops("registry", "rollback", "--reason", "v2 misbehaves", env={**ci, "CIRCLE_WORKFLOW_ID": w2})
+    assert r.returncode == 2, r.stdout
+    assert (f"the approval in CircleCI workflow {w2} was given for version {v2} (gated there), not for a "
+            f"rollback: roll back from the rollback workflow") in one_error_line(r)
+    assert len(Ledger().entries()) == rows and versions.production_version(model) == v2
+    rb = circleci_api.add_workflow(approver="dave", approval_name="hold-rollback", build_jobs=(), name="rollback")
+    r = run_mlops("registry", "promote", "--version", str(v1), env={**ci, "CIRCLE_WORKFLOW_ID": rb})
+    assert r.returncode == 2 and f"the approval in CircleCI workflow {rb} follows no gate" in one_error_line(r)
+    r = run_mlops("registry", "rollback", "--reason", "v2 misbehaves", "--json", env={**ci, "CIRCLE_WORKFLOW_ID": rb})
+    assert r.returncode == 0, r.stderr
+    assert (json.loads(r.stdout)["approved_by"], versions.production_version(model)) == ("dave", v1)
+    assert moves(model) == [("promote", None, v1, "ok"), ("promote", v1, v2, "ok"), ("rollback", v2, v1, "ok")]
 
 
 def test_a_circleci_job_without_its_token_is_refused_not_recorded_as_the_os_user(make_version):

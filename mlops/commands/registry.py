@@ -70,7 +70,8 @@ def register(sub) -> None:
                     "`candidate` points at; with both, version N must be the one that pipeline "
                     "registered. Who: in CircleCI (CIRCLE_TOKEN and CIRCLE_WORKFLOW_ID "
                     "set) the user who approved the workflow's approval job, read from CircleCI's "
-                    "API v2 (CIRCLECI_API_URL, default https://circleci.com); otherwise --actor or the "
+                    "API v2 (CIRCLECI_API_URL, default https://circleci.com), and that approval promotes "
+                    "only the version its workflow (or, rerun, its pipeline) gated; otherwise --actor or the "
                     "OS user.",
         epilog=_ENV_EPILOG)
     pr.add_argument("--version", type=flags.version_number, metavar="N", help="version to promote")
