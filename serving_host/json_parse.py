@@ -162,8 +162,12 @@ def _parse(body: bytes):
     # the end of the root value, so text after it is ignored; FindMember finds a repeated key's
     # first value.
     text_read, parse_constant = _special_numbers(text)
-    decoder = json.JSONDecoder(parse_int=lambda t: _parse_int(t, text), parse_float=lambda t: _parse_float(t, text),
-                               parse_constant=parse_constant, object_pairs_hook=_object)
+    if parse_constant is None and not _may_hold_huge_number(body):
+        decoder = _PLAIN_DECODER    # no number can pass DBL_MAX: the scanner's own int() and float()
+    else:
+        decoder = json.JSONDecoder(parse_int=lambda t: _parse_int(t, text),
+                                   parse_float=lambda t: _parse_float(t, text),
+                                   parse_constant=parse_constant, object_pairs_hook=_object)
     start = len(text_read) - len(text_read.lstrip(" \t\n\r"))
     try:
         doc, end = decoder.raw_decode(text_read, start)
@@ -177,6 +181,30 @@ def _parse(body: bytes):
     if not isinstance(doc, dict):
         raise json_value_error(doc, "Is not object")
     return dict(doc.first) if doc.first is not None else doc
+
+
+# A text without a run of 200 digits nor an exponent of 3 digits holds no number past DBL_MAX
+# (at most 10**200 * 10**99) nor an integer int() would refuse: its numbers need no checks, so the
+# decoder keeps the C scanner's own int() and float() instead of two Python calls per number (a
+# predict request is mostly numbers). Any other text takes the checked path, strings included (a
+# false alarm only costs the checks). A regex over the text cost more than the calls it saves.
+_DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else 101 if i == 69 else i for i in range(256))  # 0-9 -> 0, E -> e
+_LONG_RUN = b"0" * 200
+_PLAIN_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+
+
+def _may_hold_huge_number(body: bytes) -> bool:
+    """Whether the UTF-8 ``body`` has a run of 200 digits or an ``e``/``E`` (signs dropped) followed
+    by 3 digits: False means none of its numbers can pass DBL_MAX."""
+    t = body.translate(_DIGITS_AS_ZERO, b"+-")
+    if _LONG_RUN in t:
+        return True
+    i = t.find(b"e")
+    while i >= 0:
+        if t[i + 1:i + 4] == b"000":
+            return True
+        i = t.find(b"e", i + 1)
+    return False
 
 
 _SPECIAL_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|(-?)(NaN|Infinity|Inf(?!i))', re.S)  # strings skipped whole

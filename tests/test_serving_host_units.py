@@ -508,6 +508,28 @@ def test_a_number_too_big_is_reported_at_its_own_byte_offset():
         assert e.value.message == f"JSON Parse error: Number too big to be stored in double. at offset: {offset}", body
 
 
+def test_numbers_skip_the_checks_only_where_none_can_pass_dbl_max(monkeypatch):
+    """A body with no run of 200 digits and no 3-digit exponent is decoded with the C scanner's own
+    int() and float() (no Python call per number); the largest numbers such a body can hold stay
+    finite and decode exactly as the checked path decodes them, and every number that could pass
+    DBL_MAX still takes the checked path."""
+    big = "9" * 199
+    bodies = [b'{"a": [1.5, -2, 0.25e-12, 3E+99, -0.0]}',
+              ('{"a": [%s.%se99, -%se+99, %s]}' % (big, big, big, big)).encode(),
+              '{"\u00e9": [1e99, -9.5e-99, 18446744073709551616]}'.encode()]
+    for body in bodies:
+        assert not json_parse._may_hold_huge_number(body), body
+        fast = json_parse.parse_json(body)
+        with monkeypatch.context() as m:
+            m.setattr(json_parse, "_may_hold_huge_number", lambda _body: True)
+            checked = json_parse.parse_json(body)
+        assert fast == checked and all(math.isfinite(v) for v in fast[next(iter(fast))]), body
+        assert [type(v) for v in fast[next(iter(fast))]] == [type(v) for v in checked[next(iter(checked))]]
+    for body in (b'{"a": 1e308}', b'{"a": 1e309}', b'{"a": 1E+400}', b'{"a": 1e-0400}', b'{"a": ' + b"1" * 200 + b"}",
+                 b'{"a": 1' + b"0" * 200 + b'.5}'):
+        assert json_parse._may_hold_huge_number(body), body
+
+
 def test_a_repeated_named_input_in_columnar_inputs_takes_its_first_value():
     """FillTensorMapFromInputsMap finds each named input with FindMember: the first of repeated
     keys. This server took the last (``{"x": [1.0], "x": [5.0]}`` predicted on 5.0, and a bad
