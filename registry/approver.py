@@ -83,10 +83,14 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
     if r.status_code != 200:
         raise ConnectionFailure(f"the CircleCI API answered HTTP {r.status_code} on {path}")
     try:
-        return r.json()
+        doc = r.json()
     except ValueError:
         raise ConnectionFailure(f"the CircleCI API returned non-JSON on {path}; check "
                                 f"CIRCLECI_API_URL") from None
+    if not isinstance(doc, dict):   # every v2 answer read here is an object; .get on anything else was a traceback
+        raise ConnectionFailure(f"the CircleCI API returned JSON that is not an object on {path}; check "
+                                f"CIRCLECI_API_URL")
+    return doc
 
 
 def pick_approval(jobs: list[dict]) -> dict | None:

@@ -214,3 +214,41 @@ def test_a_workflow_longer_than_the_pages_read_says_so_in_its_refusal(monkeypatc
     with pytest.raises(approver.RefusedError) as e:
         approver.circleci_approver("wf", "tok")
     assert "were read" not in str(e.value)
+
+
+@pytest.mark.parametrize("body", ["[]", '"ok"', "null", "3"])
+def test_the_circleci_api_answering_json_that_is_not_an_object_is_one_line(monkeypatch, body):
+    """Found by the review of 2026-12-05 (sixth stop): an answer that is JSON but not an object
+    (a proxy's or another API's at CIRCLECI_API_URL) was an AttributeError traceback out of
+    ``workflow_pipeline`` (``.get("pipeline_id")``), ``circleci_approver`` and the user lookup."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mlops_common.errors import ConnectionFailure
+    from registry import approver
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - http.server API
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("CIRCLECI_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        for call, path in ((lambda: approver.workflow_pipeline("wf1", "tok-secret"), "/workflow/wf1"),
+                           (lambda: approver.circleci_approver("wf1", "tok-secret"), "/workflow/wf1/job")):
+            with pytest.raises(ConnectionFailure) as e:
+                call()
+            text = str(e.value)
+            assert f"the CircleCI API returned JSON that is not an object on {path}" in text
+            assert "\n" not in text and "tok-secret" not in text
+    finally:
+        server.shutdown()
+        server.server_close()
