@@ -146,8 +146,8 @@ def accuracy_tolerance(p: float, n: int, *, floor: float = 0.01, z: float = 2.0)
 def encode_correct(correct) -> str:
     """Per-example correctness (an iterable of bools in held-out order) as an evaluation's
     ``correct_bits``: base64 of the bits packed eight to a byte, the first example in the highest
-    bit of the first byte, unused bits 0 (``numpy.packbits``'s order). 57 bytes for digits'
-    450 examples, 1,668 for fashion_mnist's 10,000."""
+    bit of the first byte, unused bits 0 (``numpy.packbits``'s order). 57 bytes (76 base64 characters) for
+    digits' 450 examples, 1,250 (1,668) for fashion_mnist's 10,000."""
     flags = [bool(x) for x in correct]
     packed = bytearray((len(flags) + 7) // 8)
     for i, right in enumerate(flags):
