@@ -97,6 +97,7 @@ class Window:
     latency_sum_error: float = 0.0                                # ± µs on latency_sum (the pages' rounding)
     seconds: float | None = None                                  # its length, when both snapshots say when
     hosts: int = 1                                                # hosts merged into it (``merge``)
+    own: int = 0                                                  # of ``requests``, the deploy's own (smoke test)
 
     @property
     def error_rate(self) -> float:
@@ -144,7 +145,8 @@ class Window:
                 "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3),
                 "mean_ms": None if mean is None else round(mean, 3),
                 "mean_ms_uncertainty": None if err is None else round(err, 3), "restarted": self.restarted,
-                "seconds": None if self.seconds is None else round(self.seconds, 3), "hosts": self.hosts}
+                "seconds": None if self.seconds is None else round(self.seconds, 3), "hosts": self.hosts,
+                "own_requests": self.own}
 
 
 @dataclass(frozen=True)
@@ -283,9 +285,10 @@ def _went_down(before: Snapshot, after: Snapshot) -> bool:
     return any(a < b for a, b in pairs)
 
 
-def window(before: Snapshot, after: Snapshot) -> Window:
+def window(before: Snapshot, after: Snapshot, *, own: int = 0) -> Window:
     """The counts between two snapshots; if any went down TF Serving restarted in between, and
-    the window is what ``after`` counted since (``restarted``)."""
+    the window is what ``after`` counted since (``restarted``). ``own``: requests the deploy itself
+    sent in between (a smoke test through the main entry), counted by TF Serving like live ones."""
     restarted = _went_down(before, after)
     seconds = after.at - before.at if after.at is not None and before.at is not None else None
     if restarted:
@@ -297,7 +300,7 @@ def window(before: Snapshot, after: Snapshot) -> Window:
     les = sorted(set(before.buckets) | set(after.buckets))
     buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
     return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted,
-                  after.latency_sum_error + before.latency_sum_error, seconds)
+                  after.latency_sum_error + before.latency_sum_error, seconds, 1, own)
 
 
 def merge(windows: list[Window]) -> Window:
@@ -318,7 +321,7 @@ def merge(windows: list[Window]) -> Window:
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
                   sum(w.latency_sum for w in timed), sum(w.latency_count for w in timed),
                   any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed), seconds,
-                  sum(w.hosts for w in windows))
+                  sum(w.hosts for w in windows), sum(w.own for w in windows))
 
 
 def _cumulative(buckets) -> list[tuple[float, float]]:
@@ -453,9 +456,11 @@ def _count(n: float) -> str:
 
 
 def _expected(w: Window, canary: Window) -> float:
-    """``w``'s requests per host, scaled to the canary's window when the two lengths differ (the
-    canary's "before" window lasts from the first read to its switch: the bake or longer)."""
-    n = w.requests / max(1, w.hosts)
+    """``w``'s live requests per host (not the deploy's own: the smoke test of a version loaded
+    in the main entry, ``smoke_main``, goes through the model's name), scaled to the canary's
+    window when the two lengths differ (the canary's "before" window lasts from the first read to
+    its switch: the bake or longer)."""
+    n = max(0, w.requests - w.own) / max(1, w.hosts)
     if canary.seconds and w.seconds and canary.seconds > 0 and w.seconds > 0:
         n *= canary.seconds / w.seconds
     return n
@@ -483,8 +488,12 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         return None, info
     parts = []
     if "before" in compared:
-        raw = "" if round(before.requests) == round(compared["before"]) or not before.seconds else \
-            f" ({before.requests} in {_seconds(before.seconds)})"
+        live, notes = max(0, before.requests - before.own), []
+        if round(live) != round(compared["before"]) and before.seconds:
+            notes.append(f"{live} in {_seconds(before.seconds)}")
+        if before.own:
+            notes.append(f"not counting the deploy's own {before.own}")
+        raw = f" ({', '.join(notes)})" if notes else ""
         parts.append(f"{_count(compared['before'])} before its switch{raw}")
     if "others" in compared:
         parts.append(f"{_count(compared['others'])} per host on the {others.hosts} other hosts" if others.hosts > 1

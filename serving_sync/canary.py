@@ -55,6 +55,8 @@ class Baker:
     def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float = 5.0):
         self.model = model
         self.hosts = {r.host.name: r.host for r in runs}
+        self.runs = {r.host.name: r for r in runs}
+        self.own: dict[str, int] = {}       # requests the deploy sent a host before its switch (its smoke test)
         self.canary = set(canary)
         self.opts = opts
         self.timeout = timeout
@@ -101,6 +103,8 @@ class Baker:
             _sleep(self.opts.bake - (time.monotonic() - self.t0),
                    f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
         self.s1.update(self._scrape_some(names, required=self.canary.intersection(names)))
+        for n in names:     # the prepare phase's smoke test through the main entry: in the window, not live
+            self.own[n] = self.runs[n].own_requests
 
     def judge(self, wave, old) -> list[bake.Verdict]:
         judged = [r.host.name for r in wave]      # every one read before its switch (``canary``)
@@ -120,6 +124,6 @@ class Baker:
         merged = bake.merge(others) if others else None
         verdicts = []
         for n in judged:
-            before = bake.window(self.s0[n], self.s1[n]) if n in self.s0 else None
+            before = bake.window(self.s0[n], self.s1[n], own=self.own.get(n, 0)) if n in self.s0 else None
             verdicts.append(bake.judge(n, bake.window(s2[n], s3[n]), before, merged, self.opts.limits))
         return verdicts

@@ -92,6 +92,9 @@ class HostRun:
         self.touched = False                # models.config may have been changed by us
         self.connection_lost = False        # the transport died: the host, not the version, failed
         self.lock_lost: str | None = None   # another deploy took this host's lock: never touch it again
+        # inference requests our smoke tests sent through the main entry (``SMOKE_MAIN``): TF Serving
+        # counts them under the model's name, in the canary's window before its switch (``canary``)
+        self.own_requests = 0
         self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,
                                    previous_kept=plan.previous_kept, notes=list(plan.notes))
 
@@ -189,6 +192,8 @@ class HostRun:
     def _smoke(self, step: Step) -> None:
         report = run_smoke(self.client, self.host.name, step.entry, self._golden(), step.version,
                            route_version=step.version, opts=self.opts.smoke)
+        if step.entry == self.model:
+            self.own_requests += report.predicts
         self._judge(report, f"smoke test of v{step.version} via {report.route}")
         verified.add(self.transport, self.model, step.version, route=report.route)
 

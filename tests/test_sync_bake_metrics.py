@@ -373,7 +373,7 @@ def test_a_slow_cut_or_huge_page_is_refused_in_time(page_server, mode, says):
 # --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
 def test_a_later_waves_unreadable_host_does_not_abort_the_canarys_bake(monkeypatch):
     hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2", "web-3")}
-    runs = [SimpleNamespace(host=h) for h in hosts.values()]
+    runs = [SimpleNamespace(host=h, own_requests=0) for h in hosts.values()]
     opts = SimpleNamespace(bake=0.0, bake_each_wave=True, limits=LIMITS)
     baker = canary.Baker("m", runs, ("web-1", "web-2"), opts)
     down = set()
@@ -727,3 +727,21 @@ def test_scrape_stamps_when_the_page_was_read(page_server):
     before = time.monotonic()
     snap = bake.scrape("web-1", url, "m", timeout=5)
     assert before <= snap.at <= time.monotonic()
+
+
+def test_the_deploys_own_requests_before_the_switch_are_not_live_traffic():
+    """Found by review (2026-12-05, sixth stop): the smoke test of a version loaded in the main
+    entry (``smoke_main``) goes through the model's name, so TF Serving counts its 61 predicts in
+    the canary's window before its switch: a canary no client sends to looked busy before and
+    "fell" to nothing. The window's ``own`` requests are not compared."""
+    s0 = dataclasses.replace(_snap([1000] * 1000), at=0.0)
+    s1 = dataclasses.replace(_snap([1000] * 1061), at=10.0)
+    before = bake.window(s0, s1, own=61)
+    assert (before.requests, before.own, before.to_dict()["own_requests"]) == (61, 61, 61)
+    v = bake.judge("web-2", _served(0, at=100.0), before, _old_hosts(150), LIMITS)
+    assert v.outcome == "low_traffic_passed" and v.measurements["traffic"]["before"] == 0.0, v.line
+    # live traffic beside them still counts: 160 live + 61 own, the canary answers 3
+    s1 = dataclasses.replace(_snap([1000] * 1221), at=10.0)
+    v = bake.judge("web-2", _served(3, at=100.0), bake.window(s0, s1, own=61), _old_hosts(150), LIMITS)
+    assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch (not counting the "
+                      "deploy's own 61) and 150 on the other host; traffic fell below 25%: rolled back")

@@ -211,3 +211,32 @@ def test_bake_each_wave_refuses_a_judged_wave_host_without_metrics_before_anythi
     for h in hosts:
         env.serves(h, v1)
     assert env.production() == v2
+
+
+def test_the_deploys_own_smoke_test_through_the_main_entry_is_not_the_canarys_traffic_before(deploy_env):
+    """Found by review (2026-12-05, sixth stop): a host whose version is loaded in the main entry but
+    not recorded as verified is smoke-tested through the main entry (``smoke_main``) during the
+    prepare phase: 1 + --latency-requests predicts that TF Serving counts under the model's name,
+    inside the canary's window before its switch. A canary that the load balancer never sends
+    traffic to (quiet before, quiet after: not the version's fault) then looked busy before its
+    switch, and "traffic fell": rolled back. Those requests are the deploy's, not live traffic."""
+    from serving_sync.layout import verified_path
+
+    env = deploy_env
+    hosts = env.add_monitored_hosts(2)
+    _first(env, hosts)
+    v2 = env.release("b", opts=DeployOptions(timeout=60, json_mode=True, canary=0))
+    for h in hosts:                       # the records are lost (a host rebuilt from a copy of its base)
+        (h.base / verified_path(env.model)).unlink()
+    with HostLoad([hosts[1]], env.model, env.bundles.golden("a")["request"]) as load:   # the other host only
+        res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60", "--latency-requests", "60")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert [s["route"] for s in doc["hosts"][0]["smoke"]][0] == f"{env.model}/versions/{v2}"   # smoke_main ran
+    verdict = doc["bake"][0]
+    assert verdict["host"] == hosts[0].name and verdict["outcome"] == "low_traffic_passed", verdict["line"]
+    m = verdict["measurements"]
+    assert m["before"]["requests"] >= 61 and m["traffic"]["before"] < 20 and not m["traffic"]["fell"], m
+    assert m["traffic"]["others_per_host"] >= 20 and load.count > 20, m
+    for h in hosts:
+        env.serves(h, v2)
