@@ -1,6 +1,9 @@
 """Small pure helpers of the registry: approval picking, API base URL, ages and tables (fast)."""
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -158,24 +161,17 @@ def test_a_workflow_whose_approval_is_pending_names_the_job(circleci_api, monkey
         circleci_approver(wid, circleci_api.token)
 
 
-def test_the_circleci_api_answering_429_is_retried_not_an_error(monkeypatch):
-    """CircleCI rate-limits with HTTP 429; the client retries it like a 5xx (found by hand
-    mutation, 2026-12-05, fifth stop: nothing checked it)."""
-    import json
-    import threading
+@contextlib.contextmanager
+def _circleci_api_answering(monkeypatch, answer):
+    """A CircleCI API at CIRCLECI_API_URL whose every GET gets ``answer()``: (status, JSON text)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from registry import approver
-
-    answers = [429, 200]
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):  # noqa: N802 - http.server API
-            code = answers.pop(0) if answers else 500
-            body = json.dumps({"items": [], "next_page_token": None} if code == 200 else {"message": "slow down"})
+            code, body = answer()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -186,11 +182,26 @@ def test_the_circleci_api_answering_429_is_retried_not_an_error(monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("CIRCLECI_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
-        assert approver._get("/workflow/w/job", "tok") == {"items": [], "next_page_token": None}
-        assert answers == []
+        yield
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_circleci_api_answering_429_is_retried_not_an_error(monkeypatch):
+    """CircleCI rate-limits with HTTP 429; the client retries it like a 5xx (found by hand
+    mutation, 2026-12-05, fifth stop: nothing checked it)."""
+    from registry import approver
+
+    answers = [429, 200]
+
+    def answer():
+        code = answers.pop(0) if answers else 500
+        return code, json.dumps({"items": [], "next_page_token": None} if code == 200 else {"message": "slow down"})
+
+    with _circleci_api_answering(monkeypatch, answer):
+        assert approver._get("/workflow/w/job", "tok") == {"items": [], "next_page_token": None}
+        assert answers == []
 
 
 def test_a_workflow_longer_than_the_pages_read_says_so_in_its_refusal(monkeypatch):
@@ -221,27 +232,10 @@ def test_the_circleci_api_answering_json_that_is_not_an_object_is_one_line(monke
     """Found by the review of 2026-12-05 (sixth stop): an answer that is JSON but not an object
     (a proxy's or another API's at CIRCLECI_API_URL) was an AttributeError traceback out of
     ``workflow_pipeline`` (``.get("pipeline_id")``), ``circleci_approver`` and the user lookup."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from mlops_common.errors import ConnectionFailure
     from registry import approver
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):  # noqa: N802 - http.server API
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("CIRCLECI_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    with _circleci_api_answering(monkeypatch, lambda: (200, body)):
         for call, path in ((lambda: approver.workflow_pipeline("wf1", "tok-secret"), "/workflow/wf1"),
                            (lambda: approver.circleci_approver("wf1", "tok-secret"), "/workflow/wf1/job")):
             with pytest.raises(ConnectionFailure) as e:
@@ -249,6 +243,3 @@ def test_the_circleci_api_answering_json_that_is_not_an_object_is_one_line(monke
             text = str(e.value)
             assert f"the CircleCI API returned JSON that is not an object on {path}" in text
             assert "\n" not in text and "tok-secret" not in text
-    finally:
-        server.shutdown()
-        server.server_close()
