@@ -45,6 +45,15 @@ def _first(env, hosts) -> int:
     return env.release("a", opts=DeployOptions(timeout=60, json_mode=True, canary=0))
 
 
+def _two_hosts_on_a_then_promoted(env, root, kind: str) -> tuple[list, int, int]:
+    """Two monitored hosts serving v1 (bundle a), and ``root/kind`` registered as v2 and promoted."""
+    hosts = env.add_monitored_hosts(2)
+    v1 = _first(env, hosts)
+    v2 = _register(env, root, kind)
+    env.promote(v2)
+    return hosts, v1, v2
+
+
 def _check_rolled_back(env, hosts, v1, v2, res, what: str, min_requests: int = 20) -> dict:
     assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-3000:]
     doc = json.loads(res.stdout)
@@ -68,10 +77,7 @@ def _check_rolled_back(env, hosts, v1, v2, res, what: str, min_requests: int = 2
 
 def test_canary_error_rate_breach_rolls_back_only_the_canary(deploy_env, canary_bundles):
     env = deploy_env
-    hosts = env.add_monitored_hosts(2)
-    v1 = _first(env, hosts)
-    v2 = _register(env, canary_bundles, "strict")
-    env.promote(v2)
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
     with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True) as load:
         start = time.monotonic()
         res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60")
@@ -85,10 +91,7 @@ def test_canary_error_rate_breach_rolls_back_only_the_canary(deploy_env, canary_
 
 def test_canary_latency_breach_rolls_back_only_the_canary(deploy_env, canary_bundles):
     env = deploy_env
-    hosts = env.add_monitored_hosts(2)
-    v1 = _first(env, hosts)
-    v2 = _register(env, canary_bundles, "slow")
-    env.promote(v2)
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "slow")
     with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], threads=3) as load:
         res = env.cli("sync", "deploy", "--json", "--bake", "3", "--timeout", "60", "--latency-budget-ms", "5000")
     verdict = _check_rolled_back(env, hosts, v1, v2, res, "latency")
@@ -102,10 +105,7 @@ def test_a_canary_that_stalls_on_live_traffic_is_rolled_back_not_passed_for_low_
     its bake: "not enough traffic", passed by default, and it rolled out. Its traffic fell against
     its own window before the switch and the old host's: a breach with the figures."""
     env = deploy_env
-    hosts = env.add_monitored_hosts(2)
-    v1 = _first(env, hosts)
-    v2 = _register(env, canary_bundles, "stall")
-    env.promote(v2)
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "stall")
     with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True) as load:
         res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60")
     verdict = _check_rolled_back(env, hosts, v1, v2, res, "traffic fell below 25%", min_requests=0)
