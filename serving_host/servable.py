@@ -112,6 +112,9 @@ def _read_saved_model(path: str):
         raise from_exception(exc) from None
 
 
+VARIABLES_INDEX = os.path.join("variables", "variables.index")
+
+
 class Servable:
     """A loaded version: signatures, a session, and a cache of session callables."""
 
@@ -143,10 +146,19 @@ class Servable:
             raise ServingError("NOT_FOUND", "Could not find meta graph def matching supplied tags: { serve }. To "
                                             "inspect available tag-sets in the SavedModel, please use the "
                                             "SavedModel CLI: `saved_model_cli`")
+        meta = loader.get_meta_graph_def_from_tags(["serve"])
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:
-            meta = loader.load(session, ["serve"])
+            with graph.as_default():
+                saver, _ = loader.load_graph(graph, ["serve"])
+                if tf.io.gfile.exists(os.path.join(path, VARIABLES_INDEX)):
+                    loader.restore_variables(session, saver)
+                else:   # RunRestore: no checkpoint, no restore; the load goes on
+                    logging.getLogger("serving_host").info(
+                        "The specified SavedModel has no variables; no checkpoints were restored. File does "
+                        "not exist: %s", os.path.join(path, VARIABLES_INDEX))
+                loader.run_init_ops(session, ["serve"])
         except BaseException as exc:
             session.close()
             raise from_exception(exc) from None

@@ -240,6 +240,44 @@ def test_an_empty_saved_model_pb_is_tensorflow_s_no_meta_graph_for_serve(tfservi
                       "tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
 
 
+def staged_version(base: Path, version: int, change) -> Path:
+    """A copy of the test SavedModel changed by ``change(folder)``, then made visible as
+    ``<base>/m/<version>``."""
+    staging = base / "m" / f".incoming-{version}"
+    shutil.copytree(HALF_PLUS_TWO_123, staging)
+    change(staging)
+    final = base / "m" / str(version)
+    staging.rename(final)
+    return final
+
+
+@pytest.mark.parametrize("removed", ["variables", "variables/variables.index"])
+def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialized_values(
+        tfserving_factory, tmp_path, removed):
+    """TensorFlow's RunRestore restores nothing when ``variables/variables.index`` does not exist
+    ("The specified SavedModel has no variables; no checkpoints were restored") and the load
+    succeeds: TF Serving makes the version AVAILABLE, and a request that reads a variable fails in
+    the session run, FAILED_PRECONDITION (HTTP 400). The local server's Python loader refused the
+    load, UNKNOWN ``ValueError: The passed save_path is not a valid checkpoint: …``."""
+    base = tmp_path / "serving"
+
+    def remove(folder: Path) -> None:
+        target = folder / removed
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+    staged_version(base, 1, remove)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "AVAILABLE")
+    assert entry["status"]["error_code"] == "OK"
+    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("Attempting to use uninitialized value "), r.text
+    metadata = requests.get(f"{srv.rest_url}/v1/models/m/metadata", timeout=10)
+    assert metadata.status_code == 200 and metadata.json()["model_spec"]["version"] == "1"
+    assert ("The specified SavedModel has no variables; no checkpoints were restored. File does not exist: "
+            f"{base / 'm' / '1' / 'variables' / 'variables.index'}") in srv.log()
+
+
 def test_failed_load_is_retried_as_configured_then_ends(tfserving_factory, tmp_path):
     base = tmp_path / "serving"
     (base / "m" / "1").mkdir(parents=True)          # a version directory without a SavedModel
