@@ -115,6 +115,38 @@ def _read_saved_model(path: str):
 VARIABLES_INDEX = os.path.join("variables", "variables.index")
 
 
+def _num_elements(shape) -> int:
+    """``PartialTensorShape::num_elements`` of a ``TensorShapeProto``: -1 if unknown."""
+    if shape.unknown_rank or any(d.size < 0 for d in shape.dim):
+        return -1
+    n = 1
+    for d in shape.dim:
+        n *= d.size
+    return n
+
+
+def _validate_saved_tensors(graph_def) -> None:
+    """TensorFlow's ``ValidateSavedTensors`` (loader.cc, before ``session->Create``): every node of
+    the graph and of its function library with a tensor ``value`` must have a known shape, and a
+    ``Const`` must have a ``value``; else FAILED_PRECONDITION with its words. (The Python loader's
+    graph import refused a Const without value as INVALID_ARGUMENT ``NodeDef missing attr …``.)"""
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    for node in nodes:
+        if "value" in node.attr:
+            value = node.attr["value"]
+            if value.HasField("tensor"):
+                n = _num_elements(value.tensor.tensor_shape)
+                if n < 0:
+                    raise ServingError("FAILED_PRECONDITION", f'Saved model contains node "{node.name}" (op '
+                                                              f'"{node.op}") which initializes from a tensor '
+                                                              f'with {n} elements')
+        elif node.op == "Const":
+            raise ServingError("FAILED_PRECONDITION", f'Saved model contains node "{node.name}" which is a '
+                                                      f'constant tensor but no value has been provided')
+
+
 class Servable:
     """A loaded version: signatures, a session, and a cache of session callables."""
 
@@ -147,6 +179,7 @@ class Servable:
                                             "inspect available tag-sets in the SavedModel, please use the "
                                             "SavedModel CLI: `saved_model_cli`")
         meta = loader.get_meta_graph_def_from_tags(["serve"])
+        _validate_saved_tensors(meta.graph_def)
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         try:

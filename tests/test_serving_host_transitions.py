@@ -251,6 +251,15 @@ def staged_version(base: Path, version: int, change) -> Path:
     return final
 
 
+def change_graph(folder: Path, edit) -> None:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+    edit(proto.meta_graphs[0].graph_def)
+    (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
+
+
 @pytest.mark.parametrize("removed", ["variables", "variables/variables.index"])
 def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialized_values(
         tfserving_factory, tmp_path, removed):
@@ -276,6 +285,34 @@ def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialize
     assert metadata.status_code == 200 and metadata.json()["model_spec"]["version"] == "1"
     assert ("The specified SavedModel has no variables; no checkpoints were restored. File does not exist: "
             f"{base / 'm' / '1' / 'variables' / 'variables.index'}") in srv.log()
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("no_value", 'Saved model contains node "b/initial_value" which is a constant tensor but no value '
+                 'has been provided'),
+    ("unknown_shape", 'Saved model contains node "b/initial_value" (op "Const") which initializes from a '
+                      'tensor with -1 elements'),
+])
+def test_a_const_without_a_usable_value_is_refused_as_tensorflow_validates_saved_tensors(
+        tfserving_factory, tmp_path, damage, expected):
+    """TensorFlow's loader runs ValidateSavedTensors on the graph before ``session->Create``: a
+    ``Const`` without a ``value`` attr, or a ``value`` tensor of unknown shape, is
+    FAILED_PRECONDITION with its words. The local server's graph import refused the first as
+    INVALID_ARGUMENT ``NodeDef missing attr 'value' …``."""
+    base = tmp_path / "serving"
+
+    def edit(graph_def) -> None:
+        node = next(n for n in graph_def.node if n.name == "b/initial_value")
+        if damage == "no_value":
+            del node.attr["value"]
+        else:
+            del node.attr["value"].tensor.tensor_shape.dim[:]
+            node.attr["value"].tensor.tensor_shape.unknown_rank = True
+
+    staged_version(base, 1, lambda folder: change_graph(folder, edit))
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
 
 
 def test_failed_load_is_retried_as_configured_then_ends(tfserving_factory, tmp_path):
