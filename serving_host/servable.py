@@ -113,6 +113,30 @@ def _read_saved_model(path: str):
 
 
 VARIABLES_INDEX = os.path.join("variables", "variables.index")
+DEBUG_INFO = os.path.join("debug", "saved_model_debug_info.pb")
+
+
+def _read_debug_info(path: str) -> None:
+    """``ReadSavedModelDebugInfoIfPresent`` (TensorFlow's ``LoadSavedModel`` runs it after the
+    meta graph is found): ``debug/saved_model_debug_info.pb``, if it exists, must parse as a
+    ``GraphDebugInfo`` (``ReadBinaryProto``: DATA_LOSS ``Can't parse <path> as binary proto``).
+    The Python loader never reads it."""
+    import tensorflow as tf
+    from google.protobuf import message
+    from tensorflow.core.framework import graph_debug_info_pb2
+
+    file = os.path.join(path, DEBUG_INFO)
+    if not tf.io.gfile.exists(file):
+        return
+    try:
+        with tf.io.gfile.GFile(file, "rb") as f:
+            data = f.read()
+    except BaseException as exc:
+        raise from_exception(exc) from None
+    try:
+        graph_debug_info_pb2.GraphDebugInfo().ParseFromString(data)
+    except message.DecodeError:
+        raise ServingError("DATA_LOSS", f"Can't parse {file} as binary proto") from None
 
 
 def _num_elements(shape) -> int:
@@ -178,6 +202,7 @@ class Servable:
             raise ServingError("NOT_FOUND", "Could not find meta graph def matching supplied tags: { serve }. To "
                                             "inspect available tag-sets in the SavedModel, please use the "
                                             "SavedModel CLI: `saved_model_cli`")
+        _read_debug_info(path)
         meta = loader.get_meta_graph_def_from_tags(["serve"])
         _validate_saved_tensors(meta.graph_def)
         graph = tf.Graph()

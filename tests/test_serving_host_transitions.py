@@ -315,6 +315,24 @@ def test_a_const_without_a_usable_value_is_refused_as_tensorflow_validates_saved
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
 
 
+def test_a_debug_info_file_that_does_not_parse_fails_the_load_as_data_loss(tfserving_factory, tmp_path):
+    """TensorFlow's LoadSavedModel reads ``debug/saved_model_debug_info.pb`` when it exists
+    (ReadSavedModelDebugInfoIfPresent, with ReadBinaryProto): one that does not parse fails the
+    load, DATA_LOSS ``Can't parse <path> as binary proto``. The Python loader never reads it, so
+    the local server served the version."""
+    base = tmp_path / "serving"
+
+    def corrupt(folder: Path) -> None:
+        (folder / "debug").mkdir()
+        (folder / "debug" / "saved_model_debug_info.pb").write_bytes(b"\x0a\xff")
+
+    final = staged_version(base, 1, corrupt)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
+        ("DATA_LOSS", f"Can't parse {final / 'debug' / 'saved_model_debug_info.pb'} as binary proto")
+
+
 def test_failed_load_is_retried_as_configured_then_ends(tfserving_factory, tmp_path):
     base = tmp_path / "serving"
     (base / "m" / "1").mkdir(parents=True)          # a version directory without a SavedModel
