@@ -1,6 +1,7 @@
 """Train, retrain and evaluate against a real MLflow server with real TensorFlow."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -210,7 +211,10 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads(r.stdout)
     assert set(ev) == {"model_uri", "dataset", "heldout_fingerprint", "n", "accuracy", "loss",
-                       "per_class_accuracy", "per_class_count", "confusion", "non_probability_outputs"}
+                       "per_class_accuracy", "per_class_count", "confusion", "non_probability_outputs",
+                       "correct_bits"}
+    right = np.unpackbits(np.frombuffer(base64.b64decode(ev["correct_bits"]), np.uint8))[:450]
+    assert int(right.sum()) == int(np.trace(np.asarray(ev["confusion"])))    # one bit per held-out example
     assert ev["non_probability_outputs"] == 0      # a softmax answers probabilities on every image
     cm = np.asarray(ev["confusion"])    # [true][predicted]: rows are the class counts, the diagonal the hits
     assert cm.shape == (10, 10) and cm.sum(axis=1).tolist() == [ev["per_class_count"][str(k)] for k in range(10)]
