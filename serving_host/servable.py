@@ -149,26 +149,37 @@ def _num_elements(shape) -> int:
     return n
 
 
+def _validate_node(node) -> None:
+    """``ValidateNode``: a tensor ``value`` must have a known shape, a ``Const`` must have a ``value``."""
+    if "value" in node.attr:
+        value = node.attr["value"]
+        if value.HasField("tensor"):
+            n = _num_elements(value.tensor.tensor_shape)
+            if n < 0:
+                raise ServingError("FAILED_PRECONDITION", f'Saved model contains node "{node.name}" (op '
+                                                          f'"{node.op}") which initializes from a tensor '
+                                                          f'with {n} elements')
+    elif node.op == "Const":
+        raise ServingError("FAILED_PRECONDITION", f'Saved model contains node "{node.name}" which is a '
+                                                  f'constant tensor but no value has been provided')
+
+
 def _validate_saved_tensors(graph_def) -> None:
     """TensorFlow's ``ValidateSavedTensors`` (loader.cc, before ``session->Create``): every node of
-    the graph and of its function library with a tensor ``value`` must have a known shape, and a
-    ``Const`` must have a ``value``; else FAILED_PRECONDITION with its words. (The Python loader's
-    graph import refused a Const without value as INVALID_ARGUMENT ``NodeDef missing attr …``.)"""
-    nodes = list(graph_def.node)
+    the graph, then of each function of its library, with a tensor ``value`` must have a known
+    shape, and a ``Const`` must have a ``value``; a function must not call itself (checked after
+    its own nodes, ``ValidateFunctionNotRecursive``); else FAILED_PRECONDITION with its words. (The
+    Python loader's graph import refused a Const without value as INVALID_ARGUMENT ``NodeDef
+    missing attr …``, and loaded a self-recursive function no signature calls.)"""
+    for node in graph_def.node:
+        _validate_node(node)
     for function in graph_def.library.function:
-        nodes.extend(function.node_def)
-    for node in nodes:
-        if "value" in node.attr:
-            value = node.attr["value"]
-            if value.HasField("tensor"):
-                n = _num_elements(value.tensor.tensor_shape)
-                if n < 0:
-                    raise ServingError("FAILED_PRECONDITION", f'Saved model contains node "{node.name}" (op '
-                                                              f'"{node.op}") which initializes from a tensor '
-                                                              f'with {n} elements')
-        elif node.op == "Const":
-            raise ServingError("FAILED_PRECONDITION", f'Saved model contains node "{node.name}" which is a '
-                                                      f'constant tensor but no value has been provided')
+        name = function.signature.name
+        for node in function.node_def:
+            _validate_node(node)
+        if any(node.op == name for node in function.node_def):
+            raise ServingError("FAILED_PRECONDITION", f"Function {name} is self recursive and TensorFlow does "
+                                                      f"not support this scenario.")
 
 
 class Servable:

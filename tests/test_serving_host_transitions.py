@@ -315,6 +315,49 @@ def test_a_const_without_a_usable_value_is_refused_as_tensorflow_validates_saved
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
 
 
+@pytest.mark.parametrize("damage, expected", [
+    ("recursive", "Function rec is self recursive and TensorFlow does not support this scenario."),
+    # the nodes of a function are checked before its recursion, function by function
+    ("recursive_after_const", 'Saved model contains node "c" which is a constant tensor but no value has '
+                              'been provided'),
+    ("const_after_recursive", "Function rec is self recursive and TensorFlow does not support this scenario."),
+])
+def test_a_self_recursive_function_is_refused_as_tensorflow_validates_saved_tensors(
+        tfserving_factory, tmp_path, damage, expected):
+    """ValidateSavedTensors also refuses a function of the graph's library that calls itself
+    (ValidateFunctionNotRecursive: FAILED_PRECONDITION ``Function <name> is self recursive and
+    TensorFlow does not support this scenario.``), after that function's nodes were checked and
+    before the next function's. The local server checked the nodes only: a version whose library
+    holds such a function (that no signature calls) became AVAILABLE."""
+    base = tmp_path / "serving"
+
+    def add_function(graph_def, name: str, *, recursive: bool, const_without_value: bool) -> None:
+        function = graph_def.library.function.add()
+        function.signature.name = name
+        if const_without_value:
+            node = function.node_def.add()
+            node.name, node.op = "c", "Const"
+            node.attr["dtype"].type = 1
+        if recursive:
+            node = function.node_def.add()
+            node.name, node.op = "call", name
+
+    def edit(graph_def) -> None:
+        if damage == "recursive":
+            add_function(graph_def, "rec", recursive=True, const_without_value=False)
+        elif damage == "recursive_after_const":
+            add_function(graph_def, "bad", recursive=False, const_without_value=True)
+            add_function(graph_def, "rec", recursive=True, const_without_value=False)
+        else:
+            add_function(graph_def, "rec", recursive=True, const_without_value=False)
+            add_function(graph_def, "bad", recursive=False, const_without_value=True)
+
+    staged_version(base, 1, lambda folder: change_graph(folder, edit))
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
+
+
 def test_a_debug_info_file_that_does_not_parse_fails_the_load_as_data_loss(tfserving_factory, tmp_path):
     """TensorFlow's LoadSavedModel reads ``debug/saved_model_debug_info.pb`` when it exists
     (ReadSavedModelDebugInfoIfPresent, with ReadBinaryProto): one that does not parse fails the
