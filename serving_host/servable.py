@@ -116,6 +116,30 @@ VARIABLES_INDEX = os.path.join("variables", "variables.index")
 DEBUG_INFO = os.path.join("debug", "saved_model_debug_info.pb")
 
 
+def _run_restore(loader, session, saver, meta, path: str) -> None:
+    """TensorFlow's ``RunRestore``: no ``variables/variables.index``, nothing restored (logged) and
+    the load goes on; else the meta graph's ``saver_def`` restore op runs once, its file name and
+    the asset file paths fed, and its error is the load's. Not the Python ``Saver.restore``, which
+    on a NOT_FOUND from that op reads the checkpoint again as an object-based one and restores by
+    other names: for a TF2 export without its data shard that read's UNKNOWN replaced the op's
+    NOT_FOUND. (No ``saver_def``: the Python loader's own Saver, see docs/reliability.md.)"""
+    import tensorflow as tf
+    from tensorflow.python.saved_model import loader_impl
+
+    index = os.path.join(path, VARIABLES_INDEX)
+    if not tf.io.gfile.exists(index):
+        logging.getLogger("serving_host").info(
+            "The specified SavedModel has no variables; no checkpoints were restored. File does not exist: %s",
+            index)
+        return
+    if not meta.HasField("saver_def"):
+        loader.restore_variables(session, saver)
+        return
+    feeds = {meta.saver_def.filename_tensor_name: os.path.join(path, "variables", "variables")}
+    feeds.update(loader_impl.get_asset_tensors(path, meta))
+    session.run(meta.saver_def.restore_op_name, feeds)
+
+
 def _read_debug_info(path: str) -> None:
     """``ReadSavedModelDebugInfoIfPresent`` (TensorFlow's ``LoadSavedModel`` runs it after the
     meta graph is found): ``debug/saved_model_debug_info.pb``, if it exists, must parse as a
@@ -221,12 +245,7 @@ class Servable:
         try:
             with graph.as_default():
                 saver, _ = loader.load_graph(graph, ["serve"])
-                if tf.io.gfile.exists(os.path.join(path, VARIABLES_INDEX)):
-                    loader.restore_variables(session, saver)
-                else:   # RunRestore: no checkpoint, no restore; the load goes on
-                    logging.getLogger("serving_host").info(
-                        "The specified SavedModel has no variables; no checkpoints were restored. File does "
-                        "not exist: %s", os.path.join(path, VARIABLES_INDEX))
+                _run_restore(loader, session, saver, meta, path)
                 loader.run_init_ops(session, ["serve"])
         except BaseException as exc:
             session.close()

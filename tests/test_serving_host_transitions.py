@@ -287,6 +287,28 @@ def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialize
             f"{base / 'm' / '1' / 'variables' / 'variables.index'}") in srv.log()
 
 
+@pytest.mark.parametrize("export", ["tf2", "tf1"])
+def test_a_version_without_its_variables_data_is_not_found_as_the_restore_op_says(
+        tfserving_factory, deploy_bundles, tmp_path, export):
+    """TensorFlow's RunRestore runs the saver's restore op once; with ``variables.index`` there and
+    the data shard gone, RestoreV2 fails NOT_FOUND ``<shard>; No such file or directory`` and TF
+    Serving returns that. The local server restored with the Python ``Saver``, which on a
+    NOT_FOUND reads the checkpoint again as an object-based one; for a TF2 export (what ``mlops
+    train`` writes) that read failed too and its UNKNOWN replaced the restore's NOT_FOUND."""
+    base = tmp_path / "serving"
+    source = deploy_bundles.path("a") / "tfserving" if export == "tf2" else HALF_PLUS_TWO_123
+    staging = base / "m" / ".incoming-1"
+    shutil.copytree(source, staging)
+    (shard,) = (staging / "variables").glob("variables.data-*")
+    shard.unlink()
+    staging.rename(base / "m" / "1")
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    assert entry["status"]["error_code"] == "NOT_FOUND", entry
+    assert f"{base / 'm' / '1' / 'variables' / shard.name}; No such file or directory" in \
+        entry["status"]["error_message"], entry
+
+
 @pytest.mark.parametrize("damage, expected", [
     ("no_value", 'Saved model contains node "b/initial_value" which is a constant tensor but no value '
                  'has been provided'),
