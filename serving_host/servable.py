@@ -140,6 +140,35 @@ def _run_restore(loader, session, saver, meta, path: str) -> None:
     session.run(meta.saver_def.restore_op_name, feeds)
 
 
+INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
+
+
+def _run_init_op(session, meta, path: str) -> None:
+    """TensorFlow's ``GetInitOp`` and ``RunInitOp`` (after the restore): the op named by the
+    ``__saved_model_init_op`` signature's output of that name, else by the ``saved_model_main_op``
+    collection, else by ``legacy_init_op``, run once with the asset file paths fed. A collection
+    that does not name exactly one op is FAILED_PRECONDITION ``Expected exactly one main op in :
+    <dir>``, a signature without that output ``Could not find output __saved_model_init_op`` (the
+    Python loader's ``run_init_ops`` raised a RuntimeError, UNKNOWN, or its own NOT_FOUND)."""
+    from tensorflow.python.saved_model import loader_impl
+
+    name = ""
+    if INIT_OP_SIGNATURE_KEY in meta.signature_def:
+        outputs = meta.signature_def[INIT_OP_SIGNATURE_KEY].outputs
+        if INIT_OP_SIGNATURE_KEY not in outputs:
+            raise ServingError("FAILED_PRECONDITION", f"Could not find output {INIT_OP_SIGNATURE_KEY}")
+        name = outputs[INIT_OP_SIGNATURE_KEY].name
+    else:
+        key = "saved_model_main_op" if "saved_model_main_op" in meta.collection_def else "legacy_init_op"
+        if key in meta.collection_def:
+            ops = meta.collection_def[key].node_list.value
+            if len(ops) != 1:
+                raise ServingError("FAILED_PRECONDITION", f"Expected exactly one main op in : {path}")
+            name = ops[0]
+    if name:
+        session.run(name, loader_impl.get_asset_tensors(path, meta))
+
+
 def _read_debug_info(path: str) -> None:
     """``ReadSavedModelDebugInfoIfPresent`` (TensorFlow's ``LoadSavedModel`` runs it after the
     meta graph is found): ``debug/saved_model_debug_info.pb``, if it exists, must parse as a
@@ -246,7 +275,7 @@ class Servable:
             with graph.as_default():
                 saver, _ = loader.load_graph(graph, ["serve"])
                 _run_restore(loader, session, saver, meta, path)
-                loader.run_init_ops(session, ["serve"])
+                _run_init_op(session, meta, path)
         except BaseException as exc:
             session.close()
             raise from_exception(exc) from None

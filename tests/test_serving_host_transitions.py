@@ -309,6 +309,40 @@ def test_a_version_without_its_variables_data_is_not_found_as_the_restore_op_say
         entry["status"]["error_message"], entry
 
 
+@pytest.mark.parametrize("damage", ["two_main_ops", "no_main_op", "init_signature_without_its_output"])
+def test_an_init_op_that_cannot_be_named_is_failed_precondition_as_tensorflow_s_get_init_op(
+        tfserving_factory, tmp_path, damage):
+    """TensorFlow's GetInitOp (after the restore): a ``saved_model_main_op`` (or
+    ``legacy_init_op``) collection must name exactly one op, FAILED_PRECONDITION ``Expected exactly
+    one main op in : <export dir>``; an ``__saved_model_init_op`` signature must have the output of
+    that name, FAILED_PRECONDITION ``Could not find output __saved_model_init_op``. The Python
+    loader raised a RuntimeError (UNKNOWN ``RuntimeError: Expected exactly one SavedModel init op.
+    …``), or NOT_FOUND with its own words."""
+    base = tmp_path / "serving"
+
+    def edit_meta(folder: Path) -> None:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+        meta = proto.meta_graphs[0]
+        ops = meta.collection_def["saved_model_main_op"].node_list.value
+        if damage == "two_main_ops":
+            ops.append("group_deps")
+        elif damage == "no_main_op":
+            del ops[:]
+        else:
+            meta.signature_def["__saved_model_init_op"].outputs["init"].name = "group_deps"
+        (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
+
+    final = staged_version(base, 1, edit_meta)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    expected = ("Could not find output __saved_model_init_op" if damage == "init_signature_without_its_output"
+                else f"Expected exactly one main op in : {final}")
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
+
+
 @pytest.mark.parametrize("damage, expected", [
     ("no_value", 'Saved model contains node "b/initial_value" which is a constant tensor but no value '
                  'has been provided'),
