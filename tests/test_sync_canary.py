@@ -112,7 +112,8 @@ def test_a_canary_that_stalls_on_live_traffic_is_rolled_back_not_passed_for_low_
     m = verdict["measurements"]
     assert m["canary"]["requests"] < 20 and m["traffic"]["fell"], m        # the gap: fewer than --min-requests
     assert m["traffic"]["before"] >= 80 and m["traffic"]["others_per_host"] >= 80, m
-    assert f"canary {hosts[0].name}: answered {m['canary']['requests']} requests in " in verdict["line"]
+    n = m["canary"]["requests"]
+    assert f"canary {hosts[0].name}: answered {n} request{'' if n == 1 else 's'} in " in verdict["line"]
     assert "before its switch" in verdict["line"] and "on the other host;" in verdict["line"]
     assert load.non_200[hosts[1].name] == [] and load.count > 100
 
