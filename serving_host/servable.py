@@ -116,7 +116,7 @@ VARIABLES_INDEX = os.path.join("variables", "variables.index")
 DEBUG_INFO = os.path.join("debug", "saved_model_debug_info.pb")
 
 
-def _run_restore(loader, session, saver, meta, path: str) -> None:
+def _run_restore(loader, session, saver, meta, path: str, assets: dict) -> None:
     """TensorFlow's ``RunRestore``: no ``variables/variables.index``, nothing restored (logged) and
     the load goes on; else the meta graph's ``saver_def`` restore op runs once, its file name and
     the asset file paths fed, and its error is the load's. Not the Python ``Saver.restore``, which
@@ -124,7 +124,6 @@ def _run_restore(loader, session, saver, meta, path: str) -> None:
     other names: for a TF2 export without its data shard that read's UNKNOWN replaced the op's
     NOT_FOUND. (No ``saver_def``: the Python loader's own Saver, see docs/reliability.md.)"""
     import tensorflow as tf
-    from tensorflow.python.saved_model import loader_impl
 
     index = os.path.join(path, VARIABLES_INDEX)
     if not tf.io.gfile.exists(index):
@@ -136,22 +135,20 @@ def _run_restore(loader, session, saver, meta, path: str) -> None:
         loader.restore_variables(session, saver)
         return
     feeds = {meta.saver_def.filename_tensor_name: os.path.join(path, "variables", "variables")}
-    feeds.update(loader_impl.get_asset_tensors(path, meta))
+    feeds.update(assets)
     session.run(meta.saver_def.restore_op_name, feeds)
 
 
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 
 
-def _run_init_op(session, meta, path: str) -> None:
+def _run_init_op(session, meta, path: str, assets: dict) -> None:
     """TensorFlow's ``GetInitOp`` and ``RunInitOp`` (after the restore): the op named by the
     ``__saved_model_init_op`` signature's output of that name, else by the ``saved_model_main_op``
     collection, else by ``legacy_init_op``, run once with the asset file paths fed. A collection
     that does not name exactly one op is FAILED_PRECONDITION ``Expected exactly one main op in :
     <dir>``, a signature without that output ``Could not find output __saved_model_init_op`` (the
     Python loader's ``run_init_ops`` raised a RuntimeError, UNKNOWN, or its own NOT_FOUND)."""
-    from tensorflow.python.saved_model import loader_impl
-
     name = ""
     if INIT_OP_SIGNATURE_KEY in meta.signature_def:
         outputs = meta.signature_def[INIT_OP_SIGNATURE_KEY].outputs
@@ -166,7 +163,7 @@ def _run_init_op(session, meta, path: str) -> None:
                 raise ServingError("FAILED_PRECONDITION", f"Expected exactly one main op in : {path}")
             name = ops[0]
     if name:
-        session.run(name, loader_impl.get_asset_tensors(path, meta))
+        session.run(name, assets)
 
 
 def _read_debug_info(path: str) -> None:
@@ -257,6 +254,7 @@ class Servable:
     def load(cls, name: str, version: int, path: str) -> "Servable":
         """Load the SavedModel at ``path`` (tag ``serve``) into its own graph and session."""
         import tensorflow as tf
+        from tensorflow.python.saved_model import loader_impl
 
         tf.get_logger().setLevel(logging.ERROR)  # the v1 loader's deprecation notice is noise here
         _check_saved_model_file(path)
@@ -274,8 +272,9 @@ class Servable:
         try:
             with graph.as_default():
                 saver, _ = loader.load_graph(graph, ["serve"])
-                _run_restore(loader, session, saver, meta, path)
-                _run_init_op(session, meta, path)
+                assets = loader_impl.get_asset_tensors(path, meta)    # fed to the restore and the init op
+                _run_restore(loader, session, saver, meta, path, assets)
+                _run_init_op(session, meta, path, assets)
         except BaseException as exc:
             session.close()
             raise from_exception(exc) from None

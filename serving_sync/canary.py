@@ -54,7 +54,6 @@ class Baker:
 
     def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float = 5.0):
         self.model = model
-        self.hosts = {r.host.name: r.host for r in runs}
         self.runs = {r.host.name: r for r in runs}
         self.own: dict[str, int] = {}       # requests the deploy sent a host before its switch (its smoke test)
         self.canary = set(canary)
@@ -66,7 +65,7 @@ class Baker:
         self.t0 = 0.0
 
     def _scrape(self, name: str) -> bake.Snapshot:
-        host = self.hosts[name]
+        host = self.runs[name].host
         return bake.scrape(name, host.metrics, self.model, timeout=self.timeout)
 
     def _scrape_some(self, names, required=()) -> dict[str, bake.Snapshot]:
@@ -94,7 +93,7 @@ class Baker:
             except UserError as exc:
                 extra = " (--bake-each-wave judges every wave but the last)" if self.opts.bake_each_wave else ""
                 raise UserError(f"canary {exc.message}{extra}") from None
-        self.s0.update(self._scrape_some([n for n in self.hosts if n not in self.canary]))
+        self.s0.update(self._scrape_some([n for n in self.runs if n not in self.canary]))
         self.t0 = time.monotonic()
 
     def before_switch(self, wave) -> None:
