@@ -259,6 +259,11 @@ def _check_grpc(value: object, where: _Where) -> str | None:
         return None
     if not isinstance(value, str):
         raise where.error("grpc", "must be a string host:port, e.g. 127.0.0.1:8500")
+    # user:password@ or ?token=: refused before any message could echo the value (TF Serving's
+    # gRPC port takes no credentials)
+    if "@" in value or settings.query_secrets(value if "://" in value else f"grpc://{value.strip()}"):
+        raise where.error("grpc", "must not contain credentials (they would end up in logs); give "
+                                  "host:port, e.g. 127.0.0.1:8500")
     m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})", value.strip())
     if not m or not 1 <= int(m.group(2)) <= 65535:
         raise where.error("grpc", f"{value!r} is not host:port, e.g. 127.0.0.1:8500")
