@@ -46,7 +46,7 @@ Idempotent: a second run with the same options changes nothing.
 
 options:
   --base DIR            model base directory on the host (default: /var/models)
-  --deploy-user NAME    user that owns DIR and that deploys log in as (default: deploy)
+  --deploy-user NAME    user that owns DIR and that deploys log in as, not root (default: deploy)
   --image IMAGE         TensorFlow Serving image (default: tensorflow/serving:2.21.0)
   --container NAME      container name (default: tfserving)
   --rest-port PORT      host port for the REST API (default: 8501)
@@ -136,6 +136,10 @@ if [[ "$IMAGE" =~ [[:space:]] ]]; then
 fi
 if ! [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]*$ ]]; then
   die "--deploy-user '$DEPLOY_USER' is not a valid user name"
+fi
+# root (or another name for uid 0) would own the base folder, and deploys would log in as root
+if [ "$(id -u "$DEPLOY_USER" 2>/dev/null)" = "0" ]; then
+  die "--deploy-user '$DEPLOY_USER' is root (uid 0); nothing changed: deploys log in as this user and it owns the base folder, so choose an unprivileged one (e.g. --deploy-user deploy, created if missing)"
 fi
 
 CONFIG="$BASE/models.config"

@@ -43,7 +43,7 @@ def lock_pins() -> dict[str, str]:
 def install_script_docker_run(base: str) -> list[str]:
     """The `docker run` words serving_host/install_server.sh would run (its --dry-run, no Docker)."""
     p = subprocess.run(["bash", str(REPO / "serving_host" / "install_server.sh"), "--dry-run", "--base", base,
-                        "--deploy-user", "root"], capture_output=True, text=True, timeout=60)
+                        "--deploy-user", "nobody"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     runs = [shlex.split(line) for line in p.stdout.splitlines() if line.startswith("docker run ")]
     assert len(runs) == 1, p.stdout

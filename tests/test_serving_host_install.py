@@ -25,7 +25,15 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def me() -> str:
-    return pwd.getpwuid(os.getuid()).pw_name
+    """A deploy user that exists and is not root: this user, or ``nobody`` when the tests run as
+    root (CI), which the script refuses as the deploy user."""
+    return pwd.getpwuid(os.getuid()).pw_name if os.getuid() != 0 else "nobody"
+
+
+def my_group() -> str:
+    import grp
+
+    return grp.getgrgid(pwd.getpwnam(me()).pw_gid).gr_name
 
 
 def docker_run_args(stdout: str) -> list[str]:
@@ -39,8 +47,8 @@ def test_dry_run_prints_every_command_and_changes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not base.exists()
     lines = r.stdout.splitlines()
-    assert lines[0] == f"install -d -m 0755 -o {me()} -g {me()} {base}"
-    i = lines.index(f"install -m 0644 -o {me()} -g {me()} /dev/stdin {base}/models.config <<'EOF'")
+    assert lines[0] == f"install -d -m 0755 -o {me()} -g {my_group()} {base}"
+    i = lines.index(f"install -m 0644 -o {me()} -g {my_group()} /dev/stdin {base}/models.config <<'EOF'")
     assert lines[i + 1: i + 4] == ["model_config_list {", "}", "EOF"]
     args = docker_run_args(r.stdout)
     spec = next(a for a in args if a.startswith("tfmodel-delivery.spec="))
@@ -59,7 +67,7 @@ def test_dry_run_prints_every_command_and_changes_nothing(tmp_path):
 def test_monitoring_config_enables_tf_servings_prometheus_page_unless_no_metrics(tmp_path):
     r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", me())
     lines = r.stdout.splitlines()
-    i = lines.index(f"install -m 0644 -o {me()} -g {me()} /dev/stdin {tmp_path / 'm'}/monitoring.config <<'EOF'")
+    i = lines.index(f"install -m 0644 -o {me()} -g {my_group()} /dev/stdin {tmp_path / 'm'}/monitoring.config <<'EOF'")
     assert lines[i + 1: i + 3] == ['prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }',
                                    "EOF"]
     off = run("--dry-run", "--no-metrics", "--base", str(tmp_path / "m"), "--deploy-user", me())
@@ -108,7 +116,7 @@ def test_host_preparation_is_idempotent(tmp_path):
     assert first.returncode == 0, first.stderr
     config = base / "models.config"
     assert config.read_text() == "model_config_list {\n}\n"
-    assert base.stat().st_uid == os.getuid()
+    assert base.stat().st_uid == pwd.getpwnam(me()).pw_uid
     before = (config.stat().st_mtime_ns, config.read_text())
 
     second = run("--base", str(base), "--deploy-user", me(), "--no-container")
@@ -151,6 +159,20 @@ def test_bad_options_give_one_clear_line(args, message):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(message) or message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_root_as_the_deploy_user_is_refused_and_nothing_changes(tmp_path, dry_run):
+    """Found by the third stop's review, a known limit until the seventh: ``--deploy-user root``
+    was accepted, root then owned the base folder and deploys were to log in as root. Refused in
+    one line before anything changes (also for real, as root: the folder is not made)."""
+    base = tmp_path / "models"
+    r = run(*(["--dry-run"] if dry_run else []), "--no-container", "--base", str(base), "--deploy-user", "root")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""                                       # not one command would run
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: --deploy-user 'root' is root (uid 0)"), line
+    assert not base.exists()
 
 
 def group_of(user: str) -> str:
@@ -208,6 +230,8 @@ def test_a_base_the_deploy_user_owns_is_fine_with_content(tmp_path):
     (base / "models.config").write_text("model_config_list {\n}\n")
     (base / "monitoring.config").write_text(
         'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    if os.getuid() == 0:        # owned by the deploy user, as install -o left it
+        os.chown(base, pwd.getpwnam(me()).pw_uid, pwd.getpwnam(me()).pw_gid)
     r = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", me())
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and "ok: nothing to change" in r.stderr
