@@ -10,6 +10,8 @@ message. Base URL: ``CIRCLECI_API_URL`` (default https://circleci.com).
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import requests
 
 from mlops_common import lineage, settings
@@ -93,12 +95,37 @@ def _get(path: str, token: str, params: dict | None = None) -> dict:
     return doc
 
 
+_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _instant(value: object) -> datetime | None:
+    """A CircleCI RFC 3339 time (``…:05Z``, ``…:05.123Z``, ``…+01:00``) as an aware datetime (to the
+    microsecond, as written); None when absent or not a time. Compared as text, ``…:05Z`` sorted
+    after ``…:05.5Z`` and an offset by its digits."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _approval_order(job: dict) -> tuple:
+    """When an approval job stopped (else started), then when it started: equal to the second,
+    the later-started job is the later approval of a chain (``hold`` -> ``hold-2``); then its id,
+    so a full tie does not depend on the order of CircleCI's pages."""
+    started = _instant(job.get("started_at"))
+    stopped = _instant(job.get("stopped_at")) or started
+    return (stopped or _NO_TIME, started or _NO_TIME, str(job.get("id") or ""))
+
+
 def pick_approval(jobs: list[dict]) -> dict | None:
     """The approved approval job of a workflow (the last one to stop if several), else None."""
     approved = [j for j in jobs if j.get("type") == "approval" and j.get("approved_by")]
     if not approved:
         return None
-    return max(approved, key=lambda j: j.get("stopped_at") or j.get("started_at") or "")
+    return max(approved, key=_approval_order)
 
 
 def circleci_approver(workflow_id: str, token: str) -> tuple[str, str]:

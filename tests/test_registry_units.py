@@ -33,6 +33,32 @@ def test_pick_approval_reads_approval_jobs_only_and_orders_unstopped_ones_by_sta
     assert pick_approval(jobs)["name"] == "late"
 
 
+def test_pick_approval_compares_times_as_timestamps_with_a_stable_tiebreak():
+    """A known limit of the fifth stop, fixed at the seventh: the times were compared as text, so
+    in the same second ``…:00Z`` sorted after ``…:00.500Z`` (``Z`` > ``.``), and another offset
+    sorted by its digits. CircleCI's times are RFC 3339 (seconds, sometimes milliseconds)."""
+    def job(name, stopped=None, started=None, jid=None):
+        return {"type": "approval", "name": name, "approved_by": "u", "stopped_at": stopped,
+                "started_at": started, "id": jid or name}
+
+    same_second = [job("first", "2026-01-01T10:00:00Z"), job("second", "2026-01-01T10:00:00.500Z")]
+    assert pick_approval(same_second)["name"] == "second"
+    assert pick_approval(same_second[::-1])["name"] == "second"
+    offsets = [job("later", "2026-01-01T10:30:00Z"), job("earlier", "2026-01-01T11:00:00+01:00")]
+    assert pick_approval(offsets)["name"] == "later"
+    assert pick_approval(offsets[::-1])["name"] == "later"
+    # equal to the second: the one that started later (the next approval of a chain), in any order
+    chain = [job("hold", "2026-01-01T10:00:00Z", "2026-01-01T09:59:00Z"),
+             job("hold-2", "2026-01-01T10:00:00Z", "2026-01-01T10:00:00Z")]
+    assert pick_approval(chain)["name"] == "hold-2" and pick_approval(chain[::-1])["name"] == "hold-2"
+    # equal in both: the job id decides, not the order of CircleCI's pages
+    tie = [job("a", "2026-01-01T10:00:00Z", jid="0f"), job("b", "2026-01-01T10:00:00Z", jid="a0")]
+    assert pick_approval(tie)["name"] == "b" and pick_approval(tie[::-1])["name"] == "b"
+    # a time that is not one sorts before any time, never a traceback
+    odd = [job("known", "2026-01-01T10:00:00Z"), job("garbled", "yesterday")]
+    assert pick_approval(odd)["name"] == "known" and pick_approval(odd[::-1])["name"] == "known"
+
+
 def test_an_approver_without_a_login_is_recorded_by_name(circleci_api, monkeypatch):
     from registry.approver import circleci_approver
 
