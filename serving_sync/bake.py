@@ -29,6 +29,14 @@ is — it can only make a breach less likely — and does not stop the compariso
 The mean is not compared (the verdict says so) when the canary's own sum is known to be worse than
 ``MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
 
+A latency breach must also be more than chance (``LATENCY_ALPHA``): with few requests a p99 is the
+slowest request and a mean moves with one request of a heavy tail, so identical versions breached
+1 bake in 11 at 20 requests. A quantile is judged only from ``requests_for(q)`` requests on each
+side (20 for p95, 100 for p99) and breaches only when the canary holds more of the requests above
+the limit than a version as fast as its baselines would (``chance_of_as_many_above``); the mean
+only when its excess is more than ``LATENCY_Z`` standard errors (``Window.mean_se_ms``, from the
+histogram's spread). What was not judged is in the verdict's measurements (``latency_not_judged``).
+
 A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
 window is the counts since the restart, marked ``restarted``. Counts, not ``_sum``: TF Serving
 times a request with the wall clock, so one timed across a clock step back adds a negative
@@ -62,6 +70,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 from mlops_common.errors import UserError
 
@@ -98,6 +107,7 @@ class Window:
     seconds: float | None = None                                  # its length, when both snapshots say when
     hosts: int = 1                                                # hosts merged into it (``merge``)
     own: int = 0                                                  # of ``requests``, the deploy's own (smoke test)
+    moments: tuple[float, float, float] | None = None             # (n, Σx, Σx²) µs, set by ``merge``; else from buckets
 
     @property
     def error_rate(self) -> float:
@@ -133,6 +143,21 @@ class Window:
                 (self.latency_sum + self.latency_sum_error) / n)
 
     @property
+    def latency_moments(self) -> tuple[float, float, float]:
+        """(requests, Σx, Σx²) estimated from the histogram (``histogram_moments``): a merged
+        window's are its hosts' summed, each from its own bucket limits."""
+        return self.moments if self.moments is not None else histogram_moments(self.buckets)
+
+    @property
+    def mean_se_ms(self) -> float | None:
+        """The standard error of the window's mean (its sampling noise), from the histogram's spread."""
+        n, s1, s2 = self.latency_moments
+        if n <= 1:
+            return None
+        var = max(0.0, s2 / n - (s1 / n) ** 2) * n / (n - 1)
+        return math.sqrt(var / n) / 1000.0
+
+    @property
     def mean_known(self) -> bool:
         """Whether the sum's rounding leaves the mean worth comparing (within MEAN_MAX_UNCERTAINTY):
         asked of the canary; a baseline is used at its highest mean whatever its rounding."""
@@ -141,10 +166,12 @@ class Window:
     def to_dict(self) -> dict:
         p95, p99, mean = self.latency_ms(0.95), self.latency_ms(0.99), self.mean_ms
         err = self.latency_sum_error / self.latency_count / 1000.0 if self.latency_count > 0 else None
+        se = self.mean_se_ms
         return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
                 "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3),
                 "mean_ms": None if mean is None else round(mean, 3),
-                "mean_ms_uncertainty": None if err is None else round(err, 3), "restarted": self.restarted,
+                "mean_ms_uncertainty": None if err is None else round(err, 3),
+                "mean_ms_se": None if se is None else round(se, 3), "restarted": self.restarted,
                 "seconds": None if self.seconds is None else round(self.seconds, 3), "hosts": self.hosts,
                 "own_requests": self.own}
 
@@ -318,10 +345,11 @@ def merge(windows: list[Window]) -> Window:
     timed = [w for w in windows if w.timed]
     lengths = [w.seconds for w in windows]
     seconds = sum(lengths) / len(lengths) if lengths and None not in lengths else None
+    moments = tuple(sum(m) for m in zip((0.0, 0.0, 0.0), *(w.latency_moments for w in observed)))
     return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
                   sum(w.latency_sum for w in timed), sum(w.latency_count for w in timed),
                   any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed), seconds,
-                  sum(w.hosts for w in windows), sum(w.own for w in windows))
+                  sum(w.hosts for w in windows), sum(w.own for w in windows), moments)
 
 
 def _cumulative(buckets) -> list[tuple[float, float]]:
@@ -364,6 +392,73 @@ def quantile_bounds(buckets: tuple[tuple[float, float], ...], q: float) -> tuple
     """The limits of the bucket holding quantile ``q``: all the histogram can say of it."""
     found = _locate(buckets, q)
     return None if found is None else (found[0], found[2])
+
+
+def histogram_moments(buckets: tuple[tuple[float, float], ...]) -> tuple[float, float, float]:
+    """(n, Σx, Σx²) in µs as the histogram tells them: each request at its bucket's middle, with
+    the spread of a request anywhere in its bucket ((width)²/12 each: a window whose requests all
+    fell in one bucket is not taken for one without noise); the open top bucket (above 24 minutes in
+    TF Serving's default limits) at its lower limit. For the mean's standard error only: the mean
+    itself is ``_sum / _count``."""
+    n = s1 = s2 = 0.0
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in _cumulative(buckets):
+        k = count - prev_count
+        if k > 0:
+            mid, spread = (prev_le, 0.0) if math.isinf(le) else ((prev_le + le) / 2, (le - prev_le) ** 2 / 12)
+            n, s1, s2 = n + k, s1 + k * mid, s2 + k * (mid * mid + spread)
+        prev_le, prev_count = le, count
+    return n, s1, s2
+
+
+# --- how sure: latency on few requests -------------------------------------------------------------
+# A latency breach must be more than chance: that many of the canary's requests above a limit, or
+# a mean that much above, would come from a version as fast as its baseline in fewer than 1 bake of
+# this many (see ``_judge_mean`` and ``_judge_quantile``).
+LATENCY_ALPHA = 0.01
+LATENCY_Z = NormalDist().inv_cdf(1 - LATENCY_ALPHA)
+
+
+def requests_for(q: float) -> int:
+    """The fewest requests whose ``q`` quantile is not simply the slowest one: 1 / (1 - q) (20 for
+    p95, 100 for p99). Below that a quantile is the window's slowest request, which a heavy tail
+    makes anything."""
+    return math.ceil(1 / (1 - q) - 1e-9)
+
+
+def chance_of_as_many_above(k: int, mine: int, above: int, total: int) -> float:
+    """P(X >= k) for X ~ Hypergeometric: of ``total`` requests, ``above`` above a limit, the
+    chance that ``mine`` of them drawn at random hold ``k`` or more of those above — how often a
+    version as fast as its baseline puts that many of its requests there. Exact above the mean,
+    1.0 at or below it."""
+    if k <= 0:
+        return 1.0
+    if k > min(mine, above):
+        return 0.0
+    if k <= above * mine / total:
+        return 1.0
+
+    def log_comb(n: int, r: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(r + 1) - math.lgamma(n - r + 1)
+    base = log_comb(total, mine)
+    p = 0.0
+    for i in range(k, min(mine, above) + 1):
+        term = math.exp(log_comb(above, i) + log_comb(total - above, mine - i) - base)
+        p += term
+        if term <= p * 1e-12:      # past the mode, terms fall at least geometrically
+            break
+    return min(p, 1.0)
+
+
+def count_above(buckets: tuple[tuple[float, float], ...], limit: float) -> tuple[int, int]:
+    """(requests above ``limit``, requests) of a histogram, where ``limit`` is one of its bucket
+    limits or below its first: exact, the counts are integers."""
+    cum = _cumulative(buckets)
+    if not cum:
+        return 0, 0
+    total = cum[-1][1]
+    at_or_below = max((c for le, c in cum if le <= limit), default=0.0)
+    return int(round(total - at_or_below)), int(round(total))
 
 
 # --- the verdict ---------------------------------------------------------------------------
@@ -422,28 +517,79 @@ def _ms_bounds(b: tuple[float, float]) -> str:
 
 
 def _judge_mean(canary: Window, baselines: dict[str, Window],
-                ratio: float) -> tuple[str | None, str | None, bool]:
-    """(breach reason, note that the mean was not compared, whether it was compared). The printed
-    ``_sum`` is rounded, so each mean is an interval: breach only if the canary's lowest exceeds
-    ``ratio`` times the highest of the slowest baseline. A baseline's highest is a true upper bound
-    however coarse its sum (a host up for weeks, a sum whose printed digits did not move): it can
-    only make a breach less likely, so every baseline with a finite, non-zero highest is used (a
-    highest of 0 is no measurement: a page without ``_sum``). Not compared: a canary whose own sum
-    is too coarse (said in the note), or without a mean or a usable baseline (nothing to say)."""
+                ratio: float) -> tuple[str | None, str | None, bool, bool]:
+    """(breach reason, note that the mean was not compared, whether it was compared, whether it
+    was above the limit but within chance). The printed ``_sum`` is rounded, so each mean is an
+    interval, and a mean of few requests is noisy (one request of a heavy tail moves it): breach
+    only if the canary's lowest exceeds ``ratio`` times the highest of every baseline, and exceeds
+    the highest mean of the baselines' requests pooled by more than ``LATENCY_Z`` standard errors
+    of that difference (each window's from its histogram's spread): an identical version does so in
+    fewer than about 1 bake of 100, however heavy its tail. A baseline's highest is a
+    true upper bound however coarse its sum (a host up for weeks, a sum whose printed digits did
+    not move): it can only make a breach less likely, so every baseline with a finite, non-zero
+    highest is used (a highest of 0 is no measurement: a page without ``_sum``). Not compared: a
+    canary whose own sum is too coarse (said in the note), or without a mean or a usable baseline
+    (nothing to say)."""
     mine = canary.mean_bounds_ms
     highs = {n: w.mean_bounds_ms[1] for n, w in baselines.items()
              if w.mean_bounds_ms is not None and 0 < w.mean_bounds_ms[1] < math.inf}
     if mine is None or not highs:
-        return None, None, False
+        return None, None, False, False
     if not canary.mean_known:
         return None, (f"mean not compared: TF Serving's cumulative latency sums, printed to 6 digits, "
-                      f"are too coarse for this window: canary {_ms_bounds(mine)}"), False
+                      f"are too coarse for this window: canary {_ms_bounds(mine)}"), False, False
     if mine[0] <= ratio * max(highs.values()):
-        return None, None, True
+        return None, None, True, False
+    pooled = merge([baselines[n] for n in highs])          # the old version's requests, all of them
+    if mine[0] - pooled.mean_bounds_ms[1] <= LATENCY_Z * math.hypot(canary.mean_se_ms or 0.0,
+                                                                    pooled.mean_se_ms or 0.0):
+        return None, None, True, True
     exact = canary.latency_sum_error == 0 and all(baselines[n].latency_sum_error == 0 for n in highs)
     lo, at_most = ("", "") if exact else ("at least ", "at most ")
     return (f"mean latency {lo}{_ms(mine[0])} vs " + " and ".join(f"{at_most}{_ms(v)} {n}" for n, v in highs.items())
-            + f"; limit {ratio:g}x"), None, True
+            + f"; limit {ratio:g}x"), None, True, False
+
+
+def _judge_quantile(q: float, canary: Window, baselines: dict[str, Window],
+                    ratio: float) -> tuple[str | None, str | None]:
+    """(breach reason, why it was not judged). TF Serving's bucket limits are 1.8x apart, so the
+    canary breaches only when the lowest value its ``q`` quantile's bucket allows is above
+    ``ratio`` times the highest every baseline's allows — and that is more than chance: of the
+    requests above the first bucket limit past that product, in the canary's window and the
+    baselines' pooled, the canary holds more than a version as fast as the baselines would in 1
+    bake of 100 (``LATENCY_ALPHA``, hypergeometric; one slow request of a heavy tail is the p99 of
+    100 requests, and as likely on either side). A window with fewer than ``requests_for(q)``
+    requests (its quantile would be its slowest request) is not judged: a baseline is left out of
+    that quantile, as one whose quantile lies in the open top bucket (it says nothing about it)."""
+    name, need = f"p{round(q * 100)}", requests_for(q)
+    n_canary = int(round(canary.latency_moments[0]))
+    mine = quantile_bounds(canary.buckets, q) if n_canary >= need else None
+    base, small = [], []
+    for n, w in baselines.items():
+        count = int(round(w.latency_moments[0]))
+        b = quantile_bounds(w.buckets, q) if count >= need else None
+        if b is not None and 0 < b[1] < math.inf:
+            base.append((n, w, b))
+        elif count < need:
+            small.append(f"{count} {n}")
+    if not baselines:
+        return None, None
+    if mine is None:
+        return None, f"{name} not judged: {n_canary} requests on the canary (it takes {need})"
+    if not base:
+        why = f"{' and '.join(small)} (it takes {need})" if small else "the baselines' histograms cannot bound it"
+        return None, f"{name} not judged: {why}"
+    top = ratio * max(b[1] for _, _, b in base)
+    if mine[0] <= top:
+        return None, None
+    limit = min(le for le, _ in canary.buckets if le >= top)       # <= mine[0], a limit of the canary's
+    k, n_c = count_above(canary.buckets, limit)
+    j, n_b = (sum(x) for x in zip(*(count_above(w.buckets, limit) for _, w, _ in base)))
+    if chance_of_as_many_above(k, n_c, k + j, n_c + n_b) >= LATENCY_ALPHA:
+        return None, (f"{name} above {ratio:g}x but within chance: {k} of {n_c} requests above "
+                      f"{_ms(limit / 1000.0)} vs {j} of {n_b}")
+    return (f"{name} latency at least {_ms(mine[0] / 1000.0)} vs "
+            + " and ".join(f"at most {_ms(b[1] / 1000.0)} {n}" for n, _, b in base) + f"; limit {ratio:g}x"), None
 
 
 def _seconds(s: float) -> str:
@@ -548,20 +694,18 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
             err += (f", within chance at {canary.requests} requests (at the limit, {canary.errors} or more "
                     f"errors come in more than 1 bake of {round(1 / ERROR_RATE_ALPHA)})")
     ratio = limits.max_latency_ratio
-    mean_reason, mean_note, measurements["mean_compared"] = _judge_mean(canary, baselines, ratio)
+    mean_reason, mean_note, measurements["mean_compared"], mean_chance = _judge_mean(canary, baselines, ratio)
+    measurements["mean_within_chance"] = mean_chance
     if mean_reason:
         reasons.append(mean_reason)
+    not_judged = []
     for q in (0.95, 0.99):
-        mine_b = canary.latency_bounds_ms(q)
-        base_b = [(n, w.latency_bounds_ms(q)) for n, w in baselines.items()]
-        # a baseline whose histogram cannot bound the quantile (it lies in the open top bucket)
-        # says nothing about it: as the worst baseline it let every canary pass
-        base_b = [(n, b) for n, b in base_b if b is not None and 0 < b[1] < math.inf]
-        if mine_b is None or not base_b:
-            continue
-        if mine_b[0] > ratio * max(b[1] for _, b in base_b):
-            reasons.append(f"p{round(q * 100)} latency at least {_ms(mine_b[0])} vs "
-                           + " and ".join(f"at most {_ms(b[1])} {n}" for n, b in base_b) + f"; limit {ratio:g}x")
+        q_reason, q_note = _judge_quantile(q, canary, baselines, ratio)
+        if q_reason:
+            reasons.append(q_reason)
+        if q_note:
+            not_judged.append(q_note)
+    measurements["latency_not_judged"] = not_judged
     if fell:
         reasons.append(fell)
     note = f" ({mean_note})" if mean_note else ""
@@ -569,6 +713,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         return Verdict(host, "breached", f"canary {host}: {'; '.join(reasons)}{note}: rolled back",
                        tuple(reasons), measurements)
     lat = f", mean {_ms_bounds(canary.mean_bounds_ms)}" if canary.mean_ms is not None and not mean_note else ""
+    lat += f" (above {ratio:g}x, within chance at {canary.latency_count} requests)" if mean_chance else ""
     lat += f", {mean_note}" if mean_note else ""
     p95 = canary.latency_bounds_ms(0.95)
     lat += f", p95 at most {_ms(p95[1])}" if p95 is not None and math.isfinite(p95[1]) else ""
