@@ -96,7 +96,8 @@ def _rollout_flags(p) -> None:
                         "beyond chance (default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")
     p.add_argument("--max-latency-ratio", type=flags.ratio, metavar="R",
                    help="breach when the canary's mean, p95 or p99 is more than R times the old version's "
-                        "(default MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")
+                        "beyond chance (a p95 from 20 requests a side, a p99 from 100; default "
+                        "MLOPS_BAKE_MAX_LATENCY_RATIO or 1.5)")
     p.add_argument("--min-requests", type=flags.positive_int, metavar="N",
                    help="fewer requests on the canary: 'not enough traffic' (default MLOPS_BAKE_MIN_REQUESTS or 20)")
     p.add_argument("--min-traffic-ratio", type=flags.fraction, metavar="F",
