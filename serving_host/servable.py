@@ -116,6 +116,23 @@ VARIABLES_INDEX = os.path.join("variables", "variables.index")
 DEBUG_INFO = os.path.join("debug", "saved_model_debug_info.pb")
 
 
+def _run_once(session, feeds: dict[str, str | bytes], target: str) -> None:
+    """TensorFlow's ``RunOnce``: one run of ``target`` through a session callable made for it and
+    released after, the string ``feeds`` fed. Its error is the op's status as the executor returns
+    it (the kernel's message and ``[[{{node …}}]]``), which TF Serving puts in the version's
+    status; the Python ``Session.run`` rewrites that text (``Graph execution error: … Detected at
+    node …``)."""
+    from tensorflow.core.protobuf import config_pb2
+
+    names = list(feeds)
+    fn = session._make_callable_from_options(  # noqa: SLF001 (RunOnce's MakeCallable)
+        config_pb2.CallableOptions(feed=names, target=[target]))
+    try:
+        fn(*(np.array(v if isinstance(v := feeds[n], bytes) else v.encode(), dtype=object) for n in names))
+    finally:
+        del fn      # ReleaseCallable
+
+
 def _run_restore(loader, session, saver, meta, path: str, assets: dict) -> None:
     """TensorFlow's ``RunRestore``: no ``variables/variables.index``, nothing restored (logged) and
     the load goes on; else the meta graph's ``saver_def`` restore op runs once, its file name and
@@ -136,7 +153,7 @@ def _run_restore(loader, session, saver, meta, path: str, assets: dict) -> None:
         return
     feeds = {meta.saver_def.filename_tensor_name: os.path.join(path, "variables", "variables")}
     feeds.update(assets)
-    session.run(meta.saver_def.restore_op_name, feeds)
+    _run_once(session, feeds, meta.saver_def.restore_op_name)
 
 
 INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
@@ -163,7 +180,7 @@ def _run_init_op(session, meta, path: str, assets: dict) -> None:
                 raise ServingError("FAILED_PRECONDITION", f"Expected exactly one main op in : {path}")
             name = ops[0]
     if name:
-        session.run(name, assets)
+        _run_once(session, assets, name)
 
 
 def _read_debug_info(path: str) -> None:

@@ -309,6 +309,32 @@ def test_a_version_without_its_variables_data_is_not_found_as_the_restore_op_say
         entry["status"]["error_message"], entry
 
 
+@pytest.mark.parametrize("damage", ["index", "shard"])
+def test_a_corrupt_checkpoint_fails_with_the_restore_op_s_own_message(tfserving_factory, tmp_path, damage):
+    """TensorFlow's RunRestore runs the restore op through ``MakeCallable``/``RunCallable``
+    (``RunOnce``), so TF Serving's status carries the op's status as the executor returns it: the
+    kernel's message and `` [[{{node save/RestoreV2}}]]``. A garbage ``variables.index`` is
+    DATA_LOSS ``not an sstable (bad magic number)``, a cut data shard OUT_OF_RANGE ``Read less
+    bytes than requested``. The local server ran it through the Python ``Session.run``, whose text
+    starts ``Graph execution error:`` / ``Detected at node 'save/RestoreV2' defined at …``."""
+    base = tmp_path / "serving"
+
+    def corrupt(folder: Path) -> None:
+        if damage == "index":
+            (folder / "variables" / "variables.index").write_bytes(b"garbage" * 10)
+        else:
+            (shard,) = (folder / "variables").glob("variables.data-*")
+            shard.write_bytes(shard.read_bytes()[:3])
+
+    staged_version(base, 1, corrupt)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "END")
+    code, message = {"index": ("DATA_LOSS", "not an sstable (bad magic number)"),
+                     "shard": ("OUT_OF_RANGE", "Read less bytes than requested")}[damage]
+    assert (entry["status"]["error_code"], entry["status"]["error_message"]) == (
+        code, f"{message}\n\t [[{{{{node save/RestoreV2}}}}]]"), entry
+
+
 @pytest.mark.parametrize("damage", ["two_main_ops", "no_main_op", "init_signature_without_its_output"])
 def test_an_init_op_that_cannot_be_named_is_failed_precondition_as_tensorflow_s_get_init_op(
         tfserving_factory, tmp_path, damage):
