@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -133,23 +134,23 @@ def _run_once(session, feeds: dict[str, str | bytes], target: str) -> None:
         del fn      # ReleaseCallable
 
 
-def _run_restore(loader, session, saver, meta, path: str, assets: dict) -> None:
-    """TensorFlow's ``RunRestore``: no ``variables/variables.index``, nothing restored (logged) and
-    the load goes on; else the meta graph's ``saver_def`` restore op runs once, its file name and
-    the asset file paths fed, and its error is the load's. Not the Python ``Saver.restore``, which
-    on a NOT_FOUND from that op reads the checkpoint again as an object-based one and restores by
-    other names: for a TF2 export without its data shard that read's UNKNOWN replaced the op's
-    NOT_FOUND. (No ``saver_def``: the Python loader's own Saver, see docs/reliability.md.)"""
+def _run_restore(session, meta, path: str, assets: dict) -> None:
+    """TensorFlow's ``RestoreSession`` and ``RunRestore``: no ``saver_def`` in the meta graph,
+    nothing restored and nothing logged (the Python loader built a default ``Saver`` and restored
+    with it); no ``variables/variables.index``, nothing restored (logged) and the load goes on;
+    else the ``saver_def`` restore op runs once, its file name and the asset file paths fed, and
+    its error is the load's. Not the Python ``Saver.restore``, which on a NOT_FOUND from that op
+    reads the checkpoint again as an object-based one and restores by other names: for a TF2
+    export without its data shard that read's UNKNOWN replaced the op's NOT_FOUND."""
     import tensorflow as tf
 
+    if not meta.HasField("saver_def"):
+        return
     index = os.path.join(path, VARIABLES_INDEX)
     if not tf.io.gfile.exists(index):
         logging.getLogger("serving_host").info(
             "The specified SavedModel has no variables; no checkpoints were restored. File does not exist: %s",
             index)
-        return
-    if not meta.HasField("saver_def"):
-        loader.restore_variables(session, saver)
         return
     feeds = {meta.saver_def.filename_tensor_name: os.path.join(path, "variables", "variables")}
     feeds.update(assets)
@@ -271,7 +272,9 @@ class Servable:
     def load(cls, name: str, version: int, path: str) -> "Servable":
         """Load the SavedModel at ``path`` (tag ``serve``) into its own graph and session."""
         import tensorflow as tf
+        from tensorflow.python.framework import meta_graph
         from tensorflow.python.saved_model import loader_impl
+        from tensorflow.python.saved_model import utils_impl as saved_model_utils
 
         tf.get_logger().setLevel(logging.ERROR)  # the v1 loader's deprecation notice is noise here
         _check_saved_model_file(path)
@@ -288,9 +291,13 @@ class Servable:
         session = tf.compat.v1.Session(graph=graph)
         try:
             with graph.as_default():
-                saver, _ = loader.load_graph(graph, ["serve"])
+                # the meta graph imported as the Python loader's load_graph does, without the
+                # Saver it builds after (with no saver_def, a default one: new ops in the graph)
+                if sys.byteorder == "big":
+                    saved_model_utils.swap_function_tensor_content(meta, "little", "big")
+                meta_graph.import_scoped_meta_graph_with_return_elements(meta)
                 assets = loader_impl.get_asset_tensors(path, meta)    # fed to the restore and the init op
-                _run_restore(loader, session, saver, meta, path, assets)
+                _run_restore(session, meta, path, assets)
                 _run_init_op(session, meta, path, assets)
         except BaseException as exc:
             session.close()

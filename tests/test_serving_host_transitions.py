@@ -335,6 +335,34 @@ def test_a_corrupt_checkpoint_fails_with_the_restore_op_s_own_message(tfserving_
         code, f"{message}\n\t [[{{{{node save/RestoreV2}}}}]]"), entry
 
 
+def test_a_version_without_a_saver_def_loads_unrestored_as_tensorflow_s_restore_session(
+        tfserving_factory, tmp_path):
+    """TensorFlow's RestoreSession runs RunRestore only when the meta graph has a ``saver_def``:
+    without one (a hand-edited export) nothing is restored, the load succeeds and TF Serving makes
+    the version AVAILABLE; a request that reads a variable fails in the session run,
+    FAILED_PRECONDITION (HTTP 400) ``Attempting to use uninitialized value …``. The local server's
+    Python loader built a default ``Saver`` (new ops in the graph) and restored the variables, so
+    the version answered as if it had been restored."""
+    base = tmp_path / "serving"
+
+    def drop_saver_def(folder: Path) -> None:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((folder / "saved_model.pb").read_bytes())
+        proto.meta_graphs[0].ClearField("saver_def")
+        (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
+
+    staged_version(base, 1, drop_saver_def)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "AVAILABLE")
+    assert entry["status"]["error_code"] == "OK"
+    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("Attempting to use uninitialized value "), r.text
+
+
+
 @pytest.mark.parametrize("damage", ["two_main_ops", "no_main_op", "init_signature_without_its_output"])
 def test_an_init_op_that_cannot_be_named_is_failed_precondition_as_tensorflow_s_get_init_op(
         tfserving_factory, tmp_path, damage):
