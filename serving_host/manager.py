@@ -359,7 +359,10 @@ class Manager:
         """List base paths and hand the aspired versions to the manager.
 
         One poll at a time (``PollFileSystemAndInvokeCallback`` holds the source's mutex from the
-        listing to the callback): a listing is never applied after a newer one.
+        listing to the callback): a listing is never applied after a newer one. The manager's lock
+        is not held while listing: a listing is applied if the model's base path and policy (all it
+        depends on) are still the config's, as TF Serving's ``UpdateConfig``, waiting on that mutex,
+        lets the poll finish; else the config's own poll of that model lists it again.
         """
         if self.fs_poll_seconds < 0:
             return
@@ -385,8 +388,9 @@ class Manager:
                                                 f"(base path of servable {e.name})")
             want = {v: os.path.join(e.base_path, d) for v, d in aspired(e.policy, found, children).items()}
             with self._lock:
-                if self._source.get(e.name) is not e:
-                    continue  # the config changed while listing
+                now = self._source.get(e.name)
+                if now is None or now.source_key() != e.source_key():
+                    continue  # removed, or its base path or policy changed, while listing
                 if error is not None:
                     self._note(e.name, f"error:{error}", logging.ERROR,
                                "FileSystemStoragePathSource encountered a filesystem access error: %s",

@@ -920,3 +920,53 @@ def test_a_folder_listing_is_never_applied_after_a_newer_one(tmp_path, monkeypat
     finally:
         go.set()
         m.stop()
+
+
+def test_a_folder_listing_is_applied_when_an_unchanged_config_is_reloaded_meanwhile(tmp_path, monkeypatch):
+    """file_system_storage_path_source.cc: ``UpdateConfig`` takes the source's mutex, so a config
+    reload waits for a running poll, and the poll's listing is applied. The local server dropped a
+    listing when the model's config entry had been replaced while it listed, even by an equal one
+    (same base path and policy): the config-file poll re-applies the same config every
+    ``--model_config_file_poll_wait_seconds``, so with a folder listing slower than that (a network
+    file system) every listing was dropped and a new version never loaded."""
+    import threading
+
+    from serving_host import manager as mg
+
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1)])
+    base = str(tmp_path / "m")
+    listed, go = threading.Event(), threading.Event()
+    real = os.listdir
+
+    def listdir(path):
+        children = real(path)
+        if path == base and threading.current_thread().name == "slow-poll":
+            listed.set()
+            go.wait(10)                     # the listing {1, 2} is held until the config is reloaded
+        return children
+
+    try:
+        m.reload_config(_models(tmp_path, "m"))
+        assert _settle(m, "m", 1, "AVAILABLE") == "AVAILABLE"
+        with m._lock:
+            before = m._source["m"]
+        (tmp_path / "m" / "2").mkdir()
+        monkeypatch.setattr(mg.os, "listdir", listdir)
+        slow = threading.Thread(target=m.poll, name="slow-poll")
+        slow.start()
+        assert listed.wait(10)
+        reload = threading.Thread(target=m.reload_config, args=(_models(tmp_path, "m"),), name="config-poll")
+        reload.start()                      # the same config, parsed again (as the config-file poll does)
+        wait_until(lambda: m._source["m"] is not before, 10, "the config reloaded")
+        go.set()
+        slow.join(10)
+        reload.join(10)
+        assert not slow.is_alive() and not reload.is_alive()
+        assert _settle(m, "m", 2, "AVAILABLE", timeout=5) == "AVAILABLE"     # no later poll runs here
+    finally:
+        go.set()
+        m.stop()
