@@ -5,6 +5,11 @@ Never removes the serving version or the previous one (instant rollback), nor an
 versions besides. Temporary uploads (``.incoming-*``) older than a threshold are leftovers of
 dead processes (retention runs under the host lock, so no live upload is that old), and so is
 any half-written ``.models.config.tmp-*`` (every writer of models.config holds that lock).
+
+On S3 (no rename: ``saved_model.pb`` is uploaded last) a numeric folder without its completion
+file is no version but a dead upload (retention runs under the lock every upload holds, so no
+live one is there): it does not count toward ``keep`` and goes, unless a version it names is
+protected (serving, previous, ``protected``), which is left alone.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from .layout import (
     version_of,
     version_path,
 )
+from .manifest import COMPLETION_FILES
 from .transports.base import Transport
 
 logger = log.get("sync.retention")
@@ -64,10 +70,12 @@ class RetentionPlan:
     remove_versions: list[int] = field(default_factory=list)
     remove_uploads: list[str] = field(default_factory=list)
     remove_config_temps: list[str] = field(default_factory=list)     # in the base, not the model's folder
+    remove_partials: list[int] = field(default_factory=list)         # S3: numeric folders never completed
 
     def to_dict(self) -> dict:
         return {"model": self.model, "remove_versions": self.remove_versions,
-                "remove_uploads": self.remove_uploads, "remove_config_temps": self.remove_config_temps}
+                "remove_uploads": self.remove_uploads, "remove_config_temps": self.remove_config_temps,
+                "remove_partials": self.remove_partials}
 
 
 def plan(transport: Transport, model: str, *, serving: int | None, previous: int | None,
@@ -78,12 +86,22 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
     list the base for half-written ``.models.config.tmp-*`` files (after a lock takeover)."""
     names = transport.list_dir(model)
     published = [v for n in names if (v := version_of(n)) is not None]
+    partial = [] if transport.atomic_rename else [v for v in published if not _complete(transport, model, v)]
+    published = [v for v in published if v not in partial]
+    kept = {v for v in (serving, previous) if v is not None} | set(protected)
     return RetentionPlan(model,
                          versions_to_remove(published, serving=serving, previous=previous, keep=keep,
                                             protected=protected),
                          stale_uploads(names, now=time.time() if now is None else now,
                                        older_than=upload_age),
-                         stale_config_temps(transport.list_dir("")) if config_temps else [])
+                         stale_config_temps(transport.list_dir("")) if config_temps else [],
+                         sorted(v for v in partial if v not in kept))
+
+
+def _complete(transport: Transport, model: str, version: int) -> bool:
+    """Whether a version folder on a store without rename has its completion file (uploaded last)."""
+    vp = version_path(model, version)
+    return any(transport.exists(f"{vp}/{name}") for name in COMPLETION_FILES)
 
 
 def apply(transport: Transport, p: RetentionPlan) -> None:
@@ -94,6 +112,10 @@ def apply(transport: Transport, p: RetentionPlan) -> None:
     for name in p.remove_uploads:
         logger.info("%s: removing leftover upload %s/%s", transport.url, p.model, name)
         transport.remove_tree(f"{p.model}/{name}")
+    for v in p.remove_partials:
+        logger.info("%s: removing %s, a dead upload (no saved_model.pb)", transport.url, version_path(p.model, v))
+        _remove_version(transport, p.model, v)
+        transport.remove_file(manifest_path(p.model, v))
     for v in p.remove_versions:
         logger.info("%s: removing old version %s", transport.url, version_path(p.model, v))
         _remove_version(transport, p.model, v)

@@ -555,3 +555,33 @@ def test_an_interrupt_stops_the_upload_to_the_shared_store(s3_env, tmp_path):
         cancel.reset()
     assert interrupted < whole / 3, (interrupted, whole)
     assert S3Transport(bucket, "fleet").files_under("digits/2") == []       # nothing half-uploaded left
+
+
+def _stored_versions(s3_env, bucket: str, prefix: str, model: str) -> set[int]:
+    """Numeric version folders under ``<prefix>/<model>/`` with any object in them."""
+    objs = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{model}/")
+    return {int(k.split("/")[2]) for o in objs.get("Contents", []) if (k := o["Key"]).split("/")[2].isdigit()}
+
+
+def test_a_dead_partial_upload_in_the_store_is_removed_and_does_not_count_toward_keep(s3_env, tmp_path):
+    """Found by review (2026-12-05, seventh stop): a version folder without its ``saved_model.pb``
+    (an upload killed midway, a removal killed after its first request) counted as one of the
+    ``--keep`` newest versions: it stayed for good and a complete version was removed in its place.
+    Now it is no version: removed under the store's lock (no live upload can be there)."""
+    from serving_sync import manifest as mf
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("partial-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    for v in (1, 2):
+        assert store.StoreCopies("digits", v).upload(st, model, m)["status"] == "uploaded"
+    t = S3Transport(bucket, "fleet")
+    t.upload_tree(model, "digits/3", m.without({m.completion_file}))     # a dead upload of v3
+    rp = store.retire(st, "digits", serving=2, previous=None, keep=2, protected=())
+    assert _stored_versions(s3_env, bucket, "fleet", "digits") == {1, 2}, rp
+    assert rp["remove_versions"] == [] and rp["remove_partials"] == [3], rp
+
