@@ -42,6 +42,7 @@ from .deploy_failure import fail, not_the_versions_fault, or_put_back
 from .errors import ProductionMoved
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun
+from .hosts import base_key
 from .observe import observe_settled
 from .options import DeployOptions
 from .plan import Phase, peak_copies, peak_memory, plan_host
@@ -362,7 +363,8 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
         workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
-            copies = StoreCopies(model, v)
+            copies = StoreCopies(model, v,
+                                 held=frozenset(base_key(c.host.target) for c in conns if c.host.target.scheme == "s3"))
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
                 if plan.up_to_date:
@@ -423,7 +425,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             if runs and result.source == "production" and (moved := _moved_meanwhile(model, v)) is not None:
                 raise fail(result, recorder, runs[0], runs, moved, step="production")
             t = result.lap("switch_hosts", t)
-            _succeeded(result, recorder, runs, opts)
+            _succeeded(result, recorder, runs, opts, copies)
             result.lap("record_and_retention", t)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -613,7 +615,8 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
         logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
 
 
-def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployOptions) -> None:
+def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployOptions,
+               copies: StoreCopies | None = None) -> None:
     canary = [b for b in result.bake if b["host"] in result.rollout.get("canary", ())]
     try:
         deploys.tag(result.model, result.version, deploys.DEPLOYED,
@@ -640,7 +643,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
         for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts, rollback_to), runs,
                                                          workers=opts.parallel, name="retention")):
             run.outcome.retention = info
-        _store_retention(result, runs, opts, rollback_to)
+        _store_retention(result, runs, opts, rollback_to, copies)
     # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
     # (a rollback --to a version whose earlier deploy failed). Last: until it is written, a rerun
     # of the `sync rollback` behind it finishes that rollback instead of rolling back further
@@ -656,7 +659,8 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     result.message = f"deployed v{result.version} of '{result.model}' to {', '.join(parts)}"
 
 
-def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None) -> None:
+def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None,
+                     copies: StoreCopies | None = None) -> None:
     """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``)."""
     stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
     kept = ({v for r in runs for v in r.plan.final.versions}
@@ -679,7 +683,8 @@ def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptio
     for entry in result.stores:
         try:
             entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,
-                                        previous=rollback_to, keep=opts.keep, protected=kept)
+                                        previous=rollback_to, keep=opts.keep, protected=kept,
+                                        held=copies.held if copies is not None else frozenset())
         except UserError as exc:   # the deploy succeeded; the next one cleans up
             logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],
                            exc.message)

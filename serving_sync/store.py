@@ -13,9 +13,16 @@ its publish, signed SigV4, expire after ``MLOPS_STORE_URL_EXPIRY`` seconds (defa
 one second per MB of the version (``url_lifetime``), travel on the
 script's stdin (never on a process's argv: curl reads them with ``-K -``, wget with ``-i -``),
 are never logged, and ``hide_presigned_urls`` removes them from any host error output we repeat.
+
+Fleets sharing a store (two hosts files naming the same ``store``): the store's own deploy lock
+(``<store>/.serving_sync/lock``, the hosts' ``HostLock`` on the S3 transport, conditional PUT and
+``If-Match`` DELETE) is held while a deploy uploads to it and while it cleans it up, never longer:
+a second deploy waits for it (up to ``MLOPS_LOCK_TTL``), so an upload that fails removes only its
+own objects, and no clean-up runs during an upload.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 from mlops_common import log, settings
 from mlops_common.errors import ConfigError
 
-from .hosts import Host, Store
+from .hosts import Host, Store, base_key
 from .layout import version_path
 from .manifest import Manifest
 
@@ -83,13 +90,15 @@ def s3_host_note(host: Host) -> str | None:
 class StoreCopies:
     """Each distinct store of a deploy, uploaded once (thread-safe), and per-host presigning."""
 
-    def __init__(self, model: str, version: int):
+    def __init__(self, model: str, version: int, *, held: frozenset = frozenset()):
         self.model, self.version = model, version
+        self.held = held             # base_key of the S3 bases whose lock this deploy already holds
         self._done: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def upload(self, store: Store, local_dir, manifest: Manifest) -> dict:
-        """Publish the version under the store (verified; 0 bytes when already there)."""
+        """Publish the version under the store (verified; 0 bytes when already there), under the
+        store's lock."""
         from . import cancel
         from .publish import publish
         from .transports.s3 import S3Transport
@@ -98,10 +107,11 @@ class StoreCopies:
         with self._lock:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)
-                logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
-                            store.url)
-                # an interrupt (SIGTERM from a cancelled CI job) stops it between objects
-                r = publish(t, self.model, self.version, local_dir, manifest, lambda _n: cancel.check())
+                with store_lock(t, store, self.model, self.held):
+                    logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
+                                store.url)
+                    # an interrupt (SIGTERM from a cancelled CI job) stops it between objects
+                    r = publish(t, self.model, self.version, local_dir, manifest, lambda _n: cancel.check())
                 logger.info("%s: v%d %s (%d bytes in %.1fs)", store.url, self.version,
                             r.status.replace("_", " "), r.bytes_transferred, r.seconds)
                 self._done[store.url] = {"store": store.url, "status": r.status,
@@ -127,18 +137,38 @@ def url_lifetime(setting: float, total_size: int) -> float:
 
 
 def retire(store: Store, model: str, *, serving: int, previous: int | None, keep: int,
-           protected: tuple[int, ...]) -> dict:
+           protected: tuple[int, ...], held: frozenset = frozenset()) -> dict:
     """Remove from ``store`` the versions of ``model`` that no host needs any more, by the hosts'
     own rule (``retention``: all but the ``keep`` newest, what serves, the rollback target and
     what a host keeps loaded), and uploads that died. Without it every version deployed stayed in
-    the bucket for good. A later deploy of a removed version uploads it again."""
+    the bucket for good. A later deploy of a removed version uploads it again. Under the store's
+    lock (no upload runs meanwhile)."""
     from . import retention
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
-    rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected)
-    retention.apply(t, rp)
+    with store_lock(t, store, model, held):
+        rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected)
+        retention.apply(t, rp)
     return rp.to_dict()
+
+
+@contextlib.contextmanager
+def store_lock(t, store: Store, model: str, held: frozenset = frozenset()):
+    """The store's deploy lock (a ``HostLock`` on its S3 base), waited for up to ``MLOPS_LOCK_TTL``:
+    another fleet's upload or clean-up there takes seconds to minutes. Not taken again when this
+    deploy holds it already (an ``s3://`` host whose base is the store)."""
+    from .connections import acquire
+
+    if base_key(store.target) in held:
+        yield
+        return
+    lock = acquire(t, break_lock=None, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
+                   model=model)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def presign(store: Store, model: str, version: int, manifest: Manifest, expires_in: float) -> Pull:

@@ -98,7 +98,7 @@ def test_the_store_keeps_what_the_hosts_keep_when_the_old_version_is_not_kept_wa
     host_dir, store_dir = tmp_path / "host", tmp_path / "store"
     host, store_t = _host(host_dir, [3, 4, 5, 6]), _host(store_dir, [3, 4, 5, 6])
     monkeypatch.setattr(s3mod, "S3Transport", lambda bucket, path, **kw: store_t)   # the bucket, on disk
-    store = NS(url="s3://bucket/p", target=NS(bucket="bucket", path="p"))
+    store = NS(url="s3://bucket/p", target=NS(scheme="s3", bucket="bucket", path="p"))
     run = _run(host, desired=4, current=5, previous_kept=None, final=(4,), store=store)
     opts = DeployOptions(keep=1)
     fleet._retention(run, opts, 3)

@@ -585,3 +585,48 @@ def test_a_dead_partial_upload_in_the_store_is_removed_and_does_not_count_toward
     assert _stored_versions(s3_env, bucket, "fleet", "digits") == {1, 2}, rp
     assert rp["remove_versions"] == [] and rp["remove_partials"] == [3], rp
 
+
+def test_a_failed_upload_never_removes_another_fleets_live_upload_of_the_same_version(s3_env, tmp_path):
+    """Found by review (2026-12-05, seventh stop): two fleets' deploys uploading the same version
+    to one store at once: the one that failed removed the version's prefix, the other's objects
+    with it (its verification then failed, or the store was left without the version). Now an
+    upload holds the store's lock: the second waits, then finds the version there."""
+    import threading
+    import time
+
+    from serving_sync import manifest as mf
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model", n_assets=600, asset_bytes=2000)
+    m = mf.build(model)
+    broken = make_model_tree(tmp_path / "broken", n_assets=600, asset_bytes=2000)
+    gone = next(f.path for f in m.files if f.path.startswith("assets/"))
+    (broken / gone).unlink()                        # its upload fails on this file
+    bucket = s3_env.make_bucket("racing-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    t = S3Transport(bucket, "fleet")
+    first: dict = {}
+
+    def upload_a() -> None:
+        try:
+            first["result"] = store.StoreCopies("digits", 1).upload(st, model, m)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            first["error"] = exc
+
+    a = threading.Thread(target=upload_a)
+    a.start()
+    deadline = time.monotonic() + 30
+    while not t.files_under("digits/1") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert t.files_under("digits/1"), "the first upload never started"
+    try:
+        second = store.StoreCopies("digits", 1).upload(st, broken, m)
+    except Exception as exc:  # noqa: BLE001 - the old code's failure; what matters is the first upload
+        second = {"error": str(exc)}
+    a.join(60)
+    assert first.get("result", {}).get("status") == "uploaded", (first, second)
+    assert second.get("status") == "already_present", second
+    assert not t.verify("digits/1", m)              # complete and verified in the store
+
