@@ -46,7 +46,7 @@ from .hosts import base_key
 from .observe import observe_settled
 from .options import DeployOptions
 from .plan import Phase, peak_copies, peak_memory, plan_host
-from .store import StoreCopies, retire, s3_host_note
+from .store import StoreCopies, host_uses, retire, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -363,7 +363,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
         workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
-            copies = StoreCopies(model, v,
+            copies = StoreCopies(model, v, uses=_store_uses(conns, plans, v),
                                  held=frozenset(base_key(c.host.target) for c in conns if c.host.target.scheme == "s3"))
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
@@ -659,10 +659,36 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     result.message = f"deployed v{result.version} of '{result.model}' to {', '.join(parts)}"
 
 
+def _store_uses(conns, plans, v: int) -> dict:
+    """Per store, what each of this deploy's hosts (changed or not) keeps, and ``v`` it pulls:
+    recorded in the store before the upload, so another fleet's clean-up keeps them."""
+    out: dict[str, list] = {}
+    for c, p in zip(conns, plans):
+        if c.host.store is not None:
+            out.setdefault(c.host.store.url, []).append((c.host, _kept_by(p) | {v}))
+    return {url: host_uses(pairs) for url, pairs in out.items()}
+
+
+def _kept_by(plan) -> set[int]:
+    """What a host keeps after its plan: the versions it loads, its previous, other entries' ones."""
+    return ({*plan.final.versions, *plan.held_by_others}
+            | {x for x in (plan.current, plan.previous_kept) if x is not None})
+
+
 def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None,
                      copies: StoreCopies | None = None) -> None:
-    """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``)."""
+    """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``): this
+    deploy's hosts' records are rewritten (the switch done, the version pulled), and every fleet's
+    records in the store are kept."""
     stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
+    after: dict[str, list] = {}
+    for url, host_versions in ((copies.uses if copies is not None else {}) or {}).items():
+        after[url] = dict(host_versions)
+    for r in runs:
+        if r.host.store is not None:
+            after.setdefault(r.host.store.url, {}).update(
+                host_uses([(r.host, r.plan.final.versions + r.plan.held_by_others
+                            + ((p,) if (p := _host_previous(r.plan)) is not None else ()))]))
     kept = ({v for r in runs for v in r.plan.final.versions}
             | {p for r in runs if (p := _host_previous(r.plan)) is not None})
     if result.stores and result.source != "production":
@@ -684,6 +710,7 @@ def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptio
         try:
             entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,
                                         previous=rollback_to, keep=opts.keep, protected=kept,
+                                        uses=after.get(entry["store"], {}),
                                         held=copies.held if copies is not None else frozenset())
         except UserError as exc:   # the deploy succeeded; the next one cleans up
             logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],

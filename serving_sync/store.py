@@ -18,21 +18,30 @@ Fleets sharing a store (two hosts files naming the same ``store``): the store's 
 (``<store>/.serving_sync/lock``, the hosts' ``HostLock`` on the S3 transport, conditional PUT and
 ``If-Match`` DELETE) is held while a deploy uploads to it and while it cleans it up, never longer:
 a second deploy waits for it (up to ``MLOPS_LOCK_TTL``), so an upload that fails removes only its
-own objects, and no clean-up runs during an upload.
+own objects, and no clean-up runs during an upload. Each deploy records, under that lock and before
+it uploads, what each of its hosts keeps or is about to pull (``<store>/.serving_sync/uses/<model>/
+<host>.json``: the versions, when written), and again after its clean-up; a clean-up keeps every
+version a record written in the last ``USE_RECORD_DAYS`` days names (a fleet's pull happens within
+its deploy, which writes its record first; an older record is a host no deploy has reached since,
+whose versions a later deploy uploads again if it needs them).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import re
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mlops_common import log, settings
 from mlops_common.errors import ConfigError
 
 from .hosts import Host, Store, base_key
-from .layout import version_path
+from .layout import STATE_DIR, version_path
 from .manifest import Manifest
 
 logger = log.get("sync.store")
@@ -41,6 +50,8 @@ DEFAULT_EXPIRY = 900.0
 MAX_EXPIRY = 7 * 24 * 3600.0     # the SigV4 limit for presigned URLs
 MIN_PULL_RATE = 1e6              # bytes/s a host's download may slow to before the URLs run out
 _URL_RE = re.compile(r"https?://\S+")
+USE_RECORD_DAYS = 30             # a host's record of the versions it keeps counts this long
+USES_DIR = f"{STATE_DIR}/uses"   # <store>/.serving_sync/uses/<model>/<host key>.json
 
 
 def expiry() -> float:
@@ -90,15 +101,16 @@ def s3_host_note(host: Host) -> str | None:
 class StoreCopies:
     """Each distinct store of a deploy, uploaded once (thread-safe), and per-host presigning."""
 
-    def __init__(self, model: str, version: int, *, held: frozenset = frozenset()):
+    def __init__(self, model: str, version: int, *, uses: dict | None = None, held: frozenset = frozenset()):
         self.model, self.version = model, version
+        self.uses = uses or {}       # store url -> {host: versions it keeps or pulls}, recorded first
         self.held = held             # base_key of the S3 bases whose lock this deploy already holds
         self._done: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def upload(self, store: Store, local_dir, manifest: Manifest) -> dict:
         """Publish the version under the store (verified; 0 bytes when already there), under the
-        store's lock."""
+        store's lock, after recording what this deploy's hosts keep and pull."""
         from . import cancel
         from .publish import publish
         from .transports.s3 import S3Transport
@@ -108,6 +120,7 @@ class StoreCopies:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)
                 with store_lock(t, store, self.model, self.held):
+                    record_uses(t, self.model, self.uses.get(store.url, {}))
                     logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
                                 store.url)
                     # an interrupt (SIGTERM from a cancelled CI job) stops it between objects
@@ -137,20 +150,25 @@ def url_lifetime(setting: float, total_size: int) -> float:
 
 
 def retire(store: Store, model: str, *, serving: int, previous: int | None, keep: int,
-           protected: tuple[int, ...], held: frozenset = frozenset()) -> dict:
+           protected: tuple[int, ...], uses: dict | None = None, held: frozenset = frozenset()) -> dict:
     """Remove from ``store`` the versions of ``model`` that no host needs any more, by the hosts'
     own rule (``retention``: all but the ``keep`` newest, what serves, the rollback target and
     what a host keeps loaded), and uploads that died. Without it every version deployed stayed in
-    the bucket for good. A later deploy of a removed version uploads it again. Under the store's
-    lock (no upload runs meanwhile)."""
+    the bucket for good. A later deploy of a removed version uploads it again.
+
+    Under the store's lock: ``uses`` (this deploy's hosts -> the versions each keeps) is recorded
+    first, then every host's record of every fleet (``USE_RECORD_DAYS``) is kept too."""
     from . import retention
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
     with store_lock(t, store, model, held):
-        rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep, protected=protected)
+        record_uses(t, model, uses or {})
+        in_use = read_uses(t, model)
+        rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep,
+                            protected=tuple(sorted(set(protected) | in_use)))
         retention.apply(t, rp)
-    return rp.to_dict()
+    return {**rp.to_dict(), "in_use": sorted(in_use)}
 
 
 @contextlib.contextmanager
@@ -169,6 +187,58 @@ def store_lock(t, store: Store, model: str, held: frozenset = frozenset()):
         yield
     finally:
         lock.release()
+
+
+def host_uses(hosts_versions) -> dict:
+    """{record name: versions} for ``(host, versions)`` pairs: one record per base directory (two
+    hosts files naming one host share it; a host's name in a hosts file does not matter)."""
+    out: dict[str, set] = {}
+    for host, versions in hosts_versions:
+        key = hashlib.sha256(repr(base_key(host.target)).encode()).hexdigest()[:24]
+        out.setdefault(key, set()).update(int(v) for v in versions if v is not None)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def record_uses(t, model: str, uses: dict) -> None:
+    """Write each host's record (the caller holds the store's lock)."""
+    now = time.time()
+
+    def put(item) -> None:
+        key, versions = item
+        t.write_file_atomic(f"{USES_DIR}/{model}/{key}.json",
+                            json.dumps({"versions": list(versions), "written": now}).encode())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, sorted(uses.items())))
+
+
+def read_uses(t, model: str, *, now: float | None = None) -> set[int]:
+    """Every version a host's record from the last ``USE_RECORD_DAYS`` names (older records go)."""
+    now = time.time() if now is None else now
+    names = [n for n in t.list_dir(f"{USES_DIR}/{model}") if n.endswith(".json")]
+
+    def get(name: str) -> tuple[str, dict | None]:
+        try:
+            d = json.loads(t.read_file(f"{USES_DIR}/{model}/{name}"))
+            return name, {"versions": [int(v) for v in d["versions"]], "written": float(d["written"])}
+        except FileNotFoundError:
+            return name, None
+        except (ValueError, KeyError, TypeError):
+            return name, {"versions": [], "written": 0.0}      # unreadable: not ours to trust, goes
+
+    with ThreadPoolExecutor(8) as pool:
+        records = list(pool.map(get, names))
+    out: set[int] = set()
+    for name, d in records:
+        if d is None:
+            continue
+        if now - d["written"] > USE_RECORD_DAYS * 86400:
+            logger.info("%s: the record %s of '%s' is older than %d days; removing it", t.url, name, model,
+                        USE_RECORD_DAYS)
+            t.remove_file(f"{USES_DIR}/{model}/{name}")
+            continue
+        out.update(d["versions"])
+    return out
 
 
 def presign(store: Store, model: str, version: int, manifest: Manifest, expires_in: float) -> Pull:

@@ -39,7 +39,9 @@ def _on(root) -> list[int]:
 def _run(t, *, desired, current, previous_kept, final, store=None):
     return NS(plan=NS(model=M, desired=desired, current=current, previous_kept=previous_kept,
                       final=NS(versions=final), held_by_others=()),
-              transport=t, host=NS(name="h1", store=store), heartbeat=lambda force=False: None,
+              transport=t, host=NS(name="h1", store=store,
+                                   target=NS(scheme="ssh", host="h1", port=22, path="/srv/models")),
+              heartbeat=lambda force=False: None,
               conn=NS(lock=None),
               outcome=NS(retention=None, host="h1", from_version=current, previous_kept=previous_kept))
 

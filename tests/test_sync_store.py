@@ -630,3 +630,36 @@ def test_a_failed_upload_never_removes_another_fleets_live_upload_of_the_same_ve
     assert second.get("status") == "already_present", second
     assert not t.verify("digits/1", m)              # complete and verified in the store
 
+
+def test_a_fleets_clean_up_keeps_what_another_fleets_hosts_serve(deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-05, seventh stop): a deploy's store clean-up kept only the versions
+    named by the hosts it changed, so the production fleet's `--keep 1` removed the version a
+    staging fleet sharing the store serves (and was pulling, had its deploy been running). Now every
+    deploy records in the store what each of its hosts keeps, and a clean-up keeps every record's
+    versions."""
+    env = deploy_env
+    prod_host, staging_host = env.add_host("ssh"), env.add_host("ssh")
+    bucket = s3_env.make_bucket("two-fleets-store")
+
+    def fleet(host) -> None:
+        env.write_hosts_file([host])
+        head = f'store = "s3://{bucket}/{env.model}"\n'
+        env.hosts_file.write_text(head + env.hosts_file.read_text())
+
+    fleet(prod_host)
+    v1 = env.release("a", opts=_opts(keep=1))
+    v2 = env.register("b")
+    fleet(staging_host)
+    r = env.deploy(version=v2, opts=_opts(keep=1))          # staging tries v2
+    assert r.status == "deployed", r.message
+    env.serves(staging_host, v2)
+    v3 = env.register("c")
+    env.promote(v3)
+    fleet(prod_host)
+    r = env.deploy(opts=_opts(keep=1))                       # production moves v1 -> v3
+    assert r.status == "deployed", r.message
+    env.serves(prod_host, v3)
+    assert v2 not in r.stores[0]["retention"]["remove_versions"], r.stores
+    assert v2 in _stored_versions(s3_env, bucket, env.model, env.model)
+    assert v1 in _stored_versions(s3_env, bucket, env.model, env.model)    # the rollback target
+
