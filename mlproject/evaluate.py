@@ -70,12 +70,16 @@ def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:
     return evaluation_of(predict(model, heldout.images), heldout, model_uri=model_uri, dataset=dataset)
 
 
-def evaluate_version(model_name: str, version: int, *, dataset: str | None = None) -> Evaluation:
+def evaluate_version(model_name: str, version: int, *, dataset: str | None = None,
+                     unchanged: str = "Nothing was evaluated") -> Evaluation:
     """Evaluate registered version ``version`` of ``model_name`` on the frozen held-out set.
 
-    ``dataset`` None -> the version's ``dataset`` tag.
+    ``dataset`` None -> the version's ``dataset`` tag. The logged model's files are checked against
+    the hashes recorded at registration before it is loaded (``registry.bundle_hashes.check_model``:
+    one line naming the file when the store holds others now; ``unchanged`` ends it, what did not
+    happen); a version registered without them is scored unchecked, with a warning.
     """
-    from registry import versions
+    from registry import bundle_hashes, versions
 
 
     info = versions.get_version(model_name, version)   # one clear line for unknown model / version
@@ -89,14 +93,19 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
     model = load_checked(uri, f"version {version} of '{model_name}'", name,
                          damaged="register a new version with `mlops train` (or `mlops retrain`)",
                          other_shape="evaluate it on the data set it was trained on (`mlops evaluate "
-                                     "--dataset`); the gate compares versions of one data set only")
+                                     "--dataset`); the gate compares versions of one data set only",
+                         verify=lambda folder: bundle_hashes.check_model(model_name, info.version, folder,
+                                                                         unchanged=unchanged))
     return evaluate_model(model, model_uri=uri, dataset=name)
 
 
-def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape: str):
+def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape: str, verify=None):
     """The Keras model behind ``uri`` (``what`` names it in messages), taking ``dataset``'s images,
     or one line: a logged model that is missing or damaged (``damaged``: what to do), or one that
-    takes images of another shape (``other_shape``: what to do). Both were tracebacks once."""
+    takes images of another shape (``other_shape``: what to do). Both were tracebacks once.
+    ``verify(folder)``: called with the downloaded model's folder before it is loaded (raises to
+    refuse it: files that are not the ones registered)."""
+    from registry import versions
     from registry.client import mlflow_errors, tracking_client
 
     from .datasets import image_shape
@@ -113,8 +122,12 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
         tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
         try:
             # into a folder removed at once (the model is in memory): without dst_path MLflow left
-            # a copy of the model in /tmp at every load, two per gate
-            model = mlflow.tensorflow.load_model(uri, dst_path=into)
+            # a copy of the model in /tmp at every load, two per gate. Downloaded, checked, then
+            # loaded from there (a local path is read in place), so what is scored is what was checked
+            local = versions.download_logged_model(uri, into)
+            if verify is not None:
+                verify(local)       # a UserError: none of the handlers below
+            model = mlflow.tensorflow.load_model(str(local))
         except RestException:
             raise               # the server's answer: mlflow_errors says it
         # KeyError: logged with another flavor; AttributeError, TypeError, YAMLError: an MLmodel

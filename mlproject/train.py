@@ -105,6 +105,7 @@ class RunResult:
     params: TrainParams
     retrained_from: str | None = None
     bundle_files: dict[str, str] = field(default_factory=dict)   # sha256 of what tfserving/ and golden/ hold
+    model_files: dict[str, str] = field(default_factory=dict)    # ... and of the logged model's files
 
     def metrics(self) -> dict[str, float]:
         last = {k: v[-1] for k, v in self.history.items() if v}
@@ -249,6 +250,16 @@ def _log_model(model, data: TrainingData, step: int):
         pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
 
 
+def _logged_model_files(model_uri: str) -> dict[str, str]:
+    """The sha256 of every file of the logged model ``model_uri``, read back from the store right
+    after logging (MLflow writes and uploads them itself): registration records them, and the gate
+    and ``mlops evaluate`` check the model they score against them (``registry.bundle_hashes``)."""
+    from registry import bundle_hashes, versions
+
+    with tempfile.TemporaryDirectory(prefix="mlops-logged-model-") as tmp:
+        return bundle_hashes.model_files(versions.download_logged_model(model_uri, tmp))
+
+
 def run_identity(params: TrainParams, data: TrainingData, n_validation: int, *,
                  retrained_from: str | None = None, parent_run_id: str | None = None) -> tuple[dict, dict]:
     """Params and tags of a training run (pure): retrain-only params (``incoming``,
@@ -311,6 +322,7 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
                                    on_epoch=lambda e, logs: mlflow.log_metrics(logs, step=e))
         _log.info("logging the model, the TF-Serving SavedModel and the golden set")
         info = _log_model(model, data, step=len(history["loss"]) - 1)
+        model_files = _logged_model_files(info.model_uri)
         probs = predict(model, data.heldout.images)
         evaluation = evaluation_of(probs, data.heldout, model_uri=info.model_uri, dataset=data.dataset)
         mlflow.log_metrics(evaluation.run_metrics(), model_id=info.model_id)   # step 0: linked by id
@@ -318,7 +330,7 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
         _log.info("held-out accuracy %.4f, loss %.4f (n=%d)", evaluation.accuracy, evaluation.loss,
                   evaluation.n)
     return RunResult(run_id, run.info.experiment_id, info.model_uri, evaluation, history, data,
-                     params, retrained_from, files)
+                     params, retrained_from, files, model_files)
 
 
 @contextlib.contextmanager
@@ -344,7 +356,7 @@ def register_run(model_name: str, result: RunResult) -> int:
     what = (f"retrained from version {result.retrained_from}" if result.retrained_from not in (None, "scratch")
             else "trained from scratch")
     return register_version(model_name, result.model_uri, run_id=result.run_id, tags=tags,
-                            bundle_files=result.bundle_files or None,
+                            bundle_files=result.bundle_files or None, model_files=result.model_files or None,
                             description=f"{what} on {result.data.dataset} "
                                         f"({len(result.data.combined)} examples); held-out accuracy "
                                         f"{result.evaluation.accuracy:.4f}")

@@ -1,12 +1,15 @@
-"""The sha256 of every file of a version's bundle (``tfserving/``, ``golden/``), recorded when the
-version is registered and checked whenever it is downloaded.
+"""The sha256 of every file of a version's bundle (``tfserving/``, ``golden/``) and of its logged
+MLflow model (the Keras model the gate scores), recorded when the version is registered and checked
+whenever they are downloaded.
 
 MLflow artifacts can be rewritten after registration (``log_artifacts`` into the run again, a
 change in the artifact store): without this, a deploy would publish whatever the store holds
-now — a model the gate never saw — and a file damaged in the store would be blamed on the
-version. The record is the ``register`` ledger row (``details.bundle_files``,
-``details.bundle_sha256``); versions registered before it existed are downloaded unchecked, with
-a warning. ``differences`` is the pure comparison.
+now — a model the gate never saw — a file damaged in the store would be blamed on the version, and
+the gate would score (and pass) a logged model nobody checked. The record is the ``register``
+ledger row (``details.bundle_files``, ``details.bundle_sha256``; ``details.model_files``,
+``details.model_sha256``); versions registered before it existed are downloaded unchecked, with a
+warning (and the gate's report says so for the logged model). ``differences`` is the pure
+comparison.
 """
 from __future__ import annotations
 
@@ -19,6 +22,10 @@ from mlops_common.errors import ConfigError
 from . import artifacts
 
 PARTS = artifacts.PARTS
+BUNDLE_FILES = "bundle_files"       # the register row's record of tfserving/ and golden/
+MODEL_FILES = "model_files"         # ... and of the logged model's files (paths relative to it)
+# written by MLflow's client into a registered model it downloads (its name and version), never stored
+CLIENT_WRITTEN = frozenset({"registered_model_meta"})
 _log = log.get("registry.bundle_hashes")
 
 
@@ -32,6 +39,13 @@ def tree_files(root: str | Path, parts: tuple[str, ...] = PARTS) -> dict[str, st
                 with open(path, "rb") as f:
                     out[path.relative_to(root).as_posix()] = hashlib.file_digest(f, "sha256").hexdigest()
     return out
+
+
+def model_files(root: str | Path) -> dict[str, str]:
+    """``{"MLmodel": sha256 hex, "data/model.keras": ..., ...}`` for every file of a logged model
+    downloaded into ``root`` (``tree_files`` of the whole folder, less what MLflow's client wrote
+    into it itself)."""
+    return {p: h for p, h in tree_files(root, ("",)).items() if p not in CLIENT_WRITTEN}
 
 
 def digest(files: dict[str, str]) -> str:
@@ -50,15 +64,16 @@ def differences(recorded: dict[str, str], got: dict[str, str]) -> list[str]:
     return out
 
 
-def recorded(model: str, version: int, ledger=None) -> dict[str, str] | None:
-    """The files recorded when ``version`` was registered (None: registered without a record)."""
+def recorded(model: str, version: int, ledger=None, key: str = BUNDLE_FILES) -> dict[str, str] | None:
+    """The files recorded when ``version`` was registered (None: registered without a record);
+    ``key``: ``BUNDLE_FILES`` (tfserving/, golden/) or ``MODEL_FILES`` (the logged model)."""
     from .ledger import Ledger
 
     rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",))
             if e.to_version == version]   # all rows: the newest of this version's is the one (a model created
     #                                        again registers after the deleted one; two first trainings at once
     #                                        can record v2 before v1, which a cut at v1's row would hide)
-    files = rows[-1].details.get("bundle_files") if rows else None
+    files = rows[-1].details.get(key) if rows else None
     return dict(files) if isinstance(files, dict) else None
 
 
@@ -86,6 +101,24 @@ def check_files(model: str, version: int, files: dict[str, bytes], ledger=None, 
     _refuse(model, version, differences({p: h for p, h in expected.items() if p in got}, got), unchanged)
 
 
+def check_model(model: str, version: int, root: str | Path, ledger=None, *,
+                unchanged: str = "Nothing was evaluated") -> dict[str, str] | None:
+    """``check`` for the logged model of ``version`` downloaded into ``root`` (what the gate and
+    ``mlops evaluate`` score): ``ConfigError`` (one line naming the file) when it is not what was
+    registered; its files' sha256 otherwise, or None when the version was registered without a
+    record of them (then it is scored unchecked, with a warning)."""
+    expected = recorded(model, version, ledger, MODEL_FILES)
+    if expected is None:
+        _log.warning("version %s of '%s' was registered without its logged model's file hashes: that model "
+                     "is used unchecked", version, model)
+        return None
+    got = model_files(root)
+    _refuse(model, version, differences(expected, got), unchanged,
+            subject=f"the logged model of version {version} of '{model}' is not the one registered",
+            restore="it was changed in the artifact store since; restore it")
+    return got
+
+
 def _expected(model: str, version: int, ledger, what: str) -> dict[str, str] | None:
     """``recorded``, with the warning for a version registered before hashes were recorded."""
     expected = recorded(model, version, ledger)
@@ -95,9 +128,10 @@ def _expected(model: str, version: int, ledger, what: str) -> dict[str, str] | N
     return expected
 
 
-def _refuse(model: str, version: int, diff: list[str], unchanged: str = "Nothing was deployed") -> None:
+def _refuse(model: str, version: int, diff: list[str], unchanged: str = "Nothing was deployed", *,
+            subject: str | None = None,
+            restore: str = "they were changed in the artifact store since; restore them") -> None:
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-        raise ConfigError(f"the artifacts of version {version} of '{model}' are not the ones registered "
-                          f"({shown}): they were changed in the artifact store since; restore them or "
-                          f"register a new version. {unchanged}")
+        subject = subject or f"the artifacts of version {version} of '{model}' are not the ones registered"
+        raise ConfigError(f"{subject} ({shown}): {restore} or register a new version. {unchanged}")

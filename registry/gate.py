@@ -3,7 +3,10 @@
 The evaluation itself is passed in (``evaluate(version, dataset) -> Evaluation dict``; the CLI
 builds it on ``mlproject.evaluate.evaluate_version``) so that ``registry`` never imports
 ``mlproject``. Production is re-evaluated in the same run on the candidate's held-out set,
-never trusted from metrics logged long ago. The decision is ``gate_rules.decide``.
+never trusted from metrics logged long ago. The decision is ``gate_rules.decide``. The CLI's
+evaluation checks each logged model it scores against the hashes recorded at registration
+(``bundle_hashes.check_model``: refused in one line, nothing recorded); a version registered
+before they were is scored unchecked, and the report says so.
 
 Outcome: tag ``validation_status`` (+ ``validation.*``), the report logged to the version's run
 (``gate/report.md``, ``.json``, ``.html``) and optionally written to a folder, a ``gate`` ledger
@@ -19,7 +22,7 @@ from typing import Callable
 from mlops_common import log, strict_json
 from mlops_common.errors import ConfigError, DamagedModel, RefusedError
 
-from . import artifacts, description, gate_html, gate_report, signature, tags, versions
+from . import artifacts, bundle_hashes, description, gate_html, gate_report, signature, tags, versions
 from .gate_rules import GateRules, Verdict, choose_baseline, decide, summary
 from .ledger import Entry, Ledger
 from .promotion_rules import ledger_production
@@ -75,6 +78,15 @@ def _check_same_data_set(model: str, version: int, dataset: str, baseline: int, 
                            f"and v{version} on '{dataset}': the gate compares versions of one data set only; "
                            f"to move production to '{dataset}', promote it deliberately: `mlops registry promote "
                            f"--version {version} --force --reason \"...\"`")
+
+
+def _unchecked_models(model: str, scored: list[int], ledger: Ledger) -> list[str]:
+    """The report's notes for the versions scored whose logged model's files have no hashes
+    recorded at registration (registered before they were): the evaluation loaded them unchecked
+    (``bundle_hashes.check_model`` checks the others before loading them)."""
+    return [f"v{x}'s logged model was scored unchecked: it was registered before the hashes of its files "
+            f"were recorded, so a change to it in the artifact store since cannot be seen"
+            for x in scored if bundle_hashes.recorded(model, x, ledger, bundle_hashes.MODEL_FILES) is None]
 
 
 def _check_evaluation(doc: dict, version: int) -> dict:
@@ -136,7 +148,9 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     report = gate_report.build(model=model, version=v, verdict=verdict, rules=rules,
                                candidate=cand_eval, production=prod_eval,
                                signature_differences=sig_problems,
-                               allow_signature_change=allow_signature_change, evaluated_at=now)
+                               allow_signature_change=allow_signature_change, evaluated_at=now,
+                               notes=_unchecked_models(model, [v] + ([baseline] if prod_eval is not None else []),
+                                                       ledger))
     md = gate_report.markdown(report)
     outcome = GateOutcome(verdict.passed, v, baseline, verdict, report, md, summary(verdict, v))
     _record(model, info, outcome, allow_signature_change, report_dir,

@@ -14,7 +14,7 @@ from .gate_rules import GateRules, Verdict, _class_key, limit_text, summary
 
 def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candidate: dict,
           production: dict | None, signature_differences: list[str],
-          allow_signature_change: bool, evaluated_at: str) -> dict:
+          allow_signature_change: bool, evaluated_at: str, notes: list[str] | tuple[str, ...] = ()) -> dict:
     classes = sorted(set(candidate.get("per_class_accuracy") or {})
                      | set((production or {}).get("per_class_accuracy") or {}), key=_class_key)
     per_class = []
@@ -52,7 +52,7 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
         "confusion": {"candidate": candidate.get("confusion") or None,
                       "production": None if production is None else production.get("confusion") or None},
         "checks": verdict.to_dict()["checks"],
-        "notes": list(verdict.notes),
+        "notes": list(verdict.notes) + list(notes),    # the rules' notes, then the gate's own
     }
 
 

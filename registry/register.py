@@ -21,12 +21,15 @@ _log = log.get("registry.register")
 
 def register_version(model_name: str, model_uri: str, *, run_id: str,
                      tags: dict[str, str] | None = None, description: str | None = None,
-                     provenance: Provenance | None = None, bundle_files: dict[str, str] | None = None) -> int:
+                     provenance: Provenance | None = None, bundle_files: dict[str, str] | None = None,
+                     model_files: dict[str, str] | None = None) -> int:
     """Create version N of ``model_name`` from ``model_uri`` (a logged model); returns N.
 
     ``bundle_files``: the sha256 of every file the run logged under ``tfserving/`` and ``golden/``
     (``bundle_hashes.tree_files`` of the folder it logged), recorded in the ledger row so every
-    later download is checked against it.
+    later download is checked against it. ``model_files``: the same for the files of the logged
+    model ``model_uri`` names (``bundle_hashes.model_files`` of it, read back after logging), so
+    the gate scores the model that was registered (``bundle_hashes.check_model``).
 
     Tags: the caller's (dataset, retrained_from, ...), the commit and the CircleCI pipeline, and
     ``validation_status=pending``; the other CircleCI ids go to the ledger row (the description
@@ -64,7 +67,9 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
                         if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
                      **({"ci": dict(by.ci)} if by.ci else {}),
                      **({"bundle_files": dict(bundle_files), "bundle_sha256": bundle_hashes.digest(bundle_files)}
-                        if bundle_files else {})}))
+                        if bundle_files else {}),
+                     **({"model_files": dict(model_files), "model_sha256": bundle_hashes.digest(model_files)}
+                        if model_files else {})}))
     except BaseException as exc:      # a signal, a ledger or server that stopped answering
         created = {version} if version is not None else _created_since(model_name, run_id, before)
         if created is None:           # whether MLflow created one cannot be read now

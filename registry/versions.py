@@ -353,6 +353,15 @@ def golden_set(model: str, version) -> dict[str, dict]:
             for name in GOLDEN_NAMES}
 
 
+def download_logged_model(uri: str, dest) -> Path:
+    """The files of the logged MLflow model ``uri`` (``models:/<name>/<version>``, ``models:/m-...``)
+    downloaded into the existing folder ``dest`` with MLflow's client (whatever store holds them);
+    the folder they are in. Check them with ``bundle_hashes.check_model`` before using them."""
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+
+
 def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
     """Attach a text artifact (e.g. the gate report) to a run, even a finished one."""
     client = tracking_client()

@@ -590,8 +590,10 @@ def test_an_unreadable_mlmodel_file_is_a_damaged_model_not_a_traceback(monkeypat
         raise error
 
     import registry.client
+    import registry.versions
 
     monkeypatch.setattr(registry.client, "tracking_client", lambda: None)    # no server: the loader fails first
+    monkeypatch.setattr(registry.versions, "download_logged_model", lambda uri, dest: Path(dest))
     monkeypatch.setattr(mlflow.tensorflow, "load_model", load_model)
     with pytest.raises(DamagedModel) as e:
         load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
@@ -604,14 +606,16 @@ def test_a_type_error_from_reading_the_model_itself_keeps_its_own_words(monkeypa
     import mlflow.tensorflow
 
     import registry.client
+    import registry.versions
     from mlops_common.errors import DamagedModel
     from mlproject.evaluate import load_checked
 
-    def load_model(uri, dst_path=None):
-        (Path(dst_path) / "MLmodel").write_text("flavors:\n  tensorflow: {}\nartifact_path: model\n")
+    def load_model(uri, dst_path=None):       # the model is downloaded first, then loaded from its folder
+        (Path(dst_path or uri) / "MLmodel").write_text("flavors:\n  tensorflow: {}\nartifact_path: model\n")
         raise TypeError("Dense.__init__() got an unexpected keyword argument 'quantization_config'")
 
     monkeypatch.setattr(registry.client, "tracking_client", lambda: None)
+    monkeypatch.setattr(registry.versions, "download_logged_model", lambda uri, dest: Path(dest))
     monkeypatch.setattr(mlflow.tensorflow, "load_model", load_model)
     with pytest.raises(DamagedModel) as e:
         load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")

@@ -131,3 +131,92 @@ def test_gate_help_and_bad_input(mlops_env):
     assert r.returncode == 2 and "does not exist" in error_line(r)
     r = run_mlops("registry", "gate", "--version", "1", "--min-accuracy", "1.5")
     assert r.returncode == 2 and "not between 0 and 1" in r.stderr
+
+
+def _logged_model_file(model: str, version: int, path: str, into) -> tuple[str, bytes]:
+    """The logged model's id and the bytes of its file ``path``, as the artifact store holds them."""
+    import mlflow.artifacts
+
+    model_id = versions.get_version(model, version).source.rsplit("/", 1)[-1]     # models:/m-...
+    root = tracking_client().get_logged_model(model_id).artifact_location
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{path}", dst_path=str(into))
+    with open(local, "rb") as f:
+        return model_id, f.read()
+
+
+def _upload_to_logged_model(model_id: str, path: str, data: bytes, folder) -> None:
+    """What anyone with write access to the artifact store can do after registration."""
+    local = folder / path
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
+    tracking_client().log_model_artifacts(model_id, str(folder))
+
+
+def _other_weights(keras_file: bytes, folder) -> bytes:
+    """The same Keras model with its weights nudged by 1%: it still loads and scores about the same."""
+    import keras
+
+    src, dst = folder / "orig.keras", folder / "nudged.keras"
+    src.write_bytes(keras_file)
+    m = keras.saving.load_model(src, compile=False)
+    m.set_weights([w * 1.01 for w in m.get_weights()])
+    m.save(dst)
+    return dst.read_bytes()
+
+
+def test_a_logged_model_changed_in_the_store_after_registration_is_refused_by_the_gate(mlops_env, tmp_path):
+    """Found by review (2026-12-05, seventh stop; a known limit until then): the gate scored the
+    version's logged Keras model, whose files were not among the hashes recorded at registration:
+    a model rewritten in the artifact store after registration was gated (and could be promoted)
+    on files nobody checked. Now their sha256 is recorded with the ``register`` row and the gate
+    refuses a download that differs, in one line, writing nothing; restored, it gates again."""
+    from tests.fixtures.trained import train_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = train_version()["version"]
+    [reg] = [e for e in Ledger().entries(model, actions=("register",)) if e.to_version == v]
+    assert "data/model.keras" in reg.details["model_files"] and "MLmodel" in reg.details["model_files"]
+    model_id, original = _logged_model_file(model, v, "data/model.keras", tmp_path / "orig")
+    _upload_to_logged_model(model_id, "data/model.keras", _other_weights(original, tmp_path),
+                            tmp_path / "swap")
+    rows_before = [e.id for e in Ledger().entries(model)]
+
+    r = run_mlops("registry", "gate", "--version", str(v), "--min-accuracy", "0.1")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert error_line(r) == (f"error: the logged model of version {v} of '{model}' is not the one registered "
+                             f"(data/model.keras changed): it was changed in the artifact store since; "
+                             f"restore it or register a new version. Nothing was gated or recorded")
+    assert [e.id for e in Ledger().entries(model)] == rows_before              # no gate row
+    info = versions.get_version(model, v)
+    assert info.tags["validation_status"] == "pending" and info.aliases == ()
+    assert not tracking_client().list_artifacts(info.run_id, "gate")           # no report logged
+
+    _upload_to_logged_model(model_id, "data/model.keras", original, tmp_path / "restore")
+    r = run_mlops("registry", "gate", "--version", str(v), "--min-accuracy", "0.1", "--json")
+    assert r.returncode == 0, r.stderr                                          # untouched: scored, passes
+    report = json.loads(r.stdout)
+    assert report["status"] == "passed" and not any("unchecked" in n for n in report["notes"]), report["notes"]
+
+
+def test_a_version_registered_without_its_logged_model_hashes_still_gates_and_says_so(mlops_env):
+    """A ``register`` row from before the logged model's hashes were recorded (``bundle_files``
+    only): the gate scores the model unchecked, with a warning, and its report says so."""
+    from registry import bundle_hashes
+    from registry.register import register_version
+    from tests.fixtures.trained import train_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = train_version()["version"]
+    info = versions.get_version(model, v1)
+    v2 = register_version(model, info.source, run_id=info.run_id, tags={"dataset": "digits"},
+                          bundle_files=bundle_hashes.recorded(model, v1))       # as registrations were
+    [reg] = [e for e in Ledger().entries(model, actions=("register",)) if e.to_version == v2]
+    assert "bundle_files" in reg.details and "model_files" not in reg.details
+
+    r = run_mlops("registry", "gate", "--version", str(v2), "--min-accuracy", "0.1", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["status"] == "passed"
+    assert any(n.startswith(f"v{v2}'s logged model was scored unchecked") for n in report["notes"]), report["notes"]
+    assert f"version {v2} of '{model}' was registered without its logged model's file hashes" in r.stderr
+    assert [(e.to_version, e.outcome) for e in Ledger().entries(model) if e.action == "gate"] == [(v2, "passed")]

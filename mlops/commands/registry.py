@@ -165,9 +165,10 @@ def register(sub) -> None:
 def _evaluator(model: str):
     """``evaluate(version, dataset)`` for the gate, built on mlproject (composition root)."""
     from mlproject.evaluate import evaluate_version
+    from registry.gate import NOTHING_GATED
 
     def evaluate(version: int, dataset: str | None) -> dict:
-        return evaluate_version(model, version, dataset=dataset).to_dict()
+        return evaluate_version(model, version, dataset=dataset, unchanged=NOTHING_GATED).to_dict()
 
     return evaluate
 
