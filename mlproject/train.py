@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import re
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,11 +138,22 @@ def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
 
 
 def _load_start_model(uri: str, dataset: str):
-    """The Keras model behind ``uri``, checked against the data set."""
+    """The Keras model behind ``uri``, checked against the data set and, for a registered version
+    (``models:/<name>/<n>``), against the files recorded when it was registered: a retrain must not
+    start from weights rewritten in the artifact store since (the gate checks the new version's own
+    files, not the ones it started from)."""
+    from registry import bundle_hashes
+
     from .evaluate import load_checked
 
+    registered = re.fullmatch(r"models:/(.+)/(\d+)", uri)
+    verify = None
+    if registered:
+        def verify(folder):
+            bundle_hashes.check_model(registered.group(1), int(registered.group(2)), folder,
+                                      unchanged="Nothing was trained or registered")
     return load_checked(uri, uri, dataset, damaged="retrain with --from-scratch, or promote a version that loads",
-                        other_shape="retrain with --from-scratch or the matching --dataset")
+                        other_shape="retrain with --from-scratch or the matching --dataset", verify=verify)
 
 
 def fit_model(params: TrainParams, data: TrainingData, *, start_model=None, on_epoch=None, stream=None):

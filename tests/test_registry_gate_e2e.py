@@ -220,3 +220,30 @@ def test_a_version_registered_without_its_logged_model_hashes_still_gates_and_sa
     assert any(n.startswith(f"v{v2}'s logged model was scored unchecked") for n in report["notes"]), report["notes"]
     assert f"version {v2} of '{model}' was registered without its logged model's file hashes" in r.stderr
     assert [(e.to_version, e.outcome) for e in Ledger().entries(model) if e.action == "gate"] == [(v2, "passed")]
+
+
+def test_a_retrain_does_not_start_from_production_weights_changed_in_the_store(mlops_env, tmp_path):
+    """A retrain continues from production's logged model: rewritten in the artifact store after
+    registration, it is refused before any run starts, in one line (the gate checks the new
+    version's own files, not the weights it started from)."""
+    from mlproject.batches import make_batch, write_batch
+    from mlproject.datasets import load_partition
+    from tests.fixtures.trained import train_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = train_version()["version"]
+    tracking_client().set_registered_model_alias(model, "production", str(v))
+    model_id, original = _logged_model_file(model, v, "data/model.keras", tmp_path / "orig")
+    _upload_to_logged_model(model_id, "data/model.keras", _other_weights(original, tmp_path), tmp_path / "swap")
+    batch = write_batch(make_batch("good", load_partition("digits").pool, seed=3), str(tmp_path / "in" / "b.npz"))
+    runs_before = len(tracking_client().search_runs([tracking_client().get_experiment_by_name(model).experiment_id]))
+
+    r = run_mlops("retrain", "--incoming", batch, "--epochs", "1")
+
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert error_line(r) == (f"error: the logged model of version {v} of '{model}' is not the one registered "
+                             f"(data/model.keras changed): it was changed in the artifact store since; "
+                             f"restore it or register a new version. Nothing was trained or registered")
+    experiment = tracking_client().get_experiment_by_name(model).experiment_id
+    assert len(tracking_client().search_runs([experiment])) == runs_before
+    assert [int(x.version) for x in tracking_client().search_model_versions(f"name='{model}'")] == [v]
