@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 import secrets
 import shutil
@@ -45,6 +47,62 @@ def copy_with_progress(src: str, dst: str, progress: ProgressFn | None) -> int:
             if progress:
                 progress(n)
     return sent
+
+
+@functools.cache
+def _syncfs_call():
+    """libc's ``syncfs`` (Linux), or None."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+def syncfs(path: str | os.PathLike) -> bool:
+    """Flush the whole file system that holds ``path`` (one syncfs(2), as OSTree commits): a
+    version's files and folders in one call, where an fsync per file cost a 300-file version
+    0.1 -> 1.0 s on ext4 here. False when this system has no syncfs or it failed: then the caller
+    fsyncs each file."""
+    call = _syncfs_call()
+    if call is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return call(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def flush_tree(root: Path, files, dirs) -> None:
+    """Every file and folder under ``root`` (and ``root``) on disk: syncfs, else fsync each."""
+    if syncfs(root):
+        return
+    for rel in files:
+        with open(root / rel, "rb") as f:
+            os.fsync(f.fileno())
+    for d in sorted({(root / rel).parent for rel in files} | {root / d for d in dirs} | {root}):
+        fsync_dir(d)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory's entries (a new name, a rename into it) to disk, best effort: a
+    directory the user cannot read, or a file system that refuses a directory's fsync, stays as
+    the kernel writes it back."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
 
 
 class LocalTransport(Transport):
@@ -114,6 +172,7 @@ class LocalTransport(Transport):
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
+            fsync_dir(path.parent)      # the rename on disk too
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if linked:
@@ -160,6 +219,10 @@ class LocalTransport(Transport):
             for f in manifest.files:
                 _make_dirs((dest / f.path).parent)
                 sent += copy_with_progress(os.path.join(local_dir, f.path), str(dest / f.path), progress)
+            # on disk before the rename publishes them, and the model folder's entry in the base
+            # (``_make_dirs`` may have just made it)
+            flush_tree(dest, [f.path for f in manifest.files], manifest.dirs)
+            fsync_dir(dest.parent.parent)
         except OSError as exc:
             raise self._err(exc, f"uploading to {dest_rel}") from None
         return sent
@@ -170,6 +233,7 @@ class LocalTransport(Transport):
             raise FileExistsError(f"{dst} exists")
         try:
             os.rename(src, dst)
+            fsync_dir(dst.parent)       # the rename on disk (the files were flushed before it)
         except OSError as exc:
             raise self._err(exc, f"renaming {src_rel} to {dst_rel}") from None
 

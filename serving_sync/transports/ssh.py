@@ -68,6 +68,7 @@ class SshTransport(Transport):
         self._no_shell = False
         self._verified: dict[str, HostListing] = {}   # listings hashed right after an upload
         self._link_targets: dict[str, str] = {}       # _through_link, per connection
+        self._no_fsync = False     # the SFTP server lacks fsync@openssh.com (said once)
         self.op_timeout = op_timeout
         self.where = ssh_connect.where_of(target)
         super().__init__(target.url)
@@ -346,9 +347,11 @@ class SshTransport(Transport):
                 # never folders outside the base for a dangling link
                 with (self.sftp.open(tmp, "wbx") if linked else self._create(tmp)) as f:
                     f.write(data)
+                    self._fsync_and_close(f, tmp)   # on disk before the rename makes it the file
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
                 self.cut_writes.discard(tmp)
+                self._fsync_dir(posixpath.dirname(path))    # and the rename itself
             except OSError as exc:
                 self._best_effort_remove(tmp)
                 if not self._t.is_active():
@@ -391,6 +394,47 @@ class SshTransport(Transport):
             pass
         else:
             self.cut_writes.discard(path)
+
+    def _fsync_and_close(self, f, path: str, *, strict: bool = True) -> None:
+        """Flush an open SFTP file to the host's disk (OpenSSH's ``fsync@openssh.com``, since
+        6.5), then close it: what a power loss right after a publish would otherwise cut short.
+        The fsync goes out just before the close, whose answer (the server runs requests in
+        order) says both are done: no round trip of its own. A server without the extension is
+        said once per connection and the publish goes on, as before. ``strict``: a failed flush
+        (an I/O error) is raised; else ignored (folders, whose fsync some file systems refuse)."""
+        if self._no_fsync:
+            f.close()
+            return
+        from paramiko.sftp import CMD_EXTENDED, CMD_STATUS
+
+        reply = _Reply()
+        f.flush()
+        self.sftp._async_request(reply, CMD_EXTENDED, "fsync@openssh.com", f.handle)
+        f.close()
+        if reply.kind != CMD_STATUS:
+            return
+        try:
+            self.sftp._convert_status(reply.msg)
+        except OSError as exc:
+            if "unsupported" in str(exc).lower():
+                self._no_fsync = True
+                logger.warning("%s: the SFTP server cannot flush files to disk (no fsync@openssh.com): "
+                               "a power loss right after this deploy may leave a published file short",
+                               self.where)
+            elif strict and "bad message" not in str(exc).lower():   # EINVAL: cannot be flushed
+                raise
+
+    def _fsync_dir(self, path: str) -> None:
+        """Flush a folder's entries (a rename into it, a new name) to disk, best effort: OpenSSH's
+        sftp-server opens a folder read-only as a file and fsyncs that handle (two round trips)."""
+        if self._no_fsync:
+            return
+        try:
+            f = self.sftp.open(path, "r")
+        except OSError:        # not readable by the deploy user: its entries stay unflushed
+            return
+        with f:
+            self._fsync_and_close(f, path, strict=False)
 
     def remove_cut_writes(self, paths) -> None:
         """Remove the temp files of writes another connection to this host lost mid-way (its
@@ -510,6 +554,7 @@ class SshTransport(Transport):
             raise UserError(f"{self.where}: extracting the upload on the host failed (exit {rc}): "
                             f"{_last_line(err)}")
         self._verified[dest] = _listing_of_upload(res, streamed)
+        self._say_unsynced(res)
         return streamed
 
     def pull_tree(self, dest_rel: str, pull, *, min_free: int | None = None) -> int | None:
@@ -571,7 +616,14 @@ class SshTransport(Transport):
             raise UserError(f"{self.where}: downloading from the shared store failed on the host "
                             f"(exit {rc}): {_last_line(stderr.encode())}")
         self._verified[dest] = res.listing
+        self._say_unsynced(res)
         return len(payload)
+
+    def _say_unsynced(self, res: ScriptOutput) -> None:
+        if res.flags.get("@synced") == "none":
+            logger.warning("%s: the host has neither sync nor python3 to flush the version to disk: "
+                           "a power loss right after this deploy may leave one of its files short",
+                           self.where)
 
     def _download_write_error(self, path: str, stderr: str, doing: str) -> UserError:
         """The host's downloader could not write ``path`` (curl 23, wget 3): a full disk is
@@ -613,7 +665,12 @@ class SshTransport(Transport):
                             sent += len(chunk)
                             if progress:
                                 progress(len(chunk))
+                        self._fsync_and_close(fout, remote)   # after the writes (in order)
                     self.sftp.chmod(remote, 0o644)
+                # the folders' entries, and the model folder's in the base (maybe just made)
+                for d in [*(posixpath.join(dest, d) for d in manifest.dirs), dest,
+                          posixpath.dirname(posixpath.dirname(dest))]:
+                    self._fsync_dir(d)
             except OSError as exc:
                 if not self._t.is_active():
                     raise
@@ -627,6 +684,9 @@ class SshTransport(Transport):
                 raise FileExistsError(dst)
             self.sftp.rename(src, dst)   # SFTP rename refuses an existing target
             self._verified.pop(src, None)
+            # the rename on disk: the version's files were flushed before it (the upload script,
+            # ``_upload_sftp``), their folder's new name now
+            self._fsync_dir(posixpath.dirname(dst))
 
     def remove_tree(self, rel: str) -> None:
         if not rel_path(rel):
@@ -692,6 +752,15 @@ def _listing_of_upload(res: ScriptOutput, streamed: Streamed) -> HostListing:
         entry = expected.get(path)
         files[path] = entry.sha256 if entry and same_stream and entry.size == size else "stream-mismatch"
     return HostListing(files, listing.dirs, listing.others)
+
+
+class _Reply:
+    """The answer to one pipelined SFTP request, kept when paramiko reads it."""
+    kind = None
+    msg = None
+
+    def _async_response(self, kind, msg, num) -> None:
+        self.kind, self.msg = kind, msg
 
 
 def _last_line(err: bytes) -> str:

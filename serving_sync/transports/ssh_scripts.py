@@ -8,6 +8,7 @@ per publish.
 """
 from __future__ import annotations
 
+import posixpath
 import shlex
 from dataclasses import dataclass
 
@@ -45,6 +46,49 @@ echo @end
 
 def q(path: str) -> str:
     return shlex.quote(path)
+
+
+# Durability: run in the extracted (or downloaded) temporary directory before it is listed and
+# renamed into place, so that after a power loss the published folder never holds an empty or
+# short file. Every file and directory of the version is flushed, and the folder ``extra`` (the
+# model's parent, holding the model folder ``mkdir -p`` may have just made), best effort: with
+# ``sync -f`` when ``sync --help`` offers FILE (coreutils >= 8.24, busybox >= 1.26): one syncfs
+# of the file system that holds them, as OSTree commits (an fsync per file cost a 300-file
+# version 0.1-0.7 s on ext4 here, syncfs 0.02 s); else ``sync FILE...`` (fsync each); else the
+# host's python3 (fsync each); else a plain ``sync`` (Linux waits for the whole flush). A host
+# without any publishes unflushed, as before, and says so (``@synced none``): never a failed
+# publish only for that. The rename's own entry is flushed after it over SFTP
+# (``SshTransport.rename``).
+_SYNC_PY = ("import os, sys\n"
+            "for p in sys.argv[1:]:\n"
+            "    fd = os.open(p, os.O_RDONLY)\n"
+            "    try:\n"
+            "        os.fsync(fd)\n"
+            "    finally:\n"
+            "        os.close(fd)\n")
+
+
+def _sync_section(extra: str) -> str:
+    """Flush the current directory's tree (and ``extra``, best effort) to disk; prints
+    ``@synced fs|files|python|all|none`` (how)."""
+    each = r"find . \( -type f -o -type d \) -exec"
+    py = f'"$SP" -I -S -c {q(_SYNC_PY)}'
+    return f"""if sync --help 2>&1 | grep -q FILE; then SF=1; else SF=; fi
+if [ -n "$SF" ] && sync -f -- .; then
+  sync -f -- {q(extra)} 2>/dev/null; echo @synced fs
+elif [ -n "$SF" ] && {each} sync -- {{}} +; then
+  sync -- {q(extra)} 2>/dev/null; echo @synced files
+else
+  SP=
+  for c in /usr/bin/python3 /usr/local/bin/python3 "$(command -v python3 2>/dev/null)"; do
+    if [ -n "$c" ] && [ -x "$c" ]; then SP=$c; break; fi
+  done
+  if [ -n "$SP" ] && {each} {py} {{}} + 2>/dev/null; then
+    {py} {q(extra)} 2>/dev/null; echo @synced python
+  elif command -v sync >/dev/null 2>&1 && sync; then echo @synced all
+  else echo @synced none; fi
+fi
+"""
 
 
 def listing_script(path: str) -> str:
@@ -206,9 +250,10 @@ def upload_script(parent: str, dest: str, need_bytes: int | None, *, stream_byte
     """
     fifo = q(dest + ".stream")
     extract = f"tar -x -o -f - -C {q(dest)}"
+    flush = _sync_section(posixpath.dirname(parent))
     sizes = f"""  [ "$rc" -eq 0 ] || {{ echo "@tarfailed $rc"; exit 95; }}
   cd -- {q(dest)} || exit 3
-{_SIZE_SECTION}  exit 0
+{flush}{_SIZE_SECTION}  exit 0
 fi
 """
     python = ""
@@ -234,7 +279,7 @@ command -v tar >/dev/null 2>&1 || {{ echo @notar; exit 0; }}
 {sizes}echo @ready
 {extract} || {{ rc=$?; echo "@tarfailed $rc"; exit 95; }}
 cd -- {q(dest)} || exit 3
-{_HASH_SECTION}"""
+{flush}{_HASH_SECTION}"""
 
 
 def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
@@ -282,7 +327,7 @@ while IFS="$tab" read -r kind p u; do
   esac
 done
 cd -- "$dest" || exit 3
-{_HASH_SECTION}"""
+{_sync_section(posixpath.dirname(parent))}{_HASH_SECTION}"""
 
 
 @dataclass
@@ -310,7 +355,7 @@ def parse_output(stdout: bytes) -> ScriptOutput:
         elif line.startswith("@") and (line.split(" ", 1)[0] in
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
                                         "@hashfailed", "@end", "@hashing", "@stream", "@filesha", "@nofetch",
-                                        "@fetchfailed", "@fetchrc", "@got", "@badinput")):
+                                        "@fetchfailed", "@fetchrc", "@got", "@badinput", "@synced")):
             key, _, value = line.partition(" ")
             flags[key] = value
             current = None
