@@ -351,7 +351,10 @@ class SshTransport(Transport):
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
                 self.cut_writes.discard(tmp)
-                self._fsync_dir(posixpath.dirname(path))    # and the rename itself
+                # The folder is not flushed after the rename (file:// hosts flush it): two more
+                # round trips a write, some fifteen a deploy (7.6 -> 9.2 s for a host 50 ms away).
+                # Without it a power loss may bring the host back with the file as it was before
+                # this write, whole, which the next deploy observes; never a short one.
             except OSError as exc:
                 self._best_effort_remove(tmp)
                 if not self._t.is_active():
