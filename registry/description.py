@@ -136,6 +136,38 @@ def _forced(e: Entry) -> bool:
     return isinstance(e.details, dict) and bool(e.details.get("forced"))
 
 
+def ledger_approver(entries: list[Entry], version: int) -> str | None:
+    """Who let ``version`` into production, as the ledger records it: what the moves write into
+    its ``approved_by`` tag (``promotion.promotion_tags``), replayed from the rows. The approver
+    (else the actor) of the newest ``ok`` move that put it there; a failed deploy's automatic
+    revert leaves it as it was (the revert keeps its target's approver); a move recorded where it
+    already held production counts only while there is none (it then wrote its own). None when no
+    such row is in ``entries``."""
+    found = None
+    for e in entries:
+        if e.action not in ("promote", "rollback") or e.outcome != "ok" or e.to_version != version:
+            continue
+        details = e.details if isinstance(e.details, dict) else {}
+        if details.get("automatic"):
+            continue
+        if e.from_version != e.to_version or found is None:
+            found = details.get("approved_by") or e.actor
+    return found
+
+
+def approval(tags: dict[str, str], entries: list[Entry], version: int) -> tuple[str | None, str | None]:
+    """(who let ``version`` in, the ``approved_by`` tag when it says someone else). The ledger
+    wins: it is append-only, while anyone with write access to the registry can edit a tag
+    (MLflow UI or API); a tag that disagrees is shown as changed outside mlops. With no ledger
+    row to say (an older ledger, a version re-created), the tag is what there is. A tag that
+    is missing is not a disagreement (a move whose tag writes failed, a deferred view)."""
+    tag = T.read(tags, T.APPROVED_BY)
+    recorded = ledger_approver(entries, version)
+    if recorded is None:
+        return tag, None
+    return recorded, tag if tag and tag != recorded else None
+
+
 def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |", *rows]
     if left_out:
@@ -165,14 +197,16 @@ def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str
     lines = [head, ""]
     if to_me:
         last = to_me[-1]
-        approver = T.read(tags, T.APPROVED_BY) or last.details.get("approved_by") or last.actor
+        approver, edited = approval(tags, entries, version)
+        approver = approver or (last.details or {}).get("approved_by") or last.actor
         outside = isinstance(last.details, dict) and bool(last.details.get("moved_outside"))
         mark = "**forced**: " if _forced(last) else "**outside mlops**: " if outside else ""
         lines.append(f"**Approved by:** {_cell(approver)} ({mark}"
                      f"{_cell(last.action)} {_v(last.from_version)} → "
                      f"v{version} {'recorded by' if outside else 'by'} {_cell(last.actor)}, {_when(last)} UTC, "
                      f"ledger #{last.id}"
-                     + (f"; reason: {_cell(last.reason)}" if last.reason else "") + ")")
+                     + (f"; reason: {_cell(last.reason)}" if last.reason else "") + ")"
+                     + (f" — the `approved_by` tag says {_cell(edited)}: changed outside mlops" if edited else ""))
     else:
         lines.append("**Approved by:** nobody yet (never promoted)")
     if gates:

@@ -71,15 +71,23 @@ def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | 
                   "outcome", "reason"], rows)
 
 
-def status_rows(model: str) -> list[dict]:
-    """Every version of ``model`` with aliases, validation and deploy status, accuracy and age."""
-    from . import tags, versions
+def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
+    """Every version of ``model`` with aliases, validation and deploy status, accuracy, age and
+    who let it into production: the ledger's, as the description says (``description.approval``;
+    ``approved_by_tag``: the tag as it is, set when it says someone else). ``entries``: the
+    model's ``promote`` / ``rollback`` rows (read from the ledger when not given)."""
+    from . import description, versions
+    from .ledger import Ledger
 
     found = versions.list_versions(model)
+    if entries is None:
+        entries = Ledger().entries(model, actions=("promote", "rollback"))
     by_run = versions.runs_metrics(info.run_id for info in found)   # a deleted run: no metrics, still listed
     rows = []
     for info in found:
         metrics = by_run.get(info.run_id or "", {})
+        approver, edited = description.approval(info.tags, description.current(entries, info.created_at),
+                                                info.version)
         rows.append({"version": info.version, "aliases": list(info.aliases),
                      "validation_status": info.validation_status,
                      "deploy_status": info.deploy_status,
@@ -88,8 +96,16 @@ def status_rows(model: str) -> list[dict]:
                      "age": age(info.created_at),
                      "dataset": T.read(info.tags, T.DATASET),
                      "pipeline_id": T.read(info.tags, T.PIPELINE_ID),
-                     "approved_by": info.tags.get(tags.APPROVED_BY)})
+                     "approved_by": approver, "approved_by_tag": edited})
     return rows
+
+
+def approval_lines(rows: list[dict]) -> list[str]:
+    """A line under the status table for each version whose ``approved_by`` tag says someone
+    else than the ledger (``status_rows``)."""
+    return [f"warning: v{r['version']}'s approved_by tag says {printable(r['approved_by_tag'])} but the ledger "
+            f"records {printable(r['approved_by'])}: the tag was changed outside mlops (its description "
+            f"shows the ledger's)" for r in rows if r.get("approved_by_tag")]
 
 
 def agreement_line(a) -> str:

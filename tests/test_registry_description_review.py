@@ -485,3 +485,60 @@ def test_the_description_shows_infra_validation_once_it_is_recorded(make_version
     text = versions.get_version(model, v).description
     assert re.search(r"^\| #\d+ \| [^|]+ \| infra-validate\\:docker \| smoke_test \| failed \| version 1 did not "
                      r"become AVAILABLE within 120s \|$", text, re.M), text
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. an `approved_by` tag edited outside mlops: the ledger's approver wins, the edit shows
+# ---------------------------------------------------------------------------------------------
+
+def test_the_ledger_says_who_approved_and_a_tag_that_disagrees_is_shown_as_edited():
+    entries = rows(Entry("promote", "m", "ok", to_version=1, actor="ci", details={"approved_by": "alice"}),
+                   Entry("promote", "m", "ok", from_version=1, to_version=2, actor="bob"),
+                   Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="runner",
+                         reason="deploy failed", details={"after_failed_deploy": 2, "automatic": True}),
+                   Entry("promote", "m", "ok", from_version=1, to_version=1, actor="mallory"))
+    # the automatic revert and the no-op keep who let v1 in, as they keep its tag
+    for tags in ({"approved_by": "alice"}, {}):
+        text = description.render(model="m", version=1, tags=tags, aliases=("production",), entries=entries)
+        assert line(text, "Approved by") == ("**Approved by:** alice (rollback v2 → v1 by runner, "
+                                             "2026-12-01 15:00 UTC, ledger #3; reason: deploy failed)")
+    edited = description.render(model="m", version=1, tags={"approved_by": "@mallory"}, aliases=("production",),
+                                entries=entries)
+    assert line(edited, "Approved by").startswith("**Approved by:** alice (rollback v2 → v1 by runner")
+    assert line(edited, "Approved by").endswith(
+        "deploy failed) — the `approved_by` tag says \\@mallory: changed outside mlops")
+    assert description.approval({"approved_by": "x"}, [], 1) == ("x", None)   # no row: the tag is all there is
+
+
+def test_an_approved_by_tag_edited_in_the_registry_does_not_rewrite_who_approved(make_version):
+    """A known limit until the seventh stop: the description's "Approved by" was the version's
+    `approved_by` tag, which anyone with write access to the registry can set (MLflow UI or API),
+    over the ledger's append-only row. The ledger's approver is shown now, with the tag's if it
+    says someone else; `registry status` says the same; `registry reconcile` writes production's back."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
+    for v, who in ((v1, "alice"), (v2, "bob")):
+        assert run_mlops("registry", "promote", "--version", str(v), "--actor", who).returncode == 0
+    for v, who in ((v1, "mallory"), (v2, "eve")):             # as the MLflow UI writes a tag
+        rest().call("POST", "model-versions/set-tag", body={"name": model, "version": str(v), "key": "approved_by",
+                                                            "value": who}, what="test")
+    deploys.tag(model, v2, deploys.DEPLOYED)                   # a later step rebuilds the descriptions
+    description.refresh(model, v1)
+    for v, who, edited in ((v1, "alice", "mallory"), (v2, "bob", "eve")):
+        text = versions.get_version(model, v).description
+        assert line(text, "Approved by").startswith(f"**Approved by:** {who} (promote "), text
+        assert line(text, "Approved by").endswith(f" — the `approved_by` tag says {edited}: changed outside mlops")
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = {d["version"]: (d["approved_by"], d["approved_by_tag"]) for d in json.loads(r.stdout)["versions"]}
+    assert shown == {v1: ("alice", "mallory"), v2: ("bob", "eve")}
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0 and (f"warning: v{v1}'s approved_by tag says mallory but the ledger records alice: "
+                                  f"the tag was changed outside mlops") in r.stdout, r.stdout
+    r = run_mlops("registry", "reconcile", "--actor", "carol")
+    assert r.returncode == 0 and "written again" in r.stdout, r.stdout + r.stderr
+    info = versions.get_version(model, v2)
+    assert info.tags["approved_by"] == "bob" and "changed outside mlops" not in info.description
+    after = {d["version"]: (d["approved_by"], d["approved_by_tag"])
+             for d in json.loads(run_mlops("registry", "status", "--json").stdout)["versions"]}
+    assert after == {v1: ("alice", "mallory"), v2: ("bob", None)}

@@ -284,7 +284,7 @@ def test_plain_free_text_reads_as_before():
 
     now = datetime.now(timezone.utc)
     e = Entry("promote", "m", "ok", from_version=None, to_version=1, actor="alice", reason="first release",
-              id=3, at=now)
+              details={"approved_by": "carol-approver"}, id=3, at=now)    # as a CircleCI approval records it
     text = render(model="m", version=1, tags={"approved_by": "carol-approver"}, aliases=("production",),
                   entries=[e])
     assert "**Approved by:** carol-approver (promote none → v1 by alice" in text

@@ -275,7 +275,7 @@ def cmd_history(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from registry.history import agreement_line, status_rows, status_table
+    from registry.history import agreement_line, approval_lines, status_rows, status_table
     from registry.promotion import check_agreement
 
     model = settings.model_name(args.model_name)
@@ -287,6 +287,8 @@ def cmd_status(args) -> int:
         print(status_table(model, rows))
         if rows or agreement.ledger is not None or agreement.problem():
             print(agreement_line(agreement))
+        for line in approval_lines(rows):
+            print(line)
     return 0
 
 
