@@ -9,6 +9,8 @@ record); every deploy / smoke_test / host_rollback / canary row goes through ``D
 """
 from __future__ import annotations
 
+from mlops_common.errors import NotFoundError
+
 from . import artifacts, tags, versions
 from .ledger import Entry, Ledger
 from .promotion_rules import (
@@ -68,6 +70,27 @@ def rolled_back_from(model: str, version: int, ledger: Ledger | None = None) -> 
     (``promotion_rules.rolled_back_to``): a deploy serving ``version`` tags its ``from_version``
     ``rolled_back``. None otherwise."""
     return rolled_back_to((ledger or Ledger()).entries(model, actions=MOVES, current=True), version)
+
+
+def rollback_unrecorded(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
+    """The person's rollback to ``version`` (the newest move) whose bookkeeping a deploy of
+    ``version`` still has to write though every host may serve it already — a `sync rollback`
+    killed after its switch: no deploy rolled it out (``rollback_in_rollout``: `sync rollback`
+    refuses to step further), or the version rolled back from still says ``deployed``
+    (``rollback_unfinished``: a rerun would finish it instead of stepping back). ``fleet.deploy``
+    on hosts that serve ``version`` writes both (``record_converged``, the late ``rolled_back``
+    tag). None otherwise (one ledger read; one registry read only after a rollback)."""
+    entries = (ledger or Ledger()).entries(model, actions=(*MOVES, "deploy"), current=True)
+    if (row := rollback_in_rollout(entries, version)) is not None:
+        return row
+    last = rolled_back_to(entries, version)
+    if last is None:
+        return None
+    try:
+        frm = status(model, last.from_version)
+    except NotFoundError:       # the version rolled back from was deleted: nothing to tag
+        return None
+    return last if frm == DEPLOYED else None
 
 
 class DeployLedger:

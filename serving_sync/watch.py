@@ -166,12 +166,15 @@ class FleetReconciler:
     begun its deploy does not begin one, and one waiting for another deploy's lock (``--lock-wait``)
     gives up at once — nothing changed, nothing to finish (``stopped``).
     Hosts that already serve production while the version has no ``deploy_status`` at all (a
-    deploy killed after its switch) go through ``fleet.deploy`` once, which records it, as ``mlops
-    sync deploy`` would; once per version in a watch (a registry refusing the tag is not asked at
-    every pass), and never over a status another deploy wrote."""
+    deploy killed after its switch), or while a person's rollback to it was not finished (a `sync
+    rollback` killed after its switch: ``deploys.rollback_unrecorded``), go through
+    ``fleet.deploy`` once, which records it, as ``mlops sync deploy`` would; once per version —
+    per rollback for the latter — in a watch (a registry refusing the tag is not asked at every
+    pass), and never over a status another deploy wrote."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
                  recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
+                 rollback_unrecorded: Callable[[int], object] | None = None,
                  stopping: Callable[[], bool] = lambda: False):
         from registry import deploys
 
@@ -181,10 +184,13 @@ class FleetReconciler:
         if status_known is None:
             def status_known(v: int) -> bool:       # any status: a deploy recorded what it did
                 return deploys.status(model, v) not in (None, "", "none")
+        if rollback_unrecorded is None:
+            def rollback_unrecorded(v: int):      # the ledger row of a rollback to v not finished, or None
+                return deploys.rollback_unrecorded(model, v)
         self.model, self.hosts, self.opts, self.lock_wait = model, hosts, opts, lock_wait
         self.failed = FailedVersions(recorded=recorded)
-        self.status_known = status_known
-        self._record_tried: set[int] = set()
+        self.status_known, self.rollback_unrecorded = status_known, rollback_unrecorded
+        self._record_tried: set[tuple] = set()     # (version, rollback row id or None)
         self._break_lock = break_lock
         self.stopping = stopping
 
@@ -197,11 +203,13 @@ class FleetReconciler:
         fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
         if fp.errors:
             return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
-        if fp.up_to_date and (fp.version in self._record_tried or self.status_known(fp.version)):
-            return "up_to_date", fp.version, f"hosts serve v{fp.version}"
-        recording = fp.up_to_date         # a deploy killed after its switch: deploy records it, once
+        if fp.up_to_date:
+            unrecorded = self._unrecorded(fp.version)
+            if unrecorded is None or unrecorded in self._record_tried:
+                return "up_to_date", fp.version, f"hosts serve v{fp.version}"
+        recording = fp.up_to_date         # a deploy or rollback killed after its switch: deploy records it, once
         if recording:
-            self._record_tried.add(fp.version)
+            self._record_tried.add(unrecorded)
         elif self.failed.skip(fp.version):
             return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
                                            f"last promotion); waiting for production to move")
@@ -226,6 +234,15 @@ class FleetReconciler:
                            "deploy` records it", fp.version, exc.message)
             return "up_to_date", fp.version, f"hosts serve v{fp.version} (not recorded: {exc.message})"
         return r.status, r.version, r.message
+
+    def _unrecorded(self, version: int) -> tuple | None:
+        """What hosts serving ``version`` leave to record: ``(version, None)`` when it has no
+        ``deploy_status``, ``(version, row id)`` for a person's rollback to it not finished; else
+        None."""
+        if (version, None) not in self._record_tried and not self.status_known(version):
+            return version, None
+        row = self.rollback_unrecorded(version)
+        return None if row is None else (version, row.id)
 
     def production_moved(self, event: dict) -> None:
         """A verified webhook: the version it names may be tried again (a person promoted it)."""

@@ -44,7 +44,8 @@ def test_hosts_that_serve_production_unrecorded_go_through_deploy_once(monkeypat
         return SimpleNamespace(status="up_to_date", version=5, message="up to date (recorded)")
 
     monkeypatch.setattr(fleet, "deploy", deploy)
-    r = FleetReconciler("digits", [], None, recorded=lambda v: True, status_known=lambda v: deployed[v])
+    r = FleetReconciler("digits", [], None, recorded=lambda v: True, status_known=lambda v: deployed[v],
+                        rollback_unrecorded=lambda v: None)
     assert r() == ("up_to_date", 5, "up to date (recorded)")
     assert r() == ("up_to_date", 5, "hosts serve v5")
     assert len(calls) == 1
@@ -62,11 +63,41 @@ def test_recording_is_tried_once_per_version_and_a_refusing_registry_is_not_aske
         raise UserError("MLflow answered 503 to set-tag")
 
     monkeypatch.setattr(fleet, "deploy", refused)
-    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: False)
+    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: False,
+                        rollback_unrecorded=lambda v: None)
     status, version, message = r()
     assert (status, version) == ("up_to_date", 5) and "not recorded: MLflow answered 503" in message
     assert r()[:2] == ("up_to_date", 5) and r()[:2] == ("up_to_date", 5)
     assert len(calls) == 1
+
+
+def test_an_unfinished_rollback_is_finished_once_per_rollback_even_to_a_version_recorded_before(monkeypatch):
+    """v5 recorded late once in this watch, then a `sync rollback` to v5 killed after its switch:
+    the watch goes through deploy for that rollback (keyed by its ledger row, not the version
+    alone), once — a registry refusing the tag is not asked at every pass — and again for the next."""
+    state = {"known": False, "rollback": None}
+    calls = []
+    monkeypatch.setattr(fleet, "plan_fleet",
+                        lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
+
+    def deploy(model, hosts, **kw):
+        calls.append(state["rollback"])
+        if state["rollback"] is not None:
+            raise UserError("MLflow answered 503 to set-tag")
+        state["known"] = True
+        return SimpleNamespace(status="up_to_date", version=5, message="up to date (recorded)")
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: state["known"],
+                        rollback_unrecorded=lambda v: state["rollback"])
+    assert r()[2] == "up to date (recorded)" and r() == ("up_to_date", 5, "hosts serve v5")
+    state["rollback"] = SimpleNamespace(id=7)
+    status, version, message = r()
+    assert (status, version) == ("up_to_date", 5) and "not recorded: MLflow answered 503" in message
+    assert r() == ("up_to_date", 5, "hosts serve v5")
+    state["rollback"] = SimpleNamespace(id=9)
+    assert "not recorded" in r()[2]
+    assert [c if c is None else c.id for c in calls] == [None, 7, 9]
 
 
 def test_a_signal_while_a_recording_pass_waits_for_a_lock_still_ends_the_watch(monkeypatch):
@@ -81,7 +112,8 @@ def test_a_signal_while_a_recording_pass_waits_for_a_lock_still_ends_the_watch(m
         raise DeployInterrupted("interrupted (SIGTERM)")
 
     monkeypatch.setattr(fleet, "deploy", interrupted)
-    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: False)
+    r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: False,
+                        rollback_unrecorded=lambda v: None)
     res = Watcher(r, interval=0.5, once=True).run()
     assert [(p.status, p.exit_code) for p in res.passes] == [("interrupted", 130)]
 
@@ -229,6 +261,36 @@ def test_a_watcher_records_a_deploy_that_was_killed_after_its_switch(deploy_env,
     r = env.cli("sync", "watch", "--once")            # nothing more to record
     assert r.returncode == 0 and len([e for e in env.ledger(("deploy",)) if e.to_version == v2]) == 1
     assert env.which(host) == v2 and v1 != v2
+
+
+@pytest.mark.parametrize("phase", ["after:switch", "deploy:after_final_rows"])
+def test_a_watcher_finishes_a_sync_rollback_killed_after_its_switch(deploy_env, paused_deploy, phase):
+    """Found by the third stop's review (a known limit until the seventh): `sync rollback` (v3 ->
+    v2) SIGKILLed once the hosts served v2, where v2 already said ``deployed`` from before: every
+    watch pass said "up to date" and recorded nothing, so `sync rollback` kept refusing to step
+    further (after:switch: no deploy row of the rollback) or took the next rollback for this one
+    (after its rows: v3 still ``deployed``) until someone ran `mlops sync deploy`. The watch now
+    finishes it as that deploy would, once: v2's rollout recorded, v3 tagged rolled_back."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    paused_deploy(env.env, phase, "--reason", "v3 is slow", command=("sync", "rollback")).wait_paused().kill()
+    assert env.production() == v2 and env.which(host) == v2
+    assert env.tags(v2).get("deploy_status") == "deployed"          # from its own deploy, before v3
+    assert env.tags(v3).get("deploy_status") == "deployed"          # the rollback did not get to it
+
+    r = env.cli("sync", "watch", "--once")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.tags(v3).get("deploy_status") == "rolled_back", r.stderr
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    rows = len(env.ledger(("deploy",)))
+    r = env.cli("sync", "watch", "--once")                           # nothing more to record
+    assert r.returncode == 0 and len(env.ledger(("deploy",))) == rows, r.stderr
+    further = env.cli("sync", "rollback", "--reason", "v2 too")       # a rollback is one step again
+    assert further.returncode == 0, further.stderr
+    assert env.production() == v1
+    env.serves(host, v1)
 
 
 def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_env, monkeypatch):
