@@ -543,6 +543,7 @@ class SshTransport(Transport):
             raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024)
         stderr = err.decode(errors="replace")
         if rc == 0 and streamed is not None and "@nohash" in res.flags:
+            self._say_unsynced(res)
             return streamed   # no hash tool: verify() reads the files back over SFTP
         if rc != 0 or send_error is not None or res.listing is None or streamed is None:
             known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
@@ -611,6 +612,7 @@ class SshTransport(Transport):
             raise UserError(f"{self.where}: the host could not download {res.flags['@fetchfailed']} from "
                             f"the shared store {pull.store_url} ({last}); {hint}; nothing was published")
         if rc == 0 and "@nohash" in res.flags:
+            self._say_unsynced(res)
             return len(payload)     # no hash tool: verify() reads the files back over SFTP
         if rc != 0 or res.listing is None:
             known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
