@@ -14,7 +14,7 @@ import numpy as np
 from mlops_common.errors import ConfigError, DamagedModel
 from registry import artifacts
 from registry import tags as version_tags
-from registry.gate_rules import encode_correct
+from registry.gate_rules import encode_correct, encode_labels
 
 from . import metrics
 from .constants import NUM_CLASSES
@@ -38,6 +38,9 @@ class Evaluation:
     # one bit per held-out example in held-out order, 1 = answered right (base64,
     # registry.gate_rules.encode_correct): the gate pairs two versions' answers on the same examples
     correct_bits: str = ""
+    # the true class of each held-out example in held-out order, one decimal digit each
+    # (registry.gate_rules.encode_labels): with correct_bits, the gate pairs the answers per class
+    heldout_labels: str = ""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,7 +62,8 @@ def evaluation_of(probs: np.ndarray, heldout: Arrays, *, model_uri: str, dataset
                       n=len(heldout), accuracy=s["accuracy"], loss=s["loss"],
                       per_class_accuracy=s["per_class_accuracy"], per_class_count=s["per_class_count"],
                       confusion=cm.tolist(), non_probability_outputs=s["non_probability_outputs"],
-                      correct_bits=encode_correct(predicted == heldout.labels))
+                      correct_bits=encode_correct(predicted == heldout.labels),
+                      heldout_labels=encode_labels(heldout.labels))
 
 
 def evaluate_model(model, *, model_uri: str, dataset: str) -> Evaluation:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from .gate_report import flipped_text
+from .gate_report import class_limit_text, flipped_text
 from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -30,6 +30,10 @@ svg text{font-family:inherit}
 
 def _f(x, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _count(x) -> str:
+    return "—" if x is None else str(x)
 
 
 def _signed(x, *, higher_is_better: bool = True) -> str:
@@ -161,13 +165,16 @@ def _tables(report: dict) -> str:
     out.append("</table>")
     if report.get("discordant"):
         out.append(f'<p id="flipped">{escape(flipped_text(report["discordant"]))}</p>')
-    out.append(f"<h2>Per class (accuracy)</h2><table><tr><th>class</th><th>n</th>"
-               f"<th>{escape(cand_head)}</th><th>{escape(prod_head)}</th><th>delta</th></tr>")
+    out.append(f"<h2>Per class (accuracy)</h2><table id=\"per-class\"><tr><th>class</th><th>n</th>"
+               f"<th>{escape(cand_head)}</th><th>{escape(prod_head)}</th><th>delta</th>"
+               f"<th>lost</th><th>won</th><th>allowed drop</th></tr>")
     for r in report["per_class"]:
         out.append(f'<tr><td>{escape(str(r["class"]))}</td><td class="num">'
                    f'{r["count"] if r["count"] is not None else "—"}</td>'
                    f'<td class="num">{_f(r["candidate"], 3)}</td><td class="num">{_f(r["production"], 3)}</td>'
-                   f'<td class="num">{_signed(r["delta"])}</td></tr>')
+                   f'<td class="num">{_signed(r["delta"])}</td>'
+                   f'<td class="num">{_count(r.get("lost"))}</td><td class="num">{_count(r.get("won"))}</td>'
+                   f'<td class="num">{_f(r.get("allowed_drop"), 3)}</td></tr>')
     out.append("</table>")
     return "".join(out)
 
@@ -178,9 +185,11 @@ def _rules(report: dict) -> str:
                    f'<td>{"pass" if c["passed"] else "<b>FAIL</b>"}</td><td>{escape(c["message"])}</td></tr>'
                    for c in report["checks"])
     limits = (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-              f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {limit_text(r['max_class_drop'])}.")
+              f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.")
     derivation = (f"<br>Accuracy tolerance: {escape(r['max_accuracy_drop_derivation'])}."
                   if r.get("max_accuracy_drop_derivation") else "")
+    if r.get("max_class_drop_derivation"):
+        derivation += f"<br>Per-class tolerance: {escape(r['max_class_drop_derivation'])}."
     return (f"<h2>Rules</h2><table><tr><th>rule</th><th>result</th><th>detail</th></tr>{rows}</table>"
             f'<p class="muted">{escape(limits)}{derivation}</p>')
 

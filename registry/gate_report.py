@@ -9,7 +9,7 @@ HTML are rendered from the JSON, so they never disagree.
 """
 from __future__ import annotations
 
-from .gate_rules import GateRules, Verdict, _class_key, limit_text, summary
+from .gate_rules import GateRules, Verdict, _class_key, limit_text, paired_standard_error, summary
 
 
 def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candidate: dict,
@@ -18,12 +18,22 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
     classes = sorted(set(candidate.get("per_class_accuracy") or {})
                      | set((production or {}).get("per_class_accuracy") or {}), key=_class_key)
     per_class = []
+    pairs, allowed = verdict.class_paired or {}, verdict.class_allowed or {}
     for k in classes:
         c = (candidate.get("per_class_accuracy") or {}).get(k)
         p = ((production or {}).get("per_class_accuracy") or {}).get(k)
+        flips = pairs.get(k)
+        # lost: production right, the candidate wrong; won: the reverse (None: not known)
         per_class.append({"class": k, "count": (candidate.get("per_class_count") or {}).get(k),
                           "candidate": c, "production": p,
-                          "delta": None if c is None or p is None else round(c - p, 6)})
+                          "delta": None if c is None or p is None else round(c - p, 6),
+                          "lost": flips.b if flips else None, "won": flips.c if flips else None,
+                          "standard_error": round(paired_standard_error(flips.b, flips.c, flips.n), 6)
+                          if flips else None,
+                          "allowed_drop": round(allowed[k], 6) if k in allowed else None})
+    fixed = {round(x, 6) for x in allowed.values()}
+    per_class_limit = (None if not allowed or not verdict.class_derivation.startswith(("set", "fixed"))
+                       else fixed.pop() if len(fixed) == 1 else None)
     return {
         "model": model,
         "version": version,
@@ -37,7 +47,9 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
         "rules": {"min_accuracy": rules.min_accuracy,
                   "max_accuracy_drop": verdict.tolerance,
                   "max_accuracy_drop_derivation": verdict.tolerance_derivation,
-                  "max_class_drop": rules.max_class_drop},
+                  # one drop for every class (set, or the fallback), None: per class (per_class's allowed_drop)
+                  "max_class_drop": per_class_limit if allowed else rules.max_class_drop,
+                  "max_class_drop_derivation": verdict.class_derivation},
         "allow_signature_change": allow_signature_change,
         "signature_differences": list(signature_differences),
         "metrics": {
@@ -62,6 +74,16 @@ def _f(x, digits: int = 4) -> str:
 
 def _signed(x) -> str:
     return "—" if x is None else f"{x:+.4f}"
+
+
+def _n(x) -> str:
+    return "—" if x is None else str(x)
+
+
+def class_limit_text(rules: dict) -> str:
+    """The per-class limit of a report's rules: one drop for every class, or each class's own."""
+    drop = rules.get("max_class_drop")
+    return limit_text(drop) if drop is not None else "each class's allowed drop (per-class table)"
 
 
 def flipped_text(discordant: dict) -> str:
@@ -104,12 +126,13 @@ def markdown(report: dict) -> str:
     lines += [
         "## Per class (accuracy)",
         "",
-        f"| class | n | {cand_head} | {prod_head} | delta |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| class | n | {cand_head} | {prod_head} | delta | lost | won | allowed drop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["per_class"]:
-        lines.append(f"| {row['class']} | {row['count'] if row['count'] is not None else '—'} | "
-                     f"{_f(row['candidate'], 3)} | {_f(row['production'], 3)} | {_signed(row['delta'])} |")
+        lines.append(f"| {row['class']} | {_n(row['count'])} | "
+                     f"{_f(row['candidate'], 3)} | {_f(row['production'], 3)} | {_signed(row['delta'])} | "
+                     f"{_n(row.get('lost'))} | {_n(row.get('won'))} | {_f(row.get('allowed_drop'), 3)} |")
     r = report["rules"]
     lines += [
         "",
@@ -124,10 +147,12 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-        f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {limit_text(r['max_class_drop'])}.",
+        f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.",
     ]
     if r["max_accuracy_drop_derivation"]:
         lines.append(f"Accuracy tolerance: {r['max_accuracy_drop_derivation']}.")
+    if r.get("max_class_drop_derivation"):
+        lines.append(f"Per-class tolerance: {r['max_class_drop_derivation']}.")
     if report["signature_differences"]:
         lines += ["", "## Signature differences", ""]
         lines += [f"- {d}" for d in report["signature_differences"]]

@@ -202,6 +202,7 @@ def test_the_defaults_of_the_configuration_tables_are_the_codes(doc, heading):
     gate, rules = _default_cell(doc, heading, "MLOPS_GATE_MIN_ACCURACY"), GateRules()
     assert rules.max_accuracy_drop is None and "derived" in gate       # from the held-out size
     fractions = [n for n in numbers(gate) if n < 1]     # min accuracy first, max class drop last
-    assert (fractions[0], fractions[-1]) == (rules.min_accuracy, rules.max_class_drop), gate
+    assert (fractions[0], fractions[-1]) == (rules.min_accuracy, rules.class_drop_fallback), gate
+    assert rules.max_class_drop is None and "per class" in gate         # paired per class
     assert settings.DEFAULT_MODEL_NAME in _default_cell(doc, heading, "MLOPS_MODEL_NAME")
     assert "./.mlops" in _default_cell(doc, heading, "MLOPS_HOME")

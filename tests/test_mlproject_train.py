@@ -212,7 +212,7 @@ def test_version_tags_and_evaluate_cli_and_api_agree(cli_trained, monkeypatch):
     ev = json.loads(r.stdout)
     assert set(ev) == {"model_uri", "dataset", "heldout_fingerprint", "n", "accuracy", "loss",
                        "per_class_accuracy", "per_class_count", "confusion", "non_probability_outputs",
-                       "correct_bits"}
+                       "correct_bits", "heldout_labels"}
     right = np.unpackbits(np.frombuffer(base64.b64decode(ev["correct_bits"]), np.uint8))[:450]
     assert int(right.sum()) == int(np.trace(np.asarray(ev["confusion"])))    # one bit per held-out example
     assert ev["non_probability_outputs"] == 0      # a softmax answers probabilities on every image

@@ -68,3 +68,39 @@ def test_margins_are_comfortable(retrains):
         assert row["good"]["accuracy"] - p > -tol / 2, (seed, row["good"]["accuracy"], p)
         assert row["bad"]["accuracy"] - p < -1.5 * tol, (seed, row["bad"]["accuracy"], p)
 
+
+
+def lose_a_third_of(doc: dict, k: str) -> dict:
+    """``doc`` (a real evaluation) with a third of class ``k``'s held-out examples that it got right
+    answered wrong instead: a regression on one class only."""
+    from registry.gate_rules import decode_correct, encode_correct
+
+    n, labels = doc["n"], doc["heldout_labels"]
+    bits = decode_correct(doc["correct_bits"], n)
+    right = [bool(bits >> (n - 1 - i) & 1) for i in range(n)]
+    of_k = [i for i in range(n) if labels[i] == k and right[i]]
+    for i in of_k[:doc["per_class_count"][k] // 3]:
+        right[i] = False
+    per = {c: sum(right[i] for i in range(n) if labels[i] == c) / doc["per_class_count"][c]
+           for c in doc["per_class_accuracy"]}
+    return dict(doc, correct_bits=encode_correct(right), accuracy=sum(right) / n, per_class_accuracy=per)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_per_class_rule_is_paired_per_class_and_catches_a_third_of_one_class_lost(retrains, seed):
+    """Seventh stop: the per-class allowed drop follows each class's own paired standard error
+    (z = 2.84: the accuracy rule's tail shared among the 10 classes). Good retrains pass it with
+    every class at most about half its allowed drop, bad ones fail it, and a good retrain made to
+    lose a third of one class (the smallest, 36 examples: overall only -12/450) fails it."""
+    row = retrains[seed]
+    good = decide(row["good"], row["production"], GateRules(), baseline_version=1)
+    assert good.class_derivation.startswith("per class, paired") and len(good.class_paired) == 10
+    for k, p in good.class_paired.items():
+        assert (p.b - p.c) / p.n < good.class_allowed[k] * 0.6, (seed, k, p, good.class_allowed[k])
+    bad = decide(row["bad"], row["production"], GateRules(), baseline_version=1)
+    assert "class_accuracy_vs_production" in [c.rule for c in bad.failed], summary(bad, 3)
+    smallest = min(row["production"]["per_class_count"], key=lambda k: row["production"]["per_class_count"][k])
+    worse = decide(lose_a_third_of(row["good"], smallest), row["production"], GateRules(), baseline_version=1)
+    # the accuracy rule lets it through (the good retrain won examples elsewhere): only this rule stops it
+    assert [c.rule for c in worse.failed] == ["class_accuracy_vs_production"], summary(worse, 4)
+    assert f"class {smallest} " in next(c.message for c in worse.failed if c.rule == "class_accuracy_vs_production")

@@ -49,6 +49,10 @@ def test_first_version_good_retrain_and_bad_batch(mlops_env, pretrained_digits, 
     assert report["metrics"]["production"]["accuracy"] == pytest.approx(prod_acc, abs=1e-6)
     assert report["heldout_size"] == 450 and len(report["per_class"]) == 10
     assert all(row["production"] is not None for row in report["per_class"])
+    # the per-class rule is paired per class: the classes travel in the evaluations (mlproject -> CLI)
+    assert report["rules"]["max_class_drop_derivation"].startswith("per class, paired"), report["rules"]
+    assert report["rules"]["max_class_drop"] is None
+    assert all(row["lost"] is not None and row["allowed_drop"] >= 0.02 for row in report["per_class"])
     assert json.loads((tmp_path / "rep" / "report.json").read_text()) == report
     cases = ET.parse(junit).getroot()
     assert cases.get("failures") == "0" and int(cases.get("tests")) == len(report["checks"])

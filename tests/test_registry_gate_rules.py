@@ -169,7 +169,8 @@ def test_report_has_both_versions_side_by_side_per_class():
     assert rep["metrics"] == {"candidate": {"accuracy": 0.93, "loss": 0.25},
                               "production": {"accuracy": 0.95, "loss": 0.2}}
     row3 = next(r for r in rep["per_class"] if r["class"] == "3")
-    assert row3 == {"class": "3", "count": 45, "candidate": 0.7, "production": 0.95, "delta": -0.25}
+    assert row3 == {"class": "3", "count": 45, "candidate": 0.7, "production": 0.95, "delta": -0.25,
+                    "lost": None, "won": None, "standard_error": None, "allowed_drop": 0.1}
     assert [r["class"] for r in rep["per_class"]] == [str(k) for k in range(10)]
     assert "sqrt(p(1-p)/n)" in rep["rules"]["max_accuracy_drop_derivation"]
     md = gate_report.markdown(rep)
@@ -494,3 +495,159 @@ def test_an_evaluation_carries_its_per_example_results():
     assert value.bit_count() == len(heldout) - 2 and round(doc["accuracy"] * doc["n"]) == len(heldout) - 2
     assert not value >> (len(heldout) - 1) & 1 and not value >> (len(heldout) - 6) & 1
     assert value >> (len(heldout) - 2) & 1
+
+
+# --- the paired per-class rule (Reviews of 2026-12-05, seventh stop) -----------------------------
+
+def by_class(sizes: list[int], prod_right: list[int], lost: dict[int, int] | None = None,
+             won: dict[int, int] | None = None) -> tuple[dict, dict]:
+    """Evaluations of production and the candidate with per-example results and classes: class k
+    has ``sizes[k]`` examples (in a row), production gets the first ``prod_right[k]`` of them right;
+    the candidate loses ``lost[k]`` of those and wins ``won[k]`` of production's wrong ones."""
+    from registry.gate_rules import encode_labels
+
+    lost, won = lost or {}, won or {}
+    labels, prod, cand = [], [], []
+    for k, (size, right) in enumerate(zip(sizes, prod_right)):
+        labels += [k] * size
+        prod += [i < right for i in range(size)]
+        cand += [lost.get(k, 0) <= i < right or right <= i < right + won.get(k, 0) for i in range(size)]
+    n = len(labels)
+
+    def doc(answers):
+        per = {str(k): sum(a for a, y in zip(answers, labels) if y == k) / size for k, size in enumerate(sizes)}
+        return dict(evaluation(0.0, per, n=n), accuracy=sum(answers) / n, correct_bits=encode_correct(answers),
+                    heldout_labels=encode_labels(labels),
+                    per_class_count={str(k): size for k, size in enumerate(sizes)})
+    return doc(cand), doc(prod)
+
+
+def without_classes(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "heldout_labels"}
+
+
+def test_class_z_shares_the_accuracy_rules_tail_among_the_classes():
+    from registry.gate_rules import class_z
+
+    # one-sided tail of 2 standard errors: 0.02275; / 10 classes = 0.002275 -> z = 2.8373
+    assert class_z(2.0, 10) == pytest.approx(2.83728, abs=1e-5)
+    assert class_z(2.0, 1) == 2.0 and class_z(2.0, 3) == pytest.approx(2.42837, abs=1e-5)
+
+
+def test_a_large_class_that_lost_six_points_fails_the_paired_class_rule_the_fixed_drop_let_through():
+    """fashion_mnist-sized classes (1,000 each): the candidate gets 60 examples of class 3 wrong that
+    production got right and none the other way (0.890 vs 0.950). The fixed 0.10 let it through
+    whatever the class's size; on 1,000 examples that is no noise: b = 60, c = 0, d = -0.06,
+    (0.06 - 0.0036)/1000 = 5.64e-5, sqrt = 0.0075100, x 2.8373 = 0.0213. Overall it is 60 of
+    10,000 (-0.006), inside the accuracy rule's floor."""
+    cand, prod = by_class([1000] * 10, [950] * 10, lost={3: 60})
+    old = decide(without_classes(cand), without_classes(prod), GateRules(), baseline_version=1)
+    assert old.passed, summary(old, 2)
+    assert old.class_derivation.startswith("fixed 0.10 for every class, whatever its size (fallback: neither "
+                                           "evaluation carries per-example classes (heldout_labels")
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert failed_rules(v) == ["class_accuracy_vs_production"], summary(v, 2)
+    msg = next(c.message for c in v.failed)
+    assert "class 3 0.890 vs 0.950 (-0.060; allowed 0.021)" in msg and "v1" in msg
+    check = v.failed[0]
+    assert check.limit == pytest.approx(0.021308, abs=1e-6) and check.shortfall == pytest.approx(0.038692, abs=1e-6)
+    assert v.class_derivation.startswith("per class, paired on that class's held-out examples")
+    assert "z = 2.837" in v.class_derivation and "10 classes" in v.class_derivation
+    assert (v.class_paired["3"].b, v.class_paired["3"].c, v.class_paired["3"].n) == (60, 0, 1000)
+    assert v.class_allowed["0"] == 0.02         # nothing flipped: the floor
+
+
+def test_a_small_class_whose_answers_flipped_both_ways_passes_where_the_fixed_drop_failed_it():
+    """digits-sized classes (45 each): 6 lost and 1 won in class 5 is -0.111, over the fixed 0.10,
+    but within the noise of 45 examples: (7/45 - 0.111^2)/45 = 0.0031824, sqrt = 0.056413,
+    x 2.8373 = 0.1601. Overall -5/450 = -0.0111 is within the paired 0.0117."""
+    cand, prod = by_class([45] * 10, [43] * 10, lost={5: 6}, won={5: 1})
+    old = decide(without_classes(cand), without_classes(prod), GateRules(), baseline_version=1)
+    assert failed_rules(old) == ["class_accuracy_vs_production"]
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert v.passed, summary(v, 2)
+    assert v.class_allowed["5"] == pytest.approx(0.160060, abs=1e-6)
+    check = next(c for c in v.checks if c.rule == "class_accuracy_vs_production")
+    assert check.message == "largest per-class drop 0.111 (class 5; allowed 0.160 for that class)", check.message
+    # a third of one class lost, none won: no noise explains it (allowed 0.199 for 15 of 45)
+    cand, prod = by_class([45] * 10, [43] * 10, lost={5: 15})
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert "class_accuracy_vs_production" in failed_rules(v)
+    assert "class 5 0.622 vs 0.956 (-0.333; allowed 0.199)" in next(
+        c.message for c in v.failed if c.rule == "class_accuracy_vs_production")
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda c, p: p.pop("heldout_labels"), "production's evaluation carries no per-example classes"),
+    (lambda c, p: c.pop("correct_bits"), "the candidate's evaluation carries no per-example results"),
+    (lambda c, p: c.update(heldout_labels="1" + c["heldout_labels"][1:]),
+     "the two evaluations' per-example classes (heldout_labels) differ"),
+    (lambda c, p: (c.update(heldout_labels=c["heldout_labels"][:-1]), p.update(heldout_labels=c["heldout_labels"])),
+     "heldout_labels is not one decimal digit for each of the 450 examples"),
+    (lambda c, p: c["per_class_accuracy"].update({"5": 0.8}),
+     "the candidate's per-example results count 38 right of 45 in class 5, its per-class accuracy 0.8 says 36"),
+    (lambda c, p: p["per_class_count"].update({"2": 44}),
+     "production's per_class_count says 44 examples of class 2, heldout_labels 45"),
+])
+def test_without_usable_per_example_classes_the_fixed_class_drop_applies_and_says_why(change, why):
+    cand, prod = by_class([45] * 10, [43] * 10, lost={5: 6}, won={5: 1})
+    change(cand, prod)
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    assert v.class_paired is None and set(v.class_allowed.values()) == {0.10}
+    assert v.class_derivation.startswith("fixed 0.10 for every class") and why in v.class_derivation, \
+        v.class_derivation
+    assert "class_accuracy_vs_production" in failed_rules(v)        # -0.111 > 0.10
+
+
+def test_an_explicit_class_drop_applies_to_every_class_and_still_reports_the_flips():
+    cand, prod = by_class([1000] * 10, [950] * 10, lost={3: 60})
+    v = decide(cand, prod, GateRules(max_class_drop=0.07), baseline_version=1)
+    assert v.passed and set(v.class_allowed.values()) == {0.07}
+    assert v.class_derivation == "set explicitly: 0.07 for every class"
+    assert (v.class_paired["3"].b, v.class_paired["3"].c) == (60, 0)
+
+
+def test_the_report_shows_each_classs_flips_and_allowed_drop():
+    from registry import gate_html
+
+    cand, prod = by_class([45] * 10, [43] * 10, lost={5: 6}, won={5: 1})
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    report = gate_report.build(model="m", version=2, verdict=v, rules=GateRules(), candidate=cand,
+                               production=prod, signature_differences=[], allow_signature_change=False,
+                               evaluated_at="now")
+    row5 = next(r for r in report["per_class"] if r["class"] == "5")
+    assert row5 == {"class": "5", "count": 45, "candidate": pytest.approx(38 / 45),
+                    "production": pytest.approx(43 / 45), "delta": pytest.approx(-5 / 45, abs=1e-6),
+                    "lost": 6, "won": 1, "standard_error": pytest.approx(0.056413, abs=1e-6),
+                    "allowed_drop": pytest.approx(0.16006, abs=1e-5)}
+    assert report["rules"]["max_class_drop"] is None
+    assert report["rules"]["max_class_drop_derivation"].startswith("per class, paired")
+    assert "heldout_labels" not in json.dumps(report)       # the classes stay in the evaluation documents
+    md = gate_report.markdown(report)
+    assert "| 5 | 45 | 0.844 | 0.956 | -0.1111 | 6 | 1 | 0.160 |" in md, md
+    assert "per-class drop ≤ each class's allowed drop (per-class table)." in md
+    assert "Per-class tolerance: per class, paired on that class's held-out examples" in md
+    page = gate_html.html(report)
+    assert ('<td class="num">6</td><td class="num">1</td><td class="num">0.160</td>' in page
+            and "Per-class tolerance: per class, paired" in page)
+    # older evaluations: the fixed drop, shown as one limit, and no flips per class
+    v = decide(without_classes(cand), without_classes(prod), GateRules(), baseline_version=1)
+    report = gate_report.build(model="m", version=2, verdict=v, rules=GateRules(), candidate=without_classes(cand),
+                               production=without_classes(prod), signature_differences=[],
+                               allow_signature_change=False, evaluated_at="now")
+    assert report["rules"]["max_class_drop"] == 0.1 and "per-class drop ≤ 0.10." in gate_report.markdown(report)
+    assert "| 5 | 45 | 0.844 | 0.956 | -0.1111 | — | — | 0.100 |" in gate_report.markdown(report)
+
+
+def test_an_evaluation_carries_the_class_of_each_held_out_example():
+    import numpy as np
+
+    from mlproject.datasets import load_partition
+    from mlproject.evaluate import evaluation_of
+
+    heldout = load_partition("digits").heldout
+    probs = np.full((len(heldout), 10), 0.01, np.float32)
+    probs[np.arange(len(heldout)), heldout.labels] = 0.91
+    doc = evaluation_of(probs, heldout, model_uri="models:/m/1", dataset="digits").to_dict()
+    assert doc["heldout_labels"] == "".join(str(int(y)) for y in heldout.labels) and len(doc["heldout_labels"]) == 450
+    assert {k: doc["heldout_labels"].count(k) for k in doc["per_class_count"]} == doc["per_class_count"]
