@@ -34,7 +34,10 @@ def register(sub) -> None:
                     "(default: two standard errors of the paired difference on the same n examples, "
                     "max(0.01, 2*sqrt(((b+c)/n - d^2)/n)), b and c the examples that flipped each "
                     "way, d = (c-b)/n; for evaluations without per-example results "
-                    "max(0.01, 2*sqrt(p(1-p)/n))); no class lower than production's by more than --max-class-drop; a "
+                    "max(0.01, 2*sqrt(p(1-p)/n))); no class lower than production's by more than "
+                    "--max-class-drop (default: paired the same way on that class's examples, "
+                    "max(0.02, z*SE) with z the same tail shared among the classes, 2.84 for 10; "
+                    "0.10 for evaluations without per-example classes); a "
                     "compatible serving signature. With no production yet only the absolute rule "
                     "applies. Outcome: tag validation_status=passed/failed, gate/report.md, "
                     "gate/report.json and gate/report.html (for people: verdict, rules, per-class "
@@ -52,7 +55,8 @@ def register(sub) -> None:
                    help="allowed accuracy drop vs production (default derived from the examples that "
                         "flipped between production and the candidate)")
     g.add_argument("--max-class-drop", type=flags.fraction, metavar="D",
-                   help="allowed per-class accuracy drop vs production (0.10)")
+                   help="one allowed per-class accuracy drop vs production for every class (default: each "
+                        "class's own, paired on its examples; 0.10 for older evaluations)")
     g.add_argument("--report-dir", metavar="DIR", help="also write report.md, report.json and "
                                                        "report.html here (for CI artifacts)")
     g.add_argument("--junit", metavar="FILE", help="also write the rules as JUnit XML test cases "
