@@ -696,20 +696,17 @@ def test_a_new_model_whose_versions_all_fail_names_its_highest_version(tmp_path,
     """server_core.cc WaitUntilModelsAvailable waits for ``Latest(name)``, and the state monitor
     walks a model's versions highest first (VersionMap is ``std::greater``): the reload fails
     with the highest version's error."""
-    import threading
-
     from serving_host import config as cfg
     from serving_host.status import ServingError
     from serving_host.versions import VersionPolicy
 
-    v2_failed = threading.Event()
-
     def load(name, version):
-        if version == 1:        # the first config loads in parallel: v1 fails after v2, as when
-            v2_failed.wait(10)  # TF Serving's manager thread starts v2 first (a failed v1 while v2
-            time.sleep(0.2)     # still loads would be the answer there, as here)
-        else:
-            v2_failed.set()
+        if version == 1:        # the first config loads in parallel: v1 fails once v2 has ended, as
+            # when TF Serving's manager thread starts v2 first (a failed v1 while v2 still loads would
+            # be the answer there, as here). Ordered by v2's END, not by a pause: an event set just
+            # before v2 raised and 0.2 s of sleep here let v1 end first when v2's thread was held up
+            # that long on a loaded machine
+            assert _settle(m, "B", 2, "END") == "END"
         raise ServingError("NOT_FOUND", f"no SavedModel in {version}")
 
     m = _fake_manager(tmp_path, monkeypatch, load, [("B", 1), ("B", 2)])
