@@ -331,14 +331,19 @@ def test_the_first_config_loads_in_parallel_and_later_ones_one_at_a_time(tmp_pat
         def close(self):
             pass
 
-    lock, running, peaks = threading.Lock(), [0], []
+    # Each load stays until ``meet`` loads run at once, or ``patience`` s: the loads that can run
+    # together do (whenever their threads get the CPU), serial ones each wait out the patience.
+    # A fixed 0.3 s load needed all four threads started within 0.3 s of the first, which a
+    # loaded machine does not promise.
+    changed, running, peaks = threading.Condition(), [0], []
+    meet, patience = [4], [5.0]
 
     def load(name, version, path):
-        with lock:
+        with changed:
             running[0] += 1
             peaks.append(running[0])
-        time.sleep(0.3)
-        with lock:
+            changed.notify_all()
+            changed.wait_for(lambda: max(peaks) >= meet[0], timeout=patience[0])
             running[0] -= 1
         return Fake()
 
@@ -354,8 +359,9 @@ def test_the_first_config_loads_in_parallel_and_later_ones_one_at_a_time(tmp_pat
     m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
     try:
         m.reload_config(entries(names[:4]))
-        assert max(peaks) == 4          # four at once: an ordering, not a stopwatch (serially 4 x 0.3 s)
+        assert max(peaks) == 4          # four at once (serially each would wait 5 s alone)
         peaks.clear()
+        meet[0], patience[0] = 2, 1.0   # E and F would meet if they ran together
         m.reload_config(entries(names), wait_timeout=20)                   # E and F: one at a time
         assert peaks == [1, 1]
         for n in names:
