@@ -109,11 +109,13 @@ def test_200_half_open_connections_hold_no_threads_and_signed_requests_are_still
             time.sleep(0.05)
         assert rec.open_connections == 200
         assert threading.active_count() - threads_before <= 3      # not a thread per connection
-        t0 = time.monotonic()
         headers, body = signed()
         status, _ = raw_post(rec.port, headers, body, timeout=5)
         assert status == 202 and len(got) == 1
-        assert time.monotonic() - t0 < 1.5                         # answered while they hang
+        # answered while they hang: none has reached its deadline yet (the receiver's own count; a
+        # request queued behind them could only be answered after the first of them timed out).
+        # Not a stopwatch (< 1.5 s after they were all open), which a loaded machine need not meet
+        assert rec.counts["timed_out"] == 0, rec.counts
         # after the per-request deadline (2 s) the server gives up on them: 408, then closed
         s = socks[0]
         s.settimeout(5)
