@@ -5,6 +5,10 @@ says who approved: API v2 ``GET /api/v2/workflow/{id}/job`` -> the item with
 ``type: approval`` -> ``approved_by`` (a user id) -> ``GET /api/v2/user/{id}`` -> ``login``;
 ``GET /api/v2/workflow/{id}`` -> ``pipeline_id``: the pipeline the approval belongs to (what
 ties it to the version that pipeline gated: ``promotion_rules.check_approval_tie``).
+``GET /api/v2/pipeline/{id}/config`` -> ``compiled``: that pipeline's configuration as CircleCI
+compiled it, pipeline parameters substituted: the rollback it was triggered for (its
+``rollback-to``, in the ``ROLLBACK_TO`` of the rollback job: ``rollback_asked``), which ties a
+rollback workflow's approval to that version (``promotion_rules.check_rollback_tie``).
 The token travels only in the ``Circle-Token`` header: it is never logged, stored or put in a
 message. Base URL: ``CIRCLECI_API_URL`` (default https://circleci.com).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import requests
+import yaml
 
 from mlops_common import lineage, settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
@@ -161,6 +166,62 @@ def workflow_pipeline(workflow_id: str, token: str) -> str:
         raise ConnectionFailure(f"the CircleCI API returned no pipeline_id for workflow {workflow_id}; "
                                 f"check CIRCLECI_API_URL")
     return str(pipeline)
+
+
+# The variable .circleci/config.yml's rollback-and-deploy job sets from << pipeline.parameters.rollback-to >>
+# and hands to `mlops registry rollback --to`; in a compiled config the parameter's value stands there.
+ROLLBACK_TO_ENV = "ROLLBACK_TO"
+
+
+def rollback_to_in_config(compiled: str) -> list[str] | None:
+    """Every ``ROLLBACK_TO`` a compiled CircleCI config sets (a job's ``environment`` or a ``run``
+    step's), as text: ``""`` for an empty one (a YAML null, ``''``, or ``<nil>`` as CircleCI hands an
+    empty value to a job). None when the text is not a YAML mapping."""
+    try:
+        doc = yaml.safe_load(compiled)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    found: list[str] = []
+
+    def take(env) -> None:
+        if isinstance(env, dict) and ROLLBACK_TO_ENV in env:
+            v = env[ROLLBACK_TO_ENV]
+            text = "" if v is None else str(v).strip()
+            found.append("" if text == "<nil>" else text)
+
+    jobs = doc.get("jobs")
+    for job in (jobs.values() if isinstance(jobs, dict) else ()):
+        if not isinstance(job, dict):
+            continue
+        take(job.get("environment"))
+        for step in job.get("steps") or ():
+            if isinstance(step, dict) and isinstance(step.get("run"), dict):
+                take(step["run"].get("environment"))
+    return found
+
+
+def rollback_asked(pipeline_id: str | None) -> list[str]:
+    """The ``rollback-to`` values CircleCI's compiled config of ``pipeline_id`` carries
+    (``rollback_to_in_config``): what the rollback pipeline whose approval is used was triggered
+    for, read from CircleCI (``GET /pipeline/{id}/config``), not from this job's environment."""
+    token = settings.token_env("CIRCLE_TOKEN")
+    if not token or not pipeline_id:
+        raise ConfigError("a CircleCI approval of a rollback needs CIRCLE_TOKEN and the approval's pipeline "
+                          "to read which version that pipeline was triggered for")
+    compiled = _get(f"/pipeline/{pipeline_id}/config", token).get("compiled")
+    if not isinstance(compiled, str) or not compiled.strip():
+        # CircleCI leaves it empty when the pipeline's configuration did not compile (then no
+        # workflow ran, and no approval was given in it)
+        raise RefusedError(f"CircleCI has no compiled configuration for pipeline {pipeline_id}, so which "
+                           f"rollback its approval was for cannot be read; roll back from a rollback "
+                           f"workflow, or without CircleCI with --actor")
+    found = rollback_to_in_config(compiled)
+    if found is None:
+        raise ConnectionFailure(f"the CircleCI API returned a compiled configuration that is not YAML for "
+                                f"pipeline {pipeline_id}; check CIRCLECI_API_URL")
+    return found
 
 
 def provenance(explicit: str | None = None) -> Provenance:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
-from . import description, tags, versions
+from . import approver, description, tags, versions
 from .ledger import Entry, Ledger, LockedLedger
 from .promotion_rules import (
     Agreement,
@@ -32,6 +32,7 @@ from .promotion_rules import (
     check_gate_baseline,
     check_pipeline_rerun,
     check_promotable,
+    check_rollback_tie,
     ever_held,
     last_real_move,
     latest_gate,
@@ -366,12 +367,16 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
     ``Promotion.finish()`` — ``mlops sync rollback`` switches the hosts first.
 
     A CircleCI approval (``by.circleci_approval``) approves the move it was given for only
-    (``check_approval_tie``); refused before anything is written, as the approver did not ask
-    for this move (a refusal row would name them)."""
+    (``check_approval_tie``; a rollback's, the rollback its pipeline's ``rollback-to`` names, read
+    from CircleCI: ``check_rollback_tie``); refused before anything is written, as the approver did
+    not ask for this move (a refusal row would name them)."""
     if by.circleci_approval:
         gate = approval_gate(ledger.entries(model, actions=("gate",), current=True), by.workflow_id,
                              by.approval_pipeline_id)
         check_approval_tie(model, action, requested, gate, by.workflow_id)
+        if action == "rollback":
+            check_rollback_tie(requested, approver.rollback_asked(by.approval_pipeline_id),
+                               by.workflow_id, str(by.approval_pipeline_id))
     try:
         with _production_move(ledger, model, by.actor) as locked:
             tx, current, reconciled = locked.tx, locked.current, locked.reconciled

@@ -4,6 +4,7 @@
 - ``check_gate_baseline``: did its passing gate compare it with today's production?
 - ``approval_gate`` / ``check_approval_tie``: is a CircleCI approval used for the move it was
   given for (the version its pipeline gated; a rollback's approval followed no gate)?
+  ``check_rollback_tie``: and a rollback's, for the version its pipeline's ``rollback-to`` names?
 - ``production_stack``: replay the ledger into the list of versions that held production,
   where a rollback pops back to the version it returned to (so rolling back twice goes two
   steps back instead of undoing the first rollback).
@@ -30,10 +31,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from mlops_common.errors import RefusedError
+from mlops_common.errors import ConfigError, RefusedError
 
 from . import tags as T
 from .ledger import Entry
+from .versions import parse_version
 
 
 def check_forced_reason(force: bool, reason: str | None) -> None:
@@ -97,6 +99,45 @@ def check_approval_tie(model: str, action: str, version: int | None, gate: Entry
         raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for version "
                            f"{gate.to_version} (gated there), not for a rollback: roll back from the rollback "
                            f"workflow (run-rollback=true), {fix}")
+
+
+def check_rollback_tie(requested: int | None, asked: list[str], workflow_id: str,
+                       pipeline_id: str) -> None:
+    """Raise ``RefusedError`` when a rollback workflow's CircleCI approval is used for another
+    rollback than the one its pipeline was triggered for. ``asked``: the ``rollback-to`` values of
+    that pipeline's compiled config (``approver.rollback_asked``; ``""``: empty, the previous
+    production version); ``requested``: the ``--to`` of this rollback (None: the previous one). The
+    approver saw the pipeline's parameters: the rollback they approved is that one only."""
+    fix = "or without CircleCI with --actor"
+    values = set(asked)
+    if not values:
+        raise RefusedError(f"the approval in CircleCI workflow {workflow_id} approves no rollback: its pipeline "
+                           f"{pipeline_id} sets no rollback-to (ROLLBACK_TO) in its configuration; roll back from "
+                           f"the rollback workflow (run-rollback=true), {fix}")
+    if len(values) > 1:
+        raise RefusedError(f"the configuration of CircleCI pipeline {pipeline_id} sets ROLLBACK_TO to "
+                           f"{', '.join(repr(v) for v in sorted(values))}: which rollback its approval in workflow "
+                           f"{workflow_id} was for is ambiguous; roll back from a rollback workflow, {fix}")
+    (text,) = values
+    if text:
+        try:
+            named = parse_version(text)     # as `mlops registry rollback --to "$ROLLBACK_TO"` reads it
+        except ConfigError:
+            raise RefusedError(f"CircleCI pipeline {pipeline_id} was triggered with rollback-to {text!r}, not a "
+                               f"version number: its approval in workflow {workflow_id} approves no rollback; "
+                               f"trigger it again with rollback-to=N, {fix}") from None
+    else:
+        named = None
+    if named != requested:
+        def what(v: int | None) -> str:
+            return "the previous production version" if v is None else f"version {v}"
+
+        def param(v: int | None) -> str:
+            return "rollback-to empty" if v is None else f"rollback-to={v}"
+        raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for a rollback to "
+                           f"{what(named)} (pipeline {pipeline_id} was triggered with {param(named)}), not to "
+                           f"{what(requested)}: trigger a rollback pipeline with {param(requested)} and have it "
+                           f"approved, {fix}")
 
 
 def ever_held(entries: Iterable[Entry]) -> set[int]:

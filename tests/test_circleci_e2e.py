@@ -108,6 +108,7 @@ def run(pipeline, name: str, *, parameters: dict, approver: str | None, trigger=
 
     def on_start(workflow_id, jobs):
         approval = next((j for j in jobs if j.startswith("hold")), "hold")
+        api.set_pipeline_config(ci.pipeline_id, compiled=ci.compiled())    # what a rollback's approval is for
         api.add_workflow(workflow_id=workflow_id, approval_name=approval, pipeline_id=ci.pipeline_id, name=name)
 
     def approve(job, workflow_id):

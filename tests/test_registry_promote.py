@@ -265,6 +265,63 @@ def test_a_circleci_approval_that_followed_a_gate_does_not_approve_a_rollback(ma
     assert moves(model) == [("promote", None, v1, "ok"), ("promote", v1, v2, "ok"), ("rollback", v2, v1, "ok")]
 
 
+def test_a_rollback_approval_rolls_back_only_to_the_version_its_pipeline_was_triggered_for(make_version,
+                                                                                             circleci_api):
+    """A rollback workflow's approval was not tied to its `rollback-to` parameter: with a personal
+    CIRCLE_TOKEN, naming the workflow whose approver (dave) let a rollback to v1 through, a
+    rollback to v2 (or to "the previous one") went through as dave's. What the approved pipeline
+    was triggered for is read from CircleCI (GET /pipeline/{id}/config: its compiled config, the
+    parameter's value in the rollback job's ROLLBACK_TO); another rollback is one line, exit 2,
+    nothing written."""
+    from registry import tags
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    for v in (v1, v2, v3):
+        assert run_mlops("registry", "promote", "--version", str(v), "--actor", "setup").returncode == 0
+    ci = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLECI_API_URL": circleci_api.url}
+    rb = circleci_api.add_workflow(approver="dave", approval_name="hold-rollback", build_jobs=(), name="rollback",
+                                   pipeline_id="pipe-rb", parameters={"run-rollback": True, "rollback-to": str(v1)})
+    rows = len(Ledger().entries())
+    for args, asked in ((("--to", str(v2)), f"version {v2}"), ((), "the previous production version")):
+        r = run_mlops("registry", "rollback", *args, "--reason", "v3 misbehaves", env={**ci, "CIRCLE_WORKFLOW_ID": rb})
+        assert r.returncode == 2, r.stdout
+        line = one_error_line(r)
+        assert (f"the approval in CircleCI workflow {rb} was given for a rollback to version {v1} (pipeline "
+                f"pipe-rb was triggered with rollback-to={v1}), not to {asked}") in line
+        assert "or without CircleCI with --actor" in line
+    assert len(Ledger().entries()) == rows and versions.production_version(model) == v3
+    assert versions.get_version(model, v2).tags[tags.APPROVED_BY] == "setup"      # not dave
+    assert "/api/v2/pipeline/pipe-rb/config" in [p for _, p, ok in circleci_api.requests if ok]
+    # the rollback it was given for goes through, credited to dave
+    r = run_mlops("registry", "rollback", "--to", str(v1), "--reason", "v3 misbehaves", "--json",
+                  env={**ci, "CIRCLE_WORKFLOW_ID": rb})
+    assert r.returncode == 0, r.stderr
+    assert (json.loads(r.stdout)["approved_by"], versions.production_version(model)) == ("dave", v1)
+    # an empty rollback-to (the default) approves "the previous one" only, not a named version
+    rb2 = circleci_api.add_workflow(approver="erin", approval_name="hold-rollback", build_jobs=(), name="rollback",
+                                    pipeline_id="pipe-rb2", parameters={"run-rollback": True})
+    r = run_mlops("registry", "rollback", "--to", str(v2), env={**ci, "CIRCLE_WORKFLOW_ID": rb2})
+    assert r.returncode == 2 and (f"was given for a rollback to the previous production version (pipeline "
+                                  f"pipe-rb2 was triggered with rollback-to empty), not to version {v2}: trigger a "
+                                  f"rollback pipeline with rollback-to={v2}") in one_error_line(r)
+    # a pipeline whose configuration names no rollback-to approves no rollback; one naming no
+    # version number neither
+    circleci_api.set_pipeline_config("pipe-rb2", compiled="version: 2\njobs:\n  build: {steps: [checkout]}\n")
+    r = run_mlops("registry", "rollback", env={**ci, "CIRCLE_WORKFLOW_ID": rb2})
+    assert r.returncode == 2 and "sets no rollback-to (ROLLBACK_TO)" in one_error_line(r)
+    circleci_api.set_pipeline_config("pipe-rb2", parameters={"run-rollback": True, "rollback-to": "v2"})
+    r = run_mlops("registry", "rollback", "--to", str(v2), env={**ci, "CIRCLE_WORKFLOW_ID": rb2})
+    assert r.returncode == 2 and "was triggered with rollback-to 'v2', not a version number" in one_error_line(r)
+    assert versions.production_version(model) == v1
+    assert moves(model)[-1] == ("rollback", v3, v1, "ok")
+    circleci_api.set_pipeline_config("pipe-rb2", parameters={"run-rollback": True})
+    assert run_mlops("registry", "promote", "--version", str(v2), "--actor", "setup").returncode == 0
+    r = run_mlops("registry", "rollback", "--json", env={**ci, "CIRCLE_WORKFLOW_ID": rb2})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["approved_by"] == "erin" and moves(model)[-1] == ("rollback", v2, v1, "ok")
+
+
 def test_a_circleci_job_without_its_token_is_refused_not_recorded_as_the_os_user(make_version):
     """A promote job whose context lacked CIRCLE_TOKEN recorded the runner's OS user ("circleci") as
     the approver, exit 0: the audit trail lost who approved."""

@@ -33,6 +33,39 @@ def test_pick_approval_reads_approval_jobs_only_and_orders_unstopped_ones_by_sta
     assert pick_approval(jobs)["name"] == "late"
 
 
+def test_the_rollback_a_pipeline_was_triggered_for_is_read_from_its_compiled_config():
+    """The value of `rollback-to` as CircleCI compiled it into the rollback job (GET
+    /pipeline/{id}/config `compiled`), for the repository's own config: empty (null, '', or <nil>
+    as a job receives it) is the previous version; then the rule that ties the approval to it."""
+    from mlops_common.errors import RefusedError
+    from registry.approver import rollback_to_in_config
+    from registry.promotion_rules import check_rollback_tie
+    from tests.lab.circleci import compiled_config, load_config, pipeline_values, substitute
+
+    def compiled(**params):
+        config = load_config()
+        return compiled_config(substitute(config, pipeline_values(config, params, pipeline_id="p")))
+
+    assert rollback_to_in_config(compiled(**{"run-rollback": True, "rollback-to": "3"})) == ["3"]
+    assert rollback_to_in_config(compiled(**{"run-rollback": True})) == [""]
+    for text, found in (("jobs: {a: {environment: {ROLLBACK_TO: 4}}}", ["4"]),
+                        ("jobs: {a: {steps: [{run: {environment: {ROLLBACK_TO: null}}}]}}", [""]),
+                        ("jobs: {a: {steps: [{run: {environment: {ROLLBACK_TO: '<nil>'}}}, checkout]}}", [""]),
+                        ("jobs: {a: {steps: [{run: echo}]}}", []), ("version: 2", []),
+                        ("[1, 2]", None), ("{a: [", None)):
+        assert rollback_to_in_config(text) == found, text
+    check_rollback_tie(3, ["3"], "w", "p")
+    check_rollback_tie(None, [""], "w", "p")
+    for requested, asked, words in ((2, ["3"], "for a rollback to version 3 (pipeline p was triggered with "
+                                                "rollback-to=3), not to version 2"),
+                                    (None, ["3"], "not to the previous production version"),
+                                    (3, [""], "for a rollback to the previous production version"),
+                                    (3, [], "sets no rollback-to"), (3, ["3", "4"], "is ambiguous"),
+                                    (3, ["three"], "rollback-to 'three', not a version number")):
+        with pytest.raises(RefusedError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            check_rollback_tie(requested, asked, "w", "p")
+
+
 def test_pick_approval_compares_times_as_timestamps_with_a_stable_tiebreak():
     """A known limit of the fifth stop, fixed at the seventh: the times were compared as text, so
     in the same second ``…:00Z`` sorted after ``…:00.500Z`` (``Z`` > ``.``), and another offset

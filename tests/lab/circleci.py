@@ -184,6 +184,57 @@ def evaluate_when(cond) -> bool:
     raise Unsupported(f"logic statement not supported: {cond!r}")
 
 
+def expand_steps(config: dict, steps: list) -> list:
+    """``steps`` with the config's reusable ``commands`` inlined (string parameters substituted)."""
+    out = []
+    for step in steps:
+        name = step if isinstance(step, str) else next(iter(step))
+        if name in BUILTIN_STEPS:
+            out.append(step)
+            continue
+        command = config.get("commands", {}).get(name)
+        if command is None:
+            raise Unsupported(f"step '{name}' is neither built in nor a defined command")
+        declared = command.get("parameters") or {}
+        given = (step[name] or {}) if isinstance(step, dict) else {}
+        unknown = set(given) - set(declared)
+        if unknown:
+            raise Unsupported(f"command '{name}' has no parameters {sorted(unknown)}")
+        if any(spec.get("type", "string") != "string" for spec in declared.values()):
+            raise Unsupported(f"only string command parameters are supported ('{name}')")
+        values = {}
+        for p, spec in declared.items():
+            if p not in given and "default" not in spec:
+                raise Unsupported(f"command '{name}' needs parameter '{p}'")
+            values[f"parameters.{p}"] = str(given.get(p, spec.get("default")))
+        out.extend(expand_steps(config, substitute(command["steps"], values) if values else command["steps"]))
+    return out
+
+
+def pipeline_values(config: dict, parameters: dict | None, *, pipeline_id: str, number: int = 1,
+                    branch: str = "main", trigger_source: str = "webhook") -> dict:
+    """The pipeline values and parameters (``pipeline.parameters.x``: given, else its default) a
+    pipeline of ``config`` substitutes at compile time."""
+    params = _typed_param_defaults(config, parameters or {})
+    values = {f"pipeline.parameters.{k}": v for k, v in params.items()}
+    values.update({"pipeline.git.branch": branch, "pipeline.trigger_source": trigger_source,
+                   "pipeline.id": pipeline_id, "pipeline.number": number,
+                   "pipeline.git.revision": "local", "pipeline.project.git_url": str(REPO),
+                   "pipeline.project.slug": f"local/local/{REPO.name}"})
+    return values
+
+
+def compiled_config(substituted: dict) -> str:
+    """A pipeline's configuration as CircleCI's ``GET /api/v2/pipeline/{id}/config`` returns it in
+    ``compiled``: the processed config (``version: 2``, no pipeline ``parameters``, reusable
+    commands inlined into each job's steps), the pipeline's values and parameters substituted
+    (``substituted``: ``substitute(load_config(), pipeline_values(...))``)."""
+    jobs = {name: {**job, "steps": expand_steps(substituted, job.get("steps") or [])}
+            for name, job in (substituted.get("jobs") or {}).items()}
+    out = {"version": 2, "jobs": jobs, "workflows": {"version": 2, **(substituted.get("workflows") or {})}}
+    return yaml.safe_dump(out, sort_keys=False, width=100000)
+
+
 class LocalCircleCI:
     """Run workflows of one pipeline. ``contexts`` maps context name -> env dict."""
 
@@ -199,12 +250,8 @@ class LocalCircleCI:
         self.config = load_config(config_path)
         self.pipeline_id = str(uuid.uuid4())
         self.pipeline_number = next(self._build_num)
-        params = _typed_param_defaults(self.config, parameters or {})
-        values = {f"pipeline.parameters.{k}": v for k, v in params.items()}
-        values.update({"pipeline.git.branch": branch, "pipeline.trigger_source": trigger_source,
-                       "pipeline.id": self.pipeline_id, "pipeline.number": self.pipeline_number,
-                       "pipeline.git.revision": "local", "pipeline.project.git_url": str(REPO),
-                       "pipeline.project.slug": f"local/local/{REPO.name}"})
+        values = pipeline_values(self.config, parameters, pipeline_id=self.pipeline_id,
+                                 number=self.pipeline_number, branch=branch, trigger_source=trigger_source)
         self.values = values
         self.config = substitute(self.config, values)
         self.contexts = contexts or {}
@@ -327,30 +374,12 @@ class LocalCircleCI:
             env[k] = v.replace("/home/circleci/project", str(project)).replace("/home/circleci", str(home))
         return env
 
+    def compiled(self) -> str:
+        """This pipeline's configuration as CircleCI's API returns it compiled (``compiled_config``)."""
+        return compiled_config(self.config)
+
     def _expand(self, steps: list) -> list:
-        out = []
-        for step in steps:
-            name = step if isinstance(step, str) else next(iter(step))
-            if name in BUILTIN_STEPS:
-                out.append(step)
-                continue
-            command = self.config.get("commands", {}).get(name)
-            if command is None:
-                raise Unsupported(f"step '{name}' is neither built in nor a defined command")
-            declared = command.get("parameters") or {}
-            given = (step[name] or {}) if isinstance(step, dict) else {}
-            unknown = set(given) - set(declared)
-            if unknown:
-                raise Unsupported(f"command '{name}' has no parameters {sorted(unknown)}")
-            if any(spec.get("type", "string") != "string" for spec in declared.values()):
-                raise Unsupported(f"only string command parameters are supported ('{name}')")
-            values = {}
-            for p, spec in declared.items():
-                if p not in given and "default" not in spec:
-                    raise Unsupported(f"command '{name}' needs parameter '{p}'")
-                values[f"parameters.{p}"] = str(given.get(p, spec.get("default")))
-            out.extend(self._expand(substitute(command["steps"], values) if values else command["steps"]))
-        return out
+        return expand_steps(self.config, steps)
 
     def _run_job(self, job_name: str, entry: dict, workflow_id: str, base: Path, workspace: Path,
                  artifacts: Path) -> JobResult:
