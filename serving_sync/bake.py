@@ -67,6 +67,7 @@ only with at least ``min_requests`` requests of its own).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class Window:
     latency_sum_error: float = 0.0                                # ± µs on latency_sum (the pages' rounding)
     seconds: float | None = None                                  # its length, when both snapshots say when
     hosts: int = 1                                                # hosts merged into it (``merge``)
-    own: int = 0                                                  # of ``requests``, the deploy's own (smoke test)
+    own: int = 0                                                  # left out: the deploy's smoke test (window_outside)
     moments: tuple[float, float, float] | None = None             # (n, Σx, Σx²) µs, set by ``merge``; else from buckets
 
     @property
@@ -312,10 +313,9 @@ def _went_down(before: Snapshot, after: Snapshot) -> bool:
     return any(a < b for a, b in pairs)
 
 
-def window(before: Snapshot, after: Snapshot, *, own: int = 0) -> Window:
+def window(before: Snapshot, after: Snapshot) -> Window:
     """The counts between two snapshots; if any went down TF Serving restarted in between, and
-    the window is what ``after`` counted since (``restarted``). ``own``: requests the deploy itself
-    sent in between (a smoke test through the main entry), counted by TF Serving like live ones."""
+    the window is what ``after`` counted since (``restarted``)."""
     restarted = _went_down(before, after)
     seconds = after.at - before.at if after.at is not None and before.at is not None else None
     if restarted:
@@ -327,7 +327,38 @@ def window(before: Snapshot, after: Snapshot, *, own: int = 0) -> Window:
     les = sorted(set(before.buckets) | set(after.buckets))
     buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
     return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted,
-                  after.latency_sum_error + before.latency_sum_error, seconds, 1, own)
+                  after.latency_sum_error + before.latency_sum_error, seconds, 1)
+
+
+def window_outside(before: Snapshot, after: Snapshot,
+                   gaps: list[tuple[Snapshot | None, Snapshot | None]]) -> Window | None:
+    """The counts between ``before`` and ``after`` without those of each gap ``(start, end)``: the
+    deploy's own smoke test through the main entry (``smoke_main``), with the host's page read just
+    before its first request and just after its last answer. TF Serving counts a request before it
+    answers it (``http_server.cc``: ``RecordRequestLatency``, ``RecordModelRequestCount``, then
+    ``ReplyWithStatus``), so every one of the deploy's requests lies inside its gap, and the window
+    is the stretches outside the gaps added up — counts and buckets are integers: exact. Live
+    requests answered inside a gap are left out with it (as its seconds are): a baseline of fewer
+    live requests, never one holding the deploy's own. A gap whose start (end) could not be read
+    (None) takes the stretch before (after) it with it; None when nothing is left. ``own``: the
+    requests left out; ``restarted`` also when the counters went down inside a gap."""
+    if not gaps:
+        return window(before, after)
+    segments, start, restarted = [], before, False
+    for a, b in gaps:
+        if start is not None and a is not None:
+            segments.append(window(start, a))
+        restarted |= a is not None and b is not None and _went_down(a, b)
+        start = b
+    if start is not None:
+        segments.append(window(start, after))
+    if not segments:
+        return None
+    whole, kept = window(before, after), merge(segments)
+    lengths = [w.seconds for w in segments]
+    return dataclasses.replace(kept, hosts=1, moments=None, restarted=restarted or whole.restarted or kept.restarted,
+                               seconds=None if None in lengths else sum(lengths),
+                               own=max(0, whole.requests - kept.requests))
 
 
 def merge(windows: list[Window]) -> Window:
@@ -602,11 +633,11 @@ def _count(n: float) -> str:
 
 
 def _expected(w: Window, canary: Window) -> float:
-    """``w``'s live requests per host (not the deploy's own: the smoke test of a version loaded
-    in the main entry, ``smoke_main``, goes through the model's name), scaled to the canary's
-    window when the two lengths differ (the canary's "before" window lasts from the first read to
-    its switch: the bake or longer)."""
-    n = max(0, w.requests - w.own) / max(1, w.hosts)
+    """``w``'s requests per host (live ones: the deploy's own smoke test through the main entry is
+    left out of the canary's "before" window, ``window_outside``), scaled to the canary's window
+    when the two lengths differ (the canary's "before" window lasts from the first read to its
+    switch: the bake or longer)."""
+    n = w.requests / max(1, w.hosts)
     if canary.seconds and w.seconds and canary.seconds > 0 and w.seconds > 0:
         n *= canary.seconds / w.seconds
     return n
@@ -634,11 +665,11 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         return None, info
     parts = []
     if "before" in compared:
-        live, notes = max(0, before.requests - before.own), []
+        live, notes = before.requests, []
         if round(live) != round(compared["before"]) and before.seconds:
             notes.append(f"{live} in {_seconds(before.seconds)}")
         if before.own:
-            notes.append(f"not counting the deploy's own {before.own}")
+            notes.append(f"not counting {before.own} during the deploy's own smoke test")
         raw = f" ({', '.join(notes)})" if notes else ""
         parts.append(f"{_count(compared['before'])} before its switch{raw}")
     if "others" in compared:
@@ -759,7 +790,6 @@ def _read_page(url: str, timeout: float) -> bytes:
 def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Snapshot:
     """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters, stamped with when
     (the middle of the read: a window's length is the difference); one-line UserError."""
-    import dataclasses
     import urllib.error
 
     started = time.monotonic()

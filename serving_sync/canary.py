@@ -4,12 +4,17 @@ Timeline (``Baker``): ``start`` scrapes every changing host before anything chan
 judged — the canary; with ``--bake-each-wave`` every wave but the last — whose metrics cannot be
 read is refused here, before any host is touched); ``before_switch``
 waits until the window since ``start`` is at least ``bake`` seconds (the canary's "before" window,
-equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
+equal to the bake or longer) and scrapes the hosts about to switch — a judged host whose new
+version was smoke-tested through its main entry in the prepare phase (``smoke_main``: loaded
+there already) was also read just before and just after that smoke test, and the stretch in
+between is left out of its "before" window (``bake.window_outside``: its error and latency
+baselines hold none of the deploy's own requests); ``judge`` scrapes the
 switched hosts and the hosts still on the old version, waits ``bake`` seconds, scrapes again
 and returns one ``bake.Verdict`` per switched host. The numbers are ``bake.judge``'s.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from mlops_common import log
@@ -55,7 +60,9 @@ class Baker:
     def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float = 5.0):
         self.model = model
         self.runs = {r.host.name: r for r in runs}
-        self.own: dict[str, int] = {}       # requests the deploy sent a host before its switch (its smoke test)
+        # per judged host, its metrics read around the deploy's own smoke test through the main
+        # entry (``HostRun.own_marks``): left out of its window before the switch
+        self.own: dict[str, list] = {}
         self.canary = set(canary)
         self.opts = opts
         self.timeout = timeout
@@ -95,6 +102,19 @@ class Baker:
                 raise UserError(f"canary {exc.message}{extra}") from None
         self.s0.update(self._scrape_some([n for n in self.runs if n not in self.canary]))
         self.t0 = time.monotonic()
+        for n in self.canary:      # two more reads of a judged host, around a smoke test through its main entry
+            self.runs[n].read_metrics = functools.partial(self._read_around_own, n)
+
+    def _read_around_own(self, name: str) -> bake.Snapshot | None:
+        """``name``'s metrics just before or after the deploy's own smoke test through its main
+        entry; None (a warning) when they cannot be read: the stretch of the window before the
+        switch on that side of the smoke test is then left out with it."""
+        try:
+            return self._scrape(name)
+        except UserError as exc:
+            logger.warning("%s (around the deploy's smoke test through the main entry: the window before "
+                           "the switch leaves out the stretch on that side of it)", exc.message)
+            return None
 
     def before_switch(self, wave) -> None:
         names = [r.host.name for r in wave]
@@ -103,7 +123,7 @@ class Baker:
                    f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
         self.s1.update(self._scrape_some(names, required=self.canary.intersection(names)))
         for n in names:     # the prepare phase's smoke test through the main entry: in the window, not live
-            self.own[n] = self.runs[n].own_requests
+            self.own[n] = list(self.runs[n].own_marks)
 
     def judge(self, wave, old) -> list[bake.Verdict]:
         judged = [r.host.name for r in wave]      # every one read before its switch (``canary``)
@@ -123,6 +143,9 @@ class Baker:
         merged = bake.merge(others) if others else None
         verdicts = []
         for n in judged:
-            before = bake.window(self.s0[n], self.s1[n], own=self.own.get(n, 0)) if n in self.s0 else None
+            before = bake.window_outside(self.s0[n], self.s1[n], self.own.get(n, [])) if n in self.s0 else None
+            if n in self.s0 and before is None:
+                logger.warning("%s: its metrics could not be read around the deploy's smoke test through the "
+                               "main entry: its window before the switch is not used", n)
             verdicts.append(bake.judge(n, bake.window(s2[n], s3[n]), before, merged, self.opts.limits))
         return verdicts

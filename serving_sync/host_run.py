@@ -92,9 +92,13 @@ class HostRun:
         self.touched = False                # models.config may have been changed by us
         self.connection_lost = False        # the transport died: the host, not the version, failed
         self.lock_lost: str | None = None   # another deploy took this host's lock: never touch it again
-        # inference requests our smoke tests sent through the main entry (``SMOKE_MAIN``): TF Serving
-        # counts them under the model's name, in the canary's window before its switch (``canary``)
-        self.own_requests = 0
+        # our smoke test through the main entry (``SMOKE_MAIN``) goes through the model's name: TF
+        # Serving counts it with live traffic, inside the canary's window before its switch. On a
+        # host the bake judges, ``canary.Baker`` sets ``read_metrics`` (the host's metrics page, or
+        # None when unreadable), read just before and just after each such smoke test: ``own_marks``,
+        # what the bake leaves out of that window (``bake.window_outside``)
+        self.read_metrics: Callable[[], object] | None = None
+        self.own_marks: list[tuple[object, object]] = []
         self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,
                                    previous_kept=plan.previous_kept, notes=list(plan.notes))
 
@@ -190,10 +194,12 @@ class HostRun:
                           interval=self.opts.poll_interval)
 
     def _smoke(self, step: Step) -> None:
+        read = self.read_metrics if step.entry == self.model else None
+        start = read() if read is not None else None
         report = run_smoke(self.client, self.host.name, step.entry, self._golden(), step.version,
                            route_version=step.version, opts=self.opts.smoke)
-        if step.entry == self.model:
-            self.own_requests += report.predicts
+        if read is not None and report.passed:      # a failed one ends the deploy: no bake
+            self.own_marks.append((start, read()))
         self._judge(report, f"smoke test of v{step.version} via {report.route}")
         verified.add(self.transport, self.model, step.version, route=report.route)
 

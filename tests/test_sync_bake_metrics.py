@@ -452,7 +452,7 @@ def test_a_slow_cut_or_huge_page_is_refused_in_time(page_server, mode, says):
 # --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
 def test_a_later_waves_unreadable_host_does_not_abort_the_canarys_bake(monkeypatch):
     hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2", "web-3")}
-    runs = [SimpleNamespace(host=h, own_requests=0) for h in hosts.values()]
+    runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
     opts = SimpleNamespace(bake=0.0, bake_each_wave=True, limits=LIMITS)
     baker = canary.Baker("m", runs, ("web-1", "web-2"), opts)
     down = set()
@@ -810,19 +810,56 @@ def test_scrape_stamps_when_the_page_was_read(page_server):
     assert before <= snap.at <= time.monotonic()
 
 
+def _at(latencies_us, at: float, errors: int = 0) -> bake.Snapshot:
+    return dataclasses.replace(_snap(latencies_us, errors=errors), at=at)
+
+
 def test_the_deploys_own_requests_before_the_switch_are_not_live_traffic():
     """Found by review (2026-12-05, sixth stop): the smoke test of a version loaded in the main
     entry (``smoke_main``) goes through the model's name, so TF Serving counts its 61 predicts in
     the canary's window before its switch: a canary no client sends to looked busy before and
-    "fell" to nothing. The window's ``own`` requests are not compared."""
-    s0 = dataclasses.replace(_snap([1000] * 1000), at=0.0)
-    s1 = dataclasses.replace(_snap([1000] * 1061), at=10.0)
-    before = bake.window(s0, s1, own=61)
-    assert (before.requests, before.own, before.to_dict()["own_requests"]) == (61, 61, 61)
+    "fell" to nothing. Since the seventh stop the stretch between the reads just before and just
+    after that smoke test is left out of the window (``own``: what was left out)."""
+    s0, pre, post, s1 = _at([1000] * 1000, 0.0), _at([1000] * 1000, 4.0), _at([1000] * 1061, 5.0), \
+        _at([1000] * 1061, 11.0)
+    before = bake.window_outside(s0, s1, [(pre, post)])
+    assert (before.requests, before.own, before.to_dict()["own_requests"], before.seconds) == (0, 61, 61, 10.0)
     v = bake.judge("web-2", _served(0, at=100.0), before, _old_hosts(150), LIMITS)
     assert v.outcome == "low_traffic_passed" and v.measurements["traffic"]["before"] == 0.0, v.line
     # live traffic beside them still counts: 160 live + 61 own, the canary answers 3
-    s1 = dataclasses.replace(_snap([1000] * 1221), at=10.0)
-    v = bake.judge("web-2", _served(3, at=100.0), bake.window(s0, s1, own=61), _old_hosts(150), LIMITS)
-    assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch (not counting the "
-                      "deploy's own 61) and 150 on the other host; traffic fell below 25%: rolled back")
+    s1 = _at([1000] * 1221, 11.0)
+    v = bake.judge("web-2", _served(3, at=100.0), bake.window_outside(s0, s1, [(pre, post)]), _old_hosts(150),
+                   LIMITS)
+    assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch (not counting 61 "
+                      "during the deploy's own smoke test) and 150 on the other host; traffic fell below 25%: "
+                      "rolled back")
+
+
+def test_the_window_before_the_switch_leaves_out_exactly_the_deploys_own_smoke_test():
+    """Found by review (2026-12-05, seventh stop; a known limit until then): the deploy's own smoke
+    test through the main entry stayed in the canary's error and latency baselines — 201 slow OK
+    predicts made a baseline of fast live traffic slow (lenient) and its error rate low (strict).
+    The window is now the stretches outside (page read just before, just after), added up: the same
+    counts, buckets and sums as the live requests alone, to the request."""
+    live1, own, live2 = [800] * 30, [90_000] * 201, [1200] * 40       # µs; 3 + 2 live errors, none of ours
+    s0 = _at([1000] * 500, 0.0, errors=7)
+    pre = _at([1000] * 500 + live1, 4.0, errors=10)
+    post = _at([1000] * 500 + live1 + own, 6.0, errors=10)
+    s1 = _at([1000] * 500 + live1 + own + live2, 13.0, errors=12)
+    got = bake.window_outside(s0, s1, [(pre, post)])
+    live = bake.window(_at([1000] * 500, 0.0, errors=7), _at([1000] * 500 + live1 + live2, 11.0, errors=12))
+    assert (got.requests, got.errors, got.buckets, got.latency_sum, got.latency_count, got.seconds) == \
+        (live.requests, live.errors, live.buckets, live.latency_sum, live.latency_count, live.seconds) == \
+        (75, 5, live.buckets, 800 * 30 + 1200 * 40, 70, 11.0)
+    assert got.own == 201 and not got.restarted and got.hosts == 1
+    assert got.latency_bounds_ms(0.99)[1] <= 2.0 and got.mean_ms < 1.1        # not the smoke test's 90 ms
+    old = bake.window(s0, s1)                                          # what the bake used before
+    assert old.latency_bounds_ms(0.95)[0] >= 50.0 and old.error_rate < 0.02 < got.error_rate
+    # a read that failed (None): the stretch on that side goes with the smoke test, still exact
+    assert bake.window_outside(s0, s1, [(None, post)]).requests == 42        # post..s1: 40 OK + 2 errors
+    assert bake.window_outside(s0, s1, [(pre, None)]).requests == 33         # s0..pre: 30 OK + 3 errors
+    assert bake.window_outside(s0, s1, [(None, None)]) is None
+    assert bake.window_outside(s0, s1, []) == bake.window(s0, s1)
+    # TF Serving restarted during the smoke test: the window says so
+    restarted = bake.window_outside(s0, s1, [(pre, _at([1000] * 5, 6.0))])
+    assert restarted.restarted

@@ -67,16 +67,16 @@ class Traffic:
 
 class HostLoad:
     """``threads`` clients per host posting ``request`` to the unversioned route (with ``foreign``,
-    every 4th request an input above anything in a golden set, 2.0 everywhere) until the ``with``
-    block ends; bounded in count and time. Records ``(time.monotonic(), host name, status)`` of
-    every answer in ``samples`` (status 0: no answer) and the non-200 answers per host in
-    ``non_200``."""
+    every 4th request an input above anything in a golden set, 2.0 everywhere), ``pause`` seconds
+    after each answer, until the ``with`` block ends; bounded in count and time. Records
+    ``(time.monotonic(), host name, status)`` of every answer in ``samples`` (status 0: no answer)
+    and the non-200 answers per host in ``non_200``."""
 
     FOREIGN = [[[[2.0] for _ in range(8)] for _ in range(8)]]
 
     def __init__(self, hosts, model: str, request: dict, *, threads: int = 1, foreign: bool = False,
-                 max_seconds: float = 240.0, max_requests: int = 40_000):
-        self.model, self.foreign = model, foreign
+                 max_seconds: float = 240.0, max_requests: int = 40_000, pause: float = 0.002):
+        self.model, self.foreign, self.pause = model, foreign, pause
         self.max_seconds, self.max_requests = max_seconds, max_requests
         self.samples: list[tuple[float, str, int]] = []
         self.non_200: dict[str, list[str]] = {h.name: [] for h in hosts}
@@ -115,4 +115,4 @@ class HostLoad:
                 status = 0
                 self.non_200[host.name].append(str(exc))
             self.samples.append((time.monotonic(), host.name, status))
-            time.sleep(0.002)
+            time.sleep(self.pause)
