@@ -73,7 +73,6 @@ class SmokeReport:
     route: str                 # e.g. "digits__validate/versions/3", "digits/labels/stable"
     version: int
     checks: list[Check] = field(default_factory=list)
-    predicts: int = 0          # inference requests sent: TF Serving counts them as it counts live ones
 
     @property
     def passed(self) -> bool:
@@ -247,7 +246,6 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
         return Check("signature", not problems, "; ".join(problems) or "matches golden/signature.json")
 
     def outputs_check() -> Check:
-        report.predicts += 1
         served = client.predict(model, golden.request_body, timeout=opts.request_timeout, **kw)
         problems, worst = compare_outputs(golden.response, served, opts.atol)
         return Check("golden_outputs", not problems,
@@ -264,7 +262,6 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
         for _ in range(opts.requests):
             cancel.check()
             start = time.perf_counter()
-            report.predicts += 1
             client.predict(model, golden.request_body, timeout=opts.request_timeout, **kw)
             samples.append((time.perf_counter() - start) * 1000.0)
         return latency_verdict(samples, opts.budget_ms)
