@@ -886,6 +886,32 @@ def test_an_unexpected_error_in_a_config_poll_does_not_stop_the_polling(tmp_path
         m.stop()
 
 
+def _manager_with_a_held_listing(tmp_path, monkeypatch, versions):
+    """A manager of model ``m`` whose loads are instant fakes (``versions`` on disk), and an
+    ``os.listdir`` to patch in that holds a poll run by a thread named "slow-poll" right after it
+    listed m's folder, until ``go`` is set (``listed`` is set when it got there): (manager,
+    listed, go, listdir)."""
+    import threading
+
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), versions)
+    base = str(tmp_path / "m")
+    listed, go = threading.Event(), threading.Event()
+    real = os.listdir
+
+    def listdir(path):
+        children = real(path)
+        if path == base and threading.current_thread().name == "slow-poll":
+            listed.set()
+            go.wait(10)
+        return children
+
+    return m, listed, go, listdir
+
+
 def test_a_folder_listing_is_never_applied_after_a_newer_one(tmp_path, monkeypatch):
     """file_system_storage_path_source.cc: ``PollFileSystemAndInvokeCallback`` holds the source's
     mutex from the listing to the aspired-versions callback, so polls apply in the order they
@@ -896,22 +922,7 @@ def test_a_folder_listing_is_never_applied_after_a_newer_one(tmp_path, monkeypat
 
     from serving_host import manager as mg
 
-    class Fake:
-        def close(self):
-            pass
-
-    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1), ("m", 2)])
-    base = str(tmp_path / "m")
-    listed, go = threading.Event(), threading.Event()
-    real = os.listdir
-
-    def listdir(path):
-        children = real(path)
-        if path == base and threading.current_thread().name == "slow-poll":
-            listed.set()
-            go.wait(10)                     # the listing {1, 2} is held until the other poll ran
-        return children
-
+    m, listed, go, listdir = _manager_with_a_held_listing(tmp_path, monkeypatch, [("m", 1), ("m", 2)])
     try:
         m.reload_config(_models(tmp_path, "m"))
         assert _settle(m, "m", 2, "AVAILABLE") == "AVAILABLE"
@@ -945,22 +956,7 @@ def test_a_folder_listing_is_applied_when_an_unchanged_config_is_reloaded_meanwh
 
     from serving_host import manager as mg
 
-    class Fake:
-        def close(self):
-            pass
-
-    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1)])
-    base = str(tmp_path / "m")
-    listed, go = threading.Event(), threading.Event()
-    real = os.listdir
-
-    def listdir(path):
-        children = real(path)
-        if path == base and threading.current_thread().name == "slow-poll":
-            listed.set()
-            go.wait(10)                     # the listing {1, 2} is held until the config is reloaded
-        return children
-
+    m, listed, go, listdir = _manager_with_a_held_listing(tmp_path, monkeypatch, [("m", 1)])
     try:
         m.reload_config(_models(tmp_path, "m"))
         assert _settle(m, "m", 1, "AVAILABLE") == "AVAILABLE"

@@ -187,15 +187,14 @@ def test_an_sftp_only_account_flushes_every_file_and_the_rename(sshd_factory, lo
     assert any(f'fsync "{base}/{MODEL}"' in ln for ln in lines[renamed + 1:])
 
 
-def test_a_host_whose_sync_takes_no_files_flushes_with_python3(tmp_path):
-    """coreutils before 8.24 (``sync [OPTION]``): the host's python3 fsyncs each file instead;
-    the shim's file arguments are never used, and the script says how it flushed."""
+def _upload_through_sync_shim(tmp_path, sync_body: str):
+    """Run the upload script on a small version with ``sync`` replaced by a shell shim whose body
+    is ``sync_body`` (``{log}``: the file it may record its calls in); (the script's exit code,
+    its parsed output, the log, the version's manifest, the temporary folder)."""
     shim = tmp_path / "shim"
     shim.mkdir()
     log = tmp_path / "calls"
-    (shim / "sync").write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
-                               'case "$1" in --help) echo "Usage: sync [OPTION]"; exit 0;; esac\n'
-                               'exec /usr/bin/sync\n')
+    (shim / "sync").write_text("#!/bin/sh\n" + sync_body.format(log=log))
     (shim / "sync").chmod(0o755)
     root = make_model_tree(tmp_path / "m", n_assets=2)
     tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
@@ -204,10 +203,19 @@ def test_a_host_whose_sync_takes_no_files_flushes_with_python3(tmp_path):
     p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000)], input=tar,
                        capture_output=True, timeout=60,
                        env={**os.environ, "PATH": f"{shim}:/usr/bin:/bin"})
-    res = parse_output(p.stdout)
-    assert p.returncode == 0 and res.flags.get("@synced") == "python", p.stdout[-500:]
+    return p.returncode, parse_output(p.stdout), log, mf.build(root), dest
+
+
+def test_a_host_whose_sync_takes_no_files_flushes_with_python3(tmp_path):
+    """coreutils before 8.24 (``sync [OPTION]``): the host's python3 fsyncs each file instead;
+    the shim's file arguments are never used, and the script says how it flushed."""
+    rc, res, log, m, _ = _upload_through_sync_shim(
+        tmp_path, 'echo "$*" >> {log}\n'
+                  'case "$1" in --help) echo "Usage: sync [OPTION]"; exit 0;; esac\n'
+                  'exec /usr/bin/sync\n')
+    assert rc == 0 and res.flags.get("@synced") == "python", res.flags
     assert log.read_text().split("\n")[:1] == ["--help"] and "./" not in log.read_text()
-    assert res.sizes == {f.path: f.size for f in mf.build(root).files}
+    assert res.sizes == {f.path: f.size for f in m.files}
 
 
 def test_a_version_pulled_from_the_shared_store_is_synced_before_it_is_listed(sync_shim, tmp_path):
@@ -239,23 +247,11 @@ def test_a_version_pulled_from_the_shared_store_is_synced_before_it_is_listed(sy
 def test_a_host_whose_sync_cannot_flush_a_file_system_fsyncs_each_file(tmp_path):
     """A ``sync`` that takes files but refuses ``-f``: each file and folder of the version is
     fsynced by name instead."""
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    log = tmp_path / "calls"
-    (shim / "sync").write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s %s\\n" "$PWD" "$a" >> {log}; done\n'
-                               'case "$1" in -f) echo "sync: invalid option -- f" >&2; exit 1;; esac\n'
-                               'exec /usr/bin/sync "$@"\n')
-    (shim / "sync").chmod(0o755)
-    root = make_model_tree(tmp_path / "m", n_assets=2)
-    m = mf.build(root)
-    tar = subprocess.run(["tar", "-cf", "-", "-C", str(root), "."], capture_output=True, check=True,
-                         timeout=60).stdout
-    dest = tmp_path / "base" / "m" / ".incoming-1-x"
-    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000)], input=tar,
-                       capture_output=True, timeout=60,
-                       env={**os.environ, "PATH": f"{shim}:/usr/bin:/bin"})
-    res = parse_output(p.stdout)
-    assert p.returncode == 0 and res.flags.get("@synced") == "files", (p.stdout[-300:], p.stderr[-300:])
+    rc, res, log, m, dest = _upload_through_sync_shim(
+        tmp_path, 'for a in "$@"; do printf "%s %s\\n" "$PWD" "$a" >> {log}; done\n'
+                  'case "$1" in -f) echo "sync: invalid option -- f" >&2; exit 1;; esac\n'
+                  'exec /usr/bin/sync "$@"\n')
+    assert rc == 0 and res.flags.get("@synced") == "files", res.flags
     args = set(_calls(log)[str(dest)])
     assert {f"./{f.path}" for f in m.files} | {f"./{d}" for d in m.dirs} | {"."} <= args
     assert str(tmp_path / "base") in args      # the model folder's entry in the base
