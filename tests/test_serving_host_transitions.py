@@ -260,6 +260,19 @@ def change_graph(folder: Path, edit) -> None:
     (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
 
 
+def _available_but_uninitialized(tfserving_factory, base: Path, edit):
+    """Version 1 of ``m`` (edited by ``edit``) served: it loads AVAILABLE and OK, and a predict
+    fails HTTP 400 ``Attempting to use uninitialized value …`` (nothing was restored); the server."""
+    staged_version(base, 1, edit)
+    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
+    entry = srv.wait_for_state("m", 1, "AVAILABLE")
+    assert entry["status"]["error_code"] == "OK"
+    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("Attempting to use uninitialized value "), r.text
+    return srv
+
+
 @pytest.mark.parametrize("removed", ["variables", "variables/variables.index"])
 def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialized_values(
         tfserving_factory, tmp_path, removed):
@@ -274,13 +287,7 @@ def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialize
         target = folder / removed
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
-    staged_version(base, 1, remove)
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "AVAILABLE")
-    assert entry["status"]["error_code"] == "OK"
-    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"].startswith("Attempting to use uninitialized value "), r.text
+    srv = _available_but_uninitialized(tfserving_factory, base, remove)
     metadata = requests.get(f"{srv.rest_url}/v1/models/m/metadata", timeout=10)
     assert metadata.status_code == 200 and metadata.json()["model_spec"]["version"] == "1"
     assert ("The specified SavedModel has no variables; no checkpoints were restored. File does not exist: "
@@ -353,14 +360,7 @@ def test_a_version_without_a_saver_def_loads_unrestored_as_tensorflow_s_restore_
         proto.meta_graphs[0].ClearField("saver_def")
         (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
 
-    staged_version(base, 1, drop_saver_def)
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "AVAILABLE")
-    assert entry["status"]["error_code"] == "OK"
-    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"].startswith("Attempting to use uninitialized value "), r.text
-
+    _available_but_uninitialized(tfserving_factory, base, drop_saver_def)
 
 
 @pytest.mark.parametrize("damage", ["two_main_ops", "no_main_op", "init_signature_without_its_output"])
