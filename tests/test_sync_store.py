@@ -398,17 +398,26 @@ def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     assert f"pulls v{v4} from the shared store s3://{bucket}/" in plan.stdout, plan.stdout
 
 
-def test_another_fleets_version_deploy_keeps_production_in_a_shared_store(deploy_env, sshd_factory, s3_env):
-    """A staging fleet sharing the store deployed `--version N --keep 1`: its clean-up removed
-    the production version the production fleet had just uploaded (and was pulling: 404s)."""
-    env = deploy_env
+def _two_fleets(env, s3_env, bucket_name: str):
+    """Two SSH hosts, a production and a staging one, the store's bucket (a new one named
+    ``bucket_name``), and ``fleet(host)``: write the hosts file of a fleet of that host alone,
+    sharing that store."""
     prod_host, staging_host = env.add_host("ssh"), env.add_host("ssh")
-    bucket = s3_env.make_bucket("shared-store")
+    bucket = s3_env.make_bucket(bucket_name)
 
     def fleet(host) -> None:
         env.write_hosts_file([host])
         head = f'store = "s3://{bucket}/{env.model}"\n'
         env.hosts_file.write_text(head + env.hosts_file.read_text())
+
+    return prod_host, staging_host, bucket, fleet
+
+
+def test_another_fleets_version_deploy_keeps_production_in_a_shared_store(deploy_env, sshd_factory, s3_env):
+    """A staging fleet sharing the store deployed `--version N --keep 1`: its clean-up removed
+    the production version the production fleet had just uploaded (and was pulling: 404s)."""
+    env = deploy_env
+    prod_host, staging_host, bucket, fleet = _two_fleets(env, s3_env, "shared-store")
 
     def stored() -> set[int]:
         objs = s3_env.client().list_objects_v2(Bucket=bucket, Prefix=f"{env.model}/{env.model}/")
@@ -638,13 +647,7 @@ def test_a_fleets_clean_up_keeps_what_another_fleets_hosts_serve(deploy_env, ssh
     deploy records in the store what each of its hosts keeps, and a clean-up keeps every record's
     versions."""
     env = deploy_env
-    prod_host, staging_host = env.add_host("ssh"), env.add_host("ssh")
-    bucket = s3_env.make_bucket("two-fleets-store")
-
-    def fleet(host) -> None:
-        env.write_hosts_file([host])
-        head = f'store = "s3://{bucket}/{env.model}"\n'
-        env.hosts_file.write_text(head + env.hosts_file.read_text())
+    prod_host, staging_host, bucket, fleet = _two_fleets(env, s3_env, "two-fleets-store")
 
     fleet(prod_host)
     v1 = env.release("a", opts=_opts(keep=1))
