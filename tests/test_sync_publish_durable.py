@@ -1,6 +1,7 @@
 """A published version survives a power loss right after its rename: every file and folder of
 the version is flushed to disk before the rename into place, the rename's folder after it, and
-``models.config``'s temp file before its rename (and its folder after, on file://) — on file:// hosts (os.fsync
+``models.config``'s temp file before its rename (and its folder after, on file://); a version of a
+few files is flushed file by file, of many by one syncfs — on file:// hosts (os.fsync
 seen through /proc/self/fd) and ssh:// hosts (a real sshd: the host's ``sync`` behind a PATH
 shim that records its arguments, and internal-sftp's own log of each fsync@openssh.com)."""
 from __future__ import annotations
@@ -51,17 +52,22 @@ def _split_at_rename(events, dst: str) -> tuple[str, set[str], set[str]]:
     return events[at][1], before, after
 
 
-@pytest.mark.parametrize("how", ["syncfs", "fsync-each"])
+@pytest.mark.parametrize("how", ["syncfs", "fsync-each", "no-syncfs"])
 def test_a_file_host_flushes_the_version_before_its_rename_and_the_folder_after(tmp_path, monkeypatch, how):
+    """Many files: one syncfs (fsync each where the system has none); a few: fsync each, so only
+    the version's own bytes are waited for (``FLUSH_EACH_UP_TO``)."""
     from serving_sync.transports import local
+    from serving_sync.transports.base import FLUSH_EACH_UP_TO
 
-    model = make_model_tree(tmp_path / "model", n_assets=3)
+    many = how != "fsync-each"
+    model = make_model_tree(tmp_path / "model", n_assets=FLUSH_EACH_UP_TO + 5 if many else 3)
     m = mf.build(model)
+    assert (len(m.files) > FLUSH_EACH_UP_TO) == many
     base = tmp_path / "serving"
     t = LocalTransport(base)
     events = _watch_local_io(monkeypatch)
     real_call = getattr(local, "_syncfs_call", lambda: None)()
-    if how == "syncfs":
+    if how != "no-syncfs":
         assert real_call is not None            # Linux: the one-call flush of the file system
         def call(fd):                           # noqa: E306 - recorded like os.fsync
             events.append(("syncfs", os.readlink(f"/proc/self/fd/{fd}")))
@@ -74,6 +80,7 @@ def test_a_file_host_flushes_the_version_before_its_rename_and_the_folder_after(
     if how == "syncfs":
         assert ("syncfs", src) in events[:events.index(("rename", src, str(base / MODEL / "3")))]
     else:
+        assert not any(e[0] == "syncfs" for e in events)
         wanted = {f"{src}/{f.path}" for f in m.files} | {f"{src}/{d}" for d in m.dirs} | {src}
         assert wanted - before == set()        # every file and folder of the version, before
     assert str(base) in before                 # the model folder's entry (made just now)
@@ -132,15 +139,17 @@ def _index(lines, pattern) -> int:
     return found[-1]
 
 
-@pytest.mark.parametrize("variables_bytes", [300_000, 17 * 1024 * 1024],
-                         ids=["tee-hashed", "python-hashed"])
+@pytest.mark.parametrize("variables_bytes, n_assets", [(300_000, 3), (17 * 1024 * 1024, 3), (300_000, 70)],
+                         ids=["tee-hashed", "python-hashed", "many-files"])
 def test_an_ssh_host_syncs_the_version_before_its_rename_and_the_folder_after(
-        sshd_factory, sync_shim, logged_sftp, tmp_path, variables_bytes):
+        sshd_factory, sync_shim, logged_sftp, tmp_path, variables_bytes, n_assets):
+    from serving_sync.transports.base import FLUSH_EACH_UP_TO
+
     shim, calls = sync_shim
     sftp, sftp_log = logged_sftp
     srv = sshd_factory(extra_config=(f"SetEnv PATH={shim}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",),
                        sftp=str(sftp))
-    model = make_model_tree(tmp_path / "model", n_assets=3, variables_bytes=variables_bytes)
+    model = make_model_tree(tmp_path / "model", n_assets=n_assets, variables_bytes=variables_bytes)
     m = mf.build(model)
     base = tmp_path / "srv"
     t = connect(srv, base, op_timeout=60)
@@ -149,12 +158,16 @@ def test_an_ssh_host_syncs_the_version_before_its_rename_and_the_folder_after(
         t.write_file_atomic("models.config", b"model_config_list {}\n")
     finally:
         t.close()
-    # the host's sync flushed the file system that holds the temporary folder (syncfs), from
-    # inside it, and the base's (the model folder's entry)
+    # the host's sync flushed, from inside the temporary folder, each of its files and folders (a
+    # few) or the file system that holds them (syncfs: many), and the base (the model folder's entry)
     got = _calls(calls)
     tmp = next(c for c in got if os.path.basename(c).startswith(".incoming"))
-    assert got[tmp][:4] == ["--help", "-f", "--", "."], got[tmp]
-    assert got[tmp][4:] == ["-f", "--", str(base)]
+    if len(m.files) > FLUSH_EACH_UP_TO:
+        assert got[tmp] == ["--help", "-f", "--", ".", "-f", "--", str(base)], got[tmp]
+    else:
+        assert got[tmp][:2] == ["--help", "--"] and "-f" not in got[tmp], got[tmp]
+        assert {f"./{f.path}" for f in m.files} | {f"./{d}" for d in m.dirs} | {"."} <= set(got[tmp])
+        assert got[tmp][-2:] == ["--", str(base)]
     # ... before the rename, whose folder internal-sftp fsynced after it
     lines = _sftp_log(sftp_log)
     renamed = _index(lines, f'rename old "{tmp}" new "{base}/{MODEL}/3"')
@@ -239,9 +252,10 @@ def test_a_version_pulled_from_the_shared_store_is_synced_before_it_is_listed(sy
     finally:
         served.close()
     res = parse_output(p.stdout)
-    assert p.returncode == 0 and res.flags.get("@synced") == "fs", (p.stdout[-300:], p.stderr[-300:])
+    assert p.returncode == 0 and res.flags.get("@synced") == "files", (p.stdout[-300:], p.stderr[-300:])
     assert mf.compare(m, res.listing) == []
-    assert _calls(calls)[str(dest)][:4] == ["--help", "-f", "--", "."]
+    got = _calls(calls)[str(dest)]                   # a few files: each of them, and their folders
+    assert got[:2] == ["--help", "--"] and {f"./{f.path}" for f in m.files} | {"."} <= set(got), got
 
 
 def test_a_host_whose_sync_cannot_flush_a_file_system_fsyncs_each_file(tmp_path):

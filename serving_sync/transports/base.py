@@ -15,6 +15,11 @@ from ..names import BASE_FILES, check_relpath
 from ..progress import ProgressFn
 
 MAX_SMALL_FILE = 4 * 1024 * 1024  # read_file is for config, lock and manifest files
+# A published version of up to this many files is flushed to disk file by file: only its own bytes
+# are waited for (one syncfs waits for everything dirty on the host's file system: another
+# writer's gigabyte made a 200 MB publish slower than SFTP put). More files, one syncfs: an fsync
+# per file cost a 300-file version 0.1-0.7 s on ext4 here, the syncfs 0.02 s.
+FLUSH_EACH_UP_TO = 64
 # The operator's files in the base (``names.BASE_FILES``: models.config, monitoring.config), which
 # config management often links elsewhere (/etc/tfserving/models.config): ``write_file_atomic``
 # writes them through a link, its temp file and rename beside the link's target, as ``sed -i

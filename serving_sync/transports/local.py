@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import DiskFull
 from ..manifest import HostListing, Manifest, sha256_file
 from ..progress import ProgressFn
-from .base import LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
+from .base import FLUSH_EACH_UP_TO, LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 from .oserrors import host_os_error
 
 CHUNK = 16 * 1024 * 1024
@@ -78,8 +78,10 @@ def syncfs(path: str | os.PathLike) -> bool:
 
 
 def flush_tree(root: Path, files, dirs) -> None:
-    """Every file and folder under ``root`` (and ``root``) on disk: syncfs, else fsync each."""
-    if syncfs(root):
+    """Every file and folder under ``root`` (and ``root``) on disk: fsync each for up to
+    ``FLUSH_EACH_UP_TO`` files, else one syncfs (fsync each where there is none)."""
+    files = list(files)
+    if len(files) > FLUSH_EACH_UP_TO and syncfs(root):
         return
     for rel in files:
         with open(root / rel, "rb") as f:

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from ..manifest import HostListing, parse_hash_lines
+from .base import FLUSH_EACH_UP_TO
 
 MARK = "@serving-sync"
 # The marker on a line of its own even after a login shell's startup file printed text without a
@@ -52,9 +53,9 @@ def q(path: str) -> str:
 # renamed into place, so that after a power loss the published folder never holds an empty or
 # short file. Every file and directory of the version is flushed, and the folder ``extra`` (the
 # model's parent, holding the model folder ``mkdir -p`` may have just made), best effort: with
-# ``sync -f`` when ``sync --help`` offers FILE (coreutils >= 8.24, busybox >= 1.26): one syncfs
-# of the file system that holds them, as OSTree commits (an fsync per file cost a 300-file
-# version 0.1-0.7 s on ext4 here, syncfs 0.02 s); else ``sync FILE...`` (fsync each); else the
+# When ``sync --help`` offers FILE (coreutils >= 8.24, busybox >= 1.26): ``sync FILE...`` (fsync
+# each) for a version of up to ``FLUSH_EACH_UP_TO`` files, ``sync -f`` for more, one syncfs of
+# the file system that holds them, as OSTree commits (``base.FLUSH_EACH_UP_TO`` says why); else the
 # host's python3 (fsync each); else a plain ``sync`` (Linux waits for the whole flush). A host
 # without any publishes unflushed, as before, and says so (``@synced none``): never a failed
 # publish only for that. The rename's own entry is flushed after it over SFTP
@@ -73,8 +74,11 @@ def _sync_section(extra: str) -> str:
     ``@synced fs|files|python|all|none`` (how)."""
     each = r"find . \( -type f -o -type d \) -exec"
     py = f'"$SP" -I -S -c {q(_SYNC_PY)}'
+    few = f'[ "$(find . -type f | head -n {FLUSH_EACH_UP_TO + 1} | wc -l)" -le {FLUSH_EACH_UP_TO} ]'
     return f"""if sync --help 2>&1 | grep -q FILE; then SF=1; else SF=; fi
-if [ -n "$SF" ] && sync -f -- .; then
+if [ -n "$SF" ] && {few} && {each} sync -- {{}} +; then
+  sync -- {q(extra)} 2>/dev/null; echo @synced files
+elif [ -n "$SF" ] && sync -f -- .; then
   sync -f -- {q(extra)} 2>/dev/null; echo @synced fs
 elif [ -n "$SF" ] && {each} sync -- {{}} +; then
   sync -- {q(extra)} 2>/dev/null; echo @synced files
