@@ -107,10 +107,8 @@ def check_model(model: str, version: int, root: str | Path, ledger=None, *,
     ``mlops evaluate`` score): ``ConfigError`` (one line naming the file) when it is not what was
     registered; its files' sha256 otherwise, or None when the version was registered without a
     record of them (then it is scored unchecked, with a warning)."""
-    expected = recorded(model, version, ledger, MODEL_FILES)
+    expected = _expected(model, version, ledger, "that model is", MODEL_FILES, "its logged model's file hashes")
     if expected is None:
-        _log.warning("version %s of '%s' was registered without its logged model's file hashes: that model "
-                     "is used unchecked", version, model)
         return None
     got = model_files(root)
     _refuse(model, version, differences(expected, got), unchanged,
@@ -119,12 +117,13 @@ def check_model(model: str, version: int, root: str | Path, ledger=None, *,
     return got
 
 
-def _expected(model: str, version: int, ledger, what: str) -> dict[str, str] | None:
+def _expected(model: str, version: int, ledger, what: str, key: str = BUNDLE_FILES,
+              without: str = "file hashes") -> dict[str, str] | None:
     """``recorded``, with the warning for a version registered before hashes were recorded."""
-    expected = recorded(model, version, ledger)
+    expected = recorded(model, version, ledger, key)
     if expected is None:
-        _log.warning("version %s of '%s' was registered without file hashes: %s used unchecked",
-                     version, model, what)
+        _log.warning("version %s of '%s' was registered without %s: %s used unchecked",
+                     version, model, without, what)
     return expected
 
 
