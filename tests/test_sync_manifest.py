@@ -7,6 +7,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -204,6 +205,94 @@ def test_the_hosts_python_reads_pax_and_base_256_sizes(tmp_path, monkeypatch, si
     one = hashlib.sha256(data).digest()
     assert res.files_sha256 == hashlib.sha256(one + one).hexdigest()
     assert (dest / "a.bin").read_bytes() == data and (dest / "b.bin").read_bytes() == data
+
+
+_RECORD_WRITEBACK = """import ctypes, os, sys
+real, log = ctypes.CDLL, sys.argv.pop(1)
+
+
+class Recorded:
+    argtypes = None
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, fd, offset, nbytes, flags):
+        self.fn.argtypes = self.argtypes
+        rc = self.fn(fd, offset, nbytes, flags)
+        with open(log, "a") as f:
+            f.write(f"{os.readlink(f'/proc/self/fd/{fd}')}\\t{os.fstat(fd).st_size}\\t{flags}\\t{rc}\\n")
+        return rc
+
+
+class Lib:
+    def __init__(self, *a, **k):
+        self.lib = real(*a, **k)
+
+    def __getattr__(self, name):
+        fn = getattr(self.lib, name)
+        return Recorded(fn) if name == "sync_file_range" else fn
+
+
+ctypes.CDLL = Lib
+code = sys.argv[sys.argv.index("-c") + 1]
+sys.argv = ["-c"] + sys.argv[sys.argv.index("-c") + 2:]
+exec(compile(code, "<PY_TEE>", "exec"), {"__name__": "__main__"})
+"""
+
+
+@pytest.mark.parametrize("tar_format", ["pax", "ustar"])
+def test_the_hosts_python_starts_writeback_of_big_files_while_they_arrive(tmp_path, monkeypatch, tar_format):
+    """Every ``KICK`` bytes of a file, the host's python asks the kernel to start writing it
+    (sync_file_range, SYNC_FILE_RANGE_WRITE), so the flush before the rename waits for the tail
+    only. Checked through the real call, recorded: the right files (long names from a pax
+    ``path`` record or a ustar prefix), only those bigger than a kick, and the publish unchanged."""
+    import tarfile
+
+    from serving_sync.transports import ssh_scripts
+
+    kick = 64 * 1024
+    monkeypatch.setattr(ssh_scripts, "PY_TEE", ssh_scripts.PY_TEE.replace("KICK = 32 * 1048576",
+                                                                          f"KICK = {kick}"))
+    assert f"KICK = {kick}" in ssh_scripts.PY_TEE
+    monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1)
+    shim, log = tmp_path / "shim.py", tmp_path / "writeback.log"
+    shim.write_text(_RECORD_WRITEBACK)
+    wrapper = tmp_path / "python3"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {shim} {log} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(ssh_scripts, "_PICK_PYTHON", f"P={wrapper}\n")
+    long_dir = "d" * 60 + "/" + "e" * 60
+    files = {"variables/variables.data-00000-of-00001": os.urandom(5 * kick + 100),
+             f"{long_dir}/big.bin": os.urandom(3 * kick),
+             "small.bin": os.urandom(kick // 2)}
+    if tar_format == "pax":
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for name, data in files.items():
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+        tar = buf.getvalue()
+        assert b"path=" in tar          # the long name went into a pax record
+    else:
+        src = tmp_path / "src"
+        for name, data in files.items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes(data)
+        tar = subprocess.run(["tar", "--format=ustar", "-cf", "-", "-C", str(src), *files],
+                             capture_output=True, check=True, timeout=60).stdout
+        assert b"ustar" in tar and b"path=" not in tar
+    dest = tmp_path / "base" / "m" / ".incoming-1-x"
+    p = _upload(dest, 1000, stdin=tar, stream_bytes=10)
+    res = parse_output(p.stdout)
+    assert p.returncode == 0, p.stderr
+    assert res.flags.get("@hashing") == "python"
+    assert {n: (dest / n).read_bytes() for n in files} == files
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    kicked = {path for path, *_ in rows}
+    assert kicked == {str(dest / "variables/variables.data-00000-of-00001"), str(dest / long_dir / "big.bin")}
+    assert all(flags == "2" and rc == "0" and int(size) > 0 for _, size, flags, rc in rows)
 
 
 def test_a_stream_that_is_not_tar_fails_on_the_python_path_and_says_so(tmp_path, monkeypatch):
