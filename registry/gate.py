@@ -198,7 +198,9 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
                  "discordant": report["discordant"],
                  "failed_rules": [c.rule for c in verdict.failed],
                  "signature_change_allowed": allow_signature_change,
-                 "signature_differences": report["signature_differences"]})
+                 "signature_differences": report["signature_differences"],
+                 # the per-class rule's figures: why a per-class verdict was what it was
+                 "per_class": gate_report.ledger_classes(report, verdict.class_allowed)})
     if not verdict.passed:
         versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
     ledger.append(row)

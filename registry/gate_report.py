@@ -9,7 +9,12 @@ HTML are rendered from the JSON, so they never disagree.
 """
 from __future__ import annotations
 
-from .gate_rules import GateRules, Verdict, _class_key, limit_text, paired_standard_error, summary
+import math
+
+from .gate_rules import GateRules, Verdict, _class_key, breached, limit_text, paired_standard_error, summary
+
+LEDGER_BREACHED_CLASSES = 20    # a gate's ledger row lists at most this many breached classes
+LEDGER_NEAREST_CLASSES = 3      # and this many of the others, those nearest their allowed drop
 
 
 def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candidate: dict,
@@ -159,3 +164,38 @@ def markdown(report: dict) -> str:
         if report["allow_signature_change"]:
             lines.append("- allowed with --allow-signature-change (recorded)")
     return "\n".join(lines) + "\n"
+
+
+def ledger_classes(report: dict, allowed: dict[str, float] | None, *, most: int = LEDGER_BREACHED_CLASSES,
+                   nearest: int = LEDGER_NEAREST_CLASSES) -> dict | None:
+    """The per-class rule's figures for the gate's ledger row (``details.per_class``), bounded
+    whatever the number of classes: the breached classes (at most ``most``, the largest excess over
+    the allowed drop first), then the ``nearest`` others closest to their allowed drop. Per class:
+    the candidate's and production's accuracy, the allowed drop (``allowed``: the verdict's, not
+    rounded) and whether it breached, the rule's own test (``gate_rules.breached``); a class
+    production has and the candidate's evaluation lacks is breached. None when no class was compared
+    (no production, or metrics that are not numbers)."""
+    if not allowed:
+        return None
+    ranked = []
+    for row in report["per_class"]:
+        k, cand, prod = row["class"], row["candidate"], row["production"]
+        if k not in allowed or prod is None:
+            continue
+        drop = None if cand is None else float(prod) - float(cand)
+        over = drop is None or breached(drop, allowed[k])
+        ranked.append((math.inf if drop is None else drop - allowed[k],
+                       {"class": k, "candidate": None if cand is None else round(float(cand), 4),
+                        "production": round(float(prod), 4), "allowed_drop": round(allowed[k], 4),
+                        "breached": over}))
+    ranked.sort(key=lambda x: -x[0])        # stable: the report's class order among equals
+    bad = [r for _, r in ranked if r["breached"]]
+    others = [r for _, r in ranked if not r["breached"]]
+    listed = bad[:most] + others[:nearest]
+    head = ("none breached" if not bad else f"all {len(bad)} breached" if len(bad) <= most
+            else f"{most} of the {len(bad)} breached (largest excess over the allowed drop first)")
+    n_near = min(len(others), nearest)
+    tail = f"; then the {n_near} others nearest their allowed drop" if n_near else ""
+    return {"compared": len(ranked), "breached": len(bad),
+            "listed": f"{head}{tail}; of {len(ranked)} classes compared", "classes": listed}
+

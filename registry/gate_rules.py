@@ -564,7 +564,7 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
     if not drops:
         return Check("class_accuracy_vs_production", True, "no per-class accuracies to compare")
     worst = max(drops, key=lambda k: drops[k])
-    bad = [k for k, d in drops.items() if d > allowed[k] + EPS]
+    bad = [k for k, d in drops.items() if breached(d, allowed[k])]
     if bad:
         over = max(bad, key=lambda k: drops[k] - allowed[k])
         if fixed:
@@ -582,6 +582,12 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
     return Check("class_accuracy_vs_production", True,
                  f"largest per-class drop {max(drops[worst], 0):.3f} (class {worst}; allowed {limit})",
                  observed=round(drops[worst], 6), limit=round(allowed[worst], 6))
+
+
+def breached(drop: float, allowed: float) -> bool:
+    """Whether a class's accuracy drop (production's minus the candidate's) is over its allowed
+    drop (``class_accuracy_vs_production``; the ledger row's per-class figures say the same)."""
+    return drop > allowed + EPS
 
 
 def limit_text(limit: float) -> str:

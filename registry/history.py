@@ -71,6 +71,40 @@ def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | 
                   "outcome", "reason"], rows)
 
 
+def class_breach_lines(entries: list[Entry]) -> list[str]:
+    """A line under the history table for each gate row whose per-class rule found classes over
+    their allowed drop (``details.per_class``, ``gate_report.ledger_classes``): which classes, each
+    with the candidate's and production's accuracy and the allowed drop, in the gate's own words
+    (the table's reason column is cut at 60 characters, before the classes)."""
+    lines = []
+    for e in entries:
+        figures = e.details.get("per_class") if e.action == "gate" and isinstance(e.details, dict) else None
+        if not isinstance(figures, dict) or not isinstance(figures.get("classes"), list):
+            continue
+        bad = [c for c in figures["classes"] if isinstance(c, dict) and c.get("breached")]
+        if not bad:
+            continue
+        parts = [_class_figures(c) for c in bad]
+        more = figures.get("breached") - len(bad) if isinstance(figures.get("breached"), int) else 0
+        if more > 0:
+            parts.append(f"and {more} more")
+        lines.append(printable(f"#{e.id} gate {_v(e.to_version)} vs production {_v(e.from_version)}: "
+                               f"{len(bad) + max(more, 0)} of {figures.get('compared')} classes over their "
+                               f"allowed drop: " + "; ".join(parts)))
+    return lines
+
+
+def _class_figures(c: dict) -> str:
+    def f(x) -> str:
+        return f"{x:.3f}" if isinstance(x, (int, float)) else "?"
+    if c.get("candidate") is None:
+        return f"class {c.get('class')} missing from the candidate's evaluation"
+    drop = (c["production"] - c["candidate"] if isinstance(c.get("production"), (int, float))
+            and isinstance(c["candidate"], (int, float)) else None)
+    return (f"class {c.get('class')} {f(c['candidate'])} vs {f(c.get('production'))} "
+            f"(-{f(drop)}; allowed {f(c.get('allowed_drop'))})")
+
+
 def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy, age and
     who let it into production: the ledger's, as the description says (``description.approval``;

@@ -19,6 +19,7 @@ from registry.client import tracking_client
 from registry.gate import run_gate
 from registry.ledger import Ledger
 from tests.fixtures.registry_versions import TINY_SIGNATURE
+from tests.helpers import run_mlops
 
 FP = "f" * 64
 
@@ -291,3 +292,61 @@ def test_the_gate_compares_accuracy_on_the_examples_that_flipped(make_version, t
     assert out.report["discordant"] is None
     assert out.report["rules"]["max_accuracy_drop_derivation"].startswith(
         "unpaired (fallback: neither evaluation carries per-example results")
+
+
+def test_the_gate_ledger_row_says_which_classes_breached_and_by_how_much(make_version):
+    """Review of 2026-12-05 (eighth stop): the gate's ledger row held the overall figures only; the
+    per-class rule's (each class's accuracies, its allowed drop, which breached) were in the
+    report alone, so a promotion audited from the ledger could not say why a per-class verdict was
+    what it was (`registry history` cut the reason at 60 characters, before the classes). Here the
+    candidate loses 12 of class 7's 45 examples that production got right (1.000 -> 0.733, allowed
+    0.187 paired) and wins 10 elsewhere: overall inside the accuracy rule, class 7 breached."""
+    from tests.test_registry_gate_rules import by_class
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    cand, prod = by_class([45] * 10, [43] * 5 + [45] * 5, lost={7: 12}, won={k: 2 for k in range(5)})
+    out = run_gate(model, v2, Evaluations({v1: prod, v2: cand}))
+    assert [c.rule for c in out.verdict.failed] == ["class_accuracy_vs_production"], out.summary
+    row = Ledger().entries(model, actions=("gate",))[-1]
+    figures = row.details["per_class"]
+    assert (figures["compared"], figures["breached"]) == (10, 1)
+    assert figures["listed"] == "all 1 breached; then the 3 others nearest their allowed drop; of 10 classes compared"
+    assert figures["classes"][0] == {"class": "7", "candidate": 0.7333, "production": 1.0,
+                                     "allowed_drop": pytest.approx(0.1870, abs=5e-4), "breached": True}
+    assert [(c["class"], c["breached"]) for c in figures["classes"][1:]] == [("5", False), ("6", False), ("8", False)]
+    assert figures["classes"][0]["allowed_drop"] == round(out.verdict.class_allowed["7"], 4)
+    r = run_mlops("registry", "history", "--model", model)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith(f"#{row.id} gate"))
+    assert line == (f"#{row.id} gate v{v2} vs production v{v1}: 1 of 10 classes over their allowed drop: "
+                    f"class 7 0.733 vs 1.000 (-0.267; allowed {out.verdict.class_allowed['7']:.3f})")
+    # a gate that passes keeps the nearest classes (no line under the history table)
+    assert run_gate(model, v2, Evaluations({v1: prod, v2: prod})).passed
+    passed = Ledger().entries(model, actions=("gate",))[-1]
+    assert passed.details["per_class"]["breached"] == 0 and len(passed.details["per_class"]["classes"]) == 3
+    assert f"#{passed.id} gate" not in run_mlops("registry", "history", "--model", model).stdout
+
+
+def test_the_ledgers_per_class_figures_stay_bounded_for_many_classes():
+    """1,000 classes, 57 breached: the row lists 20 of them (largest excess first) and the 3
+    others nearest their allowed drop, and says so."""
+    from registry.gate_report import ledger_classes
+    from registry.history import class_breach_lines
+    from registry.ledger import Entry
+
+    per_class = [{"class": str(k), "candidate": 0.9 - (0.2 + k / 10000 if k < 57 else 0.0), "production": 0.9}
+                 for k in range(1000)]
+    allowed = {str(k): 0.1 for k in range(1000)}
+    figures = ledger_classes({"per_class": per_class}, allowed)
+    assert (figures["compared"], figures["breached"], len(figures["classes"])) == (1000, 57, 23)
+    assert [c["class"] for c in figures["classes"][:3]] == ["56", "55", "54"]
+    assert [c["breached"] for c in figures["classes"]] == [True] * 20 + [False] * 3
+    assert figures["listed"] == ("20 of the 57 breached (largest excess over the allowed drop first); then the 3 "
+                                 "others nearest their allowed drop; of 1000 classes compared")
+    assert len(json.dumps(figures)) < 3000
+    [line] = class_breach_lines([Entry("gate", "m", "failed", 1, 2, id=9, details={"per_class": figures})])
+    assert line.startswith("#9 gate v2 vs production v1: 57 of 1000 classes over their allowed drop: class 56 ")
+    assert line.endswith("; and 37 more")
+    assert ledger_classes({"per_class": per_class}, None) is None           # no production: nothing compared

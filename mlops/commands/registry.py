@@ -263,7 +263,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from registry.history import history_table
+    from registry.history import class_breach_lines, history_table
     from registry.ledger import ACTIONS, Ledger
 
     unknown = sorted(set(args.action or ()) - set(ACTIONS))
@@ -275,6 +275,8 @@ def cmd_history(args) -> int:
         output.emit([e.to_dict() for e in entries])
     else:
         print(history_table(entries, model=args.model, actions=tuple(args.action) if args.action else None))
+        for line in class_breach_lines(entries):
+            print(line)
     return 0
 
 
