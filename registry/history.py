@@ -109,7 +109,9 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy, age and
     who let it into production: the ledger's, as the description says (``description.approval``;
     ``approved_by_tag``: the tag as it is, set when it says someone else). ``entries``: the
-    model's ``promote`` / ``rollback`` rows (read from the ledger when not given)."""
+    model's ``promote`` / ``rollback`` rows, other actions ignored (``registry status`` passes
+    ``promotion.ledger_view``'s, read once for this and its agreement line; read from the ledger
+    when not given)."""
     from . import description, versions
     from .ledger import Ledger
 

@@ -256,12 +256,21 @@ def _reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
     return rows
 
 
-def check_agreement(model: str, *, ledger: Ledger | None = None) -> Agreement:
+def ledger_view(model: str, *, ledger: Ledger | None = None) -> list[Entry]:
+    """What the ledger says about ``model``'s ``production`` alias: its current promote, rollback
+    and intent rows (one read; ``registry status`` passes them to ``check_agreement`` and
+    ``history.status_rows``)."""
+    return (ledger or Ledger()).entries(model, actions=_VIEW, current=True)
+
+
+def check_agreement(model: str, *, ledger: Ledger | None = None, entries: list[Entry] | None = None) -> Agreement:
     """Where ``production`` is, where the ledger says it is, and open intents (writes nothing).
-    A disagreement is read again under the promotion lock: a promotion that committed between
-    the two reads is not a move made outside mlops."""
+    ``entries``: the rows ``ledger_view`` read, when the caller has them (else read here). A
+    disagreement is read again under the promotion lock: a promotion that committed between the
+    two reads is not a move made outside mlops."""
     ledger = ledger or Ledger()
-    found = agreement(versions.production_version(model), ledger.entries(model, actions=_VIEW, current=True))
+    found = agreement(versions.production_version(model),
+                      ledger_view(model, ledger=ledger) if entries is None else entries)
     if found.agrees:
         return found
     with ledger.serialized(model) as tx:

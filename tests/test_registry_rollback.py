@@ -164,6 +164,40 @@ def test_status_shows_aliases_statuses_accuracy_and_age(make_version):
     assert r.returncode == 2 and "registered model 'nope-model' does not exist" in r.stderr
 
 
+def test_status_reads_the_ledger_once(make_version, capfd):
+    """Review of 2026-12-05 (eighth stop): `registry status` read the model's moves from the ledger
+    twice a call, once for who let each version in (``status_rows``) and once for whether
+    `production` sits where the ledger says (``check_agreement``). One read now, passed down to
+    both; the locked read again when the alias disagrees stays (a promotion may have committed
+    between the two reads). Counted on the real SQLite ledger, every statement that reads its rows."""
+    import sqlalchemy as sa
+
+    from mlops.cli import main
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed")
+    make_version(validation_status="passed")
+    promotion.promote(model, 1, actor="alice")
+    promotion.promote(model, 2, actor="bob")
+    engine = Ledger()._engine
+    reads = []
+    capfd.readouterr()          # MLflow's messages while the versions were made
+
+    def count(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "ledger_entries" in statement:
+            reads.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert main(["registry", "status", "--json"]) == 0
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    doc = json.loads(capfd.readouterr().out)
+    assert {r["version"]: r["approved_by"] for r in doc["versions"]} == {1: "alice", 2: "bob"}
+    assert (doc["ledger"]["alias"], doc["ledger"]["ledger"], doc["ledger"]["agrees"]) == (2, 2, True)
+    assert len(reads) == 1, reads
+
+
 def test_status_reads_every_versions_metrics_in_a_few_requests(make_version, http_fault_proxy, monkeypatch):
     """Found by a sweep (2026-12-04): one `runs/get` per version (1,200 versions: 12 s on loopback,
     over a minute across a network). Now `runs/search` by run id, a chunk of ids a request."""

@@ -282,11 +282,12 @@ def cmd_history(args) -> int:
 
 def cmd_status(args) -> int:
     from registry.history import agreement_line, approval_lines, status_rows, status_table
-    from registry.promotion import check_agreement
+    from registry.promotion import check_agreement, ledger_view
 
     model = settings.model_name(args.model_name)
-    rows = status_rows(model)
-    agreement = check_agreement(model)      # also with no versions: the ledger may name a deleted one
+    entries = ledger_view(model)            # one read: who let each version in, and where production is
+    rows = status_rows(model, entries)
+    agreement = check_agreement(model, entries=entries)   # also with no versions: the ledger may name a deleted one
     if args.json:
         output.emit({"model": model, "versions": rows, "ledger": agreement.to_dict()})
     else:
