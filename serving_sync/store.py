@@ -12,6 +12,8 @@ Secrets: a presigned URL is a credential for its lifetime. URLs are made per hos
 its publish, signed SigV4, expire after ``MLOPS_STORE_URL_EXPIRY`` seconds (default 900) plus
 one second per MB of the version (``url_lifetime``), travel on the
 script's stdin (never on a process's argv: curl reads them with ``-K -``, wget with ``-i -``),
+written only once the script printed its per-call nonce line (``ssh_scripts.go_line``: a forced
+command on the host's account is sent nothing),
 are never logged, and ``hide_presigned_urls`` removes them from any host error output we repeat.
 
 Fleets sharing a store (two hosts files naming the same ``store``): the store's own deploy lock

@@ -246,7 +246,7 @@ def test_a_version_pulled_from_the_shared_store_is_synced_before_it_is_listed(sy
     served = _Served(model)
     dest = tmp_path / "host" / "digits" / ".incoming-1"
     try:
-        p = subprocess.run(["sh", "-c", fetch_script(str(dest.parent), str(dest), 10_000)],
+        p = subprocess.run(["sh", "-c", fetch_script(str(dest.parent), str(dest), 10_000, nonce="0" * 32)],
                            input=served.pull(m).script_input(), capture_output=True, timeout=60,
                            env={**os.environ, "PATH": f"{shim}:/usr/bin:/bin"})
     finally:

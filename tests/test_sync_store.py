@@ -70,8 +70,16 @@ def test_presigned_urls_go_on_stdin_and_are_redacted():
     assert pull.script_input() == (b"d\tvariables\nf\tsaved_model.pb\thttp://s/x?X-Amz-Signature=1\n"
                                    b"f\tvariables/v.data\thttp://s/y?X-Amz-Signature=2\n")
     assert "Signature" not in repr(pull)
-    script = fetch_script("/b/m", "/b/m/.incoming-1", 10)
+    nonce = "0123456789abcdef" * 2
+    script = fetch_script("/b/m", "/b/m/.incoming-1", 10, nonce=nonce)
     assert "http" not in script.replace("=http,https", "")     # no URL in the script (argv of the shell)
+    # the line after which the URLs are sent: printed by the script, never whole in its text
+    # (a forced command that prints the command it was asked to run cannot print it)
+    from serving_sync.transports.ssh_scripts import go_line
+
+    assert go_line(nonce).decode() not in script and nonce not in script
+    with pytest.raises(ValueError):
+        fetch_script("/b/m", "/b/m/.incoming-1", 10, nonce="")
     assert store.hide_presigned_urls("curl: (7) http://s/x?X-Amz-Signature=1 failed") == \
         "curl: (7) <presigned URL> failed"
 
@@ -280,7 +288,8 @@ def test_the_fetch_script_uses_wget_without_curl_and_says_when_it_has_neither(fe
         dest = tmp_path / "host" / "digits" / ".incoming-1"
         from serving_sync.transports.ssh_scripts import fetch_script
 
-        proc = subprocess.run([str(path / "sh"), "-c", fetch_script(str(dest.parent), str(dest), 10_000)],
+        script = fetch_script(str(dest.parent), str(dest), 10_000, nonce="0" * 32)
+        proc = subprocess.run([str(path / "sh"), "-c", script],
                               input=served.pull(m).script_input(), capture_output=True, timeout=60,
                               env={"PATH": str(path)})
     finally:
@@ -503,8 +512,8 @@ def test_a_disk_filling_up_during_a_pull_says_the_disk_is_full(sshd, tmpfs, tmp_
     from tests.test_sync_support import make_model_tree
 
     if fetcher == "wget":     # the host script picks curl first: hide it from the script
-        monkeypatch.setattr(ssh_scripts, "fetch_script", lambda *a, _f=ssh_scripts.fetch_script: _f(*a).replace(
-            "command -v curl >/dev/null 2>&1", "false", 1))
+        monkeypatch.setattr(ssh_scripts, "fetch_script", lambda *a, _f=ssh_scripts.fetch_script, **k: _f(
+            *a, **k).replace("command -v curl >/dev/null 2>&1", "false", 1))
     monkeypatch.setattr("serving_sync.transports.ssh.fetch_script", ssh_scripts.fetch_script)
     mnt = tmpfs("2m")
     model = make_model_tree(tmp_path / "model", variables_bytes=1_200_000)
@@ -666,3 +675,84 @@ def test_a_fleets_clean_up_keeps_what_another_fleets_hosts_serve(deploy_env, ssh
     assert v2 in _stored_versions(s3_env, bucket, env.model, env.model)
     assert v1 in _stored_versions(s3_env, bucket, env.model, env.model)    # the rollback target
 
+
+
+# A forced command (authorized_keys ``command="..."``, sshd's ``ForceCommand``) that runs SFTP but
+# not our scripts: the sftp-only wrappers some fleets give their deploy account. It answers any
+# other command with a line of its own (here naming the command sshd was asked to run, as a
+# logging wrapper does: the script text, nonce included) and keeps whatever arrives on stdin.
+_FORCED = """#!/bin/sh
+case "$SSH_ORIGINAL_COMMAND" in
+  internal-sftp|*sftp-server*) exec /usr/lib/openssh/sftp-server ;;
+esac
+{says}
+cat >> {record}
+"""
+
+
+@pytest.mark.parametrize("says", ["echo 'This account is for SFTP only.'",
+                                  'printf \'refused: %s\\n\' "$SSH_ORIGINAL_COMMAND"'])
+def test_a_forced_command_never_receives_the_presigned_urls(deploy_env, sshd_factory, s3_env, tmp_path,
+                                                            says):
+    """The pull wrote the URL list to the host command's stdin before knowing what ran there: a
+    forced command that is not a shell got the presigned URLs (credentials for their lifetime).
+    They now go only after the host printed the marker line with this call's nonce, which only our
+    fetch script prints; else nothing is written and the host gets the version over SFTP, as an
+    account without a shell does."""
+    env = deploy_env
+    record = tmp_path / "forced-command-stdin"
+    record.write_bytes(b"")
+    forced = tmp_path / "forced.sh"
+    forced.write_text(_FORCED.format(says=says, record=record))
+    forced.chmod(0o755)
+    env.fleet._sshd_server = sshd_factory(extra_config=(f"ForceCommand {forced}",))
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("forced-store")
+    _with_store(env, bucket, env.model)
+    v1 = env.register("a")
+    env.promote(v1)
+    r = env.deploy(opts=_opts())
+    stdin = record.read_text(errors="replace")
+    assert "X-Amz-" not in stdin and "http" not in stdin, stdin[:300]
+    assert r.status == "deployed", r.message
+    assert [o.publish["status"] for o in r.hosts] == ["uploaded"]       # over SFTP, not pulled
+    env.serves(host, v1)
+    assert not [p for p in (host.base / env.model).iterdir() if p.name.startswith(".incoming-")]
+
+
+@pytest.mark.parametrize("forced", ["internal-sftp", "silent"])
+def test_a_pull_to_an_account_that_runs_no_script_sends_it_nothing_and_goes_over_sftp(
+        sshd_factory, tmp_path, monkeypatch, forced, caplog):
+    """An account whose program prints nothing (``ForceCommand internal-sftp``; a forced command
+    that only reads its stdin) got the URL list at once; now silence for ``FIRST_LINE_TIMEOUT``
+    is no shell, as for the upload: nothing written, the version goes over SFTP."""
+    from serving_sync import manifest as mf
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    monkeypatch.setattr("serving_sync.transports.ssh.FIRST_LINE_TIMEOUT", 2.0)
+    record = tmp_path / "forced-command-stdin"
+    record.write_bytes(b"")
+    command = "internal-sftp"
+    if forced == "silent":
+        command = str(tmp_path / "forced.sh")
+        Path(command).write_text(_FORCED.format(says=":", record=record))
+        Path(command).chmod(0o755)
+    srv = sshd_factory(extra_config=(f"ForceCommand {command}",))
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    served = _Served(model)
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(srv, base)
+    try:
+        with caplog.at_level(logging.WARNING):
+            r = publish(t, "digits", 1, model, m, pull=served.pull(m))
+        assert "s3cr3t" not in record.read_text(errors="replace")
+        assert r.status == "uploaded" and t._no_shell
+        assert t.verify("digits/1", m) == [] and incoming_dirs(t, "digits") == []
+        assert "did not run the pull script" in caplog.text and "s3cr3t" not in caplog.text
+    finally:
+        t.close()
+        served.close()

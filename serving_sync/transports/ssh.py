@@ -34,11 +34,13 @@ from . import ssh_connect
 from .base import LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
 from .ssh_scripts import (
+    MARK,
     RESTRICTED,
     RESTRICTED_EXIT,
     SHELL_DEFAULTS,
     ScriptOutput,
     fetch_script,
+    go_line,
     host_python_hashes,
     listing_script,
     parse_output,
@@ -574,21 +576,37 @@ class SshTransport(Transport):
         dest = self._p(dest_rel)
         doing = f"downloading into {dest} from the shared store"
         payload = pull.script_input()
+        nonce = secrets.token_hex(16)
         with self._io(doing):
-            ch = self._open_exec(fetch_script(posixpath.dirname(dest), dest, min_free))
-            # No output while a big file downloads: allow the slowest rate the URLs are made for
-            # on top of the usual timeout (curl itself gives up on a stalled transfer).
-            timeout = self.op_timeout + pull.manifest.total_size / MIN_PULL_RATE
-            ch.settimeout(timeout)
+            ch = self._open_exec(fetch_script(posixpath.dirname(dest), dest, min_free, nonce=nonce))
             try:
-                _sender(ch)(payload)
-                ch.shutdown_write()
-                rc, out, err = self._finish(ch, timeout, interruptible=True)
+                # The URLs are credentials: written only once the host printed this call's go
+                # line, which only our script prints. Before, they went at once, to whatever the
+                # account runs (a forced command that is not a shell read them).
+                state, head = _read_until_go(ch, go_line(nonce),
+                                             mark_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
+                if state in ("silent", "other"):     # not our script, still running: nothing sent
+                    rc, out, err = -1, b"", b""
+                elif state == "ended":               # ended before its go line: see why
+                    ch.shutdown_write()
+                    rc, out, err = self._finish(ch)
+                else:
+                    # No output while a big file downloads: allow the slowest rate the URLs are
+                    # made for on top of the usual timeout (curl gives up on a stalled transfer).
+                    timeout = self.op_timeout + pull.manifest.total_size / MIN_PULL_RATE
+                    ch.settimeout(timeout)
+                    _sender(ch)(payload)
+                    ch.shutdown_write()
+                    rc, out, err = self._finish(ch, timeout, interruptible=True)
             finally:
                 ch.close()
-        res = parse_output(out)
+        self._refuse_restricted(rc, head)        # its line was read with the head
+        res = parse_output(head + out)
         if not res.shell:
             self._no_shell = True
+            logger.warning("%s: the account did not run the pull script (no shell: an sftp-only account or "
+                           "a forced command); nothing was sent to it, the version goes over SFTP instead "
+                           "(give the deploy user a shell to pull from %s)", self.where, pull.store_url)
             return None
         if "@nofetch" in res.flags:
             logger.warning("%s: neither curl nor wget on the host: sending the version over SSH instead "
@@ -812,6 +830,46 @@ def _read_until_ready(ch, *, first_line_timeout: float) -> tuple[bool, bytes]:
             return False, buf + b"\n"
         buf += data
     return True, buf
+
+
+def _read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
+    """Read a script's stdout until the line ``go``; return how it went and what was read.
+
+    ``"go"``: the line came (our script runs and waits for its input). ``"ended"``: stdout ended
+    first (the script stopped early: ``@nofetch``, ``@nospace``, a restricted shell; or a program
+    that is not our script exited). ``"silent"`` / ``"other"``: no ``MARK`` line within
+    ``mark_timeout`` and nothing / something else printed: the account runs another program
+    (``ForceCommand internal-sftp``, a forced command), which must not be sent anything. Once
+    ``MARK`` is there, the wait for ``go`` is the channel's timeout (``socket.timeout``).
+    """
+    buf = b""
+    mark = MARK.encode()
+    saved = ch.gettimeout()
+    deadline = time.monotonic() + mark_timeout
+    try:
+        while True:
+            lines = buf.split(b"\n")[:-1]
+            if go in lines:
+                return "go", buf
+            marked = mark in lines
+            if marked:
+                ch.settimeout(saved)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return ("other" if buf else "silent"), buf
+                ch.settimeout(left)
+            try:
+                data = ch.recv(4096)
+            except socket.timeout:
+                if marked:
+                    raise
+                continue
+            if not data:
+                return "ended", buf + b"\n"
+            buf += data
+    finally:
+        ch.settimeout(saved)
 
 
 def _read_interruptible(ch, timeout: float, poll: float = 0.5) -> bytes:

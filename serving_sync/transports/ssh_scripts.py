@@ -348,12 +348,21 @@ cd -- {q(dest)} || exit 3
 {flush}{_HASH_SECTION}"""
 
 
-def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
+def go_line(nonce: str) -> bytes:
+    """The line ``fetch_script`` prints when it is ready to read the URLs (without its newline)."""
+    return f"@ready {nonce}".encode()
+
+
+def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) -> str:
     """Check free space, create ``dest`` (must not exist), download the files named on stdin, hash.
 
     stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines (``store.Pull``). URLs are secrets:
     they reach curl (``-K -``) or wget (``-i -``) through a pipe from the shell's builtin
     ``printf``, never a process's argv. A download that stalls (under 1 KB/s for 30 s) fails.
+    The deploying machine writes them only once the script has printed ``go_line(nonce)``
+    (``nonce``: random, per call): no other program behind the account (a forced command, an
+    sftp-only "shell") can print that line, not even one that prints the command it was asked to
+    run, since the line is put together from two halves and never appears whole in this text.
     Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead). A
     failed download prints ``@fetchrc <curl|wget> <exit code>`` and ``@fetchfailed <path>`` (exit
     97): curl's 23 and wget's 3 are a failed write on the host (a full disk), not the store.
@@ -364,11 +373,13 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None) -> str:
     stops the downloader and this script — instead of a download running on into a directory the
     deploy has already removed, holding the disk space until it ends.
     """
+    if len(nonce) < 16:
+        raise ValueError("the fetch script's nonce must be random and at least 16 characters")
     return f"""{MARK_LINE}
 if command -v curl >/dev/null 2>&1; then F=curl
 elif command -v wget >/dev/null 2>&1; then F=wget
 else echo @nofetch; exit 0; fi
-{_make_dest(parent, dest, need_bytes)}echo @ready
+{_make_dest(parent, dest, need_bytes)}printf '@ready %s%s\n' {q(nonce[:len(nonce) // 2])} {q(nonce[len(nonce) // 2:])}
 dest={q(dest)}
 tab=$(printf '\t')
 while IFS="$tab" read -r kind p u; do
