@@ -7,6 +7,7 @@ cannot reach the store fails in prepare and every host stays as it was. Item 9: 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -756,3 +757,37 @@ def test_a_pull_to_an_account_that_runs_no_script_sends_it_nothing_and_goes_over
     finally:
         t.close()
         served.close()
+
+
+def test_an_upload_to_a_forced_command_that_answers_a_line_goes_over_sftp(sshd_factory, tmp_path, monkeypatch):
+    """The streamed upload (no store) took any first line for a shell and then waited for
+    ``@ready`` for the whole operation timeout: a forced command that answers with a line and
+    reads its stdin stalled the publish until it failed as a stalled connection. It now waits
+    for our marker line, as the pull does, and takes anything else for no shell: over SFTP."""
+    from serving_sync import manifest as mf
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    monkeypatch.setattr("serving_sync.transports.ssh.FIRST_LINE_TIMEOUT", 2.0)
+    record = tmp_path / "forced-command-stdin"
+    record.write_bytes(b"")
+    forced = tmp_path / "forced.sh"
+    forced.write_text(_FORCED.format(says="echo 'This account is for SFTP only.'", record=record))
+    forced.chmod(0o755)
+    srv = sshd_factory(extra_config=(f"ForceCommand {forced}",))
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(srv, base, op_timeout=8.0)
+    try:
+        t0 = time.monotonic()
+        r = publish(t, "digits", 1, model, m)
+        took = time.monotonic() - t0
+        assert r.status == "uploaded" and t._no_shell
+        assert t.verify("digits/1", m) == [] and incoming_dirs(t, "digits") == []
+        assert took < 8.0, f"{took:.1f} s: waited for the operation timeout"
+        assert record.read_bytes() == b""               # no tar stream went to the forced command
+    finally:
+        t.close()

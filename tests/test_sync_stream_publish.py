@@ -160,7 +160,7 @@ def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_pat
             data[0] ^= 0xFF
             variables.write_bytes(bytes(data))               # same size, other bytes
 
-    real_ready = ssh_mod._read_until_ready
+    real_ready = ssh_mod._read_until_go
 
     def ready_after_the_rewrite(*a, **k):                    # the sender reads only after it
         for h in hashers:
@@ -168,7 +168,7 @@ def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_pat
         return real_ready(*a, **k)
 
     monkeypatch.setattr(tarstream, "StreamHasher", HashThenRewrite)
-    monkeypatch.setattr(ssh_mod, "_read_until_ready", ready_after_the_rewrite)
+    monkeypatch.setattr(ssh_mod, "_read_until_go", ready_after_the_rewrite)
     with connect(sshd, tmp_path / "base") as t:
         with pytest.raises(UserError) as e:
             publish(t, MODEL, 1, model)

@@ -513,18 +513,18 @@ class SshTransport(Transport):
             ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free,
                                                stream_bytes=manifest.total_size))
             try:
-                ready, head = _read_until_ready(ch, first_line_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
+                state, head = _read_until_go(ch, b"@ready", mark_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
                 streamed, send_error = None, None
-                if ready:
+                if state in ("silent", "other"):   # not our script (sftp-only, a forced command)
+                    self._no_shell = True
+                    return None
+                if state == "go":
                     if parse_output(head).flags.get("@hashing") == "stream":   # no python3 there
                         hasher.want_stream()
                     try:
                         streamed = stream_tree(local_dir, manifest, _sender(ch), progress, hasher)
                     except (OSError, EOFError) as exc:   # the host stopped reading: see its status
                         send_error = exc
-                if not ready and not head:   # silence: no shell behind this account
-                    self._no_shell = True
-                    return None
                 try:
                     ch.shutdown_write()
                 except (OSError, EOFError):
@@ -803,37 +803,9 @@ def _sender(ch):
     return send
 
 
-def _read_until_ready(ch, *, first_line_timeout: float) -> tuple[bool, bytes]:
-    """Read the script's stdout until ``@ready`` (go) or its end (stop); also return what was read.
-
-    A real shell prints the marker at once; an sftp-only account (``ForceCommand internal-sftp``)
-    prints nothing and waits for SFTP packets, so silence past ``first_line_timeout`` means
-    "no shell" (the caller falls back to SFTP).
-    """
-    buf = b""
-    saved = ch.gettimeout()
-    ch.settimeout(first_line_timeout)
-    try:
-        while b"\n" not in buf:
-            try:
-                data = ch.recv(4096)
-            except socket.timeout:
-                return False, b""
-            if not data:
-                return False, buf + b"\n"
-            buf += data
-    finally:
-        ch.settimeout(saved)
-    while b"@ready\n" not in buf:
-        data = ch.recv(4096)
-        if not data:
-            return False, buf + b"\n"
-        buf += data
-    return True, buf
-
-
 def _read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
-    """Read a script's stdout until the line ``go``; return how it went and what was read.
+    """Read a script's stdout until the line ``go``; return how it went and what was read. The
+    upload waits for ``@ready`` (then streams), the pull for its nonce line (then sends the URLs).
 
     ``"go"``: the line came (our script runs and waits for its input). ``"ended"``: stdout ended
     first (the script stopped early: ``@nofetch``, ``@nospace``, a restricted shell; or a program
