@@ -20,6 +20,7 @@ from benchmarks import (
     bench_e2e,
     bench_grpc,
     bench_publish,
+    bench_rest_cpu,
     bench_rollback,
     bench_warmup,
     run_all,
@@ -248,6 +249,17 @@ def test_grpc_benchmark_measures_both_apis_on_the_digits_model(tmp_path):
     text = bench_grpc.render(doc["rows"], doc["targets"])
     assert "vs REST" in text and "gRPC" in text
     assert bench_grpc.verdicts([{"errors": 1}], False)[1] == {"target": "0 failed requests", "value": 1, "met": False}
+
+
+def test_rest_cpu_benchmark_measures_this_checkout_and_a_baseline_interleaved(tmp_path, capsys):
+    """Smallest form of bench_rest_cpu: this checkout as its own baseline, one short round."""
+    lines: list[str] = []
+    doc = bench_rest_cpu.run(n=20, rounds=1, baseline=_setup.REPO, results_dir=tmp_path, log=lines.append)
+    assert [r["server"] for r in doc["rows"]] == ["baseline", "this"]
+    assert all(r["predict_cpu_ms"] >= 0 and r["status_wall_ms"] > 0 for r in doc["rows"])
+    assert [line.split(":")[0] for line in lines] == ["round 1 baseline", "round 1 this"]
+    assert json.loads((tmp_path / "rest_cpu.json").read_text())["rows"] == doc["rows"]
+    assert "this / baseline: predict CPU" in capsys.readouterr().out
 
 
 def test_fleet_benchmark_reads_cpu_time_of_the_machine_and_of_given_processes():
