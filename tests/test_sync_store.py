@@ -691,6 +691,27 @@ cat >> {record}
 """
 
 
+def _forced_command(tmp_path, says: str) -> tuple[Path, Path]:
+    """A ``_FORCED`` program that answers with ``says`` (shell code), and the file its stdin goes to."""
+    record = tmp_path / "forced-command-stdin"
+    record.write_bytes(b"")
+    forced = tmp_path / "forced.sh"
+    forced.write_text(_FORCED.format(says=says, record=record))
+    forced.chmod(0o755)
+    return forced, record
+
+
+def _model_and_host(tmp_path):
+    """A small model tree, its manifest, and an empty base folder for a host on this machine."""
+    from serving_sync import manifest as mf
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    base = tmp_path / "host"
+    base.mkdir()
+    return model, mf.build(model), base
+
+
 @pytest.mark.parametrize("says", ["echo 'This account is for SFTP only.'",
                                   'printf \'refused: %s\\n\' "$SSH_ORIGINAL_COMMAND"'])
 def test_a_forced_command_never_receives_the_presigned_urls(deploy_env, sshd_factory, s3_env, tmp_path,
@@ -701,11 +722,7 @@ def test_a_forced_command_never_receives_the_presigned_urls(deploy_env, sshd_fac
     fetch script prints; else nothing is written and the host gets the version over SFTP, as an
     account without a shell does."""
     env = deploy_env
-    record = tmp_path / "forced-command-stdin"
-    record.write_bytes(b"")
-    forced = tmp_path / "forced.sh"
-    forced.write_text(_FORCED.format(says=says, record=record))
-    forced.chmod(0o755)
+    forced, record = _forced_command(tmp_path, says)
     env.fleet._sshd_server = sshd_factory(extra_config=(f"ForceCommand {forced}",))
     host = env.add_host("ssh")
     bucket = s3_env.make_bucket("forced-store")
@@ -727,25 +744,16 @@ def test_a_pull_to_an_account_that_runs_no_script_sends_it_nothing_and_goes_over
     """An account whose program prints nothing (``ForceCommand internal-sftp``; a forced command
     that only reads its stdin) got the URL list at once; now silence for ``FIRST_LINE_TIMEOUT``
     is no shell, as for the upload: nothing written, the version goes over SFTP."""
-    from serving_sync import manifest as mf
     from serving_sync.publish import incoming_dirs, publish
     from tests.test_sync_ssh import connect
-    from tests.test_sync_support import make_model_tree
 
     monkeypatch.setattr("serving_sync.transports.ssh.FIRST_LINE_TIMEOUT", 2.0)
-    record = tmp_path / "forced-command-stdin"
-    record.write_bytes(b"")
-    command = "internal-sftp"
-    if forced == "silent":
-        command = str(tmp_path / "forced.sh")
-        Path(command).write_text(_FORCED.format(says=":", record=record))
-        Path(command).chmod(0o755)
+    command, record = _forced_command(tmp_path, ":")
+    if forced == "internal-sftp":
+        command = "internal-sftp"
     srv = sshd_factory(extra_config=(f"ForceCommand {command}",))
-    model = make_model_tree(tmp_path / "model")
-    m = mf.build(model)
+    model, m, base = _model_and_host(tmp_path)
     served = _Served(model)
-    base = tmp_path / "host"
-    base.mkdir()
     t = connect(srv, base)
     try:
         with caplog.at_level(logging.WARNING):
@@ -764,22 +772,13 @@ def test_an_upload_to_a_forced_command_that_answers_a_line_goes_over_sftp(sshd_f
     ``@ready`` for the whole operation timeout: a forced command that answers with a line and
     reads its stdin stalled the publish until it failed as a stalled connection. It now waits
     for our marker line, as the pull does, and takes anything else for no shell: over SFTP."""
-    from serving_sync import manifest as mf
     from serving_sync.publish import incoming_dirs, publish
     from tests.test_sync_ssh import connect
-    from tests.test_sync_support import make_model_tree
 
     monkeypatch.setattr("serving_sync.transports.ssh.FIRST_LINE_TIMEOUT", 2.0)
-    record = tmp_path / "forced-command-stdin"
-    record.write_bytes(b"")
-    forced = tmp_path / "forced.sh"
-    forced.write_text(_FORCED.format(says="echo 'This account is for SFTP only.'", record=record))
-    forced.chmod(0o755)
+    forced, record = _forced_command(tmp_path, "echo 'This account is for SFTP only.'")
     srv = sshd_factory(extra_config=(f"ForceCommand {forced}",))
-    model = make_model_tree(tmp_path / "model")
-    m = mf.build(model)
-    base = tmp_path / "host"
-    base.mkdir()
+    model, m, base = _model_and_host(tmp_path)
     t = connect(srv, base, op_timeout=8.0)
     try:
         t0 = time.monotonic()
