@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mlops.cli import build_parser
+from tests.fixtures.trained import train_version
 from tests.helpers import REPO, mlflow_client
 
 ENTRY_POINTS = {"train": "cmd_train", "retrain": "cmd_retrain", "evaluate": "cmd_evaluate"}
@@ -34,7 +35,34 @@ def test_entry_point_commands_are_mlops_commands_that_parse(entry):
     args = build_parser().parse_args(argv[3:])
     assert args.func.__name__ == ENTRY_POINTS[entry]
     for name, value in values.items():   # every parameter reaches the command
-        assert str(getattr(args, name)) == str(value)
+        assert str(getattr(args, name)).lower() == str(value).lower()     # from_scratch "false": False
+
+
+@pytest.mark.parametrize("argv, from_scratch, dataset", [
+    ([], False, None), (["--from-scratch"], True, None), (["--from-scratch=true"], True, None),
+    (["--from-scratch=False"], False, None), (["--from-scratch", "--dataset", "auto"], True, None),
+    (["--dataset", "digits", "--from-scratch=false"], False, "digits")])
+def test_retrain_takes_from_scratch_as_a_flag_or_a_value_and_auto_as_the_default_data_set(argv, from_scratch,
+                                                                                         dataset):
+    """`mlflow run -e retrain` substitutes every parameter into the command, so an on/off flag
+    needs a value form (`--from-scratch=false`) and the default data set a name (`auto`)."""
+    from mlops.commands.train import _params
+
+    args = build_parser().parse_args(["retrain", "--incoming", "/d/new", *argv])
+    assert args.from_scratch is from_scratch and _params(args).dataset == dataset
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--from-scratch=maybe"], "error: argument --from-scratch: 'maybe' is not true or false"),
+    (["--from-scratch="], "error: argument --from-scratch: '' is not true or false"),
+    (["--dataset", "mnist"], "error: argument --dataset: invalid choice: 'mnist' (choose from 'digits', "
+                             "'fashion_mnist', 'auto')")])
+def test_a_from_scratch_or_data_set_retrain_cannot_read_is_one_line(argv, line, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["retrain", "--incoming", "/d/new", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line + " (usage: `mlops retrain --help`)")
 
 
 def test_conda_env_pins_the_same_dependencies_as_pyproject():
@@ -47,6 +75,16 @@ def test_conda_env_pins_the_same_dependencies_as_pyproject():
     pinned = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(p for p in pip if not p.startswith("-e")) == sorted(pinned)
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.\-]*", p) for p in pinned)
+
+
+def _mlflow_run(entry: str, experiment: str, *params: str):
+    import subprocess
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this venv
+    return subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "-e", entry, "--env-manager", "local",
+                           "--experiment-name", experiment, *(a for p in params for a in ("-P", p))],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -106,3 +144,47 @@ def test_the_evaluate_entry_point_names_its_run_after_the_version_it_evaluated(m
     logged = client.get_run(run.info.run_id)
     assert logged.info.run_name == "evaluate v3 on digits"
     assert logged.data.metrics["heldout_accuracy"] == 0.9
+
+
+@pytest.mark.slow
+def test_mlflow_run_retrain_takes_the_data_set_and_from_scratch(mlops_env, digits_batches):
+    """The retrain entry point had neither: `mlflow run -e retrain` always continued from
+    production on production's data set (review 2026-12-05, eighth stop)."""
+    name = mlops_env["MLOPS_MODEL_NAME"]
+    client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
+    client.set_registered_model_alias(name, "production", str(train_version(epochs=1)["version"]))
+    experiment = f"project-{uuid.uuid4().hex[:8]}"
+    incoming = f"incoming={digits_batches.good}"
+
+    r = _mlflow_run("retrain", experiment, incoming, "epochs=1")        # the defaults: as before
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"registered {name} version 2 (retrained from version 1)" in r.stdout
+    r = _mlflow_run("retrain", experiment, incoming, "epochs=1", "from_scratch=true", "dataset=digits")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"registered {name} version 3 (from scratch)" in r.stdout
+
+    runs = {client.get_model_version(name, v).run_id: v for v in ("2", "3")}
+    for v in ("2", "3"):
+        assert client.get_model_version(name, v).tags["dataset"] == "digits"
+    by_version = {runs[r.info.run_id]: r for r in client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id])}
+    assert client.get_model_version(name, "2").tags["retrained_from"] == "1"
+    assert client.get_model_version(name, "3").tags["retrained_from"] == "scratch"
+    p2, p3 = by_version["2"].data.params, by_version["3"].data.params
+    assert (p2["from_scratch"], p2["dataset"], p2["retrained_from"]) == ("false", "auto", "1")
+    assert (p3["from_scratch"], p3["dataset"], p3["retrained_from"]) == ("true", "digits", "scratch")
+    assert by_version["2"].data.tags["dataset.name"] == by_version["3"].data.tags["dataset.name"] == "digits"
+
+
+def test_mlflow_run_retrain_refuses_a_from_scratch_it_cannot_read(mlops_env, digits_batches):
+    """`-P from_scratch=maybe`: one line naming the value, a failed run, nothing registered."""
+    experiment = f"project-{uuid.uuid4().hex[:8]}"
+    r = _mlflow_run("retrain", experiment, f"incoming={digits_batches.good}", "from_scratch=maybe")
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: argument --from-scratch: 'maybe' is not true or false "
+                      "(usage: `mlops retrain --help`)"], r.stderr[-3000:]
+    client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FAILED"

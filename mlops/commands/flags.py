@@ -117,6 +117,14 @@ def timeout(text: str) -> float:
     return v
 
 
+def true_or_false(text: str) -> bool:
+    """An on/off flag's value form (``--from-scratch=false``): ``mlflow run`` puts every MLproject
+    parameter into the command, so a bare flag cannot be left out there."""
+    if text.strip().lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not true or false")
+    return text.strip().lower() == "true"
+
+
 def free_text(text: str) -> str:
     """A free-text flag recorded in the ledger and shown in MLflow and terminals (``--actor``,
     ``--reason``): one line of text without control characters (newline, ESC, CR, ...)."""

@@ -15,10 +15,14 @@ from mlops.commands.signals import sigterm_as_ctrl_c
 def _training_args(p, *, retrain: bool) -> None:
     from mlproject.constants import DATASETS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_SEED
 
-    default_ds = "the production version's data set, else digits" if retrain else "digits"
-    p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help=f"base data set (default: {default_ds}); digits is bundled and works offline, "
-                        f"fashion_mnist is downloaded by Keras")
+    if retrain:     # `auto`: a name for the default, which `mlflow run -e retrain` must pass
+        p.add_argument("--dataset", choices=(*DATASETS, "auto"), default="auto",
+                       help="base data set (default: auto = the production version's data set, else digits); "
+                            "digits is bundled and works offline, fashion_mnist is downloaded by Keras")
+    else:
+        p.add_argument("--dataset", choices=DATASETS, default=None,
+                       help="base data set (default: digits); digits is bundled and works offline, "
+                            "fashion_mnist is downloaded by Keras")
     p.add_argument("--epochs", type=flags.epochs, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     p.add_argument("--batch-size", type=flags.batch_size, default=DEFAULT_BATCH_SIZE,
                    help=f"default {DEFAULT_BATCH_SIZE}")
@@ -52,8 +56,10 @@ def register(sub) -> None:
                                    "new version tagged retrained_from=<version>|scratch.")
     p.add_argument("--incoming", required=True, metavar="PATH_OR_S3", type=flags.location,
                    help="new data: a .npz batch, a folder of them, or s3://bucket/prefix")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="start from fresh weights instead of the production version")
+    p.add_argument("--from-scratch", nargs="?", const=True, default=False, type=flags.true_or_false,
+                   metavar="true|false",
+                   help="start from fresh weights instead of the production version; also as a value, "
+                        "--from-scratch=true|false (default false), as `mlflow run -P from_scratch=...` passes it")
     _training_args(p, retrain=True)
     p.set_defaults(func=cmd_retrain)
 
@@ -72,7 +78,8 @@ def register(sub) -> None:
 def _params(args):
     from mlproject.train import TrainParams
 
-    return TrainParams(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+    dataset = None if args.dataset == "auto" else args.dataset     # retrain's auto: production's, else digits
+    return TrainParams(dataset=dataset, epochs=args.epochs, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, seed=args.seed)
 
 
