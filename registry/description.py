@@ -168,6 +168,15 @@ def approval(tags: dict[str, str], entries: list[Entry], version: int) -> tuple[
     return recorded, tag if tag and tag != recorded else None
 
 
+def approver_to_restore(tags: dict[str, str], entries: list[Entry], version: int) -> str | None:
+    """The ledger's approver of ``version`` when its ``approved_by`` tag does not say it (edited,
+    or removed, outside mlops; or a move's tag write failed): what ``registry reconcile`` writes
+    back and ``registry status`` flags. None when the tag says it, or the ledger names nobody
+    (no move row to the version: the tag, if any, is all there is and stays)."""
+    recorded = ledger_approver(entries, version)
+    return recorded if recorded is not None and T.read(tags, T.APPROVED_BY) != recorded else None
+
+
 def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |", *rows]
     if left_out:

@@ -108,7 +108,8 @@ def _class_figures(c: dict) -> str:
 def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy, age and
     who let it into production: the ledger's, as the description says (``description.approval``;
-    ``approved_by_tag``: the tag as it is, set when it says someone else). ``entries``: the
+    ``approved_by_tag``: the tag as it is, set when it says someone else; ``approved_by_tag_missing``:
+    the ledger names an approver and the version has no tag). ``entries``: the
     model's ``promote`` / ``rollback`` rows, other actions ignored (``registry status`` passes
     ``promotion.ledger_view``'s, read once for this and its agreement line; read from the ledger
     when not given)."""
@@ -122,8 +123,9 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     rows = []
     for info in found:
         metrics = by_run.get(info.run_id or "", {})
-        approver, edited = description.approval(info.tags, description.current(entries, info.created_at),
-                                                info.version)
+        mine = description.current(entries, info.created_at)
+        approver, edited = description.approval(info.tags, mine, info.version)
+        missing = not edited and description.approver_to_restore(info.tags, mine, info.version) is not None
         rows.append({"version": info.version, "aliases": list(info.aliases),
                      "validation_status": info.validation_status,
                      "deploy_status": info.deploy_status,
@@ -132,16 +134,24 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
                      "age": age(info.created_at),
                      "dataset": T.read(info.tags, T.DATASET),
                      "pipeline_id": T.read(info.tags, T.PIPELINE_ID),
-                     "approved_by": approver, "approved_by_tag": edited})
+                     "approved_by": approver, "approved_by_tag": edited, "approved_by_tag_missing": missing})
     return rows
 
 
 def approval_lines(rows: list[dict]) -> list[str]:
     """A line under the status table for each version whose ``approved_by`` tag says someone
-    else than the ledger (``status_rows``)."""
-    return [f"warning: v{r['version']}'s approved_by tag says {printable(r['approved_by_tag'])} but the ledger "
-            f"records {printable(r['approved_by'])}: the tag was changed outside mlops (its description "
-            f"shows the ledger's)" for r in rows if r.get("approved_by_tag")]
+    else than the ledger, or is missing where the ledger names an approver (``status_rows``)."""
+    lines = []
+    for r in rows:
+        if r.get("approved_by_tag"):
+            lines.append(f"warning: v{r['version']}'s approved_by tag says {printable(r['approved_by_tag'])} but "
+                         f"the ledger records {printable(r['approved_by'])}: the tag was changed outside mlops "
+                         f"(its description shows the ledger's)")
+        elif r.get("approved_by_tag_missing"):
+            lines.append(f"warning: v{r['version']}'s approved_by tag is missing but the ledger records "
+                         f"{printable(r['approved_by'])}: the tag was removed outside mlops, or a move's tag "
+                         f"write failed; `mlops registry reconcile` writes it back")
+    return lines
 
 
 def agreement_line(a) -> str:

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 
 from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
+from mlops_common.text import printable
 
 from . import approver, description, tags, versions
 from .ledger import Entry, Ledger, LockedLedger
@@ -287,33 +288,56 @@ class Reconciliation:
     model: str
     production: int | None
     rows: list[Entry]
-    retagged: bool = False       # the ledger agreed, but the version's tags did not show its move
+    # versions whose ``approved_by`` tag did not say who the ledger records (edited or removed
+    # outside mlops, or a move's tag write failed), written back
+    retagged_versions: list[int] = field(default_factory=list)
+
+    @property
+    def retagged(self) -> bool:
+        return bool(self.retagged_versions)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "production": self.production,
-                "rows": [r.to_dict() for r in self.rows], "retagged": self.retagged}
+                "rows": [r.to_dict() for r in self.rows], "retagged": self.retagged,
+                "retagged_versions": list(self.retagged_versions)}
 
 
 def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | None = None,
               ledger: Ledger | None = None) -> Reconciliation:
     """Make the ledger say where ``production`` is, under the promotion lock (so no promotion is
     half-way): confirm an intent the alias shows, close intents that did not happen, record a
-    move made outside mlops. Writes nothing when they agree. ``actor``: shorthand for a
-    ``provenance`` built from the environment."""
+    move made outside mlops. Writes no row when they agree. Then, still under the lock, the
+    ``approved_by`` tag of every version whose ledger names an approver is written back where it
+    says someone else or is missing (``description.approver_to_restore``; one listing of the
+    versions, one write per such version); a version the ledger says nothing about keeps its tag.
+    ``actor``: shorthand for a ``provenance`` built from the environment."""
     by = given(provenance, actor)
     ledger = ledger or Ledger()
     with ledger.serialized(model) as tx:
         alias = versions.production_version(model)
         rows = _reconcile_in(tx, model, alias, by.actor)
-        last = None if rows else last_real_move(tx.entries(actions=_VIEW))   # not a no-op rerun's row
-    moves = _confirmed_moves(model, rows, by.actor)
-    # a failed deploy's automatic revert leaves its target's approver as it was (on purpose):
-    # only a move a person made can leave tags behind
-    automatic = last is not None and bool((last.details or {}).get("automatic"))
-    stale = [] if moves or last is None or last.to_version != alias or automatic else \
-        [p for p in _confirmed_moves(model, [last]) if _tags_lag(model, p)]
-    if moves or stale:
-        p = (moves or stale)[-1]
+        moves = _confirmed_moves(model, rows, by.actor)
+        entries = tx.entries(actions=_VIEW)
+        # commit the rows (SQLite: and end the read's write lock) before asking MLflow; the
+        # promotion lock stays held: no move's row lands between what is read here and the writes
+        tx.commit()
+        written = moves[-1].to_version if moves else None      # its view is written below, as before
+        stale = []
+        for info in versions.list_versions(model):
+            who = description.approver_to_restore(info.tags, description.current(entries, info.created_at),
+                                                  info.version)
+            if who is not None and info.version != written:
+                stale.append((info.version, who))
+        for v, who in stale:
+            try:
+                versions.set_tags(model, v, {tags.APPROVED_BY: who})
+            except UserError as exc:
+                raise UserError(f"the ledger records {printable(who)} as the approver of v{v} of '{model}', but its "
+                                f"`approved_by` tag could not be written back ({exc.message}); rerun "
+                                f"`mlops registry reconcile` once MLflow answers") from None
+    description.refresh_quietly(model, *(v for v, _ in stale))
+    if moves:
+        p = moves[-1]
         try:
             _write_view(model, p.to_version, p)
         except UserError as exc:      # the rows are committed: a rerun finds the tags behind and writes them
@@ -321,7 +345,7 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
                             f"(ledger #{p.ledger_id}), but the version tags that show it in the MLflow UI could "
                             f"not be written ({exc.message}); rerun `mlops registry reconcile` once MLflow "
                             f"answers") from None
-    return Reconciliation(model, alias, rows, retagged=bool(stale))
+    return Reconciliation(model, alias, rows, retagged_versions=[v for v, _ in stale])
 
 
 def _tags_lag(model: str, p: Promotion, shown: dict[str, str] | None = None) -> bool:

@@ -514,7 +514,8 @@ def test_an_approved_by_tag_edited_in_the_registry_does_not_rewrite_who_approved
     """A known limit until the seventh stop: the description's "Approved by" was the version's
     `approved_by` tag, which anyone with write access to the registry can set (MLflow UI or API),
     over the ledger's append-only row. The ledger's approver is shown now, with the tag's if it
-    says someone else; `registry status` says the same; `registry reconcile` writes production's back."""
+    says someone else; `registry status` says the same; `registry reconcile` writes them back
+    (production's only until the eighth stop: see the next test)."""
     model = os.environ["MLOPS_MODEL_NAME"]
     v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
     for v, who in ((v1, "alice"), (v2, "bob")):
@@ -541,4 +542,49 @@ def test_an_approved_by_tag_edited_in_the_registry_does_not_rewrite_who_approved
     assert info.tags["approved_by"] == "bob" and "changed outside mlops" not in info.description
     after = {d["version"]: (d["approved_by"], d["approved_by_tag"])
              for d in json.loads(run_mlops("registry", "status", "--json").stdout)["versions"]}
-    assert after == {v1: ("alice", "mallory"), v2: ("bob", None)}
+    assert after == {v1: ("alice", None), v2: ("bob", None)}
+
+
+def test_status_flags_and_reconcile_restores_an_edited_or_removed_approved_by_on_every_promoted_version(
+        make_version):
+    """Left at the seventh stop: `registry reconcile` wrote back the `approved_by` tag of the
+    version in production only (an older version that was once promoted kept the edit, though its
+    ledger rows name who approved it), and a tag removed in the registry was neither flagged by
+    `registry status` nor restored. Now every version whose ledger names an approver is flagged
+    and restored, edited or removed; a version the ledger says nothing about is left as it is."""
+    from registry.client import tracking_client
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    for v, who in ((v1, "alice"), (v2, "bob")):
+        assert run_mlops("registry", "promote", "--version", str(v), "--actor", who).returncode == 0
+    client = tracking_client()                                 # as the MLflow UI (or API) does it
+    client.set_model_version_tag(model, str(v1), "approved_by", "mallory")   # v1: once promoted, not now
+    client.delete_model_version_tag(model, str(v2), "approved_by")          # v2: production
+    client.set_model_version_tag(model, str(v3), "approved_by", "zed")      # v3: the ledger says nothing
+
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0, r.stderr
+    warnings = [x for x in r.stdout.splitlines() if "approved_by tag" in x]
+    assert warnings == [                                        # newest first, as the table
+        f"warning: v{v2}'s approved_by tag is missing but the ledger records bob: the tag was removed outside "
+        f"mlops, or a move's tag write failed; `mlops registry reconcile` writes it back",
+        f"warning: v{v1}'s approved_by tag says mallory but the ledger records alice: the tag was changed "
+        f"outside mlops (its description shows the ledger's)"], r.stdout
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = {d["version"]: (d["approved_by"], d["approved_by_tag"], d["approved_by_tag_missing"])
+             for d in json.loads(r.stdout)["versions"]}
+    assert shown == {v1: ("alice", "mallory", False), v2: ("bob", None, True), v3: ("zed", None, False)}
+
+    r = run_mlops("registry", "reconcile", "--actor", "carol")
+    assert r.returncode == 0 and "written again" in r.stdout, r.stdout + r.stderr
+    assert f"the approved_by tag of v{v2}, v{v1} did not say who the ledger records" in r.stdout, r.stdout
+    after = {v: versions.get_version(model, v) for v in (v1, v2, v3)}
+    assert {v: i.tags.get("approved_by") for v, i in after.items()} == {v1: "alice", v2: "bob", v3: "zed"}
+    assert "changed outside mlops" not in after[v1].description
+    assert versions.production_version(model) == v2
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0 and "approved_by tag" not in r.stdout, r.stdout
+    r = run_mlops("registry", "reconcile", "--actor", "carol")              # in agreement: nothing to write
+    assert r.returncode == 0 and "nothing recorded" in r.stdout and "written again" not in r.stdout, r.stdout

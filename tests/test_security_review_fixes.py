@@ -321,7 +321,8 @@ def test_reconcile_prints_reasons_without_control_characters(monkeypatch, capsys
     row = SimpleNamespace(id=4, action="promote", outcome="ok", reason=HOSTILE)
     monkeypatch.setattr(approver, "provenance", lambda explicit=None: SimpleNamespace(actor="alice"))
     monkeypatch.setattr(promotion, "reconcile",
-                        lambda model, provenance: SimpleNamespace(production=2, rows=[row], to_dict=dict))
+                        lambda model, provenance: SimpleNamespace(production=2, rows=[row], retagged=False,
+                                                                    to_dict=dict))
     args = build_parser().parse_args(["registry", "reconcile", "--model-name", "m"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -309,11 +309,15 @@ def cmd_reconcile(args) -> int:
         output.emit(result.to_dict())
         return 0
     where = "(none)" if result.production is None else f"v{result.production}"
+    retagged = (f"the approved_by tag of {', '.join(f'v{v}' for v in result.retagged_versions)} did not say "
+                f"who the ledger records and is written again" if result.retagged else None)
     if not result.rows:
         print(f"'{model}': production is {where} and the ledger agrees; nothing recorded"
-              + ("; its version tags were behind and are written again" if result.retagged else ""))
+              + (f"; {retagged}" if retagged else ""))
     for r in result.rows:
         print(printable(f"ledger #{r.id}: {r.action} {r.outcome}: {r.reason}"))
+    if result.rows and retagged:
+        print(retagged)
     return 0
 
 
