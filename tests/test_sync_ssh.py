@@ -667,3 +667,70 @@ def test_a_file_name_on_the_host_that_is_not_utf8_is_one_line(sshd, tmp_path):
         assert t.list_dir("") == ["m"]          # the connection still works
     finally:
         t.close()
+
+
+def _tree(base: Path) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), base) for d, ds, fs in os.walk(base) for n in ds + fs}
+
+
+@pytest.mark.parametrize("kind", ["ssh", "file"])
+def test_a_file_name_with_a_line_break_in_a_published_version_is_one_line(sshd, tmp_path, kind):
+    """Someone made ``bad\\nname`` inside a published version on the host: the host's listing is
+    line-based (find, the hash tool), and the ssh:// verify and re-deploy of that version without
+    its stored manifest were a ``ValueError`` traceback ("unexpected hash output line"), where the
+    file:// host refused it as a different version (found by review, 2026-12-05, eighth stop).
+    Now every reading of the folder (a re-deploy with or without the stored manifest, verify) is
+    the same one line on both, naming the host and the folder, and nothing on the host changes."""
+    from serving_sync.transports.local import LocalTransport
+
+    model = make_model_tree(tmp_path / "model", n_assets=2)
+    m = mf.build(model)
+    base = tmp_path / "b"
+    t = connect(sshd, base) if kind == "ssh" else LocalTransport(base)
+    try:
+        assert publish(t, MODEL, 3, model, m).status == "uploaded"
+        vdir = base / MODEL / "3"
+        (vdir / "variables" / "bad\nname").write_bytes(b"x")
+        stored = base / ".serving_sync" / "manifests" / MODEL / "3.json"
+        assert stored.exists()
+        host = t.where if kind == "ssh" else t.url
+        want = (f"{host}: a file name with a line break under {vdir}; remove or rename it on the host "
+                f"(find {vdir} -name '*[[:cntrl:]]*' lists it), then rerun")
+        for what in ("re-deploy (stored manifest)", "verify", "re-deploy (hashed on the host)"):
+            before = _tree(base)
+            with pytest.raises(UserError) as e:
+                if what == "verify":
+                    t.verify(f"{MODEL}/3", m)
+                else:
+                    publish(t, MODEL, 3, model, m)
+            assert one_line(e.value) == want, what
+            assert _tree(base) == before, what           # nothing written, nothing removed
+            stored.unlink(missing_ok=True)               # then: hashed on the host
+        assert t.list_dir(MODEL) == ["3"]                # the connection still works
+    finally:
+        t.close()
+
+
+def test_the_upload_script_stops_on_a_line_break_name_in_its_upload_folder(tmp_path):
+    """The `.incoming-*` folder's listing after extraction (names and sizes, or hashes) says
+    ``@linebreak`` (exit 93) instead of printing a name that reads as two lines."""
+    import io
+    import tarfile
+
+    from serving_sync.transports.ssh_scripts import listing_script, parse_output, upload_script
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("saved_model.pb", b"pb"), ("assets/bad\nname", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "base" / "m" / ".incoming-1-x"
+    p = subprocess.run(["sh", "-c", upload_script(str(dest.parent), str(dest), 1000)], input=buf.getvalue(),
+                       capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 93 and "@linebreak" in res.flags and res.listing is None, (p.stdout, p.stderr)
+    p = subprocess.run(["sh", "-c", listing_script(str(dest))], capture_output=True, timeout=60)
+    res = parse_output(p.stdout)
+    assert p.returncode == 93 and "@linebreak" in res.flags and res.listing is None, (p.stdout, p.stderr)
+

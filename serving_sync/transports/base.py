@@ -40,6 +40,14 @@ def whole_small_file(data: bytes, max_bytes: int, url: str, rel: str) -> bytes:
     return data
 
 
+def line_break_name(where: str, path: str) -> UserError:
+    """A name holding a line break under ``path`` on the host: never ours (``check_relpath``
+    refuses one), and the host's line-based listing (find, the hash tool) cannot tell it from
+    two names, so every reading of the folder stops with this line (file:// says the same)."""
+    return UserError(f"{where}: a file name with a line break under {path}; remove or rename it on the "
+                     f"host (find {path} -name '*[[:cntrl:]]*' lists it), then rerun")
+
+
 def rel_path(rel: str) -> str:
     """``""`` for the base, else a checked, normalized relative path."""
     return "" if rel in ("", ".") else check_relpath(rel)

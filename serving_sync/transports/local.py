@@ -13,7 +13,15 @@ from pathlib import Path
 from ..errors import DiskFull
 from ..manifest import HostListing, Manifest, sha256_file
 from ..progress import ProgressFn
-from .base import FLUSH_EACH_UP_TO, LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
+from .base import (
+    FLUSH_EACH_UP_TO,
+    LINKABLE,
+    MAX_SMALL_FILE,
+    Transport,
+    line_break_name,
+    rel_path,
+    whole_small_file,
+)
 from .oserrors import host_os_error
 
 CHUNK = 16 * 1024 * 1024
@@ -144,14 +152,14 @@ class LocalTransport(Transport):
         return os.path.lexists(self._p(rel))
 
     def listing(self, rel: str) -> HostListing:
-        files, dirs, others = _walk(self._p(rel), lambda full, st: sha256_file(full))
+        files, dirs, others = _walk(self._p(rel), lambda full, st: sha256_file(full), self.url)
         return HostListing(files, dirs, others)
 
     def shape(self, rel: str) -> tuple[dict[str, int], frozenset[str], tuple[str, ...]] | None:
         root = self._p(rel)
         if not root.is_dir():
             raise FileNotFoundError(str(root))
-        return _walk(root, lambda full, st: st.st_size)
+        return _walk(root, lambda full, st: st.st_size, self.url)
 
     def disk_free(self) -> int | None:
         p = self.base
@@ -275,15 +283,18 @@ def _make_dirs(path: Path) -> None:
     os.chmod(path, 0o755)
 
 
-def _walk(root, of_file) -> tuple[dict, frozenset[str], tuple[str, ...]]:
+def _walk(root, of_file, where: str) -> tuple[dict, frozenset[str], tuple[str, ...]]:
     """Every entry under ``root`` without following links: ``{file: of_file(path, lstat)}``, the
-    directories, and anything else (links, devices) by relative path."""
+    directories, and anything else (links, devices) by relative path. A name with a line break
+    stops it, as it stops an ssh:// host's listing (``base.line_break_name``)."""
     files: dict = {}
     dirs: set[str] = set()
     others: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel_dir = os.path.relpath(dirpath, root)
         for name in dirnames + filenames:
+            if "\n" in name:
+                raise line_break_name(where, str(root))
             full = os.path.join(dirpath, name)
             r = name if rel_dir == "." else f"{rel_dir}/{name}"
             st = os.lstat(full)

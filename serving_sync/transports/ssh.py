@@ -31,7 +31,7 @@ from ..hosts import Target
 from ..manifest import HostListing, Manifest
 from ..progress import ProgressFn
 from . import ssh_connect
-from .base import LINKABLE, MAX_SMALL_FILE, Transport, rel_path, whole_small_file
+from .base import LINKABLE, MAX_SMALL_FILE, Transport, line_break_name, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
 from .ssh_scripts import (
     MARK,
@@ -275,6 +275,8 @@ class SshTransport(Transport):
             res = parse_output(out)
             if rc == 3:
                 raise FileNotFoundError(path)
+            if "@linebreak" in res.flags:
+                raise line_break_name(self.where, path)
             if res.shell and res.listing is not None and rc == 0:
                 return res.listing
             if res.shell and "@nohash" not in res.flags:
@@ -306,6 +308,8 @@ class SshTransport(Transport):
         while stack:
             rel = stack.pop()
             for attr in self.sftp.listdir_attr(posixpath.join(root, rel) if rel else root):
+                if "\n" in attr.filename:
+                    raise line_break_name(self.where, root)
                 r = f"{rel}/{attr.filename}" if rel else attr.filename
                 mode = attr.st_mode or 0
                 if stat.S_ISDIR(mode):
@@ -547,6 +551,8 @@ class SshTransport(Transport):
         if rc == 0 and streamed is not None and "@nohash" in res.flags:
             self._say_unsynced(res)
             return streamed   # no hash tool: verify() reads the files back over SFTP
+        if "@linebreak" in res.flags:
+            raise line_break_name(self.where, dest)
         if rc != 0 or send_error is not None or res.listing is None or streamed is None:
             known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
             if known is not None:
@@ -632,6 +638,8 @@ class SshTransport(Transport):
         if rc == 0 and "@nohash" in res.flags:
             self._say_unsynced(res)
             return len(payload)     # no hash tool: verify() reads the files back over SFTP
+        if "@linebreak" in res.flags:
+            raise line_break_name(self.where, dest)
         if rc != 0 or res.listing is None:
             known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
             if known is not None:

@@ -31,7 +31,13 @@ RESTRICTED, RESTRICTED_EXIT = "@restricted", 90
 SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
                   "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; ")
 
-_HASH_SECTION = """\
+# A name with a line break (never ours: ``check_relpath``; someone's file on the host) reads as
+# two in the line-based output below: the listing stops at it (``@linebreak``, exit 93).
+_LINE_BREAK = """nl='
+'
+if [ -n "$(find . -name "*$nl*")" ]; then echo @linebreak; exit 93; fi
+"""
+_HASH_SECTION = _LINE_BREAK + """\
 echo @dirs; find . -mindepth 1 -type d
 echo @other; find . -mindepth 1 ! -type d ! -type f
 if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r /dev/null >/dev/null 2>&1; then
@@ -109,7 +115,7 @@ else H=; fi
 """
 
 # After a stream-hashed extraction: names, kinds and sizes only (no second read of the bytes).
-_SIZE_SECTION = """\
+_SIZE_SECTION = _LINE_BREAK + """\
 echo @dirs; find . -mindepth 1 -type d
 echo @other; find . -mindepth 1 ! -type d ! -type f
 echo @sizes; find . -type f -exec wc -c {} + || { echo @hashfailed; exit 94; }
@@ -432,7 +438,8 @@ def parse_output(stdout: bytes) -> ScriptOutput:
         elif line.startswith("@") and (line.split(" ", 1)[0] in
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
                                         "@hashfailed", "@end", "@hashing", "@stream", "@filesha", "@nofetch",
-                                        "@fetchfailed", "@fetchrc", "@got", "@badinput", "@synced")):
+                                        "@fetchfailed", "@fetchrc", "@got", "@badinput", "@synced",
+                                        "@linebreak")):
             key, _, value = line.partition(" ")
             flags[key] = value
             current = None
