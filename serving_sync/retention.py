@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from mlops_common import log
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, printable
 
 from .layout import (
     INCOMING_PREFIX,
@@ -29,6 +29,7 @@ from .layout import (
     version_path,
 )
 from .manifest import COMPLETION_FILES
+from .names import has_control
 from .transports.base import Transport
 
 logger = log.get("sync.retention")
@@ -85,6 +86,13 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
     """Read the host's listing of ``<model>/`` and decide (no changes made). ``config_temps``: also
     list the base for half-written ``.models.config.tmp-*`` files (after a lock takeover)."""
     names = transport.list_dir(model)
+    # a name with a control character is never ours (``check_relpath`` refuses it, so every
+    # removal through a transport does too): refused, it stopped retention at it on every deploy
+    odd = [n for n in names if has_control(n) and n.startswith(INCOMING_PREFIX)]
+    for n in odd:
+        logger.warning("%s: %s/%s looks like a leftover upload, but its name holds a control character "
+                       "that mlops does not remove; remove it by hand", transport.url, model, printable(n))
+    names = [n for n in names if n not in odd]
     published = [v for n in names if (v := version_of(n)) is not None]
     partial = [] if transport.atomic_rename else [v for v in published if not _complete(transport, model, v)]
     published = [v for v in published if v not in partial]
@@ -94,7 +102,8 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
                                             protected=protected),
                          stale_uploads(names, now=time.time() if now is None else now,
                                        older_than=upload_age),
-                         stale_config_temps(transport.list_dir("")) if config_temps else [],
+                         [n for n in stale_config_temps(transport.list_dir("")) if not has_control(n)]
+                         if config_temps else [],
                          sorted(v for v in partial if v not in kept))
 
 

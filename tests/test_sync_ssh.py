@@ -734,3 +734,31 @@ def test_the_upload_script_stops_on_a_line_break_name_in_its_upload_folder(tmp_p
     res = parse_output(p.stdout)
     assert p.returncode == 93 and "@linebreak" in res.flags and res.listing is None, (p.stdout, p.stderr)
 
+
+@pytest.mark.parametrize("kind", ["ssh", "file"])
+def test_retention_goes_on_past_an_upload_folder_named_with_a_line_break(sshd, tmp_path, kind):
+    """A folder ``.incoming-...\\n...`` in the model's folder (not ours: our names never hold
+    one) is listed as a stale upload, and its removal was refused by the path check ("unsafe
+    path"): retention stopped there on every deploy, removing no old version and no later
+    leftover (found by review, 2026-12-05, eighth stop); the same for a ``.models.config.tmp-*``
+    in the base. Now it is left, with a warning, and the rest is removed."""
+    from serving_sync.transports.local import LocalTransport
+
+    model = make_model_tree(tmp_path / "model", n_assets=1)
+    m = mf.build(model)
+    base = tmp_path / "b"
+    t = connect(sshd, base) if kind == "ssh" else LocalTransport(base)
+    try:
+        for v in (1, 2, 3):
+            publish(t, MODEL, v, model, m)
+        odd = ".incoming-1-20200101T000000Z-ab\ncd"
+        (base / MODEL / odd).mkdir()
+        (base / MODEL / ".incoming-1-20200101T000000Z-abcd").mkdir()
+        (base / ".models.config.tmp-ab\ncd").write_text("")     # listed after a lock takeover
+        (base / ".models.config.tmp-abcd").write_text("")
+        rp = retention.plan(t, MODEL, serving=3, previous=2, keep=2, config_temps=True)
+        retention.apply(t, rp)
+        assert sorted(os.listdir(base / MODEL)) == [odd, "2", "3"]
+        assert ".models.config.tmp-abcd" not in os.listdir(base)
+    finally:
+        t.close()
