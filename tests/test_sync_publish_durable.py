@@ -159,15 +159,16 @@ def test_an_ssh_host_syncs_the_version_before_its_rename_and_the_folder_after(
     finally:
         t.close()
     # the host's sync flushed, from inside the temporary folder, each of its files and folders (a
-    # few) or the file system that holds them (syncfs: many), and the base (the model folder's entry)
+    # few) or the file system that holds them (syncfs: many), and the base (the model folder's
+    # entry) and the folder above it (the base is new here: its entry)
     got = _calls(calls)
     tmp = next(c for c in got if os.path.basename(c).startswith(".incoming"))
     if len(m.files) > FLUSH_EACH_UP_TO:
-        assert got[tmp] == ["--help", "-f", "--", ".", "-f", "--", str(base)], got[tmp]
+        assert got[tmp] == ["--help", "-f", "--", ".", "-f", "--", str(base), str(tmp_path)], got[tmp]
     else:
         assert got[tmp][:2] == ["--help", "--"] and "-f" not in got[tmp], got[tmp]
         assert {f"./{f.path}" for f in m.files} | {f"./{d}" for d in m.dirs} | {"."} <= set(got[tmp])
-        assert got[tmp][-2:] == ["--", str(base)]
+        assert got[tmp][-3:] == ["--", str(base), str(tmp_path)]
     # ... before the rename, whose folder internal-sftp fsynced after it
     lines = _sftp_log(sftp_log)
     renamed = _index(lines, f'rename old "{tmp}" new "{base}/{MODEL}/3"')
@@ -270,3 +271,82 @@ def test_a_host_whose_sync_cannot_flush_a_file_system_fsyncs_each_file(tmp_path)
     assert {f"./{f.path}" for f in m.files} | {f"./{d}" for d in m.dirs} | {"."} <= args
     assert str(tmp_path / "base") in args      # the model folder's entry in the base
     assert res.sizes == {f.path: f.size for f in m.files}
+
+
+# --- a new base: the folders ``mkdir -p`` made above the version ------------------------------
+# A first deploy to a host whose base does not exist yet creates it (and any missing folder
+# above): the version, the model folder's entry in the base and the rename were flushed, but not
+# the new folders' entries in their parents, so after a power loss the whole base could be gone
+# while the deploy had reported it published (found by review, 2026-12-05, eighth stop). Each
+# folder created is flushed now, and the first existing one above them (its entry is there).
+
+
+def test_a_file_host_flushes_every_folder_it_made_above_a_new_base(tmp_path, monkeypatch):
+    model = make_model_tree(tmp_path / "model", n_assets=2)
+    m = mf.build(model)
+    top = tmp_path / "new1"
+    base = top / "new2"
+    t = LocalTransport(base)
+    events = _watch_local_io(monkeypatch)
+    assert publish(t, MODEL, 3, model, m).status == "uploaded"
+    _, before, _ = _split_at_rename(events, str(base / MODEL / "3"))
+    assert {str(tmp_path), str(top), str(base)} <= before, sorted(before)
+    # the lock (and any first write) makes the base too: the same folders flushed
+    for i, rel in enumerate((".serving_sync/lock", "models.config")):
+        events.clear()
+        top = tmp_path / f"other{i}"
+        t2 = LocalTransport(top / "base")
+        if rel == "models.config":
+            t2.write_file_atomic(rel, b"model_config_list {}\n")
+        else:
+            assert t2.create_exclusive(rel, b"x")
+        synced = {e[1] for e in events if e[0] == "fsync"}
+        assert {str(tmp_path), str(top), str(top / "base")} <= synced, (rel, sorted(synced))
+
+
+@pytest.mark.parametrize("n_assets", [2, 70], ids=["few-files", "many-files"])
+def test_an_ssh_host_syncs_every_folder_the_upload_made_above_a_new_base(sshd_factory, sync_shim, tmp_path,
+                                                                         n_assets):
+    shim, calls = sync_shim
+    srv = sshd_factory(extra_config=(f"SetEnv PATH={shim}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",))
+    model = make_model_tree(tmp_path / "model", n_assets=n_assets)
+    m = mf.build(model)
+    top = tmp_path / "new1"
+    base = top / "new2"
+    t = connect(srv, base, op_timeout=60)
+    try:
+        assert publish(t, MODEL, 3, model, m).status == "uploaded"
+    finally:
+        t.close()
+    got = _calls(calls)
+    tmp = next(c for c in got if os.path.basename(c).startswith(".incoming"))
+    assert {str(tmp_path), str(top), str(base)} <= set(got[tmp]), got[tmp]
+    # an existing base: only the base (the model folder's entry), as before
+    calls.unlink()
+    t = connect(srv, base, op_timeout=60)
+    try:
+        assert publish(t, "other", 1, model, m).status == "uploaded"
+    finally:
+        t.close()
+    got = _calls(calls)
+    tmp = next(c for c in got if os.path.basename(c).startswith(".incoming"))
+    assert got[tmp][-2:] == ["--", str(base)] and str(top) not in got[tmp], got[tmp]
+
+
+def test_an_ssh_lock_that_makes_a_new_base_fsyncs_each_folder_it_made(sshd_factory, logged_sftp, tmp_path):
+    """In a deploy the lock is the first write (``create_exclusive`` over SFTP): it makes the base.
+    Each folder made and the first existing one above are fsynced (internal-sftp's log); a base
+    that exists costs nothing more."""
+    sftp, sftp_log = logged_sftp
+    srv = sshd_factory(sftp=str(sftp))
+    base = tmp_path / "new1" / "new2"
+    t = connect(srv, base, op_timeout=60)
+    try:
+        assert t.create_exclusive(".serving_sync/lock", b"x")
+        synced = {m.group(1) for ln in _sftp_log(sftp_log) if (m := re.search(r'fsync "([^"]+)"', ln))}
+        assert {str(tmp_path), str(tmp_path / "new1"), str(base), str(base / ".serving_sync")} <= synced, synced
+        n = len(_sftp_log(sftp_log))
+        assert t.create_exclusive(".serving_sync/other", b"x")
+        assert len(_sftp_log(sftp_log)) == n          # nothing made: no folder flushed
+    finally:
+        t.close()

@@ -175,7 +175,7 @@ class LocalTransport(Transport):
         tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
         try:
             if not linked:          # never folders outside the base for a dangling link
-                path.parent.mkdir(parents=True, exist_ok=True)
+                _make_dirs_flushed(path.parent)
             with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
@@ -193,7 +193,7 @@ class LocalTransport(Transport):
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         path = self._p(rel)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dirs_flushed(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
@@ -221,7 +221,7 @@ class LocalTransport(Transport):
                 raise DiskFull.at(self.url, min_free, free)
         sent = 0
         try:
-            _make_dirs(dest.parent)
+            _make_dirs_flushed(dest.parent)
             dest.mkdir()            # a fresh temporary name: must not exist
             os.chmod(dest, 0o755)
             for d in manifest.dirs:
@@ -268,19 +268,31 @@ class LocalTransport(Transport):
             raise self._err(exc, f"removing {rel}") from None
 
 
-def _make_dirs(path: Path) -> None:
+def _make_dirs(path: Path) -> list[Path]:
     """``mkdir -p`` whose new folders are 0755 whatever the umask (TF Serving may run as another
-    user; ``mkdir``'s mode is masked by the umask, a CI runner's 077 made them 0700)."""
+    user; ``mkdir``'s mode is masked by the umask, a CI runner's 077 made them 0700). Returns the
+    folders it made, the topmost first."""
     if path.is_dir():
-        return
-    _make_dirs(path.parent)
+        return []
+    made = _make_dirs(path.parent)
     try:
         path.mkdir()
     except FileExistsError:
         if not path.is_dir():
             raise
-        return
+        return made
     os.chmod(path, 0o755)
+    return [*made, path]
+
+
+def _make_dirs_flushed(path: Path) -> None:
+    """``_make_dirs``, then the folders it made and the first existing one above them on disk
+    (their entries): a new base, made by a deploy's lock or its first upload, must not vanish in
+    a power loss after the deploy reported it published."""
+    made = _make_dirs(path)
+    if made:
+        for d in [made[0].parent, *made]:
+            fsync_dir(d)
 
 
 def _walk(root, of_file, where: str) -> tuple[dict, frozenset[str], tuple[str, ...]]:

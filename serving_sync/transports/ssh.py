@@ -204,7 +204,10 @@ class SshTransport(Transport):
         return self.sftp.open(path, "wbx")
 
     def _makedirs(self, path: str) -> None:
-        """``mkdir -p`` over SFTP (a few cheap round trips, no process spawn)."""
+        """``mkdir -p`` over SFTP (a few cheap round trips, no process spawn). The folders it made
+        and the first existing one above them are flushed (their entries: a new base, which a
+        deploy's lock makes, must not vanish in a power loss): two round trips each, only when
+        something was made."""
         missing: list[str] = []
         cur = path
         while cur not in ("", "/"):
@@ -222,6 +225,8 @@ class SshTransport(Transport):
                     raise
                 continue
             self.sftp.chmod(d, 0o755)     # mkdir's mode is masked by the SFTP server's umask
+        for d in [cur, *reversed(missing)] if missing and cur else reversed(missing):
+            self._fsync_dir(d)
 
     def _isdir(self, path: str) -> bool:
         try:

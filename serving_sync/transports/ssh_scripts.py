@@ -57,8 +57,9 @@ def q(path: str) -> str:
 
 # Durability: run in the extracted (or downloaded) temporary directory before it is listed and
 # renamed into place, so that after a power loss the published folder never holds an empty or
-# short file. Every file and directory of the version is flushed, and the folder ``extra`` (the
-# model's parent, holding the model folder ``mkdir -p`` may have just made), best effort: with
+# short file. Every file and directory of the version is flushed, and the folders in ``"$@"``
+# (``_make_dest``: the base, holding the model folder ``mkdir -p`` may have just made, and the
+# folders it made above a new base with the first existing one), best effort, with the same tool.
 # When ``sync --help`` offers FILE (coreutils >= 8.24, busybox >= 1.26): ``sync FILE...`` (fsync
 # each) for a version of up to ``FLUSH_EACH_UP_TO`` files, ``sync -f`` for more, one syncfs of
 # the file system that holds them, as OSTree commits (``base.FLUSH_EACH_UP_TO`` says why); else the
@@ -75,26 +76,26 @@ _SYNC_PY = ("import os, sys\n"
             "        os.close(fd)\n")
 
 
-def _sync_section(extra: str) -> str:
-    """Flush the current directory's tree (and ``extra``, best effort) to disk; prints
-    ``@synced fs|files|python|all|none`` (how)."""
+def _sync_section() -> str:
+    """Flush the current directory's tree (and the folders in ``"$@"``, best effort: see
+    ``_make_dest``) to disk; prints ``@synced fs|files|python|all|none`` (how)."""
     each = r"find . \( -type f -o -type d \) -exec"
     py = f'"$SP" -I -S -c {q(_SYNC_PY)}'
     few = f'[ "$(find . -type f | head -n {FLUSH_EACH_UP_TO + 1} | wc -l)" -le {FLUSH_EACH_UP_TO} ]'
     return f"""if sync --help 2>&1 | grep -q FILE; then SF=1; else SF=; fi
 if [ -n "$SF" ] && {few} && {each} sync -- {{}} +; then
-  sync -- {q(extra)} 2>/dev/null; echo @synced files
+  sync -- "$@" 2>/dev/null; echo @synced files
 elif [ -n "$SF" ] && sync -f -- .; then
-  sync -f -- {q(extra)} 2>/dev/null; echo @synced fs
+  sync -f -- "$@" 2>/dev/null; echo @synced fs
 elif [ -n "$SF" ] && {each} sync -- {{}} +; then
-  sync -- {q(extra)} 2>/dev/null; echo @synced files
+  sync -- "$@" 2>/dev/null; echo @synced files
 else
   SP=
   for c in /usr/bin/python3 /usr/local/bin/python3 "$(command -v python3 2>/dev/null)"; do
     if [ -n "$c" ] && [ -x "$c" ]; then SP=$c; break; fi
   done
   if [ -n "$SP" ] && {each} {py} {{}} + 2>/dev/null; then
-    {py} {q(extra)} 2>/dev/null; echo @synced python
+    {py} "$@" 2>/dev/null; echo @synced python
   elif command -v sync >/dev/null 2>&1 && sync; then echo @synced all
   else echo @synced none; fi
 fi
@@ -125,7 +126,13 @@ echo @end
 
 def _make_dest(parent: str, dest: str, need_bytes: int | None) -> str:
     """Shell lines both publish scripts start with: refuse when the disk lacks ``need_bytes``
-    (``@nospace <KB free>``), then create ``dest``, which must not exist yet (exit 96)."""
+    (``@nospace <KB free>``), then create ``dest``, which must not exist yet (exit 96).
+
+    Leaves in ``"$@"`` the folders ``_sync_section`` flushes besides the version: the base (the
+    model folder's entry) and, when ``mkdir -p`` made folders above the model folder (a new
+    base), each of them and the first existing one above them (their entries): else a power
+    loss could take the whole new base away after the deploy reported it published."""
+    base = posixpath.dirname(parent)
     need_kb = -1 if need_bytes is None else (need_bytes + 1023) // 1024
     return f"""need_kb={need_kb}
 if [ "$need_kb" -ge 0 ]; then
@@ -135,7 +142,14 @@ if [ "$need_kb" -ge 0 ]; then
   if [ -n "$avail" ] && [ "$avail" -lt "$need_kb" ]; then echo "@nospace $avail"; exit 0; fi
 fi
 umask 022
-{{ [ -d {q(parent)} ] || mkdir -p -- {q(parent)}; }} && mkdir -- {q(dest)} || exit 96
+set -- {q(base)}
+if [ ! -d {q(parent)} ]; then
+  top={q(parent)}; while [ ! -d "$(dirname -- "$top")" ]; do top=$(dirname -- "$top"); done
+  mkdir -p -- {q(parent)} || exit 96
+  up=$(dirname -- "$top"); d={q(base)}
+  while [ "$d" != "$up" ] && [ "$d" != / ] && [ "$d" != . ]; do d=$(dirname -- "$d"); set -- "$@" "$d"; done
+fi
+mkdir -- {q(dest)} || exit 96
 """
 
 
@@ -322,7 +336,7 @@ def upload_script(parent: str, dest: str, need_bytes: int | None, *, stream_byte
     """
     fifo = q(dest + ".stream")
     extract = f"tar -x -o -f - -C {q(dest)}"
-    flush = _sync_section(posixpath.dirname(parent))
+    flush = _sync_section()
     sizes = f"""  [ "$rc" -eq 0 ] || {{ echo "@tarfailed $rc"; exit 95; }}
   cd -- {q(dest)} || exit 3
 {flush}{_SIZE_SECTION}  exit 0
@@ -410,7 +424,7 @@ while IFS="$tab" read -r kind p u; do
   esac
 done
 cd -- "$dest" || exit 3
-{_sync_section(posixpath.dirname(parent))}{_HASH_SECTION}"""
+{_sync_section()}{_HASH_SECTION}"""
 
 
 @dataclass
