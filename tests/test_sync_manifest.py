@@ -251,7 +251,7 @@ def test_the_hosts_python_starts_writeback_of_big_files_while_they_arrive(tmp_pa
 
     from serving_sync.transports import ssh_scripts
 
-    kick = 64 * 1024
+    kick = 4 * 1024 * 1024      # > the 1 MiB pipe (+ tar's 10 KiB) tar lags by: its file exists at a kick
     monkeypatch.setattr(ssh_scripts, "PY_TEE", ssh_scripts.PY_TEE.replace("KICK = 32 * 1048576",
                                                                           f"KICK = {kick}"))
     assert f"KICK = {kick}" in ssh_scripts.PY_TEE
@@ -263,8 +263,8 @@ def test_the_hosts_python_starts_writeback_of_big_files_while_they_arrive(tmp_pa
     wrapper.chmod(0o755)
     monkeypatch.setattr(ssh_scripts, "_PICK_PYTHON", f"P={wrapper}\n")
     long_dir = "d" * 60 + "/" + "e" * 60
-    files = {"variables/variables.data-00000-of-00001": os.urandom(5 * kick + 100),
-             f"{long_dir}/big.bin": os.urandom(3 * kick),
+    files = {"variables/variables.data-00000-of-00001": os.urandom(2 * kick + 100),
+             f"{long_dir}/big.bin": os.urandom(kick + 4096),
              "small.bin": os.urandom(kick // 2)}
     if tar_format == "pax":
         buf = io.BytesIO()
