@@ -125,7 +125,8 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
         metrics = by_run.get(info.run_id or "", {})
         mine = description.current(entries, info.created_at)
         approver, edited = description.approval(info.tags, mine, info.version)
-        missing = not edited and description.approver_to_restore(info.tags, mine, info.version) is not None
+        # no tag, yet someone let it in: with the tag missing, ``approval`` can only have the ledger's
+        missing = approver is not None and not T.read(info.tags, T.APPROVED_BY)
         rows.append({"version": info.version, "aliases": list(info.aliases),
                      "validation_status": info.validation_status,
                      "deploy_status": info.deploy_status,
