@@ -1,16 +1,22 @@
 """Errors a user can cause, reported as one actionable line (tracebacks are for bugs)."""
 from __future__ import annotations
 
-import re
+from mlops_common.text import has_control, is_control
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+def _escaped(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character shown as ``\\xNN`` (newlines and tabs too): what
-    hosts, servers and users sent (a host's stderr, TF Serving's error text, a file name) must
-    not repaint the terminal or a CI log that shows it."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    """``text`` with every control character shown as ``\\xNN`` (newlines and tabs too), and
+    line/paragraph separators and bidi controls as ``\\uNNNN``: what hosts, servers and users
+    sent (a host's stderr, TF Serving's error text, a file name) must not repaint the terminal
+    or a CI log that shows it, nor reorder the line. The characters are ``text.is_control``'s,
+    the one rule of what may not reach a terminal; ``text.printable`` replaces them instead."""
+    s = str(text)
+    return "".join(_escaped(c) if is_control(c) else c for c in s) if has_control(s) else s
 
 
 def one_line(text: str) -> str:

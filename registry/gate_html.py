@@ -170,7 +170,7 @@ def _tables(report: dict) -> str:
                f"<th>lost</th><th>won</th><th>allowed drop</th></tr>")
     for r in report["per_class"]:
         out.append(f'<tr><td>{escape(str(r["class"]))}</td><td class="num">'
-                   f'{r["count"] if r["count"] is not None else "—"}</td>'
+                   f'{_count(r["count"])}</td>'
                    f'<td class="num">{_f(r["candidate"], 3)}</td><td class="num">{_f(r["production"], 3)}</td>'
                    f'<td class="num">{_signed(r["delta"])}</td>'
                    f'<td class="num">{_count(r.get("lost"))}</td><td class="num">{_count(r.get("won"))}</td>'

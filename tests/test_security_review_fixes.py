@@ -533,3 +533,13 @@ def test_redacting_every_line_works_the_secret_forms_out_once(monkeypatch):
     monkeypatch.setenv("CIRCLE_TOKEN", TOKEN + "-rotated")
     stream.write(f"{TOKEN}-rotated\n")
     assert out.getvalue().endswith("***\n")
+
+
+@pytest.mark.parametrize("text, shown", [("web-1\u202e2-bew", "web-1\\u202e2-bew"),
+                                         ("a\u2028b", "a b"), ("x\u2066y\x1b[2J", "x\\u2066y\\x1b[2J")])
+def test_an_error_line_shows_bidi_controls_and_separators_escaped(text, shown):
+    """A host's stderr or file name reaches an error line through ``one_line``: a right-to-left
+    override there would reorder the line the person reads (it was printed as it was)."""
+    from mlops_common.errors import UserError, one_line
+
+    assert one_line(text) == shown and str(UserError(f"host said {text}")) == f"host said {shown}"
