@@ -50,3 +50,43 @@ esac
     assert bash_env.read_text() == f"export MLOPS_PYTHON=/fake/pyenv/versions/{chosen}/bin/python3.11\n"
     installs = [line for line in log.read_text().splitlines() if line.startswith("install -s")]
     assert installs == ([f"install -s {expect_install}"] if expect_install else [])
+
+
+def _host_key(tmp_path, name):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    return (tmp_path / f"{name}.pub").read_text().split()[:2]
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="SKIPPED LOUDLY: ssh-keygen is not installed")
+def test_pin_host_keys_replaces_a_hosts_earlier_pin_instead_of_adding_to_it(tmp_path):
+    """It appended: on a runner whose home outlives a job (a self-hosted runner, docs/production.md),
+    a host re-keyed after its old key leaked kept the old key pinned beside the new one, and the
+    sync accepted a server offering either."""
+    from serving_sync.transports import known_hosts as kh
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    old, new, other, gone = (_host_key(tmp_path, n) for n in ("old", "new", "other", "gone"))
+    known = home / ".ssh" / "known_hosts"
+    known.write_text(f"github.com {other[0]} {other[1]}\n@revoked * {gone[0]} {gone[1]}\n")
+
+    def pin(lines):
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "MLOPS_KNOWN_HOSTS": lines}
+        r = subprocess.run(["bash", str(REPO / "scripts" / "pin-host-keys.sh")], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    pin(f"serving-1,10.0.0.1 {old[0]} {old[1]}\n[serving-2]:2222 {other[0]} {other[1]}")
+    out = pin(f"serving-1,10.0.0.1 {new[0]} {new[1]}\n[serving-2]:2222 {other[0]} {other[1]}")   # re-keyed
+    assert "pinned 2 host key(s)" in out
+    keys = kh.parse(known.read_text())
+    assert kh.check(keys, "serving-1", 22, *new).status == "ok"
+    assert kh.check(keys, "serving-1", 22, *old).status == "changed"
+    assert kh.check(keys, "10.0.0.1", 22, *old).status == "changed"
+    assert kh.check(keys, "serving-2", 2222, *other).status == "ok"
+    assert kh.check(keys, "github.com", 22, *other).status == "ok"         # other hosts' lines kept
+    assert kh.check(keys, "serving-1", 22, *gone).status == "revoked"      # and revocations
+    assert len([k for k in keys if k.patterns == "[serving-2]:2222"]) == 1  # no pile-up run after run
+    assert sorted(p.name for p in (home / ".ssh").iterdir()) == ["known_hosts"]
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
