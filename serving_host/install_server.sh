@@ -123,11 +123,35 @@ fi
 if ! [[ "$CONTAINER" =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]+$ ]]; then
   die "--container '$CONTAINER' is not a Docker container name (letters, digits, '_', '.', '-'; at least 2 characters)"
 fi
+is_ipv4() {
+  [[ "$1" =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] \
+    && (( 10#${BASH_REMATCH[1]} <= 255 && 10#${BASH_REMATCH[2]} <= 255 && 10#${BASH_REMATCH[3]} <= 255 \
+          && 10#${BASH_REMATCH[4]} <= 255 ))
+}
+# what Go's net.ParseIP (docker's --publish) takes: 8 groups of 1-4 hex digits, or fewer with one
+# "::" standing for at least one group of zeros; the last two may be written as an IPv4 address.
+# (any mix of hex digits and colons passed: `--rest-bind :` failed in docker, after the changes)
+is_ipv6() {
+  local a="$1" max=8 groups='^([0-9A-Fa-f]{1,4}(:[0-9A-Fa-f]{1,4})*)?$' head tail n
+  if [[ "$a" =~ ^(.*:)([^:]*\.[^:]*)$ ]]; then
+    a="${BASH_REMATCH[1]}"; max=6
+    is_ipv4 "${1##*:}" || return 1
+    [[ "$a" == *:: ]] || a="${a%:}"
+  fi
+  if [[ "$a" == *::* ]]; then
+    head="${a%%::*}"; tail="${a#*::}"
+    [[ "$head" =~ $groups && "$tail" =~ $groups ]] || return 1
+    n=$(( $(count_groups "$head") + $(count_groups "$tail") ))
+    (( n < max ))
+  else
+    [[ -n "$a" && "$a" =~ $groups ]] && (( $(count_groups "$a") == max ))
+  fi
+}
+count_groups() {
+  if [ -z "$1" ]; then echo 0; else local colons="${1//[!:]/}"; echo $(( ${#colons} + 1 )); fi
+}
 for addr in "$REST_BIND" "$GRPC_BIND"; do
-  if ! { [[ "$addr" =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] \
-         && (( 10#${BASH_REMATCH[1]} <= 255 && 10#${BASH_REMATCH[2]} <= 255 && 10#${BASH_REMATCH[3]} <= 255 \
-               && 10#${BASH_REMATCH[4]} <= 255 )); } \
-     && ! [[ "$addr" =~ ^[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*$ ]]; then
+  if ! is_ipv4 "$addr" && ! is_ipv6 "$addr"; then
     die "--rest-bind / --grpc-bind must be an IP address of this host (e.g. 127.0.0.1, 0.0.0.0, ::1), got '$addr'"
   fi
 done

@@ -161,6 +161,28 @@ def test_bad_options_give_one_clear_line(args, message):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("addr", [":", ":::", "1:2:3", "1::2::3", "12345::1", "1:2:3:4:5:6:7:8:9",
+                                  "::1:", "::ffff:10.0.0.300", "1:2:3:4:5:6:7::8"])
+def test_a_bind_that_only_looks_like_ipv6_is_refused_before_anything_changes(tmp_path, addr):
+    """Anything made of hex digits and colons passed as an IPv6 address (`--rest-bind :`
+    printed `--publish ::8501:8501`): docker refused it only after the user, the folder and
+    models.config were made."""
+    base = tmp_path / "models"
+    r = run("--dry-run", "--base", str(base), "--deploy-user", me(), "--rest-bind", addr)
+    assert r.returncode == 2, (addr, r.stdout)
+    assert r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: --rest-bind / --grpc-bind must be an IP address of this host"), line
+
+
+@pytest.mark.parametrize("addr", ["::", "::1", "fe80::1", "2001:db8::8:800:200c:417a", "::ffff:10.0.0.1",
+                                  "1:2:3:4:5:6:7:8", "FE80:0:0:0:0:0:0:1", "1::", "1:2:3:4:5:6::"])
+def test_ipv6_binds_docker_takes_are_accepted(tmp_path, addr):
+    r = run("--dry-run", "--base", str(tmp_path / "models"), "--deploy-user", me(), "--grpc-bind", addr)
+    assert r.returncode == 0, r.stderr
+    assert f"{addr}:8500:8500" in docker_run_args(r.stdout)
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_root_as_the_deploy_user_is_refused_and_nothing_changes(tmp_path, dry_run):
     """Found by the third stop's review, a known limit until the seventh: ``--deploy-user root``
