@@ -158,6 +158,10 @@ done
 if [[ "$IMAGE" =~ [[:space:]] ]]; then
   die "--image '$IMAGE' is not an image reference (it holds a space); e.g. $PINNED_IMAGE"
 fi
+# docker would read '--privileged' as one of its own options, after the user and folder were made
+if ! [[ "$IMAGE" =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]*$ ]]; then
+  die "--image '$IMAGE' is not an image reference (letters, digits and . _ / : @ -, starting with a letter or digit); e.g. $PINNED_IMAGE"
+fi
 if ! [[ "$DEPLOY_USER" =~ ^[a-z_][a-z0-9_-]*$ ]]; then
   die "--deploy-user '$DEPLOY_USER' is not a valid user name"
 fi
@@ -218,6 +222,12 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
   need_root "running the TensorFlow Serving container"
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     DOCKER_OK=1
+    # a container of that name that this script did not start (every one it starts carries the
+    # settings label) is someone else's: replacing it would remove it without asking
+    if docker inspect "$CONTAINER" >/dev/null 2>&1 \
+        && [ -z "$(docker inspect --format "{{ index .Config.Labels \"$SPEC_LABEL\" }}" "$CONTAINER" 2>/dev/null)" ]; then
+      die "a container named $CONTAINER exists that this script did not start (no $SPEC_LABEL label); nothing changed: remove it yourself (docker rm --force $CONTAINER) or choose another --container"
+    fi
   elif [ "$DRY_RUN" -eq 0 ]; then
     if command -v docker >/dev/null 2>&1; then
       die "cannot reach the Docker daemon (docker info failed); start Docker Engine (systemctl start docker) or use --no-container"

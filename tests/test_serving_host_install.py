@@ -153,6 +153,8 @@ def test_host_preparation_is_idempotent(tmp_path):
     (["--rest-bind", "127.0.0.1:8501"], "error: --rest-bind / --grpc-bind must be an IP address of this host"),
     (["--grpc-bind", "localhost"], "error: --rest-bind / --grpc-bind must be an IP address of this host"),
     (["--image", "tensorflow/serving:2.21.0 --privileged"], "is not an image reference (it holds a space)"),
+    # found by review (2026-12-05, ninth stop): docker read it as its own option, after the changes
+    (["--image", "--privileged"], "error: --image '--privileged' is not an image reference"),
 ])
 def test_bad_options_give_one_clear_line(args, message):
     r = run("--dry-run", *args)
@@ -284,3 +286,47 @@ def test_without_docker_engine_it_stops_before_changing_anything(tmp_path):
 def test_help():
     r = run("--help")
     assert r.returncode == 0 and "--dry-run" in r.stdout and "tensorflow/serving" in r.stdout
+
+
+def fake_docker(tmp_path, *, label: str) -> tuple[dict, object]:
+    """A ``docker`` on PATH whose daemon answers and which holds a container named ``tfserving``
+    with ``label`` as its settings label ("" for none); it records every call."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {shlex.quote(str(log))}\n'
+        'case "$1" in\n'
+        '  info) exit 0 ;;\n'
+        f'  inspect) if [ "$2" = --format ]; then echo {shlex.quote(label)}; fi; exit 0 ;;\n'
+        '  *) exit 0 ;;\n'
+        'esac\n')
+    (bin_dir / "docker").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+def test_a_container_of_that_name_this_script_did_not_start_is_refused_before_anything_changes(tmp_path):
+    """Found by review (2026-12-05, ninth stop): a ``tfserving`` container without the script's
+    settings label (someone else's) was removed with ``docker rm --force`` as if its settings
+    had changed, after the user and the folder were made."""
+    env, log = fake_docker(tmp_path, label="")
+    base = tmp_path / "models"
+    r = subprocess.run(["bash", str(SCRIPT), "--base", str(base), "--deploy-user", me()],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: a container named tfserving exists that this script did not start")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not base.exists()
+    assert not [c for c in log.read_text().splitlines() if c.split()[0] in ("rm", "run", "start", "stop")]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_path):
+    env, log = fake_docker(tmp_path, label="0123456789abcdef")
+    base = tmp_path / "models"
+    r = subprocess.run(["bash", str(SCRIPT), "--base", str(base), "--deploy-user", me()],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    calls = [c.split()[0] for c in log.read_text().splitlines()]
+    assert calls.index("rm") < calls.index("run") and "rm --force tfserving" in log.read_text()
