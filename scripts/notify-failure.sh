@@ -14,10 +14,16 @@ payload=$(printf '{"text": "%s"}' "${text//\"/\\\"}")
 # curl config syntax: a quoted value with \ and " escaped.
 url="${SLACK_WEBHOOK_URL//\\/\\\\}"
 url="${url//\"/\\\"}"
-if printf 'url = "%s"\n' "$url" | curl -fsS --max-time 10 -K - -X POST -H 'Content-Type: application/json' \
-     --data "$payload" -o /dev/null 2>/dev/null; then
-  echo "failure notification sent"
+# Sent means an http(s) receiver answered 2xx: curl "posts" to file:// (and other schemes) without
+# error, and a redirect (a moved hook, Slack's answer to plain http) exits 0 without delivering.
+code=$(printf 'url = "%s"\n' "$url" | curl -fsS --proto '=http,https' --max-time 10 -K - -X POST \
+       -H 'Content-Type: application/json' --data "$payload" -o /dev/null -w '%{http_code}' 2>/dev/null)
+rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "could not send the failure notification (webhook unreachable or refused: curl exit $rc)"
+elif [[ "$code" != 2[0-9][0-9] ]]; then
+  echo "could not send the failure notification (the webhook answered HTTP $code)"
 else
-  echo "could not send the failure notification (webhook unreachable or refused: curl exit $?)"
+  echo "failure notification sent"
 fi
 exit 0

@@ -1,0 +1,68 @@
+"""Reviews of 2026-12-05 (ninth stop): notifications and `registry webhook create`, against real
+local HTTP servers on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.helpers import REPO
+
+NOTIFY = REPO / "scripts" / "notify-failure.sh"
+
+
+def _notify(url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(NOTIFY)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SLACK_WEBHOOK_URL": url})
+
+
+@pytest.fixture
+def answering():
+    """A receiver on 127.0.0.1 that answers every POST with the status its path names (/302, /204)."""
+    got: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got.append(self.path)
+            self.send_response(int(self.path.strip("/").split("/")[0]))
+            self.send_header("Location", "https://127.0.0.1:9/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", got
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="SKIPPED LOUDLY: curl is not installed")
+def test_notify_failure_says_sent_only_when_an_http_receiver_took_the_post(answering, tmp_path):
+    """`file://` (or any scheme curl knows) "sent" nothing to Slack, and a redirect (Slack's answer
+    to a URL it moved, or plain http) is not a delivery: both printed "failure notification sent"."""
+    base, got = answering
+    r = _notify(f"{base}/200/services/T0KEN")
+    assert r.returncode == 0 and r.stdout.strip() == "failure notification sent", r.stdout + r.stderr
+    r = _notify(f"{base}/204/services/T0KEN")
+    assert r.returncode == 0 and r.stdout.strip() == "failure notification sent", r.stdout + r.stderr
+
+    r = _notify(f"{base}/302/services/T0KEN")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert got[-1] == "/302/services/T0KEN"
+    assert r.stdout.strip() == "could not send the failure notification (the webhook answered HTTP 302)"
+
+    target = tmp_path / "hook"
+    target.write_text("x")
+    r = _notify(f"file://{target}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = r.stdout.strip()
+    assert line.startswith("could not send the failure notification") and len(r.stdout.splitlines()) == 1, line
+    assert str(target) not in r.stdout + r.stderr and r.stderr == ""
