@@ -129,6 +129,10 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
         raise ConfigError("--url must not hold a user name or password: MLflow stores the URL and shows "
                           "it to everyone who can read the model; the receiver checks MLflow's HMAC "
                           "signature instead")
+    if settings.query_secrets(url):     # as for user:password@ (and MLFLOW_TRACKING_URI's ?token=)
+        raise ConfigError("--url must not carry a credential in its query string (a token, key, signature or "
+                          "password parameter): MLflow stores the URL and shows it to everyone who can read "
+                          "the model; the receiver checks MLflow's HMAC signature instead")
     try:
         port = urllib.parse.urlsplit(url).port
     except ValueError:

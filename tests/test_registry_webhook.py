@@ -22,7 +22,7 @@ import pytest
 
 from registry import versions
 from registry.client import tracking_client
-from tests.helpers import run_mlops
+from tests.helpers import mlflow_client, run_mlops
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,21 @@ def test_a_percent_encoded_secret_in_the_url_is_refused_and_redacted(mlops_env, 
         assert encoded not in r.stderr + r.stdout and secret not in r.stderr + r.stdout
     monkeypatch.setenv("MLOPS_WEBHOOK_SECRET", secret)
     assert quote(secret, safe="") in settings.secret_values()
+
+
+def test_a_credential_in_the_urls_query_is_refused_before_mlflow_stores_it(webhook_mlflow, mlops_env):
+    """`--url` refused `user:password@` ("MLflow stores the URL and shows it to everyone") but took
+    `?token=...`: MLflow stored it and the command printed it whole into the CI log."""
+    url, _ = webhook_mlflow
+    token = "tok-" + secrets.token_hex(12)
+    env = {"MLFLOW_TRACKING_URI": url, "MLOPS_WEBHOOK_SECRET": "whsec-" + secrets.token_hex(20)}
+    for hook in (f"http://127.0.0.1:9/hook?token={token}", f"http://127.0.0.1:9/hook?a=1&api_key={token}"):
+        r = run_mlops("registry", "webhook", "create", "--url", hook, "--name", "query-credential",
+                      "--json", env=env)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.strip().splitlines() == [
+            "error: --url must not carry a credential in its query string (a token, key, signature or "
+            "password parameter): MLflow stores the URL and shows it to everyone who can read the model; "
+            "the receiver checks MLflow's HMAC signature instead"], r.stderr
+        assert token not in r.stdout + r.stderr
+    assert [w for w in mlflow_client(url).list_webhooks() if w.name == "query-credential"] == []
