@@ -134,7 +134,11 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
                           "password parameter): MLflow stores the URL and shows it to everyone who can read "
                           "the model; the receiver checks MLflow's HMAC signature instead")
     try:
-        port = urllib.parse.urlsplit(url).port
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:     # an unclosed IPv6 bracket: not the port's fault
+        raise ConfigError(f"--url is not a valid URL ({exc}): '{settings.mask_url_password(url)}'") from None
+    try:
+        port = parts.port
     except ValueError:
         port = 0
     if port == 0:

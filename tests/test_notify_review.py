@@ -66,3 +66,19 @@ def test_notify_failure_says_sent_only_when_an_http_receiver_took_the_post(answe
     line = r.stdout.strip()
     assert line.startswith("could not send the failure notification") and len(r.stdout.splitlines()) == 1, line
     assert str(target) not in r.stdout + r.stderr and r.stderr == ""
+
+
+def test_a_webhook_url_that_does_not_parse_is_named_so_not_blamed_on_its_port(tmp_path):
+    """`http://[::1/hook` (an unclosed IPv6 bracket) said "--url has a port that is not a number
+    from 1 to 65535": urlsplit's ValueError was taken for a bad port."""
+    from tests.helpers import run_mlops
+
+    env = {"MLOPS_WEBHOOK_SECRET": "whsec-" + "q" * 24, "MLOPS_HOME": str(tmp_path),
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    r = run_mlops("registry", "webhook", "create", "--url", "http://[::1/hook", env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: --url is not a valid URL (Invalid IPv6 URL): 'http://[::1/hook'"]
+    r = run_mlops("registry", "webhook", "create", "--url", "http://127.0.0.1:99999/hook", env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: --url has a port that is not a number from 1 to 65535: 'http://127.0.0.1:99999/hook'"]
