@@ -231,7 +231,9 @@ def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
         raise where.error(fld, f"{_missing_or_not_text(value)}; " + (
             "the TF Serving REST address, e.g. http://127.0.0.1:8501" if fld == "rest_url" else
             "TF Serving's metrics page, e.g. http://127.0.0.1:8501/monitoring/prometheus/metrics"))
-    value = value.strip().rstrip("/")
+    # metrics_url is used as written: TF Serving serves its page at prometheus_config's path exactly
+    # (a trailing "/" and a path under /v1/ included: http_server.cc looks it up before /v1/)
+    value = value.strip() if fld == "metrics_url" else value.strip().rstrip("/")
     example = "an http(s) URL like http://127.0.0.1:8501"
     if has_control(value):
         raise where.error(fld, f"contains control or line-separator characters; it must be {example}")
@@ -248,7 +250,7 @@ def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and not 1 <= port <= 65535) \
             or parts.query or parts.fragment or has_traversal(parts.path):
         raise where.error(fld, f"{value!r} is not {example}")
-    if re.search(r"/v1(/.*)?$", parts.path):
+    if fld != "metrics_url" and re.search(r"/v1(/.*)?$", parts.path):
         raise where.error(fld, f"{value!r} ends in TF Serving's API path; give the server's address without "
                                f"/v1 (requests add /v1/models/...), e.g. http://127.0.0.1:8501")
     return value

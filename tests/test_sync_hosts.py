@@ -263,3 +263,14 @@ def test_load_hosts_from_file_env_and_errors(tmp_path, monkeypatch):
         load_hosts(environ={**env, "MLOPS_HOSTS_FILE": str(f)})
     with pytest.raises(ConfigError, match=r"environment \(MLOPS_SYNC_\*\).*field 'target'"):
         load_hosts(environ={"MLOPS_SYNC_TARGET": "file://rel", "MLOPS_SYNC_REST_URL": "http://x:1"})
+
+
+@pytest.mark.parametrize("url", ["http://tfs:8501/v1/metrics", "http://tfs:8501/metrics/",
+                                 "http://tfs:8501/monitoring/v1"])
+def test_metrics_url_is_read_as_written_for_any_monitoring_path_tf_serving_takes(url):
+    """TF Serving serves its page at prometheus_config's ``path`` exactly (http_server.cc registers
+    it as a URI handler, looked up before the /v1/ dispatcher; ProcessPrometheusRequest compares
+    uri_path() with it): a path under /v1/ or ending in "/" is served there and nowhere else. The
+    hosts file refused the first as "TF Serving's API path" and dropped the "/" of the second (a 404)."""
+    (h,) = parse_hosts_toml(entry(metrics_url=url), "hosts.toml")
+    assert h.metrics == url
