@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rest_api_socket_timeout_seconds <= 0 or args.rest_api_max_body_bytes < 0:
         return _fail("--rest_api_socket_timeout_seconds must be > 0 and --rest_api_max_body_bytes >= 0", 2)
     metrics_path = None
-    if args.monitoring_config_file:  # before the slow imports: a typo fails at once
+    # before the slow imports: a typo fails at once. Only with a REST port, as TF Serving reads the
+    # file only when it starts its HTTP server (server.cc: inside ``if (http_port != 0)``)
+    if args.monitoring_config_file and args.rest_api_port:
         from serving_host.config import read_metrics_path
         from serving_host.status import ServingError
 

@@ -306,3 +306,32 @@ def test_request_latency_counts_uncompressing_a_gzip_body(monkeypatch):
     ((name, api_label, entrypoint, code, seconds),) = recorded
     assert (name, api_label, entrypoint, code) == ("gz", "predict", "REST", "OK")
     assert seconds >= 0.5, f"{seconds:.3f} s: uncompressing the body was left out of request_latency"
+
+
+def test_the_monitoring_config_is_not_read_when_rest_is_off(tmp_path):
+    """TF Serving reads --monitoring_config_file only when it starts the REST port (server.cc:
+    inside ``if (server_options.http_port != 0)``): with --rest_api_port=0 a missing or broken
+    file is never parsed and the gRPC server runs. This server refused to start."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bad = tmp_path / "monitoring.config"
+    bad.write_text("prometheus_config { enable: maybe }\n")
+    log = tmp_path / "server.log"
+    with open(log, "w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "serving_host.local_server", f"--port={port}",
+                              "--rest_api_port=0", "--model_name=half",
+                              f"--model_base_path={TF_SERVING_TESTDATA / 'saved_model_half_plus_two_cpu'}",
+                              f"--monitoring_config_file={bad}"], stderr=err, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and "Running gRPC ModelServer" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        assert p.poll() is None, log.read_text()[-2000:]
+    finally:
+        p.terminate()
+        p.wait(30)
