@@ -34,6 +34,11 @@ def _states(client, name: str) -> dict[int, str]:
     return {s.version: s.state for s in client.model_status(name)}
 
 
+def _failures(statuses) -> dict[int, str]:
+    """TF Serving's reason for each version whose load failed (END with an error status)."""
+    return {s.version: s.error_message or f"error code {s.error_code}" for s in statuses if s.failed}
+
+
 def observe_host(host, transport: Transport, client, model: str, *, label: str = STABLE) -> Observed:
     """Read ``host``'s state for ``model`` (config file, TF Serving, published, verified), and check
     that its gRPC address (when it has one) answers: every config change goes through it."""
@@ -42,7 +47,8 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
     base_path = mc.model_base_path(host.serving_base_path(), model)
     main = config.entry(model)
     val = config.entry(mc.validation_name(model))
-    main_states = _states(client, model)
+    statuses = client.model_status(model)
+    main_states = {s.version: s.state for s in statuses}
     validate_states = _states(client, mc.validation_name(model)) if val is not None else {}
     stable = client.label_version(model, label) if main_states else None
     obs = HostObservation(
@@ -52,7 +58,7 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         main_versions=tuple(main.versions) if main is not None and main.policy == "specific" else (),
         main_labels=tuple(main.labels) if main is not None else (),
         validate=(val.versions[0] if val is not None and val.policy == "specific" and val.versions else None),
-        main_states=main_states, validate_states=validate_states, stable=stable,
+        main_states=main_states, validate_states=validate_states, main_errors=_failures(statuses), stable=stable,
         published=(published := tuple(published_versions(transport, model))),
         verified=tuple(sorted(verified_record.read(transport, model))),
         held_by_others=mc.versions_held_by_others(config, model, base_path, published),

@@ -88,6 +88,7 @@ class HostObservation:
     validate: int | None = None                      # version of the validation entry, if any
     main_states: dict[int, str] = field(default_factory=dict)       # TF Serving: version -> state
     validate_states: dict[int, str] = field(default_factory=dict)
+    main_errors: dict[int, str] = field(default_factory=dict)       # TF Serving: why a version's load failed
     stable: int | None = None                        # TF Serving: where `stable` points
     published: tuple[int, ...] = ()
     verified: tuple[int, ...] = ()

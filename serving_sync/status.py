@@ -35,11 +35,21 @@ def drift(obs: HostObservation, production: int | None, *, label: str = STABLE) 
                    f"(TF Serving has not applied the file, or rejected it)")
     not_loaded = [v for v in obs.main_versions if obs.main_states.get(v) != "AVAILABLE"]
     if not_loaded:
-        states = ", ".join(f"v{v} {obs.main_states.get(v, 'unknown')}" for v in not_loaded)
-        out.append(f"models.config asks for {states}")
+        out.append(f"models.config asks for {', '.join(_not_loaded(obs, v) for v in not_loaded)}")
     if production not in obs.published:
         out.append(f"v{production} is not published on the host")
     return out
+
+
+def _not_loaded(obs: HostObservation, v: int) -> str:
+    """One version models.config asks for that TF Serving does not serve, with why when it is known:
+    TF Serving's reason for a failed load, or the version's folder missing from the host."""
+    state = obs.main_states.get(v)
+    if v in obs.main_errors:
+        return f"v{v} {state} (TF Serving: {obs.main_errors[v]})"
+    if v not in obs.published and mc.same_path(obs.main_base_path, obs.base_path):
+        return f"v{v}{f' {state}' if state else ''} (not on the host: {obs.model}/{v} is missing)"
+    return f"v{v} {state or 'unknown'}"
 
 
 @dataclass

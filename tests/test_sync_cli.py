@@ -309,6 +309,40 @@ def test_plan_status_and_smoke_report_and_change_nothing(deploy_env, tmp_path):
     assert r.returncode == 2 and json.loads(r.stdout)["passed"] is False
 
 
+def test_status_says_why_a_version_models_config_asks_for_is_not_loaded(deploy_env):
+    """`sync status` said "models.config asks for v3 END, v7 unknown": TF Serving's own reason for
+    the failed load (its status' error_message) was dropped, so a version that failed to load read
+    like one unloaded on purpose, and a version whose folder is not on the host read as "unknown".
+    Now the drift (text and --json) carries TF Serving's reason and names the missing folder
+    (found by review, 2026-12-05, ninth stop)."""
+    import shutil
+    import time
+
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    config = env.config_text(host)
+    broken = host.base / env.model / "3"
+    shutil.copytree(host.base / env.model / str(v2), broken)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    tmp = host.base / "models.config.tmp-test"
+    tmp.write_text(config.replace(f"        versions: {v2}\n",
+                                  f"        versions: {v2}\n        versions: 3\n        versions: 7\n"))
+    os.replace(tmp, host.base / "models.config")
+    for _ in range(100):                     # the server polls models.config every second
+        if env.states(host).get(3) == "END":
+            break
+        time.sleep(0.1)
+    assert env.states(host).get(3) == "END" and 7 not in env.states(host)
+
+    r = env.cli("sync", "status", "--json")
+    assert r.returncode == 1, r.stderr
+    (drift,) = json.loads(r.stdout)["hosts"][0]["drift"]
+    assert "v3 END (TF Serving: " in drift and "saved_model" in drift.lower(), drift
+    assert f"v7 (not on the host: {env.model}/7 is missing)" in drift, drift
+    r = env.cli("sync", "status")
+    assert r.returncode == 1 and "v3 END (TF Serving: " in r.stdout and f"{env.model}/7 is missing" in r.stdout
+
+
 def test_status_smoke_and_rollback_never_import_tensorflow(deploy_env):
     env = deploy_env
     deployed_v1_v2(env, cli=False)
