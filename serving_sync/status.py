@@ -27,6 +27,9 @@ def drift(obs: HostObservation, production: int | None, *, label: str = STABLE) 
                        f"v{production}")
         if obs.unversioned != production:
             out.append(f"unversioned requests -> v{obs.unversioned} (highest loaded), production is v{production}")
+    if obs.main_policy is not None and not mc.same_path(obs.main_base_path, obs.base_path):
+        out.append(f"models.config loads {obs.model} from {obs.main_base_path}, not {obs.base_path} where "
+                   f"versions are published")
     if obs.validate is not None:
         out.append(f"leftover validation entry {mc.validation_name(obs.model)} (v{obs.validate}) in models.config")
     cfg_label = dict(obs.main_labels).get(label)

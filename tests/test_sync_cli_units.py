@@ -269,3 +269,18 @@ def test_check_messages_from_hosts_are_printed_with_control_characters_shown(cap
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and out.count("\n") == 1, out
     assert "web-1: FAILED via m/versions/3: golden: Servable not found\\x1b[2J\\x1b]0;owned\\x07\\x0anext" in out
+
+
+def test_status_drift_names_a_main_entry_that_serves_from_another_folder():
+    """A main entry whose base_path is not the folder deploys publish into (edited by hand to serve a
+    copy elsewhere) was "in sync" for `sync status` (exit 0) while `sync plan` and `sync watch`
+    called the host out of date and replaced the entry: what TF Serving serves there is not what was
+    published and smoke-tested on the host (found by review, 2026-12-05, ninth stop)."""
+    from serving_sync.plan import HostObservation
+
+    ours = dict(host="h1", model="m", base_path="/srv/m", main_policy="specific", main_versions=(2,),
+                main_labels=(("stable", 2),), main_states={2: "AVAILABLE"}, stable=2, published=(2,),
+                verified=(2,))
+    assert status.drift(HostObservation(**ours, main_base_path="/srv//m/"), 2) == []
+    (reason,) = status.drift(HostObservation(**ours, main_base_path="/tmp/hotfix/m"), 2)
+    assert reason == "models.config loads m from /tmp/hotfix/m, not /srv/m where versions are published", reason
