@@ -27,7 +27,10 @@ def drift(obs: HostObservation, production: int | None, *, label: str = STABLE) 
                        f"v{production}")
         if obs.unversioned != production:
             out.append(f"unversioned requests -> v{obs.unversioned} (highest loaded), production is v{production}")
-    if obs.main_policy is not None and not mc.same_path(obs.main_base_path, obs.base_path):
+    if obs.main_policy is None and obs.available:
+        out.append(f"models.config has no entry for {obs.model}, yet TF Serving serves it (TF Serving reads "
+                   f"another config file, or has not applied this one)")
+    elif obs.main_policy is not None and not mc.same_path(obs.main_base_path, obs.base_path):
         out.append(f"models.config loads {obs.model} from {obs.main_base_path}, not {obs.base_path} where "
                    f"versions are published")
     if obs.validate is not None:

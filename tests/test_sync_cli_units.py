@@ -284,3 +284,17 @@ def test_status_drift_names_a_main_entry_that_serves_from_another_folder():
     assert status.drift(HostObservation(**ours, main_base_path="/srv//m/"), 2) == []
     (reason,) = status.drift(HostObservation(**ours, main_base_path="/tmp/hotfix/m"), 2)
     assert reason == "models.config loads m from /tmp/hotfix/m, not /srv/m where versions are published", reason
+
+
+def test_status_drift_names_a_models_config_without_the_model_that_tf_serving_serves():
+    """models.config with no entry for the model while TF Serving serves it (TF Serving reads another
+    config file, or has not applied this one) was "in sync": every check of the file was skipped
+    when the entry was absent, though a deploy's config writes could never reach that server
+    (found by review, 2026-12-05, ninth stop)."""
+    from serving_sync.plan import HostObservation
+
+    served = dict(host="h1", model="m", base_path="/srv/m", main_states={2: "AVAILABLE"}, stable=2,
+                  published=(2,), verified=(2,))
+    (reason,) = status.drift(HostObservation(**served), 2)
+    assert reason == ("models.config has no entry for m, yet TF Serving serves it (TF Serving reads another "
+                      "config file, or has not applied this one)"), reason
