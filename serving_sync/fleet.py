@@ -192,30 +192,39 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             rollback_to = deploys.DeployLedger(model).rollback_target()
         except UserError as exc:
             unknown = exc.message
-    for host in hosts:
-        try:
-            with connected([host]) as conns:
-                (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
-                if not annotate:
-                    fp.plans.append(p)
-                    continue
-                copies = peak_copies(o.obs, v, fast=opts.fast)
-                sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
-            if sizes.get(v) is None:
-                sizes[v] = new_size
-            extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
-            if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
-                extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
-            if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
-                p = dataclasses.replace(p, retention=())
-                extra.append(f"retention removes nothing: where production would roll back to is unknown "
-                             f"({unknown})")
-            p = dataclasses.replace(p, notes=p.notes + tuple(extra))
-            fp.plans.append(p)
-            fp.peak[p.host] = {"copies": list(copies), "bytes": peak_memory(copies, sizes),
-                               "sizes": {str(k): s for k, s in sorted(sizes.items())}}
-        except UserError as exc:
+    def one(host):
+        """This host's plan and peak memory; a host that cannot be observed raises UserError."""
+        with connected([host]) as conns:
+            (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
+            if not annotate:
+                return p, None
+            copies = peak_copies(o.obs, v, fast=opts.fast)
+            sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
+        if sizes.get(v) is None:
+            sizes[v] = new_size
+        extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
+        if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
+            extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
+        if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
+            p = dataclasses.replace(p, retention=())
+            extra.append(f"retention removes nothing: where production would roll back to is unknown "
+                         f"({unknown})")
+        p = dataclasses.replace(p, notes=p.notes + tuple(extra))
+        return p, {"copies": list(copies), "bytes": peak_memory(copies, sizes),
+                   "sizes": {str(k): s for k, s in sorted(sizes.items())}}
+
+    hosts = list(hosts)
+    # every host at once (at most --parallel): a partition's silent hosts cost one wait, not one each
+    for host, (result, exc) in zip(hosts, parallel.settle(one, hosts, workers=opts.parallel, name="plan")):
+        if isinstance(exc, UserError):
             fp.errors[host.name] = exc.message
+        elif exc is not None:
+            raise exc
+        else:
+            p, peak = result
+            fp.plans.append(p)
+            if peak is not None:
+                fp.peak[p.host] = peak
     if not annotate:
         return fp
     d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts)

@@ -134,5 +134,11 @@ def fleet_status(model: str, hosts, *, label: str = STABLE) -> FleetStatus:
     """Read ``production`` from the registry, then observe every host (read-only)."""
     from registry import versions
 
+    from . import parallel
+    from .connections import CONNECT_AT_ONCE
+
     production = versions.production_version(model)
-    return FleetStatus(model, production, [host_status(h, model, production, label=label) for h in hosts])
+    # every host at once (a bounded number): a partition's silent hosts cost one wait, not one each
+    outcomes = parallel.map_ordered(lambda h: host_status(h, model, production, label=label), hosts,
+                                    workers=CONNECT_AT_ONCE, name="status")
+    return FleetStatus(model, production, outcomes)

@@ -298,3 +298,45 @@ def test_status_drift_names_a_models_config_without_the_model_that_tf_serving_se
     (reason,) = status.drift(HostObservation(**served), 2)
     assert reason == ("models.config has no entry for m, yet TF Serving serves it (TF Serving reads another "
                       "config file, or has not applied this one)"), reason
+
+
+def _meet(n: int):
+    """A call that returns only once ``n`` calls are inside it at once (5 s at most): hosts
+    observed one after another never meet, and the barrier breaks."""
+    import threading
+
+    barrier = threading.Barrier(n, timeout=5)
+    return lambda: barrier.wait()
+
+
+def test_sync_status_observes_the_hosts_at_once(monkeypatch):
+    """``sync status`` observed host after host: in a partition every silent host cost its own
+    timeouts, one after the other (found by review, 2026-12-05, ninth stop)."""
+    import registry.versions
+
+    meet = _meet(3)
+    monkeypatch.setattr(registry.versions, "production_version", lambda model: 2)
+    monkeypatch.setattr(status, "host_status", lambda h, model, production, label: (meet(), h.name)[1])
+    fs = status.fleet_status("m", [NS(name=f"h{i}") for i in range(3)])
+    assert fs.hosts == ["h0", "h1", "h2"]       # in the hosts' order, whichever finished first
+
+
+def test_sync_plan_observes_the_hosts_at_once_and_keeps_their_order(monkeypatch):
+    import contextlib
+
+    from mlops_common.errors import UserError
+
+    meet = _meet(3)
+
+    def observe_and_plan(conns, model, v, opts, rollback_to=None):
+        meet()
+        (host,) = conns
+        if host.name == "h1":
+            raise UserError("h1: cannot connect")
+        return [NS(obs=None)], [NS(host=host.name, up_to_date=False)]
+
+    monkeypatch.setattr(fleet, "resolve_version", lambda model, version: (3, "production"))
+    monkeypatch.setattr(fleet, "connected", contextlib.contextmanager(lambda hosts: (yield list(hosts))))
+    monkeypatch.setattr(fleet, "observe_and_plan", observe_and_plan)
+    fp = fleet.plan_fleet("m", (NS(name=f"h{i}") for i in range(3)), annotate=False)
+    assert [p.host for p in fp.plans] == ["h0", "h2"] and fp.errors == {"h1": "h1: cannot connect"}
