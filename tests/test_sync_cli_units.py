@@ -161,7 +161,7 @@ def test_infra_result_raises_only_when_it_failed():
 # --- plan text ----------------------------------------------------------------------------------
 def test_plan_text_shows_the_rollout_then_each_host(capsys):
     step = lambda phase, text: NS(kind=NS(phase=phase), text=text)  # noqa: E731
-    fp = NS(source="production", version=3, errors={"h9": "unreachable"}, restore=None,
+    fp = NS(source="production", version=3, errors={"h9": "unreachable", "h10": "h10: the host key changed"}, restore=None,
             rollout={"canary": ["h1"], "waves": [["h1"], ["h2"]]},
             bake={"parallel": 8, "seconds": 0, "each_wave": False, "fast": False, "limits": {}},
             peak={"h1": {"bytes": 2_500_000, "copies": [2, 3]}},
@@ -185,6 +185,7 @@ def test_plan_text_shows_the_rollout_then_each_host(capsys):
         "    note: warm",
         "  h2 (serves v3): up to date, nothing to do",
         "  h9: cannot observe: unreachable",
+        "  h10: cannot observe: the host key changed",      # the host named once
     ]
 
 
@@ -233,14 +234,16 @@ def test_deploy_and_status_text_show_drift_and_leave_out_up_to_date_notes(capsys
     sync_text._host_plan(up_to_date, {})              # an up-to-date host runs no retention
     hosts = [NS(name="h1", reachable=True, versions={3: "AVAILABLE"}, labels={"stable": 3}, unversioned=3,
                 in_sync=False, drift=["serves v3, production is v4"]),
-             NS(name="h2", reachable=False, error="connection refused")]
+             NS(name="h2", reachable=False, error="connection refused"),
+             NS(name="h3", reachable=False, error="h3: the host key changed")]
     sync_text.status(NS(model="m", production=4, hosts=hosts))
     assert capsys.readouterr().out.splitlines() == [
         "v3 of 'm' is on every host", "  h1: up to date (warm)",
         "  h2 (serves v3): up to date, nothing to do",
         "'m': production is v4",
         "  h1: stable -> v3, unversioned -> v3 (v3 AVAILABLE): DRIFT: serves v3, production is v4",
-        "  h2: UNREACHABLE: connection refused"]
+        "  h2: CANNOT OBSERVE: connection refused",      # any failure, not only the network's
+        "  h3: CANNOT OBSERVE: the host key changed"]
 
 
 def test_junit_reports_parse_whatever_a_check_message_holds(tmp_path):

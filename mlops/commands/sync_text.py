@@ -40,7 +40,12 @@ def plan(model: str, fp) -> None:
     for p in fp.plans:
         _host_plan(p, fp.peak.get(p.host) or {})
     for name, err in fp.errors.items():
-        _say(f"  {name}: cannot observe: {err}")
+        _say(f"  {name}: cannot observe: {_unnamed(name, err)}")
+
+
+def _unnamed(name: str, err: str) -> str:
+    """``err`` without a leading ``name:`` (errors of a fleet name their host; the line does too)."""
+    return err[len(name) + 2:] if err.startswith(f"{name}: ") else err
 
 
 def _host_plan(p, peak: dict) -> None:
@@ -107,7 +112,8 @@ def status(fs) -> None:
     _say(f"'{fs.model}': production is {f'v{production}' if production is not None else '(none)'}")
     for s in fs.hosts:
         if not s.reachable:
-            _say(f"  {s.name}: UNREACHABLE: {s.error}")
+            # a changed host key or an unreadable models.config is no network fault: say what it was
+            _say(f"  {s.name}: CANNOT OBSERVE: {_unnamed(s.name, s.error)}")
             continue
         states = ", ".join(f"v{v} {st}" for v, st in sorted(s.versions.items())) or "no versions"
         label = s.labels.get("stable")
