@@ -128,7 +128,7 @@ def _channel(address: str, *, stale=None):
         if kept is not None and kept is not stale:
             return kept, True
         if kept is not None:
-            kept.close()
+            _close(kept)
         # Its own subchannel: channels to one address share gRPC's global subchannel pool by
         # default, so a new channel would inherit the stale one's reconnect backoff.
         _channels[address] = channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -139,8 +139,23 @@ def _channel(address: str, *, stale=None):
 def close_channels() -> None:
     with _channels_lock:
         for channel in _channels.values():
-            channel.close()
+            _close(channel)
         _channels.clear()
+
+
+def _close(channel, *, wait: float = 1.0) -> None:
+    """Close ``channel`` once gRPC's connectivity poller (started by ``subscribe`` in ``_settle``) has
+    stopped: it runs up to 0.4 s past the last unsubscribe, and a second ``_settle`` while it ran
+    (a watch pass observes the hosts, then its deploy observes them again) left it a connect request
+    to make; closed under it, the poller died with "ValueError: Cannot invoke RPC: Channel closed!",
+    a traceback per host printed after a command's one error line."""
+    import time
+
+    state = getattr(channel, "_connectivity_state", None)     # grpc's own; absent: close at once
+    deadline = time.monotonic() + wait
+    while getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    channel.close()
 
 
 def check_reachable(address: str, *, timeout: float = 5.0) -> None:

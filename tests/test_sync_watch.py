@@ -155,6 +155,22 @@ def test_watch_once_with_a_broken_version_rolls_back_and_exits_3(deploy_env):
     assert env.production() == v1
 
 
+def test_watch_once_whose_deploy_is_refused_is_one_line_without_grpcs_thread_tracebacks(deploy_env):
+    """Found by the bad-input sweep (2026-12-05, ninth stop): a watch pass observes the hosts (gRPC
+    reachability), its deploy observes them again, then refuses ``--canary 2`` of 2 hosts at once:
+    the command exited within gRPC's connectivity poll and closed the channels under it, and
+    "ValueError: Cannot invoke RPC: Channel closed!" came as a thread traceback per host after
+    the one error line."""
+    env = deploy_env
+    env.add_hosts(2)
+    env.promote(env.register("a"))          # production on no host yet: the pass deploys
+    r = env.cli("sync", "watch", "--once", "--canary", "2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == ["error: --canary 2 leaves no host to compare it with: 2 hosts change; use at most 1"], r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
 def test_a_restarted_watcher_does_not_retry_a_version_whose_deploy_failed(deploy_env):
     """The failure is remembered in the registry (deploy_status=failed), not in the process: a new
     watcher that finds the failed version in production again skips it; a new promotion clears it."""
