@@ -490,6 +490,7 @@ def promote(model: str, version, *, provenance: Provenance | None = None, actor:
 
     ``provenance``: who and from where (the CLI builds it); ``actor`` alone is shorthand for one
     built from the environment."""
+    check_forced_reason(force, reason)      # a usage mistake: refused before any row, as rollback
     ledger = ledger or Ledger()
     v = versions.parse_version(version)
     return _move(model, "promote", target=lambda tx, current: (v, {}), by=given(provenance, actor),

@@ -120,6 +120,25 @@ def test_refuses_unvalidated_versions_and_records_the_refusal(make_version):
     assert info.tags["approved_by"] == "oncall" and "reason: hotfix INC-42" in info.description
 
 
+def test_a_forced_promotion_without_a_reason_is_refused_before_any_row(make_version):
+    """Found by the bad-input sweep (2026-12-05, ninth stop): ``--force`` with no ``--reason`` (or an
+    empty ``--reason "$WHY"`` in a CI job) is a usage mistake, refused as ``registry rollback``
+    refuses it: before anything is written. It wrote a ``promote refused`` ledger row naming the
+    actor and the version first."""
+    from tests.fixtures.faults import registry_snapshot
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    v2 = make_version(validation_status="failed")
+    assert run_mlops("registry", "promote", "--version", str(v1)).returncode == 0
+    rows, tags = Ledger().entries(model), registry_snapshot(model)
+    for reason in ((), ("--reason", ""), ("--reason", "   ")):
+        r = run_mlops("registry", "promote", "--version", str(v2), "--force", *reason, "--actor", "oncall")
+        assert r.returncode == 2 and "--force needs --reason" in one_error_line(r), r.stderr
+    assert Ledger().entries(model) == rows and registry_snapshot(model) == tags
+    assert versions.production_version(model) == v1
+
+
 def test_refuses_unknown_versions_and_models(make_version):
     model = os.environ["MLOPS_MODEL_NAME"]
     make_version(validation_status="passed")
