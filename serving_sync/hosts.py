@@ -38,6 +38,7 @@ from mlops_common.errors import ConfigError, NotFoundError
 from .names import MODEL_NAME_RE, has_control, has_traversal
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+HOST_NAME_MAX = 256     # registry.ledger's host column, VARCHAR(256) (not imported: no SQLAlchemy here)
 HOST_FIELDS = ("name", "target", "rest_url", "grpc", "known_hosts", "identity_file", "model_base_path",
                "metrics_url")
 METRICS_PATH = "/monitoring/prometheus/metrics"     # TF Serving's prometheus_config default path
@@ -315,6 +316,8 @@ def parse_host(entry: object, where: _Where) -> Host:
         raise where.error("name", "missing; every host needs a name (letters, digits, '.', '_', '-')")
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
         raise where.error("name", f"{name!r} is invalid: use letters, digits, '.', '_', '-'")
+    if len(name) > HOST_NAME_MAX:   # the ledger's host column: PostgreSQL refused the first row mid-deploy
+        raise where.error("name", f"is {len(name)} characters long; at most {HOST_NAME_MAX} (the ledger records it)")
     where.name = name
     unknown = sorted(set(entry) - set(HOST_FIELDS))
     if unknown:

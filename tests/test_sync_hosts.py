@@ -108,6 +108,10 @@ def entry(**fields) -> str:
     ({"rest_url": 5}, "rest_url", "must be a quoted string, not a number; the TF Serving REST address"),
     ({"metrics_url": 5}, "metrics_url", "must be a quoted string, not a number; TF Serving's metrics page"),
     ({"target": 5}, "target", "must be a quoted string, not a number; use file:///abs/path"),
+    # found by the bad-input sweep (2026-12-05, ninth stop): the ledger's host column is VARCHAR(256);
+    # on PostgreSQL a deploy published and loaded the version, then failed at its first host row
+    # (exit 3, "could not record the host rollbacks in the ledger")
+    ({"name": "h" * 257}, "name", "is 257 characters long; at most 256"),
 ])
 def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, words):
     with pytest.raises(ConfigError) as e:
@@ -117,6 +121,11 @@ def test_each_bad_field_is_one_line_naming_file_entry_and_field(fields, fld, wor
     assert msg.startswith("/etc/mlops/hosts.toml: hosts[0]")
     assert f"field {fld!r}" in msg
     assert words in msg
+
+
+def test_a_host_name_of_256_characters_is_taken():
+    (host,) = parse_hosts_toml(entry(name="h" * 256), "hosts.toml")
+    assert host.name == "h" * 256
 
 
 def test_no_message_echoes_a_password():
