@@ -161,7 +161,8 @@ def test_infra_result_raises_only_when_it_failed():
 # --- plan text ----------------------------------------------------------------------------------
 def test_plan_text_shows_the_rollout_then_each_host(capsys):
     step = lambda phase, text: NS(kind=NS(phase=phase), text=text)  # noqa: E731
-    fp = NS(source="production", version=3, errors={"h9": "unreachable", "h10": "h10: the host key changed"}, restore=None,
+    fp = NS(source="production", version=3, restore=None,
+            errors={"h9": "unreachable", "h10": "h10: the host key changed"},
             rollout={"canary": ["h1"], "waves": [["h1"], ["h2"]]},
             bake={"parallel": 8, "seconds": 0, "each_wave": False, "fast": False, "limits": {}},
             peak={"h1": {"bytes": 2_500_000, "copies": [2, 3]}},
