@@ -29,8 +29,8 @@ class DeployOptions:
     def __post_init__(self):
         from mlops_common.errors import ConfigError
 
-        if not 0 < self.timeout <= 24 * 3600:
-            raise ConfigError(f"--timeout must be more than 0 and at most 86400 seconds, got {self.timeout:g}")
+        if not 1 <= self.timeout <= 24 * 3600:
+            raise ConfigError(f"--timeout must be between 1 and 86400 seconds, got {self.timeout:g}")
         if self.keep < 1:
             raise ConfigError(f"--keep must be at least 1, got {self.keep}")
         if self.parallel < 1:

@@ -32,8 +32,9 @@ from mlops.commands import flags
      "9223372036854775808 is more rows than a ledger holds (at most 2**63 - 1)"),
     # found by review (2026-12-05, third stop): `mlops up --port 0` started MLflow on 5000
     (flags.service_port, "0", "a port is 1 to 65535 (the one other commands will find it at), got 0"),
-    (flags.timeout, "0", "0 is not more than 0 and at most 86400 seconds"),
-    (flags.timeout, "86401", "86401 is not more than 0 and at most 86400 seconds"),
+    (flags.timeout, "0", "0.0 is not between 1 and 86400 seconds"),
+    (flags.timeout, "0.5", "0.5 is not between 1 and 86400 seconds"),
+    (flags.timeout, "86401", "86401.0 is not between 1 and 86400 seconds"),
     (flags.interval, "0", "0.0 is not between 0.5 and 86400 seconds"),
     (flags.interval, "-1", "-1.0 is not between 0.5 and 86400 seconds"),
     (flags.ratio, "0", "0 is below 1 (a ratio of the canary's latency to the old version's; 1.5 = 50% slower)"),
@@ -74,7 +75,7 @@ def test_good_values_convert():
     assert flags.actor("é" * 256) == "é" * 256      # 256 characters fit the ledger column (not bytes)
     # the bounds themselves, and spellings the patterns take (found by hand mutation, 2026-12-05)
     assert flags.fraction("0") == 0.0 and flags.seconds("0") == 0.0 and flags.ratio("1") == 1.0
-    assert flags.timeout("86400") == 86400.0 and flags.interval("0.5") == 0.5
+    assert flags.timeout("86400") == 86400.0 and flags.timeout("1") == 1.0 and flags.interval("0.5") == 0.5
     assert flags.positive_int("+3") == 3 and flags.number(".5") == 0.5 and flags.number("1e-3") == 0.001
     assert flags.bind_address(" 127.0.0.1 ") == "127.0.0.1"
 
@@ -88,6 +89,9 @@ def test_the_commands_use_these_converters():
                  ["registry", "status", "--model-name", ""], ["registry", "promote", "--version", "1", "--actor", ""],
                  ["sync", "rollback", "--actor", " "], ["sync", "infra-validate", "--version", "1", "--timeout", "0"],
                  ["sync", "deploy", "--timeout", "0"], ["sync", "watch", "--interval", "0"],
+                 # found by review (2026-12-05, ninth stop): a wait of 0.01 s failed a good version
+                 ["sync", "deploy", "--timeout", "0.5"],
+                 ["sync", "infra-validate", "--version", "1", "--timeout", "0.9"],
                  ["registry", "promote", "--version", "0_3"], ["sync", "status", "--hosts", ""],
                  ["sync", "rollback", "--hosts", " "], ["registry", "history", "--model", ""], ["up", "--port", "0"],
                  # found by review (2026-12-05, third stop): int() read "0_1" as 1, "３２" as 32
@@ -160,7 +164,7 @@ def test_a_zero_timeout_is_refused_with_a_message_that_does_not_contradict_itsel
 
     with pytest.raises(ConfigError) as e:
         DeployOptions(timeout=0)
-    assert str(e.value) == "--timeout must be more than 0 and at most 86400 seconds, got 0"
+    assert str(e.value) == "--timeout must be between 1 and 86400 seconds, got 0"
 
 
 def test_a_bake_variable_out_of_range_names_the_variable_not_a_flag(monkeypatch):
