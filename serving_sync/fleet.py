@@ -227,7 +227,8 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                 fp.peak[p.host] = peak
     if not annotate:
         return fp
-    d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts)
+    unjudged = unjudged_hosts(fp.plans, opts, lambda: deploys.DeployLedger(model).rolled_out(v))
+    d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts, unjudged)
     fp.restore, fp.rollout = d.restore, d.shape.to_dict()
     fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
                "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
@@ -249,7 +250,8 @@ class RolloutDecision:
         return self.opts.bake if self.shape.bakeable else 0.0
 
 
-def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None) -> RolloutDecision:
+def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None,
+                   unjudged: tuple[str, ...] = ()) -> RolloutDecision:
     """The rollout of ``changing`` hosts (pure). ``restoring``: the ledger row of a rollback to this
     version, which held production before (``deploys.restoring``).
 
@@ -261,7 +263,8 @@ def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None) -> 
     if _could_restore(changing, opts) and restoring is not None:
         opts = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
         restore = {"rolled_back_from": restoring.from_version, "reason": restoring.reason}
-    return RolloutDecision(opts, restore, rollout.shape(changing, canary=opts.canary, wave=opts.wave))
+    return RolloutDecision(opts, restore, rollout.shape(changing, canary=opts.canary, wave=opts.wave,
+                                                        unjudged=unjudged))
 
 
 def _could_restore(changing: list[str], opts: DeployOptions) -> bool:
@@ -270,10 +273,23 @@ def _could_restore(changing: list[str], opts: DeployOptions) -> bool:
     return len(changing) >= 2 and not opts.staged_restore
 
 
-def rollout_for(model: str, version: int, changing: list[str], opts: DeployOptions) -> RolloutDecision:
+def rollout_for(model: str, version: int, changing: list[str], opts: DeployOptions,
+                unjudged: tuple[str, ...] = ()) -> RolloutDecision:
     """``decide_rollout``, reading the ledger only when a restore could change the answer."""
     return decide_rollout(changing, opts,
-                          deploys.restoring(model, version) if _could_restore(changing, opts) else None)
+                          deploys.restoring(model, version) if _could_restore(changing, opts) else None,
+                          unjudged)
+
+
+def unjudged_hosts(plans, opts: DeployOptions, rolled_out) -> tuple[str, ...]:
+    """The hosts already on the version while others still change, when no rollout of it finished
+    (``rolled_out()``, read only then): a deploy stopped between its canary's switch and its
+    verdict left them there, so the next canary is the version's first verdict, even when it is
+    the last host to switch (a restarted watcher, a rerun). Empty without a bake or a canary."""
+    on = tuple(p.host for p in plans if p.up_to_date)
+    if not on or len(on) == len(plans) or opts.bake <= 0 or opts.canary == 0:
+        return ()
+    return () if rolled_out() else on
 
 
 def _stored_size(transport, model: str, version: int) -> int | None:
@@ -383,12 +399,17 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                               record=recorder, heartbeat=Heartbeat([conn]), pull=copies.pull)
                 result.hosts.append(run.outcome)
                 runs.append(run)
-            d = rollout_for(model, v, [r.host.name for r in runs], opts)
+            d = rollout_for(model, v, [r.host.name for r in runs], opts,
+                            unjudged_hosts(plans, opts, lambda: recorder.rolled_out(v)))
             opts, result.restore, shape = d.opts, d.restore, d.shape
             if result.restore is not None:
                 logger.info("v%d restores production (rolled back from v%s): every host switches at once, no "
                             "bake (--canary, --wave or --bake stage it)", v, result.restore["rolled_back_from"])
             result.rollout = shape.to_dict()
+            if shape.unjudged and d.bake > 0:
+                logger.info("v%d already serves on %s from a rollout nothing judged (a deploy stopped before its "
+                            "canary's verdict): canary %s is judged before the rollout is recorded", v,
+                            ", ".join(shape.unjudged), ", ".join(shape.canary))
             baker = Baker(model, runs, shape.judged(opts.bake_each_wave), opts) if d.bake > 0 else None
             if opts.bake > 0 and not shape.bakeable and runs:
                 logger.info("no canary (%s): --bake %gs not used", "one host changes" if len(runs) == 1
@@ -421,12 +442,18 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                     or_put_back(result, recorder, wave[0], runs, "production", _still_production, model, v)
                 _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
                 last = i == len(shape.waves) - 1
+                entry = {"wave": label, "hosts": list(names)}
+                if baker is not None and last and i == 0 and shape.unjudged:
+                    # the only wave of a rollout that resumes one nothing judged: its verdict comes
+                    # before any row says the fleet served the version
+                    entry["switch_seconds"] = round(time.monotonic() - w0, 3)
+                    _bake(result, recorder, baker, wave, [], runs, entry)
                 or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
                             [_deployed_row(recorder, run, v, reason, final=last) for run in wave])
                 result.switched.extend(names)
                 if last:     # test hook, inert unless set: the rollout recorded, its tags not yet
                     faultpoint.reached("deploy:after_final_rows", stop=cancel.requested)
-                entry = {"wave": label, "hosts": list(names), "switch_seconds": round(time.monotonic() - w0, 3)}
+                entry.setdefault("switch_seconds", round(time.monotonic() - w0, 3))
                 if baker is not None and not last and (i == 0 or opts.bake_each_wave):
                     _bake(result, recorder, baker, wave, [by_name[n] for w in shape.waves[i + 1:] for n in w],
                           runs, entry)

@@ -19,11 +19,16 @@ from mlops_common.errors import ConfigError
 class Shape:
     canary: tuple[str, ...]
     waves: tuple[tuple[str, ...], ...]            # every wave, the canary's first when there is one
+    # hosts already serving the version from a rollout of it that nothing judged (a deploy stopped
+    # between its canary's switch and its verdict): the canary now is the version's first verdict
+    unjudged: tuple[str, ...] = ()
 
     @property
     def bakeable(self) -> bool:
-        """A canary with hosts after it: something to protect, and to compare it with."""
-        return bool(self.canary) and len(self.waves) > 1
+        """A canary with hosts after it (something to protect, and to compare it with), or one
+        that resumes a rollout nothing judged (the version is on hosts already: its verdict decides
+        whether production keeps it, even when the canary is the last host to switch)."""
+        return bool(self.canary) and (len(self.waves) > 1 or bool(self.unjudged))
 
     def judged(self, each_wave: bool = False) -> tuple[str, ...]:
         """The hosts judged on their live traffic: the canary, and with ``--bake-each-wave`` every
@@ -33,7 +38,7 @@ class Shape:
         return tuple(n for w in (self.waves[:-1] if each_wave else self.waves[:1]) for n in w)
 
     def to_dict(self) -> dict:
-        return {"canary": list(self.canary), "waves": [list(w) for w in self.waves]}
+        return {"canary": list(self.canary), "waves": [list(w) for w in self.waves], "unjudged": list(self.unjudged)}
 
 
 def parse_wave(value: str | None) -> str | None:
@@ -56,9 +61,11 @@ def wave_size(wave: str | None, remaining: int) -> int:
     return int(wave)
 
 
-def shape(hosts: list[str], *, canary: int | None = None, wave: str | None = None) -> Shape:
-    """Canary first (hosts-file order), then waves; ``canary`` None: 1 when two or more hosts."""
-    n = 1 if canary is None and len(hosts) >= 2 else (canary or 0)
+def shape(hosts: list[str], *, canary: int | None = None, wave: str | None = None,
+          unjudged: tuple[str, ...] = ()) -> Shape:
+    """Canary first (hosts-file order), then waves; ``canary`` None: 1 when two or more hosts, or
+    when one host changes and ``unjudged`` hosts already serve the version (see ``Shape``)."""
+    n = 1 if canary is None and (len(hosts) >= 2 or (hosts and unjudged)) else (canary or 0)
     if n < 0:
         raise ConfigError(f"--canary must be 0 or more hosts, got {n}")
     if hosts and n >= len(hosts) and len(hosts) >= 2:
@@ -69,4 +76,4 @@ def shape(hosts: list[str], *, canary: int | None = None, wave: str | None = Non
     size = wave_size(parse_wave(wave), len(rest))
     waves = [first] if first else []
     waves += [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
-    return Shape(first, tuple(waves))
+    return Shape(first, tuple(waves), tuple(unjudged))

@@ -321,3 +321,37 @@ def test_the_deploys_own_smoke_test_does_not_make_the_canarys_latency_baseline_m
     m = verdict["measurements"]
     assert m["before"]["own_requests"] >= 201 and 10 <= m["before"]["requests"] < 150, m["before"]
     assert "ms before" in verdict["line"], verdict["line"]        # judged against it too
+
+
+def test_a_rerun_after_a_canary_nothing_judged_bakes_the_last_host_and_rolls_it_back(deploy_env, canary_bundles,
+                                                                                     paused_deploy):
+    """Found by review (2026-12-05, ninth stop): a deploy killed after its canary switched and
+    before the verdict left v2 on one host of two. The rerun (a restarted watcher, a CI retry)
+    saw one host to change, so no canary and no bake ("no canary (one host changes)"), and a
+    version whose live traffic fails reached the whole fleet unjudged. Now the last host is its
+    canary, judged against its own window before the switch, before any row says the fleet
+    served v2; a breach puts it back and moves production back, and the next deploy of
+    production puts back the host the killed deploy left."""
+    env = deploy_env
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
+    first, last = hosts
+    paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
+    env.serves(first, v2)
+    env.serves(last, v1)
+    with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True) as load:
+        res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60")
+    assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["rollout"] == {"canary": [last.name], "waves": [[last.name]], "unjudged": [first.name]}
+    (verdict,) = doc["bake"]
+    assert verdict["host"] == last.name and verdict["outcome"] == "breached" and "error rate" in verdict["line"]
+    assert verdict["measurements"]["before"]["error_rate"] == 0 and verdict["measurements"]["others"] is None
+    assert "judged before the rollout is recorded" in res.stderr
+    env.serves(last, v1)
+    assert env.production() == v1 and env.tags(v2)["deploy_status"] == "failed"
+    assert [(r.host, r.outcome) for r in _canary_rows(env, v2)] == [(last.name, "failed")]
+    assert load.count > 50
+    res = env.cli("sync", "deploy", "--json", "--timeout", "60")      # production (v1) everywhere again
+    assert res.returncode == 0, res.stderr[-3000:]
+    for h in hosts:
+        env.serves(h, v1)

@@ -122,7 +122,7 @@ def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(de
     r = env.cli("sync", "rollback", "--json", extra_env=baking, timeout=240)
     assert r.returncode == 0, r.stderr
     deploy = json.loads(r.stdout)["deploy"]
-    assert deploy["rollout"] == {"canary": [], "waves": [names]} and deploy["bake"] == []
+    assert deploy["rollout"] == {"canary": [], "waves": [names], "unjudged": []} and deploy["bake"] == []
     assert deploy["restore"]["rolled_back_from"] == v2
     assert canary_rows() == 0
     for h in (h1, h2):
@@ -138,7 +138,8 @@ def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(de
     r = env.cli("sync", "deploy", "--json", extra_env=baking, timeout=240)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["rollout"] == {"canary": [], "waves": [names]} and doc["restore"]["rolled_back_from"] == v2
+    assert doc["rollout"] == {"canary": [], "waves": [names], "unjudged": []}
+    assert doc["restore"]["rolled_back_from"] == v2
     assert canary_rows() == 0
     # the version rolled back from reads rolled_back, as after `sync rollback` (it stayed "deployed")
     assert env.tags(v2)["deploy_status"] == "rolled_back" and env.tags(v1)["deploy_status"] == "deployed"
@@ -149,7 +150,7 @@ def test_a_rollback_restores_every_host_at_once_without_the_bake_unless_asked(de
     r = env.cli("sync", "rollback", "--canary", "1", "--json", timeout=240)
     assert r.returncode == 0, r.stderr
     deploy = json.loads(r.stdout)["deploy"]
-    assert deploy["rollout"] == {"canary": names[:1], "waves": [names[:1], names[1:]]}
+    assert deploy["rollout"] == {"canary": names[:1], "waves": [names[:1], names[1:]], "unjudged": []}
     assert deploy["restore"] is None
     # and a promotion of v2 again is a deploy like any other: a canary first
     env.promote(v2)

@@ -225,6 +225,14 @@ def test_plan_text_tells_bake_limits_waves_and_memory_as_the_deploy_decides():
     unasked = sync_text.rollout_lines(NS(restore=None, bake=_bake(requested=0, seconds=0),
                                          rollout={"canary": [], "waves": [["h1", "h2"]]}))
     assert not any("not used" in line for line in unasked)
+    # a rollout that resumes one nothing judged: its last host is the canary, baked (ninth stop)
+    resumed = sync_text.rollout_lines(NS(restore=None, bake=_bake(), version=4,
+                                         rollout={"canary": ["h2"], "waves": [["h2"]], "unjudged": ["h1"]}))
+    assert resumed[1:3] == [
+        "resume: v4 already serves on h1 from a rollout nothing judged (a deploy stopped before its canary's "
+        "verdict): the canary below is its verdict",
+        "phase 2, switch: canary h2; bake 30s on TF Serving's metrics (error rate +1% max, p95/p99 x1.5 max, "
+        "traffic 25% of the baselines' min, fewer than 50 requests: pass)"]
 
 
 def test_deploy_and_status_text_show_drift_and_leave_out_up_to_date_notes(capsys):

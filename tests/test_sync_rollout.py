@@ -39,7 +39,7 @@ def test_prepare_everywhere_then_canary_then_waves(deploy_env):
         t.stop()
     assert r.status == "deployed", r.message
     names = [h.name for h in hosts]
-    assert r.rollout == {"canary": names[:1], "waves": [[n] for n in names]}
+    assert r.rollout == {"canary": names[:1], "waves": [[n] for n in names], "unjudged": []}
     assert [w["hosts"] for w in r.waves] == [[n] for n in names]
     assert [w["wave"] for w in r.waves] == ["canary", "wave 1", "wave 2"]
     assert {"prepare_hosts", "switch_hosts"} <= set(r.timings)

@@ -76,6 +76,38 @@ def test_an_explicit_canary_on_a_lone_host_is_allowed_and_not_baked():
     assert not s.bakeable and s.judged() == () and s.judged(each_wave=True) == ()
 
 
+def test_a_rollout_that_resumes_one_nothing_judged_bakes_its_last_host_as_the_canary():
+    """Found by review (2026-12-05, ninth stop): a deploy killed between its canary's switch and its
+    verdict left v on one host of two; the rerun (a restarted watcher) saw one host to change, so
+    no canary, and v reached the whole fleet with no verdict at all."""
+    s = rollout.shape(["b"], unjudged=("a",))
+    assert s.canary == ("b",) and s.waves == (("b",),) and s.bakeable and s.judged() == ("b",)
+    assert s.to_dict() == {"canary": ["b"], "waves": [["b"]], "unjudged": ["a"]}
+    assert not rollout.shape(["b"], canary=0, unjudged=("a",)).bakeable       # --canary 0 stays no canary
+    many = rollout.shape(["b", "c"], unjudged=("a",))                            # as before: b, then c
+    assert many.canary == ("b",) and many.waves == (("b",), ("c",))
+
+
+def test_only_a_rollout_nothing_finished_has_unjudged_hosts():
+    from serving_sync.fleet import unjudged_hosts
+    from serving_sync.options import DeployOptions
+
+    plans = [SimpleNamespace(host="a", up_to_date=True), SimpleNamespace(host="b", up_to_date=False)]
+    asked = []
+
+    def rolled_out(answer):
+        return lambda: asked.append(answer) or answer
+
+    assert unjudged_hosts(plans, DeployOptions(bake=5), rolled_out(False)) == ("a",)
+    assert unjudged_hosts(plans, DeployOptions(bake=5), rolled_out(True)) == ()      # a new host joins
+    assert asked == [False, True]
+    for opts in (DeployOptions(bake=0), DeployOptions(bake=5, canary=0)):               # no verdict asked
+        assert unjudged_hosts(plans, opts, rolled_out(False)) == ()
+    every = [SimpleNamespace(host=h, up_to_date=True) for h in "ab"]
+    assert unjudged_hosts(every, DeployOptions(bake=5), rolled_out(False)) == ()
+    assert asked == [False, True]                                  # the ledger read only when it decides
+
+
 def test_a_negative_canary_is_one_config_error():
     with pytest.raises(ConfigError, match="--canary must be 0 or more hosts, got -1"):
         rollout.shape(list("abc"), canary=-1)

@@ -84,7 +84,11 @@ def rollout_lines(fp) -> list[str]:
         lines.append(f"restore: production was rolled back from v{restore['rolled_back_from']} to this version, "
                      f"which held it before: every host switches at once, no bake (--canary, --wave or "
                      f"--bake stage it)")
-    canary = bool(ro["canary"]) and len(ro["waves"]) > 1      # rollout.Shape.bakeable: as the deploy decides
+    # rollout.Shape.bakeable: as the deploy decides
+    canary = bool(ro["canary"]) and (len(ro["waves"]) > 1 or bool(ro.get("unjudged")))
+    if canary and ro.get("unjudged") and bk["seconds"]:
+        lines.append(f"resume: v{fp.version} already serves on {', '.join(ro['unjudged'])} from a rollout nothing "
+                     f"judged (a deploy stopped before its canary's verdict): the canary below is its verdict")
     if not canary and bk.get("requested"):
         lines.append(f"no canary ({'one host changes' if n == 1 else '--canary 0'}): --bake "
                      f"{bk['requested']:g}s not used")
