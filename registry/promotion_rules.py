@@ -484,6 +484,7 @@ class Agreement:
     ledger: int | None
     open_intents: tuple[Entry, ...] = ()
     ledger_deleted: bool = False        # the ledger's production version is gone from the registry
+    ledger_empty: bool = False          # the ledger has no row of this model at all
 
     @property
     def agrees(self) -> bool:
@@ -496,6 +497,13 @@ class Agreement:
         if self.agrees:
             return (f"open intent {pending}: a promotion is under way or died before moving the alias; "
                     f"`mlops registry reconcile` closes it") if pending else None
+        if self.ledger_empty and self.alias is not None:
+            # a wrong MLOPS_LEDGER_URL / MLOPS_HOME reads (or makes) an empty ledger: reconciling
+            # there would write this move into a ledger nothing else reads
+            return (f"production is {version_label(self.alias)} but this ledger has no row for the model: if "
+                    f"mlops moved it, the rows are in another ledger (check MLOPS_LEDGER_URL and MLOPS_HOME "
+                    f"against the jobs that promote and deploy); if it was set outside mlops, "
+                    f"`mlops registry reconcile` records it")
         why = (f"intent {pending} moved it but was never recorded" if any(
             i.to_version == self.alias for i in self.open_intents)
             else DELETED_WITH_ALIAS.format(version_label(self.ledger)) if self.alias is None and self.ledger_deleted
@@ -512,7 +520,8 @@ def agreement(alias: int | None, entries: Iterable[Entry], *, ledger_deleted: bo
     """Compare the ``production`` alias with the ledger's replay (pure). ``ledger_deleted``: the
     version the ledger names is no longer in the registry."""
     entries = list(entries)
-    return Agreement(alias, ledger_production(entries), tuple(open_intents(entries)), ledger_deleted)
+    return Agreement(alias, ledger_production(entries), tuple(open_intents(entries)), ledger_deleted,
+                     ledger_empty=not entries)
 
 
 DELETED_WITH_ALIAS = "{} was deleted from the registry (MLflow removes its aliases with it)"

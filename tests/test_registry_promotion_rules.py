@@ -161,6 +161,12 @@ def test_agreement_names_what_is_wrong():
     assert not a.agrees and "moved outside mlops" in a.problem()
     assert a.to_dict() == {"alias": 5, "ledger": 1, "agrees": False, "open_intents": [],
                            "problem": a.problem()}
+    # found by review (2026-12-05, ninth stop): a wrong MLOPS_HOME / MLOPS_LEDGER_URL read an empty
+    # ledger, and the advice to reconcile would have written the move into it
+    empty = agreement(5, [])
+    assert not empty.agrees and "this ledger has no row for the model" in empty.problem()
+    assert "MLOPS_LEDGER_URL" in empty.problem() and "moved outside mlops" not in empty.problem()
+    assert agreement(None, []).problem() is None
 
 
 def test_reconcile_confirms_the_intent_the_alias_shows():
