@@ -9,6 +9,7 @@ record); every deploy / smoke_test / host_rollback / canary row goes through ``D
 """
 from __future__ import annotations
 
+from mlops_common import log
 from mlops_common.errors import NotFoundError
 
 from . import artifacts, tags, versions
@@ -30,15 +31,24 @@ DEPLOY_STATUS = tags.DEPLOY_STATUS
 DEPLOY_REASON = tags.DEPLOY_REASON
 DEPLOY_CANARY = tags.DEPLOY_CANARY    # the canary's verdict outcome, when one was judged
 DEPLOYED, FAILED, ROLLED_BACK = "deployed", "failed", "rolled_back"
+_log = log.get("registry.deploys")
 
 
 def tag(model: str, version: int, status: str, reason: str | None = None, *, canary: str | None = None) -> None:
     """Write the version's deploy-status tags (every key each time, so none is left over: a deploy
-    without a canary says ``deploy_canary=none``, not an earlier deploy's verdict), then rebuild
-    the version's description, which shows them (a second MLflow write)."""
-    versions.set_tags(model, version, {DEPLOY_STATUS: status, DEPLOY_REASON: reason or "none",
-                                       DEPLOY_CANARY: canary or "none"})
+    without a canary says ``deploy_canary=none``, not an earlier deploy's verdict; the same tag
+    under its name before the rename, ``deploy.reason`` / ``deploy.canary``, is removed), then
+    rebuild the version's description, which shows them (a second MLflow write)."""
+    written = {DEPLOY_STATUS: status, DEPLOY_REASON: reason or "none", DEPLOY_CANARY: canary or "none"}
+    versions.set_tags(model, version, written)
     from .description import refresh_quietly
+
+    try:        # a version tagged before the rename: its old deploy.reason / deploy.canary would stay
+        old = tags.retired(versions.get_version(model, version).tags, written)
+        if old:
+            versions.delete_tags(model, version, old)
+    except Exception as exc:  # noqa: BLE001 - the status is written; the old names are only clutter in the list
+        _log.warning("could not remove the older tags of version %s of '%s': %s", version, model, exc)
 
     refresh_quietly(model, version)         # the description shows the deploy per host
 

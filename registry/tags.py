@@ -23,9 +23,10 @@ INFRA_VALIDATION = "infra_validation"     # sync infra-validate: passed / failed
 DEPLOY_REASON = "deploy_reason"           # why the last deploy failed (sync)
 DEPLOY_CANARY = "deploy_canary"           # canary verdict (sync)
 
-# Names of versions registered before the tags took one style (read, never written).
+# Names of versions registered before the tags took one style (read, never written; a write under
+# the current name removes the old one: ``retired``).
 LEGACY = {DATASET: "dataset.name", PIPELINE_ID: "ci.pipeline_id", DATASET_FINGERPRINT: "dataset.fingerprint",
-          DEPLOY_REASON: "deploy.reason"}
+          DEPLOY_REASON: "deploy.reason", DEPLOY_CANARY: "deploy.canary"}
 
 
 def read(version_tags: dict[str, str], name: str) -> str | None:
@@ -33,3 +34,10 @@ def read(version_tags: dict[str, str], name: str) -> str | None:
     value = version_tags.get(name)
     return value if value is not None else version_tags.get(LEGACY.get(name, ""))
 
+
+
+def retired(version_tags: dict[str, str], written) -> list[str]:
+    """The older names of the tags in ``written`` that the version still carries: left beside a
+    value written under the current name, the versions list would show both (an old failure's
+    reason next to ``deploy_reason=none``)."""
+    return [LEGACY[name] for name in written if name in LEGACY and LEGACY[name] in version_tags]

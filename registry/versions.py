@@ -232,6 +232,15 @@ def set_tags(model: str, version, tags: dict[str, str]) -> None:
                     what=f"tagging version {v} of '{model}'")
 
 
+def delete_tags(model: str, version, keys) -> None:
+    """Remove version tags (each one the version carries: MLflow refuses a missing one)."""
+    v = parse_version(version)
+    client = rest()
+    for key in keys:
+        client.delete("model-versions/delete-tag", {"name": model, "version": str(v), "key": key},
+                      what=f"removing tag '{key}' of version {v} of '{model}'")
+
+
 def set_alias(model: str, alias: str, version: int) -> None:
     rest().post("registered-models/alias", {"name": model, "alias": alias, "version": str(version)},
                 what=f"pointing alias '{alias}' of '{model}' at version {version}")

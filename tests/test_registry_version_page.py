@@ -88,3 +88,20 @@ def test_render_on_plain_data():
     assert "never held production" in lines
     assert "| #6 | 2026-12-01 15:00 | web-1 | deploy | failed | smoke \\| failed |" in lines
     assert "**Links:** none" in lines
+
+
+def test_a_deploy_status_write_removes_the_deploy_tags_under_their_older_names(make_version):
+    """A version registered before the tags took one style carries ``deploy.reason`` and
+    ``deploy.canary``. A later deploy-status write put ``deploy_reason`` / ``deploy_canary``
+    beside them and left the old ones: the versions list then showed the old failure's reason and
+    canary verdict next to ``deploy_status=deployed``, ``deploy_reason=none``."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed")
+    versions.set_tags(model, v, {"deploy.reason": "web-1: smoke: golden outputs differ", "deploy.canary": "breached"})
+    deploys.tag(model, v, deploys.DEPLOYED)
+    info = page(model, v)
+    assert "deploy.reason" not in info.tags and "deploy.canary" not in info.tags, info.tags
+    assert info.tags[tags.DEPLOY_REASON] == "none" and info.tags[tags.DEPLOY_CANARY] == "none"
+    assert "golden outputs differ" not in info.description
+    deploys.tag(model, v, deploys.ROLLED_BACK, "latency")      # nothing left to remove: no error
+    assert page(model, v).tags[tags.DEPLOY_REASON] == "latency"
