@@ -40,6 +40,13 @@ def _restore_all(runs: list[HostRun]) -> list[tuple[HostRun, dict]]:
     return out
 
 
+def _canary(result: FleetResult) -> str | None:
+    """The verdict of this deploy's canary when it was judged before a later step failed (what a
+    deploy that succeeds tags, ``fleet._succeeded``); None when it had no canary bake."""
+    judged = [b["outcome"] for b in result.bake if b["host"] in result.rollout.get("canary", ())]
+    return ",".join(judged) if judged else None
+
+
 def or_put_back(result: FleetResult, recorder, run: HostRun, every: list[HostRun], step: str, fn, *args):
     """``fn(*args)`` between two phases of the switch (the bake's baseline window, a wave's ledger
     rows): whatever it raises — a signal, a ledger that stopped answering — puts every host back
@@ -79,7 +86,7 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     verdict = error.verdict if isinstance(error, CanaryFailed) else None
     result.blames_version = kept_because is None
     registry_note = registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
-                                           canary=verdict.outcome if verdict is not None else None)
+                                           canary=verdict.outcome if verdict is not None else _canary(result))
     result.status = "failed"
     msg = [f"deploy of v{v} of '{model}' stopped after the canary: {why}" if verdict is not None else
            f"deploy of v{v} of '{model}' failed on host {run.host.name} at step '{step}': {why}"]

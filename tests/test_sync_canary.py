@@ -355,3 +355,28 @@ def test_a_rerun_after_a_canary_nothing_judged_bakes_the_last_host_and_rolls_it_
     assert res.returncode == 0, res.stderr[-3000:]
     for h in hosts:
         env.serves(h, v1)
+
+
+def test_a_later_wave_failure_keeps_the_canarys_verdict_on_the_version(deploy_env, paused_deploy):
+    """The canary was judged (here: no traffic, passed by default) and a host of the next wave
+    failed its load: the version's ``deploy_canary`` tag said ``none``, which the tag's contract
+    keeps for a deploy that had no canary."""
+    import shutil
+
+    env = deploy_env
+    hosts = env.add_monitored_hosts(2)
+    v1 = _first(env, hosts)
+    v2 = env.register("b")
+    env.promote(v2)
+    deploy = paused_deploy(env.env, "after:verify", "--bake", "1", "--timeout", "8", "--json").wait_paused()
+    shutil.rmtree(hosts[1].base / env.model / str(v2))      # prepared there; its main-entry load now fails
+    res = deploy.finish(timeout=240)
+    assert res.returncode == 3, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["bake"][0]["host"] == hosts[0].name and doc["bake"][0]["outcome"] == "low_traffic_passed"
+    for h in hosts:
+        env.serves(h, v1)
+    assert env.production() == v1
+    tags = env.tags(v2)
+    assert tags["deploy_status"] == "failed" and hosts[1].name in tags["deploy_reason"]
+    assert tags["deploy_canary"] == "low_traffic_passed", tags
