@@ -356,3 +356,27 @@ def test_webhook_flags_without_a_webhook_port_are_refused_not_ignored(extra):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (f"error: {extra[0]} only apply to the webhook receiver: add --webhook-port PORT "
                                 f"(without it the watch only polls)"), r.stderr
+
+
+def _two_hosts_file(tmp_path):
+    path = tmp_path / "hosts.toml"
+    path.write_text("".join(f'[[hosts]]\nname = "web-{i}"\ntarget = "file://{tmp_path}/m{i}"\n'
+                            f'rest_url = "http://127.0.0.1:{8 + i}"\n\n' for i in (1, 2)))
+    return str(path)
+
+
+@pytest.mark.parametrize("args, line", [
+    (("--once", "--max-seconds", "60"),
+     "error: --once and --max-seconds are alternatives: --once runs one pass, --max-seconds runs passes until then"),
+    (("--max-seconds", "60", "--canary", "2"),
+     "error: --canary 2 leaves no host to compare it with: the hosts file names 2 hosts; use at most 1"),
+])
+def test_a_watch_refuses_flags_it_cannot_honour_at_start_not_at_its_first_deploy(tmp_path, args, line):
+    """Found by review (2026-12-05, ninth stop): ``--once --max-seconds`` was taken silently, and a
+    ``--canary`` the fleet cannot honour was refused only by the first pass that had to deploy (the
+    hosts here are not even reachable: a pass would fail on them, so any refusal is the start's)."""
+    from tests.helpers import run_mlops
+
+    r = run_mlops("sync", "watch", "--hosts", _two_hosts_file(tmp_path), *args, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == line, r.stderr

@@ -490,8 +490,15 @@ def cmd_watch(args) -> int:
                                                                ("--secret-env", args.secret_env)) if v]):
         raise ConfigError(f"{' and '.join(given)} only apply to the webhook receiver: add --webhook-port PORT "
                           f"(without it the watch only polls)")
-    reconcile = FleetReconciler(model, _hosts(args), _deploy_options(args), lock_wait=args.lock_wait,
-                                break_lock=args.break_lock)
+    if args.once and args.max_seconds is not None:
+        raise ConfigError("--once and --max-seconds are alternatives: --once runs one pass, --max-seconds "
+                          "runs passes until then")
+    hosts, opts = _hosts(args), _deploy_options(args)
+    # checked now, not at the first pass that deploys (maybe days later, with the watch long trusted)
+    if opts.canary and len(hosts) >= 2 and opts.canary >= len(hosts):
+        raise ConfigError(f"--canary {opts.canary} leaves no host to compare it with: the hosts file names "
+                          f"{len(hosts)} hosts; use at most {len(hosts) - 1}")
+    reconcile = FleetReconciler(model, hosts, opts, lock_wait=args.lock_wait, break_lock=args.break_lock)
     watcher = Watcher(reconcile, interval=args.interval, max_seconds=args.max_seconds, once=args.once)
     reconcile.stopping = watcher.stop_event.is_set   # asked to stop: a pass starts no deploy, waits for no lock
     receiver = _start_receiver(args, model, reconcile, watcher) if args.webhook_port is not None else None
