@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.helpers import REPO
+from tests.lab.receiver import post_receiver
 
 NOTIFY = REPO / "scripts" / "notify-failure.sh"
 
@@ -25,23 +24,12 @@ def answering():
     """A receiver on 127.0.0.1 that answers every POST with the status its path names (/302, /204)."""
     got: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def answer(path: str, headers: dict, body: bytes) -> int:
+        got.append(path)
+        return int(path.strip("/").split("/")[0])
 
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            got.append(self.path)
-            self.send_response(int(self.path.strip("/").split("/")[0]))
-            self.send_header("Location", "https://127.0.0.1:9/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", got
-    server.shutdown()
-    server.server_close()
+    with post_receiver(answer, location="https://127.0.0.1:9/elsewhere") as url:
+        yield url, got
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="SKIPPED LOUDLY: curl is not installed")

@@ -13,9 +13,7 @@ import json
 import os
 import queue
 import secrets
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ import pytest
 from registry import versions
 from registry.client import tracking_client
 from tests.helpers import mlflow_client, run_mlops
+from tests.lab.receiver import post_receiver
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +45,12 @@ def receiver():
     """A local HTTP receiver on 127.0.0.1 that queues (headers, body) of every POST."""
     got: queue.Queue = queue.Queue()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
+    def answer(path: str, headers: dict, body: bytes) -> int:
+        got.put((headers, body.decode()))
+        return 200
 
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            got.put(({k.lower(): v for k, v in self.headers.items()}, body.decode()))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/mlflow-hook", got
-    server.shutdown()
-    server.server_close()
+    with post_receiver(answer) as url:
+        yield f"{url}/mlflow-hook", got
 
 
 def _wait_for_alias_event(got: queue.Queue, alias: str, timeout: float = 60) -> tuple[dict, str]:
