@@ -35,7 +35,6 @@ def read(version_tags: dict[str, str], name: str) -> str | None:
     return value if value is not None else version_tags.get(LEGACY.get(name, ""))
 
 
-
 def retired(version_tags: dict[str, str], written) -> list[str]:
     """The older names of the tags in ``written`` that the version still carries: left beside a
     value written under the current name, the versions list would show both (an old failure's
