@@ -26,6 +26,19 @@ logger = log.get("sync.watch")
 MIN_INTERVAL = 0.5
 KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept, the rest counted
 INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
+REPEAT_EVERY = 600.0       # an outage is said once, then again every 10 minutes with its count
+
+
+@dataclass
+class _Outage:
+    """Failed passes in a row: said when it starts or its error changes, every ``REPEAT_EVERY``
+    seconds while it lasts, and when a pass succeeds again (a watch at a short interval during an
+    MLflow outage wrote one error line per pass, two a second)."""
+
+    since: float
+    said: float
+    message: str
+    passes: int = 1
 
 
 @dataclass
@@ -81,6 +94,7 @@ class Watcher:
         self.stop_event = threading.Event()
         self._reason = "start"
         self.result = WatchResult()
+        self._outage: _Outage | None = None
 
     def trigger(self, reason: str = "webhook") -> None:
         self._reason = reason
@@ -104,10 +118,28 @@ class Watcher:
         p = Pass(self.clock() - start, reason, status, version, message, exit_code)
         self.result.add(p)
         if status != "error":
+            if (o := self._outage) is not None:
+                logger.info("reconcile recovered after %d failed pass%s in %.0fs", o.passes,
+                            "" if o.passes == 1 else "es", self.clock() - o.since)
+                self._outage = None
             logger.info("reconcile (%s): %s: %s", reason, status, message)
         elif not self.once:        # with --once the failed pass is the command's one error line
-            logger.error("reconcile (%s) failed: %s", reason, message)
+            self._failed(reason, message)
         return p
+
+    def _failed(self, reason: str, message: str) -> None:
+        now, o = self.clock(), self._outage
+        if o is None:
+            self._outage = _Outage(now, now, message)
+            logger.error("reconcile (%s) failed: %s", reason, message)
+            return
+        o.passes += 1
+        if message != o.message:
+            o.message, o.said = message, now
+            logger.error("reconcile (%s) failed: %s", reason, message)
+        elif now - o.said >= REPEAT_EVERY:
+            o.said = now
+            logger.error("reconcile still failing (%d passes in %.0fs): %s", o.passes, now - o.since, message)
 
     def run(self) -> WatchResult:
         start = self.clock()

@@ -337,3 +337,28 @@ def test_watch_outlives_an_unexpected_exception_in_a_pass():
     res = w.run()
     assert [p.status for p in res.passes] == ["error", "deployed"]
     assert "unexpected KeyError" in res.passes[0].message and "next pass" in res.passes[0].message
+
+
+def test_an_outage_is_one_line_then_one_every_ten_minutes_and_its_end_is_said(caplog):
+    """Found by review (2026-12-05, ninth stop): every failed pass wrote its own error line, two a
+    second at ``--interval 0.5`` while MLflow refused connections."""
+    clock = FakeClock()
+    script = iter(["mlflow down"] * 30 + ["ledger locked"] + ["ledger locked"] * 89 + [None] * 5)
+
+    def reconcile():
+        err = next(script)
+        if err is not None:
+            raise UserError(err)
+        return "up_to_date", 3, "every host serves v3"
+
+    w = Watcher(reconcile, interval=10, max_seconds=10 * 124 + 5, clock=clock)
+    w.wake.wait = lambda timeout: (setattr(clock, "now", clock.now + timeout), False)[1]
+    with caplog.at_level("INFO", logger="mlops"):
+        res = w.run()
+    assert [p.status for p in res.passes].count("error") == 120          # every pass still counted
+    lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values()
+             if r.name.startswith("mlops") and "fail" in r.getMessage() or "recovered" in r.getMessage()]
+    assert lines == ["reconcile (start) failed: mlflow down",           # 30 passes, 300 s: said once
+                     "reconcile (interval) failed: ledger locked",       # another error: said
+                     "reconcile still failing (91 passes in 900s): ledger locked",
+                     "reconcile recovered after 120 failed passes in 1200s"], lines
