@@ -206,3 +206,110 @@ def test_the_defaults_of_the_configuration_tables_are_the_codes(doc, heading):
     assert rules.max_class_drop is None and "per class" in gate         # paired per class
     assert settings.DEFAULT_MODEL_NAME in _default_cell(doc, heading, "MLOPS_MODEL_NAME")
     assert "./.mlops" in _default_cell(doc, heading, "MLOPS_HOME")
+
+
+def _section(doc: str, heading: str) -> str:
+    """The text of ``doc`` from ``heading`` to the next heading of the same or a higher level."""
+    text = _doc(doc)
+    start = text.index(heading)
+    level = heading.split(" ", 1)[0]
+    ends = [m.start() for m in re.finditer(r"^#{1,%d} " % len(level), text[start + len(heading):], flags=re.M)]
+    return text[start:start + len(heading) + ends[0]] if ends else text[start:]
+
+
+def test_the_ledger_contract_names_the_codes_columns_actions_and_outcomes():
+    """docs/architecture.md, "The ledger": the columns, actions and outcomes are the ones
+    registry/ledger.py writes and accepts (Entry refuses any other action or outcome)."""
+    from registry import ledger
+
+    text = _section("docs/architecture.md", "## The ledger")
+    columns = text[text.index("`ledger_entries`"):text.index("Actions:")]
+    actions = text[text.index("Actions:"):text.index("Outcomes:")]
+    outcomes = text[text.index("Outcomes:"):].split(".", 1)[0]
+
+    def names(part):        # the names, not what the parentheses after one say
+        return set(re.findall(r"`([a-z_]+)`", re.sub(r"\([^()]*\)", "", part)))
+
+    assert names(columns) - {"ledger_entries"} == set(ledger.entries_table.c.keys()), columns
+    assert names(actions) == set(ledger.ACTIONS), actions
+    assert names(outcomes) == set(ledger.OUTCOMES), outcomes
+
+
+def test_the_version_tag_table_is_registry_tags():
+    """docs/architecture.md, "Registered model version tags": one row names every tag that
+    registry/tags.py defines, and nothing else; the older names it lists are ``tags.LEGACY``'s."""
+    from registry import tags
+
+    text = _section("docs/architecture.md", "## Registered model version tags")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    in_table = {name for row in rows for name in re.findall(r"`([a-z_.]+)`", row.split("|")[1])}
+    defined = {v for k, v in vars(tags).items() if k.isupper() and isinstance(v, str)}
+    assert in_table == defined
+    legacy = text[text.index("Versions registered before"):].split(":", 1)[0]
+    assert set(re.findall(r"`([a-z_.]+)`", legacy)) == set(tags.LEGACY.values()), legacy
+
+
+def _toml_blocks(doc: str) -> list[str]:
+    return re.findall(r"^```toml\n(.*?)^```", _doc(doc), flags=re.M | re.S)
+
+
+def test_the_hosts_file_examples_use_the_fields_the_parser_takes():
+    """Every key of a hosts-file example in README.md and docs/architecture.md is one that
+    ``serving_sync.hosts`` accepts (it refuses any other, naming it); the architecture's example
+    shows every host field; the one-host variables are the ones it reads."""
+    import tomllib
+
+    from serving_sync import hosts
+
+    top_level = {"store", "store_endpoint"}
+    for doc in ("README.md", "docs/architecture.md"):
+        blocks = [tomllib.loads(b) for b in _toml_blocks(doc)]
+        assert blocks, doc
+        for data in blocks:
+            assert set(data) - {"hosts"} <= top_level, (doc, data)
+            for entry in data.get("hosts", []):
+                assert set(entry) <= set(hosts.HOST_FIELDS), (doc, set(entry) - set(hosts.HOST_FIELDS))
+    shown = {k for b in _toml_blocks("docs/architecture.md") for e in tomllib.loads(b).get("hosts", []) for k in e}
+    assert shown == set(hosts.HOST_FIELDS)
+    assert {k for b in _toml_blocks("docs/architecture.md") for k in tomllib.loads(b)} - {"hosts"} == top_level
+    settings_row = next(line for line in _doc("docs/architecture.md").splitlines()
+                        if line.startswith("| `MLOPS_SYNC_TARGET`"))
+    assert set(re.findall(r"`(MLOPS_SYNC_[A-Z_]+)`", settings_row.split("|")[1])) == set(hosts.ENV_FIELDS.values())
+    assert "`MLOPS_SYNC_NAME` defaults to `default`" in settings_row
+    assert hosts.load_hosts(environ={"MLOPS_SYNC_TARGET": "file:///tmp/x", "MLOPS_SYNC_REST_URL":
+                                     "http://127.0.0.1:1"})[0].name == "default"
+
+
+def test_the_api_defaults_the_architecture_shows_are_the_codes():
+    """The ``DeployOptions`` and ``SmokeOptions`` defaults written in docs/architecture.md's API
+    block ("Deploy orchestration") are the dataclasses' own, and the HTTP defaults of the MLflow
+    clients in its settings table are registry.client's."""
+    from registry import client
+    from serving_sync.options import DeployOptions
+    from serving_sync.smoke import SmokeOptions
+
+    text = _section("docs/architecture.md", "## Deploy orchestration")
+
+    def shown(start: str) -> dict[str, str]:
+        comment = []
+        for line in text[text.index(start):].splitlines()[0:6]:
+            comment.append(line.split("#", 1)[1] if "#" in line else "")
+            if not line.rstrip().endswith(",") and len(comment) > 1:
+                break
+        return dict(re.findall(r"\b([a-z_]+)=([\w.+-]+)(?=[,)\s]|$)", " ".join(comment)))
+
+    opts, smoke = DeployOptions(), SmokeOptions()
+    deploy_shown = shown("from serving_sync.options import DeployOptions")
+    assert len(deploy_shown) >= 10, deploy_shown
+    for name, value in deploy_shown.items():
+        if value.endswith("()"):
+            continue
+        actual = getattr(opts, name)
+        assert str(actual) == value or (isinstance(actual, float) and float(value) == actual), (name, value, actual)
+    smoke_shown = shown("from serving_sync.smoke import")
+    assert {k: float(v) for k, v in smoke_shown.items()} == {
+        "atol": smoke.atol, "requests": smoke.requests, "budget_ms": smoke.budget_ms}
+
+    row = _default_cell("docs/architecture.md", "## Settings (environment)", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    assert re.findall(r"`(\d+)`", row) == [client.HTTP_DEFAULTS[f"MLFLOW_HTTP_REQUEST_{k}"]
+                                            for k in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR")]
