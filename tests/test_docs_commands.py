@@ -313,3 +313,37 @@ def test_the_api_defaults_the_architecture_shows_are_the_codes():
     row = _default_cell("docs/architecture.md", "## Settings (environment)", "MLFLOW_HTTP_REQUEST_TIMEOUT")
     assert re.findall(r"`(\d+)`", row) == [client.HTTP_DEFAULTS[f"MLFLOW_HTTP_REQUEST_{k}"]
                                             for k in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR")]
+
+
+def _help_texts():
+    """(command words, the parser's whole --help text) for every `mlops` command."""
+    def walk(p, path):
+        yield path, p.format_help()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, path + [name])
+    yield from walk(_mlops_parser(), [])
+
+
+def test_every_exit_code_a_help_text_promises_is_in_the_architectures_list():
+    """An operator scripting `mlops` reads the exit codes in docs/architecture.md ("Errors and
+    output"): every code a command's --help promises (`sync status` exits 1 on drift, a failed
+    gate 4, ...) is there, and the error classes it names carry the codes it gives them. Found
+    missing: `sync status` and `sync plan` exit 1, which only their --help said."""
+    from mlops_common import errors
+    from serving_sync.cancel import DeployInterrupted
+
+    text = _section("docs/architecture.md", "## Errors and output")
+    bullet = text[text.index("User-caused problems"):text.index("- Every command that reports")]
+    listed = {int(n) for n in re.findall(r"(?<![\w.])(\d{1,3})(?![\w.])", bullet)}
+    promised = {}
+    for path, text in _help_texts():
+        for m in re.finditer(r"\bexit(?:s| with code| with)? (\d+)\b", " ".join(text.split()), flags=re.I):
+            promised.setdefault(int(m.group(1)), " ".join(path))
+    assert len(promised) >= 3, promised
+    missing = {code: cmd for code, cmd in promised.items() if code not in listed}
+    assert not missing, f"exit codes promised by --help and missing from docs/architecture.md: {missing}"
+    assert (errors.UserError.exit_code, errors.DeployFailed.exit_code, errors.GateFailed.exit_code,
+            DeployInterrupted.exit_code) == (2, 3, 4, 130)
+    assert {2, 3, 4, 130, 141} <= listed
