@@ -310,9 +310,14 @@ def test_the_api_defaults_the_architecture_shows_are_the_codes():
     assert {k: float(v) for k, v in smoke_shown.items()} == {
         "atol": smoke.atol, "requests": smoke.requests, "budget_ms": smoke.budget_ms}
 
-    row = _default_cell("docs/architecture.md", "## Settings (environment)", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    assert re.findall(r"`(\d+)`", row) == [client.HTTP_DEFAULTS[f"MLFLOW_HTTP_REQUEST_{k}"]
-                                            for k in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR")]
+    # every MLflow HTTP variable registry.client sets a default for is in the row, with that default
+    row = next(line for line in _doc("docs/architecture.md").splitlines()
+               if line.startswith("| `MLFLOW_HTTP_REQUEST_TIMEOUT`"))
+    names = re.findall(r"`(MLFLOW_HTTP_[A-Z_]+)`", row.split("|")[1])
+    assert set(names) == set(client.HTTP_DEFAULTS), names
+    defaults = re.findall(r"`([\d.]+)`", _default_cell("docs/architecture.md", "## Settings (environment)",
+                                                        "MLFLOW_HTTP_REQUEST_TIMEOUT"))
+    assert defaults == [client.HTTP_DEFAULTS[name] for name in names]
 
 
 def _help_texts():
