@@ -352,3 +352,18 @@ def test_every_exit_code_a_help_text_promises_is_in_the_architectures_list():
     assert (errors.UserError.exit_code, errors.DeployFailed.exit_code, errors.GateFailed.exit_code,
             DeployInterrupted.exit_code) == (2, 3, 4, 130)
     assert {2, 3, 4, 130, 141} <= listed
+
+
+def test_the_host_layout_names_the_lock_and_verified_records_the_code_writes():
+    """docs/architecture.md, "Serving host layout": the lock file's JSON fields are ``LockInfo``'s
+    (what ``HostLock`` writes and reads back), and the verified record's format is ``verified``'s."""
+    import dataclasses
+
+    from serving_sync import verified
+    from serving_sync.lock import LockInfo
+
+    text = _section("docs/architecture.md", "## Serving host layout and hosts file")
+    lock_line = next(line for line in text.splitlines() if line.startswith("<base>/.serving_sync/lock "))
+    fields = re.search(r"\(JSON: ([^)]*)\)", lock_line).group(1)
+    assert [f.strip() for f in fields.split(",")] == [f.name for f in dataclasses.fields(LockInfo)]
+    assert f'"format": "{verified.FORMAT}"' in text
