@@ -105,7 +105,7 @@ def phase(srv: Server, method: str, path: str, body: bytes | None, n: int) -> di
     return {"server_cpu_ms": 1000 * cpu / n, "wall_ms": 1000 * wall / n, "body": first_body}
 
 
-def run(*, n: int, rounds: int, baseline: Path | None, wait: float = 0.0, results_dir=None,
+def run(*, n: int, rounds: int, baseline: Path | None, wait: float = 0.0, results_dir=None, command: str = "",
         log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     root = Path(tempfile.mkdtemp(prefix="mlops-bench-restcpu-"))
     servers: dict[str, Server] = {}
@@ -152,8 +152,8 @@ def run(*, n: int, rounds: int, baseline: Path | None, wait: float = 0.0, result
                   f"{' interleaved with the baseline' if baseline else ''}; digits model, 1 instance of 64 "
                   f"floats; server CPU = utime+stime of the server process; load avg at start "
                   f"{started.get('load_average')}")
-    doc = {"command": f"python -m benchmarks.bench_rest_cpu --requests {n} --rounds {rounds}"
-                      + (f" --baseline {baseline}" if baseline else ""),
+    doc = {"command": command or (f"python -m benchmarks.bench_rest_cpu --requests {n} --rounds {rounds}"
+                                  + (f" --baseline {baseline}" if baseline else "")),
            "conditions": conditions, "machine_at_start": started, "quiet_wait": quiet, "rows": rows,
            "samples": samples}
     table = _setup.table(["server", "commit", "predict CPU ms", "predict wall ms", "status CPU ms", "status wall ms"],

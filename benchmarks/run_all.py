@@ -28,7 +28,7 @@ import traceback
 
 from benchmarks import _setup
 
-ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup", "latency")
+ORDER = ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup", "latency", "rest_cpu")
 
 
 def plan(quick: bool) -> dict[str, dict]:
@@ -49,6 +49,7 @@ def plan(quick: bool) -> dict[str, dict]:
         "warmup": {"rounds": 1 if quick else 5},
         "latency": {"rounds": 1 if quick else 3, "rtts": (0.0, 0.02) if quick else (0.0, 0.02, 0.05),
                     "baseline": None},
+        "rest_cpu": {"n": 200 if quick else 2000, "rounds": 1 if quick else 5, "baseline": None},
     }
 
 

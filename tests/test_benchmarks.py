@@ -223,7 +223,7 @@ def test_e2e_breakdown_and_table():
 
 def test_run_all_knows_the_benchmarks_and_refuses_others(capsys):
     assert run_all.ORDER == ("publish", "rollback", "availability", "e2e", "grpc", "fleet", "store", "warmup",
-                             "latency")
+                             "latency", "rest_cpu")
     quick, full = run_all.plan(True), run_all.plan(False)
     assert set(quick) == set(full) == set(run_all.ORDER)
     assert full["publish"]["sizes_mb"] == [200, 1000] and full["publish"]["many_files"] == 1500
