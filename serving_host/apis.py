@@ -79,6 +79,7 @@ def tensor_to_proto(arr: np.ndarray):
     proto = tensor_pb2.TensorProto()
     dt = tf.string if arr.dtype == object or arr.dtype.kind in ("S", "U") else tf.dtypes.as_dtype(arr.dtype)
     proto.dtype = dt.as_datatype_enum
+    proto.tensor_shape.SetInParent()     # mutable_tensor_shape(): present, empty for a scalar
     for d in arr.shape:
         proto.tensor_shape.dim.add().size = int(d)
     field = _FIELDS.get(proto.dtype)

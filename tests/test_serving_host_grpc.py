@@ -153,6 +153,23 @@ def test_predict_batch_without_filter_returns_every_output(server):
     assert tf.make_ndarray(result.outputs["y"]).tolist() == [2.5, 4.0, 1.0]
 
 
+def test_a_scalar_output_has_its_empty_shape_as_tf_serving_writes_it(server):
+    """``Tensor::AsProtoField`` sets ``tensor_shape`` through ``mutable_tensor_shape()``: a 0-d
+    output's TensorProto has the field present (empty), so a client sees ``HasField`` true and
+    the bytes ``12 00``; it was left out."""
+    import tensorflow as tf
+
+    from serving_host import apis
+
+    result = server.stub.Predict(predict_request(x=2.0), RPC_TIMEOUT)
+    y = result.outputs["y"]
+    assert y.HasField("tensor_shape") and list(y.tensor_shape.dim) == []
+    assert b"\x12\x00" in y.SerializeToString() and list(y.float_val) == [3.0]
+    for arr in (np.float16(1.5), np.array(b"a", dtype=object), np.int64(7)):
+        proto = apis.tensor_to_proto(np.asarray(arr))
+        assert proto.HasField("tensor_shape") and tf.make_ndarray(proto).shape == ()
+
+
 def test_predict_by_version_and_label(server):
     for kwargs, version in (({}, 124), ({"version": 123}, 123), ({"version": 124}, 124),
                             ({"label": "stable"}, 123)):
