@@ -70,19 +70,24 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
     return arr
 
 
-def tensor_to_proto(arr: np.ndarray):
-    """``Tensor::AsProtoField``: dtype, shape and the typed value field."""
+def tensor_to_proto(arr: np.ndarray, dtype: int | None = None):
+    """``Tensor::AsProtoField``: dtype, shape and the typed value field. ``dtype``: the graph
+    tensor's DataType, for a quantized one (the session hands qint8 ... back as plain integers)."""
     import tensorflow as tf
     from tensorflow.core.framework import tensor_pb2
 
     arr = np.asarray(arr)
     proto = tensor_pb2.TensorProto()
     dt = tf.string if arr.dtype == object or arr.dtype.kind in ("S", "U") else tf.dtypes.as_dtype(arr.dtype)
-    proto.dtype = dt.as_datatype_enum
+    proto.dtype = dtype if dtype in _QUANTIZED_FIELDS else dt.as_datatype_enum
     proto.tensor_shape.SetInParent()     # mutable_tensor_shape(): present, empty for a scalar
     for d in arr.shape:
         proto.tensor_shape.dim.add().size = int(d)
     field = _FIELDS.get(proto.dtype)
+    if proto.dtype in _QUANTIZED_FIELDS:     # ProtoHelper<qint8 ...>::Fill: the integers in int_val
+        plain = arr[arr.dtype.names[0]] if arr.dtype.names else arr
+        proto.int_val.extend(plain.reshape(-1).tolist())
+        return proto
     if proto.dtype in _HALF_FIELDS:
         proto.half_val.extend(np.ascontiguousarray(arr).reshape(-1).view(np.uint16).tolist())
         return proto
@@ -164,8 +169,9 @@ def predict(servable: Servable, request, version: int | None):
     outputs = servable.predict(spec.signature_name, inputs, tuple(request.output_filter),
                                model_name=spec.name)
     model_spec(response.model_spec, spec.name, spec.signature_name, version)
+    sig = servable.signature(spec.signature_name)
     for alias, arr in outputs.items():
-        response.outputs[alias].CopyFrom(tensor_to_proto(arr))
+        response.outputs[alias].CopyFrom(tensor_to_proto(arr, servable.tensor_dtype(sig.outputs[alias].name)))
     return response
 
 

@@ -364,6 +364,10 @@ class Servable:
         except BaseException as exc:
             raise from_exception(exc) from None
 
+    def tensor_dtype(self, tensor_name: str) -> int | None:
+        """The graph's DataType enum of ``tensor_name`` (None if it is not in the graph)."""
+        return self._dtype(tensor_name)
+
     def _dtype(self, tensor_name: str) -> int | None:
         """The graph's DataType enum of ``tensor_name`` (None: not in the graph, TF says so)."""
         dtypes = self._dtypes

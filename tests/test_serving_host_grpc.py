@@ -494,6 +494,41 @@ def test_outputs_are_written_as_tf_serving_writes_them_and_read_back(values, dty
     assert tf.make_ndarray(proto).tolist() == arr.tolist()
 
 
+def test_a_quantized_output_keeps_its_type_and_int_val_as_in_tf_serving(tmp_path, tfserving_factory):
+    """A ``qint8`` output (``tf.quantization.quantize``) is a ``DT_QINT8`` TensorProto with its
+    integers in ``int_val`` on TF Serving (``AsProtoField``: the tensor's own type,
+    ``ProtoHelper<qint8>::Fill``). The session callable hands it back as a plain int8 array, so it
+    went out as ``DT_INT8``, and ``tf.make_ndarray`` on the client read another type."""
+    import tensorflow as tf
+    from tensorflow.core.framework import types_pb2
+
+    base = tmp_path / "models"
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        q = tf.quantization.quantize(x, -1.0, 1.0, tf.qint8).output
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(x)}, outputs={"q": info(q), "y": info(tf.identity(x, name="y"))},
+            method_name="tensorflow/serving/predict")
+        builder = tf.compat.v1.saved_model.Builder(str(base / "quant" / "1"))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+        builder.save()
+    srv = tfserving_factory(base, 'model_config_list { config { name: "quant" base_path: "%s" '
+                                  'model_platform: "tensorflow" } }' % (base / "quant"))
+    srv.wait_for_state("quant", 1, "AVAILABLE")
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        result = stub.Predict(predict_request("quant", x=(0.5, -1.0)), 60)
+    out = result.outputs["q"]
+    assert out.dtype == types_pb2.DT_QINT8
+    assert list(out.int_val) == [63, -128] and not out.tensor_content
+    assert tf.make_ndarray(out).dtype == tf.qint8.as_numpy_dtype
+    assert result.outputs["y"].dtype == types_pb2.DT_FLOAT and list(result.outputs["y"].float_val) == [0.5, -1.0]
+
+
 def test_tensor_protos_that_make_no_tensor_are_invalid_argument():
     from tensorflow.core.framework import tensor_pb2, types_pb2
 
