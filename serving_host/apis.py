@@ -32,6 +32,32 @@ _NARROW = {4: np.uint8, 5: np.int16, 6: np.int8, 17: np.uint16, 11: np.int8, 12:
            16: np.uint16, 19: np.uint16, 14: np.uint16}
 
 
+def _decode_string_list(content: bytes, n: int) -> list[bytes] | None:
+    """``port::DecodeStringList``: n lengths as varint32 (``GetVarint32``: at most 5 bytes), then
+    the strings' bytes, which must be exactly the rest; None if they are not."""
+    sizes, pos = [], 0
+    for _ in range(n):
+        value = 0
+        for shift in range(0, 35, 7):
+            if pos >= len(content):
+                return None
+            byte = content[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+        else:
+            return None
+        sizes.append(value & 0xFFFFFFFF)
+    if sum(sizes) != len(content) - pos:
+        return None
+    out = []
+    for size in sizes:
+        out.append(content[pos:pos + size])
+        pos += size
+    return out
+
+
 def tensor_from_proto(alias: str, proto) -> np.ndarray:
     """``Tensor::FromProto``; a proto that does not make a tensor is INVALID_ARGUMENT."""
     import tensorflow as tf
@@ -43,6 +69,13 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
              or _COMPLEX_FIELDS.get(proto.dtype))
     per = 2 if proto.dtype in _COMPLEX_FIELDS else 1
     n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if proto.dtype == 7 and proto.tensor_content and n > 0:     # Helper<tstring>::Decode
+        items = _decode_string_list(proto.tensor_content, n)
+        if items is None:
+            raise invalid_argument(f"tensor parsing error: {alias}")
+        arr = np.empty(n, dtype=object)
+        arr[:] = items
+        return arr.reshape(dims)
     if field is not None and not proto.tensor_content:
         # FromProtoField copies the first n elements and ignores the rest (tensor.cc); a complex
         # field's odd last number is no element

@@ -193,6 +193,44 @@ def test_predict_named_signature(server):
     assert tf.make_ndarray(result.outputs["outputs"]).reshape(-1).tolist() == [12.0]
 
 
+def _varint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def test_string_inputs_in_tensor_content_are_read_as_tf_serving_reads_them(server):
+    """``Tensor::FromProto`` reads a DT_STRING ``tensor_content`` with ``DecodeStringList`` (each
+    length as a varint32, then the bytes: what C++ ``AsProtoTensorContent`` writes); it was refused
+    as ``tensor parsing error`` (numpy cannot read strings from a buffer). Lengths that do not add
+    up to the bytes are still a parsing error."""
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+    from tensorflow.core.framework import tensor_pb2
+
+    examples = []
+    for x in (20.0, 2.0):
+        ex = example_pb2.Example()
+        ex.features.feature["x"].float_list.value.append(x)
+        ex.features.feature["pad"].bytes_list.value.append(b"p" * 300 * (x < 10))   # a 2-byte length
+        examples.append(ex.SerializeToString())
+    assert len(examples[1]) > 300
+    # port::EncodeStringList, as C++ AsProtoTensorContent writes it: every length, then every string
+    tensor = tensor_pb2.TensorProto(dtype=tf.string.as_datatype_enum)
+    tensor.tensor_shape.dim.add().size = len(examples)
+    tensor.tensor_content = b"".join(_varint(len(e)) for e in examples) + b"".join(examples)
+    r = predict_request(signature="regress_x_to_y")
+    r.inputs.clear()
+    r.inputs["inputs"].CopyFrom(tensor)
+    result = server.stub.Predict(r, RPC_TIMEOUT)
+    assert tf.make_ndarray(result.outputs["outputs"]).reshape(-1).tolist() == [12.0, 3.0]
+    r.inputs["inputs"].tensor_content = tensor.tensor_content + b"x"
+    e = rpc_error(server.stub.Predict, r)
+    assert (e.code(), e.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: inputs")
+
+
 def test_predict_errors(server):
     import tensorflow as tf
 
