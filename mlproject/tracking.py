@@ -8,6 +8,8 @@ from urllib.parse import quote, urlparse
 
 from mlops_common import settings
 
+MAX_RUN_NAME = 250      # MLflow's runs.name column: VARCHAR(250) on PostgreSQL and MySQL (SQLite takes any)
+
 
 def incoming_label(location: str) -> str:
     """A short name for an incoming-data location, for run names (pure).
@@ -31,12 +33,18 @@ def incoming_label(location: str) -> str:
 
 def run_name(dataset: str, *, retrained_from: str | None = None, incoming: str | None = None) -> str:
     """What a training run is called in the MLflow UI (pure): ``train digits``,
-    ``retrain v2 + batch-001 (good)``, ``retrain from scratch + incoming/``."""
+    ``retrain v2 + batch-001 (good)``, ``retrain from scratch + incoming/``. At most
+    ``MAX_RUN_NAME`` characters: a longer one (long file and folder names) is cut in the middle,
+    keeping its start and the folder at its end; the full location is in the run's params and tags."""
     if retrained_from is None:
         return f"train {dataset}"
     start = ("from scratch" if retrained_from == "scratch"
              else f"v{retrained_from}" if retrained_from.isdigit() else retrained_from)
-    return f"retrain {start} + {incoming_label(incoming) if incoming else 'no new data'}"
+    name = f"retrain {start} + {incoming_label(incoming) if incoming else 'no new data'}"
+    if len(name) <= MAX_RUN_NAME:
+        return name
+    head = (MAX_RUN_NAME - 1) // 2
+    return name[:head] + "…" + name[len(name) - (MAX_RUN_NAME - 1 - head):]
 
 
 def evaluate_run_name(model_uri: str, dataset: str) -> str:

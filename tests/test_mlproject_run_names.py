@@ -105,3 +105,18 @@ def test_the_json_summary_has_retrain_keys_for_a_retrain_only_and_run_metrics_na
                       retrained_from="1")
     doc = summary("m", again, 2)
     assert (doc["retrained_from"], doc["incoming"], doc["n_incoming"], doc["n_train"]) == ("1", "/d/b.npz", 5, 25)
+
+
+def test_a_run_name_fits_mlflows_run_name_column_and_keeps_both_ends_of_a_long_label():
+    """MLflow stores a run's name in VARCHAR(250) (PostgreSQL and MySQL refuse longer; SQLite does
+    not check): a retrain of a batch whose file and folder names are long failed to start its run
+    (review 2026-12-05, ninth stop). The name is cut in the middle; the full location stays in the
+    `incoming` param and the `mlops.incoming` tag."""
+    location = f"/data/{'f' * 200}/{'b' * 200}.npz"
+    name = tracking.run_name("digits", retrained_from="12", incoming=location)
+    assert len(name) == tracking.MAX_RUN_NAME == 250
+    assert name.startswith("retrain v12 + bbbb") and name.endswith("ffff)") and "…" in name
+    short = tracking.run_name("digits", retrained_from="12", incoming="/d/good/b.npz")
+    assert short == "retrain v12 + b (good)"                          # a short one is left as it is
+    at_limit = tracking.run_name("digits", retrained_from="scratch", incoming="/d/" + "x" * 226 + "/")
+    assert len(at_limit) == 250 and "…" not in at_limit
