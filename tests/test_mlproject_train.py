@@ -658,3 +658,19 @@ def test_a_retrain_of_a_batch_with_long_names_starts_its_run_on_a_postgresql_mlf
     assert run.info.run_name.endswith("ffff)")
     assert run.data.params["incoming"] == run.data.tags["mlops.incoming"] == str(batch)
     assert res["version"] == 1 and res["retrained_from"] == "scratch"
+
+
+def test_the_same_seed_and_data_train_the_same_weights_from_scratch_and_from_a_start_model():
+    """Reproducibility the run's params promise: seed, data (fingerprint), epochs, batch size and
+    learning rate fix the weights and every per-epoch metric, also when continuing from a start
+    model (a retrain); another seed gives another split and other weights."""
+    from mlproject.train import TrainParams, fit_model, prepare_data
+
+    data = prepare_data("digits")
+    params = TrainParams(dataset="digits", epochs=2, seed=7)
+    (a, ha), (b, hb) = fit_model(params, data), fit_model(params, data)
+    assert ha == hb and all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+    (_, hc), (_, hd) = fit_model(params, data, start_model=a), fit_model(params, data, start_model=b)
+    assert hc == hd and hc["loss"][0] < ha["loss"][0]      # it continued from the start model's weights
+    _, other = fit_model(TrainParams(dataset="digits", epochs=2, seed=8), data)
+    assert other["loss"] != ha["loss"]
