@@ -139,3 +139,21 @@ def test_s3_errors_of_the_batch_reader_and_the_transport_come_from_one_table(cod
         transport = S3Transport.__new__(S3Transport)
         transport.url, transport.bucket, transport.prefix = "s3://b/p", "b", "p"
         assert "S3 rejected the credentials" in transport._error(exc, "reading").message
+
+
+@pytest.mark.parametrize("command", [("retrain", "--epochs", "1", "--incoming"), ("data", "validate")])
+def test_an_s3_batch_without_credentials_is_one_line_and_starts_no_run(mlops_env, s3_server, batch_bucket,
+                                                                       tmp_path, command):
+    """No AWS_* keys, no credentials file, no instance metadata: one line saying which variables
+    to set, exit 2, and for a retrain no MLflow run and no version."""
+    no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+                      "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                      "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true",
+                      "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
+    r = run_mlops(*command, f"s3://{batch_bucket}/new/", env=no_credentials, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert _error_lines(r.stderr) == [f"error: listing s3://{batch_bucket}/new/: no S3 credentials; set "
+                                      f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
+    client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None       # no run
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
