@@ -639,27 +639,6 @@ def test_a_full_disk_while_logging_the_model_is_one_line_and_registers_nothing(c
     assert runs and {run.info.status for run in runs} == {"FAILED"}
 
 
-@pytest.mark.parametrize("mlflow_backend", ["postgres-s3"], indirect=True)
-def test_a_retrain_of_a_batch_with_long_names_starts_its_run_on_a_postgresql_mlflow(mlflow_backend, digits_batches,
-                                                                                  tmp_path):
-    """MLflow keeps a run's name in VARCHAR(250): on PostgreSQL (the scale backend) a retrain of a
-    batch whose file and folder names are long (the run is named after both) failed before
-    training with "value too long for type character varying(250)" and the SQL statement. Now the
-    name is cut to fit; the `incoming` param and the `mlops.incoming` tag keep the whole path."""
-    folder = tmp_path / ("f" * 200)
-    folder.mkdir()
-    batch = folder / ("b" * 200 + ".npz")
-    batch.write_bytes(digits_batches.good.read_bytes())
-    r = run_mlops("retrain", "--incoming", str(batch), "--epochs", "1", "--json", env=mlflow_backend.env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads(r.stdout)
-    run = _client(mlflow_backend.tracking_uri).get_run(res["run_id"])
-    assert len(run.info.run_name) == 250 and run.info.run_name.startswith("retrain from scratch + bbbb")
-    assert run.info.run_name.endswith("ffff)")
-    assert run.data.params["incoming"] == run.data.tags["mlops.incoming"] == str(batch)
-    assert res["version"] == 1 and res["retrained_from"] == "scratch"
-
-
 def test_the_same_seed_and_data_train_the_same_weights_from_scratch_and_from_a_start_model():
     """Reproducibility the run's params promise: seed, data (fingerprint), epochs, batch size and
     learning rate fix the weights and every per-epoch metric, also when continuing from a start

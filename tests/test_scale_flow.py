@@ -149,3 +149,22 @@ def test_racing_cli_promotions_are_serialized(mlflow_backend, make_version):
     assert any(prev.to_version != row.to_version for prev, row in zip(rows, rows[1:])), \
         "the racers never interleaved; the test proved nothing"
     assert versions.production_version(b.model) == rows[-1].to_version
+
+
+def test_a_retrain_of_a_batch_with_long_names_starts_its_run(mlflow_backend, digits_batches, tmp_path):
+    """MLflow keeps a run's name in VARCHAR(250): on PostgreSQL a retrain of a batch whose file and
+    folder names are long (the run is named after both) failed before training with "value too
+    long for type character varying(250)" and the SQL statement (SQLite does not check). Now the
+    name is cut to fit; the `incoming` param and the `mlops.incoming` tag keep the whole path."""
+    from tests.helpers import mlflow_client
+
+    folder = tmp_path / ("f" * 200)
+    folder.mkdir()
+    batch = folder / ("b" * 200 + ".npz")
+    batch.write_bytes(digits_batches.good.read_bytes())
+    res = ok(run_mlops("retrain", "--incoming", str(batch), "--epochs", "1", "--json", env=mlflow_backend.env))
+    run = mlflow_client(mlflow_backend.tracking_uri).get_run(res["run_id"])
+    assert len(run.info.run_name) == 250 and run.info.run_name.startswith("retrain from scratch + bbbb")
+    assert run.info.run_name.endswith("ffff)")
+    assert run.data.params["incoming"] == run.data.tags["mlops.incoming"] == str(batch)
+    assert res["version"] == 1 and res["retrained_from"] == "scratch"
