@@ -32,10 +32,11 @@ class Shape:
 
     def judged(self, each_wave: bool = False) -> tuple[str, ...]:
         """The hosts judged on their live traffic: the canary, and with ``--bake-each-wave`` every
-        wave but the last (no host is left after it to protect)."""
+        wave but the last (no host is left after it to protect) — the canary of a resumed rollout
+        (``unjudged``) stays judged when it is the only wave."""
         if not self.bakeable:
             return ()
-        return tuple(n for w in (self.waves[:-1] if each_wave else self.waves[:1]) for n in w)
+        return tuple(n for w in ((self.waves[:-1] or self.waves[:1]) if each_wave else self.waves[:1]) for n in w)
 
     def to_dict(self) -> dict:
         return {"canary": list(self.canary), "waves": [list(w) for w in self.waves], "unjudged": list(self.unjudged)}

@@ -88,6 +88,17 @@ def test_a_rollout_that_resumes_one_nothing_judged_bakes_its_last_host_as_the_ca
     assert many.canary == ("b",) and many.waves == (("b",), ("c",))
 
 
+def test_bake_each_wave_still_judges_the_canary_of_a_resumed_rollout():
+    """Found by review (2026-12-05, ninth stop): with --bake-each-wave, ``judged`` was every wave
+    but the last, so a resumed rollout whose canary is its only (last) wave judged nobody: the
+    Baker did not require the canary's metrics before the prepare, nor leave the deploy's own
+    smoke test out of its window before the switch, though the deploy still baked it."""
+    s = rollout.shape(["b"], unjudged=("a",))
+    assert s.judged(each_wave=True) == ("b",) == s.judged()
+    assert rollout.shape(["b", "c", "d"], wave="1", unjudged=("a",)).judged(each_wave=True) == ("b", "c")
+    assert rollout.shape(["b"], canary=0, unjudged=("a",)).judged(each_wave=True) == ()
+
+
 def test_only_a_rollout_nothing_finished_has_unjudged_hosts():
     from serving_sync.fleet import unjudged_hosts
     from serving_sync.options import DeployOptions
