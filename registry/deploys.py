@@ -154,6 +154,21 @@ class DeployLedger:
                    if (e.details or {}).get("deploy") != self.deploy_id]
         return latest_deploys(entries).get(version) == "ok"
 
+    def unjudged(self, version: int) -> bool:
+        """Whether a deploy of ``version`` began on the fleet (its prepare smoke-tested it: a
+        ``smoke_test`` row) and nothing judged it since: no rollout of it finished (``rolled_out``)
+        and no canary of it passed its bake (a ``canary passed`` row). One read. Hosts that
+        served it before any deploy of it (a fleet adopted as it is) are not this."""
+        entries = [e for e in self.ledger.entries(self.model, actions=(*MOVES, "deploy", "canary", "smoke_test"),
+                                                  current=True)
+                   if (e.details or {}).get("deploy") != self.deploy_id]
+        mine = [e for e in entries if e.to_version == version]
+        if not any(e.action == "smoke_test" for e in mine):
+            return False
+        if any(e.action == "canary" and e.outcome == "passed" for e in mine):
+            return False
+        return latest_deploys([e for e in entries if e.action not in ("canary", "smoke_test")]).get(version) != "ok"
+
     def _tags(self) -> dict[int, dict[str, str]]:
         return {i.version: i.tags for i in versions.list_versions(self.model)}
 

@@ -292,6 +292,21 @@ def unjudged_hosts(plans, opts: DeployOptions, rolled_out) -> tuple[str, ...]:
     return () if rolled_out() else on
 
 
+def unjudged_everywhere(model: str, v: int, plans, opts: DeployOptions) -> bool:
+    """Every host serves ``v``, which a deploy of it began and nothing judged
+    (``DeployLedger.unjudged``), while a verdict is asked (a bake, a canary not 0, two hosts or
+    more): a resumed rollout's canary is its last host, so a deploy stopped during that bake
+    leaves the whole fleet on ``v`` with no row. Recording it ``deployed`` then
+    (``record_converged``) would roll it out with no verdict. A version the registry says is
+    deployed is not read further; nor is a restore asked, which has no bake (``decide_rollout``:
+    a `sync rollback` killed after its switch is recorded as before)."""
+    if len(plans) < 2 or opts.bake <= 0 or opts.canary == 0 or deploys.status(model, v) == deploys.DEPLOYED:
+        return False
+    if not deploys.DeployLedger(model).unjudged(v):
+        return False
+    return not _could_restore([p.host for p in plans], opts) or deploys.restoring(model, v) is None
+
+
 def _stored_size(transport, model: str, version: int) -> int | None:
     """The SavedModel size the host's stored manifest gives (None: not published by us)."""
     from .publish import read_stored_manifest
@@ -377,7 +392,12 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             result.status = "up_to_date"
             result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
-            if deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason):
+            if unjudged_everywhere(model, v, plans, opts):
+                result.message += (f"; not recorded as deployed: no canary judged v{v} (a deploy stopped before its "
+                                   f"canary's verdict switched the last host): `mlops sync deploy --bake 0` records "
+                                   f"it as it is, `mlops sync rollback` moves production back")
+                logger.warning("%s", result.message)
+            elif deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason):
                 logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier "
                             "deploy stopped before recording it)", v, model)
             if source == "production":

@@ -280,3 +280,28 @@ def test_file_and_server_ledger_urls_pass(monkeypatch, tmp_path):
     for url in (f"sqlite:///{tmp_path / 'ledger.db'}", "postgresql://mlops@127.0.0.1:5432/ledger"):
         monkeypatch.setenv("MLOPS_LEDGER_URL", url)
         assert settings.ledger_url() == url
+
+
+def test_a_version_a_deploy_began_and_nothing_judged_is_unjudged(ledger_url):
+    """``DeployLedger.unjudged`` (review of 2026-12-05, ninth stop): a deploy of it began (its
+    prepare's smoke_test rows) and no canary passed nor any rollout finished; a fleet adopted as
+    it is (no rows of the version) is not."""
+    from registry.deploys import DeployLedger
+
+    ledger = Ledger(ledger_url)
+    rows = DeployLedger("m", ledger=ledger)
+    assert not rows.unjudged(2)                                          # no row of v2: adopted as it is
+    killed = DeployLedger("m", ledger=ledger)
+    killed("smoke_test", "passed", host="h1", from_version=1, to_version=2)
+    assert rows.unjudged(2)
+    killed("canary", "failed", host="h1", from_version=1, to_version=2)
+    assert rows.unjudged(2)                                              # a breach is no verdict for it
+    killed("canary", "passed", host="h1", from_version=1, to_version=2)
+    assert not rows.unjudged(2)
+    other = DeployLedger("m", ledger=ledger)
+    other("smoke_test", "passed", host="h1", from_version=2, to_version=3)
+    assert not other.unjudged(3) and rows.unjudged(3)                    # its own rows are left out
+    finished = DeployLedger("m", ledger=ledger)
+    for h in ("h1", "h2"):
+        finished("deploy", "ok", host=h, from_version=2, to_version=3, details={"final": True})
+    assert not rows.unjudged(3)

@@ -380,3 +380,33 @@ def test_a_later_wave_failure_keeps_the_canarys_verdict_on_the_version(deploy_en
     tags = env.tags(v2)
     assert tags["deploy_status"] == "failed" and hosts[1].name in tags["deploy_reason"]
     assert tags["deploy_canary"] == "low_traffic_passed", tags
+
+
+def test_a_rollout_killed_during_its_resumed_bake_is_not_recorded_deployed_unjudged(deploy_env, canary_bundles,
+                                                                                     paused_deploy):
+    """Found by review (2026-12-05, ninth stop): the resumed rollout's canary is the last host, so
+    a deploy killed during its bake (after its switch, before its verdict) left every host on v2
+    with no row. The next run took the "up to date" path and recorded v2 ``deployed`` (late
+    ``deploy ok`` rows) though no canary ever judged it. With a bake asked, it now says so and
+    records nothing; `--bake 0` (no verdict asked) records it as it is."""
+    env = deploy_env
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
+    first, last = hosts
+    paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
+    env.serves(first, v2)
+    env.serves(last, v1)
+    paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
+    for h in hosts:                                  # the resumed canary switched; no verdict, no row
+        env.serves(h, v2)
+    assert not _canary_rows(env, v2)
+    res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert env.tags(v2).get("deploy_status") in (None, "none")
+    assert not [e for e in env.ledger(("deploy",)) if e.to_version == v2 and e.outcome == "ok"]
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "up_to_date" and "not recorded as deployed" in doc["message"], doc["message"]
+    assert "--bake 0" in doc["message"] and "sync rollback" in doc["message"]
+    res = env.cli("sync", "deploy", "--json", "--bake", "0", "--timeout", "60")     # accepted as it is
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert env.tags(v2)["deploy_status"] == "deployed"
+    assert len([e for e in env.ledger(("deploy",)) if e.to_version == v2 and e.outcome == "ok"]) == 2

@@ -99,6 +99,31 @@ def test_bake_each_wave_still_judges_the_canary_of_a_resumed_rollout():
     assert rollout.shape(["b"], canary=0, unjudged=("a",)).judged(each_wave=True) == ()
 
 
+def test_a_fleet_on_a_version_nothing_judged_is_not_recorded_when_a_verdict_is_asked(monkeypatch):
+    """Found by review (2026-12-05, ninth stop): a deploy killed during a resumed rollout's bake
+    leaves every host on the version with no row; `record_converged` recorded it deployed."""
+    from registry import deploys
+    from serving_sync.fleet import unjudged_everywhere
+    from serving_sync.options import DeployOptions
+
+    state = {"status": None, "unjudged": True, "restoring": None}
+    monkeypatch.setattr(deploys, "status", lambda m, v: state["status"])
+    monkeypatch.setattr(deploys, "restoring", lambda m, v: state["restoring"])
+    monkeypatch.setattr(deploys, "DeployLedger", lambda m: SimpleNamespace(unjudged=lambda v: state["unjudged"]))
+    two = [SimpleNamespace(host=h, up_to_date=True) for h in "ab"]
+    assert unjudged_everywhere("m", 2, two, DeployOptions(bake=5))
+    assert not unjudged_everywhere("m", 2, two[:1], DeployOptions(bake=5))          # a lone host: no canary
+    for opts in (DeployOptions(bake=0), DeployOptions(bake=5, canary=0)):              # no verdict asked
+        assert not unjudged_everywhere("m", 2, two, opts)
+    state["restoring"] = SimpleNamespace(from_version=3)                               # a restore: no bake
+    assert not unjudged_everywhere("m", 2, two, DeployOptions(bake=5))
+    assert unjudged_everywhere("m", 2, two, DeployOptions(bake=5, staged_restore=True))
+    state.update(restoring=None, status="deployed")
+    assert not unjudged_everywhere("m", 2, two, DeployOptions(bake=5))
+    state.update(status=None, unjudged=False)                                          # judged, or adopted
+    assert not unjudged_everywhere("m", 2, two, DeployOptions(bake=5))
+
+
 def test_only_a_rollout_nothing_finished_has_unjudged_hosts():
     from serving_sync.fleet import unjudged_hosts
     from serving_sync.options import DeployOptions
