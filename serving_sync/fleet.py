@@ -263,6 +263,7 @@ def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None,
     if _could_restore(changing, opts) and restoring is not None:
         opts = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
         restore = {"rolled_back_from": restoring.from_version, "reason": restoring.reason}
+        unjudged = ()        # no verdict is asked of a restore (as with --canary 0 or --bake 0)
     return RolloutDecision(opts, restore, rollout.shape(changing, canary=opts.canary, wave=opts.wave,
                                                         unjudged=unjudged))
 

@@ -471,3 +471,6 @@ def test_one_rollout_decision_for_plan_and_deploy():
     kept = decide_rollout(["a", "b", "c"], DeployOptions(bake=30.0, staged_restore=True), row)
     assert (kept.shape.canary, kept.bake, kept.restore) == (("a",), 30.0, None)   # --canary/--wave/--bake
     assert decide_rollout(["a"], staged, row).restore is None          # one host: nothing to unstage
+    # a restore asks no verdict: hosts left on the version by a rollout nothing judged are not named
+    assert decide_rollout(["b", "c"], staged, row, ("a",)).shape.to_dict()["unjudged"] == []
+    assert decide_rollout(["b"], staged, None, ("a",)).shape.to_dict()["unjudged"] == ["a"]
