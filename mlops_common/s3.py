@@ -29,10 +29,19 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
                           f"URL; write it with its scheme, e.g. http://{host}")
     if endpoint is not None:
         _check_endpoint(endpoint)
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(
-        connect_timeout=connect_timeout, read_timeout=read_timeout,
-        retries={"max_attempts": max_attempts, "mode": "standard"},
-        s3={"addressing_style": "path"} if endpoint else {}, **config))
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.client("s3", endpoint_url=endpoint, config=Config(
+            connect_timeout=connect_timeout, read_timeout=read_timeout,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            s3={"addressing_style": "path"} if endpoint else {}, **config))
+    except ProfileNotFound as exc:      # was "S3 at <endpoint> failed: ProfileNotFound": the endpoint blamed
+        from mlops_common.errors import ConfigError
+
+        raise ConfigError(f"AWS_PROFILE names the AWS profile '{exc.kwargs.get('profile', '')}', which is in "
+                          f"neither ~/.aws/config nor ~/.aws/credentials (AWS_CONFIG_FILE, "
+                          f"AWS_SHARED_CREDENTIALS_FILE); name one that is, or unset AWS_PROFILE") from None
 
 
 def _check_endpoint(endpoint: str) -> None:

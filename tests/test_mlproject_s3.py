@@ -157,3 +157,18 @@ def test_an_s3_batch_without_credentials_is_one_line_and_starts_no_run(mlops_env
     client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
     assert client.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None       # no run
     assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+
+
+@pytest.mark.parametrize("profile", ["nope", ""])
+def test_an_aws_profile_that_does_not_exist_is_named_not_the_endpoint(tmp_path, profile):
+    """Found by review (2026-12-05, ninth stop): ``AWS_PROFILE`` naming no profile (or set empty)
+    gave "S3 at <endpoint> failed: ProfileNotFound", sending people to the endpoint. The one
+    client factory serves the batches' reader and the ``s3://`` transport alike."""
+    r = run_mlops("data", "validate", "s3://batches/new/", timeout=120,
+                  env={"AWS_PROFILE": profile, "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                       "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert _error_lines(r.stderr) == [f"error: AWS_PROFILE names the AWS profile '{profile}', which is in neither "
+                                      f"~/.aws/config nor ~/.aws/credentials (AWS_CONFIG_FILE, "
+                                      f"AWS_SHARED_CREDENTIALS_FILE); name one that is, or unset AWS_PROFILE"]
