@@ -323,6 +323,16 @@ def test_the_deploys_own_smoke_test_does_not_make_the_canarys_latency_baseline_m
     assert "ms before" in verdict["line"], verdict["line"]        # judged against it too
 
 
+def _canary_switched_then_killed(env, canary_bundles, paused_deploy) -> tuple[list, int, int]:
+    """Two hosts on v1; v2 ("strict") promoted; a deploy of it SIGKILLed once its canary (the first
+    host) switched, before its verdict: the first host serves v2, the second v1, no row says so."""
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
+    paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
+    env.serves(hosts[0], v2)
+    env.serves(hosts[1], v1)
+    return hosts, v1, v2
+
+
 def test_a_rerun_after_a_canary_nothing_judged_bakes_the_last_host_and_rolls_it_back(deploy_env, canary_bundles,
                                                                                      paused_deploy):
     """Found by review (2026-12-05, ninth stop): a deploy killed after its canary switched and
@@ -333,11 +343,8 @@ def test_a_rerun_after_a_canary_nothing_judged_bakes_the_last_host_and_rolls_it_
     served v2; a breach puts it back and moves production back, and the next deploy of
     production puts back the host the killed deploy left."""
     env = deploy_env
-    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
+    hosts, v1, v2 = _canary_switched_then_killed(env, canary_bundles, paused_deploy)
     first, last = hosts
-    paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
-    env.serves(first, v2)
-    env.serves(last, v1)
     with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True) as load:
         res = env.cli("sync", "deploy", "--json", "--bake", "2", "--timeout", "60")
     assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-3000:]
@@ -390,11 +397,7 @@ def test_a_rollout_killed_during_its_resumed_bake_is_not_recorded_deployed_unjud
     ``deploy ok`` rows) though no canary ever judged it. With a bake asked, it now says so and
     records nothing; `--bake 0` (no verdict asked) records it as it is."""
     env = deploy_env
-    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
-    first, last = hosts
-    paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
-    env.serves(first, v2)
-    env.serves(last, v1)
+    hosts, v1, v2 = _canary_switched_then_killed(env, canary_bundles, paused_deploy)
     paused_deploy(env.env, "after:switch", "--bake", "1", "--timeout", "60").wait_paused().kill()
     for h in hosts:                                  # the resumed canary switched; no verdict, no row
         env.serves(h, v2)
