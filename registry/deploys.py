@@ -145,29 +145,28 @@ class DeployLedger:
         return rollback_in_rollout(self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True),
                                    version, deploy_id=self.deploy_id)
 
+    def _before_this_deploy(self, *actions: str) -> list[Entry]:
+        """The model's current rows of ``actions``, this deploy's own left out."""
+        return [e for e in self.ledger.entries(self.model, actions=actions, current=True)
+                if (e.details or {}).get("deploy") != self.deploy_id]
+
     def rolled_out(self, version: int) -> bool:
         """Whether a rollout of ``version`` finished on the fleet before this deploy (its verdict
         is ``ok``: ``promotion_rules.latest_deploys``, this deploy's own rows left out). A host
         switched by a deploy killed after its canary, or by one whose rows were never written,
         does not count: nothing judged the version there."""
-        entries = [e for e in self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True)
-                   if (e.details or {}).get("deploy") != self.deploy_id]
-        return latest_deploys(entries).get(version) == "ok"
+        return latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version) == "ok"
 
     def unjudged(self, version: int) -> bool:
         """Whether a deploy of ``version`` began on the fleet (its prepare smoke-tested it: a
         ``smoke_test`` row) and nothing judged it since: no rollout of it finished (``rolled_out``)
         and no canary of it passed its bake (a ``canary passed`` row). One read. Hosts that
         served it before any deploy of it (a fleet adopted as it is) are not this."""
-        entries = [e for e in self.ledger.entries(self.model, actions=(*MOVES, "deploy", "canary", "smoke_test"),
-                                                  current=True)
-                   if (e.details or {}).get("deploy") != self.deploy_id]
-        mine = [e for e in entries if e.to_version == version]
-        if not any(e.action == "smoke_test" for e in mine):
-            return False
-        if any(e.action == "canary" and e.outcome == "passed" for e in mine):
-            return False
-        return latest_deploys([e for e in entries if e.action not in ("canary", "smoke_test")]).get(version) != "ok"
+        entries = self._before_this_deploy(*MOVES, "deploy", "canary", "smoke_test")
+        mine = {(e.action, e.outcome) for e in entries if e.to_version == version}
+        began = any(action == "smoke_test" for action, _ in mine)
+        # latest_deploys reads only the moves and deploy rows among them
+        return began and ("canary", "passed") not in mine and latest_deploys(entries).get(version) != "ok"
 
     def _tags(self) -> dict[int, dict[str, str]]:
         return {i.version: i.tags for i in versions.list_versions(self.model)}
