@@ -9,6 +9,8 @@ record); every deploy / smoke_test / host_rollback / canary row goes through ``D
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from mlops_common import log
 from mlops_common.errors import NotFoundError
 
@@ -180,14 +182,19 @@ class DeployLedger:
         return revert_target(entries, self._tags(), version, deploy_id=self.deploy_id)
 
 
-def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None) -> bool:
+def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None,
+                     *, unless: Callable[[], bool] = lambda: False) -> bool | None:
     """Every host already serves ``version``, verified there. If the registry does not say so (a
     deploy killed after its switch did the work, not the bookkeeping — or a rollback's deploy,
     where ``version`` says deployed from before but the ledger has not seen the rollback rolled
-    out), record it now and return True; otherwise write nothing (deploying twice changes nothing)."""
+    out), record it now and return True; otherwise write nothing (deploying twice changes nothing)
+    and return False. ``unless()``, asked only when it would record: write nothing, return None
+    (the deploy's reason not to: ``fleet.unjudged_everywhere``)."""
     rows = DeployLedger(model)
     if status(model, version) == DEPLOYED and rows.rollback_in_rollout(version) is None:
         return False
+    if unless():
+        return None
     rows.record_all([rows.entry("deploy", "ok", host=host, from_version=current, to_version=version, reason=reason,
                                 details={"steps": [], "recorded_late": "the host already served this version, "
                                                                        "verified there; an earlier deploy "

@@ -393,12 +393,14 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             result.status = "up_to_date"
             result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
-            if unjudged_everywhere(model, v, plans, opts):
+            recorded = deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason,
+                                                unless=lambda: unjudged_everywhere(model, v, plans, opts))
+            if recorded is None:
                 result.message += (f"; not recorded as deployed: no canary judged v{v} (a deploy stopped before its "
                                    f"canary's verdict switched the last host): `mlops sync deploy --bake 0` records "
                                    f"it as it is, `mlops sync rollback` moves production back")
                 logger.warning("%s", result.message)
-            elif deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason):
+            elif recorded:
                 logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier "
                             "deploy stopped before recording it)", v, model)
             if source == "production":
