@@ -92,6 +92,30 @@ def test_hashed_known_hosts_entries_are_honoured(sshd, tmp_path):
     connect(sshd, tmp_path / "b", known_hosts=known).close()
 
 
+def test_a_key_revoked_in_the_global_known_hosts_is_refused_as_ssh_refuses_it(sshd, tmp_path, monkeypatch):
+    """OpenSSH reads /etc/ssh/ssh_known_hosts beside the user's file, and a ``@revoked`` line there
+    refuses the key even when the user's file pins it (a fleet-wide revocation). The deploy read
+    only its one known_hosts file and connected to the revoked key (found by review, 2026-12-06,
+    tenth stop). Now such a key is refused in one line naming that file and line."""
+    from serving_sync.transports import ssh_connect
+
+    system = tmp_path / "ssh_known_hosts"
+    kt, kb = sshd.host_key_pub.split()[:2]
+    system.write_text(f"# revoked fleet-wide\n@revoked * {kt} {kb}\n")
+    r = subprocess.run(["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                        "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", f"GlobalKnownHostsFile={system}",
+                        "-o", "IdentitiesOnly=yes", "-i", str(sshd.identity_file), "-p", str(sshd.port),
+                        f"{sshd.user}@127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 255 and "REVOKED" in r.stderr, r.stderr       # what ssh does with these files
+    monkeypatch.setattr(ssh_connect, "SYSTEM_KNOWN_HOSTS", system, raising=False)
+    with pytest.raises(HostKeyRejected) as e:
+        connect(sshd, tmp_path / "b")
+    msg = one_line(e.value)
+    assert f"marked @revoked in {system} line 2" in msg and sshd.host_key_fingerprint in msg, msg
+    system.write_text(f"# pins only\n[127.0.0.1]:{sshd.port} {kt} {kb}\n")      # only its revocations count
+    connect(sshd, tmp_path / "b").close()
+
+
 @pytest.mark.parametrize("algorithms", [("Ciphers aes128-cbc,aes256-cbc,3des-cbc",),
                                         ("Ciphers aes128-ctr", "MACs hmac-md5,hmac-md5-etm@openssh.com")])
 def test_a_server_offering_only_what_openssh_no_longer_uses_is_refused_in_one_line(sshd_factory, tmp_path,

@@ -28,6 +28,9 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
 WINDOW_SIZE = 16 * 1024 * 1024
 MAX_PACKET = 32 * 1024
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
+# OpenSSH's GlobalKnownHostsFile: only its @revoked lines are read (a fleet-wide revocation
+# refuses a key that the known_hosts file pins, as ssh does); its pins are not trusted here.
+SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 
 
 def where_of(target: Target) -> str:
@@ -48,6 +51,7 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
     where = where_of(target)
     known_file = Path(known_hosts or Path("~/.ssh/known_hosts")).expanduser()
     keys = load_known_hosts(known_file)
+    revoked = system_revocations(known_file)
     sock = open_socket(target.host, target.port, timeout, where)
     t = None
     connected = None
@@ -78,7 +82,7 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
         if not (t.is_active() and t.initial_kex_done):
             raise HostUnreachable(f"{where}: SSH handshake failed (no answer within {timeout:.0f}s); "
                                   f"check that an SSH server listens there and the network path")
-        check_host_key(t.get_remote_server_key(), keys, known_file, target)
+        check_host_key(t.get_remote_server_key(), keys, known_file, target, revoked)
         authenticate(t, target.user, identity_file, where)
         t.set_keepalive(15)
         connected = t
@@ -108,6 +112,19 @@ def load_known_hosts(path: Path) -> list[kh.KnownKey]:
         raise ConfigError(f"cannot read known_hosts file {path}: {exc.strerror}") from None
 
 
+def system_revocations(known_file: Path) -> tuple[Path, list[kh.KnownKey]]:
+    """The ``@revoked`` lines of the system-wide known_hosts file (none when it is missing,
+    unreadable or not a regular file: ssh skips such a file too)."""
+    system = Path(SYSTEM_KNOWN_HOSTS)
+    try:
+        if system.resolve() == known_file.resolve():
+            return system, []
+        keys = load_known_hosts(system)
+    except (ConfigError, OSError):
+        return system, []
+    return system, [k for k in keys if k.marker == "@revoked"]
+
+
 def open_socket(host: str, port: int, timeout: float, where: str) -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -128,11 +145,19 @@ def open_socket(host: str, port: int, timeout: float, where: str) -> socket.sock
     return sock
 
 
-def check_host_key(key, keys: list[kh.KnownKey], known_file: Path, target: Target) -> None:
-    """Raise HostKeyRejected unless the offered key is pinned for this host and port."""
+def check_host_key(key, keys: list[kh.KnownKey], known_file: Path, target: Target,
+                   revoked: tuple[Path, list[kh.KnownKey]] | None = None) -> None:
+    """Raise HostKeyRejected unless the offered key is pinned for this host and port and not
+    revoked in ``known_file`` or in ``revoked`` (the system file's @revoked lines)."""
     where = where_of(target)
     key_type, key_b64 = key.get_name(), key.get_base64()
     offered = kh.fingerprint(key_b64)
+    if revoked is not None:
+        system, lines = revoked
+        v = kh.check(lines, target.host, target.port, base_key_type(key_type), key_b64)
+        if v.status == "revoked":
+            raise HostKeyRejected(f"{where}: the server's host key {offered} is marked @revoked in "
+                                  f"{system} line {v.line}; refusing to connect")
     verdict = kh.check(keys, target.host, target.port, base_key_type(key_type), key_b64)
     if verdict.status == "ok":
         return
