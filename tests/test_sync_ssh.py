@@ -140,6 +140,25 @@ def test_wrong_key_is_refused_with_a_clear_line(sshd, tmp_path):
     assert str(other) in msg and "authorized_keys" in msg
 
 
+def test_a_server_that_does_not_answer_authentication_in_time_is_not_a_refused_key(sshd_factory, tmp_path,
+                                                                                  monkeypatch):
+    """A host whose sshd looks keys up slowly (an AuthorizedKeysCommand, a directory) and does not
+    answer within the timeout was reported as "the server refused public-key authentication ...
+    add the deploy public key to that user's authorized_keys", sending people to a key that may
+    be right, after one timeout per key tried (found by review, 2026-12-06, tenth stop). Now one
+    line says the server did not answer authentication in time, at the first timeout."""
+    slow = sshd_factory(extra_config=("AuthorizedKeysCommand /bin/sleep 20", "AuthorizedKeysCommandUser nobody"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    other = tmp_path / "directory_key"          # not in the file: sshd asks the command, which stalls
+    keygen(other)
+    start = time.monotonic()
+    with pytest.raises(HostUnreachable) as e:
+        connect(slow, tmp_path / "b", identity_file=other, timeout=2.0)
+    msg = one_line(e.value)
+    assert "did not answer public-key authentication within 2s" in msg and "authorized_keys" not in msg, msg
+    assert time.monotonic() - start < 10
+
+
 def test_missing_identity_file_is_a_config_error(sshd, tmp_path):
     with pytest.raises(UserError, match="identity_file .* does not exist"):
         connect(sshd, tmp_path / "b", identity_file=tmp_path / "missing_key")

@@ -265,7 +265,11 @@ def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
         tried.append(label)
         try:
             remaining = t.auth_publickey(user, key)
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            if str(exc) == "Authentication timeout.":      # paramiko's words when auth_timeout ran out
+                raise HostUnreachable(f"{where}: the server did not answer public-key authentication within "
+                                      f"{t.auth_timeout:.0f}s; check the host's sshd (a slow AuthorizedKeysCommand "
+                                      f"or directory lookup) and rerun") from None
             continue
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HostUnreachable(f"{where}: connection lost during authentication ({reason(exc)})") from None
