@@ -116,6 +116,35 @@ def test_a_key_revoked_in_the_global_known_hosts_is_refused_as_ssh_refuses_it(ss
     connect(sshd, tmp_path / "b").close()
 
 
+def test_a_host_with_one_key_type_revoked_is_reached_with_its_other_pinned_key(sshd_factory, tmp_path):
+    """A host with ed25519 and ecdsa keys whose ed25519 key is @revoked while its ecdsa key is
+    pinned: ssh asks for the ecdsa key and connects; the deploy asked for ed25519 first (pinned
+    on a line too) and refused the host as revoked (found by review, 2026-12-06, tenth stop).
+    Now a pinned type whose key is revoked is asked for last; the revoked key itself stays refused."""
+    ecdsa = tmp_path / "host_ecdsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", str(ecdsa)], check=True,
+                   capture_output=True, timeout=30)
+    host = sshd_factory(extra_config=(f"HostKey {ecdsa}",))
+    name = f"[127.0.0.1]:{host.port}"
+    et, eb = ecdsa.with_suffix(".pub").read_text().split()[:2]
+    dt, db = host.host_key_pub.split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@revoked * {dt} {db}\n{name} {dt} {db}\n{name} {et} {eb}\n")
+    r = subprocess.run(["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                        "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
+                        "-o", "IdentitiesOnly=yes", "-i", str(host.identity_file), "-p", str(host.port),
+                        f"{host.user}@127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr                                  # what ssh does with this file
+    t = connect(host, tmp_path / "b", known_hosts=known)
+    try:
+        assert t._t.get_remote_server_key().get_base64() == eb
+    finally:
+        t.close()
+    known.write_text(f"@revoked * {dt} {db}\n{name} {dt} {db}\n")      # only the revoked key pinned
+    with pytest.raises(HostKeyRejected, match="marked @revoked in .* line 1"):
+        connect(host, tmp_path / "b", known_hosts=known)
+
+
 @pytest.mark.parametrize("algorithms", [("Ciphers aes128-cbc,aes256-cbc,3des-cbc",),
                                         ("Ciphers aes128-ctr", "MACs hmac-md5,hmac-md5-etm@openssh.com")])
 def test_a_server_offering_only_what_openssh_no_longer_uses_is_refused_in_one_line(sshd_factory, tmp_path,

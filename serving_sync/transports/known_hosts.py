@@ -87,10 +87,15 @@ def _matches(patterns: str, name: str) -> bool:
     return matched
 
 
-def known_key_types(keys: list[KnownKey], host: str, port: int) -> list[str]:
-    """Key types pinned for the host (asked for first, as OpenSSH does)."""
+def known_key_types(keys: list[KnownKey], host: str, port: int) -> tuple[list[str], list[str]]:
+    """Key types pinned for the host (asked for first, as OpenSSH does), then the types pinned
+    only by keys that are also @revoked (asked for after those: ssh reaches a host whose other
+    pinned key is fine; alone, they are still asked for, so the refusal says revoked)."""
     name = lookup_name(host, port).lower()
-    return [k.key_type for k in keys if not k.marker and _matches(k.patterns, name)]
+    revoked = {k.key_b64 for k in keys if k.marker == "@revoked"}
+    pinned = [k for k in keys if not k.marker and _matches(k.patterns, name)]
+    good = [k.key_type for k in pinned if k.key_b64 not in revoked]
+    return good, [k.key_type for k in pinned if k.key_b64 in revoked and k.key_type not in good]
 
 
 def check(keys: list[KnownKey], host: str, port: int, key_type: str, key_b64: str) -> Verdict:

@@ -65,11 +65,11 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
         opts.ciphers = tuple([c for c in PREFERRED_CIPHERS if c in supported]
                              + [c for c in supported if c not in PREFERRED_CIPHERS])
         opts.digests = tuple(m for m in opts.digests if not m.startswith("hmac-md5"))   # nor MD5
-        pinned_types = kh.known_key_types(keys, target.host, target.port)
-        if pinned_types:  # ask for the key type we can check, as OpenSSH does
-            kt = list(opts.key_types)
-            first = [k for k in kt if base_key_type(k) in pinned_types]
-            opts.key_types = tuple(first + [k for k in kt if k not in first])
+        pinned_types, revoked_types = kh.known_key_types(keys, target.host, target.port)
+        if pinned_types or revoked_types:  # ask for the key type we can check, as OpenSSH does
+            def rank(k: str) -> int:
+                return 0 if base_key_type(k) in pinned_types else 1 if base_key_type(k) in revoked_types else 2
+            opts.key_types = tuple(sorted(opts.key_types, key=rank))     # stable: paramiko's order within
         try:
             t.start_client(timeout=timeout)
         except paramiko.IncompatiblePeer as exc:
