@@ -218,6 +218,23 @@ def test_predict_b64_string_input_on_classify_signature(server):
     assert r.json() == {"predictions": [[12.0]]}
 
 
+def test_a_tensorflow_error_text_holding_a_nul_byte_ends_at_it(server):
+    """Documented difference (serving_host/README.md, "Differs: TensorFlow error texts"): bytes
+    that are not a tf.Example fail in ParseExample, whose message quotes them. TF Serving keeps the
+    whole text (its JSON writer escapes NUL as \\u0000, then the node: ``'ab\\u0000cd'\\n\\t
+    [[{{node ParseExample/ParseExample}}]]``); TensorFlow's Python binding hands the text on as a
+    C string, so here it ends at the first NUL. The status and the text before it are the same."""
+    r = call(server, "POST", "/v1/models/default:predict",
+             {"signature_name": "classify_x_to_y", "instances": [{"b64": base64.b64encode(b"ab\x00cd").decode()}]})
+    assert r.status_code == 400
+    assert error_of(r) == "Could not parse example input, value: 'ab"
+    r = call(server, "POST", "/v1/models/default:predict",
+             {"signature_name": "classify_x_to_y", "instances": [{"b64": base64.b64encode(b"ab\x01cd").decode()}]})
+    assert r.status_code == 400          # without a NUL the whole text, as TF Serving writes it
+    assert error_of(r) == ("Could not parse example input, value: 'ab\x01cd'\n\t "
+                           "[[{{node ParseExample/ParseExample}}]]")
+
+
 def test_predict_several_named_inputs_and_outputs(server):
     r = call(server, "POST", "/v1/models/multi:predict", {"instances": [
         {"a": [1.0, 2.0], "s": {"b64": base64.b64encode(b"hi").decode()}},
