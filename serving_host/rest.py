@@ -468,10 +468,16 @@ class _Handler(BaseHTTPRequestHandler):
                reason: str | None = None) -> None:
         body = text.encode("utf-8", "surrogatepass")  # a lone low surrogate: as rapidjson writes it
         reason = reason or self.responses.get(status, ("",))[0]
-        lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {content_type}",
+        # evhttp_make_header_response: the answer is in the request's version, and an HTTP/1.0
+        # request that asked for keep-alive (and is kept) is told so: a client such as `ab -k`
+        # otherwise waits for the server to close the connection
+        http10 = getattr(self, "request_version", "") == "HTTP/1.0"
+        lines = [f"HTTP/{'1.0' if http10 else '1.1'} {status} {reason}", f"Content-Type: {content_type}",
                  f"Content-Length: {len(body)}"]
         if self.close_connection:
             lines.append("Connection: close")
+        elif http10:
+            lines.append("Connection: keep-alive")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
         self.wfile.write(data)
         self.wfile.flush()

@@ -366,6 +366,49 @@ def test_keep_alive_serves_many_requests_on_one_connection(server):
         conn.close()
 
 
+def _http10(sock, request: bytes) -> tuple[bytes, bytes]:
+    """Send one request on ``sock``; read its head and its Content-Length body -> (head, body)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed inside the body"
+        body += chunk
+    return head, body
+
+
+def test_an_http_1_0_keep_alive_request_is_answered_as_libevent_answers_it(server):
+    """ApacheBench ``ab -k`` sends HTTP/1.0 with ``Connection: Keep-Alive`` and keeps the
+    connection only if the answer says keep-alive; otherwise it waits for the server to close it.
+    libevent (evhttp_make_header_response) answers in the request's version and, for an HTTP/1.0
+    keep-alive request, with ``Connection: keep-alive``. The local server kept the connection open
+    but answered ``HTTP/1.1`` without the header, so each such request waited for the 30 s socket
+    timeout. A plain HTTP/1.0 request is answered in HTTP/1.0 and the connection closed."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        for _ in range(2):              # the same connection serves the second request
+            head, body = _http10(sock, b"POST /v1/models/default:predict HTTP/1.0\r\n"
+                                       b"Connection: Keep-Alive\r\nContent-Length: 20\r\n\r\n"
+                                       b'{"instances": [1.0]}')
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"HTTP/1.0 200 OK", head
+            assert b"Connection: keep-alive" in lines[1:], head
+            assert json.loads(body) == {"predictions": [2.5]}
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        head, _ = _http10(sock, b"GET /v1/models/nope HTTP/1.0\r\n\r\n")
+        assert head.split(b"\r\n")[0] == b"HTTP/1.0 404 Not Found", head
+        assert b"keep-alive" not in head.lower()
+        assert sock.recv(1) == b""      # closed after the answer, as HTTP/1.0 without keep-alive
+
+
 def test_a_gzip_body_is_uncompressed_like_tf_serving(server):
     """TF Serving's HTTP server uncompresses a body whose Content-Encoding holds "gzip"
     (evhttp_request.cc ReadRequestGzipBytes, on by default, at most 100 MB); the local server read
