@@ -452,3 +452,31 @@ def test_plan_refuses_a_version_without_a_savedmodel_as_the_deploy_does(deploy_e
         assert r.returncode == 2 and len(lines) == 1, (cmd, r.returncode, r.stdout, r.stderr)
         assert f"version {v3} of '{env.model}': tfserving/ has no saved_model.pb" in lines[0], r.stderr
     assert (h1.base / "models.config").read_bytes() == config and not (h1.base / env.model / str(v3)).exists()
+
+
+def test_adding_a_host_then_removing_one_as_the_operations_section_says(deploy_env):
+    """docs/production.md, "Operations": a host added to the hosts file is the only one the next
+    `sync deploy` changes (the others "up to date", their models.config untouched); a host taken
+    out of the file is neither reported by `sync status` nor touched by a deploy, and goes on
+    serving what it served."""
+    env = deploy_env
+    h1, h2 = env.add_hosts(2, "file")
+    v1 = env.release("a")
+    h3 = env.add_host("file")
+    before = {h.name: env.config_text(h) for h in (h1, h2)}
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr
+    assert f"to {h3.name} (first deploy)" in r.stdout
+    assert f"{h1.name}: up to date" in r.stdout and f"{h2.name}: up to date" in r.stdout, r.stdout
+    assert {h.name: env.config_text(h) for h in (h1, h2)} == before
+    for h in (h1, h2, h3):
+        env.serves(h, v1)
+    env.write_hosts_file([h1, h3])                 # h2 taken out of the fleet
+    v2 = env.register("b")
+    env.promote(v2)
+    assert env.deploy().status == "deployed"
+    r = env.cli("sync", "status")
+    assert r.returncode == 0 and h2.name not in r.stdout, r.stdout
+    env.serves(h2, v1)
+    for h in (h1, h3):
+        env.serves(h, v2)
