@@ -84,6 +84,34 @@ def test_changed_host_key_is_refused_naming_the_file_line_and_both_fingerprints(
     assert sshd.host_key_fingerprint != impostor.host_key_fingerprint
 
 
+def test_a_re_keyed_host_is_pinned_again_with_the_commands_its_refusals_name(sshd, sshd_factory, tmp_path):
+    """The on-call procedure after a host is re-keyed, run as the messages write it: the refusal's
+    `ssh-keygen -R ...` removes the old pin, the README's `ssh-keyscan -p PORT HOST >> known_hosts`
+    (also what the next refusal names) pins the new key, and then the host is trusted; the old key
+    no longer is."""
+    import re
+    import shlex
+
+    rekeyed = sshd_factory(pin_key_of=sshd)      # its known_hosts still pins the key it had before
+    known = rekeyed.known_hosts
+    known.write_text("# serving hosts\n" + known.read_text())
+    with pytest.raises(HostKeyRejected) as e:
+        connect(rekeyed, tmp_path / "b")
+    m = re.search(r"\((ssh-keygen -R [^)]*)\)", one_line(e.value))
+    assert m, e.value
+    subprocess.run(shlex.split(m.group(1)), check=True, capture_output=True, timeout=30)
+    with pytest.raises(HostKeyRejected) as e:    # the old pin is gone: unknown now, not accepted
+        connect(rekeyed, tmp_path / "b")
+    m = re.search(r"`(ssh-keyscan [^`]*)`", one_line(e.value))
+    assert m, f"the old pin is still there: {e.value}"
+    pin = m.group(1)
+    assert pin == f"ssh-keyscan -p {rekeyed.port} 127.0.0.1 >> {known}"
+    r = subprocess.run(pin, shell=True, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    connect(rekeyed, tmp_path / "b").close()
+    assert sshd.host_key_pub.split()[1] not in known.read_text()
+
+
 def test_hashed_known_hosts_entries_are_honoured(sshd, tmp_path):
     known = tmp_path / "known_hosts"
     shutil.copy(sshd.known_hosts, known)
