@@ -723,6 +723,40 @@ def test_a_passphrase_key_the_agent_does_not_hold_says_to_add_it(sshd, tmp_path,
     assert "set identity_file" not in msg and "s3cret-pass" not in msg
 
 
+def test_an_ssh_agent_that_never_answers_is_one_line_not_a_hang(sshd, tmp_path, monkeypatch):
+    """Found by review (2026-12-06, tenth stop): an SSH_AUTH_SOCK whose agent accepts and never
+    answers (a stuck or stopped ssh-agent) hung the deploy for good: paramiko asks the agent for
+    its keys with no deadline. It is asked with the connection's timeout first now."""
+    import socket
+    import threading
+
+    sock_path = tmp_path / "stuck-agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(4)                  # connections queue; nothing ever reads or answers them
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock_path))
+    outcome: list = []
+
+    def attempt():
+        try:
+            connect(sshd, tmp_path / "b", identity_file=None, timeout=2.0).close()
+            outcome.append("connected")
+        except UserError as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    listener.close()
+    assert outcome, "the connection still waits on the agent after 20 s"
+    assert isinstance(outcome[0], ConfigError), outcome
+    msg = one_line(outcome[0])
+    assert f"SSH_AUTH_SOCK={sock_path} did not answer within 2s" in msg, msg
+    assert time.monotonic() - started < 10
+
+
 def test_a_known_hosts_that_is_not_a_regular_file_is_one_line(tmp_path):
     """Found by review (2026-12-05, third stop): known_hosts is read before connecting; a FIFO
     there waited forever, and /dev/zero read until memory ran out (a MemoryError traceback).

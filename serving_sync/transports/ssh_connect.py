@@ -193,7 +193,7 @@ def _entry_lines(path: Path) -> int:
     return sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
-def candidate_keys(identity_file: Path | None, where: str):
+def candidate_keys(identity_file: Path | None, where: str, agent_timeout: float = 15.0):
     """(label, key) pairs to try: identity file, agent keys, default ~/.ssh keys (no file set)."""
     import paramiko
 
@@ -217,6 +217,7 @@ def candidate_keys(identity_file: Path | None, where: str):
         if key is not None:
             yield str(path), key
     if os.environ.get("SSH_AUTH_SOCK"):
+        agent_answers(os.environ["SSH_AUTH_SOCK"], agent_timeout, where)
         try:
             agent = paramiko.Agent()
             for i, k in enumerate(agent.get_keys()):
@@ -233,6 +234,25 @@ def candidate_keys(identity_file: Path | None, where: str):
                 except (paramiko.SSHException, ValueError, OSError):
                     continue   # encrypted or unreadable default key: skip it, like ssh in batch mode
                 yield str(p), key
+
+
+def agent_answers(sock_path: str, timeout: float, where: str) -> None:
+    """Ask the agent for its key list with a deadline before paramiko does without one: an agent
+    that accepts and never answers (a stuck or stopped ``ssh-agent``) hung the deploy for good.
+    An agent that is not there is left to paramiko (it offers no key, as ``ssh`` goes on)."""
+    request = b"\x00\x00\x00\x01\x0b"       # SSH2_AGENTC_REQUEST_IDENTITIES (RFC draft-miller-ssh-agent)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(sock_path)
+            s.sendall(request)
+            if not s.recv(4):
+                return                          # closed at once: paramiko says the agent is unavailable
+    except TimeoutError:
+        raise ConfigError(f"{where}: the SSH agent at SSH_AUTH_SOCK={sock_path} did not answer within "
+                          f"{timeout:.0f}s; restart ssh-agent, or unset SSH_AUTH_SOCK to use identity_file") from None
+    except OSError:
+        return                                  # no agent there: paramiko offers no agent key
 
 
 def _refuse_open_key(path: Path, where: str) -> None:
@@ -261,7 +281,7 @@ def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
     import paramiko
 
     tried: list[str] = []
-    for label, key in candidate_keys(identity_file, where):
+    for label, key in candidate_keys(identity_file, where, agent_timeout=t.auth_timeout):
         tried.append(label)
         try:
             remaining = t.auth_publickey(user, key)
