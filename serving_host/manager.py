@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from serving_host import config as cfg
 from serving_host import policy as pol
+from serving_host import servable as servable_mod
 from serving_host import warmup
 from serving_host.servable import Servable
 from serving_host.status import CODES, ServingError, invalid_argument, not_found
@@ -511,9 +512,7 @@ class Manager:
         h = self._streams[name][action.version]
         self._running += 1
         if action.kind == "load":
-            h.state = pol.LOADING
-            self._set_state(name, h.version, LOADING)
-            log.info("Approving load for servable version %s", sid(name, h.version))
+            h.state = pol.LOADING          # LOADING is published once its resources are reserved
             self._submit(self._load, name, h)
         else:
             h.state = pol.UNLOADING
@@ -540,25 +539,50 @@ class Manager:
         except RuntimeError:  # shutting down
             pass
 
-    def _load(self, name: str, h: _Harness) -> None:
-        log.info("Loading servable version %s", sid(name, h.version))
-        attempt, error, servable = 0, None, None
+    def _retried(self, name: str, h: _Harness, what: str, attempt_once):
+        """``util/retrier.cc`` Retry: ``attempt_once()`` until it returns, at most
+        ``max_num_load_retries`` more times, stopped after the running attempt when the version
+        is dropped; (result, None) or (None, the last error)."""
+        attempt = 0
         while True:
             try:
-                servable = self._load_and_warm(name, h)
-                error = None
-                break
+                return attempt_once(), None
             except ServingError as exc:
                 error = exc
             except Exception as exc:  # noqa: BLE001 - any load failure ends the version in END
                 error = ServingError("UNKNOWN", f"{exc.__class__.__name__}: {exc}")
             if attempt >= self.max_num_load_retries or not h.is_aspired:
-                break  # util/retrier.cc: a drop stops the retries after the running attempt
+                return None, error  # util/retrier.cc: a drop stops the retries after the running attempt
             attempt += 1
-            log.info("Retrying load of servable version %s (retry %d of %d) after: %s",
-                     sid(name, h.version), attempt, self.max_num_load_retries, error)
+            log.info("Retrying %s of servable version %s (retry %d of %d) after: %s",
+                     what, sid(name, h.version), attempt, self.max_num_load_retries, error)
             if self._stop.wait(self.load_retry_interval):  # a drop does not cut the wait short
-                break
+                return None, error
+
+    def _reserve(self, name: str, h: _Harness) -> ServingError | None:
+        """``BasicManager::ApproveLoad``: reserve the version's resources before it loads, which
+        walks its folder (``model_disk_size``), retried as a load is; a failure is the version's
+        END without a load (and without LOADING), its text wrapped as ReserveResources wraps it."""
+        _, error = self._retried(name, h, "resource reservation", lambda: servable_mod.model_disk_size(h.path))
+        if error is None:
+            return None
+        return ServingError(error.code, f"Error while attempting to reserve resources to load servable "
+                                        f"{sid(name, h.version)}: {error.message}")
+
+    def _load(self, name: str, h: _Harness) -> None:
+        error = self._reserve(name, h)
+        if error is not None:
+            with self._lock:
+                h.state = pol.ERROR
+                self._set_state(name, h.version, END, error.code, error.message)
+                log.warning("%s", error.message)
+                self._done(name)
+            return
+        with self._lock:
+            self._set_state(name, h.version, LOADING)   # ExecuteLoad, once the load is approved
+            log.info("Approving load for servable version %s", sid(name, h.version))
+        log.info("Loading servable version %s", sid(name, h.version))
+        servable, error = self._retried(name, h, "load", lambda: self._load_and_warm(name, h))
         with self._lock:
             if error is None and h.is_aspired and not self._stop.is_set():
                 h.state, h.servable = pol.READY, servable
@@ -579,11 +603,11 @@ class Manager:
     def _load_and_warm(self, name: str, h: _Harness) -> Servable:
         """Load a version and replay its warmup requests; a failed warmup fails the load."""
         servable = Servable.load(name, h.version, h.path)
-        if not self.enable_model_warmup:
-            return servable
         try:
-            warmup.run(servable, h.path, model_name=name, version=h.version,
-                       num_request_iterations_for_warmup=self.num_request_iterations_for_warmup)
+            if self.enable_model_warmup:
+                warmup.run(servable, h.path, model_name=name, version=h.version,
+                           num_request_iterations_for_warmup=self.num_request_iterations_for_warmup)
+            servable_mod.model_disk_size(h.path)    # SimpleLoader's post-load estimate, part of the load
         except BaseException:
             servable.close()
             raise

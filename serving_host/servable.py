@@ -7,9 +7,11 @@ one C++ call: no retracing, no Python graph work.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -78,6 +80,51 @@ def _debug(message) -> str:
 
 
 PB, PBTXT = "saved_model.pb", "saved_model.pbtxt"
+
+# tsl/platform/errors.cc ErrnoToCode, for what listing and sizing a folder can meet (else UNKNOWN)
+_ERRNO_CODES = {errno.ENOENT: "NOT_FOUND", errno.ENODEV: "NOT_FOUND", errno.ENXIO: "NOT_FOUND",
+                errno.ENOTDIR: "FAILED_PRECONDITION", errno.EISDIR: "FAILED_PRECONDITION",
+                errno.EBADF: "FAILED_PRECONDITION", errno.EBUSY: "FAILED_PRECONDITION",
+                errno.EACCES: "PERMISSION_DENIED", errno.EPERM: "PERMISSION_DENIED",
+                errno.EROFS: "PERMISSION_DENIED", errno.EINVAL: "INVALID_ARGUMENT",
+                errno.ENAMETOOLONG: "INVALID_ARGUMENT", errno.EMFILE: "RESOURCE_EXHAUSTED",
+                errno.ENFILE: "RESOURCE_EXHAUSTED", errno.ENOMEM: "RESOURCE_EXHAUSTED",
+                errno.EOVERFLOW: "OUT_OF_RANGE", errno.EAGAIN: "UNAVAILABLE", errno.EINTR: "UNAVAILABLE",
+                errno.ESTALE: "ABORTED"}
+
+
+def _io_error(path: str, exc: OSError) -> ServingError:
+    """``errors::IOError(context, errno)``: ``<path>; <strerror>`` with the errno's code."""
+    return ServingError(_ERRNO_CODES.get(exc.errno, "UNKNOWN"), f"{path}; {os.strerror(exc.errno or 0)}")
+
+
+def model_disk_size(path: str) -> int:
+    """``GetModelDiskSize`` (servables/tensorflow/util.cc), the SavedModel loader's resource
+    estimate: ``FileExists`` (``<path> not found``), then breadth first every folder listed and
+    every other child sized, links followed; the first child (in listing order) that cannot be
+    listed or sized fails it with the file system's status. TF Serving runs it before each load
+    (basic_manager.cc ReserveResources) and again after it (SimpleLoader's post-load estimate)."""
+    if not os.access(path, os.F_OK):
+        raise ServingError("NOT_FOUND", f"{path} not found")
+    total, folders = 0, [path]
+    while folders:
+        folder = folders.pop(0)
+        try:
+            names = os.listdir(folder)
+        except OSError as exc:
+            raise _io_error(folder, exc) from None
+        for name in names:
+            child = os.path.join(folder, name)
+            try:
+                st = os.stat(child)
+            except OSError as exc:
+                raise _io_error(child, exc) from None
+            if stat.S_ISDIR(st.st_mode):
+                folders.append(child)
+            else:
+                total += st.st_size
+    return total
+
 
 
 def _check_saved_model_file(path: str) -> None:

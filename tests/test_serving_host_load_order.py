@@ -978,3 +978,59 @@ def test_a_folder_listing_is_applied_when_an_unchanged_config_is_reloaded_meanwh
     finally:
         go.set()
         m.stop()
+
+
+def test_a_version_folder_that_cannot_be_walked_fails_before_loading_as_tf_serving_s_resource_estimate(
+        tmp_path, monkeypatch):
+    """basic_manager.cc ApproveLoad reserves resources first: SimpleLoader::EstimateResources walks
+    the version folder (servables/tensorflow/util.cc GetModelDiskSize: FileExists, then every
+    child listed and sized, following links). A folder that cannot be walked fails there, before
+    LOADING is ever published, with "Error while attempting to reserve resources to load servable
+    …" and the file system's own status, and the SavedModel is never read. The local server had no
+    such step: it loaded a version holding a dangling link (TF Serving refuses it) and said
+    NOT_FOUND "Could not find SavedModel …" for a version that is a file (TF Serving:
+    FAILED_PRECONDITION "…; Not a directory")."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    loads = []
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: loads.append((name, version)) or Fake(),
+                      [("A", 1), ("m", 1)])
+    states = []
+    set_state = m._set_state
+    m._set_state = lambda name, version, state, *a: (states.append((name, version, state)),
+                                                     set_state(name, version, state, *a))[1]
+    (tmp_path / "m" / "1" / "assets.extra").mkdir()
+    gone = tmp_path / "m" / "1" / "assets.extra" / "gone"
+    gone.symlink_to(tmp_path / "nowhere")
+    a = cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy())
+    b = cfg.ModelEntry("m", str(tmp_path / "m"), VersionPolicy())
+    try:
+        m.reload_config(cfg.ServerConfig("list", (a,)), wait_timeout=20)
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        assert e.value.message == (
+            "1 model(s) did not become available: {{{name: m version: 1} due to error: NOT_FOUND: Error while "
+            "attempting to reserve resources to load servable {name: m version: 1}: "
+            f"{gone}; No such file or directory}}, }}")
+        assert ("m", 1) not in loads and ("m", 1, "LOADING") not in states
+        gone.unlink()                                   # a fine version 2 serves; a file named 3 cannot
+        (tmp_path / "m" / "2").mkdir()
+        m.poll(["m"])
+        assert _settle(m, "m", 2, "AVAILABLE") == "AVAILABLE"
+        (tmp_path / "m" / "3").write_text("not a folder")
+        m.poll(["m"])
+        assert _settle(m, "m", 3, "END") == "END"
+        st = m.model_status("m", 3)[0][1]
+        assert (st.error_code, st.error_message) == (
+            "FAILED_PRECONDITION", "Error while attempting to reserve resources to load servable "
+                                   f"{{name: m version: 3}}: {tmp_path / 'm' / '3'}; Not a directory")
+        assert ("m", 3) not in loads and ("m", 3, "LOADING") not in states
+        assert m.model_status("m", 2)[0][1].state == "AVAILABLE"        # v2 serves on
+    finally:
+        m.stop()
