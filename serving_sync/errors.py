@@ -68,7 +68,8 @@ class ProductionMoved(UserError):
     the deploy stops before its next wave and puts every host back; the version is not to blame
     and the next deploy installs what production names now."""
 
-    def __init__(self, model: str, deploying: int, now: int | None):
+    def __init__(self, model: str, deploying: int, now: int | None, *, tail: str = ""):
         super().__init__(f"production of '{model}' moved from v{deploying} to "
-                         f"{'v' + str(now) if now is not None else 'no version'} while this deploy ran")
+                         f"{'v' + str(now) if now is not None else 'no version'} while this deploy ran"
+                         + (f"; {tail}" if tail else ""))
         self.now = now

@@ -308,6 +308,21 @@ def unjudged_everywhere(model: str, v: int, plans, opts: DeployOptions) -> bool:
     return not _could_restore([p.host for p in plans], opts) or deploys.restoring(model, v) is None
 
 
+def _not_to_record(model: str, v: int, source: str, plans, opts: DeployOptions) -> bool:
+    """``record_converged``'s ``unless``, asked only when it would record: ``production`` read
+    again first (another fleet's failed deploy of ``v`` may have tagged it ``failed`` and moved
+    production back while these hosts were observed; recording them would write ``deployed``
+    over that verdict), then ``unjudged_everywhere``. Raises ``ProductionMoved``: nothing was
+    changed or recorded."""
+    if source == "production":
+        try:
+            _still_production(model, v)
+        except ProductionMoved as moved:
+            raise ProductionMoved(model, v, moved.now, tail="nothing was changed or recorded: rerun `mlops "
+                                  "sync deploy`, it installs what production names now") from None
+    return unjudged_everywhere(model, v, plans, opts)
+
+
 def _stored_size(transport, model: str, version: int) -> int | None:
     """The SavedModel size the host's stored manifest gives (None: not published by us)."""
     from .publish import read_stored_manifest
@@ -394,7 +409,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
             recorded = deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason,
-                                                unless=lambda: unjudged_everywhere(model, v, plans, opts))
+                                                unless=lambda: _not_to_record(model, v, source, plans, opts))
             if recorded is None:
                 result.message += (f"; not recorded as deployed: no canary judged v{v} (a deploy stopped before its "
                                    f"canary's verdict switched the last host): `mlops sync deploy --bake 0` records "

@@ -385,3 +385,41 @@ def test_a_canary_that_was_put_back_is_not_a_version_the_fleet_served(deploy_env
     assert DeployLedger(env.model).previous_production(v4) == v2     # not v3: the fleet never served it
     promotion.rollback(env.model, to=v3, reason="try v3 again", actor="oncall")
     assert deploys.restoring(env.model, v3) is None                  # a rollout like any other: staged again
+
+
+def test_an_up_to_date_deploy_whose_production_moved_while_it_observed_records_nothing(deploy_env, monkeypatch):
+    """Found by review (operations at the same time): two fleets on one production. This fleet's
+    hosts already serve v2 and a `sync deploy` of production (v2) observes them; meanwhile the
+    other fleet's deploy of v2 fails, tags v2 failed and moves production back to v1. The up-to-date
+    path recorded v2 as deployed all the same (late `deploy ok` rows, deploy_status=deployed over
+    the other fleet's `failed`): v2 became a rollback target again. Production is read again before
+    anything is recorded; nothing is written and the line says production moved."""
+    from registry.promotion_rules import latest_deploys
+
+    env = deploy_env
+    hosts = env.add_hosts(1, "file")
+    v1 = env.release("a", opts=_opts(canary=0))
+    v2 = env.release("b", opts=_opts(canary=0))
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    real = fleet.observe_and_plan
+    other = {}
+
+    def observed_while_another_fleet_fails(*args, **kw):
+        out = real(*args, **kw)
+        if not other:                   # this fleet is up to date on v2; the other fleet fails v2 now
+            other["promo"] = promotion.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
+                                                            host="other-fleet")
+        return out
+
+    monkeypatch.setattr(fleet, "observe_and_plan", observed_while_another_fleet_fails)
+    rows_before = len(env.ledger(("deploy",)))
+    with pytest.raises(UserError) as moved:
+        env.deploy(opts=_opts())
+    assert other["promo"].moved, other["promo"].to_dict()
+    assert f"production of '{env.model}' moved from v{v2} to v{v1} while this deploy ran" in str(moved.value)
+    assert env.production() == v1
+    assert env.tags(v2).get("deploy_status") == "failed"              # the other fleet's verdict stands
+    rows = env.ledger(("deploy",))
+    assert not [e for e in rows[rows_before:] if e.outcome == "ok"], [(e.outcome, e.details) for e in rows]
+    assert latest_deploys(rows)[v2] == "failed"
+    env.serves(hosts[0], v2)          # nothing was changed: the next deploy installs v1
