@@ -253,9 +253,12 @@ class FleetReconciler:
                              give_up_waiting=self.stopping)
         except DeployFailed as exc:
             result = getattr(exc, "result", None)
+            # the version the deploy handled: production read again under the locks (a promotion
+            # or rollback after this pass's plan), not necessarily the plan's
+            v = result.version if result is not None and result.version is not None else fp.version
             if result is None or result.blames_version:     # a host or the network: the next pass retries
-                self.failed.add(fp.version)
-            return "failed", fp.version, exc.message
+                self.failed.add(v)
+            return "failed", v, exc.message
         except UserError as exc:
             if isinstance(exc, LockHeld) and self.stopping():     # gave up waiting: nothing was changed
                 return "stopped", fp.version, (f"the watch is stopping: stopped waiting for a lock, v{fp.version} "

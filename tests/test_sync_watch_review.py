@@ -380,3 +380,33 @@ def test_a_watch_refuses_flags_it_cannot_honour_at_start_not_at_its_first_deploy
     r = run_mlops("sync", "watch", "--hosts", _two_hosts_file(tmp_path), *args, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == line, r.stderr
+
+
+def test_a_pass_whose_production_moved_before_its_deploy_reports_the_version_it_deployed(deploy_env, monkeypatch):
+    """Found by review (operations at the same time): a watch pass planned v2, then a person
+    promoted v3 before the pass's deploy took the locks; the deploy installs what production names
+    then (v3), whose smoke test failed. The pass said `failed` for v2 (the version of its plan) and
+    kept v2 as the failed one, with v3's message; it now names the version its deploy handled."""
+    from serving_sync.hosts import load_hosts
+    from serving_sync.options import DeployOptions
+
+    env = deploy_env
+    env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    v3 = env.register("golden_edited")                   # its smoke test fails
+    plan = fleet.plan_fleet
+
+    def then_promoted(*a, **kw):
+        out = plan(*a, **kw)
+        env.promote(v3)
+        return out
+
+    monkeypatch.setattr(fleet, "plan_fleet", then_promoted)
+    r = FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True),
+                        recorded=lambda v: False)
+    status, version, message = r()
+    assert f"deploy of v{v3} " in message, message
+    assert (status, version) == ("failed", v3), message
+    assert r.failed.failed == {v3}
