@@ -159,6 +159,13 @@ class DeployLedger:
         does not count: nothing judged the version there."""
         return latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version) == "ok"
 
+    def failed_elsewhere(self, version: int) -> bool:
+        """Whether another deploy failed ``version`` since it last moved into production (its last
+        verdict, this deploy's own rows left out, is ``failed``; or its tag says so): another fleet
+        judged it bad while this one rolled it out."""
+        rows = latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version) == "failed"
+        return rows or status(self.model, version) == FAILED
+
     def unjudged(self, version: int) -> bool:
         """Whether a deploy of ``version`` began on the fleet (its prepare smoke-tested it: a
         ``smoke_test`` row) and nothing judged it since: no rollout of it finished (``rolled_out``)

@@ -496,11 +496,18 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                     _bake(result, recorder, baker, wave, [by_name[n] for w in shape.waves[i + 1:] for n in w],
                           runs, entry)
                 result.waves.append(entry)
+            overtaken = None
             if runs and result.source == "production" and (moved := _moved_meanwhile(model, v)) is not None:
-                raise fail(result, recorder, runs[0], runs, moved, step="production")
+                if not _stays(recorder, v, moved, runs):
+                    raise fail(result, recorder, runs[0], runs, moved, step="production")
+                overtaken = moved
             t = result.lap("switch_hosts", t)
             _succeeded(result, recorder, runs, opts, copies)
             result.lap("record_and_retention", t)
+            if overtaken is not None:
+                raise ProductionMoved(model, v, overtaken.now, tail=(
+                    f"the hosts stay on v{v}, which passed every check here and is recorded deployed; "
+                    f"run `mlops sync deploy` to install v{overtaken.now}"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start
@@ -564,7 +571,8 @@ def _bake(result: FleetResult, recorder, baker: Baker, wave: list[HostRun], late
 def _moved_meanwhile(model: str, v: int) -> ProductionMoved | None:
     """After the last wave: did ``production`` move away from ``v`` while it switched (a rollback,
     another fleet's failed deploy moving it back)? Then the fleet is put back like before a wave,
-    and ``v`` is not tagged ``deployed`` over the ``failed`` the other deploy wrote. A registry
+    and ``v`` is not tagged ``deployed`` over the ``failed`` the other deploy wrote — unless a
+    newer version overtook ``v`` (``_stays``: the hosts stay on it, and the deploy says so). A registry
     that cannot be read now is not a reason to undo a finished rollout: tagging it says so."""
     try:
         _still_production(model, v)
@@ -573,6 +581,17 @@ def _moved_meanwhile(model: str, v: int) -> ProductionMoved | None:
     except UserError as exc:
         logger.warning("could not read production after the last wave (%s)", exc.message)
     return None
+
+
+def _stays(recorder, v: int, moved: ProductionMoved, runs: list[HostRun]) -> bool:
+    """``rollout.stays_when_overtaken`` with what it needs from the registry; a registry that
+    cannot say whether ``v`` failed elsewhere puts the fleet back (as before the rule)."""
+    try:
+        failed = recorder.failed_elsewhere(v)
+    except UserError as exc:
+        logger.warning("could not read whether v%d failed elsewhere (%s): putting the hosts back", v, exc.message)
+        return False
+    return rollout.stays_when_overtaken(v, moved.now, {r.plan.current for r in runs}, failed)
 
 
 def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:

@@ -78,3 +78,18 @@ def shape(hosts: list[str], *, canary: int | None = None, wave: str | None = Non
     waves = [first] if first else []
     waves += [tuple(rest[i:i + size]) for i in range(0, len(rest), size)]
     return Shape(first, tuple(waves), tuple(unjudged))
+
+
+def stays_when_overtaken(v: int, now: int | None, served_before: set, failed: bool) -> bool:
+    """After the last wave switched, ``production`` moved from ``v`` to ``now``: keep the fleet on
+    ``v`` (True) or put every host back (False)?
+
+    Back when production moved to what a host served before (a rollback, another fleet's failed
+    deploy moving it back: the put-back is that move), when ``v`` failed elsewhere meanwhile,
+    or when production went to an older version or none (a rollback of some kind). Kept only
+    when a newer version overtook ``v`` (a promotion while it rolled out): ``v`` passed every
+    check on these hosts, what they served before is no longer production either, and putting
+    them back would undo a rollback that ``v`` was (``sync rollback`` v3 -> v2 overtaken by v4
+    went back to v3, the version rolled back from). The next deploy installs ``now`` from ``v``."""
+    return now is not None and now > v and now not in served_before and not failed
+

@@ -423,3 +423,82 @@ def test_an_up_to_date_deploy_whose_production_moved_while_it_observed_records_n
     assert not [e for e in rows[rows_before:] if e.outcome == "ok"], [(e.outcome, e.details) for e in rows]
     assert latest_deploys(rows)[v2] == "failed"
     env.serves(hosts[0], v2)          # nothing was changed: the next deploy installs v1
+
+
+def _promote_during_the_last_verify(env, monkeypatch, v_next: int) -> dict:
+    """Promote ``v_next`` once the first host's check after its switch is done (the deploy's last
+    wave: every host here switches in it), as CI's promote job can while a deploy runs."""
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    done = {}
+
+    def while_a_newer_version_is_promoted(run, step):
+        verify(run, step)
+        if not done:
+            env.promote(v_next)
+            done["promoted"] = v_next
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_a_newer_version_is_promoted)
+    return done
+
+
+@pytest.mark.parametrize("case", ["deploy", "rollback"])
+def test_a_rollout_overtaken_by_a_newer_promotion_keeps_its_hosts_and_says_so(deploy_env, monkeypatch, case):
+    """Found by review (operations at the same time): production moved after the last wave
+    switched put every host back to what it served before, whatever production moved to. When a
+    newer version was promoted meanwhile, that undid a good rollout: a deploy of v2 overtaken by
+    v3 went back to v1, and a rollback (v2 -> v1, by promoting v1 again) overtaken by v3 went back
+    to v2, the version rolled back as bad. The hosts now stay on the version that passed every
+    check, it is recorded deployed, and one line says production moved and how to install it."""
+    env = deploy_env
+    hosts = env.add_hosts(1, "file")
+    v1 = env.release("a", opts=_opts(canary=0))
+    v2 = env.release("b", opts=_opts(canary=0))
+    target, before = (v2, v1) if case == "deploy" else (v1, v2)
+    if case == "deploy":        # v2 registered and deployed once already: deploy it from v1 again
+        env.promote(v1)
+        env.deploy(opts=_opts())
+        env.serves(hosts[0], v1)
+    env.promote(target)
+    v3 = env.register("c")
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    done = _promote_during_the_last_verify(env, monkeypatch, v3)
+    with pytest.raises(UserError) as moved:
+        env.deploy(opts=_opts())
+    assert done == {"promoted": v3}
+    assert not isinstance(moved.value, DeployFailed), moved.value
+    line = str(moved.value)
+    assert f"moved from v{target} to v{v3} while this deploy ran" in line, line
+    assert f"the hosts stay on v{target}" in line and "mlops sync deploy" in line, line
+    env.serves(hosts[0], target)                       # not put back to v{before}
+    assert env.which(hosts[0]) != before
+    assert env.tags(target).get("deploy_status") == "deployed"
+    assert env.production() == v3
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, verify)
+    r = env.deploy(opts=_opts())                       # the next deploy installs production
+    assert r.status == "deployed", r.message
+    env.serves(hosts[0], v3)
+
+
+def test_a_rollout_overtaken_by_a_newer_version_that_failed_elsewhere_is_put_back(deploy_env, monkeypatch):
+    """The rule's other side (``rollout.stays_when_overtaken``): when the version failed on
+    another fleet meanwhile, a newer production does not keep it: every host goes back."""
+    env = deploy_env
+    hosts = env.add_hosts(1, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v3 = env.register("c")
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    done = {}
+
+    def while_it_fails_elsewhere_and_v3_is_promoted(run, step):
+        verify(run, step)
+        if not done:
+            promotion.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow", host="other-fleet")
+            env.promote(v3)
+            done["promoted"] = v3
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_it_fails_elsewhere_and_v3_is_promoted)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts())
+    assert f"moved from v{v2} to v{v3}" in str(failed.value), failed.value
+    env.serves(hosts[0], v1)
+    assert env.tags(v2).get("deploy_status") == "failed"

@@ -474,3 +474,18 @@ def test_one_rollout_decision_for_plan_and_deploy():
     # a restore asks no verdict: hosts left on the version by a rollout nothing judged are not named
     assert decide_rollout(["b", "c"], staged, row, ("a",)).shape.to_dict()["unjudged"] == []
     assert decide_rollout(["b"], staged, None, ("a",)).shape.to_dict()["unjudged"] == ["a"]
+
+
+@pytest.mark.parametrize("v, now, before, failed, stays", [
+    (2, 3, {1}, False, True),          # a deploy of v2 overtaken by v3's promotion: keep v2
+    (1, 3, {2}, False, True),          # a rollback to v1 overtaken by v3: not back to v2
+    (2, 1, {1}, False, False),         # a rollback to what the hosts served: that is the put-back
+    (2, 3, {3}, False, False),         # moved to what the hosts served before: put back (cheap)
+    (2, 3, {1}, True, False),          # v2 failed on another fleet meanwhile
+    (3, 1, {2}, False, False),         # an older version: a rollback of some kind
+    (2, None, {1}, False, False),      # production removed
+])
+def test_a_rollout_overtaken_stays_only_for_a_newer_version_it_did_not_fail_against(v, now, before, failed, stays):
+    from serving_sync.rollout import stays_when_overtaken
+
+    assert stays_when_overtaken(v, now, before, failed) is stays
