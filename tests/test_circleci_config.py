@@ -155,6 +155,10 @@ def test_every_job_that_moves_production_deploys_it_in_the_same_job(config):
         assert spec.get("serial-group"), f"{wf_name}: {name} moves production outside the deploys' group"
         if "mlops registry promote" in cmds[move]:      # the version it promoted, or nothing
             assert '--expect-version "$(cat workspace/version)"' in cmds[deploy], cmds[deploy]
+        # another deploy (a watcher, a person) holding the lock is waited for, bounded: failing at
+        # once left production on a version no host got (found by review, tenth stop)
+        wait = re.search(r"--lock-wait (\d+)", cmds[deploy])
+        assert wait and 600 < int(wait.group(1)) <= 1800, f"{wf_name}: {name}: {cmds[deploy]}"
 
 
 def test_infra_validation_uses_the_real_image_in_circleci(config):
