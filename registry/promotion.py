@@ -583,6 +583,19 @@ def _finishing(model: str, row: Entry, *, defer_tags: bool) -> Promotion:
     return promo
 
 
+def show_rolled_out(model: str, row: Entry) -> bool:
+    """The registry's view of the person's rollback ``row`` (its approver on ``row.to_version``,
+    both descriptions), written by the deploy that puts it on the hosts when the tags do not show
+    it yet: a `sync rollback` killed between its move and ``Promotion.finish()`` never wrote it,
+    and `registry status` then took the stale tag for one changed outside mlops. Returns whether
+    it wrote (one read of the version when it did not)."""
+    (p,) = _confirmed_moves(model, [row])
+    if not _tags_lag(model, p):
+        return False
+    _write_view(model, row.to_version, p)
+    return True
+
+
 def revert_failed_deploy(model: str, failed_version, to_version, reason: str,
                          actor: str | None = None, *, host: str | None = None, host_was: int | None = _UNKNOWN,
                          ledger: Ledger | None = None, provenance: Provenance | None = None) -> Promotion:

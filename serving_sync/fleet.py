@@ -692,7 +692,7 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
 
     ``late`` (every host already served ``version``): only if that version still says
     ``deployed`` — the rollback's deploy was killed after its switch, before it wrote the tag."""
-    from registry import versions
+    from registry import promotion, versions
 
     try:
         row = deploys.rolled_back_from(model, version)     # a restore or not (--to a version never in production)
@@ -701,6 +701,9 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
                 or versions.production_version(model) == frm:
             return
         deploys.tag(model, frm, deploys.ROLLED_BACK, why or "rollback")
+        # who rolled back, on the version rolled back to: `sync rollback` writes it after this
+        # deploy; one killed before that (the rerun is refused, a deploy finishes it) never did
+        promotion.show_rolled_out(model, row)
         if late:
             logger.info("tagged v%d of '%s' rolled_back: the rollback to v%d is on every host (its deploy "
                         "stopped before saying so)", frm, model, version)

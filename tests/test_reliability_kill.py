@@ -254,3 +254,35 @@ def test_a_rollback_to_a_version_that_never_held_production_tags_the_one_rolled_
     again = env.cli("sync", "rollback", "--reason", "v2 too")
     assert again.returncode == 0, again.stderr
     assert "finishing the rollback" not in again.stderr and env.production() != v2
+
+
+@pytest.mark.parametrize("phase", ["promotion:after_alias", "after:switch"])
+def test_a_sync_rollback_killed_before_its_tags_shows_who_rolled_back_once_deployed(deploy_env, paused_deploy,
+                                                                                       phase):
+    """Found by the kill sweep of 2026-12-06 (tenth stop): `sync rollback` (v3 -> v2) SIGKILLed
+    once its move was made (alias moved, or hosts switched), before its deferred view: the rerun
+    is refused ("`mlops sync deploy` installs v2") and the deploy finished the rollout and tagged
+    v3 rolled_back, but v2's `approved_by` still named whoever promoted it first, so `registry
+    status` said the tag "was changed outside mlops". The deploy that finishes the rollback now
+    writes the rollback's view (its approver) when the tags do not show it yet."""
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    args = ("--reason", "v3 is slow", "--actor", "oncall-bob")
+    paused_deploy(env.env, phase, *args, command=("sync", "rollback")).wait_paused().kill()
+    assert env.production() == v2
+
+    again = env.cli("sync", "rollback", *args)
+    assert again.returncode != 0 and f"`mlops sync deploy` installs v{v2}" in again.stderr, again.stderr
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 0, r.stderr
+    for h in hosts:
+        env.serves(h, v2)
+    assert env.tags(v3).get("deploy_status") == "rolled_back" and env.tags(v2).get("deploy_status") == "deployed"
+    assert env.tags(v2).get("approved_by") == "oncall-bob", env.tags(v2)
+    status = env.cli("registry", "status")
+    assert status.returncode == 0 and "changed outside mlops" not in status.stdout + status.stderr, status.stdout
+    assert env.deploy().status == "up_to_date"
+    further = env.cli("sync", "rollback", "--reason", "v2 too")        # a rollback is one step again
+    assert further.returncode == 0, further.stderr
+    assert env.production() == v1
