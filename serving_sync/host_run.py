@@ -18,14 +18,15 @@ from typing import Callable
 from mlops_common import faultpoint, log
 from mlops_common.errors import UserError
 
-from . import apply, cancel, host_config, verified
+from . import apply, cancel, host_config, retention, verified
 from . import models_config as mc
 from .errors import HostUnreachable, LedgerWriteFailed, LockHeld, SmokeFailed
+from .names import has_control
 from .observe import Observed
 from .options import DeployOptions
 from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, compose
 from .progress import make_progress
-from .publish import publish
+from .publish import incoming_dirs, publish
 from .smoke import Golden, SmokeReport, run_smoke
 
 logger = log.get("sync.host_run")
@@ -148,6 +149,7 @@ class HostRun:
 
     def _publish(self, step: Step) -> None:
         saved_model_dir, manifest = self._bundle()
+        self._remove_dead_uploads()
         progress = make_progress(manifest.total_size, f"{self.host.name}: uploading v{step.version}",
                                  json_mode=self.opts.json_mode)
 
@@ -162,6 +164,19 @@ class HostRun:
         self.outcome.publish = result.to_dict()
         logger.info("%s: v%d %s (%d bytes in %.1fs)", self.host.name, step.version,
                     result.status.replace("_", " "), result.bytes_transferred, result.seconds)
+
+    def _remove_dead_uploads(self) -> None:
+        """After a takeover of a dead deploy's lock, its uploads (``.incoming-*``) are dead too
+        (every upload holds the lock) and may hold the space this one needs: a deploy killed
+        mid-upload made every rerun fail its free-space check until retention found them an hour
+        old. Removed before this upload, not only after a successful deploy."""
+        lock = getattr(self.conn, "lock", None)
+        if lock is None or not getattr(lock, "took_over", False):
+            return
+        dead = sorted(n for n in incoming_dirs(self.transport, self.model) if not has_control(n))
+        if dead:
+            self.heartbeat(force=True)      # deleting: only while the host is still ours (checked now)
+            retention.apply(self.transport, retention.RetentionPlan(self.model, remove_uploads=dead))
 
     def _write(self, target: ConfigTarget) -> None:
         config = compose(self.config, self.model, self.plan_base_path, target)

@@ -245,3 +245,40 @@ def test_a_corrupt_savedmodel_never_serves_and_production_goes_back(deploy_env, 
     assert env.production() == v1 and env.tags(bad)["deploy_status"] == "failed"
     r = env.cli("sync", "deploy")
     assert r.returncode == 0 and "up to date" in r.stdout, r.stderr
+
+
+@pytest.mark.slow
+def test_a_rerun_after_an_upload_killed_midway_frees_the_dead_uploads_space_before_it_needs_it(
+        deploy_env, tmpfs, paused_deploy):
+    """Found by the kill sweep of 2026-12-06 (tenth stop): a deploy SIGKILLed during its upload
+    (a CI job's timeout) left its partial copy under `.incoming-*`, which retention removes only
+    once it is an hour old. On a disk with room for one new copy, every rerun within that hour
+    took over the dead lock and then failed its free-space check ("not enough free space ...
+    free space there and rerun"): the dead upload held the space. A lock taken over from a dead
+    deploy now means its uploads are dead too: they are removed before this deploy uploads."""
+    from serving_sync.publish import SPACE_MARGIN
+
+    env = deploy_env
+    base = tmpfs("5600k")
+    host = own_host(env, base)
+    v1 = serving_v1(env, host)
+    v2 = env.register("big")
+    env.promote(v2)
+    paused_deploy(env.env, "during:publish").wait_paused().kill()
+    model_dir = base / env.model
+    (dead,) = [p for p in model_dir.iterdir() if p.name.startswith(".incoming-")]
+    size = sum(p.stat().st_size for p in (env.bundles.path("big") / "tfserving").rglob("*") if p.is_file())
+    need = int(size * SPACE_MARGIN) + 64 * 1024
+    # the rest of what the kill cut short: the dead upload holds most of a copy of v2, and the
+    # disk has room for one copy of v2 only once it is gone
+    rest = shutil.disk_usage(base).free - need + 256 * 1024
+    assert 0 < rest < size
+    (dead / "variables.part").write_bytes(b"\0" * rest)
+
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "took over the deploy lock" in r.stderr
+    env.serves(host, v2)
+    assert numeric(model_dir) == [v1, v2] and not dead.exists()
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".incoming-")]
+    assert env.deploy().status == "up_to_date"
