@@ -61,7 +61,7 @@ one of which has ``min_requests``; else fewer than ``min_requests`` requests on 
 -> "not enough traffic", which passes or fails as ``on_low_traffic`` says; else the canary
 breaches when its error rate is more than ``max_error_rate`` above the worst baseline's by more
 than chance explains (``ERROR_RATE_ALPHA``: that many errors at the limit's rate would come in
-fewer than 1 bake of 100), or its
+fewer than 1 bake of 100, each baseline's rate counted with its own noise), or its
 latency (above) is more than ``max_latency_ratio`` times the worst baseline's (a baseline counts
 only with at least ``min_requests`` requests of its own).
 """
@@ -524,6 +524,76 @@ def _beyond_chance(errors: int, requests: int, bound: float) -> bool:
     return chance_of_at_least(errors, requests, bound) < ERROR_RATE_ALPHA
 
 
+def _binomial_pmf(n: int, p: float) -> tuple[int, list[float]]:
+    """(first k, P(X = k) from it on) for X ~ Binomial(n, p), over the values that count (12
+    standard deviations and more either side of the mean carry nothing a 1% test can see)."""
+    if p <= 0:
+        return 0, [1.0]
+    if p >= 1:
+        return n, [1.0]
+    reach = 12 * math.sqrt(n * p * (1 - p)) + 12
+    lo, hi = max(0, math.floor(n * p - reach)), min(n, math.ceil(n * p + reach))
+    log_p, log_q, top = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return lo, [math.exp(top - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
+                for k in range(lo, hi + 1)]
+
+
+def _restricted_rate(errors: int, requests: int, base_errors: int, base_requests: int, margin: float) -> float:
+    """The baseline's error rate p most likely to give both windows' counts when the canary's rate
+    is exactly p + ``margin`` (the edge of "no worse than the limit"): the log-likelihood is concave
+    in p, so its slope is found zero by bisection."""
+    def slope(p: float) -> float:
+        g = 0.0
+        for k, n, r in ((base_errors, base_requests, p), (errors, requests, p + margin)):
+            g += (k / r if k else 0.0) - ((n - k) / (1 - r) if n > k else 0.0)
+        return g
+    lo, hi = 0.0, 1.0 - margin
+    if hi <= 0:
+        return 0.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def chance_of_as_many_more_errors(errors: int, requests: int, base_errors: int, base_requests: int,
+                                  margin: float) -> float:
+    """How often a canary whose true error rate is exactly ``margin`` above its baseline's would
+    show an error rate at least this much above the baseline's observed one, both windows counted
+    with their noise: P(Xc/nc - Xb/nb >= kc/nc - kb/nb) with Xc ~ Binomial(nc, p + margin) and Xb
+    ~ Binomial(nb, p), p the baseline rate most likely under that edge (``_restricted_rate``; an
+    exact tail at an estimated rate, Lloyd's "E" test). A baseline of 20 requests without an error
+    says its rate is below about 14%, not 0."""
+    p = _restricted_rate(errors, requests, base_errors, base_requests, margin)
+    lo_c, pmf_c = _binomial_pmf(requests, min(1.0, p + margin))
+    tail_c, acc = [0.0] * (len(pmf_c) + 1), 0.0          # tail_c[i] = P(Xc >= lo_c + i)
+    for i in range(len(pmf_c) - 1, -1, -1):
+        acc += pmf_c[i]
+        tail_c[i] = acc
+    lo_b, pmf_b = _binomial_pmf(base_requests, p)
+    total = 0.0
+    for i, w in enumerate(pmf_b):
+        xb = lo_b + i
+        # Xc / nc - xb / nb >= kc / nc - kb / nb, in integers: Xc * nb >= kc * nb + nc * (xb - kb)
+        need = -(-(errors * base_requests + requests * (xb - base_errors)) // base_requests)
+        at = need - lo_c
+        total += w * (1.0 if at <= 0 else tail_c[at] if at < len(tail_c) else 0.0)
+    return min(total, 1.0)
+
+
+def _errors_beyond_chance(canary: Window, baselines: dict[str, Window], bound: float, margin: float) -> bool:
+    """Whether the canary's errors are more than ``margin`` above every baseline's rate beyond
+    chance: each baseline with its own noise (``chance_of_as_many_more_errors``; all must say so,
+    as "worse than the worst baseline" means worse than each); no baseline: against ``bound``."""
+    k, n = int(canary.errors), int(canary.requests)
+    if not baselines:
+        return _beyond_chance(k, n, bound)
+    return all(chance_of_as_many_more_errors(k, n, int(w.errors), int(w.requests), margin) < ERROR_RATE_ALPHA
+               for w in baselines.values())
+
+
 def _pct(rate: float, decimals: int = 1) -> str:
     return f"{100 * rate:.{decimals}f}%"
 
@@ -719,7 +789,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     err = f"error rate {_pct(canary.error_rate, d)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
     # "more than the limit": 7/100 against 6/100 + 1% is at it, though 0.06 + 0.01 > 0.07 in floats
     if canary.error_rate > bound + RATE_EPSILON:
-        if _beyond_chance(int(canary.errors), int(canary.requests), bound):
+        if _errors_beyond_chance(canary, baselines, bound, limits.max_error_rate):
             reasons.append(err)
         else:
             err += (f", within chance at {canary.requests} requests (at the limit, {canary.errors} or more "

@@ -257,10 +257,56 @@ def test_an_error_rate_above_its_limit_breaches_only_beyond_chance():
                                   None, LIMITS).outcome == "breached"
                        for e, b in zip(rng.binomial(n, 0.005, 400), rng.binomial(n, 0.005, 400)))
         assert breached <= 4, (n, breached)         # at most 1%
-    for n in (100, 320):                   # a version failing 10% of its requests
-        caught = sum(bake.judge("web-2", _win([1000] * (n - e), errors=e), _win([1000] * n), None,
+    # a version failing 10% of its requests (against 100 clean requests, which cannot rule out an old
+    # rate of 3%, it is caught in about 4 bakes of 5 at 100 requests: tenth stop, both sides' noise)
+    for n, base in ((100, 1000), (320, 320)):
+        caught = sum(bake.judge("web-2", _win([1000] * (n - e), errors=e), _win([1000] * base), None,
                                 LIMITS).outcome == "breached" for e in rng.binomial(n, 0.10, 200))
         assert caught >= 190, (n, caught)
+
+
+
+def test_a_baseline_with_few_requests_and_no_errors_is_not_taken_for_an_exact_error_rate():
+    """Found by review (2026-12-06, tenth stop): the chance rule took the worst baseline's observed
+    error rate as the old version's true rate, so a small baseline that happened to see no error
+    (0 of 20 requests: 36% of windows at a 5% error rate, clients sending invalid input counted as
+    INVALID_ARGUMENT) made an identical canary's 6 errors of 100 "beyond chance" (1 bake in 2,000 at
+    1%): rolled back. Now the canary's errors are weighed against each baseline's counts with both
+    sides' noise (identical versions breach at most 1 bake in 100), and a version that is worse
+    still breaches."""
+    import numpy as np
+
+    v = bake.judge("web-2", _win([1000] * 94, errors=6), _win([1000] * 20), None, LIMITS)
+    assert v.passed and "within chance at 100 requests" in v.line, v.line
+    rng = np.random.default_rng(1206)
+    for p, n_canary, n_base, others in ((0.05, 100, 20, False), (0.05, 100, 40, False), (0.1, 20, 20, False),
+                                        (0.1, 50, 50, False), (0.2, 300, 300, False), (0.05, 20, 20, True)):
+        breached = 0
+        for e, b, o in zip(rng.binomial(n_canary, p, 400), rng.binomial(n_base, p, 400), rng.binomial(n_base, p, 400)):
+            other = _win([1000] * (n_base - o), errors=o) if others else None
+            breached += bake.judge("web-2", _win([1000] * (n_canary - e), errors=e),
+                                   _win([1000] * (n_base - b), errors=b), other, LIMITS).outcome == "breached"
+        assert breached <= 4, (p, n_canary, n_base, others, breached)        # at most 1%
+    for p, worse, n, base, at_least in ((0.0, 0.10, 100, 1000, 0.95), (0.0, 0.10, 320, 320, 0.95),
+                                        (0.01, 0.08, 300, 300, 0.85), (0.005, 0.05, 1000, 1000, 0.95)):
+        caught = sum(bake.judge("web-2", _win([1000] * (n - e), errors=e), _win([1000] * (base - b), errors=b),
+                                None, LIMITS).outcome == "breached"
+                     for e, b in zip(rng.binomial(n, worse, 200), rng.binomial(base, p, 200)))
+        assert caught >= at_least * 200, (p, worse, n, base, caught)
+    # the tail itself, against a brute-force sum at the rate a fine grid finds most likely
+    from math import comb, log
+
+    for kc, nc, kb, nb, margin in ((6, 100, 0, 20, 0.01), (3, 20, 0, 100, 0.01), (9, 60, 2, 40, 0.05),
+                                   (4, 30, 1, 25, 0.0)):
+        def loglik(q):
+            return sum(k * log(r) if k else 0.0 for k, r in ((kb, q), (kc, q + margin))) + \
+                sum((n - k) * log(1 - r) for k, n, r in ((kb, nb, q), (kc, nc, q + margin)))
+        q = max((i / 200_000 for i in range(1, int(200_000 * (1 - margin)))), key=loglik)
+        exact = sum(comb(nb, xb) * q ** xb * (1 - q) ** (nb - xb) * comb(nc, xc) * (q + margin) ** xc
+                    * (1 - q - margin) ** (nc - xc)
+                    for xb in range(nb + 1) for xc in range(nc + 1) if xc * nb - xb * nc >= kc * nb - kb * nc)
+        got = bake.chance_of_as_many_more_errors(kc, nc, kb, nb, margin)
+        assert got == pytest.approx(exact, rel=1e-3), (kc, nc, kb, nb, margin, got, exact)
 
 
 def _lognormal_windows(rng, n: int, sigma: float, regression: str = "", median_us: float = 2000.0):
