@@ -413,7 +413,8 @@ def quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | None
         return None
     prev_le, prev_count, le, count, rank = found
     if math.isinf(le):               # in the open top bucket: the highest finite bound
-        return prev_le
+        # none (a histogram of the open bucket alone): NaN in Prometheus, not 0
+        return prev_le if any(math.isfinite(b) for b, _ in buckets) else None
     if count == prev_count:
         return le
     return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)

@@ -83,6 +83,20 @@ def test_quantile_treats_the_buckets_as_cumulative_even_when_they_are_not():
     assert bake.quantile_bounds(((1000.0, 50.0), (INF, 100.0)), 0.99) == (1000.0, INF)
 
 
+def test_a_histogram_with_only_its_open_bucket_has_no_quantile():
+    """Found by review (2026-12-06, tenth stop): a quantile in the open top bucket is the highest
+    finite limit (Prometheus' ``histogram_quantile``), but with no finite limit at all (old hosts of
+    TF Serving builds whose bucket limits share none, merged) it read 0 ms, and the ledger's
+    measurements said the old hosts answered in "p95 0.0 ms"; Prometheus says NaN (fewer than two
+    buckets): no value."""
+    assert bake.quantile(((INF, 10.0),), 0.95) is None
+    assert bake.quantile(((10.0, 0.0), (INF, 10.0)), 0.95) == 10.0          # as histogram_quantile
+    merged = bake.merge([_win_with_buckets([1000.0] * 50, [10 * 1.8 ** k for k in range(1, 33)]),
+                         _win_with_buckets([1000.0] * 50, [10 * 2.0 ** k for k in range(1, 30)])])
+    assert dict(merged.buckets) == {INF: 100.0}
+    assert merged.to_dict()["p95_ms"] is None and merged.to_dict()["p99_ms"] is None
+
+
 # --- what is traffic ------------------------------------------------------------------------------
 def _page(model="m", ok=5, predict_us=10_000, gets=600, get_us=300, errors=0, unknown=()) -> str:
     """The local server's metrics, as TF Serving writes them; ``unknown``: model names requests
