@@ -278,8 +278,21 @@ def runs_metrics(run_ids) -> dict[str, dict[str, float]]:
                 "filter": "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in chunk) + ")"}
         doc = rest().post("runs/search", body, what=f"reading the metrics of {len(chunk)} runs")
         for run in doc.get("runs") or ():
-            out[run["info"]["run_id"]] = {m["key"]: m["value"] for m in (run.get("data") or {}).get("metrics") or ()}
+            out[run["info"]["run_id"]] = {m["key"]: _metric_value(m.get("value"))
+                                          for m in (run.get("data") or {}).get("metrics") or ()}
     return out
+
+
+def _metric_value(value):
+    """A metric's value from MLflow's REST answer, a float: proto3 JSON writes a NaN or infinite
+    double as the string ``"NaN"`` / ``"Infinity"`` / ``"-Infinity"`` (``registry status``
+    formatted the string as a number: a traceback)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value
 
 
 @lru_cache(maxsize=256)

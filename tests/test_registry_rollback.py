@@ -219,6 +219,23 @@ def test_status_reads_every_versions_metrics_in_a_few_requests(make_version, htt
     assert sum(p.endswith("/runs/search") for p in paths) == 3        # 5 run ids, 2 a request
 
 
+def test_status_shows_a_version_whose_run_logged_a_nan_accuracy(make_version):
+    """MLflow's REST answer writes a NaN metric as the string "NaN" (proto3 JSON): `registry
+    status` of a model with a version whose run logged heldout_accuracy NaN (registered outside
+    mlproject, whose training stops when it diverges) was a traceback, and `--json` gave the string."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(metrics={"heldout_accuracy": float("nan")})
+    make_version(metrics={"heldout_accuracy": 0.93})
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line[:1].isdigit()}
+    assert "nan" in rows["1"] and "0.9300" in rows["2"], r.stdout
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = {row["version"]: row["heldout_accuracy"] for row in json.loads(r.stdout)["versions"]}
+    assert doc == {1: None, 2: 0.93}, model
+
+
 def test_a_rerun_sync_rollback_to_n_not_yet_on_the_hosts_says_so_not_nothing_to_roll_back(four_versions):
     """`sync rollback --to 2` killed after its registry move (hosts still on v3): the same command
     run again said 'version 2 already holds production; nothing to roll back' while the fleet
