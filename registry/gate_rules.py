@@ -460,6 +460,8 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
     else:
         checks.append(Check("signature", True,
                             "serving signature compatible with production" if production is not None
+                            else "serving signature well-formed (this version holds production: no other "
+                                 "to compare with)" if gated_production
                             else "serving signature well-formed (no production to compare with)"))
 
     return Verdict(passed=all(c.passed for c in checks), checks=checks,

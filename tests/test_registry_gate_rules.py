@@ -240,6 +240,18 @@ def test_gating_the_production_version_has_no_baseline_and_says_so():
     assert choose_baseline("m", 4, 4, None, None) == Baseline(None, gated_production=True)
 
 
+def test_the_production_version_gated_is_not_said_to_have_no_production():
+    """Gating the version that holds production: its signature check said "no production to
+    compare with", beside the summary's "as the production version itself" (a sweep of
+    2026-12-04 removed "no production version yet" from that report, not this)."""
+    v = decide(evaluation(0.95), None, GateRules(), gated_production=True)
+    text = summary(v, 4)
+    assert v.passed and "no production" not in text.lower(), text
+    assert "this version holds production" in next(c.message for c in v.checks if c.rule == "signature")
+    first = decide(evaluation(0.95), None, GateRules())
+    assert "no production to compare with" in next(c.message for c in first.checks if c.rule == "signature")
+
+
 def test_a_missing_alias_with_a_deleted_ledger_holder_says_to_reconcile():
     with pytest.raises(RefusedError) as exc:
         choose_baseline("digits", 5, None, 3, False)
@@ -651,3 +663,46 @@ def test_an_evaluation_carries_the_class_of_each_held_out_example():
     doc = evaluation_of(probs, heldout, model_uri="models:/m/1", dataset="digits").to_dict()
     assert doc["heldout_labels"] == "".join(str(int(y)) for y in heldout.labels) and len(doc["heldout_labels"]) == 450
     assert {k: doc["heldout_labels"].count(k) for k in doc["per_class_count"]} == doc["per_class_count"]
+
+
+# --- edges on real evaluations (Reviews of 2026-12-06, tenth stop) --------------------------------
+
+def test_perfect_tied_and_missing_class_answers_on_mlprojects_own_evaluations():
+    """mlproject's evaluation of chosen answers on the digits held-out set, into the rules: two
+    perfect versions (no example flipped: the floors, not a zero tolerance), two versions with the
+    same answers, a candidate that never answers one class, and a held-out set without a class."""
+    import numpy as np
+
+    from mlproject.datasets import Arrays, load_partition
+    from mlproject.evaluate import evaluation_of
+
+    heldout = load_partition("digits").heldout
+
+    def answering(predicted, data=heldout):
+        probs = np.zeros((len(data), 10), np.float32)
+        probs[np.arange(len(data)), predicted] = 1.0
+        return evaluation_of(probs, data, model_uri="models:/m/1", dataset="digits").to_dict()
+
+    perfect = answering(heldout.labels)
+    v = decide(perfect, perfect, GateRules(), baseline_version=1)
+    assert v.passed and v.paired.b == v.paired.c == 0 and v.tolerance == 0.01
+    assert set(v.class_allowed.values()) == {0.02}
+
+    wrong = heldout.labels.copy()
+    wrong[::9] = (wrong[::9] + 1) % 10                  # 50 of 450 answered wrong, by both versions
+    same = answering(wrong)
+    v = decide(same, same, GateRules(), baseline_version=1)
+    assert v.passed and (v.paired.b, v.paired.c) == (0, 0), summary(v, 2)
+
+    never3 = np.where(heldout.labels == 3, 4, heldout.labels)    # class 3 never answered
+    v = decide(answering(never3), perfect, GateRules(), baseline_version=1)
+    assert failed_rules(v) == ["accuracy_vs_production", "class_accuracy_vs_production"]
+    assert "class 3 0.000 vs 1.000" in summary(v, 2)
+
+    keep = heldout.labels != 9                           # a held-out set without class 9
+    no9 = Arrays(heldout.images[keep], heldout.labels[keep])
+    doc = answering(no9.labels, no9)
+    assert doc["per_class_count"]["9"] == 0
+    v = decide(doc, doc, GateRules(), baseline_version=1)
+    assert v.passed and v.class_derivation.startswith("per class") and "9" not in v.class_paired
+    assert "among the 9 classes" in v.class_derivation
