@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 
@@ -91,6 +92,7 @@ from mlops_common import settings
 from mlops_common.errors import ConfigError, RefusedError
 
 EPS = 1e-9  # float slack so that a value exactly at a limit passes
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,10 @@ class GateRules:
                           ("max_class_drop", "MLOPS_GATE_MAX_CLASS_DROP")):
             raw = settings.env(var)
             if raw is not None:
-                try:
-                    values[name] = float(raw)
-                except ValueError:
-                    raise ConfigError(f"{var} must be a number such as 0.05, got '{raw}'") from None
+                # ASCII decimals only, as the flags (``flags.number``): float() reads "0_1" as 1.0
+                if not _DECIMAL.fullmatch(raw.strip()):
+                    raise ConfigError(f"{var} must be a number such as 0.05, got '{raw}'")
+                values[name] = float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         rules = cls(**values)
         for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop"):

@@ -156,6 +156,18 @@ def test_rules_from_env_and_flags(monkeypatch):
         GateRules.from_env()
 
 
+@pytest.mark.parametrize("raw", ["0_1", "00_1", "\uff10.\uff11", "0.0_5"])
+def test_a_gate_variable_is_an_ascii_decimal_as_the_flags_are(monkeypatch, raw):
+    """`float()` reads "0_1" as 1.0: MLOPS_GATE_MAX_CLASS_DROP=0_1 (meant 0.1) allowed every class
+    to drop to 0 and passed. The flags refuse it (`flags.number`, third stop of 2026-12-05), and
+    so do the MLOPS_BAKE_* variables; the gate's variables took it."""
+    monkeypatch.setenv("MLOPS_GATE_MAX_CLASS_DROP", raw)
+    with pytest.raises(ConfigError, match="MLOPS_GATE_MAX_CLASS_DROP must be a number such as 0.05"):
+        GateRules.from_env()
+    monkeypatch.setenv("MLOPS_GATE_MAX_CLASS_DROP", " 0.1 ")
+    assert GateRules.from_env().max_class_drop == 0.1
+
+
 def test_report_has_both_versions_side_by_side_per_class():
     prod = {str(k): 0.95 for k in range(10)}
     cand = dict(prod, **{"3": 0.7})
