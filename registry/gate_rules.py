@@ -606,6 +606,13 @@ def _class_key(k: str):
     return (0, int(k)) if str(k).isdigit() else (1, str(k))
 
 
+def _amount(x: float) -> str:
+    """A shortfall to 4 decimals, or to 2 significant digits when those read 0.0000: a FAIL that
+    said "short by 0.0000" looked like a pass to the approver (found by review, tenth stop)."""
+    four = f"{x:.4f}"
+    return four if float(four) != 0 or x == 0 else f"{x:.2g}"
+
+
 def summary(verdict: Verdict, version: int) -> str:
     """One paragraph: which rules failed and by how much (or that it passed)."""
     base = (f"against production v{verdict.baseline_version}" if verdict.baseline_version is not None
@@ -617,7 +624,7 @@ def summary(verdict: Verdict, version: int) -> str:
             "; ".join(c.message for c in verdict.checks) + "."
     parts = []
     for c in verdict.failed:
-        by = f" (short by {c.shortfall:.4f})" if c.shortfall is not None and c.rule != \
+        by = f" (short by {_amount(c.shortfall)})" if c.shortfall is not None and c.rule != \
             "class_accuracy_vs_production" else ""
         parts.append(f"{c.rule}: {c.message}{by}")
     return f"Version {version} failed the quality gate {base}: " + "; ".join(parts) + "."

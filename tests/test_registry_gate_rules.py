@@ -143,6 +143,16 @@ def test_summary_names_every_failed_rule_and_by_how_much():
     assert "\n" not in text
 
 
+def test_a_failure_by_less_than_the_fourth_decimal_does_not_read_short_by_zero():
+    """Found by review (tenth stop): a FAIL whose shortfall rounds to 0.0000 said "(short by
+    0.0000)", which reads as a pass to the approver."""
+    prod = {str(k): 0.95 for k in range(10)}
+    v = decide(evaluation(0.79997, prod), evaluation(0.95, prod), GateRules(), baseline_version=2)
+    text = summary(v, 5)
+    assert "min_accuracy" in text and "short by 3e-05" in text, text
+    assert "short by 0.0000" not in text
+
+
 def test_rules_from_env_and_flags(monkeypatch):
     monkeypatch.setenv("MLOPS_GATE_MIN_ACCURACY", "0.9")
     monkeypatch.setenv("MLOPS_GATE_MAX_CLASS_DROP", "0.2")
