@@ -340,19 +340,30 @@ def test_presigned_urls_are_sigv4_and_last_as_long_as_a_slow_download(s3_env, en
         assert url.startswith(endpoint or s3_env.env()["AWS_ENDPOINT_URL"].rstrip("/")), url
 
 
+@pytest.mark.parametrize("fetcher", ["curl", "wget"])
 @pytest.mark.parametrize("store,says", [
     ("expired", ("403", "MLOPS_STORE_URL_EXPIRY")),
     # a 404 (the version removed meanwhile, e.g. by another fleet's retention) said "check that the
     # host reaches the store (store_endpoint)", which sent people to the wrong place
     ("empty", ("not in the store (404)", "rerun the deploy")),
 ])
-def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path, store, says):
+def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path, store, says, fetcher,
+                                                                 monkeypatch):
+    """Found by review (2026-12-06, tenth stop): on a host with wget and no curl the script ran
+    ``wget -q``, which prints nothing, so an expired URL (403) or a version another fleet's
+    retention removed (404) was "(no error output); check that the host reaches the store
+    (store_endpoint in the hosts file)"."""
     from mlops_common.errors import UserError
     from serving_sync import manifest as mf
     from serving_sync.publish import incoming_dirs, publish
+    from serving_sync.transports import ssh_scripts
     from tests.test_sync_ssh import connect
     from tests.test_sync_support import make_model_tree
 
+    if fetcher == "wget":     # the host script picks curl first: hide it from the script
+        monkeypatch.setattr(ssh_scripts, "fetch_script", lambda *a, _f=ssh_scripts.fetch_script, **k: _f(
+            *a, **k).replace("command -v curl >/dev/null 2>&1", "false", 1))
+    monkeypatch.setattr("serving_sync.transports.ssh.fetch_script", ssh_scripts.fetch_script)
     model = make_model_tree(tmp_path / "model")
     m = mf.build(model)
     (tmp_path / "empty-store").mkdir()
@@ -366,7 +377,7 @@ def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path,
         msg = e.value.message
         assert all(s in msg for s in says) and "nothing was published" in msg, msg
         assert "Signature" not in msg and "s3cr3t" not in msg
-        assert store == "expired" or "store_endpoint" not in msg
+        assert "store_endpoint" not in msg and "no error output" not in msg, msg
         assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
     finally:
         t.close()

@@ -386,6 +386,10 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) 
     Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead). A
     failed download prints ``@fetchrc <curl|wget> <exit code>`` and ``@fetchfailed <path>`` (exit
     97): curl's 23 and wget's 3 are a failed write on the host (a full disk), not the store.
+    ``wget -q`` says nothing, and a quieter ``-nv`` still prints a line with the URL per file: on
+    wget's 8 (the store answered with an HTTP error) the script asks once more for one byte with
+    ``-nv``, so stderr holds the store's status (``ERROR 403: Forbidden.``: an expired URL; 404:
+    the object is gone) as curl's ``--show-error`` does.
 
     A channel closed by the deploying machine (an interrupt, a timeout) ends the download: sshd
     signals nothing to a command without a terminal, so while a file downloads a watcher writes
@@ -417,6 +421,9 @@ while IFS="$tab" read -r kind p u; do
        w=$!
        wait "$c"; frc=$?
        kill "$w" 2>/dev/null; wait "$w" 2>/dev/null
+       if [ "$frc" -eq 8 ] && [ "$F" = wget ]; then
+         printf '%s\n' "$u" | wget -nv --timeout=10 --tries=1 --header='Range: bytes=0-0' -O /dev/null -i -
+       fi
        [ "$frc" -eq 0 ] || {{ echo "@fetchrc $F $frc"; echo "@fetchfailed $p"; exit 97; }}
        [ -f "$dest/$p" ] || : > "$dest/$p" || exit 96
        echo "@got $p" ;;
