@@ -80,9 +80,9 @@ class Pull:
     urls: dict = field(repr=False)          # rel path -> presigned GET URL (a secret)
 
     def script_input(self) -> bytes:
-        """The host script's stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines."""
+        """The host script's stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url<TAB>size`` lines."""
         lines = [f"d\t{d}" for d in self.manifest.dirs]
-        lines += [f"f\t{f.path}\t{self.urls[f.path]}" for f in self.manifest.files]
+        lines += [f"f\t{f.path}\t{self.urls[f.path]}\t{f.size}" for f in self.manifest.files]
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -68,8 +68,8 @@ def test_presigned_urls_go_on_stdin_and_are_redacted():
                  ("variables",))
     pull = store.Pull("s3://b/p", m, {"saved_model.pb": "http://s/x?X-Amz-Signature=1",
                                       "variables/v.data": "http://s/y?X-Amz-Signature=2"})
-    assert pull.script_input() == (b"d\tvariables\nf\tsaved_model.pb\thttp://s/x?X-Amz-Signature=1\n"
-                                   b"f\tvariables/v.data\thttp://s/y?X-Amz-Signature=2\n")
+    assert pull.script_input() == (b"d\tvariables\nf\tsaved_model.pb\thttp://s/x?X-Amz-Signature=1\t3\n"
+                                   b"f\tvariables/v.data\thttp://s/y?X-Amz-Signature=2\t2\n")
     assert "Signature" not in repr(pull)
     nonce = "0123456789abcdef" * 2
     script = fetch_script("/b/m", "/b/m/.incoming-1", 10, nonce=nonce)
@@ -185,7 +185,7 @@ def test_plan_and_deploy_say_that_s3_hosts_need_a_tf_serving_with_s3(deploy_env,
 class _Served:
     """Files of ``root`` over HTTP on 127.0.0.1 (query strings ignored, like a presigned URL's)."""
 
-    def __init__(self, root, *, expired: bool = False, delay: float = 0.0, before=None):
+    def __init__(self, root, *, expired: bool = False, delay: float = 0.0, before=None, redirect: bool = False):
         import functools
         import threading
         import time
@@ -201,6 +201,14 @@ class _Served:
                     before()
                 if expired:             # what S3 answers a presigned URL past its expiry
                     self.send_error(403, "Request has expired")
+                    return
+                if redirect:            # a proxy in front of the store that wants https (or S3's
+                    body = b"<html>301 Moved Permanently</html>"   # 301 for another region's endpoint)
+                    self.send_response(301)
+                    self.send_header("Location", f"https://127.0.0.1:1{self.path}")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                     return
                 super().do_GET()
 
@@ -252,6 +260,38 @@ def test_a_pulled_version_is_verified_and_a_tampered_store_object_is_refused(ssh
         assert "sha256 mismatch for variables/variables.index" in e.value.message
         assert "Signature" not in e.value.message
         assert not (base / "digits/2").exists() and incoming_dirs(t, "digits") == []
+    finally:
+        t.close()
+        served.close()
+
+
+def test_a_store_that_answers_with_a_redirect_is_named_not_taken_for_a_damaged_download(sshd, tmp_path):
+    """Found by review (2026-12-06, tenth stop): a ``store_endpoint`` the store answers with a
+    redirect (an http:// address behind a proxy that wants https://; S3's 301 for an endpoint of
+    another region) made curl (``--fail`` fails on 4xx/5xx only) save the redirect's page as every
+    file of the version: the deploy then said "sha256 mismatch ... rerun the deploy", which
+    fails the same way every time."""
+    from mlops_common.errors import UserError
+    from serving_sync import manifest as mf
+    from serving_sync.errors import VerifyFailed
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect, one_line
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    served = _Served(model, redirect=True)
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(sshd, base)
+    try:
+        with pytest.raises(UserError) as e:
+            publish(t, "digits", 1, model, m, pull=served.pull(m))
+        assert not isinstance(e.value, VerifyFailed), e.value.message
+        msg = one_line(e.value)
+        assert "redirect" in msg and "store_endpoint" in msg and "nothing was published" in msg, msg
+        assert "rerun the deploy" not in msg and "s3cr3t" not in msg and "Signature" not in msg, msg
+        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
     finally:
         t.close()
         served.close()

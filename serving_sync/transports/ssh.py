@@ -627,6 +627,15 @@ class SshTransport(Transport):
             raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024,
                               nothing="downloaded")
         stderr = hide_presigned_urls(err.decode(errors="replace"))
+        if rc == 99 and "@fetchsize" in res.flags:
+            got, _, path = res.flags["@fetchsize"].partition(" ")
+            entry = pull.manifest.by_path().get(path)
+            raise UserError(f"{self.where}: the shared store {pull.store_url} answered {path} with {got} bytes, "
+                            f"not its {entry.size if entry else '?'}: a redirect or an error page in place of the "
+                            f"object (store_endpoint in the hosts file names an address the store redirects, "
+                            f"e.g. http:// where it wants https://, or an endpoint of another region than the "
+                            f"bucket's), or the object was replaced in the store since the upload; nothing was "
+                            f"published")
         if rc == 97 and res.flags.get("@fetchrc") in WRITE_FAILED:
             raise self._download_write_error(res.flags["@fetchfailed"], stderr, doing)
         if rc == 97:

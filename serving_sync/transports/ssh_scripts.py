@@ -376,7 +376,7 @@ def go_line(nonce: str) -> bytes:
 def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) -> str:
     """Check free space, create ``dest`` (must not exist), download the files named on stdin, hash.
 
-    stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url`` lines (``store.Pull``). URLs are secrets:
+    stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url<TAB>size`` lines (``store.Pull``). URLs are secrets:
     they reach curl (``-K -``) or wget (``-i -``) through a pipe from the shell's builtin
     ``printf``, never a process's argv. A download that stalls (under 1 KB/s for 30 s) fails.
     The deploying machine writes them only once the script has printed ``go_line(nonce)``
@@ -389,7 +389,9 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) 
     ``wget -q`` says nothing, and a quieter ``-nv`` still prints a line with the URL per file: on
     wget's 8 (the store answered with an HTTP error) the script asks once more for one byte with
     ``-nv``, so stderr holds the store's status (``ERROR 403: Forbidden.``: an expired URL; 404:
-    the object is gone) as curl's ``--show-error`` does.
+    the object is gone) as curl's ``--show-error`` does. A file whose size is not the manifest's
+    stops the pull at once (``@fetchsize <bytes> <path>``, exit 99): a redirect or an error page
+    that curl's ``--fail`` lets through (a 3xx), saved in place of the object.
 
     A channel closed by the deploying machine (an interrupt, a timeout) ends the download: sshd
     signals nothing to a command without a terminal, so while a file downloads a watcher writes
@@ -406,7 +408,7 @@ else echo @nofetch; exit 0; fi
 {_make_dest(parent, dest, need_bytes)}printf '@ready %s%s\n' {q(nonce[:len(nonce) // 2])} {q(nonce[len(nonce) // 2:])}
 dest={q(dest)}
 tab=$(printf '\t')
-while IFS="$tab" read -r kind p u; do
+while IFS="$tab" read -r kind p u n; do
   case "$kind" in
     d) mkdir -p -- "$dest/$p" || exit 96 ;;
     f) mkdir -p -- "$(dirname -- "$dest/$p")" || exit 96
@@ -426,6 +428,9 @@ while IFS="$tab" read -r kind p u; do
        fi
        [ "$frc" -eq 0 ] || {{ echo "@fetchrc $F $frc"; echo "@fetchfailed $p"; exit 97; }}
        [ -f "$dest/$p" ] || : > "$dest/$p" || exit 96
+       if s=$(wc -c < "$dest/$p" 2>/dev/null) && [ "$((s + 0))" -ne "$((n + 0))" ]; then
+         echo "@fetchsize $((s + 0)) $p"; exit 99
+       fi
        echo "@got $p" ;;
     *) echo "@badinput"; exit 98 ;;
   esac
@@ -459,7 +464,7 @@ def parse_output(stdout: bytes) -> ScriptOutput:
         elif line.startswith("@") and (line.split(" ", 1)[0] in
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
                                         "@hashfailed", "@end", "@hashing", "@stream", "@filesha", "@nofetch",
-                                        "@fetchfailed", "@fetchrc", "@got", "@badinput", "@synced",
+                                        "@fetchfailed", "@fetchrc", "@fetchsize", "@got", "@badinput", "@synced",
                                         "@linebreak")):
             key, _, value = line.partition(" ")
             flags[key] = value
