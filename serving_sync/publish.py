@@ -75,7 +75,7 @@ def _refuse_mismatch(where: str, vp: str, problems: list[str]) -> PublishRefused
     more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
     return PublishRefused(
         f"{where}: {vp} already exists but differs from this version ({'; '.join(problems[:3])}{more}); "
-        f"published versions are immutable: if it is a damaged leftover, remove {vp} on the host and "
+        f"published versions are immutable: if it is a damaged leftover, remove {vp} there and "
         f"rerun, otherwise check that the registry and this host belong together")
 
 
