@@ -271,27 +271,36 @@ def test_a_store_that_answers_with_a_redirect_is_named_not_taken_for_a_damaged_d
     another region) made curl (``--fail`` fails on 4xx/5xx only) save the redirect's page as every
     file of the version: the deploy then said "sha256 mismatch ... rerun the deploy", which
     fails the same way every time."""
-    from mlops_common.errors import UserError
-    from serving_sync import manifest as mf
     from serving_sync.errors import VerifyFailed
-    from serving_sync.publish import incoming_dirs, publish
-    from tests.test_sync_ssh import connect, one_line
+    from tests.test_sync_ssh import one_line
     from tests.test_sync_support import make_model_tree
 
     model = make_model_tree(tmp_path / "model")
+    error = _refused_pull(sshd, tmp_path, model, lambda: _Served(model, redirect=True))
+    assert not isinstance(error, VerifyFailed), error.message
+    msg = one_line(error)
+    assert "redirect" in msg and "store_endpoint" in msg and "nothing was published" in msg, msg
+    assert "rerun the deploy" not in msg and "s3cr3t" not in msg and "Signature" not in msg, msg
+
+
+def _refused_pull(sshd, tmp_path, model, make_served):
+    """Publish ``model`` as digits v1 to a fresh SSH host folder through the pull of the store
+    ``make_served()`` fakes; the error it must raise, once nothing is left of it on the host."""
+    from mlops_common.errors import UserError
+    from serving_sync import manifest as mf
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect
+
     m = mf.build(model)
-    served = _Served(model, redirect=True)
+    served = make_served()
     base = tmp_path / "host"
     base.mkdir()
     t = connect(sshd, base)
     try:
         with pytest.raises(UserError) as e:
             publish(t, "digits", 1, model, m, pull=served.pull(m))
-        assert not isinstance(e.value, VerifyFailed), e.value.message
-        msg = one_line(e.value)
-        assert "redirect" in msg and "store_endpoint" in msg and "nothing was published" in msg, msg
-        assert "rerun the deploy" not in msg and "s3cr3t" not in msg and "Signature" not in msg, msg
         assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
+        return e.value
     finally:
         t.close()
         served.close()
@@ -393,11 +402,7 @@ def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path,
     ``wget -q``, which prints nothing, so an expired URL (403) or a version another fleet's
     retention removed (404) was "(no error output); check that the host reaches the store
     (store_endpoint in the hosts file)"."""
-    from mlops_common.errors import UserError
-    from serving_sync import manifest as mf
-    from serving_sync.publish import incoming_dirs, publish
     from serving_sync.transports import ssh_scripts
-    from tests.test_sync_ssh import connect
     from tests.test_sync_support import make_model_tree
 
     if fetcher == "wget":     # the host script picks curl first: hide it from the script
@@ -405,23 +410,12 @@ def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path,
             *a, **k).replace("command -v curl >/dev/null 2>&1", "false", 1))
     monkeypatch.setattr("serving_sync.transports.ssh.fetch_script", ssh_scripts.fetch_script)
     model = make_model_tree(tmp_path / "model")
-    m = mf.build(model)
     (tmp_path / "empty-store").mkdir()
-    served = _Served(model, expired=True) if store == "expired" else _Served(tmp_path / "empty-store")
-    base = tmp_path / "host"
-    base.mkdir()
-    t = connect(sshd, base)
-    try:
-        with pytest.raises(UserError) as e:
-            publish(t, "digits", 1, model, m, pull=served.pull(m))
-        msg = e.value.message
-        assert all(s in msg for s in says) and "nothing was published" in msg, msg
-        assert "Signature" not in msg and "s3cr3t" not in msg
-        assert "store_endpoint" not in msg and "no error output" not in msg, msg
-        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
-    finally:
-        t.close()
-        served.close()
+    msg = _refused_pull(sshd, tmp_path, model, lambda: _Served(model, expired=True) if store == "expired"
+                        else _Served(tmp_path / "empty-store")).message
+    assert all(s in msg for s in says) and "nothing was published" in msg, msg
+    assert "Signature" not in msg and "s3cr3t" not in msg
+    assert "store_endpoint" not in msg and "no error output" not in msg, msg
 
 
 def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
