@@ -75,7 +75,7 @@ def _scalar_text(v, as_bytes: bool, depth: int) -> str:
 _WRITABLE = {"float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64", "bool"}
 
 
-def _check_writable(name: str, arr: np.ndarray) -> None:
+def _check_writable(arr: np.ndarray) -> None:
     """AddSingleValueAndAdvance writes float, double, int8/16/32/64, uint8/32/64, bool, string;
     any other type is ``Failed to write JSON value for tensor type: <type>`` (:939-947)."""
     if arr.dtype.kind in "OSU" or arr.dtype.name in _WRITABLE:
@@ -116,7 +116,7 @@ def _is_bytes_tensor(name: str, arr: np.ndarray) -> bool:
 
 def _values(name: str, arr: np.ndarray, depth: int):
     """An iterator over ``arr``'s value texts; ``depth``: containers open around the tensor."""
-    _check_writable(name, arr)
+    _check_writable(arr)
     return iter(_flat_texts(arr, _is_bytes_tensor(name, arr), depth + arr.ndim))
 
 
