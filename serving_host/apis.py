@@ -257,7 +257,7 @@ def multi_inference(servable: Servable, request, version: int | None):
     return response
 
 
-def metadata(servable: Servable, request):
+def metadata(servable: Servable):
     """``GetModelMetadataImpl`` after the servable is found: the ``signature_def`` map."""
     from tensorflow_serving.apis import get_model_metadata_pb2
 

@@ -151,7 +151,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             apis.check_metadata_request(request)
         except ServingError as exc:
             _abort(context, exc)
-        return self._call(context, lambda s: apis.metadata(s, request), request.model_spec, None)
+        return self._call(context, apis.metadata, request.model_spec, None)
 
 
 def serve(manager: Manager, host: str, port: int, workers: int = 8) -> grpc.Server:
