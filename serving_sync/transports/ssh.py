@@ -358,7 +358,7 @@ class SshTransport(Transport):
                 # never folders outside the base for a dangling link
                 with (self.sftp.open(tmp, "wbx") if linked else self._create(tmp)) as f:
                     f.write(data)
-                    self._fsync_and_close(f, tmp)   # on disk before the rename makes it the file
+                    self._fsync_and_close(f)   # on disk before the rename makes it the file
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
                 self.cut_writes.discard(tmp)
@@ -409,7 +409,7 @@ class SshTransport(Transport):
         else:
             self.cut_writes.discard(path)
 
-    def _fsync_and_close(self, f, path: str, *, strict: bool = True) -> None:
+    def _fsync_and_close(self, f, *, strict: bool = True) -> None:
         """Flush an open SFTP file to the host's disk (OpenSSH's ``fsync@openssh.com``, since
         6.5), then close it: what a power loss right after a publish would otherwise cut short.
         The fsync goes out just before the close, whose answer (the server runs requests in
@@ -448,7 +448,7 @@ class SshTransport(Transport):
         except OSError:        # not readable by the deploy user: its entries stay unflushed
             return
         with f:
-            self._fsync_and_close(f, path, strict=False)
+            self._fsync_and_close(f, strict=False)
 
     def remove_cut_writes(self, paths) -> None:
         """Remove the temp files of writes another connection to this host lost mid-way (its
@@ -710,7 +710,7 @@ class SshTransport(Transport):
                             sent += len(chunk)
                             if progress:
                                 progress(len(chunk))
-                        self._fsync_and_close(fout, remote)   # after the writes (in order)
+                        self._fsync_and_close(fout)   # after the writes (in order)
                     self.sftp.chmod(remote, 0o644)
                 # the folders' entries, and the model folder's in the base (maybe just made)
                 for d in [*(posixpath.join(dest, d) for d in manifest.dirs), dest,
