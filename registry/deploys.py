@@ -3,9 +3,10 @@ where ``production`` goes back to after a failed deploy.
 
 Every ``deploy_status`` write goes through ``tag`` (the MLflow UI shows the tag; the ledger is the
 record); every deploy / smoke_test / host_rollback / canary row goes through ``DeployLedger``;
-"previous production" is ``promotion_rules.previous_production`` on the ledger, the same rule
-``mlops registry rollback`` follows; whether a deploy restores a version after a rollback is
-``promotion_rules.restoring_rollback`` on the same rows.
+where a failed deploy moves production is ``promotion_rules.revert_target`` on the ledger: the
+"previous production" rule ``mlops registry rollback`` follows, except that a failed rollout of a
+rollback goes back to the version rolled back from; whether a deploy restores a version after a
+rollback is ``promotion_rules.restoring_rollback`` on the same rows.
 """
 from __future__ import annotations
 

@@ -13,7 +13,10 @@
 - ``rollback_target``: the version that held production before the current one, skipping
   failed deploys, preferring one that was deployed.
 - ``previous_production``: the one "previous production" rule: where production goes back to
-  from ``version`` (``mlops registry rollback`` and a failed deploy both follow it).
+  from ``version`` (``mlops registry rollback`` follows it, through ``rollback_choice``).
+- ``revert_target``: where a failed deploy of ``version`` moves production: ``rollback_choice``,
+  except for the rollout of a person's rollback (``rollback_in_rollout``), which goes back to the
+  version rolled back from.
 - ``restoring_rollback``: is deploying ``version`` a restore (production rolled back to a version
   that held it before)? ``mlops sync`` then switches every host at once, without a bake.
 - ``agreement`` / ``reconcile_rows``: does the ``production`` alias sit where the ledger says,
