@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from .gate_report import class_limit_text, flipped_text
+from .gate_report import class_limit_text, count_text, flipped_text, number_text
 from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -26,14 +26,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} tr.fail td{background
 .side{display:flex;flex-wrap:wrap;gap:24px} figure{margin:0} figcaption{font-weight:bold;margin:4px 0}
 svg text{font-family:inherit}
 """
-
-
-def _f(x, digits: int = 4) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def _count(x) -> str:
-    return "—" if x is None else str(x)
 
 
 def _signed(x, *, higher_is_better: bool = True) -> str:
@@ -159,8 +151,8 @@ def _tables(report: dict) -> str:
             f"<th>{escape(prod_head)}</th><th>delta</th></tr>")]
     for key in ("accuracy", "loss"):
         delta = None if not pm or ca.get(key) is None or pm.get(key) is None else ca[key] - pm[key]
-        out.append(f'<tr><td>{key}</td><td class="num">{_f(ca.get(key))}</td>'
-                   f'<td class="num">{_f(pm.get(key))}</td>'
+        out.append(f'<tr><td>{key}</td><td class="num">{number_text(ca.get(key))}</td>'
+                   f'<td class="num">{number_text(pm.get(key))}</td>'
                    f'<td class="num">{_signed(delta, higher_is_better=key != "loss")}</td></tr>')
     out.append("</table>")
     if report.get("discordant"):
@@ -170,11 +162,12 @@ def _tables(report: dict) -> str:
                f"<th>lost</th><th>won</th><th>allowed drop</th></tr>")
     for r in report["per_class"]:
         out.append(f'<tr><td>{escape(str(r["class"]))}</td><td class="num">'
-                   f'{_count(r["count"])}</td>'
-                   f'<td class="num">{_f(r["candidate"], 3)}</td><td class="num">{_f(r["production"], 3)}</td>'
+                   f'{count_text(r["count"])}</td>'
+                   f'<td class="num">{number_text(r["candidate"], 3)}</td>'
+                   f'<td class="num">{number_text(r["production"], 3)}</td>'
                    f'<td class="num">{_signed(r["delta"])}</td>'
-                   f'<td class="num">{_count(r.get("lost"))}</td><td class="num">{_count(r.get("won"))}</td>'
-                   f'<td class="num">{_f(r.get("allowed_drop"), 3)}</td></tr>')
+                   f'<td class="num">{count_text(r.get("lost"))}</td><td class="num">{count_text(r.get("won"))}</td>'
+                   f'<td class="num">{number_text(r.get("allowed_drop"), 3)}</td></tr>')
     out.append("</table>")
     return "".join(out)
 
@@ -185,7 +178,7 @@ def _rules(report: dict) -> str:
                    f'<td>{"pass" if c["passed"] else "<b>FAIL</b>"}</td><td>{escape(c["message"])}</td></tr>'
                    for c in report["checks"])
     limits = (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-              f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.")
+              f"{number_text(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.")
     derivation = (f"<br>Accuracy tolerance: {escape(r['max_accuracy_drop_derivation'])}."
                   if r.get("max_accuracy_drop_derivation") else "")
     if r.get("max_class_drop_derivation"):

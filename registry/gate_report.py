@@ -73,7 +73,8 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
     }
 
 
-def _f(x, digits: int = 4) -> str:
+def number_text(x, digits: int = 4) -> str:
+    """A number with ``digits`` decimals, or "—" when missing (the markdown and HTML reports)."""
     return "—" if x is None else f"{x:.{digits}f}"
 
 
@@ -81,7 +82,8 @@ def _signed(x) -> str:
     return "—" if x is None else f"{x:+.4f}"
 
 
-def _n(x) -> str:
+def count_text(x) -> str:
+    """A count, or "—" when missing (the markdown and HTML reports)."""
     return "—" if x is None else str(x)
 
 
@@ -121,8 +123,9 @@ def markdown(report: dict) -> str:
         "",
         f"| metric | {cand_head} | {prod_head} | delta |",
         "| --- | ---: | ---: | ---: |",
-        f"| accuracy | {_f(m['candidate']['accuracy'])} | {_f(pm.get('accuracy'))} | {_signed(delta)} |",
-        f"| loss | {_f(m['candidate']['loss'])} | {_f(pm.get('loss'))} | "
+        f"| accuracy | {number_text(m['candidate']['accuracy'])} | {number_text(pm.get('accuracy'))} | "
+        f"{_signed(delta)} |",
+        f"| loss | {number_text(m['candidate']['loss'])} | {number_text(pm.get('loss'))} | "
         f"{_signed(None if not m['production'] else m['candidate']['loss'] - pm.get('loss'))} |",
         "",
     ]
@@ -135,9 +138,10 @@ def markdown(report: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["per_class"]:
-        lines.append(f"| {row['class']} | {_n(row['count'])} | "
-                     f"{_f(row['candidate'], 3)} | {_f(row['production'], 3)} | {_signed(row['delta'])} | "
-                     f"{_n(row.get('lost'))} | {_n(row.get('won'))} | {_f(row.get('allowed_drop'), 3)} |")
+        lines.append(f"| {row['class']} | {count_text(row['count'])} | "
+                     f"{number_text(row['candidate'], 3)} | {number_text(row['production'], 3)} | "
+                     f"{_signed(row['delta'])} | {count_text(row.get('lost'))} | {count_text(row.get('won'))} | "
+                     f"{number_text(row.get('allowed_drop'), 3)} |")
     r = report["rules"]
     lines += [
         "",
@@ -152,7 +156,7 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-        f"{_f(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.",
+        f"{number_text(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.",
     ]
     if r["max_accuracy_drop_derivation"]:
         lines.append(f"Accuracy tolerance: {r['max_accuracy_drop_derivation']}.")
