@@ -185,12 +185,13 @@ def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
     return lines
 
 
-def render(*, model: str, version: int, tags: dict[str, str], aliases: tuple[str, ...],
+def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
            entries: list[Entry], run_url: str | None = None, report_url: str | None = None,
            created_at: datetime | None = None, max_chars: int = BLOCK_LIMIT - _MARKERS) -> str:
-    """The description block of ``model`` v``version`` (pure: tags, aliases, the model's ledger
-    rows, the version's creation time). At most ``max_chars`` characters when the table rows can
-    make it so: the oldest rows go first, and the table says how many it left out."""
+    """The description block of v``version`` (pure: tags, aliases, the model's ledger rows, the
+    version's creation time; the block never names the model, whose page it is on). At most
+    ``max_chars`` characters when the table rows can make it so: the oldest rows go first, and the
+    table says how many it left out."""
     entries = current(entries, created_at)
     mine = [e for e in entries if version in (e.to_version, e.from_version)]
     gates = [e for e in entries if e.action == "gate" and e.to_version == version]
@@ -350,7 +351,7 @@ def refresh(model: str, version, *, ledger: Ledger | None = None) -> str:
     run_url, report_url = _urls(info.run_id)
     above, below = others(info.description)
     room = DESCRIPTION_LIMIT - len(above) - len(below) - _MARKERS
-    rendered = render(model=model, version=info.version, tags=info.tags, aliases=info.aliases,
+    rendered = render(version=info.version, tags=info.tags, aliases=info.aliases,
                       entries=entries, run_url=run_url, report_url=report_url, created_at=info.created_at,
                       max_chars=min(BLOCK_LIMIT - _MARKERS, room))
     text = compose(above, rendered, below)

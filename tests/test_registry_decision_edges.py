@@ -162,7 +162,7 @@ def test_our_block_of_a_description_with_nothing_above_it_is_ours_without_the_ma
 
 
 def test_the_production_history_shows_the_newest_ten_moves():
-    text = description.render(model="m", version=1, tags={}, aliases=(), entries=_promotions(11))
+    text = description.render(version=1, tags={}, aliases=(), entries=_promotions(11))
     shown = [x for x in text.splitlines() if x.startswith("| #")]
     assert len(shown) == 10 and shown[-1].startswith("| #12 ") and shown[0].startswith("| #3 ")
     assert "2 older rows left out here" in text
@@ -175,10 +175,10 @@ def _shown(text: str) -> list[int]:
 
 def test_a_block_exactly_at_its_limit_keeps_every_row_and_one_over_drops_the_oldest():
     entries = _promotions(3) + [Entry("deploy", "m", "ok", host="h", to_version=1, id=9, reason="r" * 90)]
-    full = description.render(model="m", version=1, tags={}, aliases=(), entries=entries)
-    assert description.render(model="m", version=1, tags={}, aliases=(), entries=entries,
+    full = description.render(version=1, tags={}, aliases=(), entries=entries)
+    assert description.render(version=1, tags={}, aliases=(), entries=entries,
                               max_chars=len(full)) == full
-    shorter = description.render(model="m", version=1, tags={}, aliases=(), entries=entries,
+    shorter = description.render(version=1, tags={}, aliases=(), entries=entries,
                                  max_chars=len(full) - 1)
     assert _shown(shorter) and _shown(shorter) == [1, 2, 3, 4, 9][-len(_shown(shorter)):]   # the oldest went
     # the deploy row is the oldest: it goes first
@@ -186,8 +186,8 @@ def test_a_block_exactly_at_its_limit_keeps_every_row_and_one_over_drops_the_old
         Entry(e.action, "m", "ok", from_version=e.from_version, to_version=e.to_version, id=e.id + 1,
               reason=e.reason)
         for e in _promotions(3)]
-    full = description.render(model="m", version=1, tags={}, aliases=(), entries=entries)
-    shorter = description.render(model="m", version=1, tags={}, aliases=(), entries=entries,
+    full = description.render(version=1, tags={}, aliases=(), entries=entries)
+    shorter = description.render(version=1, tags={}, aliases=(), entries=entries,
                                  max_chars=len(full) - 1)
     assert _shown(shorter) and _shown(shorter) == [1, 2, 3, 4, 5][-len(_shown(shorter)):]
 

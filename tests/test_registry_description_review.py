@@ -64,7 +64,7 @@ def test_mentions_and_emphasis_are_escaped_where_the_renderer_would_use_them():
 def _with_mentions(deploy_reason: str, host_reason: str | None = None) -> str:
     """v1's block with @-names and _emphasis_ in its aliases, actor, reasons and host."""
     return description.render(
-        model="m", version=1, tags={"validation_status": "passed", "deploy_status": "rolled_back",
+        version=1, tags={"validation_status": "passed", "deploy_status": "rolled_back",
                                     "deploy_reason": deploy_reason},
         aliases=("candidate", "production"),
         entries=rows(Entry("promote", "m", "ok", to_version=1, actor="@alice",
@@ -141,7 +141,7 @@ def _long_history() -> list[Entry]:
 def test_a_long_history_stays_under_mlflows_limit_and_keeps_the_newest_rows():
     entries = _long_history()
     text = description.render(
-        model="m", version=2, tags={"validation_status": "passed", "deploy_status": "failed",
+        version=2, tags={"validation_status": "passed", "deploy_status": "failed",
                                     "deploy_reason": LONG_REASON % 1},
         aliases=("production",), entries=entries,
         run_url=RUN_URL, report_url=RUN_URL + "/artifacts/gate/report.html")
@@ -163,7 +163,7 @@ def test_cells_are_cut_after_escaping_never_inside_an_escape():
     assert len(cell) <= 160 and cell.endswith("…") and re.fullmatch(r"(&amp;)+…", cell)
     assert re.fullmatch(r"(\\\|)+…", markdown_text("|" * 200, limit=160))     # no lone backslash before the cut
     text = description.render(
-        model="m", version=2, tags={"validation_status": "passed", "deploy_status": "failed", "deploy_reason": worst},
+        version=2, tags={"validation_status": "passed", "deploy_status": "failed", "deploy_reason": worst},
         aliases=(), entries=rows(*[Entry("deploy", "m", "failed", host=worst, to_version=2, reason="|" * 200)] * 10,
                                  *[Entry("promote", "m", "ok", to_version=2, actor=worst, reason=worst)] * 10))
     assert len(description.compose("", text, "")) <= description.BLOCK_LIMIT, len(text)
@@ -186,7 +186,7 @@ def test_only_the_marked_block_is_ours():
     # no marker: a person's text stays below our block; one written whole by an older mlops goes
     note = "Owner note: ask bob before deleting."
     assert description.others(note) == ("", "\n\n" + note)
-    old_ours = description.render(model="m", version=1, tags={}, aliases=(), entries=[])
+    old_ours = description.render(version=1, tags={}, aliases=(), entries=[])
     assert description.others(old_ours) == ("", "")
     assert description.others(None) == ("", "")
     # a marker deleted by hand: ours runs to the end / starts at the top
@@ -244,13 +244,13 @@ def test_hosts_put_back_after_a_later_wave_failed_say_so():
         Entry("host_rollback", "m", "failed", host="web-2", from_version=2, to_version=1),
         Entry("deploy", "m", "failed", host="web-3", from_version=1, to_version=2, reason="web-3: smoke"),
         Entry("rollback", "m", "ok", host="web-3", from_version=2, to_version=1, details={"automatic": True}))
-    text = description.render(model="m", version=2, tags={"validation_status": "passed", "deploy_status": "failed",
+    text = description.render(version=2, tags={"validation_status": "passed", "deploy_status": "failed",
                                                           "deploy_reason": "web-3: smoke"}, aliases=(), entries=entries)
     assert line(text, "Deploy status").startswith(
         "**Deploy status:** failed — web-1 put back, web-2 put back failed, web-3 failed; reason:")
     assert "| web-1 | host_rollback v2 → v1 | ok |" in text
     # v1's page: the put-back rows are v2's story, v1's own deploys are unchanged
-    v1 = description.render(model="m", version=1, tags={}, aliases=("production",), entries=entries)
+    v1 = description.render(version=1, tags={}, aliases=("production",), entries=entries)
     assert "put back" not in v1
 
 
@@ -278,12 +278,12 @@ def test_a_forced_promotion_says_so():
         Entry("gate", "m", "failed", from_version=1, to_version=2, details={"accuracy": 0.7, "failed_rules": ["x"]}),
         Entry("promote", "m", "ok", from_version=1, to_version=2, actor="alice", reason="hotfix",
               details={"forced": True, "approved_by": None, "validation_status": "failed"}))
-    text = description.render(model="m", version=2, tags={"validation_status": "failed"}, aliases=("production",),
+    text = description.render(version=2, tags={"validation_status": "failed"}, aliases=("production",),
                               entries=entries)
     assert line(text, "Approved by") == ("**Approved by:** alice (**forced**: promote v1 → v2 by alice, "
                                          "2026-12-01 15:00 UTC, ledger #2; reason: hotfix)")
     assert "| #2 | 2026-12-01 15:00 | promote (**forced**) | v1 → v2 | alice | hotfix |" in text
-    plain = description.render(model="m", version=2, tags={}, aliases=(),
+    plain = description.render(version=2, tags={}, aliases=(),
                                entries=rows(Entry("promote", "m", "ok", to_version=2, actor="bob",
                                                   details={"forced": False})))
     assert "forced" not in plain
@@ -297,11 +297,11 @@ def test_a_promotion_that_moved_nothing_does_not_hide_the_move_that_did():
         Entry("promote", "m", "ok", from_version=1, to_version=2, actor="alice"),
         Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="root", reason="v2 slow"),
         Entry("promote", "m", "ok", from_version=1, to_version=1, actor="mallory", reason="noop"))
-    text = description.render(model="m", version=1, tags={}, aliases=("production",), entries=entries)
+    text = description.render(version=1, tags={}, aliases=("production",), entries=entries)
     assert line(text, "Approved by") == ("**Approved by:** root (rollback v2 → v1 by root, 2026-12-01 15:00 UTC, "
                                          "ledger #3; reason: v2 slow)")
     assert "| #4 | 2026-12-01 15:00 | promote | v1 → v1 | mallory | noop |" in text   # still in the table
-    only = description.render(model="m", version=1, tags={}, aliases=("production",), entries=entries[3:])
+    only = description.render(version=1, tags={}, aliases=("production",), entries=entries[3:])
     assert "by mallory" in line(only, "Approved by")      # the alias set outside mlops: the no-op is all there is
 
 
@@ -312,12 +312,12 @@ def test_a_promotion_that_moved_nothing_does_not_hide_the_move_that_did():
 def test_tags_under_their_older_names_are_read():
     legacy = {"validation_status": "passed", "deploy_status": "failed", "dataset.name": "digits",
               "ci.pipeline_id": "77", "dataset.fingerprint": "abcdef0123456789", "deploy.reason": "web-1: smoke"}
-    text = description.render(model="m", version=3, tags=legacy, aliases=(), entries=[])
+    text = description.render(version=3, tags=legacy, aliases=(), entries=[])
     assert line(text, "Data set") == "**Data set:** digits (fingerprint `abcdef012345`)"
     assert line(text, "Commit") == "**Commit:** unknown · pipeline 77"
     assert line(text, "Deploy status") == "**Deploy status:** failed; reason: web-1\\: smoke"
     # the current name wins over the older one, as registry.tags.read (and `registry status`) reads it
-    both = description.render(model="m", version=3, tags={**legacy, "dataset": "fashion_mnist"}, aliases=(), entries=[])
+    both = description.render(version=3, tags={**legacy, "dataset": "fashion_mnist"}, aliases=(), entries=[])
     assert line(both, "Data set").startswith("**Data set:** fashion_mnist")
 
 
@@ -330,10 +330,10 @@ def test_rows_dated_before_the_version_was_created_are_an_earlier_versions():
     old = [Entry("promote", "m", "ok", to_version=1, actor="alice", reason="first release", at=AT),
            Entry("deploy", "m", "ok", host="web-1", to_version=1, at=AT)]
     new = [Entry("gate", "m", "passed", to_version=1, details={"accuracy": 0.9}, at=created + timedelta(seconds=5))]
-    text = description.render(model="m", version=1, tags={}, aliases=(), entries=rows(*old, *new), created_at=created)
+    text = description.render(version=1, tags={}, aliases=(), entries=rows(*old, *new), created_at=created)
     assert "alice" not in text and "web-1" not in text and "never held production" in text and "no deploy yet" in text
     assert "**Validation:** passed" in text
-    assert "alice" in description.render(model="m", version=1, tags={}, aliases=(), entries=rows(*old, *new))
+    assert "alice" in description.render(version=1, tags={}, aliases=(), entries=rows(*old, *new))
 
 
 def test_a_recreated_model_starts_a_new_story(make_version):
@@ -499,10 +499,10 @@ def test_the_ledger_says_who_approved_and_a_tag_that_disagrees_is_shown_as_edite
                    Entry("promote", "m", "ok", from_version=1, to_version=1, actor="mallory"))
     # the automatic revert and the no-op keep who let v1 in, as they keep its tag
     for tags in ({"approved_by": "alice"}, {}):
-        text = description.render(model="m", version=1, tags=tags, aliases=("production",), entries=entries)
+        text = description.render(version=1, tags=tags, aliases=("production",), entries=entries)
         assert line(text, "Approved by") == ("**Approved by:** alice (rollback v2 → v1 by runner, "
                                              "2026-12-01 15:00 UTC, ledger #3; reason: deploy failed)")
-    edited = description.render(model="m", version=1, tags={"approved_by": "@mallory"}, aliases=("production",),
+    edited = description.render(version=1, tags={"approved_by": "@mallory"}, aliases=("production",),
                                 entries=entries)
     assert line(edited, "Approved by").startswith("**Approved by:** alice (rollback v2 → v1 by runner")
     assert line(edited, "Approved by").endswith(

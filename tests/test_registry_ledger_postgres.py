@@ -146,6 +146,6 @@ def test_times_are_read_back_in_utc_whatever_the_servers_time_zone(postgres_serv
     assert read.at == written.at and read.at.utcoffset() == timedelta(0), read.at
     utc = written.at.astimezone(timezone.utc)
     assert utc.strftime("%Y-%m-%d %H:%M:%S") in history_table([read])
-    text = description.render(model="m-tz", version=2, tags={}, aliases=("production",), entries=[read])
+    text = description.render(version=2, tags={}, aliases=("production",), entries=[read])
     assert f"| #{read.id} | {utc:%Y-%m-%d %H:%M} | promote |" in text, text
     assert f"by alice, {utc:%Y-%m-%d %H:%M} UTC" in text, text

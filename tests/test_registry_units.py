@@ -169,11 +169,11 @@ def test_description_links_the_circleci_job_from_the_register_row_not_a_tag():
 
     reg = Entry(action="register", model="m", outcome="ok", to_version=3,
                 details={"ci": {"ci.build_url": "https://circleci.example/job/7"}})
-    text = render(model="m", version=3, tags={"validation_status": "pending"}, aliases=(), entries=[reg])
+    text = render(version=3, tags={"validation_status": "pending"}, aliases=(), entries=[reg])
     assert "[CircleCI job](https://circleci.example/job/7)" in text
     other = Entry(action="register", model="m", outcome="ok", to_version=2,
                   details={"ci": {"ci.build_url": "https://circleci.example/job/6"}})
-    assert "CircleCI job" not in render(model="m", version=3, tags={}, aliases=(), entries=[other])
+    assert "CircleCI job" not in render(version=3, tags={}, aliases=(), entries=[other])
 
 
 @pytest.mark.parametrize("text", ["0_3", "1_0", "\uff13", "3.0", "0x3", "", "3 4", True])

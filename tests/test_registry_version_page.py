@@ -77,7 +77,7 @@ def test_render_on_plain_data():
     rows = [Entry("gate", "m", "failed", from_version=1, to_version=2, id=5, at=at,
                   details={"accuracy": 0.81, "production_accuracy": 0.9, "failed_rules": ["accuracy_vs_production"]}),
             Entry("deploy", "m", "failed", to_version=2, host="web-1", id=6, at=at, reason="smoke | failed")]
-    text = description.render(model="m", version=2, tags={"validation_status": "failed", "deploy_status": "failed",
+    text = description.render(version=2, tags={"validation_status": "failed", "deploy_status": "failed",
                                                           "deploy_reason": "smoke failed"},
                               aliases=(), entries=rows)
     lines = text.splitlines()

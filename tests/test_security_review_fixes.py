@@ -254,7 +254,7 @@ def _render_forged():
     ]
     tags = {"validation_status": "passed", "approved_by": FORGED_ACTOR, "dataset": "[d](https://evil.example)",
             "dataset_fingerprint": "abc`<img>`def", "deploy_status": "failed", "deploy_reason": "<script>x</script>"}
-    return render(model="m", version=2, tags=tags, aliases=("production",), entries=entries,
+    return render(version=2, tags=tags, aliases=("production",), entries=entries,
                   run_url="http://mlflow:5000/#/experiments/1/runs/r1")
 
 
@@ -285,7 +285,7 @@ def test_plain_free_text_reads_as_before():
     now = datetime.now(timezone.utc)
     e = Entry("promote", "m", "ok", from_version=None, to_version=1, actor="alice", reason="first release",
               details={"approved_by": "carol-approver"}, id=3, at=now)    # as a CircleCI approval records it
-    text = render(model="m", version=1, tags={"approved_by": "carol-approver"}, aliases=("production",),
+    text = render(version=1, tags={"approved_by": "carol-approver"}, aliases=("production",),
                   entries=[e])
     assert "**Approved by:** carol-approver (promote none → v1 by alice" in text
     assert "| promote | none → v1 | alice | first release |" in text
