@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from .gate_report import class_limit_text, count_text, flipped_text, number_text
+from .gate_report import class_limit_text, column_heads, count_text, flipped_text, number_text
 from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -36,12 +36,6 @@ def _signed(x, *, higher_is_better: bool = True) -> str:
     return f'<span class="{cls}">{x:+.4f}</span>'
 
 
-def _heads(report: dict) -> tuple[str, str]:
-    prod = report["production_version"]
-    return (f"v{report['version']} (candidate)",
-            f"v{prod} (production)" if prod is not None else "production (none)")
-
-
 def _axis_floor(values: list[float]) -> float:
     """Lower end of the accuracy axis: a tenth below the lowest bar, so small drops are visible."""
     low = min(values, default=1.0)
@@ -57,7 +51,7 @@ def class_chart(report: dict) -> str:
     rows = report["per_class"]
     if not rows:
         return '<p class="muted">No per-class accuracies in the evaluation.</p>'
-    cand_head, prod_head = _heads(report)
+    cand_head, prod_head = column_heads(report)
     # a non-finite accuracy (the metrics_valid rule fails the gate on it) has no bar: int(NaN) in
     # the axis crashed the gate before its failed verdict was recorded
     values = [v for r in rows for v in (r["candidate"], r["production"]) if _drawable(v)]
@@ -133,7 +127,7 @@ def confusion_svg(cm: list[list[int]], labels: list[str], *, name: str) -> str:
 def _confusions(report: dict) -> str:
     cms = report.get("confusion") or {}
     labels = [str(r["class"]) for r in report["per_class"]]
-    cand_head, prod_head = _heads(report)
+    cand_head, prod_head = column_heads(report)
     figures = [f'<figure><figcaption>{escape(head)}</figcaption>'
                f'{confusion_svg(cm, labels or [str(i) for i in range(len(cm))], name=key)}</figure>'
                for key, head in (("candidate", cand_head), ("production", prod_head))
@@ -144,7 +138,7 @@ def _confusions(report: dict) -> str:
 
 
 def _tables(report: dict) -> str:
-    cand_head, prod_head = _heads(report)
+    cand_head, prod_head = column_heads(report)
     m, pm = report["metrics"], report["metrics"]["production"] or {}
     ca = m["candidate"]
     out = [(f"<h2>Overall</h2><table><tr><th>metric</th><th>{escape(cand_head)}</th>"

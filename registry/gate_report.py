@@ -46,6 +46,8 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
         "summary": summary(verdict, version),
         "evaluated_at": evaluated_at,
         "production_version": verdict.baseline_version,
+        # the version gated holds production itself (no baseline), not a first version
+        "gated_production": bool(verdict.gated_production),
         "dataset": candidate.get("dataset"),
         "heldout_fingerprint": candidate.get("heldout_fingerprint"),
         "heldout_size": candidate.get("n"),
@@ -71,6 +73,16 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
         "checks": verdict.to_dict()["checks"],
         "notes": list(verdict.notes) + list(notes),    # the rules' notes, then the gate's own
     }
+
+
+def column_heads(report: dict) -> tuple[str, str]:
+    """The candidate's and production's column heads (markdown and HTML). On production's own
+    gate the version is not a candidate and there is production, itself: the HTML read
+    "v2 (candidate)" and "production (none)", as for a first version (review, tenth stop)."""
+    v, prod = report["version"], report["production_version"]
+    if report.get("gated_production"):
+        return f"v{v} (holds production)", f"production (v{v} itself: no baseline)"
+    return f"v{v} (candidate)", f"v{prod} (production)" if prod is not None else "production (none)"
 
 
 def number_text(x, digits: int = 4) -> str:
@@ -101,7 +113,6 @@ def flipped_text(discordant: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    prod = report["production_version"]
     m = report["metrics"]
     lines = [
         f"# Quality gate: {report['model']} v{report['version']} — **{report['status'].upper()}**",
@@ -113,8 +124,7 @@ def markdown(report: dict) -> str:
         "",
     ]
     lines += [f"> {n}" for n in report["notes"]] + ([""] if report["notes"] else [])
-    cand_head = f"v{report['version']} (candidate)"
-    prod_head = f"v{prod} (production)" if prod is not None else "production"
+    cand_head, prod_head = column_heads(report)
     pm = m["production"] or {}
     delta = (None if not m["production"] or m["candidate"]["accuracy"] is None
              else m["candidate"]["accuracy"] - pm.get("accuracy"))

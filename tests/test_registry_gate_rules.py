@@ -728,3 +728,28 @@ def test_perfect_tied_and_missing_class_answers_on_mlprojects_own_evaluations():
     v = decide(doc, doc, GateRules(), baseline_version=1)
     assert v.passed and v.class_derivation.startswith("per class") and "9" not in v.class_paired
     assert "among the 9 classes" in v.class_derivation
+
+
+# --- what the approver reads (Reviews of 2026-12-06, tenth stop) --------------------------------
+
+def report_of(cand: dict, prod: dict | None, *, gated_production: bool = False, rules: GateRules = GateRules()):
+    v = decide(cand, prod, rules, baseline_version=1 if prod is not None else None,
+               gated_production=gated_production)
+    return v, gate_report.build(model="m", version=2, verdict=v, rules=rules, candidate=cand, production=prod,
+                                signature_differences=[], allow_signature_change=False, evaluated_at="now")
+
+
+def test_the_production_versions_own_gate_says_so_in_the_report_columns():
+    """Gating the version that holds production: the HTML columns read "v2 (candidate)" and
+    "production (none)", as for a first version; the report JSON did not say it was production."""
+    from registry import gate_html
+
+    v, report = report_of(evaluation(0.95), None, gated_production=True)
+    assert v.passed and report["gated_production"] is True
+    md, page = gate_report.markdown(report), gate_html.html(report)
+    for text in (md, page):
+        assert "v2 (holds production)" in text and "production (v2 itself: no baseline)" in text
+        assert "(candidate)" not in text and "production (none)" not in text
+    _, first = report_of(evaluation(0.95), None)
+    assert first["gated_production"] is False and "production (none)" in gate_html.html(first)
+    assert "v2 (candidate)" in gate_report.markdown(first)
