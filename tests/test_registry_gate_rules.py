@@ -753,3 +753,15 @@ def test_the_production_versions_own_gate_says_so_in_the_report_columns():
     _, first = report_of(evaluation(0.95), None)
     assert first["gated_production"] is False and "production (none)" in gate_html.html(first)
     assert "v2 (candidate)" in gate_report.markdown(first)
+
+
+def test_a_passing_class_rule_names_the_class_nearest_its_allowed_drop():
+    """Class 3 dropped most (0.356, allowed 0.358) but class 7 is nearest failing (0.289, allowed
+    0.291: 0.0017 to spare); the message named class 3 alone."""
+    cand, prod = by_class([45] * 10, [30] * 10, lost={3: 27, 7: 19}, won={3: 11, 7: 6})
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    check = next(c for c in v.checks if c.rule == "class_accuracy_vs_production")
+    assert check.passed, check.message
+    assert v.class_allowed["7"] - 19 / 45 + 6 / 45 < 0.002
+    assert check.message == ("largest per-class drop 0.356 (class 3; allowed 0.358 for that class); nearest its "
+                             "allowed drop: class 7, drop 0.289 of 0.291 allowed"), check.message
