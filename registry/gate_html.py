@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from .gate_report import class_limit_text, column_heads, count_text, flipped_text, number_text
+from .gate_report import accuracy_places, class_limit_text, column_heads, count_text, flipped_text, number_text
 from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -28,12 +28,12 @@ svg text{font-family:inherit}
 """
 
 
-def _signed(x, *, higher_is_better: bool = True) -> str:
+def _signed(x, *, higher_is_better: bool = True, digits: int = 4) -> str:
     if x is None:
         return "—"
     good = x > 0 if higher_is_better else x < 0
     cls = "" if x == 0 else "pos" if good else "neg"
-    return f'<span class="{cls}">{x:+.4f}</span>'
+    return f'<span class="{cls}">{x:+.{digits}f}</span>'
 
 
 def _axis_floor(values: list[float]) -> float:
@@ -145,9 +145,11 @@ def _tables(report: dict) -> str:
             f"<th>{escape(prod_head)}</th><th>delta</th></tr>")]
     for key in ("accuracy", "loss"):
         delta = None if not pm or ca.get(key) is None or pm.get(key) is None else ca[key] - pm[key]
+        shown = _signed(delta, higher_is_better=key != "loss",
+                        digits=accuracy_places(report) if key == "accuracy" else 4)
         out.append(f'<tr><td>{key}</td><td class="num">{number_text(ca.get(key))}</td>'
                    f'<td class="num">{number_text(pm.get(key))}</td>'
-                   f'<td class="num">{_signed(delta, higher_is_better=key != "loss")}</td></tr>')
+                   f'<td class="num">{shown}</td></tr>')
     out.append("</table>")
     if report.get("discordant"):
         out.append(f'<p id="flipped">{escape(flipped_text(report["discordant"]))}</p>')
@@ -172,7 +174,8 @@ def _rules(report: dict) -> str:
                    f'<td>{"pass" if c["passed"] else "<b>FAIL</b>"}</td><td>{escape(c["message"])}</td></tr>'
                    for c in report["checks"])
     limits = (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-              f"{number_text(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.")
+              f"{number_text(r['max_accuracy_drop'], accuracy_places(report))}; per-class drop ≤ "
+              f"{class_limit_text(r)}.")
     derivation = (f"<br>Accuracy tolerance: {escape(r['max_accuracy_drop_derivation'])}."
                   if r.get("max_accuracy_drop_derivation") else "")
     if r.get("max_class_drop_derivation"):

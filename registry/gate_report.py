@@ -11,7 +11,17 @@ from __future__ import annotations
 
 import math
 
-from .gate_rules import GateRules, Verdict, _class_key, breached, limit_text, paired_standard_error, summary
+from .gate_rules import (
+    EPS,
+    GateRules,
+    Verdict,
+    _class_key,
+    breached,
+    decimals_apart,
+    limit_text,
+    paired_standard_error,
+    summary,
+)
 
 LEDGER_BREACHED_CLASSES = 20    # a gate's ledger row lists at most this many breached classes
 LEDGER_NEAREST_CLASSES = 3      # and this many of the others, those nearest their allowed drop
@@ -90,8 +100,18 @@ def number_text(x, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _signed(x) -> str:
-    return "—" if x is None else f"{x:+.4f}"
+def _signed(x, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:+.{digits}f}"
+
+
+def accuracy_places(report: dict) -> int:
+    """Decimals for the overall accuracy delta and the allowed drop (markdown and HTML): 4, or as
+    many as make a drop over the allowed drop differ from it (``accuracy_vs_production``'s message)."""
+    m, tolerance = report["metrics"], report["rules"]["max_accuracy_drop"]
+    cand, prod = m["candidate"].get("accuracy"), (m["production"] or {}).get("accuracy")
+    if cand is None or prod is None or tolerance is None or not cand + EPS < prod - tolerance:
+        return 4
+    return decimals_apart(prod - cand, tolerance)
 
 
 def count_text(x) -> str:
@@ -134,7 +154,7 @@ def markdown(report: dict) -> str:
         f"| metric | {cand_head} | {prod_head} | delta |",
         "| --- | ---: | ---: | ---: |",
         f"| accuracy | {number_text(m['candidate']['accuracy'])} | {number_text(pm.get('accuracy'))} | "
-        f"{_signed(delta)} |",
+        f"{_signed(delta, accuracy_places(report))} |",
         f"| loss | {number_text(m['candidate']['loss'])} | {number_text(pm.get('loss'))} | "
         f"{_signed(None if not m['production'] else m['candidate']['loss'] - pm.get('loss'))} |",
         "",
@@ -166,7 +186,7 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-        f"{number_text(r['max_accuracy_drop'])}; per-class drop ≤ {class_limit_text(r)}.",
+        f"{number_text(r['max_accuracy_drop'], accuracy_places(report))}; per-class drop ≤ {class_limit_text(r)}.",
     ]
     if r["max_accuracy_drop_derivation"]:
         lines.append(f"Accuracy tolerance: {r['max_accuracy_drop_derivation']}.")

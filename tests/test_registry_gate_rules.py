@@ -765,3 +765,38 @@ def test_a_passing_class_rule_names_the_class_nearest_its_allowed_drop():
     assert v.class_allowed["7"] - 19 / 45 + 6 / 45 < 0.002
     assert check.message == ("largest per-class drop 0.356 (class 3; allowed 0.358 for that class); nearest its "
                              "allowed drop: class 7, drop 0.289 of 0.291 allowed"), check.message
+
+
+def test_a_failed_accuracy_rule_never_prints_the_drop_equal_to_the_allowed_drop():
+    """55 lost and 36 won of 450: -0.042222 against an allowed 0.042210 read "(-0.0422; allowed
+    drop 0.0422)" on a FAIL; so did a class of 51 losing 7 (-0.1373 against 0.1367, at 3 decimals)."""
+    import re
+
+    cand, prod = flips(n=450, prod_right=400, lost=55, won=36)
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    check = next(c for c in v.checks if c.rule == "accuracy_vs_production")
+    assert not check.passed
+    drop, allowed = re.search(r"\(-([0-9.]+); allowed drop ([0-9.]+)\)", check.message).groups()
+    assert drop != allowed and float(drop) > float(allowed), check.message
+    md = gate_report.markdown(report_of(cand, prod)[1])
+    assert f"allowed drop {allowed})" in md
+
+    cand, prod = by_class([51] + [45] * 9, [51] + [43] * 9, lost={0: 7})
+    v = decide(cand, prod, GateRules(), baseline_version=1)
+    check = next(c for c in v.checks if c.rule == "class_accuracy_vs_production")
+    assert not check.passed
+    drop, allowed = re.search(r"class 0 [0-9.]+ vs [0-9.]+ \(-([0-9.]+); allowed ([0-9.]+)\)", check.message).groups()
+    assert drop != allowed and float(drop) > float(allowed), check.message
+    # the report's limits line and overall delta say the same digits
+    cand, prod = flips(n=450, prod_right=400, lost=55, won=36)
+    from registry import gate_html
+
+    report = report_of(cand, prod)[1]
+    md, page = gate_report.markdown(report), gate_html.html(report)
+    assert "accuracy drop vs production ≤ 0.04221;" in md and "| -0.04222 |" in md, md
+    assert "accuracy drop vs production ≤ 0.04221;" in page and '<span class="neg">-0.04222</span>' in page
+    # one fixed drop for every class: 401 of 4,000 lost is -0.10025, "more than 0.10" read "-0.100"
+    cand, prod = by_class([4000, 45], [4000, 45], lost={0: 401})
+    v = decide(cand, prod, GateRules(max_class_drop=0.10), baseline_version=1)
+    check = next(c for c in v.checks if c.rule == "class_accuracy_vs_production")
+    assert not check.passed and "(-0.1002)" in check.message, check.message
