@@ -34,7 +34,9 @@ def non_probability_rows(probs: np.ndarray) -> int:
 
 def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """accuracy, loss, per_class_accuracy / per_class_count keyed "0".."k-1", and
-    non_probability_outputs (``non_probability_rows``)."""
+    non_probability_outputs (``non_probability_rows``). A class with no held-out example has
+    count 0 and accuracy 0.0 (a number, as a run metric must be): the count says it measured
+    nothing, and the gate report shows it as "no examples"."""
     if len(labels) == 0:
         raise ValueError("no examples to evaluate")
     predicted = probs.argmax(axis=1)

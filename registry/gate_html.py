@@ -10,7 +10,15 @@ from __future__ import annotations
 import math
 from html import escape
 
-from .gate_report import accuracy_places, class_limit_text, column_heads, count_text, flipped_text, number_text
+from .gate_report import (
+    accuracy_places,
+    class_limit_text,
+    class_value_text,
+    column_heads,
+    count_text,
+    flipped_text,
+    number_text,
+)
 from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
@@ -159,8 +167,8 @@ def _tables(report: dict) -> str:
     for r in report["per_class"]:
         out.append(f'<tr><td>{escape(str(r["class"]))}</td><td class="num">'
                    f'{count_text(r["count"])}</td>'
-                   f'<td class="num">{number_text(r["candidate"], 3)}</td>'
-                   f'<td class="num">{number_text(r["production"], 3)}</td>'
+                   f'<td class="num">{class_value_text(r, "candidate")}</td>'
+                   f'<td class="num">{class_value_text(r, "production") if pm else number_text(None)}</td>'
                    f'<td class="num">{_signed(r["delta"])}</td>'
                    f'<td class="num">{count_text(r.get("lost"))}</td><td class="num">{count_text(r.get("won"))}</td>'
                    f'<td class="num">{number_text(r.get("allowed_drop"), 3)}</td></tr>')

@@ -16,6 +16,7 @@ from .gate_rules import (
     GateRules,
     Verdict,
     _class_key,
+    _no_examples,
     breached,
     decimals_apart,
     limit_text,
@@ -35,8 +36,11 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
     per_class = []
     pairs, allowed = verdict.class_paired or {}, verdict.class_allowed or {}
     for k in classes:
-        c = (candidate.get("per_class_accuracy") or {}).get(k)
-        p = ((production or {}).get("per_class_accuracy") or {}).get(k)
+        # a class an evaluation counted no example of has no accuracy (mlproject says 0.0): None,
+        # shown as "no examples" (review, tenth stop)
+        c = None if _no_examples(candidate, k) else (candidate.get("per_class_accuracy") or {}).get(k)
+        p = (None if production is None or _no_examples(production, k)
+             else (production.get("per_class_accuracy") or {}).get(k))
         flips = pairs.get(k)
         # lost: production right, the candidate wrong; won: the reverse (None: not known)
         per_class.append({"class": k, "count": (candidate.get("per_class_count") or {}).get(k),
@@ -45,7 +49,7 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
                           "lost": flips.b if flips else None, "won": flips.c if flips else None,
                           "standard_error": round(paired_standard_error(flips.b, flips.c, flips.n), 6)
                           if flips else None,
-                          "allowed_drop": round(allowed[k], 6) if k in allowed else None})
+                          "allowed_drop": round(allowed[k], 6) if k in allowed and p is not None else None})
     fixed = {round(x, 6) for x in allowed.values()}
     per_class_limit = (None if not allowed or not verdict.class_derivation.startswith(("set", "fixed"))
                        else fixed.pop() if len(fixed) == 1 else None)
@@ -119,6 +123,14 @@ def count_text(x) -> str:
     return "—" if x is None else str(x)
 
 
+def class_value_text(row: dict, key: str) -> str:
+    """A per-class accuracy (``key``: candidate or production) to 3 decimals, "no examples" for a
+    class the held-out set has none of, or "—" (markdown and HTML)."""
+    if row[key] is None and row["count"] == 0:
+        return "no examples"
+    return number_text(row[key], 3)
+
+
 def class_limit_text(rules: dict) -> str:
     """The per-class limit of a report's rules: one drop for every class, or each class's own."""
     drop = rules.get("max_class_drop")
@@ -167,9 +179,12 @@ def markdown(report: dict) -> str:
         f"| class | n | {cand_head} | {prod_head} | delta | lost | won | allowed drop |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    def prod_text(row):
+        return class_value_text(row, "production") if m["production"] else number_text(row["production"], 3)
+
     for row in report["per_class"]:
         lines.append(f"| {row['class']} | {count_text(row['count'])} | "
-                     f"{number_text(row['candidate'], 3)} | {number_text(row['production'], 3)} | "
+                     f"{class_value_text(row, 'candidate')} | {prod_text(row)} | "
                      f"{_signed(row['delta'])} | {count_text(row.get('lost'))} | {count_text(row.get('won'))} | "
                      f"{number_text(row.get('allowed_drop'), 3)} |")
     r = report["rules"]

@@ -570,7 +570,10 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
                      f"classes {', '.join(missing)} have no accuracy in the candidate's evaluation")
     if not drops:
         return Check("class_accuracy_vs_production", True, "no per-class accuracies to compare")
-    worst = max(drops, key=lambda k: drops[k])
+    # a class with no held-out example (mlproject reports its accuracy as 0.0, count 0) is never
+    # named as the largest or nearest drop: it measured nothing (review, tenth stop)
+    named = [k for k in drops if not (_no_examples(candidate, k) and _no_examples(production, k))] or list(drops)
+    worst = max(named, key=lambda k: drops[k])
     bad = [k for k, d in drops.items() if breached(d, allowed[k])]
     if bad:
         over = max(bad, key=lambda k: drops[k] - allowed[k])
@@ -593,7 +596,7 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
     # of the classes that dropped, the one closest to failing (least to spare): with a drop per
     # class it need not be the one that dropped most, and a class 0.002 from failing went unnamed
     # (review, tenth stop). A class that lost nothing is not near failing, whatever its floor.
-    dropped = [k for k in drops if drops[k] > 0] or [worst]
+    dropped = [k for k in named if drops[k] > 0] or [worst]
     nearest = min(dropped, key=lambda k: allowed[k] - drops[k])
     near = ("" if allowed[nearest] - drops[nearest] >= allowed[worst] - drops[worst] else
             f"; nearest its allowed drop: class {nearest}, drop {drops[nearest]:.3f} of {allowed[nearest]:.3f} "
@@ -601,6 +604,15 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
     return Check("class_accuracy_vs_production", True,
                  f"largest per-class drop {max(drops[worst], 0):.3f} (class {worst}; allowed {limit}){near}",
                  observed=round(drops[worst], 6), limit=round(allowed[worst], 6))
+
+
+def _no_examples(doc: dict, k: str) -> bool:
+    """Whether an evaluation counted no held-out example of class ``k`` (its accuracy, 0.0, is no
+    measurement)."""
+    try:
+        return int((doc.get("per_class_count") or {}).get(k)) == 0
+    except (TypeError, ValueError):
+        return False
 
 
 def breached(drop: float, allowed: float) -> bool:

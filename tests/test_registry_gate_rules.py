@@ -800,3 +800,39 @@ def test_a_failed_accuracy_rule_never_prints_the_drop_equal_to_the_allowed_drop(
     v = decide(cand, prod, GateRules(max_class_drop=0.10), baseline_version=1)
     check = next(c for c in v.checks if c.rule == "class_accuracy_vs_production")
     assert not check.passed and "(-0.1002)" in check.message, check.message
+
+
+def test_a_class_absent_from_the_held_out_set_is_reported_as_having_no_examples():
+    """mlproject reports a class with no held-out example as accuracy 0.0 (and a count of 0): the
+    report showed "0 | 0.000 | 0.000", the chart's axis started at 0.00 for it, and when every
+    other class improved the class rule's message named it as the largest drop."""
+    import numpy as np
+
+    from mlproject.datasets import Arrays, load_partition
+    from mlproject.evaluate import evaluation_of
+    from registry import gate_html
+
+    heldout = load_partition("digits").heldout
+    keep = heldout.labels != 9
+    no9 = Arrays(heldout.images[keep], heldout.labels[keep])
+
+    def answering(predicted):
+        probs = np.zeros((len(no9), 10), np.float32)
+        probs[np.arange(len(no9)), predicted] = 1.0
+        return evaluation_of(probs, no9, model_uri="models:/m/1", dataset="digits").to_dict()
+
+    wrong = no9.labels.copy()
+    wrong[::20] = (wrong[::20] + 1) % 9             # production: some of every class wrong
+    cand, prod = answering(no9.labels), answering(wrong)
+    v, report = report_of(cand, prod)
+    assert v.passed, summary(v, 2)                  # the decision is the same
+    check = next(c for c in v.checks if c.rule == "class_accuracy_vs_production")
+    assert "class 9" not in check.message, check.message
+    row9 = next(r for r in report["per_class"] if r["class"] == "9")
+    assert row9["count"] == 0 and row9["candidate"] is None and row9["production"] is None
+    md, page = gate_report.markdown(report), gate_html.html(report)
+    assert "| 9 | 0 | no examples | no examples | — |" in md, md
+    assert '<td>9</td><td class="num">0</td><td class="num">no examples</td>' in page
+    assert 'data-class="9"' not in page and "accuracy axis starts at 0.00" not in page
+    figures = gate_report.ledger_classes(report, v.class_allowed)
+    assert "9" not in [c["class"] for c in figures["classes"]] and figures["compared"] == 9
