@@ -12,14 +12,13 @@ from html import escape
 
 from .gate_report import (
     accuracy_places,
-    class_limit_text,
     class_value_text,
     column_heads,
     count_text,
     flipped_text,
+    limits_text,
     number_text,
 )
-from .gate_rules import limit_text
 
 CANDIDATE_COLOR, PRODUCTION_COLOR = "#1f77b4", "#ff7f0e"
 
@@ -181,9 +180,7 @@ def _rules(report: dict) -> str:
     rows = "".join(f'<tr class="{"pass" if c["passed"] else "fail"}"><td>{escape(c["rule"])}</td>'
                    f'<td>{"pass" if c["passed"] else "<b>FAIL</b>"}</td><td>{escape(c["message"])}</td></tr>'
                    for c in report["checks"])
-    limits = (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-              f"{number_text(r['max_accuracy_drop'], accuracy_places(report))}; per-class drop ≤ "
-              f"{class_limit_text(r)}.")
+    limits = limits_text(report)
     derivation = (f"<br>Accuracy tolerance: {escape(r['max_accuracy_drop_derivation'])}."
                   if r.get("max_accuracy_drop_derivation") else "")
     if r.get("max_class_drop_derivation"):

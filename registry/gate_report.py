@@ -137,6 +137,19 @@ def class_limit_text(rules: dict) -> str:
     return limit_text(drop) if drop is not None else "each class's allowed drop (per-class table)"
 
 
+def limits_text(report: dict) -> str:
+    """The report's limits line (markdown and HTML). Without production only the absolute rules
+    applied: the line read "accuracy drop vs production ≤ —; per-class drop ≤ each class's allowed
+    drop (per-class table)" beside a table of dashes (review, tenth stop)."""
+    r = report["rules"]
+    if report["metrics"]["production"] is None:
+        return (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])} (no production to compare with: the rules "
+                f"against production did not apply).")
+    return (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
+            f"{number_text(r['max_accuracy_drop'], accuracy_places(report))}; per-class drop ≤ "
+            f"{class_limit_text(r)}.")
+
+
 def flipped_text(discordant: dict) -> str:
     """The report's ``discordant`` counts as one sentence (markdown and HTML)."""
     b, c = discordant["production_right_candidate_wrong"], discordant["candidate_right_production_wrong"]
@@ -198,11 +211,7 @@ def markdown(report: dict) -> str:
     for c in report["checks"]:
         lines.append(f"| {c['rule']} | {'pass' if c['passed'] else '**FAIL**'} | "
                      f"{c['message'].replace('|', '/')} |")
-    lines += [
-        "",
-        f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
-        f"{number_text(r['max_accuracy_drop'], accuracy_places(report))}; per-class drop ≤ {class_limit_text(r)}.",
-    ]
+    lines += ["", limits_text(report)]
     if r["max_accuracy_drop_derivation"]:
         lines.append(f"Accuracy tolerance: {r['max_accuracy_drop_derivation']}.")
     if r.get("max_class_drop_derivation"):

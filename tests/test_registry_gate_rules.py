@@ -836,3 +836,17 @@ def test_a_class_absent_from_the_held_out_set_is_reported_as_having_no_examples(
     assert 'data-class="9"' not in page and "accuracy axis starts at 0.00" not in page
     figures = gate_report.ledger_classes(report, v.class_allowed)
     assert "9" not in [c["class"] for c in figures["classes"]] and figures["compared"] == 9
+
+
+def test_without_production_the_limits_line_does_not_list_the_rules_against_production():
+    """A first version's (and production's own) report read "Limits: accuracy ≥ 0.80; accuracy
+    drop vs production ≤ —; per-class drop ≤ each class's allowed drop (per-class table)" beside a
+    per-class table of dashes: rules that did not apply, as if they had."""
+    from registry import gate_html
+
+    for gated_production in (False, True):
+        _, report = report_of(evaluation(0.95), None, gated_production=gated_production)
+        for text in (gate_report.markdown(report), gate_html.html(report)):
+            assert "Limits: accuracy ≥ 0.80 (no production to compare with: the rules against production " \
+                   "did not apply)." in text
+            assert "accuracy drop vs production ≤" not in text and "per-class drop ≤" not in text
