@@ -369,6 +369,41 @@ def test_latency_breaches_are_more_than_chance():
         assert caught >= at_least * 200, (regression, sigma, n, caught)
 
 
+def _lognormal_window(rng, n: int, sigma: float, slower: float = 1.0, median_us: float = 2000.0) -> bake.Window:
+    """A window of ``n`` requests, lognormal latency (``slower`` times every request), in TF
+    Serving's default buckets."""
+    import numpy as np
+
+    limits = np.array([*tfs_metrics.LATENCY_BUCKETS, INF])
+    x = rng.lognormal(math.log(median_us), sigma, n) * slower
+    cum = np.searchsorted(np.sort(x), limits, side="right").astype(float)
+    return bake.Window(n, 0, tuple(zip(limits.tolist(), cum.tolist())), float(x.sum()), n)
+
+
+def test_the_mean_rule_holds_with_a_small_baseline_window():
+    """Found by review (2026-12-06, tenth stop): with no other usable host and a "before" window
+    of 5x or more fewer requests than the bake, the mean rule weighed each window with its own
+    histogram's spread; a few requests of a heavy tail rarely hold the tail, so their mean and
+    their spread are both mostly too low, and identical versions breached in 6% (lognormal sigma
+    1, 200 vs 20 requests), 15% (sigma 1.5, 1000 vs 20), 23% (sigma 2, 1000 vs 20), 11% (sigma 2,
+    2000 vs 100) of bakes. Now the baselines' variance is at least the canary's scaled to their
+    median: about 1 bake in 100 or fewer, and a version 2x / 3x slower is still caught."""
+    import numpy as np
+
+    rng = np.random.default_rng(20261206)
+    for sigma, n_canary, n_before in ((1.0, 200, 20), (1.5, 1000, 20), (2.0, 1000, 20), (2.0, 2000, 100)):
+        breached = [v.line for v in (bake.judge("web-2", _lognormal_window(rng, n_canary, sigma),
+                                                _lognormal_window(rng, n_before, sigma), None, LIMITS)
+                                     for _ in range(600)) if not v.passed]
+        assert len(breached) <= 12, (sigma, n_canary, n_before, len(breached), breached[:3])    # at most 2%
+    for slower, sigma, n_canary, n_before, at_least in ((2.0, 0.5, 200, 20, 0.95), (3.0, 1.0, 1000, 20, 0.9),
+                                                        (3.0, 1.0, 200, 20, 0.85), (2.0, 1.0, 1000, 20, 0.5)):
+        caught = sum(bake.judge("web-2", _lognormal_window(rng, n_canary, sigma, slower),
+                                _lognormal_window(rng, n_before, sigma), None, LIMITS).outcome == "breached"
+                     for _ in range(200))
+        assert caught >= at_least * 200, (slower, sigma, n_canary, n_before, caught)
+
+
 def test_what_was_not_judged_is_in_the_measurements():
     """A quantile of fewer requests than it takes (20 for p95, 100 for p99) is not judged, and the
     verdict's measurements (the ledger row) say so; a mean above the limit within its noise passes
@@ -725,7 +760,8 @@ def test_a_baseline_whose_printed_sum_did_not_move_still_bounds_the_mean():
 
     others, = _host(WEEKS_AT_5, 4000.0, {4000.0: 240}, start_sum=start)
     assert others.latency_sum == 0 and others.mean_bounds_ms[1] == pytest.approx(4.167, 1e-3)
-    _, canary = _host(HOUR_AT_5, 4000.0, {4000.0: 300}, {4000.0: 2973, 4_000_000.0: 27})
+    # every request 10x slower (27 of 3000 at 4 s, as above, is chance against 240 requests: 1 bake in 8)
+    _, canary = _host(HOUR_AT_5, 4000.0, {4000.0: 300}, {40_000.0: 3000})
     v = bake.judge("web-2", canary, None, others, LIMITS)
     assert v.outcome == "breached" and v.measurements["mean_compared"] is True, v.line
     assert "mean latency at least 40.0 ms vs at most 4.2 ms on the other hosts; limit 1.5x" in v.line, v.line
