@@ -66,7 +66,11 @@ class LedgerWriteFailed(UserError):
 class ProductionMoved(UserError):
     """``production`` moved to another version while the deploy ran (a rollback, a promotion):
     the deploy stops before its next wave and puts every host back; the version is not to blame
-    and the next deploy installs what production names now."""
+    and the next deploy installs what production names now. ``deployed``: the deploy's result when
+    its hosts stay on the version (a newer version overtook it after its last wave: it is recorded
+    deployed), else None (nothing kept)."""
+
+    deployed = None
 
     def __init__(self, model: str, deploying: int, now: int | None, *, tail: str = ""):
         super().__init__(f"production of '{model}' moved from v{deploying} to "

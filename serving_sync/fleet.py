@@ -505,9 +505,12 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             _succeeded(result, recorder, runs, opts, copies)
             result.lap("record_and_retention", t)
             if overtaken is not None:
-                raise ProductionMoved(model, v, overtaken.now, tail=(
+                result.seconds = time.monotonic() - start
+                moved = ProductionMoved(model, v, overtaken.now, tail=(
                     f"the hosts stay on v{v}, which passed every check here and is recorded deployed; "
                     f"run `mlops sync deploy` to install v{overtaken.now}"))
+                moved.deployed = result      # `sync watch`: a deployed pass, and the next one at once
+                raise moved
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - start

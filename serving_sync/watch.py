@@ -6,7 +6,10 @@ Every ``interval`` seconds, or at once when a verified webhook arrives, one pass
 deploy failed is not retried until ``production`` moves again (the failed deploy moved it back
 anyway), so a broken version cannot make the loop hammer the hosts; the version's
 ``deploy_status=failed`` tag carries that across a restart of the watcher. Each deploy is the same
-rollout as ``mlops sync deploy`` (prepare, canary, bake, waves).
+rollout as ``mlops sync deploy`` (prepare, canary, bake, waves). A pass that found ``production``
+moved while it ran (its rollout overtaken by a newer version, which its hosts stay on) is
+followed by the next pass at once, not after ``interval`` — at most one such pass in a row, so a
+production that keeps moving cannot make the loop spin.
 """
 from __future__ import annotations
 
@@ -44,11 +47,12 @@ class _Outage:
 @dataclass
 class Pass:
     at: float                  # seconds since the loop started
-    trigger: str               # "start" | "interval" | "webhook"
-    status: str                # up_to_date | deployed | failed | skipped | stopped | error | interrupted
+    trigger: str               # "start" | "interval" | "webhook" | "moved" (the pass before found production moved)
+    status: str                # up_to_date | deployed | failed | skipped | stopped | moved | error | interrupted
     version: int | None = None
     message: str = ""
     exit_code: int | None = None   # an error's or an interrupt's (not serialized)
+    again: bool = False        # production moved while it ran: the next pass at once (not serialized)
 
     def to_dict(self) -> dict:
         return {"at": round(self.at, 3), "trigger": self.trigger, "status": self.status,
@@ -78,7 +82,9 @@ class WatchResult:
 
 
 class Watcher:
-    """``reconcile()`` returns (status, version, message); exceptions become an ``error`` pass."""
+    """``reconcile()`` returns (status, version, message), or (status, version, message, again)
+    where ``again`` asks for the next pass at once (production moved while it ran); exceptions
+    become an ``error`` pass."""
 
     def __init__(self, reconcile: Callable[[], tuple[str, int | None, str]], *, interval: float,
                  max_seconds: float | None = None, once: bool = False,
@@ -101,9 +107,10 @@ class Watcher:
         self.wake.set()
 
     def _pass(self, start: float, reason: str) -> Pass:
-        exit_code = None
+        exit_code, again = None, False
         try:
-            status, version, message = self.reconcile()
+            status, version, message, *rest = self.reconcile()
+            again = bool(rest and rest[0])
         except KeyboardInterrupt:         # a forced interrupt: the pass it cut is reported, then it goes on
             self.result.add(Pass(self.clock() - start, reason, "interrupted", None,
                                  "interrupted (forced) in the middle of a pass", INTERRUPTED))
@@ -115,7 +122,7 @@ class Watcher:
             status, version = "error", None
             message = (f"unexpected {type(exc).__name__}: {exc} (a bug in mlops; the watch goes on and "
                        f"tries again at the next pass)")
-        p = Pass(self.clock() - start, reason, status, version, message, exit_code)
+        p = Pass(self.clock() - start, reason, status, version, message, exit_code, again)
         self.result.add(p)
         if status != "error":
             if (o := self._outage) is not None:
@@ -146,6 +153,11 @@ class Watcher:
         deadline = start + self.max_seconds if self.max_seconds is not None else None
         last = self._pass(start, "start")
         while not self.once and not self.stop_event.is_set() and last.status != "interrupted":
+            if last.again and last.trigger != "moved" and (deadline is None or self.clock() < deadline):
+                self.wake.clear()             # a webhook about that move: this pass reads production anyway
+                self._reason = "interval"
+                last = self._pass(start, "moved")     # one at once, not two in a row: bounded
+                continue
             timeout = self.interval
             if deadline is not None:
                 timeout = min(timeout, deadline - self.clock())
@@ -202,7 +214,9 @@ class FleetReconciler:
     rollback` killed after its switch: ``deploys.rollback_unrecorded``), go through
     ``fleet.deploy`` once, which records it, as ``mlops sync deploy`` would; once per version —
     per rollback for the latter — in a watch (a registry refusing the tag is not asked at every
-    pass), and never over a status another deploy wrote."""
+    pass), and never over a status another deploy wrote. A rollout overtaken after its last wave
+    by a newer version is a ``deployed`` pass (its hosts stay on it), and the next pass runs at
+    once."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
                  recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
@@ -230,7 +244,7 @@ class FleetReconciler:
         from mlops_common.errors import DeployFailed
 
         from . import fleet
-        from .errors import LockHeld
+        from .errors import LockHeld, ProductionMoved
 
         fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
         if fp.errors:
@@ -259,6 +273,13 @@ class FleetReconciler:
             if result is None or result.blames_version:     # a host or the network: the next pass retries
                 self.failed.add(v)
             return "failed", v, exc.message
+        except ProductionMoved as exc:
+            if (r := exc.deployed) is not None:      # overtaken after its last wave: the hosts stay on it
+                return r.status, r.version, (f"{r.message}; production moved from v{r.version} to v{exc.now} "
+                                             f"while it ran: the hosts stay on v{r.version}, which passed every "
+                                             f"check and is recorded deployed; the next pass installs v{exc.now} "
+                                             f"at once"), True
+            return self._moved(fp.version, exc.now)
         except UserError as exc:
             if isinstance(exc, LockHeld) and self.stopping():     # gave up waiting: nothing was changed
                 return "stopped", fp.version, (f"the watch is stopping: stopped waiting for a lock, v{fp.version} "
@@ -269,6 +290,12 @@ class FleetReconciler:
                            "deploy` records it", fp.version, exc.message)
             return "up_to_date", fp.version, f"hosts serve v{fp.version} (not recorded: {exc.message})"
         return r.status, r.version, r.message
+
+    def _moved(self, version: int, now: int | None) -> tuple:
+        """Production moved from ``version`` before this pass's deploy changed or recorded anything."""
+        to = f"v{now}" if now is not None else "no version"
+        return "moved", version, (f"production moved from v{version} to {to} while this pass ran; nothing was "
+                                  f"changed or recorded: the next pass runs at once"), True
 
     def _unrecorded(self, version: int) -> tuple | None:
         """What hosts serving ``version`` leave to record: ``(version, None)`` when it has no

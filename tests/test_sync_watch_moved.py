@@ -1,0 +1,104 @@
+"""``mlops sync watch`` when ``production`` moves while a pass runs (each test fails on the code
+before):
+
+- a deploy whose last wave switched and then found production moved to a newer version (the
+  hosts stay on vN, recorded deployed; ``ProductionMoved``) was an ``error`` pass — an outage
+  line — and vM waited for the next interval. It is now a ``deployed`` pass for vN, one info
+  line, and the next pass runs at once; at most one such pass in a row, so a production that
+  keeps moving does not make the watch spin.
+
+Real MLflow server, ledger and local TF-Serving-compatible servers on ``file://`` hosts; the loop's
+bound on a stand-in. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from serving_sync import host_run
+from serving_sync.hosts import load_hosts
+from serving_sync.options import DeployOptions
+from serving_sync.plan import StepKind
+from serving_sync.watch import FleetReconciler, Watcher
+
+
+def _opts() -> DeployOptions:
+    return DeployOptions(timeout=60.0, json_mode=True)
+
+
+def _stop_after(watcher: Watcher, reconcile, n: int):
+    """``reconcile``, and the watch asked to stop once ``n`` passes ran."""
+    calls = []
+
+    def wrapped():
+        try:
+            return reconcile()
+        finally:
+            calls.append(1)
+            if len(calls) >= n:
+                watcher.stop_event.set()
+    return wrapped
+
+
+def _logged(caplog):
+    return [r for r in {id(r): r for r in caplog.records}.values() if r.name.startswith("mlops.sync.watch")]
+
+
+def test_a_rollout_overtaken_by_a_newer_promotion_is_a_deployed_pass_and_the_next_pass_installs_it_at_once(
+        deploy_env, monkeypatch, caplog):
+    env = deploy_env
+    host = env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    v3 = env.register("c")
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    done = {}
+
+    def while_a_newer_version_is_promoted(run, step):     # the last wave's check, then CI promotes v3
+        verify(run, step)
+        if not done:
+            env.promote(v3)
+            done["promoted"] = v3
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_a_newer_version_is_promoted)
+    r = FleetReconciler(env.model, load_hosts(), _opts())
+    w = Watcher(r, interval=120, max_seconds=100)
+    w.reconcile = _stop_after(w, r, 2)
+    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
+    mlops_logger.addHandler(caplog.handler)
+    t0 = time.monotonic()
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            res = w.run()
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+    assert done == {"promoted": v3}
+    passes = [(p.trigger, p.status, p.version) for p in res.passes]
+    assert passes == [("start", "deployed", v2), ("moved", "deployed", v3)], [p.to_dict() for p in res.passes]
+    first = res.passes[0].message
+    assert f"production moved from v{v2} to v{v3}" in first and f"the hosts stay on v{v2}" in first, first
+    assert time.monotonic() - t0 < 60                                  # not after --interval
+    logged = _logged(caplog)
+    assert not [x for x in logged if x.levelno >= logging.ERROR], [x.getMessage() for x in logged]
+    assert len([x for x in logged if f"moved from v{v2} to v{v3}" in x.getMessage()]) == 1, \
+        [x.getMessage() for x in logged]
+    assert env.tags(v2).get("deploy_status") == "deployed"
+    env.serves(host, v3)
+    assert env.tags(v3).get("deploy_status") == "deployed"
+
+
+def test_a_production_that_keeps_moving_does_not_make_the_watch_spin():
+    """Each pass says production moved: the next one runs at once, but not two such in a row —
+    then the interval (or a webhook) as usual."""
+    calls = []
+
+    def reconcile():
+        calls.append(time.monotonic())
+        return "deployed", len(calls), f"deployed v{len(calls)}; production moved", True
+
+    res = Watcher(reconcile, interval=0.5, max_seconds=2.2).run()
+    triggers = [p.trigger for p in res.passes]
+    assert triggers[:3] == ["start", "moved", "interval"], triggers
+    assert all(not (a == b == "moved") for a, b in zip(triggers, triggers[1:])), triggers
+    assert 6 <= len(calls) <= 12, triggers          # ~2 passes per interval, not thousands
