@@ -63,6 +63,16 @@ class LedgerWriteFailed(UserError):
     and every host is put back, but the version is not to blame."""
 
 
+class ProductionNotExpected(RefusedError):
+    """``production`` is not the version the caller expected (``sync deploy --expect-version``, a
+    ``sync watch`` pass that only records what its hosts serve): nothing was deployed. ``now``:
+    the version production names."""
+
+    def __init__(self, message: str, *, now: int | None = None, exit_code: int | None = None):
+        super().__init__(message, exit_code=exit_code)
+        self.now = now
+
+
 class ProductionMoved(UserError):
     """``production`` moved to another version while the deploy ran (a rollback, a promotion):
     the deploy stops before its next wave and puts every host back; the version is not to blame

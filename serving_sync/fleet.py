@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import faultpoint, log
-from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError, reworded
+from mlops_common.errors import ConfigError, NotFoundError, UserError, reworded
 from registry import deploys
 
 from . import cancel, parallel, retention, rollout, verified
@@ -39,7 +39,7 @@ from . import manifest as mf
 from .canary import Baker, CanaryFailed
 from .connections import Heartbeat, connected, locked
 from .deploy_failure import fail, not_the_versions_fault, or_put_back
-from .errors import ProductionMoved
+from .errors import ProductionMoved, ProductionNotExpected
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun
 from .hosts import base_key
@@ -110,9 +110,10 @@ def expected_production(model: str, production: int, expect: int | None) -> None
     have moved since (a rollback, or an earlier deploy of N that failed and moved it back, so a
     rerun of the job would find every host up to date on the old version and pass)."""
     if expect is not None and production != expect:
-        raise RefusedError(f"production of '{model}' is v{production}, not v{expect} (--expect-version): it "
-                           f"moved after v{expect} was promoted (a rollback, or a failed deploy of v{expect} "
-                           f"moved it back: see `mlops registry history`); nothing was deployed")
+        raise ProductionNotExpected(f"production of '{model}' is v{production}, not v{expect} (--expect-version): "
+                                    f"it moved after v{expect} was promoted (a rollback, or a failed deploy of "
+                                    f"v{expect} moved it back: see `mlops registry history`); nothing was deployed",
+                                    now=production)
 
 
 class _Lazy:

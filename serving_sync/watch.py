@@ -7,9 +7,10 @@ deploy failed is not retried until ``production`` moves again (the failed deploy
 anyway), so a broken version cannot make the loop hammer the hosts; the version's
 ``deploy_status=failed`` tag carries that across a restart of the watcher. Each deploy is the same
 rollout as ``mlops sync deploy`` (prepare, canary, bake, waves). A pass that found ``production``
-moved while it ran (its rollout overtaken by a newer version, which its hosts stay on) is
-followed by the next pass at once, not after ``interval`` — at most one such pass in a row, so a
-production that keeps moving cannot make the loop spin.
+moved while it ran (its rollout overtaken by a newer version, which its hosts stay on; or a pass
+that only recorded what its hosts serve) is followed by the next pass at once, not after
+``interval`` — at most one such pass in a row, so a production that keeps moving cannot make the
+loop spin.
 """
 from __future__ import annotations
 
@@ -214,9 +215,10 @@ class FleetReconciler:
     rollback` killed after its switch: ``deploys.rollback_unrecorded``), go through
     ``fleet.deploy`` once, which records it, as ``mlops sync deploy`` would; once per version —
     per rollback for the latter — in a watch (a registry refusing the tag is not asked at every
-    pass), and never over a status another deploy wrote. A rollout overtaken after its last wave
-    by a newer version is a ``deployed`` pass (its hosts stay on it), and the next pass runs at
-    once."""
+    pass), and never over a status another deploy wrote. That deploy expects the version (as
+    ``--expect-version``): production moved meanwhile makes it no rollout of another version but a
+    ``moved`` pass, and the next pass runs at once; so does a rollout overtaken after its last wave
+    by a newer version (a ``deployed`` pass: its hosts stay on it)."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
                  recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
@@ -244,7 +246,7 @@ class FleetReconciler:
         from mlops_common.errors import DeployFailed
 
         from . import fleet
-        from .errors import LockHeld, ProductionMoved
+        from .errors import LockHeld, ProductionMoved, ProductionNotExpected
 
         fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
         if fp.errors:
@@ -263,8 +265,9 @@ class FleetReconciler:
             return "stopped", fp.version, f"the watch is stopping: v{fp.version} not deployed (nothing was changed)"
         token, self._break_lock = self._break_lock, None
         try:
+            # recording: only what these hosts serve; production moved since makes it no rollout
             r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait,
-                             give_up_waiting=self.stopping)
+                             give_up_waiting=self.stopping, expect=fp.version if recording else None)
         except DeployFailed as exc:
             result = getattr(exc, "result", None)
             # the version the deploy handled: production read again under the locks (a promotion
@@ -279,6 +282,8 @@ class FleetReconciler:
                                              f"while it ran: the hosts stay on v{r.version}, which passed every "
                                              f"check and is recorded deployed; the next pass installs v{exc.now} "
                                              f"at once"), True
+            return self._moved(fp.version, exc.now)
+        except ProductionNotExpected as exc:     # a recording pass: production moved before the locks
             return self._moved(fp.version, exc.now)
         except UserError as exc:
             if isinstance(exc, LockHeld) and self.stopping():     # gave up waiting: nothing was changed

@@ -1,6 +1,12 @@
 """``mlops sync watch`` when ``production`` moves while a pass runs (each test fails on the code
 before):
 
+- a pass that began only to record hosts already serving vN (a deploy killed after its switch)
+  called ``fleet.deploy`` for whatever production named under the locks: production moved to vM
+  meanwhile made it a rollout of vM, and that rollout's error (a held lock, an unreachable host)
+  was reported as ``up_to_date … (not recorded: …)`` for vN. It now expects vN (as ``sync deploy
+  --expect-version``): a moved production changes nothing, the pass says so, and the next pass —
+  at once — deploys vM;
 - a deploy whose last wave switched and then found production moved to a newer version (the
   hosts stay on vN, recorded deployed; ``ProductionMoved``) was an ``error`` pass — an outage
   line — and vM waited for the next interval. It is now a ``deployed`` pass for vN, one info
@@ -15,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from serving_sync import host_run
+from serving_sync import fleet, host_run
 from serving_sync.hosts import load_hosts
 from serving_sync.options import DeployOptions
 from serving_sync.plan import StepKind
@@ -42,6 +48,43 @@ def _stop_after(watcher: Watcher, reconcile, n: int):
 
 def _logged(caplog):
     return [r for r in {id(r): r for r in caplog.records}.values() if r.name.startswith("mlops.sync.watch")]
+
+
+def test_a_recording_pass_whose_production_moved_records_nothing_and_the_next_pass_deploys_at_once(
+        deploy_env, paused_deploy, monkeypatch):
+    env = deploy_env
+    host = env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    paused_deploy(env.env, "after:switch", "--timeout", "60").wait_paused().kill()
+    env.serves(host, v2)
+    assert env.tags(v2).get("deploy_status") in (None, "none")      # left to record
+    v3 = env.register("c")
+    plan = fleet.plan_fleet
+
+    def then_promoted(*a, **kw):          # a person promotes v3 after the pass planned (v2, up to date)
+        out = plan(*a, **kw)
+        if env.production() == v2:
+            env.promote(v3)
+        return out
+
+    monkeypatch.setattr(fleet, "plan_fleet", then_promoted)
+    r = FleetReconciler(env.model, load_hosts(), _opts())
+    w = Watcher(r, interval=120, max_seconds=100)
+    w.reconcile = _stop_after(w, r, 2)
+    t0 = time.monotonic()
+    res = w.run()
+    passes = [(p.trigger, p.status, p.version) for p in res.passes]
+    assert passes[0] == ("start", "moved", v2), [p.to_dict() for p in res.passes]
+    first = res.passes[0].message
+    assert f"production moved from v{v2} to v{v3}" in first and "nothing was changed" in first, first
+    assert passes[1:] == [("moved", "deployed", v3)], [p.to_dict() for p in res.passes]
+    assert time.monotonic() - t0 < 60                                  # not after --interval
+    env.serves(host, v3)
+    assert env.tags(v3).get("deploy_status") == "deployed"
+    assert env.tags(v2).get("deploy_status") in (None, "none")         # the recording pass wrote nothing
+    assert not [e for e in env.ledger(("deploy",)) if e.to_version == v3 and e.outcome != "ok"]
 
 
 def test_a_rollout_overtaken_by_a_newer_promotion_is_a_deployed_pass_and_the_next_pass_installs_it_at_once(
