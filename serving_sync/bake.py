@@ -468,6 +468,16 @@ def requests_for(q: float) -> int:
     return math.ceil(1 / (1 - q) - 1e-9)
 
 
+def _log_comb(n: int, r: int) -> float:
+    """log C(n, r), for the exact tails below."""
+    return math.lgamma(n + 1) - math.lgamma(r + 1) - math.lgamma(n - r + 1)
+
+
+def _binomial_term(k: int, n: int, log_p: float, log_q: float) -> float:
+    """P(X = k) for X ~ Binomial(n, p), given log p and log(1 - p)."""
+    return math.exp(_log_comb(n, k) + k * log_p + (n - k) * log_q)
+
+
 def chance_of_as_many_above(k: int, mine: int, above: int, total: int) -> float:
     """P(X >= k) for X ~ Hypergeometric: of ``total`` requests, ``above`` above a limit, the
     chance that ``mine`` of them drawn at random hold ``k`` or more of those above — how often a
@@ -479,13 +489,10 @@ def chance_of_as_many_above(k: int, mine: int, above: int, total: int) -> float:
         return 0.0
     if k <= above * mine / total:
         return 1.0
-
-    def log_comb(n: int, r: int) -> float:
-        return math.lgamma(n + 1) - math.lgamma(r + 1) - math.lgamma(n - r + 1)
-    base = log_comb(total, mine)
+    base = _log_comb(total, mine)
     p = 0.0
     for i in range(k, min(mine, above) + 1):
-        term = math.exp(log_comb(above, i) + log_comb(total - above, mine - i) - base)
+        term = math.exp(_log_comb(above, i) + _log_comb(total - above, mine - i) - base)
         p += term
         if term <= p * 1e-12:      # past the mode, terms fall at least geometrically
             break
@@ -521,10 +528,10 @@ def chance_of_at_least(k: int, n: int, p: float) -> float:
         return 0.0
     if k <= n * p:
         return 1.0
-    log_p, log_q, top = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    log_p, log_q = math.log(p), math.log1p(-p)
     total = 0.0
     for i in range(k, n + 1):
-        term = math.exp(top - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        term = _binomial_term(i, n, log_p, log_q)
         total += term
         if term <= total * 1e-12:      # past the mean, terms fall at least geometrically
             break
@@ -544,9 +551,8 @@ def _binomial_pmf(n: int, p: float) -> tuple[int, list[float]]:
         return n, [1.0]
     reach = 12 * math.sqrt(n * p * (1 - p)) + 12
     lo, hi = max(0, math.floor(n * p - reach)), min(n, math.ceil(n * p + reach))
-    log_p, log_q, top = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    return lo, [math.exp(top - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q)
-                for k in range(lo, hi + 1)]
+    log_p, log_q = math.log(p), math.log1p(-p)
+    return lo, [_binomial_term(k, n, log_p, log_q) for k in range(lo, hi + 1)]
 
 
 def _restricted_rate(errors: int, requests: int, base_errors: int, base_requests: int, margin: float) -> float:
