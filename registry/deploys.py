@@ -158,14 +158,18 @@ class DeployLedger:
         is ``ok``: ``promotion_rules.latest_deploys``, this deploy's own rows left out). A host
         switched by a deploy killed after its canary, or by one whose rows were never written,
         does not count: nothing judged the version there."""
-        return latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version) == "ok"
+        return self._verdict_elsewhere(version) == "ok"
 
     def failed_elsewhere(self, version: int) -> bool:
         """Whether another deploy failed ``version`` since it last moved into production (its last
         verdict, this deploy's own rows left out, is ``failed``; or its tag says so): another fleet
         judged it bad while this one rolled it out."""
-        rows = latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version) == "failed"
-        return rows or status(self.model, version) == FAILED
+        return self._verdict_elsewhere(version) == "failed" or status(self.model, version) == FAILED
+
+    def _verdict_elsewhere(self, version: int) -> str | None:
+        """``version``'s last deploy verdict (``promotion_rules.latest_deploys``), this deploy's own
+        rows left out."""
+        return latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version)
 
     def unjudged(self, version: int) -> bool:
         """Whether a deploy of ``version`` began on the fleet (its prepare smoke-tested it: a

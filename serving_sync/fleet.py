@@ -316,11 +316,8 @@ def _not_to_record(model: str, v: int, source: str, plans, opts: DeployOptions) 
     over that verdict), then ``unjudged_everywhere``. Raises ``ProductionMoved``: nothing was
     changed or recorded."""
     if source == "production":
-        try:
-            _still_production(model, v)
-        except ProductionMoved as moved:
-            raise ProductionMoved(model, v, moved.now, tail="nothing was changed or recorded: rerun `mlops "
-                                  "sync deploy`, it installs what production names now") from None
+        _still_production(model, v, tail="nothing was changed or recorded: rerun `mlops sync deploy`, it "
+                                         "installs what production names now")
     return unjudged_everywhere(model, v, plans, opts)
 
 
@@ -528,7 +525,7 @@ def _before_prepare(result: FleetResult, recorder, runs: list[HostRun], step: st
         raise fail(result, recorder, runs[0], runs, exc, step=step) from None
 
 
-def _still_production(model: str, v: int) -> None:
+def _still_production(model: str, v: int, *, tail: str = "") -> None:
     """Raise ``ProductionMoved`` unless ``v`` still holds production (read before each wave and
     after the last: a rollback — or another fleet's failed deploy moving it back — while this
     deploy prepared, baked or switched must not be overtaken by its next wave, nor find its
@@ -537,7 +534,7 @@ def _still_production(model: str, v: int) -> None:
 
     now = versions.production_version(model)
     if now != v:
-        raise ProductionMoved(model, v, now)
+        raise ProductionMoved(model, v, now, tail=tail)
 
 
 def _bake(result: FleetResult, recorder, baker: Baker, wave: list[HostRun], later: list[HostRun],
