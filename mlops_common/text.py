@@ -7,7 +7,18 @@ descriptions: free text is shown as text, never as markup (links, images, HTML, 
 """
 from __future__ import annotations
 
+import re
 import unicodedata
+
+# a decimal number as written in ASCII: float() also takes "0_1" (1.0) and full-width digits
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def is_decimal(text: str) -> bool:
+    """Whether ``text`` (spaces around it aside) is a plain ASCII decimal (``1``, ``-0.5``,
+    ``1e-3``): what a flag or a setting takes as a number, where ``float()`` would read more."""
+    return _DECIMAL.fullmatch(text.strip()) is not None
+
 
 _CONTROL_CATEGORIES = frozenset(("Cc", "Zl", "Zp"))
 # The format characters (category Cf) that reorder or hide text: bidi marks, embeddings, overrides

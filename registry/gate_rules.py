@@ -84,15 +84,14 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 
 from mlops_common import settings
 from mlops_common.errors import ConfigError, RefusedError
+from mlops_common.text import is_decimal
 
 EPS = 1e-9  # float slack so that a value exactly at a limit passes
-_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ class GateRules:
             raw = settings.env(var)
             if raw is not None:
                 # ASCII decimals only, as the flags (``flags.number``): float() reads "0_1" as 1.0
-                if not _DECIMAL.fullmatch(raw.strip()):
+                if not is_decimal(raw):
                     raise ConfigError(f"{var} must be a number such as 0.05, got '{raw}'")
                 values[name] = float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})

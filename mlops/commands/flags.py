@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import re
 
+from mlops_common.text import is_decimal
+
 _DIGITS = re.compile(r"[+-]?[0-9]+")     # int() also takes "0_3" (3) and "３" (full-width): another number
-# a decimal number as written in ASCII, or a spelling of nan / inf that ``number`` then refuses by name
-_DECIMAL = re.compile(r"[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)", re.IGNORECASE)
+# a spelling of nan / inf, which ``number`` refuses by name (not as "not a number")
+_NOT_FINITE = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def _whole(minimum: int, too_small: str, *, what: str = "a whole number", maximum: int | None = None,
@@ -76,7 +78,7 @@ def number(text: str) -> float:
     limit switched the canary's latency check off)."""
     import math
 
-    if not _DECIMAL.fullmatch(text.strip()):    # float() also takes "0_01" (1.0) and full-width digits
+    if not (is_decimal(text) or _NOT_FINITE.fullmatch(text.strip())):   # float() also takes "0_01" (1.0)
         raise argparse.ArgumentTypeError(f"'{text}' is not a number")
     v = float(text)
     if not math.isfinite(v):
