@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from mlops_common import stop
+
 from .datasets import Arrays
 
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -78,7 +80,14 @@ def fit(model, train: Arrays, validation: Arrays, *, epochs: int, batch_size: in
     names = ("loss", "accuracy", "val_loss", "val_accuracy")
 
     class EpochProgress(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            stop.raise_if_asked()       # a cancel whose interrupt was dropped mid-batch (mlops_common.stop)
+
+        def on_test_batch_end(self, batch, logs=None):
+            stop.raise_if_asked()
+
         def on_epoch_end(self, epoch, logs=None):
+            stop.raise_if_asked()
             values = {k: float(logs[k]) for k in names if k in (logs or {})}
             print(format_epoch(epoch, epochs, values), file=out, flush=True)
             if on_epoch:

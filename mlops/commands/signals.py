@@ -5,17 +5,29 @@ from __future__ import annotations
 import contextlib
 import signal
 
+from mlops_common import stop
+
 
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
     """SIGTERM ends the block the way Ctrl-C does. By default the process died at once: a training
-    left its MLflow run RUNNING for good, an infra validation its throw-away server and folder."""
+    left its MLflow run RUNNING for good, an infra validation its throw-away server and folder.
+
+    The stop is also remembered (``mlops_common.stop``): an interrupt raised where it is dropped
+    (a ``__del__``, C code that clears it) is raised again at the next safe point of a long loop.
+    Ctrl-C does the same while the default Ctrl-C handler is in place."""
 
     def interrupt(signum, frame):
+        stop.ask()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signals.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop.clear()

@@ -1,0 +1,71 @@
+"""A cancel that must not be lost: SIGTERM's KeyboardInterrupt can be dropped where it lands (a
+``__del__``, C code that clears the error), and a CI run saw a training cancelled this way train on
+for two minutes, its MLflow run RUNNING, until the SIGKILL. The stop is remembered and the training
+raises it again at its next batch."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from mlops.commands.signals import sigterm_as_ctrl_c
+from mlops_common import stop
+
+
+def _dropped_sigterm() -> None:
+    """SIGTERM this process and drop its KeyboardInterrupt, as a ``__del__`` drops it."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:      # the handler runs at the next bytecode boundary
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        return
+    raise AssertionError("SIGTERM did not interrupt within 10 s")
+
+
+def test_a_training_whose_sigterm_interrupt_was_dropped_stops_at_its_next_batch():
+    from mlproject.datasets import load_partition
+    from mlproject.model import build_model, fit, seed_everything
+
+    seed_everything(3)
+    part = load_partition("digits")
+    model = build_model((8, 8, 1), 10, 0.01)
+    epochs: list[int] = []
+    with sigterm_as_ctrl_c():
+        _dropped_sigterm()
+        with pytest.raises(KeyboardInterrupt):
+            fit(model, part.base.take(np.arange(64)), part.heldout, epochs=30, batch_size=16, seed=3,
+                on_epoch=lambda e, logs: epochs.append(e), stream=io.StringIO())
+    assert epochs == []                         # not one epoch more after the cancel
+    assert not stop.asked()                     # forgotten once the block has ended
+
+
+def test_the_block_puts_back_both_handlers_and_forgets_the_stop():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with sigterm_as_ctrl_c():
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT)   # Ctrl-C remembered too
+        _dropped_sigterm()
+        assert stop.asked()
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_asked()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert not stop.asked()
+    stop.raise_if_asked()                       # nothing asked: nothing raised
+
+
+def test_a_custom_ctrl_c_handler_is_left_alone():
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        with sigterm_as_ctrl_c():
+            assert signal.getsignal(signal.SIGINT) is mine
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
