@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlops_common import faultpoint
 from mlops_common.errors import ConfigError, DamagedModel
 from registry import artifacts
 from registry import tags as version_tags
@@ -129,6 +130,7 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
             # a copy of the model in /tmp at every load, two per gate. Downloaded, checked, then
             # loaded from there (a local path is read in place), so what is scored is what was checked
             local = versions.download_logged_model(uri, into)
+            faultpoint.reached("evaluate:downloaded")      # test hook, inert unless set
             if verify is not None:
                 verify(local)       # a UserError: none of the handlers below
             model = mlflow.tensorflow.load_model(str(local))

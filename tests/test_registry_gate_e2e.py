@@ -251,3 +251,31 @@ def test_a_retrain_does_not_start_from_production_weights_changed_in_the_store(m
     experiment = tracking_client().get_experiment_by_name(model).experiment_id
     assert len(tracking_client().search_runs([experiment])) == runs_before
     assert [int(x.version) for x in tracking_client().search_model_versions(f"name='{model}'")] == [v]
+
+
+@pytest.mark.parametrize("command", [("registry", "gate"), ("evaluate",)])
+def test_an_evaluation_stopped_by_sigterm_removes_its_model_folder_and_says_interrupted(
+        mlops_env, pretrained_digits, tmp_path, command):
+    """Found by a signals review (2026-12-06): `mlops evaluate` and `registry gate` had no SIGTERM
+    handler, so a cancelled CI job (or `timeout`) killed them at once: exit 143 with no line, and
+    the model downloaded to score it stayed in TMPDIR (Ctrl-C removed it). Held by the faultpoint
+    `evaluate:downloaded` with the model in its temporary folder, then SIGTERM."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, sigterm_when_held
+
+    v = pretrained_digits.register("production")
+    tmpdir, marker = tmp_path / "tmp", tmp_path / "held"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir), "MLOPS_TEST_PAUSE_AT": "evaluate:downloaded",
+           "MLOPS_TEST_PAUSE_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", *command, "--version", str(v)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert not list(tmpdir.glob("mlops-model-*"))
+    err = sigterm_when_held(proc, marker, timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-3000:]
+    assert not list(tmpdir.glob("mlops-model-*")), list(tmpdir.iterdir())
+    if command[0] == "registry":           # stopped before its verdict: nothing recorded
+        assert versions.get_version(os.environ["MLOPS_MODEL_NAME"], v).tags.get("validation_status") == "pending"

@@ -186,6 +186,7 @@ def _check_report_dir(path: str | None) -> None:
 
 
 def cmd_gate(args) -> int:
+    from mlops.commands.signals import sigterm_as_ctrl_c
     from mlops_common import junit
     from registry.gate import run_gate
     from registry.gate_rules import GateRules
@@ -196,9 +197,10 @@ def cmd_gate(args) -> int:
                                max_class_drop=args.max_class_drop)
     junit.check_path(args.junit)                 # before the gate records its verdict anywhere
     _check_report_dir(args.report_dir)
-    outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
-                       allow_signature_change=args.allow_signature_change, report_dir=args.report_dir,
-                       provenance=Provenance.from_environment())   # the gate job has no approver yet
+    with sigterm_as_ctrl_c():      # a cancelled job removes the models it downloaded to score, as Ctrl-C does
+        outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
+                           allow_signature_change=args.allow_signature_change, report_dir=args.report_dir,
+                           provenance=Provenance.from_environment())   # the gate job has no approver yet
     if args.junit:
         junit.write(args.junit, f"quality-gate.{model}.v{outcome.version}",
                     [junit.Case(c["rule"], c["passed"], c["message"]) for c in outcome.report["checks"]])

@@ -136,7 +136,7 @@ def cmd_evaluate(args) -> int:
 
     name = settings.model_name(args.model_name)
     project_run_id()        # a leftover MLFLOW_RUN_ID is refused before the evaluation, not after
-    with contextlib.redirect_stdout(sys.stderr):
+    with sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):   # SIGTERM: its model folder removed
         ev = evaluate_version(name, args.version, dataset=args.dataset)
         log_to_active_project_run(ev)
     if args.json:
