@@ -480,3 +480,54 @@ def test_adding_a_host_then_removing_one_as_the_operations_section_says(deploy_e
     env.serves(h2, v1)
     for h in (h1, h3):
         env.serves(h, v2)
+
+
+def test_a_rollback_stopped_while_it_waits_for_the_promotion_lock_moves_nothing(deploy_env):
+    """Found by a signals review (2026-12-06): the first SIGTERM (a cancelled CircleCI job) or
+    Ctrl-C only asked the deploy to stop at its next safe point, so a `sync rollback` waiting for
+    the promotion lock (another promotion under way) went on waiting up to 120 s, then moved
+    production back, and only its deploy stopped: exit 130 with the registry rolled back and the
+    hosts not. Stopped before the registry moved, it stops there: production and hosts untouched."""
+    import signal
+    import time
+
+    from registry.ledger import Ledger
+
+    env = deploy_env
+    (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
+    config = (h1.base / "models.config").read_bytes()
+    ledger = Ledger()
+    database = Path(ledger._engine.url.database)
+    lock = database.with_name(database.name + ".lock")
+    with ledger.serialized(env.model):            # another promotion holds the lock
+        proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "rollback", "--reason", "v2 is slow"],
+                                cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+        def waits_for_the_lock() -> bool:       # it has the lock file open: it waits in flock
+            try:
+                return any(os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == str(lock)
+                           for fd in os.listdir(f"/proc/{proc.pid}/fd"))
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not waits_for_the_lock():
+            time.sleep(0.05)
+        assert waits_for_the_lock(), proc.poll()
+        proc.send_signal(signal.SIGTERM)
+        try:            # the lock still held: it must stop without it
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass        # let go below: a rollback still waiting takes the lock and moves production
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert env.production() == v2, err[-3000:]
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-3000:]
+    assert "Traceback" not in err
+    assert (h1.base / "models.config").read_bytes() == config
+    assert [e.action for e in env.ledger(("rollback",))] == []

@@ -289,10 +289,13 @@ def _hosts(args):
 
 
 @contextlib.contextmanager
-def _interrupts(*first_actions):
+def _interrupts(*first_actions, at_once=lambda: False):
     """SIGTERM / Ctrl-C never cut a deploy in half: the n-th signal runs ``first_actions[n]``; after
     them, a deploy in progress is asked to stop at its next safe point and put its hosts back
-    (``serving_sync.cancel``); one more signal forces it (KeyboardInterrupt)."""
+    (``serving_sync.cancel``); one more signal forces it (KeyboardInterrupt). While ``at_once()``
+    (nothing a safe point would put back has begun: ``sync rollback`` before the registry moved)
+    a signal stops the command where it is (KeyboardInterrupt; the deploy asked to stop as well,
+    should a finalizer swallow it)."""
     from serving_sync import cancel
 
     cancel.reset()
@@ -301,6 +304,9 @@ def _interrupts(*first_actions):
     def handler(signum, _frame):
         n, count["n"] = count["n"], count["n"] + 1
         name = signal.Signals(signum).name
+        if at_once():
+            cancel.request(name)
+            raise KeyboardInterrupt
         if n < len(first_actions):
             first_actions[n](name)
         elif n == len(first_actions):
@@ -430,11 +436,14 @@ def cmd_smoke(args) -> int:
 
 def cmd_rollback(args) -> int:
     start = time.monotonic()
-    with _interrupts():
-        return _rollback_command(args, start)
+    # until the registry moved, a signal stops the rollback at once: the first one only asked the
+    # deploy to stop, so a rollback waiting for the promotion lock moved production afterwards
+    before_the_move = {"yes": True}
+    with _interrupts(at_once=lambda: before_the_move["yes"]):
+        return _rollback_command(args, start, before_the_move)
 
 
-def _rollback_command(args, start: float) -> int:
+def _rollback_command(args, start: float, before_the_move: dict) -> int:
     from registry import approver
     from serving_sync.rollback import check_rollout, rollback_and_deploy
 
@@ -447,12 +456,18 @@ def _rollback_command(args, start: float) -> int:
         rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, force=args.force,
                                  opts=opts,
                                  break_lock=args.break_lock, lock_wait=args.lock_wait, started=start,
-                                 on_moved=functools.partial(sync_text.rollback_moved, model, by.actor))
+                                 on_moved=functools.partial(_moved, before_the_move, model, by.actor))
     if args.json:
         output.emit(rb.to_dict())
     else:
         sync_text.rollback(rb)
     return 0
+
+
+def _moved(before_the_move: dict, model: str, actor: str, promo) -> None:
+    """The registry moved back: from now on a signal stops the deploy at a safe point."""
+    before_the_move["yes"] = False
+    sync_text.rollback_moved(model, actor, promo)
 
 
 def _start_receiver(args, model: str, reconcile, watcher):
