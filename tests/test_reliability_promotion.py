@@ -401,3 +401,27 @@ def test_a_promotion_asking_mlflow_whether_the_ledgers_production_exists_does_no
     assert versions.production_version(model) == v1
     assert rows(model)[-3:] == [("rollback", "ok", v1, None), ("intent", "pending", None, v1),
                                 ("promote", "ok", None, v1)]
+
+
+def test_a_promotion_stopped_by_sigterm_says_interrupted_and_exits_130_as_ctrl_c(make_version, tmp_path):
+    """Found by a signals review (2026-12-06): `registry promote` had no SIGTERM handler, so a
+    cancelled CircleCI job killed it at once (exit 143, no line) and the path for an interrupt
+    while MLflow applies the move (the move recorded, then stop) was Ctrl-C's only, though
+    docs/architecture.md promised it for SIGTERM too. Held with its intent committed, then SIGTERM:
+    one line, exit 130, production not moved, and the next move goes ahead."""
+    from tests.helpers import sigterm_when_held
+
+    model, v1, v2 = two_promoted_once(make_version)
+    marker = tmp_path / "marker"
+    env = {**os.environ, "MLOPS_TEST_PAUSE_AT": "promotion:after_intent", "MLOPS_TEST_PAUSE_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "registry", "promote", "--version", str(v2),
+                             "--actor", "carol"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    err = sigterm_when_held(proc, marker, timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+    assert "Traceback" not in err
+    assert versions.production_version(model) == v1
+    assert rows(model)[-1] == ("intent", "pending", v1, v2)          # as after a kill: reconciled next
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "dave")
+    assert r.returncode == 0, r.stderr
+    assert versions.production_version(model) == v2 and status(model)["agrees"]

@@ -231,6 +231,7 @@ def _print_move(args, result, verb: str) -> None:
 
 
 def cmd_promote(args) -> int:
+    from mlops.commands.signals import sigterm_as_ctrl_c
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
@@ -245,21 +246,24 @@ def cmd_promote(args) -> int:
     by = approver.provenance(args.actor)
     if args.pipeline_id:        # the pipeline whose version this is, wherever the command runs
         by = replace(by, pipeline_id=args.pipeline_id)
-    result = promotion.promote(model, version, provenance=by, reason=args.reason, force=args.force,
-                               details={"actor_source": by.actor_source,
-                                        **({"approval_job": by.approval_job} if by.approval_job else {}),
-                                        **({"selected_by_pipeline": args.pipeline_id}
-                                           if args.pipeline_id else {})})
+    with sigterm_as_ctrl_c():      # a cancelled job stops as Ctrl-C does (a move MLflow applied is recorded)
+        result = promotion.promote(model, version, provenance=by, reason=args.reason, force=args.force,
+                                   details={"actor_source": by.actor_source,
+                                            **({"approval_job": by.approval_job} if by.approval_job else {}),
+                                            **({"selected_by_pipeline": args.pipeline_id}
+                                               if args.pipeline_id else {})})
     _print_move(args, result, "promoted")
     return 0
 
 
 def cmd_rollback(args) -> int:
+    from mlops.commands.signals import sigterm_as_ctrl_c
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
-    result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
-                                provenance=approver.provenance(args.actor))
+    with sigterm_as_ctrl_c():      # as promote
+        result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
+                                    provenance=approver.provenance(args.actor))
     _print_move(args, result, "rolled back")
     return 0
 
