@@ -62,6 +62,21 @@ def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> 
         rollout.shape([p.host for p in fp.plans if not p.up_to_date], canary=opts.canary, wave=opts.wave)
 
 
+def _stopped_before_the_hosts(exc: DeployInterrupted, promo) -> DeployInterrupted:
+    """A rollback stopped after the registry moved and before its deploy reached the hosts (a
+    signal while it connected or waited for a lock): the bare ``interrupted (SIGTERM)`` said
+    neither that production names a version the hosts do not serve nor what finishes it (a stop
+    inside the rollout says both already: ``deploy_failure.fail``)."""
+    again = DeployInterrupted(f"{exc.message} before the deploy changed any host; production is "
+                              f"v{promo.to_version} in the registry now (rolled back from v{promo.from_version}): "
+                              f"`mlops sync deploy` installs v{promo.to_version} on the hosts")
+    result = getattr(exc, "result", None)
+    if result is not None:          # --json prints the same
+        result.message = again.message
+    again.result = result
+    return again
+
+
 def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,
                         force: bool = False, opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
                         lock_wait: float = 0.0, started: float | None = None,
@@ -90,6 +105,8 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
             raise reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
                                 f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
                                 f"installs v{promo.to_version} on the hosts") from None
+        if promo.moved and isinstance(exc, DeployInterrupted) and not exc.message.startswith("deploy of"):
+            raise _stopped_before_the_hosts(exc, promo) from None
         raise
     promo.finish()
     # The deploy tagged the version rolled back from when it restored this rollback's version

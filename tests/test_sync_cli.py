@@ -531,3 +531,47 @@ def test_a_rollback_stopped_while_it_waits_for_the_promotion_lock_moves_nothing(
     assert "Traceback" not in err
     assert (h1.base / "models.config").read_bytes() == config
     assert [e.action for e in env.ledger(("rollback",))] == []
+
+
+def test_a_rollback_stopped_after_the_registry_moved_says_how_to_finish(deploy_env, tmp_path):
+    """Found by a signals review (2026-12-06): a `sync rollback` stopped by SIGTERM after the
+    registry moved back, while its deploy waited for a host's lock, ended on `error: interrupted
+    (SIGTERM)`: production named v1, the host served v2, and nothing said so or what to run."""
+    import signal
+    import time
+
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.local import LocalTransport
+
+    env = deploy_env
+    (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
+    other = HostLock(LocalTransport(h1.base), purpose="deploy")
+    other.acquire()                                     # another deploy holds the host
+    errors = tmp_path / "stderr"
+    try:
+        with errors.open("w") as err_file:
+            proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "rollback", "--reason", "v2 is slow",
+                                     "--lock-wait", "120"], cwd=REPO, env={**os.environ, **env.env},
+                                    stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None and "waiting up to" not in errors.read_text():
+                time.sleep(0.05)
+            assert "waiting up to" in errors.read_text(), errors.read_text()[-3000:]
+            assert env.production() == v1                # the registry has moved; no host has
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    finally:
+        other.release()
+    err = errors.read_text()
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last == (f"error: interrupted (SIGTERM) before the deploy changed any host; production is v{v1} in the "
+                    f"registry now (rolled back from v{v2}): `mlops sync deploy` installs v{v1} on the hosts"), last
+    assert "Traceback" not in err
+    env.serves(h1, v2)
+    assert env.production() == v1
