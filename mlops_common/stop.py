@@ -1,16 +1,19 @@
-"""A stop that a signal asked for, remembered after its KeyboardInterrupt.
+"""A stop that a signal asked for, remembered, and raised where it is safe to raise.
 
-Python runs a signal handler wherever the main thread happens to be, and the KeyboardInterrupt it
-raises there is not always seen: raised inside a ``__del__`` or under C code that clears the error,
-it is dropped and the command runs on (a training cancelled by CircleCI kept training, its MLflow
-run RUNNING, until the SIGKILL). So the handler also sets this flag, and long loops check it at
-their own safe points (the training at each batch) and raise the interrupt again there.
+Python runs a signal handler wherever the main thread happens to be, and a KeyboardInterrupt
+raised there can land under TensorFlow's C++, which calls back into Python: there it was dropped
+(a training cancelled by CircleCI trained on, its MLflow run RUNNING, until the SIGKILL) or it
+crashed the process (SIGSEGV, seen here raised inside TensorFlow's tensor constructor). So the
+handler sets this flag; inside ``deferred()`` (a training's ``fit``) it raises nothing, and the
+loop raises the interrupt at its own safe points (after each batch) or when the block ends.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 _asked = threading.Event()
+_depth = {"n": 0}
 
 
 def ask() -> None:
@@ -27,7 +30,25 @@ def clear() -> None:
     _asked.clear()
 
 
+def deferring() -> bool:
+    """True inside ``deferred()``: a signal handler should only ``ask()``."""
+    return _depth["n"] > 0
+
+
+@contextlib.contextmanager
+def deferred():
+    """Code under which an interrupt must not be raised by the handler (TensorFlow's C++ calls
+    back into Python). Its loop calls ``raise_if_asked()`` at safe points; a stop asked during
+    the block is raised when it ends."""
+    _depth["n"] += 1
+    try:
+        yield
+    finally:
+        _depth["n"] -= 1
+    raise_if_asked()
+
+
 def raise_if_asked() -> None:
-    """Raise the KeyboardInterrupt again when a signal asked for a stop: a safe point in a loop."""
+    """Raise the KeyboardInterrupt when a signal asked for a stop: a safe point in a loop."""
     if _asked.is_set():
         raise KeyboardInterrupt

@@ -81,7 +81,7 @@ def fit(model, train: Arrays, validation: Arrays, *, epochs: int, batch_size: in
 
     class EpochProgress(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            stop.raise_if_asked()       # a cancel whose interrupt was dropped mid-batch (mlops_common.stop)
+            stop.raise_if_asked()       # a cancel asked during the batch (mlops_common.stop)
 
         def on_test_batch_end(self, batch, logs=None):
             stop.raise_if_asked()
@@ -95,10 +95,11 @@ def fit(model, train: Arrays, validation: Arrays, *, epochs: int, batch_size: in
             if first_non_finite({k: [v] for k, v in values.items()}) is not None:
                 self.model.stop_training = True     # diverged: more epochs cannot bring it back
 
-    history = model.fit(input_pipeline(train, batch_size, shuffle_seed=seed),
-                        validation_data=input_pipeline(validation, batch_size),
-                        epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles
-                        callbacks=[EpochProgress()])
+    with stop.deferred():       # a signal is raised after a batch, not inside TensorFlow's C++
+        history = model.fit(input_pipeline(train, batch_size, shuffle_seed=seed),
+                            validation_data=input_pipeline(validation, batch_size),
+                            epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles
+                            callbacks=[EpochProgress()])
     return {k: [float(v) for v in history.history[k]] for k in names if k in history.history}
 
 
@@ -115,5 +116,7 @@ def first_non_finite(history: dict[str, list[float]]) -> tuple[int, str, float] 
 
 
 def predict(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities (N, num_classes) as float32."""
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)
+    """Class probabilities (N, num_classes) as float32. A signal meanwhile is raised once the
+    predictions are made (``mlops_common.stop``), not inside TensorFlow's C++."""
+    with stop.deferred():
+        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)

@@ -69,3 +69,27 @@ def test_a_custom_ctrl_c_handler_is_left_alone():
         assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_under_deferred_the_first_signal_only_asks_and_the_block_raises_it_when_it_ends():
+    """TensorFlow's C++ calls back into Python: an interrupt raised by the handler there was
+    dropped or crashed the process (SIGSEGV). Under ``stop.deferred()`` the handler raises
+    nothing; the stop is raised when the block ends, and a second signal raises at once."""
+    with sigterm_as_ctrl_c():
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                deadline = time.monotonic() + 0.5
+                while time.monotonic() < deadline:      # the handler has run by now, raising nothing
+                    time.sleep(0.01)
+                assert stop.asked()
+                reached = True
+        assert reached
+    with sigterm_as_ctrl_c():
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), stop.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)        # asked ...
+            os.kill(os.getpid(), signal.SIGTERM)        # ... and insisted: raised at once
+            time.sleep(10)
+        assert time.monotonic() - started < 5
+    assert not stop.deferring() and not stop.asked()

@@ -13,13 +13,16 @@ def sigterm_as_ctrl_c():
     """SIGTERM ends the block the way Ctrl-C does. By default the process died at once: a training
     left its MLflow run RUNNING for good, an infra validation its throw-away server and folder.
 
-    The stop is also remembered (``mlops_common.stop``): an interrupt raised where it is dropped
-    (a ``__del__``, C code that clears it) is raised again at the next safe point of a long loop.
-    Ctrl-C does the same while the default Ctrl-C handler is in place."""
+    The stop is also remembered (``mlops_common.stop``). Under ``stop.deferred()`` (TensorFlow's
+    training loop, where an interrupt raised by the handler was dropped or crashed the process)
+    the first signal only asks, and the loop raises it at its next batch; a second one raises at
+    once. Ctrl-C does the same while Python's own Ctrl-C handler is in place."""
 
     def interrupt(signum, frame):
+        again = stop.asked()
         stop.ask()
-        raise KeyboardInterrupt
+        if again or not stop.deferring():
+            raise KeyboardInterrupt
 
     signals = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
