@@ -529,7 +529,7 @@ def test_an_interrupt_ends_a_long_pull_at_once(sshd, tmp_path):
         started = time.monotonic()
         with pytest.raises(cancel.DeployInterrupted):
             publish(t, "digits", 1, model, m, pull=served.pull(m))
-        assert time.monotonic() - started < 2.5              # not the 8 s the download takes
+        assert time.monotonic() - started < 5.0       # not the 8 s the download takes (1.65 s at load 9)
         assert not (base / "digits/1").exists()
         # the host's downloader stops too (it ran on into a deleted directory until the store answered)
         deadline = time.monotonic() + 4.0
