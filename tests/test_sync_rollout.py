@@ -122,9 +122,12 @@ def _watch_copies(env, host, stop: threading.Event, seen: list, max_seconds: flo
 
 
 def _peak_copies_during_deploy(env, host, v2, monkeypatch=None, **opts) -> int:
-    """With ``monkeypatch``, the deploy stays 0.3 s after its main-entry load has finished, where a
-    host holds the most, so the probe cannot miss it (a wrapped step runner: nothing else changes)."""
+    """With ``monkeypatch``, the deploy stays after its main-entry load has finished, where a host
+    holds the most, until the probe has read the host twice more, so it cannot miss it (a wrapped
+    step runner: nothing else changes). A fixed 0.3 s hold was shorter than one probe on a loaded
+    machine (two REST calls)."""
     held = []
+    stop, seen = threading.Event(), []
     if monkeypatch is not None:
         from serving_sync import host_run
         from serving_sync.plan import StepKind
@@ -132,10 +135,11 @@ def _peak_copies_during_deploy(env, host, v2, monkeypatch=None, **opts) -> int:
         def wait_and_hold(run, step):
             host_run.HostRun._wait(run, step)           # what _RUNNERS runs for WAIT_MAIN
             held.append(step.version)
-            time.sleep(0.3)
+            n, deadline = len(seen), time.monotonic() + 60
+            while len(seen) < n + 2 and time.monotonic() < deadline:    # the second began after this
+                time.sleep(0.01)
 
         monkeypatch.setitem(host_run._RUNNERS, StepKind.WAIT_MAIN, wait_and_hold)
-    stop, seen = threading.Event(), []
     t = threading.Thread(target=_watch_copies, args=(env, host, stop, seen), daemon=True)
     t.start()
     try:
