@@ -313,11 +313,11 @@ def test_status_drift_names_a_models_config_without_the_model_that_tf_serving_se
 
 
 def _meet(n: int):
-    """A call that returns only once ``n`` calls are inside it at once (5 s at most): hosts
+    """A call that returns only once ``n`` calls are inside it at once (30 s at most): hosts
     observed one after another never meet, and the barrier breaks."""
     import threading
 
-    barrier = threading.Barrier(n, timeout=5)
+    barrier = threading.Barrier(n, timeout=30)
     return lambda: barrier.wait()
 
 
