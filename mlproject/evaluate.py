@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlops_common import faultpoint
+from mlops_common import faultpoint, stop
 from mlops_common.errors import ConfigError, DamagedModel
 from registry import artifacts
 from registry import tags as version_tags
@@ -133,7 +133,8 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
             faultpoint.reached("evaluate:downloaded")      # test hook, inert unless set
             if verify is not None:
                 verify(local)       # a UserError: none of the handlers below
-            model = mlflow.tensorflow.load_model(str(local))
+            with stop.deferred():       # a signal: raised after TensorFlow's C++, not inside it
+                model = mlflow.tensorflow.load_model(str(local))
         except RestException:
             raise               # the server's answer: mlflow_errors says it
         # KeyError: logged with another flavor; AttributeError, TypeError, YAMLError: an MLmodel

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlops_common import stop
 from registry import artifacts
 
 SIGNATURE = "serving_default"
@@ -23,8 +24,10 @@ MAX_WARMUP_RECORDS = 1000        # TF Serving refuses to load a version whose fi
 
 
 def export_saved_model(model, dest: Path) -> Path:
-    """Write ``model`` as a TF-Serving SavedModel (Keras ``model.export``) into ``dest``."""
-    model.export(str(dest), format="tf_saved_model", verbose=False)
+    """Write ``model`` as a TF-Serving SavedModel (Keras ``model.export``) into ``dest``. A signal
+    meanwhile is raised once it is written, not inside TensorFlow's C++ (``mlops_common.stop``)."""
+    with stop.deferred():
+        model.export(str(dest), format="tf_saved_model", verbose=False)
     return dest
 
 
@@ -75,10 +78,11 @@ def run_saved_model(saved_model_dir: Path, images: np.ndarray) -> dict[str, np.n
     from .model import tf_quiet
 
     tf = tf_quiet()
-    fn = tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE]
-    (input_name,) = fn.structured_input_signature[1].keys()
-    result = fn(**{input_name: tf.constant(np.asarray(images, np.float32))})
-    return {k: v.numpy() for k, v in result.items()}
+    with stop.deferred():       # a signal: raised after TensorFlow's C++, not inside it
+        fn = tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE]
+        (input_name,) = fn.structured_input_signature[1].keys()
+        result = fn(**{input_name: tf.constant(np.asarray(images, np.float32))})
+        return {k: v.numpy() for k, v in result.items()}
 
 
 def golden_set(saved_model_dir: Path, images: np.ndarray) -> dict[str, dict]:
