@@ -14,6 +14,7 @@ import errno
 import functools
 import signal
 import sys
+import threading
 import time
 
 from mlops.commands import flags, output, sync_text
@@ -438,12 +439,12 @@ def cmd_rollback(args) -> int:
     start = time.monotonic()
     # until the registry moved, a signal stops the rollback at once: the first one only asked the
     # deploy to stop, so a rollback waiting for the promotion lock moved production afterwards
-    before_the_move = {"yes": True}
-    with _interrupts(at_once=lambda: before_the_move["yes"]):
-        return _rollback_command(args, start, before_the_move)
+    moved = threading.Event()
+    with _interrupts(at_once=lambda: not moved.is_set()):
+        return _rollback_command(args, start, moved)
 
 
-def _rollback_command(args, start: float, before_the_move: dict) -> int:
+def _rollback_command(args, start: float, moved: threading.Event) -> int:
     from registry import approver
     from serving_sync.rollback import check_rollout, rollback_and_deploy
 
@@ -456,7 +457,7 @@ def _rollback_command(args, start: float, before_the_move: dict) -> int:
         rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, force=args.force,
                                  opts=opts,
                                  break_lock=args.break_lock, lock_wait=args.lock_wait, started=start,
-                                 on_moved=functools.partial(_moved, before_the_move, model, by.actor))
+                                 on_moved=functools.partial(_moved, moved, model, by.actor))
     if args.json:
         output.emit(rb.to_dict())
     else:
@@ -464,9 +465,9 @@ def _rollback_command(args, start: float, before_the_move: dict) -> int:
     return 0
 
 
-def _moved(before_the_move: dict, model: str, actor: str, promo) -> None:
+def _moved(moved: threading.Event, model: str, actor: str, promo) -> None:
     """The registry moved back: from now on a signal stops the deploy at a safe point."""
-    before_the_move["yes"] = False
+    moved.set()
     sync_text.rollback_moved(model, actor, promo)
 
 
