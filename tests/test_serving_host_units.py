@@ -696,17 +696,19 @@ def test_an_unload_waits_for_a_request_in_flight_however_long_it_runs():
 
     path = TF_SERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123"
     servable = Servable.load("default", 123, str(path))
-    bounds = []
+    bounds, waiting = [], threading.Event()
     real_wait_for = servable._idle.wait_for
 
     def recording(predicate, timeout=None):
         bounds.append(timeout)
+        waiting.set()
         return real_wait_for(predicate, timeout=timeout)
 
     servable._idle.wait_for = recording
     servable.acquire()
-    closer = threading.Thread(target=servable.close)
+    closer = threading.Thread(target=servable.close, daemon=True)    # a failed assert leaves it waiting
     closer.start()
+    assert waiting.wait(30)          # the closer got there (a loaded machine starts it late)
     closer.join(0.3)
     assert closer.is_alive() and bounds == [None]      # waiting, with no bound
     servable.release()
