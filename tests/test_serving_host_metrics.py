@@ -312,12 +312,11 @@ def test_the_monitoring_config_is_not_read_when_rest_is_off(tmp_path):
     """TF Serving reads --monitoring_config_file only when it starts the REST port (server.cc:
     inside ``if (server_options.http_port != 0)``): with --rest_api_port=0 a missing or broken
     file is never parsed and the gRPC server runs. This server refused to start."""
-    import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from mlops.local_services import free_port
+
+    port = free_port()              # not bind(0): an ephemeral port may be some connection's by the time it binds
     bad = tmp_path / "monitoring.config"
     bad.write_text("prometheus_config { enable: maybe }\n")
     log = tmp_path / "server.log"
