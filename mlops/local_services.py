@@ -70,13 +70,17 @@ def free_ports(n: int) -> list[int]:
     ranges = listen_port_ranges(ephemeral_range())
     total = sum(len(r) for r in ranges)
     pick = random.SystemRandom()
+    k, every = test_port_slice()
     ports: list[int] = []
     with contextlib.ExitStack() as held:
         while len(ports) < n:
             s = held.enter_context(socket.socket())
             for _ in range(_MAX_TRIES if total else 0):
+                port = _nth(ranges, pick.randrange(total))
+                if port % every != k:
+                    continue
                 try:    # a port already held (chosen a moment ago) fails here too
-                    s.bind(("127.0.0.1", _nth(ranges, pick.randrange(total))))
+                    s.bind(("127.0.0.1", port))
                     break
                 except OSError:
                     continue
@@ -84,6 +88,20 @@ def free_ports(n: int) -> list[int]:
                 s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     return ports
+
+
+TEST_PORT_SLICE = "MLOPS_TEST_PORT_SLICE"
+
+
+def test_port_slice() -> tuple[int, int]:
+    """``(k, n)``: choose only ports whose number is ``k`` modulo ``n``. A test hook, inert unless
+    ``MLOPS_TEST_PORT_SLICE=k/n`` is set (tests/conftest.py sets it per pytest-xdist worker): two
+    workers each start hundreds of services, each binding its port seconds after choosing it, and
+    one could choose the port the other had just chosen ("Address already in use")."""
+    k, _, n = os.environ.get(TEST_PORT_SLICE, "").partition("/")
+    if k.isdigit() and n.isdigit() and 0 <= int(k) < int(n):
+        return int(k), int(n)
+    return 0, 1
 
 
 def _nth(ranges: list[range], k: int) -> int:

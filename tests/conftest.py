@@ -23,6 +23,17 @@ SHARED_WORKER = {
 }
 
 
+def pytest_configure(config):
+    """Each xdist worker chooses service ports from its own slice (``MLOPS_TEST_PORT_SLICE``, read
+    by ``mlops.local_services.free_ports`` here and in every command a test starts): two workers
+    never choose the same port in the seconds before a service binds it."""
+    import os
+
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(worker[2:]) < int(count):
+        os.environ["MLOPS_TEST_PORT_SLICE"] = f"{worker[2:]}/{count}"
+
+
 def scope_of(nodeid: str) -> str:
     """The unit xdist hands to one worker: the test's module, or its ``SHARED_WORKER`` group."""
     module = nodeid.split("::", 1)[0]

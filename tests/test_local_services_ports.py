@@ -71,3 +71,26 @@ def test_with_no_range_left_ports_still_come_free_from_the_kernel(monkeypatch):
     monkeypatch.setattr(ls, "ephemeral_range", lambda text=None: (1024, 65535))
     ports = ls.free_ports(5)
     assert len(set(ports)) == 5 and all(_bindable(p) for p in ports)
+
+
+def test_parallel_test_workers_choose_ports_from_their_own_slices(monkeypatch):
+    """Two xdist workers each start hundreds of services, binding each port seconds after
+    choosing it: with one pool of ports, one worker could choose the port the other had just
+    chosen. ``MLOPS_TEST_PORT_SLICE=k/n`` (tests/conftest.py, per worker) keeps them apart."""
+    for k in (0, 1, 2):
+        monkeypatch.setenv(ls.TEST_PORT_SLICE, f"{k}/3")
+        ports = ls.free_ports(20) + [ls.free_port() for _ in range(5)]
+        assert {p % 3 for p in ports} == {k}, ports
+    for bad in ("", "3/3", "a/2", "1", "-1/2"):
+        monkeypatch.setenv(ls.TEST_PORT_SLICE, bad)
+        assert ls.test_port_slice() == (0, 1), bad
+
+
+def test_this_worker_has_its_slice_when_the_suite_runs_in_parallel():
+    import os
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        assert ls.test_port_slice() == (0, 1) or os.environ.get(ls.TEST_PORT_SLICE)
+        return
+    assert ls.test_port_slice() == (int(worker[2:]), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
