@@ -190,7 +190,7 @@ def test_availability_phase_counts_every_request(deploy_env):
     load = _traffic.LoadGen(host.rest_url, deploy_env.model, deploy_env.bundles.golden("a")["request"],
                             clients=2, max_requests=200, max_seconds=30).start()
     try:
-        phase = bench_availability.run_phase(load, "idle", None, seconds=0.5, lead=0, action_timeout=10)
+        phase = bench_availability.run_phase(load, "idle", None, seconds=2.0, lead=0, action_timeout=10)
     finally:
         load.stop()
     assert phase["requests"] > 0 and phase["non_200"] == 0
