@@ -145,7 +145,6 @@ def release(model: str, version: int, opts: DemoOptions, n: int, services: dict)
     when the gate stopped it (``GateFailed`` instead for the first version: nothing would serve)."""
     from registry import promotion
     from registry.provenance import Provenance
-    from serving_sync.fleet import deploy
     from serving_sync.hosts import load_hosts
 
     step(n, f"quality gate: v{version} vs production on the frozen held-out set")
@@ -169,9 +168,21 @@ def release(model: str, version: int, opts: DemoOptions, n: int, services: dict)
     was = f"v{moved.from_version}" if moved.from_version is not None else "(none)"
     say(f"    production: {was} -> v{moved.to_version} (ledger #{moved.ledger_id})")
     step(n + 3, "deploy production to the serving host: publish, load, smoke-test, switch")
-    result = deploy(model, load_hosts(services["hosts"]))
+    result = deploy_production(model, load_hosts(services["hosts"]))
     say(f"    {result.message} in {result.seconds:.1f}s")
     return True
+
+
+def deploy_production(model: str, hosts):
+    """``fleet.deploy`` under ``stop.deferred()``: a SIGTERM / Ctrl-C (``sigterm_as_ctrl_c``, the
+    demo's handler) only asks, and the deploy stops at its next safe point, puts the hosts back
+    and raises ``DeployInterrupted``; a KeyboardInterrupt raised wherever the signal landed
+    (inside a gRPC call, a worker's wait) left that to chance. A second signal forces it."""
+    from mlops_common import stop
+    from serving_sync.fleet import deploy
+
+    with stop.deferred():
+        return deploy(model, hosts)
 
 
 def golden_request_file(model: str, version: int, state: Path) -> Path:
@@ -327,11 +338,14 @@ def check_options(opts: DemoOptions) -> None:
 
 
 def main(opts: DemoOptions, *, detach: bool) -> int:
+    from serving_sync.cancel import DeployInterrupted
+
     check_options(opts)
     try:
         with one_demo_at_a_time(settings.state_dir()):
             run(opts)
-    except KeyboardInterrupt:   # Ctrl-C or SIGTERM mid-flow: its MLflow run is closed FAILED by now
+    # Ctrl-C or SIGTERM mid-flow: its MLflow run is closed FAILED by now, a deploy's hosts put back
+    except (KeyboardInterrupt, DeployInterrupted):
         print(f"the local services keep running (state in {settings.state_dir()}); `{mlops_command()} down` "
               f"stops them", file=sys.stderr)
         raise

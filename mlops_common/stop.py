@@ -6,6 +6,10 @@ raised there can land under TensorFlow's C++, which calls back into Python: ther
 crashed the process (SIGSEGV, seen here raised inside TensorFlow's tensor constructor). So the
 handler sets this flag; inside ``deferred()`` (a training's ``fit``) it raises nothing, and the
 loop raises the interrupt at its own safe points (after each batch) or when the block ends.
+
+It is the one flag for "a signal asked for a stop": a deploy's safe points read it too
+(``serving_sync.cancel.check`` raises ``DeployInterrupted``), whether ``mlops sync``'s handler
+asked or ``sigterm_as_ctrl_c``'s did while a deploy ran under ``deferred()`` (``mlops demo``).
 """
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ import threading
 
 _asked = threading.Event()
 _depth = {"n": 0}
+_why = {"reason": ""}
 
 
-def ask() -> None:
-    """Remember that a signal asked the command to stop."""
+def ask(reason: str = "") -> None:
+    """Remember that a signal (``reason``: its name, e.g. ``SIGTERM``) asked the command to stop."""
+    _why["reason"] = reason
     _asked.set()
 
 
@@ -25,9 +31,15 @@ def asked() -> bool:
     return _asked.is_set()
 
 
+def reason() -> str:
+    """What asked (``ask``'s reason), "" when nothing did or it was not said."""
+    return _why["reason"] if _asked.is_set() else ""
+
+
 def clear() -> None:
     """Forget it: the block the signal was meant for has ended."""
     _asked.clear()
+    _why["reason"] = ""
 
 
 def deferring() -> bool:

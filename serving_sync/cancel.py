@@ -4,11 +4,14 @@ Raising an exception from a signal handler can land anywhere (inside a library c
 finalizer, a gRPC call) and be lost or crash the process, so ``mlops sync`` only sets this flag
 on SIGTERM / Ctrl-C; the deploy checks it between steps, while waiting, between smoke-test
 requests and between upload chunks, raises ``DeployInterrupted`` there, and puts the hosts back.
+
+The flag is ``mlops_common.stop``'s, the one "a signal asked for a stop" of every command:
+``request`` / ``requested`` / ``reset`` are its ``ask`` / ``asked`` / ``clear`` under the names
+the deploy's callers use.
 """
 from __future__ import annotations
 
-import threading
-
+from mlops_common import stop
 from mlops_common.errors import UserError
 
 
@@ -16,27 +19,18 @@ class DeployInterrupted(UserError):
     """The deploy was interrupted (SIGTERM, Ctrl-C); hosts are put back, production is left alone."""
 
     exit_code = 130
+    #: True when the rollout's failure path raised it (``deploy_failure.fail``: the hosts were
+    #: planned, and its message says which were put back and where production stands); False for
+    #: a stop before that (resolving, connecting, waiting for a lock), which changed no host
+    in_rollout: bool = False
 
 
-_flag = threading.Event()
-_why = {"reason": ""}
-
-
-def request(reason: str) -> None:
-    _why["reason"] = reason
-    _flag.set()
-
-
-def requested() -> bool:
-    return _flag.is_set()
+request = stop.ask
+requested = stop.asked
+reset = stop.clear
 
 
 def check() -> None:
-    """Raise ``DeployInterrupted`` if an interrupt was requested."""
-    if _flag.is_set():
-        raise DeployInterrupted(f"interrupted ({_why['reason'] or 'signal'})")
-
-
-def reset() -> None:
-    _flag.clear()
-    _why["reason"] = ""
+    """Raise ``DeployInterrupted`` if a stop was asked (``mlops_common.stop``)."""
+    if stop.asked():
+        raise DeployInterrupted(f"interrupted ({stop.reason() or 'signal'})")

@@ -111,6 +111,8 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
         result.message = " ".join(f"{result.message}; this is a bug in mlops (unexpected "
                                   f"{type(error).__name__}): rerun with -v for its traceback".split())
     failed = DeployInterrupted(result.message) if interrupted else DeployFailed(result.message)
+    if interrupted:
+        failed.in_rollout = True                 # its message says what stands (rollback._stopped_before_the_hosts)
     failed.result = result                       # for --json
     return failed
 

@@ -66,7 +66,7 @@ def _stopped_before_the_hosts(exc: DeployInterrupted, promo) -> DeployInterrupte
     """A rollback stopped after the registry moved and before its deploy reached the hosts (a
     signal while it connected or waited for a lock): the bare ``interrupted (SIGTERM)`` said
     neither that production names a version the hosts do not serve nor what finishes it (a stop
-    inside the rollout says both already: ``deploy_failure.fail``)."""
+    inside the rollout says both already: ``deploy_failure.fail``, ``DeployInterrupted.in_rollout``)."""
     again = DeployInterrupted(f"{exc.message} before the deploy changed any host; production is "
                               f"v{promo.to_version} in the registry now (rolled back from v{promo.from_version}): "
                               f"`mlops sync deploy` installs v{promo.to_version} on the hosts")
@@ -105,7 +105,7 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
             raise reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
                                 f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
                                 f"installs v{promo.to_version} on the hosts") from None
-        if promo.moved and isinstance(exc, DeployInterrupted) and not exc.message.startswith("deploy of"):
+        if promo.moved and isinstance(exc, DeployInterrupted) and not exc.in_rollout:
             raise _stopped_before_the_hosts(exc, promo) from None
         raise
     promo.finish()

@@ -113,6 +113,33 @@ def test_a_failed_rollback_deploy_still_writes_the_version_tags_and_raises_its_o
     assert registry_calls[-1] == "finish" and not any(c[0] == "tag" for c in registry_calls if isinstance(c, tuple))
 
 
+@pytest.mark.parametrize("in_rollout", [False, True])
+def test_a_stopped_rollback_is_told_apart_by_where_the_deploy_stopped_not_by_its_wording(registry_calls,
+                                                                                      monkeypatch, in_rollout):
+    """``_stopped_before_the_hosts`` told a stop inside the rollout (its message already says what
+    was put back and where production stands) from one before it by ``startswith("deploy of")``:
+    a reworded message would have been said twice, or the hint lost. It reads the field now."""
+    from serving_sync.cancel import DeployInterrupted
+
+    said = "deploy of v2 stopped: interrupted (SIGTERM)" if not in_rollout else "interrupted (SIGTERM); put back h"
+
+    def stopped(model, hosts, **kw):
+        exc = DeployInterrupted(said)
+        exc.in_rollout = in_rollout
+        raise exc
+
+    monkeypatch.setattr(fleet, "deploy", stopped)
+    with pytest.raises(DeployInterrupted) as raised:
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"))
+    if in_rollout:
+        assert raised.value.message == said                 # said once, as the rollout's failure path wrote it
+    else:
+        assert raised.value.message == (f"{said} before the deploy changed any host; production is v2 in the "
+                                        f"registry now (rolled back from v3): `mlops sync deploy` installs v2 on "
+                                        f"the hosts")
+    assert registry_calls[-1] == "finish"
+
+
 # --- status and smoke results -------------------------------------------------------------------
 def test_fleet_status_reads_production_once_and_is_in_sync_only_when_every_host_is(monkeypatch):
     from registry import versions

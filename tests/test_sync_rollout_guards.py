@@ -502,3 +502,58 @@ def test_a_rollout_overtaken_by_a_newer_version_that_failed_elsewhere_is_put_bac
     assert f"moved from v{v2} to v{v3}" in str(failed.value), failed.value
     env.serves(hosts[0], v1)
     assert env.tags(v2).get("deploy_status") == "failed"
+
+
+def test_a_sigterm_during_the_demos_deploy_stops_it_at_a_safe_point_and_puts_the_hosts_back(deploy_env, tmp_path,
+                                                                                            monkeypatch):
+    """Found by a review (2026-12-06): `mlops demo` deploys under ``sigterm_as_ctrl_c``, whose SIGTERM
+    raised KeyboardInterrupt wherever the main thread was (a worker's wait, a gRPC call): the
+    deploy's own stop (``cancel``, safe points) was a second flag the handler never set. The demo's
+    deploy is a ``stop.deferred()`` region now and the two flags are one: the SIGTERM only asks, the
+    deploy stops at its next safe point, puts the host back and raises ``DeployInterrupted``."""
+    import os
+    import signal
+
+    from mlops.commands.signals import sigterm_as_ctrl_c
+    from mlops.demo import deploy_production
+    from mlops_common import faultpoint, stop
+
+    env = deploy_env
+    (host,) = env.add_hosts(1, "file")
+    v1, v2 = _v1_then_promote_v2(env, [host])
+    before = env.config_text(host)
+    marker = tmp_path / "held"
+    monkeypatch.setenv(faultpoint.PAUSE_AT, "after:load_validation")    # v2 loaded beside v1, v1 serving
+    monkeypatch.setenv(faultpoint.MARKER, str(marker))
+    monkeypatch.setenv(faultpoint.SECONDS, "60")
+    monkeypatch.setattr(faultpoint, "_fired", set())
+
+    def sigterm_when_held():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not marker.exists():
+            time.sleep(0.05)
+        if marker.exists():
+            os.kill(os.getpid(), signal.SIGTERM)        # run by the main thread, in the deploy
+
+    signaller = threading.Thread(target=sigterm_when_held, daemon=True)
+
+    def demo_deploy():
+        try:
+            deploy_production(env.model, load_hosts())
+        except BaseException as exc:        # noqa: BLE001 - a KeyboardInterrupt must fail the test, not end pytest
+            return exc
+        return None
+
+    with sigterm_as_ctrl_c():
+        signaller.start()
+        try:
+            got = demo_deploy()
+        finally:
+            marker.unlink(missing_ok=True)
+            signaller.join(timeout=130)
+    assert isinstance(got, cancel.DeployInterrupted), repr(got)
+    assert got.in_rollout and "interrupted (SIGTERM)" in got.message and "put back" in got.message, got.message
+    env.serves(host, v1)
+    assert env.config_text(host) == before
+    assert env.production() == v2 and got.result.blames_version is False
+    assert not stop.asked()                 # forgotten once the block ended

@@ -16,11 +16,13 @@ def sigterm_as_ctrl_c():
     The stop is also remembered (``mlops_common.stop``). Under ``stop.deferred()`` (TensorFlow's
     training loop, where an interrupt raised by the handler was dropped or crashed the process)
     the first signal only asks, and the loop raises it at its next batch; a second one raises at
-    once. Ctrl-C does the same while Python's own Ctrl-C handler is in place."""
+    once. A deploy under ``stop.deferred()`` (``mlops demo``) stops at its own safe points on that
+    ask (``DeployInterrupted``, hosts put back). Ctrl-C does the same while Python's own Ctrl-C
+    handler is in place."""
 
     def interrupt(signum, frame):
         again = stop.asked()
-        stop.ask()
+        stop.ask(signal.Signals(signum).name)
         if again or not stop.deferring():
             raise KeyboardInterrupt
 
