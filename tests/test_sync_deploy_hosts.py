@@ -183,11 +183,20 @@ def test_a_held_lock_fails_cleanly_naming_the_owner_or_is_waited_for(deploy_env)
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "deploy", "--lock-wait", "120", "--json"],
                             cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
     try:
-        time.sleep(4)
-        assert proc.poll() is None                      # still waiting for the lock
+        # until it says it waits (not a fixed 4 s: at load 12 its Python took 2.5-3.1 s to get there,
+        # and a deploy that reaches the lock after the release takes it without waiting)
+        _wait_for(lambda: proc.poll() is not None or any("waiting up to 120s" in x for x in lines),
+                  "the deploy waits for the lock")
+        assert proc.poll() is None, "".join(lines)      # still waiting for the lock
         other.release()
-        out, err = proc.communicate(timeout=180)
+        out = proc.stdout.read()
+        proc.wait(timeout=180)
+        reader.join(timeout=10)
+        err = "".join(lines)
     finally:
         if proc.poll() is None:
             proc.kill()
