@@ -89,8 +89,11 @@ def _run(args) -> int:
     import os
     import traceback
 
+    from mlops.commands.signals import sigterm_as_ctrl_c
+
     try:
-        code = args.func(args)
+        with sigterm_as_ctrl_c():   # every command: SIGTERM (a cancelled CI job, `timeout`) is Ctrl-C
+            code = args.func(args)
         sys.stdout.flush()      # a reader gone (`| head`) is found here, not in a traceback at exit
     except BrokenPipeError:
         if not _stdout_gone():  # a socket's broken pipe: a bug to see

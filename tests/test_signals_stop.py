@@ -4,6 +4,7 @@ for two minutes, its MLflow run RUNNING, until the SIGKILL. The stop is remember
 raises it again at its next batch."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -93,3 +94,47 @@ def test_under_deferred_the_first_signal_only_asks_and_the_block_raises_it_when_
             time.sleep(10)
         assert time.monotonic() - started < 5
     assert not stop.deferring() and not stop.asked()
+
+
+@pytest.mark.parametrize("command", [("registry", "status"), ("registry", "reconcile"), ("sync", "status"),
+                                     ("sync", "plan"), ("sync", "smoke")])
+def test_every_command_stopped_by_sigterm_says_interrupted_and_exits_130(tmp_path, command):
+    """Found at the twelfth stop: only the commands that wrapped themselves (train, evaluate, gate,
+    promote, rollback, demo, infra-validate, the deploys) turned SIGTERM into Ctrl-C; the others
+    died at once (exit -15 / 143, no line), unlike the same command cancelled with Ctrl-C. Each
+    command is held reading a server (its MLflow, or its host's TF Serving) that accepts the
+    connection and never answers."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "MLOPS_HOME": str(tmp_path),
+               "MLOPS_MODEL_NAME": "held", "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+               "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+               "MLOPS_SYNC_TARGET": f"file://{tmp_path / 'base'}", "MLOPS_SYNC_REST_URL": f"http://127.0.0.1:{port}"}
+        for name in ("MLOPS_LEDGER_URL", "MLOPS_HOSTS_FILE"):
+            env.pop(name, None)
+        proc = subprocess.Popen([sys.executable, "-m", "mlops", *command], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            silent.settimeout(0.5)
+            deadline = time.monotonic() + 120   # Python, mlflow and the command's imports first
+            conn = None
+            while conn is None and proc.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn, _ = silent.accept()
+            assert conn is not None, (proc.poll(), proc.communicate(timeout=60) if proc.poll() is not None else "")
+            with conn:
+                time.sleep(0.5)                 # its request sent: it waits for the answer
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-3000:]

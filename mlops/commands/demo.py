@@ -29,8 +29,6 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from mlops.commands.signals import sigterm_as_ctrl_c
     from mlops.demo import DemoOptions, main
 
-    with sigterm_as_ctrl_c():      # a cancelled job closes its MLflow run FAILED, as `mlops train` does
-        return main(DemoOptions(yes=args.yes, quick=args.quick, epochs=args.epochs), detach=args.detach)
+    return main(DemoOptions(yes=args.yes, quick=args.quick, epochs=args.epochs), detach=args.detach)

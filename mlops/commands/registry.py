@@ -186,7 +186,6 @@ def _check_report_dir(path: str | None) -> None:
 
 
 def cmd_gate(args) -> int:
-    from mlops.commands.signals import sigterm_as_ctrl_c
     from mlops_common import junit
     from registry.gate import run_gate
     from registry.gate_rules import GateRules
@@ -197,10 +196,9 @@ def cmd_gate(args) -> int:
                                max_class_drop=args.max_class_drop)
     junit.check_path(args.junit)                 # before the gate records its verdict anywhere
     _check_report_dir(args.report_dir)
-    with sigterm_as_ctrl_c():      # a cancelled job removes the models it downloaded to score, as Ctrl-C does
-        outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
-                           allow_signature_change=args.allow_signature_change, report_dir=args.report_dir,
-                           provenance=Provenance.from_environment())   # the gate job has no approver yet
+    outcome = run_gate(model, args.version, _evaluator(model), rules=rules,
+                       allow_signature_change=args.allow_signature_change, report_dir=args.report_dir,
+                       provenance=Provenance.from_environment())   # the gate job has no approver yet
     if args.junit:
         junit.write(args.junit, f"quality-gate.{model}.v{outcome.version}",
                     [junit.Case(c["rule"], c["passed"], c["message"]) for c in outcome.report["checks"]])
@@ -231,7 +229,6 @@ def _print_move(args, result, verb: str) -> None:
 
 
 def cmd_promote(args) -> int:
-    from mlops.commands.signals import sigterm_as_ctrl_c
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
@@ -246,24 +243,21 @@ def cmd_promote(args) -> int:
     by = approver.provenance(args.actor)
     if args.pipeline_id:        # the pipeline whose version this is, wherever the command runs
         by = replace(by, pipeline_id=args.pipeline_id)
-    with sigterm_as_ctrl_c():      # a cancelled job stops as Ctrl-C does (a move MLflow applied is recorded)
-        result = promotion.promote(model, version, provenance=by, reason=args.reason, force=args.force,
-                                   details={"actor_source": by.actor_source,
-                                            **({"approval_job": by.approval_job} if by.approval_job else {}),
-                                            **({"selected_by_pipeline": args.pipeline_id}
-                                               if args.pipeline_id else {})})
+    result = promotion.promote(model, version, provenance=by, reason=args.reason, force=args.force,
+                               details={"actor_source": by.actor_source,
+                                        **({"approval_job": by.approval_job} if by.approval_job else {}),
+                                        **({"selected_by_pipeline": args.pipeline_id}
+                                           if args.pipeline_id else {})})
     _print_move(args, result, "promoted")
     return 0
 
 
 def cmd_rollback(args) -> int:
-    from mlops.commands.signals import sigterm_as_ctrl_c
     from registry import approver, promotion
 
     model = settings.model_name(args.model_name)
-    with sigterm_as_ctrl_c():      # as promote
-        result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
-                                    provenance=approver.provenance(args.actor))
+    result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
+                                provenance=approver.provenance(args.actor))
     _print_move(args, result, "rolled back")
     return 0
 

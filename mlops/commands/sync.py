@@ -564,7 +564,6 @@ def _report_watch(args, result, *, forced: bool = False) -> int:
 
 def cmd_infra_validate(args) -> int:
     from mlops import local_services
-    from mlops.commands.signals import sigterm_as_ctrl_c
     from mlops_common import junit
     from serving_sync import infra
 
@@ -572,10 +571,9 @@ def cmd_infra_validate(args) -> int:
     junit.check_path(args.junit)          # before the result is recorded in the ledger and on the version
     kind = infra.choose_server(args.server, local_services.docker_available)
     sync_text.infra_validate_started(model, args.version, kind)
-    with sigterm_as_ctrl_c():      # a cancelled job stops its throw-away server and removes its folder
-        result = infra.validate_and_record(model, args.version, server=kind, opts=_smoke_options(args),
-                                           start_server=local_services.throwaway_starter(kind, timeout=args.timeout),
-                                           timeout=args.timeout)
+    result = infra.validate_and_record(model, args.version, server=kind, opts=_smoke_options(args),
+                                       start_server=local_services.throwaway_starter(kind, timeout=args.timeout),
+                                       timeout=args.timeout)
     _write_junit(args.junit, f"infra-validate.{model}.v{args.version}", [(c.name, c) for c in result.checks])
     if args.json:
         output.emit(result.to_dict())

@@ -9,7 +9,6 @@ import contextlib
 import sys
 
 from mlops.commands import flags, output
-from mlops.commands.signals import sigterm_as_ctrl_c
 
 
 def _training_args(p, *, retrain: bool) -> None:
@@ -115,7 +114,7 @@ def cmd_train(args) -> int:
     name = _new_model_name(args)
     from mlproject.train import train
 
-    with sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout: the result
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout: the result
         result = train(name, _params(args))
     return _report(result, args.json)
 
@@ -124,7 +123,7 @@ def cmd_retrain(args) -> int:
     name = _new_model_name(args)
     from mlproject.train import retrain
 
-    with sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr):
         result = retrain(name, _params(args), args.incoming, from_scratch=args.from_scratch)
     return _report(result, args.json)
 
@@ -136,7 +135,7 @@ def cmd_evaluate(args) -> int:
 
     name = settings.model_name(args.model_name)
     project_run_id()        # a leftover MLFLOW_RUN_ID is refused before the evaluation, not after
-    with sigterm_as_ctrl_c(), contextlib.redirect_stdout(sys.stderr):   # SIGTERM: its model folder removed
+    with contextlib.redirect_stdout(sys.stderr):
         ev = evaluate_version(name, args.version, dataset=args.dataset)
         log_to_active_project_run(ev)
     if args.json:
