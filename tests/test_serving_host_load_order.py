@@ -413,6 +413,10 @@ def test_after_the_fast_initial_load_the_manager_waits_for_its_loads_before_the_
     m = mg.Manager(max_num_load_retries=0, file_system_poll_wait_seconds=0, enable_model_warmup=False)
     try:
         m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy("all")),)))
+        # v1's load was handed to its thread; on a loaded machine it may not have begun yet (START)
+        deadline = time.monotonic() + 10
+        while m.model_status("A", 1)[0][1].state == "START" and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert m.model_status("A", 1)[0][1].state == "LOADING"
         peaks.clear()
         threading.Timer(0.5, release.set).start()
