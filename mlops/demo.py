@@ -174,9 +174,9 @@ def release(model: str, version: int, opts: DemoOptions, n: int, services: dict)
 
 
 def deploy_production(model: str, hosts):
-    """``fleet.deploy`` under ``stop.deferred()``: a SIGTERM / Ctrl-C (``sigterm_as_ctrl_c``, the
-    demo's handler) only asks, and the deploy stops at its next safe point, puts the hosts back
-    and raises ``DeployInterrupted``; a KeyboardInterrupt raised wherever the signal landed
+    """``fleet.deploy`` under ``stop.deferred()``: a SIGTERM / Ctrl-C (``sigterm_as_ctrl_c``, which
+    ``mlops.cli`` runs every command under) only asks, and the deploy stops at its next safe
+    point, puts the hosts back and raises ``DeployInterrupted``; a KeyboardInterrupt raised wherever the signal landed
     (inside a gRPC call, a worker's wait) left that to chance. A second signal forces it."""
     from mlops_common import stop
     from serving_sync.fleet import deploy

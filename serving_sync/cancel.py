@@ -1,9 +1,11 @@
 """Interrupting a deploy safely: a flag set by a signal handler, checked at safe points.
 
 Raising an exception from a signal handler can land anywhere (inside a library callback, a
-finalizer, a gRPC call) and be lost or crash the process, so ``mlops sync`` only sets this flag
-on SIGTERM / Ctrl-C; the deploy checks it between steps, while waiting, between smoke-test
-requests and between upload chunks, raises ``DeployInterrupted`` there, and puts the hosts back.
+finalizer, a gRPC call) and be lost or crash the process, so around a deploy the signal handler
+only sets this flag on SIGTERM / Ctrl-C (``mlops sync``'s handler, or every command's inside a
+``stop.deferred()``, as ``mlops demo`` deploys); the deploy checks it between steps, while
+waiting, between smoke-test requests and between upload chunks, raises ``DeployInterrupted``
+there, and puts the hosts back.
 
 The flag is ``mlops_common.stop``'s, the one "a signal asked for a stop" of every command:
 ``request`` / ``requested`` / ``reset`` are its ``ask`` / ``asked`` / ``clear`` under the names

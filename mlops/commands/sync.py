@@ -327,7 +327,6 @@ def _interrupts(*first_actions, at_once=lambda: False):
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
-        cancel.reset()      # the one stop flag (mlops_common.stop): forgotten once the command is done
 
 
 @contextlib.contextmanager
