@@ -4,21 +4,40 @@ Python runs a signal handler wherever the main thread happens to be, and a Keybo
 raised there can land under TensorFlow's C++, which calls back into Python: there it was dropped
 (a training cancelled by CircleCI trained on, its MLflow run RUNNING, until the SIGKILL) or it
 crashed the process (SIGSEGV, seen here raised inside TensorFlow's tensor constructor). So the
-handler sets this flag; inside ``deferred()`` (a training's ``fit``) it raises nothing, and the
-loop raises the interrupt at its own safe points (after each batch) or when the block ends.
+one handler (``mlops.commands.signals.sigterm_as_ctrl_c``, around every command) asks
+``signalled`` what a signal should do: outside any block below it stops the command at once;
+inside ``at_safe_points()`` (a deploy) or ``deferred()`` (a training's ``fit``) it only sets
+this flag, and the code raises at its own safe points (after each batch; a deploy's
+``serving_sync.cancel.check`` raises ``DeployInterrupted`` and puts the hosts back).
 
-It is the one flag for "a signal asked for a stop": a deploy's safe points read it too
-(``serving_sync.cancel.check`` raises ``DeployInterrupted``), whether ``mlops sync``'s handler
-asked or ``sigterm_as_ctrl_c``'s did while a deploy ran under ``deferred()`` (``mlops demo``).
+It is the one flag for "a signal asked for a stop", and the blocks are the one place that says
+how a signal stops the code running now.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
+from typing import Callable
 
 _asked = threading.Event()
-_depth = {"n": 0}
 _why = {"reason": ""}
+
+
+@dataclasses.dataclass
+class _Block:
+    """How a signal stops the innermost block: the n-th signal runs ``first[n]`` (``sync watch``:
+    finish the pass, then stop); the next one calls ``announce`` and asks; one more stops at
+    once. While ``at_once()`` every signal asks and stops at once (``sync rollback`` before the
+    registry moved: nothing a safe point would put back has begun)."""
+
+    first: tuple[Callable[[str], None], ...]
+    announce: Callable[[str], None] | None
+    at_once: Callable[[], bool]
+    signals: int = 0
+
+
+_blocks: list[_Block] = []
 
 
 def ask(reason: str = "") -> None:
@@ -42,9 +61,40 @@ def clear() -> None:
     _why["reason"] = ""
 
 
-def deferring() -> bool:
-    """True inside ``deferred()``: a signal handler should only ``ask()``."""
-    return _depth["n"] > 0
+def signalled(name: str) -> bool:
+    """A signal named ``name`` arrived: do what the innermost block says (see ``_Block``) and
+    remember the stop. True when the handler must stop the command at once (KeyboardInterrupt)."""
+    if not _blocks:
+        ask(name)
+        return True
+    block = _blocks[-1]
+    if block.at_once():
+        ask(name)
+        return True
+    n, block.signals = block.signals, block.signals + 1
+    if n < len(block.first):
+        block.first[n](name)
+        return False
+    if n > len(block.first):
+        return True
+    if block.announce is not None:
+        block.announce(name)
+    ask(name)
+    return False
+
+
+@contextlib.contextmanager
+def at_safe_points(*first: Callable[[str], None], announce: Callable[[str], None] | None = None,
+                   at_once: Callable[[], bool] = lambda: False):
+    """Code a signal must not cut where it stands (a deploy: hosts half switched): after the
+    ``first`` actions a signal only asks, and the code raises at its own safe points; one more
+    signal forces it. A stop asked late, after the last safe point, does not undo work done."""
+    block = _Block(first, announce, at_once)
+    _blocks.append(block)
+    try:
+        yield
+    finally:
+        _blocks.remove(block)       # by identity: a block of another thread may have come after it
 
 
 @contextlib.contextmanager
@@ -52,11 +102,8 @@ def deferred():
     """Code under which an interrupt must not be raised by the handler (TensorFlow's C++ calls
     back into Python). Its loop calls ``raise_if_asked()`` at safe points; a stop asked during
     the block is raised when it ends."""
-    _depth["n"] += 1
-    try:
+    with at_safe_points():
         yield
-    finally:
-        _depth["n"] -= 1
     raise_if_asked()
 
 

@@ -93,7 +93,9 @@ def test_under_deferred_the_first_signal_only_asks_and_the_block_raises_it_when_
             os.kill(os.getpid(), signal.SIGTERM)        # ... and insisted: raised at once
             time.sleep(10)
         assert time.monotonic() - started < 5
-    assert not stop.deferring() and not stop.asked()
+    assert not stop.asked()
+    assert stop.signalled("SIGTERM")            # no block left open: the next signal stops at once
+    stop.clear()
 
 
 @pytest.mark.parametrize("command", [("registry", "status"), ("registry", "reconcile"), ("sync", "status"),
@@ -138,3 +140,48 @@ def test_every_command_stopped_by_sigterm_says_interrupted_and_exits_130(tmp_pat
                 proc.communicate()
     assert proc.returncode == 130, (proc.returncode, err[-3000:])
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err[-3000:]
+
+
+def test_the_innermost_block_says_what_each_signal_does():
+    """One handler for every command (``stop.signalled``): outside a block a signal stops at once;
+    in a deploy's block the first actions run, then the deploy is asked to stop at its safe
+    points (said once), then one more signal forces it; while ``at_once()`` every signal stops."""
+    said: list[str] = []
+    try:
+        assert stop.signalled("SIGTERM") and stop.reason() == "SIGTERM"
+        stop.clear()
+        with stop.at_safe_points(lambda name: said.append(f"graceful {name}"),
+                                 announce=lambda name: said.append(f"asked {name}")):
+            assert not stop.signalled("SIGTERM") and not stop.asked()
+            assert not stop.signalled("SIGINT") and stop.reason() == "SIGINT"
+            assert stop.signalled("SIGTERM")
+        assert said == ["graceful SIGTERM", "asked SIGINT"]
+        stop.clear()
+        moved = False
+        with stop.at_safe_points(at_once=lambda: not moved):
+            assert stop.signalled("SIGTERM") and stop.asked()
+            stop.clear()
+            moved = True
+            assert not stop.signalled("SIGTERM") and stop.asked()
+        assert stop.signalled("SIGTERM")        # the block is gone: at once again
+    finally:
+        stop.clear()
+
+
+def test_a_deploy_leaves_an_ignored_ctrl_c_ignored():
+    """A deploy started in the background of a script (`mlops sync deploy &`, nohup) has SIGINT
+    ignored, as POSIX shells do: a Ctrl-C meant for the script must not stop the deploy. The
+    deploy's own handler took SIGINT whatever it was before; now the one handler of every
+    command takes it only from Python's default."""
+    from mlops.commands.sync import _interrupts
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigterm_as_ctrl_c(), _interrupts():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)                     # a handler would have run by now
+            assert not stop.asked()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        stop.clear()

@@ -3,8 +3,9 @@
 does: its ``finally`` blocks run, one line ``interrupted``, exit 130. By default the process died
 at once (exit 143, no line): a training left its MLflow run RUNNING for good, an evaluation its
 downloaded model in TMPDIR, an infra validation its throw-away server and folder, a promotion
-the path that records a move MLflow had applied. ``mlops sync`` deploys install their own handler
-inside it (``mlops.commands.sync._interrupts``: stop at the deploy's safe points)."""
+the path that records a move MLflow had applied. Code that a signal must not cut where it stands
+says so with ``mlops_common.stop``'s blocks (a deploy stops at its safe points, a training after
+its batch); this one handler asks them."""
 from __future__ import annotations
 
 import contextlib
@@ -17,18 +18,16 @@ from mlops_common import stop
 def sigterm_as_ctrl_c():
     """SIGTERM ends the block the way Ctrl-C does.
 
-    The stop is also remembered (``mlops_common.stop``). Under ``stop.deferred()`` (TensorFlow's
+    The stop is also remembered (``mlops_common.stop``). Inside ``stop.deferred()`` (TensorFlow's
     training loop, where an interrupt raised by the handler was dropped or crashed the process)
-    the first signal only asks, and the loop raises it at its next batch; a second one raises at
-    once. A deploy under ``stop.deferred()`` (``mlops demo``) stops at its own safe points on that
-    ask (``DeployInterrupted``, hosts put back). Ctrl-C does the same while Python's own Ctrl-C
-    handler is in place. Outside the main thread (``mlops.cli.main`` called from a thread)
-    signals are left alone."""
+    or ``stop.at_safe_points()`` (a deploy) the first signal only asks, and the code stops at its
+    next safe point (the next batch; ``DeployInterrupted``, hosts put back); a second one raises
+    at once (``stop.signalled``). Ctrl-C does the same while Python's own Ctrl-C handler is in
+    place. Outside the main thread (``mlops.cli.main`` called from a thread) signals are left
+    alone."""
 
     def interrupt(signum, frame):
-        again = stop.asked()
-        stop.ask(signal.Signals(signum).name)
-        if again or not stop.deferring():
+        if stop.signalled(signal.Signals(signum).name):
             raise KeyboardInterrupt
 
     signals = [signal.SIGTERM]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import signal
 import sys
 import threading
 import time
@@ -289,44 +288,20 @@ def _hosts(args):
     return load_hosts(args.hosts)
 
 
-@contextlib.contextmanager
 def _interrupts(*first_actions, at_once=lambda: False):
-    """SIGTERM / Ctrl-C never cut a deploy in half: the n-th signal runs ``first_actions[n]``; after
-    them, a deploy in progress is asked to stop at its next safe point and put its hosts back
-    (``serving_sync.cancel``); one more signal forces it (KeyboardInterrupt). While ``at_once()``
-    (nothing a safe point would put back has begun: ``sync rollback`` before the registry moved)
-    a signal stops the command where it is (KeyboardInterrupt; the deploy asked to stop as well,
-    should a finalizer swallow it)."""
-    from serving_sync import cancel
+    """SIGTERM / Ctrl-C never cut a deploy in half (``mlops_common.stop.at_safe_points``, asked by
+    every command's handler): the n-th signal runs ``first_actions[n]``; after them, a deploy in
+    progress is asked to stop at its next safe point and put its hosts back (``serving_sync.cancel``);
+    one more signal forces it (KeyboardInterrupt). While ``at_once()`` (nothing a safe point would
+    put back has begun: ``sync rollback`` before the registry moved) a signal stops the command
+    where it is (KeyboardInterrupt; the deploy asked to stop as well, should a finalizer swallow it)."""
+    from mlops_common import stop
 
-    cancel.reset()
-    count = {"n": 0}
+    def announce(name: str) -> None:
+        print(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
+              f"(send it again to force)", file=sys.stderr, flush=True)
 
-    def handler(signum, _frame):
-        n, count["n"] = count["n"], count["n"] + 1
-        name = signal.Signals(signum).name
-        if at_once():
-            cancel.request(name)
-            raise KeyboardInterrupt
-        if n < len(first_actions):
-            first_actions[n](name)
-        elif n == len(first_actions):
-            print(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
-                  f"(send it again to force)", file=sys.stderr, flush=True)
-            cancel.request(name)
-        else:
-            raise KeyboardInterrupt
-
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    except ValueError:          # not the main thread (main() called from a thread): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
+    return stop.at_safe_points(*first_actions, announce=announce, at_once=at_once)
 
 
 @contextlib.contextmanager
