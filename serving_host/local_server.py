@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     from serving_host import config as cfg
-    from serving_host import grpc_service, rest
+    from serving_host import grpc_service, http_server, rest
     from serving_host.manager import Manager
     from serving_host.status import ServingError
 
@@ -221,15 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         manager.watch_config_file(args.model_config_file, args.model_config_file_poll_wait_seconds)
 
-    grpc_server = http_server = None
+    grpc_server = rest_server = None
     try:
         if args.port:
             grpc_server = grpc_service.serve(manager, args.bind_address, args.port)
             log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, args.port)
         if args.rest_api_port:
-            http_server, _ = rest.serve(
+            rest_server, _ = http_server.serve(
                 rest.RestApi(manager), args.bind_address, args.rest_api_port,
-                num_threads=args.rest_api_num_threads or rest.DEFAULT_NUM_THREADS,
+                num_threads=args.rest_api_num_threads or http_server.DEFAULT_NUM_THREADS,
                 socket_timeout=args.rest_api_socket_timeout_seconds,
                 max_body_bytes=args.rest_api_max_body_bytes, metrics_path=metrics_path)
             log.info("Exporting HTTP/REST API at:%s:%d ...", args.bind_address, args.rest_api_port)
@@ -245,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(1.0):
         pass
     log.info("Shutting down")
-    if http_server is not None:
-        http_server.shutdown()
-        http_server.server_close()
+    if rest_server is not None:
+        rest_server.shutdown()
+        rest_server.server_close()
     if grpc_server is not None:
         grpc_server.stop(grace=2).wait(5)
     manager.stop()

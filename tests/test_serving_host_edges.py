@@ -148,7 +148,7 @@ def test_a_malformed_chunk_size_is_refused_before_the_body_is_read(server, size)
 
 def test_a_chunk_size_as_strtoll_reads_it_is_taken():
     """Blanks, a sign, 0x and text after a space: libevent takes them (only the digits count)."""
-    from serving_host.rest import _chunk_size
+    from serving_host.http_server import _chunk_size
 
     assert _chunk_size(b"  +0x14 anything\r\n") == 20 and _chunk_size(b"ff ff\r\n") == 255
     assert _chunk_size(b"0\r\n") == 0 and _chunk_size(b"-0\r\n") == 0
@@ -208,7 +208,7 @@ def test_the_request_target_is_read_as_libevent_s_strict_uri_parser_reads_it(ser
 
 
 def test_uri_path_as_evhttp_uri_parse_and_parsed_ev_request_read_it():
-    from serving_host.rest import uri_path
+    from serving_host.http_server import uri_path
 
     taken = {"/v1/models/m:predict": "/v1/models/m:predict", "/v1/models/m?x=1#f?/": "/v1/models/m?x=1#f?/",
              "/a?": "/a?", "//h:80/v1/x": "/v1/x", "//u:p%41@h/p": "/p", "http://[::1]:8501/p?q": "/p?q",
