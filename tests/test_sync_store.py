@@ -408,7 +408,7 @@ def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path,
     if fetcher == "wget":     # the host script picks curl first: hide it from the script
         monkeypatch.setattr(ssh_scripts, "fetch_script", lambda *a, _f=ssh_scripts.fetch_script, **k: _f(
             *a, **k).replace("command -v curl >/dev/null 2>&1", "false", 1))
-    monkeypatch.setattr("serving_sync.transports.ssh.fetch_script", ssh_scripts.fetch_script)
+    monkeypatch.setattr("serving_sync.transports.ssh_upload.fetch_script", ssh_scripts.fetch_script)
     model = make_model_tree(tmp_path / "model")
     (tmp_path / "empty-store").mkdir()
     msg = _refused_pull(sshd, tmp_path, model, lambda: _Served(model, expired=True) if store == "expired"
@@ -560,7 +560,7 @@ def test_a_disk_filling_up_during_a_pull_says_the_disk_is_full(sshd, tmpfs, tmp_
     if fetcher == "wget":     # the host script picks curl first: hide it from the script
         monkeypatch.setattr(ssh_scripts, "fetch_script", lambda *a, _f=ssh_scripts.fetch_script, **k: _f(
             *a, **k).replace("command -v curl >/dev/null 2>&1", "false", 1))
-    monkeypatch.setattr("serving_sync.transports.ssh.fetch_script", ssh_scripts.fetch_script)
+    monkeypatch.setattr("serving_sync.transports.ssh_upload.fetch_script", ssh_scripts.fetch_script)
     mnt = tmpfs("2m")
     model = make_model_tree(tmp_path / "model", variables_bytes=1_200_000)
     m = mf.build(model)
@@ -792,7 +792,7 @@ def test_a_pull_to_an_account_that_runs_no_script_sends_it_nothing_and_goes_over
     from serving_sync.publish import incoming_dirs, publish
     from tests.test_sync_ssh import connect
 
-    monkeypatch.setattr("serving_sync.transports.ssh.FIRST_LINE_TIMEOUT", 2.0)
+    monkeypatch.setattr("serving_sync.transports.ssh_upload.FIRST_LINE_TIMEOUT", 2.0)
     command, record = _forced_command(tmp_path, ":")
     if forced == "internal-sftp":
         command = "internal-sftp"
@@ -820,7 +820,7 @@ def test_an_upload_to_a_forced_command_that_answers_a_line_goes_over_sftp(sshd_f
     from serving_sync.publish import incoming_dirs, publish
     from tests.test_sync_ssh import connect
 
-    monkeypatch.setattr("serving_sync.transports.ssh.FIRST_LINE_TIMEOUT", 2.0)
+    monkeypatch.setattr("serving_sync.transports.ssh_upload.FIRST_LINE_TIMEOUT", 2.0)
     forced, record = _forced_command(tmp_path, "echo 'This account is for SFTP only.'")
     srv = sshd_factory(extra_config=(f"ForceCommand {forced}",))
     model, m, base = _model_and_host(tmp_path)

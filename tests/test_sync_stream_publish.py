@@ -32,13 +32,13 @@ def host_hasher(request, monkeypatch):
     python3 (big uploads: per-file digests), tee into a FIFO and the hash tool (small uploads:
     the stream's sha256), and a big upload to a host without python3 (the client, which skipped
     the stream hash, computes it once the host says it needs it)."""
-    from serving_sync.transports import ssh as ssh_mod
+    from serving_sync.transports import ssh_upload
 
     monkeypatch.setattr(ssh_scripts, "PY_TEE_MIN_BYTES", 1 << 62 if request.param == "stream" else 1)
     if request.param == "big-without-python":
         monkeypatch.setattr(ssh_scripts, "_PICK_PYTHON", "P=\n")
     seen = []
-    real = ssh_mod.parse_output
+    real = ssh_upload.parse_output
 
     def recording(stdout):
         res = real(stdout)
@@ -46,7 +46,7 @@ def host_hasher(request, monkeypatch):
             seen.append(res.flags["@hashing"])
         return res
 
-    monkeypatch.setattr(ssh_mod, "parse_output", recording)
+    monkeypatch.setattr(ssh_upload, "parse_output", recording)
     yield request.param
     assert seen and set(seen) == {"python" if request.param == "python" else "stream"}, seen
 
@@ -110,9 +110,9 @@ def test_a_file_changed_after_its_manifest_is_refused_and_nothing_is_published(s
 
 def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeypatch, host_hasher):
     """What the host extracted must be what was hashed: a stream digest that differs is refused."""
-    from serving_sync.transports import ssh as ssh_mod
+    from serving_sync.transports import ssh_upload
 
-    real = ssh_mod.stream_tree
+    real = ssh_upload.stream_tree
 
     class Lying:
         def __init__(self, hasher):
@@ -128,7 +128,7 @@ def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeyp
         s.hasher = Lying(s.hasher)
         return s
 
-    monkeypatch.setattr(ssh_mod, "stream_tree", lying)
+    monkeypatch.setattr(ssh_upload, "stream_tree", lying)
     model = make_model_tree(tmp_path / "m")
     with connect(sshd, tmp_path / "base") as t:
         with pytest.raises(UserError) as e:
@@ -140,8 +140,7 @@ def test_a_stream_the_host_hashed_differently_is_refused(sshd, tmp_path, monkeyp
 def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_path, monkeypatch, host_hasher):
     """The hasher reads each file ahead of the sender (another core, while the host's shell starts):
     bytes that change between its read and the send no longer match the host's stream hash."""
-    from serving_sync.transports import ssh as ssh_mod
-    from serving_sync.transports import tarstream
+    from serving_sync.transports import ssh_upload, tarstream
     from serving_sync.transports.tarstream import StreamHasher
 
     model = make_model_tree(tmp_path / "m")
@@ -160,7 +159,7 @@ def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_pat
             data[0] ^= 0xFF
             variables.write_bytes(bytes(data))               # same size, other bytes
 
-    real_ready = ssh_mod._read_until_go
+    real_ready = ssh_upload.read_until_go
 
     def ready_after_the_rewrite(*a, **k):                    # the sender reads only after it
         for h in hashers:
@@ -168,7 +167,7 @@ def test_a_file_rewritten_between_the_hash_and_the_send_is_refused(sshd, tmp_pat
         return real_ready(*a, **k)
 
     monkeypatch.setattr(tarstream, "StreamHasher", HashThenRewrite)
-    monkeypatch.setattr(ssh_mod, "_read_until_go", ready_after_the_rewrite)
+    monkeypatch.setattr(ssh_upload, "read_until_go", ready_after_the_rewrite)
     with connect(sshd, tmp_path / "base") as t:
         with pytest.raises(UserError) as e:
             publish(t, MODEL, 1, model)

@@ -1,24 +1,19 @@
-"""``ssh://user@host:port/base`` hosts over paramiko (see ``ssh_connect`` for the security rules).
+"""``ssh://user@host:port/base`` hosts over paramiko: the ``Transport`` operations on SSH.
 
-Speed: a version goes as ONE tar stream over one exec channel, with writes that avoid
-paramiko's per-packet buffer copies; the same remote script checks free space first, then
-extracts while hashing in the same pass (the host's ``python3`` for big uploads, else ``tee``
-into ``openssl dgst``/``sha256sum``; ``ssh_scripts.upload_script``) — one process spawn per
-publish. Small operations (stat, read, write, rename) use one SFTP session. Accounts without a
-shell, ``tar`` or a hash tool fall back to pipelined SFTP writes and SFTP read-back hashing.
+Small operations (stat, read, write, rename) use one SFTP session; a listing, the free space
+and a tree's removal are one shell command each (``ssh_scripts``), SFTP where the account has
+no shell. How a version gets there: ``ssh_upload``; reading an exec channel: ``ssh_channel``;
+flushing SFTP writes to disk: ``sftp_fsync``; the connection and its security rules: ``ssh_connect``.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import os
 import posixpath
 import re
 import secrets
 import socket
 import stat
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,31 +25,15 @@ from ..errors import DiskFull, HostUnreachable
 from ..hosts import Target
 from ..manifest import HostListing, Manifest
 from ..progress import ProgressFn
-from . import ssh_connect
+from . import sftp_fsync, ssh_connect, ssh_upload
 from .base import LINKABLE, MAX_SMALL_FILE, Transport, line_break_name, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
-from .ssh_scripts import (
-    MARK,
-    RESTRICTED,
-    RESTRICTED_EXIT,
-    SHELL_DEFAULTS,
-    ScriptOutput,
-    fetch_script,
-    go_line,
-    host_python_hashes,
-    listing_script,
-    parse_output,
-    q,
-    upload_script,
-)
-from .tarstream import Streamed, shared_hasher, stream_tree
+from .ssh_channel import last_line, read_all, read_interruptible
+from .ssh_connect import SFTP_CHUNK
+from .ssh_scripts import RESTRICTED, RESTRICTED_EXIT, SHELL_DEFAULTS, listing_script, parse_output, q
 
 logger = log.get("sync.ssh")
 
-SFTP_CHUNK = 256 * 1024
-FIRST_LINE_TIMEOUT = 15.0   # a shell answers the upload script's first line at once
-# The downloader's exit status for "could not write the file" (fetch_script's ``@fetchrc``).
-WRITE_FAILED = ("curl 23", "wget 3")
 _TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{8}")     # write_file_atomic's temp files
 
 
@@ -145,8 +124,8 @@ class SshTransport(Transport):
         cancelled CI job, Ctrl-C) ends the wait within half a second with ``DeployInterrupted``,
         instead of after the whole download; ``timeout`` is then the silence allowed."""
         timeout = timeout or self.op_timeout
-        out = _read_interruptible(ch, timeout) if interruptible else _read_all(ch, stderr=False)
-        err = _read_all(ch, stderr=True)
+        out = read_interruptible(ch, timeout) if interruptible else read_all(ch, stderr=False)
+        err = read_all(ch, stderr=True)
         if not ch.status_event.wait(timeout):
             raise socket.timeout()
         rc = ch.recv_exit_status()
@@ -226,7 +205,7 @@ class SshTransport(Transport):
                 continue
             self.sftp.chmod(d, 0o755)     # mkdir's mode is masked by the SFTP server's umask
         for d in [cur, *reversed(missing)] if missing and cur else reversed(missing):
-            self._fsync_dir(d)
+            sftp_fsync.fsync_dir(self, d)
 
     def _isdir(self, path: str) -> bool:
         try:
@@ -286,7 +265,7 @@ class SshTransport(Transport):
                 return res.listing
             if res.shell and "@nohash" not in res.flags:
                 raise UserError(f"{self.where}: hashing {path} on the host failed (exit {rc}): "
-                                f"{_last_line(err)}")
+                                f"{last_line(err)}")
             self._no_shell = self._no_shell or not res.shell
         return self._listing_sftp(path)
 
@@ -358,7 +337,7 @@ class SshTransport(Transport):
                 # never folders outside the base for a dangling link
                 with (self.sftp.open(tmp, "wbx") if linked else self._create(tmp)) as f:
                     f.write(data)
-                    self._fsync_and_close(f)   # on disk before the rename makes it the file
+                    sftp_fsync.fsync_and_close(self, f)   # on disk before the rename makes it the file
                 self.sftp.chmod(tmp, 0o644)
                 self.sftp.posix_rename(tmp, path)   # rename(2): readers see old or new, never a mix
                 self.cut_writes.discard(tmp)
@@ -408,47 +387,6 @@ class SshTransport(Transport):
             pass
         else:
             self.cut_writes.discard(path)
-
-    def _fsync_and_close(self, f, *, strict: bool = True) -> None:
-        """Flush an open SFTP file to the host's disk (OpenSSH's ``fsync@openssh.com``, since
-        6.5), then close it: what a power loss right after a publish would otherwise cut short.
-        The fsync goes out just before the close, whose answer (the server runs requests in
-        order) says both are done: no round trip of its own. A server without the extension is
-        said once per connection and the publish goes on, as before. ``strict``: a failed flush
-        (an I/O error) is raised; else ignored (folders, whose fsync some file systems refuse)."""
-        if self._no_fsync:
-            f.close()
-            return
-        from paramiko.sftp import CMD_EXTENDED, CMD_STATUS
-
-        reply = _Reply()
-        f.flush()
-        self.sftp._async_request(reply, CMD_EXTENDED, "fsync@openssh.com", f.handle)
-        f.close()
-        if reply.kind != CMD_STATUS:
-            return
-        try:
-            self.sftp._convert_status(reply.msg)
-        except OSError as exc:
-            if "unsupported" in str(exc).lower():
-                self._no_fsync = True
-                logger.warning("%s: the SFTP server cannot flush files to disk (no fsync@openssh.com): "
-                               "a power loss right after this deploy may leave a published file short",
-                               self.where)
-            elif strict and "bad message" not in str(exc).lower():   # EINVAL: cannot be flushed
-                raise
-
-    def _fsync_dir(self, path: str) -> None:
-        """Flush a folder's entries (a rename into it, a new name) to disk, best effort: OpenSSH's
-        sftp-server opens a folder read-only as a file and fsyncs that handle (two round trips)."""
-        if self._no_fsync:
-            return
-        try:
-            f = self.sftp.open(path, "r")
-        except OSError:        # not readable by the deploy user: its entries stay unflushed
-            return
-        with f:
-            self._fsync_and_close(f, strict=False)
 
     def remove_cut_writes(self, paths) -> None:
         """Remove the temp files of writes another connection to this host lost mid-way (its
@@ -505,222 +443,15 @@ class SshTransport(Transport):
         """The shared hasher hashes the tree while the tar streams; the host hashes as it extracts."""
         dest = self._p(dest_rel)
         if not self._no_shell:
-            streamed = self._upload_tar(local_dir, dest, tree, progress, min_free)
+            streamed = ssh_upload.upload_tar(self, local_dir, dest, tree, progress, min_free)
             if streamed is not None:
                 return streamed.sent, streamed.manifest
         manifest = tree if tree.hashed else mf.build(local_dir)
-        return self._upload_sftp(local_dir, dest, manifest, progress, min_free), manifest
-
-    def _upload_tar(self, local_dir, dest: str, manifest: Manifest, progress: ProgressFn | None,
-                    min_free: int | None) -> Streamed | None:
-        """Stream tar into the remote script; None when the host cannot (no shell or no tar)."""
-        doing = f"uploading to {dest}"
-        # Hashes while the host's shell starts. A big upload goes through the host's python3,
-        # which checks per-file digests: no stream hash unless the host turns out to lack it.
-        hasher = shared_hasher(local_dir, manifest, stream=not host_python_hashes(manifest.total_size))
-        with self._io(doing):
-            ch = self._open_exec(upload_script(posixpath.dirname(dest), dest, min_free,
-                                               stream_bytes=manifest.total_size))
-            try:
-                state, head = _read_until_go(ch, b"@ready", mark_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
-                streamed, send_error = None, None
-                if state in ("silent", "other"):   # not our script (sftp-only, a forced command)
-                    self._no_shell = True
-                    return None
-                if state == "go":
-                    if parse_output(head).flags.get("@hashing") == "stream":   # no python3 there
-                        hasher.want_stream()
-                    try:
-                        streamed = stream_tree(local_dir, manifest, _sender(ch), progress, hasher)
-                    except (OSError, EOFError) as exc:   # the host stopped reading: see its status
-                        send_error = exc
-                try:
-                    ch.shutdown_write()
-                except (OSError, EOFError):
-                    pass
-                if send_error is not None and not self._t.is_active():
-                    raise send_error
-                rc, out, err = self._finish(ch, timeout=None if send_error is None else 30)
-            finally:
-                ch.close()
-        self._refuse_restricted(rc, head)        # its line was read with the head
-        res = parse_output(head + out)
-        if not res.shell:
-            self._no_shell = True
-            return None
-        if "@notar" in res.flags:
-            return None
-        if "@nospace" in res.flags:
-            raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024)
-        stderr = err.decode(errors="replace")
-        if rc == 0 and streamed is not None and "@nohash" in res.flags:
-            self._say_unsynced(res)
-            return streamed   # no hash tool: verify() reads the files back over SFTP
-        if "@linebreak" in res.flags:
-            raise line_break_name(self.where, dest)
-        if rc != 0 or send_error is not None or res.listing is None or streamed is None:
-            known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
-            if known is not None:
-                raise known
-            if rc == 96:
-                raise UserError(f"{self.where}: cannot create {dest}: {_last_line(err)}")
-            if send_error is not None:
-                raise self._lost(doing, send_error)
-            if rc == -1 and not self._t.is_active():   # no exit status: the connection died
-                raise self._lost(doing, EOFError("the connection closed before the host reported"))
-            raise UserError(f"{self.where}: extracting the upload on the host failed (exit {rc}): "
-                            f"{_last_line(err)}")
-        self._verified[dest] = _listing_of_upload(res, streamed)
-        self._say_unsynced(res)
-        return streamed
+        return ssh_upload.upload_sftp(self, local_dir, dest, manifest, progress, min_free), manifest
 
     def pull_tree(self, dest_rel: str, pull, *, min_free: int | None = None) -> int | None:
-        """The host downloads ``pull`` (``store.Pull``) into ``dest_rel`` and hashes every file.
-
-        Returns the bytes we sent (the URL list on stdin), or None when the host cannot pull
-        (no shell, neither curl nor wget): the caller then streams the version instead.
-        """
-        from ..store import MIN_PULL_RATE, hide_presigned_urls
-
-        if self._no_shell:
-            return None
-        dest = self._p(dest_rel)
-        doing = f"downloading into {dest} from the shared store"
-        payload = pull.script_input()
-        nonce = secrets.token_hex(16)
-        with self._io(doing):
-            ch = self._open_exec(fetch_script(posixpath.dirname(dest), dest, min_free, nonce=nonce))
-            try:
-                # The URLs are credentials: written only once the host printed this call's go
-                # line, which only our script prints. Before, they went at once, to whatever the
-                # account runs (a forced command that is not a shell read them).
-                state, head = _read_until_go(ch, go_line(nonce),
-                                             mark_timeout=min(self.op_timeout, FIRST_LINE_TIMEOUT))
-                if state in ("silent", "other"):     # not our script, still running: nothing sent
-                    rc, out, err = -1, b"", b""
-                elif state == "ended":               # ended before its go line: see why
-                    ch.shutdown_write()
-                    rc, out, err = self._finish(ch)
-                else:
-                    # No output while a big file downloads: allow the slowest rate the URLs are
-                    # made for on top of the usual timeout (curl gives up on a stalled transfer).
-                    timeout = self.op_timeout + pull.manifest.total_size / MIN_PULL_RATE
-                    ch.settimeout(timeout)
-                    _sender(ch)(payload)
-                    ch.shutdown_write()
-                    rc, out, err = self._finish(ch, timeout, interruptible=True)
-            finally:
-                ch.close()
-        self._refuse_restricted(rc, head)        # its line was read with the head
-        res = parse_output(head + out)
-        if not res.shell:
-            self._no_shell = True
-            logger.warning("%s: the account did not run the pull script (no shell: an sftp-only account or "
-                           "a forced command); nothing was sent to it, the version goes over SFTP instead "
-                           "(give the deploy user a shell to pull from %s)", self.where, pull.store_url)
-            return None
-        if "@nofetch" in res.flags:
-            logger.warning("%s: neither curl nor wget on the host: sending the version over SSH instead "
-                           "(install curl to pull it from %s)", self.where, pull.store_url)
-            return None
-        if "@nospace" in res.flags:
-            raise DiskFull.at(self._under_base, min_free, int(res.flags["@nospace"] or 0) * 1024,
-                              nothing="downloaded")
-        stderr = hide_presigned_urls(err.decode(errors="replace"))
-        if rc == 99 and "@fetchsize" in res.flags:
-            got, _, path = res.flags["@fetchsize"].partition(" ")
-            entry = pull.manifest.by_path().get(path)
-            raise UserError(f"{self.where}: the shared store {pull.store_url} answered {path} with {got} bytes, "
-                            f"not its {entry.size if entry else '?'}: a redirect or an error page in place of the "
-                            f"object (store_endpoint in the hosts file names an address the store redirects, "
-                            f"e.g. http:// where it wants https://, or an endpoint of another region than the "
-                            f"bucket's), or the object was replaced in the store since the upload; nothing was "
-                            f"published")
-        if rc == 97 and res.flags.get("@fetchrc") in WRITE_FAILED:
-            raise self._download_write_error(res.flags["@fetchfailed"], stderr, doing)
-        if rc == 97:
-            last = _last_line(stderr.encode())
-            hint = ("the URL was refused (403): check the clocks of this machine and the host, and that "
-                    "the download took less than MLOPS_STORE_URL_EXPIRY plus one second per MB"
-                    if re.search(r"\b403\b", last) else
-                    "the object is not in the store (404): removed while this deploy ran, e.g. by another "
-                    "fleet's retention on the same store; rerun the deploy (it uploads it again)"
-                    if re.search(r"\b404\b", last) else
-                    "check that the host reaches the store (store_endpoint in the hosts file)")
-            raise UserError(f"{self.where}: the host could not download {res.flags['@fetchfailed']} from "
-                            f"the shared store {pull.store_url} ({last}); {hint}; nothing was published")
-        if rc == 0 and "@nohash" in res.flags:
-            self._say_unsynced(res)
-            return len(payload)     # no hash tool: verify() reads the files back over SFTP
-        if "@linebreak" in res.flags:
-            raise line_break_name(self.where, dest)
-        if rc != 0 or res.listing is None:
-            known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
-            if known is not None:
-                raise known
-            raise UserError(f"{self.where}: downloading from the shared store failed on the host "
-                            f"(exit {rc}): {_last_line(stderr.encode())}")
-        self._verified[dest] = res.listing
-        self._say_unsynced(res)
-        return len(payload)
-
-    def _say_unsynced(self, res: ScriptOutput) -> None:
-        if res.flags.get("@synced") == "none":
-            logger.warning("%s: the host has neither sync nor python3 to flush the version to disk: "
-                           "a power loss right after this deploy may leave one of its files short",
-                           self.where)
-
-    def _download_write_error(self, path: str, stderr: str, doing: str) -> UserError:
-        """The host's downloader could not write ``path`` (curl 23, wget 3): a full disk is
-        ``DiskFull`` like a streamed upload's, not a store the host cannot reach."""
-        known = from_stderr(stderr, where=self.where, base=self.base, doing=doing)
-        if known is not None:
-            return known
-        free = self.disk_free()
-        if free is not None and free < 64 * 1024:
-            return host_os_error(OSError(errno.ENOSPC, "No space left on device"), where=self.where,
-                                 base=self.base, doing=doing)
-        return UserError(f"{self.where}: the host could not write {path} while {doing} "
-                         f"({_last_line(stderr.encode())}); check free space and the deploy user's write "
-                         f"access under {self.base}; nothing was published")
-
-    def _upload_sftp(self, local_dir, dest: str, manifest: Manifest, progress: ProgressFn | None,
-                     min_free: int | None) -> int:
-        if min_free is not None:
-            free = self.disk_free()
-            if free is not None and free < min_free:
-                raise DiskFull.at(self._under_base, min_free, free)
-        sent = 0
-        doing = f"uploading to {dest}"
-        with self._io(doing):
-            try:
-                self._makedirs(posixpath.dirname(dest))
-                # 0755 whatever the SFTP server's umask (``internal-sftp -u 077``): TF Serving may
-                # run as another user (files are chmod 0644 below)
-                for d in [dest, *(posixpath.join(dest, d) for d in manifest.dirs)]:
-                    self.sftp.mkdir(d, 0o755)
-                    self.sftp.chmod(d, 0o755)
-                for entry in manifest.files:
-                    remote = posixpath.join(dest, entry.path)
-                    with open(os.path.join(local_dir, entry.path), "rb") as fin, \
-                            self.sftp.open(remote, "wbx") as fout:
-                        fout.set_pipelined(True)
-                        while chunk := fin.read(SFTP_CHUNK):
-                            fout.write(chunk)
-                            sent += len(chunk)
-                            if progress:
-                                progress(len(chunk))
-                        self._fsync_and_close(fout)   # after the writes (in order)
-                    self.sftp.chmod(remote, 0o644)
-                # the folders' entries, and the model folder's in the base (maybe just made)
-                for d in [*(posixpath.join(dest, d) for d in manifest.dirs), dest,
-                          posixpath.dirname(posixpath.dirname(dest))]:
-                    self._fsync_dir(d)
-            except OSError as exc:
-                if not self._t.is_active():
-                    raise
-                raise self._write_error(exc, doing) from None
-        return sent
+        """The host downloads ``pull`` (``store.Pull``) into ``dest_rel`` (``ssh_upload.pull_tree``)."""
+        return ssh_upload.pull_tree(self, dest_rel, pull, min_free=min_free)
 
     def rename(self, src_rel: str, dst_rel: str) -> None:
         src, dst = self._p(src_rel), self._p(dst_rel)
@@ -730,8 +461,8 @@ class SshTransport(Transport):
             self.sftp.rename(src, dst)   # SFTP rename refuses an existing target
             self._verified.pop(src, None)
             # the rename on disk: the version's files were flushed before it (the upload script,
-            # ``_upload_sftp``), their folder's new name now
-            self._fsync_dir(posixpath.dirname(dst))
+            # ``ssh_upload.upload_sftp``), their folder's new name now
+            sftp_fsync.fsync_dir(self, posixpath.dirname(dst))
 
     def remove_tree(self, rel: str) -> None:
         if not rel_path(rel):
@@ -745,7 +476,7 @@ class SshTransport(Transport):
                     if rc != 0:
                         raise from_stderr(err.decode(errors="replace"), where=self.where,
                                           base=self.base, doing=f"removing {rel}") or UserError(
-                            f"{self.where}: cannot remove {path}: {_last_line(err)}")
+                            f"{self.where}: cannot remove {path}: {last_line(err)}")
                     return
                 self._no_shell = True
             self._rmtree_sftp(path)
@@ -774,129 +505,3 @@ class SshTransport(Transport):
                 self.sftp.remove(self._p(rel))
             except FileNotFoundError:
                 pass
-
-
-def _listing_of_upload(res: ScriptOutput, streamed: Streamed) -> HostListing:
-    """What the host extracted, as a listing ``compare`` can judge against the manifest.
-
-    Stream-hashed: the host's digest of what it extracted — of its files' bytes in the stream
-    (python3 hosts) or of the whole tar stream — must be the one of what we hashed, and each
-    file's size must match; then each file holds exactly the bytes we hashed. Else (two-pass
-    hosts) the host's own per-file hashes.
-    """
-    listing = res.listing
-    if res.sizes is None:
-        return listing
-    if res.files_sha256 is not None:
-        same_stream = res.files_sha256 == streamed.hasher.files_digest()
-    else:
-        same_stream = res.stream_sha256 is not None and res.stream_sha256 == streamed.hasher.stream_digest()
-    expected = streamed.manifest.by_path()
-    files = {}
-    for path, size in res.sizes.items():
-        entry = expected.get(path)
-        files[path] = entry.sha256 if entry and same_stream and entry.size == size else "stream-mismatch"
-    return HostListing(files, listing.dirs, listing.others)
-
-
-class _Reply:
-    """The answer to one pipelined SFTP request, kept when paramiko reads it."""
-    kind = None
-    msg = None
-
-    def _async_response(self, kind, msg, num) -> None:
-        self.kind, self.msg = kind, msg
-
-
-def _last_line(err: bytes) -> str:
-    lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "no error output"
-
-
-def _sender(ch):
-    """``sendall`` without paramiko's copy of the remaining buffer per packet (memoryview slices)."""
-    def send(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = ch.send(view)
-            if n <= 0:
-                raise EOFError("the host closed the upload channel")
-            view = view[n:]
-    return send
-
-
-def _read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
-    """Read a script's stdout until the line ``go``; return how it went and what was read. The
-    upload waits for ``@ready`` (then streams), the pull for its nonce line (then sends the URLs).
-
-    ``"go"``: the line came (our script runs and waits for its input). ``"ended"``: stdout ended
-    first (the script stopped early: ``@nofetch``, ``@nospace``, a restricted shell; or a program
-    that is not our script exited). ``"silent"`` / ``"other"``: no ``MARK`` line within
-    ``mark_timeout`` and nothing / something else printed: the account runs another program
-    (``ForceCommand internal-sftp``, a forced command), which must not be sent anything. Once
-    ``MARK`` is there, the wait for ``go`` is the channel's timeout (``socket.timeout``).
-    """
-    buf = b""
-    mark = MARK.encode()
-    saved = ch.gettimeout()
-    deadline = time.monotonic() + mark_timeout
-    try:
-        while True:
-            lines = buf.split(b"\n")[:-1]
-            if go in lines:
-                return "go", buf
-            marked = mark in lines
-            if marked:
-                ch.settimeout(saved)
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return ("other" if buf else "silent"), buf
-                ch.settimeout(left)
-            try:
-                data = ch.recv(4096)
-            except socket.timeout:
-                if marked:
-                    raise
-                continue
-            if not data:
-                return "ended", buf + b"\n"
-            buf += data
-    finally:
-        ch.settimeout(saved)
-
-
-def _read_interruptible(ch, timeout: float, poll: float = 0.5) -> bytes:
-    """stdout to its end, checking for a requested interrupt every ``poll`` seconds; more than
-    ``timeout`` seconds without output is a stall (``socket.timeout``). Leaves the channel's
-    timeout at ``timeout``."""
-    from ..cancel import check
-
-    chunks: list[bytes] = []
-    ch.settimeout(poll)
-    quiet_since = time.monotonic()
-    try:
-        while True:
-            try:
-                data = ch.recv(65536)
-            except socket.timeout:
-                check()
-                if time.monotonic() - quiet_since > timeout:
-                    raise
-                continue
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-            quiet_since = time.monotonic()
-    finally:
-        ch.settimeout(timeout)
-
-
-def _read_all(ch, *, stderr: bool) -> bytes:
-    chunks = []
-    recv = ch.recv_stderr if stderr else ch.recv
-    while True:
-        data = recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)

@@ -27,6 +27,7 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128
                      "aes256-ctr", "aes192-ctr")
 WINDOW_SIZE = 16 * 1024 * 1024
 MAX_PACKET = 32 * 1024
+SFTP_CHUNK = 256 * 1024     # an SFTP read or write of a version's file
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
 # OpenSSH's GlobalKnownHostsFile: only its @revoked lines are read (a fleet-wide revocation
 # refuses a key that the known_hosts file pins, as ssh does); its pins are not trusted here.

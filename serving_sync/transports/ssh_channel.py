@@ -1,0 +1,106 @@
+"""Reading and writing one SSH exec channel: the bytes a host script prints and the bytes we send it.
+
+Plain functions on a paramiko ``Channel`` (no transport state), so that the upload, the pull and
+every short command read the same way: to the end, up to a script's go line, or to the end while
+watching for a requested interrupt.
+"""
+from __future__ import annotations
+
+import socket
+import time
+
+from .ssh_scripts import MARK
+
+
+def last_line(err: bytes) -> str:
+    lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no error output"
+
+
+def sender(ch):
+    """``sendall`` without paramiko's copy of the remaining buffer per packet (memoryview slices)."""
+    def send(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = ch.send(view)
+            if n <= 0:
+                raise EOFError("the host closed the upload channel")
+            view = view[n:]
+    return send
+
+
+def read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
+    """Read a script's stdout until the line ``go``; return how it went and what was read. The
+    upload waits for ``@ready`` (then streams), the pull for its nonce line (then sends the URLs).
+
+    ``"go"``: the line came (our script runs and waits for its input). ``"ended"``: stdout ended
+    first (the script stopped early: ``@nofetch``, ``@nospace``, a restricted shell; or a program
+    that is not our script exited). ``"silent"`` / ``"other"``: no ``MARK`` line within
+    ``mark_timeout`` and nothing / something else printed: the account runs another program
+    (``ForceCommand internal-sftp``, a forced command), which must not be sent anything. Once
+    ``MARK`` is there, the wait for ``go`` is the channel's timeout (``socket.timeout``).
+    """
+    buf = b""
+    mark = MARK.encode()
+    saved = ch.gettimeout()
+    deadline = time.monotonic() + mark_timeout
+    try:
+        while True:
+            lines = buf.split(b"\n")[:-1]
+            if go in lines:
+                return "go", buf
+            marked = mark in lines
+            if marked:
+                ch.settimeout(saved)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return ("other" if buf else "silent"), buf
+                ch.settimeout(left)
+            try:
+                data = ch.recv(4096)
+            except socket.timeout:
+                if marked:
+                    raise
+                continue
+            if not data:
+                return "ended", buf + b"\n"
+            buf += data
+    finally:
+        ch.settimeout(saved)
+
+
+def read_interruptible(ch, timeout: float, poll: float = 0.5) -> bytes:
+    """stdout to its end, checking for a requested interrupt every ``poll`` seconds; more than
+    ``timeout`` seconds without output is a stall (``socket.timeout``). Leaves the channel's
+    timeout at ``timeout``."""
+    from ..cancel import check
+
+    chunks: list[bytes] = []
+    ch.settimeout(poll)
+    quiet_since = time.monotonic()
+    try:
+        while True:
+            try:
+                data = ch.recv(65536)
+            except socket.timeout:
+                check()
+                if time.monotonic() - quiet_since > timeout:
+                    raise
+                continue
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            quiet_since = time.monotonic()
+    finally:
+        ch.settimeout(timeout)
+
+
+def read_all(ch, *, stderr: bool) -> bytes:
+    chunks = []
+    recv = ch.recv_stderr if stderr else ch.recv
+    while True:
+        data = recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
