@@ -26,7 +26,11 @@ The deploy orchestration on top (observe -> plan -> act):
 - ``options``        the deploy's settings (``DeployOptions``), one value passed everywhere
 - ``rollout``        the rollout's shape: canary, then waves (pure)
 - ``parallel``       bounded thread pools for the per-host work of a phase
-- ``bake``, ``canary``: judge the canary on TF Serving's own Prometheus metrics (pure), and the bake
+- ``metrics_windows`` TF Serving's metrics page parsed into snapshots, and the windows between them (pure)
+- ``bake_stats``     the bake's statistics: histogram quantiles and moments, exact binomial tails (pure)
+- ``bake``           judge the canary on its live traffic: the verdict and its one line (pure)
+- ``metrics_scrape`` read one host's metrics page over HTTP, bounded in size and time
+- ``canary``         the bake: read the hosts' metrics around a switch and judge each switched host
 - ``store``          a shared S3 store: upload a version once, hosts pull it with presigned URLs
 - ``fleet``          the rollout: prepare every host in parallel, switch a canary, bake, then waves,
                      all-new or all-old; registry, ledger, retention

@@ -1,18 +1,8 @@
-"""Judge a canary on the traffic it really serves: TF Serving's own Prometheus metrics.
+"""Judge a canary on the traffic it really serves: the verdict (``judge``) and its one line.
 
-TF Serving (``--monitoring_config_file`` with ``prometheus_config``) counts every request in
-``:tensorflow:serving:request_count{model_name,status}`` and times each request answered OK in
-the histogram ``:tensorflow:serving:request_latency{model_name,API,entrypoint}`` (microseconds;
-``http_server.cc``, ``prediction_service_impl.cc``). Counters only grow, so a window is the
-difference of two scrapes. The canary's window after its switch is compared with (a) the same
-host over a window before its switch and (b) the hosts still on the old version over the same
-window as the canary's.
-
-What is counted: status and metadata GETs (a load balancer's health check) carry ``API=""`` in
-the histogram and are left out, so they neither pass for traffic nor dilute the latency. The
-request count has no API label: a window's requests are its inference requests answered OK (the
-histogram's ``_count`` for ``API`` other than ``""``) plus every request that failed (every
-``status`` but ``OK``; a failed health check is rare and counts as an error).
+The canary's window after its switch (``metrics_windows``: TF Serving's own Prometheus metrics,
+read by ``metrics_scrape``) is compared with (a) the same host over a window before its switch
+and (b) the hosts still on the old version over the same window as the canary's.
 
 The latency checks allow for what the page can say. A p95 / p99 breaches only when the lowest
 value its bucket allows is above ``max_latency_ratio`` times the highest its baseline's bucket
@@ -20,41 +10,29 @@ allows (bucket limits are 1.8x apart, wider than a 1.5x limit) — so a version 
 crosses a bucket limit is not rolled back, and a version several times slower is. The mean
 (``_sum / _count``) is not exact: TF Serving prints ``_sum`` with ``absl::StrCat(double)``, 6
 significant digits, and the sum is per model name, cumulative since TF Serving started, so after
-weeks of uptime its rounding step (±½ unit of the 6th digit, ``sum_uncertainty``) outgrows a
+weeks of uptime its rounding step (±½ unit of the 6th digit, ``metrics_windows.sum_uncertainty``) outgrows a
 bake's whole sum. A window's mean is therefore an interval; the mean breaches only when the
 canary's lowest possible mean is above ``max_latency_ratio`` times the highest possible mean of
 the slowest baseline. A baseline's highest is a true bound however coarse its sum (a host up for
 weeks, a sum whose printed digits did not move in the window), so a coarse baseline is used as it
 is — it can only make a breach less likely — and does not stop the comparison with a precise one.
 The mean is not compared (the verdict says so) when the canary's own sum is known to be worse than
-``MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
+``metrics_windows.MEAN_MAX_UNCERTAINTY`` of itself. The counts and buckets are integers: exact.
 
 A latency breach must also be more than chance (``LATENCY_ALPHA``): with few requests a p99 is the
 slowest request and a mean moves with one request of a heavy tail, so identical versions breached
-1 bake in 11 at 20 requests. A quantile is judged only from ``requests_for(q)`` requests on each
+1 bake in 11 at 20 requests. A quantile is judged only from ``bake_stats.requests_for(q)`` requests on each
 side (20 for p95, 100 for p99) and breaches only when the canary holds more of the requests above
-the limit than a version as fast as its baselines would (``chance_of_as_many_above``); the mean
+the limit than a version as fast as its baselines would (``bake_stats.chance_of_as_many_above``); the mean
 only when its excess is more than ``LATENCY_Z`` standard errors (``_difference_se``, from the
 histograms' spread; the baselines' spread at least the canary's scaled to their median, as a small
 window of a heavy tail rarely holds the tail). What was not judged is in the verdict's
 measurements (``latency_not_judged``).
 
-A host whose counters went down between two scrapes restarted (TF Serving starts from zero): its
-window is the counts since the restart, marked ``restarted``. Counts, not ``_sum``: TF Serving
-times a request with the wall clock, so one timed across a clock step back adds a negative
-latency and lowers the sum of a server that never stopped (such a window has no mean). A canary
-that restarted during its bake breaches (its window is not the whole bake, and a crash is the
-likeliest cause); a baseline that restarted is not used.
+A canary that restarted during its bake breaches (its window is not the whole bake, and a crash
+is the likeliest cause); a baseline that restarted is not used.
 
-A request's model name is a label value, and TF Serving escapes only ``\\`` and ``"`` in it: a
-``POST /v1/models/a%0Ab:predict`` (a 404 from any client) puts a raw newline in the page until
-TF Serving restarts. ``parse`` then reads the page line by line, keeping the request_count /
-request_latency lines that parse on their own; an injected line cannot pass for the model's, as
-a raw ``"`` never comes from a client (``prometheus_exporter.cc``, ``SanitizeLabelValue``).
-
-Everything here but ``scrape`` is a pure function on parsed samples: ``parse`` (the page, read
-with ``prometheus_client.parser``), ``window`` (two snapshots -> counts in between),
-``quantile`` (Prometheus' ``histogram_quantile``) and ``judge`` (the verdict and its one line).
+``judge`` is a pure function on windows (the statistics are ``bake_stats``'s).
 The rule (docs/architecture.md, "Rollout"): the canary breaches when its traffic fell — TF
 Serving counts a request when it finishes, so a canary that hangs or crawls completes few — that is
 when it answered fewer than ``min_traffic_ratio`` times the requests of every baseline in the same
@@ -69,122 +47,20 @@ only with at least ``min_requests`` requests of its own).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
-from mlops_common.errors import UserError
-
-REQUEST_COUNT = ":tensorflow:serving:request_count"
-REQUEST_LATENCY = ":tensorflow:serving:request_latency"
-OK = "OK"
-MAX_PAGE_BYTES = 16 * 1024 * 1024
-MEAN_MAX_UNCERTAINTY = 0.10      # the canary's latency sum known to be worse than this: its mean is not compared
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One model's counters on one host at one moment."""
-
-    requests: dict[str, float] = field(default_factory=dict)      # status -> count (every request)
-    buckets: dict[float, float] = field(default_factory=dict)     # le (µs) -> cumulative, inference APIs
-    latency_sum: float = 0.0                                      # µs, inference requests answered OK
-    latency_count: float = 0.0                                    # inference requests answered OK
-    latency_sum_error: float = 0.0                                # ± µs: the page prints _sum to 6 digits
-    at: float | None = None                                       # time.monotonic() when read (``scrape``)
-
-
-@dataclass(frozen=True)
-class Window:
-    """What happened between two snapshots."""
-
-    requests: int = 0                                             # inference requests (OK) + errors
-    errors: int = 0
-    buckets: tuple[tuple[float, float], ...] = ()                 # (le µs, cumulative count), sorted
-    latency_sum: float = 0.0                                      # µs over the OK inference requests
-    latency_count: int = 0
-    restarted: bool = False                                       # its counters went down: TF Serving restarted
-    latency_sum_error: float = 0.0                                # ± µs on latency_sum (the pages' rounding)
-    seconds: float | None = None                                  # its length, when both snapshots say when
-    hosts: int = 1                                                # hosts merged into it (``merge``)
-    own: int = 0                                                  # left out: the deploy's smoke test (window_outside)
-    moments: tuple[float, float, float] | None = None             # (n, Σx, Σx²) µs, set by ``merge``; else from buckets
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    def latency_ms(self, q: float) -> float | None:
-        v = quantile(self.buckets, q)
-        return None if v is None else v / 1000.0
-
-    def latency_bounds_ms(self, q: float) -> tuple[float, float] | None:
-        b = quantile_bounds(self.buckets, q)
-        return None if b is None else (b[0] / 1000.0, b[1] / 1000.0)
-
-    @property
-    def timed(self) -> bool:
-        """Whether the window has a mean: OK requests, and a latency sum that did not go down
-        (TF Serving times requests with the wall clock: one timed across a clock step back adds
-        a negative latency; such a window says nothing of its mean)."""
-        return self.latency_count > 0 and self.latency_sum + self.latency_sum_error >= 0
-
-    @property
-    def mean_ms(self) -> float | None:
-        """The mean as printed sums say it; ``mean_bounds_ms`` is what it can really be."""
-        return self.latency_sum / self.latency_count / 1000.0 if self.timed else None
-
-    @property
-    def mean_bounds_ms(self) -> tuple[float, float] | None:
-        """(lowest, highest) mean the rounded ``_sum`` values allow."""
-        if not self.timed:
-            return None
-        n = self.latency_count * 1000.0
-        return (max(0.0, self.latency_sum - self.latency_sum_error) / n,
-                (self.latency_sum + self.latency_sum_error) / n)
-
-    @property
-    def latency_moments(self) -> tuple[float, float, float]:
-        """(requests, Σx, Σx²) estimated from the histogram (``histogram_moments``): a merged
-        window's are its hosts' summed, each from its own bucket limits."""
-        return self.moments if self.moments is not None else histogram_moments(self.buckets)
-
-    @property
-    def latency_variance(self) -> float | None:
-        """The requests' latency variance (µs², sample), from the histogram's spread; None under 2
-        requests. Of a few requests of a heavy tail it is mostly too low (they rarely hold the tail
-        that makes it): ``_difference_se`` does not take a small baseline's at its word."""
-        n, s1, s2 = self.latency_moments
-        if n <= 1:
-            return None
-        return max(0.0, s2 / n - (s1 / n) ** 2) * n / (n - 1)
-
-    @property
-    def mean_se_ms(self) -> float | None:
-        """The standard error of the window's mean (its sampling noise), from the histogram's spread
-        alone (the window's own figure, in its measurements; the mean rule uses ``_difference_se``)."""
-        var = self.latency_variance
-        return None if var is None else math.sqrt(var / self.latency_moments[0]) / 1000.0
-
-    @property
-    def mean_known(self) -> bool:
-        """Whether the sum's rounding leaves the mean worth comparing (within MEAN_MAX_UNCERTAINTY):
-        asked of the canary; a baseline is used at its highest mean whatever its rounding."""
-        return self.latency_sum_error <= MEAN_MAX_UNCERTAINTY * self.latency_sum
-
-    def to_dict(self) -> dict:
-        p95, p99, mean = self.latency_ms(0.95), self.latency_ms(0.99), self.mean_ms
-        err = self.latency_sum_error / self.latency_count / 1000.0 if self.latency_count > 0 else None
-        se = self.mean_se_ms
-        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 6),
-                "p95_ms": None if p95 is None else round(p95, 3), "p99_ms": None if p99 is None else round(p99, 3),
-                "mean_ms": None if mean is None else round(mean, 3),
-                "mean_ms_uncertainty": None if err is None else round(err, 3),
-                "mean_ms_se": None if se is None else round(se, 3), "restarted": self.restarted,
-                "seconds": None if self.seconds is None else round(self.seconds, 3), "hosts": self.hosts,
-                "own_requests": self.own}
+from .bake_stats import (
+    chance_of_as_many_above,
+    chance_of_as_many_more_errors,
+    chance_of_at_least,
+    count_above,
+    quantile,
+    quantile_bounds,
+    requests_for,
+)
+from .metrics_windows import Window, merge
 
 
 @dataclass(frozen=True)
@@ -227,288 +103,12 @@ class Verdict:
                 "reasons": list(self.reasons), "measurements": self.measurements}
 
 
-# --- parsing -------------------------------------------------------------------------------
-def _value(s, *, signed: bool = False) -> float:
-    """A count (finite, not negative); ``signed``: a latency ``_sum``, which TF Serving can print
-    below zero (a request timed across a wall-clock step back adds a negative latency)."""
-    if not (math.isfinite(s.value) and (signed or s.value >= 0)):
-        raise UserError(f"{s.name} has the value {s.value}, which no counter can have")
-    return float(s.value)
-
-
-def sum_uncertainty(v: float) -> float:
-    """± on a ``_sum`` as TF Serving prints it (``absl::StrCat(double)``: 6 significant digits):
-    half a unit of its 6th digit (0 for 0). The exponent comes from formatting, not a log10."""
-    if v == 0:
-        return 0.0
-    return 0.5 * 10.0 ** (int(f"{v:e}".split("e")[1]) - 5)
-
-
-_KEPT = (REQUEST_COUNT, REQUEST_LATENCY + "_bucket", REQUEST_LATENCY + "_sum", REQUEST_LATENCY + "_count")
-_KEPT_LINES = tuple(n + "{" for n in _KEPT)      # a sample line of a kept metric starts so
-
-
-def _samples(text: str) -> list:
-    """The page's request_count / request_latency samples as (name, sample): the name is the
-    sample's without the ``_total`` the parser adds to a counter's. The whole page is parsed; if that
-    fails on a page that is TF Serving's (it has request_count's TYPE line), each line of those
-    metrics is parsed on its own and the rest skipped: a model name from a request can hold a
-    newline, which TF Serving does not escape, and one such 404 must not make the page unreadable.
-    UserError for a page that is neither."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        families = list(text_string_to_metric_families(text))
-    except Exception as exc:  # noqa: BLE001 - the parser raises ValueError and friends
-        lines = text.split("\n")                 # not splitlines(): label values may hold \r, \x85, \u2028
-        if f"# TYPE {REQUEST_COUNT} counter" not in lines:
-            raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
-        return [(s.name, s) for line in lines if line.startswith(_KEPT_LINES)
-                for s in _line_samples(line)]
-    if not any(f.name == REQUEST_COUNT for f in families):
-        raise UserError(f"the page has no {REQUEST_COUNT}: it is not TF Serving's metrics page (check "
-                        f"metrics_url in the hosts file)")
-    return [(REQUEST_COUNT if f.name == REQUEST_COUNT else s.name, s)
-            for f in families if f.name in (REQUEST_COUNT, REQUEST_LATENCY) for s in f.samples]
-
-
-def _line_samples(line: str) -> list:
-    """One sample line's samples, or none if it does not parse alone (a piece of a split line)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        return [s for f in text_string_to_metric_families(line + "\n") for s in f.samples]
-    except Exception:  # noqa: BLE001 - the parser raises ValueError and friends
-        return []
-
-
-def parse(text: str, model: str) -> Snapshot:
-    """``model``'s request counts by status and its inference latency (summed over API /
-    entrypoint); UserError for a page that is not TF Serving's metrics."""
-    requests: dict[str, float] = {}
-    buckets: dict[float, float] = {}
-    total = count = error = 0.0
-    for name, s in _samples(text):
-        if s.labels.get("model_name") != model:
-            continue
-        if name == REQUEST_COUNT:
-            status = s.labels.get("status", OK)
-            requests[status] = requests.get(status, 0.0) + _value(s)
-        elif not s.labels.get("API"):                     # status / metadata GETs: not inference traffic
-            continue
-        elif name == REQUEST_LATENCY + "_bucket":
-            try:
-                le = float(s.labels.get("le", "+Inf"))
-            except ValueError:
-                raise UserError(f"{s.name} has the bucket limit le={s.labels.get('le')!r}, "
-                                f"which is not a number") from None
-            buckets[le] = buckets.get(le, 0.0) + _value(s)
-        elif name == REQUEST_LATENCY + "_sum":
-            total += _value(s, signed=True)
-            error += sum_uncertainty(s.value)
-        elif name == REQUEST_LATENCY + "_count":
-            count += _value(s)
-    if buckets and not count:             # a page without _count: the +Inf bucket holds it
-        count = buckets.get(math.inf, 0.0)
-    return Snapshot(requests, buckets, total, count, error)
-
-
-def _went_down(before: Snapshot, after: Snapshot) -> bool:
-    """Whether a count went down. Counts only: ``_sum`` goes down without a restart when a
-    request is timed across a wall-clock step back (``Env::NowMicros`` is CLOCK_REALTIME in
-    ``http_server.cc`` / ``prediction_service_impl.cc``: a negative latency)."""
-    pairs = [(after.requests.get(k, 0.0), v) for k, v in before.requests.items()]
-    pairs += [(after.buckets.get(k, 0.0), v) for k, v in before.buckets.items()]
-    pairs += [(after.latency_count, before.latency_count)]
-    return any(a < b for a, b in pairs)
-
-
-def window(before: Snapshot, after: Snapshot) -> Window:
-    """The counts between two snapshots; if any went down TF Serving restarted in between, and
-    the window is what ``after`` counted since (``restarted``)."""
-    restarted = _went_down(before, after)
-    seconds = after.at - before.at if after.at is not None and before.at is not None else None
-    if restarted:
-        before = Snapshot()
-    statuses = set(before.requests) | set(after.requests)
-    counts = {st: after.requests.get(st, 0.0) - before.requests.get(st, 0.0) for st in statuses}
-    errors = int(round(sum(c for st, c in counts.items() if st != OK)))
-    ok = int(round(after.latency_count - before.latency_count))
-    les = sorted(set(before.buckets) | set(after.buckets))
-    buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
-    return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted,
-                  after.latency_sum_error + before.latency_sum_error, seconds, 1)
-
-
-def window_outside(before: Snapshot, after: Snapshot,
-                   gaps: list[tuple[Snapshot | None, Snapshot | None]]) -> Window | None:
-    """The counts between ``before`` and ``after`` without those of each gap ``(start, end)``: the
-    deploy's own smoke test through the main entry (``smoke_main``), with the host's page read just
-    before its first request and just after its last answer. TF Serving counts a request before it
-    answers it (``http_server.cc``: ``RecordRequestLatency``, ``RecordModelRequestCount``, then
-    ``ReplyWithStatus``), so every one of the deploy's requests lies inside its gap, and the window
-    is the stretches outside the gaps added up — counts and buckets are integers: exact. Live
-    requests answered inside a gap are left out with it (as its seconds are): a baseline of fewer
-    live requests, never one holding the deploy's own. A gap whose start (end) could not be read
-    (None) takes the stretch before (after) it with it; None when nothing is left. ``own``: the
-    requests left out; ``restarted`` also when the counters went down inside a gap."""
-    if not gaps:
-        return window(before, after)
-    segments, start, restarted = [], before, False
-    for a, b in gaps:
-        if start is not None and a is not None:
-            segments.append(window(start, a))
-        restarted |= a is not None and b is not None and _went_down(a, b)
-        start = b
-    if start is not None:
-        segments.append(window(start, after))
-    if not segments:
-        return None
-    whole, kept = window(before, after), merge(segments)
-    lengths = [w.seconds for w in segments]
-    return dataclasses.replace(kept, hosts=1, moments=None, restarted=restarted or whole.restarted or kept.restarted,
-                               seconds=None if None in lengths else sum(lengths),
-                               own=max(0, whole.requests - kept.requests))
-
-
-def merge(windows: list[Window]) -> Window:
-    """Several hosts' windows as one (the hosts still on the old version). Histogram buckets are
-    merged on the limits every host has (a count is cumulative, known only at a host's own
-    limits): a host missing a limit counted as 0 there, and TF Serving builds with other bucket
-    sets made the old hosts' p95 look unbounded, so no canary breached on latency. The mean is
-    the windows' that have one: a host whose sum went down (a request timed across a wall-clock
-    step back) says nothing of its mean, and adding its negative sum made the others look faster
-    than any of them was (an identical canary rolled back). Its length is the hosts' mean (their
-    pages are read at once), unknown if one's is; ``hosts`` says how many it holds."""
-    observed = [w for w in windows if w.buckets and w.latency_count > 0]   # an idle host's limits say nothing
-    les = sorted(set.intersection(*(set(le for le, _ in w.buckets) for w in observed))) if observed else []
-    buckets = tuple((le, sum(dict(w.buckets)[le] for w in observed)) for le in les)
-    timed = [w for w in windows if w.timed]
-    lengths = [w.seconds for w in windows]
-    seconds = sum(lengths) / len(lengths) if lengths and None not in lengths else None
-    moments = tuple(sum(m) for m in zip((0.0, 0.0, 0.0), *(w.latency_moments for w in observed)))
-    return Window(sum(w.requests for w in windows), sum(w.errors for w in windows), buckets,
-                  sum(w.latency_sum for w in timed), sum(w.latency_count for w in timed),
-                  any(w.restarted for w in windows), sum(w.latency_sum_error for w in timed), seconds,
-                  sum(w.hosts for w in windows), sum(w.own for w in windows), moments)
-
-
-def _cumulative(buckets) -> list[tuple[float, float]]:
-    """Counts made non-decreasing, as Prometheus does before ``histogram_quantile``."""
-    out, top = [], 0.0
-    for le, c in buckets:
-        top = max(top, c)
-        out.append((le, top))
-    return out
-
-
-def _locate(buckets, q: float):
-    """(previous limit, previous count, limit, count, rank) of the bucket holding quantile ``q``."""
-    buckets = _cumulative(buckets)
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            return prev_le, prev_count, le, count, rank
-        prev_le, prev_count = le, count
-    return prev_le, prev_count, math.inf, prev_count, rank
-
-
-def quantile(buckets: tuple[tuple[float, float], ...], q: float) -> float | None:
-    """Prometheus' ``histogram_quantile``: linear inside the bucket; None without observations."""
-    found = _locate(buckets, q)
-    if found is None:
-        return None
-    prev_le, prev_count, le, count, rank = found
-    if math.isinf(le):               # in the open top bucket: the highest finite bound
-        # none (a histogram of the open bucket alone): NaN in Prometheus, not 0
-        return prev_le if any(math.isfinite(b) for b, _ in buckets) else None
-    if count == prev_count:
-        return le
-    return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-
-
-def quantile_bounds(buckets: tuple[tuple[float, float], ...], q: float) -> tuple[float, float] | None:
-    """The limits of the bucket holding quantile ``q``: all the histogram can say of it."""
-    found = _locate(buckets, q)
-    return None if found is None else (found[0], found[2])
-
-
-def histogram_moments(buckets: tuple[tuple[float, float], ...]) -> tuple[float, float, float]:
-    """(n, Σx, Σx²) in µs as the histogram tells them: each request at its bucket's middle, with
-    the spread of a request anywhere in its bucket ((width)²/12 each: a window whose requests all
-    fell in one bucket is not taken for one without noise); the open top bucket (above 24 minutes in
-    TF Serving's default limits) at its lower limit. For the mean's standard error only: the mean
-    itself is ``_sum / _count``."""
-    n = s1 = s2 = 0.0
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in _cumulative(buckets):
-        k = count - prev_count
-        if k > 0:
-            mid, spread = (prev_le, 0.0) if math.isinf(le) else ((prev_le + le) / 2, (le - prev_le) ** 2 / 12)
-            n, s1, s2 = n + k, s1 + k * mid, s2 + k * (mid * mid + spread)
-        prev_le, prev_count = le, count
-    return n, s1, s2
-
-
 # --- how sure: latency on few requests -------------------------------------------------------------
 # A latency breach must be more than chance: that many of the canary's requests above a limit, or
 # a mean that much above, would come from a version as fast as its baseline in fewer than 1 bake of
 # this many (see ``_judge_mean`` and ``_judge_quantile``).
 LATENCY_ALPHA = 0.01
 LATENCY_Z = NormalDist().inv_cdf(1 - LATENCY_ALPHA)
-
-
-def requests_for(q: float) -> int:
-    """The fewest requests whose ``q`` quantile is not simply the slowest one: 1 / (1 - q) (20 for
-    p95, 100 for p99). Below that a quantile is the window's slowest request, which a heavy tail
-    makes anything."""
-    return math.ceil(1 / (1 - q) - 1e-9)
-
-
-def _log_comb(n: int, r: int) -> float:
-    """log C(n, r), for the exact tails below."""
-    return math.lgamma(n + 1) - math.lgamma(r + 1) - math.lgamma(n - r + 1)
-
-
-def _binomial_term(k: int, n: int, log_p: float, log_q: float) -> float:
-    """P(X = k) for X ~ Binomial(n, p), given log p and log(1 - p)."""
-    return math.exp(_log_comb(n, k) + k * log_p + (n - k) * log_q)
-
-
-def chance_of_as_many_above(k: int, mine: int, above: int, total: int) -> float:
-    """P(X >= k) for X ~ Hypergeometric: of ``total`` requests, ``above`` above a limit, the
-    chance that ``mine`` of them drawn at random hold ``k`` or more of those above — how often a
-    version as fast as its baseline puts that many of its requests there. Exact above the mean,
-    1.0 at or below it."""
-    if k <= 0:
-        return 1.0
-    if k > min(mine, above):
-        return 0.0
-    if k <= above * mine / total:
-        return 1.0
-    base = _log_comb(total, mine)
-    p = 0.0
-    for i in range(k, min(mine, above) + 1):
-        term = math.exp(_log_comb(above, i) + _log_comb(total - above, mine - i) - base)
-        p += term
-        if term <= p * 1e-12:      # past the mode, terms fall at least geometrically
-            break
-    return min(p, 1.0)
-
-
-def count_above(buckets: tuple[tuple[float, float], ...], limit: float) -> tuple[int, int]:
-    """(requests above ``limit``, requests) of a histogram, where ``limit`` is one of its bucket
-    limits or below its first: exact, the counts are integers."""
-    cum = _cumulative(buckets)
-    if not cum:
-        return 0, 0
-    total = cum[-1][1]
-    at_or_below = max((c for le, c in cum if le <= limit), default=0.0)
-    return int(round(total - at_or_below)), int(round(total))
-
 
 # --- the verdict ---------------------------------------------------------------------------
 RATE_EPSILON = 1e-9      # error rates closer than this to their limit are at it, not above
@@ -518,86 +118,8 @@ RATE_EPSILON = 1e-9      # error rates closer than this to their limit are at it
 ERROR_RATE_ALPHA = 0.01
 
 
-def chance_of_at_least(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), for the verdict: exact above the mean (terms summed in log
-    space from k until they stop counting), 1.0 at or below it (the tail is then at least about a
-    half, never rare)."""
-    if k <= 0 or p >= 1:
-        return 1.0
-    if p <= 0 or k > n:
-        return 0.0
-    if k <= n * p:
-        return 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    total = 0.0
-    for i in range(k, n + 1):
-        term = _binomial_term(i, n, log_p, log_q)
-        total += term
-        if term <= total * 1e-12:      # past the mean, terms fall at least geometrically
-            break
-    return min(total, 1.0)
-
-
 def _beyond_chance(errors: int, requests: int, bound: float) -> bool:
     return chance_of_at_least(errors, requests, bound) < ERROR_RATE_ALPHA
-
-
-def _binomial_pmf(n: int, p: float) -> tuple[int, list[float]]:
-    """(first k, P(X = k) from it on) for X ~ Binomial(n, p), over the values that count (12
-    standard deviations and more either side of the mean carry nothing a 1% test can see)."""
-    if p <= 0:
-        return 0, [1.0]
-    if p >= 1:
-        return n, [1.0]
-    reach = 12 * math.sqrt(n * p * (1 - p)) + 12
-    lo, hi = max(0, math.floor(n * p - reach)), min(n, math.ceil(n * p + reach))
-    log_p, log_q = math.log(p), math.log1p(-p)
-    return lo, [_binomial_term(k, n, log_p, log_q) for k in range(lo, hi + 1)]
-
-
-def _restricted_rate(errors: int, requests: int, base_errors: int, base_requests: int, margin: float) -> float:
-    """The baseline's error rate p most likely to give both windows' counts when the canary's rate
-    is exactly p + ``margin`` (the edge of "no worse than the limit"): the log-likelihood is concave
-    in p, so its slope is found zero by bisection."""
-    def slope(p: float) -> float:
-        g = 0.0
-        for k, n, r in ((base_errors, base_requests, p), (errors, requests, p + margin)):
-            g += (k / r if k else 0.0) - ((n - k) / (1 - r) if n > k else 0.0)
-        return g
-    lo, hi = 0.0, 1.0 - margin
-    if hi <= 0:
-        return 0.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
-    return (lo + hi) / 2
-
-
-def chance_of_as_many_more_errors(errors: int, requests: int, base_errors: int, base_requests: int,
-                                  margin: float) -> float:
-    """How often a canary whose true error rate is exactly ``margin`` above its baseline's would
-    show an error rate at least this much above the baseline's observed one, both windows counted
-    with their noise: P(Xc/nc - Xb/nb >= kc/nc - kb/nb) with Xc ~ Binomial(nc, p + margin) and Xb
-    ~ Binomial(nb, p), p the baseline rate most likely under that edge (``_restricted_rate``; an
-    exact tail at an estimated rate, Lloyd's "E" test). A baseline of 20 requests without an error
-    says its rate is below about 14%, not 0."""
-    p = _restricted_rate(errors, requests, base_errors, base_requests, margin)
-    lo_c, pmf_c = _binomial_pmf(requests, min(1.0, p + margin))
-    tail_c, acc = [0.0] * (len(pmf_c) + 1), 0.0          # tail_c[i] = P(Xc >= lo_c + i)
-    for i in range(len(pmf_c) - 1, -1, -1):
-        acc += pmf_c[i]
-        tail_c[i] = acc
-    lo_b, pmf_b = _binomial_pmf(base_requests, p)
-    total = 0.0
-    for i, w in enumerate(pmf_b):
-        xb = lo_b + i
-        # Xc / nc - xb / nb >= kc / nc - kb / nb, in integers: Xc * nb >= kc * nb + nc * (xb - kb)
-        need = -(-(errors * base_requests + requests * (xb - base_errors)) // base_requests)
-        at = need - lo_c
-        total += w * (1.0 if at <= 0 else tail_c[at] if at < len(tail_c) else 0.0)
-    return min(total, 1.0)
 
 
 def _errors_beyond_chance(canary: Window, baselines: dict[str, Window], bound: float, margin: float) -> bool:
@@ -860,67 +382,3 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     lat += f", p95 at most {_ms(p95[1])}" if p95 is not None and math.isfinite(p95[1]) else ""
     return Verdict(host, "passed", f"canary {host}: {err}{lat}: passed", (), measurements)
 
-
-# --- reading a host ------------------------------------------------------------------------
-class PageTooLarge(ValueError):
-    """The page passed ``MAX_PAGE_BYTES``: most likely many model names that clients asked for."""
-
-
-def _read_page(url: str, timeout: float) -> bytes:
-    """The whole page or OSError / ValueError: at most ``MAX_PAGE_BYTES``, within about
-    ``timeout`` seconds in all (each read waits at most ``timeout``), never a page cut short."""
-    import http.client
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
-            expected = resp.headers.get("Content-Length")
-            chunks, size = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the page did not arrive within {timeout:g}s")
-                chunk = resp.read1(64 * 1024)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_PAGE_BYTES:
-                    raise PageTooLarge(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
-                chunks.append(chunk)
-    except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
-        raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
-    body = b"".join(chunks)
-    if expected is not None and expected.strip().isdigit() and len(body) != int(expected):
-        raise ValueError(f"the page was cut off ({len(body)} of {int(expected)} bytes)")
-    if body and not body.endswith(b"\n"):
-        raise ValueError("the page was cut off (it does not end with a new line)")
-    return body
-
-
-def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Snapshot:
-    """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters, stamped with when
-    (the middle of the read: a window's length is the difference); one-line UserError."""
-    import urllib.error
-
-    started = time.monotonic()
-    try:
-        text = _read_page(url, timeout).decode("utf-8", "replace")
-    except PageTooLarge as exc:
-        # TF Serving keeps a request_count line for every model name a request named, a 404 too
-        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}; TF Serving keeps a "
-                        f"request_count line for every model name any client has asked for, unknown ones too, "
-                        f"until it restarts): restart TF Serving on {host_name} to clear them (or deploy "
-                        f"with --bake 0), and let only known model names reach its REST port") from None
-    except urllib.error.HTTPError as exc:
-        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
-                        f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "
-                        f"in the hosts file, or deploy with --bake 0") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}); start TF Serving "
-                        f"with --monitoring_config_file enabling prometheus_config, set metrics_url in the "
-                        f"hosts file, or deploy with --bake 0") from None
-    at = (started + time.monotonic()) / 2
-    try:
-        return dataclasses.replace(parse(text, model), at=at)
-    except UserError as exc:
-        raise UserError(f"{host_name}: {url}: {exc.message}") from None

@@ -7,7 +7,7 @@ waits until the window since ``start`` is at least ``bake`` seconds (the canary'
 equal to the bake or longer) and scrapes the hosts about to switch — a judged host whose new
 version was smoke-tested through its main entry in the prepare phase (``smoke_main``: loaded
 there already) was also read just before and just after that smoke test, and the stretch in
-between is left out of its "before" window (``bake.window_outside``: its error and latency
+between is left out of its "before" window (``metrics_windows.window_outside``: its error and latency
 baselines hold none of the deploy's own requests); ``judge`` scrapes the
 switched hosts and the hosts still on the old version, waits ``bake`` seconds, scrapes again
 and returns one ``bake.Verdict`` per switched host. The numbers are ``bake.judge``'s.
@@ -20,7 +20,7 @@ import time
 from mlops_common import log
 from mlops_common.errors import UserError
 
-from . import bake, cancel, parallel
+from . import bake, cancel, metrics_scrape, metrics_windows, parallel
 
 logger = log.get("sync.canary")
 
@@ -66,16 +66,16 @@ class Baker:
         self.canary = set(canary)
         self.opts = opts
         self.timeout = timeout
-        self.s0: dict[str, bake.Snapshot] = {}
-        self.s1: dict[str, bake.Snapshot] = {}
+        self.s0: dict[str, metrics_windows.Snapshot] = {}
+        self.s1: dict[str, metrics_windows.Snapshot] = {}
         self.unreadable: dict[str, str] = {}
         self.t0 = 0.0
 
-    def _scrape(self, name: str) -> bake.Snapshot:
+    def _scrape(self, name: str) -> metrics_windows.Snapshot:
         host = self.runs[name].host
-        return bake.scrape(name, host.metrics, self.model, timeout=self.timeout)
+        return metrics_scrape.scrape(name, host.metrics, self.model, timeout=self.timeout)
 
-    def _scrape_some(self, names, required=()) -> dict[str, bake.Snapshot]:
+    def _scrape_some(self, names, required=()) -> dict[str, metrics_windows.Snapshot]:
         """Every host of ``names`` read at once, 16 at a time (their windows line up; past 16 hosts
         less exactly); a host in ``required`` must be readable (UserError), any other one is left
         out of the comparison. A host never judged is not read again after a failure (each would
@@ -105,7 +105,7 @@ class Baker:
         for n in self.canary:      # two more reads of a judged host, around a smoke test through its main entry
             self.runs[n].read_metrics = functools.partial(self._read_around_own, n)
 
-    def _read_around_own(self, name: str) -> bake.Snapshot | None:
+    def _read_around_own(self, name: str) -> metrics_windows.Snapshot | None:
         """``name``'s metrics just before or after the deploy's own smoke test through its main
         entry; None (a warning) when they cannot be read: the stretch of the window before the
         switch on that side of the smoke test is then left out with it."""
@@ -135,17 +135,18 @@ class Baker:
         others = []
         for o in old_names:
             if o in s2 and o in s3:
-                w = bake.window(s2[o], s3[o])
+                w = metrics_windows.window(s2[o], s3[o])
                 if w.restarted:
                     logger.warning("%s: TF Serving restarted during the bake (left out of the comparison)", o)
                 else:
                     others.append(w)
-        merged = bake.merge(others) if others else None
+        merged = metrics_windows.merge(others) if others else None
         verdicts = []
         for n in judged:
-            before = bake.window_outside(self.s0[n], self.s1[n], self.own.get(n, [])) if n in self.s0 else None
+            before = (metrics_windows.window_outside(self.s0[n], self.s1[n], self.own.get(n, []))
+                      if n in self.s0 else None)
             if n in self.s0 and before is None:
                 logger.warning("%s: its metrics could not be read around the deploy's smoke test through the "
                                "main entry: its window before the switch is not used", n)
-            verdicts.append(bake.judge(n, bake.window(s2[n], s3[n]), before, merged, self.opts.limits))
+            verdicts.append(bake.judge(n, metrics_windows.window(s2[n], s3[n]), before, merged, self.opts.limits))
         return verdicts

@@ -97,7 +97,7 @@ class HostRun:
         # Serving counts it with live traffic, inside the canary's window before its switch. On a
         # host the bake judges, ``canary.Baker`` sets ``read_metrics`` (the host's metrics page, or
         # None when unreadable), read just before and just after each such smoke test: ``own_marks``,
-        # what the bake leaves out of that window (``bake.window_outside``)
+        # what the bake leaves out of that window (``metrics_windows.window_outside``)
         self.read_metrics: Callable[[], object] | None = None
         self.own_marks: list[tuple[object, object]] = []
         self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,

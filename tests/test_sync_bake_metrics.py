@@ -21,14 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_common.errors import UserError
 from serving_host import metrics as tfs_metrics
-from serving_sync import bake, canary
+from serving_sync import bake, bake_stats, canary, metrics_scrape, metrics_windows
 
 INF = float("inf")
 LIMITS = bake.Limits()          # 1% above the baseline, 1.5x latency, 20 requests
-EMPTY = bake.Snapshot()
+EMPTY = metrics_windows.Snapshot()
 
 
-def _snap(latencies_us, errors: int = 0, health: int = 0) -> bake.Snapshot:
+def _snap(latencies_us, errors: int = 0, health: int = 0) -> metrics_windows.Snapshot:
     """What TF Serving's counters hold after these OK inference requests (µs), ``errors`` failed
     ones and ``health`` status GETs (counted in request_count only: the histogram leaves API="")."""
     cells = [0] * (len(tfs_metrics.LATENCY_BUCKETS) + 1)
@@ -41,11 +41,11 @@ def _snap(latencies_us, errors: int = 0, health: int = 0) -> bake.Snapshot:
     requests = {"OK": float(len(latencies_us) + health)}
     if errors:
         requests["INTERNAL"] = float(errors)
-    return bake.Snapshot(requests, buckets, float(sum(latencies_us)), float(len(latencies_us)))
+    return metrics_windows.Snapshot(requests, buckets, float(sum(latencies_us)), float(len(latencies_us)))
 
 
-def _win(latencies_us, errors: int = 0) -> bake.Window:
-    return bake.window(EMPTY, _snap(latencies_us, errors))
+def _win(latencies_us, errors: int = 0) -> metrics_windows.Window:
+    return metrics_windows.window(EMPTY, _snap(latencies_us, errors))
 
 
 # --- latency: the histogram's resolution ---------------------------------------------------------
@@ -78,9 +78,9 @@ def test_a_tail_regression_breaches_on_the_bucket_bounds():
 
 
 def test_quantile_treats_the_buckets_as_cumulative_even_when_they_are_not():
-    assert bake.quantile(((100.0, 305.0), (1000.0, 300.0), (INF, 305.0)), 0.95) <= 100.0
-    assert bake.quantile_bounds(((1000.0, 50.0), (2000.0, 90.0), (INF, 100.0)), 0.7) == (1000.0, 2000.0)
-    assert bake.quantile_bounds(((1000.0, 50.0), (INF, 100.0)), 0.99) == (1000.0, INF)
+    assert bake_stats.quantile(((100.0, 305.0), (1000.0, 300.0), (INF, 305.0)), 0.95) <= 100.0
+    assert bake_stats.quantile_bounds(((1000.0, 50.0), (2000.0, 90.0), (INF, 100.0)), 0.7) == (1000.0, 2000.0)
+    assert bake_stats.quantile_bounds(((1000.0, 50.0), (INF, 100.0)), 0.99) == (1000.0, INF)
 
 
 def test_a_histogram_with_only_its_open_bucket_has_no_quantile():
@@ -89,9 +89,9 @@ def test_a_histogram_with_only_its_open_bucket_has_no_quantile():
     TF Serving builds whose bucket limits share none, merged) it read 0 ms, and the ledger's
     measurements said the old hosts answered in "p95 0.0 ms"; Prometheus says NaN (fewer than two
     buckets): no value."""
-    assert bake.quantile(((INF, 10.0),), 0.95) is None
-    assert bake.quantile(((10.0, 0.0), (INF, 10.0)), 0.95) == 10.0          # as histogram_quantile
-    merged = bake.merge([_win_with_buckets([1000.0] * 50, [10 * 1.8 ** k for k in range(1, 33)]),
+    assert bake_stats.quantile(((INF, 10.0),), 0.95) is None
+    assert bake_stats.quantile(((10.0, 0.0), (INF, 10.0)), 0.95) == 10.0          # as histogram_quantile
+    merged = metrics_windows.merge([_win_with_buckets([1000.0] * 50, [10 * 1.8 ** k for k in range(1, 33)]),
                          _win_with_buckets([1000.0] * 50, [10 * 2.0 ** k for k in range(1, 30)])])
     assert dict(merged.buckets) == {INF: 100.0}
     assert merged.to_dict()["p95_ms"] is None and merged.to_dict()["p99_ms"] is None
@@ -118,14 +118,14 @@ def _page(model="m", ok=5, predict_us=10_000, gets=600, get_us=300, errors=0, un
 def test_health_checks_are_neither_traffic_nor_latency():
     """600 status GETs at 0.3 ms and 5 predicts at 10 ms: 5 requests (not enough traffic), and
     the latency is the predicts' (the GETs made a 10x slower canary pass at p95 0.3 ms)."""
-    s = bake.parse(_page(), "m")
-    w = bake.window(EMPTY, s)
+    s = metrics_windows.parse(_page(), "m")
+    w = metrics_windows.window(EMPTY, s)
     assert w.requests == 5 and w.mean_ms == pytest.approx(10.0)
     assert bake.judge("web-2", w, None, None, LIMITS).outcome == "low_traffic_passed"
-    slow = bake.window(EMPTY, bake.parse(_page(ok=200, predict_us=10_000), "m"))
-    fast = bake.window(EMPTY, bake.parse(_page(ok=200, predict_us=1_000), "m"))
+    slow = metrics_windows.window(EMPTY, metrics_windows.parse(_page(ok=200, predict_us=10_000), "m"))
+    fast = metrics_windows.window(EMPTY, metrics_windows.parse(_page(ok=200, predict_us=1_000), "m"))
     assert bake.judge("web-2", slow, fast, None, LIMITS).outcome == "breached"
-    errs = bake.window(EMPTY, bake.parse(_page(ok=90, errors=10), "m"))
+    errs = metrics_windows.window(EMPTY, metrics_windows.parse(_page(ok=90, errors=10), "m"))
     assert (errs.requests, errs.errors) == (100, 10)          # 10% of inference, not 10/700
 
 
@@ -134,15 +134,15 @@ def test_a_canary_that_restarted_during_its_bake_is_rolled_back():
     """Counters that go down: TF Serving restarted. 15 errors since then once read as "not enough
     traffic: passed"."""
     s2 = _snap([1000] * 100_000)
-    s3 = bake.Snapshot({"OK": 0.0, "INTERNAL": 15.0}, {}, 0.0, 0.0)
-    w = bake.window(s2, s3)
+    s3 = metrics_windows.Snapshot({"OK": 0.0, "INTERNAL": 15.0}, {}, 0.0, 0.0)
+    w = metrics_windows.window(s2, s3)
     assert w.restarted and (w.requests, w.errors) == (15, 15)
     v = bake.judge("web-2", w, _win([1000] * 5000), _win([1000] * 5000), LIMITS)
     assert v.outcome == "breached" and "restarted during the bake" in v.line
 
 
 def test_a_baseline_that_restarted_is_not_used_and_says_so():
-    restarted = bake.window(_snap([1000] * 500, errors=100), _snap([1000] * 30, errors=20))
+    restarted = metrics_windows.window(_snap([1000] * 500, errors=100), _snap([1000] * 30, errors=20))
     v = bake.judge("web-2", _win([1000] * 95, errors=5), restarted, None, LIMITS)
     assert v.outcome == "breached" and "(restarted, not used)" in v.line
 
@@ -156,13 +156,13 @@ def test_a_wall_clock_step_back_during_a_request_is_not_a_restart():
     s2 = _snap([1000] * 3000)
     s3 = _snap([1000] * 3300 + [-2_000_000])          # 301 more requests, one timed across the step
     assert s3.latency_sum < s2.latency_sum
-    w = bake.window(s2, s3)
+    w = metrics_windows.window(s2, s3)
     assert not w.restarted and (w.requests, w.errors) == (301, 0)
     v = bake.judge("web-2", w, _win([1000] * 300), _win([1000] * 600), LIMITS)
     assert v.passed, v.line
     assert v.measurements["canary"]["mean_ms"] is None      # a sum that went down says no mean
     # a real restart is still one: the counts went down
-    assert bake.window(s3, _snap([1000] * 50)).restarted
+    assert metrics_windows.window(s3, _snap([1000] * 50)).restarted
 
 
 def test_an_old_host_whose_window_sum_went_down_does_not_lower_the_others_mean():
@@ -170,10 +170,10 @@ def test_an_old_host_whose_window_sum_went_down_does_not_lower_the_others_mean()
     request timed across a wall-clock step back) has no mean, but merging the old hosts added its
     sum all the same: one old host's 1.5 s step made the others' mean 1.5 ms for hosts at 4 ms,
     and an identical canary (its own "before" too quiet to use) was rolled back on the mean."""
-    old = [bake.window(_snap([4000] * 1000), _snap([4000] * 1120)) for _ in range(4)]
-    stepped = bake.window(_snap([4000] * 1000), _snap([4000] * 1119 + [-1_500_000]))
+    old = [metrics_windows.window(_snap([4000] * 1000), _snap([4000] * 1120)) for _ in range(4)]
+    stepped = metrics_windows.window(_snap([4000] * 1000), _snap([4000] * 1119 + [-1_500_000]))
     assert stepped.mean_bounds_ms is None and stepped.requests == 120
-    merged = bake.merge(old + [stepped])
+    merged = metrics_windows.merge(old + [stepped])
     assert merged.requests == 600
     lo, hi = merged.mean_bounds_ms
     assert lo <= 4.0 <= hi
@@ -196,10 +196,10 @@ def test_a_latency_sum_below_zero_is_tf_servings_page_all_the_same():
 
     serve(1, -30_000_000)
     serve(1000, 1000)
-    s2 = bake.parse(reg.page(), "m")
+    s2 = metrics_windows.parse(reg.page(), "m")
     assert s2.latency_sum < 0 and s2.latency_count == 1001
     serve(300, 1000)
-    w = bake.window(s2, bake.parse(reg.page(), "m"))
+    w = metrics_windows.window(s2, metrics_windows.parse(reg.page(), "m"))
     assert not w.restarted and w.requests == 300
     lo, hi = w.mean_bounds_ms
     assert lo <= 1.0 <= hi
@@ -214,11 +214,11 @@ def test_the_line_marks_unused_baselines_and_prints_the_threshold_applied():
     assert v.passed and "limit 6.0% (5.0% + 1.0%)" in v.line
 
 
-def _win_with_buckets(latencies_us, limits) -> bake.Window:
+def _win_with_buckets(latencies_us, limits) -> metrics_windows.Window:
     """A window from a TF Serving build whose histogram has ``limits`` (µs) instead of the default."""
     buckets = tuple((le, float(sum(1 for v in latencies_us if v <= le))) for le in (*limits, INF))
     n = float(len(latencies_us))
-    return bake.Window(int(n), 0, buckets, float(sum(latencies_us)), n)
+    return metrics_windows.Window(int(n), 0, buckets, float(sum(latencies_us)), n)
 
 
 def test_old_hosts_with_other_bucket_limits_do_not_hide_a_tail_regression():
@@ -228,12 +228,12 @@ def test_old_hosts_with_other_bucket_limits_do_not_hide_a_tail_regression():
     default = [10 * 1.8 ** k for k in range(33)]
     other = [10 * 2.0 ** k for k in range(30)]
     old = [1000.0] * 1000
-    merged = bake.merge([_win_with_buckets(old, default), _win_with_buckets(old, other)])
+    merged = metrics_windows.merge([_win_with_buckets(old, default), _win_with_buckets(old, other)])
     assert merged.requests == 2000 and dict(merged.buckets) == {10.0: 0.0, INF: 2000.0}   # exact where shared
-    idle = bake.merge([_win_with_buckets(old, default), _win_with_buckets([], other)])   # no observation
-    assert bake.quantile_bounds(idle.buckets, 0.95)[1] < 1200
-    same = bake.merge([_win_with_buckets(old, default), _win_with_buckets(old, default)])
-    assert bake.quantile_bounds(same.buckets, 0.95)[1] < 1200         # one bucket set: as fine as before
+    idle = metrics_windows.merge([_win_with_buckets(old, default), _win_with_buckets([], other)])   # no observation
+    assert bake_stats.quantile_bounds(idle.buckets, 0.95)[1] < 1200
+    same = metrics_windows.merge([_win_with_buckets(old, default), _win_with_buckets(old, default)])
+    assert bake_stats.quantile_bounds(same.buckets, 0.95)[1] < 1200         # one bucket set: as fine as before
     tail = [6000.0 if i % 12 == 0 else 1000.0 for i in range(1000)]
     v = bake.judge("web-2", _win_with_buckets(tail, default), _win_with_buckets(old, default), merged, LIMITS)
     assert v.outcome == "breached" and "p95 latency at least" in v.line, v.line
@@ -319,7 +319,7 @@ def test_a_baseline_with_few_requests_and_no_errors_is_not_taken_for_an_exact_er
         exact = sum(comb(nb, xb) * q ** xb * (1 - q) ** (nb - xb) * comb(nc, xc) * (q + margin) ** xc
                     * (1 - q - margin) ** (nc - xc)
                     for xb in range(nb + 1) for xc in range(nc + 1) if xc * nb - xb * nc >= kc * nb - kb * nc)
-        got = bake.chance_of_as_many_more_errors(kc, nc, kb, nb, margin)
+        got = bake_stats.chance_of_as_many_more_errors(kc, nc, kb, nb, margin)
         assert got == pytest.approx(exact, rel=1e-3), (kc, nc, kb, nb, margin, got, exact)
 
 
@@ -334,7 +334,7 @@ def _lognormal_windows(rng, n: int, sigma: float, regression: str = "", median_u
 
     def win(x):
         cum = np.searchsorted(np.sort(x), limits, side="right").astype(float)
-        return bake.Window(len(x), 0, tuple(zip(limits.tolist(), cum.tolist())), float(x.sum()), len(x))
+        return metrics_windows.Window(len(x), 0, tuple(zip(limits.tolist(), cum.tolist())), float(x.sum()), len(x))
 
     before, other, canary = (rng.lognormal(math.log(median_us), sigma, n) for _ in range(3))
     if regression == "tail":
@@ -369,7 +369,8 @@ def test_latency_breaches_are_more_than_chance():
         assert caught >= at_least * 200, (regression, sigma, n, caught)
 
 
-def _lognormal_window(rng, n: int, sigma: float, slower: float = 1.0, median_us: float = 2000.0) -> bake.Window:
+def _lognormal_window(rng, n: int, sigma: float, slower: float = 1.0,
+                      median_us: float = 2000.0) -> metrics_windows.Window:
     """A window of ``n`` requests, lognormal latency (``slower`` times every request), in TF
     Serving's default buckets."""
     import numpy as np
@@ -377,7 +378,7 @@ def _lognormal_window(rng, n: int, sigma: float, slower: float = 1.0, median_us:
     limits = np.array([*tfs_metrics.LATENCY_BUCKETS, INF])
     x = rng.lognormal(math.log(median_us), sigma, n) * slower
     cum = np.searchsorted(np.sort(x), limits, side="right").astype(float)
-    return bake.Window(n, 0, tuple(zip(limits.tolist(), cum.tolist())), float(x.sum()), n)
+    return metrics_windows.Window(n, 0, tuple(zip(limits.tolist(), cum.tolist())), float(x.sum()), n)
 
 
 def test_the_mean_rule_holds_with_a_small_baseline_window():
@@ -432,9 +433,9 @@ def test_chance_of_as_many_above_is_the_hypergeometric_tail():
     for k, mine, above, total in ((3, 20, 3, 60), (4, 50, 5, 150), (10, 300, 12, 900), (2, 10, 9, 30)):
         exact = sum(comb(above, i) * comb(total - above, mine - i) for i in range(k, min(mine, above) + 1)) \
             / comb(total, mine)
-        got = bake.chance_of_as_many_above(k, mine, above, total)
+        got = bake_stats.chance_of_as_many_above(k, mine, above, total)
         assert got == pytest.approx(exact, rel=1e-9) or (k <= above * mine / total and got == 1.0), (k, got, exact)
-    assert bake.requests_for(0.99) == 100 and bake.requests_for(0.95) == 20
+    assert bake_stats.requests_for(0.99) == 100 and bake_stats.requests_for(0.95) == 20
 
 
 def test_chance_of_at_least_is_the_binomial_tail():
@@ -442,10 +443,10 @@ def test_chance_of_at_least_is_the_binomial_tail():
 
     for k, n, p in ((3, 20, 0.01), (8, 100, 0.07), (40, 320, 0.01), (1, 5, 0.5), (2, 10, 0.3)):
         exact = sum(comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
-        got = bake.chance_of_at_least(k, n, p)
+        got = bake_stats.chance_of_at_least(k, n, p)
         assert got == pytest.approx(exact, rel=1e-9) or (k <= n * p and got == 1.0), (k, n, p, got, exact)
-    assert bake.chance_of_at_least(1, 5000, 0.0) == 0.0 and bake.chance_of_at_least(0, 10, 0.1) == 1.0
-    assert bake.chance_of_at_least(10_500, 1_000_000, 0.01) < 1e-5           # large counts: quick, exact enough
+    assert bake_stats.chance_of_at_least(1, 5000, 0.0) == 0.0 and bake_stats.chance_of_at_least(0, 10, 0.1) == 1.0
+    assert bake_stats.chance_of_at_least(10_500, 1_000_000, 0.01) < 1e-5           # large counts: quick, exact enough
 
 
 @pytest.mark.parametrize("errors,ok,limits,says", [
@@ -474,11 +475,11 @@ def test_the_line_shows_enough_decimals_to_tell_the_rate_from_its_limit(errors, 
 ])
 def test_a_page_that_is_not_tf_servings_is_one_line(page, says):
     with pytest.raises(UserError, match=says):
-        bake.parse(page, "m")
+        metrics_windows.parse(page, "m")
 
 
 def test_a_page_without_traffic_yet_is_tf_servings_all_the_same():
-    assert bake.parse(tfs_metrics.serving_registry().page(), "m") == bake.Snapshot()
+    assert metrics_windows.parse(tfs_metrics.serving_registry().page(), "m") == metrics_windows.Snapshot()
 
 
 class _Pages(http.server.BaseHTTPRequestHandler):
@@ -507,7 +508,7 @@ class _Pages(http.server.BaseHTTPRequestHandler):
         if self.mode == "huge":
             self.end_headers()
             chunk = b"# " + b"x" * 65_000 + b"\n"
-            for _ in range(bake.MAX_PAGE_BYTES // len(chunk) + 2):       # just over the cap, then stop
+            for _ in range(metrics_scrape.MAX_PAGE_BYTES // len(chunk) + 2):       # just over the cap, then stop
                 self.wfile.write(chunk)
             return
         self.send_header("Content-Length", str(len(body)))
@@ -529,7 +530,7 @@ def page_server():
 def test_a_whole_page_is_read(page_server):
     _Pages.mode = "whole"
     url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
-    assert bake.window(EMPTY, bake.scrape("web-1", url, "m", timeout=5)).requests == 30
+    assert metrics_windows.window(EMPTY, metrics_scrape.scrape("web-1", url, "m", timeout=5)).requests == 30
 
 
 @pytest.mark.parametrize("mode,says", [("slow", "did not arrive within 1s"), ("cut", "cut off"),
@@ -539,7 +540,7 @@ def test_a_slow_cut_or_huge_page_is_refused_in_time(page_server, mode, says):
     url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
     start = time.monotonic()
     with pytest.raises(UserError, match=says) as e:
-        bake.scrape("web-1", url, "m", timeout=1.0)
+        metrics_scrape.scrape("web-1", url, "m", timeout=1.0)
     assert time.monotonic() - start < 3.0            # a page trickling in held the bake 12 s and more
     assert "web-1: cannot read TF Serving's metrics" in e.value.message
 
@@ -586,19 +587,20 @@ def test_a_page_with_a_newline_in_a_requests_model_name_is_still_read():
     assert 'model_name="a\nb"' in poisoned and '{model_name=\\"m\\",status=\\"OK\\"} 1000000' in poisoned
     with pytest.raises(ValueError):
         list(text_string_to_metric_families(poisoned))
-    w = bake.window(EMPTY, bake.parse(poisoned, "m"))
-    assert bake.parse(poisoned, "m") == bake.parse(clean, "m")
+    w = metrics_windows.window(EMPTY, metrics_windows.parse(poisoned, "m"))
+    assert metrics_windows.parse(poisoned, "m") == metrics_windows.parse(clean, "m")
     assert (w.requests, w.errors, w.latency_count) == (32, 2, 30) and w.mean_ms == pytest.approx(10.0)
-    assert bake.parse(poisoned, "a\nb") == EMPTY          # never a label value holding a newline
+    assert metrics_windows.parse(poisoned, "a\nb") == EMPTY          # never a label value holding a newline
     with pytest.raises(UserError, match="not Prometheus text"):
-        bake.parse(poisoned.replace(f"# TYPE {bake.REQUEST_COUNT} counter\n", ""), "m")   # not TF Serving's
+        # not TF Serving's
+        metrics_windows.parse(poisoned.replace(f"# TYPE {metrics_windows.REQUEST_COUNT} counter\n", ""), "m")
 
 
 def test_a_huge_page_says_what_to_do(page_server):
     _Pages.mode = "huge"
     url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
     with pytest.raises(UserError, match="larger than 16 MB") as e:
-        bake.scrape("web-1", url, "m", timeout=5.0)
+        metrics_scrape.scrape("web-1", url, "m", timeout=5.0)
     assert "every model name any client has asked for" in e.value.message
     assert "restart TF Serving on web-1" in e.value.message and "--bake 0" in e.value.message
 
@@ -621,7 +623,7 @@ def test_the_local_server_poisoned_by_a_newline_in_a_model_name_is_still_scraped
     assert r.status_code == 404
     url = srv.rest_url + "/monitoring/prometheus/metrics"
     assert 'model_name="a\nb"' in requests.get(url, timeout=10).text
-    w = bake.window(EMPTY, bake.scrape("web-1", url, "m", timeout=5))
+    w = metrics_windows.window(EMPTY, metrics_scrape.scrape("web-1", url, "m", timeout=5))
     assert (w.requests, w.errors, w.latency_count) == (3, 0, 3) and w.mean_ms > 0
 
 
@@ -629,7 +631,7 @@ def test_the_local_server_poisoned_by_a_newline_in_a_model_name_is_still_scraped
 DAY = 86_400
 
 
-def _printed_counts(counts: dict[float, int], total_us: float, model: str = "m") -> bake.Snapshot:
+def _printed_counts(counts: dict[float, int], total_us: float, model: str = "m") -> metrics_windows.Snapshot:
     """A host's page after ``counts[us]`` predicts of ``us`` each, summing ``total_us`` (printed to 6
     significant digits, as TF Serving prints it)."""
     limits = [tfs_metrics.format_double(b) for b in tfs_metrics.LATENCY_BUCKETS] + ["+Inf"]
@@ -638,16 +640,17 @@ def _printed_counts(counts: dict[float, int], total_us: float, model: str = "m")
         cells[bisect.bisect_right(tfs_metrics.LATENCY_BUCKETS, us)] += k
     n = sum(counts.values())
     labels = f'model_name="{model}",API="predict",entrypoint="REST"'
-    lines = [f"# TYPE {bake.REQUEST_COUNT} counter", f'{bake.REQUEST_COUNT}{{model_name="{model}",status="OK"}} {n}',
-             f"# TYPE {bake.REQUEST_LATENCY} histogram"]
-    lines += [f'{bake.REQUEST_LATENCY}_bucket{{{labels},le="{le}"}} {sum(cells[:i + 1])}'
+    lines = [f"# TYPE {metrics_windows.REQUEST_COUNT} counter",
+             f'{metrics_windows.REQUEST_COUNT}{{model_name="{model}",status="OK"}} {n}',
+             f"# TYPE {metrics_windows.REQUEST_LATENCY} histogram"]
+    lines += [f'{metrics_windows.REQUEST_LATENCY}_bucket{{{labels},le="{le}"}} {sum(cells[:i + 1])}'
               for i, le in enumerate(limits)]
-    lines += [f"{bake.REQUEST_LATENCY}_sum{{{labels}}} {tfs_metrics.format_double(total_us)}",
-              f"{bake.REQUEST_LATENCY}_count{{{labels}}} {n}"]
-    return bake.parse("\n".join(lines) + "\n", model)
+    lines += [f"{metrics_windows.REQUEST_LATENCY}_sum{{{labels}}} {tfs_metrics.format_double(total_us)}",
+              f"{metrics_windows.REQUEST_LATENCY}_count{{{labels}}} {n}"]
+    return metrics_windows.parse("\n".join(lines) + "\n", model)
 
 
-def _printed(n: int, total_us: float, each_us: float, model: str = "m") -> bake.Snapshot:
+def _printed(n: int, total_us: float, each_us: float, model: str = "m") -> metrics_windows.Snapshot:
     """A host's page after ``n`` predicts summing ``total_us``, all in ``each_us``'s bucket, the
     ``_sum`` printed as TF Serving prints it (``absl::StrCat``: 6 significant digits)."""
     return _printed_counts({each_us: n}, total_us, model)
@@ -658,7 +661,8 @@ def _uptime_windows(uptime_s: float, bake_s: float, rps: float, us: float, canar
     n0, n = int(uptime_s * rps), int(bake_s * rps)
 
     def win(start_n, start_sum, each):
-        return bake.window(_printed(start_n, start_sum, each), _printed(start_n + n, start_sum + n * each, each))
+        return metrics_windows.window(_printed(start_n, start_sum, each),
+                                      _printed(start_n + n, start_sum + n * each, each))
     before = win(n0, n0 * us, us)
     canary = win(n0 + n, (n0 + n) * us, canary_us)
     others = win(n0 + 2 * n, (n0 + 2 * n) * us * 1.0003, us)
@@ -700,14 +704,16 @@ def test_a_real_slowdown_breaches_however_long_the_host_has_been_up(uptime):
 
 
 def test_sum_uncertainty_is_half_a_unit_of_the_sixth_digit():
-    assert bake.sum_uncertainty(0.0) == 0.0
-    assert bake.sum_uncertainty(2.01868e+06) == pytest.approx(5.0)
-    assert bake.sum_uncertainty(1e6) == pytest.approx(5.0) and bake.sum_uncertainty(999_999.0) == pytest.approx(0.5)
-    assert bake.sum_uncertainty(1.03680e+11) == pytest.approx(500_000.0)
+    assert metrics_windows.sum_uncertainty(0.0) == 0.0
+    assert metrics_windows.sum_uncertainty(2.01868e+06) == pytest.approx(5.0)
+    assert metrics_windows.sum_uncertainty(1e6) == pytest.approx(5.0)
+    assert metrics_windows.sum_uncertainty(999_999.0) == pytest.approx(0.5)
+    assert metrics_windows.sum_uncertainty(1.03680e+11) == pytest.approx(500_000.0)
 
 
 # --- a coarse or unmoved baseline sum bounds the comparison, it does not switch it off ------------
-def _host(up_n: int, up_us: float, *windows: dict[float, int], start_sum: float | None = None) -> list[bake.Window]:
+def _host(up_n: int, up_us: float, *windows: dict[float, int],
+          start_sum: float | None = None) -> list[metrics_windows.Window]:
     """Consecutive windows on one host that served ``up_n`` requests of ``up_us`` before the first:
     each window ``{µs: requests}``, read from two pages whose ``_sum`` is printed to 6 digits."""
     counts, total = {up_us: up_n}, up_n * up_us if start_sum is None else start_sum
@@ -717,7 +723,7 @@ def _host(up_n: int, up_us: float, *windows: dict[float, int], start_sum: float 
             counts[us] = counts.get(us, 0) + k
             total += us * k
         nxt = _printed_counts(counts, total)
-        out.append(bake.window(snap, nxt))
+        out.append(metrics_windows.window(snap, nxt))
         snap = nxt
     return out
 
@@ -783,7 +789,7 @@ def test_an_identical_version_passes_against_coarse_and_unmoved_baselines():
             return _host(up, us, *windows, start_sum=up * us * rnd.uniform(0.5, 2))
         before, canary = host(100, 90 * DAY, {us * rnd.uniform(0.99, 1.01): n}, {us * rnd.uniform(0.99, 1.01): n})
         olds = [host(DAY, 90 * DAY, {us * rnd.uniform(0.99, 1.01): n})[0] for _ in range(rnd.randint(1, 3))]
-        others = bake.merge(olds)
+        others = metrics_windows.merge(olds)
         v = bake.judge("web-2", canary, before, others, LIMITS)
         verdicts.append(v)
         coarse_used += v.measurements["mean_compared"] and not (before.mean_known and others.mean_known)
@@ -793,15 +799,15 @@ def test_an_identical_version_passes_against_coarse_and_unmoved_baselines():
 
 
 # --- traffic that fell: a canary that hangs or crawls completes few requests ---------------------------
-def _served(requests: int, at: float = 0.0, seconds: float = 10.0, errors: int = 0) -> bake.Window:
+def _served(requests: int, at: float = 0.0, seconds: float = 10.0, errors: int = 0) -> metrics_windows.Window:
     """A host's window of ``seconds`` (snapshots stamped as ``scrape`` does) with ``requests``."""
     s0 = dataclasses.replace(_snap([1000] * 1000), at=at)
     s1 = dataclasses.replace(_snap([1000] * (1000 + requests - errors), errors=errors), at=at + seconds)
-    return bake.window(s0, s1)
+    return metrics_windows.window(s0, s1)
 
 
-def _old_hosts(*requests: int, seconds: float = 10.0) -> bake.Window:
-    return bake.merge([_served(n, at=100.0, seconds=seconds) for n in requests])
+def _old_hosts(*requests: int, seconds: float = 10.0) -> metrics_windows.Window:
+    return metrics_windows.merge([_served(n, at=100.0, seconds=seconds) for n in requests])
 
 
 def test_a_canary_whose_traffic_fell_breaches_with_its_figures():
@@ -883,15 +889,15 @@ def test_restarted_windows_in_the_traffic_rule():
     """A baseline that restarted counts only since its restart: not used. A canary that restarted
     breaches as before (its own line)."""
     s0, s1 = dataclasses.replace(_snap([1000] * 5000), at=0.0), dataclasses.replace(_snap([1000] * 10), at=10.0)
-    restarted_before = bake.window(s0, s1)
+    restarted_before = metrics_windows.window(s0, s1)
     assert restarted_before.restarted and restarted_before.seconds == 10.0
     v = bake.judge("web-2", _served(3, at=100.0), restarted_before, _old_hosts(150), LIMITS)
     assert v.outcome == "breached" and "vs 150 on the other host;" in v.line and "before its switch" not in v.line
     assert bake.judge("web-2", _served(3, at=100.0), restarted_before, None, LIMITS).outcome == "low_traffic_passed"
-    restarted_old = bake.merge([_served(150, at=100.0), bake.window(s0, s1)])
+    restarted_old = metrics_windows.merge([_served(150, at=100.0), metrics_windows.window(s0, s1)])
     assert restarted_old.restarted
     assert bake.judge("web-2", _served(3, at=100.0), None, restarted_old, LIMITS).outcome == "low_traffic_passed"
-    crashed = bake.window(dataclasses.replace(_snap([1000] * 500), at=100.0),
+    crashed = metrics_windows.window(dataclasses.replace(_snap([1000] * 500), at=100.0),
                           dataclasses.replace(_snap([1000] * 3), at=110.0))
     v = bake.judge("web-2", crashed, _served(160), _old_hosts(150), LIMITS)
     assert v.outcome == "breached" and "restarted during the bake" in v.line
@@ -902,11 +908,11 @@ def test_scrape_stamps_when_the_page_was_read(page_server):
     _Pages.mode = "whole"
     url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
     before = time.monotonic()
-    snap = bake.scrape("web-1", url, "m", timeout=5)
+    snap = metrics_scrape.scrape("web-1", url, "m", timeout=5)
     assert before <= snap.at <= time.monotonic()
 
 
-def _at(latencies_us, at: float, errors: int = 0) -> bake.Snapshot:
+def _at(latencies_us, at: float, errors: int = 0) -> metrics_windows.Snapshot:
     return dataclasses.replace(_snap(latencies_us, errors=errors), at=at)
 
 
@@ -918,14 +924,14 @@ def test_the_deploys_own_requests_before_the_switch_are_not_live_traffic():
     after that smoke test is left out of the window (``own``: what was left out)."""
     s0, pre, post, s1 = _at([1000] * 1000, 0.0), _at([1000] * 1000, 4.0), _at([1000] * 1061, 5.0), \
         _at([1000] * 1061, 11.0)
-    before = bake.window_outside(s0, s1, [(pre, post)])
+    before = metrics_windows.window_outside(s0, s1, [(pre, post)])
     assert (before.requests, before.own, before.to_dict()["own_requests"], before.seconds) == (0, 61, 61, 10.0)
     v = bake.judge("web-2", _served(0, at=100.0), before, _old_hosts(150), LIMITS)
     assert v.outcome == "low_traffic_passed" and v.measurements["traffic"]["before"] == 0.0, v.line
     # live traffic beside them still counts: 160 live + 61 own, the canary answers 3
     s1 = _at([1000] * 1221, 11.0)
-    v = bake.judge("web-2", _served(3, at=100.0), bake.window_outside(s0, s1, [(pre, post)]), _old_hosts(150),
-                   LIMITS)
+    v = bake.judge("web-2", _served(3, at=100.0), metrics_windows.window_outside(s0, s1, [(pre, post)]),
+                   _old_hosts(150), LIMITS)
     assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch (not counting 61 "
                       "during the deploy's own smoke test) and 150 on the other host; traffic fell below 25%: "
                       "rolled back")
@@ -942,20 +948,20 @@ def test_the_window_before_the_switch_leaves_out_exactly_the_deploys_own_smoke_t
     pre = _at([1000] * 500 + live1, 4.0, errors=10)
     post = _at([1000] * 500 + live1 + own, 6.0, errors=10)
     s1 = _at([1000] * 500 + live1 + own + live2, 13.0, errors=12)
-    got = bake.window_outside(s0, s1, [(pre, post)])
-    live = bake.window(_at([1000] * 500, 0.0, errors=7), _at([1000] * 500 + live1 + live2, 11.0, errors=12))
+    got = metrics_windows.window_outside(s0, s1, [(pre, post)])
+    live = metrics_windows.window(_at([1000] * 500, 0.0, errors=7), _at([1000] * 500 + live1 + live2, 11.0, errors=12))
     assert (got.requests, got.errors, got.buckets, got.latency_sum, got.latency_count, got.seconds) == \
         (live.requests, live.errors, live.buckets, live.latency_sum, live.latency_count, live.seconds) == \
         (75, 5, live.buckets, 800 * 30 + 1200 * 40, 70, 11.0)
     assert got.own == 201 and not got.restarted and got.hosts == 1
     assert got.latency_bounds_ms(0.99)[1] <= 2.0 and got.mean_ms < 1.1        # not the smoke test's 90 ms
-    old = bake.window(s0, s1)                                          # what the bake used before
+    old = metrics_windows.window(s0, s1)                                          # what the bake used before
     assert old.latency_bounds_ms(0.95)[0] >= 50.0 and old.error_rate < 0.02 < got.error_rate
     # a read that failed (None): the stretch on that side goes with the smoke test, still exact
-    assert bake.window_outside(s0, s1, [(None, post)]).requests == 42        # post..s1: 40 OK + 2 errors
-    assert bake.window_outside(s0, s1, [(pre, None)]).requests == 33         # s0..pre: 30 OK + 3 errors
-    assert bake.window_outside(s0, s1, [(None, None)]) is None
-    assert bake.window_outside(s0, s1, []) == bake.window(s0, s1)
+    assert metrics_windows.window_outside(s0, s1, [(None, post)]).requests == 42        # post..s1: 40 OK + 2 errors
+    assert metrics_windows.window_outside(s0, s1, [(pre, None)]).requests == 33         # s0..pre: 30 OK + 3 errors
+    assert metrics_windows.window_outside(s0, s1, [(None, None)]) is None
+    assert metrics_windows.window_outside(s0, s1, []) == metrics_windows.window(s0, s1)
     # TF Serving restarted during the smoke test: the window says so
-    restarted = bake.window_outside(s0, s1, [(pre, _at([1000] * 5, 6.0))])
+    restarted = metrics_windows.window_outside(s0, s1, [(pre, _at([1000] * 5, 6.0))])
     assert restarted.restarted

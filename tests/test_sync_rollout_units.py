@@ -10,7 +10,7 @@ import pytest
 from mlops_common.errors import ConfigError, UserError
 from registry.ledger import Entry
 from registry.promotion_rules import previous_production
-from serving_sync import bake, rollout
+from serving_sync import bake, bake_stats, metrics_windows, rollout
 from serving_sync.plan import AVAILABLE, HostObservation, Phase, StepKind, plan_host
 
 M = "digits"
@@ -204,41 +204,42 @@ PAGE = """# TYPE :tensorflow:serving:request_count counter
 
 
 def test_parse_keeps_one_model_and_sums_api_and_entrypoint():
-    s = bake.parse(PAGE, "digits")
+    s = metrics_windows.parse(PAGE, "digits")
     assert s.requests == {"OK": 90, "INVALID_ARGUMENT": 10}
     assert s.buckets == {1000.0: 60, 2000.0: 100, float("inf"): 110}
-    assert bake.parse(PAGE, "nothing-here") == bake.Snapshot()
+    assert metrics_windows.parse(PAGE, "nothing-here") == metrics_windows.Snapshot()
 
 
 def test_parse_refuses_what_is_not_prometheus_text():
     with pytest.raises(UserError, match="not Prometheus text"):
-        bake.parse('{"json": true}\n', "digits")
+        metrics_windows.parse('{"json": true}\n', "digits")
 
 
 def test_window_is_the_difference_and_survives_a_counter_reset():
     # requests: the inference requests answered OK (the histogram's count) plus every error
-    a = bake.Snapshot({"OK": 130.0, "INTERNAL": 1.0}, {1000.0: 50.0, float("inf"): 100.0}, 90_000.0, 100.0)
-    b = bake.Snapshot({"OK": 190.0, "INTERNAL": 5.0}, {1000.0: 60.0, float("inf"): 150.0}, 140_000.0, 150.0)
-    w = bake.window(a, b)
+    a = metrics_windows.Snapshot({"OK": 130.0, "INTERNAL": 1.0}, {1000.0: 50.0, float("inf"): 100.0}, 90_000.0, 100.0)
+    b = metrics_windows.Snapshot({"OK": 190.0, "INTERNAL": 5.0}, {1000.0: 60.0, float("inf"): 150.0}, 140_000.0, 150.0)
+    w = metrics_windows.window(a, b)
     assert (w.requests, w.errors, w.restarted) == (54, 4, False)
     assert dict(w.buckets) == {1000.0: 10.0, float("inf"): 50.0} and w.mean_ms == pytest.approx(1.0)
-    reset = bake.window(b, bake.Snapshot({"OK": 3.0}, {1000.0: 3.0, float("inf"): 3.0}, 600.0, 3.0))
+    restarted = metrics_windows.Snapshot({"OK": 3.0}, {1000.0: 3.0, float("inf"): 3.0}, 600.0, 3.0)
+    reset = metrics_windows.window(b, restarted)
     assert (reset.requests, reset.errors, reset.restarted) == (3, 0, True)     # counts since the restart
 
 
 def test_quantile_matches_prometheus_histogram_quantile():
     buckets = ((1000.0, 50.0), (2000.0, 90.0), (float("inf"), 100.0))
-    assert bake.quantile(buckets, 0.5) == pytest.approx(1000.0)
-    assert bake.quantile(buckets, 0.7) == pytest.approx(1500.0)
-    assert bake.quantile(buckets, 0.99) == pytest.approx(2000.0)      # open top bucket: highest bound
-    assert bake.quantile((), 0.5) is None and bake.quantile(((1.0, 0.0),), 0.5) is None
+    assert bake_stats.quantile(buckets, 0.5) == pytest.approx(1000.0)
+    assert bake_stats.quantile(buckets, 0.7) == pytest.approx(1500.0)
+    assert bake_stats.quantile(buckets, 0.99) == pytest.approx(2000.0)      # open top bucket: highest bound
+    assert bake_stats.quantile((), 0.5) is None and bake_stats.quantile(((1.0, 0.0),), 0.5) is None
 
 
 # --- verdicts ------------------------------------------------------------------------------
 def _w(requests, errors=0, fast=None, slow=0):
     """``requests`` of which ``errors`` failed; latency: ``fast`` under 1 ms, ``slow`` at 50-100 ms."""
     fast = requests - slow if fast is None else fast
-    return bake.Window(requests, errors, ((1000.0, float(fast)), (50_000.0, float(fast)),
+    return metrics_windows.Window(requests, errors, ((1000.0, float(fast)), (50_000.0, float(fast)),
                                           (100_000.0, float(fast + slow)), (float("inf"), float(fast + slow))))
 
 
@@ -299,7 +300,7 @@ def test_the_p95_is_judged_against_the_worse_baseline():
 
 
 def _timed(requests, mean_us):
-    return bake.Window(requests, 0, (), mean_us * requests, requests)
+    return metrics_windows.Window(requests, 0, (), mean_us * requests, requests)
 
 
 def test_a_mean_exactly_at_the_latency_limit_is_not_a_breach():

@@ -1,0 +1,79 @@
+"""Read one host's TF Serving metrics page over HTTP (``scrape``): the bake's only I/O.
+
+The page is read whole, bounded in size (``MAX_PAGE_BYTES``) and in time; a page cut short is
+refused. ``metrics_windows.parse`` reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from mlops_common.errors import UserError
+
+from .metrics_windows import Snapshot, parse
+
+MAX_PAGE_BYTES = 16 * 1024 * 1024
+
+
+class PageTooLarge(ValueError):
+    """The page passed ``MAX_PAGE_BYTES``: most likely many model names that clients asked for."""
+
+
+def _read_page(url: str, timeout: float) -> bytes:
+    """The whole page or OSError / ValueError: at most ``MAX_PAGE_BYTES``, within about
+    ``timeout`` seconds in all (each read waits at most ``timeout``), never a page cut short."""
+    import http.client
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
+            expected = resp.headers.get("Content-Length")
+            chunks, size = [], 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the page did not arrive within {timeout:g}s")
+                chunk = resp.read1(64 * 1024)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_PAGE_BYTES:
+                    raise PageTooLarge(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
+                chunks.append(chunk)
+    except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
+        raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
+    body = b"".join(chunks)
+    if expected is not None and expected.strip().isdigit() and len(body) != int(expected):
+        raise ValueError(f"the page was cut off ({len(body)} of {int(expected)} bytes)")
+    if body and not body.endswith(b"\n"):
+        raise ValueError("the page was cut off (it does not end with a new line)")
+    return body
+
+
+def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Snapshot:
+    """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters, stamped with when
+    (the middle of the read: a window's length is the difference); one-line UserError."""
+    import urllib.error
+
+    started = time.monotonic()
+    try:
+        text = _read_page(url, timeout).decode("utf-8", "replace")
+    except PageTooLarge as exc:
+        # TF Serving keeps a request_count line for every model name a request named, a 404 too
+        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}; TF Serving keeps a "
+                        f"request_count line for every model name any client has asked for, unknown ones too, "
+                        f"until it restarts): restart TF Serving on {host_name} to clear them (or deploy "
+                        f"with --bake 0), and let only known model names reach its REST port") from None
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
+                        f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "
+                        f"in the hosts file, or deploy with --bake 0") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}); start TF Serving "
+                        f"with --monitoring_config_file enabling prometheus_config, set metrics_url in the "
+                        f"hosts file, or deploy with --bake 0") from None
+    at = (started + time.monotonic()) / 2
+    try:
+        return dataclasses.replace(parse(text, model), at=at)
+    except UserError as exc:
+        raise UserError(f"{host_name}: {url}: {exc.message}") from None
