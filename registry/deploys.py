@@ -201,7 +201,7 @@ def record_converged(model: str, version: int, hosts: list[tuple[str, int | None
     where ``version`` says deployed from before but the ledger has not seen the rollback rolled
     out), record it now and return True; otherwise write nothing (deploying twice changes nothing)
     and return False. ``unless()``, asked only when it would record: write nothing, return None
-    (the deploy's reason not to: ``fleet.unjudged_everywhere``)."""
+    (the deploy's reason not to: ``rollout_decision.unjudged_everywhere``)."""
     rows = DeployLedger(model)
     if status(model, version) == DEPLOYED and rows.rollback_in_rollout(version) is None:
         return False

@@ -2,26 +2,30 @@
 
 The rollout is a state machine (docs/architecture.md, "Rollout"):
 
-1. Resolve the version (``production`` or ``--version N``), open every host and take every
-   host's lock (base-directory order). Observe every host and plan (``plan.plan_host``); if every host is
-   up to date, stop: nothing is downloaded, written or reloaded (``registry.deploys`` records a
-   deploy that an earlier, killed run did not).
+1. Resolve the version (``production`` or ``--version N``: ``resolve``), open every host and
+   take every host's lock (base-directory order). Observe every host and plan
+   (``fleet_plan.observe_and_plan``, ``plan.plan_host``); if every host is up to date, stop:
+   nothing is downloaded, written or reloaded (``registry.deploys`` records a deploy that an
+   earlier, killed run did not).
 2. With ``--bake S``: read every changing host's TF Serving metrics (``canary.Baker``); a canary
    whose metrics cannot be read is refused before anything changes. Download what the plans need.
 3. PREPARE, every host in parallel (``--parallel N``): publish, validation entry, smoke test. No
    main entry, label or unversioned route changes. A failure on any host puts every host back.
-4. SWITCH, wave by wave (``rollout.shape``): the canary first, judged on its live traffic for
-   ``--bake`` seconds against itself before the switch and the hosts still on the old version,
-   then the other waves in parallel. A failure or a breach anywhere puts every switched host
-   back (``HostRun.restore``), moves ``production`` back (``registry.promotion.revert_failed_deploy``,
-   unless nothing says the version is to blame: a failed upload, a lost connection, an
-   interrupt), tags the version and raises ``DeployFailed`` (exit 3) saying why: all of that is
-   ``deploy_failure`` (``fail``, ``or_put_back``).
-5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention (``--parallel`` hosts at once).
+4. SWITCH, wave by wave (``rollout_decision.rollout_for``, ``rollout.shape``): the canary first,
+   judged on its live traffic for ``--bake`` seconds against itself before the switch and the
+   hosts still on the old version, then the other waves in parallel. A failure or a breach
+   anywhere puts every switched host back (``HostRun.restore``), moves ``production`` back
+   (``registry.promotion.revert_failed_deploy``, unless nothing says the version is to blame: a
+   failed upload, a lost connection, an interrupt), tags the version and raises ``DeployFailed``
+   (exit 3) saying why: all of that is ``deploy_failure`` (``fail``, ``or_put_back``).
+5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention (``--parallel`` hosts at once):
+   ``deploy_retention``.
+
+This module runs the states; what it asks of others lives in their modules (``sync plan`` shows
+the same OBSERVE and rollout decision through ``fleet_plan.plan_fleet``, changing nothing).
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 import threading
@@ -31,22 +35,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import faultpoint, log
-from mlops_common.errors import ConfigError, NotFoundError, UserError, reworded
+from mlops_common.errors import ConfigError, UserError
 from registry import deploys
 
-from . import cancel, parallel, retention, rollout, verified
+from . import cancel, deploy_retention, parallel, rollout
 from . import manifest as mf
 from .canary import Baker, CanaryFailed
 from .connections import Heartbeat, connected, locked
 from .deploy_failure import fail, not_the_versions_fault, or_put_back
-from .errors import ProductionMoved, ProductionNotExpected
+from .errors import ProductionMoved
+from .fleet_plan import observe_and_plan
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun
 from .hosts import base_key
-from .observe import observe_settled
 from .options import DeployOptions
-from .plan import Phase, peak_copies, peak_memory, plan_host
-from .store import StoreCopies, host_uses, retire, s3_host_note
+from .plan import Phase
+from .resolve import expected_production, resolve_version
+from .rollout_decision import rollout_for, unjudged_everywhere, unjudged_hosts
+from .store import StoreCopies, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -92,30 +98,6 @@ class FleetResult:
         return now
 
 
-def resolve_version(model: str, version: int | None) -> tuple[int, str]:
-    """The version to deploy: ``--version N`` (must exist) or the one holding ``production``."""
-    from registry import versions
-
-    if version is not None:
-        return versions.get_version(model, version).version, "--version"
-    v = versions.production_version(model)
-    if v is None:
-        raise NotFoundError(f"no version of '{model}' holds the production alias; promote one first "
-                            f"(mlops registry promote --version N) or pass --version N")
-    return v, "production"
-
-
-def expected_production(model: str, production: int, expect: int | None) -> None:
-    """``--expect-version N``: a CI job deploys the version it promoted or nothing. Production may
-    have moved since (a rollback, or an earlier deploy of N that failed and moved it back, so a
-    rerun of the job would find every host up to date on the old version and pass)."""
-    if expect is not None and production != expect:
-        raise ProductionNotExpected(f"production of '{model}' is v{production}, not v{expect} (--expect-version): "
-                                    f"it moved after v{expect} was promoted (a rollback, or a failed deploy of "
-                                    f"v{expect} moved it back: see `mlops registry history`); nothing was deployed",
-                                    now=production)
-
-
 class _Lazy:
     """The bundle / golden set, fetched once and only if a step needs it."""
 
@@ -139,176 +121,6 @@ class _Lazy:
         return self._golden
 
 
-def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
-    def observe(c):
-        try:
-            return observe_settled(c.host, c.transport, c.client, model, label=opts.label, timeout=opts.timeout,
-                                   interval=opts.poll_interval)
-        except UserError as exc:     # in a fleet, which host: TF Serving's address alone does not say
-            if c.host.name in exc.message:
-                raise
-            raise reworded(exc, f"{c.host.name}: {exc.message}") from None
-
-    observed = parallel.map_ordered(observe, conns, workers=opts.parallel, name="observe")
-    plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
-                       fast=opts.fast, rollback_to=rollback_to) for o in observed]
-    return observed, plans
-
-
-@dataclass
-class FleetPlan:
-    model: str
-    version: int
-    source: str
-    plans: list = field(default_factory=list)        # plan.HostPlan per reachable host
-    errors: dict = field(default_factory=dict)       # host name -> one-line error
-    rollout: dict = field(default_factory=dict)      # rollout.Shape of the hosts that change
-    bake: dict = field(default_factory=dict)         # seconds, each_wave, limits
-    peak: dict = field(default_factory=dict)         # host -> {"copies": [v...], "bytes": int | None}
-    restore: dict | None = None                      # a restore after a rollback (see decide_rollout)
-
-    @property
-    def up_to_date(self) -> bool:
-        return not self.errors and all(p.up_to_date for p in self.plans)
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "version": self.version, "source": self.source,
-                "up_to_date": self.up_to_date, "hosts": [p.to_dict() for p in self.plans],
-                "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak,
-                "restore": self.restore}
-
-
-def plan_fleet(model: str, hosts, *, version: int | None = None,
-               opts: DeployOptions = DeployOptions(), annotate: bool = True) -> FleetPlan:
-    """What ``deploy`` would do on each host, changing nothing (no lock, no write).
-    ``annotate`` False (each ``sync watch`` pass): whether each host is up to date and its steps,
-    without what only ``sync plan`` shows (peak memory from the artifact listing and the hosts'
-    manifests, retention's rollback target, the rollout) — MLflow requests a pass need not make."""
-    v, source = resolve_version(model, version)
-    fp = FleetPlan(model, v, source)
-    new_size = deploys.saved_model_size(model, v) if annotate else None
-    rollback_to, unknown = None, None
-    if annotate:
-        try:     # what the deploy's retention keeps on every host (read there after the switch)
-            rollback_to = deploys.DeployLedger(model).rollback_target()
-        except UserError as exc:
-            unknown = exc.message
-    def one(host):
-        """This host's plan and peak memory; a host that cannot be observed raises UserError."""
-        with connected([host]) as conns:
-            (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
-            if not annotate:
-                return p, None
-            copies = peak_copies(o.obs, v, fast=opts.fast)
-            sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
-        if sizes.get(v) is None:
-            sizes[v] = new_size
-        extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
-        if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
-            extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
-        if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
-            p = dataclasses.replace(p, retention=())
-            extra.append(f"retention removes nothing: where production would roll back to is unknown "
-                         f"({unknown})")
-        p = dataclasses.replace(p, notes=p.notes + tuple(extra))
-        return p, {"copies": list(copies), "bytes": peak_memory(copies, sizes),
-                   "sizes": {str(k): s for k, s in sorted(sizes.items())}}
-
-    hosts = list(hosts)
-    # every host at once (at most --parallel): a partition's silent hosts cost one wait, not one each
-    for host, (result, exc) in zip(hosts, parallel.settle(one, hosts, workers=opts.parallel, name="plan")):
-        if isinstance(exc, UserError):
-            fp.errors[host.name] = exc.message
-        elif exc is not None:
-            raise exc
-        else:
-            p, peak = result
-            fp.plans.append(p)
-            if peak is not None:
-                fp.peak[p.host] = peak
-    if not annotate:
-        return fp
-    unjudged = unjudged_hosts(fp.plans, opts, lambda: deploys.DeployLedger(model).rolled_out(v))
-    d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts, unjudged)
-    fp.restore, fp.rollout = d.restore, d.shape.to_dict()
-    fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
-               "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
-    return fp
-
-
-@dataclass(frozen=True)
-class RolloutDecision:
-    """How the changing hosts roll out — one decision for ``sync plan`` and ``sync deploy``, so the
-    plan cannot say other than the deploy does."""
-
-    opts: DeployOptions          # the options in force (a restore unstages them)
-    restore: dict | None         # the rollback this deploy restores from (None: a deploy like any other)
-    shape: rollout.Shape
-
-    @property
-    def bake(self) -> float:
-        """Seconds the canary is judged: 0 when none was asked or there is no canary to judge."""
-        return self.opts.bake if self.shape.bakeable else 0.0
-
-
-def decide_rollout(changing: list[str], opts: DeployOptions, restoring=None,
-                   unjudged: tuple[str, ...] = ()) -> RolloutDecision:
-    """The rollout of ``changing`` hosts (pure). ``restoring``: the ledger row of a rollback to this
-    version, which held production before (``deploys.restoring``).
-
-    Such a deploy restores it: no canary, one wave, no bake, whatever MLOPS_BAKE_SECONDS says — the
-    fleet gets off the version rolled back from as fast as one host's switch, and the prepare phase
-    still checks the restored version on every host before any switches. ``--canary``, ``--wave``
-    or ``--bake`` on the command line (``opts.staged_restore``) keep the staged rollout."""
-    restore = None
-    if _could_restore(changing, opts) and restoring is not None:
-        opts = dataclasses.replace(opts, canary=0, wave=None, bake=0.0, bake_each_wave=False)
-        restore = {"rolled_back_from": restoring.from_version, "reason": restoring.reason}
-        unjudged = ()        # no verdict is asked of a restore (as with --canary 0 or --bake 0)
-    return RolloutDecision(opts, restore, rollout.shape(changing, canary=opts.canary, wave=opts.wave,
-                                                        unjudged=unjudged))
-
-
-def _could_restore(changing: list[str], opts: DeployOptions) -> bool:
-    """Whether a restore would unstage this rollout: two or more hosts change, and no --canary,
-    --wave or --bake asks for the staged one."""
-    return len(changing) >= 2 and not opts.staged_restore
-
-
-def rollout_for(model: str, version: int, changing: list[str], opts: DeployOptions,
-                unjudged: tuple[str, ...] = ()) -> RolloutDecision:
-    """``decide_rollout``, reading the ledger only when a restore could change the answer."""
-    return decide_rollout(changing, opts,
-                          deploys.restoring(model, version) if _could_restore(changing, opts) else None,
-                          unjudged)
-
-
-def unjudged_hosts(plans, opts: DeployOptions, rolled_out) -> tuple[str, ...]:
-    """The hosts already on the version while others still change, when no rollout of it finished
-    (``rolled_out()``, read only then): a deploy stopped between its canary's switch and its
-    verdict left them there, so the next canary is the version's first verdict, even when it is
-    the last host to switch (a restarted watcher, a rerun). Empty without a bake or a canary."""
-    on = tuple(p.host for p in plans if p.up_to_date)
-    if not on or len(on) == len(plans) or opts.bake <= 0 or opts.canary == 0:
-        return ()
-    return () if rolled_out() else on
-
-
-def unjudged_everywhere(model: str, v: int, plans, opts: DeployOptions) -> bool:
-    """Every host serves ``v``, which a deploy of it began and nothing judged
-    (``DeployLedger.unjudged``), while a verdict is asked (a bake, a canary not 0, two hosts or
-    more): a resumed rollout's canary is its last host, so a deploy stopped during that bake
-    leaves the whole fleet on ``v`` with no row. Recording it ``deployed`` then
-    (``record_converged``) would roll it out with no verdict. A version the registry says is
-    deployed is not read further; nor is a restore asked, which has no bake (``decide_rollout``:
-    a `sync rollback` killed after its switch is recorded as before)."""
-    if len(plans) < 2 or opts.bake <= 0 or opts.canary == 0 or deploys.status(model, v) == deploys.DEPLOYED:
-        return False
-    if not deploys.DeployLedger(model).unjudged(v):
-        return False
-    return not _could_restore([p.host for p in plans], opts) or deploys.restoring(model, v) is None
-
-
 def _not_to_record(model: str, v: int, source: str, plans, opts: DeployOptions) -> bool:
     """``record_converged``'s ``unless``, asked only when it would record: ``production`` read
     again first (another fleet's failed deploy of ``v`` may have tagged it ``failed`` and moved
@@ -319,17 +131,6 @@ def _not_to_record(model: str, v: int, source: str, plans, opts: DeployOptions) 
         _still_production(model, v, tail="nothing was changed or recorded: rerun `mlops sync deploy`, it "
                                          "installs what production names now")
     return unjudged_everywhere(model, v, plans, opts)
-
-
-def _stored_size(transport, model: str, version: int) -> int | None:
-    """The SavedModel size the host's stored manifest gives (None: not published by us)."""
-    from .publish import read_stored_manifest
-
-    try:
-        m = read_stored_manifest(transport, model, version)
-    except UserError:
-        return None
-    return m.total_size if m is not None else None
 
 
 def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions = DeployOptions(),
@@ -424,7 +225,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
         workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
-            copies = StoreCopies(model, v, uses=_store_uses(conns, plans, v),
+            copies = StoreCopies(model, v, uses=deploy_retention.store_uses(conns, plans, v),
                                  held=frozenset(base_key(c.host.target) for c in conns if c.host.target.scheme == "s3"))
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
@@ -737,10 +538,11 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
         for entry in result.stores:
             entry["retention"] = {"skipped": exc.message}
     else:
-        for run, info in zip(runs, parallel.map_ordered(lambda r: _retention(r, opts, rollback_to), runs,
-                                                         workers=opts.parallel, name="retention")):
+        for run, info in zip(runs, parallel.map_ordered(
+                lambda r: deploy_retention.host_retention(r, opts, rollback_to), runs,
+                workers=opts.parallel, name="retention")):
             run.outcome.retention = info
-        _store_retention(result, runs, opts, rollback_to, copies)
+        deploy_retention.store_retention(result, runs, opts, rollback_to, copies)
     # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
     # (a rollback --to a version whose earlier deploy failed). Last: until it is written, a rerun
     # of the `sync rollback` behind it finishes that rollback instead of rolling back further
@@ -755,90 +557,3 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
         parts.append(f"{o.host} ({was}{kept})")
     result.message = f"deployed v{result.version} of '{result.model}' to {', '.join(parts)}"
 
-
-def _store_uses(conns, plans, v: int) -> dict:
-    """Per store, what each of this deploy's hosts (changed or not) keeps, and ``v`` it pulls:
-    recorded in the store before the upload, so another fleet's clean-up keeps them."""
-    out: dict[str, list] = {}
-    for c, p in zip(conns, plans):
-        if c.host.store is not None:
-            out.setdefault(c.host.store.url, []).append((c.host, _kept_by(p) | {v}))
-    return {url: host_uses(pairs) for url, pairs in out.items()}
-
-
-def _kept_by(plan) -> set[int]:
-    """What a host keeps after its plan: the versions it loads, its previous, other entries' ones."""
-    return ({*plan.final.versions, *plan.held_by_others}
-            | {x for x in (plan.current, plan.previous_kept) if x is not None})
-
-
-def _store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None,
-                     copies: StoreCopies | None = None) -> None:
-    """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``): this
-    deploy's hosts' records are rewritten (the switch done, the version pulled), and every fleet's
-    records in the store are kept."""
-    stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
-    after: dict[str, list] = {}
-    for url, host_versions in ((copies.uses if copies is not None else {}) or {}).items():
-        after[url] = dict(host_versions)
-    for r in runs:
-        if r.host.store is not None:
-            after.setdefault(r.host.store.url, {}).update(
-                host_uses([(r.host, r.plan.final.versions + r.plan.held_by_others
-                            + ((p,) if (p := _host_previous(r.plan)) is not None else ()))]))
-    kept = ({v for r in runs for v in r.plan.final.versions}
-            | {p for r in runs if (p := _host_previous(r.plan)) is not None})
-    if result.stores and result.source != "production":
-        # a store may be shared by fleets (staging and production): a --version deploy removed the
-        # production version another fleet had just uploaded and was pulling (found by a sweep)
-        from registry import versions
-
-        try:
-            if (prod := versions.production_version(result.model)) is not None:
-                kept.add(prod)
-        except UserError as exc:
-            logger.warning("could not read production (%s); nothing removed from the stores this time",
-                           exc.message)
-            for entry in result.stores:
-                entry["retention"] = {"skipped": exc.message}
-            return
-    kept = tuple(sorted(kept))
-    for entry in result.stores:
-        try:
-            entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,
-                                        previous=rollback_to, keep=opts.keep, protected=kept,
-                                        uses=after.get(entry["store"], {}),
-                                        held=copies.held if copies is not None else frozenset())
-        except UserError as exc:   # the deploy succeeded; the next one cleans up
-            logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],
-                           exc.message)
-            entry["retention"] = {"error": exc.message}
-
-
-def _host_previous(plan) -> int | None:
-    """What a host keeps as its previous version: the one kept warm, else the one it served."""
-    return plan.previous_kept if plan.previous_kept is not None else plan.current
-
-
-def _retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
-    plan = run.plan
-    try:
-        run.heartbeat()               # raises at once if the lock's thread found it taken over
-        # a dead deploy's half-written models.config can lie in the base only when its lock was
-        # taken over: list the base then, not on every deploy (over SSH a listing is 4 round trips)
-        lock = run.conn.lock
-        took_over = lock is not None and lock.took_over
-        rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
-                            keep=opts.keep,
-                            protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
-                            + (() if rollback_to is None else (rollback_to,)), config_temps=took_over)
-        if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps:
-            run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
-        retention.apply(run.transport, rp)
-        if rp.remove_versions:
-            verified.forget(run.transport, plan.model, rp.remove_versions)
-        return rp.to_dict()
-    except (UserError, OSError) as exc:   # the deploy succeeded; cleaning up can wait for the next one
-        message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        logger.warning("%s: retention failed (%s); it will be retried by the next deploy", run.host.name, message)
-        return {"error": message}

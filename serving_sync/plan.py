@@ -277,7 +277,7 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     """The steps that make ``obs.host`` serve ``desired`` (empty when it already does).
 
     ``rollback_to``: where the registry would roll back to, which retention keeps on every host
-    (the deploy's ``fleet._retention`` does): the preview must not list it.
+    (the deploy's ``deploy_retention.host_retention`` does): the preview must not list it.
 
     Memory: by default the validation copy is unloaded (``drop_validation``) before the main
     entry loads the version, so a host never holds more than what it serves plus one copy of the

@@ -16,7 +16,7 @@ from typing import Callable
 from mlops_common.errors import DeployFailed, UserError, reworded
 from registry import deploys
 
-from . import fleet, rollout
+from . import fleet, fleet_plan, rollout
 from .cancel import DeployInterrupted
 from .options import DeployOptions
 
@@ -55,7 +55,7 @@ def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> 
         target = to if to is not None else deploys.DeployLedger(model).rollback_target()
         if target is None:
             return
-        fp = fleet.plan_fleet(model, hosts, version=target, opts=opts, annotate=False)
+        fp = fleet_plan.plan_fleet(model, hosts, version=target, opts=opts, annotate=False)
     except UserError:
         return
     if not fp.errors:

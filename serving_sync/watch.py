@@ -245,10 +245,10 @@ class FleetReconciler:
     def __call__(self) -> tuple[str, int | None, str]:
         from mlops_common.errors import DeployFailed
 
-        from . import fleet
+        from . import fleet, fleet_plan
         from .errors import LockHeld, ProductionMoved, ProductionNotExpected
 
-        fp = fleet.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
+        fp = fleet_plan.plan_fleet(self.model, self.hosts, opts=self.opts, annotate=False)
         if fp.errors:
             return "error", fp.version, "; ".join(f"{h}: {e}" for h, e in fp.errors.items())
         if fp.up_to_date:

@@ -165,7 +165,7 @@ def test_a_rollback_stopped_during_its_retention_is_finished_by_a_rerun_not_repe
     The registry move and the deploy run in-process here, retention raising as a kill would stop
     it (and `Promotion.finish()` never called, as when the process died there)."""
     from registry import promotion
-    from serving_sync import fleet
+    from serving_sync import deploy_retention
 
     env = deploy_env
     host = env.add_host("file")
@@ -175,12 +175,12 @@ def test_a_rollback_stopped_during_its_retention_is_finished_by_a_rerun_not_repe
     def killed(*a, **kw):
         raise RuntimeError("killed during retention")
 
-    retention, fleet._retention = fleet._retention, killed
+    retention, deploy_retention.host_retention = deploy_retention.host_retention, killed
     try:
         with pytest.raises(RuntimeError, match="killed during retention"):
             env.deploy()
     finally:
-        fleet._retention = retention
+        deploy_retention.host_retention = retention
     assert env.which(host) == v2 and env.production() == v2
 
     again = env.cli("sync", "rollback", "--reason", "v3 is slow", "--actor", "oncall-bob")

@@ -10,7 +10,7 @@ import pytest
 from mlops.commands import sync_text
 from mlops_common.errors import ConfigError, DeployFailed
 from registry.provenance import Provenance
-from serving_sync import fleet, infra, smoke_hosts, status
+from serving_sync import fleet, fleet_plan, infra, smoke_hosts, status
 from serving_sync import rollback as rb
 from serving_sync.errors import SmokeFailed
 from serving_sync.smoke import Check, SmokeReport
@@ -374,8 +374,8 @@ def test_sync_plan_observes_the_hosts_at_once_and_keeps_their_order(monkeypatch)
             raise UserError("h1: cannot connect")
         return [NS(obs=None)], [NS(host=host.name, up_to_date=False)]
 
-    monkeypatch.setattr(fleet, "resolve_version", lambda model, version: (3, "production"))
-    monkeypatch.setattr(fleet, "connected", contextlib.contextmanager(lambda hosts: (yield list(hosts))))
-    monkeypatch.setattr(fleet, "observe_and_plan", observe_and_plan)
-    fp = fleet.plan_fleet("m", (NS(name=f"h{i}") for i in range(3)), annotate=False)
+    monkeypatch.setattr(fleet_plan, "resolve_version", lambda model, version: (3, "production"))
+    monkeypatch.setattr(fleet_plan, "connected", contextlib.contextmanager(lambda hosts: (yield list(hosts))))
+    monkeypatch.setattr(fleet_plan, "observe_and_plan", observe_and_plan)
+    fp = fleet_plan.plan_fleet("m", (NS(name=f"h{i}") for i in range(3)), annotate=False)
     assert [p.host for p in fp.plans] == ["h0", "h2"] and fp.errors == {"h1": "h1: cannot connect"}

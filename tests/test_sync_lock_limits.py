@@ -217,7 +217,7 @@ def test_retention_removes_nothing_once_the_hosts_lock_was_taken_over(transport)
     leaves every version where it is: the new owner may be loading one of them."""
     from types import SimpleNamespace
 
-    from serving_sync import fleet
+    from serving_sync import deploy_retention
     from serving_sync.options import DeployOptions
 
     for v in (1, 2, 3, 4, 5, 6):
@@ -233,12 +233,12 @@ def test_retention_removes_nothing_once_the_hosts_lock_was_taken_over(transport)
     thief = HostLock(transport, break_lock=ours.info.token, heartbeat_every=0)
     thief.acquire()                       # ours.lost is not set: only the forced heartbeat can tell
     try:
-        info = fleet._retention(run, DeployOptions(keep=1))
+        info = deploy_retention.host_retention(run, DeployOptions(keep=1))
         assert "lost its lock" in info["error"]
         assert sorted(int(p.name) for p in (transport.base / "m").iterdir()) == [1, 2, 3, 4, 5, 6]
         thief.release()
         ours.acquire()                    # the host is ours again: retention removes what keep=1 allows
-        info = fleet._retention(run, DeployOptions(keep=1))
+        info = deploy_retention.host_retention(run, DeployOptions(keep=1))
         assert info["remove_versions"] == [1, 2, 3, 4]
         assert sorted(int(p.name) for p in (transport.base / "m").iterdir()) == [5, 6]
     finally:

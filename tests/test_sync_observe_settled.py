@@ -11,7 +11,7 @@ import pytest
 from serving_sync import host_config
 from serving_sync import models_config as mc
 from serving_sync.errors import ServingTimeout
-from serving_sync.fleet import observe_and_plan
+from serving_sync.fleet_plan import observe_and_plan
 from serving_sync.hosts import Host, Target
 from serving_sync.observe import observe_settled
 from serving_sync.options import DeployOptions

@@ -17,7 +17,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from mlops_common.errors import UserError
-from serving_sync import fleet
+from serving_sync import deploy_retention, fleet
 from serving_sync.options import DeployOptions
 from serving_sync.transports.local import LocalTransport
 
@@ -103,9 +103,9 @@ def test_the_store_keeps_what_the_hosts_keep_when_the_old_version_is_not_kept_wa
     store = NS(url="s3://bucket/p", target=NS(scheme="s3", bucket="bucket", path="p"))
     run = _run(host, desired=4, current=5, previous_kept=None, final=(4,), store=store)
     opts = DeployOptions(keep=1)
-    fleet._retention(run, opts, 3)
-    fleet._store_retention(NS(model=M, version=4, source="production", stores=[{"store": store.url}]), [run],
-                           opts, 3)
+    deploy_retention.host_retention(run, opts, 3)
+    deploy_retention.store_retention(NS(model=M, version=4, source="production", stores=[{"store": store.url}]),
+                                     [run], opts, 3)
     assert _on(host_dir) == [3, 4, 5, 6]         # rollback target, serving, previous, newest
     assert _on(store_dir) == _on(host_dir)       # the store removed 5
 

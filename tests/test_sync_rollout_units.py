@@ -103,8 +103,8 @@ def test_a_fleet_on_a_version_nothing_judged_is_not_recorded_when_a_verdict_is_a
     """Found by review (2026-12-05, ninth stop): a deploy killed during a resumed rollout's bake
     leaves every host on the version with no row; `record_converged` recorded it deployed."""
     from registry import deploys
-    from serving_sync.fleet import unjudged_everywhere
     from serving_sync.options import DeployOptions
+    from serving_sync.rollout_decision import unjudged_everywhere
 
     state = {"status": None, "unjudged": True, "restoring": None}
     monkeypatch.setattr(deploys, "status", lambda m, v: state["status"])
@@ -125,8 +125,8 @@ def test_a_fleet_on_a_version_nothing_judged_is_not_recorded_when_a_verdict_is_a
 
 
 def test_only_a_rollout_nothing_finished_has_unjudged_hosts():
-    from serving_sync.fleet import unjudged_hosts
     from serving_sync.options import DeployOptions
+    from serving_sync.rollout_decision import unjudged_hosts
 
     plans = [SimpleNamespace(host="a", up_to_date=True), SimpleNamespace(host="b", up_to_date=False)]
     asked = []
@@ -457,8 +457,8 @@ def test_a_long_bake_says_it_is_still_baking(monkeypatch):
 def test_one_rollout_decision_for_plan_and_deploy():
     """``sync plan`` and ``sync deploy`` both take the rollout from ``decide_rollout`` (they
     decided it in two places, so the plan could drift from what the deploy does)."""
-    from serving_sync.fleet import decide_rollout
     from serving_sync.options import DeployOptions
+    from serving_sync.rollout_decision import decide_rollout
 
     staged = DeployOptions(bake=30.0)
     d = decide_rollout(["a", "b", "c"], staged)

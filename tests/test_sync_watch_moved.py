@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 
-from serving_sync import fleet, host_run
+from serving_sync import fleet_plan, host_run
 from serving_sync.hosts import load_hosts
 from serving_sync.options import DeployOptions
 from serving_sync.plan import StepKind
@@ -61,7 +61,7 @@ def test_a_recording_pass_whose_production_moved_records_nothing_and_the_next_pa
     env.serves(host, v2)
     assert env.tags(v2).get("deploy_status") in (None, "none")      # left to record
     v3 = env.register("c")
-    plan = fleet.plan_fleet
+    plan = fleet_plan.plan_fleet
 
     def then_promoted(*a, **kw):          # a person promotes v3 after the pass planned (v2, up to date)
         out = plan(*a, **kw)
@@ -69,7 +69,7 @@ def test_a_recording_pass_whose_production_moved_records_nothing_and_the_next_pa
             env.promote(v3)
         return out
 
-    monkeypatch.setattr(fleet, "plan_fleet", then_promoted)
+    monkeypatch.setattr(fleet_plan, "plan_fleet", then_promoted)
     r = FleetReconciler(env.model, load_hosts(), _opts())
     w = Watcher(r, interval=120, max_seconds=100)
     w.reconcile = _stop_after(w, r, 2)

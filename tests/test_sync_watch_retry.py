@@ -1,7 +1,7 @@
 """Which failed versions ``mlops sync watch`` tries again. A failure that does not blame the version
 (the upload, a lost connection or lock, a signal, unreadable canary metrics, the ledger) once made
 the watcher skip that version until production moved; and a version promoted again stayed skipped
-for the life of the watcher. fleet.plan_fleet and fleet.deploy are replaced by scripted stand-ins."""
+for the life of the watcher. fleet_plan.plan_fleet and fleet.deploy are replaced by scripted stand-ins."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlops_common.errors import DeployFailed
-from serving_sync import fleet
+from serving_sync import fleet, fleet_plan
 from serving_sync.fleet import FleetResult
 from serving_sync.watch import FailedVersions, FleetReconciler
 
@@ -22,7 +22,7 @@ class FakeFleet:
     def __init__(self, monkeypatch):
         self.failures: list[FleetResult] = []
         self.deploys = 0
-        monkeypatch.setattr(fleet, "plan_fleet",
+        monkeypatch.setattr(fleet_plan, "plan_fleet",
                             lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=False, version=5))
         monkeypatch.setattr(fleet, "deploy", self.deploy)
 

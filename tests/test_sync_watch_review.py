@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlops_common.errors import ConfigError, DeployFailed, UserError
-from serving_sync import fleet
+from serving_sync import fleet, fleet_plan
 from serving_sync import watch as watch_mod
 from serving_sync.cancel import DeployInterrupted
 from serving_sync.watch import FleetReconciler, Watcher
@@ -35,7 +35,7 @@ from serving_sync.watch import FleetReconciler, Watcher
 def test_hosts_that_serve_production_unrecorded_go_through_deploy_once(monkeypatch):
     deployed = {5: False}
     calls = []
-    monkeypatch.setattr(fleet, "plan_fleet",
+    monkeypatch.setattr(fleet_plan, "plan_fleet",
                         lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
 
     def deploy(model, hosts, **kw):
@@ -55,7 +55,7 @@ def test_recording_is_tried_once_per_version_and_a_refusing_registry_is_not_aske
     """Found in review: with MLflow refusing the tag, every up-to-date pass locked every host,
     wrote the recorded_late rows again and ended in an error."""
     calls = []
-    monkeypatch.setattr(fleet, "plan_fleet",
+    monkeypatch.setattr(fleet_plan, "plan_fleet",
                         lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
 
     def refused(model, hosts, **kw):
@@ -77,7 +77,7 @@ def test_an_unfinished_rollback_is_finished_once_per_rollback_even_to_a_version_
     alone), once — a registry refusing the tag is not asked at every pass — and again for the next."""
     state = {"known": False, "rollback": None}
     calls = []
-    monkeypatch.setattr(fleet, "plan_fleet",
+    monkeypatch.setattr(fleet_plan, "plan_fleet",
                         lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
 
     def deploy(model, hosts, **kw):
@@ -105,7 +105,7 @@ def test_a_signal_while_a_recording_pass_waits_for_a_lock_still_ends_the_watch(m
     UserError of its deploy for "could not be recorded", an interrupt included: a SIGTERM while it
     waited for a host's lock (--lock-wait) became an "up_to_date" pass and the watch went on (exit
     0 with --once), where every other deploy cut by a signal ends it with 130."""
-    monkeypatch.setattr(fleet, "plan_fleet",
+    monkeypatch.setattr(fleet_plan, "plan_fleet",
                         lambda model, hosts, **kw: SimpleNamespace(errors={}, up_to_date=True, version=5))
 
     def interrupted(model, hosts, **kw):
@@ -396,14 +396,14 @@ def test_a_pass_whose_production_moved_before_its_deploy_reports_the_version_it_
     v2 = env.register("b")
     env.promote(v2)
     v3 = env.register("golden_edited")                   # its smoke test fails
-    plan = fleet.plan_fleet
+    plan = fleet_plan.plan_fleet
 
     def then_promoted(*a, **kw):
         out = plan(*a, **kw)
         env.promote(v3)
         return out
 
-    monkeypatch.setattr(fleet, "plan_fleet", then_promoted)
+    monkeypatch.setattr(fleet_plan, "plan_fleet", then_promoted)
     r = FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True),
                         recorded=lambda v: False)
     status, version, message = r()

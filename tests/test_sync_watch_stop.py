@@ -18,7 +18,7 @@ import threading
 import time
 from types import SimpleNamespace
 
-from serving_sync import fleet
+from serving_sync import fleet, fleet_plan
 from serving_sync.watch import FleetReconciler
 from tests.helpers import REPO
 
@@ -31,7 +31,7 @@ def test_a_pass_asked_to_stop_before_its_deploy_does_not_start_one(monkeypatch):
         stopping["now"] = True             # the signal arrives while the pass observes the hosts
         return SimpleNamespace(errors={}, up_to_date=False, version=5)
 
-    monkeypatch.setattr(fleet, "plan_fleet", plan)
+    monkeypatch.setattr(fleet_plan, "plan_fleet", plan)
     monkeypatch.setattr(fleet, "deploy", lambda *a, **kw: calls.append(kw))
     r = FleetReconciler("digits", [], None, recorded=lambda v: False, status_known=lambda v: True,
                         stopping=lambda: stopping["now"])

@@ -362,7 +362,7 @@ def _check_gate_passed(model: str, version: int, *, force: bool, reason: str | N
 
 
 def cmd_plan(args) -> int:
-    from serving_sync.fleet import plan_fleet
+    from serving_sync.fleet_plan import plan_fleet
 
     model = settings.model_name(args.model_name)
     fp = plan_fleet(model, _hosts(args), version=args.version, opts=_deploy_options(args))

@@ -32,7 +32,7 @@ def deploy(result) -> None:
 
 
 def plan(model: str, fp) -> None:
-    """A ``fleet.plan_fleet`` result: the rollout, then each host's steps by phase."""
+    """A ``fleet_plan.plan_fleet`` result: the rollout, then each host's steps by phase."""
     src = "production" if fp.source == "production" else "--version"
     _say(f"plan for v{fp.version} of '{model}' ({src}):")
     for line in rollout_lines(fp):

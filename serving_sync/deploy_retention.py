@@ -1,0 +1,112 @@
+"""Retention after a fleet deploy succeeded (step 5 of ``fleet``'s docstring): each host's old
+versions and leftovers (``retention.plan`` / ``apply``, under the host's lock), and the shared
+stores this deploy uploaded to (``store.retire``) — keeping what every host keeps, and where
+production would roll back to. A failure here fails nothing: the next deploy cleans up.
+
+``store_uses`` is written before the upload: what each host keeps, so another fleet's clean-up
+keeps it too.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlops_common import log
+from mlops_common.errors import UserError
+
+from . import retention, verified
+from .host_run import HostRun
+from .options import DeployOptions
+from .store import StoreCopies, host_uses, retire
+
+if TYPE_CHECKING:
+    from .fleet import FleetResult
+
+logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
+
+
+def store_uses(conns, plans, v: int) -> dict:
+    """Per store, what each of this deploy's hosts (changed or not) keeps, and ``v`` it pulls:
+    recorded in the store before the upload, so another fleet's clean-up keeps them."""
+    out: dict[str, list] = {}
+    for c, p in zip(conns, plans):
+        if c.host.store is not None:
+            out.setdefault(c.host.store.url, []).append((c.host, _kept_by(p) | {v}))
+    return {url: host_uses(pairs) for url, pairs in out.items()}
+
+
+def _kept_by(plan) -> set[int]:
+    """What a host keeps after its plan: the versions it loads, its previous, other entries' ones."""
+    return ({*plan.final.versions, *plan.held_by_others}
+            | {x for x in (plan.current, plan.previous_kept) if x is not None})
+
+
+def store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None,
+                     copies: StoreCopies | None = None) -> None:
+    """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``): this
+    deploy's hosts' records are rewritten (the switch done, the version pulled), and every fleet's
+    records in the store are kept."""
+    stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
+    after: dict[str, list] = {}
+    for url, host_versions in ((copies.uses if copies is not None else {}) or {}).items():
+        after[url] = dict(host_versions)
+    for r in runs:
+        if r.host.store is not None:
+            after.setdefault(r.host.store.url, {}).update(
+                host_uses([(r.host, r.plan.final.versions + r.plan.held_by_others
+                            + ((p,) if (p := _host_previous(r.plan)) is not None else ()))]))
+    kept = ({v for r in runs for v in r.plan.final.versions}
+            | {p for r in runs if (p := _host_previous(r.plan)) is not None})
+    if result.stores and result.source != "production":
+        # a store may be shared by fleets (staging and production): a --version deploy removed the
+        # production version another fleet had just uploaded and was pulling (found by a sweep)
+        from registry import versions
+
+        try:
+            if (prod := versions.production_version(result.model)) is not None:
+                kept.add(prod)
+        except UserError as exc:
+            logger.warning("could not read production (%s); nothing removed from the stores this time",
+                           exc.message)
+            for entry in result.stores:
+                entry["retention"] = {"skipped": exc.message}
+            return
+    kept = tuple(sorted(kept))
+    for entry in result.stores:
+        try:
+            entry["retention"] = retire(stores[entry["store"]], result.model, serving=result.version,
+                                        previous=rollback_to, keep=opts.keep, protected=kept,
+                                        uses=after.get(entry["store"], {}),
+                                        held=copies.held if copies is not None else frozenset())
+        except UserError as exc:   # the deploy succeeded; the next one cleans up
+            logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],
+                           exc.message)
+            entry["retention"] = {"error": exc.message}
+
+
+def _host_previous(plan) -> int | None:
+    """What a host keeps as its previous version: the one kept warm, else the one it served."""
+    return plan.previous_kept if plan.previous_kept is not None else plan.current
+
+
+def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
+    plan = run.plan
+    try:
+        run.heartbeat()               # raises at once if the lock's thread found it taken over
+        # a dead deploy's half-written models.config can lie in the base only when its lock was
+        # taken over: list the base then, not on every deploy (over SSH a listing is 4 round trips)
+        lock = run.conn.lock
+        took_over = lock is not None and lock.took_over
+        rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
+                            keep=opts.keep,
+                            protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
+                            + (() if rollback_to is None else (rollback_to,)), config_temps=took_over)
+        if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps:
+            run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
+        retention.apply(run.transport, rp)
+        if rp.remove_versions:
+            verified.forget(run.transport, plan.model, rp.remove_versions)
+        return rp.to_dict()
+    except (UserError, OSError) as exc:   # the deploy succeeded; cleaning up can wait for the next one
+        message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("%s: retention failed (%s); it will be retried by the next deploy", run.host.name, message)
+        return {"error": message}

@@ -1,0 +1,128 @@
+"""What ``mlops sync deploy`` would do on every host, changing nothing (``mlops sync plan``, each
+``sync watch`` pass): observe every host and plan it (``plan.plan_host``), and the rollout the
+deploy would take (``rollout_decision``). ``observe_and_plan`` is also the deploy's OBSERVE state.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from mlops_common.errors import UserError, reworded
+from registry import deploys
+
+from . import parallel
+from .connections import connected
+from .observe import observe_settled
+from .options import DeployOptions
+from .plan import peak_copies, peak_memory, plan_host
+from .resolve import resolve_version
+from .rollout_decision import rollout_for, unjudged_hosts
+from .store import s3_host_note
+
+
+def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
+    def observe(c):
+        try:
+            return observe_settled(c.host, c.transport, c.client, model, label=opts.label, timeout=opts.timeout,
+                                   interval=opts.poll_interval)
+        except UserError as exc:     # in a fleet, which host: TF Serving's address alone does not say
+            if c.host.name in exc.message:
+                raise
+            raise reworded(exc, f"{c.host.name}: {exc.message}") from None
+
+    observed = parallel.map_ordered(observe, conns, workers=opts.parallel, name="observe")
+    plans = [plan_host(o.obs, version, keep_previous=opts.keep_previous, keep=opts.keep, label=opts.label,
+                       fast=opts.fast, rollback_to=rollback_to) for o in observed]
+    return observed, plans
+
+
+@dataclass
+class FleetPlan:
+    model: str
+    version: int
+    source: str
+    plans: list = field(default_factory=list)        # plan.HostPlan per reachable host
+    errors: dict = field(default_factory=dict)       # host name -> one-line error
+    rollout: dict = field(default_factory=dict)      # rollout.Shape of the hosts that change
+    bake: dict = field(default_factory=dict)         # seconds, each_wave, limits
+    peak: dict = field(default_factory=dict)         # host -> {"copies": [v...], "bytes": int | None}
+    restore: dict | None = None                      # a restore after a rollback (see decide_rollout)
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.errors and all(p.up_to_date for p in self.plans)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "source": self.source,
+                "up_to_date": self.up_to_date, "hosts": [p.to_dict() for p in self.plans],
+                "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak,
+                "restore": self.restore}
+
+
+def plan_fleet(model: str, hosts, *, version: int | None = None,
+               opts: DeployOptions = DeployOptions(), annotate: bool = True) -> FleetPlan:
+    """What ``deploy`` would do on each host, changing nothing (no lock, no write).
+    ``annotate`` False (each ``sync watch`` pass): whether each host is up to date and its steps,
+    without what only ``sync plan`` shows (peak memory from the artifact listing and the hosts'
+    manifests, retention's rollback target, the rollout) — MLflow requests a pass need not make."""
+    v, source = resolve_version(model, version)
+    fp = FleetPlan(model, v, source)
+    new_size = deploys.saved_model_size(model, v) if annotate else None
+    rollback_to, unknown = None, None
+    if annotate:
+        try:     # what the deploy's retention keeps on every host (read there after the switch)
+            rollback_to = deploys.DeployLedger(model).rollback_target()
+        except UserError as exc:
+            unknown = exc.message
+    def one(host):
+        """This host's plan and peak memory; a host that cannot be observed raises UserError."""
+        with connected([host]) as conns:
+            (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
+            if not annotate:
+                return p, None
+            copies = peak_copies(o.obs, v, fast=opts.fast)
+            sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
+        if sizes.get(v) is None:
+            sizes[v] = new_size
+        extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
+        if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
+            extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
+        if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
+            p = dataclasses.replace(p, retention=())
+            extra.append(f"retention removes nothing: where production would roll back to is unknown "
+                         f"({unknown})")
+        p = dataclasses.replace(p, notes=p.notes + tuple(extra))
+        return p, {"copies": list(copies), "bytes": peak_memory(copies, sizes),
+                   "sizes": {str(k): s for k, s in sorted(sizes.items())}}
+
+    hosts = list(hosts)
+    # every host at once (at most --parallel): a partition's silent hosts cost one wait, not one each
+    for host, (result, exc) in zip(hosts, parallel.settle(one, hosts, workers=opts.parallel, name="plan")):
+        if isinstance(exc, UserError):
+            fp.errors[host.name] = exc.message
+        elif exc is not None:
+            raise exc
+        else:
+            p, peak = result
+            fp.plans.append(p)
+            if peak is not None:
+                fp.peak[p.host] = peak
+    if not annotate:
+        return fp
+    unjudged = unjudged_hosts(fp.plans, opts, lambda: deploys.DeployLedger(model).rolled_out(v))
+    d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts, unjudged)
+    fp.restore, fp.rollout = d.restore, d.shape.to_dict()
+    fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
+               "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
+    return fp
+
+
+def _stored_size(transport, model: str, version: int) -> int | None:
+    """The SavedModel size the host's stored manifest gives (None: not published by us)."""
+    from .publish import read_stored_manifest
+
+    try:
+        m = read_stored_manifest(transport, model, version)
+    except UserError:
+        return None
+    return m.total_size if m is not None else None
