@@ -33,7 +33,11 @@ The deploy orchestration on top (observe -> plan -> act):
 - ``canary``         the bake: read the hosts' metrics around a switch and judge each switched host
 - ``store``          a shared S3 store: upload a version once, hosts pull it with presigned URLs
 - ``fleet``          the rollout: prepare every host in parallel, switch a canary, bake, then waves,
-                     all-new or all-old; registry, ledger, retention
+                     all-new or all-old (the state machine)
+- ``resolve``        which version a deploy installs (``production`` or ``--version N``)
+- ``fleet_plan``     observe every host and plan it, changing nothing (also ``mlops sync plan``)
+- ``rollout_decision`` canary, waves and bake for the hosts that change, or a restore at once (pure)
+- ``deploy_retention`` after a deploy that succeeded: each host's and the store's retention
 - ``deploy_failure`` what a failed rollout does: put every host back, move ``production`` back when
                      the version is to blame, tag it, one message
 - ``connections``    open every host and take every lock (fixed order, bounded wait)
