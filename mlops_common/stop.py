@@ -68,10 +68,10 @@ def signalled(name: str) -> bool:
         ask(name)
         return True
     block = _blocks[-1]
+    n, block.signals = block.signals, block.signals + 1
     if block.at_once():
         ask(name)
         return True
-    n, block.signals = block.signals, block.signals + 1
     if n < len(block.first):
         block.first[n](name)
         return False
