@@ -39,7 +39,7 @@ DEFAULT_NUM_THREADS = 4 * (os.cpu_count() or 1)  # server.h: 4.0 * port::NumSche
 DEFAULT_SOCKET_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 1024
-MAX_HEAD_BYTES = 65536 + 100 * 8192  # request line + headers, as http.server's own limits
+MAX_HEAD_BYTES = 65536 + 100 * 8192  # request line + headers, as http.server's own limits; a chunked trailer too
 KEEPALIVE_WAIT = 0.002  # seconds a worker with nothing queued waits for a keep-alive's next request
 ACCEPT_PAUSE = 0.1  # seconds the listening socket is not watched after an accept failure with nothing to evict
 ACCEPT_LOG_INTERVAL = 60.0  # seconds between two "accept failed" lines
@@ -124,8 +124,7 @@ class _Body:
                 continue
             size = _chunk_size(line)
             if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
+                self._skip_trailer()
                 return b"".join(chunks)
             total += size
             if total > self.limit:
@@ -133,6 +132,18 @@ class _Body:
                 raise BodyTooLarge()
             chunks.append(self.rfile.read(size))
             self.rfile.readline(3)
+
+    def _skip_trailer(self) -> None:
+        """The trailer after the last chunk, up to its empty line, bounded as the head is: libevent
+        parses it with ``evhttp_parse_headers_`` against the connection's ``max_headers_size``, and
+        one over it is DATA_TOO_LONG, answered 413 (``evhttp_read_trailer``). TF Serving leaves that
+        unlimited (its event loop holds no thread while it reads); here the bound is the head's,
+        ``MAX_HEAD_BYTES``, so a trailer that never ends cannot hold a worker."""
+        size = 0
+        while (line := self.rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+            size += len(line)
+            if size > MAX_HEAD_BYTES:
+                raise BodyTooLarge()
 
 
 # evhttp_uri_parse (libevent 2.1.12 http.c, flags 0: RFC 3986 conformant), as TF Serving's

@@ -7,6 +7,7 @@ timeout (2 s), and each ends by showing the server still answers a normal predic
 - a 57 MiB POST to an unknown model: 404 with TF Serving's JSON error, the body never read
   (the server's RSS, from /proc, grows by less than 24 MiB);
 - a body over ``--rest_api_max_body_bytes``: libevent's 413 page at once, nothing read;
+- a chunked trailer that never ends: libevent's 413 page once it is over the head's bound;
 - JSON nested too deep and integers/floats too large: 400 ``{ "error": ... }``, never 500;
 - echoed input in error messages is cut;
 - many silent and slow-header connections (more than the workers) do not stop normal
@@ -130,6 +131,43 @@ def test_chunked_body_over_the_limit_is_413(server):
     head = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
     reply = _raw_request(server, head, b"%x\r\n" % (MAX_BODY + 1) + b"{")
     assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
+    _still_serves(server)
+
+
+def test_a_chunked_trailer_that_never_ends_is_413_and_frees_the_worker(server):
+    """A client sending trailer lines after the last chunk for ever (found by review: they were
+    read without a bound, holding a worker): cut as libevent cuts a trailer over max_headers_size,
+    with its 413, once the trailer is over the head's bound (MAX_HEAD_BYTES, under 1 MiB)."""
+    head = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'14\r\n{"instances": [1.0]}\r\n0\r\n')
+    line = b"X-Trailer: " + b"a" * 1000 + b"\r\n"
+    budget, sent, answered = 8 * 1024 * 1024, 0, False   # bounded in bytes and in time
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as s:
+        s.sendall(head)
+        s.setblocking(False)
+        deadline = time.monotonic() + 10
+        with selectors.DefaultSelector() as sel:
+            sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while sent < budget and time.monotonic() < deadline:
+                events = sel.select(timeout=max(0.0, deadline - time.monotonic()))
+                if any(mask & selectors.EVENT_READ for _, mask in events):
+                    answered = True      # the server answered or closed
+                    break
+                if events:
+                    try:
+                        sent += s.send(line * 16)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:      # reset: the server closed
+                        answered = True
+                        break
+        assert answered, f"the server still read the trailer after {sent} bytes"
+        s.settimeout(SOCKET_TIMEOUT + 3)
+        try:
+            reply = s.recv(65536)
+        except ConnectionResetError:
+            reply = b""
+    assert reply.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), reply[:200]
     _still_serves(server)
 
 
