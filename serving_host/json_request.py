@@ -16,6 +16,7 @@ import numpy as np
 
 from serving_host.json_text import debug_text, json_type, json_value_error
 from serving_host.status import ServingError, invalid_argument
+from serving_host.tensors import shape_text
 from serving_host.tf_dtypes import (
     DT_BOOL,
     DT_DOUBLE,
@@ -198,10 +199,6 @@ def _to_array(values: list, shape: list[int], dt: int) -> np.ndarray:
     return np.asarray(values, dtype=np_type).reshape(shape)
 
 
-def _shape_text(shape: list[int]) -> str:
-    return "[" + ",".join(str(d) for d in shape) + "]"
-
-
 def _tensor(v, dt: int) -> tuple[list, list[int]]:
     shape = dense_shape(v)
     values = _plain_numbers(v, dt, shape)
@@ -261,8 +258,8 @@ def tensors_from_instances(instances: list, input_dtypes: dict[str, int]) -> dic
         elif sizes[name] != len(vals):
             raise invalid_argument(f"Expecting tensor size: {sizes[name]} but got: {len(vals)}")
         elif shapes[name] != shape:
-            raise invalid_argument(f"Expecting shape {_shape_text(shapes[name])} but got: "
-                                   f"{_shape_text(shape)}")
+            raise invalid_argument(f"Expecting shape {shape_text(shapes[name])} but got: "
+                                   f"{shape_text(shape)}")
         values.setdefault(name, []).extend(vals)
 
     for i, elem in enumerate(instances):

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 from serving_host import config as cfg
 from serving_host import policy as pol
-from serving_host import servable as servable_mod
-from serving_host import warmup
+from serving_host import saved_model_loader, warmup
 from serving_host.servable import Servable
 from serving_host.status import CODES, ServingError, invalid_argument, not_found
 from serving_host.versions import aspired, discover, missing_specific
@@ -563,7 +562,7 @@ class Manager:
         """``BasicManager::ApproveLoad``: reserve the version's resources before it loads, which
         walks its folder (``model_disk_size``), retried as a load is; a failure is the version's
         END without a load (and without LOADING), its text wrapped as ReserveResources wraps it."""
-        _, error = self._retried(name, h, "resource reservation", lambda: servable_mod.model_disk_size(h.path))
+        _, error = self._retried(name, h, "resource reservation", lambda: saved_model_loader.model_disk_size(h.path))
         if error is None:
             return None
         return ServingError(error.code, f"Error while attempting to reserve resources to load servable "
@@ -607,7 +606,7 @@ class Manager:
             if self.enable_model_warmup:
                 warmup.run(servable, h.path, model_name=name, version=h.version,
                            num_request_iterations_for_warmup=self.num_request_iterations_for_warmup)
-            servable_mod.model_disk_size(h.path)    # SimpleLoader's post-load estimate, part of the load
+            saved_model_loader.model_disk_size(h.path)    # SimpleLoader's post-load estimate, part of the load
         except BaseException:
             servable.close()
             raise

@@ -293,6 +293,20 @@ def test_a_label_before_any_model_list_is_unavailable_as_tf_serving_answers(tmp_
 F, S, I64, I32, B = tf_dtypes.DT_FLOAT, tf_dtypes.DT_STRING, tf_dtypes.DT_INT64, tf_dtypes.DT_INT32, tf_dtypes.DT_BOOL
 
 
+def test_dtype_names_are_tensorflows_for_every_datatype():
+    """The one ``dtype_name`` (the JSON rules' and the session run's) is DataTypeString for every
+    DataType, the newer ones and the references too: a float8 input's JSON refusal named
+    ``type_24`` where TF Serving says float8_e5m2."""
+    from tensorflow.core.framework import types_pb2
+
+    for name, number in types_pb2.DataType.items():
+        if number:
+            assert tf_dtypes.dtype_name(number) == name.removeprefix("DT_").lower()
+    with pytest.raises(ServingError) as e:
+        json_request.tensors_from_inputs([1.0], {"x": types_pb2.DT_FLOAT8_E5M2})
+    assert (e.value.code, e.value.message) == ("UNIMPLEMENTED", "Conversion of JSON Value: 1.0 to type: float8_e5m2")
+
+
 def test_row_format_batches_instances():
     t = json_request.tensors_from_instances([[1.0, 2.0], [3, 4]], {"x": F})["x"]
     assert t.dtype == np.float32 and t.shape == (2, 2)
