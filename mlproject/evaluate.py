@@ -15,7 +15,7 @@ from mlops_common import faultpoint, stop
 from mlops_common.errors import ConfigError, DamagedModel
 from registry import artifacts
 from registry import tags as version_tags
-from registry.gate_rules import encode_correct, encode_labels
+from registry.gate_stats import encode_correct, encode_labels
 
 from . import metrics
 from .constants import NUM_CLASSES
@@ -37,10 +37,10 @@ class Evaluation:
     confusion: list[list[int]] = dataclasses.field(default_factory=list)  # [true][predicted] counts
     non_probability_outputs: int = 0  # images whose outputs are not class probabilities (NaN, logits)
     # one bit per held-out example in held-out order, 1 = answered right (base64,
-    # registry.gate_rules.encode_correct): the gate pairs two versions' answers on the same examples
+    # registry.gate_stats.encode_correct): the gate pairs two versions' answers on the same examples
     correct_bits: str = ""
     # the true class of each held-out example in held-out order, one decimal digit each
-    # (registry.gate_rules.encode_labels): with correct_bits, the gate pairs the answers per class
+    # (registry.gate_stats.encode_labels): with correct_bits, the gate pairs the answers per class
     heldout_labels: str = ""
 
     def to_dict(self) -> dict:

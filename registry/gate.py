@@ -23,7 +23,8 @@ from mlops_common import log, strict_json
 from mlops_common.errors import ConfigError, DamagedModel, RefusedError
 
 from . import artifacts, bundle_hashes, description, gate_html, gate_report, signature, tags, versions
-from .gate_rules import GateRules, Verdict, choose_baseline, decide, summary
+from .gate_report import summary
+from .gate_rules import GateRules, Verdict, choose_baseline, decide
 from .ledger import Entry, Ledger
 from .promotion_rules import ledger_production
 from .provenance import Provenance

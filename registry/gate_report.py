@@ -5,7 +5,8 @@ Candidate and production side by side (overall and per class, and their confusio
 ``[true][predicted]`` when the evaluation has them), every rule with its outcome, the tolerance
 and how it was derived (paired on the examples that flipped, ``discordant``, when both evaluations
 carry per-example results). Pure functions: the JSON is built from plain data and the markdown and
-HTML are rendered from the JSON, so they never disagree.
+HTML are rendered from the JSON, so they never disagree. ``summary`` is the verdict in one
+paragraph (the report's ``summary``, the gate ledger row's reason).
 """
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ from .gate_rules import (
     EPS,
     GateRules,
     Verdict,
-    _class_key,
     _no_examples,
     breached,
     decimals_apart,
     limit_text,
-    paired_standard_error,
-    summary,
 )
+from .gate_stats import class_key, paired_standard_error
 
 LEDGER_BREACHED_CLASSES = 20    # a gate's ledger row lists at most this many breached classes
 LEDGER_NEAREST_CLASSES = 3      # and this many of the others, those nearest their allowed drop
@@ -32,7 +31,7 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
           production: dict | None, signature_differences: list[str],
           allow_signature_change: bool, evaluated_at: str, notes: list[str] | tuple[str, ...] = ()) -> dict:
     classes = sorted(set(candidate.get("per_class_accuracy") or {})
-                     | set((production or {}).get("per_class_accuracy") or {}), key=_class_key)
+                     | set((production or {}).get("per_class_accuracy") or {}), key=class_key)
     per_class = []
     pairs, allowed = verdict.class_paired or {}, verdict.class_allowed or {}
     for k in classes:
@@ -257,3 +256,26 @@ def ledger_classes(report: dict, allowed: dict[str, float] | None, *, most: int 
     return {"compared": len(ranked), "breached": len(bad),
             "listed": f"{head}{tail}; of {len(ranked)} classes compared", "classes": listed}
 
+
+def _amount(x: float) -> str:
+    """A shortfall to 4 decimals, or to 2 significant digits when those read 0.0000: a FAIL that
+    said "short by 0.0000" looked like a pass to the approver (found by review, tenth stop)."""
+    four = f"{x:.4f}"
+    return four if float(four) != 0 or x == 0 else f"{x:.2g}"
+
+
+def summary(verdict: Verdict, version: int) -> str:
+    """One paragraph: which rules failed and by how much (or that it passed)."""
+    base = (f"against production v{verdict.baseline_version}" if verdict.baseline_version is not None
+            else "as the production version itself (no baseline: only the absolute rules applied)"
+            if verdict.gated_production
+            else "with no production version yet (only the absolute rules applied)")
+    if verdict.passed:
+        return f"Version {version} passed the quality gate {base}: " + \
+            "; ".join(c.message for c in verdict.checks) + "."
+    parts = []
+    for c in verdict.failed:
+        by = f" (short by {_amount(c.shortfall)})" if c.shortfall is not None and c.rule != \
+            "class_accuracy_vs_production" else ""
+        parts.append(f"{c.rule}: {c.message}{by}")
+    return f"Version {version} failed the quality gate {base}: " + "; ".join(parts) + "."

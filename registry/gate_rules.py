@@ -13,9 +13,9 @@ Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
    ``n`` held-out examples, so the difference is paired: with ``b`` the examples production got
    right and the candidate wrong, ``c`` the reverse and ``d = (c - b) / n``, the tolerance is
    ``max(0.01, 2 * sqrt(((b + c) / n - d * d) / n))`` (the standard error of the difference of
-   two correlated proportions: only the examples that flipped carry the noise; ``paired_counts``,
-   ``paired_tolerance``). ``b`` and ``c`` come from each evaluation's ``correct_bits`` (one bit
-   per held-out example, in held-out order, ``encode_correct``); they are used only when both
+   two correlated proportions: only the examples that flipped carry the noise; ``gate_stats``:
+   ``paired_counts``, ``paired_tolerance``). ``b`` and ``c`` come from each evaluation's ``correct_bits`` (one bit
+   per held-out example, in held-out order, ``gate_stats.encode_correct``); they are used only when both
    documents carry them for the same held-out set (same fingerprint, same ``n``) and each
    document's bits agree with its own ``n`` and accuracy. Otherwise (an evaluation from an older
    version, or bits that do not fit) the rule falls back to production's standard error alone,
@@ -35,12 +35,12 @@ Rules (defaults; flags and ``MLOPS_GATE_*`` variables override them):
    held-out examples answered right) lower than production's by more than that class's allowed
    drop. Paired per class, as rule 2 overall: with ``b_k`` and ``c_k`` the examples of class ``k``
    that flipped each way and ``n_k`` its size, ``max(0.02, z_k * sqrt(((b_k + c_k)/n_k - d_k^2)/n_k))``,
-   ``d_k = (c_k - b_k)/n_k`` (``class_paired_counts``, ``class_limits``), where ``z_k`` shares
+   ``d_k = (c_k - b_k)/n_k`` (``gate_stats.class_paired_counts``, ``class_limits``), where ``z_k`` shares
    rule 2's one-sided tail (0.0228 for 2 standard errors) among the classes compared (Bonferroni,
-   ``class_z``: 2.84 for 10), so that a retrain no worse than production fails some class by chance
+   ``gate_stats.class_z``: 2.84 for 10), so that a retrain no worse than production fails some class by chance
    about as rarely as rule 2 fails it, rather than one class in ten failing one gate in five. The
    classes come from each evaluation's ``heldout_labels`` (one digit per held-out example, in
-   held-out order, ``encode_labels``), used only when both documents carry the same ones, rule 2's
+   held-out order, ``gate_stats.encode_labels``), used only when both documents carry the same ones, rule 2's
    bits are usable, and the bits agree per class with each document's ``per_class_count`` and
    ``per_class_accuracy``. Otherwise (evaluations from before the seventh stop of 2026-12-05) one
    fixed drop for every class, 0.10 (``class_drop_fallback``), the rule of every earlier gate,
@@ -82,7 +82,6 @@ Only rule 1 would fit, and splitting the rules over two mechanisms would not mak
 """
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
@@ -90,6 +89,17 @@ from statistics import NormalDist
 from mlops_common import settings
 from mlops_common.errors import ConfigError, RefusedError
 from mlops_common.text import is_decimal
+
+from .gate_stats import (
+    Paired,
+    accuracy_tolerance,
+    class_key,
+    class_paired_counts,
+    class_z,
+    paired_counts,
+    paired_standard_error,
+    paired_tolerance,
+)
 
 EPS = 1e-9  # float slack so that a value exactly at a limit passes
 
@@ -153,181 +163,6 @@ def choose_baseline(model: str, candidate: int, production_alias: int | None, le
     if production_alias == candidate:
         return Baseline(None, gated_production=True)
     return Baseline(production_alias)
-
-
-def accuracy_tolerance(p: float, n: int, *, floor: float = 0.01, z: float = 2.0) -> float:
-    """Allowed accuracy drop without per-example results (the fallback): ``z`` standard errors of
-    an accuracy ``p`` measured on ``n`` examples."""
-    if n <= 0:
-        return floor
-    p = min(max(p, 0.0), 1.0)
-    return max(floor, z * math.sqrt(p * (1 - p) / n))
-
-
-def encode_correct(correct) -> str:
-    """Per-example correctness (an iterable of bools in held-out order) as an evaluation's
-    ``correct_bits``: base64 of the bits packed eight to a byte, the first example in the highest
-    bit of the first byte, unused bits 0 (``numpy.packbits``'s order). 57 bytes (76 base64 characters) for
-    digits' 450 examples, 1,250 (1,668) for fashion_mnist's 10,000."""
-    flags = [bool(x) for x in correct]
-    packed = bytearray((len(flags) + 7) // 8)
-    for i, right in enumerate(flags):
-        if right:
-            packed[i >> 3] |= 0x80 >> (i & 7)
-    return base64.b64encode(bytes(packed)).decode("ascii")
-
-
-def decode_correct(text: str, n: int) -> int:
-    """``correct_bits`` as an integer of ``n`` bits (example 0 the highest), or ``ValueError``
-    saying why it is not ``n`` examples' bits."""
-    if not isinstance(text, str):
-        raise ValueError("not a base64 string")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:          # binascii.Error
-        raise ValueError("not base64") from None
-    if len(raw) != (n + 7) // 8:
-        raise ValueError(f"{len(raw) * 8} bits for {n} examples")
-    pad = len(raw) * 8 - n
-    value = int.from_bytes(raw, "big")
-    if value & ((1 << pad) - 1):
-        raise ValueError("bits set past the last example")
-    return value >> pad
-
-
-def encode_labels(labels) -> str:
-    """The held-out examples' true classes (an iterable of ints 0-9 in held-out order) as an
-    evaluation's ``heldout_labels``: one decimal digit per example (450 characters for digits,
-    10,000 for fashion_mnist)."""
-    out = []
-    for x in labels:
-        k = int(x)
-        if not 0 <= k <= 9:
-            raise ValueError(f"class {k} is not one decimal digit")
-        out.append(str(k))
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class Paired:
-    """The examples that flipped between production and the candidate on one held-out set."""
-    b: int      # production right, candidate wrong
-    c: int      # candidate right, production wrong
-    n: int
-
-    def to_dict(self) -> dict:
-        return {"production_right_candidate_wrong": self.b, "candidate_right_production_wrong": self.c,
-                "n": self.n}
-
-
-def _paired_bits(candidate: dict, production: dict) -> tuple[tuple[int, int, int] | None, str | None]:
-    """``((n, candidate bits, production bits), None)`` when both evaluations carry
-    ``correct_bits`` for the same held-out set (same fingerprint, same ``n``) and each document's
-    bits agree with its own ``n`` and accuracy; else ``(None, why not)``."""
-    docs = (("the candidate", candidate), ("production", production))
-    missing = [who for who, doc in docs if not doc.get("correct_bits")]
-    if missing:
-        whose = "neither evaluation carries" if len(missing) == 2 else f"{missing[0]}'s evaluation carries no"
-        return None, f"{whose} per-example results (correct_bits; an evaluation from an older version)"
-    fps = [doc.get("heldout_fingerprint") for _, doc in docs]
-    if not fps[0] or fps[0] != fps[1]:
-        return None, "the two evaluations are not of one recorded held-out set (heldout_fingerprint)"
-    try:
-        sizes = [int(doc.get("n")) for _, doc in docs]
-    except (TypeError, ValueError):
-        return None, "an evaluation's n is not a number"
-    if sizes[0] != sizes[1] or sizes[0] <= 0:
-        return None, f"the evaluations' held-out sizes differ or are empty (n = {sizes[0]} and {sizes[1]})"
-    n, bits = sizes[0], []
-    for who, doc in docs:
-        try:
-            value = decode_correct(doc["correct_bits"], n)
-        except ValueError as exc:
-            return None, f"{who}'s per-example results are not {n} examples' bits ({exc})"
-        if value.bit_count() != round(float(doc["accuracy"]) * n):
-            return None, (f"{who}'s per-example results count {value.bit_count()} right of {n}, its accuracy "
-                          f"{float(doc['accuracy']):.4f} says {round(float(doc['accuracy']) * n)}")
-        bits.append(value)
-    return (n, bits[0], bits[1]), None
-
-
-def paired_counts(candidate: dict, production: dict) -> tuple[Paired | None, str | None]:
-    """``(Paired, None)`` when both evaluations carry ``correct_bits`` for the same held-out set
-    (same fingerprint, same ``n``) and each document's bits agree with its own ``n`` and
-    accuracy; else ``(None, why not)`` (the gate then falls back to the unpaired tolerance)."""
-    got, why = _paired_bits(candidate, production)
-    if got is None:
-        return None, why
-    n, cand, prod = got
-    return Paired(b=(prod & ~cand).bit_count(), c=(cand & ~prod).bit_count(), n=n), None
-
-
-def class_paired_counts(candidate: dict, production: dict) -> tuple[dict[str, Paired] | None, str | None]:
-    """Per class, the examples of that class that flipped each way: ``({class: Paired}, None)``
-    (classes with at least one held-out example) when ``paired_counts`` can pair the two documents
-    and both carry the same ``heldout_labels`` (one digit per example) that agree with each
-    document's ``per_class_count`` and ``per_class_accuracy``; else ``(None, why not)`` (the gate
-    then falls back to the fixed per-class drop)."""
-    got, why = _paired_bits(candidate, production)
-    if got is None:
-        return None, why
-    n, cand, prod = got
-    docs = (("the candidate", candidate), ("production", production))
-    missing = [who for who, doc in docs if not doc.get("heldout_labels")]
-    if missing:
-        whose = "neither evaluation carries" if len(missing) == 2 else f"{missing[0]}'s evaluation carries no"
-        return None, f"{whose} per-example classes (heldout_labels; an evaluation from an older version)"
-    labels = candidate["heldout_labels"]
-    if labels != production["heldout_labels"]:
-        return None, "the two evaluations' per-example classes (heldout_labels) differ"
-    if not isinstance(labels, str) or len(labels) != n or not all("0" <= ch <= "9" for ch in labels):
-        return None, f"heldout_labels is not one decimal digit for each of the {n} examples"
-    out: dict[str, Paired] = {}
-    for k in sorted(set(labels), key=_class_key):
-        mask = int("".join("1" if ch == k else "0" for ch in labels), 2)
-        size = mask.bit_count()
-        for who, doc, bits in (("the candidate", candidate, cand), ("production", production, prod)):
-            count = (doc.get("per_class_count") or {}).get(k)
-            acc = (doc.get("per_class_accuracy") or {}).get(k)
-            if count is not None and int(count) != size:
-                return None, f"{who}'s per_class_count says {count} examples of class {k}, heldout_labels {size}"
-            right = (bits & mask).bit_count()
-            if acc is None or round(float(acc) * size) != right:
-                return None, (f"{who}'s per-example results count {right} right of {size} in class {k}, its "
-                              f"per-class accuracy {acc} says {None if acc is None else round(float(acc) * size)}")
-        out[k] = Paired(b=(prod & ~cand & mask).bit_count(), c=(cand & ~prod & mask).bit_count(), n=size)
-    for who, doc in docs:
-        extra = [k for k, count in (doc.get("per_class_count") or {}).items() if k not in out and int(count or 0)]
-        if extra:
-            return None, f"{who}'s per_class_count counts examples of class {extra[0]}, heldout_labels none"
-    return out, None
-
-
-def class_z(z: float, classes: int) -> float:
-    """The per-class multiple of the standard error: the one-sided tail ``z`` standard errors
-    leave (0.0228 for 2) shared among ``classes`` comparisons (Bonferroni), so that a retrain no
-    better or worse than production fails some class by chance about as often as the accuracy
-    rule fails it (2.84 for 2 and 10 classes)."""
-    if classes <= 1:
-        return z
-    normal = NormalDist()
-    return normal.inv_cdf(1 - (1 - normal.cdf(z)) / classes)
-
-
-def paired_standard_error(b: int, c: int, n: int) -> float:
-    """Standard error of the difference of two correlated proportions measured on the same ``n``
-    examples, ``b`` and ``c`` the discordant counts: ``sqrt(((b + c)/n - d*d)/n)``, ``d = (c - b)/n``."""
-    if n <= 0:
-        return float("nan")
-    d = (c - b) / n
-    return math.sqrt(max((b + c) / n - d * d, 0.0) / n)
-
-
-def paired_tolerance(b: int, c: int, n: int, *, floor: float = 0.01, z: float = 2.0) -> float:
-    """Allowed accuracy drop from the paired difference: ``max(floor, z * paired_standard_error)``."""
-    if n <= 0:
-        return floor
-    return max(floor, z * paired_standard_error(b, c, n))
 
 
 @dataclass(frozen=True)
@@ -546,7 +381,7 @@ def _invalid_metrics(doc: dict, who: str) -> list[str]:
         return not (math.isfinite(x) and 0.0 <= x <= 1.0)
 
     out = [f"{who}'s accuracy is {doc.get('accuracy')!r}, not a number in [0, 1]"] if bad(doc.get("accuracy")) else []
-    classes = sorted((k for k, x in (doc.get("per_class_accuracy") or {}).items() if bad(x)), key=_class_key)
+    classes = sorted((k for k, x in (doc.get("per_class_accuracy") or {}).items() if bad(x)), key=class_key)
     if classes:
         out.append(f"{who}'s accuracy of class{'es' if len(classes) > 1 else ''} {', '.join(classes)} is not a "
                    f"number in [0, 1]")
@@ -562,8 +397,8 @@ def _at_least(rule: str, observed: float, limit: float, message: str) -> Check:
 def _class_check(candidate: dict, production: dict, allowed: dict[str, float], baseline_version, *,
                  fixed: bool) -> Check:
     cand, prod = candidate.get("per_class_accuracy") or {}, production.get("per_class_accuracy") or {}
-    drops = {k: float(prod[k]) - float(cand[k]) for k in sorted(set(cand) & set(prod), key=_class_key)}
-    missing = sorted(set(prod) - set(cand), key=_class_key)
+    drops = {k: float(prod[k]) - float(cand[k]) for k in sorted(set(cand) & set(prod), key=class_key)}
+    missing = sorted(set(prod) - set(cand), key=class_key)
     if missing:
         return Check("class_accuracy_vs_production", False,
                      f"classes {', '.join(missing)} have no accuracy in the candidate's evaluation")
@@ -628,10 +463,6 @@ def limit_text(limit: float) -> str:
     return two if float(two) == limit else repr(float(limit))
 
 
-def _class_key(k: str):
-    return (0, int(k)) if str(k).isdigit() else (1, str(k))
-
-
 def decimals_apart(drop: float, allowed: float, least: int = 4) -> int:
     """Decimals (at least ``least``) at which a drop over its allowed drop does not read equal to
     it: a FAIL that read "(-0.0422; allowed drop 0.0422)" looked like a drop at the limit, which
@@ -640,27 +471,3 @@ def decimals_apart(drop: float, allowed: float, least: int = 4) -> int:
         if f"{drop:.{places}f}" != f"{allowed:.{places}f}":
             return places
     return least
-
-
-def _amount(x: float) -> str:
-    """A shortfall to 4 decimals, or to 2 significant digits when those read 0.0000: a FAIL that
-    said "short by 0.0000" looked like a pass to the approver (found by review, tenth stop)."""
-    four = f"{x:.4f}"
-    return four if float(four) != 0 or x == 0 else f"{x:.2g}"
-
-
-def summary(verdict: Verdict, version: int) -> str:
-    """One paragraph: which rules failed and by how much (or that it passed)."""
-    base = (f"against production v{verdict.baseline_version}" if verdict.baseline_version is not None
-            else "as the production version itself (no baseline: only the absolute rules applied)"
-            if verdict.gated_production
-            else "with no production version yet (only the absolute rules applied)")
-    if verdict.passed:
-        return f"Version {version} passed the quality gate {base}: " + \
-            "; ".join(c.message for c in verdict.checks) + "."
-    parts = []
-    for c in verdict.failed:
-        by = f" (short by {_amount(c.shortfall)})" if c.shortfall is not None and c.rule != \
-            "class_accuracy_vs_production" else ""
-        parts.append(f"{c.rule}: {c.message}{by}")
-    return f"Version {version} failed the quality gate {base}: " + "; ".join(parts) + "."

@@ -133,7 +133,7 @@ def test_run_artifacts_plots_evaluation_savedmodel_and_golden(cli_trained, tmp_p
     assert heldout["accuracy"] == pytest.approx(res["metrics"]["heldout_accuracy"])
     assert heldout["n"] == 450 and heldout["heldout_fingerprint"] == res["heldout_fingerprint"]
     # per-example results for the gate's paired rule: in the evaluation document, not in tags/params
-    from registry.gate_rules import decode_correct
+    from registry.gate_stats import decode_correct
 
     assert decode_correct(heldout["correct_bits"], 450).bit_count() == round(heldout["accuracy"] * 450)
     run = client.get_run(res["run_id"])

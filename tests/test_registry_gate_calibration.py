@@ -11,7 +11,8 @@ import io
 
 import pytest
 
-from registry.gate_rules import GateRules, decide, summary
+from registry.gate_report import summary
+from registry.gate_rules import GateRules, decide
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def test_margins_are_comfortable(retrains):
 def lose_a_third_of(doc: dict, k: str) -> dict:
     """``doc`` (a real evaluation) with a third of class ``k``'s held-out examples that it got right
     answered wrong instead: a regression on one class only."""
-    from registry.gate_rules import decode_correct, encode_correct
+    from registry.gate_stats import decode_correct, encode_correct
 
     n, labels = doc["n"], doc["heldout_labels"]
     bits = decode_correct(doc["correct_bits"], n)

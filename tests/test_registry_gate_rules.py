@@ -8,17 +8,14 @@ import pytest
 
 from mlops_common.errors import ConfigError, RefusedError
 from registry import gate_report
-from registry.gate_rules import (
-    Baseline,
-    GateRules,
+from registry.gate_report import summary
+from registry.gate_rules import Baseline, GateRules, choose_baseline, decide
+from registry.gate_stats import (
     accuracy_tolerance,
-    choose_baseline,
-    decide,
     decode_correct,
     encode_correct,
     paired_standard_error,
     paired_tolerance,
-    summary,
 )
 
 FP = "a" * 64
@@ -538,7 +535,7 @@ def by_class(sizes: list[int], prod_right: list[int], lost: dict[int, int] | Non
     """Evaluations of production and the candidate with per-example results and classes: class k
     has ``sizes[k]`` examples (in a row), production gets the first ``prod_right[k]`` of them right;
     the candidate loses ``lost[k]`` of those and wins ``won[k]`` of production's wrong ones."""
-    from registry.gate_rules import encode_labels
+    from registry.gate_stats import encode_labels
 
     lost, won = lost or {}, won or {}
     labels, prod, cand = [], [], []
@@ -561,7 +558,7 @@ def without_classes(doc: dict) -> dict:
 
 
 def test_class_z_shares_the_accuracy_rules_tail_among_the_classes():
-    from registry.gate_rules import class_z
+    from registry.gate_stats import class_z
 
     # one-sided tail of 2 standard errors: 0.02275; / 10 classes = 0.002275 -> z = 2.8373
     assert class_z(2.0, 10) == pytest.approx(2.83728, abs=1e-5)
