@@ -372,7 +372,9 @@ def _non_probability_outputs(doc: dict) -> int:
 
 
 def _invalid_metrics(doc: dict, who: str) -> list[str]:
-    """Accuracies that are not numbers in [0, 1] (NaN, inf, negative, above 1, not a number)."""
+    """Accuracies that are not numbers in [0, 1] (NaN, inf, negative, above 1, not a number), and
+    counts (``n``, ``per_class_count``) that are not whole numbers of examples: a corrupt
+    evaluation is said in one line, not a traceback from the rules' ``int()``."""
     def bad(value) -> bool:
         try:
             x = float(value)
@@ -380,11 +382,25 @@ def _invalid_metrics(doc: dict, who: str) -> list[str]:
             return True
         return not (math.isfinite(x) and 0.0 <= x <= 1.0)
 
+    def not_count(value) -> bool:       # the rules take int() of these: "abc", NaN, 2.5 or -1 is no count
+        try:
+            return value is not None and (isinstance(value, (bool, str)) or int(value) != value or value < 0)
+        except (TypeError, ValueError, OverflowError):
+            return True
+
     out = [f"{who}'s accuracy is {doc.get('accuracy')!r}, not a number in [0, 1]"] if bad(doc.get("accuracy")) else []
     classes = sorted((k for k, x in (doc.get("per_class_accuracy") or {}).items() if bad(x)), key=class_key)
     if classes:
         out.append(f"{who}'s accuracy of class{'es' if len(classes) > 1 else ''} {', '.join(classes)} is not a "
                    f"number in [0, 1]")
+    if not_count(doc.get("n")):
+        out.append(f"{who}'s n (examples evaluated) is {doc.get('n')!r}, not a whole number of examples")
+    counts = doc.get("per_class_count") or {}
+    classes = sorted((k for k, x in (counts.items() if isinstance(counts, dict) else ()) if not_count(x)),
+                     key=class_key)
+    if classes or not isinstance(counts, dict):
+        out.append(f"{who}'s per_class_count of class{'es' if len(classes) > 1 else ''} {', '.join(classes)} is "
+                   f"not a whole number of examples" if classes else f"{who}'s per_class_count is not a mapping")
     return out
 
 

@@ -241,6 +241,20 @@ def test_a_nan_class_accuracy_fails_and_is_named():
     assert "class 3 is not a number" in msg
 
 
+@pytest.mark.parametrize("field, value", [("n", "abc"), ("n", math.nan), ("n", -1), ("n", 2.5),
+                                          ("per_class_count", {"3": "x"}), ("per_class_count", {"3": math.inf}),
+                                          ("per_class_count", [1, 2])])
+def test_a_count_that_is_not_a_whole_number_fails_in_one_line_not_a_traceback(field, value):
+    """A corrupt evaluation (an artifact edited or cut) crashed the rules' int() with a traceback."""
+    for corrupt_production in (False, True):
+        cand, prod = evaluation(0.95), evaluation(0.95)
+        (prod if corrupt_production else cand)[field] = value
+        v = decide(cand, prod, GateRules(), baseline_version=1)
+        assert not v.passed and failed_rules(v) == ["metrics_valid"], [c.message for c in v.checks]
+        msg = next(c.message for c in v.checks if c.rule == "metrics_valid")
+        assert field in msg and ("production v1" if corrupt_production else "candidate") in msg, msg
+
+
 def test_valid_documents_have_no_metrics_rule():
     v = decide(evaluation(0.95), evaluation(0.95), GateRules(), baseline_version=1)
     assert v.passed and "metrics_valid" not in [c.rule for c in v.checks]
