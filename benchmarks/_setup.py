@@ -206,7 +206,9 @@ class Lab:
         self.close()
 
     def _start(self) -> None:
-        from mlops.local_services import free_port, start_mlflow, stop_service
+        from mlops.detached_service import stop_service
+        from mlops.local_services import start_mlflow
+        from mlops.ports import free_port
         from tests.lab.bundles import build_bundles
         from tests.lab.servers import ServerPool
         from tests.lab.tfserving import make_factory

@@ -81,7 +81,7 @@ def one_demo_at_a_time(state: Path):
     process ends, however it ends."""
     import fcntl
 
-    from mlops.local_services import open_in_state
+    from mlops.detached_service import open_in_state
 
     with open_in_state(state, "demo.lock", "a+") as f:
         try:
@@ -97,7 +97,8 @@ def one_demo_at_a_time(state: Path):
 
 def start_services(state: Path) -> dict:
     """MLflow and the local model server (reused when already running), and the hosts file."""
-    from mlops.local_services import read_record, refuse_taken_ports, start_mlflow, start_model_server, write_whole
+    from mlops.detached_service import read_record, refuse_taken_ports, write_whole
+    from mlops.local_services import start_mlflow, start_model_server
 
     hosts = state / "hosts.toml"
     check_hosts_file(hosts)
@@ -304,7 +305,7 @@ def foreign_settings(environ: dict[str, str], services: dict) -> dict[str, str]:
 
 
 def wait_for_ctrl_c() -> None:
-    from mlops.local_services import stop_service
+    from mlops.detached_service import stop_service
 
     say("\nThe services keep running. Press Ctrl-C to stop them (or run `mlops down` later).")
     try:

@@ -7,7 +7,7 @@ same smoke test as a deploy runs against it. The server and the temporary base a
 afterwards. The only registry change is the ``infra_validation`` tag and a ledger row.
 
 ``choose_server`` is the pure decision for ``--server auto``; the servers themselves are
-started by ``mlops.local_services`` (the composition root), so this module stays free of them.
+started by ``mlops.throwaway_server`` (the composition root), so this module stays free of them.
 """
 from __future__ import annotations
 

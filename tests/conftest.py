@@ -25,7 +25,7 @@ SHARED_WORKER = {
 
 def pytest_configure(config):
     """Each xdist worker chooses service ports from its own slice (``MLOPS_TEST_PORT_SLICE``, read
-    by ``mlops.local_services.free_ports`` here and in every command a test starts): two workers
+    by ``mlops.ports.free_ports`` here and in every command a test starts): two workers
     never choose the same port in the seconds before a service binds it."""
     import os
 

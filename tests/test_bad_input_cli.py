@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlops.local_services import free_port
+from mlops.ports import free_port
 from tests.fixtures.faults import final_error_line, one_error_line, registry_snapshot, tree_bytes
 from tests.helpers import run_mlops
 from tests.lab.deploy_env import DeployEnv

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mlops.local_services import read_record
+from mlops.detached_service import read_record
 from tests.helpers import run_mlops, sigterm_when_held
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_the_local_mlflow_server_runs_without_mlflows_job_runner(demo_flow):
 def served_once(tmp_path_factory):
     """A state of its own (the session's demo is shared with the UI tests, which count its
     versions): one quick demo that serves v1, the services left up; `mlops down` at the end."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     cwd = tmp_path_factory.mktemp("demo-again")
     env = {"MLOPS_HOME": str(cwd / "state"), "MLOPS_MLFLOW_PORT": str(free_port()),
@@ -135,7 +135,7 @@ def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_regist
 
 def test_a_demo_whose_first_version_fails_the_gate_exits_non_zero(tmp_path):
     """Nothing serves when v1 fails the gate: the quick start must not end "Done" with exit 0."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     home = tmp_path / "mlops"
     env = {"MLOPS_HOME": str(home), "MLOPS_MLFLOW_PORT": str(free_port()),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlops.demo import HOSTS_MARK, check_hosts_file, closing_text, hosts_toml
-from mlops.local_services import free_port
+from mlops.ports import free_port
 from mlops_common.errors import ConfigError
 from tests.helpers import REPO, run_mlops
 

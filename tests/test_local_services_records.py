@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from mlops import local_services as ls
+from mlops import detached_service, local_services
+from mlops.ports import free_port, free_ports, port_in_use
+from mlops_common.errors import ConnectionFailure
 from mlops_common.procs import pid_alive, process_identity
 from tests.helpers import run_mlops
 
@@ -64,7 +66,7 @@ def test_a_record_that_is_not_a_service_is_ignored_not_a_traceback(tmp_path):
     state.mkdir()
     (state / "notes.json").write_text("[1, 2]")
     (state / "other.json").write_text('{"name": "x", "pid": {"a": 1}, "url": "u", "log": "l"}')
-    assert ls.read_record(state, "notes") is None and ls.read_record(state, "other") is None
+    assert detached_service.read_record(state, "notes") is None and detached_service.read_record(state, "other") is None
     r = run_mlops("down", env={"MLOPS_HOME": str(state)})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     # found by review (2026-12-05, third stop): every command that uses the local server read its
@@ -81,18 +83,18 @@ def test_a_record_that_is_not_a_service_is_ignored_not_a_traceback(tmp_path):
 def test_the_model_server_is_started_afresh_when_its_record_names_another_program(tmp_path, stranger):
     """The demo reused any live pid's record and wrote a hosts file pointing at nothing."""
     state, base = tmp_path / ".mlops", tmp_path / "serving"
-    rest, grpc = ls.free_ports(2)
+    rest, grpc = free_ports(2)
     _record(state, "model-server", stranger.pid, identity="another-boot:1", url=f"http://127.0.0.1:{rest}")
-    svc = ls.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
+    svc = local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
     try:
         assert svc.pid != stranger.pid and svc.running
         import requests
 
         assert requests.get(f"{svc.url}/v1/models/__probe__", timeout=10).status_code == 404
         assert stranger.poll() is None                                   # and the stranger lives on
-        assert ls.start_model_server(state, base, rest_port=rest, grpc_port=grpc).pid == svc.pid   # reused
+        assert local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc).pid == svc.pid   # reused
     finally:
-        ls.stop_service(state, "model-server")
+        detached_service.stop_service(state, "model-server")
     assert not pid_alive(svc.pid)
 
 
@@ -106,28 +108,28 @@ def test_asking_for_a_taken_port_leaves_the_running_server_alone(tmp_path):
     from mlops_common.errors import ConfigError
 
     state, base = tmp_path / ".mlops", tmp_path / "serving"
-    rest, grpc, other = ls.free_ports(3)
-    svc = ls.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
+    rest, grpc, other = free_ports(3)
+    svc = local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
     holder = socket.socket()
     try:
         holder.bind(("127.0.0.1", other))
         holder.listen(1)
         with pytest.raises(ConfigError, match=f"port {other} .* taken .*model-server keeps running on {svc.url}"):
-            ls.start_model_server(state, base, rest_port=rest, grpc_port=other)
+            local_services.start_model_server(state, base, rest_port=rest, grpc_port=other)
         assert svc.running and requests.get(f"{svc.url}/v1/models/__probe__", timeout=10).status_code == 404
-        assert ls.read_record(state, "model-server").pid == svc.pid
+        assert detached_service.read_record(state, "model-server").pid == svc.pid
     finally:
         holder.close()
-        ls.stop_service(state, "model-server")
+        detached_service.stop_service(state, "model-server")
 
 
 def test_a_start_whose_first_process_dies_leaves_no_worker_behind(tmp_path):
     """The first process died during the health wait and was reaped: stopping it by its pid did
     nothing, and its worker kept the port ("taken by another program" at the next `mlops up`)."""
     marker = f"{random.randint(10**6, 10**7)}.5"
-    port = ls.free_ports(1)[0]
+    port = free_ports(1)[0]
     with pytest.raises(Exception):
-        ls.spawn("svc", ["bash", "-c", f"sleep {marker} & exit 1"], state=tmp_path / "state",
+        detached_service.spawn("svc", ["bash", "-c", f"sleep {marker} & exit 1"], state=tmp_path / "state",
                  url=f"http://127.0.0.1:{port}", health_url=f"http://127.0.0.1:{port}/", timeout=10)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", f"sleep {marker}"]).returncode == 0:
@@ -169,7 +171,7 @@ def test_a_record_without_identity_never_signals_even_a_program_named_mlflow(tmp
                              start_new_session=True)
     try:
         _record(tmp_path / "state", "mlflow-server", other.pid)
-        assert not ls.stop_service(tmp_path / "state", "mlflow-server")
+        assert not detached_service.stop_service(tmp_path / "state", "mlflow-server")
         time.sleep(0.3)
         assert other.poll() is None and not (tmp_path / "state" / "mlflow-server.json").exists()
     finally:
@@ -189,7 +191,7 @@ def test_down_stops_what_is_left_of_a_service_whose_first_process_died(tmp_path)
         leader.kill()
         leader.wait(timeout=10)
         assert pid_alive(worker)
-        assert ls.stop_service(state, "mlflow-server")
+        assert detached_service.stop_service(state, "mlflow-server")
         deadline = time.monotonic() + 10
         while pid_alive(worker) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -225,27 +227,27 @@ def test_a_start_is_recorded_before_its_wait_and_forgotten_when_it_fails(tmp_pat
     seen = []
 
     def record_seen(*a, **k):
-        seen.append(ls.read_record(state, "svc"))
-        raise ls.ConnectionFailure("not answering")
+        seen.append(detached_service.read_record(state, "svc"))
+        raise ConnectionFailure("not answering")
 
-    orig = ls.wait_http_ok
-    ls.wait_http_ok = record_seen
+    orig = detached_service.wait_http_ok
+    detached_service.wait_http_ok = record_seen
     try:
-        with pytest.raises(ls.ConnectionFailure):
-            ls.spawn("svc", ["sleep", "60"], state=state, url="http://127.0.0.1:9", health_url="http://127.0.0.1:9/")
+        with pytest.raises(ConnectionFailure):
+            detached_service.spawn("svc", ["sleep", "60"], state=state, url="http://127.0.0.1:9", health_url="http://127.0.0.1:9/")
     finally:
-        ls.wait_http_ok = orig
+        detached_service.wait_http_ok = orig
     assert seen and seen[0] is not None and seen[0].identity
-    assert not pid_alive(seen[0].pid) and ls.read_record(state, "svc") is None
-    with pytest.raises(ls.ConnectionFailure, match="exited with code 3"):
-        ls.spawn("blank", ["bash", "-c", "echo; echo; exit 3"], state=state, url="http://127.0.0.1:9",
+    assert not pid_alive(seen[0].pid) and detached_service.read_record(state, "svc") is None
+    with pytest.raises(ConnectionFailure, match="exited with code 3"):
+        detached_service.spawn("blank", ["bash", "-c", "echo; echo; exit 3"], state=state, url="http://127.0.0.1:9",
                  health_url="http://127.0.0.1:9/", timeout=10)
 
 
 def test_a_state_folder_that_cannot_be_written_is_one_line(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("")
-    r = run_mlops("up", env={"MLOPS_HOME": str(blocker / "state"), "MLOPS_MLFLOW_PORT": str(ls.free_port())},
+    r = run_mlops("up", env={"MLOPS_HOME": str(blocker / "state"), "MLOPS_MLFLOW_PORT": str(free_port())},
                   timeout=120)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "MLOPS_HOME" in r.stderr
@@ -266,18 +268,18 @@ def test_a_server_that_never_answers_is_named_with_its_logs_last_line(tmp_path):
 
     log = tmp_path / "server.log"
     log.write_text("starting\nE0000 could not bind the gRPC port\n")
-    port = ls.free_ports(1)[0]
+    port = free_ports(1)[0]
     with pytest.raises(ConnectionFailure) as e:
-        ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log)
+        detached_service.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log)
     assert "within 0.3s" in e.value.message and e.value.message.endswith(": E0000 could not bind the gRPC port")
     assert f"see {log}" in e.value.message
     # a throw-away server's log is quoted, not named (it is gone by the time anyone reads the
     # line); without a log the line said "see None" (docker's infra-validate server, re-checks)
     with pytest.raises(ConnectionFailure) as e:
-        ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log, log_kept=False)
+        detached_service.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3, log=log, log_kept=False)
     assert str(log) not in e.value.message and e.value.message.endswith("s: E0000 could not bind the gRPC port")
     with pytest.raises(ConnectionFailure) as e:
-        ls.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3)
+        detached_service.wait_http_ok(f"http://127.0.0.1:{port}/", timeout=0.3)
     assert e.value.message.endswith("did not answer within 0.3s"), e.value.message
 
 
@@ -291,7 +293,7 @@ def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
     from tests.helpers import REPO
 
     state = tmp_path / "state"
-    port = ls.free_ports(1)[0]
+    port = free_ports(1)[0]
     env = {**os.environ, "MLOPS_HOME": str(state)}
     procs = [subprocess.Popen([sys.executable, "-m", "mlops", "up", "--json", "--port", str(port)], cwd=REPO,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -299,7 +301,7 @@ def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
         outs = [p.communicate(timeout=240) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
         pids = {json.loads(o[0])["pid"] for o in outs}
-        rec = ls.read_record(state, "mlflow-server")
+        rec = detached_service.read_record(state, "mlflow-server")
         assert len(pids) == 1 and rec is not None and rec.pid in pids and rec.running
     finally:
         for p in procs:
@@ -309,4 +311,4 @@ def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
         pattern = f"--artifacts-destination {state}/"
         leaked = subprocess.run(["pkill", "-f", "--", pattern], capture_output=True).returncode
     assert r.returncode == 0 and "stopped: mlflow-server" in r.stdout
-    assert leaked == 1 and not ls.port_in_use(port)                  # pkill found nothing left
+    assert leaked == 1 and not port_in_use(port)                  # pkill found nothing left

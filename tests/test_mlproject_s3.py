@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mlops.local_services import free_port
+from mlops.ports import free_port
 from mlproject.batches import make_batch, read_batches, to_npz_bytes
 from mlproject.datasets import Arrays, fingerprint, load_partition
 from tests.fixtures.trained import train_version

@@ -364,7 +364,9 @@ def test_webhook_support_decision():
 @pytest.fixture
 def file_store_mlflow(tmp_path, mlops_env, monkeypatch):
     """An MLflow server on a file store (no webhooks), for this test only."""
-    from mlops.local_services import free_port, start_mlflow, stop_service
+    from mlops.detached_service import stop_service
+    from mlops.local_services import start_mlflow
+    from mlops.ports import free_port
 
     state = tmp_path / "fs-mlflow"
     state.mkdir()

@@ -376,7 +376,7 @@ def test_circleci_problems_are_one_clear_line(make_version, circleci_api):
     r = run_mlops("registry", "promote", "--version", str(v),
                   env={**base, "CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": "no-such-workflow"})
     assert r.returncode == 2 and "HTTP 404" in one_error_line(r)
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     r = run_mlops("registry", "promote", "--version", str(v),
                   env={"CIRCLECI_API_URL": f"http://proxyuser:cipw-hunter2@127.0.0.1:{free_port()}",

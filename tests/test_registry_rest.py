@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from mlops.local_services import free_port
+from mlops.ports import free_port
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
 from registry import promotion, rest, versions
 from registry.ledger import Ledger
@@ -208,7 +208,7 @@ def test_tls_problems_are_one_line_saying_what_to_fix(mlops_env):
 def test_a_proxy_that_cannot_be_reached_is_named_not_the_mlflow_server(mlops_env):
     """Found by review (2026-12-05, third stop): with HTTP_PROXY naming a dead proxy, every command
     said "cannot reach the MLflow server ... start it with `mlops up`" of a server that runs."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
     from tests.fixtures.faults import one_error_line
     from tests.helpers import run_mlops
 

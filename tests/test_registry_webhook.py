@@ -29,7 +29,9 @@ def webhook_mlflow(tmp_path_factory):
     """An MLflow server configured for a plain-http receiver on 127.0.0.1 (see the command's help)."""
     from cryptography.fernet import Fernet
 
-    from mlops.local_services import free_port, start_mlflow, stop_service
+    from mlops.detached_service import stop_service
+    from mlops.local_services import start_mlflow
+    from mlops.ports import free_port
 
     state = tmp_path_factory.mktemp("mlflow-webhooks")
     env = {**os.environ, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",

@@ -12,15 +12,9 @@ import logging
 import pytest
 
 from mlops import mlflow_db
-from mlops.local_services import (
-    free_port,
-    mlflow_server_command,
-    mlflow_server_env,
-    port_in_use,
-    spawn,
-    start_mlflow,
-    stop_service,
-)
+from mlops.detached_service import spawn, stop_service
+from mlops.local_services import mlflow_server_command, mlflow_server_env, start_mlflow
+from mlops.ports import free_port, port_in_use
 from mlops_common.errors import ConfigError, ConnectionFailure, UserError
 from tests.fixtures.mlflow_backends import server_env
 from tests.helpers import mlflow_client, run_mlops

@@ -122,7 +122,9 @@ def test_mlflow_db_upgrade_and_server_never_show_the_database_password_on_argv(p
     import sqlalchemy as sa
 
     from mlops import mlflow_db
-    from mlops.local_services import free_port, read_record, start_mlflow, stop_service
+    from mlops.detached_service import read_record, stop_service
+    from mlops.local_services import start_mlflow
+    from mlops.ports import free_port
 
     url = postgres_server.create_database("argv")         # password in the URL, as users write it
     password = sa.engine.make_url(url).password

@@ -314,7 +314,7 @@ def test_the_monitoring_config_is_not_read_when_rest_is_off(tmp_path):
     file is never parsed and the gRPC server runs. This server refused to start."""
     import time
 
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     port = free_port()              # not bind(0): an ephemeral port may be some connection's by the time it binds
     bad = tmp_path / "monitoring.config"

@@ -87,7 +87,7 @@ def test_rollback_end_to_end_is_one_command_and_reports_its_speed(deploy_env):
 def test_a_rollback_whose_hosts_cannot_be_reached_says_production_moved_and_how_to_finish(deploy_env):
     """The registry moved first and the deploy then found the host unreachable: the one line said
     only "not reachable", and `sync status` then showed drift nobody had been told about."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     env = deploy_env
     (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
@@ -382,7 +382,7 @@ def test_infra_validate_with_the_local_server_passes_and_fails_for_real(deploy_e
     assert env.tags(bad)["infra_validation"] == "failed"
     assert ET.parse(junit).getroot().get("failures") == "1"
     # asking for Docker where no Docker engine answers is one line, not a crash
-    from mlops.local_services import docker_available
+    from mlops.throwaway_server import docker_available
     if not docker_available():
         r = env.cli("sync", "infra-validate", "--version", str(good), "--server", "docker")
         assert r.returncode == 2 and "no Docker engine answers here" in r.stderr and "Traceback" not in r.stderr

@@ -175,7 +175,7 @@ def test_a_wrong_grpc_address_is_one_line_before_any_host_changes_and_blames_no_
     reload: the deploy failed mid-way with exit 3 and tagged a good version deploy_status=failed,
     while `sync status` and `sync plan` called the host in sync. Now every command that observes
     the host says so first, in one line, and nothing changes."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
     from registry import versions
 
     env = deploy_env
@@ -269,7 +269,7 @@ def test_deploying_a_version_gated_against_an_earlier_production_is_refused_like
 
 def test_in_a_fleet_the_line_names_the_host_that_cannot_be_reached(deploy_env):
     """Said only "TF Serving REST at http://…:27799 is not reachable": which of the hosts?"""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     env = deploy_env
     (h1, h2), v1 = setup_serving_v1(env, hosts=2)
@@ -289,7 +289,7 @@ def test_grpc_unreachable_is_found_before_the_deploy_changes_anything(deploy_env
     """Found at the first config reload, it failed the deploy at load_validation after the
     validation entry was written (TF Serving's poll then loaded it, and put-back unloaded it); now
     the observation before any change finds it (the CLI's view: the test above)."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
     from serving_sync.errors import HostUnreachable
 
     env = deploy_env

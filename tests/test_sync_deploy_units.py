@@ -304,7 +304,7 @@ def test_server_choice_for_auto_docker_and_local():
 
 
 def test_docker_command_runs_the_pinned_image_read_only_on_loopback(tmp_path):
-    from mlops.local_services import docker_serving_command, tfserving_image
+    from mlops.throwaway_server import docker_serving_command, tfserving_image
     from tests.helpers import REPO
 
     image = tfserving_image()

@@ -279,7 +279,7 @@ def test_ssh_agent_key_is_used_when_no_identity_file_is_set(sshd, tmp_path, monk
 
 # --- unreachable -------------------------------------------------------------------------------
 def test_connection_refused_is_one_clear_line(sshd, tmp_path):
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     port = free_port()                  # nothing listens there
     with pytest.raises(HostUnreachable) as e:

@@ -198,7 +198,7 @@ def test_waits_are_bounded_and_say_the_last_state(tfserving_factory, tmp_path):
 
 
 def test_unreachable_rest_is_one_clear_line():
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     port = free_port()                  # nothing listens there
     with pytest.raises(HostUnreachable) as e:
@@ -312,7 +312,7 @@ def test_a_wait_polls_soon_then_backs_off_to_its_interval_and_stays_bounded(monk
 def test_a_proxy_that_cannot_be_reached_is_named_not_tf_serving(monkeypatch):
     """Found by review (2026-12-05, third stop): with HTTP_PROXY naming a dead proxy, a host's TF
     Serving was reported "not reachable; check that it runs and the host's rest_url"."""
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
 
     for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(var, raising=False)

@@ -205,7 +205,9 @@ def webhook_mlflow(tmp_path_factory):
     """An MLflow server that may deliver webhooks to a plain-http receiver on 127.0.0.1."""
     from cryptography.fernet import Fernet
 
-    from mlops.local_services import free_port, start_mlflow, stop_service
+    from mlops.detached_service import stop_service
+    from mlops.local_services import start_mlflow
+    from mlops.ports import free_port
 
     state = tmp_path_factory.mktemp("mlflow-watch-webhooks")
     env = {**os.environ, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
@@ -228,7 +230,7 @@ def _wait_port(port: int, timeout: float = 60.0) -> None:
 @pytest.mark.slow
 def test_re_promoting_an_older_version_in_mlflow_rolls_the_hosts_back_through_the_webhook(
         deploy_env, webhook_mlflow, monkeypatch):
-    from mlops.local_services import free_port
+    from mlops.ports import free_port
     from registry.client import tracking_client
     from registry.webhooks import ensure_webhook
 

@@ -37,7 +37,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from mlops.local_services import stop_service
+    from mlops.detached_service import stop_service
 
     state = settings.state_dir()
     try:

@@ -537,16 +537,16 @@ def _report_watch(args, result, *, forced: bool = False) -> int:
 
 
 def cmd_infra_validate(args) -> int:
-    from mlops import local_services
+    from mlops import throwaway_server
     from mlops_common import junit
     from serving_sync import infra
 
     model = settings.model_name(args.model_name)
     junit.check_path(args.junit)          # before the result is recorded in the ledger and on the version
-    kind = infra.choose_server(args.server, local_services.docker_available)
+    kind = infra.choose_server(args.server, throwaway_server.docker_available)
     sync_text.infra_validate_started(model, args.version, kind)
     result = infra.validate_and_record(model, args.version, server=kind, opts=_smoke_options(args),
-                                       start_server=local_services.throwaway_starter(kind, timeout=args.timeout),
+                                       start_server=throwaway_server.throwaway_starter(kind, timeout=args.timeout),
                                        timeout=args.timeout)
     _write_junit(args.junit, f"infra-validate.{model}.v{args.version}", [(c.name, c) for c in result.checks])
     if args.json:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.local_services import free_ports
+from mlops.ports import free_ports
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-not-real"

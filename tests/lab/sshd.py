@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.local_services import free_port
+from mlops.ports import free_port
 
 SSHD = "/usr/sbin/sshd"
 

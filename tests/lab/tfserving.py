@@ -38,7 +38,8 @@ from pathlib import Path
 
 import requests
 
-from mlops.local_services import free_port, stop_pid
+from mlops.detached_service import stop_pid
+from mlops.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EMPTY_CONFIG = "model_config_list {\n}\n"

@@ -1,0 +1,268 @@
+"""A detached service of the embedded default: started in its own process group, logging to a
+file in the state folder, and recorded in ``<state>/<name>.json`` (pid, its start time, url) so
+a later command can reuse or stop it — and never signals a program that got the pid after a
+reboot or a crash. ``mlops.local_services`` starts MLflow and the model server with it,
+``mlops.throwaway_server`` infra-validate's server.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from mlops.ports import port_in_use
+from mlops_common import log
+from mlops_common.errors import ConfigError, ConnectionFailure
+from mlops_common.procs import boot_id, is_process, pid_alive, process_identity
+
+_log = log.get("detached_service")
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int
+    url: str
+    log: Path
+    identity: str = ""       # procs.process_identity(pid) when started
+    ports: dict = field(default_factory=dict)     # what it was started with, e.g. {"grpc": 8500}
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log),
+                           "identity": self.identity, "ports": self.ports})
+
+    @property
+    def running(self) -> bool:
+        """Its process is still the one we started (not another program that got the pid). A
+        record without an identity is trusted only where none can be read (no /proc): on Linux
+        it matched any process with ``mlflow`` in its argv — another user's server too."""
+        return is_process(self.pid, self.identity)
+
+
+def _record_path(state: Path, name: str) -> Path:
+    return state / f"{name}.json"
+
+
+def read_record(state: Path, name: str) -> Service | None:
+    path = _record_path(state, name)
+    try:
+        if not path.is_file():
+            return None
+        text = path.read_text()
+    except OSError as exc:      # a name too long, a folder that cannot be read: one line, not a traceback
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder you "
+                          f"can read and write") from None
+    try:
+        d = json.loads(text)
+        return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""),
+                       dict(d.get("ports") or {}))
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        return None
+
+
+def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
+                 log: Path | None = None, ok: tuple[int, ...] = (200,), log_kept: bool = True) -> None:
+    """Poll ``url`` until it answers a status in ``ok``, the process dies, or ``timeout`` passes.
+    The failure names ``log`` when it stays (``log_kept``), and quotes its last line either way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
+                                    f"at {url}{_log_hint(log, log_kept)}")
+        try:
+            if requests.get(url, timeout=2).status_code in ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise ConnectionFailure(f"{url} did not answer within {timeout:g}s{_log_hint(log, log_kept)}")
+
+
+def _log_hint(log: Path | None, kept: bool) -> str:
+    """"; see <log>: <its last line>" for a message; the path only when the log stays (a
+    throw-away server's log, infra-validate's, goes with its folder before anyone opens it) and
+    nothing at all without a log (it read "see None")."""
+    if log is None:
+        return ""
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    last = (tail.strip().splitlines() or [""])[-1]
+    return (f"; see {log}" if kept else "") + (f": {last}" if last else "")
+
+
+
+def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
+          env: dict[str, str] | None = None, timeout: float = 120,
+          ok: tuple[int, ...] = (200,), ports: dict | None = None,
+          log_kept: bool = True) -> tuple[Service, subprocess.Popen]:
+    """Start ``cmd`` detached, record it as service ``name`` at once (a start killed during the
+    wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
+    for ``health_url``; on any failure stop it and forget it."""
+    log = state / f"{name}.log"
+    with open_in_state(state, log.name, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}))
+    try:
+        write_record(state, svc)
+        wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok, log_kept=log_kept)
+    except BaseException:
+        stop_pid(proc.pid)
+        _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
+        _record_path(state, name).unlink(missing_ok=True)
+        raise
+    return svc, proc
+
+
+def open_in_state(state: Path, name: str, mode: str):
+    """``open(state / name, mode)``, creating the state folder; one line when it cannot be written."""
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        return open(state / name, mode)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the state folder {state} ({exc.strerror or exc}); point "
+                          f"MLOPS_HOME at a folder you can write") from None
+
+
+def write_whole(path: Path, text: str) -> None:
+    """``text`` at ``path``, whole or not at all (written beside it, then renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
+                          f"you can write") from None
+
+
+def write_record(state: Path, svc: Service) -> None:
+    """The service's record, whole or not at all."""
+    write_whole(_record_path(state, svc.name), svc.to_json())
+
+
+def _term_then_kill(send, gone, timeout: float) -> bool:
+    """SIGTERM with ``send``, wait up to ``timeout`` for ``gone()``, then SIGKILL likewise. False
+    when there was nothing to signal (``send`` found no process)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            send(sig)
+        except ProcessLookupError:
+            return sig is signal.SIGKILL
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if gone():
+                return True
+            time.sleep(0.1)
+    return True
+
+
+def stop_pid(pid: int, *, timeout: float = 15) -> None:
+    """SIGTERM the process group of ``pid`` (its own group: ``spawn`` starts a session), else
+    ``pid`` alone, then SIGKILL if it does not exit in time."""
+    try:
+        own_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
+
+    def send(sig) -> None:
+        try:        # never signal a group the process merely belongs to
+            (os.killpg if own_group else os.kill)(pid, sig)
+        except PermissionError:
+            os.kill(pid, sig)
+
+    def gone() -> bool:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return not pid_alive(pid)
+
+    _term_then_kill(send, gone, timeout)
+
+
+def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
+    """The rest of a service whose first process died (MLflow's uvicorn worker keeps the port):
+    its process group, which ``spawn`` made with the recorded pid as its number. Linux does not
+    give that number to a new process while the group lives, so every member is ours — in the boot
+    the record was made in: after a reboot the number may be any program's group (it killed
+    another program's processes). True when there were any."""
+    boot = rec.identity.split(":", 1)[0]
+    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid):
+        return False        # the number is another program's now (or never was ours to judge)
+
+    def send(sig) -> None:
+        try:
+            os.killpg(rec.pid, sig)
+        except PermissionError:
+            raise ProcessLookupError from None     # not ours to signal: as if there were none
+
+    def gone() -> bool:
+        try:
+            os.killpg(rec.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return True
+        return False
+
+    return _term_then_kill(send, gone, timeout)
+
+
+def forget(state: Path, rec: Service) -> bool:
+    """Stop what is left of a recorded service and drop its record. True when something of it ran;
+    a record whose pid is now another program's is dropped without a signal."""
+    ran = rec.running
+    if ran:
+        stop_pid(rec.pid)
+    else:
+        ran = _stop_orphans(rec)
+    try:
+        _record_path(state, rec.name).unlink(missing_ok=True)
+    except OSError as exc:      # a read-only state folder: it is stopped; say the record stays
+        _log.warning("%s is stopped, but its record %s could not be removed (%s)", rec.name,
+                    _record_path(state, rec.name), exc.strerror or exc)
+    return ran
+
+
+def stop_service(state: Path, name: str) -> bool:
+    """Stop service ``name`` if its recorded process (or what is left of it) still runs, and
+    forget it. True when it ran."""
+    rec = read_record(state, name)
+    return False if rec is None else forget(state, rec)
+
+
+def refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
+    """One line for a port another program holds. With ``rec`` (a service of ours that runs):
+    only ports it does not hold itself, checked before it is stopped — `mlops up --port P2`
+    stopped a healthy server on P1, then refused because P2 was taken."""
+    if rec is not None and not rec.running:
+        return
+    own = set() if rec is None else {*(rec.ports or {}).values(), urlsplit(rec.url).port}
+    for port, what in ports.items():
+        if port not in own and port_in_use(port):
+            kept = f"; {rec.name} keeps running on {rec.url}" if rec is not None else ""
+            raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program{kept}; set {what} "
+                              f"to a free port")
+
+
+@contextlib.contextmanager
+def one_start_at_a_time(state: Path, name: str, timeout: float = 300):
+    """Hold ``state``'s start lock for service ``name`` (``flock``, released if the process dies).
+    Two `mlops up` at once both started a server: one lost the port, its error path removed the
+    winner's record, and the server that listened was recorded nowhere."""
+    from mlops_common import filelock
+
+    def timed_out() -> Exception:
+        return ConfigError(f"another start of {name} for {state} has held its lock for {timeout:g}s; wait "
+                           f"for it or run `mlops down`")
+
+    with open_in_state(state, f".{name}.start-lock", "a") as f, \
+            filelock.held(f, timeout=timeout, poll=0.1, timed_out=timed_out):
+        yield
+

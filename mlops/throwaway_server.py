@@ -1,0 +1,111 @@
+"""The throw-away TF Serving of ``mlops sync infra-validate``: the local compatible server or the
+pinned Docker image, started for one candidate's base folder and stopped after its checks.
+"""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+from mlops.detached_service import spawn, stop_pid, wait_http_ok
+from mlops.local_services import model_server_command
+from mlops.ports import free_port
+from mlops_common.errors import ConfigError, ConnectionFailure
+
+INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "serving_host" / "install_server.sh"
+CONTAINER_BASE = "/models"
+
+
+def tfserving_image() -> str:
+    """The ``tensorflow/serving`` image pinned in serving_host/install_server.sh (one source)."""
+    import re
+
+    m = re.search(r'^IMAGE="([^"]+)"', INSTALL_SCRIPT.read_text(), re.M)
+    if not m:
+        raise ConfigError(f"{INSTALL_SCRIPT} does not pin IMAGE=\"tensorflow/serving:...\"")
+    return m.group(1)
+
+
+def docker_available(timeout: float = 15.0) -> bool:
+    """Whether a Docker engine answers (``docker info`` succeeds)."""
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def docker_serving_command(*, image: str, base: Path, rest_port: int, name: str) -> list[str]:
+    """``docker run`` of real TF Serving reading ``base`` (read-only) as /models, REST on loopback.
+
+    The entrypoint is the server binary itself (as serving_host/install_server.sh runs it): the
+    image's default entrypoint script would add ``--model_name``/``--model_base_path``.
+    """
+    return ["docker", "run", "--rm", "-d", "--name", name,
+            "-v", f"{Path(base).resolve()}:{CONTAINER_BASE}:ro",
+            "-p", f"127.0.0.1:{rest_port}:8501",
+            "--entrypoint", "tensorflow_model_server",
+            image,
+            "--port=8500", "--rest_api_port=8501",
+            f"--model_config_file={CONTAINER_BASE}/models.config",
+            "--model_config_file_poll_wait_seconds=1",
+            "--file_system_poll_wait_seconds=1"]
+
+
+class _Throwaway:
+    """A started throw-away server: what serving_sync.infra needs, plus how to stop it."""
+
+    def __init__(self, kind: str, rest_url: str, serving_base: str, stop):
+        self.kind, self.rest_url, self.serving_base, self._stop = kind, rest_url, serving_base, stop
+
+    def stop(self) -> None:
+        self._stop()
+
+
+def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> _Throwaway:
+    """Start TF Serving for ``base``: ``local`` (the compatible server) or ``docker`` (the pinned
+    image). The caller stops it with ``.stop()``."""
+    import secrets
+
+    rest_port = free_port()
+    url = f"http://127.0.0.1:{rest_port}"
+    if kind == "local":
+        grpc_port = free_port()
+        cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port)
+        state = base.parent / "server-state"
+        _, proc = spawn("infra-validate-server", cmd, state=state, url=url,
+                        health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), log_kept=False)
+        return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid))
+    if kind == "docker":
+        name = f"mlops-infra-validate-{secrets.token_hex(4)}"
+        cmd = docker_serving_command(image=tfserving_image(), base=base, rest_port=rest_port, name=name)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConnectionFailure(f"docker run {tfserving_image()} failed: {last}")
+
+        def stop() -> None:
+            subprocess.run(["docker", "stop", "-t", "5", name], capture_output=True, timeout=60)
+
+        try:
+            wait_http_ok(f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,))
+        except BaseException:
+            stop()
+            raise
+        return _Throwaway("docker", url, CONTAINER_BASE, stop)
+    raise ConfigError(f"unknown server kind {kind!r}; use local or docker")
+
+
+def throwaway_starter(kind: str, *, timeout: float = 120.0):
+    """``serving_sync.infra``'s ``start_server``: a context manager per base that starts a throw-away
+    server of ``kind`` for it and stops the server on the way out."""
+    from serving_sync.infra import ThrowawayServer
+
+    @contextlib.contextmanager
+    def start_server(base: Path):
+        srv = start_throwaway_server(kind, base, timeout=timeout)
+        try:
+            yield ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base)
+        finally:
+            srv.stop()
+
+    return start_server
