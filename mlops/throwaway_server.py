@@ -14,6 +14,8 @@ from mlops_common.errors import ConfigError, ConnectionFailure
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "serving_host" / "install_server.sh"
 CONTAINER_BASE = "/models"
+# `docker run -d` returns once the container has started; a first pull of the image is inside it
+DOCKER_RUN_TIMEOUT = 600.0
 
 
 def tfserving_image() -> str:
@@ -78,7 +80,16 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
     if kind == "docker":
         name = f"mlops-infra-validate-{secrets.token_hex(4)}"
         cmd = docker_serving_command(image=tfserving_image(), base=base, rest_port=rest_port, name=name)
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=DOCKER_RUN_TIMEOUT)
+        except BaseException as exc:    # its timeout, Ctrl-C: the daemon may create the container still
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise ConnectionFailure(
+                    f"docker run {tfserving_image()} did not return within {DOCKER_RUN_TIMEOUT:g}s (pulling the "
+                    f"image?): pull it first (`docker pull {tfserving_image()}`) or use --server local") from None
+            raise
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or ["no output"])[-1]
             raise ConnectionFailure(f"docker run {tfserving_image()} failed: {last}")

@@ -3,6 +3,7 @@ the watch loop's bounds, the infra-validate server choice and docker command lin
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import pytest
@@ -319,6 +320,29 @@ def test_docker_command_runs_the_pinned_image_read_only_on_loopback(tmp_path):
     assert cmd[i - 2:i] == ["--entrypoint", "tensorflow_model_server"]
     assert "--model_config_file=/models/models.config" in cmd[i + 1:]
     assert "--rest_api_port=8501" in cmd[i + 1:]
+
+
+def test_a_docker_run_that_never_returns_is_one_line_and_its_container_is_removed(tmp_path, monkeypatch):
+    """`docker run -d` past its timeout (a slow first pull) raised TimeoutExpired: a traceback, and
+    the container the daemon may still create (`--rm -d`, a random name) kept running with
+    nothing to stop it. Docker is not installed here: a `docker` on PATH that hangs on `run` and
+    records what it is asked stands in for the engine."""
+    from mlops import throwaway_server
+    from mlops_common.errors import ConnectionFailure
+
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = run ] && exec sleep 30\nexit 0\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(throwaway_server, "DOCKER_RUN_TIMEOUT", 1.0)
+    with pytest.raises(ConnectionFailure, match=r"did not return within 1s .*docker pull tensorflow/serving:"):
+        throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=5)
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("run --rm -d --name mlops-infra-validate-"), lines
+    name = lines[0].split("--name ")[1].split()[0]
+    assert lines[1:] == [f"rm -f {name}"], lines
 
 
 def test_watch_outlives_an_unexpected_exception_in_a_pass():
