@@ -16,10 +16,10 @@ from .gate_rules import (
     EPS,
     GateRules,
     Verdict,
-    _no_examples,
     breached,
     decimals_apart,
     limit_text,
+    no_examples,
 )
 from .gate_stats import class_key, paired_standard_error
 
@@ -37,8 +37,8 @@ def build(*, model: str, version: int, verdict: Verdict, rules: GateRules, candi
     for k in classes:
         # a class an evaluation counted no example of has no accuracy (mlproject says 0.0): None,
         # shown as "no examples" (review, tenth stop)
-        c = None if _no_examples(candidate, k) else (candidate.get("per_class_accuracy") or {}).get(k)
-        p = (None if production is None or _no_examples(production, k)
+        c = None if no_examples(candidate, k) else (candidate.get("per_class_accuracy") or {}).get(k)
+        p = (None if production is None or no_examples(production, k)
              else (production.get("per_class_accuracy") or {}).get(k))
         flips = pairs.get(k)
         # lost: production right, the candidate wrong; won: the reverse (None: not known)

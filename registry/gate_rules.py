@@ -422,7 +422,7 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
         return Check("class_accuracy_vs_production", True, "no per-class accuracies to compare")
     # a class with no held-out example (mlproject reports its accuracy as 0.0, count 0) is never
     # named as the largest or nearest drop: it measured nothing (review, tenth stop)
-    named = [k for k in drops if not (_no_examples(candidate, k) and _no_examples(production, k))] or list(drops)
+    named = [k for k in drops if not (no_examples(candidate, k) and no_examples(production, k))] or list(drops)
     worst = max(named, key=lambda k: drops[k])
     bad = [k for k, d in drops.items() if breached(d, allowed[k])]
     if bad:
@@ -456,7 +456,7 @@ def _class_check(candidate: dict, production: dict, allowed: dict[str, float], b
                  observed=round(drops[worst], 6), limit=round(allowed[worst], 6))
 
 
-def _no_examples(doc: dict, k: str) -> bool:
+def no_examples(doc: dict, k: str) -> bool:
     """Whether an evaluation counted no held-out example of class ``k`` (its accuracy, 0.0, is no
     measurement)."""
     try:
