@@ -78,8 +78,8 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
                         health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), log_kept=False)
         return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid))
     if kind == "docker":
-        name = f"mlops-infra-validate-{secrets.token_hex(4)}"
-        cmd = docker_serving_command(image=tfserving_image(), base=base, rest_port=rest_port, name=name)
+        name, image = f"mlops-infra-validate-{secrets.token_hex(4)}", tfserving_image()
+        cmd = docker_serving_command(image=image, base=base, rest_port=rest_port, name=name)
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=DOCKER_RUN_TIMEOUT)
         except BaseException as exc:    # its timeout, Ctrl-C: the daemon may create the container still
@@ -87,12 +87,12 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise ConnectionFailure(
-                    f"docker run {tfserving_image()} did not return within {DOCKER_RUN_TIMEOUT:g}s (pulling the "
-                    f"image?): pull it first (`docker pull {tfserving_image()}`) or use --server local") from None
+                    f"docker run {image} did not return within {DOCKER_RUN_TIMEOUT:g}s (pulling the "
+                    f"image?): pull it first (`docker pull {image}`) or use --server local") from None
             raise
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConnectionFailure(f"docker run {tfserving_image()} failed: {last}")
+            raise ConnectionFailure(f"docker run {image} failed: {last}")
 
         def stop() -> None:
             subprocess.run(["docker", "stop", "-t", "5", name], capture_output=True, timeout=60)

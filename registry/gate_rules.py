@@ -396,11 +396,11 @@ def _invalid_metrics(doc: dict, who: str) -> list[str]:
     if not_count(doc.get("n")):
         out.append(f"{who}'s n (examples evaluated) is {doc.get('n')!r}, not a whole number of examples")
     counts = doc.get("per_class_count") or {}
-    classes = sorted((k for k, x in (counts.items() if isinstance(counts, dict) else ()) if not_count(x)),
-                     key=class_key)
-    if classes or not isinstance(counts, dict):
+    if not isinstance(counts, dict):
+        out.append(f"{who}'s per_class_count is not a mapping")
+    elif classes := sorted((k for k, x in counts.items() if not_count(x)), key=class_key):
         out.append(f"{who}'s per_class_count of class{'es' if len(classes) > 1 else ''} {', '.join(classes)} is "
-                   f"not a whole number of examples" if classes else f"{who}'s per_class_count is not a mapping")
+                   f"not a whole number of examples")
     return out
 
 

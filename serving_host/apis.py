@@ -16,6 +16,7 @@ import numpy as np
 
 from serving_host.servable import SERVING_DEFAULT, Servable
 from serving_host.status import invalid_argument
+from serving_host.tensors import string_vector
 
 # TensorProto field for each DataType (tensorflow/core/framework/types.proto numbers).
 _FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
@@ -73,9 +74,7 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
         items = _decode_string_list(proto.tensor_content, n)
         if items is None:
             raise invalid_argument(f"tensor parsing error: {alias}")
-        arr = np.empty(n, dtype=object)
-        arr[:] = items
-        return arr.reshape(dims)
+        return string_vector(items).reshape(dims)
     if field is not None and not proto.tensor_content:
         # FromProtoField copies the first n elements and ignores the rest (tensor.cc); a complex
         # field's odd last number is no element

@@ -16,7 +16,7 @@ import numpy as np
 
 from serving_host.json_text import debug_text, json_type, json_value_error
 from serving_host.status import ServingError, invalid_argument
-from serving_host.tensors import shape_text
+from serving_host.tensors import shape_text, string_vector
 from serving_host.tf_dtypes import (
     DT_BOOL,
     DT_DOUBLE,
@@ -188,9 +188,7 @@ def _to_array(values: list, shape: list[int], dt: int) -> np.ndarray:
     if np_type is None:
         raise ServingError("UNIMPLEMENTED", f"Conversion of JSON to type: {dtype_name(dt)}")
     if np_type is object:
-        arr = np.empty(len(values), dtype=object)
-        arr[:] = values
-        return arr.reshape(shape)
+        return string_vector(values).reshape(shape)
     if dt in (DT_INT16, DT_INT8, DT_UINT8):  # TF keeps these in int_val and narrows them
         return np.asarray(values, dtype=np.int64).astype(np_type).reshape(shape)
     if dt == DT_FLOAT:                         # static_cast<float>(GetDouble()): past FLT_MAX, inf
