@@ -672,6 +672,47 @@ def test_shell_options_a_login_shell_sets_do_not_reach_the_host_scripts(sshd_fac
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
 
 
+def test_aliases_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_factory, tmp_path):
+    """Found by review (2026-12-06, fourteenth stop): a ~/.bashrc with `shopt -s expand_aliases` and
+    the dotfiles classic `alias mkdir='mkdir -pv'` changed the scripts' commands: the upload's
+    `mkdir -- <dest>`, which must fail when the folder is there (another upload's, a leftover),
+    became `mkdir -pv` and the tar went into the existing folder. Aliases are removed before the
+    scripts' lines are read; a publish still works."""
+    import pwd
+
+    from serving_sync.lock import HostLock
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopsalias"           # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text(
+            "shopt -s expand_aliases\nalias mkdir='mkdir -pv'\n")
+        server = sshd_factory(user=user)
+        base = base_of(user, "mlops-alias-")
+        model = make_model_tree(tmp_path / "m")
+        os.chmod(tmp_path, 0o755)
+        there = base / "digits" / "taken"
+        there.mkdir(parents=True)
+        (there / "stale").write_text("another upload's file\n")
+        for p in (base / "digits", there, there / "stale"):
+            shutil.chown(p, user, user)
+        t = connect(server, base, user=user)
+        try:
+            with pytest.raises(UserError) as e:
+                t.upload_tree(model, "digits/taken", mf.build(model))
+            assert "cannot create" in one_line(e.value), one_line(e.value)
+            assert sorted(p.name for p in there.iterdir()) == ["stale"]
+            with HostLock(t):
+                assert publish(t, "digits", 1, model).status == "uploaded" and not t._no_shell
+            assert t.verify("digits/1", mf.build(model)) == []
+        finally:
+            t.close()
+            shutil.rmtree(base.parent)
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
 def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_factory, tmp_path):
     """rbash forbids redirection and cd: the scripts' `command -v tar >/dev/null` failed, the
     upload fell back to SFTP, and the listing's `cd` failing was taken for a missing directory —

@@ -27,9 +27,13 @@ MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 # by turning them off (pipefail only where the shell has it: dash refuses the option, and a
 # special built-in's error would end the command).
 # A restricted login shell (rbash: no redirection, no cd) cannot run them at all: it says so first.
+# Aliases the startup file defines (with `shopt -s expand_aliases`: `alias df='df -h'` made the
+# free-space check read "1.2G", so no check at all) are removed, and the line ends there: bash
+# expands aliases a line at a time, so an `unalias` reaches only the lines after its own.
 RESTRICTED, RESTRICTED_EXIT = "@restricted", 90
 SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
-                  "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; ")
+                  "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
+                  "unalias -a 2>/dev/null\n")
 
 # A name with a line break (never ours: ``check_relpath``; someone's file on the host) reads as
 # two in the line-based output below: the listing stops at it (``@linebreak``, exit 93).
