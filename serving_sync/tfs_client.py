@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 from .errors import HostUnreachable, NotTFServing, ServingError, ServingTimeout
 
 _NOT_JSON = "_not_json"     # marks an answer whose body was not JSON (TF Serving's always is)
+MAX_BODY_BYTES = 64 * 1024 * 1024   # an answer's size bound (a predict's is some KB to a few MB)
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,9 @@ class TFServingClient:
                 body = json.dumps(body).encode()
         seconds = timeout or self.timeout
         try:
-            r = self._http.request(method, url, body=body, headers=headers,
+            r = self._http.request(method, url, body=body, headers=headers, preload_content=False,
                                    timeout=urllib3.Timeout(connect=seconds, read=seconds))
+            raw = self._body(r, method, url, seconds)
         except urllib3.exceptions.ReadTimeoutError:
             raise HostUnreachable(f"TF Serving REST at {self.base} did not answer within "
                                   f"{seconds:.0f}s ({method} {url})") from None
@@ -166,12 +168,35 @@ class TFServingClient:
             raise HostUnreachable(f"TF Serving REST at {self.base} is not reachable (connection refused "
                                   f"or no route); check that it runs and the host's rest_url") from None
         try:
-            data = json.loads(r.data)
+            data = json.loads(raw)
         except ValueError:
-            data = {"error": r.data[:300].decode("utf-8", "replace"), _NOT_JSON: True}
+            data = {"error": raw[:300].decode("utf-8", "replace"), _NOT_JSON: True}
         if not isinstance(data, dict):
             data = {"error": f"unexpected JSON {str(data)[:200]}"}
         return r.status, data
+
+    def _body(self, r, method: str, url: str, seconds: float) -> bytes:
+        """The whole answer, at most ``MAX_BODY_BYTES`` within ``seconds`` in all (each read waits at
+        most ``seconds``). ``r.data`` read any length for any time: a rest_url naming another web
+        server (a file server, a stream) held the deploy, and its memory, for as long as it sent."""
+        deadline = time.monotonic() + seconds
+        chunks, size = [], 0
+        try:
+            while chunk := r.read1(64 * 1024):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise ServingError(f"TF Serving REST at {self.base} answered {method} {url} with more than "
+                                       f"{MAX_BODY_BYTES // (1024 * 1024)} MB; check the host's rest_url")
+                if time.monotonic() > deadline:
+                    raise HostUnreachable(f"TF Serving REST at {self.base} did not finish its answer within "
+                                          f"{seconds:.0f}s ({method} {url})")
+                chunks.append(chunk)
+        except BaseException:
+            r.close()              # the rest unread: this connection is not used again
+            raise
+        finally:
+            r.release_conn()
+        return b"".join(chunks)
 
     def _get_json(self, url: str) -> dict:
         code, data = self._request("GET", url)

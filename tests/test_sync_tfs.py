@@ -362,3 +362,66 @@ def test_a_proxy_that_asks_for_credentials_gets_those_in_http_proxy(monkeypatch)
         proxy.server_close()
     assert [(s.version, s.state) for s in statuses] == [(3, "AVAILABLE")]
     assert seen == [(f"http://serving.example:8501/v1/models/{MODEL}", expected)]
+
+
+@pytest.fixture
+def endless_rest():
+    """A web server on 127.0.0.1 that is not TF Serving: /big answers with a body far larger than
+    any TF Serving answer (bounded: 96 MB), /slow trickles a byte every 0.25 s (bounded: 24 bytes),
+    each read well within the client's read timeout."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Endless(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            big = "/big" in self.path
+            chunk, count, pause = (b"x" * 65536, 96 * 16, 0.0) if big else (b"x", 24, 0.25)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(chunk) * count))
+            self.end_headers()
+            try:
+                for _ in range(count):
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if pause:
+                        time.sleep(pause)     # the slow server itself, not a synchronisation
+            except OSError:                   # the client went away
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answer_past_the_size_bound_or_the_timeout_is_one_line(endless_rest, monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): the client read the whole body (``r.data``)
+    whatever its length and for as long as it came, each read within the timeout: a rest_url naming
+    another web server (a file server, a stream) held the deploy and its memory. Now at most
+    MAX_BODY_BYTES within the request's timeout, then one line."""
+    import time
+
+    from serving_sync import tfs_client
+
+    for var in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    client = TFServingClient(f"{endless_rest}/big", timeout=5)
+    with pytest.raises(ServingError) as e:
+        client.model_status(MODEL)
+    line = str(e.value)
+    assert "\n" not in line and f"more than {tfs_client.MAX_BODY_BYTES // (1024 * 1024)} MB" in line, line
+    with pytest.raises(ServingError, match="more than"):   # the cut connection is not read again
+        client.model_status(MODEL)
+    slow = TFServingClient(f"{endless_rest}/slow", timeout=1)
+    started = time.monotonic()
+    with pytest.raises(HostUnreachable) as e:
+        slow.model_status(MODEL)
+    assert time.monotonic() - started < 3.5, "the answer was read past the request's timeout"
+    assert "did not finish its answer within 1s" in str(e.value), str(e.value)
