@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -244,11 +245,16 @@ def parse_hash_lines(text: str) -> dict[str, str]:
     for line in text.split("\n"):   # not splitlines(): "\r" and friends are not line ends here
         if not line.strip():
             continue
-        digest, sep, rest = line[:64], line[64:65], line[65:]
+        # GNU sha256sum starts the line of a name with a backslash (or a line break) with one and
+        # escapes the name: its line was "unexpected" (a ValueError out of a present version's check)
+        escaped = line.startswith("\\")
+        digest, sep, rest = line[escaped:escaped + 64], line[escaped + 64:escaped + 65], line[escaped + 65:]
         if sep != " " or len(digest) != 64:
             raise ValueError(f"unexpected hash output line {line[:120]!r}")
         if rest[:1] in (" ", "*"):
             rest = rest[1:]
+        if escaped:
+            rest = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m[1], m[1]), rest)
         out[_strip_dot(rest)] = digest.lower()
     return out
 
