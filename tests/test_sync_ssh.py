@@ -2,6 +2,7 @@
 clear one-line errors, connection cuts mid-upload, full disks, permissions, SFTP fallback."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -670,6 +671,73 @@ def test_shell_options_a_login_shell_sets_do_not_reach_the_host_scripts(sshd_fac
     finally:
         httpd.shutdown()
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (from /proc), children first."""
+    parent_of = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            parent_of[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent_of.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def test_a_host_that_stops_answering_as_a_command_starts_is_a_timeout_not_a_hang(sshd_factory, tmp_path):
+    """Found by review (2026-12-06, fourteenth stop): every host command opens a channel (bounded
+    by op_timeout) and asks the host to start the command; paramiko waits for that answer without
+    a timeout, so a host that stopped answering in between (a network gone silent, sshd stuck
+    setting up the session) held the deploy for ever. Here the sshd serving the connection is
+    stopped (SIGSTOP) right after the channel opened: one "stalled" line within op_timeout."""
+    import signal
+    import threading
+
+    server = sshd_factory()
+    base = tmp_path / "base"
+    base.mkdir()
+    t = connect(server, base, op_timeout=2)
+    stopped: list[int] = []
+    real_open = t._t.open_session
+
+    def open_then_stop(*args, **kwargs):
+        ch = real_open(*args, **kwargs)
+        for pid in _descendants(server.proc.pid):     # this test's own sshd: its connection
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        return ch
+
+    t._t.open_session = open_then_stop
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(t.disk_free())
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(15)
+    try:
+        assert stopped, "no sshd process served the connection"
+        assert not worker.is_alive(), "the command waited for ever for the host to start it"
+        assert isinstance(outcome[0], HostUnreachable), outcome
+        assert "no progress for 2s while checking free space" in one_line(outcome[0]), one_line(outcome[0])
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        worker.join(15)
+        t.close()
 
 
 def test_aliases_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_factory, tmp_path):

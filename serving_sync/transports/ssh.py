@@ -28,7 +28,7 @@ from ..progress import ProgressFn
 from . import sftp_fsync, ssh_connect, ssh_upload
 from .base import LINKABLE, MAX_SMALL_FILE, Transport, line_break_name, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
-from .ssh_channel import last_line, read_all, read_interruptible
+from .ssh_channel import exec_command, last_line, read_all, read_interruptible
 from .ssh_connect import SFTP_CHUNK
 from .ssh_scripts import RESTRICTED, RESTRICTED_EXIT, SHELL_DEFAULTS, listing_script, parse_output, q
 
@@ -115,7 +115,7 @@ class SshTransport(Transport):
     def _open_exec(self, command: str):
         ch = self._t.open_session(timeout=self.op_timeout)
         ch.settimeout(self.op_timeout)
-        ch.exec_command(SHELL_DEFAULTS + command)
+        exec_command(ch, SHELL_DEFAULTS + command, self.op_timeout)
         return ch
 
     def _finish(self, ch, timeout: float | None = None, *, interruptible: bool = False) -> tuple[int, bytes, bytes]:

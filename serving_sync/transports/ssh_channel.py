@@ -17,6 +17,26 @@ def last_line(err: bytes) -> str:
     return lines[-1][:300] if lines else "no error output"
 
 
+def exec_command(ch, command: str, timeout: float) -> None:
+    """``ch.exec_command(command)`` with its wait for the host's answer bounded by ``timeout``
+    (``socket.timeout``, the channel closed). paramiko waits for that answer without a timeout: a
+    host that stopped answering between the channel's opening (bounded) and the command's start
+    (a network that went silent, sshd stuck setting up the session) held the deploy for ever."""
+    wait = ch._wait_for_event       # what paramiko's exec_command calls once it sent the request
+
+    def bounded() -> None:
+        if not ch.event.wait(timeout):
+            ch.close()
+            raise socket.timeout()
+        wait()                      # at once now: the answer, or the channel's end raised
+
+    ch._wait_for_event = bounded
+    try:
+        ch.exec_command(command)
+    finally:
+        del ch._wait_for_event
+
+
 def sender(ch):
     """``sendall`` without paramiko's copy of the remaining buffer per packet (memoryview slices)."""
     def send(data: bytes) -> None:
