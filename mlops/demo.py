@@ -49,11 +49,15 @@ HOSTS_MARK = "# Written by `mlops demo`"
 
 
 def hosts_toml(base: Path, rest_url: str, grpc: str) -> str:
-    """The embedded default's hosts file: one ``file://`` host served by the local server."""
+    """The embedded default's hosts file: one ``file://`` host served by the local server. The path
+    is percent-quoted: a state folder with ``#``, ``?`` or ``%41`` in its path was read back as a
+    fragment, a query or another folder, and one with ``"`` or ``\\`` was not TOML."""
+    from urllib.parse import quote
+
     return (f"{HOSTS_MARK}: the embedded default's one serving host.\n"
             "[[hosts]]\n"
             'name = "local"\n'
-            f'target = "file://{base}"\n'
+            f'target = "file://{quote(str(base))}"\n'
             f'rest_url = "{rest_url}"\n'
             f'grpc = "{grpc}"\n')
 

@@ -171,3 +171,15 @@ def test_ctrl_d_at_the_approval_prompt_is_no_approval(monkeypatch):
     assert approve(3, DemoOptions(yes=False)) is False
     monkeypatch.setattr(builtins, "input", lambda prompt="": "y")
     assert approve(3, DemoOptions(yes=False)) is True
+
+
+@pytest.mark.parametrize("folder", ["my state", "c#-projects", "what?", "100%41", 'say "hi"', "back\\slash", "é😀"])
+def test_the_hosts_file_names_the_serving_folder_whatever_its_path_holds(tmp_path, folder):
+    """Found by review (2026-12-06, fourteenth stop): the demo wrote ``file://<path>`` as it was, so
+    a state folder with ``#`` or ``?`` was refused at the deploy step (after v1 was promoted) as a
+    URL with a fragment or a query, ``%41`` named another folder, and ``"`` or ``\\`` was not TOML."""
+    from serving_sync.hosts import parse_hosts_toml
+
+    base = tmp_path / folder / ".mlops" / "serving"
+    (host,) = parse_hosts_toml(hosts_toml(base, "http://127.0.0.1:8501", "127.0.0.1:8500"), "hosts.toml")
+    assert host.target.scheme == "file" and host.target.path == str(base)
