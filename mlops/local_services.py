@@ -20,6 +20,7 @@ from mlops.detached_service import (
     spawn,
     wait_http_ok,
 )
+from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure
 
 
@@ -73,8 +74,10 @@ def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, arti
     refuse_taken_ports(None, {port: "MLOPS_MLFLOW_PORT (or --port)"})
     from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
 
-    backend = prepare_backend_store(backend_store_uri or f"sqlite:///{state / 'mlflow.db'}", env=env)
-    artifacts = artifacts_destination or str(state / "mlartifacts")
+    # a state folder under `what?/` put the database beside it, one under `100%41/` the database and
+    # the artifacts in `100A/` (MLflow unquotes the destination as a URI's path)
+    backend = prepare_backend_store(backend_store_uri or settings.sqlite_url(state / "mlflow.db"), env=env)
+    artifacts = artifacts_destination or str(state / "mlartifacts").replace("%", "%25")
     url = f"http://127.0.0.1:{port}"
     cmd = mlflow_server_command(port=port, artifacts_destination=artifacts, workers=workers, app_name=app_name)
     svc, _ = spawn("mlflow-server", cmd, state=state, url=url, health_url=f"{url}/health",

@@ -180,7 +180,16 @@ def ledger_url() -> str:
         return url
     path = state_dir() / "ledger.db"
     make_folder(path.parent, "MLOPS_HOME (the state folder)")
-    return f"sqlite:///{path}"
+    return sqlite_url(path)
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite file at ``path`` (absolute). SQLAlchemy reads ``?`` as the
+    start of a query and ``%41`` as ``A``: ``sqlite:///<path>`` of a state folder under ``what?/``
+    was a database beside it (``what``), under ``100%41/`` one in another folder. Only those two are
+    quoted: MLflow's server makes the file's folder from the URL as written (a space quoted there
+    made an empty ``my%20home`` beside the state folder)."""
+    return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")
 
 
 def check_ledger_sqlite(url: str) -> None:

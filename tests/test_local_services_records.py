@@ -312,3 +312,32 @@ def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
         leaked = subprocess.run(["pkill", "-f", "--", pattern], capture_output=True).returncode
     assert r.returncode == 0 and "stopped: mlflow-server" in r.stdout
     assert leaked == 1 and not port_in_use(port)                  # pkill found nothing left
+
+
+def test_a_state_folder_with_a_question_mark_or_percent_keeps_mlflows_database_and_artifacts_inside(tmp_path,
+                                                                                                     monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): ``sqlite:///<state>/mlflow.db`` of a state folder
+    under ``what?/`` was read as a database at ``what`` beside it (the ledger's too), and under
+    ``100%41/`` the database and the artifacts went to ``100A/``."""
+    import sqlalchemy as sa
+    from mlflow import MlflowClient
+
+    from mlops_common import settings
+
+    state = tmp_path / "what?" / "100%41" / "my home#1"
+    monkeypatch.setenv("MLOPS_HOME", str(state))
+    assert sa.engine.make_url(settings.ledger_url()).database == str(state / "ledger.db")
+    svc = local_services.start_mlflow(state, port=free_port())
+    try:
+        client = MlflowClient(tracking_uri=svc.url)
+        run = client.create_run("0")
+        client.log_text(run.info.run_id, "x", "a.txt")
+        assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["a.txt"]
+    finally:
+        detached_service.stop_service(state, "mlflow-server")
+    assert (state / "mlflow.db").is_file()
+    assert list(state.glob("mlartifacts/*/*/artifacts/a.txt"))
+    assert not (tmp_path / "what").exists() and not (tmp_path / "what?" / "100A").exists()
+    # MLflow's server makes the database's folder from the URL as written: for `?` and `%`, which
+    # the URL must quote, an empty folder of that name (no file) is all it leaves beside the state
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and state not in p.parents] == []
