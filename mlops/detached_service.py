@@ -34,10 +34,11 @@ class Service:
     log: Path
     identity: str = ""       # procs.process_identity(pid) when started
     ports: dict = field(default_factory=dict)     # what it was started with, e.g. {"grpc": 8500}
+    build: str = ""          # what started it (the starter's digest of its command and code)
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log),
-                           "identity": self.identity, "ports": self.ports})
+                           "identity": self.identity, "ports": self.ports, "build": self.build})
 
     @property
     def running(self) -> bool:
@@ -63,7 +64,7 @@ def read_record(state: Path, name: str) -> Service | None:
     try:
         d = json.loads(text)
         return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""),
-                       dict(d.get("ports") or {}))
+                       dict(d.get("ports") or {}), str(d.get("build") or ""))
     except (ValueError, KeyError, TypeError, AttributeError, OSError):
         return None
 
@@ -101,7 +102,7 @@ def _log_hint(log: Path | None, kept: bool) -> str:
 def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
           env: dict[str, str] | None = None, timeout: float = 120,
           ok: tuple[int, ...] = (200,), ports: dict | None = None,
-          log_kept: bool = True) -> tuple[Service, subprocess.Popen]:
+          log_kept: bool = True, build: str = "") -> tuple[Service, subprocess.Popen]:
     """Start ``cmd`` detached, record it as service ``name`` at once (a start killed during the
     wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
     for ``health_url``; on any failure stop it and forget it."""
@@ -109,7 +110,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     with open_in_state(state, log.name, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-    svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}))
+    svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build)
     try:
         write_record(state, svc)
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok, log_kept=log_kept)

@@ -59,10 +59,34 @@ def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None
                              app_name=app_name, env=env)
 
 
+def build_digest(cmd: list[str], *, dists: tuple[str, ...] = (), code: Path | None = None) -> str:
+    """What a service runs, in a few bytes: its command (this virtualenv's python, its flags), the
+    versions of ``dists`` and the sources under ``code``. A server a record names is reused only
+    when this is unchanged: one left running by another checkout on the same MLOPS_HOME, or before a
+    `git pull` or a reinstall of MLflow, was reused (an older MLflow on the upgraded database's
+    files, an older model server) and nothing said so."""
+    import hashlib
+    import json
+    from importlib import metadata
+
+    h = hashlib.sha256(json.dumps(cmd).encode())
+    for dist in dists:
+        try:
+            h.update(f"{dist}={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist}=?".encode())
+    for path in sorted(code.rglob("*.py")) if code is not None else ():
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, artifacts_destination: str | None,
                   workers: int, app_name: str | None, env: dict[str, str] | None) -> Service:
+    artifacts = artifacts_destination or str(state / "mlartifacts").replace("%", "%25")
+    cmd = mlflow_server_command(port=port, artifacts_destination=artifacts, workers=workers, app_name=app_name)
+    build = build_digest(cmd, dists=("mlflow",))
     rec = read_record(state, "mlflow-server")
-    if rec and rec.running and rec.url == f"http://127.0.0.1:{port}":
+    if rec and rec.running and rec.url == f"http://127.0.0.1:{port}" and rec.build == build:
         try:
             wait_http_ok(f"{rec.url}/health", timeout=10)
             return rec
@@ -75,13 +99,11 @@ def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, arti
     from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
 
     # a state folder under `what?/` put the database beside it, one under `100%41/` the database and
-    # the artifacts in `100A/` (MLflow unquotes the destination as a URI's path)
+    # the artifacts (`artifacts`: MLflow unquotes the destination as a URI's path) in `100A/`
     backend = prepare_backend_store(backend_store_uri or settings.sqlite_url(state / "mlflow.db"), env=env)
-    artifacts = artifacts_destination or str(state / "mlartifacts").replace("%", "%25")
     url = f"http://127.0.0.1:{port}"
-    cmd = mlflow_server_command(port=port, artifacts_destination=artifacts, workers=workers, app_name=app_name)
     svc, _ = spawn("mlflow-server", cmd, state=state, url=url, health_url=f"{url}/health",
-                   env=mlflow_server_env(backend, env))
+                   env=mlflow_server_env(backend, env), build=build)
     return svc
 
 
@@ -123,9 +145,14 @@ def start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: in
 
 def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: int, name: str,
                         config_poll_seconds: int) -> Service:
+    monitoring = state / f"{name}.monitoring.config"
+    cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port,
+                               config_poll_seconds=config_poll_seconds, monitoring_config=monitoring)
+    build = build_digest(cmd, dists=("tensorflow",), code=Path(__file__).resolve().parents[1] / "serving_host")
     rec = read_record(state, name)
     asked = {"grpc": grpc_port}
-    if rec and rec.running and rec.url == f"http://127.0.0.1:{rest_port}" and rec.ports == asked:
+    if rec and rec.running and rec.url == f"http://127.0.0.1:{rest_port}" and rec.ports == asked \
+            and rec.build == build:
         try:
             wait_http_ok(f"{rec.url}/v1/models/__probe__", timeout=10, ok=(404,))
             return rec
@@ -146,10 +173,7 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
                           f"you can write") from None
     refuse_taken_ports(None, wanted)
     url = f"http://127.0.0.1:{rest_port}"
-    monitoring = state / f"{name}.monitoring.config"
     monitoring.write_text(MONITORING_CONFIG)
-    cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port,
-                               config_poll_seconds=config_poll_seconds, monitoring_config=monitoring)
     svc, _ = spawn(name, cmd, state=state, url=url, health_url=f"{url}/v1/models/__probe__",
-                   ok=(404,), ports=asked)
+                   ok=(404,), ports=asked, build=build)
     return svc

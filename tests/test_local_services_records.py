@@ -341,3 +341,24 @@ def test_a_state_folder_with_a_question_mark_or_percent_keeps_mlflows_database_a
     # MLflow's server makes the database's folder from the URL as written: for `?` and `%`, which
     # the URL must quote, an empty folder of that name (no file) is all it leaves beside the state
     assert [p for p in tmp_path.rglob("*") if p.is_file() and state not in p.parents] == []
+
+
+def test_a_server_left_by_another_build_of_the_project_is_started_afresh(tmp_path):
+    """Found by review (2026-12-06, fourteenth stop): a server left running on the state folder by
+    another checkout, or before a `git pull` or a reinstall of MLflow, was reused whatever it ran:
+    its record said only pid, url and ports. A record whose build is not this one's (every record
+    written before builds were recorded) names a server to replace; this one's is reused."""
+    state, base = tmp_path / ".mlops", tmp_path / "serving"
+    rest, grpc = free_ports(2)
+    old = local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
+    try:
+        doc = json.loads((state / "model-server.json").read_text())
+        doc.pop("build", None)                                     # as the code before wrote it
+        (state / "model-server.json").write_text(json.dumps(doc))
+        new = local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
+        assert new.pid != old.pid and new.running and not pid_alive(old.pid)
+        assert local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc).pid == new.pid
+    finally:
+        detached_service.stop_service(state, "model-server")
+        if pid_alive(old.pid):
+            detached_service.stop_pid(old.pid)
