@@ -317,8 +317,14 @@ def wait_for_ctrl_c() -> None:
             time.sleep(3600)
     except KeyboardInterrupt:
         state = settings.state_dir()
-        for name in ("model-server", "mlflow-server"):
-            stop_service(state, name)
+        try:    # a demo started since in another terminal runs on these services: not under it
+            with one_demo_at_a_time(state):
+                for name in ("model-server", "mlflow-server"):
+                    stop_service(state, name)
+        except ConfigError:
+            say(f"another `mlops demo` runs on {state} now: its services keep running (`{mlops_command()} "
+                f"down` stops them)")
+            return
         say("stopped.")
 
 

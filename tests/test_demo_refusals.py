@@ -183,3 +183,43 @@ def test_the_hosts_file_names_the_serving_folder_whatever_its_path_holds(tmp_pat
     base = tmp_path / folder / ".mlops" / "serving"
     (host,) = parse_hosts_toml(hosts_toml(base, "http://127.0.0.1:8501", "127.0.0.1:8500"), "hosts.toml")
     assert host.target.scheme == "file" and host.target.path == str(base)
+
+
+def test_ctrl_c_at_the_end_leaves_the_services_to_a_demo_started_since(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): the demo releases its lock before it waits for
+    Ctrl-C, so a second `make demo` in another terminal runs on the same services; a Ctrl-C in the
+    first terminal then stopped both servers under the second demo's training or deploy."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    from mlops import demo, detached_service
+    from mlops_common.procs import pid_alive, process_identity
+
+    home = tmp_path / "mlops"
+    home.mkdir()
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    servers = {}
+    for name in ("model-server", "mlflow-server"):      # stand-ins for the two servers, as recorded
+        p = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        servers[name] = p
+        detached_service.write_record(home, detached_service.Service(
+            name, p.pid, "http://127.0.0.1:9", home / f"{name}.log", process_identity(p.pid)))
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "time", SimpleNamespace(sleep=ctrl_c, monotonic=time.monotonic))   # the demo's wait only
+    try:
+        with open(home / "demo.lock", "a+") as held:          # the second demo, running
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            demo.wait_for_ctrl_c()
+            assert all(p.poll() is None and pid_alive(p.pid) for p in servers.values())
+        demo.wait_for_ctrl_c()                               # no other demo: Ctrl-C stops them
+        for p in servers.values():
+            p.wait(timeout=30)
+    finally:
+        for p in servers.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
