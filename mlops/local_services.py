@@ -51,12 +51,14 @@ def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None)
 
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
                  artifacts_destination: str | None = None, workers: int = 1,
-                 app_name: str | None = None, env: dict[str, str] | None = None) -> Service:
-    """Start (or reuse) the local MLflow server for ``state`` and wait until it answers."""
+                 app_name: str | None = None, env: dict[str, str] | None = None,
+                 port_setting: str = "MLOPS_MLFLOW_PORT (or --port)") -> Service:
+    """Start (or reuse) the local MLflow server for ``state`` and wait until it answers.
+    ``port_setting``: what a port taken by another program tells the user to set."""
     with one_start_at_a_time(state, "mlflow-server"):
         return _start_mlflow(state, port=port, backend_store_uri=backend_store_uri,
                              artifacts_destination=artifacts_destination, workers=workers,
-                             app_name=app_name, env=env)
+                             app_name=app_name, env=env, port_setting=port_setting)
 
 
 def build_digest(cmd: list[str], *, dists: tuple[str, ...] = (), code: Path | None = None) -> str:
@@ -81,7 +83,7 @@ def build_digest(cmd: list[str], *, dists: tuple[str, ...] = (), code: Path | No
 
 
 def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, artifacts_destination: str | None,
-                  workers: int, app_name: str | None, env: dict[str, str] | None) -> Service:
+                  workers: int, app_name: str | None, env: dict[str, str] | None, port_setting: str) -> Service:
     artifacts = artifacts_destination or str(state / "mlartifacts").replace("%", "%25")
     cmd = mlflow_server_command(port=port, artifacts_destination=artifacts, workers=workers, app_name=app_name)
     build = build_digest(cmd, dists=("mlflow",))
@@ -92,10 +94,10 @@ def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, arti
             return rec
         except ConnectionFailure:
             pass
-    refuse_taken_ports(rec, {port: "MLOPS_MLFLOW_PORT (or --port)"})   # before the running one stops
+    refuse_taken_ports(rec, {port: port_setting})   # before the running one stops
     if rec is not None:     # not answering, half gone, or on another port than asked: start again
         forget(state, rec)
-    refuse_taken_ports(None, {port: "MLOPS_MLFLOW_PORT (or --port)"})
+    refuse_taken_ports(None, {port: port_setting})
     from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
 
     # a state folder under `what?/` put the database beside it, one under `100%41/` the database and

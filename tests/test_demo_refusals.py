@@ -223,3 +223,17 @@ def test_ctrl_c_at_the_end_leaves_the_services_to_a_demo_started_since(tmp_path,
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
+
+
+def test_mlflows_port_held_by_another_program_names_the_setting_the_demo_takes(tmp_path):
+    """Found by review (2026-12-06, fourteenth stop): the line said to set MLOPS_MLFLOW_PORT "(or
+    --port)", and `mlops demo` has no --port (`mlops up` has)."""
+    import socket
+
+    home = tmp_path / "mlops"
+    env = _env(home)
+    with socket.create_server(("127.0.0.1", int(env["MLOPS_MLFLOW_PORT"]))):
+        line = _one_line(_demo(home, env=env))
+    assert line.endswith(f"port {env['MLOPS_MLFLOW_PORT']} on 127.0.0.1 is taken by another program; set "
+                         f"MLOPS_MLFLOW_PORT to a free port"), line
+    _started_nothing(home)
