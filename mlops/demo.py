@@ -247,21 +247,41 @@ def run(opts: DemoOptions) -> dict:
         from registry.deploys import DeployLedger
 
         request = golden_request_file(model, served, state)
-        say(closing_text(services, model, served, request, DeployLedger(model).rollback_target(),
+        back = DeployLedger(model).rollback_target()
+        say(closing_text(services, model, served, request, back,
+                         warm=back is not None and back in available_versions(services["serving"], model),
                          mlops=mlops_command(), shell_env=foreign_settings(user_env, services)))
     return {"services": services, "served": served, "model": model}
 
 
+def available_versions(serving: str, model: str) -> set[int]:
+    """The versions of ``model`` the model server has AVAILABLE (TF Serving's status API); empty
+    when it cannot say. The closing text promises an instant rollback only to one of them: a run
+    whose deploy failed or was stopped left the previous version unloaded."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{serving}/v1/models/{model}", timeout=5) as r:
+            doc = json.loads(r.read(1 << 20))
+        return {int(v["version"]) for v in doc.get("model_version_status") or ()
+                if isinstance(v, dict) and v.get("state") == "AVAILABLE"}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
+
+
 def closing_text(services: dict, model: str, served: int, request: Path, rollback_to: int | None, *,
-                 mlops: str = "mlops", shell_env: dict[str, str] | None = None) -> str:
+                 warm: bool = True, mlops: str = "mlops", shell_env: dict[str, str] | None = None) -> str:
     """Where to look and what to run next, each command as it can be pasted (pure). The rollback
     line only when there is a version to go back to (``--quick`` on a fresh state has served one
     version: a rollback would be refused). ``mlops``: how this shell reaches the command (``make
     demo`` runs it from the virtualenv, not from PATH); ``shell_env``: the variables the user's
-    shell sets that would send those commands elsewhere (another MLflow, ledger, hosts file)."""
+    shell sets that would send those commands elsewhere (another MLflow, ledger, hosts file);
+    ``warm``: the model server still has ``rollback_to`` loaded (else the rollback loads it)."""
     import shlex
 
-    back = (f'{mlops} sync rollback --reason "why"   (to v{rollback_to}, kept warm on the host: about a second)'
+    how = ("kept warm on the host: about a second" if warm else
+           "not loaded on the host any more: the rollback loads and smoke-tests it first")
+    back = (f'{mlops} sync rollback --reason "why"   (to v{rollback_to}, {how})'
             if rollback_to is not None else
             f"nothing to roll back to yet: v{served} is the first version to serve production "
             f"(run the demo without --quick for a second one)")

@@ -7,11 +7,14 @@ no server is started by these tests, and a run that starts one fails them."""
 from __future__ import annotations
 
 import fcntl
+import http.server
+import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from mlops.demo import HOSTS_MARK, check_hosts_file, closing_text, hosts_toml
+from mlops.demo import HOSTS_MARK, available_versions, check_hosts_file, closing_text, hosts_toml
 from mlops.ports import free_port
 from mlops_common.errors import ConfigError
 from tests.helpers import REPO, run_mlops
@@ -126,8 +129,45 @@ def test_the_closing_text_offers_a_rollback_only_when_there_is_somewhere_to_go()
     assert "nothing to roll back to yet: v1 is the first version to serve production" in first
     later = closing_text(services, "digits", 2, Path("/tmp/request.json"), 1)
     assert 'mlops sync rollback --reason "why"   (to v1, kept warm' in later
+    # found by a sweep (2026-12-06): a run whose deploy of v2 failed left v1 unloaded, and the text
+    # still promised an instant rollback to a warm v1
+    cold = closing_text(services, "digits", 2, Path("/tmp/request.json"), 1, warm=False)
+    assert "(to v1, not loaded on the host any more: the rollback loads and smoke-tests it first)" in cold
+    assert "kept warm" not in cold
     for text in (first, later):
         assert "curl -s -X POST http://127.0.0.1:8501/v1/models/digits:predict -d @/tmp/request.json" in text
+
+
+def test_the_rollback_is_called_warm_only_for_a_version_the_model_server_has_available():
+    """TF Serving's status answer: v1 still AVAILABLE beside v2, v0 being unloaded (END)."""
+    doc = {"model_version_status": [
+        {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+        {"version": "3", "state": "END", "status": {"error_code": "OK", "error_message": ""}}]}
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(doc if self.path == "/v1/models/digits" else {"error": "not found"}).encode()
+            self.send_response(200 if self.path == "/v1/models/digits" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert available_versions(url, "digits") == {1, 2}
+        assert available_versions(url, "other") == set()                 # 404: it cannot say
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert available_versions(f"http://127.0.0.1:{free_port()}", "digits") == set()   # nothing listens
 
 
 def test_the_closing_text_can_be_pasted_as_printed():
