@@ -280,7 +280,7 @@ class Manager:
         if timeout is None:
             timeout = 120.0 + (self.max_num_load_retries + 1) * self.load_retry_interval
         deadline = time.monotonic() + timeout
-        failures: list[str] = []
+        failures: list[tuple[str, str]] = []    # (model, text): written in name order, below
         with self._lock:
             wait = _Wait(since, frozenset(names), {})
             self._waits.append(wait)
@@ -295,7 +295,7 @@ class Manager:
                         if err == "":
                             continue
                         if err is not None:
-                            failures.append(err)
+                            failures.append((n, err))
                             continue
                         still.append(n)
                     pending = still
@@ -303,15 +303,15 @@ class Manager:
                     if not pending:
                         break
                     if remaining <= 0:
-                        failures += [f"{{Latest({n}) due to error: DEADLINE_EXCEEDED: not available after "
-                                     f"{timeout:.0f}s}}" for n in pending]
+                        failures += [(n, f"{{Latest({n}) due to error: DEADLINE_EXCEEDED: not available "
+                                         f"after {timeout:.0f}s}}") for n in pending]
                         break
                     self._changed.wait(min(remaining, 0.5))
             finally:
                 self._waits.remove(wait)
-        if failures:
+        if failures:    # states_reached is a std::map by ServableId: by model name (one entry each)
             raise ServingError("UNKNOWN", f"{len(failures)} model(s) did not become available: {{"
-                               + "".join(f + ", " for f in failures) + "}")
+                               + "".join(f + ", " for _, f in sorted(failures)) + "}")
 
     def _failure(self, name: str, wait: _Wait) -> str | None:
         """``""`` once a new model serves, why it cannot, or None while it still might."""

@@ -1038,3 +1038,30 @@ def test_a_version_folder_that_cannot_be_walked_fails_before_loading_as_tf_servi
         assert m.model_status("m", 2)[0][1].state == "AVAILABLE"        # v2 serves on
     finally:
         m.stop()
+
+
+def test_new_models_that_fail_are_named_in_name_order_as_tf_serving_s_states_map(tmp_path, monkeypatch):
+    """server_core.cc WaitUntilModelsAvailable writes the failures from ``states_reached``, a
+    ``std::map<ServableId, …>``: by model name, whatever the config's order and whichever failed
+    first. The local server listed them in the order it saw them fail (or the config's)."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    def load(name, version):
+        if name == "a":         # a ends after b: ordered by b's END, not by a pause
+            assert _settle(m, "b", 1, "END") == "END"
+        raise ServingError("NOT_FOUND", f"no SavedModel in {name}")
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("a", 1), ("b", 1)], num_load_threads=2)
+    b = cfg.ModelEntry("b", str(tmp_path / "b"), VersionPolicy())
+    a = cfg.ModelEntry("a", str(tmp_path / "a"), VersionPolicy())
+    try:
+        m.reload_config(cfg.ServerConfig("list", ()), wait_timeout=20)     # a, b: new in a later config
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (b, a)), wait_timeout=20)
+        assert e.value.message == ("2 model(s) did not become available: {"
+                                   "{{name: a version: 1} due to error: NOT_FOUND: no SavedModel in a}, "
+                                   "{{name: b version: 1} due to error: NOT_FOUND: no SavedModel in b}, }")
+    finally:
+        m.stop()
