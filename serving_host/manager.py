@@ -241,8 +241,9 @@ class Manager:
             new_names = [m.name for m in new.models if m.name not in old_names]
             with self._fast_initial_load(first):
                 self.poll([m.name for m in changed])
-                if new_names:
-                    self._wait_until_available(new_names, wait_timeout, since)
+                if new_names:   # the first config's wait is load_servables_fast.cc's, with its wording
+                    self._wait_until_available(new_names, wait_timeout, since,
+                                               "servable(s)" if first else "model(s)")
             if old != new:
                 log.info("Finished reloading config")
 
@@ -269,7 +270,8 @@ class Manager:
                 for n in sorted(self._streams):
                     self._reconcile(n)
 
-    def _wait_until_available(self, names: list[str], timeout: float | None, since: int = -1) -> None:
+    def _wait_until_available(self, names: list[str], timeout: float | None, since: int = -1,
+                              what: str = "model(s)") -> None:
         """``WaitUntilModelsAvailable``: until each model's ``Latest`` settles.
 
         TF Serving's monitor (a fresh one for a later config) walks a model's versions highest
@@ -310,7 +312,7 @@ class Manager:
             finally:
                 self._waits.remove(wait)
         if failures:    # states_reached is a std::map by ServableId: by model name (one entry each)
-            raise ServingError("UNKNOWN", f"{len(failures)} model(s) did not become available: {{"
+            raise ServingError("UNKNOWN", f"{len(failures)} {what} did not become available: {{"
                                + "".join(f + ", " for _, f in sorted(failures)) + "}")
 
     def _failure(self, name: str, wait: _Wait) -> str | None:

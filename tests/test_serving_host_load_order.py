@@ -733,8 +733,8 @@ def test_a_new_model_whose_versions_all_fail_names_its_highest_version(tmp_path,
         with pytest.raises(ServingError) as e:
             m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy("all")),)),
                             wait_timeout=20)
-        assert e.value.code == "UNKNOWN"
-        assert e.value.message == ("1 model(s) did not become available: {{{name: B version: 2} due to error: "
+        assert e.value.code == "UNKNOWN"       # a first config: load_servables_fast.cc's wording
+        assert e.value.message == ("1 servable(s) did not become available: {{{name: B version: 2} due to error: "
                                    "NOT_FOUND: no SavedModel in 2}, }")
     finally:
         m.stop()
@@ -1065,3 +1065,40 @@ def test_new_models_that_fail_are_named_in_name_order_as_tf_serving_s_states_map
                                    "{{name: b version: 1} due to error: NOT_FOUND: no SavedModel in b}, }")
     finally:
         m.stop()
+
+
+def test_the_first_config_s_failure_counts_servables_and_a_later_one_models(tmp_path, monkeypatch):
+    """The first model list is waited for by ``ConnectSourcesWithFastInitialLoad``
+    (load_servables_fast.cc: ``N servable(s) did not become available``), a later one by
+    ServerCore's ``WaitUntilModelsAvailable`` (``N model(s) …``). The local server said
+    ``model(s)`` for both: a first config sent by ReloadConfig after a start on an empty file
+    answered with the other text."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    def load(name, version):
+        if name == "b":
+            raise ServingError("NOT_FOUND", "no SavedModel in b")
+        return Fake()
+
+    a = cfg.ModelEntry("a", str(tmp_path / "a"), VersionPolicy())
+    b = cfg.ModelEntry("b", str(tmp_path / "b"), VersionPolicy())
+    failed = "did not become available: {{{name: b version: 1} due to error: NOT_FOUND: no SavedModel in b}, }"
+    first = _fake_manager(tmp_path, monkeypatch, load, [("a", 1), ("b", 1)])
+    later = _fake_manager(tmp_path, monkeypatch, load, [])
+    try:
+        with pytest.raises(ServingError) as e:
+            first.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        assert e.value.message == "1 servable(s) " + failed
+        later.reload_config(cfg.ServerConfig("list", (a,)), wait_timeout=20)
+        with pytest.raises(ServingError) as e:
+            later.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        assert e.value.message == "1 model(s) " + failed
+    finally:
+        first.stop()
+        later.stop()
