@@ -63,8 +63,8 @@ class _Harness:
 @dataclass
 class _Wait:
     """One ``WaitUntilModelsAvailable``: the events it sees and what each model settled on
-    (``""`` AVAILABLE, else the failure's text), decided at the event, as the monitor's
-    notification is."""
+    (``""`` AVAILABLE, else the failure's text), decided for all its models at once, at the event
+    after which none is unsettled, as the monitor's notification is."""
     since: int
     names: frozenset[str]
     decided: dict[str, str]
@@ -304,9 +304,11 @@ class Manager:
                     remaining = deadline - time.monotonic()
                     if not pending:
                         break
-                    if remaining <= 0:
+                    if remaining <= 0:      # the settled ones as they are, the others timed out
+                        settled = {n: self._settled(n, wait.since) for n in pending}
                         failures += [(n, f"{{Latest({n}) due to error: DEADLINE_EXCEEDED: not available "
-                                         f"after {timeout:.0f}s}}") for n in pending]
+                                         f"after {timeout:.0f}s}}" if r is None else r)
+                                     for n, r in settled.items() if r != ""]
                         break
                     self._changed.wait(min(remaining, 0.5))
             finally:
@@ -317,15 +319,20 @@ class Manager:
 
     def _failure(self, name: str, wait: _Wait) -> str | None:
         """``""`` once a new model serves, why it cannot, or None while it still might."""
+        self._decide(wait)      # a model that failed in its source no longer holds the others
         if name in wait.decided:
             return wait.decided[name]
+        return self._source_failure(name)
+
+    def _source_failure(self, name: str) -> str | None:
+        """A new model that cannot load from its base path (TF Serving would wait for ever)."""
         if name in self._source_error:
             return f"{{Latest({name}) due to error: {self._source_error[name]}}}"
         if name in self._aspired and not self._aspired[name]:
             entry = self._source[name]
             return (f"{{Latest({name}) due to error: NOT_FOUND: No versions of servable {name} found "
                     f"under base path {entry.base_path}}}")
-        return self._settled(name, wait.since)
+        return None
 
     def _settled(self, name: str, since: int) -> str | None:
         """The monitor's walk for ``Latest(name)`` over the events since ``since`` (lock held)."""
@@ -435,11 +442,19 @@ class Manager:
         self._seq += 1
         self._event_seq.setdefault(name, {})[version] = self._seq
         for wait in self._waits:        # the monitor decides at the event, not when the waiter wakes
-            if name in wait.names and name not in wait.decided:
-                result = self._settled(name, wait.since)
-                if result is not None:
-                    wait.decided[name] = result
+            self._decide(wait)
         self._changed.notify_all()
+
+    def _decide(self, wait: _Wait) -> None:
+        """``ShouldSendStateReachedNotification`` (lock held): once every awaited model (but those
+        that failed here before any state event: ``_source_failure``) has settled, each one's
+        ``Latest`` walk at this moment is its answer, all decided together."""
+        if wait.decided:
+            return
+        names = [n for n in wait.names if n in self._source and self._source_failure(n) is None]
+        results = {n: self._settled(n, wait.since) for n in names}
+        if all(r is not None for r in results.values()):
+            wait.decided.update(results)
 
     def _reconcile(self, name: str) -> None:
         """Apply aspired-version changes and start what the policy asks (lock held).

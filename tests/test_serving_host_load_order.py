@@ -1102,3 +1102,77 @@ def test_the_first_config_s_failure_counts_servables_and_a_later_one_models(tmp_
     finally:
         first.stop()
         later.stop()
+
+
+def test_a_reload_s_models_are_judged_when_the_last_one_settles_as_tf_serving_s_monitor(tmp_path, monkeypatch):
+    """servable_state_monitor.cc sends a wait's notification once every awaited model has
+    settled, and ``states_reached`` is each model's ``Latest`` walk at that moment: a model whose
+    first version was AVAILABLE but whose newer version then failed, while another new model was
+    still loading, fails the reload with the newer version's error. The local server judged each
+    model at its own first settling event and accepted that reload."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    def load(name, version):
+        if (name, version) == ("A", 2):
+            raise ServingError("NOT_FOUND", "no SavedModel in A/2")
+        if name == "B":     # B settles last: after A/1 served and A/2 (published meanwhile) failed
+            assert _settle(m, "A", 1, "AVAILABLE") == "AVAILABLE"
+            (tmp_path / "A" / "2").mkdir()
+            m.poll(["A"])
+            assert _settle(m, "A", 2, "END") == "END"
+        return Fake()
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("A", 1), ("B", 1)], num_load_threads=2)
+    a = cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy())
+    b = cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy())
+    try:
+        m.reload_config(cfg.ServerConfig("list", ()), wait_timeout=20)     # A, B: new in a later config
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+        assert e.value.message == ("1 model(s) did not become available: {{{name: A version: 2} due to error: "
+                                   "NOT_FOUND: no SavedModel in A/2}, }")
+        assert m.model_status("B", 1)[0][1].state == "AVAILABLE"
+    finally:
+        m.stop()
+
+
+def test_at_the_local_wait_s_deadline_a_settled_model_keeps_its_own_answer(tmp_path, monkeypatch):
+    """The local wait is bounded (TF Serving's is not). Judging all models together must not turn
+    a model that already failed into a timeout because another is still loading at the deadline."""
+    import threading
+
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    release = threading.Event()
+
+    class Fake:
+        def close(self):
+            pass
+
+    def load(name, version):
+        if name == "a":
+            raise ServingError("NOT_FOUND", "no SavedModel in a")
+        assert release.wait(20)
+        return Fake()
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("a", 1), ("b", 1)], num_load_threads=2)
+    a = cfg.ModelEntry("a", str(tmp_path / "a"), VersionPolicy())
+    b = cfg.ModelEntry("b", str(tmp_path / "b"), VersionPolicy())
+    try:
+        m.reload_config(cfg.ServerConfig("list", ()), wait_timeout=20)
+        with pytest.raises(ServingError) as e:
+            m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=1)
+        assert e.value.message == ("2 model(s) did not become available: {"
+                                   "{{name: a version: 1} due to error: NOT_FOUND: no SavedModel in a}, "
+                                   "{Latest(b) due to error: DEADLINE_EXCEEDED: not available after 1s}, }")
+    finally:
+        release.set()
+        m.stop()
