@@ -388,7 +388,8 @@ class Manager:
                 children = os.listdir(e.base_path)
                 found = discover(children, log.warning)
             except (FileNotFoundError, ValueError):     # ValueError: a NUL byte (C++ stops reading there)
-                error = invalid_argument(f"Could not find base path {e.base_path} for servable {e.name}")
+                error = invalid_argument(f"Could not find base path {e.base_path} for servable {e.name} "
+                                         f"with error NOT_FOUND: {e.base_path} not found")   # FileExists' status
             except NotADirectoryError:
                 error = ServingError("FAILED_PRECONDITION", f"{e.base_path} is not a directory "
                                                             f"(base path of servable {e.name})")

@@ -1176,3 +1176,25 @@ def test_at_the_local_wait_s_deadline_a_settled_model_keeps_its_own_answer(tmp_p
     finally:
         release.set()
         m.stop()
+
+
+def test_a_missing_base_path_is_logged_with_the_file_system_s_error_as_tf_serving(tmp_path, monkeypatch, caplog):
+    """file_system_storage_path_source.cc (since 2.5): ``Could not find base path <p> for servable
+    <m> with error <FileExists' status>``, and the POSIX ``FileExists`` status is NOT_FOUND
+    ``<p> not found``. The local server's line stopped after the servable's name."""
+    import logging
+
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: None, [])
+    ghost = tmp_path / "ghost"
+    try:
+        with caplog.at_level(logging.ERROR, logger="serving_host"), pytest.raises(ServingError):
+            m.reload_config(cfg.ServerConfig("list", (cfg.ModelEntry("ghost", str(ghost), VersionPolicy()),)),
+                            wait_timeout=20)
+        assert ("FileSystemStoragePathSource encountered a filesystem access error: Could not find base path "
+                f"{ghost} for servable ghost with error NOT_FOUND: {ghost} not found") in caplog.messages
+    finally:
+        m.stop()
