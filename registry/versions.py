@@ -165,11 +165,18 @@ def version_exists(model: str, version: int) -> bool:
     return True
 
 
+SEARCH_PAGE = 1000
+# MLflow pages by offset, by default in ``last_updated_timestamp`` order, which a description write
+# changes: a version updated while the pages were read moved to a page already read (skipped).
+# Name and number never change, and a new version comes last.
+SEARCH_ORDER = ["name ASC", "version_number ASC"]
+
+
 def _search(filter_string: str, what: str, keep: Callable[[dict], bool]) -> list[dict]:
     """Every version the filter finds (bounded pagination) that ``keep`` accepts."""
     out, token = [], None
     for _ in range(1000):  # bounded pagination
-        params = {"filter": filter_string, "max_results": 1000}
+        params = {"filter": filter_string, "max_results": SEARCH_PAGE, "order_by": SEARCH_ORDER}
         if token:
             params["page_token"] = token
         doc = rest().get("model-versions/search", params, what=what)

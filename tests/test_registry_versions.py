@@ -118,3 +118,38 @@ def test_equals_clause_reads_back_as_the_value_through_mlflows_parser():
         assert (clause["comparator"], clause["value"]) == ("=", value)
     (clause,) = SearchModelVersionUtils.parse_search_filter(versions.equals_clause("name", "b'\"q"))
     assert (clause["comparator"], clause["value"]) == ("LIKE", "b_\"q")
+
+
+def test_a_version_updated_between_pages_is_listed_once_not_skipped(mlops_env, monkeypatch):
+    """MLflow pages versions by offset, ordered by default on ``last_updated_timestamp`` (which a
+    description write changes: every gate, promotion and deploy rewrites one): a version on a later
+    page updated while the pages were read moved to the first page, and the listing skipped it
+    (status without it; rollback took it for deleted and went past it)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from registry.rest import MlflowRest
+
+    model = mlops_env["MLOPS_MODEL_NAME"]
+    client = MlflowClient()
+    client.create_registered_model(model)
+    with mlflow.start_run() as run:
+        mlflow.log_text("x", "m/x.txt")
+    for _ in range(5):
+        client.create_model_version(model, source=f"{run.info.artifact_uri}/m", run_id=run.info.run_id)
+    monkeypatch.setattr(versions, "SEARCH_PAGE", 2)
+    real_get, pages = MlflowRest.get, []
+
+    def get(self, endpoint, params, **kw):
+        doc = real_get(self, endpoint, params, **kw)
+        if endpoint == "model-versions/search":
+            pages.append([int(mv["version"]) for mv in doc.get("model_versions") or ()])
+            if len(pages) == 1:     # another process rewrites a description meanwhile
+                client.update_model_version(model, "1", description="deployed on host-a")
+                assert client.get_model_version(model, "1").last_updated_timestamp > \
+                    client.get_model_version(model, "5").last_updated_timestamp
+        return doc
+
+    monkeypatch.setattr(MlflowRest, "get", get)
+    assert [i.version for i in versions.list_versions(model)] == [5, 4, 3, 2, 1]
+    assert len(pages) == 3
