@@ -218,6 +218,7 @@ class MlflowRest:
                 delay = retry_delay(attempt, attempts, self.backoff, status=r.status_code)
                 if delay is None:
                     return r
+                delay = max(delay, retry_after(r.headers.get("Retry-After")))
                 r.close()
             self.sleep(delay)
         raise AssertionError("unreachable")
@@ -268,6 +269,16 @@ def retry_delay(attempt: int, attempts: int, backoff: float, *, status: int | No
     else:
         transient = status in TRANSIENT_HTTP
     return min(backoff * 2 ** (attempt - 1), 30.0) if transient else None
+
+
+def retry_after(value: str | None) -> float:
+    """The seconds a 429/503's ``Retry-After`` asks for (MLflow's client waits that long too), at
+    most the backoff's cap of 30 s; 0 when it is absent or not a number of seconds."""
+    try:
+        seconds = float(value or 0)
+    except ValueError:
+        return 0.0
+    return min(seconds, 30.0) if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 def _line(what: str, text: str) -> str:

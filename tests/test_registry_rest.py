@@ -217,3 +217,41 @@ def test_a_proxy_that_cannot_be_reached_is_named_not_the_mlflow_server(mlops_env
     line = one_error_line(r.stderr)
     assert r.returncode == 2 and "cannot reach the HTTP proxy" in line and "NO_PROXY" in line, line
     assert "start it with `mlops up`" not in line
+
+
+def test_a_429_or_503_waits_as_long_as_its_retry_after_says(monkeypatch):
+    """A rate limiter in front of MLflow answers 429 with ``Retry-After``; MLflow's own client waits
+    that long (MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER, on by default), this one retried after 1, 2,
+    4 and 8 s regardless, and gave up within the window the server had asked it to wait."""
+    answers = [(429, {"Retry-After": "7"}), (503, {"Retry-After": "120"}), (503, {"Retry-After": "soon"}),
+               (200, {})]
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, headers = answers[len(seen)]
+            seen.append(self.path)
+            body = json.dumps({"registered_model": {"name": "m"}} if status == 200 else
+                              {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"}).encode()
+            self.send_response(status)
+            for k, v in {**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = rest.MlflowRest(f"http://127.0.0.1:{server.server_address[1]}")
+        slept = []
+        client.sleep = slept.append
+        doc = client.get("registered-models/get", {"name": "m"}, what="reading 'm'")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert doc == {"registered_model": {"name": "m"}} and len(seen) == 4
+    # its own seconds; at most the backoff's cap of 30 s; a value that is not seconds: the backoff
+    assert slept == [7.0, 30.0, 4.0]
