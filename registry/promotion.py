@@ -666,13 +666,16 @@ def check_deployable(model: str, version: int, *, force: bool = False, reason: s
 def version_for_pipeline(model: str, pipeline_id: str, version: int | None = None) -> int:
     """The version a CircleCI pipeline may promote: the one it registered (tag ``pipeline_id``),
     never whatever ``candidate`` points at now; ``version``, when given, must be that one."""
-    found = versions.find_by_tag(tags.PIPELINE_ID, pipeline_id)
+    # also a version registered before the tag's rename (``ci.pipeline_id``), as ``tags.read`` reads it
+    found = sorted({(i.model, i.version): i for name in (tags.PIPELINE_ID, tags.LEGACY[tags.PIPELINE_ID])
+                    for i in versions.find_by_tag(name, pipeline_id)
+                    if tags.read(i.tags, tags.PIPELINE_ID) == pipeline_id}.values(), key=lambda i: (i.model, i.version))
     mine = [i for i in found if i.model == model]
     if version is not None:
         if any(i.version == version for i in mine):
             return version
         info = versions.get_version(model, version)  # NotFoundError if it does not exist at all
-        tagged = info.tags.get(tags.PIPELINE_ID)
+        tagged = tags.read(info.tags, tags.PIPELINE_ID)
         raise RefusedError(f"version {version} of '{model}' was registered by "
                            f"{'pipeline ' + tagged if tagged else 'no CircleCI pipeline'}, not by "
                            f"pipeline {pipeline_id}; refusing to promote another pipeline's version")

@@ -517,3 +517,21 @@ def test_the_command_a_failed_tag_write_names_finishes_a_forced_move(make_versio
     assert r.returncode == 0, r.stderr
     assert versions.get_version(model, v2).tags[tags.APPROVED_BY] == "bob"
     assert not [e for e in Ledger().entries(model) if e.outcome == "refused"]
+
+
+def test_a_version_tagged_under_the_old_pipeline_tag_name_is_found_by_its_pipeline(make_version):
+    """A version registered before the tags were renamed carries ``ci.pipeline_id``; `registry status`
+    shows it as that pipeline's (``tags.read``), yet `promote --pipeline-id` said no version was
+    tagged with it, and with `--version` that the version was registered by no pipeline."""
+    import pytest
+
+    from mlops_common.errors import RefusedError
+    from registry import promotion
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    make_version(validation_status="passed", pipeline_id="pipe-new")
+    v2 = make_version(validation_status="passed", tags={"ci.pipeline_id": "pipe-old"})
+    assert promotion.version_for_pipeline(model, "pipe-old") == v2
+    assert promotion.version_for_pipeline(model, "pipe-old", v2) == v2
+    with pytest.raises(RefusedError, match="was registered by pipeline pipe-old, not by pipeline pipe-new"):
+        promotion.version_for_pipeline(model, "pipe-new", v2)
