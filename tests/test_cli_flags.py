@@ -44,6 +44,10 @@ from mlops.commands import flags
     (flags.actor, "a\nb", "must be one line of text without control characters (newlines, escape sequences)"),
     # the ledger's actor column is VARCHAR(256): PostgreSQL refused a longer one mid-promotion
     (flags.actor, "a" * 257, "is 257 characters long; name who acts in at most 256"),
+    # found by review (2026-12-06, fourteenth stop): a 100,000-character --reason failed the rollback's
+    # tag write after the hosts had switched
+    (flags.reason, "x" * 1001, "is 1001 characters long; say why in at most 1000"),
+    (flags.reason, "ok\x1b[2K", "must be one line of text without control characters (newlines, escape sequences)"),
     (flags.output_path, "", "is empty: name the output .npz file, an existing folder or s3://bucket/key.npz"),
     (flags.bind_address, "", "is empty: name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to "
                              "listen on every interface on purpose)"),
@@ -227,3 +231,16 @@ def test_min_traffic_ratio_flows_from_flag_or_setting_into_the_bake_limits(monke
     monkeypatch.setenv("MLOPS_BAKE_MIN_TRAFFIC_RATIO", "2")
     with pytest.raises(ConfigError, match="MLOPS_BAKE_MIN_TRAFFIC_RATIO='2'"):
         _deploy_options(parser.parse_args(["sync", "deploy"]))
+
+
+@pytest.mark.parametrize("argv", [["sync", "rollback"], ["sync", "deploy"], ["registry", "rollback"],
+                                  ["registry", "promote", "--version", "1"]])
+def test_every_reason_flag_is_bounded_before_anything_runs(argv, capsys):
+    """Each command's --reason goes through the same bound (a rollback's used to be written to a
+    tag only after its hosts had switched, and a too-long one failed there)."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*argv, "--reason", "x" * 1001])
+    assert info.value.code == 2
+    assert "is 1001 characters long; say why in at most 1000" in capsys.readouterr().err

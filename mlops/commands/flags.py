@@ -170,6 +170,16 @@ def _actor_text(text: str) -> str:
 
 
 actor = _not_empty("name who acts, or leave --actor out", then=_actor_text)
+REASON_MAX = 1000   # a why, in the ledger and in MLflow tags: a 100,000-character one failed the tag write
+                    # after the hosts had switched (MLflow's limit; MySQL's column holds ~65,535 bytes)
+
+
+def reason(text: str) -> str:
+    """``--reason``: one line of text (``free_text``) of at most ``REASON_MAX`` characters."""
+    text = free_text(text)
+    if len(text) > REASON_MAX:
+        raise argparse.ArgumentTypeError(f"is {len(text)} characters long; say why in at most {REASON_MAX}")
+    return text
 # ``registry history --model``: an empty one listed every model
 model_filter = _not_empty("name a registered model, or leave --model out to list every model")
 # ``--hosts``: an empty one fell back to MLOPS_SYNC_TARGET or MLOPS_HOSTS_FILE, another fleet
@@ -179,7 +189,7 @@ hosts_file = _not_empty("name the hosts file, or leave --hosts out to use MLOPS_
 def add_rollback(p) -> None:
     """The flags of both rollbacks (``registry rollback``, ``sync rollback``): what to and why."""
     p.add_argument("--to", type=version_number, metavar="N", help="roll back to this version")
-    p.add_argument("--reason", type=free_text, help="why (recorded; default 'rollback requested')")
+    p.add_argument("--reason", type=reason, help="why (recorded; default 'rollback requested')")
     p.add_argument("--actor", type=actor, help="who is rolling back (outside CircleCI; default: the OS user)")
     p.add_argument("--force", action="store_true",
                    help="allow a version that did not pass the gate (needs --reason)")

@@ -83,7 +83,7 @@ def register(sub) -> None:
                     help="promote the version registered by this CircleCI pipeline")
     pr.add_argument("--actor", type=flags.actor,
                     help="who is promoting (outside CircleCI; default: the OS user)")
-    pr.add_argument("--reason", type=flags.free_text, help="why (recorded)")
+    pr.add_argument("--reason", type=flags.reason, help="why (recorded)")
     pr.add_argument("--force", action="store_true",
                     help="promote even if the version did not pass the gate (needs --reason)")
     flags.add_model_name(pr)

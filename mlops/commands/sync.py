@@ -157,7 +157,7 @@ def register(sub) -> None:
     d.add_argument("--version", type=flags.version_number, metavar="N",
                    help="deploy this version instead of production (production is not moved on failure); "
                         "one that did not pass the gate needs --force --reason")
-    d.add_argument("--reason", type=flags.free_text, help="why (recorded in the ledger)")
+    d.add_argument("--reason", type=flags.reason, help="why (recorded in the ledger)")
     d.add_argument("--force", action="store_true",
                    help="with --version: serve a version that did not pass the gate (needs --reason)")
     d.add_argument("--expect-version", type=flags.version_number, metavar="N",
