@@ -8,6 +8,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# A deploy user whose login shell is zsh (tests/test_sync_ssh.py runs the host scripts through it).
+command -v zsh >/dev/null 2>&1 || need+=(zsh)
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   need+=(postgresql)
 fi
