@@ -781,6 +781,116 @@ def test_aliases_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_factor
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
 
 
+def _publish_pull_and_refuse_a_taken_folder(user: str, server, tmp_path: Path, prefix: str) -> None:
+    """Through ``user``'s login shell: an upload into a folder that is there fails ("cannot
+    create", nothing added), an upload (stream-hashed on the host), a pull from a shared store
+    over HTTP on 127.0.0.1, the free-space check and the host's hash listing all work."""
+    import functools
+    import http.server
+    import threading
+
+    from serving_sync.lock import HostLock
+    from serving_sync.store import Pull
+
+    model = make_model_tree(tmp_path / "m")
+    os.chmod(tmp_path, 0o755)
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = base_of(user, prefix)
+    try:
+        there = base / "digits" / "taken"
+        there.mkdir(parents=True)
+        (there / "stale").write_text("another upload's file\n")
+        for p in (base / "digits", there, there / "stale"):
+            shutil.chown(p, user, user)
+        m = mf.build(model)
+        urls = {f.path: f"http://127.0.0.1:{httpd.server_address[1]}/{f.path}" for f in m.files}
+        t = connect(server, base, user=user)
+        try:
+            with pytest.raises(UserError) as e:
+                t.upload_tree(model, "digits/taken", m)
+            assert "cannot create" in one_line(e.value), one_line(e.value)
+            assert sorted(p.name for p in there.iterdir()) == ["stale"]
+            with HostLock(t):
+                assert publish(t, "digits", 1, model, m).status == "uploaded" and not t._no_shell
+                assert publish(t, "digits", 2, model, m, pull=Pull("s3://b/p", m, urls)).status == "pulled"
+            free = t.disk_free()
+            assert isinstance(free, int) and free > 64 * 1024, free
+            assert t.verify("digits/1", m) == [] and t.verify("digits/2", m) == []
+            # again: the publish's own check was kept, so this one runs the host's hash listing
+            assert t.verify("digits/1", m) == [] and t.verify("digits/2", m) == []
+            assert t.listing("digits/1").files == {f.path: f.sha256 for f in m.files}
+        finally:
+            t.close()
+    finally:
+        httpd.shutdown()
+        shutil.rmtree(base.parent)
+
+
+ZSH, DASH = "/usr/bin/zsh", "/bin/dash"
+
+
+@pytest.mark.parametrize("shell, dotfiles", [(ZSH, "none"), (ZSH, "common"), (DASH, "none")])
+def test_a_deploy_user_whose_login_shell_is_zsh_or_dash_publishes_pulls_and_lists(
+        sshd_factory, tmp_path, shell, dotfiles):
+    """Found by review (2026-12-06, fourteenth stop): sshd runs the host scripts as `$SHELL -c`,
+    and zsh does not split unquoted variables: `find . -type f -exec $H {} +` with H="openssl dgst
+    -sha256 -r" looked for a command of that whole name, so every listing failed (exit 94) and an
+    upload's stream hash never came back — every deploy to a host whose deploy user has zsh failed.
+    The scripts now ask zsh for sh's rules (`emulate -R sh`). "common": a ~/.zshenv (the one file a
+    non-interactive zsh reads) with options, an alias and a function dotfiles set, and a ~/.zshrc;
+    zsh parses the whole `-c` text before running it, so the alias reached every line until the
+    scripts ran through `eval`. dash (Debian's /bin/sh) as the login shell works the same."""
+    import pwd
+
+    from tests.lab.sshd import ensure_user
+
+    if not Path(shell).exists():
+        pkg = "zsh" if shell == ZSH else "dash"
+        pytest.skip(f"SKIPPED LOUDLY: {shell} is not installed here (Debian package {pkg}; scripts/system-deps.sh "
+                    f"installs zsh): a deploy user with that login shell is not tested")
+    user = "mlopszsh" if shell == ZSH else "mlopsdash"     # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        subprocess.run(["usermod", "--shell", shell, user], check=True, capture_output=True, timeout=30)
+        assert pwd.getpwnam(user).pw_shell == shell
+        home = Path(pwd.getpwnam(user).pw_dir)
+        if dotfiles == "common":
+            (home / ".zshenv").write_text(
+                'export PATH="$HOME/bin:$PATH"\n'
+                "setopt extended_glob no_unset pipe_fail ksh_arrays no_bsd_echo\n"
+                "alias mkdir='mkdir -pv'\n"
+                'df() { command df -h "$@" }\n')
+            (home / ".zshrc").write_text(
+                "setopt autocd correct hist_ignore_dups share_history extended_glob\n"
+                "bindkey -e\nautoload -Uz compinit && compinit\nPROMPT='%n@%m %~ %# '\n")
+        server = sshd_factory(user=user)
+        _publish_pull_and_refuse_a_taken_folder(user, server, tmp_path, f"mlops-{Path(shell).name}-")
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
+def test_functions_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_factory, tmp_path):
+    """Found by review (2026-12-06, fourteenth stop): `unalias -a` removes aliases only, and a
+    ~/.bashrc that defines `mkdir() { command mkdir -p "$@"; }` still replaced the scripts'
+    `mkdir -- <dest>`, which must fail when the folder is there: the tar went into another
+    upload's folder. The scripts unset, as functions, every command name they run."""
+    import pwd
+
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopsfunc"            # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text(
+            'mkdir() { command mkdir -p "$@"; }\ndf() { command df -h "$@"; }\n')
+        server = sshd_factory(user=user)
+        _publish_pull_and_refuse_a_taken_folder(user, server, tmp_path, "mlops-func-")
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
 def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_factory, tmp_path):
     """rbash forbids redirection and cd: the scripts' `command -v tar >/dev/null` failed, the
     upload fell back to SFTP, and the listing's `cd` failing was taken for a missing directory —

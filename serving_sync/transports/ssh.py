@@ -30,7 +30,7 @@ from .base import LINKABLE, MAX_SMALL_FILE, Transport, line_break_name, rel_path
 from .oserrors import from_stderr, host_os_error
 from .ssh_channel import exec_command, last_line, read_all, read_interruptible
 from .ssh_connect import SFTP_CHUNK
-from .ssh_scripts import RESTRICTED, RESTRICTED_EXIT, SHELL_DEFAULTS, listing_script, parse_output, q
+from .ssh_scripts import RESTRICTED, RESTRICTED_EXIT, host_command, listing_script, parse_output, q
 
 logger = log.get("sync.ssh")
 
@@ -115,7 +115,7 @@ class SshTransport(Transport):
     def _open_exec(self, command: str):
         ch = self._t.open_session(timeout=self.op_timeout)
         ch.settimeout(self.op_timeout)
-        exec_command(ch, SHELL_DEFAULTS + command, self.op_timeout)
+        exec_command(ch, host_command(command), self.op_timeout)
         return ch
 
     def _finish(self, ch, timeout: float | None = None, *, interruptible: bool = False) -> tuple[int, bytes, bytes]:

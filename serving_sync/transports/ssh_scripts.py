@@ -30,10 +30,29 @@ MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 # Aliases the startup file defines (with `shopt -s expand_aliases`: `alias df='df -h'` made the
 # free-space check read "1.2G", so no check at all) are removed, and the line ends there: bash
 # expands aliases a line at a time, so an `unalias` reaches only the lines after its own.
+# zsh as the login shell does not split unquoted variables (`$H`, "openssl dgst -sha256 -r", was one
+# command name: every listing failed, exit 94, and no upload's stream hash came back): `emulate -R
+# sh` (zsh only; tried in a subshell first so bash and dash neither print nor stop) gives it sh's
+# rules and options, whatever ~/.zshenv set. Functions the startup file defines (`mkdir() {
+# command mkdir -p "$@"; }`) would still replace the scripts' commands: each name they run is
+# unset as a function (a name with no function is no error in bash, dash or zsh).
 RESTRICTED, RESTRICTED_EXIT = "@restricted", 90
+SCRIPT_COMMANDS = ("[", "awk", "cd", "command", "curl", "df", "dirname", "echo", "find", "grep", "head",
+                   "kill", "mkdir", "mkfifo", "openssl", "printf", "python3", "read", "rm", "sha256sum",
+                   "shasum", "sleep", "sync", "tar", "tee", "test", "umask", "wait", "wc", "wget")
 SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
+                  "(emulate sh) 2>/dev/null && emulate -R sh; "
                   "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
-                  "unalias -a 2>/dev/null\n")
+                  "unalias -a 2>/dev/null; "
+                  f"unset -f {' '.join(shlex.quote(c) for c in SCRIPT_COMMANDS)} 2>/dev/null\n")
+
+
+def host_command(script: str) -> str:
+    """What the host's login shell is given to run ``script``: ``SHELL_DEFAULTS``, then the script
+    through ``eval``. zsh parses the whole ``-c`` text before it runs any of it, so aliases its
+    ~/.zshenv defines (`alias mkdir='mkdir -pv'`) were expanded in every line, `unalias -a` or not;
+    an ``eval``'s text is parsed only when the ``eval`` runs (bash and dash too)."""
+    return f"{SHELL_DEFAULTS}eval {q(script)}\n"
 
 # A name with a line break (never ours: ``check_relpath``; someone's file on the host) reads as
 # two in the line-based output below: the listing stops at it (``@linebreak``, exit 93).
