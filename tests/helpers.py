@@ -21,6 +21,25 @@ def run_mlops(*args: str, env: dict[str, str] | None = None, timeout: float = 60
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+@contextlib.contextmanager
+def loopback_http(handler):
+    """A threaded HTTP server on 127.0.0.1 with ``handler`` for the block; yields its base URL
+    (``http://127.0.0.1:<port>``), then stops it and frees the port."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def mlflow_client(uri: str):
     """An ``MlflowClient`` whose tracking AND registry are ``uri``: never the process-wide
     registry URI another test (or ``registry.client``) set with ``mlflow.set_registry_uri``."""

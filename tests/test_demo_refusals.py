@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import http.server
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from mlops.demo import HOSTS_MARK, available_versions, check_hosts_file, closing_text, hosts_toml
 from mlops.ports import free_port
 from mlops_common.errors import ConfigError
-from tests.helpers import REPO, run_mlops
+from tests.helpers import REPO, loopback_http, run_mlops
 
 MINE = '[[hosts]]\nname = "web-1"\ntarget = "ssh://deploy@web-1/srv/models"\nrest_url = "http://web-1:8501"\n'
 
@@ -156,17 +155,9 @@ def test_the_rollback_is_called_warm_only_for_a_version_the_model_server_has_ava
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with loopback_http(Status) as url:
         assert available_versions(url, "digits") == {1, 2}
         assert available_versions(url, "other") == set()                 # 404: it cannot say
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
     assert available_versions(f"http://127.0.0.1:{free_port()}", "digits") == set()   # nothing listens
 
 

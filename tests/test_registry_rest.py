@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -19,7 +18,7 @@ from mlops.ports import free_port
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
 from registry import promotion, rest, versions
 from registry.ledger import Ledger
-from tests.helpers import REPO
+from tests.helpers import REPO, loopback_http
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,16 +49,11 @@ def test_errors_are_one_actionable_line(mlops_env, monkeypatch, tmp_path):
     # a web server that is not MLflow (a plain static file server on loopback)
     (tmp_path / "index.html").write_text("<html>hello</html>")
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{web.server_address[1]}")
+    with loopback_http(handler) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         with pytest.raises(ConfigError, match="does not look like an MLflow tracking server") as e:
             versions.production_version("m")
         _one_line(e.value)
-    finally:
-        web.shutdown()
-        web.server_close()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
     with pytest.raises(ConfigError, match="must be the http"):
         versions.production_version("m")
@@ -242,16 +236,11 @@ def test_a_429_or_503_waits_as_long_as_its_retry_after_says(monkeypatch):
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = rest.MlflowRest(f"http://127.0.0.1:{server.server_address[1]}")
+    with loopback_http(Handler) as url:
+        client = rest.MlflowRest(url)
         slept = []
         client.sleep = slept.append
         doc = client.get("registered-models/get", {"name": "m"}, what="reading 'm'")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert doc == {"registered_model": {"name": "m"}} and len(seen) == 4
     # its own seconds; at most the backoff's cap of 30 s; a value that is not seconds: the backoff
     assert slept == [7.0, 30.0, 4.0]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -223,7 +222,9 @@ def test_a_workflow_whose_approval_is_pending_names_the_job(circleci_api, monkey
 @contextlib.contextmanager
 def _circleci_api_answering(monkeypatch, answer):
     """A CircleCI API at CIRCLECI_API_URL whose every GET gets ``answer()``: (status, JSON text)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.helpers import loopback_http
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -237,14 +238,9 @@ def _circleci_api_answering(monkeypatch, answer):
             self.end_headers()
             self.wfile.write(body.encode())
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("CIRCLECI_API_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    with loopback_http(Handler) as url:
+        monkeypatch.setenv("CIRCLECI_API_URL", url)
         yield
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_the_circleci_api_answering_429_is_retried_not_an_error(monkeypatch):

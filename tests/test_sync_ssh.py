@@ -748,7 +748,6 @@ def test_aliases_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_factor
     scripts' lines are read; a publish still works."""
     import pwd
 
-    from serving_sync.lock import HostLock
     from tests.lab.sshd import ensure_user
 
     user = "mlopsalias"           # this test's own user, removed at its end
@@ -757,26 +756,7 @@ def test_aliases_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_factor
         (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text(
             "shopt -s expand_aliases\nalias mkdir='mkdir -pv'\n")
         server = sshd_factory(user=user)
-        base = base_of(user, "mlops-alias-")
-        model = make_model_tree(tmp_path / "m")
-        os.chmod(tmp_path, 0o755)
-        there = base / "digits" / "taken"
-        there.mkdir(parents=True)
-        (there / "stale").write_text("another upload's file\n")
-        for p in (base / "digits", there, there / "stale"):
-            shutil.chown(p, user, user)
-        t = connect(server, base, user=user)
-        try:
-            with pytest.raises(UserError) as e:
-                t.upload_tree(model, "digits/taken", mf.build(model))
-            assert "cannot create" in one_line(e.value), one_line(e.value)
-            assert sorted(p.name for p in there.iterdir()) == ["stale"]
-            with HostLock(t):
-                assert publish(t, "digits", 1, model).status == "uploaded" and not t._no_shell
-            assert t.verify("digits/1", mf.build(model)) == []
-        finally:
-            t.close()
-            shutil.rmtree(base.parent)
+        _publish_pull_and_refuse_a_taken_folder(user, server, tmp_path, "mlops-alias-")
     finally:
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
 

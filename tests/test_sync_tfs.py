@@ -18,6 +18,7 @@ from serving_sync.publish import publish
 from serving_sync.tfs_client import TFServingClient, available_verdict, gone_verdict, normalize_signature, parse_status
 from serving_sync.tfs_reload import reload_config
 from serving_sync.transports.local import LocalTransport
+from tests.helpers import loopback_http
 
 MODEL = "digits"
 
@@ -330,8 +331,7 @@ def test_a_proxy_that_asks_for_credentials_gets_those_in_http_proxy(monkeypatch)
     on every host (found by the security review, 2026-12-05, fourth stop). A real proxy on
     127.0.0.1 here demands them and answers for TF Serving when they come."""
     import base64
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     expected = "Basic " + base64.b64encode(b"proxy-user:pr0xy-pass").decode()
     seen: list[tuple[str, str | None]] = []
@@ -350,16 +350,11 @@ def test_a_proxy_that_asks_for_credentials_gets_those_in_http_proxy(monkeypatch)
             self.end_headers()
             self.wfile.write(body)
 
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    with loopback_http(Proxy) as url:
         for var in ("NO_PROXY", "no_proxy", "http_proxy"):
             monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("HTTP_PROXY", f"http://proxy-user:pr0xy-pass@127.0.0.1:{proxy.server_port}")
+        monkeypatch.setenv("HTTP_PROXY", url.replace("http://", "http://proxy-user:pr0xy-pass@"))
         statuses = TFServingClient("http://serving.example:8501", timeout=5).model_status(MODEL)
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert [(s.version, s.state) for s in statuses] == [(3, "AVAILABLE")]
     assert seen == [(f"http://serving.example:8501/v1/models/{MODEL}", expected)]
 
@@ -369,9 +364,8 @@ def endless_rest():
     """A web server on 127.0.0.1 that is not TF Serving: /big answers with a body far larger than
     any TF Serving answer (bounded: 96 MB), /slow trickles a byte every 0.25 s (bounded: 24 bytes),
     each read well within the client's read timeout."""
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Endless(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -392,13 +386,8 @@ def endless_rest():
             except OSError:                   # the client went away
                 pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(Endless) as url:
+        yield url
 
 
 def test_an_answer_past_the_size_bound_or_the_timeout_is_one_line(endless_rest, monkeypatch):

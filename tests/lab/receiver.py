@@ -6,9 +6,10 @@ called for every POST and returns the status to answer (headers are lower-cased)
 from __future__ import annotations
 
 import contextlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
+
+from tests.helpers import loopback_http
 
 
 @contextlib.contextmanager
@@ -29,10 +30,5 @@ def post_receiver(answer: Callable[[str, dict, bytes], int], *, location: str | 
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_http(Handler) as url:
+        yield url
