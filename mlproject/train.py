@@ -63,9 +63,15 @@ class TrainParams:
             raise ConfigError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         import numpy as np
 
-        if float(np.float32(self.learning_rate)) == 0.0:     # the optimizer's float32: no step at all
+        with np.errstate(over="ignore"):
+            as_float32 = float(np.float32(self.learning_rate))
+        if as_float32 == 0.0:     # the optimizer's float32: no step at all
             raise ConfigError(f"--learning-rate {self.learning_rate} is 0 in float32, which the optimizer uses "
                               f"(nothing would be learned); use a larger one")
+        if not math.isfinite(as_float32):     # past float32's 3.4e38: an infinite step, a FAILED run
+            raise ConfigError(f"--learning-rate {self.learning_rate} is infinite in float32, which the optimizer "
+                              f"uses (training would diverge at once); use a smaller one (default "
+                              f"{DEFAULT_LEARNING_RATE:g})")
         if not 0 <= self.seed <= 2**32 - 1:
             raise ConfigError(f"--seed must be between 0 and 4294967295 (2**32 - 1), got {self.seed}")
         return self

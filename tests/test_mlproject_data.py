@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -395,6 +396,8 @@ def test_rows_that_are_not_probabilities_are_counted():
     ("learning_rate", float("inf"), "--learning-rate must be a positive number, got inf"),
     ("learning_rate", float("nan"), "--learning-rate must be a positive number, got nan"),
     ("learning_rate", 1e-300, "--learning-rate 1e-300 is 0 in float32"),    # registered an untrained model
+    # started a run that diverged in its first epoch (a FAILED run left), after numpy's overflow warning
+    ("learning_rate", 1e39, "--learning-rate 1e\\+39 is infinite in float32"),
     ("seed", 2**32, "--seed must be between 0 and 4294967295"),
     ("seed", -1, "--seed must be between 0 and 4294967295"),
     ("dataset", "cifar", "unknown data set 'cifar'"),
@@ -404,7 +407,8 @@ def test_training_parameters_are_checked_before_anything_runs(field, value, mess
 
     assert TrainParams().checked() == TrainParams()
     assert TrainParams(seed=2**32 - 1, batch_size=1).checked().seed == 2**32 - 1
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message), warnings.catch_warnings():
+        warnings.simplefilter("error")      # one line, not numpy's warning before it
         TrainParams(**{field: value}).checked()
 
 
