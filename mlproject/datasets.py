@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import importlib.util
 import socket
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -121,12 +122,36 @@ def _fashion_mnist(timeout: float = 60.0) -> Arrays:
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     except Exception as exc:  # noqa: BLE001 - keras raises bare Exception on fetch failure
-        reason = " ".join(str(exc).split())[:200]
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        cached = _fashion_mnist_cache()
+        if cached is not None:      # nothing was downloaded: the copy Keras keeps is what fails to read
+            raise ConfigError(f"the copy of Fashion-MNIST that Keras keeps in {cached} cannot be read ({reason}): "
+                              f"a damaged or cut-off file; delete that folder to have it downloaded again, "
+                              f"or {FASHION_OFFLINE_HINT}") from None
         raise ConnectionFailure(f"cannot download Fashion-MNIST ({reason}); {FASHION_OFFLINE_HINT}") from None
     finally:
         socket.setdefaulttimeout(old)
     images = np.concatenate([x_train, x_test])[..., None].astype(np.float32) / np.float32(255.0)
     return Arrays(images, np.concatenate([y_train, y_test]).astype(np.int64))
+
+
+FASHION_MNIST_FILES = ("train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+                       "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz")
+
+
+def _fashion_mnist_cache() -> Path | None:
+    """The folder where Keras keeps Fashion-MNIST, if every file of it is there (found as
+    ``keras.utils.get_file`` finds it: KERAS_HOME or ~/.keras, /tmp/.keras when not writable).
+    Keras deletes a download that fails, so after a failure a full folder was read, not fetched."""
+    import os
+
+    from keras.src.backend.config import keras_home
+
+    base = os.path.expanduser(keras_home())
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    folder = Path(base) / "datasets" / "fashion-mnist"
+    return folder if all((folder / name).is_file() for name in FASHION_MNIST_FILES) else None
 
 
 def load(name: str) -> Arrays:

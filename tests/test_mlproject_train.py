@@ -430,6 +430,30 @@ def test_fashion_mnist_offline_names_the_digits_option(mlops_env, tmp_path):
     assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
 
 
+def test_a_damaged_cached_fashion_mnist_names_the_folder_to_delete(mlops_env, tmp_path):
+    """A copy Keras keeps that is cut off (a download killed outright leaves one) was reported as
+    "cannot download Fashion-MNIST" although nothing was downloaded, and every rerun said the same:
+    now one line names the folder to delete, and nothing is trained or registered."""
+    import gzip
+
+    cache = tmp_path / "keras-home" / "datasets" / "fashion-mnist"
+    cache.mkdir(parents=True)
+    for name in ("train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz"):     # Keras's names: it downloads none of them when all are there
+        (cache / name).write_bytes(gzip.compress(np.random.default_rng(0).bytes(4096))[:100])   # cut off
+    blocked = "http://127.0.0.1:9"         # nothing listens there: downloads cannot leave the machine
+    r = run_mlops("train", "--dataset", "fashion_mnist", timeout=180,
+                  env={"KERAS_HOME": str(tmp_path / "keras-home"), "https_proxy": blocked, "HTTPS_PROXY": blocked})
+    assert r.returncode == 2, r.stderr[-2000:]
+    (line,) = _error_lines(r.stderr)
+    assert line.startswith(f"error: the copy of Fashion-MNIST that Keras keeps in {cache} cannot be read ("), line
+    assert line.endswith("delete that folder to have it downloaded again, or use the offline data set "
+                         "instead: --dataset digits"), line
+    assert "Traceback" not in r.stderr
+    client = _client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+
+
 def test_a_training_stopped_by_sigterm_closes_its_mlflow_run_failed(mlflow_server, tmp_path):
     """CircleCI cancelling a job (and `timeout`) sends SIGTERM: the process died at once and its
     MLflow run stayed RUNNING in the UI for good (Ctrl-C closed it FAILED). A real `mlops train`."""
