@@ -74,6 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     a = p.parse_args(argv)
+    from mlops_common.errors import UserError
+
+    from .train import TrainParams
+
+    try:    # before any training: --epochs 0 printed a table of untrained models, exit 0
+        for s in a.seeds:
+            TrainParams(dataset=a.dataset, epochs=a.epochs, learning_rate=a.learning_rate, seed=s).checked()
+        if a.repeats < 1:
+            raise UserError(f"--repeats must be at least 1, got {a.repeats}")
+    except UserError as exc:
+        p.error(exc.message)
     rows = [measure(s, dataset=a.dataset, repeats=a.repeats, epochs=a.epochs,
                     learning_rate=a.learning_rate) for s in a.seeds]
     print(json.dumps(rows) if a.json else table(rows))

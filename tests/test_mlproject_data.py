@@ -594,3 +594,24 @@ def test_a_relative_incoming_path_is_recorded_absolute(tmp_path, monkeypatch):
     assert [b.source for b in data.incoming] == [str(tmp_path / "incoming" / "batch.npz")]
     with pytest.raises(ConfigError, match="'~no-such-user-mlops' is not a user with a home directory"):
         prepare_data("digits", "~no-such-user-mlops/x.npz")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),      # printed a table of untrained models, exit 0
+    (["--learning-rate", "0"], "--learning-rate must be a positive number"),
+    (["--seeds", "1", "-1"], "--seed must be between 0 and 4294967295"),
+    (["--dataset", "mnist"], "unknown data set 'mnist'"),
+    (["--epochs", "1", "--repeats", "0"], "--repeats must be at least 1, got 0"),   # a traceback after training
+])
+def test_calibrate_refuses_bad_parameters_in_one_line_before_training(argv, message, capsys, monkeypatch):
+    from mlproject import calibrate, train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained with a bad parameter")
+
+    monkeypatch.setattr(train, "fit_model", no_training)
+    with pytest.raises(SystemExit) as stopped:
+        calibrate.main(argv if "--seeds" in argv else ["--seeds", "1", *argv])
+    assert stopped.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert line.startswith("python -m mlproject.calibrate: error: ") and message in line, line
