@@ -18,7 +18,7 @@ from registry import tags as version_tags
 from registry.gate_stats import encode_correct, encode_labels
 
 from . import metrics
-from .constants import NUM_CLASSES
+from .constants import DATASETS, NUM_CLASSES
 from .datasets import Arrays, check_name, fingerprint, load_partition
 
 
@@ -93,6 +93,10 @@ def evaluate_version(model_name: str, version: int, *, dataset: str | None = Non
         raise ConfigError(f"version {version} of '{model_name}' has no dataset tag (mlproject's registration "
                           f"sets it): set the version's tag dataset=digits or dataset=fashion_mnist in the "
                           f"MLflow UI, or name the held-out set with `mlops evaluate --dataset`")
+    if dataset is None and name not in DATASETS:     # "unknown data set": not the word the gate's user typed
+        raise ConfigError(f"version {version} of '{model_name}' has the dataset tag '{name}', which is none of "
+                          f"this project's data sets ({', '.join(DATASETS)}): set the version's tag to the one it "
+                          f"was trained on in the MLflow UI, or name the held-out set with `mlops evaluate --dataset`")
     check_name(name)
     uri = f"models:/{model_name}/{info.version}"
     model = load_checked(uri, f"version {version} of '{model_name}'", name,

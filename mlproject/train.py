@@ -24,6 +24,7 @@ from registry import tags as T
 from . import export, tracking, validation
 from .batches import Batch, check_location, read_batches
 from .constants import (
+    DATASETS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET,
     DEFAULT_EPOCHS,
@@ -433,6 +434,11 @@ def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) ->
     dataset = params.dataset
     if production is not None:
         prod_dataset = T.read(versions.get_version(model_name, production).tags, T.DATASET)
+        if prod_dataset and prod_dataset not in DATASETS and not (from_scratch and dataset):
+            raise ConfigError(f"production (version {production}) of '{model_name}' has the dataset tag "
+                              f"'{prod_dataset}', which is none of this project's data sets ({', '.join(DATASETS)}): "
+                              f"set the version's tag to the one it was trained on in the MLflow UI, or retrain "
+                              f"with --from-scratch and --dataset")
         if dataset and prod_dataset and dataset != prod_dataset and not from_scratch:
             raise ConfigError(f"production (version {production}) was trained on '{prod_dataset}', not "
                               f"'{dataset}'; drop --dataset or retrain with --from-scratch")

@@ -615,3 +615,44 @@ def test_calibrate_refuses_bad_parameters_in_one_line_before_training(argv, mess
     assert stopped.value.code == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
     assert line.startswith("python -m mlproject.calibrate: error: ") and message in line, line
+
+
+def test_a_version_whose_dataset_tag_is_no_data_set_says_to_fix_the_tag(monkeypatch):
+    """``mlops registry gate`` (which has no --dataset) and ``mlops evaluate`` said "unknown data set
+    'mnist'; choose one of: digits, fashion_mnist" for a version tagged dataset=mnist: not where the
+    name came from, nor what to change. Nothing is loaded."""
+    from datetime import datetime, timezone
+
+    from mlproject import evaluate
+    from registry import versions
+
+    info = versions.VersionInfo("clf", 3, "r1", "models:/m-1", {"dataset": "mnist"}, (), datetime.now(timezone.utc))
+    monkeypatch.setattr(versions, "get_version", lambda model, version: info)
+    monkeypatch.setattr(evaluate, "load_checked", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(ConfigError) as refused:
+        evaluate.evaluate_version("clf", 3)
+    assert refused.value.message.startswith("version 3 of 'clf' has the dataset tag 'mnist', which is none of this "
+                                            "project's data sets (digits, fashion_mnist): set the version's tag")
+
+
+def test_a_retrain_from_a_production_whose_dataset_tag_is_no_data_set_says_to_fix_the_tag(monkeypatch):
+    """A production tagged dataset=mnist made `mlops retrain` say "unknown data set 'mnist'; choose one
+    of ...", and `--dataset digits` then "production was trained on 'mnist', not 'digits'". Now the line
+    names production's tag; from scratch on a named data set stays allowed (its weights are not used)."""
+    from datetime import datetime, timezone
+
+    from mlproject import tracking, train
+    from registry import client, versions
+
+    info = versions.VersionInfo("clf", 2, "r1", "models:/m-1", {"dataset": "mnist"}, ("production",),
+                                datetime.now(timezone.utc))
+    monkeypatch.setattr(client, "tracking_client", lambda: None)
+    monkeypatch.setattr(tracking, "production_version", lambda model: 2)
+    monkeypatch.setattr(versions, "get_version", lambda model, version: info)
+    for params, scratch in ((train.TrainParams(), False), (train.TrainParams(), True),
+                            (train.TrainParams(dataset="digits"), False)):
+        with pytest.raises(ConfigError, match="^production \\(version 2\\) of 'clf' has the dataset tag 'mnist', "
+                                              "which is none of this project's data sets"):
+            train.retrain_plan("clf", params, from_scratch=scratch)
+    assert train.retrain_plan("clf", train.TrainParams(dataset="digits"), from_scratch=True) == \
+        (train.TrainParams(dataset="digits"), None)
