@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -360,9 +362,22 @@ def _full_disk_is_one_line():
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise ConfigError(f"no space left on the disk ({exc.strerror}{': ' + exc.filename if exc.filename else ''}) "
-                          f"while training or logging the model; free space in {tempfile.gettempdir()} (TMPDIR) "
-                          f"and rerun: the MLflow run is marked FAILED and nothing was registered") from None
+        raise _no_space(f"{exc.strerror}{': ' + exc.filename if exc.filename else ''}") from None
+    except Exception as exc:
+        # TensorFlow's own writes (the SavedModel export, the warmup file) fail with its
+        # ResourceExhaustedError ("<file>; No space left on device"), not an OSError
+        tf = sys.modules.get("tensorflow")
+        full = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+        if tf is None or not isinstance(exc, tf.errors.ResourceExhaustedError) or not any(
+                f in str(exc) for f in full):
+            raise
+        raise _no_space(" ".join(str(exc).split())[:300]) from None
+
+
+def _no_space(detail: str) -> ConfigError:
+    return ConfigError(f"no space left on the disk ({detail}) while training or logging the model; free space in "
+                       f"{tempfile.gettempdir()} (TMPDIR) and rerun: the MLflow run is marked FAILED and nothing "
+                       f"was registered")
 
 
 def register_run(model_name: str, result: RunResult) -> int:

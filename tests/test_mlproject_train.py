@@ -663,6 +663,26 @@ def test_a_full_disk_while_logging_the_model_is_one_line_and_registers_nothing(c
     assert runs and {run.info.status for run in runs} == {"FAILED"}
 
 
+def test_a_full_disk_while_tensorflow_writes_the_savedmodel_is_one_line(tmpfs):
+    """The SavedModel export (and the warmup file) are written by TensorFlow, whose full disk is a
+    ResourceExhaustedError, not an OSError: a disk that filled up after the model was logged ended
+    `mlops train` in a traceback. Now it is the same line as any full disk; a ResourceExhaustedError
+    that is not about the disk (memory) stays what it is."""
+    import tensorflow as tf
+
+    from mlproject import export
+    from mlproject.model import build_model
+    from mlproject.train import _full_disk_is_one_line
+
+    model = build_model((8, 8, 1), 10, 0.01)
+    with pytest.raises(ConfigError, match="^no space left on the disk \\(.*No space left on device\\) while "
+                                          "training or logging the model; free space in .* nothing was registered$"):
+        with _full_disk_is_one_line():
+            export.export_saved_model(model, tmpfs("40k") / "tfserving")
+    with pytest.raises(tf.errors.ResourceExhaustedError), _full_disk_is_one_line():
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[1024,1024]")
+
+
 def test_the_same_seed_and_data_train_the_same_weights_from_scratch_and_from_a_start_model():
     """Reproducibility the run's params promise: seed, data (fingerprint), epochs, batch size and
     learning rate fix the weights and every per-epoch metric, also when continuing from a start
