@@ -683,6 +683,19 @@ def test_a_full_disk_while_tensorflow_writes_the_savedmodel_is_one_line(tmpfs):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[1024,1024]")
 
 
+def test_a_full_disk_while_evaluating_is_not_called_a_damaged_model(cli_trained, tmpfs):
+    """A full TMPDIR while the logged model downloads was reported as "its logged model is missing or
+    damaged; register a new version" (for production in a gate: "move production to a version that
+    loads"), so a full CI runner sent people to replace or roll back a good version. Now it is the
+    full-disk line, and the version is not called damaged."""
+    env, res, _ = cli_trained
+    r = run_mlops("evaluate", "--version", str(res["version"]), env={**env, "TMPDIR": str(tmpfs("12k"))})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    (line,) = _error_lines(r.stderr)
+    assert "damaged" not in line and "register a new version" not in line, line
+    assert "no space left on the disk" in line and "TMPDIR" in line, line
+
+
 def test_the_same_seed_and_data_train_the_same_weights_from_scratch_and_from_a_start_model():
     """Reproducibility the run's params promise: seed, data (fingerprint), epochs, batch size and
     learning rate fix the weights and every per-epoch metric, also when continuing from a start
