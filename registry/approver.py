@@ -4,11 +4,11 @@ In CircleCI (``CIRCLE_TOKEN`` and ``CIRCLE_WORKFLOW_ID`` set) the approval job o
 says who approved: API v2 ``GET /api/v2/workflow/{id}/job`` -> the item with
 ``type: approval`` -> ``approved_by`` (a user id) -> ``GET /api/v2/user/{id}`` -> ``login``;
 ``GET /api/v2/workflow/{id}`` -> ``pipeline_id``: the pipeline the approval belongs to (what
-ties it to the version that pipeline gated: ``promotion_rules.check_approval_tie``).
+ties it to the version that pipeline gated: ``move_checks.check_approval_tie``).
 ``GET /api/v2/pipeline/{id}/config`` -> ``compiled``: that pipeline's configuration as CircleCI
 compiled it, pipeline parameters substituted: the rollback it was triggered for (its
 ``rollback-to``, in the ``ROLLBACK_TO`` of the rollback job: ``rollback_asked``), which ties a
-rollback workflow's approval to that version (``promotion_rules.check_rollback_tie``).
+rollback workflow's approval to that version (``move_checks.check_rollback_tie``).
 The token travels only in the ``Circle-Token`` header: it is never logged, stored or put in a
 message. Base URL: ``CIRCLECI_API_URL`` (default https://circleci.com).
 """

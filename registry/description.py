@@ -138,7 +138,7 @@ def _forced(e: Entry) -> bool:
 
 def ledger_approver(entries: list[Entry], version: int) -> str | None:
     """Who let ``version`` into production, as the ledger records it: what the moves write into
-    its ``approved_by`` tag (``promotion.promotion_tags``), replayed from the rows. The approver
+    its ``approved_by`` tag (``promotion_view.promotion_tags``), replayed from the rows. The approver
     (else the actor) of the newest ``ok`` move that put it there; a failed deploy's automatic
     revert leaves it as it was (the revert keeps its target's approver); a move recorded where it
     already held production counts only while there is none (it then wrote its own). None when no

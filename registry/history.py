@@ -111,7 +111,7 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     ``approved_by_tag``: the tag as it is, set when it says someone else; ``approved_by_tag_missing``:
     the ledger names an approver and the version has no tag). ``entries``: the
     model's ``promote`` / ``rollback`` rows, other actions ignored (``registry status`` passes
-    ``promotion.ledger_view``'s, read once for this and its agreement line; read from the ledger
+    ``reconciliation.ledger_view``'s, read once for this and its agreement line; read from the ledger
     when not given)."""
     from . import description, versions
     from .ledger import Ledger
@@ -157,7 +157,7 @@ def approval_lines(rows: list[dict]) -> list[str]:
 
 def agreement_line(a) -> str:
     """The line under the status table: does ``production`` sit where the ledger says
-    (``promotion_rules.Agreement``)."""
+    (``reconciliation_rules.Agreement``)."""
     where = "(none)" if a.alias is None else f"v{a.alias}"
     problem = a.problem()
     if problem is None:

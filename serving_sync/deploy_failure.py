@@ -179,7 +179,7 @@ def _write_failure(error: BaseException) -> str:
 
 def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,
                            step: str, *, kept_because: str | None, canary: str | None = None) -> str:
-    from registry import description, promotion
+    from registry import deploy_revert, description
 
     model, v = result.model, result.version
     reason = f"{run.host.name}: {step}: {why}"
@@ -212,7 +212,7 @@ def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str
         if to is None:   # production was set outside promote/rollback: what the hosts served
             to = _common([p["current"] for p in result.plans if p["current"] is not None])
         undoes_rollback = rolling_back is not None and to is not None and rolling_back.from_version == to
-        promo = promotion.revert_failed_deploy(model, v, to, reason, host=run.host.name, host_was=run.plan.current,
+        promo = deploy_revert.revert_failed_deploy(model, v, to, reason, host=run.host.name, host_was=run.plan.current,
                                                provenance=recorder.provenance)
         if canary is not None:
             deploys.tag(model, v, deploys.FAILED, reason, canary=canary)

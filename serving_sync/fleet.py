@@ -15,7 +15,7 @@ The rollout is a state machine (docs/architecture.md, "Rollout"):
    judged on its live traffic for ``--bake`` seconds against itself before the switch and the
    hosts still on the old version, then the other waves in parallel. A failure or a breach
    anywhere puts every switched host back (``HostRun.restore``), moves ``production`` back
-   (``registry.promotion.revert_failed_deploy``, unless nothing says the version is to blame: a
+   (``registry.deploy_revert.revert_failed_deploy``, unless nothing says the version is to blame: a
    failed upload, a lost connection, an interrupt), tags the version and raises ``DeployFailed``
    (exit 3) saying why: all of that is ``deploy_failure`` (``fail``, ``or_put_back``).
 5. On success: ``deploy_status=deployed``, a ``deploy`` ledger row per host, retention (``--parallel`` hosts at once):
@@ -494,7 +494,7 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
 
     ``late`` (every host already served ``version``): only if that version still says
     ``deployed`` — the rollback's deploy was killed after its switch, before it wrote the tag."""
-    from registry import promotion, versions
+    from registry import promotion_view, versions
 
     try:
         row = deploys.rolled_back_from(model, version)     # a restore or not (--to a version never in production)
@@ -505,7 +505,7 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
         deploys.tag(model, frm, deploys.ROLLED_BACK, why or "rollback")
         # who rolled back, on the version rolled back to: `sync rollback` writes it after this
         # deploy; one killed before that (the rerun is refused, a deploy finishes it) never did
-        promotion.show_rolled_out(model, row)
+        promotion_view.show_rolled_out(model, row)
         if late:
             logger.info("tagged v%d of '%s' rolled_back: the rollback to v%d is on every host (its deploy "
                         "stopped before saying so)", frm, model, version)

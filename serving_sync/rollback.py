@@ -23,7 +23,7 @@ from .options import DeployOptions
 
 @dataclass
 class RollbackResult:
-    registry: object                     # registry.promotion's Promotion (from_version, to_version, ...)
+    registry: object                     # registry.promotion_view's Promotion (from_version, to_version, ...)
     deploy: fleet.FleetResult
     seconds_to_old_outputs: float | None     # from ``started`` until the old outputs answered
     switch_seconds: float | None             # the slowest host's switch

@@ -13,16 +13,15 @@ from registry import description
 from registry import tags as T
 from registry.gate_rules import GateRules, decide
 from registry.ledger import Entry
+from registry.move_checks import check_pipeline_rerun, pipeline_move
 from registry.promotion_rules import (
-    check_pipeline_rerun,
     failed_deploys,
     last_verdict,
     ledger_production,
-    pipeline_move,
-    reconcile_rows,
     rollback_in_rollout,
     rollback_unfinished,
 )
+from registry.reconciliation_rules import reconcile_rows
 
 from .test_registry_gate_rules import evaluation, failed_rules
 

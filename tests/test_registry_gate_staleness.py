@@ -14,7 +14,7 @@ import os
 import pytest
 
 from mlops_common.errors import RefusedError
-from registry import promotion, versions
+from registry import promotion, reconciliation, versions
 from registry.gate import run_gate
 from registry.ledger import Ledger
 from tests.helpers import run_mlops
@@ -112,7 +112,7 @@ def test_a_deleted_production_version_is_named_as_deleted_not_as_one_to_promote_
         run_gate(model, v3, ev)
     assert f"v{v2}, which the ledger says holds production, was deleted" in e.value.message
     assert "promote --version" not in e.value.message and "mlops registry reconcile" in e.value.message
-    rows = promotion.reconcile(model, actor="bob").rows
+    rows = reconciliation.reconcile(model, actor="bob").rows
     assert [(r.action, r.from_version, r.to_version) for r in rows] == [("rollback", v2, None)]
     assert f"v{v2} was deleted from the registry" in rows[0].reason
 

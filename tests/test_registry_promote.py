@@ -418,7 +418,7 @@ def test_a_circleci_job_run_again_does_not_move_production_a_second_time(make_ve
     import pytest
 
     from mlops_common.errors import RefusedError
-    from registry import promotion
+    from registry import deploy_revert, promotion
 
     model = os.environ["MLOPS_MODEL_NAME"]
     v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
@@ -426,7 +426,7 @@ def test_a_circleci_job_run_again_does_not_move_production_a_second_time(make_ve
     monkeypatch.setenv("CIRCLE_PIPELINE_ID", "pipe-a")
     promotion.promote(model, v2, actor="ci")
     assert promotion.promote(model, v2, actor="ci").moved is False          # rerun, nothing changed
-    promotion.revert_failed_deploy(model, v2, v1, "smoke test failed", actor="ci")   # the deploy failed
+    deploy_revert.revert_failed_deploy(model, v2, v1, "smoke test failed", actor="ci")   # the deploy failed
     with pytest.raises(RefusedError, match="already moved production .* to v2 .* it is v1 now"):
         promotion.promote(model, v2, actor="ci")
     assert versions.production_version(model) == v1

@@ -5,20 +5,18 @@ import pytest
 
 from mlops_common.errors import RefusedError
 from registry.ledger import Entry
+from registry.move_checks import check_promotable
 from registry.promotion_rules import (
-    agreement,
-    check_promotable,
     failed_deploys,
     ledger_production,
-    open_intents,
     production_stack,
-    reconcile_rows,
     restoring_rollback,
     revert_target,
     rollback_in_rollout,
     rollback_target,
     rolled_back_to,
 )
+from registry.reconciliation_rules import agreement, open_intents, reconcile_rows
 
 
 def promote(to, frm=None, outcome="ok"):
@@ -202,7 +200,7 @@ def _gate(version, baseline, outcome="passed"):
 
 
 def test_a_gate_against_another_production_is_refused_and_the_exceptions_are_not():
-    from registry.promotion_rules import check_gate_baseline, ever_held, latest_gate
+    from registry.move_checks import check_gate_baseline, ever_held, latest_gate
 
     check_gate_baseline("m", 3, 2, _gate(3, 2), set())                     # gated against today's
     with pytest.raises(RefusedError, match="passed its gate against v1, but production is now v2"):

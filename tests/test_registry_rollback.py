@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mlops_common.errors import NotFoundError, RefusedError
-from registry import promotion, versions
+from registry import deploy_revert, promotion, versions
 from registry.ledger import Ledger
 from tests.helpers import run_mlops
 
@@ -98,7 +98,7 @@ def test_revert_failed_deploy_moves_production_back_and_records_it(four_versions
     model = os.environ["MLOPS_MODEL_NAME"]
     promotion.promote(model, 1, actor="alice")
     promotion.promote(model, 2, actor="alice")
-    result = promotion.revert_failed_deploy(model, 2, 1, "smoke test: predictions differ", actor="deployer",
+    result = deploy_revert.revert_failed_deploy(model, 2, 1, "smoke test: predictions differ", actor="deployer",
                                             host="web-1")
     assert result.moved and prod(model) == 1
     info = versions.get_version(model, 2)
@@ -119,7 +119,7 @@ def test_revert_leaves_a_newer_promotion_alone(four_versions):
     for v in (1, 2, 3):
         promotion.promote(model, v, actor="alice")
     # the deploy of v2 failed, but v3 was promoted meanwhile: do not clobber it
-    result = promotion.revert_failed_deploy(model, 2, 1, "deploy of v2 failed", actor="deployer")
+    result = deploy_revert.revert_failed_deploy(model, 2, 1, "deploy of v2 failed", actor="deployer")
     assert not result.moved and prod(model) == 3
     last = Ledger().entries(model)[-1]
     assert (last.action, last.outcome) == ("rollback", "refused") and "production is version 3" in last.reason
@@ -130,7 +130,7 @@ def test_revert_of_the_very_first_deploy_removes_production(make_version):
     model = os.environ["MLOPS_MODEL_NAME"]
     make_version(validation_status="passed")
     promotion.promote(model, 1, actor="alice")
-    result = promotion.revert_failed_deploy(model, 1, None, "first deploy failed")
+    result = deploy_revert.revert_failed_deploy(model, 1, None, "first deploy failed")
     assert result.moved and prod(model) is None
 
 

@@ -38,7 +38,7 @@ def test_the_rollback_a_pipeline_was_triggered_for_is_read_from_its_compiled_con
     as a job receives it) is the previous version; then the rule that ties the approval to it."""
     from mlops_common.errors import RefusedError
     from registry.approver import rollback_to_in_config
-    from registry.promotion_rules import check_rollback_tie
+    from registry.move_checks import check_rollback_tie
     from tests.lab.circleci import compiled_config, load_config, pipeline_values, substitute
 
     def compiled(**params):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from registry import promotion, versions
+from registry import alias_move, deploy_revert, promotion, reconciliation, versions
 from registry.ledger import Ledger
 from tests.fixtures.faults import final_error_line
 from tests.helpers import REPO, run_mlops
@@ -158,7 +158,7 @@ def test_a_failed_deploys_revert_records_a_killed_promotion_first(make_version, 
     model, v1, v2 = two_promoted_once(make_version)
     held_promotion(v2, "promotion:after_alias", tmp_path / "marker")    # alias on v2, intent open
     assert versions.production_version(model) == v2
-    promotion.revert_failed_deploy(model, v2, v1, "smoke test failed", actor="ci")
+    deploy_revert.revert_failed_deploy(model, v2, v1, "smoke test failed", actor="ci")
     assert versions.production_version(model) == v1
     assert rows(model)[-3:] == [("promote", "ok", v1, v2),          # the killed move, recorded first
                                 ("intent", "pending", v2, v1), ("rollback", "ok", v2, v1)]
@@ -175,14 +175,14 @@ def ledger_whose_last_commit_fails_in_thread_a(monkeypatch) -> Ledger:
 
     led = Ledger()
     moved, failed_once = threading.Event(), threading.Event()
-    point = promotion._point
+    point = alias_move._point
 
     def move_alias(*args):
         point(*args)
         if threading.current_thread().name == "A":
             moved.set()
 
-    monkeypatch.setattr(promotion, "_point", move_alias)
+    monkeypatch.setattr(alias_move, "_point", move_alias)
 
     @sa.event.listens_for(led._engine, "commit")
     def fail_the_last_commit(conn):
@@ -215,7 +215,7 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
     model, v1, v2 = two_promoted_once(make_version)
     v3 = make_version(validation_status="passed")
     led = ledger_whose_last_commit_fails_in_thread_a(monkeypatch)
-    real = promotion._restore_unless_recorded
+    real = alias_move._restore_unless_recorded
 
     def another_promotion_first(*args):
         b = threading.Thread(target=lambda: promotion.promote(model, v3, actor="bob"), name="B")
@@ -223,7 +223,7 @@ def test_a_put_back_after_a_failed_last_commit_never_undoes_a_later_promotion(ma
         b.join(timeout=60)
         real(*args)
 
-    monkeypatch.setattr(promotion, "_restore_unless_recorded", another_promotion_first)
+    monkeypatch.setattr(alias_move, "_restore_unless_recorded", another_promotion_first)
     a, failed = promotion_failing_in_thread_a(model, v2, led)
     a.join(timeout=120)
     assert failed and versions.production_version(model) == v3
@@ -237,7 +237,7 @@ def test_a_put_back_after_a_failed_last_commit_does_not_hold_up_other_ledger_wri
 
     model, v1, v2 = two_promoted_once(make_version)
     led = ledger_whose_last_commit_fails_in_thread_a(monkeypatch)
-    restoring, restore = threading.Event(), promotion._restore
+    restoring, restore = threading.Event(), alias_move._restore
 
     release = threading.Event()
 
@@ -246,7 +246,7 @@ def test_a_put_back_after_a_failed_last_commit_does_not_hold_up_other_ledger_wri
         release.wait(120)                 # MLflow moving the alias back, held until released
         restore(*args)
 
-    monkeypatch.setattr(promotion, "_restore", held_restore)
+    monkeypatch.setattr(alias_move, "_restore", held_restore)
     a, failed = promotion_failing_in_thread_a(model, v2, led)
     assert restoring.wait(60)
     written = another_models_row_is_written_while_held(release)
@@ -360,7 +360,7 @@ def test_status_is_not_fooled_by_a_promotion_between_its_two_reads(make_version,
         return real(self, *a, **k)
 
     monkeypatch.setattr(Ledger, "entries", after_a_concurrent_promotion)
-    found = promotion.check_agreement(model)
+    found = reconciliation.check_agreement(model)
     assert found.problem() is None and found.alias == found.ledger == v2
 
 
@@ -370,20 +370,20 @@ def test_ctrl_c_once_mlflow_moved_the_alias_records_the_move_and_still_stops(mak
     (`mlops sync rollback` into its deploy) as if nobody had pressed Ctrl-C. The move is recorded,
     then the interrupt ends the command."""
     model, v1, v2 = two_promoted_once(make_version)
-    point = promotion._point
+    point = alias_move._point
 
     def moved_then_interrupted(m, v):
         point(m, v)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(promotion, "_point", moved_then_interrupted)
+    monkeypatch.setattr(alias_move, "_point", moved_then_interrupted)
     with pytest.raises(KeyboardInterrupt):
         promotion.promote(model, v2, actor="alice")
     assert versions.production_version(model) == v2
     assert rows(model)[-2:] == [("intent", "pending", v1, v2), ("promote", "ok", v1, v2)]
     intent, move = Ledger().entries(model)[-2:]
     assert move.details["intent"] == intent.id
-    monkeypatch.setattr(promotion, "_point", point)
+    monkeypatch.setattr(alias_move, "_point", point)
     assert status(model) == {"alias": v2, "ledger": v2, "agrees": True, "open_intents": [], "problem": None}
 
 

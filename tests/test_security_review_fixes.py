@@ -315,12 +315,12 @@ def test_history_shows_control_characters_as_question_marks():
 
 def test_reconcile_prints_reasons_without_control_characters(monkeypatch, capsys):
     import registry.approver as approver
-    import registry.promotion as promotion
+    import registry.reconciliation as reconciliation
     from mlops.cli import build_parser
 
     row = SimpleNamespace(id=4, action="promote", outcome="ok", reason=HOSTILE)
     monkeypatch.setattr(approver, "provenance", lambda explicit=None: SimpleNamespace(actor="alice"))
-    monkeypatch.setattr(promotion, "reconcile",
+    monkeypatch.setattr(reconciliation, "reconcile",
                         lambda model, provenance: SimpleNamespace(production=2, rows=[row], retagged=False,
                                                                     to_dict=dict))
     args = build_parser().parse_args(["registry", "reconcile", "--model-name", "m"])

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from mlops_common.errors import DeployFailed, UserError
-from registry import promotion
+from registry import deploy_revert, promotion
 from registry.deploys import DeployLedger
 from serving_sync import cancel, fleet, host_run
 from serving_sync import models_config as mc
@@ -330,7 +330,7 @@ def test_a_deploy_whose_production_moved_during_its_last_wave_puts_it_back_and_k
     def while_another_fleet_fails(run, step):
         verify(run, step)
         if not other:                                   # the host serves v2 now
-            other["promo"] = promotion.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
+            other["promo"] = deploy_revert.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
                                                             host="other-fleet")
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_another_fleet_fails)
@@ -407,7 +407,7 @@ def test_an_up_to_date_deploy_whose_production_moved_while_it_observed_records_n
     def observed_while_another_fleet_fails(*args, **kw):
         out = real(*args, **kw)
         if not other:                   # this fleet is up to date on v2; the other fleet fails v2 now
-            other["promo"] = promotion.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
+            other["promo"] = deploy_revert.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
                                                             host="other-fleet")
         return out
 
@@ -492,7 +492,8 @@ def test_a_rollout_overtaken_by_a_newer_version_that_failed_elsewhere_is_put_bac
     def while_it_fails_elsewhere_and_v3_is_promoted(run, step):
         verify(run, step)
         if not done:
-            promotion.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow", host="other-fleet")
+            deploy_revert.revert_failed_deploy(env.model, v2, v1, "other-fleet: smoke_test: too slow",
+                                               host="other-fleet")
             env.promote(v3)
             done["promoted"] = v3
 

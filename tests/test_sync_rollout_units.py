@@ -370,7 +370,7 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
     so the version's newest deploy row is not a canary host's "ok" that a later rollback trusts."""
     from types import SimpleNamespace
 
-    from registry import promotion
+    from registry import deploy_revert
     from serving_sync import deploy_failure, fleet
 
     rows = []
@@ -385,7 +385,7 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
     def down(*a, **k):
         raise UserError("MLflow at http://127.0.0.1:5000 is not reachable")
 
-    monkeypatch.setattr(promotion, "revert_failed_deploy", down)
+    monkeypatch.setattr(deploy_revert, "revert_failed_deploy", down)
     result = fleet.FleetResult("m", 2, "production", "failed")
     run = SimpleNamespace(host=SimpleNamespace(name="web-1"), plan=SimpleNamespace(current=1))
     note = deploy_failure.registry_after_failure(result, recorder, run, "smoke test failed",

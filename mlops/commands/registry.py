@@ -282,7 +282,7 @@ def cmd_history(args) -> int:
 
 def cmd_status(args) -> int:
     from registry.history import agreement_line, approval_lines, status_rows, status_table
-    from registry.promotion import check_agreement, ledger_view
+    from registry.reconciliation import check_agreement, ledger_view
 
     model = settings.model_name(args.model_name)
     entries = ledger_view(model)            # one read: who let each version in, and where production is
@@ -301,10 +301,10 @@ def cmd_status(args) -> int:
 
 def cmd_reconcile(args) -> int:
     from mlops_common.text import printable
-    from registry import approver, promotion
+    from registry import approver, reconciliation
 
     model = settings.model_name(args.model_name)
-    result = promotion.reconcile(model, provenance=approver.provenance(args.actor))
+    result = reconciliation.reconcile(model, provenance=approver.provenance(args.actor))
     if args.json:
         output.emit(result.to_dict())
         return 0

@@ -1,0 +1,171 @@
+"""May this move of ``production`` happen? Pure checks on plain data (ledger entries, a version's
+status), each raising ``RefusedError`` with what to do instead.
+
+- ``check_promotable``: may this version become production?
+- ``check_gate_baseline``: did its passing gate compare it with today's production?
+- ``approval_gate`` / ``check_approval_tie``: is a CircleCI approval used for the move it was
+  given for (the version its pipeline gated; a rollback's approval followed no gate)?
+  ``check_rollback_tie``: and a rollback's, for the version its pipeline's ``rollback-to`` names?
+- ``pipeline_move`` / ``check_pipeline_rerun``: a CircleCI pipeline moves production once.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from mlops_common.errors import ConfigError, RefusedError
+
+from .ledger import Entry
+from .promotion_rules import MOVES, version_label
+from .versions import parse_version
+
+
+def check_forced_reason(force: bool, reason: str | None) -> None:
+    """``--force`` only with a reason a person wrote (a default text is not one)."""
+    if force and not (reason and reason.strip()):
+        raise RefusedError("--force needs --reason \"...\" saying why the gate is bypassed; "
+                           "it is recorded in the ledger and on the version")
+
+
+def check_promotable(model: str, version: int, validation_status: str, *, force: bool = False,
+                     reason: str | None = None) -> None:
+    """Raise ``RefusedError`` unless the version passed the gate (or is forced with a reason)."""
+    check_forced_reason(force, reason)
+    if validation_status != "passed" and not force:
+        raise RefusedError(f"version {version} of '{model}' has validation_status="
+                           f"{validation_status or 'pending'}, not passed; run `mlops registry gate "
+                           f"--version {version}` first, or use --force --reason \"...\"")
+
+
+def latest_gate(entries: Iterable[Entry], version: int) -> Entry | None:
+    """The newest ``gate`` row of ``version`` (None when the ledger has none)."""
+    last = None
+    for e in entries:
+        if e.action == "gate" and e.to_version == version:
+            last = e
+    return last
+
+
+def approval_gate(entries: Iterable[Entry], workflow_id: str, pipeline_id: str | None) -> Entry | None:
+    """The gate a CircleCI approval in ``workflow_id`` was given after: the last ``gate`` row of
+    that workflow (the gate job runs before the approval job in it), else the last of its pipeline
+    ``pipeline_id`` (a rerun from failed is a new workflow of the same pipeline, where the gate
+    job that passed does not run again); None when neither gated a version."""
+    gates = [e for e in entries if e.action == "gate"]
+    mine = [e for e in gates if e.workflow_id == workflow_id] or \
+        ([e for e in gates if e.pipeline_id == pipeline_id] if pipeline_id else [])
+    return mine[-1] if mine else None
+
+
+def check_approval_tie(model: str, action: str, version: int | None, gate: Entry | None, workflow_id: str) -> None:
+    """Raise ``RefusedError`` when a CircleCI approval is used for another move than the one it was
+    given for. The approval job of build-deploy / retrain-deploy follows the gate of the version
+    that pipeline trained: a promotion it approves must be of that version, and that gate passed
+    (``gate``: ``approval_gate``). The rollback workflow has an approval and no gate: a rollback
+    it approves must not use an approval that followed a gate (that one approved a version)."""
+    fix = "or without CircleCI with --actor"
+    if action == "promote":
+        if gate is None:
+            raise RefusedError(f"the approval in CircleCI workflow {workflow_id} follows no gate of '{model}' (its "
+                               f"pipeline gated no version; a rollback's approval?), so it approves no version: "
+                               f"promote {version} from the workflow that gated it, {fix}")
+        if gate.to_version != version:
+            raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for version "
+                               f"{gate.to_version} (gated there), not version {version}: promote {version} from "
+                               f"the workflow that gated it, {fix}")
+        if gate.outcome != "passed":
+            raise RefusedError(f"version {version} of '{model}' failed its gate in CircleCI workflow {workflow_id} "
+                               f"(ledger #{gate.id}), so its approval there approves nothing: gate it again in a "
+                               f"new pipeline, {fix}")
+    elif gate is not None:
+        raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for version "
+                           f"{gate.to_version} (gated there), not for a rollback: roll back from the rollback "
+                           f"workflow (run-rollback=true), {fix}")
+
+
+def check_rollback_tie(requested: int | None, asked: list[str], workflow_id: str,
+                       pipeline_id: str) -> None:
+    """Raise ``RefusedError`` when a rollback workflow's CircleCI approval is used for another
+    rollback than the one its pipeline was triggered for. ``asked``: the ``rollback-to`` values of
+    that pipeline's compiled config (``approver.rollback_asked``; ``""``: empty, the previous
+    production version); ``requested``: the ``--to`` of this rollback (None: the previous one). The
+    approver saw the pipeline's parameters: the rollback they approved is that one only."""
+    fix = "or without CircleCI with --actor"
+    values = set(asked)
+    if not values:
+        raise RefusedError(f"the approval in CircleCI workflow {workflow_id} approves no rollback: its pipeline "
+                           f"{pipeline_id} sets no rollback-to (ROLLBACK_TO) in its configuration; roll back from "
+                           f"the rollback workflow (run-rollback=true), {fix}")
+    if len(values) > 1:
+        raise RefusedError(f"the configuration of CircleCI pipeline {pipeline_id} sets ROLLBACK_TO to "
+                           f"{', '.join(repr(v) for v in sorted(values))}: which rollback its approval in workflow "
+                           f"{workflow_id} was for is ambiguous; roll back from a rollback workflow, {fix}")
+    (text,) = values
+    if text:
+        try:
+            named = parse_version(text)     # as `mlops registry rollback --to "$ROLLBACK_TO"` reads it
+        except ConfigError:
+            raise RefusedError(f"CircleCI pipeline {pipeline_id} was triggered with rollback-to {text!r}, not a "
+                               f"version number: its approval in workflow {workflow_id} approves no rollback; "
+                               f"trigger it again with rollback-to=N, {fix}") from None
+    else:
+        named = None
+    if named != requested:
+        def what(v: int | None) -> str:
+            return "the previous production version" if v is None else f"version {v}"
+
+        def param(v: int | None) -> str:
+            return "rollback-to empty" if v is None else f"rollback-to={v}"
+        raise RefusedError(f"the approval in CircleCI workflow {workflow_id} was given for a rollback to "
+                           f"{what(named)} (pipeline {pipeline_id} was triggered with {param(named)}), not to "
+                           f"{what(requested)}: trigger a rollback pipeline with {param(requested)} and have it "
+                           f"approved, {fix}")
+
+
+def ever_held(entries: Iterable[Entry]) -> set[int]:
+    """Every version an ``ok`` promotion or rollback made production at some point."""
+    return {e.to_version for e in entries if e.action in MOVES and e.outcome == "ok" and e.to_version is not None}
+
+
+def pipeline_move(entries: Iterable[Entry], pipeline_id: str) -> Entry | None:
+    """The last move of production a CircleCI pipeline made itself (a failed deploy's automatic
+    revert is not one): CircleCI reruns a whole job, and its promote or rollback step ran again."""
+    own = [e for e in entries if e.action in MOVES and e.outcome == "ok" and e.pipeline_id == pipeline_id
+           and not (e.details or {}).get("automatic")]
+    return own[-1] if own else None
+
+
+def check_pipeline_rerun(model: str, action: str, current: int | None, earlier: Entry | None,
+                         requested: int | None) -> bool:
+    """A pipeline moves production once: its job run again asks for the same move (``requested``:
+    the version asked for; None, a rollback to "the previous one"). True: production is where that
+    job put it, so the move is a no-op (the deploy after it resumes). ``RefusedError``: production
+    moved since — the rerun promoted its failed version again, or rolled back one version
+    further. Another move in the same pipeline (another version) is not a rerun."""
+    if earlier is None or earlier.action != action or requested not in (None, earlier.to_version):
+        return False
+    if earlier.to_version != current:
+        raise RefusedError(
+            f"this CircleCI pipeline already moved production of '{model}' to "
+            f"{version_label(earlier.to_version)} (ledger #{earlier.id}), and it is {version_label(current)} now "
+            f"(its deploy failed and moved it back, or another move came since): a pipeline moves production "
+            f"once; start a new pipeline, or move it by hand outside CircleCI")
+    return True
+
+
+def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,
+                        held: set[int], *, force: bool = False) -> None:
+    """Raise ``RefusedError`` when ``version``'s passing gate compared it with another version
+    than the one in production now.
+
+    Two pipelines that overlap at the approval both pass their gates against v1; once one is
+    promoted, the other's verdict says nothing about how it compares with the new production
+    (it may be far worse). A version that held production before (promoting it again is how a
+    person rolls back), the version already in production, a forced move and a version whose
+    gate left no ledger row (the tag is all there is) are not refused here."""
+    if force or version == current or version in held or gate is None or gate.outcome != "passed":
+        return
+    if gate.from_version != current:
+        raise RefusedError(
+            f"version {version} of '{model}' passed its gate against {version_label(gate.from_version)}, but "
+            f"production is now {version_label(current)}: run `mlops registry gate --version {version}` again "
+            f"(it compares with {version_label(current)}), or use --force --reason \"...\"")
