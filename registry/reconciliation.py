@@ -36,6 +36,8 @@ def check_agreement(model: str, *, ledger: Ledger | None = None, entries: list[E
         return found
     with ledger.serialized(model) as tx:
         found = agreement(versions.production_version(model), tx.entries(actions=VIEW))
+        if found.ledger_empty and tx.entries(limit=1):     # its register or gate rows: the right ledger
+            found = replace(found, ledger_empty=False)
     if found.alias is None and found.ledger is not None and not versions.version_exists(model, found.ledger):
         found = replace(found, ledger_deleted=True)    # deleted, not moved: MLflow removed its alias with it
     return found

@@ -298,3 +298,22 @@ def test_the_circleci_api_answering_json_that_is_not_an_object_is_one_line(monke
             text = str(e.value)
             assert f"the CircleCI API returned JSON that is not an object on {path}" in text
             assert "\n" not in text and "tok-secret" not in text
+
+
+def test_status_of_a_production_set_outside_mlops_names_no_empty_ledger(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): ``registry status`` read only the promote,
+    rollback and intent rows, so a model registered and gated through mlops whose first production
+    was set in the MLflow UI was told "this ledger has no row for the model ... the rows are in
+    another ledger", sending the operator to check MLOPS_LEDGER_URL instead of reconciling."""
+    from registry import reconciliation, versions
+    from registry.ledger import Ledger
+
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    led.record("register", "m", outcome="ok", to_version=1, actor="ci")
+    led.record("gate", "m", outcome="passed", to_version=1, actor="ci")
+    monkeypatch.setattr(versions, "production_version", lambda model: 1)      # set in the MLflow UI
+    found = reconciliation.check_agreement("m", ledger=led)
+    assert not found.agrees and not found.ledger_empty
+    assert "moved outside mlops" in found.problem() and "no row for the model" not in found.problem()
+    other = reconciliation.check_agreement("other", ledger=led)             # truly no row of that model
+    assert other.ledger_empty and "no row for the model" in other.problem()
