@@ -338,7 +338,7 @@ def _add_feature_value(v, name: str, feat: dict) -> None:
     if isinstance(v, bool):
         kind, value = "int64", int(v)
     elif isinstance(v, dict):
-        kind, value = "bytes", _b64decode(v)
+        kind, value = "bytes", v               # decoded after the kind check, as TF Serving does
     elif isinstance(v, str):
         kind, value = "bytes", v.encode("utf-8", "surrogatepass")
     elif isinstance(v, float) or (isinstance(v, int) and not INT64_MIN <= v <= UINT64_MAX):
@@ -355,6 +355,8 @@ def _add_feature_value(v, name: str, feat: dict) -> None:
         value = v
     if feat.setdefault("kind", kind) != kind:
         raise _feature_kind_error(name, feat["kind"])
+    if isinstance(value, dict):
+        value = _b64decode(value)
     feat.setdefault("values", []).append(value)
 
 

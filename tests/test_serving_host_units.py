@@ -643,6 +643,8 @@ def test_example_int64_limits_are_rapidjson_s():
     ({"examples": [1]}, "Example must be JSON object but got JSON Number"),
     ({"examples": [{"x": [1, "a"]}]}, "Unexpected element type in feature: x expecting type: int64"),
     ({"examples": [{"x": None}]}, "Feature: x has element with unexpected JSON type: Null"),
+    # AddValueToFeature checks the feature's kind before it decodes a {"b64": ...}
+    ({"examples": [{"x": [1, {"b64": "!"}]}]}, "Unexpected element type in feature: x expecting type: int64"),
 ])
 def test_example_errors(doc, fragment):
     with pytest.raises(ServingError) as e:
