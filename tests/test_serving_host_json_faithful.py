@@ -82,6 +82,17 @@ def test_float_and_double_conversion_in_the_codec():
     assert json_request.tensors_from_inputs([2**64 - 1], {"x": tf_dtypes.DT_UINT64})["x"].tolist() == [2**64 - 1]
 
 
+def test_empty_input_of_a_dtype_json_cannot_hold_is_an_empty_tensor():
+    """AddValueToTensor refuses every value of a half input (UNIMPLEMENTED ``Conversion of JSON
+    Value: ...``), but an empty list reaches none: TF Serving sends the empty tensor on."""
+    half = 19                                             # DT_HALF
+    assert json_request.tensors_from_inputs([], {"x": half})["x"].dtype == np.float16
+    assert json_request.tensors_from_instances([[]], {"x": half})["x"].shape == (1, 0)
+    with pytest.raises(ServingError) as e:
+        json_request.tensors_from_inputs([1.5], {"x": half})
+    assert (e.value.code, e.value.message) == ("UNIMPLEMENTED", "Conversion of JSON Value: 1.5 to type: half")
+
+
 def test_example_features_take_large_numbers_as_float():
     from tensorflow.core.example import example_pb2
 
