@@ -15,9 +15,11 @@
 #   4. runs the pinned tensorflow/serving image with --model_config_file=/models/models.config,
 #      --monitoring_config_file=/models/monitoring.config, --max_num_load_retries=0,
 #      a config poll interval, the base directory mounted read-only at /models, REST (8501) and
-#      gRPC (8500) published on 127.0.0.1 unless told otherwise, and a restart policy.
+#      gRPC (8500) published on 127.0.0.1 unless told otherwise, a restart policy, and its log
+#      rotated (20 MB x 5) when Docker's driver is json-file.
 #      The container carries a label with a hash of its settings: same settings -> left alone,
 #      changed settings -> replaced.
+#   5. enables docker.service at boot when systemd has it disabled (else no container after a reboot).
 # --dry-run prints every command that would change the host instead of running it.
 set -euo pipefail
 
@@ -318,6 +320,17 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
     --mount "type=bind,source=$BASE,target=$MODELS_IN_CONTAINER,readonly"
     --entrypoint tensorflow_model_server
   )
+  # TF Serving logs 2 lines plus one per model at every config poll (ServerCore::ReloadConfig runs
+  # each --model_config_file_poll_wait_seconds, changed or not): Docker's default json-file driver
+  # keeps them all, some 45 MB a day with one model, until the disk is full. Rotated when that is
+  # the driver in use (another one, journald say, is the operator's choice, and takes no max-size).
+  log_driver="json-file"
+  if [ "$DOCKER_OK" -eq 1 ]; then
+    log_driver="$(docker info --format '{{.LoggingDriver}}' 2>/dev/null || true)"
+  fi
+  if [ "$log_driver" = "json-file" ]; then
+    docker_opts+=(--log-opt max-size=20m --log-opt max-file=5)
+  fi
   spec="$(printf '%s\n' "$IMAGE" "${docker_opts[@]}" "${server_args[@]}" | sha256sum | cut -c1-16)"
   run_cmd=(docker run "${docker_opts[@]}" --label "$SPEC_LABEL=$spec" "$IMAGE" "${server_args[@]}")
 
@@ -340,6 +353,14 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
       run "${run_cmd[@]}"
     fi
   fi
+fi
+
+# 5. Docker Engine started at boot: --restart unless-stopped brings the container back only when
+# the daemon starts, and Docker's packages leave docker.service disabled outside Debian and Ubuntu
+# (RHEL, Fedora, ...): TF Serving was gone after the host's next reboot. No systemd: nothing done.
+if [ "$WITH_CONTAINER" -eq 1 ] && [ "$DOCKER_OK" -eq 1 ] && command -v systemctl >/dev/null 2>&1 \
+    && [ "$(systemctl is-enabled docker.service 2>/dev/null || true)" = "disabled" ]; then
+  run systemctl enable docker.service
 fi
 
 if [ "$CHANGED" -eq 0 ]; then

@@ -56,8 +56,8 @@ def test_dry_run_prints_every_command_and_changes_nothing(tmp_path):
         "docker", "run", "--detach", "--name", "tfserving", "--restart", "unless-stopped",
         "--publish", "127.0.0.1:8501:8501", "--publish", "127.0.0.1:8500:8500",
         "--mount", f"type=bind,source={base},target=/models,readonly",
-        "--entrypoint", "tensorflow_model_server", "--label", spec,
-        "tensorflow/serving:2.21.0",
+        "--entrypoint", "tensorflow_model_server", "--log-opt", "max-size=20m", "--log-opt", "max-file=5",
+        "--label", spec, "tensorflow/serving:2.21.0",
         "--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config",
         "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=1",
         "--allow_version_labels_for_unavailable_models=true", "--max_num_load_retries=0",
@@ -288,16 +288,17 @@ def test_help():
     assert r.returncode == 0 and "--dry-run" in r.stdout and "tensorflow/serving" in r.stdout
 
 
-def fake_docker(tmp_path, *, label: str) -> tuple[dict, object]:
-    """A ``docker`` on PATH whose daemon answers and which holds a container named ``tfserving``
-    with ``label`` as its settings label ("" for none); it records every call."""
+def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file") -> tuple[dict, object]:
+    """A ``docker`` on PATH whose daemon answers (its default log driver ``logging_driver``) and
+    which holds a container named ``tfserving`` with ``label`` as its settings label ("" for none);
+    it records every call."""
     bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(
         "#!/bin/bash\n"
         f'echo "$*" >> {shlex.quote(str(log))}\n'
         'case "$1" in\n'
-        '  info) exit 0 ;;\n'
+        f'  info) if [ "$2" = --format ]; then echo {shlex.quote(logging_driver)}; fi; exit 0 ;;\n'
         f'  inspect) if [ "$2" = --format ]; then echo {shlex.quote(label)}; fi; exit 0 ;;\n'
         '  *) exit 0 ;;\n'
         'esac\n')
@@ -330,3 +331,53 @@ def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_pat
     assert r.returncode == 0, r.stderr
     calls = [c.split()[0] for c in log.read_text().splitlines()]
     assert calls.index("rm") < calls.index("run") and "rm --force tfserving" in log.read_text()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("driver, rotated", [("json-file", True), ("journald", False)])
+def test_the_containers_log_is_rotated_under_dockers_default_driver(tmp_path, driver, rotated):
+    """Found by review (2026-12-06, fourteenth stop): TF Serving logs "Adding/updating models." and
+    a line per model at every config poll (ServerCore::ReloadConfig runs every second, the config
+    changed or not), and the container ran with Docker's default json-file driver unrotated: some
+    45 MB a day kept until the host's disk was full. Rotated now under json-file; a driver the
+    operator chose (journald) is left alone, it takes no max-size (docker run would fail)."""
+    env, log = fake_docker(tmp_path, label="0123456789abcdef", logging_driver=driver)
+    r = subprocess.run(["bash", str(SCRIPT), "--base", str(tmp_path / "models"), "--deploy-user", me()],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    (run_call,) = [shlex.split(c) for c in log.read_text().splitlines() if c.startswith("run ")]
+    opts = run_call[:run_call.index("tensorflow/serving:2.21.0")]
+    assert (["--log-opt", "max-size=20m", "--log-opt", "max-file=5"] == opts[opts.index("--log-opt"):][:4]) \
+        if rotated else "--log-opt" not in opts
+
+
+def fake_systemctl(bin_dir, state: str | None):
+    """A ``systemctl`` in ``bin_dir`` (on fake_docker's PATH) for which docker.service is ``state``
+    (None: no such unit); it records every call."""
+    log = bin_dir / "systemctl.log"
+    answer = f"echo {state}; [ {state} = enabled ]" if state else \
+        "echo 'Failed to get unit file state for docker.service: No such file or directory' >&2; exit 1"
+    (bin_dir / "systemctl").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {shlex.quote(str(log))}\n'
+        f'if [ "$1" = is-enabled ]; then {answer}; fi\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    return log
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("state, enabled", [("disabled", True), ("enabled", False), (None, False)])
+def test_docker_is_enabled_at_boot_when_systemd_has_it_disabled(tmp_path, state, enabled):
+    """Found by review (2026-12-06, fourteenth stop): `--restart unless-stopped` brings the
+    container back only when Docker's daemon starts, and Docker's packages leave docker.service
+    disabled outside Debian and Ubuntu (RHEL, Fedora): TF Serving was gone after the host's next
+    reboot, with the script saying all was well. Enabled now when disabled; an enabled one, or a
+    host without that unit (a snap, no systemd), is left as it is."""
+    env, _ = fake_docker(tmp_path, label="0123456789abcdef")
+    log = fake_systemctl(tmp_path / "bin", state)
+    r = subprocess.run(["bash", str(SCRIPT), "--base", str(tmp_path / "models"), "--deploy-user", me()],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "is-enabled docker.service"
+    assert calls[1:] == (["enable docker.service"] if enabled else [])
