@@ -244,7 +244,9 @@ if id -u "$DEPLOY_USER" >/dev/null 2>&1; then
   DEPLOY_GROUP="$(id -gn "$DEPLOY_USER")"
 else
   need_root "creating user $DEPLOY_USER"
-  run useradd --system --create-home --shell /bin/bash "$DEPLOY_USER"
+  # --user-group: its own group, which the chown below names, also where login.defs says
+  # USERGROUPS_ENAB no (SUSE: the user went into "users" and `install -g <user>` failed)
+  run useradd --system --user-group --create-home --shell /bin/bash "$DEPLOY_USER"
   DEPLOY_GROUP="$DEPLOY_USER"
 fi
 

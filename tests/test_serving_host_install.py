@@ -101,10 +101,13 @@ def test_options_change_the_docker_flags(tmp_path):
 
 
 def test_missing_deploy_user_is_created(tmp_path):
+    """With its own group, which the next commands name (``-g <user>``): without --user-group,
+    useradd on a host whose login.defs says USERGROUPS_ENAB no (SUSE) put the user in "users", and
+    ``install -g <user>`` failed after the user was made (found by review, 2026-12-06, fourteenth stop)."""
     user = f"tfmd{uuid.uuid4().hex[:8]}"
     r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", user)
     assert r.returncode == 0
-    assert r.stdout.splitlines()[0] == f"useradd --system --create-home --shell /bin/bash {user}"
+    assert r.stdout.splitlines()[0] == f"useradd --system --user-group --create-home --shell /bin/bash {user}"
     assert f"install -d -m 0755 -o {user} -g {user} {tmp_path / 'm'}" in r.stdout
 
 
