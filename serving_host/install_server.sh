@@ -351,6 +351,11 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
         run docker start "$CONTAINER"
       fi
     else
+      # the image pulled while the old container still serves: `docker run` pulled it only after
+      # the removal (the models down for the pull), and a pull that failed left none running
+      if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+        run docker pull "$IMAGE"
+      fi
       run docker rm --force "$CONTAINER"
       run "${run_cmd[@]}"
     fi

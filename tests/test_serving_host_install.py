@@ -291,10 +291,11 @@ def test_help():
     assert r.returncode == 0 and "--dry-run" in r.stdout and "tensorflow/serving" in r.stdout
 
 
-def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file") -> tuple[dict, object]:
+def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file",
+                pulled: bool = True) -> tuple[dict, object]:
     """A ``docker`` on PATH whose daemon answers (its default log driver ``logging_driver``) and
     which holds a container named ``tfserving`` with ``label`` as its settings label ("" for none);
-    it records every call."""
+    with ``pulled`` False it has no image and cannot pull one. It records every call."""
     bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(
@@ -303,6 +304,7 @@ def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file") -> t
         'case "$1" in\n'
         f'  info) if [ "$2" = --format ]; then echo {shlex.quote(logging_driver)}; fi; exit 0 ;;\n'
         f'  inspect) if [ "$2" = --format ]; then echo {shlex.quote(label)}; fi; exit 0 ;;\n'
+        + ("" if pulled else '  image|pull|run) exit 1 ;;\n') +
         '  *) exit 0 ;;\n'
         'esac\n')
     (bin_dir / "docker").chmod(0o755)
@@ -384,3 +386,18 @@ def test_docker_is_enabled_at_boot_when_systemd_has_it_disabled(tmp_path, state,
     calls = log.read_text().splitlines()
     assert calls[0] == "is-enabled docker.service"
     assert calls[1:] == (["enable docker.service"] if enabled else [])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+def test_a_new_image_is_pulled_before_the_running_container_is_removed(tmp_path):
+    """Found by review (2026-12-06, fourteenth stop): changed settings with an image the host did
+    not have (a new pin, --image) removed the serving container first and left the pull to
+    `docker run`: the host served nothing for the pull, and a pull that failed (no registry
+    access) left no TF Serving at all. The image is pulled first; a failed pull leaves the running container."""
+    env, log = fake_docker(tmp_path, label="0123456789abcdef", pulled=False)
+    r = subprocess.run(["bash", str(SCRIPT), "--base", str(tmp_path / "models"), "--deploy-user", me()],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0
+    calls = log.read_text().splitlines()
+    assert "pull tensorflow/serving:2.21.0" in calls
+    assert not [c for c in calls if c.split()[0] in ("rm", "run", "stop")], calls
