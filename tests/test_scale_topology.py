@@ -108,6 +108,11 @@ def test_tfserving_service_runs_exactly_the_install_scripts_server(compose):
     vol = svc["volumes"][0]
     assert (vol["target"], vol["read_only"]) == ("/models", True)
     assert sorted(svc["ports"]) == ["127.0.0.1:8500:8500", "127.0.0.1:8501:8501"]
+    # the log is rotated as the install script rotates it (found by review, 2026-12-06, fourteenth
+    # stop: TF Serving logs every config poll, and Compose's default json-file log grew unbounded)
+    log_opts = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--log-opt")
+    assert log_opts == {"max-size": "20m", "max-file": "5"}
+    assert svc["logging"] == {"driver": "json-file", "options": log_opts}
 
 
 def test_mlflow_runs_on_postgres_and_s3_with_workers_after_its_migration(compose):
