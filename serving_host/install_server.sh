@@ -18,7 +18,8 @@
 #      gRPC (8500) published on 127.0.0.1 unless told otherwise, a restart policy, and its log
 #      rotated (20 MB x 5) when Docker's driver is json-file.
 #      The container carries a label with a hash of its settings: same settings -> left alone,
-#      changed settings -> replaced.
+#      changed settings -> replaced (the old one renamed aside and stopped, removed once the new one
+#      runs, and serving again if the new one does not start).
 #   5. enables docker.service at boot when systemd has it disabled (else no container after a reboot).
 # --dry-run prints every command that would change the host instead of running it.
 set -euo pipefail
@@ -296,6 +297,41 @@ if [ "$WITH_METRICS" -eq 1 ]; then
   fi
 fi
 
+# Replace the container with changed settings by the new one. The old one is renamed aside and
+# stopped (the ports are its), not removed: when `docker run` fails (a port taken by something else,
+# a flag, the daemon) or the new one is not running, the failed one is removed and the old one gets
+# its name back and serves again; it is removed only once the new one runs. (It was removed first:
+# a failed run left the host with no TF Serving.) TF Serving is down from the stop to the run, as
+# long as it was from the `rm --force` to the run.
+replace_container() {
+  local old="" n
+  for ((n = 1; n <= 99; n++)); do
+    if ! docker inspect "$CONTAINER-old-$n" >/dev/null 2>&1; then old="$CONTAINER-old-$n"; break; fi
+  done
+  [ -n "$old" ] || die "$CONTAINER-old-1 to $CONTAINER-old-99 all exist (left by earlier runs); nothing replaced: remove them (docker rm --force NAME)"
+  run docker rename "$CONTAINER" "$old"
+  run docker stop -t 0 "$old"  # -t: --time before Docker 25, --timeout since
+  local what="docker run failed (its message is above)"
+  if run "${run_cmd[@]}"; then
+    if [ "$DRY_RUN" -eq 1 ] \
+        || [ "$(docker inspect --format '{{.State.Running}}' "$CONTAINER" 2>/dev/null)" = "true" ]; then
+      run docker rm --force "$old"
+      return 0
+    fi
+    what="the new container exited at once (its last log lines are above)"
+    docker logs --tail 20 "$CONTAINER" >&2 || true
+  fi
+  if docker inspect "$CONTAINER" >/dev/null 2>&1; then
+    docker rm --force "$CONTAINER" >/dev/null 2>&1 || true
+  fi
+  if docker rename "$old" "$CONTAINER" && docker start "$CONTAINER" >/dev/null; then
+    echo "error: replacing $CONTAINER failed: $what; the old $CONTAINER, with its earlier settings, is serving again" >&2
+  else
+    echo "error: replacing $CONTAINER failed: $what, and bringing the old one back failed too: it is $old, stopped; restore it with: docker rename $old $CONTAINER && docker start $CONTAINER" >&2
+  fi
+  exit 1
+}
+
 # 4. the TensorFlow Serving container ---------------------------------------------------------
 if [ "$WITH_CONTAINER" -eq 1 ]; then
   server_args=(
@@ -356,8 +392,7 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
       if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
         run docker pull "$IMAGE"
       fi
-      run docker rm --force "$CONTAINER"
-      run "${run_cmd[@]}"
+      replace_container
     fi
   fi
 fi

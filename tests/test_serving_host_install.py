@@ -294,7 +294,7 @@ def test_help():
 def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file",
                 pulled: bool = True) -> tuple[dict, object]:
     """A ``docker`` on PATH whose daemon answers (its default log driver ``logging_driver``) and
-    which holds a container named ``tfserving`` with ``label`` as its settings label ("" for none);
+    which holds one container, ``tfserving``, with ``label`` as its settings label ("" for none);
     with ``pulled`` False it has no image and cannot pull one. It records every call."""
     bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
     bin_dir.mkdir()
@@ -303,7 +303,9 @@ def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file",
         f'echo "$*" >> {shlex.quote(str(log))}\n'
         'case "$1" in\n'
         f'  info) if [ "$2" = --format ]; then echo {shlex.quote(logging_driver)}; fi; exit 0 ;;\n'
-        f'  inspect) if [ "$2" = --format ]; then echo {shlex.quote(label)}; fi; exit 0 ;;\n'
+        '  inspect) if [ "${@: -1}" != tfserving ]; then exit 1; fi\n'
+        '    case "$2 $3" in "--format "*Running*) echo true ;;\n'
+        f'      --format*) echo {shlex.quote(label)} ;; esac; exit 0 ;;\n'
         + ("" if pulled else '  image|pull|run) exit 1 ;;\n') +
         '  *) exit 0 ;;\n'
         'esac\n')
@@ -325,17 +327,6 @@ def test_a_container_of_that_name_this_script_did_not_start_is_refused_before_an
     assert len(r.stderr.strip().splitlines()) == 1
     assert not base.exists()
     assert not [c for c in log.read_text().splitlines() if c.split()[0] in ("rm", "run", "start", "stop")]
-
-
-@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
-def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_path):
-    env, log = fake_docker(tmp_path, label="0123456789abcdef")
-    base = tmp_path / "models"
-    r = subprocess.run(["bash", str(SCRIPT), "--base", str(base), "--deploy-user", me()],
-                       capture_output=True, text=True, timeout=60, env=env)
-    assert r.returncode == 0, r.stderr
-    calls = [c.split()[0] for c in log.read_text().splitlines()]
-    assert calls.index("rm") < calls.index("run") and "rm --force tfserving" in log.read_text()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
@@ -401,3 +392,106 @@ def test_a_new_image_is_pulled_before_the_running_container_is_removed(tmp_path)
     calls = log.read_text().splitlines()
     assert "pull tensorflow/serving:2.21.0" in calls
     assert not [c for c in calls if c.split()[0] in ("rm", "run", "stop")], calls
+
+
+def stateful_docker(tmp_path, containers: dict[str, tuple[str, bool]], *, run_fails: bool = False,
+                    exits_at_once: bool = False) -> tuple[dict, object, object]:
+    """A ``docker`` on PATH that keeps its containers (name -> settings label, running) as files in
+    a folder, as the daemon would: ``rename`` refuses a taken name, ``run`` refuses a name in use
+    and, like a port another container holds, runs nothing while any container is running.
+    ``run_fails``: run creates the container and fails to start it (a port something else holds);
+    ``exits_at_once``: run succeeds and the server exits at once. It records every call."""
+    bin_dir, log, state = tmp_path / "bin", tmp_path / "docker.log", tmp_path / "containers"
+    bin_dir.mkdir()
+    state.mkdir()
+    for name, (label, running) in containers.items():
+        (state / name).write_text(f"{label} {str(running).lower()}\n")
+    q = shlex.quote
+    (bin_dir / "docker").write_text(
+        "#!/bin/bash\n"
+        f'echo "$*" >> {q(str(log))}\n'
+        f"S={q(str(state))}\n"
+        'get() { [ -f "$S/$1" ] || { echo "Error: No such object: $1" >&2; exit 1; }; read -r L R < "$S/$1"; }\n'
+        'last="${@: -1}"\n'
+        'case "$1" in\n'
+        '  info) if [ "$2" = --format ]; then echo json-file; fi ;;\n'
+        '  image) exit 0 ;;\n'
+        '  inspect) get "$last"\n'
+        '    case "$3" in *Labels*) echo "$L" ;; *Running*) echo "$R" ;; esac ;;\n'
+        '  rename) get "$2"; [ ! -e "$S/$3" ] || { echo "Error: name $3 is in use" >&2; exit 1; }\n'
+        '    mv "$S/$2" "$S/$3" ;;\n'
+        '  stop) get "$last"; echo "$L false" > "$S/$last"; echo "$last" ;;\n'
+        '  start) get "$last"; if grep -l " true" "$S"/* >/dev/null 2>&1; then\n'
+        '      echo "Error: port is already allocated" >&2; exit 1; fi\n'
+        '    echo "$L true" > "$S/$last"; echo "$last" ;;\n'
+        '  rm) get "$last"; rm "$S/$last"; echo "$last" ;;\n'
+        '  run) shift; while [ $# -gt 0 ]; do\n'
+        '      case "$1" in --name) N="$2" ;; --label) L="${2#*=}" ;; esac; shift; done\n'
+        '    [ ! -e "$S/$N" ] || { echo "docker: Error: the container name $N is already in use" >&2; exit 125; }\n'
+        '    if grep -l " true" "$S"/* >/dev/null 2>&1' + (' || true' if run_fails else '') + '; then\n'
+        '      echo "$L false" > "$S/$N"; echo "docker: Error: port is already allocated" >&2; exit 125; fi\n'
+        '    echo "$L ' + ("false" if exits_at_once else "true") + '" > "$S/$N"; echo 0123abcd ;;\n'
+        '  *) exit 0 ;;\n'
+        'esac\n')
+    (bin_dir / "docker").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log, state
+
+
+def containers(state) -> dict[str, tuple[str, bool]]:
+    out = {}
+    for f in state.iterdir():
+        label, running = f.read_text().split()
+        out[f.name] = (label, running == "true")
+    return out
+
+
+def install(env, base, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), "--base", str(base), "--deploy-user", me(), *extra],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("run_fails, exits_at_once", [(True, False), (False, True)])
+def test_a_replacement_that_does_not_start_brings_the_old_container_back(tmp_path, run_fails, exits_at_once):
+    """Found by review (2026-12-06, fourteenth stop): changed settings ran `docker rm --force
+    tfserving` and then `docker run`; a run that failed (a port something else holds, a flag, the
+    daemon) left the host with no TF Serving at all. The old container is renamed aside and stopped
+    now, and when the new one does not run it is removed and the old one serves again, said in
+    one line."""
+    env, log, state = stateful_docker(tmp_path, {"tfserving": ("0123456789abcdef", True)},
+                                      run_fails=run_fails, exits_at_once=exits_at_once)
+    r = install(env, tmp_path / "models")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert containers(state) == {"tfserving": ("0123456789abcdef", True)}
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert line == "error: replacing tfserving failed: " + (
+        "docker run failed (its message is above)" if run_fails else
+        "the new container exited at once (its last log lines are above)") \
+        + "; the old tfserving, with its earlier settings, is serving again", line
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if c.split()[0] in ("rename", "stop", "start")] == [
+        "rename tfserving tfserving-old-1", "stop -t 0 tfserving-old-1",
+        "rename tfserving-old-1 tfserving", "start tfserving"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_path):
+    """Replaced, the old one removed only once the new one runs; a re-run then touches nothing
+    (and a name an earlier run left behind, tfserving-old-1, is not reused)."""
+    env, log, state = stateful_docker(tmp_path, {"tfserving": ("0123456789abcdef", True),
+                                                 "tfserving-old-1": ("fedcba9876543210", False)})
+    r = install(env, tmp_path / "models")
+    assert r.returncode == 0, r.stderr
+    after = containers(state)
+    assert set(after) == {"tfserving", "tfserving-old-1"} and after["tfserving"][1] is True
+    new_label = after["tfserving"][0]
+    assert new_label != "0123456789abcdef"
+    calls = [c for c in log.read_text().splitlines() if c.split()[0] in ("rename", "stop", "run", "rm", "start")]
+    assert [c if not c.startswith("run ") else "run" for c in calls] == [
+        "rename tfserving tfserving-old-2", "stop -t 0 tfserving-old-2", "run", "rm --force tfserving-old-2"]
+
+    log.write_text("")
+    again = install(env, tmp_path / "models")
+    assert again.returncode == 0, again.stderr
+    assert not [c for c in log.read_text().splitlines() if c.split()[0] in ("rename", "stop", "run", "rm", "start")]
+    assert containers(state) == after
