@@ -21,6 +21,8 @@
 #      changed settings -> replaced (the old one renamed aside and stopped, removed once the new one
 #      runs, and serving again if the new one does not start).
 #   5. enables docker.service at boot when systemd has it disabled (else no container after a reboot).
+# Then it prints what adding the host to the fleet needs: REST and gRPC addresses, the host's SSH keys
+# as known_hosts lines (with fingerprints) and a [[hosts]] entry for the hosts file.
 # --dry-run prints every command that would change the host instead of running it.
 set -euo pipefail
 
@@ -408,7 +410,81 @@ fi
 if [ "$CHANGED" -eq 0 ]; then
   note "nothing to change"
 fi
+# What an operator needs to add this host to the fleet: the addresses clients and the deploying
+# machine reach, the host's SSH keys to pin, and its hosts-file entry (serving_sync/hosts.py).
+# The address a URL names for a bind address: an IPv6 one in brackets (http://::1:8501 is no URL),
+# the host's name for 0.0.0.0 / :: (http://0.0.0.0:8501 reaches no host from another machine).
+reach() {
+  if [ "$1" = "0.0.0.0" ] || [[ "$1" =~ ^[0:]+$ ]]; then
+    printf '%s' "$HOST_NAME"
+  elif [[ "$1" == *:* ]]; then
+    printf '[%s]' "$1"
+  else
+    printf '%s' "$1"
+  fi
+}
+next_steps() {
+  HOST_NAME="$(hostname -f 2>/dev/null || true)"
+  [ -n "$HOST_NAME" ] || HOST_NAME="$(uname -n)"
+  local short="${HOST_NAME%%.*}" ssh_port=22 sshd_conf="" keys=() key kh_host rest grpc
+  [[ "$short" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || short="serving-host"
+  # sshd's own view (its port and host key files, Include and defaults applied); else the defaults
+  if command -v sshd >/dev/null 2>&1; then
+    sshd_conf="$(sshd -T 2>/dev/null || true)"
+  fi
+  ssh_port="$(awk '$1 == "port" { print $2; exit }' <<< "$sshd_conf")"
+  [[ "$ssh_port" =~ ^[0-9]{1,5}$ ]] || ssh_port=22
+  while IFS= read -r key; do
+    [ -f "$key.pub" ] && keys+=("$key.pub")
+  done < <(awk '$1 == "hostkey" { print $2 }' <<< "$sshd_conf")
+  if [ "${#keys[@]}" -eq 0 ]; then
+    for key in /etc/ssh/ssh_host_*_key.pub; do
+      [ -f "$key" ] && keys+=("$key")
+    done
+  fi
+  kh_host="$HOST_NAME"
+  [ "$ssh_port" = 22 ] || kh_host="[$HOST_NAME]:$ssh_port"
+  rest="http://$(reach "$REST_BIND"):$REST_PORT"
+  grpc="$(reach "$GRPC_BIND"):$GRPC_PORT"
+
+  echo "TensorFlow Serving: REST $rest/v1/models/<name>, gRPC $grpc; deploy as $DEPLOY_USER into $BASE"
+  echo
+  echo "Next steps, to add this host to the fleet ($HOST_NAME is this host's name as 'hostname -f' gives it:"
+  echo "write the name the deploying machine reaches it at wherever that differs):"
+  echo "1. Pin its SSH host keys on the deploying machine: add these known_hosts lines to MLOPS_KNOWN_HOSTS"
+  echo "   (the mlops-deploy context) or to the known_hosts file the hosts file names:"
+  echo
+  if [ "${#keys[@]}" -eq 0 ]; then
+    echo "   (no SSH host key found in /etc/ssh: is sshd installed? the deploy user logs in over SSH)"
+  fi
+  for key in "${keys[@]}"; do
+    awk -v h="$kh_host" 'NF >= 2 { print h, $1, $2; exit }' "$key"
+  done
+  echo
+  if [ "${#keys[@]}" -gt 0 ]; then
+    echo "   Their fingerprints, which 'ssh-keyscan -p $ssh_port $HOST_NAME | ssh-keygen -lf -' on the deploying machine must show:"
+  fi
+  for key in "${keys[@]}"; do
+    echo "   fingerprint: $(ssh-keygen -lf "$key" 2>/dev/null || echo "$key (ssh-keygen cannot read it)")"
+  done
+  echo "2. Add the deploying machine's public key (the deploy key) to ~$DEPLOY_USER/.ssh/authorized_keys here."
+  echo "3. Add this entry to the hosts file (MLOPS_HOSTS_FILE; e.g. deploy/hosts.example.toml):"
+  echo
+  echo "[[hosts]]"
+  echo "name = \"$short\""
+  echo "target = \"ssh://$DEPLOY_USER@$HOST_NAME:$ssh_port$BASE\""
+  echo "rest_url = \"$rest\""
+  echo "grpc = \"$grpc\""
+  echo "model_base_path = \"$MODELS_IN_CONTAINER\""
+  if [ "$WITH_METRICS" -eq 0 ]; then
+    echo "# --no-metrics: no Prometheus page here, deploy with --bake 0"
+  fi
+  echo
+  if [[ "$REST_BIND" == 127.* || "$REST_BIND" == "::1" || "$GRPC_BIND" == 127.* || "$GRPC_BIND" == "::1" ]]; then
+    echo "note: REST or gRPC listens on this host's loopback only, which the deploying machine cannot reach;" \
+         "re-run with --rest-bind/--grpc-bind <this host's private address> (docs/production.md, \"TF Serving hosts\")"
+  fi
+}
 if [ "$DRY_RUN" -eq 0 ] && [ "$WITH_CONTAINER" -eq 1 ]; then
-  echo "TensorFlow Serving: REST http://$REST_BIND:$REST_PORT/v1/models/<name>, gRPC $GRPC_BIND:$GRPC_PORT;" \
-       "deploy as $DEPLOY_USER into $BASE" >&2
+  next_steps
 fi

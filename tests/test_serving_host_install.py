@@ -495,3 +495,84 @@ def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_pat
     assert again.returncode == 0, again.stderr
     assert not [c for c in log.read_text().splitlines() if c.split()[0] in ("rename", "stop", "run", "rm", "start")]
     assert containers(state) == after
+
+
+def fake_host_tools(tmp_path, *, fqdn: str = "serving-7.example.internal", ssh_port: int | None = 2222):
+    """A ``hostname`` that answers ``fqdn`` and an ``sshd`` whose ``-T`` says it listens on
+    ``ssh_port`` with one ed25519 host key made here (None: an sshd that cannot tell), on
+    fake_docker's PATH. Returns that key's ``.pub`` text."""
+    bin_dir, keys = tmp_path / "bin", tmp_path / "hostkeys"
+    keys.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@serving-7",
+                    "-f", str(keys / "ssh_host_ed25519_key")], check=True, timeout=30)
+    (bin_dir / "hostname").write_text(f'#!/bin/bash\necho {shlex.quote(fqdn)}\n')
+    sshd = (f'printf "port {ssh_port}\\nhostkey %s\\n" {shlex.quote(str(keys / "ssh_host_ed25519_key"))}'
+            if ssh_port else "echo 'sshd: no hostkeys available -- exiting.' >&2; exit 1")
+    (bin_dir / "sshd").write_text(f'#!/bin/bash\n[ "$1" = -T ] || exit 1\n{sshd}\n')
+    for tool in ("hostname", "sshd"):
+        (bin_dir / tool).chmod(0o755)
+    return (keys / "ssh_host_ed25519_key.pub").read_text()
+
+
+def hosts_entry(stdout: str) -> str:
+    lines = stdout.splitlines()
+    start = lines.index("[[hosts]]")
+    return "\n".join(lines[start: lines.index("", start)]) + "\n"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("binds, rest, grpc", [
+    (["--rest-bind", "::1", "--grpc-bind", "fd00::7"], "http://[::1]:8501", "[fd00::7]:8500"),
+    (["--expose"], "http://serving-7.example.internal:8501", "serving-7.example.internal:8500"),
+    (["--rest-bind", "::", "--grpc-bind", "10.0.1.7"], "http://serving-7.example.internal:8501", "10.0.1.7:8500"),
+    ([], "http://127.0.0.1:8501", "127.0.0.1:8500"),
+])
+def test_the_closing_message_gives_addresses_a_client_can_use(tmp_path, binds, rest, grpc):
+    """Found by review (2026-12-06, fourteenth stop): it printed ``http://$REST_BIND:$REST_PORT``:
+    ``http://::1:8501`` for an IPv6 bind (no URL), and ``http://0.0.0.0:8501`` with --expose (no
+    address of this host another machine can use). IPv6 in brackets now, the host's name for an
+    any-address; a loopback bind says the deploying machine cannot reach it."""
+    env, _ = fake_docker(tmp_path, label="0123456789abcdef")
+    fake_host_tools(tmp_path)
+    r = install(env, tmp_path / "models", *binds)
+    assert r.returncode == 0, r.stderr
+    assert f"TensorFlow Serving: REST {rest}/v1/models/<name>, gRPC {grpc}; deploy as {me()} into " \
+        f"{tmp_path / 'models'}" in r.stdout.splitlines()
+    assert "0.0.0.0" not in r.stdout and "//::" not in r.stdout
+    loopback = [ln for ln in r.stdout.splitlines()
+                if ln.startswith("note: REST or gRPC listens on this host's loopback")]
+    assert len(loopback) == (1 if "127.0.0.1" in rest or "[::1]" in rest else 0), r.stdout
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("ssh_port", [2222, None])
+def test_it_prints_the_host_keys_to_pin_and_a_hosts_file_entry_the_loader_takes(tmp_path, ssh_port):
+    """Found by review (2026-12-06, fourteenth stop): the script printed none of what adding the
+    host to the fleet needs. It prints the host's SSH keys as known_hosts lines (``[name]:port``
+    when sshd is not on 22) with their fingerprints, and a ``[[hosts]]`` entry that
+    serving_sync.hosts loads: the deploy user's ssh:// target, REST, gRPC, model_base_path."""
+    from serving_sync.hosts import parse_hosts_toml
+
+    env, _ = fake_docker(tmp_path, label="0123456789abcdef")
+    pub = fake_host_tools(tmp_path, ssh_port=ssh_port)
+    base = tmp_path / "models"
+    r = install(env, base, "--rest-bind", "10.0.1.7", "--grpc-bind", "10.0.1.7")
+    assert r.returncode == 0, r.stderr
+    (host,) = parse_hosts_toml(hosts_entry(r.stdout), "printed entry")
+    port = ssh_port or 22
+    assert (host.name, host.target.url, host.rest_url, host.grpc, host.serving_base_path()) == (
+        "serving-7", f"ssh://{me()}@serving-7.example.internal:{port}{base}", "http://10.0.1.7:8501",
+        "10.0.1.7:8500", "/models")
+    if ssh_port is None:        # sshd could not tell: the host's keys in /etc/ssh, whatever they are
+        return
+    keytype, key = pub.split()[:2]
+    line = f"[serving-7.example.internal]:2222 {keytype} {key}"
+    assert line in r.stdout.splitlines()
+    known = tmp_path / "known_hosts"
+    known.write_text(line + "\n")
+    found = subprocess.run(["ssh-keygen", "-F", "[serving-7.example.internal]:2222", "-f", str(known)],
+                           capture_output=True, text=True, timeout=30)
+    assert found.returncode == 0 and key in found.stdout
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "hostkeys" / "ssh_host_ed25519_key.pub")],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    assert f"   fingerprint: {fingerprint}" in r.stdout.splitlines()
