@@ -83,8 +83,8 @@ class _Body:
     """Reads a request body on demand, at most ``limit`` bytes; remembers if it was read. A
     ``Content-Encoding`` holding ``gzip`` is uncompressed (``gunzip``)."""
 
-    def __init__(self, headers, rfile, limit: int):
-        self.rfile, self.limit = rfile, limit
+    def __init__(self, headers, rfile, limit: int, head_size: int = 0):
+        self.rfile, self.limit, self.head_size = rfile, limit, head_size
         self.gzip = "gzip" in headers.get("Content-Encoding", "")     # absl::StrContains: case matters
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
         self.length = int(headers.get("Content-Length") or 0)  # ValueError -> 400
@@ -134,16 +134,27 @@ class _Body:
             self.rfile.readline(3)
 
     def _skip_trailer(self) -> None:
-        """The trailer after the last chunk, up to its empty line, bounded as the head is: libevent
-        parses it with ``evhttp_parse_headers_`` against the connection's ``max_headers_size``, and
-        one over it is DATA_TOO_LONG, answered 413 (``evhttp_read_trailer``). TF Serving leaves that
-        unlimited (its event loop holds no thread while it reads); here the bound is the head's,
-        ``MAX_HEAD_BYTES``, so a trailer that never ends cannot hold a worker."""
-        size = 0
-        while (line := self.rfile.readline(65537)) not in (b"\r\n", b"\n", b""):
+        """The trailer after the last chunk, up to its empty line, as libevent reads it
+        (``evhttp_read_trailer``): ``evhttp_parse_headers_`` adds its lines to the same
+        ``headers_size`` as the request line and headers, so head and trailer share one
+        ``max_headers_size`` (here ``MAX_HEAD_BYTES``, with ``head_size`` spent); a line over it,
+        or one that is not a header (no ``:``, not a continuation), is answered 413. TF Serving
+        leaves the size unlimited (its event loop holds no thread while it reads); here it is
+        bounded so a trailer that never ends cannot hold a worker. The client closing inside it
+        is no request (libevent frees the connection without an answer)."""
+        size, at_start = self.head_size, True
+        while True:
+            line = self.rfile.readline(65537)
+            if not line:
+                raise ConnectionError("client closed the connection inside the trailer")
+            if at_start and line in (b"\r\n", b"\n"):
+                return
             size += len(line)
             if size > MAX_HEAD_BYTES:
                 raise BodyTooLarge()
+            if at_start and line[:1] not in (b" ", b"\t") and b":" not in line:
+                raise BodyTooLarge()        # DATA_CORRUPTED, failed as EVREQ_HTTP_DATA_TOO_LONG
+            at_start = line.endswith(b"\n")
 
 
 # evhttp_uri_parse (libevent 2.1.12 http.c, flags 0: RFC 3986 conformant), as TF Serving's
@@ -299,11 +310,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
+    def _head_size(self) -> int:
+        """The bytes of this request's head (request line, header lines, empty line)."""
+        return len(self.raw_requestline) + sum(len(k) + len(v) + 4 for k, v in self.headers.items()) + 2
+
     def _dispatch(self) -> None:
         server: RestServer = self.server  # type: ignore[assignment]
         head = self.command == "HEAD"
         try:
-            body = _Body(self.headers, self.rfile, server.max_body_bytes)
+            body = _Body(self.headers, self.rfile, server.max_body_bytes, self._head_size())
         except ValueError:
             self.close_connection = True
             self._reply(400, "text/html", BAD_REQUEST_PAGE)

@@ -171,6 +171,40 @@ def test_a_chunked_trailer_that_never_ends_is_413_and_frees_the_worker(server):
     _still_serves(server)
 
 
+def _chunked_with_trailer(extra_head: bytes, trailer: bytes) -> bytes:
+    return (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra_head
+            + b"Transfer-Encoding: chunked\r\n\r\n" + b'14\r\n{"instances": [1.0]}\r\n0\r\n' + trailer + b"\r\n")
+
+
+def test_head_and_trailer_share_one_size_budget_as_libevent_s_headers_size(server):
+    """libevent's evhttp_parse_headers_ adds each trailer line to the request's ``headers_size``,
+    which already holds the request line and headers, against one ``max_headers_size``: a 500 KB
+    head with a 400 KB trailer is over the bound (MAX_HEAD_BYTES, 864 KiB) and answered 413, though
+    each alone is under it. The trailer had a budget of its own, so it was answered 200."""
+    from serving_host.http_server import MAX_HEAD_BYTES
+
+    pad = b"a" * 50_000
+    head = b"".join(b"X-Pad-%d: %s\r\n" % (i, pad) for i in range(10))
+    trailer = b"".join(b"X-Trailer-%d: %s\r\n" % (i, pad) for i in range(8))
+    assert len(head) < MAX_HEAD_BYTES and len(trailer) < MAX_HEAD_BYTES < len(head) + len(trailer)
+    reply = _raw_request(server, _chunked_with_trailer(b"", trailer))
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]       # the trailer alone fits
+    reply = _raw_request(server, _chunked_with_trailer(head, trailer))
+    assert reply.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), reply[:200]
+    _still_serves(server)
+
+
+@pytest.mark.parametrize("line", [b"no colon here\r\n", b"X-Ok: 1\r\n\r\r\n"])
+def test_a_trailer_line_that_is_not_a_header_is_413_as_libevent_answers_it(server, line):
+    """A trailer line without ``:`` (not a continuation) is DATA_CORRUPTED in evhttp_parse_headers_,
+    which evhttp_read_trailer fails as EVREQ_HTTP_DATA_TOO_LONG: 413. It was skipped and the
+    request answered 200."""
+    reply = _raw_request(server, _chunked_with_trailer(b"", line))
+    assert reply.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), reply[:200]
+    reply = _raw_request(server, _chunked_with_trailer(b"", b"X-Ok: 1\r\n  continued\r\n"))
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]     # a continuation line is a header
+
+
 @pytest.mark.parametrize("size", [b"-1", b"1_0", b"ff;ext=1", b"zz"])
 def test_a_malformed_chunk_size_is_refused_before_the_body_is_read(server, size):
     """``int(size, 16)`` took ``-1``, and ``read(-1)`` then read until the client closed: past the
