@@ -250,6 +250,7 @@ def uri_path(target: str) -> str | None:
     return rest
 
 
+_HEAD_END_RE = re.compile(rb"\n\r?\n")     # the empty line ending a head (EVBUFFER_EOL_CRLF lines)
 _CHUNK_SIZE_RE = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(?:0[xX])?([0-9a-fA-F]+)(?: .*)?", re.S)
 
 
@@ -386,6 +387,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _dispatch
 
+    def head_too_long(self) -> None:
+        """A head over ``MAX_HEAD_BYTES``: libevent's DATA_TOO_LONG from evhttp_parse_firstline_ or
+        evhttp_parse_headers_, failed as EVREQ_HTTP_INVALID_HEADER: its 400 page, closing."""
+        self.close_connection = True
+        self.request_version = "HTTP/1.1"
+        self._reply(400, "text/html", BAD_REQUEST_PAGE)
+        self._linger()
+
     def _not_implemented(self) -> None:
         """A method outside evhttp_server.cc's allowed set (``FOO``, ``TRACE``, ``CONNECT``, ``get``):
         libevent's 501 page from evhttp_handle_request, which closes the connection."""
@@ -424,7 +433,9 @@ class _Prefixed(io.RawIOBase):
 class _Connection:
     """A client connection: parked in the selector until its request head has arrived, then
     served by a worker. A client that connects and stalls, or sends its head slowly, holds no
-    thread and is closed when its deadline passes."""
+    thread and is closed when its deadline passes; so is a keep-alive one that sends the next
+    request's head slowly (a worker never waits for the rest of a head). ``head`` holds the bytes
+    not read yet; a head over ``MAX_HEAD_BYTES`` is answered 400 as soon as it is over."""
 
     def __init__(self, sock: socket.socket, address, server: "RestServer"):
         self.sock = sock
@@ -443,9 +454,14 @@ class _Connection:
         if not data:
             return "closed"
         self.head += data
-        if b"\r\n\r\n" in self.head or b"\n\n" in self.head or len(self.head) > MAX_HEAD_BYTES:
-            return "ready"
-        return "more"
+        return self._state(len(self.head) - len(data))
+
+    def _state(self, scanned: int = 0) -> str:
+        """"ready" (a whole head), "too_long" (a head over the bound, whole or not) or "more"."""
+        m = _HEAD_END_RE.search(self.head, max(0, scanned - 2))
+        if (m.end() if m else len(self.head)) > MAX_HEAD_BYTES:
+            return "too_long"
+        return "ready" if m else "more"
 
     def serve(self, may_wait) -> bool:
         """Answer the requests that are ready; True if the connection stays open.
@@ -455,14 +471,21 @@ class _Connection:
         hand the connection back to the selector and take it again.
         """
         h = self.handler
+        state = self._state()
         while True:
+            if state == "too_long":
+                h.head_too_long()
+                return False
             h.handle_one_request()  # a socket timeout inside sets close_connection
             if h.close_connection:
                 return False
-            if self._buffered():
-                continue
-            if not (may_wait() and self._next_arrives()):
-                return True
+            state = self._unread()
+            if state == "more" and may_wait() and self._next_arrives():
+                state = self.fill()
+            if state == "closed":
+                return False
+            if state == "more":
+                return True     # the selector waits for the rest of the head, not a worker
 
     def _next_arrives(self) -> bool:
         try:
@@ -471,18 +494,27 @@ class _Connection:
             return False
         return bool(ready)
 
-    def _buffered(self) -> bool:
-        """A pipelined request already read into the buffer (the selector would not see it)."""
+    def _unread(self) -> str:
+        """The state of the next head in the bytes not read yet. What the handler's buffer holds
+        (pipelined bytes: the selector would not see them) stays there if it is a whole head (under
+        the bound: the buffer is smaller), else it goes back in front of ``head``, so that a worker
+        never reads the rest of a head itself."""
+        rfile = self.handler.rfile
         try:
             self.sock.settimeout(0)
-            return bool(self.handler.rfile.peek(1))
+            buffered = rfile.peek(1)
+            if _HEAD_END_RE.search(buffered):
+                return "ready"
+            if buffered:
+                self.head[:0] = rfile.read(len(buffered))
         except OSError:
-            return False
+            pass
         finally:
             try:
                 self.sock.settimeout(self.timeout)
             except OSError:
                 pass
+        return self._state() if self.head else "more"
 
     def close(self) -> None:
         try:

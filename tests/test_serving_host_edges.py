@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import socket
 import time
@@ -443,6 +444,75 @@ def test_a_stalled_body_is_cut_after_the_timeout(server):
     t0 = time.monotonic()
     reply = _raw_request(server, head, b'{"instances": [1', timeout=SOCKET_TIMEOUT + 8)
     assert reply == b"" and time.monotonic() - t0 < SOCKET_TIMEOUT + 3
+    _still_serves(server)
+
+
+def test_a_keep_alive_client_sending_its_next_head_slowly_holds_no_worker(server):
+    """THREADS + 1 keep-alive clients each send a request and the first byte of the next, then one
+    more byte of that head every 0.25 s (slow loris). A worker read the rest of a pipelined head
+    itself, each byte restarting the socket timeout: all workers were held for as long as the
+    clients kept sending, and a normal request waited. Now a partial head goes back to the
+    selector (as libevent holds no thread while it reads) and is closed SOCKET_TIMEOUT after."""
+    import threading
+
+    one = b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n" \
+          b'{"instances": [1.0]}'
+    loris = []
+    for _ in range(THREADS + 1):
+        s = socket.create_connection(("127.0.0.1", server.rest_port), timeout=10)
+        s.sendall(one + b"P")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+        loris.append(s)
+    answered: list[float] = []
+
+    def normal() -> None:
+        t0 = time.monotonic()
+        _still_serves(server)
+        answered.append(time.monotonic() - t0)
+
+    helper = threading.Thread(target=normal, daemon=True)
+    open_at_end = set(loris)
+    rest = b"OST /v1/models/default:predict HTTP/1.1\r\nX-Slow: "
+    try:
+        t0 = time.monotonic()
+        helper.start()
+        for i in range(int((2 * SOCKET_TIMEOUT + 2) / 0.25)):      # 6 s of one byte each 0.25 s
+            for s in list(open_at_end):
+                try:
+                    s.send(rest[i:i + 1] or b"a")
+                except OSError:
+                    open_at_end.discard(s)          # the server closed it
+            ready, _, _ = select.select(list(open_at_end), [], [], 0.25)
+            for s in ready:                           # readable: closed by the server (EOF or reset)
+                try:
+                    if s.recv(65536) == b"":
+                        open_at_end.discard(s)
+                except OSError:
+                    open_at_end.discard(s)
+        helper.join(timeout=10)
+    finally:
+        for s in loris:
+            s.close()
+    assert answered and answered[0] < SOCKET_TIMEOUT / 2, f"a normal request waited {answered} s behind slow heads"
+    assert not open_at_end, f"{len(open_at_end)} slow-head connections still open after {time.monotonic() - t0:.1f} s"
+
+
+@pytest.mark.parametrize("end", [b"", b"\r\n\r\n"])
+def test_a_head_over_the_bound_is_400_at_once_as_libevent_s_max_headers_size(server, end):
+    """A head over MAX_HEAD_BYTES is libevent's DATA_TOO_LONG (evhttp_parse_headers_), failed as
+    EVREQ_HTTP_INVALID_HEADER: its 400 page. A worker went on reading such a head from the socket,
+    under http.server's own limits (100 lines of 64 KiB): one that stops unfinished was held until
+    the socket timeout and closed without an answer; a whole one was served."""
+    from serving_host.http_server import MAX_HEAD_BYTES
+
+    head = b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\n" \
+        + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 60_000) for i in range(MAX_HEAD_BYTES // 60_000 + 1))
+    assert len(head) > MAX_HEAD_BYTES
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=SOCKET_TIMEOUT + 3) as s:
+        s.sendall(head[:-2] + end)            # unfinished: the last line has no end; the socket stays open
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n"), reply[:200]
+    assert b"\r\nConnection: close\r\n" in reply and b"<TITLE>400 Bad Request</TITLE>" in reply, reply
     _still_serves(server)
 
 
