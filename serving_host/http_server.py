@@ -79,6 +79,19 @@ def gunzip(data: bytes, limit: int = MAX_UNCOMPRESSED_BYTES) -> bytes:
     return out
 
 
+_CONTENT_LENGTH_RE = re.compile(r"[ \t\n\v\f\r]*[+-]?([0-9]+)")
+
+
+def _content_length(value: str) -> int:
+    """``evhttp_get_body_length``: ``strtoll(value, &endp, 10)`` of the value (leading spaces
+    skipped, trailing blanks trimmed), every character used and not negative; "" too is refused.
+    ``int()`` took ``1_0`` and Unicode spaces, and an empty header read as no body."""
+    m = _CONTENT_LENGTH_RE.fullmatch(value.rstrip(" \t"))
+    if not m or (value.lstrip().startswith("-") and int(m.group(1)) != 0):
+        raise ValueError(f"illegal Content-Length {value[:20]!r}")
+    return int(m.group(1))
+
+
 class _Body:
     """Reads a request body on demand, at most ``limit`` bytes; remembers if it was read. A
     ``Content-Encoding`` holding ``gzip`` is uncompressed (``gunzip``)."""
@@ -86,10 +99,11 @@ class _Body:
     def __init__(self, headers, rfile, limit: int, head_size: int = 0):
         self.rfile, self.limit, self.head_size = rfile, limit, head_size
         self.gzip = "gzip" in headers.get("Content-Encoding", "")     # absl::StrContains: case matters
-        self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        self.length = int(headers.get("Content-Length") or 0)  # ValueError -> 400
-        if self.length < 0:
-            raise ValueError("negative Content-Length")
+        # evhttp_get_body: chunked only if the whole (trimmed) value is "chunked", any case; else
+        # Content-Length as evhttp_get_body_length reads it: strtoll, all of it, not negative
+        self.chunked = headers.get("Transfer-Encoding", "").strip(" \t").lower() == "chunked"
+        length = None if self.chunked else headers.get("Content-Length")
+        self.length = 0 if length is None else _content_length(length)  # ValueError -> 400
         self.consumed = not self.chunked and self.length == 0
         self.arrived: float | None = None
 

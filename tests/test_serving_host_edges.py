@@ -219,6 +219,31 @@ def test_a_malformed_chunk_size_is_refused_before_the_body_is_read(server, size)
     _still_serves(server)
 
 
+@pytest.mark.parametrize("framing, status", [
+    (b"Content-Length: 2_0\r\n", b"400 Bad Request"),           # int() read it as 20
+    (b"Content-Length: \xa020\r\n", b"400 Bad Request"),        # int() skipped the Latin-1 space
+    (b"Content-Length:\r\n", b"400 Bad Request"),               # read as no body
+    (b"Content-Length: +20  \r\n", b"200 OK"),
+    (b"Transfer-Encoding: gzip, chunked\r\nContent-Length: 20\r\n", b"200 OK"),   # was read as chunked
+    (b"Transfer-Encoding: xchunked\r\nContent-Length: 20\r\n", b"200 OK"),
+    (b"Transfer-Encoding: Chunked \r\nContent-Length: 999\r\n", b"200 OK"),       # chunked: no length
+])
+def test_body_framing_headers_are_read_as_libevent_reads_them(server, framing, status):
+    """evhttp_get_body: chunked only when the whole Transfer-Encoding value is "chunked" (any case),
+    and then Content-Length is not looked at; else Content-Length is strtoll's, every character of
+    it, not negative, and an empty or illegal one is EVREQ_HTTP_INVALID_HEADER: libevent's 400 page."""
+    body = b'{"instances": [1.0]}'
+    if b"Chunked" in framing:
+        body = b"14\r\n" + body + b"\r\n0\r\n\r\n"
+    head = b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + framing + b"\r\n"
+    reply = _raw_request(server, head, body)
+    assert reply.startswith(b"HTTP/1.1 " + status + b"\r\n"), reply[:300]
+    if status == b"400 Bad Request":
+        assert reply.endswith(b"<TITLE>400 Bad Request</TITLE>\n</HEAD><BODY>\n<H1>Bad Request</H1>\n</BODY></HTML>\n")
+    else:
+        assert reply.endswith(b'{\n    "predictions": [2.5\n    ]\n}'), reply[-200:]
+
+
 def test_a_chunk_size_as_strtoll_reads_it_is_taken():
     """Blanks, a sign, 0x and text after a space: libevent takes them (only the digits count)."""
     from serving_host.http_server import _chunk_size
