@@ -325,6 +325,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
+    def handle_expect_100(self) -> bool:
+        return True     # http.server sent 100 Continue for any request asking: see _expect
+
+    def _expect(self, body: _Body, head: bool) -> bool:
+        """``Expect`` as evhttp_get_body answers it, for an HTTP/1.1 request with a body (chunked or
+        a Content-Length over 0; not HEAD): "100-continue" (any case) is a 100 Continue unless body
+        bytes are already here, or 413 at once for a length over the limit; any other expectation
+        is its 417 page. False when the request is answered."""
+        expect = self.headers.get("Expect")
+        if expect is None or self.request_version == "HTTP/1.0" or head or body.consumed:
+            return True
+        if expect.strip(" \t").lower() != "100-continue":
+            status, page = 417, _page(417, "Expectation Failed")
+        elif not body.chunked and body.length > body.limit:
+            status, page = 413, TOO_LARGE_PAGE
+        else:
+            try:
+                self.connection.settimeout(0)
+                early = bool(self.rfile.peek(1))
+            except OSError:
+                early = False
+            finally:
+                self.connection.settimeout(self.server.socket_timeout)
+            if not early:
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.wfile.flush()
+            return True
+        self.close_connection = True
+        self._reply(status, "text/html", page, reason="Request Entity Too Large" if status == 413 else None)
+        self._linger()
+        return False
+
     def _head_size(self) -> int:
         """The bytes of this request's head (request line, header lines, empty line)."""
         return len(self.raw_requestline) + sum(len(k) + len(v) + 4 for k, v in self.headers.items()) + 2
@@ -338,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._reply(400, "text/html", BAD_REQUEST_PAGE)
             self._linger()
+            return
+        if not self._expect(body, head):
             return
         # uri_path() as TF Serving matches it: the path with its query and fragment (a query is
         # not a parameter there: /v1/models/m?x=1 names the model "m?x=1"), from the target as

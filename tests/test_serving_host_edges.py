@@ -244,6 +244,47 @@ def test_body_framing_headers_are_read_as_libevent_reads_them(server, framing, s
         assert reply.endswith(b'{\n    "predictions": [2.5\n    ]\n}'), reply[-200:]
 
 
+def _expecting(server, head: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """Send a head, read the first answer (bounded), then send the body; what came before and after."""
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=SOCKET_TIMEOUT + 3) as s:
+        s.sendall(head)
+        first = s.recv(65536)
+        try:
+            s.sendall(body)
+        except OSError:
+            pass
+        rest, deadline = b"", time.monotonic() + SOCKET_TIMEOUT + 3
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            rest += data
+    return first, rest
+
+
+def test_expect_is_answered_as_libevent_s_evhttp_get_body_answers_it(server):
+    """http.server sent "100 Continue" to any HTTP/1.1 request asking, before looking at it, and
+    ignored other expectations. libevent (evhttp_get_body): only a request with a body gets it, one
+    over the body limit is 413 without it, and an expectation other than 100-continue is 417."""
+    post = b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    body = b'{"instances": [1.0]}'
+    first, rest = _expecting(server, post + b"Expect: 100-Continue\r\nContent-Length: 20\r\n\r\n", body)
+    assert first == b"HTTP/1.1 100 Continue\r\n\r\n", first
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest[:200]
+    first, _ = _expecting(server, post + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), b"")
+    assert first.startswith(b"HTTP/1.1 413 Request Entity Too Large\r\n"), first[:200]
+    first, _ = _expecting(server, post + b"Expect: 200-ok\r\nContent-Length: 20\r\n\r\n", body)
+    assert first.startswith(b"HTTP/1.1 417 Expectation Failed\r\n"), first[:200]
+    assert b"<TITLE>417 Expectation Failed</TITLE>" in first and b"\r\nConnection: close\r\n" in first
+    get = b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\n\r\n"
+    reply = _raw_request(server, get)
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]          # no body: no 100 Continue
+    _still_serves(server)
+
+
 def test_a_chunk_size_as_strtoll_reads_it_is_taken():
     """Blanks, a sign, 0x and text after a space: libevent takes them (only the digits count)."""
     from serving_host.http_server import _chunk_size
