@@ -13,6 +13,7 @@ reads them (``uri_path``, chunked and gzip bodies), so that the API sees what TF
 """
 from __future__ import annotations
 
+import email.parser
 import errno
 import io
 import logging
@@ -303,6 +304,51 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+    def handle_one_request(self) -> None:
+        """http.server's, without its own bound on the request line (64 KiB, answered with its 414
+        page): a worker only starts on a whole head, and the head's bound is ``MAX_HEAD_BYTES``
+        (libevent's one ``max_headers_size``; TF Serving sets none)."""
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_HEAD_BYTES + 1)
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if self.parse_request():
+                getattr(self, "do_" + self.command)()
+                self.wfile.flush()
+        except TimeoutError as exc:
+            self.log_error("Request timed out: %r", exc)
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        """http.server's request line; the header lines as libevent's evhttp_parse_headers_ reads
+        them: no bound of their own (http.server answered a line over 64 KiB or over 100 lines with
+        its 431 page), a line that is not a header (no ``:``, or a continuation with nothing
+        before it) is the 400 page (http.server took it for the end of the headers and dropped the
+        rest), and ``Connection`` trimmed, "close" closing and, before HTTP/1.1, a value starting
+        "keep-alive" keeping (evhttp_send_done)."""
+        rfile, self.rfile = self.rfile, io.BytesIO(b"\r\n")
+        try:
+            if not super().parse_request():         # the request line, and no headers
+                return False
+        finally:
+            self.rfile = rfile
+        lines: list[bytes] = []
+        while (line := rfile.readline(MAX_HEAD_BYTES + 1)) not in (b"\r\n", b"\n", b""):
+            continuation = line[:1] in (b" ", b"\t")
+            if (continuation and not lines) or (not continuation and b":" not in line):
+                self.close_connection = True
+                self._reply(400, "text/html", BAD_REQUEST_PAGE)
+                self._linger()
+                return False
+            lines.append(line)
+        self.headers = email.parser.Parser(_class=self.MessageClass).parsestr(
+            b"".join(lines).decode("iso-8859-1"))
+        connection = self.headers.get("Connection", "").strip(" \t").lower()
+        self.close_connection = connection == "close" or (
+            self.request_version < "HTTP/1.1" and not connection.startswith("keep-alive"))
+        return True
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - %s", self.address_string(), format % args)

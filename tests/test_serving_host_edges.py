@@ -582,6 +582,33 @@ def test_a_head_over_the_bound_is_400_at_once_as_libevent_s_max_headers_size(ser
     _still_serves(server)
 
 
+def test_the_head_is_read_as_libevent_reads_it_not_as_http_server(server):
+    """Under the head's one bound (MAX_HEAD_BYTES) libevent takes a request line or header line of
+    any length and any number of header lines; http.server answered over 64 KiB with its 414 or
+    431 page and over 100 lines with 431. A line that is no header (no ":", or a continuation
+    first) is libevent's 400 page; http.server took it for the end of the headers and served the
+    request without the rest. ``Connection`` is trimmed, and before HTTP/1.1 a value starting
+    "keep-alive" keeps the connection (evhttp_is_connection_keepalive)."""
+    close = b"Connection: close\r\n"
+    follow = b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\n" + close + b"\r\n"
+    reply = _raw_request(server, b"GET /v1/models/" + b"m" * 70_000 + b" HTTP/1.1\r\n" + close + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"), reply[:200]
+    assert b"\"error\": \"Could not find any versions of model mmmm" in reply, reply[:300]
+    for head in (b"".join(b"X-%d: a\r\n" % i for i in range(150)), b"X-Long: " + b"a" * 70_000 + b"\r\n"):
+        reply = _raw_request(server, b"GET /v1/models/default HTTP/1.1\r\n" + head + close + b"\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]
+    for bad in (b"Host x\r\n", b" folded\r\nHost: x\r\n"):
+        reply = _raw_request(server, b"GET /v1/models/default HTTP/1.1\r\n" + bad + close + b"\r\n")
+        assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n"), (bad, reply[:200])
+        assert b"<TITLE>400 Bad Request</TITLE>" in reply and reply.count(b"HTTP/1.1 ") == 1, reply
+    reply = _raw_request(server, b"GET /v1/models/default HTTP/1.0\r\nConnection: Keep-Alive, x\r\n\r\n" + follow)
+    assert reply.startswith(b"HTTP/1.0 200 OK\r\n") and b"\r\nConnection: keep-alive\r\n" in reply, reply[:300]
+    assert reply.count(b" 200 OK\r\n") == 2, reply             # kept open: the next request is answered
+    reply = _raw_request(server, b"GET /v1/models/default HTTP/1.1\r\nConnection: close \r\n\r\n" + follow)
+    assert b"\r\nConnection: close\r\n" in reply and reply.count(b" 200 OK\r\n") == 1, reply
+    _still_serves(server)
+
+
 def test_keep_alive_and_pipelined_requests_still_work(server):
     one = (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
            b'{"instances": [1.0]}')
