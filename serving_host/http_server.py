@@ -9,7 +9,8 @@ unknown model is answered 404 and discarded, never held in memory.
 
 Requests under ``/v1/`` go to ``rest.RestApi`` and are answered as ``Content-Type:
 application/json``; other paths get libevent's 404. The target and the body are read as libevent
-reads them (``uri_path``, chunked and gzip bodies), so that the API sees what TF Serving's would.
+reads them (``http_uri.uri_path``, ``http_body.Body``: chunked and gzip bodies), so that the API
+sees what TF Serving's would.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from serving_host import metrics
+from serving_host.http_body import MAX_HEAD_BYTES, Body
+from serving_host.http_uri import uri_path
 from serving_host.rest import BodyTooLarge, BodyUnreadable, RestApi
 
 log = logging.getLogger("serving_host")
@@ -40,7 +43,6 @@ DEFAULT_NUM_THREADS = 4 * (os.cpu_count() or 1)  # server.h: 4.0 * port::NumSche
 DEFAULT_SOCKET_TIMEOUT = 30.0
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 1024
-MAX_HEAD_BYTES = 65536 + 100 * 8192  # libevent's max_headers_size: request line, headers and a chunked trailer together
 KEEPALIVE_WAIT = 0.002  # seconds a worker with nothing queued waits for a keep-alive's next request
 ACCEPT_PAUSE = 0.1  # seconds the listening socket is not watched after an accept failure with nothing to evict
 ACCEPT_LOG_INTERVAL = 60.0  # seconds between two "accept failed" lines
@@ -58,229 +60,7 @@ BAD_REQUEST_PAGE = _page(400, "Bad Request")
 TOO_LARGE_PAGE = _page(413, "Request Entity Too Large")
 NOT_IMPLEMENTED_PAGE = _page(501, "Not Implemented")
 
-MAX_UNCOMPRESSED_BYTES = 100 * 1024 * 1024   # net_http's ZLib::kMaxUncompressedBytes
-
-
-def gunzip(data: bytes, limit: int = MAX_UNCOMPRESSED_BYTES) -> bytes:
-    """A gzip body uncompressed, as TF Serving's HTTP server does for ``Content-Encoding: gzip``
-    (``EvHTTPRequest::ReadRequestGzipBytes``, on by default): a body that does not uncompress, or
-    that would be over ``limit`` bytes, reads as empty (TF Serving logs "Failed to uncompress the
-    gzipped body" and hands the handler no body). Bounded: a small bomb never inflates past it."""
-    import zlib
-
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        log.error("Got zlib error: %s", exc)
-        return b""
-    if len(out) > limit or not inflater.eof:
-        log.error("Failed to uncompress the gzipped body")
-        return b""
-    return out
-
-
-_CONTENT_LENGTH_RE = re.compile(r"[ \t\n\v\f\r]*[+-]?([0-9]+)")
-
-
-def _content_length(value: str) -> int:
-    """``evhttp_get_body_length``: ``strtoll(value, &endp, 10)`` of the value (leading spaces
-    skipped, trailing blanks trimmed), every character used and not negative; "" too is refused.
-    ``int()`` took ``1_0`` and Unicode spaces, and an empty header read as no body."""
-    m = _CONTENT_LENGTH_RE.fullmatch(value.rstrip(" \t"))
-    if not m or (value.lstrip().startswith("-") and int(m.group(1)) != 0):
-        raise ValueError(f"illegal Content-Length {value[:20]!r}")
-    return int(m.group(1))
-
-
-class _Body:
-    """Reads a request body on demand, at most ``limit`` bytes; remembers if it was read. A
-    ``Content-Encoding`` holding ``gzip`` is uncompressed (``gunzip``)."""
-
-    def __init__(self, headers, rfile, limit: int, head_size: int = 0):
-        self.rfile, self.limit, self.head_size = rfile, limit, head_size
-        self.gzip = "gzip" in headers.get("Content-Encoding", "")     # absl::StrContains: case matters
-        # evhttp_get_body: chunked only if the whole (trimmed) value is "chunked", any case; else
-        # Content-Length as evhttp_get_body_length reads it: strtoll, all of it, not negative
-        self.chunked = headers.get("Transfer-Encoding", "").strip(" \t").lower() == "chunked"
-        length = None if self.chunked else headers.get("Content-Length")
-        self.length = 0 if length is None else _content_length(length)  # ValueError -> 400
-        self.consumed = not self.chunked and self.length == 0
-        self.arrived: float | None = None
-
-    def read(self) -> bytes:
-        data = self._read()
-        self.arrived = time.monotonic()      # the whole body is here; uncompressing is latency
-        return gunzip(data) if self.gzip and data else data
-
-    def _read(self) -> bytes:
-        self.consumed = True
-        if self.chunked:
-            return self._read_chunked()
-        if self.length > self.limit:
-            self.consumed = False
-            raise BodyTooLarge()
-        data = self.rfile.read(self.length) if self.length else b""
-        if len(data) < self.length:
-            raise ConnectionError("client closed the connection inside the body")
-        return data
-
-    def _read_chunked(self) -> bytes:
-        chunks, total = [], 0
-        while True:
-            line = self.rfile.readline(65537)
-            if not line:
-                raise ConnectionError("client closed the connection inside the body")
-            if line in (b"\r\n", b"\n"):     # libevent skips an empty line; counted against the limit
-                total += len(line)
-                if total > self.limit:
-                    self.consumed = False
-                    raise BodyTooLarge()
-                continue
-            size = _chunk_size(line)
-            if size == 0:
-                self._skip_trailer()
-                return b"".join(chunks)
-            total += size
-            if total > self.limit:
-                self.consumed = False
-                raise BodyTooLarge()
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(3)
-
-    def _skip_trailer(self) -> None:
-        """The trailer after the last chunk, up to its empty line, as libevent reads it
-        (``evhttp_read_trailer``): ``evhttp_parse_headers_`` adds its lines to the same
-        ``headers_size`` as the request line and headers, so head and trailer share one
-        ``max_headers_size`` (here ``MAX_HEAD_BYTES``, with ``head_size`` spent); a line over it,
-        or one that is not a header (no ``:``, not a continuation), is answered 413. TF Serving
-        leaves the size unlimited (its event loop holds no thread while it reads); here it is
-        bounded so a trailer that never ends cannot hold a worker. The client closing inside it
-        is no request (libevent frees the connection without an answer)."""
-        size, at_start = self.head_size, True
-        while True:
-            line = self.rfile.readline(65537)
-            if not line:
-                raise ConnectionError("client closed the connection inside the trailer")
-            if at_start and line in (b"\r\n", b"\n"):
-                return
-            size += len(line)
-            if size > MAX_HEAD_BYTES:
-                raise BodyTooLarge()
-            if at_start and line[:1] not in (b" ", b"\t") and b":" not in line:
-                raise BodyTooLarge()        # DATA_CORRUPTED, failed as EVREQ_HTTP_DATA_TOO_LONG
-            at_start = line.endswith(b"\n")
-
-
-# evhttp_uri_parse (libevent 2.1.12 http.c, flags 0: RFC 3986 conformant), as TF Serving's
-# ParsedEvRequest::decode calls it on the request target; ASCII classes only (EVUTIL_IS*_).
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_SUBDELIMS = frozenset("!$&'()*+,;=")
-_PCHARS = _UNRESERVED | _SUBDELIMS | frozenset(":@/")
-_HEX = frozenset("0123456789abcdefABCDEF")
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
-
-
-def _pct(s: str, i: int) -> bool:
-    return s[i] == "%" and s[i + 1:i + 2] in _HEX and s[i + 2:i + 3] in _HEX
-
-
-def _end_of_path(s: str, i: int, query_chars: bool) -> int:
-    """``end_of_path``: past pchar / "/" (and "?" in a query or fragment) and %XX."""
-    while i < len(s):
-        if s[i] in _PCHARS or (query_chars and s[i] == "?"):
-            i += 1
-        elif _pct(s, i):
-            i += 3
-        else:
-            return i
-    return i
-
-
-def _chars_ok(s: str, allowed: frozenset) -> bool:
-    i = 0
-    while i < len(s):
-        if s[i] in allowed:
-            i += 1
-        elif _pct(s, i):
-            i += 3
-        else:
-            return False
-    return True
-
-
-def _authority_ok(a: str) -> bool:
-    """``parse_authority``: [userinfo "@"] host [":" port], host a reg-name or an IP literal."""
-    if not a:
-        return True
-    at = a.find("@")
-    if at >= 0:
-        if not _chars_ok(a[:at], _UNRESERVED | _SUBDELIMS | frozenset(":")):
-            return False
-        a = a[at + 1:]
-    m = re.fullmatch(r"(.*?):([0-9]*)", a, re.S)
-    if m:
-        if m.group(2) and int(m.group(2)) > 65535:
-            return False
-        a = m.group(1)
-    if a.startswith("[") and len(a) >= 2 and a.endswith("]"):
-        inner = a[1:-1]
-        if len(a) < 3:
-            return False
-        if inner.startswith("v"):           # IPvFuture: "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
-            return bool(re.fullmatch(r"v[0-9a-fA-F]+\.[A-Za-z0-9._~!$&'()*+,;=:-]*", inner))
-        try:
-            socket.inet_pton(socket.AF_INET6, inner)
-        except (OSError, ValueError):
-            return False
-        return len(inner) < 64
-    return _chars_ok(a, _UNRESERVED | _SUBDELIMS)
-
-
-def uri_path(target: str) -> str | None:
-    """The path TF Serving matches (``EvHTTPRequest::uri_path()``): the request target parsed by
-    ``evhttp_uri_parse``, then its path, ``?query`` and ``#fragment`` as written (not decoded);
-    None where libevent refuses the target (TF Serving answers 400 Bad Request)."""
-    rest = target.split("\0", 1)[0]          # a C string
-    colon = rest.find(":")
-    scheme = colon >= 0 and _SCHEME_RE.fullmatch(rest, 0, colon) is not None
-    if scheme:
-        rest = rest[colon + 1:]
-    authority = rest.startswith("//")
-    if authority:
-        end = next((i for i in range(2, len(rest)) if rest[i] in "?#/"), len(rest))
-        if not _authority_ok(rest[2:end]):
-            return None
-        rest = rest[end:]
-    i = _end_of_path(rest, 0, False)
-    path = rest[:i]
-    for mark in "?#":                       # the query, then the fragment, each with its mark
-        if rest[i:i + 1] == mark:
-            i = _end_of_path(rest, i + 1, True)
-    if i != len(rest) or (not authority and path.startswith("//")) \
-            or (authority and path and not path.startswith("/")):
-        return None
-    if not scheme and ":" in path.split("/", 1)[0]:     # path_matches_noscheme
-        return None
-    return rest
-
-
 _HEAD_END_RE = re.compile(rb"\n\r?\n")     # the empty line ending a head (EVBUFFER_EOL_CRLF lines)
-_CHUNK_SIZE_RE = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(?:0[xX])?([0-9a-fA-F]+)(?: .*)?", re.S)
-
-
-def _chunk_size(line: bytes) -> int:
-    """A chunk-size line as libevent reads it (``evhttp_handle_chunked_read``): ``strtoll(…, 16)``
-    — blanks, a sign, ``0x`` — followed by the end of the line or a space, and not negative;
-    anything else is corrupt data (``;ext`` included). ``int(…, 16)`` took ``-1``, and ``read(-1)``
-    then read until the client closed, past the body limit. ValueError: a malformed chunk."""
-    text = line.rstrip(b"\r\n")
-    m = _CHUNK_SIZE_RE.fullmatch(text)
-    if not m or (m.group(1) == b"-" and int(m.group(2), 16) != 0):
-        raise ValueError(f"malformed chunk size {text[:20]!r}")
-    return int(m.group(2), 16)
-
-
 class _Handler(BaseHTTPRequestHandler):
     """One per connection, kept across its keep-alive requests (see ``_Connection``)."""
     protocol_version = "HTTP/1.1"
@@ -374,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         return True     # http.server sent 100 Continue for any request asking: see _expect
 
-    def _expect(self, body: _Body, head: bool) -> bool:
+    def _expect(self, body: Body, head: bool) -> bool:
         """``Expect`` as evhttp_get_body answers it, for an HTTP/1.1 request with a body (chunked or
         a Content-Length over 0; not HEAD): "100-continue" (any case) is a 100 Continue unless body
         bytes are already here, or 413 at once for a length over the limit; any other expectation
@@ -411,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
         server: RestServer = self.server  # type: ignore[assignment]
         head = self.command == "HEAD"
         try:
-            body = _Body(self.headers, self.rfile, server.max_body_bytes, self._head_size())
+            body = Body(self.headers, self.rfile, server.max_body_bytes, self._head_size())
         except ValueError:
             self.close_connection = True
             self._reply(400, "text/html", BAD_REQUEST_PAGE)

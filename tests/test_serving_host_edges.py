@@ -182,7 +182,7 @@ def test_head_and_trailer_share_one_size_budget_as_libevent_s_headers_size(serve
     which already holds the request line and headers, against one ``max_headers_size``: a 500 KB
     head with a 400 KB trailer is over the bound (MAX_HEAD_BYTES, 864 KiB) and answered 413, though
     each alone is under it. The trailer had a budget of its own, so it was answered 200."""
-    from serving_host.http_server import MAX_HEAD_BYTES
+    from serving_host.http_body import MAX_HEAD_BYTES
 
     pad = b"a" * 50_000
     head = b"".join(b"X-Pad-%d: %s\r\n" % (i, pad) for i in range(10))
@@ -287,13 +287,13 @@ def test_expect_is_answered_as_libevent_s_evhttp_get_body_answers_it(server):
 
 def test_a_chunk_size_as_strtoll_reads_it_is_taken():
     """Blanks, a sign, 0x and text after a space: libevent takes them (only the digits count)."""
-    from serving_host.http_server import _chunk_size
+    from serving_host.http_body import chunk_size
 
-    assert _chunk_size(b"  +0x14 anything\r\n") == 20 and _chunk_size(b"ff ff\r\n") == 255
-    assert _chunk_size(b"0\r\n") == 0 and _chunk_size(b"-0\r\n") == 0
+    assert chunk_size(b"  +0x14 anything\r\n") == 20 and chunk_size(b"ff ff\r\n") == 255
+    assert chunk_size(b"0\r\n") == 0 and chunk_size(b"-0\r\n") == 0
     for bad in (b"-1\r\n", b"1_0\r\n", b"ff;x\r\n", b"0x\r\n"):
         with pytest.raises(ValueError):
-            _chunk_size(bad)
+            chunk_size(bad)
 
 
 def test_text_after_the_json_document_is_ignored_and_a_repeated_key_keeps_its_first_value(server):
@@ -347,7 +347,7 @@ def test_the_request_target_is_read_as_libevent_s_strict_uri_parser_reads_it(ser
 
 
 def test_uri_path_as_evhttp_uri_parse_and_parsed_ev_request_read_it():
-    from serving_host.http_server import uri_path
+    from serving_host.http_uri import uri_path
 
     taken = {"/v1/models/m:predict": "/v1/models/m:predict", "/v1/models/m?x=1#f?/": "/v1/models/m?x=1#f?/",
              "/a?": "/a?", "//h:80/v1/x": "/v1/x", "//u:p%41@h/p": "/p", "http://[::1]:8501/p?q": "/p?q",
@@ -569,7 +569,7 @@ def test_a_head_over_the_bound_is_400_at_once_as_libevent_s_max_headers_size(ser
     EVREQ_HTTP_INVALID_HEADER: its 400 page. A worker went on reading such a head from the socket,
     under http.server's own limits (100 lines of 64 KiB): one that stops unfinished was held until
     the socket timeout and closed without an answer; a whole one was served."""
-    from serving_host.http_server import MAX_HEAD_BYTES
+    from serving_host.http_body import MAX_HEAD_BYTES
 
     head = b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\n" \
         + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 60_000) for i in range(MAX_HEAD_BYTES // 60_000 + 1))

@@ -280,9 +280,9 @@ def test_request_latency_counts_uncompressing_a_gzip_body(monkeypatch):
     import time
     from contextlib import contextmanager
 
-    from serving_host import http_server, rest
+    from serving_host import http_body, rest
 
-    real_gunzip = http_server.gunzip
+    real_gunzip = http_body.gunzip
 
     def slow_gunzip(data, *args, **kwargs):
         time.sleep(0.5)                            # a large body takes this long to uncompress
@@ -293,14 +293,14 @@ def test_request_latency_counts_uncompressing_a_gzip_body(monkeypatch):
         def handle(self, *args):
             yield None
 
-    monkeypatch.setattr(http_server, "gunzip", slow_gunzip)
+    monkeypatch.setattr(http_body, "gunzip", slow_gunzip)
     recorded = []
     monkeypatch.setattr(rest.metrics, "record_request", lambda *args: recorded.append(args))
     api = rest.RestApi(Manager())
     bodies = []
     monkeypatch.setattr(api, "_process", lambda r, body: bodies.append(body) or "{}")
     data = gzip.compress(b'{"instances": [1.0]}')
-    body = http_server._Body({"Content-Encoding": "gzip", "Content-Length": str(len(data))}, io.BytesIO(data), 1 << 20)
+    body = http_body.Body({"Content-Encoding": "gzip", "Content-Length": str(len(data))}, io.BytesIO(data), 1 << 20)
     assert api.handle("POST", "/v1/models/gz:predict", body.read) == (200, "{}")
     assert bodies == [b'{"instances": [1.0]}']
     ((name, api_label, entrypoint, code, seconds),) = recorded
