@@ -19,7 +19,8 @@
 #      rotated (20 MB x 5) when Docker's driver is json-file.
 #      The container carries a label with a hash of its settings: same settings -> left alone,
 #      changed settings -> replaced (the old one renamed aside and stopped, removed once the new one
-#      runs, and serving again if the new one does not start).
+#      answers on its REST port, and serving again if the new one does not start, exits, or does not
+#      answer within --ready-timeout, or if the script is interrupted (INT, TERM, HUP) meanwhile).
 #   5. enables docker.service at boot when systemd has it disabled (else no container after a reboot).
 # Then it prints what adding the host to the fleet needs: REST and gRPC addresses, the host's SSH keys
 # as known_hosts lines (with fingerprints) and a [[hosts]] entry for the hosts file.
@@ -36,6 +37,7 @@ GRPC_PORT=8500
 REST_BIND="127.0.0.1"
 GRPC_BIND="127.0.0.1"
 POLL_SECONDS=1
+READY_TIMEOUT=120
 DRY_RUN=0
 WITH_CONTAINER=1
 WITH_METRICS=1
@@ -60,6 +62,9 @@ options:
   --grpc-bind ADDR      host address gRPC is published on (default: 127.0.0.1)
   --expose              publish REST and gRPC on all addresses (0.0.0.0)
   --poll-seconds N      models.config and model directory poll interval (default: 1)
+  --ready-timeout N     when replacing a container with changed settings: seconds the new one has to
+                        answer on its REST port (TF Serving opens it once its models have loaded)
+                        before the old one is put back (default: 120)
   --no-container        prepare user, directory and models.config only (no Docker)
   --no-metrics          no monitoring.config: TF Serving serves no Prometheus page (canary bakes
                         then need --bake 0)
@@ -90,6 +95,7 @@ while [ $# -gt 0 ]; do
     --grpc-bind) need_value "$@"; GRPC_BIND="$2"; shift 2 ;;
     --expose) REST_BIND="0.0.0.0"; GRPC_BIND="0.0.0.0"; shift ;;
     --poll-seconds) need_value "$@"; POLL_SECONDS="$2"; shift 2 ;;
+    --ready-timeout) need_value "$@"; READY_TIMEOUT="$2"; shift 2 ;;
     --no-container) WITH_CONTAINER=0; shift ;;
     --no-metrics) WITH_METRICS=0; shift ;;
     --take-ownership) TAKE_OWNERSHIP=1; shift ;;
@@ -118,6 +124,10 @@ done
 if ! [[ "$POLL_SECONDS" =~ ^[0-9]{1,5}$ ]] || (( 10#$POLL_SECONDS < 1 )); then
   die "--poll-seconds must be a whole number from 1 to 99999, got '$POLL_SECONDS'"
 fi
+if ! [[ "$READY_TIMEOUT" =~ ^[0-9]{1,5}$ ]] || (( 10#$READY_TIMEOUT < 1 )); then
+  die "--ready-timeout must be a whole number of seconds from 1 to 99999, got '$READY_TIMEOUT'"
+fi
+READY_TIMEOUT=$(( 10#$READY_TIMEOUT ))
 # docker's --mount value is comma-separated fields: a comma in the folder starts another field
 # (`--base /srv/m,target=/etc` mounted /srv/m, not the folder the deploy user writes to)
 if [ "$WITH_CONTAINER" -eq 1 ] && [[ "$BASE" == *[,\"[:cntrl:]]* ]]; then
@@ -301,27 +311,24 @@ fi
 
 # Replace the container with changed settings by the new one. The old one is renamed aside and
 # stopped (the ports are its), not removed: when `docker run` fails (a port taken by something else,
-# a flag, the daemon) or the new one is not running, the failed one is removed and the old one gets
-# its name back and serves again; it is removed only once the new one runs. (It was removed first:
-# a failed run left the host with no TF Serving.) TF Serving is down from the stop to the run, as
-# long as it was from the `rm --force` to the run.
-replace_container() {
-  local old="" n
-  for ((n = 1; n <= 99; n++)); do
-    if ! docker inspect "$CONTAINER-old-$n" >/dev/null 2>&1; then old="$CONTAINER-old-$n"; break; fi
-  done
-  [ -n "$old" ] || die "$CONTAINER-old-1 to $CONTAINER-old-99 all exist (left by earlier runs); nothing replaced: remove them (docker rm --force NAME)"
-  run docker rename "$CONTAINER" "$old"
-  run docker stop -t 0 "$old"  # -t: --time before Docker 25, --timeout since
-  local what="docker run failed (its message is above)"
-  if run "${run_cmd[@]}"; then
-    if [ "$DRY_RUN" -eq 1 ] \
-        || [ "$(docker inspect --format '{{.State.Running}}' "$CONTAINER" 2>/dev/null)" = "true" ]; then
-      run docker rm --force "$old"
-      return 0
-    fi
-    what="the new container exited at once (its last log lines are above)"
-    docker logs --tail 20 "$CONTAINER" >&2 || true
+# a flag, the daemon), the new one exits, or it does not answer on its REST port within
+# --ready-timeout, the failed one is removed and the old one gets its name back and serves again;
+# it is removed only once the new one answers. (It was removed first: a failed run left the host
+# with no TF Serving; then once the new one ran for an instant: a TF Serving that exited a moment
+# later, on a flag its image does not know or a model it cannot load, left none either.) An
+# INT, TERM or HUP (Ctrl-C, kill, the SSH session dropping) in that window puts the old one back
+# too (it was left stopped under its -old- name, nothing serving). TF Serving is down from the stop
+# to the new one's answer.
+REPLACING_OLD=""
+
+# The old container back under its name, serving, or the commands to do it; one line, and exit $2.
+put_old_back() {
+  local what="$1" code="$2" old="$REPLACING_OLD"
+  trap '' INT TERM HUP      # a second Ctrl-C does not stop the put-back halfway
+  if ! docker inspect "$old" >/dev/null 2>&1; then
+    # not renamed yet, or already removed once the new one answered: the container is as it was
+    echo "error: replacing $CONTAINER stopped: $what; $CONTAINER was left as it is" >&2
+    exit "$code"
   fi
   if docker inspect "$CONTAINER" >/dev/null 2>&1; then
     docker rm --force "$CONTAINER" >/dev/null 2>&1 || true
@@ -331,7 +338,78 @@ replace_container() {
   else
     echo "error: replacing $CONTAINER failed: $what, and bringing the old one back failed too: it is $old, stopped; restore it with: docker rename $old $CONTAINER && docker start $CONTAINER" >&2
   fi
-  exit 1
+  exit "$code"
+}
+
+interrupted() {  # $1: the signal's name, $2: its number
+  put_old_back "interrupted by SIG$1" $(( 128 + $2 ))
+}
+
+# Whether TF Serving answers HTTP on the published REST port: it opens that port only once the
+# models in models.config have loaded (Server::BuildAndStart: ServerCore::Create, then the gRPC and
+# HTTP servers), and exits when one fails to. A status line, not a connection: Docker's userland
+# proxy accepts on the published port as soon as the container starts. bash's /dev/tcp: no curl
+# needed; each try bounded by `timeout`.
+rest_answers() {
+  local host="$REST_BIND"
+  if [ "$host" = "0.0.0.0" ]; then host="127.0.0.1"; elif [[ "$host" =~ ^[0:]+$ ]]; then host="::1"; fi
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
+    printf "GET /v1/models/%s HTTP/1.0\r\n\r\n" "$3" >&3 && IFS= read -r -t 2 line <&3 && [[ "$line" == HTTP/* ]]' \
+    _ "$host" "$REST_PORT" "$CONTAINER" 2>/dev/null
+}
+
+# Until the new container answers on its REST port (0), exits or is restarted by its restart
+# policy (1), or --ready-timeout passes (2). Bounded: at most READY_TIMEOUT+1 tries, each at most
+# 3 s, 1 s apart, and the clock.
+wait_ready() {
+  local deadline=$(( SECONDS + READY_TIMEOUT )) i state
+  for ((i = 0; i <= READY_TIMEOUT; i++)); do
+    state="$(docker inspect --format '{{.State.Running}} {{.RestartCount}}' "$CONTAINER" 2>/dev/null || true)"
+    [ "$state" = "true 0" ] || return 1
+    rest_answers && return 0
+    (( SECONDS < deadline )) || return 2
+    sleep 1
+  done
+  return 2
+}
+
+replace_container() {
+  local old="" n
+  for ((n = 1; n <= 99; n++)); do
+    if ! docker inspect "$CONTAINER-old-$n" >/dev/null 2>&1; then old="$CONTAINER-old-$n"; break; fi
+  done
+  [ -n "$old" ] || die "$CONTAINER-old-1 to $CONTAINER-old-99 all exist (left by earlier runs); nothing replaced: remove them (docker rm --force NAME)"
+  if [ "$DRY_RUN" -eq 0 ]; then
+    REPLACING_OLD="$old"
+    # bash runs a trap once the command in progress returns (Ctrl-C and a dropped session signal
+    # that command too)
+    trap 'interrupted INT 2' INT
+    trap 'interrupted TERM 15' TERM
+    trap 'interrupted HUP 1' HUP
+  fi
+  run docker rename "$CONTAINER" "$old"
+  run docker stop -t 0 "$old"  # -t: --time before Docker 25, --timeout since
+  local what="docker run failed (its message is above)" ready=0
+  if run "${run_cmd[@]}"; then
+    if [ "$DRY_RUN" -eq 1 ]; then
+      run docker rm --force "$old"
+      return 0
+    fi
+    wait_ready || ready=$?
+    if [ "$ready" -eq 0 ]; then
+      run docker rm --force "$old"
+      trap - INT TERM HUP
+      return 0
+    fi
+    if [ "$ready" -eq 1 ]; then
+      what="the new container exited (its last log lines are above)"
+    else
+      what="the new container did not answer on REST port $REST_PORT within --ready-timeout $READY_TIMEOUT s (its last log lines are above)"
+    fi
+    docker logs --tail 20 "$CONTAINER" >&2 || true
+  fi
+  put_old_back "$what" 1
 }
 
 # 4. the TensorFlow Serving container ---------------------------------------------------------

@@ -6,11 +6,17 @@ user/directory/config steps run for real (as root, on a temporary directory).
 """
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import pwd
+import select
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -291,11 +297,12 @@ def test_help():
     assert r.returncode == 0 and "--dry-run" in r.stdout and "tensorflow/serving" in r.stdout
 
 
-def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file",
+def fake_docker(tmp_path, *, label: str | None, logging_driver: str = "json-file",
                 pulled: bool = True) -> tuple[dict, object]:
     """A ``docker`` on PATH whose daemon answers (its default log driver ``logging_driver``) and
-    which holds one container, ``tfserving``, with ``label`` as its settings label ("" for none);
-    with ``pulled`` False it has no image and cannot pull one. It records every call."""
+    which holds one container, ``tfserving``, with ``label`` as its settings label ("" for none;
+    None: no container, a first install); with ``pulled`` False it has no image and cannot pull
+    one. It records every call."""
     bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(
@@ -303,8 +310,8 @@ def fake_docker(tmp_path, *, label: str, logging_driver: str = "json-file",
         f'echo "$*" >> {shlex.quote(str(log))}\n'
         'case "$1" in\n'
         f'  info) if [ "$2" = --format ]; then echo {shlex.quote(logging_driver)}; fi; exit 0 ;;\n'
-        '  inspect) if [ "${@: -1}" != tfserving ]; then exit 1; fi\n'
-        '    case "$2 $3" in "--format "*Running*) echo true ;;\n'
+        '  inspect) if [ "${@: -1}" != tfserving ]' + (' || true' if label is None else '') + '; then exit 1; fi\n'
+        '    case "$2 $3" in "--format "*RestartCount*) echo true 0 ;; "--format "*Running*) echo true ;;\n'
         f'      --format*) echo {shlex.quote(label)} ;; esac; exit 0 ;;\n'
         + ("" if pulled else '  image|pull|run) exit 1 ;;\n') +
         '  *) exit 0 ;;\n'
@@ -337,7 +344,7 @@ def test_the_containers_log_is_rotated_under_dockers_default_driver(tmp_path, dr
     changed or not), and the container ran with Docker's default json-file driver unrotated: some
     45 MB a day kept until the host's disk was full. Rotated now under json-file; a driver the
     operator chose (journald) is left alone, it takes no max-size (docker run would fail)."""
-    env, log = fake_docker(tmp_path, label="0123456789abcdef", logging_driver=driver)
+    env, log = fake_docker(tmp_path, label=None, logging_driver=driver)
     r = subprocess.run(["bash", str(SCRIPT), "--base", str(tmp_path / "models"), "--deploy-user", me()],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
@@ -369,7 +376,7 @@ def test_docker_is_enabled_at_boot_when_systemd_has_it_disabled(tmp_path, state,
     disabled outside Debian and Ubuntu (RHEL, Fedora): TF Serving was gone after the host's next
     reboot, with the script saying all was well. Enabled now when disabled; an enabled one, or a
     host without that unit (a snap, no systemd), is left as it is."""
-    env, _ = fake_docker(tmp_path, label="0123456789abcdef")
+    env, _ = fake_docker(tmp_path, label=None)
     log = fake_systemctl(tmp_path / "bin", state)
     r = subprocess.run(["bash", str(SCRIPT), "--base", str(tmp_path / "models"), "--deploy-user", me()],
                        capture_output=True, text=True, timeout=60, env=env)
@@ -395,42 +402,55 @@ def test_a_new_image_is_pulled_before_the_running_container_is_removed(tmp_path)
 
 
 def stateful_docker(tmp_path, containers: dict[str, tuple[str, bool]], *, run_fails: bool = False,
-                    exits_at_once: bool = False) -> tuple[dict, object, object]:
+                    exits_at_once: bool = False, exits_after: int = 0,
+                    run_blocks: tuple[object, object] | None = None) -> tuple[dict, object, object]:
     """A ``docker`` on PATH that keeps its containers (name -> settings label, running) as files in
     a folder, as the daemon would: ``rename`` refuses a taken name, ``run`` refuses a name in use
     and, like a port another container holds, runs nothing while any container is running.
     ``run_fails``: run creates the container and fails to start it (a port something else holds);
-    ``exits_at_once``: run succeeds and the server exits at once. It records every call."""
+    ``exits_at_once``: run succeeds and the server exits at once; ``exits_after`` n: the new server
+    runs for the first n looks at its state (``inspect --format ...Running...``), then has exited;
+    ``run_blocks`` (two FIFOs): run writes a line to the first, then waits (20 s at most) for one
+    on the second before it does anything. Its restart count is always 0. It records every call."""
     bin_dir, log, state = tmp_path / "bin", tmp_path / "docker.log", tmp_path / "containers"
+    countdown = tmp_path / "countdown"
     bin_dir.mkdir()
     state.mkdir()
+    countdown.mkdir()
     for name, (label, running) in containers.items():
         (state / name).write_text(f"{label} {str(running).lower()}\n")
     q = shlex.quote
     (bin_dir / "docker").write_text(
         "#!/bin/bash\n"
         f'echo "$*" >> {q(str(log))}\n'
-        f"S={q(str(state))}\n"
+        f"S={q(str(state))} C={q(str(countdown))}\n"
         'get() { [ -f "$S/$1" ] || { echo "Error: No such object: $1" >&2; exit 1; }; read -r L R < "$S/$1"; }\n'
         'last="${@: -1}"\n'
         'case "$1" in\n'
         '  info) if [ "$2" = --format ]; then echo json-file; fi ;;\n'
         '  image) exit 0 ;;\n'
         '  inspect) get "$last"\n'
-        '    case "$3" in *Labels*) echo "$L" ;; *Running*) echo "$R" ;; esac ;;\n'
+        '    if [[ "$3" == *Running* && -f "$C/$last" ]]; then read -r n < "$C/$last"\n'
+        '      if [ "$n" -le 1 ]; then rm "$C/$last"; echo "$L false" > "$S/$last"\n'
+        '      else echo $((n - 1)) > "$C/$last"; fi; fi\n'
+        '    case "$3" in *Labels*) echo "$L" ;; *RestartCount*) echo "$R 0" ;; *Running*) echo "$R" ;; esac ;;\n'
         '  rename) get "$2"; [ ! -e "$S/$3" ] || { echo "Error: name $3 is in use" >&2; exit 1; }\n'
         '    mv "$S/$2" "$S/$3" ;;\n'
         '  stop) get "$last"; echo "$L false" > "$S/$last"; echo "$last" ;;\n'
         '  start) get "$last"; if grep -l " true" "$S"/* >/dev/null 2>&1; then\n'
         '      echo "Error: port is already allocated" >&2; exit 1; fi\n'
         '    echo "$L true" > "$S/$last"; echo "$last" ;;\n'
-        '  rm) get "$last"; rm "$S/$last"; echo "$last" ;;\n'
-        '  run) shift; while [ $# -gt 0 ]; do\n'
+        '  rm) get "$last"; rm "$S/$last"; rm -f "$C/$last"; echo "$last" ;;\n'
+        '  run) shift; '
+        + (f'exec 3<>{q(str(run_blocks[0]))} 4<>{q(str(run_blocks[1]))}; echo started >&3\n'
+           '    read -r -t 20 -u 4 _ || exit 125\n    ' if run_blocks else '')
+        + 'while [ $# -gt 0 ]; do\n'
         '      case "$1" in --name) N="$2" ;; --label) L="${2#*=}" ;; esac; shift; done\n'
         '    [ ! -e "$S/$N" ] || { echo "docker: Error: the container name $N is already in use" >&2; exit 125; }\n'
         '    if grep -l " true" "$S"/* >/dev/null 2>&1' + (' || true' if run_fails else '') + '; then\n'
         '      echo "$L false" > "$S/$N"; echo "docker: Error: port is already allocated" >&2; exit 125; fi\n'
-        '    echo "$L ' + ("false" if exits_at_once else "true") + '" > "$S/$N"; echo 0123abcd ;;\n'
+        '    echo "$L ' + ("false" if exits_at_once else "true") + '" > "$S/$N"; '
+        + (f'echo {exits_after} > "$C/$N"; ' if exits_after else '') + 'echo 0123abcd ;;\n'
         '  *) exit 0 ;;\n'
         'esac\n')
     (bin_dir / "docker").chmod(0o755)
@@ -450,23 +470,60 @@ def install(env, base, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, env=env)
 
 
+@contextlib.contextmanager
+def rest_port(kind: str):
+    """A port on 127.0.0.1 for the new container's REST API: ``answers`` HTTP (404 to every
+    request, as TF Serving does for an unknown model), ``refuses`` connections (bound, not
+    listening: nothing serves there), or ``silent``: accepts connections and never answers, as
+    Docker's userland proxy does for a container whose server is not up."""
+    if kind == "answers":
+        class NotFound(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        if kind == "silent":
+            sock.listen(8)          # the kernel completes the handshake; nothing ever reads or writes
+        yield sock.getsockname()[1]
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
-@pytest.mark.parametrize("run_fails, exits_at_once", [(True, False), (False, True)])
-def test_a_replacement_that_does_not_start_brings_the_old_container_back(tmp_path, run_fails, exits_at_once):
+@pytest.mark.parametrize("run_fails, exits_at_once, exits_after", [(True, False, 0), (False, True, 0),
+                                                                  (False, False, 1)])
+def test_a_replacement_that_does_not_start_brings_the_old_container_back(tmp_path, run_fails, exits_at_once,
+                                                                         exits_after):
     """Found by review (2026-12-06, fourteenth stop): changed settings ran `docker rm --force
     tfserving` and then `docker run`; a run that failed (a port something else holds, a flag, the
     daemon) left the host with no TF Serving at all. The old container is renamed aside and stopped
     now, and when the new one does not run it is removed and the old one serves again, said in
-    one line."""
+    one line. Found by the next review (s14-install3): whether the new one ran was looked at once,
+    right after `docker run -d`; a TF Serving that exits a moment later (a flag its image does not
+    know, a models.config or a model it cannot load) passed, and the old one was removed: no TF
+    Serving (``exits_after``: running at that first look, exited at the next)."""
     env, log, state = stateful_docker(tmp_path, {"tfserving": ("0123456789abcdef", True)},
-                                      run_fails=run_fails, exits_at_once=exits_at_once)
-    r = install(env, tmp_path / "models")
+                                      run_fails=run_fails, exits_at_once=exits_at_once, exits_after=exits_after)
+    with rest_port("refuses") as port:
+        r = install(env, tmp_path / "models", "--rest-port", str(port))
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert containers(state) == {"tfserving": ("0123456789abcdef", True)}
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert line == "error: replacing tfserving failed: " + (
         "docker run failed (its message is above)" if run_fails else
-        "the new container exited at once (its last log lines are above)") \
+        "the new container exited (its last log lines are above)") \
         + "; the old tfserving, with its earlier settings, is serving again", line
     calls = log.read_text().splitlines()
     assert [c for c in calls if c.split()[0] in ("rename", "stop", "start")] == [
@@ -476,11 +533,12 @@ def test_a_replacement_that_does_not_start_brings_the_old_container_back(tmp_pat
 
 @pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
 def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_path):
-    """Replaced, the old one removed only once the new one runs; a re-run then touches nothing
-    (and a name an earlier run left behind, tfserving-old-1, is not reused)."""
+    """Replaced, the old one removed only once the new one answers on its REST port; a re-run
+    then touches nothing (and a name an earlier run left behind, tfserving-old-1, is not reused)."""
     env, log, state = stateful_docker(tmp_path, {"tfserving": ("0123456789abcdef", True),
                                                  "tfserving-old-1": ("fedcba9876543210", False)})
-    r = install(env, tmp_path / "models")
+    with rest_port("answers") as port:
+        r = install(env, tmp_path / "models", "--rest-port", str(port))
     assert r.returncode == 0, r.stderr
     after = containers(state)
     assert set(after) == {"tfserving", "tfserving-old-1"} and after["tfserving"][1] is True
@@ -491,10 +549,78 @@ def test_a_container_this_script_started_with_other_settings_is_replaced(tmp_pat
         "rename tfserving tfserving-old-2", "stop -t 0 tfserving-old-2", "run", "rm --force tfserving-old-2"]
 
     log.write_text("")
-    again = install(env, tmp_path / "models")
+    again = install(env, tmp_path / "models", "--rest-port", str(port))
     assert again.returncode == 0, again.stderr
     assert not [c for c in log.read_text().splitlines() if c.split()[0] in ("rename", "stop", "run", "rm", "start")]
     assert containers(state) == after
+
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("kind", ["refuses", "silent"])
+def test_a_replacement_that_runs_but_never_answers_brings_the_old_container_back(tmp_path, kind):
+    """Found by review (2026-12-06, fourteenth stop, s14-install3): "running" was all the script
+    asked of the new container. TF Serving opens its REST port only once its models have loaded,
+    so the old one is removed now only once the new one answers HTTP there; one that runs and does
+    not answer within --ready-timeout (``silent``: a port that takes the connection and says
+    nothing, as Docker's proxy does) is removed and the old one serves again."""
+    env, log, state = stateful_docker(tmp_path, {"tfserving": ("0123456789abcdef", True)})
+    with rest_port(kind) as port:
+        r = install(env, tmp_path / "models", "--rest-port", str(port), "--ready-timeout", "2")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert containers(state) == {"tfserving": ("0123456789abcdef", True)}
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert line == (f"error: replacing tfserving failed: the new container did not answer on REST port {port} "
+                    "within --ready-timeout 2 s (its last log lines are above); the old tfserving, with its "
+                    "earlier settings, is serving again"), line
+    assert "logs --tail 20 tfserving" in log.read_text().splitlines()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_during_the_replacement_brings_the_old_container_back(tmp_path, sig):
+    """Found by review (2026-12-06, fourteenth stop, s14-install3): killed while replacing (Ctrl-C,
+    kill, the SSH session dropping), the script died with the old container stopped under its
+    -old- name and nothing serving. A trap for INT, TERM and HUP in that window puts the old one
+    back (the new one, which `docker run` made meanwhile, removed), in one line, exit 128+signal.
+    The signal goes to the script alone while its `docker run` blocks; bash runs the trap once
+    that command returns."""
+    started, release = tmp_path / "run-started", tmp_path / "run-release"
+    os.mkfifo(started)
+    os.mkfifo(release)
+    env, log, state = stateful_docker(tmp_path, {"tfserving": ("0123456789abcdef", True)},
+                                      run_blocks=(started, release))
+    started_fd = os.open(started, os.O_RDWR)
+    release_fd = os.open(release, os.O_RDWR)
+    try:
+        with rest_port("answers") as port:
+            p = subprocess.Popen(["bash", str(SCRIPT), "--base", str(tmp_path / "models"), "--deploy-user", me(),
+                                  "--rest-port", str(port)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                ready, _, _ = select.select([started_fd], [], [], 30)
+                assert ready, "the fake docker run never started"
+                assert os.read(started_fd, 100) == b"started\n"
+                assert containers(state) == {"tfserving-old-1": ("0123456789abcdef", False)}
+                p.send_signal(sig)
+                os.write(release_fd, b"go\n")    # docker run returns, having made the new container
+                out, err = p.communicate(timeout=60)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate(timeout=10)
+    finally:
+        os.close(started_fd)
+        os.close(release_fd)
+    assert p.returncode == 128 + sig, (p.returncode, out, err)
+    assert containers(state) == {"tfserving": ("0123456789abcdef", True)}
+    assert err.splitlines()[-1].startswith("error: "), err   # its last word, after the ok: lines
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert line == (f"error: replacing tfserving failed: interrupted by {sig.name}; the old tfserving, "
+                    "with its earlier settings, is serving again"), err
+    calls = [c for c in log.read_text().splitlines() if c.split()[0] in ("rename", "stop", "rm", "start")]
+    assert calls == ["rename tfserving tfserving-old-1", "stop -t 0 tfserving-old-1", "rm --force tfserving",
+                     "rename tfserving-old-1 tfserving", "start tfserving"]
 
 
 def fake_host_tools(tmp_path, *, fqdn: str = "serving-7.example.internal", ssh_port: int | None = 2222):
@@ -532,7 +658,7 @@ def test_the_closing_message_gives_addresses_a_client_can_use(tmp_path, binds, r
     ``http://::1:8501`` for an IPv6 bind (no URL), and ``http://0.0.0.0:8501`` with --expose (no
     address of this host another machine can use). IPv6 in brackets now, the host's name for an
     any-address; a loopback bind says the deploying machine cannot reach it."""
-    env, _ = fake_docker(tmp_path, label="0123456789abcdef")
+    env, _ = fake_docker(tmp_path, label=None)
     fake_host_tools(tmp_path)
     r = install(env, tmp_path / "models", *binds)
     assert r.returncode == 0, r.stderr
@@ -553,7 +679,7 @@ def test_it_prints_the_host_keys_to_pin_and_a_hosts_file_entry_the_loader_takes(
     serving_sync.hosts loads: the deploy user's ssh:// target, REST, gRPC, model_base_path."""
     from serving_sync.hosts import parse_hosts_toml
 
-    env, _ = fake_docker(tmp_path, label="0123456789abcdef")
+    env, _ = fake_docker(tmp_path, label=None)
     pub = fake_host_tools(tmp_path, ssh_port=ssh_port)
     base = tmp_path / "models"
     r = install(env, base, "--rest-bind", "10.0.1.7", "--grpc-bind", "10.0.1.7")
