@@ -62,9 +62,9 @@ options:
   --grpc-bind ADDR      host address gRPC is published on (default: 127.0.0.1)
   --expose              publish REST and gRPC on all addresses (0.0.0.0)
   --poll-seconds N      models.config and model directory poll interval (default: 1)
-  --ready-timeout N     when replacing a container with changed settings: seconds the new one has to
-                        answer on its REST port (TF Serving opens it once its models have loaded)
-                        before the old one is put back (default: 120)
+  --ready-timeout N     seconds a new container has to answer on its REST port (TF Serving opens
+                        it once its models have loaded); past it a replaced container is put back,
+                        a first one removed (default: 120)
   --no-container        prepare user, directory and models.config only (no Docker)
   --no-metrics          no monitoring.config: TF Serving serves no Prometheus page (canary bakes
                         then need --bake 0)
@@ -374,6 +374,23 @@ wait_ready() {
   return 2
 }
 
+# A first start has nothing to put back: a TF Serving that exits or does not answer is said in one
+# line and removed, so a re-run starts it again (it found it "running with these settings": exit 0
+# with nothing serving).
+first_start() {
+  run "${run_cmd[@]}"
+  [ "$DRY_RUN" -eq 0 ] || return 0
+  local ready=0
+  wait_ready || ready=$?
+  if [ "$ready" -eq 0 ]; then return 0; fi
+  local what="it exited"
+  if [ "$ready" -ne 1 ]; then what="it did not answer on REST port $REST_PORT within --ready-timeout $READY_TIMEOUT s"; fi
+  docker logs --tail 20 "$CONTAINER" >&2 || true
+  docker rm --force "$CONTAINER" >/dev/null 2>&1 || true
+  echo "error: starting $CONTAINER failed: $what (its last log lines are above); it was removed: fix the cause and run this script again" >&2
+  exit 1
+}
+
 replace_container() {
   local old="" n
   for ((n = 1; n <= 99; n++)); do
@@ -459,7 +476,7 @@ if [ "$WITH_CONTAINER" -eq 1 ]; then
     need_root "running the container"
     current="$(docker inspect --format "{{ index .Config.Labels \"$SPEC_LABEL\" }}" "$CONTAINER" 2>/dev/null || true)"
     if [ -z "$current" ] && ! docker inspect "$CONTAINER" >/dev/null 2>&1; then
-      run "${run_cmd[@]}"
+      first_start
     elif [ "$current" = "$spec" ]; then
       if [ "$(docker inspect --format '{{.State.Running}}' "$CONTAINER")" = "true" ]; then
         note "container $CONTAINER is running with these settings"

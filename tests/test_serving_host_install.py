@@ -301,16 +301,24 @@ def fake_docker(tmp_path, *, label: str | None, logging_driver: str = "json-file
                 pulled: bool = True) -> tuple[dict, object]:
     """A ``docker`` on PATH whose daemon answers (its default log driver ``logging_driver``) and
     which holds one container, ``tfserving``, with ``label`` as its settings label ("" for none;
-    None: no container, a first install); with ``pulled`` False it has no image and cannot pull
+    None: no container, a first install, whose ``run`` starts a TF Serving that runs and answers:
+    a ``timeout`` on PATH stands for the script's bounded REST probe, whose address, a bind such as
+    10.0.1.7, this machine cannot reach); with ``pulled`` False it has no image and cannot pull
     one. It records every call."""
     bin_dir, log = tmp_path / "bin", tmp_path / "docker.log"
     bin_dir.mkdir()
+    ran = shlex.quote(str(bin_dir / "ran"))
+    if label is None:
+        (bin_dir / "timeout").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "timeout").chmod(0o755)
     (bin_dir / "docker").write_text(
         "#!/bin/bash\n"
         f'echo "$*" >> {shlex.quote(str(log))}\n'
         'case "$1" in\n'
         f'  info) if [ "$2" = --format ]; then echo {shlex.quote(logging_driver)}; fi; exit 0 ;;\n'
-        '  inspect) if [ "${@: -1}" != tfserving ]' + (' || true' if label is None else '') + '; then exit 1; fi\n'
+        f'  run) touch {ran}; exit 0 ;;\n'
+        '  inspect) if [ "${@: -1}" != tfserving ]'
+        + (f' || [ ! -e {ran} ]' if label is None else '') + '; then exit 1; fi\n'
         '    case "$2 $3" in "--format "*RestartCount*) echo true 0 ;; "--format "*Running*) echo true ;;\n'
         f'      --format*) echo {shlex.quote(label)} ;; esac; exit 0 ;;\n'
         + ("" if pulled else '  image|pull|run) exit 1 ;;\n') +
@@ -529,6 +537,33 @@ def test_a_replacement_that_does_not_start_brings_the_old_container_back(tmp_pat
     assert [c for c in calls if c.split()[0] in ("rename", "stop", "start")] == [
         "rename tfserving tfserving-old-1", "stop -t 0 tfserving-old-1",
         "rename tfserving-old-1 tfserving", "start tfserving"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
+@pytest.mark.parametrize("kind, exits_after", [("refuses", 1), ("silent", 0)])
+def test_a_first_container_that_exits_or_never_answers_is_one_line_and_removed(tmp_path, kind, exits_after):
+    """Found by review (2026-12-06, fourteenth stop): a first install ran `docker run -d` and said
+    all was well; a TF Serving that exits a moment later (a flag its image does not know, a model
+    it cannot load) or never answers left nothing serving, exit 0, and a re-run found the
+    container "running with these settings". It is waited for as a replacement is, and on failure
+    said in one line and removed, so a re-run starts it again."""
+    env, log, state = stateful_docker(tmp_path, {}, exits_after=exits_after)
+    with rest_port(kind) as port:
+        r = install(env, tmp_path / "models", "--rest-port", str(port), "--ready-timeout", "2")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert containers(state) == {}
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    what = "it exited" if exits_after else f"it did not answer on REST port {port} within --ready-timeout 2 s"
+    assert line == (f"error: starting tfserving failed: {what} (its last log lines are above); it was removed: "
+                    "fix the cause and run this script again"), line
+    calls = log.read_text().splitlines()
+    assert "logs --tail 20 tfserving" in calls and "rm --force tfserving" in calls
+    log.write_text("")
+    with rest_port("answers") as port:          # the cause fixed: the re-run starts it again
+        again = install(env, tmp_path / "models", "--rest-port", str(port))
+    assert again.returncode == 0, again.stderr
+    assert set(containers(state)) == {"tfserving"}
+    assert [c.split()[0] for c in log.read_text().splitlines()].count("run") == 1
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: the container step needs root; run the suite as root (CI does)")
