@@ -1,7 +1,9 @@
 """Paths a command will write to, checked before it records anything."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 
 def file_in_the_way(directory: str | Path) -> Path | None:
@@ -33,3 +35,40 @@ def check_writable_dir(directory: str | Path, what: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{what}: cannot write in {d} ({exc.strerror or exc}); name a folder you can "
                           f"write") from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk or quota (``ENOSPC``, ``EDQUOT``) here: the OSError itself, or
+    MLflow's client error carrying its message (a download failure lists one per file; not a
+    server's answer, a RestException, which is about the server's disk)."""
+    import errno
+    import os
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    names = [c.__name__ for c in type(exc).__mro__]
+    if "MlflowException" not in names or "RestException" in names:
+        return False
+    text = str(getattr(exc, "message", exc))
+    return any(os.strerror(code) in text for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+@contextlib.contextmanager
+def full_disk_is_one_line(what: str, folder: str | Path, *, tail: str = "") -> Iterator[None]:
+    """A full disk or quota while this machine writes into ``folder`` raises one line (``what``:
+    what was being done) saying where to free space, instead of a traceback or a line that blames
+    what was being downloaded; ``tail`` ends it (what was not changed)."""
+    import tempfile
+
+    from .errors import ConfigError
+
+    try:
+        yield
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        folder = Path(folder)
+        tmp = Path(tempfile.gettempdir())
+        where = f"{tmp} (TMPDIR)" if folder == tmp or tmp in folder.parents else str(folder)
+        raise ConfigError(f"{what}: no space left on the disk of {where} on this machine; free space there "
+                          f"and rerun{'; ' + tail if tail else ''}") from None

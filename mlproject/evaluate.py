@@ -114,6 +114,7 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
     takes images of another shape (``other_shape``: what to do). Both were tracebacks once.
     ``verify(folder)``: called with the downloaded model's folder before it is loaded (raises to
     refuse it: files that are not the ones registered)."""
+    from mlops_common import paths
     from registry import versions
     from registry.client import mlflow_errors, tracking_client
 
@@ -127,7 +128,10 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
     import yaml
     from mlflow.exceptions import MlflowException, RestException
 
-    with mlflow_errors(f"loading {uri}"), tempfile.TemporaryDirectory(prefix="mlops-model-") as into:
+    with paths.full_disk_is_one_line(f"{what} cannot be loaded", tempfile.gettempdir(),   # cannot make the folder
+                                     tail="the version itself is not at fault"):
+        into_dir = tempfile.TemporaryDirectory(prefix="mlops-model-")
+    with mlflow_errors(f"loading {uri}"), into_dir as into:
         tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
         try:
             # into a folder removed at once (the model is in memory): without dst_path MLflow left

@@ -10,6 +10,7 @@ paths. Artifact stores the server does not proxy go through MLflow's client.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from mlops_common import settings
+from mlops_common import paths, settings
 from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError
 
 from . import artifacts, bundle_hashes
@@ -413,29 +414,33 @@ def download_bundle(model: str, version, dest, *, check: Callable[[], None] | No
         raise NotFoundError(f"version {info.version} of '{model}' has no source run, so it has no "
                             f"tfserving/ and golden/ artifacts; register versions with mlops train")
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     what = f"downloading the artifacts of version {info.version} of '{model}'"
-    root = artifact_root(info.run_id)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.incoming-", dir=dest.parent))
-    try:
-        if MlflowRest.proxied(root):
-            _download_proxied(info, root, tmp, what, check)
-        else:
-            client = tracking_client()
-            with mlflow_errors(what):
-                _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
-                for sub in BUNDLE_PARTS:
-                    check()
-                    client.download_artifacts(info.run_id, sub, str(tmp))
-        check()
-        hashes = bundle_hashes.check(model, info.version, tmp)   # the bytes registered, not the store's now
-        bundle = _read_bundle(tmp, model, info.version)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # a full disk here is this machine's, not the version's: one line saying where to free space
+    full = functools.partial(paths.full_disk_is_one_line, what, dest.parent,
+                             tail="the version is not at fault; nothing was kept")
+    with full():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        root = artifact_root(info.run_id)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.incoming-", dir=dest.parent))
+        try:
+            if MlflowRest.proxied(root):
+                _download_proxied(info, root, tmp, what, check)
+            else:
+                client = tracking_client()
+                with mlflow_errors(what), full():   # MLflow's download error names ENOSPC
+                    _refuse_missing(info, {f.path for f in client.list_artifacts(info.run_id)})
+                    for sub in BUNDLE_PARTS:
+                        check()
+                        client.download_artifacts(info.run_id, sub, str(tmp))
+            check()
+            hashes = bundle_hashes.check(model, info.version, tmp)   # the bytes registered, not the store's now
+            bundle = _read_bundle(tmp, model, info.version)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     saved = {path.removeprefix(f"{artifacts.TFSERVING}/"): sha for path, sha in (hashes or {}).items()
              if path.startswith(f"{artifacts.TFSERVING}/")}
     return Bundle(saved_model_dir=dest / artifacts.TFSERVING, golden_request=bundle.golden_request,

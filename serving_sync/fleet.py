@@ -36,6 +36,7 @@ from pathlib import Path
 
 from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, UserError
+from mlops_common.paths import full_disk_is_one_line
 from registry import deploys
 
 from . import cancel, deploy_retention, parallel, rollout
@@ -222,7 +223,9 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             result.seconds = time.monotonic() - start
             return result
         recorder = deploys.DeployLedger(model, provenance=provenance)
-        workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
+        with full_disk_is_one_line(f"deploying v{v} of '{model}'", tempfile.gettempdir(),
+                                   tail="nothing was changed on the hosts"):
+            workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
         try:
             lazy = _Lazy(model, v, workdir)
             copies = StoreCopies(model, v, uses=deploy_retention.store_uses(conns, plans, v),

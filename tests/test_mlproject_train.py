@@ -696,6 +696,28 @@ def test_a_full_disk_while_evaluating_is_not_called_a_damaged_model(cli_trained,
     assert "no space left on the disk" in line and "TMPDIR" in line, line
 
 
+def test_a_tmpdir_where_the_model_folder_cannot_be_made_is_not_a_traceback(tmpfs, monkeypatch):
+    """TMPDIR full to its last inode after Python chose it: making the folder the model downloads
+    into was an OSError outside load_checked's checks (a traceback from evaluate, the gate and
+    retrain). Now the full-disk line, the version not called damaged."""
+    import tempfile
+
+    from mlproject.evaluate import load_checked
+
+    full = tmpfs("40k,nr_inodes=3")
+    for i in range(10):         # fill every inode (a bounded loop: the first failure ends it)
+        try:
+            (full / f"f{i}").touch()
+        except OSError:
+            break
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    with pytest.raises(ConfigError) as e:
+        load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version",
+                     other_shape="-")
+    assert "no space left on the disk" in str(e.value) and f"{full} (TMPDIR)" in str(e.value), e.value
+    assert "damaged" not in str(e.value) and "register a new version" not in str(e.value)
+
+
 def test_the_same_seed_and_data_train_the_same_weights_from_scratch_and_from_a_start_model():
     """Reproducibility the run's params promise: seed, data (fingerprint), epochs, batch size and
     learning rate fix the weights and every per-epoch metric, also when continuing from a start

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from mlops_common.errors import DeployFailed
+from mlops_common.errors import ConfigError, DeployFailed
+from tests.fixtures.faults import final_error_line
 
 
 def setup_serving_v1(env, hosts=1, kind="file"):
@@ -452,4 +453,48 @@ def test_a_rest_url_that_is_not_tf_serving_is_one_line_before_any_host_changes_a
         web.shutdown()
     assert versions.get_version(env.model, v2).deploy_status is None       # not blamed
     assert env.production() == v2 and env.config_text(host) == before
+    env.serves(host, v1)
+
+
+def test_a_full_tmpdir_on_the_machine_running_the_deploy_is_one_line_and_changes_nothing(deploy_env, tmpfs):
+    """The deploy downloads the version's SavedModel and golden set into TMPDIR before any host
+    changes. A full TMPDIR (a CI runner's disk) was a traceback (OSError: [Errno 28] from the
+    download); now it is one line saying where to free space, not blaming the version, nothing
+    is left in TMPDIR, the host keeps v1, and the rerun with room deploys."""
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    v2 = env.register("b")
+    env.promote(v2)
+    full = tmpfs("12k")
+    r = env.cli("sync", "deploy", extra_env={"TMPDIR": str(full)})
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "no space left on the disk" in line and f"{full} (TMPDIR)" in line and "not at fault" in line, line
+    assert list(full.iterdir()) == []      # no half-downloaded bundle left behind
+    env.serves(host, v1)
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr[-3000:]
+    env.serves(host, v2)
+
+
+def test_a_tmpdir_where_the_deploy_cannot_make_its_folder_is_one_line(deploy_env, tmpfs, monkeypatch):
+    """TMPDIR full to its last inode once the deploy starts: creating the deploy's work folder
+    (before anything is downloaded) was a traceback; now the same one line, no host changed."""
+    import tempfile
+
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    v2 = env.register("b")
+    env.promote(v2)
+    full = tmpfs("40k,nr_inodes=3")
+    for i in range(10):         # fill every inode (a bounded loop: the first failure ends it)
+        try:
+            (full / f"f{i}").touch()
+        except OSError:
+            break
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    with pytest.raises(ConfigError) as e:
+        env.deploy()
+    assert "no space left on the disk" in str(e.value) and "nothing was changed on the hosts" in str(e.value)
     env.serves(host, v1)
