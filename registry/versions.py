@@ -395,7 +395,9 @@ def download_logged_model(uri: str, dest) -> Path:
 def log_run_text(run_id: str, text: str, artifact_file: str) -> None:
     """Attach a text artifact (e.g. the gate report) to a run, even a finished one."""
     client = tracking_client()
-    with mlflow_errors(f"logging {artifact_file} to run {run_id}"):
+    what = f"logging {artifact_file} to run {run_id}"
+    # MLflow writes the text to a file in TMPDIR before uploading it: a full one is this machine's
+    with mlflow_errors(what), paths.full_disk_is_one_line(what, tempfile.gettempdir()):
         client.log_text(run_id, text, artifact_file)
 
 

@@ -153,3 +153,19 @@ def test_a_version_updated_between_pages_is_listed_once_not_skipped(mlops_env, m
     monkeypatch.setattr(MlflowRest, "get", get)
     assert [i.version for i in versions.list_versions(model)] == [5, 4, 3, 2, 1]
     assert len(pages) == 3
+
+
+def test_logging_a_report_with_tmpdir_full_is_one_line(make_version, tmpfs, monkeypatch):
+    """MLflow writes a text artifact (the gate's report.md/.json/.html) to a file in TMPDIR before
+    uploading it: with TMPDIR full the gate ended in an OSError traceback after its report files
+    were written and before its verdict was recorded. Now one line saying where to free space."""
+    import tempfile
+
+    v = make_version()
+    run_id = versions.get_version(os.environ["MLOPS_MODEL_NAME"], v).run_id
+    full = tmpfs("12k")
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    with pytest.raises(ConfigError) as e:
+        versions.log_run_text(run_id, "x" * 100_000, "gate/report.md")
+    assert f"logging gate/report.md to run {run_id}: no space left on the disk of {full} (TMPDIR)" in str(e.value)
+    assert list(full.iterdir()) == []
