@@ -161,15 +161,19 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
 
 def write_report_files(out: Path, md: str, report: dict, page: str) -> None:
     """report.md, report.json (strict JSON: other programs read it) and report.html in ``out``,
-    each replaced whole."""
+    replaced together once all three are written (a full disk midway left this run's report.md
+    beside an earlier run's report.json, and a cut-off temporary file)."""
+    files = (("report.md", md), ("report.json", strict_json.dumps(report, indent=2) + "\n"), ("report.html", page))
+    tmps = [out / f".{name}.tmp" for name, _ in files]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, content in (("report.md", md), ("report.json", strict_json.dumps(report, indent=2) + "\n"),
-                              ("report.html", page)):
-            tmp = out / f".{name}.tmp"
+        for tmp, (_, content) in zip(tmps, files):
             tmp.write_text(content)
+        for tmp, (name, _) in zip(tmps, files):
             tmp.replace(out / name)
     except OSError as exc:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"--report-dir {out}: cannot write the gate report ({exc.strerror or exc}); name a "
                           f"folder you can write") from None
 

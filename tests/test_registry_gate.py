@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_common.errors import NotFoundError
+from mlops_common.errors import ConfigError, NotFoundError
 from registry import description, versions
 from registry.client import tracking_client
 from registry.gate import run_gate
@@ -350,3 +350,19 @@ def test_the_ledgers_per_class_figures_stay_bounded_for_many_classes():
     assert line.startswith("#9 gate v2 vs production v1: 57 of 1000 classes over their allowed drop: class 56 ")
     assert line.endswith("; and 37 more")
     assert ledger_classes({"per_class": per_class}, None) is None           # no production: nothing compared
+
+
+def test_a_report_dir_filling_up_keeps_the_earlier_report_whole(tmpfs):
+    """--report-dir on a disk that fills while the three files are written: each was replaced as
+    soon as written, so this run's report.md and report.json sat beside an earlier run's
+    report.html, with a cut-off .report.html.tmp. Now none is replaced unless all three were
+    written, no temporary file stays, and the line says the disk is full."""
+    from registry import gate
+
+    out = tmpfs("40k")
+    gate.write_report_files(out, "# earlier", {"verdict": "earlier"}, "<p>earlier</p>")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError) as e:
+        gate.write_report_files(out, "# now", {"verdict": "now"}, "<p>" + "x" * 100_000 + "</p>")
+    assert "No space left on device" in str(e.value), e.value
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
