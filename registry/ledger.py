@@ -232,8 +232,14 @@ def _sqlite_promotion_lock(engine: sa.Engine, url: str) -> Iterator[None]:
             lock.release()
         return
     path = Path(database).expanduser()
-    with open(path.with_name(path.name + ".lock"), "a") as f, \
-            filelock.held(f, timeout=SQLITE_BUSY_TIMEOUT_S, poll=0.02, timed_out=timed_out):
+    lock = path.with_name(path.name + ".lock")
+    try:
+        f = open(lock, "a")     # made at the first promotion: a disk full then was a traceback
+    except OSError as exc:
+        raise ConnectionFailure(f"cannot open the promotion lock file {lock} of the ledger {safe_url(url)} "
+                                f"(MLOPS_LEDGER_URL): {exc.strerror}; free space there (or let this user "
+                                f"write it) and rerun: nothing was recorded") from None
+    with f, filelock.held(f, timeout=SQLITE_BUSY_TIMEOUT_S, poll=0.02, timed_out=timed_out):
         yield
 
 

@@ -305,3 +305,22 @@ def test_a_version_a_deploy_began_and_nothing_judged_is_unjudged(ledger_url):
     for h in ("h1", "h2"):
         finished("deploy", "ok", host=h, from_version=2, to_version=3, details={"final": True})
     assert not rows.unjudged(3)
+
+
+def test_a_disk_without_room_for_the_promotion_lock_file_is_one_line(tmpfs):
+    """The promotion lock file beside a SQLite ledger is made at the first promotion; on a disk out
+    of inodes (or space for it) that open was an OSError traceback. Now one line naming the file;
+    the ledger's rows are as they were."""
+    folder = tmpfs("200k,nr_inodes=4")
+    led = Ledger(f"sqlite:///{folder}/ledger.db")
+    led.append(Entry(action="register", model="m", to_version=1, outcome="ok"))
+    for i in range(10):         # fill every inode left (a bounded loop: the first failure ends it)
+        try:
+            (folder / f"f{i}").touch()
+        except OSError:
+            break
+    with pytest.raises(ConnectionFailure) as e:
+        with led.serialized("m") as tx:
+            tx.append(Entry(action="promote", model="m", to_version=1, outcome="ok"))
+    assert f"{folder}/ledger.db.lock" in str(e.value) and "No space left on device" in str(e.value), e.value
+    assert [r.action for r in led.entries("m")] == ["register"]
