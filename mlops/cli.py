@@ -104,6 +104,10 @@ def _run(args) -> int:
     except UserError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.exit_code
+    except log.OutputLost as exc:   # `> result.json` on a full disk: what to fix, not a bug's traceback
+        print(f"error: cannot write this command's output to {exc.stream} ({exc.strerror}); free space where "
+              f"it goes (or send it elsewhere) and rerun: what was written there is incomplete", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,6 +1,7 @@
 """Logging for every command: human lines on stderr, secrets redacted."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -30,8 +31,13 @@ class RedactingStream:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text))
+        with _output_lost(self._stream):
+            self._stream.write(redact(text))
         return len(text)
+
+    def flush(self) -> None:
+        with _output_lost(self._stream):
+            self._stream.flush()
 
     def writelines(self, lines) -> None:
         for line in lines:
@@ -39,6 +45,25 @@ class RedactingStream:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+class OutputLost(OSError):
+    """A command's output could not be written (a full disk where stdout is redirected): one
+    line, not a traceback as for a bug. ``stream``: its name (``<stdout>``)."""
+
+    stream = "<stdout>"
+
+
+@contextlib.contextmanager
+def _output_lost(stream):
+    try:
+        yield
+    except BrokenPipeError:
+        raise           # a reader gone: the CLI's own case
+    except OSError as exc:
+        lost = OutputLost(exc.errno, exc.strerror)
+        lost.stream = str(getattr(stream, "name", "") or "<stdout>")
+        raise lost from exc
 
 
 def redact(text: str) -> str:

@@ -132,3 +132,28 @@ def test_each_failure_is_its_own_exit_code_and_one_line(monkeypatch, capsys, rai
     monkeypatch.setattr(registry_commands, "cmd_history", fail)
     assert main(["registry", "history"]) == code
     assert capsys.readouterr().err.splitlines()[-1:] == [line]
+
+
+def test_output_to_a_full_disk_is_one_line_not_a_traceback(tmp_path):
+    """`mlops ... --json > result.json` where that disk is full: the write (or the flush at the
+    end) raised OSError ENOSPC, printed as a bug's traceback with exit 1. Now one line saying the
+    output could not be written and is incomplete, exit 2. (/dev/full answers every write with
+    ENOSPC, as a full disk does.)"""
+    import os
+    import subprocess
+    import sys
+
+    from registry.ledger import Entry, Ledger
+    from tests.helpers import REPO
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    Ledger(url).append(Entry(action="register", model="m", to_version=1, outcome="ok"))
+    env = {**os.environ, "MLOPS_HOME": str(tmp_path), "MLOPS_LEDGER_URL": url}
+    for args in (["--json"], []):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "mlops", "registry", "history", "--model", "m", *args],
+                               stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines() == ["error: cannot write this command's output to <stdout> (No space left on "
+                                         "device); free space where it goes (or send it elsewhere) and rerun: what "
+                                         "was written there is incomplete"], r.stderr
