@@ -225,6 +225,14 @@ def _current_main(obs: HostObservation) -> MainTarget | str | None:
     return MainTarget(obs.main_versions, tuple((k, v) for k, v in obs.main_labels if v in avail))
 
 
+def _stuck(obs: HostObservation) -> tuple[tuple[int, ...], bool] | None:
+    """Versions of our main entry whose load failed (END with an error, still listed), and whether
+    the validation entry's version ended; None when there are neither."""
+    failed = tuple(x for x in obs.main_versions if x in obs.main_errors) if obs.managed else ()
+    val_failed = obs.validate is not None and obs.validate_states.get(obs.validate) == "END"
+    return (failed, val_failed) if failed or val_failed else None
+
+
 def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = True,
                  label: str = STABLE) -> tuple[MainTarget, int | None, list[str]]:
     """The main entry after the deploy, the version kept warm, and notes for people."""
@@ -323,6 +331,18 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
             steps.append(Step(StepKind.PIN_MAIN, v, f"pin the main entry {model} to {pinned} (its version policy "
                               f"{obs.main_policy} would load v{v} as soon as it is published)",
                               ConfigTarget(main_now, obs.validate), entry=model))
+        elif stuck := _stuck(obs):
+            # TF Serving never loads a version again while it stays listed after its load failed
+            # (a killed deploy's, or a hand edit's): the rerun failed at once with the old error
+            failed, val_failed = stuck
+            if failed:
+                kept = tuple(x for x in obs.main_versions if x not in failed)
+                main_now = MainTarget(kept, tuple((k, x) for k, x in main_now.labels if x in kept)) if kept else None
+            what = ", ".join([f"v{x} from the main entry {model}" for x in failed]
+                             + ([f"the validation entry {vname} (v{obs.validate})"] if val_failed else []))
+            steps.append(Step(StepKind.PIN_MAIN, v, f"unlist {what}: its load failed, and TF Serving does not "
+                              f"load a failed version again while it stays listed",
+                              ConfigTarget(main_now, None if val_failed else obs.validate), entry=model))
         where = "already present: verify its files only" if v in obs.published else "upload, verify, rename"
         steps.append(Step(StepKind.PUBLISH, v, f"publish v{v} as {model}/{v} ({where})"))
         if verified:

@@ -498,3 +498,35 @@ def test_a_tmpdir_where_the_deploy_cannot_make_its_folder_is_one_line(deploy_env
         env.deploy()
     assert "no space left on the disk" in str(e.value) and "nothing was changed on the hosts" in str(e.value)
     env.serves(host, v1)
+
+
+def test_a_rerun_loads_again_a_version_whose_load_failed_while_the_main_entry_still_lists_it(deploy_env):
+    """A deploy killed while v2 failed to load in the main entry (or a hand edit listing it) leaves
+    v2 listed at END with its error: TF Serving does not load it again while it stays listed, so the
+    rerun failed at wait_main with the old error, every time, until someone edited the file."""
+    import shutil
+
+    from serving_sync import models_config as mc
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    v2 = env.register("b")
+    src = env.bundles.path("b") / "tfserving"
+    dst = host.base / env.model / str(v2)
+    shutil.copytree(src, dst)
+    for d in sorted((d for d in dst.rglob("*") if d.is_dir()), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()                                    # a published version has no empty folder
+    data = next((dst / "variables").glob("variables.data-*"))
+    good = data.read_bytes()
+    data.write_bytes(good[: len(good) // 2])            # this load fails (a transient fault)
+    cfg = mc.parse(env.config_text(host))
+    state = mc.state_of(cfg, env.model)
+    host.server.write_config(mc.render(mc.apply_state(cfg, mc.ModelState(
+        env.model, state.base_path, (v1, v2), {"stable": v1}))))
+    host.server.wait_for_state(env.model, v2, "END")
+    data.write_bytes(good)                               # the files are whole again
+    env.promote(v2)
+    r = env.deploy()
+    assert r.status == "deployed", r.message
+    env.serves(host, v2)
+    assert env.deploy().status == "up_to_date"

@@ -530,3 +530,25 @@ def test_a_warm_copy_served_from_another_folder_is_not_kept_when_our_folder_lack
     o2 = obs(versions=(7,), labels=(("stable", 7),), states={7: A}, stable=7, published=(7,), verified=(7,),
              base="/old/place/digits")
     assert plan_host(o2, 8).previous_kept == 7
+
+
+def test_a_listed_version_whose_load_failed_is_unlisted_before_it_is_loaded_again():
+    # a deploy killed while v2 failed to load in the main entry (or a hand edit): TF Serving never
+    # loads v2 again while it stays listed, so every config the plan writes until load_main
+    # must leave it out (the rerun failed at wait_main with the old error, every time)
+    from dataclasses import replace
+    o = replace(obs(versions=(1, 2), labels=(("stable", 1),), states={1: A, 2: "END"}, stable=1,
+                    published=(1, 2), verified=(1,)), main_errors={2: "out of memory"})
+    p = plan_host(o, 2)
+    assert kinds(p) == ["pin_main", "publish", "load_validation", "wait_validation", "smoke_validation",
+                        "drop_validation", "load_main", "wait_main", "switch", "verify"]
+    assert step(p, "pin_main").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None)
+    assert step(p, "load_validation").config.main == MainTarget((1,), (("stable", 1),))
+    assert step(p, "load_main").config.main == MainTarget((1, 2), (("stable", 1),))
+    # a leftover validation entry whose version ended is dropped in the same write, then added again
+    o = obs(versions=(1,), labels=(("stable", 1),), states={1: A}, stable=1, validate=2, vstates={2: "END"},
+            published=(1, 2), verified=(1,))
+    p = plan_host(o, 2)
+    assert kinds(p)[:3] == ["pin_main", "publish", "load_validation"]
+    assert step(p, "pin_main").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None)
+    assert step(p, "load_validation").config.validate == 2
