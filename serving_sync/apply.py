@@ -93,13 +93,20 @@ def reload(host, text: str, *, timeout: float) -> None:
         reload_config(host.grpc, text, timeout=timeout)
 
 
-def load_verdict(statuses, version: int, *, waited: float, grace: float = END_GRACE_SECONDS) -> WaitVerdict:
+def load_verdict(statuses, version: int, *, waited: float, grace: float = END_GRACE_SECONDS,
+                 moved: bool = True) -> WaitVerdict:
     """Like ``tfs_client.available_verdict``, but a clean END (unloaded by an earlier config) is
     "not picked up yet" for ``grace`` seconds: re-aspiring an unloaded version is normal in a
-    rollback, and without gRPC TF Serving only sees the new config at its next poll."""
+    rollback, and without gRPC TF Serving only sees the new config at its next poll. So is a
+    failed END while the version has shown no other state since the wait began (``moved``
+    False): TF Serving keeps reporting an earlier attempt's failure until the new config starts
+    a new load (a rerun of a version whose load once failed failed at once with the old error)."""
     s = next((x for x in statuses if x.version == int(version)), None)
-    if s is None or s.state != "END" or s.failed:
+    if s is None or s.state != "END" or (s.failed and (moved or waited >= grace)):
         return available_verdict(statuses, int(version))
+    if s.failed:
+        return WaitVerdict(False, detail=f"END with an earlier error ({s.error_message or s.error_code}), "
+                                         f"waiting for the new config to load it again")
     if waited >= grace:
         return WaitVerdict(False, True, f"still unloaded after {grace:.0f}s: TF Serving has not picked up "
                                         f"the new models.config (check its --model_config_file and "
@@ -122,9 +129,14 @@ def wait_loaded(client, entry: str, version: int, *, timeout: float, interval: f
                 grace: float = END_GRACE_SECONDS, cancellable: bool = True) -> None:
     """Until ``entry`` version ``version`` is AVAILABLE (END with an error -> TF Serving's reason)."""
     start = time.monotonic()
-    client.wait_until(f"loading {entry} version {version}",
-                      _checked(lambda: load_verdict(client.model_status(entry), version,
-                                                    waited=time.monotonic() - start, grace=grace), cancellable),
+    moved = False           # seen absent or not END since this wait began: an END now is new
+
+    def check() -> WaitVerdict:
+        nonlocal moved
+        statuses = client.model_status(entry)
+        moved = moved or not any(x.version == int(version) and x.state == "END" for x in statuses)
+        return load_verdict(statuses, version, waited=time.monotonic() - start, grace=grace, moved=moved)
+    client.wait_until(f"loading {entry} version {version}", _checked(check, cancellable),
                       timeout=timeout, interval=interval)
 
 

@@ -530,3 +530,47 @@ def test_a_rerun_loads_again_a_version_whose_load_failed_while_the_main_entry_st
     assert r.status == "deployed", r.message
     env.serves(host, v2)
     assert env.deploy().status == "up_to_date"
+
+
+def test_a_rerun_without_grpc_does_not_take_an_earlier_attempts_load_failure_for_its_own(deploy_env):
+    """TF Serving keeps reporting a version's last state, a failed load's error included, until a new
+    config starts another load; without gRPC that is at its next config poll. The validation wait's
+    first poll read the earlier attempt's error and the rerun of a version whose load once failed
+    (a transient fault, since cleared) failed at once, blaming the version."""
+    import shutil
+
+    from serving_sync import models_config as mc
+    from serving_sync.errors import ServingError
+    from serving_sync.tfs_reload import reload_config
+    env = deploy_env
+    host = env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")
+    dst = host.base / env.model / str(v2)
+    shutil.copytree(env.bundles.path("b") / "tfserving", dst)
+    for d in sorted((d for d in dst.rglob("*") if d.is_dir()), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()                                    # a published version has no empty folder
+    data = next((dst / "variables").glob("variables.data-*"))
+    good = data.read_bytes()
+    data.write_bytes(good[: len(good) // 2])            # the first attempt's load fails
+    before = env.config_text(host)
+    cfg = mc.parse(before)
+    vname = mc.validation_name(env.model)
+    attempt = mc.render(mc.ServingConfig(cfg.entries + (mc.ModelEntry(vname, str(host.base / env.model),
+                                                                      "specific", (v2,)),)))
+    host.server.write_config(attempt)
+    with pytest.raises(ServingError):                    # the reload waits for the new entry: it failed
+        reload_config(host.entry["grpc"], attempt)
+    host.server.write_config(before)                     # put back, as the failed deploy does
+    reload_config(host.entry["grpc"], before)
+    earlier = {int(x["version"]): x for x in host.server.status(vname)["model_version_status"]}
+    assert earlier[v2]["state"] == "END" and earlier[v2]["status"]["error_code"] != "OK"
+    data.write_bytes(good)                               # the fault is gone
+    del host.entry["grpc"]                               # this deploy relies on the config poll
+    env.write_hosts_file()
+    env.promote(v2)
+    r = env.deploy()
+    assert r.status == "deployed", r.message
+    env.serves(host, v2)
+    assert env.production() == v2

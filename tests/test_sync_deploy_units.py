@@ -152,6 +152,10 @@ def test_load_verdict_tolerates_a_clean_unload_for_a_grace_period_but_not_a_fail
     assert failed.failed and failed.detail == "no pb"
     assert load_verdict(st, 3, waited=0).detail == "LOADING"
     assert not load_verdict(st, 9, waited=0).done and not load_verdict(st, 9, waited=0).failed
+    # a failure TF Serving still reports from an earlier attempt, before the new config started a load
+    stale = load_verdict(st, 2, waited=1, grace=10, moved=False)
+    assert not stale.done and not stale.failed and "earlier error" in stale.detail
+    assert load_verdict(st, 2, waited=11, grace=10, moved=False).detail == "no pb"
 
 
 # --- the verified record -----------------------------------------------------------------------
