@@ -574,3 +574,39 @@ def test_a_rerun_without_grpc_does_not_take_an_earlier_attempts_load_failure_for
     assert r.status == "deployed", r.message
     env.serves(host, v2)
     assert env.production() == v2
+
+
+def test_a_rerun_loads_again_a_validation_entry_left_with_a_failed_load(deploy_env):
+    """A deploy killed while its validation copy had failed to load (before its put-back) leaves the
+    entry listed at END with its error: the rerun wrote the same entry (no change, no reload) and
+    failed with the old error, blaming the version."""
+    import shutil
+
+    from serving_sync import models_config as mc
+    from serving_sync.errors import ServingError
+    from serving_sync.tfs_reload import reload_config
+    env = deploy_env
+    host = env.add_host("file")
+    env.release("a")
+    v2 = env.register("b")
+    dst = host.base / env.model / str(v2)
+    shutil.copytree(env.bundles.path("b") / "tfserving", dst)
+    for d in sorted((d for d in dst.rglob("*") if d.is_dir()), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()                                    # a published version has no empty folder
+    data = next((dst / "variables").glob("variables.data-*"))
+    good = data.read_bytes()
+    data.write_bytes(good[: len(good) // 2])            # this load fails (a transient fault)
+    cfg = mc.parse(env.config_text(host))
+    vname = mc.validation_name(env.model)
+    killed = mc.render(mc.ServingConfig(cfg.entries + (mc.ModelEntry(vname, str(host.base / env.model),
+                                                                     "specific", (v2,)),)))
+    host.server.write_config(killed)
+    with pytest.raises(ServingError):                    # the reload waits for the new entry: it failed
+        reload_config(host.entry["grpc"], killed)
+    data.write_bytes(good)                               # the files are whole again
+    env.promote(v2)
+    r = env.deploy()
+    assert r.status == "deployed", r.message
+    env.serves(host, v2)
+    assert vname not in env.config_text(host)
