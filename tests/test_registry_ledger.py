@@ -11,6 +11,7 @@ import pytest
 
 from mlops_common.errors import ConfigError, ConnectionFailure
 from registry.ledger import ACTIONS, OUTCOMES, VERSION_TABLE, Entry, Ledger
+from tests.fixtures.faults import fill_inodes
 from tests.helpers import REPO, run_mlops
 
 
@@ -314,11 +315,7 @@ def test_a_disk_without_room_for_the_promotion_lock_file_is_one_line(tmpfs):
     folder = tmpfs("200k,nr_inodes=4")
     led = Ledger(f"sqlite:///{folder}/ledger.db")
     led.append(Entry(action="register", model="m", to_version=1, outcome="ok"))
-    for i in range(10):         # fill every inode left (a bounded loop: the first failure ends it)
-        try:
-            (folder / f"f{i}").touch()
-        except OSError:
-            break
+    fill_inodes(folder)
     with pytest.raises(ConnectionFailure) as e:
         with led.serialized("m") as tx:
             tx.append(Entry(action="promote", model="m", to_version=1, outcome="ok"))

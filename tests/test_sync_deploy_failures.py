@@ -487,12 +487,7 @@ def test_a_tmpdir_where_the_deploy_cannot_make_its_folder_is_one_line(deploy_env
     (host,), v1 = setup_serving_v1(env)
     v2 = env.register("b")
     env.promote(v2)
-    full = tmpfs("40k,nr_inodes=3")
-    for i in range(10):         # fill every inode (a bounded loop: the first failure ends it)
-        try:
-            (full / f"f{i}").touch()
-        except OSError:
-            break
+    full = tmpfs("40k", no_inodes=True)
     monkeypatch.setattr(tempfile, "tempdir", str(full))
     with pytest.raises(ConfigError) as e:
         env.deploy()
@@ -500,25 +495,31 @@ def test_a_tmpdir_where_the_deploy_cannot_make_its_folder_is_one_line(deploy_env
     env.serves(host, v1)
 
 
-def test_a_rerun_loads_again_a_version_whose_load_failed_while_the_main_entry_still_lists_it(deploy_env):
-    """A deploy killed while v2 failed to load in the main entry (or a hand edit listing it) leaves
-    v2 listed at END with its error: TF Serving does not load it again while it stays listed, so the
-    rerun failed at wait_main with the old error, every time, until someone edited the file."""
+def _publish_with_half_its_variables(env, host, version: int, bundle: str = "b"):
+    """``bundle`` published on ``host`` as ``version`` by hand, its variables file cut in half
+    (a load of it fails, as after a transient fault): the file and its whole bytes, to put back."""
     import shutil
 
-    from serving_sync import models_config as mc
-    env = deploy_env
-    (host,), v1 = setup_serving_v1(env)
-    v2 = env.register("b")
-    src = env.bundles.path("b") / "tfserving"
-    dst = host.base / env.model / str(v2)
-    shutil.copytree(src, dst)
+    dst = host.base / env.model / str(version)
+    shutil.copytree(env.bundles.path(bundle) / "tfserving", dst)
     for d in sorted((d for d in dst.rglob("*") if d.is_dir()), reverse=True):
         if not any(d.iterdir()):
             d.rmdir()                                    # a published version has no empty folder
     data = next((dst / "variables").glob("variables.data-*"))
     good = data.read_bytes()
-    data.write_bytes(good[: len(good) // 2])            # this load fails (a transient fault)
+    data.write_bytes(good[: len(good) // 2])
+    return data, good
+
+
+def test_a_rerun_loads_again_a_version_whose_load_failed_while_the_main_entry_still_lists_it(deploy_env):
+    """A deploy killed while v2 failed to load in the main entry (or a hand edit listing it) leaves
+    v2 listed at END with its error: TF Serving does not load it again while it stays listed, so the
+    rerun failed at wait_main with the old error, every time, until someone edited the file."""
+    from serving_sync import models_config as mc
+    env = deploy_env
+    (host,), v1 = setup_serving_v1(env)
+    v2 = env.register("b")
+    data, good = _publish_with_half_its_variables(env, host, v2)
     cfg = mc.parse(env.config_text(host))
     state = mc.state_of(cfg, env.model)
     host.server.write_config(mc.render(mc.apply_state(cfg, mc.ModelState(
@@ -537,8 +538,6 @@ def test_a_rerun_without_grpc_does_not_take_an_earlier_attempts_load_failure_for
     config starts another load; without gRPC that is at its next config poll. The validation wait's
     first poll read the earlier attempt's error and the rerun of a version whose load once failed
     (a transient fault, since cleared) failed at once, blaming the version."""
-    import shutil
-
     from serving_sync import models_config as mc
     from serving_sync.errors import ServingError
     from serving_sync.tfs_reload import reload_config
@@ -546,14 +545,7 @@ def test_a_rerun_without_grpc_does_not_take_an_earlier_attempts_load_failure_for
     host = env.add_host("file")
     env.release("a")
     v2 = env.register("b")
-    dst = host.base / env.model / str(v2)
-    shutil.copytree(env.bundles.path("b") / "tfserving", dst)
-    for d in sorted((d for d in dst.rglob("*") if d.is_dir()), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()                                    # a published version has no empty folder
-    data = next((dst / "variables").glob("variables.data-*"))
-    good = data.read_bytes()
-    data.write_bytes(good[: len(good) // 2])            # the first attempt's load fails
+    data, good = _publish_with_half_its_variables(env, host, v2)     # the first attempt's load fails
     before = env.config_text(host)
     cfg = mc.parse(before)
     vname = mc.validation_name(env.model)
@@ -580,8 +572,6 @@ def test_a_rerun_loads_again_a_validation_entry_left_with_a_failed_load(deploy_e
     """A deploy killed while its validation copy had failed to load (before its put-back) leaves the
     entry listed at END with its error: the rerun wrote the same entry (no change, no reload) and
     failed with the old error, blaming the version."""
-    import shutil
-
     from serving_sync import models_config as mc
     from serving_sync.errors import ServingError
     from serving_sync.tfs_reload import reload_config
@@ -589,14 +579,7 @@ def test_a_rerun_loads_again_a_validation_entry_left_with_a_failed_load(deploy_e
     host = env.add_host("file")
     env.release("a")
     v2 = env.register("b")
-    dst = host.base / env.model / str(v2)
-    shutil.copytree(env.bundles.path("b") / "tfserving", dst)
-    for d in sorted((d for d in dst.rglob("*") if d.is_dir()), reverse=True):
-        if not any(d.iterdir()):
-            d.rmdir()                                    # a published version has no empty folder
-    data = next((dst / "variables").glob("variables.data-*"))
-    good = data.read_bytes()
-    data.write_bytes(good[: len(good) // 2])            # this load fails (a transient fault)
+    data, good = _publish_with_half_its_variables(env, host, v2)
     cfg = mc.parse(env.config_text(host))
     vname = mc.validation_name(env.model)
     killed = mc.render(mc.ServingConfig(cfg.entries + (mc.ModelEntry(vname, str(host.base / env.model),
