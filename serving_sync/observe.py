@@ -75,8 +75,9 @@ def observe_settled(host, transport: Transport, client, model: str, *, label: st
     """``observe_host`` once TF Serving has finished loading the main entry's versions. A host seen
     while it loads (TF Serving just restarted) serves nothing yet, so its plan would look like a
     first deploy's: its labels dropped, the version it is about to serve not kept warm and left
-    to retention. Bounded by ``timeout``; a version that fails to load ends the wait with TF
-    Serving's reason, before anything is changed."""
+    to retention. Bounded by ``timeout``. A version whose load fails is settled too (END, with
+    TF Serving's error): the plan unlists it before loading it again (``plan._stuck``), as TF
+    Serving never loads a failed version again while it stays listed."""
     observed = observe_host(host, transport, client, model, label=label)
     loading = observed.obs.loading
     if not loading:
