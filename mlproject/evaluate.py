@@ -148,7 +148,7 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
         # KeyError: logged with another flavor; AttributeError, TypeError, YAMLError: an MLmodel
         # file that is not the YAML mapping MLflow expects (garbage, empty, cut off)
         except (MlflowException, OSError, ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError) as exc:
-            if _disk_full(exc):     # not the model's fault: "damaged; register a new version" sent people astray
+            if paths.disk_full(exc):     # not the model's fault: "damaged; register a new version" sent people astray
                 raise ConfigError(f"{what} cannot be loaded: no space left on the disk to download it into "
                                   f"({tempfile.gettempdir()}, TMPDIR); free space there and rerun (the version "
                                   f"itself is not at fault)") from None
@@ -172,18 +172,6 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
                           f"data set '{dataset}''s {NUM_CLASSES} classes, so it is not one of this project's "
                           f"classifiers; {damaged}")
     return model
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` is a full disk (or quota): an OSError, or MLflow's download failure that
-    lists one per file ("[Errno 28] No space left on device")."""
-    import errno
-    import os
-
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(getattr(exc, "message", exc))
-    return any(os.strerror(code) in text for code in (errno.ENOSPC, errno.EDQUOT))
 
 
 def _mlmodel_parses(folder: str) -> bool:
