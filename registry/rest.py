@@ -36,9 +36,10 @@ CHUNK = 1 << 20
 Missing = Callable[[], UserError]
 
 
-def _float_env(name: str, default: float, *, positive: bool = False) -> float:
-    """A finite number >= 0 (> 0 with ``positive``) from the environment: one line otherwise (a
-    NaN retry count or a negative timeout was a traceback from deep inside requests)."""
+def _float_env(name: str, default: float, *, positive: bool = False, most: float | None = None) -> float:
+    """A finite number >= 0 (> 0 with ``positive``; at most ``most``: MLflow's own ceiling) from the
+    environment: one line otherwise (a NaN retry count or a negative timeout was a traceback from
+    deep inside requests)."""
     from .client import HTTP_DEFAULTS
 
     raw = settings.env(name) or HTTP_DEFAULTS.get(name) or default
@@ -48,6 +49,8 @@ def _float_env(name: str, default: float, *, positive: bool = False) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         raise ConfigError(f"{name} must be a number {'above' if positive else 'of at least'} 0, got '{raw}'")
+    if most is not None and value > most:
+        raise ConfigError(f"{name} must be at most {most:g} (MLflow's own client refuses more), got '{raw}'")
     return value
 
 
@@ -73,8 +76,9 @@ class MlflowRest:
         if settings.env("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
             self.session.cert = settings.env("MLFLOW_TRACKING_CLIENT_CERT_PATH")
         self.timeout = _float_env("MLFLOW_HTTP_REQUEST_TIMEOUT", 60, positive=True)
-        self.retries = int(_float_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 4))
-        self.backoff = _float_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1)
+        # MLflow's limits (mlflow.utils.rest_utils._validate_max_retries / _validate_backoff_factor)
+        self.retries = int(_float_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 4, most=10))
+        self.backoff = _float_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1, most=120)
         self.answered = False          # the server answered once: later connection errors are transient
         self.sleep = time.sleep
 
@@ -100,18 +104,14 @@ class MlflowRest:
             return doc
         raise self._error(r, doc, what, missing)
 
-    def probe(self, timeout: float = 10.0) -> None:
+    def probe(self) -> None:
         """One cheap request that tells a reachable MLflow server we may use from anything else
         (404 is fine: it only means there is no Default experiment). A transient answer (408, 429,
-        5xx: a server restarting or overloaded) is retried like every call, within the bound."""
-        saved = self.retries, self.timeout
-        self.timeout = timeout
-        try:
-            r = self._send("GET", f"{self.uri}{API}/experiments/get-by-name", "",
-                           params={"experiment_name": "Default"})
-            self._json(r, "")
-        finally:
-            self.retries, self.timeout = saved
+        5xx: a server restarting or overloaded) is retried like every call, within the bound, and
+        it waits MLFLOW_HTTP_REQUEST_TIMEOUT like every call."""
+        r = self._send("GET", f"{self.uri}{API}/experiments/get-by-name", "",
+                       params={"experiment_name": "Default"})
+        self._json(r, "")
         if r.status_code not in (200, 404):
             raise ConfigError(f"{self.uri} answered HTTP {r.status_code} and does not look like an MLflow "
                               f"tracking server; fix MLFLOW_TRACKING_URI")
@@ -124,7 +124,9 @@ class MlflowRest:
         r = self._send("GET", f"{self.uri}{ARTIFACTS_API}/{quote(rel)}", what)
         if r.status_code == 200:
             return r.content
-        doc = self._json(r, what) if "json" in r.headers.get("content-type", "") else {}
+        # credentials and lasting 5xx say so whatever the body (a proxy's HTML 502); a plain 404: None
+        said = "json" in r.headers.get("content-type", "") or r.status_code in (401, 403, *TRANSIENT_HTTP)
+        doc = self._json(r, what) if said else {}
         if r.status_code == 404:
             return None
         raise self._error(r, doc, what, None)

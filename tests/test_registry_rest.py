@@ -244,3 +244,96 @@ def test_a_429_or_503_waits_as_long_as_its_retry_after_says(monkeypatch):
     assert doc == {"registered_model": {"name": "m"}} and len(seen) == 4
     # its own seconds; at most the backoff's cap of 30 s; a value that is not seconds: the backoff
     assert slept == [7.0, 30.0, 4.0]
+
+
+def _answering(status: int, body: bytes, ctype: str, *, seen: list | None = None):
+    """A loopback handler that answers every GET with ``status``, ``body`` and ``ctype``."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if seen is not None:
+                seen.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    return Handler
+
+
+def test_retry_settings_above_mlflows_own_limits_are_refused_in_one_line(monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): MLflow's client refuses
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES above 10 and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR above 120; this
+    one took 100 retries (about 50 minutes of retrying a failing server)."""
+    from tests.fixtures.faults import one_error_line
+    from tests.helpers import run_mlops
+
+    seen = []
+    with loopback_http(_answering(503, b"<html>down</html>", "text/html", seen=seen)) as url:
+        for name, limit, ok, over in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "10", "10", "100"),
+                                      ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "120", "120", "120.5")):
+            monkeypatch.setenv(name, ok)
+            rest.MlflowRest(url)                            # the limit itself is allowed, as in MLflow
+            monkeypatch.setenv(name, over)
+            with pytest.raises(ConfigError) as e:
+                rest.MlflowRest(url)
+            assert f"{name} must be at most {limit}" in _one_line(e.value) and f"got '{over}'" in str(e.value)
+            monkeypatch.delenv(name)
+        r = run_mlops("registry", "status", env={"MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "100"})
+    line = one_error_line(r.stderr)
+    assert r.returncode == 2 and "MLFLOW_HTTP_REQUEST_MAX_RETRIES must be at most 10" in line, r.stderr
+    assert seen == []                                       # refused before the first request
+
+
+def test_the_probe_waits_as_long_as_mlflow_http_request_timeout_says(monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): the server check waited 10 s whatever
+    MLFLOW_HTTP_REQUEST_TIMEOUT said (a slow server behind a proxy failed it at 10 s with a 60 s
+    setting; a 1 s setting still waited 10 s)."""
+    import threading
+
+    release = threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(30)                                # bounded: the test releases it
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    try:
+        with loopback_http(Slow) as url:
+            with pytest.raises(ConnectionFailure) as e:
+                rest.MlflowRest(url).probe()
+            release.set()
+    finally:
+        release.set()
+    assert "did not answer within 1s" in _one_line(e.value)
+
+
+def test_a_non_json_artifact_answer_says_what_the_json_one_says(monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): reading a small artifact, a proxy's HTML 502
+    that lasted through the retries was "MLflow answered HTTP 502: Bad Gateway" (not "kept
+    answering ... after N tries"), and an HTML 401/403 named no credentials to set."""
+    root = "mlflow-artifacts:/0/abc/artifacts"
+    with loopback_http(_answering(502, b"<html>Bad Gateway</html>", "text/html")) as url:
+        client = rest.MlflowRest(url)
+        slept = []
+        client.sleep = slept.append
+        with pytest.raises(ConnectionFailure) as e:
+            client.artifact_bytes(root, "golden/signature.json", what="reading the signature")
+    line = _one_line(e.value)
+    assert line.startswith("reading the signature: ") and "kept answering HTTP 502 after 5 tries" in line, line
+    assert slept == [1.0, 2.0, 4.0, 8.0]
+    for status in (401, 403):
+        with loopback_http(_answering(status, b"<html>denied</html>", "text/html")) as url:
+            with pytest.raises(ConfigError) as e:
+                rest.MlflowRest(url).artifact_bytes(root, "golden/signature.json", what="reading the signature")
+        line = _one_line(e.value)
+        assert f"rejected the credentials (HTTP {status})" in line and "MLFLOW_TRACKING_TOKEN" in line, line
+    with loopback_http(_answering(404, b"<html>no</html>", "text/html")) as url:   # still: not there
+        assert rest.MlflowRest(url).artifact_bytes(root, "golden/nothing.json", what="x") is None
