@@ -23,7 +23,9 @@
 #      answer within --ready-timeout, or if the script is interrupted (INT, TERM, HUP) meanwhile).
 #   5. enables docker.service at boot when systemd has it disabled (else no container after a reboot).
 # Then it prints what adding the host to the fleet needs: REST and gRPC addresses, the host's SSH keys
-# as known_hosts lines (with fingerprints) and a [[hosts]] entry for the hosts file.
+# as known_hosts lines (with fingerprints) and a [[hosts]] entry for the hosts file; with
+# --no-container also the tensorflow_model_server command line to run (the container's flags, the
+# host's base folder and ports), and the entry's model_base_path is that folder.
 # --dry-run prints every command that would change the host instead of running it.
 set -euo pipefail
 
@@ -65,7 +67,9 @@ options:
   --ready-timeout N     seconds a new container has to answer on its REST port (TF Serving opens
                         it once its models have loaded); past it a replaced container is put back,
                         a first one removed (default: 120)
-  --no-container        prepare user, directory and models.config only (no Docker)
+  --no-container        prepare user, directory and models.config only (no Docker); prints the
+                        tensorflow_model_server command line (the container's flags, DIR and the
+                        ports above) for the TF Serving you run yourself
   --no-metrics          no monitoring.config: TF Serving serves no Prometheus page (canary bakes
                         then need --bake 0)
   --take-ownership      give an existing non-empty DIR the deploy user does not own to that user
@@ -429,23 +433,32 @@ replace_container() {
   put_old_back "$what" 1
 }
 
+# TF Serving's flags: the container's (the base mounted at /models, its own ports 8500/8501, which
+# docker publishes), or, with --no-container, the same for a tensorflow_model_server the operator
+# runs on the host itself (the host's base folder, --grpc-port/--rest-port)
+if [ "$WITH_CONTAINER" -eq 1 ]; then
+  SERVE_BASE="$MODELS_IN_CONTAINER" SERVE_GRPC=8500 SERVE_REST=8501
+else
+  SERVE_BASE="$BASE" SERVE_GRPC="$GRPC_PORT" SERVE_REST="$REST_PORT"
+fi
+server_args=(
+  "--port=$SERVE_GRPC"
+  "--rest_api_port=$SERVE_REST"
+  "--model_config_file=$SERVE_BASE/models.config"
+  "--model_config_file_poll_wait_seconds=$POLL_SECONDS"
+  "--file_system_poll_wait_seconds=$POLL_SECONDS"
+  --allow_version_labels_for_unavailable_models=true
+  # a model loads from this host's own disk, so a failed load is the version's fault: fail it at
+  # once. TF Serving's default (5 retries, 1 min apart) holds every other change on the host,
+  # the deploy's put-back included, for 5 minutes (its manager loads one version at a time)
+  --max_num_load_retries=0
+)
+if [ "$WITH_METRICS" -eq 1 ]; then
+  server_args+=("--monitoring_config_file=$SERVE_BASE/monitoring.config")
+fi
+
 # 4. the TensorFlow Serving container ---------------------------------------------------------
 if [ "$WITH_CONTAINER" -eq 1 ]; then
-  server_args=(
-    --port=8500
-    --rest_api_port=8501
-    "--model_config_file=$MODELS_IN_CONTAINER/models.config"
-    "--model_config_file_poll_wait_seconds=$POLL_SECONDS"
-    "--file_system_poll_wait_seconds=$POLL_SECONDS"
-    --allow_version_labels_for_unavailable_models=true
-    # a model loads from this host's own disk, so a failed load is the version's fault: fail it at
-    # once. TF Serving's default (5 retries, 1 min apart) holds every other change on the host,
-    # the deploy's put-back included, for 5 minutes (its manager loads one version at a time)
-    --max_num_load_retries=0
-  )
-  if [ "$WITH_METRICS" -eq 1 ]; then
-    server_args+=("--monitoring_config_file=$MODELS_IN_CONTAINER/monitoring.config")
-  fi
   docker_opts=(
     --detach
     --name "$CONTAINER"
@@ -543,6 +556,17 @@ next_steps() {
   grpc="$(reach "$GRPC_BIND"):$GRPC_PORT"
 
   echo "TensorFlow Serving: REST $rest/v1/models/<name>, gRPC $grpc; deploy as $DEPLOY_USER into $BASE"
+  if [ "$WITH_CONTAINER" -eq 0 ]; then
+    # --no-container: the operator runs TF Serving (a binary, systemd, Kubernetes); the flags the
+    # container would get, with this host's base folder and ports
+    local line="tensorflow_model_server" word
+    for word in "${server_args[@]}"; do
+      line+=" $(quote "$word")"
+    done
+    echo "--no-container: no TF Serving was started here; start it with the flags the container would use" \
+         "(it listens on all of this host's addresses: firewall the ports, docs/production.md \"TF Serving hosts\"):"
+    echo "$line"
+  fi
   echo
   echo "Next steps, to add this host to the fleet ($HOST_NAME is this host's name as 'hostname -f' gives it:"
   echo "write the name the deploying machine reaches it at wherever that differs):"
@@ -570,7 +594,7 @@ next_steps() {
   echo "target = \"ssh://$DEPLOY_USER@$HOST_NAME:$ssh_port$BASE\""
   echo "rest_url = \"$rest\""
   echo "grpc = \"$grpc\""
-  echo "model_base_path = \"$MODELS_IN_CONTAINER\""
+  echo "model_base_path = \"$SERVE_BASE\""
   if [ "$WITH_METRICS" -eq 0 ]; then
     echo "# --no-metrics: no Prometheus page here, deploy with --bake 0"
   fi
@@ -580,6 +604,6 @@ next_steps() {
          "re-run with --rest-bind/--grpc-bind <this host's private address> (docs/production.md, \"TF Serving hosts\")"
   fi
 }
-if [ "$DRY_RUN" -eq 0 ] && [ "$WITH_CONTAINER" -eq 1 ]; then
+if [ "$DRY_RUN" -eq 0 ]; then
   next_steps
 fi

@@ -130,7 +130,7 @@ def test_host_preparation_is_idempotent(tmp_path):
 
     second = run("--base", str(base), "--deploy-user", me(), "--no-container")
     assert second.returncode == 0
-    assert second.stdout == ""
+    assert second.stdout == first.stdout   # the closing message only (no command: nothing ran)
     assert "ok: nothing to change" in second.stderr
     assert (config.stat().st_mtime_ns, config.read_text()) == before
 
@@ -737,3 +737,45 @@ def test_it_prints_the_host_keys_to_pin_and_a_hosts_file_entry_the_loader_takes(
     fingerprint = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "hostkeys" / "ssh_host_ed25519_key.pub")],
                                  capture_output=True, text=True, timeout=30, check=True).stdout.strip()
     assert f"   fingerprint: {fingerprint}" in r.stdout.splitlines()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="SKIPPED: making the base folder for another user needs root (CI is root)")
+@pytest.mark.parametrize("metrics", [True, False])
+def test_no_container_prints_the_host_keys_an_entry_and_the_tf_serving_command_line(tmp_path, metrics):
+    """Found by review (2026-12-06, fourteenth stop): with --no-container (TF Serving run by the
+    operator: a binary, systemd, Kubernetes) the script printed nothing of what adding the host to
+    the fleet needs. It prints the same known_hosts lines and fingerprints, a [[hosts]] entry whose
+    rest_url/grpc are --rest-bind:--rest-port / --grpc-bind:--grpc-port and whose model_base_path
+    is the host's base folder (what TF Serving reads there), and the command line to start TF
+    Serving with the container's flags, the host's folder in place of /models."""
+    from serving_sync.hosts import parse_hosts_toml
+
+    (tmp_path / "bin").mkdir()
+    pub = fake_host_tools(tmp_path, ssh_port=2222)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    base = tmp_path / "models"
+    opts = ["--rest-bind", "10.0.1.7", "--grpc-bind", "10.0.1.7", "--rest-port", "9501", "--grpc-port", "9500",
+            "--poll-seconds", "3", *([] if metrics else ["--no-metrics"])]
+    r = install(env, base, "--no-container", *opts)
+    assert r.returncode == 0, r.stderr
+    (host,) = parse_hosts_toml(hosts_entry(r.stdout), "printed entry")
+    assert (host.name, host.target.url, host.rest_url, host.grpc, host.serving_base_path()) == (
+        "serving-7", f"ssh://{me()}@serving-7.example.internal:2222{base}", "http://10.0.1.7:9501",
+        "10.0.1.7:9500", str(base))
+    keytype, key = pub.split()[:2]
+    assert f"[serving-7.example.internal]:2222 {keytype} {key}" in r.stdout.splitlines()
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "hostkeys" / "ssh_host_ed25519_key.pub")],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    assert f"   fingerprint: {fingerprint}" in r.stdout.splitlines()
+    # the command line: the container's own flags (its dry-run), with the host's folder and ports
+    (cmd,) = [ln for ln in r.stdout.splitlines() if ln.startswith("tensorflow_model_server ")]
+    container = docker_run_args(run("--dry-run", "--base", str(base), "--deploy-user", me(), *opts).stdout)
+    flags = container[container.index("tensorflow/serving:2.21.0") + 1:]
+    assert ("--monitoring_config_file=/models/monitoring.config" in flags) == metrics
+    want = [f.replace("=/models/", f"={base}/").replace("--port=8500", "--port=9500")
+            .replace("--rest_api_port=8501", "--rest_api_port=9501") for f in flags]
+    assert shlex.split(cmd) == ["tensorflow_model_server", *want]
+    assert "--model_config_file_poll_wait_seconds=3" in want and "--max_num_load_retries=0" in want
+    # a dry-run still prints only the commands
+    dry = run("--dry-run", "--no-container", "--base", str(tmp_path / "other"), "--deploy-user", me())
+    assert "[[hosts]]" not in dry.stdout and "tensorflow_model_server" not in dry.stdout
