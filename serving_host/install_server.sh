@@ -137,6 +137,10 @@ READY_TIMEOUT=$(( 10#$READY_TIMEOUT ))
 if [ "$WITH_CONTAINER" -eq 1 ] && [[ "$BASE" == *[,\"[:cntrl:]]* ]]; then
   die "--base '$GIVEN_BASE' holds a comma, a quote or a control character, which docker's --mount cannot take; choose another folder"
 fi
+# the hosts-file entry printed at the end names the folder in TOML strings, as written
+if [[ "$BASE" == *[\"\\[:cntrl:]]* ]]; then
+  die "--base '$GIVEN_BASE' holds a quote, a backslash or a control character, which the hosts-file entry cannot name as written; choose another folder"
+fi
 # what docker run accepts, checked before anything changes (docker said so only after the user and
 # the folder were made): a container name, an address to publish on, an image reference without spaces
 if ! [[ "$CONTAINER" =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]+$ ]]; then

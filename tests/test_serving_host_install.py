@@ -157,6 +157,10 @@ def test_host_preparation_is_idempotent(tmp_path):
     (["--poll-seconds", "99999999999999999999"], "error: --poll-seconds must be a whole number"),
     # a comma starts another field of docker's --mount: TF Serving would have read /tmp/m, not the base
     (["--base", "/tmp/m,target=/etc"], "error: --base '/tmp/m,target=/etc' holds a comma"),
+    # found by review (2026-12-06, fourteenth stop): with --no-container the printed [[hosts]] entry
+    # named such a folder in a TOML string as written, which no TOML reader takes
+    (["--no-container", "--base", '/tmp/m"x'], "error: --base '/tmp/m\"x' holds a quote, a backslash"),
+    (["--no-container", "--base", "/tmp/m\\x"], "error: --base '/tmp/m\\x' holds a quote, a backslash"),
     # docker run refused these only after the user, the folder and models.config were made
     (["--container", "tf serving"], "error: --container 'tf serving' is not a Docker container name"),
     (["--rest-bind", "127.0.0.1:8501"], "error: --rest-bind / --grpc-bind must be an IP address of this host"),
