@@ -1095,3 +1095,31 @@ def test_retention_goes_on_past_an_upload_folder_named_with_a_line_break(sshd, t
         assert ".models.config.tmp-abcd" not in os.listdir(base)
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("interruptible", [False, True], ids=["short-command", "pull"])
+def test_a_command_printing_megabytes_to_stderr_ends_with_its_stderr_not_a_stall(sshd, tmp_path, interruptible):
+    """Found by review (2026-12-06, fourteenth stop): a command's stdout was read to its end before
+    its stderr. Both share the channel's window (ssh_connect.WINDOW_SIZE, 16 MB), so a host command
+    printing more than that to stderr (a noisy login shell's startup file, a traceback loop) blocked
+    writing it, its stdout never ended, and the deploy waited op_timeout to report a stall instead of
+    the error. Here 20 MB go to stderr, then a line to stdout: the whole of both comes back, well
+    within op_timeout."""
+    base = tmp_path / "base"
+    base.mkdir()
+    t = connect(sshd, base, op_timeout=5)
+    try:
+        ch = t._open_exec("head -c 20000000 /dev/zero | tr '\\0' e >&2; echo 'the real error' >&2; "
+                          "echo done; exit 3")
+        try:
+            ch.shutdown_write()
+            started = time.monotonic()
+            rc, out, err = t._finish(ch, interruptible=interruptible)
+        finally:
+            ch.close()
+        assert time.monotonic() - started < 5
+        assert (rc, out) == (3, b"done\n")
+        assert len(err) == 20_000_000 + len(b"the real error\n")
+        assert err.endswith(b"e" * 1000 + b"the real error\n")
+    finally:
+        t.close()

@@ -28,7 +28,7 @@ from ..progress import ProgressFn
 from . import sftp_fsync, ssh_connect, ssh_upload
 from .base import LINKABLE, MAX_SMALL_FILE, Transport, line_break_name, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
-from .ssh_channel import exec_command, last_line, read_all, read_interruptible
+from .ssh_channel import exec_command, last_line, read_output
 from .ssh_connect import SFTP_CHUNK
 from .ssh_scripts import RESTRICTED, RESTRICTED_EXIT, host_command, listing_script, parse_output, q
 
@@ -124,8 +124,10 @@ class SshTransport(Transport):
         cancelled CI job, Ctrl-C) ends the wait within half a second with ``DeployInterrupted``,
         instead of after the whole download; ``timeout`` is then the silence allowed."""
         timeout = timeout or self.op_timeout
-        out = read_interruptible(ch, timeout) if interruptible else read_all(ch, stderr=False)
-        err = read_all(ch, stderr=True)
+        # Both streams together (ssh_channel.read_output); the silence allowed is the channel's
+        # timeout, ``timeout`` when interruptible.
+        out, err = read_output(ch, timeout if interruptible else (ch.gettimeout() or timeout),
+                               interruptible=interruptible)
         if not ch.status_event.wait(timeout):
             raise socket.timeout()
         rc = ch.recv_exit_status()

@@ -90,37 +90,45 @@ def read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
         ch.settimeout(saved)
 
 
-def read_interruptible(ch, timeout: float, poll: float = 0.5) -> bytes:
-    """stdout to its end, checking for a requested interrupt every ``poll`` seconds; more than
-    ``timeout`` seconds without output is a stall (``socket.timeout``). Leaves the channel's
-    timeout at ``timeout``."""
+def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float = 0.5) -> tuple[bytes, bytes]:
+    """stdout and stderr to their end, read together; more than ``timeout`` seconds with output on
+    neither is a stall (``socket.timeout``). ``interruptible``: a requested interrupt is checked at
+    least every ``poll`` seconds. Both streams share the channel's window: read one to its end
+    before the other and a host printing more than the window (16 MB) to the other (a noisy
+    login shell, a traceback loop) blocks, the first never ends, and the command only stalls."""
+    import select
+
     from ..cancel import check
 
-    chunks: list[bytes] = []
-    ch.settimeout(poll)
+    chunks: tuple[list[bytes], list[bytes]] = ([], [])
+    reads = (ch.recv, ch.recv_stderr)
+    open_streams = [0, 1]
+    saved = ch.gettimeout()
+    fd = ch.fileno()            # readable while data is buffered on either stream, or at the end
+    ch.settimeout(0.0)          # recv: what is buffered, socket.timeout if nothing
     quiet_since = time.monotonic()
     try:
-        while True:
-            try:
-                data = ch.recv(65536)
-            except socket.timeout:
+        while open_streams:
+            got = False
+            for i in list(open_streams):
+                try:
+                    data = reads[i](65536)
+                except socket.timeout:
+                    continue
+                if data:
+                    chunks[i].append(data)
+                    got = True
+                else:
+                    open_streams.remove(i)
+            if got:
+                quiet_since = time.monotonic()
+            elif open_streams:
+                left = timeout - (time.monotonic() - quiet_since)
+                if left <= 0:
+                    raise socket.timeout()
+                select.select([fd], [], [], min(left, poll) if interruptible else left)
+            if interruptible:
                 check()
-                if time.monotonic() - quiet_since > timeout:
-                    raise
-                continue
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
-            quiet_since = time.monotonic()
+        return b"".join(chunks[0]), b"".join(chunks[1])
     finally:
-        ch.settimeout(timeout)
-
-
-def read_all(ch, *, stderr: bool) -> bytes:
-    chunks = []
-    recv = ch.recv_stderr if stderr else ch.recv
-    while True:
-        data = recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+        ch.settimeout(saved)
