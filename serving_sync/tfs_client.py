@@ -6,8 +6,11 @@ status parsing, signature normalization, wait verdicts — are plain functions o
 """
 from __future__ import annotations
 
+import http.client
+import io
 import itertools
 import json
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -113,11 +116,58 @@ def _http_for(url: str):
     kw = {"num_pools": 2, "maxsize": 4, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca, "retries": False}
     proxy = ru.select_proxy(url, ru.get_environ_proxies(url))
     if not proxy:
-        return urllib3.PoolManager(**kw), headers
+        return _deadline_pools(urllib3.PoolManager(**kw)), headers
     proxy_user, proxy_password = ru.get_auth_from_url(proxy)    # urllib3 does not read them from the URL
     if proxy_user or proxy_password:
         kw["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=f"{proxy_user}:{proxy_password}")
-    return urllib3.ProxyManager(proxy, **kw), headers
+    return _deadline_pools(urllib3.ProxyManager(proxy, **kw)), headers
+
+
+class _DeadlineIO(socket.SocketIO):
+    """What ``http.client`` reads an answer from (``sock.makefile("rb")``'s raw part), every receive
+    ending by a deadline: the socket's timeout (urllib3 sets it to the read timeout just before
+    the answer) from the answer's start. A per-read timeout alone let a server sending its status
+    line and headers a byte a second hold the request for as long as it kept sending."""
+
+    def __init__(self, sock, each: float):
+        super().__init__(sock, "rb")
+        sock._io_refs += 1          # as socket.makefile: the socket really closes with the answer
+        self._each, self._deadline = each, time.monotonic() + each
+
+    def readinto(self, b):
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the answer took longer than the request's timeout")
+        self._sock.settimeout(min(left, self._each))
+        return super().readinto(b)
+
+
+class _DeadlineSocket:
+    def __init__(self, sock, each: float):
+        self._sock, self._each = sock, each
+
+    def makefile(self, mode: str):
+        return io.BufferedReader(_DeadlineIO(self._sock, self._each))
+
+
+class _Response(http.client.HTTPResponse):
+    def __init__(self, sock, *args, **kwargs):
+        each = sock.gettimeout() if isinstance(sock, socket.socket) else None
+        super().__init__(_DeadlineSocket(sock, each) if each else sock, *args, **kwargs)
+
+
+def _deadline_pools(manager):
+    """``manager`` with its connections reading every answer within the request's timeout in all
+    (``_DeadlineIO``); its connections are kept and reused as before."""
+    import urllib3.connection as uc
+    import urllib3.connectionpool as ucp
+
+    http_conn = type("HTTPConnection", (uc.HTTPConnection,), {"response_class": _Response})
+    https_conn = type("HTTPSConnection", (uc.HTTPSConnection,), {"response_class": _Response})
+    manager.pool_classes_by_scheme = {
+        "http": type("HTTPConnectionPool", (ucp.HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+        "https": type("HTTPSConnectionPool", (ucp.HTTPSConnectionPool,), {"ConnectionCls": https_conn})}
+    return manager
 
 
 class TFServingClient:
@@ -179,7 +229,11 @@ class TFServingClient:
         """The whole answer, at most ``MAX_BODY_BYTES`` within ``seconds`` in all (each read waits at
         most ``seconds``). ``r.data`` read any length for any time: a rest_url naming another web
         server (a file server, a stream) held the deploy, and its memory, for as long as it sent."""
+        import urllib3
+
         deadline = time.monotonic() + seconds
+        late = HostUnreachable(f"TF Serving REST at {self.base} did not finish its answer within "
+                               f"{seconds:.0f}s ({method} {url})")
         chunks, size = [], 0
         try:
             while chunk := r.read1(64 * 1024):
@@ -188,9 +242,11 @@ class TFServingClient:
                     raise ServingError(f"TF Serving REST at {self.base} answered {method} {url} with more than "
                                        f"{MAX_BODY_BYTES // (1024 * 1024)} MB; check the host's rest_url")
                 if time.monotonic() > deadline:
-                    raise HostUnreachable(f"TF Serving REST at {self.base} did not finish its answer within "
-                                          f"{seconds:.0f}s ({method} {url})")
+                    raise late
                 chunks.append(chunk)
+        except urllib3.exceptions.ReadTimeoutError:    # the answer's deadline (_DeadlineIO)
+            r.close()
+            raise late from None
         except BaseException:
             r.close()              # the rest unread: this connection is not used again
             raise

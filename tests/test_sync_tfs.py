@@ -414,3 +414,57 @@ def test_an_answer_past_the_size_bound_or_the_timeout_is_one_line(endless_rest, 
         slow.model_status(MODEL)
     assert time.monotonic() - started < 3.5, "the answer was read past the request's timeout"
     assert "did not finish its answer within 1s" in str(e.value), str(e.value)
+
+
+def test_an_answer_whose_headers_trickle_ends_at_the_requests_timeout(monkeypatch):
+    """Found by review (2026-12-06, fourteenth stop): only the body was read within the request's
+    timeout; a server sending its status line and headers a byte every 0.25 s (each well within
+    the read timeout; bounded: 60 bytes) held the client for as long as it sent. Now the whole
+    answer is read within the timeout, and a server that answers at once still gets every request
+    of a client over one kept connection."""
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    ports: list[int] = []
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Slow: " + b"x" * 20 + b"\r\n"
+
+    class SlowHeaders(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            ports.append(self.client_address[1])
+            if "/slowhead" not in self.path:
+                body = json.dumps({"model_version_status": [{"version": "3", "state": "AVAILABLE"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            try:
+                for i in range(len(head)):
+                    self.wfile.write(head[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.25)          # the slow server itself, not a synchronisation
+                self.wfile.write(b"Content-Length: 2\r\n\r\n{}")
+            except OSError:                   # the client went away
+                pass
+            self.close_connection = True
+
+    for var in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with loopback_http(SlowHeaders) as url:
+        slow = TFServingClient(f"{url}/slowhead", timeout=1)
+        started = time.monotonic()
+        with pytest.raises(HostUnreachable) as e:
+            slow.model_status(MODEL)
+        assert time.monotonic() - started < 3, "the headers were read past the request's timeout"
+        assert "did not answer within 1s" in str(e.value) and "\n" not in str(e.value), str(e.value)
+        fast = TFServingClient(url, timeout=5)
+        assert [s.version for s in fast.model_status(MODEL)] == [3]
+        assert [s.version for s in fast.model_status(MODEL)] == [3]
+        assert len(ports) == 3 and ports[1] == ports[2], ports   # the second reused the connection
+        fast.close()
+        slow.close()
