@@ -58,8 +58,6 @@ def full_disk_is_one_line(what: str, folder: str | Path, *, tail: str = "") -> I
     """A full disk or quota while this machine writes into ``folder`` raises one line (``what``:
     what was being done) saying where to free space, instead of a traceback or a line that blames
     what was being downloaded; ``tail`` ends it (what was not changed)."""
-    import tempfile
-
     from .errors import ConfigError
 
     try:
@@ -67,8 +65,14 @@ def full_disk_is_one_line(what: str, folder: str | Path, *, tail: str = "") -> I
     except Exception as exc:
         if not disk_full(exc):
             raise
-        folder = Path(folder)
-        tmp = Path(tempfile.gettempdir())
-        where = f"{tmp} (TMPDIR)" if folder == tmp or tmp in folder.parents else str(folder)
-        raise ConfigError(f"{what}: no space left on the disk of {where} on this machine; free space there "
-                          f"and rerun{'; ' + tail if tail else ''}") from None
+        raise ConfigError(f"{what}: no space left on the disk of {local_folder(folder)} on this machine; free "
+                          f"space there and rerun{'; ' + tail if tail else ''}") from None
+
+
+def local_folder(folder: str | Path) -> str:
+    """``folder`` as a full-disk line names it: TMPDIR when it is there (a temporary folder under
+    it is gone by the time the line is read), else itself."""
+    import tempfile
+
+    folder, tmp = Path(folder), Path(tempfile.gettempdir())
+    return f"{tmp} (TMPDIR)" if folder == tmp or tmp in folder.parents else str(folder)

@@ -23,11 +23,16 @@ class HostPermissionDenied(ConfigError):
 class DiskFull(UserError):
     """Not enough space on the host for a version (checked before and during upload)."""
 
+    needed: int | None = None      # bytes, when the check before the upload refused it
+    free: int | None = None
+
     @classmethod
     def at(cls, where: str, needed: int | None, free: int, *, nothing: str = "uploaded") -> "DiskFull":
         """The one line every transport says: where, how much, what to do, that nothing changed."""
-        return cls(f"{where}: not enough free space: {(needed or 0) / 1e6:.1f} MB needed, {free / 1e6:.1f} MB "
-                   f"free; free space there (or lower retention) and rerun; nothing was {nothing}")
+        exc = cls(f"{where}: not enough free space: {(needed or 0) / 1e6:.1f} MB needed, {free / 1e6:.1f} MB "
+                  f"free; free space there (or lower retention) and rerun; nothing was {nothing}")
+        exc.needed, exc.free = needed, free
+        return exc
 
 
 class PublishRefused(RefusedError):

@@ -11,21 +11,23 @@ started by ``mlops.throwaway_server`` (the composition root), so this module sta
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 from mlops_common import log
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, reworded
+from mlops_common.paths import full_disk_is_one_line, local_folder
 
 from . import host_config
 from . import manifest as mf
 from . import models_config as mc
 from .apply import wait_loaded
-from .errors import SmokeFailed
+from .errors import DiskFull, SmokeFailed
 from .golden import download_bundle
 from .publish import publish
 from .smoke import Check, SmokeOptions, SmokeReport, run_smoke
@@ -93,14 +95,18 @@ def validate(model: str, version: int, *, server: str, start_server: ServerStart
     check (the result says), only for problems before the server could be tried."""
     start = time.monotonic()
     result = InfraResult(model, version, server)
-    tmp = Path(tempfile.mkdtemp(prefix="mlops-infra-", dir=workdir))
+    what, tail = f"infra-validating v{version} of '{model}'", "nothing was recorded"
+    with full_disk_is_one_line(what, workdir or tempfile.gettempdir(), tail=tail):
+        tmp = Path(tempfile.mkdtemp(prefix="mlops-infra-", dir=workdir))
     try:
         bundle = download_bundle(model, version, tmp / "bundle")
         base = tmp / "serving"
-        base.mkdir()
-        t = LocalTransport(base)
-        publish(t, model, version, bundle.saved_model_dir, mf.build(bundle.saved_model_dir, known=bundle.sha256))
-        host_config.write(t, mc.ServingConfig())     # the server needs a valid file to start
+        with _full_base_is_one_line(what, tmp, tail):
+            base.mkdir()
+            t = LocalTransport(base)
+            publish(t, model, version, bundle.saved_model_dir,
+                    mf.build(bundle.saved_model_dir, known=bundle.sha256))
+            host_config.write(t, mc.ServingConfig())     # the server needs a valid file to start
         with start_server(base) as srv:
             result.rest_url = srv.rest_url
             cfg = mc.apply_state(mc.ServingConfig(), mc.ModelState(
@@ -130,6 +136,23 @@ def validate(model: str, version: int, *, server: str, start_server: ServerStart
         shutil.rmtree(tmp, ignore_errors=True)
         result.seconds = time.monotonic() - start
     return result
+
+
+@contextlib.contextmanager
+def _full_base_is_one_line(what: str, tmp: Path, tail: str) -> Iterator[None]:
+    """The temporary base is on this machine's disk (TMPDIR's): a full one says so and what to do,
+    not a transport's line naming a folder gone by then and host retention."""
+    try:
+        with full_disk_is_one_line(what, tmp, tail=tail):
+            yield
+    except DiskFull as exc:
+        where = local_folder(tmp)
+        if exc.free is None:
+            raise reworded(exc, f"{what}: no space left on the disk of {where} on this machine; free space "
+                                f"there and rerun; {tail}") from None
+        raise reworded(exc, f"{what}: not enough free space on the disk of {where} on this machine: "
+                            f"{(exc.needed or 0) / 1e6:.1f} MB needed, {exc.free / 1e6:.1f} MB free; free space "
+                            f"there and rerun; {tail}") from None
 
 
 def validate_and_record(model: str, version: int, *, server: str, start_server: ServerStarter,

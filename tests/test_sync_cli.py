@@ -403,6 +403,55 @@ def test_infra_validate_of_a_model_that_cannot_load_reports_tf_servings_error(de
     assert "Read less bytes" in doc["checks"][0]["message"] or "OUT_OF_RANGE" in doc["checks"][0]["message"]
 
 
+def _no_server(base):
+    raise AssertionError(f"no server may start: {base}")
+
+
+def test_infra_validate_with_a_tmpdir_out_of_inodes_is_one_line(deploy_env, tmpfs, monkeypatch):
+    """TMPDIR full to its last inode: making infra-validate's temporary folder was a traceback;
+    now the full-disk line naming TMPDIR, nothing recorded."""
+    import tempfile
+
+    from mlops_common.errors import ConfigError
+    from serving_sync import infra
+
+    env = deploy_env
+    v = env.register("a")
+    full = tmpfs("40k", no_inodes=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    with pytest.raises(ConfigError) as e:
+        infra.validate(env.model, v, server="local", start_server=_no_server)
+    line = str(e.value)
+    assert line == (f"infra-validating v{v} of '{env.model}': no space left on the disk of {full} (TMPDIR) on "
+                    f"this machine; free space there and rerun; nothing was recorded"), line
+    assert "infra_validation" not in env.tags(v)
+
+
+def test_infra_validate_with_too_little_space_in_tmpdir_names_tmpdir_not_its_gone_folder(deploy_env, tmpfs,
+                                                                                          monkeypatch):
+    """Room in TMPDIR for the download but not for the copy the throw-away server loads: the line
+    named the temporary folder (removed by then) as a host and said to lower retention."""
+    import tempfile
+
+    from mlops_common.errors import UserError
+    from serving_sync import infra
+
+    env = deploy_env
+    v = env.register("a")
+    files = [f for f in env.bundles.path("a").rglob("*") if f.is_file()]
+    pages = sum(-(-f.stat().st_size // 4096) * 4096 for f in files)       # the download, as tmpfs holds it
+    saved = sum(f.stat().st_size for f in (env.bundles.path("a") / "tfserving").rglob("*") if f.is_file())
+    full = tmpfs(f"{(pages + saved // 2 + 4095) // 4096 * 4}k")
+    monkeypatch.setattr(tempfile, "tempdir", str(full))
+    with pytest.raises(UserError) as e:
+        infra.validate(env.model, v, server="local", start_server=_no_server)
+    line = str(e.value)
+    assert line.startswith(f"infra-validating v{v} of '{env.model}': ") and f"{full} (TMPDIR)" in line, line
+    assert "MB needed" in line and "free space there and rerun; nothing was recorded" in line, line
+    assert "mlops-infra-" not in line and "retention" not in line, line
+    assert list(full.iterdir()) == [] and "infra_validation" not in env.tags(v)
+
+
 def test_infra_validate_stopped_by_sigterm_leaves_no_server_and_no_folder(deploy_env, tmp_path):
     """A cancelled CircleCI job (SIGTERM) killed the command at once: its throw-away server kept
     its ports, and its temporary folder kept the downloaded SavedModel (Ctrl-C cleaned up)."""
