@@ -139,8 +139,9 @@ class SshTransport(Transport):
         taking the account for one without a shell and failing later in a confusing way."""
         if rc == RESTRICTED_EXIT and RESTRICTED.encode() in (line.strip() for line in out.splitlines()):
             raise UserError(f"{self.where}: the deploy user's login shell is restricted (rbash: no "
-                            f"redirection, no cd), so the host scripts cannot run; give the user /bin/bash "
-                            f"or /bin/sh (serving_host/install_server.sh creates it with /bin/bash)")
+                            f"redirection, no cd), so the host scripts cannot run; give the user one of the "
+                            f"supported shells: bash (/bin/bash), sh/dash (/bin/sh) or zsh (/usr/bin/zsh) "
+                            f"(serving_host/install_server.sh creates it with /bin/bash)")
 
     def _exec(self, command: str) -> tuple[int, bytes, bytes]:
         """Run one command on the host: (exit code, stdout, stderr)."""
