@@ -175,8 +175,25 @@ def _local_sources(location: str) -> list[Path]:
             raise NotFoundError(f"no .npz batches in folder {path}; put batches there "
                                 f"(e.g. `mlops data make-batch --kind good --out {path}/batch.npz`)")
         return files
+    kind = _special_kind(path)
+    if kind:                                # a FIFO was "does not exist"; opening it would block for ever
+        raise ConfigError(f"incoming data '{location}' is {kind}, not a regular file; give a .npz file, a "
+                          f"folder of them, or s3://bucket/prefix")
     raise NotFoundError(f"incoming data '{location}' does not exist; give a .npz file, a folder "
                         f"of them, or s3://bucket/prefix")
+
+
+def _special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a file nor a folder (stat only, never opened)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def _raw_sources(location: str):

@@ -346,6 +346,45 @@ def test_missing_or_empty_locations_are_clear(tmp_path):
         batches.read_batches(str(tmp_path / "nope"), "digits")
 
 
+def _special(tmp_path, kind: str) -> str:
+    import os
+    import socket
+
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "x.npz")
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(tmp_path / "x.npz"))
+        sock.close()                     # the socket file stays
+    else:
+        return "/dev/null"
+    return str(tmp_path / "x.npz")
+
+
+@pytest.mark.parametrize("kind, what", [("fifo", "a FIFO (named pipe)"), ("socket", "a socket"),
+                                        ("chardev", "a character device")])
+def test_an_incoming_location_that_is_no_regular_file_says_what_it_is(tmp_path, kind, what):
+    """A FIFO, a socket or /dev/null as --incoming (retrain, prepare_data) was "does not exist":
+    now it says what it is and what to give instead, without opening it (a FIFO would block)."""
+    from mlproject.train import prepare_data
+
+    location = _special(tmp_path, kind)
+    with pytest.raises(ConfigError) as err:
+        prepare_data("digits", location)
+    assert err.value.message == (f"incoming data '{location}' is {what}, not a regular file; give a .npz "
+                                 f"file, a folder of them, or s3://bucket/prefix")
+
+
+def test_data_validate_on_a_fifo_is_refused_without_opening_it(tmp_path):
+    """`mlops data validate FIFO`: one line naming it, never a read that waits for a writer (bounded by
+    the subprocess timeout)."""
+    fifo = _special(tmp_path, "fifo")
+    r = run_mlops("data", "validate", fifo, timeout=120)
+    assert r.returncode != 0 and r.stdout == "", r.stderr
+    assert r.stderr.strip() == (f"error: incoming data '{fifo}' is a FIFO (named pipe), not a regular file; "
+                                f"give a .npz file, a folder of them, or s3://bucket/prefix"), r.stderr
+
+
 # ---------- metrics (plain function) ----------
 
 def test_metrics_from_probabilities():
