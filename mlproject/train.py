@@ -275,10 +275,17 @@ def _logged_model_files(model_uri: str) -> dict[str, str]:
     """The sha256 of every file of the logged model ``model_uri``, read back from the store right
     after logging (MLflow writes and uploads them itself): registration records them, and the gate
     and ``mlops evaluate`` check the model they score against them (``registry.bundle_hashes``)."""
+    from mlops_common import paths
     from registry import bundle_hashes, versions
 
     with tempfile.TemporaryDirectory(prefix="mlops-logged-model-") as tmp:
-        return bundle_hashes.model_files(versions.download_logged_model(model_uri, tmp))
+        try:
+            folder = versions.download_logged_model(model_uri, tmp)
+        except Exception as exc:    # MLflow's "failures occurred while downloading" did not say the disk is full
+            if not paths.disk_full(exc):
+                raise
+            raise _no_space(f"downloading the logged model back into {tmp}") from None
+        return bundle_hashes.model_files(folder)
 
 
 def run_identity(params: TrainParams, data: TrainingData, n_validation: int, *,

@@ -683,6 +683,28 @@ def test_a_full_disk_while_tensorflow_writes_the_savedmodel_is_one_line(tmpfs):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[1024,1024]")
 
 
+def test_a_full_disk_while_the_logged_model_is_read_back_is_the_training_s_full_disk_line(cli_trained, tmpfs,
+                                                                                           monkeypatch):
+    """Right after logging, training downloads the model back to hash its files: a disk full at that
+    moment was "logging the training run: The following failures occurred while downloading ...",
+    which did not say the disk is full. Now the line the rest of training gives (run FAILED, nothing
+    registered). Driven at the function's edge, inside run_training's handlers."""
+    import tempfile
+
+    from mlproject.train import _full_disk_is_one_line, _logged_model_files
+    from registry.client import mlflow_errors
+
+    env, res, _ = cli_trained
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpfs("12k")))
+    with pytest.raises(ConfigError, match="^no space left on the disk \\(downloading the logged model back into "
+                                          ".*\\) while training or logging the model; free space in .* nothing "
+                                          "was registered$"):
+        with _full_disk_is_one_line(), mlflow_errors("logging the training run"):
+            _logged_model_files(f"models:/{res['model_name']}/1")
+
+
 def test_a_full_disk_while_evaluating_is_not_called_a_damaged_model(cli_trained, tmpfs):
     """A full TMPDIR while the logged model downloads was reported as "its logged model is missing or
     damaged; register a new version" (for production in a gate: "move production to a version that
