@@ -511,6 +511,23 @@ def _publish_with_half_its_variables(env, host, version: int, bundle: str = "b")
     return data, good
 
 
+def _failed_validation_load(env, host, version: int):
+    """``version`` listed under the validation entry on ``host`` and its load failed (the reload
+    waits for the new entry and says so); the config before it and the entry's name."""
+    from serving_sync import models_config as mc
+    from serving_sync.errors import ServingError
+    from serving_sync.tfs_reload import reload_config
+
+    before = env.config_text(host)
+    vname = mc.validation_name(env.model)
+    attempt = mc.render(mc.ServingConfig(mc.parse(before).entries + (
+        mc.ModelEntry(vname, str(host.base / env.model), "specific", (version,)),)))
+    host.server.write_config(attempt)
+    with pytest.raises(ServingError):
+        reload_config(host.entry["grpc"], attempt)
+    return before, vname
+
+
 def test_a_rerun_loads_again_a_version_whose_load_failed_while_the_main_entry_still_lists_it(deploy_env):
     """A deploy killed while v2 failed to load in the main entry (or a hand edit listing it) leaves
     v2 listed at END with its error: TF Serving does not load it again while it stays listed, so the
@@ -538,22 +555,13 @@ def test_a_rerun_without_grpc_does_not_take_an_earlier_attempts_load_failure_for
     config starts another load; without gRPC that is at its next config poll. The validation wait's
     first poll read the earlier attempt's error and the rerun of a version whose load once failed
     (a transient fault, since cleared) failed at once, blaming the version."""
-    from serving_sync import models_config as mc
-    from serving_sync.errors import ServingError
     from serving_sync.tfs_reload import reload_config
     env = deploy_env
     host = env.add_host("file")
     env.release("a")
     v2 = env.register("b")
     data, good = _publish_with_half_its_variables(env, host, v2)     # the first attempt's load fails
-    before = env.config_text(host)
-    cfg = mc.parse(before)
-    vname = mc.validation_name(env.model)
-    attempt = mc.render(mc.ServingConfig(cfg.entries + (mc.ModelEntry(vname, str(host.base / env.model),
-                                                                      "specific", (v2,)),)))
-    host.server.write_config(attempt)
-    with pytest.raises(ServingError):                    # the reload waits for the new entry: it failed
-        reload_config(host.entry["grpc"], attempt)
+    before, vname = _failed_validation_load(env, host, v2)
     host.server.write_config(before)                     # put back, as the failed deploy does
     reload_config(host.entry["grpc"], before)
     earlier = {int(x["version"]): x for x in host.server.status(vname)["model_version_status"]}
@@ -572,21 +580,12 @@ def test_a_rerun_loads_again_a_validation_entry_left_with_a_failed_load(deploy_e
     """A deploy killed while its validation copy had failed to load (before its put-back) leaves the
     entry listed at END with its error: the rerun wrote the same entry (no change, no reload) and
     failed with the old error, blaming the version."""
-    from serving_sync import models_config as mc
-    from serving_sync.errors import ServingError
-    from serving_sync.tfs_reload import reload_config
     env = deploy_env
     host = env.add_host("file")
     env.release("a")
     v2 = env.register("b")
     data, good = _publish_with_half_its_variables(env, host, v2)
-    cfg = mc.parse(env.config_text(host))
-    vname = mc.validation_name(env.model)
-    killed = mc.render(mc.ServingConfig(cfg.entries + (mc.ModelEntry(vname, str(host.base / env.model),
-                                                                     "specific", (v2,)),)))
-    host.server.write_config(killed)
-    with pytest.raises(ServingError):                    # the reload waits for the new entry: it failed
-        reload_config(host.entry["grpc"], killed)
+    _, vname = _failed_validation_load(env, host, v2)   # and the deploy killed before its put-back
     data.write_bytes(good)                               # the files are whole again
     env.promote(v2)
     r = env.deploy()
