@@ -258,15 +258,13 @@ def available_versions(serving: str, model: str) -> set[int]:
     """The versions of ``model`` the model server has AVAILABLE (TF Serving's status API); empty
     when it cannot say. The closing text promises an instant rollback only to one of them: a run
     whose deploy failed or was stopped left the previous version unloaded."""
-    import urllib.request
+    from serving_sync.tfs_client import TFServingClient
 
     try:
-        with urllib.request.urlopen(f"{serving}/v1/models/{model}", timeout=5) as r:
-            doc = json.loads(r.read(1 << 20))
-        return {int(v["version"]) for v in doc.get("model_version_status") or ()
-                if isinstance(v, dict) and v.get("state") == "AVAILABLE"}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        statuses = TFServingClient(serving, timeout=5).model_status(model)
+    except UserError:
         return set()
+    return {s.version for s in statuses if s.state == "AVAILABLE"}
 
 
 def closing_text(services: dict, model: str, served: int, request: Path, rollback_to: int | None, *,

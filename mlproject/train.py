@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mlops_common import lineage, log
+from mlops_common import lineage, log, paths
 from mlops_common.errors import ConfigError
 from registry import artifacts
 from registry import tags as T
@@ -275,7 +275,6 @@ def _logged_model_files(model_uri: str) -> dict[str, str]:
     """The sha256 of every file of the logged model ``model_uri``, read back from the store right
     after logging (MLflow writes and uploads them itself): registration records them, and the gate
     and ``mlops evaluate`` check the model they score against them (``registry.bundle_hashes``)."""
-    from mlops_common import paths
     from registry import bundle_hashes, versions
 
     with tempfile.TemporaryDirectory(prefix="mlops-logged-model-") as tmp:
@@ -367,7 +366,7 @@ def _full_disk_is_one_line():
     try:
         yield
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not paths.disk_full(exc):
             raise
         raise _no_space(f"{exc.strerror}{': ' + exc.filename if exc.filename else ''}") from None
     except Exception as exc:
