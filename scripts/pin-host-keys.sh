@@ -26,6 +26,11 @@ if [ -f "$known" ]; then
   done <<< "$names"
   rm -f "$known.old"
 fi
+# a file whose last line has no newline (written by printf or an editor) took the first pin into
+# that line: the pin was lost (and that line broken) while this said "pinned"
+if [ -s "$known" ] && [ -n "$(tail -c 1 "$known")" ]; then
+  echo >> "$known"
+fi
 printf '%s\n' "$MLOPS_KNOWN_HOSTS" >> "$known"
 chmod 600 "$known"
 echo "pinned $(printf '%s\n' "$MLOPS_KNOWN_HOSTS" | grep -c .) host key(s) in ~/.ssh/known_hosts"

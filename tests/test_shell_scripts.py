@@ -90,3 +90,24 @@ def test_pin_host_keys_replaces_a_hosts_earlier_pin_instead_of_adding_to_it(tmp_
     assert len([k for k in keys if k.patterns == "[serving-2]:2222"]) == 1  # no pile-up run after run
     assert sorted(p.name for p in (home / ".ssh").iterdir()) == ["known_hosts"]
     assert oct(known.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="SKIPPED LOUDLY: ssh-keygen is not installed")
+def test_pin_host_keys_starts_a_new_line_after_a_file_without_a_final_newline(tmp_path):
+    """A known_hosts whose last line had no newline (written by printf, some editors) took the first
+    pin into that line: the host was not pinned (the sync refused it as unknown) and the other
+    host's line was broken, while the script said "pinned 1 host key(s)"."""
+    from serving_sync.transports import known_hosts as kh
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    other, pinned = (_host_key(tmp_path, n) for n in ("other", "pinned"))
+    known = home / ".ssh" / "known_hosts"
+    known.write_text(f"github.com {other[0]} {other[1]}")          # no final newline
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "MLOPS_KNOWN_HOSTS": f"serving-1 {pinned[0]} {pinned[1]}"}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "pin-host-keys.sh")], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0 and "pinned 1 host key(s)" in r.stdout, r.stdout + r.stderr
+    keys = kh.parse(known.read_text())
+    assert kh.check(keys, "serving-1", 22, *pinned).status == "ok", known.read_text()
+    assert kh.check(keys, "github.com", 22, *other).status == "ok", known.read_text()
