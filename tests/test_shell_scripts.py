@@ -111,3 +111,58 @@ def test_pin_host_keys_starts_a_new_line_after_a_file_without_a_final_newline(tm
     keys = kh.parse(known.read_text())
     assert kh.check(keys, "serving-1", 22, *pinned).status == "ok", known.read_text()
     assert kh.check(keys, "github.com", 22, *other).status == "ok", known.read_text()
+
+
+def _run_pin(home, **env_vars):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), **env_vars}
+    return subprocess.run(["bash", str(REPO / "scripts" / "pin-host-keys.sh")], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="SKIPPED LOUDLY: ssh-keygen is not installed")
+def test_pin_host_keys_refuses_a_garbled_pin_before_touching_known_hosts(tmp_path):
+    """A pin mangled on its way into the context (a key cut short, a line joined to the next) was
+    appended as it was and the step said "pinned": the deploy failed later on "host key not
+    trusted". Each line is now checked first, the bad one is named by number, nothing is written."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    good = _host_key(tmp_path, "good")
+    known = home / ".ssh" / "known_hosts"
+    known.write_text(f"github.com {good[0]} {good[1]}\n")
+    before = known.read_text()
+    for garbled in (f"serving-1 {good[0]} {good[1][:30]}",            # the key cut short
+                    f"serving-1 {good[0]}{good[1]}",                    # the space lost
+                    "serving-1"):                                       # the key on the next line
+        r = _run_pin(home, MLOPS_KNOWN_HOSTS=f"# pins\nserving-0 {good[0]} {good[1]}\n{garbled}")
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "line 3 of MLOPS_KNOWN_HOSTS is not a known_hosts line" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "pinned" not in r.stdout
+        assert known.read_text() == before
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="SKIPPED LOUDLY: ssh-keygen is not installed")
+def test_pin_host_keys_takes_base64_lines_and_prints_what_it_pinned(tmp_path):
+    """CircleCI's docs advise base64 for a multi-line value the settings form mangles; the pins may
+    come as MLOPS_KNOWN_HOSTS_BASE64. The step prints each pin's fingerprint (to compare with what
+    install_server.sh printed on the host), counts keys, not comment lines, and drops CRs."""
+    import base64
+
+    from serving_sync.transports import known_hosts as kh
+
+    home = tmp_path / "home"
+    a, b = _host_key(tmp_path, "a"), _host_key(tmp_path, "b")
+    lines = f"# serving fleet\r\nserving-1 {a[0]} {a[1]}\r\n@cert-authority *.serving {b[0]} {b[1]}\r\n"
+    r = _run_pin(home, MLOPS_KNOWN_HOSTS_BASE64=base64.b64encode(lines.encode()).decode())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pinned 2 host key(s)" in r.stdout
+    fp = subprocess.run(["ssh-keygen", "-lf", str(tmp_path / "a.pub")], capture_output=True, text=True,
+                        check=True).stdout.split()[1]
+    assert f"serving-1 {fp} (ED25519)" in r.stdout
+    text = (home / ".ssh" / "known_hosts").read_text()
+    assert "\r" not in text
+    assert kh.check(kh.parse(text), "serving-1", 22, *a).status == "ok"
+
+    bad = _run_pin(home, MLOPS_KNOWN_HOSTS_BASE64="not base64!")
+    assert bad.returncode == 2 and "MLOPS_KNOWN_HOSTS_BASE64 is not base64" in bad.stderr
+    both = _run_pin(home, MLOPS_KNOWN_HOSTS=f"serving-1 {a[0]} {a[1]}", MLOPS_KNOWN_HOSTS_BASE64="eA==")
+    assert both.returncode == 2 and "keep one of them" in both.stderr
