@@ -11,8 +11,17 @@ fi
 text="${CIRCLE_PROJECT_REPONAME:-mlops}: job ${CIRCLE_JOB:-?} failed in workflow ${CIRCLE_WORKFLOW_ID:-?} (${CIRCLE_BUILD_URL:-no url})"
 text="${text//\\/\\\\}"
 payload=$(printf '{"text": "%s"}' "${text//\"/\\\"}")
+# A value pasted with a trailing newline or space was never delivered
+# ("curl exit 3"): the ends are trimmed, and whitespace inside is named.
+url="$SLACK_WEBHOOK_URL"
+url="${url#"${url%%[![:space:]]*}"}"
+url="${url%"${url##*[![:space:]]}"}"
+if [[ "$url" == *[[:space:]]* ]]; then
+  echo "could not send the failure notification (SLACK_WEBHOOK_URL has whitespace inside it; set it again in the context)"
+  exit 0
+fi
 # curl config syntax: a quoted value with \ and " escaped.
-url="${SLACK_WEBHOOK_URL//\\/\\\\}"
+url="${url//\\/\\\\}"
 url="${url//\"/\\\"}"
 # Sent means an http(s) receiver answered 2xx: curl "posts" to file:// (and other schemes) without
 # error, and a redirect (a moved hook, Slack's answer to plain http) exits 0 without delivering.

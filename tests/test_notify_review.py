@@ -56,6 +56,21 @@ def test_notify_failure_says_sent_only_when_an_http_receiver_took_the_post(answe
     assert str(target) not in r.stdout + r.stderr and r.stderr == ""
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="SKIPPED LOUDLY: curl is not installed")
+def test_notify_failure_trims_a_pasted_newline_and_names_whitespace_inside(answering):
+    """A webhook URL pasted into the context with a trailing newline was never delivered, and the
+    job said only "curl exit 3". The ends are trimmed; whitespace inside is named."""
+    base, got = answering
+    r = _notify(f"  {base}/200/services/T0KEN\n")
+    assert r.returncode == 0 and r.stdout.strip() == "failure notification sent", r.stdout + r.stderr
+    assert got == ["/200/services/T0KEN"]
+    r = _notify(f"{base}/200/services/T0 KEN")
+    assert r.returncode == 0 and len(got) == 1
+    assert r.stdout.strip() == ("could not send the failure notification (SLACK_WEBHOOK_URL has whitespace "
+                                "inside it; set it again in the context)")
+    assert "T0" not in r.stdout + r.stderr
+
+
 def test_a_webhook_url_that_does_not_parse_is_named_so_not_blamed_on_its_port(tmp_path):
     """`http://[::1/hook` (an unclosed IPv6 bracket) said "--url has a port that is not a number
     from 1 to 65535": urlsplit's ValueError was taken for a bad port."""
