@@ -48,10 +48,11 @@ class WebhookInfo:
     events: list[str]
     status: str
     created: bool   # False: an existing webhook of that name was updated
+    removed: tuple[str, ...] = ()   # ids of other webhooks of that name, deleted
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "url": self.url, "events": self.events,
-                "status": self.status, "created": self.created}
+                "status": self.status, "created": self.created, "removed_duplicates": list(self.removed)}
 
 
 def _translate(message: str) -> str:
@@ -168,6 +169,10 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
                 wh = client.update_webhook(existing[0].webhook_id, url=url, events=[EVENT],
                                            secret=secret, status="ACTIVE", description=description)
                 created = False
+                # MLflow does not keep names unique (two creates at once, or one made by hand): a
+                # second one of this name kept firing with its old URL and secret.
+                for other in existing[1:]:
+                    client.delete_webhook(other.webhook_id)
             else:
                 wh = client.create_webhook(name=name, url=url, events=[EVENT], secret=secret,
                                            description=description, status="ACTIVE")
@@ -180,7 +185,7 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
             raise
     status = wh.status.value if hasattr(wh.status, "value") else str(wh.status)
     return WebhookInfo(id=wh.webhook_id, name=wh.name, url=wh.url, events=_events(wh),
-                       status=status, created=created)
+                       status=status, created=created, removed=tuple(w.webhook_id for w in existing[1:]))
 
 
 def _all_webhooks(client) -> list:

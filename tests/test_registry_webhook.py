@@ -183,3 +183,22 @@ def test_a_credential_in_the_urls_query_is_refused_before_mlflow_stores_it(webho
             "the receiver checks MLflow's HMAC signature instead"], r.stderr
         assert token not in r.stdout + r.stderr
     assert [w for w in mlflow_client(url).list_webhooks() if w.name == "query-credential"] == []
+
+
+def test_a_second_webhook_of_the_same_name_is_removed_not_left_firing(webhook_mlflow, mlops_env):
+    """MLflow does not keep webhook names unique (two `webhook create` at once, or one made by
+    hand): `create` updated the first of that name and left the other firing at the old URL with
+    the old secret."""
+    url, _ = webhook_mlflow
+    client = mlflow_client(url)
+    for _ in range(2):
+        client.create_webhook(name="twice-made", url="http://127.0.0.1:9/old", secret="old-" + secrets.token_hex(10),
+                              events=["model_version_alias.created"])
+    env = {"MLFLOW_TRACKING_URI": url, "MLOPS_WEBHOOK_SECRET": "whsec-" + secrets.token_hex(20)}
+    r = run_mlops("registry", "webhook", "create", "--url", "http://127.0.0.1:9/new", "--name", "twice-made",
+                  "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    hooks = [w for w in client.list_webhooks() if w.name == "twice-made"]
+    assert [(w.webhook_id, w.url) for w in hooks] == [(doc["id"], "http://127.0.0.1:9/new")]
+    assert len(doc["removed_duplicates"]) == 1 and doc["removed_duplicates"][0] != doc["id"]

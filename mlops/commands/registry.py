@@ -330,4 +330,6 @@ def cmd_webhook_create(args) -> int:
     else:
         print(f"{'created' if info.created else 'updated'} webhook '{info.name}' ({info.id}): "
               f"{', '.join(info.events)} -> {info.url} [{info.status}], signed with ${args.secret_env}")
+        if info.removed:
+            print(f"deleted {len(info.removed)} other webhook(s) of that name: {', '.join(info.removed)}")
     return 0
