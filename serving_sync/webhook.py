@@ -38,6 +38,7 @@ DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 MAX_AGE_SECONDS = 300
 MAX_BODY = 1024 * 1024
 MAX_HEAD = 16 * 1024
+MAX_SEEN = 100_000      # delivery ids remembered at most (only signed deliveries are remembered)
 EVENT = ("model_version_alias", "created")
 
 
@@ -195,7 +196,7 @@ class Receiver:
         self.max_age = max_age
         self.timeout = timeout
         self.max_connections = max_connections
-        self.seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.seen: collections.OrderedDict[str, int] = collections.OrderedDict()   # delivery id -> its timestamp
         self.counts = collections.Counter()
         self.open_connections = 0
         self._lock = threading.Lock()
@@ -332,14 +333,19 @@ class Receiver:
         verdict = verify(self.secret, headers, body, now=self.clock(), max_age=self.max_age)
         if not verdict.ok:
             return self._rejected(verdict)
-        delivery = {k.lower(): v for k, v in headers.items()}[DELIVERY_HEADER.lower()]
+        h = {k.lower(): v for k, v in headers.items()}
+        delivery, sent = h[DELIVERY_HEADER.lower()], _timestamp(h[TIMESTAMP_HEADER.lower()])
         with self._lock:
             if delivery in self.seen:
                 self.counts["duplicate"] += 1
                 return 200, "duplicate delivery (already handled)"
-            self.seen[delivery] = None
-            while len(self.seen) > 1000:
+            # Kept while its timestamp is accepted (a count bound let a replay through after that
+            # many other signed deliveries); the oldest first, the cap only bounds memory.
+            now = self.clock()
+            while self.seen and (len(self.seen) >= MAX_SEEN
+                                 or next(iter(self.seen.values())) < now - self.max_age):
                 self.seen.popitem(last=False)
+            self.seen[delivery] = sent
         if not wants_reconcile(verdict.event, self.model):
             self._count("ignored")
             return 200, "ignored (not a production alias move of this model)"

@@ -218,3 +218,26 @@ def test_a_flood_of_unsigned_requests_is_counted_not_logged_line_by_line(monkeyp
     finally:
         logger.removeHandler(lines)
         rec.stop()
+
+
+def test_a_replay_inside_the_timestamp_window_is_a_duplicate_however_many_deliveries_came_between():
+    """The delivery ids were kept for the last 1000 deliveries, not for the timestamp window: after
+    1000 signed alias events of other models (one shared MLflow server) a captured production move,
+    sent again within its 5 minutes, triggered a second reconcile (and un-failed its version)."""
+    now = [1_700_000_000.0]
+    got = []
+    rec = Receiver(SECRET, "digits", got.append, clock=lambda: now[0])
+    try:
+        first = signed(ts=int(now[0]))
+        assert rec.handle(*first)[0] == 202
+        other = {**EVENT, "data": {**EVENT["data"], "name": "another-model"}}
+        for _ in range(1001):
+            assert rec.handle(*signed(other, ts=int(now[0])))[0] == 200
+        now[0] += 240                           # still inside the window: a replay
+        assert rec.handle(*first) == (200, "duplicate delivery (already handled)") and len(got) == 1
+        now[0] += 120                           # past it: refused by its timestamp, and forgotten
+        assert rec.handle(*first)[0] == 400 and len(got) == 1
+        rec.handle(*signed(other, ts=int(now[0])))
+        assert len(rec.seen) == 1
+    finally:
+        rec.stop()
