@@ -10,7 +10,8 @@ rollout as ``mlops sync deploy`` (prepare, canary, bake, waves). A pass that fou
 moved while it ran (its rollout overtaken by a newer version, which its hosts stay on; or a pass
 that only recorded what its hosts serve) is followed by the next pass at once, not after
 ``interval`` — at most one such pass in a row, so a production that keeps moving cannot make the
-loop spin.
+loop spin. An interval pass that found what the pass before found (``up_to_date``, ``skipped``)
+is one log line when it starts, then one every 10 minutes with its count, as an outage is.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ MIN_INTERVAL = 0.5
 KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept, the rest counted
 INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
 REPEAT_EVERY = 600.0       # an outage is said once, then again every 10 minutes with its count
+QUIET = ("up_to_date", "skipped")   # an interval pass saying what the one before said: once every REPEAT_EVERY
 
 
 @dataclass
@@ -42,6 +44,18 @@ class _Outage:
     since: float
     said: float
     message: str
+    passes: int = 1
+
+
+@dataclass
+class _Same:
+    """Interval passes in a row that found what the pass before found (``QUIET``): said once, then
+    every ``REPEAT_EVERY`` seconds with their count (a watch at the default interval wrote 2,880
+    identical lines a day, at ``--interval 0.5`` 172,800)."""
+
+    key: tuple
+    since: float
+    said: float
     passes: int = 1
 
 
@@ -102,6 +116,7 @@ class Watcher:
         self._reason = "start"
         self.result = WatchResult()
         self._outage: _Outage | None = None
+        self._same: _Same | None = None
 
     def trigger(self, reason: str = "webhook") -> None:
         self._reason = reason
@@ -130,12 +145,24 @@ class Watcher:
                 logger.info("reconcile recovered after %d failed pass%s in %.0fs", o.passes,
                             "" if o.passes == 1 else "es", self.clock() - o.since)
                 self._outage = None
-            logger.info("reconcile (%s): %s: %s", reason, status, message)
+            self._said(reason, status, version, message)
         elif not self.once:        # with --once the failed pass is the command's one error line
             self._failed(reason, message)
         return p
 
+    def _said(self, reason: str, status: str, version: int | None, message: str) -> None:
+        now, s, key = self.clock(), self._same, (status, version, message)
+        if reason == "interval" and s is not None and s.key == key:
+            s.passes += 1
+            if now - s.said >= REPEAT_EVERY:
+                s.said = now
+                logger.info("reconcile still %s (%d passes in %.0fs): %s", status, s.passes, now - s.since, message)
+            return
+        self._same = _Same(key, now, now) if status in QUIET else None
+        logger.info("reconcile (%s): %s: %s", reason, status, message)
+
     def _failed(self, reason: str, message: str) -> None:
+        self._same = None
         now, o = self.clock(), self._outage
         if o is None:
             self._outage = _Outage(now, now, message)

@@ -2,6 +2,7 @@
 the watch loop's bounds, the infra-validate server choice and docker command line."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -390,3 +391,42 @@ def test_an_outage_is_one_line_then_one_every_ten_minutes_and_its_end_is_said(ca
                      "reconcile (interval) failed: ledger locked",       # another error: said
                      "reconcile still failing (91 passes in 900s): ledger locked",
                      "reconcile recovered after 120 failed passes in 1200s"], lines
+
+
+def test_interval_passes_that_find_the_same_are_one_line_then_one_every_ten_minutes(caplog):
+    """Found by review (2026-12-06, fifteenth stop): every up-to-date pass wrote its own line,
+    2,880 a day at the default interval (172,800 at ``--interval 0.5``), for a watch that runs
+    for months; a skipped version the same. A change is said at once; a webhook's pass always."""
+    clock = FakeClock()
+    script = iter([("up_to_date", 3, "hosts serve v3")] * 130 + [("deployed", 4, "deployed v4")]
+                  + [("up_to_date", 4, "hosts serve v4")] * 3 + [("skipped", 5, "v5 failed")] * 70)
+
+    def reconcile():
+        return next(script)
+
+    w = Watcher(reconcile, interval=10, max_seconds=10 * 203 + 5, clock=clock)
+
+    def wait(timeout):
+        clock.now += timeout
+        if clock.now == 500:                   # one webhook among the quiet passes
+            w.trigger("webhook")
+            return True
+        return False
+
+    w.wake.wait = wait
+    mlops_logger = logging.getLogger("mlops")
+    mlops_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            res = w.run()
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+    assert sum(res.counts.values()) == 204
+    lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values() if r.name == "mlops.sync.watch"]
+    assert lines == ["reconcile (start): up_to_date: hosts serve v3",
+                     "reconcile (webhook): up_to_date: hosts serve v3",
+                     "reconcile still up_to_date (61 passes in 600s): hosts serve v3",
+                     "reconcile (interval): deployed: deployed v4",
+                     "reconcile (interval): up_to_date: hosts serve v4",
+                     "reconcile (interval): skipped: v5 failed",
+                     "reconcile still skipped (61 passes in 600s): v5 failed"], lines
