@@ -1,7 +1,11 @@
 """Errors specific to reaching and changing serving hosts (all one actionable line)."""
 from __future__ import annotations
 
-from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError, UserError
+from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, RefusedError, UserError
+
+
+class NoProduction(NotFoundError):
+    """No version of the model holds ``production`` (the alias deleted, or the version it named)."""
 
 
 class HostUnreachable(ConnectionFailure):

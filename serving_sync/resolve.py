@@ -2,9 +2,7 @@
 holding ``production``, and ``--expect-version N``'s check of it (read from the registry)."""
 from __future__ import annotations
 
-from mlops_common.errors import NotFoundError
-
-from .errors import ProductionNotExpected
+from .errors import NoProduction, ProductionNotExpected
 
 
 def resolve_version(model: str, version: int | None) -> tuple[int, str]:
@@ -15,8 +13,8 @@ def resolve_version(model: str, version: int | None) -> tuple[int, str]:
         return versions.get_version(model, version).version, "--version"
     v = versions.production_version(model)
     if v is None:
-        raise NotFoundError(f"no version of '{model}' holds the production alias; promote one first "
-                            f"(mlops registry promote --version N) or pass --version N")
+        raise NoProduction(f"no version of '{model}' holds the production alias; promote one first "
+                           f"(mlops registry promote --version N) or pass --version N")
     return v, "production"
 
 

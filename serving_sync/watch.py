@@ -269,7 +269,17 @@ class FleetReconciler:
         self._break_lock = break_lock
         self.stopping = stopping
 
-    def __call__(self) -> tuple[str, int | None, str]:
+    def __call__(self) -> tuple:
+        from .errors import NoProduction
+
+        try:
+            return self._reconcile()
+        except NoProduction:     # resolve_version's "or pass --version N": the watch has no such flag
+            return "error", None, (f"no version of '{self.model}' holds the production alias (it was deleted, or "
+                                   f"the version it named): nothing to deploy, the hosts keep what they serve; "
+                                   f"promote one (mlops registry promote --version N) and the next pass deploys it")
+
+    def _reconcile(self) -> tuple:
         from mlops_common.errors import DeployFailed
 
         from . import fleet, fleet_plan

@@ -410,3 +410,21 @@ def test_a_pass_whose_production_moved_before_its_deploy_reports_the_version_it_
     assert f"deploy of v{v3} " in message, message
     assert (status, version) == ("failed", v3), message
     assert r.failed.failed == {v3}
+
+
+def test_a_watch_whose_production_alias_was_deleted_says_what_it_does_and_never_to_pass_version(deploy_env):
+    """Found by review (2026-12-06, fifteenth stop): with the production alias deleted (by hand, or
+    with the version it named) every pass said `sync deploy`'s line, "... or pass --version N",
+    a flag `sync watch` does not have. The pass changes nothing and says so, and what brings it back."""
+    from registry.client import tracking_client
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    tracking_client().delete_registered_model_alias(env.model, "production")
+    r = env.cli("sync", "watch", "--once")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stdout + r.stderr
+    assert "holds the production alias" in lines[0] and "--version N" in lines[0], lines
+    assert "pass --version" not in lines[0] and "the hosts keep what they serve" in lines[0], lines
+    env.serves(host, v1)
