@@ -10,6 +10,8 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 # A deploy user whose login shell is zsh (tests/test_sync_ssh.py runs the host scripts through it).
 command -v zsh >/dev/null 2>&1 || need+=(zsh)
+# BusyBox's wget as a host's only downloader (tests/test_sync_store.py: it cannot read URLs from stdin).
+command -v busybox >/dev/null 2>&1 || need+=(busybox)
 if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   need+=(postgresql)
 fi

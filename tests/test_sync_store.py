@@ -352,6 +352,40 @@ def test_the_fetch_script_uses_wget_without_curl_and_says_when_it_has_neither(fe
     assert mf.compare(m, res.listing) == []
 
 
+def test_a_host_whose_only_wget_is_busyboxs_counts_as_one_without_a_downloader(tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): on a host whose only downloader is BusyBox's
+    wget (Alpine without curl) the pull script ran ``wget --tries=3 ... -i -``, options BusyBox's
+    wget does not have (nor any way to read a URL from stdin): every download failed with its usage
+    text, "could not download ... check that the host reaches the store", and the deploy failed in
+    prepare. Now such a wget counts as none (``@nofetch``): the host is sent the version over SSH."""
+    import shutil
+    import subprocess
+
+    from serving_sync import manifest as mf
+    from serving_sync.transports.ssh_scripts import fetch_script, parse_output
+    from tests.test_sync_support import make_model_tree
+
+    if shutil.which("busybox") is None:
+        pytest.skip("SKIPPED LOUDLY: busybox is not installed on this machine (Debian package busybox; "
+                    "scripts/system-deps.sh installs it)")
+    path = _bin(tmp_path, ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm", "sleep",
+                           "grep"])
+    (path / "wget").symlink_to(shutil.which("busybox"))          # BusyBox runs as the applet it is named
+    model = make_model_tree(tmp_path / "model", n_assets=2)
+    m = mf.build(model)
+    served = _Served(model)
+    try:
+        dest = tmp_path / "host" / "digits" / ".incoming-1"
+        script = fetch_script(str(dest.parent), str(dest), 10_000, nonce="0" * 32)
+        proc = subprocess.run([str(path / "sh"), "-c", script], input=served.pull(m).script_input(),
+                              capture_output=True, timeout=60, env={"PATH": str(path)})
+    finally:
+        served.close()
+    res = parse_output(proc.stdout)
+    assert "@nofetch" in res.flags and "@fetchfailed" not in res.flags, (proc.stdout, proc.stderr)
+    assert proc.returncode == 0 and not dest.exists(), proc.stderr
+
+
 @pytest.mark.parametrize("raw, ok", [(None, 900.0), ("60", 60.0), ("0", None), ("abc", None), ("700000", None)])
 def test_presigned_url_expiry_setting(raw, ok, monkeypatch):
     if raw is None:

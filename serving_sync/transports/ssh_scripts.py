@@ -406,7 +406,8 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) 
     (``nonce``: random, per call): no other program behind the account (a forced command, an
     sftp-only "shell") can print that line, not even one that prints the command it was asked to
     run, since the line is put together from two halves and never appears whole in this text.
-    Prints ``@nofetch`` when the host has neither curl nor wget (the caller streams instead). A
+    Prints ``@nofetch`` when the host has neither curl nor a wget that reads URLs from stdin (the
+    caller streams instead; BusyBox's wget has no ``-i`` nor ``--tries``: each download failed). A
     failed download prints ``@fetchrc <curl|wget> <exit code>`` and ``@fetchfailed <path>`` (exit
     97): curl's 23 and wget's 3 are a failed write on the host (a full disk), not the store.
     ``wget -q`` says nothing, and a quieter ``-nv`` still prints a line with the URL per file: on
@@ -425,9 +426,12 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) 
     if len(nonce) < 16:
         raise ValueError("the fetch script's nonce must be random and at least 16 characters")
     return f"""{MARK_LINE}
+F=
 if command -v curl >/dev/null 2>&1; then F=curl
-elif command -v wget >/dev/null 2>&1; then F=wget
-else echo @nofetch; exit 0; fi
+elif command -v wget >/dev/null 2>&1; then
+  case "$(wget --help 2>&1)" in *--input-file*) F=wget ;; esac
+fi
+[ -n "$F" ] || {{ echo @nofetch; exit 0; }}
 {_make_dest(parent, dest, need_bytes)}printf '@ready %s%s\n' {q(nonce[:len(nonce) // 2])} {q(nonce[len(nonce) // 2:])}
 dest={q(dest)}
 tab=$(printf '\t')

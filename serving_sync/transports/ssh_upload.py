@@ -186,7 +186,8 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
                        "(give the deploy user a shell to pull from %s)", t.where, pull.store_url)
         return None
     if "@nofetch" in res.flags:
-        logger.warning("%s: neither curl nor wget on the host: sending the version over SSH instead "
+        logger.warning("%s: neither curl nor a GNU wget on the host (BusyBox's cannot read the URLs from "
+                       "stdin): sending the version over SSH instead "
                        "(install curl to pull it from %s)", t.where, pull.store_url)
         return None
     if "@nospace" in res.flags:
