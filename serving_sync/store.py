@@ -79,6 +79,12 @@ class Pull:
     manifest: Manifest = field(repr=False)
     urls: dict = field(repr=False)          # rel path -> presigned GET URL (a secret)
 
+    @property
+    def temporary_credentials(self) -> bool:
+        """Signed with temporary credentials (``X-Amz-Security-Token`` in the URLs: an assumed role,
+        ``AWS_SESSION_TOKEN``): the URLs stop working when those expire, whatever ``X-Amz-Expires``."""
+        return any("X-Amz-Security-Token=" in u for u in self.urls.values())
+
     def script_input(self) -> bytes:
         """The host script's stdin: ``d<TAB>dir`` and ``f<TAB>path<TAB>url<TAB>size`` lines."""
         lines = [f"d\t{d}" for d in self.manifest.dirs]

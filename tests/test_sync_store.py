@@ -452,6 +452,27 @@ def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path,
     assert "store_endpoint" not in msg and "no error output" not in msg, msg
 
 
+def test_a_url_refused_after_temporary_credentials_ran_out_says_so(sshd, tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): URLs signed with temporary credentials (an
+    assumed role, CI's OIDC token: ``AWS_SESSION_TOKEN``, ``X-Amz-Security-Token`` in each URL) stop
+    working when those credentials expire, whatever their ``X-Amz-Expires``: a host reached late in a
+    long deploy got 403 and was told to check the clocks and ``MLOPS_STORE_URL_EXPIRY``, which were
+    not the cause. Now the 403 names the temporary credentials."""
+    from dataclasses import replace
+
+    from tests.test_sync_support import make_model_tree
+
+    class Temporary(_Served):
+        def pull(self, manifest):
+            p = super().pull(manifest)
+            return replace(p, urls={k: u + "&X-Amz-Security-Token=t0k3n" for k, u in p.urls.items()})
+
+    model = make_model_tree(tmp_path / "model")
+    msg = _refused_pull(sshd, tmp_path, model, lambda: Temporary(model, expired=True)).message
+    assert "403" in msg and "temporary" in msg and "AWS_SESSION_TOKEN" in msg, msg
+    assert "t0k3n" not in msg and "s3cr3t" not in msg and "Signature" not in msg, msg
+
+
 def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     """Every version deployed through the store stayed in the bucket for good."""
     env = deploy_env

@@ -207,8 +207,12 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
         raise _download_write_error(t, res.flags["@fetchfailed"], stderr, doing)
     if rc == 97:
         last = last_line(stderr.encode())
-        hint = ("the URL was refused (403): check the clocks of this machine and the host, and that "
+        hint = ("the URL was refused (403): check the clocks of this machine and the store, and that "
                 "the download took less than MLOPS_STORE_URL_EXPIRY plus one second per MB"
+                + ("; the deploy signed it with temporary AWS credentials (AWS_SESSION_TOKEN, an assumed "
+                   "role), and such a URL stops working when they expire, whatever MLOPS_STORE_URL_EXPIRY "
+                   "says: give the deploy credentials that last until it ends"
+                   if pull.temporary_credentials else "")
                 if re.search(r"\b403\b", last) else
                 "the object is not in the store (404): removed while this deploy ran, e.g. by another "
                 "fleet's retention on the same store; rerun the deploy (it uploads it again)"
