@@ -73,7 +73,7 @@ def test_presigned_urls_go_on_stdin_and_are_redacted():
     assert "Signature" not in repr(pull)
     nonce = "0123456789abcdef" * 2
     script = fetch_script("/b/m", "/b/m/.incoming-1", 10, nonce=nonce)
-    assert "http" not in script.replace("=http,https", "")     # no URL in the script (argv of the shell)
+    assert "://" not in script and "Signature" not in script     # no URL in the script (argv of the shell)
     # the line after which the URLs are sent: printed by the script, never whole in its text
     # (a forced command that prints the command it was asked to run cannot print it)
     from serving_sync.transports.ssh_scripts import go_line
@@ -471,6 +471,40 @@ def test_a_url_refused_after_temporary_credentials_ran_out_says_so(sshd, tmp_pat
     msg = _refused_pull(sshd, tmp_path, model, lambda: Temporary(model, expired=True)).message
     assert "403" in msg and "temporary" in msg and "AWS_SESSION_TOKEN" in msg, msg
     assert "t0k3n" not in msg and "s3cr3t" not in msg and "Signature" not in msg, msg
+
+
+def test_a_pull_a_proxy_in_the_hosts_environment_refused_names_the_proxy(sshd_factory, tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): curl and wget on the host go through the proxy
+    its environment names (``http_proxy`` set for apt in /etc/environment, ``SetEnv`` in sshd_config),
+    which may not reach the store or may refuse it (squid's "Access Denied" is a 403): the deploy
+    then said to check the clocks and MLOPS_STORE_URL_EXPIRY, or that the host reaches the store,
+    which it does. Now the message says the host's environment names a proxy (never its value)."""
+    from mlops_common.errors import UserError
+    from serving_sync import manifest as mf
+    from serving_sync.publish import incoming_dirs, publish
+    from tests.test_sync_ssh import connect
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    proxy = _Served(tmp_path, expired=True)          # answers every request 403, as squid denies one
+    served = _Served(model)
+    host = sshd_factory(extra_config=(f"SetEnv http_proxy=http://proxyuser:pr0xypw@127.0.0.1:"
+                                      f"{proxy.httpd.server_address[1]}",))
+    base = tmp_path / "host"
+    base.mkdir()
+    t = connect(host, base)
+    try:
+        with pytest.raises(UserError) as e:
+            publish(t, "digits", 1, model, m, pull=served.pull(m))
+        msg = e.value.message
+        assert "proxy" in msg and "http_proxy" in msg and "no_proxy" in msg, msg
+        assert "pr0xypw" not in msg and "s3cr3t" not in msg, msg
+        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
+    finally:
+        t.close()
+        served.close()
+        proxy.close()
 
 
 def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):

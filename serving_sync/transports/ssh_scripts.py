@@ -415,7 +415,9 @@ def fetch_script(parent: str, dest: str, need_bytes: int | None, *, nonce: str) 
     ``-nv``, so stderr holds the store's status (``ERROR 403: Forbidden.``: an expired URL; 404:
     the object is gone) as curl's ``--show-error`` does. A file whose size is not the manifest's
     stops the pull at once (``@fetchsize <bytes> <path>``, exit 99): a redirect or an error page
-    that curl's ``--fail`` lets through (a 3xx), saved in place of the object.
+    that curl's ``--fail`` lets through (a 3xx), saved in place of the object. ``@proxy``: the
+    host's environment names a proxy curl or wget may use for the store (never its value, which may
+    hold a password), for the message of a failed download.
 
     A channel closed by the deploying machine (an interrupt, a timeout) ends the download: sshd
     signals nothing to a command without a terminal, so while a file downloads a watcher writes
@@ -432,6 +434,7 @@ elif command -v wget >/dev/null 2>&1; then
   case "$(wget --help 2>&1)" in *--input-file*) F=wget ;; esac
 fi
 [ -n "$F" ] || {{ echo @nofetch; exit 0; }}
+case "$http_proxy$https_proxy$HTTPS_PROXY$ALL_PROXY$all_proxy" in ?*) echo @proxy ;; esac
 {_make_dest(parent, dest, need_bytes)}printf '@ready %s%s\n' {q(nonce[:len(nonce) // 2])} {q(nonce[len(nonce) // 2:])}
 dest={q(dest)}
 tab=$(printf '\t')
@@ -492,6 +495,7 @@ def parse_output(stdout: bytes) -> ScriptOutput:
                                        ("@notar", "@nospace", "@ready", "@tarfailed", "@nohash",
                                         "@hashfailed", "@end", "@hashing", "@stream", "@filesha", "@nofetch",
                                         "@fetchfailed", "@fetchrc", "@fetchsize", "@got", "@badinput", "@synced",
+                                        "@proxy",
                                         "@linebreak")):
             key, _, value = line.partition(" ")
             flags[key] = value

@@ -218,6 +218,10 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
                 "fleet's retention on the same store; rerun the deploy (it uploads it again)"
                 if re.search(r"\b404\b", last) else
                 "check that the host reaches the store (store_endpoint in the hosts file)")
+        if "@proxy" in res.flags:
+            hint += (f"; the host's environment names a proxy (http_proxy, https_proxy or ALL_PROXY), "
+                     f"which {res.flags.get('@fetchrc', 'curl').split(' ')[0]} goes through unless no_proxy "
+                     f"names the store's host: the answer may be the proxy's")
         raise UserError(f"{t.where}: the host could not download {res.flags['@fetchfailed']} from "
                         f"the shared store {pull.store_url} ({last}); {hint}; nothing was published")
     if rc == 0 and "@nohash" in res.flags:
