@@ -35,11 +35,16 @@ MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 # sh` (zsh only; tried in a subshell first so bash and dash neither print nor stop) gives it sh's
 # rules and options, whatever ~/.zshenv set. Functions the startup file defines (`mkdir() {
 # command mkdir -p "$@"; }`) would still replace the scripts' commands: each name they run is
-# unset as a function (a name with no function is no error in bash, dash or zsh).
+# unset as a function (a name with no function is no error in bash, dash or zsh). Special
+# built-ins too (`exit`, `set`, `trap`, `exec`, `eval`, `break`, `:`): bash outside POSIX mode and
+# zsh, even under `emulate sh`, run a function of that name instead (`exit() { ...; }`: every
+# `exit 96` went on). tests/test_ssh_scripts_commands.py reads the scripts for every command name
+# they run and fails when one is missing here.
 RESTRICTED, RESTRICTED_EXIT = "@restricted", 90
-SCRIPT_COMMANDS = ("[", "awk", "cd", "command", "curl", "df", "dirname", "echo", "find", "grep", "head",
-                   "kill", "mkdir", "mkfifo", "openssl", "printf", "python3", "read", "rm", "sha256sum",
-                   "shasum", "sleep", "sync", "tar", "tee", "test", "umask", "wait", "wc", "wget")
+SCRIPT_COMMANDS = (":", "[", "awk", "break", "cd", "command", "curl", "df", "dirname", "echo", "eval", "exec",
+                   "exit", "find", "grep", "head", "kill", "mkdir", "mkfifo", "openssl", "printf", "python3",
+                   "read", "rm", "set", "sha256sum", "shasum", "sleep", "sync", "tar", "tee", "test", "trap",
+                   "umask", "wait", "wc", "wget")
 SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
                   "(emulate sh) 2>/dev/null && emulate -R sh; "
                   "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
