@@ -1126,3 +1126,56 @@ def test_a_command_printing_megabytes_to_stderr_ends_with_its_stderr_not_a_stall
         assert err.endswith(b"e" * 1000 + b"the real error\n")
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_host_command_printing_without_end_is_one_line_not_this_machines_memory(sshd, tmp_path, stream):
+    """Found by review (2026-12-06, fifteenth stop): a host command's output was read to its end
+    whatever its size, so a host printing without end (a startup file in a loop) filled the
+    deploying machine's memory. Past ``ssh_channel.MAX_OUTPUT`` on either stream the channel is
+    closed and the deploy says so in one line naming the host. Here 100 MB (more than the cap) go
+    to one stream of a command that then ends: before, all of it came back."""
+    from serving_sync.transports.ssh_channel import MAX_OUTPUT, OutputTooLarge
+
+    assert MAX_OUTPUT < 100_000_000
+    base = tmp_path / "base"
+    base.mkdir()
+    t = connect(sshd, base, op_timeout=20)
+    try:
+        ch = t._open_exec("head -c 100000000 /dev/zero | tr '\\0' x" + (" >&2" if stream == "stderr" else "")
+                          + "; echo done")
+        try:
+            ch.shutdown_write()
+            with pytest.raises(OutputTooLarge) as e:
+                t._finish(ch)
+        finally:
+            ch.close()
+        line = one_line(e.value)
+        assert line.startswith(f"{t.where}: a command on the host printed more than 64 MiB to {stream}"), line
+        assert t.disk_free() > 0          # the connection still works
+    finally:
+        t.close()
+
+
+def test_a_login_shell_printing_megabytes_before_the_upload_script_starts_is_one_line(sshd, tmp_path):
+    """The same for what the upload and pull scripts print before their go line
+    (``ssh_channel.read_until_go``, which read it all, splitting the whole of it into lines at every
+    4 KB read): past ``MAX_HEAD`` (1 MiB) it stops with one line naming the host."""
+    from serving_sync.transports.ssh_channel import MAX_HEAD, OutputTooLarge, read_until_go
+    from serving_sync.transports.ssh_scripts import MARK
+
+    base = tmp_path / "base"
+    base.mkdir()
+    t = connect(sshd, base, op_timeout=20)
+    try:
+        ch = t._open_exec(f"head -c {2 * MAX_HEAD} /dev/zero | tr '\\0' x; printf '\\n%s\\n@ready\\n' {MARK}")
+        try:
+            with pytest.raises(OutputTooLarge) as e:
+                read_until_go(ch, b"@ready", mark_timeout=10, where=t.where)
+        finally:
+            ch.close()
+        line = one_line(e.value)
+        assert line.startswith(f"{t.where}: a command on the host printed more than 1 MiB before its script "
+                               f"started"), line
+    finally:
+        t.close()

@@ -127,7 +127,7 @@ class SshTransport(Transport):
         # Both streams together (ssh_channel.read_output); the silence allowed is the channel's
         # timeout, ``timeout`` when interruptible.
         out, err = read_output(ch, timeout if interruptible else (ch.gettimeout() or timeout),
-                               interruptible=interruptible)
+                               interruptible=interruptible, where=self.where)
         if not ch.status_event.wait(timeout):
             raise socket.timeout()
         rc = ch.recv_exit_status()

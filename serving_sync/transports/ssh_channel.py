@@ -9,7 +9,32 @@ from __future__ import annotations
 import socket
 import time
 
+from mlops_common.errors import UserError
+
 from .ssh_scripts import MARK
+
+# What the deploy reads of one host command, per stream. The most a script of ours prints is a
+# version's hashed listing, about 100 bytes a file (64 MiB: some 600,000 files, past any
+# SavedModel); its stderr is a few lines. Unbounded, a host that printed without end (a startup
+# file of the deploy user's login shell in a loop, a program writing garbage) filled this
+# machine's memory, one such buffer per host of a ``--parallel`` fleet, and never ended the read.
+MAX_OUTPUT = 64 * 1024 * 1024
+# What a script prints before its go line (``read_until_go``): the marker, a few flags, and what a
+# login shell's startup file printed before them (a message of the day).
+MAX_HEAD = 1024 * 1024
+
+
+class OutputTooLarge(UserError):
+    """A host command printed more than the deploy reads of it; the channel was closed."""
+
+
+def _too_large(ch, where: str, what: str, limit: int, tail: bytes) -> OutputTooLarge:
+    ch.close()                  # sshd closes the command's pipes: the host stops writing too
+    return OutputTooLarge(
+        f"{where}: a command on the host printed more than {limit // (1024 * 1024)} MiB {what}, far more "
+        f"than the deploy's scripts print; stopped reading it so that it cannot fill this machine's memory "
+        f"(check the deploy user's startup files, ~/.bashrc, ~/.profile, ~/.zshenv, for output in a loop; "
+        f"last line: {last_line(tail[-4096:])})")
 
 
 def last_line(err: bytes) -> str:
@@ -49,7 +74,8 @@ def sender(ch):
     return send
 
 
-def read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
+def read_until_go(ch, go: bytes, *, mark_timeout: float, where: str = "the host",
+                  limit: int = MAX_HEAD) -> tuple[str, bytes]:
     """Read a script's stdout until the line ``go``; return how it went and what was read. The
     upload waits for ``@ready`` (then streams), the pull for its nonce line (then sends the URLs).
 
@@ -58,7 +84,8 @@ def read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
     that is not our script exited). ``"silent"`` / ``"other"``: no ``MARK`` line within
     ``mark_timeout`` and nothing / something else printed: the account runs another program
     (``ForceCommand internal-sftp``, a forced command), which must not be sent anything. Once
-    ``MARK`` is there, the wait for ``go`` is the channel's timeout (``socket.timeout``).
+    ``MARK`` is there, the wait for ``go`` is the channel's timeout (``socket.timeout``). More than
+    ``limit`` bytes before ``go`` is ``OutputTooLarge`` (the channel closed).
     """
     buf = b""
     mark = MARK.encode()
@@ -86,21 +113,27 @@ def read_until_go(ch, go: bytes, *, mark_timeout: float) -> tuple[str, bytes]:
             if not data:
                 return "ended", buf + b"\n"
             buf += data
+            if len(buf) > limit:
+                raise _too_large(ch, where, "before its script started", limit, buf)
     finally:
         ch.settimeout(saved)
 
 
-def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float = 0.5) -> tuple[bytes, bytes]:
+def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float = 0.5, where: str = "the host",
+                limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
     """stdout and stderr to their end, read together; more than ``timeout`` seconds with output on
     neither is a stall (``socket.timeout``). ``interruptible``: a requested interrupt is checked at
     least every ``poll`` seconds. Both streams share the channel's window: read one to its end
     before the other and a host printing more than the window (16 MB) to the other (a noisy
-    login shell, a traceback loop) blocks, the first never ends, and the command only stalls."""
+    login shell, a traceback loop) blocks, the first never ends, and the command only stalls.
+    More than ``limit`` bytes on either stream is ``OutputTooLarge`` naming ``where`` (the channel
+    closed)."""
     import select
 
     from ..cancel import check
 
     chunks: tuple[list[bytes], list[bytes]] = ([], [])
+    sizes = [0, 0]
     reads = (ch.recv, ch.recv_stderr)
     open_streams = [0, 1]
     saved = ch.gettimeout()
@@ -117,6 +150,9 @@ def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float 
                     continue
                 if data:
                     chunks[i].append(data)
+                    sizes[i] += len(data)
+                    if sizes[i] > limit:
+                        raise _too_large(ch, where, ("to stdout", "to stderr")[i], limit, chunks[i][-1])
                     got = True
                 else:
                     open_streams.remove(i)

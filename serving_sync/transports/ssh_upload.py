@@ -52,7 +52,8 @@ def upload_tar(t: SshTransport, local_dir, dest: str, manifest: Manifest, progre
         ch = t._open_exec(upload_script(posixpath.dirname(dest), dest, min_free,
                                         stream_bytes=manifest.total_size))
         try:
-            state, head = read_until_go(ch, b"@ready", mark_timeout=min(t.op_timeout, FIRST_LINE_TIMEOUT))
+            state, head = read_until_go(ch, b"@ready", mark_timeout=min(t.op_timeout, FIRST_LINE_TIMEOUT),
+                                        where=t.where)
             streamed, send_error = None, None
             if state in ("silent", "other"):   # not our script (sftp-only, a forced command)
                 t._no_shell = True
@@ -163,7 +164,7 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
             # line, which only our script prints. Before, they went at once, to whatever the
             # account runs (a forced command that is not a shell read them).
             state, head = read_until_go(ch, go_line(nonce),
-                                        mark_timeout=min(t.op_timeout, FIRST_LINE_TIMEOUT))
+                                        mark_timeout=min(t.op_timeout, FIRST_LINE_TIMEOUT), where=t.where)
             if state in ("silent", "other"):     # not our script, still running: nothing sent
                 rc, out, err = -1, b"", b""
             elif state == "ended":               # ended before its go line: see why
