@@ -1179,3 +1179,38 @@ def test_a_login_shell_printing_megabytes_before_the_upload_script_starts_is_one
                                f"started"), line
     finally:
         t.close()
+
+
+def test_a_deploy_user_with_a_translated_locale_still_gets_the_permission_error(sshd_factory, readonly_base,
+                                                                               tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): the host's error messages are read for what
+    they say (``oserrors.from_stderr``: "Permission denied", "No space left on device"), and the
+    host scripts ran in the deploy user's locale. A German one (here ``LANGUAGE=de``, which this
+    machine's translations answer without a compiled de_DE locale) made mkdir say "Keine
+    Berechtigung": the permission error came out as a bare "cannot create", a full disk as an
+    extraction failure, and `sync --help` lost its FILE (the flush fell back to the slowest way).
+    The scripts run with ``LC_ALL=C``, as a login without any locale already did."""
+    import pwd
+
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopslocale"          # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text("export LANG=C.UTF-8 LANGUAGE=de\n")
+        server = sshd_factory(user=user)
+        model = make_model_tree(tmp_path / "model")
+        os.chmod(tmp_path, 0o755)
+        t = connect(server, readonly_base, user=user)
+        try:
+            rc, out, _ = t._exec("rm /nonexistent-mlops-locale; sync --help")
+            assert b"FILE" in out, out
+            with pytest.raises(HostPermissionDenied) as e:
+                t.upload_tree(model, f"{MODEL}/.incoming-1", mf.build(model))
+        finally:
+            t.close()
+        msg = one_line(e.value)
+        assert "Permission denied" in msg and str(readonly_base) in msg, msg
+        assert os.listdir(readonly_base) == []
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
