@@ -871,6 +871,25 @@ def test_functions_a_login_shell_defines_do_not_reach_the_host_scripts(sshd_fact
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
 
 
+def test_a_field_separator_a_login_shell_sets_does_not_reach_the_host_scripts(sshd_factory, tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): a ~/.bashrc (or ~/.zshenv) that sets
+    `IFS=$'\\n'` left the scripts' unquoted `$H` ("openssl dgst -sha256 -r") unsplit: find looked
+    for a program of that whole name, every hash listing failed (exit 94) and no stream hash came
+    back. The scripts unset IFS (the shell's default splitting) first."""
+    import pwd
+
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopsifs"             # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text("IFS=$'\\n'\n")
+        server = sshd_factory(user=user)
+        _publish_pull_and_refuse_a_taken_folder(user, server, tmp_path, "mlops-ifs-")
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
 def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_factory, tmp_path):
     """rbash forbids redirection and cd: the scripts' `command -v tar >/dev/null` failed, the
     upload fell back to SFTP, and the listing's `cd` failing was taken for a missing directory —

@@ -39,7 +39,8 @@ MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 # messages are read for what they say (``oserrors.from_stderr``: "Permission denied", "No space
 # left on device") and `sync --help` for its FILE: they run in the C locale (what a login with no
 # locale at all has), not the deploy user's (German: "Keine Berechtigung" was a bare "cannot
-# create"). tar keeps UTF-8 names in it as they are. Special
+# create"). tar keeps UTF-8 names in it as they are. IFS is unset (default splitting): a startup
+# file's `IFS=$'\n'` left `$H` one word, and every hash listing failed. Special
 # built-ins too (`exit`, `set`, `trap`, `exec`, `eval`, `break`, `:`): bash outside POSIX mode and
 # zsh, even under `emulate sh`, run a function of that name instead (`exit() { ...; }`: every
 # `exit 96` went on). tests/test_ssh_scripts_commands.py reads the scripts for every command name
@@ -52,7 +53,7 @@ SCRIPT_COMMANDS = (":", "[", "awk", "break", "cd", "command", "curl", "df", "dir
 SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
                   "(emulate sh) 2>/dev/null && emulate -R sh; "
                   "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
-                  "LC_ALL=C; export LC_ALL; "
+                  "LC_ALL=C; export LC_ALL; unset IFS; "
                   "unalias -a 2>/dev/null; "
                   f"unset -f {' '.join(shlex.quote(c) for c in SCRIPT_COMMANDS)} 2>/dev/null\n")
 
