@@ -890,6 +890,29 @@ def test_a_field_separator_a_login_shell_sets_does_not_reach_the_host_scripts(ss
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
 
 
+def test_tar_options_and_cdpath_a_login_shell_exports_do_not_reach_the_host_scripts(sshd_factory, tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): GNU tar reads TAR_OPTIONS from the
+    environment, so a deploy user's exported `--strip-components=1` (or `--exclude`) unpacked every
+    upload wrongly and verification failed with no hint why; CDPATH sends a relative `cd` to a
+    folder of that name elsewhere. The scripts unset both."""
+    import pwd
+
+    from tests.lab.sshd import ensure_user
+
+    user = "mlopstaropt"          # this test's own user, removed at its end
+    ensure_user(user, login_shell=True)
+    try:
+        decoy = tmp_path / "decoy"
+        decoy.mkdir(mode=0o755)
+        tmp_path.chmod(0o755)
+        (Path(pwd.getpwnam(user).pw_dir) / ".bashrc").write_text(
+            f"export TAR_OPTIONS='--strip-components=1 --exclude=*.pb'\nexport CDPATH={decoy}\n")
+        server = sshd_factory(user=user)
+        _publish_pull_and_refuse_a_taken_folder(user, server, tmp_path, "mlops-taropt-")
+    finally:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
 def test_a_restricted_login_shell_is_one_line_before_anything_is_written(sshd_factory, tmp_path):
     """rbash forbids redirection and cd: the scripts' `command -v tar >/dev/null` failed, the
     upload fell back to SFTP, and the listing's `cd` failing was taken for a missing directory —

@@ -40,7 +40,9 @@ MARK_LINE = f"printf '\\n%s\\n' {MARK}"
 # left on device") and `sync --help` for its FILE: they run in the C locale (what a login with no
 # locale at all has), not the deploy user's (German: "Keine Berechtigung" was a bare "cannot
 # create"). tar keeps UTF-8 names in it as they are. IFS is unset (default splitting): a startup
-# file's `IFS=$'\n'` left `$H` one word, and every hash listing failed. Special
+# file's `IFS=$'\n'` left `$H` one word, and every hash listing failed. So are CDPATH (a relative
+# `cd` went to a folder of that name elsewhere) and TAR_OPTIONS (`--strip-components=1` exported
+# by the deploy user unpacked every upload one level up: verification failed). Special
 # built-ins too (`exit`, `set`, `trap`, `exec`, `eval`, `break`, `:`): bash outside POSIX mode and
 # zsh, even under `emulate sh`, run a function of that name instead (`exit() { ...; }`: every
 # `exit 96` went on). tests/test_ssh_scripts_commands.py reads the scripts for every command name
@@ -53,7 +55,7 @@ SCRIPT_COMMANDS = (":", "[", "awk", "break", "cd", "command", "curl", "df", "dir
 SHELL_DEFAULTS = (f"case $- in *r*) echo {RESTRICTED}; exit {RESTRICTED_EXIT};; esac; "
                   "(emulate sh) 2>/dev/null && emulate -R sh; "
                   "set +e +u +x +C +f; (set +o pipefail) 2>/dev/null && set +o pipefail; "
-                  "LC_ALL=C; export LC_ALL; unset IFS; "
+                  "LC_ALL=C; export LC_ALL; unset IFS CDPATH TAR_OPTIONS; "
                   "unalias -a 2>/dev/null; "
                   f"unset -f {' '.join(shlex.quote(c) for c in SCRIPT_COMMANDS)} 2>/dev/null\n")
 
