@@ -142,8 +142,8 @@ class Servable:
             if want is not None and got != want:
                 raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
                                        f"is provided")
-        fn = self._callable(names, fetch)
-        try:
+        try:    # making the callable is the run's graph build: its errors (no fetch, ...) are the run's
+            fn = self._callable(names, fetch)
             return [as_array(v) for v in fn(*[feeds[n] for n in names])]
         except BaseException as exc:
             raise from_exception(exc) from None

@@ -694,3 +694,49 @@ def test_a_wrong_dtype_is_reported_by_its_place_among_the_sorted_feed_names(tmp_
         assert e.value.message == "Expects arg[0] to be int64 but float is provided"
     finally:
         servable.close()
+
+
+def test_a_signature_without_outputs_is_the_runs_invalid_argument_as_in_tf_serving(tmp_path):
+    """A signature with no outputs (and no output_filter) fetches nothing: TF Serving's
+    ``Session::Run`` returns INVALID_ARGUMENT "Must specify at least one target to fetch or
+    execute." (``subgraph.cc``), over gRPC and in a warmup replay, which fails the load with it.
+    This server made the session callable outside its error mapping: the raw TensorFlow error
+    reached gRPC as UNKNOWN "InvalidArgumentError: ..." and a warmup load as UNKNOWN too."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving_host import warmup
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = tf.identity(x * 2.0, name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+        predict = "tensorflow/serving/predict"
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": build(inputs={"x": info(x)}, outputs={"y": info(y)}, method_name=predict),
+            "no_outputs": build(inputs={"x": info(x)}, outputs={}, method_name=predict)})
+        builder.save()
+    servable = Servable.load("m", 1, path)
+    message = "Must specify at least one target to fetch or execute."
+    try:
+        assert servable.predict("", {"x": np.array([1.5], np.float32)})["y"].tolist() == [3.0]
+        with pytest.raises(ServingError) as e:
+            servable.predict("no_outputs", {"x": np.array([1.5], np.float32)})
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", message)
+        entry = prediction_log_pb2.PredictionLog()
+        entry.predict_log.request.model_spec.signature_name = "no_outputs"
+        entry.predict_log.request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.5], dtype=tf.float32))
+        (tmp_path / "1" / "assets.extra").mkdir()
+        with tf.io.TFRecordWriter(warmup.requests_path(path)) as w:
+            w.write(entry.SerializeToString())
+        with pytest.raises(ServingError) as e:
+            warmup.run(servable, path, model_name="m", version=1)
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", message)
+    finally:
+        servable.close()
