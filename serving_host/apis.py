@@ -70,6 +70,11 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
              or _COMPLEX_FIELDS.get(proto.dtype))
     per = 2 if proto.dtype in _COMPLEX_FIELDS else 1
     n = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if n == 0 and proto.tensor_content:     # FromProto decodes values only when N > 0: never read
+        emptied = type(proto)()
+        emptied.CopyFrom(proto)
+        emptied.ClearField("tensor_content")
+        proto = emptied
     if proto.dtype == 7 and proto.tensor_content and n > 0:     # Helper<tstring>::Decode
         items = _decode_string_list(proto.tensor_content, n)
         if items is None:

@@ -604,6 +604,28 @@ def test_typed_values_beyond_the_shape_are_ignored_and_too_few_repeat_the_last()
 
 
 
+def test_an_empty_tensor_ignores_its_tensor_content_as_tf_serving_does():
+    """``Tensor::FromProto`` decodes values only when the shape has elements (N > 0): a
+    zero-element tensor is made whatever ``tensor_content`` holds (only the dtype is checked).
+    This server read the content anyway and refused it as ``tensor parsing error``."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    for dtype, content, dims in ((types_pb2.DT_FLOAT, b"abcd", [0]), (types_pb2.DT_STRING, b"\x01a", [0, 3]),
+                                 (types_pb2.DT_INT64, b"12345678", [2, 0])):
+        p = tensor_pb2.TensorProto(dtype=dtype, tensor_content=content)
+        for d in dims:
+            p.tensor_shape.dim.add().size = d
+        assert apis.tensor_from_proto("x", p).shape == tuple(dims)
+    p = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"abc")   # N > 0: still read
+    p.tensor_shape.dim.add().size = 1
+    with pytest.raises(ServingError) as e:
+        apis.tensor_from_proto("x", p)
+    assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
+
+
 def test_complex_and_quantized_values_beyond_the_shape_are_ignored_too():
     """``FromProtoField`` for complex (``scomplex_val``/``dcomplex_val``: two numbers an element,
     an odd last one ignored) and quantized types (``int_val``): the first n elements are used.
