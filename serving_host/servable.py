@@ -167,6 +167,10 @@ class Servable:
         """Run a signature: feed tensors by input alias, return outputs by output alias."""
         sig = self.signatures[signature_name]
         out_aliases = tuple(sorted(sig.outputs)) if output_aliases is None else output_aliases
+        names = sorted(sig.inputs[a].name for a in inputs)
+        fed_twice = next((n for m, n in zip(names, names[1:]) if m == n), None)
+        if fed_twice is not None and out_aliases:   # two aliases, one tensor: the graph build refuses it
+            raise invalid_argument(f'Endpoint "{fed_twice}" fed more than once.')     # (subgraph.cc)
         values = self.run_tensors({sig.inputs[a].name: v for a, v in inputs.items()},
                                   tuple(sig.outputs[a].name for a in out_aliases))
         return dict(zip(out_aliases, values))

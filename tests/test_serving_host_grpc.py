@@ -762,3 +762,41 @@ def test_a_signature_without_outputs_is_the_runs_invalid_argument_as_in_tf_servi
         assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", message)
     finally:
         servable.close()
+
+
+def test_two_input_aliases_of_one_tensor_are_refused_as_tf_serving_refuses_them(tmp_path):
+    """``GetInputValues`` feeds one (tensor name, value) pair per input alias; two aliases of one
+    placeholder feed it twice and TF Serving's ``Session::Run`` refuses the graph: INVALID_ARGUMENT
+    'Endpoint "x:0" fed more than once.' (``subgraph.cc``). This server built its feeds as a dict by
+    tensor name, so the second value silently replaced the first and the request answered OK: a
+    model that cannot serve Predict on TF Serving passed here."""
+    import tensorflow as tf
+
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = tf.identity(x * 2.0, name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+        predict = "tensorflow/serving/predict"
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": build(inputs={"a": info(x), "b": info(x)}, outputs={"y": info(y)},
+                                     method_name=predict),
+            "echo": build(inputs={"x": info(x)}, outputs={"y": info(x)}, method_name=predict)})
+        builder.save()
+    servable = Servable.load("m", 1, path)
+    one = np.array([1.5], np.float32)
+    try:
+        with pytest.raises(ServingError) as e:
+            servable.predict("", {"a": one, "b": one})
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", 'Endpoint "x:0" fed more than once.')
+        with pytest.raises(ServingError) as e:      # an input fetched as an output: the graph build's too
+            servable.predict("echo", {"x": one})
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "x:0 is both fed and fetched.")
+    finally:
+        servable.close()
