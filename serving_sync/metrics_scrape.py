@@ -19,29 +19,92 @@ class PageTooLarge(ValueError):
     """The page passed ``MAX_PAGE_BYTES``: most likely many model names that clients asked for."""
 
 
+def _watched(conn_class, register):
+    """``conn_class`` whose sockets are handed to ``register`` as soon as they connect (before
+    a TLS handshake, a status line or a header is read)."""
+    import socket
+
+    class Watched(conn_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+            def create(*a, **kw):
+                sock = socket.create_connection(*a, **kw)
+                register(sock)
+                return sock
+            self._create_connection = create
+    return Watched
+
+
 def _read_page(url: str, timeout: float) -> bytes:
     """The whole page or OSError / ValueError: at most ``MAX_PAGE_BYTES``, within about
-    ``timeout`` seconds in all (each read waits at most ``timeout``), never a page cut short."""
+    ``timeout`` seconds in all, never a page cut short. Each socket read waits at most
+    ``timeout``; at the deadline every socket of the read (redirects included) is shut, so
+    headers trickling in or a chain of slow redirects cannot hold the bake past it either."""
     import http.client
+    import socket
+    import threading
     import urllib.request
 
+    lock, sockets, late = threading.Lock(), [], threading.Event()
+
+    def shut(sock) -> None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)      # the fd's: wakes a blocked recv, TLS too
+        except OSError:
+            pass
+
+    def register(sock) -> None:
+        with lock:
+            sockets.append(sock)
+            if late.is_set():
+                shut(sock)
+
+    def expire() -> None:
+        with lock:
+            late.set()
+            for sock in sockets:
+                shut(sock)
+
+    class Http(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(_watched(http.client.HTTPConnection, register), req)
+
+    class Https(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(_watched(http.client.HTTPSConnection, register), req, context=self._context)
+
+    too_late = f"the page did not arrive within {timeout:g}s"
     deadline = time.monotonic() + timeout
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
-            expected = resp.headers.get("Content-Length")
-            chunks, size = [], 0
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the page did not arrive within {timeout:g}s")
-                chunk = resp.read1(64 * 1024)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_PAGE_BYTES:
-                    raise PageTooLarge(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
-                chunks.append(chunk)
-    except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
-        raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
+        try:
+            opener = urllib.request.build_opener(Http, Https)
+            with opener.open(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
+                expected = resp.headers.get("Content-Length")
+                chunks, size = [], 0
+                while True:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(too_late)
+                    chunk = resp.read1(64 * 1024)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > MAX_PAGE_BYTES:
+                        raise PageTooLarge(f"the page is larger than {MAX_PAGE_BYTES // (1024 * 1024)} MB")
+                    chunks.append(chunk)
+        except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
+            raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
+    except (OSError, ValueError):
+        if late.is_set():              # the shut sockets' errors: it is the deadline's doing
+            raise TimeoutError(too_late) from None
+        raise
+    finally:
+        timer.cancel()
+    if late.is_set():                  # a shut socket reads as the page's end: never taken for the page
+        raise TimeoutError(too_late)
     body = b"".join(chunks)
     if expected is not None and expected.strip().isdigit() and len(body) != int(expected):
         raise ValueError(f"the page was cut off ({len(body)} of {int(expected)} bytes)")
