@@ -169,24 +169,32 @@ _KEPT = (REQUEST_COUNT, REQUEST_LATENCY + "_bucket", REQUEST_LATENCY + "_sum", R
 _KEPT_LINES = tuple(n + "{" for n in _KEPT)      # a sample line of a kept metric starts so
 
 
-def _samples(text: str) -> list:
-    """The page's request_count / request_latency samples as (name, sample): the name is the
-    sample's without the ``_total`` the parser adds to a counter's. The whole page is parsed; if that
-    fails on a page that is TF Serving's (it has request_count's TYPE line), each line of those
-    metrics is parsed on its own and the rest skipped: a model name from a request can hold a
-    newline, which TF Serving does not escape, and one such 404 must not make the page unreadable.
-    UserError for a page that is neither."""
+def _samples(text: str, model: str) -> list:
+    """The page's request_count / request_latency samples of ``model`` as (name, sample): the name
+    is the sample's without the ``_total`` the parser adds to a counter's. Only the ``# TYPE``
+    lines and the lines holding ``model_name="<model>"`` (escaped as TF Serving escapes it) are
+    parsed: every line of the model's holds it, and a page of many unknown model names near
+    ``MAX_PAGE_BYTES`` took 8 s to parse whole. If that fails on a page that is TF Serving's (it
+    has request_count's TYPE line), each line of those metrics is parsed on its own and the rest
+    skipped: a model name from a request can hold a newline, which TF Serving does not escape, and
+    one such 404 must not make the page unreadable. UserError for a page that is neither."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    lines = text.split("\n")                     # not splitlines(): label values may hold \r, \x85, \u2028
+    needle = 'model_name="' + model.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines = [line for line in lines if line.startswith("#") or needle in line]
     try:
-        families = list(text_string_to_metric_families(text))
+        families = list(text_string_to_metric_families("\n".join(lines) + "\n"))
     except Exception as exc:  # noqa: BLE001 - the parser raises ValueError and friends
-        lines = text.split("\n")                 # not splitlines(): label values may hold \r, \x85, \u2028
         if f"# TYPE {REQUEST_COUNT} counter" not in lines:
             raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
         return [(s.name, s) for line in lines if line.startswith(_KEPT_LINES)
                 for s in _line_samples(line)]
     if not any(f.name == REQUEST_COUNT for f in families):
+        try:                                     # not TF Serving's: say whether it is Prometheus text at all
+            list(text_string_to_metric_families(text))
+        except Exception as exc:  # noqa: BLE001 - the parser raises ValueError and friends
+            raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
         raise UserError(f"the page has no {REQUEST_COUNT}: it is not TF Serving's metrics page (check "
                         f"metrics_url in the hosts file)")
     return [(REQUEST_COUNT if f.name == REQUEST_COUNT else s.name, s)
@@ -209,7 +217,7 @@ def parse(text: str, model: str) -> Snapshot:
     requests: dict[str, float] = {}
     buckets: dict[float, float] = {}
     total = count = error = 0.0
-    for name, s in _samples(text):
+    for name, s in _samples(text, model):
         if s.labels.get("model_name") != model:
             continue
         if name == REQUEST_COUNT:
