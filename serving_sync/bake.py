@@ -238,7 +238,7 @@ def _judge_quantile(q: float, canary: Window, baselines: dict[str, Window],
     if not baselines:
         return None, None
     if mine is None:
-        return None, f"{name} not judged: {n_canary} requests on the canary (it takes {need})"
+        return None, f"{name} not judged: {_requests(n_canary)} on the canary (it takes {need})"
     if not base:
         why = f"{' and '.join(small)} (it takes {need})" if small else "the baselines' histograms cannot bound it"
         return None, f"{name} not judged: {why}"
@@ -249,10 +249,14 @@ def _judge_quantile(q: float, canary: Window, baselines: dict[str, Window],
     k, n_c = count_above(canary.buckets, limit)
     j, n_b = (sum(x) for x in zip(*(count_above(w.buckets, limit) for _, w, _ in base)))
     if chance_of_as_many_above(k, n_c, k + j, n_c + n_b) >= LATENCY_ALPHA:
-        return None, (f"{name} above {ratio:g}x but within chance: {k} of {n_c} requests above "
+        return None, (f"{name} above {ratio:g}x but within chance: {k} of {_requests(n_c)} above "
                       f"{_ms(limit / 1000.0)} vs {j} of {n_b}")
     return (f"{name} latency at least {_ms(mine[0] / 1000.0)} vs "
             + " and ".join(f"at most {_ms(b[1] / 1000.0)} {n}" for n, _, b in base) + f"; limit {ratio:g}x"), None
+
+
+def _requests(n: int) -> str:
+    return f"{n} request" if n == 1 else f"{n} requests"
 
 
 def _seconds(s: float) -> str:
@@ -308,7 +312,7 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         parts.append(f"{_count(compared['others'])} per host on the {others.hosts} other hosts" if others.hosts > 1
                      else f"{_count(compared['others'])} on the other host")
     took = f"in {_seconds(canary.seconds)}" if canary.seconds else "in the bake"
-    return (f"answered {canary.requests} request{'' if canary.requests == 1 else 's'} {took} vs "
+    return (f"answered {_requests(canary.requests)} {took} vs "
             f"{' and '.join(parts)}; traffic fell below {100 * ratio:g}%"), info
 
 
@@ -331,7 +335,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         return Verdict(host, "breached", f"canary {host}: {fell}: rolled back", (fell,), measurements)
     if canary.requests < limits.min_requests:
         ok = limits.on_low_traffic == "pass"
-        line = (f"canary {host}: not enough traffic ({canary.requests} requests < {limits.min_requests}) to "
+        line = (f"canary {host}: not enough traffic ({_requests(canary.requests)} < {limits.min_requests}) to "
                 f"judge it: {'passed' if ok else 'rolled back'} (--on-low-traffic {limits.on_low_traffic})")
         return Verdict(host, "low_traffic_passed" if ok else "low_traffic_failed", line,
                        ("not enough traffic",), measurements)
@@ -341,7 +345,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     def unused(w: Window) -> str:
         if w.restarted:
             return " (restarted, not used)"
-        return "" if w.requests >= limits.min_requests else f" ({w.requests} requests, too few to use)"
+        return "" if w.requests >= limits.min_requests else f" ({_requests(w.requests)}, too few to use)"
 
     bound = base_rate + limits.max_error_rate
     d = _decimals(canary.error_rate, bound, base_rate, limits.max_error_rate, *(w.error_rate for _, w in named))
@@ -354,7 +358,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         if _errors_beyond_chance(canary, baselines, bound, limits.max_error_rate):
             reasons.append(err)
         else:
-            err += (f", within chance at {canary.requests} requests (at the limit, {canary.errors} or more "
+            err += (f", within chance at {_requests(canary.requests)} (at the limit, {canary.errors} or more "
                     f"errors come in more than 1 bake of {round(1 / ERROR_RATE_ALPHA)})")
     ratio = limits.max_latency_ratio
     mean_reason, mean_note, measurements["mean_compared"], mean_chance = _judge_mean(canary, baselines, ratio)
@@ -376,7 +380,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         return Verdict(host, "breached", f"canary {host}: {'; '.join(reasons)}{note}: rolled back",
                        tuple(reasons), measurements)
     lat = f", mean {_ms_bounds(canary.mean_bounds_ms)}" if canary.mean_ms is not None and not mean_note else ""
-    lat += f" (above {ratio:g}x, within chance at {canary.latency_count} requests)" if mean_chance else ""
+    lat += f" (above {ratio:g}x, within chance at {_requests(canary.latency_count)})" if mean_chance else ""
     lat += f", {mean_note}" if mean_note else ""
     p95 = canary.latency_bounds_ms(0.95)
     lat += f", p95 at most {_ms(p95[1])}" if p95 is not None and math.isfinite(p95[1]) else ""

@@ -1003,3 +1003,12 @@ def test_the_window_before_the_switch_leaves_out_exactly_the_deploys_own_smoke_t
     # TF Serving restarted during the smoke test: the window says so
     restarted = metrics_windows.window_outside(s0, s1, [(pre, _at([1000] * 5, 6.0))])
     assert restarted.restarted
+
+
+def test_one_request_is_said_in_the_singular():
+    """The low-traffic line said "not enough traffic (1 requests < 20)"; every count is now said
+    with its number ("1 request", "2 requests")."""
+    v = bake.judge("web-2", _win([1000]), None, None, LIMITS)
+    assert "not enough traffic (1 request < 20)" in v.line, v.line
+    v = bake.judge("web-2", _win([1000] * 40), _win([1000]), None, LIMITS)
+    assert "(1 request, too few to use)" in v.line and "1 requests" not in v.line, v.line
