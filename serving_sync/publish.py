@@ -8,6 +8,7 @@ manifest under ``.serving_sync/manifests/``, then rename to the numeric name.
 
 S3 (no rename): upload every object except ``saved_model.pb`` under the final prefix, verify,
 then upload ``saved_model.pb`` last and verify it: a version is loadable only when complete.
+Unfinished multipart uploads under the prefix (a killed run's) are aborted first, under the lock.
 
 Pull from a shared store (``store.Pull``, ssh hosts): the host downloads the version itself
 into the same ``.incoming-*`` directory and hashes it; the rest (verify, manifest, rename) is
@@ -200,6 +201,9 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
         for rel in transport.files_under(vp):
             if rel not in wanted:
                 transport.remove_file(f"{vp}/{rel}")
+        # a killed run's unfinished multipart uploads (invisible parts, billed): we hold the lock
+        if hasattr(transport, "abort_uploads"):
+            transport.abort_uploads(vp)
         sent = transport.upload_tree(local_dir, vp, body, progress, min_free=space_needed(manifest))
         problems = transport.verify(vp, manifest if complete() else body)   # completed meanwhile: all of it
         if problems:

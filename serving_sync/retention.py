@@ -121,6 +121,8 @@ def apply(transport: Transport, p: RetentionPlan) -> None:
     for name in p.remove_uploads:
         logger.info("%s: removing leftover upload %s/%s", transport.url, p.model, name)
         transport.remove_tree(f"{p.model}/{name}")
+    if hasattr(transport, "abort_uploads"):     # S3: unfinished multipart uploads of dead runs
+        transport.abort_uploads(p.model, older_than=DEFAULT_UPLOAD_AGE)
     for v in p.remove_partials:
         logger.info("%s: removing %s, a dead upload (no saved_model.pb)", transport.url, version_path(p.model, v))
         _remove_version(transport, p.model, v)

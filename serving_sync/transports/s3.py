@@ -6,8 +6,19 @@ S3 has no rename, so ``atomic_rename`` is False: publish uploads every object ex
 Integrity on the store's side: each PUT carries ``ChecksumSHA256`` (the manifest's hash); the
 server recomputes it and rejects a mismatch (BadDigest), and ``HeadObject(ChecksumMode=ENABLED)``
 returns it for verification (SeaweedFS 4.48 and AWS both do). A store that returns no checksum
-is verified by reading the object back and hashing it. Objects are single-part PUTs (up to
-5 GiB each), uploaded in parallel.
+is verified by reading the object back and hashing it. Objects are uploaded in parallel.
+
+Files above ``MULTIPART_THRESHOLD`` (5 GiB, S3's single-PUT limit) go up in parts
+(``_put_multipart``): ``part_size`` grows with the file so ``MAX_PARTS`` (10,000) parts cover
+S3's largest object (5 TiB), each part is read twice from disk in 1 MiB reads (hashed, then
+sent: memory stays bounded) and carries its own ``ChecksumSHA256``, which the store recomputes
+(BadDigest on a mismatch). The object's checksum is then COMPOSITE (``<sha256 of the parts'
+digests>-<parts>``, on AWS and SeaweedFS alike; SHA-256 has no FULL_OBJECT type), which is not
+the manifest's whole-file hash: ``listing`` accepts it when it equals the composite of the parts
+this transport sent, whose whole-file hash, computed in the same reads, equalled the manifest's;
+any other composite (another process's upload) is verified by reading the object back. A failed
+or interrupted multipart upload is aborted (``AbortMultipartUpload``); ``abort_uploads`` lists
+and aborts those a killed run left under a prefix (publish under the lock, ``remove_tree``).
 
 Exclusive create (the lock) uses a conditional PUT ``If-None-Match: *`` (412 when the key
 exists), supported by AWS S3 since 2024 and by SeaweedFS; a store that ignores the header
@@ -21,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from mlops_common import log
@@ -35,8 +47,48 @@ from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 logger = log.get("sync.s3")
 
 MAX_SINGLE_PUT = 5 * 1024 ** 3
+MULTIPART_THRESHOLD = MAX_SINGLE_PUT    # files above it go up in parts (tests lower it)
+MIN_PART_SIZE = 64 * 1024 ** 2          # S3: 5 MiB..5 GiB per part (the last may be smaller)
+MAX_PARTS = 10_000
+MAX_OBJECT = 5 * 1024 ** 4              # S3's largest object
 WORKERS = 8
 READ_CHUNK = 1024 * 1024
+
+
+def part_size(size: int) -> int:
+    """Bytes per part for a file of ``size``: ``MIN_PART_SIZE``, or more (whole MiB) when
+    ``MAX_PARTS`` parts of it would not hold the file (5 TiB: 525 MiB parts)."""
+    mib = 1024 ** 2
+    return max(MIN_PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
+
+
+class _Part:
+    """A read-only window ``[offset, offset + length)`` of an open file, for one UploadPart body
+    (botocore streams it, seeking back to retry; nothing is read into memory at once)."""
+
+    def __init__(self, fh, offset: int, length: int):
+        self._fh, self._start, self._len, self._pos = fh, offset, length, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._len - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        self._fh.seek(self._start + self._pos)
+        data = self._fh.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._len}[whence]
+        self._pos = max(0, min(self._len, base + pos))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._len
 
 
 def _b64(hex_digest: str) -> str:
@@ -56,6 +108,8 @@ class S3Transport(Transport):
         self.prefix = prefix.strip("/")
         super().__init__(f"s3://{bucket}/{self.prefix}".rstrip("/"))
         self._client = client
+        # key -> (composite ChecksumSHA256 of the parts this transport sent, whole-file sha256)
+        self._sent_parts: dict[str, tuple[str, str]] = {}
 
     # --- plumbing ------------------------------------------------------------------------
     @property
@@ -198,8 +252,12 @@ class S3Transport(Transport):
 
         def digest(key: str) -> tuple[str, str]:
             head = self._head(key, f"verifying {key}")
-            if head and head.get("ChecksumSHA256") and "-" not in head["ChecksumSHA256"]:
-                return key[len(prefix):], _hex(head["ChecksumSHA256"])
+            checksum = (head or {}).get("ChecksumSHA256")
+            if checksum and "-" not in checksum:
+                return key[len(prefix):], _hex(checksum)
+            sent = self._sent_parts.get(key)
+            if checksum and sent and sent[0] == checksum:    # the parts we sent, each checked by the store
+                return key[len(prefix):], sent[1]
             return key[len(prefix):], self._read_back_sha256(key)
 
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -258,11 +316,13 @@ class S3Transport(Transport):
                     progress: ProgressFn | None = None, *, min_free: int | None = None) -> int:
         prefix = self._dir_prefix(dest_rel)
         for f in manifest.files:
-            if f.size > MAX_SINGLE_PUT:
-                raise UserError(f"{self.url}: {f.path} is {f.size / 1e9:.1f} GB; single objects above "
-                                f"5 GiB are not supported by the S3 transport")
+            if f.size > MAX_OBJECT:
+                raise UserError(f"{self.url}: {f.path} is {f.size / 1e12:.1f} TB; S3 holds no object "
+                                f"above 5 TiB")
 
         def put(entry) -> int:
+            if entry.size > MULTIPART_THRESHOLD:
+                return self._put_multipart(local_dir, prefix + entry.path, entry, progress)
             # The store recomputes SHA-256 and rejects the PUT (BadDigest) if it differs.
             with open(os.path.join(local_dir, entry.path), "rb") as fh:
                 self._call(f"uploading {entry.path}", self.client.put_object, Bucket=self.bucket,
@@ -277,6 +337,92 @@ class S3Transport(Transport):
         with ThreadPoolExecutor(WORKERS) as pool:
             return sum(pool.map(put, ordered))
 
+    def _put_multipart(self, local_dir, key: str, entry, progress: ProgressFn | None) -> int:
+        """Upload one big file in parts (see the module docstring); aborted on any failure."""
+        size = part_size(entry.size)
+        doing = f"uploading {entry.path}"
+        up = self._call(doing, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                        ChecksumAlgorithm="SHA256")
+        upload_id, parts, whole = up["UploadId"], [], hashlib.sha256()
+        try:
+            with open(os.path.join(local_dir, entry.path), "rb") as fh:
+                for number, offset in enumerate(range(0, entry.size, size), 1):
+                    length = min(size, entry.size - offset)
+                    body = _Part(fh, offset, length)
+                    h = hashlib.sha256()
+                    for chunk in iter(lambda: body.read(READ_CHUNK), b""):
+                        h.update(chunk)
+                        whole.update(chunk)
+                    if body.tell() != length:
+                        raise UserError(f"{self.url}: {entry.path} became shorter while it was uploaded; "
+                                        f"rerun")
+                    body.seek(0)
+                    digest = base64.b64encode(h.digest()).decode()
+                    # the store recomputes the part's SHA-256 and refuses it (BadDigest) if it differs
+                    r = self._call(doing, self.client.upload_part, Bucket=self.bucket, Key=key,
+                                   UploadId=upload_id, PartNumber=number, Body=body, ContentLength=length,
+                                   ChecksumSHA256=digest)
+                    parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest,
+                                  "_digest": h.digest()})
+                    if progress:
+                        progress(length)     # per part: a cancel stops the upload between parts
+            if whole.hexdigest() != entry.sha256:
+                raise UserError(f"{self.url}: {entry.path} changed since it was hashed (its bytes no longer "
+                                f"match the manifest); nothing was published, rerun")
+            composite = (base64.b64encode(hashlib.sha256(b"".join(p.pop("_digest") for p in parts)).digest())
+                         .decode() + f"-{len(parts)}")
+            self._sent_parts[key] = (composite, entry.sha256)
+            self._call(doing, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                       UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            self._sent_parts.pop(key, None)
+            self._abort(key, upload_id)
+            raise
+        logger.debug("%s: %s uploaded in %d parts", self.url, entry.path, len(parts))
+        return entry.size
+
+    def _abort(self, key: str, upload_id: str) -> bool:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            return True
+        except Exception as exc:  # noqa: BLE001 - best effort: abort_uploads (clean-up) tries again
+            if self._code(exc) in ("NoSuchUpload", "404"):
+                return True
+            logger.warning("%s: could not abort the multipart upload of %s (%s); the next clean-up of "
+                           "its version aborts it", self.url, key, type(exc).__name__)
+            return False
+
+    def abort_uploads(self, rel: str, *, older_than: float | None = None, now: float | None = None) -> int:
+        """Abort every multipart upload in progress under ``rel`` (a killed run's, billed as
+        storage but invisible to a LIST of objects), or only those started ``older_than`` seconds
+        before ``now``; the caller holds the lock. Returns how many."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from mlops_common import s3 as s3_factory
+
+        prefix = self._dir_prefix(rel)
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        except (ClientError, BotoCoreError, OSError) as exc:
+            if s3_factory.classify(exc)[0] != s3_factory.DENIED:
+                raise self._error(exc, f"listing the unfinished uploads under {rel}") from None
+            # credentials without s3:ListBucketMultipartUploads: nothing else needs it
+            logger.warning("%s: may not list unfinished multipart uploads under %s (AccessDenied); a killed "
+                           "upload's parts stay billed until a bucket lifecycle rule "
+                           "(AbortIncompleteMultipartUpload) removes them", self.url, rel)
+            return 0
+        now = time.time() if now is None else now
+        uploads = [(u["Key"], u["UploadId"]) for page in pages for u in page.get("Uploads", [])
+                   if u["Key"].startswith(prefix)
+                   and (older_than is None or "Initiated" not in u
+                        or now - u["Initiated"].timestamp() > older_than)]
+        for key, upload_id in uploads:
+            logger.info("%s: aborting an unfinished multipart upload of %s", self.url, key)
+            self._call(f"aborting the unfinished upload of {key}", self.client.abort_multipart_upload,
+                       Bucket=self.bucket, Key=key, UploadId=upload_id)
+        return len(uploads)
+
     def rename(self, src_rel: str, dst_rel: str) -> None:
         raise NotImplementedError("S3 has no rename; publish uploads saved_model.pb last instead")
 
@@ -284,6 +430,7 @@ class S3Transport(Transport):
         if not rel_path(rel):
             raise ValueError("refusing to remove the base prefix")
         prefix = self._dir_prefix(rel)
+        self.abort_uploads(rel)      # a killed upload's parts: invisible to the LIST below, still billed
         keys = [o["Key"] for o in self._iter_keys(prefix)]
         # The loadable marker goes first (its own request) so a half-removed version never loads.
         markers = [k for k in keys if k.rsplit("/", 1)[-1] in ("saved_model.pb", "saved_model.pbtxt")]
