@@ -68,20 +68,30 @@ def test_a_file_above_the_threshold_uploads_in_parts_and_is_verified(s3_hut, big
     assert head["ETag"].strip('"').endswith("-3") and head["ChecksumSHA256"].endswith("-3"), head
     assert s3_hut.raw_read(f"{MODEL}/3/{SHARD}") == (big_model / SHARD).read_bytes()
     assert _unfinished(s3_hut) == []
-    # this transport vouches for the composite checksum of the parts it sent, without reading back
-    read_back = s3t.S3Transport._read_back_sha256
+    # another process (a rerun) checks the store's composite against the upload's metadata:
+    # verified and already present without reading the object back
     monkeypatch.setattr(s3t.S3Transport, "_read_back_sha256", lambda self, key: pytest.fail(key))
-    assert s3_hut.transport.verify(f"{MODEL}/3", m) == []
-    monkeypatch.setattr(s3t.S3Transport, "_read_back_sha256", read_back)
-    # another process (a rerun) cannot: it reads the object back, and finds it the same
     other = s3t.S3Transport(s3_hut.bucket, s3_hut.prefix)
     assert other.verify(f"{MODEL}/3", m) == []
     assert publish(other, MODEL, 3, big_model, m).status == "already_present"
-    # a composite that is not the one sent is not taken on trust (the object read back instead)
-    sent = dict(s3_hut.transport._sent_parts)
-    s3_hut.transport._sent_parts = {k: ("something-else-3", v[1]) for k, v in sent.items()}
-    s3_hut.raw_write(f"{MODEL}/3/{SHARD}", b"replaced behind our back")
-    assert any(SHARD in p for p in s3_hut.transport.verify(f"{MODEL}/3", m))
+
+
+def test_a_multipart_object_replaced_with_our_metadata_but_other_bytes_is_read_back(s3_hut, big_model):
+    """The metadata is the uploader's word; only the store's own composite checksum makes it true."""
+    m = mf.build(big_model)
+    publish(s3_hut.transport, MODEL, 3, big_model, m)
+    key = _key(s3_hut, f"{MODEL}/3/{SHARD}")
+    meta = s3_hut.s3_client.head_object(Bucket=s3_hut.bucket, Key=key)["Metadata"]
+    assert meta[s3t.META_SHA256] == m.by_path()[SHARD].sha256
+    up = s3_hut.s3_client.create_multipart_upload(Bucket=s3_hut.bucket, Key=key, Metadata=meta,
+                                                  ChecksumAlgorithm="SHA256")
+    r = s3_hut.s3_client.upload_part(Bucket=s3_hut.bucket, Key=key, UploadId=up["UploadId"], PartNumber=1,
+                                     Body=b"other bytes", ChecksumAlgorithm="SHA256")
+    s3_hut.s3_client.complete_multipart_upload(
+        Bucket=s3_hut.bucket, Key=key, UploadId=up["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]}]})
+    problems = s3t.S3Transport(s3_hut.bucket, s3_hut.prefix).verify(f"{MODEL}/3", m)
+    assert any(SHARD in p for p in problems), problems
 
 
 def test_a_corrupted_part_is_refused_and_the_upload_aborted(s3_hut, big_model, monkeypatch):

@@ -10,15 +10,17 @@ is verified by reading the object back and hashing it. Objects are uploaded in p
 
 Files above ``MULTIPART_THRESHOLD`` (5 GiB, S3's single-PUT limit) go up in parts
 (``_put_multipart``): ``part_size`` grows with the file so ``MAX_PARTS`` (10,000) parts cover
-S3's largest object (5 TiB), each part is read twice from disk in 1 MiB reads (hashed, then
-sent: memory stays bounded) and carries its own ``ChecksumSHA256``, which the store recomputes
-(BadDigest on a mismatch). The object's checksum is then COMPOSITE (``<sha256 of the parts'
-digests>-<parts>``, on AWS and SeaweedFS alike; SHA-256 has no FULL_OBJECT type), which is not
-the manifest's whole-file hash: ``listing`` accepts it when it equals the composite of the parts
-this transport sent, whose whole-file hash, computed in the same reads, equalled the manifest's;
-any other composite (another process's upload) is verified by reading the object back. A failed
-or interrupted multipart upload is aborted (``AbortMultipartUpload``); ``abort_uploads`` lists
-and aborts those a killed run left under a prefix (publish under the lock, ``remove_tree``).
+S3's largest object (5 TiB). One pass over the file (1 MiB reads) hashes each part and the whole
+file, which must equal the manifest's; then each part is streamed from disk (memory stays
+bounded) with its own ``ChecksumSHA256``, which the store recomputes (BadDigest on a mismatch).
+The object's checksum is then COMPOSITE (``<sha256 of the parts' digests>-<parts>``, on AWS and
+SeaweedFS alike; SHA-256 has no FULL_OBJECT type), not the manifest's whole-file hash, and its
+ETag is no MD5: the upload puts both in the object's metadata at creation (``META_PARTS``,
+``META_SHA256``), and ``listing`` takes the file's hash from there only when the store's own
+composite equals ``META_PARTS`` (every part's bytes were checked by the store against digests
+whose file hash is ``META_SHA256``); anything else is read back and hashed. A failed or
+interrupted multipart upload is aborted (``AbortMultipartUpload``); ``abort_uploads`` lists and
+aborts those a killed run left under a prefix (publish under the lock, ``remove_tree``, retention).
 
 Exclusive create (the lock) uses a conditional PUT ``If-None-Match: *`` (412 when the key
 exists), supported by AWS S3 since 2024 and by SeaweedFS; a store that ignores the header
@@ -32,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,6 +54,8 @@ MULTIPART_THRESHOLD = MAX_SINGLE_PUT    # files above it go up in parts (tests l
 MIN_PART_SIZE = 64 * 1024 ** 2          # S3: 5 MiB..5 GiB per part (the last may be smaller)
 MAX_PARTS = 10_000
 MAX_OBJECT = 5 * 1024 ** 4              # S3's largest object
+META_SHA256 = "mlops-sha256"            # a multipart object's metadata: the file's SHA-256 and
+META_PARTS = "mlops-parts-sha256"       # the COMPOSITE checksum its parts make (set at creation)
 WORKERS = 8
 READ_CHUNK = 1024 * 1024
 
@@ -108,8 +113,6 @@ class S3Transport(Transport):
         self.prefix = prefix.strip("/")
         super().__init__(f"s3://{bucket}/{self.prefix}".rstrip("/"))
         self._client = client
-        # key -> (composite ChecksumSHA256 of the parts this transport sent, whole-file sha256)
-        self._sent_parts: dict[str, tuple[str, str]] = {}
 
     # --- plumbing ------------------------------------------------------------------------
     @property
@@ -255,9 +258,10 @@ class S3Transport(Transport):
             checksum = (head or {}).get("ChecksumSHA256")
             if checksum and "-" not in checksum:
                 return key[len(prefix):], _hex(checksum)
-            sent = self._sent_parts.get(key)
-            if checksum and sent and sent[0] == checksum:    # the parts we sent, each checked by the store
-                return key[len(prefix):], sent[1]
+            meta = (head or {}).get("Metadata") or {}
+            if (checksum and meta.get(META_PARTS) == checksum
+                    and re.fullmatch(r"[0-9a-f]{64}", meta.get(META_SHA256, ""))):
+                return key[len(prefix):], meta[META_SHA256]   # our multipart upload, parts checked by the store
             return key[len(prefix):], self._read_back_sha256(key)
 
         with ThreadPoolExecutor(WORKERS) as pool:
@@ -341,41 +345,41 @@ class S3Transport(Transport):
         """Upload one big file in parts (see the module docstring); aborted on any failure."""
         size = part_size(entry.size)
         doing = f"uploading {entry.path}"
+        path = os.path.join(local_dir, entry.path)
+        digests, whole = [], hashlib.sha256()       # one pass: each part's SHA-256 and the file's
+        with open(path, "rb") as fh:
+            for offset in range(0, entry.size, size):
+                body, h = _Part(fh, offset, min(size, entry.size - offset)), hashlib.sha256()
+                for chunk in iter(lambda: body.read(READ_CHUNK), b""):
+                    h.update(chunk)
+                    whole.update(chunk)
+                digests.append(h.digest())
+        if whole.hexdigest() != entry.sha256:
+            raise UserError(f"{self.url}: {entry.path} changed since it was hashed (its bytes no longer "
+                            f"match the manifest); nothing was published, rerun")
+        composite = f"{base64.b64encode(hashlib.sha256(b''.join(digests)).digest()).decode()}-{len(digests)}"
+        # what the store's COMPOSITE checksum must be, and the file's hash it then stands for
         up = self._call(doing, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
-                        ChecksumAlgorithm="SHA256")
-        upload_id, parts, whole = up["UploadId"], [], hashlib.sha256()
+                        ChecksumAlgorithm="SHA256",
+                        Metadata={META_SHA256: entry.sha256, META_PARTS: composite})
+        upload_id, parts = up["UploadId"], []
         try:
-            with open(os.path.join(local_dir, entry.path), "rb") as fh:
-                for number, offset in enumerate(range(0, entry.size, size), 1):
+            with open(path, "rb") as fh:
+                for number, digest in enumerate(digests, 1):
+                    offset = (number - 1) * size
                     length = min(size, entry.size - offset)
-                    body = _Part(fh, offset, length)
-                    h = hashlib.sha256()
-                    for chunk in iter(lambda: body.read(READ_CHUNK), b""):
-                        h.update(chunk)
-                        whole.update(chunk)
-                    if body.tell() != length:
-                        raise UserError(f"{self.url}: {entry.path} became shorter while it was uploaded; "
-                                        f"rerun")
-                    body.seek(0)
-                    digest = base64.b64encode(h.digest()).decode()
-                    # the store recomputes the part's SHA-256 and refuses it (BadDigest) if it differs
+                    checksum = base64.b64encode(digest).decode()
+                    # the store recomputes the part's SHA-256 and refuses it (BadDigest) if it differs:
+                    # bytes changed since the pass above, or damaged on the way
                     r = self._call(doing, self.client.upload_part, Bucket=self.bucket, Key=key,
-                                   UploadId=upload_id, PartNumber=number, Body=body, ContentLength=length,
-                                   ChecksumSHA256=digest)
-                    parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": digest,
-                                  "_digest": h.digest()})
+                                   UploadId=upload_id, PartNumber=number, Body=_Part(fh, offset, length),
+                                   ContentLength=length, ChecksumSHA256=checksum)
+                    parts.append({"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum})
                     if progress:
                         progress(length)     # per part: a cancel stops the upload between parts
-            if whole.hexdigest() != entry.sha256:
-                raise UserError(f"{self.url}: {entry.path} changed since it was hashed (its bytes no longer "
-                                f"match the manifest); nothing was published, rerun")
-            composite = (base64.b64encode(hashlib.sha256(b"".join(p.pop("_digest") for p in parts)).digest())
-                         .decode() + f"-{len(parts)}")
-            self._sent_parts[key] = (composite, entry.sha256)
             self._call(doing, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                        UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
-            self._sent_parts.pop(key, None)
             self._abort(key, upload_id)
             raise
         logger.debug("%s: %s uploaded in %d parts", self.url, entry.path, len(parts))
