@@ -59,11 +59,12 @@ class ConfigError(UserError):
 
 
 class DamagedModel(ConfigError):
-    """A logged model that cannot be loaded. ``problem`` says what is wrong without the advice,
+    """A logged model that cannot be loaded, or a version's files changed in the artifact store
+    since registration (``bundle_hashes``). ``problem`` says what is wrong without the advice,
     which depends on the model's role (a candidate is registered again; production is moved)."""
 
-    def __init__(self, message: str, *, problem: str = ""):
-        super().__init__(message)
+    def __init__(self, message: str, *, problem: str = "", exit_code: int | None = None):
+        super().__init__(message, exit_code=exit_code)      # exit_code: ``reworded`` keeps the class
         self.problem = problem or message
 
 

@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 
 from mlops_common import log
-from mlops_common.errors import ConfigError
+from mlops_common.errors import DamagedModel
 
 from . import artifacts
 
@@ -133,4 +133,7 @@ def _refuse(model: str, version: int, diff: list[str], unchanged: str = "Nothing
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
         subject = subject or f"the artifacts of version {version} of '{model}' are not the ones registered"
-        raise ConfigError(f"{subject} ({shown}): {restore} or register a new version. {unchanged}")
+        # DamagedModel: the advice depends on the version's role (the gate's production is moved, not
+        # registered again: every new version is gated against it)
+        raise DamagedModel(f"{subject} ({shown}): {restore} or register a new version. {unchanged}",
+                           problem=f"{subject} ({shown}): {restore}")

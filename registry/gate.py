@@ -90,6 +90,15 @@ def _unchecked_models(model: str, scored: list[int], ledger: Ledger) -> list[str
             for x in scored if bundle_hashes.recorded(model, x, ledger, bundle_hashes.MODEL_FILES) is None]
 
 
+def _production_unusable(exc: DamagedModel, version: int) -> DamagedModel:
+    """Production's logged model cannot be loaded, or its files changed in the artifact store since
+    registration: "register a new version" (the advice for a candidate) would not help, as every
+    gate is against it; the line says how to move production."""
+    return DamagedModel(f"{exc.problem}, and it holds production: no version can be gated against it; "
+                        f"move production to a version that loads (`mlops registry rollback --to N "
+                        f"--reason ...`), then gate v{version} again", problem=exc.problem)
+
+
 def _check_evaluation(doc: dict, version: int) -> dict:
     missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n", "dataset", "heldout_fingerprint")
                if doc.get(k) in (None, "")]
@@ -123,8 +132,11 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     # would be compared instead of the one the hosts will check
     cand_sig = versions.bundle_artifact_json(model, info, SIGNATURE_ARTIFACT, unchanged=NOTHING_GATED, ledger=ledger)
     prod_info = versions.get_version(model, baseline) if baseline is not None else None
-    prod_sig = (versions.bundle_artifact_json(model, prod_info, SIGNATURE_ARTIFACT, unchanged=NOTHING_GATED,
-                                              ledger=ledger) if prod_info else None)
+    try:
+        prod_sig = (versions.bundle_artifact_json(model, prod_info, SIGNATURE_ARTIFACT, unchanged=NOTHING_GATED,
+                                                  ledger=ledger) if prod_info else None)
+    except DamagedModel as exc:
+        raise _production_unusable(exc, v) from None
     sig_problems = _signature_problems(cand_sig, prod_sig, baseline is not None)
 
     _log.info("evaluating version %s of '%s' on the frozen held-out set ...", v, model)
@@ -135,10 +147,8 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
         _log.info("re-evaluating production (version %s) on the same held-out set ...", baseline)
         try:
             prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
-        except DamagedModel as exc:     # "register a new version" would not help: every gate fails here
-            raise DamagedModel(f"{exc.problem}, and it holds production: no version can be gated against it; "
-                               f"move production to a version that loads (`mlops registry rollback --to N "
-                               f"--reason ...`), then gate v{v} again", problem=exc.problem) from None
+        except DamagedModel as exc:
+            raise _production_unusable(exc, v) from None
 
     trained_beside = {"candidate": _trained_beside(info),
                       "production": _trained_beside(prod_info) if prod_eval is not None else None}

@@ -201,6 +201,46 @@ def test_a_production_that_cannot_be_loaded_says_to_move_production_not_to_regis
     assert versions.get_version(model, v2).aliases == ()
 
 
+def test_a_production_changed_in_the_store_says_to_restore_it_or_move_production_not_to_register_again(
+        make_version):
+    """Found by review (2026-12-06, fifteenth stop): production's golden/signature.json or logged
+    model rewritten in the artifact store since registration refused every gate with "restore
+    them or register a new version": a new version is refused the same way, since every gate
+    reads production. As for a production that cannot be loaded, the line says it holds
+    production and how to move it; nothing is recorded for the candidate."""
+    from registry import bundle_hashes
+    from registry.gate import NOTHING_GATED
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version()
+    versions.set_alias(model, versions.PRODUCTION, v1)
+
+    def evaluate(version, dataset):       # production's logged model refused by its recorded hashes
+        if version == v1:
+            bundle_hashes.check_files(model, v1, {"golden/signature.json": b"{}"}, unchanged=NOTHING_GATED)
+        return doc(0.95)
+
+    with pytest.raises(ConfigError) as e:
+        run_gate(model, v2, evaluate)
+    msg = e.value.message
+    assert f"version {v1} of '{model}' are not the ones registered" in msg and "restore them" in msg, msg
+    assert "and it holds production" in msg and "mlops registry rollback --to N" in msg, msg
+    assert f"then gate v{v2} again" in msg and "register a new version" not in msg, msg
+
+    # production's signature rewritten in the store: read before any evaluation
+    run_id = versions.get_version(model, v1).run_id
+    tracking_client().log_dict(run_id, dict(TINY_SIGNATURE, rewritten=True), "golden/signature.json")
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.96)})
+    with pytest.raises(ConfigError) as e:
+        run_gate(model, v2, ev)
+    msg = e.value.message
+    assert f"version {v1} of '{model}' are not the ones registered (golden/signature.json changed)" in msg, msg
+    assert "and it holds production" in msg and "register a new version" not in msg, msg
+    assert ev.calls == []
+    assert versions.get_version(model, v2).tags["validation_status"] == "pending"
+    assert versions.get_version(model, v2).aliases == ()
+
+
 def test_a_production_trained_on_another_data_set_is_one_line_saying_how_to_move_production(make_version):
     """Found by review (2026-12-05, third stop): production trained on another data set failed
     the gate with a shape error from loading it and the advice `mlops evaluate --dataset`; the way
