@@ -12,6 +12,7 @@ from html import escape
 
 from .gate_report import (
     accuracy_places,
+    class_drop_places,
     class_value_text,
     column_heads,
     count_text,
@@ -164,13 +165,14 @@ def _tables(report: dict) -> str:
                f"<th>{escape(cand_head)}</th><th>{escape(prod_head)}</th><th>delta</th>"
                f"<th>lost</th><th>won</th><th>allowed drop</th></tr>")
     for r in report["per_class"]:
+        delta_places, allowed_places = class_drop_places(r)
         out.append(f'<tr><td>{escape(str(r["class"]))}</td><td class="num">'
                    f'{count_text(r["count"])}</td>'
                    f'<td class="num">{class_value_text(r, "candidate")}</td>'
                    f'<td class="num">{class_value_text(r, "production") if pm else number_text(None)}</td>'
-                   f'<td class="num">{_signed(r["delta"])}</td>'
+                   f'<td class="num">{_signed(r["delta"], digits=delta_places)}</td>'
                    f'<td class="num">{count_text(r.get("lost"))}</td><td class="num">{count_text(r.get("won"))}</td>'
-                   f'<td class="num">{number_text(r.get("allowed_drop"), 3)}</td></tr>')
+                   f'<td class="num">{number_text(r.get("allowed_drop"), allowed_places)}</td></tr>')
     out.append("</table>")
     return "".join(out)
 

@@ -117,6 +117,20 @@ def accuracy_places(report: dict) -> int:
     return decimals_apart(prod - cand, tolerance)
 
 
+def class_drop_places(row: dict) -> tuple[int, int]:
+    """Decimals of a per-class row's delta and allowed drop (markdown and HTML tables): 4 and 3,
+    or as many as make them read as the rule decided. At 4 and 3 a class of 1,000 that failed at
+    -0.021 against 0.02098 read "-0.0210" beside "0.021" (at its limit, a pass), and one that passed
+    at -0.25926 against 0.25938 read "-0.2593" beside "0.259" (review, fifteenth stop)."""
+    delta, allowed = row["delta"], row.get("allowed_drop")
+    if delta is None or allowed is None:
+        return 4, 3
+    if breached(-delta, allowed):
+        places = decimals_apart(-delta, allowed, 3)
+        return max(4, places), places
+    return 4, 4 if float(f"{-delta:.4f}") > float(f"{allowed:.3f}") else 3
+
+
 def count_text(x) -> str:
     """A count, or "—" when missing (the markdown and HTML reports)."""
     return "—" if x is None else str(x)
@@ -195,10 +209,11 @@ def markdown(report: dict) -> str:
         return class_value_text(row, "production") if m["production"] else number_text(row["production"], 3)
 
     for row in report["per_class"]:
+        delta_places, allowed_places = class_drop_places(row)
         lines.append(f"| {row['class']} | {count_text(row['count'])} | "
                      f"{class_value_text(row, 'candidate')} | {prod_text(row)} | "
-                     f"{_signed(row['delta'])} | {count_text(row.get('lost'))} | {count_text(row.get('won'))} | "
-                     f"{number_text(row.get('allowed_drop'), 3)} |")
+                     f"{_signed(row['delta'], delta_places)} | {count_text(row.get('lost'))} | "
+                     f"{count_text(row.get('won'))} | {number_text(row.get('allowed_drop'), allowed_places)} |")
     r = report["rules"]
     lines += [
         "",

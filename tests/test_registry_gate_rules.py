@@ -813,6 +813,30 @@ def test_a_failed_accuracy_rule_never_prints_the_drop_equal_to_the_allowed_drop(
     assert not check.passed and "(-0.1002)" in check.message, check.message
 
 
+@pytest.mark.parametrize("size, lost, won, passed", [(1000, 37, 16, False), (54, 21, 7, True)])
+def test_the_per_class_table_never_reads_a_failed_class_as_within_its_allowed_drop(size, lost, won, passed):
+    """Found by review (2026-12-06, fifteenth stop): the per-class tables (report.md, report.html)
+    showed the delta to 4 decimals and the allowed drop to 3. A fashion_mnist class of 1,000 that
+    lost 37 and won 16 (-0.021 against an allowed 0.02057: FAIL) read "-0.0210 | ... | 0.021", a drop
+    at its limit, which passes; a digits class of 54 that lost 21 and won 7 (-0.25926 against
+    0.25938: pass) read "-0.2593 | ... | 0.259", over it. The two now read as the rule decided."""
+    import re
+
+    from registry import gate_html
+
+    cand, prod = by_class([size] + [1000] * 9, [size - won] + [1000] * 9, lost={0: lost}, won={0: won})
+    v, report = report_of(cand, prod)
+    assert v.class_paired["0"].b == lost and v.class_paired["0"].c == won
+    assert next(c for c in v.checks if c.rule == "class_accuracy_vs_production").passed is passed
+    md, page = gate_report.markdown(report), gate_html.html(report)
+    row_md = r"\n\| 0 \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| -([0-9.]+) \| [0-9]+ \| [0-9]+ \| ([0-9.]+) \|"
+    delta, allowed = re.search(row_md, md).groups()
+    assert (float(delta) <= float(allowed)) is passed and (passed or delta != allowed), (delta, allowed)
+    row = re.search(r"<tr><td>0</td>(.*?)</tr>", page).group(1)
+    cells = re.findall(r'<td class="num">(?:<span class="[a-z]*">)?([-+0-9.—]+)', row)
+    assert cells[3] == f"-{delta}" and cells[6] == allowed, cells
+
+
 def test_a_class_absent_from_the_held_out_set_is_reported_as_having_no_examples():
     """mlproject reports a class with no held-out example as accuracy 0.0 (and a count of 0): the
     report showed "0 | 0.000 | 0.000", the chart's axis started at 0.00 for it, and when every
