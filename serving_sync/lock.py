@@ -2,7 +2,9 @@
 
 The lock file is created with an exclusive create (``O_EXCL`` locally, SFTP ``CREAT|EXCL`` over
 SSH, a conditional ``If-None-Match: *`` PUT on S3) and holds its owner (user@machine:pid), a
-random token and when it was taken. It is never rewritten while held: the owner's heartbeat goes
+random token and when it was taken (file and ssh create it empty and write it after, so the
+creator reads it back: a stalled creator's empty file may have been taken over meanwhile). It is
+never rewritten while held: the owner's heartbeat goes
 to its own file, ``lock-heartbeat-<token>``, rewritten by a background thread every TTL/4 (so
 uploads and waits keep it fresh), and a late owner can never overwrite a successor's lock.
 
@@ -230,6 +232,12 @@ class HostLock:
         except (ValueError, KeyError, TypeError):
             return raw, None
 
+    def _bytes_on_host(self) -> bytes | None:
+        try:
+            return self.transport.read_file(LOCK_PATH)
+        except FileNotFoundError:
+            return None
+
     def _read_settled(self) -> tuple[bytes, LockInfo | None] | None:
         """``_read``, but a lock that cannot be parsed is read again for up to ``SETTLE_S``: a
         transport creates the file first and writes it after (one SFTP round trip), so another
@@ -259,6 +267,10 @@ class HostLock:
             info = self._new()
             raw = info.to_json()
             if self.transport.create_exclusive(LOCK_PATH, raw):
+                if not self.transport.create_is_written and self._bytes_on_host() != raw:
+                    # stalled between its create and its write for over SETTLE_S, its empty file
+                    # was taken over as a dead creator's: the write went to the removed file
+                    continue
                 self.info, self.lost, self.trouble = info, None, None
                 self._created = raw     # the lock file never changes while held (beats go elsewhere)
                 self._start_heartbeat()

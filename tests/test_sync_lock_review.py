@@ -5,6 +5,7 @@ was called corrupt (with --break-lock advice, the same token for every empty fil
 TTL of 0.01 s was accepted. Real files on disk, a real paramiko key; no network."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -123,3 +124,63 @@ def test_a_variable_named_for_a_secret_is_redacted_like_the_known_ones(monkeypat
     monkeypatch.setattr(settings, "_NAMED_SECRET_ENV_VARS", set())
     settings.treat_as_secret("HOOK_SECRET_FOR_TEST")
     assert log.redact("secret zq8-unusual-hmac-secret-value") == "secret ***"
+
+
+@pytest.mark.parametrize("kind", ["file", "ssh"])    # S3's conditional PUT creates it with its bytes
+def test_a_creator_stalled_before_writing_its_lock_never_holds_it_beside_the_breaker(kind, request, tmp_path,
+                                                                                    monkeypatch):
+    """Found in review: a deploy stalled between creating its lock file and writing it (a slow SFTP
+    round trip, a loaded machine) for over SETTLE_S had its empty lock taken over as a dead one's;
+    its write then went to the removed file and both deploys held the host."""
+    from serving_sync.transports import open_transport
+    from tests.test_sync_support import make_hut
+
+    hut = make_hut(kind, request, tmp_path)
+    other = open_transport(hut.host)
+    breaker = HostLock(other, heartbeat_every=0)
+    stalled: list = []
+    started: list = []
+
+    def meanwhile():       # the creator is stalled: its file is empty for over SETTLE_S
+        started.append(True)
+        stalled.append(breaker.acquire())
+
+    if kind == "file":
+        real_write = os.write
+
+        def write(fd, data):
+            if not started and os.readlink(f"/proc/self/fd/{fd}").endswith(f"/{LOCK_PATH}"):
+                meanwhile()
+            return real_write(fd, data)
+        monkeypatch.setattr(os, "write", write)
+    else:
+        real_create = hut.transport._create
+
+        class _Stalls:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return self.f.__exit__(*exc)
+
+            def write(self, data):
+                if not started:
+                    meanwhile()
+                return self.f.write(data)
+
+        monkeypatch.setattr(hut.transport, "_create",
+                            lambda path: _Stalls(real_create(path)) if path.endswith(f"/{LOCK_PATH}")
+                            else real_create(path))
+    creator = HostLock(hut.transport, heartbeat_every=0)
+    try:
+        with pytest.raises(LockHeld):
+            creator.acquire()
+        assert stalled and json.loads(hut.raw_read(LOCK_PATH))["token"] == stalled[0].token
+    finally:
+        creator.release()
+        breaker.release()
+        other.close()
+        hut.transport.close()

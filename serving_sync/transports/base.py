@@ -60,6 +60,10 @@ class Transport(abc.ABC):
     #: True when ``rename`` of a directory is atomic (file, ssh). S3 has no rename: publish
     #: uploads everything but ``saved_model.pb``, verifies, then uploads it last.
     atomic_rename: bool = True
+    #: True when ``create_exclusive`` makes the file with its bytes in one step (S3's conditional
+    #: PUT); False where it creates it empty and writes after (file, ssh): the host lock reads its
+    #: file back after creating it
+    create_is_written: bool = False
 
     def __init__(self, url: str):
         self.url = url

@@ -107,6 +107,7 @@ def _hex(b64_digest: str) -> str:
 class S3Transport(Transport):
     scheme = "s3"
     atomic_rename = False
+    create_is_written = True      # a conditional PUT: never an empty lock file
 
     def __init__(self, bucket: str, prefix: str = "", *, client=None):
         self.bucket = bucket
