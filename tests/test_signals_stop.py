@@ -187,3 +187,19 @@ def test_a_deploy_leaves_an_ignored_ctrl_c_ignored():
     finally:
         signal.signal(signal.SIGINT, previous)
         stop.clear()
+
+
+def test_nested_blocks_alike_each_leave_as_themselves():
+    """Found in review: blocks were removed by equality (a dataclass), not identity, so an inner
+    ``deferred()`` ending removed the outer one, equal to it, and kept itself; a signal in the outer
+    block then made the outer's end raise ValueError, and the inner block stayed open for good (the
+    next signal only asked instead of stopping the command)."""
+    try:
+        with pytest.raises(KeyboardInterrupt), stop.deferred():
+            with stop.deferred():
+                pass
+            assert not stop.signalled("SIGTERM") and stop.asked()     # the outer block: it only asks
+        assert stop.signalled("SIGTERM")        # no block left open: at once again
+    finally:
+        stop.clear()
+        stop._blocks.clear()
