@@ -565,3 +565,62 @@ def test_two_hosts_files_naming_the_same_bases_otherwise_wait_for_the_locks_in_o
         t.join(timeout=30)
     assert outcomes == {"first": True, "second": True}
     assert not (x / LOCK_PATH).exists() and not (y / LOCK_PATH).exists()
+
+
+def test_a_guard_holder_stalled_before_writing_its_guard_deletes_nothing(tmp_path):
+    """Found in review: a compare-and-delete stalled between creating its guard and writing it had
+    the guard broken as a dead one's (unreadable a second apart), and both callers went on as its
+    holder: one deleted the lock and took its own, the other then deleted that successor's lock."""
+    import threading
+
+    from serving_sync.transports import guarded_delete
+    from serving_sync.transports.local import LocalTransport
+
+    a_created, b_read, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    class StallsAtGuard(LocalTransport):
+        def create_exclusive(self, rel, data):
+            if rel != guarded_delete.guard_path(LOCK_PATH):
+                return super().create_exclusive(rel, data)
+            fd = os.open(self._p(rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            a_created.set()
+            try:
+                b_read.wait(timeout=30)       # stalled: the other caller broke the empty guard
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            return True
+
+    class ReadsThenWaits(LocalTransport):
+        def read_file(self, rel, *a, **kw):
+            data = super().read_file(rel, *a, **kw)
+            if rel == LOCK_PATH:
+                b_read.set()
+                a_done.wait(timeout=30)       # its answer arrives after the stalled caller is done
+            return data
+
+    base = tmp_path / "base"
+    a, b = StallsAtGuard(base), ReadsThenWaits(base)
+    a.write_file_atomic(LOCK_PATH, b"stale")
+    results: dict = {}
+
+    def caller_a():
+        try:
+            results["a"] = guarded_delete.remove_if_same(a, LOCK_PATH, b"stale", wait=0.1)
+            if results["a"]:
+                a.create_exclusive(LOCK_PATH, b"a's lock")
+        finally:
+            a_done.set()
+
+    thread = threading.Thread(target=caller_a)
+    thread.start()
+    try:
+        assert a_created.wait(timeout=30)
+        results["b"] = guarded_delete.remove_if_same(b, LOCK_PATH, b"stale", wait=0.1)
+    finally:
+        b_read.set()
+        thread.join(timeout=30)
+    # one holder of the guard at a time
+    assert set(results) == {"a", "b"} and not (results["a"] and results["b"]), results
+    a.close()
+    b.close()

@@ -9,7 +9,8 @@ the guard are the bytes deleted.
 
 The guard is held for a few round trips. A process killed while holding it leaves it behind;
 a guard older than ``GUARD_STALE`` seconds (by the creator's clock, written inside it) is removed
-by the next caller, and a holder that was stalled for half that long between taking the guard
+by the next caller (so the holder reads its guard back: one stalled between creating and writing
+it may have lost it), and a holder that was stalled for half that long between taking the guard
 and deleting gives up rather than delete a file someone else may have written meanwhile. Two
 callers breaking the same dead guard in the same instant is the one case this cannot order; it
 needs a crash inside that window first.
@@ -44,6 +45,10 @@ def remove_if_same(t: "Transport", rel: str, expected: bytes, *, clock=time.time
     taken = time.monotonic()
     try:
         try:
+            if t.read_file(guard) != mine:
+                # stalled between creating the guard and writing it, it was broken as a dead
+                # caller's: the other caller holds it now
+                return False
             current = t.read_file(rel)
         except FileNotFoundError:
             return False
