@@ -41,12 +41,25 @@ def mlflow_server_command(*, port: int, artifacts_destination: str, workers: int
 JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
+# `mlflow server` takes each of its options from an MLFLOW_* variable too. These, meant for another
+# server in the user's shell, moved where the local server writes or what it serves: with
+# MLFLOW_REGISTRY_STORE_URI the quick start registered its models in that other database, with
+# MLFLOW_DEFAULT_ARTIFACT_ROOT its runs' artifacts went to that folder or bucket, not the state folder.
+SERVER_SETTINGS_NOT_INHERITED = (
+    "MLFLOW_REGISTRY_STORE_URI", "MLFLOW_READ_REPLICA_BACKEND_STORE_URI", "MLFLOW_WORKSPACE_STORE_URI",
+    "MLFLOW_DEFAULT_ARTIFACT_ROOT", "MLFLOW_SERVE_ARTIFACTS", "MLFLOW_ARTIFACTS_ONLY",
+    "MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_STATIC_PREFIX", "MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_WORKERS",
+)
+
+
 def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """``env`` (or ours) plus the backend store URI, which ``mlflow server`` reads from
     ``MLFLOW_BACKEND_STORE_URI``: a database password never reaches a command line. MLflow's job
-    runner is off unless ``env`` turns it on (see ``JOB_EXECUTION``)."""
+    runner is off unless ``env`` turns it on (see ``JOB_EXECUTION``); the server settings of
+    ``SERVER_SETTINGS_NOT_INHERITED`` are dropped (the command and the state folder say them)."""
     base = env if env is not None else os.environ
-    return {JOB_EXECUTION: "false", **base, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
+    kept = {k: v for k, v in base.items() if k not in SERVER_SETTINGS_NOT_INHERITED}
+    return {JOB_EXECUTION: "false", **kept, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
 
 
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,

@@ -362,3 +362,30 @@ def test_a_server_left_by_another_build_of_the_project_is_started_afresh(tmp_pat
         detached_service.stop_service(state, "model-server")
         if pid_alive(old.pid):
             detached_service.stop_pid(old.pid)
+
+
+def test_mlflow_settings_in_the_users_shell_do_not_move_where_mlops_up_writes(tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): `mlflow server` reads each option from an
+    MLFLOW_* variable too, and `mlops up` passed the shell's on. With MLFLOW_REGISTRY_STORE_URI (set
+    for another server) the quick start's models were registered in that other database, and with
+    MLFLOW_DEFAULT_ARTIFACT_ROOT its runs' artifacts were written to that folder."""
+    from mlflow import MlflowClient
+
+    state, other = tmp_path / ".mlops", tmp_path / "another server"
+    other.mkdir()
+    port = free_port()
+    r = run_mlops("up", "--json", "--port", str(port), env={
+        "MLOPS_HOME": str(state), "MLFLOW_REGISTRY_STORE_URI": f"sqlite:///{other}/registry.db",
+        "MLFLOW_DEFAULT_ARTIFACT_ROOT": str(other / "artifacts")})
+    try:
+        assert r.returncode == 0, r.stderr[-2000:]
+        client = MlflowClient(tracking_uri=json.loads(r.stdout)["mlflow_ui"])
+        client.create_registered_model("quick-start-model")
+        run = client.create_run("0")
+        client.log_text(run.info.run_id, "x", "a.txt")
+        assert [m.name for m in client.search_registered_models()] == ["quick-start-model"]
+    finally:
+        down = run_mlops("down", env={"MLOPS_HOME": str(state)})
+    assert down.returncode == 0 and "stopped: mlflow-server" in down.stdout
+    assert list(other.rglob("*")) == []                                  # nothing of it went there
+    assert list(state.glob("mlartifacts/*/*/artifacts/a.txt"))
