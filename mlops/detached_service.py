@@ -21,7 +21,7 @@ import requests
 from mlops.ports import port_in_use
 from mlops_common import log
 from mlops_common.errors import ConfigError, ConnectionFailure
-from mlops_common.procs import boot_id, is_process, pid_alive, process_identity
+from mlops_common.procs import boot_id, group_listens_on, is_process, pid_alive, process_identity
 
 _log = log.get("detached_service")
 
@@ -72,15 +72,22 @@ def read_record(state: Path, name: str) -> Service | None:
 def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
                  log: Path | None = None, ok: tuple[int, ...] = (200,), log_kept: bool = True) -> None:
     """Poll ``url`` until it answers a status in ``ok``, the process dies, or ``timeout`` passes.
+    With ``proc`` (started in its own group) only an answer from a port its group listens on
+    counts: a server of another state folder that took the port first answered for one that
+    could not bind it, and `mlops up` said "MLflow is up" on the other's database.
     The failure names ``log`` when it stays (``log_kept``), and quotes its last line either way."""
     deadline = time.monotonic() + timeout
+    port, another = urlsplit(url).port or 80, False
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ConnectionFailure(f"the service exited with code {proc.returncode} before answering "
+            taken = f"port {port} on 127.0.0.1 was taken by another program meanwhile: " if another else ""
+            raise ConnectionFailure(f"{taken}the service exited with code {proc.returncode} before answering "
                                     f"at {url}{_log_hint(log, log_kept)}")
         try:
             if requests.get(url, timeout=2).status_code in ok:
-                return
+                another = proc is not None and group_listens_on(proc.pid, port) is False
+                if not another:
+                    return
         except requests.RequestException:
             pass
         time.sleep(0.25)

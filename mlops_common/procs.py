@@ -53,3 +53,39 @@ def is_process(pid: int, identity: str | None) -> bool:
     if not now:
         return not identity          # no /proc: the number is all there is
     return identity == now
+
+
+def group_listens_on(pgid: int, port: int) -> bool | None:
+    """Whether a process of group ``pgid`` holds a listening TCP socket on ``port`` (Linux: the
+    socket's inode in ``/proc/net/tcp*``, found among the group's open files). None where that
+    cannot be read (no /proc): the caller has only the answer to go by."""
+    inodes: set[str] = set()
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[-1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    if not readable:
+        return None
+    if not inodes:
+        return False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[-1].split()[2]) != pgid:
+                    continue
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                    return True
+        except (OSError, IndexError, ValueError):
+            continue        # gone meanwhile, or not ours to read
+    return False

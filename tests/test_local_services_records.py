@@ -389,3 +389,51 @@ def test_mlflow_settings_in_the_users_shell_do_not_move_where_mlops_up_writes(tm
     assert down.returncode == 0 and "stopped: mlflow-server" in down.stdout
     assert list(other.rglob("*")) == []                                  # nothing of it went there
     assert list(state.glob("mlartifacts/*/*/artifacts/a.txt"))
+
+
+def test_a_start_whose_port_another_server_took_meanwhile_fails_not_reports_the_other_server(tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): two `mlops up` of two state folders on one port
+    at once (two checkouts' `make demo`) both passed the taken-port check; the one that could not
+    bind took the other's answer to its health check for its own, said "MLflow is up" and recorded
+    a server that had exited, so its models went to the other state folder's database. A start
+    whose process cannot bind, while another program answers on that port, now fails."""
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)        # the other checkout's server
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    port = other.server_address[1]
+    state = tmp_path / ".mlops"
+    # a server that binds its port after a moment, as MLflow does after its imports
+    cmd = [sys.executable, "-c", "import socket, time; time.sleep(0.5); s = socket.socket(); "
+           f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"]
+    try:
+        with pytest.raises(ConnectionFailure) as e:
+            detached_service.spawn("mlflow-server", cmd, state=state, url=f"http://127.0.0.1:{port}",
+                                   health_url=f"http://127.0.0.1:{port}/health", timeout=30)
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert f"port {port} on 127.0.0.1 was taken by another program" in e.value.message, e.value.message
+    assert "Address already in use" in e.value.message
+    assert detached_service.read_record(state, "mlflow-server") is None
+    # a server that does bind its port is taken at its word
+    port = free_port()
+    cmd = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    svc, proc = detached_service.spawn("plain", cmd, state=state, url=f"http://127.0.0.1:{port}",
+                                       health_url=f"http://127.0.0.1:{port}/", timeout=30)
+    try:
+        assert svc.running and detached_service.read_record(state, "plain").pid == proc.pid
+    finally:
+        assert detached_service.stop_service(state, "plain")
+        proc.wait(timeout=20)
