@@ -7,8 +7,8 @@ pending it exits with "Detected out-of-date database schema"; and on a database 
 *newer* MLflow it prints the same advice to run ``mlflow db upgrade``, which cannot work.
 So before a server starts we read the database's revision ourselves and:
 
-- no MLflow schema yet (missing SQLite file, empty database): nothing to do, the server
-  creates its tables;
+- a missing SQLite file: ``prepare_backend_store`` creates it whole first (``create_sqlite``);
+- no MLflow schema yet (empty database): nothing to do, the server creates its tables;
 - at this MLflow's newest revision: nothing to do;
 - behind: run ``mlflow db upgrade`` (bounded in time; the URI in its environment, not its argv) and log it;
 - at a revision this MLflow does not know: refuse with one line saying to upgrade MLflow.
@@ -223,6 +223,36 @@ def run_upgrade(uri: str, *, env: dict[str, str] | None = None, timeout: float =
     return seconds
 
 
+_CREATE_SCRIPT = ("import os; import sqlalchemy as sa; from mlflow.store.db.utils import _initialize_tables; "
+                  f"e = sa.create_engine(os.environ.pop({UPGRADE_URI_VAR!r})); _initialize_tables(e); e.dispose()")
+
+
+def create_sqlite(path: Path, *, env: dict[str, str] | None = None, timeout: float = UPGRADE_TIMEOUT_S) -> None:
+    """A new SQLite database at ``path`` with MLflow's whole schema, there whole or not at all: made
+    beside it and renamed into place. The server made it in place, one migration after another, so
+    a first start stopped midway (its health timeout on a slow machine, a Ctrl-C: about 15 s of
+    migrations) left a database no `mlflow db upgrade` could finish ("duplicate column name")."""
+    from mlops_common import settings
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, "-c", _CREATE_SCRIPT], env=upgrade_env(settings.sqlite_url(tmp), env),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise ConfigError(f"creating the MLflow database {path} failed (exit {proc.returncode}): "
+                              f"{failure_reason(log.redact(proc.stderr or proc.stdout))}")
+        os.replace(tmp, path)
+    except subprocess.TimeoutExpired:
+        raise ConnectionFailure(f"creating the MLflow database {path} did not finish within {timeout:.0f}s") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create the MLflow database {path} ({exc.strerror or exc}); point MLOPS_HOME "
+                          f"at a folder you can write") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def ensure_schema_current(backend_uri: str, *, env: dict[str, str] | None = None,
                           timeout: float = UPGRADE_TIMEOUT_S) -> SchemaCheck:
     """Make the MLflow schema at ``backend_uri`` current before a server starts on it (see module doc).
@@ -259,5 +289,11 @@ def ensure_schema_current(backend_uri: str, *, env: dict[str, str] | None = None
 
 
 def prepare_backend_store(backend_uri: str, *, env: dict[str, str] | None = None) -> str:
-    """What ``start_mlflow`` calls: normalise the URI and bring its schema up to date; returns it."""
-    return ensure_schema_current(backend_uri, env=env).uri
+    """What ``start_mlflow`` calls: normalise the URI, create a missing SQLite database whole
+    (``create_sqlite``) and bring its schema up to date; returns it."""
+    uri = normalize_backend_uri(backend_uri)
+    path = _sqlite_path(uri) if _is_database_uri(uri) else None
+    if path is not None and not path.exists():
+        create_sqlite(path, env=env)
+        _log.info("MLflow database %s: created", path)
+    return ensure_schema_current(uri, env=env).uri

@@ -283,3 +283,48 @@ def test_password_stays_out_of_the_upgrade_output(monkeypatch):
     text = "could not connect postgresql://u:hunter22@h/db using aws-secret-value"
     assert mlflow_db._scrub(text, "postgresql://u:hunter22@h/db") == \
         "could not connect postgresql://u:***@h/db using ***"
+
+
+def test_a_first_start_stopped_during_its_migrations_leaves_no_half_made_database(tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): `mlflow server` made a new state folder's
+    database in place, one migration after another (about 15 s on 2 cores). A first `mlops up`
+    stopped in that time (a Ctrl-C, its health timeout on a slow machine) left a half-migrated
+    `mlflow.db`, which `mlflow db upgrade` could not finish ("duplicate column name"), and every
+    later `mlops up` said to restore a backup the quick start never made. It is now made beside
+    the state folder's name and renamed into place whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    home = tmp_path / "my home"
+    db, env = home / "mlflow.db", {"MLOPS_HOME": str(home), "MLOPS_MLFLOW_PORT": str(free_port())}
+    up = subprocess.Popen([sys.executable, "-m", "mlops", "up"], cwd=REPO, env={**os.environ, **env},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120       # the database being made: stop the start there
+        while up.poll() is None and time.monotonic() < deadline and not (
+                home.is_dir() and [p for p in home.iterdir() if "mlflow.db" in p.name]):
+            time.sleep(0.02)
+        assert up.poll() is None, up.stderr.read()[-2000:]
+        up.send_signal(signal.SIGINT)
+        up.communicate(timeout=120)
+        head, _ = mlflow_db.mlflow_revisions()
+        assert not db.exists() or mlflow_db.current_revision(settings_url(db)) == head
+        assert [p.name for p in home.iterdir() if "mlflow.db" in p.name and p != db] == []
+        r = run_mlops("up", "--json", env=env, timeout=300)          # and the next start works
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert mlflow_client(json.loads(r.stdout)["mlflow_ui"]).create_experiment("after-a-stopped-start")
+    finally:
+        if up.poll() is None:
+            up.kill()
+        run_mlops("down", env=env)
+
+
+def settings_url(path):
+    from mlops_common import settings
+
+    return settings.sqlite_url(path)
