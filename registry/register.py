@@ -71,7 +71,10 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
                      **({"model_files": dict(model_files), "model_sha256": bundle_hashes.digest(model_files)}
                         if model_files else {})}))
     except BaseException as exc:      # a signal, a ledger or server that stopped answering
-        created = {version} if version is not None else _created_since(model_name, run_id, before)
+        # every version of the run since ``before``, not only the one MLflow answered with: a retried
+        # creation (its first answer lost) made more, which a later failure left behind otherwise
+        since = _created_since(model_name, run_id, before)
+        created = since if version is None else (since or set()) | {version}
         if created is None:           # whether MLflow created one cannot be read now
             if isinstance(exc, UserError):
                 raise reworded(exc, f"{exc.message}; a version of '{model_name}' from run {run_id} may be "

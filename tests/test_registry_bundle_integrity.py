@@ -235,3 +235,36 @@ def test_a_version_creation_retried_after_its_answer_was_lost_registers_one_vers
     assert proxy.failed, "the fault was never injected"
     assert [i.version for i in versions.list_versions(model)] == [v, v1]
     assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1, v]
+
+
+def test_a_retried_creation_whose_registration_then_fails_leaves_neither_copy(
+        make_version, http_fault_proxy, mlflow_server, tiny_serving_bundle, monkeypatch):
+    """Found by a review (2026-12-06, fifteenth stop): the answer to the version creation lost
+    once (MLflow's client retried the POST: two versions of the run), then the description's
+    update failed. Only the version the retry returned was removed: the first copy stayed
+    registered without a ledger row or file hashes, and the line said "nothing is registered".
+    Now every version of the run this call created is removed. Two proxies in a row: the first
+    drops the creation's answer, the second refuses the description."""
+    from mlops_common.errors import UserError
+    from registry.ledger import Ledger
+    from registry.register import register_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    refusing = http_fault_proxy(mlflow_server, fail_always=True,
+                                match=lambda m, path: m == "PATCH" and path.endswith("/model-versions/update"))
+    dropping = http_fault_proxy(refusing.url, fail_first=1, drop_after_forward=True,
+                                match=lambda m, path: m == "POST" and path.endswith("/model-versions/create"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dropping.url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
+    with pytest.raises(UserError) as caught:
+        register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
+                         description="trained from scratch on digits",
+                         bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+    assert dropping.failed and refusing.failed, "a fault was never injected"
+    assert str(caught.value).endswith(f"versions {v1 + 1}, {v1 + 2} of '{model}' were removed again: "
+                                      f"nothing is registered")
+    assert [i.version for i in versions.list_versions(model)] == [v1]
+    assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1]
