@@ -440,6 +440,15 @@ def hosts_from_env(environ: dict[str, str]) -> list[Host]:
     return [parse_host(entry, where)]
 
 
+def hosts_file_path(explicit_file: str | None = None, environ: dict[str, str] | None = None) -> Path | None:
+    """The hosts file ``load_hosts`` reads: ``--hosts FILE``, else None when ``MLOPS_SYNC_TARGET``
+    names one host, else ``MLOPS_HOSTS_FILE`` or ``$MLOPS_HOME/hosts.toml``."""
+    environ = dict(os.environ) if environ is None else environ
+    if not explicit_file and environ.get("MLOPS_SYNC_TARGET"):
+        return None
+    return Path(explicit_file) if explicit_file else settings.hosts_file()
+
+
 def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None = None) -> list[Host]:
     """Hosts to reconcile: ``--hosts FILE``, else ``MLOPS_SYNC_TARGET``, else the hosts file.
 
@@ -447,13 +456,12 @@ def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None 
     ``MLOPS_HOSTS_FILE`` and ``MLOPS_SYNC_TARGET`` is ambiguous and refused.
     """
     environ = dict(os.environ) if environ is None else environ
-    target_env = environ.get("MLOPS_SYNC_TARGET")
-    if not explicit_file and target_env:
+    path = hosts_file_path(explicit_file, environ)
+    if path is None:
         if environ.get("MLOPS_HOSTS_FILE"):
             raise ConfigError("both MLOPS_HOSTS_FILE and MLOPS_SYNC_TARGET are set; unset one of them "
                               "(a hosts file for several hosts, MLOPS_SYNC_TARGET for one)")
         return hosts_from_env(environ)
-    path = Path(explicit_file) if explicit_file else settings.hosts_file()
     if path.exists() and not path.is_file():
         raise ConfigError(f"hosts file {path} is {'a directory' if path.is_dir() else 'not a regular file'}; "
                           f"point --hosts or MLOPS_HOSTS_FILE at the TOML file that lists the hosts")

@@ -228,6 +228,56 @@ class FailedVersions:
         self.failed.discard(version)
 
 
+class WatchedHosts:
+    """The hosts a watch reconciles, read again from the hosts file at the start of each pass when
+    its bytes changed (a watch runs for months: a host added to hosts.toml was never deployed and a
+    removed one made every pass an error until a restart). A change of the hosts is one log line;
+    a changed file that does not load (a typo, a half-written edit, deleted) or that ``check``
+    refuses keeps the hosts read before, said once per such content, and the next change is read
+    again. ``path`` None (one host from MLOPS_SYNC_TARGET): the hosts never change."""
+
+    def __init__(self, hosts: list, path, load: Callable[[], list], check: Callable[[list], None] | None = None):
+        self.hosts, self.path, self.load, self.check = hosts, path, load, check
+        self._seen = self._read()
+        self._refused: bytes | str | None = None
+
+    def _read(self) -> bytes | str | None:
+        if self.path is None:
+            return None
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:          # deleted, unreadable: load() says it
+            return f"{type(exc).__name__}:{exc.errno}"
+
+    def __call__(self) -> list:
+        seen = self._read()
+        if seen == self._seen:
+            return self.hosts
+        self._seen = seen
+        try:
+            hosts = self.load()
+            if self.check is not None:
+                self.check(hosts)
+        except UserError as exc:
+            if seen != self._refused:
+                self._refused = seen
+                logger.error("hosts file %s changed but cannot be used, the watch keeps its %d host%s (%s) until "
+                             "it is fixed: %s", self.path, len(self.hosts), "" if len(self.hosts) == 1 else "s",
+                             ", ".join(h.name for h in self.hosts), exc.message)
+            return self.hosts
+        before, after = {h.name: h for h in self.hosts}, {h.name: h for h in hosts}
+        added = [n for n in after if n not in before]
+        removed = [n for n in before if n not in after]
+        changed = [n for n in after if n in before and after[n] != before[n]]
+        if added or removed or changed or self._refused is not None:
+            said = [f"{what} {', '.join(names)}" for what, names in
+                    (("added", added), ("removed", removed), ("changed", changed)) if names]
+            logger.info("hosts file %s changed: %s; the watch now reconciles %d host%s", self.path,
+                        "; ".join(said) or "the same hosts as before", len(hosts), "" if len(hosts) == 1 else "s")
+        self.hosts, self._refused = hosts, None
+        return hosts
+
+
 class FleetReconciler:
     """One pass of ``mlops sync watch``: plan the fleet against ``production`` and deploy when the
     hosts differ, with the same rollout as ``mlops sync deploy``. A version whose deploy failed
@@ -250,7 +300,7 @@ class FleetReconciler:
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
                  recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
                  rollback_unrecorded: Callable[[int], object] | None = None,
-                 stopping: Callable[[], bool] = lambda: False):
+                 stopping: Callable[[], bool] = lambda: False, read_hosts: Callable[[], list] | None = None):
         from registry import deploys
 
         if recorded is None:
@@ -268,18 +318,24 @@ class FleetReconciler:
         self._record_tried: set[tuple] = set()     # (version, rollback row id or None)
         self._break_lock = break_lock
         self.stopping = stopping
+        self.read_hosts = read_hosts      # the hosts file read again at each pass (``WatchedHosts``)
 
     def __call__(self) -> tuple:
         from .errors import NoProduction
 
+        # --break-lock TOKEN is spent by the first pass, whatever it did (up to date, skipped, an
+        # error): a token carried until the first pass that deploys could break a lock days later
+        token, self._break_lock = self._break_lock, None
+        if self.read_hosts is not None:
+            self.hosts = self.read_hosts()
         try:
-            return self._reconcile()
+            return self._reconcile(token)
         except NoProduction:     # resolve_version's "or pass --version N": the watch has no such flag
             return "error", None, (f"no version of '{self.model}' holds the production alias (it was deleted, or "
                                    f"the version it named): nothing to deploy, the hosts keep what they serve; "
                                    f"promote one (mlops registry promote --version N) and the next pass deploys it")
 
-    def _reconcile(self) -> tuple:
+    def _reconcile(self, token: str | None) -> tuple:
         from mlops_common.errors import DeployFailed
 
         from . import fleet, fleet_plan
@@ -300,7 +356,6 @@ class FleetReconciler:
                                            f"last promotion); waiting for production to move")
         if self.stopping():
             return "stopped", fp.version, f"the watch is stopping: v{fp.version} not deployed (nothing was changed)"
-        token, self._break_lock = self._break_lock, None
         try:
             # recording: only what these hosts serve; production moved since makes it no rollout
             r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait,

@@ -474,7 +474,8 @@ def _start_receiver(args, model: str, reconcile, watcher):
 
 
 def cmd_watch(args) -> int:
-    from serving_sync.watch import FleetReconciler, Watcher
+    from serving_sync.hosts import hosts_file_path
+    from serving_sync.watch import FleetReconciler, WatchedHosts, Watcher
 
     model = settings.model_name(args.model_name)
     if args.webhook_port is None and (given := [f for f, v in (("--webhook-host", args.webhook_host),
@@ -485,11 +486,18 @@ def cmd_watch(args) -> int:
         raise ConfigError("--once and --max-seconds are alternatives: --once runs one pass, --max-seconds "
                           "runs passes until then")
     hosts, opts = _hosts(args), _deploy_options(args)
+
+    def check(hosts) -> None:
+        if opts.canary and len(hosts) >= 2 and opts.canary >= len(hosts):
+            raise ConfigError(f"--canary {opts.canary} leaves no host to compare it with: the hosts file names "
+                              f"{len(hosts)} hosts; use at most {len(hosts) - 1}")
+
     # checked now, not at the first pass that deploys (maybe days later, with the watch long trusted)
-    if opts.canary and len(hosts) >= 2 and opts.canary >= len(hosts):
-        raise ConfigError(f"--canary {opts.canary} leaves no host to compare it with: the hosts file names "
-                          f"{len(hosts)} hosts; use at most {len(hosts) - 1}")
-    reconcile = FleetReconciler(model, hosts, opts, lock_wait=args.lock_wait, break_lock=args.break_lock)
+    check(hosts)
+    # the hosts file is read again at each pass when it changed (a host added, removed)
+    read_hosts = WatchedHosts(hosts, hosts_file_path(args.hosts), functools.partial(_hosts, args), check)
+    reconcile = FleetReconciler(model, hosts, opts, lock_wait=args.lock_wait, break_lock=args.break_lock,
+                                read_hosts=read_hosts)
     watcher = Watcher(reconcile, interval=args.interval, max_seconds=args.max_seconds, once=args.once)
     reconcile.stopping = watcher.stop_event.is_set   # asked to stop: a pass starts no deploy, waits for no lock
     receiver = _start_receiver(args, model, reconcile, watcher) if args.webhook_port is not None else None
