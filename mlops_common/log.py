@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import sys
 
 from .settings import secret_values
@@ -29,14 +31,18 @@ class RedactingStream:
 
     def __init__(self, stream):
         self._stream = stream
+        try:
+            self._terminal = stream.isatty()
+        except (OSError, ValueError, AttributeError):
+            self._terminal = False
 
     def write(self, text: str) -> int:
-        with _output_lost(self._stream):
+        with _output_lost(self._stream, self._terminal):
             self._stream.write(redact(text))
         return len(text)
 
     def flush(self) -> None:
-        with _output_lost(self._stream):
+        with _output_lost(self._stream, self._terminal):
             self._stream.flush()
 
     def writelines(self, lines) -> None:
@@ -55,15 +61,35 @@ class OutputLost(OSError):
 
 
 @contextlib.contextmanager
-def _output_lost(stream):
+def _output_lost(stream, terminal: bool = False):
     try:
         yield
     except BrokenPipeError:
         raise           # a reader gone: the CLI's own case
     except OSError as exc:
+        if terminal and exc.errno == errno.EIO and _hung_up(stream):
+            return      # the terminal hung up (SIGHUP): what is written now is read by no one
         lost = OutputLost(exc.errno, exc.strerror)
         lost.stream = str(getattr(stream, "name", "") or "<stdout>")
         raise lost from exc
+
+
+def _hung_up(stream) -> bool:
+    """A terminal's write failed with EIO: it hung up (a closed window, a dropped SSH session) and
+    SIGHUP was sent. The stream's descriptor is pointed at /dev/null, so that this write's buffered
+    text, the next writes and the flush at exit go nowhere without an error (a logging handler on
+    the same stream too); the command goes on as SIGHUP's handler says."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, fd)
+        finally:
+            os.close(null)
+        stream.flush()
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
 
 
 def redact(text: str) -> str:

@@ -1,6 +1,6 @@
-"""SIGTERM as Ctrl-C, for every command: ``mlops.cli`` runs each command under
-``sigterm_as_ctrl_c``, so a cancelled CircleCI job, ``timeout`` or ``kill`` ends it the way Ctrl-C
-does: its ``finally`` blocks run, one line ``interrupted``, exit 130. By default the process died
+"""SIGTERM (and SIGHUP) as Ctrl-C, for every command: ``mlops.cli`` runs each command under
+``sigterm_as_ctrl_c``, so a cancelled CircleCI job, ``timeout``, ``kill`` or a dropped SSH session
+ends it the way Ctrl-C does: its ``finally`` blocks run, one line ``interrupted``, exit 130. By default the process died
 at once (exit 143, no line): a training left its MLflow run RUNNING for good, an evaluation its
 downloaded model in TMPDIR, an infra validation its throw-away server and folder, a promotion
 the path that records a move MLflow had applied. Code that a signal must not cut where it stands
@@ -16,7 +16,7 @@ from mlops_common import stop
 
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
-    """SIGTERM ends the block the way Ctrl-C does.
+    """SIGTERM ends the block the way Ctrl-C does; so does SIGHUP unless it is ignored (``nohup``).
 
     The stop is also remembered (``mlops_common.stop``). Inside ``stop.deferred()`` (TensorFlow's
     training loop, where an interrupt raised by the handler was dropped or crashed the process)
@@ -31,6 +31,10 @@ def sigterm_as_ctrl_c():
             raise KeyboardInterrupt
 
     signals = [signal.SIGTERM]
+    # SIGHUP (an SSH session dropped, a terminal closed) is SIGTERM: it killed a deploy or a watch
+    # outright (exit 129, hosts maybe half switched, its lock left); left alone when ignored (nohup)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        signals.append(signal.SIGHUP)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signals.append(signal.SIGINT)
     previous = {}
