@@ -1,6 +1,7 @@
 """Read one host's TF Serving metrics page over HTTP (``scrape``): the bake's only I/O.
 
-The page is read whole, bounded in size (``MAX_PAGE_BYTES``) and in time; a page cut short is
+The page is read whole, bounded in size (``MAX_PAGE_BYTES``) and in time (the name lookup too); a
+redirect off the URL's host:port is refused; a page cut short is
 refused. ``metrics_windows.parse`` reads it.
 """
 from __future__ import annotations
@@ -19,19 +20,70 @@ class PageTooLarge(ValueError):
     """The page passed ``MAX_PAGE_BYTES``: most likely many model names that clients asked for."""
 
 
-def _watched(conn_class, register):
-    """``conn_class`` whose sockets are handed to ``register`` as soon as they connect (before
-    a TLS handshake, a status line or a header is read)."""
+class OffHostRedirect(ValueError):
+    """The metrics page redirected to another host:port (TF Serving never redirects it)."""
+
+
+def _host_port(url: str) -> str:
+    """``host:port`` of ``url`` (the scheme's port when none is written), lower case."""
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    port = port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _resolve(host: str, port: int, wait: float) -> list:
+    """``socket.getaddrinfo`` in a daemon thread, given at most ``wait`` seconds: a resolver that
+    does not answer held the read past its time limit (no socket yet for the deadline to shut).
+    A lookup still running is left to the system resolver's own time limit."""
+    import socket
+    import threading
+
+    out: list = []
+
+    def look() -> None:
+        try:
+            out.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as exc:
+            out.append(exc)
+
+    worker = threading.Thread(target=look, daemon=True, name="metrics-dns")
+    worker.start()
+    worker.join(max(wait, 0.0))
+    if not out:
+        raise TimeoutError(f"the name {host} was not resolved in time")
+    if isinstance(out[0], OSError):
+        raise out[0]
+    return out[0]
+
+
+def _watched(conn_class, register, resolve):
+    """``conn_class`` whose host name is looked up by ``resolve`` (bounded in time) and whose
+    sockets are handed to ``register`` as soon as they connect (before a TLS handshake, a status
+    line or a header is read). Connected by address: the Host header and TLS name stay the name."""
     import socket
 
     class Watched(conn_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
 
-            def create(*a, **kw):
-                sock = socket.create_connection(*a, **kw)
-                register(sock)
-                return sock
+            def create(address, *a, **kw):
+                error: OSError | None = None
+                for *_, sockaddr in resolve(*address):
+                    try:
+                        sock = socket.create_connection(sockaddr[:2], *a, **kw)
+                    except OSError as exc:
+                        error = exc
+                        continue
+                    register(sock)
+                    return sock
+                raise error or OSError(f"{address[0]} resolved to no address")
             self._create_connection = create
     return Watched
 
@@ -46,7 +98,7 @@ def _read_page(url: str, timeout: float) -> bytes:
     import threading
     import urllib.request
 
-    lock, sockets, late = threading.Lock(), [], threading.Event()
+    lock, sockets, late, unresolved = threading.Lock(), [], threading.Event(), []
 
     def shut(sock) -> None:
         try:
@@ -66,13 +118,32 @@ def _read_page(url: str, timeout: float) -> bytes:
             for sock in sockets:
                 shut(sock)
 
+    def resolve(host: str, port: int) -> list:
+        try:
+            return _resolve(host, port, deadline - time.monotonic())
+        except TimeoutError:
+            unresolved.append(host)
+            expire()
+            raise
+
     class Http(urllib.request.HTTPHandler):
         def http_open(self, req):
-            return self.do_open(_watched(http.client.HTTPConnection, register), req)
+            return self.do_open(_watched(http.client.HTTPConnection, register, resolve), req)
 
     class Https(urllib.request.HTTPSHandler):
         def https_open(self, req):
-            return self.do_open(_watched(http.client.HTTPSConnection, register), req, context=self._context)
+            return self.do_open(_watched(http.client.HTTPSConnection, register, resolve), req,
+                                context=self._context)
+
+    class SameHost(urllib.request.HTTPRedirectHandler):
+        """A redirect is followed only on the metrics_url's own host:port: one elsewhere would
+        judge this host on another host's page."""
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if _host_port(newurl) != _host_port(url):
+                fp.close()
+                raise OffHostRedirect(f"it redirected to {newurl}: {_host_port(newurl)} is not "
+                                      f"{_host_port(url)}, and TF Serving never redirects its metrics page")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     too_late = f"the page did not arrive within {timeout:g}s"
     deadline = time.monotonic() + timeout
@@ -81,7 +152,7 @@ def _read_page(url: str, timeout: float) -> bytes:
     timer.start()
     try:
         try:
-            opener = urllib.request.build_opener(Http, Https)
+            opener = urllib.request.build_opener(Http, Https, SameHost)
             with opener.open(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
                 expected = resp.headers.get("Content-Length")
                 chunks, size = [], 0
@@ -98,6 +169,8 @@ def _read_page(url: str, timeout: float) -> bytes:
         except http.client.HTTPException as exc:       # IncompleteRead of a chunked page, a bad status line
             raise ValueError(f"the answer was cut off or malformed ({type(exc).__name__})") from None
     except (OSError, ValueError):
+        if unresolved:
+            raise TimeoutError(f"{too_late}: the name {unresolved[0]} was not resolved in time") from None
         if late.is_set():              # the shut sockets' errors: it is the deadline's doing
             raise TimeoutError(too_late) from None
         raise
@@ -127,6 +200,10 @@ def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Sna
                         f"request_count line for every model name any client has asked for, unknown ones too, "
                         f"until it restarts): restart TF Serving on {host_name} to clear them (or deploy "
                         f"with --bake 0), and let only known model names reach its REST port") from None
+    except OffHostRedirect as exc:
+        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}): set metrics_url in "
+                        f"the hosts file to {host_name}'s own TF Serving metrics page, or deploy with "
+                        f"--bake 0") from None
     except urllib.error.HTTPError as exc:
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
                         f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "

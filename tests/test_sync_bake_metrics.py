@@ -484,12 +484,19 @@ def test_a_page_without_traffic_yet_is_tf_servings_all_the_same():
 
 class _Pages(http.server.BaseHTTPRequestHandler):
     mode = "whole"
+    location = ""                                   # where "moved" sends the first request
 
     def log_message(self, *a):
         pass
 
     def do_GET(self):  # noqa: N802 - stdlib name
         body = _page(ok=30, gets=0).encode()
+        if self.mode == "moved" and not self.path.endswith("/here"):
+            self.send_response(301)
+            self.send_header("Location", self.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.mode == "redirects":                # a slow hop, then another: each under the timeout
             time.sleep(0.4)
             self.send_response(302)
@@ -561,6 +568,57 @@ def test_a_slow_cut_or_huge_page_is_refused_in_time(page_server, mode, says):
         metrics_scrape.scrape("web-1", url, "m", timeout=1.0)
     assert time.monotonic() - start < 3.0            # a page trickling in held the bake 12 s and more
     assert "web-1: cannot read TF Serving's metrics" in e.value.message
+
+
+def test_a_redirect_to_another_host_port_is_refused_naming_both(page_server):
+    """A mis-set metrics_url whose server redirected elsewhere had the canary judged on the
+    other host's page, silently (TF Serving never redirects its metrics page)."""
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    other.daemon_threads = True
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        _Pages.mode = "moved"
+        here, there = page_server.server_address[1], other.server_address[1]
+        _Pages.location = f"http://127.0.0.1:{there}/monitoring/prometheus/metrics/here"
+        url = f"http://127.0.0.1:{here}/monitoring/prometheus/metrics"
+        with pytest.raises(UserError) as e:
+            metrics_scrape.scrape("web-1", url, "m", timeout=5)
+        line = e.value.message
+        assert "\n" not in line and f"127.0.0.1:{there} is not 127.0.0.1:{here}" in line, line
+        assert line.startswith(f"web-1: cannot read TF Serving's metrics at {url}") and "never redirects" in line
+        _Pages.location = "/monitoring/prometheus/metrics/here"           # the same host:port: followed
+        assert metrics_windows.window(EMPTY, metrics_scrape.scrape("web-1", url, "m", timeout=5)).requests == 30
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_a_host_name_that_does_not_resolve_in_time_is_refused_in_time(page_server, monkeypatch):
+    """The name lookup ran before any socket existed, so the deadline could not cut it: a resolver
+    that did not answer held the bake as long as it liked. Here the lookup of one name hangs."""
+    import socket
+
+    real, release = socket.getaddrinfo, threading.Event()
+
+    def slow(host, *a, **kw):
+        if host == "slow-dns.invalid":
+            release.wait(10)                        # the hung resolver, freed at the test's end
+            host = "127.0.0.1"
+        return real(host, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    _Pages.mode = "whole"
+    try:
+        start = time.monotonic()
+        with pytest.raises(UserError) as e:
+            metrics_scrape.scrape("web-1", f"http://slow-dns.invalid:{page_server.server_address[1]}/m", "m",
+                                  timeout=1.0)
+        assert time.monotonic() - start < 3.0, e.value.message          # it took the resolver's 10 s
+        assert "within 1s: the name slow-dns.invalid was not resolved in time" in e.value.message
+    finally:
+        release.set()
+    url = f"http://localhost:{page_server.server_address[1]}/monitoring/prometheus/metrics"   # a name still works
+    assert metrics_windows.window(EMPTY, metrics_scrape.scrape("web-1", url, "m", timeout=5)).requests == 30
 
 
 # --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
