@@ -145,8 +145,8 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
     if port == 0:
         raise ConfigError(f"--url has a port that is not a number from 1 to 65535: "
                           f"'{settings.mask_url_password(url)}'")
-    if not _NAME_RE.match(name):
-        raise ConfigError(f"webhook name '{name}' is invalid: letters, digits, '.', '_' and '-', "
+    if not _NAME_RE.fullmatch(name):        # match: "$" let a trailing newline through
+        raise ConfigError(f"webhook name {name!r} is invalid: letters, digits, '.', '_' and '-', "
                           f"starting and ending with a letter or digit, at most 63 characters")
     secret = settings.named_secret(secret_env)
     if secret is None:

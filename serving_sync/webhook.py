@@ -11,7 +11,8 @@ malformed header is a 401, never an exception), a missing, malformed or stale ti
 than 5 minutes off: a replay) is 400, a delivery id seen before is acknowledged without a
 second reconcile. ``precheck`` refuses what it can from the headers alone, before the body is
 read. The receiver binds to 127.0.0.1 by default, holds every connection in one asyncio thread
-(bounded count, a deadline per request), reads at most 1 MiB, answers at once (202) and leaves
+(bounded count, a deadline per request), reads at most 64 KiB (MLflow's alias payloads are
+under 1 KiB; the body is read before its signature can be checked), answers at once (202) and leaves
 the deploy to the watch loop. The secret comes only from ``MLOPS_WEBHOOK_SECRET`` and is never
 logged.
 """
@@ -36,7 +37,7 @@ SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 MAX_AGE_SECONDS = 300
-MAX_BODY = 1024 * 1024
+MAX_BODY = 64 * 1024     # read before the signature is checked: 256 connections hold 16 MiB at most
 MAX_HEAD = 16 * 1024
 MAX_SEEN = 100_000      # delivery ids remembered at most (only signed deliveries are remembered)
 EVENT = ("model_version_alias", "created")
@@ -159,8 +160,9 @@ def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
     return method, headers
 
 
-async def _discard(reader, limit: int = MAX_BODY + MAX_HEAD) -> None:
-    """Read and drop what the client still sends, up to ``limit`` bytes or its end."""
+async def _discard(reader, limit: int = 1024 * 1024 + MAX_HEAD) -> None:
+    """Read and drop what the client still sends, up to ``limit`` bytes or its end (nothing is
+    kept: a refused body larger than ``MAX_BODY`` still ends before the close)."""
     total = 0
     while total <= limit:
         chunk = await reader.read(64 * 1024)
@@ -197,6 +199,7 @@ class Receiver:
         self.timeout = timeout
         self.max_connections = max_connections
         self.seen: collections.OrderedDict[str, int] = collections.OrderedDict()   # delivery id -> its timestamp
+        self._handling: set[str] = set()        # delivery ids whose trigger is running
         self.counts = collections.Counter()
         self.open_connections = 0
         self._lock = threading.Lock()
@@ -272,8 +275,9 @@ class Receiver:
                 logger.exception("webhook: error while handling a delivery")
                 status, text = 500, "internal error"
             body = json.dumps({"status": status, "message": text}).encode()
+            allow = "\r\nAllow: POST" if status == 405 else ""      # RFC 9110 15.5.6
             writer.write(f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}\r\nContent-Type: application/json"
-                         f"\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+                         f"\r\nContent-Length: {len(body)}{allow}\r\nConnection: close\r\n\r\n".encode() + body)
             try:
                 await asyncio.wait_for(writer.drain(), self.timeout)
                 # Lingering close: a body we refused unread would otherwise turn our close into
@@ -336,21 +340,33 @@ class Receiver:
         h = {k.lower(): v for k, v in headers.items()}
         delivery, sent = h[DELIVERY_HEADER.lower()], _timestamp(h[TIMESTAMP_HEADER.lower()])
         with self._lock:
-            if delivery in self.seen:
+            if delivery in self.seen or delivery in self._handling:     # the same one at once: one trigger
                 self.counts["duplicate"] += 1
                 return 200, "duplicate delivery (already handled)"
-            # Kept while its timestamp is accepted (a count bound let a replay through after that
-            # many other signed deliveries); the oldest first, the cap only bounds memory.
-            now = self.clock()
-            while self.seen and (len(self.seen) >= MAX_SEEN
-                                 or next(iter(self.seen.values())) < now - self.max_age):
-                self.seen.popitem(last=False)
-            self.seen[delivery] = sent
-        if not wants_reconcile(verdict.event, self.model):
+            self._handling.add(delivery)
+        try:
+            answer = self._handle(verdict.event)
+            # Recorded once handled: a trigger that raised (500) left it recorded, and MLflow's
+            # retry of that delivery was then answered "duplicate" and never triggered.
+            with self._lock:
+                # Kept while its timestamp is accepted (a count bound let a replay through after that
+                # many other signed deliveries); the oldest first, the cap only bounds memory.
+                now = self.clock()
+                while self.seen and (len(self.seen) >= MAX_SEEN
+                                     or next(iter(self.seen.values())) < now - self.max_age):
+                    self.seen.popitem(last=False)
+                self.seen[delivery] = sent
+            return answer
+        finally:
+            with self._lock:
+                self._handling.discard(delivery)
+
+    def _handle(self, event: dict) -> tuple[int, str]:
+        if not wants_reconcile(event, self.model):
             self._count("ignored")
             return 200, "ignored (not a production alias move of this model)"
         self._count("accepted")
-        data = verdict.event.get("data") or {}
+        data = event.get("data") or {}
         logger.info("webhook: production of '%s' -> v%s; reconciling", self.model, data.get("version"))
-        self.trigger(verdict.event)
+        self.trigger(event)
         return 202, "accepted: reconcile triggered"

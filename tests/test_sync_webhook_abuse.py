@@ -160,7 +160,7 @@ def test_unauthenticated_large_body_is_refused_before_it_is_read(receiver):
     rec, got = receiver
     headers, body = signed()
     hdrs = {k: v for k, v in headers.items() if k != "X-MLflow-Signature"}
-    big = b"x" * (900 * 1024)                       # under the 1 MiB cap, but never authenticated
+    big = b"x" * (60 * 1024)                        # under the 64 KiB cap, but never authenticated
     t0 = time.monotonic()
     status, answer = raw_post(rec.port, hdrs, big)
     assert status == 401 and "missing signature" in json.loads(answer)["message"]
@@ -241,3 +241,93 @@ def test_a_replay_inside_the_timestamp_window_is_a_duplicate_however_many_delive
         assert len(rec.seen) == 1
     finally:
         rec.stop()
+
+
+def test_a_signed_body_over_64_kib_is_413_unread():
+    """The receiver read up to 1 MiB before the signature could be checked (256 connections: 256 MiB
+    for unsigned junk); MLflow's alias payloads are under 1 KiB."""
+    import serving_sync.webhook as webhook
+
+    got: list[dict] = []
+    rec = Receiver(SECRET, "digits", got.append, timeout=5.0).start()
+    try:
+        assert webhook.MAX_BODY == 64 * 1024
+        status, answer = raw_post(rec.port, *signed({**EVENT, "pad": "x" * (64 * 1024)}))
+        assert status == 413 and "larger than 65536 bytes" in json.loads(answer)["message"], answer
+        status, _ = raw_post(rec.port, *signed({**EVENT, "pad": "x" * (60 * 1024)}))    # under it: handled
+        assert status == 202 and len(got) == 1
+    finally:
+        rec.stop()
+
+
+def test_a_405_says_which_method_is_allowed(receiver):
+    """RFC 9110 requires an Allow header with a 405; it had none."""
+    rec, _ = receiver
+    with socket.create_connection(("127.0.0.1", rec.port), timeout=5) as s:
+        s.sendall(b"GET /mlflow-hook HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data, deadline = b"", time.monotonic() + 5
+        while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert head[0].startswith(b"HTTP/1.1 405") and b"Allow: POST" in head[1:], data
+
+
+def test_a_delivery_whose_trigger_failed_is_triggered_again_by_mlflows_retry():
+    """It was recorded as handled before its trigger ran: after a 500, MLflow's retry of the same
+    delivery was answered "duplicate" and the production move was never reconciled."""
+    calls: list[dict] = []
+
+    def trigger(event):
+        calls.append(event)
+        if len(calls) == 1:
+            raise RuntimeError("the reconcile queue is down")
+
+    rec = Receiver(SECRET, "digits", trigger, timeout=5.0).start()
+    try:
+        headers, body = signed()
+        assert raw_post(rec.port, headers, body)[0] == 500
+        status, answer = raw_post(rec.port, headers, body)          # MLflow's retry: same id, same bytes
+        assert status == 202, answer
+        assert len(calls) == 2
+        status, answer = raw_post(rec.port, headers, body)          # handled now: a duplicate
+        assert status == 200 and "duplicate" in json.loads(answer)["message"] and len(calls) == 2
+    finally:
+        rec.stop()
+
+
+def test_the_same_delivery_twice_at_once_triggers_once():
+    entered, release, calls = threading.Event(), threading.Event(), []
+
+    def trigger(event):
+        calls.append(event)
+        entered.set()
+        release.wait(10)
+
+    rec = Receiver(SECRET, "digits", trigger)
+    try:
+        headers, body = signed()
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(rec.handle(headers, body)), daemon=True)
+        t.start()
+        assert entered.wait(10)
+        assert rec.handle(headers, body) == (200, "duplicate delivery (already handled)")
+        release.set()
+        t.join(10)
+        assert first == [(202, "accepted: reconcile triggered")] and len(calls) == 1
+        assert rec.handle(headers, body)[0] == 200 and len(calls) == 1
+    finally:
+        release.set()
+        rec.stop()
+
+
+def test_a_webhook_name_with_a_trailing_newline_is_refused(monkeypatch):
+    """``^...$`` matched before a final newline: the name passed, and MLflow refused it later."""
+    from mlops_common.errors import ConfigError
+    from registry.webhooks import ensure_webhook
+
+    monkeypatch.delenv("MLOPS_WEBHOOK_SECRET", raising=False)
+    with pytest.raises(ConfigError, match=r"webhook name 'hook\\n' is invalid"):
+        ensure_webhook("http://127.0.0.1:9/hook", name="hook\n")
