@@ -99,6 +99,13 @@ def _to_row(entry: Entry) -> dict:
     if _holds_secret(list(values.values()), settings.secret_values()):
         raise RefusedError(f"refusing to write a '{entry.action}' ledger row for '{entry.model}': it "
                            f"contains the value of a secret environment variable")
+    for name, value in row.items():
+        try:
+            value.encode("utf-8") if isinstance(value, str) else None
+        except UnicodeEncodeError:  # not UTF-8 bytes (an environment variable, argv): the driver's traceback
+            raise RefusedError(f"refusing to write a '{entry.action}' ledger row for "
+                               f"'{entry.model.encode('utf-8', 'backslashreplace').decode()}': its {name} is "
+                               f"not UTF-8 text (bytes of another encoding); nothing was recorded") from None
     return row
 
 

@@ -321,3 +321,22 @@ def test_a_disk_without_room_for_the_promotion_lock_file_is_one_line(tmpfs):
             tx.append(Entry(action="promote", model="m", to_version=1, outcome="ok"))
     assert f"{folder}/ledger.db.lock" in str(e.value) and "No space left on device" in str(e.value), e.value
     assert [r.action for r in led.entries("m")] == ["register"]
+
+
+def test_text_that_is_not_utf8_is_one_line_not_a_traceback(ledger_url, monkeypatch):
+    """Bytes of another encoding (a Latin-1 terminal's é) reach Python as lone surrogates, which
+    the database driver cannot encode: `registry history --model`, a promotion's --reason and a
+    row whose actor came from the environment were tracebacks."""
+    from mlops_common.errors import RefusedError
+
+    monkeypatch.setenv("MLOPS_LEDGER_URL", ledger_url)
+    led = Ledger()
+    led.record("register", "café", outcome="ok", to_version=1, actor="ci")
+    r = run_mlops("registry", "history", "--model", "caf\udce9")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--model" in r.stderr and "is not UTF-8 text" in r.stderr
+    r = run_mlops("registry", "promote", "1", "--reason", "approved by M\udcfcller")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "is not UTF-8 text" in r.stderr, r.stderr
+    with pytest.raises(RefusedError, match="its actor is not UTF-8 text"):
+        led.record("promote", "café", outcome="ok", to_version=1, actor="m\udcfcller")
+    assert [(e.model, e.actor) for e in led.entries()] == [("café", "ci")]

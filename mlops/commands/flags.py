@@ -124,11 +124,24 @@ def true_or_false(text: str) -> bool:
     return text.strip().lower() == "true"
 
 
+def utf8_text(text: str) -> str:
+    """A flag that is written to the ledger or sent to MLflow as text: bytes that are not UTF-8
+    (a Latin-1 terminal's ``é``) reach Python as lone surrogates, which the database driver cannot
+    encode (a traceback mid-promotion, or from ``registry history --model``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("is not UTF-8 text (bytes of another encoding: set the terminal or "
+                                         "the script to UTF-8 and type it again)") from None
+    return text
+
+
 def free_text(text: str) -> str:
     """A free-text flag recorded in the ledger and shown in MLflow and terminals (``--actor``,
-    ``--reason``): one line of text without control characters (newline, ESC, CR, ...)."""
+    ``--reason``): one line of UTF-8 text without control characters (newline, ESC, CR, ...)."""
     from mlops_common.text import has_control
 
+    utf8_text(text)
     if has_control(text):
         raise argparse.ArgumentTypeError("must be one line of text without control characters "
                                          "(newlines, escape sequences)")
@@ -158,7 +171,8 @@ location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix
 
 # --- flags every registry / sync command takes ----------------------------------------------------
 # ``--model-name`` fell back to MLOPS_MODEL_NAME, ``--actor`` to the OS user
-model_name = _not_empty("name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME")
+model_name = _not_empty("name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME",
+                        then=utf8_text)
 ACTOR_MAX = 256     # the ledger's actor column (VARCHAR(256): PostgreSQL refused a longer one mid-promotion)
 
 
@@ -181,7 +195,7 @@ def reason(text: str) -> str:
         raise argparse.ArgumentTypeError(f"is {len(text)} characters long; say why in at most {REASON_MAX}")
     return text
 # ``registry history --model``: an empty one listed every model
-model_filter = _not_empty("name a registered model, or leave --model out to list every model")
+model_filter = _not_empty("name a registered model, or leave --model out to list every model", then=utf8_text)
 # ``--hosts``: an empty one fell back to MLOPS_SYNC_TARGET or MLOPS_HOSTS_FILE, another fleet
 hosts_file = _not_empty("name the hosts file, or leave --hosts out to use MLOPS_SYNC_TARGET / MLOPS_HOSTS_FILE")
 
