@@ -183,8 +183,11 @@ def _create_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _begin(conn):
-            immediate = conn.get_execution_options().get("ledger_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            options = conn.get_execution_options()
+            if options.get("ledger_write", False):
+                _begin_immediate(conn, options.get("ledger_deadline"))
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     if backend == "postgresql":
@@ -198,6 +201,33 @@ def _create_engine(url: str) -> sa.Engine:
                               f"installed; use postgresql:// (psycopg2)") from None
     raise ConfigError(f"MLOPS_LEDGER_URL uses '{backend}'; the ledger supports sqlite:// and "
                       f"postgresql:// URLs")
+
+
+SQLITE_BUSY_SLICE_MS = 100     # a writer waits in SQLite's busy handler this long at a time
+
+
+def _begin_immediate(conn: sa.Connection, deadline: float | None) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another writer until ``deadline`` (monotonic; default
+    ``SQLITE_BUSY_TIMEOUT_S`` from now) in slices of ``SQLITE_BUSY_SLICE_MS``. SQLite's busy
+    handler sleeps in C, where Python runs no signal handler: a wait of the whole timeout there
+    ignored Ctrl-C and SIGTERM for two minutes. Between slices they are seen."""
+    import sqlite3
+
+    raw = conn.connection.dbapi_connection
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S if deadline is None else deadline
+    raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SLICE_MS}")
+    try:
+        while time.monotonic() < deadline:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) != sqlite3.SQLITE_BUSY or \
+                        "locked" not in str(exc):
+                    break       # another failure: raised below, as SQLAlchemy words it
+        conn.exec_driver_sql("BEGIN IMMEDIATE")     # the last try: "database is locked" past the deadline
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")     # a commit waits for readers
 
 
 def _lock(conn: sa.Connection, model: str) -> None:
@@ -288,15 +318,28 @@ def _write_transaction(engine: sa.Engine, lock_model: str) -> Iterator[sa.Connec
     """One write transaction. SQLite has one writer at a time, and a writer that finds the lock
     taken sleeps in SQLite's busy handler (up to 100 ms a nap): this process's own writers —
     a fleet deploy's host threads — queue on a Python lock instead and go as soon as it is free."""
-    queue = contextlib.nullcontext()
-    if engine.dialect.name == "sqlite":
-        with _sqlite_writers_lock:
-            queue = _sqlite_writers.setdefault(str(engine.url), threading.Lock())
-    with queue, engine.connect() as conn:
-        conn.execution_options(ledger_write=True)
-        with conn.begin():
-            _lock(conn, lock_model)
-            yield conn
+    if engine.dialect.name != "sqlite":
+        with engine.connect() as conn:
+            conn.execution_options(ledger_write=True)
+            with conn.begin():
+                _lock(conn, lock_model)
+                yield conn
+        return
+    # one bound for the queue and the database lock together: host threads that each waited the
+    # whole timeout in turn behind a writer of another process failed one after another, minutes apart
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    with _sqlite_writers_lock:
+        queue = _sqlite_writers.setdefault(str(engine.url), threading.Lock())
+    if not queue.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+        raise ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the ledger {safe_url(str(engine.url))}: "
+                                f"other writers of this process held it; nothing was recorded")
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(ledger_write=True, ledger_deadline=deadline)
+            with conn.begin():
+                yield conn
+    finally:
+        queue.release()
 
 
 def script_head() -> str | None:

@@ -340,3 +340,89 @@ def test_text_that_is_not_utf8_is_one_line_not_a_traceback(ledger_url, monkeypat
     with pytest.raises(RefusedError, match="its actor is not UTF-8 text"):
         led.record("promote", "café", outcome="ok", to_version=1, actor="m\udcfcller")
     assert [(e.model, e.actor) for e in led.entries()] == [("café", "ci")]
+
+
+_WAITING_WRITER = r"""
+import sys
+from registry.ledger import Ledger
+led = Ledger(sys.argv[1])
+print("ready", flush=True)
+try:
+    led.record("smoke_test", "m", outcome="passed", host="h")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def _held_write_lock(ledger_url: str) -> sqlite3.Connection:
+    """Another process's writer, mid-transaction: SQLite's write lock held."""
+    db = sqlite3.connect(ledger_url.removeprefix("sqlite:///"), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    return db
+
+
+def test_a_writer_waiting_for_the_sqlite_lock_stops_at_ctrl_c(ledger_url):
+    """SQLite's busy handler sleeps in C, where Python runs no signal handler: a writer waiting
+    for another process's write lock ignored Ctrl-C (and SIGTERM, a cancelled CI job) for the
+    whole two-minute timeout."""
+    import signal
+    import time
+
+    Ledger(ledger_url)
+    db = _held_write_lock(ledger_url)
+    p = subprocess.Popen([sys.executable, "-c", _WAITING_WRITER, ledger_url], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        wchan = f"/proc/{p.pid}/wchan"
+        for _ in range(2000):       # until it sleeps waiting for the lock (bounded: 10 s)
+            with open(wchan) as f:
+                if "sleep" in f.read():
+                    break
+            time.sleep(0.005)
+        else:
+            pytest.fail("the writer never waited for the lock")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=30)
+        db.execute("ROLLBACK")
+    assert p.returncode == 130 and out.strip() == "interrupted", err
+    assert Ledger(ledger_url).entries("m") == []
+
+
+def test_writer_threads_waiting_for_the_sqlite_lock_give_up_within_one_bound(ledger_url, monkeypatch):
+    """A fleet deploy's host threads queue on one lock per database: each waited the whole busy
+    timeout in turn behind another process's writer, so the last of N gave up after N timeouts."""
+    import threading
+    import time
+
+    import registry.ledger as ledger_mod
+    from mlops_common.errors import UserError
+
+    monkeypatch.setattr(ledger_mod, "SQLITE_BUSY_TIMEOUT_S", 1)
+    led = Ledger(ledger_url)
+    db = _held_write_lock(ledger_url)
+    failures: list[str] = []
+
+    def write(host: str) -> None:
+        try:
+            led.record("smoke_test", "m", outcome="passed", host=host)
+        except UserError as exc:
+            failures.append(exc.message)
+
+    threads = [threading.Thread(target=write, args=(f"h{i}",)) for i in range(6)]
+    start = time.monotonic()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        db.execute("ROLLBACK")
+    took = time.monotonic() - start
+    assert len(failures) == 6 and all("database is locked" in m or "waited 1s" in m for m in failures), failures
+    assert took < 3.5, f"six writers gave up after {took:.1f}s, not within the one 1 s bound"
