@@ -151,7 +151,7 @@ def safe_url(url: str, unparseable: str = "<unparseable MLOPS_LEDGER_URL>") -> s
 
 
 def _lock_key(model: str) -> int:
-    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (one lock per model)."""
+    """A stable signed 64-bit key for the advisory locks (one lock per model)."""
     return int.from_bytes(hashlib.sha256(f"mlops-ledger:{model}".encode()).digest()[:8], "big",
                           signed=True)
 
@@ -233,15 +233,15 @@ def _begin_immediate(conn: sa.Connection, deadline: float | None) -> None:
 def _lock(conn: sa.Connection, model: str) -> None:
     if conn.dialect.name == "postgresql":
         # bounded like SQLite's busy timeout: a promotion holding the lock forever (its machine
-        # gone, the TCP session not yet dropped) must not hang every writer of the model
-        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(LOCK_WAIT_S * 1000)}ms'"))
-        try:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(model)})
-        except sa.exc.OperationalError as exc:
-            if "lock timeout" not in str(exc.orig):
-                raise
-            raise ConnectionFailure(f"waited {LOCK_WAIT_S:g}s for the ledger lock of '{model}'; another "
-                                    f"promotion holds it (`mlops registry status` shows open intents)") from None
+        # gone, the TCP session not yet dropped) must not hang every writer of the model. Tried
+        # and slept, as the promotion lock: psycopg2 waits in C for a blocking
+        # pg_advisory_xact_lock, where Ctrl-C and SIGTERM went unseen for the whole wait.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _lock_key(model)}).scalar():
+            if time.monotonic() > deadline:
+                raise ConnectionFailure(f"waited {LOCK_WAIT_S:g}s for the ledger lock of '{model}'; another "
+                                        f"promotion holds it (`mlops registry status` shows open intents)")
+            time.sleep(0.05)
     # SQLite: BEGIN IMMEDIATE already holds the database write lock.
 
 

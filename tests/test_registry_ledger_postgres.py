@@ -149,3 +149,48 @@ def test_times_are_read_back_in_utc_whatever_the_servers_time_zone(postgres_serv
     text = description.render(version=2, tags={}, aliases=("production",), entries=[read])
     assert f"| #{read.id} | {utc:%Y-%m-%d %H:%M} | promote |" in text, text
     assert f"by alice, {utc:%Y-%m-%d %H:%M} UTC" in text, text
+
+
+def test_a_writer_waiting_for_the_ledger_lock_stops_at_ctrl_c_on_postgres(postgres_server):
+    """A plain append waits for the model's promotion lock; it waited in a blocking
+    pg_advisory_xact_lock, inside psycopg2's C call, where Ctrl-C and SIGTERM went unseen for the
+    whole two-minute lock_timeout."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from registry import ledger as ledger_mod
+    from tests.helpers import REPO
+    from tests.test_registry_ledger import _WAITING_WRITER
+
+    url = postgres_server.create_database("ledger")
+    Ledger(url)
+    holder = _raw(url)
+    holder.autocommit = True
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_mod._lock_key("m"),))
+    watcher = _raw(url)
+    watcher.autocommit = True
+    p = subprocess.Popen([sys.executable, "-c", _WAITING_WRITER, url], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        for _ in range(1000):       # until its session asks for the lock (bounded: 10 s)
+            cur = watcher.cursor()
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                        "query LIKE '%advisory_xact_lock%' AND xact_start IS NOT NULL")
+            if cur.fetchone()[0]:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the writer never asked for the lock")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=30)
+        holder.close()
+        watcher.close()
+    assert p.returncode == 130 and out.strip() == "interrupted", err
+    assert Ledger(url).entries("m") == []
