@@ -40,6 +40,7 @@ VERSION_TABLE = "ledger_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a writer waits for the lock before giving up
 LOCK_WAIT_S = float(SQLITE_BUSY_TIMEOUT_S)   # the same bound for PostgreSQL's advisory locks
+PG_CONNECT_TIMEOUT_S = 10    # reaching the PostgreSQL server (as mlops.mlflow_db's check of MLflow's)
 
 _metadata = sa.MetaData()
 entries_table = sa.Table(
@@ -194,8 +195,11 @@ def _create_engine(url: str) -> sa.Engine:
         if parsed.drivername == "postgresql":
             # SQLAlchemy 2.1 defaults to psycopg 3; the pinned driver is psycopg2(-binary).
             parsed = parsed.set(drivername="postgresql+psycopg2")
+        # bounded: a server that accepts and never answers (an SSH tunnel whose far end is gone)
+        # hung every command that reads the ledger, Ctrl-C unseen; a URL's own connect_timeout wins
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         try:
-            return sa.create_engine(parsed, pool_pre_ping=True)
+            return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
         except (ImportError, sa.exc.NoSuchModuleError):
             raise ConfigError(f"MLOPS_LEDGER_URL names the driver '{parsed.drivername}', which is not "
                               f"installed; use postgresql:// (psycopg2)") from None

@@ -426,3 +426,20 @@ def test_writer_threads_waiting_for_the_sqlite_lock_give_up_within_one_bound(led
     took = time.monotonic() - start
     assert len(failures) == 6 and all("database is locked" in m or "waited 1s" in m for m in failures), failures
     assert took < 3.5, f"six writers gave up after {took:.1f}s, not within the one 1 s bound"
+
+
+def test_a_postgres_server_that_never_answers_is_one_line_within_a_bound(tmp_path):
+    """A server that accepts the connection and never answers (an SSH tunnel whose far end is gone,
+    a frozen server): every command that reads the ledger hung, Ctrl-C unseen in psycopg2's C call."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:      # the kernel accepts; nobody answers
+        url = f"postgresql://ledger:hunter2-secret@127.0.0.1:{silent.getsockname()[1]}/ledger"
+        try:
+            r = run_mlops("registry", "history", env={"MLOPS_LEDGER_URL": url, "MLOPS_HOME": str(tmp_path)},
+                          timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("`registry history` still waited for the silent server after 60 s")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: cannot open the ledger database") and "timeout expired" in r.stderr
+    assert "hunter2-secret" not in r.stderr
