@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from mlops_common.errors import UserError
+from mlops_common import log
+from mlops_common.errors import ConnectionFailure, UserError
 from mlops_common.text import printable
 
 from . import description, tags, versions
@@ -15,6 +16,8 @@ from .promotion_rules import version_label
 from .promotion_view import confirmed_moves, write_view
 from .provenance import Provenance, given
 from .reconciliation_rules import Agreement, agreement
+
+_log = log.get("registry.reconcile")
 
 
 def ledger_view(model: str, *, ledger: Ledger | None = None) -> list[Entry]:
@@ -34,9 +37,18 @@ def check_agreement(model: str, *, ledger: Ledger | None = None, entries: list[E
                       ledger_view(model, ledger=ledger) if entries is None else entries)
     if found.agrees:
         return found
-    with ledger.serialized(model) as tx:
-        found = agreement(versions.production_version(model), tx.entries(actions=VIEW))
-        if found.ledger_empty and tx.entries(limit=1):     # its register or gate rows: the right ledger
+    try:
+        with ledger.serialized(model) as tx:
+            found = agreement(versions.production_version(model), tx.entries(actions=VIEW))
+            if found.ledger_empty and tx.entries(limit=1):     # its register or gate rows: the right ledger
+                found = replace(found, ledger_empty=False)
+    except ConnectionFailure as exc:
+        # the lock cannot be had (a ledger this user may only read, a read-only disk, a promotion
+        # holding it): `status` still says what it read, not nothing at the moment it matters
+        _log.warning("could not read the ledger of '%s' again under the promotion lock (%s): what follows was "
+                     "read without it; a promotion under way shows as a disagreement until it ends",
+                     model, exc.message)
+        if found.ledger_empty and ledger.entries(model, limit=1):
             found = replace(found, ledger_empty=False)
     if found.alias is None and found.ledger is not None and not versions.version_exists(model, found.ledger):
         found = replace(found, ledger_deleted=True)    # deleted, not moved: MLflow removed its alias with it

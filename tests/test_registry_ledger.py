@@ -443,3 +443,23 @@ def test_a_postgres_server_that_never_answers_is_one_line_within_a_bound(tmp_pat
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith("error: cannot open the ledger database") and "timeout expired" in r.stderr
     assert "hunter2-secret" not in r.stderr
+
+
+def test_status_on_a_ledger_it_may_only_read_still_shows_the_mismatch(make_version, tmpfs):
+    """`registry status` reads a disagreement again under the promotion lock; on a ledger it may
+    only read (a read-only disk, a file of another user) that lock could not be had, and status
+    printed one error line instead of the MISMATCH it had found."""
+    import os
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    disk = tmpfs("4m")
+    url = f"sqlite:///{disk / 'ledger.db'}"
+    from registry import ledger as ledger_mod
+
+    Ledger(url).record("promote", model, outcome="ok", to_version=v1, actor="alice")   # the alias is not on v1
+    ledger_mod._engines.pop(url).dispose()      # no file of the disk left open: it can be made read-only
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
+    r = run_mlops("registry", "status", env={"MLOPS_LEDGER_URL": url})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "MISMATCH" in r.stdout and "could not read the ledger" in r.stderr, (r.stdout, r.stderr)
