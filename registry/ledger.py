@@ -201,6 +201,9 @@ def _create_engine(url: str) -> sa.Engine:
         try:
             return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
         except (ImportError, sa.exc.NoSuchModuleError):
+            if parsed.drivername == "postgresql+psycopg2":     # postgresql:// itself: "use postgresql://" was no help
+                raise ConfigError("psycopg2, the driver of MLOPS_LEDGER_URL's postgresql:// URLs, is not installed "
+                                  "in this Python: install tfmodel-delivery's requirements (psycopg2-binary)") from None
             raise ConfigError(f"MLOPS_LEDGER_URL names the driver '{parsed.drivername}', which is not "
                               f"installed; use postgresql:// (psycopg2)") from None
     raise ConfigError(f"MLOPS_LEDGER_URL uses '{backend}'; the ledger supports sqlite:// and "

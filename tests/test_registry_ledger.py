@@ -463,3 +463,13 @@ def test_status_on_a_ledger_it_may_only_read_still_shows_the_mismatch(make_versi
     r = run_mlops("registry", "status", env={"MLOPS_LEDGER_URL": url})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "MISMATCH" in r.stdout and "could not read the ledger" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_a_postgres_url_without_psycopg2_installed_says_what_to_install():
+    """postgresql:// with psycopg2 missing said "use postgresql:// (psycopg2)": what was used."""
+    code = ("import sys; sys.modules['psycopg2'] = None\n"
+            "from mlops_common.errors import ConfigError\nfrom registry.ledger import Ledger\n"
+            "try:\n    Ledger('postgresql://ledger:hunter2-secret@127.0.0.1:1/ledger')\n"
+            "except ConfigError as exc:\n    print(exc.message)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "psycopg2-binary" in r.stdout and "use postgresql://" not in r.stdout, r
