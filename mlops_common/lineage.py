@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import subprocess
+from pathlib import Path
 
 # CircleCI built-in variable -> tag key.
 CI_VARS = {
@@ -24,16 +25,31 @@ CI_VARS = {
 }
 
 
+# the folder holding mlops_common, mlproject and registry: the checkout the code runs from, when it is one
+CODE_ROOT = Path(__file__).resolve().parent.parent
+
+
 def git_commit(cwd: str | None = None) -> str | None:
+    """CircleCI's commit; else the commit checked out where this code lives (``cwd``: in that folder's
+    checkout instead); None when the code is not in a git checkout of its own. Not the working
+    directory's: ``mlops train`` run from inside another repository recorded that one's commit, and
+    code installed in a venv inside a checkout would name the checkout it does not come from."""
     sha = os.environ.get("CIRCLE_SHA1")
     if sha:
         return sha
+    root = Path(cwd) if cwd else CODE_ROOT
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=cwd, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+                             cwd=root, env=env, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    lines = out.stdout.split("\n") if out.returncode == 0 else []
+    if len(lines) < 2 or not lines[1].strip():
+        return None
+    if cwd is None and Path(lines[0]).resolve() != CODE_ROOT:
+        return None       # installed (site-packages) inside some other checkout: not this code's commit
+    return lines[1].strip()
 
 
 def ci_tags() -> dict[str, str]:
