@@ -37,6 +37,7 @@ ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "h
            "lock_takeover", "canary")
 OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back", "pending")
 VERSION_TABLE = "ledger_alembic_version"
+CREATED_MS = "created_ms"    # a register row's detail: when MLflow created the version (ms, the server's clock)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 120  # how long a writer waits for the lock before giving up
 LOCK_WAIT_S = float(SQLITE_BUSY_TIMEOUT_S)   # the same bound for PostgreSQL's advisory locks
@@ -553,22 +554,48 @@ def _insert(conn: sa.Connection, entry: Entry) -> Entry:
     return replace(entry, id=int(result.inserted_primary_key[0]))
 
 
+def _created_ms(details: str | None) -> int | None:
+    try:
+        ms = json.loads(details or "{}").get(CREATED_MS)
+    except (ValueError, AttributeError):
+        return None
+    return ms if isinstance(ms, int) else None
+
+
+def _current_start(conn: sa.Connection, model: str) -> int | None:
+    """The id of the first row of ``model`` as it exists now: its latest ``register`` row of
+    version 1, or an earlier ``register`` row (after the previous one of version 1) of a version
+    MLflow created after that v1 (``CREATED_MS``, the server's clock): two first trainings at once
+    get v1 and v2, and v2's row may be written first; a cut at v1's row hid it, and any gate of v2
+    written before v1's row. None: no registration of version 1 recorded (every row counts)."""
+    t = entries_table
+    ok = (t.c.model == model, t.c.action == "register", t.c.outcome == "ok")
+    firsts = conn.execute(sa.select(t.c.id, t.c.details).where(*ok, t.c.to_version == 1)
+                          .order_by(t.c.id.desc()).limit(2)).all()
+    if not firsts:
+        return None
+    start, since = firsts[0][0], _created_ms(firsts[0][1])
+    if since is None:         # a row from before versions' creation times were recorded
+        return start
+    floor = firsts[1][0] if len(firsts) > 1 else 0
+    earlier = conn.execute(sa.select(t.c.id, t.c.details).where(*ok, t.c.id > floor, t.c.id < start)).all()
+    return min([start, *(i for i, d in earlier if (ms := _created_ms(d)) is not None and ms >= since)])
+
+
 def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, *,
             current: bool = False) -> list[Entry]:
-    """``current`` (with ``model``): from the model's latest registration of version 1 on. MLflow
-    numbers a registered model deleted and created again from 1, and the rows of the model that
-    was deleted (its productions, gates, deploys) are about other versions of the same numbers:
-    a rollback went to a version that never held production, a stale gate passed."""
+    """``current`` (with ``model``): from the model's latest registration of version 1 on
+    (``_current_start``). MLflow numbers a registered model deleted and created again from 1, and
+    the rows of the model that was deleted (its productions, gates, deploys) are about other
+    versions of the same numbers: a rollback went to a version that never held production, a
+    stale gate passed."""
     t = entries_table
     q = sa.select(t)
     if model:
         q = q.where(t.c.model == model)
-        if current:
-            start = (sa.select(sa.func.max(t.c.id))
-                     .where(t.c.model == model, t.c.action == "register", t.c.to_version == 1,
-                            t.c.outcome == "ok")
-                     .scalar_subquery())
-            q = q.where(sa.or_(start.is_(None), t.c.id >= start))
+        start = _current_start(conn, model) if current else None
+        if start is not None:
+            q = q.where(t.c.id >= start)
     if actions:
         q = q.where(t.c.action.in_(actions))
     q = q.order_by(t.c.id.desc())

@@ -13,7 +13,7 @@ from . import bundle_hashes, versions
 from . import tags as T
 from .client import mlflow_errors, tracking_client
 from .description import ensure_model_description, refresh_quietly
-from .ledger import Entry, Ledger
+from .ledger import CREATED_MS, Entry, Ledger
 from .provenance import Provenance
 
 _log = log.get("registry.register")
@@ -63,6 +63,7 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
             action="register", model=model_name, outcome="ok", to_version=version,
             **by.row(),
             details={"run_id": mv.run_id or run_id, "model_uri": model_uri,
+                     **({CREATED_MS: int(mv.creation_timestamp)} if mv.creation_timestamp else {}),
                      **{k: v for k, v in all_tags.items()
                         if k in (T.DATASET, T.DATASET_FINGERPRINT, T.RETRAINED_FROM, T.GIT_COMMIT)},
                      **({"ci": dict(by.ci)} if by.ci else {}),

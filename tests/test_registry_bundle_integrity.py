@@ -38,6 +38,59 @@ def test_a_version_registered_before_v1_was_recorded_keeps_its_hashes(tmp_path):
     assert [e.to_version for e in led.entries("m", current=True)] == [1]       # what decisions read
 
 
+def test_two_first_registrations_at_once_keep_v2_s_rows_in_the_current_view(make_version, tmp_path, monkeypatch):
+    """The same race through ``register_version`` on a real server: v1 is created and held before
+    its row (the ``register:after_version`` pause), v2 registers whole, then v1's row is written.
+    The current-model view decisions read started at v1's row and hid v2's registration and any
+    gate of v2 recorded before it (found by review, s15-lineage); the view now starts at the
+    earliest registration of a version MLflow created after that v1 (the server's creation time
+    kept in each ``register`` row)."""
+    import threading
+    import time
+
+    from mlops_common import faultpoint
+    from registry.ledger import CREATED_MS, Entry, Ledger
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    marker = tmp_path / "paused"
+    monkeypatch.setattr(faultpoint, "_fired", set())
+    monkeypatch.setenv(faultpoint.PAUSE_AT, "register:after_version")
+    monkeypatch.setenv(faultpoint.MARKER, str(marker))
+    monkeypatch.setenv(faultpoint.SECONDS, "60")
+    first: list = []
+    held = threading.Thread(target=lambda: first.append(make_version()), daemon=True)
+    held.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists() and held.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "v1's registration never reached its pause"
+    v2 = make_version()                  # the pause fires once per process: this one runs through
+    led = Ledger()
+    led.append(Entry("gate", model, "passed", to_version=v2, details={"accuracy": 0.95}))
+    marker.unlink()
+    held.join(timeout=60)
+    assert not held.is_alive() and first == [1] and v2 == 2
+    rows = led.entries(model)
+    assert [(e.action, e.to_version) for e in rows] == [("register", 2), ("gate", 2), ("register", 1)]
+    assert all(isinstance(e.details.get(CREATED_MS), int) for e in rows if e.action == "register")
+    assert [(e.action, e.to_version) for e in led.entries(model, current=True)] == \
+        [("register", 2), ("gate", 2), ("register", 1)]
+
+
+def test_the_current_view_still_leaves_out_a_deleted_model_s_rows(tmp_path):
+    """A model deleted and created again: the old incarnation's rows stay out of the current view,
+    including a registration written just before the new v1's (its version was created earlier)."""
+    from registry.ledger import CREATED_MS, Entry, Ledger
+
+    led = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    for v, ms in ((1, 1000), (2, 2000), (3, 3000)):
+        led.append(Entry("register", "m", "ok", to_version=v, details={CREATED_MS: ms}))
+    led.append(Entry("promote", "m", "ok", to_version=3))
+    led.append(Entry("register", "m", "ok", to_version=2, details={CREATED_MS: 9200}))   # new v2, written first
+    led.append(Entry("register", "m", "ok", to_version=1, details={CREATED_MS: 9100}))
+    assert [(e.action, e.to_version) for e in led.entries("m", current=True)] == [("register", 2), ("register", 1)]
+
+
 def _relog(run_id: str, tmp_path, artifact_dir: str, name: str, data: bytes) -> None:
     """What anyone with write access to the run can do after registration."""
     local = tmp_path / "relog" / name
