@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlops_common import lineage, log, paths
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, RefusedError, UserError, reworded
 from registry import artifacts
 from registry import tags as T
 
@@ -388,18 +388,86 @@ def _no_space(detail: str) -> ConfigError:
 
 def register_run(model_name: str, result: RunResult) -> int:
     """Register the run's logged model as a new version with dataset (and retrain) tags."""
+    return _register(model_name, result.model_uri, result.run_id, dataset=result.data.dataset,
+                     fingerprint=result.data.fingerprint, retrained_from=result.retrained_from,
+                     n_train=len(result.data.combined), accuracy=result.evaluation.accuracy,
+                     bundle_files=result.bundle_files, model_files=result.model_files)
+
+
+def _register(model_name: str, model_uri: str, run_id: str, *, dataset: str, fingerprint: str,
+              retrained_from: str | None, n_train, accuracy: float | None, bundle_files: dict,
+              model_files: dict, provenance=None) -> int:
     from registry.register import register_version
 
-    tags = {T.DATASET: result.data.dataset, T.DATASET_FINGERPRINT: result.data.fingerprint}
-    if result.retrained_from is not None:
-        tags[T.RETRAINED_FROM] = result.retrained_from
-    what = (f"retrained from version {result.retrained_from}" if result.retrained_from not in (None, "scratch")
+    tags = {T.DATASET: dataset, T.DATASET_FINGERPRINT: fingerprint}
+    if retrained_from is not None:
+        tags[T.RETRAINED_FROM] = retrained_from
+    what = (f"retrained from version {retrained_from}" if retrained_from not in (None, "scratch")
             else "trained from scratch")
-    return register_version(model_name, result.model_uri, run_id=result.run_id, tags=tags,
-                            bundle_files=result.bundle_files or None, model_files=result.model_files or None,
-                            description=f"{what} on {result.data.dataset} "
-                                        f"({len(result.data.combined)} examples); held-out accuracy "
-                                        f"{result.evaluation.accuracy:.4f}")
+    score = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "unknown"
+    return register_version(model_name, model_uri, run_id=run_id, tags=tags, provenance=provenance,
+                            bundle_files=bundle_files or None, model_files=model_files or None,
+                            description=f"{what} on {dataset} ({n_train} examples); held-out accuracy {score}")
+
+
+def _register_kept(model_name: str, result: RunResult) -> int:
+    """``register_run``; a failure says the finished run is kept and how to register it later."""
+    try:
+        return register_run(model_name, result)
+    except UserError as exc:
+        raise reworded(exc, f"{exc.message}. The training run {result.run_id} is kept: register it with "
+                            f"`mlops registry register --run-id {result.run_id}`") from None
+
+
+def register_finished_run(model_name: str, run_id: str) -> dict:
+    """``mlops registry register --run-id``: register a finished ``mlops train`` / ``retrain`` run
+    that has no version of ``model_name`` yet (its registration failed after the training), with
+    the tags, description and ledger row ``mlops train`` gives (``register_version``). The files
+    under ``tfserving/`` and ``golden/`` are hashed as the store holds them now (training hashes
+    them before uploading); the version's commit is the one the run was trained at."""
+    import mlflow.artifacts
+
+    from registry import bundle_hashes, versions
+    from registry.client import mlflow_errors, tracking_client
+    from registry.provenance import Provenance
+
+    client = tracking_client()
+    with mlflow_errors(f"reading run {run_id}"):
+        run = client.get_run(run_id)
+    tags = run.data.tags
+    kind = tags.get("mlops.kind")
+    if kind not in ("train", "retrain"):
+        raise RefusedError(f"run {run_id} is not from `mlops train` or `mlops retrain` (its mlops.kind tag is "
+                           f"{kind or 'missing'}): nothing registered")
+    if run.info.status != "FINISHED":
+        raise RefusedError(f"run {run_id} is {run.info.status}, not FINISHED: a training that did not finish "
+                           f"is not registered")
+    outputs = run.outputs.model_outputs if run.outputs else []
+    dataset, fp = tags.get("dataset.name"), tags.get("dataset.fingerprint")
+    if len(outputs) != 1 or not dataset or not fp:
+        raise RefusedError(f"run {run_id} has {len(outputs)} logged models and dataset tags "
+                           f"{dataset or '-'} / {fp or '-'}, not the one model and the data set a training "
+                           f"logs: nothing registered")
+    before = versions.versions_of_run(model_name, run_id, what=f"reading the versions of '{model_name}'")
+    if before:
+        raise RefusedError(f"run {run_id} is already version {', '.join(map(str, sorted(before)))} of "
+                           f"'{model_name}': nothing registered")
+    model_uri = f"models:/{outputs[0].model_id}"
+    with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
+        with mlflow_errors(f"downloading the bundle of run {run_id}"):
+            for part in artifacts.PARTS:
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=part, dst_path=tmp)
+        bundle_files = bundle_hashes.tree_files(tmp)
+    by = replace(Provenance.from_environment(), git_commit=tags.get(T.GIT_COMMIT))
+    version = _register(model_name, model_uri, run_id, dataset=dataset, fingerprint=fp,
+                        retrained_from=tags.get("mlops.retrained_from"),
+                        n_train=run.data.params.get("n_train", "?"),
+                        accuracy=run.data.metrics.get("heldout_accuracy"), bundle_files=bundle_files,
+                        model_files=_logged_model_files(model_uri), provenance=by)
+    return {"run_id": run_id, "version": version, "model_name": model_name,
+            "model_uri": f"models:/{model_name}/{version}", "dataset": dataset,
+            "run_url": tracking.run_url(run.info.experiment_id, run_id),
+            "version_url": tracking.version_url(model_name, version)}
 
 
 def summary(model_name: str, result: RunResult, version: int) -> dict:
@@ -441,7 +509,7 @@ def train(model_name: str, params: TrainParams) -> dict:
     _ledger_ready()
     data = prepare_data(params.dataset)
     result = run_training(params, data, model_name=model_name)
-    return summary(model_name, result, register_run(model_name, result))
+    return summary(model_name, result, _register_kept(model_name, result))
 
 
 def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) -> tuple[TrainParams, int | None]:
@@ -490,4 +558,4 @@ def retrain(model_name: str, params: TrainParams, incoming: str, *, from_scratch
                           start_from=f"models:/{model_name}/{production}" if production else None,
                           retrained_from=str(production) if production else "scratch",
                           parent_run_id=_run_of(model_name, production))
-    return summary(model_name, result, register_run(model_name, result))
+    return summary(model_name, result, _register_kept(model_name, result))

@@ -209,6 +209,13 @@ def add_rollback(p) -> None:
                    help="allow a version that did not pass the gate (needs --reason)")
 
 
+def run_id(text: str) -> str:
+    """An MLflow run id (32 hex digits, as MLflow makes them)."""
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an MLflow run id (32 hex digits)")
+    return text
+
+
 def add_model_name(p) -> None:
     p.add_argument("--model-name", metavar="NAME", type=model_name,
                    help="registered model (default: MLOPS_MODEL_NAME or image-classifier)")

@@ -65,6 +65,20 @@ def register(sub) -> None:
     flags.add_json(g)
     g.set_defaults(func=cmd_gate)
 
+    rg = rsub.add_parser(
+        "register", help="register a finished training run whose registration failed",
+        description="Register the logged model of a finished `mlops train` / `mlops retrain` run as a new "
+                    "version (validation_status=pending), as the training would have: the same tags, "
+                    "description and ledger row, the commit the run was trained at. For a training whose "
+                    "registration failed (its error names the run). Refused for a run that is not a "
+                    "finished training or already has a version of the model. The files under tfserving/ "
+                    "and golden/ are hashed as the artifact store holds them now.",
+        epilog=_ENV_EPILOG)
+    rg.add_argument("--run-id", type=flags.run_id, required=True, metavar="RUN", help="the training's MLflow run id")
+    flags.add_model_name(rg)
+    flags.add_json(rg)
+    rg.set_defaults(func=cmd_register)
+
     pr = rsub.add_parser(
         "promote", help="point `production` at a validated version",
         description="Move the `production` alias to a version that passed the gate and record who, "
@@ -210,6 +224,25 @@ def cmd_gate(args) -> int:
         raise GateFailed(outcome.summary)
     if args.json:
         print(outcome.summary, file=sys.stderr)
+    return 0
+
+
+def cmd_register(args) -> int:
+    import contextlib
+
+    from mlops.commands.train import _new_model_name
+    from mlproject.train import register_finished_run
+
+    model = _new_model_name(args)      # a name the serving hosts would refuse is refused before registering
+    with contextlib.redirect_stdout(sys.stderr):  # libraries print; stdout: the result
+        result = register_finished_run(model, args.run_id)
+    if args.json:
+        output.emit(result)
+        return 0
+    print(f"registered {model} version {result['version']} from run {result['run_id']}")
+    print(f"  run:           {result['run_url']}")
+    print(f"  model version: {result['version_url']}")
+    print(f"  next:          mlops registry gate --version {result['version']}")
     return 0
 
 
