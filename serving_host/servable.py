@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -137,13 +138,16 @@ class Servable:
         refused as the run's FunctionCallFrame::SetArgs refuses it (the session callable's own
         "Type mismatch" text is Python's), by its place among the sorted feeds."""
         names = tuple(sorted(feeds))
+        try:    # making the callable is the run's graph build: its errors (no fetch, ...) are the run's,
+            fn = self._callable(names, fetch)     # before SetArgs's dtype check (DirectSession::Run)
+        except BaseException as exc:
+            raise from_exception(exc) from None
         for i, n in enumerate(names):
             want, got = self._dtype(n), array_dtype(feeds[n])
             if want is not None and got != want:
                 raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
                                        f"is provided")
-        try:    # making the callable is the run's graph build: its errors (no fetch, ...) are the run's
-            fn = self._callable(names, fetch)
+        try:
             return [as_array(v) for v in fn(*[feeds[n] for n in names])]
         except BaseException as exc:
             raise from_exception(exc) from None
@@ -156,8 +160,10 @@ class Servable:
         """The graph's DataType enum of ``tensor_name`` (None: not in the graph, TF says so)."""
         dtypes = self._dtypes
         if tensor_name not in dtypes:
+            # ParseTensorName: a name without ":<index>" is output 0 of its op ("x" feeds "x:0")
+            name = tensor_name if re.search(r":[0-9]+$", tensor_name) else tensor_name + ":0"
             try:
-                dtypes[tensor_name] = self._graph.get_tensor_by_name(tensor_name).dtype.as_datatype_enum
+                dtypes[tensor_name] = self._graph.get_tensor_by_name(name).dtype.as_datatype_enum
             except (KeyError, ValueError):
                 dtypes[tensor_name] = None
         return dtypes[tensor_name]

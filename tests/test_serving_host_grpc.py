@@ -800,3 +800,68 @@ def test_two_input_aliases_of_one_tensor_are_refused_as_tf_serving_refuses_them(
         assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "x:0 is both fed and fetched.")
     finally:
         servable.close()
+
+
+def _broken_names_model(path: str) -> None:
+    """serving_default feeds ``x`` (no ":0", as a hand-written SignatureDef may name it); ``gone``
+    fetches a tensor the graph does not have."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = tf.identity(x * 2.0, name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+        predict = "tensorflow/serving/predict"
+        bare, gone = info(x), info(y)
+        bare.name = "x"
+        gone.name = "nope:0"
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": build(inputs={"x": bare}, outputs={"y": info(y)}, method_name=predict),
+            "gone": build(inputs={"x": info(x)}, outputs={"y": gone}, method_name=predict)})
+        builder.save()
+
+
+def test_a_feed_name_without_its_index_is_dtype_checked_as_the_session_checks_it(tmp_path):
+    """A signature input named ``x`` feeds ``x:0`` (ParseTensorName) and Session::Run's SetArgs
+    refuses a wrong dtype with "Expects arg[0] to be float but string is provided". This server
+    looked ``x`` up as a tensor, found none, skipped its check and answered with the session
+    callable's Python text instead."""
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    _broken_names_model(path)
+    servable = Servable.load("m", 1, path)
+    try:
+        assert servable.predict("", {"x": np.array([1.5], np.float32)})["y"].tolist() == [3.0]
+        with pytest.raises(ServingError) as e:
+            servable.predict("", {"x": np.array([b"a"], object)})
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT",
+                                                   "Expects arg[0] to be float but string is provided")
+    finally:
+        servable.close()
+
+
+def test_the_graph_build_fails_before_the_dtype_check_as_in_direct_session(tmp_path):
+    """DirectSession::Run makes its executors (GetOrCreateExecutors: a fetch the graph does not
+    have fails there) before SetArgs checks the fed dtypes, so a wrong dtype sent to a signature
+    that cannot run gets the build's error, the same as a right one. This server checked the
+    dtype first and answered "Expects arg[0] ..." for it."""
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    _broken_names_model(path)
+    servable = Servable.load("m", 1, path)
+    try:
+        with pytest.raises(ServingError) as right:
+            servable.predict("gone", {"x": np.array([1.5], np.float32)})
+        with pytest.raises(ServingError) as wrong:
+            servable.predict("gone", {"x": np.array([b"a"], object)})
+        assert "Expects arg" not in right.value.message
+        assert (wrong.value.code, wrong.value.message) == (right.value.code, right.value.message)
+    finally:
+        servable.close()
