@@ -221,11 +221,47 @@ def _fill_classifications(result, rows) -> None:
             cl.score = score
 
 
-def classify(servable: Servable, request, version: int | None):
-    from tensorflow_serving.apis import classification_pb2
+_RAW_LABEL_TYPES: dict[str, type] | None = None
 
+
+def raw_label_type(full_name: str) -> type:
+    """The message class ``full_name`` (``tensorflow.serving.ClassificationResponse`` or
+    ``...MultiInferenceResponse``) with ``Class.label`` as ``bytes``: the same wire format, but
+    it holds a label that is not UTF-8. TF Serving's ``set_label`` copies the class tensor's bytes
+    and C++ protobuf sends them (its proto3 UTF-8 check only logs when serializing); Python's
+    ``string`` field refuses them."""
+    global _RAW_LABEL_TYPES
+    if _RAW_LABEL_TYPES is None:     # made whole, then set: a racing request makes its own
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+        from tensorflow_serving.apis import classification_pb2, inference_pb2
+
+        pool, added = descriptor_pool.DescriptorPool(), set()
+
+        def add(fd) -> None:
+            if fd.name in added:
+                return
+            for dep in fd.dependencies:
+                add(dep)
+            proto = descriptor_pb2.FileDescriptorProto()
+            fd.CopyToProto(proto)
+            for msg in proto.message_type:
+                if fd.package == "tensorflow.serving" and msg.name == "Class":
+                    label = next(f for f in msg.field if f.name == "label")
+                    label.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+            pool.Add(proto)
+            added.add(fd.name)
+
+        add(inference_pb2.DESCRIPTOR)
+        names = (classification_pb2.ClassificationResponse.DESCRIPTOR.full_name,
+                 inference_pb2.MultiInferenceResponse.DESCRIPTOR.full_name)
+        _RAW_LABEL_TYPES = {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names}
+    return _RAW_LABEL_TYPES[full_name]
+
+
+def classify(servable: Servable, request, version: int | None):
+    """-> the ClassificationResponse, of ``raw_label_type``'s class: send its ``SerializeToString``."""
     spec = request.model_spec
-    response = classification_pb2.ClassificationResponse()
+    response = raw_label_type("tensorflow.serving.ClassificationResponse")()
     rows = servable.classify(spec.signature_name, serialized_examples(request.input), model_name=spec.name)
     model_spec(response.model_spec, spec.name, spec.signature_name, version)
     _fill_classifications(response.result, rows)
@@ -245,11 +281,10 @@ def regress(servable: Servable, request, version: int | None):
 
 
 def multi_inference(servable: Servable, request, version: int | None):
-    from tensorflow_serving.apis import inference_pb2
-
+    """-> the MultiInferenceResponse, of ``raw_label_type``'s class: send its ``SerializeToString``."""
     tasks = [(t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks]
     results = servable.multi_inference(tasks, serialized_examples(request.input))
-    response = inference_pb2.MultiInferenceResponse()
+    response = raw_label_type("tensorflow.serving.MultiInferenceResponse")()
     for task, (method, rows) in zip(request.tasks, results):
         out = response.results.add()
         if method == "tensorflow/serving/classify":

@@ -154,6 +154,28 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._call(context, apis.metadata, request.model_spec, None)
 
 
+def _prediction_handlers(servicer: PredictionService):
+    """``add_PredictionServiceServicer_to_server``'s handlers, each response sent by its own
+    ``SerializeToString``: Classify and MultiInference answer with ``apis.raw_label_type``'s
+    classes, whose labels may be any bytes (the generated serializers take only their own class)."""
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        inference_pb2,
+        predict_pb2,
+        regression_pb2,
+    )
+
+    requests = {"Classify": classification_pb2.ClassificationRequest,
+                "Regress": regression_pb2.RegressionRequest, "Predict": predict_pb2.PredictRequest,
+                "MultiInference": inference_pb2.MultiInferenceRequest,
+                "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest}
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, name), request_deserializer=cls.FromString,
+        response_serializer=lambda response: response.SerializeToString()) for name, cls in requests.items()}
+    return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", handlers)
+
+
 def serve(manager: Manager, host: str, port: int, workers: int = 8) -> grpc.Server:
     """Start the gRPC server; raises OSError when the port cannot be bound."""
     unlimited = 2**31 - 1  # server.cc: builder.SetMaxMessageSize(INT32_MAX), not gRPC's 4 MiB default
@@ -161,7 +183,7 @@ def serve(manager: Manager, host: str, port: int, workers: int = 8) -> grpc.Serv
                          options=[("grpc.max_receive_message_length", unlimited),
                                   ("grpc.max_send_message_length", unlimited)])
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
+    server.add_generic_rpc_handlers((_prediction_handlers(PredictionService(manager)),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -133,9 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - %s", self.address_string(), format % args)
 
-    def _reply(self, status: int, content_type: str, text: str, *, head: bool = False,
+    def _reply(self, status: int, content_type: str, text: str | bytes, *, head: bool = False,
                reason: str | None = None) -> None:
-        body = text.encode("utf-8", "surrogatepass")  # a lone low surrogate: as rapidjson writes it
+        # a lone low surrogate: as rapidjson writes it; bytes (a classify answer) are sent as they are
+        body = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
         reason = reason or self.responses.get(status, ("",))[0]
         # evhttp_make_header_response: the answer is in the request's version, and an HTTP/1.0
         # request that asked for keep-alive (and is kept) is told so: a client such as `ab -k`

@@ -167,15 +167,26 @@ def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     return '{\n    "predictions": [' + items + ("\n    ]" if batch > 0 else "]") + "\n}"
 
 
-def classify_response(results: list[list[tuple[str, float]]]) -> str:
+def classify_response(results: list[list[tuple[bytes | str, float]]]) -> str:
     """``MakeJsonFromClassificationResult`` (json_tensor.cc:1068-1102): each example's
     ``[[label, score], ...]`` with kFormatSingleLineArray, so examples follow each other on one
-    line, and the ``results`` array closes on its own line."""
+    line, and the ``results`` array closes on its own line. ``writer.String`` writes a label's
+    bytes as they are, valid UTF-8 or not: a bytes label's other bytes are kept here as lone
+    surrogates (``surrogateescape``), which ``classify_body`` turns back into those bytes."""
     if not results:
         raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-    rows = ["[" + ", ".join("[" + json_string(label) + ", " + format_float(score) + "]"
+    rows = ["[" + ", ".join("[" + json_string(_label_text(label)) + ", " + format_float(score) + "]"
                             for label, score in row) + "]" for row in results]
     return '{\n    "results": [' + ", ".join(rows) + "\n    ]\n}"
+
+
+def _label_text(label: bytes | str) -> str:
+    return label.decode("utf-8", "surrogateescape") if isinstance(label, bytes) else label
+
+
+def classify_body(results: list[list[tuple[bytes | str, float]]]) -> bytes:
+    """The classify answer's bytes: ``classify_response`` with each label's bytes as they were."""
+    return classify_response(results).encode("utf-8", "surrogateescape")
 
 
 def regress_response(values: list[float]) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from serving_host import metrics
 from serving_host.json_parse import parse_json
 from serving_host.json_request import predict_inputs, serialized_examples, signature_name
-from serving_host.json_response import classify_response, error_body, predict_response, regress_response
+from serving_host.json_response import classify_body, error_body, predict_response, regress_response
 from serving_host.json_text import truncate
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
@@ -97,7 +97,7 @@ class RestApi:
     def __init__(self, manager: Manager):
         self.manager = manager
 
-    def handle(self, method: str, path: str, body) -> tuple[int, str]:
+    def handle(self, method: str, path: str, body) -> tuple[int, str | bytes]:
         """Answer one request under ``/v1/`` and count it (request_count, request_latency).
 
         ``body`` is the bytes or a callable that reads them; it is called only once the model
@@ -138,7 +138,7 @@ class RestApi:
         metrics.record_request(r.name, r.api, "REST", code, time.monotonic() - start)
         return status, text
 
-    def _process(self, r: Route, body) -> str:
+    def _process(self, r: Route, body) -> str | bytes:
         if r.kind == "predict":
             return self.predict(r.name, r.version, r.label, body)
         if r.kind == "classify":
@@ -162,8 +162,8 @@ class RestApi:
             outputs = servable.predict(sig_name, tensors)
         return predict_response(outputs, fmt)
 
-    def classify(self, name, version, label, body: bytes) -> str:
-        return classify_response(self._run_examples(name, version, label, body, "classify"))
+    def classify(self, name, version, label, body: bytes) -> bytes:
+        return classify_body(self._run_examples(name, version, label, body, "classify"))
 
     def regress(self, name, version, label, body: bytes) -> str:
         return regress_response(self._run_examples(name, version, label, body, "regress"))

@@ -282,7 +282,9 @@ class Servable:
 
     @staticmethod
     def _classify_result(sig, n: int, names: tuple[str, ...], values: list[np.ndarray]):
-        """``PostProcessClassificationResult`` -> one list of (label, score) per example."""
+        """``PostProcessClassificationResult`` -> one list of (label, score) per example, each label
+        the class tensor's bytes, UTF-8 or not (``set_label`` copies them; proto3's check on a string
+        field only logs when C++ serializes it, and rapidjson's writer does not check either)."""
         by_name = dict(zip(names, values))
         classes = by_name.get(sig.outputs["classes"].name) if "classes" in sig.outputs else None
         scores = by_name.get(sig.outputs["scores"].name) if "scores" in sig.outputs else None
@@ -305,9 +307,9 @@ class Servable:
         for i in range(n):
             row = []
             for j in range(k):
-                label = classes[i, j] if classes is not None else b""
-                label_s = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-                row.append((label_s, float(scores[i, j]) if scores is not None else 0.0))
+                label = classes[i, j] if classes is not None else b""    # set_label: the raw bytes
+                label_b = bytes(label) if isinstance(label, (bytes, np.bytes_)) else str(label).encode()
+                row.append((label_b, float(scores[i, j]) if scores is not None else 0.0))
             out.append(row)
         return out
 

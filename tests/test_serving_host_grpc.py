@@ -865,3 +865,55 @@ def test_the_graph_build_fails_before_the_dtype_check_as_in_direct_session(tmp_p
         assert (wrong.value.code, wrong.value.message) == (right.value.code, right.value.message)
     finally:
         servable.close()
+
+
+def test_class_labels_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(tmp_path, tfserving_factory):
+    """``PostProcessClassificationResult`` copies the classes tensor's bytes into ``label``
+    (``set_label(data, size)``); C++ protobuf only logs a proto3 string that is not UTF-8 when it
+    serializes, so gRPC Classify and MultiInference send the bytes, and REST's rapidjson
+    ``writer.String`` writes them unchecked. This server replaced them with U+FFFD on both APIs."""
+    import requests
+    import tensorflow as tf
+
+    from serving_host import apis
+
+    base = tmp_path / "models"
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        examples = tf.compat.v1.placeholder(tf.string, [None], name="examples")
+        n = tf.size(examples)
+        classes = tf.reshape(tf.tile(tf.constant([b"\xffcat", b"ok"]), [n]), [-1, 2])
+        scores = tf.ones(tf.stack([n, 2]), tf.float32)
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"inputs": info(examples)}, outputs={"classes": info(classes), "scores": info(scores)},
+            method_name="tensorflow/serving/classify")
+        builder = tf.compat.v1.saved_model.Builder(str(base / "raw" / "1"))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+        builder.save()
+    srv = tfserving_factory(base, 'model_config_list { config { name: "raw" base_path: "%s" '
+                                  'model_platform: "tensorflow" } }' % (base / "raw"))
+    srv.wait_for_state("raw", 1, "AVAILABLE")
+    from tensorflow_serving.apis import classification_pb2, inference_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "raw"
+    request.input.example_list.examples.add()
+    multi = inference_pb2.MultiInferenceRequest()
+    task = multi.tasks.add()
+    task.model_spec.name, task.method_name = "raw", "tensorflow/serving/classify"
+    multi.input.CopyFrom(request.input)
+    with grpc.insecure_channel(srv.grpc_address) as channel:     # the answers' bytes, not parsed
+        raw = channel.unary_unary("/tensorflow.serving.PredictionService/Classify",
+                                  request_serializer=lambda m: m.SerializeToString())(request, timeout=60)
+        raw_multi = channel.unary_unary("/tensorflow.serving.PredictionService/MultiInference",
+                                        request_serializer=lambda m: m.SerializeToString())(multi, timeout=60)
+    assert b"\n\x04\xffcat" in raw and b"\n\x04\xffcat" in raw_multi   # field 1, 4 bytes: the label
+    got = apis.raw_label_type("tensorflow.serving.ClassificationResponse").FromString(raw)
+    assert [(c.label, c.score) for c in got.result.classifications[0].classes] == [(b"\xffcat", 1.0), (b"ok", 1.0)]
+    got_multi = apis.raw_label_type("tensorflow.serving.MultiInferenceResponse").FromString(raw_multi)
+    assert [c.label for c in got_multi.results[0].classification_result.classifications[0].classes] == [
+        b"\xffcat", b"ok"]
+    r = requests.post(f"{srv.rest_url}/v1/models/raw:classify", json={"examples": [{}]}, timeout=60)
+    assert r.status_code == 200
+    assert r.content == b'{\n    "results": [[["\xffcat", 1.0], ["ok", 1.0]]\n    ]\n}'
