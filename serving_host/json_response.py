@@ -58,7 +58,9 @@ def _scalar_text(v, as_bytes: bool, depth: int) -> str:
     if isinstance(v, (bytes, np.bytes_)):
         if as_bytes:
             return _b64_object(bytes(v), depth)
-        return json_string(bytes(v).decode("utf-8", "replace"))
+        # writer.String: the bytes unchecked; those that are not UTF-8 kept as lone surrogates,
+        # which predict_body turns back into them
+        return json_string(bytes(v).decode("utf-8", "surrogateescape"))
     if isinstance(v, str):
         return json_string(v)
     if isinstance(v, (bool, np.bool_)):
@@ -178,6 +180,11 @@ def classify_response(results: list[list[tuple[bytes | str, float]]]) -> str:
     rows = ["[" + ", ".join("[" + json_string(_label_text(label)) + ", " + format_float(score) + "]"
                             for label, score in row) + "]" for row in results]
     return '{\n    "results": [' + ", ".join(rows) + "\n    ]\n}"
+
+
+def predict_body(outputs: dict[str, np.ndarray], fmt: str) -> bytes:
+    """The predict answer's bytes: ``predict_response`` with each string's bytes as they were."""
+    return predict_response(outputs, fmt).encode("utf-8", "surrogateescape")
 
 
 def _label_text(label: bytes | str) -> str:

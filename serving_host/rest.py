@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from serving_host import metrics
 from serving_host.json_parse import parse_json
 from serving_host.json_request import predict_inputs, serialized_examples, signature_name
-from serving_host.json_response import classify_body, error_body, predict_response, regress_response
+from serving_host.json_response import classify_body, error_body, predict_body, regress_response
 from serving_host.json_text import truncate
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
@@ -150,7 +150,7 @@ class RestApi:
                 return servable.metadata_json()
         return self.status(r.name, r.version)
 
-    def predict(self, name, version, label, body: bytes) -> str:
+    def predict(self, name, version, label, body: bytes) -> bytes:
         doc = parse_json(body)
         sig_name = signature_name(doc)
         with self.manager.handle(name, version, label) as servable:
@@ -160,7 +160,7 @@ class RestApi:
                                        f"not found in signature def")
             tensors, fmt = predict_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()})
             outputs = servable.predict(sig_name, tensors)
-        return predict_response(outputs, fmt)
+        return predict_body(outputs, fmt)
 
     def classify(self, name, version, label, body: bytes) -> bytes:
         return classify_body(self._run_examples(name, version, label, body, "classify"))

@@ -425,3 +425,41 @@ def test_a_gzip_body_is_uncompressed_like_tf_serving(server):
         r = requests.post(f"{server.rest_url}/v1/models/{M2}:predict", data=data,
                           headers={"Content-Encoding": "gzip"}, timeout=60)
         assert r.status_code == 400 and error_of(r).startswith("JSON Parse error: The document is empty"), r.text
+
+
+def test_string_outputs_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(tmp_path):
+    """``AddSingleValueAndAdvance`` writes a DT_STRING output (not ``_bytes``) with rapidjson's
+    ``writer.String(str.c_str(), str.size())``, which does not check UTF-8: the answer holds the
+    tensor's bytes. This server replaced each byte that was not UTF-8 with U+FFFD."""
+    from contextlib import contextmanager
+
+    import tensorflow as tf
+
+    from serving_host import rest
+    from serving_host.servable import Servable
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.string, [None], name="x")
+        y = tf.strings.join([tf.fill(tf.shape(x), tf.constant(b"\xff")), x], name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(x)}, outputs={"y": info(y)}, method_name="tensorflow/serving/predict")
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+        builder.save()
+    servable = Servable.load("m", 1, path)
+
+    class Manager:
+        @contextmanager
+        def handle(self, *args):
+            yield servable
+
+    try:
+        request = b'{"instances": ["a", "\\u00e9"]}'
+        status, body = rest.RestApi(Manager()).handle("POST", "/v1/models/m:predict", request)
+    finally:
+        servable.close()
+    assert status == 200
+    assert body == b'{\n    "predictions": ["\xffa", "\xff\xc3\xa9"\n    ]\n}'
