@@ -77,9 +77,9 @@ def signalled(name: str) -> bool:
         return False
     if n > len(block.first):
         return True
+    ask(name)                       # before the announcement: a print that fails cannot lose the stop
     if block.announce is not None:
         block.announce(name)
-    ask(name)
     return False
 
 

@@ -109,3 +109,73 @@ def sigterm_when(proc: subprocess.Popen, ready, *, before_signal=None, timeout: 
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+class PtyCommand:
+    """``mlops <args>`` on a pseudo-terminal that is its controlling terminal (stdin and stderr;
+    stdout a pipe, so a ``--json`` document can be read), held by the fault point ``pause_at``
+    (``mlops_common.faultpoint``) until the test calls ``hang_up`` (the master is closed: the kernel
+    sends SIGHUP to the command, its session leader, and every later write to the terminal fails
+    with EIO). ``seen``: what the terminal showed before. Every wait is bounded."""
+
+    def __init__(self, args, env: dict[str, str], marker: Path, pause_at: str, hold_seconds: float = 180):
+        self.marker = marker
+        self.seen = b""
+        self.master, slave = os.openpty()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlops", *args], cwd=REPO, stdin=slave, stderr=slave,
+                stdout=subprocess.PIPE, text=True,
+                env={**os.environ, **env, "MLOPS_TEST_PAUSE_AT": pause_at, "MLOPS_TEST_PAUSE_MARKER": str(marker),
+                     "MLOPS_TEST_PAUSE_SECONDS": str(hold_seconds)},
+                start_new_session=True, preexec_fn=_controlling_terminal)
+        finally:
+            os.close(slave)
+
+    def text(self) -> str:
+        return self.seen.decode(errors="replace")[-3000:]
+
+    def wait_paused(self, seconds: float = 180) -> PtyCommand:
+        """Until the command holds at its fault point, draining the terminal meanwhile."""
+        import errno
+        import select
+        import time
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (self.marker.exists() and self.marker.read_text().strip()):
+            assert self.proc.poll() is None, self.text()
+            if select.select([self.master], [], [], 0.05)[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError as exc:
+                    assert exc.errno == errno.EIO, exc
+        assert self.marker.exists(), self.text()
+        return self
+
+    def hang_up(self) -> None:
+        os.close(self.master)
+        self.master = -1
+
+    def communicate(self, timeout: float = 120) -> str:
+        """Its stdout once it ended; an AssertionError if it did not end in ``timeout`` seconds."""
+        try:
+            return self.proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"`mlops` did not end {timeout:g} s after the hangup") from None
+
+    def close(self) -> None:
+        """Idempotent: the terminal closed, the command's process group killed if still running."""
+        import signal
+
+        if self.master >= 0:
+            self.hang_up()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate(timeout=30)
+
+
+def _controlling_terminal() -> None:         # in the child, after setsid: the pty on fd 2 is its terminal
+    import fcntl
+    import termios
+
+    fcntl.ioctl(2, termios.TIOCSCTTY, 0)

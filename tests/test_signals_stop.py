@@ -8,6 +8,8 @@ import contextlib
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 
 from mlops.commands.signals import sigterm_as_ctrl_c
 from mlops_common import stop
+from tests.helpers import REPO
 
 
 def _dropped_sigterm() -> None:
@@ -203,3 +206,61 @@ def test_nested_blocks_alike_each_leave_as_themselves():
     finally:
         stop.clear()
         stop._blocks.clear()
+
+
+def _no_space(name):
+    raise OSError(28, "No space left on device")      # stderr redirected to a full disk
+
+
+def test_a_failing_announcement_does_not_lose_the_stop():
+    """Found by review (fifteenth stop): the deploy's announcement of a stop was printed before
+    the stop was asked; a print that failed (stderr on a full disk) left the deploy not asked."""
+    try:
+        with stop.at_safe_points(announce=_no_space):
+            with pytest.raises(OSError):
+                stop.signalled("SIGHUP")
+            assert stop.asked() and stop.reason() == "SIGHUP"
+    finally:
+        stop.clear()
+
+
+def test_a_watchs_failing_first_signal_line_still_stops_it_after_the_pass(tmp_path):
+    """Found by review (fifteenth stop): `sync watch`'s first signal printed its line, then set the
+    stop: a print that failed left the watch running pass after pass. The registry and the deploy
+    on stand-ins; the signal's handler is called from the first pass with a stderr that fails."""
+    path = tmp_path / "hosts.toml"
+    path.write_text('[[hosts]]\nname = "a"\ntarget = "file:///srv/a"\nrest_url = "http://127.0.0.1:8501"\n')
+    code = f"""
+import sys
+from types import SimpleNamespace
+from serving_sync import fleet_plan
+from mlops import cli
+from mlops_common import stop
+from tests.helpers import REPO
+passes = []
+class Full:
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+    def flush(self):
+        pass
+def plan(model, hosts, **kw):
+    passes.append(1)
+    if len(passes) == 1:
+        err, sys.stderr = sys.stderr, Full()
+        try:
+            stop.signalled("SIGTERM")
+        except OSError:
+            pass
+        finally:
+            sys.stderr = err
+    return SimpleNamespace(errors={{}}, up_to_date=True, version=3)
+fleet_plan.plan_fleet = plan
+import serving_sync.watch as w
+w.FleetReconciler._unrecorded = lambda self, v: None
+rc = cli.main(["sync", "watch", "--model-name", "digits", "--hosts", {str(path)!r}, "--interval", "0.5",
+               "--max-seconds", "3", "--json"])
+print("passes", len(passes), file=sys.stderr)
+sys.exit(rc)
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "passes 1\n" in p.stderr, p.stderr[-3000:]

@@ -11,25 +11,13 @@ Every wait is bounded.
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import json
-import os
-import select
-import signal
-import subprocess
-import sys
-import termios
-import time
 
 import pytest
 
 from mlops_common import log
-from tests.helpers import REPO
-
-
-def _controlling_terminal() -> None:         # in the child, after setsid: the pty on fd 2 is its terminal
-    fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+from tests.helpers import PtyCommand
 
 
 @pytest.mark.slow   # a real deploy in a real `mlops sync watch`
@@ -39,45 +27,77 @@ def test_a_hangup_during_a_watchs_deploy_lets_it_finish_and_stop(deploy_env, tmp
     v1 = env.release("a")
     v2 = env.register("b")
     env.promote(v2)
-    marker = tmp_path / "paused"
-    master, slave = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600", "--max-seconds", "300", "--json",
-         "--timeout", "60"], cwd=REPO, stdin=slave, stderr=slave, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, **env.env, "MLOPS_TEST_PAUSE_AT": "after:load_validation",
-             "MLOPS_TEST_PAUSE_MARKER": str(marker), "MLOPS_TEST_PAUSE_SECONDS": "180"},
-        start_new_session=True, preexec_fn=_controlling_terminal)
-    os.close(slave)
-    seen = b""
+    cmd = PtyCommand(("sync", "watch", "--interval", "3600", "--max-seconds", "300", "--json", "--timeout", "60"),
+                     env.env, tmp_path / "paused", "after:load_validation")
     try:
-        deadline = time.monotonic() + 180          # the deploy holds there, its lock taken, hosts prepared
-        while time.monotonic() < deadline and not (marker.exists() and marker.read_text().strip()):
-            assert proc.poll() is None, seen.decode(errors="replace")
-            if select.select([master], [], [], 0.05)[0]:
-                try:
-                    seen += os.read(master, 65536)      # keep the terminal drained
-                except OSError as exc:
-                    assert exc.errno == errno.EIO, exc
-        assert marker.exists(), seen.decode(errors="replace")
-        os.close(master)                            # the terminal hangs up: SIGHUP
-        master = -1
-        marker.unlink()                             # the deploy goes on
-        try:
-            out = proc.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the watch did not stop after the hangup and its deploy") from None
+        cmd.wait_paused()                           # the deploy holds there, its lock taken, hosts prepared
+        cmd.hang_up()                               # the terminal hangs up: SIGHUP
+        cmd.marker.unlink()                         # the deploy goes on
+        out = cmd.communicate(timeout=120)
     finally:
-        if master >= 0:
-            os.close(master)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
-    assert proc.returncode == 0, (proc.returncode, seen.decode(errors="replace")[-3000:])
+        cmd.close()
+    assert cmd.proc.returncode == 0, (cmd.proc.returncode, cmd.text())
     passes = json.loads(out)["passes"]
     assert [(p["status"], p["version"]) for p in passes] == [("deployed", v2)], passes
     env.serves(host, v2)                            # the deploy finished, not cut half-way
     assert not (host.base / ".serving_sync" / "lock").exists()
     assert v1 != v2
+
+
+@pytest.mark.slow   # a real `mlops sync deploy`
+def test_a_hangup_during_a_deploy_puts_the_host_back_as_sigterm_does(deploy_env, tmp_path):
+    """SIGTERM's contract (docs/architecture.md): the deploy stops at its next safe point, the
+    hosts are put back, the lock released, production left as it is, exit 130; its lines to the
+    hung-up terminal are dropped, its ``--json`` document (stdout, a pipe) still printed."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    config_before = env.config_text(host)
+    v2 = env.register("b")
+    env.promote(v2)
+    cmd = PtyCommand(("sync", "deploy", "--json", "--timeout", "60"), env.env, tmp_path / "paused",
+                     "after:load_validation")
+    try:
+        cmd.wait_paused()
+        cmd.hang_up()                               # the pause ends on the stop it asks for
+        out = cmd.communicate(timeout=120)
+    finally:
+        cmd.close()
+    assert cmd.proc.returncode == 130, (cmd.proc.returncode, cmd.text())
+    doc = json.loads(out)
+    assert doc["status"] == "failed" and doc["version"] == v2 and "interrupted (SIGHUP)" in doc["message"], doc
+    assert env.config_text(host) == config_before
+    env.serves(host, v1)
+    assert not (host.base / ".serving_sync" / "lock").exists()
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+    row = env.ledger(("deploy",))[-1]
+    assert (row.outcome, row.to_version) == ("failed", v2) and row.reason.endswith("interrupted (SIGHUP)")
+    assert env.deploy().status == "deployed"       # the next run completes, no --break-lock needed
+
+
+@pytest.mark.slow   # a real `mlops sync rollback`
+def test_a_hangup_during_a_rollbacks_deploy_puts_the_host_back_as_sigterm_does(deploy_env, tmp_path):
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.release("b")
+    config_before = env.config_text(host)
+    cmd = PtyCommand(("sync", "rollback", "--reason", "v2 is slow", "--timeout", "60"), env.env,
+                     tmp_path / "paused", "after:switch")
+    try:
+        cmd.wait_paused()
+        assert env.production() == v1               # the registry moved back; the host not yet
+        cmd.hang_up()
+        cmd.communicate(timeout=120)
+    finally:
+        cmd.close()
+    assert cmd.proc.returncode == 130, (cmd.proc.returncode, cmd.text())
+    assert env.config_text(host) == config_before
+    env.serves(host, v2)
+    assert not (host.base / ".serving_sync" / "lock").exists()
+    assert env.production() == v1
+    assert env.deploy().status == "deployed"       # what the error line says to run
+    env.serves(host, v1)
 
 
 def test_a_failed_write_that_is_no_hangup_is_still_reported():
