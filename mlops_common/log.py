@@ -75,10 +75,12 @@ def _output_lost(stream, terminal: bool = False):
 
 
 def _hung_up(stream) -> bool:
-    """A terminal's write failed with EIO: it hung up (a closed window, a dropped SSH session) and
-    SIGHUP was sent. The stream's descriptor is pointed at /dev/null, so that this write's buffered
-    text, the next writes and the flush at exit go nowhere without an error (a logging handler on
-    the same stream too); the command goes on as SIGHUP's handler says."""
+    """A terminal's write failed with EIO: it hung up (a closed window, a dropped SSH session;
+    SIGHUP sent, or ignored under ``nohup``) or this is a background job of an orphaned process
+    group: no one reads it, whether SIGHUP came or not (docs/architecture.md). The stream's
+    descriptor is pointed at /dev/null, so that this write's buffered text, the next writes and the
+    flush at exit go nowhere without an error (a logging handler on the same stream too); the
+    command goes on as its signals say."""
     try:
         fd = stream.fileno()
         null = os.open(os.devnull, os.O_WRONLY)

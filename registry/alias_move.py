@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 from mlops_common import faultpoint, log
 from mlops_common.errors import UserError
@@ -77,14 +77,16 @@ def _production_or_unknown(model: str):
         return UNKNOWN
 
 
-def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -> Entry:
+def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry,
+                moved: Callable[[], None] = lambda: None) -> Entry:
     """Commit an intent row, point ``production`` at ``row.to_version``, append ``row`` (the
     ``ok`` move row, closing the intent; committed with the block).
 
     If the call fails, MLflow is asked where the alias is: moved (the answer was lost) -> go on
     (an interrupt: the move is recorded and committed, then the interrupt goes on up); not moved ->
     the intent is closed as failed and the error raised; no answer -> the intent stays open for
-    ``reconcile`` and the error says so."""
+    ``reconcile`` and the error says so. ``moved()`` is called as soon as the alias is known to
+    have moved, so that an interrupt from then on (before the ``ok`` row) finds the move to put back."""
     to = row.to_version
     # the intent and its closing rows carry the move's who, where, host and versions
     # ... and its details (forced, approved_by, ...): a reconcile that confirms it copies them
@@ -95,6 +97,7 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
     lost_answer = False
     try:
         _point(model, to)
+        moved()
     except BaseException as exc:
         seen = _production_or_unknown(model)
         if seen is UNKNOWN or seen not in (to, current):
@@ -113,6 +116,7 @@ def _move_alias(tx, model: str, move: str, *, current: int | None, row: Entry) -
             tx.commit()
             raise
         lost_answer = True
+        moved()
         _log.warning("MLflow moved production of '%s' to %s but its answer was lost; recording the move",
                      model, version_label(to))
     faultpoint.reached("promotion:after_alias")
@@ -135,9 +139,10 @@ class _LockedMove:
         """Append ``row``; with ``move_alias``, through ``_move_alias`` (production to ``row.to_version``)."""
         if not move_alias:
             return self.tx.append(row)
-        entry = _move_alias(self.tx, self.tx.model, row.action, current=self.current, row=row)
-        self.moved, self.to = True, row.to_version
-        return entry
+        def moved() -> None:    # from the alias call's answer on: an interrupt before the row puts it back
+            self.moved, self.to = True, row.to_version
+
+        return _move_alias(self.tx, self.tx.model, row.action, current=self.current, row=row, moved=moved)
 
 
 @contextlib.contextmanager

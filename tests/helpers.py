@@ -113,51 +113,57 @@ def sigterm_when(proc: subprocess.Popen, ready, *, before_signal=None, timeout: 
 
 class PtyCommand:
     """``mlops <args>`` on a pseudo-terminal that is its controlling terminal (stdin and stderr;
-    stdout a pipe, so a ``--json`` document can be read), held by the fault point ``pause_at``
-    (``mlops_common.faultpoint``) until the test calls ``hang_up`` (the master is closed: the kernel
-    sends SIGHUP to the command, its session leader, and every later write to the terminal fails
-    with EIO). ``seen``: what the terminal showed before. Every wait is bounded."""
+    stdout too with ``stdout_on_terminal``, else a pipe, so a ``--json`` document can be read),
+    held by the fault point ``pause_at`` (``mlops_common.faultpoint``; ``marker`` its file) until
+    the test calls ``hang_up`` (the master is closed: the kernel sends SIGHUP to the command, its
+    session leader, and every later write to the terminal fails with EIO). ``seen``: what the
+    terminal showed before. Every wait is bounded."""
 
-    def __init__(self, args, env: dict[str, str], marker: Path, pause_at: str, hold_seconds: float = 180):
+    def __init__(self, args, env: dict[str, str], marker: Path | None = None, pause_at: str = "",
+                 hold_seconds: float = 180, stdout_on_terminal: bool = False):
         self.marker = marker
         self.seen = b""
+        pause = {"MLOPS_TEST_PAUSE_AT": pause_at, "MLOPS_TEST_PAUSE_MARKER": str(marker),
+                 "MLOPS_TEST_PAUSE_SECONDS": str(hold_seconds)} if marker is not None else {}
         self.master, slave = os.openpty()
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mlops", *args], cwd=REPO, stdin=slave, stderr=slave,
-                stdout=subprocess.PIPE, text=True,
-                env={**os.environ, **env, "MLOPS_TEST_PAUSE_AT": pause_at, "MLOPS_TEST_PAUSE_MARKER": str(marker),
-                     "MLOPS_TEST_PAUSE_SECONDS": str(hold_seconds)},
-                start_new_session=True, preexec_fn=_controlling_terminal)
+                stdout=slave if stdout_on_terminal else subprocess.PIPE, text=True,
+                env={**os.environ, **env, **pause}, start_new_session=True, preexec_fn=_controlling_terminal)
         finally:
             os.close(slave)
 
     def text(self) -> str:
         return self.seen.decode(errors="replace")[-3000:]
 
-    def wait_paused(self, seconds: float = 180) -> PtyCommand:
-        """Until the command holds at its fault point, draining the terminal meanwhile."""
+    def wait_for(self, predicate, seconds: float = 180) -> PtyCommand:
+        """Until ``predicate()`` holds, draining the terminal meanwhile; the command must not end."""
         import errno
         import select
         import time
 
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not (self.marker.exists() and self.marker.read_text().strip()):
+        while time.monotonic() < deadline and not predicate():
             assert self.proc.poll() is None, self.text()
             if select.select([self.master], [], [], 0.05)[0]:
                 try:
                     self.seen += os.read(self.master, 65536)
                 except OSError as exc:
                     assert exc.errno == errno.EIO, exc
-        assert self.marker.exists(), self.text()
+        assert predicate(), self.text()
         return self
+
+    def wait_paused(self, seconds: float = 180) -> PtyCommand:
+        """Until the command holds at its fault point."""
+        return self.wait_for(lambda: self.marker.exists() and bool(self.marker.read_text().strip()), seconds)
 
     def hang_up(self) -> None:
         os.close(self.master)
         self.master = -1
 
-    def communicate(self, timeout: float = 120) -> str:
-        """Its stdout once it ended; an AssertionError if it did not end in ``timeout`` seconds."""
+    def communicate(self, timeout: float = 120) -> str | None:
+        """Its stdout (a pipe) once it ended; an AssertionError if it did not end in ``timeout`` s."""
         try:
             return self.proc.communicate(timeout=timeout)[0]
         except subprocess.TimeoutExpired:

@@ -112,3 +112,27 @@ def test_a_failed_write_that_is_no_hangup_is_still_reported():
     with pytest.raises(log.OutputLost) as lost:
         log.RedactingStream(Full()).write("x\n")
     assert lost.value.stream == "out.json"
+
+
+def test_a_terminal_that_answers_eio_without_a_sighup_is_dropped_too():
+    """The rule (docs/architecture.md): a terminal's EIO is dropped whether or not SIGHUP came, as
+    for a command whose SIGHUP is ignored (``nohup`` with stderr left on the terminal) or a
+    background job of an orphaned process group (TOSTOP): no one can read that output, and the
+    command goes on. Here a pty that is not this process's controlling terminal: its hangup
+    sends no signal here."""
+    import os
+
+    master, slave = os.openpty()
+    stream = open(slave, "w", buffering=1, closefd=True)
+    try:
+        out = log.RedactingStream(stream)       # made at the start, as by `mlops.cli`
+        os.close(master)                        # hung up: writes to the slave fail with EIO
+        with pytest.raises(OSError) as raw:
+            os.write(slave, b"x\n")
+        assert raw.value.errno == errno.EIO
+        out.write("progress\n")                 # dropped, not OutputLost
+        out.flush()
+        out.write("more\n")
+        assert os.path.samefile(f"/proc/self/fd/{slave}", os.devnull)
+    finally:
+        stream.close()
