@@ -8,9 +8,10 @@ evaluation checks each logged model it scores against the hashes recorded at reg
 (``bundle_hashes.check_model``: refused in one line, nothing recorded); a version registered
 before they were is scored unchecked, and the report says so.
 
-Outcome: tag ``validation_status`` (+ ``validation.*``), the report logged to the version's run
-(``gate/report.md``, ``.json``, ``.html``) and optionally written to a folder, a ``gate`` ledger
-row, and only on pass the ``candidate`` alias moved to this version.
+Outcome: one tag, ``validation_status`` (the accuracy, baseline and failed rules are in the
+``gate`` ledger row and the version's description rebuilt from it), the report logged to the
+version's run (``gate/report.md``, ``.json``, ``.html``) and optionally written to a folder, a
+``gate`` ledger row, and only on pass the ``candidate`` alias moved to this version.
 """
 from __future__ import annotations
 

@@ -222,7 +222,8 @@ def decide(candidate: dict, production: dict | None, rules: GateRules, *,
                        gated_production=gated_production)
     acc = float(candidate["accuracy"])
     checks.append(_at_least("min_accuracy", acc, rules.min_accuracy,
-                            f"held-out accuracy {acc:.4f} (minimum {limit_text(rules.min_accuracy)})"))
+                            f"held-out accuracy {acc:.{accuracy_places(acc, rules.min_accuracy)}f} "
+                            f"(minimum {limit_text(rules.min_accuracy)})"))
 
     tolerance = derivation = paired = class_paired = class_allowed = class_derivation = None
     if production is None:
@@ -477,6 +478,16 @@ def limit_text(limit: float) -> str:
     ``0.905`` read ``0.91``, and a version that passed read "0.9060 (minimum 0.91)"."""
     two = f"{limit:.2f}"
     return two if float(two) == limit else repr(float(limit))
+
+
+def accuracy_places(accuracy: float, minimum: float) -> int:
+    """Decimals for an accuracy beside its minimum (``limit_text``): 4, at least as many as the
+    minimum shows (then rounding cannot make a pass read below it), and on a FAIL as many as make
+    them differ. At 4 alone ``--min-accuracy 0.79778`` failed 0.79775 reading "0.7978 (minimum
+    0.79778)" (review, fifteenth stop)."""
+    shown = limit_text(minimum)
+    places = max(4, len(shown.partition(".")[2]) if "e" not in shown else 10)
+    return decimals_apart(minimum, accuracy, places) if accuracy + EPS < minimum else places
 
 
 def decimals_apart(drop: float, allowed: float, least: int = 4) -> int:

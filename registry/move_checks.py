@@ -161,9 +161,19 @@ def check_gate_baseline(model: str, version: int, current: int | None, gate: Ent
     promoted, the other's verdict says nothing about how it compares with the new production
     (it may be far worse). A version that held production before (promoting it again is how a
     person rolls back), the version already in production, a forced move and a version whose
-    gate left no ledger row (the tag is all there is) are not refused here."""
-    if force or version == current or version in held or gate is None or gate.outcome != "passed":
+    gate left no ledger row (the tag is all there is) are not refused here.
+
+    Called after ``check_promotable`` (the tag says ``passed``): a latest gate row that did not
+    pass disagrees with the tag. Two gates of the version at once can leave it so (one's
+    ``failed`` row after the other's ``passed`` row, the ``passed`` tag last); which verdict
+    holds is not known, so it is refused until gated again."""
+    if force or version == current or version in held or gate is None:
         return
+    if gate.outcome != "passed":
+        raise RefusedError(
+            f"version {version} of '{model}' is tagged validation_status=passed but its latest gate "
+            f"(ledger #{gate.id}) {gate.outcome}: two gates of it disagree; run `mlops registry gate "
+            f"--version {version}` again, or use --force --reason \"...\"")
     if gate.from_version != current:
         raise RefusedError(
             f"version {version} of '{model}' passed its gate against {version_label(gate.from_version)}, but "

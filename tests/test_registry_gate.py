@@ -406,3 +406,20 @@ def test_a_report_dir_filling_up_keeps_the_earlier_report_whole(tmpfs):
         gate.write_report_files(out, "# now", {"verdict": "now"}, "<p>" + "x" * 100_000 + "</p>")
     assert "No space left on device" in str(e.value), e.value
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_tags_the_gate_module_says_it_writes_are_the_ones_a_gate_writes(make_version):
+    """Found by review (2026-12-06, fifteenth stop): gate.py's docstring said a gate tags
+    ``validation_status`` (+ ``validation.*``), tags no gate has written since the ledger row and
+    the description hold those figures. Every ``validation...`` tag its docstring names is written."""
+    import re
+
+    from registry import gate
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version()
+    before = set(versions.get_version(model, v).tags)
+    assert run_gate(model, v, Evaluations({v: doc(0.93)})).passed
+    written = set(versions.get_version(model, v).tags) - before | {"validation_status"}
+    named = set(re.findall(r"``(validation[^`]*)``", gate.__doc__))
+    assert named and named <= written, (named, written)

@@ -885,3 +885,34 @@ def test_without_production_the_limits_line_does_not_list_the_rules_against_prod
             assert "Limits: accuracy ≥ 0.80 (no production to compare with: the rules against production " \
                    "did not apply)." in text
             assert "accuracy drop vs production ≤" not in text and "per-class drop ≤" not in text
+
+
+def test_a_minimum_accuracy_of_many_decimals_is_not_met_in_print_by_a_failing_accuracy():
+    """Found by review (2026-12-06, fifteenth stop): ``--min-accuracy 0.79778`` failed 0.79775 with
+    "held-out accuracy 0.7978 (minimum 0.79778)", an accuracy that reads over its minimum; and a
+    pass at 0.797745 over 0.79774 read "0.7977 (minimum 0.79774)", under it."""
+    v = decide(evaluation(0.79775), None, GateRules(min_accuracy=0.79778))
+    assert [c.message for c in v.failed] == ["held-out accuracy 0.79775 (minimum 0.79778)"]
+    v = decide(evaluation(0.797775), None, GateRules(min_accuracy=0.79778))
+    assert [c.message for c in v.failed] == ["held-out accuracy 0.797775 (minimum 0.79778)"]
+    v = decide(evaluation(0.797745), None, GateRules(min_accuracy=0.79774))
+    assert v.passed and v.checks[0].message == "held-out accuracy 0.79775 (minimum 0.79774)"
+    v = decide(evaluation(0.95), None, GateRules(min_accuracy=0.9))       # as before
+    assert v.checks[0].message == "held-out accuracy 0.9500 (minimum 0.90)"
+
+
+def test_invalid_metrics_against_production_say_the_comparison_was_not_made():
+    """Found by review (2026-12-06, fifteenth stop): with production and a failed metrics_valid the
+    limits line read "accuracy drop vs production ≤ —; per-class drop ≤ each class's allowed drop
+    (per-class table)" over a per-class table of dashes, as if the comparison had been made."""
+    from registry import gate_html
+
+    cand = evaluation(0.95)
+    cand["per_class_accuracy"]["3"] = float("nan")
+    v, report = report_of(cand, evaluation(0.95))
+    assert failed_rules(v) == ["metrics_valid"]
+    for text in (gate_report.markdown(report), gate_html.html(report)):
+        assert ("Limits: none applied — an evaluation is not a measurement (metrics_valid failed: an accuracy is "
+                "not a number in [0, 1] or a count not a whole number), so neither the minimum accuracy (0.80) was "
+                "checked nor the comparison with production v1, overall or per class, made.") in text, text
+        assert "≤ —" not in text and "per-class drop ≤" not in text

@@ -177,3 +177,40 @@ def test_a_gate_fails_when_the_held_out_set_moved_since_production_was_trained(m
     assert f"production v{v1} was trained (recorded eeeeeeeeeeee); now {FP[:12]}" in out.summary \
         or f"production v{v1} was trained (recorded eeeeeeeeeeee); now {FP[:12]}" in out.markdown
     assert versions.get_version(model, v2).tags["validation_status"] == "failed"
+
+
+def test_two_gates_of_one_version_at_once_that_disagree_leave_it_unpromotable_until_gated_again(make_version):
+    """Found by review (2026-12-06, fifteenth stop): two gates of one version at once, one passing
+    and one failing, could end with the `passed` tag (the pass tags after its row) over a latest
+    ledger row `failed` (the failure's row after the pass's): the promotion read the tag and let
+    the version in. Tag and latest row disagree: refused, saying to gate it again."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    assert run_gate(model, v1, Evaluations({v1: doc(0.95)})).passed
+    promotion.promote(model, v1, actor="alice")
+
+    class OtherGateMeanwhile(Ledger):
+        """Between the passing gate's row and its tag, a failing gate of the same version runs whole."""
+
+        def append(self, entry):
+            out = super().append(entry)
+            if entry.action == "gate" and entry.outcome == "passed":
+                assert not run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.60)})).passed
+            return out
+
+    assert run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.96)}), ledger=OtherGateMeanwhile()).passed
+    assert versions.get_version(model, v2).tags["validation_status"] == "passed"
+    last = [e for e in Ledger().entries(model) if e.action == "gate" and e.to_version == v2][-1]
+    assert last.outcome == "failed"
+    with pytest.raises(RefusedError) as e:
+        promotion.promote(model, v2, actor="carol")
+    assert e.value.message == (
+        f"version {v2} of '{model}' is tagged validation_status=passed but its latest gate (ledger #{last.id}) "
+        f"failed: two gates of it disagree; run `mlops registry gate --version {v2}` again, or use --force "
+        f"--reason \"...\""), e.value.message
+    assert versions.production_version(model) == v1
+    with pytest.raises(RefusedError, match="two gates of it disagree"):
+        promotion.check_deployable(model, v2)
+    # gated again, it is promotable
+    assert run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.96)})).passed
+    assert promotion.promote(model, v2, actor="carol").to_version == v2

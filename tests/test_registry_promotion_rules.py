@@ -213,7 +213,13 @@ def test_a_gate_against_another_production_is_refused_and_the_exceptions_are_not
     check_gate_baseline("m", 3, 3, _gate(3, 1), set())                     # already production
     check_gate_baseline("m", 3, 2, _gate(3, 1), set(), force=True)
     check_gate_baseline("m", 3, 2, None, set())                            # no gate row: the tag decides
-    check_gate_baseline("m", 3, 2, _gate(3, 1, "failed"), set())           # check_promotable refuses it
+    # reached after check_promotable (tag passed): a failed latest row disagrees with it (two gates at once)
+    with pytest.raises(RefusedError, match=r"tagged validation_status=passed but its latest gate \(ledger #None\) "
+                                           r"failed: two gates of it disagree; run `mlops registry gate --version 3`"):
+        check_gate_baseline("m", 3, 2, _gate(3, 2, "failed"), set())
+    check_gate_baseline("m", 3, 2, _gate(3, 2, "failed"), {3})             # held production: a rollback
+    check_gate_baseline("m", 3, 3, _gate(3, 2, "failed"), set())           # already production
+    check_gate_baseline("m", 3, 2, _gate(3, 2, "failed"), set(), force=True)
     rows = [_gate(3, 1), _gate(4, 1), _gate(3, 2)]
     assert latest_gate(rows, 3).from_version == 2 and latest_gate(rows, 5) is None
     moves = [promote(1), promote(2, 1), rollback(1, 2), promote(5, 1, outcome="refused"), deploy(6, "ok")]
