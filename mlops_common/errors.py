@@ -68,6 +68,16 @@ class DamagedModel(ConfigError):
         self.problem = problem or message
 
 
+class UnfitModel(ConfigError):
+    """A logged model that loads but is not one of this project's classifiers for the data set: it
+    takes images of another shape, or does not answer one probability per class. ``problem`` says
+    what is wrong without the advice, which depends on the model's role (as ``DamagedModel``)."""
+
+    def __init__(self, message: str, *, problem: str = "", exit_code: int | None = None):
+        super().__init__(message, exit_code=exit_code)      # exit_code: ``reworded`` keeps the class
+        self.problem = problem or message
+
+
 class NotFoundError(UserError):
     """A model, version, run, host or file that does not exist."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlops_common import faultpoint, stop
-from mlops_common.errors import ConfigError, DamagedModel
+from mlops_common.errors import ConfigError, DamagedModel, UnfitModel
 from registry import artifacts
 from registry import tags as version_tags
 from registry.gate_stats import encode_correct, encode_labels
@@ -162,15 +162,17 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
             problem = (f"{what} cannot be loaded as an MLflow TensorFlow model ({_without_temp_paths(first)}): "
                        f"its logged model is missing or damaged")
             raise DamagedModel(f"{problem}; {damaged}", problem=problem) from None
+    # UnfitModel: its ``problem`` without the advice, which is for a candidate (the gate's
+    # production is moved, not registered again nor evaluated on another data set)
     shape = tuple(model.input_shape[1:])
     if shape != image_shape(dataset):
-        raise ConfigError(f"{what} takes images of shape {shape}, but data set '{dataset}' has "
-                          f"{image_shape(dataset)}; {other_shape}")
+        problem = f"{what} takes images of shape {shape}, but data set '{dataset}' has {image_shape(dataset)}"
+        raise UnfitModel(f"{problem}; {other_shape}", problem=problem)
     out = tuple(model.output_shape[1:]) if isinstance(model.output_shape, tuple) else None
     if out != (NUM_CLASSES,):       # retraining it failed mid-run, or registered a 12-class model
-        raise ConfigError(f"{what} answers with shape {out} per image, not one probability for each of "
-                          f"data set '{dataset}''s {NUM_CLASSES} classes, so it is not one of this project's "
-                          f"classifiers; {damaged}")
+        problem = (f"{what} answers with shape {out} per image, not one probability for each of data set "
+                   f"'{dataset}''s {NUM_CLASSES} classes, so it is not one of this project's classifiers")
+        raise UnfitModel(f"{problem}; {damaged}", problem=problem)
     return model
 
 

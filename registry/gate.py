@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlops_common import log, strict_json
-from mlops_common.errors import ConfigError, DamagedModel, RefusedError
+from mlops_common.errors import ConfigError, DamagedModel, RefusedError, UnfitModel
 
 from . import artifacts, bundle_hashes, description, gate_html, gate_report, signature, tags, versions
 from .gate_report import summary
@@ -100,6 +100,16 @@ def _production_unusable(exc: DamagedModel, version: int) -> DamagedModel:
                         f"--reason ...`), then gate v{version} again", problem=exc.problem)
 
 
+def _production_unfit(exc: UnfitModel, version: int) -> UnfitModel:
+    """Production's logged model loads but takes images of another shape or does not answer one
+    probability per class: the advice for a candidate ("register a new version", "`mlops evaluate
+    --dataset`") would not help, as every gate is against it; the line says how to move production."""
+    return UnfitModel(f"{exc.problem}, and it holds production: no version can be gated against it; move "
+                      f"production to a version that can (`mlops registry rollback --to N --reason ...`), then "
+                      f"gate v{version} again, or promote v{version} deliberately (`mlops registry promote "
+                      f"--version {version} --force --reason \"...\"`)", problem=exc.problem)
+
+
 def _check_evaluation(doc: dict, version: int) -> dict:
     missing = [k for k in ("accuracy", "loss", "per_class_accuracy", "n", "dataset", "heldout_fingerprint")
                if doc.get(k) in (None, "")]
@@ -150,6 +160,8 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
             prod_eval = _check_evaluation(evaluate(baseline, cand_eval.get("dataset")), baseline)
         except DamagedModel as exc:
             raise _production_unusable(exc, v) from None
+        except UnfitModel as exc:
+            raise _production_unfit(exc, v) from None
 
     trained_beside = {"candidate": _trained_beside(info),
                       "production": _trained_beside(prod_info) if prod_eval is not None else None}

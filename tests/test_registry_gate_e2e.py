@@ -279,3 +279,47 @@ def test_an_evaluation_stopped_by_sigterm_removes_its_model_folder_and_says_inte
     assert not list(tmpdir.glob("mlops-model-*")), list(tmpdir.iterdir())
     if command[0] == "registry":           # stopped before its verdict: nothing recorded
         assert versions.get_version(os.environ["MLOPS_MODEL_NAME"], v).tags.get("validation_status") == "pending"
+
+
+ODD_PRODUCTION = r'''
+import sys, mlflow, mlflow.tensorflow, keras
+from mlflow import MlflowClient
+name, side, ncls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mlflow.set_experiment("odd-production")
+inp = keras.Input(shape=(side, side, 1), name="image")
+m = keras.Model(inp, keras.layers.Dense(ncls, activation="softmax")(keras.layers.Flatten()(inp)))
+with mlflow.start_run():
+    info = mlflow.tensorflow.log_model(m, name="model")
+mv = mlflow.register_model(info.model_uri, name, tags={"dataset": "digits", "validation_status": "passed"})
+MlflowClient().set_registered_model_alias(name, "production", mv.version)
+print(mv.version)
+'''
+
+
+@pytest.mark.parametrize("side, classes, said", [(8, 12, "answers with shape (12,) per image"),
+                                                 (28, 10, "takes images of shape (28, 28, 1)")])
+def test_a_production_that_is_not_a_classifier_of_the_data_set_says_how_to_move_production(
+        mlops_env, pretrained_digits, side, classes, said):
+    """Found by review (2026-12-06, fifteenth stop): a production answering other than 10 classes
+    failed every gate with "register a new version", and one taking another image shape with
+    "`mlops evaluate --dataset`": advice for a candidate, while every new version is refused the
+    same way. The line says production is at fault and how to move it; nothing is recorded."""
+    import subprocess
+    import sys
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    made = subprocess.run([sys.executable, "-c", ODD_PRODUCTION, model, str(side), str(classes)],
+                          env=dict(os.environ), check=True, capture_output=True, text=True, timeout=300)
+    v1 = int(made.stdout.split()[-1])
+    v2 = pretrained_digits.register("good", retrained_from=str(v1))
+    r = run_mlops("registry", "gate", "--version", str(v2))
+    assert r.returncode == 2, r.stderr
+    line = error_line(r)
+    assert line.startswith(f"error: version {v1} of '{model}' {said}"), line
+    assert line.endswith(f", and it holds production: no version can be gated against it; move production to a "
+                         f"version that can (`mlops registry rollback --to N --reason ...`), then gate v{v2} again, "
+                         f"or promote v{v2} deliberately (`mlops registry promote --version {v2} --force --reason "
+                         f"\"...\"`)"), line
+    assert "register a new version" not in line and "mlops evaluate" not in line
+    assert versions.get_version(model, v2).tags["validation_status"] == "pending"
+    assert [e for e in Ledger().entries(model) if e.action == "gate"] == []
