@@ -505,9 +505,11 @@ def cmd_watch(args) -> int:
     def graceful(name: str) -> None:   # first signal: finish the current pass's deploy (if any), then stop
         watcher.stop_event.set()        # first: a print that fails (stderr on a full disk) cannot lose the stop
         watcher.wake.set()
-        print(f"{name}: stopping after the current pass; a deploy not yet begun is not begun (send it again to "
-              f"interrupt a deploy in progress)",
-              file=sys.stderr, flush=True)
+        try:                            # a failed print must not escape into the pass the signal landed in
+            print(f"{name}: stopping after the current pass; a deploy not yet begun is not begun (send it again "
+                  f"to interrupt a deploy in progress)", file=sys.stderr, flush=True)
+        except OSError:
+            pass
 
     forced = False
     try:           # --once has no next pass to stop after: its first signal stops the deploy
