@@ -11,6 +11,7 @@ So before a server starts we read the database's revision ourselves and:
 - no MLflow schema yet (empty database): nothing to do, the server creates its tables;
 - at this MLflow's newest revision: nothing to do;
 - behind: run ``mlflow db upgrade`` (bounded in time; the URI in its environment, not its argv) and log it;
+  on SQLite on a copy beside the file, renamed into place once whole (``_upgrade_sqlite_copy``);
 - at a revision this MLflow does not know: refuse with one line saying to upgrade MLflow.
 
 The decision (:func:`plan`) is a plain function on plain data; reading the revision and running
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlops_common import log
-from mlops_common.errors import ConfigError, ConnectionFailure
+from mlops_common.errors import ConfigError, ConnectionFailure, UserError, reworded
 
 _log = log.get("mlflow_db")
 
@@ -231,12 +232,86 @@ def create_sqlite(path: Path, *, env: dict[str, str] | None = None, timeout: flo
     """A new SQLite database at ``path`` with MLflow's whole schema, there whole or not at all: made
     beside it and renamed into place. The server made it in place, one migration after another, so
     a first start stopped midway (its health timeout on a slow machine, a Ctrl-C: about 15 s of
-    migrations) left a database no `mlflow db upgrade` could finish ("duplicate column name")."""
+    migrations) left a database no `mlflow db upgrade` could finish ("duplicate column name").
+
+    The schema is made once per (MLflow version, head revision) in the cache folder
+    (``settings.cache_dir``, ``MLOPS_CACHE_DIR``), the same way, and copied from there: a copy
+    beside ``path``, its revision checked, renamed into place. Made directly where the cache
+    cannot be written. The template holds the schema only (``_initialize_tables``: MLflow's
+    default experiment, with its artifact location, is written by the server's store, not here)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the MLflow database {path} ({exc.strerror or exc}); point MLOPS_HOME "
+                          f"at a folder you can write") from None
+    template = _template(env=env, timeout=timeout)
+    if template is not None and _copy_whole(template, path):
+        return
+    _create_whole(path, env=env, timeout=timeout)
+
+
+def template_path() -> Path:
+    """Where the empty database of the installed MLflow (version, head revision) is kept."""
+    from importlib import metadata
+
+    from mlops_common import settings
+
+    head, _ = mlflow_revisions()
+    version = "".join(c if c.isalnum() or c in ".-_" else "_" for c in metadata.version("mlflow"))
+    return settings.cache_dir() / f"mlflow-{version}-{head}.db"
+
+
+def _template(*, env: dict[str, str] | None, timeout: float) -> Path | None:
+    """The cached empty database, made first when missing; None when the cache cannot be written."""
+    template = template_path()
+    if template.is_file():
+        return template
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        _create_whole(template, env=env, timeout=timeout)
+    except (OSError, ConfigError) as exc:
+        _log.info("MLflow database template %s cannot be made (%s); creating the database directly",
+                  template, getattr(exc, "message", None) or getattr(exc, "strerror", None) or exc)
+        return None
+    return template
+
+
+def _copy_whole(template: Path, path: Path) -> bool:
+    """``template`` copied to ``path`` whole (beside it, then renamed) when the copy is at the installed
+    MLflow's head revision; False (nothing at ``path``) when it is not or cannot be read."""
+    import shutil
+
+    from mlops_common import settings
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.copying")
+    try:
+        shutil.copyfile(template, tmp)
+        head, _ = mlflow_revisions()
+        try:
+            found = current_revision(settings.sqlite_url(tmp))
+        except ConfigError:         # not a database (a cache folder damaged): as if at no revision
+            found = None
+        if found != head:
+            _log.warning("MLflow database template %s is not at revision %s; removing it and creating the "
+                         "database directly", template, head)
+            template.unlink(missing_ok=True)
+            return False
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        _log.info("MLflow database template %s cannot be copied (%s); creating the database directly",
+                  template, exc.strerror or exc)
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _create_whole(path: Path, *, env: dict[str, str] | None, timeout: float) -> None:
+    """MLflow's schema made in a subprocess beside ``path`` and renamed into place."""
     from mlops_common import settings
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.unlink(missing_ok=True)
         proc = subprocess.run([sys.executable, "-c", _CREATE_SCRIPT], env=upgrade_env(settings.sqlite_url(tmp), env),
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -249,6 +324,39 @@ def create_sqlite(path: Path, *, env: dict[str, str] | None = None, timeout: flo
     except OSError as exc:
         raise ConfigError(f"cannot create the MLflow database {path} ({exc.strerror or exc}); point MLOPS_HOME "
                           f"at a folder you can write") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _upgrade_sqlite_copy(path: Path, *, env: dict[str, str] | None, timeout: float) -> tuple[float, str | None]:
+    """``mlflow db upgrade`` on a copy of the SQLite database at ``path`` (made beside it with SQLite's
+    backup API), renamed into place only once the copy's revision is read; (seconds, revision).
+    In place, an upgrade stopped midway (a Ctrl-C, the timeout) left a half-migrated database: the
+    original is now untouched until the copy is whole."""
+    import sqlite3
+
+    from mlops_common import settings
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.upgrading")
+    try:
+        tmp.unlink(missing_ok=True)
+        src, dst = sqlite3.connect(path), sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+        try:
+            seconds = run_upgrade(settings.sqlite_url(tmp), env=env, timeout=timeout)
+        except UserError as exc:    # it names the copy: say the database itself is as it was
+            raise reworded(exc, f"{exc.message} ({path} itself is unchanged: the upgrade ran on a copy)") from None
+        after = current_revision(settings.sqlite_url(tmp), env=env)
+        if after == mlflow_revisions()[0]:
+            os.replace(tmp, path)
+        return seconds, after
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot copy the MLflow database {path} to upgrade it ({exc}); free some space or "
+                          f"point MLOPS_HOME at a folder you can write") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -279,8 +387,12 @@ def ensure_schema_current(backend_uri: str, *, env: dict[str, str] | None = None
                           f"MLflow version here (or newer) instead of downgrading the database")
     _log.info("MLflow database %s: schema revision %s is behind %s; running "
               "`mlflow db upgrade` (take backups before upgrading MLflow)", safe, before, head)
-    seconds = run_upgrade(uri, env=env, timeout=timeout)
-    after = current_revision(uri, env=env)
+    path = _sqlite_path(uri)
+    if path is not None:
+        seconds, after = _upgrade_sqlite_copy(path, env=env, timeout=timeout)
+    else:
+        seconds = run_upgrade(uri, env=env, timeout=timeout)
+        after = current_revision(uri, env=env)
     if after != head:
         raise ConfigError(f"`mlflow db upgrade` on {safe} finished but the schema is at {after}, not "
                           f"{head}; check the database and run `mlflow db upgrade` by hand")

@@ -192,6 +192,17 @@ def sqlite_url(path: Path) -> str:
     return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")
 
 
+def cache_dir() -> Path:
+    """The per-user cache folder (``MLOPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlops``, else
+    ``~/.cache/mlops``): things that can be made again, such as the empty MLflow database a new
+    state folder's is copied from. Not made here."""
+    explicit = env("MLOPS_CACHE_DIR")
+    if explicit is not None:
+        return Path(explicit).expanduser().resolve()
+    xdg = env("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path("~/.cache").expanduser()) / "mlops"
+
+
 def check_ledger_sqlite(url: str) -> None:
     """Refuse the two SQLite URLs that lose the audit trail quietly: an in-memory database (every row
     gone when the command ends, while the registry keeps its moves) and a relative path (three

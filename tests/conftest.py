@@ -32,6 +32,22 @@ def pytest_configure(config):
     worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(worker[2:]) < int(count):
         os.environ["MLOPS_TEST_PORT_SLICE"] = f"{worker[2:]}/{count}"
+    # One cache folder for the session (the controller makes it, its xdist workers and every command
+    # a test starts inherit it): the empty MLflow database new state folders copy is made once, not
+    # in the user's ~/.cache.
+    if not os.environ.get("MLOPS_CACHE_DIR"):
+        import tempfile
+
+        config._mlops_cache_dir = tempfile.mkdtemp(prefix="mlops-test-cache-")
+        os.environ["MLOPS_CACHE_DIR"] = config._mlops_cache_dir
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    made = getattr(config, "_mlops_cache_dir", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def scope_of(nodeid: str) -> str:

@@ -328,3 +328,74 @@ def settings_url(path):
     from mlops_common import settings
 
     return settings.sqlite_url(path)
+
+
+def test_new_databases_are_copied_from_one_schema_only_template(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): every new state folder's database ran all of
+    MLflow's migrations (a subprocess importing MLflow, ~15 s on 2 cores). The schema is now made once
+    per (MLflow version, head revision) in the cache folder and copied whole; the template holds no
+    experiment (its artifact location would name the first state folder)."""
+    import sqlite3
+
+    monkeypatch.setenv("MLOPS_CACHE_DIR", str(tmp_path / "cache"))
+    head, _ = mlflow_db.mlflow_revisions()
+    first, second = tmp_path / "a" / "mlflow.db", tmp_path / "b" / "mlflow.db"
+    mlflow_db.create_sqlite(first)
+    template = mlflow_db.template_path()
+    assert template.parent == tmp_path / "cache" and head in template.name and template.is_file()
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        assert db.execute("select count(*) from experiments").fetchone() == (0,)
+
+    def no_migrations(*a, **k):
+        raise AssertionError("the schema was made again instead of copied")
+
+    monkeypatch.setattr(mlflow_db, "_create_whole", no_migrations)
+    mlflow_db.create_sqlite(second)
+    for db in (first, second):
+        assert mlflow_db.current_revision(settings_url(db)) == head
+    assert sorted(p.name for p in second.parent.iterdir()) == ["mlflow.db"]
+
+
+def test_an_unwritable_cache_or_a_bad_template_falls_back_to_creating_directly(tmp_path, monkeypatch):
+    head, _ = mlflow_db.mlflow_revisions()
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MLOPS_CACHE_DIR", str(tmp_path / "a-file" / "cache"))    # cannot be made
+    mlflow_db.create_sqlite(tmp_path / "one" / "mlflow.db")
+    assert mlflow_db.current_revision(settings_url(tmp_path / "one" / "mlflow.db")) == head
+
+    monkeypatch.setenv("MLOPS_CACHE_DIR", str(tmp_path / "cache"))
+    template = mlflow_db.template_path()
+    template.parent.mkdir()
+    template.write_bytes(b"not a database")                  # a damaged cache: not copied, removed
+    mlflow_db.create_sqlite(tmp_path / "two" / "mlflow.db")
+    assert mlflow_db.current_revision(settings_url(tmp_path / "two" / "mlflow.db")) == head
+    assert not template.exists()
+
+
+def test_an_upgrade_stopped_midway_leaves_the_sqlite_database_as_it_was(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): `mlflow db upgrade` ran in place, one migration
+    after another; stopped midway (a Ctrl-C after upgrading MLflow, its timeout) it left a
+    half-migrated database. It now runs on a copy beside it, renamed into place when whole. Here the
+    upgrade applies one of two pending migrations and is killed (SIGKILL)."""
+    import hashlib
+
+    db = tmp_path / "mlflow.db"
+    uri = settings_url(db)
+    make_current_db(uri, tmp_path)
+    downgrade_one_revision(uri)
+    head, behind = downgrade_one_revision(uri)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    one_then_die = ("import os, signal; from alembic import command; "
+                    "from mlflow.store.db.utils import _get_alembic_config; "
+                    f"command.upgrade(_get_alembic_config(os.environ[{mlflow_db.UPGRADE_URI_VAR!r}]), '+1'); "
+                    "os.kill(os.getpid(), signal.SIGKILL)")
+    monkeypatch.setattr(mlflow_db, "upgrade_command", lambda: [__import__("sys").executable, "-c", one_then_die])
+    with pytest.raises(ConfigError) as err:
+        mlflow_db.ensure_schema_current(uri)
+    assert f"{db} itself is unchanged" in one_line(err.value)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert mlflow_db.current_revision(uri) == behind
+    assert sorted(p.name for p in tmp_path.iterdir() if "mlflow.db" in p.name) == ["mlflow.db"]
+
+    monkeypatch.undo()              # the next start upgrades it whole
+    assert mlflow_db.ensure_schema_current(uri).after == head
