@@ -114,6 +114,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
     for ``health_url``; on any failure stop it and forget it."""
     log = state / f"{name}.log"
+    rotate_log(log)
     with open_in_state(state, log.name, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
@@ -127,6 +128,36 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
         _record_path(state, name).unlink(missing_ok=True)
         raise
     return svc, proc
+
+
+LOG_KEEP_BYTES = 10 * 2**20     # the previous run's log keeps at most its last 10 MiB
+
+
+def rotate_log(log: Path, keep: int | None = None) -> None:
+    """At a service's start: its previous log becomes ``<log>.1`` (its last ``keep`` bytes; one
+    older log is dropped), and the new run writes a new ``<log>``. The log was appended to forever
+    (a server restarted daily for months: a state folder of gigabytes). Best effort: a log that
+    cannot be moved is appended to as before."""
+    keep = LOG_KEEP_BYTES if keep is None else keep
+    old = log.with_name(log.name + ".1")
+    try:
+        size = log.stat().st_size
+    except OSError:
+        return          # no log yet (or no state folder: open_in_state says why)
+    try:
+        if size <= keep:
+            os.replace(log, old)
+            return
+        with open(log, "rb") as f:
+            f.seek(size - keep)
+            f.readline()                # from the first whole line
+            tail = f.read()
+        tmp = old.with_name(f".{old.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(tail)
+        os.replace(tmp, old)
+        log.unlink()
+    except OSError as exc:
+        _log.warning("cannot rotate %s (%s); appending to it", log, exc.strerror or exc)
 
 
 def open_in_state(state: Path, name: str, mode: str):

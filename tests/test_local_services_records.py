@@ -437,3 +437,28 @@ def test_a_start_whose_port_another_server_took_meanwhile_fails_not_reports_the_
     finally:
         assert detached_service.stop_service(state, "plain")
         proc.wait(timeout=20)
+
+
+def test_a_services_log_is_rotated_at_each_start_and_the_previous_one_bounded(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): ``<name>.log`` was appended to at every start,
+    forever. A start now moves the previous log to ``<name>.log.1`` (its last LOG_KEEP_BYTES, from a
+    whole line), dropping the one before."""
+    state = tmp_path / "state"
+    monkeypatch.setattr(detached_service, "LOG_KEEP_BYTES", 100)
+    log, old = state / "svc.log", state / "svc.log.1"
+
+    def start(text: str) -> None:
+        with pytest.raises(ConnectionFailure):
+            detached_service.spawn("svc", ["bash", "-c", f"printf '{text}'; exit 3"], state=state,
+                                   url="http://127.0.0.1:9", health_url="http://127.0.0.1:9/")
+
+    start("first run\\n")
+    assert log.read_text() == "first run\n" and not old.exists()
+    start("second run\\n")
+    assert (log.read_text(), old.read_text()) == ("second run\n", "first run\n")
+    start("".join(f"line {i:03d} of a long run\\n" for i in range(50)))
+    start("fourth run\\n")
+    assert log.read_text() == "fourth run\n"
+    kept = old.read_text()
+    assert len(kept) <= 100 and kept.endswith("line 049 of a long run\n") and kept.startswith("line ")
+    assert sorted(p.name for p in state.iterdir() if "svc" in p.name) == ["svc.log", "svc.log.1"]
