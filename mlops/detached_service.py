@@ -203,9 +203,11 @@ def _term_then_kill(send, gone, timeout: float) -> bool:
     return True
 
 
-def stop_pid(pid: int, *, timeout: float = 15) -> None:
+def stop_pid(pid: int, *, timeout: float = 15, what: str = "") -> None:
     """SIGTERM the process group of ``pid`` (its own group: ``spawn`` starts a session), else
-    ``pid`` alone, then SIGKILL if it does not exit in time."""
+    ``pid`` alone, then SIGKILL if it does not exit in time. ConfigError (one line, naming
+    ``what``) when it runs as another user: `mlops down` of a server root started was a
+    PermissionError traceback."""
     try:
         own_group = os.getpgid(pid) == pid
     except ProcessLookupError:
@@ -215,7 +217,11 @@ def stop_pid(pid: int, *, timeout: float = 15) -> None:
         try:        # never signal a group the process merely belongs to
             (os.killpg if own_group else os.kill)(pid, sig)
         except PermissionError:
-            os.kill(pid, sig)
+            try:
+                os.kill(pid, sig)
+            except PermissionError:
+                raise ConfigError(f"cannot stop {what or 'process'} (pid {pid}): it runs as another user; "
+                                  f"stop it as that user (`mlops down` with the same MLOPS_HOME)") from None
 
     def gone() -> bool:
         try:
@@ -258,7 +264,7 @@ def forget(state: Path, rec: Service) -> bool:
     a record whose pid is now another program's is dropped without a signal."""
     ran = rec.running
     if ran:
-        stop_pid(rec.pid)
+        stop_pid(rec.pid, what=f"{rec.name} at {rec.url}")
     else:
         ran = _stop_orphans(rec)
     try:

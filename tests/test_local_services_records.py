@@ -14,7 +14,7 @@ import pytest
 
 from mlops import detached_service, local_services
 from mlops.ports import free_port, free_ports, port_in_use
-from mlops_common.errors import ConnectionFailure
+from mlops_common.errors import ConfigError, ConnectionFailure
 from mlops_common.procs import pid_alive, process_identity
 from tests.helpers import run_mlops
 
@@ -462,3 +462,31 @@ def test_a_services_log_is_rotated_at_each_start_and_the_previous_one_bounded(tm
     kept = old.read_text()
     assert len(kept) <= 100 and kept.endswith("line 049 of a long run\n") and kept.startswith("line ")
     assert sorted(p.name for p in state.iterdir() if "svc" in p.name) == ["svc.log", "svc.log.1"]
+
+
+@pytest.mark.skipif(not process_identity(1), reason="SKIPPED LOUDLY: no /proc: a pid is all a record can name")
+def test_down_of_a_server_another_user_runs_is_one_line_and_keeps_its_record(tmp_path, stranger, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): `mlops down` of a server root started fell back
+    from killpg to kill on PermissionError, which raised PermissionError again: a traceback. Another
+    user's process is played here by signals to ``stranger`` failing as the kernel fails them."""
+    import os
+
+    real_kill, real_killpg = os.kill, os.killpg
+
+    def refused(real):
+        def call(pid, sig):
+            if pid == stranger.pid:
+                raise PermissionError(1, "Operation not permitted")
+            return real(pid, sig)
+        return call
+
+    monkeypatch.setattr(os, "kill", refused(real_kill))
+    monkeypatch.setattr(os, "killpg", refused(real_killpg))
+    state = tmp_path / "state"
+    _record(state, "mlflow-server", stranger.pid, process_identity(stranger.pid), url="http://127.0.0.1:5999")
+    with pytest.raises(ConfigError) as err:
+        detached_service.stop_service(state, "mlflow-server")
+    assert "\n" not in err.value.message
+    assert err.value.message.startswith(f"cannot stop mlflow-server at http://127.0.0.1:5999 (pid {stranger.pid}): "
+                                        f"it runs as another user")
+    assert stranger.poll() is None and (state / "mlflow-server.json").exists()
