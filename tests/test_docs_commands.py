@@ -367,3 +367,42 @@ def test_the_host_layout_names_the_lock_and_verified_records_the_code_writes():
     fields = re.search(r"\(JSON: ([^)]*)\)", lock_line).group(1)
     assert [f.strip() for f in fields.split(",")] == [f.name for f in dataclasses.fields(LockInfo)]
     assert f'"format": "{verified.FORMAT}"' in text
+
+
+# MLOPS_* names the code reads that are no user's setting: what the code sets for a child of its own,
+# what one CI step exports for the next, and the test suite's hooks (docs/reliability.md names those).
+NOT_SETTINGS = {"MLOPS_MLFLOW_DB_UPGRADE_URI": "mlops.mlflow_db passes the URI to `mlflow db upgrade` in it",
+                "MLOPS_PYTHON": "scripts/ensure-python311.sh exports it for the next CircleCI steps",
+                "MLOPS_TEST_PAUSE_AT": "test hook", "MLOPS_TEST_PAUSE_MARKER": "test hook",
+                "MLOPS_TEST_PAUSE_SECONDS": "test hook", "MLOPS_TEST_PORT_SLICE": "test hook"}
+SETTINGS_TABLES = (("README.md", "### Configuration"), ("docs/architecture.md", "## Settings (environment)"),
+                   ("docs/production.md", "## Which setting points where"))
+
+
+def _code_settings() -> dict[str, str]:
+    """Every ``MLOPS_*`` name in the code (``CODE`` and deploy/), with the first file that names it."""
+    found: dict[str, str] = {}
+    for part in CODE + ("deploy",):
+        path = REPO / part
+        files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and ".venv" not in
+                                                     f.parts and f.suffix in (".py", ".sh", ".yml", ".toml", ""))
+        for f in files:
+            for name in re.findall(r"\b(MLOPS_[A-Z0-9_]*[A-Z0-9])\b", f.read_text(errors="replace")):
+                found.setdefault(name, str(f.relative_to(REPO)))
+    return found
+
+
+def test_every_setting_the_code_reads_is_in_a_settings_table():
+    """The reverse of the check above: every ``MLOPS_*`` variable the code, the CircleCI config or the
+    compose file reads is in a settings table (README "Configuration", docs/architecture.md
+    "Settings", docs/production.md "Which setting points where"); the compose file's own in its
+    section of docs/production.md. Found missing: ``MLOPS_INFRA_SERVER`` (the CircleCI project
+    variable that switches infra-validate to the local stand-in) and ``MLOPS_SERVING_BASE``."""
+    found = _code_settings()
+    assert {"MLOPS_HOME", "MLOPS_KNOWN_HOSTS_BASE64", "MLOPS_INFRA_SERVER", "MLOPS_PG_PASSWORD"} <= set(found), found
+    tabled = {name for doc, heading in SETTINGS_TABLES for name in _table_settings(doc, heading)}
+    compose = _section("docs/production.md", "## Trying it on a workstation")
+    missing = [f"{name} ({where})" for name, where in sorted(found.items())
+               if name not in tabled and name not in NOT_SETTINGS
+               and not (where.startswith("deploy/") and f"`{name}`" in compose)]
+    assert not missing, "settings the code reads that no settings table names: " + ", ".join(missing)
