@@ -48,12 +48,13 @@ def _smoke_flags(p) -> None:
                    help="p95 latency budget in milliseconds (default %(default)g)")
 
 
-def _deploy_flags(p) -> None:
+def _deploy_flags(p, *, watch: bool = False) -> None:
     p.add_argument("--timeout", type=flags.timeout, default=_DEPLOY.timeout, metavar="S",
                    help="bound on every wait (loading, label switch, unloading; default %(default)g)")
     p.add_argument("--break-lock", metavar="TOKEN", default=None,
                    help="take over the host lock with this token (shown in the error) even though it "
-                        "is not stale; a lock silent for MLOPS_LOCK_TTL (default 10 min) or whose "
+                        "is not stale" + (" (the first pass only, whatever it did)" if watch else "")
+                        + "; a lock silent for MLOPS_LOCK_TTL (default 10 min) or whose "
                         "process died on this machine is taken over without it")
     p.add_argument("--lock-wait", type=flags.seconds, default=0.0, metavar="S",
                    help="wait up to S seconds for another deploy's lock (default 0: fail at once)")
@@ -226,7 +227,13 @@ def register(sub) -> None:
                                  "--max-seconds or --once. The webhook receiver checks the "
                                  "X-MLflow-Signature HMAC with the secret in MLOPS_WEBHOOK_SECRET (or --secret-env; "
                                  "environment only) "
-                                 "and refuses timestamps more than 5 minutes off.", epilog=_ENV)
+                                 "and refuses timestamps more than 5 minutes off. The hosts file is read "
+                                 "again at each pass when it changed (an unusable one keeps the hosts read "
+                                 "before). SIGTERM or SIGHUP (systemctl stop, a dropped SSH session): the "
+                                 "pass under way finishes its deploy but begins none and stops waiting for a "
+                                 "lock, then the watch ends, exit status 0; a second signal (or the first "
+                                 "under --once) stops the deploy and puts the hosts back, exit 130.",
+                     epilog=_ENV)
     w.add_argument("--interval", type=flags.interval, default=30.0, metavar="S",
                    help="seconds between passes (default 30)")
     w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
@@ -238,7 +245,7 @@ def register(sub) -> None:
     w.add_argument("--secret-env", metavar="VAR",
                    help="the environment variable holding the webhook's HMAC secret, as given to "
                         "`registry webhook create --secret-env` (default MLOPS_WEBHOOK_SECRET)")
-    _deploy_flags(w)
+    _deploy_flags(w, watch=True)
     _common(w)
     w.set_defaults(func=cmd_watch)
 
