@@ -43,7 +43,9 @@ def register(sub) -> None:
                                    "metrics, plots, the MLflow model, a TF-Serving SavedModel under "
                                    "tfserving/ and a golden smoke set under golden/) and register it as a "
                                    "new version (validation_status=pending). Under `mlflow run` "
-                                   "(MLFLOW_RUN_ID set) it logs into that run.")
+                                   "(MLFLOW_RUN_ID set) it logs into that run. A registration that fails "
+                                   "names the finished run and the `mlops registry register` command "
+                                   "that registers it later.")
     _training_args(p, retrain=False)
     p.set_defaults(func=cmd_train)
 
@@ -52,7 +54,9 @@ def register(sub) -> None:
                                    "(from scratch when none does, or with --from-scratch) on the base set "
                                    "plus the incoming .npz batches, which are validated first: invalid data "
                                    "stops the command before anything is logged or registered. Registers a "
-                                   "new version tagged retrained_from=<version>|scratch.")
+                                   "new version tagged retrained_from=<version>|scratch. A registration that "
+                                   "fails names the finished run and the `mlops registry register` command "
+                                   "that registers it later.")
     p.add_argument("--incoming", required=True, metavar="PATH_OR_S3", type=flags.location,
                    help="new data: a .npz batch, a folder of them, or s3://bucket/prefix")
     p.add_argument("--from-scratch", nargs="?", const=True, default=False, type=flags.true_or_false,
