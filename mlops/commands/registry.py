@@ -18,7 +18,7 @@ _ENV_EPILOG = ("Environment: MLFLOW_TRACKING_URI (MLflow server), MLOPS_MODEL_NA
 
 
 def register(sub) -> None:
-    p = sub.add_parser("registry", help="quality gate, promote, rollback, history and status of versions",
+    p = sub.add_parser("registry", help="register, gate, promote, roll back, reconcile; history, status, webhooks",
                        description="Everything that reads or writes the MLflow Model Registry: the "
                                    "quality gate, the `candidate` and `production` aliases, the "
                                    "append-only ledger, and the webhook that announces alias moves.",
