@@ -47,6 +47,27 @@ logger = log.get("sync.lock")
 
 SETTLE_S = 1.0      # how long an unparseable lock file may be one being written (create, then write)
 
+# Tokens of locks this process created and then gave up (release called) without removing them
+# (the connection died, the guard stayed busy): their files carry this live pid, so no one judged
+# them stale until the TTL ran out (a ``sync watch`` waited 10 min for its own lock). Only this
+# process may take them back at once; a token leaves the set when its lock is gone.
+_LEFT_BEHIND: set[str] = set()
+_LEFT_LOCK = threading.Lock()
+
+
+def _left_behind(token: str, add: bool) -> None:
+    with _LEFT_LOCK:
+        (_LEFT_BEHIND.add if add else _LEFT_BEHIND.discard)(token)
+
+
+def left_by_us(info: LockInfo, *, hostname: str, pidns: str) -> bool:
+    """Whether ``info`` is a lock this very process gave up (same machine, namespace and pid, and a
+    token it created and released): nobody holds it, whatever its live pid says."""
+    with _LEFT_LOCK:
+        ours = info.token in _LEFT_BEHIND
+    return (ours and info.hostname == hostname and info.pid == os.getpid()
+            and (not info.pidns or info.pidns == pidns))
+
 
 def heartbeat_path(token: str) -> str:
     return f"{STATE_DIR}/lock-heartbeat-{token}"
@@ -126,6 +147,8 @@ def takeover_reason(held: LockInfo | None, token: str, *, named: str | None, now
         return f"--break-lock {token}"
     if held is None:
         return f"empty for over {SETTLE_S:g}s: its deploy died between creating and writing it" if empty else None
+    if left_by_us(held, hostname=hostname, pidns=pidns):
+        return "left behind by this process (its release failed)"
     reason = stale_reason(held, now=now, hostname=hostname, ttl=ttl, is_alive=is_alive, pidns=pidns)
     return f"stale: {reason}" if reason else None
 
@@ -294,6 +317,7 @@ class HostLock:
                 logger.warning("%s: took over the deploy lock %s held by %s (%s)", where, token, owner, why)
                 took = (held, token, why)
                 if held is not None:
+                    _left_behind(held.token, False)
                     self._remove_quietly(heartbeat_path(held.token))
             # else: it changed since we read it (a heartbeat, another breaker): judge it again
         raise LockHeld(f"{where}: could not take the deploy lock {LOCK_PATH} (it keeps changing: another "
@@ -351,12 +375,16 @@ class HostLock:
         info = self.info      # kept until the lock is gone: a caller may retry over a new connection
         # compare-and-delete against the bytes we created (the file is read once, under the guard);
         # read first only when those bytes are unknown
+        _left_behind(info.token, True)      # until it is seen gone: this process no longer holds it
         expected = self._created or self._ours_on_host(info)
         if not (expected and self.transport.remove_if_same(LOCK_PATH, expected)):
             if self._ours_on_host(info):
                 logger.warning("%s: the lock changed while releasing it; leaving it", self.transport.url)
             else:
+                _left_behind(info.token, False)
                 logger.warning("%s: the lock was taken over by someone else; leaving it", self.transport.url)
+        else:
+            _left_behind(info.token, False)
         with self._beat_lock:
             self.info = None
         self._remove_quietly(heartbeat_path(info.token))

@@ -199,16 +199,22 @@ class LocalTransport(Transport):
             return False
         except OSError as exc:
             raise self._err(exc, f"creating {rel}") from None
+        made = None
         try:
             try:
+                made = os.fstat(fd)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
         except OSError as exc:      # a full disk: the empty file would read as a corrupt lock
+            # only the file this call made: stalled past SETTLE_S, it may have been taken over as a
+            # dead creator's, and the name now another deploy's lock
             with contextlib.suppress(OSError):
-                path.unlink()
+                now = os.stat(path)
+                if made is not None and (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+                    path.unlink()
             raise self._err(exc, f"creating {rel}") from None
         return True
 
