@@ -99,8 +99,9 @@ def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = 
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
-                            + (() if rollback_to is None else (rollback_to,)), config_temps=took_over)
-        if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps:
+                            + (() if rollback_to is None else (rollback_to,)), config_temps=took_over,
+                            lock=(lock.info.token, lock.ttl) if lock is not None and lock.info else None)
+        if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)
         if rp.remove_versions:

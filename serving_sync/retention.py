@@ -4,7 +4,10 @@ Never removes the serving version or the previous one (instant rollback), nor an
 ``protected`` version (e.g. one loaded for validation); keeps the ``keep`` newest published
 versions besides. Temporary uploads (``.incoming-*``) older than a threshold are leftovers of
 dead processes (retention runs under the host lock, so no live upload is that old), and so is
-any half-written ``.models.config.tmp-*`` (every writer of models.config holds that lock).
+any half-written ``.models.config.tmp-*`` (every writer of models.config holds that lock). So are
+the heartbeat files (``lock-heartbeat-<token>`` and their ``.tmp-*``) of a lock that is not the
+one held (its holder was killed mid-write or mid-release) once silent for longer than the lock's
+TTL: nothing judges a lock by them any more.
 
 On S3 (no rename: ``saved_model.pb`` is uploaded last) a numeric folder without its completion
 file is no version but a dead upload (retention runs under the lock every upload holds, so no
@@ -13,6 +16,7 @@ protected (serving, previous, ``protected``), which is left alone.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +26,7 @@ from mlops_common.errors import ConfigError, printable
 from .layout import (
     INCOMING_PREFIX,
     MODELS_CONFIG,
+    STATE_DIR,
     incoming_name,
     incoming_time,
     manifest_path,
@@ -65,6 +70,39 @@ def stale_config_temps(names: list[str]) -> list[str]:
     return sorted(n for n in names if n.startswith(f".{MODELS_CONFIG}.tmp-"))
 
 
+_BEAT = "lock-heartbeat-"
+
+
+def _beat_token(name: str) -> str | None:
+    """The lock token of a heartbeat file or of its temp file (``.<name>.tmp-*``), else None."""
+    if name.startswith(_BEAT):
+        return name[len(_BEAT):] or None
+    if name.startswith(f".{_BEAT}") and ".tmp-" in name:
+        return name[len(_BEAT) + 1:name.index(".tmp-", 1)] or None
+    return None
+
+
+def stale_heartbeats(transport: Transport, *, held: str, ttl: float, now: float) -> list[str]:
+    """Heartbeat files in ``STATE_DIR`` of locks other than ``held`` (the token this deploy holds),
+    silent for over ``ttl`` by the time written inside them (an unreadable one, cut short by a
+    kill, counts as stale)."""
+    out = []
+    for n in transport.list_dir(STATE_DIR):
+        token = _beat_token(n)
+        if token is None or token == held or has_control(n):
+            continue
+        rel = f"{STATE_DIR}/{n}"
+        try:
+            beat = float(json.loads(transport.read_file(rel))["heartbeat"])
+        except FileNotFoundError:
+            continue
+        except (ValueError, KeyError, TypeError):
+            beat = float("-inf")
+        if now - beat > ttl:
+            out.append(rel)
+    return sorted(out)
+
+
 @dataclass
 class RetentionPlan:
     model: str
@@ -72,19 +110,22 @@ class RetentionPlan:
     remove_uploads: list[str] = field(default_factory=list)
     remove_config_temps: list[str] = field(default_factory=list)     # in the base, not the model's folder
     remove_partials: list[int] = field(default_factory=list)         # S3: numeric folders never completed
+    remove_heartbeats: list[str] = field(default_factory=list)       # dead locks' heartbeat files
 
     def to_dict(self) -> dict:
         return {"model": self.model, "remove_versions": self.remove_versions,
                 "remove_uploads": self.remove_uploads, "remove_config_temps": self.remove_config_temps,
-                "remove_partials": self.remove_partials}
+                "remove_partials": self.remove_partials, "remove_heartbeats": self.remove_heartbeats}
 
 
 def plan(transport: Transport, model: str, *, serving: int | None, previous: int | None,
          keep: int = DEFAULT_KEEP, protected: tuple[int, ...] = (),
          upload_age: float = DEFAULT_UPLOAD_AGE, now: float | None = None,
-         config_temps: bool = False) -> RetentionPlan:
+         config_temps: bool = False, lock: tuple[str, float] | None = None) -> RetentionPlan:
     """Read the host's listing of ``<model>/`` and decide (no changes made). ``config_temps``: also
-    list the base for half-written ``.models.config.tmp-*`` files (after a lock takeover)."""
+    list the base for half-written ``.models.config.tmp-*`` files (after a lock takeover).
+    ``lock``: (token, TTL) of the lock held: also list other locks' stale heartbeat files."""
+    now = time.time() if now is None else now
     names = transport.list_dir(model)
     # a name with a control character is never ours (``check_relpath`` refuses it, so every
     # removal through a transport does too): refused, it stopped retention at it on every deploy
@@ -100,11 +141,11 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
     return RetentionPlan(model,
                          versions_to_remove(published, serving=serving, previous=previous, keep=keep,
                                             protected=protected),
-                         stale_uploads(names, now=time.time() if now is None else now,
-                                       older_than=upload_age),
+                         stale_uploads(names, now=now, older_than=upload_age),
                          [n for n in stale_config_temps(transport.list_dir("")) if not has_control(n)]
                          if config_temps else [],
-                         sorted(v for v in partial if v not in kept))
+                         sorted(v for v in partial if v not in kept),
+                         stale_heartbeats(transport, held=lock[0], ttl=lock[1], now=now) if lock else [])
 
 
 def _complete(transport: Transport, model: str, version: int) -> bool:
@@ -115,6 +156,9 @@ def _complete(transport: Transport, model: str, version: int) -> bool:
 
 def apply(transport: Transport, p: RetentionPlan) -> None:
     """Remove what ``p`` lists (stored manifests of removed versions too)."""
+    for rel in p.remove_heartbeats:
+        logger.info("%s: removing %s, a dead lock's heartbeat", transport.url, rel)
+        transport.remove_file(rel)
     for name in p.remove_config_temps:
         logger.info("%s: removing a half-written %s", transport.url, name)
         transport.remove_file(name)

@@ -6,17 +6,20 @@ Real files on disk; no network."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from serving_sync import connections
+from serving_sync import connections, retention
 from serving_sync.connections import HostConn
 from serving_sync.errors import LockHeld
-from serving_sync.layout import LOCK_PATH
+from serving_sync.layout import LOCK_PATH, STATE_DIR
 from serving_sync.lock import HostLock, LockInfo
 from serving_sync.transports.local import LocalTransport
+from tests.test_sync_support import hut  # noqa: F401 - fixture
 
 
 class _CutRelease(LocalTransport):
@@ -103,3 +106,57 @@ def test_a_failed_lock_write_deletes_only_the_file_it_made(tmp_path, monkeypatch
     with pytest.raises(Exception, match="creating"):
         t.create_exclusive(LOCK_PATH, b'{"ours": 1}\n')
     assert not path.exists()
+
+
+def test_dead_locks_heartbeat_files_are_removed_by_retention_under_the_lock(hut):  # noqa: F811
+    """A holder killed mid-release (lock gone, heartbeat file not) or mid-beat (its temp file)
+    left them for ever: retention never looked in .serving_sync."""
+    lock = HostLock(hut.transport, ttl=600.0, heartbeat_every=0)
+    lock.acquire()
+    try:
+        lock.beat()                                     # ours: current, kept
+        now = time.time()
+
+        def beat(token, when):
+            return json.dumps({"token": token, "heartbeat": when}).encode()
+
+        hut.raw_write(f"{STATE_DIR}/lock-heartbeat-deadbeef00000001", beat("deadbeef00000001", now - 3600))
+        hut.raw_write(f"{STATE_DIR}/.lock-heartbeat-deadbeef00000002.tmp-0badf00d", b'{"tok')  # cut short
+        hut.raw_write(f"{STATE_DIR}/lock-heartbeat-feedface00000003", beat("feedface00000003", now - 5))
+        mine = f"{STATE_DIR}/lock-heartbeat-{lock.info.token}"
+        p = retention.plan(hut.transport, "digits", serving=None, previous=None,
+                           lock=(lock.info.token, lock.ttl))
+        assert p.remove_heartbeats == sorted([f"{STATE_DIR}/lock-heartbeat-deadbeef00000001",
+                                              f"{STATE_DIR}/.lock-heartbeat-deadbeef00000002.tmp-0badf00d"])
+        retention.apply(hut.transport, p)
+        left = hut.raw_names(STATE_DIR)
+        assert "lock-heartbeat-deadbeef00000001" not in left
+        assert ".lock-heartbeat-deadbeef00000002.tmp-0badf00d" not in left
+        assert "lock-heartbeat-feedface00000003" in left           # silent for 5 s only: kept
+        assert mine.split("/")[1] in left and "lock" in left
+    finally:
+        lock.release()
+
+
+def test_a_deploys_retention_removes_a_dead_locks_heartbeat(tmp_path):
+    """The wiring: a deploy's host retention passes the lock it holds."""
+    from serving_sync import deploy_retention
+    from serving_sync.connections import Heartbeat
+    from serving_sync.options import DeployOptions
+
+    t = LocalTransport(tmp_path)
+    ours = HostLock(t, heartbeat_every=0)
+    ours.acquire()
+    try:
+        dead = tmp_path / STATE_DIR / "lock-heartbeat-deadbeef00000001"
+        dead.write_bytes(json.dumps({"token": "deadbeef00000001", "heartbeat": 0.0}).encode())
+        conn = HostConn(SimpleNamespace(name="h1"), t, None)
+        conn.lock = ours
+        plan = SimpleNamespace(model="m", desired=1, previous_kept=None, current=None,
+                               final=SimpleNamespace(versions=(1,)), held_by_others=())
+        run = SimpleNamespace(plan=plan, transport=t, host=conn.host, heartbeat=Heartbeat([conn]), conn=conn)
+        info = deploy_retention.host_retention(run, DeployOptions(keep=1))
+        assert info["remove_heartbeats"] == [f"{STATE_DIR}/lock-heartbeat-deadbeef00000001"], info
+        assert not dead.exists() and (tmp_path / LOCK_PATH).exists()
+    finally:
+        ours.release()
