@@ -10,6 +10,7 @@ so an interrupted deploy does not leave its lock behind.
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -155,9 +156,17 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
 def lock_order(conn: HostConn) -> tuple:
     """Where the host's lock is, then its name: two deploys whose hosts files name the same base
     directories otherwise (CI's file and an operator's) still wait for them in one order (by name,
-    each could take a part and wait for the rest until --lock-wait ran out)."""
+    each could take a part and wait for the rest until --lock-wait ran out). The base directory's
+    path comes first, its address after: one folder named ``file:///srv/a`` in one hosts file and
+    ``ssh://localhost/srv/a`` in another sorted by scheme, so among other hosts in a different
+    place in each (a known limit stays: several hosts with the same path, one of them addressed
+    two ways, see docs/architecture.md)."""
     target = getattr(conn.host, "target", None)
-    return (base_key(target) if target is not None else (), conn.host.name)
+    if target is None:
+        return ((), (), conn.host.name)
+    key = base_key(target)
+    path = key[3] if target.scheme == "file" else posixpath.normpath(target.path or "/")
+    return ((path,), key, conn.host.name)
 
 
 def release(conn: HostConn) -> None:
