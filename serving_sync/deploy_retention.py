@@ -92,15 +92,16 @@ def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = 
     plan = run.plan
     try:
         run.heartbeat()               # raises at once if the lock's thread found it taken over
-        # a dead deploy's half-written models.config can lie in the base only when its lock was
-        # taken over: list the base then, not on every deploy (over SSH a listing is 4 round trips)
+        # a dead deploy's half-written models.config and heartbeat files can lie there only when its
+        # lock was taken over (a release removes the heartbeat before the lock): list the base and
+        # .serving_sync then, not on every deploy (over SSH a listing is a dozen requests)
         lock = run.conn.lock
         took_over = lock is not None and lock.took_over
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
                             + (() if rollback_to is None else (rollback_to,)), config_temps=took_over,
-                            lock=(lock.info.token, lock.ttl) if lock is not None and lock.info else None)
+                            lock=(lock.info.token, lock.ttl) if took_over and lock.info else None)
         if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)

@@ -373,9 +373,13 @@ class HostLock:
         if self.info is None:
             return
         info = self.info      # kept until the lock is gone: a caller may retry over a new connection
+        # the heartbeat first: a release cut short after it leaves a lock (taken over, and its
+        # leftovers swept, by the next deploy), never a heartbeat file no lock points to; a deploy
+        # that finds the lock in between judges it by when it was taken, as stale at worst
+        _left_behind(info.token, True)      # until it is seen gone: this process no longer holds it
+        self._remove_quietly(heartbeat_path(info.token))
         # compare-and-delete against the bytes we created (the file is read once, under the guard);
         # read first only when those bytes are unknown
-        _left_behind(info.token, True)      # until it is seen gone: this process no longer holds it
         expected = self._created or self._ours_on_host(info)
         if not (expected and self.transport.remove_if_same(LOCK_PATH, expected)):
             if self._ours_on_host(info):
@@ -387,7 +391,6 @@ class HostLock:
             _left_behind(info.token, False)
         with self._beat_lock:
             self.info = None
-        self._remove_quietly(heartbeat_path(info.token))
 
     def _ours_on_host(self, info: LockInfo) -> bytes | None:
         """The lock file's bytes when it is still the lock ``info`` describes, else None."""

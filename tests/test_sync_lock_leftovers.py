@@ -138,8 +138,9 @@ def test_dead_locks_heartbeat_files_are_removed_by_retention_under_the_lock(hut)
         lock.release()
 
 
-def test_a_deploys_retention_removes_a_dead_locks_heartbeat(tmp_path):
-    """The wiring: a deploy's host retention passes the lock it holds."""
+def test_a_deploys_retention_removes_a_dead_locks_heartbeat_after_a_takeover(tmp_path):
+    """The wiring: after a takeover, a deploy's host retention passes the lock it holds (without
+    one, .serving_sync is not listed: a dozen SFTP requests on every deploy)."""
     from serving_sync import deploy_retention
     from serving_sync.connections import Heartbeat
     from serving_sync.options import DeployOptions
@@ -155,6 +156,9 @@ def test_a_deploys_retention_removes_a_dead_locks_heartbeat(tmp_path):
         plan = SimpleNamespace(model="m", desired=1, previous_kept=None, current=None,
                                final=SimpleNamespace(versions=(1,)), held_by_others=())
         run = SimpleNamespace(plan=plan, transport=t, host=conn.host, heartbeat=Heartbeat([conn]), conn=conn)
+        info = deploy_retention.host_retention(run, DeployOptions(keep=1))
+        assert info["remove_heartbeats"] == [] and dead.exists(), info
+        ours.took_over = True
         info = deploy_retention.host_retention(run, DeployOptions(keep=1))
         assert info["remove_heartbeats"] == [f"{STATE_DIR}/lock-heartbeat-deadbeef00000001"], info
         assert not dead.exists() and (tmp_path / LOCK_PATH).exists()
@@ -229,3 +233,44 @@ def test_one_folder_named_file_and_ssh_is_waited_for_in_one_order(sshd, tmp_path
         for c in first + second:
             c.transport.close()
     assert outcomes == {"first": True, "second": True}
+
+
+class _KilledMidRelease(LocalTransport):
+    """The process dies at the first removal of a heartbeat file (a SIGKILL, in effect)."""
+
+    armed = False
+
+    def remove_file(self, rel):
+        if self.armed and "lock-heartbeat-" in rel:
+            raise KeyboardInterrupt
+        return super().remove_file(rel)
+
+
+@pytest.mark.parametrize("where", ["heartbeat", "lock"])
+def test_a_release_cut_short_leaves_a_lock_not_a_heartbeat_without_one(tmp_path, where):
+    """Removing the lock first, a release killed before its heartbeat went left that file for ever
+    (no lock points to it, so no takeover sweeps it). Now the heartbeat goes first: what a cut
+    leaves is a lock, which the next deploy takes over (its retention sweeps the rest)."""
+    base = tmp_path / "h"
+    base.mkdir()
+    t = _KilledMidRelease(base)
+    lock = HostLock(t, heartbeat_every=0)
+    lock.acquire()
+    lock.beat()
+    beat = base / STATE_DIR / f"lock-heartbeat-{lock.info.token}"
+    assert beat.exists()
+    if where == "heartbeat":
+        t.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            lock.release()
+    else:
+        t.remove_if_same = lambda rel, expected: (_ for _ in ()).throw(KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            lock.release()
+    assert (base / LOCK_PATH).exists() or not beat.exists(), "a heartbeat file with no lock"
+    again = HostLock(LocalTransport(base), heartbeat_every=0)
+    again.acquire()                                   # this process's own lock: taken back at once
+    try:
+        assert again.took_over and not beat.exists()
+    finally:
+        again.release()
