@@ -11,7 +11,9 @@ uploads and waits keep it fresh), and a late owner can never overwrite a success
 A lock is taken over only when it is stale — its heartbeat silent for longer than the TTL
 (``MLOPS_LOCK_TTL``, default 10 min, or the owner's recorded TTL when longer), or its owner a dead
 process on this machine (same hostname and PID namespace: containers may share a hostname) — or when the
-caller names its token (``--break-lock TOKEN``, shown in the refusal). A stale takeover needs no
+caller names its token (``--break-lock TOKEN``, shown in the refusal), or it is one this very
+process released without removing it (both release attempts failed: ``left_by_us``; a ``sync
+watch`` takes it back at its next pass, not after the TTL). A stale takeover needs no
 person: it logs a warning and appends a ledger row. Taking over is compare-and-delete
 (``Transport.remove_if_same``): only the exact lock that was read and judged is removed, so two
 racing breakers cannot both win, and a lock that changed meanwhile is left alone. On file and
