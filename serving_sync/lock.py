@@ -2,8 +2,10 @@
 
 The lock file is created with an exclusive create (``O_EXCL`` locally, SFTP ``CREAT|EXCL`` over
 SSH, a conditional ``If-None-Match: *`` PUT on S3) and holds its owner (user@machine:pid), a
-random token and when it was taken (file and ssh create it empty and write it after, so the
-creator reads it back: a stalled creator's empty file may have been taken over meanwhile). It is
+random token and when it was taken (file and ssh create it empty and write it after, so a creator
+whose create and write took over ``READ_BACK_AFTER`` reads it back: a stalled creator's empty file
+may have been taken over meanwhile; another deploy reads an empty lock for ``SETTLE_S`` before it
+takes it over, so a quicker creator's write was there before any could, and it saves the round trips). It is
 never rewritten while held: the owner's heartbeat goes
 to its own file, ``lock-heartbeat-<token>``, rewritten by a background thread every TTL/4 (so
 uploads and waits keep it fresh), and a late owner can never overwrite a successor's lock.
@@ -48,6 +50,7 @@ from .transports.base import Transport
 logger = log.get("sync.lock")
 
 SETTLE_S = 1.0      # how long an unparseable lock file may be one being written (create, then write)
+READ_BACK_AFTER = SETTLE_S / 2   # a create + write slower than this reads the lock back (see acquire)
 
 # Tokens of locks this process created and then gave up (release called) without removing them
 # (the connection died, the guard stayed busy): their files carry this live pid, so no one judged
@@ -291,8 +294,10 @@ class HostLock:
         for _ in range(4):   # bounded: the lock may change between create, read and takeover
             info = self._new()
             raw = info.to_json()
+            start = time.monotonic()
             if self.transport.create_exclusive(LOCK_PATH, raw):
-                if not self.transport.create_is_written and self._bytes_on_host() != raw:
+                slow = time.monotonic() - start > READ_BACK_AFTER
+                if slow and not self.transport.create_is_written and self._bytes_on_host() != raw:
                     # stalled between its create and its write for over SETTLE_S, its empty file
                     # was taken over as a dead creator's: the write went to the removed file
                     continue

@@ -9,9 +9,11 @@ the guard are the bytes deleted.
 
 The guard is held for a few round trips. A process killed while holding it leaves it behind;
 a guard older than ``GUARD_STALE`` seconds (by the creator's clock, written inside it) is removed
-by the next caller (so the holder reads its guard back: one stalled between creating and writing
-it may have lost it), and a holder that was stalled for half that long between taking the guard
-and deleting gives up rather than delete a file someone else may have written meanwhile. Two
+by the next caller, and a holder that was stalled for half that long between taking the guard
+and deleting gives up rather than delete a file someone else may have written meanwhile. A
+holder whose create and write took over ``READ_BACK_AFTER`` reads its guard back: one stalled
+between creating and writing it may have had it broken as a dead caller's (a breaker reads an
+unwritten guard again a second later before it breaks it, so a quicker holder cannot have). Two
 callers breaking the same dead guard in the same instant is the one case this cannot order; it
 needs a crash inside that window first.
 """
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 GUARD_WAIT = 5.0      # seconds to wait for another caller's guard before giving up (False)
 GUARD_STALE = 30.0    # a guard older than this was left by a dead process
+READ_BACK_AFTER = 0.5  # a create + write slower than this reads its guard back (half _created's second)
 _POLL = 0.02
 
 
@@ -40,12 +43,13 @@ def remove_if_same(t: "Transport", rel: str, expected: bytes, *, clock=time.time
     """Remove ``rel`` only if it still holds ``expected``; False if it is gone, changed, or busy."""
     guard = guard_path(rel)
     mine = json.dumps({"created": clock(), "pid": os.getpid(), "nonce": secrets.token_hex(6)}).encode()
-    if not _take(t, guard, mine, clock=clock, sleep=sleep, wait=wait):
+    took = _take(t, guard, mine, clock=clock, sleep=sleep, wait=wait)
+    if took is None:
         return False
     taken = time.monotonic()
     try:
         try:
-            if t.read_file(guard) != mine:
+            if took > READ_BACK_AFTER and t.read_file(guard) != mine:
                 # stalled between creating the guard and writing it, it was broken as a dead
                 # caller's: the other caller holds it now
                 return False
@@ -64,22 +68,30 @@ def remove_if_same(t: "Transport", rel: str, expected: bytes, *, clock=time.time
         _release(t, guard, mine)
 
 
-def _take(t: "Transport", guard: str, mine: bytes, *, clock, sleep, wait: float) -> bool:
+def _create(t: "Transport", guard: str, mine: bytes) -> float | None:
+    """Seconds the exclusive create (and its write) took; None: the guard exists."""
+    start = time.monotonic()
+    return time.monotonic() - start if t.create_exclusive(guard, mine) else None
+
+
+def _take(t: "Transport", guard: str, mine: bytes, *, clock, sleep, wait: float) -> float | None:
+    """The guard taken: the seconds its create took (None: not taken)."""
     deadline = time.monotonic() + wait
     while True:
-        if t.create_exclusive(guard, mine):
-            return True
+        took = _create(t, guard, mine)
+        if took is not None:
+            return took
         if time.monotonic() >= deadline:
             break
         sleep(_POLL)
     # Still there after the wait: take it only if its creator died long ago.
     created = _created(t, guard, sleep)
     if created is None:
-        return t.create_exclusive(guard, mine)
+        return _create(t, guard, mine)
     if clock() - created <= GUARD_STALE:
-        return False
+        return None
     t.remove_file(guard)
-    return t.create_exclusive(guard, mine)
+    return _create(t, guard, mine)
 
 
 def _created(t: "Transport", guard: str, sleep) -> float | None:
