@@ -99,12 +99,13 @@ def _platform(c) -> str:
     return c.model_platform
 
 
-_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9.]*://")
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9.]+://")
 
 
 def _is_relative(path: str) -> bool:
-    """``UriIsRelativePath``: no scheme as TF's ``io::ParseURI`` reads one (a letter, then letters,
-    digits or dots, then ``://`` at the very start) and not absolute: ``a/b://c`` is relative."""
+    """``UriIsRelativePath``: no scheme as TF's ``io::ParseURI`` reads one (a letter, then one or
+    more letters, digits or dots, ``One(LETTER).Many(LETTER_DIGIT_DOT)``, then ``://`` at the very
+    start) and not absolute: ``a/b://c`` and the one-letter ``s://b`` are relative."""
     return not _URI_SCHEME.match(path) and not os.path.isabs(path)
 
 

@@ -174,10 +174,11 @@ def test_a_base_path_that_is_a_uri_is_absolute():
     assert sc.models[0].base_path == "s3://bucket/models/m"
 
 
-@pytest.mark.parametrize("path", ["a/b://c", "1s3://bucket/m", "s_3://bucket/m", "://bucket/m"])
+@pytest.mark.parametrize("path", ["a/b://c", "1s3://bucket/m", "s_3://bucket/m", "://bucket/m", "s://bucket/m"])
 def test_a_base_path_with_no_scheme_at_its_start_is_relative_and_refused(path):
-    """io::ParseURI takes a scheme only as [a-zA-Z][0-9a-zA-Z.]* followed by :// at the start;
-    anything else is a path, here a relative one: ValidateModelConfigList refuses it."""
+    """io::ParseURI takes a scheme only as One(LETTER).Many(LETTER_DIGIT_DOT) (two characters or
+    more) followed by :// at the start; anything else is a path, here a relative one:
+    ValidateModelConfigList refuses it (a one-letter ``s://`` too)."""
     with pytest.raises(ServingError) as e:
         cfg.to_server_config(cfg.parse_text(
             f'model_config_list {{ config {{ name: "m" base_path: "{path}" model_platform: "tensorflow" }} }}'))
