@@ -48,8 +48,8 @@ def parse_text(text: str, path: str = "<text>"):
 
     msg = model_server_config_pb2.ModelServerConfig()
     try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as exc:
+        text_format.Parse(cpp_string_escapes(text), msg)
+    except (text_format.ParseError, ValueError) as exc:
         raise invalid_argument(f"Invalid protobuf file: '{path}' ({exc})") from None
     return msg
 
@@ -263,3 +263,46 @@ def metrics_path(text: str, path: str = "<text>") -> str | None:
 def read_metrics_path(path: str) -> str | None:
     """``metrics_path`` of a ``--monitoring_config_file``."""
     return metrics_path(_read_text_proto(path), path)
+
+
+_SIMPLE_ESCAPES = frozenset("abfnrtv\\'\"01234567")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def cpp_string_escapes(text: str) -> str:
+    """``text`` with its string literals' escapes checked as protobuf's C++ tokenizer reads them
+    (``io::Tokenizer::ConsumeString``), which TF Serving's ``TextFormat::ParseFromString`` uses:
+    an escape it refuses (``\\d``, ``\\/``, ``\\N{...}``, ``\\8``) raises ValueError("line:col :
+    message"); ``\\?`` (a ``?`` there) is returned as ``?``. Python's text_format kept those as a
+    backslash and the character, so a file TF Serving refuses or reads otherwise parsed here."""
+    out: list[str] = []
+    i, n, quote, line, start = 0, len(text), None, 1, 0
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line, start, quote = line + 1, i + 1, None   # a string never spans lines (refused later)
+        elif quote is None and c == "#":
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            out.append(text[i:j])
+            i = j
+            continue
+        elif quote is None and c in "\"'":
+            quote = c
+        elif quote is not None and c == quote:
+            quote = None
+        elif quote is not None and c == "\\" and i + 1 < n:
+            e, rest = text[i + 1], text[i + 2:i + 10]
+            ok = (e in _SIMPLE_ESCAPES or e == "?"
+                  or (e == "x" and rest[:1] in _HEX and rest[:1] != "")
+                  or (e == "u" and len(rest) >= 4 and set(rest[:4]) <= _HEX)
+                  or (e == "U" and len(rest) >= 8 and rest[:2] == "00" and rest[2] in "01"
+                      and set(rest[3:8]) <= _HEX))
+            if not ok:
+                raise ValueError(f"{line}:{i - start + 1} : Invalid escape sequence in string literal.")
+            out.append("?" if e == "?" else text[i:i + 2])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)

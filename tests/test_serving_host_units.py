@@ -760,3 +760,22 @@ def test_a_saved_model_pbtxt_that_does_not_parse_is_named_as_a_text_proto(tmp_pa
         Servable.load("m", 1, str(tmp_path))
     assert (e.value.code, e.value.message) == (
         "DATA_LOSS", f"Can't parse {tmp_path / 'saved_model.pb'} as binary proto")
+
+
+@pytest.mark.parametrize("escape", ["\\d", "\\/", "\\8", "\\N{DIGIT ONE}", "\\xg", "\\U00110000"])
+def test_a_string_escape_tf_serving_refuses_is_an_invalid_protobuf_file(escape):
+    """protobuf's C++ tokenizer (TextFormat::ParseFromString) refuses an escape it does not know;
+    Python's text_format kept it as a backslash and the character: a file TF Serving refuses ran."""
+    with pytest.raises(ServingError) as e:
+        cfg.parse_text(f'model_config_list {{ config {{ name: "m" base_path: "/a{escape}b" '
+                       f'model_platform: "tensorflow" }} }}', "/b/models.config")
+    assert e.value.code == "INVALID_ARGUMENT"
+    assert e.value.message.startswith("Invalid protobuf file: '/b/models.config'")
+
+
+def test_a_question_mark_escape_is_a_question_mark_as_tf_serving_reads_it():
+    """``\\?`` is a ``?`` to the C++ tokenizer (Python's text_format kept the backslash); escapes
+    in a comment are not read at all."""
+    msg = cfg.parse_text('# it\'s \\d\nmodel_config_list { config { name: "m" base_path: "/a\\?b\\\\d\'#" '
+                         'model_platform: "tensorflow" } }')
+    assert msg.model_config_list.config[0].base_path == "/a?b\\d'#"

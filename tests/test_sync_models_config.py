@@ -163,3 +163,14 @@ def test_varints_round_trip():
     for n in (0, 1, 127, 128, 300, 16383, 16384, 2 ** 31 - 1, 2 ** 63 - 1):
         assert decode_varint(encode_varint(n), 0) == (n, len(encode_varint(n)))
     assert len(encode_varint(-1)) == 10
+
+
+def test_another_entry_with_an_escape_tf_serving_refuses_is_malformed_not_rewritten():
+    """A shared models.config whose other entry holds ``\\d`` (TF Serving refuses the file) or
+    ``\\?`` (TF Serving reads ``?``): parsed as Python's text_format does, the deploy took the first
+    for a backslash and rewrote it as ``\\\\d``, another team's base path changed, and the second
+    as ``\\\\?``. Now the first is malformed and the second kept as TF Serving reads it."""
+    entry = 'model_config_list {{ config {{ name: "other" base_path: "/data{}x" model_platform: "tensorflow" }} }}'
+    with pytest.raises(ConfigError, match="malformed"):
+        mc.parse(entry.format("\\d"))
+    assert mc.parse(entry.format("\\?")).entry("other").base_path == "/data?x"
