@@ -468,3 +468,38 @@ def test_an_answer_whose_headers_trickle_ends_at_the_requests_timeout(monkeypatc
         assert len(ports) == 3 and ports[1] == ports[2], ports   # the second reused the connection
         fast.close()
         slow.close()
+
+
+@pytest.mark.slow
+def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke_test_at_atol_0(
+        tfserving_factory, tmp_path, bundle):
+    """(found by review) the golden set writes each float32 output as its shortest text
+    (``mlproject.export``), TF Serving as ``%.9g``: the same float32 values differ by ~1e-9 as
+    doubles, and ``--atol 0`` failed a version that answered exactly what it was exported with."""
+    import numpy as np
+
+    from mlproject.export import predict_response
+    from serving_sync.smoke import Golden, SmokeOptions, run_smoke
+
+    saved, m, request, golden, signature = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base)
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    publish(t, MODEL, 1, saved, m)
+    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
+    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    exported = predict_response({"output_0": np.asarray(golden["predictions"], np.float32)})
+    for response, atol in ((exported, 0.0), (golden, 0.0), (exported, 1e-4)):
+        report = run_smoke(client, "h", MODEL, Golden(request, response, signature), 1, route_version=1,
+                           opts=SmokeOptions(atol=atol, requests=2, budget_ms=60_000))
+        assert report.passed, report.summary()
+    # one float32 step off is still a difference at atol 0; a NaN is never equal to itself
+    rows = np.asarray(golden["predictions"], np.float32)
+    for bad in (np.nextafter(rows[0, 0], np.float32(1)), np.float32("nan")):
+        off = rows.copy()
+        off[0, 0] = bad
+        report = run_smoke(client, "h", MODEL, Golden(request, predict_response({"output_0": off}), signature), 1,
+                           route_version=1, opts=SmokeOptions(atol=0.0), latency=False)
+        assert not report.passed and "1 value(s) differ by more than atol 0" in report.summary()
+    client.close()
