@@ -430,3 +430,45 @@ def test_interval_passes_that_find_the_same_are_one_line_then_one_every_ten_minu
                      "reconcile (interval): up_to_date: hosts serve v4",
                      "reconcile (interval): skipped: v5 failed",
                      "reconcile still skipped (61 passes in 600s): v5 failed"], lines
+
+
+def test_the_latency_check_stops_once_its_p95_is_over_budget_whatever_the_rest_answer():
+    """(found by review) a slow host got every one of the ``--latency-requests`` predicts (up to
+    1000, each up to the request timeout) after the p95 was already decided: with 20 requests the
+    19th smallest, so two over budget fail it."""
+    import time as _time
+
+    from serving_sync.smoke import Golden, SmokeOptions, run_smoke
+    from serving_sync.tfs_client import normalize_signature
+
+    sig = {"serving_default": {
+        "method_name": "tensorflow/serving/predict",
+        "inputs": {"image": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "2"}]}}},
+        "outputs": {"output_0": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "2"}]}}}}}
+
+    class Slow:
+        def __init__(self, slow_from: int):
+            self.calls, self.slow_from = 0, slow_from
+            self.meta = {"model_spec": {"name": "m", "version": "3"},
+                         "metadata": {"signature_def": {"signature_def": sig}}}
+
+        def metadata(self, model, *, version=None, label=None):
+            return self.meta
+
+        def predict(self, model, body, **kw):
+            self.calls += 1
+            if self.calls >= self.slow_from:
+                _time.sleep(0.25)          # the latency measured, not a synchronisation
+            return {"predictions": [[0.25, 0.75]]}
+
+    golden = Golden({"instances": [[0.0, 1.0]]}, {"predictions": [[0.25, 0.75]]}, normalize_signature(Slow(1).meta))
+    opts = SmokeOptions(requests=20, budget_ms=200.0)
+    host = Slow(2)                       # the golden predict fast, every latency request slow
+    r = run_smoke(host, "h", "m", golden, 3, route_version=3, opts=opts)
+    assert host.calls == 1 + 2
+    latency = r.checks[-1]
+    assert latency.name == "latency" and not latency.passed
+    assert "over 2 requests" in latency.message and "stopped after 2 of 20 requests" in latency.message
+    # one slow request among 20 is within the p95: all 20 are sent and the check passes
+    host = Slow(21)
+    assert run_smoke(host, "h", "m", golden, 3, route_version=3, opts=opts).passed and host.calls == 21
