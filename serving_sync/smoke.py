@@ -237,7 +237,7 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
     ``model`` is the entry name (e.g. ``digits__validate``), ``version`` the registry version the
     answers must belong to, ``route_version`` / ``label`` select the route (neither: unversioned).
     """
-    from .errors import HostUnreachable, ServingError
+    from .errors import HostUnreachable, NotTFServing, ServingError
 
     report = SmokeReport(host, model, route_name(model, version=route_version, label=label), version)
     kw = {"version": route_version, "label": label}
@@ -248,6 +248,12 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
             check = fn()
         except (ServingError, HostUnreachable) as exc:
             check = Check(name, False, str(exc))
+        except (TypeError, ValueError, AttributeError) as exc:
+            # JSON that is not TF Serving's where its fields should be (a "version" that is no
+            # number, an object that is a string): the host's, not the version's, and no traceback
+            raise NotTFServing(f"{host} answered the {name} check via {report.route} with JSON that is not "
+                               f"TF Serving's ({type(exc).__name__}: {str(exc)[:120]}); check the host's "
+                               f"rest_url") from None
         check.seconds = time.monotonic() - start
         report.checks.append(check)
         return check

@@ -503,3 +503,40 @@ def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke
                            route_version=1, opts=SmokeOptions(atol=0.0), latency=False)
         assert not report.passed and "1 value(s) differ by more than atol 0" in report.summary()
     client.close()
+
+
+@pytest.mark.parametrize("answer, vias", [
+    ({"model_spec": {"version": "latest"}}, ("stable",)),     # a version route does not read it
+    ({"model_spec": "x"}, ("stable", "version")),
+    ({"model_spec": {"version": "3"}, "metadata": "x"}, ("stable", "version"))])
+def test_json_that_is_not_tf_servings_is_a_failed_smoke_check_not_a_traceback(answer, vias):
+    """(found by review) a rest_url answering 200 with JSON whose TF Serving fields have other
+    types (a version that is no number, an object that is a string) raised ValueError or
+    AttributeError out of ``mlops sync smoke`` (and a deploy's smoke step)."""
+    from http.server import BaseHTTPRequestHandler
+    from types import SimpleNamespace
+
+    from serving_sync.smoke import Golden
+    from serving_sync.smoke_hosts import smoke_hosts
+
+    class Odd(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    golden = Golden({"instances": [[1.0]]}, {"predictions": [[1.0]]}, {"serving_default": {
+        "method_name": "tensorflow/serving/predict", "inputs": {"x": {"dtype": "DT_FLOAT", "shape": [-1, 1]}},
+        "outputs": {"y": {"dtype": "DT_FLOAT", "shape": [-1, 1]}}}})
+    with loopback_http(Odd) as url:
+        for via in vias:
+            (report,) = smoke_hosts([SimpleNamespace(name="h", rest_url=url)], MODEL, 3, golden, via=via)
+            assert not report.passed
+            (check,) = report.checks
+            assert check.name == "reachable" and "with JSON that is not TF Serving's" in check.message
