@@ -383,7 +383,31 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
             if key is not None:
                 servers[key] = host.name
         hosts.append(replace(host, store=store) if store and host.target.scheme == "ssh" else host)
+    _check_metrics_pages(hosts, source)
     return hosts
+
+
+def _check_metrics_pages(hosts: list[Host], source: str) -> None:
+    """Each host's metrics page is its own TF Serving's: a ``metrics_url`` on another host's REST
+    server, or one page for two hosts, made the bake judge a canary on another TF Serving's
+    traffic (the old version's: a bad canary passed) or against itself."""
+    rests = [(_server_key(h.rest_url), h.name) for h in hosts]
+    pages: dict[tuple, str] = {}
+    for i, h in enumerate(hosts):
+        key = _server_key(h.metrics)
+        _, _, server, port, path = key
+        # whose TF Serving answers this page: the host whose rest_url is its longest prefix
+        owners = [(len(r[4]), name) for r, name in rests if r[2:4] == (server, port)
+                  and (not r[4] or path == r[4] or path.startswith(r[4] + "/"))]
+        owner = max(owners)[1] if owners else None
+        where = _Where(source, i, h.name)
+        if owner is not None and owner != h.name:
+            raise where.error("metrics_url", f"{h.metrics!r} is the TF Serving of host {owner!r}: the bake would "
+                                             f"judge this host on that host's traffic; give this host's own page")
+        if key[2:] in pages:
+            raise where.error("metrics_url", f"{h.metrics!r} is also the metrics page of host {pages[key[2:]]!r}: the "
+                                             f"bake would judge one host against the other; give each host its own")
+        pages[key[2:]] = h.name
 
 
 def base_key(t: Target) -> tuple:

@@ -283,3 +283,32 @@ def test_metrics_url_is_read_as_written_for_any_monitoring_path_tf_serving_takes
     hosts file refused the first as "TF Serving's API path" and dropped the "/" of the second (a 404)."""
     (h,) = parse_hosts_toml(entry(metrics_url=url), "hosts.toml")
     assert h.metrics == url
+
+
+@pytest.mark.parametrize("b_extra,words", [
+    # b's page on a's TF Serving (a's default page, or any page of a's REST server)
+    ('metrics_url = "http://10.0.0.5:8501/monitoring/prometheus/metrics"', "is the TF Serving of host 'a'"),
+    ('metrics_url = "http://10.0.0.5:8501/metrics"', "is the TF Serving of host 'a'"),
+    # one page named for two hosts
+    ('metrics_url = "http://prom.internal:9090/a"', "is also the metrics page of host 'a'"),
+])
+def test_a_metrics_page_of_another_host_is_refused(b_extra, words):
+    """The bake reads each judged host's ``metrics``: a canary whose metrics_url was another host's
+    TF Serving was judged on that host's traffic, the old version's, and a bad version passed
+    (found by review, 2026-12-06, fifteenth stop)."""
+    a_extra = 'metrics_url = "http://prom.internal:9090/a"' if "prom" in b_extra else ""
+    text = (f'[[hosts]]\nname = "a"\ntarget = "file:///srv/a"\nrest_url = "http://10.0.0.5:8501"\n{a_extra}\n'
+            f'[[hosts]]\nname = "b"\ntarget = "file:///srv/b"\nrest_url = "http://10.0.0.6:8501"\n{b_extra}\n')
+    with pytest.raises(ConfigError, match=rf"hosts\[1\] \('b'\): field 'metrics_url': .*{words}"):
+        parse_hosts_toml(text, "hosts.toml")
+
+
+def test_metrics_pages_behind_one_proxy_with_a_path_per_host_are_taken():
+    """Hosts reached through one reverse proxy, a path each: each page is under its own host's path."""
+    text = ('[[hosts]]\nname = "a"\ntarget = "file:///srv/a"\nrest_url = "http://proxy:80"\n'
+            '[[hosts]]\nname = "b"\ntarget = "file:///srv/b"\nrest_url = "http://proxy:80/b"\n'
+            '[[hosts]]\nname = "c"\ntarget = "file:///srv/c"\nrest_url = "http://proxy:80/c"\n'
+            'metrics_url = "http://proxy/c/metrics"\n')
+    assert [h.metrics for h in parse_hosts_toml(text, "hosts.toml")] == [
+        "http://proxy:80/monitoring/prometheus/metrics", "http://proxy:80/b/monitoring/prometheus/metrics",
+        "http://proxy/c/metrics"]
