@@ -494,7 +494,8 @@ def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None 
                             f"rest_url; see docs/architecture.md) or set MLOPS_SYNC_TARGET and "
                             f"MLOPS_SYNC_REST_URL")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark (Windows editors write one) was "Invalid statement (line 1, column 1)"
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the hosts file ({exc})") from None
     return parse_hosts_toml(text, str(path))

@@ -312,3 +312,12 @@ def test_metrics_pages_behind_one_proxy_with_a_path_per_host_are_taken():
     assert [h.metrics for h in parse_hosts_toml(text, "hosts.toml")] == [
         "http://proxy:80/monitoring/prometheus/metrics", "http://proxy:80/b/monitoring/prometheus/metrics",
         "http://proxy/c/metrics"]
+
+
+def test_a_hosts_file_with_a_byte_order_mark_and_crlf_line_ends_is_read(tmp_path, monkeypatch):
+    """A hosts file saved by a Windows editor (UTF-8 with a byte order mark, CRLF) failed as
+    "not valid TOML (Invalid statement (at line 1, column 1))" (found by review, 2026-12-06, fifteenth stop)."""
+    monkeypatch.delenv("MLOPS_SYNC_TARGET", raising=False)
+    f = tmp_path / "hosts.toml"
+    f.write_bytes(b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode("utf-8"))
+    assert [h.name for h in load_hosts(str(f))] == ["local", "edge-1", "bucket"]
