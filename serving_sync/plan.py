@@ -317,7 +317,7 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
     # its folder still there: one removed while TF Serving keeps it loaded is published again (the
     # fast path never publishes, so the host never read as up to date, and a restart of TF Serving
     # would find nothing to serve)
-    loaded = v in obs.available and v in obs.published and mc.same_path(obs.main_base_path, obs.base_path)
+    loaded = loaded_here(obs, v)
     verified = v in obs.verified
     validated_here = False
     if not loaded:
@@ -420,11 +420,19 @@ def compose(config: mc.ServingConfig, model: str, base_path: str, target: Config
     return mc.ServingConfig(tuple(out))
 
 
+def loaded_here(obs: HostObservation, v: int) -> bool:
+    """``v`` is loaded in the main entry from the folder we publish into, and that folder is still
+    there: the deploy loads no copy of it (``plan_host``: no validation entry)."""
+    return v in obs.available and v in obs.published and mc.same_path(obs.main_base_path, obs.base_path)
+
+
 def peak_copies(obs: HostObservation, desired: int, *, fast: bool = False) -> tuple[int, ...]:
     """The model copies a host holds at the deploy's peak: what its main entry has loaded now plus
-    the new version once (twice with ``fast``: the validation copy beside the main one)."""
+    the new version once (twice with ``fast``: the validation copy beside the main one), unless the
+    version is ``loaded_here`` (a version loaded but published again, or loaded from another
+    folder, is validated in a copy of its own like any other)."""
     held = tuple(obs.available)
-    if desired in held:
+    if loaded_here(obs, desired):
         return held
     return held + (desired,) * (2 if fast else 1)
 

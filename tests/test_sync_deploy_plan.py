@@ -552,3 +552,22 @@ def test_a_listed_version_whose_load_failed_is_unlisted_before_it_is_loaded_agai
     assert kinds(p)[:3] == ["pin_main", "publish", "load_validation"]
     assert step(p, "pin_main").config == ConfigTarget(MainTarget((1,), (("stable", 1),)), None)
     assert step(p, "load_validation").config.validate == 2
+
+
+@pytest.mark.parametrize("o", [
+    obs(versions=(1, 5), labels=(("stable", 1),), states={1: A, 5: A}, stable=1, published=(1,)),   # folder gone
+    obs(versions=(1, 5), labels=(("stable", 1),), states={1: A, 5: A}, stable=1, published=(1, 5),
+        base="/elsewhere/digits"),                                                                   # another folder
+])
+@pytest.mark.parametrize("fast", [False, True])
+def test_peak_memory_counts_the_validation_copy_whenever_the_deploy_loads_one(o, fast):
+    """`sync plan`'s peak memory left the new version's validation copy out whenever the main entry
+    had the version loaded, though the deploy publishes it and loads that copy unless it is loaded
+    from the folder it publishes into (found by review, 2026-12-06, fifteenth stop)."""
+    from serving_sync.plan import StepKind, peak_copies
+
+    assert StepKind.LOAD_VALIDATION in kinds(plan_host(o, 5, fast=fast))
+    assert peak_copies(o, 5, fast=fast) == (1, 5) + (5,) * (2 if fast else 1)
+    here = obs(versions=(1, 5), labels=(("stable", 1),), states={1: A, 5: A}, stable=1, published=(1, 5))
+    assert StepKind.LOAD_VALIDATION not in kinds(plan_host(here, 5, fast=fast))
+    assert peak_copies(here, 5, fast=fast) == (1, 5)
