@@ -25,6 +25,7 @@ Without a hosts file, ``MLOPS_SYNC_TARGET`` + ``MLOPS_SYNC_REST_URL`` (+ ``MLOPS
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -376,7 +377,7 @@ def parse_hosts_toml(text: str, source: str) -> list[Host]:
         # one TF Serving reads one models.config: two entries for it would point it at each other's
         # base directory in turn, and a canary would be judged against itself
         for fld, key in (("rest_url", _server_key(host.rest_url)),
-                         ("grpc", ("grpc", host.grpc.lower()) if host.grpc else None)):
+                         ("grpc", _grpc_key(host.grpc) if host.grpc else None)):
             if key is not None and key in servers:
                 raise at.error(fld, f"the same TF Serving as host {servers[key]!r}; one TF Serving is one host "
                                     f"(list it once, with the base directory its --model_config_file is in)")
@@ -418,14 +419,29 @@ def base_key(t: Target) -> tuple:
         return ("s3", t.bucket, t.path)
     if t.scheme == "file":
         return ("file", "", 0, os.path.realpath(t.path))
-    return (t.scheme, (t.host or "").lower().rstrip("."), t.port if t.scheme == "ssh" else 0, t.path)
+    return (t.scheme, _name_key(t.host or ""), t.port if t.scheme == "ssh" else 0, t.path)
 
 
 def _server_key(rest_url: str) -> tuple:
     """What names one TF Serving REST endpoint (case of the host name, default port, a trailing /)."""
     parts = urlsplit(rest_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return ("rest", parts.scheme, (parts.hostname or "").lower().rstrip("."), port, parts.path.rstrip("/"))
+    return ("rest", parts.scheme, _name_key(parts.hostname or ""), port, parts.path.rstrip("/"))
+
+
+def _name_key(name: str) -> str:
+    """One spelling of a host name or address: case and a final dot do not matter, nor how an IP
+    address is written (``::1`` is ``0:0::1``; they were two hosts, one TF Serving switched twice)."""
+    name = name.strip("[]").lower().rstrip(".")
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
+
+
+def _grpc_key(grpc: str) -> tuple:
+    name, _, port = grpc.rpartition(":")
+    return ("grpc", _name_key(name), int(port))
 
 
 def parse_store(value: object, endpoint: object, where: _Where) -> Store | None:
@@ -493,9 +509,32 @@ def load_hosts(explicit_file: str | None = None, environ: dict[str, str] | None 
         raise NotFoundError(f"hosts file {path} does not exist; create it ([[hosts]] with name, target, "
                             f"rest_url; see docs/architecture.md) or set MLOPS_SYNC_TARGET and "
                             f"MLOPS_SYNC_REST_URL")
+    _refuse_writable_by_others(path)
     try:
         # utf-8-sig: a byte order mark (Windows editors write one) was "Invalid statement (line 1, column 1)"
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the hosts file ({exc})") from None
     return parse_hosts_toml(text, str(path))
+
+
+def _refuse_writable_by_others(path: Path) -> None:
+    """The hosts file decides where a deploy writes and which host keys and SSH key it trusts: one
+    any user may write (or replace, in a folder any user may write without the sticky bit) let
+    another local user point the next deploy at a host of theirs. ``ssh`` refuses such a
+    config file ("Bad owner or permissions"); so does the deploy. Group write is left alone
+    (a shared deploy group's umask 002 is common)."""
+    import stat
+
+    real = Path(os.path.realpath(path))
+    checks = [(real, "the hosts file")] + [(d, "the folder of the hosts file") for d in dict.fromkeys(
+        (Path(os.path.realpath(path.parent)), real.parent))]
+    for p, what in checks:
+        try:
+            mode = p.stat().st_mode
+        except OSError:
+            continue       # unreadable: the read below says so
+        if mode & stat.S_IWOTH and not (what != "the hosts file" and mode & stat.S_ISVTX):
+            raise ConfigError(f"{what} {p} may be written by any user (mode {mode & 0o7777:04o}), and it decides "
+                              f"where deploys go and which host keys they trust; ssh refuses such a config "
+                              f"too: chmod o-w {p}")

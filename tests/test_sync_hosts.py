@@ -321,3 +321,47 @@ def test_a_hosts_file_with_a_byte_order_mark_and_crlf_line_ends_is_read(tmp_path
     f = tmp_path / "hosts.toml"
     f.write_bytes(b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode("utf-8"))
     assert [h.name for h in load_hosts(str(f))] == ["local", "edge-1", "bucket"]
+
+
+def test_a_hosts_file_any_user_may_write_is_refused(tmp_path, monkeypatch):
+    """Another local user could point the next deploy at a host of theirs (target, known_hosts,
+    identity_file); ssh refuses a config file others may write (found by review, 2026-12-06,
+    fifteenth stop). Through a symbolic link the file it names counts; group write is taken."""
+    import os
+
+    monkeypatch.delenv("MLOPS_SYNC_TARGET", raising=False)
+    f = tmp_path / "hosts.toml"
+    f.write_text(GOOD)
+    link = tmp_path / "link.toml"
+    link.symlink_to(f)
+    os.chmod(f, 0o664)
+    assert len(load_hosts(str(link))) == 3
+    os.chmod(f, 0o666)
+    for given in (f, link):
+        with pytest.raises(ConfigError, match=rf"the hosts file {f} may be written by any user \(mode 0666\)"):
+            load_hosts(str(given))
+    os.chmod(f, 0o644)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hosts.toml").write_text(GOOD)
+    os.chmod(shared, 0o777)      # anyone may replace the file
+    with pytest.raises(ConfigError, match=r"the folder of the hosts file .*shared may be written by any user"):
+        load_hosts(str(shared / "hosts.toml"))
+    os.chmod(shared, 0o1777)     # sticky, as /tmp: only the owner may replace it
+    assert len(load_hosts(str(shared / "hosts.toml"))) == 3
+
+
+@pytest.mark.parametrize("first,second,fld", [
+    ('target = "file:///srv/a"\nrest_url = "http://[::1]:8501"', 'target = "file:///srv/b"\nrest_url = "http://[0:0::1]:8501"',
+     "rest_url"),
+    ('target = "file:///srv/a"\nrest_url = "http://a:1"\ngrpc = "[::1]:8500"',
+     'target = "file:///srv/b"\nrest_url = "http://b:1"\ngrpc = "[0::0:1]:8500"', "grpc"),
+    ('target = "ssh://d@[fe80::1]/srv/m"\nrest_url = "http://a:1"',
+     'target = "ssh://d@[FE80:0::1]:22/srv/m"\nrest_url = "http://b:1"', "target"),
+])
+def test_two_spellings_of_one_ipv6_address_are_one_host(first, second, fld):
+    """``[::1]`` and ``[0:0::1]`` were two hosts: one TF Serving switched twice, a canary judged
+    against itself, a deploy waiting on its own lock (found by review, 2026-12-06, fifteenth stop)."""
+    text = f'[[hosts]]\nname = "a"\n{first}\n[[hosts]]\nname = "b"\n{second}\n'
+    with pytest.raises(ConfigError, match=rf"hosts\[1\] \('b'\): field '{fld}': the same "):
+        parse_hosts_toml(text, "hosts.toml")
