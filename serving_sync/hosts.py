@@ -322,6 +322,9 @@ def parse_host(entry: object, where: _Where) -> Host:
     where.name = name
     unknown = sorted(set(entry) - set(HOST_FIELDS))
     if unknown:
+        if unknown[0] in ("store", "store_endpoint"):    # TOML puts a key after [[hosts]] into that table
+            raise where.error(unknown[0], "is a top-level key: TOML reads it as part of the [[hosts]] table "
+                                          "above it; move it before the first [[hosts]] table")
         raise where.error(unknown[0], f"unknown field; allowed: {', '.join(HOST_FIELDS)}")
     target = parse_target(entry.get("target"), where)
     for fld in SSH_ONLY:

@@ -365,3 +365,13 @@ def test_two_spellings_of_one_ipv6_address_are_one_host(first, second, fld):
     text = f'[[hosts]]\nname = "a"\n{first}\n[[hosts]]\nname = "b"\n{second}\n'
     with pytest.raises(ConfigError, match=rf"hosts\[1\] \('b'\): field '{fld}': the same "):
         parse_hosts_toml(text, "hosts.toml")
+
+
+def test_a_store_written_after_the_hosts_says_to_move_it_before_them():
+    """``store = ...`` appended at the end of the file belongs, in TOML, to the last [[hosts]] table:
+    the error said "unknown field; allowed: name, target, ..." of a key the docs name (found by
+    review, 2026-12-06, fifteenth stop)."""
+    text = entry(name="a", target="ssh://d@h/srv/m") + 'store = "s3://bucket/models"\n'
+    with pytest.raises(ConfigError, match=r"hosts\[0\] \('a'\): field 'store': is a top-level key: .*move it before "
+                                          r"the first \[\[hosts\]\] table"):
+        parse_hosts_toml(text, "hosts.toml")
