@@ -341,11 +341,11 @@ def test_a_hosts_file_any_user_may_write_is_refused(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=rf"the hosts file {f} may be written by any user \(mode 0666\)"):
             load_hosts(str(given))
     os.chmod(f, 0o644)
-    shared = tmp_path / "shared"
+    shared = tmp_path / "open-folder"
     shared.mkdir()
     (shared / "hosts.toml").write_text(GOOD)
     os.chmod(shared, 0o777)      # anyone may replace the file
-    with pytest.raises(ConfigError, match=r"the folder of the hosts file .*shared may be written by any user"):
+    with pytest.raises(ConfigError, match=r"the folder of the hosts file .*open-folder may be written by any user"):
         load_hosts(str(shared / "hosts.toml"))
     os.chmod(shared, 0o1777)     # sticky, as /tmp: only the owner may replace it
     assert len(load_hosts(str(shared / "hosts.toml"))) == 3
