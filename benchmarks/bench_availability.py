@@ -56,7 +56,7 @@ def run_phase(load: LoadGen, name: str, command: tuple[list[str], int] | None, *
     def act():
         try:
             r, t0, t1 = run_cli(*command[0], timeout=action_timeout)
-            outcome.update(exit=r.returncode, expected_exit=command[1], seconds=round(t1 - t0, 3),
+            outcome.update(exit=r.returncode, expected_exit=command[1], seconds=round(t1 - t0, 3), ended=t1,
                            stderr_tail=r.stderr.strip().splitlines()[-1:] if r.returncode != command[1] else [])
         finally:
             done.set()
@@ -72,14 +72,26 @@ def run_phase(load: LoadGen, name: str, command: tuple[list[str], int] | None, *
             break
         time.sleep(0.05)
     end = time.monotonic()
-    stats = phase_stats(load.window(start, end))
+    window = load.window(start, end)
+    stats = phase_stats(window)
+    ended = outcome.pop("ended", None)
+    # the traffic went on through the command: requests sent after it exited (None: no command)
+    after = None if command is None else sum(1 for s in window if ended is not None and s.sent >= ended)
     return {"phase": name, "seconds": round(end - start, 2), "command": " ".join(command[0]) if command else None,
-            "action": outcome or None, **stats}
+            "action": outcome or None, "requests_after_command": after, **stats}
 
 
 def verdicts(phases: list[dict]) -> list[dict]:
-    checks = [{"target": f"{p['phase']}: 0 non-200 responses", "value": p["non_200"], "met": p["non_200"] == 0}
-              for p in phases]
+    """0 non-200 in each phase counts only if requests were sent (and, in a phase with a command,
+    still sent after it exited: a load generator that stopped early answers no non-200 either)."""
+    checks = []
+    for p in phases:
+        sent = p["requests"] > 0 and (p.get("command") is None or (p.get("requests_after_command") or 0) > 0)
+        checks.append({"target": f"{p['phase']}: 0 non-200 responses", "value": p["non_200"],
+                       "met": p["non_200"] == 0 and sent})
+        if not sent:
+            checks.append({"target": f"{p['phase']}: requests sent through the phase (after the command exited: "
+                                     f"{p.get('requests_after_command')})", "value": p["requests"], "met": False})
     for p in phases:
         a = p.get("action")
         if a:

@@ -234,6 +234,7 @@ def canary_breach(lab, bake: float, log, n_hosts: int = 3) -> dict:
     canary = hosts[0].name
     refused = [t for t, h, c in load.samples if h == canary and c == 400 and t0 <= t <= t1]
     others = [(h, c) for t, h, c in load.samples if h != canary and c != 200]
+    traffic = other_hosts_traffic(load.samples, [h.name for h in hosts], canary, t0, t1)
     first_refused = min(refused) if refused else None
     back = min((t for t, h, c in load.samples if h == canary and c == 200 and t > max(refused)), default=None) \
         if refused else None
@@ -242,11 +243,21 @@ def canary_breach(lab, bake: float, log, n_hosts: int = 3) -> dict:
            "breach_to_command_exit_s": round(t1 - first_refused, 3) if first_refused else None,
            "verdict": (doc.get("bake") or [{}])[0].get("line"),
            "non_200_on_other_hosts": len(others), "requests": len(load.samples),
+           "other_hosts_traffic": traffic,
            "production_after": env.production(), "v1": v1}
     log(f"  canary breach: {out['verdict']}; canary back on the old version {out['breach_to_canary_back_s']}s "
         f"after its first refused answer (command exit after {out['breach_to_command_exit_s']}s); non-200 on "
         f"the other hosts: {out['non_200_on_other_hosts']}")
     return out
+
+
+def other_hosts_traffic(samples, names: list[str], canary: str, t0: float, t1: float) -> dict:
+    """Per host but the canary: answers received while the deploy ran (``[t0, t1]``) and after it
+    exited; "zero non-200" is only a finding if both are > 0 for every such host (the load is
+    bounded in count and time, and a client that stopped early answers no non-200 either)."""
+    return {h: {"during_deploy": sum(1 for t, hh, _ in samples if hh == h and t0 <= t <= t1),
+                "after_exit": sum(1 for t, hh, _ in samples if hh == h and t > t1)}
+            for h in names if h != canary}
 
 
 def summarize(rows: list[dict], n_hosts: int) -> dict:
@@ -302,8 +313,13 @@ def verdicts(summary: dict, breach: dict | None, n_hosts: int) -> list[dict]:
         v = breach["breach_to_canary_back_s"]
         checks.append({"target": f"canary breach rolled back within bake + 5 s ({lim:g} s)", "value": v,
                        "met": v is not None and v <= lim and breach["exit_code"] == 3})
+        traffic = breach.get("other_hosts_traffic") or {}
+        sent = bool(traffic) and all(c["during_deploy"] > 0 and c["after_exit"] > 0 for c in traffic.values())
         checks.append({"target": "zero non-200 answers on the non-canary hosts", "value":
-                       breach["non_200_on_other_hosts"], "met": breach["non_200_on_other_hosts"] == 0})
+                       breach["non_200_on_other_hosts"], "met": breach["non_200_on_other_hosts"] == 0 and sent})
+        if not sent:
+            checks.append({"target": "requests answered on every non-canary host while the deploy ran and after "
+                                     "it exited", "value": traffic, "met": False})
     return checks
 
 

@@ -406,3 +406,39 @@ def test_latency_benchmark_summary_counts_round_trips_from_the_slope():
     assert s["wall_s"] == {"0": 1.2, "20": 3.0, "50": 7.1}
     assert s["sequential_round_trips"] == {"20": 90.0, "50": 118.0}
     assert "round trips @50 ms" in bench_latency.render({"this": s})
+
+
+def test_availability_zero_non_200_is_not_met_when_no_request_was_sent_through_the_phase():
+    """A load generator that stopped early (its per-client bound spent) answers no non-200 either."""
+    def phase(name, requests, after, command="sync deploy"):
+        return {"phase": name, "command": command, "requests": requests, "non_200": 0,
+                "requests_after_command": after, "action": {"exit": 0, "expected_exit": 0}}
+
+    checks = bench_availability.verdicts([phase("idle", 0, None, command=None), phase("deploy", 500, 0),
+                                          phase("rollback", 500, 40)])
+    met = {c["target"]: c["met"] for c in checks}
+    assert met["idle: 0 non-200 responses"] is False
+    assert met["deploy: 0 non-200 responses"] is False           # nothing sent after the command exited
+    assert met["rollback: 0 non-200 responses"] is True
+    assert any(not c["met"] and c["target"].startswith("deploy: requests sent") for c in checks)
+
+
+def test_fleet_breach_zero_non_200_on_the_other_hosts_needs_their_requests_through_the_deploy():
+    """HostLoad is bounded (60,000 answers in all): once spent, no host answers a non-200 either."""
+    from benchmarks import bench_fleet
+
+    # (receive time, host, status): h1 answered through the deploy [10, 20] and after; h2 stopped at 12
+    samples = [(t, "h0", 200) for t in (9, 15, 21)] + [(t, "h1", 200) for t in (9, 11, 19, 21)] + \
+        [(t, "h2", 200) for t in (9, 11, 12)]
+    traffic = bench_fleet.other_hosts_traffic(samples, ["h0", "h1", "h2"], "h0", 10.0, 20.0)
+    assert traffic == {"h1": {"during_deploy": 2, "after_exit": 1}, "h2": {"during_deploy": 2, "after_exit": 0}}
+    breach = {"bake_s": 2.0, "breach_to_canary_back_s": 3.0, "exit_code": 3, "non_200_on_other_hosts": 0,
+              "other_hosts_traffic": traffic}
+    met = {c["target"]: c["met"] for c in bench_fleet.verdicts({}, breach, 8)}
+    assert met["zero non-200 answers on the non-canary hosts"] is False
+    breach["other_hosts_traffic"] = {"h1": traffic["h1"]}
+    met = {c["target"]: c["met"] for c in bench_fleet.verdicts({}, breach, 8)}
+    assert met["zero non-200 answers on the non-canary hosts"] is True
+    del breach["other_hosts_traffic"]                                # not counted: not a finding
+    met = {c["target"]: c["met"] for c in bench_fleet.verdicts({}, breach, 8)}
+    assert met["zero non-200 answers on the non-canary hosts"] is False
