@@ -48,9 +48,20 @@ def main(argv: list[str]) -> int:
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)
-    # pass termination on to the command; the orphans it leaves are still waited for below
+    # pass termination on to the command; the orphans it leaves are still waited for below. Once
+    # the command is reaped its pid may be another process's: nothing is sent to it any more (a
+    # signal then raised ProcessLookupError out of os.wait(), and the orphans were left behind)
+    reaped = []
+
+    def forward(sig, _frame):
+        if not reaped:
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda s, _f: os.kill(child, s))
+        signal.signal(sig, forward)
     status = 0
     while True:
         try:
@@ -60,6 +71,7 @@ def main(argv: list[str]) -> int:
         except InterruptedError:
             continue
         if pid == child:
+            reaped.append(pid)
             status = os.waitstatus_to_exitcode(st)
             status = status if status >= 0 else 128 - status
 

@@ -324,6 +324,38 @@ def test_subreaper_counts_the_cpu_of_orphans_and_keeps_the_exit_status(tmp_path)
     assert subreaper.sshd_pids(server) == [4242, 4343]
 
 
+def test_subreaper_still_waits_for_the_orphans_when_terminated_after_its_command_exited():
+    """sshd exits on SIGTERM before its sessions do; a SIGTERM reaching the wrapper after it
+    reaped sshd was sent to that pid again: ProcessLookupError, the wrapper died, orphans left."""
+    import signal
+
+    from benchmarks import subreaper
+
+    proc = subprocess.Popen([*subreaper.PREFIX, "sh", "-c", "sleep 2 & exit 3"])
+    orphan = None
+    try:
+        deadline = time.monotonic() + 10
+        while orphan is None and time.monotonic() < deadline:     # the shell reaped, sleep adopted
+            try:
+                kids = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+                names = [open(f"/proc/{k}/comm").read().strip() for k in kids]
+            except OSError:
+                kids, names = [], []
+            if names == ["sleep"]:
+                orphan = int(kids[0])
+            else:
+                time.sleep(0.01)
+        assert orphan is not None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 3                # the command's status, after its orphan
+        assert not os.path.exists(f"/proc/{orphan}")     # waited for: gone, not left behind
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if orphan is not None and os.path.exists(f"/proc/{orphan}"):
+            os.kill(orphan, signal.SIGKILL)
+
+
 def test_warmup_benchmark_reads_the_first_answers_of_the_new_version():
     S = _traffic.Sample
     samples = [S(0.0, 0.003, 200, "unversioned", "a"), S(0.5, 0.502, 200, "unversioned", "a"),
