@@ -189,8 +189,14 @@ def _cpu(sshd) -> tuple[float, float]:
     return client, server
 
 
-def _cpu_since(sshd, before: tuple[float, float], settle: float = 0.2) -> float:
-    time.sleep(settle)                     # let sshd reap the session it just closed
+def _sessions_reaped(sshd, timeout: float = 10.0) -> None:
+    """Wait (bounded) until sshd's sessions are reaped, so their CPU is where ``_cpu`` reads it."""
+    if getattr(sshd, "proc", None) is not None:
+        subreaper.wait_sessions(sshd, timeout)
+
+
+def _cpu_since(sshd, before: tuple[float, float]) -> float:
+    _sessions_reaped(sshd)                 # the session it just closed: its CPU is this method's
     after = _cpu(sshd)
     return (after[0] - before[0]) + (after[1] - before[1])
 
@@ -219,7 +225,7 @@ def bench(sshd, datasets: dict[str, Path], dest_root: Path, repeats: int, check:
                 dest = dest_parent / "copy"
                 if method in ("ours_already_present", "ours_present_cold"):
                     run_ours_publish(sshd, src, dest)          # untimed: the host has it now
-                    time.sleep(0.2)    # sshd reaps that session's CPU now, not inside the timed one
+                    _sessions_reaped(sshd)    # that session's CPU now, not inside the timed one
                 if method != "ours_already_present":
                     mf.forget()                                # the manifest is inside the timed section
                     tarstream.forget()                         # and so is the stream hash

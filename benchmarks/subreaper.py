@@ -15,6 +15,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
 PR_SET_CHILD_SUBREAPER = 36
 PREFIX = (sys.executable, os.path.abspath(__file__), "--")     # start_sshd(..., wrap=PREFIX)
@@ -30,6 +31,31 @@ def sshd_pids(server) -> list[int]:
     except (OSError, ValueError, IndexError):
         pass
     return pids
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def wait_sessions(server, timeout: float = 5.0, poll: float = 0.01) -> bool:
+    """Wait, at most ``timeout`` s, until an sshd started with ``wrap=PREFIX`` has no session
+    left: the wrapper has no child but sshd, and sshd none (a child still listed, even exited,
+    is not yet reaped, and its CPU not yet in the reaped-children time :func:`sshd_pids` is read
+    for). False: some still there at ``timeout``."""
+    pids = sshd_pids(server)
+    wrapper, sshd = pids[0], (pids[1] if len(pids) > 1 else None)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in _children(wrapper) if p != sshd] + (_children(sshd) if sshd else [])
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 def main(argv: list[str]) -> int:

@@ -356,6 +356,33 @@ def test_subreaper_still_waits_for_the_orphans_when_terminated_after_its_command
             os.kill(orphan, signal.SIGKILL)
 
 
+def test_subreaper_wait_sessions_returns_once_every_session_is_reaped(tmp_path):
+    """The fleet and publish benchmarks read sshd's session CPU after a fixed 0.2-0.3 s sleep: a
+    session still ending then was missed, or counted in the next measurement. They now wait
+    (bounded) until the wrapper has no child but sshd and sshd none."""
+    from types import SimpleNamespace
+
+    from benchmarks import subreaper
+
+    # "sshd" (sh, reaping its session: sleep 1.5) and an orphaned session (sleep 1)
+    proc = subprocess.Popen([*subreaper.PREFIX, "sh", "-c", "(sleep 1 &); sleep 1.5 & wait; exec sleep 30"])
+    try:
+        deadline, sshd = time.monotonic() + 10, None
+        while sshd is None and time.monotonic() < deadline:        # the one with a child is "sshd"
+            sshd = next((k for k in subreaper._children(proc.pid) if subreaper._children(k)), None)
+            if sshd is None:
+                time.sleep(0.01)
+        assert sshd is not None
+        (tmp_path / "sshd.pid").write_text(f"{sshd}\n")
+        server = SimpleNamespace(proc=proc, dir=tmp_path)
+        assert subreaper.wait_sessions(server, timeout=0.05) is False      # both still running
+        assert subreaper.wait_sessions(server, timeout=10) is True
+        assert subreaper._children(proc.pid) == [sshd] and subreaper._children(sshd) == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_warmup_benchmark_reads_the_first_answers_of_the_new_version():
     S = _traffic.Sample
     samples = [S(0.0, 0.003, 200, "unversioned", "a"), S(0.5, 0.502, 200, "unversioned", "a"),
