@@ -18,8 +18,9 @@ CLI and (``ssh://``) sshd with its sessions, and from those what each added host
 - ``sequential``: ``--parallel 1 --canary 0``, one host after the other as before the rollout
   (the same code path, so the difference is the parallelism alone).
 
-Within a round the one-host and the ``--hosts`` fleet deploy one after the other, so the
-machine's noise falls on the baseline and the fleet alike; figures are medians over rounds.
+Within a round the one-host and the ``--hosts`` fleet deploy one after the other (which one first
+alternates by round: use an even ``--rounds``), so the machine's noise falls on the baseline and the
+fleet alike; figures are medians over rounds.
 
 Then a canary breach: 3 hosts (``--breach-hosts N``) started with ``--monitoring_config_file``,
 1 client per host sending the golden request and, every 4th request, an input the new version refuses; deploy
@@ -138,8 +139,9 @@ def _hand_bases_to(hosts, user: str) -> None:
 
 def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root, log,
                  target: str = "file") -> list[dict]:
-    """``rounds`` rounds; each deploys a new version to every fleet size in turn, rollout then
-    sequential, so the machine's noise falls on the one-host baseline and the fleet alike."""
+    """``rounds`` rounds; each deploys a new version to every fleet size in turn (the order of the
+    sizes alternating by round), rollout then sequential, so the machine's noise falls on the
+    one-host baseline and the fleet alike."""
     envs = {}
     for n in sizes:
         env = envs[n] = lab.deploy_env()
@@ -168,8 +170,11 @@ def fleet_rounds(lab, sizes: tuple[int, ...], rounds: int, model: str, big_root,
             if env.deploy().status != "deployed":
                 raise RuntimeError("the first deploy failed")
         for i in range(rounds):
+            # the order of the sizes alternates by round: the one host always first had it always
+            # deploy right after the previous mode's fleet (its servers still busy), the fleet never
+            order = list(envs.items()) if i % 2 == 0 else list(reversed(envs.items()))
             for mode, flags in (("rollout", []), ("sequential", ["--parallel", "1", "--canary", "0"])):
-                for n, env in envs.items():
+                for n, env in order:
                     lab.set_env(env.env)
                     # each env alternates its own bundles (keyed on all deploys, the 1-host env
                     # always got "b" and the fleet always "c")

@@ -501,3 +501,39 @@ def test_fleet_breach_zero_non_200_on_the_other_hosts_needs_their_requests_throu
     del breach["other_hosts_traffic"]                                # not counted: not a finding
     met = {c["target"]: c["met"] for c in bench_fleet.verdicts({}, breach, 8)}
     assert met["zero non-200 answers on the non-canary hosts"] is False
+
+
+def test_fleet_rounds_alternate_which_fleet_size_deploys_first(monkeypatch):
+    """With the one host always first, it always deployed right after the previous mode's fleet
+    (its eight servers still busy) and the fleet never after a fleet: the baseline bore more noise."""
+    from types import SimpleNamespace
+
+    from benchmarks import bench_fleet
+
+    class Env:
+        def __init__(self):
+            self.env, self.fleet, self.v = {}, SimpleNamespace(), 0
+
+        def add_hosts(self, n, target):
+            return []
+
+        def register(self, kind):
+            self.v += 1
+            return self.v
+
+        def promote(self, v):
+            pass
+
+        def deploy(self):
+            return SimpleNamespace(status="deployed")
+
+        def close(self):
+            pass
+
+    lab = SimpleNamespace(deploy_env=Env, set_env=lambda env: None)
+    monkeypatch.setattr(bench_fleet, "_timed_deploy", lambda env, model, target, n, mode, flags, i, v, log:
+                        {"hosts": n, "mode": mode, "round": i})
+    rows = bench_fleet.fleet_rounds(lab, (1, 8), 2, "tiny", None, lambda s: None)
+    for mode in ("rollout", "sequential"):
+        firsts = [next(r["hosts"] for r in rows if r["mode"] == mode and r["round"] == i) for i in range(2)]
+        assert firsts == [1, 8]
