@@ -10,10 +10,11 @@ server behind one loopback OpenSSH sshd (logging in as a deploy user made like
 through a ``tests.lab.netfaults.DelayProxy`` that holds every chunk ``rtt / 2`` each way. Each
 round promotes a new version and times ``mlops sync deploy --json --bake 0 --hosts FILE`` from
 Popen to exit, for every ``--rtt`` (0: the same proxies without delay — the baseline of the same
-run). The slope ``(T(rtt) - T(0)) / rtt`` is the number of round trips the deploy waits for in
-sequence (its critical path), which is what a far host costs. ``--hosts N``: N such hosts (one
-sshd, each host its own proxies), deployed in parallel as a fleet is, so the slope shows what
-still grows with N (results: ``latency_<N>_hosts.json``).
+run; the order of the RTTs, and of the codes, reversed every other round). The slope
+``(T(rtt) - T(0)) / rtt`` is the number of round trips the deploy waits for in sequence (its
+critical path), which is what a far host costs. ``--hosts N``: N such hosts (one sshd, each
+host its own proxies), deployed in parallel as a fleet is, so the slope shows what still grows
+with N (results: ``latency_<N>_hosts.json``).
 
 ``--baseline DIR`` (a ``git worktree`` of an earlier commit) deploys with that checkout's
 ``mlops`` too, interleaved in the same rounds, so a change in round trips shows as a change of
@@ -62,6 +63,14 @@ def _proxied_hosts_file(lab, hosts, sshd, rtt: float, proxies: list) -> Path:
     return path
 
 
+def round_order(codes: dict[str, Path], rtts: tuple[float, ...], i: int) -> list[tuple[str, Path, float]]:
+    """The deploys of round ``i``: every code at every RTT, both orders reversed in odd rounds (the
+    RTT 0 baseline always first had it always deploy after the previous round's slowest one)."""
+    names = list(codes) if i % 2 == 0 else list(reversed(codes))
+    order = list(rtts) if i % 2 == 0 else list(reversed(rtts))
+    return [(name, codes[name], rtt) for name in names for rtt in order]
+
+
 def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], n_hosts: int,
             log, wait: float = 0.0) -> tuple[list[dict], dict]:
     """Deploy rounds through the proxies; waits for a quiet machine once the lab is up (its
@@ -88,20 +97,18 @@ def measure(*, rounds: int, rtts: tuple[float, ...], codes: dict[str, Path], n_h
             quiet = _setup.wait_for_quiet(max_wait=wait, log=log) if wait else None
             conditions = {"login": user, "started": _setup.machine(), "quiet_wait": quiet}
             for i in range(rounds):
-                order = list(codes.items()) if i % 2 == 0 else list(reversed(codes.items()))
-                for name, repo in order:
-                    for rtt in rtts:
-                        v = env.register("bc"[len(rows) % 2])
-                        env.promote(v)
-                        r, start, end = run_cli("sync", "deploy", "--json", "--bake", "0", "--hosts",
-                                                str(files[rtt]), timeout=600, repo=repo)
-                        if r.returncode != 0:
-                            raise RuntimeError(f"deploy ({name}, rtt {rtt * 1000:g} ms) failed "
-                                               f"(exit {r.returncode}): {r.stderr[-2000:]}")
-                        doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
-                        rows.append({"code": name, "rtt_ms": round(rtt * 1000, 1), "round": i, "version": v,
-                                     "wall_s": round(end - start, 3), "timings": doc.get("timings")})
-                        log(f"  {name} rtt {rtt * 1000:g} ms round {i + 1}: {rows[-1]['wall_s']}s")
+                for name, repo, rtt in round_order(codes, rtts, i):
+                    v = env.register("bc"[len(rows) % 2])
+                    env.promote(v)
+                    r, start, end = run_cli("sync", "deploy", "--json", "--bake", "0", "--hosts",
+                                            str(files[rtt]), timeout=600, repo=repo)
+                    if r.returncode != 0:
+                        raise RuntimeError(f"deploy ({name}, rtt {rtt * 1000:g} ms) failed "
+                                           f"(exit {r.returncode}): {r.stderr[-2000:]}")
+                    doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+                    rows.append({"code": name, "rtt_ms": round(rtt * 1000, 1), "round": i, "version": v,
+                                 "wall_s": round(end - start, 3), "timings": doc.get("timings")})
+                    log(f"  {name} rtt {rtt * 1000:g} ms round {i + 1}: {rows[-1]['wall_s']}s")
         finally:
             for p in proxies:
                 p.stop()

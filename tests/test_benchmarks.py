@@ -537,3 +537,18 @@ def test_fleet_rounds_alternate_which_fleet_size_deploys_first(monkeypatch):
     for mode in ("rollout", "sequential"):
         firsts = [next(r["hosts"] for r in rows if r["mode"] == mode and r["round"] == i) for i in range(2)]
         assert firsts == [1, 8]
+
+
+def test_latency_rounds_alternate_the_order_of_the_round_trips():
+    """The RTT 0 baseline was always deployed first in every round (after the slowest one of the
+    round before); the slope is a difference against it, so the order alternates by round."""
+    from pathlib import Path
+
+    from benchmarks import bench_latency
+
+    codes = {"baseline": Path("/b"), "this": Path("/t")}
+    even = bench_latency.round_order(codes, (0.0, 0.02, 0.05), 0)
+    odd = bench_latency.round_order(codes, (0.0, 0.02, 0.05), 1)
+    assert [(n, r) for n, _, r in even] == [(n, r) for n in ("baseline", "this") for r in (0.0, 0.02, 0.05)]
+    assert [(n, r) for n, _, r in odd] == [(n, r) for n in ("this", "baseline") for r in (0.05, 0.02, 0.0)]
+    assert {c for _, c, _ in even} == {Path("/b"), Path("/t")}
