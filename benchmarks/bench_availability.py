@@ -47,9 +47,10 @@ def _action(name: str, env, versions: dict) -> tuple[list[str], int] | None:
 
 
 def run_phase(load: LoadGen, name: str, command: tuple[list[str], int] | None, *, seconds: float,
-              lead: float, action_timeout: float) -> dict:
-    """Traffic for at least ``seconds``; the command starts after ``lead`` seconds."""
-    start = time.monotonic()
+              lead: float, action_timeout: float, start: float | None = None) -> dict:
+    """Traffic for at least ``seconds``; the command starts after ``lead`` seconds. ``start``: where
+    the phase's window begins (default now; :func:`run_phases`: where the previous one ended)."""
+    start = time.monotonic() if start is None else start
     done = threading.Event()
     outcome: dict = {}
 
@@ -78,7 +79,24 @@ def run_phase(load: LoadGen, name: str, command: tuple[list[str], int] | None, *
     # the traffic went on through the command: requests sent after it exited (None: no command)
     after = None if command is None else sum(1 for s in window if ended is not None and s.sent >= ended)
     return {"phase": name, "seconds": round(end - start, 2), "command": " ".join(command[0]) if command else None,
-            "action": outcome or None, "requests_after_command": after, **stats}
+            "action": outcome or None, "requests_after_command": after, "window": (start, end), **stats}
+
+
+def run_phases(load: LoadGen, env, versions: dict, *, seconds: float, action_timeout: float, log) -> list[dict]:
+    """Every phase in turn, each window starting where the previous one ended: a request sent
+    between two phases (while the last one's in-flight requests are waited for, or the registry
+    is moved for the next) counts in the next one instead of in none."""
+    phases = []
+    mark = time.monotonic()
+    for name in PHASES:
+        command = _action(name, env, versions)
+        p = run_phase(load, name, command, seconds=seconds, lead=min(1.0, seconds / 4),
+                      action_timeout=action_timeout, start=mark)
+        mark = p.pop("window")[1]
+        log(f"  {name}: {p['requests']} requests, {p['non_200']} non-200, p50 {p['p50_ms']} ms, "
+            f"p99 {p['p99_ms']} ms" + (f", exit {p['action']['exit']}" if p.get("action") else ""))
+        phases.append(p)
+    return phases
 
 
 def verdicts(phases: list[dict]) -> list[dict]:
@@ -128,15 +146,9 @@ def run(*, phase_seconds: float, clients: int, max_requests: int, action_timeout
         load = LoadGen(host.rest_url, env.model, lab.bundles.golden("a")["request"], clients=clients,
                        max_requests=max_requests * len(PHASES),
                        max_seconds=len(PHASES) * (phase_seconds + action_timeout + 60)).start()
-        phases = []
         try:
             time.sleep(1.0)                     # connections open, server warm
-            for name in PHASES:
-                p = run_phase(load, name, _action(name, env, versions), seconds=phase_seconds,
-                              lead=min(1.0, phase_seconds / 4), action_timeout=action_timeout)
-                log(f"  {name}: {p['requests']} requests, {p['non_200']} non-200, p50 {p['p50_ms']} ms, "
-                    f"p99 {p['p99_ms']} ms" + (f", exit {p['action']['exit']}" if p.get("action") else ""))
-                phases.append(p)
+            phases = run_phases(load, env, versions, seconds=phase_seconds, action_timeout=action_timeout, log=log)
         finally:
             load.stop()
         final = {"production": env.production(), "serves": env.which(host)}

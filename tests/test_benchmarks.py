@@ -552,3 +552,27 @@ def test_latency_rounds_alternate_the_order_of_the_round_trips():
     assert [(n, r) for n, _, r in even] == [(n, r) for n in ("baseline", "this") for r in (0.0, 0.02, 0.05)]
     assert [(n, r) for n, _, r in odd] == [(n, r) for n in ("this", "baseline") for r in (0.05, 0.02, 0.0)]
     assert {c for _, c, _ in even} == {Path("/b"), Path("/t")}
+
+
+def test_availability_phases_cover_the_time_between_them(monkeypatch):
+    """Each phase counted the requests sent from its own start: those sent while the previous
+    phase waited for its in-flight requests, or while the registry was moved, were in no phase."""
+    import subprocess as sp
+    from types import SimpleNamespace
+
+    windows = []
+
+    class Load:
+        def window(self, start, end):
+            windows.append((start, end))
+            time.sleep(0.05)                 # the previous phase's in-flight requests, waited for
+            return [_traffic.Sample(start, start + 0.001, 200, "unversioned")]
+
+    env = SimpleNamespace(promote=lambda v: time.sleep(0.05))        # the registry moved: time passes
+    monkeypatch.setattr(bench_availability, "run_cli", lambda *args, timeout: (
+        sp.CompletedProcess(args, 0, "", ""), time.monotonic(), time.monotonic()))
+    phases = bench_availability.run_phases(Load(), env, {"v1": 1, "v2": 2, "v3": 3}, seconds=0.05,
+                                           action_timeout=5, log=lambda s: None)
+    assert [p["phase"] for p in phases] == list(bench_availability.PHASES)
+    assert all(b[0] == a[1] for a, b in zip(windows, windows[1:]))    # contiguous: no gap
+    assert all("window" not in p for p in phases)
