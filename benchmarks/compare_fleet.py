@@ -7,8 +7,8 @@ On a shared machine the noise of one minute differs from the next, so two benchm
 different times cannot tell a 15% change. Here the same lab (one real ``mlflow server``, the
 local TF-Serving-compatible servers running this checkout's code, one loopback sshd for
 ``ssh://``) deploys the tiny model with the baseline's ``mlops`` and with this checkout's in
-turn — each round: baseline and this checkout (the order alternating by round), each to the one
-host and then to the ``--hosts`` fleet, a new version every time, ``--bake 0``. Prints the median
+turn — each round: baseline and this checkout, each to the one host and to the ``--hosts`` fleet
+(both orders alternating by round), a new version every time, ``--bake 0``. Prints the median
 wall times (process start to exit) and writes ``benchmarks/results/compare_fleet.json``.
 """
 from __future__ import annotations
@@ -50,7 +50,8 @@ def run(*, baseline: Path, rounds: int, n_hosts: int, target: str, wait: float =
         k = 0
         for i in range(rounds):
             for code in (("baseline", "this") if i % 2 == 0 else ("this", "baseline")):
-                for n, env in envs.items():
+                # the fleet sizes' order alternates too (the one host was always first)
+                for n, env in (list(envs.items()) if i % 2 == 0 else list(reversed(envs.items()))):
                     lab.set_env(env.env)
                     env.promote(env.register("bc"[k % 2]))
                     k += 1

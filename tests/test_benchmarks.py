@@ -576,3 +576,47 @@ def test_availability_phases_cover_the_time_between_them(monkeypatch):
     assert [p["phase"] for p in phases] == list(bench_availability.PHASES)
     assert all(b[0] == a[1] for a, b in zip(windows, windows[1:]))    # contiguous: no gap
     assert all("window" not in p for p in phases)
+
+
+def test_compare_fleet_alternates_which_fleet_size_deploys_first(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks import _setup, compare_fleet
+
+    order = []
+
+    class Env:
+        def __init__(self):
+            self.env, self.n = {}, None
+
+        def add_hosts(self, n, target):
+            self.n = n
+
+        def register(self, kind):
+            order.append(self.n)
+            return 1
+
+        def promote(self, v):
+            pass
+
+        def deploy(self):
+            return SimpleNamespace(status="deployed")
+
+    class Lab:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        deploy_env = Env
+
+        def set_env(self, env):
+            pass
+
+    monkeypatch.setattr(_setup, "Lab", Lab)
+    monkeypatch.setattr(compare_fleet, "_deploy", lambda repo: 1.0)
+    compare_fleet.run(baseline=tmp_path, rounds=2, n_hosts=8, target="file", wait=0, results_dir=tmp_path,
+                      log=lambda s: None)
+    # round 1: baseline 1, 8, this 1, 8; round 2: this 8, 1, baseline 8, 1
+    assert order[2:] == [1, 8, 1, 8, 8, 1, 8, 1]            # after the first deploy of each
