@@ -96,6 +96,7 @@ def _read_page(url: str, timeout: float) -> bytes:
     import http.client
     import socket
     import threading
+    import urllib.parse
     import urllib.request
 
     lock, sockets, late, unresolved = threading.Lock(), [], threading.Event(), []
@@ -139,10 +140,14 @@ def _read_page(url: str, timeout: float) -> bytes:
         """A redirect is followed only on the metrics_url's own host:port: one elsewhere would
         judge this host on another host's page."""
         def redirect_request(self, req, fp, code, msg, headers, newurl):
-            if _host_port(newurl) != _host_port(url):
+            # the Location is never quoted: its query or user:password@ may be a credential (a
+            # presigned URL, a login page's token) that the message would put in the CI log
+            parts = urllib.parse.urlsplit(newurl)
+            if _host_port(newurl) != _host_port(url) or "@" in parts.netloc:
                 fp.close()
-                raise OffHostRedirect(f"it redirected to {newurl}: {_host_port(newurl)} is not "
-                                      f"{_host_port(url)}, and TF Serving never redirects its metrics page")
+                why = ("a URL with a name and password before its host" if _host_port(newurl) == _host_port(url) else
+                       f"another address: {_host_port(newurl)} is not {_host_port(url)}")
+                raise OffHostRedirect(f"it redirected to {why}, and TF Serving never redirects its metrics page")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
     too_late = f"the page did not arrive within {timeout:g}s"

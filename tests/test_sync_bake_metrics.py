@@ -593,6 +593,25 @@ def test_a_redirect_to_another_host_port_is_refused_naming_both(page_server):
         other.server_close()
 
 
+@pytest.mark.parametrize("location", [
+    "http://127.0.0.1:{there}/signed?X-Amz-Signature=REDIRECTSECRET1&X-Amz-Credential=AKIA",
+    "http://user:REDIRECTSECRET1@127.0.0.1:{there}/monitoring/prometheus/metrics",
+    "http://user:REDIRECTSECRET1@127.0.0.1:{here}/monitoring/prometheus/metrics/here",
+])
+def test_a_refused_redirect_names_its_address_never_its_credentials_or_query(page_server, location):
+    """The refusal quoted the whole Location: a redirect to a presigned URL or a login page's
+    token, or one with user:password@, put that credential in the deploy's output and CI log."""
+    here = page_server.server_address[1]
+    _Pages.mode = "moved"
+    _Pages.location = location.format(here=here, there=here + 1 if here < 65535 else here - 1)
+    url = f"http://127.0.0.1:{here}/monitoring/prometheus/metrics"
+    with pytest.raises(UserError) as e:
+        metrics_scrape.scrape("web-1", url, "m", timeout=5)
+    line = e.value.message
+    assert "REDIRECTSECRET1" not in line and "AKIA" not in line and "user:" not in line, line
+    assert line.startswith(f"web-1: cannot read TF Serving's metrics at {url}"), line
+
+
 def test_a_host_name_that_does_not_resolve_in_time_is_refused_in_time(page_server, monkeypatch):
     """The name lookup ran before any socket existed, so the deadline could not cut it: a resolver
     that did not answer held the bake as long as it liked. Here the lookup of one name hangs."""
