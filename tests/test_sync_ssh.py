@@ -1256,3 +1256,46 @@ def test_a_deploy_user_with_a_translated_locale_still_gets_the_permission_error(
         assert os.listdir(readonly_base) == []
     finally:
         subprocess.run(["userdel", "-r", "-f", user], capture_output=True, timeout=30)
+
+
+class _Flood:
+    """A channel whose stderr repeats ``line`` without end (a host shell tracing the pull script,
+    `set -x` in the deploy user's startup file: every URL it is given is printed)."""
+
+    def __init__(self, line: bytes):
+        self.line, self.closed = line, False
+
+    def recv(self, n):
+        import socket
+        raise socket.timeout()
+
+    def recv_stderr(self, n):
+        return self.line * 4
+
+    def gettimeout(self):
+        return 10.0
+
+    def settimeout(self, t):
+        pass
+
+    def fileno(self):
+        return -1
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_host_printing_without_end_is_quoted_without_the_presigned_urls_it_printed():
+    """Found by review (2026-12-06, fifteenth stop, s15-security): the too-much-output line quoted
+    the host's last line as it was, while every other message of the pull hides its URLs
+    (``store.hide_presigned_urls``): a pull traced by the host's shell ended its last line with a
+    presigned URL, a credential for its lifetime, and the deploy's output and CI log carried it."""
+    from serving_sync.transports.ssh_channel import OutputTooLarge, read_output
+
+    ch = _Flood(b"+ printf 'url = \"%s\"\\n' 'https://store.example:9000/b/m/1/x?X-Amz-Credential=AKIAEXAMPLE"
+                b"&X-Amz-Signature=PRESIGNEDSECRET1'\n")
+    with pytest.raises(OutputTooLarge) as e:
+        read_output(ch, 5.0, where="web-1", limit=4096)
+    line = one_line(e.value)
+    assert ch.closed and line.startswith("web-1: a command on the host printed more than"), line
+    assert "PRESIGNEDSECRET1" not in line and "AKIAEXAMPLE" not in line and "last line: + printf" in line, line

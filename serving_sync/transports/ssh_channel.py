@@ -6,6 +6,7 @@ watching for a requested interrupt.
 """
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -34,7 +35,13 @@ def _too_large(ch, where: str, what: str, limit: int, tail: bytes) -> OutputTooL
         f"{where}: a command on the host printed more than {limit // (1024 * 1024)} MiB {what}, far more "
         f"than the deploy's scripts print; stopped reading it so that it cannot fill this machine's memory "
         f"(check the deploy user's startup files, ~/.bashrc, ~/.profile, ~/.zshenv, for output in a loop; "
-        f"last line: {last_line(tail[-4096:])})")
+        f"last line: {_URL.sub('<URL>', last_line(tail[-4096:]))})")
+
+
+# URLs in a host's output are not quoted: the pull gives the host presigned URLs (credentials for
+# their lifetime), which a shell tracing its commands prints (every other message of the pull hides
+# them, ``store.hide_presigned_urls``), nor the rest of one cut off before its scheme
+_URL = re.compile(r"https?://\S+|\S*X-Amz-\S+")
 
 
 def last_line(err: bytes) -> str:
