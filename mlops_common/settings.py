@@ -40,8 +40,11 @@ SECRET_ENV_VARS = (
 # error message may carry the password, or a part of it, without the rest of the URL.
 # URLs whose password (if one is written in them) is a secret: databases, and S3 endpoints (a
 # password there is accepted by nothing but still printed in "cannot reach" messages)
-SECRET_URL_ENV_VARS = ("MLOPS_LEDGER_URL", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_S3_ENDPOINT_URL",
-                       "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+# MLFLOW_REGISTRY_URI / MLFLOW_REGISTRY_STORE_URI: MLflow's client and server read a registry
+# database from them, a password in it as secret as the backend store's
+SECRET_URL_ENV_VARS = ("MLOPS_LEDGER_URL", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_URI",
+                       "MLFLOW_REGISTRY_STORE_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL",
+                       "AWS_ENDPOINT_URL_S3")
 _MIN_SECRET_LEN = 4
 
 

@@ -130,6 +130,18 @@ def test_the_ledger_url_password_alone_and_pgpassword_are_secrets(monkeypatch):
     assert "SECRET" not in said and "Pg-Pass" not in said and "Backend-Pw" not in said
 
 
+def test_a_registry_database_url_password_is_a_secret(monkeypatch):
+    """MLflow's client (MLFLOW_REGISTRY_URI) and server (MLFLOW_REGISTRY_STORE_URI) read a registry
+    database from these as from the backend store's URI; only the latter's password was redacted."""
+    from mlops_common import log, settings
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "postgresql://reg:Registry-Pw-9%40x@db:5432/reg")
+    monkeypatch.setenv("MLFLOW_REGISTRY_STORE_URI", "mysql://reg:Store-Pw-31@db:3306/reg")
+    said = log.redact("Registry-Pw-9@x / Registry-Pw-9%40x / Store-Pw-31")
+    assert "Registry-Pw" not in said and "Store-Pw" not in said, said
+    assert "Store-Pw-31" in settings.secret_values()
+
+
 def test_ledger_rows_holding_pgpassword_are_refused(tmp_path, monkeypatch):
     from mlops_common.errors import RefusedError
     from registry.ledger import Ledger
