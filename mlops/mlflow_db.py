@@ -265,15 +265,30 @@ def _template(*, env: dict[str, str] | None, timeout: float) -> Path | None:
     """The cached empty database, made first when missing; None when the cache cannot be written."""
     template = template_path()
     if template.is_file():
-        return template
+        return template if _trusted(template) else None
     try:
-        template.parent.mkdir(parents=True, exist_ok=True)
+        template.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _trusted(template.parent):
+            return None
         _create_whole(template, env=env, timeout=timeout)
     except (OSError, ConfigError) as exc:
         _log.info("MLflow database template %s cannot be made (%s); creating the database directly",
                   template, getattr(exc, "message", None) or getattr(exc, "strerror", None) or exc)
         return None
     return template
+
+
+def _trusted(path: Path) -> bool:
+    """``path`` (the template or its folder, and the folder of a template) is written only by this
+    user or root: every new database is a copy of the template, so one planted in a cache folder
+    others may write (MLOPS_CACHE_DIR on a shared folder) would be every new server's database."""
+    for p in ((path,) if path.is_dir() else (path, path.parent)):
+        st = p.stat()
+        if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o002:
+            _log.warning("MLflow database template folder %s may be written by other users; not using it "
+                         "(set MLOPS_CACHE_DIR to a folder only you can write)", p)
+            return False
+    return True
 
 
 def _copy_whole(template: Path, path: Path) -> bool:

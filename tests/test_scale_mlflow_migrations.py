@@ -372,6 +372,26 @@ def test_an_unwritable_cache_or_a_bad_template_falls_back_to_creating_directly(t
     assert not template.exists()
 
 
+def test_a_template_in_a_folder_others_may_write_is_not_used(tmp_path, monkeypatch):
+    """Every new database is a copy of the cached template, so one planted in a cache folder other
+    users may write (MLOPS_CACHE_DIR on a shared folder) became every new server's database, as long
+    as it was at the right revision. Such a folder is not used: the database is made directly."""
+    import sqlite3
+
+    head, _ = mlflow_db.mlflow_revisions()
+    monkeypatch.setenv("MLOPS_CACHE_DIR", str(tmp_path / "cache"))
+    mlflow_db.create_sqlite(tmp_path / "one" / "mlflow.db")          # makes the template
+    template = mlflow_db.template_path()
+    with sqlite3.connect(template) as con:                              # someone else's planted row
+        con.execute("CREATE TABLE planted (x TEXT)")
+    (tmp_path / "cache").chmod(0o777)
+    mlflow_db.create_sqlite(tmp_path / "two" / "mlflow.db")
+    with sqlite3.connect(tmp_path / "two" / "mlflow.db") as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "planted" not in tables
+    assert mlflow_db.current_revision(settings_url(tmp_path / "two" / "mlflow.db")) == head
+
+
 def test_an_upgrade_stopped_midway_leaves_the_sqlite_database_as_it_was(tmp_path, monkeypatch):
     """Found by review (2026-12-06, fifteenth stop): `mlflow db upgrade` ran in place, one migration
     after another; stopped midway (a Ctrl-C after upgrading MLflow, its timeout) it left a
