@@ -102,9 +102,13 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
         moved_only = promo.moved and isinstance(exc, UserError) and not isinstance(exc, (DeployFailed,
                                                                                             DeployInterrupted))
         if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
-            raise reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
-                                f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
-                                f"installs v{promo.to_version} on the hosts") from None
+            again = reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
+                                  f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
+                                  f"installs v{promo.to_version} on the hosts")
+            for name in ("result", "deployed"):     # --json prints the deploy's result (an overtaken rollout)
+                if getattr(exc, name, None) is not None:
+                    setattr(again, name, getattr(exc, name))
+            raise again from None
         if promo.moved and isinstance(exc, DeployInterrupted) and not exc.in_rollout:
             raise _stopped_before_the_hosts(exc, promo) from None
         raise

@@ -379,3 +379,42 @@ def test_sync_plan_observes_the_hosts_at_once_and_keeps_their_order(monkeypatch)
     monkeypatch.setattr(fleet_plan, "observe_and_plan", observe_and_plan)
     fp = fleet_plan.plan_fleet("m", (NS(name=f"h{i}") for i in range(3)), annotate=False)
     assert [p.host for p in fp.plans] == ["h0", "h2"] and fp.errors == {"h1": "h1: cannot connect"}
+
+
+# --- --json of a rollout overtaken after its last wave (ProductionMoved.deployed) ----------------
+def _overtaken():
+    from serving_sync.errors import ProductionMoved
+
+    moved = ProductionMoved("m", 2, 3, tail="the hosts stay on v2, which passed every check here and is "
+                                             "recorded deployed; run `mlops sync deploy` to install v3")
+    moved.deployed = _deployed()
+    moved.deployed.hosts = []
+    return moved
+
+
+def test_deploy_json_prints_the_result_of_a_rollout_overtaken_after_its_last_wave(capsys):
+    """Found by review (fifteenth stop): the hosts stay on the version, recorded deployed, exit 2 —
+    and `--json` printed nothing, the result being only on ``ProductionMoved.deployed``."""
+    import json
+
+    from mlops.commands.sync import _json_on_failure
+    from serving_sync.errors import ProductionMoved
+
+    with pytest.raises(ProductionMoved):
+        with _json_on_failure(NS(json=True)):
+            raise _overtaken()
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "deployed" and doc["version"] == 2
+
+
+def test_a_rollback_overtaken_after_its_last_wave_keeps_the_deploys_result_for_json(registry_calls, monkeypatch):
+    moved = _overtaken()
+
+    def deploy(model, hosts, **kw):
+        raise moved
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    with pytest.raises(Exception) as raised:
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
+    assert "the hosts stay on v2" in str(raised.value)
+    assert raised.value.deployed is moved.deployed

@@ -315,12 +315,14 @@ def _interrupts(*first_actions, at_once=lambda: False):
 def _json_on_failure(args):
     """With ``--json``, a failed or interrupted deploy still prints its result (then the error
     goes its way): an interrupt (exit 130) printed nothing, though the hosts were put back. A
-    forced interrupt (a second signal, KeyboardInterrupt) prints it too."""
+    forced interrupt (a second signal, KeyboardInterrupt) prints it too, and so does a rollout
+    overtaken after its last wave (``ProductionMoved.deployed``: exit 2, the hosts stay on it)."""
     try:
         yield
     except (UserError, KeyboardInterrupt) as exc:
-        if args.json and getattr(exc, "result", None) is not None:
-            output.emit(exc.result.to_dict())
+        result = getattr(exc, "result", None) or getattr(exc, "deployed", None)
+        if args.json and result is not None:
+            output.emit(result.to_dict())
         raise
 
 
