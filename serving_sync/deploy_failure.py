@@ -8,6 +8,7 @@ they return.
 from __future__ import annotations
 
 import collections
+import time
 from typing import TYPE_CHECKING
 
 from mlops_common import log
@@ -67,6 +68,7 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     error = exc.error if isinstance(exc, StepFailed) else exc
     why = (error.message if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
     model, v = result.model, result.version
+    put_back_from = result.end_running()         # the failed phase's time ends where the put-back begins
     put_back, not_back, rows = [], [], []
     for r, info in _restore_all([run] + [r for r in reversed(every) if r is not run]):
         if not info["needed"]:
@@ -79,6 +81,7 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
         recorder.record_all(rows)
     except UserError as exc:        # the hosts are back; the ledger is told what it can be told
         logger.warning("could not record the host rollbacks in the ledger (%s)", exc.message)
+    result.timings["put_back"] = round(time.monotonic() - put_back_from, 3)
     interrupted = _interrupted(error)
     if interrupted and not isinstance(error, DeployInterrupted):
         why = "interrupted"

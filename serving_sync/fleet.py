@@ -79,6 +79,7 @@ class FleetResult:
     message_extra: str = ""
     blames_version: bool = False         # a failure that says the version is bad (not a host, the network,
                                          # a signal, the ledger): production moved back, deploy_status=failed
+    running: tuple | None = None         # (phase, since) of the phase under way: timed when a failure ends it
 
     def answered_after(self, since: float) -> float | None:
         """Seconds from ``since`` until the last host answered with the new version's outputs."""
@@ -96,6 +97,19 @@ class FleetResult:
         """Record ``phase`` as lasting from ``since`` until now; returns now."""
         now = time.monotonic()
         self.timings[phase] = round(now - since, 3)
+        self.running = None
+        return now
+
+    def begin(self, phase: str, since: float) -> None:
+        """``phase`` is under way from ``since``: a failure in it still gets its ``timings`` entry."""
+        self.running = (phase, since)
+
+    def end_running(self) -> float:
+        """Time the phase under way up to now (a failure ended it), once; returns now."""
+        now = time.monotonic()
+        if self.running is not None:
+            self.timings.setdefault(self.running[0], round(now - self.running[1], 3))
+            self.running = None
         return now
 
 
@@ -143,16 +157,21 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     before and again under the hosts' locks (``expected_production``). ``give_up_waiting`` (a
     callable; ``sync watch`` asked to stop): a wait for another deploy's lock ends at once."""
     seen: dict = {}
+    start = time.monotonic()
     try:
         return _deploy(model, hosts, version=version, opts=opts, break_lock=break_lock, lock_wait=lock_wait,
                        reason=reason, provenance=provenance, expect=expect, give_up_waiting=give_up_waiting,
                        seen=seen)
-    except (cancel.DeployInterrupted, KeyboardInterrupt) as exc:
+    except BaseException as exc:
         # an interrupt outside the rollout phases (resolving, connecting, waiting for a lock,
         # observing) changed no host: it still gets its result, so `--json` prints one document
-        if getattr(exc, "result", None) is None:
+        if isinstance(exc, (cancel.DeployInterrupted, KeyboardInterrupt)) and getattr(exc, "result", None) is None:
             exc.result = _interrupted_before_rollout(model, version, seen.get("result"), exc,
                                                      rollout_began=seen.get("rollout", False))
+        result = getattr(exc, "result", None)
+        if isinstance(result, FleetResult) and not result.seconds:     # a failed deploy's --json: how long
+            result.end_running()
+            result.seconds = time.monotonic() - start
         raise
 
 
@@ -199,6 +218,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                 v = result.version = now
         observed, plans = observe_and_plan(conns, model, v, opts)
         t = result.lap("observe_and_plan", t)
+        result.begin("fetch_from_registry", t)
         cancel.check()      # ... while observing: not "up to date", nor a download
         for c in conns:
             if (note := s3_host_note(c.host)) is not None:
@@ -262,14 +282,17 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             t = result.lap("fetch_from_registry", t)
             stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes}
             if stores:
+                result.begin("upload_to_store", t)
                 for store in stores.values():      # once per store, verified, before any host
                     _before_prepare(result, recorder, runs, "upload_to_store", copies.upload, store, *lazy.bundle())
                 result.stores = copies.results()
                 t = result.lap("upload_to_store", t)
             _log_shape(shape, opts, len(runs))
             seen["rollout"] = True      # from here a host may change
+            result.begin("prepare_hosts", t)
             _phase(result, recorder, runs, runs, Phase.PREPARE, opts.parallel)
             t = result.lap("prepare_hosts", t)
+            result.begin("switch_hosts", t)
             by_name = {r.host.name: r for r in runs}
             for i, names in enumerate(shape.waves):
                 wave = [by_name[n] for n in names]
@@ -304,6 +327,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                     raise fail(result, recorder, runs[0], runs, moved, step="production")
                 overtaken = moved
             t = result.lap("switch_hosts", t)
+            result.begin("record_and_retention", t)
             _succeeded(result, recorder, runs, opts, copies)
             result.lap("record_and_retention", t)
             if overtaken is not None:

@@ -558,3 +558,35 @@ def test_a_sigterm_during_the_demos_deploy_stops_it_at_a_safe_point_and_puts_the
     assert env.config_text(host) == before
     assert env.production() == v2 and got.result.blames_version is False
     assert not stop.asked()                 # forgotten once the block ended
+
+
+@pytest.mark.parametrize("kind,phase", [(StepKind.SMOKE_VALIDATION, "prepare_hosts"),
+                                        (StepKind.VERIFY, "switch_hosts")])
+def test_a_failed_deploys_json_says_how_long_it_ran_its_failed_phase_and_its_put_back(deploy_env, monkeypatch,
+                                                                                      kind, phase):
+    """Found by review (fifteenth stop): a failed deploy's `--json` said `"seconds": 0.0` and had no
+    timing for the phase that failed (laps were written only when a phase ended well) nor for the
+    put-back. Now the phase that failed is timed up to the put-back, which is timed too."""
+    from serving_sync.errors import SmokeFailed
+
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    real = host_run._RUNNERS[kind]
+
+    def fails_on_the_second_host(run, step):
+        real(run, step)
+        if run.host.name == hosts[1].name:
+            raise SmokeFailed(f"{run.host.name}: wrong outputs (test)")
+
+    monkeypatch.setitem(host_run._RUNNERS, kind, fails_on_the_second_host)
+    with pytest.raises(DeployFailed) as failed:
+        env.deploy(opts=_opts(canary=1))
+    doc = json.loads(json.dumps(failed.value.result.to_dict()))
+    assert doc["status"] == "failed" and doc["seconds"] > 0, doc["seconds"]
+    timings = doc["timings"]
+    assert timings[phase] > 0 and timings["put_back"] > 0, timings
+    assert doc["seconds"] >= sum(timings.values()) - 0.01, (doc["seconds"], timings)
+    assert "record_and_retention" not in timings
+    for h in hosts:
+        env.serves(h, v1)
