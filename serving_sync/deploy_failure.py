@@ -27,18 +27,24 @@ if TYPE_CHECKING:
 logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
 
 
-def _restore_all(runs: list[HostRun]) -> list[tuple[HostRun, dict]]:
-    """``HostRun.restore`` on every host, in parallel (each never raises but for a forced interrupt,
-    re-raised once every host had its turn)."""
-    out, forced = [], None
-    for r, (info, exc) in zip(runs, parallel.settle(HostRun.restore, runs, workers=8, name="restore")):
-        if exc is not None:
+def _restore_all(runs: list[HostRun]) -> tuple[list[tuple[HostRun, dict]], BaseException | None]:
+    """``HostRun.restore`` on every host, in parallel (each never raises but for a forced interrupt),
+    and the forced interrupt (a second signal) that came meanwhile, if any: the caller still records
+    the put-back and moves production, then raises it. A forced interrupt lands in this thread while
+    it waits for the pool, which lets every host finish its put-back before it is seen here."""
+    forced = None
+    try:
+        outcomes = parallel.settle(HostRun.restore, runs, workers=8, name="restore")
+    except BaseException as exc:  # noqa: BLE001 - raised by the caller once the put-back is recorded
+        forced, outcomes = exc, [(r.outcome.restore, None) for r in runs]
+    out = []
+    for r, (info, exc) in zip(runs, outcomes):
+        if exc is not None or info is None:
             forced = forced or exc
-            info = r.outcome.restore or {"needed": True, "ok": False, "error": str(exc)}
+            info = r.outcome.restore or {"needed": r.touched, "ok": not r.touched,
+                                         "error": str(exc or forced) or type(exc or forced).__name__}
         out.append((r, info))
-    if forced is not None:
-        raise forced
-    return out
+    return out, forced
 
 
 def _canary(result: FleetResult) -> str | None:
@@ -70,7 +76,8 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     model, v = result.model, result.version
     put_back_from = result.end_running()         # the failed phase's time ends where the put-back begins
     put_back, not_back, rows = [], [], []
-    for r, info in _restore_all([run] + [r for r in reversed(every) if r is not run]):
+    restored, forced = _restore_all([run] + [r for r in reversed(every) if r is not run])
+    for r, info in restored:
         if not info["needed"]:
             continue
         (put_back if info["ok"] else not_back).append(r)
@@ -107,6 +114,9 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
                    + ": check those hosts with `mlops sync status` and fix them by hand")
     msg.append(registry_note)
     result.message = "; ".join(m for m in msg if m)
+    if forced is not None and isinstance(error, Exception):     # forced during the put-back: recorded first
+        result.message += "; then forced to stop (a second signal)"
+        return forced
     if not isinstance(error, Exception):       # KeyboardInterrupt / SystemExit: after putting back
         return error
     if not isinstance(error, UserError):         # a bug: hosts are back; one line, traceback under -v

@@ -169,3 +169,59 @@ def test_a_step_that_lost_the_connection_is_still_the_connections(monkeypatch):
 
     result, kept_because, _ = _fail_after_a_put_back_that_reconnected(monkeypatch, cut)
     assert "the connection to h1 was lost" in kept_because and result.blames_version is False
+
+
+def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production(monkeypatch):
+    """Found by review (fifteenth stop): a second signal (Ctrl-C twice, a hangup then CI's SIGTERM)
+    while the hosts were put back after a failed smoke test let every host finish its put-back, then
+    raised out of ``deploy_failure.fail``: no ``host_rollback`` rows, production left on the version
+    whose smoke test failed, untagged, and the message said only "stopped". Now the put-back is
+    recorded and production moved as without the signal, and the forced stop is raised after."""
+    import signal
+    import threading
+
+    from serving_sync import deploy_failure, fleet
+
+    result = fleet.FleetResult("m", 2, "production", "failed")
+    rows = []
+    recorder = lambda *a, **k: None      # noqa: E731
+    recorder.entry = lambda action, outcome, **k: (action, outcome, k["host"])
+    recorder.record_all = rows.extend
+    runs = [_run(record=recorder), _run(record=recorder)]
+    runs[1].host, runs[1].outcome.host = NS(name="h2"), "h2"
+    for r in runs:
+        r.touched = True
+    delivered = threading.Event()
+
+    def forced(signum, frame):
+        delivered.set()
+        raise KeyboardInterrupt
+
+    def put_back(self):
+        if self.host.name == "h2":       # the second signal, while the main thread waits for the put-backs
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            assert delivered.wait(60)
+
+    monkeypatch.setattr(host_run.HostRun, "_restore", put_back)
+    seen = {}
+
+    def registry(result, recorder, run, why, step, *, kept_because, canary=None):
+        seen["kept_because"] = kept_because
+        return "production moved back to v1"
+
+    monkeypatch.setattr(deploy_failure, "registry_after_failure", registry)
+    step = next(s for s in runs[0].plan.steps if s.kind == "smoke_validation")
+    failure = host_run.StepFailed("h1", step, host_run.SmokeFailed("h1: smoke test of v2 failed: outputs differ"))
+    previous = signal.signal(signal.SIGINT, forced)
+    err = None
+    try:
+        err = deploy_failure.fail(result, recorder, runs[0], runs, failure)
+    except KeyboardInterrupt:    # escaped before the put-back was recorded: a failure, not the end of pytest
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert delivered.is_set() and isinstance(err, KeyboardInterrupt), "the forced stop escaped fail()"
+    assert sorted(rows) == [("host_rollback", "ok", "h1"), ("host_rollback", "ok", "h2")]
+    assert seen == {"kept_because": None} and result.blames_version is True
+    assert "put back h1, h2" in result.message and "production moved back to v1" in result.message
+    assert [r.outcome.status for r in runs] == ["restored", "restored"]
