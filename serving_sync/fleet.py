@@ -168,6 +168,11 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
         if isinstance(exc, (cancel.DeployInterrupted, KeyboardInterrupt)) and getattr(exc, "result", None) is None:
             exc.result = _interrupted_before_rollout(model, version, seen.get("result"), exc,
                                                      rollout_began=seen.get("rollout", False))
+        if isinstance(exc, UserError) and getattr(exc, "result", None) is None and seen.get("rollout"):
+            # after hosts changed (e.g. they serve it, but MLflow refused deploy_status=deployed):
+            # `--json` still prints what the hosts did
+            exc.result = seen["result"]
+            exc.result.message = exc.result.message or exc.message
         result = getattr(exc, "result", None)
         if isinstance(result, FleetResult) and not result.seconds:     # a failed deploy's --json: how long
             result.end_running()

@@ -590,3 +590,29 @@ def test_a_failed_deploys_json_says_how_long_it_ran_its_failed_phase_and_its_put
     assert "record_and_retention" not in timings
     for h in hosts:
         env.serves(h, v1)
+
+
+def test_a_deploy_whose_deployed_tag_was_refused_still_has_its_result_for_json(deploy_env, monkeypatch):
+    """Found by review (fifteenth stop): the hosts serve the version and its rows are written, but
+    MLflow refused ``deploy_status=deployed``: the error (exit 1) carried no result, so `--json`
+    printed nothing about a rollout that changed every host."""
+    from registry import deploys
+
+    env = deploy_env
+    hosts = env.add_hosts(1, "file")
+    v1, v2 = _v1_then_promote_v2(env, hosts)
+    real = deploys.tag
+
+    def refused(model, version, status, *a, **k):
+        if status == deploys.DEPLOYED:
+            raise UserError("MLflow: 503 Service Unavailable (test)")
+        return real(model, version, status, *a, **k)
+
+    monkeypatch.setattr(deploys, "tag", refused)
+    with pytest.raises(UserError) as raised:
+        env.deploy(opts=_opts())
+    assert "could not record deploy_status=deployed" in str(raised.value)
+    doc = json.loads(json.dumps(raised.value.result.to_dict()))
+    assert doc["version"] == v2 and [h["status"] for h in doc["hosts"]] == ["deployed"]
+    assert "could not record deploy_status=deployed" in doc["message"] and doc["seconds"] > 0
+    env.serves(hosts[0], v2)
