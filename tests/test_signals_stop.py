@@ -264,3 +264,32 @@ sys.exit(rc)
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "passes 1\n" in p.stderr, p.stderr[-3000:]
+
+
+def test_a_second_sighup_never_forces_a_stop_a_second_sigterm_does():
+    """Found by review (fifteenth stop): a dropped SSH session can deliver SIGHUP twice (the
+    kernel's hangup to the foreground group, bash passing its own on to its jobs). With SIGHUP
+    handled as SIGTERM, the second one forced the stop at once: a deploy cut where it stood. A
+    SIGHUP now only asks; a person's second SIGTERM (or Ctrl-C) still forces."""
+    previous = signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        with sigterm_as_ctrl_c():
+            with stop.at_safe_points():
+                os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.01)                      # let the handlers run (delivered on the next bytecode)
+                assert stop.asked() and stop.reason() == "SIGHUP"
+                with pytest.raises(KeyboardInterrupt):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1)
+        finished = []
+        with sigterm_as_ctrl_c():                     # sync watch: its first signal finishes the pass
+            with stop.at_safe_points(finished.append):
+                os.kill(os.getpid(), signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.01)
+                assert finished == ["SIGHUP"] and not stop.asked()    # not taken on to "stop the deploy"
+    finally:
+        signal.signal(signal.SIGHUP, previous)

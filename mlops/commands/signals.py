@@ -26,7 +26,16 @@ def sigterm_as_ctrl_c():
     place. Outside the main thread (``mlops.cli.main`` called from a thread) signals are left
     alone."""
 
+    hung_up = []
+
     def interrupt(signum, frame):
+        # a dropped SSH session can deliver SIGHUP more than once (the kernel's hangup to the
+        # foreground group, bash passing its own on to its jobs, the session leader's exit): a
+        # SIGHUP is no person's next request, so it never takes a stop a step further
+        if signum == signal.SIGHUP:
+            if hung_up or stop.asked():
+                return
+            hung_up.append(True)
         if stop.signalled(signal.Signals(signum).name):
             raise KeyboardInterrupt
 
