@@ -49,7 +49,9 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
     val = config.entry(mc.validation_name(model))
     statuses = client.model_status(model)
     main_states = {s.version: s.state for s in statuses}
-    validate_states = _states(client, mc.validation_name(model)) if val is not None else {}
+    # asked even without a validation entry in the file: a killed deploy's copy that TF Serving still
+    # holds (its config written, the reload not applied) is a whole model's memory nobody saw
+    validate_states = _states(client, mc.validation_name(model))
     stable = client.label_version(model, label) if main_states else None
     obs = HostObservation(
         host=host.name, model=model, base_path=base_path,

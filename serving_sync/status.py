@@ -35,6 +35,15 @@ def drift(obs: HostObservation, production: int | None, *, label: str = STABLE) 
                    f"versions are published")
     if obs.validate is not None:
         out.append(f"leftover validation entry {mc.validation_name(obs.model)} (v{obs.validate}) in models.config")
+    stray = [v for v, s in sorted(obs.validate_states.items()) if s == "AVAILABLE" and v != obs.validate]
+    if stray:
+        out.append(f"TF Serving still serves {mc.validation_name(obs.model)} "
+                   f"{', '.join(f'v{v}' for v in stray)}, which models.config does not ask for (TF Serving "
+                   f"has not applied the file)")
+    unlisted = [v for v in obs.available if v not in obs.main_versions] if obs.main_policy == "specific" else []
+    if unlisted:
+        out.append(f"TF Serving still serves {', '.join(f'v{v}' for v in unlisted)} of {obs.model}, which "
+                   f"models.config does not list (TF Serving has not applied the file)")
     cfg_label = dict(obs.main_labels).get(label)
     if obs.main_policy is not None and cfg_label != obs.stable:
         out.append(f"models.config says {label} -> {cfg_label}, TF Serving says {obs.stable} "

@@ -135,6 +135,8 @@ class LocalTransport(Transport):
             return sorted(os.listdir(self._p(rel)))
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:      # EACCES (NFS root_squash), EIO: one line naming the host, as ssh's
+            raise self._err(exc, f"listing {rel or self.base}") from None
 
     def read_file(self, rel: str, max_bytes: int = MAX_SMALL_FILE) -> bytes:
         """FileNotFoundError when ``rel`` is not there (a host with no config yet); any other
