@@ -267,6 +267,13 @@ class TFServingClient:
                             f"TF Serving does; check the host's rest_url (TF Serving's REST port, "
                             f"--rest_api_port, 8501 by default)")
 
+    def _odd_json(self, url: str, exc: Exception) -> NotTFServing:
+        """TF Serving's field names with other types (a version that is no number, an object that is
+        a string): the host's answer, one line, not a traceback that hides every other host."""
+        return NotTFServing(f"{self.base} answered GET {url[len(self.base):]} with JSON that is not TF Serving's "
+                            f"({type(exc).__name__}: {str(exc)[:120]}); check the host's rest_url (TF Serving's "
+                            f"REST port, --rest_api_port, 8501 by default)")
+
     @staticmethod
     def _tf_servings_error(data: dict) -> bool:
         """TF Serving's own error answer: a JSON object with an ``error`` text. A web server that is
@@ -287,7 +294,10 @@ class TFServingClient:
         if code != 200:
             raise ServingError(f"TF Serving at {self.base}: status of {model} -> HTTP {code}: "
                                f"{data.get('error', '')}")
-        return parse_status(data)
+        try:
+            return parse_status(data)
+        except (TypeError, ValueError, AttributeError) as exc:     # a "version" no number, a status no object
+            raise self._odd_json(url, exc) from None
 
     def version_status(self, model: str, version: int) -> VersionStatus | None:
         return next((s for s in self.model_status(model) if s.version == int(version)), None)
@@ -307,8 +317,11 @@ class TFServingClient:
         if code != 200:
             raise ServingError(f"TF Serving at {self.base}: label {label} of {model} -> HTTP {code}: "
                                f"{data.get('error', '')}")
-        version = (data.get("model_spec") or {}).get("version")
-        return int(version) if version not in (None, "") else None
+        try:
+            version = (data.get("model_spec") or {}).get("version")
+            return int(version) if version not in (None, "") else None
+        except (TypeError, ValueError, AttributeError) as exc:     # "latest", a model_spec that is a string
+            raise self._odd_json(url, exc) from None
 
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None) -> dict:
         return self._get_json(self._url(model, version, label, "/metadata"))

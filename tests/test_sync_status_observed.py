@@ -104,3 +104,49 @@ def test_a_host_whose_model_folder_cannot_be_listed_is_reported_and_the_others_s
     assert not h1.reachable and "Permission denied" in h1.error and f"listing {M}" in h1.error, h1.error
     assert h2.reachable and h2.in_sync, h2.drift
     assert not fs.in_sync
+
+
+class Answering(TFServingClient):
+    """A REST edge answering every GET with ``answers[path]`` (HTTP 200); no network."""
+
+    def __init__(self, answers: dict[str, dict]):
+        super().__init__("http://127.0.0.1:1")
+        self.answers = answers
+
+    def _request(self, method, url, body=None, timeout=None):
+        path = url[len(self.base):]
+        return (200, self.answers[path]) if path in self.answers else (404, {"error": "Servable not found"})
+
+
+@pytest.mark.parametrize("answers", [
+    {f"/v1/models/{M}": {"model_version_status": [{"version": "latest", "state": "AVAILABLE"}]}},
+    {f"/v1/models/{M}": {"model_version_status": ["5 AVAILABLE"]}},
+    {f"/v1/models/{M}": {"model_version_status": [{"version": "5", "state": "AVAILABLE"}]},
+     f"/v1/models/{M}/labels/stable/metadata": {"model_spec": {"version": "latest"}}},
+    {f"/v1/models/{M}": {"model_version_status": [{"version": "5", "state": "AVAILABLE"}]},
+     f"/v1/models/{M}/labels/stable/metadata": {"model_spec": "digits:5"}},
+], ids=["version-not-a-number", "status-not-an-object", "label-version-not-a-number", "model-spec-a-string"])
+def test_json_that_is_not_tf_servings_is_the_hosts_one_line_in_sync_status(tmp_path, monkeypatch, answers):
+    """A rest_url answering 200 with TF Serving's field names but other types raised ValueError or
+    AttributeError out of the status parsing: ``sync status`` (and a deploy's observe) ended in a
+    traceback with no host shown. It is NotTFServing naming the host's address: that host CANNOT
+    OBSERVE, the others shown."""
+    import registry.versions
+    from serving_sync import connections
+
+    hosts = [Host(f"h{i}", Target("file", str(tmp_path / f"serving{i}")), f"http://127.0.0.1:{i}") for i in (1, 2)]
+    for h in hosts:
+        t = LocalTransport(h.target.path)
+        base = mc.model_base_path(h.serving_base_path(), M)
+        host_config.write(t, mc.ServingConfig((mc.ModelEntry(M, base, versions=(5,), labels=(("stable", 5),)),)))
+        (t.base / M / "5").mkdir(parents=True)
+        t.close()
+    good = {f"/v1/models/{M}": {"model_version_status": [{"version": "5", "state": "AVAILABLE"}]},
+            f"/v1/models/{M}/labels/stable/metadata": {"model_spec": {"version": "5"}}}
+    monkeypatch.setattr(connections, "TFServingClient",
+                        lambda url: Answering(answers if url.endswith(":1") else good))
+    monkeypatch.setattr(registry.versions, "production_version", lambda model: 5)
+    fs = status.fleet_status(M, hosts)
+    h1, h2 = fs.hosts
+    assert not h1.reachable and "http://127.0.0.1:1" in h1.error and "rest_url" in h1.error, h1.error
+    assert h2.reachable and h2.in_sync, h2.drift
