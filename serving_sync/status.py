@@ -76,6 +76,7 @@ class HostStatus:
     error: str | None = None
     versions: dict[int, str] = field(default_factory=dict)          # main entry: version -> state
     validation: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)            # main entry: TF Serving's reason a load failed
     labels: dict[str, int | None] = field(default_factory=dict)     # as TF Serving answers
     unversioned: int | None = None
     config: dict | None = None
@@ -92,6 +93,7 @@ class HostStatus:
                 "reachable": self.reachable, "error": self.error, "in_sync": self.in_sync,
                 "versions": {str(k): v for k, v in sorted(self.versions.items())},
                 "validation": {str(k): v for k, v in sorted(self.validation.items())},
+                "errors": {str(k): v for k, v in sorted(self.errors.items())},
                 "labels": self.labels, "unversioned": self.unversioned, "config": self.config,
                 "published": self.published, "verified": self.verified, "drift": self.drift}
 
@@ -112,6 +114,7 @@ def host_status(host, model: str, production: int | None, *, label: str = STABLE
     st.reachable = True
     st.versions = dict(obs.main_states)
     st.validation = dict(obs.validate_states)
+    st.errors = dict(obs.main_errors)
     st.labels = {label: obs.stable}
     st.unversioned = obs.unversioned
     st.config = {"policy": obs.main_policy, "versions": list(obs.main_versions),

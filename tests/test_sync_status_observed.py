@@ -150,3 +150,24 @@ def test_json_that_is_not_tf_servings_is_the_hosts_one_line_in_sync_status(tmp_p
     h1, h2 = fs.hosts
     assert not h1.reachable and "http://127.0.0.1:1" in h1.error and "rest_url" in h1.error, h1.error
     assert h2.reachable and h2.in_sync, h2.drift
+
+
+def test_sync_status_json_carries_tf_servings_reason_for_a_failed_load(tmp_path, monkeypatch):
+    """``--json`` gave a failed load as ``"versions": {"6": "END"}``, like a version unloaded on
+    purpose: TF Serving's reason was only inside a drift sentence, for a script to parse out of
+    prose. Each host now has ``errors`` (version -> TF Serving's error message)."""
+    import registry.versions
+    from serving_sync import connections
+
+    h = Host("h1", Target("file", str(tmp_path / "serving")), "http://127.0.0.1:1")
+    t = LocalTransport(h.target.path)
+    base = mc.model_base_path(h.serving_base_path(), M)
+    host_config.write(t, mc.ServingConfig((mc.ModelEntry(M, base, versions=(5, 6), labels=(("stable", 5),)),)))
+    t.close()
+    client = Served({M: [VersionStatus(4, "END"), VersionStatus(5, "AVAILABLE"),
+                         VersionStatus(6, "END", "NOT_FOUND", "Could not find SavedModel .pb or .pbtxt")]}, 5)
+    monkeypatch.setattr(connections, "TFServingClient", lambda url: client)
+    monkeypatch.setattr(registry.versions, "production_version", lambda model: 5)
+    (doc,) = status.fleet_status(M, [h]).to_dict()["hosts"]
+    assert doc["versions"] == {"4": "END", "5": "AVAILABLE", "6": "END"}
+    assert doc["errors"] == {"6": "Could not find SavedModel .pb or .pbtxt"}, doc
