@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlops.detached_service import spawn, stop_pid, wait_http_ok
 from mlops.local_services import model_server_command
-from mlops.ports import free_port
+from mlops.ports import free_port, free_ports
 from mlops_common.errors import ConfigError, ConnectionFailure
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "serving_host" / "install_server.sh"
@@ -68,10 +68,9 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
     image). The caller stops it with ``.stop()``."""
     import secrets
 
-    rest_port = free_port()
+    rest_port, grpc_port = free_ports(2) if kind == "local" else (free_port(), None)   # distinct
     url = f"http://127.0.0.1:{rest_port}"
     if kind == "local":
-        grpc_port = free_port()
         cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port)
         state = base.parent / "server-state"
         _, proc = spawn("infra-validate-server", cmd, state=state, url=url,

@@ -350,6 +350,32 @@ def test_a_docker_run_that_never_returns_is_one_line_and_its_container_is_remove
     assert lines[1:] == [f"rm -f {name}"], lines
 
 
+def test_the_local_throwaway_servers_two_ports_differ(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): the local throw-away server's REST and gRPC
+    ports were chosen by two ``free_port()`` calls, each releasing its port before the next: both
+    could be the same port, and the server died on "Address already in use" (a failed validation
+    that was no fault of the model). A random source that repeats itself makes that certain."""
+    import random
+
+    from mlops import ports, throwaway_server
+
+    monkeypatch.setattr(ports.random, "SystemRandom", lambda: random.Random(7))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spawn(name, cmd, **kw):
+        seen["cmd"] = cmd
+        raise Stop
+
+    monkeypatch.setattr(throwaway_server, "spawn", spawn)
+    with pytest.raises(Stop):
+        throwaway_server.start_throwaway_server("local", tmp_path / "serving")
+    flags = dict(a.split("=", 1) for a in seen["cmd"] if a.startswith(("--rest_api_port=", "--port=")))
+    assert flags["--rest_api_port"] != flags["--port"], flags
+
+
 def test_watch_outlives_an_unexpected_exception_in_a_pass():
     """A bug (an exception that is not a UserError) ended the watcher's loop: no more deploys."""
     clock = FakeClock()
