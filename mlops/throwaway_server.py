@@ -7,7 +7,7 @@ import contextlib
 import subprocess
 from pathlib import Path
 
-from mlops.detached_service import spawn, stop_pid, wait_http_ok
+from mlops.detached_service import _log_hint, spawn, stop_pid, wait_http_ok
 from mlops.local_services import model_server_command
 from mlops.ports import free_port, free_ports
 from mlops_common.errors import ConfigError, ConnectionFailure
@@ -53,11 +53,28 @@ def docker_serving_command(*, image: str, base: Path, rest_port: int, name: str)
             "--file_system_poll_wait_seconds=1"]
 
 
+def docker_exited(name: str) -> str | None:
+    """Why the throw-away container ``name`` is gone for good (it is ``--rm``: an exited one is
+    removed), or None while it runs or when Docker cannot say."""
+    try:
+        r = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", name],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if r.returncode == 0 and r.stdout.strip() != "false":
+        return None
+    if r.returncode != 0 and "No such" not in r.stderr:
+        return None
+    return (f"the throw-away docker TF Serving (container {name}) exited (an out-of-memory kill or a "
+            f"crash while loading; it is --rm, so its logs went with it)")
+
+
 class _Throwaway:
     """A started throw-away server: what serving_sync.infra needs, plus how to stop it."""
 
-    def __init__(self, kind: str, rest_url: str, serving_base: str, stop):
+    def __init__(self, kind: str, rest_url: str, serving_base: str, stop, exited=lambda: None):
         self.kind, self.rest_url, self.serving_base, self._stop = kind, rest_url, serving_base, stop
+        self.exited = exited        # why the server is gone for good (None while it runs)
 
     def stop(self) -> None:
         self._stop()
@@ -73,9 +90,14 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
     if kind == "local":
         cmd = model_server_command(base=base, rest_port=rest_port, grpc_port=grpc_port)
         state = base.parent / "server-state"
-        _, proc = spawn("infra-validate-server", cmd, state=state, url=url,
-                        health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), log_kept=False)
-        return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid))
+        svc, proc = spawn("infra-validate-server", cmd, state=state, url=url,
+                          health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), log_kept=False)
+
+        def exited() -> str | None:
+            if proc.poll() is None:
+                return None
+            return f"the throw-away local TF Serving exited with code {proc.returncode}{_log_hint(svc.log, False)}"
+        return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid), exited)
     if kind == "docker":
         name, image = f"mlops-infra-validate-{secrets.token_hex(4)}", tfserving_image()
         cmd = docker_serving_command(image=image, base=base, rest_port=rest_port, name=name)
@@ -101,7 +123,7 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
         except BaseException:
             stop()
             raise
-        return _Throwaway("docker", url, CONTAINER_BASE, stop)
+        return _Throwaway("docker", url, CONTAINER_BASE, stop, lambda: docker_exited(name))
     raise ConfigError(f"unknown server kind {kind!r}; use local or docker")
 
 
@@ -114,7 +136,7 @@ def throwaway_starter(kind: str, *, timeout: float = 120.0):
     def start_server(base: Path):
         srv = start_throwaway_server(kind, base, timeout=timeout)
         try:
-            yield ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base)
+            yield ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base, srv.exited)
         finally:
             srv.stop()
 

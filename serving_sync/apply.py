@@ -13,6 +13,7 @@ from mlops_common import log
 
 from . import cancel, host_config
 from . import models_config as mc
+from .errors import HostUnreachable
 from .tfs_client import WaitVerdict, available_verdict, gone_verdict
 from .transports.base import Transport
 
@@ -126,14 +127,24 @@ def _checked(check, cancellable: bool):
 
 
 def wait_loaded(client, entry: str, version: int, *, timeout: float, interval: float = 0.2,
-                grace: float = END_GRACE_SECONDS, cancellable: bool = True) -> None:
-    """Until ``entry`` version ``version`` is AVAILABLE (END with an error -> TF Serving's reason)."""
+                grace: float = END_GRACE_SECONDS, cancellable: bool = True, server_gone=None) -> None:
+    """Until ``entry`` version ``version`` is AVAILABLE (END with an error -> TF Serving's reason).
+
+    ``server_gone`` (infra-validate's throw-away server, whose process is ours): asked when the
+    server does not answer, it says why the server is gone for good (None while it runs), which
+    fails the wait at once instead of waiting for a restart until the timeout."""
     start = time.monotonic()
     moved = False           # seen absent or not END since this wait began: an END now is new
 
     def check() -> WaitVerdict:
         nonlocal moved
-        statuses = client.model_status(entry)
+        try:
+            statuses = client.model_status(entry)
+        except HostUnreachable:
+            why = server_gone() if server_gone is not None else None
+            if why:
+                return WaitVerdict(False, True, why)
+            raise
         moved = moved or not any(x.version == int(version) and x.state == "END" for x in statuses)
         return load_verdict(statuses, version, waited=time.monotonic() - start, grace=grace, moved=moved)
     client.wait_until(f"loading {entry} version {version}", _checked(check, cancellable),

@@ -59,6 +59,7 @@ class ThrowawayServer:
     kind: str
     rest_url: str
     serving_base: str          # the base directory as the server sees it (docker: /models)
+    exited: Callable[[], str | None] = lambda: None     # why it is gone for good; None while it runs
 
 
 @dataclass
@@ -117,7 +118,7 @@ def validate(model: str, version: int, *, server: str, start_server: ServerStart
                 load = Check("load", True)
                 t0 = time.monotonic()
                 try:
-                    wait_loaded(client, model, version, timeout=timeout)
+                    wait_loaded(client, model, version, timeout=timeout, server_gone=srv.exited)
                     load.message = f"v{version} AVAILABLE in {srv.kind} TF Serving"
                 except Exception as exc:  # noqa: BLE001 - reported as a failed check
                     load.passed, load.message = False, str(exc)

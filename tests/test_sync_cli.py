@@ -3,6 +3,7 @@ exit codes, one JSON document with --json, one error line, JUnit files, and the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -450,6 +451,35 @@ def test_infra_validate_with_too_little_space_in_tmpdir_names_tmpdir_not_its_gon
     assert "MB needed" in line and "free space there and rerun; nothing was recorded" in line, line
     assert "mlops-infra-" not in line and "retention" not in line, line
     assert list(full.iterdir()) == [] and "infra_validation" not in env.tags(v)
+
+
+def test_infra_validate_of_a_server_that_dies_while_loading_fails_at_once(deploy_env, tmp_path):
+    """Found by review (2026-12-06, fifteenth stop): a throw-away server that died while loading
+    the candidate (a model that crashes TF Serving, the OOM killer) was waited for as a host being
+    restarted: the whole --timeout, then "not reachable (still, after waiting ...)", nothing saying
+    the server had gone. Its process is ours: its exit now ends the wait at once, and says so."""
+    import signal
+
+    from mlops.throwaway_server import throwaway_starter
+    from serving_sync import infra
+
+    env = deploy_env
+    v = env.register("a")
+    local = throwaway_starter("local", timeout=60)
+
+    @contextlib.contextmanager
+    def dies_once_started(base):
+        with local(base) as srv:
+            record = json.loads((base.parent / "server-state" / "infra-validate-server.json").read_text())
+            os.killpg(record["pid"], signal.SIGKILL)       # as TF Serving killed while it loads
+            yield srv
+
+    result = infra.validate(env.model, v, server="local", start_server=dies_once_started, timeout=40,
+                            workdir=str(tmp_path))
+    assert not result.passed and [c.name for c in result.checks] == ["load"], result.to_dict()
+    assert "throw-away local TF Serving exited with code -9" in result.error, result.error
+    assert result.checks[0].seconds < 20, result.to_dict()          # not the 40 s of --timeout
+    assert list(tmp_path.glob("mlops-infra-*")) == []
 
 
 def test_infra_validate_stopped_by_sigterm_leaves_no_server_and_no_folder(deploy_env, tmp_path):

@@ -376,6 +376,29 @@ def test_the_local_throwaway_servers_two_ports_differ(tmp_path, monkeypatch):
     assert flags["--rest_api_port"] != flags["--port"], flags
 
 
+def test_a_gone_throwaway_container_is_said_and_a_running_one_is_not(tmp_path, monkeypatch):
+    """The docker half of "a throw-away server that died while loading fails the wait at once"
+    (tests/test_sync_cli.py::test_infra_validate_of_a_server_that_dies_while_loading_fails_at_once
+    is the local half). Docker is not installed here: a `docker` on PATH answers `inspect`."""
+    from mlops import throwaway_server
+
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+
+    def inspect_answers(script: str) -> str | None:
+        shim.write_text(f"#!/bin/sh\n{script}\n")
+        shim.chmod(0o755)
+        return throwaway_server.docker_exited("mlops-infra-validate-x")
+
+    assert inspect_answers("echo true") is None
+    assert inspect_answers("echo 'Cannot connect to the Docker daemon' >&2; exit 1") is None   # cannot say
+    for gone in ("echo false", "echo 'Error: No such object: mlops-infra-validate-x' >&2; exit 1"):
+        why = inspect_answers(gone)
+        assert why and why.startswith("the throw-away docker TF Serving (container mlops-infra-validate-x) "
+                                      "exited"), why
+
+
 def test_watch_outlives_an_unexpected_exception_in_a_pass():
     """A bug (an exception that is not a UserError) ended the watcher's loop: no more deploys."""
     clock = FakeClock()
