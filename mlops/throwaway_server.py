@@ -10,12 +10,15 @@ from pathlib import Path
 from mlops.detached_service import _log_hint, spawn, stop_pid, wait_http_ok
 from mlops.local_services import model_server_command
 from mlops.ports import free_port, free_ports
+from mlops_common import log
 from mlops_common.errors import ConfigError, ConnectionFailure
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "serving_host" / "install_server.sh"
 CONTAINER_BASE = "/models"
 # `docker run -d` returns once the container has started; a first pull of the image is inside it
 DOCKER_RUN_TIMEOUT = 600.0
+DOCKER_STOP_TIMEOUT = 60.0
+_log = log.get("throwaway_server")
 
 
 def tfserving_image() -> str:
@@ -116,7 +119,18 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
             raise ConnectionFailure(f"docker run {image} failed: {last}")
 
         def stop() -> None:
-            subprocess.run(["docker", "stop", "-t", "5", name], capture_output=True, timeout=60)
+            # a hung engine raised TimeoutExpired here, in a finally: a traceback in place of the
+            # verdict (or of the start's failure), and the container left running unnamed
+            try:
+                subprocess.run(["docker", "stop", "-t", "5", name], capture_output=True, timeout=DOCKER_STOP_TIMEOUT)
+                return
+            except (OSError, subprocess.SubprocessError):
+                pass
+            try:
+                subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=DOCKER_STOP_TIMEOUT)
+            except (OSError, subprocess.SubprocessError):
+                _log.warning("could not stop the throw-away container %s (Docker did not answer); remove it "
+                             "with `docker rm -f %s`", name, name)
 
         try:
             wait_http_ok(f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,))

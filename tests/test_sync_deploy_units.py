@@ -399,6 +399,29 @@ def test_a_gone_throwaway_container_is_said_and_a_running_one_is_not(tmp_path, m
                                       "exited"), why
 
 
+def test_a_docker_stop_that_hangs_is_not_a_traceback_and_the_container_is_removed(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): the throw-away container's `docker stop` ran
+    with a 60 s timeout in a `finally`; a hung engine raised TimeoutExpired there, a traceback in
+    place of the verdict or of the start's own failure, the container left running. Docker is not
+    installed here: a `docker` on PATH whose `stop` hangs stands in for the engine."""
+    from mlops import throwaway_server
+    from mlops_common.errors import ConnectionFailure
+
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = stop ] && exec sleep 90\nexit 0\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(throwaway_server, "DOCKER_STOP_TIMEOUT", 1.0, raising=False)
+    # `run` returns at once, nothing answers on the port: the start fails and stops the container
+    with pytest.raises(ConnectionFailure, match=r"did not answer within 1s"):
+        throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=1)
+    lines = calls.read_text().splitlines()
+    name = lines[0].split("--name ")[1].split()[0]
+    assert lines[1:] == [f"stop -t 5 {name}", f"rm -f {name}"], lines
+
+
 def test_watch_outlives_an_unexpected_exception_in_a_pass():
     """A bug (an exception that is not a UserError) ended the watcher's loop: no more deploys."""
     clock = FakeClock()
