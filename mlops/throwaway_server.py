@@ -66,7 +66,7 @@ def docker_exited(name: str) -> str | None:
         return None
     if r.returncode == 0 and r.stdout.strip() != "false":
         return None
-    if r.returncode != 0 and "No such" not in r.stderr:
+    if r.returncode != 0 and "no such" not in r.stderr.lower():     # "Error: No such object: ..."
         return None
     return (f"the throw-away docker TF Serving (container {name}) exited (an out-of-memory kill or a "
             f"crash while loading; it is --rm, so its logs went with it)")

@@ -393,7 +393,8 @@ def test_a_gone_throwaway_container_is_said_and_a_running_one_is_not(tmp_path, m
 
     assert inspect_answers("echo true") is None
     assert inspect_answers("echo 'Cannot connect to the Docker daemon' >&2; exit 1") is None   # cannot say
-    for gone in ("echo false", "echo 'Error: No such object: mlops-infra-validate-x' >&2; exit 1"):
+    for gone in ("echo false", "echo 'Error: No such object: mlops-infra-validate-x' >&2; exit 1",
+                 "echo 'Error response from daemon: no such container: mlops-infra-validate-x' >&2; exit 1"):
         why = inspect_answers(gone)
         assert why and why.startswith("the throw-away docker TF Serving (container mlops-infra-validate-x) "
                                       "exited"), why
