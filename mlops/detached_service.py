@@ -70,12 +70,15 @@ def read_record(state: Path, name: str) -> Service | None:
 
 
 def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = None,
-                 log: Path | None = None, ok: tuple[int, ...] = (200,), log_kept: bool = True) -> None:
+                 log: Path | None = None, ok: tuple[int, ...] = (200,), log_kept: bool = True,
+                 gone=None) -> None:
     """Poll ``url`` until it answers a status in ``ok``, the process dies, or ``timeout`` passes.
     With ``proc`` (started in its own group) only an answer from a port its group listens on
     counts: a server of another state folder that took the port first answered for one that
     could not bind it, and `mlops up` said "MLflow is up" on the other's database.
-    The failure names ``log`` when it stays (``log_kept``), and quotes its last line either way."""
+    The failure names ``log`` when it stays (``log_kept``), and quotes its last line either way.
+    ``gone`` (a server that is no process of ours: infra-validate's container), asked while nothing
+    answers, says why the server is gone for good (None while it runs): the wait ends at once."""
     deadline = time.monotonic() + timeout
     port, another = urlsplit(url).port or 80, False
     while time.monotonic() < deadline:
@@ -89,7 +92,9 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
                 if not another:
                     return
         except requests.RequestException:
-            pass
+            why = gone() if gone is not None else None
+            if why:
+                raise ConnectionFailure(f"{why}, before answering at {url}") from None
         time.sleep(0.25)
     raise ConnectionFailure(f"{url} did not answer within {timeout:g}s{_log_hint(log, log_kept)}")
 

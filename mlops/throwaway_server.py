@@ -68,8 +68,8 @@ def docker_exited(name: str) -> str | None:
         return None
     if r.returncode != 0 and "no such" not in r.stderr.lower():     # "Error: No such object: ..."
         return None
-    return (f"the throw-away docker TF Serving (container {name}) exited (an out-of-memory kill or a "
-            f"crash while loading; it is --rm, so its logs went with it)")
+    return (f"the throw-away docker TF Serving (container {name}) has exited (an out-of-memory kill or a "
+            f"crash? it runs with --rm: its logs went with it)")
 
 
 class _Throwaway:
@@ -133,7 +133,7 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
                              "with `docker rm -f %s`", name, name)
 
         try:
-            wait_http_ok(f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,))
+            wait_http_ok(f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), gone=lambda: docker_exited(name))
         except BaseException:
             stop()
             raise

@@ -397,7 +397,7 @@ def test_a_gone_throwaway_container_is_said_and_a_running_one_is_not(tmp_path, m
                  "echo 'Error response from daemon: no such container: mlops-infra-validate-x' >&2; exit 1"):
         why = inspect_answers(gone)
         assert why and why.startswith("the throw-away docker TF Serving (container mlops-infra-validate-x) "
-                                      "exited"), why
+                                      "has exited"), why
 
 
 def test_a_docker_stop_that_hangs_is_not_a_traceback_and_the_container_is_removed(tmp_path, monkeypatch):
@@ -420,7 +420,30 @@ def test_a_docker_stop_that_hangs_is_not_a_traceback_and_the_container_is_remove
         throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=1)
     lines = calls.read_text().splitlines()
     name = lines[0].split("--name ")[1].split()[0]
-    assert lines[1:] == [f"stop -t 5 {name}", f"rm -f {name}"], lines
+    assert [x for x in lines[1:] if not x.startswith("inspect ")] == [f"stop -t 5 {name}", f"rm -f {name}"], lines
+
+
+def test_a_throwaway_container_that_exits_at_start_fails_the_start_at_once(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, fifteenth stop): a container that exited right after `docker
+    run -d` (a flag its image refuses, no memory) was waited for until --timeout, then "did not
+    answer within ...s", nothing saying the container had gone. Docker is not installed here: a
+    `docker` on PATH whose `run` returns and whose `inspect` no longer finds the container."""
+    import time
+
+    from mlops import throwaway_server
+    from mlops_common.errors import ConnectionFailure
+
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                    f'[ "$1" = inspect ] && {{ echo "Error: No such object: $4" >&2; exit 1; }}\nexit 0\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionFailure, match=r"TF Serving \(container mlops-infra-validate-\w+\) has exited"):
+        throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=30)
+    assert time.monotonic() - t0 < 15                   # not the 30 s of the timeout
 
 
 def test_watch_outlives_an_unexpected_exception_in_a_pass():
