@@ -718,6 +718,27 @@ def test_a_wrong_dtype_is_reported_by_its_place_among_the_sorted_feed_names(tmp_
         servable.close()
 
 
+def _save_doubling_model(path: str, signatures) -> None:
+    """A SavedModel at ``path``: ``y = x * 2`` for a float placeholder ``x``, with the signatures
+    ``signatures(x, y, info, sig)`` returns (``info(tensor)`` its TensorInfo, ``sig(inputs, outputs)``
+    a Predict SignatureDef of two such dicts)."""
+    import tensorflow as tf
+
+    def sig(inputs, outputs):
+        return tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs=inputs, outputs=outputs, method_name="tensorflow/serving/predict")
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = tf.identity(x * 2.0, name="y")
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(
+            sess, ["serve"],
+            signature_def_map=signatures(x, y, tf.compat.v1.saved_model.utils.build_tensor_info, sig))
+        builder.save()
+
+
 def test_a_signature_without_outputs_is_the_runs_invalid_argument_as_in_tf_serving(tmp_path):
     """A signature with no outputs (and no output_filter) fetches nothing: TF Serving's
     ``Session::Run`` returns INVALID_ARGUMENT "Must specify at least one target to fetch or
@@ -732,18 +753,8 @@ def test_a_signature_without_outputs_is_the_runs_invalid_argument_as_in_tf_servi
     from serving_host.status import ServingError
 
     path = str(tmp_path / "1")
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
-        y = tf.identity(x * 2.0, name="y")
-        info = tf.compat.v1.saved_model.utils.build_tensor_info
-        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
-        predict = "tensorflow/serving/predict"
-        builder = tf.compat.v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
-            "serving_default": build(inputs={"x": info(x)}, outputs={"y": info(y)}, method_name=predict),
-            "no_outputs": build(inputs={"x": info(x)}, outputs={}, method_name=predict)})
-        builder.save()
+    _save_doubling_model(path, lambda x, y, info, sig: {"serving_default": sig({"x": info(x)}, {"y": info(y)}),
+                                                        "no_outputs": sig({"x": info(x)}, {})})
     servable = Servable.load("m", 1, path)
     message = "Must specify at least one target to fetch or execute."
     try:
@@ -770,25 +781,13 @@ def test_two_input_aliases_of_one_tensor_are_refused_as_tf_serving_refuses_them(
     'Endpoint "x:0" fed more than once.' (``subgraph.cc``). This server built its feeds as a dict by
     tensor name, so the second value silently replaced the first and the request answered OK: a
     model that cannot serve Predict on TF Serving passed here."""
-    import tensorflow as tf
-
     from serving_host.servable import Servable
     from serving_host.status import ServingError
 
     path = str(tmp_path / "1")
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
-        y = tf.identity(x * 2.0, name="y")
-        info = tf.compat.v1.saved_model.utils.build_tensor_info
-        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
-        predict = "tensorflow/serving/predict"
-        builder = tf.compat.v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
-            "serving_default": build(inputs={"a": info(x), "b": info(x)}, outputs={"y": info(y)},
-                                     method_name=predict),
-            "echo": build(inputs={"x": info(x)}, outputs={"y": info(x)}, method_name=predict)})
-        builder.save()
+    _save_doubling_model(path, lambda x, y, info, sig: {
+        "serving_default": sig({"a": info(x), "b": info(x)}, {"y": info(y)}),
+        "echo": sig({"x": info(x)}, {"y": info(x)})})
     servable = Servable.load("m", 1, path)
     one = np.array([1.5], np.float32)
     try:
@@ -805,23 +804,13 @@ def test_two_input_aliases_of_one_tensor_are_refused_as_tf_serving_refuses_them(
 def _broken_names_model(path: str) -> None:
     """serving_default feeds ``x`` (no ":0", as a hand-written SignatureDef may name it); ``gone``
     fetches a tensor the graph does not have."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
-        y = tf.identity(x * 2.0, name="y")
-        info = tf.compat.v1.saved_model.utils.build_tensor_info
-        build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
-        predict = "tensorflow/serving/predict"
+    def signatures(x, y, info, sig):
         bare, gone = info(x), info(y)
         bare.name = "x"
         gone.name = "nope:0"
-        builder = tf.compat.v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
-            "serving_default": build(inputs={"x": bare}, outputs={"y": info(y)}, method_name=predict),
-            "gone": build(inputs={"x": info(x)}, outputs={"y": gone}, method_name=predict)})
-        builder.save()
+        return {"serving_default": sig({"x": bare}, {"y": info(y)}), "gone": sig({"x": info(x)}, {"y": gone})}
+
+    _save_doubling_model(path, signatures)
 
 
 def test_a_feed_name_without_its_index_is_dtype_checked_as_the_session_checks_it(tmp_path):
