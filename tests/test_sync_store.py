@@ -306,6 +306,31 @@ def _refused_pull(sshd, tmp_path, model, make_served):
         served.close()
 
 
+_FETCH_TOOLS = ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm", "sleep"]
+
+
+def _run_fetch_script(tmp_path, path):
+    """The pull script run with only ``path`` on PATH, fetching a two-asset model from a fake store
+    into ``host/digits/.incoming-1``: (the process, its parsed output, the model's manifest, that folder)."""
+    import subprocess
+
+    from serving_sync import manifest as mf
+    from serving_sync.transports.ssh_scripts import fetch_script, parse_output
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model", n_assets=2)
+    m = mf.build(model)
+    served = _Served(model)
+    try:
+        dest = tmp_path / "host" / "digits" / ".incoming-1"
+        script = fetch_script(str(dest.parent), str(dest), 10_000, nonce="0" * 32)
+        proc = subprocess.run([str(path / "sh"), "-c", script], input=served.pull(m).script_input(),
+                              capture_output=True, timeout=60, env={"PATH": str(path)})
+    finally:
+        served.close()
+    return proc, parse_output(proc.stdout), m, dest
+
+
 def _bin(tmp_path, tools):
     import shutil
 
@@ -320,31 +345,13 @@ def _bin(tmp_path, tools):
 @pytest.mark.parametrize("fetcher", ["wget", None])
 def test_the_fetch_script_uses_wget_without_curl_and_says_when_it_has_neither(fetcher, tmp_path):
     import shutil
-    import subprocess
 
     from serving_sync import manifest as mf
-    from serving_sync.transports.ssh_scripts import parse_output
-    from tests.test_sync_support import make_model_tree
 
     if fetcher and shutil.which(fetcher) is None:
         pytest.skip(f"SKIPPED LOUDLY: {fetcher} is not installed on this machine (Debian package {fetcher})")
-    tools = ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm", "sleep"]
-    tools += [fetcher] if fetcher else []
-    path = _bin(tmp_path, tools)
-    model = make_model_tree(tmp_path / "model", n_assets=2)
-    m = mf.build(model)
-    served = _Served(model)
-    try:
-        dest = tmp_path / "host" / "digits" / ".incoming-1"
-        from serving_sync.transports.ssh_scripts import fetch_script
-
-        script = fetch_script(str(dest.parent), str(dest), 10_000, nonce="0" * 32)
-        proc = subprocess.run([str(path / "sh"), "-c", script],
-                              input=served.pull(m).script_input(), capture_output=True, timeout=60,
-                              env={"PATH": str(path)})
-    finally:
-        served.close()
-    res = parse_output(proc.stdout)
+    path = _bin(tmp_path, _FETCH_TOOLS + ([fetcher] if fetcher else []))
+    proc, res, m, dest = _run_fetch_script(tmp_path, path)
     if fetcher is None:
         assert "@nofetch" in res.flags and not dest.exists()
         return
@@ -359,29 +366,13 @@ def test_a_host_whose_only_wget_is_busyboxs_counts_as_one_without_a_downloader(t
     text, "could not download ... check that the host reaches the store", and the deploy failed in
     prepare. Now such a wget counts as none (``@nofetch``): the host is sent the version over SSH."""
     import shutil
-    import subprocess
-
-    from serving_sync import manifest as mf
-    from serving_sync.transports.ssh_scripts import fetch_script, parse_output
-    from tests.test_sync_support import make_model_tree
 
     if shutil.which("busybox") is None:
         pytest.skip("SKIPPED LOUDLY: busybox is not installed on this machine (Debian package busybox; "
                     "scripts/system-deps.sh installs it)")
-    path = _bin(tmp_path, ["sh", "mkdir", "dirname", "df", "awk", "find", "sha256sum", "wc", "rm", "sleep",
-                           "grep"])
+    path = _bin(tmp_path, _FETCH_TOOLS + ["grep"])
     (path / "wget").symlink_to(shutil.which("busybox"))          # BusyBox runs as the applet it is named
-    model = make_model_tree(tmp_path / "model", n_assets=2)
-    m = mf.build(model)
-    served = _Served(model)
-    try:
-        dest = tmp_path / "host" / "digits" / ".incoming-1"
-        script = fetch_script(str(dest.parent), str(dest), 10_000, nonce="0" * 32)
-        proc = subprocess.run([str(path / "sh"), "-c", script], input=served.pull(m).script_input(),
-                              capture_output=True, timeout=60, env={"PATH": str(path)})
-    finally:
-        served.close()
-    res = parse_output(proc.stdout)
+    proc, res, _, dest = _run_fetch_script(tmp_path, path)
     assert "@nofetch" in res.flags and "@fetchfailed" not in res.flags, (proc.stdout, proc.stderr)
     assert proc.returncode == 0 and not dest.exists(), proc.stderr
 
