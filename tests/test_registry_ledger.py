@@ -362,24 +362,23 @@ def _held_write_lock(ledger_url: str) -> sqlite3.Connection:
     return db
 
 
-def test_a_writer_waiting_for_the_sqlite_lock_stops_at_ctrl_c(ledger_url):
-    """SQLite's busy handler sleeps in C, where Python runs no signal handler: a writer waiting
-    for another process's write lock ignored Ctrl-C (and SIGTERM, a cancelled CI job) for the
-    whole two-minute timeout."""
+def ctrl_c_a_waiting_writer(ledger_url: str, waiting, release) -> None:
+    """Runs ``_WAITING_WRITER`` on ``ledger_url`` (whose lock the caller holds) until
+    ``waiting(pid)`` says it waits for the lock (bounded: 10 s), sends it SIGINT, calls
+    ``release()`` once it is gone, and checks that it stopped at once (exit 130) with nothing written."""
     import signal
     import time
 
-    Ledger(ledger_url)
-    db = _held_write_lock(ledger_url)
     p = subprocess.Popen([sys.executable, "-c", _WAITING_WRITER, ledger_url], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        wchan = f"/proc/{p.pid}/wchan"
-        for _ in range(2000):       # until it sleeps waiting for the lock (bounded: 10 s)
-            with open(wchan) as f:
-                if "sleep" in f.read():
-                    break
+        deadline = time.monotonic() + 10
+        for _ in range(2000):
+            if waiting(p.pid):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail("the writer never waited for the lock")
             time.sleep(0.005)
         else:
             pytest.fail("the writer never waited for the lock")
@@ -389,9 +388,22 @@ def test_a_writer_waiting_for_the_sqlite_lock_stops_at_ctrl_c(ledger_url):
         if p.poll() is None:
             p.kill()
             p.communicate(timeout=30)
-        db.execute("ROLLBACK")
+        release()
     assert p.returncode == 130 and out.strip() == "interrupted", err
     assert Ledger(ledger_url).entries("m") == []
+
+
+def test_a_writer_waiting_for_the_sqlite_lock_stops_at_ctrl_c(ledger_url):
+    """SQLite's busy handler sleeps in C, where Python runs no signal handler: a writer waiting
+    for another process's write lock ignored Ctrl-C (and SIGTERM, a cancelled CI job) for the
+    whole two-minute timeout."""
+    def sleeping(pid: int) -> bool:
+        with open(f"/proc/{pid}/wchan") as f:
+            return "sleep" in f.read()
+
+    Ledger(ledger_url)
+    db = _held_write_lock(ledger_url)
+    ctrl_c_a_waiting_writer(ledger_url, sleeping, release=lambda: db.execute("ROLLBACK"))
 
 
 def test_writer_threads_waiting_for_the_sqlite_lock_give_up_within_one_bound(ledger_url, monkeypatch):

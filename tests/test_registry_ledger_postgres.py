@@ -155,14 +155,8 @@ def test_a_writer_waiting_for_the_ledger_lock_stops_at_ctrl_c_on_postgres(postgr
     """A plain append waits for the model's promotion lock; it waited in a blocking
     pg_advisory_xact_lock, inside psycopg2's C call, where Ctrl-C and SIGTERM went unseen for the
     whole two-minute lock_timeout."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from registry import ledger as ledger_mod
-    from tests.helpers import REPO
-    from tests.test_registry_ledger import _WAITING_WRITER
+    from tests.test_registry_ledger import ctrl_c_a_waiting_writer
 
     url = postgres_server.create_database("ledger")
     Ledger(url)
@@ -171,26 +165,15 @@ def test_a_writer_waiting_for_the_ledger_lock_stops_at_ctrl_c_on_postgres(postgr
     holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_mod._lock_key("m"),))
     watcher = _raw(url)
     watcher.autocommit = True
-    p = subprocess.Popen([sys.executable, "-c", _WAITING_WRITER, url], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == "ready"
-        for _ in range(1000):       # until its session asks for the lock (bounded: 10 s)
-            cur = watcher.cursor()
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-                        "query LIKE '%advisory_xact_lock%' AND xact_start IS NOT NULL")
-            if cur.fetchone()[0]:
-                break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the writer never asked for the lock")
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=10)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate(timeout=30)
+
+    def asking(pid: int) -> bool:       # its session asks for the lock
+        cur = watcher.cursor()
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                    "query LIKE '%advisory_xact_lock%' AND xact_start IS NOT NULL")
+        return bool(cur.fetchone()[0])
+
+    def release() -> None:
         holder.close()
         watcher.close()
-    assert p.returncode == 130 and out.strip() == "interrupted", err
-    assert Ledger(url).entries("m") == []
+
+    ctrl_c_a_waiting_writer(url, asking, release)
