@@ -109,6 +109,21 @@ def test_a_lone_changing_host_with_a_canary_is_not_baked(deploy_env):
     env.serves(host, v2)
 
 
+def _note_kept_because(monkeypatch, line: str = "") -> dict:
+    """``deploy_failure.registry_after_failure`` (what becomes of production) replaced by one that
+    answers ``line``; the dict it notes the ``kept_because`` it was given in."""
+    from serving_sync import deploy_failure
+
+    seen = {}
+
+    def registry(result, recorder, run, why, step, *, kept_because, canary=None):
+        seen["kept_because"] = kept_because
+        return line
+
+    monkeypatch.setattr(deploy_failure, "registry_after_failure", registry)
+    return seen
+
+
 def _fail_after_a_put_back_that_reconnected(monkeypatch, exc, **kw):
     """``deploy_failure.fail`` on a host whose put-back found its SSH connection dead and opened a
     new one (``HostRun._reconnect`` notes ``connection_lost``); what it decided about the version."""
@@ -125,13 +140,7 @@ def _fail_after_a_put_back_that_reconnected(monkeypatch, exc, **kw):
         self.connection_lost = True      # what _reconnect notes: the connection had dropped meanwhile
 
     monkeypatch.setattr(host_run.HostRun, "_restore", put_back_over_a_new_connection)
-    seen = {}
-
-    def registry(result, recorder, run, why, step, *, kept_because, canary=None):
-        seen["kept_because"] = kept_because
-        return ""
-
-    monkeypatch.setattr(deploy_failure, "registry_after_failure", registry)
+    seen = _note_kept_because(monkeypatch)
     err = deploy_failure.fail(result, recorder, run, [run], exc(run), **kw)
     assert run.outcome.status == "restored"
     return result, seen["kept_because"], err
@@ -203,13 +212,7 @@ def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production
             assert delivered.wait(60)
 
     monkeypatch.setattr(host_run.HostRun, "_restore", put_back)
-    seen = {}
-
-    def registry(result, recorder, run, why, step, *, kept_because, canary=None):
-        seen["kept_because"] = kept_because
-        return "production moved back to v1"
-
-    monkeypatch.setattr(deploy_failure, "registry_after_failure", registry)
+    seen = _note_kept_because(monkeypatch, "production moved back to v1")
     step = next(s for s in runs[0].plan.steps if s.kind == "smoke_validation")
     failure = host_run.StepFailed("h1", step, host_run.SmokeFailed("h1: smoke test of v2 failed: outputs differ"))
     previous = signal.signal(signal.SIGINT, forced)
