@@ -233,6 +233,15 @@ def _run_with_a_logged_model(bundle):
     return run, logged
 
 
+def _register_a_new_run(model, bundle, **kw):
+    """``register_version`` of a model logged in a new run of ``bundle``, as `mlops train` calls it."""
+    from registry.register import register_version
+
+    run, logged = _run_with_a_logged_model(bundle)
+    return register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
+                            bundle_files=bundle_hashes.tree_files(bundle), **kw)
+
+
 @pytest.mark.parametrize("method, failing, lost", [("PATCH", "/model-versions/update", False),
                                                    ("PATCH", "/tags", False),
                                                    ("POST", "/model-versions/create", True)],
@@ -246,7 +255,6 @@ def test_a_registration_whose_server_fails_after_creating_the_version_leaves_no_
     Now it is removed again and the line says so."""
     from mlops_common.errors import UserError
     from registry.ledger import Ledger
-    from registry.register import register_version
 
     model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version()
@@ -254,11 +262,8 @@ def test_a_registration_whose_server_fails_after_creating_the_version_leaves_no_
                              match=lambda m, path: m == method and path.endswith(failing))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
     with pytest.raises(UserError) as caught:
-        register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
-                         description="trained from scratch on digits",
-                         bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+        _register_a_new_run(model, tiny_serving_bundle, description="trained from scratch on digits")
     assert proxy.failed, "the fault was never injected"
     assert str(caught.value).endswith(f"version {v1 + 1} of '{model}' was removed again: nothing is registered")
     assert [i.version for i in versions.list_versions(model)] == [v1]
@@ -273,7 +278,6 @@ def test_a_version_creation_retried_after_its_answer_was_lost_registers_one_vers
     without a ledger row or file hashes. Now the versions this call created besides its own are
     removed again."""
     from registry.ledger import Ledger
-    from registry.register import register_version
 
     model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version()
@@ -282,9 +286,7 @@ def test_a_version_creation_retried_after_its_answer_was_lost_registers_one_vers
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
-    v = register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
-                         bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+    v = _register_a_new_run(model, tiny_serving_bundle)
     assert proxy.failed, "the fault was never injected"
     assert [i.version for i in versions.list_versions(model)] == [v, v1]
     assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1, v]
@@ -300,7 +302,6 @@ def test_a_retried_creation_whose_registration_then_fails_leaves_neither_copy(
     drops the creation's answer, the second refuses the description."""
     from mlops_common.errors import UserError
     from registry.ledger import Ledger
-    from registry.register import register_version
 
     model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version()
@@ -311,11 +312,8 @@ def test_a_retried_creation_whose_registration_then_fails_leaves_neither_copy(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dropping.url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
     with pytest.raises(UserError) as caught:
-        register_version(model, logged.model_uri, run_id=run.info.run_id, tags={"dataset": "digits"},
-                         description="trained from scratch on digits",
-                         bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+        _register_a_new_run(model, tiny_serving_bundle, description="trained from scratch on digits")
     assert dropping.failed and refusing.failed, "a fault was never injected"
     assert str(caught.value).endswith(f"versions {v1 + 1}, {v1 + 2} of '{model}' were removed again: "
                                       f"nothing is registered")
