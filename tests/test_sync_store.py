@@ -284,7 +284,7 @@ def test_a_store_that_answers_with_a_redirect_is_named_not_taken_for_a_damaged_d
 
 
 def _refused_pull(sshd, tmp_path, model, make_served):
-    """Publish ``model`` as digits v1 to a fresh SSH host folder through the pull of the store
+    """Publish ``model`` as digits v1 to a fresh folder on the SSH server ``sshd`` through the pull of the store
     ``make_served()`` fakes; the error it must raise, once nothing is left of it on the host."""
     from mlops_common.errors import UserError
     from serving_sync import manifest as mf
@@ -470,32 +470,18 @@ def test_a_pull_a_proxy_in_the_hosts_environment_refused_names_the_proxy(sshd_fa
     which may not reach the store or may refuse it (squid's "Access Denied" is a 403): the deploy
     then said to check the clocks and MLOPS_STORE_URL_EXPIRY, or that the host reaches the store,
     which it does. Now the message says the host's environment names a proxy (never its value)."""
-    from mlops_common.errors import UserError
-    from serving_sync import manifest as mf
-    from serving_sync.publish import incoming_dirs, publish
-    from tests.test_sync_ssh import connect
     from tests.test_sync_support import make_model_tree
 
     model = make_model_tree(tmp_path / "model")
-    m = mf.build(model)
     proxy = _Served(tmp_path, expired=True)          # answers every request 403, as squid denies one
-    served = _Served(model)
-    host = sshd_factory(extra_config=(f"SetEnv http_proxy=http://proxyuser:pr0xypw@127.0.0.1:"
-                                      f"{proxy.httpd.server_address[1]}",))
-    base = tmp_path / "host"
-    base.mkdir()
-    t = connect(host, base)
     try:
-        with pytest.raises(UserError) as e:
-            publish(t, "digits", 1, model, m, pull=served.pull(m))
-        msg = e.value.message
-        assert "proxy" in msg and "http_proxy" in msg and "no_proxy" in msg, msg
-        assert "pr0xypw" not in msg and "s3cr3t" not in msg, msg
-        assert not (base / "digits/1").exists() and incoming_dirs(t, "digits") == []
+        host = sshd_factory(extra_config=(f"SetEnv http_proxy=http://proxyuser:pr0xypw@127.0.0.1:"
+                                          f"{proxy.httpd.server_address[1]}",))
+        msg = _refused_pull(host, tmp_path, model, lambda: _Served(model)).message
     finally:
-        t.close()
-        served.close()
         proxy.close()
+    assert "proxy" in msg and "http_proxy" in msg and "no_proxy" in msg, msg
+    assert "pr0xypw" not in msg and "s3cr3t" not in msg, msg
 
 
 def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
