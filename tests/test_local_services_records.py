@@ -369,7 +369,7 @@ def test_mlflow_settings_in_the_users_shell_do_not_move_where_mlops_up_writes(tm
     MLFLOW_* variable too, and `mlops up` passed the shell's on. With MLFLOW_REGISTRY_STORE_URI (set
     for another server) the quick start's models were registered in that other database, and with
     MLFLOW_DEFAULT_ARTIFACT_ROOT its runs' artifacts were written to that folder."""
-    from mlflow import MlflowClient
+    from tests.helpers import mlflow_client
 
     state, other = tmp_path / ".mlops", tmp_path / "another server"
     other.mkdir()
@@ -379,7 +379,7 @@ def test_mlflow_settings_in_the_users_shell_do_not_move_where_mlops_up_writes(tm
         "MLFLOW_DEFAULT_ARTIFACT_ROOT": str(other / "artifacts")})
     try:
         assert r.returncode == 0, r.stderr[-2000:]
-        client = MlflowClient(tracking_uri=json.loads(r.stdout)["mlflow_ui"])
+        client = mlflow_client(json.loads(r.stdout)["mlflow_ui"])   # its registry too, not the process's
         client.create_registered_model("quick-start-model")
         run = client.create_run("0")
         client.log_text(run.info.run_id, "x", "a.txt")
