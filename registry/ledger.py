@@ -569,17 +569,18 @@ def _current_start(conn: sa.Connection, model: str) -> int | None:
     get v1 and v2, and v2's row may be written first; a cut at v1's row hid it, and any gate of v2
     written before v1's row. None: no registration of version 1 recorded (every row counts)."""
     t = entries_table
-    ok = (t.c.model == model, t.c.action == "register", t.c.outcome == "ok")
-    firsts = conn.execute(sa.select(t.c.id, t.c.details).where(*ok, t.c.to_version == 1)
-                          .order_by(t.c.id.desc()).limit(2)).all()
+    registered = conn.execute(sa.select(t.c.id, t.c.to_version, t.c.details)      # one statement: a row
+                              .where(t.c.model == model, t.c.action == "register", t.c.outcome == "ok")
+                              .order_by(t.c.id.desc())).all()                       # a version, id and JSON
+    firsts = [r for r in registered if r.to_version == 1][:2]
     if not firsts:
         return None
-    start, since = firsts[0][0], _created_ms(firsts[0][1])
+    start, since = firsts[0].id, _created_ms(firsts[0].details)
     if since is None:         # a row from before versions' creation times were recorded
         return start
-    floor = firsts[1][0] if len(firsts) > 1 else 0
-    earlier = conn.execute(sa.select(t.c.id, t.c.details).where(*ok, t.c.id > floor, t.c.id < start)).all()
-    return min([start, *(i for i, d in earlier if (ms := _created_ms(d)) is not None and ms >= since)])
+    floor = firsts[1].id if len(firsts) > 1 else 0
+    return min([start, *(r.id for r in registered
+                         if floor < r.id < start and (ms := _created_ms(r.details)) is not None and ms >= since)])
 
 
 def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, *,
