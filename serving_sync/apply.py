@@ -25,11 +25,13 @@ END_GRACE_SECONDS = 15.0
 
 
 def apply_config(host, transport: Transport, config: mc.ServingConfig, *, timeout: float,
-                 known: mc.ServingConfig | None = None) -> tuple[str, bool]:
+                 known: mc.ServingConfig | None = None, stale: bool = False) -> tuple[str, bool]:
     """Write ``config`` (skipped when unchanged), then ask TF Serving to reload it over gRPC.
-    ``known``: the config this deploy last applied there (``host_config.write_text``)."""
+    ``known``: the config this deploy last applied there (``host_config.write_text``). ``stale``:
+    TF Serving was seen not to serve what the file holds (``plan.applied``): reload even when
+    the file is unchanged (a killed deploy wrote it and never reloaded)."""
     text, changed = host_config.write(transport, config, known=known)
-    if changed:
+    if changed or stale:
         reload(host, text, timeout=timeout)
     return text, changed
 
@@ -41,7 +43,7 @@ def refused_label(exc: Exception) -> bool:
 
 
 def apply_config_over(host, transport: Transport, config: mc.ServingConfig, previous: mc.ServingConfig,
-                      client, *, timeout: float, interval: float = 0.2) -> tuple[str, bool]:
+                      client, *, timeout: float, interval: float = 0.2, stale: bool = False) -> tuple[str, bool]:
     """``apply_config``, and once more if TF Serving's config poll undid ``previous`` meanwhile.
 
     TF Serving's poll thread reads models.config *outside* the config lock (server.cc
@@ -58,7 +60,7 @@ def apply_config_over(host, transport: Transport, config: mc.ServingConfig, prev
     needed = {(e.name, v) for e in config.entries for _, v in e.labels}
     loaded_before = {(e.name, v) for e in previous.entries for v in e.versions}
     try:
-        return apply_config(host, transport, config, timeout=timeout, known=previous)
+        return apply_config(host, transport, config, timeout=timeout, known=previous, stale=stale)
     except ServingError as exc:
         if not refused_label(exc) or not needed <= loaded_before:
             raise           # not that race: a label on a version the previous config did not load

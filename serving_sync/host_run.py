@@ -24,7 +24,7 @@ from .errors import HostUnreachable, LedgerWriteFailed, LockHeld, SmokeFailed
 from .names import has_control
 from .observe import Observed
 from .options import DeployOptions
-from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, compose
+from .plan import AVAILABLE, ConfigTarget, HostPlan, MainTarget, Phase, Step, StepKind, applied, compose
 from .progress import make_progress
 from .publish import incoming_dirs, publish
 from .smoke import Golden, SmokeReport, run_smoke
@@ -91,6 +91,9 @@ class HostRun:
         # original's policy would load the published version at once)
         self.baseline: tuple[mc.ServingConfig, str | None] = (observed.config, observed.config_text)
         self.touched = False                # models.config may have been changed by us
+        # TF Serving serves what the file holds (observed); False: the first write reloads even an
+        # unchanged file (a killed deploy's, written but never reloaded)
+        self.applied = applied(observed.obs, opts.label)
         self.connection_lost = False        # the transport died: the host, not the version, failed
         self.lock_lost: str | None = None   # another deploy took this host's lock: never touch it again
         # our smoke test through the main entry (``SMOKE_MAIN``) goes through the model's name: TF
@@ -182,8 +185,9 @@ class HostRun:
         config = compose(self.config, self.model, self.plan_base_path, target)
         self.touched = True
         apply.apply_config_over(self.host, self.transport, config, self.config, self.client,
-                                timeout=self.opts.timeout, interval=self.opts.poll_interval)
-        self.config = config
+                                timeout=self.opts.timeout, interval=self.opts.poll_interval,
+                                stale=not self.applied)
+        self.config, self.applied = config, True
 
     @property
     def plan_base_path(self) -> str:

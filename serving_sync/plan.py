@@ -271,9 +271,36 @@ def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = Tr
     return MainTarget(tuple(versions), others + ((label, v),)), prev, notes
 
 
+def applied(obs: HostObservation, label: str = STABLE) -> bool:
+    """TF Serving shows what models.config asks of this model, as far as ``obs`` tells: each listed
+    version known to it (a failed load counts: the plan unlists it), no unlisted version or
+    validation copy AVAILABLE, ``label`` where the file puts it. False after a deploy killed between
+    writing the file and reloading it: without a config poll TF Serving never reads that file, and a
+    rerun that finds the file as it wants it must reload it anyway (``HostRun._write``)."""
+    if obs.managed:
+        listed = set(obs.main_versions)
+        if any(obs.main_states.get(v) is None or (obs.main_states[v] == "END" and v not in obs.main_errors)
+               for v in listed):
+            return False
+        if any(s == AVAILABLE and v not in listed for v, s in obs.main_states.items()):
+            return False
+        want = dict(obs.main_labels).get(label)
+        if want is not None and obs.stable != want:
+            return False
+    if obs.validate is not None and obs.validate not in obs.validate_states:
+        return False
+    return not stray_validation(obs)
+
+
+def stray_validation(obs: HostObservation) -> bool:
+    """TF Serving serves a validation copy the file does not list (a killed deploy's): the host is
+    not up to date, so the deploy's switch reloads the file and TF Serving unloads it."""
+    return any(s == AVAILABLE and v != obs.validate for v, s in obs.validate_states.items())
+
+
 def is_up_to_date(obs: HostObservation, desired: int, final: MainTarget) -> bool:
     return (obs.managed and obs.main_versions == final.versions and tuple(obs.main_labels) == final.labels
-            and obs.validate is None
+            and obs.validate is None and not stray_validation(obs)
             and all(obs.main_states.get(x) == AVAILABLE for x in final.versions)
             and obs.stable == desired and obs.unversioned == desired
             and desired in obs.verified and desired in obs.published)

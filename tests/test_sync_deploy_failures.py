@@ -11,6 +11,7 @@ import json
 import pytest
 
 from mlops_common.errors import ConfigError, DeployFailed
+from serving_sync import models_config as mc
 from tests.fixtures.faults import final_error_line
 
 
@@ -592,3 +593,52 @@ def test_a_rerun_loads_again_a_validation_entry_left_with_a_failed_load(deploy_e
     assert r.status == "deployed", r.message
     env.serves(host, v2)
     assert vname not in env.config_text(host)
+
+
+def _killed_before_the_reload(env, host, main_labels, validate=None):
+    """TF Serving as a deploy killed between writing models.config and reloading it left it: it
+    applied ``main_labels`` (and a validation copy of ``validate``) over gRPC, the file holds what it
+    held. The host's server polls no config file, so only a reload changes what it serves."""
+    from serving_sync.tfs_reload import reload_config
+
+    cfg = mc.parse(env.config_text(host))
+    main = cfg.entry(env.model)
+    entries = [mc.ModelEntry(env.model, main.base_path, "specific", main.versions, main_labels)]
+    if validate is not None:
+        entries.append(mc.ModelEntry(mc.validation_name(env.model), main.base_path, "specific", (validate,)))
+    reload_config(host.entry["grpc"], mc.render(mc.ServingConfig(tuple(entries))))
+
+
+def test_a_rerun_reloads_a_switch_config_a_killed_deploy_wrote_but_never_reloaded(deploy_env):
+    """The switch skipped its reload because the file already held its text: on a host without a
+    config poll, `stable` never moved, the rerun timed out and blamed v2."""
+    env = deploy_env
+    host = env.add_host("file", server_args=("--model_config_file_poll_wait_seconds=0",))
+    v1 = env.release("a")
+    v2 = env.release("b")
+    switched = env.config_text(host)                   # v1 and v2 loaded, stable -> v2
+    _killed_before_the_reload(env, host, (("stable", v1),))     # the load_main step's config
+    assert env.label(host) == v1 and env.config_text(host) == switched
+    r = env.deploy(timeout=10)
+    assert r.status == "deployed", r.message
+    assert [s["kind"] for s in r.hosts[0].steps] == ["switch", "verify"]
+    env.serves(host, v2)
+    assert env.config_text(host) == switched and env.production() == v2
+
+
+def test_a_deploy_unloads_a_validation_copy_the_file_no_longer_lists(deploy_env):
+    """A deploy killed after writing the config that drops `<model>__validate`, before its reload,
+    left that copy loaded (a whole model's memory); the next deploy found the host up to date."""
+    env = deploy_env
+    host = env.add_host("file", server_args=("--model_config_file_poll_wait_seconds=0",))
+    env.release("a")
+    v2 = env.release("b")
+    switched = env.config_text(host)
+    _killed_before_the_reload(env, host, (("stable", v2),), validate=v2)
+    vname = mc.validation_name(env.model)
+    assert env.states(host, vname).get(v2) == "AVAILABLE"
+    r = env.deploy(timeout=10)
+    assert r.status == "deployed", r.message
+    assert env.states(host, vname).get(v2) != "AVAILABLE"
+    env.serves(host, v2)
+    assert env.config_text(host) == switched

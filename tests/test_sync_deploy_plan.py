@@ -10,7 +10,7 @@ import pytest
 
 from mlops_common.errors import ConfigError
 from serving_sync import models_config as mc
-from serving_sync.plan import KEEP, ConfigTarget, HostObservation, MainTarget, compose, final_target, plan_host
+from serving_sync.plan import KEEP, ConfigTarget, HostObservation, MainTarget, applied, compose, final_target, plan_host
 
 M = "digits"
 BASE = "/srv/models/digits"
@@ -571,3 +571,26 @@ def test_peak_memory_counts_the_validation_copy_whenever_the_deploy_loads_one(o,
     here = obs(versions=(1, 5), labels=(("stable", 1),), states={1: A, 5: A}, stable=1, published=(1, 5))
     assert StepKind.LOAD_VALIDATION not in kinds(plan_host(here, 5, fast=fast))
     assert peak_copies(here, 5, fast=fast) == (1, 5)
+
+
+def test_not_up_to_date_while_tf_serving_serves_a_validation_copy_the_file_does_not_list():
+    """A deploy killed before reloading the config that dropped `digits__validate`: the copy stays
+    loaded until a reload, so the host is not up to date (the switch reloads) and not applied."""
+    o = obs(versions=(3,), labels=(("stable", 3),), states={3: A}, stable=3, published=(3,), verified=(3,),
+            vstates={3: A})
+    p = plan_host(o, 3)
+    assert not p.up_to_date and kinds(p) == ["switch", "verify"]
+    assert not applied(o) and applied(obs(versions=(3,), labels=(("stable", 3),), states={3: A}, stable=3,
+                                          vstates={3: "END"}))
+
+
+def test_tf_serving_has_not_applied_a_file_whose_label_or_versions_it_does_not_show():
+    """What makes the first unchanged write of a rerun reload anyway (``HostRun._write``)."""
+    base = dict(versions=(2, 3), labels=(("stable", 3),), published=(2, 3))
+    assert applied(obs(**base, states={2: A, 3: A}, stable=3))
+    assert not applied(obs(**base, states={2: A, 3: A}, stable=2))            # switch written, not reloaded
+    assert not applied(obs(**base, states={2: A}, stable=None))                # v3 never seen
+    assert not applied(obs(**base, states={2: A, 3: "END"}, stable=3))         # listed again, unloaded
+    assert not applied(obs(**base, states={1: A, 2: A, 3: A}, stable=3))       # v1 unlisted, still loaded
+    assert not applied(obs(**base, states={2: A, 3: A}, stable=3, validate=3))   # validation copy not seen
+    assert applied(obs(**base, states={2: A, 3: A}, stable=3, validate=3, vstates={3: "LOADING"}))
