@@ -69,7 +69,7 @@ def apply_config_over(host, transport: Transport, config: mc.ServingConfig, prev
     apply_config(host, transport, previous, timeout=timeout, known=config)
     for name, v in sorted(needed):
         wait_loaded(client, name, v, timeout=timeout, interval=interval)
-    return apply_config(host, transport, config, timeout=timeout, known=previous)
+    return apply_config(host, transport, config, timeout=timeout, known=previous, stale=stale)
 
 
 def apply_text(host, transport: Transport, text: str, *, timeout: float) -> bool:
