@@ -50,6 +50,19 @@ def _drift(host, transport, client) -> list[str]:
     return [r for r in status.drift(obs, 5) if "not published" not in r]
 
 
+def _two_file_hosts_listing_v5(tmp_path, rest_url):
+    """Hosts h1 and h2 on file:// folders whose models.config lists version 5 (labelled stable) and
+    holds its folder; ``rest_url(i)`` is host i's TF Serving."""
+    hosts = [Host(f"h{i}", Target("file", str(tmp_path / f"serving{i}")), rest_url(i)) for i in (1, 2)]
+    for h in hosts:
+        t = LocalTransport(h.target.path)
+        base = mc.model_base_path(h.serving_base_path(), M)
+        host_config.write(t, mc.ServingConfig((mc.ModelEntry(M, base, versions=(5,), labels=(("stable", 5),)),)))
+        (t.base / M / "5").mkdir(parents=True)
+        t.close()
+    return hosts
+
+
 def test_a_validation_copy_tf_serving_still_holds_without_an_entry_in_the_file_is_drift(host, transport):
     client = Served({M: [VersionStatus(5, "AVAILABLE")],
                      mc.validation_name(M): [VersionStatus(6, "AVAILABLE"), VersionStatus(3, "END")]}, 5)
@@ -81,13 +94,7 @@ def test_a_host_whose_model_folder_cannot_be_listed_is_reported_and_the_others_s
     from serving_sync import connections
     from serving_sync.transports import local
 
-    hosts = [Host(f"h{i}", Target("file", str(tmp_path / f"serving{i}")), "http://127.0.0.1:1") for i in (1, 2)]
-    for h in hosts:
-        t = LocalTransport(h.target.path)
-        base = mc.model_base_path(h.serving_base_path(), M)
-        host_config.write(t, mc.ServingConfig((mc.ModelEntry(M, base, versions=(5,), labels=(("stable", 5),)),)))
-        (t.base / M / "5").mkdir(parents=True)
-        t.close()
+    hosts = _two_file_hosts_listing_v5(tmp_path, lambda i: "http://127.0.0.1:1")
     real = os.listdir
 
     def listdir(path):
@@ -134,13 +141,7 @@ def test_json_that_is_not_tf_servings_is_the_hosts_one_line_in_sync_status(tmp_p
     import registry.versions
     from serving_sync import connections
 
-    hosts = [Host(f"h{i}", Target("file", str(tmp_path / f"serving{i}")), f"http://127.0.0.1:{i}") for i in (1, 2)]
-    for h in hosts:
-        t = LocalTransport(h.target.path)
-        base = mc.model_base_path(h.serving_base_path(), M)
-        host_config.write(t, mc.ServingConfig((mc.ModelEntry(M, base, versions=(5,), labels=(("stable", 5),)),)))
-        (t.base / M / "5").mkdir(parents=True)
-        t.close()
+    hosts = _two_file_hosts_listing_v5(tmp_path, lambda i: f"http://127.0.0.1:{i}")
     good = {f"/v1/models/{M}": {"model_version_status": [{"version": "5", "state": "AVAILABLE"}]},
             f"/v1/models/{M}/labels/stable/metadata": {"model_spec": {"version": "5"}}}
     monkeypatch.setattr(connections, "TFServingClient",
