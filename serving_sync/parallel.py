@@ -6,7 +6,7 @@ finished first.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, wait
+import threading
 from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -16,7 +16,12 @@ R = TypeVar("R")
 def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
            name: str) -> list[tuple[R | None, BaseException | None]]:
     """``(result, None)`` or ``(None, error)`` for each item, in the items' order, once every
-    call has returned (``workers`` at most at once; one item runs in this thread)."""
+    call has returned (``workers`` at most at once; one item runs in this thread).
+
+    A signal in this thread (Ctrl-C, SIGTERM) is raised only after every call has returned, so a
+    put-back is never abandoned half way; a second one stops the wait. Own threads rather than a
+    ThreadPoolExecutor: its ``submit`` adds a new worker to the threads it joins only after the
+    thread started, so a signal landing in between left that worker (and its host) unwaited."""
     items = list(items)
     if len(items) <= 1 or workers <= 1:
         out: list[tuple[R | None, BaseException | None]] = []
@@ -26,10 +31,40 @@ def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
             except Exception as exc:  # noqa: BLE001 - handed to the caller, in order
                 out.append((None, exc))
         return out
-    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix=name) as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        wait(futures)
-    return [(None, f.exception()) if f.exception() is not None else (f.result(), None) for f in futures]
+    outcomes: list[tuple[R | None, BaseException | None] | None] = [None] * len(items)
+    todo, taking = iter(range(len(items))), threading.Lock()
+
+    def work() -> None:
+        while True:
+            with taking:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                outcomes[i] = (fn(items[i]), None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, in order
+                outcomes[i] = (None, exc)
+
+    threads = [threading.Thread(target=work, name=f"{name}_{n}") for n in range(min(workers, len(items)))]
+    stop: BaseException | None = None
+    for t in threads:                    # each started thread takes items until none are left
+        try:
+            t.start()
+        except BaseException as exc:  # noqa: BLE001 - raised once every started call returned
+            if stop is not None:         # a second signal: stop here
+                raise
+            stop = exc
+    for t in threads:
+        while t.ident is not None and t.is_alive():
+            try:
+                t.join()
+            except BaseException as exc:  # noqa: BLE001 - the first signal waits; a second one stops
+                if stop is not None:
+                    raise
+                stop = exc
+    if stop is not None:
+        raise stop
+    return [o if o is not None else (None, RuntimeError("not run")) for o in outcomes]
 
 
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str) -> list[R]:

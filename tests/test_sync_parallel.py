@@ -51,3 +51,66 @@ def test_one_item_or_one_worker_runs_in_the_calling_thread():
     assert parallel.map_ordered(lambda _: threading.get_ident(), [1], workers=8, name="t") == [me]
     assert parallel.map_ordered(lambda _: threading.get_ident(), [1, 2], workers=1, name="t") == [me, me]
     assert parallel.settle(lambda _: 1 / 0, [1], workers=1, name="t")[0][0] is None
+
+
+def test_a_signal_while_a_worker_starts_is_raised_only_after_every_call_returned(monkeypatch):
+    """Found by CI (sixteenth stop): a forced stop landing while ``ThreadPoolExecutor.submit``
+    started its second worker (after the thread ran, before the pool listed it for joining)
+    let ``settle`` raise while that worker still put its host back: the put-back was recorded
+    as failed. Now every started call returns before the signal is raised."""
+    real_start, starts, done = threading.Thread.start, [], []
+
+    def start(self):
+        real_start(self)
+        starts.append(self.name)
+        if len(starts) == 2:                # the signal lands just after the second worker ran
+            raise KeyboardInterrupt
+
+    def work(i):
+        time.sleep(0.2 if i == 0 else 0.6)   # the first worker is busy: the second takes item 1
+        done.append(i)
+        return i
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        parallel.settle(work, [0, 1], workers=2, name="t")
+    assert sorted(done) == [0, 1], "settle raised while a call was still running"
+
+
+def test_a_signal_while_waiting_is_raised_after_every_call_and_a_second_one_stops_the_wait():
+    import signal
+
+    done, seen, second = [], [], threading.Event()
+
+    def work(i):
+        if i == 0:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        elif i == 1 and second.is_set():
+            deadline = time.monotonic() + 5
+            while len(seen) < 2 and time.monotonic() < deadline:   # after the first was handled
+                time.sleep(0.01)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.3 if i != 2 else 1.0)
+        done.append(i)
+        return i
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt(len(seen))
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as first:
+            parallel.settle(work, [0, 2], workers=2, name="t")
+        assert sorted(done) == [0, 2] and first.value.args == (1,)
+        done.clear()
+        second.set()
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            parallel.settle(work, [0, 1, 2], workers=3, name="t")
+        assert stopped.value.args == (3,) and 2 not in done, "the second signal did not stop the wait"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 5            # the abandoned call still finishes in its thread
+    while 2 not in done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(done) == [0, 1, 2]
