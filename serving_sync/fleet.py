@@ -30,7 +30,6 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -448,8 +447,8 @@ def _deployed_row(recorder, run: HostRun, v: int, reason: str | None, *, final: 
 
 
 def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostRun], phase: Phase,
-           parallel: int) -> None:
-    """Run ``phase`` on ``runs``, at most ``parallel`` at once. If any host fails, every host of
+           at_once: int) -> None:
+    """Run ``phase`` on ``runs``, at most ``at_once`` at once. If any host fails, every host of
     ``every`` is put back (``deploy_failure.fail``) and what to raise is raised: the first failure
     in hosts order."""
     if not runs:
@@ -463,31 +462,28 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
     # The first `workers` hosts start at once whatever a thread's start-up latency: one of them is
     # never "waiting for its turn", even when another fails before its thread runs.
     stopped = threading.Event()
-    workers = min(parallel, len(runs))
+    workers = min(at_once, len(runs))
 
-    def execute(run: HostRun, queued: bool):
-        if queued and stopped.is_set():
-            return None
+    returned: list[str] = []
+
+    def execute(item: tuple[int, HostRun]) -> None:
+        i, run = item
         try:
-            return run.execute(phase)
-        except BaseException:
+            if i < workers or not stopped.is_set():      # else queued behind a host that failed
+                run.execute(phase)
+        except BaseException as exc:  # noqa: BLE001 - judged below, in hosts order
             stopped.set()
-            raise
+            failures[run.host.name] = exc
+        finally:
+            returned.append(run.host.name)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{phase}") as pool:
-        futures = {pool.submit(execute, run, i >= workers): run for i, run in enumerate(runs)}
-        try:
-            for fut in as_completed(futures):
-                exc = fut.exception()
-                if exc is not None:
-                    failures[futures[fut].host.name] = exc
-        except BaseException as exc:        # a forced interrupt in this thread: stop the others too
-            cancel.request("interrupted")
-            for fut, run in futures.items():
-                if fut.done() and fut.exception() is not None:
-                    failures.setdefault(run.host.name, fut.exception())
-            failures["\0main"] = exc
-            pool.shutdown(wait=True)
+    try:        # in worker threads even for one host: a forced interrupt lands here, not in a step
+        parallel.settle(execute, list(enumerate(runs)), workers=workers, name=f"{phase}", inline=False,
+                        on_signal=lambda: cancel.request("interrupted"))      # stop the others too
+    except BaseException as exc:  # noqa: BLE001 - a forced interrupt in this thread
+        if len(returned) < len(runs):        # a second one, before every host returned: stop now
+            raise
+        failures["\0main"] = exc
     if not failures:
         return
     order = [r.host.name for r in runs]

@@ -13,17 +13,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
-           name: str) -> list[tuple[R | None, BaseException | None]]:
+def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
+           on_signal: Callable[[], object] | None = None,
+           inline: bool = True) -> list[tuple[R | None, BaseException | None]]:
     """``(result, None)`` or ``(None, error)`` for each item, in the items' order, once every
-    call has returned (``workers`` at most at once; one item runs in this thread).
+    call has returned (``workers`` at most at once; one item runs in this thread unless not
+    ``inline``, which keeps a signal out of the call even then).
 
     A signal in this thread (Ctrl-C, SIGTERM) is raised only after every call has returned, so a
-    put-back is never abandoned half way; a second one stops the wait. Own threads rather than a
+    put-back is never abandoned half way (``on_signal``, called as it lands, tells the calls to stop
+    early); a second one stops the wait. Own threads rather than a
     ThreadPoolExecutor: its ``submit`` adds a new worker to the threads it joins only after the
     thread started, so a signal landing in between left that worker (and its host) unwaited."""
     items = list(items)
-    if len(items) <= 1 or workers <= 1:
+    if inline and (len(items) <= 1 or workers <= 1):
         out: list[tuple[R | None, BaseException | None]] = []
         for item in items:
             try:
@@ -45,26 +48,32 @@ def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, in order
                 outcomes[i] = (None, exc)
 
-    threads = [threading.Thread(target=work, name=f"{name}_{n}") for n in range(min(workers, len(items)))]
+    threads = [threading.Thread(target=work, name=f"{name}_{n}") for n in range(max(1, min(workers, len(items))))]
     stop: BaseException | None = None
     for t in threads:                    # each started thread takes items until none are left
         try:
             t.start()
         except BaseException as exc:  # noqa: BLE001 - raised once every started call returned
-            if stop is not None:         # a second signal: stop here
-                raise
-            stop = exc
+            stop = _first_signal(stop, exc, on_signal)
     for t in threads:
         while t.ident is not None and t.is_alive():
             try:
                 t.join()
             except BaseException as exc:  # noqa: BLE001 - the first signal waits; a second one stops
-                if stop is not None:
-                    raise
-                stop = exc
+                stop = _first_signal(stop, exc, on_signal)
     if stop is not None:
         raise stop
     return [o if o is not None else (None, RuntimeError("not run")) for o in outcomes]
+
+
+def _first_signal(stop: BaseException | None, exc: BaseException,
+                  on_signal: Callable[[], object] | None) -> BaseException:
+    """The signal to raise once every call returned; a second one is raised at once."""
+    if stop is not None:
+        raise exc
+    if on_signal is not None:
+        on_signal()
+    return exc
 
 
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str) -> list[R]:

@@ -228,3 +228,61 @@ def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production
     assert seen == {"kept_because": None} and result.blames_version is True
     assert "put back h1, h2" in result.message and "production moved back to v1" in result.message
     assert [r.outcome.status for r in runs] == ["restored", "restored"]
+
+
+def _two_runs_in_a_phase(monkeypatch, raise_on_starts):
+    """Two hosts in ``fleet._phase`` with a signal landing in this thread right after the given
+    worker-thread starts (the n-th ``Thread.start``); what ``fail`` saw, which hosts had returned."""
+    import threading
+    import time
+
+    from mlops_common import stop
+    from serving_sync import fleet
+
+    runs = [_run(), _run()]
+    runs[1].host, runs[1].outcome.host = NS(name="h2"), "h2"
+    returned, starts, real_start = [], [], threading.Thread.start
+
+    def execute(self, phase=None):
+        time.sleep(0.2 if self.host.name == "h1" else 0.6)   # h1 busy: h2 goes to the second worker
+        returned.append(self.host.name)
+
+    def start(self):
+        real_start(self)
+        starts.append(self.name)
+        if len(starts) in raise_on_starts:
+            raise KeyboardInterrupt
+
+    seen = {}
+
+    def fail(result, recorder, run, every, exc, **kw):
+        seen.update(returned=sorted(returned), exc=exc, stop=stop.asked())
+        return exc
+
+    monkeypatch.setattr(host_run.HostRun, "execute", execute)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(fleet, "fail", fail)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fleet._phase(fleet.FleetResult("m", 2, "production", "failed"), None, runs, runs,
+                         Phase.PREPARE, 2)
+    finally:
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        stop.clear()
+    return seen, returned
+
+
+def test_a_forced_stop_while_a_phase_starts_its_workers_waits_for_every_host_before_the_put_back(monkeypatch):
+    """Found by review (sixteenth stop): the phases ran on a ``ThreadPoolExecutor``, which lists a
+    worker for joining only after its thread started; a forced stop landing in between raised out
+    of the phase with no stop asked of the other hosts, and the put-back could begin while that
+    worker still prepared (or switched) its host. Now the phase asks every host to stop, waits for
+    each, then puts them back."""
+    seen, returned = _two_runs_in_a_phase(monkeypatch, {2})
+    assert seen.get("returned") == ["h1", "h2"], "the put-back began while a host was still in its phase"
+    assert isinstance(seen["exc"], KeyboardInterrupt) and seen["stop"] is True
+
+
+def test_a_second_forced_stop_while_the_hosts_run_stops_at_once_without_a_put_back(monkeypatch):
+    seen, returned = _two_runs_in_a_phase(monkeypatch, {1, 2})
+    assert seen == {} and len(returned) < 2     # not put back under hosts still running: as asked
