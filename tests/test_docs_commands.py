@@ -406,3 +406,17 @@ def test_every_setting_the_code_reads_is_in_a_settings_table():
                if name not in tabled and name not in NOT_SETTINGS
                and not (where.startswith("deploy/") and f"`{name}`" in compose)]
     assert not missing, "settings the code reads that no settings table names: " + ", ".join(missing)
+
+
+def test_the_system_packages_the_readme_lists_are_the_ones_make_test_installs():
+    """README's quick start lists the system packages `make test` installs when missing; they are
+    the packages `scripts/system-deps.sh` (`make system-deps`) asks for. Found drifted: the script
+    added `zsh` (a deploy user's login shell) and `busybox` (its wget) and the list did not."""
+    script = (REPO / "scripts/system-deps.sh").read_text()
+    installed = set(re.findall(r"need\+=\(([a-z0-9-]+)\)", script))
+    assert {"openssh-server", "zsh", "busybox"} <= installed, installed
+    m = re.search(r"installs the system packages the tests use when they are missing\s*\(([^)]*)\)",
+                  " ".join(_doc("README.md").split()))
+    assert m, "README.md no longer lists the system packages `make test` installs"
+    listed = set(re.findall(r"`([a-z0-9-]+)`", m.group(1).split(";")[0]))
+    assert listed == installed, f"README lists {sorted(listed)}, scripts/system-deps.sh installs {sorted(installed)}"
