@@ -420,3 +420,33 @@ def test_the_system_packages_the_readme_lists_are_the_ones_make_test_installs():
     assert m, "README.md no longer lists the system packages `make test` installs"
     listed = set(re.findall(r"`([a-z0-9-]+)`", m.group(1).split(";")[0]))
     assert listed == installed, f"README lists {sorted(listed)}, scripts/system-deps.sh installs {sorted(installed)}"
+
+
+# Variables the code reads that no user sets for it: what CircleCI and `mlflow run` set for a job or
+# a run, and what other tools define (named in the docs where they matter, not in a settings table).
+READ_NOT_SETTINGS = {"CIRCLE_PIPELINE_ID": "CircleCI sets it (lineage)", "CIRCLE_SHA1": "CircleCI sets it (lineage)",
+                     "CIRCLE_WORKFLOW_ID": "CircleCI sets it (lineage, approvals)",
+                     "MLFLOW_RUN_ID": "`mlflow run` sets it for the run it started",
+                     "CURL_CA_BUNDLE": "read as requests reads it (architecture.md, tfs_client)",
+                     "REQUESTS_CA_BUNDLE": "read as requests reads it (architecture.md, tfs_client)",
+                     "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own, defaulted by mlops.cli",
+                     "XDG_CACHE_HOME": "the default of MLOPS_CACHE_DIR says it"}
+_READ = re.compile(r"(?:\benv|token_env|environ\.get|getenv|environ\[|environ\.setdefault|port_env)"
+                   r"""\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
+
+
+def test_every_variable_the_code_reads_by_name_is_in_a_settings_table():
+    """Beyond ``MLOPS_*``: every variable our packages read by name (``settings.env("X")``,
+    ``os.environ.get("X")``, ...) is in a settings table or in ``READ_NOT_SETTINGS``. Found
+    missing: ``MLFLOW_EXPERIMENT_NAME`` / ``MLFLOW_EXPERIMENT_ID``, which choose the experiment
+    `mlops train` logs its runs in."""
+    found: dict[str, str] = {}
+    for package in ("mlops", "mlops_common", "registry", "serving_sync", "serving_host", "mlproject"):
+        for f in sorted((REPO / package).rglob("*.py")):
+            for name in _READ.findall(f.read_text()):
+                found.setdefault(name, str(f.relative_to(REPO)))
+    assert {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "CIRCLE_TOKEN"} <= set(found), found
+    tabled = {name for doc, heading in SETTINGS_TABLES for name in _table_settings(doc, heading)}
+    missing = [f"{name} ({where})" for name, where in sorted(found.items())
+               if name not in tabled and name not in READ_NOT_SETTINGS]
+    assert not missing, "variables the code reads that no settings table names: " + ", ".join(missing)
