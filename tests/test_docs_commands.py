@@ -450,3 +450,18 @@ def test_every_variable_the_code_reads_by_name_is_in_a_settings_table():
     missing = [f"{name} ({where})" for name, where in sorted(found.items())
                if name not in tabled and name not in READ_NOT_SETTINGS]
     assert not missing, "variables the code reads that no settings table names: " + ", ".join(missing)
+
+
+def test_the_architecture_lists_every_error_of_serving_sync():
+    """docs/architecture.md lists the errors `serving_sync.errors` defines (what a caller of the
+    serving_sync API catches). Found missing: NoProduction, NotTFServing, ProductionNotExpected."""
+    import ast
+
+    tree = ast.parse((REPO / "serving_sync/errors.py").read_text())
+    defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert {"HostUnreachable", "ProductionMoved"} <= defined, defined
+    m = re.search(r"subclasses from `serving_sync\.errors` \(([^)]*)\)", " ".join(_doc("docs/architecture.md").split()))
+    assert m, "docs/architecture.md no longer lists the errors of serving_sync.errors"
+    listed = {name.strip() for name in m.group(1).split(",")}
+    assert listed == defined, f"listed but not defined: {sorted(listed - defined)}; " \
+                              f"defined but not listed: {sorted(defined - listed)}"
