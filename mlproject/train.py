@@ -520,6 +520,8 @@ def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) ->
 
     tracking_client()  # fail fast on a wrong server, before loading data or training
     production = tracking.production_version(model_name)
+    if production is None and not from_scratch:
+        _refuse_a_removed_production_alias(model_name)
     dataset = params.dataset
     if production is not None:
         prod_dataset = T.read(versions.get_version(model_name, production).tags, T.DATASET)
@@ -533,6 +535,26 @@ def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) ->
                               f"'{dataset}'; drop --dataset or retrain with --from-scratch")
         dataset = dataset or prod_dataset
     return replace(params, dataset=dataset or DEFAULT_DATASET), None if from_scratch else production
+
+
+def _refuse_a_removed_production_alias(model_name: str) -> None:
+    """No ``production`` alias, but the ledger says a version holds production (the alias removed
+    outside mlops, or that version deleted): a retrain then started from scratch, tagged
+    ``retrained_from=scratch``, instead of from production as documented; the gate refuses the same
+    state (``gate_rules.choose_baseline``)."""
+    from registry import versions
+    from registry.ledger import Ledger
+    from registry.promotion_rules import ledger_production
+
+    held = ledger_production(Ledger().entries(model_name, actions=("promote", "rollback"), current=True))
+    if not held:
+        return
+    fix = (f"v{held} was deleted from the registry; record its removal with `mlops registry reconcile`"
+           if not versions.version_exists(model_name, held) else
+           f"the alias was removed outside mlops; put it back with `mlops registry promote --version {held}`")
+    raise RefusedError(f"'{model_name}' has no production alias but the ledger says v{held} holds production: "
+                       f"a retrain would start from scratch, not from it; {fix}, or retrain with --from-scratch "
+                       f"(nothing was trained or registered)")
 
 
 def _run_of(model_name: str, version: int | None) -> str | None:

@@ -317,6 +317,30 @@ def test_retrain_from_scratch_drops_production_s_weights_not_its_data_set(make_v
         retrain_plan(model, TrainParams(dataset="digits"), from_scratch=False)
 
 
+def test_a_retrain_while_the_production_alias_is_removed_outside_mlops_is_refused(make_version):
+    """`mlops retrain` continues "the version that holds the `production` alias (from scratch when
+    none does)". Found by a review (2026-12-06, sixteenth stop): with the alias removed in the
+    MLflow UI while the ledger says v1 holds production, a retrain started from scratch silently
+    (tagged retrained_from=scratch); the gate refuses that state. Now refused before anything
+    trains; --from-scratch, which asks for fresh weights, stays allowed."""
+    from mlops_common.errors import RefusedError
+    from mlproject.train import TrainParams, retrain_plan
+    from registry import promotion, versions
+    from registry.gate import run_gate
+    from tests.test_registry_gate import Evaluations, doc
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    assert run_gate(model, v1, Evaluations({v1: doc(0.95)})).passed
+    promotion.promote(model, v1, actor="alice")
+    assert retrain_plan(model, TrainParams(), from_scratch=False)[1] == v1
+    versions.delete_alias(model, versions.PRODUCTION)              # someone in the MLflow UI
+    with pytest.raises(RefusedError, match=f"the ledger says v{v1} holds production.*"
+                                           f"`mlops registry promote --version {v1}`"):
+        retrain_plan(model, TrainParams(), from_scratch=False)
+    assert retrain_plan(model, TrainParams(), from_scratch=True) == (TrainParams(dataset="digits"), None)
+
+
 def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches, cli_trained):
     from mlproject.train import TrainParams, retrain
 
