@@ -13,7 +13,6 @@ Fleets of 1-2 hosts; every wait is bounded.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import threading
 import time
@@ -230,16 +229,20 @@ def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upl
     assert env.answers_like(host, v1) and env.which(host) == v1
 
 
-class _SlowToStart(concurrent.futures.ThreadPoolExecutor):
-    """A pool whose next worker thread the OS schedules late: each host is handed over only once the
-    one before it has finished (a loaded CI machine did this on its own)."""
+def _slow_to_start(monkeypatch) -> None:
+    """Worker threads of the prepare phase that the OS schedules late: each later worker starts
+    only once the one before it has finished, so the first worker takes every host, one after the
+    other (a loaded CI machine did this on its own)."""
+    real_start, earlier = threading.Thread.start, []
 
-    def submit(self, fn, *args, **kwargs):
-        before = getattr(self, "_last", None)
-        if before is not None:
-            concurrent.futures.wait([before], timeout=120)
-        self._last = super().submit(fn, *args, **kwargs)
-        return self._last
+    def start(self):
+        if self.name.startswith("prepare_"):
+            for t in earlier:
+                t.join(120)
+            earlier.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
 
 
 @pytest.mark.parametrize("threads", ["prompt", "slow_to_start"])
@@ -251,7 +254,7 @@ def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy
     no host waits for its turn: the second runs even when its thread starts after the first host
     failed (a full CI run found it skipped as "queued")."""
     if threads == "slow_to_start":
-        monkeypatch.setattr(fleet, "ThreadPoolExecutor", _SlowToStart)
+        _slow_to_start(monkeypatch)
     env = deploy_env
     hosts = env.add_hosts(2, "file")
     v1, v2 = _v1_then_promote_v2(env, hosts)
