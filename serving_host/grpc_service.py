@@ -176,14 +176,69 @@ def _prediction_handlers(servicer: PredictionService):
     return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", handlers)
 
 
-def serve(manager: Manager, host: str, port: int, workers: int = 8) -> grpc.Server:
-    """Start the gRPC server; raises OSError when the port cannot be bound."""
+# grpc.health.v1 (gRPC's DefaultHealthCheckService, which server.cc turns on with
+# --enable_grpc_healthcheck_service): "" is SERVING from the start, and server.cc sets "ModelService"
+# and "PredictionService" (those names, not the full ones); any other name is NOT_FOUND.
+HEALTH_SERVICES = ("", "ModelService", "PredictionService")
+_HEALTH_TYPES: tuple[type, type] | None = None
+
+
+def _health_types() -> tuple[type, type]:
+    """(HealthCheckRequest, HealthCheckResponse) of grpc/health/v1/health.proto, built here (no
+    grpcio-health-checking needed): ``string service = 1`` / ``ServingStatus status = 1``."""
+    global _HEALTH_TYPES
+    if _HEALTH_TYPES is None:
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        fd = descriptor_pb2.FileDescriptorProto(name="serving_host_health.proto", package="grpc.health.v1",
+                                                syntax="proto3")
+        t = descriptor_pb2.FieldDescriptorProto
+        fd.message_type.add(name="HealthCheckRequest").field.add(
+            name="service", number=1, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
+        resp = fd.message_type.add(name="HealthCheckResponse")
+        enum = resp.enum_type.add(name="ServingStatus")
+        for i, n in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+            enum.value.add(name=n, number=i)
+        resp.field.add(name="status", number=1, type=t.TYPE_ENUM, label=t.LABEL_OPTIONAL,
+                       type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus")
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(fd)
+        _HEALTH_TYPES = tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"grpc.health.v1.{n}"))
+                              for n in ("HealthCheckRequest", "HealthCheckResponse"))
+    return _HEALTH_TYPES
+
+
+def _health_check(request: bytes, context):
+    """``DefaultHealthCheckService``'s Check: the request's bytes -> the response's bytes."""
+    from google.protobuf.message import DecodeError
+
+    request_type, response_type = _health_types()
+    try:
+        service = request_type.FromString(request).service
+    except DecodeError:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "could not parse request")
+    if service not in HEALTH_SERVICES:
+        context.abort(grpc.StatusCode.NOT_FOUND, "service name unknown")
+    return response_type(status=1).SerializeToString()      # SERVING
+
+
+def _health_handler():
+    return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(_health_check)})
+
+
+def serve(manager: Manager, host: str, port: int, workers: int = 8, *,
+          health_check: bool = False) -> grpc.Server:
+    """Start the gRPC server; raises OSError when the port cannot be bound. ``health_check``:
+    ``--enable_grpc_healthcheck_service``, grpc.health.v1.Health/Check as TF Serving answers it."""
     unlimited = 2**31 - 1  # server.cc: builder.SetMaxMessageSize(INT32_MAX), not gRPC's 4 MiB default
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", unlimited),
                                   ("grpc.max_send_message_length", unlimited)])
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
     server.add_generic_rpc_handlers((_prediction_handlers(PredictionService(manager)),))
+    if health_check:
+        server.add_generic_rpc_handlers((_health_handler(),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")

@@ -61,7 +61,7 @@ def _bool(text: str) -> bool:
 NO_EFFECT_FLAGS = (
     "batching_parameters_file", "enable_batching", "enable_per_model_batching_parameters",
     "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
-    "grpc_channel_arguments", "grpc_max_threads", "grpc_socket_path", "enable_grpc_healthcheck_service",
+    "grpc_channel_arguments", "grpc_max_threads", "grpc_socket_path",
     "ssl_config_file", "use_alts_credentials",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
     "tensorflow_session_config_file", "thread_pool_factory_config_file", "num_unload_threads",
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rest_api_max_body_bytes", type=int, metavar="N", default=64 * 1024 * 1024,
                    help="answer 413 to a larger REST request body without reading it (local server "
                         "only; default: 67108864 = 64 MiB)")
+    p.add_argument("--enable_grpc_healthcheck_service", type=_bool, nargs="?", const=True, default=False,
+                   metavar="BOOL", help="serve grpc.health.v1.Health/Check on --port: \"\", ModelService and "
+                                        "PredictionService answer SERVING (default: false)")
     p.add_argument("--bind_address", default="127.0.0.1", metavar="ADDR",
                    help="address both ports listen on (local server only; real TF Serving listens on "
                         "all interfaces) (default: 127.0.0.1)")
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     grpc_server = rest_server = None
     try:
         if args.port:
-            grpc_server = grpc_service.serve(manager, args.bind_address, args.port)
+            grpc_server = grpc_service.serve(manager, args.bind_address, args.port,
+                                             health_check=args.enable_grpc_healthcheck_service)
             log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, args.port)
         if args.rest_api_port:
             rest_server, _ = http_server.serve(

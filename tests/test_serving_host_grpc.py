@@ -906,3 +906,39 @@ def test_class_labels_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(tm
     r = requests.post(f"{srv.rest_url}/v1/models/raw:classify", json={"examples": [{}]}, timeout=60)
     assert r.status_code == 200
     assert r.content == b'{\n    "results": [[["\xffcat", 1.0], ["ok", 1.0]]\n    ]\n}'
+
+
+# -- grpc.health.v1 ---------------------------------------------------------------------------
+def _health_check(channel, service: str) -> bytes:
+    """grpc.health.v1.Health/Check on raw bytes: ``HealthCheckRequest.service`` is field 1."""
+    data = service.encode()
+    request = (b"\n" + bytes([len(data)]) + data) if data else b""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    return check(request, timeout=RPC_TIMEOUT)
+
+
+def test_the_grpc_health_service_answers_as_tf_serving_with_its_flag(server, tfserving_factory, tmp_path):
+    """server.cc: --enable_grpc_healthcheck_service turns on gRPC's DefaultHealthCheckService ("" is
+    SERVING) and sets "ModelService" and "PredictionService" SERVING; another name is NOT_FOUND
+    "service name unknown". Without the flag there is no Health service (UNIMPLEMENTED). The local
+    server took the flag and ignored it, so a client's health probe got UNIMPLEMENTED."""
+    with pytest.raises(grpc.RpcError) as info:
+        _health_check(server.channel, "")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    config = (f'model_config_list {{ config {{ name: "default" base_path: "{HALF_PLUS_TWO}" '
+              f'model_platform: "tensorflow" }} }}\n')
+    srv = tfserving_factory(tmp_path / "base", config, extra_args=("--enable_grpc_healthcheck_service=true",))
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        for service in ("", "ModelService", "PredictionService"):
+            assert _health_check(channel, service) == b"\x08\x01", service      # status: SERVING
+        for service in ("tensorflow.serving.PredictionService", "nope"):
+            with pytest.raises(grpc.RpcError) as info:
+                _health_check(channel, service)
+            assert (info.value.code(), info.value.details()) == (grpc.StatusCode.NOT_FOUND,
+                                                                 "service name unknown")
+        with pytest.raises(grpc.RpcError) as info:      # not a HealthCheckRequest
+            channel.unary_unary("/grpc.health.v1.Health/Check")(b"\xff", timeout=RPC_TIMEOUT)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                             "could not parse request")
