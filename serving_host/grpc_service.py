@@ -154,10 +154,32 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._call(context, apis.metadata, request.model_spec, None)
 
 
+def _parsing(cls, behavior):
+    """``behavior`` on the request's bytes parsed as ``cls``. Bytes that do not parse are gRPC C++'s
+    ``GenericDeserialize``: INTERNAL with ``InitializationErrorString()``, empty for a proto3
+    message (Python's gRPC answered INTERNAL "Exception deserializing request!")."""
+    from google.protobuf.message import DecodeError
+
+    def handler(data: bytes, context):
+        try:
+            request = cls.FromString(data)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INTERNAL, "")
+        return behavior(request, context)
+    return handler
+
+
+def _handlers(service: str, servicer, requests: dict[str, type]):
+    """The unary handlers of ``service``, each response sent by its own ``SerializeToString``:
+    Classify and MultiInference answer with ``apis.raw_label_type``'s classes, whose labels may be
+    any bytes (the generated serializers take only their own class)."""
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        _parsing(cls, getattr(servicer, name)),
+        response_serializer=lambda response: response.SerializeToString()) for name, cls in requests.items()}
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
 def _prediction_handlers(servicer: PredictionService):
-    """``add_PredictionServiceServicer_to_server``'s handlers, each response sent by its own
-    ``SerializeToString``: Classify and MultiInference answer with ``apis.raw_label_type``'s
-    classes, whose labels may be any bytes (the generated serializers take only their own class)."""
     from tensorflow_serving.apis import (
         classification_pb2,
         get_model_metadata_pb2,
@@ -166,14 +188,18 @@ def _prediction_handlers(servicer: PredictionService):
         regression_pb2,
     )
 
-    requests = {"Classify": classification_pb2.ClassificationRequest,
-                "Regress": regression_pb2.RegressionRequest, "Predict": predict_pb2.PredictRequest,
-                "MultiInference": inference_pb2.MultiInferenceRequest,
-                "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest}
-    handlers = {name: grpc.unary_unary_rpc_method_handler(
-        getattr(servicer, name), request_deserializer=cls.FromString,
-        response_serializer=lambda response: response.SerializeToString()) for name, cls in requests.items()}
-    return grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", handlers)
+    return _handlers("tensorflow.serving.PredictionService", servicer, {
+        "Classify": classification_pb2.ClassificationRequest, "Regress": regression_pb2.RegressionRequest,
+        "Predict": predict_pb2.PredictRequest, "MultiInference": inference_pb2.MultiInferenceRequest,
+        "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest})
+
+
+def _model_handlers(servicer: ModelService):
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    return _handlers("tensorflow.serving.ModelService", servicer, {
+        "GetModelStatus": get_model_status_pb2.GetModelStatusRequest,
+        "HandleReloadConfigRequest": model_management_pb2.ReloadConfigRequest})
 
 
 # grpc.health.v1 (gRPC's DefaultHealthCheckService, which server.cc turns on with
@@ -235,8 +261,8 @@ def serve(manager: Manager, host: str, port: int, workers: int = 8, *,
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", unlimited),
                                   ("grpc.max_send_message_length", unlimited)])
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
-    server.add_generic_rpc_handlers((_prediction_handlers(PredictionService(manager)),))
+    server.add_generic_rpc_handlers((_model_handlers(ModelService(manager)),
+                                     _prediction_handlers(PredictionService(manager))))
     if health_check:
         server.add_generic_rpc_handlers((_health_handler(),))
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -942,3 +942,27 @@ def test_the_grpc_health_service_answers_as_tf_serving_with_its_flag(server, tfs
             channel.unary_unary("/grpc.health.v1.Health/Check")(b"\xff", timeout=RPC_TIMEOUT)
         assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                              "could not parse request")
+
+
+def test_a_request_that_does_not_parse_is_internal_with_no_text_as_grpc_cpp_answers(server):
+    """gRPC C++'s ``GenericDeserialize`` (grpcpp/impl/codegen/proto_utils.h): bytes that do not parse as
+    the request are INTERNAL with ``InitializationErrorString()``, empty for TF Serving's proto3
+    requests, before TF Serving's handler runs. Python's gRPC answered INTERNAL "Exception
+    deserializing request!" (and logged a traceback)."""
+    not_a_message = b"\\xff"                          # field 31 with wire type 7: no such thing
+    bad_utf8_name = b"\\x0a\\x03\\x0a\\x01\\xff"          # model_spec { name: "\\xff" }: proto3 strings are UTF-8
+    for method in ("/tensorflow.serving.PredictionService/Predict",
+                   "/tensorflow.serving.PredictionService/Classify",
+                   "/tensorflow.serving.PredictionService/GetModelMetadata",
+                   "/tensorflow.serving.ModelService/GetModelStatus",
+                   "/tensorflow.serving.ModelService/HandleReloadConfigRequest"):
+        for data in (not_a_message, bad_utf8_name):
+            with pytest.raises(grpc.RpcError) as info:
+                server.channel.unary_unary(method)(data, timeout=RPC_TIMEOUT)
+            assert (info.value.code(), info.value.details() or "") == (grpc.StatusCode.INTERNAL, ""), (method, data)
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    request = get_model_status_pb2.GetModelStatusRequest()       # the same handlers still answer
+    request.model_spec.name = "default"
+    status = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, RPC_TIMEOUT)
+    assert [(s.version, s.state) for s in status.model_version_status] == [(123, 30)]
