@@ -31,10 +31,11 @@ def _restore_all(runs: list[HostRun]) -> tuple[list[tuple[HostRun, dict]], BaseE
     """``HostRun.restore`` on every host, in parallel (each never raises but for a forced interrupt),
     and the forced interrupt (a second signal) that came meanwhile, if any: the caller still records
     the put-back and moves production, then raises it. A forced interrupt lands in this thread while
-    it waits for the pool, which lets every host finish its put-back before it is seen here."""
+    it waits for the put-backs (worker threads even for one host), which lets every host finish its
+    put-back before it is seen here."""
     forced = None
     try:
-        outcomes = parallel.settle(HostRun.restore, runs, workers=8, name="restore")
+        outcomes = parallel.settle(HostRun.restore, runs, workers=8, name="restore", inline=False)
     except BaseException as exc:  # noqa: BLE001 - raised by the caller once the put-back is recorded
         forced, outcomes = exc, [(r.outcome.restore, None) for r in runs]
     out = []

@@ -180,12 +180,15 @@ def test_a_step_that_lost_the_connection_is_still_the_connections(monkeypatch):
     assert "the connection to h1 was lost" in kept_because and result.blames_version is False
 
 
-def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production(monkeypatch):
+@pytest.mark.parametrize("hosts", [2, 1])
+def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production(monkeypatch, hosts):
     """Found by review (fifteenth stop): a second signal (Ctrl-C twice, a hangup then CI's SIGTERM)
     while the hosts were put back after a failed smoke test let every host finish its put-back, then
     raised out of ``deploy_failure.fail``: no ``host_rollback`` rows, production left on the version
     whose smoke test failed, untagged, and the message said only "stopped". Now the put-back is
-    recorded and production moved as without the signal, and the forced stop is raised after."""
+    recorded and production moved as without the signal, and the forced stop is raised after.
+    One host (sixteenth stop): its put-back ran in this thread, so the signal landed inside it and
+    the host was left half put back, recorded ``failed``; it now runs in a worker thread too."""
     import signal
     import threading
 
@@ -196,8 +199,8 @@ def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production
     recorder = lambda *a, **k: None      # noqa: E731
     recorder.entry = lambda action, outcome, **k: (action, outcome, k["host"])
     recorder.record_all = rows.extend
-    runs = [_run(record=recorder), _run(record=recorder)]
-    runs[1].host, runs[1].outcome.host = NS(name="h2"), "h2"
+    runs = [_run(record=recorder), _run(record=recorder)][:hosts]
+    runs[-1].host, runs[-1].outcome.host = NS(name=f"h{hosts}"), f"h{hosts}"
     for r in runs:
         r.touched = True
     delivered = threading.Event()
@@ -207,7 +210,7 @@ def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production
         raise KeyboardInterrupt
 
     def put_back(self):
-        if self.host.name == "h2":       # the second signal, while the main thread waits for the put-backs
+        if self.host.name == runs[-1].host.name:   # the second signal, while the put-backs run
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
             assert delivered.wait(60)
 
@@ -224,10 +227,11 @@ def test_a_forced_stop_during_the_put_back_still_records_it_and_moves_production
     finally:
         signal.signal(signal.SIGINT, previous)
     assert delivered.is_set() and isinstance(err, KeyboardInterrupt), "the forced stop escaped fail()"
-    assert sorted(rows) == [("host_rollback", "ok", "h1"), ("host_rollback", "ok", "h2")]
+    names = [r.host.name for r in runs]
+    assert sorted(rows) == [("host_rollback", "ok", n) for n in names]
     assert seen == {"kept_because": None} and result.blames_version is True
-    assert "put back h1, h2" in result.message and "production moved back to v1" in result.message
-    assert [r.outcome.status for r in runs] == ["restored", "restored"]
+    assert f"put back {', '.join(names)}" in result.message and "production moved back to v1" in result.message
+    assert [r.outcome.status for r in runs] == ["restored"] * hosts
 
 
 def _two_runs_in_a_phase(monkeypatch, raise_on_starts):
