@@ -58,6 +58,8 @@ def cmd_make_batch(args) -> int:
     if args.repeats is not None and args.kind != "bad":
         raise ConfigError("--repeats applies to --kind bad only (a good batch is the held-back samples once)")
     out = args.out
+    if s3.is_s3(out):
+        s3.parse_uri(out)   # `s3://` (an unset bucket): the join below made it the local folder ./s3:/
     if (not s3.is_s3(out) and Path(out).is_dir()) or (s3.is_s3(out) and out.endswith("/")):
         out = out.rstrip("/") + "/" + batches.default_name(args.kind, args.dataset, args.seed)
     with contextlib.redirect_stdout(sys.stderr):  # loaders may print; stdout is for the result
