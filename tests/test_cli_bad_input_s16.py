@@ -20,3 +20,17 @@ def test_make_batch_out_s3_without_a_bucket_is_refused_not_written_to_a_local_s3
         f"error: '{out}' is not an S3 location; expected s3://bucket/prefix"]
     assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_report_dir_is_refused_not_a_gate_that_writes_no_report(value, capsys):
+    """``registry gate --report-dir "$REPORTS"`` with the variable unset: the gate ran, recorded its
+    verdict and wrote no report (``if report_dir:``), exit 0; CI's artifact step then stored nothing."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["registry", "gate", "--version", "1", "--report-dir", value])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: argument --report-dir: is empty: name the folder for report.md, report.json and report.html, "
+        "or leave --report-dir out (usage: `mlops registry gate --help`)\n")

@@ -57,7 +57,7 @@ def register(sub) -> None:
     g.add_argument("--max-class-drop", type=flags.fraction, metavar="D",
                    help="one allowed per-class accuracy drop vs production for every class (default: each "
                         "class's own, paired on its examples; 0.10 for older evaluations)")
-    g.add_argument("--report-dir", metavar="DIR", help="also write report.md, report.json and "
+    g.add_argument("--report-dir", type=flags.report_dir, metavar="DIR", help="also write report.md, report.json and "
                                                        "report.html here (for CI artifacts)")
     g.add_argument("--junit", metavar="FILE", help="also write the rules as JUnit XML test cases "
                                                    "(for CircleCI's store_test_results)")
