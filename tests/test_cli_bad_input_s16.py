@@ -34,3 +34,19 @@ def test_an_empty_report_dir_is_refused_not_a_gate_that_writes_no_report(value, 
     assert capsys.readouterr().err == (
         "error: argument --report-dir: is empty: name the folder for report.md, report.json and report.html, "
         "or leave --report-dir out (usage: `mlops registry gate --help`)\n")
+
+
+@pytest.mark.parametrize("argv", [["sync", "watch", "--webhook-port", "0", "--secret-env", ""],
+                                  ["sync", "watch", "--secret-env", " "]])
+def test_an_empty_secret_env_is_refused_not_the_default_variable(argv, capsys):
+    """``sync watch --webhook-port 0 --secret-env "$VAR_NAME"`` with the variable unset verified the
+    webhooks with MLOPS_WEBHOOK_SECRET instead (``registry webhook create`` refuses an empty name);
+    without --webhook-port an empty one passed unremarked, where a named one is refused."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: argument --secret-env: is empty: name the environment variable holding the webhook's HMAC "
+        "secret, or leave --secret-env out to use MLOPS_WEBHOOK_SECRET (usage: `mlops sync watch --help`)\n")

@@ -166,6 +166,10 @@ bind_address = _not_empty("name an address of this machine (e.g. 127.0.0.1, or 0
 output_path = _not_empty("name the output .npz file, an existing folder or s3://bucket/key.npz")
 # ``registry gate --report-dir``: an empty one (an unset ``"$REPORTS"``) wrote no report, silently
 report_dir = _not_empty("name the folder for report.md, report.json and report.html, or leave --report-dir out")
+# ``sync watch --secret-env``: an empty one took MLOPS_WEBHOOK_SECRET instead (``registry webhook create``
+# refuses it), or passed unremarked without --webhook-port
+secret_env = _not_empty("name the environment variable holding the webhook's HMAC secret, or leave --secret-env "
+                        "out to use MLOPS_WEBHOOK_SECRET")
 # ``--incoming``, ``data validate``: an empty ``${INCOMING:-$MLOPS_INCOMING}`` retrained on no new data
 location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix (in CircleCI: the `incoming` "
                       "pipeline parameter or MLOPS_INCOMING in the mlops-tracking context)")

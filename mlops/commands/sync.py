@@ -242,7 +242,7 @@ def register(sub) -> None:
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
     w.add_argument("--webhook-host", type=flags.bind_address, metavar="ADDR",
                    help="address to bind the receiver to (default 127.0.0.1)")
-    w.add_argument("--secret-env", metavar="VAR",
+    w.add_argument("--secret-env", type=flags.secret_env, metavar="VAR",
                    help="the environment variable holding the webhook's HMAC secret, as given to "
                         "`registry webhook create --secret-env` (default MLOPS_WEBHOOK_SECRET)")
     _deploy_flags(w, watch=True)
