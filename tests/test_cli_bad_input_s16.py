@@ -50,3 +50,19 @@ def test_an_empty_secret_env_is_refused_not_the_default_variable(argv, capsys):
     assert capsys.readouterr().err == (
         "error: argument --secret-env: is empty: name the environment variable holding the webhook's HMAC "
         "secret, or leave --secret-env out to use MLOPS_WEBHOOK_SECRET (usage: `mlops sync watch --help`)\n")
+
+
+@pytest.mark.parametrize("argv", [["registry", "promote", "--pipeline-id", "pipe-\udcff"],
+                                  ["registry", "webhook", "create", "--url", "http://127.0.0.1:9/hook-\udcff"]])
+def test_a_flag_sent_to_mlflow_that_is_not_utf8_is_one_usage_line_not_a_traceback(argv, capsys):
+    """Bytes of another encoding (a Latin-1 terminal's ``é`` reaches Python as a lone surrogate) in
+    ``--pipeline-id`` or the webhook's ``--url`` were a UnicodeEncodeError traceback from requests
+    or MLflow's protobuf, exit 1; they are refused as the other text flags are."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: argument {argv[-2]}: is not UTF-8 text"), err
+    assert len(err.splitlines()) == 1

@@ -96,7 +96,7 @@ def register(sub) -> None:
                     "OS user.",
         epilog=_ENV_EPILOG)
     pr.add_argument("--version", type=flags.version_number, metavar="N", help="version to promote")
-    pr.add_argument("--pipeline-id", metavar="ID",
+    pr.add_argument("--pipeline-id", type=flags.utf8_text, metavar="ID",
                     help="promote the version registered by this CircleCI pipeline")
     pr.add_argument("--actor", type=flags.actor,
                     help="who is promoting (outside CircleCI; default: the OS user)")
@@ -172,7 +172,7 @@ def register(sub) -> None:
                     "The secret is never printed, logged or written by this command; MLflow stores "
                     "it encrypted. " + SERVER_SIDE_HELP,
         epilog=_ENV_EPILOG)
-    wc.add_argument("--url", required=True, help="the receiver's URL (http(s)://host:port/path)")
+    wc.add_argument("--url", required=True, type=flags.utf8_text, help="the receiver's URL (http(s)://host:port/path)")
     wc.add_argument("--secret-env", default=DEFAULT_SECRET_ENV, metavar="VAR",
                     help="NAME of the environment variable holding the secret "
                          f"(default {DEFAULT_SECRET_ENV})")
