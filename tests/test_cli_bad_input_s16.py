@@ -66,3 +66,20 @@ def test_a_flag_sent_to_mlflow_that_is_not_utf8_is_one_usage_line_not_a_tracebac
     err = capsys.readouterr().err
     assert err.startswith(f"error: argument {argv[-2]}: is not UTF-8 text"), err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["data", "validate", "s3://bucket/new-\udcff"],
+                                  ["retrain", "--incoming", "s3://bucket/new-\udcff"],
+                                  ["data", "make-batch", "--kind", "good", "--out", "s3://bucket/b-\udcff.npz"]])
+def test_an_s3_location_that_is_not_utf8_is_one_usage_line_not_a_botocore_traceback(argv, capsys):
+    """A lone surrogate (bytes of another encoding) in an ``s3://`` key was a UnicodeEncodeError
+    traceback from botocore's URL encoding, exit 1. A local path keeps any bytes it may have."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and len(err.splitlines()) == 1, err
+    local = [a.replace("s3://bucket/", "/tmp/") for a in argv]
+    assert build_parser().parse_args(local) is not None      # a file name of any bytes is still a path

@@ -162,8 +162,16 @@ def _not_empty(hint: str, *, then=None):
 # ``--webhook-host``: an empty one bound every interface
 bind_address = _not_empty("name an address of this machine (e.g. 127.0.0.1, or 0.0.0.0 to listen on every "
                           "interface on purpose)", then=str.strip)
+
+
+def _s3_utf8(text: str) -> str:
+    """An ``s3://`` location is sent to S3 as text: bytes that are not UTF-8 were a traceback from
+    botocore (a local path may hold any bytes the file system does)."""
+    return utf8_text(text) if text.startswith("s3://") else text
+
+
 # ``data make-batch --out``: ``Path("")`` is "." and an empty one wrote to ``/<name>.npz``
-output_path = _not_empty("name the output .npz file, an existing folder or s3://bucket/key.npz")
+output_path = _not_empty("name the output .npz file, an existing folder or s3://bucket/key.npz", then=_s3_utf8)
 # ``registry gate --report-dir``: an empty one (an unset ``"$REPORTS"``) wrote no report, silently
 report_dir = _not_empty("name the folder for report.md, report.json and report.html, or leave --report-dir out")
 # ``sync watch --secret-env``: an empty one took MLOPS_WEBHOOK_SECRET instead (``registry webhook create``
@@ -172,7 +180,7 @@ secret_env = _not_empty("name the environment variable holding the webhook's HMA
                         "out to use MLOPS_WEBHOOK_SECRET")
 # ``--incoming``, ``data validate``: an empty ``${INCOMING:-$MLOPS_INCOMING}`` retrained on no new data
 location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix (in CircleCI: the `incoming` "
-                      "pipeline parameter or MLOPS_INCOMING in the mlops-tracking context)")
+                      "pipeline parameter or MLOPS_INCOMING in the mlops-tracking context)", then=_s3_utf8)
 
 
 # --- flags every registry / sync command takes ----------------------------------------------------
