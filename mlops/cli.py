@@ -38,6 +38,9 @@ class _Parser(argparse.ArgumentParser):
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
             prog = getattr(parsed, "_usage_prog", self.prog)
+            if {"-v", "--verbose"} & set(extra):    # a flag of `mlops` itself, given after the command
+                self.exit(2, f"error: -v/--verbose goes before the command: `mlops -v {prog.removeprefix('mlops ')} "
+                             f"...` (usage: `mlops --help`)\n")
             self.exit(2, f"error: {one_line('unrecognized arguments: ' + ' '.join(extra))} (usage: `{prog} --help`)\n")
         return parsed
 

@@ -83,3 +83,17 @@ def test_an_s3_location_that_is_not_utf8_is_one_usage_line_not_a_botocore_traceb
     assert "is not UTF-8 text" in err and len(err.splitlines()) == 1, err
     local = [a.replace("s3://bucket/", "/tmp/") for a in argv]
     assert build_parser().parse_args(local) is not None      # a file name of any bytes is still a path
+
+
+@pytest.mark.parametrize("argv", [["sync", "status", "-v"], ["registry", "history", "--verbose", "--limit", "3"]])
+def test_verbose_after_the_command_says_where_it_goes(argv, capsys):
+    """``mlops sync status -v`` said "unrecognized arguments: -v (usage: `mlops sync status --help`)",
+    a usage that does not list -v: the flag belongs to ``mlops`` itself, before the command."""
+    from mlops.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    cmd = " ".join(argv[:2])
+    assert capsys.readouterr().err == f"error: -v/--verbose goes before the command: `mlops -v {cmd} ...` " \
+                                      f"(usage: `mlops --help`)\n"
