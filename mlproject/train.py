@@ -520,35 +520,39 @@ def retrain_plan(model_name: str, params: TrainParams, *, from_scratch: bool) ->
 
     tracking_client()  # fail fast on a wrong server, before loading data or training
     production = tracking.production_version(model_name)
-    if production is None and not from_scratch:
-        _refuse_a_removed_production_alias(model_name)
+    # the version whose data set --dataset auto means: the alias holder, else the ledger's (a
+    # --from-scratch retrain with the alias removed outside mlops; without it, that is refused)
+    holder = production if production is not None else _ledger_holder(model_name, from_scratch=from_scratch)
     dataset = params.dataset
-    if production is not None:
-        prod_dataset = T.read(versions.get_version(model_name, production).tags, T.DATASET)
+    if holder is not None:
+        prod_dataset = T.read(versions.get_version(model_name, holder).tags, T.DATASET)
         if prod_dataset and prod_dataset not in DATASETS and not (from_scratch and dataset):
-            raise ConfigError(f"production (version {production}) of '{model_name}' has the dataset tag "
+            raise ConfigError(f"production (version {holder}) of '{model_name}' has the dataset tag "
                               f"'{prod_dataset}', which is none of this project's data sets ({', '.join(DATASETS)}): "
                               f"set the version's tag to the one it was trained on in the MLflow UI, or retrain "
                               f"with --from-scratch and --dataset")
         if dataset and prod_dataset and dataset != prod_dataset and not from_scratch:
-            raise ConfigError(f"production (version {production}) was trained on '{prod_dataset}', not "
+            raise ConfigError(f"production (version {holder}) was trained on '{prod_dataset}', not "
                               f"'{dataset}'; drop --dataset or retrain with --from-scratch")
         dataset = dataset or prod_dataset
     return replace(params, dataset=dataset or DEFAULT_DATASET), None if from_scratch else production
 
 
-def _refuse_a_removed_production_alias(model_name: str) -> None:
-    """No ``production`` alias, but the ledger says a version holds production (the alias removed
-    outside mlops, or that version deleted): a retrain then started from scratch, tagged
-    ``retrained_from=scratch``, instead of from production as documented; the gate refuses the same
-    state (``gate_rules.choose_baseline``)."""
+def _ledger_holder(model_name: str, *, from_scratch: bool) -> int | None:
+    """No ``production`` alias: the version the ledger says holds production, if it still exists
+    (its data set is what --dataset auto means; None: digits). Without ``from_scratch`` a holder is
+    refused: the alias was removed outside mlops, or that version deleted, and a retrain would start
+    from scratch, tagged ``retrained_from=scratch``, instead of from production as documented; the
+    gate refuses the same state (``gate_rules.choose_baseline``)."""
     from registry import versions
     from registry.ledger import Ledger
     from registry.promotion_rules import ledger_production
 
     held = ledger_production(Ledger().entries(model_name, actions=("promote", "rollback"), current=True))
     if not held:
-        return
+        return None
+    if from_scratch:
+        return held if versions.version_exists(model_name, held) else None
     fix = (f"v{held} was deleted from the registry; record its removal with `mlops registry reconcile`"
            if not versions.version_exists(model_name, held) else
            f"the alias was removed outside mlops; put it back with `mlops registry promote --version {held}`")

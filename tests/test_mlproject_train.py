@@ -341,6 +341,30 @@ def test_a_retrain_while_the_production_alias_is_removed_outside_mlops_is_refuse
     assert retrain_plan(model, TrainParams(), from_scratch=True) == (TrainParams(dataset="digits"), None)
 
 
+def test_a_retrain_from_scratch_with_the_production_alias_removed_keeps_the_ledger_holder_s_data_set(make_version):
+    """--dataset auto is "the production version's data set, else digits", --from-scratch included.
+    Found by a review (2026-12-06, sixteenth stop): with the alias removed in the MLflow UI while
+    the ledger says a fashion_mnist version holds production, --from-scratch trained on digits (the
+    alias case read the alias holder's tag; nothing read the ledger holder's). An explicit
+    --dataset still wins; a holder since deleted has no tag to read (digits)."""
+    from mlproject.train import TrainParams, retrain_plan
+    from registry import promotion, versions
+    from registry.gate import run_gate
+    from tests.test_registry_gate import Evaluations, doc
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(tags={"dataset": "fashion_mnist"})
+    assert run_gate(model, v1, Evaluations({v1: {**doc(0.95), "dataset": "fashion_mnist"}})).passed
+    promotion.promote(model, v1, actor="alice")
+    versions.delete_alias(model, versions.PRODUCTION)              # someone in the MLflow UI
+    assert retrain_plan(model, TrainParams(), from_scratch=True) == (TrainParams(dataset="fashion_mnist"), None)
+    assert retrain_plan(model, TrainParams(dataset="digits"), from_scratch=True) == \
+        (TrainParams(dataset="digits"), None)
+    versions.set_tags(model, v1, {"dataset": "no-such-set"})
+    with pytest.raises(ConfigError, match="has the dataset tag 'no-such-set'"):
+        retrain_plan(model, TrainParams(), from_scratch=True)
+
+
 def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches, cli_trained):
     from mlproject.train import TrainParams, retrain
 
