@@ -3,7 +3,7 @@
 Python's ``json`` writes the bare tokens ``NaN`` and ``Infinity`` (a diverged training's loss is
 NaN); ``JSON.parse``, Go, PostgreSQL's ``json`` and most other readers refuse them. Everything
 this project writes as JSON for other programs to read (``--json`` documents, the gate's
-``report.json``) goes through here.
+``report.json``, ``evaluation/heldout.json``, the ledger's ``details``) goes through here.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlops_common import faultpoint, stop
+from mlops_common import faultpoint, stop, strict_json
 from mlops_common.errors import ConfigError, DamagedModel, UnfitModel
 from registry import artifacts
 from registry import tags as version_tags
@@ -45,6 +45,12 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def heldout_json(self) -> str:
+        """``evaluation/heldout.json`` of the run (training's, the evaluate entry point's): strict
+        JSON, a NaN loss (a model answering NaN) as null, which the MLflow UI and jq read; the
+        run's metrics keep the NaN."""
+        return strict_json.dumps(self.to_dict(), indent=2)
 
     def run_metrics(self) -> dict[str, float]:
         """The run-metric names of the contract: heldout_accuracy, heldout_loss, ..._class_<k>."""
@@ -223,5 +229,5 @@ def log_to_active_project_run(evaluation: Evaluation) -> str | None:
                                # named like the training runs beside it, not MLflow's random name
                                RunTag("mlflow.runName", evaluate_run_name(evaluation.model_uri,
                                                                           evaluation.dataset))])
-        client.log_dict(run_id, evaluation.to_dict(), artifacts.HELDOUT)
+        client.log_text(run_id, evaluation.heldout_json(), artifacts.HELDOUT)
     return run_id

@@ -237,7 +237,7 @@ def _log_artifacts(model, data: TrainingData, history: dict, evaluation: Evaluat
     mlflow.log_figure(plots.confusion_matrix_figure(
         cm, f"{data.dataset} held-out (n={len(data.heldout)}, acc={evaluation.accuracy:.3f})"),
         "plots/confusion_matrix.png")
-    mlflow.log_dict(evaluation.to_dict(), artifacts.HELDOUT)
+    mlflow.log_text(evaluation.heldout_json(), artifacts.HELDOUT)
     with tempfile.TemporaryDirectory(prefix="mlops-export-") as tmp:
         saved = export.export_saved_model(model, Path(tmp) / artifacts.TFSERVING)
         golden = export.golden_set(saved, data.heldout.images[:GOLDEN_SIZE])

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
-from mlops_common import filelock, settings
+from mlops_common import filelock, settings, strict_json
 from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError
 
 ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback", "intent",
@@ -97,7 +97,8 @@ class Entry:
 def _to_row(entry: Entry) -> dict:
     values = {f.name: getattr(entry, f.name) for f in fields(entry) if f.name != "id"}   # no deep copy
     row = {k: v for k, v in values.items() if k != "details"}
-    row["details"] = json.dumps(entry.details, sort_keys=True, default=str) if entry.details else None
+    # strict: a NaN / infinity as null, so PostgreSQL's ``details::json`` and jq read every row
+    row["details"] = strict_json.dumps(entry.details, sort_keys=True, default=str) if entry.details else None
     if _holds_secret(list(values.values()), settings.secret_values()):
         raise RefusedError(f"refusing to write a '{entry.action}' ledger row for '{entry.model}': it "
                            f"contains the value of a secret environment variable")

@@ -146,6 +146,32 @@ def test_the_evaluate_entry_point_names_its_run_after_the_version_it_evaluated(m
     assert logged.data.metrics["heldout_accuracy"] == 0.9
 
 
+def _strict_json(text: str):
+    """What JSON.parse, jq and the MLflow UI read: no NaN / Infinity tokens."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_evaluation_heldout_json_is_strict_json_with_a_nan_loss(mlops_env, monkeypatch, tmp_path):
+    """Training and the evaluate entry point write `evaluation/heldout.json`. Found by a review
+    (2026-12-06, sixteenth stop): `log_dict` wrote a NaN loss (a model answering NaN) as the bare
+    token `NaN`, which the MLflow UI's artifact view and jq refuse. Now null, like `--json`; the
+    run's metric keeps the NaN."""
+    from mlproject.evaluate import Evaluation, log_to_active_project_run
+    from registry import artifacts
+
+    client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
+    run = client.create_run(client.create_experiment(f"project-{uuid.uuid4().hex[:8]}"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    ev = Evaluation(model_uri="models:/m/3", dataset="digits", heldout_fingerprint="ab" * 32, n=450,
+                    accuracy=0.9, loss=float("nan"), per_class_accuracy={"0": 0.9}, per_class_count={"0": 45})
+    assert log_to_active_project_run(ev) == run.info.run_id
+    doc = _strict_json(Path(client.download_artifacts(run.info.run_id, artifacts.HELDOUT, str(tmp_path))).read_text())
+    assert doc["loss"] is None and doc["accuracy"] == 0.9 and doc["heldout_fingerprint"] == "ab" * 32
+    assert _strict_json(ev.heldout_json()) == doc      # what training logs (mlproject.train._log_artifacts)
+
+
 @pytest.mark.slow
 def test_mlflow_run_retrain_takes_the_data_set_and_from_scratch(mlops_env, digits_batches):
     """The retrain entry point had neither: `mlflow run -e retrain` always continued from

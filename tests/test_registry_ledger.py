@@ -51,6 +51,25 @@ def test_append_and_read_back(ledger_url):
     assert rows[0].to_dict()["at"].endswith("+00:00")
 
 
+def test_details_are_stored_as_strict_json(ledger_url):
+    """Found by a review (2026-12-06, sixteenth stop): a NaN or infinity in a row's details was
+    stored as the bare token `NaN` / `Infinity`, which PostgreSQL's `details::json`, jq and
+    JSON.parse refuse. Now null (Python's reader took the tokens, so only other readers saw it)."""
+    import json
+
+    import sqlalchemy as sa
+
+    led = Ledger(ledger_url)
+    led.record("deploy", "m", outcome="failed", details={"max_diff": float("inf"), "p95": [float("nan"), 1.5]})
+    with led._engine.connect() as conn:
+        (text,) = conn.execute(sa.text("select details from ledger_entries")).scalars()
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    assert json.loads(text, parse_constant=refuse) == {"max_diff": None, "p95": [None, 1.5]}
+    assert led.entries("m")[0].details == {"max_diff": None, "p95": [None, 1.5]}
+
+
 def test_rows_never_carry_secret_values(ledger_url, monkeypatch):
     from mlops_common.errors import RefusedError
 
