@@ -95,13 +95,14 @@ def test_a_version_dropped_before_it_loads_stays_start(tfserving_factory, tmp_pa
     publish(base, "m", 2)
     broken(base, "m", 3)
     srv = tfserving_factory(base, model_config(base, "m", versions=[1]),
-                            extra_args=["--max_num_load_retries=10", "--load_retry_interval_micros=500000"])
+                            extra_args=["--max_num_load_retries=20", "--load_retry_interval_micros=500000"])
     srv.wait_for_state("m", 1, "AVAILABLE")
+    # 3 fails and retries for 10 s: the config poll (every 1 s) must drop 2 within that, on a loaded machine too
     srv.write_config(model_config(base, "m", versions=[2, 3]))     # 3 loads first, 2 waits in START
     srv.wait_for_state("m", 3, "LOADING")
     assert srv.version_states("m")[2] == "START"
     srv.write_config(model_config(base, "m", versions=[3]))        # drops 2 before it loads
-    srv.wait_for_state("m", 3, "END", timeout=30)
+    srv.wait_for_state("m", 3, "END", timeout=60)
     time.sleep(1.5)
     assert srv.version_states("m") == {1: "AVAILABLE", 2: "START", 3: "END"}
     assert "Loading servable version {name: m version: 2}" not in srv.log()
@@ -112,14 +113,14 @@ def test_parallel_loads_report_a_dropped_load_as_cancelled(tfserving_factory, tm
     publish(base, "m", 1)
     srv = tfserving_factory(base, model_config(base, "m"),
                             extra_args=["--num_load_threads=2", "--max_num_load_retries=5",
-                                        "--load_retry_interval_micros=4000000"])
+                                        "--load_retry_interval_micros=10000000"])
     srv.wait_for_state("m", 1, "AVAILABLE")
     v2 = broken(base, "m", 2)
     wait_until(lambda: retries(srv, "m", 2) >= 1, 15, "a first retry of version 2")
-    heal(v2)                                   # the attempt after this 4 s wait succeeds ...
-    publish(base, "m", 3)                      # ... but 2 is dropped during the wait
-    srv.wait_for_state("m", 3, "AVAILABLE", timeout=15)   # loads in parallel meanwhile
-    entry = srv.wait_for_state("m", 2, "END", timeout=15)
+    heal(v2)                                   # the attempt after this 10 s wait succeeds ...
+    publish(base, "m", 3)                      # ... but 2 is dropped during the wait (a poll a second)
+    srv.wait_for_state("m", 3, "AVAILABLE", timeout=30)   # loads in parallel meanwhile
+    entry = srv.wait_for_state("m", 2, "END", timeout=30)
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
         ("CANCELLED", "Loading of servable cancelled")
     assert retries(srv, "m", 2) == 1           # the wait was not cut short, no retry after it
@@ -489,7 +490,7 @@ def test_with_load_threads_an_unload_does_not_wait_behind_a_running_load(tmp_pat
         m.poll(["A"])
         assert _settle(m, "A", 2, "LOADING") == "LOADING"
         m.reload_config(_models(tmp_path, "A"))          # B leaves the config: its v1 unloads
-        assert _settle(m, "B", 1, "END", timeout=3) == "END"
+        assert _settle(m, "B", 1, "END", timeout=8) == "END"       # well before A v2's 10 s load
         assert m.model_status("A", 2)[0][1].state == "LOADING"
     finally:
         slow.set()
