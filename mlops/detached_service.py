@@ -123,13 +123,15 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     with open_in_state(state, log.name, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
-    svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build)
-    try:
+    svc = None
+    try:    # from the start: a Ctrl-C (or SIGTERM) while the record is made stops the server too
+        svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build)
         write_record(state, svc)
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok, log_kept=log_kept)
     except BaseException:
         stop_pid(proc.pid)
-        _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
+        if svc is not None:
+            _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
         _record_path(state, name).unlink(missing_ok=True)
         raise
     return svc, proc

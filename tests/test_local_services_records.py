@@ -244,6 +244,29 @@ def test_a_start_is_recorded_before_its_wait_and_forgotten_when_it_fails(tmp_pat
                  health_url="http://127.0.0.1:9/", timeout=10)
 
 
+
+def test_a_ctrl_c_while_the_start_is_recorded_leaves_no_server_running(tmp_path, monkeypatch):
+    """``mlops up`` turns SIGTERM and Ctrl-C into a KeyboardInterrupt raised where the main thread
+    stands. One landing after the server started and before the wait's ``try`` (while its identity
+    was read for the record) left the server running with no record: nothing stopped it, and
+    ``mlops down`` did not know it. Now it is stopped, and nothing is recorded."""
+    state = tmp_path / "state"
+    marker = str(random.randint(10_000_000, 99_999_999) + 0.5)
+
+    def interrupted(pid):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detached_service, "process_identity", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            detached_service.spawn("svc", ["sleep", marker], state=state, url="http://127.0.0.1:9",
+                                   health_url="http://127.0.0.1:9/", timeout=10)
+        left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split()
+        assert left == [], f"the server started before the interrupt still runs: {left}"
+        assert detached_service.read_record(state, "svc") is None
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", f"sleep {marker}"], capture_output=True)
+
 def test_a_state_folder_that_cannot_be_written_is_one_line(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("")
