@@ -35,31 +35,51 @@ def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
                 out.append((None, exc))
         return out
     outcomes: list[tuple[R | None, BaseException | None] | None] = [None] * len(items)
-    todo, taking = iter(range(len(items))), threading.Lock()
+    todo, taking = iter(range(len(items))), threading.Condition()
+    running = [0]       # calls under way, counted under ``taking`` as their item is taken
 
     def work() -> None:
         while True:
             with taking:
                 i = next(todo, None)
-            if i is None:
-                return
+                if i is None:
+                    return
+                running[0] += 1
             try:
                 outcomes[i] = (fn(items[i]), None)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, in order
                 outcomes[i] = (None, exc)
+            finally:
+                with taking:
+                    running[0] -= 1
+                    taking.notify_all()
 
     threads = [threading.Thread(target=work, name=f"{name}_{n}") for n in range(max(1, min(workers, len(items))))]
     stop: BaseException | None = None
+    launched = 0
     for t in threads:                    # each started thread takes items until none are left
         try:
             t.start()
+            launched += 1
         except BaseException as exc:  # noqa: BLE001 - raised once every started call returned
             stop = _first_signal(stop, exc, on_signal)
+    if not launched:                     # no thread surely runs to the end: none begins a call now
+        with taking:
+            todo = iter(())
     for t in threads:
         while t.ident is not None and t.is_alive():
             try:
                 t.join()
             except BaseException as exc:  # noqa: BLE001 - the first signal waits; a second one stops
+                stop = _first_signal(stop, exc, on_signal)
+    # a signal inside ``start`` (while it waits for the new thread) leaves a thread that runs but
+    # is not yet alive, or has no ident, for the joins above: its call is waited for by count
+    # (every thread joined above ran until no item was left, or none was: no call begins now)
+    with taking:
+        while running[0]:
+            try:
+                taking.wait()
+            except BaseException as exc:  # noqa: BLE001 - as above
                 stop = _first_signal(stop, exc, on_signal)
     if stop is not None:
         raise stop

@@ -114,3 +114,62 @@ def test_a_signal_while_waiting_is_raised_after_every_call_and_a_second_one_stop
     while 2 not in done and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted(done) == [0, 1, 2]
+
+
+def test_a_signal_inside_start_waits_for_the_call_of_a_thread_not_yet_seen_alive(monkeypatch):
+    """A signal landing inside ``Thread.start`` (while it waits for the new thread to say it
+    started) leaves a thread that runs, but has no ident or is not yet alive when ``settle``
+    looks: ``settle`` raised while that thread still put its host back (sixteenth stop, review).
+    Here the second worker runs its ``run`` in a thread of its own and stays unstarted to look at."""
+    real_start, done, second_began, raised = threading.Thread.start, [], threading.Event(), threading.Event()
+
+    def start(self):
+        if not self.name.endswith("_1"):
+            return real_start(self)
+        real_start(threading.Thread(target=self.run, name="t_1_running"))
+        raise KeyboardInterrupt
+
+    def work(i):
+        if i == 0:
+            assert second_began.wait(5)         # the second worker takes item 1
+        else:
+            second_began.set()
+            raised.wait(2)                      # a long put-back; over once settle raised (or 2 s)
+        done.append(i)
+        return i
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            parallel.settle(work, [0, 1], workers=2, name="t")
+        at_raise = sorted(done)
+    finally:
+        raised.set()
+    assert at_raise == [0, 1], "settle raised while a call was still running"
+
+
+def test_a_signal_inside_the_start_of_the_only_thread_lets_it_begin_no_call(monkeypatch):
+    """``inline=False`` with one item (a single host's put-back): a signal inside the start of its
+    only thread left no thread to wait for and no call counted yet; ``settle`` raised and the
+    thread began the call afterwards, unwaited. Now no call begins once no thread surely runs."""
+    real_start, calls, go, late = threading.Thread.start, [], threading.Event(), []
+
+    def start(self):
+        def later():
+            if go.wait(5):                   # the thread gets going only after the signal was seen
+                self.run()
+        helper = threading.Thread(target=later, name="t_0_late")
+        real_start(helper)
+        late.append(helper)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            parallel.settle(calls.append, [0], workers=8, name="t", inline=False)
+    finally:
+        go.set()
+        monkeypatch.undo()
+        for helper in late:
+            helper.join(5)
+    assert calls == [], "a call began after settle raised"
