@@ -25,6 +25,13 @@ def one_line(text: str) -> str:
     return printable(" ".join(str(text).split()))
 
 
+def exc_text(exc: BaseException, limit: int) -> str:
+    """An exception's text on one line (whitespace runs as one space; its class name when it has
+    none), cut to ``limit`` characters ending in ``...``: the cause inside a longer message."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class UserError(Exception):
     """Something the person running the command can fix.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlops_common.errors import ConfigError, NotFoundError
+from mlops_common.errors import ConfigError, NotFoundError, exc_text
 
 from . import s3, validation
 from .constants import BAD_BATCH_REPEATS, IMAGE_SIZE
@@ -139,15 +139,10 @@ def parse_npz(source: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
         if "Header info length" in str(exc):    # numpy's message suggests allow_pickle: not the cause
             raise bad("has a .npy header over numpy's 10,000-byte limit (a corrupt or hand-made file); "
                       "save the batch with numpy.savez") from None
-        raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
+        raise bad(f"cannot read it as a .npz batch ({exc_text(exc, 100)}); replace the file") from None
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError,
             RuntimeError, NotImplementedError) as exc:    # zip: "is encrypted", "compression method"
-        raise bad(f"cannot read it as a .npz batch ({_short(exc)}); replace the file") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 100 else text[:97] + "..."
+        raise bad(f"cannot read it as a .npz batch ({exc_text(exc, 100)}); replace the file") from None
 
 
 def _unreadable(location: str, exc: OSError) -> ConfigError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from mlops_common import s3 as s3_factory
-from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError
+from mlops_common.errors import ConfigError, ConnectionFailure, NotFoundError, UserError, exc_text
 
 MAX_KEYS = 10_000  # bound on how many objects one listing may return
 
@@ -55,7 +55,7 @@ def s3_errors(what: str):
             raise ConfigError(f"{what}: S3 refused access ({code}); check AWS_ACCESS_KEY_ID and "
                               f"AWS_SECRET_ACCESS_KEY") from None
         if kind == s3_factory.BAD_NAME:
-            raise ConfigError(f"{what}: not a valid S3 location ({_first_line(exc)}); check the bucket name "
+            raise ConfigError(f"{what}: not a valid S3 location ({exc_text(exc, 160)}); check the bucket name "
                               f"in the s3:// URL (lower case letters, digits, '.' and '-')") from None
         if kind == s3_factory.CONNECTION:
             raise ConnectionFailure(f"{what}: S3 at {where} failed: {type(exc).__name__}") from None
@@ -96,7 +96,3 @@ def put_bytes(uri: str, data: bytes) -> None:
     with s3_errors(f"writing {uri}"):
         client().put_object(Bucket=bucket, Key=key, Body=data)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
