@@ -235,18 +235,25 @@ def make_folder(path: Path, what: str) -> None:
                           f"point it at a folder you can write") from None
 
 
-def lock_ttl() -> float:
-    """Seconds without a heartbeat after which a host lock is stale: ``MLOPS_LOCK_TTL`` or 10 min."""
-    raw = env("MLOPS_LOCK_TTL")
+def seconds_env(name: str, default: float, *, most: float = math.inf, must: str) -> float:
+    """Seconds from the variable ``name``, at least 1 and at most ``most``; ``default`` when it is
+    unset; otherwise one line: ``<name> must be <must> (got '<value>')``."""
+    raw = env(name)
     if raw is None:
-        return DEFAULT_LOCK_TTL
+        return default
     try:
-        ttl = float(raw)
+        value = float(raw)
     except ValueError:
-        ttl = -1.0
-    if not (math.isfinite(ttl) and ttl >= 1):   # shorter than a round trip: live locks taken over
-        raise ConfigError(f"MLOPS_LOCK_TTL must be a number of seconds, at least 1 (got {raw!r})")
-    return ttl
+        value = -1.0
+    if not (math.isfinite(value) and 1 <= value <= most):
+        raise ConfigError(f"{name} must be {must} (got {raw!r})")
+    return value
+
+
+def lock_ttl() -> float:
+    """Seconds without a heartbeat after which a host lock is stale: ``MLOPS_LOCK_TTL`` or 10 min.
+    At least 1: shorter than a round trip, live locks were taken over."""
+    return seconds_env("MLOPS_LOCK_TTL", DEFAULT_LOCK_TTL, must="a number of seconds, at least 1")
 
 
 def _password_span(url: str) -> tuple[int, int] | None:

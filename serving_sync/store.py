@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import re
 import threading
 import time
@@ -40,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from mlops_common import log, settings
-from mlops_common.errors import ConfigError
 
 from .hosts import Host, Store, base_key
 from .layout import STATE_DIR, version_path
@@ -58,17 +56,8 @@ USES_DIR = f"{STATE_DIR}/uses"   # <store>/.serving_sync/uses/<model>/<host key>
 
 def expiry() -> float:
     """Seconds a presigned URL stays valid: ``MLOPS_STORE_URL_EXPIRY`` or 15 minutes."""
-    raw = settings.env("MLOPS_STORE_URL_EXPIRY")
-    if raw is None:
-        return DEFAULT_EXPIRY
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and 1 <= value <= MAX_EXPIRY):
-        raise ConfigError(f"MLOPS_STORE_URL_EXPIRY must be seconds between 1 and {MAX_EXPIRY:.0f} "
-                          f"(got {raw!r})")
-    return value
+    return settings.seconds_env("MLOPS_STORE_URL_EXPIRY", DEFAULT_EXPIRY, most=MAX_EXPIRY,
+                                must=f"seconds between 1 and {MAX_EXPIRY:.0f}")
 
 
 @dataclass(frozen=True)
