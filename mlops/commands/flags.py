@@ -188,26 +188,23 @@ location = _not_empty("name a .npz batch, a folder of them or s3://bucket/prefix
 model_name = _not_empty("name the registered model, or leave --model-name out to use MLOPS_MODEL_NAME",
                         then=utf8_text)
 ACTOR_MAX = 256     # the ledger's actor column (VARCHAR(256): PostgreSQL refused a longer one mid-promotion)
-
-
-def _actor_text(text: str) -> str:
-    text = free_text(text)
-    if len(text) > ACTOR_MAX:
-        raise argparse.ArgumentTypeError(f"is {len(text)} characters long; name who acts in at most {ACTOR_MAX}")
-    return text
-
-
-actor = _not_empty("name who acts, or leave --actor out", then=_actor_text)
 REASON_MAX = 1000   # a why, in the ledger and in MLflow tags: a 100,000-character one failed the tag write
                     # after the hosts had switched (MLflow's limit; MySQL's column holds ~65,535 bytes)
 
 
-def reason(text: str) -> str:
-    """``--reason``: one line of text (``free_text``) of at most ``REASON_MAX`` characters."""
-    text = free_text(text)
-    if len(text) > REASON_MAX:
-        raise argparse.ArgumentTypeError(f"is {len(text)} characters long; say why in at most {REASON_MAX}")
-    return text
+def _free_text_of_at_most(limit: int, say: str):
+    """A converter: one line of text (``free_text``) of at most ``limit`` characters, else ``is N
+    characters long; <say> in at most <limit>``."""
+    def convert(text: str) -> str:
+        text = free_text(text)
+        if len(text) > limit:
+            raise argparse.ArgumentTypeError(f"is {len(text)} characters long; {say} in at most {limit}")
+        return text
+    return convert
+
+
+actor = _not_empty("name who acts, or leave --actor out", then=_free_text_of_at_most(ACTOR_MAX, "name who acts"))
+reason = _free_text_of_at_most(REASON_MAX, "say why")     # ``--reason``
 # ``registry history --model``: an empty one listed every model
 model_filter = _not_empty("name a registered model, or leave --model out to list every model", then=utf8_text)
 # ``--hosts``: an empty one fell back to MLOPS_SYNC_TARGET or MLOPS_HOSTS_FILE, another fleet
