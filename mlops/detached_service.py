@@ -160,8 +160,12 @@ def rotate_log(log: Path, keep: int | None = None) -> None:
             f.readline()                # from the first whole line
             tail = f.read()
         tmp = old.with_name(f".{old.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(tail)
-        os.replace(tmp, old)
+        try:
+            tmp.write_bytes(tail)
+            os.replace(tmp, old)
+        except OSError:
+            tmp.unlink(missing_ok=True)     # a partial copy (a full disk) is not left behind
+            raise
         log.unlink()
     except OSError as exc:
         _log.warning("cannot rotate %s (%s); appending to it", log, exc.strerror or exc)

@@ -513,3 +513,24 @@ def test_down_of_a_server_another_user_runs_is_one_line_and_keeps_its_record(tmp
     assert err.value.message.startswith(f"cannot stop mlflow-server at http://127.0.0.1:5999 (pid {stranger.pid}): "
                                         f"it runs as another user")
     assert stranger.poll() is None and (state / "mlflow-server.json").exists()
+
+
+def test_a_log_rotation_that_cannot_write_the_tail_leaves_no_partial_copy(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, sixteenth stop): the previous log's tail is written beside
+    ``<name>.log.1`` and renamed into place; a write that failed (a full disk) left that partial
+    ``.<name>.log.1.<pid>.tmp`` in the state folder, one more at each start. It is removed now,
+    and the log is appended to as before."""
+    from pathlib import Path
+
+    log = tmp_path / "svc.log"
+    log.write_text("".join(f"line {i:03d}\n" for i in range(50)))
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        real(self, data[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    detached_service.rotate_log(log, keep=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svc.log"]
+    assert log.read_text().startswith("line 000\n")
