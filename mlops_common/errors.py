@@ -65,9 +65,8 @@ class ConfigError(UserError):
     """A missing or malformed setting, variable, flag or file."""
 
 
-class DamagedModel(ConfigError):
-    """A logged model that cannot be loaded, or a version's files changed in the artifact store
-    since registration (``bundle_hashes``). ``problem`` says what is wrong without the advice,
+class _ModelProblem(ConfigError):
+    """A model that cannot serve its role. ``problem`` says what is wrong without the advice,
     which depends on the model's role (a candidate is registered again; production is moved)."""
 
     def __init__(self, message: str, *, problem: str = "", exit_code: int | None = None):
@@ -75,14 +74,14 @@ class DamagedModel(ConfigError):
         self.problem = problem or message
 
 
-class UnfitModel(ConfigError):
-    """A logged model that loads but is not one of this project's classifiers for the data set: it
-    takes images of another shape, or does not answer one probability per class. ``problem`` says
-    what is wrong without the advice, which depends on the model's role (as ``DamagedModel``)."""
+class DamagedModel(_ModelProblem):
+    """A logged model that cannot be loaded, or a version's files changed in the artifact store
+    since registration (``bundle_hashes``)."""
 
-    def __init__(self, message: str, *, problem: str = "", exit_code: int | None = None):
-        super().__init__(message, exit_code=exit_code)      # exit_code: ``reworded`` keeps the class
-        self.problem = problem or message
+
+class UnfitModel(_ModelProblem):
+    """A logged model that loads but is not one of this project's classifiers for the data set: it
+    takes images of another shape, or does not answer one probability per class."""
 
 
 class NotFoundError(UserError):
