@@ -80,16 +80,18 @@ def test_a_signal_while_a_worker_starts_is_raised_only_after_every_call_returned
 def test_a_signal_while_waiting_is_raised_after_every_call_and_a_second_one_stops_the_wait():
     import signal
 
-    done, seen, second = [], [], threading.Event()
+    done, seen, second, freed = [], [], threading.Event(), threading.Event()
 
     def work(i):
         if i == 0:
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         elif i == 1 and second.is_set():
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30    # a safety bound: left at once
             while len(seen) < 2 and time.monotonic() < deadline:   # after the first was handled
                 time.sleep(0.01)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        if i == 2 and second.is_set():         # still running when the second signal stops the wait
+            freed.wait(30)
         time.sleep(0.3 if i != 2 else 1.0)
         done.append(i)
         return i
@@ -109,8 +111,9 @@ def test_a_signal_while_waiting_is_raised_after_every_call_and_a_second_one_stop
             parallel.settle(work, [0, 1, 2], workers=3, name="t")
         assert stopped.value.args == (3,) and 2 not in done, "the second signal did not stop the wait"
     finally:
+        freed.set()
         signal.signal(signal.SIGINT, previous)
-    deadline = time.monotonic() + 5            # the abandoned call still finishes in its thread
+    deadline = time.monotonic() + 30           # the abandoned call still finishes in its thread
     while 2 not in done and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted(done) == [0, 1, 2]
