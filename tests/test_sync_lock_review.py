@@ -78,7 +78,7 @@ def test_a_forced_interrupt_during_the_first_lock_pass_releases_what_it_took(tmp
     assert [i for i in range(3) if (tmp_path / f"h{i}" / LOCK_PATH).exists()] == []
 
 
-def test_a_lock_being_written_is_another_deploys_not_a_corrupt_one(tmp_path):
+def test_a_lock_being_written_is_another_deploys_not_a_corrupt_one(tmp_path, monkeypatch):
     base = tmp_path / "h"
     base.mkdir()
     owner = HostLock(LocalTransport(base), heartbeat_every=0)
@@ -86,13 +86,20 @@ def test_a_lock_being_written_is_another_deploys_not_a_corrupt_one(tmp_path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")                                     # created, not yet written
     content = owner._new().to_json()
-    writer = threading.Timer(0.3, lambda: path.write_bytes(content))
-    writer.start()
-    try:
+
+    def sleep(seconds):           # its creator writes it while the reader waits for it (not 0.3 s
+        if not path.read_bytes():  # later by a timer: a loaded machine ran that past the wait)
+            path.write_bytes(content)
+        time.sleep(seconds)
+
+    from serving_sync import lock as lock_module
+
+    clock = SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.sleep = sleep
+    with monkeypatch.context() as m:
+        m.setattr(lock_module, "time", clock)
         with pytest.raises(LockHeld) as e:
             HostLock(LocalTransport(base), heartbeat_every=0).acquire()
-    finally:
-        writer.cancel()
     assert "corrupt" not in e.value.message and "another deploy holds the lock" in e.value.message
     path.write_bytes(b"")                 # still empty a second later: its creator died in between
     taker = HostLock(LocalTransport(base), heartbeat_every=0)
