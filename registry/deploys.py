@@ -28,6 +28,9 @@ from .promotion_rules import (
     rollback_in_rollout,
     rolled_back_to,
 )
+from .promotion_rules import (
+    rolled_back_before as rolled_back_before_rule,
+)
 from .provenance import Provenance
 
 DEPLOY_STATUS = tags.DEPLOY_STATUS
@@ -83,6 +86,12 @@ def rolled_back_from(model: str, version: int, ledger: Ledger | None = None) -> 
     (``promotion_rules.rolled_back_to``): a deploy serving ``version`` tags its ``from_version``
     ``rolled_back``. None otherwise."""
     return rolled_back_to((ledger or Ledger()).entries(model, actions=MOVES, current=True), version)
+
+
+def rolled_back_before(model: str, version: int, ledger: Ledger | None = None) -> list[Entry]:
+    """``promotion_rules.rolled_back_before``: the earlier rollbacks of a chain that ended at
+    ``version`` before any reached the hosts."""
+    return rolled_back_before_rule((ledger or Ledger()).entries(model, actions=MOVES, current=True), version)
 
 
 def rollback_unrecorded(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:

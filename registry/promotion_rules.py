@@ -218,6 +218,22 @@ def rolled_back_to(entries: Iterable[Entry], version: int) -> Entry | None:
     return last
 
 
+def rolled_back_before(entries: Iterable[Entry], version: int) -> list[Entry]:
+    """The person's rollbacks just before ``rolled_back_to``'s, each to the version the next one
+    rolled back from (v3 -> v2, then v2 -> v1 before v2 reached the hosts), newest first: a deploy
+    serving ``version`` tags their ``from_version`` ``rolled_back`` too — where it still says
+    ``deployed``, the one the hosts served came first in the chain."""
+    entries = [e for e in entries if moved(e)]
+    last = rolled_back_to(entries, version)
+    out: list[Entry] = []
+    for e in reversed(entries[:-1] if last is not None else []):
+        if e.action != "rollback" or (e.details or {}).get("automatic") or e.from_version in (None, version) \
+                or e.to_version != (out[-1] if out else last).from_version:
+            break
+        out.append(e)
+    return out
+
+
 def rollback_unfinished(entries: Iterable[Entry], version: int,
                         tags_by_version: Mapping[int, Mapping[str, str]]) -> Entry | None:
     """The person's rollback to ``version`` whose rollout is on the hosts (its ``deploy`` rows:

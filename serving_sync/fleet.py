@@ -26,6 +26,7 @@ the same OBSERVE and rollout decision through ``fleet_plan.plan_fleet``, changin
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import faultpoint, log
-from mlops_common.errors import ConfigError, UserError
+from mlops_common.errors import ConfigError, NotFoundError, UserError
 from mlops_common.paths import full_disk_is_one_line
 from registry import deploys
 
@@ -531,6 +532,10 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
                 or versions.production_version(model) == frm:
             return
         deploys.tag(model, frm, deploys.ROLLED_BACK, why or "rollback")
+        for earlier in deploys.rolled_back_before(model, version):    # v3 -> v2, v2 -> v1, then this deploy
+            with contextlib.suppress(NotFoundError):                  # deleted since: nothing to tag
+                if deploys.status(model, earlier.from_version) == deploys.DEPLOYED:
+                    deploys.tag(model, earlier.from_version, deploys.ROLLED_BACK, earlier.reason or "rollback")
         # who rolled back, on the version rolled back to: `sync rollback` writes it after this
         # deploy; one killed before that (the rerun is refused, a deploy finishes it) never did
         promotion_view.show_rolled_out(model, row)

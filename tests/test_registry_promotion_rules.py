@@ -14,6 +14,7 @@ from registry.promotion_rules import (
     revert_target,
     rollback_in_rollout,
     rollback_target,
+    rolled_back_before,
     rolled_back_to,
 )
 from registry.reconciliation_rules import agreement, open_intents, reconcile_rows
@@ -290,3 +291,19 @@ def test_the_rollback_a_deploy_tags_the_version_rolled_back_from_of():
     assert rolled_back_to(h + [rollback(1, 3), promote(3, 1)], 1) is None
     automatic = Entry("rollback", "m", "ok", from_version=3, to_version=1, details={"automatic": True})
     assert rolled_back_to(h + [automatic], 1) is None
+
+
+def test_the_earlier_rollbacks_of_a_chain_a_deploy_tags_too():
+    """v3 -> v2 and v2 -> v1 before a deploy: the deploy of v1 tags v2 and v3 (the one the hosts
+    served); the chain stops at a promotion, an automatic revert, or a rollback elsewhere."""
+    h = [promote(1), promote(2, 1), promote(3, 2)]
+    assert [e.from_version for e in rolled_back_before(h + [rollback(2, 3), rollback(1, 2)], 1)] == [3]
+    assert [e.from_version for e in rolled_back_before(h + [rollback(2, 3), rollback(1, 2), rollback(1, 1)], 1)] == [3]
+    assert rolled_back_before(h + [rollback(1, 3)], 1) == []
+    assert rolled_back_before(h + [rollback(2, 3), promote(4, 2), rollback(1, 4)], 1) == []
+    # `--to 1` never reached the hosts (its artifacts were gone), then `--to 2`: v3 served
+    assert [e.from_version for e in rolled_back_before(h + [rollback(1, 3), rollback(2, 1)], 2)] == [3]
+    assert rolled_back_before(h + [rollback(1, 2), rollback(2, 1)], 2) == []           # 2 serves again
+    automatic = Entry("rollback", "m", "ok", from_version=3, to_version=2, details={"automatic": True})
+    assert rolled_back_before(h + [automatic, rollback(1, 2)], 1) == []
+    assert rolled_back_before(h + [rollback(2, 3)], 3) == []

@@ -96,3 +96,25 @@ def test_a_canary_left_switched_by_a_killed_deploy_does_not_vouch_for_the_versio
     assert r.returncode == 0, r.stderr
     env.serves(h1, v1)
     env.serves(h2, v1)
+
+
+def test_two_rollbacks_before_one_deploy_tag_both_versions_rolled_back_from(deploy_env):
+    """Found by a rollback review (2026-12-06): a rollback whose deploy never reached the hosts
+    (a host lock held, the older version's artifacts gone; or two `registry rollback`s, then the
+    CircleCI deploy job) followed by another rollback: the deploy tagged only the newest rollback's
+    version rolled back from. The version the hosts had served stayed `deployed` in the MLflow UI
+    and `registry status`, though no host served it any more."""
+    from registry import promotion
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    assert promotion.rollback(env.model, reason="v3 is slow", actor="oncall").to_version == v2   # not deployed
+    assert promotion.rollback(env.model, reason="v2 too", actor="oncall").to_version == v1
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+    assert env.tags(v3).get("deploy_status") == "rolled_back", "v3 says deployed, no host serves it"
+    assert env.tags(v3).get("deploy_reason") == "v3 is slow"
+    assert env.tags(v2).get("deploy_status") == "rolled_back"
+    assert env.tags(v1).get("deploy_status") == "deployed"
