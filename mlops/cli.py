@@ -69,11 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     # TensorFlow's C++ start-up chatter (CUDA probes, absl's preface) is not a command's output;
-    # set before any command imports TensorFlow (mlflow and keras may, before mlproject's tf_quiet)
+    # set before any command imports TensorFlow (mlflow and keras may, before mlproject's tf_quiet).
+    # It hides TF's later INFO/WARNING lines, not those logged while its libraries load, nor the
+    # cuInit ERROR: tf_startup filters those out around the first import (-v: shown)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup(verbose=args.verbose)
+    from mlops import tf_startup
+
+    if not args.verbose:
+        tf_startup.install()
     # Both streams redacted at the edge: stdout carries messages built from exceptions, and
     # stderr gets text no mlops logger formats (MLflow's own handler, `warnings`, a worker
     # thread's traceback from threading.excepthook).
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     finally:
         sys.stdout, sys.stderr = streams
+        tf_startup.uninstall()
 
 
 def _run(args) -> int:
