@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -254,7 +254,23 @@ def _lock(conn: sa.Connection, model: str) -> None:
     # SQLite: BEGIN IMMEDIATE already holds the database write lock.
 
 
-_local_locks: dict[str, threading.Lock] = {}
+_local_locks: dict[str, threading.RLock] = {}
+
+
+@contextlib.contextmanager
+def _held(lock, timed_out: Callable[[], Exception]) -> Iterator[None]:
+    """``lock`` (an RLock) for the block, waited for at most ``SQLITE_BUSY_TIMEOUT_S``. Released
+    on every path on which it was taken: a forced stop (a KeyboardInterrupt) landing just after
+    the acquire took it, before any ``try``, left it held, and this process's later writes (the
+    rows of the put-back after a forced stop) each waited out the timeout and failed. An RLock
+    knows its holder, which a Lock does not."""
+    try:
+        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise timed_out()
+        yield
+    finally:
+        if lock._is_owned():
+            lock.release()
 
 
 @contextlib.contextmanager
@@ -269,13 +285,9 @@ def _sqlite_promotion_lock(engine: sa.Engine, url: str) -> Iterator[None]:
     database = engine.url.database
     if not database or database == ":memory:":
         with _engines_lock:
-            lock = _local_locks.setdefault(url, threading.Lock())
-        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
-            raise timed_out()
-        try:
+            lock = _local_locks.setdefault(url, threading.RLock())
+        with _held(lock, timed_out):
             yield
-        finally:
-            lock.release()
         return
     path = Path(database).expanduser()
     lock = path.with_name(path.name + ".lock")
@@ -318,7 +330,7 @@ def _promotion_session(engine: sa.Engine, url: str, model: str) -> Iterator[sa.C
                 conn.invalidate()
 
 
-_sqlite_writers: dict[str, threading.Lock] = {}
+_sqlite_writers: dict[str, threading.RLock] = {}
 _sqlite_writers_lock = threading.Lock()      # not _engines_lock: _engine_for holds it to migrate
 
 
@@ -338,17 +350,17 @@ def _write_transaction(engine: sa.Engine, lock_model: str) -> Iterator[sa.Connec
     # whole timeout in turn behind a writer of another process failed one after another, minutes apart
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
     with _sqlite_writers_lock:
-        queue = _sqlite_writers.setdefault(str(engine.url), threading.Lock())
-    if not queue.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
-        raise ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the ledger {safe_url(str(engine.url))}: "
-                                f"other writers of this process held it; nothing was recorded")
-    try:
+        queue = _sqlite_writers.setdefault(str(engine.url), threading.RLock())
+
+    def timed_out() -> Exception:
+        return ConnectionFailure(f"waited {SQLITE_BUSY_TIMEOUT_S}s for the ledger {safe_url(str(engine.url))}: "
+                                 f"other writers of this process held it; nothing was recorded")
+
+    with _held(queue, timed_out):
         with engine.connect() as conn:
             conn.execution_options(ledger_write=True, ledger_deadline=deadline)
             with conn.begin():
                 yield conn
-    finally:
-        queue.release()
 
 
 def script_head() -> str | None:

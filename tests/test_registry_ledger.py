@@ -504,3 +504,70 @@ def test_a_postgres_url_without_psycopg2_installed_says_what_to_install():
             "except ConfigError as exc:\n    print(exc.message)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "psycopg2-binary" in r.stdout and "use postgresql://" not in r.stdout, r
+
+
+class _TakenThenInterrupted:
+    """An RLock whose first acquire takes it and then raises KeyboardInterrupt: a forced stop
+    (the second Ctrl-C / SIGTERM) landing right after the acquire returned, before any ``try``."""
+
+    def __init__(self):
+        import threading
+
+        self.real, self.interrupted = threading.RLock(), False
+
+    def acquire(self, timeout: float = -1) -> bool:
+        got = self.real.acquire(timeout=timeout)
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return got
+
+    def release(self) -> None:
+        self.real.release()
+
+    def _is_owned(self) -> bool:
+        return self.real._is_owned()
+
+
+def _free_for_another_thread(lock) -> bool:
+    import threading
+
+    took: list[bool] = []
+
+    def take() -> None:
+        if lock.acquire(timeout=0):
+            lock.release()
+            took.append(True)
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join(timeout=10)
+    return took == [True]
+
+
+def test_a_forced_stop_right_after_the_writers_lock_was_taken_leaves_it_free(ledger_url, monkeypatch):
+    """The lock was taken before the ``try`` that released it: a forced stop in between left it
+    held, and every later write of the process (the host_rollback rows) waited it out and failed."""
+    import registry.ledger as ledger_mod
+
+    led = Ledger(ledger_url)
+    lock = _TakenThenInterrupted()
+    monkeypatch.setitem(ledger_mod._sqlite_writers, str(led._engine.url), lock)
+    with pytest.raises(KeyboardInterrupt):
+        led.record("deploy", "m", outcome="failed")
+    assert lock.interrupted and _free_for_another_thread(lock.real)
+    led.record("host_rollback", "m", outcome="ok", host="h1")
+    assert [e.action for e in led.entries("m")] == ["host_rollback"]
+
+
+def test_a_forced_stop_right_after_the_in_memory_promotion_lock_was_taken_leaves_it_free(monkeypatch):
+    import sqlalchemy as sa
+
+    import registry.ledger as ledger_mod
+
+    lock = _TakenThenInterrupted()
+    monkeypatch.setitem(ledger_mod._local_locks, "sqlite://", lock)
+    with pytest.raises(KeyboardInterrupt):
+        with ledger_mod._sqlite_promotion_lock(sa.create_engine("sqlite://"), "sqlite://"):
+            pass
+    assert lock.interrupted and _free_for_another_thread(lock.real)
