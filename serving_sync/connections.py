@@ -41,28 +41,31 @@ class HostConn:
 CONNECT_AT_ONCE = 8
 
 
-def _open(host) -> HostConn:
+def _open(host, opened: list[HostConn]) -> HostConn:
     transport = open_transport(host)
     try:
-        return HostConn(host, transport, TFServingClient(host.rest_url))
+        conn = HostConn(host, transport, TFServingClient(host.rest_url))
     except BaseException:
         transport.close()
         raise
+    opened.append(conn)
+    return conn
 
 
 @contextlib.contextmanager
 def connected(hosts) -> Iterator[list[HostConn]]:
     """Connections to every host, opened in parallel and closed at the end; an unreachable host
     fails all (the first one in the hosts' order is named)."""
-    outcomes = parallel.settle(_open, hosts, workers=CONNECT_AT_ONCE, name="connect")
-    conns = [c for c, exc in outcomes if exc is None]
+    opened: list[HostConn] = []     # by each call: a signal that ``settle`` raises loses its results
     try:
+        outcomes = parallel.settle(lambda host: _open(host, opened), hosts, workers=CONNECT_AT_ONCE,
+                                   name="connect")
         failed = next((exc for _, exc in outcomes if exc is not None), None)
         if failed is not None:
             raise failed
-        yield conns
+        yield [c for c, exc in outcomes if exc is None]
     finally:
-        for c in conns:
+        for c in opened:
             for closer in (c.transport.close, c.client.close):
                 try:
                     closer()

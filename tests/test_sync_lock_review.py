@@ -191,3 +191,32 @@ def test_a_creator_stalled_before_writing_its_lock_never_holds_it_beside_the_bre
         breaker.release()
         other.close()
         hut.transport.close()
+
+
+def test_a_signal_raised_by_settle_while_connecting_closes_the_transports_that_opened(monkeypatch):
+    """``settle`` raises a Ctrl-C / SIGTERM once every call returned: the connections they opened
+    were lost with its results and never closed (an SSH session per host until the process ended)."""
+    from serving_sync import connections, parallel
+
+    closed: list[str] = []
+
+    class Transport:
+        def __init__(self, name: str):
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    real_settle = parallel.settle
+
+    def settle_then_signal(*args, **kwargs):
+        real_settle(*args, **kwargs)        # every host connected, then the signal that landed meanwhile
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connections, "open_transport", lambda host: Transport(host.name))
+    monkeypatch.setattr(parallel, "settle", settle_then_signal)
+    hosts = [SimpleNamespace(name=f"h{i}", rest_url="http://127.0.0.1:9/") for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        with connections.connected(hosts):
+            pytest.fail("the block ran after the signal")
+    assert sorted(closed) == ["h0", "h1", "h2"]
