@@ -10,6 +10,7 @@ so an interrupted deploy does not leave its lock behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import posixpath
 import time
 from dataclasses import dataclass
@@ -75,11 +76,15 @@ def connected(hosts) -> Iterator[list[HostConn]]:
 
 def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "deploy",
             sleep=time.sleep, clock=time.monotonic, model: str | None = None,
-            give_up: Callable[[], bool] | None = None) -> HostLock:
+            give_up: Callable[[], bool] | None = None,
+            record: Callable[[HostLock], object] | None = None) -> HostLock:
     """Take ``transport``'s lock, waiting up to ``wait`` seconds (bounded polls) for its owner.
     ``give_up`` (``sync watch``: asked to stop): when it says so, the wait ends with the owner's
-    ``LockHeld`` at once, nothing taken."""
+    ``LockHeld`` at once, nothing taken. ``record`` is given the lock before it is tried: a forced
+    stop landing after the lock was taken, before this returned, left it unreleased."""
     lock = HostLock(transport, break_lock=break_lock, purpose=purpose, model=model)
+    if record is not None:
+        record(lock)
     deadline = clock() + max(0.0, wait)
     polls = int(max(0.0, wait) / 0.5) + 1
     announced = False
@@ -110,7 +115,8 @@ def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
     pass took is released again, and the first host's error (in lock order) is returned with the
     hosts whose lock this pass took over from a dead owner (its leftovers are still there)."""
     def take(c: HostConn) -> None:
-        c.lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
+        c.lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model,
+                         record=functools.partial(setattr, c, "lock"))
 
     outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock")
     failed = next((exc for _, exc in outcomes if exc is not None), None)
@@ -145,7 +151,7 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
         if failed is not None:
             for c in ordered:
                 c.lock = acquire(c.transport, break_lock=break_lock, wait=wait, purpose=purpose, model=model,
-                                 give_up=give_up)
+                                 give_up=give_up, record=functools.partial(setattr, c, "lock"))
             for c in took_over:     # the dead owner's half-written files are still there to remove
                 c.lock.took_over = True
         yield conns

@@ -295,19 +295,29 @@ class HostLock:
             info = self._new()
             raw = info.to_json()
             start = time.monotonic()
-            if self.transport.create_exclusive(LOCK_PATH, raw):
+            # recorded before the create: a forced stop (KeyboardInterrupt) landing as it returns
+            # left a lock no one released until its TTL; ``release`` compares the bytes, so a
+            # lock the create did not make is left alone
+            self.info, self._created = info, raw
+            try:
+                created = self.transport.create_exclusive(LOCK_PATH, raw)
+            except Exception:
+                self.info, self._created = None, b""
+                raise
+            if created:
                 slow = time.monotonic() - start > READ_BACK_AFTER
                 if slow and not self.transport.create_is_written and self._bytes_on_host() != raw:
                     # stalled between its create and its write for over SETTLE_S, its empty file
                     # was taken over as a dead creator's: the write went to the removed file
+                    self.info, self._created = None, b""
                     continue
-                self.info, self.lost, self.trouble = info, None, None
-                self._created = raw     # the lock file never changes while held (beats go elsewhere)
+                self.lost, self.trouble = None, None    # the lock file never changes while held
                 self._start_heartbeat()
                 if took is not None:
                     self.took_over = True
                     _record_takeover(self.model, where, *took, info)
                 return info
+            self.info, self._created = None, b""
             got = self._read_settled()
             if got is None:
                 continue

@@ -220,3 +220,38 @@ def test_a_signal_raised_by_settle_while_connecting_closes_the_transports_that_o
         with connections.connected(hosts):
             pytest.fail("the block ran after the signal")
     assert sorted(closed) == ["h0", "h1", "h2"]
+
+
+class _InterruptedAfterItsSecondCreate(LocalTransport):
+    """The second lock file this transport creates is made, then a forced stop lands (the second
+    Ctrl-C raises KeyboardInterrupt in the main thread as the create returns)."""
+
+    creates = 0
+
+    def create_exclusive(self, rel, data):
+        ok = super().create_exclusive(rel, data)
+        if rel == LOCK_PATH:
+            self.creates += 1
+            if self.creates == 2:
+                raise KeyboardInterrupt
+        return ok
+
+
+def test_a_forced_stop_as_the_one_at_a_time_pass_takes_a_lock_releases_it(tmp_path):
+    """The first pass finds h1 held and gives h0 back; the pass one host at a time takes h0 again
+    and the forced stop lands before ``c.lock`` was set: the lock stayed on h0 for its TTL."""
+    for name in ("h0", "h1"):
+        (tmp_path / name).mkdir()
+    other = HostLock(LocalTransport(tmp_path / "h1"), heartbeat_every=0)     # another deploy's
+    other.acquire()
+    h0 = _InterruptedAfterItsSecondCreate(tmp_path / "h0")
+    conns = [HostConn(SimpleNamespace(name="h0"), h0, client=None),
+             HostConn(SimpleNamespace(name="h1"), LocalTransport(tmp_path / "h1"), client=None)]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with locked(conns, wait=5.0):
+                pytest.fail("locked every host")
+    finally:
+        other.release()
+    assert h0.creates == 2 and not (tmp_path / "h0" / LOCK_PATH).exists()
+    assert [c.lock for c in conns] == [None, None]
