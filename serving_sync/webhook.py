@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mlops_common import log
+from mlops_common.errors import UserError, exc_text
 
 logger = log.get("sync.webhook")
 
@@ -222,13 +223,28 @@ class Receiver:
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
     def start(self) -> Receiver:
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True, name="webhook-receiver")
+        """Serve from a thread; ``UserError`` (one line, the receiver stopped) when it did not start:
+        the thread's exception was printed as a traceback and ``start`` returned as if it had."""
+        ready, failed = threading.Event(), []
+        self.thread = threading.Thread(target=self._run, args=(ready, failed), daemon=True,
+                                       name="webhook-receiver")
         self.thread.start()
-        ready.wait(10)
+        if not ready.wait(10) or failed:
+            self.stop()
+            why = exc_text(failed[0], 200) if failed else "not serving after 10s"
+            raise UserError(f"the webhook receiver on {self.url} did not start ({why})")
         return self
 
-    def _run(self, ready: threading.Event) -> None:
+    def _run(self, ready: threading.Event, failed: list[BaseException]) -> None:
+        try:
+            self._serve(ready)
+        except BaseException as exc:  # noqa: BLE001 - before it serves: raised by ``start``
+            if ready.is_set():
+                raise
+            failed.append(exc)
+            ready.set()
+
+    def _serve(self, ready: threading.Event) -> None:
         import asyncio
 
         async def main():

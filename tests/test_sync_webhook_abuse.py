@@ -331,3 +331,21 @@ def test_a_webhook_name_with_a_trailing_newline_is_refused(monkeypatch):
     monkeypatch.delenv("MLOPS_WEBHOOK_SECRET", raising=False)
     with pytest.raises(ConfigError, match=r"webhook name 'hook\\n' is invalid"):
         ensure_webhook("http://127.0.0.1:9/hook", name="hook\n")
+
+
+def test_a_receiver_that_fails_to_start_says_so_in_one_line(monkeypatch):
+    """Its thread's exception was printed as a traceback and ``start`` returned after 10 s as if
+    it served: ``sync watch`` announced a URL nothing answered."""
+    import asyncio
+
+    from mlops_common.errors import UserError
+
+    async def cannot_serve(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(asyncio, "start_server", cannot_serve)
+    rec = Receiver(SECRET, "digits", lambda e: None)
+    with pytest.raises(UserError) as e:
+        rec.start()
+    assert "\n" not in e.value.message and "did not start" in e.value.message
+    assert "Too many open files" in e.value.message and not rec.thread.is_alive()
