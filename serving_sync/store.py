@@ -178,12 +178,14 @@ def store_lock(t, store: Store, model: str, held: frozenset = frozenset()):
     if base_key(store.target) in held:
         yield
         return
-    lock = acquire(t, break_lock=None, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
-                   model=model)
+    taken: list = []        # recorded before it is tried: a forced stop as the lock was taken left it
     try:
+        acquire(t, break_lock=None, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
+                model=model, record=taken.append)
         yield
     finally:
-        lock.release()
+        for lock in taken:
+            lock.release()
 
 
 def host_uses(hosts_versions) -> dict:

@@ -901,3 +901,29 @@ def test_an_upload_to_a_forced_command_that_answers_a_line_goes_over_sftp(sshd_f
         assert record.read_bytes() == b""               # no tar stream went to the forced command
     finally:
         t.close()
+
+
+def test_a_forced_stop_as_the_store_lock_is_taken_releases_it(tmp_path):
+    """The lock was taken before the ``try`` that released it: a forced stop (the second Ctrl-C,
+    a KeyboardInterrupt) landing as it was taken left the store locked for the lock's TTL."""
+    from types import SimpleNamespace
+
+    from serving_sync.hosts import Target
+    from serving_sync.layout import LOCK_PATH
+    from serving_sync.store import store_lock
+    from serving_sync.transports.local import LocalTransport
+
+    class InterruptedAsItIsTaken(LocalTransport):
+        def create_exclusive(self, rel, data):
+            ok = super().create_exclusive(rel, data)
+            if rel == LOCK_PATH:
+                raise KeyboardInterrupt
+            return ok
+
+    base = tmp_path / "store"
+    base.mkdir()
+    shared = SimpleNamespace(target=Target("file", str(base)))
+    with pytest.raises(KeyboardInterrupt):
+        with store_lock(InterruptedAsItIsTaken(base), shared, "digits"):
+            pytest.fail("the block ran")
+    assert not (base / LOCK_PATH).exists()
