@@ -81,7 +81,22 @@ def state_dir() -> Path:
 
 
 def model_name(explicit: str | None = None) -> str:
-    return explicit or env("MLOPS_MODEL_NAME", DEFAULT_MODEL_NAME)
+    """``--model-name`` (checked by its flag), else ``MLOPS_MODEL_NAME``, else the default."""
+    if explicit:
+        return explicit
+    return check_utf8("MLOPS_MODEL_NAME", env("MLOPS_MODEL_NAME", DEFAULT_MODEL_NAME))
+
+
+def check_utf8(name: str, value: str) -> str:
+    """``value`` of the variable ``name``, or one line naming it (never the value: it may be a secret)
+    when it holds bytes that are not UTF-8: set from a Latin-1 shell, they reach Python as lone
+    surrogates, which a database driver or SQLAlchemy cannot encode (a traceback)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} is not UTF-8 text (bytes of another encoding: set the shell or the "
+                          f"script to UTF-8 and set it again)") from None
+    return value
 
 
 def port_env(name: str, default: int) -> int:
@@ -179,6 +194,7 @@ def ledger_url() -> str:
     """SQLAlchemy URL of the ledger: ``MLOPS_LEDGER_URL`` or a SQLite file in the state folder."""
     url = env("MLOPS_LEDGER_URL")
     if url:
+        check_utf8("MLOPS_LEDGER_URL", url)
         check_ledger_sqlite(url)
         return url
     path = state_dir() / "ledger.db"
@@ -299,8 +315,12 @@ def _forms(value: str) -> set[str]:
     and stripped of surrounding whitespace (a one-line error message collapses it)."""
     from urllib.parse import quote, quote_plus
 
-    forms = {f for f in (value, repr(value)[1:-1], json.dumps(value)[1:-1], quote(value, safe=""),
-                         quote_plus(value)) if len(f) >= _MIN_SECRET_LEN}
+    # surrogateescape: a value of bytes that are not UTF-8 (set from a Latin-1 shell) holds lone
+    # surrogates, which quote() could not encode: redacting any output was a traceback (and the
+    # traceback's own print another); percent-encoded, they are those bytes again (%E9)
+    forms = {f for f in (value, repr(value)[1:-1], json.dumps(value)[1:-1],
+                         quote(value, safe="", errors="surrogateescape"),
+                         quote_plus(value, errors="surrogateescape")) if len(f) >= _MIN_SECRET_LEN}
     if len(value.strip()) >= _MIN_DERIVED_LEN:
         forms.add(value.strip())
     return forms

@@ -1,0 +1,62 @@
+"""Bad input left by the sixteenth stop's command-line sweep, fixed by s16-cli2: a variable of the
+environment that is wrong gets one line naming it, a non-zero exit, no traceback, no secret."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+
+def _mlops(argv: list[str], env: dict[bytes, bytes], tmp_path) -> subprocess.CompletedProcess:
+    """``python -m mlops`` with an environment of bytes (as a Latin-1 shell sets it), no MLflow server."""
+    base = {k: v for k, v in os.environb.items() if not k.startswith((b"MLOPS_", b"MLFLOW_"))}
+    base.update({b"MLOPS_HOME": os.fsencode(tmp_path / "home"), b"MLFLOW_TRACKING_URI": b"http://127.0.0.1:9",
+                 b"PYTHONIOENCODING": b"utf-8"})
+    return subprocess.run([sys.executable, "-m", "mlops", *argv], env={**base, **env}, cwd=REPO,
+                          capture_output=True, timeout=120)
+
+
+SECRET = b"s3cr\xe9t-value-0123456789"       # Latin-1 bytes: not UTF-8
+
+
+@pytest.mark.parametrize("env, argv, line", [
+    ({b"MLOPS_WEBHOOK_SECRET": SECRET}, ["registry", "webhook", "create", "--url", "http://127.0.0.1:9/hook"],
+     "error: MLOPS_WEBHOOK_SECRET holds bytes that are not UTF-8 text (raw random bytes?); use printable "
+     "random text, e.g. `openssl rand -hex 32`"),
+    ({b"MLOPS_LEDGER_URL": b"postgresql://u:p\xe9ssword-0123456789@127.0.0.1:9/ledger"}, ["registry", "history"],
+     "error: MLOPS_LEDGER_URL is not UTF-8 text (bytes of another encoding: set the shell or the script to "
+     "UTF-8 and set it again)"),
+    ({b"MLOPS_LEDGER_URL": b"sqlite:////tmp/l\xe9dger.db"}, ["registry", "history"],
+     "error: MLOPS_LEDGER_URL is not UTF-8 text (bytes of another encoding: set the shell or the script to "
+     "UTF-8 and set it again)"),
+    ({b"MLOPS_MODEL_NAME": b"mod\xe9l"}, ["registry", "status"],
+     "error: MLOPS_MODEL_NAME is not UTF-8 text (bytes of another encoding: set the shell or the script to "
+     "UTF-8 and set it again)"),
+])
+def test_a_variable_that_is_not_utf8_is_one_line_naming_it_not_two_tracebacks(env, argv, line, tmp_path):
+    """A secret variable of bytes that are not UTF-8 made every write to stdout or stderr fail (the
+    redaction percent-encoded the secret with quote(), which cannot encode a lone surrogate): the
+    intended one line became two tracebacks, exit 1. MLOPS_LEDGER_URL and MLOPS_MODEL_NAME of such
+    bytes were a traceback from SQLAlchemy or the ledger's query."""
+    proc = _mlops(argv, env, tmp_path)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, err
+    assert err.splitlines() == [line]
+    assert proc.stdout == b""
+    assert b"0123456789" not in proc.stderr
+
+
+def test_a_secret_that_is_not_utf8_is_still_redacted_in_each_of_its_forms(monkeypatch):
+    """The redaction of a secret of bytes that are not UTF-8 works, and covers the value as Python
+    holds it, as a repr shows it, and percent-encoded as its bytes (``%E9``)."""
+    from mlops_common import log, settings
+
+    value = os.fsdecode(SECRET)                  # what os.environ holds: a lone surrogate for \xe9
+    monkeypatch.setenv("MLOPS_WEBHOOK_SECRET", value)
+    settings._secret_forms.cache_clear()
+    for shown in (value, repr(value), "s3cr%E9t-value-0123456789", "s3cr\\udce9t-value-0123456789"):
+        assert "0123456789" not in log.redact(f"secret is {shown}!"), shown
