@@ -118,7 +118,7 @@ class GateRules:
     def from_env(cls, **overrides) -> "GateRules":
         """Defaults, then ``MLOPS_GATE_MIN_ACCURACY`` / ``_MAX_ACCURACY_DROP`` / ``_MAX_CLASS_DROP``,
         then explicit (non-None) ``overrides`` (CLI flags)."""
-        values = {}
+        values, origin = {}, {}
         for name, var in (("min_accuracy", "MLOPS_GATE_MIN_ACCURACY"),
                           ("max_accuracy_drop", "MLOPS_GATE_MAX_ACCURACY_DROP"),
                           ("max_class_drop", "MLOPS_GATE_MAX_CLASS_DROP")):
@@ -127,12 +127,17 @@ class GateRules:
                 # ASCII decimals only, as the flags (``flags.number``): float() reads "0_1" as 1.0
                 if not is_decimal(raw):
                     raise ConfigError(f"{var} must be a number such as 0.05, got '{raw}'")
-                values[name] = float(raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                values[name], origin[name] = float(raw), var
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        origin = {k: v for k, v in origin.items() if k not in given}   # a flag's value: its own range check
         rules = cls(**values)
         for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop"):
             v = getattr(rules, name)
             if v is not None and not 0 <= v <= 1:
+                if name in origin:      # say which variable to fix, as its other check does
+                    raise ConfigError(f"{origin[name]} must be between 0 and 1 (gate rule {name}), "
+                                      f"got '{settings.env(origin[name])}'")
                 raise ConfigError(f"gate rule {name} must be between 0 and 1, got {v}")
         return rules
 

@@ -60,3 +60,17 @@ def test_a_secret_that_is_not_utf8_is_still_redacted_in_each_of_its_forms(monkey
     settings._secret_forms.cache_clear()
     for shown in (value, repr(value), "s3cr%E9t-value-0123456789", "s3cr\\udce9t-value-0123456789"):
         assert "0123456789" not in log.redact(f"secret is {shown}!"), shown
+
+
+@pytest.mark.parametrize("var, rule, value", [("MLOPS_GATE_MIN_ACCURACY", "min_accuracy", "2"),
+                                              ("MLOPS_GATE_MAX_ACCURACY_DROP", "max_accuracy_drop", "1.5"),
+                                              ("MLOPS_GATE_MAX_CLASS_DROP", "max_class_drop", "50")])
+def test_a_gate_rule_out_of_range_from_the_environment_names_its_variable(var, rule, value, monkeypatch, capsys):
+    """``MLOPS_GATE_MIN_ACCURACY=2`` said "gate rule min_accuracy must be between 0 and 1, got 2.0":
+    no variable of that name, nothing to say where the 2 came from."""
+    from mlops.cli import main
+
+    monkeypatch.setenv(var, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert main(["registry", "gate", "--version", "1"]) == 2
+    assert capsys.readouterr().err == f"error: {var} must be between 0 and 1 (gate rule {rule}), got '{value}'\n"
