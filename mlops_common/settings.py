@@ -140,6 +140,7 @@ def tracking_uri() -> str:
         if uri != uri.strip():
             raise ConfigError("MLFLOW_TRACKING_URI starts or ends with a space or a line break (a value pasted "
                               "into a CI context?); remove it")
+        check_http_uri(uri)
         return uri
     uri = local_mlflow_url()
     if not _announced:
@@ -167,6 +168,28 @@ def check_no_userinfo(uri: str) -> None:
         raise ConfigError("MLFLOW_TRACKING_URI must not carry a credential in its query string (a token, key "
                           "or password parameter: it would be printed and stored in logs); put it in "
                           "MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) instead")
+
+
+def check_http_uri(uri: str) -> None:
+    """Refuse an ``http(s)://`` MLFLOW_TRACKING_URI that no request can be made to (``http://``, a
+    port of 99999 or ``abc``, an unclosed ``[``): each was "the request ... failed (InvalidURL)",
+    which did not say the URI itself is wrong. The reason only, never the URI (see check_no_userinfo)."""
+    from urllib.parse import urlsplit
+
+    if uri.split(":", 1)[0].lower() not in ("http", "https"):
+        return              # file:, sqlite:, databricks ...: MLflow's own to check
+    try:
+        parts = urlsplit(uri)
+        reason = None if parts.hostname else "it has no host name"
+        port = parts.port
+        if reason is None and port is not None and not 1 <= port <= 65535:
+            reason = "its port is not a number 1-65535"
+    except ValueError as exc:
+        reason = ("its port is not a number 1-65535" if "port" in str(exc).lower()
+                  else "an IPv6 address' [ ] is not closed" if "ipv6" in str(exc).lower() else "it cannot be parsed")
+    if reason:
+        raise ConfigError(f"MLFLOW_TRACKING_URI is a malformed URL ({reason}); set it to the tracking server's "
+                          f"address, e.g. http://mlflow.example.com:5000")
 
 
 _SECRET_QUERY_KEY = re.compile(r"token|key|secret|pass|pwd|sig|credential|auth", re.IGNORECASE)

@@ -74,3 +74,30 @@ def test_a_gate_rule_out_of_range_from_the_environment_names_its_variable(var, r
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert main(["registry", "gate", "--version", "1"]) == 2
     assert capsys.readouterr().err == f"error: {var} must be between 0 and 1 (gate rule {rule}), got '{value}'\n"
+
+
+@pytest.mark.parametrize("uri, reason", [("http://", "it has no host name"),
+                                         ("https://:5000/", "it has no host name"),
+                                         ("http://127.0.0.1:99999", "its port is not a number 1-65535"),
+                                         ("http://mlflow.internal:50OO", "its port is not a number 1-65535"),
+                                         ("http://[::1:5000", "an IPv6 address' [ ] is not closed")])
+def test_a_malformed_tracking_uri_says_so_and_names_its_variable(uri, reason, monkeypatch, capsys):
+    """``MLFLOW_TRACKING_URI=http://`` (an unset ``http://$HOST``) or a port of 99999 said only "the
+    request to the MLflow server at http: failed (InvalidURL); check MLFLOW_TRACKING_URI and the
+    MLFLOW_TRACKING_* credentials": nothing said the URI itself is malformed, and credentials were
+    suspected. The URI is not echoed (the other checks refuse one that holds a password)."""
+    from mlops.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["registry", "status"]) == 2
+    assert capsys.readouterr().err == (f"error: MLFLOW_TRACKING_URI is a malformed URL ({reason}); set it to the "
+                                       f"tracking server's address, e.g. http://mlflow.example.com:5000\n")
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000/", "https://[::1]:443/mlflow", "HTTP://team", "file:///tmp/mlruns",
+                                 "databricks"])
+def test_a_well_formed_tracking_uri_is_taken_as_it_is(uri, monkeypatch):
+    from mlops_common import settings
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert settings.tracking_uri() == uri
