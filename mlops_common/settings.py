@@ -375,8 +375,19 @@ def secret_values() -> list[str]:
     password of each database URL (as written, percent-decoded, and what follows each ``@`` in it,
     which a driver may report as part of a host name, when at least ``_MIN_DERIVED_LEN`` long)."""
     names = (*SECRET_ENV_VARS, *sorted(_NAMED_SECRET_ENV_VARS))
-    return list(_secret_forms(tuple(os.environ.get(k) for k in names),
+    values = tuple(None if k not in _NAMED_SECRET_ENV_VARS and _sqlite_file_url(v) else v
+                   for k, v in ((k, os.environ.get(k)) for k in names))
+    return list(_secret_forms(values,
                               tuple(os.environ.get(k) for k in SECRET_URL_ENV_VARS)))
+
+
+def _sqlite_file_url(url: str | None) -> bool:
+    """Whether ``url`` is a SQLite file's URL (``sqlite:////abs/ledger.db``) that holds nothing secret:
+    no user, password or host part, no credential in a query. Such a ``MLOPS_LEDGER_URL`` is not
+    redacted whole (an error said "cannot open the ledger database ***": not which file)."""
+    scheme, sep, rest = (url or "").partition(":")
+    return (bool(sep) and scheme.split("+", 1)[0].lower() == "sqlite" and rest.startswith("///")
+            and "@" not in rest and not query_secrets(url))
 
 
 @functools.lru_cache(maxsize=8)

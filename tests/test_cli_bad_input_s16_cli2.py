@@ -101,3 +101,24 @@ def test_a_well_formed_tracking_uri_is_taken_as_it_is(uri, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert settings.tracking_uri() == uri
+
+
+def test_a_sqlite_ledger_url_in_an_error_shows_its_path(tmp_path, monkeypatch, capsys):
+    """A SQLite ``MLOPS_LEDGER_URL`` (nothing secret in a file's path) was redacted whole: "cannot
+    open the ledger database *** (MLOPS_LEDGER_URL)" did not say which file. The path is shown; a
+    password of another URL, or in a SQLite URL's query, is still redacted."""
+    from mlops.cli import main
+    from mlops_common import log
+
+    (tmp_path / "ledger.db").mkdir()                   # a folder where the database file should be
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    monkeypatch.setenv("MLOPS_LEDGER_URL", url)
+    assert main(["registry", "history"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot open the ledger database {url} (MLOPS_LEDGER_URL): unable to open database file\n"
+
+    for secret_url in ["postgresql://u:pw-0123456789@127.0.0.1:9/db", f"{url}?password=pw-0123456789",
+                       "sqlite://u:pw-0123456789@/tmp/x.db"]:
+        monkeypatch.setenv("MLOPS_LEDGER_URL", secret_url)
+        assert log.redact(f"at {secret_url}!") == "at ***!"
+        assert log.redact("pw-0123456789") == "***"
