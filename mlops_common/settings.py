@@ -140,6 +140,7 @@ def tracking_uri() -> str:
         if uri != uri.strip():
             raise ConfigError("MLFLOW_TRACKING_URI starts or ends with a space or a line break (a value pasted "
                               "into a CI context?); remove it")
+        check_utf8("MLFLOW_TRACKING_URI", uri)      # a host of Latin-1 bytes was "failed (InvalidURL)" too
         check_http_uri(uri)
         return uri
     uri = local_mlflow_url()

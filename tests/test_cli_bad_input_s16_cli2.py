@@ -33,6 +33,9 @@ SECRET = b"s3cr\xe9t-value-0123456789"       # Latin-1 bytes: not UTF-8
     ({b"MLOPS_LEDGER_URL": b"sqlite:////tmp/l\xe9dger.db"}, ["registry", "history"],
      "error: MLOPS_LEDGER_URL is not UTF-8 text (bytes of another encoding: set the shell or the script to "
      "UTF-8 and set it again)"),
+    ({b"MLFLOW_TRACKING_URI": b"http://mlfl\xf6w:5000"}, ["registry", "status"],
+     "error: MLFLOW_TRACKING_URI is not UTF-8 text (bytes of another encoding: set the shell or the script to "
+     "UTF-8 and set it again)"),
     ({b"MLOPS_MODEL_NAME": b"mod\xe9l"}, ["registry", "status"],
      "error: MLOPS_MODEL_NAME is not UTF-8 text (bytes of another encoding: set the shell or the script to "
      "UTF-8 and set it again)"),
