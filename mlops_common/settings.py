@@ -87,15 +87,14 @@ def model_name(explicit: str | None = None) -> str:
     return check_utf8("MLOPS_MODEL_NAME", env("MLOPS_MODEL_NAME", DEFAULT_MODEL_NAME))
 
 
-def check_utf8(name: str, value: str) -> str:
+def check_utf8(name: str, value: str, fix: str = "set the shell or the script to UTF-8 and set it again") -> str:
     """``value`` of the variable ``name``, or one line naming it (never the value: it may be a secret)
     when it holds bytes that are not UTF-8: set from a Latin-1 shell, they reach Python as lone
     surrogates, which a database driver or SQLAlchemy cannot encode (a traceback)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ConfigError(f"{name} is not UTF-8 text (bytes of another encoding: set the shell or the "
-                          f"script to UTF-8 and set it again)") from None
+        raise ConfigError(f"{name} is not UTF-8 text (bytes of another encoding: {fix})") from None
     return value
 
 
@@ -222,6 +221,8 @@ def ledger_url() -> str:
         check_ledger_sqlite(url)
         return url
     path = state_dir() / "ledger.db"
+    check_utf8("the state folder's path (MLOPS_HOME, default ./.mlops)", str(path),   # SQLAlchemy's URL cannot
+               "the ledger's SQLite URL cannot name it; point MLOPS_HOME at a folder whose path is UTF-8")
     make_folder(path.parent, "MLOPS_HOME (the state folder)")
     return sqlite_url(path)
 

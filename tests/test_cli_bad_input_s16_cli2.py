@@ -16,6 +16,7 @@ def _mlops(argv: list[str], env: dict[bytes, bytes], tmp_path) -> subprocess.Com
     base = {k: v for k, v in os.environb.items() if not k.startswith((b"MLOPS_", b"MLFLOW_"))}
     base.update({b"MLOPS_HOME": os.fsencode(tmp_path / "home"), b"MLFLOW_TRACKING_URI": b"http://127.0.0.1:9",
                  b"PYTHONIOENCODING": b"utf-8"})
+    env = {k: v.replace(b"{tmp}", os.fsencode(tmp_path)) for k, v in env.items()}
     return subprocess.run([sys.executable, "-m", "mlops", *argv], env={**base, **env}, cwd=REPO,
                           capture_output=True, timeout=120)
 
@@ -36,6 +37,9 @@ SECRET = b"s3cr\xe9t-value-0123456789"       # Latin-1 bytes: not UTF-8
     ({b"MLFLOW_TRACKING_URI": b"http://mlfl\xf6w:5000"}, ["registry", "status"],
      "error: MLFLOW_TRACKING_URI is not UTF-8 text (bytes of another encoding: set the shell or the script to "
      "UTF-8 and set it again)"),
+    ({b"MLOPS_HOME": b"{tmp}/h\xe9me"}, ["registry", "history"],
+     "error: the state folder's path (MLOPS_HOME, default ./.mlops) is not UTF-8 text (bytes of another "
+     "encoding: the ledger's SQLite URL cannot name it; point MLOPS_HOME at a folder whose path is UTF-8)"),
     ({b"MLOPS_MODEL_NAME": b"mod\xe9l"}, ["registry", "status"],
      "error: MLOPS_MODEL_NAME is not UTF-8 text (bytes of another encoding: set the shell or the script to "
      "UTF-8 and set it again)"),
