@@ -60,9 +60,12 @@ def _refused(ledger: Ledger, model: str, action: str, version: int, by: Provenan
 
 
 def _move(model: str, action: str, *, target, by: Provenance, reason: str | None, force: bool,
-          details: dict, ledger: Ledger, defer_tags: bool = False, requested: int | None = None) -> Promotion:
+          details: dict, ledger: Ledger, defer_tags: bool = False, requested: int | None = None,
+          check_target=None) -> Promotion:
     """Shared body of promote and rollback. ``target(tx, current)`` picks the version under the lock;
-    ``requested``: the version asked for, when the caller named one (a CircleCI rerun check).
+    ``requested``: the version asked for, when the caller named one (a CircleCI rerun check);
+    ``check_target(version)``: the caller's own check of the version picked, before anything
+    moves (raises ``RefusedError``: recorded as refused).
 
     ``defer_tags``: the ledger row and the alias move happen here (under the lock, in that
     order); the version tags, a view of the ledger row for the MLflow UI, wait for
@@ -97,6 +100,8 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             info = versions.get_version(model, v, aliases=locked.aliases)
             try:
                 check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
+                if check_target is not None and current != info.version:
+                    check_target(info.version)
                 verdicts = tx.entries(actions=("gate", "promote", "rollback"))     # one read
                 arrived = last_real_move(verdicts) if current == info.version else None
                 check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version),
@@ -168,7 +173,8 @@ def promote(model: str, version, *, provenance: Provenance | None = None, actor:
 
 def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
              actor: str | None = None, force: bool = False,
-             ledger: Ledger | None = None, defer_tags: bool = False, unrolled_ok: bool = True) -> Promotion:
+             ledger: Ledger | None = None, defer_tags: bool = False, unrolled_ok: bool = True,
+             check_target=None) -> Promotion:
     """Point ``production`` back at ``to``, or at the version that held it before the current one.
 
     "Before" is read from the ledger, skipping versions whose deploy failed. Same checks and
@@ -176,6 +182,8 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     shorthand for a ``provenance`` built from the environment (tests, scripts).
     ``unrolled_ok`` False (``sync rollback``): refuse a step back while the last one is not on the
     hosts yet — a rerun of a rollback killed after its move went one version further down.
+    ``check_target(version)``: ``sync rollback``'s check that the version picked can be installed
+    (raises ``RefusedError``; nothing moves).
     """
     check_forced_reason(force, reason)      # before the default text below stands in for one
     by = given(provenance, actor)
@@ -189,7 +197,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
                    if not unrolled_ok and current is not None and explicit in (None, current) else None)
         if pending is not None:     # a rerun of a `sync rollback` (--to N) whose deploy never finished
             raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) has no "
-                               f"deploy recorded since (interrupted, or made with `registry rollback`): "
+                               f"deploy recorded since ({_why_not_deployed(pending)}): "
                                f"`mlops sync deploy` installs v{current}, or records it where the hosts serve "
                                f"it; to roll back further, `mlops sync rollback --to N`")
         unfinished = (rollback_unfinished(history, current, all_versions)
@@ -219,9 +227,22 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
 
     try:
         return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
-                     force=force, details={}, ledger=ledger, defer_tags=defer_tags, requested=explicit)
+                     force=force, details={} if unrolled_ok else {"command": SYNC_ROLLBACK}, ledger=ledger,
+                     defer_tags=defer_tags, requested=explicit, check_target=check_target)
     except _Unfinished as u:
         return _finishing(model, u.row, defer_tags=defer_tags)
+
+
+SYNC_ROLLBACK = "sync rollback"      # a rollback row's ``details.command``: its deploy follows at once
+
+
+def _why_not_deployed(row: Entry) -> str:
+    """Why the rollback ``row`` has no deploy since, as far as its row tells (rows of `sync rollback`
+    say so; one written before they did, or by `registry rollback`, could be either)."""
+    if (row.details or {}).get("command") == SYNC_ROLLBACK:
+        return ("the deploy of its `sync rollback` recorded no rollout: it was refused (e.g. on another "
+                "deploy's host lock, or a host it could not reach) or stopped")
+    return "made with `registry rollback`, or its `sync rollback`'s deploy was refused (e.g. on a host lock) or stopped"
 
 
 class _Unfinished(Exception):

@@ -463,6 +463,30 @@ def _refuse_missing(info: VersionInfo, top: set[str]) -> None:
                             f"by mlproject's training, re-train and register it")
 
 
+def missing_artifacts(model: str, version, *, max_entries: int = 100_000) -> list[str]:
+    """What of ``version``'s ``tfserving/`` and ``golden/`` its run's artifacts lack now, from a
+    listing (no download): the files recorded at registration that are not listed, or (registered
+    without a record) a part with no file at all. ``mlops sync rollback`` asks before production
+    moves: a version whose artifacts were deleted from the store cannot be installed on a host."""
+    info = get_version(model, version)
+    if not info.run_id:
+        return [f"{p}/" for p in BUNDLE_PARTS]
+    what = f"listing the artifacts of version {info.version} of '{model}'"
+    if MlflowRest.proxied(artifact_root(info.run_id)):
+        client = rest()
+        have = {f["path"] for p in BUNDLE_PARTS for f in client.artifact_files(info.run_id, p, what=what)}
+    else:
+        client, have, todo = tracking_client(), set(), list(BUNDLE_PARTS)
+        with mlflow_errors(what):
+            while todo and len(have) + len(todo) <= max_entries:
+                for f in client.list_artifacts(info.run_id, todo.pop()):
+                    (todo.append if f.is_dir else have.add)(f.path)
+    expected = bundle_hashes.recorded(model, info.version)
+    if expected:
+        return sorted(p for p in expected if p not in have)
+    return [f"{p}/" for p in BUNDLE_PARTS if not any(h.startswith(f"{p}/") for h in have)]
+
+
 def _go_on() -> None:
     """``download_bundle``'s ``check`` when none is given: nothing stops it."""
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from mlops_common.errors import DeployFailed, UserError, reworded
+from mlops_common.errors import DeployFailed, RefusedError, UserError, reworded
 from registry import deploys
 
 from . import fleet, fleet_plan, rollout
@@ -62,6 +62,32 @@ def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> 
         rollout.shape([p.host for p in fp.plans if not p.up_to_date], canary=opts.canary, wave=opts.wave)
 
 
+def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]:
+    """``promotion.rollback``'s ``check_target``: the version picked must be installable before
+    production moves to it. Its artifacts are listed (not downloaded); some gone from the store
+    (a cleanup of old runs) refuse it, unless only SavedModel files are and no host needs them
+    (every host still has that version). A listing or host that cannot be read leaves it to the
+    deploy (its own error says why)."""
+    def check(version: int) -> None:
+        from registry import versions
+
+        try:
+            missing = versions.missing_artifacts(model, version)
+            if missing and all(p.startswith("tfserving/") for p in missing):
+                fp = fleet_plan.plan_fleet(model, hosts, version=version, opts=opts, annotate=False)
+                if not fp.errors and not any(p.publishes for p in fp.plans):
+                    return
+        except UserError:
+            return
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise RefusedError(f"cannot roll '{model}' back to v{version}: its artifacts are gone from the "
+                               f"artifact store ({shown} missing) and a host would need them; nothing was "
+                               f"changed: `mlops sync rollback --to N` rolls back to another version "
+                               f"(or restore them)")
+    return check
+
+
 def _stopped_before_the_hosts(exc: DeployInterrupted, promo) -> DeployInterrupted:
     """A rollback stopped after the registry moved and before its deploy reached the hosts (a
     signal while it connected or waited for a lock): the bare ``interrupted (SIGTERM)`` said
@@ -90,7 +116,7 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
 
     start = time.monotonic() if started is None else started
     promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True,
-                               unrolled_ok=False)
+                               unrolled_ok=False, check_target=installable(model, hosts, opts))
     if on_moved is not None:
         on_moved(promo)
     try:
@@ -104,7 +130,8 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
         if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
             again = reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
                                   f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
-                                  f"installs v{promo.to_version} on the hosts")
+                                  f"installs v{promo.to_version} on the hosts; or `mlops sync rollback --to N` "
+                                  f"rolls back to another version")
             for name in ("result", "deployed"):     # --json prints the deploy's result (an overtaken rollout)
                 if getattr(exc, name, None) is not None:
                     setattr(again, name, getattr(exc, name))

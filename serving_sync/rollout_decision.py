@@ -57,10 +57,13 @@ def _could_restore(changing: list[str], opts: DeployOptions) -> bool:
 
 def rollout_for(model: str, version: int, changing: list[str], opts: DeployOptions,
                 unjudged: tuple[str, ...] = ()) -> RolloutDecision:
-    """``decide_rollout``, reading the ledger only when a restore could change the answer."""
-    return decide_rollout(changing, opts,
-                          deploys.restoring(model, version) if _could_restore(changing, opts) else None,
-                          unjudged)
+    """``decide_rollout``, reading the ledger only when a restore could change the answer. After a
+    chain of rollbacks before one deploy (v3 -> v2, v2 -> v1), the version rolled back from is
+    the one the hosts served (v3: ``deploys.rolled_back_before``), not the newest rollback's."""
+    restoring = deploys.restoring(model, version) if _could_restore(changing, opts) else None
+    if restoring is not None and (chain := deploys.rolled_back_before(model, version)):
+        restoring = dataclasses.replace(restoring, from_version=chain[-1].from_version)
+    return decide_rollout(changing, opts, restoring, unjudged)
 
 
 def unjudged_hosts(plans, opts: DeployOptions, rolled_out) -> tuple[str, ...]:

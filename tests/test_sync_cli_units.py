@@ -57,6 +57,7 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     # the version rolled back from is tagged by the deploy that restored v2 (fleet._tag_rolled_back,
     # tests/test_sync_cli.py), as after `registry rollback` + `sync deploy`: not a second time here
     assert [c if isinstance(c, str) else c[0] for c in registry_calls] == ["rollback", "deploy", "finish"]
+    assert callable(registry_calls[0][1].pop("check_target"))   # the version picked is installable first
     assert registry_calls[0][1] == {"to": None, "reason": "slow", "provenance": by, "force": False,
                                   "defer_tags": True, "unrolled_ok": False}
     assert registry_calls[1][1]["reason"] == "slow"          # the ledger's reason goes to the deploy rows

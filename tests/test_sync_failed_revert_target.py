@@ -7,6 +7,7 @@ moved production away from it.
 """
 from __future__ import annotations
 
+from tests.fixtures.faults import final_error_line
 from tests.test_sync_cli import deployed_v1_v2
 
 SMOKE_FAILS = ("--latency-budget-ms", "0.001")      # any failure that blames the version
@@ -118,3 +119,102 @@ def test_two_rollbacks_before_one_deploy_tag_both_versions_rolled_back_from(depl
     assert env.tags(v3).get("deploy_reason") == "v3 is slow"
     assert env.tags(v2).get("deploy_status") == "rolled_back"
     assert env.tags(v1).get("deploy_status") == "deployed"
+
+
+def _drop_artifacts(model: str, v: int, part: str = "tfserving") -> None:
+    """What a cleanup of the artifact store does to an old version: its run keeps no ``part``/."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from registry import versions
+
+    run_id = versions.get_version(model, v).run_id
+    get_artifact_repository(versions.artifact_root(run_id)).delete_artifacts(part)
+
+
+def test_a_rollback_to_a_version_whose_artifacts_are_gone_moves_nothing(deploy_env):
+    """Found by a rollback review (2026-12-06): `sync rollback --to 1`, v1's artifacts deleted from
+    the store and v1 not on the hosts: production moved to v1 first, then the download failed —
+    the hosts kept serving v3, production named v1, the message said to restore the artifacts
+    or register a new version (not `--to` another version), and `sync rollback` was then refused.
+    The artifacts are listed before production moves now: refused in one line, nothing moved."""
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v1, v2 not loaded
+    _drop_artifacts(env.model, v1)
+    r = env.cli("sync", "rollback", "--to", str(v1), "--reason", "v3 is bad")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    line = final_error_line(r.stderr)
+    assert env.production() == v3, line
+    assert f"v{v1}" in line and "--to" in line, line
+    assert not [e for e in env.ledger(("rollback",)) if e.outcome == "ok"], "a rollback was recorded"
+    env.serves(host, v3)
+    r = env.cli("sync", "rollback", "--to", str(v2), "--reason", "v3 is bad")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+
+
+def test_a_rollback_to_a_version_still_on_the_hosts_needs_no_savedmodel_in_the_store(deploy_env):
+    """The check above refuses only what a host would need: v1 kept on the host (the previous
+    version), its SavedModel gone from the store, its golden set there — the rollback switches."""
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    _drop_artifacts(env.model, v1)
+    r = env.cli("sync", "rollback", "--reason", "v2 is bad")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+
+
+def test_a_rollback_rerun_after_a_host_lock_refused_its_deploy_says_so(deploy_env):
+    """Found by a rollback review (2026-12-06): a `sync rollback` whose deploy was refused on
+    another deploy's host lock (production moved, no host changed), run again: refused saying the
+    last rollback was "interrupted, or made with `registry rollback`" — neither was true. It says
+    what happened now (its deploy did not install it) and what to run."""
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.local import LocalTransport
+
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    other = HostLock(LocalTransport(host.base), purpose="deploy")
+    other.acquire()                                     # another deploy holds the host
+    try:
+        r = env.cli("sync", "rollback", "--reason", "v2 is slow")
+    finally:
+        other.release()
+    assert r.returncode != 0 and env.production() == v1, r.stderr
+    env.serves(host, v2)
+    r = env.cli("sync", "rollback", "--reason", "v2 is slow")
+    line = final_error_line(r.stderr)
+    assert r.returncode != 0 and env.production() == v1, r.stderr
+    assert "interrupted, or made with" not in line, line
+    assert "the deploy of its `sync rollback` recorded no rollout: it was refused (e.g. on another deploy's " \
+           "host lock" in line, line
+    assert "`mlops sync deploy` installs" in line, line
+    assert env.cli("sync", "deploy").returncode == 0
+    env.serves(host, v1)
+
+
+def test_a_deploy_after_two_rollbacks_names_the_version_the_hosts_served(deploy_env):
+    """Found by a rollback review (2026-12-06): v3 -> v2 and v2 -> v1 before one deploy (two
+    `registry rollback`s, then CircleCI's deploy job): `sync plan`, the deploy's line and its
+    ``--json`` (``restore.rolled_back_from``) said "rolled back from v2" — the newest rollback's
+    version — while the hosts served v3, the one this deploy takes them off."""
+    import json
+
+    from registry import promotion
+
+    env = deploy_env
+    h1, h2 = env.add_hosts(2, "file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    assert promotion.rollback(env.model, reason="v3 is slow", actor="oncall").to_version == v2   # not deployed
+    assert promotion.rollback(env.model, reason="v2 too", actor="oncall").to_version == v1
+    r = env.cli("sync", "plan")
+    assert r.returncode == 0, r.stderr
+    assert f"restore: production was rolled back from v{v3} to this version" in r.stdout, r.stdout
+    r = env.cli("sync", "deploy", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["restore"]["rolled_back_from"] == v3
+    assert f"restores production (rolled back from v{v3})" in r.stderr, r.stderr[-3000:]
+    env.serves(h1, v1)
+    env.serves(h2, v1)
