@@ -4,6 +4,7 @@ TensorFlow/Keras are imported inside these functions: importing this module is c
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -27,12 +28,34 @@ def tf_quiet():
 
 
 def seed_everything(seed: int) -> None:
-    """Same seed, same data -> same weights and same batches (deterministic ops on CPU)."""
-    tf = tf_quiet()
+    """Same seed, same data -> same initial weights and same batches (``fit`` trains with
+    deterministic ops: ``deterministic_ops``)."""
+    tf_quiet()
     import keras
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+
+
+@contextlib.contextmanager
+def deterministic_ops():
+    """TensorFlow's op determinism for the block (the training), then as it was before.
+
+    Left on after training, every later ``predict`` on a NumPy array (our evaluation, MLflow's
+    serving-input check when logging the model) went through tf.data's ``make_deterministic``
+    rewrite of Keras' parallel map into a ``MapDataset`` that keeps the parallel op's
+    ``use_unbounded_threadpool`` attribute, and TF 2.21 logged ``E... node_def_util.cc] NodeDef
+    mentions attribute use_unbounded_threadpool which is not in the op definition``. Inference
+    needs no such rewrite: ``mlops evaluate`` never ran with it."""
+    tf_quiet()
+    from tensorflow.python.framework import config  # no public disable_op_determinism in TF 2.21
+
+    was = config.is_op_determinism_enabled()
+    config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was:
+            config.disable_op_determinism()
 
 
 def compile_model(model, learning_rate: float) -> None:
@@ -95,7 +118,8 @@ def fit(model, train: Arrays, validation: Arrays, *, epochs: int, batch_size: in
             if first_non_finite({k: [v] for k, v in values.items()}) is not None:
                 self.model.stop_training = True     # diverged: more epochs cannot bring it back
 
-    with stop.deferred():       # a signal is raised after a batch, not inside TensorFlow's C++
+    # a signal is raised after a batch, not inside TensorFlow's C++
+    with stop.deferred(), deterministic_ops():
         history = model.fit(input_pipeline(train, batch_size, shuffle_seed=seed),
                             validation_data=input_pipeline(validation, batch_size),
                             epochs=epochs, verbose=0, shuffle=False,  # tf.data shuffles

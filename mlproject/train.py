@@ -264,11 +264,21 @@ def _log_model(model, data: TrainingData, step: int):
     from .model import predict
 
     example = data.heldout.images[:2]
-    return mlflow.tensorflow.log_model(
-        model, name="model", signature=infer_signature(example, predict(model, example)),
-        input_example=example, step=step,
-        # Explicit requirements: skips MLflow's slow requirement inference (it reloads the model).
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+    signature = infer_signature(example, predict(model, example))
+    # MLflow checks the input example by reloading the model as pyfunc and predicting it, and its
+    # Keras wrapper calls predict() without verbose=0: a colour progress bar on stdout. Keras'
+    # non-interactive logging sends it to absl's INFO instead (not shown); the check itself runs,
+    # and its failure is still MLflow's warning.
+    interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        return mlflow.tensorflow.log_model(
+            model, name="model", signature=signature, input_example=example, step=step,
+            # Explicit requirements: skips MLflow's slow requirement inference (it reloads the model).
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"])
+    finally:
+        if interactive:
+            keras.config.enable_interactive_logging()
 
 
 def _logged_model_files(model_uri: str) -> dict[str, str]:

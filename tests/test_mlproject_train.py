@@ -58,6 +58,20 @@ def test_train_prints_one_json_document_and_progress_on_stderr(cli_trained):
     assert res["version_url"].endswith(f"/#/models/{env['MLOPS_MODEL_NAME']}/versions/1")
 
 
+def test_logging_the_model_prints_no_tensorflow_error_line_and_no_keras_progress_bar(cli_trained):
+    """Reported after 538ef1e: while "logging the model" a real `mlops train` printed TF's
+    ``E... node_def_util.cc] NodeDef mentions attribute use_unbounded_threadpool ...`` (op
+    determinism, left on after training, had tf.data rewrite Keras' parallel map of our first
+    NumPy predict) and Keras' colour progress bar (MLflow's serving-input check predicts
+    without verbose=0). Our own progress lines stay."""
+    _, _, stderr = cli_trained
+    for line in (f"epoch {EPOCHS}/{EPOCHS}  loss ", "logging the model, the TF-Serving SavedModel and the golden set",
+                 "held-out accuracy "):
+        assert line in stderr, stderr[-3000:]
+    for noise in ("use_unbounded_threadpool", "node_def_util", "ms/step", "\u2501", "\x1b["):
+        assert noise not in stderr, stderr[-3000:]
+
+
 def test_run_has_params_per_epoch_metrics_tags_and_dataset_inputs(cli_trained):
     env, res, _ = cli_trained
     client = _client(env["MLFLOW_TRACKING_URI"])
