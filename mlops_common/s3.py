@@ -29,6 +29,7 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
                           f"URL; write it with its scheme, e.g. http://{host}")
     if endpoint is not None:
         _check_endpoint(endpoint)
+    _check_credentials()
     from botocore.exceptions import ProfileNotFound
 
     try:
@@ -42,6 +43,23 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
         raise ConfigError(f"AWS_PROFILE names the AWS profile '{exc.kwargs.get('profile', '')}', which is in "
                           f"neither ~/.aws/config nor ~/.aws/credentials (AWS_CONFIG_FILE, "
                           f"AWS_SHARED_CREDENTIALS_FILE); name one that is, or unset AWS_PROFILE") from None
+
+
+def _check_credentials() -> None:
+    """One line naming the ``AWS_*`` credential botocore cannot sign or send (never its value):
+    bytes that are not UTF-8 (set from a Latin-1 shell: a UnicodeEncodeError traceback from the
+    signing, or "failed: HTTPClientError"), or a line break or control character in the key id or
+    the session token (they travel in headers: "failed: HTTPClientError", nothing named)."""
+    from mlops_common.errors import ConfigError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        value = settings.env(name)
+        if value is None:
+            continue
+        settings.check_utf8(name, value)
+        if name != "AWS_SECRET_ACCESS_KEY" and any(c < " " or c == "\x7f" for c in value):
+            raise ConfigError(f"{name} contains a line break or control character (pasted with a newline?); "
+                              f"set it to the bare value")
 
 
 def _check_endpoint(endpoint: str) -> None:
