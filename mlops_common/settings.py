@@ -67,10 +67,30 @@ def token_env(name: str) -> str | None:
     return value
 
 
+def basic_auth() -> tuple[str, str] | None:
+    """(``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``) when both are set (MLflow's
+    clients then send them as HTTP basic auth), else None. ``requests`` encodes them as Latin-1: a
+    character outside it (``€``, or a lone surrogate from bytes that are not UTF-8) was a
+    UnicodeEncodeError traceback at the first request; refused here with one line naming the
+    variable, never the value."""
+    user, password = env("MLFLOW_TRACKING_USERNAME"), env("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        return None
+    for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
+        check_utf8(name, value)
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name} holds a character HTTP basic auth cannot send (Latin-1 only: no "
+                              f"euro sign, no letters beyond Western European ones); change it on the MLflow "
+                              f"server and set it again") from None
+    return user, password
+
+
 def tracking_token() -> str | None:
     """``MLFLOW_TRACKING_TOKEN`` when it is what MLflow's clients send (no username and password
     set: basic auth wins), checked as ``token_env`` does; None otherwise."""
-    if env("MLFLOW_TRACKING_USERNAME") and env("MLFLOW_TRACKING_PASSWORD"):
+    if basic_auth():
         return None
     return token_env("MLFLOW_TRACKING_TOKEN")
 

@@ -63,10 +63,9 @@ class MlflowRest:
         check_uri(uri)
         self.uri = uri.rstrip("/")
         self.session = requests.Session()
-        user, password = settings.env("MLFLOW_TRACKING_USERNAME"), settings.env("MLFLOW_TRACKING_PASSWORD")
-        token = settings.tracking_token()
-        if user and password:
-            self.session.auth = (user, password)
+        auth, token = settings.basic_auth(), settings.tracking_token()
+        if auth:
+            self.session.auth = auth
         elif token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         if (settings.env("MLFLOW_TRACKING_INSECURE_TLS") or "").lower() == "true":
