@@ -110,3 +110,13 @@ def test_mlops_up_under_a_state_folder_that_is_not_utf8_is_one_line_before_anyth
         "encoding: it cannot be printed nor name the ledger's SQLite file; point MLOPS_HOME at a folder whose "
         "path is UTF-8)"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mlops_down_under_a_state_folder_that_is_not_utf8_says_nothing_runs(tmp_path):
+    """``mlops down`` with nothing running under MLOPS_HOME of bytes that are not UTF-8: printing
+    "nothing running for <it>" was a traceback, exit 1. It still works (a server started there by an
+    older version can be stopped), the path shown with ``\\xe9``."""
+    proc = _mlops(["down"], {b"MLOPS_HOME": b"{tmp}/h\xe9me"}, tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+    assert proc.stdout.decode() == f"nothing running for {tmp_path}/h\\xe9me\n"
+    assert proc.stderr == b""
