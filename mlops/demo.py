@@ -367,9 +367,11 @@ def check_options(opts: DemoOptions) -> None:
 
 
 def main(opts: DemoOptions, *, detach: bool) -> int:
+    from mlops.local_services import check_state_path
     from serving_sync.cancel import DeployInterrupted
 
     check_options(opts)
+    check_state_path(settings.state_dir())      # before its lock is made in it
     try:
         with one_demo_at_a_time(settings.state_dir()):
             run(opts)

@@ -62,17 +62,23 @@ def mlflow_server_env(backend_store_uri: str, env: dict[str, str] | None = None)
     return {JOB_EXECUTION: "false", **kept, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
 
 
+def check_state_path(state: Path) -> None:
+    """One line naming MLOPS_HOME when the state folder's path holds bytes that are not UTF-8:
+    ``mlops up`` made the folder and the MLflow database and started the server, then printing
+    "MLflow is up ... (state in <it>)" was a traceback (``mlops demo`` its first step's line); the
+    ledger refuses such a path too. Before anything is made or started."""
+    settings.check_utf8("the state folder's path (MLOPS_HOME, default ./.mlops)", str(state),
+                        "it cannot be printed nor name the ledger's SQLite file; point MLOPS_HOME at a "
+                        "folder whose path is UTF-8")
+
+
 def start_mlflow(state: Path, *, port: int, backend_store_uri: str | None = None,
                  artifacts_destination: str | None = None, workers: int = 1,
                  app_name: str | None = None, env: dict[str, str] | None = None,
                  port_setting: str = "MLOPS_MLFLOW_PORT (or --port)") -> Service:
     """Start (or reuse) the local MLflow server for ``state`` and wait until it answers.
     ``port_setting``: what a port taken by another program tells the user to set."""
-    # a state folder of bytes that are not UTF-8: the server started and its database was made,
-    # then printing "MLflow is up ... (state in <it>)" was a traceback (and the ledger refuses it)
-    settings.check_utf8("the state folder's path (MLOPS_HOME, default ./.mlops)", str(state),
-                        "it cannot be printed nor name the ledger's SQLite file; point MLOPS_HOME at a "
-                        "folder whose path is UTF-8")
+    check_state_path(state)
     with one_start_at_a_time(state, "mlflow-server"):
         return _start_mlflow(state, port=port, backend_store_uri=backend_store_uri,
                              artifacts_destination=artifacts_destination, workers=workers,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mlops.ports import free_port
+from mlops.ports import free_ports
 from tests.helpers import REPO
 
 
@@ -92,14 +92,18 @@ def test_a_latin1_basic_auth_password_is_still_sent(monkeypatch):
     assert settings.basic_auth() == ("bob", "pa\u00e9s")
 
 
-def test_mlops_up_under_a_state_folder_that_is_not_utf8_is_one_line_before_anything_starts(tmp_path):
+@pytest.mark.parametrize("argv", [["up"], ["demo", "--yes", "--quick"]])
+def test_mlops_up_under_a_state_folder_that_is_not_utf8_is_one_line_before_anything_starts(argv, tmp_path):
     """``mlops up`` with MLOPS_HOME of bytes that are not UTF-8 made the folder, the MLflow database and
     started the server, then printing "MLflow is up ... (state in <it>)" was a traceback (exit 1, a
-    server left running). Now: one line naming MLOPS_HOME, nothing made, nothing started."""
+    server left running); ``mlops demo`` made its lock there, then its first step's line was one.
+    Now: one line naming MLOPS_HOME, nothing made, nothing started."""
     home = b"{tmp}/h\xe9me"
-    env = {b"MLOPS_HOME": home, b"MLOPS_MLFLOW_PORT": str(free_port()).encode()}
+    ports = [str(p).encode() for p in free_ports(3)]
+    env = {b"MLOPS_HOME": home, b"MLOPS_MLFLOW_PORT": ports[0], b"MLOPS_REST_PORT": ports[1],
+           b"MLOPS_GRPC_PORT": ports[2]}
     try:
-        proc = _mlops(["up"], env, tmp_path, timeout=300)
+        proc = _mlops(argv, env, tmp_path, timeout=300)
     finally:
         if (os.fsencode(tmp_path) + b"/h\xe9me") in [os.fsencode(p) for p in tmp_path.iterdir()]:
             _mlops(["down"], env, tmp_path)       # the code before the fix started a server: stop it
