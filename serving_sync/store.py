@@ -43,6 +43,7 @@ from mlops_common import log, settings
 from .hosts import Host, Store, base_key
 from .layout import STATE_DIR, version_path
 from .manifest import Manifest
+from .parallel import settle
 
 logger = log.get("sync.store")
 
@@ -207,8 +208,12 @@ def record_uses(t, model: str, uses: dict) -> None:
         t.write_file_atomic(f"{USES_DIR}/{model}/{key}.json",
                             json.dumps({"versions": list(versions), "written": now}).encode())
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(put, sorted(uses.items())))
+    # every write returns before this does, a forced stop too (the caller then releases the lock:
+    # a ThreadPoolExecutor's worker started as the stop landed still wrote after it, over a later
+    # deploy's record of the same host)
+    for _, exc in settle(put, sorted(uses.items()), workers=8, name="store_uses", inline=False):
+        if exc is not None:
+            raise exc
 
 
 def read_uses(t, model: str, *, now: float | None = None) -> set[int]:
@@ -225,7 +230,7 @@ def read_uses(t, model: str, *, now: float | None = None) -> set[int]:
         except (ValueError, KeyError, TypeError):
             return name, {"versions": [], "written": 0.0}      # unreadable: not ours to trust, goes
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(8) as pool:     # reads only: a worker a forced stop left writes nothing
         records = list(pool.map(get, names))
     out: set[int] = set()
     for name, d in records:

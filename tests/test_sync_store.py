@@ -927,3 +927,36 @@ def test_a_forced_stop_as_the_store_lock_is_taken_releases_it(tmp_path):
         with store_lock(InterruptedAsItIsTaken(base), shared, "digits"):
             pytest.fail("the block ran")
     assert not (base / LOCK_PATH).exists()
+
+
+def test_a_forced_stop_as_a_record_writer_starts_writes_nothing_after_record_uses_returned(monkeypatch):
+    """Sixteenth stop: ``record_uses`` ran on a ThreadPoolExecutor, whose ``submit`` lists a new
+    worker for joining only after its thread started: a forced stop landing in between returned
+    at once (the caller released the store's lock) while that worker still wrote its host's
+    record, over a later deploy's. Now every write returns before ``record_uses`` does."""
+    import threading
+
+    real_start, started, entered, returned = threading.Thread.start, [], threading.Event(), threading.Event()
+    writes = []
+
+    def start(self):
+        real_start(self)
+        started.append(self)
+        if len(started) == 1:
+            assert entered.wait(5), "the worker never began its write"
+            raise KeyboardInterrupt          # the forced stop, while the first worker starts
+
+    class Store:
+        def write_file_atomic(self, rel, data):
+            entered.set()
+            returned.wait(2)                 # in flight when record_uses returned, if it did early
+            writes.append((rel, returned.is_set()))
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        store.record_uses(Store(), "m", {"h1": [1], "h2": [2]})
+    returned.set()
+    monkeypatch.undo()
+    for t in started:
+        t.join(5)
+    assert writes and not any(after for _, after in writes), f"written after record_uses returned: {writes}"
