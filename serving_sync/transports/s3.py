@@ -35,6 +35,7 @@ import base64
 import hashlib
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,6 +45,7 @@ from mlops_common.settings import mask_url_password
 
 from ..errors import AuthFailed, HostPermissionDenied, HostUnreachable
 from ..manifest import HostListing, Manifest
+from ..parallel import settle
 from ..progress import ProgressFn
 from .base import MAX_SMALL_FILE, Transport, rel_path, whole_small_file
 
@@ -94,6 +96,10 @@ class _Part:
 
     def __len__(self) -> int:
         return self._len
+
+
+class _NotStarted(Exception):
+    """An object not uploaded because another one failed or a stop was asked first."""
 
 
 def _b64(hex_digest: str) -> str:
@@ -337,10 +343,28 @@ class S3Transport(Transport):
                 progress(entry.size)   # per object: botocore may read a body twice (signing)
             return entry.size
 
+        # After a failure, a cancel (raised by ``progress``) or a signal no new object starts, and
+        # every started PUT returns before this does (the caller then cleans up and releases the
+        # lock): ``pool.map`` saw a failure only in the files' order, so the other workers went on
+        # uploading the rest meanwhile, and a worker a forced stop left wrote after the clean-up.
+        stopping = threading.Event()
+
+        def one(entry) -> int:
+            if stopping.is_set():
+                raise _NotStarted
+            try:
+                return put(entry)
+            except BaseException:
+                stopping.set()
+                raise
+
         # Biggest first so the long uploads overlap the many small ones.
         ordered = sorted(manifest.files, key=lambda f: -f.size)
-        with ThreadPoolExecutor(WORKERS) as pool:
-            return sum(pool.map(put, ordered))
+        outcomes = settle(one, ordered, workers=WORKERS, name="s3_upload", inline=False, on_signal=stopping.set)
+        for _, exc in outcomes:
+            if exc is not None and not isinstance(exc, _NotStarted):
+                raise exc
+        return sum(sent for sent, _ in outcomes)
 
     def _put_multipart(self, local_dir, key: str, entry, progress: ProgressFn | None) -> int:
         """Upload one big file in parts (see the module docstring); aborted on any failure."""
