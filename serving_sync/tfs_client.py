@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .errors import HostUnreachable, NotTFServing, ServingError, ServingTimeout
+from .errors import ConfigError, HostUnreachable, NotTFServing, ServingError, ServingTimeout
 
 _NOT_JSON = "_not_json"     # marks an answer whose body was not JSON (TF Serving's always is)
 MAX_BODY_BYTES = 64 * 1024 * 1024   # an answer's size bound (a predict's is some KB to a few MB)
@@ -108,10 +108,17 @@ def _http_for(url: str):
 
     headers: dict[str, str] = {}
     user, password = ru.get_auth_from_url(url)
+    where = f"the user:password@ part of TF Serving's URL {_no_userinfo(url)}"
     if not (user or password):
-        user, password = ru.get_netrc_auth(url) or ("", "")
+        netrc = "the file NETRC names" if os.environ.get("NETRC") is not None else "~/.netrc"
+        try:
+            user, password = ru.get_netrc_auth(url) or ("", "")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{netrc} is not UTF-8 text (bytes of another encoding): save it as UTF-8 "
+                              f"and rerun; nothing was sent") from None
+        where = f"{netrc} (its entry for {_no_userinfo(url)})"
     if user or password:
-        headers.update(urllib3.make_headers(basic_auth=f"{user}:{password}"))
+        headers.update(urllib3.make_headers(basic_auth=_basic_auth(where, user, password)))
     ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ru.DEFAULT_CA_BUNDLE_PATH
     kw = {"num_pools": 2, "maxsize": 4, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca, "retries": False}
     proxy = ru.select_proxy(url, ru.get_environ_proxies(url))
@@ -119,8 +126,40 @@ def _http_for(url: str):
         return _deadline_pools(urllib3.PoolManager(**kw)), headers
     proxy_user, proxy_password = ru.get_auth_from_url(proxy)    # urllib3 does not read them from the URL
     if proxy_user or proxy_password:
-        kw["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=f"{proxy_user}:{proxy_password}")
+        where = (f"the user:password@ part of the proxy URL {_no_userinfo(proxy)} (HTTP_PROXY, HTTPS_PROXY or "
+                 f"ALL_PROXY)")
+        kw["proxy_headers"] = urllib3.make_headers(
+            proxy_basic_auth=_basic_auth(where, proxy_user, proxy_password))
     return _deadline_pools(urllib3.ProxyManager(proxy, **kw)), headers
+
+
+def _no_userinfo(url: str) -> str:
+    """``url``'s scheme, host and port: never its user name or password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "(not a URL)"
+
+
+def _basic_auth(where: str, user: str, password: str) -> str:
+    """``user:password`` for a basic-auth header, which urllib3 encodes as Latin-1: a character
+    outside it (``€``; ``\\ufffd`` or a lone surrogate from bytes, raw or %-escaped, that are not
+    UTF-8) was a UnicodeEncodeError traceback. Refused with one line naming ``where``, never the
+    value."""
+    both = f"{user}:{password}"
+    try:
+        both.encode("latin-1")
+    except UnicodeEncodeError:
+        if "\ufffd" in both or any("\udc80" <= c <= "\udcff" for c in both):
+            raise ConfigError(f"{where} holds bytes that are not UTF-8 text (raw or %-escaped, of another "
+                              f"encoding); write it as UTF-8 and rerun; nothing was sent") from None
+        raise ConfigError(f"{where} holds a character HTTP basic auth cannot send (Latin-1 only: no euro sign, "
+                          f"no letters beyond Western European ones); change the password and rerun; nothing "
+                          f"was sent") from None
+    return both
 
 
 class _DeadlineIO(socket.SocketIO):
