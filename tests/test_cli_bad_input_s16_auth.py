@@ -83,3 +83,24 @@ def test_latin1_credentials_are_still_sent(no_proxy_no_netrc, monkeypatch, tmp_p
     assert client._headers == urllib3.make_headers(basic_auth="bob:pa\u00e9s")
     proxied = TFServingClient("http://serving.example:8501")
     assert proxied._http.proxy_headers == urllib3.make_headers(proxy_basic_auth="proxy-user:pr\u00f6xy")
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("machine 127.0.0.1 login bob password pa\u20acs-0123456789\n".encode(),
+     "the file NETRC names (its entry for the MLflow server's host) " + _LATIN1),
+    (b"machine 127.0.0.1 login bob password pa\xe9s-0123456789\n",
+     "the file NETRC names is not UTF-8 text (bytes of another encoding): save it as UTF-8 and rerun; nothing "
+     "was sent"),
+])
+def test_a_netrc_password_for_the_mlflow_server_requests_cannot_send_is_one_line(content, problem, tmp_path):
+    """Without MLFLOW_TRACKING_USERNAME / PASSWORD, requests sends the netrc entry for the MLflow
+    server's host: a euro sign in it (or a netrc of Latin-1 bytes) was a traceback at the first
+    request of ``mlops registry status``."""
+    from tests.test_cli_bad_input_s16_cli3 import _mlops
+
+    (tmp_path / "netrc").write_bytes(content)
+    proc = _mlops(["registry", "status"], {b"NETRC": b"{tmp}/netrc"}, tmp_path)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, err
+    assert err.splitlines() == [f"error: {problem}"]
+    assert b"0123456789" not in proc.stderr + proc.stdout
