@@ -87,25 +87,32 @@ def basic_auth() -> tuple[str, str] | None:
     return user, password
 
 
-def check_netrc(url: str) -> None:
+def check_requests_auth(url: str) -> None:
     """Without MLFLOW_TRACKING_USERNAME / PASSWORD, ``requests`` (ours and MLflow's) sends the
-    ``~/.netrc`` entry (or the file NETRC names) for ``url``'s host as basic auth, encoded as
-    Latin-1: a ``€`` in it was a UnicodeEncodeError traceback at the first request, a netrc file of
-    Latin-1 bytes a UnicodeDecodeError one. One line naming the file, never the value."""
+    ``~/.netrc`` entry (or the file NETRC names) for ``url``'s host as basic auth, and a proxy URL's
+    ``user:password@`` as proxy auth, both encoded as Latin-1: a ``€`` in either was a
+    UnicodeEncodeError traceback at the first request, a netrc file of Latin-1 bytes a
+    UnicodeDecodeError one. One line naming the file or the proxy, never the value."""
     import requests.utils
 
     netrc = "the file NETRC names" if os.environ.get("NETRC") is not None else "~/.netrc"
     try:
-        user, password = requests.utils.get_netrc_auth(url) or ("", "")
+        user, password = ("", "") if basic_auth() else (requests.utils.get_netrc_auth(url) or ("", ""))
     except UnicodeDecodeError:
         raise ConfigError(f"{netrc} is not UTF-8 text (bytes of another encoding): save it as UTF-8 and "
                           f"rerun; nothing was sent") from None
-    try:
-        f"{user}:{password}".encode("latin-1")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{netrc} (its entry for the MLflow server's host) holds a character HTTP basic "
-                          f"auth cannot send (Latin-1 only: no euro sign, no letters beyond Western European "
-                          f"ones); change the password and rerun; nothing was sent") from None
+    where = [(f"{netrc} (its entry for the MLflow server's host)", f"{user}:{password}")]
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    if proxy:       # requests sends its user:password@ as Proxy-Authorization, Latin-1 too
+        where.append(("the user:password@ part of the proxy URL for the MLflow server (HTTP_PROXY, HTTPS_PROXY "
+                      "or ALL_PROXY)", ":".join(requests.utils.get_auth_from_url(proxy))))
+    for name, value in where:
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name} holds a character HTTP basic auth cannot send (Latin-1 only: no euro "
+                              f"sign, no letters beyond Western European ones); change the password and rerun; "
+                              f"nothing was sent") from None
 
 
 def tracking_token() -> str | None:
@@ -182,12 +189,10 @@ def tracking_uri() -> str:
                               "into a CI context?); remove it")
         check_utf8("MLFLOW_TRACKING_URI", uri)      # a host of Latin-1 bytes was "failed (InvalidURL)" too
         check_http_uri(uri)
-        if not basic_auth():
-            check_netrc(uri)
+        check_requests_auth(uri)
         return uri
     uri = local_mlflow_url()
-    if not basic_auth():
-        check_netrc(uri)
+    check_requests_auth(uri)
     if not _announced:
         print(f"MLFLOW_TRACKING_URI is not set; using the local MLflow server at {uri} "
               "(start it with `mlops up`).", file=sys.stderr)

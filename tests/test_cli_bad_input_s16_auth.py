@@ -104,3 +104,18 @@ def test_a_netrc_password_for_the_mlflow_server_requests_cannot_send_is_one_line
     assert proc.returncode == 2, err
     assert err.splitlines() == [f"error: {problem}"]
     assert b"0123456789" not in proc.stderr + proc.stdout
+
+
+def test_a_proxy_password_for_the_mlflow_server_requests_cannot_send_is_one_line(tmp_path):
+    """requests sends HTTP_PROXY's user:password@ as Proxy-Authorization, Latin-1: a euro sign in it
+    was a UnicodeEncodeError traceback at the first request to the MLflow server."""
+    from tests.test_cli_bad_input_s16_cli3 import _mlops
+
+    proc = _mlops(["registry", "status"], {b"HTTP_PROXY": "http://u:pa\u20acs-0123456789@127.0.0.1:9".encode(),
+                                           b"NO_PROXY": b"", b"no_proxy": b"",
+                                           b"MLFLOW_TRACKING_URI": b"http://mlflow.example:5000"}, tmp_path)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2, err
+    assert err.splitlines() == ["error: the user:password@ part of the proxy URL for the MLflow server (HTTP_PROXY, "
+                                "HTTPS_PROXY or ALL_PROXY) " + _LATIN1]
+    assert b"0123456789" not in proc.stderr + proc.stdout
