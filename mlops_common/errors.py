@@ -53,12 +53,15 @@ class UserError(Exception):
 
 
 def reworded(exc: UserError, message: str) -> UserError:
-    """``exc`` saying ``message`` instead: the same class (what callers catch and its exit code)
-    where its constructor takes a message, else a plain ``UserError`` with that exit code."""
-    try:
-        return type(exc)(message, exit_code=exc.exit_code)
-    except TypeError:
-        return UserError(message, exit_code=exc.exit_code)
+    """``exc`` saying ``message`` instead: the same class (what callers catch), its exit code and
+    its attributes (``DamagedModel.problem`` stays the problem without the advice,
+    ``ProductionMoved.now``, ``DiskFull.free``...). Its constructor is not called: rebuilt from the
+    message, a problem became the whole line, and a class whose constructor takes other arguments
+    (``ProductionMoved``, ``CanaryFailed``) became a plain ``UserError`` with none of them."""
+    again = type(exc).__new__(type(exc))
+    again.__dict__.update(vars(exc))
+    UserError.__init__(again, message)
+    return again
 
 
 class ConfigError(UserError):
@@ -70,7 +73,7 @@ class _ModelProblem(ConfigError):
     which depends on the model's role (a candidate is registered again; production is moved)."""
 
     def __init__(self, message: str, *, problem: str = "", exit_code: int | None = None):
-        super().__init__(message, exit_code=exit_code)      # exit_code: ``reworded`` keeps the class
+        super().__init__(message, exit_code=exit_code)
         self.problem = problem or message
 
 
