@@ -18,6 +18,7 @@ from registry import deploys
 
 from . import fleet, fleet_plan, rollout
 from .cancel import DeployInterrupted
+from .errors import ProductionMoved
 from .options import DeployOptions
 
 
@@ -125,17 +126,15 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     except BaseException as exc:
         with contextlib.suppress(Exception):   # the deploy's own error is the one to report
             promo.finish()
+        # ProductionMoved: production left the version rolled back to meanwhile; its line says where it is
         moved_only = promo.moved and isinstance(exc, UserError) and not isinstance(exc, (DeployFailed,
-                                                                                            DeployInterrupted))
+                                                                                            DeployInterrupted,
+                                                                                            ProductionMoved))
         if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
-            again = reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
-                                  f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
-                                  f"installs v{promo.to_version} on the hosts; or `mlops sync rollback --to N` "
-                                  f"rolls back to another version")
-            for name in ("result", "deployed"):     # --json prints the deploy's result (an overtaken rollout)
-                if getattr(exc, name, None) is not None:
-                    setattr(again, name, getattr(exc, name))
-            raise again from None
+            raise reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
+                                f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
+                                f"installs v{promo.to_version} on the hosts; or `mlops sync rollback --to N` "
+                                f"rolls back to another version") from None
         if promo.moved and isinstance(exc, DeployInterrupted) and not exc.in_rollout:
             raise _stopped_before_the_hosts(exc, promo) from None
         raise

@@ -419,3 +419,25 @@ def test_a_rollback_overtaken_after_its_last_wave_keeps_the_deploys_result_for_j
         rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
     assert "the hosts stay on v2" in str(raised.value)
     assert raised.value.deployed is moved.deployed
+
+
+@pytest.mark.parametrize("overtaken", [True, False])
+def test_a_rollback_overtaken_by_another_promotion_says_where_production_is_not_where_it_was(registry_calls,
+                                                                                            monkeypatch, overtaken):
+    """Found by review (sixteenth stop): production moved from v2 (rolled back to) to v3 while the
+    rollback deployed, and its line went on "; production is v2 in the registry now ...: `mlops sync
+    deploy` installs v2", after saying it moved to v3 and that `sync deploy` installs v3; and it was
+    a plain UserError, not the ProductionMoved a caller catches. Its own line says what stands."""
+    from serving_sync.errors import ProductionMoved
+
+    moved = _overtaken() if overtaken else ProductionMoved("m", 2, 3, tail="nothing was changed or recorded")
+
+    def deploy(model, hosts, **kw):
+        raise moved
+
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    with pytest.raises(ProductionMoved) as raised:
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
+    assert raised.value.message == moved.message and "production is v2 in the registry now" not in moved.message
+    assert raised.value.now == 3 and raised.value.deployed is moved.deployed
+    assert registry_calls[-1] == "finish"
