@@ -1,6 +1,6 @@
-"""Bad input left by the sixteenth stop's sweep, fixed by s16-auth: basic auth for TF Serving (from
-``~/.netrc``, a proxy URL's ``user:password@`` or the host URL's) that urllib3 cannot encode as
-Latin-1, refused with one line naming where it is, never the password, before any request."""
+"""Basic auth for TF Serving (from ``~/.netrc``, a proxy URL's ``user:password@`` or the host URL's)
+that urllib3 cannot encode as Latin-1, refused with one line naming where it is, never the
+password, before any request."""
 from __future__ import annotations
 
 import pytest
@@ -96,7 +96,7 @@ def test_a_netrc_password_for_the_mlflow_server_requests_cannot_send_is_one_line
     """Without MLFLOW_TRACKING_USERNAME / PASSWORD, requests sends the netrc entry for the MLflow
     server's host: a euro sign in it (or a netrc of Latin-1 bytes) was a traceback at the first
     request of ``mlops registry status``."""
-    from tests.test_cli_bad_input_s16_cli3 import _mlops
+    from tests.test_cli_unsendable_credentials import _mlops
 
     (tmp_path / "netrc").write_bytes(content)
     proc = _mlops(["registry", "status"], {b"NETRC": b"{tmp}/netrc"}, tmp_path)
@@ -109,7 +109,7 @@ def test_a_netrc_password_for_the_mlflow_server_requests_cannot_send_is_one_line
 def test_a_proxy_password_for_the_mlflow_server_requests_cannot_send_is_one_line(tmp_path):
     """requests sends HTTP_PROXY's user:password@ as Proxy-Authorization, Latin-1: a euro sign in it
     was a UnicodeEncodeError traceback at the first request to the MLflow server."""
-    from tests.test_cli_bad_input_s16_cli3 import _mlops
+    from tests.test_cli_unsendable_credentials import _mlops
 
     proc = _mlops(["registry", "status"], {b"HTTP_PROXY": "http://u:pa\u20acs-0123456789@127.0.0.1:9".encode(),
                                            b"NO_PROXY": b"", b"no_proxy": b"",

@@ -1,6 +1,5 @@
-"""Bad input left by the sixteenth stop's command-line sweep, fixed by s16-cli3: an AWS or MLflow
-credential botocore or requests cannot send, and a state folder that is not UTF-8 for ``mlops up``,
-get one line naming the variable, exit 2, no traceback, never the secret."""
+"""An AWS or MLflow credential botocore or requests cannot send, and a state folder that is not
+UTF-8 for ``mlops up``, get one line naming the variable, exit 2, no traceback, never the secret."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Bad input found by the sixteenth stop's command-line sweep (s16-cli): one line, a non-zero exit,
+"""Bad command-line values (found by a sweep of every command): one line, a non-zero exit,
 nothing written. In-process through ``mlops.cli.main``; no server needed."""
 from __future__ import annotations
 

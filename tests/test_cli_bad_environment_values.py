@@ -1,5 +1,5 @@
-"""Bad input left by the sixteenth stop's command-line sweep, fixed by s16-cli2: a variable of the
-environment that is wrong gets one line naming it, a non-zero exit, no traceback, no secret."""
+"""A variable of the environment that is wrong (bytes that are not UTF-8, out of range, a malformed
+URL) gets one line naming it, a non-zero exit, no traceback, no secret."""
 from __future__ import annotations
 
 import os
