@@ -429,6 +429,7 @@ READ_NOT_SETTINGS = {"CIRCLE_PIPELINE_ID": "CircleCI sets it (lineage)", "CIRCLE
                      "MLFLOW_RUN_ID": "`mlflow run` sets it for the run it started",
                      "CURL_CA_BUNDLE": "read as requests reads it (architecture.md, tfs_client)",
                      "REQUESTS_CA_BUNDLE": "read as requests reads it (architecture.md, tfs_client)",
+                     "NETRC": "requests' own: only named in the refusal of an entry it cannot send",
                      "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own, defaulted by mlops.cli",
                      "XDG_CACHE_HOME": "the default of MLOPS_CACHE_DIR says it"}
 _READ = re.compile(r"(?:\benv|token_env|environ\.get|getenv|environ\[|environ\.setdefault|port_env)"
