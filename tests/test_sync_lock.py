@@ -528,9 +528,8 @@ def test_two_hosts_files_naming_the_same_bases_otherwise_wait_for_the_locks_in_o
     operator's) waited for the locks in their own name orders: while a third deploy held host X,
     the second took Y and waited for X; when X came free the first could take it and wait for Y —
     each holding half the fleet until --lock-wait ran out. The order is where the locks are."""
-    import threading
 
-    from serving_sync.connections import HostConn, locked
+    from serving_sync.connections import HostConn
     from serving_sync.transports.local import LocalTransport
 
     x, y = tmp_path / "base-x", tmp_path / "base-y"
@@ -540,48 +539,15 @@ def test_two_hosts_files_naming_the_same_bases_otherwise_wait_for_the_locks_in_o
              HostConn(_NamedHost("b", y), LocalTransport(y), client=None)]
     second = [HostConn(_NamedHost("a", y), LocalTransport(y), client=None),      # the same bases,
               HostConn(_NamedHost("b", x), LocalTransport(x), client=None)]      # named the other way
-    import logging
+    from tests.test_sync_support import two_deploys_waiting_for_x
 
-    waiting, current = {"first": threading.Event(), "second": threading.Event()}, threading.local()
+    def holding(conns):
+        ok = sorted(json.loads((b / LOCK_PATH).read_bytes())["token"] for b in (x, y)) \
+            == sorted(c.lock.info.token for c in conns)
+        time.sleep(0.3)         # holding both: the other deploy waits meanwhile
+        return ok
 
-    class _Waits(logging.Handler):      # "... (waiting up to 20s, --lock-wait)": that deploy waits now
-        def emit(self, record):
-            if "--lock-wait" in record.getMessage() and getattr(current, "name", None):
-                waiting[current.name].set()
-
-    handler, hosts_log = _Waits(), logging.getLogger("mlops.sync.hosts")
-    level = hosts_log.level
-    hosts_log.addHandler(handler)
-    hosts_log.setLevel(logging.INFO)
-    holder = HostLock(LocalTransport(x), heartbeat_every=0)
-    holder.acquire()
-    outcomes: dict = {}
-
-    def deploy(name, conns):
-        current.name = name
-        try:
-            with locked(conns, wait=20.0):
-                outcomes[name] = sorted(json.loads((b / LOCK_PATH).read_bytes())["token"] for b in (x, y)) \
-                    == sorted(c.lock.info.token for c in conns)
-                time.sleep(0.3)         # holding both: the other deploy waits meanwhile
-        except LockHeld as exc:
-            outcomes[name] = exc.message
-
-    threads = [threading.Thread(target=deploy, args=("second", second))]
-    try:
-        threads[0].start()
-        assert waiting["second"].wait(15), "the second deploy never waited for X"
-        assert not (y / LOCK_PATH).exists(), "a deploy waiting for X holds Y"
-        threads.append(threading.Thread(target=deploy, args=("first", first)))
-        threads[1].start()
-        assert waiting["first"].wait(15), "the first deploy never waited for X"
-        assert not (y / LOCK_PATH).exists(), "a deploy waiting for X holds Y"
-    finally:
-        holder.release()
-        for t in threads:
-            t.join(timeout=40)
-        hosts_log.removeHandler(handler)
-        hosts_log.setLevel(level)
+    outcomes = two_deploys_waiting_for_x(x, y, first, second, holding)
     assert outcomes == {"first": True, "second": True}
     assert not (x / LOCK_PATH).exists() and not (y / LOCK_PATH).exists()
 

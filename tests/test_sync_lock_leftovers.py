@@ -171,12 +171,10 @@ def test_one_folder_named_file_and_ssh_is_waited_for_in_one_order(sshd, tmp_path
     ssh://127.0.0.1: the order came from the address (scheme first), so each deploy took its
     file:// host first — while a third deploy held X, the second took Y and waited for X, and the
     first could then take X and wait for Y until --lock-wait ran out. By path first: one order."""
-    import logging
-    import threading
 
     from serving_sync.hosts import Host, Target
     from serving_sync.transports import open_transport
-    from tests.test_sync_support import ssh_host
+    from tests.test_sync_support import ssh_host, two_deploys_waiting_for_x
 
     x, y = tmp_path / "base-x", tmp_path / "base-y"
     x.mkdir()
@@ -191,45 +189,10 @@ def test_one_folder_named_file_and_ssh_is_waited_for_in_one_order(sshd, tmp_path
         return HostConn(host, open_transport(host), client=None)
 
     first, second = [file_conn(x), ssh_conn(y)], [ssh_conn(x), file_conn(y)]
-    waiting = {"first": threading.Event(), "second": threading.Event()}
-    current = threading.local()
-
-    class _Waits(logging.Handler):
-        def emit(self, record):
-            if "--lock-wait" in record.getMessage() and getattr(current, "name", None):
-                waiting[current.name].set()
-
-    handler, hosts_log = _Waits(), logging.getLogger("mlops.sync.hosts")
-    level = hosts_log.level
-    hosts_log.addHandler(handler)
-    hosts_log.setLevel(logging.INFO)
-    holder = HostLock(LocalTransport(x), heartbeat_every=0)
-    holder.acquire()
-    outcomes: dict = {}
-
-    def deploy(name, conns):
-        current.name = name
-        try:
-            with connections.locked(conns, wait=20.0):
-                outcomes[name] = all(c.lock is not None and c.lock.info is not None for c in conns)
-        except LockHeld as exc:
-            outcomes[name] = exc.message
-
-    threads = [threading.Thread(target=deploy, args=("second", second))]
     try:
-        threads[0].start()
-        assert waiting["second"].wait(15), "the second deploy never waited for X"
-        assert not (y / LOCK_PATH).exists(), "a deploy waiting for X holds Y"
-        threads.append(threading.Thread(target=deploy, args=("first", first)))
-        threads[1].start()
-        assert waiting["first"].wait(15), "the first deploy never waited for X"
-        assert not (y / LOCK_PATH).exists(), "a deploy waiting for X holds Y"
+        outcomes = two_deploys_waiting_for_x(
+            x, y, first, second, lambda conns: all(c.lock is not None and c.lock.info is not None for c in conns))
     finally:
-        holder.release()
-        for t in threads:
-            t.join(timeout=40)
-        hosts_log.removeHandler(handler)
-        hosts_log.setLevel(level)
         for c in first + second:
             c.transport.close()
     assert outcomes == {"first": True, "second": True}

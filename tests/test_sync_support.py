@@ -121,3 +121,60 @@ def hut(request, tmp_path):
     h = make_hut(request.param, request, tmp_path)
     yield h
     h.transport.close()
+
+
+def two_deploys_waiting_for_x(x: Path, y: Path, first: list, second: list, holding) -> dict:
+    """Two deploys over bases ``x`` and ``y`` (``first`` and ``second``: their connections, the
+    hosts named differently) while a third holds X's lock: the second starts and must wait for X
+    holding nothing, then the first, likewise; X is freed and each deploy's ``holding(conns)``
+    (called while it holds its locks) is its outcome, or the ``LockHeld`` message it ended with.
+    The lock-order tests: waiting in one order, neither holds Y while it waits for X."""
+    import logging
+    import threading
+
+    from serving_sync.connections import locked
+    from serving_sync.layout import LOCK_PATH
+    from serving_sync.lock import HostLock, LockHeld
+    from serving_sync.transports.local import LocalTransport
+
+    waiting = {"first": threading.Event(), "second": threading.Event()}
+    current = threading.local()
+
+    class _Waits(logging.Handler):      # "... (waiting up to 20s, --lock-wait)": that deploy waits now
+        def emit(self, record):
+            if "--lock-wait" in record.getMessage() and getattr(current, "name", None):
+                waiting[current.name].set()
+
+    handler, hosts_log = _Waits(), logging.getLogger("mlops.sync.hosts")
+    level = hosts_log.level
+    hosts_log.addHandler(handler)
+    hosts_log.setLevel(logging.INFO)
+    holder = HostLock(LocalTransport(x), heartbeat_every=0)
+    holder.acquire()
+    outcomes: dict = {}
+
+    def deploy(name, conns):
+        current.name = name
+        try:
+            with locked(conns, wait=20.0):
+                outcomes[name] = holding(conns)
+        except LockHeld as exc:
+            outcomes[name] = exc.message
+
+    lock_path = y / LOCK_PATH
+    threads = [threading.Thread(target=deploy, args=("second", second))]
+    try:
+        threads[0].start()
+        assert waiting["second"].wait(15), "the second deploy never waited for X"
+        assert not lock_path.exists(), "a deploy waiting for X holds Y"
+        threads.append(threading.Thread(target=deploy, args=("first", first)))
+        threads[1].start()
+        assert waiting["first"].wait(15), "the first deploy never waited for X"
+        assert not lock_path.exists(), "a deploy waiting for X holds Y"
+    finally:
+        holder.release()
+        for t in threads:
+            t.join(timeout=40)
+        hosts_log.removeHandler(handler)
+        hosts_log.setLevel(level)
+    return outcomes
