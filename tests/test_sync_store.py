@@ -443,6 +443,28 @@ def test_a_pull_the_store_refuses_says_why_and_publishes_nothing(sshd, tmp_path,
     assert "store_endpoint" not in msg and "no error output" not in msg, msg
 
 
+def test_a_refused_pull_of_a_version_with_a_long_url_list_says_why_not_a_lost_connection(sshd, tmp_path):
+    """Found by review (2026-12-06, seventeenth stop): the URL list goes on the script's stdin, which
+    the host reads one line per file as it downloads; a list longer than the SSH channel and the pipe
+    hold (between 12 and 27 MB with this OpenSSH 9.2: some 10,000 files or more with SigV4 URLs that
+    carry a session token) was still being sent when the store
+    refused the first file and the script ended, and the send's error ("the host closed the upload
+    channel") became "lost the SSH connection ...; check the network", hiding the store's 403."""
+    from dataclasses import replace
+
+    from tests.test_sync_support import make_model_tree
+
+    class Long(_Served):     # long URLs: 3,000 files, some 27 MB
+        def pull(self, manifest):
+            p = super().pull(manifest)
+            return replace(p, urls={k: u + "&X-Amz-Security-Token=" + "t" * 9000 for k, u in p.urls.items()})
+
+    model = make_model_tree(tmp_path / "model", n_assets=3000, asset_bytes=1)
+    msg = _refused_pull(sshd, tmp_path, model, lambda: Long(model, expired=True)).message
+    assert "403" in msg and "nothing was published" in msg, msg
+    assert "lost the SSH connection" not in msg and "ttttt" not in msg and "s3cr3t" not in msg, msg
+
+
 def test_a_url_refused_after_temporary_credentials_ran_out_says_so(sshd, tmp_path):
     """Found by review (2026-12-06, fifteenth stop): URLs signed with temporary credentials (an
     assumed role, CI's OIDC token: ``AWS_SESSION_TOKEN``, ``X-Amz-Security-Token`` in each URL) stop

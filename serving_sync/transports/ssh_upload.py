@@ -15,6 +15,7 @@ import os
 import posixpath
 import re
 import secrets
+import socket
 from typing import TYPE_CHECKING
 
 from mlops_common import log
@@ -157,6 +158,7 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
     doing = f"downloading into {dest} from the shared store"
     payload = pull.script_input()
     nonce = secrets.token_hex(16)
+    send_error = None
     with t._io(doing):
         ch = t._open_exec(fetch_script(posixpath.dirname(dest), dest, min_free, nonce=nonce))
         try:
@@ -175,9 +177,19 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
                 # made for on top of the usual timeout (curl gives up on a stalled transfer).
                 timeout = t.op_timeout + pull.manifest.total_size / MIN_PULL_RATE
                 ch.settimeout(timeout)
-                sender(ch)(payload)
-                ch.shutdown_write()
-                rc, out, err = t._finish(ch, timeout, interruptible=True)
+                try:
+                    sender(ch)(payload)
+                except socket.timeout:
+                    raise
+                except (OSError, EOFError) as exc:  # the script ended (a refused download) before it read
+                    send_error = exc                # the whole list (longer than the channel buffers): see why
+                    if not t._t.is_active():
+                        raise
+                try:
+                    ch.shutdown_write()
+                except (OSError, EOFError):
+                    pass
+                rc, out, err = t._finish(ch, timeout if send_error is None else 30, interruptible=True)
         finally:
             ch.close()
     res = _script_output(t, rc, head, out)
@@ -230,10 +242,12 @@ def pull_tree(t: SshTransport, dest_rel: str, pull, *, min_free: int | None = No
         return len(payload)     # no hash tool: verify() reads the files back over SFTP
     if "@linebreak" in res.flags:
         raise line_break_name(t.where, dest)
-    if rc != 0 or res.listing is None:
+    if rc != 0 or res.listing is None or send_error is not None:
         known = from_stderr(stderr, where=t.where, base=t.base, doing=doing)
         if known is not None:
             raise known
+        if send_error is not None:
+            raise t._lost(doing, send_error)
         raise UserError(f"{t.where}: downloading from the shared store failed on the host "
                         f"(exit {rc}): {last_line(stderr.encode())}")
     t._verified[dest] = res.listing
