@@ -17,6 +17,7 @@ gives FAILED_PRECONDITION with "Request to assign label to version ...").
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 
@@ -204,8 +205,16 @@ def _model_handlers(servicer: ModelService):
 
 # grpc.health.v1 (gRPC's DefaultHealthCheckService, which server.cc turns on with
 # --enable_grpc_healthcheck_service): "" is SERVING from the start, and server.cc sets "ModelService"
-# and "PredictionService" (those names, not the full ones); any other name is NOT_FOUND.
+# and "PredictionService" (those names, not the full ones) once, at start; any other name is unknown:
+# Check answers NOT_FOUND, Watch streams SERVICE_UNKNOWN and stays open (as gRPC does: a status set
+# later would be sent; TF Serving never sets one again).
 HEALTH_SERVICES = ("", "ModelService", "PredictionService")
+SERVING, SERVICE_UNKNOWN = 1, 3
+# A Watch holds one worker thread while its stream is open (gRPC C++ serves it from its own completion
+# queue): at most this many at once, in threads of their own beyond ``workers``, so watchers never take
+# the threads of Predict and the rest. One more is RESOURCE_EXHAUSTED.
+MAX_WATCHES = 32
+_WATCH_RECHECK_SECONDS = 60.0     # a missed wake-up costs at most this (is_active() is checked again)
 _HEALTH_TYPES: tuple[type, type] | None = None
 
 
@@ -234,39 +243,111 @@ def _health_types() -> tuple[type, type]:
     return _HEALTH_TYPES
 
 
-def _health_check(request: bytes, context):
-    """``DefaultHealthCheckService``'s Check: the request's bytes -> the response's bytes."""
+def _health_service_name(request: bytes, context) -> str:
+    """``DecodeRequest``: the service named in the request's bytes; INVALID_ARGUMENT if they do not parse."""
     from google.protobuf.message import DecodeError
 
-    request_type, response_type = _health_types()
     try:
-        service = request_type.FromString(request).service
+        return _health_types()[0].FromString(request).service
     except DecodeError:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "could not parse request")
-    if service not in HEALTH_SERVICES:
+
+
+def _health_response(status: int) -> bytes:
+    return _health_types()[1](status=status).SerializeToString()
+
+
+def _health_check(request: bytes, context):
+    """``DefaultHealthCheckService``'s Check: the request's bytes -> the response's bytes."""
+    if _health_service_name(request, context) not in HEALTH_SERVICES:
         context.abort(grpc.StatusCode.NOT_FOUND, "service name unknown")
-    return response_type(status=1).SerializeToString()      # SERVING
+    return _health_response(SERVING)
 
 
-def _health_handler():
+class HealthWatches:
+    """The open ``Watch`` streams: each waits for its RPC to end or for ``shutdown``."""
+
+    def __init__(self, limit: int = MAX_WATCHES):
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._open = 0
+        self._shut = False
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def shutdown(self) -> None:
+        """The server is stopping: every open Watch ends now (UNAVAILABLE, as a client of TF Serving
+        sees when the process ends) rather than holding the stop for its grace period."""
+        with self._cond:
+            self._shut = True
+            self._cond.notify_all()
+
+    def watch(self, request: bytes, context):
+        """``WatchCallHandler``: the service's status at once (SERVICE_UNKNOWN for an unknown name),
+        then the stream stays open until the client ends it or the server stops."""
+        service = _health_service_name(request, context)
+        with self._cond:
+            if self._shut:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+            if self._open >= self.limit:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"too many open Health/Watch streams (at most {self.limit}); close one and retry")
+            self._open += 1
+        try:
+            yield _health_response(SERVING if service in HEALTH_SERVICES else SERVICE_UNKNOWN)
+            if not context.add_callback(self._wake):
+                return                                  # the RPC has already ended
+            with self._cond:
+                while context.is_active() and not self._shut:
+                    self._cond.wait(_WATCH_RECHECK_SECONDS)
+                shut = self._shut
+        finally:
+            with self._cond:
+                self._open -= 1
+        if shut and context.is_active():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+
+
+def _health_handler(watches: HealthWatches):
     return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
-        "Check": grpc.unary_unary_rpc_method_handler(_health_check)})
+        "Check": grpc.unary_unary_rpc_method_handler(_health_check),
+        "Watch": grpc.unary_stream_rpc_method_handler(watches.watch)})
+
+
+class _Server:
+    """The ``grpc.Server``, whose ``stop`` first ends the open Health/Watch streams."""
+
+    def __init__(self, server: grpc.Server, watches: HealthWatches | None):
+        self._server, self._watches = server, watches
+
+    def stop(self, grace):
+        if self._watches is not None:
+            self._watches.shutdown()
+        return self._server.stop(grace)
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
 
 
 def serve(manager: Manager, host: str, port: int, workers: int = 8, *,
-          health_check: bool = False) -> grpc.Server:
+          health_check: bool = False) -> _Server:
     """Start the gRPC server; raises OSError when the port cannot be bound. ``health_check``:
-    ``--enable_grpc_healthcheck_service``, grpc.health.v1.Health/Check as TF Serving answers it."""
+    ``--enable_grpc_healthcheck_service``, grpc.health.v1.Health/Check and Watch as TF Serving answers
+    them."""
     unlimited = 2**31 - 1  # server.cc: builder.SetMaxMessageSize(INT32_MAX), not gRPC's 4 MiB default
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+    watches = HealthWatches() if health_check else None
+    threads = workers + (watches.limit if watches else 0)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
                          options=[("grpc.max_receive_message_length", unlimited),
                                   ("grpc.max_send_message_length", unlimited)])
     server.add_generic_rpc_handlers((_model_handlers(ModelService(manager)),
                                      _prediction_handlers(PredictionService(manager))))
-    if health_check:
-        server.add_generic_rpc_handlers((_health_handler(),))
+    if watches is not None:
+        server.add_generic_rpc_handlers((_health_handler(watches),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     server.start()
-    return server
+    return _Server(server, watches)

@@ -944,6 +944,91 @@ def test_the_grpc_health_service_answers_as_tf_serving_with_its_flag(server, tfs
                                                              "could not parse request")
 
 
+
+def _health_request(service: str) -> bytes:
+    data = service.encode()
+    return (b"\n" + bytes([len(data)]) + data) if data else b""
+
+
+def _watch_until_deadline(channel, service: str, seconds: float = 1.0) -> tuple[list[bytes], grpc.StatusCode]:
+    """Health/Watch(service) read until the call ends (its deadline at the latest): (messages, code)."""
+    call = channel.unary_stream("/grpc.health.v1.Health/Watch")(_health_request(service), timeout=seconds)
+    got = []
+    try:
+        for message in call:
+            got.append(message)
+            assert len(got) < 10, got                       # bounded: a few messages at most
+    except grpc.RpcError as exc:
+        return got, exc.code()
+    return got, grpc.StatusCode.OK
+
+
+def test_the_grpc_health_watch_streams_as_grpcs_default_health_service(server, tfserving_factory, tmp_path):
+    """gRPC C++'s DefaultHealthCheckService (default_health_check_service.cc) serves Watch: the
+    service's status at once (SERVING for "", "ModelService", "PredictionService"; SERVICE_UNKNOWN,
+    not an error, for any other name), then the stream stays open for updates (TF Serving sets none
+    after start); bytes that do not parse are INVALID_ARGUMENT "could not parse request". The local
+    server answered Watch UNIMPLEMENTED. Open watches do not take the threads of Predict, a client's
+    cancel frees its slot, and stopping the server ends an open Watch at once (UNAVAILABLE, as a
+    client of TF Serving sees the process end)."""
+    with pytest.raises(grpc.RpcError) as info:          # without the flag: no Health service
+        next(server.channel.unary_stream("/grpc.health.v1.Health/Watch")(b"", timeout=RPC_TIMEOUT))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    config = (f'model_config_list {{ config {{ name: "default" base_path: "{HALF_PLUS_TWO}" '
+              f'model_platform: "tensorflow" }} }}\n')
+    srv = tfserving_factory(tmp_path / "base", config, extra_args=("--enable_grpc_healthcheck_service=true",))
+    srv.wait_for_state("default", 123, "AVAILABLE")
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        for service, status in (("", b"\x08\x01"), ("ModelService", b"\x08\x01"),
+                                ("PredictionService", b"\x08\x01"), ("nope", b"\x08\x03")):
+            # one message, then open until the client's deadline (the server does not end it)
+            assert _watch_until_deadline(channel, service) == ([status], grpc.StatusCode.DEADLINE_EXCEEDED), service
+        with pytest.raises(grpc.RpcError) as info:
+            next(channel.unary_stream("/grpc.health.v1.Health/Watch")(b"\xff", timeout=RPC_TIMEOUT))
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                             "could not parse request")
+
+        from serving_host.grpc_service import MAX_WATCHES
+
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+        calls = [watch(b"", timeout=120) for _ in range(MAX_WATCHES)]
+        try:
+            assert [next(c) for c in calls] == [b"\x08\x01"] * MAX_WATCHES      # all open at once
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            y = stub.Predict(predict_request(x=(1.0,)), RPC_TIMEOUT).outputs["y"].float_val
+            assert list(y) == [2.5]                                              # Predict still answers
+            with pytest.raises(grpc.RpcError) as info:
+                next(watch(b"", timeout=RPC_TIMEOUT))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many open Health/Watch streams" in info.value.details()
+            calls.pop().cancel()
+            deadline = time.monotonic() + 30
+            while True:          # bounded: the server frees the slot once it sees the cancel
+                extra = watch(b"", timeout=120)
+                try:
+                    assert next(extra) == b"\x08\x01"
+                    calls.append(extra)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() < deadline, "a cancelled Watch kept its slot"
+                    time.sleep(0.1)
+            started = time.monotonic()
+            srv.stop()                                        # SIGTERM: grace of 2 s for unary calls
+            for c in calls:
+                with pytest.raises(grpc.RpcError) as info:
+                    next(c)
+                assert (info.value.code(), info.value.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                                                     "server shutting down")
+            assert time.monotonic() - started < 60
+        finally:
+            for c in calls:
+                c.cancel()
+
 def test_a_request_that_does_not_parse_is_internal_with_no_text_as_grpc_cpp_answers(server):
     """gRPC C++'s ``GenericDeserialize`` (grpcpp/impl/codegen/proto_utils.h): bytes that do not parse as
     the request are INTERNAL with ``InitializationErrorString()``, empty for TF Serving's proto3
