@@ -210,6 +210,7 @@ def _model_handlers(servicer: ModelService):
 # later would be sent; TF Serving never sets one again).
 HEALTH_SERVICES = ("", "ModelService", "PredictionService")
 SERVING, SERVICE_UNKNOWN = 1, 3
+MAX_SERVICE_NAME_BYTES = 200      # default_health_check_service.cc MAX_SERVICE_NAME_LENGTH
 # A Watch holds one worker thread while its stream is open (gRPC C++ serves it from its own completion
 # queue): at most this many at once, in threads of their own beyond ``workers``, so watchers never take
 # the threads of Predict and the rest. One more is RESOURCE_EXHAUSTED.
@@ -244,13 +245,17 @@ def _health_types() -> tuple[type, type]:
 
 
 def _health_service_name(request: bytes, context) -> str:
-    """``DecodeRequest``: the service named in the request's bytes; INVALID_ARGUMENT if they do not parse."""
+    """``DecodeRequest``: the service named in the request's bytes; INVALID_ARGUMENT "could not parse
+    request" if they do not parse or the name is over ``MAX_SERVICE_NAME_LENGTH`` (200) bytes."""
     from google.protobuf.message import DecodeError
 
     try:
-        return _health_types()[0].FromString(request).service
+        service = _health_types()[0].FromString(request).service
     except DecodeError:
+        service = None
+    if service is None or len(service.encode("utf-8")) > MAX_SERVICE_NAME_BYTES:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "could not parse request")
+    return service
 
 
 def _health_response(status: int) -> bytes:

@@ -909,12 +909,20 @@ def test_class_labels_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(tm
 
 
 # -- grpc.health.v1 ---------------------------------------------------------------------------
-def _health_check(channel, service: str) -> bytes:
-    """grpc.health.v1.Health/Check on raw bytes: ``HealthCheckRequest.service`` is field 1."""
+def _health_request(service: str) -> bytes:
+    """``HealthCheckRequest(service=service)``'s bytes (field 1, its length as a varint)."""
     data = service.encode()
-    request = (b"\n" + bytes([len(data)]) + data) if data else b""
-    check = channel.unary_unary("/grpc.health.v1.Health/Check")
-    return check(request, timeout=RPC_TIMEOUT)
+    if not data:
+        return b""
+    n, size = len(data), b""
+    while n > 0x7F:
+        size, n = size + bytes([n & 0x7F | 0x80]), n >> 7
+    return b"\n" + size + bytes([n]) + data
+
+
+def _health_check(channel, service: str) -> bytes:
+    """grpc.health.v1.Health/Check on raw bytes."""
+    return channel.unary_unary("/grpc.health.v1.Health/Check")(_health_request(service), timeout=RPC_TIMEOUT)
 
 
 def test_the_grpc_health_service_answers_as_tf_serving_with_its_flag(server, tfserving_factory, tmp_path):
@@ -942,12 +950,18 @@ def test_the_grpc_health_service_answers_as_tf_serving_with_its_flag(server, tfs
             channel.unary_unary("/grpc.health.v1.Health/Check")(b"\xff", timeout=RPC_TIMEOUT)
         assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                              "could not parse request")
+        # DecodeRequest refuses a name over 200 bytes (MAX_SERVICE_NAME_LENGTH) as not parsing, in Check
+        # and Watch; a 200-byte name is only unknown. The local server answered NOT_FOUND / SERVICE_UNKNOWN.
+        for service in ("x" * 201, "\u00e9" * 101):
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary("/grpc.health.v1.Health/Check")(_health_request(service), timeout=RPC_TIMEOUT)
+            assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                                 "could not parse request")
+            assert _watch_until_deadline(channel, service, RPC_TIMEOUT) == ([], grpc.StatusCode.INVALID_ARGUMENT)
+        with pytest.raises(grpc.RpcError) as info:
+            _health_check(channel, "x" * 200)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.NOT_FOUND, "service name unknown")
 
-
-
-def _health_request(service: str) -> bytes:
-    data = service.encode()
-    return (b"\n" + bytes([len(data)]) + data) if data else b""
 
 
 def _watch_until_deadline(channel, service: str, seconds: float = 1.0) -> tuple[list[bytes], grpc.StatusCode]:
