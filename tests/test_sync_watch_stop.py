@@ -83,3 +83,38 @@ def test_sigterm_while_a_watch_waits_for_another_deploys_lock_stops_it_at_once(d
     done = other.finish()                   # the paused deploy is put back: production moved meanwhile
     assert done.returncode != 0
     env.serves(host, v1)                    # the stopped watch changed nothing
+
+
+def test_the_first_signal_wakes_the_loop_whichever_line_of_its_wait_it_lands_on():
+    """Python runs a signal handler in the main thread between two of its lines. ``sync watch``'s
+    first signal sets the loop's wake; with a ``threading.Event`` a handler landing while the loop
+    held the Event's lock (going into or out of ``wait``, in ``clear``) waited for that lock
+    forever: a SIGTERM from systemd hung the watch until its SIGKILL. Here the "handler" runs at
+    every line the loop's clear and wait execute (once each), as a signal may."""
+    from serving_sync.watch import Watcher
+
+    w = Watcher(lambda: ("up_to_date", 1, ""), interval=3600)
+    fired: set = set()
+
+    def tracer(frame, event, arg):
+        if event == "line" and (frame.f_code, frame.f_lineno) not in fired:
+            fired.add((frame.f_code, frame.f_lineno))
+            w.stop_event.set()          # what the first signal's handler does
+            w.wake.set()
+        return tracer
+
+    woke = []
+
+    def loop_wait():
+        sys.settrace(tracer)
+        try:
+            w.wake.clear()
+            woke.append(w.wake.wait(3600))
+        finally:
+            sys.settrace(None)
+
+    t = threading.Thread(target=loop_wait, daemon=True)     # daemon: a hung one must not hang pytest
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "the signal handler waited for a lock its own thread held"
+    assert woke == [True] and fired
