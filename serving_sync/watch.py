@@ -381,8 +381,13 @@ class FleetReconciler:
         if recording:
             self._record_tried.add(unrecorded)
         elif self.failed.skip(fp.version):
+            # not "waiting for production to move": the alias set again in the MLflow UI moved it, and
+            # still only a promotion through mlops (its ledger row) clears the failure
             return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
-                                           f"last promotion); waiting for production to move")
+                                           f"last promotion); not tried again until it is promoted again "
+                                           f"with `mlops registry promote --version {fp.version}` (setting "
+                                           f"the alias in the MLflow UI or API does not clear it) or "
+                                           f"production moves to another version")
         if self.stopping():
             return "stopped", fp.version, f"the watch is stopping: v{fp.version} not deployed (nothing was changed)"
         try:

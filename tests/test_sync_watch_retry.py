@@ -110,3 +110,15 @@ def test_failed_versions_ask_the_registry_every_time():
     failed = FailedVersions(recorded=recorded)
     assert [failed.skip(7) for _ in range(4)] == [True, True, False, True]
     assert asked == [7, 7, 7, 7]
+
+
+def test_a_skipped_version_says_how_to_try_it_again(fake):
+    """It said "waiting for production to move": after the alias was set to it again in the MLflow
+    UI (the way production comes back to a failed version, a failed deploy having moved it back),
+    production had moved and the version stayed skipped; `mlops registry promote --version N`
+    (a ledger row) is what tries it again (tests/test_sync_watch.py's restarted watcher)."""
+    r = FleetReconciler(M, [], None, recorded=lambda v: True)
+    status, version, message = r()
+    assert (status, version) == ("skipped", 5)
+    assert "`mlops registry promote --version 5`" in message and "MLflow UI" in message, message
+    assert fake.deploys == 0
