@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept
 INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
 REPEAT_EVERY = 600.0       # an outage is said once, then again every 10 minutes with its count
 QUIET = ("up_to_date", "skipped")   # an interval pass saying what the one before said: once every REPEAT_EVERY
+
+
+# "37s": an error that differs from the one before only in a count of seconds (another deploy's lock,
+# "last heartbeat 37s ago") is the same error, or each pass said it again while that deploy ran
+_DURATION = re.compile(r"\b\d+(?:\.\d+)?s\b")
 
 
 @dataclass
@@ -198,11 +204,11 @@ class Watcher:
             logger.error("reconcile (%s) failed: %s", reason, message)
             return
         o.passes += 1
-        if message != o.message:
+        if _DURATION.sub("Ns", message) != _DURATION.sub("Ns", o.message):
             o.message, o.said = message, now
             logger.error("reconcile (%s) failed: %s", reason, message)
         elif now - o.said >= REPEAT_EVERY:
-            o.said = now
+            o.said, o.message = now, message
             logger.error("reconcile still failing (%d passes in %.0fs): %s", o.passes, now - o.since, message)
 
     def run(self) -> WatchResult:

@@ -489,6 +489,36 @@ def test_an_outage_is_one_line_then_one_every_ten_minutes_and_its_end_is_said(ca
                      "reconcile recovered after 120 failed passes in 1200s"], lines
 
 
+def test_an_error_that_changes_only_in_seconds_is_one_outage_not_a_line_a_pass(caplog):
+    """Found by review (2026-12-06, seventeenth stop): while another deploy held the hosts' lock,
+    each pass failed with its "last heartbeat Ns ago", a new number each time, so each pass wrote
+    an error line (two a second at ``--interval 0.5`` for the other deploy's whole bake)."""
+    clock = FakeClock()
+    ages = iter([*range(3, 93), None])
+
+    def reconcile():
+        age = next(ages)
+        if age is None:
+            return "deployed", 4, "deployed v4"
+        raise UserError(f"a: another deploy holds the lock (ci, token t1, since 00:00:00, last heartbeat "
+                        f"{age % 10}s ago; taken over automatically after 5 min without one)")
+
+    w = Watcher(reconcile, interval=10, max_seconds=10 * 90 + 5, clock=clock)
+    w.wake.wait = lambda timeout: (setattr(clock, "now", clock.now + timeout), False)[1]
+    mlops_logger = logging.getLogger("mlops")
+    mlops_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            res = w.run()
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+    assert res.counts["error"] == 90 and res.passes[-1].status == "deployed"
+    lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values()
+             if r.name == "mlops.sync.watch" and r.levelname == "ERROR"]
+    assert [x.split(":")[0] for x in lines] == ["reconcile (start) failed",
+                                                "reconcile still failing (61 passes in 600s)"], lines
+
+
 def test_interval_passes_that_find_the_same_are_one_line_then_one_every_ten_minutes(caplog):
     """Found by review (2026-12-06, fifteenth stop): every up-to-date pass wrote its own line,
     2,880 a day at the default interval (172,800 at ``--interval 0.5``), for a watch that runs
