@@ -42,15 +42,26 @@ class HostConn:
 CONNECT_AT_ONCE = 8
 
 
-def _open(host, opened: list[HostConn]) -> HostConn:
+def _open(host, opened: list[HostConn], handover: parallel.Handover) -> HostConn | None:
+    if handover.left:       # a forced stop before this host's turn: not connected at all
+        return None
     transport = open_transport(host)
     try:
         conn = HostConn(host, transport, TFServingClient(host.rest_url))
     except BaseException:
         transport.close()
         raise
-    opened.append(conn)
+    if not handover.keep(opened.append, conn):     # opened after a forced stop: closed here
+        _close(conn)
     return conn
+
+
+def _close(conn: HostConn) -> None:
+    for closer in (conn.transport.close, conn.client.close):
+        try:
+            closer()
+        except Exception:  # noqa: BLE001 - closing dead connections
+            pass
 
 
 @contextlib.contextmanager
@@ -58,20 +69,18 @@ def connected(hosts) -> Iterator[list[HostConn]]:
     """Connections to every host, opened in parallel and closed at the end; an unreachable host
     fails all (the first one in the hosts' order is named)."""
     opened: list[HostConn] = []     # by each call: a signal that ``settle`` raises loses its results
+    handover = parallel.Handover()  # ... and a call still running then closes what it opens
     try:
-        outcomes = parallel.settle(lambda host: _open(host, opened), hosts, workers=CONNECT_AT_ONCE,
-                                   name="connect")
+        outcomes = parallel.settle(lambda host: _open(host, opened, handover), hosts,
+                                   workers=CONNECT_AT_ONCE, name="connect")
         failed = next((exc for _, exc in outcomes if exc is not None), None)
         if failed is not None:
             raise failed
         yield [c for c, exc in outcomes if exc is None]
     finally:
+        handover.leave()
         for c in opened:
-            for closer in (c.transport.close, c.client.close):
-                try:
-                    closer()
-                except Exception:  # noqa: BLE001 - closing dead connections
-                    pass
+            _close(c)
 
 
 def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "deploy",
@@ -109,16 +118,21 @@ def acquire(transport, *, break_lock: str | None, wait: float, purpose: str = "d
 LOCK_AT_ONCE = 32
 
 
-def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str,
-             model: str | None) -> tuple[BaseException | None, list[HostConn]]:
+def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str, model: str | None,
+             handover: parallel.Handover) -> tuple[BaseException | None, list[HostConn]]:
     """Every lock at once, without waiting: (None, []) when all were taken; else every lock this
     pass took is released again, and the first host's error (in lock order) is returned with the
-    hosts whose lock this pass took over from a dead owner (its leftovers are still there)."""
+    hosts whose lock this pass took over from a dead owner (its leftovers are still there).
+    Each try runs in a worker thread (where no signal lands) and hands its lock over once taken:
+    one taken after a forced stop, when the caller no longer waits, is released by its thread."""
     def take(c: HostConn) -> None:
-        c.lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model,
-                         record=functools.partial(setattr, c, "lock"))
+        if handover.left:   # a forced stop before this host's turn: not tried at all
+            return
+        lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
+        if not handover.keep(setattr, c, "lock", lock):
+            release(HostConn(c.host, c.transport, c.client, lock))
 
-    outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock")
+    outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock", inline=False)
     failed = next((exc for _, exc in outcomes if exc is not None), None)
     if failed is None:
         return None, []
@@ -144,8 +158,10 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
     fail at once — nothing is touched, and the rerun finds one of them done.) Releasing has no
     order to keep and goes to ``CONNECT_AT_ONCE`` hosts at a time: some 14 round trips per host."""
     ordered = sorted(conns, key=lock_order)
+    handover = parallel.Handover()
     try:
-        failed, took_over = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model)
+        failed, took_over = _try_all(ordered, break_lock=break_lock, purpose=purpose, model=model,
+                                     handover=handover)
         if failed is not None and not isinstance(failed, LockHeld):
             raise failed
         if failed is not None:
@@ -157,7 +173,9 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
         yield conns
     finally:
         # every lock this deploy holds, however it got here: a forced interrupt during the first
-        # pass (its threads still finish taking locks) left them all behind for the lock's TTL
+        # pass (its threads still finish taking locks) left them all behind for the lock's TTL; a
+        # second one stops the wait, and a try still running then releases its lock itself
+        handover.leave()
         parallel.settle(release, [c for c in ordered if c.lock is not None], workers=CONNECT_AT_ONCE,
                         name="unlock")
 

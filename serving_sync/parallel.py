@@ -96,6 +96,35 @@ def _first_signal(stop: BaseException | None, exc: BaseException,
     return exc
 
 
+class Handover:
+    """What the calls of a ``settle`` open or take, handed to its caller under a lock. A second
+    signal makes ``settle`` raise while calls still run: the caller then ``leave``s (and cleans up
+    what was handed over), and a call that returns later is told so by ``keep`` and undoes what it
+    took itself (a lock taken, a connection opened after the stop stayed behind before)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._left = False
+
+    def keep(self, hand: Callable[..., object], *args: object) -> bool:
+        """``hand(*args)`` and True while the caller waits; False once it left (nothing is called)."""
+        with self._lock:
+            if self._left:
+                return False
+            hand(*args)
+            return True
+
+    @property
+    def left(self) -> bool:
+        """The caller stopped waiting: a call not begun yet takes nothing."""
+        return self._left
+
+    def leave(self) -> None:
+        """From now on ``keep`` hands over nothing: what was handed over is the caller's to undo."""
+        with self._lock:
+            self._left = True
+
+
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str) -> list[R]:
     """``fn`` over ``items`` (see ``settle``); the first failure in the items' order is raised."""
     outcomes = settle(fn, items, workers=workers, name=name)

@@ -255,3 +255,113 @@ def test_a_forced_stop_as_the_one_at_a_time_pass_takes_a_lock_releases_it(tmp_pa
         other.release()
     assert h0.creates == 2 and not (tmp_path / "h0" / LOCK_PATH).exists()
     assert [c.lock for c in conns] == [None, None]
+
+
+def _two_ctrl_c_in_the_wait_for(prefix: str, ready: threading.Event, monkeypatch):
+    """``parallel.settle``'s wait for its threads ``<prefix>_N`` gets two Ctrl-C (out of its join,
+    in the main thread) once ``ready`` is set: the first is kept, the second stops the wait.
+    Returns the real join, to wait for the abandoned threads afterwards."""
+    real_join, raised = threading.Thread.join, []
+
+    def join(self, timeout=None):
+        if (threading.current_thread() is threading.main_thread() and self.name.startswith(prefix + "_")
+                and len(raised) < 2):
+            assert ready.wait(10)
+            raised.append(1)
+            raise KeyboardInterrupt(len(raised))
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", join)
+    return real_join
+
+
+def _finish_abandoned(prefix: str, real_join) -> None:
+    for t in [t for t in threading.enumerate() if t.name.startswith(prefix + "_")]:
+        real_join(t, 10)
+        assert not t.is_alive(), f"{t.name} still runs"
+
+
+class _Gate:
+    """Hosts a and b wait in their call until ``go`` (both under way when the Ctrl-Cs land)."""
+
+    def __init__(self):
+        self.entered = {"a": threading.Event(), "b": threading.Event()}
+        self.both, self.go = threading.Event(), threading.Event()
+
+    def hold(self, name: str) -> None:
+        if name in self.entered:
+            self.entered[name].set()
+            if all(e.is_set() for e in self.entered.values()):
+                self.both.set()
+            assert self.go.wait(10)
+
+
+def test_a_second_ctrl_c_while_connecting_leaves_no_connection_open(monkeypatch):
+    """A second Ctrl-C stops ``settle``'s wait at once; the connections its threads still opened
+    were never closed (``connected`` had closed what it knew of), and the threads went on to the
+    next hosts. Now a thread closes what it opens after the stop, and takes no other host."""
+    from serving_sync import connections
+
+    gate, opened = _Gate(), []
+
+    class Transport:
+        def __init__(self, name):
+            self.name, self.closed = name, False
+
+        def close(self):
+            self.closed = True
+
+    def open_transport(host):
+        gate.hold(host.name)
+        t = Transport(host.name)
+        opened.append(t)
+        return t
+
+    monkeypatch.setattr(connections, "open_transport", open_transport)
+    monkeypatch.setattr(connections, "CONNECT_AT_ONCE", 2)
+    real_join = _two_ctrl_c_in_the_wait_for("connect", gate.both, monkeypatch)
+    hosts = [SimpleNamespace(name=n, rest_url="http://127.0.0.1:9") for n in "abc"]
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            with connections.connected(hosts):
+                pass
+        assert e.value.args == (2,)
+    finally:
+        gate.go.set()
+        _finish_abandoned("connect", real_join)
+    assert sorted(t.name for t in opened) == ["a", "b"], "a host was connected after the stop"
+    assert [t.name for t in opened if not t.closed] == [], "a connection opened after the stop stayed open"
+
+
+def test_a_second_ctrl_c_during_the_first_lock_pass_leaves_no_lock(tmp_path, monkeypatch):
+    """The first lock pass's threads still took locks after a second Ctrl-C stopped the wait:
+    ``locked`` released the ones it saw (before they were created: "taken over by someone else")
+    and never saw the later ones, so the hosts stayed locked for the TTL. Now a thread releases a
+    lock it takes after the stop itself, and no thread tries another host."""
+    from serving_sync import connections
+
+    gate = _Gate()
+
+    class Gated(LocalTransport):
+        def create_exclusive(self, rel, data):
+            if rel == LOCK_PATH:
+                gate.hold(self.base.name)
+            return super().create_exclusive(rel, data)
+
+    conns = []
+    for n in "abc":
+        (tmp_path / n).mkdir()
+        conns.append(HostConn(SimpleNamespace(name=n), Gated(tmp_path / n), client=None))
+    monkeypatch.setattr(connections, "LOCK_AT_ONCE", 2)
+    real_join = _two_ctrl_c_in_the_wait_for("lock", gate.both, monkeypatch)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            with locked(conns):
+                pass
+        assert e.value.args == (2,)
+    finally:
+        gate.go.set()
+        _finish_abandoned("lock", real_join)
+    assert [n for n in "abc" if (tmp_path / n / LOCK_PATH).exists()] == [], "a host stayed locked"
+    beating = [t.name for t in threading.enumerate() if t.name.startswith("lock-heartbeat") and str(tmp_path) in t.name]
+    assert beating == [], "a lock's heartbeat still runs"
