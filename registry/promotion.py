@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mlops_common import log
-from mlops_common.errors import ConfigError, NotFoundError, RefusedError
+from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
 from . import approver, description, promotion_view, tags, versions
 from .alias_move import production_move
@@ -182,8 +182,9 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     shorthand for a ``provenance`` built from the environment (tests, scripts).
     ``unrolled_ok`` False (``sync rollback``): refuse a step back while the last one is not on the
     hosts yet — a rerun of a rollback killed after its move went one version further down.
-    ``check_target(version)``: ``sync rollback``'s check that the version picked can be installed
-    (raises ``RefusedError``; nothing moves).
+    ``check_target(version)``: the caller's check that the version picked can be installed
+    (``artifacts_check``: ``registry rollback``'s, ``sync rollback``'s; raises ``RefusedError``;
+    nothing moves).
     """
     check_forced_reason(force, reason)      # before the default text below stands in for one
     by = given(provenance, actor)
@@ -231,6 +232,34 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
                      defer_tags=defer_tags, requested=explicit, check_target=check_target)
     except _Unfinished as u:
         return _finishing(model, u.row, defer_tags=defer_tags)
+
+
+def artifacts_check(model: str, command: str, *, unneeded=None):
+    """A rollback's ``check_target``: the version picked must still have its artifacts in the
+    store before production moves to it. They are listed (``versions.missing_artifacts``, no
+    download); some gone (a cleanup of old runs) refuse it, in one line naming ``command --to N``,
+    unless ``unneeded(version, missing)`` says no host needs them (``mlops sync rollback``:
+    every host still has that version). Without it (``mlops registry rollback``: the hosts are not
+    known) any file gone refuses. A listing that cannot be read leaves it to the deploy."""
+    def check(version: int) -> None:
+        try:
+            missing = versions.missing_artifacts(model, version)
+            if missing and unneeded is not None and unneeded(version, missing):
+                return
+        except UserError:
+            return
+        if not missing:
+            return
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        hosts = ("a host would need them" if unneeded is not None
+                 else "`mlops sync deploy` would need them on any host that lacks that version")
+        also = ("" if unneeded is not None or not all(p.startswith("tfserving/") for p in missing)
+                else f"; if every host still has v{version}, `mlops sync rollback --to {version}` checks the "
+                     f"hosts and switches them")
+        raise RefusedError(f"cannot roll '{model}' back to v{version}: its artifacts are gone from the "
+                           f"artifact store ({shown} missing) and {hosts}; nothing was changed: "
+                           f"`{command} --to N` rolls back to another version (or restore them){also}")
+    return check
 
 
 SYNC_ROLLBACK = "sync rollback"      # a rollback row's ``details.command``: its deploy follows at once

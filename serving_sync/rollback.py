@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from mlops_common.errors import DeployFailed, RefusedError, UserError, reworded
+from mlops_common.errors import DeployFailed, UserError, reworded
 from registry import deploys
 
 from . import fleet, fleet_plan, rollout
@@ -65,28 +65,18 @@ def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> 
 
 def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]:
     """``promotion.rollback``'s ``check_target``: the version picked must be installable before
-    production moves to it. Its artifacts are listed (not downloaded); some gone from the store
-    (a cleanup of old runs) refuse it, unless only SavedModel files are and no host needs them
-    (every host still has that version). A listing or host that cannot be read leaves it to the
-    deploy (its own error says why)."""
-    def check(version: int) -> None:
-        from registry import versions
+    production moves to it (``promotion.artifacts_check``); files gone only under ``tfserving/``
+    pass when no host needs them (every host still has that version). A host that cannot be read
+    leaves it to the deploy (its own error says why)."""
+    from registry import promotion
 
-        try:
-            missing = versions.missing_artifacts(model, version)
-            if missing and all(p.startswith("tfserving/") for p in missing):
-                fp = fleet_plan.plan_fleet(model, hosts, version=version, opts=opts, annotate=False)
-                if not fp.errors and not any(p.publishes for p in fp.plans):
-                    return
-        except UserError:
-            return
-        if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise RefusedError(f"cannot roll '{model}' back to v{version}: its artifacts are gone from the "
-                               f"artifact store ({shown} missing) and a host would need them; nothing was "
-                               f"changed: `mlops sync rollback --to N` rolls back to another version "
-                               f"(or restore them)")
-    return check
+    def unneeded(version: int, missing: list[str]) -> bool:
+        if not all(p.startswith("tfserving/") for p in missing):
+            return False
+        fp = fleet_plan.plan_fleet(model, hosts, version=version, opts=opts, annotate=False)
+        return not fp.errors and not any(p.publishes for p in fp.plans)
+
+    return promotion.artifacts_check(model, "mlops sync rollback", unneeded=unneeded)
 
 
 def _stopped_before_the_hosts(exc: DeployInterrupted, promo) -> DeployInterrupted:

@@ -155,6 +155,33 @@ def test_a_rollback_to_a_version_whose_artifacts_are_gone_moves_nothing(deploy_e
     env.serves(host, v2)
 
 
+def test_a_registry_rollback_to_a_version_whose_artifacts_are_gone_moves_nothing(deploy_env):
+    """Found by a rollback review (2026-12-06, seventeenth stop): `mlops registry rollback` — the
+    CircleCI rollback job's step, `sync deploy` after it — moved production to a version whose
+    artifacts were deleted from the store; the deploy then failed on the download. It makes the
+    same check as `sync rollback` now (`promotion.artifacts_check`): refused in one line, nothing
+    moved. It does not know the hosts, so any file gone refuses, the previous version's too."""
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0
+    _drop_artifacts(env.model, v1)
+    _drop_artifacts(env.model, v2, "golden")
+    for args in (("--to", str(v1)), ()):            # named, and the previous production (v2)
+        r = env.cli("registry", "rollback", *args, "--reason", "v3 is bad")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        line = final_error_line(r.stderr)
+        gone = v1 if args else v2
+        assert f"back to v{gone}: its artifacts are gone" in line and "`mlops registry rollback --to N`" in line, line
+        assert env.production() == v3, line
+    assert not [e for e in env.ledger(("rollback",)) if e.outcome == "ok"], "a rollback was recorded"
+    assert len([e for e in env.ledger(("rollback",)) if e.outcome == "refused"]) == 2
+    assert "sync rollback --to" in final_error_line(
+        env.cli("registry", "rollback", "--to", str(v1), "--reason", "v3 is bad").stderr)   # only tfserving/ gone
+    env.serves(host, v3)
+
+
 def test_a_rollback_to_a_version_still_on_the_hosts_needs_no_savedmodel_in_the_store(deploy_env):
     """The check above refuses only what a host would need: v1 kept on the host (the previous
     version), its SavedModel gone from the store, its golden set there — the rollback switches."""

@@ -293,7 +293,8 @@ def cmd_rollback(args) -> int:
 
     model = settings.model_name(args.model_name)
     result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
-                                provenance=approver.provenance(args.actor))
+                                provenance=approver.provenance(args.actor),
+                                check_target=promotion.artifacts_check(model, "mlops registry rollback"))
     _print_move(args, result, "rolled back")
     return 0
 
