@@ -37,7 +37,8 @@ from pathlib import Path
 from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, UserError
 from mlops_common.paths import full_disk_is_one_line
-from registry import deploys
+from registry import bundle_hashes, deploys
+from registry.artifacts import TFSERVING
 
 from . import cancel, deploy_retention, parallel, rollout
 from . import manifest as mf
@@ -51,6 +52,7 @@ from .host_run import HostOutcome, HostRun
 from .hosts import base_key
 from .options import DeployOptions
 from .plan import Phase
+from .publish import is_published, read_stored_manifest
 from .resolve import expected_production, resolve_version
 from .rollout_decision import rollout_for, unjudged_everywhere, unjudged_hosts
 from .store import StoreCopies, s3_host_note
@@ -134,6 +136,41 @@ class _Lazy:
         if self._golden is None:
             self._golden = fetch_golden(self.model, self.version)
         return self._golden
+
+
+def _fetch(model: str, v: int, runs: list[HostRun], lazy: _Lazy) -> None:
+    """What the prepare phase needs from the registry, before any host changes: the bundle when a
+    host must be sent the SavedModel, else only the golden set. A host that already has ``v``
+    published (not loaded: a rollback to a version kept on disk), no shared store, and a stored
+    manifest with exactly the SavedModel hashes recorded at registration has its copy verified
+    against that manifest by its publish step (names, kinds, sizes, as after a download: the
+    manifest was written only once the host's bytes matched it), then loaded and smoke-tested as
+    always; it needs no download. A mismatch, an unreadable manifest or a version registered
+    without hashes downloads as before."""
+    present = [r for r in runs if r.plan.publishes and r.host.store is None and v in r.observed.obs.published]
+    record = bundle_hashes.recorded(model, v) if present else None
+    for run in present if record else ():
+        try:
+            stored = read_stored_manifest(run.transport, model, v)
+        except UserError:
+            continue
+        if stored is not None and mf.matches_record(stored, record, TFSERVING):
+            run.use_bundle(_kept_copy(run, stored, lazy))
+    if any(r.plan.publishes and not r.keeps_copy for r in runs):
+        lazy.bundle()
+    else:
+        lazy.golden()
+
+
+def _kept_copy(run: HostRun, stored, lazy: _Lazy):
+    """``HostRun``'s bundle for a host whose copy of the version matches the registration: no
+    folder to send, the stored manifest to verify it against; removed since it was observed, the
+    version is downloaded after all."""
+    def bundle():
+        if is_published(run.transport, run.model, run.plan.desired, stored):
+            return None, stored
+        return lazy.bundle()
+    return bundle
 
 
 def _not_to_record(model: str, v: int, source: str, plans, opts: DeployOptions) -> bool:
@@ -282,8 +319,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             if baker is not None:    # before anything changes: a judged host without metrics is refused here
                 _before_prepare(result, recorder, runs, "bake", baker.start)
             # before touching any host: a registry problem changes nothing; a signal stops the download
-            _before_prepare(result, recorder, runs, "download",
-                            lazy.bundle if any(p.publishes for p in plans) else lazy.golden)
+            _before_prepare(result, recorder, runs, "download", _fetch, model, v, runs, lazy)
             t = result.lap("fetch_from_registry", t)
             stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes}
             if stores:

@@ -83,6 +83,7 @@ class HostRun:
         self.opts = opts
         self._golden = golden
         self._bundle = bundle               # () -> (saved_model_dir, manifest)
+        self.keeps_copy = False             # use_bundle: the host's own copy, nothing downloaded for it
         self._pull = pull                   # (host, manifest) -> store.Pull | None (shared store)
         self.record = record or (lambda *a, **k: None)
         self.heartbeat = heartbeat or (lambda **_: None)    # Heartbeat(...): (force=False) -> None
@@ -109,6 +110,11 @@ class HostRun:
     @property
     def model(self) -> str:
         return self.plan.model
+
+    def use_bundle(self, bundle: Callable[[], tuple]) -> None:
+        """Publish from ``bundle`` instead: ``(None, manifest)`` when the host's copy of the
+        version is to be verified against ``manifest`` in place (``fleet._fetch``)."""
+        self._bundle, self.keeps_copy = bundle, True
 
     # --- execute -----------------------------------------------------------------------
     def execute(self, phase: Phase | None = None) -> HostOutcome:

@@ -90,6 +90,15 @@ class Manifest:
         return cls(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(dirs)))
 
 
+def matches_record(manifest: Manifest, recorded: dict[str, str], part: str) -> bool:
+    """Whether ``manifest`` holds exactly the files recorded under ``part``/ at registration
+    (``registry.bundle_hashes``: ``{"<part>/saved_model.pb": sha256, ...}``), hash for hash: no
+    file missing, changed or added (pure)."""
+    prefix = part + "/"
+    want = {p[len(prefix):]: h for p, h in recorded.items() if p.startswith(prefix)}
+    return bool(want) and manifest.hashed and {f.path: f.sha256 for f in manifest.files} == want
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

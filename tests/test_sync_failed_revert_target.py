@@ -193,6 +193,39 @@ def test_a_rollback_to_a_version_still_on_the_hosts_needs_no_savedmodel_in_the_s
     env.serves(host, v1)
 
 
+def test_a_rollback_to_a_version_on_the_host_disk_verifies_it_against_the_registration_not_a_download(
+        deploy_env, tmp_path):
+    """Found by a rollback review (2026-12-06, seventeenth stop): a version on the host's disk but
+    not loaded was downloaded again in full for a rollback, only to compare the host's copy with
+    the download. The host's stored manifest is compared with the SavedModel hashes recorded at
+    registration now: v1's SavedModel rewritten in the store (a download would be refused as not
+    the one registered) — the rollback to v1 serves the host's copy, which matches the record. A
+    damaged host copy (v2's) is still never served: its publish step refuses it."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from registry import versions
+
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v1, v2 on disk, not loaded
+    assert (host.base / env.model / str(v1)).is_dir() and (host.base / env.model / str(v2)).is_dir()
+    with open(host.base / env.model / str(v2) / "saved_model.pb", "ab") as f:
+        f.write(b"damage")                                                    # the host's copy of v2
+    r = env.cli("sync", "rollback", "--to", str(v2), "--reason", "v3 is bad")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"{env.model}/{v2} already exists but differs" in r.stderr, r.stderr
+    env.serves(host, v3)                                # put back: the damaged copy never served
+    junk = tmp_path / "saved_model.pb"
+    junk.write_bytes(b"not the SavedModel registered")
+    run_id = versions.get_version(env.model, v1).run_id
+    get_artifact_repository(versions.artifact_root(run_id)).log_artifact(str(junk), "tfserving")
+    r = env.cli("sync", "rollback", "--to", str(v1), "--reason", "v3 is bad")
+    assert r.returncode == 0, r.stderr                  # the download would fail: not the one registered
+    env.serves(host, v1)
+
+
 def test_a_rollback_rerun_after_a_host_lock_refused_its_deploy_says_so(deploy_env):
     """Found by a rollback review (2026-12-06): a `sync rollback` whose deploy was refused on
     another deploy's host lock (production moved, no host changed), run again: refused saying the
