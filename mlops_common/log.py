@@ -5,6 +5,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 
 from .settings import secret_values
@@ -19,7 +20,7 @@ class RedactingFormatter(logging.Formatter):
     message (tracebacks are formatted after it)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return printable(redact(super().format(record)))
 
 
 class RedactingStream:
@@ -38,7 +39,7 @@ class RedactingStream:
 
     def write(self, text: str) -> int:
         with _output_lost(self._stream, self._terminal):
-            self._stream.write(redact(text))
+            self._stream.write(printable(redact(text)))
         return len(text)
 
     def flush(self) -> None:
@@ -98,6 +99,16 @@ def redact(text: str) -> str:
     for s in secret_values():
         text = text.replace(s, "***")
     return text
+
+
+def printable(text: str) -> str:
+    """``text`` with each byte that was not UTF-8 (a path from a Latin-1 shell's MLOPS_HOME, held by
+    Python as a lone surrogate ``\\udce9``) shown as that byte, ``\\xe9``: every line a command writes
+    spells such a path one way. Applied after ``redact``, which knows a secret's surrogate form."""
+    return _ESCAPED.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")
 
 
 def setup(verbose: bool = False) -> None:

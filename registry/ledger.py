@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 
 import sqlalchemy as sa
 
-from mlops_common import filelock, settings, strict_json
+from mlops_common import filelock, log, settings, strict_json
 from mlops_common.errors import ConfigError, ConnectionFailure, RefusedError
 
 ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "host_rollback", "intent",
@@ -107,7 +107,7 @@ def _to_row(entry: Entry) -> dict:
             value.encode("utf-8") if isinstance(value, str) else None
         except UnicodeEncodeError:  # not UTF-8 bytes (an environment variable, argv): the driver's traceback
             raise RefusedError(f"refusing to write a '{entry.action}' ledger row for "
-                               f"'{entry.model.encode('utf-8', 'backslashreplace').decode()}': its {name} is "
+                               f"'{log.printable(entry.model)}': its {name} is "
                                f"not UTF-8 text (bytes of another encoding); nothing was recorded") from None
     return row
 

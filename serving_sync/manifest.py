@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlops_common import log
 from mlops_common.errors import ConfigError, UserError
 
 from .names import check_relpath
@@ -193,7 +194,7 @@ def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str], tupl
             except UnicodeEncodeError:
                 # S3 keys and SFTP names are UTF-8 (botocore, paramiko failed on it with a traceback),
                 # and so are the proto strings by which a SavedModel names its files
-                raise UserError(f"{root}: file name {rel!r} cannot be published (not UTF-8); rename it "
+                raise UserError(f"{root}: file name '{log.printable(rel)}' cannot be published (not UTF-8); rename it "
                                 f"in the SavedModel") from None
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):

@@ -123,3 +123,26 @@ def test_mlops_down_under_a_state_folder_that_is_not_utf8_says_nothing_runs(tmp_
     assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
     assert proc.stdout.decode() == f"nothing running for {tmp_path}/h\\xe9me\n"
     assert proc.stderr == b""
+
+
+@pytest.mark.parametrize("argv", [["sync", "status"], ["sync", "watch", "--once"]])
+def test_an_error_naming_a_state_folder_that_is_not_utf8_shows_it_as_mlops_down_does(argv, tmp_path):
+    """``mlops sync`` named a hosts file under MLOPS_HOME of bytes that are not UTF-8 as
+    ``h\\udce9me`` (Python's escape of the lone surrogate) where ``mlops down`` shows ``h\\xe9me``
+    (the byte): one path, two spellings. Every line a command writes shows such a byte as ``\\xe9``."""
+    proc = _mlops(argv, {b"MLOPS_HOME": b"{tmp}/h\xe9me"}, tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert err.splitlines() == [
+        f"error: hosts file {tmp_path}/h\\xe9me/hosts.toml does not exist; create it ([[hosts]] with name, "
+        "target, rest_url; see docs/architecture.md) or set MLOPS_SYNC_TARGET and MLOPS_SYNC_REST_URL"]
+
+
+def test_a_log_line_shows_a_byte_that_is_not_utf8_as_xe9():
+    """A logged path with an undecodable byte (a lone surrogate) is shown as ``\\xe9``, as on stdout."""
+    import logging
+
+    from mlops_common import log
+
+    record = logging.LogRecord("mlops.x", logging.INFO, __file__, 1, "reading %s", (os.fsdecode(b"/h\xe9me"),), None)
+    assert log.RedactingFormatter("%(message)s").format(record) == "reading /h\\xe9me"

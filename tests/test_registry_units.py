@@ -317,3 +317,18 @@ def test_status_of_a_production_set_outside_mlops_names_no_empty_ledger(tmp_path
     assert "moved outside mlops" in found.problem() and "no row for the model" not in found.problem()
     other = reconciliation.check_agreement("other", ledger=led)             # truly no row of that model
     assert other.ledger_empty and "no row for the model" in other.problem()
+
+
+def test_a_ledger_row_refused_for_bytes_that_are_not_utf8_names_the_model_as_every_command_does():
+    """The refusal of a row holding bytes that are not UTF-8 named its model ``mod\\udce9l`` (escaped
+    before the output saw it) where every other line shows such a byte as ``\\xe9``."""
+    import os
+
+    from mlops_common.errors import RefusedError
+    from registry.ledger import _to_row
+
+    model = os.fsdecode(b"mod\xe9l")
+    with pytest.raises(RefusedError) as refused:
+        _to_row(Entry(action="deploy", model=model, outcome="ok"))
+    assert refused.value.message == ("refusing to write a 'deploy' ledger row for 'mod\\xe9l': its model is not "
+                                     "UTF-8 text (bytes of another encoding); nothing was recorded")

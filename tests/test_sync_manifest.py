@@ -376,3 +376,15 @@ def test_progress_draws_on_a_terminal_and_stays_quiet_otherwise():
     q.done()
     assert quiet.getvalue() == "" and q.transferred == 10
     assert make_progress(10, "x", json_mode=True).enabled is False
+
+
+def test_a_file_name_that_is_not_utf8_is_named_as_every_command_shows_such_a_byte(tmp_path):
+    """A SavedModel file named in Latin-1 was refused as ``'caf\\udce9.txt'`` (a repr of the lone
+    surrogate) where every other line shows such a byte as ``\\xe9``."""
+    root = make_model_tree(tmp_path / "m", variables_bytes=10, n_assets=0)
+    with open(os.path.join(os.fsencode(root / "assets"), b"caf\xe9.txt"), "wb") as f:
+        f.write(b"latin-1 named")
+    with pytest.raises(UserError) as e:
+        mf.scan(root)
+    assert e.value.message == (f"{root}: file name 'assets/caf\\xe9.txt' cannot be published (not UTF-8); "
+                               f"rename it in the SavedModel")

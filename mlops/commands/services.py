@@ -1,10 +1,8 @@
 """`mlops up` / `mlops down`: the embedded default's local services."""
 from __future__ import annotations
 
-import os
-
 from mlops.commands import flags, output
-from mlops_common import settings
+from mlops_common import log, settings
 from mlops_common.errors import ConfigError
 
 
@@ -47,8 +45,7 @@ def cmd_down(args) -> int:
     except OSError as exc:      # a path too long: one line, not a traceback
         raise ConfigError(f"cannot read {state} ({exc.strerror or exc}); check MLOPS_HOME") from None
     stopped = [p.stem for p in records if stop_service(state, p.stem)]
-    # a path of bytes that are not UTF-8 (MLOPS_HOME from a Latin-1 shell) shown as \xe9: printed as
-    # it is, "nothing running for <it>" was a traceback
-    shown = os.fsencode(state).decode("utf-8", "backslashreplace")
-    print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {shown}")
+    # a path of bytes that are not UTF-8 (MLOPS_HOME from a Latin-1 shell) shown as \xe9 (as every
+    # command shows it): printed as it is, "nothing running for <it>" was a traceback
+    print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {log.printable(str(state))}")
     return 0
