@@ -89,15 +89,24 @@ class Paired:
                 "n": self.n}
 
 
+def _lacking(docs, key: str, what: str) -> str | None:
+    """Why the evaluations ``docs`` (``(who, document)`` pairs) cannot be paired when one or both
+    lack ``key`` (``what`` it holds, for the reader); None when both carry it."""
+    missing = [who for who, doc in docs if not doc.get(key)]
+    if not missing:
+        return None
+    whose = "neither evaluation carries" if len(missing) == 2 else f"{missing[0]}'s evaluation carries no"
+    return f"{whose} {what} ({key}; an evaluation from an older version)"
+
+
 def _paired_bits(candidate: dict, production: dict) -> tuple[tuple[int, int, int] | None, str | None]:
     """``((n, candidate bits, production bits), None)`` when both evaluations carry
     ``correct_bits`` for the same held-out set (same fingerprint, same ``n``) and each document's
     bits agree with its own ``n`` and accuracy; else ``(None, why not)``."""
     docs = (("the candidate", candidate), ("production", production))
-    missing = [who for who, doc in docs if not doc.get("correct_bits")]
-    if missing:
-        whose = "neither evaluation carries" if len(missing) == 2 else f"{missing[0]}'s evaluation carries no"
-        return None, f"{whose} per-example results (correct_bits; an evaluation from an older version)"
+    lacking = _lacking(docs, "correct_bits", "per-example results")
+    if lacking:
+        return None, lacking
     fps = [doc.get("heldout_fingerprint") for _, doc in docs]
     if not fps[0] or fps[0] != fps[1]:
         return None, "the two evaluations are not of one recorded held-out set (heldout_fingerprint)"
@@ -142,10 +151,9 @@ def class_paired_counts(candidate: dict, production: dict) -> tuple[dict[str, Pa
         return None, why
     n, cand, prod = got
     docs = (("the candidate", candidate), ("production", production))
-    missing = [who for who, doc in docs if not doc.get("heldout_labels")]
-    if missing:
-        whose = "neither evaluation carries" if len(missing) == 2 else f"{missing[0]}'s evaluation carries no"
-        return None, f"{whose} per-example classes (heldout_labels; an evaluation from an older version)"
+    lacking = _lacking(docs, "heldout_labels", "per-example classes")
+    if lacking:
+        return None, lacking
     labels = candidate["heldout_labels"]
     if labels != production["heldout_labels"]:
         return None, "the two evaluations' per-example classes (heldout_labels) differ"
