@@ -21,6 +21,11 @@ def run_mlops(*args: str, env: dict[str, str] | None = None, timeout: float = 60
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The ``error:`` lines of a command's stderr, in order."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
 @contextlib.contextmanager
 def loopback_http(handler):
     """A threaded HTTP server on 127.0.0.1 with ``handler`` for the block; yields its base URL

@@ -24,14 +24,10 @@ from mlproject.batches import make_batch, read_batches, to_npz_bytes, write_batc
 from mlproject.datasets import Arrays, load_partition
 from mlproject.validation import DataError
 from tests.fixtures.trained import train_version
-from tests.helpers import mlflow_client, run_mlops
+from tests.helpers import error_lines, mlflow_client, run_mlops
 
 REFUSAL = ("holds {n} examples of the digits held-out set: the gate would measure the model on data it "
            "trained on; remove them")
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def _heldout() -> Arrays:
@@ -53,7 +49,7 @@ def test_retrain_on_the_heldout_set_is_refused_before_any_run(mlops_env, tmp_pat
     r = run_mlops("retrain", "--incoming", str(folder), "--epochs", "1")
 
     assert r.returncode == 2, r.stderr[-3000:]
-    assert _error_lines(r.stderr) == [f"error: {batch} {REFUSAL.format(n=450)} (nothing was trained or registered)"]
+    assert error_lines(r.stderr) == [f"error: {batch} {REFUSAL.format(n=450)} (nothing was trained or registered)"]
     assert "Traceback" not in r.stderr
     client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
     assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
@@ -76,7 +72,7 @@ def test_retrain_from_production_on_heldout_data_starts_no_run_and_registers_not
     r = run_mlops("retrain", "--incoming", str(batch), "--epochs", "1")
 
     assert r.returncode == 2, r.stderr[-3000:]
-    assert _error_lines(r.stderr) == [f"error: {batch} {REFUSAL.format(n=7)} (nothing was trained or registered)"]
+    assert error_lines(r.stderr) == [f"error: {batch} {REFUSAL.format(n=7)} (nothing was trained or registered)"]
     runs = client.search_runs([experiment])
     assert [run.info.run_id for run in runs] == [first["run_id"]]
     assert [int(v.version) for v in client.search_model_versions(f"name='{name}'")] == [first["version"]]
@@ -125,7 +121,7 @@ def test_data_validate_reports_heldout_examples_like_retrain_does(tmp_path):
     assert [(b["ok"], b["n"]) for b in report["batches"]] == [(True, 450), (False, None)]
     one = ("holds 1 example of the digits held-out set: the gate would measure the model on data it trained on; "
            "remove it")
-    assert _error_lines(r.stderr) == [f"error: {leaked} {one}"]
+    assert error_lines(r.stderr) == [f"error: {leaked} {one}"]
 
 
 # ---------- an S3 location reads its folder, not the siblings sharing its prefix ----------

@@ -11,11 +11,7 @@ from mlops.ports import free_port
 from mlproject.batches import make_batch, read_batches, to_npz_bytes
 from mlproject.datasets import Arrays, fingerprint, load_partition
 from tests.fixtures.trained import train_version
-from tests.helpers import mlflow_client, run_mlops
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+from tests.helpers import error_lines, mlflow_client, run_mlops
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +70,7 @@ def test_malformed_batch_on_s3_is_named_by_its_uri(s3_server, s3_env):
     s3_server.client().put_object(Bucket=bucket, Key="in/x.npz", Body=buf.getvalue())
     r = run_mlops("data", "validate", f"s3://{bucket}/in/", env=s3_server.env())
     assert r.returncode == 2
-    assert _error_lines(r.stderr) == [f"error: invalid data in s3://{bucket}/in/x.npz: labels contain 11 "
+    assert error_lines(r.stderr) == [f"error: invalid data in s3://{bucket}/in/x.npz: labels contain 11 "
                                       f"(expected integers 0..9); fix or remove that file"]
 
 
@@ -96,7 +92,7 @@ def test_s3_failures_are_one_clear_line_without_secrets(s3_server, batch_bucket,
         expected = f"cannot reach S3 at {dead}"
     r = run_mlops("data", "validate", location, env=env, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert expected in line
     assert "Traceback" not in r.stderr
     assert env["AWS_SECRET_ACCESS_KEY"] not in r.stderr + r.stdout
@@ -152,7 +148,7 @@ def test_an_s3_batch_without_credentials_is_one_line_and_starts_no_run(mlops_env
                       "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
     r = run_mlops(*command, f"s3://{batch_bucket}/new/", env=no_credentials, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert _error_lines(r.stderr) == [f"error: listing s3://{batch_bucket}/new/: no S3 credentials; set "
+    assert error_lines(r.stderr) == [f"error: listing s3://{batch_bucket}/new/: no S3 credentials; set "
                                       f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
     client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
     assert client.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None       # no run
@@ -169,6 +165,6 @@ def test_an_aws_profile_that_does_not_exist_is_named_not_the_endpoint(tmp_path, 
                        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
                        "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert r.returncode == 2, r.stderr[-2000:]
-    assert _error_lines(r.stderr) == [f"error: AWS_PROFILE names the AWS profile '{profile}', which is in neither "
+    assert error_lines(r.stderr) == [f"error: AWS_PROFILE names the AWS profile '{profile}', which is in neither "
                                       f"~/.aws/config nor ~/.aws/credentials (AWS_CONFIG_FILE, "
                                       f"AWS_SHARED_CREDENTIALS_FILE); name one that is, or unset AWS_PROFILE"]

@@ -15,7 +15,7 @@ from mlproject.batches import read_batches
 from mlproject.constants import GOLDEN_SIZE
 from mlproject.datasets import concat, fingerprint, load_partition
 from tests.fixtures.trained import train_version
-from tests.helpers import run_mlops, sigterm_when_held
+from tests.helpers import error_lines, run_mlops, sigterm_when_held
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,6 @@ def _client(uri):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +274,7 @@ def test_a_leftover_mlflow_run_id_of_a_finished_run_is_refused_and_changes_nothi
     for args in (("train", "--epochs", "1"), ("evaluate", "--version", "1")):
         r = run_mlops(*args, env={**env, "MLFLOW_RUN_ID": res["run_id"]})
         assert r.returncode == 2, r.stderr[-2000:]
-        (line,) = _error_lines(r.stderr)
+        (line,) = error_lines(r.stderr)
         assert line == (f"error: MLFLOW_RUN_ID names run {res['run_id']}, which is FINISHED: only `mlflow run` "
                         f"sets it, for the run it has just started; unset MLFLOW_RUN_ID (nothing was logged)")
         assert "epoch 1/1" not in r.stderr
@@ -293,7 +289,7 @@ def test_evaluate_on_a_data_set_of_another_image_shape_is_one_line(cli_trained):
     env, _, _ = cli_trained
     r = run_mlops("evaluate", "--version", "1", "--dataset", "fashion_mnist", env=env)
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line == (f"error: version 1 of '{env['MLOPS_MODEL_NAME']}' takes images of shape (8, 8, 1), but data "
                     f"set 'fashion_mnist' has (28, 28, 1); evaluate it on the data set it was trained on (`mlops "
                     f"evaluate --dataset`); the gate compares versions of one data set only")
@@ -303,11 +299,11 @@ def test_evaluate_unknown_version_is_one_line(cli_trained):
     env, res, _ = cli_trained
     r = run_mlops("evaluate", "--version", "99", env=env)
     assert r.returncode == 2
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line.startswith(f"error: version 99 of registered model '{res['model_name']}' does not exist")
     r = run_mlops("evaluate", "--version", "1", env={**env, "MLOPS_MODEL_NAME": "no-such-model-here"})
     assert r.returncode == 2
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line.startswith("error: registered model 'no-such-model-here' does not exist")
 
 
@@ -470,7 +466,7 @@ def test_malformed_batch_stops_retrain_and_registers_nothing(mlops_env, tmp_path
 
     r = run_mlops("retrain", "--incoming", str(folder))
     assert r.returncode == 2, r.stderr[-2000:]
-    assert _error_lines(r.stderr) == [f"error: invalid data in {folder / 'z-new.npz'}: {problem}; fix or remove "
+    assert error_lines(r.stderr) == [f"error: invalid data in {folder / 'z-new.npz'}: {problem}; fix or remove "
                                       f"that file (nothing was trained or registered)"]
     client = _client(mlops_env["MLFLOW_TRACKING_URI"])
     assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
@@ -485,7 +481,7 @@ def test_fashion_mnist_offline_names_the_digits_option(mlops_env, tmp_path):
     r = run_mlops("train", "--dataset", "fashion_mnist", timeout=180,
                   env={"KERAS_HOME": str(keras_home), "https_proxy": blocked, "HTTPS_PROXY": blocked})
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line.startswith("error: cannot download Fashion-MNIST (")
     assert line.endswith("use the offline data set instead: --dataset digits")
     client = _client(mlops_env["MLFLOW_TRACKING_URI"])
@@ -507,7 +503,7 @@ def test_a_damaged_cached_fashion_mnist_names_the_folder_to_delete(mlops_env, tm
     r = run_mlops("train", "--dataset", "fashion_mnist", timeout=180,
                   env={"KERAS_HOME": str(tmp_path / "keras-home"), "https_proxy": blocked, "HTTPS_PROXY": blocked})
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line.startswith(f"error: the copy of Fashion-MNIST that Keras keeps in {cache} cannot be read ("), line
     assert line.endswith("delete that folder to have it downloaded again, or use the offline data set "
                          "instead: --dataset digits"), line
@@ -562,7 +558,7 @@ def test_a_diverged_training_stops_fails_its_run_and_registers_nothing(mlops_env
     non-finite epoch, the run is FAILED and one line says what to change."""
     r = run_mlops("train", "--epochs", "4", "--learning-rate", "1e30")
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line.startswith("error: training diverged: loss became nan at epoch 1/4 with --learning-rate 1e+30;")
     assert line.endswith("train again with a lower --learning-rate (default 0.01)")
     assert "epoch 2/4" not in r.stderr                # stopped at the first non-finite epoch
@@ -581,7 +577,7 @@ def test_a_bad_ledger_url_fails_before_training_not_after(mlops_env):
 
     r = run_mlops("train", "--epochs", "1", env={"MLOPS_LEDGER_URL": "sqlite:///relative-typo.db"})
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert line.startswith("error: MLOPS_LEDGER_URL names a relative SQLite path"), line
     assert "epoch 1/1" not in r.stderr
     mlflow.set_tracking_uri(mlops_env["MLFLOW_TRACKING_URI"])
@@ -645,13 +641,13 @@ def test_a_model_of_another_class_count_is_one_line_and_loading_leaves_nothing_i
     tmp.mkdir()
     r = run_mlops("evaluate", "--version", "1", env={**odd, "TMPDIR": str(tmp)})
     assert r.returncode == 2, r.stderr[-2000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert "answers with shape (12,) per image, not one probability for each of data set 'digits''s 10" in line
     assert list(tmp.iterdir()) == []                              # the download went with its folder
     batch = tmp_path / "good.npz"
     assert run_mlops("data", "make-batch", "--kind", "good", "--out", str(batch), env=odd).returncode == 0
     r = run_mlops("retrain", "--incoming", str(batch), "--epochs", "1", env=odd)
-    assert r.returncode == 2 and "(12,)" in _error_lines(r.stderr)[0], r.stderr[-2000:]
+    assert r.returncode == 2 and "(12,)" in error_lines(r.stderr)[0], r.stderr[-2000:]
     assert len(_client(env["MLFLOW_TRACKING_URI"]).search_model_versions(
         f"name='{odd['MLOPS_MODEL_NAME']}'")) == 1                # nothing registered
     r = run_mlops("evaluate", "--version", "1", env={**env, "TMPDIR": str(tmp)})    # a good one loads
@@ -716,7 +712,7 @@ def test_a_full_disk_while_logging_the_model_is_one_line_and_registers_nothing(c
     full = {**env, "MLOPS_MODEL_NAME": f"full-{uuid.uuid4().hex[:6]}", "TMPDIR": str(tmpfs("60k"))}
     r = run_mlops("train", "--epochs", "1", env=full)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert "no space left on the disk" in line and "nothing was registered" in line, line
     client = _client(env["MLFLOW_TRACKING_URI"])
     assert client.search_model_versions(f"name='{full['MLOPS_MODEL_NAME']}'") == []
@@ -775,7 +771,7 @@ def test_a_full_disk_while_evaluating_is_not_called_a_damaged_model(cli_trained,
     env, res, _ = cli_trained
     r = run_mlops("evaluate", "--version", str(res["version"]), env={**env, "TMPDIR": str(tmpfs("12k"))})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    (line,) = _error_lines(r.stderr)
+    (line,) = error_lines(r.stderr)
     assert "damaged" not in line and "register a new version" not in line, line
     assert "no space left on the disk" in line and "TMPDIR" in line, line
 

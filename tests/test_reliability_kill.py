@@ -9,21 +9,11 @@ route, no validation entry, the lock released, the registry and the ledger say d
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.fixtures.faults import tree_bytes
+from tests.fixtures.faults import incoming, numeric, tree_bytes
 
 pytestmark = pytest.mark.slow
-
-
-def numeric(path) -> list[int]:
-    return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.is_dir() else []
-
-
-def incoming(path) -> list[str]:
-    return sorted(n for n in os.listdir(path) if n.startswith(".incoming-")) if path.is_dir() else []
 
 
 # phase -> what the host must look like right after the kill

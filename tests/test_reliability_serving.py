@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.fixtures.faults import final_error_line, tree_bytes
+from tests.fixtures.faults import final_error_line, incoming, numeric, tree_bytes
 from tests.lab.hosts import ServingHost
 
 PRODUCTION_SERVER_ARGS = ("--max_num_load_retries=0", "--allow_version_labels_for_unavailable_models=true")
@@ -37,14 +37,6 @@ def serving_v1(env, host) -> int:
     v1 = env.release("a")
     env.serves(host, v1)
     return v1
-
-
-def numeric(path) -> list[int]:
-    return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.is_dir() else []
-
-
-def incoming(path) -> list[str]:
-    return sorted(n for n in os.listdir(path) if n.startswith(".incoming-")) if path.is_dir() else []
 
 
 # --- TF Serving restarted / gone ---------------------------------------------------------------

@@ -12,12 +12,10 @@ through the same address (no longer cut) converges to the new version.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from mlops_common.errors import UserError
-from tests.fixtures.faults import tree_bytes
+from tests.fixtures.faults import numeric, tree_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +25,6 @@ pytestmark = pytest.mark.slow
 FROM_START = (200, 1_500)
 FRACTIONS = (0.05, 0.5, 0.95)
 BEFORE_END = (9_000, 6_000, 4_000, 2_500, 1_200)
-
-
-def numeric(path) -> list[int]:
-    return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if path.is_dir() else []
 
 
 def serves_big(env, host, v: int) -> None:

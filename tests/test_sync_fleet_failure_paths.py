@@ -17,31 +17,20 @@ import pytest
 
 from mlops_common.errors import DeployFailed
 from serving_sync import host_run
-from serving_sync.options import DeployOptions
 from serving_sync.plan import StepKind
-
-
-def _opts(**kw) -> DeployOptions:
-    return DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True, **kw)
-
-
-def _v1_then_promote_v2(env) -> tuple[int, int]:
-    v1 = env.release("a", opts=_opts(canary=0))
-    v2 = env.register("b")
-    env.promote(v2)
-    return v1, v2
+from tests.lab.deploy_env import deploy_opts, v1_then_promote_v2
 
 
 def test_a_prepare_failure_starts_no_host_still_waiting_for_its_turn(deploy_env):
     env = deploy_env
     hosts = env.add_hosts(3, "file")
-    v1, v2 = _v1_then_promote_v2(env)
+    v1, v2 = v1_then_promote_v2(env)
     junk = hosts[0].base / env.model / str(v2)      # a damaged leftover: host 0's publish refuses it
     junk.mkdir(parents=True)
     (junk / "saved_model.pb").write_bytes(b"not a SavedModel")
     before = [env.config_text(h) for h in hosts]
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=0, parallel=1))
+        env.deploy(opts=deploy_opts(canary=0, parallel=1))
     assert f"failed on host {hosts[0].name} at step 'publish'" in str(failed.value)
     by = {o.host: o for o in failed.value.result.hosts}
     for h in hosts[1:]:                 # their turn never came: nothing uploaded, loaded or recorded
@@ -56,7 +45,7 @@ def test_a_prepare_failure_starts_no_host_still_waiting_for_its_turn(deploy_env)
 def test_a_switch_failure_switches_no_host_of_the_wave_still_waiting_for_its_turn(deploy_env, monkeypatch):
     env = deploy_env
     hosts = env.add_hosts(3, "file")
-    v1, v2 = _v1_then_promote_v2(env)
+    v1, v2 = v1_then_promote_v2(env)
     load_main = host_run._RUNNERS[StepKind.LOAD_MAIN]
     started = []
 
@@ -68,7 +57,7 @@ def test_a_switch_failure_switches_no_host_of_the_wave_still_waiting_for_its_tur
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.LOAD_MAIN, files_gone_on_host_0)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=0, parallel=1, timeout=8.0))     # one wave of 3, one host at a time
+        env.deploy(opts=deploy_opts(canary=0, parallel=1, timeout=8.0))     # one wave of 3, one host at a time
     assert f"failed on host {hosts[0].name}" in str(failed.value)
     assert started == [hosts[0].name]          # the other two never began to switch to v2
     by = {o.host: o for o in failed.value.result.hosts}

@@ -13,15 +13,11 @@ import time
 
 from serving_sync import models_config as mc
 from serving_sync.bake import Limits
-from serving_sync.options import DeployOptions
-
-
-def _opts(**kw) -> DeployOptions:
-    return DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True, **kw)
+from tests.lab.deploy_env import deploy_opts
 
 
 def _first_deploy(env, hosts, kind="a") -> int:
-    v1 = env.release(kind, opts=_opts(canary=0))
+    v1 = env.release(kind, opts=deploy_opts(canary=0))
     for h in hosts:
         env.serves(h, v1)
     return v1
@@ -34,7 +30,7 @@ def test_prepare_everywhere_then_canary_then_waves(deploy_env):
     v2 = env.register("b")
     env.promote(v2)
     traffic = [env.traffic(h) for h in hosts]
-    r = env.deploy(opts=_opts(wave="1"))
+    r = env.deploy(opts=deploy_opts(wave="1"))
     for t in traffic:
         t.stop()
     assert r.status == "deployed", r.message
@@ -143,7 +139,7 @@ def _peak_copies_during_deploy(env, host, v2, monkeypatch=None, **opts) -> int:
     t = threading.Thread(target=_watch_copies, args=(env, host, stop, seen), daemon=True)
     t.start()
     try:
-        r = env.deploy(opts=_opts(**opts))
+        r = env.deploy(opts=deploy_opts(**opts))
     finally:
         stop.set()
         t.join(timeout=10)

@@ -27,20 +27,9 @@ from serving_sync import models_config as mc
 from serving_sync.canary import Baker
 from serving_sync.hosts import load_hosts
 from serving_sync.lock import HostLock
-from serving_sync.options import DeployOptions
 from serving_sync.plan import StepKind
 from serving_sync.transports import open_transport
-
-
-def _opts(**kw) -> DeployOptions:
-    return DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True, **kw)
-
-
-def _v1_then_promote_v2(env, hosts) -> tuple[int, int]:
-    v1 = env.release("a", opts=_opts(canary=0))
-    v2 = env.register("b")
-    env.promote(v2)
-    return v1, v2
+from tests.lab.deploy_env import deploy_opts, v1_then_promote_v2
 
 
 def _not_blamed(env, v2: int, result) -> None:
@@ -52,7 +41,7 @@ def _not_blamed(env, v2: int, result) -> None:
 def test_a_ledger_that_fails_after_the_canary_switched_puts_every_host_back(deploy_env, monkeypatch):
     env = deploy_env
     hosts = env.add_hosts(2, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     before = [env.config_text(h) for h in hosts]
     real = DeployLedger.record_all
 
@@ -63,7 +52,7 @@ def test_a_ledger_that_fails_after_the_canary_switched_puts_every_host_back(depl
 
     monkeypatch.setattr(DeployLedger, "record_all", down_for_deploy_rows)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=1))
+        env.deploy(opts=deploy_opts(canary=1))
     message = str(failed.value)
     assert "at step 'record'" in message and "the ledger could not record the deploy, not the version" in message
     by = {o.host: o for o in failed.value.result.hosts}
@@ -77,7 +66,7 @@ def test_a_ledger_that_fails_after_the_canary_switched_puts_every_host_back(depl
 def test_a_sigterm_while_the_canary_baseline_is_measured_puts_every_host_back(deploy_env, monkeypatch):
     env = deploy_env
     hosts = env.add_monitored_hosts(2)
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     before = [env.config_text(h) for h in hosts]
     measure = Baker.before_switch
 
@@ -88,7 +77,7 @@ def test_a_sigterm_while_the_canary_baseline_is_measured_puts_every_host_back(de
     monkeypatch.setattr(Baker, "before_switch", signalled)
     try:
         with pytest.raises(cancel.DeployInterrupted) as stopped:
-            env.deploy(opts=_opts(bake=5.0))
+            env.deploy(opts=deploy_opts(bake=5.0))
     finally:
         cancel.reset()
     assert "at step 'bake'" in str(stopped.value) and "interrupted" in str(stopped.value)
@@ -103,7 +92,7 @@ def test_a_host_whose_lock_was_taken_over_is_left_to_its_new_owner(deploy_env, m
     env = deploy_env
     monkeypatch.setenv("MLOPS_LOCK_TTL", "2")          # the deploy's lock thread beats every 0.5 s
     hosts = env.add_hosts(2, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     target = hosts[1]
     other: dict = {}
     drop = host_run._RUNNERS[StepKind.DROP_VALIDATION]
@@ -126,7 +115,7 @@ def test_a_host_whose_lock_was_taken_over_is_left_to_its_new_owner(deploy_env, m
     monkeypatch.setitem(host_run._RUNNERS, StepKind.DROP_VALIDATION, then_taken_over)
     try:
         with pytest.raises(DeployFailed) as failed:
-            env.deploy(opts=_opts(canary=0))
+            env.deploy(opts=deploy_opts(canary=0))
         message = str(failed.value)
         assert f"the deploy lock on {target.name} was taken over, not the version" in message
         assert f"COULD NOT put back {target.name}" in message and "lost its lock" in message
@@ -144,7 +133,7 @@ def test_a_host_whose_lock_was_taken_over_is_left_to_its_new_owner(deploy_env, m
 def test_a_deploy_that_waited_for_the_locks_deploys_what_production_names_after_the_wait(deploy_env, monkeypatch):
     env = deploy_env
     hosts = env.add_hosts(1, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     transport = open_transport(load_hosts()[0])
     held = HostLock(transport, heartbeat_every=0)          # another deploy is working on the host
     held.acquire()
@@ -161,7 +150,7 @@ def test_a_deploy_that_waited_for_the_locks_deploys_what_production_names_after_
 
     def run():
         try:
-            box["result"] = env.deploy(opts=_opts(), lock_wait=60)
+            box["result"] = env.deploy(opts=deploy_opts(), lock_wait=60)
         except BaseException as exc:  # noqa: BLE001 - reported below
             box["error"] = exc
 
@@ -192,7 +181,7 @@ def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upl
 
     env = deploy_env
     [host] = env.add_hosts(1, "file")
-    v1 = env.release("a", opts=_opts(canary=0))
+    v1 = env.release("a", opts=deploy_opts(canary=0))
     target = load_hosts()[0]
     base = mc.model_base_path(target.serving_base_path(), env.model)
     glue = (f'model_config_list {{ config {{ name: "{env.model}" base_path: "{base}" '
@@ -217,7 +206,7 @@ def test_a_main_entry_that_loads_new_versions_by_itself_is_pinned_before_the_upl
     watcher.start()
     try:
         with pytest.raises(DeployFailed) as failed:
-            env.deploy(opts=_opts())
+            env.deploy(opts=deploy_opts())
     finally:
         stop.set()
         watcher.join(10)
@@ -257,7 +246,7 @@ def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy
         _slow_to_start(monkeypatch)
     env = deploy_env
     hosts = env.add_hosts(2, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     junk = hosts[0].base / env.model / str(v2)            # a damaged leftover: host 0's publish refuses it
     junk.mkdir(parents=True)
     (junk / "saved_model.pb").write_bytes(b"not a SavedModel")
@@ -273,7 +262,7 @@ def test_a_host_failure_does_not_hide_a_failed_smoke_test_on_a_later_host(deploy
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.LOAD_VALIDATION, other_weights_on_host_1)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=0))
+        env.deploy(opts=deploy_opts(canary=0))
     message = str(failed.value)
     assert f"failed on host {hosts[1].name} at step 'smoke_validation'" in message, message
     assert f"also failed: {hosts[0].name}" in message
@@ -291,7 +280,7 @@ def test_a_rollback_while_the_canary_is_judged_stops_the_next_wave(deploy_env, m
     host back and does not blame the version."""
     env = deploy_env
     hosts = env.add_hosts(2, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     verify = host_run._RUNNERS[StepKind.VERIFY]
     rolled = {}
 
@@ -304,7 +293,7 @@ def test_a_rollback_while_the_canary_is_judged_stops_the_next_wave(deploy_env, m
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, then_rolled_back)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=1))
+        env.deploy(opts=deploy_opts(canary=1))
     message = str(failed.value)
     assert f"production of '{env.model}' moved from v{v2} to v{v1} while this deploy ran" in message, message
     put_back = message.split("put back ", 1)[1].split(";", 1)[0]
@@ -326,7 +315,7 @@ def test_a_deploy_whose_production_moved_during_its_last_wave_puts_it_back_and_k
 
     env = deploy_env
     hosts = env.add_hosts(1, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     verify = host_run._RUNNERS[StepKind.VERIFY]
     other = {}
 
@@ -338,7 +327,7 @@ def test_a_deploy_whose_production_moved_during_its_last_wave_puts_it_back_and_k
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_another_fleet_fails)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts())
     message = str(failed.value)
     assert other["promo"].moved, other["promo"].to_dict()
     assert f"production of '{env.model}' moved from v{v2} to v{v1} while this deploy ran" in message, message
@@ -361,8 +350,8 @@ def test_a_canary_that_was_put_back_is_not_a_version_the_fleet_served(deploy_env
 
     env = deploy_env
     hosts = env.add_hosts(2, "file")
-    env.release("a", opts=_opts(canary=0))
-    v2 = env.release("b", opts=_opts(canary=0))
+    env.release("a", opts=deploy_opts(canary=0))
+    v2 = env.release("b", opts=deploy_opts(canary=0))
     v3 = env.register("c")
     env.promote(v3)
     v4 = env.register("a")
@@ -377,7 +366,7 @@ def test_a_canary_that_was_put_back_is_not_a_version_the_fleet_served(deploy_env
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, promoted_during_the_canary)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=1))
+        env.deploy(opts=deploy_opts(canary=1))
     put_back = str(failed.value).split("put back ", 1)[1].split(";", 1)[0]
     assert hosts[0].name in put_back and put_back.endswith(f"to v{v2}"), str(failed.value)
     for h in hosts:
@@ -401,8 +390,8 @@ def test_an_up_to_date_deploy_whose_production_moved_while_it_observed_records_n
 
     env = deploy_env
     hosts = env.add_hosts(1, "file")
-    v1 = env.release("a", opts=_opts(canary=0))
-    v2 = env.release("b", opts=_opts(canary=0))
+    v1 = env.release("a", opts=deploy_opts(canary=0))
+    v2 = env.release("b", opts=deploy_opts(canary=0))
     assert env.tags(v2).get("deploy_status") == "deployed"
     real = fleet.observe_and_plan
     other = {}
@@ -417,7 +406,7 @@ def test_an_up_to_date_deploy_whose_production_moved_while_it_observed_records_n
     monkeypatch.setattr(fleet, "observe_and_plan", observed_while_another_fleet_fails)
     rows_before = len(env.ledger(("deploy",)))
     with pytest.raises(UserError) as moved:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts())
     assert other["promo"].moved, other["promo"].to_dict()
     assert f"production of '{env.model}' moved from v{v2} to v{v1} while this deploy ran" in str(moved.value)
     assert env.production() == v1
@@ -454,19 +443,19 @@ def test_a_rollout_overtaken_by_a_newer_promotion_keeps_its_hosts_and_says_so(de
     check, it is recorded deployed, and one line says production moved and how to install it."""
     env = deploy_env
     hosts = env.add_hosts(1, "file")
-    v1 = env.release("a", opts=_opts(canary=0))
-    v2 = env.release("b", opts=_opts(canary=0))
+    v1 = env.release("a", opts=deploy_opts(canary=0))
+    v2 = env.release("b", opts=deploy_opts(canary=0))
     target, before = (v2, v1) if case == "deploy" else (v1, v2)
     if case == "deploy":        # v2 registered and deployed once already: deploy it from v1 again
         env.promote(v1)
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts())
         env.serves(hosts[0], v1)
     env.promote(target)
     v3 = env.register("c")
     verify = host_run._RUNNERS[StepKind.VERIFY]
     done = _promote_during_the_last_verify(env, monkeypatch, v3)
     with pytest.raises(UserError) as moved:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts())
     assert done == {"promoted": v3}
     assert not isinstance(moved.value, DeployFailed), moved.value
     line = str(moved.value)
@@ -477,7 +466,7 @@ def test_a_rollout_overtaken_by_a_newer_promotion_keeps_its_hosts_and_says_so(de
     assert env.tags(target).get("deploy_status") == "deployed"
     assert env.production() == v3
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, verify)
-    r = env.deploy(opts=_opts())                       # the next deploy installs production
+    r = env.deploy(opts=deploy_opts())                       # the next deploy installs production
     assert r.status == "deployed", r.message
     env.serves(hosts[0], v3)
 
@@ -487,7 +476,7 @@ def test_a_rollout_overtaken_by_a_newer_version_that_failed_elsewhere_is_put_bac
     another fleet meanwhile, a newer production does not keep it: every host goes back."""
     env = deploy_env
     hosts = env.add_hosts(1, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     v3 = env.register("c")
     verify = host_run._RUNNERS[StepKind.VERIFY]
     done = {}
@@ -502,7 +491,7 @@ def test_a_rollout_overtaken_by_a_newer_version_that_failed_elsewhere_is_put_bac
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_it_fails_elsewhere_and_v3_is_promoted)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts())
     assert f"moved from v{v2} to v{v3}" in str(failed.value), failed.value
     env.serves(hosts[0], v1)
     assert env.tags(v2).get("deploy_status") == "failed"
@@ -524,7 +513,7 @@ def test_a_sigterm_during_the_demos_deploy_stops_it_at_a_safe_point_and_puts_the
 
     env = deploy_env
     (host,) = env.add_hosts(1, "file")
-    v1, v2 = _v1_then_promote_v2(env, [host])
+    v1, v2 = v1_then_promote_v2(env)
     before = env.config_text(host)
     marker = tmp_path / "held"
     monkeypatch.setenv(faultpoint.PAUSE_AT, "after:load_validation")    # v2 loaded beside v1, v1 serving
@@ -574,7 +563,7 @@ def test_a_failed_deploys_json_says_how_long_it_ran_its_failed_phase_and_its_put
 
     env = deploy_env
     hosts = env.add_hosts(2, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     real = host_run._RUNNERS[kind]
 
     def fails_on_the_second_host(run, step):
@@ -584,7 +573,7 @@ def test_a_failed_deploys_json_says_how_long_it_ran_its_failed_phase_and_its_put
 
     monkeypatch.setitem(host_run._RUNNERS, kind, fails_on_the_second_host)
     with pytest.raises(DeployFailed) as failed:
-        env.deploy(opts=_opts(canary=1))
+        env.deploy(opts=deploy_opts(canary=1))
     doc = json.loads(json.dumps(failed.value.result.to_dict()))
     assert doc["status"] == "failed" and doc["seconds"] > 0, doc["seconds"]
     timings = doc["timings"]
@@ -603,7 +592,7 @@ def test_a_deploy_whose_deployed_tag_was_refused_still_has_its_result_for_json(d
 
     env = deploy_env
     hosts = env.add_hosts(1, "file")
-    v1, v2 = _v1_then_promote_v2(env, hosts)
+    v1, v2 = v1_then_promote_v2(env)
     real = deploys.tag
 
     def refused(model, version, status, *a, **k):
@@ -613,7 +602,7 @@ def test_a_deploy_whose_deployed_tag_was_refused_still_has_its_result_for_json(d
 
     monkeypatch.setattr(deploys, "tag", refused)
     with pytest.raises(UserError) as raised:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts())
     assert "could not record deploy_status=deployed" in str(raised.value)
     doc = json.loads(json.dumps(raised.value.result.to_dict()))
     assert doc["version"] == v2 and [h["status"] for h in doc["hosts"]] == ["deployed"]

@@ -15,7 +15,7 @@ import pytest
 from mlops_common.errors import ConfigError, DeployFailed
 from serving_sync import store
 from serving_sync.hosts import Host, _Where, parse_hosts_toml, parse_target
-from serving_sync.options import DeployOptions
+from tests.lab.deploy_env import deploy_opts
 
 HOSTS = """
 store = "s3://models-bucket/fleet"
@@ -91,10 +91,6 @@ def _with_store(env, bucket: str, prefix: str, endpoint: str | None = None) -> N
     env.hosts_file.write_text(head + env.hosts_file.read_text())
 
 
-def _opts(**kw) -> DeployOptions:
-    return DeployOptions(timeout=60.0, json_mode=True, canary=0, **kw)
-
-
 def _tree_size(path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -117,7 +113,7 @@ def test_two_ssh_hosts_pull_one_upload_from_the_store(deploy_env, sshd_factory, 
     env.promote(v1)
     size = _tree_size(env.bundles.path("big") / "tfserving")
     with caplog.at_level(logging.DEBUG):
-        r = env.deploy(opts=_opts())
+        r = env.deploy(opts=deploy_opts(canary=0))
     assert r.status == "deployed", r.message
     for h in hosts:
         env.serves(h, v1)
@@ -140,7 +136,7 @@ def test_two_ssh_hosts_pull_one_upload_from_the_store(deploy_env, sshd_factory, 
     v2 = env.register("big")
     env.promote(v2)
     before = sum(proxy.sent)
-    r2 = env.deploy(opts=_opts())
+    r2 = env.deploy(opts=deploy_opts(canary=0))
     assert r2.status == "deployed" and r2.stores == [], r2.message
     assert [o.publish["status"] for o in r2.hosts] == ["uploaded", "uploaded"]
     assert sum(proxy.sent) - before > 2 * size
@@ -152,14 +148,14 @@ def test_a_host_that_cannot_reach_the_store_fails_in_prepare_and_nothing_changes
     hosts = env.add_hosts(2, "ssh")
     v1 = env.register("a")
     env.promote(v1)
-    assert env.deploy(opts=_opts()).status == "deployed"
+    assert env.deploy(opts=deploy_opts(canary=0)).status == "deployed"
     bucket = s3_env.make_bucket("shared-store")
     _with_store(env, bucket, env.model, endpoint="http://127.0.0.1:9")   # the hosts' way to S3 is closed
     v2 = env.register("b")
     env.promote(v2)
     before = [env.config_text(h) for h in hosts]
     with pytest.raises(DeployFailed) as e:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts(canary=0))
     assert "could not download" in e.value.message and "Signature" not in e.value.message
     assert [env.config_text(h) for h in hosts] == before
     for h in hosts:
@@ -521,7 +517,7 @@ def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     for kind in ("a", "b", "c"):
         v = env.register(kind)
         env.promote(v)
-        r = env.deploy(opts=_opts(keep=1))
+        r = env.deploy(opts=deploy_opts(canary=0, keep=1))
         assert r.status == "deployed", r.message
         released.append(v)
     v1, v2, v3 = released
@@ -532,7 +528,8 @@ def test_the_store_keeps_what_the_hosts_keep(deploy_env, sshd_factory, s3_env):
     assert r.returncode == 0, r.stderr
     plan = env.cli("sync", "plan")               # it said "pulls v2 from the shared store" for a switch
     assert plan.returncode == 0 and "shared store" not in plan.stdout, plan.stdout
-    assert env.deploy(opts=_opts(keep=1)).status == "deployed"   # a switch: nothing uploaded, nothing removed
+    # a switch: nothing uploaded, nothing removed
+    assert env.deploy(opts=deploy_opts(canary=0, keep=1)).status == "deployed"
     env.serves(host, v2)
     assert stored() == {v2, v3}
     v4 = env.register("a")
@@ -567,14 +564,14 @@ def test_another_fleets_version_deploy_keeps_production_in_a_shared_store(deploy
         return {int(o["Key"].split("/")[2]) for o in objs.get("Contents", []) if o["Key"].split("/")[2].isdigit()}
 
     fleet(prod_host)
-    env.release("a", opts=_opts(keep=1))
+    env.release("a", opts=deploy_opts(canary=0, keep=1))
     v2 = env.register("b")
     env.promote(v2)
-    assert env.deploy(opts=_opts(keep=1)).status == "deployed"
+    assert env.deploy(opts=deploy_opts(canary=0, keep=1)).status == "deployed"
     env.serves(prod_host, v2)
     v3 = env.register("c")
     fleet(staging_host)
-    r = env.deploy(version=v3, opts=_opts(keep=1))
+    r = env.deploy(version=v3, opts=deploy_opts(canary=0, keep=1))
     assert r.status == "deployed", r.message
     env.serves(staging_host, v3)
     assert v2 in stored() and v2 not in r.stores[0]["retention"]["remove_versions"], (stored(), r.stores)
@@ -793,16 +790,16 @@ def test_a_fleets_clean_up_keeps_what_another_fleets_hosts_serve(deploy_env, ssh
     prod_host, staging_host, bucket, fleet = _two_fleets(env, s3_env, "two-fleets-store")
 
     fleet(prod_host)
-    v1 = env.release("a", opts=_opts(keep=1))
+    v1 = env.release("a", opts=deploy_opts(canary=0, keep=1))
     v2 = env.register("b")
     fleet(staging_host)
-    r = env.deploy(version=v2, opts=_opts(keep=1))          # staging tries v2
+    r = env.deploy(version=v2, opts=deploy_opts(canary=0, keep=1))          # staging tries v2
     assert r.status == "deployed", r.message
     env.serves(staging_host, v2)
     v3 = env.register("c")
     env.promote(v3)
     fleet(prod_host)
-    r = env.deploy(opts=_opts(keep=1))                       # production moves v1 -> v3
+    r = env.deploy(opts=deploy_opts(canary=0, keep=1))                       # production moves v1 -> v3
     assert r.status == "deployed", r.message
     env.serves(prod_host, v3)
     assert v2 not in r.stores[0]["retention"]["remove_versions"], r.stores
@@ -862,7 +859,7 @@ def test_a_forced_command_never_receives_the_presigned_urls(deploy_env, sshd_fac
     _with_store(env, bucket, env.model)
     v1 = env.register("a")
     env.promote(v1)
-    r = env.deploy(opts=_opts())
+    r = env.deploy(opts=deploy_opts(canary=0))
     stdin = record.read_text(errors="replace")
     assert "X-Amz-" not in stdin and "http" not in stdin, stdin[:300]
     assert r.status == "deployed", r.message

@@ -23,13 +23,9 @@ import time
 
 from serving_sync import fleet_plan, host_run
 from serving_sync.hosts import load_hosts
-from serving_sync.options import DeployOptions
 from serving_sync.plan import StepKind
 from serving_sync.watch import FleetReconciler, Watcher
-
-
-def _opts() -> DeployOptions:
-    return DeployOptions(timeout=60.0, json_mode=True)
+from tests.lab.deploy_env import deploy_opts
 
 
 def _stop_after(watcher: Watcher, reconcile, n: int):
@@ -70,7 +66,7 @@ def test_a_recording_pass_whose_production_moved_records_nothing_and_the_next_pa
         return out
 
     monkeypatch.setattr(fleet_plan, "plan_fleet", then_promoted)
-    r = FleetReconciler(env.model, load_hosts(), _opts())
+    r = FleetReconciler(env.model, load_hosts(), deploy_opts())
     w = Watcher(r, interval=120, max_seconds=100)
     w.reconcile = _stop_after(w, r, 2)
     t0 = time.monotonic()
@@ -105,7 +101,7 @@ def test_a_rollout_overtaken_by_a_newer_promotion_is_a_deployed_pass_and_the_nex
             done["promoted"] = v3
 
     monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_a_newer_version_is_promoted)
-    r = FleetReconciler(env.model, load_hosts(), _opts())
+    r = FleetReconciler(env.model, load_hosts(), deploy_opts())
     w = Watcher(r, interval=120, max_seconds=100)
     w.reconcile = _stop_after(w, r, 2)
     mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root

@@ -30,6 +30,23 @@ from tests.lab.servers import ServerPool
 from tests.lab.traffic import Traffic, identify
 
 
+def deploy_opts(**kw):
+    """The options a deploy test deploys with: ``--json``, a 60 s ``--timeout`` unless ``kw`` says,
+    and ``kw``."""
+    from serving_sync.options import DeployOptions
+
+    return DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True, **kw)
+
+
+def v1_then_promote_v2(env: DeployEnv) -> tuple[int, int]:
+    """v1 released to every host (no canary), v2 registered and promoted, not yet deployed: the
+    start of a test about the next deploy. ``(v1, v2)``."""
+    v1 = env.release("a", opts=deploy_opts(canary=0))
+    v2 = env.register("b")
+    env.promote(v2)
+    return v1, v2
+
+
 class DeployEnv:
     def __init__(self, env: dict, bundles: DeployBundles, tmp: Path, factory, sshd_factory=None, s3=None,
                  pool: ServerPool | None = None):
@@ -114,9 +131,7 @@ class DeployEnv:
     def deploy(self, **kw):
         from serving_sync import fleet
         from serving_sync.hosts import load_hosts
-        from serving_sync.options import DeployOptions
-
-        opts = kw.pop("opts", None) or DeployOptions(timeout=kw.pop("timeout", 60.0), json_mode=True)
+        opts = kw.pop("opts", None) or deploy_opts(timeout=kw.pop("timeout", 60.0))
         return fleet.deploy(self.model, load_hosts(), opts=opts, **kw)
 
     def release(self, kind: str = "a", **deploy_kw) -> int:
