@@ -163,9 +163,13 @@ def _local_sources(location: str) -> list[Path]:
         return [path]
     if is_dir:
         try:
-            files = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+            named = sorted(p for p in path.iterdir() if p.suffix == ".npz" and not p.is_dir())
+            files = [p for p in named if p.is_file()]
         except OSError as exc:              # a folder this user may not list (glob said "no batches")
             raise _unreadable(location, exc) from None
+        for p in named:     # skipped, the retrain trained on the other batches and said nothing
+            if not p.is_file():
+                raise _not_a_batch_file(p)
         if not files:
             raise NotFoundError(f"no .npz batches in folder {path}; put batches there "
                                 f"(e.g. `mlops data make-batch --kind good --out {path}/batch.npz`)")
@@ -176,6 +180,20 @@ def _local_sources(location: str) -> list[Path]:
                           f"folder of them, or s3://bucket/prefix")
     raise NotFoundError(f"incoming data '{location}' does not exist; give a .npz file, a folder "
                         f"of them, or s3://bucket/prefix")
+
+
+def _not_a_batch_file(path: Path) -> ConfigError:
+    """A ``*.npz`` entry of an incoming folder that is no file: a link to a file that is not there
+    (git-annex or DVC content not fetched), a FIFO, a socket."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return ConfigError(f"incoming data '{path}' is a symbolic link to '{target}', which does not exist; "
+                           f"fetch the file it points to or remove the link")
+    return ConfigError(f"incoming data '{path}' is {_special_kind(path) or 'not a regular file'}, not a "
+                       f".npz file; remove it from the folder")
 
 
 def _special_kind(path: Path) -> str | None:

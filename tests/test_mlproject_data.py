@@ -385,6 +385,35 @@ def test_data_validate_on_a_fifo_is_refused_without_opening_it(tmp_path):
                                 f"give a .npz file, a folder of them, or s3://bucket/prefix"), r.stderr
 
 
+
+@pytest.mark.parametrize("entry", ["dangling link", "fifo"])
+def test_a_batch_of_a_folder_that_is_no_file_is_refused_not_skipped(tmp_path, entry):
+    """A folder's ``*.npz`` that is a link to a missing file (git-annex or DVC content not fetched)
+    or a FIFO was left out without a word: the retrain trained on the other batches, `data validate`
+    said every batch was valid. Now it is one line naming it, for retrain and validate alike."""
+    import os
+
+    from mlproject.train import prepare_data
+
+    images, labels = _valid()
+    _save(tmp_path / "a.npz", images=images, labels=labels)
+    odd = tmp_path / "b.npz"
+    if entry == "fifo":
+        os.mkfifo(odd)
+        expected = f"incoming data '{odd}' is a FIFO (named pipe), not a .npz file; remove it from the folder"
+    else:
+        odd.symlink_to("../.git/annex/objects/b.npz")
+        expected = (f"incoming data '{odd}' is a symbolic link to '../.git/annex/objects/b.npz', which does not "
+                    f"exist; fetch the file it points to or remove the link")
+    for read in (lambda: prepare_data("digits", str(tmp_path)),
+                 lambda: batches.inspect_batches(str(tmp_path), "digits")):
+        with pytest.raises(ConfigError) as err:
+            read()
+        assert err.value.message == expected
+    (tmp_path / "sub.npz").mkdir()           # a folder named like a batch is still not read
+    odd.unlink()
+    assert [b.source for b in batches.read_batches(str(tmp_path), "digits")] == [str(tmp_path / "a.npz")]
+
 # ---------- metrics (plain function) ----------
 
 def test_metrics_from_probabilities():
