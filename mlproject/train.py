@@ -427,6 +427,10 @@ def _register_kept(model_name: str, result: RunResult) -> int:
     except UserError as exc:
         raise reworded(exc, f"{exc.message}. The training run {result.run_id} is kept: register it with "
                             f"`mlops registry register --run-id {result.run_id}`") from None
+    except KeyboardInterrupt:   # Ctrl-C, SIGTERM (a cancelled CI job): the finished run is kept all the same
+        _log.warning("the training run %s is kept: register it with `mlops registry register --run-id %s`",
+                     result.run_id, result.run_id)
+        raise
 
 
 def register_finished_run(model_name: str, run_id: str) -> dict:

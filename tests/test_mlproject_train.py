@@ -610,6 +610,12 @@ def test_a_training_stopped_between_registration_and_its_ledger_row_leaves_no_ve
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert client.search_model_versions(f"name='{model}'") == []
+    # the finished run is kept, as after a failed registration, and the line says how to register it
+    # (it said only "interrupted": the run id was a screen of epochs above)
+    [run] = client.search_runs([client.get_experiment_by_name(model).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert err.strip().splitlines()[-2] == (f"the training run {run.info.run_id} is kept: register it with "
+                                            f"`mlops registry register --run-id {run.info.run_id}`"), err[-2000:]
 
 
 ODD_MODEL = r'''
