@@ -6,7 +6,16 @@ boto3 is imported only when a client is made.
 """
 from __future__ import annotations
 
+import threading
+
 from mlops_common import settings
+
+# boto3.client() makes every client from boto3's one default session, which is not thread-safe:
+# two prepare threads making theirs at once failed now and then (KeyError 'credential_provider' or
+# 'endpoint_resolver', boto/boto3#1592, #2750). Clients are thread-safe once made; a Session of
+# their own each costs ~0.4 s of CPU per client (the service model loaded again), so they are
+# made one at a time instead.
+_CLIENT_LOCK = threading.Lock()
 
 
 def endpoint_url() -> str | None:
@@ -33,10 +42,11 @@ def client(*, endpoint: str | None = None, connect_timeout: float = 10, read_tim
     from botocore.exceptions import ProfileNotFound
 
     try:
-        return boto3.client("s3", endpoint_url=endpoint, config=Config(
-            connect_timeout=connect_timeout, read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
-            s3={"addressing_style": "path"} if endpoint else {}, **config))
+        with _CLIENT_LOCK:
+            return boto3.client("s3", endpoint_url=endpoint, config=Config(
+                connect_timeout=connect_timeout, read_timeout=read_timeout,
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                s3={"addressing_style": "path"} if endpoint else {}, **config))
     except ProfileNotFound as exc:      # was "S3 at <endpoint> failed: ProfileNotFound": the endpoint blamed
         from mlops_common.errors import ConfigError
 

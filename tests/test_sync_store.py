@@ -979,3 +979,39 @@ def test_a_forced_stop_as_a_record_writer_starts_writes_nothing_after_record_use
     for t in started:
         t.join(5)
     assert writes and not any(after for _, after in writes), f"written after record_uses returned: {writes}"
+
+
+def test_presigning_for_eight_hosts_at_once_makes_one_boto3_client_at_a_time(s3_env, monkeypatch):
+    """Found by review (2026-12-06, seventeenth stop): each host's prepare thread made its signing
+    client with boto3.client(), all from boto3's one default session, which is not thread-safe
+    (now and then KeyError 'credential_provider' / 'endpoint_resolver', boto/boto3#1592)."""
+    import threading
+
+    import boto3.session
+
+    real = boto3.session.Session.client
+    guard, second_inside = threading.Lock(), threading.Event()
+    inside = {"now": 0, "most": 0}
+
+    def client(self, *args, **kwargs):
+        with guard:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+            if inside["now"] > 1:
+                second_inside.set()
+        try:
+            second_inside.wait(0.2)      # the old code: another host's thread comes in meanwhile
+            return real(self, *args, **kwargs)
+        finally:
+            with guard:
+                inside["now"] -= 1
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    (ssh, _) = parse_hosts_toml(HOSTS.format(extra=""), "h.toml")
+    m = _manifest(2000)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        pulls = list(pool.map(lambda _: store.presign(ssh.store, "digits", 3, m, 60.0), range(8)))
+    assert all(len(p.urls) == 2 for p in pulls)
+    assert inside["most"] == 1, inside
