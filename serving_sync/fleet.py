@@ -55,7 +55,7 @@ from .plan import Phase
 from .publish import is_published, read_stored_manifest
 from .resolve import expected_production, resolve_version
 from .rollout_decision import rollout_for, unjudged_everywhere, unjudged_hosts
-from .store import StoreCopies, s3_host_note
+from .store import StoreCopies, check_settings, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -238,6 +238,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             seen: dict) -> FleetResult:
     """``deploy``; ``seen["result"]``: its result as soon as there is one."""
     start = time.monotonic()
+    check_settings(hosts)   # a bad setting: one line before the registry is read or a host touched
     v, source = resolve_version(model, version)
     if source == "production":
         expected_production(model, v, expect)

@@ -20,6 +20,7 @@ from . import fleet, fleet_plan, rollout
 from .cancel import DeployInterrupted
 from .errors import ProductionMoved
 from .options import DeployOptions
+from .store import check_settings
 
 
 @dataclass
@@ -106,6 +107,7 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     from registry import promotion
 
     start = time.monotonic() if started is None else started
+    check_settings(hosts)     # a bad setting of the deploy: refused before production moves
     promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True,
                                unrolled_ok=False, check_target=installable(model, hosts, opts))
     if on_moved is not None:

@@ -61,6 +61,14 @@ def expiry() -> float:
                                 must=f"seconds between 1 and {MAX_EXPIRY:.0f}")
 
 
+def check_settings(hosts) -> None:
+    """Refuse a bad ``MLOPS_STORE_URL_EXPIRY`` before a deploy reads the registry or touches a host
+    when a host of ``hosts`` pulls from a store (it was refused only at the upload, after the
+    version had been downloaded)."""
+    if any(getattr(h, "store", None) is not None for h in hosts):
+        expiry()
+
+
 @dataclass(frozen=True)
 class Pull:
     """What one host downloads: the manifest's directories and a presigned URL per file."""
@@ -113,7 +121,7 @@ class StoreCopies:
         from .publish import publish
         from .transports.s3 import S3Transport
 
-        expiry()     # a bad MLOPS_STORE_URL_EXPIRY is refused before anything is uploaded
+        expiry()     # refused before anything is uploaded (``check_settings``: before the deploy began)
         with self._lock:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)

@@ -1015,3 +1015,31 @@ def test_presigning_for_eight_hosts_at_once_makes_one_boto3_client_at_a_time(s3_
         pulls = list(pool.map(lambda _: store.presign(ssh.store, "digits", 3, m, 60.0), range(8)))
     assert all(len(p.urls) == 2 for p in pulls)
     assert inside["most"] == 1, inside
+
+
+def test_a_bad_url_expiry_is_refused_before_the_version_is_downloaded(deploy_env, sshd_factory, s3_env,
+                                                                      monkeypatch):
+    """Found by review (2026-12-06, seventeenth stop): a bad MLOPS_STORE_URL_EXPIRY was refused only
+    at the store upload, after the version had been downloaded from the registry."""
+    from serving_sync import fleet
+
+    env = deploy_env
+    env.add_host("ssh")
+    bucket = s3_env.make_bucket("expiry-store")
+    _with_store(env, bucket, env.model)
+    v = env.register("a")
+    env.promote(v)
+    downloads = []
+    real = fleet.download_bundle
+    monkeypatch.setattr(fleet, "download_bundle", lambda *a, **kw: downloads.append(a) or real(*a, **kw))
+    monkeypatch.setenv("MLOPS_STORE_URL_EXPIRY", "15min")
+    with pytest.raises(ConfigError) as e:
+        env.deploy(opts=_opts())
+    assert "MLOPS_STORE_URL_EXPIRY" in e.value.message and "\n" not in e.value.message, e.value.message
+    assert downloads == []
+    assert s3_env.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    r = env.cli("sync", "deploy", extra_env={"MLOPS_STORE_URL_EXPIRY": "0"})
+    assert r.returncode == 2 and "MLOPS_STORE_URL_EXPIRY" in r.stderr, (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "downloading" not in r.stdout + r.stderr
+    assert s3_env.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
