@@ -16,7 +16,7 @@ from mlops_common.errors import UserError
 from . import retention, verified
 from .host_run import HostRun
 from .options import DeployOptions
-from .store import StoreCopies, host_uses, retire
+from .store import StoreCopies, host_uses, read_uses, record_uses, retire
 
 if TYPE_CHECKING:
     from .fleet import FleetResult
@@ -88,6 +88,20 @@ def _host_previous(plan) -> int | None:
     return plan.previous_kept if plan.previous_kept is not None else plan.current
 
 
+def _shared_base_uses(run: HostRun) -> tuple[int, ...]:
+    """An ``s3://`` host's base may be a shared store other fleets' ssh hosts pull from (their
+    hosts file's ``store``; the same lock, ``<base>/.serving_sync/lock``): record there what this
+    host keeps, as their deploys record their hosts' (their clean-up then keeps it), and keep what
+    every record names. Nothing for other hosts (one listing per ``s3://`` host otherwise)."""
+    if run.host.target.scheme != "s3":
+        return ()
+    plan = run.plan
+    previous = _host_previous(plan)
+    record_uses(run.transport, plan.model, host_uses([(run.host, plan.final.versions + plan.held_by_others
+                                                       + ((previous,) if previous is not None else ()))]))
+    return tuple(sorted(read_uses(run.transport, plan.model)))
+
+
 def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
     plan = run.plan
     try:
@@ -100,7 +114,8 @@ def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = 
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
-                            + (() if rollback_to is None else (rollback_to,)), config_temps=took_over,
+                            + (() if rollback_to is None else (rollback_to,)) + _shared_base_uses(run),
+                            config_temps=took_over,
                             lock=(lock.info.token, lock.ttl) if took_over and lock.info else None)
         if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats:
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)

@@ -1043,3 +1043,38 @@ def test_a_bad_url_expiry_is_refused_before_the_version_is_downloaded(deploy_env
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "downloading" not in r.stdout + r.stderr
     assert s3_env.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_an_s3_host_whose_base_is_another_fleets_store_keeps_and_records_what_each_fleet_keeps(
+        deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-06, seventeenth stop): an `s3://` host whose base is the store an
+    ssh fleet pulls from (that fleet's hosts file: `store = <the same URL>`) ran its own retention
+    without the store's use records, so it removed the version the ssh fleet keeps; and a fleet of
+    `s3://` hosts wrote no record, so the ssh fleet's clean-up removed what the s3 host serves."""
+    env = deploy_env
+    ssh_host, s3_host = env.add_host("ssh"), env.add_host("s3", grpc=False)   # reads a mirror of the bucket
+    base = s3_host.entry["target"]
+    bucket = base[len("s3://"):].split("/", 1)[0]
+
+    def ssh_fleet() -> None:
+        env.write_hosts_file([ssh_host])
+        env.hosts_file.write_text(f'store = "{base}"\n' + env.hosts_file.read_text())
+
+    v1, v2, v3 = env.register("a"), env.register("b"), env.register("c")
+    ssh_fleet()
+    r = env.deploy(version=v1, opts=_opts(keep=1))
+    assert r.status == "deployed" and r.stores, r.message
+    env.serves(ssh_host, v1)
+    env.write_hosts_file([s3_host])                          # the s3 fleet: that base, no store key
+    r = env.deploy(version=v2, opts=_opts(keep=1))
+    assert r.status == "deployed", r.message
+    env.serves(s3_host, v2)
+    assert v1 not in r.hosts[0].retention["remove_versions"], r.hosts[0].retention
+    assert v1 in _stored_versions(s3_env, bucket, s3_host.s3_prefix, env.model)   # the ssh fleet's
+    ssh_fleet()
+    r = env.deploy(version=v3, opts=_opts(keep=1))           # the ssh fleet moves on and cleans up
+    assert r.status == "deployed", r.message
+    env.serves(ssh_host, v3)
+    assert v2 in r.stores[0]["retention"]["in_use"], r.stores
+    assert v2 in _stored_versions(s3_env, bucket, s3_host.s3_prefix, env.model)   # the s3 host serves it
+    env.serves(s3_host, v2)
