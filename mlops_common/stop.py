@@ -17,10 +17,41 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
+import queue
 from typing import Callable
 
-_asked = threading.Event()
+
+class Wake:
+    """``threading.Event``'s set, is_set, clear and wait, safe to ``set`` from a signal handler
+    (this module's flag; ``sync watch``'s wake): Python runs a handler in the main thread between
+    two of its lines, maybe while that thread holds the Event's lock (in ``set``, in ``clear``,
+    going into or out of ``wait``), and ``Event.set`` then waited forever for that lock — the
+    command hung until SIGKILL. ``SimpleQueue.put`` is reentrant (no lock a handler can wait for)."""
+
+    def __init__(self):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def set(self) -> None:
+        self._q.put(True)
+
+    def is_set(self) -> bool:
+        return not self._q.empty()
+
+    def clear(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        try:
+            self._q.get(timeout=None if timeout is None else max(0.0, timeout))
+        except queue.Empty:
+            return False
+        self._q.put(True)          # set until ``clear``, as an Event
+        return True
+
+
+_asked = Wake()
 _why = {"reason": ""}
 
 

@@ -16,8 +16,6 @@ is one log line when it starts, then one every 10 minutes with its count, as an 
 from __future__ import annotations
 
 import collections
-import contextlib
-import queue
 import re
 import threading
 import time
@@ -26,6 +24,7 @@ from typing import Callable
 
 from mlops_common import log
 from mlops_common.errors import UserError
+from mlops_common.stop import Wake
 
 from .cancel import DeployInterrupted
 
@@ -65,33 +64,6 @@ class _Same:
     since: float
     said: float
     passes: int = 1
-
-
-class Wake:
-    """``threading.Event``'s set, clear and wait for the loop, safe to ``set`` from a signal handler
-    (``sync watch``'s first SIGTERM): Python runs a handler in the main thread between two of its
-    lines, maybe while that thread holds the Event's lock (going into or out of ``wait``, in
-    ``clear``), and ``Event.set`` then waited forever for that lock — the watch hung until
-    systemd's SIGKILL. ``SimpleQueue.put`` is reentrant (no lock a handler can wait for)."""
-
-    def __init__(self):
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-
-    def set(self) -> None:
-        self._q.put(True)
-
-    def clear(self) -> None:
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._q.get_nowait()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        try:
-            self._q.get(timeout=None if timeout is None else max(0.0, timeout))
-        except queue.Empty:
-            return False
-        self._q.put(True)          # set until ``clear``, as an Event
-        return True
 
 
 @dataclass

@@ -293,3 +293,41 @@ def test_a_second_sighup_never_forces_a_stop_a_second_sigterm_does():
                 assert finished == ["SIGHUP"] and not stop.asked()    # not taken on to "stop the deploy"
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_signal_asks_whichever_line_of_the_flags_set_or_clear_it_lands_on():
+    """Python runs a signal handler in the main thread between two of its lines, also inside
+    another handler or ``stop.ask`` (``fleet``'s ``on_signal``). With ``stop``'s flag a
+    ``threading.Event``, a handler landing while that thread held the Event's lock (in ``set`` or
+    ``clear``) waited for the lock forever: the command hung until SIGKILL. Here the "handler"
+    runs at every line ``ask`` and ``clear`` execute (once each), as a signal may."""
+    import threading
+
+    fired: set = set()
+
+    def tracer(frame, event, arg):
+        if event == "line" and (frame.f_code, frame.f_lineno) not in fired:
+            fired.add((frame.f_code, frame.f_lineno))
+            stop.signalled("SIGTERM")       # what the handler does outside any block: asks
+        return tracer
+
+    seen = []
+
+    def main_thread_work():
+        sys.settrace(tracer)
+        try:
+            stop.ask("interrupted")
+            stop.clear()
+            seen.append(stop.asked())
+        finally:
+            sys.settrace(None)
+
+    t = threading.Thread(target=main_thread_work, daemon=True)   # daemon: a hung one must not hang pytest
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "the signal handler waited for a lock its own thread held"
+    try:
+        assert len(seen) == 1 and fired
+        assert stop.signalled("SIGTERM") and stop.asked() and stop.reason() == "SIGTERM"
+    finally:
+        stop.clear()
