@@ -75,6 +75,15 @@ def failed_since_promoted(model: str, version: int) -> bool:
     return last_verdict(entries, version) == "failed"
 
 
+def last_move_to(model: str, version: int) -> int | None:
+    """The id of the newest ledger row that moved ``production`` to ``version`` (a promotion or a
+    rollback through mlops), or None: ``mlops sync watch`` tries a version whose failure the
+    registry never recorded again once this changes."""
+    rows = [e.id for e in Ledger().entries(model, actions=MOVES, current=True)
+            if e.to_version == version and e.outcome == "ok" and e.id is not None]
+    return max(rows, default=None)
+
+
 def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
     """The rollback row that made ``version`` production again, if deploying it restores a version
     that held production before (``promotion_rules.restoring_rollback``); else None."""

@@ -211,28 +211,45 @@ class FailedVersions:
     """Versions whose deploy failed, not to be retried in a loop. With ``recorded`` (e.g.
     ``registry.deploys.failed_since_promoted``) the registry decides, asked at each pass that would
     deploy: a version tagged failed since its last promotion is skipped — by a restarted watcher
-    too — and one promoted again is tried again, with or without a webhook. Without it, the
-    versions that failed in this watch."""
+    too — and one promoted again is tried again, with or without a webhook. A failure in this
+    watch that the registry never recorded (MLflow refused the tag and the ledger row was lost)
+    counts too, until production moves to the version through mlops: ``moved`` (the newest ledger
+    move to it, e.g. ``registry.deploys.last_move_to``) changes, or a webhook says so (``forget``).
+    Without ``recorded``, the versions that failed in this watch."""
 
-    def __init__(self, recorded: Callable[[int], bool] | None = None):
+    def __init__(self, recorded: Callable[[int], bool] | None = None,
+                 moved: Callable[[int], object] | None = None):
         self.failed: set[int] = set()
-        self.recorded = recorded
+        self.recorded, self.moved = recorded, moved
+        self._unrecorded: dict[int, object] = {}   # failed here: ``moved`` at the first skip after
 
     def skip(self, version: int) -> bool:
         if self.recorded is None:
             return version in self.failed
         if self.recorded(version):
             self.failed.add(version)
+            self._unrecorded.pop(version, None)     # the registry holds it: it decides from now on
             return True
-        self.failed.discard(version)
+        if version in self._unrecorded:             # failed here, the registry never took it
+            now = self.moved(version) if self.moved is not None else None
+            if self._unrecorded[version] is _UNSET:
+                self._unrecorded[version] = now
+            if self._unrecorded[version] == now:    # not moved to it through mlops since
+                return True
+        self.forget(version)
         return False
 
     def add(self, version: int) -> None:
         self.failed.add(version)
+        self._unrecorded[version] = _UNSET
 
     def forget(self, version: int) -> None:
         """Try ``version`` again (a person promoted it)."""
         self.failed.discard(version)
+        self._unrecorded.pop(version, None)
+
+
+_UNSET = object()
 
 
 class WatchedHosts:
@@ -307,9 +324,11 @@ class FleetReconciler:
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
                  recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
                  rollback_unrecorded: Callable[[int], object] | None = None,
-                 stopping: Callable[[], bool] = lambda: False, read_hosts: Callable[[], list] | None = None):
+                 stopping: Callable[[], bool] = lambda: False, read_hosts: Callable[[], list] | None = None,
+                 moved: Callable[[int], object] | None = None):
         from registry import deploys
 
+        registry_decides = recorded is None
         if recorded is None:
             def recorded(v: int) -> bool:
                 return deploys.failed_since_promoted(model, v)
@@ -320,7 +339,10 @@ class FleetReconciler:
             def rollback_unrecorded(v: int):      # the ledger row of a rollback to v not finished, or None
                 return deploys.rollback_unrecorded(model, v)
         self.model, self.hosts, self.opts, self.lock_wait = model, hosts, opts, lock_wait
-        self.failed = FailedVersions(recorded=recorded)
+        if moved is None and registry_decides:
+            def moved(v: int):          # the newest promotion or rollback to v in the ledger
+                return deploys.last_move_to(model, v)
+        self.failed = FailedVersions(recorded=recorded, moved=moved)
         self.status_known, self.rollback_unrecorded = status_known, rollback_unrecorded
         self._record_tried: set[tuple] = set()     # (version, rollback row id or None)
         self._break_lock = break_lock
@@ -416,7 +438,11 @@ class FleetReconciler:
         return None if row is None else (version, row.id)
 
     def production_moved(self, event: dict) -> None:
-        """A verified webhook: the version it names may be tried again (a person promoted it)."""
+        """A verified webhook. Without the registry (``recorded``) the version it names may be tried
+        again; with it, the registry decides at the next pass (a promotion through mlops since the
+        failure), since an alias set in the MLflow UI sends the same event."""
+        if self.failed.recorded is not None:
+            return
         try:
             self.failed.forget(int((event.get("data") or {}).get("version")))
         except (TypeError, ValueError):

@@ -122,3 +122,29 @@ def test_a_skipped_version_says_how_to_try_it_again(fake):
     assert (status, version) == ("skipped", 5)
     assert "`mlops registry promote --version 5`" in message and "MLflow UI" in message, message
     assert fake.deploys == 0
+
+
+def test_a_failure_the_registry_never_recorded_is_not_retried_every_pass(fake):
+    """MLflow refused the ``deploy_status=failed`` tag and the ledger row was lost too: the
+    registry says nothing failed, and the watch's own record of the failure was dropped whenever
+    the registry was asked, so the broken version was deployed again every pass. A webhook (an
+    alias set in the MLflow UI sends one too) is not a promotion through mlops."""
+    r = FleetReconciler(M, [], None, recorded=lambda v: False)
+    fake.fail_next(blames_version=True)
+    assert r()[:2] == ("failed", 5)
+    assert r()[:2] == ("skipped", 5)
+    r.production_moved({"data": {"version": "5"}})
+    assert r()[:2] == ("skipped", 5)
+    assert fake.deploys == 1
+
+
+def test_a_failure_the_registry_never_recorded_is_retried_once_promoted_through_mlops(fake):
+    moves = [7]                            # the newest ledger row that moved production to v5
+    r = FleetReconciler(M, [], None, recorded=lambda v: False, moved=lambda v: moves[0])
+    fake.fail_next(blames_version=True)
+    assert r()[:2] == ("failed", 5)
+    assert r()[:2] == ("skipped", 5)
+    assert r()[:2] == ("skipped", 5)
+    moves[0] = 9                           # `mlops registry promote --version 5`: a new ledger row
+    assert r()[:2] == ("deployed", 5)
+    assert fake.deploys == 2
