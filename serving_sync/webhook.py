@@ -106,6 +106,13 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, now: float,
     return Verdict(202, "accepted", event)
 
 
+def _stale(now: float, sent: float, max_age: float) -> Verdict:
+    """A timestamp too far from this host's clock: a replay, or (every delivery refused) a clock off."""
+    return Verdict(400, f"timestamp is {abs(now - sent):.0f}s off (more than {max_age:.0f}s): replay refused; "
+                        f"if every delivery is refused, this host's or the MLflow server's clock is off: "
+                        f"sync both (NTP)")
+
+
 def wants_reconcile(event: dict, model: str, alias: str = "production") -> bool:
     """True for ``model_version_alias.created`` of ``alias`` on ``model``."""
     data = event.get("data") if isinstance(event, dict) else None
@@ -133,7 +140,7 @@ def _timestamp_verdict(ts: str, *, now: float, max_age: float) -> Verdict | None
     if sent is None:
         return Verdict(400, "missing or malformed timestamp")
     if abs(now - sent) > max_age:
-        return Verdict(400, f"timestamp is {abs(now - sent):.0f}s off (more than {max_age:.0f}s): replay refused")
+        return _stale(now, sent, max_age)
     return None
 
 

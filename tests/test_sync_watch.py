@@ -65,6 +65,7 @@ def test_verify_accepts_a_fresh_signed_delivery_and_rejects_everything_else():
     old_headers, old_body = mlflow_signed(SECRET, EVENT, timestamp=int(now) - 301)
     stale = verify(SECRET, old_headers, old_body, now=now)
     assert stale.status == 400 and "replay" in stale.reason
+    assert "clock" in stale.reason and "NTP" in stale.reason     # every delivery refused: a clock off
     future_headers, future_body = mlflow_signed(SECRET, EVENT, timestamp=int(now) + 400)
     assert verify(SECRET, future_headers, future_body, now=now).status == 400
     bad_ts = {**headers, "X-MLflow-Timestamp": "yesterday"}
