@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import sys
 import textwrap
-import threading
 
 DESCRIPTION = """\
 Local TensorFlow-Serving-compatible model server.
@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             log.warning("--%s=%s has no effect in the local server (TF Serving uses it)", name, getattr(args, name))
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # not a threading.Event: a handler runs in the main thread between two of its lines, maybe while
+    # it holds the Event's lock in its wait, and Event.set then waited for that lock forever
+    stop: queue.SimpleQueue = queue.SimpleQueue()       # its put is reentrant
+    signal.signal(signal.SIGTERM, lambda *_: stop.put(True))
+    signal.signal(signal.SIGINT, lambda *_: stop.put(True))
 
     from serving_host import config as cfg
     from serving_host import grpc_service, http_server, rest
@@ -246,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_server.stop(0)
         return _fail(f"cannot listen: {exc}; choose free ports with --port/--rest_api_port")
 
-    while not stop.wait(1.0):
-        pass
+    stop.get()                      # a signal's handler runs during the wait (it is interruptible)
     log.info("Shutting down")
     if rest_server is not None:
         rest_server.shutdown()
