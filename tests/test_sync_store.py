@@ -1034,7 +1034,7 @@ def test_a_bad_url_expiry_is_refused_before_the_version_is_downloaded(deploy_env
     monkeypatch.setattr(fleet, "download_bundle", lambda *a, **kw: downloads.append(a) or real(*a, **kw))
     monkeypatch.setenv("MLOPS_STORE_URL_EXPIRY", "15min")
     with pytest.raises(ConfigError) as e:
-        env.deploy(opts=_opts())
+        env.deploy(opts=deploy_opts(canary=0))
     assert "MLOPS_STORE_URL_EXPIRY" in e.value.message and "\n" not in e.value.message, e.value.message
     assert downloads == []
     assert s3_env.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
@@ -1062,17 +1062,17 @@ def test_an_s3_host_whose_base_is_another_fleets_store_keeps_and_records_what_ea
 
     v1, v2, v3 = env.register("a"), env.register("b"), env.register("c")
     ssh_fleet()
-    r = env.deploy(version=v1, opts=_opts(keep=1))
+    r = env.deploy(version=v1, opts=deploy_opts(canary=0, keep=1))
     assert r.status == "deployed" and r.stores, r.message
     env.serves(ssh_host, v1)
     env.write_hosts_file([s3_host])                          # the s3 fleet: that base, no store key
-    r = env.deploy(version=v2, opts=_opts(keep=1))
+    r = env.deploy(version=v2, opts=deploy_opts(canary=0, keep=1))
     assert r.status == "deployed", r.message
     env.serves(s3_host, v2)
     assert v1 not in r.hosts[0].retention["remove_versions"], r.hosts[0].retention
     assert v1 in _stored_versions(s3_env, bucket, s3_host.s3_prefix, env.model)   # the ssh fleet's
     ssh_fleet()
-    r = env.deploy(version=v3, opts=_opts(keep=1))           # the ssh fleet moves on and cleans up
+    r = env.deploy(version=v3, opts=deploy_opts(canary=0, keep=1))           # the ssh fleet moves on and cleans up
     assert r.status == "deployed", r.message
     env.serves(ssh_host, v3)
     assert v2 in r.stores[0]["retention"]["in_use"], r.stores
