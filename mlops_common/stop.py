@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import queue
+import sys
 from typing import Callable
 
 
@@ -92,6 +94,21 @@ def clear() -> None:
     _why["reason"] = ""
 
 
+def tell(text: str) -> None:
+    """``text`` as a line on stderr, from a signal handler. The handler runs in the main thread
+    between two of its lines, maybe inside a write to stderr: the buffered stream then raises
+    ``RuntimeError: reentrant call`` (it escaped into the deploy step the signal landed in), so
+    the line goes straight to the file descriptor instead. A stderr that cannot be written (a
+    full disk, a closed pipe) loses the line, never the stop."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except RuntimeError:                # reentrant: the signal landed in a write to stderr
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(sys.stderr.fileno(), (text + "\n").encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
 def signalled(name: str) -> bool:
     """A signal named ``name`` arrived: do what the innermost block says (see ``_Block``) and
     remember the stop. True when the handler must stop the command at once (KeyboardInterrupt)."""
@@ -110,10 +127,10 @@ def signalled(name: str) -> bool:
         return True
     ask(name)                       # before the announcement: a print that fails cannot lose the stop
     if block.announce is not None:
-        try:
-            block.announce(name)
-        except OSError:             # stderr on a full disk: raised here, it cut the deploy step the
-            pass                    # signal landed in, which the block exists to keep whole
+        try:                        # announcements print through ``tell``; any other that fails
+            block.announce(name)    # (stderr on a full disk) must not cut the deploy step the
+        except OSError:             # signal landed in, which the block exists to keep whole
+            pass
     return False
 
 

@@ -331,3 +331,56 @@ def test_a_signal_asks_whichever_line_of_the_flags_set_or_clear_it_lands_on():
         assert stop.signalled("SIGTERM") and stop.asked() and stop.reason() == "SIGTERM"
     finally:
         stop.clear()
+
+
+class _SignalInsideWrite(io.RawIOBase):
+    """A stderr file whose first write is where a signal lands: the handler runs while the main
+    thread is inside the buffered stream's write, as Python runs it between two lines."""
+
+    def __init__(self, path, handler):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.handler, self.fired = handler, []
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self.fd
+
+    def write(self, b):
+        if not self.fired:
+            self.fired.append(True)
+            self.handler()
+        return os.write(self.fd, bytes(b))
+
+
+def test_a_signal_landing_in_a_write_to_stderr_still_says_it_and_cuts_no_step(tmp_path):
+    """Found by review (seventeenth stop): the deploy's announcement of a stop and `sync watch`'s
+    first-signal line were printed from the signal handler through stderr's buffered stream; a
+    signal landing while the main thread was writing to stderr (a progress line) made that print
+    raise ``RuntimeError: reentrant call``, which escaped into the deploy step it landed in. The
+    line now goes straight to the file descriptor then."""
+    from mlops.commands import sync
+
+    lines = []
+    path = tmp_path / "stderr"
+    signalled = []
+
+    def handler():
+        signalled.append(stop.signalled("SIGTERM"))
+
+    raw = _SignalInsideWrite(path, handler)
+    err = io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", line_buffering=True)
+    saved, sys.stderr = sys.stderr, err
+    try:
+        with sync._interrupts():
+            print("prepare a: done", file=sys.stderr, flush=True)     # must not raise
+            lines.append("after")
+    finally:
+        sys.stderr = saved
+        err.close()
+        stop.clear()
+    text = path.read_text()
+    assert lines == ["after"] and signalled == [False]
+    assert "prepare a: done" in text
+    assert "SIGTERM: stopping the deploy at its next safe point" in text, text

@@ -17,7 +17,7 @@ import threading
 import time
 
 from mlops.commands import flags, output, sync_text
-from mlops_common import settings
+from mlops_common import settings, stop
 from mlops_common.errors import ConfigError, RefusedError, UserError
 from serving_sync.bake import Limits
 from serving_sync.options import DeployOptions
@@ -302,11 +302,9 @@ def _interrupts(*first_actions, at_once=lambda: False):
     one more signal forces it (KeyboardInterrupt). While ``at_once()`` (nothing a safe point would
     put back has begun: ``sync rollback`` before the registry moved) a signal stops the command
     where it is (KeyboardInterrupt; the deploy asked to stop as well, should a finalizer swallow it)."""
-    from mlops_common import stop
-
     def announce(name: str) -> None:
-        print(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
-              f"(send it again to force)", file=sys.stderr, flush=True)
+        stop.tell(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
+                  f"(send it again to force)")
 
     return stop.at_safe_points(*first_actions, announce=announce, at_once=at_once)
 
@@ -517,11 +515,8 @@ def cmd_watch(args) -> int:
     def graceful(name: str) -> None:   # first signal: finish the current pass's deploy (if any), then stop
         watcher.stop_event.set()        # first: a print that fails (stderr on a full disk) cannot lose the stop
         watcher.wake.set()
-        try:                            # a failed print must not escape into the pass the signal landed in
-            print(f"{name}: stopping after the current pass; a deploy not yet begun is not begun (send it again "
-                  f"to interrupt a deploy in progress)", file=sys.stderr, flush=True)
-        except OSError:
-            pass
+        stop.tell(f"{name}: stopping after the current pass; a deploy not yet begun is not begun (send it again "
+                  f"to interrupt a deploy in progress)")
 
     forced = False
     try:           # --once has no next pass to stop after: its first signal stops the deploy
