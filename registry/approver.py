@@ -224,6 +224,20 @@ def rollback_asked(pipeline_id: str | None) -> list[str]:
     return found
 
 
+def pipeline_created(pipeline_id: str) -> datetime:
+    """When CircleCI created ``pipeline_id`` (``GET /pipeline/{id}`` -> ``created_at``): when a
+    rollback pipeline was triggered, i.e. which production its rollback was asked against."""
+    token = settings.token_env("CIRCLE_TOKEN")
+    if not token:
+        raise ConfigError("a CircleCI approval of a rollback needs CIRCLE_TOKEN to read when its pipeline "
+                          "was triggered")
+    created = _instant(_get(f"/pipeline/{pipeline_id}", token).get("created_at"))
+    if created is None:
+        raise ConnectionFailure(f"the CircleCI API returned no created_at for pipeline {pipeline_id}; "
+                                f"check CIRCLECI_API_URL")
+    return created
+
+
 def provenance(explicit: str | None = None) -> Provenance:
     """Who and where of a command that moves ``production``, built once at its start and carried
     into every ledger row and tag it writes. Who: the CircleCI approver when running in CircleCI

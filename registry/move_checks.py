@@ -7,6 +7,8 @@ status), each raising ``RefusedError`` with what to do instead.
   given for (the version its pipeline gated; a rollback's approval followed no gate)?
   ``check_rollback_tie``: and a rollback's, for the version its pipeline's ``rollback-to`` names?
 - ``pipeline_move`` / ``check_pipeline_rerun``: a CircleCI pipeline moves production once.
+- ``production_at`` / ``check_rollback_from``: a rollback pipeline rolls back the production it was
+  triggered against, not a newer one promoted while its approval waited.
 """
 from __future__ import annotations
 
@@ -150,6 +152,29 @@ def check_pipeline_rerun(model: str, action: str, current: int | None, earlier: 
             f"(its deploy failed and moved it back, or another move came since): a pipeline moves production "
             f"once; start a new pipeline, or move it by hand outside CircleCI")
     return True
+
+
+def production_at(entries: Iterable[Entry], when) -> int | None:
+    """The version the ledger's ``ok`` moves had made production at ``when`` (None: none yet)."""
+    held = None
+    for e in entries:
+        if e.action in MOVES and e.outcome == "ok" and e.at is not None and e.at <= when:
+            held = e.to_version
+    return held
+
+
+def check_rollback_from(model: str, current: int | None, then: int | None, pipeline_id: str,
+                        workflow_id: str) -> None:
+    """Raise ``RefusedError`` when production moved between the trigger of the rollback pipeline
+    whose approval is used (``then``: production when it was triggered) and now: that rollback
+    was asked to take production off ``then``; applied now it would undo a newer promotion
+    (a rollback to "the previous one" even back onto ``then``)."""
+    if current != then:
+        raise RefusedError(
+            f"production of '{model}' is {version_label(current)} now, but was {version_label(then)} when CircleCI "
+            f"pipeline {pipeline_id} asked for this rollback: the approval in workflow {workflow_id} was for "
+            f"a rollback from {version_label(then)}; trigger a new rollback pipeline if "
+            f"{version_label(current)} should go, or roll back without CircleCI with --actor")
 
 
 def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,

@@ -25,10 +25,12 @@ from .move_checks import (
     check_gate_baseline,
     check_pipeline_rerun,
     check_promotable,
+    check_rollback_from,
     check_rollback_tie,
     ever_held,
     latest_gate,
     pipeline_move,
+    production_at,
 )
 from .promotion_rules import (
     last_real_move,
@@ -79,9 +81,11 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
         gate = approval_gate(ledger.entries(model, actions=("gate",), current=True), by.workflow_id,
                              by.approval_pipeline_id)
         check_approval_tie(model, action, requested, gate, by.workflow_id)
-        if action == "rollback":
-            check_rollback_tie(requested, approver.rollback_asked(by.approval_pipeline_id),
-                               by.workflow_id, str(by.approval_pipeline_id))
+    asked_at = None
+    if by.circleci_approval and action == "rollback":
+        check_rollback_tie(requested, approver.rollback_asked(by.approval_pipeline_id),
+                           by.workflow_id, str(by.approval_pipeline_id))
+        asked_at = approver.pipeline_created(str(by.approval_pipeline_id))
     try:
         with production_move(ledger, model, by.actor) as locked:
             tx, current, reconciled = locked.tx, locked.current, locked.reconciled
@@ -92,6 +96,10 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             if check_pipeline_rerun(model, action, current, earlier, requested):
                 v, extra = current, {"rerun_of": earlier.id}
             else:
+                if asked_at is not None:    # refused before anything moves: the approver did not ask for it
+                    check_rollback_from(model, current, production_at(tx.entries(actions=("promote", "rollback")),
+                                                                      asked_at),
+                                        str(by.approval_pipeline_id), by.workflow_id)
                 v, extra = target(tx, current)
             # SQLite: a read here holds the database's write lock (BEGIN IMMEDIATE); end it before
             # asking MLflow, so other models' rows (a fleet deploy's) are not held up by its answer.

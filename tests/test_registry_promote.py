@@ -334,11 +334,48 @@ def test_a_rollback_approval_rolls_back_only_to_the_version_its_pipeline_was_tri
     assert r.returncode == 2 and "was triggered with rollback-to 'v2', not a version number" in one_error_line(r)
     assert versions.production_version(model) == v1
     assert moves(model)[-1] == ("rollback", v3, v1, "ok")
-    circleci_api.set_pipeline_config("pipe-rb2", parameters={"run-rollback": True})
     assert run_mlops("registry", "promote", "--version", str(v2), "--actor", "setup").returncode == 0
-    r = run_mlops("registry", "rollback", "--json", env={**ci, "CIRCLE_WORKFLOW_ID": rb2})
+    # (a rollback pipeline triggered before that promotion does not undo it: the next test)
+    rb3 = circleci_api.add_workflow(approver="erin", approval_name="hold-rollback", build_jobs=(), name="rollback",
+                                    pipeline_id="pipe-rb3", parameters={"run-rollback": True})
+    r = run_mlops("registry", "rollback", "--json", env={**ci, "CIRCLE_WORKFLOW_ID": rb3})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["approved_by"] == "erin" and moves(model)[-1] == ("rollback", v2, v1, "ok")
+
+
+def test_a_rollback_pipeline_approved_after_a_newer_promotion_does_not_undo_it(make_version, circleci_api):
+    """The on-call triggers a rollback pipeline to take production off v3; while its approval
+    waits, a newer pipeline promotes v4 (its promote-and-deploy ran and finished, so the serial
+    group skipped nothing). Approved then, the rollback moved v4 back to v3 (rollback-to empty:
+    "the previous one"), onto the very version it was asked to leave, or v4 -> v2 (rollback-to=2),
+    exit 0. A rollback pipeline rolls back the production it was triggered against (CircleCI's
+    GET /pipeline/{id} created_at against the ledger): otherwise one line, exit 2, nothing written.
+    A pipeline triggered after the promotion rolls back, and its rerun is still a no-op."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3, v4 = (make_version(validation_status="passed") for _ in range(4))
+    for v in (v1, v2, v3):
+        assert run_mlops("registry", "promote", "--version", str(v), "--actor", "setup").returncode == 0
+    ci = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLECI_API_URL": circleci_api.url}
+    asked = {"pipe-prev": {"run-rollback": True}, "pipe-to2": {"run-rollback": True, "rollback-to": str(v2)}}
+    wf = {p: circleci_api.add_workflow(approver="dave", approval_name="hold-rollback", build_jobs=(), name="rollback",
+                                       pipeline_id=p, parameters=params) for p, params in asked.items()}
+    assert run_mlops("registry", "promote", "--version", str(v4), "--actor", "newer-pipeline").returncode == 0
+    rows = len(Ledger().entries())
+    for p, args in (("pipe-prev", ()), ("pipe-to2", ("--to", str(v2)))):
+        r = run_mlops("registry", "rollback", *args, env={**ci, "CIRCLE_WORKFLOW_ID": wf[p], "CIRCLE_PIPELINE_ID": p})
+        assert r.returncode == 2, r.stdout
+        assert (f"production of '{model}' is v{v4} now, but was v{v3} when CircleCI pipeline {p} asked for this "
+                f"rollback") in one_error_line(r)
+    assert len(Ledger().entries()) == rows and versions.production_version(model) == v4
+    assert "/api/v2/pipeline/pipe-prev" in [p for _, p, ok in circleci_api.requests if ok]
+    # triggered now, against v4: rolls back to v3; its rerun (another workflow of that pipeline) is a no-op
+    for approver in ("erin", "erin"):
+        w = circleci_api.add_workflow(approver=approver, approval_name="hold-rollback", build_jobs=(),
+                                      name="rollback", pipeline_id="pipe-now", parameters={"run-rollback": True})
+        r = run_mlops("registry", "rollback", env={**ci, "CIRCLE_WORKFLOW_ID": w, "CIRCLE_PIPELINE_ID": "pipe-now"})
+        assert r.returncode == 0, r.stderr
+        assert versions.production_version(model) == v3
+    assert moves(model)[-2:] == [("rollback", v4, v3, "ok"), ("rollback", v3, v3, "ok")]
 
 
 def test_a_circleci_job_without_its_token_is_refused_not_recorded_as_the_os_user(make_version):
