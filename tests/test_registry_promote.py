@@ -368,7 +368,10 @@ def test_a_rollback_pipeline_approved_after_a_newer_promotion_does_not_undo_it(m
                 f"rollback") in one_error_line(r)
     assert len(Ledger().entries()) == rows and versions.production_version(model) == v4
     assert "/api/v2/pipeline/pipe-prev" in [p for _, p, ok in circleci_api.requests if ok]
-    # triggered now, against v4: rolls back to v3; its rerun (another workflow of that pipeline) is a no-op
+    # triggered now, against v4: rolls back to v3; its rerun (another workflow of that pipeline) is a no-op;
+    # a second rollback pipeline triggered against v4 as well (two on-call people) does not go on to v2
+    twin = circleci_api.add_workflow(approver="frank", approval_name="hold-rollback", build_jobs=(), name="rollback",
+                                     pipeline_id="pipe-twin", parameters={"run-rollback": True})
     for approver in ("erin", "erin"):
         w = circleci_api.add_workflow(approver=approver, approval_name="hold-rollback", build_jobs=(),
                                       name="rollback", pipeline_id="pipe-now", parameters={"run-rollback": True})
@@ -376,6 +379,10 @@ def test_a_rollback_pipeline_approved_after_a_newer_promotion_does_not_undo_it(m
         assert r.returncode == 0, r.stderr
         assert versions.production_version(model) == v3
     assert moves(model)[-2:] == [("rollback", v4, v3, "ok"), ("rollback", v3, v3, "ok")]
+    r = run_mlops("registry", "rollback", env={**ci, "CIRCLE_WORKFLOW_ID": twin, "CIRCLE_PIPELINE_ID": "pipe-twin"})
+    assert r.returncode == 2 and (f"is v{v3} now, but was v{v4} when CircleCI pipeline pipe-twin asked for this "
+                                  f"rollback") in one_error_line(r)
+    assert versions.production_version(model) == v3
 
 
 def test_a_circleci_job_without_its_token_is_refused_not_recorded_as_the_os_user(make_version):
