@@ -414,7 +414,8 @@ def _run_step(tmp_path, job: str, step_name: str, parameters: dict, env: dict | 
     (work / ".venv" / "bin").mkdir(parents=True)
     fake = work / ".venv" / "bin" / "mlops"
     fake.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                    "json.dump(sys.argv[1:], open('args.json', 'w'))\nprint(json.dumps({'version': 7}))\n")
+                    "json.dump(sys.argv[1:], open('args.json', 'w'))\n"
+                    "print(json.dumps({'version': 7, 'to_version': 7}))\n")
     fake.chmod(0o755)
     (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
     step_env = {**os.environ, **(env or {}), **{k: env_value(v) for k, v in (spec.get("environment") or {}).items()}}
@@ -452,12 +453,26 @@ def test_an_empty_pipeline_parameter_means_its_documented_default_on_circleci(tm
     args = _run_step(tmp_path / "a", "retrain", step, {"run-retrain": True}, env={"MLOPS_INCOMING": "s3://b/ctx"})
     assert args[:3] == ["retrain", "--incoming", "s3://b/ctx"], args
     rollback = "Move production back"
-    args = _run_step(tmp_path / "b", "rollback-and-deploy", rollback, {"run-rollback": True}, writes_version=False)
+    args = _run_step(tmp_path / "b", "rollback-and-deploy", rollback, {"run-rollback": True})
     assert args[:2] == ["registry", "rollback"] and "--to" not in args and "<nil>" not in args, args
     assert args[args.index("--reason") + 1] == "rollback requested through the CircleCI API"
     args = _run_step(tmp_path / "c", "rollback-and-deploy", rollback,
-                     {"run-rollback": True, "rollback-to": "4", "rollback-reason": ""}, writes_version=False)
-    assert args == ["registry", "rollback", "--to", "4"], args
+                     {"run-rollback": True, "rollback-to": "4", "rollback-reason": ""})
+    assert args == ["registry", "rollback", "--to", "4", "--json"], args
+
+
+def test_a_rollback_job_deploys_the_version_it_rolled_back_to_or_nothing(config):
+    """Found by review (seventeenth stop): `rollback-and-deploy` ran `mlops sync deploy` with no
+    `--expect-version`, so a person promoting by hand between its rollback step and its deploy step
+    had their version deployed by this job. Like `promote-and-deploy`, its deploy now expects the
+    version its own rollback step recorded (`registry rollback --json`'s `to_version`)."""
+    for job in ("promote-and-deploy", "rollback-and-deploy"):
+        deploys = [c for c in _run_commands(config, job) if "mlops sync deploy" in c]
+        assert deploys, job
+        for cmd in deploys:
+            assert '--expect-version "$(cat workspace/version)"' in cmd, (job, cmd)
+    (moves,) = [c for c in _run_commands(config, "rollback-and-deploy") if "mlops registry rollback" in c]
+    assert "--json > reports/rollback.json" in moves and '["to_version"])\' > workspace/version' in moves, moves
 
 
 def test_the_dependency_cache_is_never_shared_between_executor_kinds(tmp_path, config):
