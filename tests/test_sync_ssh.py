@@ -1299,3 +1299,37 @@ def test_a_host_printing_without_end_is_quoted_without_the_presigned_urls_it_pri
     line = one_line(e.value)
     assert ch.closed and line.startswith("web-1: a command on the host printed more than"), line
     assert "PRESIGNEDSECRET1" not in line and "AKIAEXAMPLE" not in line and "last line: + printf" in line, line
+
+
+def test_an_agent_with_more_keys_than_the_server_tries_says_to_name_the_deploy_key(sshd_factory, tmp_path,
+                                                                                 monkeypatch, ssh_user_key):
+    """sshd closes the connection after MaxAuthTries refused keys (default 6, "Too many
+    authentication failures"): an agent holding more keys than that, the deploy key among the
+    last, was "connection lost during authentication (No existing session)", read as a network
+    fault, naming nothing to fix (found by review, 2026-12-06, seventeenth stop). Now one line
+    says the server closed after refusing the keys tried and to set identity_file to the deploy key."""
+    server = sshd_factory(extra_config=("MaxAuthTries 2",))
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):   # bounded wait for the socket
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        for name in ("other1", "other2"):
+            keygen(tmp_path / name)
+            subprocess.run(["ssh-add", str(tmp_path / name)], check=True, env=env, capture_output=True, timeout=30)
+        subprocess.run(["ssh-add", str(ssh_user_key[0])], check=True, env=env, capture_output=True, timeout=30)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+        with pytest.raises(AuthFailed) as e:
+            connect(server, tmp_path / "b", identity_file=None)
+        msg = one_line(e.value)
+        assert "agent key 1" in msg and "agent key 2" in msg and "MaxAuthTries" in msg, msg
+        assert "identity_file" in msg, msg
+        connect(server, tmp_path / "b", identity_file=ssh_user_key[0]).close()   # what the line says works
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)

@@ -291,8 +291,12 @@ def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
                 raise HostUnreachable(f"{where}: the server did not answer public-key authentication within "
                                       f"{t.auth_timeout:.0f}s; check the host's sshd (a slow AuthorizedKeysCommand "
                                       f"or directory lookup) and rerun") from None
+            if not t.is_active():       # sshd closes after MaxAuthTries refused keys
+                raise _too_many_keys(where, tried, identity_file) from None
             continue
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if len(tried) > 1 and not t.is_active():
+                raise _too_many_keys(where, tried[:-1], identity_file) from None
             raise HostUnreachable(f"{where}: connection lost during authentication ({reason(exc)})") from None
         if not remaining and t.is_authenticated():
             return
@@ -309,3 +313,15 @@ def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
     raise AuthFailed(f"{where}: the server refused public-key authentication for user {user!r} "
                      f"(tried {', '.join(tried)}); add the deploy public key to that user's "
                      f"authorized_keys on the host or fix identity_file")
+
+
+def _too_many_keys(where: str, tried: list[str], identity_file: Path | None) -> AuthFailed:
+    """sshd closed the connection after refusing the keys ``tried`` ("Too many authentication
+    failures", its MaxAuthTries, default 6): an agent holding more keys than that."""
+    fix = (f"identity_file {Path(identity_file).expanduser()} was refused: add its public key to that "
+           f"user's authorized_keys on the host" if identity_file is not None and tried
+           and tried[0] == str(Path(identity_file).expanduser()) else
+           "set identity_file in the hosts file to the deploy key (it is offered first), or load only "
+           "the deploy key into the SSH agent")
+    return AuthFailed(f"{where}: the server closed the connection after refusing {len(tried)} key(s) "
+                      f"({', '.join(tried)}; sshd's MaxAuthTries, default 6); {fix}")
