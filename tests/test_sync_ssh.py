@@ -1333,3 +1333,15 @@ def test_an_agent_with_more_keys_than_the_server_tries_says_to_name_the_deploy_k
     finally:
         agent.terminate()
         agent.wait(timeout=10)
+
+
+def test_an_identity_file_that_is_the_public_key_says_to_name_the_private_key(sshd, tmp_path):
+    """identity_file pointed at the ``.pub`` half (mode 0644, as ssh-keygen writes it) was told
+    "may be read by others ... chmod 600", sending people to chmod a public key and then meet a
+    second refusal (found by review, 2026-12-06, seventeenth stop). Now one line says it is the
+    public key and names the private key file beside it."""
+    pub = Path(str(sshd.identity_file) + ".pub")
+    with pytest.raises(ConfigError) as e:
+        connect(sshd, tmp_path / "b", identity_file=pub)
+    msg = one_line(e.value)
+    assert "public key" in msg and str(sshd.identity_file) in msg and "chmod" not in msg, msg

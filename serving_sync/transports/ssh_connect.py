@@ -203,6 +203,7 @@ def candidate_keys(identity_file: Path | None, where: str, agent_timeout: float 
         if not path.is_file():
             raise ConfigError(f"{where}: identity_file {path} does not exist; fix the path in the hosts "
                               f"file or remove it to use the SSH agent")
+        _refuse_public_key(path, where)
         _refuse_open_key(path, where)
         try:
             key = _load_key(path)
@@ -254,6 +255,19 @@ def agent_answers(sock_path: str, timeout: float, where: str) -> None:
                           f"{timeout:.0f}s; restart ssh-agent, or unset SSH_AUTH_SOCK to use identity_file") from None
     except OSError:
         return                                  # no agent there: paramiko offers no agent key
+
+
+def _refuse_public_key(path: Path, where: str) -> None:
+    """identity_file naming the ``.pub`` half: say so (its mode 0644 was "chmod 600" advice)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return                  # left to the key loader's own message
+    if head.startswith(tuple(p.encode() for p in KEY_TYPE_PREFIXES)):
+        private = path.with_suffix("") if path.suffix == ".pub" else None
+        raise ConfigError(f"{where}: identity_file {path} is a public key; point identity_file at the private "
+                          f"key{f' ({private})' if private else ''}, whose public half is in authorized_keys")
 
 
 def _refuse_open_key(path: Path, where: str) -> None:
