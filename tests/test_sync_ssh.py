@@ -1345,3 +1345,23 @@ def test_an_identity_file_that_is_the_public_key_says_to_name_the_private_key(ss
         connect(sshd, tmp_path / "b", identity_file=pub)
     msg = one_line(e.value)
     assert "public key" in msg and str(sshd.identity_file) in msg and "chmod" not in msg, msg
+
+
+def test_an_sftp_server_that_never_answers_is_a_timeout_not_a_hang(sshd_factory, tmp_path):
+    """The SFTP session was opened with paramiko's own waits: the subsystem request without any
+    time limit and the SFTP version exchange on a channel with none, so a host whose SFTP server
+    starts and never speaks (a login shell's startup file that blocks, an NFS home that hangs:
+    Debian's `Subsystem sftp /usr/lib/openssh/sftp-server` runs through the login shell) held the
+    deploy for good (found by review, 2026-12-06, seventeenth stop; here the server only sleeps
+    20 s). Now each wait is the transport's op_timeout and the line names the host and the step."""
+    server = sshd_factory(sftp="/bin/sleep 20")
+    t = connect(server, tmp_path / "b", op_timeout=2.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(HostUnreachable) as e:
+            t.list_dir("")
+        msg = one_line(e.value)
+        assert time.monotonic() - start < 10, msg
+        assert "SFTP server did not answer within 2s" in msg and str(server.port) in msg, msg
+    finally:
+        t.close()

@@ -28,7 +28,7 @@ from ..progress import ProgressFn
 from . import sftp_fsync, ssh_connect, ssh_upload
 from .base import LINKABLE, MAX_SMALL_FILE, Transport, line_break_name, rel_path, whole_small_file
 from .oserrors import from_stderr, host_os_error
-from .ssh_channel import exec_command, last_line, read_output
+from .ssh_channel import exec_command, invoke_subsystem, last_line, read_output
 from .ssh_connect import SFTP_CHUNK
 from .ssh_scripts import RESTRICTED, RESTRICTED_EXIT, host_command, listing_script, parse_output, q
 
@@ -159,8 +159,22 @@ class SshTransport(Transport):
 
             with self._io("opening SFTP"):
                 try:
-                    self._sftp = paramiko.SFTPClient.from_transport(
-                        self._t, window_size=ssh_connect.WINDOW_SIZE, max_packet_size=ssh_connect.MAX_PACKET)
+                    # paramiko's from_transport waits for the channel (an hour), the subsystem
+                    # and the version exchange (no limit): each wait is op_timeout here
+                    ch = self._t.open_session(window_size=ssh_connect.WINDOW_SIZE,
+                                              max_packet_size=ssh_connect.MAX_PACKET, timeout=self.op_timeout)
+                    ch.settimeout(self.op_timeout)
+                    try:
+                        invoke_subsystem(ch, "sftp", self.op_timeout)
+                        self._sftp = paramiko.SFTPClient(ch)
+                    except BaseException:
+                        ch.close()
+                        raise
+                except socket.timeout:
+                    raise HostUnreachable(
+                        f"{self.where}: the SFTP server did not answer within {self.op_timeout:.0f}s; check the "
+                        f"host's sshd `Subsystem sftp` (internal-sftp does not start the deploy user's login "
+                        f"shell) and that the user's startup files (~/.bashrc, ~/.profile) do not wait") from None
                 except paramiko.SFTPError as exc:
                     # An SFTP server started through the login shell (Debian's default
                     # ``Subsystem sftp /usr/lib/openssh/sftp-server``): what a startup file

@@ -54,7 +54,16 @@ def exec_command(ch, command: str, timeout: float) -> None:
     (``socket.timeout``, the channel closed). paramiko waits for that answer without a timeout: a
     host that stopped answering between the channel's opening (bounded) and the command's start
     (a network that went silent, sshd stuck setting up the session) held the deploy for ever."""
-    wait = ch._wait_for_event       # what paramiko's exec_command calls once it sent the request
+    _bounded(ch, lambda: ch.exec_command(command), timeout)
+
+
+def invoke_subsystem(ch, name: str, timeout: float) -> None:
+    """``ch.invoke_subsystem(name)`` (the SFTP server) with its wait bounded as ``exec_command``'s."""
+    _bounded(ch, lambda: ch.invoke_subsystem(name), timeout)
+
+
+def _bounded(ch, request, timeout: float) -> None:
+    wait = ch._wait_for_event       # what paramiko's request calls once it sent the request
 
     def bounded() -> None:
         if not ch.event.wait(timeout):
@@ -64,7 +73,7 @@ def exec_command(ch, command: str, timeout: float) -> None:
 
     ch._wait_for_event = bounded
     try:
-        ch.exec_command(command)
+        request()
     finally:
         del ch._wait_for_event
 
