@@ -1365,3 +1365,18 @@ def test_an_sftp_server_that_never_answers_is_a_timeout_not_a_hang(sshd_factory,
         assert "SFTP server did not answer within 2s" in msg and str(server.port) in msg, msg
     finally:
         t.close()
+
+
+def test_a_host_covered_only_by_a_cert_authority_line_is_told_to_pin_its_own_key(sshd, tmp_path):
+    """A fleet trusting host certificates has a ``@cert-authority`` line covering every host; host
+    certificates are not negotiated here, and the refusal said the host "is not in" the file that
+    names it, sending people to look for a typo (found by review, 2026-12-06, seventeenth stop).
+    Now it names that line and says to pin the host's own key; the key it offers is still refused."""
+    ca = tmp_path / "host_ca"
+    keygen(ca)
+    known = tmp_path / "known_hosts"
+    known.write_text("@cert-authority [127.0.0.1]:* " + " ".join(Path(str(ca) + ".pub").read_text().split()[:2]) + "\n")
+    with pytest.raises(HostKeyRejected) as e:
+        connect(sshd, tmp_path / "b", known_hosts=known)
+    msg = one_line(e.value)
+    assert "@cert-authority" in msg and "line 1" in msg and f"ssh-keyscan -p {sshd.port} 127.0.0.1" in msg, msg

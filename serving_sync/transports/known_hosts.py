@@ -19,7 +19,7 @@ class KnownKey:
     patterns: str      # host field as written (may be hashed |1|salt|hash)
     key_type: str
     key_b64: str
-    marker: str = ""   # "" or "@revoked" ("@cert-authority" lines are skipped)
+    marker: str = ""   # "", "@revoked" or "@cert-authority" (never a pin: named in a refusal only)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def parse(text: str) -> list[KnownKey]:
         marker = ""
         if fields[0].startswith("@"):
             marker, fields = fields[0], fields[1:]
-            if marker != "@revoked":
+            if marker not in ("@revoked", "@cert-authority"):
                 continue
         if len(fields) < 3:
             continue
@@ -85,6 +85,12 @@ def _matches(patterns: str, name: str) -> bool:
                 return False
             matched = True
     return matched
+
+
+def cert_authority_lines(keys: list[KnownKey], host: str, port: int) -> list[int]:
+    """Lines of ``@cert-authority`` entries whose patterns cover the host (not used: no certificates)."""
+    name = lookup_name(host, port).lower()
+    return [k.line for k in keys if k.marker == "@cert-authority" and _matches(k.patterns, name)]
 
 
 def known_key_types(keys: list[KnownKey], host: str, port: int) -> tuple[list[str], list[str]]:

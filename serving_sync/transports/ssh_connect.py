@@ -168,6 +168,9 @@ def check_host_key(key, keys: list[kh.KnownKey], known_file: Path, target: Targe
         missing = "" if known_file.exists() else " (the file does not exist)"
         if not any(k.key_type.startswith(KEY_TYPE_PREFIXES) for k in keys) and (lines := _entry_lines(known_file)):
             missing = f" (none of its {lines} lines is a known_hosts entry: is it the right file?)"
+        if ca := kh.cert_authority_lines(keys, target.host, target.port):
+            missing = (f" (only its @cert-authority line {ca[0]} covers it: host certificates are not used, "
+                       f"pin the host's own key)")
         raise HostKeyRejected(
             f"{where}: host key not trusted: {name} is not in {known_file}{missing}; the server "
             f"offered {key_type} {offered}. Pin it with `ssh-keyscan {port_opt}{target.host} >> "
