@@ -266,8 +266,10 @@ if id -u "$DEPLOY_USER" >/dev/null 2>&1; then
 else
   need_root "creating user $DEPLOY_USER"
   # --user-group: its own group, which the chown below names, also where login.defs says
-  # USERGROUPS_ENAB no (SUSE: the user went into "users" and `install -g <user>` failed)
-  run useradd --system --user-group --create-home --shell /bin/bash "$DEPLOY_USER"
+  # USERGROUPS_ENAB no (SUSE: the user went into "users" and `install -g <user>` failed).
+  # --password '*': no password works, yet not "locked" ("!"), which sshd without PAM
+  # (UsePAM no) refuses even for a key
+  run useradd --system --user-group --create-home --shell /bin/bash --password '*' "$DEPLOY_USER"
   DEPLOY_GROUP="$DEPLOY_USER"
 fi
 

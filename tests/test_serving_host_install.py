@@ -113,7 +113,8 @@ def test_missing_deploy_user_is_created(tmp_path):
     user = f"tfmd{uuid.uuid4().hex[:8]}"
     r = run("--dry-run", "--base", str(tmp_path / "m"), "--deploy-user", user)
     assert r.returncode == 0
-    assert r.stdout.splitlines()[0] == f"useradd --system --user-group --create-home --shell /bin/bash {user}"
+    assert r.stdout.splitlines()[0] == \
+        f"useradd --system --user-group --create-home --shell /bin/bash --password '*' {user}"
     assert f"install -d -m 0755 -o {user} -g {user} {tmp_path / 'm'}" in r.stdout
 
 
@@ -783,3 +784,26 @@ def test_no_container_prints_the_host_keys_an_entry_and_the_tf_serving_command_l
     # a dry-run still prints only the commands
     dry = run("--dry-run", "--no-container", "--base", str(tmp_path / "other"), "--deploy-user", me())
     assert "[[hosts]]" not in dry.stdout and "tensorflow_model_server" not in dry.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to create the deploy user (CI runs as root)")
+def test_the_deploy_user_the_script_creates_logs_in_with_a_key_where_sshd_runs_without_pam(sshd_factory, tmp_path):
+    """useradd without a password leaves the account locked ("!" in /etc/shadow); sshd without PAM
+    (`UsePAM no`: hardened hosts, builds without PAM) refuses a locked account even for a key, and
+    the deploy said "add the deploy public key to that user's authorized_keys" for a key that was
+    there (found by review, 2026-12-06, seventeenth stop). Now the user is created with "*": no
+    password can be used, but key login works (the lab's sshd runs with UsePAM no)."""
+    from serving_sync.hosts import Target
+    from serving_sync.transports.ssh import SshTransport
+
+    user = f"tfmd{uuid.uuid4().hex[:8]}"
+    base = tmp_path / "models"
+    try:
+        r = run("--base", str(base), "--deploy-user", user, "--no-container")
+        assert r.returncode == 0, r.stderr
+        server = sshd_factory(user=user)
+        target = Target("ssh", "/tmp", host="127.0.0.1", port=server.port, user=user)
+        SshTransport.connect(target, known_hosts=server.known_hosts, identity_file=server.identity_file,
+                             timeout=10.0).close()
+    finally:
+        subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=30)
