@@ -1380,3 +1380,34 @@ def test_a_host_covered_only_by_a_cert_authority_line_is_told_to_pin_its_own_key
         connect(sshd, tmp_path / "b", known_hosts=known)
     msg = one_line(e.value)
     assert "@cert-authority" in msg and "line 1" in msg and f"ssh-keyscan -p {sshd.port} 127.0.0.1" in msg, msg
+
+
+def test_a_server_that_closes_before_its_banner_names_maxstartups(sshd, tmp_path):
+    """sshd closes a connection before its banner when more are being set up than its MaxStartups
+    allows (default 10:30:100: another deploy, a scan, hosts behind one sshd); the line said
+    "check that an SSH server listens there and the network path", where one listens and a rerun
+    is the fix (found by review, 2026-12-06, seventeenth stop; seen with a real sshd at
+    MaxStartups 1). Now it names MaxStartups and the port to check. A listener that accepts and
+    closes stands in for sshd's random early drop."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept_and_close():
+        for _ in range(5):      # bounded: one connection is expected
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    try:
+        with pytest.raises(HostUnreachable) as e:
+            connect(sshd, tmp_path / "b", port=port, timeout=5.0)
+    finally:
+        listener.close()
+    msg = one_line(e.value)
+    assert "MaxStartups" in msg and f":{port}" in msg and "before its banner" in msg, msg

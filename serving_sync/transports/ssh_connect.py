@@ -78,6 +78,11 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
                                   f"algorithms OpenSSH's own client no longer uses (CBC ciphers, MD5 MACs, "
                                   f"SHA-1 key exchange); enable modern ones in its sshd_config") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if "banner" in str(exc) and isinstance(exc.__context__, (EOFError, ConnectionResetError)):
+                raise HostUnreachable(f"{where}: SSH handshake failed: the server closed the connection before its "
+                                      f"banner, as sshd does past its MaxStartups (too many connections being set "
+                                      f"up at once: another deploy, a scan): rerun; if it persists, check that port "
+                                      f"{target.port} (the hosts file) is sshd's") from None
             raise HostUnreachable(f"{where}: SSH handshake failed ({reason(exc)}); check that an SSH "
                                   f"server listens there and the network path") from None
         if not (t.is_active() and t.initial_kex_done):
