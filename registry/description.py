@@ -136,6 +136,11 @@ def _forced(e: Entry) -> bool:
     return isinstance(e.details, dict) and bool(e.details.get("forced"))
 
 
+def _automatic(e: Entry) -> bool:
+    """A failed deploy's revert of production (``deploy_revert``), not a person's rollback."""
+    return isinstance(e.details, dict) and bool(e.details.get("automatic"))
+
+
 def ledger_approver(entries: list[Entry], version: int) -> str | None:
     """Who let ``version`` into production, as the ledger records it: what the moves write into
     its ``approved_by`` tag (``promotion_view.promotion_tags``), replayed from the rows. The approver
@@ -202,15 +207,23 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     to_me = [e for e in to_me if e.from_version != e.to_version] or to_me
     validation = T.read(tags, T.VALIDATION_STATUS) or "pending"
     deploy = T.read(tags, T.DEPLOY_STATUS) or "not deployed"
+    # ``rolled_back`` is the deploy of a rollback away from the version; a move back into production
+    # after that rollback makes it an earlier term's (found by review: the page of a version promoted
+    # again said "@production · deploy rolled_back" with the old rollback's reason, hosts "ok")
+    touching = [e for e in moves if version in (e.to_version, e.from_version) and e.from_version != e.to_version]
+    again = (touching[-1] if deploy == "rolled_back" and touching and touching[-1].to_version == version
+             and any(e.action == "rollback" and e.from_version == version for e in touching) else None)
+    shown = f"not deployed since its {again.action} #{again.id}" if again else deploy
     head = " · ".join([f"**v{version}**", _some([_cell(f"@{a}") for a in aliases], 300) or "no alias",
-                       f"validation {_cell(validation)}", f"deploy {_cell(deploy)}"])
+                       f"validation {_cell(validation)}", f"deploy {_cell(shown)}"])
     lines = [head, ""]
     if to_me:
         last = to_me[-1]
         approver, edited = approval(tags, entries, version)
         approver = approver or (last.details or {}).get("approved_by") or last.actor
         outside = isinstance(last.details, dict) and bool(last.details.get("moved_outside"))
-        mark = "**forced**: " if _forced(last) else "**outside mlops**: " if outside else ""
+        mark = ("**forced**: " if _forced(last) else "**outside mlops**: " if outside else
+                "**automatic**, after a failed deploy: " if _automatic(last) else "")
         lines.append(f"**Approved by:** {_cell(approver)} ({mark}"
                      f"{_cell(last.action)} {_v(last.from_version)} → "
                      f"v{version} {'recorded by' if outside else 'by'} {_cell(last.actor)}, {_when(last)} UTC, "
@@ -242,8 +255,12 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
             latest[e.host or "-"] = e
     per_host = _some([f"{_cell(h)} {_cell(_host_state(e, version))}" for h, e in sorted(latest.items())], 600)
     reason = T.read(tags, T.DEPLOY_REASON)
-    lines.append(f"**Deploy status:** {_cell(deploy)}" + (f" — {per_host}" if per_host else "")
-                 + (f"; reason: {_cell(reason)}" if reason and reason != "none" and deploy != "deployed" else ""))
+    if again:
+        lines.append(f"**Deploy status:** {_cell(shown)} ({_when(again)} UTC); before it: rolled back"
+                     + (f" ({_cell(reason)})" if reason and reason != "none" else ""))
+    else:
+        lines.append(f"**Deploy status:** {_cell(deploy)}" + (f" — {per_host}" if per_host else "")
+                     + (f"; reason: {_cell(reason)}" if reason and reason != "none" and deploy != "deployed" else ""))
     ds = T.read(tags, T.DATASET)
     fp = T.read(tags, T.DATASET_FINGERPRINT)
     retrained = T.read(tags, T.RETRAINED_FROM)
@@ -261,7 +278,8 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     order = {id(e): i for i, e in enumerate(entries)}      # which row is older, across both tables
     history = [e for e in moves if version in (e.to_version, e.from_version)]
     history_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.action)}"
-                     f"{' (**forced**)' if _forced(e) else ''} | {_v(e.from_version)} → {_v(e.to_version)} | "
+                     f"{' (**forced**)' if _forced(e) else ' (**automatic**)' if _automatic(e) else ''} | "
+                     f"{_v(e.from_version)} → {_v(e.to_version)} | "
                      f"{_cell(e.actor)} | {_cell(e.reason)} |") for e in history]
     deploy_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_step(e)} | "
                     f"{_cell(e.outcome)} | {_cell(e.reason)} |") for e in deploys]

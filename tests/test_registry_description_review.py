@@ -305,6 +305,46 @@ def test_a_promotion_that_moved_nothing_does_not_hide_the_move_that_did():
     assert "by mallory" in line(only, "Approved by")      # the alias set outside mlops: the no-op is all there is
 
 
+def test_a_version_promoted_again_after_its_rollback_does_not_show_the_old_rollback_as_its_deploy():
+    """Found by review (2026-12-06, seventeenth stop): v3 rolled back to v2 (that deploy tagged v3
+    ``rolled_back``), then promoted again and not deployed yet: its page said "@production · deploy
+    rolled_back", the old rollback's reason and "web-1 ok" as if that were its deploy now."""
+    entries = rows(
+        Entry("promote", "m", "ok", from_version=2, to_version=3, actor="ci"),
+        Entry("deploy", "m", "ok", host="web-1", from_version=2, to_version=3),
+        Entry("rollback", "m", "ok", from_version=3, to_version=2, actor="dave", reason="latency"),
+        Entry("deploy", "m", "ok", host="web-1", from_version=3, to_version=2),
+        Entry("promote", "m", "ok", from_version=2, to_version=3, actor="ci", reason="fixed"))
+    tags = {"validation_status": "passed", "deploy_status": "rolled_back", "deploy_reason": "latency"}
+    text = description.render(version=3, tags=tags, aliases=("production",), entries=entries)
+    assert text.startswith("**v3** · \\@production · validation passed · deploy not deployed since its promote #5\n")
+    assert line(text, "Deploy status") == ("**Deploy status:** not deployed since its promote #5 "
+                                           "(2026-12-01 15:00 UTC); before it: rolled back (latency)")
+    assert "| #2 | 2026-12-01 15:00 | web-1 | deploy | ok |  |" in text      # the earlier term's row stays
+    # before the promotion it was rolled back, and says so
+    before = description.render(version=3, tags=tags, aliases=(), entries=entries[:4])
+    assert "deploy rolled_back\n" in before.splitlines()[0] + "\n"
+    assert line(before, "Deploy status") == "**Deploy status:** rolled_back — web-1 ok; reason: latency"
+
+
+def test_a_failed_deploys_automatic_revert_is_not_shown_as_a_persons_rollback():
+    """Found by review (2026-12-06, seventeenth stop): after a canary breach, v1's page said
+    "Approved by: test (rollback v2 → v1 by root, …; reason: file1: bake: canary …)" and its
+    history "| rollback | v2 → v1 | root |": a rollback by the deploy's OS user, read as a person's."""
+    entries = rows(Entry("promote", "m", "ok", to_version=1, actor="alice"),
+                   Entry("promote", "m", "ok", from_version=1, to_version=2, actor="bob"),
+                   Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="root",
+                         reason="web-1: bake: canary", details={"after_failed_deploy": 2, "automatic": True}),
+                   Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="dave", reason="slow"))
+    text = description.render(version=1, tags={}, aliases=("production",), entries=entries[:3])
+    assert line(text, "Approved by").startswith("**Approved by:** alice (**automatic**, after a failed deploy: "
+                                                "rollback v2 → v1 by root")
+    assert "| #3 | 2026-12-01 15:00 | rollback (**automatic**) | v2 → v1 | root | web-1\\: bake\\: canary |" in text
+    person = description.render(version=1, tags={}, aliases=("production",), entries=entries[:2] + entries[3:])
+    assert line(person, "Approved by").startswith("**Approved by:** dave (rollback v2 → v1 by dave")
+    assert "automatic" not in person
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. tags under their older names
 # ---------------------------------------------------------------------------------------------
@@ -506,11 +546,13 @@ def test_the_ledger_says_who_approved_and_a_tag_that_disagrees_is_shown_as_edite
     # the automatic revert and the no-op keep who let v1 in, as they keep its tag
     for tags in ({"approved_by": "alice"}, {}):
         text = description.render(version=1, tags=tags, aliases=("production",), entries=entries)
-        assert line(text, "Approved by") == ("**Approved by:** alice (rollback v2 → v1 by runner, "
+        assert line(text, "Approved by") == ("**Approved by:** alice (**automatic**, after a failed deploy: "
+                                             "rollback v2 → v1 by runner, "
                                              "2026-12-01 15:00 UTC, ledger #3; reason: deploy failed)")
     edited = description.render(version=1, tags={"approved_by": "@mallory"}, aliases=("production",),
                                 entries=entries)
-    assert line(edited, "Approved by").startswith("**Approved by:** alice (rollback v2 → v1 by runner")
+    assert line(edited, "Approved by").startswith("**Approved by:** alice (**automatic**, after a failed deploy: "
+                                                  "rollback v2 → v1 by runner")
     assert line(edited, "Approved by").endswith(
         "deploy failed) — the `approved_by` tag says \\@mallory: changed outside mlops")
     assert description.approval({"approved_by": "x"}, [], 1) == ("x", None)   # no row: the tag is all there is
