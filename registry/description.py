@@ -182,6 +182,21 @@ def approver_to_restore(tags: dict[str, str], entries: list[Entry], version: int
     return recorded if recorded is not None and T.read(tags, T.APPROVED_BY) != recorded else None
 
 
+def moved_in_again(deploy_status: str | None, entries: list[Entry], version: int) -> Entry | None:
+    """The move that put ``version`` back into production after the rollback its ``rolled_back``
+    deploy status records (that status is then an earlier term's: nothing deployed it since);
+    None otherwise. Found by review (2026-12-06): the page and `registry status` of a version
+    promoted again said "production, deploy rolled_back", with the old rollback's reason."""
+    if deploy_status != "rolled_back":
+        return None
+    touching = [e for e in entries if e.action in ("promote", "rollback") and e.outcome == "ok"
+                and version in (e.to_version, e.from_version) and e.from_version != e.to_version]
+    if touching and touching[-1].to_version == version \
+            and any(e.action == "rollback" and e.from_version == version for e in touching):
+        return touching[-1]
+    return None
+
+
 def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |", *rows]
     if left_out:
@@ -207,12 +222,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     to_me = [e for e in to_me if e.from_version != e.to_version] or to_me
     validation = T.read(tags, T.VALIDATION_STATUS) or "pending"
     deploy = T.read(tags, T.DEPLOY_STATUS) or "not deployed"
-    # ``rolled_back`` is the deploy of a rollback away from the version; a move back into production
-    # after that rollback makes it an earlier term's (found by review: the page of a version promoted
-    # again said "@production · deploy rolled_back" with the old rollback's reason, hosts "ok")
-    touching = [e for e in moves if version in (e.to_version, e.from_version) and e.from_version != e.to_version]
-    again = (touching[-1] if deploy == "rolled_back" and touching and touching[-1].to_version == version
-             and any(e.action == "rollback" and e.from_version == version for e in touching) else None)
+    again = moved_in_again(deploy, entries, version)
     shown = f"not deployed since its {again.action} #{again.id}" if again else deploy
     head = " · ".join([f"**v{version}**", _some([_cell(f"@{a}") for a in aliases], 300) or "no alias",
                        f"validation {_cell(validation)}", f"deploy {_cell(shown)}"])

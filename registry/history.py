@@ -127,6 +127,7 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
         approver, edited = description.approval(info.tags, mine, info.version)
         # no tag, yet someone let it in: with the tag missing, ``approval`` can only have the ledger's
         missing = approver is not None and not T.read(info.tags, T.APPROVED_BY)
+        again = description.moved_in_again(info.deploy_status, mine, info.version)
         rows.append({"version": info.version, "aliases": list(info.aliases),
                      "validation_status": info.validation_status,
                      "deploy_status": info.deploy_status,
@@ -135,7 +136,8 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
                      "age": age(info.created_at),
                      "dataset": T.read(info.tags, T.DATASET),
                      "pipeline_id": T.read(info.tags, T.PIPELINE_ID),
-                     "approved_by": approver, "approved_by_tag": edited, "approved_by_tag_missing": missing})
+                     "approved_by": approver, "approved_by_tag": edited, "approved_by_tag_missing": missing,
+                     "not_deployed_since": again.id if again else None})
     return rows
 
 
@@ -171,6 +173,7 @@ def status_table(model: str, rows: list[dict]) -> str:
     return table(["version", "aliases", "validation", "deploy", "heldout_acc", "age", "dataset",
                   "pipeline"],
                  [[r["version"], ",".join(r["aliases"]) or "-", r["validation_status"],
-                   r["deploy_status"] or "-",
+                   f"not deployed since #{r['not_deployed_since']}" if r.get("not_deployed_since")
+                   else r["deploy_status"] or "-",
                    "-" if r["heldout_accuracy"] is None else f"{r['heldout_accuracy']:.4f}",
                    r["age"], r["dataset"] or "-", r["pipeline_id"] or "-"] for r in rows])

@@ -636,3 +636,28 @@ def test_status_flags_and_reconcile_restores_an_edited_or_removed_approved_by_on
     assert r.returncode == 0 and "approved_by tag" not in r.stdout, r.stdout
     r = run_mlops("registry", "reconcile", "--actor", "carol")              # in agreement: nothing to write
     assert r.returncode == 0 and "nothing recorded" in r.stdout and "written again" not in r.stdout, r.stdout
+
+
+def test_registry_status_does_not_show_a_version_promoted_again_as_rolled_back(make_version):
+    """Found by review (2026-12-06, seventeenth stop): v2 rolled back to v1 (that deploy tagged v2
+    ``rolled_back``), then promoted again and not deployed: `registry status` said
+    "2  production  passed  rolled_back", as its page did."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = (make_version(validation_status="passed") for _ in range(2))
+    for v in (v1, v2):
+        promotion.promote(model, v, actor="alice")
+        deploys.tag(model, v, deploys.DEPLOYED)
+    promotion.rollback(model, actor="dave", reason="latency")
+    deploys.tag(model, v2, deploys.ROLLED_BACK, "latency")
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0 and re.search(rf"^{v2}\s+-\s+passed\s+rolled_back\s", r.stdout, re.M), r.stdout
+    again = promotion.promote(model, v2, actor="alice", reason="fixed")
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0, r.stderr
+    row = next(x for x in r.stdout.splitlines() if x.startswith(f"{v2} "))
+    assert re.match(rf"{v2}\s+production\s+passed\s+not deployed since #{again.ledger_id}\s", row), r.stdout
+    r = run_mlops("registry", "status", "--json")
+    doc = {d["version"]: d for d in json.loads(r.stdout)["versions"]}
+    assert doc[v2]["deploy_status"] == "rolled_back" and doc[v2]["not_deployed_since"] == again.ledger_id
+    assert doc[v1]["deploy_status"] == "deployed" and doc[v1]["not_deployed_since"] is None
+    assert "deploy not deployed since its promote" in description.block(versions.get_version(model, v2).description)
