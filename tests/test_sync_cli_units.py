@@ -187,7 +187,9 @@ def test_infra_result_raises_only_when_it_failed():
 
 
 # --- plan text ----------------------------------------------------------------------------------
-def test_plan_text_shows_the_rollout_then_each_host(capsys):
+def test_plan_text_shows_the_hosts_not_observed_then_the_rollout_then_each_host(capsys):
+    """Found by review (seventeenth stop): the hosts a plan could not observe were printed last,
+    below a rollout that leaves them out, and the plan read as the whole fleet's."""
     step = lambda phase, text: NS(kind=NS(phase=phase), text=text)  # noqa: E731
     fp = NS(source="production", version=3, restore=None,
             errors={"h9": "unreachable", "h10": "h10: the host key changed"},
@@ -200,6 +202,10 @@ def test_plan_text_shows_the_rollout_then_each_host(capsys):
     sync_text.plan("m", fp)
     assert capsys.readouterr().out.splitlines() == [
         "plan for v3 of 'm' (production):",
+        "  2 hosts cannot be observed, left out of the rollout below; `mlops sync deploy` refuses until every "
+        "host can be:",
+        "  h9: cannot observe: unreachable",
+        "  h10: cannot observe: the host key changed",      # the host named once
         "  phase 1, prepare: 2 hosts, 2 at a time (publish, validation entry, smoke test; nothing that serves "
         "changes)",
         "  phase 2, switch: canary h1; no bake (--bake 0)",
@@ -213,8 +219,6 @@ def test_plan_text_shows_the_rollout_then_each_host(capsys):
         "    then retention removes v1",
         "    note: warm",
         "  h2 (serves v3): up to date, nothing to do",
-        "  h9: cannot observe: unreachable",
-        "  h10: cannot observe: the host key changed",      # the host named once
     ]
 
 

@@ -32,15 +32,21 @@ def deploy(result) -> None:
 
 
 def plan(model: str, fp) -> None:
-    """A ``fleet_plan.plan_fleet`` result: the rollout, then each host's steps by phase."""
+    """A ``fleet_plan.plan_fleet`` result: the hosts it could not observe, the rollout, then each
+    host's steps by phase. The hosts not observed come first: printed last, below a rollout that
+    leaves them out, the plan read as the whole fleet's."""
     src = "production" if fp.source == "production" else "--version"
     _say(f"plan for v{fp.version} of '{model}' ({src}):")
+    if fp.errors:       # first: below them, the rollout and the hosts' steps leave these hosts out
+        n = len(fp.errors)
+        _say(f"  {n} host{'s' if n != 1 else ''} cannot be observed, left out of the rollout below; "
+             f"`mlops sync deploy` refuses until every host can be:")
+        for name, err in fp.errors.items():
+            _say(f"  {name}: cannot observe: {_unnamed(name, err)}")
     for line in rollout_lines(fp):
         _say(f"  {line}")
     for p in fp.plans:
         _host_plan(p, fp.peak.get(p.host) or {})
-    for name, err in fp.errors.items():
-        _say(f"  {name}: cannot observe: {_unnamed(name, err)}")
 
 
 def _unnamed(name: str, err: str) -> str:
