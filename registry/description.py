@@ -129,6 +129,9 @@ def _host_state(e: Entry, version: int) -> str:
 def _step(e: Entry) -> str:
     if e.action == "host_rollback":
         return f"{_cell(e.action)} {_v(e.from_version)} → {_v(e.to_version)}"
+    when = e.details.get("when") if isinstance(e.details, dict) else None
+    if e.action == "smoke_test" and isinstance(when, str):     # a host's two: before and after its switch
+        return f"{_cell(e.action)} {_cell(when)}"
     return _cell(e.action)
 
 

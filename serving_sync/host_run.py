@@ -225,7 +225,7 @@ class HostRun:
                            route_version=step.version, opts=self.opts.smoke)
         if read is not None and report.passed:      # a failed one ends the deploy: no bake
             self.own_marks.append((start, read()))
-        self._judge(report, f"smoke test of v{step.version} via {report.route}")
+        self._judge(report, f"smoke test of v{step.version} via {report.route}", "before the switch")
         verified.add(self.transport, self.model, step.version, route=report.route)
 
     def _switch(self, step: Step) -> None:
@@ -245,16 +245,18 @@ class HostRun:
                              step.version, via_label.checks + [
                                  type(c)(f"unversioned_{c.name}", c.passed, c.message, c.seconds)
                                  for c in unversioned.checks])
-        self._judge(report, f"check of v{step.version} after the switch")
+        self._judge(report, f"check of v{step.version} after the switch", "after the switch")
         self.outcome.answered_at = time.monotonic()
 
-    def _judge(self, report: SmokeReport, what: str) -> None:
+    def _judge(self, report: SmokeReport, what: str, when: str) -> None:
+        """Record ``report`` (its ledger row says ``when``: a host has two, one each side of its
+        switch, and the version's page tells them apart by it) and raise if it failed."""
         doc = report.to_dict()
         self.outcome.smoke.append(doc)
         try:
             self.record("smoke_test", "passed" if report.passed else "failed", host=self.host.name,
                         from_version=self.plan.current, to_version=report.version,
-                        reason=None if report.passed else report.summary(), details=doc)
+                        reason=None if report.passed else report.summary(), details={**doc, "when": when})
         except UserError as exc:
             if report.passed:      # the version passed: only the record is missing
                 raise LedgerWriteFailed(f"{self.host.name}: {what} passed, but the ledger could not record "

@@ -661,3 +661,19 @@ def test_registry_status_does_not_show_a_version_promoted_again_as_rolled_back(m
     assert doc[v2]["deploy_status"] == "rolled_back" and doc[v2]["not_deployed_since"] == again.ledger_id
     assert doc[v1]["deploy_status"] == "deployed" and doc[v1]["not_deployed_since"] is None
     assert "deploy not deployed since its promote" in description.block(versions.get_version(model, v2).description)
+
+
+def test_a_hosts_two_smoke_rows_say_which_side_of_its_switch_they_checked():
+    """Found by review (seventeenth stop): "Deploys per host" listed two `smoke_test` rows per host
+    (the check before the switch and the one after it) with nothing to tell them apart."""
+    entries = rows(Entry("smoke_test", "m", "passed", host="web-1", to_version=2,
+                         details={"route": "validation", "when": "before the switch"}),
+                   Entry("smoke_test", "m", "passed", host="web-1", to_version=2,
+                         details={"route": "stable", "when": "after the switch"}),
+                   Entry("smoke_test", "m", "passed", host="infra-validate:local", to_version=2))
+    text = description.render(version=2, tags={"validation_status": "passed", "deploy_status": "deployed"},
+                              aliases=("production",), entries=entries, run_url=RUN_URL, report_url=None)
+    deploys_part = text[text.index("#### Deploys per host"):]
+    assert "| web-1 | smoke_test before the switch | passed |" in deploys_part, deploys_part
+    assert "| web-1 | smoke_test after the switch | passed |" in deploys_part, deploys_part
+    assert "| infra-validate\\:local | smoke_test | passed |" in deploys_part, deploys_part

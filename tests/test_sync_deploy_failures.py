@@ -56,6 +56,11 @@ def test_a_version_that_fails_the_smoke_test_is_rolled_back_while_v1_keeps_answe
     assert tags["deploy_status"] == "failed" and check in tags["deploy_reason"]
     rows = [(r.action, r.outcome, r.host) for r in env.ledger() if r.to_version == bad or r.from_version == bad]
     assert ("smoke_test", "failed", host.name) in rows
+    # each smoke row says which side of the switch it checked (the version's page tells them apart)
+    whens = [(r.to_version, r.outcome, (r.details or {}).get("when")) for r in env.ledger(("smoke_test",))
+             if r.host == host.name]
+    assert whens == [(v1, "passed", "before the switch"), (v1, "passed", "after the switch"),
+                     (bad, "failed", "before the switch")], whens
     assert ("deploy", "failed", host.name) in rows and ("rollback", "ok", host.name) in rows
     assert ("host_rollback", "ok", host.name) in rows
     assert not (host.base / ".serving_sync" / "lock").exists()
