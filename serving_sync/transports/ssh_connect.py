@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 from pathlib import Path
 
 from mlops_common import log
@@ -44,9 +46,42 @@ def reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+# A connection sshd drops before its banner (past its MaxStartups: other deploys, a scan) is
+# tried again, at most this often, after a short jittered pause, all within the connect timeout.
+# Nothing else is tried again: refused, unresolvable, timed out, host key, authentication.
+BANNER_DROP_TRIES = 3
+BANNER_DROP_PAUSE = (0.1, 0.5)      # seconds, times the try's number
+
+
+class _DroppedBeforeBanner(Exception):
+    """The server closed or reset the connection before its banner (``connect`` says so)."""
+
+
 def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | None,
-            timeout: float = 15.0):
+            timeout: float = 15.0, sleep=time.sleep, clock=time.monotonic):
     """A connected, host-verified, authenticated ``paramiko.Transport``; one line on failure."""
+    deadline = clock() + timeout
+    for attempt in range(1, BANNER_DROP_TRIES + 1):
+        try:
+            return _connect_once(target, known_hosts=known_hosts, identity_file=identity_file,
+                                 timeout=max(0.1, min(timeout, deadline - clock())))
+        except _DroppedBeforeBanner:
+            pause = random.uniform(*BANNER_DROP_PAUSE) * attempt
+            if attempt == BANNER_DROP_TRIES or clock() + pause + 1.0 > deadline:
+                tries = f" ({attempt} tries)" if attempt > 1 else ""
+                raise HostUnreachable(
+                    f"{where_of(target)}: SSH handshake failed: the server closed the connection before its "
+                    f"banner{tries}, as sshd does past its MaxStartups (too many connections being set up at "
+                    f"once: another deploy, a scan): rerun; if it persists, check that port {target.port} "
+                    f"(the hosts file) is sshd's") from None
+            logger.info("%s: the server closed the connection before its banner (sshd's MaxStartups?); "
+                        "trying again in %.1fs", where_of(target), pause)
+            sleep(pause)
+    raise AssertionError("unreachable")     # the last try returns or raises
+
+
+def _connect_once(target: Target, *, known_hosts: Path | None, identity_file: Path | None,
+                  timeout: float):
     import paramiko
 
     where = where_of(target)
@@ -78,11 +113,9 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
                                   f"algorithms OpenSSH's own client no longer uses (CBC ciphers, MD5 MACs, "
                                   f"SHA-1 key exchange); enable modern ones in its sshd_config") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            if "banner" in str(exc) and isinstance(exc.__context__, (EOFError, ConnectionResetError)):
-                raise HostUnreachable(f"{where}: SSH handshake failed: the server closed the connection before its "
-                                      f"banner, as sshd does past its MaxStartups (too many connections being set "
-                                      f"up at once: another deploy, a scan): rerun; if it persists, check that port "
-                                      f"{target.port} (the hosts file) is sshd's") from None
+            if not t.remote_version and (isinstance(exc, EOFError) or isinstance(
+                    exc.__context__, (EOFError, ConnectionResetError))):   # not a timeout: no banner
+                raise _DroppedBeforeBanner() from None
             raise HostUnreachable(f"{where}: SSH handshake failed ({reason(exc)}); check that an SSH "
                                   f"server listens there and the network path") from None
         if not (t.is_active() and t.initial_kex_done):
@@ -143,6 +176,8 @@ def open_socket(host: str, port: int, timeout: float, where: str) -> socket.sock
     except socket.timeout:
         raise HostUnreachable(f"{where}: no answer within {timeout:.0f}s; check the address, "
                               f"firewall and that the host is up") from None
+    except ConnectionResetError:    # accepted, then reset before connect() returned (loopback)
+        raise _DroppedBeforeBanner() from None
     except OSError as exc:
         raise HostUnreachable(f"{where}: cannot connect ({exc.strerror or exc}); check the address "
                               f"and network") from None
