@@ -1476,3 +1476,24 @@ def test_a_connection_dropped_before_the_banner_is_tried_again_within_the_timeou
         for s in accepted:
             s.close()
     assert len(accepted) >= 3 and time.monotonic() - started < 8.0
+
+
+@pytest.mark.parametrize("dead", ["stale socket", "missing"])
+def test_an_ssh_auth_sock_with_no_agent_behind_it_is_named(sshd, tmp_path, monkeypatch, dead):
+    """SSH_AUTH_SOCK naming a socket no agent listens on (an agent that exited, a stale path from
+    another session) gave "no SSH key ... start ssh-agent", without the path that was looked at
+    (found by review, 2026-12-06, seventeenth stop). Now the line names SSH_AUTH_SOCK's path."""
+    import socket
+
+    sock_path = tmp_path / "agent.sock"
+    if dead == "stale socket":          # the file of an agent that exited: nothing listens
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(sock_path))
+        s.close()
+        assert sock_path.exists()
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(AuthFailed) as e:
+        connect(sshd, tmp_path / "b", identity_file=None)
+    msg = one_line(e.value)
+    assert "no SSH key" in msg and f"SSH_AUTH_SOCK={sock_path} has no agent" in msg, msg

@@ -300,6 +300,17 @@ def agent_answers(sock_path: str, timeout: float, where: str) -> None:
         return                                  # no agent there: paramiko offers no agent key
 
 
+def agent_unreachable(sock_path: str) -> str | None:
+    """Why no agent answers at ``sock_path`` (None when one accepts the connection)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            s.connect(sock_path)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def _refuse_public_key(path: Path, where: str) -> None:
     """identity_file naming the ``.pub`` half: say so (its mode 0644 was "chmod 600" advice)."""
     try:
@@ -365,8 +376,11 @@ def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
         raise AuthFailed(f"{where}: identity_file {path} is protected by a passphrase and the SSH agent "
                          f"(SSH_AUTH_SOCK) {agent}; load it into the agent (ssh-add {path})")
     if not tried:
+        agent = os.environ.get("SSH_AUTH_SOCK")
+        dead = agent_unreachable(agent) if agent else None
         raise AuthFailed(f"{where}: no SSH key to authenticate with: set identity_file in the hosts "
-                         f"file, or start ssh-agent with the deploy key (SSH_AUTH_SOCK)")
+                         f"file, or start ssh-agent with the deploy key (SSH_AUTH_SOCK"
+                         + (f"={agent} has no agent: {dead})" if dead else f"={agent} holds no key)" if agent else ")"))
     raise AuthFailed(f"{where}: the server refused public-key authentication for user {user!r} "
                      f"(tried {', '.join(tried)}); add the deploy public key to that user's "
                      f"authorized_keys on the host or fix identity_file")
