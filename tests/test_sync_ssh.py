@@ -732,6 +732,9 @@ def test_a_host_that_stops_answering_as_a_command_starts_is_a_timeout_not_a_hang
         assert not worker.is_alive(), "the command waited for ever for the host to start it"
         assert isinstance(outcome[0], HostUnreachable), outcome
         assert "no progress for 2s while checking free space" in one_line(outcome[0]), one_line(outcome[0])
+        # and what to check (found by review, 2026-12-06, seventeenth stop: it named only the host)
+        assert f"check the network path and that the host answers (`ssh -p {server.port} {server.user}@127.0.0.1 " \
+            f"true`" in one_line(outcome[0]) and "rerun" in one_line(outcome[0]), one_line(outcome[0])
     finally:
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):

@@ -104,7 +104,9 @@ class SshTransport(Transport):
                             f"{doing}); rename or remove that file on the host") from None
         except socket.timeout:
             raise HostUnreachable(f"{self.where}: no progress for {self.op_timeout:.0f}s while {doing}; "
-                                  f"the connection stalled") from None
+                                  f"the connection stalled: check the network path and that the host answers "
+                                  f"(`ssh -p {self.target.port} {self.target.user}@{self.target.host} true`; its "
+                                  f"load, a hung disk or NFS mount under {self.base}), then rerun") from None
         except (EOFError, paramiko.SSHException, ConnectionError) as exc:
             raise self._lost(doing, exc) from None
         except OSError as exc:
