@@ -1500,3 +1500,31 @@ def test_an_ssh_auth_sock_with_no_agent_behind_it_is_named(sshd, tmp_path, monke
         connect(sshd, tmp_path / "b", identity_file=None)
     msg = one_line(e.value)
     assert "no SSH key" in msg and f"SSH_AUTH_SOCK={sock_path} has no agent" in msg, msg
+
+
+def test_an_ipv6_host_is_shown_in_brackets_before_its_port(tmp_path):
+    """Every SSH line starts with where the host is; an IPv6 address came out as
+    ``ssh://deploy@::1:2222``, where the port cannot be told from the address (found by review,
+    2026-12-06, seventeenth stop). Now ``ssh://deploy@[::1]:2222``, as the hosts file writes it.
+    (No connection: the host-key check is a plain function.)"""
+    from serving_sync.hosts import parse_target
+    from serving_sync.transports.ssh_connect import check_host_key
+
+    class Offered:          # the server's host key, as paramiko hands it over
+        def get_name(self):
+            return "ssh-ed25519"
+
+        def get_base64(self):
+            return "AAAAC3NzaC1lZDI1NTE5AAAAIGvSmsF9h7J3bEFCg0Uj8Lk9Y3o6J2fQm5aQW0Sx0Kc7"
+
+    class Where:
+        def error(self, field, problem):
+            return ConfigError(f"{field}: {problem}")
+
+    target = parse_target("ssh://deploy@[::1]:2222/srv/models", Where())
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    with pytest.raises(HostKeyRejected) as e:
+        check_host_key(Offered(), [], known, target)
+    msg = one_line(e.value)
+    assert msg.startswith("ssh://deploy@[::1]:2222: "), msg

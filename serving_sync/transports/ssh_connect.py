@@ -37,7 +37,8 @@ SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 
 
 def where_of(target: Target) -> str:
-    return f"ssh://{target.user}@{target.host}:{target.port}"
+    host = f"[{target.host}]" if ":" in (target.host or "") else target.host    # IPv6: ssh://u@[::1]:22
+    return f"ssh://{target.user}@{host}:{target.port}"
 
 
 def reason(exc: BaseException) -> str:
