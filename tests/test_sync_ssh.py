@@ -1528,3 +1528,48 @@ def test_an_ipv6_host_is_shown_in_brackets_before_its_port(tmp_path):
         check_host_key(Offered(), [], known, target)
     msg = one_line(e.value)
     assert msg.startswith("ssh://deploy@[::1]:2222: "), msg
+
+
+def _unix_socket_fds() -> set[int]:
+    """This process's open file descriptors that are Unix-domain sockets (an agent connection)."""
+    with open("/proc/net/unix") as f:
+        inodes = {line.split()[6] for line in f.read().splitlines()[1:] if len(line.split()) > 6}
+    fds = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                fds.add(int(fd))
+    return fds
+
+
+def test_the_ssh_agent_connection_is_closed_once_its_keys_were_used(sshd, tmp_path, monkeypatch):
+    """paramiko's Agent() opens a connection to SSH_AUTH_SOCK and was never closed: the transport
+    keeps the key that logged in, the key its agent, so one agent socket stayed open per connection
+    (a long `sync watch` reconnects for every deploy; found by review, 2026-12-06, seventeenth
+    stop). Now it is closed once authentication is over; the connection still works."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    opened = []
+    try:
+        for _ in range(100):   # bounded wait for the socket
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(sshd.identity_file)], check=True, env=env, capture_output=True,
+                       timeout=30)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+        before = _unix_socket_fds()
+        for _ in range(3):      # as a watch does, deploy after deploy
+            opened.append(connect(sshd, tmp_path / "b", identity_file=None))
+        assert _unix_socket_fds() - before == set(), "an SSH agent connection is left open per connection"
+        with pytest.raises(FileNotFoundError):
+            opened[-1].read_file("nothing-here")          # the connection itself still works
+    finally:
+        for t in opened:
+            t.close()
+        agent.terminate()
+        agent.wait(timeout=10)

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -264,12 +265,16 @@ def candidate_keys(identity_file: Path | None, where: str, agent_timeout: float 
             yield str(path), key
     if os.environ.get("SSH_AUTH_SOCK"):
         agent_answers(os.environ["SSH_AUTH_SOCK"], agent_timeout, where)
+        agent = None
         try:
             agent = paramiko.Agent()
             for i, k in enumerate(agent.get_keys()):
                 yield f"agent key {i + 1} ({k.get_name()})", k
         except paramiko.SSHException as exc:
             logger.warning("%s: SSH agent unavailable (%s)", where, reason(exc))
+        finally:        # its keys sign only while authenticating: no agent socket kept per connection
+            if agent is not None:
+                agent.close()
     if identity_file is None:
         ssh_dir = Path("~/.ssh").expanduser()
         for name in DEFAULT_KEY_FILES:
@@ -348,10 +353,16 @@ def _load_key(path: Path):
 
 
 def authenticate(t, user: str, identity_file: Path | None, where: str) -> None:
+    keys = contextlib.closing(candidate_keys(identity_file, where, agent_timeout=t.auth_timeout))
+    with keys as candidates:        # closed on return or error: the agent's connection with it
+        _try_keys(t, user, identity_file, where, candidates)
+
+
+def _try_keys(t, user: str, identity_file: Path | None, where: str, candidates) -> None:
     import paramiko
 
     tried: list[str] = []
-    for label, key in candidate_keys(identity_file, where, agent_timeout=t.auth_timeout):
+    for label, key in candidates:
         tried.append(label)
         try:
             remaining = t.auth_publickey(user, key)
