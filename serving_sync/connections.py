@@ -38,7 +38,8 @@ class HostConn:
 
 
 # Hosts connected at once. Kept under OpenSSH's default MaxStartups (10 unauthenticated
-# connections), which matters when the hosts sit behind one sshd or bastion.
+# connections), which matters when several hosts are served by one sshd (base directories on one
+# machine). Each host is connected to directly: there is no jump host (bastion, ProxyJump).
 CONNECT_AT_ONCE = 8
 
 
