@@ -76,7 +76,7 @@ def connect(target: Target, *, known_hosts: Path | None, identity_file: Path | N
                     f"banner{tries}, as sshd does past its MaxStartups (too many connections being set up at "
                     f"once: another deploy, a scan): rerun; if it persists, check that port {target.port} "
                     f"(the hosts file) is sshd's") from None
-            logger.info("%s: the server closed the connection before its banner (sshd's MaxStartups?); "
+            logger.debug("%s: the server closed the connection before its banner (sshd's MaxStartups?); "
                         "trying again in %.1fs", where_of(target), pause)
             sleep(pause)
     raise AssertionError("unreachable")     # the last try returns or raises
