@@ -67,6 +67,34 @@ def versions_held_by_others(config: "ServingConfig", model: str, base_path: str,
     return tuple(sorted(held))
 
 
+def versions_named(config: "ServingConfig", model: str, published: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Every version of ``model`` that ``config`` loads or labels: its own entries' (main and
+    validation) and those of any entry whose base path is a ``<...>/<model>`` folder (the base as
+    TF Serving sees it may be any path, ``model_base_path``: a mirror, another URL). A self-loading
+    policy holds the newest of ``published``, as in ``versions_held_by_others``."""
+    newest_first = sorted(published, reverse=True)
+    held: set[int] = set()
+    for e in _reading(config, model):
+        if e.policy == "specific":
+            held.update(e.versions)
+        else:
+            n = _newest_loaded(e)
+            held.update(published if n is None else newest_first[:n])
+        held.update(v for _, v in e.labels)
+    return tuple(sorted(held))
+
+
+def loads_newest(config: "ServingConfig", model: str) -> bool:
+    """Whether an entry ``versions_named`` counts loads by a self-loading policy (it then needs the
+    published versions)."""
+    return any(e.policy != "specific" for e in _reading(config, model))
+
+
+def _reading(config: "ServingConfig", model: str) -> list["ModelEntry"]:
+    ours = {model, validation_name(model)}
+    return [e for e in config.entries if e.name in ours or posixpath.basename(e.base_path.rstrip("/")) == model]
+
+
 def _newest_loaded(e: "ModelEntry") -> int | None:
     """How many of the newest versions a self-loading policy serves: ``latest`` N's N, TF
     Serving's default 1, ``all`` every one (None)."""

@@ -25,7 +25,9 @@ it uploads, what each of its hosts keeps or is about to pull (``<store>/.serving
 <host>.json``: the versions, when written), and again after its clean-up; a clean-up keeps every
 version a record written in the last ``USE_RECORD_DAYS`` days names (a fleet's pull happens within
 its deploy, which writes its record first; an older record is a host no deploy has reached since,
-whose versions a later deploy uploads again if it needs them).
+whose versions a later deploy uploads again if it needs them). A clean-up also keeps what the
+store's own ``models.config`` names (``served_from``): an ``s3://`` host whose base is the store
+serves from it whatever its record's age, or with no record at all.
 """
 from __future__ import annotations
 
@@ -40,8 +42,10 @@ from dataclasses import dataclass, field
 
 from mlops_common import log, settings
 
+from . import host_config
+from . import models_config as mc
 from .hosts import Host, Store, base_key
-from .layout import STATE_DIR, version_path
+from .layout import STATE_DIR, version_of, version_path
 from .manifest import Manifest
 from .parallel import settle
 
@@ -163,7 +167,8 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     the bucket for good. A later deploy of a removed version uploads it again.
 
     Under the store's lock: ``uses`` (this deploy's hosts -> the versions each keeps) is recorded
-    first, then every host's record of every fleet (``USE_RECORD_DAYS``) is kept too."""
+    first, then every host's record of every fleet (``USE_RECORD_DAYS``) is kept too, and every
+    version the store's own ``models.config`` names (``served_from``), whatever the records' age."""
     from . import retention
     from .transports.s3 import S3Transport
 
@@ -171,10 +176,24 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     with store_lock(t, store, model, held):
         record_uses(t, model, uses or {})
         in_use = read_uses(t, model)
+        served = served_from(t, model)
         rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep,
-                            protected=tuple(sorted(set(protected) | in_use)))
+                            protected=tuple(sorted(set(protected) | in_use | served)))
         retention.apply(t, rp)
-    return {**rp.to_dict(), "in_use": sorted(in_use)}
+    return {**rp.to_dict(), "in_use": sorted(in_use), "served": sorted(served)}
+
+
+def served_from(t, model: str) -> set[int]:
+    """The versions of ``model`` that a ``models.config`` in the store's prefix names: an ``s3://``
+    host whose base is the store serves them straight from the bucket (its TF Serving reads that
+    file), and its use record may be older than ``USE_RECORD_DAYS`` (written only when a deploy
+    changes the host) or missing (its deploy failed before retention). One GET; a listing only
+    for an entry whose policy loads the newest versions. A file that cannot be read is one line
+    (``ConfigError``): the clean-up removes nothing then."""
+    config = host_config.read(t)
+    published = (tuple(v for n in t.list_dir(model) if (v := version_of(n)) is not None)
+                 if mc.loads_newest(config, model) else ())
+    return set(mc.versions_named(config, model, published))
 
 
 @contextlib.contextmanager

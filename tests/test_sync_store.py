@@ -6,6 +6,7 @@ cannot reach the store fails in prepare and every host stays as it was. Item 9: 
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -1078,3 +1079,115 @@ def test_an_s3_host_whose_base_is_another_fleets_store_keeps_and_records_what_ea
     assert v2 in r.stores[0]["retention"]["in_use"], r.stores
     assert v2 in _stored_versions(s3_env, bucket, s3_host.s3_prefix, env.model)   # the s3 host serves it
     env.serves(s3_host, v2)
+
+
+def _s3_host_record(s3_host, model: str) -> str:
+    """The key of the `s3://` host's use record in its base (``store.host_uses``' name for it)."""
+    target = parse_target(s3_host.entry["target"], _Where("x"))
+    (name,) = store.host_uses([(Host("s", target, "http://h:1"), [])])
+    return f"{s3_host.s3_prefix}/{store.USES_DIR}/{model}/{name}.json"
+
+
+def _two_fleets_on_one_store(env, s3_env):
+    """An ssh fleet (``store = <base>``) serving v1, then an `s3://` fleet on that base serving v2."""
+    ssh_host, s3_host = env.add_host("ssh"), env.add_host("s3", grpc=False)
+    base = s3_host.entry["target"]
+    bucket = base[len("s3://"):].split("/", 1)[0]
+
+    def ssh_fleet() -> None:
+        env.write_hosts_file([ssh_host])
+        env.hosts_file.write_text(f'store = "{base}"\n' + env.hosts_file.read_text())
+
+    v1, v2 = env.register("a"), env.register("b")
+    ssh_fleet()
+    r = env.deploy(version=v1, opts=deploy_opts(canary=0, keep=1))
+    assert r.status == "deployed" and r.stores, r.message
+    env.write_hosts_file([s3_host])
+    r = env.deploy(version=v2, opts=deploy_opts(canary=0, keep=1))
+    assert r.status == "deployed", r.message
+    env.serves(s3_host, v2)
+    return ssh_host, s3_host, bucket, ssh_fleet, v2
+
+
+def test_another_fleets_store_clean_up_keeps_what_an_s3_host_serves_when_its_record_is_old(
+        deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-06, seventeenth stop): an `s3://` host's use record is written only
+    when a deploy changes it, and a record older than `store.USE_RECORD_DAYS` is dropped: the ssh
+    fleet's store clean-up then removed the version the `s3://` host serves straight from the
+    bucket. The store's `models.config` (what that host's TF Serving reads) now counts whatever
+    the records' age."""
+    env = deploy_env
+    ssh_host, s3_host, bucket, ssh_fleet, v2 = _two_fleets_on_one_store(env, s3_env)
+    key = _s3_host_record(s3_host, env.model)
+    c = s3_env.client()
+    record = json.loads(c.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert v2 in record["versions"], record
+    record["written"] -= (store.USE_RECORD_DAYS + 1) * 86400          # no deploy reached it for a month
+    c.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
+    v3 = env.register("c")
+    ssh_fleet()
+    r = env.deploy(version=v3, opts=deploy_opts(canary=0, keep=1))   # the ssh fleet moves on and cleans up
+    assert r.status == "deployed", r.message
+    env.serves(ssh_host, v3)
+    assert v2 not in r.stores[0]["retention"]["in_use"], r.stores    # the old record went
+    assert v2 in r.stores[0]["retention"].get("served", ()), r.stores     # models.config names it
+    assert v2 not in r.stores[0]["retention"]["remove_versions"], r.stores
+    assert v2 in _stored_versions(s3_env, bucket, s3_host.s3_prefix, env.model)
+    env.serves(s3_host, v2)
+
+
+def test_an_s3_hosts_failed_first_deploy_leaves_no_window_for_another_fleets_clean_up(
+        deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-06, seventeenth stop): an `s3://` host last deployed by the code
+    before it recorded its uses has no record in its base; its first deploy since then failing
+    (retention, which writes the record, runs only after a success) left it without one, and the
+    ssh fleet's store clean-up removed the version it still serves."""
+    env = deploy_env
+    ssh_host, s3_host, bucket, ssh_fleet, v2 = _two_fleets_on_one_store(env, s3_env)
+    key = _s3_host_record(s3_host, env.model)
+    c = s3_env.client()
+    c.delete_object(Bucket=bucket, Key=key)                 # deployed by the code before: no record
+    bad = env.register("altered")
+    with pytest.raises(DeployFailed):
+        env.deploy(version=bad, opts=deploy_opts(canary=0, keep=1))
+    env.serves(s3_host, v2)
+    assert c.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0    # still no record
+    v3 = env.register("c")
+    ssh_fleet()
+    r = env.deploy(version=v3, opts=deploy_opts(canary=0, keep=1))
+    assert r.status == "deployed", r.message
+    env.serves(ssh_host, v3)
+    assert v2 not in r.stores[0]["retention"]["remove_versions"], r.stores
+    assert v2 in _stored_versions(s3_env, bucket, s3_host.s3_prefix, env.model)
+    env.serves(s3_host, v2)
+
+
+def test_a_store_clean_up_keeps_what_any_entry_of_the_stores_models_config_loads(s3_env, tmp_path):
+    """The store's `models.config` (an `s3://` host's TF Serving reads it) is read by the clean-up
+    whatever its entries' base paths (a mirror: `/mirror/digits`) and policies (`latest` 2: the two
+    newest); one it cannot read is one line and nothing is removed."""
+    from serving_sync import manifest as mf
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("config-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    for v in (1, 2, 3, 4, 5):
+        assert store.StoreCopies("digits", v).upload(st, model, m)["status"] == "uploaded"
+    t = S3Transport(bucket, "fleet")
+    t.write_file_atomic("models.config", (
+        'model_config_list { config { name: "digits" base_path: "s3://elsewhere/fleet/digits/" '
+        'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } } '
+        'config { name: "team-b" base_path: "/mirror/digits" model_platform: "tensorflow" '
+        'model_version_policy { latest { num_versions: 2 } } } }').encode())
+    rp = store.retire(st, "digits", serving=4, previous=None, keep=1, protected=())
+    assert _stored_versions(s3_env, bucket, "fleet", "digits") == {1, 4, 5}, rp
+    assert rp["served"] == [1, 4, 5] and rp["remove_versions"] == [2, 3], rp
+    t.write_file_atomic("models.config", b"model_config_list { config { name: ")
+    with pytest.raises(ConfigError) as e:
+        store.retire(st, "digits", serving=5, previous=None, keep=1, protected=())
+    assert "models.config is malformed" in e.value.message and "\n" not in e.value.message
+    assert _stored_versions(s3_env, bucket, "fleet", "digits") == {1, 4, 5}
