@@ -114,6 +114,7 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
                                                       for r in not_back)
                    + ": check those hosts with `mlops sync status` and fix them by hand")
     msg.append(registry_note)
+    result.registry_note = registry_note
     result.message = "; ".join(m for m in msg if m)
     if forced is not None and isinstance(error, Exception):     # forced during the put-back: recorded first
         result.message += "; then forced to stop (a second signal)"
@@ -209,6 +210,8 @@ def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str
                 fix = "" if kept_because == INTERRUPTED_BY_SIGNAL else "fix the cause and "
                 note = (f"{where} ({kept_because}); {fix}rerun `mlops sync deploy`: it resumes where this one "
                         f"stopped")
+                if result.source == "production":
+                    result.registry["left_at"] = v      # production names v; the hosts were put back
             details = {"step": step, "registry_unchanged": True}
             if result.switched:       # its deploy ok rows were undone: the fleet did not keep serving it
                 details["switched_put_back"] = list(result.switched)

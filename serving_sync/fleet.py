@@ -82,6 +82,7 @@ class FleetResult:
     blames_version: bool = False         # a failure that says the version is bad (not a host, the network,
                                          # a signal, the ledger): production moved back, deploy_status=failed
     running: tuple | None = None         # (phase, since) of the phase under way: timed when a failure ends it
+    registry_note: str = ""              # a failure's last part: where production stands (deploy_failure.fail)
 
     def answered_after(self, since: float) -> float | None:
         """Seconds from ``since`` until the last host answered with the new version's outputs."""
@@ -150,16 +151,35 @@ def _fetch(model: str, v: int, runs: list[HostRun], lazy: _Lazy) -> None:
     present = [r for r in runs if r.plan.publishes and r.host.store is None and v in r.observed.obs.published]
     record = bundle_hashes.recorded(model, v) if present else None
     for run in present if record else ():
-        try:
-            stored = read_stored_manifest(run.transport, model, v)
-        except UserError:
-            continue
-        if stored is not None and mf.matches_record(stored, record, TFSERVING):
+        if (stored := _matching_copy(run.host, run.transport, run.observed.obs, model, v, record)) is not None:
             run.use_bundle(_kept_copy(run, stored, lazy))
     if any(r.plan.publishes and not r.keeps_copy for r in runs):
         lazy.bundle()
     else:
         lazy.golden()
+
+
+def _matching_copy(host, transport, obs, model: str, v: int, record: dict | None):
+    """The host's stored manifest of ``v`` when ``_fetch`` needs no download for it: published
+    there (not loaded), no shared store, the manifest exactly the registration's hashes; else None."""
+    if record is None or host.store is not None or v not in obs.published:
+        return None
+    try:
+        stored = read_stored_manifest(transport, model, v)
+    except UserError:
+        return None
+    return stored if stored is not None and mf.matches_record(stored, record, TFSERVING) else None
+
+
+def needs_download(model: str, hosts, v: int, opts: DeployOptions) -> bool:
+    """Whether a deploy of ``v`` to ``hosts`` now would download its SavedModel from the registry:
+    some host publishes it and has no copy ``_fetch`` would verify instead (changing nothing;
+    a host that cannot be observed raises ``UserError``)."""
+    with connected(hosts) as conns:
+        observed, plans = observe_and_plan(conns, model, v, opts)
+        publishing = [(c, o) for c, o, p in zip(conns, observed, plans) if p.publishes]
+        record = bundle_hashes.recorded(model, v) if publishing else None
+        return any(_matching_copy(c.host, c.transport, o.obs, model, v, record) is None for c, o in publishing)
 
 
 def _kept_copy(run: HostRun, stored, lazy: _Lazy):

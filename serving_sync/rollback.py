@@ -67,15 +67,18 @@ def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> 
 def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]:
     """``promotion.rollback``'s ``check_target``: the version picked must be installable before
     production moves to it (``promotion.artifacts_check``); files gone only under ``tfserving/``
-    pass when no host needs them (every host still has that version). A host that cannot be read
-    leaves it to the deploy (its own error says why)."""
+    pass when no host would download them: every host that publishes the version has a copy
+    its deploy verifies against the registration instead (``fleet.needs_download``, as
+    ``fleet._fetch`` decides); a host that cannot be observed counts as one that would."""
     from registry import promotion
 
     def unneeded(version: int, missing: list[str]) -> bool:
         if not all(p.startswith("tfserving/") for p in missing):
             return False
-        fp = fleet_plan.plan_fleet(model, hosts, version=version, opts=opts, annotate=False)
-        return not fp.errors and not any(p.publishes for p in fp.plans)
+        try:
+            return not fleet.needs_download(model, hosts, version, opts)
+        except UserError:
+            return False
 
     return promotion.artifacts_check(model, "mlops sync rollback", unneeded=unneeded)
 
@@ -93,6 +96,33 @@ def _stopped_before_the_hosts(exc: DeployInterrupted, promo) -> DeployInterrupte
         result.message = again.message
     again.result = result
     return again
+
+
+def _where_production_is(exc: DeployFailed, promo) -> DeployFailed | None:
+    """A rollback whose deploy failed without blaming the version rolled back to (a failed upload,
+    a host's damaged copy of it, a lost connection): production stays on it, as after any such
+    deploy (docs/architecture.md, "ROLLBACK"), while the hosts were put back on what they served.
+    The deploy's last part, "production left at vN ...: rerun `mlops sync deploy`", becomes where
+    production and the hosts stand and what to run: ``exc`` reworded (its ``--json`` result too),
+    None when the deploy's line says something else."""
+    result = getattr(exc, "result", None)
+    note = getattr(result, "registry_note", "")
+    if (result is None or result.version != promo.to_version or not note or not exc.message.endswith(note)
+            or (result.registry or {}).get("left_at") != promo.to_version):
+        return None
+    to, frm = promo.to_version, promo.from_version
+    serving: dict = {}
+    for p in result.plans:
+        serving.setdefault(p.get("current"), []).append(p["host"])
+    stand = "; ".join(f"{', '.join(names)} serve{'s' if len(names) == 1 else ''} "
+                      f"{f'v{c}' if c is not None else 'nothing'}" for c, names in serving.items())
+    none = "" if to in serving else " but no host serves it"
+    result.message = (
+        f"{exc.message.removesuffix(note)}production is v{to} in the registry (rolled back from v{frm}){none}: "
+        f"{stand}; v{to} is not blamed ({result.registry.get('reason')}): once the cause is fixed, "
+        f"`mlops sync deploy` installs v{to} on the hosts; or `mlops sync rollback --to N` rolls back to "
+        f"another version")
+    return reworded(exc, result.message)
 
 
 def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,
@@ -129,6 +159,8 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
                                 f"rolls back to another version") from None
         if promo.moved and isinstance(exc, DeployInterrupted) and not exc.in_rollout:
             raise _stopped_before_the_hosts(exc, promo) from None
+        if promo.moved and isinstance(exc, DeployFailed) and (again := _where_production_is(exc, promo)):
+            raise again from None
         raise
     promo.finish()
     # The deploy tagged the version rolled back from when it restored this rollback's version

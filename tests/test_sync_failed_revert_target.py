@@ -7,6 +7,8 @@ moved production away from it.
 """
 from __future__ import annotations
 
+import shutil
+
 from tests.fixtures.faults import final_error_line
 from tests.test_sync_cli import deployed_v1_v2
 
@@ -142,6 +144,7 @@ def test_a_rollback_to_a_version_whose_artifacts_are_gone_moves_nothing(deploy_e
     v3 = env.register("c")
     env.promote(v3)
     assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v1, v2 not loaded
+    shutil.rmtree(host.base / env.model / str(v1))                            # nor on the host's disk
     _drop_artifacts(env.model, v1)
     r = env.cli("sync", "rollback", "--to", str(v1), "--reason", "v3 is bad")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
@@ -191,6 +194,58 @@ def test_a_rollback_to_a_version_still_on_the_hosts_needs_no_savedmodel_in_the_s
     r = env.cli("sync", "rollback", "--reason", "v2 is bad")
     assert r.returncode == 0, r.stderr
     env.serves(host, v1)
+
+
+def test_a_rollback_to_a_version_on_the_host_disk_needs_no_savedmodel_in_the_store(deploy_env):
+    """Found by a rollback review (2026-12-06, seventeenth stop): v2 on the host's disk but not
+    loaded, its SavedModel gone from the store: `sync rollback` was refused ("a host would need
+    them"), though the deploy verifies that copy against the registration and downloads nothing
+    (``fleet._fetch``). The check asks what ``_fetch`` asks now: refused only while some host
+    would download the version (here a new, empty host), switched once none would."""
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 on disk, not loaded
+    _drop_artifacts(env.model, v2)
+    empty = env.add_host("file")
+    r = env.cli("sync", "rollback", "--reason", "v3 is bad")
+    line = final_error_line(r.stderr)
+    assert r.returncode != 0 and f"back to v{v2}: its artifacts are gone" in line, line
+    assert env.production() == v3 and env.label(empty) is None
+    env.write_hosts_file([host])                        # only the host that has v2
+    r = env.cli("sync", "rollback", "--reason", "v3 is bad")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.production() == v2
+
+
+def test_a_rollback_refused_on_a_damaged_host_copy_says_where_production_and_the_hosts_stand(deploy_env):
+    """Found by a rollback review (2026-12-06, seventeenth stop): a rollback whose publish step
+    is refused (the host's copy of v2 damaged) leaves production on v2 while the host is put
+    back on v3 — by design, as for any failed upload (nothing says v2 is bad: not tagged failed,
+    not skipped by the next rollback), but the last line said "production left at v2 (the upload
+    failed ...)". It says where production and the hosts stand and what to run now."""
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 on disk, not loaded
+    with open(host.base / env.model / str(v2) / "saved_model.pb", "ab") as f:
+        f.write(b"damage")
+    r = env.cli("sync", "rollback", "--reason", "v3 is bad")
+    line = final_error_line(r.stderr)
+    assert r.returncode == 3, line
+    env.serves(host, v3)
+    assert env.production() == v2 and env.tags(v2)["deploy_status"] != "failed", line
+    assert (f"production is v{v2} in the registry (rolled back from v{v3}) but no host serves it: "
+            f"{host.name} serves v{v3}") in line, line
+    assert f"`mlops sync deploy` installs v{v2}" in line and "`mlops sync rollback --to N`" in line, line
+    shutil.rmtree(host.base / env.model / str(v2))      # what the publish step's own words say to do
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v2)
+    assert env.tags(v3)["deploy_status"] == "rolled_back"
 
 
 def test_a_rollback_to_a_version_on_the_host_disk_verifies_it_against_the_registration_not_a_download(
