@@ -172,7 +172,7 @@ def not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?")
     step = str(exc.step.kind) if isinstance(exc, StepFailed) else step
     error = exc.error if isinstance(exc, StepFailed) else exc
     return (INTERRUPTED_BY_SIGNAL if _interrupted(error)
-            else "the upload failed, not the version" if step == "publish"
+            else f"publishing it to {run.host.name} failed, not the version" if step == "publish"
             else f"{run.host.name} could not be written to ({_write_failure(error)}), not the version"
             if isinstance(error, (DiskFull, HostPermissionDenied))
             else f"the connection to {run.host.name} was lost, not the version"

@@ -241,6 +241,8 @@ def test_a_rollback_refused_on_a_damaged_host_copy_says_where_production_and_the
     assert (f"production is v{v2} in the registry (rolled back from v{v3}) but no host serves it: "
             f"{host.name} serves v{v3}") in line, line
     assert f"`mlops sync deploy` installs v{v2}" in line and "`mlops sync rollback --to N`" in line, line
+    # nothing was uploaded (the host's own copy was refused): the reason says publishing, not an upload
+    assert f"v{v2} is not blamed (publishing it to {host.name} failed, not the version)" in line, line
     shutil.rmtree(host.base / env.model / str(v2))      # what the publish step's own words say to do
     r = env.cli("sync", "deploy")
     assert r.returncode == 0, r.stderr
