@@ -96,11 +96,15 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
         svc, proc = spawn("infra-validate-server", cmd, state=state, url=url,
                           health_url=f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), log_kept=False)
 
-        def exited() -> str | None:
-            if proc.poll() is None:
-                return None
-            return f"the throw-away local TF Serving exited with code {proc.returncode}{_log_hint(svc.log, False)}"
-        return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid), exited)
+        try:    # a Ctrl-C (or SIGTERM) landing before the caller holds it: it is stopped here
+            def exited() -> str | None:
+                if proc.poll() is None:
+                    return None
+                return f"the throw-away local TF Serving exited with code {proc.returncode}{_log_hint(svc.log, False)}"
+            return _Throwaway("local", url, str(base), lambda: stop_pid(proc.pid), exited)
+        except BaseException:
+            stop_pid(proc.pid)
+            raise
     if kind == "docker":
         name, image = f"mlops-infra-validate-{secrets.token_hex(4)}", tfserving_image()
         cmd = docker_serving_command(image=image, base=base, rest_port=rest_port, name=name)
@@ -134,10 +138,10 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
 
         try:
             wait_http_ok(f"{url}/v1/models/__probe__", timeout=timeout, ok=(404,), gone=lambda: docker_exited(name))
+            return _Throwaway("docker", url, CONTAINER_BASE, stop, lambda: docker_exited(name))
         except BaseException:
             stop()
             raise
-        return _Throwaway("docker", url, CONTAINER_BASE, stop, lambda: docker_exited(name))
     raise ConfigError(f"unknown server kind {kind!r}; use local or docker")
 
 
@@ -148,10 +152,12 @@ def throwaway_starter(kind: str, *, timeout: float = 120.0):
 
     @contextlib.contextmanager
     def start_server(base: Path):
-        srv = start_throwaway_server(kind, base, timeout=timeout)
-        try:
+        srv = None
+        try:    # no line between the start's return and this try: a signal there left the server running
+            srv = start_throwaway_server(kind, base, timeout=timeout)
             yield ThrowawayServer(srv.kind, srv.rest_url, srv.serving_base, srv.exited)
         finally:
-            srv.stop()
+            if srv is not None:
+                srv.stop()
 
     return start_server

@@ -446,6 +446,54 @@ def test_a_throwaway_container_that_exits_at_start_fails_the_start_at_once(tmp_p
     assert time.monotonic() - t0 < 15                   # not the 30 s of the timeout
 
 
+def test_a_ctrl_c_just_after_a_throwaway_server_started_leaves_nothing_running(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, seventeenth stop): a Ctrl-C (or SIGTERM, which every command
+    turns into one) landing after the throw-away server answered and before infra-validate held
+    it for its clean-up left the server running, its record gone with the temporary folder:
+    nothing would ever stop it. The interrupt is made to land there: in making the started
+    server's handle. A ``sleep`` in its own session stands in for the local server, a `docker` on
+    PATH that records what it is asked for the engine."""
+    import subprocess
+
+    from mlops import throwaway_server
+    from mlops.detached_service import Service
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    procs = []
+
+    def spawn(name, cmd, *, state, url, **kw):
+        procs.append(subprocess.Popen(["sleep", "120"], start_new_session=True))
+        return Service(name, procs[-1].pid, url, state / f"{name}.log"), procs[-1]
+
+    monkeypatch.setattr(throwaway_server, "spawn", spawn)
+    monkeypatch.setattr(throwaway_server, "_Throwaway", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with throwaway_server.throwaway_starter("local")(tmp_path / "serving"):
+                pass
+        assert procs and procs[0].poll() is not None, "the throw-away local server still runs"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
+
+    calls = tmp_path / "calls"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit 0\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(throwaway_server, "wait_http_ok", lambda *a, **k: None)     # it answered
+    with pytest.raises(KeyboardInterrupt):
+        with throwaway_server.throwaway_starter("docker")(tmp_path / "base"):
+            pass
+    lines = calls.read_text().splitlines()
+    name = lines[0].split("--name ")[1].split()[0]
+    assert lines[1:] == [f"stop -t 5 {name}"], f"the throw-away container was not stopped: {lines}"
+
+
 def test_watch_outlives_an_unexpected_exception_in_a_pass():
     """A bug (an exception that is not a UserError) ended the watcher's loop: no more deploys."""
     clock = FakeClock()
