@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import requests
 
 from mlops.ports import port_in_use
-from mlops_common import log
+from mlops_common import log, stop
 from mlops_common.errors import ConfigError, ConnectionFailure
 from mlops_common.procs import boot_id, group_listens_on, is_process, pid_alive, process_identity
 
@@ -120,19 +120,23 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     for ``health_url``; on any failure stop it and forget it."""
     log = state / f"{name}.log"
     rotate_log(log)
-    with open_in_state(state, log.name, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-    svc = None
+    proc = svc = None
     try:    # from the start: a Ctrl-C (or SIGTERM) while the record is made stops the server too
-        svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build)
-        write_record(state, svc)
+        # a signal landing as Popen returns (its child already running) lost the child: under this
+        # block it only asks, and the stop is raised at the block's end, inside this try
+        with stop.deferred():
+            with open_in_state(state, log.name, "ab") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, env=env)
+            svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build)
+            write_record(state, svc)
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok, log_kept=log_kept)
     except BaseException:
-        stop_pid(proc.pid)
-        if svc is not None:
-            _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
-        _record_path(state, name).unlink(missing_ok=True)
+        if proc is not None:
+            stop_pid(proc.pid)
+            if svc is not None:
+                _stop_orphans(svc)      # its first process died (and was reaped): a worker kept the port
+            _record_path(state, name).unlink(missing_ok=True)
         raise
     return svc, proc
 

@@ -267,6 +267,39 @@ def test_a_ctrl_c_while_the_start_is_recorded_leaves_no_server_running(tmp_path,
     finally:
         subprocess.run(["pkill", "-KILL", "-f", f"sleep {marker}"], capture_output=True)
 
+def test_a_sigterm_landing_as_the_server_process_is_made_leaves_no_server_running(tmp_path, monkeypatch):
+    """Found by review (2026-12-06, seventeenth stop): a SIGTERM or Ctrl-C (a KeyboardInterrupt
+    under every command's handler) landing as ``Popen`` returned, its child already running (the
+    handler runs between two lines, here as Popen's own last ones finish), raised before the
+    process was known to the start's clean-up: the server ran on, recorded nowhere. Now it is
+    stopped and nothing is recorded."""
+    import os
+    import signal
+
+    from mlops.commands.signals import sigterm_as_ctrl_c
+
+    started = []
+
+    class SignalledPopen(subprocess.Popen):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            started.append(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    state = tmp_path / "state"
+    monkeypatch.setattr(detached_service.subprocess, "Popen", SignalledPopen)
+    try:
+        with pytest.raises(KeyboardInterrupt), sigterm_as_ctrl_c():
+            detached_service.spawn("svc", ["sleep", "120"], state=state, url="http://127.0.0.1:9",
+                                   health_url="http://127.0.0.1:9/", timeout=10)
+        assert started and started[0].poll() is not None, "the server started before the signal still runs"
+        assert detached_service.read_record(state, "svc") is None
+    finally:
+        for p in started:
+            p.kill()
+            p.wait(timeout=10)
+
+
 def test_a_state_folder_that_cannot_be_written_is_one_line(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("")
