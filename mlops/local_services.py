@@ -19,6 +19,7 @@ from mlops.detached_service import (
     refuse_taken_ports,
     spawn,
     wait_http_ok,
+    write_whole,
 )
 from mlops_common import settings
 from mlops_common.errors import ConfigError, ConnectionFailure
@@ -199,7 +200,7 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
                           f"you can write") from None
     refuse_taken_ports(None, wanted)
     url = f"http://127.0.0.1:{rest_port}"
-    monitoring.write_text(MONITORING_CONFIG)
+    write_whole(monitoring, MONITORING_CONFIG)     # a full MLOPS_HOME: one line, no truncated file
     svc, _ = spawn(name, cmd, state=state, url=url, health_url=f"{url}/v1/models/__probe__",
                    ok=(404,), ports=asked, build=build)
     return svc

@@ -309,6 +309,30 @@ def test_a_state_folder_that_cannot_be_written_is_one_line(tmp_path):
     assert "Traceback" not in r.stderr and "MLOPS_HOME" in r.stderr
 
 
+def test_a_full_state_folder_at_the_model_servers_start_is_one_line(tmp_path, tmpfs):
+    """Found by review (2026-12-06, seventeenth stop): the model server's monitoring config was
+    written with a bare ``write_text``: on a full MLOPS_HOME (its models.config already there, as
+    on a second `mlops demo`) the start was an ENOSPC traceback, and a truncated file was left.
+    Now one line naming the file and MLOPS_HOME, and nothing started."""
+    state = tmpfs("1m")
+    (state / ".model-server.start-lock").touch()
+    with open(state / "filler", "wb", buffering=0) as f:      # bounded: 1 MiB of tmpfs is full within 1024 writes
+        for _ in range(1024):
+            try:
+                f.write(b"x" * 4096)
+            except OSError:
+                break
+    base = tmp_path / "serving"
+    base.mkdir()
+    (base / "models.config").write_text(local_services.EMPTY_MODELS_CONFIG)
+    rest, grpc = free_ports(2)
+    with pytest.raises(ConfigError, match=r"cannot write .*model-server\.monitoring\.config .*MLOPS_HOME"):
+        local_services.start_model_server(state, base, rest_port=rest, grpc_port=grpc)
+    assert detached_service.read_record(state, "model-server") is None
+    assert not port_in_use(rest)
+    assert not (state / "model-server.monitoring.config").exists()
+
+
 def test_the_demo_without_a_terminal_or_yes_refuses_before_it_starts_anything(tmp_path):
     """Without a terminal nobody can approve: it started both servers, deployed nothing and exited 0."""
     home = tmp_path / "home"
