@@ -274,6 +274,19 @@ def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
     return _term_then_kill(send, gone, timeout)
 
 
+def _group_lives(rec: Service) -> bool:
+    """What ``_stop_orphans`` would stop: ``rec``'s process group, its first process gone, in the
+    boot the record was made in."""
+    boot = rec.identity.split(":", 1)[0]
+    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid):
+        return False
+    try:
+        os.killpg(rec.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def forget(state: Path, rec: Service) -> bool:
     """Stop what is left of a recorded service and drop its record. True when something of it ran;
     a record whose pid is now another program's is dropped without a signal."""
@@ -302,7 +315,10 @@ def refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
     only ports it does not hold itself, checked before it is stopped — `mlops up --port P2`
     stopped a healthy server on P1, then refused because P2 was taken."""
     if rec is not None and not rec.running:
-        return
+        if _group_lives(rec):
+            return      # what is left of it may hold its ports: starting it stops that first
+        rec = None      # gone (a reboot, a crash): its ports are checked as any (the demo's MLflow
+        #                 started, then the model server found its port taken: MLflow left running)
     own = set() if rec is None else {*(rec.ports or {}).values(), urlsplit(rec.url).port}
     for port, what in ports.items():
         if port not in own and port_in_use(port):

@@ -89,6 +89,27 @@ def test_a_serving_port_another_program_holds_is_refused_before_mlflow_starts(tm
     _started_nothing(home)
 
 
+def test_a_serving_port_another_program_holds_is_refused_before_mlflow_starts_after_a_reboot(tmp_path):
+    """Found by review (2026-12-06, seventeenth stop): the check above was skipped when the state
+    folder still held the model server's record of a process that is gone (a reboot, a crash: no
+    `mlops down` ran), as it always does then: MLflow started, the model server's port was found
+    taken, and the demo stopped with MLflow left running."""
+    import socket
+
+    home = tmp_path / "mlops"
+    env = _env(home)
+    home.mkdir()
+    (home / "model-server.json").write_text(json.dumps(
+        {"name": "model-server", "pid": 2 ** 22 - 7, "identity": "another-boot:12345",
+         "url": f"http://127.0.0.1:{env['MLOPS_SERVING_REST_PORT']}", "log": str(home / "model-server.log"),
+         "ports": {"grpc": int(env["MLOPS_SERVING_GRPC_PORT"])}}))
+    with socket.create_server(("127.0.0.1", int(env["MLOPS_SERVING_REST_PORT"]))):
+        r = _demo(home, env=env)
+    line = _one_line(r)
+    assert f"port {env['MLOPS_SERVING_REST_PORT']} on 127.0.0.1 is taken by another program" in line, line
+    assert not (home / "mlflow-server.log").exists(), "MLflow was started before the refusal"
+
+
 def test_a_hosts_file_the_demo_did_not_write_is_left_alone(tmp_path):
     home = tmp_path / "mlops"
     home.mkdir()
