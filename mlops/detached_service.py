@@ -35,10 +35,12 @@ class Service:
     identity: str = ""       # procs.process_identity(pid) when started
     ports: dict = field(default_factory=dict)     # what it was started with, e.g. {"grpc": 8500}
     build: str = ""          # what started it (the starter's digest of its command and code)
+    mark: str = ""           # the MLOPS_SERVICE_MARK its processes' environment holds (see _group_is_ours)
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "pid": self.pid, "url": self.url, "log": str(self.log),
-                           "identity": self.identity, "ports": self.ports, "build": self.build})
+                           "identity": self.identity, "ports": self.ports, "build": self.build,
+                           "mark": self.mark})
 
     @property
     def running(self) -> bool:
@@ -64,7 +66,7 @@ def read_record(state: Path, name: str) -> Service | None:
     try:
         d = json.loads(text)
         return Service(d["name"], int(d["pid"]), d["url"], Path(d["log"]), str(d.get("identity") or ""),
-                       dict(d.get("ports") or {}), str(d.get("build") or ""))
+                       dict(d.get("ports") or {}), str(d.get("build") or ""), str(d.get("mark") or ""))
     except (ValueError, KeyError, TypeError, AttributeError, OSError):
         return None
 
@@ -118,8 +120,12 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     """Start ``cmd`` detached, record it as service ``name`` at once (a start killed during the
     wait — a CI cancel, a closed terminal — leaves a server ``mlops down`` can still stop), wait
     for ``health_url``; on any failure stop it and forget it."""
+    import secrets
+
     log = state / f"{name}.log"
     rotate_log(log)
+    mark = secrets.token_hex(8)
+    env = {**(os.environ if env is None else env), SERVICE_MARK: mark}
     proc = svc = None
     try:    # from the start: a Ctrl-C (or SIGTERM) while the record is made stops the server too
         # a signal landing as Popen returns (its child already running) lost the child: under this
@@ -128,7 +134,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
             with open_in_state(state, log.name, "ab") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True, env=env)
-            svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build)
+            svc = Service(name, proc.pid, url, log, process_identity(proc.pid), dict(ports or {}), build, mark)
             write_record(state, svc)
         wait_http_ok(health_url, timeout=timeout, proc=proc, log=log, ok=ok, log_kept=log_kept)
     except BaseException:
@@ -255,7 +261,8 @@ def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
     the record was made in: after a reboot the number may be any program's group (it killed
     another program's processes). True when there were any."""
     boot = rec.identity.split(":", 1)[0]
-    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid):
+    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid) \
+            or not _group_is_ours(rec.pid, rec.mark):
         return False        # the number is another program's now (or never was ours to judge)
 
     def send(sig) -> None:
@@ -274,11 +281,39 @@ def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
     return _term_then_kill(send, gone, timeout)
 
 
+SERVICE_MARK = "MLOPS_SERVICE_MARK"
+
+
+def _group_is_ours(pgid: int, mark: str) -> bool:
+    """A process of group ``pgid`` has ``SERVICE_MARK=mark`` in its environment (inherited from
+    ``spawn``). The group's number is the recorded pid: once that process died, the number may be
+    given to another program that makes a group of it and exits (a daemon's double fork, a shell's
+    pipeline), and `mlops down` killed that program's processes. A record without a mark (made
+    before marks) is judged by its boot alone, as before."""
+    if not mark:
+        return True
+    want = f"{SERVICE_MARK}={mark}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[-1].split()[2]) != pgid:
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if want in f.read().split(b"\0"):
+                    return True
+        except (OSError, IndexError, ValueError):
+            continue        # gone meanwhile, or not ours to read
+    return False
+
+
 def _group_lives(rec: Service) -> bool:
     """What ``_stop_orphans`` would stop: ``rec``'s process group, its first process gone, in the
     boot the record was made in."""
     boot = rec.identity.split(":", 1)[0]
-    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid):
+    if not rec.identity or not boot or boot != boot_id() or pid_alive(rec.pid) \
+            or not _group_is_ours(rec.pid, rec.mark):
         return False
     try:
         os.killpg(rec.pid, 0)

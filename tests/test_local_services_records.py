@@ -219,6 +219,30 @@ def test_down_never_signals_a_group_named_by_a_record_of_another_boot(tmp_path):
         subprocess.run(["pkill", "-KILL", "-g", str(leader.pid)], capture_output=True)
 
 
+def test_down_never_signals_a_group_another_program_made_with_the_recorded_number(tmp_path):
+    """Found by review (2026-12-06, seventeenth stop): once the recorded server and its group were
+    gone, the number could be given to another program's process that made a group of it and
+    exited, its children living on (a daemon's double fork, a shell's pipeline): `mlops down` of
+    that stale record killed them as the server's leftovers. A record names its processes by a
+    mark in their environment now; a group without it is left alone."""
+    leader = subprocess.Popen(["bash", "-c", "sleep 120 & wait"], start_new_session=True)
+    try:
+        worker = _worker_of(leader)
+        state = tmp_path / "state"
+        _record(state, "mlflow-server", leader.pid, identity=process_identity(leader.pid))
+        doc = json.loads((state / "mlflow-server.json").read_text())
+        (state / "mlflow-server.json").write_text(json.dumps({**doc, "mark": "0123456789abcdef"}))
+        leader.kill()
+        leader.wait(timeout=10)
+        assert pid_alive(worker)
+        assert not detached_service.stop_service(state, "mlflow-server")
+        time.sleep(0.3)
+        assert pid_alive(worker), "another program's process was killed"
+        assert not list(state.glob("*.json"))
+    finally:
+        subprocess.run(["pkill", "-KILL", "-g", str(leader.pid)], capture_output=True)
+
+
 def test_a_start_is_recorded_before_its_wait_and_forgotten_when_it_fails(tmp_path):
     """A start killed during its health wait left a server nobody recorded; a failed one is
     stopped and its record dropped. A log of blank lines no longer turns the message into a
