@@ -596,6 +596,42 @@ def test_down_of_a_server_another_user_runs_is_one_line_and_keeps_its_record(tmp
     assert stranger.poll() is None and (state / "mlflow-server.json").exists()
 
 
+def test_down_stops_the_other_services_when_one_runs_as_another_user(tmp_path, stranger, monkeypatch):
+    """Found by review (2026-12-06, seventeenth stop): `mlops down` stopped at the first service it
+    could not stop (MLflow started by root, say, sorted first): the model server after it was left
+    running and said nothing of. Now every other service is stopped, then the one line."""
+    import os
+    from types import SimpleNamespace
+
+    from mlops.commands.services import cmd_down
+
+    real_kill, real_killpg = os.kill, os.killpg
+
+    def refused(real):
+        def call(pid, sig):
+            if pid == stranger.pid:
+                raise PermissionError(1, "Operation not permitted")
+            return real(pid, sig)
+        return call
+
+    state = tmp_path / "state"
+    mine = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        _record(state, "mlflow-server", stranger.pid, process_identity(stranger.pid))
+        _record(state, "model-server", mine.pid, process_identity(mine.pid))
+        monkeypatch.setenv("MLOPS_HOME", str(state))
+        monkeypatch.setattr(os, "kill", refused(real_kill))
+        monkeypatch.setattr(os, "killpg", refused(real_killpg))
+        with pytest.raises(ConfigError, match="cannot stop mlflow-server .*another user"):
+            cmd_down(SimpleNamespace())
+        assert mine.wait(timeout=20) is not None, "the model server was left running"
+        assert stranger.poll() is None and (state / "mlflow-server.json").exists()
+        assert not (state / "model-server.json").exists()
+    finally:
+        mine.kill()
+        mine.wait(timeout=10)
+
+
 def test_a_log_rotation_that_cannot_write_the_tail_leaves_no_partial_copy(tmp_path, monkeypatch):
     """Found by review (2026-12-06, sixteenth stop): the previous log's tail is written beside
     ``<name>.log.1`` and renamed into place; a write that failed (a full disk) left that partial

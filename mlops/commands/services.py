@@ -44,8 +44,17 @@ def cmd_down(args) -> int:
         records = sorted(state.glob("*.json"))
     except OSError as exc:      # a path too long: one line, not a traceback
         raise ConfigError(f"cannot read {state} ({exc.strerror or exc}); check MLOPS_HOME") from None
-    stopped = [p.stem for p in records if stop_service(state, p.stem)]
+    stopped, refused = [], []
+    for p in records:       # one that cannot be stopped (another user's) leaves the others stopped
+        try:
+            if stop_service(state, p.stem):
+                stopped.append(p.stem)
+        except ConfigError as exc:
+            refused.append(exc)
     # a path of bytes that are not UTF-8 (MLOPS_HOME from a Latin-1 shell) shown as \xe9 (as every
     # command shows it): printed as it is, "nothing running for <it>" was a traceback
-    print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {log.printable(str(state))}")
+    if stopped or not refused:
+        print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {log.printable(str(state))}")
+    if refused:
+        raise refused[0]
     return 0
