@@ -193,11 +193,11 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
     try:
         base.mkdir(parents=True, exist_ok=True)
         state.mkdir(parents=True, exist_ok=True)      # the monitoring config goes there
-        if not config.exists():
-            config.write_text(EMPTY_MODELS_CONFIG)
     except OSError as exc:
         raise ConfigError(f"cannot write {config} ({exc.strerror or exc}); point MLOPS_HOME at a folder "
                           f"you can write") from None
+    if not config.exists():     # whole or not at all: a truncated one was kept, and the next start served it
+        write_whole(config, EMPTY_MODELS_CONFIG)
     refuse_taken_ports(None, wanted)
     url = f"http://127.0.0.1:{rest_port}"
     write_whole(monitoring, MONITORING_CONFIG)     # a full MLOPS_HOME: one line, no truncated file

@@ -357,6 +357,24 @@ def test_a_full_state_folder_at_the_model_servers_start_is_one_line(tmp_path, tm
     assert not (state / "model-server.monitoring.config").exists()
 
 
+def test_a_full_serving_base_at_the_first_start_leaves_no_truncated_models_config(tmp_path, tmpfs):
+    """Found by review (2026-12-06, seventeenth stop): the first, empty models.config was written
+    with a bare ``write_text``: on a full disk it was left empty, and the next start kept it as the
+    server's config (it exists). Now one line, and no models.config."""
+    base = tmpfs("1m")
+    with open(base / "filler", "wb", buffering=0) as f:      # bounded: 1 MiB of tmpfs is full within 1024 writes
+        for _ in range(1024):
+            try:
+                f.write(b"x" * 4096)
+            except OSError:
+                break
+    rest, grpc = free_ports(2)
+    with pytest.raises(ConfigError, match=r"cannot write .*models\.config .*MLOPS_HOME"):
+        local_services.start_model_server(tmp_path / "state", base, rest_port=rest, grpc_port=grpc)
+    assert not (base / "models.config").exists()
+    assert not port_in_use(rest)
+
+
 def test_the_demo_without_a_terminal_or_yes_refuses_before_it_starts_anything(tmp_path):
     """Without a terminal nobody can approve: it started both servers, deployed nothing and exited 0."""
     home = tmp_path / "home"
