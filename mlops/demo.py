@@ -366,6 +366,20 @@ def check_options(opts: DemoOptions) -> None:
         seen[port] = var
 
 
+def _say_what_keeps_running() -> None:
+    """After a demo stopped by an error: the local services that run on, and how to stop them (the
+    hint was printed only after an interrupt, and an error mid-flow left them running unsaid)."""
+    from mlops.detached_service import read_record
+
+    state = settings.state_dir()
+    with contextlib.suppress(UserError, OSError):
+        running = [p.stem for p in sorted(state.glob("*.json"))
+                   if (rec := read_record(state, p.stem)) is not None and rec.running]
+        if running:
+            print(f"the local services keep running ({', '.join(running)}; state in {state}); "
+                  f"`{mlops_command()} down` stops them", file=sys.stderr)
+
+
 def main(opts: DemoOptions, *, detach: bool) -> int:
     from mlops.local_services import check_state_path
     from serving_sync.cancel import DeployInterrupted
@@ -381,7 +395,11 @@ def main(opts: DemoOptions, *, detach: bool) -> int:
               f"stops them", file=sys.stderr)
         raise
     except GateFailed as exc:  # only for a first version: nothing to serve
+        _say_what_keeps_running()
         raise UserError(f"the first version failed the gate: {exc.message}") from None
+    except UserError:          # a refusal mid-flow (a full disk): the services it started run on
+        _say_what_keeps_running()
+        raise
     if not detach and sys.stdin.isatty():
         wait_for_ctrl_c()
     return 0

@@ -289,3 +289,40 @@ def test_mlflows_port_held_by_another_program_names_the_setting_the_demo_takes(t
     assert line.endswith(f"port {env['MLOPS_MLFLOW_PORT']} on 127.0.0.1 is taken by another program; set "
                          f"MLOPS_MLFLOW_PORT to a free port"), line
     _started_nothing(home)
+
+
+def test_an_error_mid_demo_says_which_services_keep_running_and_how_to_stop_them(tmp_path, monkeypatch, capsys):
+    """Found by review (2026-12-06, seventeenth stop): a refusal after the services started (e.g.
+    `.mlops/hosts.toml` on a full disk) left them running and said nothing about them: the hint
+    came only after an interrupt. It now names them and `mlops down`, before the error line."""
+    import subprocess
+
+    from mlops import demo, detached_service
+    from mlops_common.procs import process_identity
+
+    home = tmp_path / "mlops"
+    home.mkdir()
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.setattr(demo, "check_options", lambda opts: None)
+    p = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        detached_service.write_record(home, detached_service.Service(
+            "model-server", p.pid, "http://127.0.0.1:9", home / "model-server.log", process_identity(p.pid)))
+
+        def full_disk(opts):
+            raise ConfigError("cannot write .mlops/hosts.toml (No space left on device)")
+
+        monkeypatch.setattr(demo, "run", full_disk)
+        with pytest.raises(ConfigError):
+            demo.main(demo.DemoOptions(), detach=True)
+        err = capsys.readouterr().err
+        assert "the local services keep running (model-server;" in err and "down` stops them" in err, err
+        p.kill()
+        p.wait(timeout=10)
+        with pytest.raises(ConfigError):            # nothing running: nothing said about services
+            demo.main(demo.DemoOptions(), detach=True)
+        assert "keep running" not in capsys.readouterr().err
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
