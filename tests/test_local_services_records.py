@@ -645,6 +645,13 @@ def test_down_stops_the_other_services_when_one_runs_as_another_user(tmp_path, s
         assert mine.wait(timeout=20) is not None, "the model server was left running"
         assert stranger.poll() is None and (state / "mlflow-server.json").exists()
         assert not (state / "model-server.json").exists()
+        # two it cannot stop: both named in the one line (only the first was)
+        _record(state, "webhook-server", stranger.pid, process_identity(stranger.pid))
+        with pytest.raises(ConfigError) as e:
+            cmd_down(SimpleNamespace())
+        assert "\n" not in e.value.message, e.value.message
+        assert "cannot stop mlflow-server" in e.value.message and "cannot stop webhook-server" in e.value.message, \
+            e.value.message
     finally:
         mine.kill()
         mine.wait(timeout=10)

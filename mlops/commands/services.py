@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from mlops.commands import flags, output
 from mlops_common import log, settings
-from mlops_common.errors import ConfigError
+from mlops_common.errors import ConfigError, reworded
 
 
 def register(sub) -> None:
@@ -55,6 +55,8 @@ def cmd_down(args) -> int:
     # command shows it): printed as it is, "nothing running for <it>" was a traceback
     if stopped or not refused:
         print("stopped: " + ", ".join(stopped) if stopped else f"nothing running for {log.printable(str(state))}")
+    if len(refused) > 1:        # every one named, in the one line (only the first was)
+        raise reworded(refused[0], "; ".join(exc.message for exc in refused))
     if refused:
         raise refused[0]
     return 0
