@@ -65,10 +65,20 @@ def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | 
         if len(reason) > reason_width:
             reason = reason[:reason_width - 1] + "…"
         rows.append([e.id, e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "", e.action, e.model,
-                     f"{_v(e.from_version)}->{_v(e.to_version)}", e.actor or "", e.pipeline_id or "",
+                     f"{_v(e.from_version)}->{_v(e.to_version)}", _by(e), e.pipeline_id or "",
                      e.host or "", e.outcome, reason])
     return table(["id", "at (UTC)", "action", "model", "from->to", "actor", "pipeline", "host",
                   "outcome", "reason"], rows)
+
+
+def _by(e: Entry) -> str:
+    """The row's actor, and its CircleCI approver when that is someone else: a promotion's actor is
+    the CI job's user, and the person who let the version in was only in ``--json``."""
+    approver = e.details.get("approved_by") if isinstance(e.details, dict) else None
+    actor = e.actor or ""
+    if isinstance(approver, str) and approver and approver != actor:
+        return printable(f"{actor} (approved by {approver})" if actor else f"approved by {approver}")
+    return actor
 
 
 def class_breach_lines(entries: list[Entry]) -> list[str]:

@@ -143,6 +143,19 @@ def test_tables_align_and_truncate():
         "(no ledger rows for model 'digits' and action rollback)"
 
 
+def test_the_history_table_names_a_promotions_circleci_approver():
+    """Found by review (2026-12-06, seventeenth stop): `registry history` showed a promotion's actor
+    (the CI job's user) and not the person who approved it in CircleCI (only in ``--json``)."""
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    approved = Entry("promote", "m", "ok", from_version=1, to_version=2, actor="circleci", id=8, at=at,
+                     details={"approved_by": "alice"})
+    by_hand = Entry("promote", "m", "ok", from_version=2, to_version=3, actor="bob", id=9, at=at,
+                    details={"approved_by": "bob"})
+    lines = history_table([approved, by_hand]).splitlines()
+    assert "circleci (approved by alice)" in lines[2], lines
+    assert " bob " in lines[3] and "approved by" not in lines[3], lines
+
+
 def test_tables_align_by_terminal_cells_with_wide_characters():
     """An actor or reason in Chinese (two cells a character) shifted every later column of its
     row: the padding counted characters, not the cells a terminal draws."""
