@@ -243,6 +243,14 @@ class FailedVersions:
         self.failed.add(version)
         self._unrecorded[version] = _UNSET
 
+    def where(self, version: int) -> str:
+        """Where a skipped ``version``'s failure is known, for the skip's line."""
+        if self.recorded is None:
+            return "in this watch"
+        if version in self._unrecorded:
+            return "in this watch; the registry could not record it"
+        return "deploy_status=failed since its last promotion"
+
     def forget(self, version: int) -> None:
         """Try ``version`` again (a person promoted it)."""
         self.failed.discard(version)
@@ -383,8 +391,8 @@ class FleetReconciler:
         elif self.failed.skip(fp.version):
             # not "waiting for production to move": the alias set again in the MLflow UI moved it, and
             # still only a promotion through mlops (its ledger row) clears the failure
-            return "skipped", fp.version, (f"v{fp.version}'s deploy failed (deploy_status=failed since its "
-                                           f"last promotion); not tried again until it is promoted again "
+            return "skipped", fp.version, (f"v{fp.version}'s deploy failed ({self.failed.where(fp.version)}); "
+                                           f"not tried again until it is promoted again "
                                            f"with `mlops registry promote --version {fp.version}` (setting "
                                            f"the alias in the MLflow UI or API does not clear it) or "
                                            f"production moves to another version")
