@@ -378,7 +378,7 @@ def refresh(model: str, version, *, ledger: Ledger | None = None) -> str:
     """Rebuild our block of the description of ``model`` v``version`` and write it, keeping a
     person's text around it; returns the whole description."""
     info = versions.get_version(model, version)
-    entries = (ledger or Ledger()).entries(model)
+    entries = (ledger or Ledger()).entries(model, version=info.version)     # all ``render`` reads
     run_url, report_url = _urls(info.run_id)
     above, below = others(info.description)
     room = DESCRIPTION_LIMIT - len(above) - len(below) - _MARKERS

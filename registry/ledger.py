@@ -532,12 +532,14 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self, model: str | None = None, *, actions: tuple[str, ...] | None = None,
-                limit: int | None = None, current: bool = False) -> list[Entry]:
+                limit: int | None = None, current: bool = False, version: int | None = None) -> list[Entry]:
         """Rows in the order they were appended (oldest first); ``limit`` keeps the newest N;
-        ``current``: only the rows of the model as it exists now (``_select``), for decisions."""
+        ``current``: only the rows of the model as it exists now (``_select``), for decisions;
+        ``version``: only the rows about that version (its ``from_version`` or ``to_version``),
+        picked by the database: a version's description read every row of a ledger of years."""
         with _db_errors(self.url, "cannot read the ledger database"):
             with self._engine.connect() as conn:
-                return _select(conn, model, actions, limit, current=current)
+                return _select(conn, model, actions, limit, current=current, version=version)
 
 
 class LockedLedger:
@@ -597,7 +599,7 @@ def _current_start(conn: sa.Connection, model: str) -> int | None:
 
 
 def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, *,
-            current: bool = False) -> list[Entry]:
+            current: bool = False, version: int | None = None) -> list[Entry]:
     """``current`` (with ``model``): from the model's latest registration of version 1 on
     (``_current_start``). MLflow numbers a registered model deleted and created again from 1, and
     the rows of the model that was deleted (its productions, gates, deploys) are about other
@@ -612,6 +614,8 @@ def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, 
             q = q.where(t.c.id >= start)
     if actions:
         q = q.where(t.c.action.in_(actions))
+    if version is not None:
+        q = q.where(sa.or_(t.c.to_version == version, t.c.from_version == version))
     q = q.order_by(t.c.id.desc())
     if limit:
         q = q.limit(limit)
