@@ -81,6 +81,11 @@ class Entry:
     at: datetime | None = None
 
     def __post_init__(self):
+        # a row read back (it has an id) is shown as written: a newer mlops sharing the ledger
+        # adds actions and outcomes (``canary`` and ``lock_takeover`` came so), and an older
+        # one's every read of such a row was a traceback (`registry history`)
+        if self.id is not None:
+            return
         if self.action not in ACTIONS:
             raise ValueError(f"unknown ledger action {self.action!r}; expected one of {ACTIONS}")
         if self.outcome not in OUTCOMES:

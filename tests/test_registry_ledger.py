@@ -571,3 +571,22 @@ def test_a_forced_stop_right_after_the_in_memory_promotion_lock_was_taken_leaves
         with ledger_mod._sqlite_promotion_lock(sa.create_engine("sqlite://"), "sqlite://"):
             pass
     assert lock.interrupted and _free_for_another_thread(lock.real)
+
+
+def test_rows_of_an_action_or_outcome_a_newer_mlops_wrote_are_read_as_they_are(mlops_env):
+    """Actions and outcomes are added over time (``canary``, ``lock_takeover``), and a ledger is
+    shared by every job and host, which do not all run the same release: an older mlops read a
+    newer one's row as a traceback (`registry history`, and every read of that row). Rows are
+    checked when written, and read back as they are."""
+    led = Ledger()
+    led.record("register", "alpha", outcome="ok", to_version=1, actor="ci")
+    db = sqlite3.connect(led._engine.url.database)
+    db.execute("INSERT INTO ledger_entries (at, action, model, to_version, actor, outcome) VALUES "
+               "('2026-12-07 00:00:00.000000', 'retire', 'alpha', 1, 'ci', 'retired')")
+    db.commit()
+    db.close()
+    assert [(e.action, e.outcome) for e in led.entries("alpha")] == [("register", "ok"), ("retire", "retired")]
+    r = run_mlops("registry", "history", "--model", "alpha")
+    assert r.returncode == 0 and "retire" in r.stdout and "retired" in r.stdout, r.stderr
+    with pytest.raises(ValueError, match="unknown ledger action"):
+        led.record("retire", "alpha", outcome="ok")
