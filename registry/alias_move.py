@@ -164,8 +164,9 @@ def production_move(ledger: Ledger, model: str, actor: str) -> Iterator[_LockedM
         raise
 
 
-def reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
-    """Append what the alias shows and the ledger does not (see ``reconcile_rows``)."""
+def reconcile_in(tx, model: str, alias: int | None, actor: str, *, announce: bool = True) -> list[Entry]:
+    """Append what the alias shows and the ledger does not (see ``reconcile_rows``); ``announce``:
+    each row's reason as a warning (a move's only word of it; `registry reconcile` prints its rows)."""
     entries = tx.entries(actions=VIEW)
     held = ledger_production(entries) if alias is None else None
     if held is not None:
@@ -175,7 +176,7 @@ def reconcile_in(tx, model: str, alias: int | None, actor: str) -> list[Entry]:
         tx.commit()
     deleted = held is not None and not versions.version_exists(model, held)
     rows = [tx.append(r) for r in reconcile_rows(model, alias, entries, actor=actor, ledger_version_deleted=deleted)]
-    for r in rows:
+    for r in rows if announce else ():
         _log.warning("ledger of '%s': %s", model, r.reason)
     return rows
 

@@ -89,7 +89,7 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
     ledger = ledger or Ledger()
     with ledger.serialized(model) as tx:
         alias = versions.production_version(model)
-        rows = reconcile_in(tx, model, alias, by.actor)
+        rows = reconcile_in(tx, model, alias, by.actor, announce=False)     # the caller prints each row once
         moves = confirmed_moves(model, rows, by.actor)
         entries = tx.entries(actions=VIEW)
         # commit the rows (SQLite: and end the read's write lock) before asking MLflow; the

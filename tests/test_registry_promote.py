@@ -579,3 +579,21 @@ def test_a_version_tagged_under_the_old_pipeline_tag_name_is_found_by_its_pipeli
     assert promotion.version_for_pipeline(model, "pipe-old", v2) == v2
     with pytest.raises(RefusedError, match="was registered by pipeline pipe-old, not by pipeline pipe-new"):
         promotion.version_for_pipeline(model, "pipe-new", v2)
+
+
+def test_reconcile_says_what_it_recorded_once(make_version):
+    """`registry reconcile` printed each row it recorded, and the same reason again as a warning
+    on stderr (the warning a move gives when it records what it found first): two lines for one
+    fact. A move still warns; reconcile prints each row once."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    assert run_mlops("registry", "promote", "--version", str(v1), "--actor", "alice").returncode == 0
+    versions.delete_alias(model, versions.PRODUCTION)                  # removed in the MLflow UI
+    r = run_mlops("registry", "reconcile", "--actor", "carol")
+    said = (r.stdout + r.stderr).count("production found on (none) while the ledger said")
+    assert r.returncode == 0 and said == 1, r.stdout + r.stderr
+    assert run_mlops("registry", "reconcile", "--actor", "carol").stdout.strip().endswith("nothing recorded")
+    v2 = make_version(validation_status="passed")
+    versions.set_alias(model, versions.PRODUCTION, v1)                 # set in the MLflow UI
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "alice")
+    assert r.returncode == 0 and "reconciled by alice: production found on v1" in r.stderr, r.stderr
