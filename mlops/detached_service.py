@@ -21,7 +21,7 @@ import requests
 from mlops.ports import port_in_use
 from mlops_common import log, stop
 from mlops_common.errors import ConfigError, ConnectionFailure
-from mlops_common.procs import boot_id, group_listens_on, is_process, pid_alive, process_identity
+from mlops_common.procs import boot_id, group_listens_on, group_members, is_process, pid_alive, process_identity
 
 _log = log.get("detached_service")
 
@@ -293,17 +293,12 @@ def _group_is_ours(pgid: int, mark: str) -> bool:
     if not mark:
         return True
     want = f"{SERVICE_MARK}={mark}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in group_members(pgid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[-1].split()[2]) != pgid:
-                    continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if want in f.read().split(b"\0"):
                     return True
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue        # gone meanwhile, or not ours to read
     return False
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 
 def pid_alive(pid: int) -> bool:
@@ -76,16 +77,29 @@ def group_listens_on(pgid: int, port: int) -> bool | None:
         return None
     if not inodes:
         return False
-    for entry in os.listdir("/proc"):
+    for entry in group_members(pgid):
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                    return True
+        except OSError:
+            continue        # gone meanwhile, or not ours to read
+    return False
+
+
+def group_members(pgid: int) -> Iterator[str]:
+    """The pids (as ``/proc`` names them) of the processes in group ``pgid`` now; those that end
+    or cannot be read meanwhile are left out. Nothing where there is no ``/proc``."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[-1].split()[2]) != pgid:
-                    continue
-            for fd in os.listdir(f"/proc/{entry}/fd"):
-                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
-                    return True
+                if int(f.read().rsplit(")", 1)[-1].split()[2]) == pgid:
+                    yield entry
         except (OSError, IndexError, ValueError):
             continue        # gone meanwhile, or not ours to read
-    return False

@@ -53,18 +53,7 @@ def versions_held_by_others(config: "ServingConfig", model: str, base_path: str,
     Retention must keep them: a ``specific`` entry's versions, a ``latest`` one's newest N, an
     ``all`` one's every version, TF Serving's default policy's newest, and every label's."""
     ours = {model, validation_name(model)}
-    newest_first = sorted(published, reverse=True)
-    held: set[int] = set()
-    for e in config.entries:
-        if e.name in ours or not same_path(e.base_path, base_path):
-            continue
-        if e.policy == "specific":
-            held.update(e.versions)
-        else:
-            n = _newest_loaded(e)
-            held.update(published if n is None else newest_first[:n])
-        held.update(v for _, v in e.labels)
-    return tuple(sorted(held))
+    return _held([e for e in config.entries if e.name not in ours and same_path(e.base_path, base_path)], published)
 
 
 def versions_named(config: "ServingConfig", model: str, published: tuple[int, ...] = ()) -> tuple[int, ...]:
@@ -72,9 +61,15 @@ def versions_named(config: "ServingConfig", model: str, published: tuple[int, ..
     validation) and those of any entry whose base path is a ``<...>/<model>`` folder (the base as
     TF Serving sees it may be any path, ``model_base_path``: a mirror, another URL). A self-loading
     policy holds the newest of ``published``, as in ``versions_held_by_others``."""
+    return _held(_reading(config, model), published)
+
+
+def _held(entries: list["ModelEntry"], published: tuple[int, ...]) -> tuple[int, ...]:
+    """The versions ``entries`` load or label: a ``specific`` entry's versions, a self-loading
+    policy's newest of ``published``, every label's."""
     newest_first = sorted(published, reverse=True)
     held: set[int] = set()
-    for e in _reading(config, model):
+    for e in entries:
         if e.policy == "specific":
             held.update(e.versions)
         else:
