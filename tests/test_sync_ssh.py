@@ -255,6 +255,19 @@ def test_passphrase_key_without_agent_is_refused_without_prompting(sshd, tmp_pat
 
 def test_ssh_agent_key_is_used_when_no_identity_file_is_set(sshd, tmp_path, monkeypatch):
     """As CircleCI's add_ssh_keys: the deploy key lives only in the agent."""
+    with _ssh_agent(tmp_path, monkeypatch, sshd.identity_file):
+        t = connect(sshd, tmp_path / "b", identity_file=None)
+        try:
+            assert t.list_dir("") == []
+        finally:
+            t.close()
+
+
+@contextlib.contextmanager
+def _ssh_agent(tmp_path, monkeypatch, *keys):
+    """A real ``ssh-agent`` holding ``keys`` (in that order) as this process's SSH_AUTH_SOCK, with
+    an empty HOME (no ~/.ssh key to fall back on): the deploy key only in the agent, as CircleCI's
+    add_ssh_keys leaves it. Its socket path; the agent is stopped after the block."""
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -264,15 +277,11 @@ def test_ssh_agent_key_is_used_when_no_identity_file_is_set(sshd, tmp_path, monk
                 break
             time.sleep(0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", str(sshd.identity_file)], check=True, env=env, capture_output=True,
-                       timeout=30)
+        for key in keys:
+            subprocess.run(["ssh-add", str(key)], check=True, env=env, capture_output=True, timeout=30)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
-        t = connect(sshd, tmp_path / "b", identity_file=None)
-        try:
-            assert t.list_dir("") == []
-        finally:
-            t.close()
+        yield sock
     finally:
         agent.terminate()
         agent.wait(timeout=10)
@@ -1312,30 +1321,15 @@ def test_an_agent_with_more_keys_than_the_server_tries_says_to_name_the_deploy_k
     fault, naming nothing to fix (found by review, 2026-12-06, seventeenth stop). Now one line
     says the server closed after refusing the keys tried and to set identity_file to the deploy key."""
     server = sshd_factory(extra_config=("MaxAuthTries 2",))
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):   # bounded wait for the socket
-            if sock.exists():
-                break
-            time.sleep(0.05)
-        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        for name in ("other1", "other2"):
-            keygen(tmp_path / name)
-            subprocess.run(["ssh-add", str(tmp_path / name)], check=True, env=env, capture_output=True, timeout=30)
-        subprocess.run(["ssh-add", str(ssh_user_key[0])], check=True, env=env, capture_output=True, timeout=30)
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-        monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    for name in ("other1", "other2"):
+        keygen(tmp_path / name)
+    with _ssh_agent(tmp_path, monkeypatch, tmp_path / "other1", tmp_path / "other2", ssh_user_key[0]):
         with pytest.raises(AuthFailed) as e:
             connect(server, tmp_path / "b", identity_file=None)
         msg = one_line(e.value)
         assert "agent key 1" in msg and "agent key 2" in msg and "MaxAuthTries" in msg, msg
         assert "identity_file" in msg, msg
         connect(server, tmp_path / "b", identity_file=ssh_user_key[0]).close()   # what the line says works
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
 
 
 def test_an_identity_file_that_is_the_public_key_says_to_name_the_private_key(sshd, tmp_path):
@@ -1548,28 +1542,15 @@ def test_the_ssh_agent_connection_is_closed_once_its_keys_were_used(sshd, tmp_pa
     keeps the key that logged in, the key its agent, so one agent socket stayed open per connection
     (a long `sync watch` reconnects for every deploy; found by review, 2026-12-06, seventeenth
     stop). Now it is closed once authentication is over; the connection still works."""
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
     opened = []
-    try:
-        for _ in range(100):   # bounded wait for the socket
-            if sock.exists():
-                break
-            time.sleep(0.05)
-        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", str(sshd.identity_file)], check=True, env=env, capture_output=True,
-                       timeout=30)
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
-        monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
-        before = _unix_socket_fds()
-        for _ in range(3):      # as a watch does, deploy after deploy
-            opened.append(connect(sshd, tmp_path / "b", identity_file=None))
-        assert _unix_socket_fds() - before == set(), "an SSH agent connection is left open per connection"
-        with pytest.raises(FileNotFoundError):
-            opened[-1].read_file("nothing-here")          # the connection itself still works
-    finally:
-        for t in opened:
-            t.close()
-        agent.terminate()
-        agent.wait(timeout=10)
+    with _ssh_agent(tmp_path, monkeypatch, sshd.identity_file):
+        try:
+            before = _unix_socket_fds()
+            for _ in range(3):      # as a watch does, deploy after deploy
+                opened.append(connect(sshd, tmp_path / "b", identity_file=None))
+            assert _unix_socket_fds() - before == set(), "an SSH agent connection is left open per connection"
+            with pytest.raises(FileNotFoundError):
+                opened[-1].read_file("nothing-here")          # the connection itself still works
+        finally:
+            for t in opened:
+                t.close()
