@@ -151,7 +151,7 @@ def test_a_deploys_retention_removes_a_dead_locks_heartbeat_after_a_takeover(tmp
     try:
         dead = tmp_path / STATE_DIR / "lock-heartbeat-deadbeef00000001"
         dead.write_bytes(json.dumps({"token": "deadbeef00000001", "heartbeat": 0.0}).encode())
-        conn = HostConn(SimpleNamespace(name="h1"), t, None)
+        conn = HostConn(SimpleNamespace(name="h1", target=SimpleNamespace(scheme="file")), t, None)
         conn.lock = ours
         plan = SimpleNamespace(model="m", desired=1, previous_kept=None, current=None,
                                final=SimpleNamespace(versions=(1,)), held_by_others=())

@@ -225,7 +225,7 @@ def test_retention_removes_nothing_once_the_hosts_lock_was_taken_over(transport)
         (transport.base / "m" / str(v) / "saved_model.pb").write_bytes(b"x")
     ours = HostLock(transport, heartbeat_every=0)
     ours.acquire()
-    conn = HostConn(SimpleNamespace(name="h1"), transport, None)
+    conn = HostConn(SimpleNamespace(name="h1", target=SimpleNamespace(scheme="file")), transport, None)
     conn.lock = ours
     plan = SimpleNamespace(model="m", desired=6, previous_kept=5, current=5, final=SimpleNamespace(versions=(5, 6)),
                            held_by_others=())

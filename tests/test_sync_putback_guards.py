@@ -65,12 +65,12 @@ def test_a_passing_smoke_test_the_ledger_could_not_record_does_not_blame_the_ver
     run = _run(record=rec, published=(1, 2), states={1: "AVAILABLE", 2: "AVAILABLE"})
     passed = NS(passed=True, version=2, to_dict=lambda: {}, summary=lambda: "", checks=[], route="r")
     with pytest.raises(LedgerWriteFailed) as e:
-        run._judge(passed, "smoke test of v2")
+        run._judge(passed, "smoke test of v2", "before the switch")
     assert "passed, but the ledger could not record it" in e.value.message
     failed = NS(passed=False, version=2, to_dict=lambda: {}, summary=lambda: "golden_outputs: differ",
                 checks=[], route="r")
     with pytest.raises(host_run.SmokeFailed):               # a failure stays the version's
-        run._judge(failed, "smoke test of v2")
+        run._judge(failed, "smoke test of v2", "before the switch")
 
 
 def test_the_ledger_failure_keeps_production_where_it_is():
