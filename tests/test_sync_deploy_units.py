@@ -553,13 +553,7 @@ def test_an_error_that_changes_only_in_seconds_is_one_outage_not_a_line_a_pass(c
 
     w = Watcher(reconcile, interval=10, max_seconds=10 * 90 + 5, clock=clock)
     w.wake.wait = lambda timeout: (setattr(clock, "now", clock.now + timeout), False)[1]
-    mlops_logger = logging.getLogger("mlops")
-    mlops_logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="mlops"):
-            res = w.run()
-    finally:
-        mlops_logger.removeHandler(caplog.handler)
+    res = _run_logged(w, caplog)
     assert res.counts["error"] == 90 and res.passes[-1].status == "deployed"
     lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values()
              if r.name == "mlops.sync.watch" and r.levelname == "ERROR"]
@@ -588,13 +582,7 @@ def test_interval_passes_that_find_the_same_are_one_line_then_one_every_ten_minu
         return False
 
     w.wake.wait = wait
-    mlops_logger = logging.getLogger("mlops")
-    mlops_logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level("INFO", logger="mlops"):
-            res = w.run()
-    finally:
-        mlops_logger.removeHandler(caplog.handler)
+    res = _run_logged(w, caplog)
     assert sum(res.counts.values()) == 204
     lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values() if r.name == "mlops.sync.watch"]
     assert lines == ["reconcile (start): up_to_date: hosts serve v3",
@@ -646,3 +634,15 @@ def test_the_latency_check_stops_once_its_p95_is_over_budget_whatever_the_rest_a
     # one slow request among 20 is within the p95: all 20 are sent and the check passes
     host = Slow(21)
     assert run_smoke(host, "h", "m", golden, 3, route_version=3, opts=opts).passed and host.calls == 21
+
+
+def _run_logged(w, caplog):
+    """``w.run()`` with the ``mlops`` logger's INFO lines in ``caplog`` (``log.setup()`` stops
+    them propagating to caplog's root handler)."""
+    mlops_logger = logging.getLogger("mlops")
+    mlops_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            return w.run()
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
