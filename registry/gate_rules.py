@@ -361,12 +361,17 @@ def heldout_moved(candidate: dict, production: dict | None, trained_beside: dict
         return Check("heldout_unchanged_since_training", True,
                      "the held-out set is the one " + " and ".join(who for who, _ in recorded)
                      + " was trained beside")
+    # only production's set moved: the candidate was trained beside today's, so retraining it
+    # changes nothing (every retrain failed the same way); moving production is what ends it
+    advice = ("retrain the candidate on today's partition, or promote with --force --reason after checking"
+              if moved[0][0] == "the candidate" else
+              f"production v{baseline_version}'s accuracy on it may be inflated; the candidate was trained beside "
+              f"today's set, so retraining changes nothing: promote this version with --force --reason after checking")
     return Check("heldout_unchanged_since_training", False,
                  "the held-out set changed since " + " and ".join(
                      f"{who} was trained (recorded {str(fp)[:12]})" for who, fp in moved)
                  + f"; now {str(now)[:12]}: the frozen partition moved (a NumPy or data change), so the "
-                 f"held-out set may hold examples it trained on; retrain on today's partition, or "
-                 f"promote with --force --reason after checking")
+                 f"held-out set may hold examples it trained on; {advice}")
 
 
 def _non_probability_outputs(doc: dict) -> int:

@@ -916,3 +916,22 @@ def test_invalid_metrics_against_production_say_the_comparison_was_not_made():
                 "not a number in [0, 1] or a count not a whole number), so neither the minimum accuracy (0.80) was "
                 "checked nor the comparison with production v1, overall or per class, made.") in text, text
         assert "≤ —" not in text and "per-class drop ≤" not in text
+
+
+def test_a_held_out_set_moved_since_production_was_trained_does_not_advise_retraining_the_candidate():
+    """Found by review (2026-12-07, eighteenth stop): when only production's training run recorded
+    another held-out set, the check advised "retrain on today's partition": the candidate already
+    was, and every retrain failed the same way. Only moving production (a deliberate promotion of
+    the candidate after checking) ends it; the candidate's own moved set still says to retrain."""
+    cand, prod = evaluation(0.96), evaluation(0.95)
+    v = decide(cand, prod, GateRules(), baseline_version=1, trained_beside={"candidate": FP, "production": "b" * 64})
+    check = next(c for c in v.checks if c.rule == "heldout_unchanged_since_training")
+    assert not check.passed and "retrain on today's partition" not in check.message, check.message
+    assert "retraining changes nothing" in check.message
+    assert "production v1's accuracy on it may be inflated" in check.message
+    assert "promote this version with --force --reason after checking" in check.message
+    # the candidate's own set moved (alone, or with production's): retraining it is what helps
+    for beside in ({"candidate": "c" * 64, "production": FP}, {"candidate": "c" * 64, "production": "b" * 64}):
+        v = decide(cand, prod, GateRules(), baseline_version=1, trained_beside=beside)
+        check = next(c for c in v.checks if c.rule == "heldout_unchanged_since_training")
+        assert not check.passed and "retrain the candidate on today's partition" in check.message, check.message
