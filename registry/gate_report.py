@@ -155,16 +155,21 @@ def limits_text(report: dict) -> str:
     applied: the line read "accuracy drop vs production ≤ —; per-class drop ≤ each class's allowed
     drop (per-class table)" beside a table of dashes (review, tenth stop)."""
     r = report["rules"]
-    if report["metrics"]["production"] is None:
-        return (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])} (no production to compare with: the rules "
-                f"against production did not apply).")
     # metrics_valid failed: no rule was applied, and the per-class table is dashes; the line read
-    # "accuracy drop vs production ≤ —; per-class drop ≤ each class's allowed drop" (review, fifteenth stop)
+    # "accuracy drop vs production ≤ —; per-class drop ≤ each class's allowed drop" (review, fifteenth stop),
+    # and without production "accuracy ≥ 0.80" as if it had been checked (review, eighteenth stop)
     if any(c["rule"] == "metrics_valid" and not c["passed"] for c in report["checks"]):
+        if report["metrics"]["production"] is None:
+            return (f"Limits: none applied — the evaluation is not a measurement (metrics_valid failed: an accuracy "
+                    f"is not a number in [0, 1] or a count not a whole number), so the minimum accuracy "
+                    f"({limit_text(r['min_accuracy'])}) was not checked (no production to compare with).")
         return (f"Limits: none applied — an evaluation is not a measurement (metrics_valid failed: an accuracy "
                 f"is not a number in [0, 1] or a count not a whole number), so neither the minimum accuracy "
                 f"({limit_text(r['min_accuracy'])}) was checked nor the comparison with production "
                 f"v{report['production_version']}, overall or per class, made.")
+    if report["metrics"]["production"] is None:
+        return (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])} (no production to compare with: the rules "
+                f"against production did not apply).")
     return (f"Limits: accuracy ≥ {limit_text(r['min_accuracy'])}; accuracy drop vs production ≤ "
             f"{number_text(r['max_accuracy_drop'], accuracy_places(report))}; per-class drop ≤ "
             f"{class_limit_text(r)}.")

@@ -935,3 +935,21 @@ def test_a_held_out_set_moved_since_production_was_trained_does_not_advise_retra
         v = decide(cand, prod, GateRules(), baseline_version=1, trained_beside=beside)
         check = next(c for c in v.checks if c.rule == "heldout_unchanged_since_training")
         assert not check.passed and "retrain the candidate on today's partition" in check.message, check.message
+
+
+def test_invalid_metrics_of_a_first_version_do_not_list_the_minimum_accuracy_as_applied():
+    """Found by review (2026-12-07, eighteenth stop): a first version (no production) whose
+    accuracy is NaN failed metrics_valid alone, "no other rule was applied", while the limits line
+    read "Limits: accuracy ≥ 0.80 (no production to compare with ...)", as if the minimum had been
+    checked."""
+    from registry import gate_html
+
+    cand = evaluation(0.95)
+    cand["accuracy"] = float("nan")
+    v, report = report_of(cand, None)
+    assert failed_rules(v) == ["metrics_valid"]
+    for text in (gate_report.markdown(report), gate_html.html(report)):
+        assert ("Limits: none applied — the evaluation is not a measurement (metrics_valid failed: an accuracy is "
+                "not a number in [0, 1] or a count not a whole number), so the minimum accuracy (0.80) was not "
+                "checked (no production to compare with).") in text, text
+        assert "Limits: accuracy ≥" not in text
