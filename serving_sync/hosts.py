@@ -187,6 +187,10 @@ def parse_target(value: object, where: _Where) -> Target:
                                         "(identity_file or the SSH agent)")
         raise where.error("target", "must not contain a password; use file:///abs/path, "
                                     "ssh://user@host:22/abs/path or s3://bucket/prefix")
+    if settings.query_secrets(value):       # ?token=: refused before a message could echo it
+        raise where.error("target", "must not contain credentials (a token, key or password in its query would "
+                                    "end up in logs); use file:///abs/path, ssh://user@host:22/abs/path or "
+                                    "s3://bucket/prefix")
     if has_traversal(value):
         raise where.error("target", f"{shown!r} must not contain '..'")
     if parts.query or parts.fragment:
@@ -239,6 +243,8 @@ def _check_rest_url(value: object, where: _Where, fld: str = "rest_url") -> str:
     example = "an http(s) URL like http://127.0.0.1:8501"
     if has_control(value):
         raise where.error(fld, f"contains control or line-separator characters; it must be {example}")
+    if settings.query_secrets(value):       # ?api_key= (a gateway's): refused before a message could echo it
+        raise where.error(fld, "must not contain credentials (they would end up in logs)")
     try:
         parts = urlsplit(value)
         port, credentials = parts.port, parts.username or parts.password

@@ -170,6 +170,37 @@ def test_a_credential_in_the_grpc_address_is_refused_without_echoing_it(grpc, tm
     assert len(r.stderr.strip().splitlines()) == 1 and "field 'grpc': must not contain credentials" in r.stderr
 
 
+@pytest.mark.parametrize("fld,value", [
+    ("rest_url", "http://10.0.0.5:8501/?api_key=hunter2secret"),
+    ("metrics_url", "http://10.0.0.5:8501/monitoring/prometheus/metrics?access_token=hunter2secret"),
+    ("rest_url", "http://[::1/?token=hunter2secret"),
+    ("target", "ssh://deploy@10.0.0.5:22/srv/m?token=hunter2secret"),
+    ("target", "ssh://deploy@10.0.0.5:22/srv/../m?sig=hunter2secret"),
+])
+def test_a_credential_in_a_urls_query_is_refused_without_echoing_it(fld, value, tmp_path):
+    """Found by the eighteenth stop's secrets review: a rest_url, metrics_url, store_endpoint or
+    target with ``?api_key=`` (an API gateway's) was echoed whole in "is not an http(s) URL" /
+    "must not have a query", the key with it, into CI logs (the gRPC address was refused so)."""
+    with pytest.raises(ConfigError) as e:
+        parse_hosts_toml(entry(**{fld: value}), "hosts.toml")
+    msg = str(e.value)
+    assert "\n" not in msg and "hunter2secret" not in msg, msg
+    assert f"field '{fld}': must not contain credentials" in msg, msg
+    store = f'store = "s3://bucket/p"\nstore_endpoint = "{value}"\n' + entry(target="ssh://d@h/srv/m")
+    if fld == "rest_url":
+        with pytest.raises(ConfigError) as e:
+            parse_hosts_toml(store, "hosts.toml")
+        assert "hunter2secret" not in str(e.value) and "field 'store_endpoint': must not contain credentials" \
+            in str(e.value), str(e.value)
+    # through the environment and the command line: one line, exit 2, the secret nowhere
+    env = {"MLOPS_SYNC_TARGET": "file:///srv/m", "MLOPS_SYNC_REST_URL": "http://box:8501",
+           f"MLOPS_SYNC_{fld.upper()}": value, "MLOPS_HOME": str(tmp_path / "home")}
+    r = run_mlops("sync", "plan", env=env, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "hunter2secret" not in r.stdout + r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and f"field '{fld}': must not contain credentials" in r.stderr
+
+
 @pytest.mark.parametrize("first,second", [
     ("file:///srv/m", "file://localhost/srv//m/"),
     ("ssh://d@h/x", "ssh://d@H:22/x"),
