@@ -303,7 +303,7 @@ def _check_base_path(value: object, where: _Where) -> str | None:
     if scheme:
         if not value.split("/", 3)[2]:
             raise where.error("model_base_path", f"'{value}' names no bucket or host (e.g. s3://bucket/models)")
-        if "@" in value.split("/", 3)[2]:
+        if "@" in value.split("/", 3)[2] or settings.query_secrets(value):
             raise where.error("model_base_path", "must not contain credentials; TF Serving reads them "
                                                  "from its own environment (AWS_ACCESS_KEY_ID, ...)")
         if has_control(value):

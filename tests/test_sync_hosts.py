@@ -176,11 +176,13 @@ def test_a_credential_in_the_grpc_address_is_refused_without_echoing_it(grpc, tm
     ("rest_url", "http://[::1/?token=hunter2secret"),
     ("target", "ssh://deploy@10.0.0.5:22/srv/m?token=hunter2secret"),
     ("target", "ssh://deploy@10.0.0.5:22/srv/../m?sig=hunter2secret"),
+    ("model_base_path", "s3://bucket/models?X-Amz-Security-Token=hunter2secret"),
 ])
 def test_a_credential_in_a_urls_query_is_refused_without_echoing_it(fld, value, tmp_path):
     """Found by the eighteenth stop's secrets review: a rest_url, metrics_url, store_endpoint or
     target with ``?api_key=`` (an API gateway's) was echoed whole in "is not an http(s) URL" /
-    "must not have a query", the key with it, into CI logs (the gRPC address was refused so)."""
+    "must not have a query", the key with it, into CI logs (the gRPC address was refused so); an
+    s3:// model_base_path with one was taken, to be written into the hosts' models.config."""
     with pytest.raises(ConfigError) as e:
         parse_hosts_toml(entry(**{fld: value}), "hosts.toml")
     msg = str(e.value)
