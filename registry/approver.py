@@ -31,6 +31,9 @@ MAX_PAGES = 20
 
 def api_base() -> str:
     base = (settings.env("CIRCLECI_API_URL") or DEFAULT_API_URL).rstrip("/")
+    if settings.query_secrets(base):    # ?circle-token= (API v1's way): every message would echo it
+        raise ConfigError("CIRCLECI_API_URL must not carry a credential in its query string (it would be printed "
+                          "in logs); put the token in CIRCLE_TOKEN")
     return base if base.endswith("/api/v2") else f"{base}/api/v2"
 
 

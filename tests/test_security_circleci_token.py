@@ -62,3 +62,23 @@ def test_the_circleci_token_never_follows_a_redirect_to_another_address(monkeypa
         for s in (api, other):
             s.shutdown()
             s.server_close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/?circle-token=circle-QUERY-5b1f0a9e",
+                                 "http://127.0.0.1:9/api/v2?api_key=circle-QUERY-5b1f0a9e"])
+def test_a_credential_in_the_circleci_api_urls_query_is_refused_without_echoing_it(tmp_path, url):
+    """Found by the eighteenth stop's secrets review: CircleCI's API once took its token as
+    ``?circle-token=``; in CIRCLECI_API_URL it was echoed in "cannot reach the CircleCI API at ..."
+    (only a password was masked), into the CI log. Now one line naming CIRCLE_TOKEN, exit 2,
+    before any request, the value nowhere."""
+    from tests.helpers import run_mlops
+
+    env = {"CIRCLECI_API_URL": url, "CIRCLE_TOKEN": TOKEN, "CIRCLE_WORKFLOW_ID": "wf-1",
+           "CIRCLE_PIPELINE_ID": "pl-1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+           "MLOPS_HOME": str(tmp_path / "home")}
+    r = run_mlops("registry", "promote", "--version", "1", env=env, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "QUERY-5b1f0a9e" not in r.stdout + r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "error: CIRCLECI_API_URL must not carry a credential in its query string (it would be printed in "
+        "logs); put the token in CIRCLE_TOKEN"], r.stderr
