@@ -172,6 +172,10 @@ def parse_target(value: object, where: _Where) -> Target:
     shown = settings.mask_url_password(value)
     if has_control(value):      # urlsplit drops tabs and new lines without a word: a different path
         raise where.error("target", "contains control or line-separator characters")
+    if settings.query_secrets(value):       # ?token=: refused before a message could echo it
+        raise where.error("target", "must not contain credentials (a token, key or password in its query would "
+                                    "end up in logs); use file:///abs/path, ssh://user@host:22/abs/path or "
+                                    "s3://bucket/prefix")
     try:
         parts = urlsplit(value)
         password = parts.password
@@ -187,10 +191,6 @@ def parse_target(value: object, where: _Where) -> Target:
                                         "(identity_file or the SSH agent)")
         raise where.error("target", "must not contain a password; use file:///abs/path, "
                                     "ssh://user@host:22/abs/path or s3://bucket/prefix")
-    if settings.query_secrets(value):       # ?token=: refused before a message could echo it
-        raise where.error("target", "must not contain credentials (a token, key or password in its query would "
-                                    "end up in logs); use file:///abs/path, ssh://user@host:22/abs/path or "
-                                    "s3://bucket/prefix")
     if has_traversal(value):
         raise where.error("target", f"{shown!r} must not contain '..'")
     if parts.query or parts.fragment:
