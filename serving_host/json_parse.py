@@ -172,8 +172,11 @@ def _parse(body: bytes):
     try:
         doc, end = decoder.raw_decode(text_read, start)
     except json.JSONDecodeError as exc:
-        _check_surrogates(text, exc.pos)
-        msg, pos = _rapidjson_error(text, exc.msg, exc.pos)
+        in_string = exc.msg.startswith(_STRING_ERRORS)
+        start = _string_start(text, exc.pos) if in_string else exc.pos
+        _check_surrogates(text, start)
+        found = _string_error(text, start) if in_string else None
+        msg, pos = found or _rapidjson_error(text, exc.msg, exc.pos)
         raise invalid_argument(f"JSON Parse error: {msg} at offset: {utf8_len(text[:pos])}") from None
     except RecursionError:
         raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error.") from None
@@ -215,7 +218,8 @@ def _special_numbers(text: str):
     """rapidjson 1.1.0's ParseNumber with kParseNanAndInfFlag (reader.h) takes ``NaN``, ``Inf`` and
     ``Infinity`` after an optional ``-``. Python's json takes ``NaN``, ``Infinity``, ``-Infinity``
     only, so ``Inf``, ``-Inf`` and ``-NaN`` outside strings are given to it as ``NaN`` padded
-    with spaces to the same length (error offsets stay those of the text as sent), and the values
+    with spaces after it to the same length (error offsets stay those of the text as sent: a
+    misplaced ``-Inf`` is reported at its ``-``, as rapidjson reports it), and the values
     of all special numbers, in document order (the order the decoder meets them), are what
     ``parse_constant`` answers. Returns the text to decode and the ``parse_constant`` to use."""
     if "-NaN" not in text and text.count("Inf") == text.count("Infinity"):
@@ -229,7 +233,7 @@ def _special_numbers(text: str):
         values.append(-value if m.group(1) and m.group(2) != "NaN" else value)
         token = m.group(0)
         if token not in ("NaN", "Infinity", "-Infinity"):
-            pieces += [text[last:m.start()], "NaN".rjust(len(token))]
+            pieces += [text[last:m.start()], "NaN".ljust(len(token))]
             last = m.end()
     pieces.append(text[last:])
     return "".join(pieces), lambda _name: values.popleft()
@@ -255,8 +259,72 @@ def _check_surrogates(text: str, before: int) -> None:
         elif 0xD800 <= cp <= 0xDBFF:
             pending = m
     if pending is not None:
+        msg, _ = _u_escape(text, pending.start())
         offset = utf8_len(text[:pending.start()])
-        raise invalid_argument(f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}")
+        raise invalid_argument(f"JSON Parse error: {msg} at offset: {offset}")
+
+
+# Python's json errors inside a string: rapidjson's ParseStringToStream decides what is reported.
+_STRING_ERRORS = ("Unterminated string", "Invalid \\uXXXX escape", "Invalid \\escape", "Invalid control character")
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+_HEX4_RE = re.compile(r"[0-9a-fA-F]{4}")
+_SIMPLE_ESCAPES = frozenset('"\\/bfnrt')
+
+
+def _string_start(text: str, pos: int) -> int:
+    """The opening quote of the string holding ``pos`` (``text`` before it valid JSON so far)."""
+    start = pos
+    for m in _STRING_RE.finditer(text):
+        if m.start() > pos:
+            break
+        start = m.start()
+    return start
+
+
+def _u_escape(text: str, i: int) -> tuple[str | None, int]:
+    """A ``\\u`` escape at ``i`` as reader.h ParseStringToStream reads it: (the error, reported at
+    ``i``, or None; where reading goes on). A high surrogate must be followed at once by ``\\u``
+    (else "surrogate pair ... invalid"), then 4 hex digits (else "Incorrect hex digit", also at ``i``),
+    then a low surrogate. The end of the body reads as ``\\0``."""
+    if not _HEX4_RE.fullmatch(text, i + 2, i + 6):
+        return "Incorrect hex digit after \\u escape in string.", i
+    if not 0xD800 <= int(text[i + 2:i + 6], 16) <= 0xDBFF:
+        return None, i + 6
+    if text[i + 6:i + 8] != "\\u":
+        return "The surrogate pair in string is invalid.", i
+    if not _HEX4_RE.fullmatch(text, i + 8, i + 12):
+        return "Incorrect hex digit after \\u escape in string.", i
+    if not 0xDC00 <= int(text[i + 8:i + 12], 16) <= 0xDFFF:
+        return "The surrogate pair in string is invalid.", i
+    return None, i + 12
+
+
+def _string_error(text: str, quote: int) -> tuple[str, int] | None:
+    """rapidjson 1.1.0's ParseStringToStream over the string opened at ``quote``: (its error text,
+    position in characters) or None. At the end of the body it reads ``\\0``: a ``\\`` there is
+    an invalid escape (at the ``\\``), otherwise the closing quote is missing (at the end)."""
+    i, n = quote + 1, len(text)
+    while True:
+        c = text[i] if i < n else "\0"
+        if c == '"':
+            return None
+        if c == "\\":
+            e = text[i + 1:i + 2]
+            if e and e in _SIMPLE_ESCAPES:
+                i += 2
+            elif e == "u":
+                error, i2 = _u_escape(text, i)
+                if error:
+                    return error, i
+                i = i2
+            else:
+                return "Invalid escape character in string.", i
+        elif c < " ":
+            if c == "\0":
+                return "Missing a closing quotation mark in string.", i
+            return "Invalid escape character in string.", i
+        else:
+            i += 1
 
 
 _STRING_OR_NUMBER_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?'

@@ -218,6 +218,20 @@ def test_lone_high_surrogate_is_a_parse_error_not_a_crash(server):
     assert r.json() == {"error": "JSON Parse error: The surrogate pair in string is invalid. at offset: 16"}
 
 
+def test_a_body_cut_inside_a_string_is_answered_as_rapidjson_reads_it(server):
+    """rapidjson 1.1.0 reads the end of the body as "\\0": a body cut just after a backslash is an
+    invalid escape at that backslash, one cut just after a whole \\u escape lacks its closing
+    quote (this server answered the other way round); a bad hex digit in a surrogate pair's
+    second escape is a hex digit error at the pair's first escape."""
+    cases = [(b'{"instances": ["ab\\', "Invalid escape character in string. at offset: 18"),
+             (b'{"instances": ["ab\\u00e9', "Missing a closing quotation mark in string. at offset: 24"),
+             (b'{"instances": ["\\ud83d\\uzz00"]}', "Incorrect hex digit after \\u escape in string. at offset: 16")]
+    for raw, message in cases:
+        r = post(server, "/v1/models/default:predict", raw=raw)
+        assert r.status_code == 400, raw
+        assert r.text == pretty_error("JSON Parse error: " + message), raw
+
+
 # -- 4. a version that is not an int64: 400 with an empty body -----------------------------------
 @pytest.mark.parametrize("method, path", [
     ("POST", "/v1/models/default/versions/99999999999999999999:predict"),

@@ -479,6 +479,46 @@ def test_json_parse_errors_are_rapidjson_s_texts_and_byte_offsets(body, message)
     assert e.value.message == "JSON Parse error: " + message
 
 
+# Expected texts: rapidjson 1.1.0 run as above. A body cut inside a string (a client's buffer,
+# a short Content-Length) ends on what ParseStringToStream reads as "\\0"; the second escape of
+# a surrogate pair is read with ParseHex4 before the pair is checked.
+@pytest.mark.parametrize("body, message", [
+    (b'{"s": "\\', "Invalid escape character in string. at offset: 7"),
+    (b'{"s": "x\\u00e9', "Missing a closing quotation mark in string. at offset: 14"),
+    (b'{"s": "x\\u00e9\\', "Invalid escape character in string. at offset: 14"),
+    (b'{"s": "\\ud83d', "The surrogate pair in string is invalid. at offset: 7"),
+    (b'{"s": "\\ud83d\\', "The surrogate pair in string is invalid. at offset: 7"),
+    (b'{"s": "\\ud83d\\u', "Incorrect hex digit after \\u escape in string. at offset: 7"),
+    (b'{"s": "\\ud83d\\ude0', "Incorrect hex digit after \\u escape in string. at offset: 7"),
+    (b'{"s": "\\ud83d\\ude00', "Missing a closing quotation mark in string. at offset: 19"),
+    (b'{"s": "\\ud83d\\uzz00"}', "Incorrect hex digit after \\u escape in string. at offset: 7"),
+    (b'{"s": "\\ud83d\\u0041"}', "The surrogate pair in string is invalid. at offset: 7"),
+    (b'{"a": "\\ud83d\\ude00", "s": "\\', "Invalid escape character in string. at offset: 28"),
+])
+def test_json_string_errors_are_read_as_rapidjson_reads_the_string(body, message):
+    """This server answered Python's view: "Missing a closing quotation mark" for a body ending
+    in a backslash, "Incorrect hex digit" for one ending just after a whole \\u escape, "The
+    surrogate pair … is invalid" for a bad hex digit in a pair's second escape."""
+    with pytest.raises(ServingError) as e:
+        json_parse.parse_json(body)
+    assert e.value.message == "JSON Parse error: " + message
+
+
+# Expected texts: rapidjson 1.1.0 run as above: a misplaced -Inf / -NaN is reported at its "-".
+@pytest.mark.parametrize("body, message", [
+    (b'{"b" -Inf}', "Missing a colon after a name of object member. at offset: 5"),
+    (b'{"instances": [1.0 -Inf]}', "Missing a comma or ']' after an array element. at offset: 19"),
+    (b'{"instances": [{ -NaN}]}', "Missing a name for object member. at offset: 17"),
+    (b'{"b":0-Inf}', "Missing a comma or '}' after an object member. at offset: 6"),
+])
+def test_a_misplaced_minus_inf_is_reported_at_its_minus_sign(body, message):
+    """This server reported these one byte later, at the I or N (it handed Python's json a
+    ``-Inf`` as ``" NaN"``, the padding before the word)."""
+    with pytest.raises(ServingError) as e:
+        json_parse.parse_json(body)
+    assert e.value.message == "JSON Parse error: " + message
+
+
 def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     """json_tensor.cc parses with kParseStopWhenDoneFlag: what follows the root value is not read
     (this server answered "The document root must not be followed by other values.")."""
