@@ -154,6 +154,19 @@ def _parse(body: bytes):
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
+        # rapidjson never checks the encoding: a byte that is not UTF-8 outside a string stops it
+        # as the end of the body would, with the same error at the same offset, and one after the
+        # root value is never read (kParseStopWhenDoneFlag). So the bytes before it answer as the
+        # body does, but where they end inside a string (rapidjson would keep the byte: refused
+        # here, serving_host/README.md "hostile JSON").
+        head = body[:exc.start]
+        if not head.strip(b" \t\n\r"):      # the byte is read as a number's start (Tokenize)
+            raise invalid_argument(f"JSON Parse error: Invalid value. at offset: {len(head)}") from None
+        try:
+            return _parse(head)
+        except ServingError as err:
+            if err.message != f"JSON Parse error: Missing a closing quotation mark in string. at offset: {len(head)}":
+                raise
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
     if not text.strip(" \t\n\r"):              # rapidjson's whitespace (SkipWhitespace)
         raise invalid_argument("JSON Parse error: The document is empty. at offset: "

@@ -232,6 +232,17 @@ def test_a_body_cut_inside_a_string_is_answered_as_rapidjson_reads_it(server):
         assert r.text == pretty_error("JSON Parse error: " + message), raw
 
 
+def test_bytes_that_are_not_utf8_after_the_document_are_not_read(server):
+    """rapidjson stops at the end of the root value (kParseStopWhenDoneFlag) and never checks the
+    encoding: TF Serving answers a request followed by stray bytes; this server answered 400
+    "Invalid encoding in string." A byte where a value should start is rapidjson's invalid value."""
+    r = post(server, "/v1/models/default:predict", raw=b'{"instances": [1.0, 2.0]}\r\n\xff')
+    assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.0]}
+    r = post(server, "/v1/models/default:predict", raw=b'{"instances": [\xff]}')
+    assert r.status_code == 400
+    assert r.text == pretty_error("JSON Parse error: Invalid value. at offset: 15")
+
+
 # -- 4. a version that is not an int64: 400 with an empty body -----------------------------------
 @pytest.mark.parametrize("method, path", [
     ("POST", "/v1/models/default/versions/99999999999999999999:predict"),

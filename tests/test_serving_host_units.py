@@ -519,6 +519,23 @@ def test_a_misplaced_minus_inf_is_reported_at_its_minus_sign(body, message):
     assert e.value.message == "JSON Parse error: " + message
 
 
+# Expected texts: rapidjson 1.1.0 run as above; it never checks the encoding.
+@pytest.mark.parametrize("body, message", [
+    (b'{"instances": [\xff]}', "Invalid value. at offset: 15"),
+    (b'{"instances": [1.0\xff]}', "Missing a comma or ']' after an array element. at offset: 18"),
+    (b'{"instances": [1.0] \xa9', "Missing a comma or '}' after an object member. at offset: 20"),
+    (b'  \x80{"instances": [1.0]}', "Invalid value. at offset: 2"),
+    (b'{"a": "\xff"}', "Invalid encoding in string. at offset: 7"),     # kept by rapidjson: README
+])
+def test_a_byte_that_is_not_utf8_outside_a_string_is_answered_as_rapidjson_answers_it(body, message):
+    """This server answered "Invalid encoding in string." for any byte that is not UTF-8, in a
+    string or not, and refused a whole request followed by one."""
+    with pytest.raises(ServingError) as e:
+        json_parse.parse_json(body)
+    assert e.value.message == "JSON Parse error: " + message
+    assert json_parse.parse_json(b'{"instances": [1.0]}\n\xff\xfe') == {"instances": [1.0]}
+
+
 def test_json_parsing_stops_at_the_end_of_the_document_as_rapidjson_does():
     """json_tensor.cc parses with kParseStopWhenDoneFlag: what follows the root value is not read
     (this server answered "The document root must not be followed by other values.")."""
