@@ -66,9 +66,12 @@ def expiry() -> float:
 
 
 def check_settings(hosts) -> None:
-    """Refuse a bad ``MLOPS_STORE_URL_EXPIRY`` before a deploy reads the registry or touches a host
+    """Refuse a bad setting of the deploy before it reads the registry or touches a host (and
+    before ``sync rollback`` moves production): ``MLOPS_LOCK_TTL``, read by every host's lock (a
+    rollback moved production, then refused it at the first lock), and ``MLOPS_STORE_URL_EXPIRY``
     when a host of ``hosts`` pulls from a store (it was refused only at the upload, after the
     version had been downloaded)."""
+    settings.lock_ttl()
     if any(getattr(h, "store", None) is not None for h in hosts):
         expiry()
 

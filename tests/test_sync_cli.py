@@ -177,6 +177,26 @@ def test_a_rollback_refuses_a_canary_the_fleet_cannot_take_before_the_registry_m
         env.serves(h, v2)
 
 
+def test_a_rollback_refuses_a_bad_lock_ttl_before_the_registry_moves(deploy_env):
+    """Found by the docs review (2026-12-07, eighteenth stop): `MLOPS_LOCK_TTL=0 mlops sync rollback`
+    moved production, then refused the setting when the deploy made its first host lock: the
+    registry said v1, every host still served v2 (a bad setting is refused before production
+    moves, as MLOPS_STORE_URL_EXPIRY was). `sync deploy` refuses it before reading the registry."""
+    env = deploy_env
+    (h1, h2), v1, v2 = deployed_v1_v2(env, hosts=2)
+    rows = len(env.ledger())
+    for cmd in (("sync", "rollback", "--reason", "v2 slow"), ("sync", "deploy")):
+        r = env.cli(*cmd, extra_env={"MLOPS_LOCK_TTL": "0"})
+        assert r.returncode == 2, (cmd, r.stderr)
+        (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+        assert line.startswith("error: MLOPS_LOCK_TTL must be"), line
+        assert "production is" not in line                   # nothing moved, so nothing to explain
+        assert "downloading" not in r.stdout + r.stderr
+    assert env.production() == v2 and len(env.ledger()) == rows
+    for h in (h1, h2):
+        env.serves(h, v2)
+
+
 def test_a_rollback_checks_its_canary_against_the_hosts_that_change_before_the_registry_moves(deploy_env):
     """`sync rollback --canary N` was checked against the whole fleet: on 3 hosts of which one
     still served the version rolled back to, `--canary 2` passed, production moved, then the

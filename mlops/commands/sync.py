@@ -497,7 +497,7 @@ def cmd_watch(args) -> int:
     def check(hosts) -> None:
         from serving_sync.store import check_settings
 
-        check_settings(hosts)      # a bad MLOPS_STORE_URL_EXPIRY: refused now, not at a later pass's upload
+        check_settings(hosts)      # a bad MLOPS_LOCK_TTL or MLOPS_STORE_URL_EXPIRY: refused now, not at a later pass
         if opts.canary and len(hosts) >= 2 and opts.canary >= len(hosts):
             raise ConfigError(f"--canary {opts.canary} leaves no host to compare it with: the hosts file names "
                               f"{len(hosts)} hosts; use at most {len(hosts) - 1}")
