@@ -116,6 +116,40 @@ def sigterm_when(proc: subprocess.Popen, ready, *, before_signal=None, timeout: 
             proc.wait(timeout=30)
 
 
+def signal_at_every_line(work, handler, *, timeout: float, traced=None, armed=None) -> set:
+    """Run ``work()`` in a daemon thread (a hung one must not hang pytest) with ``handler()`` run at
+    every line of what ``work`` calls (not of ``work`` itself), once a line, as Python may run a
+    signal handler between any two lines of the main thread; the test fails if ``work`` has not
+    ended within ``timeout`` seconds. ``traced(frame)`` picks the frames whose lines count (all,
+    unless given), ``armed()`` says whether the handler would run yet (a line passed while it would
+    not stays unfired). Returns the ``(code, line)`` pairs it ran at."""
+    import threading
+
+    fired: set = set()
+    own = getattr(work, "__code__", None)
+
+    def tracer(frame, event, arg):
+        if frame.f_code is own or (traced is not None and not traced(frame)):
+            return None
+        if event == "line" and (frame.f_code, frame.f_lineno) not in fired and (armed is None or armed()):
+            fired.add((frame.f_code, frame.f_lineno))
+            handler()
+        return tracer
+
+    def run():
+        sys.settrace(tracer)
+        try:
+            work()
+        finally:
+            sys.settrace(None)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=timeout)
+    assert not t.is_alive(), "the signal handler waited for a lock its own thread held"
+    return fired
+
+
 class PtyCommand:
     """``mlops <args>`` on a pseudo-terminal that is its controlling terminal (stdin and stderr;
     stdout too with ``stdout_on_terminal``, else a pipe, so a ``--json`` document can be read),

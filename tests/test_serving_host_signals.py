@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
+
+from tests.helpers import signal_at_every_line
 
 
 def test_a_signal_stops_the_local_server_whichever_line_of_its_wait_it_lands_on(tmp_path, monkeypatch):
@@ -17,7 +18,6 @@ def test_a_signal_stops_the_local_server_whichever_line_of_its_wait_it_lands_on(
     handlers = {}
     monkeypatch.setattr(signal, "signal", lambda sig, h: handlers.__setitem__(sig, h))
     threading_file = threading.__file__
-    fired: set = set()
 
     def called_from_main(frame, depth: int) -> bool:
         for _ in range(depth):
@@ -28,26 +28,11 @@ def test_a_signal_stops_the_local_server_whichever_line_of_its_wait_it_lands_on(
                 return True
         return False
 
-    def tracer(frame, event, arg):
-        if frame.f_code.co_filename != threading_file or not called_from_main(frame, 2):
-            return None
-        if event == "line" and (frame.f_code, frame.f_lineno) not in fired and signal.SIGTERM in handlers:
-            fired.add((frame.f_code, frame.f_lineno))
-            handlers[signal.SIGTERM](signal.SIGTERM, None)
-        return tracer
-
     code = []
-
-    def run():
-        sys.settrace(tracer)
-        try:
-            code.append(local_server.main([f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0",
-                                           "--file_system_poll_wait_seconds=0"]))
-        finally:
-            sys.settrace(None)
-
-    t = threading.Thread(target=run, daemon=True)     # daemon: a hung one must not hang pytest
-    t.start()
-    t.join(timeout=90)
-    assert not t.is_alive(), "the signal handler waited for a lock its own thread held"
+    signal_at_every_line(
+        lambda: code.append(local_server.main([f"--model_base_path={tmp_path}", "--port=0", "--rest_api_port=0",
+                                               "--file_system_poll_wait_seconds=0"])),
+        lambda: handlers[signal.SIGTERM](signal.SIGTERM, None), timeout=90,
+        traced=lambda frame: frame.f_code.co_filename == threading_file and called_from_main(frame, 2),
+        armed=lambda: signal.SIGTERM in handlers)
     assert code == [0]

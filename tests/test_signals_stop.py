@@ -17,7 +17,7 @@ import pytest
 
 from mlops.commands.signals import sigterm_as_ctrl_c
 from mlops_common import stop
-from tests.helpers import REPO
+from tests.helpers import REPO, signal_at_every_line
 
 
 def _dropped_sigterm() -> None:
@@ -301,31 +301,15 @@ def test_a_signal_asks_whichever_line_of_the_flags_set_or_clear_it_lands_on():
     ``threading.Event``, a handler landing while that thread held the Event's lock (in ``set`` or
     ``clear``) waited for the lock forever: the command hung until SIGKILL. Here the "handler"
     runs at every line ``ask`` and ``clear`` execute (once each), as a signal may."""
-    import threading
-
-    fired: set = set()
-
-    def tracer(frame, event, arg):
-        if event == "line" and (frame.f_code, frame.f_lineno) not in fired:
-            fired.add((frame.f_code, frame.f_lineno))
-            stop.signalled("SIGTERM")       # what the handler does outside any block: asks
-        return tracer
-
     seen = []
 
     def main_thread_work():
-        sys.settrace(tracer)
-        try:
-            stop.ask("interrupted")
-            stop.clear()
-            seen.append(stop.asked())
-        finally:
-            sys.settrace(None)
+        stop.ask("interrupted")
+        stop.clear()
+        seen.append(stop.asked())
 
-    t = threading.Thread(target=main_thread_work, daemon=True)   # daemon: a hung one must not hang pytest
-    t.start()
-    t.join(timeout=10)
-    assert not t.is_alive(), "the signal handler waited for a lock its own thread held"
+    # the handler does, outside any block, what it does: asks
+    fired = signal_at_every_line(main_thread_work, lambda: stop.signalled("SIGTERM"), timeout=10)
     try:
         assert len(seen) == 1 and fired
         assert stop.signalled("SIGTERM") and stop.asked() and stop.reason() == "SIGTERM"

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 from serving_sync import fleet, fleet_plan
 from serving_sync.watch import FleetReconciler
-from tests.helpers import REPO
+from tests.helpers import REPO, signal_at_every_line
 
 
 def test_a_pass_asked_to_stop_before_its_deploy_does_not_start_one(monkeypatch):
@@ -94,27 +94,16 @@ def test_the_first_signal_wakes_the_loop_whichever_line_of_its_wait_it_lands_on(
     from serving_sync.watch import Watcher
 
     w = Watcher(lambda: ("up_to_date", 1, ""), interval=3600)
-    fired: set = set()
 
-    def tracer(frame, event, arg):
-        if event == "line" and (frame.f_code, frame.f_lineno) not in fired:
-            fired.add((frame.f_code, frame.f_lineno))
-            w.stop_event.set()          # what the first signal's handler does
-            w.wake.set()
-        return tracer
+    def first_signal():             # what the first signal's handler does
+        w.stop_event.set()
+        w.wake.set()
 
     woke = []
 
     def loop_wait():
-        sys.settrace(tracer)
-        try:
-            w.wake.clear()
-            woke.append(w.wake.wait(3600))
-        finally:
-            sys.settrace(None)
+        w.wake.clear()
+        woke.append(w.wake.wait(3600))
 
-    t = threading.Thread(target=loop_wait, daemon=True)     # daemon: a hung one must not hang pytest
-    t.start()
-    t.join(timeout=10)
-    assert not t.is_alive(), "the signal handler waited for a lock its own thread held"
+    fired = signal_at_every_line(loop_wait, first_signal, timeout=10)
     assert woke == [True] and fired
