@@ -28,6 +28,21 @@ def stranger():
     p.wait(timeout=10)
 
 
+def _refuse_signals_to(monkeypatch, pid: int) -> None:
+    """Signals to ``pid`` (its group too) fail as the kernel fails them for another user's process."""
+    import os
+
+    def refused(real):
+        def call(target, sig):
+            if target == pid:
+                raise PermissionError(1, "Operation not permitted")
+            return real(target, sig)
+        return call
+
+    monkeypatch.setattr(os, "kill", refused(os.kill))
+    monkeypatch.setattr(os, "killpg", refused(os.killpg))
+
+
 def _record(state, name, pid, identity=None, url="http://127.0.0.1:9"):
     state.mkdir(parents=True, exist_ok=True)
     doc = {"name": name, "pid": pid, "url": url, "log": str(state / f"{name}.log")}
@@ -591,19 +606,7 @@ def test_down_of_a_server_another_user_runs_is_one_line_and_keeps_its_record(tmp
     """Found by review (2026-12-06, fifteenth stop): `mlops down` of a server root started fell back
     from killpg to kill on PermissionError, which raised PermissionError again: a traceback. Another
     user's process is played here by signals to ``stranger`` failing as the kernel fails them."""
-    import os
-
-    real_kill, real_killpg = os.kill, os.killpg
-
-    def refused(real):
-        def call(pid, sig):
-            if pid == stranger.pid:
-                raise PermissionError(1, "Operation not permitted")
-            return real(pid, sig)
-        return call
-
-    monkeypatch.setattr(os, "kill", refused(real_kill))
-    monkeypatch.setattr(os, "killpg", refused(real_killpg))
+    _refuse_signals_to(monkeypatch, stranger.pid)
     state = tmp_path / "state"
     _record(state, "mlflow-server", stranger.pid, process_identity(stranger.pid), url="http://127.0.0.1:5999")
     with pytest.raises(ConfigError) as err:
@@ -618,19 +621,9 @@ def test_down_stops_the_other_services_when_one_runs_as_another_user(tmp_path, s
     """Found by review (2026-12-06, seventeenth stop): `mlops down` stopped at the first service it
     could not stop (MLflow started by root, say, sorted first): the model server after it was left
     running and said nothing of. Now every other service is stopped, then the one line."""
-    import os
     from types import SimpleNamespace
 
     from mlops.commands.services import cmd_down
-
-    real_kill, real_killpg = os.kill, os.killpg
-
-    def refused(real):
-        def call(pid, sig):
-            if pid == stranger.pid:
-                raise PermissionError(1, "Operation not permitted")
-            return real(pid, sig)
-        return call
 
     state = tmp_path / "state"
     mine = subprocess.Popen(["sleep", "120"], start_new_session=True)
@@ -638,8 +631,7 @@ def test_down_stops_the_other_services_when_one_runs_as_another_user(tmp_path, s
         _record(state, "mlflow-server", stranger.pid, process_identity(stranger.pid))
         _record(state, "model-server", mine.pid, process_identity(mine.pid))
         monkeypatch.setenv("MLOPS_HOME", str(state))
-        monkeypatch.setattr(os, "kill", refused(real_kill))
-        monkeypatch.setattr(os, "killpg", refused(real_killpg))
+        _refuse_signals_to(monkeypatch, stranger.pid)
         with pytest.raises(ConfigError, match="cannot stop mlflow-server .*another user"):
             cmd_down(SimpleNamespace())
         assert mine.wait(timeout=20) is not None, "the model server was left running"
