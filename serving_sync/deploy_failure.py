@@ -22,7 +22,7 @@ from .errors import DiskFull, HostPermissionDenied, LedgerWriteFailed, Productio
 from .host_run import HostRun, StepFailed
 
 if TYPE_CHECKING:
-    from .fleet import FleetResult
+    from .fleet_result import FleetResult
 
 logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
 

@@ -19,7 +19,7 @@ from .options import DeployOptions
 from .store import StoreCopies, host_uses, read_uses, record_uses, retire
 
 if TYPE_CHECKING:
-    from .fleet import FleetResult
+    from .fleet_result import FleetResult
 
 logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
 

@@ -31,7 +31,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops_common import faultpoint, log
@@ -47,6 +46,7 @@ from .connections import Heartbeat, connected, locked
 from .deploy_failure import fail, not_the_versions_fault, or_put_back
 from .errors import ProductionMoved
 from .fleet_plan import observe_and_plan
+from .fleet_result import FleetResult
 from .golden import download_bundle, fetch_golden
 from .host_run import HostOutcome, HostRun
 from .hosts import base_key
@@ -58,62 +58,6 @@ from .rollout_decision import rollout_for, unjudged_everywhere, unjudged_hosts
 from .store import StoreCopies, check_settings, s3_host_note
 
 logger = log.get("sync.fleet")
-
-
-@dataclass
-class FleetResult:
-    model: str
-    version: int
-    source: str                          # "production" | "--version"
-    status: str                          # deployed | up_to_date | failed
-    hosts: list[HostOutcome] = field(default_factory=list)
-    plans: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    registry: dict | None = None
-    message: str = ""
-    timings: dict = field(default_factory=dict)   # seconds per phase (each host's steps: hosts[].steps)
-    rollout: dict = field(default_factory=dict)   # rollout.Shape: canary, waves
-    waves: list[dict] = field(default_factory=list)   # per wave: hosts, switch_seconds, bake, bake_seconds
-    bake: list[dict] = field(default_factory=list)    # every bake.Verdict, with its measurements
-    stores: list[dict] = field(default_factory=list)  # shared stores uploaded to once (store.StoreCopies)
-    restore: dict | None = None          # a restore after a rollback: rolled_back_from, reason
-    switched: list[str] = field(default_factory=list)   # hosts whose switch was recorded (deploy ok rows)
-    message_extra: str = ""
-    blames_version: bool = False         # a failure that says the version is bad (not a host, the network,
-                                         # a signal, the ledger): production moved back, deploy_status=failed
-    running: tuple | None = None         # (phase, since) of the phase under way: timed when a failure ends it
-    registry_note: str = ""              # a failure's last part: where production stands (deploy_failure.fail)
-
-    def answered_after(self, since: float) -> float | None:
-        """Seconds from ``since`` until the last host answered with the new version's outputs."""
-        times = [h.answered_at for h in self.hosts if h.answered_at is not None]
-        return round(max(times) - since, 3) if times else None
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "version": self.version, "source": self.source, "status": self.status,
-                "message": self.message, "seconds": round(self.seconds, 3), "registry": self.registry,
-                "hosts": [h.to_dict() for h in self.hosts], "plans": self.plans, "timings": self.timings,
-                "rollout": self.rollout, "waves": self.waves, "bake": self.bake, "stores": self.stores,
-                "restore": self.restore}
-
-    def lap(self, phase: str, since: float) -> float:
-        """Record ``phase`` as lasting from ``since`` until now; returns now."""
-        now = time.monotonic()
-        self.timings[phase] = round(now - since, 3)
-        self.running = None
-        return now
-
-    def begin(self, phase: str, since: float) -> None:
-        """``phase`` is under way from ``since``: a failure in it still gets its ``timings`` entry."""
-        self.running = (phase, since)
-
-    def end_running(self) -> float:
-        """Time the phase under way up to now (a failure ended it), once; returns now."""
-        now = time.monotonic()
-        if self.running is not None:
-            self.timings.setdefault(self.running[0], round(now - self.running[1], 3))
-            self.running = None
-        return now
 
 
 class _Lazy:
