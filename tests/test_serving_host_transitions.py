@@ -104,13 +104,19 @@ class Traffic:
 
 
 # -- reloads under traffic ------------------------------------------------------------------
-def test_add_version_move_label_drop_version_without_one_failed_request(tfserving_factory, tmp_path):
-    base = tmp_path / "serving"
+def _serving_v1_as_stable(tfserving_factory, base: Path):
+    """A server with model ``m`` version 1 published, AVAILABLE and labelled ``stable``."""
     publish(base, "m", 1)
     srv = tfserving_factory(base, model_config(base, "m", versions=[1]))
     srv.wait_for_state("m", 1, "AVAILABLE")
     srv.write_config(model_config(base, "m", versions=[1], labels={"stable": 1}))
     wait_until(lambda: served_version(srv, "/v1/models/m/labels/stable") == 1, what="label stable -> 1")
+    return srv
+
+
+def test_add_version_move_label_drop_version_without_one_failed_request(tfserving_factory, tmp_path):
+    base = tmp_path / "serving"
+    srv = _serving_v1_as_stable(tfserving_factory, base)
 
     with Traffic(srv.rest_url, ["/v1/models/m:predict", "/v1/models/m/labels/stable:predict"]) as traffic:
         # add version 2 (loaded before anything is unloaded)
@@ -137,11 +143,7 @@ def test_add_version_move_label_drop_version_without_one_failed_request(tfservin
 
 def test_label_on_unloaded_version_is_refused_and_old_labels_keep_working(tfserving_factory, tmp_path):
     base = tmp_path / "serving"
-    publish(base, "m", 1)
-    srv = tfserving_factory(base, model_config(base, "m", versions=[1]))
-    srv.wait_for_state("m", 1, "AVAILABLE")
-    srv.write_config(model_config(base, "m", versions=[1], labels={"stable": 1}))
-    wait_until(lambda: served_version(srv, "/v1/models/m/labels/stable") == 1, what="label stable -> 1")
+    srv = _serving_v1_as_stable(tfserving_factory, base)
     publish(base, "m", 2)
     with Traffic(srv.rest_url, ["/v1/models/m/labels/stable:predict"], clients=2) as traffic:
         # version 2 is on disk but not loaded (the policy still says specific 1): refused
