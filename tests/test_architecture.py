@@ -162,3 +162,24 @@ def test_no_test_or_benchmark_reads_outside_the_repository():
             if path.name != "test_architecture.py" and ('"shared"' in text or "REPO.parent" in text):
                 offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def _function_code(path, name):
+    """The AST of function ``name`` in ``path`` without its docstring, as a comparable string."""
+    tree = ast.parse((REPO / path).read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) else fn.body
+    return ast.dump(ast.Module(body=body, type_ignores=[]))
+
+
+def test_the_two_copies_of_the_text_format_escape_check_are_the_same_code():
+    """serving_host may import nothing of ours and serving_sync may not import serving_host, so the
+    check of TF Serving's string escapes (``cpp_string_escapes``) is written in both: what the local
+    server refuses and what a deploy refuses must stay the same."""
+    from serving_host import config as host_config
+    from serving_sync import models_config
+
+    assert (_function_code("serving_host/config.py", "cpp_string_escapes")
+            == _function_code("serving_sync/models_config.py", "cpp_string_escapes"))
+    assert host_config._SIMPLE_ESCAPES == models_config._SIMPLE_ESCAPES
+    assert host_config._HEX == models_config._HEX
