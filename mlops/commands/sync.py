@@ -229,7 +229,7 @@ def register(sub) -> None:
                                  "environment only) "
                                  "and refuses timestamps more than 5 minutes off. The hosts file is read "
                                  "again at each pass when it changed (an unusable one keeps the hosts read "
-                                 "before). SIGTERM or SIGHUP (systemctl stop, a dropped SSH session): the "
+                                 "before). Ctrl-C, SIGTERM or SIGHUP (systemctl stop, a dropped SSH session): the "
                                  "pass under way finishes its deploy but begins none and stops waiting for a "
                                  "lock, then the watch ends, exit status 0; a second signal (or the first "
                                  "under --once) stops the deploy and puts the hosts back, exit 130.",
