@@ -132,12 +132,14 @@ class StoreCopies:
         with self._lock:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)
-                with store_lock(t, store, self.model, self.held):
+                with store_lock(t, store, self.model, self.held) as lock:
                     record_uses(t, self.model, self.uses.get(store.url, {}))
                     logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
                                 store.url)
-                    # an interrupt (SIGTERM from a cancelled CI job) stops it between objects
-                    r = publish(t, self.model, self.version, local_dir, manifest, lambda _n: cancel.check())
+                    # an interrupt (SIGTERM from a cancelled CI job), or the lock's thread finding the
+                    # lock taken over, stops it between objects
+                    r = publish(t, self.model, self.version, local_dir, manifest,
+                                lambda _n: (cancel.check(), still_held(lock)))
                 logger.info("%s: v%d %s (%d bytes in %.1fs)", store.url, self.version,
                             r.status.replace("_", " "), r.bytes_transferred, r.seconds)
                 self._done[store.url] = {"store": store.url, "status": r.status,
@@ -176,12 +178,14 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
-    with store_lock(t, store, model, held):
+    with store_lock(t, store, model, held) as lock:
         record_uses(t, model, uses or {})
         in_use = read_uses(t, model)
         served = served_from(t, model)
         rp = retention.plan(t, model, serving=serving, previous=previous, keep=keep,
                             protected=tuple(sorted(set(protected) | in_use | served)))
+        if lock is not None:
+            lock.refresh()      # deleting: only while the store is still ours (LockHeld if taken over)
         retention.apply(t, rp)
     return {**rp.to_dict(), "in_use": sorted(in_use), "served": sorted(served)}
 
@@ -203,20 +207,29 @@ def served_from(t, model: str) -> set[int]:
 def store_lock(t, store: Store, model: str, held: frozenset = frozenset()):
     """The store's deploy lock (a ``HostLock`` on its S3 base), waited for up to ``MLOPS_LOCK_TTL``:
     another fleet's upload or clean-up there takes seconds to minutes. Not taken again when this
-    deploy holds it already (an ``s3://`` host whose base is the store)."""
+    deploy holds it already (an ``s3://`` host whose base is the store). Yields the ``HostLock``
+    (None when already held): its heartbeat thread's finding (``lost``) is the caller's to check."""
     from .connections import acquire
 
     if base_key(store.target) in held:
-        yield
+        yield None
         return
     taken: list = []        # recorded before it is tried: a forced stop as the lock was taken left it
     try:
-        acquire(t, break_lock=None, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
-                model=model, record=taken.append)
-        yield
+        yield acquire(t, break_lock=None, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
+                      model=model, record=taken.append)
     finally:
         for lock in taken:
             lock.release()
+
+
+def still_held(lock) -> None:
+    """LockHeld when the store lock's heartbeat thread found it taken over (no I/O): an upload
+    kept going, and another fleet's clean-up removed its objects (no ``saved_model.pb`` yet)."""
+    if lock is not None and lock.lost:
+        from .errors import LockHeld
+
+        raise LockHeld(lock.lost)
 
 
 def host_uses(hosts_versions) -> dict:

@@ -1191,3 +1191,100 @@ def test_a_store_clean_up_keeps_what_any_entry_of_the_stores_models_config_loads
         store.retire(st, "digits", serving=5, previous=None, keep=1, protected=())
     assert "models.config is malformed" in e.value.message and "\n" not in e.value.message
     assert _stored_versions(s3_env, bucket, "fleet", "digits") == {1, 4, 5}
+
+
+def _take_over_store_lock(t):
+    """Another fleet's deploy takes the store's lock over (``--break-lock``-style, by its token);
+    the caller releases the returned lock."""
+    from serving_sync.layout import LOCK_PATH
+    from serving_sync.lock import HostLock, LockInfo
+
+    held = LockInfo.from_json(t.read_file(LOCK_PATH))
+    other = HostLock(t, break_lock=held.token, heartbeat_every=0)
+    other.acquire()
+    return other
+
+
+def test_a_store_clean_up_whose_lock_was_taken_over_meanwhile_deletes_nothing(s3_env, tmp_path, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): nothing checked the store's lock while it was
+    held: a clean-up whose lock another fleet's deploy took over (heartbeats failing for the TTL,
+    clocks apart) still deleted, maybe the other's upload in progress. Now it beats once before
+    deleting, as a host's retention does, and stops with ``LockHeld``."""
+    from serving_sync import manifest as mf
+    from serving_sync.errors import LockHeld
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("taken-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    for v in (1, 2, 3):
+        assert store.StoreCopies("digits", v).upload(st, model, m)["status"] == "uploaded"
+    t = S3Transport(bucket, "fleet")
+    others: list = []
+    real = store.read_uses
+
+    def taken_over_meanwhile(tt, name, **kw):
+        others.append(_take_over_store_lock(t))
+        return real(tt, name, **kw)
+
+    monkeypatch.setattr(store, "read_uses", taken_over_meanwhile)
+    try:
+        with pytest.raises(LockHeld, match="lost its lock"):
+            store.retire(st, "digits", serving=3, previous=None, keep=1, protected=())
+        assert _stored_versions(s3_env, bucket, "fleet", "digits") == {1, 2, 3}
+        assert others and others[0].info is not None      # the other deploy's lock was left alone
+        assert t.read_file("digits/1/saved_model.pb")
+    finally:
+        for o in others:
+            o.release()
+
+
+def test_an_upload_to_the_store_stops_when_its_lock_was_taken_over(s3_env, tmp_path, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): the store lock's heartbeat thread found it
+    taken over, and nobody looked: the upload went on while another fleet held the store (whose
+    clean-up removes an upload without ``saved_model.pb``). Now the upload checks the thread's
+    finding between objects, as a host's steps do, and stops with ``LockHeld``."""
+    import time
+
+    from serving_sync import connections
+    from serving_sync import manifest as mf
+    from serving_sync import publish as publish_mod
+    from serving_sync.errors import LockHeld
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    monkeypatch.setenv("MLOPS_LOCK_TTL", "1")          # the holder's thread beats every 0.25 s
+    model = make_model_tree(tmp_path / "model", n_assets=50, asset_bytes=200)
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("taken-upload")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    t = S3Transport(bucket, "fleet")
+    locks: list = []
+    others: list = []
+    real_acquire, real_publish = connections.acquire, publish_mod.publish
+
+    def recorded(*a, **kw):
+        locks.append(real_acquire(*a, **kw))
+        return locks[-1]
+
+    def taken_over_first(*a, **kw):
+        others.append(_take_over_store_lock(t))
+        deadline = time.monotonic() + 10          # the holder's thread sees it at its next beat
+        while not locks[0].lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert locks[0].lost, "the store lock's heartbeat thread never saw the takeover"
+        return real_publish(*a, **kw)
+
+    monkeypatch.setattr(connections, "acquire", recorded)
+    monkeypatch.setattr(publish_mod, "publish", taken_over_first)
+    try:
+        with pytest.raises(LockHeld, match="lost its lock"):
+            store.StoreCopies("digits", 1).upload(st, model, m)
+        assert not t.exists("digits/1/saved_model.pb")
+    finally:
+        for o in others:
+            o.release()
