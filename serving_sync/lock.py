@@ -51,6 +51,7 @@ logger = log.get("sync.lock")
 
 SETTLE_S = 1.0      # how long an unparseable lock file may be one being written (create, then write)
 READ_BACK_AFTER = SETTLE_S / 2   # a create + write slower than this reads the lock back (see acquire)
+CLOCKS_APART_S = 5.0   # a heartbeat further ahead of this clock than this: the owner's clock is ahead
 
 # Tokens of locks this process created and then gave up (release called) without removing them
 # (the connection died, the guard stayed busy): their files carry this live pid, so no one judged
@@ -344,10 +345,15 @@ class HostLock:
         if held is None:
             return (f"{where}: the deploy lock {LOCK_PATH} exists but cannot be read (corrupt); if no "
                     f"deploy is running, rerun with --break-lock {token}")
-        age = max(0.0, self.clock() - held.heartbeat)
+        age, ttl = self.clock() - held.heartbeat, effective_ttl(held, self.ttl)
+        if age < -CLOCKS_APART_S:      # its owner's clock is ahead: "0s ago, after 10 min" was untrue
+            beat = (f"last heartbeat {_duration(-age)} ahead of this machine's clock (the two clocks differ: "
+                    f"sync them with NTP); taken over automatically only in {_duration(ttl - age)}")
+        else:
+            beat = (f"last heartbeat {max(0.0, age):.0f}s ago; taken over automatically after "
+                    f"{_duration(ttl)} without one")
         return (f"{where}: another {held.purpose} holds the lock ({held.owner}, token {token}, since "
-                f"{_when(held.created)}, last heartbeat {age:.0f}s ago; taken over automatically after "
-                f"{_duration(effective_ttl(held, self.ttl))} without one); wait for it to finish, or if you are "
+                f"{_when(held.created)}, {beat}); wait for it to finish, or if you are "
                 f"sure it is dead, rerun with --break-lock {token}")
 
     # --- keeping it ----------------------------------------------------------------------

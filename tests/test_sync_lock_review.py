@@ -365,3 +365,24 @@ def test_a_second_ctrl_c_during_the_first_lock_pass_leaves_no_lock(tmp_path, mon
     assert [n for n in "abc" if (tmp_path / n / LOCK_PATH).exists()] == [], "a host stayed locked"
     beating = [t.name for t in threading.enumerate() if t.name.startswith("lock-heartbeat") and str(tmp_path) in t.name]
     assert beating == [], "a lock's heartbeat still runs"
+
+
+def test_a_lock_whose_owners_clock_is_ahead_says_so_not_when_it_is_taken_over(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): an owner whose clock ran an hour ahead (a
+    CI runner off NTP, killed) left a lock the refusal called "last heartbeat 0s ago; taken over
+    automatically after 10 min": a person waited 10 min and met the same line, the lock held for
+    the hour more. Now the line says the heartbeat is ahead of this clock, names NTP, and says
+    when it is really taken over."""
+    base = tmp_path / "h"
+    base.mkdir()
+    ahead = HostLock(LocalTransport(base), ttl=600, heartbeat_every=0, clock=lambda: time.time() + 3600)
+    ahead.acquire()
+    try:
+        with pytest.raises(LockHeld) as e:
+            HostLock(LocalTransport(base), ttl=600, heartbeat_every=0).acquire()
+        msg = e.value.message
+        assert "0s ago" not in msg and "after 10 min" not in msg, msg
+        assert "60 min ahead of this machine's clock" in msg and "NTP" in msg, msg
+        assert "taken over automatically only in 70 min" in msg and "--break-lock" in msg, msg
+    finally:
+        ahead.release()
