@@ -162,8 +162,12 @@ class HostRun:
         progress = make_progress(manifest.total_size, f"{self.host.name}: uploading v{step.version}",
                                  json_mode=self.opts.json_mode)
 
+        lock = getattr(self.conn, "lock", None)
+
         def sent(nbytes: int) -> None:        # an interrupt stops the upload between chunks
             cancel.check()
+            if getattr(lock, "lost", None):   # ... so does the lock's thread finding it taken over (no I/O):
+                raise LockHeld(lock.lost)     # the upload went on, renamed into the new owner's host
             progress(nbytes)
             faultpoint.reached("during:publish", stop=cancel.requested)     # test hook, inert unless set
 

@@ -608,3 +608,64 @@ def test_a_deploy_whose_deployed_tag_was_refused_still_has_its_result_for_json(d
     assert doc["version"] == v2 and [h["status"] for h in doc["hosts"]] == ["deployed"]
     assert "could not record deploy_status=deployed" in doc["message"] and doc["seconds"] > 0
     env.serves(hosts[0], v2)
+
+
+def test_an_upload_whose_lock_was_taken_over_stops_and_publishes_nothing(deploy_env, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): a host's upload checked an interrupt between
+    chunks, not its lock: taken over mid-upload (stale by the clocks, or --break-lock), the upload
+    went on and renamed the version into place on a host the new owner held (whose takeover
+    removes the dead owner's ``.incoming-*`` meanwhile); only the next step noticed. Now the
+    upload stops at the chunk after the lock's thread noticed, nothing published there."""
+    env = deploy_env
+    monkeypatch.setenv("MLOPS_LOCK_TTL", "2")          # the deploy's lock thread beats every 0.5 s
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = v1_then_promote_v2(env)
+    target = hosts[1]
+    other: dict = {}
+    real_progress = host_run.make_progress
+
+    def taken_over_at_the_first_chunk(total, label, **kw):
+        shown = real_progress(total, label, **kw)
+        if not label.startswith(f"{target.name}:"):
+            return shown
+        run_lock: list = []
+
+        def first(nbytes):
+            shown(nbytes)
+            if "lock" in other:
+                return
+            lock_file = target.base / ".serving_sync" / "lock"
+            token = json.loads(lock_file.read_text())["token"]
+            run_lock.append(next(c for c in _conns if c.host.name == target.name).lock)
+            other["transport"] = open_transport(load_hosts()[1])          # another deploy's connection
+            other["lock"] = HostLock(other["transport"], break_lock=token, ttl=600, heartbeat_every=0)
+            other["lock"].acquire()
+            deadline = time.monotonic() + 10                             # the deploy's lock thread notices
+            while run_lock[0].lost is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert run_lock[0].lost, "the deploy's lock thread did not notice the takeover"
+
+        first.done = shown.done
+        return first
+
+    _conns: list = []
+    real_heartbeat = fleet.Heartbeat
+
+    def noted(conns, *a, **kw):
+        _conns.extend(conns)
+        return real_heartbeat(conns, *a, **kw)
+
+    monkeypatch.setattr(host_run, "make_progress", taken_over_at_the_first_chunk)
+    monkeypatch.setattr(fleet, "Heartbeat", noted)
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            env.deploy(opts=deploy_opts(canary=0))
+        assert "lock" in other, "the target's upload never started"
+        assert "lost its lock" in str(failed.value)
+        assert not (target.base / env.model / str(v2)).exists()    # not renamed into the new owner's host
+        env.serves(hosts[0], v1)
+        _not_blamed(env, v2, failed.value.result)
+    finally:
+        if "lock" in other:
+            other["lock"].release()
+            other["transport"].close()
