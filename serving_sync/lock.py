@@ -370,15 +370,29 @@ class HostLock:
             if info is None:
                 return
             now = self.clock()
-            t.write_file_atomic(heartbeat_path(info.token),
-                                json.dumps({"token": info.token, "heartbeat": now}).encode())
-            got = self._read(t)
-            held = got[1] if got else None
-            if held is None or held.token != info.token:
-                owner = held.owner if held is not None else "nobody"
-                raise LockHeld(f"{t.url}: this deploy lost its lock (now held by {owner}; it was taken "
-                               f"over as stale or by --break-lock); stop and check the host")
+            try:
+                t.write_file_atomic(heartbeat_path(info.token),
+                                    json.dumps({"token": info.token, "heartbeat": now}).encode())
+            except Exception:
+                # a heartbeat that cannot be written (a full disk) goes silent: after the TTL another
+                # deploy takes the lock, and this one must still learn it (it wrote nothing else)
+                try:
+                    self._check_ours(t, info)
+                except LockHeld:
+                    raise
+                except Exception:  # noqa: BLE001 - the write's error says more
+                    pass
+                raise
+            self._check_ours(t, info)
             self.info = LockInfo(**{**asdict(info), "heartbeat": now})
+
+    def _check_ours(self, t: Transport, info: LockInfo) -> None:
+        got = self._read(t)
+        held = got[1] if got else None
+        if held is None or held.token != info.token:
+            owner = held.owner if held is not None else "nobody"
+            raise LockHeld(f"{t.url}: this deploy lost its lock (now held by {owner}; it was taken "
+                           f"over as stale or by --break-lock); stop and check the host")
 
     def refresh(self) -> None:
         """Heartbeat now (between steps); LockHeld if the lock was taken over meanwhile."""

@@ -386,3 +386,37 @@ def test_a_lock_whose_owners_clock_is_ahead_says_so_not_when_it_is_taken_over(tm
         assert "taken over automatically only in 70 min" in msg and "--break-lock" in msg, msg
     finally:
         ahead.release()
+
+
+def test_an_owner_whose_heartbeat_cannot_be_written_still_learns_its_lock_was_taken_over(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): a heartbeat write that failed (a full disk)
+    skipped the check that the lock is still ours: silent for the TTL, the lock was rightly taken
+    over as stale, and the owner's thread only noted "trouble" at every beat, never ``lost``; the
+    deploy went on, its put-back writing to a host another deploy held. Now a failed beat still
+    reads the lock and says it was lost."""
+    from serving_sync.lock import heartbeat_path
+
+    class DiskFullForHeartbeats(LocalTransport):
+        def write_file_atomic(self, rel, data):
+            if rel.startswith(heartbeat_path("")):
+                raise OSError(28, "No space left on device")
+            return super().write_file_atomic(rel, data)
+
+    base = tmp_path / "h"
+    base.mkdir()
+    owner = HostLock(DiskFullForHeartbeats(base), ttl=600, heartbeat_every=0)
+    owner.acquire()
+    token = owner.info.token
+    taker = HostLock(LocalTransport(base), ttl=600, heartbeat_every=0, break_lock=token)
+    taker.acquire()                        # stale after the TTL (here: named), another deploy's now
+    try:
+        with pytest.raises(LockHeld, match="lost its lock"):
+            owner.beat()
+        with pytest.raises(OSError):       # still ours: the write's own error, as before
+            taker_owner = HostLock(DiskFullForHeartbeats(base), ttl=600, heartbeat_every=0)
+            taker_owner.info = taker.info
+            taker_owner.beat()
+    finally:
+        owner.release()
+        taker.release()
+    assert not (base / LOCK_PATH).exists()
