@@ -301,11 +301,11 @@ def _check_base_path(value: object, where: _Where) -> str | None:
         raise where.error("model_base_path", f"scheme '{scheme.group(1)}://' is not one TF Serving reads: use "
                                              f"s3://, gs://, hdfs:// (lower case) or an absolute path")
     if scheme:
-        if not value.split("/", 3)[2]:
-            raise where.error("model_base_path", f"'{value}' names no bucket or host (e.g. s3://bucket/models)")
-        if "@" in value.split("/", 3)[2] or settings.query_secrets(value):
+        if "@" in value.split("/", 3)[2] or settings.query_secrets(value):    # before any line echoes it
             raise where.error("model_base_path", "must not contain credentials; TF Serving reads them "
                                                  "from its own environment (AWS_ACCESS_KEY_ID, ...)")
+        if not value.split("/", 3)[2]:
+            raise where.error("model_base_path", f"'{value}' names no bucket or host (e.g. s3://bucket/models)")
         if has_control(value):
             raise where.error("model_base_path", "contains control or line-separator characters")
         if has_traversal(value):

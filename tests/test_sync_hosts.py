@@ -178,6 +178,7 @@ def test_a_credential_in_the_grpc_address_is_refused_without_echoing_it(grpc, tm
     ("target", "ssh://deploy@10.0.0.5:22/srv/../m?sig=hunter2secret"),
     ("target", "ssh://deploy@[::1/srv/m?token=hunter2secret"),
     ("model_base_path", "s3://bucket/models?X-Amz-Security-Token=hunter2secret"),
+    ("model_base_path", "s3:///?X-Amz-Security-Token=hunter2secret"),   # no bucket: was echoed
 ])
 def test_a_credential_in_a_urls_query_is_refused_without_echoing_it(fld, value, tmp_path):
     """Found by the eighteenth stop's secrets review: a rest_url, metrics_url, store_endpoint or
