@@ -268,14 +268,17 @@ def _held(lock, timed_out: Callable[[], Exception]) -> Iterator[None]:
     on every path on which it was taken: a forced stop (a KeyboardInterrupt) landing just after
     the acquire took it, before any ``try``, left it held, and this process's later writes (the
     rows of the put-back after a forced stop) each waited out the timeout and failed. An RLock
-    knows its holder, which a Lock does not."""
+    knows its holder, which a Lock does not: its documented ``release`` raises RuntimeError in a
+    thread that does not hold it (the acquire timed out, or the stop came before it took it)."""
     try:
         if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
             raise timed_out()
         yield
     finally:
-        if lock._is_owned():
+        try:
             lock.release()
+        except RuntimeError:      # not held by this thread: nothing to release
+            pass
 
 
 @contextlib.contextmanager

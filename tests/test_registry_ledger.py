@@ -573,6 +573,52 @@ def test_a_forced_stop_right_after_the_in_memory_promotion_lock_was_taken_leaves
     assert lock.interrupted and _free_for_another_thread(lock.real)
 
 
+class _PublicOnly:
+    """An RLock seen through its public API alone (acquire / release): no ``_is_owned``."""
+
+    def __init__(self, lock):
+        self.acquire, self.release = lock.acquire, lock.release
+
+
+def test_the_writers_lock_is_released_through_the_public_api_alone(ledger_url, monkeypatch):
+    """Found by a review (2026-12-07, eighteenth stop): ``_held`` asked ``RLock._is_owned()``, a
+    private CPython method, whether to release. Now the documented ``release`` decides: it raises
+    RuntimeError in a thread that does not hold the lock. A forced stop right after the acquire,
+    a timed-out wait, and a normal write all leave it free."""
+    import threading
+
+    import registry.ledger as ledger_mod
+
+    led = Ledger(ledger_url)
+    interrupted = _TakenThenInterrupted()
+    monkeypatch.setitem(ledger_mod._sqlite_writers, str(led._engine.url), _PublicOnly(interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        led.record("deploy", "m", outcome="failed")
+    assert _free_for_another_thread(interrupted.real)
+    led.record("host_rollback", "m", outcome="ok", host="h1")
+    assert _free_for_another_thread(interrupted.real)
+
+    held, release, done = threading.RLock(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held:
+            done.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert done.wait(30)
+        monkeypatch.setattr(ledger_mod, "SQLITE_BUSY_TIMEOUT_S", 0.05)
+        with pytest.raises(ConnectionFailure, match="nothing was recorded"):
+            with ledger_mod._held(_PublicOnly(held), lambda: ConnectionFailure("nothing was recorded")):
+                pass
+    finally:
+        release.set()
+        holder.join(30)
+    assert [e.action for e in led.entries("m")] == ["host_rollback"]
+
+
 def test_rows_of_an_action_or_outcome_a_newer_mlops_wrote_are_read_as_they_are(mlops_env):
     """Actions and outcomes are added over time (``canary``, ``lock_takeover``), and a ledger is
     shared by every job and host, which do not all run the same release: an older mlops read a
