@@ -16,12 +16,15 @@ from mlops_common import log
 from mlops_common.errors import NotFoundError
 
 from . import artifacts, tags, versions
-from .ledger import Entry, Ledger
+from .ledger import Entry, Ledger, MoveCut
 from .promotion_rules import (
     MOVES,
+    PUT_BACK,
+    deploy_verdict,
     failed_after_promotion,
     last_verdict,
     latest_deploys,
+    moved,
     restoring_rollback,
     revert_target,
     rollback_choice,
@@ -68,8 +71,14 @@ def failed_since_promoted(model: str, version: int) -> bool:
     """Did a deploy fail the version after its last promotion — tagged ``deploy_status=failed``, or
     a failed ``deploy`` row in the ledger when MLflow refused the tag? (A restarted ``mlops sync
     watch`` does not retry it, nor does one whose tag could not be written; promoting it again
-    clears this.)"""
-    entries = Ledger().entries(model, actions=MOVES + ("deploy",), current=True)
+    clears this.)
+
+    Read: the version's rows from its newest move into production on (where ``last_verdict``
+    starts over), unless a put-back among them reaches back to its deploy's first row."""
+    ledger, read = Ledger(), {"actions": MOVES + ("deploy",), "current": True, "to_version": version}
+    entries = ledger.entries(model, since=MoveCut(to_version=version), **read)
+    if any(e.action == "deploy" and deploy_verdict(e) == PUT_BACK for e in entries):
+        entries = ledger.entries(model, **read)
     if status(model, version) == FAILED:
         return failed_after_promotion(entries, version)
     return last_verdict(entries, version) == "failed"
@@ -79,28 +88,48 @@ def last_move_to(model: str, version: int) -> int | None:
     """The id of the newest ledger row that moved ``production`` to ``version`` (a promotion or a
     rollback through mlops), or None: ``mlops sync watch`` tries a version whose failure the
     registry never recorded again once this changes."""
-    rows = [e.id for e in Ledger().entries(model, actions=MOVES, current=True)
-            if e.to_version == version and e.outcome == "ok" and e.id is not None]
+    rows = [e.id for e in Ledger().entries(model, actions=MOVES, current=True, to_version=version,
+                                           since=MoveCut(to_version=version, none="nothing"))
+            if e.outcome == "ok" and e.id is not None]
     return max(rows, default=None)
+
+
+def _since_moved(ledger: Ledger, model: str, actions: tuple[str, ...] = MOVES) -> list[Entry]:
+    """The model's current rows of ``actions`` from its newest move that changed where production
+    is (``promotion_rules.moved``) on; [] without one. What ``rolled_back_to`` and
+    ``rollback_in_rollout`` decide on: the database reads these rows, not the model's history."""
+    return ledger.entries(model, actions=actions, current=True, since=MoveCut(changed=True, none="nothing"))
+
+
+def _last_moved(ledger: Ledger, model: str) -> Entry | None:
+    return next((e for e in _since_moved(ledger, model) if moved(e)), None)
 
 
 def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
     """The rollback row that made ``version`` production again, if deploying it restores a version
-    that held production before (``promotion_rules.restoring_rollback``); else None."""
-    return restoring_rollback((ledger or Ledger()).entries(model, actions=(*MOVES, "deploy"), current=True), version)
+    that held production before (``promotion_rules.restoring_rollback``); else None. The rows
+    since the newest move first: all of them only when that move is a rollback to ``version``."""
+    ledger = ledger or Ledger()
+    last = _last_moved(ledger, model)
+    if last is None or last.action != "rollback" or last.to_version != version:
+        return None         # what restoring_rollback answers then, on every row
+    return restoring_rollback(ledger.entries(model, actions=(*MOVES, "deploy"), current=True), version)
 
 
 def rolled_back_from(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
     """The person's rollback that made ``version`` production, when it is the newest move
     (``promotion_rules.rolled_back_to``): a deploy serving ``version`` tags its ``from_version``
     ``rolled_back``. None otherwise."""
-    return rolled_back_to((ledger or Ledger()).entries(model, actions=MOVES, current=True), version)
+    return rolled_back_to(_since_moved(ledger or Ledger(), model), version)
 
 
 def rolled_back_before(model: str, version: int, ledger: Ledger | None = None) -> list[Entry]:
     """``promotion_rules.rolled_back_before``: the earlier rollbacks of a chain that ended at
-    ``version`` before any reached the hosts."""
-    return rolled_back_before_rule((ledger or Ledger()).entries(model, actions=MOVES, current=True), version)
+    ``version`` before any reached the hosts. The earlier moves are read only after such a rollback."""
+    ledger = ledger or Ledger()
+    if rolled_back_to(_since_moved(ledger, model), version) is None:
+        return []           # what the rule answers then, on every row
+    return rolled_back_before_rule(ledger.entries(model, actions=MOVES, current=True), version)
 
 
 def rollback_unrecorded(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
@@ -111,7 +140,7 @@ def rollback_unrecorded(model: str, version: int, ledger: Ledger | None = None) 
     (``rollback_unfinished``: a rerun would finish it instead of stepping back). ``fleet.deploy``
     on hosts that serve ``version`` writes both (``record_converged``, the late ``rolled_back``
     tag). None otherwise (one ledger read; one registry read only after a rollback)."""
-    entries = (ledger or Ledger()).entries(model, actions=(*MOVES, "deploy"), current=True)
+    entries = _since_moved(ledger or Ledger(), model, (*MOVES, "deploy"))    # all the two rules read
     if (row := rollback_in_rollout(entries, version)) is not None:
         return row
     last = rolled_back_to(entries, version)
@@ -163,7 +192,7 @@ class DeployLedger:
 
     def rollback_in_rollout(self, version: int) -> Entry | None:
         """The person's rollback that deploying ``version`` rolls out (``promotion_rules``)."""
-        return rollback_in_rollout(self.ledger.entries(self.model, actions=(*MOVES, "deploy"), current=True),
+        return rollback_in_rollout(_since_moved(self.ledger, self.model, (*MOVES, "deploy")),
                                    version, deploy_id=self.deploy_id)
 
     def _before_this_deploy(self, *actions: str) -> list[Entry]:

@@ -540,14 +540,18 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self, model: str | None = None, *, actions: tuple[str, ...] | None = None,
-                limit: int | None = None, current: bool = False, version: int | None = None) -> list[Entry]:
+                limit: int | None = None, current: bool = False, version: int | None = None,
+                to_version: int | None = None, since: MoveCut | None = None) -> list[Entry]:
         """Rows in the order they were appended (oldest first); ``limit`` keeps the newest N;
         ``current``: only the rows of the model as it exists now (``_select``), for decisions;
         ``version``: only the rows about that version (its ``from_version`` or ``to_version``),
-        picked by the database: a version's description read every row of a ledger of years."""
+        picked by the database: a version's description read every row of a ledger of years;
+        ``to_version``: only the rows whose ``to_version`` it is; ``since`` (with ``model``): only
+        the rows from the model's newest move that ``MoveCut`` names on, that move included."""
         with _db_errors(self.url, "cannot read the ledger database"):
             with self._engine.connect() as conn:
-                return _select(conn, model, actions, limit, current=current, version=version)
+                return _select(conn, model, actions, limit, current=current, version=version,
+                               to_version=to_version, since=since)
 
 
 class LockedLedger:
@@ -592,22 +596,53 @@ def _current_start(conn: sa.Connection, model: str) -> int | None:
     get v1 and v2, and v2's row may be written first; a cut at v1's row hid it, and any gate of v2
     written before v1's row. None: no registration of version 1 recorded (every row counts)."""
     t = entries_table
-    registered = conn.execute(sa.select(t.c.id, t.c.to_version, t.c.details)      # one statement: a row
-                              .where(t.c.model == model, t.c.action == "register", t.c.outcome == "ok")
-                              .order_by(t.c.id.desc())).all()                       # a version, id and JSON
-    firsts = [r for r in registered if r.to_version == 1][:2]
+    registered = sa.select(t.c.id, t.c.details).where(t.c.model == model, t.c.action == "register",
+                                                       t.c.outcome == "ok")
+    # the two latest of version 1, then the registrations between them: not every register row
+    # of the model (with its JSON of file hashes) at every read
+    firsts = conn.execute(registered.where(t.c.to_version == 1).order_by(t.c.id.desc()).limit(2)).all()
     if not firsts:
         return None
     start, since = firsts[0].id, _created_ms(firsts[0].details)
     if since is None:         # a row from before versions' creation times were recorded
         return start
     floor = firsts[1].id if len(firsts) > 1 else 0
-    return min([start, *(r.id for r in registered
-                         if floor < r.id < start and (ms := _created_ms(r.details)) is not None and ms >= since)])
+    between = conn.execute(registered.where(t.c.id > floor, t.c.id < start)).all()
+    return min([start, *(r.id for r in between if (ms := _created_ms(r.details)) is not None and ms >= since)])
+
+
+@dataclass(frozen=True)
+class MoveCut:
+    """Where a read of the model's rows starts (``Ledger.entries(since=...)``): at its newest ``ok``
+    move of ``production`` (promote or rollback) — to ``to_version`` only, or (``changed``) one that
+    changed where production is (``promotion_rules.moved``: ``from_version`` is not ``to_version``).
+    ``none``: what is read when there is no such move, ``"all"`` the rows or ``"nothing"``.
+
+    The database finds that move by walking the model's ``(model, id)`` index from its newest end
+    and stops there: a decision about the latest move reads the rows since it, not every deploy of
+    a ledger of years (a ``sync watch`` asks at every pass)."""
+
+    to_version: int | None = None
+    changed: bool = False
+    none: str = "all"
+
+
+def _cut(conn: sa.Connection, model: str, start: int | None, since: MoveCut) -> int | None:
+    """The id of the newest move ``since`` names (from ``start`` on), or None."""
+    t = entries_table
+    q = sa.select(t.c.id).where(t.c.model == model, t.c.action.in_(("promote", "rollback")), t.c.outcome == "ok")
+    if start is not None:
+        q = q.where(t.c.id >= start)
+    if since.to_version is not None:
+        q = q.where(t.c.to_version == since.to_version)
+    if since.changed:
+        q = q.where(t.c.from_version.is_distinct_from(t.c.to_version))
+    return conn.execute(q.order_by(t.c.id.desc()).limit(1)).scalar()
 
 
 def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, *,
-            current: bool = False, version: int | None = None) -> list[Entry]:
+            current: bool = False, version: int | None = None, to_version: int | None = None,
+            since: MoveCut | None = None) -> list[Entry]:
     """``current`` (with ``model``): from the model's latest registration of version 1 on
     (``_current_start``). MLflow numbers a registered model deleted and created again from 1, and
     the rows of the model that was deleted (its productions, gates, deploys) are about other
@@ -618,12 +653,19 @@ def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, 
     if model:
         q = q.where(t.c.model == model)
         start = _current_start(conn, model) if current else None
+        if since is not None:
+            cut = _cut(conn, model, start, since)
+            if cut is None and since.none == "nothing":
+                return []
+            start = start if cut is None else cut
         if start is not None:
             q = q.where(t.c.id >= start)
     if actions:
         q = q.where(t.c.action.in_(actions))
     if version is not None:
         q = q.where(sa.or_(t.c.to_version == version, t.c.from_version == version))
+    if to_version is not None:
+        q = q.where(t.c.to_version == to_version)
     q = q.order_by(t.c.id.desc())
     if limit:
         q = q.limit(limit)

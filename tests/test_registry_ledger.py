@@ -636,3 +636,80 @@ def test_rows_of_an_action_or_outcome_a_newer_mlops_wrote_are_read_as_they_are(m
     assert r.returncode == 0 and "retire" in r.stdout and "retired" in r.stdout, r.stderr
     with pytest.raises(ValueError, match="unknown ledger action"):
         led.record("retire", "alpha", outcome="ok")
+
+
+def bounded_reads_agree(url: str, monkeypatch, model: str = "bounded") -> None:
+    """Seed a model with 5,000 old deploy rows, then moves and deploys since; every replay read of
+    ``registry.deploys`` must give what its rule gives on every row, reading (``_from_row``) only
+    the rows since the move it decides on. Shared with the PostgreSQL test."""
+    import registry.ledger as ledger_mod
+    from registry import deploys
+    from registry import promotion_rules as rules
+
+    led = Ledger(url)
+    monkeypatch.setenv("MLOPS_LEDGER_URL", url)
+    rows = [Entry("register", model, "ok", to_version=v) for v in (1, 2, 3)]
+    rows.append(Entry("promote", model, "ok", to_version=1))
+    rows += [Entry("deploy", model, "ok", to_version=1, host=f"h{i}") for i in range(5000)]
+    rows += [Entry("promote", model, "ok", from_version=1, to_version=2),
+             Entry("deploy", model, "ok", to_version=2, host="h0", details={"final": True}),
+             Entry("promote", model, "ok", from_version=2, to_version=3),
+             Entry("deploy", model, "failed", to_version=3, host="h0"),
+             Entry("rollback", model, "ok", from_version=3, to_version=2),
+             Entry("promote", model, "refused", from_version=2, to_version=3),
+             Entry("promote", model, "ok", from_version=2, to_version=2)]      # a rerun: moved nothing
+    led.append_all(rows)
+    everything = led.entries(model, actions=("promote", "rollback", "deploy"), current=True)
+    moves = [e for e in everything if e.action in ("promote", "rollback")]
+    monkeypatch.setattr(deploys, "status", lambda m, v: {3: "failed", 2: "deployed"}.get(v))
+
+    fetched = []
+    real = ledger_mod._from_row
+    monkeypatch.setattr(ledger_mod, "_from_row", lambda r: fetched.append(1) or real(r))
+
+    def read(call):
+        fetched.clear()
+        out = call()
+        return out, len(fetched)
+
+    for v in (2, 3):
+        got, n = read(lambda: deploys.failed_since_promoted(model, v))
+        want = (rules.failed_after_promotion if v == 3 else
+                lambda e, x: rules.last_verdict(e, x) == "failed")(everything, v)
+        assert got == want and n < 20, (v, got, want, n)
+        got, n = read(lambda: deploys.last_move_to(model, v))
+        assert got == max(e.id for e in moves if e.to_version == v and e.outcome == "ok") and n < 20, (v, n)
+        got, n = read(lambda: deploys.rollback_unrecorded(model, v))
+        want = rules.rollback_in_rollout(everything, v) or (
+            rules.rolled_back_to(everything, v) if v == 2 else None)
+        assert got == want and n < 20, (v, got, want, n)
+        got, n = read(lambda: deploys.rolled_back_from(model, v))
+        assert got == rules.rolled_back_to(moves, v) and n < 20, (v, n)
+    assert deploys.rollback_unrecorded(model, 2).to_version == 2
+    got, n = read(lambda: deploys.restoring(model, 3))
+    assert got is None and n < 20, n
+    assert deploys.restoring(model, 2) == rules.restoring_rollback(everything, 2)
+    got, n = read(lambda: deploys.rolled_back_before(model, 3))
+    assert got == [] and n < 20, n
+    assert deploys.rolled_back_before(model, 2) == rules.rolled_back_before(moves, 2)
+    assert deploys.DeployLedger(model, led).rollback_in_rollout(2) == rules.rollback_in_rollout(everything, 2)
+
+    # a put-back after the move, of a deploy that began before it: its verdict goes back to what
+    # that deploy's first row found (read from the start again), not to the move
+    other, run = f"{model}-put-back", {"deploy": "r1"}
+    led.append_all([Entry("register", other, "ok", to_version=1),
+                    Entry("deploy", other, "failed", to_version=1, host="h0", details=run),
+                    Entry("promote", other, "ok", to_version=1),
+                    Entry("deploy", other, "failed", to_version=1, host="h0",
+                          details={**run, "registry_unchanged": True, "switched_put_back": True})])
+    monkeypatch.setattr(deploys, "status", lambda m, v: "failed")
+    assert deploys.failed_since_promoted(other, 1) is rules.failed_after_promotion(led.entries(other), 1) is True
+
+
+def test_replay_reads_of_a_long_history_read_only_the_rows_since_the_move(ledger_url, monkeypatch):
+    """Found by a review (2026-12-07, eighteenth stop): ``registry.deploys``' replay reads
+    (``failed_since_promoted``, ``last_move_to``, ``rollback_unrecorded``, ...) read every move and
+    deploy row of the model at every call; a ``sync watch`` asks them at every pass, for months.
+    Now each reads from the move its rule decides on (found by the database from the newest end of
+    the model's (model, id) index), with the same answers."""
+    bounded_reads_agree(ledger_url, monkeypatch)

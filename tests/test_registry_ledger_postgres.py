@@ -177,3 +177,9 @@ def test_a_writer_waiting_for_the_ledger_lock_stops_at_ctrl_c_on_postgres(postgr
         watcher.close()
 
     ctrl_c_a_waiting_writer(url, asking, release)
+
+
+def test_replay_reads_of_a_long_history_are_bounded_on_postgres(postgres_url, monkeypatch):
+    from tests.test_registry_ledger import bounded_reads_agree
+
+    bounded_reads_agree(postgres_url, monkeypatch)
