@@ -424,16 +424,24 @@ def _migrate(engine: sa.Engine, url: str) -> None:
     cfg.attributes["version_table"] = VERSION_TABLE
     script = ScriptDirectory.from_config(cfg)
     head = script.get_current_head()
+    def known(conn: sa.Connection) -> str | None:
+        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+            raise ConfigError(f"the ledger at {safe_url(url)} is at schema revision {current}, which this "
+                              f"version of tfmodel-delivery does not know (newest: {head}); upgrade it")
+        return current
+
     with engine.connect() as conn:
-        current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}) \
-            .get_current_revision()
-        conn.rollback()
+        try:
+            current = known(conn)
+        finally:
+            conn.rollback()
     if current == head:
         return
-    if current is not None and current not in {s.revision for s in script.walk_revisions()}:
-        raise ConfigError(f"the ledger at {safe_url(url)} is at schema revision {current}, which this "
-                          f"version of tfmodel-delivery does not know (newest: {head}); upgrade it")
     with _write_transaction(engine, "__schema__") as conn:
+        # again under the lock: a newer release's mlops may have migrated while this one waited
+        if known(conn) == head:
+            return
         cfg.attributes["connection"] = conn
         try:
             command.upgrade(cfg, "head")

@@ -204,6 +204,36 @@ def test_unknown_newer_schema_is_refused(tmp_path):
         Ledger(f"sqlite:///{path}")
 
 
+def test_a_newer_release_migrating_while_this_one_waits_for_the_schema_lock_says_upgrade(tmp_path, monkeypatch):
+    """Found by a review (2026-12-07, eighteenth stop): the check for a schema revision this
+    release does not know ran before the schema lock was taken; a newer release's mlops migrating
+    the fresh ledger while this one waited for that lock left Alembic's words, `cannot migrate
+    the ledger at ...: Can't locate revision identified by '9999'`, with nothing to do. Now the
+    check runs again under the lock: the same line as a ledger found newer at once, `upgrade it`."""
+    import contextlib
+
+    import registry.ledger as ledger_mod
+
+    path, real = tmp_path / "raced.db", ledger_mod._write_transaction
+
+    @contextlib.contextmanager
+    def newer_migrated_first(engine, model):        # the other process held the lock and migrated
+        db = sqlite3.connect(path)
+        db.execute(f"create table {VERSION_TABLE} (version_num varchar(32) not null primary key)")
+        db.execute(f"insert into {VERSION_TABLE} values ('9999')")
+        db.commit()
+        db.close()
+        with real(engine, model) as conn:
+            yield conn
+
+    monkeypatch.setattr(ledger_mod, "_write_transaction", newer_migrated_first)
+    with pytest.raises(ConfigError, match=r"revision 9999, which this version of tfmodel-delivery does not "
+                                          r"know \(newest: 0001\); upgrade it$"):
+        Ledger(f"sqlite:///{path}")
+    db = sqlite3.connect(path)
+    assert db.execute("select count(*) from sqlite_master where name = 'ledger_entries'").fetchone() == (0,)
+
+
 def test_bad_urls_are_one_clear_line():
     with pytest.raises(ConfigError, match="not a valid SQLAlchemy URL"):
         Ledger("not a url")
