@@ -151,11 +151,15 @@ def _from_row(row) -> Entry:
 def safe_url(url: str, unparseable: str = "<unparseable MLOPS_LEDGER_URL>") -> str:
     """A database URL (the ledger's, MLflow's backend store) with any password masked, for
     messages and logs; ``unparseable`` when SQLAlchemy cannot read it."""
+    import re
+
     try:
         # masked to the last '@': SQLAlchemy cuts a password holding '@' at the first one
-        return settings.mask_url_password(sa.engine.make_url(url).render_as_string(hide_password=False))
+        text = settings.mask_url_password(sa.engine.make_url(url).render_as_string(hide_password=False))
     except (sa.exc.ArgumentError, ValueError):
         return unparseable
+    # libpq takes the password as a query parameter too (postgresql://u@host/db?password=...)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def _lock_key(model: str) -> int:

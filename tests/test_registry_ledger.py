@@ -234,6 +234,23 @@ def test_a_newer_release_migrating_while_this_one_waits_for_the_schema_lock_says
     assert db.execute("select count(*) from sqlite_master where name = 'ledger_entries'").fetchone() == (0,)
 
 
+def test_a_password_given_as_a_query_parameter_is_masked_in_messages():
+    """Found by a review (2026-12-07, eighteenth stop): ``safe_url`` masked the URL's password but
+    not libpq's ``?password=`` query parameter, so `cannot open the ledger database
+    postgresql://u@127.0.0.1:1/db?password=...` showed it (the CLI's redaction of the
+    environment's secrets hid it there; the library's message, logged elsewhere, did not)."""
+    from registry.ledger import safe_url
+
+    url = "postgresql://u@127.0.0.1:1/db?sslmode=disable&password=hunter2-query-secret&connect_timeout=5"
+    shown = safe_url(url)       # SQLAlchemy renders the query parameters sorted
+    assert "hunter2-query-secret" not in shown and "password=***" in shown and "sslmode=disable" in shown
+    assert safe_url("postgresql://u@127.0.0.1:1/db?password=hunter2-query-secret") == \
+        "postgresql://u@127.0.0.1:1/db?password=***"
+    with pytest.raises(ConnectionFailure) as exc:
+        Ledger(url)
+    assert "hunter2-query-secret" not in exc.value.message and "password=***" in exc.value.message
+
+
 def test_bad_urls_are_one_clear_line():
     with pytest.raises(ConfigError, match="not a valid SQLAlchemy URL"):
         Ledger("not a url")
