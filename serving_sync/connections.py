@@ -139,7 +139,7 @@ def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str, mod
         return None, []
     took_over = [c for c in conns if c.lock is not None and c.lock.took_over]
     parallel.settle(release, [c for c in conns if c.lock is not None], workers=CONNECT_AT_ONCE,
-                    name="unlock")
+                    name="unlock", put_back=True)
     return failed, took_over
 
 
@@ -178,7 +178,7 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
         # second one stops the wait, and a try still running then releases its lock itself
         handover.leave()
         parallel.settle(release, [c for c in ordered if c.lock is not None], workers=CONNECT_AT_ONCE,
-                        name="unlock")
+                        name="unlock", put_back=True)
 
 
 def lock_order(conn: HostConn) -> tuple:

@@ -35,7 +35,8 @@ def _restore_all(runs: list[HostRun]) -> tuple[list[tuple[HostRun, dict]], BaseE
     put-back before it is seen here."""
     forced = None
     try:
-        outcomes = parallel.settle(HostRun.restore, runs, workers=8, name="restore", inline=False)
+        outcomes = parallel.settle(HostRun.restore, runs, workers=8, name="restore", inline=False,
+                                   put_back=True)
     except BaseException as exc:  # noqa: BLE001 - raised by the caller once the put-back is recorded
         forced, outcomes = exc, [(r.outcome.restore, None) for r in runs]
     out = []

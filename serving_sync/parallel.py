@@ -15,14 +15,15 @@ R = TypeVar("R")
 
 def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
            on_signal: Callable[[], object] | None = None,
-           inline: bool = True) -> list[tuple[R | None, BaseException | None]]:
+           inline: bool = True, put_back: bool = False) -> list[tuple[R | None, BaseException | None]]:
     """``(result, None)`` or ``(None, error)`` for each item, in the items' order, once every
     call has returned (``workers`` at most at once; one item runs in this thread unless not
     ``inline``, which keeps a signal out of the call even then).
 
     A signal in this thread (Ctrl-C, SIGTERM) is raised only after every call has returned, so a
     put-back is never abandoned half way (``on_signal``, called as it lands, tells the calls to stop
-    early); a second one stops the wait. Own threads rather than a
+    early); a second one stops the wait, and no call begins after it (calls under way finish in
+    their threads) unless ``put_back``: a put-back's or a release's calls go on to every item. Own threads rather than a
     ThreadPoolExecutor: its ``submit`` adds a new worker to the threads it joins only after the
     thread started, so a signal landing in between left that worker (and its host) unwaited."""
     items = list(items)
@@ -57,12 +58,20 @@ def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
     threads = [threading.Thread(target=work, name=f"{name}_{n}") for n in range(max(1, min(workers, len(items))))]
     stop: BaseException | None = None
     launched = 0
+
+    def signalled(stop: BaseException | None, exc: BaseException) -> BaseException:
+        nonlocal todo
+        if stop is not None and not put_back:   # a second signal: the threads take no other item
+            with taking:
+                todo = iter(())
+        return _first_signal(stop, exc, on_signal)
+
     for t in threads:                    # each started thread takes items until none are left
         try:
             t.start()
             launched += 1
         except BaseException as exc:  # noqa: BLE001 - raised once every started call returned
-            stop = _first_signal(stop, exc, on_signal)
+            stop = signalled(stop, exc)
     if not launched:                     # no thread surely runs to the end: none begins a call now
         with taking:
             todo = iter(())
@@ -71,7 +80,7 @@ def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
             try:
                 t.join()
             except BaseException as exc:  # noqa: BLE001 - the first signal waits; a second one stops
-                stop = _first_signal(stop, exc, on_signal)
+                stop = signalled(stop, exc)
     # a signal inside ``start`` (while it waits for the new thread) leaves a thread that runs but
     # is not yet alive, or has no ident, for the joins above: its call is waited for by count
     # (every thread joined above ran until no item was left, or none was: no call begins now)
@@ -80,7 +89,7 @@ def settle(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
             try:
                 taking.wait()
             except BaseException as exc:  # noqa: BLE001 - as above
-                stop = _first_signal(stop, exc, on_signal)
+                stop = signalled(stop, exc)
     if stop is not None:
         raise stop
     return outcomes  # type: ignore[return-value]  # every item was taken by a thread that ran to the end

@@ -80,17 +80,19 @@ def test_a_signal_while_a_worker_starts_is_raised_only_after_every_call_returned
 def test_a_signal_while_waiting_is_raised_after_every_call_and_a_second_one_stops_the_wait():
     import signal
 
-    done, seen, second, freed = [], [], threading.Event(), threading.Event()
+    done, seen, second, freed, two_began = [], [], threading.Event(), threading.Event(), threading.Event()
 
     def work(i):
         if i == 0:
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         elif i == 1 and second.is_set():
+            assert two_began.wait(30)           # under way when the wait stops (none begins after)
             deadline = time.monotonic() + 30    # a safety bound: left at once
             while len(seen) < 2 and time.monotonic() < deadline:   # after the first was handled
                 time.sleep(0.01)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         if i == 2 and second.is_set():         # still running when the second signal stops the wait
+            two_began.set()
             freed.wait(30)
         time.sleep(0.3 if i != 2 else 1.0)
         done.append(i)
@@ -176,3 +178,51 @@ def test_a_signal_inside_the_start_of_the_only_thread_lets_it_begin_no_call(monk
         for helper in late:
             helper.join(5)
     assert calls == [], "a call began after settle raised"
+
+
+def _two_ctrl_c_while_two_calls_run(monkeypatch, **kw) -> list[int]:
+    """``settle`` over four items, two workers: once items 0 and 1 are under way, two Ctrl-C land
+    in its wait (out of ``join``, in the main thread); the second stops the wait. Returns every
+    item whose call began, once the abandoned calls finished."""
+    began, under_way, go = [], {0: threading.Event(), 1: threading.Event()}, threading.Event()
+    real_join, raised = threading.Thread.join, []
+
+    def work(i):
+        began.append(i)
+        if i in under_way:
+            under_way[i].set()
+            assert go.wait(10)
+        return i
+
+    def join(self, timeout=None):
+        if threading.current_thread() is threading.main_thread() and self.name.startswith("twice_") \
+                and len(raised) < 2:
+            assert all(e.wait(10) for e in under_way.values())
+            raised.append(1)
+            raise KeyboardInterrupt(len(raised))
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", join)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            parallel.settle(work, [0, 1, 2, 3], workers=2, name="twice", **kw)
+        assert e.value.args == (2,)
+    finally:
+        go.set()
+        for t in [t for t in threading.enumerate() if t.name.startswith("twice_")]:
+            real_join(t, 10)
+            assert not t.is_alive(), f"{t.name} still runs"
+    return sorted(began)
+
+
+def test_after_a_second_signal_no_call_begins_unless_a_put_back():
+    """Eighteenth stop: a second signal stopped ``settle``'s wait, but its threads went on to the
+    next items: a prepare or switch phase began further hosts, retention removed versions on hosts
+    whose locks the stop had released. Now no call begins after it; a put-back (``put_back``:
+    the restore, the lock releases) still goes on to every item."""
+    import _pytest.monkeypatch
+
+    with _pytest.monkeypatch.MonkeyPatch.context() as mp:
+        assert _two_ctrl_c_while_two_calls_run(mp) == [0, 1], "a call began after the second signal"
+    with _pytest.monkeypatch.MonkeyPatch.context() as mp:
+        assert _two_ctrl_c_while_two_calls_run(mp, put_back=True) == [0, 1, 2, 3]

@@ -290,3 +290,49 @@ def test_a_forced_stop_while_a_phase_starts_its_workers_waits_for_every_host_bef
 def test_a_second_forced_stop_while_the_hosts_run_stops_at_once_without_a_put_back(monkeypatch):
     seen, returned = _two_runs_in_a_phase(monkeypatch, {1, 2})
     assert seen == {} and len(returned) < 2     # not put back under hosts still running: as asked
+
+
+@pytest.mark.parametrize("phase", [Phase.PREPARE, Phase.SWITCH])
+def test_a_second_forced_stop_begins_no_further_host_of_the_phase(monkeypatch, phase):
+    """Eighteenth stop: a second forced stop while h1 and h2 ran their phase (``--parallel 2``)
+    stopped the wait, and the worker that finished h1 went on to h3, which nothing would put
+    back. Now h1 and h2 finish in their threads and h3 is not begun."""
+    import threading
+
+    from mlops_common import stop
+    from serving_sync import fleet
+
+    runs = [_run(), _run(), _run()]
+    for run, name in zip(runs, ("h1", "h2", "h3")):
+        run.host, run.outcome.host = NS(name=name), name
+    began, under_way, go = [], {"h1": threading.Event(), "h2": threading.Event()}, threading.Event()
+    real_join, raised = threading.Thread.join, []
+
+    def execute(self, phase=None):
+        began.append(self.host.name)
+        if self.host.name in under_way:
+            under_way[self.host.name].set()
+            assert go.wait(10)
+
+    def join(self, timeout=None):
+        if threading.current_thread() is threading.main_thread() and self.name.startswith(f"{phase}_") \
+                and len(raised) < 2:
+            assert all(e.wait(10) for e in under_way.values())
+            raised.append(1)
+            raise KeyboardInterrupt(len(raised))
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(host_run.HostRun, "execute", execute)
+    monkeypatch.setattr(threading.Thread, "join", join)
+    monkeypatch.setattr(fleet, "fail", lambda *a, **k: pytest.fail("put back under hosts still running"))
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            fleet._phase(fleet.FleetResult("m", 2, "production", "failed"), None, runs, runs, phase, 2)
+        assert e.value.args == (2,)
+    finally:
+        go.set()
+        for t in [t for t in threading.enumerate() if t.name.startswith(f"{phase}_")]:
+            real_join(t, 10)
+            assert not t.is_alive(), f"{t.name} still runs"
+        stop.clear()
+    assert sorted(began) == ["h1", "h2"], "a host was begun after the second forced stop"
