@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import posixpath
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from mlops_common import log
@@ -35,6 +36,30 @@ class HostConn:
     transport: object
     client: TFServingClient
     lock: HostLock | None = None
+    # workers using the connection now, and a close asked meanwhile (``in_use``, ``_close``)
+    users: int = field(default=0, repr=False, compare=False)
+    closing: bool = field(default=False, repr=False, compare=False)
+
+
+_USES = threading.Lock()       # guards every HostConn's ``users`` and ``closing``
+
+
+@contextlib.contextmanager
+def in_use(conn: HostConn) -> Iterator[HostConn]:
+    """A worker's use of ``conn``: a close asked meanwhile (``connected``'s clean-up after a
+    forced stop stopped waiting for the worker) is left to the worker, done as it stops using it.
+    Closed under a lock try, the answer to a create that reached the host was lost, and the lock
+    stayed there until its TTL."""
+    with _USES:
+        conn.users += 1
+    try:
+        yield conn
+    finally:
+        with _USES:
+            conn.users -= 1
+            last = conn.closing and not conn.users
+        if last:
+            _close_now(conn)
 
 
 # Hosts connected at once. Kept under OpenSSH's default MaxStartups (10 unauthenticated
@@ -58,6 +83,15 @@ def _open(host, opened: list[HostConn], handover: parallel.Handover) -> HostConn
 
 
 def _close(conn: HostConn) -> None:
+    """Close ``conn`` now, or once the last worker using it is done with it (``in_use``)."""
+    with _USES:
+        conn.closing = True
+        if conn.users:
+            return
+    _close_now(conn)
+
+
+def _close_now(conn: HostConn) -> None:
     for closer in (conn.transport.close, conn.client.close):
         try:
             closer()
@@ -127,11 +161,12 @@ def _try_all(conns: list[HostConn], *, break_lock: str | None, purpose: str, mod
     Each try runs in a worker thread (where no signal lands) and hands its lock over once taken:
     one taken after a forced stop, when the caller no longer waits, is released by its thread."""
     def take(c: HostConn) -> None:
-        if handover.left:   # a forced stop before this host's turn: not tried at all
-            return
-        lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
-        if not handover.keep(setattr, c, "lock", lock):
-            release(HostConn(c.host, c.transport, c.client, lock))
+        with in_use(c):         # the connection is closed only once this try is done with it
+            if handover.left:   # a forced stop before this host's turn: not tried at all
+                return
+            lock = acquire(c.transport, break_lock=break_lock, wait=0.0, purpose=purpose, model=model)
+            if not handover.keep(setattr, c, "lock", lock):
+                release(HostConn(c.host, c.transport, c.client, lock))
 
     outcomes = parallel.settle(take, conns, workers=LOCK_AT_ONCE, name="lock", inline=False)
     failed = next((exc for _, exc in outcomes if exc is not None), None)

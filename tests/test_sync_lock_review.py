@@ -420,3 +420,52 @@ def test_an_owner_whose_heartbeat_cannot_be_written_still_learns_its_lock_was_ta
         owner.release()
         taker.release()
     assert not (base / LOCK_PATH).exists()
+
+
+def test_a_second_ctrl_c_in_the_first_lock_pass_closes_no_connection_a_lock_try_still_uses(tmp_path, monkeypatch):
+    """Eighteenth stop: after a second Ctrl-C in the first lock pass, ``connected``'s clean-up
+    closed every connection while lock tries still ran on them; over SSH a create that reached
+    the host lost its answer to that close, the try failed, and the lock stayed for its TTL. Now
+    a connection a try still uses is closed by that try once it is done (its lock released)."""
+    from serving_sync import connections
+
+    gate, transports = _Gate(), []
+
+    class Cut(LocalTransport):
+        """The lock's create reaches the host; its answer is lost if the connection closed meanwhile."""
+
+        closed = False
+
+        def create_exclusive(self, rel, data):
+            if rel != LOCK_PATH:
+                return super().create_exclusive(rel, data)
+            gate.hold(self.base.name)
+            created = super().create_exclusive(rel, data)
+            if self.closed:
+                raise OSError("Socket is closed")
+            return created
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    def open_transport(host):
+        transports.append(Cut(tmp_path / host.name))
+        return transports[-1]
+
+    for n in "abc":
+        (tmp_path / n).mkdir()
+    monkeypatch.setattr(connections, "open_transport", open_transport)
+    monkeypatch.setattr(connections, "LOCK_AT_ONCE", 2)
+    hosts = [SimpleNamespace(name=n, rest_url="http://127.0.0.1:9") for n in "abc"]
+    real_join = _two_ctrl_c_in_the_wait_for("lock", gate.both, monkeypatch)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            with connections.connected(hosts) as conns, locked(conns):
+                pass
+        assert e.value.args == (2,)
+    finally:
+        gate.go.set()
+        _finish_abandoned("lock", real_join)
+    assert [n for n in "abc" if (tmp_path / n / LOCK_PATH).exists()] == [], "a host stayed locked"
+    assert sorted(t.base.name for t in transports if not t.closed) == [], "a connection stayed open"
