@@ -15,12 +15,14 @@ version's run (``gate/report.md``, ``.json``, ``.html``) and optionally written 
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from mlops_common import log, strict_json
+from mlops_common import filelock, log, strict_json
 from mlops_common.errors import ConfigError, DamagedModel, RefusedError, UnfitModel
 
 from . import artifacts, bundle_hashes, description, gate_html, gate_report, signature, tags, versions
@@ -34,6 +36,7 @@ Evaluate = Callable[[int, "str | None"], dict]
 _log = log.get("registry.gate")
 SIGNATURE_ARTIFACT = artifacts.golden_path("signature")
 NOTHING_GATED = "Nothing was gated or recorded"
+REPORT_LOCK_SECONDS = 30     # another gate renaming its report files into the same --report-dir
 
 
 @dataclass
@@ -185,15 +188,27 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
 def write_report_files(out: Path, md: str, report: dict, page: str) -> None:
     """report.md, report.json (strict JSON: other programs read it) and report.html in ``out``,
     replaced together once all three are written (a full disk midway left this run's report.md
-    beside an earlier run's report.json, and a cut-off temporary file)."""
+    beside an earlier run's report.json, and a cut-off temporary file). Each run writes its own
+    temporary files (two gates writing one folder at once shared ``.report.*.tmp``: one renamed the
+    other's) and renames the three under a lock on the folder, so the set is one run's."""
     files = (("report.md", md), ("report.json", strict_json.dumps(report, indent=2) + "\n"), ("report.html", page))
-    tmps = [out / f".{name}.tmp" for name, _ in files]
+    tmps: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for tmp, (_, content) in zip(tmps, files):
-            tmp.write_text(content)
-        for tmp, (name, _) in zip(tmps, files):
-            tmp.replace(out / name)
+        for name, content in files:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            os.close(fd)
+            tmps.append(Path(tmp))
+            tmps[-1].write_text(content)
+        folder = os.open(out, os.O_RDONLY)
+        try:
+            with filelock.held(folder, timeout=REPORT_LOCK_SECONDS, poll=0.05, timed_out=lambda: ConfigError(
+                    f"--report-dir {out}: another gate kept it locked over {REPORT_LOCK_SECONDS} s; give each "
+                    f"gate run its own folder")):
+                for tmp, (name, _) in zip(tmps, files):
+                    tmp.replace(out / name)
+        finally:
+            os.close(folder)
     except OSError as exc:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)

@@ -423,3 +423,79 @@ def test_the_tags_the_gate_module_says_it_writes_are_the_ones_a_gate_writes(make
     written = set(versions.get_version(model, v).tags) - before | {"validation_status"}
     named = set(re.findall(r"``(validation[^`]*)``", gate.__doc__))
     assert named and named <= written, (named, written)
+
+
+def test_two_gates_writing_one_report_dir_at_once_leave_one_runs_three_files(tmp_path, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): two gates writing the same --report-dir at
+    once shared the temporary names ``.report.*.tmp``: one renamed the other's files (or found its
+    own gone: "cannot write the gate report"), and the three files could come from different runs.
+    Each run now writes its own temporary files and renames the three under a lock on the folder."""
+    import threading
+    from pathlib import Path
+
+    from registry import gate
+
+    out = tmp_path / "reports"
+    steps = {k: threading.Event() for k in ("a_written", "b_written", "b_done", "a_renaming", "go_on")}
+    write_text, replace = Path.write_text, Path.replace
+
+    def hooked_write(self, content, *args, **kwargs):
+        n = write_text(self, content, *args, **kwargs)
+        if self.name.startswith(".report.html.") and threading.current_thread().name in ("A", "B"):
+            me = threading.current_thread().name
+            steps[f"{me.lower()}_written"].set()
+            if me == "A" and phase == 1:     # A's three files written, not renamed: B runs whole
+                steps["b_done"].wait(10)
+        return n
+
+    def hooked_replace(self, target):
+        moved = replace(self, target)
+        if threading.current_thread().name == "A" and phase == 2 and Path(target).name == "report.md":
+            steps["a_renaming"].set()       # A has renamed one of three: B comes now
+            steps["go_on"].wait(10)
+        return moved
+
+    monkeypatch.setattr(Path, "write_text", hooked_write)
+    monkeypatch.setattr(Path, "replace", hooked_replace)
+    failures = []
+
+    def writer(run: str):
+        try:
+            gate.write_report_files(out, f"# {run}", {"run": run}, f"<p>{run}</p>")
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            failures.append((run, exc))
+
+    def files() -> tuple[str, str, str]:
+        return ((out / "report.md").read_text()[2:], json.loads((out / "report.json").read_text())["run"],
+                (out / "report.html").read_text()[3:-4])
+
+    # 1: B writes and renames while A has written its files but not renamed them
+    phase = 1
+    a = threading.Thread(target=writer, args=("a1",), name="A")
+    a.start()
+    assert steps["a_written"].wait(10)
+    b = threading.Thread(target=writer, args=("b1",), name="B")
+    b.start()
+    b.join(10)
+    steps["b_done"].set()
+    a.join(10)
+    assert not a.is_alive() and not b.is_alive()
+    assert failures == [] and files() == ("a1", "a1", "a1")
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+
+    # 2: B writes while A is halfway through renaming: B renames its three after A's three
+    phase = 2
+    for e in steps.values():
+        e.clear()
+    a = threading.Thread(target=writer, args=("a2",), name="A")
+    a.start()
+    assert steps["a_renaming"].wait(10)
+    b = threading.Thread(target=writer, args=("b2",), name="B")
+    b.start()
+    assert steps["b_written"].wait(10)
+    steps["go_on"].set()
+    a.join(10)
+    b.join(10)
+    assert not a.is_alive() and not b.is_alive()
+    assert failures == [] and files() == ("b2", "b2", "b2")
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
