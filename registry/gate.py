@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlops_common import filelock, log, strict_json
-from mlops_common.errors import ConfigError, DamagedModel, RefusedError, UnfitModel
+from mlops_common.errors import ConfigError, DamagedModel, RefusedError, UnfitModel, UserError, reworded
 
 from . import artifacts, bundle_hashes, description, gate_html, gate_report, signature, tags, versions
 from .gate_report import summary
@@ -220,18 +220,28 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
             report_dir, by: Provenance, ledger: Ledger) -> None:
     v, verdict, report, md = info.version, outcome.verdict, outcome.report, outcome.markdown
     page = gate_html.html(report)   # for people: CircleCI artifact and MLflow's artifact viewer
+    status = "passed" if verdict.passed else "failed"
+    if not verdict.passed:
+        # tagged before any report: a failing re-run whose tag write failed after its report was
+        # logged left a FAILED report beside the earlier `passed` tag and row, and a promotion
+        # accepted the version (review, eighteenth stop). Now that write failing records nothing.
+        try:
+            versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
+        except UserError as exc:
+            raise reworded(exc, f"the gate's verdict on v{v} (failed) was not recorded, and v{v} keeps its earlier "
+                                f"one ({info.validation_status}): {exc.message}; gate it again before promoting "
+                                f"it") from None
     if report_dir:
         write_report_files(Path(report_dir), md, report, page)
     if info.run_id:
         versions.log_run_text(info.run_id, md, f"{artifacts.GATE_REPORT}.md")
         versions.log_run_text(info.run_id, strict_json.dumps(report, indent=2), f"{artifacts.GATE_REPORT}.json")
         versions.log_run_text(info.run_id, page, f"{artifacts.GATE_REPORT}.html")
-    status = "passed" if verdict.passed else "failed"
     # one tag for the versions list; accuracy, baseline, failed rules, when: the ledger row below
     # and the description rebuilt from it. A promotion reads both (the tag: passed; the row: against
     # which production), so whichever write fails must not leave a `passed` the row does not back:
-    # a failure is tagged before its row, a pass only after it (a tag `passed` without a row was
-    # promoted on a verdict against an earlier production).
+    # a failure is tagged before its reports and row (above), a pass only after its row (a tag
+    # `passed` without a row was promoted on a verdict against an earlier production).
     row = Entry(
         action="gate", model=model, outcome=status, from_version=verdict.baseline_version,
         to_version=v, reason=outcome.summary, **by.row(),
@@ -244,8 +254,6 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
                  "signature_differences": report["signature_differences"],
                  # the per-class rule's figures: why a per-class verdict was what it was
                  "per_class": gate_report.ledger_classes(report, verdict.class_allowed)})
-    if not verdict.passed:
-        versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})
     ledger.append(row)
     if verdict.passed:
         versions.set_tags(model, v, {tags.VALIDATION_STATUS: status})

@@ -214,3 +214,61 @@ def test_two_gates_of_one_version_at_once_that_disagree_leave_it_unpromotable_un
     # gated again, it is promotable
     assert run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.96)})).passed
     assert promotion.promote(model, v2, actor="carol").to_version == v2
+
+
+def test_a_failing_re_run_whose_tag_write_fails_leaves_no_failed_report_beside_the_earlier_pass(make_version,
+                                                                                                monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): the gate logged its reports before its tag
+    and row. A re-run that failed, and whose tag write then failed, left a FAILED report in the
+    version's run beside the earlier `passed` tag and ledger row, and a promotion accepted the
+    version. A failure is now tagged before anything else is written: that write failing records
+    nothing (the line says the verdict was not recorded and to gate again), and a write failing
+    after it leaves the version tagged `failed`, not promotable."""
+    import json
+
+    from mlops_common.errors import ConnectionFailure
+    from registry.client import tracking_client
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(), make_version()
+    ev = Evaluations({v1: doc(0.95), v2: doc(0.95)})
+    assert run_gate(model, v1, ev).passed
+    promotion.promote(model, v1, actor="alice")
+    assert run_gate(model, v2, ev).passed
+    run_id = versions.get_version(model, v2).run_id
+
+    def report_status() -> str:
+        path = tracking_client().download_artifacts(run_id, "gate/report.json", os.environ["MLOPS_HOME"])
+        return json.loads(open(path).read())["status"]
+
+    set_tags = versions.set_tags
+
+    def refused_failed_tag(m, version, values):
+        if values.get("validation_status") == "failed":
+            raise ConnectionFailure(f"tagging version {version} of '{m}': the MLflow server did not answer")
+        return set_tags(m, version, values)
+
+    monkeypatch.setattr(versions, "set_tags", refused_failed_tag)
+    ev.by_version[v2] = doc(0.50)
+    with pytest.raises(ConnectionFailure) as e:
+        run_gate(model, v2, ev)
+    # the run's report, the tag and the latest gate row still say the one earlier verdict
+    assert report_status() == "passed"
+    assert versions.get_version(model, v2).tags["validation_status"] == "passed"
+    assert [r.outcome for r in Ledger().entries(model) if r.action == "gate" and r.to_version == v2] == ["passed"]
+    assert e.value.message == (
+        f"the gate's verdict on v{v2} (failed) was not recorded, and v{v2} keeps its earlier one (passed): "
+        f"tagging version {v2} of '{model}': the MLflow server did not answer; gate it again before promoting it")
+
+    # the tag written, the report's upload failing: tagged `failed`, refused by a promotion
+    monkeypatch.setattr(versions, "set_tags", set_tags)
+
+    def upload_fails(*args, **kwargs):
+        raise ConnectionFailure("logging the gate report: the MLflow server did not answer")
+
+    monkeypatch.setattr(versions, "log_run_text", upload_fails)
+    with pytest.raises(ConnectionFailure):
+        run_gate(model, v2, ev)
+    assert versions.get_version(model, v2).tags["validation_status"] == "failed"
+    with pytest.raises(RefusedError, match="not passed"):
+        promotion.promote(model, v2, actor="carol")
