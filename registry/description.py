@@ -29,6 +29,7 @@ from mlops_common.text import markdown_text, printable
 
 from . import tags as T
 from . import versions
+from .gate_rules import GateRules
 from .ledger import Entry, Ledger
 from .promotion_rules import version_label
 from .rest import rest
@@ -200,6 +201,21 @@ def moved_in_again(deploy_status: str | None, entries: list[Entry], version: int
     return None
 
 
+def _rules_changed(changed) -> str:
+    """A gate row's rules set away from the defaults (``details.rules_changed``), for its
+    Validation line: a pass under a lower bar is marked, as a signature change allowed is."""
+    if not isinstance(changed, dict) or not changed:
+        return ""
+    defaults = {"min_accuracy": f"{GateRules().min_accuracy:g}"}
+
+    def value_text(x) -> str:
+        return f"{x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else _cell(str(x))
+
+    return "; gate rules set away from the defaults: " + ", ".join(
+        f"{name if name in GateRules.__dataclass_fields__ else _cell(str(name))} {value_text(value)} "
+        f"(default {defaults.get(name, 'derived')})" for name, value in sorted(changed.items()))
+
+
 def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |", *rows]
     if left_out:
@@ -255,6 +271,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
         lines.append(f"**Validation:** {_cell(g.outcome)} — {nums}"
                      + (f"; failed rules: {_some(failed, 400)}" if failed else "")
                      + ("; serving signature change allowed" if g.details.get("signature_change_allowed") else "")
+                     + _rules_changed(g.details.get("rules_changed"))
                      + f" (gate {_when(g)} UTC, ledger #{g.id})")
     else:
         lines.append(f"**Validation:** {_cell(validation)} (not gated yet)")

@@ -181,7 +181,7 @@ def run_gate(model: str, version, evaluate: Evaluate, *, rules: GateRules | None
     md = gate_report.markdown(report)
     outcome = GateOutcome(verdict.passed, v, baseline, verdict, report, md, summary(verdict, v))
     _record(model, info, outcome, allow_signature_change, report_dir,
-            provenance or Provenance.from_environment(), ledger)
+            provenance or Provenance.from_environment(), ledger, rules.changed())
     return outcome
 
 
@@ -217,7 +217,7 @@ def write_report_files(out: Path, md: str, report: dict, page: str) -> None:
 
 
 def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signature_change: bool,
-            report_dir, by: Provenance, ledger: Ledger) -> None:
+            report_dir, by: Provenance, ledger: Ledger, rules_changed: dict[str, float]) -> None:
     v, verdict, report, md = info.version, outcome.verdict, outcome.report, outcome.markdown
     page = gate_html.html(report)   # for people: CircleCI artifact and MLflow's artifact viewer
     status = "passed" if verdict.passed else "failed"
@@ -251,6 +251,8 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
                  "discordant": report["discordant"],
                  "failed_rules": [c.rule for c in verdict.failed],
                  "signature_change_allowed": allow_signature_change,
+                 # flags or MLOPS_GATE_* set away from the defaults: marked as the signature change is
+                 "rules_changed": rules_changed,
                  "signature_differences": report["signature_differences"],
                  # the per-class rule's figures: why a per-class verdict was what it was
                  "per_class": gate_report.ledger_classes(report, verdict.class_allowed)})

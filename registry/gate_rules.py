@@ -141,6 +141,13 @@ class GateRules:
                 raise ConfigError(f"gate rule {name} must be between 0 and 1, got {v}")
         return rules
 
+    def changed(self) -> dict[str, float]:
+        """The rules set away from the defaults (flags or ``MLOPS_GATE_*``): name -> value; a pass
+        under them is marked in the version's description, as a signature change allowed is."""
+        default = GateRules()
+        return {name: getattr(self, name) for name in ("min_accuracy", "max_accuracy_drop", "max_class_drop")
+                if getattr(self, name) != getattr(default, name)}
+
 
 @dataclass(frozen=True)
 class Baseline:

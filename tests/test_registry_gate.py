@@ -499,3 +499,29 @@ def test_two_gates_writing_one_report_dir_at_once_leave_one_runs_three_files(tmp
     assert not a.is_alive() and not b.is_alive()
     assert failures == [] and files() == ("b2", "b2", "b2")
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+def test_a_pass_under_rules_set_away_from_the_defaults_is_marked_in_the_description(make_version, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): a pass allowed by --allow-signature-change is
+    marked on the version's page, but a pass under a lowered --min-accuracy, a set
+    --max-accuracy-drop or MLOPS_GATE_* variables read as one under the defaults. The gate row
+    records the rules set away from the defaults and the Validation line names them."""
+    from registry.gate_rules import GateRules
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = make_version(), make_version(), make_version()
+    assert run_gate(model, v1, Evaluations({v1: doc(0.60)}), rules=GateRules(min_accuracy=0.5)).passed
+    info = versions.get_version(model, v1)
+    assert "; gate rules set away from the defaults: min_accuracy 0.5 (default 0.8) (gate " in info.description
+    assert Ledger().entries(model)[-1].details["rules_changed"] == {"min_accuracy": 0.5}
+    versions.set_alias(model, versions.PRODUCTION, v1)
+    monkeypatch.setenv("MLOPS_GATE_MAX_ACCURACY_DROP", "0.3")       # read by the gate's own GateRules.from_env()
+    monkeypatch.setenv("MLOPS_GATE_MIN_ACCURACY", "0.5")
+    assert run_gate(model, v2, Evaluations({v1: doc(0.80), v2: doc(0.75)})).passed
+    assert ("; gate rules set away from the defaults: max_accuracy_drop 0.3 (default derived), min_accuracy 0.5 "
+            "(default 0.8) (gate ") in versions.get_version(model, v2).description
+    monkeypatch.delenv("MLOPS_GATE_MAX_ACCURACY_DROP")
+    monkeypatch.delenv("MLOPS_GATE_MIN_ACCURACY")
+    assert run_gate(model, v3, Evaluations({v1: doc(0.80), v3: doc(0.81)})).passed
+    assert "set away from the defaults" not in versions.get_version(model, v3).description
+    assert Ledger().entries(model)[-1].details["rules_changed"] == {}
