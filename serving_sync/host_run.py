@@ -172,7 +172,10 @@ class HostRun:
             faultpoint.reached("during:publish", stop=cancel.requested)     # test hook, inert unless set
 
         pull = self._pull(self.host, manifest) if self._pull is not None else None
-        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent, pull=pull)
+        # the flag is up to TTL/4 old: right before the rename into place, the lock is read once
+        ours = lock.check if lock is not None and hasattr(lock, "check") else None
+        result = publish(self.transport, self.model, step.version, saved_model_dir, manifest, sent, pull=pull,
+                         before_final=ours)
         progress.done()
         self.outcome.publish = result.to_dict()
         logger.info("%s: v%d %s (%d bytes in %.1fs)", self.host.name, step.version,

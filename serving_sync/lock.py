@@ -402,6 +402,20 @@ class HostLock:
             raise LockHeld(self.lost)
         self.beat()
 
+    def check(self) -> None:
+        """LockHeld if the lock is no longer ours: the thread's flag, then one read of the lock
+        (the flag is up to TTL/4 old). No write: cheap enough right before a rename into place."""
+        if self.lost:
+            raise LockHeld(self.lost)
+        info = self.info
+        if info is None:
+            return
+        try:
+            self._check_ours(self.transport, info)
+        except LockHeld as exc:
+            self.lost = exc.message       # the host is the new owner's: never put back by us
+            raise
+
     def release(self) -> None:
         """Remove the lock if it is still ours (compare-and-delete: never someone else's)."""
         thread, self._thread = self._thread, None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from mlops_common import log
 from mlops_common.errors import ConfigError, UserError
@@ -82,8 +83,10 @@ def _refuse_mismatch(where: str, vp: str, problems: list[str]) -> PublishRefused
 
 def publish(transport: Transport, model: str, version: int, local_dir: str | os.PathLike,
             manifest: Manifest | None = None, progress: ProgressFn | None = None,
-            pull=None) -> PublishResult:
+            pull=None, before_final: Callable[[], None] | None = None) -> PublishResult:
     """Publish ``local_dir``; ``manifest`` (from ``manifest.build``) is optional.
+    ``before_final`` runs after the upload is verified, right before it is put into place (the
+    rename, or S3's completion file): raising there publishes nothing (the host's lock is gone).
 
     Without it the tree is scanned (names, sizes) and hashed while it uploads (ssh); with it,
     the upload still hashes what it sends and refuses a file that changed since.
@@ -106,12 +109,13 @@ def publish(transport: Transport, model: str, version: int, local_dir: str | os.
         return PublishResult(model, version, "already_present", 0, time.monotonic() - start, vp)
 
     if transport.atomic_rename:
-        sent, pulled = _publish_with_rename(transport, model, version, local_dir, tree, progress, where, pull)
+        sent, pulled = _publish_with_rename(transport, model, version, local_dir, tree, progress, where, pull,
+                                            before_final)
         if pulled:
             return PublishResult(model, version, "pulled", sent, time.monotonic() - start, vp, pull.store_url)
     else:
         full = tree if tree.hashed else mf.build(local_dir)
-        sent = _publish_marker_last(transport, model, version, local_dir, full, progress, where)
+        sent = _publish_marker_last(transport, model, version, local_dir, full, progress, where, before_final)
     return PublishResult(model, version, "uploaded", sent, time.monotonic() - start, vp)
 
 
@@ -140,7 +144,7 @@ def _present_problems(transport: Transport, model: str, version: int, manifest: 
 
 
 def _publish_with_rename(transport, model, version, local_dir, tree, progress, where,
-                         pull=None) -> tuple[int, bool]:
+                         pull=None, before_final=None) -> tuple[int, bool]:
     vp = version_path(model, version)
     tmp = f"{model}/{incoming_name(version)}"
     manifest = tree
@@ -158,6 +162,8 @@ def _publish_with_rename(transport, model, version, local_dir, tree, progress, w
         if problems:
             raise VerifyFailed(f"{where}: the uploaded files do not match the manifest "
                                f"({'; '.join(problems[:3])}); nothing was published, rerun the deploy")
+        if before_final is not None:
+            before_final()
         _store_manifest(transport, model, version, manifest)
         transport.rename(tmp, vp)
     except FileExistsError:
@@ -178,7 +184,8 @@ def _publish_with_rename(transport, model, version, local_dir, tree, progress, w
     return sent, pulled
 
 
-def _publish_marker_last(transport, model, version, local_dir, manifest, progress, where) -> int:
+def _publish_marker_last(transport, model, version, local_dir, manifest, progress, where,
+                         before_final=None) -> int:
     vp = version_path(model, version)
     marker = manifest.completion_file
     body = manifest.without({marker})
@@ -209,6 +216,8 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
         if problems:
             raise VerifyFailed(f"{where}: the uploaded objects do not match the manifest "
                                f"({'; '.join(problems[:3])}); nothing was published, rerun the deploy")
+        if before_final is not None:
+            before_final()
         _store_manifest(transport, model, version, manifest)
         sent += transport.upload_tree(local_dir, vp, head, progress)
         problems = transport.verify(vp, manifest)

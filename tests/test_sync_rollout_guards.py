@@ -669,3 +669,40 @@ def test_an_upload_whose_lock_was_taken_over_stops_and_publishes_nothing(deploy_
         if "lock" in other:
             other["lock"].release()
             other["transport"].close()
+
+
+def test_a_lock_taken_over_after_the_last_chunk_stops_the_rename_into_place(deploy_env, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): the upload checked its lock's flag at each
+    chunk, not again before the rename into place: a takeover after the last chunk (while the
+    upload was verified) was seen only by the next step, up to TTL/4 later, after the version was
+    renamed into the new owner's host. Now the lock is read right before the rename (the lock's
+    thread beats every 150 s here: it never sees the takeover)."""
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")
+    v1, v2 = v1_then_promote_v2(env)
+    target = hosts[1]
+    other: dict = {}
+    real_verify = type(open_transport(load_hosts()[1])).verify
+
+    def taken_over_once_verified(self, rel, manifest):
+        problems = real_verify(self, rel, manifest)
+        if "lock" not in other and ".incoming-" in rel and str(target.base) in self.url:
+            token = json.loads((target.base / ".serving_sync" / "lock").read_text())["token"]
+            other["transport"] = open_transport(load_hosts()[1])          # another deploy's connection
+            other["lock"] = HostLock(other["transport"], break_lock=token, ttl=600, heartbeat_every=0)
+            other["lock"].acquire()
+        return problems
+
+    monkeypatch.setattr(type(open_transport(load_hosts()[1])), "verify", taken_over_once_verified)
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            env.deploy(opts=deploy_opts(canary=0))
+        assert "lock" in other, "the target's upload was never verified"
+        assert "lost its lock" in str(failed.value)
+        assert not (target.base / env.model / str(v2)).exists()    # not renamed into the new owner's host
+        env.serves(hosts[0], v1)
+        _not_blamed(env, v2, failed.value.result)
+    finally:
+        if "lock" in other:
+            other["lock"].release()
+            other["transport"].close()
