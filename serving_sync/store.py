@@ -114,8 +114,10 @@ def s3_host_note(host: Host) -> str | None:
 class StoreCopies:
     """Each distinct store of a deploy, uploaded once (thread-safe), and per-host presigning."""
 
-    def __init__(self, model: str, version: int, *, uses: dict | None = None, held: frozenset = frozenset()):
+    def __init__(self, model: str, version: int, *, uses: dict | None = None, held: frozenset = frozenset(),
+                 break_lock: str | None = None):
         self.model, self.version = model, version
+        self.break_lock = break_lock  # --break-lock TOKEN: the store's lock too, when it is that one
         self.uses = uses or {}       # store url -> {host: versions it keeps or pulls}, recorded first
         self.held = held             # base_key of the S3 bases whose lock this deploy already holds
         self._done: dict[str, dict] = {}
@@ -132,7 +134,7 @@ class StoreCopies:
         with self._lock:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)
-                with store_lock(t, store, self.model, self.held) as lock:
+                with store_lock(t, store, self.model, self.held, break_lock=self.break_lock) as lock:
                     record_uses(t, self.model, self.uses.get(store.url, {}))
                     logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
                                 store.url)
@@ -165,7 +167,8 @@ def url_lifetime(setting: float, total_size: int) -> float:
 
 
 def retire(store: Store, model: str, *, serving: int, previous: int | None, keep: int,
-           protected: tuple[int, ...], uses: dict | None = None, held: frozenset = frozenset()) -> dict:
+           protected: tuple[int, ...], uses: dict | None = None, held: frozenset = frozenset(),
+           break_lock: str | None = None) -> dict:
     """Remove from ``store`` the versions of ``model`` that no host needs any more, by the hosts'
     own rule (``retention``: all but the ``keep`` newest, what serves, the rollback target and
     what a host keeps loaded), and uploads that died. Without it every version deployed stayed in
@@ -178,7 +181,7 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
-    with store_lock(t, store, model, held) as lock:
+    with store_lock(t, store, model, held, break_lock=break_lock) as lock:
         record_uses(t, model, uses or {})
         in_use = read_uses(t, model)
         served = served_from(t, model)
@@ -204,11 +207,13 @@ def served_from(t, model: str) -> set[int]:
 
 
 @contextlib.contextmanager
-def store_lock(t, store: Store, model: str, held: frozenset = frozenset()):
+def store_lock(t, store: Store, model: str, held: frozenset = frozenset(), *, break_lock: str | None = None):
     """The store's deploy lock (a ``HostLock`` on its S3 base), waited for up to ``MLOPS_LOCK_TTL``:
     another fleet's upload or clean-up there takes seconds to minutes. Not taken again when this
     deploy holds it already (an ``s3://`` host whose base is the store). Yields the ``HostLock``
-    (None when already held): its heartbeat thread's finding (``lost``) is the caller's to check."""
+    (None when already held): its heartbeat thread's finding (``lost``) is the caller's to check.
+    ``break_lock`` (the deploy's ``--break-lock TOKEN``) takes it over at once when it is that lock
+    (a SIGKILLed deploy's, seen from another machine, waited for the TTL otherwise)."""
     from .connections import acquire
 
     if base_key(store.target) in held:
@@ -216,7 +221,7 @@ def store_lock(t, store: Store, model: str, held: frozenset = frozenset()):
         return
     taken: list = []        # recorded before it is tried: a forced stop as the lock was taken left it
     try:
-        yield acquire(t, break_lock=None, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
+        yield acquire(t, break_lock=break_lock, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
                       model=model, record=taken.append)
     finally:
         for lock in taken:

@@ -1288,3 +1288,44 @@ def test_an_upload_to_the_store_stops_when_its_lock_was_taken_over(s3_env, tmp_p
     finally:
         for o in others:
             o.release()
+
+
+def test_break_lock_takes_over_a_dead_deploys_store_lock_named_in_the_refusal(s3_env, tmp_path, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): the shared store's lock was always taken
+    with no ``--break-lock``: a SIGKILLed deploy's store lock, seen from another machine (its pid
+    cannot be asked about), held every later deploy for the TTL (up to 10 min), and the refusal's
+    advice to rerun with ``--break-lock TOKEN`` did nothing. Now the deploy's token breaks the
+    store's lock too when it is that lock, and the refusal names its token and the flag."""
+    import os
+
+    from serving_sync import manifest as mf
+    from serving_sync.errors import LockHeld
+    from serving_sync.hosts import Store
+    from serving_sync.layout import LOCK_PATH
+    from serving_sync.lock import LockInfo
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    monkeypatch.setenv("MLOPS_LOCK_TTL", "1")          # the wait for the store's lock: 1 s
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("dead-store-lock")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    t = S3Transport(bucket, "fleet")
+    now = time.time()       # killed a moment ago on another machine, its TTL 10 min: not stale
+    dead = LockInfo("ci", "other-machine", os.getpid(), "0123456789abcdef", now, now, "deploy", 600.0, "")
+    assert t.create_exclusive(LOCK_PATH, dead.to_json())
+    with pytest.raises(LockHeld) as refused:
+        store.StoreCopies("digits", 1).upload(st, model, m)
+    line = refused.value.message
+    assert "token 0123456789abcdef" in line and "--break-lock 0123456789abcdef" in line and "\n" not in line
+    assert not t.exists("digits/1/saved_model.pb")
+    with pytest.raises(LockHeld):                        # another lock's token breaks nothing
+        store.StoreCopies("digits", 1, break_lock="fedcba9876543210").upload(st, model, m)
+    assert LockInfo.from_json(t.read_file(LOCK_PATH)).token == dead.token
+    r = store.StoreCopies("digits", 1, break_lock=dead.token).upload(st, model, m)
+    assert r["status"] == "uploaded" and not t.verify("digits/1", m)
+    assert not t.exists(LOCK_PATH)                       # taken over, then released
+    assert t.create_exclusive(LOCK_PATH, dead.to_json())     # the clean-up takes the token too
+    store.retire(st, "digits", serving=1, previous=None, keep=1, protected=(), break_lock=dead.token)
+    assert not t.exists(LOCK_PATH)

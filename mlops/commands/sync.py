@@ -52,8 +52,9 @@ def _deploy_flags(p, *, watch: bool = False) -> None:
     p.add_argument("--timeout", type=flags.timeout, default=_DEPLOY.timeout, metavar="S",
                    help="bound on every wait (loading, label switch, unloading; default %(default)g)")
     p.add_argument("--break-lock", metavar="TOKEN", default=None,
-                   help="take over the host lock with this token (shown in the error) even though it "
-                        "is not stale" + (" (the first pass only, whatever it did)" if watch else "")
+                   help="take over the host lock (or the shared store's) with this token (shown "
+                        "in the error) even though it is not stale"
+                        + (" (the first pass only, whatever it did)" if watch else "")
                         + "; a lock silent for MLOPS_LOCK_TTL (default 10 min) or whose "
                         "process died on this machine is taken over without it")
     p.add_argument("--lock-wait", type=flags.seconds, default=0.0, metavar="S",
