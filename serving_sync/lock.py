@@ -183,6 +183,13 @@ def _record_takeover(model: str | None, where: str, old: LockInfo | None, token:
         logger.warning("%s: could not record the lock takeover in the ledger (%s)", where, exc.message)
 
 
+def _close_quietly(channel: Transport) -> None:
+    try:
+        channel.close()
+    except Exception:  # noqa: BLE001 - closing a dead channel
+        pass
+
+
 class _Heartbeat(threading.Thread):
     """Rewrites the owner's heartbeat file every ``every`` seconds until stopped."""
 
@@ -203,12 +210,15 @@ class _Heartbeat(threading.Thread):
                     return
                 except Exception as exc:  # noqa: BLE001 - a blip: the next beat retries
                     self.lock.trouble = str(exc)
+                    # ... over a new channel: a dead SFTP channel stayed dead, every later beat failed
+                    # and the lock was taken over after the TTL while the deploy still ran (one open
+                    # a beat, so bounded by the beats)
+                    if channel is not None and channel is not self.lock.transport:
+                        _close_quietly(channel)
+                    channel = None
         finally:
             if channel is not None and channel is not self.lock.transport:
-                try:
-                    channel.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                _close_quietly(channel)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -469,3 +469,52 @@ def test_a_second_ctrl_c_in_the_first_lock_pass_closes_no_connection_a_lock_try_
         _finish_abandoned("lock", real_join)
     assert [n for n in "abc" if (tmp_path / n / LOCK_PATH).exists()] == [], "a host stayed locked"
     assert sorted(t.base.name for t in transports if not t.closed) == [], "a connection stayed open"
+
+
+def test_a_heartbeat_channel_that_died_is_opened_again_and_the_beats_go_on(request, tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): the heartbeat thread's own SFTP channel (ssh
+    hosts) was never opened again after an error: one channel cut (the rest of the connection
+    fine) made every later beat fail on the dead channel, silently (``trouble``), so the lock was
+    taken over after the TTL while the deploy still ran. Now a failed beat closes its channel and
+    the next beat opens a new one. Real loopback sshd."""
+    from serving_sync.lock import heartbeat_path
+    from tests.test_sync_support import make_hut
+
+    hut = make_hut("ssh", request, tmp_path)
+    channels: list = []
+    real_channel = hut.transport.lock_channel
+
+    def recorded():
+        channels.append(real_channel())
+        return channels[-1]
+
+    hut.transport.lock_channel = recorded
+    owner = HostLock(hut.transport, ttl=600, heartbeat_every=0.1)
+    beats: list = []
+    beaten = threading.Event()
+    real_beat = owner.beat
+
+    def counted(t=None):
+        real_beat(t)
+        beats.append(t)
+        beaten.set()
+
+    owner.beat = counted
+    owner.acquire()
+    try:
+        assert beaten.wait(10), "the heartbeat thread never beat"
+        channels[0].sftp.get_channel().close()       # the thread's channel is cut, the connection is not
+        written = lambda: json.loads(hut.raw_read(heartbeat_path(owner.info.token)))["heartbeat"]  # noqa: E731
+        before = written()
+        beaten.clear()
+        deadline = time.monotonic() + 10
+        while beats[-1] is channels[0] and time.monotonic() < deadline:
+            beaten.wait(max(0.0, deadline - time.monotonic()))
+            beaten.clear()
+        assert beats[-1] is not channels[0], f"no heartbeat after the channel was cut ({owner.trouble})"
+        assert len(channels) == 2 and beats[-1] is channels[1]     # over a new channel
+        assert written() > before and not owner.lost          # on the host: the lock stays fresh
+    finally:
+        owner.release()
+        hut.transport.close()
+    assert not (hut.local_base / LOCK_PATH).exists()
