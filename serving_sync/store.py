@@ -140,8 +140,10 @@ class StoreCopies:
                                 store.url)
                     # an interrupt (SIGTERM from a cancelled CI job), or the lock's thread finding the
                     # lock taken over, stops it between objects
+                    # ... and the lock is read once more right before saved_model.pb completes it
                     r = publish(t, self.model, self.version, local_dir, manifest,
-                                lambda _n: (cancel.check(), still_held(lock)))
+                                lambda _n: (cancel.check(), still_held(lock)),
+                                before_final=lock.check if lock is not None else None)
                 logger.info("%s: v%d %s (%d bytes in %.1fs)", store.url, self.version,
                             r.status.replace("_", " "), r.bytes_transferred, r.seconds)
                 self._done[store.url] = {"store": store.url, "status": r.status,

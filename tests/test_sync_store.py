@@ -1329,3 +1329,38 @@ def test_break_lock_takes_over_a_dead_deploys_store_lock_named_in_the_refusal(s3
     assert t.create_exclusive(LOCK_PATH, dead.to_json())     # the clean-up takes the token too
     store.retire(st, "digits", serving=1, previous=None, keep=1, protected=(), break_lock=dead.token)
     assert not t.exists(LOCK_PATH)
+
+
+def test_a_store_lock_taken_over_after_the_last_object_stops_before_saved_model_pb(s3_env, tmp_path, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): the upload to the store checked its lock's
+    thread between objects, not again before ``saved_model.pb`` made the version complete: a
+    takeover while the objects were verified (the thread beats every TTL/4) still completed the
+    version in a store another fleet held. Now the lock is read right before it."""
+    from serving_sync import manifest as mf
+    from serving_sync.errors import LockHeld
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("taken-at-the-end")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    t = S3Transport(bucket, "fleet")
+    others: list = []
+    real_verify = S3Transport.verify
+
+    def taken_over_once_verified(self, rel, manifest):
+        problems = real_verify(self, rel, manifest)
+        if not others:
+            others.append(_take_over_store_lock(t))
+        return problems
+
+    monkeypatch.setattr(S3Transport, "verify", taken_over_once_verified)
+    try:
+        with pytest.raises(LockHeld, match="lost its lock"):
+            store.StoreCopies("digits", 1).upload(st, model, m)
+        assert others and not t.exists("digits/1/saved_model.pb")
+    finally:
+        for o in others:
+            o.release()
