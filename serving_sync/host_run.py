@@ -113,7 +113,7 @@ class HostRun:
 
     def use_bundle(self, bundle: Callable[[], tuple]) -> None:
         """Publish from ``bundle`` instead: ``(None, manifest)`` when the host's copy of the
-        version is to be verified against ``manifest`` in place (``fleet._fetch``)."""
+        version is to be verified against ``manifest`` in place (``fleet_fetch.fetch``)."""
         self._bundle, self.keeps_copy = bundle, True
 
     # --- execute -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Callable
 from mlops_common.errors import DeployFailed, UserError, reworded
 from registry import deploys
 
-from . import fleet, fleet_plan, rollout
+from . import fleet, fleet_fetch, fleet_plan, rollout
 from .cancel import DeployInterrupted
 from .errors import ProductionMoved
 from .options import DeployOptions
@@ -68,15 +68,15 @@ def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]
     """``promotion.rollback``'s ``check_target``: the version picked must be installable before
     production moves to it (``promotion.artifacts_check``); files gone only under ``tfserving/``
     pass when no host would download them: every host that publishes the version has a copy
-    its deploy verifies against the registration instead (``fleet.needs_download``, as
-    ``fleet._fetch`` decides); a host that cannot be observed counts as one that would."""
+    its deploy verifies against the registration instead (``fleet_fetch.needs_download``, as
+    ``fleet_fetch.fetch`` decides); a host that cannot be observed counts as one that would."""
     from registry import promotion
 
     def unneeded(version: int, missing: list[str]) -> bool:
         if not all(p.startswith("tfserving/") for p in missing):
             return False
         try:
-            return not fleet.needs_download(model, hosts, version, opts)
+            return not fleet_fetch.needs_download(model, hosts, version, opts)
         except UserError:
             return False
 

@@ -200,7 +200,7 @@ def test_a_rollback_to_a_version_on_the_host_disk_needs_no_savedmodel_in_the_sto
     """Found by a rollback review (2026-12-06, seventeenth stop): v2 on the host's disk but not
     loaded, its SavedModel gone from the store: `sync rollback` was refused ("a host would need
     them"), though the deploy verifies that copy against the registration and downloads nothing
-    (``fleet._fetch``). The check asks what ``_fetch`` asks now: refused only while some host
+    (``fleet_fetch.fetch``). The check asks what ``fetch`` asks now: refused only while some host
     would download the version (here a new, empty host), switched once none would."""
     env = deploy_env
     (host,), v1, v2 = deployed_v1_v2(env)

@@ -1022,7 +1022,7 @@ def test_a_bad_url_expiry_is_refused_before_the_version_is_downloaded(deploy_env
                                                                       monkeypatch):
     """Found by review (2026-12-06, seventeenth stop): a bad MLOPS_STORE_URL_EXPIRY was refused only
     at the store upload, after the version had been downloaded from the registry."""
-    from serving_sync import fleet
+    from serving_sync import fleet_fetch
 
     env = deploy_env
     env.add_host("ssh")
@@ -1031,8 +1031,8 @@ def test_a_bad_url_expiry_is_refused_before_the_version_is_downloaded(deploy_env
     v = env.register("a")
     env.promote(v)
     downloads = []
-    real = fleet.download_bundle
-    monkeypatch.setattr(fleet, "download_bundle", lambda *a, **kw: downloads.append(a) or real(*a, **kw))
+    real = fleet_fetch.download_bundle
+    monkeypatch.setattr(fleet_fetch, "download_bundle", lambda *a, **kw: downloads.append(a) or real(*a, **kw))
     monkeypatch.setenv("MLOPS_STORE_URL_EXPIRY", "15min")
     with pytest.raises(ConfigError) as e:
         env.deploy(opts=deploy_opts(canary=0))
