@@ -88,7 +88,7 @@ def normalize_backend_uri(uri: str) -> str:
 def safe_uri(uri: str) -> str:
     """The URI with any password masked, for messages and logs (the ledger's rule: a password
     holding '@' is masked to the last one)."""
-    from registry.ledger import safe_url
+    from registry.ledger_db import safe_url
 
     return safe_url(uri, uri.split("://", 1)[0] + "://..." if "://" in uri else "<backend store URI>")
 

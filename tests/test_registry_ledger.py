@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from mlops_common.errors import ConfigError, ConnectionFailure
-from registry.ledger import ACTIONS, OUTCOMES, VERSION_TABLE, Entry, Ledger
+from registry.ledger import ACTIONS, OUTCOMES, Entry, Ledger
+from registry.ledger_db import VERSION_TABLE
 from tests.fixtures.faults import fill_inodes
 from tests.helpers import REPO, run_mlops
 
@@ -212,9 +213,9 @@ def test_a_newer_release_migrating_while_this_one_waits_for_the_schema_lock_says
     check runs again under the lock: the same line as a ledger found newer at once, `upgrade it`."""
     import contextlib
 
-    import registry.ledger as ledger_mod
+    import registry.ledger_db as ledger_mod
 
-    path, real = tmp_path / "raced.db", ledger_mod._write_transaction
+    path, real = tmp_path / "raced.db", ledger_mod.write_transaction
 
     @contextlib.contextmanager
     def newer_migrated_first(engine, model):        # the other process held the lock and migrated
@@ -226,7 +227,7 @@ def test_a_newer_release_migrating_while_this_one_waits_for_the_schema_lock_says
         with real(engine, model) as conn:
             yield conn
 
-    monkeypatch.setattr(ledger_mod, "_write_transaction", newer_migrated_first)
+    monkeypatch.setattr(ledger_mod, "write_transaction", newer_migrated_first)
     with pytest.raises(ConfigError, match=r"revision 9999, which this version of tfmodel-delivery does not "
                                           r"know \(newest: 0001\); upgrade it$"):
         Ledger(f"sqlite:///{path}")
@@ -239,7 +240,7 @@ def test_a_password_given_as_a_query_parameter_is_masked_in_messages():
     not libpq's ``?password=`` query parameter, so `cannot open the ledger database
     postgresql://u@127.0.0.1:1/db?password=...` showed it (the CLI's redaction of the
     environment's secrets hid it there; the library's message, logged elsewhere, did not)."""
-    from registry.ledger import safe_url
+    from registry.ledger_db import safe_url
 
     url = "postgresql://u@127.0.0.1:1/db?sslmode=disable&password=hunter2-query-secret&connect_timeout=5"
     shown = safe_url(url)       # SQLAlchemy renders the query parameters sorted
@@ -478,10 +479,10 @@ def test_writer_threads_waiting_for_the_sqlite_lock_give_up_within_one_bound(led
     import threading
     import time
 
-    import registry.ledger as ledger_mod
+    import registry.ledger_db as ledger_db_mod
     from mlops_common.errors import UserError
 
-    monkeypatch.setattr(ledger_mod, "SQLITE_BUSY_TIMEOUT_S", 1)
+    monkeypatch.setattr(ledger_db_mod, "SQLITE_BUSY_TIMEOUT_S", 1)
     led = Ledger(ledger_url)
     db = _held_write_lock(ledger_url)
     failures: list[str] = []
@@ -533,10 +534,10 @@ def test_status_on_a_ledger_it_may_only_read_still_shows_the_mismatch(make_versi
     v1 = make_version(validation_status="passed")
     disk = tmpfs("4m")
     url = f"sqlite:///{disk / 'ledger.db'}"
-    from registry import ledger as ledger_mod
+    from registry import ledger_db as ledger_db_mod
 
     Ledger(url).record("promote", model, outcome="ok", to_version=v1, actor="alice")   # the alias is not on v1
-    ledger_mod._engines.pop(url).dispose()      # no file of the disk left open: it can be made read-only
+    ledger_db_mod._engines.pop(url).dispose()      # no file of the disk left open: it can be made read-only
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
     r = run_mlops("registry", "status", env={"MLOPS_LEDGER_URL": url})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
@@ -595,11 +596,11 @@ def _free_for_another_thread(lock) -> bool:
 def test_a_forced_stop_right_after_the_writers_lock_was_taken_leaves_it_free(ledger_url, monkeypatch):
     """The lock was taken before the ``try`` that released it: a forced stop in between left it
     held, and every later write of the process (the host_rollback rows) waited it out and failed."""
-    import registry.ledger as ledger_mod
+    import registry.ledger_db as ledger_db_mod
 
     led = Ledger(ledger_url)
     lock = _TakenThenInterrupted()
-    monkeypatch.setitem(ledger_mod._sqlite_writers, str(led._engine.url), lock)
+    monkeypatch.setitem(ledger_db_mod._sqlite_writers, str(led._engine.url), lock)
     with pytest.raises(KeyboardInterrupt):
         led.record("deploy", "m", outcome="failed")
     assert lock.interrupted and _free_for_another_thread(lock.real)
@@ -610,12 +611,12 @@ def test_a_forced_stop_right_after_the_writers_lock_was_taken_leaves_it_free(led
 def test_a_forced_stop_right_after_the_in_memory_promotion_lock_was_taken_leaves_it_free(monkeypatch):
     import sqlalchemy as sa
 
-    import registry.ledger as ledger_mod
+    import registry.ledger_db as ledger_db_mod
 
     lock = _TakenThenInterrupted()
-    monkeypatch.setitem(ledger_mod._local_locks, "sqlite://", lock)
+    monkeypatch.setitem(ledger_db_mod._local_locks, "sqlite://", lock)
     with pytest.raises(KeyboardInterrupt):
-        with ledger_mod._sqlite_promotion_lock(sa.create_engine("sqlite://"), "sqlite://"):
+        with ledger_db_mod._sqlite_promotion_lock(sa.create_engine("sqlite://"), "sqlite://"):
             pass
     assert lock.interrupted and _free_for_another_thread(lock.real)
 
@@ -634,7 +635,7 @@ def test_the_writers_lock_is_released_through_the_public_api_alone(ledger_url, m
     a timed-out wait, and a normal write all leave it free."""
     import threading
 
-    import registry.ledger as ledger_mod
+    import registry.ledger_db as ledger_mod
 
     led = Ledger(ledger_url)
     interrupted = _TakenThenInterrupted()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.ledger import VERSION_TABLE, Entry, Ledger
+from registry.ledger import Entry, Ledger
+from registry.ledger_db import VERSION_TABLE
 from tests.test_registry_ledger import assert_unbroken_chain, run_chain
 
 
@@ -99,12 +100,12 @@ def test_a_held_promotion_lock_is_waited_for_within_a_bound_on_postgres(postgres
     import time
 
     from mlops_common.errors import ConnectionFailure
-    from registry import ledger as ledger_mod
+    from registry import ledger_db as ledger_db_mod
 
-    monkeypatch.setattr(ledger_mod, "LOCK_WAIT_S", 1.0)
+    monkeypatch.setattr(ledger_db_mod, "LOCK_WAIT_S", 1.0)
     holder = _raw(postgres_url)
     holder.autocommit = True
-    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_mod._lock_key("m-held"),))
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_db_mod._lock_key("m-held"),))
     led = Ledger(postgres_url)
     try:
         t0 = time.monotonic()
@@ -115,7 +116,7 @@ def test_a_held_promotion_lock_is_waited_for_within_a_bound_on_postgres(postgres
             led.append(Entry(action="gate", model="m-held", outcome="passed", to_version=1))
         assert time.monotonic() - t0 < 10
     finally:
-        holder.cursor().execute("SELECT pg_advisory_unlock(%s)", (ledger_mod._lock_key("m-held"),))
+        holder.cursor().execute("SELECT pg_advisory_unlock(%s)", (ledger_db_mod._lock_key("m-held"),))
         holder.close()
     with led.serialized("m-held") as tx:                    # free again: no lock left behind
         tx.append(Entry(action="gate", model="m-held", outcome="passed", to_version=1))
@@ -155,14 +156,14 @@ def test_a_writer_waiting_for_the_ledger_lock_stops_at_ctrl_c_on_postgres(postgr
     """A plain append waits for the model's promotion lock; it waited in a blocking
     pg_advisory_xact_lock, inside psycopg2's C call, where Ctrl-C and SIGTERM went unseen for the
     whole two-minute lock_timeout."""
-    from registry import ledger as ledger_mod
+    from registry import ledger_db as ledger_db_mod
     from tests.test_registry_ledger import ctrl_c_a_waiting_writer
 
     url = postgres_server.create_database("ledger")
     Ledger(url)
     holder = _raw(url)
     holder.autocommit = True
-    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_mod._lock_key("m"),))
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (ledger_db_mod._lock_key("m"),))
     watcher = _raw(url)
     watcher.autocommit = True
 

@@ -123,11 +123,11 @@ def test_ledger_schema_head_is_read_without_alembic_and_agrees_with_it():
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from registry import ledger
+    from registry import ledger_db
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(ledger.MIGRATIONS_DIR))
-    assert ledger.script_head() == ScriptDirectory.from_config(cfg).get_current_head()
+    cfg.set_main_option("script_location", str(ledger_db.MIGRATIONS_DIR))
+    assert ledger_db.script_head() == ScriptDirectory.from_config(cfg).get_current_head()
 
 
 def test_rollback_can_defer_its_tags_until_finish(make_version):

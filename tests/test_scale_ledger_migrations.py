@@ -18,8 +18,9 @@ import pytest
 import sqlalchemy as sa
 
 from mlops_common.errors import ConfigError
-from registry import ledger as ledger_mod
-from registry.ledger import VERSION_TABLE, Ledger
+from registry import ledger_db as ledger_db_mod
+from registry.ledger import Ledger
+from registry.ledger_db import VERSION_TABLE
 from tests.helpers import REPO
 
 # How a later release adds a column: plain ADD COLUMN (nullable), no batch mode. On SQLite,
@@ -58,13 +59,13 @@ def ledger_db(request, tmp_path):
 @pytest.fixture
 def fresh_engines(monkeypatch):
     """Forget engines (and so migration checks) cached by earlier Ledger() calls in this process."""
-    monkeypatch.setattr(ledger_mod, "_engines", {})
+    monkeypatch.setattr(ledger_db_mod, "_engines", {})
 
 
 def next_release_migrations(tmp_path) -> str:
     """registry/migrations as a later release would ship it: plus revision 0002."""
     dest = tmp_path / "migrations-next"
-    shutil.copytree(ledger_mod.MIGRATIONS_DIR, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ledger_db_mod.MIGRATIONS_DIR, dest, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "versions" / "0002_tool_version.py").write_text(EXAMPLE_0002)
     return str(dest)
 
@@ -79,7 +80,7 @@ def write_rows(url: str, n: int = 5) -> list:
 
 def schema(url: str) -> tuple[list, set[str]]:
     """(rows of the version table, columns of ledger_entries), read directly."""
-    engine = ledger_mod._create_engine(url)
+    engine = ledger_db_mod._create_engine(url)
     try:
         with engine.connect() as conn:
             version = conn.exec_driver_sql(f"select version_num from {VERSION_TABLE}").all()
@@ -90,7 +91,7 @@ def schema(url: str) -> tuple[list, set[str]]:
 
 
 def assert_append_only(url: str) -> None:
-    engine = ledger_mod._create_engine(url)
+    engine = ledger_db_mod._create_engine(url)
     try:
         for stmt in ("update ledger_entries set actor = 'mallory'", "delete from ledger_entries"):
             with pytest.raises(sa.exc.DBAPIError, match="append-only"):
@@ -113,14 +114,14 @@ def test_rerunning_the_migrations_keeps_every_row(ledger_db, fresh_engines):
     assert p.returncode == 0 and p.stdout.strip() == "5", p.stderr
     # and Alembic's upgrade to head, run explicitly once more, is a no-op
     cfg = Config()
-    cfg.set_main_option("script_location", str(ledger_mod.MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(ledger_db_mod.MIGRATIONS_DIR))
     cfg.attributes["version_table"] = VERSION_TABLE
-    engine = ledger_mod._create_engine(ledger_db)
+    engine = ledger_db_mod._create_engine(ledger_db)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     engine.dispose()
-    ledger_mod._engines.clear()
+    ledger_db_mod._engines.clear()
     assert Ledger(ledger_db).entries("m-mig") == rows
     assert schema(ledger_db)[0] == [("0001",)]
     assert_append_only(ledger_db)
@@ -133,8 +134,8 @@ def test_a_later_revision_upgrades_a_ledger_with_rows_and_keeps_them(ledger_db, 
     assert version == [("0001",)] and "tool_version" not in cols
 
     # the next release opens it: migrated on first use, rows untouched
-    monkeypatch.setattr(ledger_mod, "MIGRATIONS_DIR", next_release_migrations(tmp_path))
-    ledger_mod._engines.clear()
+    monkeypatch.setattr(ledger_db_mod, "MIGRATIONS_DIR", next_release_migrations(tmp_path))
+    ledger_db_mod._engines.clear()
     led = Ledger(ledger_db)
     version, cols = schema(ledger_db)
     assert version == [("0002",)] and "tool_version" in cols
@@ -142,12 +143,12 @@ def test_a_later_revision_upgrades_a_ledger_with_rows_and_keeps_them(ledger_db, 
     assert_append_only(ledger_db)                      # the triggers survived the ALTER TABLE
     led.record("rollback", "m-mig", outcome="ok", from_version=5, to_version=4, actor="bob")
     assert [e.to_version for e in led.entries("m-mig")] == [1, 2, 3, 4, 5, 4]
-    ledger_mod._engines.clear()
+    ledger_db_mod._engines.clear()
     assert len(Ledger(ledger_db).entries("m-mig")) == 6     # idempotent at the new head too
 
     # a job still running the older release refuses the newer ledger instead of writing to it
-    monkeypatch.setattr(ledger_mod, "MIGRATIONS_DIR", REPO / "registry" / "migrations")
-    ledger_mod._engines.clear()
+    monkeypatch.setattr(ledger_db_mod, "MIGRATIONS_DIR", REPO / "registry" / "migrations")
+    ledger_db_mod._engines.clear()
     with pytest.raises(ConfigError, match="schema revision 0002, which this version of tfmodel-delivery "
                                           "does not know"):
         Ledger(ledger_db)
@@ -176,7 +177,7 @@ def test_a_least_privilege_role_can_use_a_migrated_ledger(postgres_server, fresh
     with led.serialized("m-mig") as tx:                 # the promotion lock works for it too
         tx.append(Entry("promote", "m-mig", "ok", from_version=1, to_version=2, actor="ci"))
     assert [e.to_version for e in led.entries("m-mig")] == [1, 2]
-    engine = ledger_mod._create_engine(role_url)
+    engine = ledger_db_mod._create_engine(role_url)
     try:                                                # and it may not change rows at all
         with pytest.raises(sa.exc.DBAPIError, match="permission denied for table ledger_entries"):
             with engine.begin() as c:

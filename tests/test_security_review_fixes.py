@@ -175,7 +175,7 @@ def test_history_with_an_at_sign_in_the_ledger_password_prints_no_part_of_it(cli
 
 
 def test_the_ledger_url_message_masks_a_password_holding_at_signs():
-    from registry.ledger import safe_url
+    from registry.ledger_db import safe_url
 
     assert safe_url("postgresql://u:Pw@SECRET-1@127.0.0.1:9/db") == "postgresql://u:***@127.0.0.1:9/db"
 
