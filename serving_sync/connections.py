@@ -49,15 +49,16 @@ def in_use(conn: HostConn) -> Iterator[HostConn]:
     """A worker's use of ``conn``: a close asked meanwhile (``connected``'s clean-up after a
     forced stop stopped waiting for the worker) is left to the worker, done as it stops using it.
     Closed under a lock try, the answer to a create that reached the host was lost, and the lock
-    stayed there until its TTL."""
+    stayed there until its TTL; under a phase, a put-back or retention, a step was cut half done.
+    (A unit test's ``SimpleNamespace`` conn is counted the same way.)"""
     with _USES:
-        conn.users += 1
+        conn.users = getattr(conn, "users", 0) + 1
     try:
         yield conn
     finally:
         with _USES:
             conn.users -= 1
-            last = conn.closing and not conn.users
+            last = getattr(conn, "closing", False) and not conn.users
         if last:
             _close_now(conn)
 

@@ -18,6 +18,7 @@ from registry import deploys
 from . import parallel
 from .canary import CanaryFailed
 from .cancel import DeployInterrupted
+from .connections import in_use
 from .errors import DiskFull, HostPermissionDenied, LedgerWriteFailed, ProductionMoved, SmokeFailed
 from .host_run import HostRun, StepFailed
 
@@ -35,8 +36,7 @@ def _restore_all(runs: list[HostRun]) -> tuple[list[tuple[HostRun, dict]], BaseE
     put-back before it is seen here."""
     forced = None
     try:
-        outcomes = parallel.settle(HostRun.restore, runs, workers=8, name="restore", inline=False,
-                                   put_back=True)
+        outcomes = parallel.settle(_restore, runs, workers=8, name="restore", inline=False, put_back=True)
     except BaseException as exc:  # noqa: BLE001 - raised by the caller once the put-back is recorded
         forced, outcomes = exc, [(r.outcome.restore, None) for r in runs]
     out = []
@@ -47,6 +47,13 @@ def _restore_all(runs: list[HostRun]) -> tuple[list[tuple[HostRun, dict]], BaseE
                                          "error": str(exc or forced) or type(exc or forced).__name__}
         out.append((r, info))
     return out, forced
+
+
+def _restore(run: HostRun) -> dict:
+    """``HostRun.restore`` on a connection a forced stop's clean-up closes only once it is done:
+    closed under it, the put-back's ``models.config`` write was cut mid-way."""
+    with in_use(run.conn):
+        return run.restore()
 
 
 def _canary(result: FleetResult) -> str | None:

@@ -14,6 +14,7 @@ from mlops_common import log
 from mlops_common.errors import UserError
 
 from . import retention, verified
+from .connections import in_use
 from .host_run import HostRun
 from .options import DeployOptions
 from .store import StoreCopies, host_uses, read_uses, record_uses, retire
@@ -104,6 +105,11 @@ def _shared_base_uses(run: HostRun) -> tuple[int, ...]:
 
 
 def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
+    with in_use(run.conn):      # a forced stop's clean-up closes it once this host's removals are done
+        return _host_retention(run, opts, rollback_to)
+
+
+def _host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None) -> dict:
     plan = run.plan
     try:
         run.heartbeat()               # raises at once if the lock's thread found it taken over

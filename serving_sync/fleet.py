@@ -41,7 +41,7 @@ from registry import deploys
 
 from . import cancel, deploy_retention, parallel, rollout
 from .canary import Baker, CanaryFailed
-from .connections import Heartbeat, connected, locked
+from .connections import Heartbeat, connected, in_use, locked
 from .deploy_failure import fail, not_the_versions_fault, or_put_back
 from .errors import ProductionMoved
 from .fleet_fetch import Lazy, fetch
@@ -394,7 +394,8 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
         i, run = item
         try:
             if i < workers or not stopped.is_set():      # else queued behind a host that failed
-                run.execute(phase)
+                with in_use(run.conn):      # a forced stop's clean-up closes it once this step is done
+                    run.execute(phase)
         except BaseException as exc:  # noqa: BLE001 - judged below, in hosts order
             stopped.set()
             failures[run.host.name] = exc

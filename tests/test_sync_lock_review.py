@@ -5,6 +5,7 @@ was called corrupt (with --break-lock advice, the same token for every empty fil
 TTL of 0.01 s was accepted. Real files on disk, a real paramiko key; no network."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -518,3 +519,131 @@ def test_a_heartbeat_channel_that_died_is_opened_again_and_the_beats_go_on(reque
         owner.release()
         hut.transport.close()
     assert not (hut.local_base / LOCK_PATH).exists()
+
+
+class _Closing(LocalTransport):
+    closed = False
+
+    def close(self):
+        self.closed = True
+        super().close()
+
+
+def _hosts_on_disk(tmp_path, monkeypatch, names: str):
+    """Hosts ``names`` whose connections (``connected``) are ``_Closing`` transports on disk."""
+    from serving_sync import connections
+
+    transports: dict[str, _Closing] = {}
+
+    def open_transport(host):
+        (tmp_path / host.name).mkdir(exist_ok=True)
+        transports[host.name] = _Closing(tmp_path / host.name)
+        return transports[host.name]
+
+    monkeypatch.setattr(connections, "open_transport", open_transport)
+    return [SimpleNamespace(name=n, rest_url="http://127.0.0.1:9", target=SimpleNamespace(scheme="file"))
+            for n in names], transports
+
+
+def _after_two_ctrl_c(prefix: str, gate: _Gate, monkeypatch, body, transports) -> None:
+    """``body()`` (inside ``connected``) gets two Ctrl-C in its wait for threads ``<prefix>_N``
+    while hosts a and b are held in a step: once the second one is out of ``connected``, their
+    connections must still be open; they finish, and then every connection is closed."""
+    from mlops_common import stop
+
+    real_join = _two_ctrl_c_in_the_wait_for(prefix, gate.both, monkeypatch)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            body()
+        assert e.value.args == (2,)
+        assert [n for n in "ab" if transports[n].closed] == [], "closed under a step still running"
+    finally:
+        gate.go.set()
+        _finish_abandoned(prefix, real_join)
+        stop.clear()
+    assert sorted(n for n, t in transports.items() if not t.closed) == [], "a connection stayed open"
+
+
+@pytest.mark.parametrize("phase", ["prepare", "switch"])
+def test_a_second_ctrl_c_in_a_phase_closes_no_connection_a_host_step_still_uses(tmp_path, monkeypatch, phase):
+    """Eighteenth stop, follow-up: after a second Ctrl-C in the prepare (or a switch) phase,
+    ``connected``'s clean-up closed every connection while hosts still ran their step on it (a
+    half-written publish directory, a models.config write cut mid-way). Now a host's step keeps
+    its connection until it is done (``connections.in_use``); a host not begun (c) is not."""
+    from serving_sync import connections, fleet
+    from serving_sync.plan import Phase
+
+    gate, ends = _Gate(), []
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "abc")
+    monkeypatch.setattr(fleet, "fail", lambda *a, **k: pytest.fail("put back under hosts still running"))
+
+    def step(conn, phase):
+        gate.hold(conn.host.name)
+        ends.append((conn.host.name, conn.transport.closed))    # the step's last write
+
+    def body():
+        with connections.connected(hosts) as conns:
+            runs = [SimpleNamespace(host=c.host, conn=c, execute=functools.partial(step, c)) for c in conns]
+            fleet._phase(fleet.FleetResult("m", 2, "production", "failed"), None, runs, runs, Phase(phase), 2)
+
+    _after_two_ctrl_c(phase, gate, monkeypatch, body, transports)
+    assert sorted(ends) == [("a", False), ("b", False)], "a step ran on a closed connection, or c was begun"
+
+
+def test_a_second_ctrl_c_in_retention_closes_no_connection_a_removal_still_uses(tmp_path, monkeypatch):
+    """The same for retention after a deploy succeeded: a removal cut half way by the close."""
+    from serving_sync import connections, deploy_retention, fleet, retention
+    from serving_sync.options import DeployOptions
+
+    gate, ends = _Gate(), []
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "abc")
+    monkeypatch.setattr(fleet.deploys, "tag", lambda *a, **k: None)
+    monkeypatch.setattr(retention, "plan", lambda t, model, **kw: retention.RetentionPlan(model, remove_versions=[1]))
+    monkeypatch.setattr(deploy_retention.verified, "forget", lambda *a: None)
+
+    def apply(t, rp):
+        gate.hold(t.base.name)
+        ends.append((t.base.name, t.closed))
+
+    monkeypatch.setattr(retention, "apply", apply)
+    plan = SimpleNamespace(model="m", desired=2, current=1, previous_kept=None, final=SimpleNamespace(versions=(2,)),
+                           held_by_others=())
+
+    def body():
+        with connections.connected(hosts) as conns:
+            runs = [SimpleNamespace(host=c.host, conn=c, transport=c.transport, plan=plan, heartbeat=lambda **k: None,
+                                    outcome=SimpleNamespace(retention=None)) for c in conns]
+            fleet._succeeded(fleet.FleetResult("m", 2, "production", "failed"),
+                             SimpleNamespace(rollback_target=lambda: None), runs, DeployOptions(parallel=2))
+
+    _after_two_ctrl_c("retention", gate, monkeypatch, body, transports)
+    assert sorted(ends) == [("a", False), ("b", False)], "a removal ran on a closed connection, or c was begun"
+
+
+def test_a_second_ctrl_c_in_the_put_back_closes_no_connection_a_put_back_still_uses(tmp_path, monkeypatch):
+    """The same for the put-back (it goes on to every host after a second Ctrl-C): a
+    models.config write back cut mid-way by the close."""
+    from serving_sync import connections, deploy_failure, host_run
+
+    gate, ends = _Gate(), []
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "ab")
+
+    def restore(conn):
+        gate.hold(conn.host.name)
+        ends.append((conn.host.name, conn.transport.closed))
+        return {"needed": True, "ok": True}
+
+    def run(conn) -> host_run.HostRun:
+        r = host_run.HostRun.__new__(host_run.HostRun)
+        r.conn, r.host, r.touched, r.outcome = conn, conn.host, True, SimpleNamespace(restore=None)
+        return r
+
+    monkeypatch.setattr(host_run.HostRun, "restore", lambda self: restore(self.conn))
+
+    def body():
+        with connections.connected(hosts) as conns:
+            _, forced = deploy_failure._restore_all([run(c) for c in conns])
+            raise forced
+
+    _after_two_ctrl_c("restore", gate, monkeypatch, body, transports)
+    assert sorted(ends) == [("a", False), ("b", False)], "a put-back ran on a closed connection"
