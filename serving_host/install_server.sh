@@ -5,9 +5,11 @@
 #
 # What it does, each step only when needed (running it twice changes nothing the second time):
 #   1. creates the deploy user (the account serving_sync logs in as; no Docker group needed),
-#   2. creates the model base directory owned by that user (an existing non-empty folder that user
-#      does not own is refused unless --take-ownership; /, and system folders such as /var or
-#      /opt, always),
+#   2. creates the model base directory owned by that user, writable by no one else (an existing
+#      base, models.config or monitoring.config others can write gets chmod go-w; an existing
+#      non-empty folder that user does not own is refused unless --take-ownership; /, and system
+#      folders such as /var or /opt, always; a deploy user in a group that can become root,
+#      docker or sudo say, is refused too),
 #   3. writes an initial empty-but-valid models.config there (never overwrites an existing one:
 #      serving_sync owns that file once deploys start),
 #   3b. writes <base>/monitoring.config enabling TF Serving's Prometheus page at
@@ -192,6 +194,14 @@ fi
 if [ "$(id -u "$DEPLOY_USER" 2>/dev/null)" = "0" ]; then
   die "--deploy-user '$DEPLOY_USER' is root (uid 0); nothing changed: deploys log in as this user and it owns the base folder, so choose an unprivileged one (e.g. --deploy-user deploy, created if missing)"
 fi
+# nor a user a group makes root: docker (`docker run -v /:/host`), lxd/incus, sudo/wheel/admin;
+# the deploy key, which CI holds, would be a root login on the host
+for group in $(id -Gn "$DEPLOY_USER" 2>/dev/null || true); do
+  case "$group" in
+    root|docker|lxd|incus-admin|sudo|wheel|admin)
+      die "--deploy-user '$DEPLOY_USER' is in group $group, which can become root; nothing changed: deploys log in as this user, so take it out of that group (gpasswd -d $DEPLOY_USER $group) or choose another user (e.g. --deploy-user deploy, created if missing)" ;;
+  esac
+done
 
 CONFIG="$BASE/models.config"
 MONITORING="$BASE/monitoring.config"
@@ -229,6 +239,16 @@ need_root() {
 }
 
 note() { echo "ok: $*" >&2; }
+
+# Only the deploy user may write what TF Serving reads: a base, models.config or monitoring.config
+# others can write (a folder made with a loose umask, 0777) let any local user replace a model
+# version or point models.config at a model of theirs. A symlink is left alone (chmod follows it).
+no_other_writers() {
+  if [ -e "$1" ] && [ ! -L "$1" ] && (( 8#$(stat -c '%a' "$1") & 8#022 )); then
+    need_root "taking group and other write access from $1"
+    run chmod go-w "$1"
+  fi
+}
 
 # 0. preflight: fail before changing anything ---------------------------------------------------
 # An existing folder with content is handed to the deploy user only when it already owns it or
@@ -282,6 +302,7 @@ if [ -d "$BASE" ]; then
   else
     note "$BASE exists, owned by $owner"
   fi
+  no_other_writers "$BASE"
 elif [ -e "$BASE" ]; then
   die "$BASE exists and is not a directory; remove it or choose another --base"
 else
@@ -292,6 +313,7 @@ fi
 # 3. initial empty-but-valid models.config (never overwritten) ------------------------------
 if [ -e "$CONFIG" ]; then
   note "$CONFIG exists; left as is"
+  no_other_writers "$CONFIG"
 else
   CHANGED=1
   if [ "$DRY_RUN" -eq 1 ]; then
@@ -307,6 +329,7 @@ fi
 if [ "$WITH_METRICS" -eq 1 ]; then
   if [ -f "$MONITORING" ] && [ "$(cat "$MONITORING")" = "$MONITORING_TEXT" ]; then
     note "$MONITORING exists"
+    no_other_writers "$MONITORING"
   else
     CHANGED=1
     if [ "$DRY_RUN" -eq 1 ]; then

@@ -807,3 +807,65 @@ def test_the_deploy_user_the_script_creates_logs_in_with_a_key_where_sshd_runs_w
                              timeout=10.0).close()
     finally:
         subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to chown the base (CI runs as root)")
+def test_a_base_or_config_others_can_write_is_made_the_deploy_users_alone(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): a base the deploy user already owned (a
+    re-run, or a folder made with a loose umask: 0777) and a models.config of mode 0666 were left
+    as they were, "nothing to change": any local user could then replace a model version TF
+    Serving loads, or point models.config at a model of theirs. Group and other write access is
+    taken away (chmod go-w), said in dry-run, and a second run changes nothing."""
+    base = tmp_path / "models"
+    base.mkdir()
+    (base / "models.config").write_text("model_config_list {\n}\n")
+    (base / "monitoring.config").write_text(
+        'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    uid, gid = pwd.getpwnam(me()).pw_uid, pwd.getpwnam(me()).pw_gid
+    for p, mode in ((base, 0o777), (base / "models.config", 0o666), (base / "monitoring.config", 0o664)):
+        os.chown(p, uid, gid)
+        p.chmod(mode)
+    dry = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", me())
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [f"chmod go-w {base}", f"chmod go-w {base}/models.config",
+                                       f"chmod go-w {base}/monitoring.config"]
+    first = run("--no-container", "--base", str(base), "--deploy-user", me())
+    assert first.returncode == 0, first.stderr
+    assert [oct(p.stat().st_mode & 0o7777) for p in (base, base / "models.config", base / "monitoring.config")] \
+        == ["0o755", "0o644", "0o644"]
+    second = run("--no-container", "--base", str(base), "--deploy-user", me())
+    assert second.returncode == 0 and "ok: nothing to change" in second.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to create a user (CI runs as root)")
+def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anything_changes(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): root itself was refused as the deploy user,
+    but an existing user in the docker group (``docker run -v /:/host`` is root) or sudo was
+    taken: the deploy key, which CI holds, was then a root login on every serving host. Refused in
+    one line, before anything changes, naming the group."""
+    user, group = f"tfmd{uuid.uuid4().hex[:8]}", f"tfmdg{uuid.uuid4().hex[:6]}"
+    created_group = False
+    if subprocess.run(["getent", "group", "docker"], capture_output=True).returncode != 0:
+        subprocess.run(["groupadd", "--system", "docker"], check=True, capture_output=True, timeout=30)
+        created_group = True
+    subprocess.run(["useradd", "--system", "--user-group", "--groups", "docker", user], check=True,
+                   capture_output=True, timeout=30)
+    try:
+        base = tmp_path / "models"
+        for extra in (["--dry-run"], []):
+            r = run(*extra, "--no-container", "--base", str(base), "--deploy-user", user)
+            assert r.returncode == 2, (r.stdout, r.stderr)
+            assert r.stdout == ""
+            (line,) = r.stderr.strip().splitlines()
+            assert line.startswith(f"error: --deploy-user '{user}' is in group docker, which can become root"), line
+            assert not base.exists()
+        # a user in harmless groups only is fine
+        subprocess.run(["groupadd", group], check=True, capture_output=True, timeout=30)
+        subprocess.run(["usermod", "--groups", group, user], check=True, capture_output=True, timeout=30)
+        r = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", user)
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=30)
+        subprocess.run(["groupdel", group], capture_output=True, timeout=30)
+        if created_group:
+            subprocess.run(["groupdel", "docker"], capture_output=True, timeout=30)
