@@ -8,8 +8,9 @@
 #   2. creates the model base directory owned by that user, writable by no one else (an existing
 #      base, models.config or monitoring.config others can write gets chmod go-w; an existing
 #      non-empty folder that user does not own is refused unless --take-ownership; /, and system
-#      folders such as /var or /opt, always; a deploy user in a group that can become root,
-#      docker or sudo say, is refused too),
+#      folders such as /var or /opt, always; so is a base under a folder another user owns or
+#      others can write (not sticky), and a deploy user in a group that can become root, docker
+#      or sudo say),
 #   3. writes an initial empty-but-valid models.config there (never overwrites an existing one:
 #      serving_sync owns that file once deploys start),
 #   3b. writes <base>/monitoring.config enabling TF Serving's Prometheus page at
@@ -251,6 +252,22 @@ no_other_writers() {
 }
 
 # 0. preflight: fail before changing anything ---------------------------------------------------
+# Every existing folder above the base is root's (or the deploy user's) and no one else may write
+# it, unless sticky (/tmp): its owner, or anyone, could rename the base aside and put a folder of
+# their own in its place, with their models and models.config, which TF Serving then loads.
+deploy_uid="$(id -u "$DEPLOY_USER" 2>/dev/null || true)"
+d="$BASE"
+while [ "$d" != / ]; do
+  d="$(dirname -- "$d")"
+  [ -d "$d" ] || continue
+  read -r d_uid d_mode d_user < <(stat -c '%u %a %U' -- "$d")
+  if [ "$d_uid" != 0 ] && [ "$d_uid" != "$deploy_uid" ]; then
+    die "$d, a folder above --base, is owned by $d_user; nothing changed: $d_user could put a folder of its own in place of $BASE; choose a --base whose parent folders are root's"
+  fi
+  if (( 8#$d_mode & 8#022 )) && ! (( 8#$d_mode & 8#1000 )); then
+    die "$d, a folder above --base, can be written by others (mode $d_mode); nothing changed: anyone who can write it could put a folder of their own in place of $BASE; chmod go-w $d or choose another --base"
+  fi
+done
 # An existing folder with content is handed to the deploy user only when it already owns it or
 # --take-ownership says so (it would get write access to everything there; a re-run is fine).
 if [ -d "$BASE" ] && [ "$TAKE_OWNERSHIP" -eq 0 ]; then

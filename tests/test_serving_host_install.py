@@ -869,3 +869,32 @@ def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anythin
         subprocess.run(["groupdel", group], capture_output=True, timeout=30)
         if created_group:
             subprocess.run(["groupdel", "docker"], capture_output=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to give folders to other users (CI is root)")
+@pytest.mark.parametrize("mode, owner, refused", [(0o777, "root", "can be written by others (mode 777)"),
+                                                  (0o775, "root", "can be written by others (mode 775)"),
+                                                  (0o755, "daemon", "is owned by daemon"),
+                                                  (0o1777, "root", None), (0o755, "root", None)])
+def test_a_folder_above_the_base_that_others_can_write_is_refused_before_anything_changes(tmp_path, mode, owner,
+                                                                                          refused):
+    """Found by review (2026-12-07, eighteenth stop): only the base itself was looked at. Under a
+    folder another user owns, or one others can write (0777, not sticky as /tmp is), that user, or
+    anyone, could rename the base aside and put a folder of their own in its place, with their
+    models and models.config, which TF Serving (root in its container) then loads. Refused in one
+    line naming the folder, before anything changes; a sticky folder (/tmp's 1777) is fine."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, pwd.getpwnam(owner).pw_uid, -1)
+    shared.chmod(mode)
+    base = shared / "tf" / "models"
+    for extra in (["--dry-run"], []):
+        r = run(*extra, "--no-container", "--base", str(base), "--deploy-user", me())
+        if refused is None:
+            assert r.returncode == 0, r.stderr
+            continue
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert r.stdout == ""
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(f"error: {shared}, a folder above --base, {refused}"), line
+        assert not (shared / "tf").exists()
