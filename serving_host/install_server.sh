@@ -47,6 +47,7 @@ DRY_RUN=0
 WITH_CONTAINER=1
 WITH_METRICS=1
 TAKE_OWNERSHIP=0
+ADMIN_DEPLOY_USER=0
 SPEC_LABEL="tfmodel-delivery.spec"
 
 usage() {
@@ -77,6 +78,8 @@ options:
                         then need --bake 0)
   --take-ownership      give an existing non-empty DIR the deploy user does not own to that user
                         (refused without it; /, and system folders such as /var, always)
+  --admin-deploy-user   accept a deploy user in a group that can become root (docker, sudo, ...):
+                        a workstation where you deploy as yourself, never a production host
   --dry-run             print the commands that would change the host, run none of them
   -h, --help            show this help
 EOF
@@ -106,6 +109,7 @@ while [ $# -gt 0 ]; do
     --no-container) WITH_CONTAINER=0; shift ;;
     --no-metrics) WITH_METRICS=0; shift ;;
     --take-ownership) TAKE_OWNERSHIP=1; shift ;;
+    --admin-deploy-user) ADMIN_DEPLOY_USER=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -198,9 +202,10 @@ fi
 # nor a user a group makes root: docker (`docker run -v /:/host`), lxd/incus, sudo/wheel/admin;
 # the deploy key, which CI holds, would be a root login on the host
 for group in $(id -Gn "$DEPLOY_USER" 2>/dev/null || true); do
+  [ "$ADMIN_DEPLOY_USER" -eq 0 ] || break
   case "$group" in
     root|docker|lxd|incus-admin|sudo|wheel|admin)
-      die "--deploy-user '$DEPLOY_USER' is in group $group, which can become root; nothing changed: deploys log in as this user, so take it out of that group (gpasswd -d $DEPLOY_USER $group) or choose another user (e.g. --deploy-user deploy, created if missing)" ;;
+      die "--deploy-user '$DEPLOY_USER' is in group $group, which can become root; nothing changed: deploys log in as this user, so take it out of that group (gpasswd -d $DEPLOY_USER $group) or choose another user (e.g. --deploy-user deploy, created if missing); on a workstation where you deploy as yourself, --admin-deploy-user" ;;
   esac
 done
 

@@ -859,6 +859,9 @@ def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anythin
             (line,) = r.stderr.strip().splitlines()
             assert line.startswith(f"error: --deploy-user '{user}' is in group docker, which can become root"), line
             assert not base.exists()
+        # asked for (a workstation where you deploy as yourself): taken
+        r = run("--dry-run", "--no-container", "--admin-deploy-user", "--base", str(base), "--deploy-user", user)
+        assert r.returncode == 0, r.stderr
         # a user in harmless groups only is fine
         subprocess.run(["groupadd", group], check=True, capture_output=True, timeout=30)
         subprocess.run(["usermod", "--groups", group, user], check=True, capture_output=True, timeout=30)
