@@ -199,12 +199,13 @@ fi
 if [ "$(id -u "$DEPLOY_USER" 2>/dev/null)" = "0" ]; then
   die "--deploy-user '$DEPLOY_USER' is root (uid 0); nothing changed: deploys log in as this user and it owns the base folder, so choose an unprivileged one (e.g. --deploy-user deploy, created if missing)"
 fi
-# nor a user a group makes root: docker (`docker run -v /:/host`), lxd/incus, sudo/wheel/admin;
+# nor a user a group makes root: docker (`docker run -v /:/host`), lxd/incus, disk (raw block
+# devices), sudo/wheel/admin;
 # the deploy key, which CI holds, would be a root login on the host
 for group in $(id -Gn "$DEPLOY_USER" 2>/dev/null || true); do
   [ "$ADMIN_DEPLOY_USER" -eq 0 ] || break
   case "$group" in
-    root|docker|lxd|incus-admin|sudo|wheel|admin)
+    root|docker|lxd|incus-admin|disk|sudo|wheel|admin)
       die "--deploy-user '$DEPLOY_USER' is in group $group, which can become root; nothing changed: deploys log in as this user, so take it out of that group (gpasswd -d $DEPLOY_USER $group) or choose another user (e.g. --deploy-user deploy, created if missing); on a workstation where you deploy as yourself, --admin-deploy-user" ;;
   esac
 done

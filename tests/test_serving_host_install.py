@@ -838,17 +838,18 @@ def test_a_base_or_config_others_can_write_is_made_the_deploy_users_alone(tmp_pa
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to create a user (CI runs as root)")
-def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anything_changes(tmp_path):
+@pytest.mark.parametrize("admin", ["docker", "disk"])
+def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anything_changes(tmp_path, admin):
     """Found by review (2026-12-07, eighteenth stop): root itself was refused as the deploy user,
     but an existing user in the docker group (``docker run -v /:/host`` is root) or sudo was
     taken: the deploy key, which CI holds, was then a root login on every serving host. Refused in
-    one line, before anything changes, naming the group."""
+    one line, before anything changes, naming the group (disk: the raw block devices)."""
     user, group = f"tfmd{uuid.uuid4().hex[:8]}", f"tfmdg{uuid.uuid4().hex[:6]}"
     created_group = False
-    if subprocess.run(["getent", "group", "docker"], capture_output=True).returncode != 0:
-        subprocess.run(["groupadd", "--system", "docker"], check=True, capture_output=True, timeout=30)
+    if subprocess.run(["getent", "group", admin], capture_output=True).returncode != 0:
+        subprocess.run(["groupadd", "--system", admin], check=True, capture_output=True, timeout=30)
         created_group = True
-    subprocess.run(["useradd", "--system", "--user-group", "--groups", "docker", user], check=True,
+    subprocess.run(["useradd", "--system", "--user-group", "--groups", admin, user], check=True,
                    capture_output=True, timeout=30)
     try:
         base = tmp_path / "models"
@@ -857,7 +858,7 @@ def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anythin
             assert r.returncode == 2, (r.stdout, r.stderr)
             assert r.stdout == ""
             (line,) = r.stderr.strip().splitlines()
-            assert line.startswith(f"error: --deploy-user '{user}' is in group docker, which can become root"), line
+            assert line.startswith(f"error: --deploy-user '{user}' is in group {admin}, which can become root"), line
             assert not base.exists()
         # asked for (a workstation where you deploy as yourself): taken
         r = run("--dry-run", "--no-container", "--admin-deploy-user", "--base", str(base), "--deploy-user", user)
@@ -871,7 +872,7 @@ def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anythin
         subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=30)
         subprocess.run(["groupdel", group], capture_output=True, timeout=30)
         if created_group:
-            subprocess.run(["groupdel", "docker"], capture_output=True, timeout=30)
+            subprocess.run(["groupdel", admin], capture_output=True, timeout=30)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to give folders to other users (CI is root)")
