@@ -806,7 +806,11 @@ def test_the_deploy_user_the_script_creates_logs_in_with_a_key_where_sshd_runs_w
         SshTransport.connect(target, known_hosts=server.known_hosts, identity_file=server.identity_file,
                              timeout=10.0).close()
     finally:
-        subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=30)
+        # --force: the closed session's sshd child, running as the user, may not have exited yet
+        # (userdel refused, "currently used by process": every run left a user on the machine)
+        subprocess.run(["userdel", "--force", "--remove", user], capture_output=True, timeout=30)
+    with pytest.raises(KeyError):
+        pwd.getpwnam(user)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to chown the base (CI runs as root)")
@@ -869,7 +873,7 @@ def test_a_deploy_user_in_a_group_that_can_become_root_is_refused_before_anythin
         r = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", user)
         assert r.returncode == 0, r.stderr
     finally:
-        subprocess.run(["userdel", "--remove", user], capture_output=True, timeout=30)
+        subprocess.run(["userdel", "--force", "--remove", user], capture_output=True, timeout=30)
         subprocess.run(["groupdel", group], capture_output=True, timeout=30)
         if created_group:
             subprocess.run(["groupdel", admin], capture_output=True, timeout=30)
