@@ -256,6 +256,18 @@ no_other_writers() {
     run chmod go-w "$1"
   fi
 }
+# The two config files also readable by all: one root wrote under a hardened umask (CIS: 027),
+# 0640 root:root, stopped every deploy (it reads models.config over SSH as the deploy user before
+# each change: "Permission denied"), and a TF Serving run as its own user (--no-container).
+readable_config() {
+  if [ -f "$1" ] && [ ! -L "$1" ]; then
+    local mode=$(( 8#$(stat -c '%a' "$1") ))
+    if (( (mode & 8#022) || (mode & 8#444) != 8#444 )); then
+      need_root "making $1 readable by all and writable by its owner only"
+      run chmod go-w,a+r "$1"
+    fi
+  fi
+}
 
 # 0. preflight: fail before changing anything ---------------------------------------------------
 # Every existing folder above the base is root's (or the deploy user's) and no one else may write
@@ -336,7 +348,7 @@ fi
 # 3. initial empty-but-valid models.config (never overwritten) ------------------------------
 if [ -e "$CONFIG" ]; then
   note "$CONFIG exists; left as is"
-  no_other_writers "$CONFIG"
+  readable_config "$CONFIG"
 else
   CHANGED=1
   if [ "$DRY_RUN" -eq 1 ]; then
@@ -352,7 +364,7 @@ fi
 if [ "$WITH_METRICS" -eq 1 ]; then
   if [ -f "$MONITORING" ] && [ "$(cat "$MONITORING")" = "$MONITORING_TEXT" ]; then
     note "$MONITORING exists"
-    no_other_writers "$MONITORING"
+    readable_config "$MONITORING"
   else
     CHANGED=1
     if [ "$DRY_RUN" -eq 1 ]; then

@@ -831,8 +831,8 @@ def test_a_base_or_config_others_can_write_is_made_the_deploy_users_alone(tmp_pa
         p.chmod(mode)
     dry = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", me())
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines() == [f"chmod go-w {base}", f"chmod go-w {base}/models.config",
-                                       f"chmod go-w {base}/monitoring.config"]
+    assert dry.stdout.splitlines() == [f"chmod go-w {base}", f"chmod go-w,a+r {base}/models.config",
+                                       f"chmod go-w,a+r {base}/monitoring.config"]
     first = run("--no-container", "--base", str(base), "--deploy-user", me())
     assert first.returncode == 0, first.stderr
     assert [oct(p.stat().st_mode & 0o7777) for p in (base, base / "models.config", base / "monitoring.config")] \
@@ -906,3 +906,31 @@ def test_a_folder_above_the_base_that_others_can_write_is_refused_before_anythin
         (line,) = r.stderr.strip().splitlines()
         assert line.startswith(f"error: {shared}, a folder above --base, {refused}"), line
         assert not (shared / "tf").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to chown the base (CI runs as root)")
+def test_a_config_only_root_can_read_is_made_readable(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): a models.config root had written under a
+    hardened umask (CIS: 027, 077), 0600 or 0640 root:root, was "left as is": the deploy, which
+    reads it over SSH as the deploy user before every change, failed with "Permission denied", and
+    so would a TF Serving run as its own user (--no-container). It is made readable (a+r), its
+    content kept; a second run changes nothing."""
+    base = tmp_path / "models"
+    base.mkdir()
+    os.chown(base, pwd.getpwnam(me()).pw_uid, pwd.getpwnam(me()).pw_gid)
+    config = base / "models.config"
+    text = 'model_config_list { config { name: "m" base_path: "/models/m" model_platform: "tensorflow" } }\n'
+    config.write_text(text)
+    config.chmod(0o600)
+    monitoring = base / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
+    monitoring.chmod(0o640)
+    dry = run("--dry-run", "--no-container", "--base", str(base), "--deploy-user", me())
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [f"chmod go-w,a+r {config}", f"chmod go-w,a+r {monitoring}"]
+    first = run("--no-container", "--base", str(base), "--deploy-user", me())
+    assert first.returncode == 0, first.stderr
+    assert (config.stat().st_mode & 0o777, monitoring.stat().st_mode & 0o777) == (0o644, 0o644)
+    assert config.read_text() == text
+    second = run("--no-container", "--base", str(base), "--deploy-user", me())
+    assert second.returncode == 0 and "ok: nothing to change" in second.stderr
