@@ -345,6 +345,26 @@ else
   run install -d -m 0755 -o "$DEPLOY_USER" -g "$DEPLOY_GROUP" "$BASE"
 fi
 
+# The deploy user must pass through every existing folder above the base (x for it: as owner,
+# through one of its groups, or as anyone else): TF Serving, root in its container, reads a base
+# under a 0750 root:root /srv, but every deploy over SSH failed with "Permission denied". Said,
+# not changed: that folder is not this script's to open up.
+deploy_uid="$(id -u "$DEPLOY_USER" 2>/dev/null || true)"
+deploy_gids=" $(id -G "$DEPLOY_USER" 2>/dev/null || true) "
+d="$BASE"
+while [ "$d" != / ]; do
+  d="$(dirname -- "$d")"
+  [ -d "$d" ] || continue
+  read -r d_uid d_gid d_mode d_owner < <(stat -c '%u %g %a %U:%G' -- "$d")
+  if [ "$d_uid" = "$deploy_uid" ]; then bit=8#100
+  elif [[ "$deploy_gids" == *" $d_gid "* ]]; then bit=8#010
+  else bit=8#001; fi
+  if ! (( 8#$d_mode & bit )); then
+    echo "warning: $DEPLOY_USER cannot pass through $d (mode $d_mode, owned by $d_owner), so it cannot reach $BASE: every deploy will fail with \"Permission denied\"; chmod o+x $d, or choose another --base" >&2
+    break
+  fi
+done
+
 # 3. initial empty-but-valid models.config (never overwritten) ------------------------------
 if [ -e "$CONFIG" ]; then
   note "$CONFIG exists; left as is"

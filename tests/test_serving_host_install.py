@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import pathlib
 import pwd
 import select
 import shlex
@@ -16,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import uuid
 
@@ -934,3 +936,29 @@ def test_a_config_only_root_can_read_is_made_readable(tmp_path):
     assert config.read_text() == text
     second = run("--no-container", "--base", str(base), "--deploy-user", me())
     assert second.returncode == 0 and "ok: nothing to change" in second.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to chown the base (CI runs as root)")
+def test_a_folder_above_the_base_the_deploy_user_cannot_pass_through_is_said(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): under an existing folder of root's the
+    deploy user may not pass through (0750 or 0700 root:root, a hardened /srv or /data), the script
+    said all was well; TF Serving, root in its container, read the base, but every deploy over SSH
+    failed with "Permission denied". It says so in one warning line naming the folder (a
+    warning: the folder is not the script's to open up), also in --dry-run; an open folder gives none."""
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o750)
+    base = closed / "models"
+    for extra in (["--dry-run"], []):
+        r = run(*extra, "--no-container", "--base", str(base), "--deploy-user", me())
+        assert r.returncode == 0, r.stderr
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("warning: ")]
+        assert line.startswith(f"warning: {me()} cannot pass through {closed} (mode 750, owned by root:"), line
+    # an open folder (tmp_path's own parents are not: pytest-of-root is 0700): no warning
+    top = pathlib.Path(tempfile.mkdtemp(prefix="mlops-s18-", dir="/var/tmp"))
+    try:
+        top.chmod(0o751)
+        r = run("--no-container", "--base", str(top / "models"), "--deploy-user", me())
+        assert r.returncode == 0 and "warning: " not in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
