@@ -4,8 +4,9 @@ A location is a ``.npz`` file, a local folder of them (its direct ``*.npz`` chil
 ``s3://bucket/prefix``: one object when it names a ``.npz``, else every ``*.npz`` in the folder
 ``prefix/`` and its sub-folders (dated uploads such as ``incoming/2026-01/``), never in a sibling
 that shares the prefix (``s3://b/incoming`` does not read ``incoming-rejected/``).
-Batches are read without pickle, validated (a batch holding held-out examples is refused too)
-before anything trains, and written atomically. ``make_batch`` builds the demo/test batches from
+Batches are read without pickle, validated (a batch holding held-out examples is refused too, as
+is a copy of another batch, and one too large for memory in one line) before anything trains, and
+written atomically. ``make_batch`` builds the demo/test batches from
 the pool of samples held back from the base set.
 """
 from __future__ import annotations
@@ -215,7 +216,7 @@ def _raw_sources(location: str):
     if s3.is_s3(location):
         bucket, key = s3.parse_uri(location)
         if key.endswith(".npz"):            # one object, like a local file
-            yield location, s3.get_bytes(bucket, key)
+            yield location, _read(location, lambda: s3.get_bytes(bucket, key))
             return
         # Otherwise a folder: every *.npz in it and its sub-folders, none from a sibling.
         keys = s3.list_keys(location, suffix=".npz")
@@ -223,14 +224,21 @@ def _raw_sources(location: str):
             raise NotFoundError(f"no .npz batches under s3://{bucket}/{s3.folder_prefix(key)}; "
                                 f"upload batches there first")
         for key in keys:
-            yield f"s3://{bucket}/{key}", s3.get_bytes(bucket, key)
+            yield f"s3://{bucket}/{key}", _read(f"s3://{bucket}/{key}", lambda k=key: s3.get_bytes(bucket, k))
         return
     for path in _local_sources(location):
         try:
-            raw = path.read_bytes()
+            raw = _read(str(path), path.read_bytes)
         except OSError as exc:
             raise _unreadable(str(path), exc) from None
         yield str(path), raw
+
+
+def _read(source: str, read) -> bytes:
+    try:
+        return read()
+    except MemoryError:
+        raise _too_large(source) from None
 
 
 def load_batch(source: str, raw: bytes, dataset: str) -> Batch:
@@ -244,20 +252,62 @@ def load_batch(source: str, raw: bytes, dataset: str) -> Batch:
     return Batch(source, Arrays(images, labels.astype(np.int64)))
 
 
+def copy_check(batch: Batch, seen: dict[str, str]) -> None:
+    """Raise DataError when ``batch`` holds the same examples as a batch already in ``seen``
+    (content fingerprint -> source; ``batch`` is added). A copied file (``a copy.npz``, a second
+    download, the same examples saved in another order) was trained on twice without a word."""
+    key = _content_key(batch.data)
+    if key in seen:
+        raise validation.DataError(f"invalid data in {batch.source}: the same examples as {seen[key]} (a copy?), "
+                                   f"which a retrain would learn twice; remove one of the two files")
+    seen[key] = batch.source
+
+
+def _content_key(data: Arrays) -> bytes:
+    """sha256 of the batch's (image, label) examples in sorted order: the same for any order of them."""
+    import hashlib
+
+    n = len(data)
+    rows = np.concatenate([np.ascontiguousarray(data.images, dtype=np.float32).reshape(n, -1).view(np.uint8),
+                           np.ascontiguousarray(data.labels, dtype=np.int64).reshape(n, 1).view(np.uint8)], axis=1)
+    keyed = np.ascontiguousarray(rows).view(np.dtype((np.void, rows.shape[1]))).ravel()
+    return hashlib.sha256(np.sort(keyed).tobytes()).digest()
+
+
+def _too_large(source: str) -> validation.DataError:
+    return validation.DataError(f"invalid data in {source}: too large to load into this machine's memory (a "
+                                f"retrain loads every batch whole); split it into smaller batches")
+
+
+def _load(source: str, raw: bytes, dataset: str) -> Batch:
+    try:
+        return load_batch(source, raw, dataset)
+    except MemoryError:
+        raise _too_large(source) from None
+
+
 def read_batches(location: str, dataset: str) -> list[Batch]:
     """Read and validate every batch at ``location``; stops at the first invalid one."""
     check_name(dataset)
-    return [load_batch(source, raw, dataset) for source, raw in _raw_sources(location)]
+    out: list[Batch] = []
+    seen: dict[str, str] = {}
+    for source, raw in _raw_sources(location):
+        batch = _load(source, raw, dataset)
+        copy_check(batch, seen)
+        out.append(batch)
+    return out
 
 
 def inspect_batches(location: str, dataset: str) -> list[dict]:
     """A report line per batch at ``location``: ``{source, ok, n, problem}`` (for ``data validate``)."""
     check_name(dataset)
     report = []
+    seen: dict[str, str] = {}
     for source, raw in _raw_sources(location):
         try:
-            n = len(load_batch(source, raw, dataset).data)
-            report.append({"source": source, "ok": True, "n": n, "problem": None})
+            batch = _load(source, raw, dataset)
+            copy_check(batch, seen)
+            report.append({"source": source, "ok": True, "n": len(batch.data), "problem": None})
         except validation.DataError as exc:
             report.append({"source": source, "ok": False, "n": None, "problem": exc.message})
     return report

@@ -724,3 +724,51 @@ def test_a_retrain_from_a_production_whose_dataset_tag_is_no_data_set_says_to_fi
             train.retrain_plan("clf", params, from_scratch=scratch)
     assert train.retrain_plan("clf", train.TrainParams(dataset="digits"), from_scratch=True) == \
         (train.TrainParams(dataset="digits"), None)
+
+
+# ---------- eighteenth stop (s18-data) ----------
+
+def test_a_batch_copied_into_the_folder_is_refused_not_trained_on_twice(tmp_path):
+    """``a copy.npz`` beside ``a.npz`` (or the same examples saved shuffled): the retrain read both
+    and learned those examples twice, ``data validate`` said both were fine."""
+    images, labels = _valid()
+    _save(tmp_path / "a.npz", images=images, labels=labels)
+    order = [4, 2, 0, 1, 3]     # the same examples, saved in another order, compressed, without the channel axis
+    np.savez_compressed(tmp_path / "a copy.npz", images=images[order, ..., 0], labels=labels[order].astype(np.int32))
+    _save(tmp_path / "b.npz", images=images[:3], labels=labels[:3])
+    with pytest.raises(DataError) as exc:
+        batches.read_batches(str(tmp_path), "digits")
+    assert exc.value.message == (f"invalid data in {tmp_path / 'a.npz'}: the same examples as "
+                                 f"{tmp_path / 'a copy.npz'} (a copy?), which a retrain would learn twice; "
+                                 f"remove one of the two files")
+    r = run_mlops("data", "validate", str(tmp_path), "--json")
+    assert r.returncode == 2 and [line for line in r.stderr.splitlines() if line.startswith("error:")] == \
+        [f"error: {exc.value.message}"]
+    report = json.loads(r.stdout)
+    assert not report["ok"] and [b["ok"] for b in report["batches"]] == [True, False, True]
+    (tmp_path / "a copy.npz").unlink()
+    assert [len(b.data) for b in batches.read_batches(str(tmp_path), "digits")] == [5, 3]
+
+
+def test_a_batch_too_large_for_memory_is_one_line_naming_it_not_a_traceback(tmp_path):
+    """A batch larger than the memory the process may use: a ``MemoryError`` traceback from
+    ``read_bytes`` (exit 1). The address space is limited so an 8 GiB (sparse) file cannot fit."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    huge = tmp_path / "huge.npz"
+    with open(huge, "wb") as f:
+        f.write(b"PK")
+        f.truncate(8 * 1024 ** 3)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 1024 ** 3, 4 * 1024 ** 3))
+
+    r = subprocess.run([sys.executable, "-m", "mlops", "data", "validate", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines() == [f"error: invalid data in {huge}: too large to load into this machine's memory "
+                                     f"(a retrain loads every batch whole); split it into smaller batches"]

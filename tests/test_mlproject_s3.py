@@ -74,6 +74,20 @@ def test_malformed_batch_on_s3_is_named_by_its_uri(s3_server, s3_env):
                                       f"(expected integers 0..9); fix or remove that file"]
 
 
+def test_a_batch_uploaded_again_under_another_dated_folder_is_refused_by_both_uris(s3_server, s3_env):
+    """The same batch in ``incoming/2026-01/`` and ``incoming/2026-02/`` (an upload repeated): the
+    retrain read both and learned its examples twice (s18-data)."""
+    bucket = s3_server.make_bucket("mlproject-reupload")
+    body = to_npz_bytes(make_batch("good", load_partition("digits").pool, seed=1))
+    for key in ("in/2026-01/batch.npz", "in/2026-02/batch-again.npz"):
+        s3_server.client().put_object(Bucket=bucket, Key=key, Body=body)
+    r = run_mlops("data", "validate", f"s3://{bucket}/in", env=s3_server.env())
+    assert r.returncode == 2
+    assert error_lines(r.stderr) == [f"error: invalid data in s3://{bucket}/in/2026-02/batch-again.npz: the same "
+                                     f"examples as s3://{bucket}/in/2026-01/batch.npz (a copy?), which a retrain "
+                                     f"would learn twice; remove one of the two files"]
+
+
 @pytest.mark.parametrize("problem", ["no_bucket", "empty_prefix", "wrong_secret", "unreachable"])
 def test_s3_failures_are_one_clear_line_without_secrets(s3_server, batch_bucket, problem):
     env = s3_server.env()
