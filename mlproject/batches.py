@@ -252,7 +252,7 @@ def load_batch(source: str, raw: bytes, dataset: str) -> Batch:
     return Batch(source, Arrays(images, labels.astype(np.int64)))
 
 
-def copy_check(batch: Batch, seen: dict[str, str]) -> None:
+def copy_check(batch: Batch, seen: dict[bytes, str]) -> None:
     """Raise DataError when ``batch`` holds the same examples as a batch already in ``seen``
     (content fingerprint -> source; ``batch`` is added). A copied file (``a copy.npz``, a second
     download, the same examples saved in another order) was trained on twice without a word."""
@@ -279,9 +279,12 @@ def _too_large(source: str) -> validation.DataError:
                                 f"retrain loads every batch whole); split it into smaller batches")
 
 
-def _load(source: str, raw: bytes, dataset: str) -> Batch:
+def _load(source: str, raw: bytes, dataset: str, seen: dict[bytes, str]) -> Batch:
+    """``load_batch`` and ``copy_check``; a batch too large for memory is a DataError naming it."""
     try:
-        return load_batch(source, raw, dataset)
+        batch = load_batch(source, raw, dataset)
+        copy_check(batch, seen)
+        return batch
     except MemoryError:
         raise _too_large(source) from None
 
@@ -290,11 +293,9 @@ def read_batches(location: str, dataset: str) -> list[Batch]:
     """Read and validate every batch at ``location``; stops at the first invalid one."""
     check_name(dataset)
     out: list[Batch] = []
-    seen: dict[str, str] = {}
+    seen: dict[bytes, str] = {}
     for source, raw in _raw_sources(location):
-        batch = _load(source, raw, dataset)
-        copy_check(batch, seen)
-        out.append(batch)
+        out.append(_load(source, raw, dataset, seen))
     return out
 
 
@@ -302,11 +303,10 @@ def inspect_batches(location: str, dataset: str) -> list[dict]:
     """A report line per batch at ``location``: ``{source, ok, n, problem}`` (for ``data validate``)."""
     check_name(dataset)
     report = []
-    seen: dict[str, str] = {}
+    seen: dict[bytes, str] = {}
     for source, raw in _raw_sources(location):
         try:
-            batch = _load(source, raw, dataset)
-            copy_check(batch, seen)
+            batch = _load(source, raw, dataset, seen)
             report.append({"source": source, "ok": True, "n": len(batch.data), "problem": None})
         except validation.DataError as exc:
             report.append({"source": source, "ok": False, "n": None, "problem": exc.message})

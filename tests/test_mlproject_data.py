@@ -772,3 +772,23 @@ def test_a_batch_too_large_for_memory_is_one_line_naming_it_not_a_traceback(tmp_
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.splitlines() == [f"error: invalid data in {huge}: too large to load into this machine's memory "
                                      f"(a retrain loads every batch whole); split it into smaller batches"]
+
+
+def test_data_validate_says_why_each_invalid_file_failed_not_only_the_first(tmp_path):
+    """Every FAIL line said only the file's name: the error line gave the first file's problem and
+    "(1 more invalid file(s))", so the others' reasons took a rerun with --json to learn."""
+    images, labels = _valid()
+    _save(tmp_path / "a.npz", images=images, labels=np.array([0, 1, 20, 3, 4]))
+    _save(tmp_path / "b.npz", images=images * 300, labels=labels)
+    held = load_partition("digits").heldout
+    _save(tmp_path / "c.npz", images=held.images[:2], labels=held.labels[:2])
+    _save(tmp_path / "d.npz", images=images, labels=labels)
+    r = run_mlops("data", "validate", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stdout.splitlines() == [
+        f"FAIL {tmp_path / 'a.npz'}: labels contain 20 (expected integers 0..9); fix or remove that file",
+        f"FAIL {tmp_path / 'b.npz'}: image values span [{(images * 300).min():.4g}, {(images * 300).max():.4g}], "
+        f"expected [0, 1]; fix or remove that file",
+        f"FAIL {tmp_path / 'c.npz'}: holds 2 examples of the digits held-out set: the gate would measure the "
+        f"model on data it trained on; remove them",
+        f"ok   {tmp_path / 'd.npz'}: 5 examples"]

@@ -93,8 +93,18 @@ def cmd_validate(args) -> int:
         output.emit({"location": args.location, "dataset": args.dataset, "ok": not bad, "batches": report})
     else:
         for r in report:
-            print(f"ok   {r['source']}: {r['n']} examples" if r["ok"] else f"FAIL {r['source']}")
+            print(f"ok   {r['source']}: {r['n']} examples" if r["ok"] else f"FAIL {r['source']}: {_why(r)}")
     if bad:
         more = f" ({len(bad) - 1} more invalid file(s))" if len(bad) > 1 else ""
         raise DataError(bad[0]["problem"] + more)
     return 0
+
+
+def _why(row: dict) -> str:
+    """A failed report row's problem without the file name it starts with (the row names it): a FAIL
+    line said only the file, so every invalid file but the first went without its reason."""
+    problem, source = row["problem"], row["source"]
+    for head in (f"invalid data in {source}: ", f"{source} "):
+        if problem.startswith(head):
+            return problem[len(head):]
+    return problem
