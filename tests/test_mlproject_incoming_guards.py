@@ -56,6 +56,24 @@ def test_retrain_on_the_heldout_set_is_refused_before_any_run(mlops_env, tmp_pat
     assert client.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None   # no run either
 
 
+def test_retrain_on_a_folder_holding_a_batch_twice_is_refused_before_any_run(mlops_env, tmp_path):
+    """The same batch saved twice in the folder (s18-data): the retrain trained on both copies."""
+    folder = tmp_path / "incoming"
+    good = make_batch("good", load_partition("digits").pool, seed=1)
+    first = write_batch(good, str(folder / "batch-001.npz"))
+    again = write_batch(good, str(folder / "batch-001 (1).npz"))
+
+    r = run_mlops("retrain", "--incoming", str(folder), "--epochs", "1")
+
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert error_lines(r.stderr) == [f"error: invalid data in {first}: the same examples as {again} (a copy?), "
+                                     f"which a retrain would learn twice; remove one of the two files (nothing "
+                                     f"was trained or registered)"]
+    client = mlflow_client(mlops_env["MLFLOW_TRACKING_URI"])
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+    assert client.get_experiment_by_name(mlops_env["MLOPS_MODEL_NAME"]) is None   # no run either
+
+
 @pytest.mark.slow
 def test_retrain_from_production_on_heldout_data_starts_no_run_and_registers_nothing(mlops_env, tmp_path):
     name = mlops_env["MLOPS_MODEL_NAME"]
