@@ -143,7 +143,13 @@ def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
         raise validation.DataError(f"{exc.message} (nothing was trained or registered)") from None
     for b in batches:
         _log.info("incoming batch %s: %d examples (valid)", b.source, len(b.data))
-    return TrainingData(dataset, part.base, part.heldout, batches, incoming)
+    try:
+        return TrainingData(dataset, part.base, part.heldout, batches, incoming)
+    except MemoryError:     # each batch fit, all of them joined with the base set do not: was a traceback
+        raise validation.DataError(
+            f"the incoming batches at {incoming} ({sum(len(b.data) for b in batches)} examples) and the {dataset} "
+            f"base set are too large to hold in this machine's memory together (a retrain loads them whole); "
+            f"retrain on fewer batches at a time (nothing was trained or registered)") from None
 
 
 def _load_start_model(uri: str, dataset: str):

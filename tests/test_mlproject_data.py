@@ -792,3 +792,23 @@ def test_data_validate_says_why_each_invalid_file_failed_not_only_the_first(tmp_
         f"FAIL {tmp_path / 'c.npz'}: holds 2 examples of the digits held-out set: the gate would measure the "
         f"model on data it trained on; remove them",
         f"ok   {tmp_path / 'd.npz'}: 5 examples"]
+
+
+def test_batches_that_fit_one_by_one_but_not_together_are_one_line(tmp_path, monkeypatch):
+    """Each batch read and validated, joining them with the base set raised ``MemoryError``: a
+    traceback from ``mlops retrain`` (the join is the retrain's first copy of all the data)."""
+    from mlproject import train
+
+    images, labels = _valid()
+    _save(tmp_path / "a.npz", images=images, labels=labels)
+    _save(tmp_path / "b.npz", images=images[:3], labels=labels[:3])
+
+    def no_memory(*parts):
+        raise MemoryError
+
+    monkeypatch.setattr(train, "concat", no_memory)
+    with pytest.raises(DataError) as exc:
+        train.prepare_data("digits", str(tmp_path))
+    assert exc.value.message == (f"the incoming batches at {tmp_path} (8 examples) and the digits base set are too "
+                                 f"large to hold in this machine's memory together (a retrain loads them whole); "
+                                 f"retrain on fewer batches at a time (nothing was trained or registered)")
