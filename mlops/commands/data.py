@@ -37,7 +37,8 @@ def register(sub) -> None:
     v = dsub.add_parser("validate", help="check batches the way retraining will (shape, dtype, range, labels)",
                         description="Read every .npz batch at PATH_OR_S3 (a file, a folder of them, or "
                                     "s3://bucket/prefix) and check it exactly as `mlops retrain` does before "
-                                    "training: shape, dtype, value range, NaN, label set, empty batch. "
+                                    "training: shape, dtype, value range, NaN, label set, empty batch, examples of "
+                                    "the held-out set, a batch that is a copy of another. "
                                     "Exits non-zero with one line naming the first bad file.")
     v.add_argument("location", metavar="PATH_OR_S3", type=flags.location)
     v.add_argument("--dataset", default="digits", choices=DATASETS, help=DATASET_HELP)
