@@ -893,7 +893,7 @@ def test_a_folder_above_the_base_that_others_can_write_is_refused_before_anythin
     anyone, could rename the base aside and put a folder of their own in its place, with their
     models and models.config, which TF Serving (root in its container) then loads. Refused in one
     line naming the folder, before anything changes; a sticky folder (/tmp's 1777) is fine."""
-    shared = tmp_path / "shared"
+    shared = tmp_path / "common"
     shared.mkdir()
     os.chown(shared, pwd.getpwnam(owner).pw_uid, -1)
     shared.chmod(mode)
