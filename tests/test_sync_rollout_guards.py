@@ -610,6 +610,31 @@ def test_a_deploy_whose_deployed_tag_was_refused_still_has_its_result_for_json(d
     env.serves(hosts[0], v2)
 
 
+def _take_over(target, other: dict) -> None:
+    """Another deploy breaks ``target``'s lock (by its token) and holds it; kept in ``other``."""
+    token = json.loads((target.base / ".serving_sync" / "lock").read_text())["token"]
+    other["transport"] = open_transport(load_hosts()[1])          # another deploy's connection
+    other["lock"] = HostLock(other["transport"], break_lock=token, ttl=600, heartbeat_every=0)
+    other["lock"].acquire()
+
+
+def _deploy_stops_before_the_rename(env, target, other: dict, first_host, v1, v2, what: str) -> None:
+    """The deploy fails with "lost its lock", v2 never renamed into ``target``, v1 still served,
+    v2 not blamed; the other deploy's lock released at the end."""
+    try:
+        with pytest.raises(DeployFailed) as failed:
+            env.deploy(opts=deploy_opts(canary=0))
+        assert "lock" in other, what
+        assert "lost its lock" in str(failed.value)
+        assert not (target.base / env.model / str(v2)).exists()    # not renamed into the new owner's host
+        env.serves(first_host, v1)
+        _not_blamed(env, v2, failed.value.result)
+    finally:
+        if "lock" in other:
+            other["lock"].release()
+            other["transport"].close()
+
+
 def test_an_upload_whose_lock_was_taken_over_stops_and_publishes_nothing(deploy_env, monkeypatch):
     """Found by review (2026-12-07, eighteenth stop): a host's upload checked an interrupt between
     chunks, not its lock: taken over mid-upload (stale by the clocks, or --break-lock), the upload
@@ -634,12 +659,8 @@ def test_an_upload_whose_lock_was_taken_over_stops_and_publishes_nothing(deploy_
             shown(nbytes)
             if "lock" in other:
                 return
-            lock_file = target.base / ".serving_sync" / "lock"
-            token = json.loads(lock_file.read_text())["token"]
             run_lock.append(next(c for c in _conns if c.host.name == target.name).lock)
-            other["transport"] = open_transport(load_hosts()[1])          # another deploy's connection
-            other["lock"] = HostLock(other["transport"], break_lock=token, ttl=600, heartbeat_every=0)
-            other["lock"].acquire()
+            _take_over(target, other)
             deadline = time.monotonic() + 10                             # the deploy's lock thread notices
             while run_lock[0].lost is None and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -657,18 +678,7 @@ def test_an_upload_whose_lock_was_taken_over_stops_and_publishes_nothing(deploy_
 
     monkeypatch.setattr(host_run, "make_progress", taken_over_at_the_first_chunk)
     monkeypatch.setattr(fleet, "Heartbeat", noted)
-    try:
-        with pytest.raises(DeployFailed) as failed:
-            env.deploy(opts=deploy_opts(canary=0))
-        assert "lock" in other, "the target's upload never started"
-        assert "lost its lock" in str(failed.value)
-        assert not (target.base / env.model / str(v2)).exists()    # not renamed into the new owner's host
-        env.serves(hosts[0], v1)
-        _not_blamed(env, v2, failed.value.result)
-    finally:
-        if "lock" in other:
-            other["lock"].release()
-            other["transport"].close()
+    _deploy_stops_before_the_rename(env, target, other, hosts[0], v1, v2, "the target's upload never started")
 
 
 def test_a_lock_taken_over_after_the_last_chunk_stops_the_rename_into_place(deploy_env, monkeypatch):
@@ -687,22 +697,8 @@ def test_a_lock_taken_over_after_the_last_chunk_stops_the_rename_into_place(depl
     def taken_over_once_verified(self, rel, manifest):
         problems = real_verify(self, rel, manifest)
         if "lock" not in other and ".incoming-" in rel and str(target.base) in self.url:
-            token = json.loads((target.base / ".serving_sync" / "lock").read_text())["token"]
-            other["transport"] = open_transport(load_hosts()[1])          # another deploy's connection
-            other["lock"] = HostLock(other["transport"], break_lock=token, ttl=600, heartbeat_every=0)
-            other["lock"].acquire()
+            _take_over(target, other)
         return problems
 
     monkeypatch.setattr(type(open_transport(load_hosts()[1])), "verify", taken_over_once_verified)
-    try:
-        with pytest.raises(DeployFailed) as failed:
-            env.deploy(opts=deploy_opts(canary=0))
-        assert "lock" in other, "the target's upload was never verified"
-        assert "lost its lock" in str(failed.value)
-        assert not (target.base / env.model / str(v2)).exists()    # not renamed into the new owner's host
-        env.serves(hosts[0], v1)
-        _not_blamed(env, v2, failed.value.result)
-    finally:
-        if "lock" in other:
-            other["lock"].release()
-            other["transport"].close()
+    _deploy_stops_before_the_rename(env, target, other, hosts[0], v1, v2, "the target's upload was never verified")
