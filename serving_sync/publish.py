@@ -16,7 +16,8 @@ the same, so the guarantees are too. A host that cannot pull (no curl or wget) i
 
 Idempotent: a version already present and matching the manifest transfers 0 bytes; a present
 version that differs is refused (versions are immutable). Any failure removes our temporary
-upload (best effort) and never leaves a numeric directory behind.
+upload (best effort; S3: not once the lock was lost, the objects may be the new owner's) and never
+leaves a numeric directory behind.
 """
 from __future__ import annotations
 
@@ -225,10 +226,26 @@ def _publish_marker_last(transport, model, version, local_dir, manifest, progres
             raise VerifyFailed(f"{where}: {vp} does not match the manifest after upload "
                                f"({'; '.join(problems[:3])}); rerun the deploy")
     except BaseException:
-        if not _complete_and_verified(transport, vp, manifest):   # never another deploy's good copy
+        # never another deploy's good copy, nor anything once the lock is lost: its new owner may
+        # be uploading this version to these very keys (its upload overwrites what we leave, or
+        # its clean-up removes it); a clean-up there deleted the new owner's live upload
+        if _still_ours(before_final) and not _complete_and_verified(transport, vp, manifest):
             _cleanup(transport, vp)
         raise
     return sent
+
+
+def _still_ours(check: Callable[[], None] | None) -> bool:
+    """Whether the lock's ``check`` (``before_final``) says it is still ours; False when it was
+    taken over, or cannot be read (leave the objects: a clean-up under the lock removes a version
+    without its completion file)."""
+    if check is None:
+        return True
+    try:
+        check()
+    except Exception:  # noqa: BLE001 - LockHeld, or cannot tell: delete nothing
+        return False
+    return True
 
 
 def _complete_and_verified(transport, vp: str, manifest: Manifest) -> bool:

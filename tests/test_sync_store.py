@@ -1364,3 +1364,47 @@ def test_a_store_lock_taken_over_after_the_last_object_stops_before_saved_model_
     finally:
         for o in others:
             o.release()
+
+
+@pytest.mark.parametrize("stop", ["lock", "interrupt"])
+def test_an_upload_whose_store_lock_was_taken_over_leaves_the_new_owners_objects(s3_env, tmp_path, monkeypatch,
+                                                                                 stop):
+    """Found by review (2026-12-07, eighteenth stop): an upload to the store stopped because its
+    lock was taken over (``LockHeld``), or by an interrupt after the takeover, and its clean-up
+    still removed the version's objects (and aborted its multipart uploads): the new owner may be
+    uploading the same version to the same keys, and its live upload was deleted. Now a publish
+    whose lock is not ours any more deletes nothing (the new owner's upload overwrites the objects,
+    or its clean-up removes them)."""
+    from serving_sync import cancel
+    from serving_sync import manifest as mf
+    from serving_sync.errors import LockHeld
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    body = sorted(f.path for f in m.files if f.path != m.completion_file)
+    bucket = s3_env.make_bucket(f"taken-keep-{stop}")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    t = S3Transport(bucket, "fleet")
+    others: list = []
+    real_verify = S3Transport.verify
+
+    def taken_over_once_verified(self, rel, manifest):
+        problems = real_verify(self, rel, manifest)
+        if not others:
+            others.append(_take_over_store_lock(t))     # ... which uploads v1 to the same keys now
+            if stop == "interrupt":                    # a SIGTERM lands before the lock's check
+                raise cancel.DeployInterrupted("SIGTERM (test)")
+        return problems
+
+    monkeypatch.setattr(S3Transport, "verify", taken_over_once_verified)
+    try:
+        with pytest.raises(LockHeld if stop == "lock" else cancel.DeployInterrupted):
+            store.StoreCopies("digits", 1).upload(st, model, m)
+        assert others and not t.exists("digits/1/saved_model.pb")
+        assert sorted(t.files_under("digits/1")) == body       # the new owner's upload left alone
+    finally:
+        for o in others:
+            o.release()
