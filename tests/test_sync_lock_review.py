@@ -647,3 +647,31 @@ def test_a_second_ctrl_c_in_the_put_back_closes_no_connection_a_put_back_still_u
 
     _after_two_ctrl_c("restore", gate, monkeypatch, body, transports)
     assert sorted(ends) == [("a", False), ("b", False)], "a put-back ran on a closed connection"
+
+
+@pytest.mark.parametrize("doing", ["write", "read"])
+def test_a_closed_sftp_channel_is_a_lost_channel_not_a_permission_problem(request, tmp_path, doing):
+    """Found by review (2026-12-07, eighteenth stop): an SFTP channel closed while the SSH
+    connection was still up ("Socket is closed", no errno) was reported as "the SFTP server refused
+    writing ... check that the deploy user can write to ...": a person went looking at
+    permissions. Now it is its own line: the channel closed, not a permission problem, rerun.
+    Real loopback sshd."""
+    from serving_sync.errors import HostUnreachable
+    from tests.test_sync_support import make_hut
+
+    hut = make_hut("ssh", request, tmp_path)
+    try:
+        hut.transport.write_file_atomic("models.config", b"x\n")
+        hut.transport.sftp.get_channel().close()          # the channel goes, the connection stays
+        assert hut.transport._t.is_active()
+        with pytest.raises(HostUnreachable) as lost:
+            if doing == "write":
+                hut.transport.write_file_atomic("models.config", b"y\n")
+            else:
+                hut.transport.read_file("models.config")
+        line = lost.value.message
+        assert "SFTP channel closed" in line and "not a permission problem" in line, line
+        assert "can write to" not in line and "rerun" in line and "\n" not in line, line
+        assert hut.raw_read("models.config") == b"x\n"    # nothing half-written
+    finally:
+        hut.transport.close()

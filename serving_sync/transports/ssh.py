@@ -90,6 +90,16 @@ class SshTransport(Transport):
                                f"({ssh_connect.reason(exc)}); check the network and rerun (an interrupted "
                                f"upload is never published)")
 
+    def _sftp_closed(self) -> bool:
+        """Whether this transport's SFTP channel was closed (the SSH connection may be fine)."""
+        return self._sftp is not None and self._sftp.get_channel().closed
+
+    def _channel_lost(self, doing: str, exc: BaseException) -> HostUnreachable:
+        return HostUnreachable(f"{self.where}: the SFTP channel closed while {doing} ({ssh_connect.reason(exc)}), "
+                               f"the SSH connection still up; this is not a permission problem (the host's "
+                               f"sshd or its SFTP server ended the channel: its log says why, e.g. "
+                               f"MaxSessions); rerun the deploy (an interrupted upload is never published)")
+
     @contextmanager
     def _io(self, doing: str):
         """Translate connection-level failures into one line."""
@@ -108,10 +118,14 @@ class SshTransport(Transport):
                                   f"(`ssh -p {self.target.port} {self.target.user}@{self.target.host} true`; its "
                                   f"load, a hung disk or NFS mount under {self.base}), then rerun") from None
         except (EOFError, paramiko.SSHException, ConnectionError) as exc:
+            if self._t.is_active() and self._sftp_closed():
+                raise self._channel_lost(doing, exc) from None
             raise self._lost(doing, exc) from None
         except OSError as exc:
             if not self._t.is_active():
                 raise self._lost(doing, exc) from None
+            if self._sftp_closed():
+                raise self._channel_lost(doing, exc) from None
             raise host_os_error(exc, where=self.where, base=self.base, doing=doing) from None
 
     def _open_exec(self, command: str):
@@ -236,6 +250,8 @@ class SshTransport(Transport):
         """SFTP reports most write errors as a bare 'Failure': say what is likely and how to check.
         ``base``: the folder written in, when not the base (a linked models.config's)."""
         base = base or self.base
+        if self._sftp_closed():      # not a refusal: the channel is gone ("Socket is closed")
+            return self._channel_lost(doing, exc)
         if exc.errno is not None:
             return host_os_error(exc, where=self.where, base=base, doing=doing)
         free = self.disk_free()
