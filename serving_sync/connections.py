@@ -260,9 +260,10 @@ def release(conn: HostConn) -> None:
 class Heartbeat:
     """Check every held lock between steps (each lock also heartbeats from its own thread).
 
-    Every call raises ``LockHeld`` at once when a lock's thread already found it taken over (no
-    I/O); the heartbeat written from here, a few round trips, at most every ``every`` seconds, or
-    now with ``force`` (before something that deletes, such as retention)."""
+    Every call raises ``LockHeld`` at once when a lock's thread already found it taken over, or
+    ``HostUnreachable`` when its beats kept failing (``HostLock.kept``: no I/O); the heartbeat
+    written from here, a few round trips, at most every ``every`` seconds, or now with ``force``
+    (before something that deletes, such as retention)."""
 
     def __init__(self, conns: list[HostConn], every: float = HEARTBEAT_EVERY, clock=time.monotonic):
         self.conns, self.every, self.clock = conns, every, clock
@@ -270,8 +271,8 @@ class Heartbeat:
 
     def __call__(self, *, force: bool = False) -> None:
         for c in self.conns:
-            if c.lock is not None and c.lock.lost:
-                raise LockHeld(c.lock.lost)
+            if c.lock is not None:
+                c.lock.kept()       # LockHeld (taken over), or the thread could not keep it
         if not force and self.clock() - self.last < self.every:
             return
         self.last = self.clock()

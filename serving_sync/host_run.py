@@ -166,8 +166,9 @@ class HostRun:
 
         def sent(nbytes: int) -> None:        # an interrupt stops the upload between chunks
             cancel.check()
-            if getattr(lock, "lost", None):   # ... so does the lock's thread finding it taken over (no I/O):
-                raise LockHeld(lock.lost)     # the upload went on, renamed into the new owner's host
+            if lock is not None:              # ... so does the lock's thread finding it taken over (no I/O):
+                lock.kept()                   # the upload went on, renamed into the new owner's host; or
+                                              # its beats failing: the upload ran on until it went stale
             progress(nbytes)
             faultpoint.reached("during:publish", stop=cancel.requested)     # test hook, inert unless set
 

@@ -43,7 +43,7 @@ from mlops_common.errors import UserError
 from mlops_common.lineage import os_user
 from mlops_common.procs import pid_alive
 
-from .errors import LockHeld
+from .errors import HostUnreachable, LockHeld
 from .layout import LOCK_PATH, STATE_DIR
 from .transports.base import Transport
 
@@ -52,6 +52,9 @@ logger = log.get("sync.lock")
 SETTLE_S = 1.0      # how long an unparseable lock file may be one being written (create, then write)
 READ_BACK_AFTER = SETTLE_S / 2   # a create + write slower than this reads the lock back (see acquire)
 CLOCKS_APART_S = 5.0   # a heartbeat further ahead of this clock than this: the owner's clock is ahead
+# Failed beats in a row (one every TTL/4) after which the lock counts as not kept (``unkept``): the
+# deploy's next step stops at about TTL/2 without a heartbeat, before the lock is stale at the TTL.
+KEEP_TRIES = 2
 
 # Tokens of locks this process created and then gave up (release called) without removing them
 # (the connection died, the guard stayed busy): their files carry this live pid, so no one judged
@@ -209,7 +212,7 @@ class _Heartbeat(threading.Thread):
                     self.lock.lost = exc.message
                     return
                 except Exception as exc:  # noqa: BLE001 - a blip: the next beat retries
-                    self.lock.trouble = str(exc)
+                    self.lock.beat_failed(exc)
                     # ... over a new channel: a dead SFTP channel stayed dead, every later beat failed
                     # and the lock was taken over after the TTL while the deploy still ran (one open
                     # a beat, so bounded by the beats)
@@ -250,6 +253,8 @@ class HostLock:
         self.info: LockInfo | None = None
         self.lost: str | None = None       # set by the heartbeat thread when the lock was taken over
         self.trouble: str | None = None    # last heartbeat error (retried)
+        self.unkept: str | None = None     # set by the thread after KEEP_TRIES failed beats in a row
+        self._failed_beats = 0
         self._thread: _Heartbeat | None = None
         self._beat_lock = threading.Lock()
         self._created = b""                # the lock file's bytes as this lock created them
@@ -323,6 +328,7 @@ class HostLock:
                     self.info, self._created = None, b""
                     continue
                 self.lost, self.trouble = None, None    # the lock file never changes while held
+                self.unkept, self._failed_beats = None, 0
                 self._start_heartbeat()
                 if took is not None:
                     self.took_over = True
@@ -395,6 +401,29 @@ class HostLock:
                 raise
             self._check_ours(t, info)
             self.info = LockInfo(**{**asdict(info), "heartbeat": now})
+            self._failed_beats = 0
+
+    def beat_failed(self, exc: Exception) -> None:
+        """The heartbeat thread's beat failed (retried at the next one). After ``KEEP_TRIES`` in a
+        row the lock is ``unkept``: ``kept()`` stops the deploy's next step. The thread went on failing
+        quietly before (a channel that could not be opened again), and the deploy ran on until its
+        lock went stale and another deploy took it."""
+        with self._beat_lock:
+            self.trouble = str(exc)
+            self._failed_beats += 1
+            if self._failed_beats >= KEEP_TRIES and self.unkept is None:
+                self.unkept = (f"{self.transport.url}: this deploy could not keep its lock: {self._failed_beats} "
+                               f"heartbeats in a row failed ({getattr(exc, 'message', None) or exc}); it stops "
+                               f"before the lock goes stale ({_duration(self.ttl)} without one) and another "
+                               f"deploy takes it; check the connection to the host and rerun")
+
+    def kept(self) -> None:
+        """LockHeld when the thread found the lock taken over, HostUnreachable when it could not keep
+        it (``unkept``); no I/O."""
+        if self.lost:
+            raise LockHeld(self.lost)
+        if self.unkept:
+            raise HostUnreachable(self.unkept)
 
     def _check_ours(self, t: Transport, info: LockInfo) -> None:
         got = self._read(t)
@@ -408,8 +437,7 @@ class HostLock:
         """Heartbeat now (between steps); LockHeld if the lock was taken over meanwhile."""
         if self.info is None:
             raise RuntimeError("refresh() before acquire()")
-        if self.lost:
-            raise LockHeld(self.lost)
+        self.kept()
         self.beat()
 
     def check(self) -> None:

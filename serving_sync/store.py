@@ -232,11 +232,10 @@ def store_lock(t, store: Store, model: str, held: frozenset = frozenset(), *, br
 
 def still_held(lock) -> None:
     """LockHeld when the store lock's heartbeat thread found it taken over (no I/O): an upload
-    kept going, and another fleet's clean-up removed its objects (no ``saved_model.pb`` yet)."""
-    if lock is not None and lock.lost:
-        from .errors import LockHeld
-
-        raise LockHeld(lock.lost)
+    kept going, and another fleet's clean-up removed its objects (no ``saved_model.pb`` yet);
+    HostUnreachable when its beats kept failing (``HostLock.kept``)."""
+    if lock is not None:
+        lock.kept()
 
 
 def host_uses(hosts_versions) -> dict:

@@ -675,3 +675,41 @@ def test_a_closed_sftp_channel_is_a_lost_channel_not_a_permission_problem(reques
         assert hut.raw_read("models.config") == b"x\n"    # nothing half-written
     finally:
         hut.transport.close()
+
+
+def test_a_heartbeat_that_keeps_failing_stops_the_deploys_next_step_before_the_lock_goes_stale(request, tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): when the heartbeat thread's SFTP channel could
+    not be opened again, every beat failed quietly (``trouble``): only the main thread's refresh
+    between steps kept the lock fresh, and a long step ran on until the lock went stale and another
+    deploy took it. Now ``KEEP_TRIES`` failed beats in a row (one every TTL/4) make the next step's
+    check fail with one line: the lock could not be kept. Real loopback sshd."""
+    from serving_sync.connections import Heartbeat
+    from serving_sync.errors import HostUnreachable
+    from tests.test_sync_support import make_hut
+
+    hut = make_hut("ssh", request, tmp_path)
+    tried: list = []
+    enough = threading.Event()
+
+    def cannot_open():        # the SFTP subsystem refused (MaxSessions reached, sftp-server gone)
+        tried.append(time.monotonic())
+        if len(tried) > 4:        # a TTL's worth of beats failed: the lock may be stale now
+            enough.set()
+        raise OSError("SFTP subsystem refused (test)")
+
+    hut.transport.lock_channel = cannot_open
+    owner = HostLock(hut.transport, ttl=600, heartbeat_every=0.05)
+    owner.acquire()
+    try:
+        assert enough.wait(10), "the heartbeat thread stopped trying"
+        with pytest.raises(HostUnreachable) as unkept:
+            Heartbeat([SimpleNamespace(lock=owner)], every=3600)()     # the next step's check, no I/O
+        line = unkept.value.message
+        assert "could not keep its lock" in line and "SFTP subsystem refused" in line and "\n" not in line, line
+        with pytest.raises(HostUnreachable):
+            owner.refresh()
+        assert not owner.lost                  # still ours: the host is put back as after a lost connection
+    finally:
+        owner.release()
+        hut.transport.close()
+    assert not (hut.local_base / LOCK_PATH).exists()
