@@ -164,7 +164,7 @@ def _local_sources(location: str) -> list[Path]:
         return [path]
     if is_dir:
         try:
-            named = sorted(p for p in path.iterdir() if p.suffix == ".npz" and not p.is_dir())
+            named = sorted(p for p in path.iterdir() if p.suffix.lower() == ".npz" and not p.is_dir())
             files = [p for p in named if p.is_file()]
         except OSError as exc:              # a folder this user may not list (glob said "no batches")
             raise _unreadable(location, exc) from None
@@ -215,7 +215,7 @@ def _raw_sources(location: str):
     check_location(location)
     if s3.is_s3(location):
         bucket, key = s3.parse_uri(location)
-        if key.endswith(".npz"):            # one object, like a local file
+        if key.lower().endswith(".npz"):    # one object, like a local file (BATCH.NPZ too)
             yield location, _read(location, lambda: s3.get_bytes(bucket, key))
             return
         # Otherwise a folder: every *.npz in it and its sub-folders, none from a sibling.

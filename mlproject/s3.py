@@ -70,14 +70,15 @@ def folder_prefix(prefix: str) -> str:
 def list_keys(uri: str, *, suffix: str = "") -> list[str]:
     """Keys in the folder ``uri`` and its sub-folders (``s3://b/incoming`` = ``incoming/``: dated
     sub-folders such as ``incoming/2026-01/`` are read, a sibling such as ``incoming-rejected/``
-    is not) ending in ``suffix``, sorted; bounded by ``MAX_KEYS``."""
+    is not) ending in ``suffix`` (in any case: ``BATCH.NPZ``), sorted; bounded by ``MAX_KEYS``."""
     bucket, prefix = parse_uri(uri)
     prefix = folder_prefix(prefix)
     keys: list[str] = []
     with s3_errors(f"listing {uri}"):
         pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
-            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"] != prefix and o["Key"].endswith(suffix)]
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"] != prefix
+                     and o["Key"].lower().endswith(suffix.lower())]
             if len(keys) > MAX_KEYS:
                 raise UserError(f"more than {MAX_KEYS} objects under {uri}; use a narrower prefix")
     return sorted(keys)

@@ -25,7 +25,7 @@ def incoming_label(location: str) -> str:
     if not parts:
         return location
     name = parts[-1]
-    if name.endswith(".npz"):
+    if name.lower().endswith(".npz"):
         parent = parts[-2] if len(parts) > 1 and parts[-2] != "/" else ""
         return f"{name[:-4]} ({parent})" if parent else name[:-4]
     return f"{name}/"

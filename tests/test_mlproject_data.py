@@ -289,6 +289,19 @@ def test_read_batches_reads_a_folder_in_name_order_and_adds_the_channel_axis(tmp
     assert got[1].data.images.shape == (5, 8, 8, 1)
 
 
+def test_a_batch_named_in_upper_case_is_read_not_skipped(tmp_path):
+    """Found by review (2026-12-07, eighteenth stop): ``BATCH.NPZ`` (a Windows export, a camera's
+    upload tool) in an incoming folder was skipped without a word: the retrain trained on the other
+    batches, or said the folder had none. numpy reads it whatever the case of its suffix."""
+    images, labels = _valid()
+    for name, part in (("A.NPZ", slice(0, 2)), ("b.Npz", slice(2, None))):
+        with open(tmp_path / name, "wb") as f:     # a path: np.savez would append ".npz"
+            np.savez(f, images=images[part], labels=labels[part])
+    got = batches.read_batches(str(tmp_path), "digits")
+    assert [b.source.rsplit("/", 1)[1] for b in got] == ["A.NPZ", "b.Npz"]
+    assert sum(len(b.data.labels) for b in got) == len(labels)
+
+
 @pytest.mark.parametrize("content, expected", [
     (b"", "not a .npz file"),
     (b"garbage", "not a .npz file"),

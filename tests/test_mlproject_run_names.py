@@ -26,6 +26,8 @@ from mlproject.train import TrainingData, TrainParams, run_identity
     # found by hand mutation (2026-12-05, fifth stop): the root is no folder to name
     ("/batch-7.npz", "batch-7"),
     ("s3://bucket/b1.npz", "b1"),
+    # eighteenth stop: an upper-case suffix is a batch too (it is read), not a folder "BATCH.NPZ/"
+    ("incoming/good/BATCH.NPZ", "BATCH (good)"),
 ])
 def test_incoming_label_names_the_batch_and_its_folder(location, label):
     assert tracking.incoming_label(location) == label

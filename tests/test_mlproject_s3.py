@@ -74,6 +74,19 @@ def test_malformed_batch_on_s3_is_named_by_its_uri(s3_server, s3_env):
                                       f"(expected integers 0..9); fix or remove that file"]
 
 
+def test_a_batch_named_in_upper_case_on_s3_is_read_not_skipped(s3_server, s3_env):
+    """``incoming/BATCH.NPZ`` was skipped without a word (the folder had "no .npz batches"), and
+    naming the object itself read it as a folder (eighteenth stop review)."""
+    bucket = s3_server.make_bucket("mlproject-upper")
+    pool = load_partition("digits").pool
+    s3_server.client().put_object(Bucket=bucket, Key="in/BATCH.NPZ",
+                                  Body=to_npz_bytes(make_batch("good", pool, seed=2)))
+    for location in (f"s3://{bucket}/in/", f"s3://{bucket}/in/BATCH.NPZ"):
+        got = read_batches(location, "digits")
+        assert [b.source for b in got] == [f"s3://{bucket}/in/BATCH.NPZ"]
+        assert fingerprint(got[0].data) == fingerprint(make_batch("good", pool, seed=2))
+
+
 def test_a_batch_uploaded_again_under_another_dated_folder_is_refused_by_both_uris(s3_server, s3_env):
     """The same batch in ``incoming/2026-01/`` and ``incoming/2026-02/`` (an upload repeated): the
     retrain read both and learned its examples twice (s18-data)."""
