@@ -321,15 +321,26 @@ def _migrate(engine: sa.Engine, url: str) -> None:
             conn.rollback()
     if current == head:
         return
-    with write_transaction(engine, "__schema__") as conn:
-        # again under the lock: a newer release's mlops may have migrated while this one waited
-        if known(conn) == head:
-            return
-        cfg.attributes["connection"] = conn
-        try:
-            command.upgrade(cfg, "head")
-        except CommandError as exc:  # pragma: no cover - guarded above
-            raise ConfigError(f"cannot migrate the ledger at {safe_url(url)}: {exc}") from None
+    try:
+        with write_transaction(engine, "__schema__") as conn:
+            # again under the lock: a newer release's mlops may have migrated while this one waited
+            if known(conn) == head:
+                return
+            cfg.attributes["connection"] = conn
+            try:
+                command.upgrade(cfg, "head")
+            except CommandError as exc:  # pragma: no cover - guarded above
+                raise ConfigError(f"cannot migrate the ledger at {safe_url(url)}: {exc}") from None
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "pgcode", None) != "42501":     # insufficient_privilege
+            raise
+        # a role allowed rows but not DDL (least privilege): PostgreSQL's raw "permission denied
+        # for schema public" did not say that a migration was due nor who could make it
+        raise ConfigError(f"the ledger at {safe_url(url)} needs a schema migration (revision "
+                          f"{current or 'none'} -> {head}) and this database role may not change the "
+                          f"schema; run it once as the role that owns the schema: MLOPS_LEDGER_URL=<the "
+                          f"owner's URL> mlops registry history --limit 1 (any command that reads the "
+                          f"ledger migrates it), then retry") from None
 
 
 @contextlib.contextmanager

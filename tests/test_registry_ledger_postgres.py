@@ -184,3 +184,43 @@ def test_replay_reads_of_a_long_history_are_bounded_on_postgres(postgres_url, mo
     from tests.test_registry_ledger import bounded_reads_agree
 
     bounded_reads_agree(postgres_url, monkeypatch)
+
+
+def test_a_role_that_cannot_change_the_schema_is_told_to_migrate_once_with_the_owner(postgres_server):
+    """Found by review (2026-12-07, eighteenth stop): a newer mlops opening a ledger that needs a
+    migration (here: none made yet), with a database role allowed to read and write rows but not
+    to change the schema, printed PostgreSQL's raw "permission denied for schema public". Now one
+    line: the ledger needs a schema migration, run it once with the owner role (the command)."""
+    from tests.helpers import error_lines, run_mlops
+
+    url = postgres_server.create_database("needs_migration")
+    db = url.rsplit("/", 1)[1]
+    conn = postgres_server.connect(db)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE ROLE ledger_writer LOGIN PASSWORD 'w-secret-1'")
+    cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")      # PostgreSQL < 15 still grants it
+    cur.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO ledger_writer")
+    cur.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO ledger_writer")
+    conn.close()
+    writer = f"postgresql://ledger_writer:w-secret-1@{postgres_server.host}:{postgres_server.port}/{db}"
+
+    r = run_mlops("registry", "history", "--limit", "1", env={"MLOPS_LEDGER_URL": writer})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert error_lines(r.stderr) == [
+        f"error: the ledger at postgresql://ledger_writer:***@{postgres_server.host}:{postgres_server.port}/{db} "
+        f"needs a schema migration (revision none -> 0001) and this database role may not change the "
+        f"schema; run it once as the role that owns the schema: MLOPS_LEDGER_URL=<the owner's URL> mlops "
+        f"registry history --limit 1 (any command that reads the ledger migrates it), then retry"]
+    assert "w-secret-1" not in r.stderr + r.stdout
+    conn = postgres_server.connect(db)
+    cur = conn.cursor()
+    cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+    assert cur.fetchall() == [(0,)]                 # nothing half-made
+    conn.close()
+    # the command it names, run by the owner, is the way out; the writer role then works
+    r = run_mlops("registry", "history", "--limit", "1", env={"MLOPS_LEDGER_URL": url})
+    assert r.returncode == 0, r.stderr[-2000:]
+    led = Ledger(writer)
+    led.record("promote", "m-role", outcome="ok", to_version=1, actor="ci")
+    assert [e.actor for e in Ledger(writer).entries("m-role")] == ["ci"]
