@@ -28,6 +28,7 @@ the same OBSERVE and rollout decision through ``fleet_plan.plan_fleet``, changin
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import tempfile
 import threading
@@ -174,6 +175,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
         with full_disk_is_one_line(f"deploying v{v} of '{model}'", tempfile.gettempdir(),
                                    tail="nothing was changed on the hosts"):
             workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
+        users = parallel.LastOut()      # host steps still uploading from it after a second Ctrl-C
         try:
             lazy = Lazy(model, v, workdir)
             copies = StoreCopies(model, v, uses=deploy_retention.store_uses(conns, plans, v),
@@ -218,7 +220,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             _log_shape(shape, opts, len(runs))
             seen["rollout"] = True      # from here a host may change
             result.begin("prepare_hosts", t)
-            _phase(result, recorder, runs, runs, Phase.PREPARE, opts.parallel)
+            _phase(result, recorder, runs, runs, Phase.PREPARE, opts.parallel, users)
             t = result.lap("prepare_hosts", t)
             result.begin("switch_hosts", t)
             by_name = {r.host.name: r for r in runs}
@@ -231,7 +233,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                     or_put_back(result, recorder, wave[0], runs, "bake", baker.before_switch, wave)
                 if result.source == "production":   # a rollback during the prepare or a bake wins
                     or_put_back(result, recorder, wave[0], runs, "production", _still_production, model, v)
-                _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel)
+                _phase(result, recorder, runs, wave, Phase.SWITCH, opts.parallel, users)
                 last = i == len(shape.waves) - 1
                 entry = {"wave": label, "hosts": list(names)}
                 if baker is not None and last and i == 0 and shape.unjudged:
@@ -265,8 +267,8 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                     f"run `mlops sync deploy` to install v{overtaken.now}"))
                 moved.deployed = result      # `sync watch`: a deployed pass, and the next one at once
                 raise moved
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        finally:       # by the last host step still under way, if any (its bundle is read from here)
+            users.done(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
     result.seconds = time.monotonic() - start
     return result
 
@@ -371,10 +373,10 @@ def _deployed_row(recorder, run: HostRun, v: int, reason: str | None, *, final: 
 
 
 def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostRun], phase: Phase,
-           at_once: int) -> None:
-    """Run ``phase`` on ``runs``, at most ``at_once`` at once. If any host fails, every host of
-    ``every`` is put back (``deploy_failure.fail``) and what to raise is raised: the first failure
-    in hosts order."""
+           at_once: int, users: parallel.LastOut | None = None) -> None:
+    """Run ``phase`` on ``runs``, at most ``at_once`` at once (each step inside ``users.use()``). If
+    any host fails, every host of ``every`` is put back (``deploy_failure.fail``) and what to raise
+    is raised: the first failure in hosts order."""
     if not runs:
         return
     failures: dict[str, BaseException] = {}
@@ -394,8 +396,8 @@ def _phase(result: FleetResult, recorder, every: list[HostRun], runs: list[HostR
         i, run = item
         try:
             if i < workers or not stopped.is_set():      # else queued behind a host that failed
-                with in_use(run.conn):      # a forced stop's clean-up closes it once this step is done
-                    run.execute(phase)
+                with in_use(run.conn), (users.use() if users is not None else contextlib.nullcontext()):
+                    run.execute(phase)  # a forced stop's clean-up closes it (and the workdir) once done
         except BaseException as exc:  # noqa: BLE001 - judged below, in hosts order
             stopped.set()
             failures[run.host.name] = exc

@@ -6,6 +6,7 @@ finished first.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Callable, Iterable, TypeVar
 
@@ -132,6 +133,41 @@ class Handover:
         """From now on ``keep`` hands over nothing: what was handed over is the caller's to undo."""
         with self._lock:
             self._left = True
+
+
+class LastOut:
+    """A clean-up that waits for the calls still using what it removes: each call runs inside
+    ``use()``; ``done(fn)`` runs ``fn`` now when no call is under way, else as the last one leaves
+    (a second signal stops ``settle``'s wait while calls still run: the deploy's work directory
+    was removed under a prepare still uploading from it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._then: Callable[[], object] | None = None
+
+    @contextlib.contextmanager
+    def use(self):
+        with self._lock:
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                then = self._then if not self._users else None
+                if then is not None:
+                    self._then = None
+            if then is not None:
+                then()
+
+    def done(self, fn: Callable[[], object]) -> None:
+        """``fn()`` now, or by the last call still under way once it returns."""
+        with self._lock:
+            if self._users:
+                self._then = fn
+                return
+        fn()
 
 
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str) -> list[R]:

@@ -713,3 +713,39 @@ def test_a_heartbeat_that_keeps_failing_stops_the_deploys_next_step_before_the_l
         owner.release()
         hut.transport.close()
     assert not (hut.local_base / LOCK_PATH).exists()
+
+
+def test_a_second_ctrl_c_in_the_prepare_leaves_the_workdir_to_the_last_upload(tmp_path, monkeypatch):
+    """Eighteenth stop, settle 3: ``_deploy``'s ``finally`` removed its work directory straight
+    after a second Ctrl-C while prepare steps still uploaded the bundle from it (the publish failed
+    part way). Now the removal is handed to the last step still under way (``parallel.LastOut``),
+    as ``_deploy`` does it: the steps read the bundle, then it is gone."""
+    import shutil
+
+    from serving_sync import connections, fleet, parallel
+    from serving_sync.plan import Phase
+
+    gate, read = _Gate(), []
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "abc")
+    workdir = tmp_path / "mlops-deploy-x"
+    (workdir / "bundle").mkdir(parents=True)
+    (workdir / "bundle" / "saved_model.pb").write_bytes(b"model")
+    monkeypatch.setattr(fleet, "fail", lambda *a, **k: pytest.fail("put back under hosts still running"))
+
+    def step(conn, phase):
+        gate.hold(conn.host.name)
+        read.append((conn.host.name, (workdir / "bundle" / "saved_model.pb").exists()))    # the upload's read
+
+    def body():
+        users = parallel.LastOut()
+        try:
+            with connections.connected(hosts) as conns:
+                runs = [SimpleNamespace(host=c.host, conn=c, execute=functools.partial(step, c)) for c in conns]
+                fleet._phase(fleet.FleetResult("m", 2, "production", "failed"), None, runs, runs, Phase.PREPARE, 2,
+                             users)
+        finally:
+            users.done(functools.partial(shutil.rmtree, workdir, ignore_errors=True))
+
+    _after_two_ctrl_c("prepare", gate, monkeypatch, body, transports)
+    assert sorted(read) == [("a", True), ("b", True)], "the bundle was removed under an upload"
+    assert not workdir.exists(), "the last step did not remove the work directory"
