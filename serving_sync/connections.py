@@ -36,9 +36,11 @@ class HostConn:
     transport: object
     client: TFServingClient
     lock: HostLock | None = None
-    # workers using the connection now, and a close asked meanwhile (``in_use``, ``_close``)
+    # workers using the connection now, and a close or a lock release asked meanwhile
+    # (``in_use``, ``_close``, ``_release_after_use``)
     users: int = field(default=0, repr=False, compare=False)
     closing: bool = field(default=False, repr=False, compare=False)
+    releasing: bool = field(default=False, repr=False, compare=False)
 
 
 _USES = threading.Lock()       # guards every HostConn's ``users`` and ``closing``
@@ -50,15 +52,27 @@ def in_use(conn: HostConn) -> Iterator[HostConn]:
     forced stop stopped waiting for the worker) is left to the worker, done as it stops using it.
     Closed under a lock try, the answer to a create that reached the host was lost, and the lock
     stayed there until its TTL; under a phase, a put-back or retention, a step was cut half done.
+    A lock release ``locked`` hands over the same way is done first (``_release_after_use``).
     (A unit test's ``SimpleNamespace`` conn is counted the same way.)"""
     with _USES:
         conn.users = getattr(conn, "users", 0) + 1
     try:
         yield conn
     finally:
-        with _USES:
-            conn.users -= 1
-            last = getattr(conn, "closing", False) and not conn.users
+        with _USES:         # the last user releases a lock ``locked`` handed over, still counted
+            unlock = getattr(conn, "releasing", False) and conn.users == 1     # (a close waits for it)
+            if unlock:
+                conn.releasing = False
+            else:
+                conn.users -= 1
+                last = getattr(conn, "closing", False) and not conn.users
+        if unlock:
+            try:
+                release(conn)
+            finally:
+                with _USES:
+                    conn.users -= 1
+                    last = getattr(conn, "closing", False) and not conn.users
         if last:
             _close_now(conn)
 
@@ -213,8 +227,19 @@ def locked(conns: list[HostConn], *, break_lock: str | None = None, wait: float 
         # pass (its threads still finish taking locks) left them all behind for the lock's TTL; a
         # second one stops the wait, and a try still running then releases its lock itself
         handover.leave()
-        parallel.settle(release, [c for c in ordered if c.lock is not None], workers=CONNECT_AT_ONCE,
-                        name="unlock", put_back=True)
+        parallel.settle(release, [c for c in ordered if c.lock is not None and _release_after_use(c)],
+                        workers=CONNECT_AT_ONCE, name="unlock", put_back=True)
+
+
+def _release_after_use(conn: HostConn) -> bool:
+    """True: release ``conn``'s lock now. False: a worker still uses the connection (a second
+    Ctrl-C stopped the wait for it) and releases the lock itself once done (``in_use``): released
+    now, the worker went on changing the host with no lock held, and another deploy could take it."""
+    with _USES:
+        if not conn.users:
+            return True
+        conn.releasing = True
+        return False
 
 
 def lock_order(conn: HostConn) -> tuple:

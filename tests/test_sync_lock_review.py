@@ -749,3 +749,31 @@ def test_a_second_ctrl_c_in_the_prepare_leaves_the_workdir_to_the_last_upload(tm
     _after_two_ctrl_c("prepare", gate, monkeypatch, body, transports)
     assert sorted(read) == [("a", True), ("b", True)], "the bundle was removed under an upload"
     assert not workdir.exists(), "the last step did not remove the work directory"
+
+
+def test_a_second_ctrl_c_in_a_phase_releases_no_lock_under_a_host_step_still_running(tmp_path, monkeypatch):
+    """Eighteenth stop, settle 3: after a second Ctrl-C in a phase, ``locked``'s clean-up released
+    every host's lock while hosts still ran their step (``in_use``): they went on changing a host
+    no lock guarded, which another deploy could then take. Now the release of a lock whose
+    connection is in use is handed to that step, done once it is; the others are released at once."""
+    from serving_sync import connections, fleet
+    from serving_sync.plan import Phase
+
+    gate, held = _Gate(), []
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "abc")
+    for h in hosts:
+        h.target = None         # lock_order by name
+    monkeypatch.setattr(fleet, "fail", lambda *a, **k: pytest.fail("put back under hosts still running"))
+
+    def step(conn, phase):
+        gate.hold(conn.host.name)
+        held.append((conn.host.name, (tmp_path / conn.host.name / LOCK_PATH).exists()))   # the step's last write
+
+    def body():
+        with connections.connected(hosts) as conns, locked(conns):
+            runs = [SimpleNamespace(host=c.host, conn=c, execute=functools.partial(step, c)) for c in conns]
+            fleet._phase(fleet.FleetResult("m", 2, "production", "failed"), None, runs, runs, Phase.PREPARE, 2)
+
+    _after_two_ctrl_c("prepare", gate, monkeypatch, body, transports)
+    assert sorted(held) == [("a", True), ("b", True)], "a host step ran on after its lock was released"
+    assert [n for n in "abc" if (tmp_path / n / LOCK_PATH).exists()] == [], "a host stayed locked"
