@@ -499,7 +499,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     else:
         for run, info in zip(runs, parallel.map_ordered(
                 lambda r: deploy_retention.host_retention(r, opts, rollback_to), runs,
-                workers=opts.parallel, name="retention")):
+                workers=opts.parallel, name="retention", inline=False)):   # a removal: never in this thread
             run.outcome.retention = info
         deploy_retention.store_retention(result, runs, opts, rollback_to, copies)
     # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now

@@ -170,9 +170,10 @@ class LastOut:
         fn()
 
 
-def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str) -> list[R]:
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,
+                inline: bool = True) -> list[R]:
     """``fn`` over ``items`` (see ``settle``); the first failure in the items' order is raised."""
-    outcomes = settle(fn, items, workers=workers, name=name)
+    outcomes = settle(fn, items, workers=workers, name=name, inline=inline)
     for _, exc in outcomes:
         if exc is not None:
             raise exc

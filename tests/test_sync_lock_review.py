@@ -777,3 +777,56 @@ def test_a_second_ctrl_c_in_a_phase_releases_no_lock_under_a_host_step_still_run
     _after_two_ctrl_c("prepare", gate, monkeypatch, body, transports)
     assert sorted(held) == [("a", True), ("b", True)], "a host step ran on after its lock was released"
     assert [n for n in "abc" if (tmp_path / n / LOCK_PATH).exists()] == [], "a host stayed locked"
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_second_ctrl_c_in_a_one_host_retention_cuts_no_removal(tmp_path, monkeypatch, parallel):
+    """Eighteenth stop, settle 3: retention of a single item (one changed host, or --parallel 1)
+    ran in the main thread (``map_ordered``'s inline path), where a forced stop cut a removal part
+    way. Now it runs in a worker thread as the phases do (``inline=False``): the Ctrl-Cs land in
+    the wait, the removal finishes on its open connection, which is closed after it."""
+    from serving_sync import connections, deploy_retention, fleet, retention
+    from serving_sync.options import DeployOptions
+
+    gate, ends = _Gate(), []
+    del gate.entered["b"]                   # one host: a alone is held
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "a")
+    hosts[0].store = None
+    monkeypatch.setattr(fleet.deploys, "tag", lambda *a, **k: None)
+    monkeypatch.setattr(fleet, "_tag_rolled_back", lambda *a, **k: None)
+    monkeypatch.setattr(retention, "plan", lambda t, model, **kw: retention.RetentionPlan(model, remove_versions=[1]))
+    monkeypatch.setattr(deploy_retention.verified, "forget", lambda *a: None)
+
+    def apply(t, rp):
+        if threading.current_thread() is threading.main_thread():
+            ends.append(("main thread", t.base.name))
+            return
+        gate.hold(t.base.name)
+        ends.append((t.base.name, t.closed))
+
+    monkeypatch.setattr(retention, "apply", apply)
+    plan = SimpleNamespace(model="m", desired=2, current=1, previous_kept=None, final=SimpleNamespace(versions=(2,)),
+                           held_by_others=())
+
+    def body():
+        with connections.connected(hosts) as conns:
+            runs = [SimpleNamespace(host=c.host, conn=c, transport=c.transport, plan=plan, heartbeat=lambda **k: None,
+                                    outcome=SimpleNamespace(retention=None, host=c.host.name, from_version=1,
+                                                            previous_kept=None)) for c in conns]
+            fleet._succeeded(fleet.FleetResult("m", 2, "production", "failed"),
+                             SimpleNamespace(rollback_target=lambda: None), runs, DeployOptions(parallel=parallel))
+
+    from mlops_common import stop
+
+    real_join = _two_ctrl_c_in_the_wait_for("retention", gate.both, monkeypatch)
+    try:
+        with pytest.raises(KeyboardInterrupt) as e:
+            body()
+        assert e.value.args == (2,)
+        assert not transports["a"].closed, "closed under the removal still running"
+    finally:
+        gate.go.set()
+        _finish_abandoned("retention", real_join)
+        stop.clear()
+    assert ends == [("a", False)], "the removal ran where a signal lands, or on a closed connection"
+    assert transports["a"].closed, "the connection stayed open"
