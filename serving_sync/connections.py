@@ -36,45 +36,30 @@ class HostConn:
     transport: object
     client: TFServingClient
     lock: HostLock | None = None
-    # workers using the connection now, and a close or a lock release asked meanwhile
-    # (``in_use``, ``_close``, ``_release_after_use``)
-    users: int = field(default=0, repr=False, compare=False)
-    closing: bool = field(default=False, repr=False, compare=False)
-    releasing: bool = field(default=False, repr=False, compare=False)
+    # the workers using the connection now; a lock release or a close asked meanwhile waits for
+    # the last of them (``in_use``, ``_release_after_use``, ``_close``)
+    uses: parallel.LastOut = field(default_factory=parallel.LastOut, repr=False, compare=False)
 
 
-_USES = threading.Lock()       # guards every HostConn's ``users`` and ``closing``
+_USES = threading.Lock()       # a unit test's SimpleNamespace conn gets its ``uses`` once
+
+
+def _uses(conn: HostConn) -> parallel.LastOut:
+    with _USES:
+        if getattr(conn, "uses", None) is None:
+            conn.uses = parallel.LastOut()
+        return conn.uses
 
 
 @contextlib.contextmanager
 def in_use(conn: HostConn) -> Iterator[HostConn]:
-    """A worker's use of ``conn``: a close asked meanwhile (``connected``'s clean-up after a
-    forced stop stopped waiting for the worker) is left to the worker, done as it stops using it.
-    Closed under a lock try, the answer to a create that reached the host was lost, and the lock
-    stayed there until its TTL; under a phase, a put-back or retention, a step was cut half done.
-    A lock release ``locked`` hands over the same way is done first (``_release_after_use``).
-    (A unit test's ``SimpleNamespace`` conn is counted the same way.)"""
-    with _USES:
-        conn.users = getattr(conn, "users", 0) + 1
-    try:
+    """A worker's use of ``conn``: a lock release and a close asked meanwhile (``locked``'s and
+    ``connected``'s clean-ups after a forced stop stopped waiting for the worker) are left to the
+    worker, done in that order as it stops using it. Closed under a lock try, the answer to a
+    create that reached the host was lost, and the lock stayed there until its TTL; under a phase,
+    a put-back or retention, a step was cut half done, or went on with no lock held."""
+    with _uses(conn).use():
         yield conn
-    finally:
-        with _USES:         # the last user releases a lock ``locked`` handed over, still counted
-            unlock = getattr(conn, "releasing", False) and conn.users == 1     # (a close waits for it)
-            if unlock:
-                conn.releasing = False
-            else:
-                conn.users -= 1
-                last = getattr(conn, "closing", False) and not conn.users
-        if unlock:
-            try:
-                release(conn)
-            finally:
-                with _USES:
-                    conn.users -= 1
-                    last = getattr(conn, "closing", False) and not conn.users
-        if last:
-            _close_now(conn)
 
 
 # Hosts connected at once. Kept under OpenSSH's default MaxStartups (10 unauthenticated
@@ -99,11 +84,7 @@ def _open(host, opened: list[HostConn], handover: parallel.Handover) -> HostConn
 
 def _close(conn: HostConn) -> None:
     """Close ``conn`` now, or once the last worker using it is done with it (``in_use``)."""
-    with _USES:
-        conn.closing = True
-        if conn.users:
-            return
-    _close_now(conn)
+    _uses(conn).done(functools.partial(_close_now, conn))
 
 
 def _close_now(conn: HostConn) -> None:
@@ -235,11 +216,7 @@ def _release_after_use(conn: HostConn) -> bool:
     """True: release ``conn``'s lock now. False: a worker still uses the connection (a second
     Ctrl-C stopped the wait for it) and releases the lock itself once done (``in_use``): released
     now, the worker went on changing the host with no lock held, and another deploy could take it."""
-    with _USES:
-        if not conn.users:
-            return True
-        conn.releasing = True
-        return False
+    return not _uses(conn).later(functools.partial(release, conn))
 
 
 def lock_order(conn: HostConn) -> tuple:

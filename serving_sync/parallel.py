@@ -136,15 +136,17 @@ class Handover:
 
 
 class LastOut:
-    """A clean-up that waits for the calls still using what it removes: each call runs inside
-    ``use()``; ``done(fn)`` runs ``fn`` now when no call is under way, else as the last one leaves
-    (a second signal stops ``settle``'s wait while calls still run: the deploy's work directory
-    was removed under a prepare still uploading from it)."""
+    """Clean-ups that wait for the calls still using what they remove: each call runs inside
+    ``use()``; ``later(fn)`` queues ``fn`` when a call is under way, for the last one to run as it
+    leaves (still counted, so what is queued meanwhile runs after it, in order); ``done(fn)`` runs
+    it now otherwise. A second signal stops ``settle``'s wait while calls still run: the deploy's
+    work directory was removed under a prepare still uploading from it, and a host's connection
+    closed (its lock released) under a step still changing the host (``connections.in_use``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._then: Callable[[], object] | None = None
+        self._then: list[Callable[[], object]] = []
 
     @contextlib.contextmanager
     def use(self):
@@ -153,21 +155,32 @@ class LastOut:
         try:
             yield
         finally:
-            with self._lock:
-                self._users -= 1
-                then = self._then if not self._users else None
-                if then is not None:
-                    self._then = None
-            if then is not None:
-                then()
+            error: BaseException | None = None
+            while True:
+                with self._lock:
+                    if self._users > 1 or not self._then:
+                        self._users -= 1
+                        break
+                    fn = self._then.pop(0)
+                try:
+                    fn()
+                except BaseException as exc:  # noqa: BLE001 - the rest still runs; the first is raised
+                    error = error or exc
+            if error is not None:
+                raise error
+
+    def later(self, fn: Callable[[], object]) -> bool:
+        """Queue ``fn`` for the last call under way (True), or leave it to the caller (False)."""
+        with self._lock:
+            if self._users:
+                self._then.append(fn)
+                return True
+        return False
 
     def done(self, fn: Callable[[], object]) -> None:
         """``fn()`` now, or by the last call still under way once it returns."""
-        with self._lock:
-            if self._users:
-                self._then = fn
-                return
-        fn()
+        if not self.later(fn):
+            fn()
 
 
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], *, workers: int, name: str,

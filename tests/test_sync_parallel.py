@@ -226,3 +226,28 @@ def test_after_a_second_signal_no_call_begins_unless_a_put_back():
         assert _two_ctrl_c_while_two_calls_run(mp) == [0, 1], "a call began after the second signal"
     with _pytest.monkeypatch.MonkeyPatch.context() as mp:
         assert _two_ctrl_c_while_two_calls_run(mp, put_back=True) == [0, 1, 2, 3]
+
+
+def test_last_out_runs_what_was_queued_in_order_by_the_last_user_still_counted():
+    """``parallel.LastOut`` (a connection's lock release, then its close; the work directory's
+    removal): nothing queued runs under a call still under way; the last call runs it all, in the
+    order queued, and what is queued while it runs (a close asked during the release) waits for
+    it rather than running at once beside it; with no call under way ``done`` runs at once."""
+    uses, ran = parallel.LastOut(), []
+    assert uses.later(lambda: ran.append("x")) is False and ran == []     # no user: the caller's
+    uses.done(lambda: ran.append("now"))
+    assert ran == ["now"]
+    ran.clear()
+
+    def release():
+        ran.append("release")
+        uses.done(lambda: ran.append("close"))      # asked while the release runs: after it
+        ran.append("release done")
+
+    with uses.use():
+        with uses.use():
+            assert uses.later(release) is True
+        assert ran == []                            # one call still under way
+    assert ran == ["release", "release done", "close"]
+    uses.done(lambda: ran.append("again"))
+    assert ran[-1] == "again"
