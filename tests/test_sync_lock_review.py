@@ -590,21 +590,16 @@ def test_a_second_ctrl_c_in_a_phase_closes_no_connection_a_host_step_still_uses(
     assert sorted(ends) == [("a", False), ("b", False)], "a step ran on a closed connection, or c was begun"
 
 
-def test_a_second_ctrl_c_in_retention_closes_no_connection_a_removal_still_uses(tmp_path, monkeypatch):
-    """The same for retention after a deploy succeeded: a removal cut half way by the close."""
+def _retention_after_a_deploy(monkeypatch, hosts, apply, parallel: int):
+    """``fleet._succeeded``'s retention over ``hosts`` (each removes v1 through ``apply``), the
+    registry's writes stood in for: what the forced-stop tests of retention drive."""
     from serving_sync import connections, deploy_retention, fleet, retention
     from serving_sync.options import DeployOptions
 
-    gate, ends = _Gate(), []
-    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "abc")
     monkeypatch.setattr(fleet.deploys, "tag", lambda *a, **k: None)
+    monkeypatch.setattr(fleet, "_tag_rolled_back", lambda *a, **k: None)
     monkeypatch.setattr(retention, "plan", lambda t, model, **kw: retention.RetentionPlan(model, remove_versions=[1]))
     monkeypatch.setattr(deploy_retention.verified, "forget", lambda *a: None)
-
-    def apply(t, rp):
-        gate.hold(t.base.name)
-        ends.append((t.base.name, t.closed))
-
     monkeypatch.setattr(retention, "apply", apply)
     plan = SimpleNamespace(model="m", desired=2, current=1, previous_kept=None, final=SimpleNamespace(versions=(2,)),
                            held_by_others=())
@@ -612,10 +607,24 @@ def test_a_second_ctrl_c_in_retention_closes_no_connection_a_removal_still_uses(
     def body():
         with connections.connected(hosts) as conns:
             runs = [SimpleNamespace(host=c.host, conn=c, transport=c.transport, plan=plan, heartbeat=lambda **k: None,
-                                    outcome=SimpleNamespace(retention=None)) for c in conns]
+                                    outcome=SimpleNamespace(retention=None, host=c.host.name, from_version=1,
+                                                            previous_kept=None)) for c in conns]
             fleet._succeeded(fleet.FleetResult("m", 2, "production", "failed"),
-                             SimpleNamespace(rollback_target=lambda: None), runs, DeployOptions(parallel=2))
+                             SimpleNamespace(rollback_target=lambda: None), runs, DeployOptions(parallel=parallel))
 
+    return body
+
+
+def test_a_second_ctrl_c_in_retention_closes_no_connection_a_removal_still_uses(tmp_path, monkeypatch):
+    """The same for retention after a deploy succeeded: a removal cut half way by the close."""
+    gate, ends = _Gate(), []
+    hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "abc")
+
+    def apply(t, rp):
+        gate.hold(t.base.name)
+        ends.append((t.base.name, t.closed))
+
+    body = _retention_after_a_deploy(monkeypatch, hosts, apply, parallel=2)
     _after_two_ctrl_c("retention", gate, monkeypatch, body, transports)
     assert sorted(ends) == [("a", False), ("b", False)], "a removal ran on a closed connection, or c was begun"
 
@@ -785,17 +794,10 @@ def test_a_second_ctrl_c_in_a_one_host_retention_cuts_no_removal(tmp_path, monke
     ran in the main thread (``map_ordered``'s inline path), where a forced stop cut a removal part
     way. Now it runs in a worker thread as the phases do (``inline=False``): the Ctrl-Cs land in
     the wait, the removal finishes on its open connection, which is closed after it."""
-    from serving_sync import connections, deploy_retention, fleet, retention
-    from serving_sync.options import DeployOptions
-
     gate, ends = _Gate(), []
     del gate.entered["b"]                   # one host: a alone is held
     hosts, transports = _hosts_on_disk(tmp_path, monkeypatch, "a")
     hosts[0].store = None
-    monkeypatch.setattr(fleet.deploys, "tag", lambda *a, **k: None)
-    monkeypatch.setattr(fleet, "_tag_rolled_back", lambda *a, **k: None)
-    monkeypatch.setattr(retention, "plan", lambda t, model, **kw: retention.RetentionPlan(model, remove_versions=[1]))
-    monkeypatch.setattr(deploy_retention.verified, "forget", lambda *a: None)
 
     def apply(t, rp):
         if threading.current_thread() is threading.main_thread():
@@ -804,18 +806,7 @@ def test_a_second_ctrl_c_in_a_one_host_retention_cuts_no_removal(tmp_path, monke
         gate.hold(t.base.name)
         ends.append((t.base.name, t.closed))
 
-    monkeypatch.setattr(retention, "apply", apply)
-    plan = SimpleNamespace(model="m", desired=2, current=1, previous_kept=None, final=SimpleNamespace(versions=(2,)),
-                           held_by_others=())
-
-    def body():
-        with connections.connected(hosts) as conns:
-            runs = [SimpleNamespace(host=c.host, conn=c, transport=c.transport, plan=plan, heartbeat=lambda **k: None,
-                                    outcome=SimpleNamespace(retention=None, host=c.host.name, from_version=1,
-                                                            previous_kept=None)) for c in conns]
-            fleet._succeeded(fleet.FleetResult("m", 2, "production", "failed"),
-                             SimpleNamespace(rollback_target=lambda: None), runs, DeployOptions(parallel=parallel))
-
+    body = _retention_after_a_deploy(monkeypatch, hosts, apply, parallel)
     from mlops_common import stop
 
     real_join = _two_ctrl_c_in_the_wait_for("retention", gate.both, monkeypatch)
