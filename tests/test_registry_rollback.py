@@ -189,7 +189,7 @@ def test_status_reads_the_ledger_once(make_version, capfd):
 
     def is_start_lookup(statement: str) -> bool:     # where the model's current rows begin: its
         return " ".join(statement.split("FROM")[0].split()) == \
-            "SELECT ledger_entries.id, ledger_entries.to_version, ledger_entries.details"
+            "SELECT ledger_entries.id, ledger_entries.details"    # version 1's two latest, those between
 
     sa.event.listen(engine, "before_cursor_execute", count)
     try:
@@ -200,7 +200,7 @@ def test_status_reads_the_ledger_once(make_version, capfd):
     assert {r["version"]: r["approved_by"] for r in doc["versions"]} == {1: "alice", 2: "bob"}
     assert (doc["ledger"]["alias"], doc["ledger"]["ledger"], doc["ledger"]["agrees"]) == (2, 2, True)
     moves = [s for s in reads if not is_start_lookup(s)]        # registrations' ids (ledger._current_start)
-    assert len(moves) == 1 and len(reads) <= 2, reads
+    assert len(moves) == 1 and len(reads) <= 3, reads
 
 
 def test_status_reads_every_versions_metrics_in_a_few_requests(make_version, http_fault_proxy, monkeypatch):
