@@ -11,6 +11,7 @@ the pool of samples held back from the base set.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -265,8 +266,6 @@ def copy_check(batch: Batch, seen: dict[bytes, str]) -> None:
 
 def _content_key(data: Arrays) -> bytes:
     """sha256 of the batch's (image, label) examples in sorted order: the same for any order of them."""
-    import hashlib
-
     n = len(data)
     rows = np.concatenate([np.ascontiguousarray(data.images, dtype=np.float32).reshape(n, -1).view(np.uint8),
                            np.ascontiguousarray(data.labels, dtype=np.int64).reshape(n, 1).view(np.uint8)], axis=1)
@@ -292,11 +291,8 @@ def _load(source: str, raw: bytes, dataset: str, seen: dict[bytes, str]) -> Batc
 def read_batches(location: str, dataset: str) -> list[Batch]:
     """Read and validate every batch at ``location``; stops at the first invalid one."""
     check_name(dataset)
-    out: list[Batch] = []
     seen: dict[bytes, str] = {}
-    for source, raw in _raw_sources(location):
-        out.append(_load(source, raw, dataset, seen))
-    return out
+    return [_load(source, raw, dataset, seen) for source, raw in _raw_sources(location)]
 
 
 def inspect_batches(location: str, dataset: str) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import threading
 import time
 from pathlib import Path
@@ -30,8 +31,6 @@ PG_CONNECT_TIMEOUT_S = 10    # reaching the PostgreSQL server (as mlops.mlflow_d
 def safe_url(url: str, unparseable: str = "<unparseable MLOPS_LEDGER_URL>") -> str:
     """A database URL (the ledger's, MLflow's backend store) with any password masked, for
     messages and logs; ``unparseable`` when SQLAlchemy cannot read it."""
-    import re
-
     try:
         # masked to the last '@': SQLAlchemy cuts a password holding '@' at the first one
         text = settings.mask_url_password(sa.engine.make_url(url).render_as_string(hide_password=False))
