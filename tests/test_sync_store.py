@@ -1331,20 +1331,18 @@ def test_break_lock_takes_over_a_dead_deploys_store_lock_named_in_the_refusal(s3
     assert not t.exists(LOCK_PATH)
 
 
-def test_a_store_lock_taken_over_after_the_last_object_stops_before_saved_model_pb(s3_env, tmp_path, monkeypatch):
-    """Found by review (2026-12-07, eighteenth stop): the upload to the store checked its lock's
-    thread between objects, not again before ``saved_model.pb`` made the version complete: a
-    takeover while the objects were verified (the thread beats every TTL/4) still completed the
-    version in a store another fleet held. Now the lock is read right before it."""
+def _store_taken_over_once_verified(s3_env, tmp_path, monkeypatch, bucket_name: str, then=None):
+    """A store at ``s3://<bucket>/fleet`` whose lock another deploy takes over as soon as this
+    upload's objects are verified (``then()`` runs right after): (store, transport, model folder,
+    manifest, the other deploy's locks to release)."""
     from serving_sync import manifest as mf
-    from serving_sync.errors import LockHeld
     from serving_sync.hosts import Store
     from serving_sync.transports.s3 import S3Transport
     from tests.test_sync_support import make_model_tree
 
     model = make_model_tree(tmp_path / "model")
     m = mf.build(model)
-    bucket = s3_env.make_bucket("taken-at-the-end")
+    bucket = s3_env.make_bucket(bucket_name)
     st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
     t = S3Transport(bucket, "fleet")
     others: list = []
@@ -1354,9 +1352,22 @@ def test_a_store_lock_taken_over_after_the_last_object_stops_before_saved_model_
         problems = real_verify(self, rel, manifest)
         if not others:
             others.append(_take_over_store_lock(t))
+            if then is not None:
+                then()
         return problems
 
     monkeypatch.setattr(S3Transport, "verify", taken_over_once_verified)
+    return st, t, model, m, others
+
+
+def test_a_store_lock_taken_over_after_the_last_object_stops_before_saved_model_pb(s3_env, tmp_path, monkeypatch):
+    """Found by review (2026-12-07, eighteenth stop): the upload to the store checked its lock's
+    thread between objects, not again before ``saved_model.pb`` made the version complete: a
+    takeover while the objects were verified (the thread beats every TTL/4) still completed the
+    version in a store another fleet held. Now the lock is read right before it."""
+    from serving_sync.errors import LockHeld
+
+    st, t, model, m, others = _store_taken_over_once_verified(s3_env, tmp_path, monkeypatch, "taken-at-the-end")
     try:
         with pytest.raises(LockHeld, match="lost its lock"):
             store.StoreCopies("digits", 1).upload(st, model, m)
@@ -1376,30 +1387,15 @@ def test_an_upload_whose_store_lock_was_taken_over_leaves_the_new_owners_objects
     whose lock is not ours any more deletes nothing (the new owner's upload overwrites the objects,
     or its clean-up removes them)."""
     from serving_sync import cancel
-    from serving_sync import manifest as mf
     from serving_sync.errors import LockHeld
-    from serving_sync.hosts import Store
-    from serving_sync.transports.s3 import S3Transport
-    from tests.test_sync_support import make_model_tree
 
-    model = make_model_tree(tmp_path / "model")
-    m = mf.build(model)
+    def then():                                         # the new owner uploads v1 to the same keys now
+        if stop == "interrupt":                        # a SIGTERM lands before the lock's check
+            raise cancel.DeployInterrupted("SIGTERM (test)")
+
+    st, t, model, m, others = _store_taken_over_once_verified(s3_env, tmp_path, monkeypatch,
+                                                              f"taken-keep-{stop}", then)
     body = sorted(f.path for f in m.files if f.path != m.completion_file)
-    bucket = s3_env.make_bucket(f"taken-keep-{stop}")
-    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
-    t = S3Transport(bucket, "fleet")
-    others: list = []
-    real_verify = S3Transport.verify
-
-    def taken_over_once_verified(self, rel, manifest):
-        problems = real_verify(self, rel, manifest)
-        if not others:
-            others.append(_take_over_store_lock(t))     # ... which uploads v1 to the same keys now
-            if stop == "interrupt":                    # a SIGTERM lands before the lock's check
-                raise cancel.DeployInterrupted("SIGTERM (test)")
-        return problems
-
-    monkeypatch.setattr(S3Transport, "verify", taken_over_once_verified)
     try:
         with pytest.raises(LockHeld if stop == "lock" else cancel.DeployInterrupted):
             store.StoreCopies("digits", 1).upload(st, model, m)
