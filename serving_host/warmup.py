@@ -35,13 +35,14 @@ def iterations(num_request_iterations_for_warmup: int) -> int:
     return num_request_iterations_for_warmup if num_request_iterations_for_warmup > 0 else 1
 
 
-def options_text(model_name: str, version: int, num_request_iterations_for_warmup: int) -> str:
-    """``ModelWarmupOptions::DebugString`` as TF Serving logs it (one line here)."""
-    parts = []
+def options_text(num_request_iterations_for_warmup: int) -> str:
+    """``ModelWarmupOptions::DebugString`` as TF Serving logs it (one line here): the iterations
+    when the flag is > 0 (``server.cc``), else nothing. ``tensorflow_model_server`` never turns
+    session metadata on, so its adapter does not set ``model_name`` / ``model_version`` in the
+    options it logs (``saved_model_bundle_source_adapter.cc`` sets them only with it)."""
     if num_request_iterations_for_warmup > 0:
-        parts.append(f"num_request_iterations {{ value: {num_request_iterations_for_warmup} }}")
-    parts += [f'model_name: "{model_name}"', f"model_version: {version}"]
-    return " ".join(parts)
+        return f"num_request_iterations {{ value: {num_request_iterations_for_warmup} }}"
+    return ""
 
 
 def replay(servable: Servable, record) -> None:
@@ -74,7 +75,9 @@ def _records(path: str):
 
 def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
         num_request_iterations_for_warmup: int = 0) -> None:
-    """``RunSavedModelWarmup``: raise ServingError (the load fails) or return when warm."""
+    """``RunSavedModelWarmup``: raise ServingError (the load fails) or return when warm.
+    ``model_name`` / ``version`` name the servable, as the manager knows it; TF Serving's
+    binary leaves them out of the warmup options it logs (``options_text``)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     start = time.monotonic()
@@ -84,7 +87,7 @@ def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
         return
     n_iter = iterations(num_request_iterations_for_warmup)
     log.info("Starting to read warmup data for model at %s with model-warmup-options %s", path,
-             options_text(model_name, version, num_request_iterations_for_warmup))
+             options_text(num_request_iterations_for_warmup))
     try:
         records = _records(path)
     except Exception as exc:  # noqa: BLE001 - NewRandomAccessFile's error: returned before any metric

@@ -263,3 +263,29 @@ def test_a_warmup_file_that_cannot_be_opened_fails_the_load_without_metrics(tmp_
         warmup.run(None, str(version_dir), model_name="m", version=1)
     assert (e.value.code, e.value.message) == ("NOT_FOUND", f"{path}; No such device or address")
     assert f'model_path="{version_dir}"' not in metrics.render()
+
+
+def test_the_warmup_options_are_logged_as_tensorflow_model_server_logs_them(tmp_path, caplog):
+    """``RunSavedModelWarmupUntracked`` logs ``model_warmup_options.DebugString()``; the
+    tensorflow_model_server binary never enables session metadata, so the options it logs carry
+    ``num_request_iterations`` (only when the flag is > 0, server.cc) and no ``model_name`` /
+    ``model_version`` (saved_model_bundle_source_adapter.cc sets them only with session metadata).
+    The local server added ``model_name: "m" model_version: 1`` to every such line."""
+    import logging
+
+    from serving_host import warmup
+    from serving_host.servable import Servable
+
+    version_dir, path = make_model(tmp_path, "m", [predict_log().SerializeToString()])
+    servable = Servable.load("m", 1, str(version_dir))
+    try:
+        caplog.set_level(logging.INFO, logger="serving_host")
+        for flag, options in ((0, ""), (3, "num_request_iterations { value: 3 }")):
+            caplog.clear()
+            warmup.run(servable, str(version_dir), model_name="m", version=1,
+                       num_request_iterations_for_warmup=flag)
+            starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Starting to read")]
+            assert starts == [f"Starting to read warmup data for model at {path} with model-warmup-options "
+                              f"{options}"], starts
+    finally:
+        servable.close()
