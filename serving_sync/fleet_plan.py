@@ -80,10 +80,13 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             (o,), (p,) = observe_and_plan(conns, model, v, opts, rollback_to=rollback_to)
             if not annotate:
                 return p, None
-            copies = peak_copies(o.obs, v, fast=opts.fast)
-            sizes = {x: _stored_size(conns[0].transport, model, x) for x in set(copies)}
+            # every copy the peak may hold (a leftover validation copy too: ``peak_copies``)
+            candidates = set(peak_copies(o.obs, v))
+            sizes = {x: _stored_size(conns[0].transport, model, x) for x in candidates}
         if sizes.get(v) is None:
             sizes[v] = new_size
+        copies = peak_copies(o.obs, v, fast=opts.fast, sizes=sizes)
+        sizes = {x: s for x, s in sizes.items() if x in copies or x == v}
         extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
         if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
             extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")

@@ -453,15 +453,33 @@ def loaded_here(obs: HostObservation, v: int) -> bool:
     return v in obs.available and v in obs.published and mc.same_path(obs.main_base_path, obs.base_path)
 
 
-def peak_copies(obs: HostObservation, desired: int, *, fast: bool = False) -> tuple[int, ...]:
+def peak_copies(obs: HostObservation, desired: int, *, fast: bool = False,
+                sizes: dict[int, int | None] | None = None) -> tuple[int, ...]:
     """The model copies a host holds at the deploy's peak: what its main entry has loaded now plus
     the new version once (twice with ``fast``: the validation copy beside the main one), unless the
     version is ``loaded_here`` (a version loaded but published again, or loaded from another
-    folder, is validated in a copy of its own like any other)."""
+    folder, is validated in a copy of its own like any other).
+
+    A validation copy of another version that TF Serving holds now (a killed deploy's, listed in
+    the file or not) counts too: it stays loaded until the deploy's own validation copy is
+    AVAILABLE (TF Serving's AvailabilityPreservingPolicy loads a new aspired version before it
+    unloads the old one), and until the switch when the deploy loads no copy. With ``fast`` the
+    peak is then the larger of that moment and the later one with two copies of the new version
+    (by ``sizes``; the first when a size is unknown)."""
     held = tuple(obs.available)
+    left = tuple(x for x, st in sorted(obs.validate_states.items()) if st == AVAILABLE and x != desired)
     if loaded_here(obs, desired):
-        return held
-    return held + (desired,) * (2 if fast else 1)
+        return held + left
+    validating = held + left + (desired,)
+    if not fast:
+        return validating
+    both = held + (desired, desired)
+    if not left:
+        return both
+    known = sizes or {}
+    if any(known.get(x) is None for x in left + (desired,)):
+        return validating
+    return validating if sum(known[x] for x in left) > known[desired] else both
 
 
 def peak_memory(copies: tuple[int, ...], sizes: dict[int, int | None]) -> int | None:

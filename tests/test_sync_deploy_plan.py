@@ -594,3 +594,31 @@ def test_tf_serving_has_not_applied_a_file_whose_label_or_versions_it_does_not_s
     assert not applied(obs(**base, states={1: A, 2: A, 3: A}, stable=3))       # v1 unlisted, still loaded
     assert not applied(obs(**base, states={2: A, 3: A}, stable=3, validate=3))   # validation copy not seen
     assert applied(obs(**base, states={2: A, 3: A}, stable=3, validate=3, vstates={3: "LOADING"}))
+
+
+def test_peak_memory_counts_a_leftover_validation_copy_of_another_version():
+    """A killed deploy's validation copy of v4 stays loaded until the new validation copy of v5 is
+    AVAILABLE (TF Serving's AvailabilityPreservingPolicy loads an aspired version before it unloads
+    one no longer aspired): `sync plan`'s peak left it out, a host sized by the plan ran out of
+    memory at its deploy's first load (found by review, 2026-12-07, nineteenth stop)."""
+    from serving_host.policy import READY, Snapshot, next_action
+    from serving_sync.plan import StepKind, peak_copies, peak_memory
+
+    o = obs(versions=(1,), labels=(("stable", 1),), states={1: A}, stable=1, published=(1, 4), verified=(1,),
+            validate=4, vstates={4: A})
+    assert step(plan_host(o, 5), StepKind.LOAD_VALIDATION).config.validate == 5
+    # the load of v5 comes first, v4 is unloaded only once v5 serves
+    assert next_action([Snapshot(4, READY, False), Snapshot(5, "new", True)]).kind == "load"
+    assert peak_copies(o, 5) == (1, 4, 5)
+    assert peak_memory(peak_copies(o, 5), {1: 100, 4: 100, 5: 100}) == 360
+    # --fast: the larger of that moment and the later one holding two copies of v5
+    assert peak_copies(o, 5, fast=True, sizes={1: 10, 4: 30, 5: 20}) == (1, 4, 5)
+    assert peak_copies(o, 5, fast=True, sizes={1: 10, 4: 10, 5: 20}) == (1, 5, 5)
+    # a stray copy (the file lists none) counts the same; one of v5 itself is the copy the deploy keeps
+    stray = obs(versions=(1,), labels=(("stable", 1),), states={1: A}, stable=1, published=(1, 4),
+                vstates={4: A, 5: A})
+    assert peak_copies(stray, 5) == (1, 4, 5)
+    # nothing loaded by the deploy (v5 verified in the main entry): the leftover is held until the switch
+    here = obs(versions=(1, 5), labels=(("stable", 1),), states={1: A, 5: A}, stable=1, published=(1, 4, 5),
+               verified=(1, 5), validate=4, vstates={4: A})
+    assert peak_copies(here, 5) == (1, 5, 4)
