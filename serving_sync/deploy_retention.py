@@ -124,7 +124,8 @@ def _host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None) 
                             + (() if rollback_to is None else (rollback_to,)) + _shared_base_uses(run),
                             config_temps=took_over,
                             lock=(lock.info.token, lock.ttl) if took_over and lock.info else None)
-        if rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats:
+        if (rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats
+                or rp.remove_partials):    # S3: a numeric folder without saved_model.pb may be a new owner's upload
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
         retention.apply(run.transport, rp)
         if rp.remove_versions:

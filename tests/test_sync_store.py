@@ -1404,3 +1404,46 @@ def test_an_upload_whose_store_lock_was_taken_over_leaves_the_new_owners_objects
     finally:
         for o in others:
             o.release()
+
+
+def test_an_s3_hosts_retention_removes_no_partial_folder_once_its_lock_was_taken_over(s3_env, tmp_path):
+    """Retention beat the lock once more before deleting old versions, uploads, config temps or
+    heartbeat files, but not before removing an ``s3://`` host's numeric folder without its
+    ``saved_model.pb``: after another deploy took the lock over (``--break-lock``), its live upload
+    of v7 (saved_model.pb comes last) was deleted under it, and its saved_model.pb then completed a
+    version missing files (found by review, 2026-12-07, nineteenth stop)."""
+    from types import SimpleNamespace
+
+    from serving_sync import deploy_retention
+    from serving_sync import manifest as mf
+    from serving_sync.connections import Heartbeat, HostConn
+    from serving_sync.lock import HostLock
+    from serving_sync.options import DeployOptions
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("taken-over-host")
+    t = S3Transport(bucket, "serving")
+    for v in (5, 6):
+        t.upload_tree(model, f"digits/{v}", m)
+    ours = HostLock(t, heartbeat_every=0)
+    ours.acquire()
+    host = SimpleNamespace(name="h1", target=parse_target(f"s3://{bucket}/serving", _Where("h.toml")))
+    conn = HostConn(host, t, None)
+    conn.lock = ours
+    plan = SimpleNamespace(model="digits", desired=6, previous_kept=5, current=5,
+                           final=SimpleNamespace(versions=(5, 6)), held_by_others=())
+    run = SimpleNamespace(plan=plan, transport=t, host=host, heartbeat=Heartbeat([conn]), conn=conn)
+    thief = HostLock(t, break_lock=ours.info.token, heartbeat_every=0)
+    thief.acquire()                      # ours.lost is not set: only a forced heartbeat can tell
+    t.upload_tree(model, "digits/7", m.without({m.completion_file}))     # the new owner's upload, under way
+    try:
+        info = deploy_retention.host_retention(run, DeployOptions(keep=3))
+        assert "lost its lock" in (info.get("error") or ""), info
+        assert _stored_versions(s3_env, bucket, "serving", "digits") == {5, 6, 7}
+        assert t.files_under("digits/7"), "the new owner's upload was removed"
+    finally:
+        thief.release()
+        ours.release()
