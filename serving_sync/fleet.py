@@ -179,7 +179,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
         try:
             lazy = Lazy(model, v, workdir)
             copies = StoreCopies(model, v, uses=deploy_retention.store_uses(conns, plans, v),
-                                 held=frozenset(base_key(c.host.target) for c in conns if c.host.target.scheme == "s3"),
+                                 held={base_key(c.host.target): c.lock for c in conns if c.host.target.scheme == "s3"},
                                  break_lock=break_lock)
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):

@@ -114,12 +114,12 @@ def s3_host_note(host: Host) -> str | None:
 class StoreCopies:
     """Each distinct store of a deploy, uploaded once (thread-safe), and per-host presigning."""
 
-    def __init__(self, model: str, version: int, *, uses: dict | None = None, held: frozenset = frozenset(),
+    def __init__(self, model: str, version: int, *, uses: dict | None = None, held=frozenset(),
                  break_lock: str | None = None):
         self.model, self.version = model, version
         self.break_lock = break_lock  # --break-lock TOKEN: the store's lock too, when it is that one
         self.uses = uses or {}       # store url -> {host: versions it keeps or pulls}, recorded first
-        self.held = held             # base_key of the S3 bases whose lock this deploy already holds
+        self.held = held             # base_key of the S3 bases whose lock this deploy already holds (-> that lock)
         self._done: dict[str, dict] = {}
         self._lock = threading.Lock()
 
@@ -169,7 +169,7 @@ def url_lifetime(setting: float, total_size: int) -> float:
 
 
 def retire(store: Store, model: str, *, serving: int, previous: int | None, keep: int,
-           protected: tuple[int, ...], uses: dict | None = None, held: frozenset = frozenset(),
+           protected: tuple[int, ...], uses: dict | None = None, held=frozenset(),
            break_lock: str | None = None) -> dict:
     """Remove from ``store`` the versions of ``model`` that no host needs any more, by the hosts'
     own rule (``retention``: all but the ``keep`` newest, what serves, the rollback target and
@@ -209,17 +209,20 @@ def served_from(t, model: str) -> set[int]:
 
 
 @contextlib.contextmanager
-def store_lock(t, store: Store, model: str, held: frozenset = frozenset(), *, break_lock: str | None = None):
+def store_lock(t, store: Store, model: str, held=frozenset(), *, break_lock: str | None = None):
     """The store's deploy lock (a ``HostLock`` on its S3 base), waited for up to ``MLOPS_LOCK_TTL``:
     another fleet's upload or clean-up there takes seconds to minutes. Not taken again when this
-    deploy holds it already (an ``s3://`` host whose base is the store). Yields the ``HostLock``
-    (None when already held): its heartbeat thread's finding (``lost``) is the caller's to check.
+    deploy holds it already (an ``s3://`` host whose base is the store: ``held`` maps its base_key to
+    that host's lock). Yields the ``HostLock``, the host's when already held (None when ``held`` does
+    not give it): its heartbeat thread's finding (``lost``) is the caller's to check, and a clean-up
+    beats it before deleting (without it, one under a host's lock taken over meanwhile deleted the
+    new owner's upload under way).
     ``break_lock`` (the deploy's ``--break-lock TOKEN``) takes it over at once when it is that lock
     (a SIGKILLed deploy's, seen from another machine, waited for the TTL otherwise)."""
     from .connections import acquire
 
     if base_key(store.target) in held:
-        yield None
+        yield held.get(base_key(store.target)) if isinstance(held, dict) else None
         return
     taken: list = []        # recorded before it is tried: a forced stop as the lock was taken left it
     try:

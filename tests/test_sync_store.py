@@ -1447,3 +1447,38 @@ def test_an_s3_hosts_retention_removes_no_partial_folder_once_its_lock_was_taken
     finally:
         thief.release()
         ours.release()
+
+
+def test_a_store_clean_up_under_a_hosts_lock_deletes_nothing_once_that_lock_was_taken_over(s3_env, tmp_path):
+    """A store that is also an ``s3://`` host's base of the deploy is cleaned up under that host's
+    lock (``held``, not taken again), and then nothing beat it before deleting: after another deploy
+    took it over (``--break-lock``), the clean-up deleted that deploy's upload under way (no
+    ``saved_model.pb`` yet: a dead upload to it) (found by review, 2026-12-07, nineteenth stop)."""
+    from serving_sync import manifest as mf
+    from serving_sync.errors import LockHeld
+    from serving_sync.hosts import Store, base_key
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("held-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    t = S3Transport(bucket, "fleet")
+    for v in (5, 6):
+        t.upload_tree(model, f"digits/{v}", m)
+    ours = HostLock(t, heartbeat_every=0)           # the s3:// host's lock, taken by the deploy
+    ours.acquire()
+    thief = HostLock(t, break_lock=ours.info.token, heartbeat_every=0)
+    thief.acquire()                                  # ours.lost is not set: only a beat can tell
+    t.upload_tree(model, "digits/7", m.without({m.completion_file}))     # the new owner's upload, under way
+    try:
+        with pytest.raises(LockHeld):
+            store.retire(st, "digits", serving=6, previous=5, keep=3, protected=(),
+                         held={base_key(st.target): ours})
+        assert _stored_versions(s3_env, bucket, "fleet", "digits") == {5, 6, 7}
+        assert t.files_under("digits/7"), "the new owner's upload was removed"
+    finally:
+        thief.release()
+        ours.release()
