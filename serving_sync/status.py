@@ -89,7 +89,8 @@ class HostStatus:
         return self.reachable and not self.drift
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "rest_url": self.rest_url, "target": self.target,
+        # "host" as in every other sync command's --json; "name" kept for the scripts reading it
+        return {"host": self.name, "name": self.name, "rest_url": self.rest_url, "target": self.target,
                 "reachable": self.reachable, "error": self.error, "in_sync": self.in_sync,
                 "versions": {str(k): v for k, v in sorted(self.versions.items())},
                 "validation": {str(k): v for k, v in sorted(self.validation.items())},

@@ -159,6 +159,20 @@ def test_fleet_status_reads_production_once_and_is_in_sync_only_when_every_host_
     assert status.fleet_status("m", ["a"]).in_sync
 
 
+def test_every_sync_commands_json_names_a_host_host():
+    """`sync plan`, `deploy`, `smoke` and `rollback` name each host ``host`` in ``--json``; `sync
+    status` named it ``name`` only, so one script reading all of them failed on status (found by
+    review, 2026-12-07, nineteenth stop). ``name`` stays for the scripts that read it."""
+    from serving_sync.host_run import HostOutcome
+    from serving_sync.plan import HostPlan, MainTarget
+
+    st = status.HostStatus("h1", "u", "t", True).to_dict()
+    assert st["host"] == st["name"] == "h1"
+    assert HostPlan("h1", "m", 2, 1, MainTarget((2,)), None, ()).to_dict()["host"] == "h1"
+    assert HostOutcome("h1", "deployed", 1, 2).to_dict()["host"] == "h1"
+    assert SmokeReport("h1", "m", "m/labels/stable", 2, []).to_dict()["host"] == "h1"
+
+
 def test_smoke_without_production_or_version_is_one_line(monkeypatch):
     from registry import versions
 
