@@ -14,10 +14,11 @@ from . import parallel
 from .connections import connected
 from .observe import observe_settled
 from .options import DeployOptions
-from .plan import peak_copies, peak_memory, plan_host
+from .plan import peak_copies, peak_memory, plan_host, retention_preview
 from .resolve import resolve_version
+from .retention import incomplete_versions
 from .rollout_decision import rollout_for, unjudged_hosts
-from .store import s3_host_note
+from .store import host_uses, read_uses, s3_host_note
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
@@ -83,6 +84,8 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             # every copy the peak may hold (a leftover validation copy too: ``peak_copies``)
             candidates = set(peak_copies(o.obs, v))
             sizes = {x: _stored_size(conns[0].transport, model, x) for x in candidates}
+            if not conns[0].transport.atomic_rename and not p.up_to_date:
+                p = _s3_retention(p, o.obs, conns[0].transport, host, opts, rollback_to)
         if sizes.get(v) is None:
             sizes[v] = new_size
         copies = peak_copies(o.obs, v, fast=opts.fast, sizes=sizes)
@@ -118,6 +121,19 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
                "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
     return fp
+
+
+def _s3_retention(p, obs, transport, host, opts: DeployOptions, rollback_to: int | None):
+    """``p`` with the retention an ``s3://`` host's deploy runs (``deploy_retention``): folders
+    without ``saved_model.pb`` are no version and go, and what other fleets' records in the base
+    name stays (read only: an old record is left for the deploy to remove). This host's own record
+    is not read: the deploy rewrites it first with what the plan keeps anyway."""
+    partial = tuple(incomplete_versions(transport, p.model, [x for x in obs.published if x != p.desired]))
+    own = frozenset(host_uses([(host, ())]))
+    in_use = tuple(read_uses(transport, p.model, prune=False, skip=own)) if host.target.scheme == "s3" else ()
+    return dataclasses.replace(p, retention=retention_preview(obs, p.desired, p.final, p.previous_kept,
+                                                              keep=opts.keep, rollback_to=rollback_to,
+                                                              partial=partial, in_use=in_use))
 
 
 def _stored_size(transport, model: str, version: int) -> int | None:

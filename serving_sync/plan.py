@@ -331,10 +331,7 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
         notes.append(f"models.config entry {names} reads this model's folder with a policy that loads new "
                      f"versions by itself: it will serve v{v} as soon as it is published, before the smoke "
                      f"test; give it a `specific` version policy")
-    retention_preview = tuple(versions_to_remove(sorted(set(obs.published) | {v}), serving=v,
-                                                 previous=prev if prev is not None else s, keep=keep,
-                                                 protected=final.versions + obs.held_by_others
-                                                 + ((rollback_to,) if rollback_to is not None else ())))
+    preview = retention_preview(obs, v, final, prev, keep=keep, rollback_to=rollback_to)
     if is_up_to_date(obs, v, final):
         return HostPlan(obs.host, model, v, s, final, prev, (), tuple(notes + ["up to date"]),
                         held_by_others=obs.held_by_others)
@@ -408,8 +405,28 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
                       f"config write + reload)", ConfigTarget(final, None), entry=model, unload=higher))
     steps.append(Step(StepKind.VERIFY, v, f"check v{v}'s golden outputs via {model}/labels/{label} and the "
                       f"unversioned route", entry=model))
-    return HostPlan(obs.host, model, v, s, final, prev, tuple(steps), tuple(notes), retention_preview,
+    return HostPlan(obs.host, model, v, s, final, prev, tuple(steps), tuple(notes), preview,
                     obs.held_by_others)
+
+
+def retention_preview(obs: HostObservation, desired: int, final: MainTarget, prev: int | None, *,
+                      keep: int = DEFAULT_KEEP, rollback_to: int | None = None, partial: tuple[int, ...] = (),
+                      in_use: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """The version folders the deploy's retention removes after the switch, as
+    ``deploy_retention.host_retention`` decides: all but the ``keep`` newest, what serves, the
+    previous, what the main entry and other entries keep, ``rollback_to``. ``partial`` (an ``s3://``
+    host's folders without ``saved_model.pb``: ``retention.incomplete_versions``) do not count
+    toward ``keep`` and go unless kept; ``in_use``: what other fleets' records in an ``s3://`` base
+    name (``store.read_uses``), kept. Both are read only by ``sync plan``."""
+    v = desired
+    previous = prev if prev is not None else obs.serving
+    protected = final.versions + obs.held_by_others + ((rollback_to,) if rollback_to is not None else ()) \
+        + tuple(in_use)
+    dead = set(partial) - {v}       # the deploy publishes v whole
+    complete = sorted((set(obs.published) - dead) | {v})
+    kept = {v, previous} | set(protected)
+    return tuple(sorted(set(versions_to_remove(complete, serving=v, previous=previous, keep=keep,
+                                               protected=protected)) | (dead - kept)))
 
 
 def compose(config: mc.ServingConfig, model: str, base_path: str, target: ConfigTarget) -> mc.ServingConfig:

@@ -135,7 +135,7 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
                        "that mlops does not remove; remove it by hand", transport.url, model, printable(n))
     names = [n for n in names if n not in odd]
     published = [v for n in names if (v := version_of(n)) is not None]
-    partial = [] if transport.atomic_rename else [v for v in published if not _complete(transport, model, v)]
+    partial = incomplete_versions(transport, model, published)
     published = [v for v in published if v not in partial]
     kept = {v for v in (serving, previous) if v is not None} | set(protected)
     return RetentionPlan(model,
@@ -146,6 +146,15 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
                          if config_temps else [],
                          sorted(v for v in partial if v not in kept),
                          stale_heartbeats(transport, held=lock[0], ttl=lock[1], now=now) if lock else [])
+
+
+def incomplete_versions(transport: Transport, model: str, versions) -> list[int]:
+    """Of ``versions`` (numeric folders of ``<model>/``), those without their completion file on a
+    store without rename (S3: a dead upload, or a removal killed after its first request); none
+    where rename is atomic. One or two HEADs per version there."""
+    if transport.atomic_rename:
+        return []
+    return [v for v in versions if not _complete(transport, model, v)]
 
 
 def _complete(transport: Transport, model: str, version: int) -> bool:

@@ -268,10 +268,13 @@ def record_uses(t, model: str, uses: dict) -> None:
             raise exc
 
 
-def read_uses(t, model: str, *, now: float | None = None) -> set[int]:
-    """Every version a host's record from the last ``USE_RECORD_DAYS`` names (older records go)."""
+def read_uses(t, model: str, *, now: float | None = None, prune: bool = True,
+              skip: frozenset[str] = frozenset()) -> set[int]:
+    """Every version a host's record from the last ``USE_RECORD_DAYS`` names (older records go,
+    unless ``prune`` is False: ``sync plan`` changes nothing); ``skip``: record names (``host_uses``
+    keys) left out, as a host's own that its deploy rewrites first."""
     now = time.time() if now is None else now
-    names = [n for n in t.list_dir(f"{USES_DIR}/{model}") if n.endswith(".json")]
+    names = [n for n in t.list_dir(f"{USES_DIR}/{model}") if n.endswith(".json") and n[:-5] not in skip]
 
     def get(name: str) -> tuple[str, dict | None]:
         try:
@@ -289,6 +292,8 @@ def read_uses(t, model: str, *, now: float | None = None) -> set[int]:
         if d is None:
             continue
         if now - d["written"] > USE_RECORD_DAYS * 86400:
+            if not prune:
+                continue
             logger.info("%s: the record %s of '%s' is older than %d days; removing it", t.url, name, model,
                         USE_RECORD_DAYS)
             t.remove_file(f"{USES_DIR}/{model}/{name}")

@@ -167,6 +167,33 @@ def test_s3_target_publishes_the_objects_and_writes_models_config(deploy_env, s3
     assert host.mirror.errors == []
 
 
+def test_the_plan_names_what_an_s3_hosts_retention_then_removes(deploy_env, s3_env):
+    """On an ``s3://`` host retention counts a numeric folder without ``saved_model.pb`` (a killed
+    upload) as no version, and keeps what another fleet's record in the base names; `sync plan`
+    counted the first toward ``--keep`` and knew neither: it said v1 and v2 would go, the deploy
+    removed v2 and the dead folder (found by review, 2026-12-07, nineteenth stop)."""
+    env = deploy_env
+    host = env.add_host("s3", grpc=False)
+    for kind in ("a", "b", "c"):
+        env.release(kind)
+    v4 = env.register("a")
+    env.promote(v4)
+    bucket = host.entry["target"].split("/")[2]
+    client = env.s3.client()
+    client.put_object(Bucket=bucket, Key=f"{host.s3_prefix}/{env.model}/6/variables/variables.index", Body=b"x")
+    client.put_object(Bucket=bucket, Key=f"{host.s3_prefix}/.serving_sync/uses/{env.model}/elsewhere.json",
+                      Body=json.dumps({"versions": [1], "written": time.time()}).encode())
+    res = env.cli("sync", "plan", "--json", "--keep", "2")
+    assert res.returncode == 0, res.stderr
+    (planned,) = json.loads(res.stdout)["hosts"]
+    res = env.cli("sync", "deploy", "--json", "--keep", "2")
+    assert res.returncode == 0, res.stderr
+    (done,) = json.loads(res.stdout)["hosts"]
+    removed = sorted(done["retention"]["remove_versions"] + done["retention"]["remove_partials"])
+    assert removed == [2, 6], done["retention"]
+    assert planned["retention_would_remove"] == removed
+
+
 # --- the host lock -----------------------------------------------------------------------------
 def test_a_held_lock_fails_cleanly_naming_the_owner_or_is_waited_for(deploy_env):
     env = deploy_env
