@@ -18,7 +18,7 @@ from .plan import peak_copies, peak_memory, plan_host, retention_preview
 from .resolve import resolve_version
 from .retention import incomplete_versions
 from .rollout_decision import rollout_for, unjudged_hosts
-from .store import host_uses, read_uses, s3_host_note
+from .store import check_settings, host_uses, read_uses, s3_host_note
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
@@ -66,6 +66,9 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     ``annotate`` False (each ``sync watch`` pass): whether each host is up to date and its steps,
     without what only ``sync plan`` shows (peak memory from the artifact listing and the hosts'
     manifests, retention's rollback target, the rollout) — MLflow requests a pass need not make."""
+    if annotate:        # what the deploy refuses first (``sync watch`` checks it when it reads the hosts)
+        hosts = list(hosts)
+        check_settings(hosts)
     v, source = resolve_version(model, version)
     fp = FleetPlan(model, v, source)
     new_size = deploys.saved_model_size(model, v) if annotate else None

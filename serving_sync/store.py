@@ -70,7 +70,7 @@ def check_settings(hosts) -> None:
     before ``sync rollback`` moves production): ``MLOPS_LOCK_TTL``, read by every host's lock (a
     rollback moved production, then refused it at the first lock), and ``MLOPS_STORE_URL_EXPIRY``
     when a host of ``hosts`` pulls from a store (it was refused only at the upload, after the
-    version had been downloaded)."""
+    version had been downloaded). ``sync plan`` refuses them too, as the deploy it previews does."""
     settings.lock_ttl()
     if any(getattr(h, "store", None) is not None for h in hosts):
         expiry()

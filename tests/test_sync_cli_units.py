@@ -400,6 +400,20 @@ def test_sync_plan_observes_the_hosts_at_once_and_keeps_their_order(monkeypatch)
     assert [p.host for p in fp.plans] == ["h0", "h2"] and fp.errors == {"h1": "h1: cannot connect"}
 
 
+@pytest.mark.parametrize("var", ["MLOPS_LOCK_TTL", "MLOPS_STORE_URL_EXPIRY"])
+def test_sync_plan_refuses_a_setting_the_deploy_refuses(monkeypatch, var):
+    """`sync plan` showed every step for a fleet whose `sync deploy` then refused at once (a bad
+    `MLOPS_LOCK_TTL`, or `MLOPS_STORE_URL_EXPIRY` with a store): one line, as the deploy says it,
+    before the registry is read (found by review, 2026-12-07, nineteenth stop)."""
+    read = []
+    monkeypatch.setenv(var, "0")
+    monkeypatch.setattr(fleet_plan, "resolve_version", lambda model, version: read.append(model) or (3, "production"))
+    hosts = [NS(name="h0", store=NS(url="s3://b/p"), target=NS(scheme="ssh"))]
+    with pytest.raises(ConfigError, match=var):
+        fleet_plan.plan_fleet("m", hosts)
+    assert read == []
+
+
 # --- --json of a rollout overtaken after its last wave (ProductionMoved.deployed) ----------------
 def _overtaken():
     from serving_sync.errors import ProductionMoved
