@@ -132,11 +132,16 @@ def _s3_retention(p, obs, transport, host, opts: DeployOptions, rollback_to: int
     name stays (read only: an old record is left for the deploy to remove). This host's own record
     is not read: the deploy rewrites it first with what the plan keeps anyway."""
     partial = tuple(incomplete_versions(transport, p.model, [x for x in obs.published if x != p.desired]))
-    own = frozenset(host_uses([(host, ())]))
-    in_use = tuple(read_uses(transport, p.model, prune=False, skip=own)) if host.target.scheme == "s3" else ()
-    return dataclasses.replace(p, retention=retention_preview(obs, p.desired, p.final, p.previous_kept,
-                                                              keep=opts.keep, rollback_to=rollback_to,
-                                                              partial=partial, in_use=in_use))
+
+    def preview(in_use=()):
+        return retention_preview(obs, p.desired, p.final, p.previous_kept, keep=opts.keep, rollback_to=rollback_to,
+                                 partial=partial, in_use=in_use)
+
+    removed = preview()
+    if removed and host.target.scheme == "s3":     # the records only keep: read when something would go
+        own = frozenset(host_uses([(host, ())]))
+        removed = preview(tuple(read_uses(transport, p.model, prune=False, skip=own)))
+    return dataclasses.replace(p, retention=removed)
 
 
 def _stored_size(transport, model: str, version: int) -> int | None:
