@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mlops_common import lineage, log, paths
+from mlops_common import lineage, log, paths, stop
 from mlops_common.errors import ConfigError, RefusedError, UserError, reworded
 from registry import artifacts
 from registry import tags as T
@@ -335,7 +335,8 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
     ``tracking.run_name`` (``train digits``, ``retrain v2 + batch-001 (good)``).
 
     Under ``mlflow run`` (MLFLOW_RUN_ID set) this logs into that run (and renames it). A full
-    disk is one line (the run is FAILED, nothing registered), not a traceback.
+    disk is one line (the run is FAILED, nothing registered), not a traceback. A stop asked
+    while MLflow ended the finished run is left for the caller to raise (``_register_kept``).
     """
     from registry.client import mlflow_errors, tracking_client
 
@@ -353,7 +354,7 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
     from .model import predict
 
     # the full-disk handler outermost: MLflow has ended the run FAILED by the time it speaks
-    with _full_disk_is_one_line(), mlflow_errors("logging the training run"), mlflow.start_run(run_name=name) as run:
+    with _full_disk_is_one_line(), mlflow_errors("logging the training run"), _training_run(name) as run:
         run_id = run.info.run_id
         _log.info("MLflow run '%s' %s: %s", name, run_id, tracking.run_url(run.info.experiment_id, run_id))
         tracking.log_new_params(client, run_id, run_params)
@@ -374,6 +375,31 @@ def run_training(params: TrainParams, data: TrainingData, *, model_name: str,
                   evaluation.n)
     return RunResult(run_id, run.info.experiment_id, info.model_uri, evaluation, history, data,
                      params, retrained_from, files, model_files)
+
+
+@contextlib.contextmanager
+def _training_run(name: str):
+    """``mlflow.start_run(run_name=name)``, the run created and ended whole. A Ctrl-C or SIGTERM
+    landing in MLflow's request that created the run (made on the server, never entered) or
+    ended it (taken off MLflow's stack before its end was sent) left it RUNNING for good. While
+    MLflow creates or ends the run a signal now only asks (``mlops_common.stop``; a second one
+    stops at once): one that came while the run was created is raised inside it, which is ended
+    FAILED; one that came while a finished run was ended leaves it FINISHED and is raised where
+    the registration starts (``_register_kept``, which says the run is kept)."""
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    with stop.at_safe_points():
+        run = mlflow.start_run(run_name=name)
+    try:
+        stop.raise_if_asked()
+        yield run
+    except BaseException:
+        with stop.at_safe_points():
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    with stop.at_safe_points():
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
 @contextlib.contextmanager
@@ -429,6 +455,7 @@ def _register(model_name: str, model_uri: str, run_id: str, *, dataset: str, fin
 def _register_kept(model_name: str, result: RunResult) -> int:
     """``register_run``; a failure says the finished run is kept and how to register it later."""
     try:
+        stop.raise_if_asked()       # a stop that came while MLflow ended the run (``_training_run``)
         return register_run(model_name, result)
     except UserError as exc:
         raise reworded(exc, f"{exc.message}. The training run {result.run_id} is kept: register it with "

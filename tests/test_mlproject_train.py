@@ -552,6 +552,49 @@ def test_a_training_stopped_by_sigterm_closes_its_mlflow_run_failed(mlflow_serve
     assert client.search_model_versions(f"name='{model}'") == []          # nothing registered
 
 
+@pytest.mark.parametrize("call", ["create_run", "set_terminated"])
+def test_a_signal_while_mlflow_creates_or_ends_the_training_run_does_not_leave_it_running(mlops_env, monkeypatch,
+                                                                                          caplog, call):
+    """Found by a review (2026-12-07, nineteenth stop): a real Ctrl-C sent as `mlops train` printed
+    "held-out accuracy" left its run RUNNING for good. The signal landed in MLflow's request that
+    ended the run (taken off MLflow's stack before its end was sent); one in the request that
+    created it did the same. The signal lands here just after the run was created on the server /
+    just before its end is sent."""
+    import os
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    from mlops.commands.signals import sigterm_as_ctrl_c
+    from mlproject.train import TrainParams, train
+
+    real = getattr(MlflowClient, call)
+    runs = []
+
+    def signalled(self, *args, **kwargs):
+        if call == "set_terminated":
+            runs.append(args[0])
+            os.kill(os.getpid(), signal.SIGTERM)        # the handler runs at the next bytecode
+            return real(self, *args, **kwargs)
+        run = real(self, *args, **kwargs)
+        runs.append(run.info.run_id)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return run
+
+    monkeypatch.setattr(MlflowClient, call, signalled)
+    with sigterm_as_ctrl_c(), pytest.raises(KeyboardInterrupt):
+        train(mlops_env["MLOPS_MODEL_NAME"], TrainParams(epochs=1))
+    client = _client(mlops_env["MLFLOW_TRACKING_URI"])
+    run_id = runs[0]
+    if call == "create_run":        # stopped before any training: the run says it failed
+        assert client.get_run(run_id).info.status == "FAILED"
+        assert not client.get_metric_history(run_id, "loss")
+    else:                           # a finished training: kept, and the line says how to register it
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert f"register it with `mlops registry register --run-id {run_id}`" in caplog.text
+    assert client.search_model_versions(f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+
+
 def test_a_diverged_training_stops_fails_its_run_and_registers_nothing(mlops_env):
     """A learning rate far too high made the loss NaN: the NaN model, with a golden set of NaN,
     was registered as a version (exit 0), for the gate to find. Now training stops at the first
