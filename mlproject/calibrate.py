@@ -20,6 +20,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 
 from .batches import Batch, make_batch
 from .constants import BAD_BATCH_REPEATS, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE
@@ -85,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--repeats must be at least 1, got {a.repeats}")
     except UserError as exc:
         p.error(exc.message)
-    rows = [measure(s, dataset=a.dataset, repeats=a.repeats, epochs=a.epochs,
-                    learning_rate=a.learning_rate) for s in a.seeds]
+    try:
+        rows = [measure(s, dataset=a.dataset, repeats=a.repeats, epochs=a.epochs,
+                        learning_rate=a.learning_rate) for s in a.seeds]
+    except UserError as exc:    # a diverged training, Fashion-MNIST not downloadable: was a traceback
+        print(f"{p.prog}: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     print(json.dumps(rows) if a.json else table(rows))
     return 0
 

@@ -698,6 +698,20 @@ def test_calibrate_refuses_bad_parameters_in_one_line_before_training(argv, mess
     assert line.startswith("python -m mlproject.calibrate: error: ") and message in line, line
 
 
+def test_a_calibration_whose_training_diverges_is_one_line_not_a_traceback(capsys):
+    """Found by a review (2026-12-07, nineteenth stop): `--learning-rate 1e30` passes the checks
+    (finite in float32), the training diverges, and `fit_model`'s one line came out as a traceback
+    (so would Fashion-MNIST that cannot be downloaded)."""
+    from mlproject import calibrate
+
+    code = calibrate.main(["--seeds", "1", "--epochs", "1", "--learning-rate", "1e30"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    (line,) = [x for x in err.splitlines() if "error:" in x]
+    assert line.startswith("python -m mlproject.calibrate: error: training diverged: loss became nan at epoch 1/1")
+    assert "Traceback" not in err
+
+
 def test_a_version_whose_dataset_tag_is_no_data_set_says_to_fix_the_tag(monkeypatch):
     """``mlops registry gate`` (which has no --dataset) and ``mlops evaluate`` said "unknown data set
     'mnist'; choose one of: digits, fashion_mnist" for a version tagged dataset=mnist: not where the
