@@ -8,7 +8,11 @@ import numpy as np
 
 
 def training_curves(history: dict[str, list[float]]):
+    """Loss and accuracy per epoch, training and validation; the epoch axis is ticked at whole
+    epochs only (matplotlib's own ticks labelled a 3-epoch run "1.25", "1.50", ..., epochs that
+    never were)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
@@ -17,6 +21,7 @@ def training_curves(history: dict[str, list[float]]):
                 epochs = range(1, len(history[key]) + 1)
                 ax.plot(epochs, history[key], style, label=key.replace("_", " "), markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()

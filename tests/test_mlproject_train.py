@@ -168,6 +168,26 @@ def test_registration_records_the_hash_of_every_bundle_file_and_a_download_match
     assert bundle_hashes.tree_files(tmp_path / "bundle") == files
 
 
+@pytest.mark.parametrize("epochs", [1, 3, 10, 37])
+def test_the_training_curves_mark_whole_epochs_only(epochs):
+    """Found by a review (2026-12-07, nineteenth stop): `plots/training_curves.png` of a 3-epoch
+    run ticked its epoch axis 1.00, 1.25, 1.50, ... and a 1-epoch run's 0.945 ... 1.050: epochs
+    that never were."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from mlproject.plots import training_curves
+
+    history = {k: [0.5 + 0.01 * e for e in range(epochs)] for k in METRICS}
+    fig = training_curves(history)
+    FigureCanvasAgg(fig).draw()
+    for ax in fig.axes:
+        if ax.get_xlabel() != "epoch":
+            continue
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert shown and all(float(t).is_integer() for t in shown), shown
+
+
 def test_saved_model_equals_keras_model_and_golden_equals_saved_model(cli_trained, tmp_path):
     import mlflow
     import mlflow.tensorflow
