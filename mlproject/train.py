@@ -125,7 +125,9 @@ class RunResult:
 def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
     """Load the frozen partition and read + validate incoming batches (before any run starts).
     A local ``incoming`` is recorded absolute: a relative one said nothing of where the data was
-    (and ``mlflow run`` resolves it against the project, not where it was typed)."""
+    (and ``mlflow run`` resolves it against the project, not where it was typed); and as text
+    MLflow can hold: a path's bytes that are not UTF-8 (a Latin-1 ``é``) as ``\\xNN``, which was
+    MLflow's UnicodeEncodeError traceback as the run was created."""
     import os
 
     from .s3 import is_s3
@@ -144,7 +146,8 @@ def prepare_data(dataset: str, incoming: str | None = None) -> TrainingData:
     for b in batches:
         _log.info("incoming batch %s: %d examples (valid)", b.source, len(b.data))
     try:
-        return TrainingData(dataset, part.base, part.heldout, batches, incoming)
+        return TrainingData(dataset, part.base, part.heldout, batches,
+                            os.fsencode(incoming).decode("utf-8", "backslashreplace") if incoming else None)
     except MemoryError:     # each batch fit, all of them joined with the base set do not: was a traceback
         raise validation.DataError(
             f"the incoming batches at {incoming} ({sum(len(b.data) for b in batches)} examples) and the {dataset} "

@@ -460,6 +460,26 @@ def test_retrain_from_production_on_base_plus_incoming(mlops_env, digits_batches
         retrain(name, TrainParams(dataset="fashion_mnist"), str(digits_batches.good))
 
 
+def test_a_retrain_on_a_local_path_that_is_not_utf8_records_it_as_text(mlops_env, digits_batches, tmp_path):
+    """Found by a review (2026-12-07, nineteenth stop): `--incoming` takes a local path of any
+    bytes (`data make-batch` writes there, `data validate` reads it), but a retrain from a folder
+    named in Latin-1 (`caf\xe9/`, unzipped from an old archive) read and validated the batch, then
+    was MLflow's `UnicodeEncodeError: ... surrogates not allowed` traceback as the run was created
+    (its name, params and tags are UTF-8 text). The path is now recorded with `\\xNN` for such bytes."""
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    batch = folder / "good.npz"
+    batch.write_bytes(digits_batches.good.read_bytes())
+    r = run_mlops("retrain", "--incoming", str(batch), "--epochs", "1", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recorded = f"{tmp_path}/caf\\xe9/good.npz"
+    res = json.loads(r.stdout)
+    assert res["version"] == 1 and res["incoming"] == recorded
+    run = _client(mlops_env["MLFLOW_TRACKING_URI"]).get_run(res["run_id"])
+    assert run.data.params["incoming"] == run.data.tags["mlops.incoming"] == recorded
+    assert run.info.run_name == "retrain from scratch + good (caf\\xe9)"
+
+
 @pytest.mark.parametrize("case, problem", [
     ("wrong_shape", "images have shape (20, 28, 28, 1), expected (N, 8, 8, 1) or (N, 8, 8)"),
     ("label_11", "labels contain 11 (expected integers 0..9)"),
