@@ -103,10 +103,15 @@ def use_experiment(model_name: str) -> None:
 
     if project_run_id():
         return
-    if settings.env("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment_id=settings.env("MLFLOW_EXPERIMENT_ID"))
+    # bytes that are not UTF-8 (set from a Latin-1 shell) were MLflow's UnicodeEncodeError traceback
+    experiment_id, experiment_name = settings.env("MLFLOW_EXPERIMENT_ID"), settings.env("MLFLOW_EXPERIMENT_NAME")
+    for variable, value in (("MLFLOW_EXPERIMENT_ID", experiment_id), ("MLFLOW_EXPERIMENT_NAME", experiment_name)):
+        if value:
+            settings.check_utf8(variable, value)
+    if experiment_id:
+        mlflow.set_experiment(experiment_id=experiment_id)
     else:
-        mlflow.set_experiment(settings.env("MLFLOW_EXPERIMENT_NAME") or model_name)
+        mlflow.set_experiment(experiment_name or model_name)
 
 
 def log_new_params(client, run_id: str, params: dict[str, object]) -> None:

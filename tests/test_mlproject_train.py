@@ -480,6 +480,19 @@ def test_a_retrain_on_a_local_path_that_is_not_utf8_records_it_as_text(mlops_env
     assert run.info.run_name == "retrain from scratch + good (caf\\xe9)"
 
 
+@pytest.mark.parametrize("variable", ["MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"])
+def test_an_experiment_variable_that_is_not_utf8_is_one_line_naming_it(mlops_env, variable):
+    """Found by a review (2026-12-07, nineteenth stop): `MLFLOW_EXPERIMENT_NAME` of Latin-1 bytes
+    (`caf\xe9`, set from a Latin-1 shell) was MLflow's `UnicodeEncodeError` traceback, exit 1."""
+    r = run_mlops("train", "--epochs", "1", env={variable: os.fsdecode(b"caf\xe9")})
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert error_lines(r.stderr) == [f"error: {variable} is not UTF-8 text (bytes of another encoding: set the "
+                                     f"shell or the script to UTF-8 and set it again)"]
+    assert _client(mlops_env["MLFLOW_TRACKING_URI"]).search_model_versions(
+        f"name='{mlops_env['MLOPS_MODEL_NAME']}'") == []
+
+
 @pytest.mark.parametrize("case, problem", [
     ("wrong_shape", "images have shape (20, 28, 28, 1), expected (N, 8, 8, 1) or (N, 8, 8)"),
     ("label_11", "labels contain 11 (expected integers 0..9)"),
