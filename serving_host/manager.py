@@ -31,7 +31,7 @@ from serving_host import policy as pol
 from serving_host import saved_model_loader, warmup
 from serving_host.servable import Servable
 from serving_host.status import CODES, ServingError, invalid_argument, not_found
-from serving_host.versions import aspired, discover, missing_specific
+from serving_host.versions import aspired, discover, missing_specific, no_versions_reason
 
 log = logging.getLogger("serving_host")
 
@@ -119,6 +119,7 @@ class Manager:
         self._labels: dict[str, dict[str, int]] | None = None
         self._source: dict[str, cfg.ModelEntry] = {}
         self._source_error: dict[str, ServingError] = {}
+        self._listed: dict[str, frozenset[int]] = {}    # each model's numeric children at its last listing
         self._aspired: dict[str, dict[int, str]] = {}
         self._streams: dict[str, dict[int, _Harness]] = {}
         self._serving: dict[str, dict[int, Servable]] = {}
@@ -231,6 +232,7 @@ class Manager:
                 self._source = dict(new_by_name)
                 for n in removed:
                     self._source_error.pop(n, None)
+                    self._listed.pop(n, None)
                     self._notes.pop(n, None)
                     self._aspired[n] = {}
                     self._reconcile(n)
@@ -330,8 +332,8 @@ class Manager:
             return f"{{Latest({name}) due to error: {self._source_error[name]}}}"
         if name in self._aspired and not self._aspired[name]:
             entry = self._source[name]
-            return (f"{{Latest({name}) due to error: NOT_FOUND: No versions of servable {name} found "
-                    f"under base path {entry.base_path}}}")
+            why = no_versions_reason(name, entry.base_path, entry.policy, self._listed.get(name, ()))
+            return f"{{Latest({name}) due to error: NOT_FOUND: {why}}}"
         return None
 
     def _settled(self, name: str, since: int) -> str | None:
@@ -409,6 +411,7 @@ class Manager:
                     self._changed.notify_all()
                     continue
                 self._source_error.pop(e.name, None)
+                self._listed[e.name] = frozenset(found)
                 if not found:
                     self._note(e.name, "empty", logging.WARNING,
                                "No versions of servable %s found under base path %s. Did you forget to "

@@ -87,3 +87,19 @@ def missing_specific(policy: VersionPolicy, found: dict[int, str]) -> list[int]:
     if policy.kind != "specific":
         return []
     return sorted(v for v in policy.versions if v not in found)
+
+
+def no_versions_reason(name: str, base_path: str, policy: VersionPolicy, found) -> str:
+    """Why ``policy`` aspires no version of ``name`` given the numeric children ``found`` (what a
+    new model's reload fails with; TF Serving logs it and waits). A ``specific`` policy whose
+    versions are not there says so (TF Serving's warning) and which versions the folder holds: "No
+    versions ... found" was untrue there. An empty ``specific`` list is TF Serving's own warning."""
+    if policy.kind == "specific" and not policy.versions:
+        return f"No specific versions requested for servable {name}."
+    if policy.kind == "specific" and found:
+        held = sorted(found, reverse=True)
+        listed = ", ".join(str(v) for v in held[:10]) + (", ..." if len(held) > 10 else "")
+        return (f"Version(s) {missing_specific(policy, found)} of servable {name}, requested as 'specific' "
+                f"versions in the servable's version policy, were not found under base path {base_path} "
+                f"(it holds version(s) {listed})")
+    return f"No versions of servable {name} found under base path {base_path}"

@@ -776,6 +776,44 @@ def test_a_new_model_fails_as_soon_as_its_highest_settled_version_failed(tmp_pat
         m.stop()
 
 
+def test_a_new_model_whose_specific_versions_are_not_there_says_so_not_that_the_folder_has_none(
+        tmp_path, monkeypatch):
+    """A new model whose ``specific`` versions are not under its base path fails the reload here
+    (TF Serving logs "Version 5 of servable B, which was requested to be served as a 'specific'
+    version ..., was not found in the file system" and waits). The local server said "No versions
+    of servable B found under base path ..." of a folder holding versions 1 and 2, sending the
+    user to the folder's names instead of the policy; an empty ``specific`` list is TF Serving's
+    "No specific versions requested"."""
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    class Fake:
+        def close(self):
+            pass
+
+    m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("A", 1), ("B", 1), ("B", 2)])
+    a = cfg.ModelEntry("A", str(tmp_path / "A"), VersionPolicy())
+    try:
+        m.reload_config(cfg.ServerConfig("list", (a,)), wait_timeout=20)
+        for versions, why in (({5}, "Version(s) [5] of servable B, requested as 'specific' versions in the "
+                                    "servable's version policy, were not found under base path "
+                                    f"{tmp_path / 'B'} (it holds version(s) 2, 1)"),
+                              (set(), "No specific versions requested for servable B.")):
+            b = cfg.ModelEntry("B", str(tmp_path / "B"), VersionPolicy("specific", versions=frozenset(versions)))
+            with pytest.raises(ServingError) as e:
+                m.reload_config(cfg.ServerConfig("list", (a, b)), wait_timeout=20)
+            assert e.value.message == ("1 model(s) did not become available: "
+                                       f"{{{{Latest(B) due to error: NOT_FOUND: {why}}}, }}")
+            m.reload_config(cfg.ServerConfig("list", (a,)), wait_timeout=20)
+        (tmp_path / "C").mkdir()            # a folder with no version at all still says so
+        c = cfg.ModelEntry("C", str(tmp_path / "C"), VersionPolicy("specific", versions=frozenset({1})))
+        with pytest.raises(ServingError, match=r"NOT_FOUND: No versions of servable C found under base path "):
+            m.reload_config(cfg.ServerConfig("list", (a, c)), wait_timeout=20)
+    finally:
+        m.stop()
+
+
 def test_a_model_removed_then_added_again_waits_for_its_new_load(tmp_path, monkeypatch):
     """A re-added model is waited for on a fresh monitor (server_core.cc): the END its versions
     reached when it was removed is not this reload's answer."""

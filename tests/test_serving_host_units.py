@@ -14,7 +14,14 @@ from serving_host import config as cfg
 from serving_host import json_parse, json_request, json_response, tf_dtypes
 from serving_host.policy import LOADING, NEW, READY, Action, Snapshot, next_action
 from serving_host.status import ServingError
-from serving_host.versions import VersionPolicy, aspired, discover, missing_specific, parse_version
+from serving_host.versions import (
+    VersionPolicy,
+    aspired,
+    discover,
+    missing_specific,
+    no_versions_reason,
+    parse_version,
+)
 
 
 # -- version discovery and policies -----------------------------------------------------------
@@ -94,6 +101,20 @@ def test_missing_specific_versions_are_reported():
     policy = VersionPolicy("specific", versions=frozenset({1, 9}))
     assert missing_specific(policy, {1: "1"}) == [9]
     assert missing_specific(VersionPolicy(), {}) == []
+
+
+def test_why_a_policy_aspires_nothing_names_the_missing_specific_versions():
+    specific = VersionPolicy("specific", versions=frozenset({5, 9}))
+    assert no_versions_reason("m", "/b/m", specific, {1: "1", 9: "9"}) == (
+        "Version(s) [5] of servable m, requested as 'specific' versions in the servable's version policy, "
+        "were not found under base path /b/m (it holds version(s) 9, 1)")
+    none = "No versions of servable m found under base path /b/m"
+    assert no_versions_reason("m", "/b/m", specific, {}) == none
+    assert no_versions_reason("m", "/b/m", VersionPolicy(), {}) == none
+    assert no_versions_reason("m", "/b/m", VersionPolicy("specific"), {1: "1"}) == (
+        "No specific versions requested for servable m.")
+    many = no_versions_reason("m", "/b/m", specific, {v: str(v) for v in range(20, 40)})
+    assert "(it holds version(s) 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, ...)" in many
 
 
 def test_empty_base_path_aspires_nothing():
