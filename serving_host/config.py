@@ -55,16 +55,27 @@ def parse_text(text: str, path: str = "<text>"):
 
 
 def _read_text_proto(path: str) -> str:
-    """A config file's text, with TF Serving's errors for a missing, unreadable or non-UTF-8 file."""
+    """A config file's text, with TF Serving's errors for a missing, unreadable, empty or non-UTF-8
+    file. ``ParseProtoTextFile`` reads it with ``NewReadOnlyMemoryRegionFromFile``, an ``mmap`` of
+    its ``st_size`` bytes, and ``mmap`` of 0 bytes fails with EINVAL: a 0-byte file is an error
+    there, not an empty config (one holding only a comment or a line break is one)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
     except FileNotFoundError:
         raise ServingError("NOT_FOUND", f"{path}; No such file or directory") from None
     except OSError as exc:
         raise ServingError("UNKNOWN", f"{path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
+    if not text:
+        raise invalid_argument(empty_file_message(path))
+    return text
+
+
+def empty_file_message(path: str) -> str:
+    """TF Serving's error for a 0-byte config file (``IOError(path, EINVAL)``)."""
+    return f"{path}; Invalid argument"
 
 
 def read_file(path: str):

@@ -147,6 +147,15 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
+def _what_to_fix(exc, path: str, fix: str, empty_fix: str) -> str:
+    """``fix``, or for an empty config file ``empty_fix`` (TF Serving says no more than EINVAL)."""
+    from serving_host.config import empty_file_message
+
+    if path and exc.message == empty_file_message(path):
+        return f"the file is empty, which TF Serving cannot read: {empty_fix}"
+    return fix
+
+
 def _fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -175,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             metrics_path = read_metrics_path(args.monitoring_config_file)
         except ServingError as exc:
-            return _fail(f"{exc.message}; fix --monitoring_config_file and start again")
+            return _fail(f"{exc.message}; " + _what_to_fix(
+                exc, args.monitoring_config_file, "fix --monitoring_config_file and start again",
+                "write a prometheus_config into it or leave --monitoring_config_file out, and start again"))
     _setup_logging()
     log = logging.getLogger("serving_host")
     log.info("Local TF-Serving-compatible server (not TensorFlow Serving; production uses "
@@ -203,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                      args.model_name, args.model_base_path)
             initial = cfg.to_server_config(cfg.single_model_proto(args.model_name, args.model_base_path))
     except ServingError as exc:
-        return _fail(f"{exc.message}; fix the model config and start again")
+        return _fail(f"{exc.message}; " + _what_to_fix(
+            exc, args.model_config_file, "fix the model config and start again",
+            "write model_config_list {} into it for a server with no models, and start again"))
 
     manager = Manager(max_num_load_retries=args.max_num_load_retries,
                       load_retry_interval_micros=args.load_retry_interval_micros,
@@ -220,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                          "--allow_version_labels_for_unavailable_models or add the labels after the "
                          "versions are AVAILABLE")
         if exc.code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION"):
-            return _fail(f"{exc.message}; fix the model config and start again")
+            return _fail(f"{exc.message}; " + _what_to_fix(
+            exc, args.model_config_file, "fix the model config and start again",
+            "write model_config_list {} into it for a server with no models, and start again"))
         log.error("%s (serving the models that did load)", exc.message)
     manager.start_polling()
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:

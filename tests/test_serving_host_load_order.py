@@ -621,6 +621,43 @@ def test_a_base_path_with_a_nul_byte_is_that_model_s_error_not_a_dead_config_pol
         m.stop()
 
 
+def test_a_zero_byte_config_file_is_a_read_error_as_tf_serving_s_mmap_read_not_an_empty_config(
+        tmp_path, monkeypatch, caplog):
+    """TF Serving reads models.config with ``NewReadOnlyMemoryRegionFromFile``, an ``mmap`` of the
+    file's size, which fails with EINVAL for 0 bytes: a poll of an emptied file logs "Failed to read
+    ModelServerConfig file: <path>; Invalid argument" (and a start on one fails). The local server
+    took the 0-byte file as an empty config: "Cannot transition" after a model list, and silently
+    nothing on a server started on a config without models. A file holding only a line break is
+    an empty config on both."""
+    from serving_host import config as cfg
+
+    class Fake:
+        def close(self):
+            pass
+
+    config = tmp_path / "models.config"
+    config.write_text("\n")
+    empty = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [("m", 1)])
+    listed = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(), [])
+    try:
+        assert empty.reload_config_file(str(config)) is None                  # an empty config
+        listed.reload_config(_models(tmp_path, "m"), wait_timeout=20)
+        config.write_bytes(b"")
+        with caplog.at_level("ERROR", logger="serving_host"):
+            for m in (empty, listed):
+                error = m.reload_config_file(str(config))
+                assert error is not None and (error.code, error.message) == (
+                    "INVALID_ARGUMENT", f"{config}; Invalid argument")
+        assert [r.getMessage() for r in caplog.records] == [
+            f"Failed to read ModelServerConfig file: {config}; Invalid argument"] * 2
+        assert listed.model_status("m", 1)[0][1].state == "AVAILABLE"        # the old config stays
+        with pytest.raises(cfg.ServingError, match="; Invalid argument$"):
+            cfg.read_metrics_path(str(config))                               # ParseProtoTextFile too
+    finally:
+        empty.stop()
+        listed.stop()
+
+
 def test_one_at_a_time_an_unload_of_one_model_goes_before_a_load_of_another(tmp_path, monkeypatch):
     """aspired_versions_manager.cc ``GetNextAction``: the policy's action of every model, sorted by
     ``CompareActions`` (unloads first), and the first one runs. With ``num_load_threads`` 0, when a

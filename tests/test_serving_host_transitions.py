@@ -653,6 +653,19 @@ def test_bad_start_gives_one_clear_error_line(tmp_path):
     assert last.startswith("error: Invalid protobuf file:") and str(bad) in last
 
 
+def test_a_start_on_a_zero_byte_config_file_fails_as_tf_serving_s(tmp_path):
+    """TF Serving cannot read a 0-byte models.config (its ``mmap`` of 0 bytes fails: "Failed to
+    start server. Error: INVALID_ARGUMENT: <path>; Invalid argument"); the local server started
+    on it serving nothing, so a setup that fails in production worked here."""
+    empty = tmp_path / "models.config"
+    empty.write_bytes(b"")
+    r = _run_server(f"--model_config_file={empty}", "--rest_api_port=0")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: {empty}; Invalid argument; the file is empty, which TF Serving cannot read: write "
+        "model_config_list {} into it for a server with no models, and start again")
+
+
 def test_single_model_flags(tfserving_factory, tmp_path):
     """``--model_name``/``--model_base_path`` serve one model, as tensorflow_model_server does."""
     base = tmp_path / "single"
