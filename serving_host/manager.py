@@ -609,15 +609,21 @@ class Manager:
                 self._serving.setdefault(name, {})[h.version] = servable
                 self._set_state(name, h.version, AVAILABLE)
                 log.info("Successfully loaded servable version %s", sid(name, h.version))
-            elif error is None:  # dropped while loading (parallel only): loader_harness.cc
-                log.info("Unloading just-loaded servable version %s", sid(name, h.version))
-                h.state = pol.DISABLED
-                self._set_state(name, h.version, END, "CANCELLED", "Loading of servable cancelled")
-                _close_quietly(servable, name, h.version)
-            else:
+            elif error is not None:
                 h.state = pol.ERROR
                 self._set_state(name, h.version, END, error.code, error.message)
                 log.error("Loading servable: %s failed: %s", sid(name, h.version), error)
+            if error is not None or h.state == pol.READY:
+                self._done(name)
+                return
+            # dropped while loading (parallel only; a drop is never undone): loader_harness.cc
+            # UnloadDueToCancelledLoad unloads it on this thread, no manager lock held (a session
+            # closing must not hold requests and status), then reports END CANCELLED
+            log.info("Unloading just-loaded servable version %s", sid(name, h.version))
+        _close_quietly(servable, name, h.version)
+        with self._lock:
+            h.state = pol.DISABLED
+            self._set_state(name, h.version, END, "CANCELLED", "Loading of servable cancelled")
             self._done(name)
 
     def _load_and_warm(self, name: str, h: _Harness) -> Servable:

@@ -129,6 +129,67 @@ def test_parallel_loads_report_a_dropped_load_as_cancelled(tfserving_factory, tm
     assert srv.version_states("m") == {1: "END", 2: "END", 3: "AVAILABLE"}
 
 
+def test_a_load_dropped_while_loading_is_closed_without_holding_requests_and_status(tmp_path, monkeypatch):
+    """loader_harness.cc ``UnloadDueToCancelledLoad``: a version dropped while it loaded (parallel
+    loads) is unloaded by its load thread, no manager lock held, then ends CANCELLED. The local server
+    closed its session under the manager's lock: for as long as that close took (a large model's
+    memory freed), every request's lookup and every status call waited."""
+    import threading
+
+    from serving_host import config as cfg
+    from serving_host.status import ServingError
+    from serving_host.versions import VersionPolicy
+
+    loading, closing, release = threading.Event(), threading.Event(), threading.Event()
+
+    class Fake:
+        def __init__(self, version):
+            self.version = version
+
+        def acquire(self):
+            pass
+
+        def release(self):
+            pass
+
+        def close(self):
+            if self.version == 1:
+                closing.set()
+                release.wait(10)                     # the cancelled version's session closing, slowly
+
+    def load(name, version):
+        if version == 1:
+            loading.wait(10)
+        return Fake(version)
+
+    def specific(v):
+        return cfg.ServerConfig("list", (cfg.ModelEntry("m", str(tmp_path / "m"),
+                                                        VersionPolicy("specific", versions=frozenset({v}))),))
+
+    m = _fake_manager(tmp_path, monkeypatch, load, [("m", 1), ("m", 2)], num_load_threads=2)
+    answered = threading.Event()
+    try:
+        m.reload_config(cfg.ServerConfig("list", ()))
+        with pytest.raises(ServingError, match="DEADLINE_EXCEEDED"):
+            m.reload_config(specific(1), wait_timeout=0.5)      # v1 loads (held), in force all the same
+        m.reload_config(specific(2))                            # v1 dropped while it loads
+        assert _settle(m, "m", 2, "AVAILABLE") == "AVAILABLE"
+        loading.set()                                           # v1's load ends: cancelled, closed
+        assert closing.wait(10)
+        threading.Thread(target=lambda: (m.model_status("m"), answered.set()), daemon=True).start()
+        assert answered.wait(5), "a status call waited for the cancelled version's close"
+        with m.handle("m") as servable:
+            assert servable.version == 2
+        assert m.model_status("m", 1)[0][1].state == "LOADING"   # no event until it is unloaded
+        release.set()
+        st = _settle(m, "m", 1, "END")
+        assert (st, m.model_status("m", 1)[0][1].error_code) == ("END", "CANCELLED")
+    finally:
+        loading.set()
+        release.set()
+        m.stop()
+
+
 def test_changing_a_model_platform_is_refused_with_tf_serving_message(tfserving_factory, tmp_path):
     from tensorflow_serving.apis import model_service_pb2_grpc
 
