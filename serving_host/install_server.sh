@@ -12,7 +12,8 @@
 #      others can write (not sticky), and a deploy user in a group that can become root, docker
 #      or sudo say),
 #   3. writes an initial empty-but-valid models.config there (never overwrites an existing one:
-#      serving_sync owns that file once deploys start),
+#      serving_sync owns that file once deploys start; a 0-byte one, which TF Serving cannot
+#      start on, is written like a missing one),
 #   3b. writes <base>/monitoring.config enabling TF Serving's Prometheus page at
 #      /monitoring/prometheus/metrics (what `mlops sync deploy --bake` reads), unless --no-metrics,
 #   4. runs the pinned tensorflow/serving image with --model_config_file=/models/models.config,
@@ -215,6 +216,11 @@ MONITORING="$BASE/monitoring.config"
 MONITORING_TEXT='prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }' 
 MODELS_IN_CONTAINER="/models"
 CHANGED=0
+# A symlinked models.config whose target is empty: TF Serving cannot start on it, and the target
+# is not ours to overwrite (step 3 writes a 0-byte plain file like a missing one).
+if [ -L "$CONFIG" ] && [ -e "$CONFIG" ] && [ ! -s "$CONFIG" ]; then
+  die "$CONFIG is a symlink to an empty file, which TF Serving cannot start on (it needs at least 'model_config_list {}'); nothing changed: write that into $(readlink -f "$CONFIG"), or remove the link and rerun"
+fi
 
 # Quote one word for a shell only when it needs it (readable dry-run output).
 quote() {
@@ -366,10 +372,14 @@ while [ "$d" != / ]; do
 done
 
 # 3. initial empty-but-valid models.config (never overwritten) ------------------------------
-if [ -e "$CONFIG" ]; then
+# A 0-byte models.config holds nothing to keep, and TF Serving cannot start on it (it memory-maps
+# the file: "INVALID_ARGUMENT: <path>; Invalid argument"); it is written like a missing one. A
+# symlink to an empty file is refused before anything changes (below the settings).
+if [ -e "$CONFIG" ] && { [ -s "$CONFIG" ] || [ ! -f "$CONFIG" ]; }; then
   note "$CONFIG exists; left as is"
   readable_config "$CONFIG"
 else
+  [ -e "$CONFIG" ] && note "$CONFIG is empty (0 bytes), which TF Serving cannot start on; writing an empty model list"
   CHANGED=1
   if [ "$DRY_RUN" -eq 1 ]; then
     echo "install -m 0644 -o $(quote "$DEPLOY_USER") -g $(quote "$DEPLOY_GROUP") /dev/stdin $(quote "$CONFIG") <<'EOF'"

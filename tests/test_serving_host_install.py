@@ -962,3 +962,49 @@ def test_a_folder_above_the_base_the_deploy_user_cannot_pass_through_is_said(tmp
         assert r.returncode == 0 and "warning: " not in r.stderr, r.stderr
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SKIPPED LOUDLY: needs root to chown the base (CI runs as root)")
+def test_a_zero_byte_models_config_is_written_like_a_missing_one(tmp_path):
+    """Found by review (2026-12-07, nineteenth stop): an existing 0-byte models.config (a
+    `touch`, a copy cut short) was "left as is", and TF Serving, which memory-maps the file, cannot
+    start on it ("INVALID_ARGUMENT: ...; Invalid argument"). It holds nothing to keep, so it is
+    written as a missing one is; a second run changes nothing."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    base = tmp_path / "models"
+    base.mkdir()
+    os.chown(base, pwd.getpwnam(me()).pw_uid, pwd.getpwnam(me()).pw_gid)
+    config = base / "models.config"
+    config.touch()
+    dry = run("--dry-run", "--no-container", "--no-metrics", "--base", str(base), "--deploy-user", me())
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[0].startswith("install -m 0644 ") and str(config) in dry.stdout
+    assert config.stat().st_size == 0
+    first = run("--no-container", "--no-metrics", "--base", str(base), "--deploy-user", me())
+    assert first.returncode == 0, first.stderr
+    assert "is empty (0 bytes)" in first.stderr
+    cfg = text_format.Parse(config.read_text(), model_server_config_pb2.ModelServerConfig())
+    assert cfg.WhichOneof("config") == "model_config_list" and len(cfg.model_config_list.config) == 0
+    second = run("--no-container", "--no-metrics", "--base", str(base), "--deploy-user", me())
+    assert second.returncode == 0 and "ok: nothing to change" in second.stderr, second.stderr
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_models_config_symlinked_to_an_empty_file_is_refused_before_anything_changes(tmp_path, dry_run):
+    """Found by review (2026-12-07, nineteenth stop): the same 0-byte config behind a symlink; its
+    target is not the script's to overwrite, so it says where to write and changes nothing."""
+    base = tmp_path / "models"
+    base.mkdir()
+    target = tmp_path / "elsewhere.config"
+    target.touch()
+    (base / "models.config").symlink_to(target)
+    r = run(*(["--dry-run"] if dry_run else []), "--no-container", "--base", str(base), "--deploy-user", me())
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"error: {base / 'models.config'} is a symlink to an empty file"), line
+    assert f"write that into {target}" in line
+    assert (base / "models.config").is_symlink() and target.stat().st_size == 0
+    assert sorted(p.name for p in base.iterdir()) == ["models.config"]
