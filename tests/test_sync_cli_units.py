@@ -281,6 +281,16 @@ def test_plan_text_tells_bake_limits_waves_and_memory_as_the_deploy_decides():
         "traffic 25% of the baselines' min, fewer than 50 requests: pass)"]
 
 
+def test_deploy_text_says_what_retention_removed_dead_uploads_too(capsys):
+    """An ``s3://`` host's retention removing only folders without ``saved_model.pb``
+    (``remove_partials``) printed nothing, though `sync plan` says the deploy removes them (found by
+    review, 2026-12-07, nineteenth stop)."""
+    gone = {"remove_versions": [], "remove_uploads": [], "remove_partials": [6]}
+    host = NS(host="h1", status="deployed", publish=None, switch_seconds=None, retention=gone, notes=[])
+    sync_text.deploy(NS(message="deployed v4", hosts=[host]))
+    assert capsys.readouterr().out.splitlines() == ["deployed v4", "  h1: deployed (removed dead uploads [6])"]
+
+
 def test_deploy_and_status_text_show_drift_and_leave_out_up_to_date_notes(capsys):
     host = NS(host="h1", status="up_to_date", publish=None, switch_seconds=None, retention={},
               notes=["up to date", "warm"])

@@ -27,6 +27,8 @@ def deploy(result) -> None:
             extra.append(f"switch {h.switch_seconds * 1000:.0f} ms")
         if h.retention and (h.retention.get("remove_versions") or h.retention.get("remove_uploads")):
             extra.append(f"removed {h.retention.get('remove_versions')} {h.retention.get('remove_uploads')}")
+        if h.retention and h.retention.get("remove_partials"):     # S3: folders without saved_model.pb
+            extra.append(f"removed dead uploads {h.retention['remove_partials']}")
         extra += [n for n in h.notes if n != "up to date"]
         _say(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
 
