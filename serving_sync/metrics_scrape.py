@@ -2,11 +2,14 @@
 
 The page is read whole, bounded in size (``MAX_PAGE_BYTES``) and in time (the name lookup too); a
 redirect off the URL's host:port is refused; a page cut short is
-refused. ``metrics_windows.parse`` reads it.
+refused. ``metrics_windows.parse`` reads it. Proxy, CA bundle and basic auth (``~/.netrc``) are
+the REST client's (``tfs_client.http_settings``, as ``requests`` takes them): a TF Serving behind
+a reverse proxy that asks for them serves its metrics page there too.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 from mlops_common.errors import UserError
@@ -88,6 +91,16 @@ def _watched(conn_class, register, resolve):
     return Watched
 
 
+@functools.lru_cache(maxsize=8)
+def _tls_context(ca: str):
+    """An SSL context trusting ``ca`` (a bundle file, or a directory as requests takes one), made
+    once: loading certifi's bundle for every page read cost more than the read."""
+    import os
+    import ssl
+
+    return ssl.create_default_context(**({"capath": ca} if os.path.isdir(ca) else {"cafile": ca}))
+
+
 def _read_page(url: str, timeout: float) -> bytes:
     """The whole page or OSError / ValueError: at most ``MAX_PAGE_BYTES``, within about
     ``timeout`` seconds in all, never a page cut short. Each socket read waits at most
@@ -98,6 +111,8 @@ def _read_page(url: str, timeout: float) -> bytes:
     import threading
     import urllib.parse
     import urllib.request
+
+    from .tfs_client import http_settings
 
     lock, sockets, late, unresolved = threading.Lock(), [], threading.Event(), []
 
@@ -127,14 +142,26 @@ def _read_page(url: str, timeout: float) -> bytes:
             expire()
             raise
 
+    headers, ca, proxy, proxy_headers = http_settings(url)
+
     class Http(urllib.request.HTTPHandler):
         def http_open(self, req):
             return self.do_open(_watched(http.client.HTTPConnection, register, resolve), req)
 
     class Https(urllib.request.HTTPSHandler):
         def https_open(self, req):
+            # the CA bundle requests would trust (REQUESTS_CA_BUNDLE; else certifi's), as the REST client
             return self.do_open(_watched(http.client.HTTPSConnection, register, resolve), req,
-                                context=self._context)
+                                context=_tls_context(ca))
+
+    class Proxy(urllib.request.ProxyHandler):
+        """The proxy requests would take for the URL (NO_PROXY already applied, CIDR entries too:
+        urllib's own check knows none), its ``user:password@`` sent as requests sends it."""
+        def proxy_open(self, req, proxy, type):
+            for name, value in proxy_headers.items():
+                req.add_header(name, value)
+            where = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            req.set_proxy(where.netloc.rpartition("@")[2], type)
 
     class SameHost(urllib.request.HTTPRedirectHandler):
         """A redirect is followed only on the metrics_url's own host:port: one elsewhere would
@@ -157,8 +184,10 @@ def _read_page(url: str, timeout: float) -> bytes:
     timer.start()
     try:
         try:
-            opener = urllib.request.build_opener(Http, Https, SameHost)
-            with opener.open(url, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
+            proxies = {urllib.parse.urlsplit(url).scheme: proxy} if proxy else {}
+            opener = urllib.request.build_opener(Http, Https, SameHost, Proxy(proxies))
+            request = urllib.request.Request(url, headers=headers)
+            with opener.open(request, timeout=timeout) as resp:   # noqa: S310 - the hosts file's URL
                 expected = resp.headers.get("Content-Length")
                 chunks, size = [], 0
                 while True:
@@ -195,6 +224,7 @@ def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Sna
     """Read ``url`` (bounded by ``timeout``) and parse ``model``'s counters, stamped with when
     (the middle of the read: a window's length is the difference); one-line UserError."""
     import urllib.error
+    import urllib.parse
 
     started = time.monotonic()
     try:
@@ -210,6 +240,11 @@ def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Sna
                         f"the hosts file to {host_name}'s own TF Serving metrics page, or deploy with "
                         f"--bake 0") from None
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:          # a reverse proxy before TF Serving (which asks for nothing)
+            raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP 401: it asks for "
+                            f"credentials): give them in ~/.netrc (machine "
+                            f"{urllib.parse.urlsplit(url).hostname}), as for its REST API, or deploy with "
+                            f"--bake 0") from None
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
                         f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "
                         f"in the hosts file, or deploy with --bake 0") from None

@@ -94,13 +94,13 @@ def iter_pauses(timeout: float, interval: float, first: float = FIRST_POLL) -> I
         pause = min(interval, pause * 2)
 
 
-def _http_for(url: str):
-    """A urllib3 pool manager and headers for ``url``, set up once the way ``requests`` would set up
-    each request from the environment: HTTP(S)_PROXY and NO_PROXY (with the proxy's own
-    ``user:password@`` as ``Proxy-Authorization``), REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE (else
-    certifi's bundle), and basic auth from ``user:password@`` in the URL or from ``~/.netrc``.
-    ``requests`` resolves all of that again on every request — about 1 ms of CPU each — and a
-    fleet deploy makes some 35 requests per host from one process."""
+def http_settings(url: str) -> tuple[dict[str, str], str, str | None, dict[str, str]]:
+    """(headers, CA bundle, proxy URL or None, the proxy's headers) for ``url``, taken from the
+    environment the way ``requests`` would take them: HTTP(S)_PROXY and NO_PROXY (CIDR entries
+    too), the proxy's own ``user:password@`` as ``Proxy-Authorization``, REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE (else certifi's bundle), and basic auth from ``user:password@`` in the URL or
+    from ``~/.netrc``. The REST client's (``_http_for``) and the metrics page's
+    (``metrics_scrape``): both reach one TF Serving, so both go the same way."""
     import os
 
     import requests.utils as ru
@@ -120,16 +120,30 @@ def _http_for(url: str):
     if user or password:
         headers.update(urllib3.make_headers(basic_auth=_basic_auth(where, user, password)))
     ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ru.DEFAULT_CA_BUNDLE_PATH
-    kw = {"num_pools": 2, "maxsize": 4, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca, "retries": False}
     proxy = ru.select_proxy(url, ru.get_environ_proxies(url))
+    proxy_headers: dict[str, str] = {}
+    if proxy:
+        proxy_user, proxy_password = ru.get_auth_from_url(proxy)    # urllib3 does not read them from the URL
+        if proxy_user or proxy_password:
+            where = (f"the user:password@ part of the proxy URL {_no_userinfo(proxy)} (HTTP_PROXY, HTTPS_PROXY or "
+                     f"ALL_PROXY)")
+            proxy_headers = urllib3.make_headers(proxy_basic_auth=_basic_auth(where, proxy_user, proxy_password))
+    return headers, ca, proxy or None, proxy_headers
+
+
+def _http_for(url: str):
+    """A urllib3 pool manager and headers for ``url``, set up once the way ``requests`` would set up
+    each request from the environment (``http_settings``). ``requests`` resolves all of that again
+    on every request — about 1 ms of CPU each — and a fleet deploy makes some 35 requests per host
+    from one process."""
+    import urllib3
+
+    headers, ca, proxy, proxy_headers = http_settings(url)
+    kw = {"num_pools": 2, "maxsize": 4, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca, "retries": False}
     if not proxy:
         return _deadline_pools(urllib3.PoolManager(**kw)), headers
-    proxy_user, proxy_password = ru.get_auth_from_url(proxy)    # urllib3 does not read them from the URL
-    if proxy_user or proxy_password:
-        where = (f"the user:password@ part of the proxy URL {_no_userinfo(proxy)} (HTTP_PROXY, HTTPS_PROXY or "
-                 f"ALL_PROXY)")
-        kw["proxy_headers"] = urllib3.make_headers(
-            proxy_basic_auth=_basic_auth(where, proxy_user, proxy_password))
+    if proxy_headers:
+        kw["proxy_headers"] = proxy_headers
     return _deadline_pools(urllib3.ProxyManager(proxy, **kw)), headers
 
 

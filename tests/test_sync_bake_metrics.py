@@ -720,6 +720,106 @@ def test_a_huge_page_says_what_to_do(page_server):
     assert "restart TF Serving on web-1" in e.value.message and "--bake 0" in e.value.message
 
 
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 signed by itself (its own CA): (cert file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tfs-test-ca")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return tmp_path / "ca.pem", tmp_path / "key.pem"
+
+
+def test_the_metrics_page_is_read_as_the_rest_client_reaches_tf_serving(monkeypatch, tmp_path):
+    """Found by review (2026-12-07, nineteenth stop): the REST client takes basic auth from
+    ~/.netrc, the CA bundle from REQUESTS_CA_BUNDLE and NO_PROXY as requests does (CIDR entries
+    too), but the page was read with urllib's own defaults: TF Serving behind a reverse proxy asking
+    for credentials answered the page 401, one with a private CA failed its certificate, and a host
+    that NO_PROXY's 10.0.0.0/8 exempts was read through the proxy; each refused the canary of every
+    deploy with --bake, telling to "start TF Serving with --monitoring_config_file". Here one server
+    on 127.0.0.1 over TLS, signed by its own CA, answers both only to the netrc's credentials, and
+    HTTP_PROXY names a port nothing listens on."""
+    import base64
+    import ssl
+
+    from mlops.ports import free_port
+    from serving_sync.tfs_client import TFServingClient
+
+    registry = tfs_metrics.serving_registry()
+    registry.counter(tfs_metrics.REQUEST_COUNT, ("m", "OK"), 7)
+    page = registry.page().encode()
+    expected = "Basic " + base64.b64encode(b"tfs-user:s3cret").decode()
+    seen: list[tuple[str, str | None]] = []
+
+    class Guarded(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802 - stdlib name
+            seen.append((self.path, self.headers.get("Authorization")))
+            if self.headers.get("Authorization") != expected:
+                body, code = b"credentials, please", 401
+            elif self.path.startswith("/v1/"):
+                body, code = b'{"model_version_status": [{"version": "3", "state": "AVAILABLE", "status": {}}]}', 200
+            else:
+                body, code = page, 200
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    ca, key = _self_signed(tmp_path)
+    (tmp_path / "netrc").write_text("machine 127.0.0.1 login tfs-user password s3cret\n")
+    for var in ("http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")     # nothing listens there
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.0/8")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(ca, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    server.daemon_threads = True
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        assert [s.version for s in TFServingClient(url, timeout=5).model_status("m")] == [3]    # the REST client
+        snap = metrics_scrape.scrape("web-1", f"{url}/monitoring/prometheus/metrics", "m", timeout=5)
+        (tmp_path / "netrc").write_text("machine 127.0.0.1 login tfs-user password wr0ng\n")
+        with pytest.raises(UserError) as e:
+            metrics_scrape.scrape("web-1", f"{url}/monitoring/prometheus/metrics", "m", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert metrics_windows.window(EMPTY, snap).errors == 0 and snap.requests == {"OK": 7.0}
+    assert seen[:2] == [("/v1/models/m", expected), ("/monitoring/prometheus/metrics", expected)]
+    assert e.value.message == (f"web-1: cannot read TF Serving's metrics at {url}/monitoring/prometheus/metrics "
+                               f"(HTTP 401: it asks for credentials): give them in ~/.netrc (machine 127.0.0.1), "
+                               f"as for its REST API, or deploy with --bake 0")
+    assert "wr0ng" not in e.value.message
+
+
 def test_the_local_server_poisoned_by_a_newline_in_a_model_name_is_still_scraped(tfserving_factory, tmp_path):
     """The real local server, as TF Serving: one 404 for ``a%0Ab`` puts a raw newline on its page."""
     import requests
