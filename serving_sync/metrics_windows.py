@@ -26,7 +26,8 @@ TF Serving restarts. ``parse`` then reads the page line by line, keeping the req
 request_latency lines that parse on their own; an injected line cannot pass for the model's, as
 a raw ``"`` never comes from a client (``prometheus_exporter.cc``, ``SanitizeLabelValue``).
 
-Pure functions on parsed samples: ``parse`` (the page, read with ``prometheus_client.parser``),
+Pure functions on parsed samples: ``parse`` (the page, read with ``prometheus_client.parser``, or
+its OpenMetrics parser for a page in that format),
 ``window`` (two snapshots -> counts in between), ``window_outside`` and ``merge``.
 """
 from __future__ import annotations
@@ -165,8 +166,14 @@ def sum_uncertainty(v: float) -> float:
     return 0.5 * 10.0 ** (int(f"{v:e}".split("e")[1]) - 5)
 
 
-_KEPT = (REQUEST_COUNT, REQUEST_LATENCY + "_bucket", REQUEST_LATENCY + "_sum", REQUEST_LATENCY + "_count")
+_KEPT = (REQUEST_COUNT, REQUEST_COUNT + "_total", REQUEST_LATENCY + "_bucket", REQUEST_LATENCY + "_sum",
+         REQUEST_LATENCY + "_count")
 _KEPT_LINES = tuple(n + "{" for n in _KEPT)      # a sample line of a kept metric starts so
+
+
+def _count_name(name: str) -> str:
+    """An OpenMetrics counter's sample name (``request_count_total``) as TF Serving's own."""
+    return REQUEST_COUNT if name == REQUEST_COUNT + "_total" else name
 
 
 def _samples(text: str, model: str) -> list:
@@ -177,18 +184,26 @@ def _samples(text: str, model: str) -> list:
     ``MAX_PAGE_BYTES`` took 8 s to parse whole. If that fails on a page that is TF Serving's (it
     has request_count's TYPE line), each line of those metrics is parsed on its own and the rest
     skipped: a model name from a request can hold a newline, which TF Serving does not escape, and
-    one such 404 must not make the page unreadable. UserError for a page that is neither."""
+    one such 404 must not make the page unreadable. UserError for a page that is neither.
+
+    A page in OpenMetrics format (it ends with ``# EOF``: a sidecar or proxy re-exporting TF
+    Serving's) is read with the OpenMetrics parser: its counters' samples end in ``_total`` and
+    each series has a ``_created`` sample (a time, not a count), which the Prometheus text parser
+    files as other metrics — the page read as one with no request counts, every error unseen."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
     from prometheus_client.parser import text_string_to_metric_families
 
     lines = text.split("\n")                     # not splitlines(): label values may hold \r, \x85, \u2028
+    openmetrics = "\n".join(lines[-2:]) == "# EOF\n"
     needle = 'model_name="' + model.replace("\\", "\\\\").replace('"', '\\"') + '"'
     lines = [line for line in lines if line.startswith("#") or needle in line]
     try:
-        families = list(text_string_to_metric_families("\n".join(lines) + "\n"))
+        families = list((openmetrics_families if openmetrics else text_string_to_metric_families)(
+            "\n".join(lines) + ("" if openmetrics else "\n")))
     except Exception as exc:  # noqa: BLE001 - the parser raises ValueError and friends
         if f"# TYPE {REQUEST_COUNT} counter" not in lines:
             raise UserError(f"the metrics page is not Prometheus text ({exc})") from None
-        return [(s.name, s) for line in lines if line.startswith(_KEPT_LINES)
+        return [(_count_name(s.name), s) for line in lines if line.startswith(_KEPT_LINES)
                 for s in _line_samples(line)]
     if not any(f.name == REQUEST_COUNT for f in families):
         try:                                     # not TF Serving's: say whether it is Prometheus text at all
@@ -198,7 +213,8 @@ def _samples(text: str, model: str) -> list:
         raise UserError(f"the page has no {REQUEST_COUNT}: it is not TF Serving's metrics page (check "
                         f"metrics_url in the hosts file)")
     return [(REQUEST_COUNT if f.name == REQUEST_COUNT else s.name, s)
-            for f in families if f.name in (REQUEST_COUNT, REQUEST_LATENCY) for s in f.samples]
+            for f in families if f.name in (REQUEST_COUNT, REQUEST_LATENCY) for s in f.samples
+            if not s.name.endswith("_created")]
 
 
 def _line_samples(line: str) -> list:

@@ -17,6 +17,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlops_common.errors import UserError
@@ -127,6 +128,44 @@ def test_health_checks_are_neither_traffic_nor_latency():
     assert bake.judge("web-2", slow, fast, None, LIMITS).outcome == "breached"
     errs = metrics_windows.window(EMPTY, metrics_windows.parse(_page(ok=90, errors=10), "m"))
     assert (errs.requests, errs.errors) == (100, 10)          # 10% of inference, not 10/700
+
+
+def _openmetrics(page: str) -> str:
+    """``page`` as an OpenMetrics exposition writes it (a sidecar or proxy re-exporting TF Serving's
+    page): counters' samples end in ``_total``, each counter and histogram series has a ``_created``
+    sample (a Unix time, not a count), and the page ends with ``# EOF``."""
+    counters = {line.split()[2] for line in page.splitlines()
+                if line.startswith("# TYPE ") and line.endswith(" counter")}
+    out = []
+    for line in page.splitlines():
+        name, brace, rest = line.partition("{")
+        if brace and name in counters:
+            out += [f"{name}_total{{{rest}", f"{name}_created{{{rest.rpartition(' ')[0]} 1.7e9"]
+        elif brace and name.endswith("_count"):
+            out += [line, f"{name[:-6]}_created{{{rest.rpartition(' ')[0]} 1.7e9"]
+        else:
+            out.append(line)
+    return "\n".join(out + ["# EOF"]) + "\n"
+
+
+def test_a_page_in_openmetrics_format_counts_its_errors():
+    """Found by review (2026-12-07, nineteenth stop): an OpenMetrics page names a counter's samples
+    ``request_count_total`` under ``# TYPE ... request_count counter`` and gives each series a
+    ``_created`` sample, which the Prometheus text parser files as other metrics: the page read as
+    TF Serving's with no request and no latency counts, so a canary failing 10% of its requests was
+    "not enough traffic (0 requests < 20) to judge it: passed"."""
+    tf_page, om_page = _page(ok=90, errors=10), _openmetrics(_page(ok=90, errors=10))
+    assert "request_count_total{" in om_page and om_page.endswith("# EOF\n")
+    assert metrics_windows.parse(om_page, "m") == metrics_windows.parse(tf_page, "m")
+    canary = metrics_windows.window(EMPTY, metrics_windows.parse(om_page, "m"))
+    before = metrics_windows.window(EMPTY, metrics_windows.parse(_openmetrics(_page(ok=200)), "m"))
+    assert (canary.requests, canary.errors) == (100, 10)
+    v = bake.judge("web-2", canary, before, None, LIMITS)
+    assert v.outcome == "breached" and "error rate 10.0% (10/100)" in v.line, v.line
+    poisoned = _openmetrics(_page(ok=90, errors=10, unknown=("a\n# b",)))    # a 404's name splits a line
+    with pytest.raises(ValueError):
+        list(openmetrics_families(poisoned))
+    assert metrics_windows.parse(poisoned, "m") == metrics_windows.parse(tf_page, "m")    # read line by line
 
 
 # --- a restart during the bake ---------------------------------------------------------------------
