@@ -46,6 +46,8 @@ def _ports() -> tuple[int, int]:
 
 
 HOSTS_MARK = "# Written by `mlops demo`"
+# what the user's shell may set for another MLflow server, which the demo's own server must not take
+DEMO_IGNORES = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
 
 
 def hosts_toml(base: Path, rest_url: str, grpc: str) -> str:
@@ -114,6 +116,11 @@ def start_services(state: Path) -> dict:
     mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port(), port_setting="MLOPS_MLFLOW_PORT")  # no --port
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default
     os.environ.pop("MLOPS_LEDGER_URL", None)    # its ledger too: $MLOPS_HOME/ledger.db, never a team's
+    # and its experiment: a shell's MLFLOW_EXPERIMENT_ID (or _NAME, or a leftover MLFLOW_RUN_ID), meant
+    # for the team's server, stopped the demo's training ("No Experiment with id=7 exists") or filed
+    # its runs under another experiment than the model's
+    for name in DEMO_IGNORES:
+        os.environ.pop(name, None)
     base = state / "serving"
     model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
     write_whole(hosts, hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))

@@ -105,6 +105,24 @@ def test_a_second_demo_on_the_same_state_still_says_what_serves_and_how_to_use_i
     assert meta["model_spec"]["version"] == "1"     # what the first run served still serves
 
 
+def test_the_demo_trains_in_its_own_experiment_whatever_the_shell_names_for_another_server(served_once):
+    """Found by review (2026-12-07, nineteenth stop): the demo pointed itself at its own MLflow server
+    but kept the shell's MLFLOW_EXPERIMENT_ID (set for the team's server): its training stopped with
+    "No Experiment with id=... exists" after both services had started; MLFLOW_EXPERIMENT_NAME filed
+    its runs under that name, not the model's experiment the README points at."""
+    from mlflow import MlflowClient
+
+    cwd, env = served_once
+    client = MlflowClient(read_record(Path(env["MLOPS_HOME"]), "mlflow-server").url)
+    runs_before = len(client.search_runs([client.get_experiment_by_name("demo-again").experiment_id]))
+    r = run_mlops("demo", "--yes", "--detach", "--quick", "--epochs", "1", cwd=cwd, timeout=600,
+                  env={**env, "MLFLOW_EXPERIMENT_ID": "424242", "MLFLOW_EXPERIMENT_NAME": "team-experiment",
+                       "MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert client.get_experiment_by_name("team-experiment") is None
+    assert len(client.search_runs([client.get_experiment_by_name("demo-again").experiment_id])) == runs_before + 1
+
+
 def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_registered_version(served_once,
                                                                                              tmp_path):
     """SIGTERM (a cancelled job, `timeout`) killed the demo at once: its MLflow run stayed RUNNING
