@@ -125,7 +125,19 @@ def start_services(state: Path) -> dict:
     model_svc = start_model_server(state, base, rest_port=rest_port, grpc_port=grpc_port)
     write_whole(hosts, hosts_toml(base, model_svc.url, f"127.0.0.1:{grpc_port}"))
     os.environ["MLOPS_HOSTS_FILE"] = str(hosts)
+    _no_proxy_to_loopback()
     return {"mlflow": mlflow_svc.url, "serving": model_svc.url, "hosts": hosts, "base": base}
+
+
+def _no_proxy_to_loopback() -> None:
+    """127.0.0.1 in NO_PROXY for the rest of the flow: every request of the demo (MLflow's client,
+    the deploy's REST and gRPC calls) goes to its own services on this machine's loopback, which a
+    proxy cannot reach. With HTTP_PROXY set and NO_PROXY not naming it (a company network), the
+    demo's first request to its own MLflow went to the proxy and failed."""
+    for name in ("no_proxy", "NO_PROXY"):       # requests reads the first set; gRPC the lower-case one
+        have = os.environ.get(name, "")
+        if "127.0.0.1" not in [h.strip() for h in have.split(",")]:
+            os.environ[name] = f"{have},127.0.0.1" if have.strip() else "127.0.0.1"
 
 
 def approve(version: int, opts: DemoOptions) -> bool:

@@ -89,7 +89,7 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
             raise ConnectionFailure(f"{taken}the service exited with code {proc.returncode} before answering "
                                     f"at {url}{_log_hint(log, log_kept)}")
         try:
-            if requests.get(url, timeout=2).status_code in ok:
+            if _get_direct(url).status_code in ok:
                 another = proc is not None and group_listens_on(proc.pid, port) is False
                 if not another:
                     return
@@ -99,6 +99,16 @@ def wait_http_ok(url: str, *, timeout: float, proc: subprocess.Popen | None = No
                 raise ConnectionFailure(f"{why}, before answering at {url}") from None
         time.sleep(0.25)
     raise ConnectionFailure(f"{url} did not answer within {timeout:g}s{_log_hint(log, log_kept)}")
+
+
+def _get_direct(url: str) -> requests.Response:
+    """GET ``url`` never through a proxy: every server waited for here listens on this machine's
+    loopback, which a proxy cannot reach. With HTTP_PROXY set and 127.0.0.1 not in NO_PROXY (a
+    company network), `mlops up` and the demo waited 120 s for a server that was answering, then
+    stopped it with "did not answer", its log's last line saying it was running."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.get(url, timeout=2)
 
 
 def _log_hint(log: Path | None, kept: bool) -> str:

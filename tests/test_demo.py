@@ -151,6 +151,26 @@ def test_a_demo_stopped_midway_says_what_keeps_running_and_leaves_no_half_regist
     assert read_record(home, "mlflow-server") and read_record(home, "model-server")
 
 
+def test_the_demo_runs_behind_a_proxy_that_cannot_reach_its_own_services(served_once):
+    """Found by review (2026-12-07, nineteenth stop): with HTTP_PROXY set and 127.0.0.1 not in
+    NO_PROXY (a company network), every request of the demo to its own services went to the proxy:
+    its MLflow server, answering, was taken for dead after 120 s and stopped. The demo now reaches
+    its loopback services directly (here the proxy is a port nothing listens on): the running
+    server is reused, and a version is trained, gated, promoted and deployed."""
+    from mlops.ports import free_port
+
+    cwd, env = served_once
+    home = Path(env["MLOPS_HOME"])
+    before = read_record(home, "mlflow-server")
+    dead = f"http://127.0.0.1:{free_port()}"
+    proxied = {**env, "no_proxy": "", "NO_PROXY": "",
+               **{name: dead for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY")}}
+    r = run_mlops("demo", "--yes", "--detach", "--quick", cwd=cwd, timeout=600, env=proxied)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "deployed v" in r.stdout and "Done in" in r.stdout, r.stdout
+    assert read_record(home, "mlflow-server").pid == before.pid      # reused, not stopped
+
+
 def test_a_demo_whose_first_version_fails_the_gate_exits_non_zero(tmp_path):
     """Nothing serves when v1 fails the gate: the quick start must not end "Done" with exit 0."""
     from mlops.ports import free_port

@@ -420,6 +420,35 @@ def test_a_server_that_never_answers_is_named_with_its_logs_last_line(tmp_path):
     assert e.value.message.endswith("did not answer within 0.3s"), e.value.message
 
 
+def test_a_server_is_waited_for_directly_whatever_proxy_the_environment_names(monkeypatch):
+    """Found by review (2026-12-07, nineteenth stop): with HTTP_PROXY set and 127.0.0.1 not in
+    NO_PROXY (a company network), the wait for a local service asked the proxy, which cannot reach
+    this machine's loopback: `mlops up` and the demo waited 120 s for a server that answered, then
+    stopped it with "did not answer". Here the proxy is a port nothing listens on."""
+    import http.server
+
+    from tests.helpers import loopback_http
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, dead)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with loopback_http(Health) as url:
+        started = time.monotonic()
+        detached_service.wait_http_ok(f"{url}/health", timeout=5)
+        assert time.monotonic() - started < 4
+
+
 def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):
     """Two `mlops up` at the same moment both started a server: one lost the port and its error
     path removed the winner's record (or both reported different pids); the server that listened
