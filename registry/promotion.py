@@ -167,16 +167,19 @@ class _Refusal(Exception):
 
 def promote(model: str, version, *, provenance: Provenance | None = None, actor: str | None = None,
             reason: str | None = None, force: bool = False, details: dict | None = None,
-            ledger: Ledger | None = None) -> Promotion:
+            ledger: Ledger | None = None, check_target=None) -> Promotion:
     """Point ``production`` at ``version`` (it must have passed the gate unless forced with a reason).
 
     ``provenance``: who and from where (the CLI builds it); ``actor`` alone is shorthand for one
-    built from the environment."""
+    built from the environment. ``check_target(version)``: the caller's check that the version
+    can be installed (``artifacts_check``: ``registry promote``'s; promoting an older version
+    again is how a person rolls back), made before anything moves (raises ``RefusedError``)."""
     check_forced_reason(force, reason)      # a usage mistake: refused before any row, as rollback
     ledger = ledger or Ledger()
     v = versions.parse_version(version)
     return _move(model, "promote", target=lambda tx, current: (v, {}), by=given(provenance, actor),
-                 reason=reason, force=force, details=details or {}, ledger=ledger, requested=v)
+                 reason=reason, force=force, details=details or {}, ledger=ledger, requested=v,
+                 check_target=check_target)
 
 
 def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
@@ -243,12 +246,14 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
 
 
 def artifacts_check(model: str, command: str, *, unneeded=None):
-    """A rollback's ``check_target``: the version picked must still have its artifacts in the
-    store before production moves to it. They are listed (``versions.missing_artifacts``, no
-    download); some gone (a cleanup of old runs) refuse it, in one line naming ``command --to N``,
+    """A rollback's or a promotion's ``check_target``: the version picked must still have its
+    artifacts in the store before production moves to it. They are listed
+    (``versions.missing_artifacts``, no download); some gone (a cleanup of old runs) refuse it, in
+    one line naming ``command --to N`` (``command --version N`` for ``mlops registry promote``),
     unless ``unneeded(version, missing)`` says no host needs them (``mlops sync rollback``:
-    every host still has that version). Without it (``mlops registry rollback``: the hosts are not
-    known) any file gone refuses. A listing that cannot be read leaves it to the deploy."""
+    every host still has that version). Without it (``mlops registry rollback`` / ``promote``: the
+    hosts are not known) any file gone refuses. A listing that cannot be read leaves it to the deploy."""
+    promoting = command.endswith(" promote")
     def check(version: int) -> None:
         try:
             missing = versions.missing_artifacts(model, version)
@@ -264,9 +269,11 @@ def artifacts_check(model: str, command: str, *, unneeded=None):
         also = ("" if unneeded is not None or not all(p.startswith("tfserving/") for p in missing)
                 else f"; if every host still has v{version}, `mlops sync rollback --to {version}` checks the "
                      f"hosts and switches them")
-        raise RefusedError(f"cannot roll '{model}' back to v{version}: its artifacts are gone from the "
-                           f"artifact store ({shown} missing) and {hosts}; nothing was changed: "
-                           f"`{command} --to N` rolls back to another version (or restore them){also}")
+        move, instead = ((f"promote v{version} of '{model}'", f"`{command} --version N` promotes another version")
+                         if promoting else
+                         (f"roll '{model}' back to v{version}", f"`{command} --to N` rolls back to another version"))
+        raise RefusedError(f"cannot {move}: its artifacts are gone from the artifact store ({shown} missing) and "
+                           f"{hosts}; nothing was changed: {instead} (or restore them){also}")
     return check
 
 

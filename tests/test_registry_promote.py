@@ -597,3 +597,31 @@ def test_reconcile_says_what_it_recorded_once(make_version):
     versions.set_alias(model, versions.PRODUCTION, v1)                 # set in the MLflow UI
     r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "alice")
     assert r.returncode == 0 and "reconciled by alice: production found on v1" in r.stderr, r.stderr
+
+
+def test_promoting_an_older_version_whose_artifacts_are_gone_moves_nothing(make_version):
+    """Found by a promotion review (2026-12-07, nineteenth stop): rolling back by promoting an older
+    version again (`registry promote --version 1`, as the README says a person rolls back) moved
+    production to a version whose artifacts a cleanup had deleted from the store, exit 0 and "Deploy
+    it with `mlops sync deploy`" — whose download then failed — while `registry rollback --to 1`
+    refused it. The promotion makes the same check now (`promotion.artifacts_check`): one line
+    naming what is missing and `--version N`, a refused row, nothing moved; a version whose
+    artifacts are there is promoted as before."""
+    from tests.test_sync_failed_revert_target import _drop_artifacts
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    for v in (v1, v2):
+        assert run_mlops("registry", "promote", "--version", str(v), "--actor", "alice").returncode == 0
+    _drop_artifacts(model, v1)
+    r = run_mlops("registry", "promote", "--version", str(v1), "--actor", "bob", "--reason", "v2 misbehaves")
+    assert r.returncode == 2, r.stdout
+    line = one_error_line(r)
+    assert f"cannot promote v{v1} of '{model}': its artifacts are gone from the artifact store" in line, line
+    assert "tfserving/saved_model.pb" in line and "`mlops registry promote --version N`" in line, line
+    assert versions.production_version(model) == v2
+    assert moves(model) == [("promote", None, v1, "ok"), ("promote", v1, v2, "ok"), ("promote", v2, v1, "refused")]
+    assert versions.get_version(model, v1).tags["approved_by"] == "alice"
+    r = run_mlops("registry", "promote", "--version", str(v3), "--actor", "bob")
+    assert r.returncode == 0, r.stderr
+    assert versions.production_version(model) == v3

@@ -88,7 +88,8 @@ def register(sub) -> None:
                     "`candidate` points at; with both, version N must be the one that pipeline "
                     "registered. A version that never held production is refused until gated again (or "
                     "--force --reason) when its latest gate compared it with another production than "
-                    "today's, or did not pass while its tag says passed. "
+                    "today's, or did not pass while its tag says passed. A version whose tfserving/ "
+                    "or golden/ files are gone from the artifact store is refused (nothing moves). "
                     "Who: in CircleCI (CIRCLE_TOKEN and CIRCLE_WORKFLOW_ID "
                     "set) the user who approved the workflow's approval job, read from CircleCI's "
                     "API v2 (CIRCLECI_API_URL, default https://circleci.com), and that approval promotes "
@@ -283,7 +284,8 @@ def cmd_promote(args) -> int:
                                details={"actor_source": by.actor_source,
                                         **({"approval_job": by.approval_job} if by.approval_job else {}),
                                         **({"selected_by_pipeline": args.pipeline_id}
-                                           if args.pipeline_id else {})})
+                                           if args.pipeline_id else {})},
+                               check_target=promotion.artifacts_check(model, "mlops registry promote"))
     _print_move(args, result, "promoted")
     return 0
 
