@@ -80,6 +80,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
     if by.circleci_approval:
         gate = approval_gate(ledger.entries(model, actions=("gate",), current=True), by.workflow_id,
                              by.approval_pipeline_id)
+        if gate is None and action == "promote":
+            # no gate of a model that does not exist (a mistyped --model-name): say that, not "no gate"
+            versions.registered_model_aliases(model)
         check_approval_tie(model, action, requested, gate, by.workflow_id)
     asked_at = None
     if by.circleci_approval and action == "rollback":

@@ -625,3 +625,25 @@ def test_promoting_an_older_version_whose_artifacts_are_gone_moves_nothing(make_
     r = run_mlops("registry", "promote", "--version", str(v3), "--actor", "bob")
     assert r.returncode == 0, r.stderr
     assert versions.production_version(model) == v3
+
+
+def test_a_circleci_promotion_of_a_model_that_does_not_exist_says_so(make_version, circleci_api):
+    """Found by a promotion review (2026-12-07, nineteenth stop): in a CircleCI job, `registry
+    promote --version N` with a mistyped --model-name / MLOPS_MODEL_NAME answered "the approval in
+    CircleCI workflow ... follows no gate of 'imge-classifier' (its pipeline gated no version; a
+    rollback's approval?)": the ledger has no gate of a model that does not exist, and the line
+    sent the reader to the approval. It says the model does not exist now, as outside CircleCI."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v = make_version(validation_status="passed", pipeline_id="pipe-ci")
+    wid = circleci_api.add_workflow(approver="carol-approver", pipeline_id="pipe-ci")
+    gated_in(model, v, wid, "pipe-ci")
+    env = {"CIRCLE_TOKEN": circleci_api.token, "CIRCLE_WORKFLOW_ID": wid, "CIRCLE_PIPELINE_ID": "pipe-ci",
+           "CIRCLECI_API_URL": circleci_api.url}
+    r = run_mlops("registry", "promote", "--version", str(v), "--model-name", f"{model}-typo", env=env)
+    assert r.returncode == 2, r.stdout
+    line = one_error_line(r)
+    assert f"registered model '{model}-typo' does not exist" in line and "--model-name" in line, line
+    assert moves(model) == [] and versions.production_version(model) is None
+    r = run_mlops("registry", "promote", "--version", str(v), env=env)     # the right name: promoted
+    assert r.returncode == 0, r.stderr
+    assert versions.production_version(model) == v
