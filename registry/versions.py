@@ -467,12 +467,18 @@ def missing_artifacts(model: str, version, *, max_entries: int = 100_000) -> lis
     """What of ``version``'s ``tfserving/`` and ``golden/`` its run's artifacts lack now, from a
     listing (no download): the files recorded at registration that are not listed, or (registered
     without a record) a part with no file at all. ``mlops sync rollback`` asks before production
-    moves: a version whose artifacts were deleted from the store cannot be installed on a host."""
+    moves: a version whose artifacts were deleted from the store cannot be installed on a host. A
+    run that no longer exists (deleted, then removed for good by ``mlflow gc``, its artifacts with
+    it) lacks both parts."""
     info = get_version(model, version)
     if not info.run_id:
         return [f"{p}/" for p in BUNDLE_PARTS]
     what = f"listing the artifacts of version {info.version} of '{model}'"
-    if MlflowRest.proxied(artifact_root(info.run_id)):
+    try:
+        root = artifact_root(info.run_id)
+    except NotFoundError:       # not a listing that could not be read: there is nothing to list
+        return [f"{p}/" for p in BUNDLE_PARTS]
+    if MlflowRest.proxied(root):
         client = rest()
         have = {f["path"] for p in BUNDLE_PARTS for f in client.artifact_files(info.run_id, p, what=what)}
     else:
