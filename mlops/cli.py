@@ -112,7 +112,7 @@ def _run(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing more to write
         return 141              # as a command killed by SIGPIPE (128 + 13), which pipefail sees
     except UserError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"{log.journal_prefix()}error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except log.OutputLost as exc:   # `> result.json` on a full disk: what to fix, not a bug's traceback
         print(f"error: cannot write this command's output to {exc.stream} ({exc.strerror}); free space where "

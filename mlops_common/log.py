@@ -17,10 +17,50 @@ class RedactingFormatter(logging.Formatter):
     """Every form of a secret's value replaced by ``***`` in the whole formatted record: the
     message, and the traceback that ``exc_info`` adds (``-v``, ``logger.exception``) — an
     exception's text can carry a token or a URL with a password, and a filter sees only the
-    message (tracebacks are formatted after it)."""
+    message (tracebacks are formatted after it). ``journal``: each line starts with the record's
+    syslog priority (``journal_prefix``)."""
+
+    def __init__(self, fmt: str | None = None, *, journal: bool = False):
+        super().__init__(fmt)
+        self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        return printable(redact(super().format(record)))
+        text = printable(redact(super().format(record)))
+        if not self.journal:
+            return text
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level (sd-daemon(3): 3 err, 4 warning, 6 info, 7 debug)."""
+    for level, prio in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6)):
+        if levelno >= level:
+            return prio
+    return 7
+
+
+def is_journal(stream) -> bool:
+    """``stream`` is systemd's journal: ``JOURNAL_STREAM`` ("device:inode", set by systemd for a
+    service whose output goes to the journal, systemd.exec(5)) names its file. Inherited by a
+    process whose stderr goes elsewhere, it names another file: compared, as systemd says to."""
+    dev, sep, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return bool(sep) and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+
+
+_JOURNAL = {"stderr": False}
+
+
+def journal_prefix(levelno: int = logging.ERROR) -> str:
+    """``<N>`` when stderr is the journal (``setup`` found it so), else "": journald reads a line's
+    leading ``<N>`` as its priority and drops it (``SyslogLevelPrefix=``, on by default). Without
+    it every line of a service, an error too, was stored at priority info, and ``journalctl -p
+    err`` (or an alert on it) never saw a failed deploy or an outage."""
+    return f"<{priority(levelno)}>" if _JOURNAL["stderr"] else ""
 
 
 class RedactingStream:
@@ -116,7 +156,8 @@ def setup(verbose: bool = False) -> None:
     if _CONFIGURED:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(message)s"))
+    _JOURNAL["stderr"] = is_journal(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(message)s", journal=_JOURNAL["stderr"]))
     root = logging.getLogger("mlops")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -16,6 +16,7 @@ is one log line when it starts, then one every 10 minutes with its count, as an 
 from __future__ import annotations
 
 import collections
+import logging
 import re
 import threading
 import time
@@ -35,6 +36,9 @@ KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept
 INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
 REPEAT_EVERY = 600.0       # an outage is said once, then again every 10 minutes with its count
 QUIET = ("up_to_date", "skipped")   # an interval pass saying what the one before said: once every REPEAT_EVERY
+# a deploy that failed (hosts put back), production left on a version the hosts do not serve: not
+# info lines like "hosts serve v5" (under systemd a line's level is its journal priority)
+LEVELS = {"failed": logging.ERROR, "skipped": logging.WARNING}
 
 
 # "37s": an error that differs from the one before only in a count of seconds (another deploy's lock,
@@ -159,14 +163,16 @@ class Watcher:
 
     def _said(self, reason: str, status: str, version: int | None, message: str) -> None:
         now, s, key = self.clock(), self._same, (status, version, message)
+        level = LEVELS.get(status, logging.INFO)
         if reason == "interval" and s is not None and s.key == key:
             s.passes += 1
             if now - s.said >= REPEAT_EVERY:
                 s.said = now
-                logger.info("reconcile still %s (%d passes in %.0fs): %s", status, s.passes, now - s.since, message)
+                logger.log(level, "reconcile still %s (%d passes in %.0fs): %s", status, s.passes, now - s.since,
+                           message)
             return
         self._same = _Same(key, now, now) if status in QUIET else None
-        logger.info("reconcile (%s): %s: %s", reason, status, message)
+        logger.log(level, "reconcile (%s): %s: %s", reason, status, message)
 
     def _failed(self, reason: str, message: str) -> None:
         self._same = None

@@ -432,7 +432,8 @@ READ_NOT_SETTINGS = {"CIRCLE_PIPELINE_ID": "CircleCI sets it (lineage)", "CIRCLE
                      "REQUESTS_CA_BUNDLE": "read as requests reads it (architecture.md, tfs_client)",
                      "NETRC": "requests' own: only named in the refusal of an entry it cannot send",
                      "TF_CPP_MIN_LOG_LEVEL": "TensorFlow's own, defaulted by mlops.cli",
-                     "XDG_CACHE_HOME": "the default of MLOPS_CACHE_DIR says it"}
+                     "XDG_CACHE_HOME": "the default of MLOPS_CACHE_DIR says it",
+                     "JOURNAL_STREAM": "systemd sets it: stderr is the journal (architecture.md, Logging)"}
 _READ = re.compile(r"(?:\benv|token_env|environ\.get|getenv|environ\[|environ\.setdefault|port_env)"
                    r"""\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
 

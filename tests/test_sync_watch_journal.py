@@ -1,0 +1,97 @@
+"""``mlops sync watch`` under systemd (deploy/mlops-watch.service): its lines reach the journal at
+their priority (found by review, 2026-12-07, nineteenth stop; each test fails on the code before).
+
+journald stores a service's stderr line by line at priority info unless a line begins with
+``<N>`` (``SyslogLevelPrefix=``, on by default). Every line of the watch — an MLflow outage, a
+failed deploy whose hosts were put back, the command's own ``error:`` line — was stored as info,
+so ``journalctl -p err -u mlops-watch`` (or an alert on it) showed nothing; and a failed deploy pass
+was an info line even for a log reader that knows levels. The journal is recognised as systemd
+says: ``JOURNAL_STREAM`` names stderr's device and inode.
+
+The command against an MLflow address nothing listens on (127.0.0.1); the loop on stand-ins.
+Every wait is bounded.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+from mlops.ports import free_port
+from mlops_common import log
+from serving_sync.watch import Watcher
+from tests.helpers import REPO
+
+
+def test_the_watchs_passes_carry_their_journal_priority():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(log.RedactingFormatter("%(message)s", journal=True))
+    watch_logger = logging.getLogger("mlops.sync.watch")
+    passes = iter([("up_to_date", 1, "hosts serve v1"),
+                   ("failed", 2, "deploy of v2 failed on host web-1 at step 'smoke': golden_outputs; put back"),
+                   ("skipped", 2, "v2's deploy failed; not tried again"),
+                   ("up_to_date", 1, "hosts serve v1")])
+
+    def reconcile():
+        try:
+            return next(passes)
+        except StopIteration:
+            w.stop_event.set()
+            raise RuntimeError("a traceback's\nsecond line") from None
+
+    w = Watcher(reconcile, interval=0.5, max_seconds=30)
+    level = watch_logger.level
+    watch_logger.addHandler(handler)
+    watch_logger.setLevel(logging.INFO)
+    try:
+        w.run()
+    finally:
+        watch_logger.removeHandler(handler)
+        watch_logger.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("<6>reconcile (start): up_to_date"), lines
+    assert lines[1].startswith("<3>reconcile (interval): failed: deploy of v2"), lines
+    assert lines[2].startswith("<4>reconcile (interval): skipped"), lines
+    assert lines[3].startswith("<6>reconcile (interval): up_to_date"), lines
+    assert lines[4].startswith("<3>reconcile (interval) failed: unexpected RuntimeError"), lines
+    assert lines[5] == "<3>second line (a bug in mlops; the watch goes on and tries again at the next pass)", lines
+    assert len(lines) == 6, lines
+
+
+def _watch(tmp_path, journal: str | None, *args: str) -> tuple[int, str, str]:
+    """``mlops sync watch ARGS`` with stderr in a file; ``journal``: "stderr" (JOURNAL_STREAM names
+    that file, as systemd sets it), "other" (it names another file: inherited), None (unset)."""
+    port = free_port()            # nothing listens there: every pass is an outage
+    err, out = tmp_path / f"stderr-{journal}", tmp_path / f"stdout-{journal}"
+    other = tmp_path / "other"
+    other.write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "MLOPS_HOSTS_FILE",
+                                                             "MLOPS_WEBHOOK_SECRET")}
+    env.update(MLOPS_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+               MLOPS_SYNC_TARGET=f"file://{tmp_path / 'models'}", MLOPS_SYNC_REST_URL=f"http://127.0.0.1:{port}",
+               MLOPS_MODEL_NAME="digits")
+    with open(err, "w") as e, open(out, "w") as o:
+        if journal is not None:
+            st = os.fstat(e.fileno()) if journal == "stderr" else os.stat(other)
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        p = subprocess.run([sys.executable, "-m", "mlops", "sync", "watch", *args], cwd=REPO, env=env,
+                           stdout=o, stderr=e, timeout=120)
+    return p.returncode, out.read_text(), err.read_text()
+
+
+def test_under_systemd_an_outage_and_the_commands_error_line_are_journal_errors(tmp_path):
+    (tmp_path / "models").mkdir()
+    code, out, err = _watch(tmp_path, "stderr", "--interval", "0.5", "--max-seconds", "1")
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("<3>reconcile (start) failed: reading registered model 'digits': "
+                                          "cannot reach the MLflow server"), err
+    assert "<" not in out.splitlines()[0], out          # the report on stdout: as it was
+    code, _, err = _watch(tmp_path, "stderr", "--once", "--webhook-port", "0")
+    assert code == 2 and err.startswith("<3>error: --webhook-port needs MLOPS_WEBHOOK_SECRET"), err
+    # JOURNAL_STREAM inherited by a command whose stderr goes elsewhere, or not set: no prefix
+    for journal in ("other", None):
+        code, _, err = _watch(tmp_path, journal, "--interval", "0.5", "--max-seconds", "1")
+        assert code == 0 and err.startswith("reconcile (start) failed: "), err
