@@ -146,6 +146,7 @@ def _interrupted(error: BaseException) -> bool:
 
 
 REGISTRY_UNREADABLE = "the registry could not be read before the switch, not the version"
+PRODUCTION_MOVED = "production moved to another version meanwhile, not the version"
 INTERRUPTED_BY_SIGNAL = "the deploy was interrupted"
 
 
@@ -191,7 +192,7 @@ def not_the_versions_fault(run: HostRun, exc: BaseException, *, step: str = "?")
             if step == "record" or isinstance(error, LedgerWriteFailed)
             else "the canary's metrics could not be read, not the version"
             if step == "bake" and not isinstance(error, CanaryFailed)
-            else "production moved to another version meanwhile, not the version"
+            else PRODUCTION_MOVED
             if isinstance(error, ProductionMoved)
             else REGISTRY_UNREADABLE if step == "production" else None)
 

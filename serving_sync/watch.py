@@ -7,8 +7,9 @@ deploy failed is not retried until ``production`` moves again (the failed deploy
 anyway), so a broken version cannot make the loop hammer the hosts; the version's
 ``deploy_status=failed`` tag carries that across a restart of the watcher. Each deploy is the same
 rollout as ``mlops sync deploy`` (prepare, canary, bake, waves). A pass that found ``production``
-moved while it ran (its rollout overtaken by a newer version, which its hosts stay on; or a pass
-that only recorded what its hosts serve) is followed by the next pass at once, not after
+moved while it ran (its rollout overtaken by a newer version, which its hosts stay on, or put back
+before its next wave; or a pass that only recorded what its hosts serve) is followed by the next
+pass at once, not after
 ``interval`` — at most one such pass in a row, so a production that keeps moving cannot make the
 loop spin. An interval pass that found what the pass before found (``up_to_date``, ``skipped``)
 is one log line when it starts, then one every 10 minutes with its count, as an outage is.
@@ -333,7 +334,8 @@ class FleetReconciler:
     pass), and never over a status another deploy wrote. That deploy expects the version (as
     ``--expect-version``): production moved meanwhile makes it no rollout of another version but a
     ``moved`` pass, and the next pass runs at once; so does a rollout overtaken after its last wave
-    by a newer version (a ``deployed`` pass: its hosts stay on it)."""
+    by a newer version (a ``deployed`` pass: its hosts stay on it), and one put back before a wave
+    because production moved (a ``moved`` pass: not a failure)."""
 
     def __init__(self, model: str, hosts, opts, *, lock_wait: float = 0.0, break_lock: str | None = None,
                  recorded: Callable[[int], bool] | None = None, status_known: Callable[[int], bool] | None = None,
@@ -413,6 +415,12 @@ class FleetReconciler:
             # the version the deploy handled: production read again under the locks (a promotion
             # or rollback after this pass's plan), not necessarily the plan's
             v = result.version if result is not None and result.version is not None else fp.version
+            from .deploy_failure import PRODUCTION_MOVED
+
+            if result is not None and (result.registry or {}).get("reason") == PRODUCTION_MOVED:
+                # put back before a wave (or after the last) because production moved: not a
+                # failure of anything, and the version production names now is installed at once
+                return "moved", v, f"{exc.message}; the next pass runs at once", True
             if result is None or result.blames_version:     # a host or the network: the next pass retries
                 self.failed.add(v)
             return "failed", v, exc.message

@@ -141,3 +141,51 @@ def test_a_production_that_keeps_moving_does_not_make_the_watch_spin():
     assert triggers[:3] == ["start", "moved", "interval"], triggers
     assert all(not (a == b == "moved") for a, b in zip(triggers, triggers[1:])), triggers
     assert 6 <= len(calls) <= 12, triggers          # ~2 passes per interval, not thousands
+
+
+def test_a_rollout_put_back_because_production_moved_before_its_next_wave_is_followed_by_a_pass_at_once(
+        deploy_env, monkeypatch, caplog):
+    """v2's canary switched, then a person promoted v3: the deploy puts the canary back before its
+    next wave (a rollout must not go on with a version production no longer names). That pass was
+    a ``failed`` pass, and v3 waited for the next interval (a minute in deploy/mlops-watch.service,
+    without a webhook): its failure did not say production moved. It is now a ``moved`` pass, not
+    an error, and the next pass installs v3 at once."""
+    env = deploy_env
+    hosts = env.add_hosts(2)
+    env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    v3 = env.register("c")
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    done = {}
+
+    def then_a_newer_version_is_promoted(run, step):     # the canary's check, then CI promotes v3
+        verify(run, step)
+        if not done:
+            env.promote(v3)
+            done["promoted"] = run.host.name
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, then_a_newer_version_is_promoted)
+    r = FleetReconciler(env.model, load_hosts(), deploy_opts())
+    w = Watcher(r, interval=120, max_seconds=100)
+    w.reconcile = _stop_after(w, r, 2)
+    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
+    mlops_logger.addHandler(caplog.handler)
+    t0 = time.monotonic()
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            res = w.run()
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+    assert done, "the canary never switched"
+    passes = [(p.trigger, p.status, p.version) for p in res.passes]
+    assert passes == [("start", "moved", v2), ("moved", "deployed", v3)], [p.to_dict() for p in res.passes]
+    first = res.passes[0].message
+    assert "put back" in first and "the next pass runs at once" in first, first
+    assert time.monotonic() - t0 < 90                                  # not after --interval
+    logged = _logged(caplog)
+    assert not [x for x in logged if x.levelno >= logging.ERROR], [x.getMessage() for x in logged]
+    for host in hosts:
+        env.serves(host, v3)
+    assert env.tags(v3).get("deploy_status") == "deployed"
+    assert env.tags(v2).get("deploy_status") != "failed"
