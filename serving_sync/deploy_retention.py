@@ -78,7 +78,8 @@ def store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOption
                                         previous=rollback_to, keep=opts.keep, protected=kept,
                                         uses=after.get(entry["store"], {}),
                                         held=copies.held if copies is not None else frozenset(),
-                                        break_lock=copies.break_lock if copies is not None else None)
+                                        break_lock=copies.break_lock if copies is not None else None,
+                                        give_up=copies.give_up if copies is not None else None)
         except UserError as exc:   # the deploy succeeded; the next one cleans up
             logger.warning("%s: retention failed (%s); it will be retried by the next deploy", entry["store"],
                            exc.message)

@@ -78,7 +78,8 @@ def deploy(model: str, hosts, *, version: int | None = None, opts: DeployOptions
     ``provenance`` (``registry.provenance.Provenance``, default: this job) names who and where in
     the ledger rows and tags the deploy writes. ``expect``: production must be that version, read
     before and again under the hosts' locks (``expected_production``). ``give_up_waiting`` (a
-    callable; ``sync watch`` asked to stop): a wait for another deploy's lock ends at once."""
+    callable; ``sync watch`` asked to stop): a wait for another deploy's lock (a host's, or the shared
+    store's before its upload or clean-up) ends at once."""
     seen: dict = {}
     start = time.monotonic()
     try:
@@ -180,7 +181,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             lazy = Lazy(model, v, workdir)
             copies = StoreCopies(model, v, uses=deploy_retention.store_uses(conns, plans, v),
                                  held={base_key(c.host.target): c.lock for c in conns if c.host.target.scheme == "s3"},
-                                 break_lock=break_lock)
+                                 break_lock=break_lock, give_up=give_up_waiting)
             runs: list[HostRun] = []
             for conn, obsd, plan in zip(conns, observed, plans):
                 if plan.up_to_date:

@@ -115,9 +115,10 @@ class StoreCopies:
     """Each distinct store of a deploy, uploaded once (thread-safe), and per-host presigning."""
 
     def __init__(self, model: str, version: int, *, uses: dict | None = None, held=frozenset(),
-                 break_lock: str | None = None):
+                 break_lock: str | None = None, give_up=None):
         self.model, self.version = model, version
         self.break_lock = break_lock  # --break-lock TOKEN: the store's lock too, when it is that one
+        self.give_up = give_up        # ``sync watch`` asked to stop: no wait for another fleet's store lock
         self.uses = uses or {}       # store url -> {host: versions it keeps or pulls}, recorded first
         self.held = held             # base_key of the S3 bases whose lock this deploy already holds (-> that lock)
         self._done: dict[str, dict] = {}
@@ -134,7 +135,8 @@ class StoreCopies:
         with self._lock:
             if store.url not in self._done:
                 t = S3Transport(store.target.bucket, store.target.path)
-                with store_lock(t, store, self.model, self.held, break_lock=self.break_lock) as lock:
+                with store_lock(t, store, self.model, self.held, break_lock=self.break_lock,
+                                give_up=self.give_up) as lock:
                     record_uses(t, self.model, self.uses.get(store.url, {}))
                     logger.info("uploading v%d of '%s' once to the shared store %s", self.version, self.model,
                                 store.url)
@@ -170,7 +172,7 @@ def url_lifetime(setting: float, total_size: int) -> float:
 
 def retire(store: Store, model: str, *, serving: int, previous: int | None, keep: int,
            protected: tuple[int, ...], uses: dict | None = None, held=frozenset(),
-           break_lock: str | None = None) -> dict:
+           break_lock: str | None = None, give_up=None) -> dict:
     """Remove from ``store`` the versions of ``model`` that no host needs any more, by the hosts'
     own rule (``retention``: all but the ``keep`` newest, what serves, the rollback target and
     what a host keeps loaded), and uploads that died. Without it every version deployed stayed in
@@ -183,7 +185,7 @@ def retire(store: Store, model: str, *, serving: int, previous: int | None, keep
     from .transports.s3 import S3Transport
 
     t = S3Transport(store.target.bucket, store.target.path)
-    with store_lock(t, store, model, held, break_lock=break_lock) as lock:
+    with store_lock(t, store, model, held, break_lock=break_lock, give_up=give_up) as lock:
         record_uses(t, model, uses or {})
         in_use = read_uses(t, model)
         served = served_from(t, model)
@@ -209,7 +211,7 @@ def served_from(t, model: str) -> set[int]:
 
 
 @contextlib.contextmanager
-def store_lock(t, store: Store, model: str, held=frozenset(), *, break_lock: str | None = None):
+def store_lock(t, store: Store, model: str, held=frozenset(), *, break_lock: str | None = None, give_up=None):
     """The store's deploy lock (a ``HostLock`` on its S3 base), waited for up to ``MLOPS_LOCK_TTL``:
     another fleet's upload or clean-up there takes seconds to minutes. Not taken again when this
     deploy holds it already (an ``s3://`` host whose base is the store: ``held`` maps its base_key to
@@ -218,7 +220,9 @@ def store_lock(t, store: Store, model: str, held=frozenset(), *, break_lock: str
     beats it before deleting (without it, one under a host's lock taken over meanwhile deleted the
     new owner's upload under way).
     ``break_lock`` (the deploy's ``--break-lock TOKEN``) takes it over at once when it is that lock
-    (a SIGKILLed deploy's, seen from another machine, waited for the TTL otherwise)."""
+    (a SIGKILLed deploy's, seen from another machine, waited for the TTL otherwise). ``give_up``
+    (``sync watch`` asked to stop): the wait ends at once with the owner's ``LockHeld``, as the wait
+    for a host's lock does; nothing is taken, nothing changed."""
     from .connections import acquire
 
     if base_key(store.target) in held:
@@ -227,7 +231,7 @@ def store_lock(t, store: Store, model: str, held=frozenset(), *, break_lock: str
     taken: list = []        # recorded before it is tried: a forced stop as the lock was taken left it
     try:
         yield acquire(t, break_lock=break_lock, wait=settings.lock_ttl(), purpose="shared-store upload or clean-up",
-                      model=model, record=taken.append)
+                      model=model, record=taken.append, give_up=give_up)
     finally:
         for lock in taken:
             lock.release()

@@ -324,8 +324,9 @@ class FleetReconciler:
     again or production moves; a failure that does not blame the version is retried next pass; a
     named lock takeover (``--break-lock TOKEN``) is used on the first pass only, never carried on.
     ``stopping`` (the watch was asked to stop: SIGTERM from systemd, Ctrl-C): a pass that has not
-    begun its deploy does not begin one, and one waiting for another deploy's lock (``--lock-wait``)
-    gives up at once — nothing changed, nothing to finish (``stopped``).
+    begun its deploy does not begin one, and one waiting for another deploy's lock (``--lock-wait``,
+    or the shared store's before its upload) gives up at once — nothing changed, nothing to finish
+    (``stopped``).
     Hosts that already serve production while the version has no ``deploy_status`` at all (a
     deploy killed after its switch), or while a person's rollback to it was not finished (a `sync
     rollback` killed after its switch: ``deploys.rollback_unrecorded``), go through

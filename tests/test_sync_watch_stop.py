@@ -107,3 +107,63 @@ def test_the_first_signal_wakes_the_loop_whichever_line_of_its_wait_it_lands_on(
 
     fired = signal_at_every_line(loop_wait, first_signal, timeout=10)
     assert woke == [True] and fired
+
+
+def test_sigterm_while_a_watchs_deploy_waits_for_the_stores_lock_stops_it_at_once(deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-07, nineteenth stop): the first signal ended the wait for a host's
+    lock, but not the wait for the shared store's lock before the upload (up to ``MLOPS_LOCK_TTL``,
+    10 minutes by default), held by another fleet's deploy: the watch waited it out, then uploaded
+    and rolled out while systemd's stop timeout ran. Now that wait ends too: nothing changed,
+    ``stopped``, exit 0. (Here the TTL is 60 s: the code before stopped after it.)"""
+    import os as _os
+
+    from serving_sync.layout import LOCK_PATH
+    from serving_sync.lock import LockInfo
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_store import _with_store
+
+    env = deploy_env
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("watch-store-lock")
+    _with_store(env, bucket, env.model)
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    t = S3Transport(bucket, env.model)
+    now = time.time()           # another fleet's deploy on another machine, alive (its TTL 10 min)
+    other = LockInfo("ci", "other-machine", _os.getpid(), "0123456789abcdef", now, now, "deploy", 600.0, "")
+    assert t.create_exclusive(LOCK_PATH, other.to_json())
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
+                             "--max-seconds", "300", "--json", "--timeout", "60"],
+                            cwd=REPO, env={**os.environ, **env.env, "MLOPS_LOCK_TTL": "60"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120       # the first pass's deploy waits for the store's lock
+        while time.monotonic() < deadline and not any("token 0123456789abcdef" in x for x in lines):
+            time.sleep(0.1)
+        assert any("token 0123456789abcdef" in x and "waiting up to 60s" in x for x in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        try:
+            out = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise AssertionError("the watch went on waiting for the store's lock after SIGTERM") from None
+        assert time.monotonic() - t0 < 20, "the watch waited for the store's lock after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 0, err
+    passes = json.loads(out)["passes"]
+    assert [(p["status"], p["version"]) for p in passes] == [("stopped", v2)], passes
+    assert "Traceback" not in err
+    assert LockInfo.from_json(t.read_file(LOCK_PATH)).token == other.token     # the other's lock left alone
+    assert not t.exists(f"{env.model}/{v2}/saved_model.pb")                     # nothing uploaded
+    env.serves(host, v1)                    # the stopped watch changed nothing
