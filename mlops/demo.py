@@ -348,7 +348,8 @@ def foreign_settings(environ: dict[str, str], services: dict) -> dict[str, str]:
 def wait_for_ctrl_c() -> None:
     from mlops.detached_service import stop_service
 
-    say("\nThe services keep running. Press Ctrl-C to stop them (or run `mlops down` later).")
+    # as the closing text names it: `make demo` puts no `mlops` on PATH ("command not found")
+    say(f"\nThe services keep running. Press Ctrl-C to stop them (or run `{mlops_command()} down` later).")
     try:
         while True:
             time.sleep(3600)

@@ -277,6 +277,31 @@ def test_ctrl_c_at_the_end_leaves_the_services_to_a_demo_started_since(tmp_path,
                 p.wait(timeout=10)
 
 
+def test_the_wait_at_the_end_names_mlops_down_as_this_shell_reaches_it(tmp_path, monkeypatch, capsys):
+    """Found by review (2026-12-07, nineteenth stop): after `make demo`, which puts no `mlops` on
+    PATH, the closing text's "Stop:" line named the virtualenv's script but the line under it said
+    "Press Ctrl-C to stop them (or run `mlops down` later)": command not found."""
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from mlops import demo
+
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "mlops"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")         # no `mlops` on it, as after `make demo`
+    monkeypatch.chdir(tmp_path)
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "time", SimpleNamespace(sleep=ctrl_c, monotonic=time.monotonic))
+    demo.wait_for_ctrl_c()
+    script = Path(sys.executable).parent / "mlops"
+    assert script.exists()                              # the test runs from the project's virtualenv
+    out = capsys.readouterr().out
+    assert f"(or run `{script} down` later)" in out, out
+
+
 def test_mlflows_port_held_by_another_program_names_the_setting_the_demo_takes(tmp_path):
     """Found by review (2026-12-06, fourteenth stop): the line said to set MLOPS_MLFLOW_PORT "(or
     --port)", and `mlops demo` has no --port (`mlops up` has)."""
