@@ -345,25 +345,56 @@ def foreign_settings(environ: dict[str, str], services: dict) -> dict[str, str]:
     return out
 
 
+SERVICES = ("model-server", "mlflow-server")
+WAIT_POLL_SECONDS = 1.0
+
+
+def _still_runs(rec) -> bool:
+    """What a Ctrl-C at the end would stop: the recorded process, or what is left of its group (an
+    MLflow worker whose first process died), zombies left out."""
+    from mlops.detached_service import _group_lives
+    from mlops_common.procs import group_members, pid_alive
+
+    if rec.running:
+        return True
+    return _group_lives(rec) and any(pid_alive(int(p)) for p in group_members(rec.pid))
+
+
+def _any_service_runs(state: Path) -> bool:
+    """Whether a service of the demo still runs; True when its record cannot be read (the wait
+    goes on, as it always did)."""
+    from mlops.detached_service import read_record
+
+    try:
+        return any(rec is not None and _still_runs(rec) for rec in (read_record(state, n) for n in SERVICES))
+    except UserError:
+        return True
+
+
 def wait_for_ctrl_c() -> None:
+    """Until Ctrl-C, which stops the services; or until they are gone (`make down` from another
+    terminal, as the README says: the demo waited on for a Ctrl-C with nothing left to stop)."""
     from mlops.detached_service import stop_service
 
+    state = settings.state_dir()
     # as the closing text names it: `make demo` puts no `mlops` on PATH ("command not found")
     say(f"\nThe services keep running. Press Ctrl-C to stop them (or run `{mlops_command()} down` later).")
     try:
-        while True:
-            time.sleep(3600)
+        while _any_service_runs(state):
+            time.sleep(WAIT_POLL_SECONDS)
     except KeyboardInterrupt:
-        state = settings.state_dir()
         try:    # a demo started since in another terminal runs on these services: not under it
             with one_demo_at_a_time(state):
-                for name in ("model-server", "mlflow-server"):
+                for name in SERVICES:
                     stop_service(state, name)
         except ConfigError:
             say(f"another `mlops demo` runs on {state} now: its services keep running (`{mlops_command()} "
                 f"down` stops them)")
             return
         say("stopped.")
+        return
+    say(f"the services are no longer running (stopped by `{mlops_command()} down`, or they exited: their logs "
+        f"are in {state}); nothing left to wait for.")
 
 
 def check_options(opts: DemoOptions) -> None:

@@ -302,6 +302,44 @@ def test_the_wait_at_the_end_names_mlops_down_as_this_shell_reaches_it(tmp_path,
     assert f"(or run `{script} down` later)" in out, out
 
 
+def test_the_wait_at_the_end_ends_when_mlops_down_stopped_the_services(tmp_path, monkeypatch, capsys):
+    """Found by review (2026-12-07, nineteenth stop): the README says the demo keeps the services
+    running until Ctrl-C "or `make down` from another terminal"; after that `make down` the demo
+    still waited, for good, for a Ctrl-C to stop services that no longer ran. Stand-ins for the two
+    servers, as recorded; the real `mlops down` in another process."""
+    import subprocess
+    import threading
+
+    from mlops import demo, detached_service
+    from mlops_common.procs import process_identity
+
+    home = tmp_path / "mlops"
+    home.mkdir()
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.setattr(demo, "WAIT_POLL_SECONDS", 0.1, raising=False)
+    servers = []
+    for name in ("model-server", "mlflow-server"):
+        p = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        servers.append(p)
+        detached_service.write_record(home, detached_service.Service(
+            name, p.pid, "http://127.0.0.1:9", home / f"{name}.log", process_identity(p.pid)))
+    waiting = threading.Thread(target=demo.wait_for_ctrl_c, daemon=True)
+    try:
+        waiting.start()
+        waiting.join(timeout=1)
+        assert waiting.is_alive(), "the wait ended while both services ran"
+        down = run_mlops("down", env={"MLOPS_HOME": str(home), "PYTHONPATH": str(REPO)}, timeout=120)
+        assert down.returncode == 0 and "stopped: mlflow-server, model-server" in down.stdout, down.stdout + down.stderr
+        waiting.join(timeout=30)
+        assert not waiting.is_alive(), "the demo still waits for a Ctrl-C after `mlops down`"
+        assert "the services are no longer running" in capsys.readouterr().out
+    finally:
+        for p in servers:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+
+
 def test_mlflows_port_held_by_another_program_names_the_setting_the_demo_takes(tmp_path):
     """Found by review (2026-12-06, fourteenth stop): the line said to set MLOPS_MLFLOW_PORT "(or
     --port)", and `mlops demo` has no --port (`mlops up` has)."""
