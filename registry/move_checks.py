@@ -146,11 +146,14 @@ def check_pipeline_rerun(model: str, action: str, current: int | None, earlier: 
     if earlier is None or earlier.action != action or requested not in (None, earlier.to_version):
         return False
     if earlier.to_version != current:
+        # `registry promote --pipeline-id` by hand is this pipeline's move too: name the command that is not
+        by_hand = (f"`mlops registry promote --version {earlier.to_version}` (without --pipeline-id)"
+                   if action == "promote" else "`mlops registry rollback --to N`")
         raise RefusedError(
             f"this CircleCI pipeline already moved production of '{model}' to "
             f"{version_label(earlier.to_version)} (ledger #{earlier.id}), and it is {version_label(current)} now "
             f"(its deploy failed and moved it back, or another move came since): a pipeline moves production "
-            f"once; start a new pipeline, or move it by hand outside CircleCI")
+            f"once; start a new pipeline, or move it by hand outside CircleCI with {by_hand}")
     return True
 
 

@@ -647,3 +647,26 @@ def test_a_circleci_promotion_of_a_model_that_does_not_exist_says_so(make_versio
     r = run_mlops("registry", "promote", "--version", str(v), env=env)     # the right name: promoted
     assert r.returncode == 0, r.stderr
     assert versions.production_version(model) == v
+
+
+def test_a_pipelines_promotion_refused_as_a_rerun_names_the_command_that_moves_it_by_hand(make_version):
+    """Found by a promotion review (2026-12-07, nineteenth stop): `registry promote --pipeline-id A` at a
+    terminal, after pipeline A's version was promoted and another version since, was refused with "a
+    pipeline moves production once; start a new pipeline, or move it by hand outside CircleCI" — the
+    person was doing just that (--pipeline-id makes it the pipeline's move, wherever it runs). The line
+    names the command now, `mlops registry promote --version 1` (without --pipeline-id), and it works."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed", pipeline_id="pipe-a")
+    v2 = make_version(validation_status="passed", pipeline_id="pipe-b")
+    for pipeline in ("pipe-a", "pipe-b"):
+        assert run_mlops("registry", "promote", "--pipeline-id", pipeline, "--actor", "alice").returncode == 0
+    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-a", "--actor", "alice")
+    assert r.returncode == 2, r.stdout
+    line = one_error_line(r)
+    assert f"this CircleCI pipeline already moved production of '{model}' to v{v1}" in line, line
+    assert f"move it by hand outside CircleCI with `mlops registry promote --version {v1}` (without --pipeline-id)" \
+        in line, line
+    assert versions.production_version(model) == v2
+    r = run_mlops("registry", "promote", "--version", str(v1), "--actor", "alice")     # what the line says
+    assert r.returncode == 0, r.stderr
+    assert versions.production_version(model) == v1
