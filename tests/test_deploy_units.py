@@ -54,6 +54,10 @@ def test_the_watch_unit_runs_flags_that_exist_and_outlasts_a_deploy_when_stopped
     # the first SIGTERM finishes the deploy under way: the stop timeout outlasts CircleCI's 300 s
     # bake, the --timeout waits of a deploy and the lock it may wait for
     assert int(s["TimeoutStopSec"][0]) >= 900, s["TimeoutStopSec"]
+    # ... and a deploy still under way --stop-within after it is put back before systemd's SIGKILL,
+    # with time left for the put-back (nineteenth stop)
+    within = float(words[words.index("--stop-within") + 1])
+    assert within <= int(s["TimeoutStopSec"][0]) - 240, (within, s["TimeoutStopSec"])
     assert s["KillSignal"] == ["SIGTERM"] and s["KillMode"] == ["mixed"]
     assert s["Restart"] == ["on-failure"]
 

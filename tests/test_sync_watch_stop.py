@@ -167,3 +167,58 @@ def test_sigterm_while_a_watchs_deploy_waits_for_the_stores_lock_stops_it_at_onc
     assert LockInfo.from_json(t.read_file(LOCK_PATH)).token == other.token     # the other's lock left alone
     assert not t.exists(f"{env.model}/{v2}/saved_model.pb")                     # nothing uploaded
     env.serves(host, v1)                    # the stopped watch changed nothing
+
+
+def test_stop_within_puts_the_hosts_back_when_the_deploy_outlasts_it_after_the_first_signal(deploy_env):
+    """Found by review (2026-12-07, nineteenth stop): systemd sends one SIGTERM, then SIGKILL after
+    ``TimeoutStopSec``. The watch's first signal lets the deploy under way finish, however long:
+    a bake (``MLOPS_BAKE_SECONDS``, each wave's with ``--bake-each-wave``) or a large fleet's
+    prepare longer than the stop timeout was SIGKILLed mid-rollout, a canary switched and unjudged,
+    the fleet mixed until the unit started again. ``--stop-within S`` (deploy/mlops-watch.service
+    sets it below its stop timeout) does what a second signal does S seconds after the first: here
+    SIGTERM lands in a 30 s bake, and 3 s later the canary is put back, exit 130, production left."""
+    env = deploy_env
+    hosts = env.add_monitored_hosts(2)
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
+                             "--max-seconds", "300", "--json", "--timeout", "60", "--bake", "30",
+                             "--stop-within", "3"],
+                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180       # the canary switched, its bake begins
+        while time.monotonic() < deadline and proc.poll() is None and not any("bake: judging" in x for x in lines):
+            time.sleep(0.1)
+        assert any("bake: judging" in x for x in lines), lines
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        try:
+            out = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise AssertionError("the watch went on with its bake past --stop-within") from None
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        reader.join(timeout=10)
+    err = "".join(lines)
+    assert proc.returncode == 130, err
+    assert took < 25, f"{took:.0f}s after SIGTERM: the bake ran on"
+    passes = json.loads(out)["passes"]
+    assert [p["status"] for p in passes] == ["interrupted"], passes
+    assert f"deploy of v{v2}" in passes[0]["message"] and "interrupted (--stop-within 3)" in passes[0]["message"], \
+        passes
+    assert "--stop-within 3: stopping the deploy at its next safe point" in err and "Traceback" not in err
+    for host in hosts:
+        env.serves(host, v1)                # put back, not left half switched
+    assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+    r = env.cli("sync", "watch", "--once", "--stop-within", "3")      # --once: the first signal does it
+    assert r.returncode == 2 and "error: --stop-within applies to a watch's first signal" in r.stderr, r.stderr

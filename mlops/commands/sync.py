@@ -233,12 +233,18 @@ def register(sub) -> None:
                                  "before). Ctrl-C, SIGTERM or SIGHUP (systemctl stop, a dropped SSH session): the "
                                  "pass under way finishes its deploy but begins none and stops waiting for a "
                                  "lock, then the watch ends, exit status 0; a second signal (or the first "
-                                 "under --once) stops the deploy and puts the hosts back, exit 130.",
+                                 "under --once, or --stop-within S seconds after the first) stops the deploy "
+                                 "and puts the hosts back, exit 130.",
                      epilog=_ENV)
     w.add_argument("--interval", type=flags.interval, default=30.0, metavar="S",
                    help="seconds between passes (default 30)")
     w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
+    w.add_argument("--stop-within", type=flags.timeout, metavar="S",
+                   help="a deploy still under way S seconds after the first signal is stopped at its next "
+                        "safe point and its hosts put back (exit 130), as a second signal does: under "
+                        "systemd, below TimeoutStopSec by the time a put-back takes, or SIGKILL may cut "
+                        "the deploy mid-rollout (default: the deploy finishes, however long it takes)")
     w.add_argument("--webhook-port", type=flags.port, metavar="PORT",
                    help="receive MLflow webhooks on this port (0: any free port; logged)")
     w.add_argument("--webhook-host", type=flags.bind_address, metavar="ADDR",
@@ -490,6 +496,9 @@ def cmd_watch(args) -> int:
                                                                ("--secret-env", args.secret_env)) if v]):
         raise ConfigError(f"{' and '.join(given)} only apply to the webhook receiver: add --webhook-port PORT "
                           f"(without it the watch only polls)")
+    if args.once and args.stop_within is not None:
+        raise ConfigError("--stop-within applies to a watch's first signal; under --once the first signal "
+                          "already stops the deploy and puts the hosts back")
     if args.once and args.max_seconds is not None:
         raise ConfigError("--once and --max-seconds are alternatives: --once runs one pass, --max-seconds "
                           "runs passes until then")
@@ -513,11 +522,19 @@ def cmd_watch(args) -> int:
     reconcile.stopping = watcher.stop_event.is_set   # asked to stop: a pass starts no deploy, waits for no lock
     receiver = _start_receiver(args, model, reconcile, watcher) if args.webhook_port is not None else None
 
+    signalled, ended = stop.Wake(), stop.Wake()
+    if args.stop_within is not None:    # started now: a signal handler must not start a thread (its locks)
+        threading.Thread(target=_stop_within, args=(args.stop_within, signalled, ended), daemon=True,
+                         name="stop-within").start()
+
     def graceful(name: str) -> None:   # first signal: finish the current pass's deploy (if any), then stop
         watcher.stop_event.set()        # first: a print that fails (stderr on a full disk) cannot lose the stop
         watcher.wake.set()
-        stop.tell(f"{name}: stopping after the current pass; a deploy not yet begun is not begun (send it again "
-                  f"to interrupt a deploy in progress)")
+        signalled.set()                 # --stop-within counts from here
+        within = (f"; one still under way in {args.stop_within:g}s is stopped and its hosts put back"
+                  if args.stop_within is not None else "")
+        stop.tell(f"{name}: stopping after the current pass; a deploy not yet begun is not begun{within} (send it "
+                  f"again to interrupt a deploy in progress)")
 
     forced = False
     try:           # --once has no next pass to stop after: its first signal stops the deploy
@@ -526,10 +543,22 @@ def cmd_watch(args) -> int:
     except KeyboardInterrupt:
         result, forced = watcher.result, True
     finally:
+        ended.set()                     # --stop-within: the watch ended, nothing left to stop
+        signalled.set()
         if receiver is not None:
             receiver.stop()
             watcher.result.webhook = {"url": receiver.url, **dict(receiver.counts)}
     return _report_watch(args, result, forced=forced)
+
+
+def _stop_within(seconds: float, signalled, ended) -> None:
+    """``sync watch --stop-within S``: S seconds after the first signal, unless the watch ended
+    meanwhile, what a second signal does (``stop.signalled``): the deploy under way stops at its next
+    safe point and puts its hosts back. systemd's SIGKILL after ``TimeoutStopSec`` cut a longer one
+    mid-rollout (a canary switched, a bake unjudged), and systemd sends no second SIGTERM."""
+    signalled.wait()            # the first signal, or the watch's end (which sets both)
+    if not ended.is_set() and not ended.wait(seconds):
+        stop.signalled(f"--stop-within {seconds:g}")
 
 
 def _report_watch(args, result, *, forced: bool = False) -> int:
