@@ -112,7 +112,7 @@ def start_services(state: Path) -> dict:
     # the model server's ports before MLflow starts: one another program holds stopped the demo after
     # MLflow had started, and left it running
     refuse_taken_ports(read_record(state, "model-server"),
-                        {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"})
+                        {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"}, state=state)
     mlflow_svc = start_mlflow(state, port=settings.local_mlflow_port(), port_setting="MLOPS_MLFLOW_PORT")  # no --port
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_svc.url  # the demo always runs on the embedded default
     os.environ.pop("MLOPS_LEDGER_URL", None)    # its ledger too: $MLOPS_HOME/ledger.db, never a team's

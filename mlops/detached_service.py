@@ -135,7 +135,7 @@ def spawn(name: str, cmd: list[str], *, state: Path, url: str, health_url: str,
     log = state / f"{name}.log"
     rotate_log(log)
     mark = secrets.token_hex(8)
-    env = {**(os.environ if env is None else env), SERVICE_MARK: mark}
+    env = {**(os.environ if env is None else env), SERVICE_MARK: mark, SERVICE_STATE: str(state), SERVICE_NAME: name}
     proc = svc = None
     try:    # from the start: a Ctrl-C (or SIGTERM) while the record is made stops the server too
         # a signal landing as Popen returns (its child already running) lost the child: under this
@@ -292,6 +292,11 @@ def _stop_orphans(rec: Service, *, timeout: float = 15) -> bool:
 
 
 SERVICE_MARK = "MLOPS_SERVICE_MARK"
+# the state folder and the name a service was started for, in its environment too: with its record
+# gone (the state folder removed under it: `rm -rf .mlops`, `git clean -fdx`), `mlops down` said
+# "nothing running" and the next start "port taken by another program", and nothing stopped it
+SERVICE_STATE = "MLOPS_SERVICE_STATE"
+SERVICE_NAME = "MLOPS_SERVICE_NAME"
 
 
 def _group_is_ours(pgid: int, mark: str) -> bool:
@@ -343,6 +348,53 @@ def forget(state: Path, rec: Service) -> bool:
     return ran
 
 
+def unrecorded_services(state: Path) -> dict[int, str]:
+    """The process groups (their number: their name) of services started for ``state`` that still
+    run: found by the ``SERVICE_STATE`` of their environment (only processes this user may read),
+    zombies left out. After ``stop_service`` of every record, what is left is what no record names."""
+    want = os.fsencode(f"{SERVICE_STATE}={state}")      # a path that is not UTF-8 too (`mlops down` takes it)
+    found: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            if want not in env or not pid_alive(int(entry)):
+                continue
+            pgid = os.getpgid(int(entry))
+        except (OSError, ValueError):
+            continue        # gone meanwhile, or not ours to read
+        if pgid == os.getpgrp():
+            continue        # never the caller's own group
+        name = next((v.split(b"=", 1)[1].decode(errors="replace") for v in env
+                     if v.startswith(f"{SERVICE_NAME}=".encode())), "service")
+        found.setdefault(pgid, name)
+    return found
+
+
+def stop_unrecorded(state: Path, *, timeout: float = 15) -> list[str]:
+    """Stop what ``unrecorded_services`` finds (each group: SIGTERM, then SIGKILL); their names."""
+    stopped = []
+    for pgid, name in unrecorded_services(state).items():
+        def send(sig, pgid=pgid) -> None:
+            try:
+                os.killpg(pgid, sig)
+            except PermissionError:
+                raise ProcessLookupError from None     # not ours to signal: as if there were none
+
+        def gone(pgid=pgid) -> bool:
+            return not any(pid_alive(int(p)) for p in group_members(pgid))
+
+        if _term_then_kill(send, gone, timeout):
+            stopped.append(name)
+    return stopped
+
+
 def stop_service(state: Path, name: str) -> bool:
     """Stop service ``name`` if its recorded process (or what is left of it) still runs, and
     forget it. True when it ran."""
@@ -350,10 +402,29 @@ def stop_service(state: Path, name: str) -> bool:
     return False if rec is None else forget(state, rec)
 
 
-def refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
+def _unrecorded_hint(state: Path | None) -> str:
+    """For a port found taken: a service started for ``state`` that no record names may hold it (its
+    state folder was removed under it), and `mlops down` stops it; "" when there is none."""
+    if state is None:
+        return ""
+    groups = unrecorded_services(state)
+    with contextlib.suppress(OSError):
+        for path in state.glob("*.json"):
+            with contextlib.suppress(ConfigError):
+                if (rec := read_record(state, path.stem)) is not None:
+                    groups.pop(rec.pid, None)
+    if not groups:
+        return ""
+    names = ", ".join(sorted(set(groups.values())))
+    return (f" ({names}, started for {state}, still runs with no record of it, its folder removed under it? "
+            f"`mlops down` or `make down` stops it)")
+
+
+def refuse_taken_ports(rec: Service | None, ports: dict[int, str], *, state: Path | None = None) -> None:
     """One line for a port another program holds. With ``rec`` (a service of ours that runs):
     only ports it does not hold itself, checked before it is stopped — `mlops up --port P2`
-    stopped a healthy server on P1, then refused because P2 was taken."""
+    stopped a healthy server on P1, then refused because P2 was taken. With ``state``: the line
+    says when a service started for it with no record may be that program."""
     if rec is not None and not rec.running:
         if _group_lives(rec):
             return      # what is left of it may hold its ports: starting it stops that first
@@ -364,7 +435,7 @@ def refuse_taken_ports(rec: Service | None, ports: dict[int, str]) -> None:
         if port not in own and port_in_use(port):
             kept = f"; {rec.name} keeps running on {rec.url}" if rec is not None else ""
             raise ConfigError(f"port {port} on 127.0.0.1 is taken by another program{kept}; set {what} "
-                              f"to a free port")
+                              f"to a free port{_unrecorded_hint(state)}")
 
 
 @contextlib.contextmanager

@@ -119,10 +119,10 @@ def _start_mlflow(state: Path, *, port: int, backend_store_uri: str | None, arti
             return rec
         except ConnectionFailure:
             pass
-    refuse_taken_ports(rec, {port: port_setting})   # before the running one stops
+    refuse_taken_ports(rec, {port: port_setting}, state=state)   # before the running one stops
     if rec is not None:     # not answering, half gone, or on another port than asked: start again
         forget(state, rec)
-    refuse_taken_ports(None, {port: port_setting})
+    refuse_taken_ports(None, {port: port_setting}, state=state)
     from mlops.mlflow_db import prepare_backend_store  # migrations first: see mlops/mlflow_db.py
 
     # a state folder under `what?/` put the database beside it, one under `100%41/` the database and
@@ -186,7 +186,7 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
         except ConnectionFailure:
             pass
     wanted = {rest_port: "MLOPS_SERVING_REST_PORT", grpc_port: "MLOPS_SERVING_GRPC_PORT"}
-    refuse_taken_ports(rec, wanted)        # before the running one stops
+    refuse_taken_ports(rec, wanted, state=state)        # before the running one stops
     if rec is not None:     # not answering, half gone, or on other ports than asked: start again
         forget(state, rec)
     config = base / "models.config"
@@ -198,7 +198,7 @@ def _start_model_server(state: Path, base: Path, *, rest_port: int, grpc_port: i
                           f"you can write") from None
     if not config.exists():     # whole or not at all: a truncated one was kept, and the next start served it
         write_whole(config, EMPTY_MODELS_CONFIG)
-    refuse_taken_ports(None, wanted)
+    refuse_taken_ports(None, wanted, state=state)
     url = f"http://127.0.0.1:{rest_port}"
     write_whole(monitoring, MONITORING_CONFIG)     # a full MLOPS_HOME: one line, no truncated file
     svc, _ = spawn(name, cmd, state=state, url=url, health_url=f"{url}/v1/models/__probe__",

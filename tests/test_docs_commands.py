@@ -374,6 +374,8 @@ def test_the_host_layout_names_the_lock_and_verified_records_the_code_writes():
 NOT_SETTINGS = {"MLOPS_MLFLOW_DB_UPGRADE_URI": "mlops.mlflow_db passes the URI to `mlflow db upgrade` in it",
                 "MLOPS_PYTHON": "scripts/ensure-python311.sh exports it for the next CircleCI steps",
                 "MLOPS_SERVICE_MARK": "mlops.detached_service sets it in a service it starts, to know its processes",
+                "MLOPS_SERVICE_STATE": "mlops.detached_service sets it in a service it starts (its state folder)",
+                "MLOPS_SERVICE_NAME": "mlops.detached_service sets it in a service it starts (its name)",
                 "MLOPS_TEST_PAUSE_AT": "test hook", "MLOPS_TEST_PAUSE_MARKER": "test hook",
                 "MLOPS_TEST_PAUSE_SECONDS": "test hook", "MLOPS_TEST_PORT_SLICE": "test hook"}
 SETTINGS_TABLES = (("README.md", "### Configuration"), ("docs/architecture.md", "## Settings (environment)"),

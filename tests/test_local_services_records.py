@@ -16,7 +16,7 @@ from mlops import detached_service, local_services
 from mlops.ports import free_port, free_ports, port_in_use
 from mlops_common.errors import ConfigError, ConnectionFailure
 from mlops_common.procs import pid_alive, process_identity
-from tests.helpers import run_mlops
+from tests.helpers import REPO, run_mlops
 
 
 @pytest.fixture
@@ -447,6 +447,40 @@ def test_a_server_is_waited_for_directly_whatever_proxy_the_environment_names(mo
         started = time.monotonic()
         detached_service.wait_http_ok(f"{url}/health", timeout=5)
         assert time.monotonic() - started < 4
+
+
+def test_down_stops_a_service_whose_state_folder_was_removed_under_it(tmp_path):
+    """Found by review (2026-12-07, nineteenth stop): `rm -rf .mlops` (or `git clean -fdx`) with the
+    demo's services running took their records with it: `mlops down` said "nothing running", the
+    next `mlops up` or demo "port taken by another program", and nothing stopped them. A service now
+    carries its state folder in its environment: `mlops down` finds and stops it, and the refusal
+    of its port says so."""
+    import shutil
+    import sys
+
+    home = tmp_path / "home"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    svc, proc = detached_service.spawn("web-server", [sys.executable, "-m", "http.server", str(port), "--bind",
+                                                      "127.0.0.1"], state=home, url=url, health_url=f"{url}/")
+    try:
+        shutil.rmtree(home)                                 # the state folder removed under it
+        env = {"MLOPS_HOME": str(home), "PYTHONPATH": str(REPO)}
+        up = run_mlops("up", "--port", str(port), env=env, timeout=120)
+        assert up.returncode == 2 and "Traceback" not in up.stderr, up.stderr
+        assert f"web-server, started for {home}, still runs with no record of it" in up.stderr, up.stderr
+        assert "`mlops down` or `make down` stops it" in up.stderr
+        down = run_mlops("down", env=env, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.strip() == "stopped: web-server (no record)", down.stdout
+        proc.wait(timeout=30)
+        assert not port_in_use(port)
+        again = run_mlops("down", env=env, timeout=120)      # nothing left: nothing said stopped
+        assert again.stdout.strip() == f"nothing running for {home}", again.stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def test_two_ups_at_once_start_one_server_and_both_name_it(tmp_path):

@@ -37,7 +37,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from mlops.detached_service import stop_service
+    from mlops.detached_service import stop_service, stop_unrecorded
 
     state = settings.state_dir()
     try:
@@ -51,6 +51,8 @@ def cmd_down(args) -> int:
                 stopped.append(p.stem)
         except ConfigError as exc:
             refused.append(exc)
+    # then what runs for this state folder that no record names (the folder was removed under it)
+    stopped += [f"{name} (no record)" for name in stop_unrecorded(state)]
     # a path of bytes that are not UTF-8 (MLOPS_HOME from a Latin-1 shell) shown as \xe9 (as every
     # command shows it): printed as it is, "nothing running for <it>" was a traceback
     if stopped or not refused:
