@@ -405,6 +405,11 @@ def check_options(opts: DemoOptions) -> None:
         raise ConfigError("no terminal to ask for the approval on: run `mlops demo --yes` (or `make demo "
                           "DEMO_ARGS=--yes`) to approve each version as the CircleCI hold job's approver would")
     TrainParams(dataset=opts.dataset, epochs=opts.epochs).checked()     # --epochs 0: here, not after the servers
+    # a name the serving host refuses (`my model`, `a/b`) was trained, registered, gated and promoted to
+    # production, then refused at the deploy: here, as `mlops train` refuses it before training
+    from serving_sync.names import check_model_name
+
+    check_model_name(settings.model_name(), what="model name (MLOPS_MODEL_NAME)")
     rest, grpc = _ports()
     # one port for two servers: MLflow started, then the model server found "its" port taken (by that
     # MLflow) and the demo stopped with MLflow left running

@@ -61,6 +61,17 @@ def test_zero_epochs_is_refused_before_any_server_starts(tmp_path):
     _started_nothing(home)
 
 
+def test_a_model_name_the_serving_host_refuses_is_refused_before_any_server_starts(tmp_path):
+    """Found by review (2026-12-07, nineteenth stop): MLOPS_MODEL_NAME="my model" started both
+    servers, trained and registered v1, gated it and promoted it to production, then the deploy
+    refused the name: production on a version no host can serve. `mlops train` refuses it first."""
+    home = tmp_path / "mlops"
+    line = _one_line(_demo(home, env={**_env(home), "MLOPS_MODEL_NAME": "my model",
+                                      "MLOPS_GATE_MIN_ACCURACY": "0.1"}))
+    assert "model name (MLOPS_MODEL_NAME) 'my model' is not allowed" in line, line
+    _started_nothing(home)
+
+
 @pytest.mark.parametrize("same", [("MLOPS_MLFLOW_PORT", "MLOPS_SERVING_REST_PORT"),
                                   ("MLOPS_SERVING_REST_PORT", "MLOPS_SERVING_GRPC_PORT")])
 def test_one_port_for_two_servers_is_refused_before_any_server_starts(tmp_path, same):
