@@ -410,6 +410,12 @@ def check_options(opts: DemoOptions) -> None:
     from serving_sync.names import check_model_name
 
     check_model_name(settings.model_name(), what="model name (MLOPS_MODEL_NAME)")
+    # the settings the gate and the deploy read: a malformed one (MLOPS_LOCK_TTL=10m) was refused only
+    # at the deploy, once v1 had been promoted: production on a version no host serves
+    from registry.gate_rules import GateRules
+
+    GateRules.from_env()
+    settings.lock_ttl()
     rest, grpc = _ports()
     # one port for two servers: MLflow started, then the model server found "its" port taken (by that
     # MLflow) and the demo stopped with MLflow left running

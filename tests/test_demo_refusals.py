@@ -72,6 +72,20 @@ def test_a_model_name_the_serving_host_refuses_is_refused_before_any_server_star
     _started_nothing(home)
 
 
+@pytest.mark.parametrize("var, value, says", [
+    ("MLOPS_LOCK_TTL", "10m", "MLOPS_LOCK_TTL must be a number of seconds"),
+    ("MLOPS_GATE_MIN_ACCURACY", "high", "MLOPS_GATE_MIN_ACCURACY must be a number such as 0.05")])
+def test_a_malformed_gate_or_deploy_setting_is_refused_before_any_server_starts(tmp_path, var, value, says):
+    """Found by review (2026-12-07, nineteenth stop): MLOPS_LOCK_TTL=10m (a setting of the deploy)
+    was refused only at the deploy step, once v1 had been trained, gated and promoted: production on
+    a version no host served; a malformed gate rule only after the servers had started and v1 had
+    been trained and registered."""
+    home = tmp_path / "mlops"
+    line = _one_line(_demo(home, env={**_env(home), "MLOPS_GATE_MIN_ACCURACY": "0.1", var: value}))
+    assert says in line, line
+    _started_nothing(home)
+
+
 @pytest.mark.parametrize("same", [("MLOPS_MLFLOW_PORT", "MLOPS_SERVING_REST_PORT"),
                                   ("MLOPS_SERVING_REST_PORT", "MLOPS_SERVING_GRPC_PORT")])
 def test_one_port_for_two_servers_is_refused_before_any_server_starts(tmp_path, same):
