@@ -8,6 +8,10 @@ so ``journalctl -p err -u mlops-watch`` (or an alert on it) showed nothing; and 
 was an info line even for a log reader that knows levels. The journal is recognised as systemd
 says: ``JOURNAL_STREAM`` names stderr's device and inode.
 
+Its report at exit (stdout: the journal too) printed each of the 200 passes it keeps: an idle
+watch stopped by systemd wrote 200 "up_to_date: hosts serve v5" lines at every stop, and the
+passes that did something were lost among them. A run of passes that said the same is one line.
+
 The command against an MLflow address nothing listens on (127.0.0.1); the loop on stand-ins.
 Every wait is bounded.
 """
@@ -95,3 +99,25 @@ def test_under_systemd_an_outage_and_the_commands_error_line_are_journal_errors(
     for journal in ("other", None):
         code, _, err = _watch(tmp_path, journal, "--interval", "0.5", "--max-seconds", "1")
         assert code == 0 and err.startswith("reconcile (start) failed: "), err
+
+
+def test_the_report_says_a_run_of_passes_that_said_the_same_in_one_line(capsys):
+    from mlops.commands import sync_text
+
+    said = ([("up_to_date", 1, "hosts serve v1")] * 150 + [("deployed", 2, "deployed v2 of 'digits' to web-1")]
+            + [("up_to_date", 2, "hosts serve v2")] * 40)
+    passes = iter(said)
+    clock = iter(range(100_000))
+    w = Watcher(lambda: next(passes), interval=0.5, clock=lambda: next(clock) * 0.5)
+    w._pass(0.0, "start")
+    for _ in range(len(said) - 1):
+        w._pass(0.0, "interval")
+    assert len(w.result.passes) == len(said)          # every pass kept, as before
+    sync_text.watch(w.result)
+    out = capsys.readouterr().out.splitlines()
+    last = [p.at for p in w.result.passes]
+    assert [line.split(None, 1)[1] for line in out] == [
+        "start    up_to_date: hosts serve v1",
+        f"interval up_to_date: hosts serve v1 (and 148 more such passes until {last[149]:.1f}s)",
+        "interval deployed: deployed v2 of 'digits' to web-1",
+        f"interval up_to_date: hosts serve v2 (and 39 more such passes until {last[-1]:.1f}s)"], out

@@ -188,7 +188,8 @@ def test_a_long_watch_keeps_the_newest_passes_and_counts_the_rest(monkeypatch, c
     assert res.to_dict()["dropped"] == 7 and len(res.to_dict()["passes"]) == 3
     sync_text.watch(res)
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "7 earlier passes not shown (all passes: 10 up_to_date)" and len(out) == 4
+    assert out[0] == "7 earlier passes not shown (all passes: 10 up_to_date)" and len(out) == 2
+    assert out[1].endswith(f"(and 2 more such passes until {res.passes[-1].at:.1f}s)"), out   # 3 kept: 1 line
 
 
 # --- the webhook's edges -------------------------------------------------------------------------

@@ -165,12 +165,25 @@ def rollback(rb) -> None:
 
 
 def watch(result) -> None:
-    """A ``Watcher`` result: one line per pass kept (the newest), and how many ran before them."""
+    """A ``Watcher`` result: the passes kept (the newest), one line per run of passes in a row that
+    said the same (an idle watch's 200 "up_to_date: hosts serve v5" lines went to the journal at
+    every stop, burying the passes that did something), and how many ran before them."""
     if result.dropped:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(result.counts.items()))
         _say(f"{result.dropped} earlier passes not shown (all passes: {counts})")
-    for p in result.passes:
-        _say(f"{p.at:7.1f}s {p.trigger:8s} {p.status}: {p.message}")
+    same: list = []
+    for p in [*result.passes, None]:
+        if same and (p is None or _said(p) != _said(same[0])):
+            first, n = same[0], len(same)
+            more = f" (and {n - 1} more such pass{'es' if n > 2 else ''} until {same[-1].at:.1f}s)" if n > 1 else ""
+            _say(f"{first.at:7.1f}s {first.trigger:8s} {first.status}: {first.message}{more}")
+            same = []
+        if p is not None:
+            same.append(p)
+
+
+def _said(p) -> tuple:
+    return p.trigger, p.status, p.version, p.message
 
 
 def infra_validate_started(model: str, version: int, kind: str) -> None:
