@@ -49,10 +49,12 @@ class WebhookInfo:
     status: str
     created: bool   # False: an existing webhook of that name was updated
     removed: tuple[str, ...] = ()   # ids of other webhooks of that name, deleted
+    replaced_url: str | None = None   # updated: the receiver it pointed at before, when another (shown)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "name": self.name, "url": self.url, "events": self.events,
-                "status": self.status, "created": self.created, "removed_duplicates": list(self.removed)}
+                "status": self.status, "created": self.created, "removed_duplicates": list(self.removed),
+                "replaced_url": self.replaced_url}
 
 
 def _translate(message: str) -> str:
@@ -165,7 +167,11 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
 
         try:
             existing = [w for w in _all_webhooks(client) if w.name == name]
+            replaced = None
             if existing:
+                # another receiver (another fleet's watch, made with the default --name) stops getting
+                # deliveries: said, not done silently as "updated"
+                replaced = _shown(existing[0].url) if existing[0].url != url else None
                 wh = client.update_webhook(existing[0].webhook_id, url=url, events=[EVENT],
                                            secret=secret, status="ACTIVE", description=description)
                 created = False
@@ -185,7 +191,21 @@ def ensure_webhook(url: str, *, secret_env: str = DEFAULT_SECRET_ENV, name: str 
             raise
     status = wh.status.value if hasattr(wh.status, "value") else str(wh.status)
     return WebhookInfo(id=wh.webhook_id, name=wh.name, url=wh.url, events=_events(wh),
-                       status=status, created=created, removed=tuple(w.webhook_id for w in existing[1:]))
+                       status=status, created=created, removed=tuple(w.webhook_id for w in existing[1:]),
+                       replaced_url=replaced)
+
+
+def _shown(url: str) -> str:
+    """A stored webhook URL as it may be printed: scheme, host, port and path (one made outside
+    mlops may hold a user, password or token, which ours refuses)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a URL that does not parse)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?..." if parts.query else "")
 
 
 def _all_webhooks(client) -> list:

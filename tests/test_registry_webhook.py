@@ -202,3 +202,28 @@ def test_a_second_webhook_of_the_same_name_is_removed_not_left_firing(webhook_ml
     hooks = [w for w in client.list_webhooks() if w.name == "twice-made"]
     assert [(w.webhook_id, w.url) for w in hooks] == [(doc["id"], "http://127.0.0.1:9/new")]
     assert len(doc["removed_duplicates"]) == 1 and doc["removed_duplicates"][0] != doc["id"]
+
+
+def test_updating_a_webhook_that_pointed_at_another_receiver_says_which(webhook_mlflow, mlops_env):
+    """Found by review (2026-12-07, nineteenth stop): `webhook create` matches by --name, whose default
+    is one name for every receiver: a second fleet's operator creating the webhook for their own
+    `sync watch` moved the first fleet's webhook to the new URL, and the command said only "updated
+    webhook": the first watch silently got no more deliveries. It now says which receiver it
+    pointed at before (scheme, host, port and path only: one made by hand may hold a token)."""
+    url, _ = webhook_mlflow
+    client = mlflow_client(url)
+    token = "tok-" + secrets.token_hex(12)
+    client.create_webhook(name="fleet-hook", url=f"http://127.0.0.1:9/fleet-a?token={token}",
+                          secret="old-" + secrets.token_hex(10), events=["model_version_alias.created"])
+    env = {"MLFLOW_TRACKING_URI": url, "MLOPS_WEBHOOK_SECRET": "whsec-" + secrets.token_hex(20)}
+    r = run_mlops("registry", "webhook", "create", "--url", "http://127.0.0.1:9/fleet-b", "--name", "fleet-hook",
+                  env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("updated webhook 'fleet-hook'") and "-> http://127.0.0.1:9/fleet-b" in lines[0], lines
+    assert lines[1].startswith("it pointed at http://127.0.0.1:9/fleet-a?... before: that receiver gets no more "
+                               "deliveries"), lines
+    assert token not in r.stdout + r.stderr
+    r = run_mlops("registry", "webhook", "create", "--url", "http://127.0.0.1:9/fleet-b", "--name", "fleet-hook",
+                  "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["replaced_url"] is None, r.stdout + r.stderr   # the same URL

@@ -369,6 +369,9 @@ def cmd_webhook_create(args) -> int:
     else:
         print(f"{'created' if info.created else 'updated'} webhook '{info.name}' ({info.id}): "
               f"{', '.join(info.events)} -> {info.url} [{info.status}], signed with ${args.secret_env}")
+        if info.replaced_url:
+            print(f"it pointed at {info.replaced_url} before: that receiver gets no more deliveries from it "
+                  f"(give each receiver, e.g. each fleet's `sync watch`, a webhook of its own with --name)")
         if info.removed:
             print(f"deleted {len(info.removed)} other webhook(s) of that name: {', '.join(info.removed)}")
     return 0
