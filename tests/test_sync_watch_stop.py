@@ -111,12 +111,10 @@ def test_the_first_signal_wakes_the_loop_whichever_line_of_its_wait_it_lands_on(
 
 def test_sigterm_while_a_watchs_deploy_waits_for_the_stores_lock_stops_it_at_once(deploy_env, sshd_factory, s3_env):
     """Found by review (2026-12-07, nineteenth stop): the first signal ended the wait for a host's
-    lock, but not the wait for the shared store's lock before the upload (up to ``MLOPS_LOCK_TTL``,
+    lock, but not the wait for the hosts' S3 store's lock before the upload (up to ``MLOPS_LOCK_TTL``,
     10 minutes by default), held by another fleet's deploy: the watch waited it out, then uploaded
     and rolled out while systemd's stop timeout ran. Now that wait ends too: nothing changed,
     ``stopped``, exit 0. (Here the TTL is 60 s: the code before stopped after it.)"""
-    import os as _os
-
     from serving_sync.layout import LOCK_PATH
     from serving_sync.lock import LockInfo
     from serving_sync.transports.s3 import S3Transport
@@ -131,7 +129,7 @@ def test_sigterm_while_a_watchs_deploy_waits_for_the_stores_lock_stops_it_at_onc
     env.promote(v2)
     t = S3Transport(bucket, env.model)
     now = time.time()           # another fleet's deploy on another machine, alive (its TTL 10 min)
-    other = LockInfo("ci", "other-machine", _os.getpid(), "0123456789abcdef", now, now, "deploy", 600.0, "")
+    other = LockInfo("ci", "other-machine", os.getpid(), "0123456789abcdef", now, now, "deploy", 600.0, "")
     assert t.create_exclusive(LOCK_PATH, other.to_json())
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
                              "--max-seconds", "300", "--json", "--timeout", "60"],
