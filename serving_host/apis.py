@@ -80,6 +80,10 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
         if items is None:
             raise invalid_argument(f"tensor parsing error: {alias}")
         return string_vector(items).reshape(dims)
+    if proto.dtype == 10 and proto.tensor_content.translate(None, b"\x00\x01"):
+        # a bool's byte other than 0 or 1 makes no tensor (FromProto refuses it; numpy would
+        # feed the byte as it is, a bool the model reads as true)
+        raise invalid_argument(f"tensor parsing error: {alias}")
     if field is not None and not proto.tensor_content:
         # FromProtoField copies the first n elements and ignores the rest (tensor.cc); a complex
         # field's odd last number is no element

@@ -626,6 +626,31 @@ def test_an_empty_tensor_ignores_its_tensor_content_as_tf_serving_does():
     assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
 
 
+def test_a_bool_tensor_content_byte_other_than_0_or_1_is_a_parsing_error_as_in_tensorflow():
+    """``Tensor::FromProto`` refuses a DT_BOOL ``tensor_content`` holding a byte other than 0 or 1
+    (TensorFlow's own ``ParseTensor`` op, which calls it, is the reference here), so TF Serving
+    answers INVALID_ARGUMENT ``tensor parsing error: x``. This server fed the bytes as they were:
+    the model ran on a bool of value 2 (read as true) and answered OK."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    def proto(content):
+        p = tensor_pb2.TensorProto(dtype=types_pb2.DT_BOOL, tensor_content=content)
+        p.tensor_shape.dim.add().size = len(content)
+        return p
+
+    assert apis.tensor_from_proto("x", proto(b"\x00\x01")).tolist() == [False, True]
+    for content in (b"\x02\x01", b"\x01\xff", b"\x00\x00\x80"):
+        with pytest.raises(tf.errors.InvalidArgumentError):     # the reference refuses it
+            tf.io.parse_tensor(proto(content).SerializeToString(), tf.bool)
+        with pytest.raises(ServingError) as e:
+            apis.tensor_from_proto("x", proto(content))
+        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
+
+
 def test_complex_and_quantized_values_beyond_the_shape_are_ignored_too():
     """``FromProtoField`` for complex (``scomplex_val``/``dcomplex_val``: two numbers an element,
     an odd last one ignored) and quantized types (``int_val``): the first n elements are used.
