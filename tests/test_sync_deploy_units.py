@@ -84,6 +84,26 @@ def test_a_number_past_a_double_and_a_nan_are_reported_not_raised_or_hidden():
     assert "max |diff| 4.8 at [0][1]" in problems[0]                            # ...and numbers by size
 
 
+@pytest.mark.parametrize("atol", [1e-4, 0.0])
+def test_a_version_answering_its_golden_infinities_passes(atol):
+    """(found by review) a log-probability output of exactly 0 is -inf: the golden set records it as
+    ``-Infinity`` and TF Serving answers ``-Infinity`` (json_tensor.cc ``WriteDecimal``), but
+    ``|-inf - -inf|`` is NaN, so every such value "differed by more than atol" (max |diff| nan)
+    and a version answering exactly its golden outputs failed its smoke test."""
+    import json as _json
+
+    golden = _json.loads('{"predictions": [{"label": 9, "log_p": [-1.98805404, -Infinity, Infinity]}]}')
+    served = _json.loads('{"predictions": [{"label": 9, "log_p": [-1.98805404, -Infinity, Infinity]}]}')
+    assert compare_outputs(golden, served, atol) == ([], 0.0)
+    # an infinity of the other sign, or a number where the golden one is infinite, still differs
+    for log_p in ("[-1.98805404, Infinity, Infinity]", "[-1.98805404, -3.5e38, Infinity]",
+                  "[-1.98805404, NaN, Infinity]"):
+        served = _json.loads('{"predictions": [{"label": 9, "log_p": %s}]}' % log_p)
+        problems, worst = compare_outputs(golden, served, atol)
+        assert problems and "1 value(s) differ" in problems[0] and "at [0].log_p[1]" in problems[0], problems
+        assert math.isinf(worst)
+
+
 def test_the_unversioned_route_must_be_answered_by_the_version_judged():
     """(found by review) outputs alone cannot tell two versions apart when they agree within atol:
     the unversioned route's metadata names the version that answers."""
