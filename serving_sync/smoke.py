@@ -138,21 +138,25 @@ def _float32(x) -> float | None:
         return None
 
 
-def _walk(exp, got, path: str, atol: float, out: dict) -> None:
+def _walk(exp, got, path: str, atol: float, out: dict, f32: bool = False) -> None:
+    """``f32``: ``exp`` is (part of) a float32 output; below an output's name (row format with
+    several outputs, ``[i].name``, or columnar, ``name``) that output's own dtype decides."""
     if isinstance(exp, dict):
         if not isinstance(got, dict) or set(exp) != set(got):
             seen = sorted(got) if isinstance(got, dict) else type(got).__name__
             out["structure"].append(f"{path or 'outputs'}: keys {seen} != {sorted(exp)}")
             return
         for k in sorted(exp):
-            _walk(exp[k], got[k], f"{path}.{k}" if path else k, atol, out)
+            named = out["float32"]
+            _walk(exp[k], got[k], f"{path}.{k}" if path else k, atol, out,
+                  k in named if isinstance(named, frozenset) else f32)
     elif isinstance(exp, list):
         if not isinstance(got, list) or len(exp) != len(got):
             seen = len(got) if isinstance(got, list) else type(got).__name__
             out["structure"].append(f"{path or 'outputs'}: length {seen} != {len(exp)}")
             return
         for i, (e, g) in enumerate(zip(exp, got)):
-            _walk(e, g, f"{path}[{i}]", atol, out)
+            _walk(e, g, f"{path}[{i}]", atol, out, f32)
     elif isinstance(exp, bool) or not isinstance(exp, (int, float)):
         if exp != got:
             out["values"].append((math.inf, path))
@@ -167,7 +171,7 @@ def _walk(exp, got, path: str, atol: float, out: dict) -> None:
         except OverflowError:  # a JSON integer past a double's range: no answer of a model
             out["structure"].append(f"{path}: {str(got)[:20]}... is not a finite number")
             return
-        if diff > atol and out["float32"] and math.isfinite(diff) and _float32(exp) == _float32(got) is not None:
+        if diff > atol and f32 and math.isfinite(diff) and _float32(exp) == _float32(got) is not None:
             # one float32 written two ways: the golden set's shortest text, TF Serving's %.9g
             diff = 0.0
         if not diff <= atol:   # also catches NaN
@@ -175,25 +179,31 @@ def _walk(exp, got, path: str, atol: float, out: dict) -> None:
         out["max"] = max(out["max"], diff) if math.isfinite(diff) else math.inf
 
 
-def float32_outputs(signature: dict) -> bool:
-    """Are all outputs of the registered ``serving_default`` float32 (``DT_FLOAT``)?"""
+def float32_outputs(signature: dict) -> bool | frozenset[str]:
+    """Are all outputs of the registered ``serving_default`` float32 (``DT_FLOAT``)? If not all,
+    the names of those that are (float32 scores beside an int64 class id: the scores' values
+    compare as float32 all the same, and ``--atol 0`` failed them)."""
     sig = signature.get("serving_default") if isinstance(signature, dict) else None
     outputs = sig.get("outputs") if isinstance(sig, dict) else None
-    return isinstance(outputs, dict) and bool(outputs) and all(
-        isinstance(o, dict) and o.get("dtype") == "DT_FLOAT" for o in outputs.values())
+    if not isinstance(outputs, dict) or not outputs:
+        return False
+    names = frozenset(k for k, o in outputs.items() if isinstance(o, dict) and o.get("dtype") == "DT_FLOAT")
+    return True if len(names) == len(outputs) else names
 
 
-def compare_outputs(expected: dict, served: dict, atol: float, *, float32: bool = False) -> tuple[list[str], float]:
+def compare_outputs(expected: dict, served: dict, atol: float, *,
+                    float32: bool | frozenset[str] = False) -> tuple[list[str], float]:
     """Problems between the golden response and the served one, and the largest |difference|.
-    ``float32``: the outputs are float32, so two texts of the same float32 value are equal (the
-    golden set writes the shortest text, TF Serving ``%.9g``: as doubles they differ by ~1e-9,
-    and ``--atol 0`` failed a version answering exactly its golden outputs)."""
+    ``float32``: the outputs are float32 (True), or the names of those that are
+    (``float32_outputs``), so two texts of the same float32 value are equal (the golden set
+    writes the shortest text, TF Serving ``%.9g``: as doubles they differ by ~1e-9, and
+    ``--atol 0`` failed a version answering exactly its golden outputs)."""
     try:
         exp, got = _payload(expected), _payload(served)
     except KeyError as exc:
         return [f"response has {exc.args[0]}"], math.inf
     out = {"structure": [], "values": [], "max": 0.0, "float32": float32}
-    _walk(exp, got, "", atol, out)
+    _walk(exp, got, "", atol, out, float32 is True)
     problems = list(out["structure"][:3])
     if out["values"]:
         worst = max(out["values"], key=lambda x: math.inf if math.isnan(x[0]) else x[0])

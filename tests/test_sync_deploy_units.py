@@ -84,6 +84,37 @@ def test_a_number_past_a_double_and_a_nan_are_reported_not_raised_or_hidden():
     assert "max |diff| 4.8 at [0][1]" in problems[0]                            # ...and numbers by size
 
 
+def test_float32_outputs_beside_an_int64_output_compare_as_float32_at_atol_0():
+    """(found by review) the golden set writes float32 values as their shortest text, TF Serving as
+    ``%.9g``; two texts of one float32 compared equal only when *every* output was DT_FLOAT, so a
+    model answering float32 scores beside an int64 class id failed ``--atol 0`` on every score
+    while answering exactly its golden outputs (the texts below are the golden set's and the
+    local server's, from one SavedModel)."""
+    import json as _json
+
+    from serving_sync.smoke import float32_outputs
+
+    sig = {"serving_default": {"method_name": "tensorflow/serving/predict",
+                               "inputs": {"inputs": {"dtype": "DT_FLOAT", "shape": [-1, 8, 8, 1]}},
+                               "outputs": {"label": {"dtype": "DT_INT64", "shape": [-1]},
+                                           "scores": {"dtype": "DT_FLOAT", "shape": [-1, 3]}}}}
+    golden = _json.loads('{"predictions": [{"label": 9.0, "scores": [0.09030123, 0.030012866, 0.22084992]}]}')
+    served = _json.loads('{"predictions": [{"label": 9, "scores": [0.0903012305, 0.0300128665, 0.220849916]}]}')
+    assert compare_outputs(golden, served, 0.0, float32=float32_outputs(sig)) == ([], 0.0)
+    assert float32_outputs(sig) == frozenset({"scores"})
+    columnar = ({"outputs": {k: [r[k] for r in doc["predictions"]] for k in ("label", "scores")}}
+                for doc in (golden, served))
+    assert compare_outputs(*columnar, 0.0, float32=float32_outputs(sig)) == ([], 0.0)
+    # one float32 step off still differs; and the int64 output is not rounded to a float32
+    # (16777217 and 16777216 are one float32)
+    for row in ('{"label": 9, "scores": [0.090301238, 0.0300128665, 0.220849916]}',
+                '{"label": 16777217, "scores": [0.0903012305, 0.0300128665, 0.220849916]}'):
+        golden_row = row.replace("0.090301238", "0.0903012305").replace("16777217", "16777216")
+        problems, _ = compare_outputs({"predictions": [_json.loads(golden_row)]},
+                                      {"predictions": [_json.loads(row)]}, 0.0, float32=float32_outputs(sig))
+        assert problems and "1 value(s) differ" in problems[0], problems
+
+
 @pytest.mark.parametrize("atol", [1e-4, 0.0])
 def test_a_version_answering_its_golden_infinities_passes(atol):
     """(found by review) a log-probability output of exactly 0 is -inf: the golden set records it as
