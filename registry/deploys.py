@@ -125,11 +125,12 @@ def rolled_back_from(model: str, version: int, ledger: Ledger | None = None) -> 
 
 def rolled_back_before(model: str, version: int, ledger: Ledger | None = None) -> list[Entry]:
     """``promotion_rules.rolled_back_before``: the earlier rollbacks of a chain that ended at
-    ``version`` before any reached the hosts. The earlier moves are read only after such a rollback."""
+    ``version`` before any reached the hosts. The earlier moves and deploys are read only after such a
+    rollback."""
     ledger = ledger or Ledger()
     if rolled_back_to(_since_moved(ledger, model), version) is None:
         return []           # what the rule answers then, on every row
-    return rolled_back_before_rule(ledger.entries(model, actions=MOVES, current=True), version)
+    return rolled_back_before_rule(ledger.entries(model, actions=(*MOVES, "deploy"), current=True), version)
 
 
 def rollback_unrecorded(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:

@@ -222,13 +222,21 @@ def rolled_back_before(entries: Iterable[Entry], version: int) -> list[Entry]:
     """The person's rollbacks just before ``rolled_back_to``'s, each to the version the next one
     rolled back from (v3 -> v2, then v2 -> v1 before v2 reached the hosts), newest first: a deploy
     serving ``version`` tags their ``from_version`` ``rolled_back`` too — where it still says
-    ``deployed``, the one the hosts served came first in the chain."""
-    entries = [e for e in entries if moved(e)]
-    last = rolled_back_to(entries, version)
+    ``deployed``, the one the hosts served came first in the chain. ``entries``: the move rows,
+    and the ``deploy`` rows: the chain ends at a rollback whose version a rollout put on the fleet
+    before the next rollback (two rollbacks each deployed: the hosts served the second one's
+    version rolled back from, not the first one's)."""
+    segments: list[tuple[Entry, set[int]]] = []     # each move, and the versions rolled out after it
+    for e in entries:
+        if moved(e):
+            segments.append((e, set()))
+        elif e.action == "deploy" and segments and e.to_version is not None and deploy_verdict(e) == "ok":
+            segments[-1][1].add(e.to_version)
+    last = rolled_back_to([e for e, _ in segments], version)
     out: list[Entry] = []
-    for e in reversed(entries[:-1] if last is not None else []):
+    for e, rolled_out in reversed(segments[:-1] if last is not None else []):
         if e.action != "rollback" or (e.details or {}).get("automatic") or e.from_version in (None, version) \
-                or e.to_version != (out[-1] if out else last).from_version:
+                or e.to_version != (out[-1] if out else last).from_version or e.to_version in rolled_out:
             break
         out.append(e)
     return out

@@ -307,3 +307,19 @@ def test_the_earlier_rollbacks_of_a_chain_a_deploy_tags_too():
     automatic = Entry("rollback", "m", "ok", from_version=3, to_version=2, details={"automatic": True})
     assert rolled_back_before(h + [automatic, rollback(1, 2)], 1) == []
     assert rolled_back_before(h + [rollback(2, 3)], 3) == []
+
+
+def test_a_chain_of_rollbacks_ends_at_one_whose_version_was_rolled_out():
+    """Found by a rollback review (2026-12-07): v3 -> v2 rolled out, then v2 -> v1: the hosts
+    served v2, not v3, when the second rollback's deploy began; the chain went on to v3 anyway, so
+    the restore said "rolled back from v3"."""
+    h = [promote(1), promote(2, 1), promote(3, 2), deploy(3, "ok")]
+    assert rolled_back_before(h + [rollback(2, 3), deploy(2, "ok"), rollback(1, 2)], 1) == []
+    # a deploy that did not finish (its canary only, or failed) did not take the fleet off v3
+    partial = Entry("deploy", "m", "ok", to_version=2, details={"final": False})
+    assert [e.from_version for e in rolled_back_before(h + [rollback(2, 3), partial, rollback(1, 2)], 1)] == [3]
+    assert [e.from_version for e in rolled_back_before(h + [rollback(2, 3), deploy(2, "failed"), rollback(1, 2)],
+                                                       1)] == [3]
+    # a deploy of the version of this chain's last rollback, not the earlier one's, is this deploy
+    assert [e.from_version for e in rolled_back_before(h + [rollback(2, 3), rollback(1, 2), deploy(1, "ok")],
+                                                       1)] == [3]

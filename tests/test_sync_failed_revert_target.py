@@ -335,3 +335,27 @@ def test_a_deploy_after_two_rollbacks_names_the_version_the_hosts_served(deploy_
     assert f"restores production (rolled back from v{v3})" in r.stderr, r.stderr[-3000:]
     env.serves(h1, v1)
     env.serves(h2, v1)
+
+
+def test_a_second_rollback_after_the_first_was_rolled_out_names_the_version_the_hosts_served(deploy_env):
+    """Found by a rollback review (2026-12-07, nineteenth stop): `sync rollback` v3 -> v2, rolled out,
+    then `sync rollback` again (v2 -> v1): its line and ``--json`` (``restore.rolled_back_from``) said
+    "rolled back from v3" — the chain of rollbacks before one deploy went on past a rollback that
+    had reached the hosts — while they served v2, the one this rollback takes them off."""
+    import json
+
+    env = deploy_env
+    h1, h2 = env.add_hosts(2, "file")
+    v1, v2, v3 = env.release("a"), env.release("b"), env.release("c")
+    r = env.cli("sync", "rollback", "--reason", "v3 is slow")
+    assert r.returncode == 0, r.stderr
+    assert f"restores production (rolled back from v{v3})" in r.stderr, r.stderr[-3000:]
+    r = env.cli("sync", "rollback", "--reason", "v2 too", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["registry"]["from_version"], doc["registry"]["to_version"]) == (v2, v1)
+    assert doc["deploy"]["restore"]["rolled_back_from"] == v2, doc["deploy"]["restore"]
+    assert f"restores production (rolled back from v{v2})" in r.stderr, r.stderr[-3000:]
+    env.serves(h1, v1)
+    env.serves(h2, v1)
+    assert env.tags(v2)["deploy_reason"] == "v2 too" and env.tags(v3)["deploy_reason"] == "v3 is slow"
