@@ -127,7 +127,15 @@ def _host_state(e: Entry, version: int) -> str:
     return e.outcome
 
 
-def _step(e: Entry) -> str:
+def _replaced(e: Entry, version: int) -> bool:
+    """A host's deploy of another version over ``version`` (the host served it until then)."""
+    return (e.action == "deploy" and e.outcome == "ok" and e.from_version == version
+            and e.to_version not in (None, version))
+
+
+def _step(e: Entry, version: int | None = None) -> str:
+    if version is not None and _replaced(e, version):
+        return f"{_cell(e.action)} {_v(e.from_version)} → {_v(e.to_version)}"
     if e.action == "host_rollback":
         return f"{_cell(e.action)} {_v(e.from_version)} → {_v(e.to_version)}"
     when = e.details.get("when") if isinstance(e.details, dict) else None
@@ -275,15 +283,28 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
                      + f" (gate {_when(g)} UTC, ledger #{g.id})")
     else:
         lines.append(f"**Validation:** {_cell(validation)} (not gated yet)")
-    # this version's steps on each host, and a host put back from it after a failure in a later wave
+    # this version's steps on each host, a host put back from it after a failure in a later wave,
+    # and a later deploy that switched a host from it to another version
     deploys = [e for e in mine if (e.action in ("deploy", "smoke_test", "host_rollback", "canary")
                                    and e.to_version == version)
-               or (e.action == "host_rollback" and e.from_version == version)]
+               or (e.action == "host_rollback" and e.from_version == version) or _replaced(e, version)]
     latest: dict[str, Entry] = {}
+    # a host a later deploy switched to another version: "web-1 ok" read as serving it still (found
+    # by review, nineteenth stop: v2 rolled back, its page said "rolled_back — web-1 ok")
+    replaced: dict[str, Entry] = {}
     for e in deploys:
-        if e.action == "deploy" or (e.action == "host_rollback" and e.from_version == version):
-            latest[e.host or "-"] = e
-    per_host = _some([f"{_cell(h)} {_cell(_host_state(e, version))}" for h, e in sorted(latest.items())], 600)
+        host = e.host or "-"
+        if (e.action == "deploy" and e.to_version == version) \
+                or (e.action == "host_rollback" and e.from_version == version):
+            latest[host] = e
+            replaced.pop(host, None)
+        elif _replaced(e, version) and host in latest:
+            replaced[host] = e
+        elif e.action == "host_rollback" and e.to_version == version and e.outcome == "ok":
+            replaced.pop(host, None)          # that deploy failed elsewhere: the host serves it again
+    per_host = _some([f"{_cell(h)} " + (f"replaced by {_v(replaced[h].to_version)}" if h in replaced
+                                        else _cell(_host_state(e, version)))
+                      for h, e in sorted(latest.items())], 600)
     reason = T.read(tags, T.DEPLOY_REASON)
     if again:
         lines.append(f"**Deploy status:** {_cell(shown)} ({_when(again)} UTC); before it: rolled back"
@@ -311,7 +332,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
                      f"{' (**forced**)' if _forced(e) else ' (**automatic**)' if _automatic(e) else ''} | "
                      f"{_v(e.from_version)} → {_v(e.to_version)} | "
                      f"{_cell(e.actor)} | {_cell(e.reason)} |") for e in history]
-    deploy_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_step(e)} | "
+    deploy_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_step(e, version)} | "
                     f"{_cell(e.outcome)} | {_cell(e.reason)} |") for e in deploys]
 
     def text(h: int, d: int) -> str:

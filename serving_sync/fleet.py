@@ -38,7 +38,7 @@ from pathlib import Path
 from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, UserError
 from mlops_common.paths import full_disk_is_one_line
-from registry import deploys
+from registry import deploys, description
 
 from . import cancel, deploy_retention, parallel, rollout
 from .canary import Baker, CanaryFailed
@@ -503,6 +503,10 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                 workers=opts.parallel, name="retention", inline=False)):   # a removal: never in this thread
             run.outcome.retention = info
         deploy_retention.store_retention(result, runs, opts, rollback_to, copies)
+    # the versions the hosts served until now: their pages say which hosts this deploy took from
+    # them (they read "web-1 ok" as if they served there still; review, nineteenth stop)
+    description.refresh_quietly(result.model, *sorted({r.outcome.from_version for r in runs}
+                                                       - {None, result.version}))
     # read again, not the rollout's answer: this deploy's own ok rows can make it a restore now
     # (a rollback --to a version whose earlier deploy failed). Last: until it is written, a rerun
     # of the `sync rollback` behind it finishes that rollback instead of rolling back further

@@ -324,7 +324,7 @@ def test_a_version_promoted_again_after_its_rollback_does_not_show_the_old_rollb
     # before the promotion it was rolled back, and says so
     before = description.render(version=3, tags=tags, aliases=(), entries=entries[:4])
     assert "deploy rolled_back\n" in before.splitlines()[0] + "\n"
-    assert line(before, "Deploy status") == "**Deploy status:** rolled_back — web-1 ok; reason: latency"
+    assert line(before, "Deploy status") == "**Deploy status:** rolled_back — web-1 replaced by v2; reason: latency"
 
 
 def test_a_failed_deploys_automatic_revert_is_not_shown_as_a_persons_rollback():
@@ -700,3 +700,57 @@ def test_a_versions_description_reads_only_its_own_ledger_rows(make_version, mon
     text = description.refresh(model, v1)
     assert len(read) == len(mine), f"read {len(read)} ledger rows for the {len(mine)} about v{v1}"
     assert description.block(text) == before
+
+
+def test_a_host_a_later_deploy_took_from_the_version_is_not_shown_as_serving_it():
+    """Found by review (2026-12-07, nineteenth stop): after v2's rollback was deployed, v2's page
+    said "rolled_back — web-1 ok, web-2 ok", and after v2 replaced v1 everywhere v1's said
+    "deployed — web-1 ok, web-2 ok": each host's last deploy *of that version*, read as where it
+    serves; the deploys that switched the hosts away were on no table of its page."""
+    entries = rows(
+        Entry("promote", "m", "ok", from_version=None, to_version=1, actor="alice"),
+        Entry("deploy", "m", "ok", host="web-1", from_version=None, to_version=1),
+        Entry("deploy", "m", "ok", host="web-2", from_version=None, to_version=1),
+        Entry("promote", "m", "ok", from_version=1, to_version=2, actor="bob"),
+        Entry("deploy", "m", "ok", host="web-1", from_version=1, to_version=2),
+        Entry("deploy", "m", "ok", host="web-2", from_version=1, to_version=2))
+    v1 = description.render(version=1, tags={"validation_status": "passed", "deploy_status": "deployed"},
+                            aliases=(), entries=entries)
+    assert line(v1, "Deploy status") == "**Deploy status:** deployed — web-1 replaced by v2, web-2 replaced by v2"
+    assert "| #5 | 2026-12-01 15:00 | web-1 | deploy v1 → v2 | ok |  |" in v1, v1
+
+    rolled = entries + rows(*[Entry("deploy", "m", "ok")] * 6,
+                            Entry("rollback", "m", "ok", from_version=2, to_version=1, actor="dave", reason="latency"),
+                            Entry("deploy", "m", "ok", host="web-1", from_version=2, to_version=1),
+                            Entry("deploy", "m", "ok", host="web-2", from_version=2, to_version=1))[6:]
+    tags = {"validation_status": "passed", "deploy_status": "rolled_back", "deploy_reason": "latency"}
+    v2 = description.render(version=2, tags=tags, aliases=(), entries=rolled)
+    assert line(v2, "Deploy status") == ("**Deploy status:** rolled_back — web-1 replaced by v1, web-2 replaced "
+                                         "by v1; reason: latency")
+    assert "| #8 | 2026-12-01 15:00 | web-1 | deploy v2 → v1 | ok |  |" in v2, v2
+    # the version rolled back to serves again: its own deploys say so
+    v1_again = description.render(version=1, tags={"deploy_status": "deployed"}, aliases=("production",),
+                                  entries=rolled)
+    assert line(v1_again, "Deploy status") == "**Deploy status:** deployed — web-1 ok, web-2 ok"
+    # a host switched to v2 and put back to v1 (a later wave failed) serves v1: not replaced
+    put_back = entries[:4] + rows(*[Entry("deploy", "m", "ok")] * 4,
+                                  Entry("deploy", "m", "ok", host="web-1", from_version=1, to_version=2),
+                                  Entry("host_rollback", "m", "ok", host="web-1", from_version=2, to_version=1),
+                                  Entry("deploy", "m", "failed", host="web-2", from_version=1, to_version=2))[4:]
+    v1_kept = description.render(version=1, tags={"deploy_status": "deployed"}, aliases=("production",),
+                                 entries=put_back)
+    assert line(v1_kept, "Deploy status") == "**Deploy status:** deployed — web-1 ok, web-2 ok"
+
+
+def test_a_deploy_rebuilds_the_page_of_the_version_it_replaced(deploy_env):
+    """The deploy that switches the hosts from v1 to v2 rewrites v1's page too (it was last rebuilt
+    at the promotion, before any host moved)."""
+    env = deploy_env
+    env.add_host("file")
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    assert env.deploy().status == "deployed"
+    env.promote(v2)
+    assert env.deploy().status == "deployed"
+    text = description.block(versions.get_version(env.model, v1).description)
+    assert line(text, "Deploy status").endswith(f" replaced by v{v2}"), text
