@@ -29,7 +29,8 @@ from mlops_common.text import markdown_text, printable
 
 from . import tags as T
 from . import versions
-from .gate_rules import GateRules
+from .gate_rules import GateRules, decimals_apart, limit_text
+from .history import class_figures
 from .ledger import Entry, Ledger
 from .promotion_rules import version_label
 from .rest import rest
@@ -224,6 +225,32 @@ def _rules_changed(changed) -> str:
         f"(default {defaults.get(name, 'derived')})" for name, value in sorted(changed.items()))
 
 
+def _failed_figures(details: dict) -> str:
+    """The figures behind a failed gate's rules, from its row's details: the minimum accuracy,
+    the allowed overall drop, the classes over their allowed drop. The rule names alone hid why
+    (found by review, nineteenth stop: "failed — held-out accuracy 0.9222 vs 0.8867 for production
+    v1; failed rules: class_accuracy_vs_production" read as better, and named no class)."""
+    failed = details.get("failed_rules") or []
+    out = []
+    changed = details.get("rules_changed") if isinstance(details.get("rules_changed"), dict) else {}
+    minimum = changed.get("min_accuracy", GateRules().min_accuracy)
+    if "min_accuracy" in failed and isinstance(minimum, (int, float)):
+        out.append(f"minimum accuracy {limit_text(minimum)}")
+    acc, prod, tolerance = details.get("accuracy"), details.get("production_accuracy"), details.get("tolerance")
+    if "accuracy_vs_production" in failed and all(isinstance(x, (int, float)) for x in (acc, prod, tolerance)):
+        places = decimals_apart(prod - acc, tolerance)
+        out.append(f"accuracy drop {prod - acc:.{places}f}, allowed {tolerance:.{places}f}")
+    figures = details.get("per_class")
+    if "class_accuracy_vs_production" in failed and isinstance(figures, dict) \
+            and isinstance(figures.get("classes"), list):
+        bad = [c for c in figures["classes"] if isinstance(c, dict) and c.get("breached")]
+        cells = [_cell(class_figures(c)) for c in bad]
+        more = figures.get("breached") - len(bad) if isinstance(figures.get("breached"), int) else 0
+        if cells:
+            out.append("classes over their allowed drop: " + _some(cells + ([f"{more} more"] if more > 0 else []), 400))
+    return "; ".join(out)
+
+
 def _table(header: list[str], rows: list[str], left_out: int) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |", *rows]
     if left_out:
@@ -278,6 +305,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
         failed = [_cell(f) for f in g.details.get("failed_rules") or []]
         lines.append(f"**Validation:** {_cell(g.outcome)} — {nums}"
                      + (f"; failed rules: {_some(failed, 400)}" if failed else "")
+                     + (f" — {why}" if failed and (why := _failed_figures(g.details)) else "")
                      + ("; serving signature change allowed" if g.details.get("signature_change_allowed") else "")
                      + _rules_changed(g.details.get("rules_changed"))
                      + f" (gate {_when(g)} UTC, ledger #{g.id})")

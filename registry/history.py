@@ -94,7 +94,7 @@ def class_breach_lines(entries: list[Entry]) -> list[str]:
         bad = [c for c in figures["classes"] if isinstance(c, dict) and c.get("breached")]
         if not bad:
             continue
-        parts = [_class_figures(c) for c in bad]
+        parts = [class_figures(c) for c in bad]
         more = figures.get("breached") - len(bad) if isinstance(figures.get("breached"), int) else 0
         if more > 0:
             parts.append(f"and {more} more")
@@ -104,7 +104,7 @@ def class_breach_lines(entries: list[Entry]) -> list[str]:
     return lines
 
 
-def _class_figures(c: dict) -> str:
+def class_figures(c: dict) -> str:
     def f(x) -> str:
         return f"{x:.3f}" if isinstance(x, (int, float)) else "?"
     if c.get("candidate") is None:

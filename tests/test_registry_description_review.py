@@ -754,3 +754,38 @@ def test_a_deploy_rebuilds_the_page_of_the_version_it_replaced(deploy_env):
     assert env.deploy().status == "deployed"
     text = description.block(versions.get_version(env.model, v1).description)
     assert line(text, "Deploy status").endswith(f" replaced by v{v2}"), text
+
+
+def test_a_failed_gates_line_gives_the_figures_behind_its_failed_rules():
+    """Found by review (2026-12-07, nineteenth stop): the demo's retrain on a good batch read
+    "failed — held-out accuracy 0.9222 vs 0.8867 for production v1; failed rules:
+    class_accuracy_vs_production": better than production, and no word of which class failed or by
+    how much (the gate row holds it: ``details.per_class``); an accuracy rule's failure did not name
+    the allowed drop, nor a minimum accuracy's failure the minimum."""
+    per_class = {"compared": 10, "breached": 2, "listed": "all 2 breached; of 10 classes compared",
+                 "classes": [{"class": "8", "candidate": 0.6957, "production": 0.8913, "allowed_drop": 0.1662,
+                              "breached": True},
+                             {"class": "3", "candidate": 0.7, "production": 0.8, "allowed_drop": 0.05,
+                              "breached": True},
+                             {"class": "1", "candidate": 0.87, "production": 0.74, "allowed_drop": 0.2,
+                              "breached": False}]}
+    gate = Entry("gate", "m", "failed", from_version=1, to_version=2,
+                 details={"accuracy": 0.8756, "production_accuracy": 0.9222, "tolerance": 0.0279,
+                          "failed_rules": ["min_accuracy", "accuracy_vs_production", "class_accuracy_vs_production"],
+                          "rules_changed": {"min_accuracy": 0.9}, "per_class": per_class})
+    text = description.render(version=2, tags={"validation_status": "failed"}, aliases=(), entries=rows(gate))
+    validation = line(text, "Validation")
+    assert validation.startswith(
+        "**Validation:** failed — held-out accuracy 0.8756 vs 0.9222 for production v1; failed rules: min_accuracy, "
+        "accuracy_vs_production, class_accuracy_vs_production — minimum accuracy 0.90; accuracy drop 0.0466, "
+        "allowed 0.0279; classes over their allowed drop: class 8 0\\.696 vs 0\\.891 \\(-0\\.196; allowed "
+        "0\\.166\\), class 3 0\\.700 vs 0\\.800 \\(-0\\.100; allowed 0\\.050\\); gate rules"), validation
+    assert "class 1" not in validation                      # within its allowed drop
+    # the default minimum when the rules were not changed; a row of an older gate without figures is as before
+    gate.details.update(failed_rules=["min_accuracy"], rules_changed={})
+    assert "failed rules: min_accuracy — minimum accuracy 0.80 (gate " in line(
+        description.render(version=2, tags={}, aliases=(), entries=rows(gate)), "Validation")
+    old = Entry("gate", "m", "failed", from_version=1, to_version=2,
+                details={"accuracy": 0.81, "failed_rules": ["class_accuracy_vs_production"]})
+    assert line(description.render(version=2, tags={}, aliases=(), entries=rows(old)), "Validation").endswith(
+        "failed rules: class_accuracy_vs_production (gate 2026-12-01 15:00 UTC, ledger #1)")
