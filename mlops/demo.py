@@ -448,6 +448,10 @@ def main(opts: DemoOptions, *, detach: bool) -> int:
 
     check_options(opts)
     check_state_path(settings.state_dir())      # before its lock is made in it
+    # nothing the demo makes (state folder, hosts file, databases, served versions) writable by any
+    # user: under umask 000 (WSL, some containers) its deploy refused the hosts file the demo had just
+    # written ("may be written by any user"), once v1 had been promoted
+    os.umask(os.umask(0) | 0o002)
     try:
         with one_demo_at_a_time(settings.state_dir()):
             run(opts)

@@ -171,6 +171,33 @@ def test_the_demo_runs_behind_a_proxy_that_cannot_reach_its_own_services(served_
     assert read_record(home, "mlflow-server").pid == before.pid      # reused, not stopped
 
 
+def test_the_demo_deploys_under_a_umask_that_lets_any_user_write(tmp_path):
+    """Found by review (2026-12-07, nineteenth stop): under umask 000 (WSL, some containers) the demo
+    wrote its state folder and hosts file writable by any user, and its own deploy refused that hosts
+    file ("may be written by any user ... chmod o-w"), once v1 had been promoted: production on a
+    version no host served."""
+    import stat
+
+    from mlops.ports import free_port
+
+    home = tmp_path / "mlops"
+    env = {"MLOPS_HOME": str(home), "MLOPS_MLFLOW_PORT": str(free_port()),
+           "MLOPS_SERVING_REST_PORT": str(free_port()), "MLOPS_SERVING_GRPC_PORT": str(free_port()),
+           "MLOPS_MODEL_NAME": "demo-umask", "MLFLOW_TRACKING_URI": "", "MLOPS_HOSTS_FILE": "",
+           "MLOPS_LEDGER_URL": "", "MLOPS_GATE_MIN_ACCURACY": "0.1"}
+    before = os.umask(0)                # the demo's process inherits it
+    try:
+        r = run_mlops("demo", "--quick", "--yes", "--detach", "--epochs", "1", env=env, cwd=tmp_path, timeout=600)
+    finally:
+        os.umask(before)
+        down = run_mlops("down", env=env, cwd=tmp_path, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "deployed v1 of 'demo-umask'" in r.stdout, r.stdout
+    for path in (home, home / "hosts.toml"):
+        assert not path.stat().st_mode & stat.S_IWOTH, oct(path.stat().st_mode)
+
+
 def test_a_demo_whose_first_version_fails_the_gate_exits_non_zero(tmp_path):
     """Nothing serves when v1 fails the gate: the quick start must not end "Done" with exit 0."""
     from mlops.ports import free_port
