@@ -225,6 +225,27 @@ def _p95_rank(n: int) -> int:
     return max(1, math.ceil(0.95 * n))
 
 
+def label_message(label: str, version: int, got: int | None, served: list[int] | None, model: str, *,
+                  commands: bool = False) -> str:
+    """What a label check found: ``got`` the version ``label`` points at, ``served`` the versions
+    the host serves when it points at none (None: not asked). ``commands``: say which command
+    fixes it (``mlops sync smoke``, run by a person or a CI job after a deploy, not by one)."""
+    if got == version:
+        return f"{label} -> {got}"
+    if got is not None:
+        return (f"{label} -> {got}, expected v{version}"
+                + (f": the host serves another version; deploy v{version} with `mlops sync deploy`, or "
+                   f"smoke-test v{got} with --version {got}" if commands else ""))
+    if served:
+        found = (f"no version holds the label '{label}' on this host (TF Serving serves "
+                 f"{', '.join(f'v{v}' for v in served)} without it)")
+        fix = f"`mlops sync deploy` assigns it, or --via version tests v{version}'s own route"
+    else:
+        found = f"TF Serving on this host serves no version of '{model}'"
+        fix = f"deploy v{version} with `mlops sync deploy`"
+    return f"{label} -> nothing, expected v{version}: {found}" + (f"; {fix}" if commands else "")
+
+
 def latency_verdict(latencies_ms: list[float], budget_ms: float) -> Check:
     value = p95(latencies_ms)
     msg = (f"p95 {value:.1f} ms over {len(latencies_ms)} requests (budget {budget_ms:g} ms; "
@@ -243,11 +264,12 @@ def route_name(model: str, *, version: int | None = None, label: str | None = No
 
 def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, route_version: int | None = None,
               label: str | None = None, opts: SmokeOptions = SmokeOptions(),
-              latency: bool = True) -> SmokeReport:
+              latency: bool = True, commands: bool = False) -> SmokeReport:
     """Ask TF Serving through one route and judge the answers (never raises for a failed check).
 
     ``model`` is the entry name (e.g. ``digits__validate``), ``version`` the registry version the
     answers must belong to, ``route_version`` / ``label`` select the route (neither: unversioned).
+    ``commands``: a failed label check names the command that fixes it (``label_message``).
     """
     from .errors import HostUnreachable, NotTFServing, ServingError
 
@@ -273,8 +295,11 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
     if label is not None:
         def label_check() -> Check:
             got = client.label_version(model, label)
-            return Check("label", got == version, f"{label} -> {got if got is not None else 'nothing'}"
-                         + ("" if got == version else f", expected v{version}"))
+            served = None
+            if got is None:     # no label yet (never deployed here), or no model at all: not the same fix
+                served = sorted(s.version for s in client.model_status(model) if s.state == "AVAILABLE")
+            return Check("label", got == version, label_message(label, version, got, served, model,
+                                                                commands=commands))
         if not timed("label", label_check).passed:
             return report
 

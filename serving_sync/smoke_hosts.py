@@ -63,7 +63,7 @@ def smoke_hosts(hosts, model: str, version: int, golden: Golden, *, via: str = "
         client = TFServingClient(host.rest_url)
         kw = {"label": label} if via == "stable" else {"route_version": version}
         try:
-            reports.append(run_smoke(client, host.name, model, golden, version, opts=opts, **kw))
+            reports.append(run_smoke(client, host.name, model, golden, version, opts=opts, commands=True, **kw))
         except UserError as exc:
             r = SmokeReport(host.name, model, route_name(model, version=kw.get("route_version"),
                                                          label=kw.get("label")), version)

@@ -540,3 +540,52 @@ def test_json_that_is_not_tf_servings_is_a_failed_smoke_check_not_a_traceback(an
             assert not report.passed
             (check,) = report.checks
             assert check.name == "reachable" and "with JSON that is not TF Serving's" in check.message
+
+
+@pytest.mark.slow
+def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(tfserving_factory, tmp_path, bundle):
+    """(found by review) ``mlops sync smoke --via stable`` against a host that serves the version but
+    was never deployed with labels (installed by hand, or models.config written before the first
+    deploy) said "stable -> nothing, expected v1", as it did for a host that serves no version of
+    the model at all: neither why nor what to do. Now each says what holds on the host and which
+    command fixes it; a label on another version names both ways out."""
+    from types import SimpleNamespace
+
+    from serving_sync.smoke import Golden, SmokeOptions
+    from serving_sync.smoke_hosts import smoke_hosts
+
+    saved, m, request, golden, signature = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base)
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    mbase = mc.model_base_path(str(base), MODEL)
+    publish(t, MODEL, 1, saved, m)
+    publish(t, MODEL, 2, saved, m)
+    write_config(t, mc.ModelState(MODEL, mbase, (1, 2)))
+    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    apply.wait_loaded(client, MODEL, 2, timeout=60, interval=0.2)
+    hosts = [SimpleNamespace(name="web-1", rest_url=srv.rest_url)]
+    opts = SmokeOptions(requests=2, budget_ms=60_000)
+
+    def label_check(model: str, version: int):
+        (report,) = smoke_hosts(hosts, model, version, Golden(request, golden, signature), via="stable", opts=opts)
+        assert not report.passed and [c.name for c in report.checks] == ["label"], report.to_dict()
+        assert report.host == "web-1"
+        return report.checks[0].message
+
+    message = label_check(MODEL, 2)
+    assert message == ("stable -> nothing, expected v2: no version holds the label 'stable' on this host (TF "
+                       "Serving serves v1, v2 without it); `mlops sync deploy` assigns it, or --via version "
+                       "tests v2's own route"), message
+    message = label_check("other_model", 2)
+    assert message == ("stable -> nothing, expected v2: TF Serving on this host serves no version of "
+                       "'other_model'; deploy v2 with `mlops sync deploy`"), message
+    write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 1}))
+    apply.wait_label(client, MODEL, "stable", 1, timeout=30, interval=0.2)
+    message = label_check(MODEL, 2)
+    assert message == ("stable -> 1, expected v2: the host serves another version; deploy v2 with `mlops sync "
+                       "deploy`, or smoke-test v1 with --version 1"), message
+    (report,) = smoke_hosts(hosts, MODEL, 1, Golden(request, golden, signature), via="stable", opts=opts)
+    assert report.passed and report.checks[0].message == "stable -> 1", report.to_dict()
+    client.close()
