@@ -183,8 +183,11 @@ def release(model: str, version: int, opts: DemoOptions, n: int, services: dict)
         return False
     step(n + 1, f"approval (CircleCI's `hold` job): v{version} is the candidate")
     if not approve(version, opts):
-        say(f"    not approved. Approve later with: mlops registry promote --version {version} "
-            f"&& mlops sync deploy")
+        # as this shell reaches `mlops` (`make demo` puts none on PATH), and while the services run: the
+        # deploy needs the model server, which only the demo starts (`mlops up` starts MLflow alone)
+        m = mlops_command()
+        say(f"    not approved. Approve it later, while these services still run (only `mlops demo` starts the "
+            f"model server again), with: {m} registry promote --version {version} && {m} sync deploy")
         return False
     step(n + 2, f"promote v{version} to production")
     moved = promotion.promote(model, version, provenance=Provenance.from_environment(),

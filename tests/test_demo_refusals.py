@@ -365,6 +365,26 @@ def test_the_wait_at_the_end_ends_when_mlops_down_stopped_the_services(tmp_path,
             p.wait(timeout=10)
 
 
+def test_a_version_not_approved_is_told_how_to_approve_it_later_as_this_shell_can(tmp_path, monkeypatch, capsys):
+    """Found by review (2026-12-07, nineteenth stop): "not approved. Approve later with: mlops registry
+    promote --version 1 && mlops sync deploy": after `make demo` no `mlops` is on PATH, and after the
+    Ctrl-C the demo then asks for, `mlops up` brought MLflow back but nothing the model server: the
+    promotion went through and the deploy failed, production on a version no host served."""
+    import sys
+
+    from mlops import demo
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")         # no `mlops` on it, as after `make demo`
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo, "gate", lambda model, version: (True, "passed"))
+    monkeypatch.setattr(demo, "approve", lambda version, opts: False)
+    assert demo.release("digits", 1, demo.DemoOptions(), 3, {}) is False
+    script = Path(sys.executable).parent / "mlops"
+    out = capsys.readouterr().out
+    assert f"with: {script} registry promote --version 1 && {script} sync deploy" in out, out
+    assert "while these services still run" in out, out
+
+
 def test_mlflows_port_held_by_another_program_names_the_setting_the_demo_takes(tmp_path):
     """Found by review (2026-12-06, fourteenth stop): the line said to set MLOPS_MLFLOW_PORT "(or
     --port)", and `mlops demo` has no --port (`mlops up` has)."""
