@@ -183,6 +183,32 @@ def test_smoke_options_refuse_nonsense():
             SmokeOptions(**kw)
 
 
+def test_a_latency_check_of_fewer_than_20_requests_is_refused_not_a_p95_of_one_answer(tmp_path, monkeypatch, capsys):
+    """(found by review) ``--latency-requests 5`` was taken: the nearest-rank p95 of 5 answers is the
+    slowest one (``over_allowed`` 0), so a single slow answer (a pause of the host or of the
+    machine running the smoke test) failed a deploy, tagged the version and moved production back,
+    while the report read "p95 ... over 5 requests" as if 5 % of the answers were slow. Fewer than
+    20 is refused in one line, before any host or the registry is asked."""
+    from mlops.cli import main
+
+    for n in (1, 5, 19):
+        with pytest.raises(UserError, match=f"--latency-requests must be between 20 and 1000, got {n} "
+                                            r"\(the p95 of fewer than 20 requests is the slowest one"):
+            SmokeOptions(requests=n)
+    assert SmokeOptions(requests=20).requests == 20
+    hosts = tmp_path / "hosts.toml"
+    hosts.write_text(f'[[hosts]]\nname = "web-1"\ntarget = "file://{tmp_path}/base"\n'
+                     'rest_url = "http://127.0.0.1:9"\n')
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLOPS_MODEL_NAME", "digits")
+    for argv in (["sync", "smoke"], ["sync", "deploy"]):
+        code = main([*argv, "--hosts", str(hosts), "--latency-requests", "5"])
+        err = capsys.readouterr().err
+        assert code == 2 and [line for line in err.splitlines() if line] == [
+            "error: --latency-requests must be between 20 and 1000, got 5 (the p95 of fewer than 20 requests is "
+            "the slowest one: a single slow answer would fail the version)"], err
+
+
 def test_smoke_report_passes_only_with_checks_all_passed():
     r = SmokeReport("h", "m", "m/labels/stable", 3)
     assert not r.passed                                     # no checks made is not a pass

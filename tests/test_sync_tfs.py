@@ -492,7 +492,7 @@ def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke
     exported = predict_response({"output_0": np.asarray(golden["predictions"], np.float32)})
     for response, atol in ((exported, 0.0), (golden, 0.0), (exported, 1e-4)):
         report = run_smoke(client, "h", MODEL, Golden(request, response, signature), 1, route_version=1,
-                           opts=SmokeOptions(atol=atol, requests=2, budget_ms=60_000))
+                           opts=SmokeOptions(atol=atol, requests=20, budget_ms=60_000))
         assert report.passed, report.summary()
     # one float32 step off is still a difference at atol 0; a NaN is never equal to itself
     rows = np.asarray(golden["predictions"], np.float32)
@@ -566,7 +566,7 @@ def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(tf
     apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
     apply.wait_loaded(client, MODEL, 2, timeout=60, interval=0.2)
     hosts = [SimpleNamespace(name="web-1", rest_url=srv.rest_url)]
-    opts = SmokeOptions(requests=2, budget_ms=60_000)
+    opts = SmokeOptions(requests=20, budget_ms=60_000)
 
     def label_check(model: str, version: int):
         (report,) = smoke_hosts(hosts, model, version, Golden(request, golden, signature), via="stable", opts=opts)

@@ -43,7 +43,8 @@ def _smoke_flags(p) -> None:
     p.add_argument("--atol", type=flags.number, default=_SMOKE.atol, metavar="A",
                    help="allowed absolute difference from the golden outputs (default %(default)g)")
     p.add_argument("--latency-requests", type=flags.positive_int, default=_SMOKE.requests, metavar="N",
-                   help="requests for the latency check (default %(default)s)")
+                   help="requests for the latency check, 20 to 1000 (default %(default)s; the p95 of fewer "
+                        "is their slowest one)")
     p.add_argument("--latency-budget-ms", type=flags.number, default=_SMOKE.budget_ms, metavar="MS",
                    help="p95 latency budget in milliseconds (default %(default)g)")
 
