@@ -57,6 +57,18 @@ def _json_floats(a: np.ndarray) -> list:
     return [_json_floats(x) for x in a]
 
 
+def _json_values(a) -> list | float | int | bool:
+    """An output's values as TF Serving writes them (``json_tensor.cc``): float32 (and narrower) as
+    the shortest text of each float32, float64 as the double itself, integers and booleans as they
+    are. All cast to float32, an int64 past 2**24 changed (16777217 recorded as 16777216.0), a
+    double lost its digits past float32's and a boolean became 1.0, which TF Serving's ``true``
+    never equals: the smoke test failed the version answering them."""
+    a = np.asarray(a)
+    if a.dtype.kind in "iub" or a.dtype == np.float64:
+        return a.tolist()
+    return _json_floats(np.asarray(a, np.float32))
+
+
 def predict_request(images: np.ndarray) -> dict:
     """TF Serving REST predict body in row format for ``images`` (N, H, W, 1)."""
     return {"signature_name": SIGNATURE, "instances": _json_floats(np.asarray(images, np.float32))}
@@ -66,10 +78,10 @@ def predict_response(outputs: dict[str, np.ndarray]) -> dict:
     """TF Serving's row-format answer: one output -> rows of values; several -> rows of dicts."""
     if len(outputs) == 1:
         (values,) = outputs.values()
-        return {"predictions": _json_floats(np.asarray(values, np.float32))}
+        return {"predictions": _json_values(values)}
     names = sorted(outputs)
     n = len(next(iter(outputs.values())))
-    return {"predictions": [{k: _json_floats(np.asarray(outputs[k][i], np.float32)) for k in names}
+    return {"predictions": [{k: _json_values(outputs[k][i]) for k in names}
                             for i in range(n)]}
 
 

@@ -44,6 +44,28 @@ def test_request_and_response_are_tf_serving_row_format_with_float32_values():
     assert two == {"predictions": [{"a": 3.0, "b": 1.0}, {"a": 4.0, "b": 2.0}]}
 
 
+def test_the_golden_response_keeps_int64_bool_and_float64_outputs_as_tf_serving_answers_them():
+    """(found by review) every output was cast to float32 for the golden response: an int64 past
+    2**24 was recorded as another number (16777225 as 16777224.0), a boolean as 1.0 (TF Serving
+    answers ``true``, "not a number" to the smoke test) and a float64 lost its digits past
+    float32's (3687.6065162988207 as 3687.6064, 1.2e-4 off): the smoke test failed the very
+    SavedModel that was exported. The served text below is the local server's answer for it."""
+    from serving_sync.smoke import compare_outputs
+
+    outputs = {"id": np.array([16777226, 16777225], np.int64), "confident": np.array([True, False]),
+               "amount": np.array([3687.6065162988207, 1537.7124379837694], np.float64),
+               "scores": np.array([[0.25, 1 / 3], [0.5, 0.1]], np.float32)}
+    golden = json.loads(json.dumps(export.predict_response(outputs)))      # as logged and read back
+    assert golden["predictions"][1] == {"amount": 1537.7124379837694, "confident": False, "id": 16777225,
+                                        "scores": [0.5, 0.1]}
+    served = json.loads('{"predictions": [{"amount": 3687.6065162988207, "confident": true, "id": 16777226, '
+                        '"scores": [0.25, 0.333333343]}, {"amount": 1537.7124379837694, "confident": false, '
+                        '"id": 16777225, "scores": [0.5, 0.100000001]}]}')
+    assert compare_outputs(golden, served, 1e-4) == ([], pytest.approx(0.0, abs=1e-8))
+    one = export.predict_response({"id": np.array([16777217], np.int64)})
+    assert one == {"predictions": [16777217]} and type(one["predictions"][0]) is int
+
+
 # ---------- real SavedModel ----------
 
 @pytest.fixture(scope="module")
