@@ -9,6 +9,7 @@ deploy's own error is the one raised); the deploy tags the version rolled back f
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -83,6 +84,19 @@ def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]
     return promotion.artifacts_check(model, "mlops sync rollback", unneeded=unneeded)
 
 
+_RERUN_BREAKING = re.compile(r"rerun with --break-lock ([^\s;]+)")
+
+
+def _rerun_is_a_deploy(message: str) -> str:
+    """A refusal of the deploy after the registry moved (another deploy's host lock) said "rerun
+    with --break-lock T": a rerun of `sync rollback` is refused then (its last rollback has no
+    deploy since: ``promotion.rollback``, ``unrolled_ok``), so it names the deploy that takes the
+    lock over and installs the version rolled back to."""
+    return _RERUN_BREAKING.sub(lambda m: f"`mlops sync deploy --break-lock {m.group(1)}` takes it over (a rerun "
+                                         f"of this `mlops sync rollback` is refused: production already moved)",
+                               message)
+
+
 def _stopped_before_the_hosts(exc: DeployInterrupted, promo) -> DeployInterrupted:
     """A rollback stopped after the registry moved and before its deploy reached the hosts (a
     signal while it connected or waited for a lock): the bare ``interrupted (SIGTERM)`` said
@@ -153,7 +167,8 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
                                                                                             DeployInterrupted,
                                                                                             ProductionMoved))
         if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
-            raise reworded(exc, f"{exc.message}; production is v{promo.to_version} in the registry now (rolled "
+            raise reworded(exc, f"{_rerun_is_a_deploy(exc.message)}; production is v{promo.to_version} in the "
+                                f"registry now (rolled "
                                 f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
                                 f"installs v{promo.to_version} on the hosts; or `mlops sync rollback --to N` "
                                 f"rolls back to another version") from None

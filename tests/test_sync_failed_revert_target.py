@@ -359,3 +359,35 @@ def test_a_second_rollback_after_the_first_was_rolled_out_names_the_version_the_
     env.serves(h1, v1)
     env.serves(h2, v1)
     assert env.tags(v2)["deploy_reason"] == "v2 too" and env.tags(v3)["deploy_reason"] == "v3 is slow"
+
+
+def test_a_rollback_refused_on_a_host_lock_names_the_deploy_that_takes_it_over(deploy_env):
+    """Found by a rollback review (2026-12-07, nineteenth stop): a `sync rollback` whose deploy met
+    another deploy's host lock after production moved said "if you are sure it is dead, rerun with
+    --break-lock T": the rerun of that `sync rollback` is refused (its rollback has no deploy since),
+    so the on-call person's next step failed too. The line names `mlops sync deploy --break-lock T`."""
+    import contextlib
+    import re
+
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.local import LocalTransport
+
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    other = HostLock(LocalTransport(host.base), purpose="deploy")
+    other.acquire()                                     # a deploy that died holding the host's lock
+    try:
+        r = env.cli("sync", "rollback", "--reason", "v2 is slow")
+        line = final_error_line(r.stderr)
+        assert r.returncode == 2 and env.production() == v1, r.stderr
+        assert f"production is v{v1} in the registry now" in line, line
+        assert "rerun with --break-lock" not in line, line
+        token = re.search(r"`mlops sync deploy --break-lock (\S+)` takes it over", line)
+        assert token is not None, line
+        r = env.cli("sync", "deploy", "--break-lock", token.group(1))      # as the line says
+    finally:
+        with contextlib.suppress(Exception):        # taken over by then: its heartbeat thread stops
+            other.release()
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+    assert env.tags(v2)["deploy_status"] == "rolled_back"
