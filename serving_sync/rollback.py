@@ -27,22 +27,28 @@ from .store import check_settings
 @dataclass
 class RollbackResult:
     registry: object                     # registry.promotion_view's Promotion (from_version, to_version, ...)
-    deploy: fleet.FleetResult
+    deploy: fleet.FleetResult | None     # None: the deploy stopped before it had a result (a host lock)
     seconds_to_old_outputs: float | None     # from ``started`` until the old outputs answered
     switch_seconds: float | None             # the slowest host's switch
     seconds: float
+    error: str | None = None             # a rollback that failed once the registry moved: its one line
 
     @property
     def superseded(self) -> bool:
         """Another promotion moved ``production`` while this rollback deployed: the deploy, which
         deploys what production names once it holds the locks, served that version instead."""
-        return self.deploy.version != self.registry.to_version
+        return self.deploy is not None and self.deploy.version != self.registry.to_version
+
+    @property
+    def served_version(self) -> int | None:
+        """The version the deploy left the hosts on; None when it failed (the hosts were put back)."""
+        return None if self.deploy is None or self.deploy.status == "failed" else self.deploy.version
 
     def to_dict(self) -> dict:
-        return {"registry": self.registry.to_dict(), "deploy": self.deploy.to_dict(),
-                "served_version": self.deploy.version, "superseded": self.superseded,
+        return {"registry": self.registry.to_dict(), "deploy": self.deploy.to_dict() if self.deploy else None,
+                "served_version": self.served_version, "superseded": self.superseded,
                 "seconds_to_old_outputs": self.seconds_to_old_outputs, "switch_seconds": self.switch_seconds,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "error": self.error}
 
 
 def check_rollout(model: str, hosts, *, to: int | None, opts: DeployOptions) -> None:
@@ -139,6 +145,26 @@ def _where_production_is(exc: DeployFailed, promo) -> DeployFailed | None:
     return reworded(exc, result.message)
 
 
+def _said(exc: BaseException, promo) -> BaseException:
+    """What a rollback whose deploy raised ``exc`` raises: ``exc``, or it reworded to say where
+    production and the hosts stand once the registry moved."""
+    # ProductionMoved: production left the version rolled back to meanwhile; its line says where it is
+    moved_only = promo.moved and isinstance(exc, UserError) and not isinstance(exc, (DeployFailed,
+                                                                                        DeployInterrupted,
+                                                                                        ProductionMoved))
+    if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
+        return reworded(exc, f"{_rerun_is_a_deploy(exc.message)}; production is v{promo.to_version} in the "
+                             f"registry now (rolled "
+                             f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
+                             f"installs v{promo.to_version} on the hosts; or `mlops sync rollback --to N` "
+                             f"rolls back to another version")
+    if promo.moved and isinstance(exc, DeployInterrupted) and not exc.in_rollout:
+        return _stopped_before_the_hosts(exc, promo)
+    if promo.moved and isinstance(exc, DeployFailed) and (again := _where_production_is(exc, promo)):
+        return again
+    return exc
+
+
 def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,
                         force: bool = False, opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
                         lock_wait: float = 0.0, started: float | None = None,
@@ -147,7 +173,9 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     ``provenance`` (``registry.provenance.Provenance``: its rows and tags name who and where) and
     deploy it to ``hosts``. ``on_moved(promotion)`` runs between
     the registry move and the deploy; ``started`` (``time.monotonic()``) is where the timing starts.
-    Raises what ``fleet.deploy`` raises (``DeployFailed`` with ``.result``)."""
+    Raises what ``fleet.deploy`` raises (``DeployFailed`` with ``.result``), with ``.rollback``: this
+    rollback's ``RollbackResult`` (``error`` its line; ``deploy`` None when the deploy had no result),
+    which ``--json`` prints as on success."""
     from registry import promotion
 
     start = time.monotonic() if started is None else started
@@ -162,21 +190,14 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     except BaseException as exc:
         with contextlib.suppress(Exception):   # the deploy's own error is the one to report
             promo.finish()
-        # ProductionMoved: production left the version rolled back to meanwhile; its line says where it is
-        moved_only = promo.moved and isinstance(exc, UserError) and not isinstance(exc, (DeployFailed,
-                                                                                            DeployInterrupted,
-                                                                                            ProductionMoved))
-        if moved_only:      # e.g. a host unreachable before the deploy changed anything: say what stands
-            raise reworded(exc, f"{_rerun_is_a_deploy(exc.message)}; production is v{promo.to_version} in the "
-                                f"registry now (rolled "
-                                f"back from v{promo.from_version}): once that is fixed, `mlops sync deploy` "
-                                f"installs v{promo.to_version} on the hosts; or `mlops sync rollback --to N` "
-                                f"rolls back to another version") from None
-        if promo.moved and isinstance(exc, DeployInterrupted) and not exc.in_rollout:
-            raise _stopped_before_the_hosts(exc, promo) from None
-        if promo.moved and isinstance(exc, DeployFailed) and (again := _where_production_is(exc, promo)):
-            raise again from None
-        raise
+        out = _said(exc, promo)
+        if isinstance(out, UserError):     # --json: the rollback's document, as on success (the move, the deploy)
+            deployed = getattr(out, "result", None) or getattr(out, "deployed", None)
+            out.rollback = RollbackResult(promo, deployed if isinstance(deployed, fleet.FleetResult) else None,
+                                          None, None, time.monotonic() - start, error=out.message)
+        if out is exc:
+            raise
+        raise out from None
     promo.finish()
     # The deploy tagged the version rolled back from when it restored this rollback's version
     # (fleet._tag_rolled_back); overtaken by another promotion, it deployed that one instead, and

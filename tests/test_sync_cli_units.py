@@ -67,8 +67,8 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     doc = out.to_dict()
     assert doc["registry"] == {"to_version": 2} and doc["deploy"]["status"] == "deployed"
     assert set(doc) == {"registry", "deploy", "served_version", "superseded", "seconds_to_old_outputs",
-                        "switch_seconds", "seconds"}
-    assert doc["served_version"] == 2 and doc["superseded"] is False
+                        "switch_seconds", "seconds", "error"}
+    assert doc["served_version"] == 2 and doc["superseded"] is False and doc["error"] is None
 
 
 def test_a_rollback_overtaken_by_another_promotion_says_what_the_hosts_serve(registry_calls, monkeypatch, capsys):

@@ -391,3 +391,43 @@ def test_a_rollback_refused_on_a_host_lock_names_the_deploy_that_takes_it_over(d
     assert r.returncode == 0, r.stderr
     env.serves(host, v1)
     assert env.tags(v2)["deploy_status"] == "rolled_back"
+
+
+def test_a_failed_sync_rollbacks_json_is_the_rollbacks_document(deploy_env):
+    """Found by a rollback review (2026-12-07, nineteenth stop): `sync rollback --json` that failed
+    once production had moved printed the deploy's document (a failed smoke test: its `registry`
+    the revert, not the rollback) or nothing at all (its deploy refused on a host lock): a script
+    could not tell that the registry had moved, from what to what, nor read `served_version` or
+    `registry` where the success's document has them. It prints the rollback's document now,
+    with `error` its line and `deploy` null when the deploy had no result."""
+    import json
+
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.local import LocalTransport
+
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 not loaded
+    r = env.cli("sync", "rollback", "--reason", "v3 is bad", "--json", *SMOKE_FAILS)
+    assert r.returncode == 3, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["registry"]["action"], doc["registry"]["from_version"], doc["registry"]["to_version"]) == \
+        ("rollback", v3, v2), doc.get("registry")
+    assert doc["deploy"]["status"] == "failed" and doc["deploy"]["version"] == v2
+    assert doc["served_version"] is None and doc["superseded"] is False
+    assert "error: " + doc["error"] == final_error_line(r.stderr)
+    env.serves(host, v3)
+    other = HostLock(LocalTransport(host.base), purpose="deploy")
+    other.acquire()                                     # another deploy holds the host
+    try:
+        r = env.cli("sync", "rollback", "--reason", "v3 is still bad", "--json")
+    finally:
+        other.release()
+    assert r.returncode == 2 and env.production() == v1, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["registry"]["from_version"], doc["registry"]["to_version"]) == (v3, v1)
+    assert doc["deploy"] is None and doc["served_version"] is None
+    assert "error: " + doc["error"] == final_error_line(r.stderr)
+    assert f"production is v{v1} in the registry now" in doc["error"]

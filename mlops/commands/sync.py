@@ -322,11 +322,13 @@ def _json_on_failure(args):
     """With ``--json``, a failed or interrupted deploy still prints its result (then the error
     goes its way): an interrupt (exit 130) printed nothing, though the hosts were put back. A
     forced interrupt (a second signal, KeyboardInterrupt) prints it too, and so does a rollout
-    overtaken after its last wave (``ProductionMoved.deployed``: exit 2, the hosts stay on it)."""
+    overtaken after its last wave (``ProductionMoved.deployed``: exit 2, the hosts stay on it). A
+    ``sync rollback`` that failed once the registry moved prints its own document (``.rollback``:
+    the move, the deploy, ``error``), the shape of its success's."""
     try:
         yield
     except (UserError, KeyboardInterrupt) as exc:
-        result = getattr(exc, "result", None) or getattr(exc, "deployed", None)
+        result = getattr(exc, "rollback", None) or getattr(exc, "result", None) or getattr(exc, "deployed", None)
         if args.json and result is not None:
             output.emit(result.to_dict())
         raise
