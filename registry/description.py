@@ -302,6 +302,13 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
         nums = f"held-out accuracy {acc:.4f}" if isinstance(acc, (int, float)) else "held-out accuracy ?"
         if g.from_version is not None and isinstance(prod, (int, float)):
             nums += f" vs {prod:.4f} for production {_v(g.from_version)}"
+        if g.from_version is None and g.details.get("gated_production"):
+            # a re-run while it held production compares with nothing: "passed" alone hid that, and
+            # that its last gate against production failed (found by review, nineteenth stop)
+            compared = [e for e in gates[:-1] if e.from_version is not None]
+            nums += (", gated while it held production (no baseline: only the absolute rules applied"
+                     + (f"; its last gate against production: {_cell(compared[-1].outcome)} against "
+                        f"{_v(compared[-1].from_version)}, ledger #{compared[-1].id}" if compared else "") + ")")
         failed = [_cell(f) for f in g.details.get("failed_rules") or []]
         lines.append(f"**Validation:** {_cell(g.outcome)} — {nums}"
                      + (f"; failed rules: {_some(failed, 400)}" if failed else "")

@@ -248,6 +248,8 @@ def _record(model, info: versions.VersionInfo, outcome: GateOutcome, allow_signa
         details={"accuracy": report["metrics"]["candidate"]["accuracy"],
                  "production_accuracy": (report["metrics"]["production"] or {}).get("accuracy"),
                  "tolerance": verdict.tolerance,
+                 # gated while it held production: no baseline (the version's page says so)
+                 "gated_production": bool(verdict.gated_production),
                  "discordant": report["discordant"],
                  "failed_rules": [c.rule for c in verdict.failed],
                  "signature_change_allowed": allow_signature_change,

@@ -789,3 +789,27 @@ def test_a_failed_gates_line_gives_the_figures_behind_its_failed_rules():
                 details={"accuracy": 0.81, "failed_rules": ["class_accuracy_vs_production"]})
     assert line(description.render(version=2, tags={}, aliases=(), entries=rows(old)), "Validation").endswith(
         "failed rules: class_accuracy_vs_production (gate 2026-12-01 15:00 UTC, ledger #1)")
+
+
+def test_a_gate_run_while_the_version_held_production_says_it_compared_with_nothing():
+    """Found by review (2026-12-07, nineteenth stop): v3 failed its gate against v1 (class 8 -0.370),
+    was moved to production outside mlops, and gated again: with no baseline only the absolute
+    rules apply, it passed, and its page read "Validation: passed — held-out accuracy 0.8756" as a
+    first version's does, the failed comparison with production nowhere on it."""
+    failed = Entry("gate", "m", "failed", from_version=1, to_version=3,
+                   details={"accuracy": 0.8756, "production_accuracy": 0.8867,
+                            "failed_rules": ["class_accuracy_vs_production"]})
+    again = Entry("gate", "m", "passed", from_version=None, to_version=3,
+                  details={"accuracy": 0.8756, "failed_rules": [], "gated_production": True})
+    text = description.render(version=3, tags={"validation_status": "passed"}, aliases=("production",),
+                              entries=rows(failed, again))
+    assert line(text, "Validation") == (
+        "**Validation:** passed — held-out accuracy 0.8756, gated while it held production (no baseline: only the "
+        "absolute rules applied; its last gate against production: failed against v1, ledger #1) "
+        "(gate 2026-12-01 15:00 UTC, ledger #2)")
+    first = description.render(version=3, tags={}, aliases=(), entries=rows(again))
+    assert "(no baseline: only the absolute rules applied) (gate " in line(first, "Validation")
+    # a first version's gate (no production at all) reads as before
+    alone = Entry("gate", "m", "passed", from_version=None, to_version=1, details={"accuracy": 0.93})
+    assert line(description.render(version=1, tags={}, aliases=(), entries=rows(alone)), "Validation") == \
+        "**Validation:** passed — held-out accuracy 0.9300 (gate 2026-12-01 15:00 UTC, ledger #1)"

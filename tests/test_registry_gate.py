@@ -118,6 +118,8 @@ def test_gating_the_production_version_says_so_and_leaves_the_candidate_alias_al
     assert versions.get_version(model, v2).aliases == ("candidate",)
     assert versions.get_version(model, v1).aliases == ("production",)
     assert Ledger().entries(model)[-1].reason == out.summary
+    assert Ledger().entries(model)[-1].details["gated_production"] is True
+    assert "gated while it held production (no baseline" in versions.get_version(model, v1).description
 
 
 def test_incompatible_signature_fails_unless_explicitly_allowed(make_version):
