@@ -351,7 +351,8 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     fp = T.read(tags, T.DATASET_FINGERPRINT)
     retrained = T.read(tags, T.RETRAINED_FROM)
     lines.append(f"**Data set:** {_cell(ds) if ds else 'unknown'}" + (f" (fingerprint {_code(fp[:12])})" if fp else "")
-                 + (f"; retrained from {_cell(retrained)}" if retrained else ""))
+                 + (f"; retrained from {_v(int(retrained)) if retrained.isdigit() else _cell(retrained)}"
+                    if retrained else ""))
     commit = T.read(tags, T.GIT_COMMIT)
     pipeline = T.read(tags, T.PIPELINE_ID)
     lines.append(f"**Commit:** {_code(commit[:12]) if commit else 'unknown'}"

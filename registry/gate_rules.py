@@ -367,7 +367,7 @@ def heldout_moved(candidate: dict, production: dict | None, trained_beside: dict
     if not moved:
         return Check("heldout_unchanged_since_training", True,
                      "the held-out set is the one " + " and ".join(who for who, _ in recorded)
-                     + " was trained beside")
+                     + (" were" if len(recorded) > 1 else " was") + " trained beside")
     # only production's set moved: the candidate was trained beside today's, so retraining it
     # changes nothing (every retrain failed the same way); moving production is what ends it
     advice = ("retrain the candidate on today's partition, or promote with --force --reason after checking"

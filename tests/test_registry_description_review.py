@@ -813,3 +813,13 @@ def test_a_gate_run_while_the_version_held_production_says_it_compared_with_noth
     alone = Entry("gate", "m", "passed", from_version=None, to_version=1, details={"accuracy": 0.93})
     assert line(description.render(version=1, tags={}, aliases=(), entries=rows(alone)), "Validation") == \
         "**Validation:** passed — held-out accuracy 0.9300 (gate 2026-12-01 15:00 UTC, ledger #1)"
+
+
+def test_the_data_set_line_names_the_version_retrained_from_as_every_other_line_does():
+    """Found by review (2026-12-07, nineteenth stop): "retrained from 1" where the rest of the page
+    writes "v1"; a retrain from scratch keeps its word."""
+    text = description.render(version=2, tags={"dataset": "digits", "retrained_from": "1"}, aliases=(), entries=[])
+    assert line(text, "Data set") == "**Data set:** digits; retrained from v1"
+    scratch = description.render(version=2, tags={"dataset": "digits", "retrained_from": "scratch"}, aliases=(),
+                                 entries=[])
+    assert line(scratch, "Data set") == "**Data set:** digits; retrained from scratch"

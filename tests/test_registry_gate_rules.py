@@ -310,7 +310,12 @@ def test_a_held_out_set_that_moved_since_a_version_was_trained_fails_the_gate():
     cand, prod = evaluation(0.95), evaluation(0.95)
     same = decide(cand, prod, GateRules(), baseline_version=1, trained_beside={"candidate": FP, "production": FP})
     assert same.passed
-    assert next(c for c in same.checks if c.rule == "heldout_unchanged_since_training").passed
+    kept = next(c for c in same.checks if c.rule == "heldout_unchanged_since_training")
+    assert kept.passed
+    assert kept.message == "the held-out set is the one the candidate and production v1 were trained beside"
+    alone_kept = decide(cand, None, GateRules(), trained_beside={"candidate": FP})
+    assert next(c for c in alone_kept.checks if c.rule == "heldout_unchanged_since_training").message == (
+        "the held-out set is the one the candidate was trained beside")
 
     moved = decide(cand, prod, GateRules(), baseline_version=1,
                    trained_beside={"candidate": FP, "production": "b" * 64})
