@@ -201,8 +201,9 @@ def test_a_latency_check_of_fewer_than_20_requests_is_refused_not_a_p95_of_one_a
                      'rest_url = "http://127.0.0.1:9"\n')
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLOPS_MODEL_NAME", "digits")
-    for argv in (["sync", "smoke"], ["sync", "deploy"]):
-        code = main([*argv, "--hosts", str(hosts), "--latency-requests", "5"])
+    for argv in (["sync", "smoke", "--hosts", str(hosts)], ["sync", "deploy", "--hosts", str(hosts)],
+                 ["sync", "infra-validate", "--version", "3", "--server", "local"]):
+        code = main([*argv, "--latency-requests", "5"])
         err = capsys.readouterr().err
         assert code == 2 and [line for line in err.splitlines() if line] == [
             "error: --latency-requests must be between 20 and 1000, got 5 (the p95 of fewer than 20 requests is "

@@ -593,9 +593,10 @@ def cmd_infra_validate(args) -> int:
 
     model = settings.model_name(args.model_name)
     junit.check_path(args.junit)          # before the result is recorded in the ledger and on the version
+    opts = _smoke_options(args)           # a bad smoke flag: its line alone, before any server starts
     kind = infra.choose_server(args.server, throwaway_server.docker_available)
     sync_text.infra_validate_started(model, args.version, kind)
-    result = infra.validate_and_record(model, args.version, server=kind, opts=_smoke_options(args),
+    result = infra.validate_and_record(model, args.version, server=kind, opts=opts,
                                        start_server=throwaway_server.throwaway_starter(kind, timeout=args.timeout),
                                        timeout=args.timeout)
     _write_junit(args.junit, f"infra-validate.{model}.v{args.version}", [(c.name, c) for c in result.checks])
