@@ -474,7 +474,8 @@ def register_finished_run(model_name: str, run_id: str) -> dict:
     that has no version of ``model_name`` yet (its registration failed after the training), with
     the tags, description and ledger row ``mlops train`` gives (``register_version``). The files
     under ``tfserving/`` and ``golden/`` are hashed as the store holds them now (training hashes
-    them before uploading); the version's commit is the one the run was trained at."""
+    them before uploading); the version's commit and CircleCI pipeline are the ones the run was trained
+    at (its tags), the actor is who registers."""
     import mlflow.artifacts
 
     from registry import bundle_hashes, versions
@@ -508,7 +509,15 @@ def register_finished_run(model_name: str, run_id: str) -> dict:
             for part in artifacts.PARTS:
                 mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=part, dst_path=tmp)
         bundle_files = bundle_hashes.tree_files(tmp)
-    by = replace(Provenance.from_environment(), git_commit=tags.get(T.GIT_COMMIT))
+    # the version's lineage is the run's (the commit and CircleCI ids it was trained in, as `mlops train`
+    # records them); who registers is this shell's user. The shell's pipeline named a terminal's
+    # registration of a CI training none, so `promote --pipeline-id` of its pipeline found no version.
+    here = Provenance.from_environment()
+    trained_ci = {k: v for k, v in tags.items() if k in lineage.CI_VARS.values() and v}
+    if trained_ci:
+        here = replace(here, pipeline_id=trained_ci.get("ci.pipeline_id"),
+                       workflow_id=trained_ci.get("ci.workflow_id"), ci=trained_ci)
+    by = replace(here, git_commit=tags.get(T.GIT_COMMIT))
     version = _register(model_name, model_uri, run_id, dataset=dataset, fingerprint=fp,
                         retrained_from=tags.get("mlops.retrained_from"),
                         n_train=run.data.params.get("n_train", "?"),

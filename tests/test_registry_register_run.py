@@ -73,3 +73,41 @@ def test_register_run_id_refuses_a_run_that_is_not_a_training(mlops_env):
            f"nothing registered" in r.stderr
     bad = run_mlops("registry", "register", "--run-id", "../x")
     assert bad.returncode == 2 and "'../x' is not an MLflow run id (32 hex digits)" in bad.stderr
+
+
+def test_register_run_id_keeps_the_pipeline_the_run_was_trained_in(mlops_env, monkeypatch):
+    """Found by a review (2026-12-07, nineteenth stop): `registry register --run-id` took the
+    version's commit from the run but its pipeline from the shell it ran in, so a CircleCI
+    training whose registration failed, registered again at a terminal, got no `pipeline_id` tag
+    (and a ledger row with no pipeline): `registry promote --pipeline-id P` of the pipeline that
+    trained it found no version. The version and its register row name the training's pipeline
+    now, as `mlops train` would have; the actor is still who registered."""
+    import registry.register
+    from registry import versions
+    from registry.client import tracking_client
+    from registry.ledger import Ledger
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+
+    def refuse(*args, **kwargs):
+        raise ConfigError("the ledger database refused the row; nothing is registered")
+
+    ci = {"CIRCLE_PIPELINE_ID": "pipe-trained", "CIRCLE_WORKFLOW_ID": "wf-trained", "CIRCLE_JOB": "train"}
+    with monkeypatch.context() as m:
+        m.setattr(registry.register, "register_version", refuse)
+        for k, v in ci.items():
+            m.setenv(k, v)
+        with pytest.raises(ConfigError):
+            train_version(epochs=1)
+    for k in ci:
+        assert k not in os.environ
+    [run] = tracking_client().search_runs([tracking_client().get_experiment_by_name(model).experiment_id])
+    assert run.data.tags["ci.pipeline_id"] == "pipe-trained"
+    r = run_mlops("registry", "register", "--run-id", run.info.run_id, env={"USER": "dora", "LOGNAME": "dora"})
+    assert r.returncode == 0, r.stderr
+    assert versions.get_version(model, 1).tags.get("pipeline_id") == "pipe-trained"
+    [row] = Ledger().entries(model, actions=("register",))
+    assert (row.actor, row.pipeline_id, row.workflow_id, row.details["ci"]["ci.job"]) == \
+        ("dora", "pipe-trained", "wf-trained", "train")
+    promoted = run_mlops("registry", "promote", "--pipeline-id", "pipe-trained", "--actor", "alice")
+    assert "is tagged pipeline_id=pipe-trained" not in promoted.stderr, promoted.stderr

@@ -69,9 +69,9 @@ def register(sub) -> None:
         "register", help="register a finished training run whose registration failed",
         description="Register the logged model of a finished `mlops train` / `mlops retrain` run as a new "
                     "version (validation_status=pending), as the training would have: the same tags, "
-                    "description and ledger row, the commit the run was trained at. For a training whose "
-                    "registration failed (its error names the run). Refused for a run that is not a "
-                    "finished training or already has a version of the model. The files under tfserving/ "
+                    "description and ledger row, the commit and CircleCI pipeline the run was trained at. "
+                    "For a training whose registration failed (its error names the run). Refused for a run "
+                    "that is not a finished training or already has a version of the model. The files under tfserving/ "
                     "and golden/ are hashed as the artifact store holds them now.",
         epilog=_ENV_EPILOG)
     rg.add_argument("--run-id", type=flags.run_id, required=True, metavar="RUN", help="the training's MLflow run id")
