@@ -272,7 +272,8 @@ def run(opts: DemoOptions) -> dict:
         back = DeployLedger(model).rollback_target()
         say(closing_text(services, model, served, request, back,
                          warm=back is not None and back in available_versions(services["serving"], model),
-                         mlops=mlops_command(), shell_env=foreign_settings(user_env, services)))
+                         mlops=mlops_command(), shell_env=foreign_settings(user_env, services),
+                         quick=opts.quick))
     return {"services": services, "served": served, "model": model}
 
 
@@ -290,21 +291,26 @@ def available_versions(serving: str, model: str) -> set[int]:
 
 
 def closing_text(services: dict, model: str, served: int, request: Path, rollback_to: int | None, *,
-                 warm: bool = True, mlops: str = "mlops", shell_env: dict[str, str] | None = None) -> str:
+                 warm: bool = True, mlops: str = "mlops", shell_env: dict[str, str] | None = None,
+                 quick: bool = True) -> str:
     """Where to look and what to run next, each command as it can be pasted (pure). The rollback
     line only when there is a version to go back to (``--quick`` on a fresh state has served one
     version: a rollback would be refused). ``mlops``: how this shell reaches the command (``make
     demo`` runs it from the virtualenv, not from PATH); ``shell_env``: the variables the user's
     shell sets that would send those commands elsewhere (another MLflow, ledger, hosts file);
-    ``warm``: the model server still has ``rollback_to`` loaded (else the rollback loads it)."""
+    ``warm``: the model server still has ``rollback_to`` loaded (else the rollback loads it);
+    ``quick``: the run trained one version (without it, the later ones failed their gate or deploy,
+    and "run without --quick" would be no help)."""
     import shlex
 
     how = ("kept warm on the host: about a second" if warm else
            "not loaded on the host any more: the rollback loads and smoke-tests it first")
     back = (f'{mlops} sync rollback --reason "why"   (to v{rollback_to}, {how})'
             if rollback_to is not None else
-            f"nothing to roll back to yet: v{served} is the first version to serve production "
-            f"(run the demo without --quick for a second one)")
+            (f"nothing to roll back to yet: v{served} is the first version to serve production "
+             f"(run the demo without --quick for a second one)" if quick else
+             f"nothing to roll back to yet: v{served} is the only version that has served production "
+             f"(the later ones did not pass their gate or deploy)"))
     text = f"""
   MLflow UI (compare the runs, see the gate reports): {services['mlflow']}/#/models/{model}
   Model server (production uses real TensorFlow Serving):  {services['serving']}/v1/models/{model}

@@ -172,6 +172,12 @@ def test_the_closing_text_offers_a_rollback_only_when_there_is_somewhere_to_go()
     first = closing_text(services, "digits", 1, Path("/tmp/request.json"), None)
     assert "mlops sync rollback" not in first
     assert "nothing to roll back to yet: v1 is the first version to serve production" in first
+    # found by review (2026-12-07, nineteenth stop): a full run whose later versions failed their
+    # gate was told to "run the demo without --quick", which it had done
+    full = closing_text(services, "digits", 1, Path("/tmp/request.json"), None, quick=False)
+    assert "--quick" not in full and "mlops sync rollback" not in full
+    assert ("nothing to roll back to yet: v1 is the only version that has served production (the later ones "
+            "did not pass their gate or deploy)") in full
     later = closing_text(services, "digits", 2, Path("/tmp/request.json"), 1)
     assert 'mlops sync rollback --reason "why"   (to v1, kept warm' in later
     # found by a sweep (2026-12-06): a run whose deploy of v2 failed left v1 unloaded, and the text
