@@ -5,6 +5,7 @@ TensorFlow/Keras are imported inside these functions: importing this module is c
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -139,8 +140,25 @@ def first_non_finite(history: dict[str, list[float]]) -> tuple[int, str, float] 
     return first
 
 
+class _NoRetracingWarning(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls to <function TensorFlowTrainer.make_predict_
+    function...> triggered tf.function retracing" warning. Each model a process loads (the gate's
+    candidate and production, a calibration's runs) gets its own predict function, traced once;
+    TensorFlow counts those first traces together and, from the fifth model on, warned of a
+    retracing cost that is not there, on stderr, where it buried the gate's own lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_RETRACING = _NoRetracingWarning()
+
+
 def predict(model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities (N, num_classes) as float32. A signal meanwhile is raised once the
     predictions are made (``mlops_common.stop``), not inside TensorFlow's C++."""
+    tf_logger = logging.getLogger("tensorflow")
+    if _RETRACING not in tf_logger.filters:
+        tf_logger.addFilter(_RETRACING)
     with stop.deferred():
         return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float32)

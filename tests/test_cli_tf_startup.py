@@ -97,3 +97,30 @@ def test_the_filter_drops_only_the_known_lines_and_loses_nothing_else(how):
         assert r.returncode == 130 and lines[3:] == ["interrupted"], r.stderr
     else:
         assert r.returncode == 0 and lines[3:] == ["no newline at the end", "after"], r.stderr
+
+
+_MANY_MODELS = r"""
+import numpy as np
+from mlproject.model import predict, tf_quiet
+tf_quiet()
+import keras
+for i in range(7):
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    assert predict(m, np.zeros((2, 4), "float32")).shape == (2, 3)
+print("predicted with 7 models", flush=True)
+"""
+
+
+def test_predicting_with_many_models_in_one_process_warns_of_no_retracing():
+    """Found by review (2026-12-07, nineteenth stop): a process that evaluates several models
+    (the demo's three gates, a calibration) printed TensorFlow's "5 out of the last 5 calls to
+    <function TensorFlowTrainer.make_predict_function...> triggered tf.function retracing ...
+    Tracing is expensive" on stderr from the fifth model on: each model's predict function is
+    traced once, which is no retracing. Other TensorFlow warnings still show."""
+    code = _MANY_MODELS + "import tensorflow as tf\ntf.get_logger().warning('another warning')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert "predicted with 7 models" in r.stdout
+    assert "retracing" not in r.stderr, r.stderr
+    assert "another warning" in r.stderr
