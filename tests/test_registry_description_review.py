@@ -823,3 +823,15 @@ def test_the_data_set_line_names_the_version_retrained_from_as_every_other_line_
     scratch = description.render(version=2, tags={"dataset": "digits", "retrained_from": "scratch"}, aliases=(),
                                  entries=[])
     assert line(scratch, "Data set") == "**Data set:** digits; retrained from scratch"
+
+
+def test_reconcile_help_says_it_writes_back_an_edited_approved_by_when_the_alias_agrees():
+    """Found by a review (2026-12-07, nineteenth stop): `registry reconcile --help` said "Changes
+    nothing when they agree", but when the alias and the ledger agree it still writes back every
+    `approved_by` tag edited or removed outside mlops (as `registry status` tells the reader to run
+    it for): a person reading the help took it for a read-only check. The help says what it writes."""
+    r = run_mlops("registry", "reconcile", "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "Changes nothing when they agree" not in text, text
+    assert "approved_by" in text and "writes back" in text, text

@@ -150,7 +150,9 @@ def register(sub) -> None:
                     "MLflow's answer) before recording it is confirmed from its intent row; an "
                     "intent that never moved the alias is closed as failed; a move made outside "
                     "mlops (MLflow UI or API) gets a row of its own. Every row's reason says it "
-                    "came from reconciliation. Changes nothing when they agree; never moves the alias.",
+                    "came from reconciliation. When they agree it records no row, but still writes back "
+                    "the `approved_by` tag of every version whose tag says someone else than the ledger's "
+                    "approver, or was removed (what `registry status` warns of); never moves the alias.",
         epilog=_ENV_EPILOG)
     rc.add_argument("--actor", type=flags.actor,
                     help="who is reconciling (outside CircleCI; default: the OS user)")
