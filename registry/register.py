@@ -6,8 +6,10 @@ before it creates a version the ledger would not know about.
 """
 from __future__ import annotations
 
+import secrets
+
 from mlops_common import faultpoint, log
-from mlops_common.errors import UserError, reworded
+from mlops_common.errors import RefusedError, UserError, reworded
 
 from . import bundle_hashes, versions
 from . import tags as T
@@ -41,7 +43,10 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     ledger = Ledger()
     client = tracking_client()
     by = provenance or Provenance.from_environment()
-    all_tags = {T.VALIDATION_STATUS: "pending", **(tags or {})}
+    # this call's mark on what it creates: MLflow's retried copies of its request carry it too,
+    # another command registering the same run at once does not (its version is not ours to delete)
+    call = secrets.token_hex(6)
+    all_tags = {T.VALIDATION_STATUS: "pending", **(tags or {}), T.REGISTER_CALL: call}
     if by.git_commit:
         all_tags[T.GIT_COMMIT] = by.git_commit
     if by.pipeline_id:
@@ -57,7 +62,7 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
             version = int(mv.version)
             if description:
                 client.update_model_version(model_name, mv.version, description=description)
-        _remove_retried_copies(client, model_name, run_id, before, version)
+        _remove_retried_copies(client, model_name, run_id, before, version, call)
         faultpoint.reached("register:after_version")
         ledger.append(Entry(
             action="register", model=model_name, outcome="ok", to_version=version,
@@ -74,7 +79,7 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     except BaseException as exc:      # a signal, a ledger or server that stopped answering
         # every version of the run since ``before``, not only the one MLflow answered with: a retried
         # creation (its first answer lost) made more, which a later failure left behind otherwise
-        since = _created_since(model_name, run_id, before)
+        since = _created_by(model_name, run_id, call)
         created = since if version is None else (since or set()) | {version}
         if created is None:           # whether MLflow created one cannot be read now
             if isinstance(exc, UserError):
@@ -99,28 +104,43 @@ def register_version(model_name: str, model_uri: str, *, run_id: str,
     return version
 
 
-def _remove_retried_copies(client, model_name: str, run_id: str, before: set[int], version: int) -> None:
+def _remove_retried_copies(client, model_name: str, run_id: str, before: set[int], version: int,
+                           call: str) -> None:
     """Delete the versions of the run this call created besides ``version``: MLflow's client
     retries a creation whose answer was lost (a proxy's 502/504 after the server committed it),
-    and each try that reached the server made a version, which no ledger row would know."""
-    copies = _created_since(model_name, run_id, before)
-    if copies is None:
+    and each try that reached the server made a version, which no ledger row would know. A
+    version of the run that another command created meanwhile (another ``register_call``) is not
+    ours to delete: when its number is lower, this call's version is the one that goes
+    (``RefusedError``, and the caller removes it); the lowest stays, whichever call checks first."""
+    found = _run_versions(model_name, run_id)
+    if found is None:
         _log.warning("could not check whether MLflow created more than version %s of '%s' from run %s (a "
                      "retried request); `mlops registry status` lists every version", version, model_name, run_id)
         return
-    for v in sorted(copies - {version}):
+    for v in sorted(v for v, c in found.items() if c == call and v != version):
         if not _unregister(client, model_name, v):
             _log.warning("version %s of '%s' (a retried request's copy of version %s) has no ledger row and "
                          "could not be removed: delete it in MLflow", v, model_name, version)
+    earlier = sorted(v for v, c in found.items() if c != call and v not in before and v < version)
+    if earlier:
+        raise RefusedError(f"run {run_id} was registered meanwhile as version {earlier[0]} of '{model_name}' by "
+                           f"another command")
 
 
-def _created_since(model_name: str, run_id: str, before: set[int]) -> set[int] | None:
-    """The versions of ``model_name`` registered from ``run_id`` since ``before`` was read; None
-    when the registry cannot say."""
+def _run_versions(model_name: str, run_id: str) -> dict[int, str | None] | None:
+    """The versions of ``model_name`` registered from ``run_id``, each with the call that created
+    it; None when the registry cannot say."""
     try:
-        return versions.versions_of_run(model_name, run_id) - before
+        return versions.run_versions_tagged(model_name, run_id, T.REGISTER_CALL)
     except Exception:  # noqa: BLE001 - the first error is the one to report
         return None
+
+
+def _created_by(model_name: str, run_id: str, call: str) -> set[int] | None:
+    """The versions of ``model_name`` registered from ``run_id`` by this call (its retried
+    copies included); None when the registry cannot say."""
+    found = _run_versions(model_name, run_id)
+    return None if found is None else {v for v, c in found.items() if c == call}
 
 
 def _numbered(numbers: list[int], model_name: str) -> str:

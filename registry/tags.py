@@ -22,6 +22,8 @@ RETRAINED_FROM = "retrained_from"
 INFRA_VALIDATION = "infra_validation"     # sync infra-validate: passed / failed
 DEPLOY_REASON = "deploy_reason"           # why the last deploy failed (sync)
 DEPLOY_CANARY = "deploy_canary"           # canary verdict (sync)
+REGISTER_CALL = "register_call"           # which registration created it (tells its retried copies from
+                                          # another command's version of the same run)
 
 # Names of versions registered before the tags took one style (read, never written; a write under
 # the current name removes the old one: ``retired``).

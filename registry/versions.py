@@ -207,6 +207,15 @@ def versions_of_run(model: str, run_id: str, *, what: str | None = None) -> set[
     return {int(mv["version"]) for mv in found if mv.get("run_id") == run_id}
 
 
+def run_versions_tagged(model: str, run_id: str, key: str) -> dict[int, str | None]:
+    """The versions of ``model`` registered from run ``run_id``, each with its tag ``key`` (None
+    when it has none)."""
+    found = _search(f"{equals_clause('name', model)} and {equals_clause('run_id', run_id)}",
+                    f"listing versions of '{model}'", _named(model))
+    return {int(mv["version"]): next((t.get("value") for t in mv.get("tags") or () if t.get("key") == key), None)
+            for mv in found if mv.get("run_id") == run_id}
+
+
 def latest_version_number(model: str) -> int | None:
     found = _search(equals_clause("name", model), f"listing versions of '{model}'", _named(model))
     return max((int(mv["version"]) for mv in found), default=None)

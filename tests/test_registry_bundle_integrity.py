@@ -319,3 +319,60 @@ def test_a_retried_creation_whose_registration_then_fails_leaves_neither_copy(
                                       f"nothing is registered")
     assert [i.version for i in versions.list_versions(model)] == [v1]
     assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1]
+
+
+def _another_command_registers(register_model, model, logged):
+    """What a second `mlops registry register --run-id` of the same run does at the same moment:
+    a version of that run, created by another call (its own mark, not this call's)."""
+    return int(register_model(logged.model_uri, model, tags={"validation_status": "pending",
+                                                             "register_call": "0ther0call000"}).version)
+
+
+@pytest.mark.parametrize("first", ["another command", "this command"])
+def test_two_registrations_of_one_run_at_once_leave_the_first_version_and_delete_nothing_of_the_other(
+        make_version, tiny_serving_bundle, monkeypatch, first):
+    """Found by review (2026-12-07, nineteenth stop): two `registry register --run-id R` at once
+    both saw the run unregistered; each then removed, as "a retried request's copy", every
+    version of the run it had not returned, the other command's too, which that command had
+    already reported ("registered vN") and may have gated. Now each call marks what it creates
+    (`register_call`); another call's version is never removed, and the call whose version is the
+    later one removes its own and refuses with one line: the run is registered once."""
+    import mlflow
+
+    from mlops_common.errors import RefusedError
+    from registry.ledger import Ledger
+    from registry.register import register_version
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    run, logged = _run_with_a_logged_model(tiny_serving_bundle)
+    real = mlflow.register_model
+    other: list[int] = []
+
+    def racing(*args, **kwargs):
+        if first == "another command":
+            other.append(_another_command_registers(real, model, logged))
+        mv = real(*args, **kwargs)
+        if first == "this command":
+            other.append(_another_command_registers(real, model, logged))
+        return mv
+
+    monkeypatch.setattr(mlflow, "register_model", racing)
+    register = lambda: register_version(model, logged.model_uri, run_id=run.info.run_id,    # noqa: E731
+                                        tags={"dataset": "digits"},
+                                        bundle_files=bundle_hashes.tree_files(tiny_serving_bundle))
+    if first == "another command":
+        with pytest.raises(RefusedError) as caught:
+            register()
+        assert other == [v1 + 1]
+        assert str(caught.value) == (f"run {run.info.run_id} was registered meanwhile as version {v1 + 1} of "
+                                     f"'{model}' by another command; version {v1 + 2} of '{model}' was removed "
+                                     f"again: nothing is registered")
+        assert [i.version for i in versions.list_versions(model)] == [v1 + 1, v1]
+        assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1]
+    else:
+        v = register()
+        assert (v, other) == (v1 + 1, [v1 + 2])
+        # the other command's version stays: that command, whose version is the later one, refuses
+        assert [i.version for i in versions.list_versions(model)] == [v1 + 2, v1 + 1, v1]
+        assert [e.to_version for e in Ledger().entries(model, actions=("register",))] == [v1, v1 + 1]

@@ -18,7 +18,7 @@ from tests.test_registry_gate import Evaluations, doc
 # what the versions list may show; lineage (git_commit, ci.*) comes from mlops_common.lineage
 SHOWN = {tags.VALIDATION_STATUS, tags.DEPLOY_STATUS, tags.APPROVED_BY, tags.DATASET, tags.GIT_COMMIT,
          tags.PIPELINE_ID, tags.DATASET_FINGERPRINT, tags.RETRAINED_FROM, tags.DEPLOY_REASON,
-         tags.DEPLOY_CANARY, tags.INFRA_VALIDATION}
+         tags.DEPLOY_CANARY, tags.INFRA_VALIDATION, tags.REGISTER_CALL}
 
 
 def page(model: str, v: int) -> versions.VersionInfo:
