@@ -253,6 +253,20 @@ def label_message(label: str, version: int, got: int | None, served: list[int] |
     return f"{label} -> nothing, expected v{version}: {found}" + (f"; {fix}" if commands else "")
 
 
+def version_message(model: str, version: int, status, served: list[int]) -> str:
+    """What a version route's check found (``mlops sync smoke --via version``): ``status`` the
+    version's (a ``VersionStatus``, None when TF Serving does not know it), ``served`` the versions
+    AVAILABLE; when it is not, which command puts it there."""
+    if status is not None and status.state == "AVAILABLE":
+        return f"v{version} AVAILABLE"
+    state = ("unknown to TF Serving" if status is None else f"{status.state}"
+             + (f": {status.error_message}" if status.error_message else ""))
+    serves = (f"it serves {', '.join(f'v{v}' for v in served)}" if served
+              else f"it serves no version of '{model}'")
+    return (f"v{version} is not loaded on this host ({state}; {serves}); `mlops sync deploy` puts production "
+            f"there, `--version {version}` this one")
+
+
 def latency_verdict(latencies_ms: list[float], budget_ms: float) -> Check:
     value = p95(latencies_ms)
     msg = (f"p95 {value:.1f} ms over {len(latencies_ms)} requests (budget {budget_ms:g} ms; "
@@ -276,7 +290,8 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
 
     ``model`` is the entry name (e.g. ``digits__validate``), ``version`` the registry version the
     answers must belong to, ``route_version`` / ``label`` select the route (neither: unversioned).
-    ``commands``: a failed label check names the command that fixes it (``label_message``).
+    ``commands``: a failed label check names the command that fixes it (``label_message``), and a
+    version route is checked to be AVAILABLE first (``version_message``).
     """
     from .errors import HostUnreachable, NotTFServing, ServingError
 
@@ -308,6 +323,15 @@ def run_smoke(client, host: str, model: str, golden: Golden, version: int, *, ro
             return Check("label", got == version, label_message(label, version, got, served, model,
                                                                 commands=commands))
         if not timed("label", label_check).passed:
+            return report
+    if route_version is not None and commands:
+        def version_check() -> Check:
+            statuses = client.model_status(model)
+            st = next((s for s in statuses if s.version == route_version), None)
+            served = sorted(s.version for s in statuses if s.state == "AVAILABLE")
+            return Check("version", st is not None and st.state == "AVAILABLE",
+                         version_message(model, route_version, st, served))
+        if not timed("version", version_check).passed:     # each check would fail with TF Serving's 404
             return report
 
     def signature_check() -> Check:

@@ -539,7 +539,10 @@ def test_json_that_is_not_tf_servings_is_a_failed_smoke_check_not_a_traceback(an
             (report,) = smoke_hosts([SimpleNamespace(name="h", rest_url=url)], MODEL, 3, golden, via=via)
             assert not report.passed
             (check,) = report.checks
-            assert check.name == "reachable" and "with JSON that is not TF Serving's" in check.message
+            # --via version asks the version's status first: the status answer is the odd one then
+            assert check.name == "reachable" and ("with JSON that is not TF Serving's" in check.message or (
+                via == "version" and "not as TF Serving does; check the host's rest_url" in check.message)), \
+                check.message
 
 
 @pytest.mark.slow
@@ -588,4 +591,40 @@ def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(tf
                        "deploy`, or smoke-test v1 with --version 1"), message
     (report,) = smoke_hosts(hosts, MODEL, 1, Golden(request, golden, signature), via="stable", opts=opts)
     assert report.passed and report.checks[0].message == "stable -> 1", report.to_dict()
+    client.close()
+
+
+@pytest.mark.slow
+def test_a_smoke_via_a_version_not_loaded_says_so_once_and_which_command_fixes_it(tfserving_factory, tmp_path,
+                                                                                   bundle):
+    """(found by review) ``mlops sync smoke --via version`` on a host that does not serve the
+    version (a host added after the deploy, a deploy that stopped before it) failed the signature
+    and the golden outputs each with TF Serving's 404 ("Servable not found for request:
+    Specific(digits, 3)"), and named no fix. It is one failed ``version`` check now, saying what
+    the host serves and which command puts the version there."""
+    from types import SimpleNamespace
+
+    from serving_sync.smoke import Golden, SmokeOptions
+    from serving_sync.smoke_hosts import smoke_hosts
+
+    saved, m, request, golden, signature = bundle
+    base = tmp_path / "serving"
+    srv = tfserving_factory(base)
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    publish(t, MODEL, 1, saved, m)
+    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
+    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    hosts = [SimpleNamespace(name="web-1", rest_url=srv.rest_url)]
+    opts = SmokeOptions(requests=20, budget_ms=60_000)
+    (report,) = smoke_hosts(hosts, MODEL, 3, Golden(request, golden, signature), via="version", opts=opts)
+    assert not report.passed and [(c.name, c.message) for c in report.checks] == [
+        ("version", "v3 is not loaded on this host (unknown to TF Serving; it serves v1); `mlops sync deploy` puts "
+                    "production there, `--version 3` this one")], report.to_dict()
+    (report,) = smoke_hosts(hosts, "other_model", 3, Golden(request, golden, signature), via="version", opts=opts)
+    assert report.checks[0].message.startswith("v3 is not loaded on this host (unknown to TF Serving; it serves "
+                                               "no version of 'other_model'); "), report.to_dict()
+    (report,) = smoke_hosts(hosts, MODEL, 1, Golden(request, golden, signature), via="version", opts=opts)
+    assert report.passed and [c.name for c in report.checks] == ["version", "signature", "golden_outputs", "latency"]
+    assert report.checks[0].message == "v1 AVAILABLE"
     client.close()

@@ -194,7 +194,8 @@ def register(sub) -> None:
     sm = s.add_parser("smoke", help="smoke-test each host's stable route (changes nothing)",
                       description="Send the production version's golden request to each host through "
                                   "its `stable` label (--via stable) or its version route (--via version) "
-                                  "and check the label, the signature, the outputs and the p95 latency. "
+                                  "and check the label (--via version: that the version is loaded), the signature, "
+                                  "the outputs and the p95 latency. "
                                   "Exits 2 when a check fails on any host. CircleCI runs it after each deploy.",
                       epilog=_ENV)
     sm.add_argument("--via", choices=("stable", "version"), default="stable",
