@@ -23,6 +23,38 @@ from serving_sync.watch import FleetReconciler
 from tests.helpers import REPO, signal_at_every_line
 
 
+def _watch_signalled(args: list[str], env: dict, ready, *, wait: float, exit_within: float,
+                     late: str) -> tuple[int, str, str, float]:
+    """Run `mlops sync watch ARGS`, send it one SIGTERM once ``ready(stderr lines)`` (bounded by
+    ``wait`` s), and give it ``exit_within`` s to exit (``late``: the failure's words otherwise).
+    Returns its exit code, stdout, stderr and the seconds it took after the signal."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and proc.poll() is None and not ready(lines):
+            time.sleep(0.1)
+        assert ready(lines), lines
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        try:
+            out = proc.communicate(timeout=exit_within)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise AssertionError(late) from None
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        reader.join(timeout=10)
+    return proc.returncode, out, "".join(lines), took
+
+
 def test_a_pass_asked_to_stop_before_its_deploy_does_not_start_one(monkeypatch):
     stopping = {"now": False}
     calls = []
@@ -49,34 +81,12 @@ def test_sigterm_while_a_watch_waits_for_another_deploys_lock_stops_it_at_once(d
     other = paused_deploy(env.env, "after:load_validation", "--timeout", "60").wait_paused()   # holds the lock
     v3 = env.register("c")
     env.promote(v3)
-    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
-                             "--lock-wait", "120", "--max-seconds", "300", "--json", "--timeout", "60"],
-                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 120       # the first pass waits for the paused deploy's lock
-        while time.monotonic() < deadline and not any("--lock-wait" in x for x in lines):
-            time.sleep(0.1)
-        assert any("--lock-wait" in x for x in lines), lines
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        try:
-            out = proc.communicate(timeout=20)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=30)
-            raise AssertionError("the watch went on waiting for the lock after SIGTERM") from None
-        assert time.monotonic() - t0 < 20
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-        reader.join(timeout=10)
-    err = "".join(lines)
-    assert proc.returncode == 0, err
+    code, out, err, took = _watch_signalled(
+        ["--interval", "3600", "--lock-wait", "120", "--max-seconds", "300", "--json", "--timeout", "60"],
+        {**os.environ, **env.env}, lambda lines: any("--lock-wait" in x for x in lines),   # waits for the lock
+        wait=120, exit_within=20, late="the watch went on waiting for the lock after SIGTERM")
+    assert took < 20
+    assert code == 0, err
     passes = json.loads(out)["passes"]
     assert [(p["status"], p["version"]) for p in passes] == [("stopped", v3)], passes
     assert "Traceback" not in err
@@ -131,34 +141,13 @@ def test_sigterm_while_a_watchs_deploy_waits_for_the_stores_lock_stops_it_at_onc
     now = time.time()           # another fleet's deploy on another machine, alive (its TTL 10 min)
     other = LockInfo("ci", "other-machine", os.getpid(), "0123456789abcdef", now, now, "deploy", 600.0, "")
     assert t.create_exclusive(LOCK_PATH, other.to_json())
-    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
-                             "--max-seconds", "300", "--json", "--timeout", "60"],
-                            cwd=REPO, env={**os.environ, **env.env, "MLOPS_LOCK_TTL": "60"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 120       # the first pass's deploy waits for the store's lock
-        while time.monotonic() < deadline and not any("token 0123456789abcdef" in x for x in lines):
-            time.sleep(0.1)
-        assert any("token 0123456789abcdef" in x and "waiting up to 60s" in x for x in lines), lines
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        try:
-            out = proc.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=30)
-            raise AssertionError("the watch went on waiting for the store's lock after SIGTERM") from None
-        assert time.monotonic() - t0 < 20, "the watch waited for the store's lock after SIGTERM"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-        reader.join(timeout=10)
-    err = "".join(lines)
-    assert proc.returncode == 0, err
+    code, out, err, took = _watch_signalled(
+        ["--interval", "3600", "--max-seconds", "300", "--json", "--timeout", "60"],
+        {**os.environ, **env.env, "MLOPS_LOCK_TTL": "60"},
+        lambda lines: any("token 0123456789abcdef" in x and "waiting up to 60s" in x for x in lines),
+        wait=120, exit_within=30, late="the watch went on waiting for the store's lock after SIGTERM")
+    assert took < 20, "the watch waited for the store's lock after SIGTERM"
+    assert code == 0, err
     passes = json.loads(out)["passes"]
     assert [(p["status"], p["version"]) for p in passes] == [("stopped", v2)], passes
     assert "Traceback" not in err
@@ -180,35 +169,12 @@ def test_stop_within_puts_the_hosts_back_when_the_deploy_outlasts_it_after_the_f
     v1 = env.release("a")
     v2 = env.register("b")
     env.promote(v2)
-    proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", "--interval", "3600",
-                             "--max-seconds", "300", "--json", "--timeout", "60", "--bake", "30",
-                             "--stop-within", "3"],
-                            cwd=REPO, env={**os.environ, **env.env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 180       # the canary switched, its bake begins
-        while time.monotonic() < deadline and proc.poll() is None and not any("bake: judging" in x for x in lines):
-            time.sleep(0.1)
-        assert any("bake: judging" in x for x in lines), lines
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        try:
-            out = proc.communicate(timeout=60)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=30)
-            raise AssertionError("the watch went on with its bake past --stop-within") from None
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
-        reader.join(timeout=10)
-    err = "".join(lines)
-    assert proc.returncode == 130, err
+    code, out, err, took = _watch_signalled(
+        ["--interval", "3600", "--max-seconds", "300", "--json", "--timeout", "60", "--bake", "30",
+         "--stop-within", "3"],
+        {**os.environ, **env.env}, lambda lines: any("bake: judging" in x for x in lines),  # the canary's bake
+        wait=180, exit_within=60, late="the watch went on with its bake past --stop-within")
+    assert code == 130, err
     assert took < 25, f"{took:.0f}s after SIGTERM: the bake ran on"
     passes = json.loads(out)["passes"]
     assert [p["status"] for p in passes] == ["interrupted"], passes
