@@ -46,6 +46,34 @@ def _logged(caplog):
     return [r for r in {id(r): r for r in caplog.records}.values() if r.name.startswith("mlops.sync.watch")]
 
 
+def _two_passes_promoting_at_the_first_check(env, v3, monkeypatch, caplog):
+    """The watch's first two passes, v3 promoted (as CI would) right after the first deploy's
+    first VERIFY step (the canary's check, or a one-host fleet's last wave's). Returns the result,
+    the host whose check it was (None: no check ran) and the seconds both passes took."""
+    verify = host_run._RUNNERS[StepKind.VERIFY]
+    checked = []
+
+    def then_v3_is_promoted(run, step):
+        verify(run, step)
+        if not checked:
+            env.promote(v3)
+            checked.append(run.host.name)
+
+    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, then_v3_is_promoted)
+    r = FleetReconciler(env.model, load_hosts(), deploy_opts())
+    w = Watcher(r, interval=120, max_seconds=100)
+    w.reconcile = _stop_after(w, r, 2)
+    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
+    mlops_logger.addHandler(caplog.handler)
+    t0 = time.monotonic()
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            res = w.run()
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+    return res, (checked or [None])[0], time.monotonic() - t0
+
+
 def test_a_recording_pass_whose_production_moved_records_nothing_and_the_next_pass_deploys_at_once(
         deploy_env, paused_deploy, monkeypatch):
     env = deploy_env
@@ -91,33 +119,13 @@ def test_a_rollout_overtaken_by_a_newer_promotion_is_a_deployed_pass_and_the_nex
     v2 = env.register("b")
     env.promote(v2)
     v3 = env.register("c")
-    verify = host_run._RUNNERS[StepKind.VERIFY]
-    done = {}
-
-    def while_a_newer_version_is_promoted(run, step):     # the last wave's check, then CI promotes v3
-        verify(run, step)
-        if not done:
-            env.promote(v3)
-            done["promoted"] = v3
-
-    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, while_a_newer_version_is_promoted)
-    r = FleetReconciler(env.model, load_hosts(), deploy_opts())
-    w = Watcher(r, interval=120, max_seconds=100)
-    w.reconcile = _stop_after(w, r, 2)
-    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
-    mlops_logger.addHandler(caplog.handler)
-    t0 = time.monotonic()
-    try:
-        with caplog.at_level("INFO", logger="mlops"):
-            res = w.run()
-    finally:
-        mlops_logger.removeHandler(caplog.handler)
-    assert done == {"promoted": v3}
+    res, checked, took = _two_passes_promoting_at_the_first_check(env, v3, monkeypatch, caplog)
+    assert checked == host.name
     passes = [(p.trigger, p.status, p.version) for p in res.passes]
     assert passes == [("start", "deployed", v2), ("moved", "deployed", v3)], [p.to_dict() for p in res.passes]
     first = res.passes[0].message
     assert f"production moved from v{v2} to v{v3}" in first and f"the hosts stay on v{v2}" in first, first
-    assert time.monotonic() - t0 < 60                                  # not after --interval
+    assert took < 60                                                   # not after --interval
     logged = _logged(caplog)
     assert not [x for x in logged if x.levelno >= logging.ERROR], [x.getMessage() for x in logged]
     assert len([x for x in logged if f"moved from v{v2} to v{v3}" in x.getMessage()]) == 1, \
@@ -156,33 +164,13 @@ def test_a_rollout_put_back_because_production_moved_before_its_next_wave_is_fol
     v2 = env.register("b")
     env.promote(v2)
     v3 = env.register("c")
-    verify = host_run._RUNNERS[StepKind.VERIFY]
-    done = {}
-
-    def then_a_newer_version_is_promoted(run, step):     # the canary's check, then CI promotes v3
-        verify(run, step)
-        if not done:
-            env.promote(v3)
-            done["promoted"] = run.host.name
-
-    monkeypatch.setitem(host_run._RUNNERS, StepKind.VERIFY, then_a_newer_version_is_promoted)
-    r = FleetReconciler(env.model, load_hosts(), deploy_opts())
-    w = Watcher(r, interval=120, max_seconds=100)
-    w.reconcile = _stop_after(w, r, 2)
-    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
-    mlops_logger.addHandler(caplog.handler)
-    t0 = time.monotonic()
-    try:
-        with caplog.at_level("INFO", logger="mlops"):
-            res = w.run()
-    finally:
-        mlops_logger.removeHandler(caplog.handler)
-    assert done, "the canary never switched"
+    res, checked, took = _two_passes_promoting_at_the_first_check(env, v3, monkeypatch, caplog)
+    assert checked is not None, "the canary never switched"
     passes = [(p.trigger, p.status, p.version) for p in res.passes]
     assert passes == [("start", "moved", v2), ("moved", "deployed", v3)], [p.to_dict() for p in res.passes]
     first = res.passes[0].message
     assert "put back" in first and "the next pass runs at once" in first, first
-    assert time.monotonic() - t0 < 90                                  # not after --interval
+    assert took < 90                                                   # not after --interval
     logged = _logged(caplog)
     assert not [x for x in logged if x.levelno >= logging.ERROR], [x.getMessage() for x in logged]
     for host in hosts:
