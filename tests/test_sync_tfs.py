@@ -77,6 +77,18 @@ def test_publish_config_load_predict_then_validate_and_switch(tfserving_factory,
     assert {s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"} == {1, 2}
 
 
+def _serving_v1(tfserving_factory, base, saved, m):
+    """A local server with v1 published under ``base``, in models.config and AVAILABLE: (server,
+    REST client)."""
+    srv = tfserving_factory(base)
+    t = LocalTransport(base)
+    client = TFServingClient(srv.rest_url)
+    publish(t, MODEL, 1, saved, m)
+    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
+    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    return srv, client
+
+
 def _grpc_only_serving_v1(tfserving_factory, base, saved, m):
     """A server that reads models.config only at start (gRPC reloads only), v1 published,
     reloaded and AVAILABLE: (server, transport, client, the config text)."""
@@ -482,13 +494,7 @@ def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke
     from serving_sync.smoke import Golden, SmokeOptions, run_smoke
 
     saved, m, request, golden, signature = bundle
-    base = tmp_path / "serving"
-    srv = tfserving_factory(base)
-    t = LocalTransport(base)
-    client = TFServingClient(srv.rest_url)
-    publish(t, MODEL, 1, saved, m)
-    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
-    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    srv, client = _serving_v1(tfserving_factory, tmp_path / "serving", saved, m)
     exported = predict_response({"output_0": np.asarray(golden["predictions"], np.float32)})
     for response, atol in ((exported, 0.0), (golden, 0.0), (exported, 1e-4)):
         report = run_smoke(client, "h", MODEL, Golden(request, response, signature), 1, route_version=1,
@@ -608,13 +614,7 @@ def test_a_smoke_via_a_version_not_loaded_says_so_once_and_which_command_fixes_i
     from serving_sync.smoke_hosts import smoke_hosts
 
     saved, m, request, golden, signature = bundle
-    base = tmp_path / "serving"
-    srv = tfserving_factory(base)
-    t = LocalTransport(base)
-    client = TFServingClient(srv.rest_url)
-    publish(t, MODEL, 1, saved, m)
-    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
-    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    srv, client = _serving_v1(tfserving_factory, tmp_path / "serving", saved, m)
     hosts = [SimpleNamespace(name="web-1", rest_url=srv.rest_url)]
     opts = SmokeOptions(requests=20, budget_ms=60_000)
     (report,) = smoke_hosts(hosts, MODEL, 3, Golden(request, golden, signature), via="version", opts=opts)
