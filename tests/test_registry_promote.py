@@ -656,11 +656,12 @@ def test_a_pipelines_promotion_refused_as_a_rerun_names_the_command_that_moves_i
     person was doing just that (--pipeline-id makes it the pipeline's move, wherever it runs). The line
     names the command now, `mlops registry promote --version 1` (without --pipeline-id), and it works."""
     model = os.environ["MLOPS_MODEL_NAME"]
-    v1 = make_version(validation_status="passed", pipeline_id="pipe-a")
-    v2 = make_version(validation_status="passed", pipeline_id="pipe-b")
-    for pipeline in ("pipe-a", "pipe-b"):
+    pipe_a, pipe_b = f"pipe-a-{model}", f"pipe-b-{model}"   # pipeline tags are searched across every model
+    v1 = make_version(validation_status="passed", pipeline_id=pipe_a)
+    v2 = make_version(validation_status="passed", pipeline_id=pipe_b)
+    for pipeline in (pipe_a, pipe_b):
         assert run_mlops("registry", "promote", "--pipeline-id", pipeline, "--actor", "alice").returncode == 0
-    r = run_mlops("registry", "promote", "--pipeline-id", "pipe-a", "--actor", "alice")
+    r = run_mlops("registry", "promote", "--pipeline-id", pipe_a, "--actor", "alice")
     assert r.returncode == 2, r.stdout
     line = one_error_line(r)
     assert f"this CircleCI pipeline already moved production of '{model}' to v{v1}" in line, line

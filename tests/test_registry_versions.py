@@ -27,7 +27,8 @@ def test_unknown_model_and_version_are_one_clear_line(make_version):
 
 def test_version_info_production_and_aliases(make_version):
     model = os.environ["MLOPS_MODEL_NAME"]
-    v1 = make_version(pipeline_id="pipe-a")
+    pipe = f"pipe-a-{model}"      # a tag searched across every model of the server: this test's own
+    v1 = make_version(pipeline_id=pipe)
     v2 = make_version()
     assert (v1, v2) == (1, 2)
     assert versions.production_version(model) is None
@@ -37,12 +38,12 @@ def test_version_info_production_and_aliases(make_version):
     info = versions.get_version(model, v1)
     assert info.aliases == ("production",)
     assert info.validation_status == "pending"
-    assert info.tags["pipeline_id"] == "pipe-a"
+    assert info.tags["pipeline_id"] == pipe
     assert info.run_id
     listed = versions.list_versions(model)
     assert [i.version for i in listed] == [2, 1]
     assert listed[0].aliases == ("candidate",)
-    found = versions.find_by_tag("pipeline_id", "pipe-a")
+    found = versions.find_by_tag("pipeline_id", pipe)
     assert [(i.model, i.version) for i in found] == [(model, 1)]
 
 
