@@ -9,6 +9,7 @@ import json
 import random
 import subprocess
 import time
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -17,6 +18,18 @@ from mlops.ports import free_port, free_ports, port_in_use
 from mlops_common.errors import ConfigError, ConnectionFailure
 from mlops_common.procs import pid_alive, process_identity
 from tests.helpers import REPO, run_mlops
+
+
+class _Healthy(BaseHTTPRequestHandler):
+    """A server that answers every GET with an empty 200 (a health URL that is up)."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture
@@ -425,25 +438,14 @@ def test_a_server_is_waited_for_directly_whatever_proxy_the_environment_names(mo
     NO_PROXY (a company network), the wait for a local service asked the proxy, which cannot reach
     this machine's loopback: `mlops up` and the demo waited 120 s for a server that answered, then
     stopped it with "did not answer". Here the proxy is a port nothing listens on."""
-    import http.server
-
     from tests.helpers import loopback_http
-
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
 
     dead = f"http://127.0.0.1:{free_port()}"
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, dead)
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    with loopback_http(Health) as url:
+    with loopback_http(_Healthy) as url:
         started = time.monotonic()
         detached_service.wait_http_ok(f"{url}/health", timeout=5)
         assert time.monotonic() - started < 4
@@ -599,18 +601,9 @@ def test_a_start_whose_port_another_server_took_meanwhile_fails_not_reports_the_
     whose process cannot bind, while another program answers on that port, now fails."""
     import sys
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
-    class Healthy(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    other = ThreadingHTTPServer(("127.0.0.1", 0), Healthy)        # the other checkout's server
+    other = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)        # the other checkout's server
     threading.Thread(target=other.serve_forever, daemon=True).start()
     port = other.server_address[1]
     state = tmp_path / ".mlops"
