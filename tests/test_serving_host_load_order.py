@@ -141,21 +141,7 @@ def test_a_load_dropped_while_loading_is_closed_without_holding_requests_and_sta
     from serving_host.versions import VersionPolicy
 
     loading, closing, release = threading.Event(), threading.Event(), threading.Event()
-
-    class Fake:
-        def __init__(self, version):
-            self.version = version
-
-        def acquire(self):
-            pass
-
-        def release(self):
-            pass
-
-        def close(self):
-            if self.version == 1:
-                closing.set()
-                release.wait(10)                     # the cancelled version's session closing, slowly
+    Fake = _slow_closing_fake(closing, release)     # the cancelled version's session closing, slowly
 
     def load(name, version):
         if version == 1:
@@ -494,6 +480,29 @@ def test_after_the_fast_initial_load_the_manager_waits_for_its_loads_before_the_
         m.stop()
 
 
+def _slow_closing_fake(closing, release, closed=None):
+    """A fake servable class whose version 1 closes slowly: ``closing`` set when its close begins,
+    which then waits (at most 10 s) for ``release``; ``closed`` lists the versions closed."""
+    class Fake:
+        def __init__(self, version):
+            self.version = version
+
+        def acquire(self):
+            pass
+
+        def release(self):
+            pass
+
+        def close(self):
+            if self.version == 1:
+                closing.set()
+                release.wait(10)
+            if closed is not None:
+                closed.append(self.version)
+
+    return Fake
+
+
 def _fake_manager(tmp_path, monkeypatch, load, versions, **kwargs):
     """A Manager over fake servables (``load(name, version) -> servable``) with the given version
     folders made under ``tmp_path``."""
@@ -771,22 +780,7 @@ def test_with_load_threads_two_old_versions_unload_one_after_the_other(tmp_path,
     from serving_host.versions import VersionPolicy
 
     closing, release, closed = threading.Event(), threading.Event(), []
-
-    class Fake:
-        def __init__(self, version):
-            self.version = version
-
-        def acquire(self):
-            pass
-
-        def release(self):
-            pass
-
-        def close(self):
-            if self.version == 1:
-                closing.set()
-                release.wait(10)
-            closed.append(self.version)
+    Fake = _slow_closing_fake(closing, release, closed)
 
     m = _fake_manager(tmp_path, monkeypatch, lambda name, version: Fake(version), [("m", 1), ("m", 2)],
                       num_load_threads=2)
