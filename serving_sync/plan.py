@@ -25,7 +25,7 @@ from mlops_common.errors import ConfigError
 
 from . import models_config as mc
 from .names import check_version
-from .retention import DEFAULT_KEEP, versions_to_remove
+from .retention import DEFAULT_KEEP, choose
 
 AVAILABLE = "AVAILABLE"
 MEMORY_FACTOR = 1.2     # TF Serving's own estimate of a SavedModel's memory: 1.2 x its files' size
@@ -419,14 +419,12 @@ def retention_preview(obs: HostObservation, desired: int, final: MainTarget, pre
     toward ``keep`` and go unless kept; ``in_use``: what other fleets' records in an ``s3://`` base
     name (``store.read_uses``), kept. Both are read only by ``sync plan``."""
     v = desired
-    previous = prev if prev is not None else obs.serving
     protected = final.versions + obs.held_by_others + ((rollback_to,) if rollback_to is not None else ()) \
         + tuple(in_use)
-    dead = set(partial) - {v}       # the deploy publishes v whole
-    complete = sorted((set(obs.published) - dead) | {v})
-    kept = {v, previous} | set(protected)
-    return tuple(sorted(set(versions_to_remove(complete, serving=v, previous=previous, keep=keep,
-                                               protected=protected)) | (dead - kept)))
+    versions, partials = choose(sorted(set(obs.published) | {v}), set(partial) - {v},   # v is published whole
+                                serving=v, previous=prev if prev is not None else obs.serving, keep=keep,
+                                protected=protected)
+    return tuple(sorted(set(versions) | set(partials)))
 
 
 def compose(config: mc.ServingConfig, model: str, base_path: str, target: ConfigTarget) -> mc.ServingConfig:

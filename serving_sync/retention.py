@@ -135,17 +135,27 @@ def plan(transport: Transport, model: str, *, serving: int | None, previous: int
                        "that mlops does not remove; remove it by hand", transport.url, model, printable(n))
     names = [n for n in names if n not in odd]
     published = [v for n in names if (v := version_of(n)) is not None]
-    partial = incomplete_versions(transport, model, published)
-    published = [v for v in published if v not in partial]
-    kept = {v for v in (serving, previous) if v is not None} | set(protected)
-    return RetentionPlan(model,
-                         versions_to_remove(published, serving=serving, previous=previous, keep=keep,
-                                            protected=protected),
+    versions, partials = choose(published, incomplete_versions(transport, model, published), serving=serving,
+                                previous=previous, keep=keep, protected=protected)
+    return RetentionPlan(model, versions,
                          stale_uploads(names, now=now, older_than=upload_age),
                          [n for n in stale_config_temps(transport.list_dir("")) if not has_control(n)]
                          if config_temps else [],
-                         sorted(v for v in partial if v not in kept),
+                         partials,
                          stale_heartbeats(transport, held=lock[0], ttl=lock[1], now=now) if lock else [])
+
+
+def choose(published, partial, *, serving: int | None, previous: int | None, keep: int = DEFAULT_KEEP,
+           protected: tuple[int, ...] = ()) -> tuple[list[int], list[int]]:
+    """(versions to remove, incomplete folders to remove) of a model's ``published`` version folders,
+    ``partial`` of them without their completion file (pure): those do not count toward ``keep``
+    and go unless serving, previous or protected. ``plan`` decides by it, and ``sync plan``'s
+    preview (``plan.retention_preview``) too."""
+    dead = set(partial)
+    kept = {v for v in (serving, previous) if v is not None} | set(protected)
+    return (versions_to_remove([v for v in published if v not in dead], serving=serving, previous=previous,
+                               keep=keep, protected=protected),
+            sorted(v for v in dead if v not in kept))
 
 
 def incomplete_versions(transport: Transport, model: str, versions) -> list[int]:
