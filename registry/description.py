@@ -135,9 +135,7 @@ def _replaced(e: Entry, version: int) -> bool:
 
 
 def _step(e: Entry, version: int | None = None) -> str:
-    if version is not None and _replaced(e, version):
-        return f"{_cell(e.action)} {_v(e.from_version)} → {_v(e.to_version)}"
-    if e.action == "host_rollback":
+    if e.action == "host_rollback" or (version is not None and _replaced(e, version)):
         return f"{_cell(e.action)} {_v(e.from_version)} → {_v(e.to_version)}"
     when = e.details.get("when") if isinstance(e.details, dict) else None
     if e.action == "smoke_test" and isinstance(when, str):     # a host's two: before and after its switch
