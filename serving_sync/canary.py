@@ -35,6 +35,18 @@ class CanaryFailed(UserError):
 
 
 PROGRESS_EVERY = 30.0    # seconds between "still baking" lines: a CI step with no output for 10 min is killed
+# How long one read of a host's metrics page may take: a quarter of the bake, within these bounds
+# and never more than the deploy's --timeout (``metrics_timeout``)
+METRICS_TIMEOUT_MIN, METRICS_TIMEOUT_MAX = 5.0, 60.0
+
+
+def metrics_timeout(bake: float, deploy_timeout: float) -> float:
+    """Seconds one read of a metrics page may take: a quarter of ``bake``, at least 5 s (a bake of
+    a few seconds still reads a page that takes a moment) and at most 60 s (a long bake does not
+    wait minutes for a page that does not come), never more than ``deploy_timeout`` (--timeout
+    bounds every wait of a deploy). A fixed 5 s refused a busy host's page that takes longer,
+    whatever the bake's length."""
+    return min(deploy_timeout, max(METRICS_TIMEOUT_MIN, min(METRICS_TIMEOUT_MAX, bake / 4)))
 
 
 def _sleep(seconds: float, doing: str = "") -> None:
@@ -57,7 +69,7 @@ def _sleep(seconds: float, doing: str = "") -> None:
 class Baker:
     """``canary``: the hosts to judge (``rollout.Shape.judged``); their metrics must be readable."""
 
-    def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float = 5.0):
+    def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float | None = None):
         self.model = model
         self.runs = {r.host.name: r for r in runs}
         # per judged host, its metrics read around the deploy's own smoke test through the main
@@ -65,7 +77,7 @@ class Baker:
         self.own: dict[str, list] = {}
         self.canary = set(canary)
         self.opts = opts
-        self.timeout = timeout
+        self.timeout = metrics_timeout(opts.bake, opts.timeout) if timeout is None else timeout
         self.s0: dict[str, metrics_windows.Snapshot] = {}
         self.s1: dict[str, metrics_windows.Snapshot] = {}
         self.unreadable: dict[str, str] = {}

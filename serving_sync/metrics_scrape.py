@@ -248,6 +248,11 @@ def scrape(host_name: str, url: str, model: str, *, timeout: float = 5.0) -> Sna
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} (HTTP {exc.code}); start TF "
                         f"Serving with --monitoring_config_file enabling prometheus_config, set metrics_url "
                         f"in the hosts file, or deploy with --bake 0") from None
+    except TimeoutError as exc:
+        # a deploy's read may take a quarter of --bake, 5 to 60 s, within --timeout (canary.metrics_timeout)
+        raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}; a read may take a "
+                        f"quarter of --bake, 5 to 60 s, within --timeout): check that TF Serving on "
+                        f"{host_name} answers, or deploy with --bake 0") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{host_name}: cannot read TF Serving's metrics at {url} ({exc}); start TF Serving "
                         f"with --monitoring_config_file enabling prometheus_config, set metrics_url in the "

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlops_common.errors import UserError
 from serving_host import metrics as tfs_metrics
 from serving_sync import bake, bake_stats, canary, metrics_scrape, metrics_windows
+from serving_sync.options import DeployOptions
 
 INF = float("inf")
 LIMITS = bake.Limits()          # 1% above the baseline, 1.5x latency, 20 requests
@@ -524,6 +525,8 @@ def test_a_page_without_traffic_yet_is_tf_servings_all_the_same():
 class _Pages(http.server.BaseHTTPRequestHandler):
     mode = "whole"
     location = ""                                   # where "moved" sends the first request
+    late_seconds = 0.0                              # "late": how long the page takes
+    released = threading.Event()                    # ... unless the test ends first
 
     def log_message(self, *a):
         pass
@@ -550,6 +553,8 @@ class _Pages(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.05)
             return
+        if self.mode == "late":                     # a busy host: the whole page after ``late_seconds``
+            _Pages.released.wait(_Pages.late_seconds)
         self.send_response(200)
         if self.mode == "slow":
             self.send_header("Content-Length", str(len(body)))
@@ -679,11 +684,36 @@ def test_a_host_name_that_does_not_resolve_in_time_is_refused_in_time(page_serve
     assert metrics_windows.window(EMPTY, metrics_scrape.scrape("web-1", url, "m", timeout=5)).requests == 30
 
 
+def test_the_deploys_metrics_read_takes_as_long_as_its_bake_allows(page_server):
+    """Found by review (2026-12-07, twentieth stop): the deploy read every metrics page with a fixed
+    5 s time limit, whatever its bake: a busy host whose page takes 6.5 s refused the canary of a
+    60 s bake ("did not arrive within 5s"). A read now may take a quarter of the bake, 5 to 60 s,
+    within --timeout: the same page is read for a 60 s bake, and refused in time for a 2 s one."""
+    url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
+    runs = [SimpleNamespace(host=SimpleNamespace(name="web-1", metrics=url), own_marks=[])]
+    _Pages.mode, _Pages.late_seconds = "late", 6.5
+    _Pages.released.clear()
+    try:
+        long = canary.Baker("m", runs, ("web-1",), DeployOptions(bake=60, timeout=120))
+        long.start()
+        assert long.s0["web-1"].requests == {"OK": 30.0}
+        assert canary.metrics_timeout(60, 120) == 15 and canary.metrics_timeout(2, 120) == 5
+        assert canary.metrics_timeout(3600, 120) == 60 and canary.metrics_timeout(60, 8) == 8
+        short = canary.Baker("m", runs, ("web-1",), DeployOptions(bake=2, timeout=120))
+        start = time.monotonic()
+        with pytest.raises(UserError, match="did not arrive within 5s") as e:
+            short.start()
+        assert time.monotonic() - start < 6.0
+        assert "a read may take a quarter of --bake" in e.value.message and "--bake 0" in e.value.message
+    finally:
+        _Pages.released.set()
+
+
 # --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
 def test_a_later_waves_unreadable_host_does_not_abort_the_canarys_bake(monkeypatch):
     hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2", "web-3")}
     runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
-    opts = SimpleNamespace(bake=0.0, bake_each_wave=True, limits=LIMITS)
+    opts = SimpleNamespace(bake=0.0, timeout=120.0, bake_each_wave=True, limits=LIMITS)
     baker = canary.Baker("m", runs, ("web-1", "web-2"), opts)
     down = set()
 
