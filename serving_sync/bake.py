@@ -269,10 +269,10 @@ def _count(n: float) -> str:
 
 
 def _expected(w: Window, canary: Window) -> float:
-    """``w``'s requests per host (live ones: the deploy's own smoke test through the main entry is
-    left out of the canary's "before" window, ``window_outside``), scaled to the canary's window
-    when the two lengths differ (the canary's "before" window lasts from the first read to its
-    switch: the bake or longer)."""
+    """``w``'s requests per host (live ones: the deploy's prepare on the canary, its smoke test
+    through the main entry included, is left out of its "before" window, ``window_outside``),
+    scaled to the canary's window when the two lengths differ (the canary's "before" window lasts
+    from the first read to its switch: the bake or longer)."""
     n = w.requests / max(1, w.hosts)
     if canary.seconds and w.seconds and canary.seconds > 0 and w.seconds > 0:
         n *= canary.seconds / w.seconds
@@ -305,7 +305,7 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         if round(live) != round(compared["before"]) and before.seconds:
             notes.append(f"{live} in {_seconds(before.seconds)}")
         if before.own:
-            notes.append(f"not counting {before.own} during the deploy's own smoke test")
+            notes.append(f"not counting {before.own} during the deploy's prepare on it")
         raw = f" ({', '.join(notes)})" if notes else ""
         parts.append(f"{_count(compared['before'])} before its switch{raw}")
     if "others" in compared:

@@ -2,13 +2,13 @@
 
 Timeline (``Baker``): ``start`` scrapes every changing host before anything changes (a host to be
 judged — the canary; with ``--bake-each-wave`` every wave but the last — whose metrics cannot be
-read is refused here, before any host is touched); ``before_switch``
-waits until the window since ``start`` is at least ``bake`` seconds (the canary's "before" window,
-equal to the bake or longer) and scrapes the hosts about to switch — a judged host whose new
-version was smoke-tested through its main entry in the prepare phase (``smoke_main``: loaded
-there already) was also read just before and just after that smoke test, and the stretch in
-between is left out of its "before" window (``metrics_windows.window_outside``: its error and latency
-baselines hold none of the deploy's own requests); ``judge`` scrapes the
+read is refused here, before any host is touched); each judged host is read again just before
+its first prepare step and just after its last (``HostRun.own_marks``), and that stretch — the
+deploy's own work there: the validation copy's load, warmup and smoke test, a smoke test through
+the main entry (``smoke_main``) that TF Serving counts under the model's name — is left out of
+its "before" window (``metrics_windows.window_outside``: its traffic, error and latency baselines
+are live traffic only); ``before_switch`` waits until that window holds at least ``bake`` seconds
+of live traffic (equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
 switched hosts and the hosts still on the old version, waits ``bake`` seconds, scrapes again
 and returns one ``bake.Verdict`` per switched host. The numbers are ``bake.judge``'s.
 """
@@ -72,8 +72,8 @@ class Baker:
     def __init__(self, model: str, runs, canary: tuple[str, ...], opts, *, timeout: float | None = None):
         self.model = model
         self.runs = {r.host.name: r for r in runs}
-        # per judged host, its metrics read around the deploy's own smoke test through the main
-        # entry (``HostRun.own_marks``): left out of its window before the switch
+        # per judged host, its metrics read around the deploy's prepare phase on it
+        # (``HostRun.own_marks``): left out of its window before the switch
         self.own: dict[str, list] = {}
         self.canary = set(canary)
         self.opts = opts
@@ -81,7 +81,6 @@ class Baker:
         self.s0: dict[str, metrics_windows.Snapshot] = {}
         self.s1: dict[str, metrics_windows.Snapshot] = {}
         self.unreadable: dict[str, str] = {}
-        self.t0 = 0.0
 
     def _scrape(self, name: str) -> metrics_windows.Snapshot:
         host = self.runs[name].host
@@ -113,28 +112,41 @@ class Baker:
                 extra = " (--bake-each-wave judges every wave but the last)" if self.opts.bake_each_wave else ""
                 raise UserError(f"canary {exc.message}{extra}") from None
         self.s0.update(self._scrape_some([n for n in self.runs if n not in self.canary]))
-        self.t0 = time.monotonic()
-        for n in self.canary:      # two more reads of a judged host, around a smoke test through its main entry
+        for n in self.canary:      # two more reads of a judged host, around its prepare phase
             self.runs[n].read_metrics = functools.partial(self._read_around_own, n)
 
     def _read_around_own(self, name: str) -> metrics_windows.Snapshot | None:
-        """``name``'s metrics just before or after the deploy's own smoke test through its main
-        entry; None (a warning) when they cannot be read: the stretch of the window before the
-        switch on that side of the smoke test is then left out with it."""
+        """``name``'s metrics just before or after the deploy's prepare phase on it; None (a
+        warning) when they cannot be read: the stretch of the window before the switch on that
+        side of the prepare is then left out with it."""
         try:
             return self._scrape(name)
         except UserError as exc:
-            logger.warning("%s (around the deploy's smoke test through the main entry: the window before "
-                           "the switch leaves out the stretch on that side of it)", exc.message)
+            logger.warning("%s (around the deploy's prepare on it: the window before the switch leaves out "
+                           "the stretch on that side of it)", exc.message)
             return None
+
+    def _live_seconds(self, name: str, now: float) -> float | None:
+        """Seconds of ``name``'s window before the switch that will be live traffic if it is read
+        ``now`` (the stretches outside its prepare, ``own_marks``); None when waiting adds none
+        (the read after its prepare failed: what follows is left out with it)."""
+        t, live = self.s0[name].at, 0.0
+        for a, b in self.runs[name].own_marks:
+            if t is not None and a is not None and a.at is not None:
+                live += a.at - t
+            t = b.at if b is not None else None
+        return None if t is None else live + (now - t)
 
     def before_switch(self, wave) -> None:
         names = [r.host.name for r in wave]
-        if any(n in self.canary for n in names) or self.opts.bake_each_wave:
-            _sleep(self.opts.bake - (time.monotonic() - self.t0),
+        judged = [n for n in names if n in self.canary and n in self.s0]
+        now = time.monotonic()
+        live = [x for x in (self._live_seconds(n, now) for n in judged) if x is not None]
+        if live:       # the window before the switch: at least --bake seconds of live traffic
+            _sleep(self.opts.bake - min(live),
                    f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
         self.s1.update(self._scrape_some(names, required=self.canary.intersection(names)))
-        for n in names:     # the prepare phase's smoke test through the main entry: in the window, not live
+        for n in names:     # the deploy's prepare on each: in the window, not live traffic
             self.own[n] = list(self.runs[n].own_marks)
 
     def judge(self, wave, old) -> list[bake.Verdict]:
@@ -158,7 +170,7 @@ class Baker:
             before = (metrics_windows.window_outside(self.s0[n], self.s1[n], self.own.get(n, []))
                       if n in self.s0 else None)
             if n in self.s0 and before is None:
-                logger.warning("%s: its metrics could not be read around the deploy's smoke test through the "
-                               "main entry: its window before the switch is not used", n)
+                logger.warning("%s: its metrics could not be read around the deploy's prepare on it: its window "
+                               "before the switch is not used", n)
             verdicts.append(bake.judge(n, metrics_windows.window(s2[n], s3[n]), before, merged, self.opts.limits))
         return verdicts

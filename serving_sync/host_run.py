@@ -97,11 +97,13 @@ class HostRun:
         self.applied = applied(observed.obs, opts.label)
         self.connection_lost = False        # the transport died: the host, not the version, failed
         self.lock_lost: str | None = None   # another deploy took this host's lock: never touch it again
-        # our smoke test through the main entry (``SMOKE_MAIN``) goes through the model's name: TF
-        # Serving counts it with live traffic, inside the canary's window before its switch. On a
-        # host the bake judges, ``canary.Baker`` sets ``read_metrics`` (the host's metrics page, or
-        # None when unreadable), read just before and just after each such smoke test: ``own_marks``,
-        # what the bake leaves out of that window (``metrics_windows.window_outside``)
+        # the prepare phase is the deploy's, not live traffic: its smoke test through the main
+        # entry (``SMOKE_MAIN``) goes through the model's name, and TF Serving counts it with live
+        # traffic; the validation copy's load, warmup and smoke test (up to 1,000 predicts) load
+        # the host that serves live traffic meanwhile. On a host the bake judges, ``canary.Baker``
+        # sets ``read_metrics`` (the host's metrics page, or None when unreadable), read just before
+        # this host's first prepare step and just after its last: ``own_marks``, what the bake leaves
+        # out of its window before the switch (``metrics_windows.window_outside``)
         self.read_metrics: Callable[[], object] | None = None
         self.own_marks: list[tuple[object, object]] = []
         self.outcome = HostOutcome(self.host.name, "failed", plan.current, plan.desired,
@@ -123,6 +125,8 @@ class HostRun:
         name = self.host.name
         steps = self.plan.steps if phase is None else self.plan.phase(phase)
         total = len(self.plan.steps)
+        read = self.read_metrics if phase is Phase.PREPARE and steps else None
+        before_prepare = read() if read is not None else None
         for step in steps:
             i = self.plan.steps.index(step) + 1
             try:
@@ -149,6 +153,8 @@ class HostRun:
             self.outcome.steps.append({"kind": str(step.kind), "phase": str(step.kind.phase), "text": step.text,
                                        "seconds": round(time.monotonic() - start, 3)})
             faultpoint.reached(f"after:{step.kind}", stop=cancel.requested)     # test hook, inert unless set
+        if read is not None:        # a failed prepare ends the deploy: no bake
+            self.own_marks.append((before_prepare, read()))
         if not self.plan.steps or (steps and steps[-1] is self.plan.steps[-1]):
             self.outcome.status = "deployed"
         return self.outcome
@@ -227,12 +233,8 @@ class HostRun:
                           interval=self.opts.poll_interval)
 
     def _smoke(self, step: Step) -> None:
-        read = self.read_metrics if step.entry == self.model else None
-        start = read() if read is not None else None
         report = run_smoke(self.client, self.host.name, step.entry, self._golden(), step.version,
                            route_version=step.version, opts=self.opts.smoke)
-        if read is not None and report.passed:      # a failed one ends the deploy: no bake
-            self.own_marks.append((start, read()))
         self._judge(report, f"smoke test of v{step.version} via {report.route}", "before the switch")
         verified.add(self.transport, self.model, step.version, route=report.route)
 

@@ -71,7 +71,7 @@ class Window:
     latency_sum_error: float = 0.0                                # ± µs on latency_sum (the pages' rounding)
     seconds: float | None = None                                  # its length, when both snapshots say when
     hosts: int = 1                                                # hosts merged into it (``merge``)
-    own: int = 0                                                  # left out: the deploy's smoke test (window_outside)
+    own: int = 0                                                  # left out: the deploy's prepare (window_outside)
     moments: tuple[float, float, float] | None = None             # (n, Σx, Σx²) µs, set by ``merge``; else from buckets
 
     @property
@@ -288,15 +288,17 @@ def window(before: Snapshot, after: Snapshot) -> Window:
 def window_outside(before: Snapshot, after: Snapshot,
                    gaps: list[tuple[Snapshot | None, Snapshot | None]]) -> Window | None:
     """The counts between ``before`` and ``after`` without those of each gap ``(start, end)``: the
-    deploy's own smoke test through the main entry (``smoke_main``), with the host's page read just
-    before its first request and just after its last answer. TF Serving counts a request before it
-    answers it (``http_server.cc``: ``RecordRequestLatency``, ``RecordModelRequestCount``, then
-    ``ReplyWithStatus``), so every one of the deploy's requests lies inside its gap, and the window
-    is the stretches outside the gaps added up — counts and buckets are integers: exact. Live
-    requests answered inside a gap are left out with it (as its seconds are): a baseline of fewer
-    live requests, never one holding the deploy's own. A gap whose start (end) could not be read
-    (None) takes the stretch before (after) it with it; None when nothing is left. ``own``: the
-    requests left out; ``restarted`` also when the counters went down inside a gap."""
+    deploy's prepare phase on the host (the validation copy's load, warmup and smoke test, and a
+    smoke test through the main entry, ``smoke_main``, which TF Serving counts under the model's
+    name), with the host's page read just before its first step and just after its last. TF
+    Serving counts a request before it answers it (``http_server.cc``: ``RecordRequestLatency``,
+    ``RecordModelRequestCount``, then ``ReplyWithStatus``), so every one of the deploy's requests
+    lies inside its gap, and the window is the stretches outside the gaps added up — counts and
+    buckets are integers: exact. Live requests answered inside a gap are left out with it (as its
+    seconds are): a baseline of fewer live requests, never one holding the deploy's own. A gap
+    whose start (end) could not be read (None) takes the stretch before (after) it with it; None
+    when nothing is left. ``own``: the requests left out; ``restarted`` also when the counters
+    went down inside a gap."""
     if not gaps:
         return window(before, after)
     segments, start, restarted = [], before, False

@@ -1217,7 +1217,7 @@ def test_the_deploys_own_requests_before_the_switch_are_not_live_traffic():
     v = bake.judge("web-2", _served(3, at=100.0), metrics_windows.window_outside(s0, s1, [(pre, post)]),
                    _old_hosts(150), LIMITS)
     assert v.line == ("canary web-2: answered 3 requests in 10 s vs 160 before its switch (not counting 61 "
-                      "during the deploy's own smoke test) and 150 on the other host; traffic fell below 25%: "
+                      "during the deploy's prepare on it) and 150 on the other host; traffic fell below 25%: "
                       "rolled back")
 
 

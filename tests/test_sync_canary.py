@@ -326,6 +326,37 @@ def test_the_deploys_own_smoke_test_does_not_make_the_canarys_latency_baseline_m
     assert "ms before" in verdict["line"], verdict["line"]        # judged against it too
 
 
+def test_the_canarys_window_before_its_switch_leaves_out_the_deploys_prepare_on_it(deploy_env, canary_bundles,
+                                                                                   paused_deploy):
+    """Found by review (2026-12-07, twentieth stop): the canary's "before" window ran from the first
+    read to its switch, across the deploy's prepare on that host — the validation copy's load,
+    warmup and smoke test beside the live model — so what the host's live traffic met while the
+    deploy worked there was its baseline. Here the deploy is held in the canary's prepare (after
+    its validation load) while the canary's live traffic fails 600 requests: with that in its
+    "before" window the limit became that rate + 1%, and "strict", failing 1 live request in 4,
+    passed and rolled out. The window now leaves the canary's whole prepare out (its page read
+    just before the first prepare step and just after the last), waits for --bake seconds of live
+    traffic outside it, and the canary is rolled back against 0% before and on the other host."""
+    import requests
+
+    env = deploy_env
+    hosts, v1, v2 = _two_hosts_on_a_then_promoted(env, canary_bundles, "strict")
+    canary = hosts[0]
+    with HostLoad(hosts, env.model, env.bundles.golden("a")["request"], foreign=True) as load:
+        held = paused_deploy(env.env, "after:load_validation", "--json", "--bake", "2", "--timeout", "60",
+                             "--parallel", "1").wait_paused()          # the canary prepares first
+        url = f"{canary.rest_url}/v1/models/{env.model}:predict"
+        with requests.Session() as http:
+            failed = sum(http.post(url, data=b"{not json", timeout=10).status_code == 400 for _ in range(600))
+        res = held.finish(timeout=240)
+    assert failed == 600
+    verdict = _check_rolled_back(env, hosts, v1, v2, res, "error rate")
+    before = verdict["measurements"]["before"]
+    assert before["error_rate"] == 0 and before["own_requests"] >= 600 and before["requests"] >= 20, before
+    assert before["seconds"] >= 2 * 0.9, before          # --bake seconds of live traffic outside the prepare
+    assert load.non_200[hosts[1].name] == [] and load.count > 100
+
+
 def _canary_switched_then_killed(env, canary_bundles, paused_deploy) -> tuple[list, int, int]:
     """Two hosts on v1; v2 ("strict") promoted; a deploy of it SIGKILLed once its canary (the first
     host) switched, before its verdict: the first host serves v2, the second v1, no row says so."""
