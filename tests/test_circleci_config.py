@@ -488,3 +488,64 @@ def test_the_dependency_cache_is_never_shared_between_executor_kinds(tmp_path, c
                 keys.setdefault(kind, set()).update(step["restore_cache"]["keys"])
     assert keys.get("docker") and keys.get("machine"), keys
     assert not keys["docker"] & keys["machine"], keys
+
+
+# What each context must hold for the jobs that use it (README "CircleCI", "Set up a project"):
+# without one, mlops fell back to a default a fresh container does not have.
+CONTEXT_NEEDS = {"mlops-tracking": ("MLFLOW_TRACKING_URI", "MLOPS_LEDGER_URL", "MLOPS_MODEL_NAME"),
+                 "mlops-deploy": ("CIRCLE_TOKEN", "MLOPS_HOSTS_FILE")}
+_WORKFLOW_PARAMETERS = {"build-deploy": {}, "retrain-deploy": {"run-retrain": True},
+                        "rollback": {"run-rollback": True}}
+
+
+def _jobs_with_contexts(config):
+    """(workflow, job, its contexts) for every job that uses a context, each job once."""
+    seen = {}
+    for wf_name in _WORKFLOW_PARAMETERS:
+        for name, spec in _workflow_jobs(config["workflows"][wf_name]).items():
+            if spec.get("context") and spec["job"] not in seen:
+                seen[spec["job"]] = (wf_name, name, tuple(spec["context"]))
+    return list(seen.values())
+
+
+def test_a_job_missing_a_variable_of_its_context_says_which_and_where_before_doing_anything(tmp_path, config):
+    """Found by review (twentieth stop): a job whose context lacked MLOPS_LEDGER_URL trained,
+    registered and wrote its ledger rows into a throw-away SQLite file of its own checkout (every
+    later job read an empty ledger); without MLFLOW_TRACKING_URI or MLOPS_HOSTS_FILE the lines said
+    "start it with `mlops up`" or "create ./.mlops/hosts.toml", which no CircleCI job can. Each job
+    now stops right after its checkout, with one line naming the variable and its context."""
+    found = _jobs_with_contexts(config)
+    assert {job for _, job, _ in found} >= {"train", "retrain", "gate", "infra-validate", "promote-and-deploy",
+                                            "rollback-and-deploy"}, found
+    ledger = tmp_path / "ledger.db"
+    full = {"mlops-tracking": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLOPS_LEDGER_URL": f"sqlite:///{ledger}",
+                               "MLOPS_MODEL_NAME": "ci-model"},
+            "mlops-deploy": {"CIRCLE_TOKEN": "ci-token", "MLOPS_HOSTS_FILE": str(tmp_path / "hosts.toml")}}
+    cases = [(wf, job, ctx, (name,)) for wf, job, ctxs in found for ctx in ctxs for name in CONTEXT_NEEDS[ctx]]
+    cases.append(("build-deploy", "promote-and-deploy", "mlops-deploy", CONTEXT_NEEDS["mlops-deploy"]))
+    for i, (wf, job, ctx, missing) in enumerate(cases):
+        contexts = {c: {k: v for k, v in env.items() if k not in missing} for c, env in full.items()}
+        ci = LocalCircleCI(tmp_path / f"run-{i}", parameters=_WORKFLOW_PARAMETERS[wf], contexts=contexts,
+                           skip_jobs=set(ci_jobs(config)) - {job}, step_timeout=120,
+                           project_env={"MLOPS_MLFLOW_PORT": "9", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        res = ci.run_workflow(wf, approve=lambda j, w: "alice")
+        result = res.jobs[job]
+        assert result.status == "failed", (job, missing, res.log())
+        ran = [s for s in result.steps if not s.skipped]
+        failed = next(s for s in ran if s.returncode != 0)
+        verb, pronoun = ("are", "them") if len(missing) > 1 else ("is", "it")
+        assert failed.output.strip() == (
+            f"error: {', '.join(missing)} {verb} not set in this job: add {pronoun} to the CircleCI context {ctx} "
+            f"(Organization Settings > Contexts), then rerun the workflow; nothing was done"), (job, missing, failed)
+        assert failed.returncode == 2
+        # only the checkout (and the other context's check) came before: nothing installed or run;
+        # after it only what CircleCI always runs, and the team was told
+        before, after = [s.name for s in ran[:ran.index(failed)]], [s.name for s in ran[ran.index(failed) + 1:]]
+        assert before[0] == "checkout" and all(n.startswith("Check the variables of") for n in before[1:]), before
+        assert "Notify on failure" in after and set(after) <= {"Notify on failure", "store_artifacts",
+                                                               "store_test_results"}, after
+    assert not ledger.exists()
+
+
+def ci_jobs(config) -> list[str]:
+    return list(config["jobs"])
