@@ -549,3 +549,48 @@ def test_a_job_missing_a_variable_of_its_context_says_which_and_where_before_doi
 
 def ci_jobs(config) -> list[str]:
     return list(config["jobs"])
+
+
+def _smoke_step(tmp_path, job: str, workspace_version: int, env: dict):
+    """Run ``job``'s smoke step (its config command, pipeline values substituted) with the real
+    mlops, in a checkout whose workspace holds ``workspace_version``; the finished process."""
+    import os
+
+    ci = LocalCircleCI(tmp_path / "ci", parameters={"run-rollback": job == "rollback-and-deploy"})
+    steps = ci._expand(ci.config["jobs"][job]["steps"])       # noqa: SLF001 - the harness's own expansion
+    (spec,) = [s["run"] for s in steps if isinstance(s, dict) and "run" in s and isinstance(s["run"], dict)
+               and "mlops sync smoke" in s["run"]["command"]]
+    work = tmp_path / "work"
+    (work / "workspace").mkdir(parents=True)
+    (work / "workspace" / "version").write_text(f"{workspace_version}\n")
+    (work / ".venv" / "bin").mkdir(parents=True)
+    (work / ".venv" / "bin" / "mlops").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mlops "$@"\n')
+    (work / ".venv" / "bin" / "mlops").chmod(0o755)
+    return subprocess.run(["bash", "-eo", "pipefail", "-c", spec["command"]], cwd=work,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
+def test_the_smoke_step_checks_the_version_its_job_deployed_not_whatever_production_names(deploy_env, tmp_path):
+    """Found by review (twentieth stop): the smoke step after a job's deploy ran `mlops sync smoke`
+    without a version, so it checked whatever production named at that moment. A person promoting v2
+    after the job deployed v1 failed the job on a version it never deployed; once `sync watch` had
+    put v2 on the hosts, the step passed while v1, the job's version, was no longer what they served.
+    It now passes `--version` from the workspace (the version the job promoted or rolled back to)."""
+    env = deploy_env
+    env.add_host()
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)                     # someone promoted v2 after this job's deploy of v1
+    run_env = {**env.env, "MLOPS_HOSTS_FILE": str(env.hosts_file)}
+    for job in ("promote-and-deploy", "rollback-and-deploy"):
+        p = _smoke_step(tmp_path / f"{job}-1", job, v1, run_env)
+        assert p.returncode == 0, (job, p.stdout + p.stderr)
+        assert f"label: stable -> {v1};" in p.stdout, (job, p.stdout)
+        junit = (tmp_path / f"{job}-1" / "work" / "reports" / "junit" / "smoke.xml").read_text()
+        assert f'"smoke.{env.model}.v{v1}"' in junit, junit     # what CircleCI's Tests tab shows
+    r = env.deploy()                    # ... and `sync watch` put it on the hosts
+    assert r.status == "deployed", r.message
+    for job in ("promote-and-deploy", "rollback-and-deploy"):
+        p = _smoke_step(tmp_path / f"{job}-2", job, v1, run_env)
+        assert p.returncode == 2, (job, p.stdout + p.stderr)
+        assert "label" in p.stdout + p.stderr and f"v{v2}" in p.stdout + p.stderr, (job, p.stdout + p.stderr)
