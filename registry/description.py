@@ -31,7 +31,7 @@ from . import tags as T
 from . import versions
 from .gate_rules import GateRules, decimals_apart, limit_text
 from .history import class_figures
-from .ledger import Entry, Ledger
+from .ledger import CREATED_MS, Entry, Ledger
 from .promotion_rules import version_label
 from .rest import rest
 
@@ -113,13 +113,30 @@ def _ci_of_register(entries: list[Entry], version: int) -> dict:
     return {}
 
 
-def current(entries: list[Entry], created_at: datetime | None) -> list[Entry]:
-    """The rows that can be about the version created at ``created_at``: a row dated before it is
-    about an earlier version of the same number (the model was deleted and created again). The
-    ledger's clock (the process that wrote the row) is compared with MLflow's (the server's)."""
+def current(entries: list[Entry], created_at: datetime | None, version: int | None = None) -> list[Entry]:
+    """The rows that can be about ``version`` as MLflow created it at ``created_at`` (a model
+    deleted and created again numbers its versions from 1, and the deleted one's rows are about
+    other versions of the same numbers). Ordered by the data, one clock each: the version's own
+    ``register`` row (its ``created_ms`` is ``created_at``, both the MLflow server's clock) and every
+    row appended after it (the ledger's ids); a ``register`` row of the same number created at
+    another time, and every row before it, is an earlier version's. Only a version with no
+    ``register`` row of its own (registered outside mlops, or before creation times were kept)
+    falls back to comparing each row's time (its writer's clock) with MLflow's (found by review,
+    twentieth stop: a CI runner whose clock was behind the server's hid the version's own
+    promotion and gate from its page)."""
     if created_at is None:
         return list(entries)
-    return [e for e in entries if e.at is None or e.at >= created_at]
+    ms = round(created_at.timestamp() * 1000)
+    registered = [(i, e.details.get(CREATED_MS)) for i, e in enumerate(entries)
+                  if e.action == "register" and e.outcome == "ok" and isinstance(e.details, dict)
+                  and (version is None or e.to_version == version)
+                  and isinstance(e.details.get(CREATED_MS), int)]
+    own = [i for i, created in registered if created == ms]
+    if own and version is not None:
+        return list(entries[own[-1]:])
+    earlier = [i for i, created in registered if created < ms] if version is not None else []
+    after = entries[earlier[-1] + 1:] if earlier else entries
+    return [e for e in after if e.at is None or e.at >= created_at]
 
 
 def _host_state(e: Entry, version: int) -> str:
@@ -264,7 +281,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     version's creation time; the block never names the model, whose page it is on). At most
     ``max_chars`` characters when the table rows can make it so: the oldest rows go first, and the
     table says how many it left out."""
-    entries = current(entries, created_at)
+    entries = current(entries, created_at, version)
     mine = [e for e in entries if version in (e.to_version, e.from_version)]
     gates = [e for e in entries if e.action == "gate" and e.to_version == version]
     moves = [e for e in entries if e.action in ("promote", "rollback") and e.outcome == "ok"]

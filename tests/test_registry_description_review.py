@@ -389,6 +389,60 @@ def test_a_recreated_model_starts_a_new_story(make_version):
     assert "alice" not in written and "web-1" not in written, written
 
 
+def test_the_current_rows_come_from_the_registration_not_from_the_writers_clocks():
+    """The version's rows start at its own ``register`` row (whose ``created_ms`` is the version's
+    creation time, both the MLflow server's clock), not at rows whose writer's clock read later
+    than the server's: a CI runner ten minutes behind hid the version's gate and promotion, and a
+    deleted model's rows written by a laptop ahead of the server showed on the new v1's page
+    (found by review, twentieth stop)."""
+    from registry.ledger import CREATED_MS
+
+    created = AT + timedelta(hours=1)
+    ms = round(created.timestamp() * 1000)
+    behind, ahead = created - timedelta(minutes=10), created + timedelta(minutes=10)
+    old = [Entry("register", "m", "ok", to_version=1, details={CREATED_MS: ms - 3_600_000}, at=ahead),
+           Entry("promote", "m", "ok", to_version=1, actor="alice", reason="old release", at=ahead),
+           Entry("deploy", "m", "ok", host="web-9", to_version=1, at=ahead)]
+    new = [Entry("register", "m", "ok", to_version=1, details={CREATED_MS: ms}, at=behind),
+           Entry("gate", "m", "passed", to_version=1, details={"accuracy": 0.9}, at=behind),
+           Entry("promote", "m", "ok", to_version=1, actor="bob", reason="new release", at=behind)]
+    text = description.render(version=1, tags={}, aliases=("production",), entries=rows(*old, *new),
+                              created_at=created)
+    assert "**Approved by:** bob (promote none → v1 by bob" in text, text
+    assert "**Validation:** passed — held-out accuracy 0.9000" in text
+    assert "alice" not in text and "web-9" not in text and "no deploy yet" in text
+    # no register row of its own (registered outside mlops): the deleted v1's registration is not
+    # its (that row's CircleCI job was linked as this version's)
+    job = "https://circleci.com/gh/o/r/41"
+    earlier = Entry("register", "m", "ok", to_version=1, at=ahead,
+                    details={CREATED_MS: ms - 3_600_000, "ci": {"ci.build_url": job}})
+    text = description.render(version=1, tags={}, aliases=(), entries=rows(earlier, *new[1:]), created_at=created)
+    assert job not in text and "**Links:** none" in text, text
+
+
+def test_a_ledger_writer_behind_the_servers_clock_still_shows_on_the_page(make_version, monkeypatch):
+    """The same on a real server: every ledger row written by a process whose clock is ten minutes
+    behind the MLflow server's. The page said "nobody yet (never promoted)" and "(not gated yet)"
+    for a gated, promoted version."""
+    import registry.ledger as ledger_module
+    from registry.gate import run_gate
+    from tests.test_registry_gate import Evaluations, doc
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(minutes=10)
+
+    monkeypatch.setattr(ledger_module, "datetime", Behind)
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    run_gate(model, v1, Evaluations({v1: doc(0.93)}))
+    promotion.promote(model, v1, actor="alice", reason="first release")
+    written = versions.get_version(model, v1).description
+    assert f"**Approved by:** alice (promote none → v{v1} by alice" in written, written
+    assert "**Validation:** passed — held-out accuracy 0.9300" in written, written
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. a server without webhook support
 # ---------------------------------------------------------------------------------------------
