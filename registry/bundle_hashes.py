@@ -64,24 +64,39 @@ def differences(recorded: dict[str, str], got: dict[str, str]) -> list[str]:
     return out
 
 
-def recorded(model: str, version: int, ledger=None, key: str = BUNDLE_FILES) -> dict[str, str] | None:
+def recorded(model: str, version: int, ledger=None, key: str = BUNDLE_FILES, *,
+             created_ms: int | None = None) -> dict[str, str] | None:
     """The files recorded when ``version`` was registered (None: registered without a record);
-    ``key``: ``BUNDLE_FILES`` (tfserving/, golden/) or ``MODEL_FILES`` (the logged model)."""
-    from .ledger import Ledger
+    ``key``: ``BUNDLE_FILES`` (tfserving/, golden/) or ``MODEL_FILES`` (the logged model).
+    ``created_ms``: when MLflow created the version (read from MLflow when not given and a row
+    could be another version's): a ``register`` row of the same number created at another time
+    (``CREATED_MS``, the server's clock) is a deleted model's, and so is every earlier one; a
+    version registered outside mlops after its model was created again has no record (found by
+    review, twentieth stop: the deleted v1's hashes were checked against it, and the gate refused
+    its model as "changed in the artifact store since")."""
+    from .ledger import CREATED_MS, Ledger
 
     rows = [e for e in (ledger or Ledger()).entries(model, actions=("register",))
             if e.to_version == version]   # all rows: the newest of this version's is the one (a model created
     #                                        again registers after the deleted one; two first trainings at once
     #                                        can record v2 before v1, which a cut at v1's row would hide)
+    stamps = [e.details.get(CREATED_MS) if isinstance(e.details, dict) else None for e in rows]
+    if any(isinstance(ms, int) for ms in stamps):
+        if created_ms is None:
+            from . import versions
+            created_ms = round(versions.get_version(model, version).created_at.timestamp() * 1000)
+        other = [i for i, ms in enumerate(stamps) if isinstance(ms, int) and ms != created_ms]
+        rows = rows[other[-1] + 1:] if other else rows
     files = rows[-1].details.get(key) if rows else None
     return dict(files) if isinstance(files, dict) else None
 
 
-def check(model: str, version: int, root: str | Path, ledger=None) -> dict[str, str] | None:
+def check(model: str, version: int, root: str | Path, ledger=None, *,
+          created_ms: int | None = None) -> dict[str, str] | None:
     """Raise ``ConfigError`` (one line) when the bundle under ``root`` is not what was registered;
     otherwise the files' sha256 (``tree_files``), so a caller need not read them again (None when
     the version was registered without a record and nothing was hashed)."""
-    expected = _expected(model, version, ledger, "its artifacts are")
+    expected = _expected(model, version, ledger, "its artifacts are", created_ms=created_ms)
     if expected is None:
         return None
     got = tree_files(root)
@@ -90,11 +105,11 @@ def check(model: str, version: int, root: str | Path, ledger=None) -> dict[str, 
 
 
 def check_files(model: str, version: int, files: dict[str, bytes], ledger=None, *,
-                unchanged: str = "Nothing was deployed") -> None:
+                unchanged: str = "Nothing was deployed", created_ms: int | None = None) -> None:
     """``check`` for some files of the bundle read on their own (``{"golden/request.json": bytes}``):
     the golden set a switch to a version already on the hosts is verified with, the signature the
     gate compares."""
-    expected = _expected(model, version, ledger, "its golden set is")
+    expected = _expected(model, version, ledger, "its golden set is", created_ms=created_ms)
     if expected is None:
         return
     got = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
@@ -118,9 +133,9 @@ def check_model(model: str, version: int, root: str | Path, ledger=None, *,
 
 
 def _expected(model: str, version: int, ledger, what: str, key: str = BUNDLE_FILES,
-              without: str = "file hashes") -> dict[str, str] | None:
+              without: str = "file hashes", *, created_ms: int | None = None) -> dict[str, str] | None:
     """``recorded``, with the warning for a version registered before hashes were recorded."""
-    expected = recorded(model, version, ledger, key)
+    expected = recorded(model, version, ledger, key, created_ms=created_ms)
     if expected is None:
         _log.warning("version %s of '%s' was registered without %s: %s used unchecked",
                      version, model, without, what)

@@ -89,8 +89,9 @@ def _unchecked_models(model: str, scored: list[int], ledger: Ledger) -> list[str
     """The report's notes for the versions scored whose logged model's files have no hashes
     recorded at registration (registered before they were): the evaluation loaded them unchecked
     (``bundle_hashes.check_model`` checks the others before loading them)."""
-    return [f"v{x}'s logged model was scored unchecked: it was registered before the hashes of its files "
-            f"were recorded, so a change to it in the artifact store since cannot be seen"
+    return [f"v{x}'s logged model was scored unchecked: no hashes of its files were recorded at its "
+            f"registration (registered before they were, or outside mlops), so a change to it in the artifact "
+            f"store since cannot be seen"
             for x in scored if bundle_hashes.recorded(model, x, ledger, bundle_hashes.MODEL_FILES) is None]
 
 

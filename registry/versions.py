@@ -56,6 +56,11 @@ class VersionInfo:
     def deploy_status(self) -> str | None:
         return self.tags.get(T.DEPLOY_STATUS)
 
+    @property
+    def created_ms(self) -> int:
+        """MLflow's ``creation_timestamp`` (ms): what a ``register`` ledger row keeps as ``created_ms``."""
+        return round(self.created_at.timestamp() * 1000)
+
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "run_id": self.run_id,
                 "source": self.source, "tags": dict(self.tags), "aliases": list(self.aliases),
@@ -365,7 +370,8 @@ def bundle_artifact_json(model: str, info: "VersionInfo", path: str, *, unchange
     data = run_artifact_bytes(info.run_id, path)
     if data is None:
         return None
-    bundle_hashes.check_files(model, info.version, {path: data}, ledger, unchanged=unchanged)
+    bundle_hashes.check_files(model, info.version, {path: data}, ledger, unchanged=unchanged,
+                              created_ms=info.created_ms)
     return _artifact_doc(data, info.run_id, path)
 
 
@@ -387,7 +393,7 @@ def golden_set(model: str, version) -> dict[str, dict]:
             raise NotFoundError(f"version {info.version} of '{model}': golden/{name}.json is missing from "
                                 f"its run's artifacts; re-train and register it")
         raw[artifacts.golden_path(name)] = data
-    bundle_hashes.check_files(model, info.version, raw)
+    bundle_hashes.check_files(model, info.version, raw, created_ms=info.created_ms)
     return {name: _artifact_doc(raw[artifacts.golden_path(name)], info.run_id, artifacts.golden_path(name))
             for name in GOLDEN_NAMES}
 
@@ -444,7 +450,8 @@ def download_bundle(model: str, version, dest, *, check: Callable[[], None] | No
                         check()
                         client.download_artifacts(info.run_id, sub, str(tmp))
             check()
-            hashes = bundle_hashes.check(model, info.version, tmp)   # the bytes registered, not the store's now
+            # the bytes registered, not the store's now
+            hashes = bundle_hashes.check(model, info.version, tmp, created_ms=info.created_ms)
             bundle = _read_bundle(tmp, model, info.version)
             if dest.exists():
                 shutil.rmtree(dest)
@@ -496,7 +503,7 @@ def missing_artifacts(model: str, version, *, max_entries: int = 100_000) -> lis
             while todo and len(have) + len(todo) <= max_entries:
                 for f in client.list_artifacts(info.run_id, todo.pop()):
                     (todo.append if f.is_dir else have.add)(f.path)
-    expected = bundle_hashes.recorded(model, info.version)
+    expected = bundle_hashes.recorded(model, info.version, created_ms=info.created_ms)
     if expected:
         return sorted(p for p in expected if p not in have)
     return [f"{p}/" for p in BUNDLE_PARTS if not any(h.startswith(f"{p}/") for h in have)]

@@ -91,6 +91,44 @@ def test_the_current_view_still_leaves_out_a_deleted_model_s_rows(tmp_path):
     assert [(e.action, e.to_version) for e in led.entries("m", current=True)] == [("register", 2), ("register", 1)]
 
 
+def test_a_recreated_models_v1_registered_outside_mlops_is_not_checked_against_the_deleted_v1s_hashes(
+        make_version, tiny_serving_bundle, tmp_path):
+    """A model deleted and created again under the same name, its new v1 registered in the MLflow
+    UI or API (no ``register`` row of ours): the deleted v1's row was taken as its record, so a
+    deploy (and the gate's signature read) refused its bundle as "changed in the artifact store
+    since; restore them". A ``register`` row of the same number created at another time is not
+    the version's (found by review, twentieth stop)."""
+    import json
+    import shutil
+
+    import mlflow
+
+    from registry.gate import _unchecked_models
+    from registry.ledger import Ledger
+    from registry.rest import rest
+    from tests.fixtures.registry_versions import EXPERIMENT
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    assert make_version() == 1 and bundle_hashes.recorded(model, 1)
+    rest().call("DELETE", "registered-models/delete", body={"name": model}, what="test")
+    bundle = tmp_path / "other"
+    shutil.copytree(tiny_serving_bundle, bundle)
+    signature = json.loads((bundle / "golden" / "signature.json").read_text())
+    (bundle / "golden" / "signature.json").write_text(json.dumps(signature, indent=1))   # other bytes
+    exp = tracking_client().get_experiment_by_name(EXPERIMENT)
+    with mlflow.start_run(run_name="outside", experiment_id=exp.experiment_id) as run:
+        mlflow.log_artifacts(str(bundle / "tfserving"), "tfserving")
+        mlflow.log_artifacts(str(bundle / "golden"), "golden")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    assert int(mlflow.register_model(logged.model_uri, model).version) == 1
+    assert bundle_hashes.recorded(model, 1) is None
+    try:
+        versions.download_bundle(model, 1, tmp_path / "bundle")      # unchecked, with a warning
+    except ConfigError as exc:
+        pytest.fail(f"the deleted v1's hashes were used: {exc}")
+    assert "outside mlops" in _unchecked_models(model, [1], Ledger())[0]
+
+
 def _relog(run_id: str, tmp_path, artifact_dir: str, name: str, data: bytes) -> None:
     """What anyone with write access to the run can do after registration."""
     local = tmp_path / "relog" / name
