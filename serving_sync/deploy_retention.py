@@ -105,12 +105,15 @@ def _shared_base_uses(run: HostRun) -> tuple[int, ...]:
     return tuple(sorted(read_uses(run.transport, plan.model)))
 
 
-def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None) -> dict:
+def host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None = None,
+                   planned: int | None = None) -> dict:
+    """``planned``: where production would roll back to as read before any host changed (the
+    plans' retention preview kept it: ``fleet_plan.with_retention``); kept beside ``rollback_to``."""
     with in_use(run.conn):      # a forced stop's clean-up closes it once this host's removals are done
-        return _host_retention(run, opts, rollback_to)
+        return _host_retention(run, opts, rollback_to, planned)
 
 
-def _host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None) -> dict:
+def _host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None, planned: int | None) -> dict:
     plan = run.plan
     try:
         run.heartbeat()               # raises at once if the lock's thread found it taken over
@@ -122,7 +125,7 @@ def _host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None) 
         rp = retention.plan(run.transport, plan.model, serving=plan.desired, previous=_host_previous(plan),
                             keep=opts.keep,
                             protected=tuple(plan.final.versions) + tuple(plan.held_by_others)
-                            + (() if rollback_to is None else (rollback_to,)) + _shared_base_uses(run),
+                            + tuple(x for x in (rollback_to, planned) if x is not None) + _shared_base_uses(run),
                             config_temps=took_over,
                             lock=(lock.info.token, lock.ttl) if took_over and lock.info else None)
         if (rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats

@@ -28,6 +28,7 @@ the same OBSERVE and rollout decision through ``fleet_plan.plan_fleet``, changin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import shutil
 import tempfile
@@ -46,7 +47,7 @@ from .connections import Heartbeat, connected, in_use, locked
 from .deploy_failure import fail, not_the_versions_fault, or_put_back
 from .errors import ProductionMoved
 from .fleet_fetch import Lazy, fetch
-from .fleet_plan import observe_and_plan
+from .fleet_plan import observe_and_plan, rollback_kept, with_retention
 from .fleet_result import FleetResult
 from .host_run import HostOutcome, HostRun
 from .hosts import base_key
@@ -147,6 +148,10 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                             "deploying v%d", v, now, now)
                 v = result.version = now
         observed, plans = observe_and_plan(conns, model, v, opts)
+        # the retention each host's plan names is the one its retention then runs (as `sync plan` says)
+        kept = rollback_kept(model) if not all(p.up_to_date for p in plans) else (None, None)
+        plans = parallel.map_ordered(lambda cop: _with_retention(*cop, opts, kept), list(zip(conns, observed, plans)),
+                                     workers=opts.parallel, name="plan")
         t = result.lap("observe_and_plan", t)
         result.begin("fetch_from_registry", t)
         cancel.check()      # ... while observing: not "up to date", nor a download
@@ -259,7 +264,7 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                 overtaken = moved
             t = result.lap("switch_hosts", t)
             result.begin("record_and_retention", t)
-            _succeeded(result, recorder, runs, opts, copies)
+            _succeeded(result, recorder, runs, opts, copies, kept)
             result.lap("record_and_retention", t)
             if overtaken is not None:
                 result.seconds = time.monotonic() - start
@@ -473,8 +478,14 @@ def _tag_rolled_back(model: str, version: int, *, late: bool = False) -> None:
         logger.warning("could not tag the version rolled back from rolled_back (%s)", exc.message)
 
 
+def _with_retention(conn, observed, plan, opts: DeployOptions, kept):
+    """``plan`` with its retention preview (``fleet_plan.with_retention``) and that one's notes."""
+    plan, notes = with_retention(plan, observed.obs, conn, opts, kept)
+    return dataclasses.replace(plan, notes=plan.notes + notes)
+
+
 def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployOptions,
-               copies: StoreCopies | None = None) -> None:
+               copies: StoreCopies | None = None, kept: tuple[int | None, str | None] = (None, None)) -> None:
     canary = [b for b in result.bake if b["host"] in result.rollout.get("canary", ())]
     try:
         deploys.tag(result.model, result.version, deploys.DEPLOYED,
@@ -487,19 +498,25 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     # Cleanup on --parallel hosts at once: on an SSH host removing a version is one command through
     # the deploy user's shell, and a fleet waited for those one after the other. Where the
     # registry would roll back to now stays (a rollback is then a switch, not a new upload) —
-    # for a --version deploy too, whose own predecessor is not production's.
-    try:
-        rollback_to = recorder.rollback_target()
-    except UserError as exc:       # not knowing what to keep: remove nothing this time
+    # for a --version deploy too, whose own predecessor is not production's — and so does the one
+    # the plans' retention kept (``kept``, read before any host changed: what each plan said goes)
+    planned, unknown = kept
+    rollback_to = None
+    if unknown is None:
+        try:
+            rollback_to = recorder.rollback_target()
+        except UserError as exc:
+            unknown = exc.message
+    if unknown is not None:       # not knowing what to keep: remove nothing this time
         logger.warning("could not read where production would roll back to (%s); nothing removed from "
-                       "the hosts this time: the next deploy cleans up", exc.message)
+                       "the hosts this time: the next deploy cleans up", unknown)
         for run in runs:
-            run.outcome.retention = {"skipped": exc.message}
+            run.outcome.retention = {"skipped": unknown}
         for entry in result.stores:
-            entry["retention"] = {"skipped": exc.message}
+            entry["retention"] = {"skipped": unknown}
     else:
         for run, info in zip(runs, parallel.map_ordered(
-                lambda r: deploy_retention.host_retention(r, opts, rollback_to), runs,
+                lambda r: deploy_retention.host_retention(r, opts, rollback_to, planned), runs,
                 workers=opts.parallel, name="retention", inline=False)):   # a removal: never in this thread
             run.outcome.retention = info
         deploy_retention.store_retention(result, runs, opts, rollback_to, copies)

@@ -72,12 +72,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     v, source = resolve_version(model, version)
     fp = FleetPlan(model, v, source)
     new_size = deploys.saved_model_size(model, v) if annotate else None
-    rollback_to, unknown = None, None
-    if annotate:
-        try:     # what the deploy's retention keeps on every host (read there after the switch)
-            rollback_to = deploys.DeployLedger(model).rollback_target()
-        except UserError as exc:
-            unknown = exc.message
+    rollback_to, unknown = rollback_kept(model) if annotate else (None, None)
     def one(host):
         """This host's plan and peak memory; a host that cannot be observed raises UserError."""
         with connected([host]) as conns:
@@ -87,8 +82,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             # every copy the peak may hold (a leftover validation copy too: ``peak_copies``)
             candidates = set(peak_copies(o.obs, v))
             sizes = {x: _stored_size(conns[0].transport, model, x) for x in candidates}
-            if not conns[0].transport.atomic_rename and not p.up_to_date:
-                p = _s3_retention(p, o.obs, conns[0].transport, host, opts, rollback_to)
+            p, gone = with_retention(p, o.obs, conns[0], opts, (rollback_to, unknown))
         if sizes.get(v) is None:
             sizes[v] = new_size
         copies = peak_copies(o.obs, v, fast=opts.fast, sizes=sizes)
@@ -96,11 +90,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
         extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
         if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
             extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
-        if unknown is not None and not p.up_to_date:     # the deploy removes nothing then, either
-            p = dataclasses.replace(p, retention=())
-            extra.append(f"retention removes nothing: where production would roll back to is unknown "
-                         f"({unknown})")
-        p = dataclasses.replace(p, notes=p.notes + tuple(extra))
+        p = dataclasses.replace(p, notes=p.notes + tuple(extra) + gone)
         return p, {"copies": list(copies), "bytes": peak_memory(copies, sizes),
                    "sizes": {str(k): s for k, s in sorted(sizes.items())}}
 
@@ -124,6 +114,35 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
                "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
     return fp
+
+
+def rollback_kept(model: str) -> tuple[int | None, str | None]:
+    """(where production would roll back to, None) — what the deploy's retention keeps on every
+    host — or (None, why it cannot be read): the deploy then removes nothing."""
+    try:
+        return deploys.DeployLedger(model).rollback_target(), None
+    except UserError as exc:
+        return None, exc.message
+
+
+def with_retention(p, obs, conn, opts: DeployOptions, kept: tuple[int | None, str | None]):
+    """(``p`` with the versions its deploy's retention removes after the switch, notes to add):
+    the one preview ``sync plan`` prints and the deploy's ``plans[]`` carry, by the rule
+    ``deploy_retention.host_retention`` removes by (``retention.choose``), with what it keeps:
+    ``kept`` (``rollback_kept``: the deploy keeps that one too, and removes nothing when it is
+    unknown) and, on a host without rename (S3), dead folders and other fleets' records
+    (``_s3_retention``)."""
+    rollback_to, unknown = kept
+    if p.up_to_date:
+        return p, ()
+    if unknown is not None:
+        return dataclasses.replace(p, retention=()), (
+            f"retention removes nothing: where production would roll back to is unknown ({unknown})",)
+    p = dataclasses.replace(p, retention=retention_preview(obs, p.desired, p.final, p.previous_kept, keep=opts.keep,
+                                                           rollback_to=rollback_to))
+    if not conn.transport.atomic_rename:
+        p = _s3_retention(p, obs, conn.transport, conn.host, opts, rollback_to)
+    return p, ()
 
 
 def _s3_retention(p, obs, transport, host, opts: DeployOptions, rollback_to: int | None):

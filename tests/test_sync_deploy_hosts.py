@@ -194,6 +194,38 @@ def test_the_plan_names_what_an_s3_hosts_retention_then_removes(deploy_env, s3_e
     assert planned["retention_would_remove"] == removed
 
 
+def test_a_deploys_plans_name_what_its_retention_then_removes(deploy_env, s3_env):
+    """`sync deploy --json` gave each host's plan (``plans[].retention_would_remove``) without what
+    its retention keeps and removes beyond the version count: where production would roll back to
+    (v1 here: production is v2, and `--version 3 --keep 1` keeps v2 as the previous) and, on an
+    ``s3://`` host, a dead folder (no ``saved_model.pb``). Its plans said v1 would go on both hosts;
+    the deploy removed nothing on one and folder 9 on the other (found by review, 2026-12-07,
+    twentieth stop). `sync plan` and the deploy's plans now name what the deploy removes."""
+    from tests.lab.deploy_env import deploy_opts
+
+    env = deploy_env
+    s3_host = env.add_host("s3", grpc=False)
+    env.add_host("file")
+    env.release("a", opts=deploy_opts(canary=0))
+    env.release("b", opts=deploy_opts(canary=0))
+    v3 = env.register("c")
+    bucket = s3_host.entry["target"].split("/")[2]
+    env.s3.client().put_object(Bucket=bucket, Key=f"{s3_host.s3_prefix}/{env.model}/9/variables/variables.index",
+                               Body=b"x")
+    args = ("--json", "--version", str(v3), "--keep", "1", "--canary", "0")
+    res = env.cli("sync", "plan", *args)
+    assert res.returncode == 0, res.stderr
+    previewed = {p["host"]: p["retention_would_remove"] for p in json.loads(res.stdout)["hosts"]}
+    res = env.cli("sync", "deploy", *args)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    removed = {h["host"]: sorted(h["retention"]["remove_versions"] + h["retention"]["remove_partials"])
+               for h in out["hosts"]}
+    assert removed == {s3_host.name: [9], env.hosts[1].name: []}, removed
+    assert {p["host"]: p["retention_would_remove"] for p in out["plans"]} == removed
+    assert previewed == removed
+
+
 # --- the host lock -----------------------------------------------------------------------------
 def test_a_held_lock_fails_cleanly_naming_the_owner_or_is_waited_for(deploy_env):
     env = deploy_env
