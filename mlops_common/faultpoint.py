@@ -11,7 +11,9 @@ written), ``after:<step>`` after each plan step (``serving_sync.host_run``) and
 ``deploy:after_final_rows`` (the last wave's ``deploy`` rows committed, no tag written yet:
 ``serving_sync.fleet``); a promotion's
 ``promotion:after_intent`` (intent row committed, alias not moved) and ``promotion:after_alias``
-(alias moved, outcome row not written) (``registry.alias_move``); a registration's
+(alias moved, outcome row not written) (``registry.alias_move``); a rollback's
+``rollback:after_read`` (production read, the promotion lock not asked for yet)
+(``registry.promotion``); a registration's
 ``register:after_version`` (version created, its ``register`` row not written) (``registry.register``);
 an evaluation's ``evaluate:downloaded`` (the logged model is in its temporary folder, not loaded:
 ``mlproject.evaluate``, for ``mlops evaluate`` and ``registry gate``).

@@ -9,6 +9,8 @@ status), each raising ``RefusedError`` with what to do instead.
 - ``pipeline_move`` / ``check_pipeline_rerun``: a CircleCI pipeline moves production once.
 - ``production_at`` / ``check_rollback_from``: a rollback pipeline rolls back the production it was
   triggered against, not a newer one promoted while its approval waited.
+- ``rollback_overtaken``: a rollback rolls back the production its command read, not the one
+  another move (two people on call rolling back at once) left by the time it held the lock.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Iterable
 from mlops_common.errors import ConfigError, RefusedError
 
 from .ledger import Entry
-from .promotion_rules import MOVES, version_label
+from .promotion_rules import MOVES, last_real_move, version_label
 from .versions import parse_version
 
 
@@ -178,6 +180,31 @@ def check_rollback_from(model: str, current: int | None, then: int | None, pipel
             f"pipeline {pipeline_id} asked for this rollback: the approval in workflow {workflow_id} was for "
             f"a rollback from {version_label(then)}; trigger a new rollback pipeline if "
             f"{version_label(current)} should go, or roll back without CircleCI with --actor")
+
+
+def rollback_overtaken(model: str, read: int | None, current: int | None, explicit: int | None,
+                       moves: Iterable[Entry]) -> Entry | None:
+    """A compare-and-set: the rollback read production as ``read`` before it waited for the
+    promotion lock and finds ``current`` under it. Unchanged: None, the rollback goes on. Moved
+    meanwhile by the move ``moves``' newest (``last_real_move``): that row when production is
+    already where this rollback was asked to go (``--to`` it, or without ``--to`` a rollback off
+    ``read`` made by someone else: two people on call undoing the same version) — a no-op;
+    anything else raises ``RefusedError`` naming who moved it to what (stepping back from
+    ``current`` would undo a move this rollback's person never saw)."""
+    if current == read:
+        return None
+    last = last_real_move(moves)
+    if last is not None and last.to_version == current:
+        if explicit is not None and explicit == current:
+            return last
+        if explicit is None and last.action == "rollback" and last.from_version == read:
+            return last
+    by = (f" ({last.action} by {last.actor or 'unknown'}, ledger #{last.id})"
+          if last is not None and last.to_version == current else "")
+    raise RefusedError(
+        f"production of '{model}' moved from {version_label(read)} to {version_label(current)}{by} after this "
+        f"rollback read it: nothing was changed; to roll back {version_label(current)} as well, run the "
+        f"rollback again")
 
 
 def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,

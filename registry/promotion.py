@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from mlops_common import log
+from mlops_common import faultpoint, log
 from mlops_common.errors import ConfigError, NotFoundError, RefusedError, UserError
 
 from . import approver, description, promotion_view, tags, versions
@@ -31,12 +31,14 @@ from .move_checks import (
     latest_gate,
     pipeline_move,
     production_at,
+    rollback_overtaken,
 )
 from .promotion_rules import (
     last_real_move,
     rollback_choice,
     rollback_in_rollout,
     rollback_unfinished,
+    version_label,
 )
 from .promotion_view import Promotion, confirmed_moves, tags_lag
 from .provenance import Provenance, given
@@ -185,10 +187,13 @@ def promote(model: str, version, *, provenance: Provenance | None = None, actor:
                  check_target=check_target)
 
 
+_READ_NOW = object()
+
+
 def rollback(model: str, *, to=None, reason: str | None = None, provenance: Provenance | None = None,
              actor: str | None = None, force: bool = False,
              ledger: Ledger | None = None, defer_tags: bool = False, unrolled_ok: bool = True,
-             check_target=None) -> Promotion:
+             check_target=None, read_from=_READ_NOW) -> Promotion:
     """Point ``production`` back at ``to``, or at the version that held it before the current one.
 
     "Before" is read from the ledger, skipping versions whose deploy failed. Same checks and
@@ -199,8 +204,16 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     ``check_target(version)``: the caller's check that the version picked can be installed
     (``artifacts_check``: ``registry rollback``'s, ``sync rollback``'s; raises ``RefusedError``;
     nothing moves).
+    ``read_from``: the production version the caller saw (``registry rollback`` reads it as it
+    starts; default: read here, before waiting for the promotion lock). A compare-and-set: when
+    another move changed production before this one held the lock, it is a no-op if production
+    is already where this rollback was asked to go (``.moved`` False, ``details.already_moved``
+    the other move's ledger id), else refused naming that move (``move_checks.rollback_overtaken``):
+    two rollbacks at once undo one version, not two.
     """
     check_forced_reason(force, reason)      # before the default text below stands in for one
+    if read_from is _READ_NOW:
+        read_from = versions.production_version(model)
     by = given(provenance, actor)
     ledger = ledger or Ledger()
     explicit = versions.parse_version(to) if to is not None else None
@@ -208,6 +221,9 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
 
     def target(tx, current):
         history = tx.entries(actions=_MOVES)
+        already = rollback_overtaken(model, read_from, current, explicit, history)
+        if already is not None:
+            raise _Already(already)
         pending = (rollback_in_rollout(history, current)
                    if not unrolled_ok and current is not None and explicit in (None, current) else None)
         if pending is not None:     # a rerun of a `sync rollback` (--to N) whose deploy never finished
@@ -240,12 +256,19 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
             details["skipped_deleted"] = list(choice.skipped_deleted)
         return choice.version, details
 
+    faultpoint.reached("rollback:after_read")
     try:
         return _move(model, "rollback", target=target, by=by, reason=reason or "rollback requested",
                      force=force, details={} if unrolled_ok else {"command": SYNC_ROLLBACK}, ledger=ledger,
                      defer_tags=defer_tags, requested=explicit, check_target=check_target)
     except _Unfinished as u:
         return _finishing(model, u.row, defer_tags=defer_tags)
+    except _Already as a:
+        (other,) = confirmed_moves(model, [a.row])
+        _log.info("production of '%s' already moved %s -> %s (%s by %s, ledger #%s) after this rollback read it; "
+                  "nothing changed", model, version_label(a.row.from_version), version_label(a.row.to_version),
+                  a.row.action, a.row.actor, a.row.id)
+        return replace(other, moved=False, details={**(a.row.details or {}), "already_moved": a.row.id})
 
 
 def artifacts_check(model: str, command: str, *, unneeded=None):
@@ -290,6 +313,15 @@ def _why_not_deployed(row: Entry) -> str:
         return ("the deploy of its `sync rollback` recorded no rollout: it was refused (e.g. on another "
                 "deploy's host lock, or a host it could not reach) or stopped")
     return "made with `registry rollback`, or its `sync rollback`'s deploy was refused (e.g. on a host lock) or stopped"
+
+
+class _Already(Exception):
+    """``rollback``'s target: another move put production where this rollback was asked to go after
+    it read production (``move_checks.rollback_overtaken``); nothing moves or is recorded."""
+
+    def __init__(self, row: Entry):
+        super().__init__(f"already moved by ledger #{row.id}")
+        self.row = row
 
 
 class _Unfinished(Exception):

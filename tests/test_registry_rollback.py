@@ -266,3 +266,85 @@ def test_a_rerun_sync_rollback_to_n_not_yet_on_the_hosts_says_so_not_nothing_to_
     led.record("deploy", model, outcome="ok", to_version=2, host="web-1")
     with pytest.raises(RefusedError, match="already holds production; nothing to roll back"):
         promotion.rollback(model, to=2, actor="bob", unrolled_ok=False)
+
+
+def _held_rollback(marker, *args: str):
+    """`mlops registry rollback <args>` held once it read production (fault point
+    ``rollback:after_read``), before it waits for the promotion lock; returned once it holds there
+    or ended (bounded)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "MLOPS_TEST_PAUSE_AT": "rollback:after_read", "MLOPS_TEST_PAUSE_MARKER": str(marker),
+           "MLOPS_TEST_PAUSE_SECONDS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlops", "registry", "rollback", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text().strip()) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise AssertionError("the rollback neither held at rollback:after_read nor ended")
+        time.sleep(0.05)
+    return proc
+
+
+def _ended(proc) -> tuple[int, str, str]:
+    import subprocess
+
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise AssertionError("the rollback did not end") from None
+    return proc.returncode, out, err
+
+
+def test_two_rollbacks_at_once_undo_the_version_they_read_not_two(four_versions, tmp_path):
+    """Two people on call run `registry rollback` at once against v3: both read v3, then race for
+    the promotion lock. The one that gets it second used to read v2 under the lock and step back
+    again (v3 -> v2 -> v1); it is now a no-op naming the other's rollback."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    racers = {actor: _held_rollback(tmp_path / actor, "--actor", actor, "--json") for actor in ("bob", "carol")}
+    for actor in racers:
+        (tmp_path / actor).unlink(missing_ok=True)       # both read v3: let them race
+    ended = {actor: _ended(p) for actor, p in racers.items()}
+    assert all(rc == 0 for rc, _, _ in ended.values()), ended
+    assert prod(model) == 2
+    moves = [e for e in Ledger().entries(model) if e.action == "rollback"]
+    assert [(e.outcome, e.from_version, e.to_version) for e in moves] == [("ok", 3, 2)]
+    docs = {actor: json.loads(out) for actor, (_, out, _) in ended.items()}
+    (loser,) = [a for a, d in docs.items() if not d["moved"]]
+    assert docs[loser]["to_version"] == 2 and docs[loser]["details"]["already_moved"] == moves[0].id
+    assert docs[loser]["actor"] == moves[0].actor != loser
+
+
+def test_a_rollback_overtaken_by_another_move_is_refused_naming_it(four_versions, tmp_path):
+    """A rollback that read v3 finds v4 under the lock (carol promoted it meanwhile): rolling back
+    from v4 would undo a promotion its person never saw; refused in one line naming the move, and
+    a rollback --to the version production already moved to is a no-op."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    held = _held_rollback(tmp_path / "bob", "--actor", "bob")
+    promotion.promote(model, 4, actor="carol")
+    promo_id = Ledger().entries(model)[-1].id
+    (tmp_path / "bob").unlink(missing_ok=True)
+    rc, out, err = _ended(held)
+    assert rc == 2, (out, err)
+    assert err.strip().splitlines()[-1] == (
+        f"error: production of '{model}' moved from v3 to v4 (promote by carol, ledger #{promo_id}) after this "
+        f"rollback read it: nothing was changed; to roll back v4 as well, run the rollback again")
+    assert prod(model) == 4 and Ledger().entries(model)[-1].id == promo_id
+    held = _held_rollback(tmp_path / "dave", "--to", "2", "--actor", "dave")
+    promotion.rollback(model, to=2, actor="erin", reason="v4 too")
+    (tmp_path / "dave").unlink(missing_ok=True)
+    rc, out, err = _ended(held)
+    assert rc == 0 and "already moved v4 -> v2 (rollback by erin" in out and "nothing changed" in out, (out, err)
+    assert prod(model) == 2 and [e.actor for e in Ledger().entries(model, actions=("rollback",))] == ["erin"]

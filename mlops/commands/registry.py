@@ -113,7 +113,9 @@ def register(sub) -> None:
         description="Without --to: move `production` back to the version that held it before the "
                     "current one, read from the ledger, skipping versions whose deploy failed. "
                     "It is a promotion like any other (same checks, same records), marked as a "
-                    "rollback with its reason. Deploy it with `mlops sync deploy`.",
+                    "rollback with its reason. It rolls back the production it read as it started: "
+                    "moved meanwhile by another move, it changes nothing (already where it was asked "
+                    "to go) or is refused naming that move. Deploy it with `mlops sync deploy`.",
         epilog=_ENV_EPILOG)
     flags.add_rollback(rb)
     flags.add_model_name(rb)
@@ -258,6 +260,10 @@ def _print_move(args, result, verb: str) -> None:
         return
     prev = f"v{result.from_version}" if result.from_version is not None else "(none)"
     by = result.provenance
+    if result.details.get("already_moved") is not None:      # a rollback overtaken by the same move
+        print(f"'{result.model}': production already moved {prev} -> v{result.to_version} ({result.action} by "
+              f"{by.actor}, ledger #{result.ledger_id}) after this rollback read it; nothing changed")
+        return
     if not result.moved:
         print(f"'{result.model}': version {result.to_version} already holds production; "
               f"recorded ({verb} by {by.actor}, ledger #{result.ledger_id})")
@@ -293,11 +299,12 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from registry import approver, promotion
+    from registry import approver, promotion, versions
 
     model = settings.model_name(args.model_name)
+    seen = versions.production_version(model)   # what this command rolls back from (a compare-and-set)
     result = promotion.rollback(model, to=args.to, reason=args.reason, force=args.force,
-                                provenance=approver.provenance(args.actor),
+                                provenance=approver.provenance(args.actor), read_from=seen,
                                 check_target=promotion.artifacts_check(model, "mlops registry rollback"))
     _print_move(args, result, "rolled back")
     return 0

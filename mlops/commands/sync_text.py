@@ -148,6 +148,11 @@ def rollback_moved(model: str, actor: str, promo) -> None:
               f"v{promo.to_version} (ledger #{promo.ledger_id}), which stopped before its tags were written; "
               f"run `mlops sync rollback` again to roll back further", file=sys.stderr)
         return
+    if promo.details.get("already_moved") is not None:
+        _say(f"production of '{model}' already moved v{promo.from_version} -> v{promo.to_version} ({promo.action} by "
+             f"{promo.provenance.actor}, ledger #{promo.ledger_id}) after this rollback read it; deploying "
+             f"v{promo.to_version}", file=sys.stderr)
+        return
     _say(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor}, "
           f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
 
