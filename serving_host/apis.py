@@ -201,14 +201,15 @@ def spec_choice(spec) -> tuple[int | None, str | None]:
     return None, None
 
 
-def predict(servable: Servable, request, version: int | None):
+def predict(servable: Servable, request, version: int | None, timeout_ms: int | None = None):
+    """``timeout_ms`` (here and below): the session run's ``RunOptions.timeout_in_ms``."""
     from tensorflow_serving.apis import predict_pb2
 
     spec = request.model_spec
     response = predict_pb2.PredictResponse()
     inputs = _Tensors(request.inputs)
     outputs = servable.predict(spec.signature_name, inputs, tuple(request.output_filter),
-                               model_name=spec.name)
+                               model_name=spec.name, timeout_ms=timeout_ms)
     model_spec(response.model_spec, spec.name, spec.signature_name, version)
     sig = servable.signature(spec.signature_name)
     for alias, arr in outputs.items():
@@ -262,32 +263,34 @@ def raw_label_type(full_name: str) -> type:
     return _RAW_LABEL_TYPES[full_name]
 
 
-def classify(servable: Servable, request, version: int | None):
+def classify(servable: Servable, request, version: int | None, timeout_ms: int | None = None):
     """-> the ClassificationResponse, of ``raw_label_type``'s class: send its ``SerializeToString``."""
     spec = request.model_spec
     response = raw_label_type("tensorflow.serving.ClassificationResponse")()
-    rows = servable.classify(spec.signature_name, serialized_examples(request.input), model_name=spec.name)
+    rows = servable.classify(spec.signature_name, serialized_examples(request.input), model_name=spec.name,
+                             timeout_ms=timeout_ms)
     model_spec(response.model_spec, spec.name, spec.signature_name, version)
     _fill_classifications(response.result, rows)
     return response
 
 
-def regress(servable: Servable, request, version: int | None):
+def regress(servable: Servable, request, version: int | None, timeout_ms: int | None = None):
     from tensorflow_serving.apis import regression_pb2
 
     spec = request.model_spec
     response = regression_pb2.RegressionResponse()
-    values = servable.regress(spec.signature_name, serialized_examples(request.input), model_name=spec.name)
+    values = servable.regress(spec.signature_name, serialized_examples(request.input), model_name=spec.name,
+                              timeout_ms=timeout_ms)
     model_spec(response.model_spec, spec.name, spec.signature_name, version)
     for v in values:
         response.result.regressions.add().value = v
     return response
 
 
-def multi_inference(servable: Servable, request, version: int | None):
+def multi_inference(servable: Servable, request, version: int | None, timeout_ms: int | None = None):
     """-> the MultiInferenceResponse, of ``raw_label_type``'s class: send its ``SerializeToString``."""
     tasks = [(t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks]
-    results = servable.multi_inference(tasks, serialized_examples(request.input))
+    results = servable.multi_inference(tasks, serialized_examples(request.input), timeout_ms=timeout_ms)
     response = raw_label_type("tensorflow.serving.MultiInferenceResponse")()
     for task, (method, rows) in zip(request.tasks, results):
         out = response.results.add()

@@ -6,7 +6,10 @@ unknown model or version, INVALID_ARGUMENT for an unknown label) and run ``servi
 over the same servable core as REST. Error texts longer than 1024 characters are cut as
 ``ToGRPCStatus`` cuts them, on every RPC. Predict, Classify and Regress count every request and time the OK
 ones (``RecordModelRequestCount`` / ``RecordRequestLatency``, entrypoint ``GRPC``); TF Serving
-records neither for MultiInference nor GetModelMetadata.
+records neither for MultiInference nor GetModelMetadata. Predict, Classify, Regress and
+MultiInference turn the call's deadline into the session run's timeout (``DeadlineToTimeoutMillis``
+-> ``RunOptions.timeout_in_ms``): a run still going at the deadline is cancelled and the call ends
+DEADLINE_EXCEEDED "Timed out waiting for notification", its worker free again.
 
 Semantics of TF Serving's ``model_service_impl.cc``: ``HandleReloadConfigRequest`` accepts only a
 ``model_config_list``, runs the same ReloadConfig as the config-file poll (so both end in the same
@@ -38,6 +41,20 @@ log = logging.getLogger("serving_host")
 
 
 ERROR_MESSAGE_LIMIT = 1024
+INT32_MAX = 2**31 - 1
+
+
+def run_timeout_ms(context) -> int | None:
+    """``DeadlineToTimeoutMillis(context->raw_deadline())``: the call's time left in whole
+    milliseconds (``gpr_time_to_millis`` truncates), the session run's ``RunOptions.timeout_in_ms``
+    (TF Serving's ``enforce_session_run_timeout``, on in ``tensorflow_model_server``). None for no
+    deadline or one INT32_MAX ms (24.8 days) or more away, where gRPC stops counting: no limit in
+    practice, and the run keeps the session callable's fast path. A deadline already passed gives
+    <= 0, which DirectSession takes as no limit."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining * 1000 >= INT32_MAX:
+        return None
+    return int(remaining * 1000)
 
 
 def grpc_message(message: str) -> str:
@@ -124,17 +141,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method name
         self._checked(context, request, "Predict")
-        return self._call(context, lambda s: apis.predict(s, request, s.version),
+        timeout_ms = run_timeout_ms(context)
+        return self._call(context, lambda s: apis.predict(s, request, s.version, timeout_ms),
                           request.model_spec, "Predict")
 
     def Classify(self, request, context):  # noqa: N802 - gRPC method name
         self._checked(context, request, "Classify")
-        return self._call(context, lambda s: apis.classify(s, request, s.version),
+        timeout_ms = run_timeout_ms(context)
+        return self._call(context, lambda s: apis.classify(s, request, s.version, timeout_ms),
                           request.model_spec, "Classify")
 
     def Regress(self, request, context):  # noqa: N802 - gRPC method name
         self._checked(context, request, "Regress")
-        return self._call(context, lambda s: apis.regress(s, request, s.version),
+        timeout_ms = run_timeout_ms(context)
+        return self._call(context, lambda s: apis.regress(s, request, s.version, timeout_ms),
                           request.model_spec, "Regress")
 
     def MultiInference(self, request, context):  # noqa: N802 - gRPC method name
@@ -143,7 +163,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         if spec is None:
             from tensorflow_serving.apis import model_pb2
             spec = model_pb2.ModelSpec()
-        return self._call(context, lambda s: apis.multi_inference(s, request, s.version),
+        timeout_ms = run_timeout_ms(context)
+        return self._call(context, lambda s: apis.multi_inference(s, request, s.version, timeout_ms),
                           spec, None)
 
     def GetModelMetadata(self, request, context):  # noqa: N802 - gRPC method name

@@ -133,10 +133,13 @@ class Servable:
                 self._callables[key] = fn
         return fn
 
-    def run_tensors(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...]) -> list[np.ndarray]:
+    def run_tensors(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...],
+                    timeout_ms: int | None = None) -> list[np.ndarray]:
         """``Session::Run``: feed and fetch by tensor name. A fed dtype that is not the tensor's is
         refused as the run's FunctionCallFrame::SetArgs refuses it (the session callable's own
-        "Type mismatch" text is Python's), by its place among the sorted feeds."""
+        "Type mismatch" text is Python's), by its place among the sorted feeds. ``timeout_ms`` > 0:
+        ``RunOptions.timeout_in_ms``, the run cancelled at that time with DEADLINE_EXCEEDED "Timed
+        out waiting for notification" (DirectSession); None or <= 0: no limit, as there."""
         names = tuple(sorted(feeds))
         try:    # making the callable is the run's graph build: its errors (no fetch, ...) are the run's,
             fn = self._callable(names, fetch)     # before SetArgs's dtype check (DirectSession::Run)
@@ -148,9 +151,33 @@ class Servable:
                 raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
                                        f"is provided")
         try:
-            return [as_array(v) for v in fn(*[feeds[n] for n in names])]
+            if timeout_ms is not None and timeout_ms > 0:
+                values = self._run_with_timeout(feeds, names, fetch, timeout_ms)
+            else:
+                values = fn(*[feeds[n] for n in names])
+            return [as_array(v) for v in values]
         except BaseException as exc:
             raise from_exception(exc) from None
+
+    def _run_with_timeout(self, feeds: dict[str, np.ndarray], names: tuple[str, ...], fetch: tuple[str, ...],
+                          timeout_ms: int) -> list:
+        """``Session::Run`` with ``RunOptions.timeout_in_ms``: a callable's run options are fixed when
+        it is made, so a run with its own timeout goes through TF_SessionRun (the same graph, its
+        executors built once per feed and fetch set by the session)."""
+        from tensorflow.core.protobuf import config_pb2
+        from tensorflow.python.client import pywrap_tf_session as tf_session
+
+        def output(name: str):
+            return self._graph.get_tensor_by_name(name if re.search(r":[0-9]+$", name) else name + ":0")
+
+        options = tf_session.TF_NewBufferFromString(
+            config_pb2.RunOptions(timeout_in_ms=timeout_ms).SerializeToString())
+        try:
+            return self._session._call_tf_sessionrun(     # noqa: SLF001 - the run with RunOptions
+                options, {output(n)._as_tf_output(): feeds[n] for n in names},  # noqa: SLF001
+                [output(n)._as_tf_output() for n in fetch], [], None)  # noqa: SLF001
+        finally:
+            tf_session.TF_DeleteBuffer(options)
 
     def tensor_dtype(self, tensor_name: str) -> int | None:
         """The graph's DataType enum of ``tensor_name`` (None if it is not in the graph)."""
@@ -169,7 +196,7 @@ class Servable:
         return dtypes[tensor_name]
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray],
-            output_aliases: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+            output_aliases: tuple[str, ...] | None = None, timeout_ms: int | None = None) -> dict[str, np.ndarray]:
         """Run a signature: feed tensors by input alias, return outputs by output alias."""
         sig = self.signatures[signature_name]
         out_aliases = tuple(sorted(sig.outputs)) if output_aliases is None else output_aliases
@@ -178,7 +205,7 @@ class Servable:
         if fed_twice is not None and out_aliases:   # two aliases, one tensor: the graph build refuses it
             raise invalid_argument(f'Endpoint "{fed_twice}" fed more than once.')     # (subgraph.cc)
         values = self.run_tensors({sig.inputs[a].name: v for a, v in inputs.items()},
-                                  tuple(sig.outputs[a].name for a in out_aliases))
+                                  tuple(sig.outputs[a].name for a in out_aliases), timeout_ms)
         return dict(zip(out_aliases, values))
 
     # -- predict / classify / regress: the one inference core of REST, gRPC and warmup -------
@@ -186,8 +213,9 @@ class Servable:
     # multi_inference.cc, with the signature method_name check on (see serving_host/README.md).
     def predict(self, signature_name: str, inputs: dict[str, np.ndarray],
                 output_filter: tuple[str, ...] | list[str] = (), *,
-                model_name: str | None = None) -> dict[str, np.ndarray]:
-        """``RunPredict``: outputs by alias, in ``output_filter`` order (all outputs if empty)."""
+                model_name: str | None = None, timeout_ms: int | None = None) -> dict[str, np.ndarray]:
+        """``RunPredict``: outputs by alias, in ``output_filter`` order (all outputs if empty);
+        ``timeout_ms``: the run's ``RunOptions.timeout_in_ms`` (a gRPC call's deadline)."""
         name = signature_name or SERVING_DEFAULT
         sig = self.signatures.get(name)
         if sig is None:
@@ -215,7 +243,7 @@ class Servable:
                 raise invalid_argument(f"duplicate output tensor alias: {alias}")
             aliases.append(alias)
         start = time.monotonic()    # run_tensors: the session run's dtype check (SetArgs), by tensor name
-        out = self.run(name, feeds, tuple(aliases) or None)
+        out = self.run(name, feeds, tuple(aliases) or None, timeout_ms)
         metrics.record_runtime(self.name if model_name is None else model_name, "Predict",
                                time.monotonic() - start)
         return out
@@ -337,33 +365,36 @@ class Servable:
             raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {array_dtype_name(t)}")
         return [float(x) for x in t.reshape(-1)]
 
-    def _examples(self, input_name: str, fetch: tuple[str, ...], examples: list[bytes]):
+    def _examples(self, input_name: str, fetch: tuple[str, ...], examples: list[bytes],
+                  timeout_ms: int | None = None):
         if not examples:
             raise invalid_argument("Input is empty.")
-        return self.run_tensors({input_name: string_vector(examples)}, fetch)
+        return self.run_tensors({input_name: string_vector(examples)}, fetch, timeout_ms)
 
     def classify(self, signature_name: str, serialized_examples: list[bytes], *,
-                 model_name: str | None = None):
+                 model_name: str | None = None, timeout_ms: int | None = None):
         """``RunClassify`` -> one list of (label, score) per example, like ClassificationResult."""
-        return self._run_examples(CLASSIFY_METHOD, signature_name, serialized_examples, model_name)
+        return self._run_examples(CLASSIFY_METHOD, signature_name, serialized_examples, model_name, timeout_ms)
 
     def regress(self, signature_name: str, serialized_examples: list[bytes], *,
-                model_name: str | None = None) -> list[float]:
+                model_name: str | None = None, timeout_ms: int | None = None) -> list[float]:
         """``RunRegress`` -> one value per example."""
-        return self._run_examples(REGRESS_METHOD, signature_name, serialized_examples, model_name)
+        return self._run_examples(REGRESS_METHOD, signature_name, serialized_examples, model_name, timeout_ms)
 
-    def _run_examples(self, method: str, signature_name: str, examples: list[bytes], model_name: str | None):
+    def _run_examples(self, method: str, signature_name: str, examples: list[bytes], model_name: str | None,
+                      timeout_ms: int | None = None):
         """``RunClassify`` / ``RunRegress``: the signature's checks, one session run, the result's checks."""
         classify = method == CLASSIFY_METHOD
         _, sig = self._signature_for(signature_name, method, "classification" if classify else "regression")
         in_name, outs = (self._classify_tensors if classify else self._regress_tensors)(sig)
         start = time.monotonic()
-        values = self._examples(in_name, outs, examples)
+        values = self._examples(in_name, outs, examples, timeout_ms)
         metrics.record_runtime(self.name if model_name is None else model_name,
                                "Classify" if classify else "Regress", time.monotonic() - start)
         return (self._classify_result if classify else self._regress_result)(sig, len(examples), outs, values)
 
-    def multi_inference(self, tasks: list[tuple[str, str, str]], serialized_examples: list[bytes]):
+    def multi_inference(self, tasks: list[tuple[str, str, str]], serialized_examples: list[bytes], *,
+                        timeout_ms: int | None = None):
         """``TensorFlowMultiInferenceRunner::Infer``: tasks are (model name, signature name, method
         name), each checked in turn as Infer checks it (its model name, then its signature and
         method); one session run for all -> [(method, result rows)]."""
@@ -395,7 +426,7 @@ class Servable:
         if not serialized_examples:
             raise invalid_argument("Input is empty.")
         batch = string_vector(serialized_examples)
-        values = self.run_tensors({n: batch for n in inputs}, fetch_t)
+        values = self.run_tensors({n: batch for n in inputs}, fetch_t, timeout_ms)
         n = len(serialized_examples)
         metrics.record_examples(model_name, n)
         results = []

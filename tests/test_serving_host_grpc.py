@@ -1090,3 +1090,136 @@ def test_a_request_that_does_not_parse_is_internal_with_no_text_as_grpc_cpp_answ
     request.model_spec.name = "default"
     status = model_service_pb2_grpc.ModelServiceStub(server.channel).GetModelStatus(request, RPC_TIMEOUT)
     assert [(s.version, s.state) for s in status.model_version_status] == [(123, 30)]
+
+
+# -- deadlines: the call's deadline is the session run's timeout -----------------------------
+SPIN_FOREVER = 2**62          # loop iterations no run finishes (microseconds each)
+
+
+def _save_spinning_model(path: str) -> None:
+    """A SavedModel whose run loops ``n`` times: Predict feeds ``n`` (int64 scalar) and fetches
+    ``y`` = n; ``regress`` / ``classify`` read ``n`` from each tf.Example (``inputs``) and loop the
+    largest, answering each example's n as its value / its one score."""
+    import tensorflow as tf
+
+    def spin(count):
+        _, acc = tf.while_loop(lambda i, a: i < count, lambda i, a: (i + 1, a + 1.0),
+                               (tf.constant(0, tf.int64), tf.constant(0.0)))
+        return acc
+
+    info = tf.compat.v1.saved_model.utils.build_tensor_info
+    build = tf.compat.v1.saved_model.signature_def_utils.build_signature_def
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        n = tf.compat.v1.placeholder(tf.int64, [], name="n")
+        y = tf.identity(spin(n), name="y")
+        examples = tf.compat.v1.placeholder(tf.string, [None], name="examples")
+        ns = tf.io.parse_example(examples, {"n": tf.io.FixedLenFeature([1], tf.int64)})["n"][:, 0]
+        values = tf.cast(ns, tf.float32) + spin(tf.reduce_max(ns)) * 0.0
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+            "serving_default": build({"n": info(n)}, {"y": info(y)}, "tensorflow/serving/predict"),
+            "regress": build({"inputs": info(examples)}, {"outputs": info(values)}, REGRESS),
+            "classify": build({"inputs": info(examples)}, {"scores": info(tf.expand_dims(values, 1))}, CLASSIFY)})
+        builder.save()
+
+
+def _spin_examples(target, n: int) -> None:
+    target.example_list.examples.add().features.feature["n"].int64_list.value.append(n)
+
+
+def _spin_requests(model: str, n: int) -> dict:
+    """Predict, Classify, Regress and MultiInference requests that loop ``n`` times."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, predict_pb2, regression_pb2
+
+    p = predict_pb2.PredictRequest()
+    p.model_spec.name = model
+    p.inputs["n"].CopyFrom(tf.make_tensor_proto(n, tf.int64))
+    c = classification_pb2.ClassificationRequest()
+    c.model_spec.name, c.model_spec.signature_name = model, "classify"
+    _spin_examples(c.input, n)
+    r = regression_pb2.RegressionRequest()
+    r.model_spec.name, r.model_spec.signature_name = model, "regress"
+    _spin_examples(r.input, n)
+    m = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("regress", REGRESS), ("classify", CLASSIFY)):
+        task = m.tasks.add()
+        task.model_spec.name, task.model_spec.signature_name, task.method_name = model, signature, method
+    _spin_examples(m.input, n)
+    return {"Predict": p, "Classify": c, "Regress": r, "MultiInference": m}
+
+
+def test_a_run_past_its_timeout_is_cancelled_with_deadline_exceeded_as_in_direct_session(tmp_path):
+    """``RunOptions.timeout_in_ms`` (what TF Serving sets from a gRPC deadline): DirectSession
+    cancels a run still going at that time and returns DEADLINE_EXCEEDED "Timed out waiting for
+    notification", for Predict, Classify, Regress and MultiInference alike. This server took no
+    timeout: the run went on however long the model took."""
+    from tensorflow_serving.apis import input_pb2
+
+    from serving_host.apis import serialized_examples
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    _save_spinning_model(path)
+    servable = Servable.load("m", 1, path)
+
+    def examples(n):
+        i = input_pb2.Input()
+        _spin_examples(i, n)
+        return serialized_examples(i)
+
+    runs = {
+        "Predict": lambda n, t: servable.predict("", {"n": np.array(n, np.int64)}, timeout_ms=t)["y"].tolist(),
+        "Classify": lambda n, t: servable.classify("classify", examples(n), timeout_ms=t),
+        "Regress": lambda n, t: servable.regress("regress", examples(n), timeout_ms=t),
+        "MultiInference": lambda n, t: servable.multi_inference(
+            [("m", "regress", REGRESS), ("m", "classify", CLASSIFY)], examples(n), timeout_ms=t),
+    }
+    try:
+        assert runs["Predict"](3, 10_000) == 3.0
+        assert runs["Regress"](3, 10_000) == [3.0]
+        assert runs["Predict"](3, None) == 3.0             # no timeout: the session callable
+        for api, run in runs.items():
+            start = time.monotonic()
+            with pytest.raises(ServingError) as e:
+                run(SPIN_FOREVER, 300)
+            assert (e.value.code, e.value.message) == ("DEADLINE_EXCEEDED", "Timed out waiting for notification"), api
+            assert time.monotonic() - start < 20, api
+    finally:
+        servable.close()
+
+
+def test_a_grpc_deadline_ends_the_run_as_tf_serving_ends_it(tmp_path, tfserving_factory):
+    """``prediction_service_impl.cc``: Predict, Classify, Regress and MultiInference set the session
+    run's timeout from the call's deadline (``DeadlineToTimeoutMillis``), so a model still running at
+    the deadline is cancelled: the request is counted DEADLINE_EXCEEDED and its worker is free, and an
+    unload (which waits for the requests in flight) goes through. This server ignored the deadline:
+    the client gave up but the run went on for as long as the model ran, holding a gRPC worker and the
+    version's unload, and was never counted."""
+    base = tmp_path / "serving"
+    _save_spinning_model(str(base / "slow" / "1"))
+    (base / "monitoring.config").write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    config = (f'model_config_list {{ config {{ name: "slow" base_path: "{base / "slow"}" '
+              'model_platform: "tensorflow" } }\n')
+    srv = tfserving_factory(base, config, extra_args=(f"--monitoring_config_file={base / 'monitoring.config'}",))
+    srv.wait_for_state("slow", 1, "AVAILABLE")
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        quick = _spin_requests("slow", 3)
+        assert stub.Predict(quick["Predict"], RPC_TIMEOUT).outputs["y"].float_val == [3.0]
+        assert [r.value for r in stub.Regress(quick["Regress"], RPC_TIMEOUT).result.regressions] == [3.0]
+        for api, request in _spin_requests("slow", SPIN_FOREVER).items():
+            with pytest.raises(grpc.RpcError) as e:
+                getattr(stub, api)(request, timeout=1.0)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, api
+    count = ":tensorflow:serving:request_count_total"
+    deadline = time.monotonic() + 30
+    while sample(srv, count, {"model_name": "slow", "status": "DEADLINE_EXCEEDED"}) < 3:   # not MultiInference
+        assert time.monotonic() < deadline, "the runs past their deadline were never ended"
+        time.sleep(0.2)
+    srv.write_config("model_config_list {\n}\n")
+    srv.wait_for_state("slow", 1, "END", timeout=30)       # no run is left in flight
