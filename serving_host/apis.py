@@ -31,6 +31,11 @@ _COMPLEX_FIELDS = {8: "scomplex_val", 18: "dcomplex_val"}
 # Elements narrower than their field's int32: FromProtoField's C++ cast wraps (300 as uint8 is 44)
 _NARROW = {4: np.uint8, 5: np.int16, 6: np.int8, 17: np.uint16, 11: np.int8, 12: np.uint8, 15: np.int16,
            16: np.uint16, 19: np.uint16, 14: np.uint16}
+# float8_e5m2, float8_e4m3fn, float8_e4m3fnuz, float8_e4m3b11fnuz, float8_e5m2fnuz: ``float8_val``
+# holds one byte an element (Float8ProtoHelper), read and written as the other typed fields are
+_FLOAT8 = (24, 25, 26, 27, 28)
+MAX_DIMS = 254          # TensorShape::MaxDimensions(): more makes no tensor (TensorShape::IsValid)
+NUMPY_MAX_RANK = 64     # numpy's limit: a tensor of rank 65 .. 254 cannot be fed here
 
 
 def _decode_string_list(content: bytes, n: int) -> list[bytes] | None:
@@ -60,12 +65,16 @@ def _decode_string_list(content: bytes, n: int) -> list[bytes] | None:
 
 
 def tensor_from_proto(alias: str, proto) -> np.ndarray:
-    """``Tensor::FromProto``; a proto that does not make a tensor is INVALID_ARGUMENT."""
+    """``Tensor::FromProto``; a proto that does not make a tensor is INVALID_ARGUMENT. Its shape is a
+    ``TensorShape``'s, which ignores ``unknown_rank`` and refuses a size < 0 or over 254 dimensions."""
     import tensorflow as tf
 
     dims = [d.size for d in proto.tensor_shape.dim]
-    if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims) or proto.dtype == 0:
+    if any(d < 0 for d in dims) or len(dims) > MAX_DIMS or proto.dtype == 0:
         raise invalid_argument(f"tensor parsing error: {alias}")
+    if len(dims) > NUMPY_MAX_RANK:      # TF Serving makes this tensor and runs the model on it
+        raise invalid_argument(f"Tensor {alias} of rank {len(dims)}: more than the {NUMPY_MAX_RANK} dimensions "
+                               f"the local server supports (TF Serving takes up to {MAX_DIMS})")
     field = (_FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype) or _QUANTIZED_FIELDS.get(proto.dtype)
              or _COMPLEX_FIELDS.get(proto.dtype))
     per = 2 if proto.dtype in _COMPLEX_FIELDS else 1
@@ -84,6 +93,12 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
         # a bool's byte other than 0 or 1 makes no tensor (FromProto refuses it; numpy would
         # feed the byte as it is, a bool the model reads as true)
         raise invalid_argument(f"tensor parsing error: {alias}")
+    if proto.dtype in _FLOAT8 and not proto.tensor_content:
+        # FromProtoField<float8_*>: the first n bytes of float8_val, the last repeated when there
+        # are fewer, zeros when there are none (numpy's own reading knows only two of the five)
+        raw = proto.float8_val
+        data = raw[:n] if len(raw) >= n else (raw + raw[-1:] * (n - len(raw)) if raw else bytes(n))
+        return np.frombuffer(data, dtype=tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).reshape(dims).copy()
     if field is not None and not proto.tensor_content:
         # FromProtoField copies the first n elements and ignores the rest (tensor.cc); a complex
         # field's odd last number is no element
@@ -131,6 +146,9 @@ def tensor_to_proto(arr: np.ndarray, dtype: int | None = None):
         return proto
     if proto.dtype in _HALF_FIELDS:
         proto.half_val.extend(np.ascontiguousarray(arr).reshape(-1).view(np.uint16).tolist())
+        return proto
+    if proto.dtype in _FLOAT8:     # ProtoHelper<float8_*>::Fill: each element's byte in float8_val
+        proto.float8_val = np.ascontiguousarray(arr).reshape(-1).view(np.uint8).tobytes()
         return proto
     if field is None:  # complex, ...: TensorFlow's own conversion
         return tf.make_tensor_proto(arr)

@@ -694,6 +694,78 @@ def test_narrow_integers_out_of_their_range_wrap_as_tf_serving_casts_them():
     assert parsed(types_pb2.DT_QUINT8, [257]).view("uint8").tolist() == [1]
     assert parsed(types_pb2.DT_HALF, [65536 + 0x3C00, -0x4000], field="half_val").tolist() == [1.0, -2.0]
 
+def _tensor_proto(dtype: int, dims, **fields):
+    from tensorflow.core.framework import tensor_pb2
+
+    p = tensor_pb2.TensorProto(dtype=dtype, **fields)
+    for d in dims:
+        p.tensor_shape.dim.add().size = d
+    return p
+
+
+FLOAT8_TYPES = (24, 25, 26, 27, 28)     # float8_e5m2, _e4m3fn, _e4m3fnuz, _e4m3b11fnuz, _e5m2fnuz
+
+
+def test_float8_tensors_are_read_from_and_written_to_float8_val_as_tensorflow_does():
+    """``Tensor::FromProto`` reads a float8 tensor's typed values from ``float8_val`` (one byte an
+    element, the first n used, the last repeated, zeros when there are none) for all five float8
+    types, and ``AsProtoField`` writes them there (TensorFlow's own ``ParseTensor`` op, which calls
+    FromProto, is the reference). This server refused e4m3fnuz, e4m3b11fnuz and e5m2fnuz inputs
+    given in ``float8_val`` (or with no values) and any float8 input with more values than its shape
+    as "tensor parsing error", and wrote float8 outputs to ``tensor_content``."""
+    import tensorflow as tf
+
+    from serving_host import apis
+
+    for dtype in FLOAT8_TYPES:
+        for label, proto in (("more", _tensor_proto(dtype, [2], float8_val=b"\x3c\x40\x44")),
+                             ("fewer", _tensor_proto(dtype, [3], float8_val=b"\x3c\x40")),
+                             ("none", _tensor_proto(dtype, [2, 1])),
+                             ("half_val only", _tensor_proto(dtype, [2], half_val=[0x3c, 0x40])),
+                             ("tensor_content", _tensor_proto(dtype, [2], tensor_content=b"\x3c\x40"))):
+            want = tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(dtype)).numpy()
+            got = apis.tensor_from_proto("x", proto)
+            assert (got.dtype, got.shape, got.tobytes()) == (want.dtype, want.shape, want.tobytes()), (dtype, label)
+        arr = apis.tensor_from_proto("x", _tensor_proto(dtype, [2], float8_val=b"\x3c\x40"))
+        out = apis.tensor_to_proto(arr)
+        assert (out.dtype, out.float8_val, out.tensor_content) == (dtype, b"\x3c\x40", b""), dtype
+        assert [d.size for d in out.tensor_shape.dim] == [2]
+
+
+def test_a_tensor_shape_is_read_as_tensorflow_reads_it():
+    """``Tensor::FromProto`` reads its shape as a ``TensorShape``: ``unknown_rank`` is ignored (the
+    dims are the shape), more than 254 dims make no tensor. This server refused ``unknown_rank`` as
+    "tensor parsing error", and said the same of a tensor of rank 65 .. 254, which TF Serving makes
+    and runs: that one is now refused as this server's own limit (numpy's 64 dimensions)."""
+    import tensorflow as tf
+
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    def reference(proto):
+        return tf.io.parse_tensor(proto.SerializeToString(), tf.float32)
+
+    for dims in ([2], []):
+        proto = _tensor_proto(1, dims, float_val=[1.5])
+        proto.tensor_shape.unknown_rank = True
+        assert apis.tensor_from_proto("x", proto).tolist() == reference(proto).numpy().tolist()
+    too_many = _tensor_proto(1, [1] * 255, float_val=[1.0])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        reference(too_many)
+    with pytest.raises(ServingError) as e:
+        apis.tensor_from_proto("x", too_many)
+    assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
+    for rank in (65, 254):
+        proto = _tensor_proto(1, [1] * rank, float_val=[1.0])
+        assert reference(proto).shape.rank == rank
+        with pytest.raises(ServingError) as e:
+            apis.tensor_from_proto("x", proto)
+        assert (e.value.code, e.value.message) == (
+            "INVALID_ARGUMENT", f"Tensor x of rank {rank}: more than the 64 dimensions the local server supports "
+                                "(TF Serving takes up to 254)")
+    assert apis.tensor_from_proto("x", _tensor_proto(1, [1] * 64, float_val=[1.0])).ndim == 64
+
+
 def test_the_metrics_page_with_a_query_is_refused_as_tf_serving_refuses_it(server):
     """ProcessPrometheusRequest (http_server.cc) compares uri_path() — query included — with the
     configured path: 400 "Unexpected path". This server stripped the query and answered 200."""
