@@ -60,7 +60,7 @@ def _bool(text: str) -> bool:
 # line each, so a production command line starts it instead of exiting on "unrecognized arguments".
 NO_EFFECT_FLAGS = (
     "batching_parameters_file", "enable_batching", "enable_per_model_batching_parameters",
-    "rest_api_timeout_in_ms", "rest_api_enable_cors_support",
+    "rest_api_enable_cors_support",
     "grpc_channel_arguments", "grpc_max_threads", "grpc_socket_path",
     "ssl_config_file", "use_alts_credentials",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rest_api_num_threads", type=int, metavar="N", default=None,
                    help="worker threads for REST requests; idle connections hold none "
                         "(default: 4 x CPUs, as TF Serving)")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, metavar="N", default=30_000,
+                   help="a REST predict/classify/regress whose model still runs after N ms is cancelled "
+                        "and answered 504; <= 0 = no limit (default: 30000, as TF Serving)")
     p.add_argument("--rest_api_socket_timeout_seconds", type=float, metavar="S", default=30.0,
                    help="close a REST connection idle or stalled this long (local server only; "
                         "default: 30)")
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("Running gRPC ModelServer at %s:%d ...", args.bind_address, args.port)
         if args.rest_api_port:
             rest_server, _ = http_server.serve(
-                rest.RestApi(manager), args.bind_address, args.rest_api_port,
+                rest.RestApi(manager, args.rest_api_timeout_in_ms), args.bind_address, args.rest_api_port,
                 num_threads=args.rest_api_num_threads or http_server.DEFAULT_NUM_THREADS,
                 socket_timeout=args.rest_api_socket_timeout_seconds,
                 max_body_bytes=args.rest_api_max_body_bytes, metrics_path=metrics_path)

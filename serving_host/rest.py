@@ -19,6 +19,7 @@ from serving_host.json_request import predict_inputs, serialized_examples, signa
 from serving_host.json_response import classify_body, error_body, predict_body, regress_response
 from serving_host.json_text import truncate
 from serving_host.manager import Manager
+from serving_host.servable import FixedTimeout
 from serving_host.status import ServingError, invalid_argument
 
 log = logging.getLogger("serving_host")
@@ -91,11 +92,17 @@ def route(method: str, path: str) -> Route:
     return Route(method, kind, name, version, label)
 
 
-class RestApi:
-    """Request processing, independent of the HTTP transport."""
+REST_TIMEOUT_MS = 30_000      # --rest_api_timeout_in_ms's default (server.h http_timeout_in_ms)
 
-    def __init__(self, manager: Manager):
+
+class RestApi:
+    """Request processing, independent of the HTTP transport. ``timeout_in_ms`` > 0 is every
+    predict/classify/regress run's ``RunOptions.timeout_in_ms`` (``HttpRestApiHandler``'s
+    ``run_options_``): a run still going then is cancelled, 504 "Timed out waiting for notification"."""
+
+    def __init__(self, manager: Manager, timeout_in_ms: int = REST_TIMEOUT_MS):
         self.manager = manager
+        self.timeout_ms = FixedTimeout(timeout_in_ms) if timeout_in_ms > 0 else None
 
     def handle(self, method: str, path: str, body) -> tuple[int, str | bytes]:
         """Answer one request under ``/v1/`` and count it (request_count, request_latency).
@@ -159,7 +166,7 @@ class RestApi:
                 raise invalid_argument(f'Serving signature name: "{sig_name or "serving_default"}" '
                                        f"not found in signature def")
             tensors, fmt = predict_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()})
-            outputs = servable.predict(sig_name, tensors)
+            outputs = servable.predict(sig_name, tensors, timeout_ms=self.timeout_ms)
         return predict_body(outputs, fmt)
 
     def classify(self, name, version, label, body: bytes) -> bytes:
@@ -174,7 +181,7 @@ class RestApi:
         sig_name = signature_name(doc)
         examples = serialized_examples(doc)
         with self.manager.handle(name, version, label) as servable:
-            return getattr(servable, api)(sig_name, examples)
+            return getattr(servable, api)(sig_name, examples, timeout_ms=self.timeout_ms)
 
     def status(self, name: str, version: int | None) -> str:
         """``GetModelStatus``; like TF Serving, a label in the path does not narrow the answer."""

@@ -35,6 +35,12 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 
+class FixedTimeout(int):
+    """A session run timeout in ms that is the same for every request (``--rest_api_timeout_in_ms``):
+    its runs use a session callable made with it (``CallableOptions.run_options``), as fast as one
+    without. A plain int is one call's own timeout (a gRPC deadline's time left)."""
+
+
 class Servable:
     """A loaded version: signatures, a session, and a cache of session callables."""
 
@@ -117,15 +123,17 @@ class Servable:
     def signature(self, name: str):
         return self.signatures.get(name or SERVING_DEFAULT)
 
-    def _callable(self, feed: tuple[str, ...], fetch: tuple[str, ...]):
-        """A session callable for these tensor names, built once (TF's fast path)."""
-        key = (feed, fetch)
+    def _callable(self, feed: tuple[str, ...], fetch: tuple[str, ...], timeout_ms: int | None = None):
+        """A session callable for these tensor names (and run timeout), built once (TF's fast path)."""
+        key = (feed, fetch, timeout_ms)
         fn = self._callables.get(key)
         if fn is not None:
             return fn
         from tensorflow.core.protobuf import config_pb2
 
         opts = config_pb2.CallableOptions(feed=list(feed), fetch=list(fetch))
+        if timeout_ms:
+            opts.run_options.timeout_in_ms = timeout_ms
         with self._lock:
             fn = self._callables.get(key)
             if fn is None:
@@ -141,8 +149,10 @@ class Servable:
         ``RunOptions.timeout_in_ms``, the run cancelled at that time with DEADLINE_EXCEEDED "Timed
         out waiting for notification" (DirectSession); None or <= 0: no limit, as there."""
         names = tuple(sorted(feeds))
+        timed = timeout_ms is not None and timeout_ms > 0
+        fixed = int(timeout_ms) if timed and isinstance(timeout_ms, FixedTimeout) else None
         try:    # making the callable is the run's graph build: its errors (no fetch, ...) are the run's,
-            fn = self._callable(names, fetch)     # before SetArgs's dtype check (DirectSession::Run)
+            fn = self._callable(names, fetch, fixed)     # before SetArgs's dtype check (DirectSession::Run)
         except BaseException as exc:
             raise from_exception(exc) from None
         for i, n in enumerate(names):
@@ -151,8 +161,8 @@ class Servable:
                 raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
                                        f"is provided")
         try:
-            if timeout_ms is not None and timeout_ms > 0:
-                values = self._run_with_timeout(feeds, names, fetch, timeout_ms)
+            if timed and fixed is None:
+                values = self._run_with_timeout(feeds, names, fetch, int(timeout_ms))
             else:
                 values = fn(*[feeds[n] for n in names])
             return [as_array(v) for v in values]

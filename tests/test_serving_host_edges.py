@@ -51,7 +51,7 @@ def server(tfserving_session_factory, tmp_path_factory):
 
 # TF Serving flags a production command line carries that the local server does not implement: it
 # exited on "unrecognized arguments"; it takes them and says, once each, that they do nothing here
-PRODUCTION_ONLY_FLAGS = ("--enable_batching", "--rest_api_timeout_in_ms=1000",
+PRODUCTION_ONLY_FLAGS = ("--enable_batching", "--num_unload_threads=2",
                          "--tensorflow_intra_op_parallelism=2", "--grpc_max_threads=4")
 
 

@@ -1295,3 +1295,31 @@ def test_a_grpc_deadline_ends_the_run_as_tf_serving_ends_it(tmp_path, tfserving_
         time.sleep(0.2)
     srv.write_config("model_config_list {\n}\n")
     srv.wait_for_state("slow", 1, "END", timeout=30)       # no run is left in flight
+
+
+def test_a_rest_run_past_rest_api_timeout_in_ms_is_cancelled_with_504_as_in_tf_serving(tmp_path, tfserving_factory):
+    """``HttpRestApiHandler`` runs predict, classify and regress with ``RunOptions.timeout_in_ms`` =
+    ``--rest_api_timeout_in_ms`` (default 30000): a run still going then is cancelled and answered
+    504 ``{"error": "Timed out waiting for notification"}``. This server took the flag and ignored
+    it: the request hung for as long as the model ran, holding a REST worker and the version's unload."""
+    import requests
+
+    from serving_host.local_server import build_parser
+
+    assert build_parser().parse_args([]).rest_api_timeout_in_ms == 30000
+    base = tmp_path / "serving"
+    _save_spinning_model(str(base / "slow" / "1"))
+    config = (f'model_config_list {{ config {{ name: "slow" base_path: "{base / "slow"}" '
+              'model_platform: "tensorflow" } }\n')
+    srv = tfserving_factory(base, config, extra_args=("--rest_api_timeout_in_ms=1000",))
+    srv.wait_for_state("slow", 1, "AVAILABLE")
+    url = f"{srv.rest_url}/v1/models/slow"
+    r = requests.post(f"{url}:predict", json={"inputs": {"n": 3}}, timeout=30)
+    assert (r.status_code, r.json()) == (200, {"outputs": 3.0})
+    for verb, body in (("predict", {"inputs": {"n": SPIN_FOREVER}}),
+                       ("classify", {"signature_name": "classify", "examples": [{"n": SPIN_FOREVER}]}),
+                       ("regress", {"signature_name": "regress", "examples": [{"n": SPIN_FOREVER}]})):
+        r = requests.post(f"{url}:{verb}", json=body, timeout=30)
+        assert (r.status_code, r.json()) == (504, {"error": "Timed out waiting for notification"}), verb
+    srv.write_config("model_config_list {\n}\n")
+    srv.wait_for_state("slow", 1, "END", timeout=30)       # no run is left in flight
