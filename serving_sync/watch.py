@@ -13,6 +13,10 @@ pass at once, not after
 ``interval`` — at most one such pass in a row, so a production that keeps moving cannot make the
 loop spin. An interval pass that found what the pass before found (``up_to_date``, ``skipped``)
 is one log line when it starts, then one every 10 minutes with its count, as an outage is.
+Failed passes in a row (``error``, ``failed``: MLflow, the ledger or a host down) back off: the
+wait before the next doubles from ``interval`` up to ``BACKOFF_MAX`` (never below ``interval``),
+said in the failure's line ("next try in N s"), and goes back to ``interval`` after a pass that
+did not fail; a webhook, a signal or ``max_seconds`` ends that wait at once, as any other.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ MIN_INTERVAL = 0.5
 KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept, the rest counted
 INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
 REPEAT_EVERY = 600.0       # an outage is said once, then again every 10 minutes with its count
+BACKOFF_MAX = 300.0        # failed passes in a row: the wait doubles from --interval up to this (or --interval)
+FAILING = ("error", "failed")   # passes that back off: the next one waits longer while they last
 QUIET = ("up_to_date", "skipped")   # an interval pass saying what the one before said: once every REPEAT_EVERY
 # a deploy that failed (hosts put back), production left on a version the hosts do not serve: not
 # info lines like "hosts serve v5" (under systemd a line's level is its journal priority)
@@ -129,6 +135,17 @@ class Watcher:
         self.result = WatchResult()
         self._outage: _Outage | None = None
         self._same: _Same | None = None
+        self._failing = 0          # failed passes in a row (``FAILING``): the backoff's exponent
+
+    def next_wait(self) -> float:
+        """Seconds before the next interval pass: ``interval``, doubled for each failed pass in a
+        row after the first, up to ``BACKOFF_MAX`` (or ``interval`` when that is longer). A watch
+        whose MLflow or hosts were down tried again every ``interval`` for as long as it lasted:
+        two passes a second at ``--interval 0.5``, each a full round of requests to the registry
+        and every host."""
+        if self._failing <= 1:
+            return self.interval
+        return max(self.interval, min(self.interval * 2.0 ** min(self._failing - 1, 64), BACKOFF_MAX))
 
     def trigger(self, reason: str = "webhook") -> None:
         self._reason = reason
@@ -152,6 +169,7 @@ class Watcher:
                        f"tries again at the next pass)")
         p = Pass(self.clock() - start, reason, status, version, message, exit_code, again)
         self.result.add(p)
+        self._failing = self._failing + 1 if status in FAILING else 0
         if status != "error":
             if (o := self._outage) is not None:
                 logger.info("reconcile recovered after %d failed pass%s in %.0fs", o.passes,
@@ -173,22 +191,29 @@ class Watcher:
                            message)
             return
         self._same = _Same(key, now, now) if status in QUIET else None
-        logger.log(level, "reconcile (%s): %s: %s", reason, status, message)
+        logger.log(level, "reconcile (%s): %s: %s%s", reason, status, message, self._next_try())
+
+    def _next_try(self) -> str:
+        """``; next try in N s`` after a failed pass that is not the watch's last."""
+        if not self._failing or self.once or self.stop_event.is_set():
+            return ""
+        return f"; next try in {self.next_wait():g}s"
 
     def _failed(self, reason: str, message: str) -> None:
         self._same = None
         now, o = self.clock(), self._outage
         if o is None:
             self._outage = _Outage(now, now, message)
-            logger.error("reconcile (%s) failed: %s", reason, message)
+            logger.error("reconcile (%s) failed: %s%s", reason, message, self._next_try())
             return
         o.passes += 1
         if _DURATION.sub("Ns", message) != _DURATION.sub("Ns", o.message):
             o.message, o.said = message, now
-            logger.error("reconcile (%s) failed: %s", reason, message)
+            logger.error("reconcile (%s) failed: %s%s", reason, message, self._next_try())
         elif now - o.said >= REPEAT_EVERY:
             o.said, o.message = now, message
-            logger.error("reconcile still failing (%d passes in %.0fs): %s", o.passes, now - o.since, message)
+            logger.error("reconcile still failing (%d passes in %.0fs): %s%s", o.passes, now - o.since, message,
+                         self._next_try())
 
     def run(self) -> WatchResult:
         start = self.clock()
@@ -200,7 +225,7 @@ class Watcher:
                 self._reason = "interval"
                 last = self._pass(start, "moved")     # one at once, not two in a row: bounded
                 continue
-            timeout = self.interval
+            timeout = self.next_wait()       # longer after failed passes in a row (backoff)
             if deadline is not None:
                 timeout = min(timeout, deadline - self.clock())
                 if timeout <= 0:

@@ -11,6 +11,7 @@ import pytest
 
 from mlops_common.errors import UserError
 from serving_sync import verified
+from serving_sync import watch as watch_mod
 from serving_sync.apply import load_verdict
 from serving_sync.infra import choose_server
 from serving_sync.smoke import (
@@ -354,10 +355,10 @@ def test_watch_keeps_going_after_an_error_and_refuses_a_busy_loop():
     def reconcile():
         raise UserError("TF Serving at http://x is not reachable")
 
-    w = Watcher(reconcile, interval=10, max_seconds=25, clock=clock)
+    w = Watcher(reconcile, interval=10, max_seconds=35, clock=clock)
     w.wake.wait = lambda timeout: (setattr(clock, "now", clock.now + timeout), False)[1]
     res = w.run()
-    assert [p.status for p in res.passes] == ["error", "error", "error"]
+    assert [p.status for p in res.passes] == ["error", "error", "error"]      # at 0, 10 and 30 s (backoff)
     assert "not reachable" in res.passes[0].message
     with pytest.raises(UserError, match="--interval"):
         Watcher(reconcile, interval=0.01)
@@ -590,9 +591,11 @@ def test_watch_outlives_an_unexpected_exception_in_a_pass():
     assert "unexpected KeyError" in res.passes[0].message and "next pass" in res.passes[0].message
 
 
-def test_an_outage_is_one_line_then_one_every_ten_minutes_and_its_end_is_said(caplog):
+def test_an_outage_is_one_line_then_one_every_ten_minutes_and_its_end_is_said(caplog, monkeypatch):
     """Found by review (2026-12-05, ninth stop): every failed pass wrote its own error line, two a
-    second at ``--interval 0.5`` while MLflow refused connections."""
+    second at ``--interval 0.5`` while MLflow refused connections. (No backoff here: the lines'
+    rule alone; tests/test_sync_watch_retry.py has the backoff.)"""
+    monkeypatch.setattr(watch_mod, "BACKOFF_MAX", 10)
     clock = FakeClock()
     script = iter(["mlflow down"] * 30 + ["ledger locked"] + ["ledger locked"] * 89 + [None] * 5)
 
@@ -609,16 +612,17 @@ def test_an_outage_is_one_line_then_one_every_ten_minutes_and_its_end_is_said(ca
     assert [p.status for p in res.passes].count("error") == 120          # every pass still counted
     lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values()
              if r.name.startswith("mlops") and "fail" in r.getMessage() or "recovered" in r.getMessage()]
-    assert lines == ["reconcile (start) failed: mlflow down",           # 30 passes, 300 s: said once
-                     "reconcile (interval) failed: ledger locked",       # another error: said
-                     "reconcile still failing (91 passes in 900s): ledger locked",
+    assert lines == ["reconcile (start) failed: mlflow down; next try in 10s",    # 30 passes, 300 s: said once
+                     "reconcile (interval) failed: ledger locked; next try in 10s",  # another error: said
+                     "reconcile still failing (91 passes in 900s): ledger locked; next try in 10s",
                      "reconcile recovered after 120 failed passes in 1200s"], lines
 
 
-def test_an_error_that_changes_only_in_seconds_is_one_outage_not_a_line_a_pass(caplog):
+def test_an_error_that_changes_only_in_seconds_is_one_outage_not_a_line_a_pass(caplog, monkeypatch):
     """Found by review (2026-12-06, seventeenth stop): while another deploy held the hosts' lock,
     each pass failed with its "last heartbeat Ns ago", a new number each time, so each pass wrote
     an error line (two a second at ``--interval 0.5`` for the other deploy's whole bake)."""
+    monkeypatch.setattr(watch_mod, "BACKOFF_MAX", 10)       # the lines' rule alone, at one pace
     clock = FakeClock()
     ages = iter([*range(3, 93), None])
 

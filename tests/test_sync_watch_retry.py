@@ -4,11 +4,14 @@ the watcher skip that version until production moved; and a version promoted aga
 for the life of the watcher. fleet_plan.plan_fleet and fleet.deploy are replaced by scripted stand-ins."""
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from mlops_common.errors import DeployFailed
+from mlops_common.errors import DeployFailed, UserError
 from serving_sync import fleet, fleet_plan
 from serving_sync.fleet import FleetResult
 from serving_sync.watch import FailedVersions, FleetReconciler
@@ -152,3 +155,131 @@ def test_a_failure_the_registry_never_recorded_is_retried_once_promoted_through_
     moves[0] = 9                           # `mlops registry promote --version 5`: a new ledger row
     assert r()[:2] == ("deployed", 5)
     assert fake.deploys == 2
+
+
+# --- backoff between failed passes (twentieth stop) ---------------------------------------------
+class _Clocked:
+    """A watch's clock and wake without sleeping: each wait records its timeout and moves the clock
+    by it (nothing wakes it), and ``on_wait(n)`` may act at the n-th wait (a webhook)."""
+
+    def __init__(self, on_wait=None):
+        self.now, self.waits, self.on_wait, self._set = 0.0, [], on_wait, False
+
+    def clock(self) -> float:
+        return self.now
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def clear(self) -> None:
+        self._set = False
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(round(timeout, 6))
+        if self.on_wait is not None:
+            self.on_wait(len(self.waits))
+        if self._set:
+            return True
+        self.now += timeout
+        return False
+
+
+def _watcher(statuses: list[str], c: _Clocked | None = None, **kw):
+    """A Watcher whose passes say ``statuses`` in turn (``error``: MLflow refused the connection),
+    then stop the watch."""
+    from serving_sync.watch import Watcher
+
+    it, n = iter(statuses), [0]
+
+    def reconcile():
+        n[0] += 1
+        status = next(it, None)
+        if status is None:
+            w.stop_event.set()
+            return "up_to_date", 5, "hosts serve v5"
+        if status == "error":
+            raise UserError(f"MLflow at http://127.0.0.1:9 refused the connection (pass {n[0]})")
+        return status, 5, f"{status} v5"
+
+    w = Watcher(reconcile, clock=c.clock if c is not None else time.monotonic, **kw)
+    if c is not None:
+        w.wake = c
+    return w
+
+
+@pytest.fixture
+def watch_lines(caplog):
+    mlops_logger = logging.getLogger("mlops")        # log.setup() stops it propagating to caplog's root
+    mlops_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="mlops"):
+            yield lambda: [r.getMessage() for r in caplog.records if r.name == "mlops.sync.watch"]
+    finally:
+        mlops_logger.removeHandler(caplog.handler)
+
+
+def test_failed_passes_in_a_row_back_off_up_to_a_bound_and_a_good_pass_resets_it(watch_lines):
+    """An MLflow or a fleet down made the watch try again every --interval for as long as it lasted
+    (two full rounds of requests a second at --interval 0.5); the wait now doubles while passes
+    fail, up to BACKOFF_MAX, is said in the failure's line, and is --interval again after a pass
+    that did not fail."""
+    statuses = ["error"] * 8 + ["up_to_date", "error", "failed", "failed", "skipped"]
+    c = _Clocked()
+    res = _watcher(statuses, c, interval=10.0).run()
+    assert [p.status for p in res.passes] == statuses + ["up_to_date"]
+    # after each pass: 10, 20, 40, 80, 160, 300 (the bound), 300, 300; a good pass: 10 again
+    assert c.waits == [10, 20, 40, 80, 160, 300, 300, 300, 10, 10, 20, 40, 10], c.waits
+    said = watch_lines()
+    assert "reconcile (start) failed: MLflow at http://127.0.0.1:9 refused the connection (pass 1); " \
+           "next try in 10s" in said, said
+    assert any(m.endswith("(pass 3); next try in 40s") for m in said), said
+    assert "reconcile (interval): failed: failed v5; next try in 20s" in said, said
+    assert not [m for m in said if "next try" in m and ("up_to_date" in m or "skipped" in m)], said
+
+
+def test_the_backoff_is_never_shorter_than_the_interval_and_ends_at_max_seconds():
+    c = _Clocked()
+    _watcher(["error"] * 9, c, interval=1000.0, max_seconds=3500).run()
+    assert c.waits == [1000, 1000, 1000, 500], c.waits      # --max-seconds cuts the last wait
+
+
+def test_a_webhook_ends_a_backoff_wait_at_once():
+    def webhook_at(n):
+        if n == 4:                   # a verified webhook during the 80 s wait: the pass runs now
+            w.trigger("webhook")
+
+    c = _Clocked(webhook_at)
+    w = _watcher(["error"] * 5, c, interval=10.0)
+    res = w.run()
+    assert [p.trigger for p in res.passes][:5] == ["start", "interval", "interval", "interval", "webhook"]
+    assert c.waits == [10, 20, 40, 80, 160], c.waits    # a webhook's pass that failed again backs off on
+    assert c.now == 10 + 20 + 40 + 160, c.now           # the 80 s wait took no time
+
+
+def test_a_signal_ends_a_long_backoff_wait_at_once():
+    """The real wake: the first SIGTERM (``graceful``: stop_event, then the wake) during a 300 s
+    backoff ends the watch at once; the test waits for the watch to be in that wait (an event)."""
+    from serving_sync import watch as watch_mod
+
+    w = _watcher(["error"] * 20, interval=0.5)
+    w._failing = 30                                  # a long outage: the next wait is the bound
+    waiting, timeouts = threading.Event(), []
+    wait = w.wake.wait
+
+    def watched(timeout=None):
+        timeouts.append(timeout)
+        waiting.set()
+        return wait(timeout)
+
+    w.wake.wait = watched
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    assert waiting.wait(30), "the watch never waited"
+    w.stop_event.set()
+    w.wake.set()
+    t.join(10)
+    assert not t.is_alive(), "the signal did not end the backoff wait"
+    assert timeouts == [watch_mod.BACKOFF_MAX] and len(w.result.passes) == 1, (timeouts, w.result.passes)

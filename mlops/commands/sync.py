@@ -239,7 +239,8 @@ def register(sub) -> None:
                                  "and puts the hosts back, exit 130.",
                      epilog=_ENV)
     w.add_argument("--interval", type=flags.interval, default=30.0, metavar="S",
-                   help="seconds between passes (default 30)")
+                   help="seconds between passes (default 30; after failed passes in a row the wait "
+                        "doubles, up to 300 or S)")
     w.add_argument("--max-seconds", type=flags.seconds, metavar="S", help="stop after S seconds")
     w.add_argument("--once", action="store_true", help="one pass, then exit (exit 3 if its deploy failed)")
     w.add_argument("--stop-within", type=flags.timeout, metavar="S",
