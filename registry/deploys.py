@@ -94,6 +94,25 @@ def last_move_to(model: str, version: int) -> int | None:
     return max(rows, default=None)
 
 
+def record_failure_late(model: str, version: int, moved_since: int | None, reason: str,
+                        ledger: Ledger | None = None) -> bool:
+    """The failed ``deploy`` row of ``version`` that its failed deploy could not write (MLflow
+    refused the ``failed`` tag and the ledger did not answer then), written by the ``mlops sync
+    watch`` that saw it fail, so that a restarted watch skips the version too. Under the promotion
+    lock, and only while the newest move of production to ``version`` is still ``moved_since``
+    (``last_move_to`` when the watch first skipped it): a promotion through mlops since then is a
+    new try, which a late row would wrongly mark failed. True when written."""
+    ledger = ledger or Ledger()
+    with ledger.serialized(model) as locked:
+        moves = [e.id for e in locked.entries(actions=MOVES)
+                 if e.to_version == version and e.outcome == "ok" and e.id is not None]
+        if max(moves, default=None) != moved_since:
+            return False
+        locked.append(Entry(action="deploy", model=model, outcome="failed", to_version=version, reason=reason,
+                            details={"recorded_late": "sync watch"}, **Provenance.from_environment().row()))
+    return True
+
+
 def _since_moved(ledger: Ledger, model: str, actions: tuple[str, ...] = MOVES) -> list[Entry]:
     """The model's current rows of ``actions`` from its newest move that changed where production
     is (``promotion_rules.moved``) on; [] without one. What ``rolled_back_to`` and

@@ -247,13 +247,19 @@ class FailedVersions:
     watch that the registry never recorded (MLflow refused the tag and the ledger row was lost)
     counts too, until production moves to the version through mlops: ``moved`` (the newest ledger
     move to it, e.g. ``registry.deploys.last_move_to``) changes, or a webhook says so (``forget``).
+    Such a failure is written to the registry by ``record(version, moved, reason)`` (e.g.
+    ``registry.deploys.record_failure_late``) at each skip until it takes it, so a restarted watch
+    (which remembers nothing) skips the version too; it was deployed again once after every restart.
     Without ``recorded``, the versions that failed in this watch."""
 
     def __init__(self, recorded: Callable[[int], bool] | None = None,
-                 moved: Callable[[int], object] | None = None):
+                 moved: Callable[[int], object] | None = None,
+                 record: Callable[[int, object, str], bool] | None = None):
         self.failed: set[int] = set()
-        self.recorded, self.moved = recorded, moved
+        self.recorded, self.moved, self.record = recorded, moved, record
         self._unrecorded: dict[int, object] = {}   # failed here: ``moved`` at the first skip after
+        self._why: dict[int, str] = {}              # the failure's message, for ``record``
+        self._record_said: set[int] = set()         # a ``record`` that failed: said once per version
 
     def skip(self, version: int) -> bool:
         if self.recorded is None:
@@ -267,13 +273,28 @@ class FailedVersions:
             if self._unrecorded[version] is _UNSET:
                 self._unrecorded[version] = now
             if self._unrecorded[version] == now:    # not moved to it through mlops since
+                self._record(version, now)
                 return True
         self.forget(version)
         return False
 
-    def add(self, version: int) -> None:
+    def _record(self, version: int, moved: object) -> None:
+        """Give the registry the failure it never took (see the class); tried again at the next skip."""
+        if self.record is None:
+            return
+        why = self._why.get(version) or "deploy failed"
+        try:
+            self.record(version, moved, f"recorded by sync watch after the registry could not take it: {why}")
+        except UserError as exc:
+            if version not in self._record_said:
+                self._record_said.add(version)
+                logger.warning("could not record v%d's failed deploy in the ledger (%s): a restarted watch would "
+                               "deploy it again; tried again at the next pass", version, exc.message)
+
+    def add(self, version: int, why: str = "") -> None:
         self.failed.add(version)
         self._unrecorded[version] = _UNSET
+        self._why[version] = why
 
     def where(self, version: int) -> str:
         """Where a skipped ``version``'s failure is known, for the skip's line."""
@@ -287,6 +308,8 @@ class FailedVersions:
         """Try ``version`` again (a person promoted it)."""
         self.failed.discard(version)
         self._unrecorded.pop(version, None)
+        self._why.pop(version, None)
+        self._record_said.discard(version)
 
 
 _UNSET = object()
@@ -381,10 +404,14 @@ class FleetReconciler:
             def rollback_unrecorded(v: int):      # the ledger row of a rollback to v not finished, or None
                 return deploys.rollback_unrecorded(model, v)
         self.model, self.hosts, self.opts, self.lock_wait = model, hosts, opts, lock_wait
+        record = None
         if moved is None and registry_decides:
             def moved(v: int):          # the newest promotion or rollback to v in the ledger
                 return deploys.last_move_to(model, v)
-        self.failed = FailedVersions(recorded=recorded, moved=moved)
+
+            def record(v: int, since, reason: str) -> bool:    # a failure the registry never took
+                return deploys.record_failure_late(model, v, since, reason)
+        self.failed = FailedVersions(recorded=recorded, moved=moved, record=record)
         self.status_known, self.rollback_unrecorded = status_known, rollback_unrecorded
         self._record_tried: set[tuple] = set()     # (version, rollback row id or None)
         self._break_lock = break_lock
@@ -448,7 +475,7 @@ class FleetReconciler:
                 # failure of anything, and the version production names now is installed at once
                 return "moved", v, f"{exc.message}; the next pass runs at once", True
             if result is None or result.blames_version:     # a host or the network: the next pass retries
-                self.failed.add(v)
+                self.failed.add(v, exc.message)
             return "failed", v, exc.message
         except ProductionMoved as exc:
             if (r := exc.deployed) is not None:      # overtaken after its last wave: the hosts stay on it

@@ -157,6 +157,27 @@ def test_a_failure_the_registry_never_recorded_is_retried_once_promoted_through_
     assert fake.deploys == 2
 
 
+def test_a_failure_the_registry_never_recorded_is_given_to_it_at_each_skip_until_it_takes_it(watch_lines):
+    """The late record (twentieth stop): asked with the move the skip compares with and the
+    failure's message; a ledger still down is said once and tried again at the next skip."""
+    tried, recorded = [], [False]
+
+    def record(v, since, reason):
+        tried.append((v, since, reason))
+        if len(tried) < 3:
+            raise UserError("the ledger database did not answer")
+        recorded[0] = True
+        return True
+
+    failed = FailedVersions(recorded=lambda v: recorded[0], moved=lambda v: 7, record=record)
+    failed.add(5, "deploy of v5 failed on host a at step 'smoke': golden outputs differ")
+    assert [failed.skip(5) for _ in range(4)] == [True, True, True, True]
+    assert len(tried) == 3 and {t[:2] for t in tried} == {(5, 7)}, tried     # the 4th: the registry says
+    assert tried[0][2].endswith("golden outputs differ"), tried
+    said = [m for m in watch_lines() if "could not record v5" in m]
+    assert len(said) == 1 and "a restarted watch would deploy it again" in said[0], said
+
+
 # --- backoff between failed passes (twentieth stop) ---------------------------------------------
 class _Clocked:
     """A watch's clock and wake without sleeping: each wait records its timeout and moves the clock
@@ -216,7 +237,8 @@ def watch_lines(caplog):
     mlops_logger.addHandler(caplog.handler)
     try:
         with caplog.at_level("INFO", logger="mlops"):
-            yield lambda: [r.getMessage() for r in caplog.records if r.name == "mlops.sync.watch"]
+            yield lambda: [r.getMessage() for r in {id(r): r for r in caplog.records}.values()    # once each
+                           if r.name == "mlops.sync.watch"]
     finally:
         mlops_logger.removeHandler(caplog.handler)
 

@@ -332,6 +332,59 @@ def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_
     assert len(calls) == 1
 
 
+def test_a_failure_neither_mlflow_nor_the_ledger_took_is_recorded_by_the_watch_for_a_restarted_one(
+        deploy_env, monkeypatch):
+    """Found by review (2026-12-07, twentieth stop): MLflow refused the ``failed`` tag and the
+    ledger did not take the failed ``deploy`` row either (one database down under both): the watch
+    skipped the version from its own memory, but a restarted watch (a reboot, an upgrade) knew
+    nothing and rolled the broken version out again. The watch now writes that row itself at its
+    next pass, under the promotion lock, so the ledger knows and every watch after skips it; a
+    promotion through mlops still tries it again."""
+    from registry import deploys, versions
+    from serving_sync import deploy_failure
+    from serving_sync.hosts import load_hosts
+    from serving_sync.options import DeployOptions
+
+    env = deploy_env
+    env.add_host("file")
+    env.release("a")
+    v2 = env.register("golden_edited")                   # its smoke test fails
+    env.promote(v2)
+    set_tags = versions.set_tags
+
+    def refused(model, version, tags):
+        if tags.get(deploys.DEPLOY_STATUS) == deploys.FAILED:
+            raise UserError("MLflow answered 503 to set-tag")
+        return set_tags(model, version, tags)
+
+    monkeypatch.setattr(versions, "set_tags", refused)
+    monkeypatch.setattr(deploy_failure, "_record_failed", lambda *a, **kw: "the ledger database did not answer")
+    calls = []
+    deploy = fleet.deploy
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return deploy(*a, **kw)
+
+    monkeypatch.setattr(fleet, "deploy", counted)
+
+    def watch():
+        return FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True))
+
+    r = watch()
+    status, version, message = r()
+    assert (status, version) == ("failed", v2), message
+    assert not deploys.failed_since_promoted(env.model, v2)          # neither MLflow nor the ledger took it
+    assert r()[:2] == ("skipped", v2)                               # this watch remembers
+    assert watch()()[:2] == ("skipped", v2)                         # a restarted watch: the ledger says
+    assert len(calls) == 1
+    rows = [e for e in env.ledger(("deploy",)) if e.to_version == v2 and e.outcome == "failed"]
+    assert [e.details.get("recorded_late") for e in rows] == ["sync watch"], rows
+    assert "golden" in rows[0].reason, rows[0].reason
+    env.promote(v2)                                                  # a promotion through mlops: tried again
+    assert not deploys.failed_since_promoted(env.model, v2)
+
+
 def test_watch_once_stops_its_deploy_at_the_first_sigterm_and_exits_130(deploy_env, paused_deploy):
     env = deploy_env
     host = env.add_host("file")
