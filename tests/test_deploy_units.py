@@ -64,6 +64,20 @@ def test_the_watch_unit_runs_flags_that_exist_and_outlasts_a_deploy_when_stopped
     assert s["Restart"] == ["on-failure"]
 
 
+def test_every_setting_the_watch_unit_names_is_one_the_watch_reads():
+    """Found by review (2026-12-07, twentieth stop): the unit listed MLOPS_KNOWN_HOSTS among the
+    settings of its environment file; only CircleCI's scripts/pin-host-keys.sh reads it, so a
+    watch.env holding the hosts' keys there pinned nothing, and every pass failed on an unknown
+    host key. Each MLOPS_ / MLFLOW_ name the unit gives as a setting is one the Python code reads."""
+    settings = re.findall(r"^#\s+((?:MLOPS|MLFLOW)_\w+(?:,\s*(?:MLOPS|MLFLOW)_\w+)*)", UNIT.read_text(), re.M)
+    names = {n.strip() for line in settings for n in line.split(",")}
+    assert "MLOPS_HOSTS_FILE" in names, names
+    code = "".join(f.read_text() for pkg in ("mlops_common", "registry", "serving_sync", "mlops")
+                   for f in (REPO / pkg).rglob("*.py"))
+    unread = sorted(n for n in names if f'"{n}"' not in code and f"'{n}'" not in code)
+    assert not unread, f"the unit names settings the watch never reads: {unread}"
+
+
 def test_the_watch_unit_takes_secrets_from_an_environment_file_only():
     s = _settings()
     assert s.get("EnvironmentFile"), "settings and secrets come from an EnvironmentFile"
