@@ -145,8 +145,10 @@ class Baker:
         if live:       # the window before the switch: at least --bake seconds of live traffic
             _sleep(self.opts.bake - min(live),
                    f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
-        self.s1.update(self._scrape_some(names, required=self.canary.intersection(names)))
-        for n in names:     # the deploy's prepare on each: in the window, not live traffic
+        # the judged hosts only: no other's window before its switch is used (reading a last wave of
+        # many hosts held its switch, and an unreadable one was "left out of the comparison" of none)
+        self.s1.update(self._scrape_some(judged, required=judged))
+        for n in judged:    # the deploy's prepare on each: in the window, not live traffic
             self.own[n] = list(self.runs[n].own_marks)
 
     def judge(self, wave, old) -> list[bake.Verdict]:

@@ -736,6 +736,37 @@ def test_a_later_waves_unreadable_host_does_not_abort_the_canarys_bake(monkeypat
         baker.judge([runs[1]], [runs[2]])
 
 
+def test_a_wave_nothing_judges_is_switched_without_reading_its_pages(monkeypatch):
+    """Found by review (2026-12-07, twentieth stop): before every wave's switch the bake read the
+    metrics page of each of its hosts, though only a judged host's window before its switch is
+    used: the last wave of a large fleet waited for every page (16 at a time, each up to its time
+    limit) after the canary's verdict, and a page that did not come logged "(left out of the
+    comparison)" of a comparison there was none of. Only judged hosts are read now."""
+    hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2", "web-3")}
+    runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
+    opts = SimpleNamespace(bake=0.0, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts)
+    read: list[str] = []
+    down: set[str] = set()
+
+    def scrape(name):
+        read.append(name)
+        if name in down:
+            raise UserError(f"{name}: cannot read TF Serving's metrics at http://{name}/m (timed out)")
+        return _snap([1000] * 100)
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    warned = []
+    monkeypatch.setattr(canary.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    baker.start()
+    baker.before_switch([runs[0]])
+    assert [v.host for v in baker.judge([runs[0]], runs[1:])] == ["web-1"]
+    read.clear()
+    down.add("web-3")                                  # its page stops answering after the canary's bake
+    baker.before_switch(runs[1:])                      # the last wave: nothing judges it
+    assert read == [] and warned == [], (read, warned)
+
+
 # --- a model name with a newline: one request must not make the page unreadable ------------------
 FORGED = ('x\n:tensorflow:serving:request_count{model_name="m",status="OK"} 1000000\n'
           '# TYPE :tensorflow:serving:request_count gauge\n:tensorflow:serving:request_count{model_name=')
