@@ -290,11 +290,15 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     # names the move that put it there (found by a sweep: a no-op hid the rollback that did)
     to_me = [e for e in to_me if e.from_version != e.to_version] or to_me
     validation = T.read(tags, T.VALIDATION_STATUS) or "pending"
+    # the first line says the last gate's verdict, as the Validation line does: the tag (which anyone
+    # with write access can set) said "validation passed" above a failed gate (found by review,
+    # twentieth stop); the Validation line names a tag that disagrees
+    verdict = gates[-1].outcome if gates else validation
     deploy = T.read(tags, T.DEPLOY_STATUS) or "not deployed"
     again = moved_in_again(deploy, entries, version)
     shown = f"not deployed since its {again.action} #{again.id}" if again else deploy
     head = " · ".join([f"**v{version}**", _some([_cell(f"@{a}") for a in aliases], 300) or "no alias",
-                       f"validation {_cell(validation)}", f"deploy {_cell(shown)}"])
+                       f"validation {_cell(verdict)}", f"deploy {_cell(shown)}"])
     lines = [head, ""]
     if to_me:
         last = to_me[-1]
@@ -330,7 +334,10 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
                      + (f" — {why}" if failed and (why := _failed_figures(g.details)) else "")
                      + ("; serving signature change allowed" if g.details.get("signature_change_allowed") else "")
                      + _rules_changed(g.details.get("rules_changed"))
-                     + f" (gate {_when(g)} UTC, ledger #{g.id})")
+                     + f" (gate {_when(g)} UTC, ledger #{g.id})"
+                     + (f" — the `validation_status` tag says {_cell(validation)}: changed outside mlops, or "
+                        f"its write failed; `mlops registry gate --version {version}` makes them agree"
+                        if T.read(tags, T.VALIDATION_STATUS) not in (None, g.outcome) else ""))
     else:
         lines.append(f"**Validation:** {_cell(validation)} (not gated yet)")
     # this version's steps on each host, a host put back from it after a failure in a later wave,

@@ -443,6 +443,36 @@ def test_a_ledger_writer_behind_the_servers_clock_still_shows_on_the_page(make_v
     assert "**Validation:** passed — held-out accuracy 0.9300" in written, written
 
 
+def test_the_first_line_says_the_last_gates_verdict_and_a_tag_that_disagrees_is_named():
+    """A ``validation_status`` tag set to ``passed`` in the MLflow UI over a failed gate: the page's
+    first line read "validation passed" above "**Validation:** failed" (found by review, twentieth
+    stop). Rendered on plain data, then read back from a real server."""
+    failed = Entry("gate", "m", "failed", to_version=2, from_version=1, reason="below production",
+                   details={"accuracy": 0.80, "production_accuracy": 0.93, "tolerance": 0.01,
+                            "failed_rules": ["accuracy_vs_production"]})
+    text = description.render(version=2, tags={"validation_status": "passed"}, aliases=(), entries=rows(failed))
+    assert text.startswith("**v2** · no alias · validation failed · deploy not deployed"), text
+    assert "the `validation_status` tag says passed: changed outside mlops" in line(text, "Validation")
+    agreeing = description.render(version=2, tags={"validation_status": "failed"}, aliases=(), entries=rows(failed))
+    assert "tag says" not in agreeing and agreeing.startswith("**v2** · no alias · validation failed")
+
+
+def test_a_validation_tag_edited_over_a_failed_gate_does_not_head_the_page(make_version):
+    from registry.gate import run_gate
+    from tests.test_registry_gate import Evaluations, doc
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    promotion.promote(model, v1, actor="alice", reason="first release")
+    v2 = make_version()
+    run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.80)}))
+    versions.set_tags(model, v2, {"validation_status": "passed"})          # the MLflow UI
+    description.refresh(model, v2)
+    written = description.block(versions.get_version(model, v2).description)
+    assert written.startswith(f"**v{v2}** · no alias · validation failed"), written
+    assert "the `validation_status` tag says passed" in written, written
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. a server without webhook support
 # ---------------------------------------------------------------------------------------------
