@@ -119,16 +119,19 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     """Every version of ``model`` with aliases, validation and deploy status, accuracy, age and
     who let it into production: the ledger's, as the description says (``description.approval``;
     ``approved_by_tag``: the tag as it is, set when it says someone else; ``approved_by_tag_missing``:
-    the ledger names an approver and the version has no tag). ``entries``: the
-    model's ``promote`` / ``rollback`` rows, other actions ignored (``registry status`` passes
-    ``reconciliation.ledger_view``'s, read once for this and its agreement line; read from the ledger
-    when not given)."""
-    from . import description, versions
+    the ledger names an approver and the version has no tag).
+    ``validation_status``: the verdict of the version's last ``gate`` row, as its description's first
+    line says (the tag only without one); ``validation_status_tag``: the tag, set when it says
+    otherwise (a tag set to ``passed`` over a failed gate read "passed" in the table; found by
+    review, twentieth stop). ``entries``: the model's ``promote`` / ``rollback`` / ``gate`` rows,
+    other actions ignored (``registry status`` passes ``reconciliation.ledger_view``'s, read once for
+    this and its agreement line; read from the ledger when not given)."""
+    from . import description, move_checks, versions
     from .ledger import Ledger
 
     found = versions.list_versions(model)
     if entries is None:
-        entries = Ledger().entries(model, actions=("promote", "rollback"))
+        entries = Ledger().entries(model, actions=("promote", "rollback", "gate"))
     by_run = versions.runs_metrics(info.run_id for info in found)   # a deleted run: no metrics, still listed
     rows = []
     for info in found:
@@ -138,8 +141,12 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
         # no tag, yet someone let it in: with the tag missing, ``approval`` can only have the ledger's
         missing = approver is not None and not T.read(info.tags, T.APPROVED_BY)
         again = description.moved_in_again(info.deploy_status, mine, info.version)
+        gate = move_checks.latest_gate(mine, info.version)
+        tag = T.read(info.tags, T.VALIDATION_STATUS)
         rows.append({"version": info.version, "aliases": list(info.aliases),
-                     "validation_status": info.validation_status,
+                     "validation_status": gate.outcome if gate else info.validation_status,
+                     "validation_status_tag": tag if gate and tag not in (None, gate.outcome) else None,
+                     "gate_ledger_id": gate.id if gate else None,
                      "deploy_status": info.deploy_status,
                      "heldout_accuracy": metrics.get("heldout_accuracy"),
                      "created_at": info.created_at.isoformat(timespec="seconds"),
@@ -153,9 +160,16 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
 
 def approval_lines(rows: list[dict]) -> list[str]:
     """A line under the status table for each version whose ``approved_by`` tag says someone
-    else than the ledger, or is missing where the ledger names an approver (``status_rows``)."""
+    else than the ledger, or is missing where the ledger names an approver, and for each whose
+    ``validation_status`` tag says otherwise than its last gate (``status_rows``)."""
     lines = []
     for r in rows:
+        if r.get("validation_status_tag"):
+            lines.append(f"warning: v{r['version']}'s validation_status tag says "
+                         f"{printable(r['validation_status_tag'])} but its last gate (ledger "
+                         f"#{r['gate_ledger_id']}) {printable(r['validation_status'])}: the tag was changed "
+                         f"outside mlops, or its write failed; `mlops registry gate --version {r['version']}` "
+                         f"makes them agree")
         if r.get("approved_by_tag"):
             lines.append(f"warning: v{r['version']}'s approved_by tag says {printable(r['approved_by_tag'])} but "
                          f"the ledger records {printable(r['approved_by'])}: the tag was changed outside mlops "

@@ -22,9 +22,9 @@ _log = log.get("registry.reconcile")
 
 def ledger_view(model: str, *, ledger: Ledger | None = None) -> list[Entry]:
     """What the ledger says about ``model``'s ``production`` alias: its current promote, rollback
-    and intent rows (one read; ``registry status`` passes them to ``check_agreement`` and
-    ``history.status_rows``)."""
-    return (ledger or Ledger()).entries(model, actions=VIEW, current=True)
+    and intent rows, and its gate rows (one read; ``registry status`` passes them to
+    ``check_agreement`` and ``history.status_rows``, which shows each version's last verdict)."""
+    return (ledger or Ledger()).entries(model, actions=(*VIEW, "gate"), current=True)
 
 
 def check_agreement(model: str, *, ledger: Ledger | None = None, entries: list[Entry] | None = None) -> Agreement:

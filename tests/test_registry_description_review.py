@@ -473,6 +473,33 @@ def test_a_validation_tag_edited_over_a_failed_gate_does_not_head_the_page(make_
     assert "the `validation_status` tag says passed" in written, written
 
 
+def test_registry_status_shows_the_last_gates_verdict_and_warns_of_a_tag_that_disagrees(make_version):
+    """`registry status`'s validation column showed the ``validation_status`` tag: set to ``passed``
+    in the MLflow UI over a failed gate, the table read "passed" (found by review, twentieth stop).
+    It now shows the last gate's verdict (the tag's without a gate row) and a warning line names the
+    tag; ``--json`` keeps the tag in ``validation_status_tag``."""
+    from registry.gate import run_gate
+    from tests.test_registry_gate import Evaluations, doc
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version(validation_status="passed")
+    promotion.promote(model, v1, actor="alice", reason="first release")
+    v2 = make_version()
+    run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.80)}))
+    versions.set_tags(model, v2, {"validation_status": "passed"})          # the MLflow UI
+    r = run_mlops("registry", "status")
+    assert r.returncode == 0, r.stderr
+    row = next(x for x in r.stdout.splitlines() if x.split()[:1] == [str(v2)])
+    assert row.split()[1:3] == ["-", "failed"], r.stdout
+    assert f"warning: v{v2}'s validation_status tag says passed but its last gate (ledger #" in r.stdout
+    assert f"failed: the tag was changed outside mlops, or its write failed; `mlops registry gate --version {v2}`" \
+        in r.stdout
+    r = run_mlops("registry", "status", "--json")
+    rows = {x["version"]: x for x in json.loads(r.stdout)["versions"]}
+    assert (rows[v2]["validation_status"], rows[v2]["validation_status_tag"]) == ("failed", "passed")
+    assert (rows[v1]["validation_status"], rows[v1]["validation_status_tag"]) == ("passed", None)     # no gate row
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. a server without webhook support
 # ---------------------------------------------------------------------------------------------
