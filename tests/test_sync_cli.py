@@ -262,6 +262,34 @@ def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy
     assert (h1.base / env.model / str(v1)).is_dir()
 
 
+def test_a_lone_changing_host_is_the_same_wave_in_the_plan_and_the_deploy(deploy_env):
+    """`--canary 1` with one host to change (the other already on the version): `sync plan` said
+    "wave 1" (nothing follows it, nothing judges it), the deploy's `waves[].wave` said "canary",
+    and both `rollout.canary` named it (found by review, 2026-12-07, twentieth stop)."""
+    from serving_sync import fleet
+    from serving_sync.hosts import load_hosts
+    from serving_sync.options import DeployOptions
+
+    env = deploy_env
+    h1, h2 = env.add_hosts(2)
+    env.release("a", opts=DeployOptions(timeout=60.0, json_mode=True, canary=0))
+    v2 = env.register("b")
+    env.promote(v2)
+    r = fleet.deploy(env.model, load_hosts()[:1], opts=DeployOptions(timeout=60.0, json_mode=True))
+    assert r.status == "deployed", r.message            # h2 still serves v1
+    r = env.cli("sync", "plan", "--canary", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    planned = json.loads(r.stdout)["rollout"]
+    text = env.cli("sync", "plan", "--canary", "1").stdout
+    assert f"phase 2, switch: wave 1: {h2.name}" in text and f"canary {h2.name}" not in text, text
+    r = env.cli("sync", "deploy", "--canary", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert [(w["wave"], w["hosts"]) for w in done["waves"]] == [("wave 1", [h2.name])], done["waves"]
+    assert done["rollout"] == planned == {"canary": [], "waves": [[h2.name]], "unjudged": []}
+    env.serves(h2, v2)
+
+
 def test_rollback_with_nothing_to_roll_back_to_is_one_line(deploy_env):
     env = deploy_env
     env.add_host("file")

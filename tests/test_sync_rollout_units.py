@@ -70,9 +70,10 @@ def test_two_changing_hosts_get_the_default_canary():
 
 
 def test_an_explicit_canary_on_a_lone_host_is_allowed_and_not_baked():
-    """Nothing after it to protect or compare with: no refusal, and no host is judged."""
+    """Nothing after it to protect or compare with: no refusal, and no host is judged — so it is
+    no canary (the plan called it wave 1, the deploy "canary": review, 2026-12-07, twentieth stop)."""
     s = rollout.shape(["a"], canary=1)
-    assert s.canary == ("a",) and s.waves == (("a",),)
+    assert s.canary == () and s.waves == (("a",),)
     assert not s.bakeable and s.judged() == () and s.judged(each_wave=True) == ()
 
 
