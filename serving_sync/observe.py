@@ -64,7 +64,8 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         published=(published := tuple(published_versions(transport, model))),
         verified=tuple(sorted(verified_record.read(transport, model))),
         held_by_others=mc.versions_held_by_others(config, model, base_path, published),
-        loaded_by_others_on_publish=mc.entries_loading_new_versions(config, model, base_path))
+        loaded_by_others_on_publish=mc.entries_loading_new_versions(config, model, base_path),
+        rename=transport.atomic_rename)
     if host.grpc:           # after the REST reads: a server that is down says so the usual way first
         from .tfs_reload import check_reachable
 

@@ -194,6 +194,25 @@ def test_the_plan_names_what_an_s3_hosts_retention_then_removes(deploy_env, s3_e
     assert planned["retention_would_remove"] == removed
 
 
+def test_the_plan_says_how_an_s3_host_publishes_without_a_rename(deploy_env, s3_env):
+    """`sync plan` said `publish v1 as m/1 (upload, verify, rename)` for an ``s3://`` host: S3 has
+    no rename; the deploy uploads every object but ``saved_model.pb`` under the final prefix,
+    verifies them, then uploads ``saved_model.pb`` (found by review, 2026-12-07, twentieth stop)."""
+    env = deploy_env
+    env.add_host("s3", grpc=False)
+    env.add_host("file")
+    v1 = env.register("a")
+    env.promote(v1)
+    res = env.cli("sync", "plan", "--json")
+    assert res.returncode == 0, res.stderr
+    s3_plan, file_plan = json.loads(res.stdout)["hosts"]
+    (s3_publish,) = [s["text"] for s in s3_plan["steps"] if s["kind"] == "publish"]
+    (file_publish,) = [s["text"] for s in file_plan["steps"] if s["kind"] == "publish"]
+    assert "rename" not in s3_publish.replace("no rename", ""), s3_publish
+    assert "saved_model.pb last" in s3_publish, s3_publish
+    assert file_publish.endswith("(upload, verify, rename)"), file_publish
+
+
 def test_a_deploys_plans_name_what_its_retention_then_removes(deploy_env, s3_env):
     """`sync deploy --json` gave each host's plan (``plans[].retention_would_remove``) without what
     its retention keeps and removes beyond the version count: where production would roll back to
