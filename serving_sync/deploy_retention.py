@@ -131,9 +131,11 @@ def _host_retention(run: HostRun, opts: DeployOptions, rollback_to: int | None, 
         if (rp.remove_versions or rp.remove_uploads or rp.remove_config_temps or rp.remove_heartbeats
                 or rp.remove_partials):    # S3: a numeric folder without saved_model.pb may be a new owner's upload
             run.heartbeat(force=True)     # deleting: only while the host is still ours (checked now)
+        # dead folders too (S3: a removal killed after its saved_model.pb, an upload that did not
+        # finish), and before the removal: one cut midway leaves no version it names as smoke-tested
+        if gone := rp.remove_versions + rp.remove_partials:
+            verified.forget(run.transport, plan.model, gone)
         retention.apply(run.transport, rp)
-        if rp.remove_versions:
-            verified.forget(run.transport, plan.model, rp.remove_versions)
         return rp.to_dict()
     except (UserError, OSError) as exc:   # the deploy succeeded; cleaning up can wait for the next one
         message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"

@@ -2,7 +2,8 @@
 
 Host-side state, written by the deploy right after a version passed its smoke test there and
 read by the planner: a version that is loaded in the main entry AND verified on this host can be
-switched to at once (the instant rollback). Entries of versions removed by retention are dropped.
+switched to at once (the instant rollback). Entries of versions removed by retention (dead S3
+folders too) are dropped before it removes them.
 """
 from __future__ import annotations
 

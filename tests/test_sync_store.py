@@ -1449,6 +1449,47 @@ def test_an_s3_hosts_retention_removes_no_partial_folder_once_its_lock_was_taken
         ours.release()
 
 
+def test_an_s3_hosts_retention_drops_a_dead_folder_from_the_verified_record(s3_env, tmp_path):
+    """Retention removed an ``s3://`` host's numeric folder without ``saved_model.pb`` (an upload
+    or a removal that did not finish) but dropped only the old versions it removed from
+    ``verified/<model>.json``: the record kept naming a version the host no longer had as smoke-
+    tested there (`sync status` listed it, and a copy uploaded again under that number started out
+    "verified") (found by review, 2026-12-07, twentieth stop)."""
+    from types import SimpleNamespace
+
+    from serving_sync import deploy_retention, verified
+    from serving_sync import manifest as mf
+    from serving_sync.connections import Heartbeat, HostConn
+    from serving_sync.lock import HostLock
+    from serving_sync.options import DeployOptions
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("dead-verified")
+    t = S3Transport(bucket, "serving")
+    for v in (4, 5, 6):
+        t.upload_tree(model, f"digits/{v}", m)
+        verified.add(t, "digits", v, route=f"digits__validate/versions/{v}")
+    t.remove_file(f"digits/4/{m.completion_file}")       # a removal of v4 killed after its first request
+    ours = HostLock(t, heartbeat_every=0)
+    ours.acquire()
+    host = SimpleNamespace(name="h1", target=parse_target(f"s3://{bucket}/serving", _Where("h.toml")))
+    conn = HostConn(host, t, None)
+    conn.lock = ours
+    plan = SimpleNamespace(model="digits", desired=6, previous_kept=5, current=5,
+                           final=SimpleNamespace(versions=(5, 6)), held_by_others=())
+    run = SimpleNamespace(plan=plan, transport=t, host=host, heartbeat=Heartbeat([conn]), conn=conn)
+    try:
+        info = deploy_retention.host_retention(run, DeployOptions(keep=3))
+        assert info["remove_partials"] == [4] and info["remove_versions"] == [], info
+        assert _stored_versions(s3_env, bucket, "serving", "digits") == {5, 6}
+        assert sorted(verified.read(t, "digits")) == [5, 6]
+    finally:
+        ours.release()
+
+
 def test_a_store_clean_up_under_a_hosts_lock_deletes_nothing_once_that_lock_was_taken_over(s3_env, tmp_path):
     """A store that is also an ``s3://`` host's base of the deploy is cleaned up under that host's
     lock (``held``, not taken again), and then nothing beat it before deleting: after another deploy
