@@ -52,6 +52,7 @@ class Servable:
         self._session = session
         self.signatures = dict(meta_graph.signature_def)
         self._callables: dict[tuple, object] = {}
+        self._run_ends: dict[tuple, tuple[list, list]] = {}
         self._dtypes: dict[str, int | None] = {}
         self._lock = threading.Lock()
         self._metadata_json: str | None = None
@@ -177,15 +178,17 @@ class Servable:
         from tensorflow.core.protobuf import config_pb2
         from tensorflow.python.client import pywrap_tf_session as tf_session
 
-        def output(name: str):
-            return self._graph.get_tensor_by_name(name if re.search(r":[0-9]+$", name) else name + ":0")
-
+        ends = self._run_ends.get((names, fetch))
+        if ends is None:        # the graph's TF_Outputs of these names, looked up once
+            def output(name: str):
+                t = self._graph.get_tensor_by_name(name if re.search(r":[0-9]+$", name) else name + ":0")
+                return t._as_tf_output()  # noqa: SLF001 - what Session.run feeds and fetches
+            ends = self._run_ends[(names, fetch)] = ([output(n) for n in names], [output(n) for n in fetch])
         options = tf_session.TF_NewBufferFromString(
             config_pb2.RunOptions(timeout_in_ms=timeout_ms).SerializeToString())
         try:
             return self._session._call_tf_sessionrun(     # noqa: SLF001 - the run with RunOptions
-                options, {output(n)._as_tf_output(): feeds[n] for n in names},  # noqa: SLF001
-                [output(n)._as_tf_output() for n in fetch], [], None)  # noqa: SLF001
+                options, {end: feeds[n] for end, n in zip(ends[0], names)}, ends[1], [], None)
         finally:
             tf_session.TF_DeleteBuffer(options)
 
