@@ -3,7 +3,8 @@
 TF Serving runs a signature by feeding and fetching the signature's tensor names in a session
 (it does not re-check the static shapes of the fed tensors against the signature). This does
 the same through a session callable built once per signature and input set, so a request costs
-one C++ call: no retracing, no Python graph work.
+one C++ call: no retracing, no Python graph work. A run with a timeout of its own (a gRPC call's
+deadline) goes through ``Session::Run`` with its ``RunOptions`` instead, as TF Serving's does.
 """
 from __future__ import annotations
 
