@@ -140,9 +140,33 @@ def _written(trace: str, cwd: Path) -> list[Path]:
     return out
 
 
-def test_a_watchs_deploy_over_ssh_writes_only_what_the_unit_leaves_writable(deploy_env, sshd_factory, tmp_path):
-    """What ``ReadWritePaths=`` and ``PrivateTmp=`` leave writable is all a watch writes: a real
-    ``sync watch --once`` deploying a version to an SSH host, every file-system call traced."""
+def _syscall_group(name: str, seen: dict) -> set[str]:
+    """The system calls of a ``SystemCallFilter=`` group (``systemd-analyze syscall-filter``)."""
+    if name not in seen:
+        out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True,
+                             timeout=60).stdout.splitlines()[1:]       # the first line is the group's name
+        seen[name] = set()
+        for item in (x.strip() for x in out):
+            if item and not item.startswith("#"):
+                seen[name] |= _syscall_group(item, seen) if item.startswith("@") else {item}
+    return seen[name]
+
+
+def _unit_syscalls() -> tuple[set[str], set[str]]:
+    """What the unit's ``SystemCallFilter=`` lines allow (the first) and deny (``~``)."""
+    seen: dict = {}
+    allowed, denied = set(), set()
+    for line in _settings()["SystemCallFilter"]:
+        deny = line.startswith("~")
+        for group in line.lstrip("~").split():
+            (denied if deny else allowed).update(_syscall_group(group, seen))
+    return allowed, denied
+
+
+def test_a_watchs_deploy_over_ssh_writes_and_calls_only_what_the_unit_allows(deploy_env, sshd_factory, tmp_path):
+    """What ``ReadWritePaths=`` and ``PrivateTmp=`` leave writable is all a watch writes, and its
+    system calls are all in the unit's ``SystemCallFilter=``: a real ``sync watch --once``
+    deploying a version to an SSH host, every successful system call traced."""
     if shutil.which("strace") is None:
         pytest.skip("SKIPPED LOUDLY: strace is not installed; the watch's writes were not traced")
     env = deploy_env
@@ -156,12 +180,22 @@ def test_a_watchs_deploy_over_ssh_writes_only_what_the_unit_leaves_writable(depl
         d.mkdir()
     trace = tmp_path / "trace"
     run = {**os.environ, **env.env, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
-    p = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", "trace=%file", "-e", "status=successful",
+    p = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", "status=successful",
                         sys.executable, "-m", "mlops", "sync", "watch", "--once", "--json"],
                        cwd=work, env=run, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and '"deployed"' in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+    text = trace.read_text()
     writable = (Path(env.env["MLOPS_HOME"]).resolve(), tmp.resolve(), Path("/dev"), Path("/proc"))
-    written = _written(trace.read_text(), work)
+    written = _written(text, work)
     assert written, "nothing traced: the trace's format was not read"
     outside = sorted({str(w) for w in written if not any(w.resolve().is_relative_to(d) for d in writable)})
     assert not outside, outside
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("SKIPPED LOUDLY: systemd-analyze is not installed; the system calls were not checked")
+    called = set(re.findall(r"^\d+\s+(?:<\.\.\. )?([a-z_0-9]+)[( ]", text, re.M))
+    allowed, denied = _unit_syscalls()
+    assert len(called) > 30 and {"openat", "socket"} <= called, sorted(called)
+    if os.geteuid() == 0:       # SQLite hands its journal to the database's owner when run as root only
+        called.discard("fchown")
+    refused = sorted(c for c in called if c not in allowed or c in denied)
+    assert not refused, f"the unit's SystemCallFilter= refuses what the watch calls: {refused}"
