@@ -75,13 +75,22 @@ def failed_since_promoted(model: str, version: int) -> bool:
 
     Read: the version's rows from its newest move into production on (where ``last_verdict``
     starts over), unless a put-back among them reaches back to its deploy's first row."""
+    return failure_recorded(model, version) is not None
+
+
+def failure_recorded(model: str, version: int) -> str | None:
+    """``failed_since_promoted``, saying where the registry holds the failure: ``deploy_status=failed``
+    (the tag), or the ledger's failed ``deploy`` row when the version carries no such tag (MLflow
+    refused it); None: no failure since its last promotion."""
     ledger, read = Ledger(), {"actions": MOVES + ("deploy",), "current": True, "to_version": version}
     entries = ledger.entries(model, since=MoveCut(to_version=version), **read)
     if any(e.action == "deploy" and deploy_verdict(e) == PUT_BACK for e in entries):
         entries = ledger.entries(model, **read)
     if status(model, version) == FAILED:
-        return failed_after_promotion(entries, version)
-    return last_verdict(entries, version) == "failed"
+        return "deploy_status=failed" if failed_after_promotion(entries, version) else None
+    if last_verdict(entries, version) == "failed":
+        return "a failed deploy row in the ledger; MLflow holds no deploy_status=failed tag"
+    return None
 
 
 def last_move_to(model: str, version: int) -> int | None:

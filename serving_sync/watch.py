@@ -241,9 +241,10 @@ class Watcher:
 
 class FailedVersions:
     """Versions whose deploy failed, not to be retried in a loop. With ``recorded`` (e.g.
-    ``registry.deploys.failed_since_promoted``) the registry decides, asked at each pass that would
-    deploy: a version tagged failed since its last promotion is skipped — by a restarted watcher
-    too — and one promoted again is tried again, with or without a webhook. A failure in this
+    ``registry.deploys.failure_recorded``, whose text says where, for ``where``) the registry
+    decides, asked at each pass that would deploy: a version tagged failed (or with a failed ledger
+    row) since its last promotion is skipped — by a restarted watcher too — and one promoted again
+    is tried again, with or without a webhook. A failure in this
     watch that the registry never recorded (MLflow refused the tag and the ledger row was lost)
     counts too, until production moves to the version through mlops: ``moved`` (the newest ledger
     move to it, e.g. ``registry.deploys.last_move_to``) changes, or a webhook says so (``forget``).
@@ -259,14 +260,16 @@ class FailedVersions:
         self.recorded, self.moved, self.record = recorded, moved, record
         self._unrecorded: dict[int, object] = {}   # failed here: ``moved`` at the first skip after
         self._why: dict[int, str] = {}              # the failure's message, for ``record``
+        self._how: dict[int, str | None] = {}       # where the registry holds it (``recorded``'s text)
         self._record_said: set[int] = set()         # a ``record`` that failed: said once per version
 
     def skip(self, version: int) -> bool:
         if self.recorded is None:
             return version in self.failed
-        if self.recorded(version):
+        if how := self.recorded(version):
             self.failed.add(version)
             self._unrecorded.pop(version, None)     # the registry holds it: it decides from now on
+            self._how[version] = how if isinstance(how, str) else None
             return True
         if version in self._unrecorded:             # failed here, the registry never took it
             now = self.moved(version) if self.moved is not None else None
@@ -302,7 +305,7 @@ class FailedVersions:
             return "in this watch"
         if version in self._unrecorded:
             return "in this watch; the registry could not record it"
-        return "deploy_status=failed since its last promotion"
+        return f"{self._how.get(version) or 'deploy_status=failed'} since its last promotion"
 
     def forget(self, version: int) -> None:
         """Try ``version`` again (a person promoted it)."""
@@ -395,8 +398,8 @@ class FleetReconciler:
 
         registry_decides = recorded is None
         if recorded is None:
-            def recorded(v: int) -> bool:
-                return deploys.failed_since_promoted(model, v)
+            def recorded(v: int) -> str | None:     # where the registry holds v's failure, or None
+                return deploys.failure_recorded(model, v)
         if status_known is None:
             def status_known(v: int) -> bool:       # any status: a deploy recorded what it did
                 return deploys.status(model, v) not in (None, "", "none")
