@@ -207,22 +207,39 @@ def rollback_overtaken(model: str, read: int | None, current: int | None, explic
         f"rollback again")
 
 
+def gated_any(entries: Iterable[Entry]) -> bool:
+    """Does the ledger hold a ``gate`` row of the model (its versions are gated through mlops)?"""
+    return any(e.action == "gate" for e in entries)
+
+
 def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,
-                        held: set[int], *, force: bool = False) -> None:
+                        held: set[int], *, force: bool = False, gated: bool = False) -> None:
     """Raise ``RefusedError`` when ``version``'s passing gate compared it with another version
     than the one in production now.
 
     Two pipelines that overlap at the approval both pass their gates against v1; once one is
     promoted, the other's verdict says nothing about how it compares with the new production
     (it may be far worse). A version that held production before (promoting it again is how a
-    person rolls back), the version already in production, a forced move and a version whose
-    gate left no ledger row (the tag is all there is) are not refused here.
+    person rolls back), the version already in production and a forced move are not refused here.
+
+    A version with no ``gate`` row, while the ledger holds gate rows of the model (``gated``:
+    ``gated_any``; its versions go through ``mlops registry gate``), is refused: its ``passed``
+    tag was set by hand (MLflow UI or API), and a tag anyone with write access to the registry
+    can set is no verdict. With no gate row of the model at all (a ledger started after its
+    versions were gated) the tag is all there is, and it is trusted (the move says so).
 
     Called after ``check_promotable`` (the tag says ``passed``): a latest gate row that did not
     pass disagrees with the tag. Two gates of the version at once can leave it so (one's
     ``failed`` row after the other's ``passed`` row, the ``passed`` tag last); which verdict
     holds is not known, so it is refused until gated again."""
-    if force or version == current or version in held or gate is None:
+    if force or version == current or version in held:
+        return
+    if gate is None:
+        if gated:
+            raise RefusedError(
+                f"version {version} of '{model}' is tagged validation_status=passed but the ledger has no gate of "
+                f"it (the tag was set outside `mlops registry gate`, in the MLflow UI or API): run `mlops registry "
+                f"gate --version {version}`, or use --force --reason \"...\"")
         return
     if gate.outcome != "passed":
         raise RefusedError(

@@ -28,6 +28,7 @@ from .move_checks import (
     check_rollback_from,
     check_rollback_tie,
     ever_held,
+    gated_any,
     latest_gate,
     pipeline_move,
     production_at,
@@ -117,10 +118,15 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
                     check_target(info.version)
                 verdicts = tx.entries(actions=("gate", "promote", "rollback"))     # one read
                 arrived = last_real_move(verdicts) if current == info.version else None
-                check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version),
-                                    ever_held(verdicts), force=force)
+                gate, held, gated = latest_gate(verdicts, info.version), ever_held(verdicts), gated_any(verdicts)
+                check_gate_baseline(model, info.version, current, gate, held, force=force, gated=gated)
             except RefusedError as exc:
                 raise _Refusal(info.version, exc) from None
+            if gate is None and not force and info.version != current and info.version not in held:
+                # no gate of the model in this ledger: the tag is all there is; say so, and record it
+                extra = {**extra, "trusted_tag": True}
+                _log.warning("version %s of '%s' has no gate row in the ledger (none of '%s' has): its "
+                             "validation_status=passed tag is trusted as it is", info.version, model, model)
             entry = locked.record(Entry(
                 action=action, model=model, outcome="ok", from_version=current, to_version=info.version,
                 reason=reason, **by.row(),
@@ -366,7 +372,7 @@ def check_deployable(model: str, version: int, *, force: bool = False, reason: s
     check_promotable(model, info.version, info.validation_status, force=force, reason=reason)
     verdicts = (ledger or Ledger()).entries(model, actions=("gate", "promote", "rollback"), current=True)
     check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version), ever_held(verdicts),
-                        force=force)
+                        force=force, gated=gated_any(verdicts))
 
 
 def version_for_pipeline(model: str, pipeline_id: str, version: int | None = None) -> int:

@@ -671,3 +671,34 @@ def test_a_pipelines_promotion_refused_as_a_rerun_names_the_command_that_moves_i
     r = run_mlops("registry", "promote", "--version", str(v1), "--actor", "alice")     # what the line says
     assert r.returncode == 0, r.stderr
     assert versions.production_version(model) == v1
+
+
+def test_a_hand_set_passed_tag_with_no_gate_row_is_not_a_verdict(make_version):
+    """Anyone with write access to the registry can tag a version `validation_status=passed` in the
+    MLflow UI. Where the ledger records this model's gates, `registry promote` (and a rollback
+    `--to` it) trusted that tag on a version the gate never saw; it is now refused in one line
+    (the refusal recorded), and production stays. A ledger with no gate of the model at all (one
+    started after its versions were gated) has only the tag: the promotion trusts it and says so."""
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2, v3 = (make_version(validation_status="passed") for _ in range(3))
+    first = run_mlops("registry", "promote", "--version", str(v1), "--actor", "alice", "--json")
+    assert first.returncode == 0, first.stderr
+    gated_in(model, v2, None, None, baseline=v1)          # the gate in use: v2 passed against v1
+    r = run_mlops("registry", "promote", "--version", str(v2), "--actor", "alice", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "trusted_tag" not in json.loads(r.stdout)["details"] and "no gate row" not in r.stderr
+    for cmd in (("promote", "--version"), ("rollback", "--to")):
+        r = run_mlops("registry", *cmd, str(v3), "--actor", "mallory")
+        assert r.returncode == 2 and one_error_line(r) == (
+            f"error: version {v3} of '{model}' is tagged validation_status=passed but the ledger has no gate of it "
+            f"(the tag was set outside `mlops registry gate`, in the MLflow UI or API): run `mlops registry gate "
+            f"--version {v3}`, or use --force --reason \"...\""), r.stderr
+        assert versions.production_version(model) == v2
+        row = Ledger().entries(model)[-1]
+        assert (row.action, row.outcome, row.to_version, row.actor) == (cmd[0], "refused", v3, "mallory")
+    r = run_mlops("registry", "promote", "--version", str(v3), "--actor", "mallory", "--force",
+                  "--reason", "gated by hand on the staging set")
+    assert r.returncode == 0 and versions.production_version(model) == v3, r.stderr
+    # the first promotion, before the model had any gate row: the tag trusted, and said so
+    assert json.loads(first.stdout)["details"].get("trusted_tag") is True
+    assert f"version {v1} of '{model}' has no gate row in the ledger" in first.stderr

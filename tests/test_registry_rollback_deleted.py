@@ -148,8 +148,9 @@ def test_rows_of_a_model_deleted_and_created_again_steer_neither_its_rollback_no
     tracking_client().delete_registered_model(model)
     make_version(validation_status="passed")
     make_version(validation_status="passed")
-    Ledger().append(Entry(action="gate", model=model, outcome="passed", from_version=None, to_version=2,
-                          actor="ci"))                    # v2's gate, run while nothing was in production
+    for v in (1, 2):        # both gated while nothing was in production (a version with no gate row is refused)
+        Ledger().append(Entry(action="gate", model=model, outcome="passed", from_version=None, to_version=v,
+                              actor="ci"))
     promotion.promote(model, 1, actor="alice")
     before = [(e.action, e.from_version, e.to_version) for e in Ledger().entries(model)]
     assert before[-1] == ("promote", None, 1)              # no reconcile row from the deleted model's production
