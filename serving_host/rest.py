@@ -19,7 +19,6 @@ from serving_host.json_request import predict_inputs, serialized_examples, signa
 from serving_host.json_response import classify_body, error_body, predict_body, regress_response
 from serving_host.json_text import truncate
 from serving_host.manager import Manager
-from serving_host.servable import FixedTimeout
 from serving_host.status import ServingError, invalid_argument
 
 log = logging.getLogger("serving_host")
@@ -102,7 +101,7 @@ class RestApi:
 
     def __init__(self, manager: Manager, timeout_in_ms: int = REST_TIMEOUT_MS):
         self.manager = manager
-        self.timeout_ms = FixedTimeout(timeout_in_ms) if timeout_in_ms > 0 else None
+        self.timeout_ms = timeout_in_ms if timeout_in_ms > 0 else None
 
     def handle(self, method: str, path: str, body) -> tuple[int, str | bytes]:
         """Answer one request under ``/v1/`` and count it (request_count, request_latency).

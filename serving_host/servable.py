@@ -2,9 +2,9 @@
 
 TF Serving runs a signature by feeding and fetching the signature's tensor names in a session
 (it does not re-check the static shapes of the fed tensors against the signature). This does
-the same through a session callable built once per signature and input set, so a request costs
-one C++ call: no retracing, no Python graph work. A run with a timeout of its own (a gRPC call's
-deadline) goes through ``Session::Run`` with its ``RunOptions`` instead, as TF Serving's does.
+the same through ``Session::Run`` with the request's ``RunOptions`` (its timeout), the graph's
+tensors looked up once per signature and input set, so a request costs one C++ call: no
+retracing, no Python graph work, and one set of executors per input set, as there.
 """
 from __future__ import annotations
 
@@ -34,12 +34,6 @@ SERVING_DEFAULT = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-
-
-class FixedTimeout(int):
-    """A session run timeout in ms that is the same for every request (``--rest_api_timeout_in_ms``):
-    its runs use a session callable made with it (``CallableOptions.run_options``), as fast as one
-    without. A plain int is one call's own timeout (a gRPC deadline's time left)."""
 
 
 class Servable:
@@ -125,73 +119,74 @@ class Servable:
     def signature(self, name: str):
         return self.signatures.get(name or SERVING_DEFAULT)
 
-    def _callable(self, feed: tuple[str, ...], fetch: tuple[str, ...], timeout_ms: int | None = None):
-        """A session callable for these tensor names (and run timeout), built once (TF's fast path)."""
-        key = (feed, fetch, timeout_ms)
+    def _callable(self, feed: tuple[str, ...], fetch: tuple[str, ...]):
+        """A session callable for these tensor names, built once: only for names the graph's own
+        lookup does not take (``_ends``), where making it is the graph build that gives TF's error."""
+        key = (feed, fetch)
         fn = self._callables.get(key)
         if fn is not None:
             return fn
         from tensorflow.core.protobuf import config_pb2
 
         opts = config_pb2.CallableOptions(feed=list(feed), fetch=list(fetch))
-        if timeout_ms:
-            opts.run_options.timeout_in_ms = timeout_ms
         with self._lock:
             fn = self._callables.get(key)
             if fn is None:
-                fn = self._session._make_callable_from_options(opts)  # noqa: SLF001 (TF's fast path)
+                fn = self._session._make_callable_from_options(opts)  # noqa: SLF001
                 self._callables[key] = fn
         return fn
 
+    def _ends(self, names: tuple[str, ...], fetch: tuple[str, ...]):
+        """The graph's TF_Outputs of the feed and fetch names (ParseTensorName: "x" is "x:0"), looked
+        up once; None when one is not a tensor of the graph."""
+        key = (names, fetch)
+        if key not in self._run_ends:
+            def output(name: str):
+                t = self._graph.get_tensor_by_name(name if re.search(r":[0-9]+$", name) else name + ":0")
+                return t._as_tf_output()  # noqa: SLF001 - what Session.run feeds and fetches
+            try:
+                self._run_ends[key] = ([output(n) for n in names], [output(n) for n in fetch])
+            except (KeyError, ValueError):
+                self._run_ends[key] = None
+        return self._run_ends[key]
+
     def run_tensors(self, feeds: dict[str, np.ndarray], fetch: tuple[str, ...],
                     timeout_ms: int | None = None) -> list[np.ndarray]:
-        """``Session::Run``: feed and fetch by tensor name. A fed dtype that is not the tensor's is
-        refused as the run's FunctionCallFrame::SetArgs refuses it (the session callable's own
-        "Type mismatch" text is Python's), by its place among the sorted feeds. ``timeout_ms`` > 0:
-        ``RunOptions.timeout_in_ms``, the run cancelled at that time with DEADLINE_EXCEEDED "Timed
-        out waiting for notification" (DirectSession); None or <= 0: no limit, as there."""
+        """``Session::Run(run_options, ...)`` as TF Serving runs every request: feed and fetch by
+        tensor name, ``timeout_ms`` > 0 the run's ``RunOptions.timeout_in_ms`` (cancelled then with
+        DEADLINE_EXCEEDED "Timed out waiting for notification"; None or <= 0: no limit). DirectSession
+        keeps one set of executors per feed and fetch names whatever the options (a session callable
+        is one per timeout: each its own copy of the graph's constants), builds them first (their
+        errors come first), then checks the feeds' dtypes (``FunctionCallFrame::SetArgs``: "Expects
+        arg[i] to be float but string is provided", i the place among the sorted feeds)."""
+        from tensorflow.core.protobuf import config_pb2
+        from tensorflow.python.client import pywrap_tf_session as tf_session
+
         names = tuple(sorted(feeds))
-        timed = timeout_ms is not None and timeout_ms > 0
-        fixed = int(timeout_ms) if timed and isinstance(timeout_ms, FixedTimeout) else None
-        try:    # making the callable is the run's graph build: its errors (no fetch, ...) are the run's,
-            fn = self._callable(names, fetch, fixed)     # before SetArgs's dtype check (DirectSession::Run)
+        try:
+            ends = self._ends(names, fetch)
+            if ends is None:    # a name the graph lookup does not take: the graph build's own error
+                fn = self._callable(names, fetch)
+                self._check_dtypes(feeds, names)        # (the callable's own dtype text is Python's)
+                return [as_array(v) for v in fn(*[feeds[n] for n in names])]
+            options = tf_session.TF_NewBufferFromString(
+                config_pb2.RunOptions(timeout_in_ms=max(timeout_ms or 0, 0)).SerializeToString())
+            try:
+                values = self._session._call_tf_sessionrun(     # noqa: SLF001 - Session::Run with options
+                    options, {end: feeds[n] for end, n in zip(ends[0], names)}, ends[1], [], None)
+            finally:
+                tf_session.TF_DeleteBuffer(options)
+            return [as_array(v) for v in values]
         except BaseException as exc:
             raise from_exception(exc) from None
+
+    def _check_dtypes(self, feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> None:
+        """``FunctionCallFrame::SetArgs``'s check, for a run through a session callable."""
         for i, n in enumerate(names):
             want, got = self._dtype(n), array_dtype(feeds[n])
             if want is not None and got != want:
                 raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
                                        f"is provided")
-        try:
-            if timed and fixed is None:
-                values = self._run_with_timeout(feeds, names, fetch, int(timeout_ms))
-            else:
-                values = fn(*[feeds[n] for n in names])
-            return [as_array(v) for v in values]
-        except BaseException as exc:
-            raise from_exception(exc) from None
-
-    def _run_with_timeout(self, feeds: dict[str, np.ndarray], names: tuple[str, ...], fetch: tuple[str, ...],
-                          timeout_ms: int) -> list:
-        """``Session::Run`` with ``RunOptions.timeout_in_ms``: a callable's run options are fixed when
-        it is made, so a run with its own timeout goes through TF_SessionRun (the same graph, its
-        executors built once per feed and fetch set by the session)."""
-        from tensorflow.core.protobuf import config_pb2
-        from tensorflow.python.client import pywrap_tf_session as tf_session
-
-        ends = self._run_ends.get((names, fetch))
-        if ends is None:        # the graph's TF_Outputs of these names, looked up once
-            def output(name: str):
-                t = self._graph.get_tensor_by_name(name if re.search(r":[0-9]+$", name) else name + ":0")
-                return t._as_tf_output()  # noqa: SLF001 - what Session.run feeds and fetches
-            ends = self._run_ends[(names, fetch)] = ([output(n) for n in names], [output(n) for n in fetch])
-        options = tf_session.TF_NewBufferFromString(
-            config_pb2.RunOptions(timeout_in_ms=timeout_ms).SerializeToString())
-        try:
-            return self._session._call_tf_sessionrun(     # noqa: SLF001 - the run with RunOptions
-                options, {end: feeds[n] for end, n in zip(ends[0], names)}, ends[1], [], None)
-        finally:
-            tf_session.TF_DeleteBuffer(options)
 
     def tensor_dtype(self, tensor_name: str) -> int | None:
         """The graph's DataType enum of ``tensor_name`` (None if it is not in the graph)."""

@@ -1323,3 +1323,42 @@ def test_a_rest_run_past_rest_api_timeout_in_ms_is_cancelled_with_504_as_in_tf_s
         assert (r.status_code, r.json()) == (504, {"error": "Timed out waiting for notification"}), verb
     srv.write_config("model_config_list {\n}\n")
     srv.wait_for_state("slow", 1, "END", timeout=30)       # no run is left in flight
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_runs_with_different_timeouts_share_one_copy_of_the_graphs_constants(tmp_path):
+    """DirectSession keeps one set of executors per feed and fetch names whatever a run's
+    ``RunOptions``, so TF Serving holds a model's constants once however its requests' timeouts
+    differ (warmup none, REST ``--rest_api_timeout_in_ms``, each gRPC deadline its own). A session
+    callable is made with its timeout: runs with a timeout, and without, each built their own
+    executors, each with its own copy of a frozen graph's constants (100 MiB more per copy here)."""
+    import tensorflow as tf
+
+    from serving_host.servable import Servable
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        weights = tf.constant(np.full(25_000_000, 0.5, np.float32))     # 100 MiB, not folded away
+        y = tf.identity(tf.reduce_sum(weights * x[0]) + x, name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            {"x": info(x)}, {"y": info(y)}, "tensorflow/serving/predict")
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+        builder.save()
+    servable = Servable.load("m", 1, path)
+    try:
+        one, want = {"x": np.array([1.0], np.float32)}, [pytest.approx(12_500_001.0, rel=1e-3)]
+        assert servable.predict("", one)["y"].tolist() == want
+        before = _rss_mib()
+        for timeout_ms in (30_000, 12_345, None, 9_999):
+            assert servable.predict("", one, timeout_ms=timeout_ms)["y"].tolist() == want
+        assert _rss_mib() - before < 60, "another copy of the model's constants"
+    finally:
+        servable.close()
