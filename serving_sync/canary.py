@@ -66,6 +66,12 @@ def _sleep(seconds: float, doing: str = "") -> None:
         time.sleep(min(0.1, left))
 
 
+def unreadable_canary(message: str, each_wave: bool) -> str:
+    """The deploy's refusal of a judged host whose metrics cannot be read (``message``: why), which
+    ``sync plan`` previews (``fleet_plan``)."""
+    return f"canary {message}" + (" (--bake-each-wave judges every wave but the last)" if each_wave else "")
+
+
 class Baker:
     """``canary``: the hosts to judge (``rollout.Shape.judged``); their metrics must be readable."""
 
@@ -109,8 +115,7 @@ class Baker:
             try:
                 self.s0[n] = self._scrape(n)
             except UserError as exc:
-                extra = " (--bake-each-wave judges every wave but the last)" if self.opts.bake_each_wave else ""
-                raise UserError(f"canary {exc.message}{extra}") from None
+                raise UserError(unreadable_canary(exc.message, self.opts.bake_each_wave)) from None
         self.s0.update(self._scrape_some([n for n in self.runs if n not in self.canary]))
         for n in self.canary:      # two more reads of a judged host, around its prepare phase
             self.runs[n].read_metrics = functools.partial(self._read_around_own, n)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from mlops_common.errors import UserError, reworded
 from registry import deploys
 
-from . import parallel
+from . import metrics_scrape, parallel
+from .canary import unreadable_canary
 from .connections import connected
 from .observe import observe_settled
 from .options import DeployOptions
@@ -48,6 +49,7 @@ class FleetPlan:
     bake: dict = field(default_factory=dict)         # seconds, each_wave, limits
     peak: dict = field(default_factory=dict)         # host -> {"copies": [v...], "bytes": int | None}
     restore: dict | None = None                      # a restore after a rollback (see decide_rollout)
+    refused: str | None = None                       # what the deploy refuses before any host changes
 
     @property
     def up_to_date(self) -> bool:
@@ -57,7 +59,7 @@ class FleetPlan:
         return {"model": self.model, "version": self.version, "source": self.source,
                 "up_to_date": self.up_to_date, "hosts": [p.to_dict() for p in self.plans],
                 "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak,
-                "restore": self.restore}
+                "restore": self.restore, "deploy_refused": self.refused}
 
 
 def plan_fleet(model: str, hosts, *, version: int | None = None,
@@ -113,7 +115,20 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     fp.restore, fp.rollout = d.restore, d.shape.to_dict()
     fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
                "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
+    if d.bake > 0:
+        fp.refused = _unjudgeable(model, {h.name: h for h in hosts}, d.shape.judged(d.opts.bake_each_wave), d.opts)
     return fp
+
+
+def _unjudgeable(model: str, by_name: dict, judged, opts: DeployOptions) -> str | None:
+    """What the deploy's bake refuses before any host changes (``canary.Baker.start``): a host it
+    judges whose TF Serving metrics cannot be read (one read each, as the deploy's first)."""
+    for n in sorted(judged):
+        try:
+            metrics_scrape.scrape(n, by_name[n].metrics, model)
+        except UserError as exc:
+            return unreadable_canary(exc.message, opts.bake_each_wave)
+    return None
 
 
 def rollback_kept(model: str) -> tuple[int | None, str | None]:

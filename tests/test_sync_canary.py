@@ -162,6 +162,28 @@ def test_canary_without_metrics_is_refused_before_anything_changes(deploy_env):
     assert env.production() == v2                      # refused, not failed: nothing to move back
 
 
+def test_the_plan_says_the_deploy_refuses_a_canary_without_metrics(deploy_env):
+    """`sync plan --bake 1` printed the canary's bake on TF Serving's metrics and exited 0 with
+    `deploy_refused` null, while `sync deploy --bake 1` refused at once: the canary's metrics page
+    cannot be read (found by review, 2026-12-07, twentieth stop)."""
+    env = deploy_env
+    hosts = env.add_hosts(2, "file")                  # servers without --monitoring_config_file
+    _first(env, hosts)
+    v2 = env.register("b")
+    env.promote(v2)
+    res = env.cli("sync", "plan", "--bake", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    planned = json.loads(res.stdout)["deploy_refused"]
+    assert planned and planned.startswith(f"canary {hosts[0].name}: cannot read TF Serving's metrics"), planned
+    text = env.cli("sync", "plan", "--bake", "1").stdout
+    assert f"note: `mlops sync deploy` refuses this before any host changes: {planned}" in text, text
+    res = env.cli("sync", "deploy", "--bake", "1")
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines()[-1] == f"error: {planned}", res.stderr
+    ok = env.cli("sync", "plan", "--bake", "0", "--json")
+    assert json.loads(ok.stdout)["deploy_refused"] is None
+
+
 def test_bake_each_wave_judges_a_later_wave_and_puts_every_switched_host_back(deploy_env, canary_bundles):
     """``--bake-each-wave``: the canary passes (its clients send only inputs the version accepts),
     wave 1's host breaches (its clients also send one it refuses); the canary and wave 1 go back,

@@ -392,12 +392,14 @@ def cmd_plan(args) -> int:
         except RefusedError as exc:
             refused = exc.message
     if args.json:
-        output.emit({**fp.to_dict(), "deploy_refused": refused})
+        output.emit({**fp.to_dict(), "deploy_refused": refused or fp.refused})
     else:
         sync_text.plan(model, fp)
         if refused:
             print(f"note: `mlops sync deploy --version {args.version}` refuses this without --force --reason: "
                   f"{refused}")
+        elif fp.refused:              # the bake's first read, before any host changes
+            sync_text.refused(fp.refused)
     return 1 if fp.errors else 0
 
 

@@ -51,6 +51,11 @@ def plan(model: str, fp) -> None:
         _host_plan(p, fp.peak.get(p.host) or {})
 
 
+def refused(message: str) -> None:
+    """What ``sync deploy`` refuses first of the plan (``FleetPlan.refused``)."""
+    _say(f"note: `mlops sync deploy` refuses this before any host changes: {message}")
+
+
 def _unnamed(name: str, err: str) -> str:
     """``err`` without a leading ``name:`` (errors of a fleet name their host; the line does too)."""
     return err[len(name) + 2:] if err.startswith(f"{name}: ") else err
