@@ -457,16 +457,23 @@ def test_the_first_line_says_the_last_gates_verdict_and_a_tag_that_disagrees_is_
     assert "tag says" not in agreeing and agreeing.startswith("**v2** · no alias · validation failed")
 
 
-def test_a_validation_tag_edited_over_a_failed_gate_does_not_head_the_page(make_version):
+def _failed_gate_tagged_passed(model: str, make_version) -> tuple[int, int]:
+    """v1 in production; v2 failed its gate against it, then tagged ``validation_status=passed``
+    by hand (the MLflow UI)."""
     from registry.gate import run_gate
     from tests.test_registry_gate import Evaluations, doc
 
-    model = os.environ["MLOPS_MODEL_NAME"]
     v1 = make_version(validation_status="passed")
     promotion.promote(model, v1, actor="alice", reason="first release")
     v2 = make_version()
     run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.80)}))
     versions.set_tags(model, v2, {"validation_status": "passed"})          # the MLflow UI
+    return v1, v2
+
+
+def test_a_validation_tag_edited_over_a_failed_gate_does_not_head_the_page(make_version):
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = _failed_gate_tagged_passed(model, make_version)
     description.refresh(model, v2)
     written = description.block(versions.get_version(model, v2).description)
     assert written.startswith(f"**v{v2}** · no alias · validation failed"), written
@@ -478,15 +485,8 @@ def test_registry_status_shows_the_last_gates_verdict_and_warns_of_a_tag_that_di
     in the MLflow UI over a failed gate, the table read "passed" (found by review, twentieth stop).
     It now shows the last gate's verdict (the tag's without a gate row) and a warning line names the
     tag; ``--json`` keeps the tag in ``validation_status_tag``."""
-    from registry.gate import run_gate
-    from tests.test_registry_gate import Evaluations, doc
-
     model = os.environ["MLOPS_MODEL_NAME"]
-    v1 = make_version(validation_status="passed")
-    promotion.promote(model, v1, actor="alice", reason="first release")
-    v2 = make_version()
-    run_gate(model, v2, Evaluations({v1: doc(0.95), v2: doc(0.80)}))
-    versions.set_tags(model, v2, {"validation_status": "passed"})          # the MLflow UI
+    v1, v2 = _failed_gate_tagged_passed(model, make_version)
     r = run_mlops("registry", "status")
     assert r.returncode == 0, r.stderr
     row = next(x for x in r.stdout.splitlines() if x.split()[:1] == [str(v2)])

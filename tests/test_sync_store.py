@@ -1412,11 +1412,9 @@ def test_an_s3_hosts_retention_removes_no_partial_folder_once_its_lock_was_taken
     ``saved_model.pb``: after another deploy took the lock over (``--break-lock``), its live upload
     of v7 (saved_model.pb comes last) was deleted under it, and its saved_model.pb then completed a
     version missing files (found by review, 2026-12-07, nineteenth stop)."""
-    from types import SimpleNamespace
 
     from serving_sync import deploy_retention
     from serving_sync import manifest as mf
-    from serving_sync.connections import Heartbeat, HostConn
     from serving_sync.lock import HostLock
     from serving_sync.options import DeployOptions
     from serving_sync.transports.s3 import S3Transport
@@ -1430,12 +1428,7 @@ def test_an_s3_hosts_retention_removes_no_partial_folder_once_its_lock_was_taken
         t.upload_tree(model, f"digits/{v}", m)
     ours = HostLock(t, heartbeat_every=0)
     ours.acquire()
-    host = SimpleNamespace(name="h1", target=parse_target(f"s3://{bucket}/serving", _Where("h.toml")))
-    conn = HostConn(host, t, None)
-    conn.lock = ours
-    plan = SimpleNamespace(model="digits", desired=6, previous_kept=5, current=5,
-                           final=SimpleNamespace(versions=(5, 6)), held_by_others=())
-    run = SimpleNamespace(plan=plan, transport=t, host=host, heartbeat=Heartbeat([conn]), conn=conn)
+    run = _s3_retention_run(t, bucket, ours)
     thief = HostLock(t, break_lock=ours.info.token, heartbeat_every=0)
     thief.acquire()                      # ours.lost is not set: only a forced heartbeat can tell
     t.upload_tree(model, "digits/7", m.without({m.completion_file}))     # the new owner's upload, under way
@@ -1449,17 +1442,30 @@ def test_an_s3_hosts_retention_removes_no_partial_folder_once_its_lock_was_taken
         ours.release()
 
 
+def _s3_retention_run(t, bucket: str, lock):
+    """What ``deploy_retention.host_retention`` reads of one ``s3://`` host's run (v5 -> v6 of
+    ``digits``, v5 kept), its connection holding ``lock``."""
+    from types import SimpleNamespace
+
+    from serving_sync.connections import Heartbeat, HostConn
+
+    host = SimpleNamespace(name="h1", target=parse_target(f"s3://{bucket}/serving", _Where("h.toml")))
+    conn = HostConn(host, t, None)
+    conn.lock = lock
+    plan = SimpleNamespace(model="digits", desired=6, previous_kept=5, current=5,
+                           final=SimpleNamespace(versions=(5, 6)), held_by_others=())
+    return SimpleNamespace(plan=plan, transport=t, host=host, heartbeat=Heartbeat([conn]), conn=conn)
+
+
 def test_an_s3_hosts_retention_drops_a_dead_folder_from_the_verified_record(s3_env, tmp_path):
     """Retention removed an ``s3://`` host's numeric folder without ``saved_model.pb`` (an upload
     or a removal that did not finish) but dropped only the old versions it removed from
     ``verified/<model>.json``: the record kept naming a version the host no longer had as smoke-
     tested there (`sync status` listed it, and a copy uploaded again under that number started out
     "verified") (found by review, 2026-12-07, twentieth stop)."""
-    from types import SimpleNamespace
 
     from serving_sync import deploy_retention, verified
     from serving_sync import manifest as mf
-    from serving_sync.connections import Heartbeat, HostConn
     from serving_sync.lock import HostLock
     from serving_sync.options import DeployOptions
     from serving_sync.transports.s3 import S3Transport
@@ -1475,12 +1481,7 @@ def test_an_s3_hosts_retention_drops_a_dead_folder_from_the_verified_record(s3_e
     t.remove_file(f"digits/4/{m.completion_file}")       # a removal of v4 killed after its first request
     ours = HostLock(t, heartbeat_every=0)
     ours.acquire()
-    host = SimpleNamespace(name="h1", target=parse_target(f"s3://{bucket}/serving", _Where("h.toml")))
-    conn = HostConn(host, t, None)
-    conn.lock = ours
-    plan = SimpleNamespace(model="digits", desired=6, previous_kept=5, current=5,
-                           final=SimpleNamespace(versions=(5, 6)), held_by_others=())
-    run = SimpleNamespace(plan=plan, transport=t, host=host, heartbeat=Heartbeat([conn]), conn=conn)
+    run = _s3_retention_run(t, bucket, ours)
     try:
         info = deploy_retention.host_retention(run, DeployOptions(keep=3))
         assert info["remove_partials"] == [4] and info["remove_versions"] == [], info

@@ -294,10 +294,11 @@ def test_a_watcher_finishes_a_sync_rollback_killed_after_its_switch(deploy_env, 
     env.serves(host, v1)
 
 
-def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_env, monkeypatch):
+def _failing_version_mlflow_will_not_tag(env, monkeypatch, answer: str) -> tuple[int, list]:
+    """One file host serving v1; v2 promoted, whose smoke test fails; MLflow answers ``answer`` to
+    the ``deploy_status=failed`` tag; the deploys the watch starts counted (the list returned)."""
     from registry import deploys, versions
 
-    env = deploy_env
     env.add_host("file")
     env.release("a")
     v2 = env.register("golden_edited")                   # its smoke test fails
@@ -306,7 +307,7 @@ def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_
 
     def refused(model, version, tags):
         if tags.get(deploys.DEPLOY_STATUS) == deploys.FAILED:
-            raise UserError("MLflow answered 403 PERMISSION_DENIED to set-tag")
+            raise UserError(f"MLflow answered {answer} to set-tag")
         return set_tags(model, version, tags)
 
     monkeypatch.setattr(versions, "set_tags", refused)
@@ -318,6 +319,12 @@ def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_
         return deploy(*a, **kw)
 
     monkeypatch.setattr(fleet, "deploy", counted)
+    return v2, calls
+
+
+def test_a_version_whose_failed_tag_mlflow_refused_is_not_deployed_again(deploy_env, monkeypatch):
+    env = deploy_env
+    v2, calls = _failing_version_mlflow_will_not_tag(env, monkeypatch, "403 PERMISSION_DENIED")
     from serving_sync.hosts import load_hosts
     from serving_sync.options import DeployOptions
 
@@ -344,33 +351,14 @@ def test_a_failure_neither_mlflow_nor_the_ledger_took_is_recorded_by_the_watch_f
     nothing and rolled the broken version out again. The watch now writes that row itself at its
     next pass, under the promotion lock, so the ledger knows and every watch after skips it; a
     promotion through mlops still tries it again."""
-    from registry import deploys, versions
+    from registry import deploys
     from serving_sync import deploy_failure
     from serving_sync.hosts import load_hosts
     from serving_sync.options import DeployOptions
 
     env = deploy_env
-    env.add_host("file")
-    env.release("a")
-    v2 = env.register("golden_edited")                   # its smoke test fails
-    env.promote(v2)
-    set_tags = versions.set_tags
-
-    def refused(model, version, tags):
-        if tags.get(deploys.DEPLOY_STATUS) == deploys.FAILED:
-            raise UserError("MLflow answered 503 to set-tag")
-        return set_tags(model, version, tags)
-
-    monkeypatch.setattr(versions, "set_tags", refused)
+    v2, calls = _failing_version_mlflow_will_not_tag(env, monkeypatch, "503")
     monkeypatch.setattr(deploy_failure, "_record_failed", lambda *a, **kw: "the ledger database did not answer")
-    calls = []
-    deploy = fleet.deploy
-
-    def counted(*a, **kw):
-        calls.append(1)
-        return deploy(*a, **kw)
-
-    monkeypatch.setattr(fleet, "deploy", counted)
 
     def watch():
         return FleetReconciler(env.model, load_hosts(), DeployOptions(timeout=60.0, json_mode=True))
