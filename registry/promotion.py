@@ -125,8 +125,6 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
             if gate is None and not force and info.version != current and info.version not in held:
                 # no gate of the model in this ledger: the tag is all there is; say so, and record it
                 extra = {**extra, "trusted_tag": True}
-                _log.warning("version %s of '%s' has no gate row in the ledger (none of '%s' has): its "
-                             "validation_status=passed tag is trusted as it is", info.version, model, model)
             entry = locked.record(Entry(
                 action=action, model=model, outcome="ok", from_version=current, to_version=info.version,
                 reason=reason, **by.row(),
@@ -135,6 +133,9 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
     except _Refusal as r:
         _refused(ledger, model, action, r.version, by, str(r.error))
         raise r.error from None
+    if extra.get("trusted_tag"):    # said once the move is made: a refused or failed one trusted nothing
+        _log.warning("version %s of '%s' has no gate row in the ledger (none of '%s' has): its "
+                     "validation_status=passed tag was trusted as it is", info.version, model, model)
     at = entry.at.isoformat(timespec="seconds")
     verb = "rolled back" if action == "rollback" else "promoted"
     if current == info.version:
