@@ -30,9 +30,13 @@ def _watch_signalled(args: list[str], env: dict, ready, *, wait: float, exit_wit
     Returns its exit code, stdout, stderr and the seconds it took after the signal."""
     proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "watch", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # each pipe has one reader (``communicate`` read stderr beside this reader: lines went to either)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
-    reader.start()
+    out: list[str] = []
+    readers = [threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True),
+               threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)]
+    for reader in readers:
+        reader.start()
     try:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and proc.poll() is None and not ready(lines):
@@ -41,18 +45,19 @@ def _watch_signalled(args: list[str], env: dict, ready, *, wait: float, exit_wit
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         try:
-            out = proc.communicate(timeout=exit_within)[0]
+            proc.wait(timeout=exit_within)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
             raise AssertionError(late) from None
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate(timeout=30)
-        reader.join(timeout=10)
-    return proc.returncode, out, "".join(lines), took
+            proc.wait(timeout=30)
+        for reader in readers:
+            reader.join(timeout=10)
+    return proc.returncode, "".join(out), "".join(lines), took
 
 
 def test_a_pass_asked_to_stop_before_its_deploy_does_not_start_one(monkeypatch):
