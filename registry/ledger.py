@@ -25,7 +25,7 @@ import contextlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 
@@ -194,17 +194,22 @@ class Ledger:
     # -- reading ---------------------------------------------------------------------------
     def entries(self, model: str | None = None, *, actions: tuple[str, ...] | None = None,
                 limit: int | None = None, current: bool = False, version: int | None = None,
-                to_version: int | None = None, since: MoveCut | None = None) -> list[Entry]:
+                to_version: int | None = None, since: MoveCut | None = None,
+                created_ms: int | None = None) -> list[Entry]:
         """Rows in the order they were appended (oldest first); ``limit`` keeps the newest N;
-        ``current``: only the rows of the model as it exists now (``_select``), for decisions;
+        ``current``: only the rows of the model as it exists now (``_current_start``), for
+        decisions, told by ``created_ms``: when MLflow created the registered model now under
+        this name (ms, the server's clock; read from the registry when not given and the ledger
+        holds a registration of the model);
         ``version``: only the rows about that version (its ``from_version`` or ``to_version``),
         picked by the database: a version's description read every row of a ledger of years;
         ``to_version``: only the rows whose ``to_version`` it is; ``since`` (with ``model``): only
         the rows from the model's newest move that ``MoveCut`` names on, that move included."""
+        created = created_ms if created_ms is not None or not model else (lambda: model_created_ms(model))
         with ledger_db.db_errors(self.url, "cannot read the ledger database"):
             with self._engine.connect() as conn:
                 return _select(conn, model, actions, limit, current=current, version=version,
-                               to_version=to_version, since=since)
+                               to_version=to_version, since=since, created=created)
 
 
 class LockedLedger:
@@ -212,6 +217,7 @@ class LockedLedger:
 
     def __init__(self, conn: sa.Connection, model: str):
         self._conn, self.model = conn, model
+        self._created: list[int | None] = []        # when MLflow created the model, once read
 
     def append(self, entry: Entry) -> Entry:
         if entry.model != self.model:
@@ -219,8 +225,14 @@ class LockedLedger:
         return _insert(self._conn, entry)
 
     def entries(self, *, actions: tuple[str, ...] | None = None, limit: int | None = None) -> list[Entry]:
-        """The rows of the model as it exists now (every read here is for a decision)."""
-        return _select(self._conn, self.model, actions, limit, current=True)
+        """The rows of the model as it exists now (every read here is for a decision); when
+        MLflow created it is read at most once per lock held."""
+        return _select(self._conn, self.model, actions, limit, current=True, created=self._created_ms)
+
+    def _created_ms(self) -> int | None:
+        if not self._created:
+            self._created.append(model_created_ms(self.model))
+        return self._created[0]
 
     def commit(self) -> None:
         """Make the rows appended so far durable now, keeping the lock (an intent row must
@@ -234,6 +246,14 @@ def _insert(conn: sa.Connection, entry: Entry) -> Entry:
     return replace(entry, id=int(result.inserted_primary_key[0]))
 
 
+def model_created_ms(model: str) -> int | None:
+    """When MLflow created the registered model now named ``model`` (its ``creation_timestamp``,
+    ms, the server's clock), read from the registry; None when it holds no such model."""
+    from . import versions
+
+    return versions.model_created_ms(model)
+
+
 def _created_ms(details: str | None) -> int | None:
     try:
         ms = json.loads(details or "{}").get(CREATED_MS)
@@ -242,26 +262,80 @@ def _created_ms(details: str | None) -> int | None:
     return ms if isinstance(ms, int) else None
 
 
-def _current_start(conn: sa.Connection, model: str) -> int | None:
-    """The id of the first row of ``model`` as it exists now: its latest ``register`` row of
-    version 1, or an earlier ``register`` row (after the previous one of version 1) of a version
-    MLflow created after that v1 (``CREATED_MS``, the server's clock): two first trainings at once
-    get v1 and v2, and v2's row may be written first; a cut at v1's row hid it, and any gate of v2
-    written before v1's row. None: no registration of version 1 recorded (every row counts)."""
+_WALK = 100         # registrations read a query while looking for the model's first one
+
+
+def _current_start(conn: sa.Connection, model: str,
+                   created: int | Callable[[], int | None] | None = None) -> int | None:
+    """The id of the first row of ``model`` as MLflow holds it now; ``created``: when MLflow created
+    it (ms, the server's clock), or how to read that, asked only when the ledger holds a
+    registration of the model (None: not known, the ledger alone decides). None: every row counts.
+
+    MLflow numbers a model deleted and created again from 1. Its latest ``register`` row of
+    version 1 starts it when that v1 was created after the model (``CREATED_MS``; a row from
+    before creation times were kept, by the time it was written), or an earlier ``register`` row
+    (after the previous one of version 1) of a version MLflow created after that v1: two first
+    trainings at once get v1 and v2, and v2's row may be written first. Otherwise that v1 row is
+    an earlier model's (this one's v1 was registered outside mlops: the MLflow UI, API or
+    ``mlflow.register_model``), and so is every row up to the newest registration of a version
+    created before the model; the model's rows start at its first registration through mlops
+    (created after it) or at the first row written at or after its creation (the writer's clock),
+    whichever comes first. No such row: the model has none yet (found by review, twentieth stop:
+    the deleted model's productions and failed deploys chose the new one's rollback target, the
+    gate's baseline and a failed deploy's previous production). With no registration through
+    mlops at all, every row counts."""
     t = entries_table
     registered = sa.select(t.c.id, t.c.details).where(t.c.model == model, t.c.action == "register",
                                                        t.c.outcome == "ok")
     # the two latest of version 1, then the registrations between them: not every register row
     # of the model (with its JSON of file hashes) at every read
     firsts = conn.execute(registered.where(t.c.to_version == 1).order_by(t.c.id.desc()).limit(2)).all()
-    if not firsts:
+    if not firsts and conn.execute(registered.with_only_columns(t.c.id).limit(1)).first() is None:
         return None
-    start, since = firsts[0].id, _created_ms(firsts[0].details)
-    if since is None:         # a row from before versions' creation times were recorded
-        return start
-    floor = firsts[1].id if len(firsts) > 1 else 0
-    between = conn.execute(registered.where(t.c.id > floor, t.c.id < start)).all()
-    return min([start, *(r.id for r in between if (ms := _created_ms(r.details)) is not None and ms >= since)])
+    created_ms = created() if callable(created) else created
+    if created_ms is None and not firsts:
+        return None
+    floor = 0
+    if firsts:
+        start, since = firsts[0].id, _created_ms(firsts[0].details)
+        if created_ms is None or (since >= created_ms if since is not None else
+                                  _utc(conn.execute(sa.select(t.c.at).where(t.c.id == start)).scalar())
+                                  >= _when(created_ms)):
+            if since is None:         # a row from before versions' creation times were recorded
+                return start
+            floor = firsts[1].id if len(firsts) > 1 else 0
+            between = conn.execute(registered.where(t.c.id > floor, t.c.id < start)).all()
+            return min([start, *(r.id for r in between
+                                 if (ms := _created_ms(r.details)) is not None and ms >= since)])
+        floor = start
+    own, after = None, floor
+    for _ in range(1_000_000):      # bounded: each query reads up to _WALK registrations after the last
+        page = conn.execute(registered.where(t.c.id > after).order_by(t.c.id).limit(_WALK)).all()
+        for r in page:
+            ms = _created_ms(r.details)
+            if ms is not None and ms >= created_ms:
+                own = r.id
+                break
+            if ms is not None:
+                floor = r.id    # a version created before the model: an earlier model's
+        if own is not None or len(page) < _WALK:
+            break
+        after = page[-1].id
+    written = conn.execute(sa.select(sa.func.min(t.c.id)).where(t.c.model == model, t.c.id > floor,
+                                                                 t.c.at >= _when(created_ms))).scalar()
+    found = [i for i in (own, written) if i is not None]
+    if found:
+        return min(found)
+    newest = conn.execute(sa.select(sa.func.max(t.c.id)).where(t.c.model == model)).scalar()
+    return (newest or 0) + 1    # no row of this model yet
+
+
+def _when(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at
 
 
 @dataclass(frozen=True)
@@ -295,17 +369,17 @@ def _cut(conn: sa.Connection, model: str, start: int | None, since: MoveCut) -> 
 
 def _select(conn: sa.Connection, model: str | None, actions, limit: int | None, *,
             current: bool = False, version: int | None = None, to_version: int | None = None,
-            since: MoveCut | None = None) -> list[Entry]:
-    """``current`` (with ``model``): from the model's latest registration of version 1 on
-    (``_current_start``). MLflow numbers a registered model deleted and created again from 1, and
-    the rows of the model that was deleted (its productions, gates, deploys) are about other
-    versions of the same numbers: a rollback went to a version that never held production, a
-    stale gate passed."""
+            since: MoveCut | None = None, created: int | Callable[[], int | None] | None = None) -> list[Entry]:
+    """``current`` (with ``model``): from the first row of the model MLflow created at ``created``
+    on (``_current_start``). MLflow numbers a registered model deleted and created
+    again from 1, and the rows of the model that was deleted (its productions, gates, deploys) are
+    about other versions of the same numbers: a rollback went to a version that never held
+    production, a stale gate passed."""
     t = entries_table
     q = sa.select(t)
     if model:
         q = q.where(t.c.model == model)
-        start = _current_start(conn, model) if current else None
+        start = _current_start(conn, model, created) if current else None
         if since is not None:
             cut = _cut(conn, model, start, since)
             if cut is None and since.none == "nothing":

@@ -131,6 +131,19 @@ def registered_model_aliases(model: str) -> dict[str, int]:
     return {a["alias"]: int(a["version"]) for a in (doc.get("registered_model") or {}).get("aliases") or ()}
 
 
+def model_created_ms(model: str) -> int | None:
+    """When MLflow created the registered model now named ``model`` (its ``creation_timestamp``,
+    ms, the server's clock): a model deleted and created again under the name has a later one.
+    None when there is no such model (or the server does not say)."""
+    try:
+        doc = rest().get("registered-models/get", {"name": model}, what=f"reading registered model '{model}'",
+                         missing=lambda: NotFoundError(""))
+    except NotFoundError:
+        return None
+    ms = (doc.get("registered_model") or {}).get("creation_timestamp")
+    return int(ms) if isinstance(ms, (int, str)) and str(ms).isdigit() else None
+
+
 def _by_version(aliases: dict[str, int]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for alias, v in aliases.items():

@@ -5,6 +5,7 @@ registration; a deploy must not publish a model the gate never saw, nor blame th
 file damaged in the store. Real MLflow server, real deploy to a local server."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -29,13 +30,16 @@ def test_a_version_registered_before_v1_was_recorded_keeps_its_hashes(tmp_path):
     """Two first trainings at once: MLflow gives them v1 and v2, and v2's row may be written
     first. Reading only the rows from v1's registration on (what decisions do for a model created
     again) hid v2's hashes, and every deploy of v2 went unchecked (found by review, 2026-12-04)."""
+    import time
+
     from registry.ledger import Entry, Ledger
 
     led = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    made = int(time.time() * 1000)        # when MLflow created the model (rows without created_ms)
     led.append(Entry("register", "m", "ok", to_version=2, details={"bundle_files": {"tfserving/a": "2" * 64}}))
     led.append(Entry("register", "m", "ok", to_version=1, details={"bundle_files": {"tfserving/a": "1" * 64}}))
     assert bundle_hashes.recorded("m", 2, led) == {"tfserving/a": "2" * 64}
-    assert [e.to_version for e in led.entries("m", current=True)] == [1]       # what decisions read
+    assert [e.to_version for e in led.entries("m", current=True, created_ms=made)] == [1]   # what decisions read
 
 
 def test_two_first_registrations_at_once_keep_v2_s_rows_in_the_current_view(make_version, tmp_path, monkeypatch):
@@ -88,7 +92,50 @@ def test_the_current_view_still_leaves_out_a_deleted_model_s_rows(tmp_path):
     led.append(Entry("promote", "m", "ok", to_version=3))
     led.append(Entry("register", "m", "ok", to_version=2, details={CREATED_MS: 9200}))   # new v2, written first
     led.append(Entry("register", "m", "ok", to_version=1, details={CREATED_MS: 9100}))
-    assert [(e.action, e.to_version) for e in led.entries("m", current=True)] == [("register", 2), ("register", 1)]
+    assert [(e.action, e.to_version) for e in led.entries("m", current=True, created_ms=9000)] == \
+        [("register", 2), ("register", 1)]
+
+
+def test_the_current_view_of_a_model_created_again_outside_mlops_leaves_out_the_deleted_models_rows(tmp_path):
+    """A model deleted and created again whose v1 was registered outside mlops (no ``register`` row
+    of its own): the view started at the deleted v1's ``register`` row, so the deleted model's
+    production and failed deploy were the new one's (found by review, twentieth stop). Now a
+    registration is the model's only when MLflow created its version after the model (the
+    server's clock); its rows start there, or at the first row written after the model was
+    created, whichever comes first."""
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    from registry.ledger import CREATED_MS, Ledger
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    led = Ledger(url)
+    t0 = datetime(2026, 12, 7, 9, 0, tzinfo=timezone.utc)
+    ms = round(t0.timestamp() * 1000)
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    for s, action, v, outcome, details in (
+            (1, "register", 1, "ok", {CREATED_MS: ms + 1000}),          # the deleted model
+            (2, "register", 2, "ok", {CREATED_MS: ms + 2000}),
+            (3, "promote", 2, "ok", None),
+            (4, "deploy", 1, "failed", None),
+            (11, "gate", 1, "passed", None),                            # created again at +10 s, v1 outside
+            (12, "promote", 1, "ok", None),
+            (13, "register", 2, "ok", {CREATED_MS: ms + 13000})):       # v2 through mlops
+        db.execute("INSERT INTO ledger_entries (at, action, model, to_version, outcome, details) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   ((t0 + timedelta(seconds=s)).strftime("%Y-%m-%d %H:%M:%S.%f"), action, "m", v, outcome,
+                    json.dumps(details) if details else None))
+    db.commit()
+    db.close()
+
+    def view(created: int) -> list:
+        return [(e.action, e.to_version) for e in led.entries("m", current=True, created_ms=created)]
+
+    assert view(ms + 10000) == [("gate", 1), ("promote", 1), ("register", 2)]
+    assert view(ms + 12500) == [("register", 2)]            # the first row written since: its registration
+    assert view(ms + 20000) == []                           # created after every row: none of it is this model's
+    assert view(ms) == [("register", 1), ("register", 2), ("promote", 2), ("deploy", 1), ("gate", 1),
+                        ("promote", 1), ("register", 2)]    # created before the v1 registered: every row
 
 
 def test_a_recreated_models_v1_registered_outside_mlops_is_not_checked_against_the_deleted_v1s_hashes(

@@ -233,3 +233,89 @@ def test_a_move_to_a_version_whose_run_was_deleted_for_good_moves_nothing(make_v
         assert moves == [("promote", "ok"), ("promote", "ok"), ("rollback", "refused"), ("promote", "refused")]
     finally:
         stop_service(state, "mlflow-server")
+
+
+def registered_outside_mlops(model: str, folder, experiment: str = "outside-mlops") -> int:
+    """A version registered as the MLflow UI or API does (``mlflow.register_model``): no ``register``
+    ledger row of ours; tagged passed by hand, as such a version is before it can be promoted."""
+    import mlflow
+
+    client = tracking_client()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    with mlflow.start_run(run_name="outside", experiment_id=exp_id) as run:
+        mlflow.log_artifacts(str(folder / "tfserving"), "tfserving")
+        mlflow.log_artifacts(str(folder / "golden"), "golden")
+        logged = mlflow.create_external_model(name="model", source_run_id=run.info.run_id)
+    v = int(mlflow.register_model(logged.model_uri, model).version)
+    versions.set_tags(model, v, {"validation_status": "passed", "dataset": "digits"})
+    return v
+
+
+def gate_doc(acc: float) -> dict:
+    return {"model_uri": "-", "dataset": "digits", "heldout_fingerprint": "f" * 64, "n": 450, "accuracy": acc,
+            "loss": round(1 - acc, 4), "per_class_accuracy": {str(k): acc for k in range(10)},
+            "per_class_count": {str(k): 45 for k in range(10)}}
+
+
+def test_a_model_created_again_outside_mlops_is_not_steered_by_the_deleted_models_rows(
+        make_version, tiny_serving_bundle):
+    """Found by review (twentieth stop): a model deleted and created again whose new versions were
+    registered outside mlops has no ``register`` row of its own, and the current rows were cut at
+    the deleted model's v1 registration: its productions and its failed deploy of v1 were read as
+    the new model's. The gate of the new v1 was refused (the ledger "says v3 holds production"),
+    and with the new v1 then v2 promoted, a failed deploy of v2 had no previous production to go
+    back to and `registry rollback` refused ("no earlier production version than 2 whose deploy
+    did not fail ... (skipped [1])"): the deleted v1's failed deploy counted against the new v1."""
+    from registry import deploys
+    from registry.gate import run_gate
+    from tests.helpers import run_mlops
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for _ in range(3):
+        make_version(validation_status="passed")
+    promotion.promote(model, 1, actor="alice")
+    Ledger().record("deploy", model, outcome="failed", to_version=1, host="web-1", reason="smoke test failed")
+    promotion.promote(model, 2, actor="alice")
+    promotion.promote(model, 3, actor="alice")
+    tracking_client().delete_registered_model(model)
+    assert [registered_outside_mlops(model, tiny_serving_bundle) for _ in range(3)] == [1, 2, 3]
+
+    out = run_gate(model, 1, lambda v, dataset: gate_doc(0.93))        # nothing in production: no baseline
+    assert out.passed and out.production_version is None
+    promotion.promote(model, 1, actor="alice")
+    out = run_gate(model, 2, lambda v, dataset: gate_doc(0.94))
+    assert out.passed and out.production_version == 1
+    promotion.promote(model, 2, actor="alice")
+    assert deploys.DeployLedger(model).previous_production(2) == 1
+    r = run_mlops("registry", "rollback", "--reason", "v2 misbehaves", "--json")
+    assert r.returncode == 0, r.stderr
+    assert versions.production_version(model) == 1
+    r = run_mlops("registry", "rollback", "--reason", "v1 too")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"nothing to roll back to for '{model}'" in r.stderr, r.stderr
+    assert versions.production_version(model) == 1
+
+
+def test_sync_rollback_of_a_model_created_again_outside_mlops_does_not_go_to_a_deleted_models_production(
+        deploy_env):
+    """The same through `mlops sync rollback`: the new model's only production (v1, registered
+    with ``mlflow.register_model``) was rolled back and deployed to v2, a version that never held
+    production, exit 0, because the deleted model had v1, v2 and v3 in production in turn; now
+    there is nothing to roll back to, and the host keeps serving v1."""
+    env = deploy_env
+    for kind in ("a", "b", "c"):
+        env.promote(env.register(kind))          # the deleted model: each through mlops, in production
+    tracking_client().delete_registered_model(env.model)
+    env.versions.clear()
+    for kind in ("a", "b", "c"):
+        env.versions[registered_outside_mlops(env.model, env.bundles.path(kind))] = kind
+    host = env.add_host("file")
+    env.promote(1)
+    assert env.deploy().status == "deployed"
+    env.serves(host, 1)
+    r = env.cli("sync", "rollback", "--reason", "v1 misbehaves")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"nothing to roll back to for '{env.model}'" in r.stderr, r.stderr
+    assert env.production() == 1
+    env.serves(host, 1)

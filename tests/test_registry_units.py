@@ -325,6 +325,7 @@ def test_status_of_a_production_set_outside_mlops_names_no_empty_ledger(tmp_path
     led.record("register", "m", outcome="ok", to_version=1, actor="ci")
     led.record("gate", "m", outcome="passed", to_version=1, actor="ci")
     monkeypatch.setattr(versions, "production_version", lambda model: 1)      # set in the MLflow UI
+    monkeypatch.setattr(versions, "model_created_ms", lambda model: 0)        # created before its rows
     found = reconciliation.check_agreement("m", ledger=led)
     assert not found.agrees and not found.ledger_empty
     assert "moved outside mlops" in found.problem() and "no row for the model" not in found.problem()
