@@ -84,7 +84,7 @@ def recorded(model: str, version: int, ledger=None, key: str = BUNDLE_FILES, *,
     if any(isinstance(ms, int) for ms in stamps):
         if created_ms is None:
             from . import versions
-            created_ms = round(versions.get_version(model, version).created_at.timestamp() * 1000)
+            created_ms = versions.get_version(model, version).created_ms
         other = [i for i, ms in enumerate(stamps) if isinstance(ms, int) and ms != created_ms]
         rows = rows[other[-1] + 1:] if other else rows
     files = rows[-1].details.get(key) if rows else None

@@ -213,7 +213,7 @@ def gated_any(entries: Iterable[Entry]) -> bool:
 
 
 def check_gate_baseline(model: str, version: int, current: int | None, gate: Entry | None,
-                        held: set[int], *, force: bool = False, gated: bool = False) -> None:
+                        held: set[int], *, force: bool = False, gated: bool = False) -> bool:
     """Raise ``RefusedError`` when ``version``'s passing gate compared it with another version
     than the one in production now.
 
@@ -231,16 +231,19 @@ def check_gate_baseline(model: str, version: int, current: int | None, gate: Ent
     Called after ``check_promotable`` (the tag says ``passed``): a latest gate row that did not
     pass disagrees with the tag. Two gates of the version at once can leave it so (one's
     ``failed`` row after the other's ``passed`` row, the ``passed`` tag last); which verdict
-    holds is not known, so it is refused until gated again."""
+    holds is not known, so it is refused until gated again.
+
+    Returns True when the move trusts the tag alone (no gate row of the model at all), which the
+    move records and says."""
     if force or version == current or version in held:
-        return
+        return False
     if gate is None:
         if gated:
             raise RefusedError(
                 f"version {version} of '{model}' is tagged validation_status=passed but the ledger has no gate of "
                 f"it (the tag was set outside `mlops registry gate`, in the MLflow UI or API): run `mlops registry "
                 f"gate --version {version}`, or use --force --reason \"...\"")
-        return
+        return True
     if gate.outcome != "passed":
         raise RefusedError(
             f"version {version} of '{model}' is tagged validation_status=passed but its latest gate "
@@ -251,3 +254,4 @@ def check_gate_baseline(model: str, version: int, current: int | None, gate: Ent
             f"version {version} of '{model}' passed its gate against {version_label(gate.from_version)}, but "
             f"production is now {version_label(current)}: run `mlops registry gate --version {version}` again "
             f"(it compares with {version_label(current)}), or use --force --reason \"...\"")
+    return False

@@ -118,13 +118,12 @@ def _move(model: str, action: str, *, target, by: Provenance, reason: str | None
                     check_target(info.version)
                 verdicts = tx.entries(actions=("gate", "promote", "rollback"))     # one read
                 arrived = last_real_move(verdicts) if current == info.version else None
-                gate, held, gated = latest_gate(verdicts, info.version), ever_held(verdicts), gated_any(verdicts)
-                check_gate_baseline(model, info.version, current, gate, held, force=force, gated=gated)
+                if check_gate_baseline(model, info.version, current, latest_gate(verdicts, info.version),
+                                       ever_held(verdicts), force=force, gated=gated_any(verdicts)):
+                    # no gate of the model in this ledger: the tag is all there is; say so, and record it
+                    extra = {**extra, "trusted_tag": True}
             except RefusedError as exc:
                 raise _Refusal(info.version, exc) from None
-            if gate is None and not force and info.version != current and info.version not in held:
-                # no gate of the model in this ledger: the tag is all there is; say so, and record it
-                extra = {**extra, "trusted_tag": True}
             entry = locked.record(Entry(
                 action=action, model=model, outcome="ok", from_version=current, to_version=info.version,
                 reason=reason, **by.row(),
