@@ -49,7 +49,7 @@ def run_timeout_ms(context) -> int | None:
     milliseconds (``gpr_time_to_millis`` truncates), the session run's ``RunOptions.timeout_in_ms``
     (TF Serving's ``enforce_session_run_timeout``, on in ``tensorflow_model_server``). None for no
     deadline or one INT32_MAX ms (24.8 days) or more away, where gRPC stops counting: no limit in
-    practice, and the run keeps the session callable's fast path. A deadline already passed gives
+    practice. A deadline already passed gives
     <= 0, which DirectSession takes as no limit."""
     remaining = context.time_remaining()
     if remaining is None or remaining * 1000 >= INT32_MAX:

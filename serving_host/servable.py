@@ -37,7 +37,8 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 
 
 class Servable:
-    """A loaded version: signatures, a session, and a cache of session callables."""
+    """A loaded version: signatures, a session, and the graph ends of each feed and fetch set
+    (a session callable only for names the graph's lookup does not take)."""
 
     def __init__(self, name: str, version: int, path: str, graph, session, meta_graph):
         self.name = name
