@@ -1211,6 +1211,47 @@ def test_a_host_command_printing_without_end_is_one_line_not_this_machines_memor
         t.close()
 
 
+def test_reading_a_host_command_never_makes_the_channel_pipe_whose_close_races_the_transport(sshd, tmp_path,
+                                                                                           monkeypatch):
+    """Found by a full CI run (twenty-first stop): the test above failed once under load with the
+    connection dead after the flooding channel was closed ("SSH session not active" for the next
+    command; paramiko logged "Socket exception: Bad file descriptor"). ``read_output`` waited on
+    ``Channel.fileno()``, an OS pipe that paramiko's transport thread writes to as data comes in;
+    ``Channel.close()`` closes that pipe's descriptors without stopping the thread, so data still
+    arriving from a flooding host made the thread write to a closed descriptor (or to one the number
+    was reused for) and the whole connection died. Now the reader waits on an in-process event
+    (``BufferedPipe.set_event``); here making such a pipe fails the test, over a flood cut short,
+    a command's output read to its end, and free space read after both."""
+    import paramiko.pipe
+
+    from serving_sync.transports.ssh_channel import OutputTooLarge, read_output
+
+    def no_pipe():
+        raise AssertionError("Channel.fileno(): an OS pipe whose close races paramiko's transport thread")
+
+    monkeypatch.setattr(paramiko.pipe, "make_pipe", no_pipe)
+    base = tmp_path / "base"
+    base.mkdir()
+    t = connect(sshd, base, op_timeout=20)
+    try:
+        ch = t._open_exec("head -c 8000000 /dev/zero | tr '\\0' x >&2; echo done")
+        try:
+            ch.shutdown_write()
+            with pytest.raises(OutputTooLarge):
+                read_output(ch, 20, where=t.where, limit=1024 * 1024)
+        finally:
+            ch.close()
+        ch = t._open_exec("printf out; printf err >&2")
+        try:
+            ch.shutdown_write()
+            assert read_output(ch, 20, where=t.where) == (b"out", b"err")
+        finally:
+            ch.close()
+        assert t.disk_free() > 0          # the connection still works
+    finally:
+        t.close()
+
+
 def test_a_login_shell_printing_megabytes_before_the_upload_script_starts_is_one_line(sshd, tmp_path):
     """The same for what the upload and pull scripts print before their go line
     (``ssh_channel.read_until_go``, which read it all, splitting the whole of it into lines at every
@@ -1276,6 +1317,10 @@ class _Flood:
 
     def __init__(self, line: bytes):
         self.line, self.closed = line, False
+        self.in_buffer = self.in_stderr_buffer = self     # paramiko's BufferedPipe, for set_event
+
+    def set_event(self, event):
+        event.set()
 
     def recv(self, n):
         import socket
@@ -1289,9 +1334,6 @@ class _Flood:
 
     def settimeout(self, t):
         pass
-
-    def fileno(self):
-        return -1
 
     def close(self):
         self.closed = True

@@ -135,6 +135,34 @@ def read_until_go(ch, go: bytes, *, mark_timeout: float, where: str = "the host"
         ch.settimeout(saved)
 
 
+class _Wake:
+    """Woken when data (or the end) reaches either stream of a channel: the event that paramiko's
+    ``BufferedPipe.set_event`` sets from the transport's thread. Not ``Channel.fileno()``: that
+    is an OS pipe the transport thread writes to while feeding data, and ``Channel.close()`` closes
+    its descriptors without stopping that thread, so closing a channel the host still floods (too
+    much output, a timeout, an interrupt) could make the thread write to a closed descriptor
+    (EBADF: the whole SSH connection dies, "SSH session not active" for the host's next command) or
+    to one the number was reused for. ``clear`` is a no-op: a stream's read emptying its buffer
+    must not hide data that came on the other; the reader resets before it reads instead."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        self._event.clear()
+
+    def wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+
+
 def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float = 0.5, where: str = "the host",
                 limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
     """stdout and stderr to their end, read together; more than ``timeout`` seconds with output on
@@ -144,8 +172,6 @@ def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float 
     login shell, a traceback loop) blocks, the first never ends, and the command only stalls.
     More than ``limit`` bytes on either stream is ``OutputTooLarge`` naming ``where`` (the channel
     closed)."""
-    import select
-
     from ..cancel import check
 
     chunks: tuple[list[bytes], list[bytes]] = ([], [])
@@ -153,12 +179,15 @@ def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float 
     reads = (ch.recv, ch.recv_stderr)
     open_streams = [0, 1]
     saved = ch.gettimeout()
-    fd = ch.fileno()            # readable while data is buffered on either stream, or at the end
+    wake = _Wake()              # set while data is buffered on either stream, or at the end
+    ch.in_buffer.set_event(wake)
+    ch.in_stderr_buffer.set_event(wake)
     ch.settimeout(0.0)          # recv: what is buffered, socket.timeout if nothing
     quiet_since = time.monotonic()
     try:
         while open_streams:
             got = False
+            wake.reset()        # before the reads: data fed after them sets it again
             for i in list(open_streams):
                 try:
                     data = reads[i](65536)
@@ -178,7 +207,7 @@ def read_output(ch, timeout: float, *, interruptible: bool = False, poll: float 
                 left = timeout - (time.monotonic() - quiet_since)
                 if left <= 0:
                     raise socket.timeout()
-                select.select([fd], [], [], min(left, poll) if interruptible else left)
+                wake.wait(min(left, poll) if interruptible else left)
             if interruptible:
                 check()
         return b"".join(chunks[0]), b"".join(chunks[1])
