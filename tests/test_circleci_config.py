@@ -454,11 +454,12 @@ def test_an_empty_pipeline_parameter_means_its_documented_default_on_circleci(tm
     assert args[:3] == ["retrain", "--incoming", "s3://b/ctx"], args
     rollback = "Move production back"
     args = _run_step(tmp_path / "b", "rollback-and-deploy", rollback, {"run-rollback": True})
-    assert args[:2] == ["registry", "rollback"] and "--to" not in args and "<nil>" not in args, args
-    assert args[args.index("--reason") + 1] == "rollback requested through the CircleCI API"
+    assert args[:2] == ["registry", "rollback"] and not any(a.startswith("--to") for a in args), args
+    assert "<nil>" not in " ".join(args), args
+    assert "--reason=rollback requested through the CircleCI API" in args, args
     args = _run_step(tmp_path / "c", "rollback-and-deploy", rollback,
                      {"run-rollback": True, "rollback-to": "4", "rollback-reason": ""})
-    assert args == ["registry", "rollback", "--to", "4", "--json"], args
+    assert args == ["registry", "rollback", "--to=4", "--json"], args
 
 
 def test_a_rollback_job_deploys_the_version_it_rolled_back_to_or_nothing(config):
@@ -594,3 +595,37 @@ def test_the_smoke_step_checks_the_version_its_job_deployed_not_whatever_product
         p = _smoke_step(tmp_path / f"{job}-2", job, v1, run_env)
         assert p.returncode == 2, (job, p.stdout + p.stderr)
         assert "label" in p.stdout + p.stderr and f"v{v2}" in p.stdout + p.stderr, (job, p.stdout + p.stderr)
+
+
+def test_a_rollback_reason_starting_with_a_dash_is_the_reason_not_an_option(deploy_env, tmp_path):
+    """Found by review (twenty-first stop): the rollback step passed ``--reason "$ROLLBACK_REASON"``,
+    so a one-word reason starting with ``-`` ("-broken", "--hotfix") was read as an option: the job
+    failed with a usage error, production stayed on the version the person on call was rolling back.
+    Each value now goes with its flag (``--reason=...``, ``--to=...``); the real mlops rolls back and
+    the ledger records the reason as typed."""
+    import json
+    import os
+
+    env = deploy_env
+    env.add_host()
+    v1 = env.release("a")
+    v2 = env.release("b")
+    ci = LocalCircleCI(tmp_path / "ci", parameters={"run-rollback": True, "rollback-reason": "-broken"})
+    steps = ci._expand(ci.config["jobs"]["rollback-and-deploy"]["steps"])     # noqa: SLF001
+    (spec,) = [s["run"] for s in steps if isinstance(s, dict) and "run" in s and isinstance(s["run"], dict)
+               and s["run"].get("name") == "Move production back"]
+    work = tmp_path / "work"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    (work / ".venv" / "bin" / "mlops").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mlops "$@"\n')
+    (work / ".venv" / "bin" / "mlops").chmod(0o755)
+    (work / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    step_env = {**os.environ, **env.env, "MLOPS_HOSTS_FILE": str(env.hosts_file),
+                **{k: env_value(v) for k, v in (spec.get("environment") or {}).items()}}
+    p = subprocess.run(["bash", "-eo", "pipefail", "-c", spec["command"]], cwd=work, env=step_env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads((work / "reports" / "rollback.json").read_text())["to_version"] == v1
+    assert (work / "workspace" / "version").read_text().strip() == str(v1)
+    assert env.production() == v1 != v2
+    (row,) = [r for r in env.ledger() if r.action == "rollback"]
+    assert row.reason == "-broken", row
