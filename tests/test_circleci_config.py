@@ -629,3 +629,72 @@ def test_a_rollback_reason_starting_with_a_dash_is_the_reason_not_an_option(depl
     assert env.production() == v1 != v2
     (row,) = [r for r in env.ledger() if r.action == "rollback"]
     assert row.reason == "-broken", row
+
+
+INCOMING_CHECK = ("Check the variables of the mlops-tracking context (MLOPS_INCOMING, unless the pipeline "
+                  "gives incoming)")
+
+
+def test_a_retrain_with_nowhere_to_read_batches_from_says_so_before_installing(tmp_path, config):
+    """Found by review (twenty-first stop): a retrain pipeline without the ``incoming`` parameter
+    whose context lacked MLOPS_INCOMING restored the cache, installed the dependencies (minutes on a
+    cold cache) and only then ran ``mlops retrain --incoming ""``, refused with a line about the
+    flag's value that said nothing of the context. It now stops right after the context's check,
+    one line naming the variable, its context and the parameter that replaces it."""
+    tracking = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLOPS_LEDGER_URL": f"sqlite:///{tmp_path / 'l.db'}",
+                "MLOPS_MODEL_NAME": "ci-model"}
+    ci = LocalCircleCI(tmp_path / "run", parameters={"run-retrain": True}, contexts={"mlops-tracking": tracking},
+                       skip_jobs=set(ci_jobs(config)) - {"retrain"}, step_timeout=120,
+                       project_env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    res = ci.run_workflow("retrain-deploy")
+    result = res.jobs["retrain"]
+    assert result.status == "failed", res.log()
+    ran = [s for s in result.steps if not s.skipped]
+    failed = next(s for s in ran if s.returncode != 0)
+    assert failed.returncode == 2 and failed.output.strip() == (
+        "error: MLOPS_INCOMING is not set in this job and the pipeline has no incoming parameter: add it to the "
+        "CircleCI context mlops-tracking (Organization Settings > Contexts) and rerun the workflow, or trigger "
+        "the pipeline with the parameter incoming (s3://bucket/prefix); nothing was done"), failed
+    before = [s.name for s in ran[:ran.index(failed)]]
+    assert before[0] == "checkout" and all(n.startswith("Check the variables of") for n in before[1:]), before
+    after = [s.name for s in ran[ran.index(failed) + 1:]]
+    assert "Notify on failure" in after and set(after) <= {"Notify on failure", "store_artifacts",
+                                                           "store_test_results"}, after
+    # either source is enough: the check passes (and says nothing) with one of them
+    import os
+
+    for params, env in (({"run-retrain": True, "incoming": "s3://b/new"}, {}),
+                        ({"run-retrain": True}, {"MLOPS_INCOMING": "s3://b/ctx"})):
+        ci = LocalCircleCI(tmp_path / "ok", parameters=params)
+        (spec,) = [s["run"] for s in ci._expand(ci.config["jobs"]["retrain"]["steps"])      # noqa: SLF001
+                   if isinstance(s, dict) and "run" in s and isinstance(s["run"], dict)
+                   and s["run"].get("name") == INCOMING_CHECK]
+        step_env = {"PATH": os.environ["PATH"], **env,
+                    **{k: env_value(v) for k, v in (spec.get("environment") or {}).items()}}
+        p = subprocess.run(["bash", "-eo", "pipefail", "-c", spec["command"]], env=step_env, capture_output=True,
+                           text=True, timeout=30)
+        assert (p.returncode, p.stdout + p.stderr) == (0, ""), (params, env, p.stderr)
+
+
+def test_a_garbled_host_key_pin_stops_a_deploy_job_before_its_install(tmp_path, config):
+    """Found by review (twenty-first stop), with the retrain's MLOPS_INCOMING: the deploy jobs pinned
+    the serving hosts' keys (MLOPS_KNOWN_HOSTS, checked line by line) only after installing the
+    dependencies, so a garbled pin in the context cost the install before its one line. The pins
+    now come right after the contexts' checks."""
+    full = {"mlops-tracking": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+                               "MLOPS_LEDGER_URL": f"sqlite:///{tmp_path / 'l.db'}", "MLOPS_MODEL_NAME": "ci-model"},
+            "mlops-deploy": {"CIRCLE_TOKEN": "ci-token", "MLOPS_HOSTS_FILE": str(tmp_path / "hosts.toml"),
+                             "MLOPS_KNOWN_HOSTS": "serving-1 not-a-key-type garbled"}}
+    for wf, job in (("build-deploy", "promote-and-deploy"), ("rollback", "rollback-and-deploy")):
+        ci = LocalCircleCI(tmp_path / job, parameters=_WORKFLOW_PARAMETERS[wf], contexts=full,
+                           skip_jobs=set(ci_jobs(config)) - {job}, step_timeout=120)
+        res = ci.run_workflow(wf, approve=lambda j, w: "alice")
+        result = res.jobs[job]
+        assert result.status == "failed", res.log()
+        ran = [s for s in result.steps if not s.skipped]
+        failed = next(s for s in ran if s.returncode != 0)
+        assert failed.name == "Pin serving host keys" and "line 1 of MLOPS_KNOWN_HOSTS" in failed.output, failed
+        before = [s.name for s in ran[:ran.index(failed)]]
+        assert before[0] == "checkout" and set(before[1:]) <= {
+            "Check the variables of the mlops-tracking context", "Check the variables of the mlops-deploy context",
+            "add_ssh_keys"}, (job, before)
