@@ -698,3 +698,62 @@ def test_a_garbled_host_key_pin_stops_a_deploy_job_before_its_install(tmp_path, 
         assert before[0] == "checkout" and set(before[1:]) <= {
             "Check the variables of the mlops-tracking context", "Check the variables of the mlops-deploy context",
             "add_ssh_keys"}, (job, before)
+
+
+def _notify_command(config) -> str:
+    (step,) = config["commands"]["notify-on-failure"]["steps"]
+    assert step["run"]["when"] == "on_fail", step
+    return step["run"]["command"]
+
+
+def test_the_notify_step_is_the_notify_script_inline(config):
+    """The notify step cannot run a file of the checkout (a failed checkout leaves none): its
+    command is scripts/notify-failure.sh's text after the #! line, tested there."""
+    script = (REPO / "scripts" / "notify-failure.sh").read_text()
+    assert _notify_command(config) == script.split("\n", 1)[1]
+    for name, job in config["jobs"].items():      # every job's last step, whatever failed before it
+        last = job["steps"][-1]
+        assert last == "notify-on-failure", (name, last)
+
+
+def test_a_job_whose_checkout_failed_still_tells_slack(tmp_path, config):
+    """Found by review (twenty-first stop): the notify step ran `scripts/notify-failure.sh`, a file of
+    the checkout. CircleCI runs an `on_fail` step after a failed checkout too, where that file does
+    not exist: "No such file or directory", and nobody was told the job failed. Every job with a
+    context now posts to SLACK_WEBHOOK_URL from an empty folder, the URL in no output."""
+    from tests.lab.receiver import post_receiver
+
+    got: list[tuple[str, bytes]] = []
+
+    def answer(path: str, headers: dict, body: bytes) -> int:
+        got.append((path, body))
+        return 200
+
+    found = _jobs_with_contexts(config)
+    assert len(found) >= 6, found
+    with post_receiver(answer) as base:
+        hook = f"{base}/services/T0KEN-ci"
+        contexts = {"mlops-tracking": {"SLACK_WEBHOOK_URL": hook}, "mlops-deploy": {}}
+        for i, (wf, job, _) in enumerate(found):
+            ci = LocalCircleCI(tmp_path / f"run-{i}", parameters=_WORKFLOW_PARAMETERS[wf], contexts=contexts,
+                               skip_jobs=set(ci_jobs(config)) - {job}, failing_checkout=True, step_timeout=60)
+            res = ci.run_workflow(wf, approve=lambda j, w: "alice")
+            result = res.jobs[job]
+            assert result.status == "failed", res.log()
+            ran = [s for s in result.steps if not s.skipped]
+            assert [s.name for s in ran if s.name not in ("store_artifacts", "store_test_results")] == [
+                "checkout", "Notify on failure"], (job, res.log())
+            notify = ran[-1]
+            assert (notify.returncode, notify.output.strip()) == (0, "failure notification sent"), (job, notify)
+            assert "T0KEN" not in result.output, result.output
+            assert len(got) == i + 1 and got[-1][0] == "/services/T0KEN-ci", got
+            assert f"job {job} failed" in got[-1][1].decode(), got[-1]
+        # curl failing (nothing listens) is said, not a silent exit under `bash -eo pipefail`
+        contexts["mlops-tracking"]["SLACK_WEBHOOK_URL"] = "http://127.0.0.1:9/services/T0KEN-ci"
+        wf, job, _ = found[0]
+        res = LocalCircleCI(tmp_path / "unreachable", parameters=_WORKFLOW_PARAMETERS[wf], contexts=contexts,
+                            skip_jobs=set(ci_jobs(config)) - {job}, failing_checkout=True,
+                            step_timeout=60).run_workflow(wf, approve=lambda j, w: "alice")
+        notify = [s for s in res.jobs[job].steps if s.name == "Notify on failure"][0]
+        assert (notify.returncode, notify.output.strip()) == (
+            0, "could not send the failure notification (webhook unreachable or refused: curl exit 7)"), notify

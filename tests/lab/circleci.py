@@ -19,7 +19,8 @@ on anything else, so the config cannot silently drift away from what the tests e
   (installs the test's deploy key in ``~/.ssh``).
 
 Each job gets a fresh checkout (tracked and untracked-but-not-ignored files, with ``.venv``
-linked) and a fresh ``HOME``, like a fresh CircleCI container.
+linked) and a fresh ``HOME``, like a fresh CircleCI container; ``failing_checkout`` makes every
+checkout fail (a fetch refused, a network cut), leaving the job's folder empty.
 """
 from __future__ import annotations
 
@@ -244,7 +245,7 @@ class LocalCircleCI:
                  trigger_source: str = "webhook", contexts: dict[str, dict] | None = None,
                  project_env: dict[str, str] | None = None, ssh_key: Path | None = None,
                  config_path: Path = REPO / ".circleci" / "config.yml", step_timeout: float = 900,
-                 skip_jobs: frozenset[str] | set[str] = frozenset()):
+                 skip_jobs: frozenset[str] | set[str] = frozenset(), failing_checkout: bool = False):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = load_config(config_path)
@@ -259,6 +260,7 @@ class LocalCircleCI:
         self.ssh_key = ssh_key
         self.step_timeout = step_timeout
         self.skip_jobs = frozenset(skip_jobs)
+        self.failing_checkout = failing_checkout     # every checkout fails, leaving an empty folder
 
     # ---- selection -------------------------------------------------------------------------
     def workflows(self) -> list[str]:
@@ -433,6 +435,8 @@ class LocalCircleCI:
     def _builtin(self, kind: str, spec: dict, project: Path, home: Path, workspace: Path,
                  artifacts: Path) -> StepResult:
         if kind == "checkout":
+            if self.failing_checkout:
+                return StepResult("checkout", 1, "error: the checkout failed (failing_checkout), nothing was written")
             files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                                    capture_output=True, check=True).stdout.decode().split("\0")
             for rel in filter(None, files):
