@@ -15,8 +15,12 @@ from mlops_common.errors import ConfigError, ConnectionFailure
 
 INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "serving_host" / "install_server.sh"
 CONTAINER_BASE = "/models"
-# `docker run -d` returns once the container has started; a first pull of the image is inside it
-DOCKER_RUN_TIMEOUT = 600.0
+# The image is pulled first, on its own (`ensure_image`): a line every PULL_PROGRESS_EVERY seconds,
+# and a limit under CircleCI's 10-minute no-output limit, so a slow pull ends with this command's
+# line, not with CircleCI's "Too long with no output". `docker run -d` then only starts a container.
+DOCKER_PULL_TIMEOUT = 540.0
+PULL_PROGRESS_EVERY = 30.0
+DOCKER_RUN_TIMEOUT = 120.0
 DOCKER_STOP_TIMEOUT = 60.0
 _log = log.get("throwaway_server")
 
@@ -37,6 +41,47 @@ def docker_available(timeout: float = 15.0) -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=timeout).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def ensure_image(image: str) -> None:
+    """Pull ``image`` unless Docker has it: progress lines meanwhile, one line if it fails or takes
+    longer than ``DOCKER_PULL_TIMEOUT``."""
+    import tempfile
+    import time
+
+    try:
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=60).returncode == 0:
+            return
+    except (OSError, subprocess.SubprocessError):
+        pass                    # the pull says what is wrong with the engine
+    _log.info("pulling %s (at most %.0fs)", image, DOCKER_PULL_TIMEOUT)
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(["docker", "pull", "--quiet", image], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            while True:
+                left = DOCKER_PULL_TIMEOUT - (time.monotonic() - start)
+                if left <= 0:
+                    raise ConnectionFailure(
+                        f"docker pull {image} did not finish within {DOCKER_PULL_TIMEOUT:g}s (a slow or stuck "
+                        f"download from the registry): rerun the job; if it keeps happening, check the runner's "
+                        f"network and Docker Hub's status, or pull the image ahead (`docker pull {image}`)")
+                try:
+                    rc = proc.wait(timeout=min(PULL_PROGRESS_EVERY, left))
+                    break
+                except subprocess.TimeoutExpired:
+                    _log.info("still pulling %s: %.0fs of at most %.0fs", image, time.monotonic() - start,
+                              DOCKER_PULL_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if rc != 0:
+            err.seek(0)
+            last = (err.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise ConnectionFailure(f"docker pull {image} failed: {last}: check the image name, the runner's "
+                                    f"network and Docker Hub's rate limit (log in to Docker Hub), then rerun the job")
+    _log.info("pulled %s in %.0fs", image, time.monotonic() - start)
 
 
 def docker_serving_command(*, image: str, base: Path, rest_port: int, name: str) -> list[str]:
@@ -108,6 +153,7 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
     if kind == "docker":
         name, image = f"mlops-infra-validate-{secrets.token_hex(4)}", tfserving_image()
         cmd = docker_serving_command(image=image, base=base, rest_port=rest_port, name=name)
+        ensure_image(image)
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=DOCKER_RUN_TIMEOUT)
         except BaseException as exc:    # its timeout, Ctrl-C: the daemon may create the container still
@@ -115,8 +161,8 @@ def start_throwaway_server(kind: str, base: Path, *, timeout: float = 120.0) -> 
                 subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise ConnectionFailure(
-                    f"docker run {image} did not return within {DOCKER_RUN_TIMEOUT:g}s (pulling the "
-                    f"image?): pull it first (`docker pull {image}`) or use --server local") from None
+                    f"docker run {image} did not return within {DOCKER_RUN_TIMEOUT:g}s (the image is "
+                    f"here: is the Docker engine overloaded?): check `docker info` and rerun") from None
             raise
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or ["no output"])[-1]

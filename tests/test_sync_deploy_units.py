@@ -421,12 +421,72 @@ def test_a_docker_run_that_never_returns_is_one_line_and_its_container_is_remove
     shim.chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
     monkeypatch.setattr(throwaway_server, "DOCKER_RUN_TIMEOUT", 1.0)
-    with pytest.raises(ConnectionFailure, match=r"did not return within 1s .*docker pull tensorflow/serving:"):
+    with pytest.raises(ConnectionFailure, match=r"did not return within 1s \(the image is here"):
         throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=5)
     lines = calls.read_text().splitlines()
+    assert lines[0].startswith("image inspect tensorflow/serving:"), lines     # present: no pull
+    lines = lines[1:]
     assert lines[0].startswith("run --rm -d --name mlops-infra-validate-"), lines
     name = lines[0].split("--name ")[1].split()[0]
     assert lines[1:] == [f"rm -f {name}"], lines
+
+
+def test_a_slow_image_pull_ends_with_its_own_line_before_circlecis_no_output_limit(tmp_path, monkeypatch,
+                                                                                     caplog):
+    """Found by review (twenty-first stop): the image's first pull ran inside `docker run -d` under a
+    600 s limit with no output, CircleCI's own no-output limit for a step (10 minutes): a slow pull
+    was killed by CircleCI ("Too long with no output"), with nothing saying what was slow or what to
+    do. The pull now runs on its own: a line every 30 s, a limit under CircleCI's, and its own line
+    when it ends. Docker is not installed here: a `docker` on PATH without the image, whose `pull`
+    hangs (or fails), stands in for the engine."""
+    import time
+
+    import yaml
+
+    from mlops import throwaway_server
+    from mlops_common.errors import ConnectionFailure
+    from tests.helpers import REPO
+
+    config = yaml.safe_load((REPO / ".circleci" / "config.yml").read_text())
+    (step,) = [s["run"] for s in config["jobs"]["infra-validate"]["steps"]
+               if isinstance(s, dict) and "mlops sync infra-validate" in str(s.get("run", ""))]
+    minutes = int(str(step.get("no_output_timeout", "10m")).rstrip("m"))     # CircleCI's default: 10m
+    assert throwaway_server.DOCKER_PULL_TIMEOUT <= minutes * 60 - 60, throwaway_server.DOCKER_PULL_TIMEOUT
+    assert throwaway_server.PULL_PROGRESS_EVERY <= 60
+
+    calls, pid = tmp_path / "calls", tmp_path / "pull.pid"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = image ] && exit 1\n'
+                    f'[ "$1" = pull ] && {{ echo $$ > {pid}; exec sleep 60; }}\nexit 0\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(throwaway_server, "DOCKER_PULL_TIMEOUT", 2.0)
+    monkeypatch.setattr(throwaway_server, "PULL_PROGRESS_EVERY", 0.5)
+    logger = logging.getLogger("mlops.throwaway_server")     # "mlops" may not propagate (log.setup)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(caplog.handler)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ConnectionFailure) as err:
+            throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=5)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert time.monotonic() - t0 < 20
+    assert str(err.value).startswith("docker pull tensorflow/serving:") and \
+        "did not finish within 2s (a slow or stuck download from the registry): rerun the job" in str(err.value)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still pulling")]
+    assert len(progress) >= 2, caplog.text
+    lines = calls.read_text().splitlines()
+    assert [w.split()[0] for w in lines] == ["image", "pull"], lines            # no container was started
+    with pytest.raises(ProcessLookupError):                  # the pull was stopped (and reaped)
+        os.kill(int(pid.read_text()), 0)
+
+    shim.write_text('#!/bin/sh\n[ "$1" = image ] && exit 1\n[ "$1" = pull ] && { echo "Error response from '
+                    'daemon: toomanyrequests: You have reached your pull rate limit" >&2; exit 1; }\nexit 0\n')
+    with pytest.raises(ConnectionFailure, match=r"^docker pull tensorflow/serving:\S+ failed: Error response from "
+                                                r"daemon: toomanyrequests: .*then rerun the job$"):
+        throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=5)
 
 
 def test_the_local_throwaway_servers_two_ports_differ(tmp_path, monkeypatch):
@@ -497,7 +557,7 @@ def test_a_docker_stop_that_hangs_is_not_a_traceback_and_the_container_is_remove
     # `run` returns at once, nothing answers on the port: the start fails and stops the container
     with pytest.raises(ConnectionFailure, match=r"did not answer within 1s"):
         throwaway_server.start_throwaway_server("docker", tmp_path / "base", timeout=1)
-    lines = calls.read_text().splitlines()
+    lines = [x for x in calls.read_text().splitlines() if not x.startswith("image inspect ")]   # present
     name = lines[0].split("--name ")[1].split()[0]
     assert [x for x in lines[1:] if not x.startswith("inspect ")] == [f"stop -t 5 {name}", f"rm -f {name}"], lines
 
@@ -568,7 +628,7 @@ def test_a_ctrl_c_just_after_a_throwaway_server_started_leaves_nothing_running(t
     with pytest.raises(KeyboardInterrupt):
         with throwaway_server.throwaway_starter("docker")(tmp_path / "base"):
             pass
-    lines = calls.read_text().splitlines()
+    lines = [x for x in calls.read_text().splitlines() if not x.startswith("image inspect ")]   # present
     name = lines[0].split("--name ")[1].split()[0]
     assert lines[1:] == [f"stop -t 5 {name}"], f"the throw-away container was not stopped: {lines}"
 
