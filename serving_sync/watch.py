@@ -15,7 +15,8 @@ loop spin. An interval pass that found what the pass before found (``up_to_date`
 is one log line when it starts, then one every 10 minutes with its count, as an outage is.
 Failed passes in a row (``error``, ``failed``: MLflow, the ledger or a host down) back off: the
 wait before the next doubles from ``interval`` up to ``BACKOFF_MAX`` (never below ``interval``),
-said in the failure's line ("next try in N s"), and goes back to ``interval`` after a pass that
+said in the failure's line ("next try in N s", or "no next try" when ``max_seconds`` ends the
+watch first), and goes back to ``interval`` after a pass that
 did not fail; a webhook, a signal or ``max_seconds`` ends that wait at once, as any other.
 """
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Watcher:
         self._outage: _Outage | None = None
         self._same: _Same | None = None
         self._failing = 0          # failed passes in a row (``FAILING``): the backoff's exponent
+        self._deadline: float | None = None     # the clock's value at which --max-seconds ends the watch
 
     def next_wait(self) -> float:
         """Seconds before the next interval pass: ``interval``, doubled for each failed pass in a
@@ -194,10 +196,16 @@ class Watcher:
         logger.log(level, "reconcile (%s): %s: %s%s", reason, status, message, self._next_try())
 
     def _next_try(self) -> str:
-        """``; next try in N s`` after a failed pass that is not the watch's last."""
+        """``; next try in N s`` after a failed pass that is not the watch's last; when
+        ``--max-seconds`` ends the watch before that wait does, that instead (the next step): a
+        line promising a try the watch would never make sent the on-call to wait for it."""
         if not self._failing or self.once or self.stop_event.is_set():
             return ""
-        return f"; next try in {self.next_wait():g}s"
+        wait = self.next_wait()
+        if self._deadline is not None and (left := self._deadline - self.clock()) <= wait:
+            return (f"; no next try: --max-seconds ends the watch in {max(0.0, round(left, 1)):g}s "
+                    f"(a webhook before then runs one)")
+        return f"; next try in {wait:g}s"
 
     def _failed(self, reason: str, message: str) -> None:
         self._same = None
@@ -218,6 +226,7 @@ class Watcher:
     def run(self) -> WatchResult:
         start = self.clock()
         deadline = start + self.max_seconds if self.max_seconds is not None else None
+        self._deadline = deadline
         last = self._pass(start, "start")
         while not self.once and not self.stop_event.is_set() and last.status != "interrupted":
             if last.again and last.trigger != "moved" and (deadline is None or self.clock() < deadline):

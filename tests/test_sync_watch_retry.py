@@ -305,3 +305,18 @@ def test_a_signal_ends_a_long_backoff_wait_at_once():
     t.join(10)
     assert not t.is_alive(), "the signal did not end the backoff wait"
     assert timeouts == [watch_mod.BACKOFF_MAX] and len(w.result.passes) == 1, (timeouts, w.result.passes)
+
+
+def test_a_failures_line_says_the_watch_ends_when_max_seconds_comes_before_the_next_try(watch_lines):
+    """Found by review (2026-12-07, twenty-first stop): with --max-seconds 100 a pass failing at
+    70 s said "next try in 80s" though the watch ended 30 s later without one: the on-call waited
+    for a try that never came. The line now says the watch's true next step."""
+    c = _Clocked()
+    res = _watcher(["error"] * 9, c, interval=10.0, max_seconds=100).run()
+    # passes at 0, 10, 30, 70; the fourth's wait (80 s) is cut to the 30 s left, and nothing follows
+    assert [p.status for p in res.passes] == ["error"] * 4 and c.waits == [10, 20, 40, 30], c.waits
+    said = [m for m in watch_lines() if "failed" in m]
+    assert said[0].endswith("(pass 1); next try in 10s"), said
+    assert said[-1].endswith("; no next try: --max-seconds ends the watch in 30s (a webhook before then "
+                             "runs one)"), said
+    assert not [m for m in said if "next try in 80s" in m], said
