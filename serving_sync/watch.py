@@ -15,14 +15,16 @@ loop spin. An interval pass that found what the pass before found (``up_to_date`
 is one log line when it starts, then one every 10 minutes with its count, as an outage is.
 Failed passes in a row (``error``, ``failed``: MLflow, the ledger or a host down) back off: the
 wait before the next doubles from ``interval`` up to ``BACKOFF_MAX`` (never below ``interval``),
+each doubled wait up to ``JITTER`` shorter at random (watchers restarted together spread out),
 said in the failure's line ("next try in N s", or "no next try" when ``max_seconds`` ends the
-watch first), and goes back to ``interval`` after a pass that
-did not fail; a webhook, a signal or ``max_seconds`` ends that wait at once, as any other.
+watch first), and goes back to ``interval`` after a pass that did not fail; a webhook, a signal
+or ``max_seconds`` ends that wait at once, as any other.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import random
 import re
 import threading
 import time
@@ -42,6 +44,7 @@ KEPT_PASSES = 200          # a watch runs for months: the newest passes are kept
 INTERRUPTED = DeployInterrupted.exit_code   # 130: a deploy cut by a signal ends the watch with it
 REPEAT_EVERY = 600.0       # an outage is said once, then again every 10 minutes with its count
 BACKOFF_MAX = 300.0        # failed passes in a row: the wait doubles from --interval up to this (or --interval)
+JITTER = 0.2               # ... each doubled wait up to this much shorter at random (never below --interval)
 FAILING = ("error", "failed")   # passes that back off: the next one waits longer while they last
 QUIET = ("up_to_date", "skipped")   # an interval pass saying what the one before said: once every REPEAT_EVERY
 # a deploy that failed (hosts put back), production left on a version the hosts do not serve: not
@@ -122,14 +125,14 @@ class Watcher:
 
     def __init__(self, reconcile: Callable[[], tuple[str, int | None, str]], *, interval: float,
                  max_seconds: float | None = None, once: bool = False,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random):
         if interval < MIN_INTERVAL:
             raise UserError(f"--interval must be at least {MIN_INTERVAL} seconds, got {interval}")
         if max_seconds is not None and max_seconds <= 0:
             raise UserError(f"--max-seconds must be positive, got {max_seconds}")
         self.reconcile = reconcile
         self.interval, self.max_seconds, self.once = interval, max_seconds, once
-        self.clock = clock
+        self.clock, self.rand = clock, rand     # rand: a number in [0, 1), the backoff's jitter
         self.wake = Wake()
         self.stop_event = threading.Event()
         self._reason = "start"
@@ -138,16 +141,30 @@ class Watcher:
         self._same: _Same | None = None
         self._failing = 0          # failed passes in a row (``FAILING``): the backoff's exponent
         self._deadline: float | None = None     # the clock's value at which --max-seconds ends the watch
+        self._wait = interval      # before the next interval pass: chosen after each pass (``_choose_wait``)
 
     def next_wait(self) -> float:
-        """Seconds before the next interval pass: ``interval``, doubled for each failed pass in a
-        row after the first, up to ``BACKOFF_MAX`` (or ``interval`` when that is longer). A watch
-        whose MLflow or hosts were down tried again every ``interval`` for as long as it lasted:
-        two passes a second at ``--interval 0.5``, each a full round of requests to the registry
-        and every host."""
+        """Seconds before the next interval pass, as chosen after the last pass (``_choose_wait``)."""
+        return self._wait
+
+    def _backoff(self) -> float:
+        """``interval``, doubled for each failed pass in a row after the first, up to
+        ``BACKOFF_MAX`` (or ``interval`` when that is longer). A watch whose MLflow or hosts were
+        down tried again every ``interval`` for as long as it lasted: two passes a second at
+        ``--interval 0.5``, each a full round of requests to the registry and every host."""
         if self._failing <= 1:
             return self.interval
         return max(self.interval, min(self.interval * 2.0 ** min(self._failing - 1, 64), BACKOFF_MAX))
+
+    def _choose_wait(self) -> None:
+        """The wait before the next interval pass: the backoff, a doubled one made up to ``JITTER``
+        shorter at random (to 0.1 s, never below ``interval``). Watchers restarted together (a
+        reboot, one upgrade) whose MLflow was down retried in lockstep, every one of them at the
+        same second for the whole outage, and hit it together when it came back."""
+        wait = self._backoff()
+        if wait > self.interval:
+            wait = max(self.interval, round(wait * (1.0 - JITTER * self.rand()), 1))
+        self._wait = wait
 
     def trigger(self, reason: str = "webhook") -> None:
         self._reason = reason
@@ -172,6 +189,7 @@ class Watcher:
         p = Pass(self.clock() - start, reason, status, version, message, exit_code, again)
         self.result.add(p)
         self._failing = self._failing + 1 if status in FAILING else 0
+        self._choose_wait()        # before the lines that say it
         if status != "error":
             if (o := self._outage) is not None:
                 logger.info("reconcile recovered after %d failed pass%s in %.0fs", o.passes,
@@ -234,7 +252,7 @@ class Watcher:
                 self._reason = "interval"
                 last = self._pass(start, "moved")     # one at once, not two in a row: bounded
                 continue
-            timeout = self.next_wait()       # longer after failed passes in a row (backoff)
+            timeout = self.next_wait()       # longer after failed passes in a row (backoff, jitter)
             if deadline is not None:
                 timeout = min(timeout, deadline - self.clock())
                 if timeout <= 0:

@@ -225,6 +225,7 @@ def _watcher(statuses: list[str], c: _Clocked | None = None, **kw):
             raise UserError(f"MLflow at http://127.0.0.1:9 refused the connection (pass {n[0]})")
         return status, 5, f"{status} v5"
 
+    kw.setdefault("rand", lambda: 0.0)      # no jitter: the backoff's rule alone (the jitter has its own test)
     w = Watcher(reconcile, clock=c.clock if c is not None else time.monotonic, **kw)
     if c is not None:
         w.wake = c
@@ -320,3 +321,32 @@ def test_a_failures_line_says_the_watch_ends_when_max_seconds_comes_before_the_n
     assert said[-1].endswith("; no next try: --max-seconds ends the watch in 30s (a webhook before then "
                              "runs one)"), said
     assert not [m for m in said if "next try in 80s" in m], said
+
+
+def test_watchers_restarted_together_spread_their_retries_within_a_bound(watch_lines):
+    """Found by review (2026-12-07, twenty-first stop): the backoff had no jitter, so watchers
+    restarted together (a reboot, one upgrade) whose MLflow was down retried in lockstep, each at
+    the same second for the whole outage, and hit it together when it came back. Each doubled
+    wait is now up to JITTER shorter at random (never below --interval), and the line says the
+    wait chosen."""
+    import random
+
+    from serving_sync import watch as watch_mod
+
+    base = [10, 20, 40, 80, 160, 300, 300, 300]       # the backoff after each of 8 failed passes
+    schedules = []
+    for seed in range(8):                            # eight watchers, each its own random source
+        c = _Clocked()
+        _watcher(["error"] * 8, c, interval=10.0, rand=random.Random(seed).random).run()
+        waits = c.waits[:8]
+        assert waits[0] == 10, waits                # the first wait is --interval: never shorter
+        for got, full in zip(waits, base):
+            assert full * (1 - watch_mod.JITTER) - 0.05 <= got <= full, (waits, base)
+        schedules.append(tuple(waits))
+    assert len(set(schedules)) == 8, schedules       # no two in lockstep
+    # the line says the wait the watch makes, not the backoff's rule
+    c = _Clocked()
+    _watcher(["error"] * 3, c, interval=10.0, rand=lambda: 0.5).run()
+    assert c.waits[:3] == [10, 18, 36], c.waits
+    said = [m for m in watch_lines() if "(pass 2)" in m or "(pass 3)" in m]
+    assert [m.rsplit(";", 1)[1] for m in said[-2:]] == [" next try in 18s", " next try in 36s"], said
