@@ -199,3 +199,60 @@ def test_a_watchs_deploy_over_ssh_writes_and_calls_only_what_the_unit_allows(dep
         called.discard("fchown")
     refused = sorted(c for c in called if c not in allowed or c in denied)
     assert not refused, f"the unit's SystemCallFilter= refuses what the watch calls: {refused}"
+
+
+def _systemd_restarts(s: dict[str, list[str]], code: int | None, signal: str | None = None) -> bool:
+    """What systemd does when the unit's main process ends on its own (not `systemctl stop`):
+    ``Restart=on-failure`` restarts after a non-zero exit, a signal, a watchdog or a timeout,
+    unless the exit code (or the signal) is in ``RestartPreventExitStatus=``
+    (systemd.service(5), "Restart=" and "RestartPreventExitStatus=")."""
+    assert s["Restart"] == ["on-failure"], s["Restart"]
+    prevent = {w for line in s.get("RestartPreventExitStatus", []) for w in line.split()}
+    if signal is not None:
+        return signal not in prevent and signal.removeprefix("SIG") not in prevent
+    return code != 0 and str(code) not in prevent
+
+
+def test_a_watch_that_refuses_its_settings_is_not_restarted_but_a_crash_is(tmp_path):
+    """Found by review (2026-12-07, twenty-first stop): ``Restart=on-failure`` restarted a watch
+    that refused its settings (exit 2: a hosts file that does not load, a setting out of range, the
+    webhook secret missing, its port taken) every 30 s for ever, each start one more error in the
+    journal, and ``systemctl status`` said "activating (auto-restart)" rather than failed: a
+    setting does not fix itself. The unit's own command, run for real with each such setting,
+    exits with a code the unit does not restart on; a crash (exit 1), an interrupt not from
+    systemd (130) and a kill still restart."""
+    import socket
+
+    s = _settings()
+    words = shlex.split(s["ExecStart"][0])
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = str(taken.getsockname()[1])
+    words[words.index("--webhook-port") + 1] = port     # a port of this test's, held: "its port taken"
+    home = tmp_path / "state"
+    home.mkdir()
+    good, bad = tmp_path / "hosts.toml", tmp_path / "typo.toml"
+    good.write_text('[[hosts]]\nname = "a"\ntarget = "ssh://deploy@127.0.0.1:9/var/models"\n'
+                    'rest_url = "http://127.0.0.1:9"\n')
+    bad.write_text('[[hosts]]\nname = "a"\ntarget = "ssh://deploy@127.0.0.1:9/var/models"\nrest_url = \n')
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_", "JOURNAL_STREAM"))}
+    base.update({"MLOPS_HOME": str(home), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+                 "MLOPS_HOSTS_FILE": str(good), "MLOPS_WEBHOOK_SECRET": "s" * 32, "PYTHONPATH": str(REPO)})
+    cases = {"not valid TOML": {"MLOPS_HOSTS_FILE": str(bad)},              # the hosts file does not load
+             "MLOPS_BAKE_SECONDS='soon'": {"MLOPS_BAKE_SECONDS": "soon"},    # a setting out of range
+             "--webhook-port needs MLOPS_WEBHOOK_SECRET": {"MLOPS_WEBHOOK_SECRET": ""},
+             f"cannot listen on 127.0.0.1:{port}": {}}                     # the webhook's port taken
+    try:
+        for case, env in cases.items():
+            p = subprocess.run([sys.executable, "-m", "mlops", *words[1:]], env={**base, **env}, cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode != 0 and lines and lines[-1].startswith("error: "), (case, p.returncode, p.stderr)
+            assert case in lines[-1], (case, lines[-1])
+            assert not _systemd_restarts(s, p.returncode), (case, p.returncode, lines[-1])
+    finally:
+        taken.close()
+    # what a restart may mend still restarts: a crash's traceback, an interrupt that did not come
+    # from systemd (which restarts nothing it stopped), a kill (the kernel's OOM killer)
+    assert _systemd_restarts(s, 1) and _systemd_restarts(s, 130) and _systemd_restarts(s, None, "SIGKILL")
