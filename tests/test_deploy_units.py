@@ -99,8 +99,10 @@ def test_the_watch_unit_is_hardened_and_writes_only_its_state_folder(tmp_path):
                        ("NoNewPrivileges", "yes"), ("PrivateDevices", "yes"), ("UMask", "0077"),
                        ("CapabilityBoundingSet", "")):
         assert s.get(key) == [value], (key, s.get(key))
-    # the state folder: MLOPS_HOME's default, ./.mlops under WorkingDirectory (a default SQLite ledger)
-    assert s["ReadWritePaths"] == [s["WorkingDirectory"][0] + "/.mlops"], s["ReadWritePaths"]
+    # the state folder (a default SQLite ledger): the one systemd makes, named by MLOPS_HOME
+    # (tests the state folder's own: test_the_watch_units_state_folder_is_made_by_systemd_...)
+    assert _state_folder(s) == "/var/lib/" + s["StateDirectory"][0], s.get("Environment")
+    assert not s.get("ReadWritePaths"), s["ReadWritePaths"]
     if shutil.which("systemd-analyze") is None:
         pytest.skip("SKIPPED LOUDLY: systemd-analyze is not installed; the unit's exposure was not measured")
     p = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=25", str(UNIT)],
@@ -108,6 +110,36 @@ def test_the_watch_unit_is_hardened_and_writes_only_its_state_folder(tmp_path):
     if "--offline" in p.stderr and "unrecognized" in p.stderr:
         pytest.skip("SKIPPED LOUDLY: this systemd-analyze has no --offline; the unit's exposure was not measured")
     assert p.returncode == 0, p.stdout[-600:] + p.stderr
+
+
+def _state_folder(s: dict[str, list[str]]) -> str | None:
+    """The unit's MLOPS_HOME, its ``%S`` as a system unit's (``/var/lib``, systemd.unit(5))."""
+    homes = [w.split("=", 1)[1] for line in s.get("Environment", []) for w in shlex.split(line)
+             if w.startswith("MLOPS_HOME=")]
+    return homes[-1].replace("%S", "/var/lib") if homes else None
+
+
+def test_the_watch_units_state_folder_is_made_by_systemd_with_its_owner_and_mode():
+    """Found by review (2026-12-07, twenty-first stop): the unit made /srv/mlops/.mlops writable
+    (``ReadWritePaths=``) and told the operator to create it first: an install that skipped that
+    step (or a new machine, a wiped folder) never started (systemd cannot make a missing folder
+    writable: status 226/NAMESPACE), and one made by hand without its owner (root's) failed at
+    the first ledger write. systemd now makes the state folder at each start (``StateDirectory=``,
+    under /var/lib, owned by ``User=`` and ``Group=``, mode 0700: systemd.exec(5)), and the
+    watch's MLOPS_HOME names it."""
+    s = _settings()
+    assert s.get("StateDirectory") == ["mlops"], s.get("StateDirectory")
+    assert s.get("StateDirectoryMode") == ["0700"], s.get("StateDirectoryMode")
+    # its owner: User= and Group= (systemd chowns the folder to them), a user of its own, not root
+    assert s["User"] == ["mlops"] and s["Group"] == ["mlops"] and "DynamicUser" not in s, (s["User"], s["Group"])
+    assert _state_folder(s) == "/var/lib/mlops", s.get("Environment")
+    # nothing the unit needs to exist at its start is left to a step of the install: a path named
+    # in ReadWritePaths= (or another *Paths=) that does not exist stops the unit, unless it has "-"
+    for key in ("ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths"):
+        needed = [w for line in s.get(key, []) for w in line.split() if not w.startswith("-")]
+        assert not needed, f"{key}= names {needed}: the unit does not start where they do not exist"
+    # and the unit's words say so: no step making the state folder by hand is left in its comments
+    assert "install -d" not in UNIT.read_text()
 
 
 # strace -y: '123 openat(AT_FDCWD</cwd>, "p", O_WRONLY|O_CREAT, 0600) = 3', '123 mkdir("p", 0777) = 0',
