@@ -216,11 +216,15 @@ class Watcher:
     def _next_try(self) -> str:
         """``; next try in N s`` after a failed pass that is not the watch's last; when
         ``--max-seconds`` ends the watch before that wait does, that instead (the next step): a
-        line promising a try the watch would never make sent the on-call to wait for it."""
+        line promising a try the watch would never make sent the on-call to wait for it. A webhook
+        that came during the pass runs the next at once: "next try in 300s" then was untrue too."""
         if not self._failing or self.once or self.stop_event.is_set():
             return ""
         wait = self.next_wait()
-        if self._deadline is not None and (left := self._deadline - self.clock()) <= wait:
+        left = self._deadline - self.clock() if self._deadline is not None else None
+        if self.wake.is_set() and (left is None or left > 0):     # it ends the wait before it begins
+            return "; next try at once: a webhook came during this pass"
+        if left is not None and left <= wait:
             return (f"; no next try: --max-seconds ends the watch in {max(0.0, round(left, 1)):g}s "
                     f"(a webhook before then runs one)")
         return f"; next try in {wait:g}s"

@@ -350,3 +350,31 @@ def test_watchers_restarted_together_spread_their_retries_within_a_bound(watch_l
     assert c.waits[:3] == [10, 18, 36], c.waits
     said = [m for m in watch_lines() if "(pass 2)" in m or "(pass 3)" in m]
     assert [m.rsplit(";", 1)[1] for m in said[-2:]] == [" next try in 18s", " next try in 36s"], said
+
+
+def test_a_failures_line_says_a_webhook_that_came_during_the_pass_runs_the_next_at_once(watch_lines):
+    """Found by review (2026-12-07, twenty-first stop): a promotion's webhook that came while a
+    pass was failing (a host down) woke the watch at once, but the failure's line said "next try
+    in 40s": the on-call read a wait the watch did not make."""
+    c = _Clocked()
+    n = [0]
+
+    def reconcile():
+        n[0] += 1
+        if n[0] == 3:
+            w.trigger("webhook")       # a verified webhook while the third pass runs
+        if n[0] <= 4:
+            raise UserError(f"a: host down (pass {n[0]})")
+        w.stop_event.set()
+        return "up_to_date", 5, "hosts serve v5"
+
+    from serving_sync.watch import Watcher
+
+    w = Watcher(reconcile, interval=10.0, clock=c.clock, rand=lambda: 0.0)
+    w.wake = c
+    res = w.run()
+    assert [p.trigger for p in res.passes] == ["start", "interval", "interval", "webhook", "interval"], res.passes
+    assert c.waits[2] == 40 and c.now == 10 + 20 + 80, (c.waits, c.now)    # the 40 s wait took no time
+    said = [m for m in watch_lines() if "host down" in m]
+    assert said[2].endswith("(pass 3); next try at once: a webhook came during this pass"), said
+    assert said[3].endswith("(pass 4); next try in 80s"), said
