@@ -31,9 +31,10 @@ _COMPLEX_FIELDS = {8: "scomplex_val", 18: "dcomplex_val"}
 # Elements narrower than their field's int32: FromProtoField's C++ cast wraps (300 as uint8 is 44)
 _NARROW = {4: np.uint8, 5: np.int16, 6: np.int8, 17: np.uint16, 11: np.int8, 12: np.uint8, 15: np.int16,
            16: np.uint16, 19: np.uint16, 14: np.uint16}
-# float8_e5m2, float8_e4m3fn, float8_e4m3fnuz, float8_e4m3b11fnuz, float8_e5m2fnuz: ``float8_val``
-# holds one byte an element (Float8ProtoHelper), read and written as the other typed fields are
-_FLOAT8 = (24, 25, 26, 27, 28)
+# float8_e5m2, float8_e4m3fn, float8_e4m3fnuz, float8_e4m3b11fnuz, float8_e5m2fnuz and
+# float4_e2m1fn: ``float8_val`` holds one byte an element (Float8ProtoHelper), read and written as
+# the other typed fields are
+_FLOAT8 = (24, 25, 26, 27, 28, 33)
 MAX_DIMS = 254          # TensorShape::MaxDimensions(): more makes no tensor (TensorShape::IsValid)
 NUMPY_MAX_RANK = 64     # numpy's limit: a tensor of rank 65 .. 254 cannot be fed here
 

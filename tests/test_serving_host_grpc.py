@@ -732,6 +732,32 @@ def test_float8_tensors_are_read_from_and_written_to_float8_val_as_tensorflow_do
         assert [d.size for d in out.tensor_shape.dim] == [2]
 
 
+def test_float4_tensors_are_read_from_and_written_to_float8_val_as_tensorflow_does():
+    """TensorFlow reads a float4_e2m1fn tensor's typed values from ``float8_val`` (one byte an
+    element, the first n used, the last repeated), as it reads float8, and ``AsProtoField`` writes
+    them there through the same helper. This server wrote float4 outputs to ``tensor_content`` (a
+    client reading the typed field saw no values) and refused a float4 input with more values than
+    its shape as "tensor parsing error"."""
+    import tensorflow as tf
+
+    from serving_host import apis
+
+    dtype = 33      # DT_FLOAT4_E2M1FN
+    for label, proto in (("more", _tensor_proto(dtype, [2], float8_val=b"\x01\x02\x03")),
+                         ("fewer", _tensor_proto(dtype, [3], float8_val=b"\x01\x0a")),
+                         ("none", _tensor_proto(dtype, [2, 1])),
+                         ("tensor_content", _tensor_proto(dtype, [2], tensor_content=b"\x03\x04"))):
+        want = tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(dtype)).numpy()
+        got = apis.tensor_from_proto("x", proto)
+        assert (got.dtype, got.shape, got.tobytes()) == (want.dtype, want.shape, want.tobytes()), label
+    arr = apis.tensor_from_proto("x", _tensor_proto(dtype, [1, 2], float8_val=b"\x02\x0b"))
+    out = apis.tensor_to_proto(arr)
+    assert (out.dtype, out.float8_val, out.tensor_content) == (dtype, b"\x02\x0b", b"")
+    assert [d.size for d in out.tensor_shape.dim] == [1, 2]
+    back = tf.io.parse_tensor(out.SerializeToString(), tf.dtypes.as_dtype(dtype)).numpy()
+    assert back.astype("float32").tolist() == [[1.0, -1.5]]
+
+
 def test_a_tensor_shape_is_read_as_tensorflow_reads_it():
     """``Tensor::FromProto`` reads its shape as a ``TensorShape``: ``unknown_rank`` is ignored (the
     dims are the shape), more than 254 dims make no tensor. This server refused ``unknown_rank`` as
