@@ -28,6 +28,9 @@ _HALF_FIELDS = {19: "half_val", 14: "half_val"}
 # pairs, so a field holds two numbers an element
 _QUANTIZED_FIELDS = {11: "int_val", 12: "int_val", 13: "int_val", 15: "int_val", 16: "int_val"}
 _COMPLEX_FIELDS = {8: "scomplex_val", 18: "dcomplex_val"}
+# int4, uint4, int2, uint2: one element an ``int_val`` (ProtoHelper<int4> ..., Int4FromProtoField:
+# the first n used, each cut to its bits as TensorFlow's own reading cuts it)
+_SUB_BYTE_INT_FIELDS = {29: "int_val", 30: "int_val", 31: "int_val", 32: "int_val"}
 # Elements narrower than their field's int32: FromProtoField's C++ cast wraps (300 as uint8 is 44)
 _NARROW = {4: np.uint8, 5: np.int16, 6: np.int8, 17: np.uint16, 11: np.int8, 12: np.uint8, 15: np.int16,
            16: np.uint16, 19: np.uint16, 14: np.uint16}
@@ -77,7 +80,7 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
         raise invalid_argument(f"Tensor {alias} of rank {len(dims)}: more than the {NUMPY_MAX_RANK} dimensions "
                                f"the local server supports (TF Serving takes up to {MAX_DIMS})")
     field = (_FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype) or _QUANTIZED_FIELDS.get(proto.dtype)
-             or _COMPLEX_FIELDS.get(proto.dtype))
+             or _COMPLEX_FIELDS.get(proto.dtype) or _SUB_BYTE_INT_FIELDS.get(proto.dtype))
     per = 2 if proto.dtype in _COMPLEX_FIELDS else 1
     n = int(np.prod(dims, dtype=np.int64)) if dims else 1
     if n == 0 and proto.tensor_content:     # FromProto decodes values only when N > 0: never read

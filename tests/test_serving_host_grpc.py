@@ -758,6 +758,26 @@ def test_float4_tensors_are_read_from_and_written_to_float8_val_as_tensorflow_do
     assert back.astype("float32").tolist() == [[1.0, -1.5]]
 
 
+def test_int4_uint4_int2_uint2_inputs_take_their_first_values_as_tensorflow_does():
+    """``Int4FromProtoField`` (int4, uint4; int2 and uint2 alike) reads one element an ``int_val``,
+    the first n of them, the last repeated when there are fewer, each cut to its bits. This server
+    refused such an input with more values than its shape as "tensor parsing error", where TF
+    Serving makes the tensor and runs the model (TensorFlow's own ``ParseTensor`` is the reference)."""
+    import tensorflow as tf
+
+    from serving_host import apis
+
+    for dtype in (29, 30, 31, 32):      # DT_INT4, DT_UINT4, DT_INT2, DT_UINT2
+        for label, proto in (("more", _tensor_proto(dtype, [2, 2], int_val=[9, -9, 300, -129, 5, 6])),
+                             ("one more", _tensor_proto(dtype, [1], int_val=[1, 2])),
+                             ("fewer", _tensor_proto(dtype, [3], int_val=[1, 7])),
+                             ("none", _tensor_proto(dtype, [2]))):
+            want = tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(dtype)).numpy()
+            got = apis.tensor_from_proto("x", proto)
+            assert (got.dtype, got.shape) == (want.dtype, want.shape), (dtype, label)
+            assert got.astype("int32").tolist() == want.astype("int32").tolist(), (dtype, label)
+
+
 def test_a_tensor_shape_is_read_as_tensorflow_reads_it():
     """``Tensor::FromProto`` reads its shape as a ``TensorShape``: ``unknown_rank`` is ignored (the
     dims are the shape), more than 254 dims make no tensor. This server refused ``unknown_rank`` as
