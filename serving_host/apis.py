@@ -16,7 +16,7 @@ import numpy as np
 
 from serving_host.servable import SERVING_DEFAULT, Servable
 from serving_host.status import invalid_argument
-from serving_host.tensors import string_vector
+from serving_host.tensors import opaque_tensor, string_vector
 
 # TensorProto field for each DataType (tensorflow/core/framework/types.proto numbers).
 _FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
@@ -38,6 +38,7 @@ _NARROW = {4: np.uint8, 5: np.int16, 6: np.int8, 17: np.uint16, 11: np.int8, 12:
 # float4_e2m1fn: ``float8_val`` holds one byte an element (Float8ProtoHelper), read and written as
 # the other typed fields are
 _FLOAT8 = (24, 25, 26, 27, 28, 33)
+_OPAQUE = (20, 21)      # DT_RESOURCE, DT_VARIANT: TensorFlow makes them, numpy cannot hold them
 MAX_DIMS = 254          # TensorShape::MaxDimensions(): more makes no tensor (TensorShape::IsValid)
 NUMPY_MAX_RANK = 64     # numpy's limit: a tensor of rank 65 .. 254 cannot be fed here
 
@@ -79,6 +80,14 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
     if len(dims) > NUMPY_MAX_RANK:      # TF Serving makes this tensor and runs the model on it
         raise invalid_argument(f"Tensor {alias} of rank {len(dims)}: more than the {NUMPY_MAX_RANK} dimensions "
                                f"the local server supports (TF Serving takes up to {MAX_DIMS})")
+    if proto.dtype in _OPAQUE:
+        # Tensor::FromProto decodes each handle or variant (TensorFlow's own ParseTensor, which
+        # calls it, is the judge); the run then refuses it as a feed of another dtype, as there
+        try:
+            tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(proto.dtype))
+        except Exception:  # noqa: BLE001 - a proto FromProto does not take is the client's error
+            raise invalid_argument(f"tensor parsing error: {alias}") from None
+        return opaque_tensor(dims, proto.dtype)
     field = (_FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype) or _QUANTIZED_FIELDS.get(proto.dtype)
              or _COMPLEX_FIELDS.get(proto.dtype) or _SUB_BYTE_INT_FIELDS.get(proto.dtype))
     per = 2 if proto.dtype in _COMPLEX_FIELDS else 1

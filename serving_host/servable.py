@@ -27,7 +27,15 @@ from serving_host.saved_model_loader import (
     validate_saved_tensors,
 )
 from serving_host.status import ServingError, from_exception, invalid_argument
-from serving_host.tensors import array_dtype, array_dtype_name, as_array, debug_string, shape_text, string_vector
+from serving_host.tensors import (
+    OpaqueTensor,
+    array_dtype,
+    array_dtype_name,
+    as_array,
+    debug_string,
+    shape_text,
+    string_vector,
+)
 from serving_host.tf_dtypes import dtype_name
 
 SERVING_DEFAULT = "serving_default"
@@ -169,7 +177,11 @@ class Servable:
             if ends is None:    # a name the graph lookup does not take: the graph build's own error
                 fn = self._callable(names, fetch)
                 self._check_dtypes(feeds, names)        # (the callable's own dtype text is Python's)
+                self._refuse_opaque(feeds, names)
                 return [as_array(v) for v in fn(*[feeds[n] for n in names])]
+            if any(isinstance(feeds[n], OpaqueTensor) for n in names):
+                self._check_dtypes(feeds, names)        # SetArgs: "... but resource is provided"
+                self._refuse_opaque(feeds, names)
             options = tf_session.TF_NewBufferFromString(
                 config_pb2.RunOptions(timeout_in_ms=max(timeout_ms or 0, 0)).SerializeToString())
             try:
@@ -188,6 +200,15 @@ class Servable:
             if want is not None and got != want:
                 raise invalid_argument(f"Expects arg[{i}] to be {dtype_name(want)} but {dtype_name(got)} "
                                        f"is provided")
+
+    @staticmethod
+    def _refuse_opaque(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> None:
+        """A resource or variant feed of a graph tensor of that dtype: TF Serving feeds it; numpy
+        cannot carry it to the session here."""
+        for n in names:
+            if isinstance(feeds[n], OpaqueTensor):
+                raise ServingError("UNIMPLEMENTED", f"Feeding {n} a {dtype_name(feeds[n].tf_dtype)} tensor: the "
+                                                    f"local server cannot pass one to the model (TF Serving does)")
 
     def tensor_dtype(self, tensor_name: str) -> int | None:
         """The graph's DataType enum of ``tensor_name`` (None if it is not in the graph)."""

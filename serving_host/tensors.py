@@ -15,6 +15,20 @@ def string_vector(items: list[bytes]) -> np.ndarray:
     return arr
 
 
+class OpaqueTensor(np.ndarray):
+    """A request's resource or variant tensor (DT_RESOURCE, DT_VARIANT): TensorFlow makes it (its
+    handles or variants decoded) and the session run then checks it as any feed; numpy holds no
+    such value, so this is its shape (no memory) and ``tf_dtype``, for that check's text."""
+
+    tf_dtype: int
+
+
+def opaque_tensor(dims: list[int], dtype: int) -> OpaqueTensor:
+    arr = np.broadcast_to(np.empty((), dtype=object), dims).view(OpaqueTensor)
+    arr.tf_dtype = dtype
+    return arr
+
+
 def as_array(value) -> np.ndarray:
     """A fetched value as a tensor: the session hands a scalar string back as a Python ``bytes``
     (other scalars as numpy scalars); it becomes a 0-d string array with every byte kept
@@ -35,6 +49,8 @@ def array_dtype(t: np.ndarray) -> int:
     """The ``tensorflow.DataType`` of a numpy array (object/bytes arrays are DT_STRING)."""
     import tensorflow as tf
 
+    if isinstance(t, OpaqueTensor):
+        return t.tf_dtype
     if t.dtype == object or t.dtype.kind in ("S", "U"):
         return tf.string.as_datatype_enum
     return tf.dtypes.as_dtype(t.dtype).as_datatype_enum

@@ -861,6 +861,72 @@ def test_a_wrong_dtype_is_reported_by_its_place_among_the_sorted_feed_names(tmp_
         servable.close()
 
 
+def test_resource_and_variant_inputs_are_made_and_refused_by_the_runs_dtype_check_as_in_tf_serving(tmp_path):
+    """``Tensor::FromProto`` makes DT_RESOURCE and DT_VARIANT tensors (handles from
+    ``resource_handle_val``, variants decoded from ``variant_val``, defaults when none), so TF Serving
+    runs the session with them and its dtype check answers INVALID_ARGUMENT "Expects arg[0] to be
+    float but resource is provided". This server answered "tensor parsing error: x" to every one. A
+    variant FromProto cannot decode is still a parsing error (TensorFlow's ``ParseTensor`` refuses
+    it too); a model whose input is itself a resource is this server's limit, said so."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving_host import apis
+    from serving_host.servable import Servable
+    from serving_host.status import ServingError
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        h = tf.compat.v1.placeholder(tf.resource, [], name="h")
+        y = tf.identity(x * 2, name="y")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sigs = {name: tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(t)}, outputs={"y": info(y)}, method_name="tensorflow/serving/predict")
+            for name, t in (("serving_default", x), ("handle", h))}
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=sigs)
+        builder.save()
+    servable = Servable.load("m", 1, path)
+
+    def predict(proto, signature=""):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = "m", signature
+        request.inputs["x"].CopyFrom(proto)
+        with pytest.raises(ServingError) as e:
+            apis.predict(servable, request, 1)
+        return e.value.code, e.value.message
+
+    handle = tensor_pb2.TensorProto(dtype=20)
+    handle.tensor_shape.dim.add().size = 2
+    handle.resource_handle_val.add(device="/job:localhost/replica:0/task:0/device:CPU:0", name="v")
+    variant = tensor_pb2.TensorProto(dtype=21)
+    variant.tensor_shape.dim.add().size = 3
+    undecodable = tensor_pb2.TensorProto(dtype=21)
+    undecodable.tensor_shape.dim.add().size = 1
+    undecodable.variant_val.add(type_name="no.such.Type")
+    try:
+        for proto, name in ((handle, "resource"), (variant, "variant")):
+            tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(proto.dtype))  # TensorFlow makes it
+            assert predict(proto) == ("INVALID_ARGUMENT", f"Expects arg[0] to be float but {name} is provided")
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.io.parse_tensor(undecodable.SerializeToString(), tf.variant)
+        assert predict(undecodable) == ("INVALID_ARGUMENT", "tensor parsing error: x")
+        scalar = tensor_pb2.TensorProto(dtype=20)
+        scalar.tensor_shape.SetInParent()
+        assert predict(scalar, "handle") == (
+            "UNIMPLEMENTED", "Feeding h:0 a resource tensor: the local server cannot pass one to the model "
+                             "(TF Serving does)")
+        good = predict_pb2.PredictRequest()
+        good.model_spec.name = "m"
+        good.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.5], np.float32)))
+        assert list(apis.predict(servable, good, 1).outputs["y"].float_val) == [3.0]
+    finally:
+        servable.close()
+
+
 def _save_doubling_model(path: str, signatures) -> None:
     """A SavedModel at ``path``: ``y = x * 2`` for a float placeholder ``x``, with the signatures
     ``signatures(x, y, info, sig)`` returns (``info(tensor)`` its TensorInfo, ``sig(inputs, outputs)``
