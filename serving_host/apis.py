@@ -16,7 +16,8 @@ import numpy as np
 
 from serving_host.servable import SERVING_DEFAULT, Servable
 from serving_host.status import invalid_argument
-from serving_host.tensors import opaque_tensor, string_vector
+from serving_host.tensors import opaque_tensor, shape_text, string_vector
+from serving_host.tf_dtypes import INT64_MAX
 
 # TensorProto field for each DataType (tensorflow/core/framework/types.proto numbers).
 _FIELDS = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 5: "int_val", 6: "int_val",
@@ -69,6 +70,24 @@ def _decode_string_list(content: bytes, n: int) -> list[bytes] | None:
     return out
 
 
+def _check_numpy_holds(alias: str, dims: list[int], dtype: int) -> None:
+    """An empty tensor TensorFlow makes whatever its other sizes (up to int64 each) but numpy does
+    not: its sizes other than 0, times the element's bytes, must fit an int64. Refused as this
+    server's own limit, not as a tensor that does not parse."""
+    import tensorflow as tf
+
+    try:
+        np_dtype = object if dtype in (7,) + _OPAQUE else tf.dtypes.as_dtype(dtype).as_numpy_dtype
+    except TypeError:       # no such DataType: FromProto refuses it, as tensor_from_proto does
+        return
+    try:
+        np.empty(dims, np_dtype)    # no memory: it holds no element
+    except ValueError:
+        raise invalid_argument(f"Tensor {alias} of shape {shape_text(dims)}: an empty tensor larger in its other "
+                               f"dimensions than the local server supports (numpy's limit; TF Serving takes "
+                               f"it)") from None
+
+
 def tensor_from_proto(alias: str, proto) -> np.ndarray:
     """``Tensor::FromProto``; a proto that does not make a tensor is INVALID_ARGUMENT. Its shape is a
     ``TensorShape``'s, which ignores ``unknown_rank`` and refuses a size < 0 or over 254 dimensions."""
@@ -80,6 +99,13 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
     if len(dims) > NUMPY_MAX_RANK:      # TF Serving makes this tensor and runs the model on it
         raise invalid_argument(f"Tensor {alias} of rank {len(dims)}: more than the {NUMPY_MAX_RANK} dimensions "
                                f"the local server supports (TF Serving takes up to {MAX_DIMS})")
+    n = 1
+    for d in dims:      # TensorShape::IsValid: the running product may not pass int64 (0 stays 0)
+        n *= d
+        if n > INT64_MAX:
+            raise invalid_argument(f"tensor parsing error: {alias}")
+    if n == 0:
+        _check_numpy_holds(alias, dims, proto.dtype)
     if proto.dtype in _OPAQUE:
         # Tensor::FromProto decodes each handle or variant (TensorFlow's own ParseTensor, which
         # calls it, is the judge); the run then refuses it as a feed of another dtype, as there
@@ -91,7 +117,6 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
     field = (_FIELDS.get(proto.dtype) or _HALF_FIELDS.get(proto.dtype) or _QUANTIZED_FIELDS.get(proto.dtype)
              or _COMPLEX_FIELDS.get(proto.dtype) or _SUB_BYTE_INT_FIELDS.get(proto.dtype))
     per = 2 if proto.dtype in _COMPLEX_FIELDS else 1
-    n = int(np.prod(dims, dtype=np.int64)) if dims else 1
     if n == 0 and proto.tensor_content:     # FromProto decodes values only when N > 0: never read
         emptied = type(proto)()
         emptied.CopyFrom(proto)

@@ -812,6 +812,41 @@ def test_a_tensor_shape_is_read_as_tensorflow_reads_it():
     assert apis.tensor_from_proto("x", _tensor_proto(1, [1] * 64, float_val=[1.0])).ndim == 64
 
 
+def test_an_empty_tensor_with_huge_other_dimensions_is_read_as_tensorflow_reads_it():
+    """``TensorShape::IsValid`` takes any sizes whose running product stays within int64: an empty
+    tensor ([0, 2**62]) is made whatever its other sizes, and only a product that passes int64 before
+    a 0 makes none. numpy holds an empty array only when its other sizes times the element's bytes
+    fit: this server called [0, 2**62] "tensor parsing error" (a resource or variant one raised a
+    bare ValueError). It now says that this is its own limit; what numpy holds is made as before."""
+    import tensorflow as tf
+
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    def reference(proto):
+        return tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(proto.dtype))
+
+    for dtype, dims in ((1, [0, 2**40]), (1, [2**40, 0]), (10, [0, 2**62]), (20, [0, 2**40])):
+        proto = _tensor_proto(dtype, dims)
+        assert reference(proto).shape.as_list() == dims
+        assert list(apis.tensor_from_proto("x", proto).shape) == dims
+    for dtype, dims in ((1, [0, 2**62]), (2, [0, 2**61]), (7, [2**61, 0, 3]), (20, [0, 2**62]), (21, [0, 2**63 - 1])):
+        proto = _tensor_proto(dtype, dims)
+        assert reference(proto).shape.as_list() == dims
+        with pytest.raises(ServingError) as e:
+            apis.tensor_from_proto("x", proto)
+        assert (e.value.code, e.value.message) == (
+            "INVALID_ARGUMENT", f"Tensor x of shape [{','.join(map(str, dims))}]: an empty tensor larger in its "
+                                "other dimensions than the local server supports (numpy's limit; TF Serving takes it)")
+    for dims in ([2**62, 2**62, 0], [2**32, 2**32]):    # the product passes int64 before any 0
+        proto = _tensor_proto(1, dims)
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            reference(proto)
+        with pytest.raises(ServingError) as e:
+            apis.tensor_from_proto("x", proto)
+        assert e.value.message == "tensor parsing error: x"
+
+
 def test_the_metrics_page_with_a_query_is_refused_as_tf_serving_refuses_it(server):
     """ProcessPrometheusRequest (http_server.cc) compares uri_path() — query included — with the
     configured path: 400 "Unexpected path". This server stripped the query and answered 200."""
