@@ -117,7 +117,11 @@ def _is_bytes_tensor(name: str, arr: np.ndarray) -> bool:
 
 
 def _values(name: str, arr: np.ndarray, depth: int):
-    """An iterator over ``arr``'s value texts; ``depth``: containers open around the tensor."""
+    """An iterator over ``arr``'s value texts; ``depth``: containers open around the tensor. The
+    type is checked as AddSingleValueAndAdvance checks it, at a value: a tensor with none (a 0 in
+    its shape) is written whatever its type (``[]``)."""
+    if arr.size == 0:
+        return iter(())
     _check_writable(arr)
     return iter(_flat_texts(arr, _is_bytes_tensor(name, arr), depth + arr.ndim))
 

@@ -336,6 +336,23 @@ def test_classify_layout(server):
     assert r.text == '{\n    "results": [[["", 12.0]], [["", 7.0]]\n    ]\n}'
 
 
+def test_an_empty_output_of_a_type_json_cannot_write_is_written_as_tf_serving_writes_it():
+    """``AddSingleValueAndAdvance`` refuses a type it cannot write (half, complex, ...) at a value:
+    an output with none (a 0 in its shape) is never asked, so TF Serving answers 200 with ``[]``s.
+    This server checked the type first and answered 400 "Failed to write JSON value for tensor
+    type: half" to a half output of shape [0, 3]."""
+    empty_half = np.zeros((0, 3), np.float16)
+    assert json_response.predict_response({"y": empty_half}, json_request.ROW) == '{\n    "predictions": []\n}'
+    assert json_response.predict_response({"y": empty_half}, json_request.COLUMNAR) == '{\n    "outputs": []\n}'
+    assert json_response.predict_response({"y": np.zeros((2, 0), np.complex64)}, json_request.ROW) == (
+        '{\n    "predictions": [[], []\n    ]\n}')
+    both = {"a": np.zeros((1, 0), np.float16), "b": np.array([[1.5]], np.float32)}
+    assert json.loads(json_response.predict_response(both, json_request.ROW)) == {
+        "predictions": [{"a": [], "b": [1.5]}]}
+    with pytest.raises(ServingError, match="Failed to write JSON value for tensor type: half"):
+        json_response.predict_response({"y": np.zeros((1, 1), np.float16)}, json_request.ROW)
+
+
 def test_codec_layouts_without_a_server():
     one_bytes = {"x_bytes": np.array([b"\x01", b"\x02"], dtype=object)}
     assert json_response.predict_response(one_bytes, json_request.ROW) == (
