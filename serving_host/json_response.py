@@ -75,11 +75,16 @@ def _scalar_text(v, as_bytes: bool, depth: int) -> str:
 
 
 _WRITABLE = {"float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64", "bool"}
+# The session hands a quantized tensor back as plain integers: its graph type tells it apart
+_QUANTIZED = {"qint8", "quint8", "qint16", "quint16", "qint32"}
 
 
-def _check_writable(arr: np.ndarray) -> None:
+def _check_writable(arr: np.ndarray, tf_type: str | None = None) -> None:
     """AddSingleValueAndAdvance writes float, double, int8/16/32/64, uint8/32/64, bool, string;
-    any other type is ``Failed to write JSON value for tensor type: <type>`` (:939-947)."""
+    any other type is ``Failed to write JSON value for tensor type: <type>`` (:939-947).
+    ``tf_type``: the output's DataTypeString in the graph, when known."""
+    if tf_type in _QUANTIZED:
+        raise invalid_argument(f"Failed to write JSON value for tensor type: {tf_type}")
     if arr.dtype.kind in "OSU" or arr.dtype.name in _WRITABLE:
         return
     raise invalid_argument("Failed to write JSON value for tensor type: "
@@ -116,17 +121,17 @@ def _is_bytes_tensor(name: str, arr: np.ndarray) -> bool:
     return arr.dtype == object and name.endswith("_bytes")
 
 
-def _values(name: str, arr: np.ndarray, depth: int):
+def _values(name: str, arr: np.ndarray, depth: int, tf_type: str | None = None):
     """An iterator over ``arr``'s value texts; ``depth``: containers open around the tensor. The
     type is checked as AddSingleValueAndAdvance checks it, at a value: a tensor with none (a 0 in
     its shape) is written whatever its type (``[]``)."""
     if arr.size == 0:
         return iter(())
-    _check_writable(arr)
+    _check_writable(arr, tf_type)
     return iter(_flat_texts(arr, _is_bytes_tensor(name, arr), depth + arr.ndim))
 
 
-def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
+def predict_response(outputs: dict[str, np.ndarray], fmt: str, types: dict[str, str] | None = None) -> str:
     """``MakeJsonFromTensors`` (json_tensor.cc:1052-1066): ``predictions`` (row, :975-1026) or
     ``outputs`` (columnar, :1028-1048), laid out as TF Serving's PrettyWriter lays them out.
 
@@ -134,19 +139,22 @@ def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     ``[2.5, 3.0`` + ``\n    ]``; several outputs give one multi-line object per item (the
     object starts before the option is set, :1008). Columnar format never sets the option
     (:1030-1047): every array element is on its own line. Outputs in name order (TF Serving's
-    protobuf Map order is unspecified)."""
+    protobuf Map order is unspecified). ``types``: each output's DataTypeString in the graph
+    (a quantized one is refused as TF Serving refuses it)."""
+    types = types or {}
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
     if fmt == COLUMNAR:
         if len(names) == 1:
             arr = outputs[names[0]]
-            body = _nest(_values(names[0], arr, 1), arr.shape, 1, False)
+            body = _nest(_values(names[0], arr, 1, types.get(names[0])), arr.shape, 1, False)
         else:
             parts = []
             for n in names:
                 arr = outputs[n]
-                parts.append(_nl(2) + json_string(n) + ": " + _nest(_values(n, arr, 2), arr.shape, 2, False))
+                values = _values(n, arr, 2, types.get(n))
+                parts.append(_nl(2) + json_string(n) + ": " + _nest(values, arr.shape, 2, False))
             body = "{" + ",".join(parts) + _nl(1) + "}"
         return '{\n    "outputs": ' + body + "\n}"
     batch = -1
@@ -160,10 +168,10 @@ def predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
         batch = arr.shape[0]
     if len(names) == 1:
         arr = outputs[names[0]]
-        it, dims = _values(names[0], arr, 2 - 1), arr.shape[1:]   # items sit inside 2 containers
+        it, dims = _values(names[0], arr, 2 - 1, types.get(names[0])), arr.shape[1:]   # items sit inside 2 containers
         items = ", ".join(_nest(it, dims, 2, True) for _ in range(batch))
     else:
-        its = {n: _values(n, outputs[n], 3 - 1) for n in names}   # values sit inside 3 containers
+        its = {n: _values(n, outputs[n], 3 - 1, types.get(n)) for n in names}   # values sit inside 3 containers
         objs = []
         for _ in range(batch):
             cells = ",".join(_nl(3) + json_string(n) + ": " + _nest(its[n], outputs[n].shape[1:], 3, True)
@@ -186,9 +194,9 @@ def classify_response(results: list[list[tuple[bytes | str, float]]]) -> str:
     return '{\n    "results": [' + ", ".join(rows) + "\n    ]\n}"
 
 
-def predict_body(outputs: dict[str, np.ndarray], fmt: str) -> bytes:
+def predict_body(outputs: dict[str, np.ndarray], fmt: str, types: dict[str, str] | None = None) -> bytes:
     """The predict answer's bytes: ``predict_response`` with each string's bytes as they were."""
-    return predict_response(outputs, fmt).encode("utf-8", "surrogateescape")
+    return predict_response(outputs, fmt, types).encode("utf-8", "surrogateescape")
 
 
 def _label_text(label: bytes | str) -> str:

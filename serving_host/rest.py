@@ -20,6 +20,7 @@ from serving_host.json_response import classify_body, error_body, predict_body, 
 from serving_host.json_text import truncate
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
+from serving_host.tf_dtypes import dtype_name
 
 log = logging.getLogger("serving_host")
 
@@ -166,7 +167,8 @@ class RestApi:
                                        f"not found in signature def")
             tensors, fmt = predict_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()})
             outputs = servable.predict(sig_name, tensors, timeout_ms=self.timeout_ms)
-        return predict_body(outputs, fmt)
+            types = {a: dtype_name(servable.tensor_dtype(sig.outputs[a].name) or 0) for a in outputs}
+        return predict_body(outputs, fmt, types)
 
     def classify(self, name, version, label, body: bytes) -> bytes:
         return classify_body(self._run_examples(name, version, label, body, "classify"))

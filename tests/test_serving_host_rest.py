@@ -463,3 +463,49 @@ def test_string_outputs_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(
         servable.close()
     assert status == 200
     assert body == b'{\n    "predictions": ["\xffa", "\xff\xc3\xa9"\n    ]\n}'
+
+
+def test_a_quantized_output_is_refused_over_rest_as_tf_serving_refuses_it(tmp_path):
+    """TF Serving writes a predict's outputs to JSON from their TensorProtos, whose dtype is the
+    graph's: ``AddSingleValueAndAdvance`` has no case for qint8 (nor quint8, qint16, quint16,
+    qint32), so a quantized output answers 400 "Failed to write JSON value for tensor type: qint8".
+    The session hands a quantized tensor back as plain integers, and this server wrote them as
+    int8 numbers with 200, an answer TF Serving never gives. An empty one is still ``[]``."""
+    from contextlib import contextmanager
+
+    import numpy as np
+    import tensorflow as tf
+
+    from serving_host import rest
+    from serving_host.servable import Servable
+
+    path = str(tmp_path / "1")
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        q = tf.identity(tf.bitcast(tf.cast(x, tf.int8), tf.qint8), name="q")
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(x)}, outputs={"q": info(q), "y": info(tf.identity(x * 2, name="y"))},
+            method_name="tensorflow/serving/predict")
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
+        builder.save()
+    servable = Servable.load("m", 1, path)
+
+    class Manager:
+        @contextmanager
+        def handle(self, *args):
+            yield servable
+
+    api = rest.RestApi(Manager())
+    try:
+        assert servable.predict("", {"x": np.array([3.0], np.float32)})["q"].tolist() == [3]   # plain ints
+        for body in (b'{"instances": [3.0, 4.0]}', b'{"inputs": [3.0]}'):
+            status, text = api.handle("POST", "/v1/models/m:predict", body)
+            assert (status, json.loads(text)) == (
+                400, {"error": "Failed to write JSON value for tensor type: qint8"}), body
+        status, text = api.handle("POST", "/v1/models/m:predict", b'{"inputs": {"x": []}}')
+        assert (status, json.loads(text)) == (200, {"outputs": {"q": [], "y": []}})
+    finally:
+        servable.close()
