@@ -135,8 +135,11 @@ def tensor_from_proto(alias: str, proto) -> np.ndarray:
         # FromProtoField<float8_*>: the first n bytes of float8_val, the last repeated when there
         # are fewer, zeros when there are none (numpy's own reading knows only two of the five)
         raw = proto.float8_val
-        data = raw[:n] if len(raw) >= n else (raw + raw[-1:] * (n - len(raw)) if raw else bytes(n))
-        return np.frombuffer(data, dtype=tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).reshape(dims).copy()
+        try:    # a buffer that cannot be had: FromProto's allocation fails, so no tensor
+            data = raw[:n] if len(raw) >= n else (raw + raw[-1:] * (n - len(raw)) if raw else bytes(n))
+            return np.frombuffer(data, dtype=tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).reshape(dims).copy()
+        except (MemoryError, OverflowError, ValueError):
+            raise invalid_argument(f"tensor parsing error: {alias}") from None
     if field is not None and not proto.tensor_content:
         # FromProtoField copies the first n elements and ignores the rest (tensor.cc); a complex
         # field's odd last number is no element

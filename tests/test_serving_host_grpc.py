@@ -778,6 +778,23 @@ def test_int4_uint4_int2_uint2_inputs_take_their_first_values_as_tensorflow_does
             assert got.astype("int32").tolist() == want.astype("int32").tolist(), (dtype, label)
 
 
+def test_a_float8_or_float4_tensor_too_large_to_hold_is_a_parsing_error_as_in_tensorflow():
+    """``Tensor::FromProto`` allocates a tensor's buffer before it reads ``float8_val``; when that
+    fails (2**44 elements) it makes no tensor: TF Serving answers INVALID_ARGUMENT "tensor parsing
+    error: x", as for every other type. This server's float8 reading let Python's MemoryError out,
+    so the gRPC call ended UNKNOWN "MemoryError: " (float4 reads the same way). (TensorFlow's own
+    ParseTensor refuses these too, after its allocator's 10 s of retries: not run here.)"""
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    for dtype in (*FLOAT8_TYPES, 33):
+        for fields in ({}, {"float8_val": b"\x01"}):
+            proto = _tensor_proto(dtype, [2**44], **fields)
+            with pytest.raises(ServingError) as e:
+                apis.tensor_from_proto("x", proto)
+            assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x"), dtype
+
+
 def test_a_tensor_shape_is_read_as_tensorflow_reads_it():
     """``Tensor::FromProto`` reads its shape as a ``TensorShape``: ``unknown_rank`` is ignored (the
     dims are the shape), more than 254 dims make no tensor. This server refused ``unknown_rank`` as
