@@ -833,8 +833,8 @@ def test_an_empty_tensor_with_huge_other_dimensions_is_read_as_tensorflow_reads_
     """``TensorShape::IsValid`` takes any sizes whose running product stays within int64: an empty
     tensor ([0, 2**62]) is made whatever its other sizes, and only a product that passes int64 before
     a 0 makes none. numpy holds an empty array only when its other sizes times the element's bytes
-    fit: this server called [0, 2**62] "tensor parsing error" (a resource or variant one raised a
-    bare ValueError). It now says that this is its own limit; what numpy holds is made as before."""
+    fit: this server called [0, 2**62] "tensor parsing error". It now says that this is its own
+    limit, for every type (a resource or variant one too); what numpy holds is made as before."""
     import tensorflow as tf
 
     from serving_host import apis
