@@ -318,7 +318,9 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
 
 def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits) -> Verdict:
     """Did the canary's live traffic get worse than before its switch / than the old hosts?"""
-    named = [(name, w) for name, w in (("before", before), ("on the other hosts", others)) if w is not None]
+    # "on the other host" when the old version's window is one host's (a fleet of two)
+    where = "on the other hosts" if others is not None and others.hosts > 1 else "on the other host"
+    named = [(name, w) for name, w in (("before", before), (where, others)) if w is not None]
     baselines = {name: w for name, w in named if w.requests >= limits.min_requests and not w.restarted}
     measurements = {"canary": canary.to_dict(),
                     "before": before.to_dict() if before is not None else None,

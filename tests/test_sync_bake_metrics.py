@@ -454,7 +454,7 @@ def test_what_was_not_judged_is_in_the_measurements():
         "p99 not judged: 40 requests on the canary (it takes 100)"], v.measurements
     v = bake.judge("web-2", _win([1000] * 400), _win([1000] * 60), _win([1000] * 80), LIMITS)
     assert v.measurements["latency_not_judged"] == [
-        "p99 not judged: 60 before and 80 on the other hosts (it takes 100)"], v.measurements
+        "p99 not judged: 60 before and 80 on the other host (it takes 100)"], v.measurements
     v = bake.judge("web-2", _win([1000] * 400), _win([1000] * 60), _win([1000] * 300), LIMITS)
     assert v.measurements["latency_not_judged"] == []          # one baseline that can say is enough
     # 1 request of 20 at 100 ms: a mean 6x, and as likely on an identical version with a heavy tail
@@ -1058,7 +1058,7 @@ def test_a_coarse_baseline_does_not_switch_off_the_mean_against_a_precise_one():
     assert before.mean_known and canary.mean_known and not others.mean_known
     v = bake.judge("web-2", canary, before, others, LIMITS)
     assert v.outcome == "breached" and v.measurements["mean_compared"] is True, v.line
-    assert ("mean latency at least 40.0 ms vs at most 4.0 ms before and at most 5.0 ms on the other hosts; "
+    assert ("mean latency at least 40.0 ms vs at most 4.0 ms before and at most 5.0 ms on the other host; "
             "limit 1.5x") in v.line and "p95" not in v.line and "p99" not in v.line, v.line
     # a coarse baseline is used at its highest: one coarser still (hi 50 ms) lets this canary pass
     quiet, = _host(WEEKS_AT_5, 4000.0, {4000.0: 20}, start_sum=WEEKS_AT_5 * 4000.0 - 200_000)
@@ -1085,7 +1085,7 @@ def test_a_baseline_whose_printed_sum_did_not_move_still_bounds_the_mean():
     _, canary = _host(HOUR_AT_5, 4000.0, {4000.0: 300}, {40_000.0: 3000})
     v = bake.judge("web-2", canary, None, others, LIMITS)
     assert v.outcome == "breached" and v.measurements["mean_compared"] is True, v.line
-    assert "mean latency at least 40.0 ms vs at most 4.2 ms on the other hosts; limit 1.5x" in v.line, v.line
+    assert "mean latency at least 40.0 ms vs at most 4.2 ms on the other host; limit 1.5x" in v.line, v.line
 
 
 def test_an_identical_version_passes_against_coarse_and_unmoved_baselines():

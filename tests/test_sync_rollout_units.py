@@ -3,6 +3,7 @@ two phases and memory order, the bake's parsing of TF Serving's Prometheus page 
 and the one "previous production" rule."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -248,11 +249,23 @@ LIMITS = bake.Limits(max_error_rate=0.01, max_latency_ratio=1.5, min_requests=20
 
 
 def test_error_rate_breach_says_it_in_one_line_with_the_figures():
-    v = bake.judge("web-2", _w(320, 40), _w(300), _w(600), LIMITS)
+    v = bake.judge("web-2", _w(320, 40), _w(300), dataclasses.replace(_w(600), hosts=2), LIMITS)
     assert v.outcome == "breached" and not v.passed
     assert v.line == ("canary web-2: error rate 12.5% (40/320) vs 0.0% before and 0.0% on the other hosts; "
                       "limit 1.0%: rolled back")
     assert v.measurements["canary"]["errors"] == 40 and v.measurements["others"]["requests"] == 600
+
+
+def test_the_verdict_says_the_other_host_when_the_old_version_is_on_one_host():
+    """Found by review (2026-12-07, twenty-first stop): a fleet of two compares its canary with one
+    old host, and the line said "on the other hosts" (the error rate's and the mean's)."""
+    v = bake.judge("web-2", _w(320, 40), _w(300), _w(600), LIMITS)
+    assert v.line == ("canary web-2: error rate 12.5% (40/320) vs 0.0% before and 0.0% on the other host; "
+                      "limit 1.0%: rolled back"), v.line
+    slow = metrics_windows.Window(100, 0, (), 4.0e6, 100, seconds=10.0)        # 40 ms each, exact sums
+    fast = metrics_windows.Window(100, 0, (), 0.5e6, 100, seconds=10.0)
+    v = bake.judge("web-2", slow, None, fast, LIMITS)
+    assert "mean latency 40.0 ms vs 5.0 ms on the other host; limit 1.5x" in v.line, v.line
 
 
 def test_errors_the_old_version_has_too_are_not_the_canarys_fault():
