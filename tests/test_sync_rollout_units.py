@@ -322,7 +322,7 @@ def test_a_mean_exactly_at_the_latency_limit_is_not_a_breach():
     v = bake.judge("web-2", _timed(100, 1500.0), _timed(100, 1000.0), None, LIMITS)
     assert v.passed and v.measurements["mean_compared"], v.line
     v = bake.judge("web-2", _timed(100, 1501.0), _timed(100, 1000.0), None, LIMITS)
-    assert v.outcome == "breached" and "mean latency 1.5 ms vs 1.0 ms before" in v.line
+    assert v.outcome == "breached" and "mean latency 1.501 ms vs 1.000 ms before" in v.line, v.line
 
 
 def test_a_baseline_without_a_latency_sum_is_no_mean_to_compare_with():
@@ -506,3 +506,23 @@ def test_a_rollout_overtaken_stays_only_for_a_newer_version_it_did_not_fail_agai
     from serving_sync.rollout import stays_when_overtaken
 
     assert stays_when_overtaken(v, now, before, failed) is stays
+
+
+def test_a_latency_breachs_figures_breach_as_shown():
+    """Found by review (2026-12-07, twenty-first stop): the figures of a latency breach were shown
+    to one decimal (two under 0.1 ms), so a mean of 1.04 ms against 0.69 ms read "1.0 ms vs 0.7 ms;
+    limit 1.5x: rolled back" (1.43x as shown), and a p95 in TF Serving's bucket from 0.105 ms
+    against one up to 0.0583 ms read "0.1 ms vs 0.06 ms; limit 1.75x". The line now shows as many
+    decimals as it takes for its figures to breach as well."""
+    slow = metrics_windows.Window(1000, 0, (), 1.04e6, 1000, seconds=10.0)      # exact sums: 1.04 ms each
+    fast = metrics_windows.Window(1000, 0, (), 0.69e6, 1000, seconds=10.0)
+    v = bake.judge("web-2", slow, fast, None, LIMITS)
+    assert v.outcome == "breached" and "mean latency 1.04 ms vs 0.69 ms before; limit 1.5x" in v.line, v.line
+    les = [10 * 1.8 ** i for i in range(33)] + [float("inf")]                   # TF Serving's limits (µs)
+
+    def all_in(i: int) -> metrics_windows.Window:       # 200 requests in the bucket up to les[i]
+        return metrics_windows.Window(200, 0, tuple((le, 200.0 if j >= i else 0.0) for j, le in enumerate(les)),
+                                      0.0, 200)
+    v = bake.judge("web-2", all_in(5), all_in(3), None, bake.Limits(max_latency_ratio=1.75))
+    assert v.outcome == "breached", v.line
+    assert "p95 latency at least 0.105 ms vs at most 0.0583 ms before; limit 1.75x" in v.line, v.line
