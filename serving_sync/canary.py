@@ -9,8 +9,10 @@ the main entry (``smoke_main``) that TF Serving counts under the model's name â€
 its "before" window (``metrics_windows.window_outside``: its traffic, error and latency baselines
 are live traffic only); ``before_switch`` waits until that window holds at least ``bake`` seconds
 of live traffic (equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
-switched hosts and the hosts still on the old version, waits ``bake`` seconds, scrapes again
-and returns one ``bake.Verdict`` per switched host. The numbers are ``bake.judge``'s.
+switched hosts and the hosts still on the old version, waits ``bake`` seconds (reading the switched
+hosts every ``RESTART_CHECK_EVERY`` seconds meanwhile: a restart is seen while its counters are
+below their old values), scrapes again and returns one ``bake.Verdict`` per switched host. The
+numbers are ``bake.judge``'s.
 """
 from __future__ import annotations
 
@@ -49,11 +51,18 @@ def metrics_timeout(bake: float, deploy_timeout: float) -> float:
     return min(deploy_timeout, max(METRICS_TIMEOUT_MIN, min(METRICS_TIMEOUT_MAX, bake / 4)))
 
 
-def _sleep(seconds: float, doing: str = "") -> None:
+# Seconds between reads of the judged hosts' pages during their bake: a TF Serving restart there
+# shows as counters that went down only until they climb past their old values (a server started
+# shortly before the deploy), so the bake reads the pages this often, not just at its two ends
+RESTART_CHECK_EVERY = 5.0
+
+
+def _sleep(seconds: float, doing: str = "", tick=None) -> None:
     """Sleep in short steps so an interrupt request is honoured within 0.1 s; say ``doing`` and
-    the seconds left every ``PROGRESS_EVERY`` seconds (CircleCI ends a step silent for 10 minutes)."""
+    the seconds left every ``PROGRESS_EVERY`` seconds (CircleCI ends a step silent for 10 minutes);
+    call ``tick`` every ``RESTART_CHECK_EVERY`` seconds while more than that is left."""
     end = time.monotonic() + max(0.0, seconds)
-    said = time.monotonic()
+    said = ticked = time.monotonic()
     while True:
         cancel.check()
         now = time.monotonic()
@@ -63,6 +72,10 @@ def _sleep(seconds: float, doing: str = "") -> None:
         if doing and now - said >= PROGRESS_EVERY:
             logger.info("bake: %s, %.0fs left", doing, left)
             said = now
+        if tick is not None and now - ticked >= RESTART_CHECK_EVERY and left > RESTART_CHECK_EVERY:
+            tick()
+            ticked = time.monotonic()
+            continue
         time.sleep(min(0.1, left))
 
 
@@ -87,6 +100,7 @@ class Baker:
         self.s0: dict[str, metrics_windows.Snapshot] = {}
         self.s1: dict[str, metrics_windows.Snapshot] = {}
         self.unreadable: dict[str, str] = {}
+        self.unread_in_bake: set[str] = set()      # judged hosts a read during their bake failed on (said once)
 
     def _scrape(self, name: str) -> metrics_windows.Snapshot:
         host = self.runs[name].host
@@ -161,7 +175,9 @@ class Baker:
         old_names = [r.host.name for r in old]
         s2 = self._scrape_some(judged + old_names, required=judged)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
-        _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic")
+        seen = {n: [s2[n]] for n in judged}
+        _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic",
+               tick=functools.partial(self._read_during_bake, seen))
         s3 = self._scrape_some(judged + old_names, required=judged)
         others = []
         for o in old_names:
@@ -179,5 +195,21 @@ class Baker:
             if n in self.s0 and before is None:
                 logger.warning("%s: its metrics could not be read around the deploy's prepare on it: its window "
                                "before the switch is not used", n)
-            verdicts.append(bake.judge(n, metrics_windows.window(s2[n], s3[n]), before, merged, self.opts.limits))
+            verdicts.append(bake.judge(n, metrics_windows.window_through([*seen[n], s3[n]]), before, merged,
+                                       self.opts.limits))
         return verdicts
+
+    def _read_during_bake(self, seen: dict[str, list]) -> None:
+        """Read the judged hosts' pages once more during their bake (``RESTART_CHECK_EVERY``), each
+        added to ``seen``: a restart whose counters climb past their old values before the bake's
+        last read is seen at a read in between (``metrics_windows.window_through``). A page that
+        cannot be read now is skipped, said once a host (the bake's last read must succeed)."""
+        names = sorted(seen)
+        for n, (snap, exc) in zip(names, parallel.settle(self._scrape, names, workers=16, name="metrics")):
+            if exc is None:
+                seen[n].append(snap)
+            elif not isinstance(exc, UserError):
+                raise exc
+            elif n not in self.unread_in_bake:
+                self.unread_in_bake.add(n)
+                logger.warning("%s (during the bake: a restart while it does not answer may go unseen)", exc.message)

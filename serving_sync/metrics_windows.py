@@ -28,7 +28,7 @@ a raw ``"`` never comes from a client (``prometheus_exporter.cc``, ``SanitizeLab
 
 Pure functions on parsed samples: ``parse`` (the page, read with ``prometheus_client.parser``, or
 its OpenMetrics parser for a page in that format),
-``window`` (two snapshots -> counts in between), ``window_outside`` and ``merge``.
+``window`` (two snapshots -> counts in between), ``window_through``, ``window_outside`` and ``merge``.
 """
 from __future__ import annotations
 
@@ -283,6 +283,17 @@ def window(before: Snapshot, after: Snapshot) -> Window:
     buckets = tuple((le, after.buckets.get(le, 0.0) - before.buckets.get(le, 0.0)) for le in les)
     return Window(ok + errors, errors, buckets, after.latency_sum - before.latency_sum, ok, restarted,
                   after.latency_sum_error + before.latency_sum_error, seconds, 1)
+
+
+def window_through(snapshots: list[Snapshot]) -> Window:
+    """The window from the first of ``snapshots`` to the last (reads of one host in between, in
+    order), ``restarted`` when a count went down between any two of them: TF Serving restarted,
+    though its counters may have climbed past their old values by the last; the window is then
+    what the last counted since it started."""
+    whole = window(snapshots[0], snapshots[-1])
+    if whole.restarted or not any(_went_down(a, b) for a, b in zip(snapshots, snapshots[1:])):
+        return whole
+    return dataclasses.replace(window(Snapshot(at=snapshots[0].at), snapshots[-1]), restarted=True)
 
 
 def window_outside(before: Snapshot, after: Snapshot,

@@ -736,6 +736,39 @@ def test_a_later_waves_unreadable_host_does_not_abort_the_canarys_bake(monkeypat
         baker.judge([runs[1]], [runs[2]])
 
 
+def test_a_restart_during_the_bake_is_seen_though_its_counters_climb_past_their_old_values(monkeypatch):
+    """Found by review (2026-12-07, twenty-first stop): the bake read a canary's page at its start
+    and its end only, and a restart shows as counters that went down. A TF Serving started shortly
+    before the deploy (60 requests served) that restarted during the bake and served more than that
+    since read as a canary that never stopped: a version that crashes TF Serving passed its bake.
+    The judged hosts' pages are now read every ``RESTART_CHECK_EVERY`` seconds of the bake too: the
+    restart is seen while the counts are low, and the canary is rolled back."""
+    hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2")}
+    runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
+    opts = SimpleNamespace(bake=6.0, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts)
+    monkeypatch.setattr(canary, "RESTART_CHECK_EVERY", 0.2, raising=False)
+    baking = threading.Event()
+    restarted_at: list[float] = []
+
+    def scrape(name):
+        if name == "web-2" or not baking.is_set():
+            return _snap([1000] * 60)
+        if not restarted_at:                              # web-1's bake began: it restarts right after
+            restarted_at.append(time.monotonic())
+            return _snap([1000] * 60)
+        # since the restart: 5 requests, then past the 60 before it from 3 s on (its last read)
+        return _snap([1000] * (5 if time.monotonic() - restarted_at[0] < 3.0 else 120))
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    baker.start()
+    baker.before_switch([runs[0]])
+    baking.set()
+    verdict, = baker.judge([runs[0]], [runs[1]])
+    assert verdict.outcome == "breached" and "restarted during the bake" in verdict.line, verdict.line
+    assert verdict.measurements["canary"]["restarted"] and verdict.measurements["canary"]["requests"] == 120
+
+
 def test_a_wave_nothing_judges_is_switched_without_reading_its_pages(monkeypatch):
     """Found by review (2026-12-07, twentieth stop): before every wave's switch the bake read the
     metrics page of each of its hosts, though only a judged host's window before its switch is
