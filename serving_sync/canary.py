@@ -195,8 +195,9 @@ class Baker:
             if n in self.s0 and before is None:
                 logger.warning("%s: its metrics could not be read around the deploy's prepare on it: its window "
                                "before the switch is not used", n)
-            verdicts.append(bake.judge(n, metrics_windows.window_through([*seen[n], s3[n]]), before, merged,
-                                       self.opts.limits))
+            # a restart from the read before its switch on is the canary's too (a crash at its switch)
+            mine = metrics_windows.window_through([*seen[n], s3[n]], before=self.s1.get(n))
+            verdicts.append(bake.judge(n, mine, before, merged, self.opts.limits))
         return verdicts
 
     def _read_during_bake(self, seen: dict[str, list]) -> None:

@@ -285,13 +285,16 @@ def window(before: Snapshot, after: Snapshot) -> Window:
                   after.latency_sum_error + before.latency_sum_error, seconds, 1)
 
 
-def window_through(snapshots: list[Snapshot]) -> Window:
+def window_through(snapshots: list[Snapshot], *, before: Snapshot | None = None) -> Window:
     """The window from the first of ``snapshots`` to the last (reads of one host in between, in
     order), ``restarted`` when a count went down between any two of them: TF Serving restarted,
     though its counters may have climbed past their old values by the last; the window is then
-    what the last counted since it started."""
+    what the last counted since it started. ``before``: a read before the first (the host's just
+    before its switch), not in the window: counts that went down from it to the first are a restart
+    too (at the switch, which never restarts TF Serving itself)."""
     whole = window(snapshots[0], snapshots[-1])
-    if whole.restarted or not any(_went_down(a, b) for a, b in zip(snapshots, snapshots[1:])):
+    reads = ([before] if before is not None else []) + list(snapshots)
+    if whole.restarted or not any(_went_down(a, b) for a, b in zip(reads, reads[1:])):
         return whole
     return dataclasses.replace(window(Snapshot(at=snapshots[0].at), snapshots[-1]), restarted=True)
 

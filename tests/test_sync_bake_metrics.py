@@ -769,6 +769,34 @@ def test_a_restart_during_the_bake_is_seen_though_its_counters_climb_past_their_
     assert verdict.measurements["canary"]["restarted"] and verdict.measurements["canary"]["requests"] == 120
 
 
+def test_a_restart_at_the_canarys_switch_is_seen(monkeypatch):
+    """Found by review (2026-12-07, twenty-first stop): the canary's window starts at the read just
+    after its switch, and the read just before it was not compared with it: a version that crashed
+    TF Serving as it switched (counters from 0 again by the bake's first read) was judged on the
+    requests since, and passed. The switch never restarts TF Serving itself: counts that went down
+    from the read before it are a restart, and the canary is rolled back."""
+    hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2")}
+    runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
+    opts = SimpleNamespace(bake=0.2, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts)
+    switched = threading.Event()
+    reads_after: list[int] = []
+
+    def scrape(name):
+        if name == "web-2" or not switched.is_set():
+            return _snap([1000] * 300)
+        reads_after.append(1)                        # 5 requests since the restart, then 50
+        return _snap([1000] * (5 if len(reads_after) == 1 else 50))
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    baker.start()
+    baker.before_switch([runs[0]])
+    switched.set()
+    verdict, = baker.judge([runs[0]], [runs[1]])
+    assert verdict.outcome == "breached" and "restarted during the bake" in verdict.line, verdict.line
+    assert verdict.measurements["canary"]["restarted"], verdict.measurements
+
+
 def test_a_wave_nothing_judges_is_switched_without_reading_its_pages(monkeypatch):
     """Found by review (2026-12-07, twentieth stop): before every wave's switch the bake read the
     metrics page of each of its hosts, though only a judged host's window before its switch is
