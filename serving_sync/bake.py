@@ -38,7 +38,8 @@ Serving counts a request when it finishes, so a canary that hangs or crawls comp
 when it answered fewer than ``min_traffic_ratio`` times the requests of every baseline in the same
 time (its own before its switch, scaled to the bake's length; the old hosts' per host), at least
 one of which has ``min_requests``; else fewer than ``min_requests`` requests on the canary
--> "not enough traffic", which passes or fails as ``on_low_traffic`` says; else the canary
+-> "not enough traffic", which passes or fails as ``on_low_traffic`` says, unless its errors alone
+breach (the error rule below: too few requests to judge latency, not to tell that they fail); else the canary
 breaches when its error rate is more than ``max_error_rate`` above the worst baseline's by more
 than chance explains (``ERROR_RATE_ALPHA``: that many errors at the limit's rate would come in
 fewer than 1 bake of 100, each baseline's rate counted with its own noise), or its
@@ -349,12 +350,6 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     fell, measurements["traffic"] = _judge_traffic(canary, before, others, limits)
     if fell and canary.requests < limits.min_requests:      # a hung canary, not a quiet fleet
         return Verdict(host, "breached", f"canary {host}: {fell}: rolled back", (fell,), measurements)
-    if canary.requests < limits.min_requests:
-        ok = limits.on_low_traffic == "pass"
-        line = (f"canary {host}: not enough traffic ({_requests(canary.requests)} < {limits.min_requests}) to "
-                f"judge it: {'passed' if ok else 'rolled back'} (--on-low-traffic {limits.on_low_traffic})")
-        return Verdict(host, "low_traffic_passed" if ok else "low_traffic_failed", line,
-                       ("not enough traffic",), measurements)
     reasons = []
     base_rate = max((w.error_rate for w in baselines.values()), default=0.0)
 
@@ -370,8 +365,20 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
         f"{_pct(bound, d)} ({_pct(base_rate, d)} + {_pct(limits.max_error_rate, d)})"
     err = f"error rate {_pct(canary.error_rate, d)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
     # "more than the limit": 7/100 against 6/100 + 1% is at it, though 0.06 + 0.01 > 0.07 in floats
-    if canary.error_rate > bound + RATE_EPSILON:
-        if _errors_beyond_chance(canary, baselines, bound, limits.max_error_rate):
+    above = canary.error_rate > bound + RATE_EPSILON
+    beyond = above and _errors_beyond_chance(canary, baselines, bound, limits.max_error_rate)
+    if canary.requests < limits.min_requests:
+        if beyond:      # too few requests to judge the rest, not too few to tell that they fail
+            why = (f"{err} (fewer than --min-requests {limits.min_requests}, but more errors than chance "
+                   f"explains)")
+            return Verdict(host, "breached", f"canary {host}: {why}: rolled back", (why,), measurements)
+        ok = limits.on_low_traffic == "pass"
+        line = (f"canary {host}: not enough traffic ({_requests(canary.requests)} < {limits.min_requests}) to "
+                f"judge it: {'passed' if ok else 'rolled back'} (--on-low-traffic {limits.on_low_traffic})")
+        return Verdict(host, "low_traffic_passed" if ok else "low_traffic_failed", line,
+                       ("not enough traffic",), measurements)
+    if above:
+        if beyond:
             reasons.append(err)
         else:
             err += (f", within chance at {_requests(canary.requests)} (at the limit, {canary.errors} or more "

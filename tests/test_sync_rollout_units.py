@@ -287,9 +287,26 @@ def test_same_latency_passes_with_its_figures():
                                                    ("fail", "low_traffic_failed", False)])
 def test_low_traffic_follows_the_policy(policy, outcome, passed):
     # a quiet fleet: the canary's window before its switch was quiet too (else its traffic fell)
-    v = bake.judge("web-2", _w(5, 5), _w(12), None, bake.Limits(min_requests=20, on_low_traffic=policy))
+    v = bake.judge("web-2", _w(5, 1), _w(12), None, bake.Limits(min_requests=20, on_low_traffic=policy))
     assert v.outcome == outcome and v.passed is passed
     assert "not enough traffic (5 requests < 20)" in v.line and f"--on-low-traffic {policy}" in v.line
+
+
+@pytest.mark.parametrize("policy", ["pass", "fail"])
+def test_a_quiet_canary_whose_requests_fail_is_rolled_back_as_a_breach(policy):
+    """Found by review (2026-12-07, twenty-first stop): a canary with fewer than --min-requests was
+    "not enough traffic" whatever its errors, so a version failing all 5 of its requests in a quiet
+    hour passed with the default --on-low-traffic pass and rolled out. Too few requests to judge
+    its latency are not too few to tell that they fail: errors beyond chance at the limit's rate
+    (as for a busy canary) breach; one error of 5 is still chance."""
+    limits = bake.Limits(min_requests=20, on_low_traffic=policy)
+    v = bake.judge("web-2", _w(5, 5), _w(12), None, limits)
+    assert v.outcome == "breached" and not v.passed, v.line
+    assert v.line == ("canary web-2: error rate 100.0% (5/5) vs 0.0% before (12 requests, too few to use); "
+                      "limit 1.0% (fewer than --min-requests 20, but more errors than chance explains): "
+                      "rolled back"), v.line
+    v = bake.judge("web-2", _w(5, 1), _w(12), None, limits)
+    assert v.outcome == f"low_traffic_{policy}ed" and "not enough traffic" in v.line, v.line
 
 
 def test_baselines_with_too_little_traffic_do_not_count():
