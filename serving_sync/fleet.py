@@ -310,6 +310,9 @@ def _bake(result: FleetResult, recorder, baker: Baker, wave: list[HostRun], late
     try:
         verdicts = baker.judge(wave, later)
     except BaseException as exc:
+        # the wave switched: ``--json`` lists it, as after a breach (with no verdict to give)
+        entry["bake_seconds"] = round(time.monotonic() - b0, 3)
+        result.waves.append(entry)
         raise fail(result, recorder, wave[0], runs, exc, step="bake") from None
     entry["bake"] = [vd.to_dict() for vd in verdicts]
     entry["bake_seconds"] = round(time.monotonic() - b0, 3)

@@ -88,6 +88,34 @@ def test_a_sigterm_while_the_canary_baseline_is_measured_puts_every_host_back(de
     _not_blamed(env, v2, stopped.value.result)
 
 
+def test_a_sigterm_during_the_canarys_bake_still_lists_its_switched_wave(deploy_env, monkeypatch):
+    """Found by review (2026-12-07, twenty-first stop): ``--json`` lists the waves that switched
+    (with a breach, the canary's and its verdicts), but a bake that ended otherwise — a signal, its
+    metrics page gone — left the canary's wave out: ``waves: []`` though the canary had switched and
+    was put back. The wave is listed now, with how long its bake ran."""
+    env = deploy_env
+    hosts = env.add_monitored_hosts(2)
+    v1, v2 = v1_then_promote_v2(env)
+    judge = Baker.judge
+
+    def signalled(self, wave, old):      # the signal arrives during the canary's bake
+        cancel.request("SIGTERM (test)")
+        return judge(self, wave, old)
+
+    monkeypatch.setattr(Baker, "judge", signalled)
+    try:
+        with pytest.raises(cancel.DeployInterrupted) as stopped:
+            env.deploy(opts=deploy_opts(bake=5.0))
+    finally:
+        cancel.reset()
+    assert "at step 'bake'" in str(stopped.value)
+    waves = stopped.value.result.waves
+    assert [(w["wave"], w["hosts"]) for w in waves] == [("canary", [hosts[0].name])], waves
+    assert waves[0]["bake_seconds"] < 5.0 and "bake" not in waves[0], waves
+    for h in hosts:
+        env.serves(h, v1)
+
+
 def test_a_host_whose_lock_was_taken_over_is_left_to_its_new_owner(deploy_env, monkeypatch):
     env = deploy_env
     monkeypatch.setenv("MLOPS_LOCK_TTL", "2")          # the deploy's lock thread beats every 0.5 s
