@@ -278,9 +278,17 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
 
 
-def _count(n: float) -> str:
-    """A request count, scaled: whole from 10 up (316.5 reads 316), else to a tenth."""
-    return f"{n:.0f}" if n >= 10 else f"{round(n, 1):g}"
+def _count(n: float, below: float | None = None) -> str:
+    """A request count, scaled: whole from 10 up (316.5 reads 316), else to a tenth; ``below``: a
+    fall's ratio, with as many decimals as it takes for ``n`` shown to stay a fall (an old host's
+    80.5 requests against a canary's 20 read "80": 25%, at the limit, not below it)."""
+    shown = f"{n:.0f}" if n >= 10 else f"{round(n, 1):g}"
+    if below is not None:
+        for d in (1, 2, 3):
+            if below < float(shown):
+                break
+            shown = f"{n:.{d}f}"
+    return shown
 
 
 def _expected(w: Window, canary: Window) -> float:
@@ -314,7 +322,7 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
             "compared": sorted(compared), "fell": fell}
     if not fell:
         return None, info
-    parts = []
+    parts, least = [], canary.requests / ratio          # every baseline shown above it: a fall as shown
     if "before" in compared:
         live, notes = before.requests, []
         if round(live) != round(compared["before"]) and before.seconds:
@@ -322,10 +330,10 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         if before.own:
             notes.append(f"not counting {before.own} during the deploy's prepare on it")
         raw = f" ({', '.join(notes)})" if notes else ""
-        parts.append(f"{_count(compared['before'])} before its switch{raw}")
+        parts.append(f"{_count(compared['before'], least)} before its switch{raw}")
     if "others" in compared:
-        parts.append(f"{_count(compared['others'])} per host on the {others.hosts} other hosts" if others.hosts > 1
-                     else f"{_count(compared['others'])} on the other host")
+        parts.append(f"{_count(compared['others'], least)} per host on the {others.hosts} other hosts"
+                     if others.hosts > 1 else f"{_count(compared['others'], least)} on the other host")
     took = f"in {_seconds(canary.seconds)}" if canary.seconds else "in the bake"
     return (f"answered {_requests(canary.requests)} {took} vs "
             f"{' and '.join(parts)}; traffic fell below {100 * ratio:g}%"), info

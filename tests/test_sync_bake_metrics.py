@@ -1186,6 +1186,18 @@ def _old_hosts(*requests: int, seconds: float = 10.0) -> metrics_windows.Window:
     return metrics_windows.merge([_served(n, at=100.0, seconds=seconds) for n in requests])
 
 
+def test_a_fall_in_traffic_reads_as_a_fall():
+    """Found by review (2026-12-07, twenty-first stop): the baselines' requests were shown whole
+    from 10 up, so a canary of 20 requests against 80.5 per old host (161 on two), below 25% of it,
+    read "answered 20 requests in 10 s vs 80 per host on the 2 other hosts; traffic fell below 25%:
+    rolled back" — 25% as shown. A baseline is now shown with the decimals it takes."""
+    v = bake.judge("web-2", _served(20, at=100.0), None, _old_hosts(80, 81), LIMITS)
+    assert v.outcome == "breached", v.line
+    assert "answered 20 requests in 10 s vs 80.5 per host on the 2 other hosts; traffic fell below 25%" in v.line
+    v = bake.judge("web-2", _served(20, at=100.0), None, _old_hosts(90, 91), LIMITS)      # whole, as before
+    assert "vs 90 per host on the 2 other hosts; traffic fell below 25%" in v.line, v.line
+
+
 def test_a_canary_whose_traffic_fell_breaches_with_its_figures():
     """Found by review (2026-12-05, fourth stop; fixed at the sixth): TF Serving counts a request
     when it finishes, so a canary that hangs completed 3 requests in its bake, "not enough traffic",
