@@ -363,11 +363,15 @@ def _stays(recorder, v: int, moved: ProductionMoved, runs: list[HostRun]) -> boo
 
 
 def _log_shape(shape: rollout.Shape, opts: DeployOptions, n: int) -> None:
+    """The rollout in one line: each wave, and which are baked (with ``--bake-each-wave`` every
+    judged one, ``rollout.Shape.judged``: the line named the canary's bake alone)."""
+    judged = set(shape.judged(opts.bake_each_wave)) if opts.bake else set()
     logger.info("rollout: prepare %d host%s (%d at a time), then %s", n, "" if n == 1 else "s",
                 min(opts.parallel, n) if n else 0,
-                "; ".join((f"canary {', '.join(w)}" + (f", bake {opts.bake:g}s" if opts.bake and shape.bakeable
-                                                        else ", no bake"))
-                          if i == 0 and shape.canary else f"wave {', '.join(w)}" for i, w in enumerate(shape.waves)))
+                "; ".join((f"canary {', '.join(w)}" if i == 0 and shape.canary else f"wave {', '.join(w)}")
+                          + (f", bake {opts.bake:g}s" if judged.intersection(w) else
+                             ", no bake" if i == 0 and shape.canary else "")
+                          for i, w in enumerate(shape.waves)))
 
 
 def _deployed_row(recorder, run: HostRun, v: int, reason: str | None, *, final: bool):

@@ -543,3 +543,20 @@ def test_a_latency_breachs_figures_breach_as_shown():
     v = bake.judge("web-2", all_in(5), all_in(3), None, bake.Limits(max_latency_ratio=1.75))
     assert v.outcome == "breached", v.line
     assert "p95 latency at least 0.105 ms vs at most 0.0583 ms before; limit 1.75x" in v.line, v.line
+
+
+def test_the_rollout_line_names_every_wave_that_is_baked(monkeypatch):
+    """Found by review (2026-12-07, twenty-first stop): with ``--bake-each-wave`` the deploy's
+    rollout line named the canary's bake alone ("canary h1, bake 60s; wave h2; wave h3"), and wave
+    h2's 60 s wait came unannounced. Every judged wave now says its bake; the last never bakes."""
+    from serving_sync import fleet
+    from serving_sync.options import DeployOptions
+
+    said: list[str] = []
+    monkeypatch.setattr(fleet.logger, "info", lambda msg, *a: said.append(msg % a))
+    fleet._log_shape(rollout.shape(["h1", "h2", "h3"], wave="1"), DeployOptions(bake=60, bake_each_wave=True), 3)
+    fleet._log_shape(rollout.shape(["h1", "h2", "h3"], wave="1"), DeployOptions(bake=60), 3)
+    fleet._log_shape(rollout.shape(["h1", "h2", "h3"], wave="1"), DeployOptions(bake=0, bake_each_wave=True), 3)
+    assert said == ["rollout: prepare 3 hosts (3 at a time), then canary h1, bake 60s; wave h2, bake 60s; wave h3",
+                    "rollout: prepare 3 hosts (3 at a time), then canary h1, bake 60s; wave h2; wave h3",
+                    "rollout: prepare 3 hosts (3 at a time), then canary h1, no bake; wave h2; wave h3"], said
