@@ -359,24 +359,33 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     if fell and canary.requests < limits.min_requests:      # a hung canary, not a quiet fleet
         return Verdict(host, "breached", f"canary {host}: {fell}: rolled back", (fell,), measurements)
     reasons = []
-    base_rate = max((w.error_rate for w in baselines.values()), default=0.0)
 
-    def unused(w: Window) -> str:
-        if w.restarted:
-            return " (restarted, not used)"
-        return "" if w.requests >= limits.min_requests else f" ({_requests(w.requests)}, too few to use)"
+    def error_rule(used: dict[str, Window]) -> tuple[str, bool, bool]:
+        """(the error rate's text, above its limit, beyond chance) against the baselines ``used``."""
+        base_rate = max((w.error_rate for w in used.values()), default=0.0)
 
-    bound = base_rate + limits.max_error_rate
-    d = _decimals(canary.error_rate, bound, base_rate, limits.max_error_rate, *(w.error_rate for _, w in named))
-    compare = " and ".join(f"{_pct(w.error_rate, d)} {name}{unused(w)}" for name, w in named) or "no baseline"
-    limit = _pct(limits.max_error_rate, d) if base_rate == 0 else \
-        f"{_pct(bound, d)} ({_pct(base_rate, d)} + {_pct(limits.max_error_rate, d)})"
-    err = f"error rate {_pct(canary.error_rate, d)} ({canary.errors}/{canary.requests}) vs {compare}; limit {limit}"
-    # "more than the limit": 7/100 against 6/100 + 1% is at it, though 0.06 + 0.01 > 0.07 in floats
-    above = canary.error_rate > bound + RATE_EPSILON
-    beyond = above and _errors_beyond_chance(canary, baselines, bound, limits.max_error_rate)
+        def unused(w: Window) -> str:
+            if w.restarted:
+                return " (restarted, not used)"
+            return "" if any(w is u for u in used.values()) else f" ({_requests(w.requests)}, too few to use)"
+
+        bound = base_rate + limits.max_error_rate
+        d = _decimals(canary.error_rate, bound, base_rate, limits.max_error_rate, *(w.error_rate for _, w in named))
+        compare = " and ".join(f"{_pct(w.error_rate, d)} {name}{unused(w)}" for name, w in named) or "no baseline"
+        limit = _pct(limits.max_error_rate, d) if base_rate == 0 else \
+            f"{_pct(bound, d)} ({_pct(base_rate, d)} + {_pct(limits.max_error_rate, d)})"
+        text = (f"error rate {_pct(canary.error_rate, d)} ({canary.errors}/{canary.requests}) vs {compare}; "
+                f"limit {limit}")
+        # "more than the limit": 7/100 against 6/100 + 1% is at it, though 0.06 + 0.01 > 0.07 in floats
+        over = canary.error_rate > bound + RATE_EPSILON
+        return text, over, over and _errors_beyond_chance(canary, used, bound, limits.max_error_rate)
+
     if canary.requests < limits.min_requests:
-        if beyond:      # too few requests to judge the rest, not too few to tell that they fail
+        # too few requests to judge the rest, not too few to tell that they fail; against every
+        # baseline with requests, a quiet one too (its own noise counted): errors the old version
+        # has in a quiet hour (a client's bad inputs) are not the canary's fault
+        err, _, beyond = error_rule({name: w for name, w in named if w.requests > 0 and not w.restarted})
+        if beyond:
             why = (f"{err} (fewer than --min-requests {limits.min_requests}, but more errors than chance "
                    f"explains)")
             return Verdict(host, "breached", f"canary {host}: {why}: rolled back", (why,), measurements)
@@ -385,6 +394,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
                 f"judge it: {'passed' if ok else 'rolled back'} (--on-low-traffic {limits.on_low_traffic})")
         return Verdict(host, "low_traffic_passed" if ok else "low_traffic_failed", line,
                        ("not enough traffic",), measurements)
+    err, above, beyond = error_rule(baselines)
     if above:
         if beyond:
             reasons.append(err)

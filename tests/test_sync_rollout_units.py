@@ -298,14 +298,17 @@ def test_a_quiet_canary_whose_requests_fail_is_rolled_back_as_a_breach(policy):
     "not enough traffic" whatever its errors, so a version failing all 5 of its requests in a quiet
     hour passed with the default --on-low-traffic pass and rolled out. Too few requests to judge
     its latency are not too few to tell that they fail: errors beyond chance at the limit's rate
-    (as for a busy canary) breach; one error of 5 is still chance."""
+    (as for a busy canary, each quiet baseline's noise counted) breach; one error of 5 is still
+    chance, and so are 2 of 5 where the old version failed 3 of 12 in the same hour."""
     limits = bake.Limits(min_requests=20, on_low_traffic=policy)
     v = bake.judge("web-2", _w(5, 5), _w(12), None, limits)
     assert v.outcome == "breached" and not v.passed, v.line
-    assert v.line == ("canary web-2: error rate 100.0% (5/5) vs 0.0% before (12 requests, too few to use); "
-                      "limit 1.0% (fewer than --min-requests 20, but more errors than chance explains): "
-                      "rolled back"), v.line
+    assert v.line == ("canary web-2: error rate 100.0% (5/5) vs 0.0% before; limit 1.0% (fewer than "
+                      "--min-requests 20, but more errors than chance explains): rolled back"), v.line
     v = bake.judge("web-2", _w(5, 1), _w(12), None, limits)
+    assert v.outcome == f"low_traffic_{policy}ed" and "not enough traffic" in v.line, v.line
+    # the old version failed as often in the same quiet hour (a client's bad inputs): not the canary's fault
+    v = bake.judge("web-2", _w(5, 2), _w(12, 3), None, limits)
     assert v.outcome == f"low_traffic_{policy}ed" and "not enough traffic" in v.line, v.line
 
 
