@@ -687,8 +687,9 @@ def test_a_host_name_that_does_not_resolve_in_time_is_refused_in_time(page_serve
 def test_the_deploys_metrics_read_takes_as_long_as_its_bake_allows(page_server):
     """Found by review (2026-12-07, twentieth stop): the deploy read every metrics page with a fixed
     5 s time limit, whatever its bake: a busy host whose page takes 6.5 s refused the canary of a
-    60 s bake ("did not arrive within 5s"); here the page takes 8 s. A read now may take a quarter of the bake, 5 to 60 s,
-    within --timeout: the same page is read for a 60 s bake, and refused in time for a 2 s one."""
+    60 s bake ("did not arrive within 5s"). A read now may take a quarter of the bake, 5 to 60 s,
+    within --timeout: the same page (here 8 s late) is read for a 60 s bake, and refused in time for
+    a 2 s one."""
     url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
     runs = [SimpleNamespace(host=SimpleNamespace(name="web-1", metrics=url), own_marks=[])]
     _Pages.mode, _Pages.late_seconds = "late", 8.0    # past 5 s by more than a loaded machine's delays

@@ -258,7 +258,8 @@ def test_plan_text_tells_bake_limits_waves_and_memory_as_the_deploy_decides():
                                        rollout={"canary": ["h1"], "waves": [["h1"], ["h2"], ["h3"]]}))
     assert lines[1:] == [
         "phase 2, switch: canary h1; bake 30s on TF Serving's metrics (error rate +1% max, p95/p99 x1.5 max, "
-        "traffic 25% of the baselines' min, fewer than 50 requests: pass)",
+        "traffic 25% of the baselines' min, fewer than 50 requests: pass unless its "
+        "errors are beyond chance)",
         "phase 2, switch: wave 1: h2; bake 30s",
         "phase 2, switch: wave 2: h3",                   # the last wave: no host left to protect
         "memory: --fast: the validation copy stays loaded until the switch (two copies of the new version "
@@ -278,7 +279,8 @@ def test_plan_text_tells_bake_limits_waves_and_memory_as_the_deploy_decides():
         "resume: v4 already serves on h1 from a rollout nothing judged (a deploy stopped before its canary's "
         "verdict): the canary below is its verdict",
         "phase 2, switch: canary h2; bake 30s on TF Serving's metrics (error rate +1% max, p95/p99 x1.5 max, "
-        "traffic 25% of the baselines' min, fewer than 50 requests: pass)"]
+        "traffic 25% of the baselines' min, fewer than 50 requests: pass unless its "
+        "errors are beyond chance)"]
 
 
 def test_deploy_text_says_what_retention_removed_dead_uploads_too(capsys):

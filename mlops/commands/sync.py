@@ -92,8 +92,8 @@ def _rollout_flags(p) -> None:
                         "(default MLOPS_BAKE_SECONDS or 0: no bake)")
     p.add_argument("--bake-each-wave", action="store_true", help="bake after every wave, not only the canary")
     p.add_argument("--on-low-traffic", choices=("pass", "fail"), metavar="pass|fail",
-                   help="verdict when the canary served fewer than --min-requests (default "
-                        "MLOPS_BAKE_ON_LOW_TRAFFIC or pass)")
+                   help="verdict when the canary served fewer than --min-requests, unless its errors are "
+                        "beyond chance (then rolled back) (default MLOPS_BAKE_ON_LOW_TRAFFIC or pass)")
     p.add_argument("--max-error-rate", type=flags.fraction, metavar="F",
                    help="breach when the canary's error rate is more than F above the old version's, "
                         "beyond chance (default MLOPS_BAKE_MAX_ERROR_RATE or 0.01)")

@@ -107,11 +107,15 @@ def rollout_lines(fp) -> list[str]:
                      f"{bk['requested']:g}s not used")
     for i, wave in enumerate(ro["waves"]):
         if i == 0 and canary:
-            lim = bk["limits"]
-            bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate +{100 * lim['max_error_rate']:g}% "
-                    f"max, p95/p99 x{lim['max_latency_ratio']:g} max, traffic {100 * lim['min_traffic_ratio']:g}% "
-                    f"of the baselines' min, fewer than {lim['min_requests']} requests: "
-                    f"{lim['on_low_traffic']})" if bk["seconds"] else "no bake (--bake 0)")
+            bake = "no bake (--bake 0)"
+            if bk["seconds"]:
+                lim = bk["limits"]
+                quiet = lim["on_low_traffic"] + (" unless its errors are beyond chance"
+                                                 if lim["on_low_traffic"] == "pass" else "")
+                bake = (f"bake {bk['seconds']:g}s on TF Serving's metrics (error rate "
+                        f"+{100 * lim['max_error_rate']:g}% max, p95/p99 x{lim['max_latency_ratio']:g} max, traffic "
+                        f"{100 * lim['min_traffic_ratio']:g}% of the baselines' min, fewer than "
+                        f"{lim['min_requests']} requests: {quiet})")
             lines.append(f"phase 2, switch: canary {', '.join(wave)}; {bake}")
         else:
             lines.append(f"phase 2, switch: wave {i if canary else i + 1}: {', '.join(wave)}"
