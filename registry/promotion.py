@@ -210,8 +210,9 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     ``check_target(version)``: the caller's check that the version picked can be installed
     (``artifacts_check``: ``registry rollback``'s, ``sync rollback``'s; raises ``RefusedError``;
     nothing moves).
-    ``read_from``: the production version the caller saw (``registry rollback`` reads it as it
-    starts; default: read here, before waiting for the promotion lock). A compare-and-set: when
+    ``read_from``: the production version the caller saw (``registry rollback`` and ``sync
+    rollback`` read it as they start; default: read here, before waiting for the promotion lock).
+    A compare-and-set: when
     another move changed production before this one held the lock, it is a no-op if production
     is already where this rollback was asked to go (``.moved`` False, ``details.already_moved``
     the other move's ledger id), else refused naming that move (``move_checks.rollback_overtaken``):

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from mlops_common.errors import DeployFailed, UserError, reworded
+from mlops_common.errors import DeployFailed, RefusedError, UserError, reworded
 from registry import deploys
 
 from . import fleet, fleet_fetch, fleet_plan, rollout
@@ -32,6 +32,7 @@ class RollbackResult:
     switch_seconds: float | None             # the slowest host's switch
     seconds: float
     error: str | None = None             # a rollback that failed once the registry moved: its one line
+    observed: int | None = None          # no deploy run: another rollback had already put every host on it
 
     @property
     def superseded(self) -> bool:
@@ -41,8 +42,11 @@ class RollbackResult:
 
     @property
     def served_version(self) -> int | None:
-        """The version the deploy left the hosts on; None when it failed (the hosts were put back)."""
-        return None if self.deploy is None or self.deploy.status == "failed" else self.deploy.version
+        """The version the deploy left the hosts on; None when it failed (the hosts were put back).
+        Without a deploy: the version every host was seen serving (``observed``), else None."""
+        if self.deploy is None:
+            return self.observed
+        return None if self.deploy.status == "failed" else self.deploy.version
 
     def to_dict(self) -> dict:
         return {"registry": self.registry.to_dict(), "deploy": self.deploy.to_dict() if self.deploy else None,
@@ -165,23 +169,65 @@ def _said(exc: BaseException, promo) -> BaseException:
     return exc
 
 
+def _hosts_serve(plans, errors: dict) -> str:
+    """Where the hosts stand, in a few words: ``web-1, web-2 serve v3; web-3 serves v2``."""
+    serving: dict = {}
+    for p in plans:
+        serving.setdefault(p.current, []).append(p.host)
+    said = [f"{', '.join(names)} serve{'s' if len(names) == 1 else ''} {f'v{c}' if c is not None else 'nothing'}"
+            for c, names in serving.items()]
+    if errors:
+        said.append(f"{', '.join(errors)} could not be observed")
+    return "; ".join(said)
+
+
+def _already_rolled_back(model: str, hosts, promo, opts: DeployOptions, start: float) -> RollbackResult:
+    """Another move put production where this rollback was asked to go after it read production
+    (``promo.details.already_moved``: two people on call rolling back at once). That move's own
+    command deploys it: this one changes nothing. Every host serving that version already is a
+    no-op; else it is refused in one line saying where the hosts stand (the other deploy still
+    under way, or stopped): deploying here too would have raced that deploy for the hosts' locks
+    (and been told to break a live one's) or rolled out whatever production named by then."""
+    to = promo.to_version
+    said = (f"production of '{model}' already moved v{promo.from_version} -> v{to} ({promo.action} by "
+            f"{promo.provenance.actor}, ledger #{promo.ledger_id}) after this rollback read it")
+    fp = fleet_plan.plan_fleet(model, hosts, version=to, opts=opts, annotate=False)
+    if fp.up_to_date:
+        return RollbackResult(promo, None, None, None, time.monotonic() - start, observed=to)
+    refused = RefusedError(f"{said}, and not every host serves v{to} yet ({_hosts_serve(fp.plans, fp.errors)}): "
+                           f"its deploy is under way or stopped; nothing was changed: `mlops sync status` shows the "
+                           f"hosts, and once no deploy is under way `mlops sync deploy` installs v{to}")
+    refused.rollback = RollbackResult(promo, None, None, None, time.monotonic() - start, error=refused.message)
+    raise refused
+
+
+_READ_NOW = object()
+
+
 def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None, reason: str | None = None,
                         force: bool = False, opts: DeployOptions = DeployOptions(), break_lock: str | None = None,
                         lock_wait: float = 0.0, started: float | None = None,
-                        on_moved: Callable[[object], None] | None = None) -> RollbackResult:
+                        on_moved: Callable[[object], None] | None = None, read_from=_READ_NOW) -> RollbackResult:
     """Roll ``production`` back (to ``to``, else the previous version in the ledger) as
     ``provenance`` (``registry.provenance.Provenance``: its rows and tags name who and where) and
-    deploy it to ``hosts``. ``on_moved(promotion)`` runs between
+    deploy it to ``hosts``. ``read_from``: the production version this rollback rolls back from,
+    as the command read it when it started (default: read here), a compare-and-set
+    (``promotion.rollback``): another rollback that got there first makes this one change nothing
+    (``_already_rolled_back``). ``on_moved(promotion)`` runs between
     the registry move and the deploy; ``started`` (``time.monotonic()``) is where the timing starts.
     Raises what ``fleet.deploy`` raises (``DeployFailed`` with ``.result``), with ``.rollback``: this
     rollback's ``RollbackResult`` (``error`` its line; ``deploy`` None when the deploy had no result),
     which ``--json`` prints as on success."""
-    from registry import promotion
+    from registry import promotion, versions
 
     start = time.monotonic() if started is None else started
+    if read_from is _READ_NOW:
+        read_from = versions.production_version(model)
     check_settings(hosts)     # a bad setting of the deploy: refused before production moves
     promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True,
-                               unrolled_ok=False, check_target=installable(model, hosts, opts))
+                               unrolled_ok=False, check_target=installable(model, hosts, opts), read_from=read_from)
+    if promo.details.get("already_moved") is not None:
+        return _already_rolled_back(model, hosts, promo, opts, start)
     if on_moved is not None:
         on_moved(promo)
     try:

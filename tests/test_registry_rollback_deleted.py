@@ -120,6 +120,7 @@ def test_sync_rollback_force_flag_is_parsed_and_reaches_promotion_rollback(monke
         raise _Captured
 
     monkeypatch.setattr(promotion, "rollback", capture)
+    monkeypatch.setattr(versions, "production_version", lambda model: 5)      # what the rollback read
     with pytest.raises(_Captured):
         rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), to=4, reason="x", force=True)
     assert calls[-1][0] == "m"

@@ -660,6 +660,51 @@ def test_a_rollback_stopped_while_it_waits_for_the_promotion_lock_moves_nothing(
     assert [e.action for e in env.ledger(("rollback",))] == []
 
 
+def test_a_sync_rollback_another_rollback_got_to_first_deploys_nothing(deploy_env, paused_deploy):
+    """Found by a rollback review (2026-12-07): two people on call ran `sync rollback` against v2.
+    The one that reached the registry second found production already rolled back (a no-op there)
+    and deployed anyway: while the first one's deploy held the host it was refused with "rerun
+    with --break-lock T" (two deploys on one host), and once that deploy was done it ran one more
+    (with --lock-wait it deployed whatever production named by then). It knows the version it
+    rolls back from, and deploys nothing: refused in one line while the hosts do not serve the
+    version yet, a no-op once they do."""
+    from tests.fixtures.faults import final_error_line
+
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    v2 = env.register("b")
+    env.promote(v2)
+    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0    # v1 gone: a rollback publishes it
+    rollback = ("sync", "rollback")
+    bob, dave = (paused_deploy(env.env, "rollback:after_read", "--reason", "v2 is slow", "--actor", who, "--json",
+                               command=rollback).wait_paused() for who in ("bob", "dave"))     # both read v2
+    carol = paused_deploy(env.env, "after:publish", "--reason", "v2 is slow", "--actor", "carol",
+                          command=rollback).wait_paused()
+    assert env.production() == v1 and env.label(host) == v2      # carol's rollback moved; its deploy holds the host
+    (row,) = env.ledger(("rollback",))
+    r = bob.finish()
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2 and line == (
+        f"error: production of '{env.model}' already moved v{v2} -> v{v1} (rollback by carol, ledger #{row.id}) "
+        f"after this rollback read it, and not every host serves v{v1} yet ({host.name} serves v{v2}): its deploy "
+        f"is under way or stopped; nothing was changed: `mlops sync status` shows the hosts, and once no deploy is "
+        f"under way `mlops sync deploy` installs v{v1}"), r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert doc["deploy"] is None and doc["error"] == line.removeprefix("error: ") and doc["served_version"] is None
+    assert carol.finish().returncode == 0, carol.stderr[-3000:]
+    env.serves(host, v1)
+    r = dave.finish()                                            # read v2 too, resumed once carol's deploy was done
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert doc["deploy"] is None and doc["served_version"] == v1 and not doc["superseded"], doc
+    assert doc["registry"]["moved"] is False and doc["registry"]["details"]["already_moved"] == row.id
+    env.serves(host, v1)
+    assert [e.id for e in env.ledger(("rollback",))] == [row.id]
+    assert {e.actor for e in env.ledger(("deploy", "host_rollback"))} >= {"carol"}
+    assert not [e for e in env.ledger(("deploy", "host_rollback", "smoke_test")) if e.actor in ("bob", "dave")]
+
+
 def test_a_rollback_stopped_after_the_registry_moved_says_how_to_finish(deploy_env, tmp_path):
     """Found by a signals review (2026-12-06): a `sync rollback` stopped by SIGTERM after the
     registry moved back, while its deploy waited for a host's lock, ended on `error: interrupted

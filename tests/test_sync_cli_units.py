@@ -21,6 +21,7 @@ class _Promo:
     def __init__(self, calls, from_version=3, to_version=2):
         self.calls, self.from_version, self.to_version = calls, from_version, to_version
         self.ledger_id, self.reason, self.moved = 17, "slow", from_version != to_version
+        self.details = {}
 
     def finish(self):
         self.calls.append("finish")
@@ -31,9 +32,10 @@ class _Promo:
 
 @pytest.fixture
 def registry_calls(monkeypatch):
-    from registry import deploys, promotion
+    from registry import deploys, promotion, versions
 
     calls = []
+    monkeypatch.setattr(versions, "production_version", lambda model: 3)     # what the rollback read
     monkeypatch.setattr(promotion, "rollback", lambda model, **kw: calls.append(("rollback", kw)) or _Promo(calls))
     monkeypatch.setattr(deploys, "tag", lambda *a: calls.append(("tag",) + a))
     return calls
@@ -59,7 +61,7 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     assert [c if isinstance(c, str) else c[0] for c in registry_calls] == ["rollback", "deploy", "finish"]
     assert callable(registry_calls[0][1].pop("check_target"))   # the version picked is installable first
     assert registry_calls[0][1] == {"to": None, "reason": "slow", "provenance": by, "force": False,
-                                  "defer_tags": True, "unrolled_ok": False}
+                                  "defer_tags": True, "unrolled_ok": False, "read_from": 3}
     assert registry_calls[1][1]["reason"] == "slow"          # the ledger's reason goes to the deploy rows
     assert registry_calls[1][1]["provenance"] is by          # and who rolled back, to every row it writes
     assert moved and moved[0].to_version == 2

@@ -441,17 +441,18 @@ def cmd_rollback(args) -> int:
 
 
 def _rollback_command(args, start: float, moved: threading.Event) -> int:
-    from registry import approver
+    from registry import approver, versions
     from serving_sync.rollback import check_rollout, rollback_and_deploy
 
     model = settings.model_name(args.model_name)
     hosts = _hosts(args)               # a typo in the hosts file fails before the registry moves
     opts = _deploy_options(args)       # so does a bad MLOPS_BAKE_* setting
+    seen = versions.production_version(model)   # what this command rolls back from (a compare-and-set)
     check_rollout(model, hosts, to=args.to, opts=opts)   # and a --canary the hosts that change cannot take
     by = approver.provenance(args.actor)
     with _json_on_failure(args):
         rb = rollback_and_deploy(model, hosts, provenance=by, to=args.to, reason=args.reason, force=args.force,
-                                 opts=opts,
+                                 opts=opts, read_from=seen,
                                  break_lock=args.break_lock, lock_wait=args.lock_wait, started=start,
                                  on_moved=functools.partial(_moved, moved, model, by.actor))
     if args.json:

@@ -157,17 +157,18 @@ def rollback_moved(model: str, actor: str, promo) -> None:
               f"v{promo.to_version} (ledger #{promo.ledger_id}), which stopped before its tags were written; "
               f"run `mlops sync rollback` again to roll back further", file=sys.stderr)
         return
-    if promo.details.get("already_moved") is not None:
-        _say(f"production of '{model}' already moved v{promo.from_version} -> v{promo.to_version} ({promo.action} by "
-             f"{promo.provenance.actor}, ledger #{promo.ledger_id}) after this rollback read it; deploying "
-             f"v{promo.to_version}", file=sys.stderr)
-        return
     _say(f"production of '{model}': v{promo.from_version} -> v{promo.to_version} (rollback by {actor}, "
           f"ledger #{promo.ledger_id}); deploying", file=sys.stderr)
 
 
 def rollback(rb) -> None:
     """A ``serving_sync.rollback`` result: the deploy, then how soon the old outputs answered."""
+    if rb.deploy is None:         # another rollback got there first, and every host serves its version
+        p = rb.registry
+        _say(f"production of '{p.model}' already moved v{p.from_version} -> v{p.to_version} ({p.action} by "
+             f"{p.provenance.actor}, ledger #{p.ledger_id}) after this rollback read it, and every host serves "
+             f"v{p.to_version}: nothing changed")
+        return
     deploy(rb.deploy)
     answered, switch = rb.seconds_to_old_outputs, rb.switch_seconds
     if rb.superseded:
