@@ -224,13 +224,19 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     by = given(provenance, actor)
     ledger = ledger or Ledger()
     explicit = versions.parse_version(to) if to is not None else None
-    all_versions = {i.version: i.tags for i in versions.list_versions(model)}
 
     def target(tx, current):
         history = tx.entries(actions=_MOVES)
         already = rollback_overtaken(model, read_from, current, explicit, history)
         if already is not None:
             raise _Already(already)
+        if explicit in (None, current):
+            # the registry's versions and their tags, read under the promotion lock: read before it,
+            # a version deleted (or tagged failed) while this rollback waited was still picked, and
+            # the move then failed on "not found". SQLite: end the read's write lock before asking
+            # MLflow (nothing is appended yet; the promotion lock stays held)
+            tx.commit()
+            all_versions = {i.version: i.tags for i in versions.list_versions(model)}
         pending = (rollback_in_rollout(history, current)
                    if not unrolled_ok and current is not None and explicit in (None, current) else None)
         if pending is not None:     # a rerun of a `sync rollback` (--to N) whose deploy never finished

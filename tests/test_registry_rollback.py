@@ -348,3 +348,24 @@ def test_a_rollback_overtaken_by_another_move_is_refused_naming_it(four_versions
     rc, out, err = _ended(held)
     assert rc == 0 and "already moved v4 -> v2 (rollback by erin" in out and "nothing changed" in out, (out, err)
     assert prod(model) == 2 and [e.actor for e in Ledger().entries(model, actions=("rollback",))] == ["erin"]
+
+
+def test_a_version_deleted_while_a_rollback_waits_for_the_lock_is_skipped_not_picked(four_versions, tmp_path):
+    """Found by a rollback review (2026-12-07): the registry's versions were read before the
+    promotion lock, so v2 deleted (a clean-up of the registry) while the rollback waited for it was
+    still picked, and the move then failed: "version 2 of registered model 'm' does not exist",
+    exit 2, production left on v3 though v1 was there to go back to. They are read under the lock:
+    v2 is skipped as deleted."""
+    from registry.client import tracking_client
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    held = _held_rollback(tmp_path / "bob", "--actor", "bob", "--reason", "v3 is slow", "--json")
+    tracking_client().delete_model_version(model, "2")           # while it waits for the lock
+    (tmp_path / "bob").unlink(missing_ok=True)
+    rc, out, err = _ended(held)
+    assert rc == 0, err[-3000:]
+    doc = json.loads(out)
+    assert (doc["from_version"], doc["to_version"]) == (3, 1) and doc["details"]["skipped_deleted"] == [2], doc
+    assert prod(model) == 1
