@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import sqlalchemy as sa
 
 from mlops_common import log, settings, strict_json
-from mlops_common.errors import RefusedError
+from mlops_common.errors import RefusedError, UserError
 
 from . import ledger_db
 
@@ -38,6 +38,10 @@ ACTIONS = ("register", "gate", "promote", "rollback", "deploy", "smoke_test", "h
            "lock_takeover", "canary")
 OUTCOMES = ("ok", "passed", "failed", "refused", "rolled_back", "pending")
 CREATED_MS = "created_ms"    # a register row's detail: when MLflow created the version (ms, the server's clock)
+# a detail of every row written under the promotion lock (moves, intents, reconciliation): when MLflow
+# created the registered model the row is about (ms, the server's clock), so a model deleted and
+# created again tells its rows from the deleted one's without comparing the writers' clocks
+MODEL_CREATED_MS = "model_created_ms"
 
 _metadata = sa.MetaData()
 entries_table = sa.Table(
@@ -200,7 +204,7 @@ class Ledger:
         ``current``: only the rows of the model as it exists now (``_current_start``), for
         decisions, told by ``created_ms``: when MLflow created the registered model now under
         this name (ms, the server's clock; read from the registry when not given and the ledger
-        holds a registration of the model);
+        holds a row of the model);
         ``version``: only the rows about that version (its ``from_version`` or ``to_version``),
         picked by the database: a version's description read every row of a ledger of years;
         ``to_version``: only the rows whose ``to_version`` it is; ``since`` (with ``model``): only
@@ -220,9 +224,23 @@ class LockedLedger:
         self._created: list[int | None] = []        # when MLflow created the model, once read
 
     def append(self, entry: Entry) -> Entry:
+        """Insert ``entry``, stamped with when MLflow created the model (``MODEL_CREATED_MS``, the
+        server's clock: what ``_current_start`` cuts a model created again at)."""
         if entry.model != self.model:
             raise ValueError(f"this transaction holds the lock of '{self.model}', not '{entry.model}'")
+        created = self._stamp()
+        if created is not None and MODEL_CREATED_MS not in (entry.details or {}):
+            entry = replace(entry, details={**(entry.details or {}), MODEL_CREATED_MS: created})
         return _insert(self._conn, entry)
+
+    def _stamp(self) -> int | None:
+        """When MLflow created the model, for a row's stamp; None when it cannot say (no such model,
+        or not reachable: the row is written without the stamp, as before stamps were kept)."""
+        try:
+            return self._created_ms()
+        except UserError:
+            self._created.append(None)
+            return None
 
     def entries(self, *, actions: tuple[str, ...] | None = None, limit: int | None = None) -> list[Entry]:
         """The rows of the model as it exists now (every read here is for a decision); when
@@ -268,8 +286,8 @@ _WALK = 100         # registrations read a query while looking for the model's f
 def _current_start(conn: sa.Connection, model: str,
                    created: int | Callable[[], int | None] | None = None) -> int | None:
     """The id of the first row of ``model`` as MLflow holds it now; ``created``: when MLflow created
-    it (ms, the server's clock), or how to read that, asked only when the ledger holds a
-    registration of the model (None: not known, the ledger alone decides). None: every row counts.
+    it (ms, the server's clock), or how to read that, asked only when the ledger holds a row of the
+    model (None: not known, the ledger alone decides). None: every row counts.
 
     MLflow numbers a model deleted and created again from 1. Its latest ``register`` row of
     version 1 starts it when that v1 was created after the model (``CREATED_MS``; a row from
@@ -278,35 +296,39 @@ def _current_start(conn: sa.Connection, model: str,
     trainings at once get v1 and v2, and v2's row may be written first. Otherwise that v1 row is
     an earlier model's (this one's v1 was registered outside mlops: the MLflow UI, API or
     ``mlflow.register_model``), and so is every row up to the newest registration of a version
-    created before the model; the model's rows start at its first registration through mlops
-    (created after it) or at the first row written at or after its creation (the writer's clock),
-    whichever comes first. No such row: the model has none yet (found by review, twentieth stop:
-    the deleted model's productions and failed deploys chose the new one's rollback target, the
-    gate's baseline and a failed deploy's previous production). With no registration through
-    mlops at all, every row counts."""
+    created before the model, or the newest row stamped with an earlier model's creation
+    (``MODEL_CREATED_MS``: every row written under the promotion lock); the model's rows start at
+    its first registration through mlops (created after it), its first row stamped with its own
+    creation, or the first row written at or after its creation (the writer's clock: rows from
+    before the stamps were kept), whichever comes first. No such row: the model has none yet
+    (found by review, twentieth stop: the deleted model's productions and failed deploys chose the
+    new one's rollback target, the gate's baseline and a failed deploy's previous production). A
+    model none of whose versions was registered through mlops is cut the same way (found by review,
+    twenty-first stop: every row of its name counted, a deleted model's too)."""
     t = entries_table
     registered = sa.select(t.c.id, t.c.details).where(t.c.model == model, t.c.action == "register",
                                                        t.c.outcome == "ok")
     # the two latest of version 1, then the registrations between them: not every register row
     # of the model (with its JSON of file hashes) at every read
     firsts = conn.execute(registered.where(t.c.to_version == 1).order_by(t.c.id.desc()).limit(2)).all()
-    if not firsts and conn.execute(registered.with_only_columns(t.c.id).limit(1)).first() is None:
-        return None
-    created_ms = created() if callable(created) else created
-    if created_ms is None and not firsts:
-        return None
+    if not firsts and conn.execute(sa.select(t.c.id).where(t.c.model == model).limit(1)).first() is None:
+        return None                 # no row of the model: nothing to cut (and MLflow is not asked)
+    try:
+        created_ms = created() if callable(created) else created
+    except UserError:
+        # MLflow not reachable: a model registered through mlops cannot be cut without it; one with no
+        # registration here reads as it did before such models were cut (every row counts)
+        if firsts or conn.execute(registered.with_only_columns(t.c.id).limit(1)).first() is not None:
+            raise
+        created_ms = None
+    if created_ms is None:          # MLflow holds no such model or does not say: the ledger decides
+        return _v1_start(conn, registered, firsts) if firsts else None
     floor = 0
     if firsts:
         start, since = firsts[0].id, _created_ms(firsts[0].details)
-        if created_ms is None or (since >= created_ms if since is not None else
-                                  _utc(conn.execute(sa.select(t.c.at).where(t.c.id == start)).scalar())
-                                  >= _when(created_ms)):
-            if since is None:         # a row from before versions' creation times were recorded
-                return start
-            floor = firsts[1].id if len(firsts) > 1 else 0
-            between = conn.execute(registered.where(t.c.id > floor, t.c.id < start)).all()
-            return min([start, *(r.id for r in between
-                                 if (ms := _created_ms(r.details)) is not None and ms >= since)])
+        if (since >= created_ms if since is not None else
+                _utc(conn.execute(sa.select(t.c.at).where(t.c.id == start)).scalar()) >= _when(created_ms)):
+            return _v1_start(conn, registered, firsts)
         floor = start
     own, after = None, floor
     for _ in range(1_000_000):      # bounded: each query reads up to _WALK registrations after the last
@@ -321,13 +343,35 @@ def _current_start(conn: sa.Connection, model: str,
         if own is not None or len(page) < _WALK:
             break
         after = page[-1].id
+    stamp = f'%"{MODEL_CREATED_MS}": %'
+    mine = (f'%"{MODEL_CREATED_MS}": {created_ms},%', f'%"{MODEL_CREATED_MS}": {created_ms}}}%')
+    stamped = sa.select(t.c.id).where(t.c.model == model, t.c.details.like(stamp))
+    other = conn.execute(stamped.where(t.c.id > floor, *(t.c.details.not_like(m) for m in mine))
+                         .order_by(t.c.id.desc()).limit(1)).scalar()
+    if other is not None and (own is None or other < own):
+        floor = other               # written under an earlier model's lock (its creation, the server's clock)
+    ours = conn.execute(sa.select(sa.func.min(t.c.id)).where(
+        t.c.model == model, t.c.id > floor, sa.or_(*(t.c.details.like(m) for m in mine)))).scalar()
     written = conn.execute(sa.select(sa.func.min(t.c.id)).where(t.c.model == model, t.c.id > floor,
                                                                  t.c.at >= _when(created_ms))).scalar()
-    found = [i for i in (own, written) if i is not None]
+    found = [i for i in (own, ours, written) if i is not None]
     if found:
         return min(found)
     newest = conn.execute(sa.select(sa.func.max(t.c.id)).where(t.c.model == model)).scalar()
     return (newest or 0) + 1    # no row of this model yet
+
+
+def _v1_start(conn: sa.Connection, registered, firsts) -> int:
+    """The model's first row when its latest ``register`` row of version 1 is its own: that row, or
+    an earlier registration (after the previous one of version 1) of a version MLflow created
+    after that v1 (two first trainings at once)."""
+    t = entries_table
+    start, since = firsts[0].id, _created_ms(firsts[0].details)
+    if since is None:         # a row from before versions' creation times were recorded
+        return start
+    floor = firsts[1].id if len(firsts) > 1 else 0
+    between = conn.execute(registered.where(t.c.id > floor, t.c.id < start)).all()
+    return min([start, *(r.id for r in between if (ms := _created_ms(r.details)) is not None and ms >= since)])
 
 
 def _when(ms: int) -> datetime:

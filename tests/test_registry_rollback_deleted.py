@@ -320,3 +320,91 @@ def test_sync_rollback_of_a_model_created_again_outside_mlops_does_not_go_to_a_d
     assert f"nothing to roll back to for '{env.model}'" in r.stderr, r.stderr
     assert env.production() == 1
     env.serves(host, 1)
+
+
+def test_a_model_never_registered_through_mlops_created_again_is_not_steered_by_the_deleted_models_rows(
+        mlops_env, tiny_serving_bundle, monkeypatch):
+    """Found by review (twenty-first stop): a model none of whose versions was ever registered
+    through mlops (all with ``mlflow.register_model``) has no ``register`` row to cut at, and every
+    row of its name counted, a deleted model's too: after the model was deleted and created again,
+    the gate of its new v1 was refused (the ledger "says v3 holds production"), `registry status`
+    said MISMATCH, and a rollback went to the deleted model's v2. Now the rows written under the
+    promotion lock carry the model's creation time (the server's clock) and the cut is made as for
+    a model registered through mlops; the new model's rows count even when their writer's clock is
+    ten minutes behind the server's."""
+    import json
+    from datetime import datetime, timedelta
+
+    import registry.ledger as ledger_module
+    from registry.gate import run_gate
+    from tests.helpers import run_mlops
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    assert [registered_outside_mlops(model, tiny_serving_bundle) for _ in range(3)] == [1, 2, 3]
+    for v in (1, 2, 3):
+        promotion.promote(model, v, actor="alice")
+    Ledger().record("deploy", model, outcome="failed", to_version=1, host="web-1", reason="smoke test failed")
+    tracking_client().delete_registered_model(model)
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(minutes=10)
+
+    monkeypatch.setattr(ledger_module, "datetime", Behind)        # the new model's writer: ten minutes behind
+    assert [registered_outside_mlops(model, tiny_serving_bundle) for _ in range(3)] == [1, 2, 3]
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    ledger = json.loads(r.stdout)["ledger"]
+    assert (ledger["ledger"], ledger["agrees"], ledger["problem"]) == (None, True, None), ledger
+    out = run_gate(model, 1, lambda v, dataset: gate_doc(0.93))        # nothing in production: no baseline
+    assert out.passed and out.production_version is None
+    promotion.promote(model, 1, actor="bob")
+    out = run_gate(model, 2, lambda v, dataset: gate_doc(0.94))
+    assert out.passed and out.production_version == 1
+    promotion.promote(model, 2, actor="bob")
+    result = promotion.rollback(model, actor="bob", reason="v2 misbehaves")
+    assert (result.from_version, result.to_version) == (2, 1)
+    with pytest.raises(NotFoundError, match="nothing to roll back to"):
+        promotion.rollback(model, actor="bob", reason="v1 too")
+    assert versions.production_version(model) == 1
+
+
+def test_the_cut_of_a_model_never_registered_through_mlops_on_plain_rows(tmp_path):
+    """The same cut on rows written straight into the ledger: no ``register`` row at all. Rows from
+    before the stamps are told by their time (the first written since the model's creation); a row
+    stamped with an earlier model's creation is that model's even when its writer's clock was ahead,
+    and one stamped with this model's is its own even when its writer's clock was behind."""
+    import json
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    from registry.ledger import MODEL_CREATED_MS
+
+    led = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    t0 = datetime(2026, 12, 7, 9, 0, tzinfo=timezone.utc)
+    ms = round(t0.timestamp() * 1000)
+    db = sqlite3.connect(tmp_path / "ledger.db")
+
+    def write(model: str, s: int, action: str, v: int, stamp: int | None = None) -> None:
+        db.execute("INSERT INTO ledger_entries (at, action, model, to_version, outcome, details) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   ((t0 + timedelta(seconds=s)).strftime("%Y-%m-%d %H:%M:%S.%f"), action, model, v, "ok",
+                    json.dumps({MODEL_CREATED_MS: stamp}) if stamp else None))
+        db.commit()
+
+    def view(model: str) -> list:
+        return [(e.action, e.to_version) for e in led.entries(model, current=True, created_ms=ms + 10_000)]
+
+    # rows from before the stamps: the deleted model's, then (created again at +10 s) the new one's
+    write("m", 1, "promote", 3)
+    write("m", 2, "deploy", 3)
+    write("m", 11, "promote", 1)
+    assert view("m") == [("promote", 1)]
+    # stamped: the deleted model's last move written by a clock ahead (dated after the creation),
+    # then the new model's rows written by a clock behind (dated before it)
+    write("n", 1, "promote", 3)
+    write("n", 12, "promote", 4, stamp=ms + 5_000)
+    write("n", 5, "promote", 1, stamp=ms + 10_000)
+    write("n", 6, "deploy", 1)
+    assert view("n") == [("promote", 1), ("deploy", 1)]
