@@ -114,29 +114,28 @@ def _ci_of_register(entries: list[Entry], version: int) -> dict:
 
 
 def current(entries: list[Entry], created_at: datetime | None, version: int | None = None) -> list[Entry]:
-    """The rows that can be about ``version`` as MLflow created it at ``created_at`` (a model
-    deleted and created again numbers its versions from 1, and the deleted one's rows are about
-    other versions of the same numbers). Ordered by the data, one clock each: the version's own
-    ``register`` row (its ``created_ms`` is ``created_at``, both the MLflow server's clock) and every
-    row appended after it (the ledger's ids); a ``register`` row of the same number created at
-    another time, and every row before it, is an earlier version's. Only a version with no
-    ``register`` row of its own (registered outside mlops, or before creation times were kept)
-    falls back to comparing each row's time (its writer's clock) with MLflow's (found by review,
-    twentieth stop: a CI runner whose clock was behind the server's hid the version's own
-    promotion and gate from its page)."""
-    if created_at is None:
+    """The rows that can be about ``version`` as MLflow created it at ``created_at``, of the rows of
+    the model MLflow holds now (``Ledger.entries(current=True)``: a model deleted and created again
+    numbers its versions from 1, and the deleted one's rows are about other versions of the same
+    numbers; that cut is the ledger's, made once for every reader). Ordered by the data, one clock
+    each: the version's own ``register`` row (its ``created_ms`` is ``created_at``, both the MLflow
+    server's clock) and every row appended after it (the ledger's ids); a ``register`` row of the
+    same number created at another time, and every row before it, is an earlier version's. No
+    writer's clock is compared with the server's (found by review, twentieth stop: a CI runner
+    whose clock was behind the server's hid the version's own promotion and gate from its page;
+    twenty-first stop: a version registered outside mlops still did, and `registry status` and
+    `registry reconcile` did for every version)."""
+    if created_at is None or version is None:
         return list(entries)
     ms = round(created_at.timestamp() * 1000)
     registered = [(i, e.details.get(CREATED_MS)) for i, e in enumerate(entries)
                   if e.action == "register" and e.outcome == "ok" and isinstance(e.details, dict)
-                  and (version is None or e.to_version == version)
-                  and isinstance(e.details.get(CREATED_MS), int)]
+                  and e.to_version == version and isinstance(e.details.get(CREATED_MS), int)]
     own = [i for i, created in registered if created == ms]
-    if own and version is not None:
+    if own:
         return list(entries[own[-1]:])
-    earlier = [i for i, created in registered if created < ms] if version is not None else []
-    after = entries[earlier[-1] + 1:] if earlier else entries
-    return [e for e in after if e.at is None or e.at >= created_at]
+    earlier = [i for i, created in registered if created < ms]
+    return list(entries[earlier[-1] + 1:] if earlier else entries)
 
 
 def _host_state(e: Entry, version: int) -> str:
@@ -474,7 +473,7 @@ def refresh(model: str, version, *, ledger: Ledger | None = None) -> str:
     """Rebuild our block of the description of ``model`` v``version`` and write it, keeping a
     person's text around it; returns the whole description."""
     info = versions.get_version(model, version)
-    entries = (ledger or Ledger()).entries(model, version=info.version)     # all ``render`` reads
+    entries = (ledger or Ledger()).entries(model, version=info.version, current=True)     # all ``render`` reads
     run_url, report_url = _urls(info.run_id)
     above, below = others(info.description)
     room = DESCRIPTION_LIMIT - len(above) - len(below) - _MARKERS

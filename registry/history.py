@@ -124,19 +124,23 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     line says (the tag only without one); ``validation_status_tag``: the tag, set when it says
     otherwise (a tag set to ``passed`` over a failed gate read "passed" in the table; found by
     review, twentieth stop). ``entries``: the model's ``promote`` / ``rollback`` / ``gate`` rows,
-    other actions ignored (``registry status`` passes ``reconciliation.ledger_view``'s, read once for
-    this and its agreement line; read from the ledger when not given)."""
+    other actions ignored, of the model as MLflow holds it now (``registry status`` passes
+    ``reconciliation.ledger_view``'s, read once for this and its agreement line; read from the
+    ledger when not given). MLflow never numbers two versions of one registered model alike, so
+    every row of that model about v<N> is this v<N>'s: no row's time (its writer's clock) is
+    compared with the version's creation (the server's; found by review, twenty-first stop: a CI
+    runner ten minutes behind hid a version's promotion and gate)."""
     from . import description, move_checks, versions
     from .ledger import Ledger
 
     found = versions.list_versions(model)
     if entries is None:
-        entries = Ledger().entries(model, actions=("promote", "rollback", "gate"))
+        entries = Ledger().entries(model, actions=("promote", "rollback", "gate"), current=True)
     by_run = versions.runs_metrics(info.run_id for info in found)   # a deleted run: no metrics, still listed
     rows = []
     for info in found:
         metrics = by_run.get(info.run_id or "", {})
-        mine = description.current(entries, info.created_at)
+        mine = entries      # the model's rows as MLflow holds it now: never the writers' clocks per version
         approver, edited = description.approval(info.tags, mine, info.version)
         # no tag, yet someone let it in: with the tag missing, ``approval`` can only have the ledger's
         missing = approver is not None and not T.read(info.tags, T.APPROVED_BY)

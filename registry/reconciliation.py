@@ -98,8 +98,8 @@ def reconcile(model: str, *, provenance: Provenance | None = None, actor: str | 
         written = moves[-1].to_version if moves else None      # its view is written below, as before
         stale = []
         for info in versions.list_versions(model):
-            who = description.approver_to_restore(info.tags, description.current(entries, info.created_at),
-                                                  info.version)
+            # the model's rows (``current``): every one about v<N> is this v<N>'s, whatever its writer's clock
+            who = description.approver_to_restore(info.tags, entries, info.version)
             if who is not None and info.version != written:
                 stale.append((info.version, who))
         for v, who in stale:

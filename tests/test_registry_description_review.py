@@ -365,15 +365,18 @@ def test_tags_under_their_older_names_are_read():
 # 9. a re-created model's v1 does not inherit the old v1's story
 # ---------------------------------------------------------------------------------------------
 
-def test_rows_dated_before_the_version_was_created_are_an_earlier_versions():
+def test_rows_dated_before_the_version_was_created_are_still_its_own():
+    """The rows ``render`` gets are the model's as MLflow holds it now (the ledger's cut, made once
+    for every reader): a row's time is its writer's clock, and one dated before the version's
+    creation (a CI runner behind the server) is still about it. Until the twenty-first stop a
+    version registered outside mlops lost such rows from its page."""
     created = AT + timedelta(hours=1)
-    old = [Entry("promote", "m", "ok", to_version=1, actor="alice", reason="first release", at=AT),
-           Entry("deploy", "m", "ok", host="web-1", to_version=1, at=AT)]
-    new = [Entry("gate", "m", "passed", to_version=1, details={"accuracy": 0.9}, at=created + timedelta(seconds=5))]
-    text = description.render(version=1, tags={}, aliases=(), entries=rows(*old, *new), created_at=created)
-    assert "alice" not in text and "web-1" not in text and "never held production" in text and "no deploy yet" in text
+    behind = [Entry("promote", "m", "ok", to_version=1, actor="alice", reason="first release", at=AT),
+              Entry("deploy", "m", "ok", host="web-1", to_version=1, at=AT)]
+    after = [Entry("gate", "m", "passed", to_version=1, details={"accuracy": 0.9}, at=created + timedelta(seconds=5))]
+    text = description.render(version=1, tags={}, aliases=(), entries=rows(*behind, *after), created_at=created)
+    assert "**Approved by:** alice" in text and "web-1 ok" in text, text
     assert "**Validation:** passed" in text
-    assert "alice" in description.render(version=1, tags={}, aliases=(), entries=rows(*old, *new))
 
 
 def test_a_recreated_model_starts_a_new_story(make_version):
@@ -441,6 +444,35 @@ def test_a_ledger_writer_behind_the_servers_clock_still_shows_on_the_page(make_v
     written = versions.get_version(model, v1).description
     assert f"**Approved by:** alice (promote none → v{v1} by alice" in written, written
     assert "**Validation:** passed — held-out accuracy 0.9300" in written, written
+
+
+def test_registry_status_and_reconcile_read_a_versions_rows_whatever_the_writers_clock(make_version, monkeypatch):
+    """`registry status` and `registry reconcile` kept, for each version, only the rows whose time
+    (the writer's clock) was not before the version's creation (the server's): with every ledger row
+    written by a CI runner ten minutes behind the MLflow server, status showed the hand-edited
+    ``approved_by`` and ``validation_status`` tags as they were, with no warning, and reconcile wrote
+    nothing back (found by review, twenty-first stop). The rows are the model's (the ledger's cut),
+    so every one about v<N> counts."""
+    import registry.ledger as ledger_module
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(minutes=10)
+
+    monkeypatch.setattr(ledger_module, "datetime", Behind)
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = _failed_gate_tagged_passed(model, make_version)
+    versions.set_tags(model, v1, {"approved_by": "mallory"})                # the MLflow UI
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    found = {x["version"]: x for x in json.loads(r.stdout)["versions"]}
+    assert (found[v1]["approved_by"], found[v1]["approved_by_tag"]) == ("alice", "mallory"), found[v1]
+    assert (found[v2]["validation_status"], found[v2]["validation_status_tag"]) == ("failed", "passed"), found[v2]
+    r = run_mlops("registry", "reconcile", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["retagged_versions"] == [v1], r.stdout
+    assert versions.get_version(model, v1).tags["approved_by"] == "alice"
 
 
 def test_the_first_line_says_the_last_gates_verdict_and_a_tag_that_disagrees_is_named():
