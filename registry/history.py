@@ -15,7 +15,8 @@ from .promotion_rules import version_label
 
 
 def age(then: datetime, now: datetime | None = None) -> str:
-    """A short human age such as ``45s``, ``12m``, ``3h``, ``2d``."""
+    """A short human age such as ``45s``, ``12m``, ``3h``, ``2d``; ``now``: on the clock ``then`` was
+    read from (this machine's when not given); a ``then`` after it is ``0s``."""
     now = now or datetime.now(timezone.utc)
     s = max(0, int((now - then).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -137,6 +138,12 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
     if entries is None:
         entries = Ledger().entries(model, actions=("promote", "rollback", "gate"), current=True)
     by_run = versions.runs_metrics(info.run_id for info in found)   # a deleted run: no metrics, still listed
+    # a version's age on the clock that dated it, the MLflow server's (its answers' Date): this
+    # machine's may be minutes apart, and a laptop behind the server showed new versions as "0s"
+    # for minutes, one ahead made them older (found by review, twenty-first stop)
+    from .rest import rest
+
+    now = rest().server_now()
     rows = []
     for info in found:
         metrics = by_run.get(info.run_id or "", {})
@@ -154,7 +161,7 @@ def status_rows(model: str, entries: list[Entry] | None = None) -> list[dict]:
                      "deploy_status": info.deploy_status,
                      "heldout_accuracy": metrics.get("heldout_accuracy"),
                      "created_at": info.created_at.isoformat(timespec="seconds"),
-                     "age": age(info.created_at),
+                     "age": age(info.created_at, now),
                      "dataset": T.read(info.tags, T.DATASET),
                      "pipeline_id": T.read(info.tags, T.PIPELINE_ID),
                      "approved_by": approver, "approved_by_tag": edited, "approved_by_tag_missing": missing,

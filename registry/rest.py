@@ -19,6 +19,8 @@ import math
 import os
 import threading
 import time
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Callable
 from urllib.parse import quote
 
@@ -80,6 +82,7 @@ class MlflowRest:
         self.backoff = _float_env("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1, most=120)
         self.answered = False          # the server answered once: later connection errors are transient
         self.sleep = time.sleep
+        self._server_clock: tuple[float, datetime] | None = None    # (monotonic, the last answer's Date)
 
     # --- the registry calls -------------------------------------------------------------------
     def get(self, endpoint: str, params: dict, *, what: str, missing: Missing | None = None) -> dict:
@@ -216,6 +219,7 @@ class MlflowRest:
                                               f"MLFLOW_TRACKING_SERVER_CERT_PATH")) from None
             else:
                 self.answered = True
+                self._note_date(r.headers.get("Date"))
                 delay = retry_delay(attempt, attempts, self.backoff, status=r.status_code)
                 if delay is None:
                     return r
@@ -223,6 +227,24 @@ class MlflowRest:
                 r.close()
             self.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _note_date(self, value: str | None) -> None:
+        try:
+            when = parsedate_to_datetime(value) if value else None
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            self._server_clock = (time.monotonic(), when.astimezone(timezone.utc))
+
+    def server_now(self) -> datetime | None:
+        """The MLflow server's clock now: its last answer's ``Date`` header (whole seconds) plus the
+        time since on this machine's monotonic clock; None before an answer with one. What a time the
+        server wrote (a version's ``creation_timestamp``) is compared with: this machine's own clock
+        may be minutes apart (a laptop, a CI runner)."""
+        seen = self._server_clock
+        if seen is None:
+            return None
+        return seen[1] + timedelta(seconds=time.monotonic() - seen[0])
 
     def _json(self, r: requests.Response, what: str) -> dict:
         if r.status_code in (401, 403):

@@ -475,6 +475,28 @@ def test_registry_status_and_reconcile_read_a_versions_rows_whatever_the_writers
     assert versions.get_version(model, v1).tags["approved_by"] == "alice"
 
 
+def test_registry_status_ages_a_version_on_the_servers_clock_not_this_machines(make_version, monkeypatch):
+    """The ``age`` column compared this machine's clock with the version's ``creation_timestamp``
+    (the MLflow server's): a laptop three hours ahead showed a version registered a moment ago as
+    ``3h`` old, one behind showed ``0s`` for as long as it was behind (found by review, twenty-first
+    stop). The age is now on the server's clock (its answers' ``Date`` header)."""
+    import registry.history as history
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + timedelta(hours=3)
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1 = make_version()
+    monkeypatch.setattr(history, "datetime", Ahead)
+    row = next(r for r in history.status_rows(model) if r["version"] == v1)
+    assert re.fullmatch(r"\d+s|[1-9]m", row["age"]), row
+    assert rest().server_now() is not None            # the real server dates its answers
+    server = rest().server_now()
+    assert abs((server - datetime.now(timezone.utc)).total_seconds()) < 5
+
+
 def test_the_first_line_says_the_last_gates_verdict_and_a_tag_that_disagrees_is_named():
     """A ``validation_status`` tag set to ``passed`` in the MLflow UI over a failed gate: the page's
     first line read "validation passed" above "**Validation:** failed" (found by review, twentieth
