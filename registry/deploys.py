@@ -187,10 +187,12 @@ class DeployLedger:
     (``provenance``; default: the OS user in this job). One instance per deploy: its
     ``deploy_id`` is on every row it writes (``details.deploy``)."""
 
-    def __init__(self, model: str, ledger: Ledger | None = None, provenance: Provenance | None = None):
+    def __init__(self, model: str, ledger: Ledger | None = None, provenance: Provenance | None = None,
+                 fleet: str | None = None):
         import uuid
 
         self.model = model
+        self.fleet = fleet          # another fleet's hosts file than the configured one: on every row
         self.ledger = ledger or Ledger()
         self.provenance = provenance or Provenance.from_environment()
         self.deploy_id = uuid.uuid4().hex[:16]   # on every row: a put-back undoes only its own deploy's rows
@@ -202,8 +204,10 @@ class DeployLedger:
     def entry(self, action: str, outcome: str, *, host=None, from_version=None, to_version=None,
               reason=None, details=None) -> Entry:
         """One row as it would be written (for ``record_all``)."""
+        fleet = {"fleet": self.fleet} if self.fleet else {}
         return Entry(action=action, model=self.model, outcome=outcome, host=host, from_version=from_version,
-                     to_version=to_version, reason=reason, details={**(details or {}), "deploy": self.deploy_id},
+                     to_version=to_version, reason=reason,
+                     details={**(details or {}), "deploy": self.deploy_id, **fleet},
                      **self.provenance.row())
 
     def record_all(self, entries: list[Entry]) -> None:
@@ -271,13 +275,16 @@ class DeployLedger:
 
 
 def record_converged(model: str, version: int, hosts: list[tuple[str, int | None]], reason: str | None,
-                     *, unless: Callable[[], bool] = lambda: False) -> bool | None:
+                     *, unless: Callable[[], bool] = lambda: False, fleet: str | None = None) -> bool | None:
     """Every host already serves ``version``, verified there. If the registry does not say so (a
     deploy killed after its switch did the work, not the bookkeeping — or a rollback's deploy,
     where ``version`` says deployed from before but the ledger has not seen the rollback rolled
     out), record it now and return True; otherwise write nothing (deploying twice changes nothing)
     and return False. ``unless()``, asked only when it would record: write nothing, return None
-    (the deploy's reason not to: ``rollout_decision.unjudged_everywhere``)."""
+    (the deploy's reason not to: ``rollout_decision.unjudged_everywhere``). ``fleet``: hosts of
+    another fleet than the configured one, which say nothing of the version's ``deploy_status``."""
+    if fleet:
+        return False
     rows = DeployLedger(model)
     if status(model, version) == DEPLOYED and rows.rollback_in_rollout(version) is None:
         return False

@@ -138,6 +138,14 @@ def current(entries: list[Entry], created_at: datetime | None, version: int | No
     return list(entries[earlier[-1] + 1:] if earlier else entries)
 
 
+def _host(e: Entry) -> str:
+    """The row's host, and the fleet it is in when that is another than the configured one (a
+    deploy with ``--hosts`` naming another file: ``details.fleet``, the file's name shown)."""
+    fleet = e.details.get("fleet") if isinstance(e.details, dict) else None
+    host = e.host or "-"
+    return f"{host} (fleet {str(fleet).rsplit('/', 1)[-1]})" if isinstance(fleet, str) and fleet else host
+
+
 def _host_state(e: Entry, version: int) -> str:
     if e.action == "host_rollback" and e.from_version == version:
         return "put back" if e.outcome == "ok" else f"put back {e.outcome}"
@@ -349,7 +357,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
     # by review, nineteenth stop: v2 rolled back, its page said "rolled_back — web-1 ok")
     replaced: dict[str, Entry] = {}
     for e in deploys:
-        host = e.host or "-"
+        host = _host(e)
         if (e.action == "deploy" and e.to_version == version) \
                 or (e.action == "host_rollback" and e.from_version == version):
             latest[host] = e
@@ -389,7 +397,7 @@ def render(*, version: int, tags: dict[str, str], aliases: tuple[str, ...],
                      f"{' (**forced**)' if _forced(e) else ' (**automatic**)' if _automatic(e) else ''} | "
                      f"{_v(e.from_version)} → {_v(e.to_version)} | "
                      f"{_cell(e.actor)} | {_cell(e.reason)} |") for e in history]
-    deploy_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(e.host)} | {_step(e, version)} | "
+    deploy_rows = [(order[id(e)], f"| #{e.id} | {_when(e)} | {_cell(_host(e))} | {_step(e, version)} | "
                     f"{_cell(e.outcome)} | {_cell(e.reason)} |") for e in deploys]
 
     def text(h: int, d: int) -> str:

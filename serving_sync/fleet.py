@@ -164,7 +164,8 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             result.hosts = [_unchanged(p) for p in plans]
             result.message = f"up to date: {_hosts(conns)} serve{'s' if len(conns) == 1 else ''} v{v} of '{model}'"
             recorded = deploys.record_converged(model, v, [(p.host, p.current) for p in plans], reason,
-                                                unless=lambda: _not_to_record(model, v, source, plans, opts))
+                                                unless=lambda: _not_to_record(model, v, source, plans, opts),
+                                                fleet=opts.fleet)
             if recorded is None:
                 result.message += (f"; not recorded as deployed: no canary judged v{v} (a deploy stopped before its "
                                    f"canary's verdict switched the last host): `mlops sync deploy --bake 0` records "
@@ -173,11 +174,11 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             elif recorded:
                 logger.info("recorded v%d of '%s' as deployed: every host serves it, verified (an earlier "
                             "deploy stopped before recording it)", v, model)
-            if source == "production":
+            if source == "production" and not opts.fleet:
                 _tag_rolled_back(model, v, late=True)
             result.seconds = time.monotonic() - start
             return result
-        recorder = deploys.DeployLedger(model, provenance=provenance)
+        recorder = deploys.DeployLedger(model, provenance=provenance, fleet=opts.fleet)
         with full_disk_is_one_line(f"deploying v{v} of '{model}'", tempfile.gettempdir(),
                                    tail="nothing was changed on the hosts"):
             workdir = Path(tempfile.mkdtemp(prefix="mlops-deploy-"))
@@ -495,8 +496,17 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                copies: StoreCopies | None = None, kept: tuple[int | None, str | None] = (None, None)) -> None:
     canary = [b for b in result.bake if b["host"] in result.rollout.get("canary", ())]
     try:
-        deploys.tag(result.model, result.version, deploys.DEPLOYED,
-                    canary=",".join(b["outcome"] for b in canary) if canary else None)
+        if opts.fleet:
+            # another fleet (`--hosts` naming another file than the configured one): `deployed` would
+            # say the configured fleet serves it (found by review, twenty-first stop); its rows say
+            # which fleet, and the page shows them
+            logger.info("v%d of '%s' serves on %s of the fleet in %s; its deploy_status tag is the "
+                        "configured fleet's and is left as it is", result.version, result.model,
+                        ", ".join(r.host.name for r in runs), opts.fleet)
+            description.refresh_quietly(result.model, result.version)
+        else:
+            deploys.tag(result.model, result.version, deploys.DEPLOYED,
+                        canary=",".join(b["outcome"] for b in canary) if canary else None)
     except UserError as exc:     # the hosts serve it; only the registry could not be told
         raise UserError(f"v{result.version} of '{result.model}' now serves on "
                         f"{', '.join(r.host.name for r in runs)}, but the registry could not record "
@@ -535,7 +545,8 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
     # (a rollback --to a version whose earlier deploy failed). Last: until it is written, a rerun
     # of the `sync rollback` behind it finishes that rollback instead of rolling back further
     # (``promotion_rules.rollback_unfinished``), so a deploy stopped during retention counts too.
-    _tag_rolled_back(result.model, result.version)
+    if not opts.fleet:
+        _tag_rolled_back(result.model, result.version)
     result.status = "deployed"
     parts = []
     for run in runs:

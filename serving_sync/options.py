@@ -24,6 +24,10 @@ class DeployOptions:
     bake: float = 0.0                        # seconds the canary is judged on live traffic (0: no bake)
     bake_each_wave: bool = False
     staged_restore: bool = False             # a restore after a rollback keeps canary / wave / bake
+    # the hosts file of another fleet than the configured one (``--hosts`` naming another file than
+    # MLOPS_HOSTS_FILE / $MLOPS_HOME/hosts.toml): its rows say so (``details.fleet``) and it writes
+    # no ``deploy_status`` tag, which is the configured fleet's
+    fleet: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self):

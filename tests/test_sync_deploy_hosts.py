@@ -529,3 +529,41 @@ def test_sigterm_while_the_bundle_downloads_stops_it_at_once_publishes_nothing_a
     env.serves(host, v1)
     assert not (host.base / ".serving_sync" / "lock").exists()
     assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
+
+
+def test_a_deploy_to_another_fleets_hosts_file_does_not_tag_the_version_deployed(deploy_env):
+    """Found by review (twenty-first stop): `mlops sync deploy --hosts staging.toml` (another fleet
+    than the configured one, MLOPS_HOSTS_FILE / $MLOPS_HOME/hosts.toml, which CircleCI's jobs and
+    `sync watch` deploy) tagged the version ``deploy_status=deployed`` as if the production fleet
+    served it, and its page listed the staging host beside the others with nothing to tell them
+    apart. Its rows now carry the fleet (``details.fleet``), the page names it beside the host, and
+    the tag stays the configured fleet's: set by the deploy to that fleet."""
+    from mlops_common.text import markdown_text
+    from registry import description, versions
+    from tests.lab.hosts import hosts_toml
+
+    env = deploy_env
+    prod, staging_host = env.add_hosts(2)
+    env.write_hosts_file([prod])                       # the configured fleet: one host
+    staging = env.tmp / "staging.toml"
+    staging.write_text(hosts_toml([staging_host.entry]))
+    v1 = env.register("a")
+    env.promote(v1)
+    r = env.cli("sync", "deploy", "--hosts", str(staging), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "deployed"
+    env.serves(staging_host, v1)
+    assert env.tags(v1).get("deploy_status") is None, env.tags(v1)
+    rows = [e for e in env.ledger(("deploy",)) if e.to_version == v1]
+    assert rows and all(e.details.get("fleet") == str(staging.resolve()) for e in rows), rows
+    page = description.block(versions.get_version(env.model, v1).description)
+    on_staging = markdown_text(f"{staging_host.name} (fleet staging.toml)") + " ok"
+    assert on_staging in page, page
+    assert "deploy not deployed" in page.splitlines()[0], page
+    r = env.cli("sync", "deploy", "--hosts", str(env.hosts_file), "--json")     # the configured fleet, named
+    assert r.returncode == 0, r.stderr
+    env.serves(prod, v1)
+    assert env.tags(v1)["deploy_status"] == "deployed"
+    page = description.block(versions.get_version(env.model, v1).description)
+    assert f"{markdown_text(prod.name)} ok" in page and on_staging in page, page
+    assert all("fleet" not in e.details for e in env.ledger(("deploy",)) if e.host == prod.name)

@@ -296,7 +296,24 @@ def _deploy_options(args):
                          keep_previous=not args.no_keep_previous, keep=args.keep, json_mode=args.json,
                          fast=args.fast, parallel=args.parallel, canary=args.canary, wave=args.wave,
                          bake=_rollout_setting(args, "bake"), bake_each_wave=args.bake_each_wave, limits=limits,
-                         staged_restore=any(getattr(args, k, None) is not None for k in ("canary", "wave", "bake")))
+                         staged_restore=any(getattr(args, k, None) is not None for k in ("canary", "wave", "bake")),
+                         fleet=_other_fleet(args))
+
+
+def _other_fleet(args) -> str | None:
+    """The ``--hosts`` file when it is another than the configured fleet's (``MLOPS_HOSTS_FILE``,
+    ``MLOPS_SYNC_TARGET`` or ``$MLOPS_HOME/hosts.toml``, what CircleCI's jobs and ``sync watch``
+    read), as an absolute path; None otherwise."""
+    from pathlib import Path
+
+    from serving_sync.hosts import hosts_file_path
+
+    given = getattr(args, "hosts", None)
+    if not given:
+        return None
+    configured = hosts_file_path(None)
+    mine = Path(given).expanduser().resolve()
+    return None if configured is not None and Path(configured).expanduser().resolve() == mine else str(mine)
 
 
 def _hosts(args):
