@@ -281,6 +281,7 @@ def _created_ms(details: str | None) -> int | None:
 
 
 _WALK = 100         # registrations read a query while looking for the model's first one
+_STAMPED = ("intent", "promote", "rollback")     # the rows whose stamp (MODEL_CREATED_MS) the cut reads
 
 
 def _current_start(conn: sa.Connection, model: str,
@@ -345,13 +346,15 @@ def _current_start(conn: sa.Connection, model: str,
         after = page[-1].id
     stamp = f'%"{MODEL_CREATED_MS}": %'
     mine = (f'%"{MODEL_CREATED_MS}": {created_ms},%', f'%"{MODEL_CREATED_MS}": {created_ms}}}%')
-    stamped = sa.select(t.c.id).where(t.c.model == model, t.c.details.like(stamp))
+    # the moves' stamps (their rows are few beside a ledger of years of deploys; each has one)
+    stamped = sa.select(t.c.id).where(t.c.model == model, t.c.action.in_(_STAMPED), t.c.details.like(stamp))
     other = conn.execute(stamped.where(t.c.id > floor, *(t.c.details.not_like(m) for m in mine))
                          .order_by(t.c.id.desc()).limit(1)).scalar()
     if other is not None and (own is None or other < own):
         floor = other               # written under an earlier model's lock (its creation, the server's clock)
     ours = conn.execute(sa.select(sa.func.min(t.c.id)).where(
-        t.c.model == model, t.c.id > floor, sa.or_(*(t.c.details.like(m) for m in mine)))).scalar()
+        t.c.model == model, t.c.action.in_(_STAMPED), t.c.id > floor,
+        sa.or_(*(t.c.details.like(m) for m in mine)))).scalar()
     written = conn.execute(sa.select(sa.func.min(t.c.id)).where(t.c.model == model, t.c.id > floor,
                                                                  t.c.at >= _when(created_ms))).scalar()
     found = [i for i in (own, ours, written) if i is not None]
