@@ -567,3 +567,25 @@ def test_a_deploy_to_another_fleets_hosts_file_does_not_tag_the_version_deployed
     page = description.block(versions.get_version(env.model, v1).description)
     assert f"{markdown_text(prod.name)} ok" in page and on_staging in page, page
     assert all("fleet" not in e.details for e in env.ledger(("deploy",)) if e.host == prod.name)
+
+
+def test_a_deploy_with_hosts_and_no_configured_fleet_tags_the_version_deployed(deploy_env):
+    """Found in review of the above (twenty-first stop): with no fleet configured (no
+    MLOPS_HOSTS_FILE, MLOPS_SYNC_TARGET or $MLOPS_HOME/hosts.toml), every `sync deploy --hosts FILE`
+    counted as "another fleet" and never tagged the version ``deployed``: a user who always names
+    the hosts file had versions that read as never deployed. With nothing configured the file named
+    is the fleet."""
+    from tests.lab.hosts import hosts_toml
+
+    env = deploy_env
+    (host,) = env.add_hosts(1)
+    env.hosts_file.unlink()                           # the lab writes one: no fleet configured here
+    fleet = env.tmp / "fleet.toml"
+    fleet.write_text(hosts_toml([host.entry]))
+    v1 = env.register("a")
+    env.promote(v1)
+    r = env.cli("sync", "deploy", "--hosts", str(fleet), "--json")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+    assert env.tags(v1)["deploy_status"] == "deployed", env.tags(v1)
+    assert all("fleet" not in e.details for e in env.ledger(("deploy",)) if e.to_version == v1)

@@ -303,7 +303,9 @@ def _deploy_options(args):
 def _other_fleet(args) -> str | None:
     """The ``--hosts`` file when it is another than the configured fleet's (``MLOPS_HOSTS_FILE``,
     ``MLOPS_SYNC_TARGET`` or ``$MLOPS_HOME/hosts.toml``, what CircleCI's jobs and ``sync watch``
-    read), as an absolute path; None otherwise."""
+    read), as an absolute path; None otherwise, and when no fleet is configured (no such variable,
+    no such file): then the ``--hosts`` file is the fleet."""
+    import os
     from pathlib import Path
 
     from serving_sync.hosts import hosts_file_path
@@ -312,6 +314,8 @@ def _other_fleet(args) -> str | None:
     if not given:
         return None
     configured = hosts_file_path(None)
+    if configured is not None and not os.environ.get("MLOPS_HOSTS_FILE") and not configured.exists():
+        return None
     mine = Path(given).expanduser().resolve()
     return None if configured is not None and Path(configured).expanduser().resolve() == mine else str(mine)
 
