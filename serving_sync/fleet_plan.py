@@ -17,7 +17,6 @@ from .observe import observe_settled
 from .options import DeployOptions
 from .plan import peak_copies, peak_memory, plan_host, retention_preview
 from .resolve import resolve_version
-from .retention import incomplete_versions
 from .rollout_decision import rollout_for, unjudged_hosts
 from .store import check_settings, host_uses, read_uses, s3_host_note
 
@@ -165,7 +164,7 @@ def _s3_retention(p, obs, transport, host, opts: DeployOptions, rollback_to: int
     without ``saved_model.pb`` are no version and go, and what other fleets' records in the base
     name stays (read only: an old record is left for the deploy to remove). This host's own record
     is not read: the deploy rewrites it first with what the plan keeps anyway."""
-    partial = tuple(incomplete_versions(transport, p.model, [x for x in obs.published if x != p.desired]))
+    partial = tuple(x for x in obs.incomplete if x != p.desired)     # observed (``observe_host``)
 
     def preview(in_use=()):
         return retention_preview(obs, p.desired, p.final, p.previous_kept, keep=opts.keep, rollback_to=rollback_to,

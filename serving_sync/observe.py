@@ -15,6 +15,7 @@ from . import verified as verified_record
 from .layout import MODELS_CONFIG
 from .plan import STABLE, HostObservation, loading_versions
 from .publish import published_versions
+from .retention import incomplete_versions
 from .tfs_client import WaitVerdict
 from .transports.base import Transport
 
@@ -53,6 +54,11 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
     # holds (its config written, the reload not applied) is a whole model's memory nobody saw
     validate_states = _states(client, mc.validation_name(model))
     stable = client.label_version(model, label) if main_states else None
+    # on S3 (no rename) a numeric folder is a version TF Serving can load only once its
+    # saved_model.pb (uploaded last) is there: one without it (an upload or a removal that did not
+    # finish) is no published version, though TF Serving's own listing (a ``latest`` entry) sees it
+    folders = tuple(published_versions(transport, model))
+    incomplete = tuple(incomplete_versions(transport, model, folders))
     obs = HostObservation(
         host=host.name, model=model, base_path=base_path,
         main_policy=main.policy if main is not None else None,
@@ -61,9 +67,9 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         main_labels=tuple(main.labels) if main is not None else (),
         validate=(val.versions[0] if val is not None and val.policy == "specific" and val.versions else None),
         main_states=main_states, validate_states=validate_states, main_errors=_failures(statuses), stable=stable,
-        published=(published := tuple(published_versions(transport, model))),
+        published=tuple(x for x in folders if x not in incomplete), incomplete=incomplete,
         verified=tuple(sorted(verified_record.read(transport, model))),
-        held_by_others=mc.versions_held_by_others(config, model, base_path, published),
+        held_by_others=mc.versions_held_by_others(config, model, base_path, folders),
         loaded_by_others_on_publish=mc.entries_loading_new_versions(config, model, base_path),
         rename=transport.atomic_rename)
     if host.grpc:           # after the REST reads: a server that is down says so the usual way first

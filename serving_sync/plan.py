@@ -90,7 +90,8 @@ class HostObservation:
     validate_states: dict[int, str] = field(default_factory=dict)
     main_errors: dict[int, str] = field(default_factory=dict)       # TF Serving: why a version's load failed
     stable: int | None = None                        # TF Serving: where `stable` points
-    published: tuple[int, ...] = ()
+    published: tuple[int, ...] = ()                  # version folders TF Serving can load (S3: saved_model.pb there)
+    incomplete: tuple[int, ...] = ()                 # S3: numeric folders without saved_model.pb (no version)
     verified: tuple[int, ...] = ()
     held_by_others: tuple[int, ...] = ()             # versions other entries load from our folder
     # other entries that load a new version by themselves: (name, the newest N it loads; None: all)
@@ -252,7 +253,10 @@ def final_target(obs: HostObservation, desired: int, *, keep_previous: bool = Tr
     if prev is not None and prev not in obs.published:
         # served from another folder (the main entry is taken over): our folder has no v{prev}, so
         # TF Serving could not keep it; listed anyway, the host would never read as up to date
-        notes.append(f"previous v{prev} is not kept warm: it is served from {obs.main_base_path}, and "
+        notes.append(f"previous v{prev} is not kept warm: {obs.base_path}/{prev} has no saved_model.pb (an "
+                     f"upload or removal that did not finish), so TF Serving could not load it again"
+                     if prev in obs.incomplete else
+                     f"previous v{prev} is not kept warm: it is served from {obs.main_base_path}, and "
                      f"{obs.base_path} has no v{prev}")
         prev = None
     versions = {v} if prev is None else {prev, v}
@@ -423,7 +427,8 @@ def retention_preview(obs: HostObservation, desired: int, final: MainTarget, pre
     v = desired
     protected = final.versions + obs.held_by_others + ((rollback_to,) if rollback_to is not None else ()) \
         + tuple(in_use)
-    versions, partials = choose(sorted(set(obs.published) | {v}), set(partial) - {v},   # v is published whole
+    # v is published whole; ``partial`` folders are no published version but are removed
+    versions, partials = choose(sorted(set(obs.published) | set(partial) | {v}), set(partial) - {v},
                                 serving=v, previous=prev if prev is not None else obs.serving, keep=keep,
                                 protected=protected)
     return tuple(sorted(set(versions) | set(partials)))

@@ -51,7 +51,10 @@ def drift(obs: HostObservation, production: int | None, *, label: str = STABLE) 
     not_loaded = [v for v in obs.main_versions if obs.main_states.get(v) != "AVAILABLE"]
     if not_loaded:
         out.append(f"models.config asks for {', '.join(_not_loaded(obs, v) for v in not_loaded)}")
-    if production not in obs.published:
+    if production in obs.incomplete:
+        out.append(f"v{production} is not published on the host: {obs.model}/{production} has no saved_model.pb "
+                   f"(an upload or removal that did not finish)")
+    elif production not in obs.published:
         out.append(f"v{production} is not published on the host")
     return out
 

@@ -1524,3 +1524,46 @@ def test_a_store_clean_up_under_a_hosts_lock_deletes_nothing_once_that_lock_was_
     finally:
         thief.release()
         ours.release()
+
+
+def test_an_s3_folder_without_saved_model_pb_is_no_published_version(deploy_env, s3_env):
+    """Found by review (2026-12-07, twenty-first stop): on an `s3://` host every numeric folder
+    counted as published, with or without its `saved_model.pb` (uploaded last; a removal deletes it
+    first). TF Serving lists such a folder but cannot load it. A host serving v1 whose
+    `saved_model.pb` was deleted read as up to date (a TF Serving restart would serve nothing), and
+    a dead upload of the version to deploy was planned as "already present: verify its files only".
+    Now such a folder is no published version: the plan publishes it (the rest of its objects,
+    `saved_model.pb` last) and the deploy puts it back."""
+    env = deploy_env
+    s3_host = env.add_host("s3", grpc=False)    # the local server reads a mirror of the bucket
+    bucket = s3_host.entry["target"][len("s3://"):].split("/", 1)[0]
+    c = s3_env.client()
+    v1, v2 = env.register("a"), env.register("b")
+    env.promote(v1)
+    r = env.deploy(opts=deploy_opts(canary=0))
+    assert r.status == "deployed", r.message
+    env.serves(s3_host, v1)
+    marker = f"{s3_host.s3_prefix}/{env.model}/{v1}/saved_model.pb"
+    c.delete_object(Bucket=bucket, Key=marker)          # a removal killed after its first request
+    plan = env.cli("sync", "plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    (host,) = json.loads(plan.stdout)["hosts"]
+    assert not host["up_to_date"], host
+    (publish,) = [s for s in host["steps"] if s["kind"] == "publish"]
+    assert "already present" not in publish["text"] and "saved_model.pb last" in publish["text"], publish
+    r = env.deploy(opts=deploy_opts(canary=0))
+    assert r.status == "deployed", r.message
+    assert c.head_object(Bucket=bucket, Key=marker)["ContentLength"] > 0      # published again
+    env.serves(s3_host, v1)
+    # a dead upload of the next version: every object but saved_model.pb
+    for o in c.list_objects_v2(Bucket=bucket, Prefix=f"{s3_host.s3_prefix}/{env.model}/{v1}/")["Contents"]:
+        if not o["Key"].endswith("/saved_model.pb"):
+            c.copy_object(Bucket=bucket, CopySource={"Bucket": bucket, "Key": o["Key"]},
+                          Key=o["Key"].replace(f"/{env.model}/{v1}/", f"/{env.model}/{v2}/"))
+    env.promote(v2)
+    plan = env.cli("sync", "plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    (host,) = json.loads(plan.stdout)["hosts"]
+    (publish,) = [s for s in host["steps"] if s["kind"] == "publish"]
+    assert "already present" not in publish["text"], publish
+
