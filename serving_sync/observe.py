@@ -71,7 +71,7 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         verified=tuple(sorted(verified_record.read(transport, model))),
         held_by_others=mc.versions_held_by_others(config, model, base_path, folders),
         loaded_by_others_on_publish=mc.entries_loading_new_versions(config, model, base_path),
-        rename=transport.atomic_rename)
+        rename=transport.atomic_rename, pulls_from=host.store.url if getattr(host, "store", None) else None)
     if host.grpc:           # after the REST reads: a server that is down says so the usual way first
         from .tfs_reload import check_reachable
 

@@ -97,6 +97,7 @@ class HostObservation:
     # other entries that load a new version by themselves: (name, the newest N it loads; None: all)
     loaded_by_others_on_publish: tuple[tuple[str, int | None], ...] = ()
     rename: bool = True                              # False: a store without rename (S3): saved_model.pb goes last
+    pulls_from: str | None = None                    # the shared store the host downloads a version from (ssh)
 
     @property
     def available(self) -> list[int]:
@@ -372,8 +373,10 @@ def plan_host(obs: HostObservation, desired: int, *, keep_previous: bool = True,
             steps.append(Step(StepKind.PIN_MAIN, v, f"unlist {what}: its load failed, and TF Serving does not "
                               f"load a failed version again while it stays listed",
                               ConfigTarget(main_now, None if val_failed else obs.validate), entry=model))
-        where = "already present: verify its files only" if v in obs.published else "upload, verify, rename" \
-            if obs.rename else "upload all but saved_model.pb to it, verify, then saved_model.pb last: S3 has no rename"
+        where = "already present: verify its files only" if v in obs.published else \
+            f"download from the shared store {obs.pulls_from} on the host, verify, rename" if obs.pulls_from else \
+            "upload, verify, rename" if obs.rename else \
+            "upload all but saved_model.pb to it, verify, then saved_model.pb last: S3 has no rename"
         steps.append(Step(StepKind.PUBLISH, v, f"publish v{v} as {model}/{v} ({where})"))
         if verified:
             notes.append(f"v{v} passed the smoke test on this host before, but is not loaded: validate it again")

@@ -1567,3 +1567,24 @@ def test_an_s3_folder_without_saved_model_pb_is_no_published_version(deploy_env,
     (publish,) = [s for s in host["steps"] if s["kind"] == "publish"]
     assert "already present" not in publish["text"], publish
 
+
+def test_the_plan_says_a_pulling_host_downloads_the_version_from_the_store(deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-07, twenty-first stop): an ssh host pulling from the hosts file's
+    `store` had `publish v1 as m/1 (upload, verify, rename)` as its publish step, in `sync plan`
+    and in the deploy's progress lines and `--json`: the deploy sends it no bytes of the version,
+    the host downloads them from the store. The step now says so."""
+    env = deploy_env
+    env.add_host("ssh")
+    bucket = s3_env.make_bucket("plan-pull")
+    _with_store(env, bucket, env.model)
+    v1 = env.register("a")
+    env.promote(v1)
+    plan = env.cli("sync", "plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    (host,) = json.loads(plan.stdout)["hosts"]
+    (publish,) = [s for s in host["steps"] if s["kind"] == "publish"]
+    assert "upload" not in publish["text"], publish
+    assert f"download from the shared store s3://{bucket}/{env.model} on the host" in publish["text"], publish
+    text = env.cli("sync", "plan")
+    assert text.returncode == 0, text.stderr
+    assert f"download from the shared store s3://{bucket}/{env.model} on the host, verify, rename" in text.stdout
