@@ -291,11 +291,19 @@ def artifacts_check(model: str, command: str, *, unneeded=None):
     one line naming ``command --to N`` (``command --version N`` for ``mlops registry promote``),
     unless ``unneeded(version, missing)`` says no host needs them (``mlops sync rollback``:
     every host still has that version). Without it (``mlops registry rollback`` / ``promote``: the
-    hosts are not known) any file gone refuses. A listing that cannot be read leaves it to the deploy."""
+    hosts are not known) any file gone refuses. A listing that cannot be read (the artifact store
+    or MLflow's artifact API failing) leaves it to the deploy, with a warning that says so: the
+    move goes ahead unchecked, and the deploy's download fails before any host changes."""
     promoting = command.endswith(" promote")
     def check(version: int) -> None:
         try:
             missing = versions.missing_artifacts(model, version)
+        except UserError as exc:
+            _log.warning("could not check that v%d of '%s' still has its artifacts (%s): production moves "
+                         "without that check; if they cannot be read, the deploy fails at its download, "
+                         "before any host changes", version, model, exc.message)
+            return
+        try:
             if missing and unneeded is not None and unneeded(version, missing):
                 return
         except UserError:

@@ -431,3 +431,33 @@ def test_a_failed_sync_rollbacks_json_is_the_rollbacks_document(deploy_env):
     assert doc["deploy"] is None and doc["served_version"] is None
     assert "error: " + doc["error"] == final_error_line(r.stderr)
     assert f"production is v{v1} in the registry now" in doc["error"]
+
+
+def test_a_move_whose_artifact_listing_fails_says_it_was_not_checked_and_the_deploy_changes_nothing(
+        deploy_env, http_fault_proxy):
+    """Found by review (2026-12-07, twenty-first stop): when MLflow's artifact listing itself failed
+    (the artifact store or its API answering 503), `promotion.artifacts_check` let the move go ahead
+    in silence: `registry rollback --to 1` said `rolled back ... production 2 -> 1`, exit 0, as if v1's
+    artifacts had been checked. It is left to the deploy (as designed), but a warning says the check
+    was not made; the deploy's download then fails in one line before any host changes."""
+    env = deploy_env
+    (host,), v1, v2 = deployed_v1_v2(env)
+    empty = env.add_host("file")                     # has no v1: the deploy must download it
+    proxy = http_fault_proxy(env.env["MLFLOW_TRACKING_URI"], fail_always=True,
+                             match=lambda method, path: "artifacts" in path)
+    failing = {"MLFLOW_TRACKING_URI": proxy.url}
+    r = env.cli("registry", "rollback", "--to", str(v1), "--reason", "v2 is bad", extra_env=failing)
+    assert r.returncode == 0, r.stderr
+    assert f"could not check that v{v1} of '{env.model}' still has its artifacts" in r.stderr, r.stderr
+    assert "production moves without that check" in r.stderr, r.stderr
+    assert env.production() == v1
+    r = env.cli("sync", "deploy", extra_env=failing)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    line = final_error_line(r.stderr)
+    assert f"downloading the artifacts of version {v1}" in line and "rerun" in line, line
+    env.serves(host, v2)                             # nothing changed on any host
+    assert env.label(empty) is None
+    r = env.cli("sync", "deploy")                    # the artifact store answers again
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
+    env.serves(empty, v1)
