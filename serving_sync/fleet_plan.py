@@ -54,11 +54,17 @@ class FleetPlan:
     def up_to_date(self) -> bool:
         return not self.errors and all(p.up_to_date for p in self.plans)
 
+    @property
+    def deploy_refused(self) -> str | None:
+        """What the deploy refuses first: a host it cannot observe (the first, in hosts order: it
+        fails there before any host changes, as it connects and observes), else ``refused``."""
+        return next(iter(self.errors.values()), None) or self.refused
+
     def to_dict(self) -> dict:
         return {"model": self.model, "version": self.version, "source": self.source,
                 "up_to_date": self.up_to_date, "hosts": [p.to_dict() for p in self.plans],
                 "errors": self.errors, "rollout": self.rollout, "bake": self.bake, "peak_memory": self.peak,
-                "restore": self.restore, "deploy_refused": self.refused}
+                "restore": self.restore, "deploy_refused": self.deploy_refused}
 
 
 def plan_fleet(model: str, hosts, *, version: int | None = None,

@@ -747,3 +747,28 @@ def test_a_rollback_stopped_after_the_registry_moved_says_how_to_finish(deploy_e
     assert "Traceback" not in err
     env.serves(h1, v2)
     assert env.production() == v1
+
+
+def test_the_plans_json_says_the_deploy_refuses_a_fleet_with_a_host_it_cannot_observe(deploy_env):
+    """Found by review (2026-12-07, twenty-first stop): with a host whose TF Serving is down, `sync
+    plan` said in its text that `mlops sync deploy` refuses until every host can be observed, but
+    its `--json` had `deploy_refused: null` beside the reachable hosts' steps and a rollout that
+    left the host out: a script reading the document found nothing the deploy would refuse. It
+    now carries the deploy's refusal: that host's line, as the deploy says it."""
+    from tests.fixtures.faults import final_error_line
+
+    env = deploy_env
+    (up, down), v1, v2 = deployed_v1_v2(env, hosts=2)
+    v3 = env.register("c")
+    env.promote(v3)
+    down.server.stop()
+    r = env.cli("sync", "plan", "--json")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert down.name in doc["errors"], doc
+    refused = doc["deploy_refused"]
+    assert refused and refused.startswith(f"{down.name}: "), doc
+    r = env.cli("sync", "deploy")
+    assert r.returncode != 0, r.stderr
+    assert final_error_line(r.stderr) == f"error: {refused}", (r.stderr, refused)
+    env.serves(up, v2)

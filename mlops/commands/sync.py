@@ -413,7 +413,7 @@ def cmd_plan(args) -> int:
         except RefusedError as exc:
             refused = exc.message
     if args.json:
-        output.emit({**fp.to_dict(), "deploy_refused": refused or fp.refused})
+        output.emit({**fp.to_dict(), "deploy_refused": refused or fp.deploy_refused})
     else:
         sync_text.plan(model, fp)
         if refused:
