@@ -44,6 +44,7 @@ from mlops_common import log, settings
 
 from . import host_config
 from . import models_config as mc
+from .errors import AuthFailed
 from .hosts import Host, Store, base_key
 from .layout import STATE_DIR, version_of, version_path
 from .manifest import Manifest
@@ -70,10 +71,29 @@ def check_settings(hosts) -> None:
     before ``sync rollback`` moves production): ``MLOPS_LOCK_TTL``, read by every host's lock (a
     rollback moved production, then refused it at the first lock), and ``MLOPS_STORE_URL_EXPIRY``
     when a host of ``hosts`` pulls from a store (it was refused only at the upload, after the
-    version had been downloaded). ``sync plan`` refuses them too, as the deploy it previews does."""
+    version had been downloaded). ``sync plan`` refuses them too, as the deploy it previews does.
+    So are missing S3 credentials for a store (``check_credentials``)."""
     settings.lock_ttl()
-    if any(getattr(h, "store", None) is not None for h in hosts):
+    stores = {h.store.url: h.store for h in hosts if getattr(h, "store", None) is not None}
+    if stores:
         expiry()
+        check_credentials(next(iter(stores.values())))
+
+
+def check_credentials(store: Store) -> None:
+    """``AuthFailed`` when boto3's chain finds no credentials (environment, profile, role) for the
+    upload to ``store``: the deploy refused only at the upload, once the whole SavedModel had been
+    downloaded from MLflow, and ``sync plan`` (exit 0) and ``sync rollback`` (production moved
+    first) said nothing. Resolved locally, as the upload's client does; nothing is sent to S3."""
+    import boto3
+
+    try:
+        found = boto3.Session().get_credentials() is not None
+    except Exception:  # noqa: BLE001 - a broken profile: the client names it, at the upload as before
+        return
+    if not found:
+        raise AuthFailed(f"{store.url}: no S3 credentials to upload the version to the shared store; set "
+                         f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile); nothing was changed")
 
 
 @dataclass(frozen=True)

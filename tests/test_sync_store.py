@@ -1588,3 +1588,31 @@ def test_the_plan_says_a_pulling_host_downloads_the_version_from_the_store(deplo
     text = env.cli("sync", "plan")
     assert text.returncode == 0, text.stderr
     assert f"download from the shared store s3://{bucket}/{env.model} on the host, verify, rename" in text.stdout
+
+
+def test_plan_and_deploy_refuse_a_store_without_credentials_before_the_download(deploy_env, sshd_factory, s3_env,
+                                                                                tmp_path):
+    """Found by review (2026-12-07, twenty-first stop): with `store = "s3://..."` and no S3
+    credentials on the deploying machine, `sync plan` showed every step (exit 0) and `sync deploy`
+    downloaded the whole SavedModel from MLflow, then refused at the upload ("no S3 credentials").
+    Both refuse in one line now, before the registry's artifacts are read or a host touched."""
+    env = deploy_env
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("no-credentials")
+    _with_store(env, bucket, env.model)
+    v1 = env.register("a")
+    env.promote(v1)
+    none = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_EC2_METADATA_DISABLED": "true"}
+    for args in (("sync", "plan"), ("sync", "deploy")):
+        r = env.cli(*args, extra_env=none)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "downloading" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"error: s3://{bucket}/{env.model}: no S3 credentials to upload the version to the shared store; "
+            f"set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile); nothing was changed"), r.stderr
+    assert env.label(host) is None
+    r = env.cli("sync", "deploy")
+    assert r.returncode == 0, r.stderr
+    env.serves(host, v1)
