@@ -42,10 +42,12 @@ def _kept_by(plan) -> set[int]:
 
 
 def store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOptions, rollback_to: int | None,
-                     copies: StoreCopies | None = None) -> None:
+                     copies: StoreCopies | None = None, planned: int | None = None) -> None:
     """The shared stores this deploy uploaded to keep what the hosts keep (``store.retire``): this
     deploy's hosts' records are rewritten (the switch done, the version pulled), and every fleet's
-    records in the store are kept."""
+    records in the store are kept. ``planned``: where production would roll back to as read before
+    any host changed, which every host's retention keeps beside ``rollback_to`` (``host_retention``):
+    kept here too (a move during the deploy changes the target read after the switch)."""
     stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None}
     after: dict[str, list] = {}
     for url, host_versions in ((copies.uses if copies is not None else {}) or {}).items():
@@ -56,7 +58,8 @@ def store_retention(result: FleetResult, runs: list[HostRun], opts: DeployOption
                 host_uses([(r.host, r.plan.final.versions + r.plan.held_by_others
                             + ((p,) if (p := _host_previous(r.plan)) is not None else ()))]))
     kept = ({v for r in runs for v in r.plan.final.versions}
-            | {p for r in runs if (p := _host_previous(r.plan)) is not None})
+            | {p for r in runs if (p := _host_previous(r.plan)) is not None}
+            | ({planned} if planned is not None else set()))
     if result.stores and result.source != "production":
         # a store may be shared by fleets (staging and production): a --version deploy removed the
         # production version another fleet had just uploaded and was pulling (found by a sweep)

@@ -536,7 +536,7 @@ def _succeeded(result: FleetResult, recorder, runs: list[HostRun], opts: DeployO
                 lambda r: deploy_retention.host_retention(r, opts, rollback_to, planned), runs,
                 workers=opts.parallel, name="retention", inline=False)):   # a removal: never in this thread
             run.outcome.retention = info
-        deploy_retention.store_retention(result, runs, opts, rollback_to, copies)
+        deploy_retention.store_retention(result, runs, opts, rollback_to, copies, planned)
     # the versions the hosts served until now: their pages say which hosts this deploy took from
     # them (they read "web-1 ok" as if they served there still; review, nineteenth stop)
     description.refresh_quietly(result.model, *sorted({r.outcome.from_version for r in runs}

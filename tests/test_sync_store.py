@@ -1616,3 +1616,38 @@ def test_plan_and_deploy_refuse_a_store_without_credentials_before_the_download(
     r = env.cli("sync", "deploy")
     assert r.returncode == 0, r.stderr
     env.serves(host, v1)
+
+
+def test_the_store_keeps_the_rollback_target_read_before_the_switch_as_the_hosts_do(
+        deploy_env, sshd_factory, s3_env, monkeypatch):
+    """Found by review (2026-12-07, twenty-first stop): a deploy's host retention keeps where
+    production would roll back to as read before any host changed (what its plans' preview kept)
+    beside the one read after the switch (twentieth stop); the store's clean-up kept only the
+    second, so when the two differ (a move in the registry during the deploy) the store removed a
+    version every host kept as a rollback target, and a rollback to it had to download and upload
+    it again. The store keeps both now, as the hosts."""
+    from registry import deploys
+
+    env = deploy_env
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("planned-target")
+    _with_store(env, bucket, env.model)
+    v1, v2, v3 = (env.release(kind, opts=deploy_opts(canary=0, keep=3)) for kind in ("a", "b", "c"))
+    assert _stored_versions(s3_env, bucket, env.model, env.model) == {v1, v2, v3}
+    v4 = env.register("a")
+    env.promote(v4)
+    real, reads = deploys.DeployLedger.rollback_target, []
+
+    def rollback_target(self):           # v1 as the deploy plans; what the ledger says after
+        reads.append(None)
+        return v1 if len(reads) == 1 else real(self)
+
+    monkeypatch.setattr(deploys.DeployLedger, "rollback_target", rollback_target)
+    r = env.deploy(opts=deploy_opts(canary=0, keep=1))
+    assert r.status == "deployed", r.message
+    assert len(reads) == 2, reads
+    env.serves(host, v4)
+    on_host = {int(p.name) for p in (host.base / env.model).iterdir() if p.name.isdigit()}
+    assert v1 in on_host and v2 not in on_host, on_host
+    assert v1 not in r.stores[0]["retention"]["remove_versions"], r.stores
+    assert _stored_versions(s3_env, bucket, env.model, env.model) == {v1, v3, v4}
