@@ -191,7 +191,21 @@ def test_a_block_exactly_at_its_limit_keeps_every_row_and_one_over_drops_the_old
     assert _shown(shorter) and _shown(shorter) == [1, 2, 3, 4, 5][-len(_shown(shorter)):]
 
 
-def test_a_ledger_row_written_at_the_versions_creation_instant_is_about_it():
+def test_a_register_row_created_at_the_versions_creation_instant_is_its_own():
+    """The version's rows start at its own ``register`` row: the one whose ``created_ms`` is the
+    version's creation, to the millisecond (both the MLflow server's clock); one created a
+    millisecond earlier is an earlier v1's (a model deleted and created again), and so is every row
+    before it. No row's ``at`` (its writer's clock) decides (twenty-first stop: the rule compared it
+    with the version's creation, and a writer's clock behind the server's hid the version's rows)."""
     at = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    assert description.current(_promotions(0, at=at), at) != []
-    assert description.current(_promotions(0, at=at), at + timedelta(microseconds=1)) == []
+    ms = round(at.timestamp() * 1000)
+    behind = at - timedelta(hours=1)                    # every row written by a clock an hour behind
+
+    def rows(created_ms: int) -> list[Entry]:
+        return [Entry("promote", "m", "ok", to_version=1, actor="old", id=1, at=behind),
+                Entry("register", "m", "ok", to_version=1, actor="a", id=2, at=behind,
+                      details={"created_ms": created_ms}),
+                Entry("promote", "m", "ok", to_version=1, actor="a", id=3, at=behind)]
+
+    assert [e.id for e in description.current(rows(ms), at, 1)] == [2, 3]
+    assert [e.id for e in description.current(rows(ms - 1), at, 1)] == [3]
