@@ -230,22 +230,22 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
         already = rollback_overtaken(model, read_from, current, explicit, history)
         if already is not None:
             raise _Already(already)
-        if explicit in (None, current):
+        picking = explicit in (None, current)       # no other version named: this rollback picks one
+        if picking:
             # the registry's versions and their tags, read under the promotion lock: read before it,
             # a version deleted (or tagged failed) while this rollback waited was still picked, and
             # the move then failed on "not found". SQLite: end the read's write lock before asking
             # MLflow (nothing is appended yet; the promotion lock stays held)
             tx.commit()
             all_versions = {i.version: i.tags for i in versions.list_versions(model)}
-        pending = (rollback_in_rollout(history, current)
-                   if not unrolled_ok and current is not None and explicit in (None, current) else None)
+        rerun_check = picking and not unrolled_ok and current is not None
+        pending = rollback_in_rollout(history, current) if rerun_check else None
         if pending is not None:     # a rerun of a `sync rollback` (--to N) whose deploy never finished
             raise RefusedError(f"the last rollback of '{model}' (v{pending.from_version} -> v{current}) has no "
                                f"deploy recorded since ({_why_not_deployed(pending)}): "
                                f"`mlops sync deploy` installs v{current}, or records it where the hosts serve "
                                f"it; to roll back further, `mlops sync rollback --to N`")
-        unfinished = (rollback_unfinished(history, current, all_versions)
-                      if not unrolled_ok and current is not None and explicit in (None, current) else None)
+        unfinished = rollback_unfinished(history, current, all_versions) if rerun_check else None
         if unfinished is not None:  # a rerun of a `sync rollback` stopped after its rollout, before its tags
             raise _Unfinished(unfinished)
         if explicit is not None:
