@@ -427,10 +427,9 @@ def test_a_gzip_body_is_uncompressed_like_tf_serving(server):
         assert r.status_code == 400 and error_of(r).startswith("JSON Parse error: The document is empty"), r.text
 
 
-def test_string_outputs_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(tmp_path):
-    """``AddSingleValueAndAdvance`` writes a DT_STRING output (not ``_bytes``) with rapidjson's
-    ``writer.String(str.c_str(), str.size())``, which does not check UTF-8: the answer holds the
-    tensor's bytes. This server replaced each byte that was not UTF-8 with U+FFFD."""
+def _served_alone(tmp_path, graph):
+    """A TF1 SavedModel of ``graph()`` (its ``(inputs, outputs)`` tensors, as ``serving_default``),
+    loaded as version 1 of "m", and the REST API over it alone: (the servable, the API)."""
     from contextlib import contextmanager
 
     import tensorflow as tf
@@ -439,13 +438,12 @@ def test_string_outputs_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(
     from serving_host.servable import Servable
 
     path = str(tmp_path / "1")
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        x = tf.compat.v1.placeholder(tf.string, [None], name="x")
-        y = tf.strings.join([tf.fill(tf.shape(x), tf.constant(b"\xff")), x], name="y")
+    with tf.Graph().as_default() as g, tf.compat.v1.Session(graph=g) as sess:
+        inputs, outputs = graph()
         info = tf.compat.v1.saved_model.utils.build_tensor_info
         sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"x": info(x)}, outputs={"y": info(y)}, method_name="tensorflow/serving/predict")
+            inputs={k: info(t) for k, t in inputs.items()}, outputs={k: info(t) for k, t in outputs.items()},
+            method_name="tensorflow/serving/predict")
         builder = tf.compat.v1.saved_model.Builder(path)
         builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
         builder.save()
@@ -456,9 +454,23 @@ def test_string_outputs_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(
         def handle(self, *args):
             yield servable
 
+    return servable, rest.RestApi(Manager())
+
+
+def test_string_outputs_that_are_not_utf8_leave_as_their_bytes_as_in_tf_serving(tmp_path):
+    """``AddSingleValueAndAdvance`` writes a DT_STRING output (not ``_bytes``) with rapidjson's
+    ``writer.String(str.c_str(), str.size())``, which does not check UTF-8: the answer holds the
+    tensor's bytes. This server replaced each byte that was not UTF-8 with U+FFFD."""
+    import tensorflow as tf
+
+    def graph():
+        x = tf.compat.v1.placeholder(tf.string, [None], name="x")
+        return {"x": x}, {"y": tf.strings.join([tf.fill(tf.shape(x), tf.constant(b"\xff")), x], name="y")}
+
+    servable, api = _served_alone(tmp_path, graph)
     try:
         request = b'{"instances": ["a", "\\u00e9"]}'
-        status, body = rest.RestApi(Manager()).handle("POST", "/v1/models/m:predict", request)
+        status, body = api.handle("POST", "/v1/models/m:predict", request)
     finally:
         servable.close()
     assert status == 200
@@ -471,34 +483,15 @@ def test_a_quantized_output_is_refused_over_rest_as_tf_serving_refuses_it(tmp_pa
     qint32), so a quantized output answers 400 "Failed to write JSON value for tensor type: qint8".
     The session hands a quantized tensor back as plain integers, and this server wrote them as
     int8 numbers with 200, an answer TF Serving never gives. An empty one is still ``[]``."""
-    from contextlib import contextmanager
-
     import numpy as np
     import tensorflow as tf
 
-    from serving_host import rest
-    from serving_host.servable import Servable
-
-    path = str(tmp_path / "1")
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+    def graph():
         x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
-        q = tf.identity(tf.bitcast(tf.cast(x, tf.int8), tf.qint8), name="q")
-        info = tf.compat.v1.saved_model.utils.build_tensor_info
-        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
-            inputs={"x": info(x)}, outputs={"q": info(q), "y": info(tf.identity(x * 2, name="y"))},
-            method_name="tensorflow/serving/predict")
-        builder = tf.compat.v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": sig})
-        builder.save()
-    servable = Servable.load("m", 1, path)
+        return {"x": x}, {"q": tf.identity(tf.bitcast(tf.cast(x, tf.int8), tf.qint8), name="q"),
+                          "y": tf.identity(x * 2, name="y")}
 
-    class Manager:
-        @contextmanager
-        def handle(self, *args):
-            yield servable
-
-    api = rest.RestApi(Manager())
+    servable, api = _served_alone(tmp_path, graph)
     try:
         assert servable.predict("", {"x": np.array([3.0], np.float32)})["q"].tolist() == [3]   # plain ints
         for body in (b'{"instances": [3.0, 4.0]}', b'{"inputs": [3.0]}'):
