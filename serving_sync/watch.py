@@ -270,6 +270,13 @@ class Watcher:
         return self.result
 
 
+class PassStopped(BaseException):
+    """Raised from the signal handler by the watch's first signal while its pass only reads (the
+    registry, the ledger, the hosts: ``FleetReconciler.phase`` "reading"), so a request to an
+    MLflow that does not answer ends at once; nothing is begun then that a stop would leave
+    half-done. A BaseException: no ``except Exception`` on the way turns it into an error pass."""
+
+
 class FailedVersions:
     """Versions whose deploy failed, not to be retried in a loop. With ``recorded`` (e.g.
     ``registry.deploys.failure_recorded``, whose text says where, for ``where``) the registry
@@ -445,27 +452,60 @@ class FleetReconciler:
 
             def record(v: int, since, reason: str) -> bool:    # a failure the registry never took
                 return deploys.record_failure_late(model, v, since, reason)
+            record = self._writing(record)
         self.failed = FailedVersions(recorded=recorded, moved=moved, record=record)
         self.status_known, self.rollback_unrecorded = status_known, rollback_unrecorded
         self._record_tried: set[tuple] = set()     # (version, rollback row id or None)
         self._break_lock = break_lock
         self.stopping = stopping
         self.read_hosts = read_hosts      # the hosts file read again at each pass (``WatchedHosts``)
+        # what the pass under way does: None (none), "reading" (the registry, the ledger, the
+        # hosts: a stop may cut it where it stands, ``stop_reading``), "recording" (a ledger
+        # write), "deploying" (``fleet.deploy``: a stop waits for its safe points)
+        self.phase: str | None = None
+
+    def stop_reading(self) -> None:
+        """The watch's first signal, from its handler: a pass that only reads stops where it is
+        (``PassStopped``, a ``stopped`` pass). It waited for the request under way instead: an
+        MLflow that did not answer held a `systemctl stop` for the request's whole timeout
+        (MLFLOW_HTTP_REQUEST_TIMEOUT, 60 s), and its retries' backoff."""
+        if self.phase == "reading":
+            raise PassStopped
+
+    def _writing(self, write: Callable) -> Callable:
+        """``write`` (a ledger write of the pass) run whole: a stop during it waits for it."""
+        def run(*args):
+            self.phase = "recording"
+            try:
+                return write(*args)
+            finally:
+                self.phase = "reading"
+        return run
 
     def __call__(self) -> tuple:
+        try:
+            return self._read_then_deploy()
+        except PassStopped:      # the first signal, while the pass only read
+            return "stopped", None, ("the watch is stopping: its pass stopped before any deploy began, "
+                                     "while it read the registry or the hosts (nothing was changed)")
+
+    def _read_then_deploy(self) -> tuple:
         from .errors import NoProduction
 
         # --break-lock TOKEN is spent by the first pass, whatever it did (up to date, skipped, an
         # error): a token carried until the first pass that deploys could break a lock days later
         token, self._break_lock = self._break_lock, None
-        if self.read_hosts is not None:
-            self.hosts = self.read_hosts()
         try:
+            self.phase = "reading"
+            if self.read_hosts is not None:
+                self.hosts = self.read_hosts()
             return self._reconcile(token)
         except NoProduction:     # resolve_version's "or pass --version N": the watch has no such flag
             return "error", None, (f"no version of '{self.model}' holds the production alias (it was deleted, or "
                                    f"the version it named): nothing to deploy, the hosts keep what they serve; "
                                    f"promote one (mlops registry promote --version N) and the next pass deploys it")
+        finally:
+            self.phase = None
 
     def _reconcile(self, token: str | None) -> tuple:
         from mlops_common.errors import DeployFailed
@@ -493,6 +533,7 @@ class FleetReconciler:
                                            f"production moves to another version")
         if self.stopping():
             return "stopped", fp.version, f"the watch is stopping: v{fp.version} not deployed (nothing was changed)"
+        self.phase = "deploying"          # from here a stop waits for the deploy's safe points
         try:
             # recording: only what these hosts serve; production moved since makes it no rollout
             r = fleet.deploy(self.model, self.hosts, opts=self.opts, break_lock=token, lock_wait=self.lock_wait,

@@ -191,3 +191,47 @@ def test_stop_within_puts_the_hosts_back_when_the_deploy_outlasts_it_after_the_f
     assert env.production() == v2 and env.tags(v2).get("deploy_status") != "failed"
     r = env.cli("sync", "watch", "--once", "--stop-within", "3")      # --once: the first signal does it
     assert r.returncode == 2 and "error: --stop-within applies to a watch's first signal" in r.stderr, r.stderr
+
+
+def test_sigterm_while_a_pass_waits_on_an_mlflow_that_does_not_answer_stops_the_watch_at_once(
+        deploy_env, http_fault_proxy, mlflow_server):
+    """Found by review (2026-12-07, twenty-second stop): the first signal let the pass under way
+    finish, and a pass that only read waited for its request: an MLflow that stopped answering
+    (hung, its host overloaded) held `systemctl stop` for MLFLOW_HTTP_REQUEST_TIMEOUT (60 s by
+    default, 56 s measured; 120 s here, so the code before fails). A pass that has not begun its
+    deploy now stops where it is: ``stopped``, exit 0, nothing changed. The real MLflow server is
+    reached through a loopback proxy that, once the watch's first pass is done, holds every request
+    unanswered (the watch's next request is seen arriving there: no sleep)."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    frozen, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(method: str, path: str) -> bool:     # MLflow does not answer while frozen
+        if frozen.is_set():
+            held.set()
+            release.wait(150)
+        return False
+
+    proxy = http_fault_proxy(mlflow_server, match=hold)
+
+    def ready(lines: list[str]) -> bool:
+        if any("reconcile (start): up_to_date" in x for x in lines):    # the first pass read through
+            frozen.set()
+        return held.is_set()                                             # the next one waits on MLflow
+
+    try:
+        code, out, err, took = _watch_signalled(
+            ["--interval", "0.5", "--max-seconds", "600", "--json", "--timeout", "60"],
+            {**os.environ, **env.env, "MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"},
+            ready, wait=120, exit_within=40, late="the watch waited for MLflow's answer after SIGTERM")
+    finally:
+        release.set()
+    assert took < 20, f"{took:.0f}s after SIGTERM"
+    assert code == 0, err
+    passes = json.loads(out)["passes"]
+    assert [p["status"] for p in passes] == ["up_to_date", "stopped"], passes
+    assert "before any deploy began" in passes[-1]["message"] and "nothing was changed" in passes[-1]["message"]
+    assert "Traceback" not in err and "failed" not in err, err
+    env.serves(host, v1)
+    assert env.production() == v1

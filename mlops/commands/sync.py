@@ -564,6 +564,7 @@ def cmd_watch(args) -> int:
                   if args.stop_within is not None else "")
         stop.tell(f"{name}: stopping after the current pass; a deploy not yet begun is not begun{within} (send it "
                   f"again to interrupt a deploy in progress)")
+        reconcile.stop_reading()        # a pass that only reads (an MLflow that does not answer) stops now
 
     forced = False
     try:           # --once has no next pass to stop after: its first signal stops the deploy
