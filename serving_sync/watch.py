@@ -192,8 +192,10 @@ class Watcher:
         self._choose_wait()        # before the lines that say it
         if status != "error":
             if (o := self._outage) is not None:
-                logger.info("reconcile recovered after %d failed pass%s in %.0fs", o.passes,
-                            "" if o.passes == 1 else "es", self.clock() - o.since)
+                # at the outage's own level: under systemd the filter that showed it (`journalctl -p
+                # err`, an alert on it) must show that it ended, or the on-call waits on a fixed outage
+                logger.error("reconcile recovered after %d failed pass%s in %.0fs",
+                             o.passes, "" if o.passes == 1 else "es", self.clock() - o.since)
                 self._outage = None
             self._said(reason, status, version, message)
         elif not self.once:        # with --once the failed pass is the command's one error line
@@ -400,8 +402,11 @@ class WatchedHosts:
         if added or removed or changed or self._refused is not None:
             said = [f"{what} {', '.join(names)}" for what, names in
                     (("added", added), ("removed", removed), ("changed", changed)) if names]
-            logger.info("hosts file %s changed: %s; the watch now reconciles %d host%s", self.path,
-                        "; ".join(said) or "the same hosts as before", len(hosts), "" if len(hosts) == 1 else "s")
+            # a file refused before was an error line: its fix is said at that level too (see ``_pass``)
+            logger.log(logging.INFO if self._refused is None else logging.ERROR,
+                       "hosts file %s changed: %s; the watch now reconciles %d host%s%s", self.path,
+                       "; ".join(said) or "the same hosts as before", len(hosts), "" if len(hosts) == 1 else "s",
+                       "" if self._refused is None else " (the refused file's error above has ended)")
         self.hosts, self._refused = hosts, None
         return hosts
 

@@ -700,7 +700,8 @@ def test_an_error_that_changes_only_in_seconds_is_one_outage_not_a_line_a_pass(c
     lines = [r.getMessage() for r in {id(r): r for r in caplog.records}.values()
              if r.name == "mlops.sync.watch" and r.levelname == "ERROR"]
     assert [x.split(":")[0] for x in lines] == ["reconcile (start) failed",
-                                                "reconcile still failing (61 passes in 600s)"], lines
+                                                "reconcile still failing (61 passes in 600s)",
+                                                "reconcile recovered after 90 failed passes in 900s"], lines
 
 
 def test_interval_passes_that_find_the_same_are_one_line_then_one_every_ten_minutes(caplog):

@@ -65,6 +65,75 @@ def test_the_watchs_passes_carry_their_journal_priority():
     assert len(lines) == 6, lines
 
 
+def _journal_lines(run) -> list[str]:
+    """The lines ``run()`` logs through the watch's logger, as journald gets them (``<N>`` first)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(log.RedactingFormatter("%(message)s", journal=True))
+    watch_logger = logging.getLogger("mlops.sync.watch")
+    level = watch_logger.level
+    watch_logger.addHandler(handler)
+    watch_logger.setLevel(logging.INFO)
+    try:
+        run()
+    finally:
+        watch_logger.removeHandler(handler)
+        watch_logger.setLevel(level)
+    return stream.getvalue().splitlines()
+
+
+def _err(lines: list[str]) -> list[str]:
+    """What `journalctl -p err` shows of ``lines``: priorities 0 to 3."""
+    return [x for x in lines if x[:3] in ("<0>", "<1>", "<2>", "<3>")]
+
+
+def test_the_end_of_an_outage_shows_with_the_filter_that_showed_the_outage(tmp_path):
+    """Found by review (2026-12-07, twenty-second stop): an outage (MLflow, the ledger or a host
+    down) and a hosts file the watch refused are error lines, but their end ("reconcile
+    recovered ...", "hosts file ... changed: ...") was info: `journalctl -u mlops-watch -p err`, or
+    an alert on it, showed the outage start and never end, and the on-call went on chasing it.
+    Both ends are now at the error's own priority."""
+    from serving_sync.hosts import load_hosts
+    from serving_sync.watch import WatchedHosts
+
+    passes = iter([("error", None, "reading registered model 'digits': cannot reach the MLflow server"),
+                   ("error", None, "reading registered model 'digits': cannot reach the MLflow server"),
+                   ("up_to_date", 1, "hosts serve v1")])
+
+    def reconcile():
+        try:
+            return next(passes)
+        except StopIteration:
+            w.stop_event.set()
+            return "up_to_date", 1, "hosts serve v1"
+
+    w = Watcher(reconcile, interval=0.5, max_seconds=60)
+    w.wake.wait = lambda timeout: False          # no wait between the passes: the lines' levels alone
+    err = _err(_journal_lines(w.run))
+    assert err[0].startswith("<3>reconcile (start) failed: reading registered model 'digits'"), err
+    assert err[-1].startswith("<3>reconcile recovered after 2 failed passes"), err
+    assert len(err) == 2, err
+
+    path = tmp_path / "hosts.toml"
+    good = '[[hosts]]\nname = "a"\ntarget = "file:///srv/a"\nrest_url = "http://127.0.0.1:9"\n'
+    path.write_text(good)
+
+    def load():
+        return load_hosts(str(path), {})
+
+    watched = WatchedHosts(load(), path, load)
+
+    def edits():
+        path.write_text(good.replace("rest_url = ", "rest_url"))      # a typo: refused, an error line
+        watched()
+        path.write_text(good.replace('"a"', '"b"'))                    # fixed
+        assert [h.name for h in watched()] == ["b"]
+
+    err = _err(_journal_lines(edits))
+    assert len(err) == 2 and "cannot be used" in err[0], err
+    assert err[1].startswith(f"<3>hosts file {path} changed: added b; removed a"), err
+
+
 def _watch(tmp_path, journal: str | None, *args: str) -> tuple[int, str, str]:
     """``mlops sync watch ARGS`` with stderr in a file; ``journal``: "stderr" (JOURNAL_STREAM names
     that file, as systemd sets it), "other" (it names another file: inherited), None (unset)."""
