@@ -235,3 +235,35 @@ def test_sigterm_while_a_pass_waits_on_an_mlflow_that_does_not_answer_stops_the_
     assert "Traceback" not in err and "failed" not in err, err
     env.serves(host, v1)
     assert env.production() == v1
+
+
+def test_the_first_signals_line_promises_a_put_back_only_when_a_deploy_is_under_way(tmp_path):
+    """Found by review (2026-12-07, twenty-second stop): with ``--stop-within`` (as the systemd unit
+    runs it) the first signal's line always said "one still under way in 1500s is stopped and its
+    hosts put back", also for a watch waiting between passes or one whose pass only read: the
+    on-call read that a deploy was running and waited for a put-back that never came. The line now
+    says what the watch does: here, a watch waiting for its next pass (its MLflow address has
+    nothing listening: the first pass failed at once) stops, and says no pass is under way."""
+    from mlops.ports import free_port
+
+    port = free_port()
+    (tmp_path / "models").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "MLOPS_HOSTS_FILE",
+                                                             "MLOPS_WEBHOOK_SECRET")}
+    env.update(MLOPS_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+               MLOPS_SYNC_TARGET=f"file://{tmp_path / 'models'}", MLOPS_SYNC_REST_URL=f"http://127.0.0.1:{port}",
+               MLOPS_MODEL_NAME="digits")
+    code, out, err, took = _watch_signalled(
+        ["--interval", "3600", "--max-seconds", "600", "--json", "--stop-within", "30"], env,
+        lambda lines: any("reconcile (start) failed" in x for x in lines),
+        wait=120, exit_within=60, late="the watch waiting for its next pass did not stop")
+    assert code == 0, err
+    line = next(x for x in err.splitlines() if x.startswith("SIGTERM: "))
+    assert line == "SIGTERM: stopping: no pass is under way", line
+    assert "put back" not in err, err
+    # a pass that only reads stops now; only a deploy under way is told of --stop-within's put-back
+    from mlops.commands.sync import _watch_stopping
+
+    assert "put back" not in _watch_stopping("reading", 30) and "nothing is changed" in \
+        _watch_stopping("reading", 30)
+    assert "in 30s is stopped and its hosts put back" in _watch_stopping("deploying", 30)

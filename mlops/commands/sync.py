@@ -233,8 +233,9 @@ def register(sub) -> None:
                                  "and refuses timestamps more than 5 minutes off. The hosts file is read "
                                  "again at each pass when it changed (an unusable one keeps the hosts read "
                                  "before). Ctrl-C, SIGTERM or SIGHUP (systemctl stop, a dropped SSH session): the "
-                                 "pass under way finishes its deploy but begins none and stops waiting for a "
-                                 "lock, then the watch ends, exit status 0; a second signal (or the first "
+                                 "pass under way finishes its deploy but begins none, stops waiting for a "
+                                 "lock, and stops at once while it only reads (MLflow, the hosts), then the "
+                                 "watch ends, exit status 0; a second signal (or the first "
                                  "under --once, or --stop-within S seconds after the first) stops the deploy "
                                  "and puts the hosts back, exit 130.",
                      epilog=_ENV)
@@ -326,18 +327,20 @@ def _hosts(args):
     return load_hosts(args.hosts)
 
 
-def _interrupts(*first_actions, at_once=lambda: False):
+def _interrupts(*first_actions, at_once=lambda: False, announce=None):
     """SIGTERM / Ctrl-C never cut a deploy in half (``mlops_common.stop.at_safe_points``, asked by
     every command's handler): the n-th signal runs ``first_actions[n]``; after them, a deploy in
     progress is asked to stop at its next safe point and put its hosts back (``serving_sync.cancel``);
     one more signal forces it (KeyboardInterrupt). While ``at_once()`` (nothing a safe point would
     put back has begun: ``sync rollback`` before the registry moved) a signal stops the command
-    where it is (KeyboardInterrupt; the deploy asked to stop as well, should a finalizer swallow it)."""
-    def announce(name: str) -> None:
+    where it is (KeyboardInterrupt; the deploy asked to stop as well, should a finalizer swallow it).
+    ``announce``: the line of that step, when it is not "stopping the deploy ..." (``sync watch``:
+    no deploy may be under way)."""
+    def put_back(name: str) -> None:
         stop.tell(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
                   f"(send it again to force)")
 
-    return stop.at_safe_points(*first_actions, announce=announce, at_once=at_once)
+    return stop.at_safe_points(*first_actions, announce=announce or put_back, at_once=at_once)
 
 
 @contextlib.contextmanager
@@ -553,22 +556,29 @@ def cmd_watch(args) -> int:
 
     signalled, ended = stop.Wake(), stop.Wake()
     if args.stop_within is not None:    # started now: a signal handler must not start a thread (its locks)
-        threading.Thread(target=_stop_within, args=(args.stop_within, signalled, ended), daemon=True,
-                         name="stop-within").start()
+        threading.Thread(target=_stop_within, args=(args.stop_within, signalled, ended,
+                                                    lambda: reconcile.phase == "deploying"),
+                         daemon=True, name="stop-within").start()
 
     def graceful(name: str) -> None:   # first signal: finish the current pass's deploy (if any), then stop
         watcher.stop_event.set()        # first: a print that fails (stderr on a full disk) cannot lose the stop
         watcher.wake.set()
         signalled.set()                 # --stop-within counts from here
-        within = (f"; one still under way in {args.stop_within:g}s is stopped and its hosts put back"
-                  if args.stop_within is not None else "")
-        stop.tell(f"{name}: stopping after the current pass; a deploy not yet begun is not begun{within} (send it "
-                  f"again to interrupt a deploy in progress)")
+        stop.tell(f"{name}: {_watch_stopping(reconcile.phase, args.stop_within)}")
         reconcile.stop_reading()        # a pass that only reads (an MLflow that does not answer) stops now
+
+    def again(name: str) -> None:       # a second signal (or --stop-within's time): said as it is
+        if reconcile.phase == "deploying":
+            stop.tell(f"{name}: stopping the deploy at its next safe point and putting the hosts back "
+                      f"(send it again to force)")
+        else:
+            stop.tell(f"{name}: no deploy is under way, nothing to put back; the watch stops after the "
+                      f"{'ledger write' if reconcile.phase == 'recording' else 'pass'} under way (send it "
+                      f"again to force)")
 
     forced = False
     try:           # --once has no next pass to stop after: its first signal stops the deploy
-        with (_interrupts() if args.once else _interrupts(graceful)):
+        with (_interrupts() if args.once else _interrupts(graceful, announce=again)):
             result = watcher.run()
     except KeyboardInterrupt:
         result, forced = watcher.result, True
@@ -581,14 +591,30 @@ def cmd_watch(args) -> int:
     return _report_watch(args, result, forced=forced)
 
 
-def _stop_within(seconds: float, signalled, ended) -> None:
+def _stop_within(seconds: float, signalled, ended, deploying=lambda: True) -> None:
     """``sync watch --stop-within S``: S seconds after the first signal, unless the watch ended
     meanwhile, what a second signal does (``stop.signalled``): the deploy under way stops at its next
     safe point and puts its hosts back. systemd's SIGKILL after ``TimeoutStopSec`` cut a longer one
-    mid-rollout (a canary switched, a bake unjudged), and systemd sends no second SIGTERM."""
+    mid-rollout (a canary switched, a bake unjudged), and systemd sends no second SIGTERM. Nothing
+    when no deploy is under way then (``deploying``): none can begin after the first signal."""
     signalled.wait()            # the first signal, or the watch's end (which sets both)
-    if not ended.is_set() and not ended.wait(seconds):
+    if not ended.is_set() and not ended.wait(seconds) and deploying():
         stop.signalled(f"--stop-within {seconds:g}")
+
+
+def _watch_stopping(phase: str | None, within: float | None) -> str:
+    """What ``sync watch``'s first signal does, by what its pass does (``FleetReconciler.phase``):
+    the line promised a put-back at ``--stop-within`` whether or not a deploy was under way."""
+    if phase is None:
+        return "stopping: no pass is under way"
+    if phase == "reading":
+        return "stopping now: the pass under way had not begun a deploy (nothing is changed)"
+    if phase == "recording":
+        return "stopping after the pass under way writes its ledger row; no deploy is begun"
+    put_back = (f"; one still under way in {within:g}s is stopped and its hosts put back" if within is not None
+                else "")
+    return (f"stopping after the deploy under way (one waiting for another deploy's lock stops waiting, "
+            f"nothing changed){put_back} (send it again to stop the deploy now and put its hosts back)")
 
 
 def _report_watch(args, result, *, forced: bool = False) -> int:
