@@ -315,3 +315,16 @@ def test_a_planned_stop_that_put_a_deploy_back_leaves_the_unit_stopped_not_faile
         assert _systemd_clean(s, code), f"a planned stop exiting {code} leaves the unit failed"
     for code in (1, 2, 3):        # a crash, settings refused, a failed deploy (--once only) stay failures
         assert not _systemd_clean(s, code), code
+
+
+def test_the_watch_unit_has_no_watchdog_the_watch_does_not_feed():
+    """Decided by review (2026-12-07, twenty-second stop): no ``WatchdogSec=`` (the unit's comment
+    says why: a pass has no bound a watchdog could wait for, and a missed ping SIGABRTs a deploy
+    mid-rollout). A watchdog added to the unit without the watch sending ``WATCHDOG=1`` (and
+    ``READY=1`` under ``Type=notify``) would kill every watch after its first period."""
+    s = _settings()
+    code = "".join(f.read_text() for pkg in ("mlops_common", "serving_sync", "mlops")
+                   for f in (REPO / pkg).rglob("*.py"))
+    if "WATCHDOG=1" not in code:
+        assert "WatchdogSec" not in s and s["Type"] == ["simple"], s.get("WatchdogSec")
+    assert "No WatchdogSec=" in UNIT.read_text()
