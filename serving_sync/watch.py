@@ -191,7 +191,8 @@ class Watcher:
         self._failing = self._failing + 1 if status in FAILING else 0
         self._choose_wait()        # before the lines that say it
         if status != "error":
-            if (o := self._outage) is not None:
+            # a pass the stop cut (maybe in the request an outage makes wait) says nothing of the outage
+            if (o := self._outage) is not None and status != "stopped":
                 # at the outage's own level: under systemd the filter that showed it (`journalctl -p
                 # err`, an alert on it) must show that it ended, or the on-call waits on a fixed outage
                 logger.error("reconcile recovered after %d failed pass%s in %.0fs",

@@ -134,6 +134,30 @@ def test_the_end_of_an_outage_shows_with_the_filter_that_showed_the_outage(tmp_p
     assert err[1].startswith(f"<3>hosts file {path} changed: added b; removed a"), err
 
 
+def test_a_watch_stopped_during_an_outage_does_not_say_it_recovered():
+    """Found by review (2026-12-07, twenty-second stop): since a first signal stops a pass that
+    only reads where it is (an MLflow that does not answer), a watch stopped during an MLflow
+    outage ended on a ``stopped`` pass, and any pass that was not an error ended the outage:
+    "reconcile recovered after N failed passes", at the error's level, for an MLflow still down.
+    A stopped pass says nothing of the outage."""
+    passes = iter([("error", None, "reading registered model 'digits': the MLflow server did not answer"),
+                   ("error", None, "reading registered model 'digits': the MLflow server did not answer")])
+
+    def reconcile():
+        try:
+            return next(passes)
+        except StopIteration:           # the first signal lands in this pass's request
+            w.stop_event.set()
+            return "stopped", None, "the watch is stopping: its pass stopped before any deploy began"
+
+    w = Watcher(reconcile, interval=0.5, max_seconds=60)
+    w.wake.wait = lambda timeout: False
+    lines = _journal_lines(w.run)
+    assert [p.status for p in w.result.passes] == ["error", "error", "stopped"]
+    assert not [x for x in lines if "recovered" in x], lines
+    assert _err(lines) == [lines[0]] and lines[-1].startswith("<6>reconcile (interval): stopped"), lines
+
+
 def _watch(tmp_path, journal: str | None, *args: str) -> tuple[int, str, str]:
     """``mlops sync watch ARGS`` with stderr in a file; ``journal``: "stderr" (JOURNAL_STREAM names
     that file, as systemd sets it), "other" (it names another file: inherited), None (unset)."""
