@@ -16,7 +16,7 @@ import numpy as np
 
 from serving_host.json_text import debug_text, json_type, json_value_error
 from serving_host.status import ServingError, invalid_argument
-from serving_host.tensors import shape_text, string_vector
+from serving_host.tensors import opaque_tensor, shape_text, string_vector
 from serving_host.tf_dtypes import (
     DT_BOOL,
     DT_DOUBLE,
@@ -180,6 +180,9 @@ def _fill(v, level: int, dt: int, shape: list[int], out: list) -> None:
         _fill(item, level + 1, dt, shape, out)
 
 
+_OPAQUE = (20, 21)      # DT_RESOURCE, DT_VARIANT: no numpy form; tensors.opaque_tensor
+
+
 def _to_array(values: list, shape: list[int], dt: int) -> np.ndarray:
     if len(shape) > MAX_RANK:
         raise invalid_argument(f"Tensor of rank {len(shape)} (lists nested {len(shape)} deep): more "
@@ -187,12 +190,15 @@ def _to_array(values: list, shape: list[int], dt: int) -> np.ndarray:
     np_type = _NUMPY.get(dt)
     if np_type is None:
         # AddValueToTensor refuses every value of this dtype, so none was met: TF Serving sends the
-        # empty tensor on (``{"inputs": []}`` to a half input is a [0] half tensor, not an error)
+        # empty tensor on (``{"inputs": []}`` to a half input is a [0] half tensor, not an error;
+        # to a resource or variant input one FromProto makes, which the run's dtype check judges)
+        if dt in _OPAQUE:
+            return opaque_tensor(shape, dt)
         import tensorflow as tf
 
         try:
             return np.zeros(shape, dtype=tf.dtypes.as_dtype(dt).as_numpy_dtype)
-        except (TypeError, ValueError):      # resource, variant: no numpy form for the session
+        except (TypeError, ValueError, KeyError):      # a DataType numpy has no form for
             raise ServingError("UNIMPLEMENTED", f"Conversion of JSON to type: {dtype_name(dt)}") from None
     if np_type is object:
         return string_vector(values).reshape(shape)

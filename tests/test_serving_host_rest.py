@@ -502,3 +502,35 @@ def test_a_quantized_output_is_refused_over_rest_as_tf_serving_refuses_it(tmp_pa
         assert (status, json.loads(text)) == (200, {"outputs": {"q": [], "y": []}})
     finally:
         servable.close()
+
+
+def test_an_empty_resource_or_variant_input_is_run_as_tf_serving_runs_it(tmp_path):
+    """``FillTensorProto`` makes a TensorProto of the signature's dtype and meets no value in
+    ``{"inputs": []}``, so ``AddValueToTensor`` refuses nothing: TF Serving sends a DT_RESOURCE (or
+    DT_VARIANT) tensor of shape [0], which ``Tensor::FromProto`` makes, and the session run's dtype
+    check answers 400 "Expects arg[0] to be float but resource is provided" when the graph's tensor
+    is another type. This server answered 501 "Conversion of JSON to type: resource", a text TF
+    Serving never writes. Fed to a graph input of that very type, it is this server's own limit."""
+    import tensorflow as tf
+
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        h = tf.compat.v1.placeholder(tf.resource, [None], name="h")
+        return {"x": x, "h": h}, {"y": tf.identity(x * 2, name="y")}
+
+    servable, api = _served_alone(tmp_path, graph)
+    try:
+        sig = servable.signatures["serving_default"]
+        for dtype, name in ((20, "resource"), (21, "variant")):
+            sig.inputs["x"].dtype = dtype          # a signature that says x is a resource (or variant)
+            status, text = api.handle("POST", "/v1/models/m:predict", b'{"inputs": {"x": [], "h": []}}')
+            assert (status, json.loads(text)) == (
+                400, {"error": f"Expects arg[1] to be float but {name} is provided"}), name
+        sig.inputs["x"].dtype = 1
+        status, text = api.handle("POST", "/v1/models/m:predict", b'{"inputs": {"x": [1.0], "h": []}}')
+        assert (status, json.loads(text)) == (501, {"error": "Feeding h:0 a resource tensor: the local server "
+                                                             "cannot pass one to the model (TF Serving does)"})
+        status, text = api.handle("POST", "/v1/models/m:predict", b'{"inputs": {"x": [1.0], "h": [1]}}')
+        assert (status, json.loads(text)) == (501, {"error": "Conversion of JSON Value: 1 to type: resource"})
+    finally:
+        servable.close()
