@@ -56,6 +56,36 @@ def json_string(s: str) -> str:
     return '"' + s.translate(_ESCAPES) + '"'
 
 
+# protobuf's C++ JSON writer (json/internal/writer.cc ``MustEscape``), which TF Serving's
+# MessageToJsonString writes the status and metadata answers with: UTF-8 as it is, but for the
+# control characters, '"' and '\\' (as Python's json writes them) and '<', '>', DEL, the C1 controls
+# and the invisible code points below, each ``\\u`` + 4 lower-case hex digits (a code point past
+# U+FFFF as its surrogate pair).
+_PROTO_ESCAPED = ([0x3C, 0x3E, 0xAD, 0x6DD, 0x70F, 0x17B4, 0x17B5, 0xFEFF, 0xFFF9, 0xFFFA, 0xFFFB, 0xE0001]
+                  + [c for lo, hi in ((0x7F, 0x9F), (0x600, 0x603), (0x200B, 0x200F), (0x2028, 0x202E),
+                                      (0x2060, 0x2064), (0x206A, 0x206F), (0x1D173, 0x1D17A),
+                                      (0xE0020, 0xE007F)) for c in range(lo, hi + 1)])
+
+
+def _u_escape(c: int) -> str:
+    if c < 0x10000:
+        return f"\\u{c:04x}"
+    c -= 0x10000
+    return f"\\u{0xD800 + (c >> 10):04x}\\u{0xDC00 + (c & 0x3FF):04x}"
+
+
+_PROTO_ESCAPES = {c: _u_escape(c) for c in _PROTO_ESCAPED}
+
+
+def message_json(message, **options) -> str:
+    """``MessageToJsonString`` as TF Serving's C++ protobuf writes it (non-ASCII text as UTF-8,
+    ``<`` as ``\\u003c``), where Python's ``MessageToJson`` escapes every non-ASCII character.
+    ``options``: ``MessageToJson``'s. The characters escaped here occur only inside strings."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToJson(message, ensure_ascii=False, **options).translate(_PROTO_ESCAPES)
+
+
 def utf8_len(s: str) -> int:
     return len(s.encode("utf-8", "surrogatepass"))
 

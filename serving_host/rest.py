@@ -17,7 +17,7 @@ from serving_host import metrics
 from serving_host.json_parse import parse_json
 from serving_host.json_request import predict_inputs, serialized_examples, signature_name
 from serving_host.json_response import classify_body, error_body, predict_body, regress_response
-from serving_host.json_text import truncate
+from serving_host.json_text import message_json, truncate
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
 from serving_host.tf_dtypes import dtype_name
@@ -186,11 +186,9 @@ class RestApi:
 
     def status(self, name: str, version: int | None) -> str:
         """``GetModelStatus``; like TF Serving, a label in the path does not narrow the answer."""
-        from google.protobuf import json_format
-
         response = status_response(self.manager, name, version)
-        return json_format.MessageToJson(response, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True, indent=1)
+        return message_json(response, preserving_proto_field_name=True,
+                            always_print_fields_with_no_presence=True, indent=1)
 
 
 def _read(body) -> bytes:

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from serving_host import metrics
+from serving_host.json_text import message_json
 from serving_host.saved_model_loader import (
     check_saved_model_file,
     read_debug_info,
@@ -471,7 +472,6 @@ class Servable:
     def metadata_json(self) -> str:
         """``GET .../metadata``: built like TF Serving's ToJsonString(GetModelMetadataResponse)."""
         if self._metadata_json is None:
-            from google.protobuf import json_format
             from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
             spec = model_pb2.ModelSpec(name=self.name)
@@ -481,8 +481,8 @@ class Servable:
                 sigmap.signature_def[k].CopyFrom(v)
             opts = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
                         indent=1)
-            spec_json = json_format.MessageToJson(spec, **opts)
-            sig_json = json_format.MessageToJson(sigmap, **opts)
+            spec_json = message_json(spec, **opts)
+            sig_json = message_json(sigmap, **opts)
             text = ("{\n\"model_spec\":" + spec_json + ",\n\"metadata\": {\"signature_def\": "
                     + sig_json + "}\n}\n")
             json.loads(text)  # a bug here must not reach clients as broken JSON

@@ -370,3 +370,16 @@ def test_codec_layouts_without_a_server():
     assert json_response.regress_response([1.0, 2.5]) == '{\n    "results": [1.0, 2.5]\n}'
     assert json_response.classify_response([[("a", 0.5), ("b", 0.25)], []]) == (
         '{\n    "results": [[["a", 0.5], ["b", 0.25]], []\n    ]\n}')
+
+
+def test_message_json_escapes_what_cs_protobuf_escapes_and_writes_the_rest_as_utf8():
+    """C++ protobuf's JSON writer (``MustEscape``): control characters, ``"`` and ``\\`` as JSON
+    wants, ``<``, ``>``, DEL, the C1 controls and invisible code points as lower-case ``\\u``
+    escapes (past U+FFFF its surrogate pair), everything else as its UTF-8."""
+    from tensorflow_serving.apis import model_pb2
+
+    from serving_host.json_text import message_json
+
+    spec = model_pb2.ModelSpec(name="é\n\"<>\x7f\x9f\u00ad\u2028\ufeff\U0001d173\U000e0041 ok/中")
+    assert message_json(spec) == ('{\n  "name": "é\\n\\"\\u003c\\u003e\\u007f\\u009f\\u00ad\\u2028\\ufeff'
+                                  '\\ud834\\udd73\\udb40\\udc41 ok/中"\n}')

@@ -534,3 +534,31 @@ def test_an_empty_resource_or_variant_input_is_run_as_tf_serving_runs_it(tmp_pat
         assert (status, json.loads(text)) == (501, {"error": "Conversion of JSON Value: 1 to type: resource"})
     finally:
         servable.close()
+
+
+def test_status_and_metadata_text_is_written_as_tf_serving_writes_it(tfserving_factory, tmp_path):
+    """TF Serving writes the status and metadata answers with C++ protobuf's MessageToJsonString:
+    text outside ASCII as its UTF-8 bytes, and ``<``, ``>`` (and a few invisible code points) as
+    ``\\u003c``, ``\\u003e``. This server wrote them with Python's ``MessageToJson``, which escapes
+    every non-ASCII character (``mod\\u00e8le``) and leaves ``<`` as it is: a client comparing the
+    text, or a person reading a failed load's message, saw something TF Serving never writes."""
+    broken = tmp_path / "modèle<1>"
+    (broken / "1").mkdir(parents=True)
+    (broken / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    config = f"""model_config_list {{
+  config {{ name: "modèle<1>" base_path: "{HALF_PLUS_TWO}" model_platform: "tensorflow" }}
+  config {{ name: "broken" base_path: "{broken}" model_platform: "tensorflow" }}
+}}
+"""
+    srv = tfserving_factory(tmp_path / "serving", config, extra_args=("--max_num_load_retries=0",))
+    srv.wait_for_state("broken", 1, "END")
+    r = requests.get(f"{srv.rest_url}/v1/models/broken", timeout=30)
+    assert r.status_code == 200
+    message = f"Can't parse {broken}/1/saved_model.pb as binary proto"
+    assert r.json()["model_version_status"][0]["status"]["error_message"] == message
+    written = message.replace("<", "\\u003c").replace(">", "\\u003e").encode("utf-8")
+    assert b'"error_message": "' + written + b'"' in r.content, r.content
+    srv.wait_for_state("modèle<1>", 123, "AVAILABLE")
+    r = requests.get(f"{srv.rest_url}/v1/models/mod%C3%A8le%3C1%3E/metadata", timeout=30)
+    assert r.status_code == 200 and r.json()["model_spec"]["name"] == "modèle<1>"
+    assert '"name": "modèle\\u003c1\\u003e"'.encode() in r.content, r.content
