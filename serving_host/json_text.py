@@ -86,6 +86,44 @@ def message_json(message, **options) -> str:
     return json_format.MessageToJson(message, ensure_ascii=False, **options).translate(_PROTO_ESCAPES)
 
 
+def protobuf_utf8(data: bytes) -> str:
+    """Bytes put in a string field, as C++ protobuf's JSON writer reads them (``ConsumeUtf8Scalar``,
+    protobuf 6.31, TF Serving 2.21's): each UTF-8 scalar as it is, each sequence that does not decode
+    one space (a lead byte's sequence ends at the first byte that does not continue it, that byte
+    included). A surrogate code point, which it writes as its bytes, is U+FFFD here (a Python
+    string for a protobuf field cannot hold one)."""
+    out: list[str] = []
+    i, n = 0, len(data)
+    while i < n:
+        lead = data[i]
+        i += 1
+        ones = 8 - (lead ^ 0xFF).bit_length()          # countl_one of the lead byte
+        if ones == 0:
+            out.append(chr(lead))
+            continue
+        if ones not in (2, 3, 4):
+            out.append(" ")
+            continue
+        scalar, ok = lead & ((1 << (7 - ones)) - 1), True
+        for _ in range(ones - 1):
+            if i >= n:
+                ok = False
+                break
+            nxt = data[i]
+            i += 1
+            if nxt >> 6 != 2:
+                ok = False
+                break
+            scalar = (scalar << 6) | (nxt & 0x3F)
+        if not ok or scalar > 0x10FFFF:
+            out.append(" ")
+        elif 0xD800 <= scalar <= 0xDFFF:
+            out.append("\ufffd")
+        else:
+            out.append(chr(scalar))
+    return "".join(out)
+
+
 def utf8_len(s: str) -> int:
     return len(s.encode("utf-8", "surrogatepass"))
 

@@ -16,6 +16,7 @@ import os
 import time
 
 from serving_host import apis, metrics
+from serving_host.json_text import protobuf_utf8
 from serving_host.servable import Servable
 from serving_host.status import ServingError, from_exception, invalid_argument
 
@@ -106,8 +107,8 @@ def run(servable: Servable, export_dir: str, *, model_name: str, version: int,
         try:
             entry.ParseFromString(record)
         except Exception:  # noqa: BLE001 - protobuf's DecodeError
-            raise invalid_argument(f"Failed to parse warmup record: "
-                                   f"{record.decode('utf-8', 'replace')} from {path}") from None
+            # StrCat of the record's bytes: what TF Serving's status answer shows of them
+            raise invalid_argument(f"Failed to parse warmup record: {protobuf_utf8(record)} from {path}") from None
         for _ in range(n_iter):
             replay(servable, entry)
         count += 1

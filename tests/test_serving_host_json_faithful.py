@@ -383,3 +383,13 @@ def test_message_json_escapes_what_cs_protobuf_escapes_and_writes_the_rest_as_ut
     spec = model_pb2.ModelSpec(name="é\n\"<>\x7f\x9f\u00ad\u2028\ufeff\U0001d173\U000e0041 ok/中")
     assert message_json(spec) == ('{\n  "name": "é\\n\\"\\u003c\\u003e\\u007f\\u009f\\u00ad\\u2028\\ufeff'
                                   '\\ud834\\udd73\\udb40\\udc41 ok/中"\n}')
+
+
+def test_bytes_in_a_string_field_read_as_cs_protobufs_json_writer_reads_them():
+    """``ConsumeUtf8Scalar``: a lead byte without its continuation bytes, a stray continuation
+    byte, a 5-byte lead and a scalar past U+10FFFF are one space each; an overlong NUL is U+0000."""
+    from serving_host.json_text import protobuf_utf8
+
+    assert protobuf_utf8(b"ok \xc3\xa9\xf0\x9f\x98\x80") == "ok é\U0001f600"
+    assert protobuf_utf8(b"a\xc3(b\x80c\xf8d\xf4\x90\x80\x80e\xc0\x80f\xe2\x82") == "a b c d e\x00f "
+    assert protobuf_utf8(b"\xed\xa0\x80") == "\ufffd"    # a surrogate: C++ writes its bytes

@@ -78,6 +78,10 @@ def make_model(root, name: str, warmup=None, raw: bytes | None = None):
     return version_dir, path
 
 
+# Bytes that are no PredictionLog (0xff starts a tag of wire type 7), most of them not UTF-8
+BINARY_RECORD = b"\xff\xc3(\xc3\xa9\n\xe2\x82"
+
+
 @pytest.fixture(scope="module")
 def server(tfserving_session_factory, tmp_path_factory):
     models = tmp_path_factory.mktemp("warmup-models")
@@ -87,6 +91,7 @@ def server(tfserving_session_factory, tmp_path_factory):
         "too_many": make_model(models, "too_many", [predict_log().SerializeToString()] * 1001),
         "unparseable": make_model(models, "unparseable",
                                   [predict_log().SerializeToString(), b"not a prediction log"]),
+        "binary_record": make_model(models, "binary_record", [BINARY_RECORD]),
         "not_tfrecord": make_model(models, "not_tfrecord", raw=b"this is not a TFRecord file, just text\n"),
         "bad_request": make_model(models, "bad_request", [predict_log(alias="nope").SerializeToString()]),
     }
@@ -158,6 +163,22 @@ def test_a_record_that_does_not_parse_fails_the_load(server):
         "error_code": "INVALID_ARGUMENT",
         "error_message": f"Failed to parse warmup record: not a prediction log from {path}"}
     assert f'model_path="{version_dir}"' not in metrics_page(server)
+
+
+def test_a_binary_record_that_does_not_parse_is_quoted_as_tf_serving_quotes_it(server):
+    """saved_model_warmup_util.cc quotes the record's bytes (``StrCat``) and the status answer is
+    written by C++ protobuf's JSON writer, which writes each UTF-8 character as it is and each byte
+    sequence that does not decode as one space (the byte that broke a sequence goes with it). This
+    server quoted the record decoded with U+FFFD for each bad byte, which TF Serving never writes."""
+    import requests
+
+    _, path = server.paths["binary_record"]
+    server.wait_for_state("binary_record", 1, "END")
+    r = requests.get(f"{server.rest_url}/v1/models/binary_record", timeout=10)
+    message = f"Failed to parse warmup record:   \u00e9\n  from {path}"
+    assert r.json()["model_version_status"][0]["status"] == {"error_code": "INVALID_ARGUMENT",
+                                                              "error_message": message}
+    assert f'"error_message": "Failed to parse warmup record:   \u00e9\\n  from {path}"'.encode() in r.content
 
 
 def test_a_file_that_is_not_a_tfrecord_fails_the_load(server):
