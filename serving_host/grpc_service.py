@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (
 
 from serving_host import apis, metrics
 from serving_host import config as cfg
+from serving_host.json_text import status_text
 from serving_host.manager import Manager
 from serving_host.rest import status_response
 from serving_host.status import CODES, ServingError, invalid_argument
@@ -59,8 +60,11 @@ def run_timeout_ms(context) -> int | None:
 
 def grpc_message(message: str) -> str:
     """``ToGRPCStatus``: messages over 1024 bytes (``std::string::length``, UTF-8) are cut there
-    and end in ``...TRUNCATED``; a character the cut splits is dropped here (C++ sends the bytes)."""
-    data = message.encode("utf-8", "surrogatepass")
+    and end in ``...TRUNCATED``; a character the cut splits is dropped here (C++ sends the bytes).
+    A file name's bytes that are not UTF-8 are read as ``json_text.status_text`` reads them (gRPC's
+    Python core sends UTF-8 text only)."""
+    message = status_text(message)
+    data = message.encode("utf-8")
     if len(data) > ERROR_MESSAGE_LIMIT:
         return data[:ERROR_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
     return message
@@ -101,7 +105,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as exc:
             log.error("ReloadConfig failed: %s", exc.message)
             response.status.error_code = CODES[exc.code]
-            response.status.error_message = exc.message
+            response.status.error_message = status_text(exc.message)
             context.set_code(getattr(grpc.StatusCode, exc.code))
             context.set_details(grpc_message(exc.message))
         for n in names:                                       # RecordMetricsIncrease, also after a failure

@@ -10,6 +10,7 @@ quote values the same way.
 from __future__ import annotations
 
 import math
+import re
 
 from serving_host.status import ServingError, invalid_argument
 from serving_host.tf_dtypes import INT64_MIN, UINT64_MAX
@@ -122,6 +123,21 @@ def protobuf_utf8(data: bytes) -> str:
         else:
             out.append(chr(scalar))
     return "".join(out)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def status_text(message: str) -> str:
+    """A status message as TF Serving's status answers show it: the bytes of a name that is not
+    UTF-8 (a file's, which Python keeps as lone surrogates, ``surrogateescape``) read as C++
+    protobuf's JSON writer reads them (``protobuf_utf8``: a space each). A protobuf string field,
+    and so the status answer, cannot hold a lone surrogate."""
+    if not _SURROGATES.search(message):
+        return message
+    data = b"".join(c.encode("utf-8", "surrogateescape" if "\udc80" <= c <= "\udcff" else "surrogatepass")
+                    for c in message)
+    return protobuf_utf8(data)
 
 
 def utf8_len(s: str) -> int:

@@ -17,7 +17,7 @@ from serving_host import metrics
 from serving_host.json_parse import parse_json
 from serving_host.json_request import predict_inputs, serialized_examples, signature_name
 from serving_host.json_response import classify_body, error_body, predict_body, regress_response
-from serving_host.json_text import message_json, truncate
+from serving_host.json_text import message_json, status_text, truncate
 from serving_host.manager import Manager
 from serving_host.status import ServingError, invalid_argument
 from serving_host.tf_dtypes import dtype_name
@@ -210,5 +210,5 @@ def status_response(manager: Manager, name: str, version: int | None):
         mvs.version = v
         mvs.state = get_model_status_pb2.ModelVersionStatus.State.Value(st.state)
         mvs.status.error_code = st.error_code_number
-        mvs.status.error_message = st.error_message
+        mvs.status.error_message = status_text(st.error_message)    # a file name's bytes included
     return response

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 
 import pytest
 import requests
@@ -562,3 +563,42 @@ def test_status_and_metadata_text_is_written_as_tf_serving_writes_it(tfserving_f
     r = requests.get(f"{srv.rest_url}/v1/models/mod%C3%A8le%3C1%3E/metadata", timeout=30)
     assert r.status_code == 200 and r.json()["model_spec"]["name"] == "modèle<1>"
     assert '"name": "modèle\\u003c1\\u003e"'.encode() in r.content, r.content
+
+
+def test_a_failed_load_naming_a_file_that_is_not_utf8_keeps_status_and_reload_answering(tfserving_factory, tmp_path):
+    """A version folder holding a dangling link whose name is not UTF-8 (b"\\xff") fails its
+    resource reservation with the link's path in the message. TF Serving keeps the bytes, and its
+    status answer shows each one C++ protobuf's JSON writer cannot decode as a space. This server
+    kept the byte as a lone surrogate, which no protobuf string can hold: every status request for
+    the model answered 500 "UnicodeEncodeError" (gRPC GetModelStatus UNKNOWN), and a ReloadConfig
+    adding such a model did not end with its error."""
+    import grpc
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+    )
+
+    bad = tmp_path / "bad"
+    (bad / "1").mkdir(parents=True)
+    os.symlink("/nonexistent", os.path.join(bytes(bad / "1"), b"\xff"))
+    config = f"""model_config_list {{
+  config {{ name: "bad" base_path: "{bad}" model_platform: "tensorflow" }}
+}}
+"""
+    srv = tfserving_factory(tmp_path / "serving", config, extra_args=("--max_num_load_retries=0",))
+    message = (f"Error while attempting to reserve resources to load servable {{name: bad version: 1}}: "
+               f"{bad}/1/ ; No such file or directory")
+    assert srv.wait_for_state("bad", 1, "END")["status"] == {"error_code": "NOT_FOUND", "error_message": message}
+    with grpc.insecure_channel(srv.grpc_address) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "bad"
+        (status,) = stub.GetModelStatus(request, timeout=30).model_version_status
+        assert (status.state, status.status.error_message) == (get_model_status_pb2.ModelVersionStatus.END, message)
+        reload = model_management_pb2.ReloadConfigRequest()
+        reload.config.model_config_list.config.add(name="again", base_path=str(bad), model_platform="tensorflow")
+        with pytest.raises(grpc.RpcError) as e:
+            stub.HandleReloadConfigRequest(reload, timeout=60)
+        assert e.value.code() == grpc.StatusCode.UNKNOWN, e.value     # WaitUntilModelsAvailable
+        assert f"{bad}/1/ ; No such file or directory" in e.value.details()
