@@ -78,8 +78,8 @@ def _check_numpy_holds(alias: str, dims: list[int], dtype: int) -> None:
 
     try:
         np_dtype = object if dtype in (7,) + _OPAQUE else tf.dtypes.as_dtype(dtype).as_numpy_dtype
-    except TypeError:       # no such DataType: FromProto refuses it, as tensor_from_proto does
-        return
+    except (TypeError, KeyError):   # no such DataType, or one numpy has no form for (a resource or
+        return                      # variant reference): FromProto refuses it, as tensor_from_proto does
     try:
         np.empty(dims, np_dtype)    # no memory: it holds no element
     except ValueError:

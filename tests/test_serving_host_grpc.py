@@ -584,6 +584,24 @@ def test_tensor_protos_that_make_no_tensor_are_invalid_argument():
         assert (info.value.code, info.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x")
 
 
+def test_an_empty_tensor_of_a_reference_type_is_a_parsing_error_as_in_tensorflow():
+    """``Tensor::FromProto`` of an empty tensor checks only that its dtype is one ``CASES`` knows,
+    and no reference type is (DT_FLOAT_REF ... DT_VARIANT_REF): "tensor parsing error: x". For
+    DT_RESOURCE_REF and DT_VARIANT_REF this server asked numpy for the type's form, which has none,
+    and the call ended UNKNOWN "KeyError: 120"."""
+    from tensorflow.core.framework import tensor_pb2
+
+    from serving_host import apis
+    from serving_host.status import ServingError
+
+    for dtype in range(101, 124):
+        proto = tensor_pb2.TensorProto(dtype=dtype)
+        proto.tensor_shape.dim.add().size = 0
+        with pytest.raises(ServingError) as info:
+            apis.tensor_from_proto("x", proto)
+        assert (info.value.code, info.value.message) == ("INVALID_ARGUMENT", "tensor parsing error: x"), dtype
+
+
 def test_typed_values_beyond_the_shape_are_ignored_and_too_few_repeat_the_last():
     """``FromProtoField`` (tensor.cc): the first n values when there are more, the last value
     repeated when there are fewer, zeros when there are none."""
