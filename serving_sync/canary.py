@@ -101,10 +101,19 @@ class Baker:
         self.s1: dict[str, metrics_windows.Snapshot] = {}
         self.unreadable: dict[str, str] = {}
         self.unread_in_bake: set[str] = set()      # judged hosts a read during their bake failed on (said once)
+        # while set (``time.monotonic()``): the end of the bake under way, past which no read may
+        # last (a read during it is a restart check, not worth holding the bake's end for)
+        self.until: float | None = None
 
     def _scrape(self, name: str) -> metrics_windows.Snapshot:
         host = self.runs[name].host
-        return metrics_scrape.scrape(name, host.metrics, self.model, timeout=self.timeout)
+        timeout = self.timeout
+        if self.until is not None:
+            left = self.until - time.monotonic()
+            if left <= 0:
+                raise UserError(f"{name}: its metrics page was not read: the bake ended first")
+            timeout = min(timeout, max(0.1, round(left, 1)))
+        return metrics_scrape.scrape(name, host.metrics, self.model, timeout=timeout)
 
     def _scrape_some(self, names, required=()) -> dict[str, metrics_windows.Snapshot]:
         """Every host of ``names`` read at once, 16 at a time (their windows line up; past 16 hosts
@@ -176,8 +185,12 @@ class Baker:
         s2 = self._scrape_some(judged + old_names, required=judged)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
         seen = {n: [s2[n]] for n in judged}
-        _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic",
-               tick=functools.partial(self._read_during_bake, seen))
+        self.until = time.monotonic() + self.opts.bake     # a read during the bake ends with it
+        try:
+            _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic",
+                   tick=functools.partial(self._read_during_bake, seen))
+        finally:
+            self.until = None
         s3 = self._scrape_some(judged + old_names, required=judged)
         others = []
         for o in old_names:
@@ -204,7 +217,9 @@ class Baker:
         """Read the judged hosts' pages once more during their bake (``RESTART_CHECK_EVERY``), each
         added to ``seen``: a restart whose counters climb past their old values before the bake's
         last read is seen at a read in between (``metrics_windows.window_through``). A page that
-        cannot be read now is skipped, said once a host (the bake's last read must succeed)."""
+        cannot be read now is skipped, said once a host (the bake's last read must succeed); no
+        such read lasts past the bake's end (``until``): a page late then held the bake up to a
+        whole read's time limit past it."""
         names = sorted(seen)
         for n, (snap, exc) in zip(names, parallel.settle(self._scrape, names, workers=16, name="metrics")):
             if exc is None:

@@ -527,6 +527,9 @@ class _Pages(http.server.BaseHTTPRequestHandler):
     location = ""                                   # where "moved" sends the first request
     late_seconds = 0.0                              # "late": how long the page takes
     released = threading.Event()                    # ... unless the test ends first
+    late_only = 0                                   # "late": only the request of this number (0: every one)
+    served = 0                                      # requests counted in "late" mode
+    counting = threading.Lock()
 
     def log_message(self, *a):
         pass
@@ -554,7 +557,11 @@ class _Pages(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.05)
             return
         if self.mode == "late":                     # a busy host: the whole page after ``late_seconds``
-            _Pages.released.wait(_Pages.late_seconds)
+            with _Pages.counting:
+                _Pages.served += 1
+                number = _Pages.served
+            if not _Pages.late_only or number == _Pages.late_only:
+                _Pages.released.wait(_Pages.late_seconds)
         self.send_response(200)
         if self.mode == "slow":
             self.send_header("Content-Length", str(len(body)))
@@ -708,6 +715,40 @@ def test_the_deploys_metrics_read_takes_as_long_as_its_bake_allows(page_server):
         assert "a read may take a quarter of --bake" in e.value.message and "--bake 0" in e.value.message
     finally:
         _Pages.released.set()
+
+
+def test_a_slow_page_during_the_bake_does_not_stretch_the_bake(page_server, monkeypatch):
+    """Found by review (2026-12-07, twenty-second stop): a read of a judged host's page during its
+    bake (every ``RESTART_CHECK_EVERY`` seconds, a restart check) was given a whole read's time
+    limit, a quarter of --bake up to 60 s, so a page that came late then (a busy canary, the one
+    most likely bad) held the bake that much past its end: the canary served live traffic longer
+    than --bake, and a breach came that much later than the bake + 5 s the deploy aims for. A read
+    during the bake now ends with the bake: here the page is held 20 s, the read may take 20 s, and
+    the verdict comes within the bake and its last read."""
+    url = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
+    runs = [SimpleNamespace(host=SimpleNamespace(name="web-1", metrics=url), own_marks=[])]
+    monkeypatch.setattr(canary, "RESTART_CHECK_EVERY", 0.2, raising=False)
+    opts = SimpleNamespace(bake=1.5, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts, timeout=20.0)
+    warned = []
+    monkeypatch.setattr(canary.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    _Pages.mode = "whole"
+    baker.start()
+    baker.before_switch(runs)
+    # the bake's first read comes at once; the next (the first read during the bake) is held
+    _Pages.mode, _Pages.late_seconds, _Pages.late_only, _Pages.served = "late", 20.0, 2, 0
+    _Pages.released.clear()
+    try:
+        start = time.monotonic()
+        verdict, = baker.judge(runs, [])
+        took = time.monotonic() - start
+    finally:
+        _Pages.released.set()
+        _Pages.late_only = 0
+    assert _Pages.served >= 3, _Pages.served              # the held read, and the bake's last one after it
+    assert took < opts.bake + 5.0, took                   # 20 s before
+    assert verdict.host == "web-1" and verdict.outcome in ("low_traffic_passed", "passed"), verdict.line
+    assert len([w for w in warned if "during the bake" in w]) == 1, warned
 
 
 # --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
