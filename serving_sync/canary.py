@@ -9,9 +9,9 @@ the main entry (``smoke_main``) that TF Serving counts under the model's name �
 its "before" window (``metrics_windows.window_outside``: its traffic, error and latency baselines
 are live traffic only); ``before_switch`` waits until that window holds at least ``bake`` seconds
 of live traffic (equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
-switched hosts and the hosts still on the old version, waits ``bake`` seconds (reading the switched
-hosts every ``RESTART_CHECK_EVERY`` seconds meanwhile: a restart is seen while its counters are
-below their old values), scrapes again and returns one ``bake.Verdict`` per switched host. The
+switched hosts and the hosts still on the old version, waits ``bake`` seconds (reading both
+every ``RESTART_CHECK_EVERY`` seconds meanwhile: a restart is seen while its counters are below
+their old values), scrapes again and returns one ``bake.Verdict`` per switched host. The
 numbers are ``bake.judge``'s.
 """
 from __future__ import annotations
@@ -184,18 +184,21 @@ class Baker:
         old_names = [r.host.name for r in old]
         s2 = self._scrape_some(judged + old_names, required=judged)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
-        seen = {n: [s2[n]] for n in judged}
+        # the old hosts too: one that restarts and climbs past its old counts by the bake's end is
+        # seen at a read in between and left out, not compared on its counts since minus before
+        seen = {n: [s2[n]] for n in judged + old_names if n in s2}
         self.until = time.monotonic() + self.opts.bake     # a read during the bake ends with it
         try:
             _sleep(self.opts.bake, f"judging {', '.join(judged)} on live traffic",
-                   tick=functools.partial(self._read_during_bake, seen))
+                   tick=functools.partial(self._read_during_bake, judged, seen))
         finally:
             self.until = None
-        s3 = self._scrape_some(judged + old_names, required=judged)
+        # an old host whose page failed during the bake is left out (``_read_during_bake``)
+        s3 = self._scrape_some(judged + [o for o in old_names if o in seen], required=judged)
         others = []
         for o in old_names:
-            if o in s2 and o in s3:
-                w = metrics_windows.window(s2[o], s3[o])
+            if o in seen and o in s3:
+                w = metrics_windows.window_through([*seen[o], s3[o]])
                 if w.restarted:
                     logger.warning("%s: TF Serving restarted during the bake (left out of the comparison)", o)
                 else:
@@ -213,11 +216,14 @@ class Baker:
             verdicts.append(bake.judge(n, mine, before, merged, self.opts.limits))
         return verdicts
 
-    def _read_during_bake(self, seen: dict[str, list]) -> None:
-        """Read the judged hosts' pages once more during their bake (``RESTART_CHECK_EVERY``), each
-        added to ``seen``: a restart whose counters climb past their old values before the bake's
-        last read is seen at a read in between (``metrics_windows.window_through``). A page that
-        cannot be read now is skipped, said once a host (the bake's last read must succeed); no
+    def _read_during_bake(self, judged: list[str], seen: dict[str, list]) -> None:
+        """Read the pages of ``seen`` — the judged hosts and the old ones read at the bake's start —
+        once more during their bake (``RESTART_CHECK_EVERY``), each added to ``seen``: a restart
+        whose counters climb past their old values before the bake's last read is seen at a read in
+        between (``metrics_windows.window_through``): a judged host's breaches, an old host's is
+        left out of the comparison. A judged host's page that cannot be read now is skipped, said
+        once a host (its last read must succeed); an old host's is left out of the comparison and
+        not read again in this bake (a restart of it could go unseen, and each read would wait); no
         such read lasts past the bake's end (``until``): a page late then held the bake up to a
         whole read's time limit past it."""
         names = sorted(seen)
@@ -226,6 +232,9 @@ class Baker:
                 seen[n].append(snap)
             elif not isinstance(exc, UserError):
                 raise exc
+            elif n not in judged:        # a restart of it could go unseen now, and each read would wait
+                del seen[n]
+                logger.warning("%s (during the bake: left out of the comparison)", exc.message)
             elif n not in self.unread_in_bake:
                 self.unread_in_bake.add(n)
                 logger.warning("%s (during the bake: a restart while it does not answer may go unseen)", exc.message)

@@ -811,6 +811,58 @@ def test_a_restart_during_the_bake_is_seen_though_its_counters_climb_past_their_
     assert verdict.measurements["canary"]["restarted"] and verdict.measurements["canary"]["requests"] == 120
 
 
+def test_an_old_host_that_restarts_during_the_bake_is_left_out_though_its_counters_climb_back(monkeypatch):
+    """Found by review (2026-12-07, twenty-second stop): only the judged hosts were read during the
+    bake, so an old host that restarted and whose counters climbed past their old values by the
+    bake's end gave a window of its counts since the restart minus those before it, and was
+    compared as if it never stopped. A TF Serving just restarted answers NOT_FOUND until its model
+    loads: here its window read 20 errors in 30 requests, and a canary failing 10% of its requests
+    (none before its switch) passed against that "old version's" 67%. The old hosts are now read
+    at the same cadence: the restart is seen and that host left out, and the canary is rolled back.
+    An old host whose page fails during the bake (web-3) is left out too, and not read again."""
+    hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2", "web-3")}
+    runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
+    opts = SimpleNamespace(bake=3.0, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts)
+    monkeypatch.setattr(canary, "RESTART_CHECK_EVERY", 0.2, raising=False)
+    switched = threading.Event()
+    restarted_at: list[float] = []
+    canary_reads: list[int] = []
+    web3: list[str] = []
+
+    def scrape(name):
+        if name == "web-3":                      # its page fails at the bake's first read in between
+            web3.append("read")
+            if switched.is_set() and len(web3) == 3:
+                web3.append("failed")
+                raise UserError("web-3: cannot read TF Serving's metrics at http://web-3/m (timed out)")
+            return _snap([1000] * 100 * len(web3))
+        if name == "web-1":      # 100 clean requests before its switch, then 100 with 10 failed in its bake
+            canary_reads.append(1)
+            return _snap([1000] * 100) if len(canary_reads) == 1 else \
+                _snap([1000] * 200) if len(canary_reads) <= 3 else _snap([1000] * 290, errors=10)
+        if not switched.is_set() or not restarted_at:       # web-2 restarts right after the bake's first read
+            if switched.is_set():
+                restarted_at.append(time.monotonic())
+            return _snap([1000] * 60)
+        if time.monotonic() - restarted_at[0] < 2.0:        # since the restart: still loading
+            return _snap([], errors=20)
+        return _snap([1000] * 70, errors=20)                # past its 60 OK by the bake's end
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    baker.start()
+    baker.before_switch([runs[0]])
+    switched.set()
+    warned = []
+    monkeypatch.setattr(canary.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    verdict, = baker.judge([runs[0]], runs[1:])
+    assert verdict.measurements["others"] is None, verdict.measurements["others"]
+    assert any("web-2: TF Serving restarted during the bake" in w for w in warned), warned
+    assert web3 == ["read", "read", "read", "failed"], web3       # start, the bake's first; none after
+    assert any("web-3: cannot read" in w and "left out of the comparison" in w for w in warned), warned
+    assert verdict.outcome == "breached" and "error rate" in verdict.line, verdict.line
+
+
 def test_a_restart_at_the_canarys_switch_is_seen(monkeypatch):
     """Found by review (2026-12-07, twenty-first stop): the canary's window starts at the read just
     after its switch, and the read just before it was not compared with it: a version that crashed
