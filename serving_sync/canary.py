@@ -8,7 +8,8 @@ deploy's own work there: the validation copy's load, warmup and smoke test, a sm
 the main entry (``smoke_main``) that TF Serving counts under the model's name — is left out of
 its "before" window (``metrics_windows.window_outside``: its traffic, error and latency baselines
 are live traffic only); ``before_switch`` waits until that window holds at least ``bake`` seconds
-of live traffic (equal to the bake or longer) and scrapes the hosts about to switch; ``judge`` scrapes the
+of live traffic (equal to the bake or longer; reading them every ``RESTART_CHECK_EVERY`` seconds
+meanwhile: a restart then leaves that window out) and scrapes the hosts about to switch; ``judge`` scrapes the
 switched hosts and the hosts still on the old version, waits ``bake`` seconds (reading both
 every ``RESTART_CHECK_EVERY`` seconds meanwhile: a restart is seen while its counters are below
 their old values), scrapes again and returns one ``bake.Verdict`` per switched host. The
@@ -16,6 +17,7 @@ numbers are ``bake.judge``'s.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -100,7 +102,10 @@ class Baker:
         self.s0: dict[str, metrics_windows.Snapshot] = {}
         self.s1: dict[str, metrics_windows.Snapshot] = {}
         self.unreadable: dict[str, str] = {}
-        self.unread_in_bake: set[str] = set()      # judged hosts a read during their bake failed on (said once)
+        # (when, judged host) a read during a bake or the wait before its switch failed on (said once)
+        self.unread_in_bake: set[tuple[str, str]] = set()
+        # per judged host, its reads during the wait for its window before the switch (``before_switch``)
+        self.waited: dict[str, list] = {}
         # while set (``time.monotonic()``): the end of the bake under way, past which no read may
         # last (a read during it is a restart check, not worth holding the bake's end for)
         self.until: float | None = None
@@ -170,14 +175,40 @@ class Baker:
         judged = [n for n in names if n in self.canary and n in self.s0]
         now = time.monotonic()
         live = [x for x in (self._live_seconds(n, now) for n in judged) if x is not None]
+        waited: dict[str, list] = {n: [] for n in judged}
         if live:       # the window before the switch: at least --bake seconds of live traffic
-            _sleep(self.opts.bake - min(live),
-                   f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}")
+            wait = self.opts.bake - min(live)
+            self.until = time.monotonic() + wait      # read meanwhile, as in the bake: a restart is seen
+            doing = f"measuring the baseline before {', '.join(names)} switch{'es' if len(names) == 1 else ''}"
+            try:
+                _sleep(wait, doing, tick=functools.partial(self._read_during_bake, judged, waited,
+                                                           "while its window before the switch fills"))
+            finally:
+                self.until = None
         # the judged hosts only: no other's window before its switch is used (reading a last wave of
         # many hosts held its switch, and an unreadable one was "left out of the comparison" of none)
         self.s1.update(self._scrape_some(judged, required=judged))
         for n in judged:    # the deploy's prepare on each: in the window, not live traffic
             self.own[n] = list(self.runs[n].own_marks)
+            self.waited[n] = waited[n]
+
+    def _before(self, n: str) -> metrics_windows.Window | None:
+        """``n``'s window before its switch (``window_outside``: its prepare left out), ``restarted``
+        also when its counts went down between any two of its reads up to its switch (the wait for
+        that window is read every ``RESTART_CHECK_EVERY``: a restart whose counts climbed past their
+        old values by the switch made a window of counts since minus before); said in a warning."""
+        before = metrics_windows.window_outside(self.s0[n], self.s1[n], self.own.get(n, []))
+        if before is None:
+            logger.warning("%s: its metrics could not be read around the deploy's prepare on it: its window "
+                           "before the switch is not used", n)
+            return None
+        reads = [self.s0[n], *(x for gap in self.own.get(n, []) for x in gap), *self.waited.get(n, []), self.s1[n]]
+        if not before.restarted and metrics_windows.went_down_along(reads):
+            before = dataclasses.replace(before, restarted=True)
+        if before.restarted:
+            logger.warning("%s: TF Serving restarted before its switch (its window before the switch is not "
+                           "used)", n)
+        return before
 
     def judge(self, wave, old) -> list[bake.Verdict]:
         judged = [r.host.name for r in wave]      # every one read before its switch (``canary``)
@@ -206,17 +237,13 @@ class Baker:
         merged = metrics_windows.merge(others) if others else None
         verdicts = []
         for n in judged:
-            before = (metrics_windows.window_outside(self.s0[n], self.s1[n], self.own.get(n, []))
-                      if n in self.s0 else None)
-            if n in self.s0 and before is None:
-                logger.warning("%s: its metrics could not be read around the deploy's prepare on it: its window "
-                               "before the switch is not used", n)
+            before = self._before(n) if n in self.s0 else None
             # a restart from the read before its switch on is the canary's too (a crash at its switch)
             mine = metrics_windows.window_through([*seen[n], s3[n]], before=self.s1.get(n))
             verdicts.append(bake.judge(n, mine, before, merged, self.opts.limits))
         return verdicts
 
-    def _read_during_bake(self, judged: list[str], seen: dict[str, list]) -> None:
+    def _read_during_bake(self, judged: list[str], seen: dict[str, list], during: str = "during the bake") -> None:
         """Read the pages of ``seen`` — the judged hosts and the old ones read at the bake's start —
         once more during their bake (``RESTART_CHECK_EVERY``), each added to ``seen``: a restart
         whose counters climb past their old values before the bake's last read is seen at a read in
@@ -234,7 +261,7 @@ class Baker:
                 raise exc
             elif n not in judged:        # a restart of it could go unseen now, and each read would wait
                 del seen[n]
-                logger.warning("%s (during the bake: left out of the comparison)", exc.message)
-            elif n not in self.unread_in_bake:
-                self.unread_in_bake.add(n)
-                logger.warning("%s (during the bake: a restart while it does not answer may go unseen)", exc.message)
+                logger.warning("%s (%s: left out of the comparison)", exc.message, during)
+            elif (during, n) not in self.unread_in_bake:
+                self.unread_in_bake.add((during, n))
+                logger.warning("%s (%s: a restart while it does not answer may go unseen)", exc.message, during)

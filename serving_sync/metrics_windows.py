@@ -28,7 +28,8 @@ a raw ``"`` never comes from a client (``prometheus_exporter.cc``, ``SanitizeLab
 
 Pure functions on parsed samples: ``parse`` (the page, read with ``prometheus_client.parser``, or
 its OpenMetrics parser for a page in that format),
-``window`` (two snapshots -> counts in between), ``window_through``, ``window_outside`` and ``merge``.
+``window`` (two snapshots -> counts in between), ``window_through``, ``window_outside``, ``merge`` and
+``went_down_along``.
 """
 from __future__ import annotations
 
@@ -266,6 +267,14 @@ def _went_down(before: Snapshot, after: Snapshot) -> bool:
     pairs += [(after.buckets.get(k, 0.0), v) for k, v in before.buckets.items()]
     pairs += [(after.latency_count, before.latency_count)]
     return any(a < b for a, b in pairs)
+
+
+def went_down_along(reads: list[Snapshot | None]) -> bool:
+    """Whether a count went down between two successive reads of one host (in the order read;
+    None, a read that failed, is skipped): TF Serving restarted in between, though its counters
+    may have climbed past their old values by the last."""
+    got = [r for r in reads if r is not None]
+    return any(_went_down(a, b) for a, b in zip(got, got[1:]))
 
 
 def window(before: Snapshot, after: Snapshot) -> Window:

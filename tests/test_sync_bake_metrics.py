@@ -863,6 +863,54 @@ def test_an_old_host_that_restarts_during_the_bake_is_left_out_though_its_counte
     assert verdict.outcome == "breached" and "error rate" in verdict.line, verdict.line
 
 
+def test_a_canary_that_restarts_while_its_window_before_the_switch_fills_does_not_use_that_window(monkeypatch):
+    """Found by review (2026-12-07, twenty-second stop): the deploy waits before the canary's switch
+    until its window before the switch holds --bake seconds of live traffic, and read its page only
+    at the wait's ends. A TF Serving that restarted meanwhile and climbed past its old counts gave a
+    window of its counts since minus before, used as the canary's own baseline: just restarted it
+    answers NOT_FOUND until its model loads, the window read 20 errors in 30 requests, and a canary
+    failing 10% of its requests passed against that 67% though the other host failed none. The
+    page is now read every ``RESTART_CHECK_EVERY`` seconds of that wait too: the restart is seen
+    and that window not used (said, and marked restarted), and the canary is rolled back."""
+    hosts = {n: SimpleNamespace(name=n, metrics=f"http://{n}/m") for n in ("web-1", "web-2")}
+    runs = [SimpleNamespace(host=h, own_marks=[]) for h in hosts.values()]
+    opts = SimpleNamespace(bake=2.0, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts)
+    monkeypatch.setattr(canary, "RESTART_CHECK_EVERY", 0.2, raising=False)
+    switched = threading.Event()
+    reads: list[str] = []
+    first: list[float] = []
+    old_reads: list[str] = []
+
+    def scrape(name):
+        return dataclasses.replace(counters(name), at=time.monotonic())
+
+    def counters(name):
+        if name == "web-2":                               # the old version: 100 clean requests in the bake
+            old_reads.append("after" if switched.is_set() else "before")
+            return _snap([1000] * (200 if old_reads.count("after") > 1 else 100))
+        reads.append("after" if switched.is_set() else "before")
+        if not switched.is_set():     # 60 OK; restarted at once (loading: NOT_FOUND); past 60 OK from 1 s on
+            if not first:
+                first.append(time.monotonic())
+                return _snap([1000] * 60)
+            return _snap([], errors=20) if time.monotonic() - first[0] < 1.0 else _snap([1000] * 70, errors=20)
+        # after its switch: 100 requests, 10 of them failed
+        return _snap([1000] * 70, errors=20) if reads.count("after") == 1 else _snap([1000] * 160, errors=30)
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    warned = []
+    monkeypatch.setattr(canary.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    baker.start()
+    baker.before_switch([runs[0]])
+    switched.set()
+    verdict, = baker.judge([runs[0]], [runs[1]])
+    assert verdict.measurements["before"]["restarted"], verdict.measurements["before"]
+    assert verdict.outcome == "breached" and "(restarted, not used)" in verdict.line, verdict.line
+    assert any("web-1: TF Serving restarted before its switch" in w for w in warned), warned
+    assert reads.count("before") >= 3, reads             # read during the wait, not only at its ends
+
+
 def test_a_restart_at_the_canarys_switch_is_seen(monkeypatch):
     """Found by review (2026-12-07, twenty-first stop): the canary's window starts at the read just
     after its switch, and the read just before it was not compared with it: a version that crashed
