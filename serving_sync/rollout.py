@@ -67,11 +67,14 @@ def shape(hosts: list[str], *, canary: int | None = None, wave: str | None = Non
     """Canary first (hosts-file order), then waves; ``canary`` None: 1 when two or more hosts, or
     when one host changes and ``unjudged`` hosts already serve the version (see ``Shape``). A lone
     changing host is no canary (``--canary 1`` or not) unless ``unjudged``: nothing follows it, and
-    nothing judges it (``bakeable``); the plan and the deploy both call it wave 1."""
+    nothing judges it (``bakeable``); the plan and the deploy both call it wave 1. A canary of every
+    changing host is refused (none left to compare it with) unless ``unjudged``: a rollout resumed
+    with the ``--canary N`` it began with then judges the N or fewer hosts left as its canary, each
+    on its own window before its switch, as it judges a lone host left."""
     n = 1 if canary is None and (len(hosts) >= 2 or (hosts and unjudged)) else (canary or 0)
     if n < 0:
         raise ConfigError(f"--canary must be 0 or more hosts, got {n}")
-    if hosts and n >= len(hosts) and len(hosts) >= 2:
+    if hosts and n >= len(hosts) and len(hosts) >= 2 and not unjudged:
         raise ConfigError(f"--canary {n} leaves no host to compare it with: {len(hosts)} hosts change; "
                           f"use at most {len(hosts) - 1}")
     n = min(n, len(hosts)) if len(hosts) >= 2 or unjudged else 0

@@ -90,6 +90,28 @@ def test_a_rollout_that_resumes_one_nothing_judged_bakes_its_last_host_as_the_ca
     assert many.canary == ("b",) and many.waves == (("b",), ("c",))
 
 
+def test_a_resumed_rollout_takes_the_canary_it_was_started_with(monkeypatch):
+    """Found by review (2026-12-07, twenty-second stop): a deploy with --canary 2 on four hosts
+    killed between its canary's switch and its verdict (a restarted `sync watch --canary 2`, a CI
+    retry) left two hosts on the version; the rerun, with the same flags, was refused by `sync
+    plan` and `sync deploy` alike ("--canary 2 leaves no host to compare it with: 2 hosts change;
+    use at most 1"), at every pass of a watch, and the fleet stayed half on a version nothing
+    judged. As a lone host left does (``--canary`` any N), the hosts left to change are now the
+    canary, each judged on its own window before its switch, before any row says the fleet served
+    the version; without hosts nothing judged, such a canary is still refused."""
+    from serving_sync.options import DeployOptions
+    from serving_sync.rollout_decision import decide_rollout
+
+    s = rollout.shape(["c", "d"], canary=2, unjudged=("a", "b"))
+    assert s.canary == ("c", "d") and s.waves == (("c", "d"),) and s.bakeable and s.judged() == ("c", "d")
+    assert s.judged(each_wave=True) == ("c", "d")
+    d = decide_rollout(["c", "d"], DeployOptions(bake=5, canary=2), unjudged=("a", "b"))   # plan and deploy
+    assert d.shape == s and d.bake == 5
+    assert rollout.shape(["c", "d"], canary=1, unjudged=("a", "b")).waves == (("c",), ("d",))
+    with pytest.raises(ConfigError, match="--canary 2 leaves no host to compare it with"):
+        rollout.shape(["c", "d"], canary=2)
+
+
 def test_bake_each_wave_still_judges_the_canary_of_a_resumed_rollout():
     """Found by review (2026-12-05, ninth stop): with --bake-each-wave, ``judged`` was every wave
     but the last, so a resumed rollout whose canary is its only (last) wave judged nobody: the
