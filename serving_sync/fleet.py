@@ -248,8 +248,12 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                     # before any row says the fleet served the version
                     entry["switch_seconds"] = round(time.monotonic() - w0, 3)
                     _bake(result, recorder, baker, wave, [], runs, entry)
-                or_put_back(result, recorder, wave[0], runs, "record", recorder.record_all,
-                            [_deployed_row(recorder, run, v, reason, final=last) for run in wave])
+                try:
+                    recorder.record_all([_deployed_row(recorder, run, v, reason, final=last) for run in wave])
+                except BaseException as exc:       # the wave switched: ``--json`` lists it, as after a breach
+                    entry.setdefault("switch_seconds", round(time.monotonic() - w0, 3))
+                    result.waves.append(entry)
+                    raise fail(result, recorder, wave[0], runs, exc, step="record") from None
                 result.switched.extend(names)
                 if last:     # test hook, inert unless set: the rollout recorded, its tags not yet
                     faultpoint.reached("deploy:after_final_rows", stop=cancel.requested)

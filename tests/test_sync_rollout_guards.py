@@ -57,6 +57,11 @@ def test_a_ledger_that_fails_after_the_canary_switched_puts_every_host_back(depl
     assert "at step 'record'" in message and "the ledger could not record the deploy, not the version" in message
     by = {o.host: o for o in failed.value.result.hosts}
     assert by[hosts[0].name].status == "restored"                # the canary had switched: it is back
+    # found by review (2026-12-07, twenty-second stop): ``--json`` lists the wave that switched,
+    # as after a breach; it read ``waves: []`` when its rows could not be written
+    waves = failed.value.result.waves
+    assert [(w["wave"], w["hosts"]) for w in waves] == [("canary", [hosts[0].name])], waves
+    assert waves[0]["switch_seconds"] >= 0, waves
     for h in hosts:
         env.serves(h, v1)
     assert [env.config_text(h) for h in hosts] == before
