@@ -252,13 +252,19 @@ class Baker:
         once a host (its last read must succeed); an old host's is left out of the comparison and
         not read again in this bake (a restart of it could go unseen, and each read would wait); no
         such read lasts past the bake's end (``until``): a page late then held the bake up to a
-        whole read's time limit past it."""
+        whole read's time limit past it. An old host's read cut by that end is no failure (a late
+        page, a large fleet's reads reaching it): it is read again at the bake's end."""
         names = sorted(seen)
-        for n, (snap, exc) in zip(names, parallel.settle(self._scrape, names, workers=16, name="metrics")):
+        read = parallel.settle(self._scrape, names, workers=16, name="metrics")
+        # reads cut by the end of the bake (or the wait) did not fail: their pages are read next at its end
+        ended = self.until is not None and time.monotonic() >= self.until - 0.05
+        for n, (snap, exc) in zip(names, read):
             if exc is None:
                 seen[n].append(snap)
             elif not isinstance(exc, UserError):
                 raise exc
+            elif n not in judged and ended:
+                continue
             elif n not in judged:        # a restart of it could go unseen now, and each read would wait
                 del seen[n]
                 logger.warning("%s (%s: left out of the comparison)", exc.message, during)

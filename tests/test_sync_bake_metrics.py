@@ -530,11 +530,18 @@ class _Pages(http.server.BaseHTTPRequestHandler):
     late_only = 0                                   # "late": only the request of this number (0: every one)
     served = 0                                      # requests counted in "late" mode
     counting = threading.Lock()
+    hold_path, hold_nth, to_path = "", 0, 0         # any mode: the hold_nth request to a path ending so waits
 
     def log_message(self, *a):
         pass
 
     def do_GET(self):  # noqa: N802 - stdlib name
+        if _Pages.hold_path and self.path.endswith(_Pages.hold_path):
+            with _Pages.counting:
+                _Pages.to_path += 1
+                number = _Pages.to_path
+            if number == _Pages.hold_nth:
+                _Pages.released.wait(_Pages.late_seconds)
         body = _page(ok=30, gets=0).encode()
         if self.mode == "moved" and not self.path.endswith("/here"):
             self.send_response(301)
@@ -749,6 +756,36 @@ def test_a_slow_page_during_the_bake_does_not_stretch_the_bake(page_server, monk
     assert took < opts.bake + 5.0, took                   # 20 s before
     assert verdict.host == "web-1" and verdict.outcome in ("low_traffic_passed", "passed"), verdict.line
     assert len([w for w in warned if "during the bake" in w]) == 1, warned
+
+
+def test_an_old_hosts_read_cut_by_the_bakes_end_keeps_it_in_the_comparison(page_server, monkeypatch):
+    """A read during the bake ends with the bake; an old host whose read then was cut by that end
+    (its page late, or the reads of a large fleet, 16 at a time, reaching the bake's end) did not
+    fail: it stays in the comparison, read again at the bake's end."""
+    base = f"http://127.0.0.1:{page_server.server_address[1]}/monitoring/prometheus/metrics"
+    runs = [SimpleNamespace(host=SimpleNamespace(name=n, metrics=base + path), own_marks=[])
+            for n, path in (("web-1", ""), ("web-2", "/old"))]
+    monkeypatch.setattr(canary, "RESTART_CHECK_EVERY", 0.2, raising=False)
+    opts = SimpleNamespace(bake=1.5, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-1",), opts, timeout=20.0)
+    warned = []
+    monkeypatch.setattr(canary.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+    _Pages.mode = "whole"
+    baker.start()
+    baker.before_switch(runs[:1])
+    # web-2's reads: the bake's first at once, the next (during the bake) held past the bake's end
+    _Pages.hold_path, _Pages.hold_nth, _Pages.to_path, _Pages.late_seconds = "/old", 2, 0, 20.0
+    _Pages.released.clear()
+    try:
+        start = time.monotonic()
+        verdict, = baker.judge(runs[:1], runs[1:])
+        took = time.monotonic() - start
+    finally:
+        _Pages.released.set()
+        _Pages.hold_path, _Pages.hold_nth = "", 0
+    assert _Pages.to_path >= 3 and took < opts.bake + 5.0, (_Pages.to_path, took)   # read at the end
+    assert verdict.measurements["others"] is not None and verdict.measurements["others"]["hosts"] == 1, verdict.line
+    assert not [w for w in warned if "web-2" in w], warned
 
 
 # --- --bake-each-wave: a later wave's host is only a baseline during the canary's bake --------------
