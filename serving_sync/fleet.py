@@ -217,7 +217,9 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             # before touching any host: a registry problem changes nothing; a signal stops the download
             _before_prepare(result, recorder, runs, "download", fetch, model, v, runs, lazy)
             t = result.lap("fetch_from_registry", t)
-            stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes}
+            # a host with the version on disk pulls nothing (its publish verifies that copy first)
+            stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes
+                      and v not in r.observed.obs.published}
             if stores:
                 result.begin("upload_to_store", t)
                 for store in stores.values():      # once per store, verified, before any host

@@ -46,13 +46,14 @@ class Lazy:
 def fetch(model: str, v: int, runs: list[HostRun], lazy: Lazy) -> None:
     """What the prepare phase needs from the registry, before any host changes: the bundle when a
     host must be sent the SavedModel, else only the golden set. A host that already has ``v``
-    published (not loaded: a rollback to a version kept on disk), no shared store, and a stored
-    manifest with exactly the SavedModel hashes recorded at registration has its copy verified
+    published (not loaded: a rollback to a version kept on disk) and a stored manifest with
+    exactly the SavedModel hashes recorded at registration has its copy verified
     against that manifest by its publish step (names, kinds, sizes, as after a download: the
     manifest was written only once the host's bytes matched it), then loaded and smoke-tested as
-    always; it needs no download. A mismatch, an unreadable manifest or a version registered
-    without hashes downloads as before."""
-    present = [r for r in runs if r.plan.publishes and r.host.store is None and v in r.observed.obs.published]
+    always; it needs no download, and a host pulling from a shared store pulls nothing (its copy
+    is on disk: ``fleet`` uploads to a store only for a host that lacks the version). A mismatch,
+    an unreadable manifest or a version registered without hashes downloads as before."""
+    present = [r for r in runs if r.plan.publishes and v in r.observed.obs.published]
     record = bundle_hashes.recorded(model, v) if present else None
     for run in present if record else ():
         if (stored := _matching_copy(run.host, run.transport, run.observed.obs, model, v, record)) is not None:
@@ -65,8 +66,8 @@ def fetch(model: str, v: int, runs: list[HostRun], lazy: Lazy) -> None:
 
 def _matching_copy(host, transport, obs, model: str, v: int, record: dict | None):
     """The host's stored manifest of ``v`` when ``fetch`` needs no download for it: published
-    there (not loaded), no shared store, the manifest exactly the registration's hashes; else None."""
-    if record is None or host.store is not None or v not in obs.published:
+    there (not loaded), the manifest exactly the registration's hashes; else None."""
+    if record is None or v not in obs.published:
         return None
     try:
         stored = read_stored_manifest(transport, model, v)

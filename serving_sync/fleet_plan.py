@@ -96,7 +96,10 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
         sizes = {x: s for x, s in sizes.items() if x in copies or x == v}
         extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
         if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
-            extra.append(f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
+            # nor a host with the version on disk: its publish verifies that copy (``fleet_fetch.fetch``)
+            extra.append(f"keeps its own copy of v{v}: verified on the host, nothing pulled from the shared store "
+                         f"{host.store.url}" if v in o.obs.published else
+                         f"pulls v{v} from the shared store {host.store.url} (uploaded once per deploy)")
         p = dataclasses.replace(p, notes=p.notes + tuple(extra) + gone)
         return p, {"copies": list(copies), "bytes": peak_memory(copies, sizes),
                    "sizes": {str(k): s for k, s in sorted(sizes.items())}}

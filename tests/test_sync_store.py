@@ -1651,3 +1651,40 @@ def test_the_store_keeps_the_rollback_target_read_before_the_switch_as_the_hosts
     assert v1 in on_host and v2 not in on_host, on_host
     assert v1 not in r.stores[0]["retention"]["remove_versions"], r.stores
     assert _stored_versions(s3_env, bucket, env.model, env.model) == {v1, v3, v4}
+
+
+def test_a_pulling_host_rolled_back_to_a_version_on_its_disk_uses_that_copy(deploy_env, sshd_factory, s3_env,
+                                                                           monkeypatch):
+    """Found by review (2026-12-07, twenty-second stop): a host pulling from the hosts file's
+    `store` never used its own copy of a version kept on disk (a rollback past the warm version),
+    where a host without a store has it verified against the registration: the deploy downloaded
+    the SavedModel from MLflow and uploaded it to the store again, and `sync plan` said the host
+    pulls it from the store. The host's copy is verified in place now; nothing is downloaded or
+    uploaded, and the plan says so."""
+    from serving_sync import fleet_fetch
+
+    env = deploy_env
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("own-copy")
+    _with_store(env, bucket, env.model)
+    v1, v2, v3 = (env.release(kind, opts=deploy_opts(canary=0, keep=3)) for kind in ("a", "b", "c"))
+    assert (host.base / env.model / str(v1)).is_dir()          # on disk, not loaded (v2 is kept warm)
+    client = s3_env.client()                                   # the store's clean-up removed it, say
+    objs = client.list_objects_v2(Bucket=bucket, Prefix=f"{env.model}/{env.model}/{v1}/").get("Contents", [])
+    assert objs
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": o["Key"]} for o in objs]})
+    r = env.cli("registry", "rollback", "--to", str(v1), "--reason", "v3 and v2 misbehave")
+    assert r.returncode == 0, r.stderr
+    plan = env.cli("sync", "plan")
+    assert plan.returncode == 0, plan.stderr
+    assert f"pulls v{v1}" not in plan.stdout, plan.stdout
+    assert f"keeps its own copy of v{v1}: verified on the host, nothing pulled from the shared store" in plan.stdout
+    downloads = []
+    real = fleet_fetch.download_bundle
+    monkeypatch.setattr(fleet_fetch, "download_bundle", lambda *a, **kw: downloads.append(a) or real(*a, **kw))
+    r = env.deploy(opts=deploy_opts(canary=0, keep=3))
+    assert r.status == "deployed", r.message
+    env.serves(host, v1)
+    assert downloads == [] and r.stores == [], (downloads, r.stores)
+    assert [o.publish["status"] for o in r.hosts] == ["already_present"], [o.publish for o in r.hosts]
+    assert v1 not in _stored_versions(s3_env, bucket, env.model, env.model)
