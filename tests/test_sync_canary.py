@@ -184,6 +184,33 @@ def test_the_plan_says_the_deploy_refuses_a_canary_without_metrics(deploy_env):
     assert json.loads(ok.stdout)["deploy_refused"] is None
 
 
+def test_the_plans_text_leads_with_the_host_the_deploy_stops_at_not_the_bakes_refusal(deploy_env):
+    """Found by review (2026-12-07, twenty-second stop): with a host whose TF Serving is down and
+    canaries without metrics, `sync plan --bake 1` ended with "`mlops sync deploy` refuses this
+    before any host changes: canary ...: cannot read TF Serving's metrics", while the deploy stops
+    at the host it cannot observe first (its `--json` said so). The text now leads with what the
+    deploy meets first, and no other refusal follows it."""
+    from tests.fixtures.faults import final_error_line
+
+    env = deploy_env
+    hosts = env.add_hosts(3, "file")                  # servers without --monitoring_config_file
+    _first(env, hosts)
+    v2 = env.register("b")
+    env.promote(v2)
+    hosts[2].server.stop()
+    res = env.cli("sync", "plan", "--bake", "1", "--json")
+    assert res.returncode == 1, res.stderr
+    planned = json.loads(res.stdout)["deploy_refused"]
+    assert planned and planned.startswith(f"{hosts[2].name}: "), planned
+    text = env.cli("sync", "plan", "--bake", "1").stdout.splitlines()
+    assert text[1].endswith("`mlops sync deploy` refuses until every host can be:"), text
+    assert text[2].startswith(f"  {hosts[2].name}: cannot observe: "), text
+    assert not [ln for ln in text if "refuses this" in ln or "metrics" in ln and "cannot" in ln], text
+    res = env.cli("sync", "deploy", "--bake", "1")
+    assert res.returncode != 0
+    assert final_error_line(res.stderr) == f"error: {planned}", (res.stderr, planned)
+
+
 def test_bake_each_wave_judges_a_later_wave_and_puts_every_switched_host_back(deploy_env, canary_bundles):
     """``--bake-each-wave``: the canary passes (its clients send only inputs the version accepts),
     wave 1's host breaches (its clients also send one it refuses); the canary and wave 1 go back,

@@ -418,12 +418,7 @@ def cmd_plan(args) -> int:
     if args.json:
         output.emit({**fp.to_dict(), "deploy_refused": refused or fp.deploy_refused})
     else:
-        sync_text.plan(model, fp)
-        if refused:
-            print(f"note: `mlops sync deploy --version {args.version}` refuses this without --force --reason: "
-                  f"{refused}")
-        elif fp.refused:              # the bake's first read, before any host changes
-            sync_text.refused(fp.refused)
+        sync_text.plan(model, fp, gate=refused)     # what the deploy refuses first leads, alone
     return 1 if fp.errors else 0
 
 

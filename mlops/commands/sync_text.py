@@ -33,18 +33,26 @@ def deploy(result) -> None:
         _say(f"  {h.host}: {h.status.replace('_', ' ')}" + (f" ({'; '.join(extra)})" if extra else ""))
 
 
-def plan(model: str, fp) -> None:
-    """A ``fleet_plan.plan_fleet`` result: the hosts it could not observe, the rollout, then each
-    host's steps by phase. The hosts not observed come first: printed last, below a rollout that
-    leaves them out, the plan read as the whole fleet's."""
+def plan(model: str, fp, gate: str | None = None) -> None:
+    """A ``fleet_plan.plan_fleet`` result: what the deploy refuses first, the hosts it could not
+    observe, the rollout, then each host's steps by phase. The deploy's refusal leads, the one it
+    meets first (``gate``: ``--version N`` refused without ``--force``; then a host it cannot
+    observe; then the bake's, ``FleetPlan.refused``), and no later one follows: the bake's note
+    printed below a host the deploy stops at first read as the deploy's answer. The hosts not
+    observed come before the rollout: printed last, below a rollout that leaves them out, the plan
+    read as the whole fleet's."""
     src = "production" if fp.source == "production" else "--version"
     _say(f"plan for v{fp.version} of '{model}' ({src}):")
+    if gate is not None:
+        _say(f"note: `mlops sync deploy --version {fp.version}` refuses this without --force --reason: {gate}")
     if fp.errors:       # first: below them, the rollout and the hosts' steps leave these hosts out
         n = len(fp.errors)
         _say(f"  {n} host{'s' if n != 1 else ''} cannot be observed, left out of the rollout below; "
              f"`mlops sync deploy` refuses until every host can be:")
         for name, err in fp.errors.items():
             _say(f"  {name}: cannot observe: {_unnamed(name, err)}")
+    elif gate is None and getattr(fp, "refused", None):     # the bake's first read, before any host changes
+        refused(fp.refused)
     for line in rollout_lines(fp):
         _say(f"  {line}")
     for p in fp.plans:
