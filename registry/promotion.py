@@ -290,7 +290,8 @@ def artifacts_check(model: str, command: str, *, unneeded=None):
     (``versions.missing_artifacts``, no download); some gone (a cleanup of old runs) refuse it, in
     one line naming ``command --to N`` (``command --version N`` for ``mlops registry promote``),
     unless ``unneeded(version, missing)`` says no host needs them (``mlops sync rollback``:
-    every host still has that version). Without it (``mlops registry rollback`` / ``promote``: the
+    every host still has that version); a ``UserError`` from it (a host that cannot be observed)
+    refuses too, naming it. Without it (``mlops registry rollback`` / ``promote``: the
     hosts are not known) any file gone refuses. A listing that cannot be read (the artifact store
     or MLflow's artifact API failing) leaves it to the deploy, with a warning that says so: the
     move goes ahead unchecked, and the deploy's download fails before any host changes."""
@@ -303,24 +304,27 @@ def artifacts_check(model: str, command: str, *, unneeded=None):
                          "without that check; if they cannot be read, the deploy fails at its download, "
                          "before any host changes", version, model, exc.message)
             return
+        unchecked = None
         try:
             if missing and unneeded is not None and unneeded(version, missing):
                 return
-        except UserError:
-            return
+        except UserError as exc:     # a host that cannot be observed may need them: refused, saying which
+            unchecked = exc.message
         if not missing:
             return
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        hosts = ("a host would need them" if unneeded is not None
+        hosts = (f"whether a host would need them could not be checked ({unchecked})" if unchecked is not None else
+                 "a host would need them" if unneeded is not None
                  else "`mlops sync deploy` would need them on any host that lacks that version")
         also = ("" if unneeded is not None or not all(p.startswith("tfserving/") for p in missing)
                 else f"; if every host still has v{version}, `mlops sync rollback --to {version}` checks the "
                      f"hosts and switches them")
+        rerun = "rerun once it can be, " if unchecked is not None else ""
         move, instead = ((f"promote v{version} of '{model}'", f"`{command} --version N` promotes another version")
                          if promoting else
                          (f"roll '{model}' back to v{version}", f"`{command} --to N` rolls back to another version"))
         raise RefusedError(f"cannot {move}: its artifacts are gone from the artifact store ({shown} missing) and "
-                           f"{hosts}; nothing was changed: {instead} (or restore them){also}")
+                           f"{hosts}; nothing was changed: {rerun}{instead} (or restore them){also}")
     return check
 
 

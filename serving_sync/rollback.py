@@ -80,16 +80,14 @@ def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]
     production moves to it (``promotion.artifacts_check``); files gone only under ``tfserving/``
     pass when no host would download them: every host that publishes the version has a copy
     its deploy verifies against the registration instead (``fleet_fetch.needs_download``, as
-    ``fleet_fetch.fetch`` decides); a host that cannot be observed counts as one that would."""
+    ``fleet_fetch.fetch`` decides); a host that cannot be observed counts as one that would, and the
+    refusal names it (its ``UserError``: it said "a host would need them")."""
     from registry import promotion
 
     def unneeded(version: int, missing: list[str]) -> bool:
         if not all(p.startswith("tfserving/") for p in missing):
             return False
-        try:
-            return not fleet_fetch.needs_download(model, hosts, version, opts)
-        except UserError:
-            return False
+        return not fleet_fetch.needs_download(model, hosts, version, opts)
 
     return promotion.artifacts_check(model, "mlops sync rollback", unneeded=unneeded)
 

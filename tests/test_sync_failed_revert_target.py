@@ -196,6 +196,31 @@ def test_a_rollback_to_a_version_still_on_the_hosts_needs_no_savedmodel_in_the_s
     env.serves(host, v1)
 
 
+def test_a_rollback_whose_hosts_cannot_all_be_observed_names_the_host_not_one_that_needs_the_files(deploy_env):
+    """Found by review (2026-12-07, twenty-second stop): v1's SavedModel gone from the artifact
+    store, one of two hosts' TF Serving down: `sync rollback` refused saying "a host would need
+    them", while both hosts keep v1 loaded; what it could not tell was whether the host it could
+    not observe needs them, and the line named neither that host nor what to fix (the registry's
+    check let such a failure through silently, as if checked). The refusal now says the check
+    could not be made and why, naming the host; without that host, the rollback switches."""
+    env = deploy_env
+    (up, down), v1, v2 = deployed_v1_v2(env, hosts=2)
+    _drop_artifacts(env.model, v1)
+    down.server.stop()
+    r = env.cli("sync", "rollback", "--reason", "v2 is bad")
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2 and f"back to v{v1}: its artifacts are gone" in line, line
+    assert "and a host would need them" not in line, line
+    assert f"whether a host would need them could not be checked ({down.name}: " in line, line
+    assert "nothing was changed: rerun once it can be, " in line, line
+    assert env.production() == v2
+    env.serves(up, v2)
+    env.write_hosts_file([up])                          # the host that answers keeps v1 loaded
+    r = env.cli("sync", "rollback", "--reason", "v2 is bad")
+    assert r.returncode == 0, r.stderr
+    env.serves(up, v1)
+
+
 def test_a_rollback_to_a_version_on_the_host_disk_needs_no_savedmodel_in_the_store(deploy_env):
     """Found by a rollback review (2026-12-06, seventeenth stop): v2 on the host's disk but not
     loaded, its SavedModel gone from the store: `sync rollback` was refused ("a host would need
