@@ -69,7 +69,10 @@ def observe_host(host, transport: Transport, client, model: str, *, label: str =
         main_states=main_states, validate_states=validate_states, main_errors=_failures(statuses), stable=stable,
         published=tuple(x for x in folders if x not in incomplete), incomplete=incomplete,
         verified=tuple(sorted(verified_record.read(transport, model))),
-        held_by_others=mc.versions_held_by_others(config, model, base_path, folders),
+        # a self-loading entry's newest complete ones: it keeps them loaded while a dead folder fails,
+        # and loads them once retention removed that folder (TF Serving lists it, loads nothing of it)
+        held_by_others=mc.versions_held_by_others(config, model, base_path,
+                                                  tuple(x for x in folders if x not in incomplete)),
         loaded_by_others_on_publish=mc.entries_loading_new_versions(config, model, base_path),
         rename=transport.atomic_rename, pulls_from=host.store.url if getattr(host, "store", None) else None)
     if host.grpc:           # after the REST reads: a server that is down says so the usual way first

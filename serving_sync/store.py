@@ -222,12 +222,19 @@ def served_from(t, model: str) -> set[int]:
     host whose base is the store serves them straight from the bucket (its TF Serving reads that
     file), and its use record may be older than ``USE_RECORD_DAYS`` (written only when a deploy
     changes the host) or missing (its deploy failed before retention). One GET; a listing only
-    for an entry whose policy loads the newest versions. A file that cannot be read is one line
+    for an entry whose policy loads the newest versions, whose newest complete folders count
+    (what TF Serving loads once the clean-up removed the dead ones). A file that cannot be read is one line
     (``ConfigError``): the clean-up removes nothing then."""
+    from .retention import incomplete_versions
+
     config = host_config.read(t)
-    published = (tuple(v for n in t.list_dir(model) if (v := version_of(n)) is not None)
-                 if mc.loads_newest(config, model) else ())
-    return set(mc.versions_named(config, model, published))
+    listed = (tuple(v for n in t.list_dir(model) if (v := version_of(n)) is not None)
+              if mc.loads_newest(config, model) else ())
+    # the newest complete ones: TF Serving lists a folder without saved_model.pb too, fails to load
+    # it and keeps the older version loaded; this clean-up removes such a folder (no live upload
+    # under the lock), and TF Serving's next poll then loads the newest complete ones
+    dead = set(incomplete_versions(t, model, listed))
+    return set(mc.versions_named(config, model, tuple(v for v in listed if v not in dead)))
 
 
 @contextlib.contextmanager

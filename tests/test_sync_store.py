@@ -1688,3 +1688,68 @@ def test_a_pulling_host_rolled_back_to_a_version_on_its_disk_uses_that_copy(depl
     assert downloads == [] and r.stores == [], (downloads, r.stores)
     assert [o.publish["status"] for o in r.hosts] == ["already_present"], [o.publish for o in r.hosts]
     assert v1 not in _stored_versions(s3_env, bucket, env.model, env.model)
+
+
+def test_a_store_clean_up_keeps_what_a_latest_entry_loads_once_a_dead_folder_is_gone(s3_env, tmp_path):
+    """Found by review (2026-12-07, twenty-second stop): a `latest 2` entry of the store's
+    `models.config` over v1..v5 and a dead upload of v6 (no saved_model.pb) counted v6 and v5 as
+    what it loads, as TF Serving lists them; TF Serving fails to load v6 and keeps v4 loaded, and
+    the clean-up removes v6 (a dead folder), after which TF Serving loads v5 and v4. The clean-up
+    kept v6 (never loadable, kept for good) and removed v4, which the entry then could not load.
+    It now counts the newest complete folders: v5 and v4 stay, v6 goes."""
+    from serving_sync import manifest as mf
+    from serving_sync.hosts import Store
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("latest-store")
+    st = Store(parse_target(f"s3://{bucket}/fleet", _Where("h.toml")))
+    for v in (1, 2, 3, 4, 5):
+        assert store.StoreCopies("digits", v).upload(st, model, m)["status"] == "uploaded"
+    t = S3Transport(bucket, "fleet")
+    t.upload_tree(model, "digits/6", m.without({m.completion_file}))     # a dead upload of v6
+    t.write_file_atomic("models.config", (
+        'model_config_list { config { name: "team-b" base_path: "s3://' + bucket + '/fleet/digits" '
+        'model_platform: "tensorflow" model_version_policy { latest { num_versions: 2 } } } }').encode())
+    rp = store.retire(st, "digits", serving=2, previous=None, keep=1, protected=())
+    assert rp["served"] == [4, 5] and rp["remove_partials"] == [6], rp
+    assert _stored_versions(s3_env, bucket, "fleet", "digits") == {2, 4, 5}, rp
+
+
+def test_an_s3_hosts_latest_entry_holds_the_newest_complete_folders_not_a_dead_one(s3_env, tmp_path):
+    """Found by review (2026-12-07, twenty-second stop), the host side of the test above: on an
+    `s3://` host, another team's `latest 2` entry over our folder with v1..v3 and a dead upload of
+    v4 counted v4 and v3 as what it holds. TF Serving fails to load v4 and keeps v2 loaded, and the
+    deploy's retention removes v4 (a dead folder) only when nothing holds it: it kept v4 for good
+    (the entry failing on it at each poll) and could remove v2. The entry holds v3 and v2 now,
+    and the plan's retention removes the dead v4."""
+    from serving_sync import manifest as mf
+    from serving_sync import models_config as mc
+    from serving_sync.observe import observe_host
+    from serving_sync.plan import plan_host, retention_preview
+    from serving_sync.tfs_client import VersionStatus
+    from serving_sync.transports.s3 import S3Transport
+    from tests.test_sync_status_observed import Served
+    from tests.test_sync_support import make_model_tree
+
+    model = make_model_tree(tmp_path / "model")
+    m = mf.build(model)
+    bucket = s3_env.make_bucket("latest-host")
+    host = Host("s3h", parse_target(f"s3://{bucket}/serving", _Where("h.toml")), "http://127.0.0.1:1")
+    t = S3Transport(bucket, "serving")
+    for v in (1, 2, 3):
+        t.upload_tree(model, f"digits/{v}", m)
+    t.upload_tree(model, "digits/4", m.without({m.completion_file}))     # a dead upload of v4
+    base = mc.model_base_path(host.serving_base_path(), "digits")
+    t.write_file_atomic("models.config", (
+        f'model_config_list {{ config {{ name: "digits" base_path: "{base}" model_platform: "tensorflow" '
+        'model_version_policy { specific { versions: 1 } } version_labels { key: "stable" value: 1 } } '
+        f'config {{ name: "team-b" base_path: "{base}" model_platform: "tensorflow" '
+        'model_version_policy { latest { num_versions: 2 } } } }').encode())
+    obs = observe_host(host, t, Served({"digits": [VersionStatus(1, "AVAILABLE")]}, 1), "digits").obs
+    assert obs.incomplete == (4,) and obs.published == (1, 2, 3), obs
+    assert obs.held_by_others == (2, 3), obs.held_by_others
+    p = plan_host(obs, 3, keep=1)
+    assert retention_preview(obs, 3, p.final, p.previous_kept, keep=1, partial=obs.incomplete) == (4,)
