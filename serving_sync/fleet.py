@@ -55,7 +55,7 @@ from .options import DeployOptions
 from .plan import Phase
 from .resolve import expected_production, resolve_version
 from .rollout_decision import rollout_for, unjudged_everywhere, unjudged_hosts
-from .store import StoreCopies, check_settings, s3_host_note
+from .store import StoreCopies, check_reachable, check_settings, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -214,12 +214,14 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
                             else "--canary 0", opts.bake)
             if baker is not None:    # before anything changes: a judged host without metrics is refused here
                 _before_prepare(result, recorder, runs, "bake", baker.start)
-            # before touching any host: a registry problem changes nothing; a signal stops the download
-            _before_prepare(result, recorder, runs, "download", fetch, model, v, runs, lazy)
-            t = result.lap("fetch_from_registry", t)
             # a host with the version on disk pulls nothing (its publish verifies that copy first)
             stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes
                       and v not in r.observed.obs.published}
+            for store in stores.values():      # a store that refuses us: said before the download
+                _before_prepare(result, recorder, runs, "upload_to_store", check_reachable, store)
+            # before touching any host: a registry problem changes nothing; a signal stops the download
+            _before_prepare(result, recorder, runs, "download", fetch, model, v, runs, lazy)
+            t = result.lap("fetch_from_registry", t)
             if stores:
                 result.begin("upload_to_store", t)
                 for store in stores.values():      # once per store, verified, before any host

@@ -18,7 +18,7 @@ from .options import DeployOptions
 from .plan import peak_copies, peak_memory, plan_host, retention_preview
 from .resolve import resolve_version
 from .rollout_decision import rollout_for, unjudged_hosts
-from .store import check_settings, host_uses, read_uses, s3_host_note
+from .store import check_reachable, check_settings, host_uses, read_uses, s3_host_note
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
@@ -80,6 +80,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     fp = FleetPlan(model, v, source)
     new_size = deploys.saved_model_size(model, v) if annotate else None
     rollback_to, unknown = rollback_kept(model) if annotate else (None, None)
+    pulled: dict = {}                # the stores the deploy uploads to (url -> Store)
     def one(host):
         """This host's plan and peak memory; a host that cannot be observed raises UserError."""
         with connected([host]) as conns:
@@ -95,6 +96,8 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
         copies = peak_copies(o.obs, v, fast=opts.fast, sizes=sizes)
         sizes = {x: s for x, s in sizes.items() if x in copies or x == v}
         extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
+        if host.store is not None and p.publishes and v not in o.obs.published:
+            pulled.setdefault(host.store.url, host.store)
         if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing
             # nor a host with the version on disk: its publish verifies that copy (``fleet_fetch.fetch``)
             extra.append(f"keeps its own copy of v{v}: verified on the host, nothing pulled from the shared store "
@@ -125,6 +128,13 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                "limits": dataclasses.asdict(d.opts.limits), "parallel": d.opts.parallel, "fast": d.opts.fast}
     if d.bake > 0:
         fp.refused = _unjudgeable(model, {h.name: h for h in hosts}, d.shape.judged(d.opts.bake_each_wave), d.opts)
+    for store in pulled.values():    # after the bake's first read, before the download: as the deploy
+        if fp.refused is not None:
+            break
+        try:
+            check_reachable(store)
+        except UserError as exc:
+            fp.refused = exc.message
     return fp
 
 

@@ -96,6 +96,23 @@ def check_credentials(store: Store) -> None:
                          f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile); nothing was changed")
 
 
+def check_reachable(store: Store) -> None:
+    """The deploy's upload would be refused by ``store`` (a bucket that does not exist, credentials
+    S3 rejects, access denied, an endpoint that does not answer): one line, before the version is
+    downloaded from the registry (it was refused only at the upload, after the whole download) and
+    in ``sync plan`` (it promised the pull). One LIST of at most one key, nothing written."""
+    from mlops_common.errors import UserError, reworded
+
+    from .transports.s3 import S3Transport
+
+    t = S3Transport(store.target.bucket, store.target.path)
+    try:
+        t._any_object(t._dir_prefix(""))
+    except UserError as exc:
+        raise reworded(exc, f"{exc.message} (the shared store the hosts pull the version from; nothing was "
+                            f"changed)") from None
+
+
 @dataclass(frozen=True)
 class Pull:
     """What one host downloads: the manifest's directories and a presigned URL per file."""

@@ -1753,3 +1753,31 @@ def test_an_s3_hosts_latest_entry_holds_the_newest_complete_folders_not_a_dead_o
     assert obs.held_by_others == (2, 3), obs.held_by_others
     p = plan_host(obs, 3, keep=1)
     assert retention_preview(obs, 3, p.final, p.previous_kept, keep=1, partial=obs.incomplete) == (4,)
+
+
+def test_plan_and_deploy_say_a_store_that_refuses_us_before_the_download(deploy_env, sshd_factory, s3_env):
+    """Found by review (2026-12-07, twenty-second stop): with `store = "s3://..."` naming a bucket
+    that does not exist (or one S3 refuses these credentials), `sync plan` said the host `pulls v1
+    from the shared store` and exited 0, and `sync deploy` downloaded the whole SavedModel from
+    MLflow before its upload was refused. Both say it first now, in one line, nothing changed."""
+    from tests.fixtures.faults import final_error_line
+
+    env = deploy_env
+    host = env.add_host("ssh")
+    s3_env.make_bucket("some-store")             # the endpoint answers; the bucket named is not there
+    _with_store(env, "no-such-store", env.model)
+    v1 = env.register("a")
+    env.promote(v1)
+    plan = env.cli("sync", "plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    refused = json.loads(plan.stdout)["deploy_refused"]
+    assert refused and refused.startswith(f"s3://no-such-store/{env.model}: bucket 'no-such-store' does not exist"), \
+        refused
+    assert refused.endswith("(the shared store the hosts pull the version from; nothing was changed)"), refused
+    text = env.cli("sync", "plan").stdout.splitlines()
+    assert text[1] == f"note: `mlops sync deploy` refuses this before any host changes: {refused}", text
+    r = env.cli("sync", "deploy")
+    assert r.returncode != 0
+    assert final_error_line(r.stderr) == f"error: {refused}", r.stderr
+    assert "downloading" not in r.stderr, r.stderr
+    assert env.label(host) is None
