@@ -85,12 +85,17 @@ class DeployEnv:
 
     def add_monitored_hosts(self, n: int, kind: str = "file") -> list[ServingHost]:
         """``n`` hosts whose servers serve TF Serving's Prometheus page (``--monitoring_config_file``,
-        as serving_host/install_server.sh starts real TF Serving): what a canary bake reads."""
+        as serving_host/install_server.sh starts real TF Serving): what a canary bake reads. File and
+        ssh hosts borrow monitored servers from the pool (the page's lines are per model name)."""
         from mlops.local_services import MONITORING_CONFIG
 
-        cfg = self.tmp / "monitoring.config"
-        cfg.write_text(MONITORING_CONFIG)
-        return self.add_hosts(n, kind, server_args=(f"--monitoring_config_file={cfg}",))
+        pool = self.fleet.pool
+        if pool is not None and kind != "s3":
+            cfg = pool.monitoring_config()
+        else:
+            cfg = self.tmp / "monitoring.config"
+            cfg.write_text(MONITORING_CONFIG)
+        return self.add_hosts(n, kind, server_args=(f"--monitoring_config_file={cfg}",), pooled=pool is not None)
 
     def write_hosts_file(self, hosts: list[ServingHost] | None = None) -> Path:
         return self.fleet.write_hosts_file(hosts)

@@ -3,7 +3,8 @@
 
 :class:`HostFleet` makes them. ``file`` and ``ssh`` hosts borrow a server with a clean base from
 the :class:`~tests.lab.servers.ServerPool` (given back at ``close()``); a host with extra server
-flags, or an ``s3`` host, gets a server of its own. SSH hosts log in to an sshd from
+flags, or an ``s3`` host, gets a server of its own, unless ``pooled`` (monitored hosts: the pool
+lends servers started with the same flags). SSH hosts log in to an sshd from
 ``sshd_factory`` (real OpenSSH on loopback, pinned host key) and use a base directory on this
 machine that the host's TF server reads. S3 hosts publish to a bucket of the ``s3`` server; an
 :class:`~tests.lab.s3mirror.S3Mirror` copies the bucket to the folder the local server reads.
@@ -61,14 +62,15 @@ class HostFleet:
         self._borrowed: list = []
         self._sshd_server = None
 
-    def new_host(self, kind: str, grpc: bool, name: str | None, server_args: tuple = ()) -> ServingHost:
-        """A host (not yet in the hosts file)."""
+    def new_host(self, kind: str, grpc: bool, name: str | None, server_args: tuple = (),
+                 pooled: bool = False) -> ServingHost:
+        """A host (not yet in the hosts file). ``pooled``: ``server_args`` too are lent by the pool."""
         name = name or f"{kind}{len(self.hosts) + 1}-{uuid.uuid4().hex[:4]}"
-        if kind == "s3" or server_args:      # a server of its own (s3: its base is the mirror of the bucket)
+        if kind == "s3" or (server_args and not pooled):  # a server of its own (s3: its base is the bucket's mirror)
             base = self.tmp / f"host-{name}"
             server = self.factory(base, grpc=grpc, extra_args=MODEL_SERVER_ARGS + tuple(server_args))
         else:
-            server = self.pool.take()
+            server = self.pool.take(tuple(server_args))
             base = server.base
             self._borrowed.append(server)
         entry = {"name": name, "rest_url": server.rest_url}
@@ -107,12 +109,13 @@ class HostFleet:
         self.write_hosts_file()
         return h
 
-    def add_hosts(self, n: int, kind: str = "file", *, grpc: bool = True, server_args: tuple = ()) -> list[ServingHost]:
+    def add_hosts(self, n: int, kind: str = "file", *, grpc: bool = True, server_args: tuple = (),
+                  pooled: bool = False) -> list[ServingHost]:
         names = [f"{kind}{len(self.hosts) + i + 1}-{uuid.uuid4().hex[:4]}" for i in range(n)]
         if kind == "ssh":
             self.sshd()
         with ThreadPoolExecutor(n) as pool:
-            new = list(pool.map(lambda nm: self.new_host(kind, grpc, nm, server_args), names))
+            new = list(pool.map(lambda nm: self.new_host(kind, grpc, nm, server_args, pooled), names))
         self.hosts += new
         self.write_hosts_file()
         return new
