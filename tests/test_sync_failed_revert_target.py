@@ -470,7 +470,10 @@ def test_a_move_whose_artifact_listing_fails_says_it_was_not_checked_and_the_dep
     empty = env.add_host("file")                     # has no v1: the deploy must download it
     proxy = http_fault_proxy(env.env["MLFLOW_TRACKING_URI"], fail_always=True,
                              match=lambda method, path: "artifacts" in path)
-    failing = {"MLFLOW_TRACKING_URI": proxy.url}
+    # MLflow's client retries a 503 seven times with a growing back-off (half a minute here): one
+    # retry, without back-off, still meets the failing listing every time
+    failing = {"MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0"}
     r = env.cli("registry", "rollback", "--to", str(v1), "--reason", "v2 is bad", extra_env=failing)
     assert r.returncode == 0, r.stderr
     assert f"could not check that v{v1} of '{env.model}' still has its artifacts" in r.stderr, r.stderr
