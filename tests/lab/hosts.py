@@ -2,9 +2,10 @@
 ``ssh`` or ``s3`` target, written into ``$MLOPS_HOME/hosts.toml``.
 
 :class:`HostFleet` makes them. ``file`` and ``ssh`` hosts borrow a server with a clean base from
-the :class:`~tests.lab.servers.ServerPool` (given back at ``close()``); a host with extra server
-flags, or an ``s3`` host, gets a server of its own, unless ``pooled`` (monitored hosts: the pool
-lends servers started with the same flags). SSH hosts log in to an sshd from
+the :class:`~tests.lab.servers.ServerPool` (given back at ``close()``), and so do ``s3`` hosts
+(the bucket's mirror is written into the borrowed server's base); a host with extra server flags
+gets a server of its own, unless ``pooled`` (monitored hosts: the pool lends servers started with
+the same flags). SSH hosts log in to an sshd from
 ``sshd_factory`` (real OpenSSH on loopback, pinned host key) and use a base directory on this
 machine that the host's TF server reads. S3 hosts publish to a bucket of the ``s3`` server; an
 :class:`~tests.lab.s3mirror.S3Mirror` copies the bucket to the folder the local server reads.
@@ -60,13 +61,14 @@ class HostFleet:
         self.hosts: list[ServingHost] = []
         self._stops: list = []
         self._borrowed: list = []
+        self._mirrors: dict[int, S3Mirror] = {}      # id(server) -> the mirror writing its base (s3 hosts)
         self._sshd_server = None
 
     def new_host(self, kind: str, grpc: bool, name: str | None, server_args: tuple = (),
                  pooled: bool = False) -> ServingHost:
         """A host (not yet in the hosts file). ``pooled``: ``server_args`` too are lent by the pool."""
         name = name or f"{kind}{len(self.hosts) + 1}-{uuid.uuid4().hex[:4]}"
-        if kind == "s3" or (server_args and not pooled):  # a server of its own (s3: its base is the bucket's mirror)
+        if self.pool is None or (server_args and not pooled):       # a server of its own
             base = self.tmp / f"host-{name}"
             server = self.factory(base, grpc=grpc, extra_args=MODEL_SERVER_ARGS + tuple(server_args))
         else:
@@ -91,6 +93,7 @@ class HostFleet:
             entry["target"] = f"s3://{bucket}/{prefix}"
             mirror = S3Mirror(self.s3.client(), bucket, prefix, base, f"s3://{bucket}/{prefix}").start()
             self._stops.append(mirror.stop)
+            self._mirrors[id(server)] = mirror
         else:
             raise ValueError(kind)
         return ServingHost(name, kind, base, server, entry, prefix, mirror)
@@ -140,4 +143,6 @@ class HostFleet:
         for stop in stops:
             stop()
         for server in borrowed:
-            self.pool.give_back(server)
+            mirror = self._mirrors.pop(id(server), None)
+            if mirror is None or not mirror.thread.is_alive():    # a mirror still writing: not lent again
+                self.pool.give_back(server)
