@@ -22,6 +22,7 @@ from .promotion_rules import (
     PUT_BACK,
     deploy_verdict,
     failed_after_promotion,
+    fleet_of,
     last_verdict,
     latest_deploys,
     moved,
@@ -249,7 +250,7 @@ class DeployLedger:
     def _verdict_elsewhere(self, version: int) -> str | None:
         """``version``'s last deploy verdict (``promotion_rules.latest_deploys``), this deploy's own
         rows left out."""
-        return latest_deploys(self._before_this_deploy(*MOVES, "deploy")).get(version)
+        return latest_deploys(self._before_this_deploy(*MOVES, "deploy"), self.fleet).get(version)
 
     def unjudged(self, version: int) -> bool:
         """Whether a deploy of ``version`` began on the fleet (its prepare smoke-tested it: a
@@ -257,10 +258,11 @@ class DeployLedger:
         and no canary of it passed its bake (a ``canary passed`` row). One read. Hosts that
         served it before any deploy of it (a fleet adopted as it is) are not this."""
         entries = self._before_this_deploy(*MOVES, "deploy", "canary", "smoke_test")
-        mine = {(e.action, e.outcome) for e in entries if e.to_version == version}
+        # this fleet's: another fleet's smoke test or canary says nothing of these hosts
+        mine = {(e.action, e.outcome) for e in entries if e.to_version == version and fleet_of(e) == self.fleet}
         began = any(action == "smoke_test" for action, _ in mine)
         # latest_deploys reads only the moves and deploy rows among them
-        return began and ("canary", "passed") not in mine and latest_deploys(entries).get(version) != "ok"
+        return began and ("canary", "passed") not in mine and latest_deploys(entries, self.fleet).get(version) != "ok"
 
     def _tags(self) -> dict[int, dict[str, str]]:
         return {i.version: i.tags for i in versions.list_versions(self.model)}

@@ -56,22 +56,36 @@ def judged(e: Entry) -> bool:
 PARTIAL, PUT_BACK, MOVED = "partial", "put_back", "moved"
 
 
-def deploy_verdict(e: Entry) -> str | None:
-    """What one ``deploy`` row says about its version: ``ok`` (it served on the fleet), ``failed``,
+def fleet_of(e: Entry) -> str | None:
+    """The fleet a row's deploy went to when it is another than the configured one (``details.fleet``:
+    the hosts file ``sync deploy --hosts`` named); None: the configured fleet's."""
+    fleet = (e.details or {}).get("fleet") if isinstance(e.details, dict) else None
+    return fleet if isinstance(fleet, str) and fleet else None
+
+
+def deploy_verdict(e: Entry, fleet: str | None = None) -> str | None:
+    """What one ``deploy`` row says about its version on ``fleet`` (None: the configured one):
+    ``ok`` (it served on the fleet), ``failed``,
     ``partial`` (an ``ok`` of a wave before the last, ``details.final`` false: the rollout had not
     finished — a deploy killed after its canary), ``put_back`` (a failure that did not blame the
     version, after which this deploy put back hosts it had switched: its ``ok`` rows were undone),
-    or None (nothing: a failure that left the registry and the hosts as they were)."""
+    or None (nothing: a failure that left the registry and the hosts as they were). A row of
+    another fleet (``fleet_of``) says only ``failed``: the version failed on a host, whichever
+    fleet; its rollout there is not one of this fleet (found by review, twenty-second stop: a
+    staging rollout made the version "deployed" for the rollback target and a restore, and
+    cleared the configured fleet's failure for ``sync watch``)."""
     details = e.details or {}
     if e.outcome == "ok" and details.get("final") is False:
-        return PARTIAL
-    if judged(e):
-        return e.outcome
-    return PUT_BACK if details.get("switched_put_back") else None
+        verdict = PARTIAL
+    elif judged(e):
+        verdict = e.outcome
+    else:
+        verdict = PUT_BACK if details.get("switched_put_back") else None
+    return verdict if verdict == "failed" or fleet_of(e) == fleet else None
 
 
-def _verdicts(entries: Iterable[Entry], *, moves: bool) -> dict[int, str]:
-    """Each version's newest verdict (``deploy_verdict``; with ``moves``, an ok promotion or
+def _verdicts(entries: Iterable[Entry], *, moves: bool, fleet: str | None = None) -> dict[int, str]:
+    """Each version's newest verdict on ``fleet`` (``deploy_verdict``; with ``moves``, an ok promotion or
     rollback to it is ``moved``). A put-back undoes the rows of its own deploy (``details.deploy``,
     the id every row of one ``mlops sync deploy`` carries): the version's verdict goes back to what
     it was before that deploy's first row — an earlier full rollout stays ``ok``, an earlier
@@ -86,7 +100,7 @@ def _verdicts(entries: Iterable[Entry], *, moves: bool) -> dict[int, str]:
             if moves and e.outcome == "ok":
                 out[v] = MOVED
             continue
-        if e.action != "deploy" or (verdict := deploy_verdict(e)) is None:
+        if e.action != "deploy" or (verdict := deploy_verdict(e, fleet)) is None:
             continue
         run = (e.details or {}).get("deploy")
         if run is not None:
@@ -98,11 +112,12 @@ def _verdicts(entries: Iterable[Entry], *, moves: bool) -> dict[int, str]:
     return out
 
 
-def latest_deploys(entries: Iterable[Entry]) -> dict[int, str]:
-    """Each version's deploy verdict (``_verdicts``): only ``ok`` means the fleet served it (a
+def latest_deploys(entries: Iterable[Entry], fleet: str | None = None) -> dict[int, str]:
+    """Each version's deploy verdict on ``fleet`` (``_verdicts``; None: the configured fleet): only
+    ``ok`` means the fleet served it (a
     canary that was put back, or a rollout that stopped after its canary, is not a version the
     fleet served, so no rollback goes to it and restoring it stages the rollout again)."""
-    return _verdicts(entries, moves=False)
+    return _verdicts(entries, moves=False, fleet=fleet)
 
 
 def last_verdict(entries: Iterable[Entry], version: int) -> str | None:

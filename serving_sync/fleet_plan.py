@@ -121,7 +121,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                 fp.peak[p.host] = peak
     if not annotate:
         return fp
-    unjudged = unjudged_hosts(fp.plans, opts, lambda: deploys.DeployLedger(model).rolled_out(v))
+    unjudged = unjudged_hosts(fp.plans, opts, lambda: deploys.DeployLedger(model, fleet=opts.fleet).rolled_out(v))
     d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts, unjudged)
     fp.restore, fp.rollout = d.restore, d.shape.to_dict()
     fp.bake = {"seconds": d.bake, "requested": d.opts.bake, "each_wave": d.opts.bake_each_wave,
