@@ -42,6 +42,10 @@ CREATED_MS = "created_ms"    # a register row's detail: when MLflow created the 
 # created the registered model the row is about (ms, the server's clock), so a model deleted and
 # created again tells its rows from the deleted one's without comparing the writers' clocks
 MODEL_CREATED_MS = "model_created_ms"
+# a detail of every row written under the promotion lock: when it was written on the MLflow server's
+# clock (ms: its last answer's Date, whole seconds, plus the time since), what a move's time is
+# compared with elsewhere (CircleCI's ``created_at``: ``move_checks.production_at``), not the writer's
+SERVER_MS = "server_ms"
 
 _metadata = sa.MetaData()
 entries_table = sa.Table(
@@ -229,8 +233,10 @@ class LockedLedger:
         if entry.model != self.model:
             raise ValueError(f"this transaction holds the lock of '{self.model}', not '{entry.model}'")
         created = self._stamp()
-        if created is not None and MODEL_CREATED_MS not in (entry.details or {}):
-            entry = replace(entry, details={**(entry.details or {}), MODEL_CREATED_MS: created})
+        stamps = {MODEL_CREATED_MS: created, SERVER_MS: server_ms()}
+        stamps = {k: v for k, v in stamps.items() if v is not None and k not in (entry.details or {})}
+        if stamps:
+            entry = replace(entry, details={**(entry.details or {}), **stamps})
         return _insert(self._conn, entry)
 
     def _stamp(self) -> int | None:
@@ -270,6 +276,18 @@ def model_created_ms(model: str) -> int | None:
     from . import versions
 
     return versions.model_created_ms(model)
+
+
+def server_ms() -> int | None:
+    """The MLflow server's clock now (ms; ``rest.MlflowRest.server_now``), None before an answer
+    with a ``Date`` (this process has not reached the server: the row goes without the stamp)."""
+    from .rest import rest
+
+    try:
+        now = rest().server_now()
+    except UserError:
+        return None
+    return None if now is None else round(now.timestamp() * 1000)
 
 
 def _created_ms(details: str | None) -> int | None:

@@ -14,11 +14,12 @@ status), each raising ``RefusedError`` with what to do instead.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Iterable
 
 from mlops_common.errors import ConfigError, RefusedError
 
-from .ledger import Entry
+from .ledger import SERVER_MS, Entry
 from .promotion_rules import MOVES, last_real_move, version_label
 from .versions import parse_version
 
@@ -160,12 +161,23 @@ def check_pipeline_rerun(model: str, action: str, current: int | None, earlier: 
 
 
 def production_at(entries: Iterable[Entry], when) -> int | None:
-    """The version the ledger's ``ok`` moves had made production at ``when`` (None: none yet)."""
+    """The version the ledger's ``ok`` moves had made production at ``when`` (CircleCI's clock; None:
+    none yet). A move's time is its ``SERVER_MS`` stamp (the MLflow server's clock, to within the
+    second of its ``Date`` header), not the row's ``at`` (its writer's: a laptop ten minutes behind
+    made a promotion after the trigger count as before it, and the rollback undid it; found by review,
+    twenty-second stop); a row from before the stamps goes by its ``at``."""
     held = None
     for e in entries:
-        if e.action in MOVES and e.outcome == "ok" and e.at is not None and e.at <= when:
+        if e.action in MOVES and e.outcome == "ok" and (moved := _moved_at(e)) is not None and moved <= when:
             held = e.to_version
     return held
+
+
+def _moved_at(e: Entry) -> datetime | None:
+    ms = (e.details or {}).get(SERVER_MS) if isinstance(e.details, dict) else None
+    if isinstance(ms, int) and not isinstance(ms, bool):
+        return datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return e.at
 
 
 def check_rollback_from(model: str, current: int | None, then: int | None, pipeline_id: str,

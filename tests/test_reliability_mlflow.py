@@ -96,8 +96,9 @@ def test_the_alias_write_failing_leaves_production_and_the_ledger_as_they_were(
     added = ledger_rows(env)[len(before[1]):]
     assert [(a, o, f, t) for _, a, o, f, t, _ in added] == [("intent", "pending", v1, v2), ("intent", "failed", v1, v2)]
     closed = env.ledger(("intent",))[-1].details     # and when MLflow created the model (the cut's stamp)
-    assert closed == {"intent": added[0][0], "model_created_ms": closed.get("model_created_ms")}
-    assert isinstance(closed["model_created_ms"], int), closed
+    assert closed == {"intent": added[0][0], "model_created_ms": closed.get("model_created_ms"),
+                      "server_ms": closed.get("server_ms")}      # and when, on the server's clock
+    assert isinstance(closed["model_created_ms"], int) and isinstance(closed["server_ms"], int), closed
     assert env.production() == v1
     proxy.set()
     r = env.cli("registry", "promote", "--version", str(v2), extra_env=via(proxy))
