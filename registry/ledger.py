@@ -290,12 +290,28 @@ def server_ms() -> int | None:
     return None if now is None else round(now.timestamp() * 1000)
 
 
+def version_runs(model: str) -> dict[int, str]:
+    """The run each version of the registered model now named ``model`` was registered from, read
+    from the registry (a ``register`` row from before ``CREATED_MS`` was kept is told by it)."""
+    from . import versions
+
+    return {i.version: i.run_id for i in versions.list_versions(model) if i.run_id}
+
+
 def _created_ms(details: str | None) -> int | None:
     try:
         ms = json.loads(details or "{}").get(CREATED_MS)
     except (ValueError, AttributeError):
         return None
     return ms if isinstance(ms, int) else None
+
+
+def _run_id(details: str | None) -> str | None:
+    try:
+        run = json.loads(details or "{}").get("run_id")
+    except (ValueError, AttributeError):
+        return None
+    return run if isinstance(run, str) and run else None
 
 
 _WALK = 100         # registrations read a query while looking for the model's first one
@@ -310,7 +326,8 @@ def _current_start(conn: sa.Connection, model: str,
 
     MLflow numbers a model deleted and created again from 1. Its latest ``register`` row of
     version 1 starts it when that v1 was created after the model (``CREATED_MS``; a row from
-    before creation times were kept, by the time it was written), or an earlier ``register`` row
+    before creation times were kept, by the time it was written or, when that is before, by its run
+    being v1's run in MLflow now: ``version_runs``), or an earlier ``register`` row
     (after the previous one of version 1) of a version MLflow created after that v1: two first
     trainings at once get v1 and v2, and v2's row may be written first. Otherwise that v1 row is
     an earlier model's (this one's v1 was registered outside mlops: the MLflow UI, API or
@@ -327,6 +344,22 @@ def _current_start(conn: sa.Connection, model: str,
     t = entries_table
     registered = sa.select(t.c.id, t.c.details).where(t.c.model == model, t.c.action == "register",
                                                        t.c.outcome == "ok")
+    runs: list[dict[int, str]] = []
+
+    def same_run(r) -> bool:
+        """A ``register`` row from before ``CREATED_MS`` was kept whose run is its version's run in
+        MLflow now: this model's registration, whatever its writer's clock (found by review,
+        twenty-second stop: an old ledger written ten minutes behind the server lost the model's
+        first ten minutes, v1's gate and promotion among them). Asked only of such a row the
+        writer's clock would take for an earlier model's; MLflow is read once per cut."""
+        run = _run_id(r.details)
+        if run is None or _created_ms(r.details) is not None:
+            return False
+        if not runs:
+            runs.append(version_runs(model))
+        version = conn.execute(sa.select(t.c.to_version).where(t.c.id == r.id)).scalar()
+        return runs[0].get(version) == run
+
     # the two latest of version 1, then the registrations between them: not every register row
     # of the model (with its JSON of file hashes) at every read
     firsts = conn.execute(registered.where(t.c.to_version == 1).order_by(t.c.id.desc()).limit(2)).all()
@@ -346,7 +379,8 @@ def _current_start(conn: sa.Connection, model: str,
     if firsts:
         start, since = firsts[0].id, _created_ms(firsts[0].details)
         if (since >= created_ms if since is not None else
-                _utc(conn.execute(sa.select(t.c.at).where(t.c.id == start)).scalar()) >= _when(created_ms)):
+                _utc(conn.execute(sa.select(t.c.at).where(t.c.id == start)).scalar()) >= _when(created_ms)
+                or same_run(firsts[0])):
             return _v1_start(conn, registered, firsts)
         floor = start
     own, after = None, floor
@@ -354,7 +388,7 @@ def _current_start(conn: sa.Connection, model: str,
         page = conn.execute(registered.where(t.c.id > after).order_by(t.c.id).limit(_WALK)).all()
         for r in page:
             ms = _created_ms(r.details)
-            if ms is not None and ms >= created_ms:
+            if (ms is not None and ms >= created_ms) or same_run(r):
                 own = r.id
                 break
             if ms is not None:

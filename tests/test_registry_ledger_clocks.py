@@ -1,6 +1,7 @@
 """The ledger's times against clocks of other machines (review, twenty-second stop)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime, timedelta, timezone
@@ -85,3 +86,68 @@ def test_a_rollback_pipeline_is_not_steered_by_a_newer_promotion_written_by_a_cl
     assert (f"production of '{model}' is v{v3} now, but was v{v2} when CircleCI pipeline pipe-off-v2 asked for "
             f"this rollback") in r.stderr, r.stderr
     assert len(Ledger().entries()) == rows
+
+
+def test_an_old_ledger_written_by_a_clock_behind_keeps_the_models_first_rows(make_version, tmp_path, monkeypatch):
+    """A ledger from before the stamps (register rows without ``created_ms``, moves without
+    ``model_created_ms``), written by a CI runner ten minutes behind the MLflow server: v1's
+    register row was dated before the model's creation (the server's clock), so the ledger's cut
+    took it, and every row written in the next ten minutes, for a deleted model's. v1's gate and
+    promotion were gone: `registry rollback` from v2 found nowhere to go back to, v1's page said it
+    was never promoted nor gated. A register row is the model's when its run is that version's run
+    in MLflow now, whatever its writer's clock."""
+    import registry.ledger as ledger_module
+    from registry import description, versions
+    from registry.client import tracking_client
+
+    model = os.environ["MLOPS_MODEL_NAME"]
+    v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
+    runs = {v: versions.get_version(model, v).run_id for v in (v1, v2)}
+    monkeypatch.setenv("MLOPS_LEDGER_URL", f"sqlite:///{tmp_path / 'old-ledger.db'}")   # the old ledger alone
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(minutes=10)
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger_module, "datetime", Behind)
+        Ledger().append_all([
+            Entry("register", model, "ok", to_version=v1, actor="ci", details={"run_id": runs[v1]}),
+            Entry("gate", model, "passed", to_version=v1, actor="ci", details={"accuracy": 0.95}),
+            Entry("promote", model, "ok", to_version=v1, actor="alice", details={"approved_by": "alice"}),
+            Entry("deploy", model, "ok", to_version=v1, host="web-1", details={"deploy": "d1"}),
+            Entry("register", model, "ok", to_version=v2, actor="ci", details={"run_id": runs[v2]}),
+            Entry("gate", model, "passed", from_version=v1, to_version=v2, actor="ci",
+                  details={"accuracy": 0.96, "production_accuracy": 0.95}),
+            Entry("promote", model, "ok", from_version=v1, to_version=v2, actor="bob", details={"approved_by": "bob"})])
+    tracking_client().set_registered_model_alias(model, "production", str(v2))
+    assert Ledger().entries(model)[0].at < versions.get_version(model, v1).created_at    # by its writer's clock
+
+    r = run_mlops("registry", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    found = {x["version"]: x for x in json.loads(r.stdout)["versions"]}
+    assert (found[v1]["approved_by"], found[v1]["gate_ledger_id"]) == ("alice", 2), found[v1]
+    page = description.render(version=v1, tags={}, aliases=(), created_at=versions.get_version(model, v1).created_at,
+                              entries=Ledger().entries(model, version=v1, current=True))
+    assert "never promoted" not in page and "not gated yet" not in page and "web-1" in page, page
+    r = run_mlops("registry", "rollback", "--actor", "oncall", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to_version"] == v1, r.stdout
+
+
+def test_an_old_register_row_of_another_run_is_still_a_deleted_models(tmp_path, monkeypatch):
+    """The other side of the rule above, on rows from before the stamps: a deleted model's v1
+    (registered through mlops from run r-old) does not become the model created again, whose v1
+    came from another run outside mlops; its rows are still told by their writers' clocks."""
+    import registry.ledger as ledger_module
+
+    led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    created = datetime.now(timezone.utc) + timedelta(minutes=5)     # created again after every row below
+    led.append_all([Entry("register", "m", "ok", to_version=1, details={"run_id": "r-old"}),
+                    Entry("promote", "m", "ok", to_version=1)])
+    ms = round(created.timestamp() * 1000)
+    monkeypatch.setattr(ledger_module, "version_runs", lambda model: {1: "r-new"})
+    assert led.entries("m", current=True, created_ms=ms) == []
+    monkeypatch.setattr(ledger_module, "version_runs", lambda model: {1: "r-old"})
+    assert [e.action for e in led.entries("m", current=True, created_ms=ms)] == ["register", "promote"]
