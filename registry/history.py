@@ -11,7 +11,7 @@ from mlops_common.text import printable
 
 from . import tags as T
 from .ledger import Entry
-from .promotion_rules import version_label
+from .promotion_rules import fleet_of, version_label
 
 
 def age(then: datetime, now: datetime | None = None) -> str:
@@ -67,9 +67,17 @@ def history_table(entries: list[Entry], *, reason_width: int = 60, model: str | 
             reason = reason[:reason_width - 1] + "…"
         rows.append([e.id, e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "", e.action, e.model,
                      f"{_v(e.from_version)}->{_v(e.to_version)}", _by(e), e.pipeline_id or "",
-                     e.host or "", e.outcome, reason])
+                     _host(e), e.outcome, reason])
     return table(["id", "at (UTC)", "action", "model", "from->to", "actor", "pipeline", "host",
                   "outcome", "reason"], rows)
+
+
+def _host(e: Entry) -> str:
+    """The row's host, and the other fleet's hosts file it was deployed with (``details.fleet``), as
+    the version's page says it: a staging host's rows read as the configured fleet's (found by
+    review, twenty-second stop)."""
+    fleet = fleet_of(e)
+    return f"{e.host or '-'} (fleet {fleet.rsplit('/', 1)[-1]})" if fleet else e.host or ""
 
 
 def _by(e: Entry) -> str:

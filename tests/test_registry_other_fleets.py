@@ -99,3 +99,17 @@ def test_a_deploy_reads_its_own_fleets_rows(tmp_path, monkeypatch):
     assert fleet.unjudged(2) is True and staging.unjudged(2) is False
     led.append(deploys.DeployLedger("m", led, fleet=STAGING).entry("deploy", "failed", to_version=2))
     assert fleet.failed_elsewhere(2) and staging.failed_elsewhere(2)
+
+
+def test_registry_history_names_another_fleets_hosts_file():
+    """`registry history` showed a staging deploy's host as any other (``web-9  ok``), while the
+    version's page says ``web-9 (fleet staging.toml)``: the table read as the configured fleet's."""
+    from datetime import datetime, timezone
+
+    from registry.history import history_table
+
+    at = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+    rows = [Entry("deploy", "m", "ok", to_version=2, host="web-9", id=1, at=at, details={"fleet": STAGING}),
+            Entry("deploy", "m", "ok", to_version=2, host="web-1", id=2, at=at, details={"deploy": "d"})]
+    lines = history_table(rows).splitlines()
+    assert "web-9 (fleet staging.toml)" in lines[2] and "(fleet" not in lines[3], lines
