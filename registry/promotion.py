@@ -41,7 +41,7 @@ from .promotion_rules import (
     rollback_unfinished,
     version_label,
 )
-from .promotion_view import Promotion, confirmed_moves, tags_lag
+from .promotion_view import Promotion, confirmed_moves, row_promotion, tags_lag
 from .provenance import Provenance, given
 
 _log = log.get("registry.promotion")
@@ -277,7 +277,7 @@ def rollback(model: str, *, to=None, reason: str | None = None, provenance: Prov
     except _Unfinished as u:
         return _finishing(model, u.row, defer_tags=defer_tags)
     except _Already as a:
-        (other,) = confirmed_moves(model, [a.row])
+        other = row_promotion(model, a.row)       # production removed by it (a first deploy failed) too
         _log.info("production of '%s' already moved %s -> %s (%s by %s, ledger #%s) after this rollback read it; "
                   "nothing changed", model, version_label(a.row.from_version), version_label(a.row.to_version),
                   a.row.action, a.row.actor, a.row.id)

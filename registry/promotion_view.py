@@ -90,16 +90,29 @@ def tags_lag(model: str, p: Promotion, shown: dict[str, str] | None = None) -> b
 def confirmed_moves(model: str, rows: list[Entry], actor: str | None = None) -> list[Promotion]:
     """The moves reconciliation recorded, as promotions for the version tags: the tag shows who
     the ledger row names (and its approver), not who reconciled."""
-    out = []
-    for r in rows:
-        if r.action == "intent" or r.to_version is None:
-            continue
-        mover = Provenance(actor=r.actor or actor or "", approved_by=r.details.get("approved_by"),
-                           pipeline_id=r.pipeline_id)
-        out.append(Promotion(model=model, action=r.action, from_version=r.from_version, to_version=r.to_version,
-                             provenance=mover, reason=r.reason, at=r.at.isoformat(timespec="seconds"),
-                             ledger_id=r.id, forced=bool(r.details.get("forced"))))
-    return out
+    return [row_promotion(model, r, actor) for r in rows if r.action != "intent" and r.to_version is not None]
+
+
+def row_promotion(model: str, r: Entry, actor: str | None = None) -> Promotion:
+    """The move row ``r`` as a promotion (who, from where, its details); ``actor`` when it names none."""
+    details = r.details if isinstance(r.details, dict) else {}
+    mover = Provenance(actor=r.actor or actor or "", approved_by=details.get("approved_by"), pipeline_id=r.pipeline_id)
+    return Promotion(model=model, action=r.action, from_version=r.from_version, to_version=r.to_version,
+                     provenance=mover, reason=r.reason, at=r.at.isoformat(timespec="seconds"), ledger_id=r.id,
+                     forced=bool(details.get("forced")), details=dict(details))
+
+
+def move_said(p: Promotion) -> str:
+    """Who moved production, as the lines that name another move say it: ``rollback by carol,
+    ledger #8``; a failed deploy's automatic revert and a move made outside mlops say so (their
+    actor ran the deploy, or reconciled)."""
+    d, by = p.details, p.provenance.actor or "unknown"
+    if d.get("automatic"):
+        return (f"automatic rollback after the deploy of v{d.get('after_failed_deploy', p.from_version)} failed, "
+                f"by {by}, ledger #{p.ledger_id}")
+    if d.get("moved_outside"):
+        return f"moved outside mlops, recorded by {by}, ledger #{p.ledger_id}"
+    return f"{p.action} by {by}, ledger #{p.ledger_id}"
 
 
 def show_rolled_out(model: str, row: Entry) -> bool:

@@ -16,6 +16,7 @@ from typing import Callable
 
 from mlops_common.errors import DeployFailed, RefusedError, UserError, reworded
 from registry import deploys
+from registry.promotion_view import move_said
 
 from . import fleet, fleet_fetch, fleet_plan, rollout
 from .cancel import DeployInterrupted
@@ -187,8 +188,16 @@ def _already_rolled_back(model: str, hosts, promo, opts: DeployOptions, start: f
     under way, or stopped): deploying here too would have raced that deploy for the hosts' locks
     (and been told to break a live one's) or rolled out whatever production named by then."""
     to = promo.to_version
-    said = (f"production of '{model}' already moved v{promo.from_version} -> v{to} ({promo.action} by "
-            f"{promo.provenance.actor}, ledger #{promo.ledger_id}) after this rollback read it")
+    if to is None:      # a failed first deploy removed production: no version held it before, none to install
+        refused = RefusedError(f"production of '{model}' already moved off v{promo.from_version} "
+                               f"({move_said(promo)}) after this rollback read it, and no version holds it now "
+                               f"(none did before v{promo.from_version}): there is nothing to roll back to; nothing "
+                               f"was changed: `mlops sync status` shows the hosts; promote a working version "
+                               f"(`mlops registry promote --version N`), then `mlops sync deploy` installs it")
+        refused.rollback = RollbackResult(promo, None, None, None, time.monotonic() - start, error=refused.message)
+        raise refused
+    said = (f"production of '{model}' already moved v{promo.from_version} -> v{to} ({move_said(promo)}) "
+            f"after this rollback read it")
     fp = fleet_plan.plan_fleet(model, hosts, version=to, opts=opts, annotate=False)
     if fp.up_to_date:
         return RollbackResult(promo, None, None, None, time.monotonic() - start, observed=to)

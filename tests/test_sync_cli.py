@@ -772,3 +772,50 @@ def test_the_plans_json_says_the_deploy_refuses_a_fleet_with_a_host_it_cannot_ob
     assert r.returncode != 0, r.stderr
     assert final_error_line(r.stderr) == f"error: {refused}", (r.stderr, refused)
     env.serves(up, v2)
+
+
+
+def test_a_rollback_from_a_first_version_whose_deploy_failed_meanwhile_says_there_is_nothing_older(
+        deploy_env, paused_deploy):
+    """Found by review (2026-12-07, twenty-second stop): v1, the first version ever promoted, was
+    deploying when two people on call rolled it back (`sync rollback`, `registry rollback`); its
+    deploy failed and, with no earlier production, removed production. Both rollbacks then ended
+    on a traceback (exit 1: the other move, to no version, could not be named); said by hand,
+    it read "v1 -> vNone" with a `--version N` hint `sync rollback` has no such flag for. Each
+    now names that move and says there is nothing to roll back to: `registry rollback` changes
+    nothing (exit 0), `sync rollback` is refused (exit 2: no version to install)."""
+    from tests.fixtures.faults import final_error_line
+
+    env = deploy_env
+    host = env.add_host("file")
+    bad = env.register("golden_edited")             # its smoke test fails: the version is blamed
+    env.promote(bad)
+    deploy = paused_deploy(env.env, "after:publish").wait_paused()
+    sync_rb, registry_rb = (paused_deploy(env.env, "rollback:after_read", "--reason", "v1 is wrong", "--actor", who,
+                                          *extra, command=(cmd, "rollback")).wait_paused()
+                            for who, cmd, extra in (("bob", "sync", ("--json",)), ("dave", "registry", ())))
+    d = deploy.finish()
+    assert d.returncode == 3 and "production removed" in d.stderr, d.stderr[-3000:]
+    assert env.production() is None
+    (row,) = env.ledger(("rollback",))
+    assert row.to_version is None and row.details.get("automatic")
+    moved = f"automatic rollback after the deploy of v{bad} failed, by {row.actor}, ledger #{row.id}"
+    r = sync_rb.finish()
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2 and line == (
+        f"error: production of '{env.model}' already moved off v{bad} ({moved}) after this rollback read it, "
+        f"and no version holds it now (none did before v{bad}): there is nothing to roll back to; nothing was "
+        f"changed: `mlops sync status` shows the hosts; promote a working version (`mlops registry promote "
+        f"--version N`), then `mlops sync deploy` installs it"), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["deploy"] is None and doc["error"] == line.removeprefix("error: ") and doc["served_version"] is None
+    assert doc["registry"]["to_version"] is None and doc["registry"]["details"]["already_moved"] == row.id
+    r = registry_rb.finish()
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == (
+        f"'{env.model}': production already moved off v{bad} ({moved}) after this rollback read it, and no "
+        f"version holds it now (none did before v{bad}); nothing changed: promote a working version with "
+        f"`mlops registry promote --version N`"), r.stdout
+    assert [e.id for e in env.ledger(("rollback",))] == [row.id] and env.production() is None
+    assert env.states(host) == {}

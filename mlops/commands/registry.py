@@ -262,8 +262,15 @@ def _print_move(args, result, verb: str) -> None:
     prev = f"v{result.from_version}" if result.from_version is not None else "(none)"
     by = result.provenance
     if result.details.get("already_moved") is not None:      # a rollback overtaken by the same move
-        print(f"'{result.model}': production already moved {prev} -> v{result.to_version} ({result.action} by "
-              f"{by.actor}, ledger #{result.ledger_id}) after this rollback read it; nothing changed")
+        from registry.promotion_view import move_said
+
+        if result.to_version is None:       # a failed first deploy removed it: there is nothing older
+            print(f"'{result.model}': production already moved off {prev} ({move_said(result)}) after this "
+                  f"rollback read it, and no version holds it now (none did before {prev}); nothing changed: "
+                  f"promote a working version with `mlops registry promote --version N`")
+            return
+        print(f"'{result.model}': production already moved {prev} -> v{result.to_version} ({move_said(result)}) "
+              f"after this rollback read it; nothing changed")
         return
     if not result.moved:
         print(f"'{result.model}': version {result.to_version} already holds production; "
