@@ -134,6 +134,12 @@ def _last_moved(ledger: Ledger, model: str) -> Entry | None:
     return next((e for e in _since_moved(ledger, model) if moved(e)), None)
 
 
+def newest_move(model: str, ledger: Ledger | None = None) -> Entry | None:
+    """The newest row that changed where ``production`` is (a promotion, a person's rollback, a
+    failed deploy's revert, a move reconciled from outside mlops); None without one."""
+    return _last_moved(ledger or Ledger(), model)
+
+
 def restoring(model: str, version: int, ledger: Ledger | None = None) -> Entry | None:
     """The rollback row that made ``version`` production again, if deploying it restores a version
     that held production before (``promotion_rules.restoring_rollback``); else None. The rows

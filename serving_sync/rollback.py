@@ -14,15 +14,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from mlops_common import log
 from mlops_common.errors import DeployFailed, RefusedError, UserError, reworded
 from registry import deploys
-from registry.promotion_view import move_said
+from registry.promotion_view import move_said, row_promotion
 
 from . import fleet, fleet_fetch, fleet_plan, rollout
 from .cancel import DeployInterrupted
 from .errors import ProductionMoved
 from .options import DeployOptions
 from .store import check_settings
+
+logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
 
 
 @dataclass
@@ -34,11 +37,13 @@ class RollbackResult:
     seconds: float
     error: str | None = None             # a rollback that failed once the registry moved: its one line
     observed: int | None = None          # no deploy run: another rollback had already put every host on it
+    superseded_by: object | None = None  # the move (a Promotion) that put production on what the deploy served
 
     @property
     def superseded(self) -> bool:
-        """Another promotion moved ``production`` while this rollback deployed: the deploy, which
-        deploys what production names once it holds the locks, served that version instead."""
+        """Another move (a promotion, a rollback, a failed deploy's revert) changed ``production``
+        while this rollback deployed: the deploy, which deploys what production names once it holds
+        the locks, served that version instead; ``superseded_by`` is that move, as the ledger has it."""
         return self.deploy is not None and self.deploy.version != self.registry.to_version
 
     @property
@@ -52,6 +57,7 @@ class RollbackResult:
     def to_dict(self) -> dict:
         return {"registry": self.registry.to_dict(), "deploy": self.deploy.to_dict() if self.deploy else None,
                 "served_version": self.served_version, "superseded": self.superseded,
+                "superseded_by": self.superseded_by.to_dict() if self.superseded_by is not None else None,
                 "seconds_to_old_outputs": self.seconds_to_old_outputs, "switch_seconds": self.switch_seconds,
                 "seconds": round(self.seconds, 3), "error": self.error}
 
@@ -258,4 +264,17 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     if result.version != promo.to_version and promo.from_version not in (None, promo.to_version, result.version):
         deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
-    return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start)
+    return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start,
+                          superseded_by=_moved_to(model, result.version) if result.version != promo.to_version
+                          else None)
+
+
+def _moved_to(model: str, version: int):
+    """The move that made ``version`` production while this rollback deployed (the newest in the
+    ledger, when it went there), as a ``Promotion``; None when the ledger does not say (unread)."""
+    try:
+        row = deploys.newest_move(model)
+    except UserError as exc:
+        logger.warning("could not read the ledger (%s)", exc.message)
+        return None
+    return row_promotion(model, row) if row is not None and row.to_version == version else None

@@ -819,3 +819,52 @@ def test_a_rollback_from_a_first_version_whose_deploy_failed_meanwhile_says_ther
         f"`mlops registry promote --version N`"), r.stdout
     assert [e.id for e in env.ledger(("rollback",))] == [row.id] and env.production() is None
     assert env.states(host) == {}
+
+
+def test_a_rollback_another_rollback_superseded_names_that_rollback(deploy_env, tmp_path):
+    """Found by review (2026-12-07, twenty-second stop): `sync rollback` moved production v3 -> v2,
+    then its deploy waited for a host's lock; meanwhile someone ran `registry rollback` (v2 -> v1).
+    The deploy, which deploys what production names once it holds the locks, served v1, and the
+    note said "production moved to v1 (another promotion)": it was a rollback. It names the move
+    as the ledger has it, who made it and its row, in the text and in `--json` (`superseded_by`)."""
+    import time
+
+    from serving_sync.lock import HostLock
+    from serving_sync.transports.local import LocalTransport
+
+    env = deploy_env
+    (h1,), v1, v2 = deployed_v1_v2(env, hosts=1)
+    v3 = env.register("c")
+    env.promote(v3)
+    assert env.deploy().status == "deployed"
+    other = HostLock(LocalTransport(h1.base), purpose="deploy")
+    other.acquire()                                     # another deploy holds the host
+    errors, out = tmp_path / "stderr", tmp_path / "stdout"
+    try:
+        with errors.open("w") as err_file, out.open("w") as out_file:
+            proc = subprocess.Popen([sys.executable, "-m", "mlops", "sync", "rollback", "--reason", "v3 is slow",
+                                     "--actor", "bob", "--lock-wait", "120"], cwd=REPO,
+                                    env={**os.environ, **env.env}, stdout=out_file, stderr=err_file, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None and "waiting up to" not in errors.read_text():
+                time.sleep(0.05)
+            assert "waiting up to" in errors.read_text(), errors.read_text()[-3000:]
+            assert env.production() == v2                # bob's rollback moved the registry; no host has
+            r = env.cli("registry", "rollback", "--reason", "v2 is wrong too", "--actor", "erin")
+            assert r.returncode == 0, r.stderr
+            assert env.production() == v1
+            other.release()
+            proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    finally:
+        other.release()
+    err, printed = errors.read_text(), out.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    (row,) = [e for e in env.ledger(("rollback",)) if e.actor == "erin"]
+    assert (f"note: production moved to v{v1} (rollback by erin, ledger #{row.id}) while this rollback to v{v2} "
+            f"deployed; the hosts serve v{v1}, what production names now") in printed, printed
+    env.serves(h1, v1)

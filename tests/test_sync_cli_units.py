@@ -38,6 +38,7 @@ def registry_calls(monkeypatch):
     monkeypatch.setattr(versions, "production_version", lambda model: 3)     # what the rollback read
     monkeypatch.setattr(promotion, "rollback", lambda model, **kw: calls.append(("rollback", kw)) or _Promo(calls))
     monkeypatch.setattr(deploys, "tag", lambda *a: calls.append(("tag",) + a))
+    monkeypatch.setattr(deploys, "newest_move", lambda model: None)       # the ledger names no move
     return calls
 
 
@@ -68,9 +69,10 @@ def test_rollback_moves_the_registry_then_deploys_then_writes_the_tags(registry_
     assert out.seconds_to_old_outputs == 0.5 and out.switch_seconds == 0.012
     doc = out.to_dict()
     assert doc["registry"] == {"to_version": 2} and doc["deploy"]["status"] == "deployed"
-    assert set(doc) == {"registry", "deploy", "served_version", "superseded", "seconds_to_old_outputs",
-                        "switch_seconds", "seconds", "error"}
+    assert set(doc) == {"registry", "deploy", "served_version", "superseded", "superseded_by",
+                        "seconds_to_old_outputs", "switch_seconds", "seconds", "error"}
     assert doc["served_version"] == 2 and doc["superseded"] is False and doc["error"] is None
+    assert doc["superseded_by"] is None
 
 
 def test_a_rollback_overtaken_by_another_promotion_says_what_the_hosts_serve(registry_calls, monkeypatch, capsys):
@@ -87,9 +89,42 @@ def test_a_rollback_overtaken_by_another_promotion_says_what_the_hosts_serve(reg
     assert out.superseded and out.to_dict()["served_version"] == 5
     sync_text.rollback(out)
     printed = capsys.readouterr().out
-    assert "production moved to v5 (another promotion) while this rollback to v2 deployed" in printed
+    assert "production moved to v5 (another move) while this rollback to v2 deployed" in printed
     assert "v2's outputs answered" not in printed
     assert [c[:4] for c in registry_calls if c[0] == "tag"] == [("tag", "m", 3, "rolled_back")]  # rolled back from
+
+
+@pytest.mark.parametrize("action, details, said", [
+    ("promote", {}, "promote by alice, ledger #21"),
+    ("rollback", {}, "rollback by alice, ledger #21"),
+    ("rollback", {"automatic": True, "after_failed_deploy": 6},
+     "automatic rollback after the deploy of v6 failed, by alice, ledger #21"),
+])
+def test_a_superseded_rollback_names_the_move_that_superseded_it(registry_calls, monkeypatch, capsys,
+                                                                   action, details, said):
+    """Found by review (2026-12-07, twenty-second stop): the note said "(another promotion)" whatever
+    moved production, a person's rollback or a failed deploy's revert too; it names the ledger's move."""
+    import datetime
+
+    from registry import deploys
+    from registry.ledger import Entry
+
+    def deploy(model, hosts, **kw):
+        result = _deployed()
+        result.version = 5
+        result.hosts[0].__dict__.update(status="deployed", publish=None, retention=None, notes=[])
+        return result
+
+    row = Entry(action=action, model="m", outcome="ok", from_version=6, to_version=5, actor="alice", id=21,
+                at=datetime.datetime(2026, 12, 7, tzinfo=datetime.timezone.utc), details=details)
+    monkeypatch.setattr(fleet, "deploy", deploy)
+    monkeypatch.setattr(deploys, "newest_move", lambda model: row)
+    out = rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
+    sync_text.rollback(out)
+    assert (f"note: production moved to v5 ({said}) while this rollback to v2 deployed; the hosts serve v5, "
+            f"what production names now") in capsys.readouterr().out
+    doc = out.to_dict()["superseded_by"]
+    assert (doc["action"], doc["actor"], doc["ledger_id"], doc["to_version"]) == (action, "alice", 21, 5)
 
 
 def test_a_rollback_overtaken_by_promoting_the_same_version_again_does_not_tag_it_rolled_back(

@@ -180,8 +180,11 @@ def rollback(rb) -> None:
     deploy(rb.deploy)
     answered, switch = rb.seconds_to_old_outputs, rb.switch_seconds
     if rb.superseded:
-        _say(f"note: production moved to v{rb.deploy.version} (another promotion) while this rollback to "
-              f"v{rb.registry.to_version} deployed; the hosts serve v{rb.deploy.version}, the newer decision")
+        from registry.promotion_view import move_said
+
+        by = move_said(rb.superseded_by) if rb.superseded_by is not None else "another move"
+        _say(f"note: production moved to v{rb.deploy.version} ({by}) while this rollback to "
+              f"v{rb.registry.to_version} deployed; the hosts serve v{rb.deploy.version}, what production names now")
     elif answered is not None:
         _say(f"v{rb.registry.to_version}'s outputs answered on the unversioned route {answered:.2f}s after the "
               f"command started" + (f" (host switch {switch * 1000:.0f} ms)" if switch is not None else ""))
