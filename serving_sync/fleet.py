@@ -55,7 +55,7 @@ from .options import DeployOptions
 from .plan import Phase
 from .resolve import expected_production, resolve_version
 from .rollout_decision import rollout_for, unjudged_everywhere, unjudged_hosts
-from .store import StoreCopies, check_reachable, check_settings, s3_host_note
+from .store import StoreCopies, check_pulls, check_reachable, check_settings, s3_host_note
 
 logger = log.get("sync.fleet")
 
@@ -126,7 +126,9 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             seen: dict) -> FleetResult:
     """``deploy``; ``seen["result"]``: its result as soon as there is one."""
     start = time.monotonic()
-    check_settings(hosts)   # a bad setting: one line before the registry is read or a host touched
+    # a bad setting: one line before the registry is read or a host touched (S3 credentials: once
+    # a host is known to pull from its store, below; a switch uploads nothing)
+    check_settings(hosts, credentials=False)
     v, source = resolve_version(model, version)
     if source == "production":
         expected_production(model, v, expect)
@@ -215,8 +217,10 @@ def _deploy(model: str, hosts, *, version: int | None, opts: DeployOptions, brea
             if baker is not None:    # before anything changes: a judged host without metrics is refused here
                 _before_prepare(result, recorder, runs, "bake", baker.start)
             # a host with the version on disk pulls nothing (its publish verifies that copy first)
-            stores = {r.host.store.url: r.host.store for r in runs if r.host.store is not None and r.plan.publishes
-                      and v not in r.observed.obs.published}
+            pulling = [r.host for r in runs if r.host.store is not None and r.plan.publishes
+                       and v not in r.observed.obs.published]
+            stores = {h.store.url: h.store for h in pulling}
+            check_pulls(pulling)       # S3 credentials, before the download; none for a switch
             for store in stores.values():      # a store that refuses us: said before the download
                 _before_prepare(result, recorder, runs, "upload_to_store", check_reachable, store)
             # before touching any host: a registry problem changes nothing; a signal stops the download

@@ -18,7 +18,7 @@ from .options import DeployOptions
 from .plan import peak_copies, peak_memory, plan_host, retention_preview
 from .resolve import resolve_version
 from .rollout_decision import rollout_for, unjudged_hosts
-from .store import check_reachable, check_settings, host_uses, read_uses, s3_host_note
+from .store import check_credentials, check_reachable, check_settings, host_uses, read_uses, s3_host_note
 
 
 def observe_and_plan(conns, model: str, version: int, opts: DeployOptions, *, rollback_to: int | None = None):
@@ -75,7 +75,7 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
     manifests, retention's rollback target, the rollout) — MLflow requests a pass need not make."""
     if annotate:        # what the deploy refuses first (``sync watch`` checks it when it reads the hosts)
         hosts = list(hosts)
-        check_settings(hosts)
+        check_settings(hosts, credentials=False)     # S3 credentials: once the plans say a host pulls
     v, source = resolve_version(model, version)
     fp = FleetPlan(model, v, source)
     new_size = deploys.saved_model_size(model, v) if annotate else None
@@ -121,6 +121,8 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
                 fp.peak[p.host] = peak
     if not annotate:
         return fp
+    for store in list(pulled.values())[:1]:       # S3 credentials as the deploy, before its download
+        check_credentials(store)
     unjudged = unjudged_hosts(fp.plans, opts, lambda: deploys.DeployLedger(model, fleet=opts.fleet).rolled_out(v))
     d = rollout_for(model, v, [p.host for p in fp.plans if not p.up_to_date], opts, unjudged)
     fp.restore, fp.rollout = d.restore, d.shape.to_dict()

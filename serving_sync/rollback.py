@@ -21,9 +21,9 @@ from registry.promotion_view import move_said, row_promotion
 
 from . import fleet, fleet_fetch, fleet_plan, rollout
 from .cancel import DeployInterrupted
-from .errors import ProductionMoved
+from .errors import AuthFailed, ProductionMoved
 from .options import DeployOptions
-from .store import check_settings
+from .store import check_pulls, check_settings
 
 logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
 
@@ -88,7 +88,8 @@ def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]
     pass when no host would download them: every host that publishes the version has a copy
     its deploy verifies against the registration instead (``fleet_fetch.needs_download``, as
     ``fleet_fetch.fetch`` decides); a host that cannot be observed counts as one that would, and the
-    refusal names it (its ``UserError``: it said "a host would need them")."""
+    refusal names it (its ``UserError``: it said "a host would need them"). Nor may its deploy need
+    S3 credentials this machine lacks (``_uploadable``)."""
     from registry import promotion
 
     def unneeded(version: int, missing: list[str]) -> bool:
@@ -96,7 +97,32 @@ def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]
             return False
         return not fleet_fetch.needs_download(model, hosts, version, opts)
 
-    return promotion.artifacts_check(model, "mlops sync rollback", unneeded=unneeded)
+    artifacts = promotion.artifacts_check(model, "mlops sync rollback", unneeded=unneeded)
+
+    def check(version: int) -> None:
+        artifacts(version)
+        _uploadable(model, hosts, version, opts)
+
+    return check
+
+
+def _uploadable(model: str, hosts, version: int, opts: DeployOptions) -> None:
+    """Refuse (``AuthFailed``) a rollback whose deploy would upload ``version`` to a shared store
+    without S3 credentials on this machine, before production moves: a host that pulls from the
+    store and does not serve it loaded (or cannot be observed) needs that upload. A rollback that
+    only switches hosts (the version kept warm, as retention keeps the rollback target) needs
+    none. The hosts are observed only when the credentials are missing (resolved locally)."""
+    pulling = [h for h in hosts if getattr(h, "store", None) is not None]
+    try:
+        check_pulls(pulling)
+        return
+    except AuthFailed as refused:
+        try:
+            fp = fleet_plan.plan_fleet(model, pulling, version=version, opts=opts, annotate=False)
+        except UserError:
+            raise refused from None
+        if fp.errors or any(p.publishes for p in fp.plans):
+            raise refused from None
 
 
 _RERUN_BREAKING = re.compile(r"rerun with --break-lock ([^\s;]+)")
@@ -236,7 +262,9 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
     start = time.monotonic() if started is None else started
     if read_from is _READ_NOW:
         read_from = versions.production_version(model)
-    check_settings(hosts)     # a bad setting of the deploy: refused before production moves
+    # a bad setting of the deploy: refused before production moves (S3 credentials when a host
+    # pulls the version picked: ``installable``)
+    check_settings(hosts, credentials=False)
     promo = promotion.rollback(model, to=to, reason=reason, provenance=provenance, force=force, defer_tags=True,
                                unrolled_ok=False, check_target=installable(model, hosts, opts), read_from=read_from)
     if promo.details.get("already_moved") is not None:

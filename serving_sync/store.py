@@ -66,18 +66,29 @@ def expiry() -> float:
                                 must=f"seconds between 1 and {MAX_EXPIRY:.0f}")
 
 
-def check_settings(hosts) -> None:
+def check_settings(hosts, *, credentials: bool = True) -> None:
     """Refuse a bad setting of the deploy before it reads the registry or touches a host (and
     before ``sync rollback`` moves production): ``MLOPS_LOCK_TTL``, read by every host's lock (a
     rollback moved production, then refused it at the first lock), and ``MLOPS_STORE_URL_EXPIRY``
     when a host of ``hosts`` pulls from a store (it was refused only at the upload, after the
     version had been downloaded). ``sync plan`` refuses them too, as the deploy it previews does.
-    So are missing S3 credentials for a store (``check_credentials``)."""
+    So are missing S3 credentials for a store (``check_credentials``), unless ``credentials`` is
+    False: the deploy, its plan and ``sync rollback`` check them once they know a host pulls the
+    version (``check_pulls``): one that only switches hosts uploads nothing and needs none."""
     settings.lock_ttl()
     stores = {h.store.url: h.store for h in hosts if getattr(h, "store", None) is not None}
     if stores:
         expiry()
-        check_credentials(next(iter(stores.values())))
+        if credentials:
+            check_credentials(next(iter(stores.values())))
+
+
+def check_pulls(pulling) -> None:
+    """``check_credentials`` for the hosts of ``pulling`` that download the version from a store
+    (the deploy uploads it there first); nothing to check without such a host."""
+    stores = [h.store for h in pulling if getattr(h, "store", None) is not None]
+    if stores:
+        check_credentials(stores[0])
 
 
 def check_credentials(store: Store) -> None:

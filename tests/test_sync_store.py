@@ -1618,6 +1618,41 @@ def test_plan_and_deploy_refuse_a_store_without_credentials_before_the_download(
     env.serves(host, v1)
 
 
+def test_a_rollback_that_only_switches_needs_no_store_credentials_one_that_uploads_is_refused_first(
+        deploy_env, sshd_factory, s3_env, tmp_path):
+    """Found by review (2026-12-07, twenty-second stop): since the twenty-first stop a fleet pulling
+    from a store refused `sync rollback` (and `sync deploy`, `sync plan`) on a machine without S3
+    credentials, though the rollback target is kept warm on every host: its deploy is a switch
+    and uploads nothing. Someone on call with SSH access and no AWS credentials could not roll
+    back. The credentials are required only when a host would pull the version: a rollback to one
+    no host has is still refused in one line before production moves."""
+    from tests.fixtures.faults import final_error_line
+
+    env = deploy_env
+    host = env.add_host("ssh")
+    bucket = s3_env.make_bucket("rollback-no-credentials")
+    _with_store(env, bucket, env.model)
+    v1, v2 = env.release("a"), env.release("b")        # v1 kept warm on the host: the rollback target
+    v3 = env.register("c")                              # never on the host
+    none = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_EC2_METADATA_DISABLED": "true"}
+    refused = (f"error: s3://{bucket}/{env.model}: no S3 credentials to upload the version to the shared store; "
+               f"set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile); nothing was changed")
+    r = env.cli("sync", "rollback", "--to", str(v3), "--reason", "v2 is slow", extra_env=none)
+    assert r.returncode == 2 and final_error_line(r.stderr) == refused, r.stderr[-3000:]
+    assert env.production() == v2 and not env.ledger(("rollback",))
+    assert {e.details.get("move") for e in env.ledger(("intent",))} == {"promote"}      # no rollback began
+    env.serves(host, v2)
+    r = env.cli("sync", "plan", "--version", str(v1), extra_env=none)      # the switch the rollback makes
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = env.cli("sync", "rollback", "--reason", "v2 is slow", extra_env=none)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert env.production() == v1
+    env.serves(host, v1)
+    assert "uploading" not in r.stderr
+
+
 def test_the_store_keeps_the_rollback_target_read_before_the_switch_as_the_hosts_do(
         deploy_env, sshd_factory, s3_env, monkeypatch):
     """Found by review (2026-12-07, twenty-first stop): a deploy's host retention keeps where
