@@ -285,16 +285,23 @@ def rollback_and_deploy(model: str, hosts, *, provenance, to: int | None = None,
         if out is exc:
             raise
         raise out from None
-    promo.finish()
-    # The deploy tagged the version rolled back from when it restored this rollback's version
-    # (fleet._tag_rolled_back); overtaken by another promotion, it deployed that one instead, and
-    # the version rolled back from is tagged here (not when it is the one promoted again: it serves).
-    if result.version != promo.to_version and promo.from_version not in (None, promo.to_version, result.version):
-        deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
     switch = max((h.switch_seconds for h in result.hosts if h.switch_seconds is not None), default=None)
-    return RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start,
+    done = RollbackResult(promo, result, result.answered_after(start), switch, time.monotonic() - start,
                           superseded_by=_moved_to(model, result.version) if result.version != promo.to_version
                           else None)
+    try:
+        promo.finish()
+        # The deploy tagged the version rolled back from when it restored this rollback's version
+        # (fleet._tag_rolled_back); overtaken by another promotion, it deployed that one instead, and
+        # the version rolled back from is tagged here (not when it is the one promoted again: it serves).
+        if result.version != promo.to_version and promo.from_version not in (None, promo.to_version,
+                                                                             result.version):
+            deploys.tag(model, promo.from_version, deploys.ROLLED_BACK, promo.reason or "rollback")
+    except UserError as exc:    # the hosts switched: --json still prints what they did (``error`` the line)
+        done.error = exc.message
+        exc.rollback = done
+        raise
+    return done
 
 
 def _moved_to(model: str, version: int):

@@ -127,6 +127,30 @@ def test_a_superseded_rollback_names_the_move_that_superseded_it(registry_calls,
     assert (doc["action"], doc["actor"], doc["ledger_id"], doc["to_version"]) == (action, "alice", 21, 5)
 
 
+def test_a_rollback_whose_tags_fail_after_the_switch_still_gives_its_document(registry_calls, monkeypatch):
+    """Found by review (2026-12-07, twenty-second stop): the hosts switched to v2, then MLflow refused
+    the version tags (``Promotion.finish``): the error line said to run `registry reconcile`, but
+    `--json` printed nothing, though the hosts had changed (a failure once the registry moved gives
+    the rollback's document, ``error`` its line). It now carries the deploy, as on success."""
+    from mlops_common.errors import UserError
+
+    def refuse():
+        registry_calls.append("finish")
+        raise UserError("production of 'm' is v2 (ledger #17), but the version tags ... could not be written")
+
+    promo = _Promo(registry_calls)
+    promo.finish = refuse
+    from registry import promotion
+
+    monkeypatch.setattr(promotion, "rollback", lambda model, **kw: promo)
+    monkeypatch.setattr(fleet, "deploy", lambda model, hosts, **kw: _deployed())
+    with pytest.raises(UserError) as e:
+        rb.rollback_and_deploy("m", ["h"], provenance=Provenance("oncall"), started=10.0)
+    doc = e.value.rollback.to_dict()
+    assert doc["deploy"]["status"] == "deployed" and doc["served_version"] == 2, doc
+    assert doc["error"] == e.value.message and doc["seconds_to_old_outputs"] == 0.5
+
+
 def test_a_rollback_overtaken_by_promoting_the_same_version_again_does_not_tag_it_rolled_back(
         registry_calls, monkeypatch):
     def deploy(model, hosts, **kw):
