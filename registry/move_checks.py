@@ -162,10 +162,11 @@ def check_pipeline_rerun(model: str, action: str, current: int | None, earlier: 
 
 def production_at(entries: Iterable[Entry], when) -> int | None:
     """The version the ledger's ``ok`` moves had made production at ``when`` (CircleCI's clock; None:
-    none yet). A move's time is its ``SERVER_MS`` stamp (the MLflow server's clock, to within the
-    second of its ``Date`` header), not the row's ``at`` (its writer's: a laptop ten minutes behind
-    made a promotion after the trigger count as before it, and the rollback undid it; found by review,
-    twenty-second stop); a row from before the stamps goes by its ``at``."""
+    none yet). A move's time is its ``SERVER_MS`` stamp (the MLflow server's clock), not the row's
+    ``at`` (its writer's: a laptop ten minutes behind made a promotion after the trigger count as
+    before it, and the rollback undid it; found by review, twenty-second stop); a row from before
+    the stamps goes by its ``at``. The stamp comes from a ``Date`` header, coarse and late: see
+    ``_moved_at``."""
     held = None
     for e in entries:
         if e.action in MOVES and e.outcome == "ok" and (moved := _moved_at(e)) is not None and moved <= when:
@@ -173,11 +174,25 @@ def production_at(entries: Iterable[Entry], when) -> int | None:
     return held
 
 
+# How late a ``SERVER_MS`` stamp may be: a ``Date`` header has whole seconds, and the MLflow
+# server's (uvicorn's) is refreshed about once a second, so a move came up to ~2 s after its stamp
+# (measured here: 1.4 s); a margin above that for a loaded server.
+STAMP_LATE_MS = 5000
+
+
 def _moved_at(e: Entry) -> datetime | None:
+    """When ``e`` moved production: its writer's ``at`` when that lies in the span its
+    ``SERVER_MS`` stamp allows (the clocks agree; the finer figure), else the end of that span.
+    A move is never taken for earlier than it could have been: one just after a rollback
+    pipeline's trigger read as before it made the approved rollback undo it (exit 0; the stamp
+    alone did, being up to ~2 s early), where one just before read as after only refuses the
+    rollback in one line (a new pipeline is triggered)."""
     ms = (e.details or {}).get(SERVER_MS) if isinstance(e.details, dict) else None
-    if isinstance(ms, int) and not isinstance(ms, bool):
-        return datetime.fromtimestamp(ms / 1000, timezone.utc)
-    return e.at
+    if not isinstance(ms, int) or isinstance(ms, bool):
+        return e.at
+    lo = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    hi = datetime.fromtimestamp((ms + STAMP_LATE_MS) / 1000, timezone.utc)
+    return e.at if e.at is not None and lo <= e.at < hi else hi
 
 
 def check_rollback_from(model: str, current: int | None, then: int | None, pipeline_id: str,

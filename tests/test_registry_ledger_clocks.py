@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from registry import promotion
 from registry.ledger import SERVER_MS, Entry, Ledger
-from registry.move_checks import production_at
+from registry.move_checks import STAMP_LATE_MS, production_at
 from registry.rest import rest
 from tests.helpers import run_mlops
 
@@ -29,7 +29,16 @@ def test_production_at_goes_by_the_servers_stamp_not_the_writers_clock():
             Entry("promote", "m", "ok", from_version=2, to_version=3, id=3, at=_at(t + 120_000 - 600_000),
                   details={SERVER_MS: t + 120_000})]
     assert production_at(rows, _at(t + 90_000)) == 2
-    assert production_at(rows, _at(t + 120_000)) == 3
+    # the stamp is early by up to STAMP_LATE_MS (a Date header's whole seconds, refreshed once a second):
+    # v3's move, its writer's clock outside that span, may have come up to its end, so it is not yet
+    # production within it; after it, it is
+    late = STAMP_LATE_MS
+    assert production_at(rows, _at(t + 120_000)) == 2 and production_at(rows, _at(t + 120_000 + late - 1)) == 2
+    assert production_at(rows, _at(t + 120_000 + late)) == 3
+    # a writer's clock within the span agrees with the server: its finer time is the move's
+    agreed = rows[:2] + [Entry("promote", "m", "ok", from_version=2, to_version=3, id=3, at=_at(t + 121_300),
+                               details={SERVER_MS: t + 120_000})]
+    assert production_at(agreed, _at(t + 121_200)) == 2 and production_at(agreed, _at(t + 121_300)) == 3
     old = [Entry("promote", "m", "ok", to_version=1, id=1, at=_at(t)),
            Entry("promote", "m", "ok", from_version=1, to_version=2, id=2, at=_at(t + 60_000))]
     assert production_at(old, _at(t + 30_000)) == 1
@@ -59,7 +68,8 @@ def test_a_rollback_pipeline_is_not_steered_by_a_newer_promotion_written_by_a_cl
     assert abs(stamp - _server_ms()) < 30_000, stamp
     wf = circleci_api.add_workflow(approver="dave", approval_name="hold-rollback", build_jobs=(), name="rollback",
                                    pipeline_id="pipe-off-v2", parameters={"run-rollback": True})
-    triggered = stamp + 1           # just after v2's promotion, on the server's clock (CircleCI's, NTP)
+    # just after v2's promotion (its row's time: this machine's clock is the server's), as CircleCI's clock
+    triggered = round(Ledger().entries(model, actions=("promote",))[-1].at.timestamp() * 1000) + 1
     circleci_api.state.pipelines["pipe-off-v2"]["created_at"] = _at(triggered).isoformat(
         timespec="milliseconds").replace("+00:00", "Z")
     deadline = time.monotonic() + 30
