@@ -17,6 +17,14 @@ def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
 
 
+class Behind(datetime):
+    """``datetime`` whose ``now`` is ten minutes behind: a writer's clock (a laptop, a CI runner)."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) - timedelta(minutes=10)
+
+
 def test_production_at_goes_by_the_servers_stamp_not_the_writers_clock():
     """v3's promotion, written by a laptop ten minutes behind, after the rollback pipeline was
     triggered: by its writer's clock it came before the trigger, so production "then" was v3 and the
@@ -79,11 +87,6 @@ def test_a_rollback_pipeline_is_not_steered_by_a_newer_promotion_written_by_a_cl
         time.sleep(0.05)
     assert _server_ms() > triggered + 1500
 
-    class Behind(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.now(tz) - timedelta(minutes=10)
-
     with monkeypatch.context() as m:
         m.setattr(ledger_module, "datetime", Behind)
         promotion.promote(model, v3, actor="laptop")
@@ -114,11 +117,6 @@ def test_an_old_ledger_written_by_a_clock_behind_keeps_the_models_first_rows(mak
     v1, v2 = make_version(validation_status="passed"), make_version(validation_status="passed")
     runs = {v: versions.get_version(model, v).run_id for v in (v1, v2)}
     monkeypatch.setenv("MLOPS_LEDGER_URL", f"sqlite:///{tmp_path / 'old-ledger.db'}")   # the old ledger alone
-
-    class Behind(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.now(tz) - timedelta(minutes=10)
 
     with monkeypatch.context() as m:
         m.setattr(ledger_module, "datetime", Behind)
