@@ -5,6 +5,7 @@ Every wait is a bounded poll; traffic loops are bounded in count and time and ru
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,29 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def no_retry_server(tfserving_session_factory, tmp_path_factory):
+    """One server (``--max_num_load_retries=0``: a failed load ends in END at once) for the tests
+    of this module that load one broken version each: ``load_on`` serves a test's own model folder
+    under a name of its own, so the paths in its errors are the test's own."""
+    srv = tfserving_session_factory(tmp_path_factory.mktemp("no-retry"), extra_args=["--max_num_load_retries=0"])
+    yield srv
+    srv.stop()
+
+
+_names = itertools.count(1)
+
+
+def load_on(srv, base: Path, state: str) -> dict:
+    """Serve ``<base>/m`` on ``srv`` as the only model of its config, under a name no test used
+    before (loaded afresh); version 1's status entry once it reports ``state``, and ``model``:
+    the name."""
+    name = f"m{next(_names)}"
+    srv.write_config(f'model_config_list {{ config {{ name: "{name}" base_path: "{base / "m"}" '
+                     f'model_platform: "tensorflow" }} }}\n')
+    return {**srv.wait_for_state(name, 1, state), "model": name}
 
 
 class Traffic:
@@ -185,7 +209,7 @@ def test_latest_policy_replaces_version_and_broken_version_ends_in_end(tfserving
     assert srv.log().count("Loading servable version {name: m version: 3}") == 1
 
 
-def test_a_graph_that_does_not_build_is_invalid_argument_whatever_its_node_names(tfserving_factory, tmp_path):
+def test_a_graph_that_does_not_build_is_invalid_argument_whatever_its_node_names(no_retry_server, tmp_path):
     """TF Serving's loader hands the graph to ``session->Create``, whose graph constructor refuses
     a node with an unknown input as INVALID_ARGUMENT. The Python loader raises that as a
     ValueError, which the local server mapped by its text: UNKNOWN, or DATA_LOSS when the text held
@@ -203,13 +227,12 @@ def test_a_graph_that_does_not_build_is_invalid_argument_whatever_its_node_names
     node.attr["T"].type = 1
     (staging / "saved_model.pb").write_bytes(proto.SerializeToString())
     staging.rename(base / "m" / "1")
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
         ("INVALID_ARGUMENT", "Node 'SparseToDense_1': Unknown input node 'no_such_node'")
 
 
-def test_a_saved_model_pbtxt_that_is_not_utf8_is_data_loss_as_a_text_proto(tfserving_factory, tmp_path):
+def test_a_saved_model_pbtxt_that_is_not_utf8_is_data_loss_as_a_text_proto(no_retry_server, tmp_path):
     """ReadSavedModel reads ``saved_model.pbtxt`` (no .pb) with ReadTextProto: bytes that are not
     text fail the parse, DATA_LOSS ``Can't parse <path> as text proto``. The Python loader decodes
     the file as UTF-8 first; its UnicodeDecodeError came out as UNKNOWN ``UnicodeDecodeError: …``."""
@@ -219,13 +242,12 @@ def test_a_saved_model_pbtxt_that_is_not_utf8_is_data_loss_as_a_text_proto(tfser
     (staging / "saved_model.pb").unlink()
     (staging / "saved_model.pbtxt").write_bytes(b"\xff\xfe saved_model_schema_version: 1\n")
     staging.rename(base / "m" / "1")
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
         ("DATA_LOSS", f"Can't parse {base / 'm' / '1' / 'saved_model.pbtxt'} as text proto")
 
 
-def test_an_empty_saved_model_pb_is_tensorflow_s_no_meta_graph_for_serve(tfserving_factory, tmp_path):
+def test_an_empty_saved_model_pb_is_tensorflow_s_no_meta_graph_for_serve(no_retry_server, tmp_path):
     """A saved_model.pb cut to 0 bytes parses as an empty SavedModel; TensorFlow's
     FindMetaGraphDef then says NOT_FOUND ``Could not find meta graph def matching supplied tags:
     { serve }. …``. The local server gave the Python loader's words (``MetaGraphDef associated
@@ -235,8 +257,7 @@ def test_an_empty_saved_model_pb_is_tensorflow_s_no_meta_graph_for_serve(tfservi
     shutil.copytree(HALF_PLUS_TWO_123, staging)
     (staging / "saved_model.pb").write_bytes(b"")
     staging.rename(base / "m" / "1")
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
         ("NOT_FOUND", "Could not find meta graph def matching supplied tags: { serve }. To inspect available "
                       "tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
@@ -262,22 +283,22 @@ def change_graph(folder: Path, edit) -> None:
     (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
 
 
-def _available_but_uninitialized(tfserving_factory, base: Path, edit):
-    """Version 1 of ``m`` (edited by ``edit``) served: it loads AVAILABLE and OK, and a predict
-    fails HTTP 400 ``Attempting to use uninitialized value …`` (nothing was restored); the server."""
+def _available_but_uninitialized(srv, base: Path, edit) -> str:
+    """Version 1 of ``<base>/m`` (edited by ``edit``) served on ``srv``: it loads AVAILABLE and OK,
+    and a predict fails HTTP 400 ``Attempting to use uninitialized value …`` (nothing was
+    restored); the name it is served under."""
     staged_version(base, 1, edit)
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "AVAILABLE")
+    entry = load_on(srv, base, "AVAILABLE")
     assert entry["status"]["error_code"] == "OK"
-    r = requests.post(f"{srv.rest_url}/v1/models/m:predict", json={"instances": [1.0]}, timeout=10)
+    r = requests.post(f"{srv.rest_url}/v1/models/{entry['model']}:predict", json={"instances": [1.0]}, timeout=10)
     assert r.status_code == 400, r.text
     assert r.json()["error"].startswith("Attempting to use uninitialized value "), r.text
-    return srv
+    return entry["model"]
 
 
 @pytest.mark.parametrize("removed", ["variables", "variables/variables.index"])
 def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialized_values(
-        tfserving_factory, tmp_path, removed):
+        no_retry_server, tmp_path, removed):
     """TensorFlow's RunRestore restores nothing when ``variables/variables.index`` does not exist
     ("The specified SavedModel has no variables; no checkpoints were restored") and the load
     succeeds: TF Serving makes the version AVAILABLE, and a request that reads a variable fails in
@@ -289,8 +310,9 @@ def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialize
         target = folder / removed
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
-    srv = _available_but_uninitialized(tfserving_factory, base, remove)
-    metadata = requests.get(f"{srv.rest_url}/v1/models/m/metadata", timeout=10)
+    srv = no_retry_server
+    name = _available_but_uninitialized(srv, base, remove)
+    metadata = requests.get(f"{srv.rest_url}/v1/models/{name}/metadata", timeout=10)
     assert metadata.status_code == 200 and metadata.json()["model_spec"]["version"] == "1"
     assert ("The specified SavedModel has no variables; no checkpoints were restored. File does not exist: "
             f"{base / 'm' / '1' / 'variables' / 'variables.index'}") in srv.log()
@@ -298,7 +320,7 @@ def test_a_version_without_variables_loads_and_its_requests_fail_on_uninitialize
 
 @pytest.mark.parametrize("export", ["tf2", "tf1"])
 def test_a_version_without_its_variables_data_is_not_found_as_the_restore_op_says(
-        tfserving_factory, deploy_bundles, tmp_path, export):
+        no_retry_server, deploy_bundles, tmp_path, export):
     """TensorFlow's RunRestore runs the saver's restore op once; with ``variables.index`` there and
     the data shard gone, RestoreV2 fails NOT_FOUND ``<shard>; No such file or directory`` and TF
     Serving returns that. The local server restored with the Python ``Saver``, which on a
@@ -311,15 +333,14 @@ def test_a_version_without_its_variables_data_is_not_found_as_the_restore_op_say
     (shard,) = (staging / "variables").glob("variables.data-*")
     shard.unlink()
     staging.rename(base / "m" / "1")
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert entry["status"]["error_code"] == "NOT_FOUND", entry
     assert f"{base / 'm' / '1' / 'variables' / shard.name}; No such file or directory" in \
         entry["status"]["error_message"], entry
 
 
 @pytest.mark.parametrize("damage", ["index", "shard"])
-def test_a_corrupt_checkpoint_fails_with_the_restore_op_s_own_message(tfserving_factory, tmp_path, damage):
+def test_a_corrupt_checkpoint_fails_with_the_restore_op_s_own_message(no_retry_server, tmp_path, damage):
     """TensorFlow's RunRestore runs the restore op through ``MakeCallable``/``RunCallable``
     (``RunOnce``), so TF Serving's status carries the op's status as the executor returns it: the
     kernel's message and `` [[{{node save/RestoreV2}}]]``. A garbage ``variables.index`` is
@@ -336,8 +357,7 @@ def test_a_corrupt_checkpoint_fails_with_the_restore_op_s_own_message(tfserving_
             shard.write_bytes(shard.read_bytes()[:3])
 
     staged_version(base, 1, corrupt)
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     code, message = {"index": ("DATA_LOSS", "not an sstable (bad magic number)"),
                      "shard": ("OUT_OF_RANGE", "Read less bytes than requested")}[damage]
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == (
@@ -345,7 +365,7 @@ def test_a_corrupt_checkpoint_fails_with_the_restore_op_s_own_message(tfserving_
 
 
 def test_a_version_without_a_saver_def_loads_unrestored_as_tensorflow_s_restore_session(
-        tfserving_factory, tmp_path):
+        no_retry_server, tmp_path):
     """TensorFlow's RestoreSession runs RunRestore only when the meta graph has a ``saver_def``:
     without one (a hand-edited export) nothing is restored, the load succeeds and TF Serving makes
     the version AVAILABLE; a request that reads a variable fails in the session run,
@@ -362,12 +382,12 @@ def test_a_version_without_a_saver_def_loads_unrestored_as_tensorflow_s_restore_
         proto.meta_graphs[0].ClearField("saver_def")
         (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
 
-    _available_but_uninitialized(tfserving_factory, base, drop_saver_def)
+    _available_but_uninitialized(no_retry_server, base, drop_saver_def)
 
 
 @pytest.mark.parametrize("damage", ["two_main_ops", "no_main_op", "init_signature_without_its_output"])
 def test_an_init_op_that_cannot_be_named_is_failed_precondition_as_tensorflow_s_get_init_op(
-        tfserving_factory, tmp_path, damage):
+        no_retry_server, tmp_path, damage):
     """TensorFlow's GetInitOp (after the restore): a ``saved_model_main_op`` (or
     ``legacy_init_op``) collection must name exactly one op, FAILED_PRECONDITION ``Expected exactly
     one main op in : <export dir>``; an ``__saved_model_init_op`` signature must have the output of
@@ -392,8 +412,7 @@ def test_an_init_op_that_cannot_be_named_is_failed_precondition_as_tensorflow_s_
         (folder / "saved_model.pb").write_bytes(proto.SerializeToString())
 
     final = staged_version(base, 1, edit_meta)
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     expected = ("Could not find output __saved_model_init_op" if damage == "init_signature_without_its_output"
                 else f"Expected exactly one main op in : {final}")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
@@ -406,7 +425,7 @@ def test_an_init_op_that_cannot_be_named_is_failed_precondition_as_tensorflow_s_
                       'tensor with -1 elements'),
 ])
 def test_a_const_without_a_usable_value_is_refused_as_tensorflow_validates_saved_tensors(
-        tfserving_factory, tmp_path, damage, expected):
+        no_retry_server, tmp_path, damage, expected):
     """TensorFlow's loader runs ValidateSavedTensors on the graph before ``session->Create``: a
     ``Const`` without a ``value`` attr, or a ``value`` tensor of unknown shape, is
     FAILED_PRECONDITION with its words. The local server's graph import refused the first as
@@ -422,8 +441,7 @@ def test_a_const_without_a_usable_value_is_refused_as_tensorflow_validates_saved
             node.attr["value"].tensor.tensor_shape.unknown_rank = True
 
     staged_version(base, 1, lambda folder: change_graph(folder, edit))
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
 
 
@@ -435,7 +453,7 @@ def test_a_const_without_a_usable_value_is_refused_as_tensorflow_validates_saved
     ("const_after_recursive", "Function rec is self recursive and TensorFlow does not support this scenario."),
 ])
 def test_a_self_recursive_function_is_refused_as_tensorflow_validates_saved_tensors(
-        tfserving_factory, tmp_path, damage, expected):
+        no_retry_server, tmp_path, damage, expected):
     """ValidateSavedTensors also refuses a function of the graph's library that calls itself
     (ValidateFunctionNotRecursive: FAILED_PRECONDITION ``Function <name> is self recursive and
     TensorFlow does not support this scenario.``), after that function's nodes were checked and
@@ -465,12 +483,11 @@ def test_a_self_recursive_function_is_refused_as_tensorflow_validates_saved_tens
             add_function(graph_def, "bad", recursive=False, const_without_value=True)
 
     staged_version(base, 1, lambda folder: change_graph(folder, edit))
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == ("FAILED_PRECONDITION", expected)
 
 
-def test_a_debug_info_file_that_does_not_parse_fails_the_load_as_data_loss(tfserving_factory, tmp_path):
+def test_a_debug_info_file_that_does_not_parse_fails_the_load_as_data_loss(no_retry_server, tmp_path):
     """TensorFlow's LoadSavedModel reads ``debug/saved_model_debug_info.pb`` when it exists
     (ReadSavedModelDebugInfoIfPresent, with ReadBinaryProto): one that does not parse fails the
     load, DATA_LOSS ``Can't parse <path> as binary proto``. The Python loader never reads it, so
@@ -482,8 +499,7 @@ def test_a_debug_info_file_that_does_not_parse_fails_the_load_as_data_loss(tfser
         (folder / "debug" / "saved_model_debug_info.pb").write_bytes(b"\x0a\xff")
 
     final = staged_version(base, 1, corrupt)
-    srv = tfserving_factory(base, model_config(base, "m"), extra_args=["--max_num_load_retries=0"])
-    entry = srv.wait_for_state("m", 1, "END")
+    entry = load_on(no_retry_server, base, "END")
     assert (entry["status"]["error_code"], entry["status"]["error_message"]) == \
         ("DATA_LOSS", f"Can't parse {final / 'debug' / 'saved_model_debug_info.pb'} as binary proto")
 
