@@ -205,11 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.put(True))
 
     from serving_host import config as cfg
-    from serving_host import grpc_service, http_server, rest
-    from serving_host.manager import Manager
     from serving_host.status import ServingError
 
-    try:
+    try:        # before the slow imports (gRPC's pulls in TensorFlow): a config typo fails at once
         if args.model_config_file:
             initial = cfg.to_server_config(cfg.read_file(args.model_config_file))
         else:
@@ -220,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{exc.message}; " + _what_to_fix(
             exc, args.model_config_file, "fix the model config and start again",
             "write model_config_list {} into it for a server with no models, and start again"))
+
+    from serving_host import grpc_service, http_server, rest
+    from serving_host.manager import Manager
 
     manager = Manager(max_num_load_retries=args.max_num_load_retries,
                       load_retry_interval_micros=args.load_retry_interval_micros,

@@ -682,6 +682,21 @@ def test_a_start_on_a_zero_byte_config_file_fails_as_tf_serving_s(tmp_path):
         "model_config_list {} into it for a server with no models, and start again")
 
 
+
+def test_a_config_that_does_not_parse_fails_before_tensorflow_is_imported(tmp_path):
+    """A models.config typo or a 0-byte file is refused before the imports that take seconds (the
+    gRPC service pulls in TensorFlow): the person who started the server hears at once."""
+    bad, empty = tmp_path / "bad.config", tmp_path / "empty.config"
+    bad.write_text("model_config_list { config { name: ")
+    empty.write_bytes(b"")
+    for config in (bad, empty):
+        code = ("import sys\nfrom serving_host import local_server\n"
+                f"rc = local_server.main(['--model_config_file={config}', '--rest_api_port=0'])\n"
+                "print(rc, 'tensorflow' in sys.modules)")
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.stdout.split() == ["1", "False"], r.stdout + r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
+
 def test_single_model_flags(tfserving_factory, tmp_path):
     """``--model_name``/``--model_base_path`` serve one model, as tensorflow_model_server does."""
     base = tmp_path / "single"
