@@ -5,7 +5,8 @@ A loopback HTTP proxy (``http_fault_proxy``) stands in front of the session's re
 and answers 503 to chosen requests: every third one (flaky), every one (down for good), or only
 the alias write or the tag writes of a promotion. The code under test reaches MLflow only through
 the proxy (``MLFLOW_TRACKING_URI``); its retries are bounded by MLflow's own settings, set short
-here (2 retries, backoff factor 1 s: MLflow takes only whole seconds) so the suite stays fast.
+here (2 retries, backoff factor 0: the tries are counted here, the waits between them are
+``registry.rest.retry_delay``'s, unit-tested in test_registry_rest.py) so the suite stays fast.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from tests.fixtures.faults import final_error_line, one_error_line, registry_snapshot, tree_bytes
 
-BOUNDED = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+BOUNDED = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 TRIES = 1 + int(BOUNDED["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
 
