@@ -846,12 +846,15 @@ def _model_and_host(tmp_path):
 @pytest.mark.parametrize("says", ["echo 'This account is for SFTP only.'",
                                   'printf \'refused: %s\\n\' "$SSH_ORIGINAL_COMMAND"'])
 def test_a_forced_command_never_receives_the_presigned_urls(deploy_env, sshd_factory, s3_env, tmp_path,
-                                                            says):
+                                                            says, monkeypatch):
     """The pull wrote the URL list to the host command's stdin before knowing what ran there: a
     forced command that is not a shell got the presigned URLs (credentials for their lifetime).
     They now go only after the host printed the marker line with this call's nonce, which only our
     fetch script prints; else nothing is written and the host gets the version over SFTP, as an
     account without a shell does."""
+    # The forced command never prints the marker: the deploy waits FIRST_LINE_TIMEOUT (15 s) for it
+    # before it goes over SFTP. 2 s, as the tests below: what is asserted does not depend on it.
+    monkeypatch.setattr("serving_sync.transports.ssh_upload.FIRST_LINE_TIMEOUT", 2.0)
     env = deploy_env
     forced, record = _forced_command(tmp_path, says)
     env.fleet._sshd_server = sshd_factory(extra_config=(f"ForceCommand {forced}",))
