@@ -193,47 +193,37 @@ def test_status_says_production_was_deleted_not_moved_and_still_compares_with_th
     assert doc["versions"] == [] and doc["ledger"]["ledger"] == 2 and doc["ledger"]["agrees"] is False
 
 
-def test_a_move_to_a_version_whose_run_was_deleted_for_good_moves_nothing(make_version, tmp_path, monkeypatch):
+def test_a_move_to_a_version_whose_run_was_deleted_for_good_moves_nothing(make_version, mlflow_server_state):
     """Found by a promotion review (2026-12-07, nineteenth stop): the artifacts check of `registry
     rollback` and `registry promote` let through a version whose run was deleted and then removed
     for good by `mlflow gc` (MLflow's cleanup of old runs: their artifacts go with them). Reading the
     run answered "not found", which the check took for a listing it could not read ("left to the
     deploy"): production moved to v1, exit 0, and the deploy after it could not download anything.
-    A run that no longer exists has no artifacts: refused in one line, nothing moved. A server of its
-    own: `mlflow gc` works on the server's database."""
+    A run that no longer exists has no artifacts: refused in one line, nothing moved. `mlflow gc`
+    works on the session server's database, on this test's run only (``--run-ids``)."""
     import subprocess
     import sys
 
-    from mlops.detached_service import stop_service
-    from mlops.local_services import start_mlflow
-    from mlops.ports import free_port
     from mlops_common import settings
     from tests.helpers import run_mlops
 
-    state = tmp_path / "mlflow-gc"
-    state.mkdir()
-    svc = start_mlflow(state, port=free_port())
-    try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", svc.url)
-        model = promoted_in_turn(make_version, 2)
-        run_id = versions.get_version(model, 1).run_id
-        tracking_client().delete_run(run_id)
-        gc = subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri",
-                             settings.sqlite_url(state / "mlflow.db"), "--run-ids", run_id],
-                            capture_output=True, text=True, timeout=300)
-        assert gc.returncode == 0, gc.stderr[-2000:]
-        for command, args in (("rollback", ("--to", "1")), ("promote", ("--version", "1"))):
-            r = run_mlops("registry", command, *args, "--actor", "bob", "--reason", "v2 misbehaves")
-            assert r.returncode == 2, r.stdout + r.stderr
-            line = r.stderr.strip().splitlines()[-1]
-            said = {"rollback": f"cannot roll '{model}' back to v1", "promote": f"cannot promote v1 of '{model}'"}
-            assert line.startswith(f"error: {said[command]}: its artifacts are gone from the artifact store"), line
-            assert "tfserving/" in line and "golden/" in line, line
-            assert versions.production_version(model) == 2
-        moves = [(e.action, e.outcome) for e in Ledger().entries(model) if e.action in ("promote", "rollback")]
-        assert moves == [("promote", "ok"), ("promote", "ok"), ("rollback", "refused"), ("promote", "refused")]
-    finally:
-        stop_service(state, "mlflow-server")
+    model = promoted_in_turn(make_version, 2)
+    run_id = versions.get_version(model, 1).run_id
+    tracking_client().delete_run(run_id)
+    gc = subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri",
+                         settings.sqlite_url(mlflow_server_state / "mlflow.db"), "--run-ids", run_id],
+                        capture_output=True, text=True, timeout=300)
+    assert gc.returncode == 0, gc.stderr[-2000:]
+    for command, args in (("rollback", ("--to", "1")), ("promote", ("--version", "1"))):
+        r = run_mlops("registry", command, *args, "--actor", "bob", "--reason", "v2 misbehaves")
+        assert r.returncode == 2, r.stdout + r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        said = {"rollback": f"cannot roll '{model}' back to v1", "promote": f"cannot promote v1 of '{model}'"}
+        assert line.startswith(f"error: {said[command]}: its artifacts are gone from the artifact store"), line
+        assert "tfserving/" in line and "golden/" in line, line
+        assert versions.production_version(model) == 2
+    moves = [(e.action, e.outcome) for e in Ledger().entries(model) if e.action in ("promote", "rollback")]
+    assert moves == [("promote", "ok"), ("promote", "ok"), ("rollback", "refused"), ("promote", "refused")]
 
 
 def registered_outside_mlops(model: str, folder, experiment: str = "outside-mlops") -> int:
