@@ -278,7 +278,12 @@ from serving_sync.lock import HostLock
 from serving_sync.transports import open_transport
 tr = open_transport(Host("h", {target!r}, "http://127.0.0.1:1", known_hosts={known_hosts!r},
                          identity_file={identity_file!r}))
-while time.time() < {start}:   # start together
+open(os.path.join({ready!r}, "racer-%d" % os.getpid()), "w").close()       # connected: ready to race
+deadline = time.time() + 120
+while not os.path.exists({go!r}) and time.time() < deadline:   # the test says when all four are ready
+    time.sleep(0.005)
+start = float(open({go!r}).read())
+while time.time() < start:   # start together
     time.sleep(0.005)
 try:
     lock = HostLock(tr, ttl=60, break_lock={token!r})
@@ -302,11 +307,18 @@ def test_racing_processes_exactly_one_holds(hut, situation, tmp_path):
         old = LockInfo("ci", "another-machine", 4242, "abad1dea0000beef", beat, beat)
         hut.raw_write(LOCK_PATH, old.to_json())
         token = old.token if situation == "named" else None
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    ready.mkdir()
     script = _RACE.format(target=h.target, known_hosts=h.known_hosts, identity_file=h.identity_file,
-                          start=time.time() + 3.0, done=str(tmp_path / "done"), token=token)
+                          ready=str(ready), go=str(go), done=str(tmp_path / "done"), token=token)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ}) for _ in range(4)]
     deadline = time.monotonic() + 120
+    # once all four have started and connected (not after a fixed 3 s), one start time for all
+    while len(list(ready.iterdir())) < 4 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    (tmp_path / "go.tmp").write_text(repr(time.time() + 0.2))
+    os.replace(tmp_path / "go.tmp", go)
     while sum(p.poll() is not None for p in procs) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     (tmp_path / "done").touch()                 # now the winner may exit
