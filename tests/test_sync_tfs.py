@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,6 +33,18 @@ def bundle(tiny_serving_bundle):
         json.loads((golden / "response.json").read_text()), json.loads((golden / "signature.json").read_text())
 
 
+@pytest.fixture
+def pooled(serving_pool):
+    """A local server borrowed from the session's pool (``--max_num_load_retries=0``, a clean base,
+    given back at teardown) and model names no test used before on it: TF Serving keeps the
+    state of every version it has seen, so a name of its own makes it as new as a fresh server."""
+    srv = serving_pool.take()
+    suffix = uuid.uuid4().hex[:8]
+    yield SimpleNamespace(srv=srv, base=srv.base, model=f"digits_{suffix}", other=f"other_model_{suffix}",
+                          never=f"never-configured-{suffix}")
+    serving_pool.give_back(srv)
+
+
 def write_config(t: LocalTransport, state: mc.ModelState) -> str:
     text, _ = host_config.write(t, mc.apply_state(host_config.read(t), state))
     return text
@@ -41,51 +55,50 @@ def close(a, b, tol=1e-5) -> bool:
 
 
 @pytest.mark.slow
-def test_publish_config_load_predict_then_validate_and_switch(tfserving_factory, tmp_path, bundle):
+def test_publish_config_load_predict_then_validate_and_switch(pooled, bundle):
     saved, m, request, golden, signature = bundle
-    base = tmp_path / "serving"
-    srv = tfserving_factory(base)
+    srv, base, model = pooled.srv, pooled.base, pooled.model
     t = LocalTransport(base)
     client = TFServingClient(srv.rest_url)
-    mbase = mc.model_base_path(str(base), MODEL)
+    mbase = mc.model_base_path(str(base), model)
 
-    publish(t, MODEL, 1, saved, m)
-    write_config(t, mc.ModelState(MODEL, mbase, (1,)))
-    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
-    write_config(t, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}))
-    apply.wait_label(client, MODEL, "stable", 1, timeout=30, interval=0.2)
-    assert client.signature(MODEL, label="stable") == signature
-    assert close(client.predict(MODEL, request)["predictions"], golden["predictions"])
+    publish(t, model, 1, saved, m)
+    write_config(t, mc.ModelState(model, mbase, (1,)))
+    apply.wait_loaded(client, model, 1, timeout=60, interval=0.2)
+    write_config(t, mc.ModelState(model, mbase, (1,), {"stable": 1}))
+    apply.wait_label(client, model, "stable", 1, timeout=30, interval=0.2)
+    assert client.signature(model, label="stable") == signature
+    assert close(client.predict(model, request)["predictions"], golden["predictions"])
 
     # v2 (same bytes, new number) loads in the validation entry only: stable/unversioned stay on v1
-    publish(t, MODEL, 2, saved, m)
-    write_config(t, mc.ModelState(MODEL, mbase, (1,), {"stable": 1}, validate=2))
-    apply.wait_loaded(client, mc.validation_name(MODEL), 2, timeout=60, interval=0.2)
-    assert [s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"] == [1]
-    assert client.label_version(MODEL, "stable") == 1
-    assert close(client.predict(mc.validation_name(MODEL), request, version=2)["predictions"],
+    publish(t, model, 2, saved, m)
+    write_config(t, mc.ModelState(model, mbase, (1,), {"stable": 1}, validate=2))
+    apply.wait_loaded(client, mc.validation_name(model), 2, timeout=60, interval=0.2)
+    assert [s.version for s in client.model_status(model) if s.state == "AVAILABLE"] == [1]
+    assert client.label_version(model, "stable") == 1
+    assert close(client.predict(mc.validation_name(model), request, version=2)["predictions"],
                  golden["predictions"])
 
     # switch: load v2 in the main entry (v1 kept), then move stable, then drop the validation entry
-    write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 1}))
-    apply.wait_loaded(client, MODEL, 2, timeout=60, interval=0.2)
-    write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 2}))
-    apply.wait_label(client, MODEL, "stable", 2, timeout=30, interval=0.2)
-    apply.wait_gone(client, mc.validation_name(MODEL), [2], timeout=30, interval=0.2)
-    assert close(client.predict(MODEL, request, label="stable")["predictions"], golden["predictions"])
+    write_config(t, mc.ModelState(model, mbase, (1, 2), {"stable": 1}))
+    apply.wait_loaded(client, model, 2, timeout=60, interval=0.2)
+    write_config(t, mc.ModelState(model, mbase, (1, 2), {"stable": 2}))
+    apply.wait_label(client, model, "stable", 2, timeout=30, interval=0.2)
+    apply.wait_gone(client, mc.validation_name(model), [2], timeout=30, interval=0.2)
+    assert close(client.predict(model, request, label="stable")["predictions"], golden["predictions"])
     # the previous version stays loaded for an instant rollback
-    assert {s.version for s in client.model_status(MODEL) if s.state == "AVAILABLE"} == {1, 2}
+    assert {s.version for s in client.model_status(model) if s.state == "AVAILABLE"} == {1, 2}
 
 
-def _serving_v1(tfserving_factory, base, saved, m):
-    """A local server with v1 published under ``base``, in models.config and AVAILABLE: (server,
-    REST client)."""
-    srv = tfserving_factory(base)
+def _serving_v1(pooled, saved, m):
+    """The ``pooled`` server with v1 of its model published, in models.config and AVAILABLE:
+    (server, REST client)."""
+    srv, base, model = pooled.srv, pooled.base, pooled.model
     t = LocalTransport(base)
     client = TFServingClient(srv.rest_url)
-    publish(t, MODEL, 1, saved, m)
-    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (1,)))
-    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
+    publish(t, model, 1, saved, m)
+    write_config(t, mc.ModelState(model, mc.model_base_path(str(base), model), (1,)))
+    apply.wait_loaded(client, model, 1, timeout=60, interval=0.2)
     return srv, client
 
 
@@ -179,35 +192,34 @@ def test_kept_connections_reach_a_tf_serving_that_restarted(tfserving_factory, t
     assert tfs_reload._channels[srv.grpc_address] is not before
 
 
-def test_failed_load_ends_with_tf_servings_error_message(tfserving_factory, tmp_path, bundle):
+def test_failed_load_ends_with_tf_servings_error_message(pooled, tmp_path, bundle):
     saved, m, *_ = bundle
-    base = tmp_path / "serving"
-    srv = tfserving_factory(base, extra_args=("--max_num_load_retries=0",))
+    srv, base, model = pooled.srv, pooled.base, pooled.model      # --max_num_load_retries=0
     broken = tmp_path / "broken"
     shutil.copytree(saved, broken)
     (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel protobuf")
     t = LocalTransport(base)
-    publish(t, MODEL, 3, broken, mf.build(broken))
-    write_config(t, mc.ModelState(MODEL, mc.model_base_path(str(base), MODEL), (3,)))
+    publish(t, model, 3, broken, mf.build(broken))
+    write_config(t, mc.ModelState(model, mc.model_base_path(str(base), model), (3,)))
     client = TFServingClient(srv.rest_url)
     with pytest.raises(ServingError) as e:
-        apply.wait_loaded(client, MODEL, 3, timeout=60, interval=0.2)
+        apply.wait_loaded(client, model, 3, timeout=60, interval=0.2)
     msg = str(e.value)
-    assert "\n" not in msg and "loading digits version 3 failed" in msg
-    status = client.version_status(MODEL, 3)
+    assert "\n" not in msg and f"loading {model} version 3 failed" in msg
+    status = client.version_status(model, 3)
     assert status.state == "END" and status.error_message and status.error_message in msg
 
 
-def test_waits_are_bounded_and_say_the_last_state(tfserving_factory, tmp_path):
-    srv = tfserving_factory(tmp_path / "serving")
+def test_waits_are_bounded_and_say_the_last_state(pooled):
+    srv, never = pooled.srv, pooled.never
     client = TFServingClient(srv.rest_url)
     with pytest.raises(ServingTimeout) as e:
-        apply.wait_loaded(client, "never-configured", 1, timeout=1.0, interval=0.2)
+        apply.wait_loaded(client, never, 1, timeout=1.0, interval=0.2)
     assert "within 1s" in str(e.value) and "not known to TF Serving yet" in str(e.value)
-    assert client.model_status("never-configured") == []
-    assert client.label_version("never-configured", "stable") is None
+    assert client.model_status(never) == []
+    assert client.label_version(never, "stable") is None
     with pytest.raises(ServingError, match="HTTP 404"):
-        client.metadata("never-configured")
+        client.metadata(never)
 
 
 def test_unreachable_rest_is_one_clear_line():
@@ -276,24 +288,23 @@ def test_signature_normalization_of_tf_serving_metadata():
     assert everything["other"]["inputs"]["x"]["shape"] is None
 
 
-def test_version_published_over_ssh_loads_and_predicts(tfserving_factory, sshd, tmp_path, bundle):
+def test_version_published_over_ssh_loads_and_predicts(pooled, sshd, bundle):
     from serving_sync.transports import open_transport
     from tests.test_sync_support import ssh_host
 
     saved, m, request, golden, signature = bundle
-    base = tmp_path / "remote-serving"
-    srv = tfserving_factory(base)
+    srv, base, model = pooled.srv, pooled.base, pooled.model
     t = open_transport(ssh_host(sshd, base))
     try:
-        assert publish(t, MODEL, 4, saved, m).status == "uploaded"
+        assert publish(t, model, 4, saved, m).status == "uploaded"
         text = mc.render(mc.apply_state(mc.ServingConfig(), mc.ModelState(
-            MODEL, mc.model_base_path(str(base), MODEL), (4,))))
+            model, mc.model_base_path(str(base), model), (4,))))
         t.write_file_atomic(MODELS_CONFIG, text.encode())
         client = TFServingClient(srv.rest_url)
-        apply.wait_loaded(client, MODEL, 4, timeout=60, interval=0.2)
-        assert client.signature(MODEL, version=4) == signature
-        assert close(client.predict(MODEL, request, version=4)["predictions"], golden["predictions"])
-        assert publish(t, MODEL, 4, saved, m).bytes_transferred == 0
+        apply.wait_loaded(client, model, 4, timeout=60, interval=0.2)
+        assert client.signature(model, version=4) == signature
+        assert close(client.predict(model, request, version=4)["predictions"], golden["predictions"])
+        assert publish(t, model, 4, saved, m).bytes_transferred == 0
     finally:
         t.close()
 
@@ -484,7 +495,7 @@ def test_an_answer_whose_headers_trickle_ends_at_the_requests_timeout(monkeypatc
 
 @pytest.mark.slow
 def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke_test_at_atol_0(
-        tfserving_factory, tmp_path, bundle):
+        pooled, bundle):
     """(found by review) the golden set writes each float32 output as its shortest text
     (``mlproject.export``), TF Serving as ``%.9g``: the same float32 values differ by ~1e-9 as
     doubles, and ``--atol 0`` failed a version that answered exactly what it was exported with."""
@@ -494,10 +505,11 @@ def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke
     from serving_sync.smoke import Golden, SmokeOptions, run_smoke
 
     saved, m, request, golden, signature = bundle
-    srv, client = _serving_v1(tfserving_factory, tmp_path / "serving", saved, m)
+    model = pooled.model
+    srv, client = _serving_v1(pooled, saved, m)
     exported = predict_response({"output_0": np.asarray(golden["predictions"], np.float32)})
     for response, atol in ((exported, 0.0), (golden, 0.0), (exported, 1e-4)):
-        report = run_smoke(client, "h", MODEL, Golden(request, response, signature), 1, route_version=1,
+        report = run_smoke(client, "h", model, Golden(request, response, signature), 1, route_version=1,
                            opts=SmokeOptions(atol=atol, requests=20, budget_ms=60_000))
         assert report.passed, report.summary()
     # one float32 step off is still a difference at atol 0; a NaN is never equal to itself
@@ -505,7 +517,7 @@ def test_a_version_answering_exactly_its_golden_float32_outputs_passes_the_smoke
     for bad in (np.nextafter(rows[0, 0], np.float32(1)), np.float32("nan")):
         off = rows.copy()
         off[0, 0] = bad
-        report = run_smoke(client, "h", MODEL, Golden(request, predict_response({"output_0": off}), signature), 1,
+        report = run_smoke(client, "h", model, Golden(request, predict_response({"output_0": off}), signature), 1,
                            route_version=1, opts=SmokeOptions(atol=0.0), latency=False)
         assert not report.passed and "1 value(s) differ by more than atol 0" in report.summary()
     client.close()
@@ -552,7 +564,7 @@ def test_json_that_is_not_tf_servings_is_a_failed_smoke_check_not_a_traceback(an
 
 
 @pytest.mark.slow
-def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(tfserving_factory, tmp_path, bundle):
+def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(pooled, bundle):
     """(found by review) ``mlops sync smoke --via stable`` against a host that serves the version but
     was never deployed with labels (installed by hand, or models.config written before the first
     deploy) said "stable -> nothing, expected v1", as it did for a host that serves no version of
@@ -564,16 +576,15 @@ def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(tf
     from serving_sync.smoke_hosts import smoke_hosts
 
     saved, m, request, golden, signature = bundle
-    base = tmp_path / "serving"
-    srv = tfserving_factory(base)
+    srv, base, model, other = pooled.srv, pooled.base, pooled.model, pooled.other
     t = LocalTransport(base)
     client = TFServingClient(srv.rest_url)
-    mbase = mc.model_base_path(str(base), MODEL)
-    publish(t, MODEL, 1, saved, m)
-    publish(t, MODEL, 2, saved, m)
-    write_config(t, mc.ModelState(MODEL, mbase, (1, 2)))
-    apply.wait_loaded(client, MODEL, 1, timeout=60, interval=0.2)
-    apply.wait_loaded(client, MODEL, 2, timeout=60, interval=0.2)
+    mbase = mc.model_base_path(str(base), model)
+    publish(t, model, 1, saved, m)
+    publish(t, model, 2, saved, m)
+    write_config(t, mc.ModelState(model, mbase, (1, 2)))
+    apply.wait_loaded(client, model, 1, timeout=60, interval=0.2)
+    apply.wait_loaded(client, model, 2, timeout=60, interval=0.2)
     hosts = [SimpleNamespace(name="web-1", rest_url=srv.rest_url)]
     opts = SmokeOptions(requests=20, budget_ms=60_000)
 
@@ -583,25 +594,25 @@ def test_a_smoke_via_a_label_not_assigned_says_why_and_which_command_fixes_it(tf
         assert report.host == "web-1"
         return report.checks[0].message
 
-    message = label_check(MODEL, 2)
+    message = label_check(model, 2)
     assert message == ("stable -> nothing, expected v2: no version holds the label 'stable' on this host (TF "
                        "Serving serves v1, v2 without it); `mlops sync deploy` assigns it, or --via version "
                        "tests v2's own route"), message
-    message = label_check("other_model", 2)
+    message = label_check(other, 2)
     assert message == ("stable -> nothing, expected v2: TF Serving on this host serves no version of "
-                       "'other_model'; deploy v2 with `mlops sync deploy`"), message
-    write_config(t, mc.ModelState(MODEL, mbase, (1, 2), {"stable": 1}))
-    apply.wait_label(client, MODEL, "stable", 1, timeout=30, interval=0.2)
-    message = label_check(MODEL, 2)
+                       f"'{other}'; deploy v2 with `mlops sync deploy`"), message
+    write_config(t, mc.ModelState(model, mbase, (1, 2), {"stable": 1}))
+    apply.wait_label(client, model, "stable", 1, timeout=30, interval=0.2)
+    message = label_check(model, 2)
     assert message == ("stable -> 1, expected v2: the host serves another version; deploy v2 with `mlops sync "
                        "deploy`, or smoke-test v1 with --version 1"), message
-    (report,) = smoke_hosts(hosts, MODEL, 1, Golden(request, golden, signature), via="stable", opts=opts)
+    (report,) = smoke_hosts(hosts, model, 1, Golden(request, golden, signature), via="stable", opts=opts)
     assert report.passed and report.checks[0].message == "stable -> 1", report.to_dict()
     client.close()
 
 
 @pytest.mark.slow
-def test_a_smoke_via_a_version_not_loaded_says_so_once_and_which_command_fixes_it(tfserving_factory, tmp_path,
+def test_a_smoke_via_a_version_not_loaded_says_so_once_and_which_command_fixes_it(pooled,
                                                                                    bundle):
     """(found by review) ``mlops sync smoke --via version`` on a host that does not serve the
     version (a host added after the deploy, a deploy that stopped before it) failed the signature
@@ -614,17 +625,17 @@ def test_a_smoke_via_a_version_not_loaded_says_so_once_and_which_command_fixes_i
     from serving_sync.smoke_hosts import smoke_hosts
 
     saved, m, request, golden, signature = bundle
-    srv, client = _serving_v1(tfserving_factory, tmp_path / "serving", saved, m)
+    srv, client = _serving_v1(pooled, saved, m)
     hosts = [SimpleNamespace(name="web-1", rest_url=srv.rest_url)]
     opts = SmokeOptions(requests=20, budget_ms=60_000)
-    (report,) = smoke_hosts(hosts, MODEL, 3, Golden(request, golden, signature), via="version", opts=opts)
+    (report,) = smoke_hosts(hosts, pooled.model, 3, Golden(request, golden, signature), via="version", opts=opts)
     assert not report.passed and [(c.name, c.message) for c in report.checks] == [
         ("version", "v3 is not loaded on this host (unknown to TF Serving; it serves v1); `mlops sync deploy` puts "
                     "production there, `--version 3` this one")], report.to_dict()
-    (report,) = smoke_hosts(hosts, "other_model", 3, Golden(request, golden, signature), via="version", opts=opts)
+    (report,) = smoke_hosts(hosts, pooled.other, 3, Golden(request, golden, signature), via="version", opts=opts)
     assert report.checks[0].message.startswith("v3 is not loaded on this host (unknown to TF Serving; it serves "
-                                               "no version of 'other_model'); "), report.to_dict()
-    (report,) = smoke_hosts(hosts, MODEL, 1, Golden(request, golden, signature), via="version", opts=opts)
+                                               f"no version of '{pooled.other}'); "), report.to_dict()
+    (report,) = smoke_hosts(hosts, pooled.model, 1, Golden(request, golden, signature), via="version", opts=opts)
     assert report.passed and [c.name for c in report.checks] == ["version", "signature", "golden_outputs", "latency"]
     assert report.checks[0].message == "v1 AVAILABLE"
     client.close()
