@@ -202,15 +202,14 @@ def test_a_logged_model_changed_in_the_store_after_registration_is_refused_by_th
     assert report["status"] == "passed" and not any("unchecked" in n for n in report["notes"]), report["notes"]
 
 
-def test_a_version_registered_without_its_logged_model_hashes_still_gates_and_says_so(mlops_env):
+def test_a_version_registered_without_its_logged_model_hashes_still_gates_and_says_so(mlops_env, pretrained_digits):
     """A ``register`` row from before the logged model's hashes were recorded (``bundle_files``
     only): the gate scores the model unchecked, with a warning, and its report says so."""
     from registry import bundle_hashes
     from registry.register import register_version
-    from tests.fixtures.trained import train_version
 
     model = os.environ["MLOPS_MODEL_NAME"]
-    v1 = train_version()["version"]
+    v1 = pretrained_digits.register("production")
     info = versions.get_version(model, v1)
     v2 = register_version(model, info.source, run_id=info.run_id, tags={"dataset": "digits"},
                           bundle_files=bundle_hashes.recorded(model, v1))       # as registrations were
@@ -281,21 +280,6 @@ def test_an_evaluation_stopped_by_sigterm_removes_its_model_folder_and_says_inte
         assert versions.get_version(os.environ["MLOPS_MODEL_NAME"], v).tags.get("validation_status") == "pending"
 
 
-ODD_PRODUCTION = r'''
-import sys, mlflow, mlflow.tensorflow, keras
-from mlflow import MlflowClient
-name, side, ncls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-mlflow.set_experiment("odd-production")
-inp = keras.Input(shape=(side, side, 1), name="image")
-m = keras.Model(inp, keras.layers.Dense(ncls, activation="softmax")(keras.layers.Flatten()(inp)))
-with mlflow.start_run():
-    info = mlflow.tensorflow.log_model(m, name="model")
-mv = mlflow.register_model(info.model_uri, name, tags={"dataset": "digits", "validation_status": "passed"})
-MlflowClient().set_registered_model_alias(name, "production", mv.version)
-print(mv.version)
-'''
-
-
 @pytest.mark.parametrize("side, classes, said", [(8, 12, "answers with shape (12,) per image"),
                                                  (28, 10, "takes images of shape (28, 28, 1)")])
 def test_a_production_that_is_not_a_classifier_of_the_data_set_says_how_to_move_production(
@@ -304,13 +288,11 @@ def test_a_production_that_is_not_a_classifier_of_the_data_set_says_how_to_move_
     failed every gate with "register a new version", and one taking another image shape with
     "`mlops evaluate --dataset`": advice for a candidate, while every new version is refused the
     same way. The line says production is at fault and how to move it; nothing is recorded."""
-    import subprocess
-    import sys
+    from tests.fixtures.trained import register_odd_model
 
     model = os.environ["MLOPS_MODEL_NAME"]
-    made = subprocess.run([sys.executable, "-c", ODD_PRODUCTION, model, str(side), str(classes)],
-                          env=dict(os.environ), check=True, capture_output=True, text=True, timeout=300)
-    v1 = int(made.stdout.split()[-1])
+    v1 = register_odd_model(model, side=side, classes=classes, experiment="odd-production",
+                            tags={"dataset": "digits", "validation_status": "passed"})
     v2 = pretrained_digits.register("good", retrained_from=str(v1))
     r = run_mlops("registry", "gate", "--version", str(v2))
     assert r.returncode == 2, r.stderr
