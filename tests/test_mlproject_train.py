@@ -14,8 +14,8 @@ from mlops_common.errors import ConfigError
 from mlproject.batches import read_batches
 from mlproject.constants import GOLDEN_SIZE
 from mlproject.datasets import concat, fingerprint, load_partition
-from tests.fixtures.trained import train_version
-from tests.helpers import error_lines, run_mlops, sigterm_when_held
+from tests.fixtures.trained import register_odd_model, train_version
+from tests.helpers import error_lines, mlflow_process_state, run_mlops, sigterm_when_held
 
 pytestmark = pytest.mark.slow
 
@@ -714,31 +714,15 @@ def test_a_training_stopped_between_registration_and_its_ledger_row_leaves_no_ve
                                             f"`mlops registry register --run-id {run.info.run_id}`"), err[-2000:]
 
 
-ODD_MODEL = r'''
-import sys, mlflow, mlflow.tensorflow, keras
-from mlflow import MlflowClient
-name, ncls = sys.argv[1], int(sys.argv[2])
-mlflow.set_experiment("odd-models")
-inp = keras.Input(shape=(8, 8, 1), name="image")
-m = keras.Model(inp, keras.layers.Dense(ncls, activation="softmax")(keras.layers.Flatten()(inp)))
-with mlflow.start_run():
-    info = mlflow.tensorflow.log_model(m, name="model")
-mv = mlflow.register_model(info.model_uri, name, tags={"dataset": "digits"})
-MlflowClient().set_registered_model_alias(name, "production", mv.version)
-'''
-
-
-def test_a_model_of_another_class_count_is_one_line_and_loading_leaves_nothing_in_tmp(cli_trained, tmp_path):
+def test_a_model_of_another_class_count_is_one_line_and_loading_leaves_nothing_in_tmp(cli_trained, digits_batches,
+                                                                                     tmp_path):
     """Found by a sweep (2026-12-04): only the input shape was checked, so retraining a 12-class
     production registered a 12-class version (a 5-class one failed mid-run with a traceback), and
     evaluate failed with an IndexError; and every model load left a copy of the model in /tmp."""
-    import subprocess
-    import sys
-
     env, _, _ = cli_trained
     odd = {**env, "MLOPS_MODEL_NAME": f"odd-{uuid.uuid4().hex[:6]}"}
-    subprocess.run([sys.executable, "-c", ODD_MODEL, odd["MLOPS_MODEL_NAME"], "12"], env={**os.environ, **odd},
-                   check=True, capture_output=True, timeout=300)
+    with mlflow_process_state(odd):
+        assert register_odd_model(odd["MLOPS_MODEL_NAME"], classes=12) == 1
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     r = run_mlops("evaluate", "--version", "1", env={**odd, "TMPDIR": str(tmp)})
@@ -746,9 +730,7 @@ def test_a_model_of_another_class_count_is_one_line_and_loading_leaves_nothing_i
     (line,) = error_lines(r.stderr)
     assert "answers with shape (12,) per image, not one probability for each of data set 'digits''s 10" in line
     assert list(tmp.iterdir()) == []                              # the download went with its folder
-    batch = tmp_path / "good.npz"
-    assert run_mlops("data", "make-batch", "--kind", "good", "--out", str(batch), env=odd).returncode == 0
-    r = run_mlops("retrain", "--incoming", str(batch), "--epochs", "1", env=odd)
+    r = run_mlops("retrain", "--incoming", str(digits_batches.good), "--epochs", "1", env=odd)
     assert r.returncode == 2 and "(12,)" in error_lines(r.stderr)[0], r.stderr[-2000:]
     assert len(_client(env["MLFLOW_TRACKING_URI"]).search_model_versions(
         f"name='{odd['MLOPS_MODEL_NAME']}'")) == 1                # nothing registered
