@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 
 from tests.fixtures.faults import final_error_line
+from tests.lab.deploy_env import deploy_opts
 from tests.test_sync_cli import deployed_v1_v2
 
 SMOKE_FAILS = ("--latency-budget-ms", "0.001")      # any failure that blames the version
@@ -20,7 +21,7 @@ def test_a_failed_rollback_puts_production_back_where_the_hosts_are(deploy_env):
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 not loaded
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"      # v2 not loaded
     r = env.cli("sync", "rollback", "--reason", "v3 is bad", *SMOKE_FAILS)
     assert r.returncode == 3, r.stderr
     env.serves(host, v3)                                           # put back
@@ -143,7 +144,7 @@ def test_a_rollback_to_a_version_whose_artifacts_are_gone_moves_nothing(deploy_e
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v1, v2 not loaded
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"      # v1, v2 not loaded
     shutil.rmtree(host.base / env.model / str(v1))                            # nor on the host's disk
     _drop_artifacts(env.model, v1)
     r = env.cli("sync", "rollback", "--to", str(v1), "--reason", "v3 is bad")
@@ -168,7 +169,7 @@ def test_a_registry_rollback_to_a_version_whose_artifacts_are_gone_moves_nothing
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"
     _drop_artifacts(env.model, v1)
     _drop_artifacts(env.model, v2, "golden")
     for args in (("--to", str(v1)), ()):            # named, and the previous production (v2)
@@ -231,7 +232,7 @@ def test_a_rollback_to_a_version_on_the_host_disk_needs_no_savedmodel_in_the_sto
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 on disk, not loaded
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"      # v2 on disk, not loaded
     _drop_artifacts(env.model, v2)
     empty = env.add_host("file")
     r = env.cli("sync", "rollback", "--reason", "v3 is bad")
@@ -255,7 +256,7 @@ def test_a_rollback_refused_on_a_damaged_host_copy_says_where_production_and_the
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 on disk, not loaded
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"      # v2 on disk, not loaded
     with open(host.base / env.model / str(v2) / "saved_model.pb", "ab") as f:
         f.write(b"damage")
     r = env.cli("sync", "rollback", "--reason", "v3 is bad")
@@ -291,7 +292,7 @@ def test_a_rollback_to_a_version_on_the_host_disk_verifies_it_against_the_regist
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v1, v2 on disk, not loaded
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"      # v1, v2 on disk, not loaded
     assert (host.base / env.model / str(v1)).is_dir() and (host.base / env.model / str(v2)).is_dir()
     with open(host.base / env.model / str(v2) / "saved_model.pb", "ab") as f:
         f.write(b"damage")                                                    # the host's copy of v2
@@ -434,7 +435,7 @@ def test_a_failed_sync_rollbacks_json_is_the_rollbacks_document(deploy_env):
     (host,), v1, v2 = deployed_v1_v2(env)
     v3 = env.register("c")
     env.promote(v3)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0      # v2 not loaded
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"      # v2 not loaded
     r = env.cli("sync", "rollback", "--reason", "v3 is bad", "--json", *SMOKE_FAILS)
     assert r.returncode == 3, r.stderr
     doc = json.loads(r.stdout)
