@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
+from tests.lab.deploy_env import deploy_opts
 
 COMMANDS = ("deploy", "plan", "status", "smoke", "rollback", "watch", "infra-validate")
 
@@ -21,13 +22,13 @@ COMMANDS = ("deploy", "plan", "status", "smoke", "rollback", "watch", "infra-val
 def test_every_sync_command_has_a_useful_help():
     from tests.helpers import run_mlops
 
+    texts = {}
     for cmd in COMMANDS:
         r = run_mlops("sync", cmd, "--help")
         assert r.returncode == 0, r.stderr
-        text = " ".join(r.stdout.split())
+        text = texts[cmd] = " ".join(r.stdout.split())
         assert "--json" in text and len(text) > 400, cmd
-    r = run_mlops("sync", "deploy", "--help")
-    text = " ".join(r.stdout.split())
+    text = texts["deploy"]                      # `sync deploy --help`, run once above
     for flag in ("--version", "--hosts", "--break-lock", "--lock-wait", "--keep", "--timeout", "--atol",
                  "--latency-budget-ms", "--no-keep-previous"):
         assert flag in text
@@ -75,7 +76,7 @@ def test_rollback_end_to_end_is_one_command_and_reports_its_speed(deploy_env):
     assert [(e.host, e.from_version, e.to_version) for e in rows[-2:]] == [(h1.name, v2, v1), (h2.name, v2, v1)]
     # the human form says how long it took
     env.promote(v2)
-    assert env.cli("sync", "deploy").returncode == 0
+    assert env.deploy().status == "deployed"
     r = env.cli("sync", "rollback")
     assert r.returncode == 0, r.stderr
     assert "outputs answered on the unversioned route" in r.stdout and "host switch" in r.stdout
@@ -675,7 +676,7 @@ def test_a_sync_rollback_another_rollback_got_to_first_deploys_nothing(deploy_en
     v1 = env.release("a")
     v2 = env.register("b")
     env.promote(v2)
-    assert env.cli("sync", "deploy", "--no-keep-previous").returncode == 0    # v1 gone: a rollback publishes it
+    assert env.deploy(opts=deploy_opts(keep_previous=False)).status == "deployed"    # v1 gone: a rollback publishes it
     rollback = ("sync", "rollback")
     bob, dave = (paused_deploy(env.env, "rollback:after_read", "--reason", "v2 is slow", "--actor", who, "--json",
                                command=rollback).wait_paused() for who in ("bob", "dave"))     # both read v2
