@@ -682,7 +682,6 @@ def test_a_start_on_a_zero_byte_config_file_fails_as_tf_serving_s(tmp_path):
         "model_config_list {} into it for a server with no models, and start again")
 
 
-
 def test_a_config_that_does_not_parse_fails_before_tensorflow_is_imported(tmp_path):
     """A models.config typo or a 0-byte file is refused before the imports that take seconds (the
     gRPC service pulls in TensorFlow): the person who started the server hears at once."""
@@ -696,6 +695,7 @@ def test_a_config_that_does_not_parse_fails_before_tensorflow_is_imported(tmp_pa
         r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.stdout.split() == ["1", "False"], r.stdout + r.stderr
         assert r.stderr.strip().splitlines()[-1].startswith("error: "), r.stderr
+
 
 def test_single_model_flags(tfserving_factory, tmp_path):
     """``--model_name``/``--model_base_path`` serve one model, as tensorflow_model_server does."""
