@@ -5,6 +5,7 @@ production, so both are always measured on the same "known data".
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -119,27 +120,24 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
     or one line: a logged model that is missing or damaged (``damaged``: what to do), or one that
     takes images of another shape (``other_shape``: what to do). Both were tracebacks once.
     ``verify(folder)``: called with the downloaded model's folder before it is loaded (raises to
-    refuse it: files that are not the ones registered)."""
+    refuse it: files that are not the ones registered).
+
+    TensorFlow (~5 s to import) is imported only once the downloaded model's MLmodel file reads and
+    names a TensorFlow flavor: a missing or damaged model is refused without it."""
+    import tempfile
+
     from mlops_common import paths
     from registry import versions
     from registry.client import mlflow_errors, tracking_client
 
     from .datasets import image_shape
-    from .model import tf_quiet
-
-    tf_quiet()
-    import tempfile
-
-    import mlflow.tensorflow
-    import yaml
-    from mlflow.exceptions import MlflowException, RestException
 
     with paths.full_disk_is_one_line(f"{what} cannot be loaded", tempfile.gettempdir(),   # cannot make the folder
                                      tail="the version itself is not at fault"):
         into_dir = tempfile.TemporaryDirectory(prefix="mlops-model-")
     with mlflow_errors(f"loading {uri}"), into_dir as into:
         tracking_client()   # MLflow's own client reads the registry we read (not a stray MLFLOW_REGISTRY_URI)
-        try:
+        with _damaged_is_one_line(what, damaged, into):
             # into a folder removed at once (the model is in memory): without dst_path MLflow left
             # a copy of the model in /tmp at every load, two per gate. Downloaded, checked, then
             # loaded from there (a local path is read in place), so what is scored is what was checked
@@ -147,27 +145,8 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
             faultpoint.reached("evaluate:downloaded")      # test hook, inert unless set
             if verify is not None:
                 verify(local)       # a UserError: none of the handlers below
-            with stop.deferred():       # a signal: raised after TensorFlow's C++, not inside it
-                model = mlflow.tensorflow.load_model(str(local))
-        except RestException:
-            raise               # the server's answer: mlflow_errors says it
-        # KeyError: logged with another flavor; AttributeError, TypeError, YAMLError: an MLmodel
-        # file that is not the YAML mapping MLflow expects (garbage, empty, cut off)
-        except (MlflowException, OSError, ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError) as exc:
-            if paths.disk_full(exc):     # not the model's fault: "damaged; register a new version" sent people astray
-                raise ConfigError(f"{what} cannot be loaded: no space left on the disk to download it into "
-                                  f"({tempfile.gettempdir()}, TMPDIR); free space there and rerun (the version "
-                                  f"itself is not at fault)") from None
-            first = (str(getattr(exc, "message", exc)).splitlines() or [type(exc).__name__])[0]
-            if isinstance(exc, KeyError):
-                first = f"its MLmodel has no {exc} flavor"
-            elif isinstance(exc, (AttributeError, TypeError, yaml.YAMLError)) and not _mlmodel_parses(into):
-                first = f"its MLmodel file is not readable ({type(exc).__name__})"
-            if "Connection" in first or "Max retries exceeded" in first:
-                raise
-            problem = (f"{what} cannot be loaded as an MLflow TensorFlow model ({_without_temp_paths(first)}): "
-                       f"its logged model is missing or damaged")
-            raise DamagedModel(f"{problem}; {damaged}", problem=problem) from None
+            _tensorflow_flavor(local)
+        model = _load_keras(local, what, damaged, into)
     # UnfitModel: its ``problem`` without the advice, which is for a candidate (the gate's
     # production is moved, not registered again nor evaluated on another data set)
     shape = tuple(model.input_shape[1:])
@@ -180,6 +159,63 @@ def load_checked(uri: str, what: str, dataset: str, *, damaged: str, other_shape
                    f"'{dataset}''s {NUM_CLASSES} classes, so it is not one of this project's classifiers")
         raise UnfitModel(f"{problem}; {damaged}", problem=problem)
     return model
+
+
+def _tensorflow_flavor(folder) -> dict:
+    """The first steps of ``mlflow.tensorflow.load_model`` (its MLmodel file read, its ``keras`` or
+    ``tensorflow`` flavor looked up), raising what it raises, without importing TensorFlow."""
+    from pathlib import Path
+
+    from mlflow.models import Model
+
+    flavors = Model.load(str(Path(folder) / "MLmodel")).flavors
+    return flavors["keras"] if "keras" in flavors else flavors["tensorflow"]
+
+
+def _load_keras(folder, what: str, damaged: str, into: str):
+    """The Keras model in the downloaded ``folder``, loaded by MLflow's TensorFlow flavor."""
+    from .model import tf_quiet
+
+    tf_quiet()
+    import mlflow.tensorflow
+
+    # a signal: raised after TensorFlow's C++, not inside it
+    with _damaged_is_one_line(what, damaged, into), stop.deferred():
+        return mlflow.tensorflow.load_model(str(folder))
+
+
+@contextlib.contextmanager
+def _damaged_is_one_line(what: str, damaged: str, into: str):
+    """MLflow's and Keras's errors from reading a downloaded model as one ``DamagedModel`` line
+    (``damaged``: what to do); the server's answers, lost connections and a full disk keep their own."""
+    import tempfile
+
+    import yaml
+    from mlflow.exceptions import MlflowException, RestException
+
+    from mlops_common import paths
+
+    try:
+        yield
+    except RestException:
+        raise               # the server's answer: mlflow_errors says it
+    # KeyError: logged with another flavor; AttributeError, TypeError, YAMLError: an MLmodel
+    # file that is not the YAML mapping MLflow expects (garbage, empty, cut off)
+    except (MlflowException, OSError, ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError) as exc:
+        if paths.disk_full(exc):     # not the model's fault: "damaged; register a new version" sent people astray
+            raise ConfigError(f"{what} cannot be loaded: no space left on the disk to download it into "
+                              f"({tempfile.gettempdir()}, TMPDIR); free space there and rerun (the version "
+                              f"itself is not at fault)") from None
+        first = (str(getattr(exc, "message", exc)).splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, KeyError):
+            first = f"its MLmodel has no {exc} flavor"
+        elif isinstance(exc, (AttributeError, TypeError, yaml.YAMLError)) and not _mlmodel_parses(into):
+            first = f"its MLmodel file is not readable ({type(exc).__name__})"
+        if "Connection" in first or "Max retries exceeded" in first:
+            raise
+        problem = (f"{what} cannot be loaded as an MLflow TensorFlow model ({_without_temp_paths(first)}): "
+                   f"its logged model is missing or damaged")
+        raise DamagedModel(f"{problem}; {damaged}", problem=problem) from None
 
 
 def _mlmodel_parses(folder: str) -> bool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from mlproject.batches import read_batches
 from mlproject.constants import GOLDEN_SIZE
 from mlproject.datasets import concat, fingerprint, load_partition
 from tests.fixtures.trained import register_odd_model, train_version
-from tests.helpers import error_lines, mlflow_process_state, run_mlops, sigterm_when_held
+from tests.helpers import REPO, error_lines, mlflow_process_state, run_mlops, sigterm_when_held
 
 pytestmark = pytest.mark.slow
 
@@ -739,31 +742,61 @@ def test_a_model_of_another_class_count_is_one_line_and_loading_leaves_nothing_i
     assert list(tmp.iterdir()) == []
 
 
-@pytest.mark.parametrize("error", [AttributeError("'str' object has no attribute 'copy'"),
-                                   TypeError("'NoneType' object is not subscriptable"), "yaml"])
-def test_an_unreadable_mlmodel_file_is_a_damaged_model_not_a_traceback(monkeypatch, error):
+@pytest.mark.parametrize("mlmodel", ["garbage", "", "flavors: ["])
+def test_an_unreadable_mlmodel_file_is_a_damaged_model_not_a_traceback(monkeypatch, mlmodel):
     """Found by a sweep (2026-12-04): an MLmodel file holding `garbage`, nothing, or cut-off YAML
     made MLflow's loader raise AttributeError / YAMLError, which came out as tracebacks."""
-    import mlflow.tensorflow
-    import yaml
-
     from mlops_common.errors import DamagedModel
     from mlproject.evaluate import load_checked
 
-    def load_model(uri, dst_path=None):
-        if error == "yaml":
-            yaml.safe_load("flavors: [")
-        raise error
+    def download(uri, dest):
+        (Path(dest) / "MLmodel").write_text(mlmodel)
+        return Path(dest)
 
     import registry.client
     import registry.versions
 
-    monkeypatch.setattr(registry.client, "tracking_client", lambda: None)    # no server: the loader fails first
-    monkeypatch.setattr(registry.versions, "download_logged_model", lambda uri, dest: Path(dest))
-    monkeypatch.setattr(mlflow.tensorflow, "load_model", load_model)
+    monkeypatch.setattr(registry.client, "tracking_client", lambda: None)    # no server: the files are written here
+    monkeypatch.setattr(registry.versions, "download_logged_model", download)
     with pytest.raises(DamagedModel) as e:
         load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
     assert "its MLmodel file is not readable" in e.value.message and e.value.message.endswith("register a new version")
+
+
+def test_a_model_with_no_mlmodel_file_or_no_tensorflow_flavor_is_refused_before_tensorflow_is_imported(tmp_path):
+    """TensorFlow takes ~5 s to import: the gate, evaluate and retrain refuse a logged model with no
+    MLmodel file, or one of another flavor, on what MLflow's loader would say, without it."""
+    script = tmp_path / "load.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        import registry.client, registry.versions
+        from mlops_common.errors import DamagedModel
+        from mlproject.evaluate import load_checked
+
+        def download(uri, dest):
+            if sys.argv[1]:
+                (Path(dest) / "MLmodel").write_text(sys.argv[1])
+            return Path(dest)
+
+        registry.client.tracking_client = lambda: None
+        registry.versions.download_logged_model = download
+        try:
+            load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version",
+                         other_shape="-")
+        except DamagedModel as e:
+            print(e.message)
+        print("tensorflow imported" if "tensorflow" in sys.modules else "tensorflow not imported")
+    """))
+    for mlmodel, problem in [("", 'Could not find an "MLmodel" configuration file'),
+                             ("flavors:\n  sklearn: {}\n", "its MLmodel has no 'tensorflow' flavor")]:
+        r = subprocess.run([sys.executable, str(script), mlmodel], capture_output=True, text=True, timeout=120,
+                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert r.returncode == 0, r.stderr[-3000:]
+        first, state = r.stdout.splitlines()
+        assert "cannot be loaded as an MLflow TensorFlow model" in first and problem in first, first
+        assert first.endswith("missing or damaged; register a new version"), first
+        assert state == "tensorflow not imported", (mlmodel, r.stdout)
 
 
 def test_a_type_error_from_reading_the_model_itself_keeps_its_own_words(monkeypatch, tmp_path):
@@ -776,12 +809,15 @@ def test_a_type_error_from_reading_the_model_itself_keeps_its_own_words(monkeypa
     from mlops_common.errors import DamagedModel
     from mlproject.evaluate import load_checked
 
-    def load_model(uri, dst_path=None):       # the model is downloaded first, then loaded from its folder
-        (Path(dst_path or uri) / "MLmodel").write_text("flavors:\n  tensorflow: {}\nartifact_path: model\n")
+    def download(uri, dest):       # the model is downloaded first, then loaded from its folder
+        (Path(dest) / "MLmodel").write_text("flavors:\n  tensorflow: {}\nartifact_path: model\n")
+        return Path(dest)
+
+    def load_model(uri, dst_path=None):
         raise TypeError("Dense.__init__() got an unexpected keyword argument 'quantization_config'")
 
     monkeypatch.setattr(registry.client, "tracking_client", lambda: None)
-    monkeypatch.setattr(registry.versions, "download_logged_model", lambda uri, dest: Path(dest))
+    monkeypatch.setattr(registry.versions, "download_logged_model", download)
     monkeypatch.setattr(mlflow.tensorflow, "load_model", load_model)
     with pytest.raises(DamagedModel) as e:
         load_checked("models:/m/1", "version 1 of 'm'", "digits", damaged="register a new version", other_shape="-")
