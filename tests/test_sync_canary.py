@@ -172,7 +172,7 @@ def test_the_plan_says_the_deploy_refuses_a_canary_without_metrics(deploy_env):
     v2 = env.register("b")
     env.promote(v2)
     res = env.cli("sync", "plan", "--bake", "1", "--json")
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 2, res.stderr          # the deploy would refuse: so does the plan's exit
     planned = json.loads(res.stdout)["deploy_refused"]
     assert planned and planned.startswith(f"canary {hosts[0].name}: cannot read TF Serving's metrics"), planned
     text = env.cli("sync", "plan", "--bake", "1").stdout
@@ -181,7 +181,7 @@ def test_the_plan_says_the_deploy_refuses_a_canary_without_metrics(deploy_env):
     assert res.returncode != 0
     assert res.stderr.strip().splitlines()[-1] == f"error: {planned}", res.stderr
     ok = env.cli("sync", "plan", "--bake", "0", "--json")
-    assert json.loads(ok.stdout)["deploy_refused"] is None
+    assert ok.returncode == 0 and json.loads(ok.stdout)["deploy_refused"] is None, ok.stdout + ok.stderr
 
 
 def test_the_plans_text_leads_with_the_host_the_deploy_stops_at_not_the_bakes_refusal(deploy_env):

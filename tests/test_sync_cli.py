@@ -241,7 +241,7 @@ def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy
     assert r.returncode == 0 and "rollout: nothing changes" in r.stdout, r.stdout + r.stderr
     # --version 3 with production at v2: the rollback target is v1, kept by the deploy's retention
     r = env.cli("sync", "plan", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 2, r.stderr        # the deploy would refuse v3 (below): the plan says so in its exit
     doc = json.loads(r.stdout)
     (host,) = doc["hosts"]
     assert doc["bake"]["seconds"] == 0 and doc["bake"]["requested"] == 5
@@ -253,7 +253,8 @@ def test_plan_says_what_the_deploy_then_does_about_the_bake_and_retention(deploy
     # v3 has not passed its gate: the plan says what the deploy will answer first
     assert doc["deploy_refused"].startswith(f"version {v3} of '{env.model}' has validation_status="), doc
     assert f"note: `mlops sync deploy --version {v3}` refuses this without --force --reason: " in text
-    assert json.loads(env.cli("sync", "plan", "--json").stdout)["deploy_refused"] is None
+    r = env.cli("sync", "plan", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["deploy_refused"] is None, r.stdout + r.stderr
 
     r = env.cli("sync", "deploy", "--version", str(v3), "--keep", "1", "--canary", "1", "--bake", "5",
                 "--force", "--reason", "plan check", "--json")

@@ -264,7 +264,7 @@ def test_deploying_a_version_gated_against_an_earlier_production_is_refused_like
     assert refused in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr, r.stderr
     env.serves(host, v1)
     r = env.cli("sync", "plan", "--version", str(v2), "--json")
-    assert json.loads(r.stdout)["deploy_refused"].startswith(refused), r.stdout
+    assert r.returncode == 2 and json.loads(r.stdout)["deploy_refused"].startswith(refused), r.stdout + r.stderr
     # a version that held production before is a rollback, not refused; --force with a reason goes
     r = env.cli("sync", "deploy", "--version", str(v1))
     assert r.returncode == 0, r.stderr

@@ -1810,7 +1810,7 @@ def test_plan_and_deploy_say_a_store_that_refuses_us_before_the_download(deploy_
     v1 = env.register("a")
     env.promote(v1)
     plan = env.cli("sync", "plan", "--json")
-    assert plan.returncode == 0, plan.stderr
+    assert plan.returncode == 2, plan.stderr        # the deploy would refuse: so does the plan's exit
     refused = json.loads(plan.stdout)["deploy_refused"]
     assert refused and refused.startswith(f"s3://no-such-store/{env.model}: bucket 'no-such-store' does not exist"), \
         refused

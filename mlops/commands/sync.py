@@ -174,7 +174,9 @@ def register(sub) -> None:
                       description="Observe every host (models.config, TF Serving's version states and "
                                   "labels, published and verified versions) and print the steps a "
                                   "deploy would run. No lock is taken and nothing is written. Exits 1 "
-                                  "when a host cannot be observed.", epilog=_ENV)
+                                  "when a host cannot be observed, 2 when the deploy would be refused "
+                                  "before any host changes (the reason leads the text; deploy_refused in "
+                                  "--json), 0 otherwise.", epilog=_ENV)
     pl.add_argument("--version", type=flags.version_number, metavar="N", help="plan this version instead of production")
     pl.add_argument("--keep", type=flags.positive_int, default=_DEPLOY.keep, metavar="N",
                     help="retention (default %(default)s)")
@@ -419,7 +421,9 @@ def cmd_plan(args) -> int:
         output.emit({**fp.to_dict(), "deploy_refused": refused or fp.deploy_refused})
     else:
         sync_text.plan(model, fp, gate=refused)     # what the deploy refuses first leads, alone
-    return 1 if fp.errors else 0
+    # the exit says whether the deploy would go through, so `mlops sync plan && mlops sync deploy`
+    # and a CI step stop where the deploy would refuse (it exits 2 before any host changes)
+    return 1 if fp.errors else 2 if refused or fp.deploy_refused else 0
 
 
 def cmd_status(args) -> int:
