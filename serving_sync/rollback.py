@@ -21,9 +21,9 @@ from registry.promotion_view import move_said, row_promotion
 
 from . import fleet, fleet_fetch, fleet_plan, rollout
 from .cancel import DeployInterrupted
-from .errors import AuthFailed, ProductionMoved
+from .errors import ProductionMoved
 from .options import DeployOptions
-from .store import check_pulls, check_settings
+from .store import check_pulls, check_reachable, check_settings
 
 logger = log.get("sync.fleet")      # the deploy's logger: these lines are part of its output
 
@@ -107,16 +107,20 @@ def installable(model: str, hosts, opts: DeployOptions) -> Callable[[int], None]
 
 
 def _uploadable(model: str, hosts, version: int, opts: DeployOptions) -> None:
-    """Refuse (``AuthFailed``) a rollback whose deploy would upload ``version`` to a shared store
-    without S3 credentials on this machine, before production moves: a host that pulls from the
-    store and does not serve it loaded (or cannot be observed) needs that upload. A rollback that
-    only switches hosts (the version kept warm, as retention keeps the rollback target) needs
-    none. The hosts are observed only when the credentials are missing (resolved locally)."""
+    """Refuse a rollback whose deploy would upload ``version`` to a shared store without S3
+    credentials on this machine (``AuthFailed``), or to a store that refuses us (a bucket gone,
+    access denied, an endpoint that does not answer: ``check_reachable``, one LIST), before
+    production moves: a host that pulls from the store and does not serve it loaded (or cannot
+    be observed) needs that upload. A rollback that only switches hosts (the version kept warm,
+    as retention keeps the rollback target) needs none. The hosts are observed only when the
+    store cannot take the upload."""
     pulling = [h for h in hosts if getattr(h, "store", None) is not None]
     try:
         check_pulls(pulling)
+        for store in {h.store.url: h.store for h in pulling}.values():
+            check_reachable(store)
         return
-    except AuthFailed as refused:
+    except UserError as refused:
         try:
             fp = fleet_plan.plan_fleet(model, pulling, version=version, opts=opts, annotate=False)
         except UserError:
