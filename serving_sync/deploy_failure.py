@@ -105,7 +105,8 @@ def fail(result: FleetResult, recorder, run: HostRun, every: list[HostRun],
     verdict = error.verdict if isinstance(error, CanaryFailed) else None
     result.blames_version = kept_because is None
     registry_note = registry_after_failure(result, recorder, run, why, step, kept_because=kept_because,
-                                           canary=verdict.outcome if verdict is not None else _canary(result))
+                                           canary=verdict.outcome if verdict is not None else _canary(result),
+                                           not_back=[r.host.name for r in not_back])
     result.status = "failed"
     msg = [f"deploy of v{v} of '{model}' stopped after the canary: {why}" if verdict is not None else
            f"deploy of v{v} of '{model}' failed on host {run.host.name} at step '{step}': {why}"]
@@ -202,7 +203,11 @@ def _write_failure(error: BaseException) -> str:
 
 
 def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,
-                           step: str, *, kept_because: str | None, canary: str | None = None) -> str:
+                           step: str, *, kept_because: str | None, canary: str | None = None,
+                           not_back: list[str] = ()) -> str:
+    """Production after a failed deploy (moved back, left, or not involved), recorded; the note
+    that says so. ``not_back``: the hosts that could not be put back (the note names them rather
+    than say every host serves what production names again)."""
     from registry import deploy_revert, description
 
     model, v = result.model, result.version
@@ -250,7 +255,9 @@ def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str
             return (f"v{v} tagged deploy_status=failed; production removed: there was no previous production "
                     f"version to go back to; promote a working version")
         if undoes_rollback:
-            return (f"the rollback to v{v} failed: production is v{to} again, which the hosts still serve "
+            served = (f"which the hosts put back serve (not {', '.join(not_back)}: above)" if not_back
+                      else "which the hosts still serve")
+            return (f"the rollback to v{v} failed: production is v{to} again, {served} "
                     f"(ledger #{promo.ledger_id}); v{v} tagged deploy_status=failed; roll back to another "
                     f"version with `mlops sync rollback --to N`")
         return (f"production moved back to v{to} (ledger #{promo.ledger_id}); v{v} tagged "

@@ -456,6 +456,35 @@ def test_a_failed_deploy_is_a_ledger_row_even_when_mlflow_refuses_the_revert(mon
     assert [r[:3] for r in rows] == [("deploy", "failed", 2)]          # the kept-because row, once
 
 
+def test_a_failed_rollback_says_the_hosts_serve_production_again_only_when_every_host_was_put_back(monkeypatch):
+    """Found by review (twenty-second stop, fixed at the twenty-fourth): a failed rollback's note
+    said "production is v2 again, which the hosts still serve" also when some hosts could not be
+    put back (the line before named them): those serve what the rollback left on them."""
+    from types import SimpleNamespace
+
+    from registry import deploy_revert
+    from serving_sync import deploy_failure, fleet
+
+    def recorder(action, outcome, **fields):
+        pass
+
+    recorder.previous_production = lambda v: 2
+    recorder.rollback_in_rollout = lambda v: SimpleNamespace(from_version=2)    # this deploy was the rollback to v1
+    recorder.provenance = None
+    promo = SimpleNamespace(moved=True, ledger_id=7, details={}, to_dict=lambda: {"moved": True})
+    monkeypatch.setattr(deploy_revert, "revert_failed_deploy", lambda *a, **k: promo)
+    run = SimpleNamespace(host=SimpleNamespace(name="web-1"), plan=SimpleNamespace(current=2))
+    every = deploy_failure.registry_after_failure(fleet.FleetResult("m", 1, "production", "failed"), recorder, run,
+                                                  "smoke test failed", "smoke_validation", kept_because=None)
+    assert every.startswith("the rollback to v1 failed: production is v2 again, which the hosts still serve"), every
+    some = deploy_failure.registry_after_failure(fleet.FleetResult("m", 1, "production", "failed"), recorder, run,
+                                                 "smoke test failed", "smoke_validation", kept_because=None,
+                                                 not_back=["web-3", "web-4"])
+    assert some.startswith("the rollback to v1 failed: production is v2 again, which the hosts put back serve "
+                           "(not web-3, web-4: above) (ledger #7)"), some
+    assert "still serve" not in some
+
+
 def test_a_version_deploy_stopped_by_a_host_does_not_claim_production_holds_it():
     """``--version 2`` while production is v1: a lost connection said "production left at v2"."""
     from types import SimpleNamespace
