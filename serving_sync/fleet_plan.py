@@ -13,6 +13,7 @@ from registry import deploys
 from . import metrics_scrape, parallel
 from .canary import unreadable_canary
 from .connections import connected
+from .lock import HostLock
 from .observe import observe_settled
 from .options import DeployOptions
 from .plan import peak_copies, peak_memory, plan_host, retention_preview
@@ -91,11 +92,16 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
             candidates = set(peak_copies(o.obs, v))
             sizes = {x: _stored_size(conns[0].transport, model, x) for x in candidates}
             p, gone = with_retention(p, o.obs, conns[0], opts, (rollback_to, unknown))
+            lock = HostLock(conns[0].transport).preview()      # read only: the plan takes no lock
         if sizes.get(v) is None:
             sizes[v] = new_size
         copies = peak_copies(o.obs, v, fast=opts.fast, sizes=sizes)
         sizes = {x: s for x, s in sizes.items() if x in copies or x == v}
         extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
+        if lock is not None:
+            line, refused = lock
+            extra.append(f"locked: {line}" + ("; `mlops sync deploy` refuses it at once, or waits for it with "
+                                              "--lock-wait S" if refused else ""))
         if host.store is not None and p.publishes and v not in o.obs.published:
             pulled.setdefault(host.store.url, host.store)
         if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing

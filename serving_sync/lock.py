@@ -357,6 +357,24 @@ class HostLock:
         raise LockHeld(f"{where}: could not take the deploy lock {LOCK_PATH} (it keeps changing: another "
                        f"deploy is starting); retry")
 
+    def preview(self) -> tuple[str, bool] | None:
+        """What a deploy would meet at this host's lock, read only (``sync plan``): None when the
+        lock is free; else (the line ``acquire`` would refuse with, True), or (that it would take
+        the lock over and why: a dead or silent owner, False), as ``acquire`` judges it."""
+        got = self._read_settled()
+        if got is None:
+            return None
+        raw, held = got
+        if held is not None:
+            held = self._last_beat(held)
+        token = held.token if held is not None else corrupt_token(raw)
+        why = takeover_reason(held, token, named=self.break_lock, now=self.clock(), hostname=self.hostname,
+                              ttl=self.ttl, pidns=self.pidns, empty=not raw)
+        if why is None:
+            return self._held_message(self.transport.url, held, token), True
+        owner = held.owner if held is not None else "nobody (unreadable file)"
+        return f"the deploy takes over the lock {token} held by {owner} ({why})", False
+
     def _held_message(self, where: str, held: LockInfo | None, token: str) -> str:
         if held is None:
             return (f"{where}: the deploy lock {LOCK_PATH} exists but cannot be read (corrupt); if no "

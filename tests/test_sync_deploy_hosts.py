@@ -285,7 +285,16 @@ def test_a_held_lock_fails_cleanly_naming_the_owner_or_is_waited_for(deploy_env)
     env.serves(host, v1)
 
 
+def _lock_notes(env) -> list[str]:
+    r = env.cli("sync", "plan", "--json")
+    assert r.returncode == 0, r.stderr
+    (host,) = json.loads(r.stdout)["hosts"]
+    return [n for n in host["notes"] if n.startswith("locked: ")]
+
+
 def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(deploy_env):
+    """... and `sync plan` says which the deploy will meet (it said nothing of a held lock: found
+    by review at the twenty-first stop, fixed at the twenty-fourth)."""
     env = deploy_env
     host = env.add_host("file")
     v1 = env.register("a")
@@ -294,6 +303,9 @@ def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(depl
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     live = LockInfo("ci", "another-machine", 4242, "0123456789abcdef", time.time(), time.time())
     lock_file.write_bytes(live.to_json())
+    (note,) = _lock_notes(env)
+    assert "another deploy holds the lock (ci@another-machine:4242, token 0123456789abcdef" in note, note
+    assert note.endswith("`mlops sync deploy` refuses it at once, or waits for it with --lock-wait S"), note
     r = env.cli("sync", "deploy")
     assert r.returncode == 2 and "another deploy holds the lock" in r.stderr
     assert "--break-lock 0123456789abcdef" in r.stderr
@@ -303,8 +315,12 @@ def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(depl
     dead.wait()
     gone = LockInfo("ci", socket.gethostname(), dead.pid, "fedcba9876543210", time.time(), time.time())
     lock_file.write_bytes(gone.to_json())
+    assert _lock_notes(env) == [f"locked: the deploy takes over the lock fedcba9876543210 held by "
+                                f"ci@{socket.gethostname()}:{dead.pid} (stale: its process {dead.pid} no longer "
+                                f"runs on {socket.gethostname()})"]
     r = env.cli("sync", "deploy")                      # its process is dead: no person needed
     assert r.returncode == 0, r.stderr
+    assert _lock_notes(env) == []                      # released
     assert "took over the deploy lock fedcba9876543210" in r.stderr
     assert env.ledger(("lock_takeover",))[-1].details["previous_token"] == gone.token
     env.serves(host, v1)
