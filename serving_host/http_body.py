@@ -72,19 +72,36 @@ class Body:
         self.arrived = time.monotonic()      # the whole body is here; uncompressing is latency
         return gunzip(data) if self.gzip and data else data
 
-    def _read(self) -> bytes:
+    def drain(self) -> None:
+        """Read the body and drop it, 64 KiB at a time, bounded as ``read``: libevent reads every
+        body before the handler runs, so an answer that needed none (an unknown model) keeps the
+        connection, and a body over the limit is a 413 whatever it was sent to."""
+        self._read(keep=False)
+
+    def _read(self, keep: bool = True) -> bytes:
         self.consumed = True
         if self.chunked:
-            return self._read_chunked()
+            return self._read_chunked(keep)
         if self.length > self.limit:
             self.consumed = False
             raise BodyTooLarge()
-        data = self.rfile.read(self.length) if self.length else b""
-        if len(data) < self.length:
-            raise ConnectionError("client closed the connection inside the body")
-        return data
+        return self._take(self.length, keep)
 
-    def _read_chunked(self) -> bytes:
+    def _take(self, n: int, keep: bool) -> bytes:
+        """The next ``n`` bytes (``keep`` False: read and dropped in pieces, b"" returned)."""
+        if keep:
+            data = self.rfile.read(n) if n else b""
+            if len(data) < n:
+                raise ConnectionError("client closed the connection inside the body")
+            return data
+        while n > 0:
+            got = len(self.rfile.read(min(n, 65536)))
+            if not got:
+                raise ConnectionError("client closed the connection inside the body")
+            n -= got
+        return b""
+
+    def _read_chunked(self, keep: bool = True) -> bytes:
         chunks, total = [], 0
         while True:
             line = self.rfile.readline(65537)
@@ -104,7 +121,7 @@ class Body:
             if total > self.limit:
                 self.consumed = False
                 raise BodyTooLarge()
-            chunks.append(self.rfile.read(size))
+            chunks.append(self._take(size, keep))
             self.rfile.readline(3)
 
     def _skip_trailer(self) -> None:

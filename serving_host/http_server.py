@@ -223,6 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 status, text = server.api.handle(self.command, path, body.read)
                 ctype = "application/json"
+            if not body.consumed and not error_page:
+                body.drain()        # libevent reads every body first: the connection stays usable
         except BodyTooLarge:
             self.close_connection = True
             self._reply(413, "text/html", TOO_LARGE_PAGE, reason="Request Entity Too Large")
