@@ -127,10 +127,14 @@ def test_a_post_to_an_unknown_model_keeps_the_connection_as_tf_serving_does(serv
     chunked = (b"POST /v1/models/no_such_model:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"14\r\n" + b'{"instances": [1.0]}' + b"\r\n0\r\n\r\n")
     follow = b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    for first in (post, chunked):
+    put = (b"PUT /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+           b'{"instances": [1.0]}')        # a method the handler refuses: its JSON error, not a page
+    for first, status, error in ((post, b"404 Not Found", b"Servable not found for request: Latest(no_such_model)"),
+                                 (chunked, b"404 Not Found", b"Servable not found for request: Latest(no_such_model)"),
+                                 (put, b"400 Bad Request", b"Malformed request: PUT /v1/models/default:predict")):
         reply = _raw_request(server, first + follow)
-        assert reply.startswith(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"), reply[:300]
-        assert b"Servable not found for request: Latest(no_such_model)" in reply, reply[:500]
+        assert reply.startswith(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"), reply[:300]
+        assert error in reply, reply[:500]
         assert reply.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200 OK\r\n" in reply, reply[:800]
         assert reply.split(b"HTTP/1.1 200 OK", 1)[0].count(b"Connection: close") == 0, reply[:800]
 
