@@ -171,8 +171,10 @@ def test_plan_states_phases_canary_waves_bake_and_peak_memory(deploy_env):
     v2 = env.register("b")
     env.promote(v2)
     res = env.cli("sync", "plan", "--wave", "50%", "--bake", "2")
-    assert res.returncode == 0, res.stderr
+    # these servers have no metrics page: the deploy would refuse the bake, and the plan's exit says so
+    assert res.returncode == 2, res.stderr
     out = res.stdout
+    assert f"refuses this before any host changes: canary {hosts[0].name}: cannot read TF Serving's metrics" in out
     assert "phase 1, prepare: 3 hosts, 3 at a time" in out
     assert f"phase 2, switch: canary {hosts[0].name}; bake 2s" in out
     assert f"wave 1: {hosts[1].name}" in out and f"wave 2: {hosts[2].name}" in out
