@@ -506,6 +506,10 @@ class FleetReconciler:
             if self.read_hosts is not None:
                 self.hosts = self.read_hosts()
             return self._reconcile(token)
+        except KeyboardInterrupt:       # `sync watch --once`'s signal while the pass only read: stopped
+            if self.phase != "reading":
+                raise
+            raise PassStopped from None
         except NoProduction:     # resolve_version's "or pass --version N": the watch has no such flag
             return "error", None, (f"no version of '{self.model}' holds the production alias (it was deleted, or "
                                    f"the version it named): nothing to deploy, the hosts keep what they serve; "

@@ -237,6 +237,40 @@ def test_sigterm_while_a_pass_waits_on_an_mlflow_that_does_not_answer_stops_the_
     assert env.production() == v1
 
 
+def test_sigterm_while_a_watch_once_waits_on_an_mlflow_that_does_not_answer_stops_it_at_once(
+        deploy_env, http_fault_proxy, mlflow_server):
+    """Found by review (twenty-first stop, fixed at the twenty-fourth): under `--once` the first
+    signal only asked the deploy to stop, so a pass waiting on an MLflow that does not answer held
+    it for the request's timeout (120 s here, so the code before fails). The pass now stops where
+    it is while it only reads, exit 130 (its one pass did not finish), nothing changed."""
+    env = deploy_env
+    host = env.add_host("file")
+    v1 = env.release("a")
+    held, release = threading.Event(), threading.Event()
+
+    def hold(method: str, path: str) -> bool:     # MLflow answers nothing the watch asks
+        held.set()
+        release.wait(150)
+        return False
+
+    proxy = http_fault_proxy(mlflow_server, match=hold)
+    try:
+        code, out, err, took = _watch_signalled(
+            ["--once", "--json", "--timeout", "60"],
+            {**os.environ, **env.env, "MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"},
+            lambda lines: held.is_set(), wait=120, exit_within=40,
+            late="watch --once waited for MLflow's answer after SIGTERM")
+    finally:
+        release.set()
+    assert took < 20, f"{took:.0f}s after SIGTERM"
+    assert code == 130, err
+    (only,) = json.loads(out)["passes"]
+    assert only["status"] == "stopped" and "nothing was changed" in only["message"], only
+    assert "Traceback" not in err, err
+    env.serves(host, v1)
+    assert env.production() == v1
+
+
 def test_the_first_signals_line_promises_a_put_back_only_when_a_deploy_is_under_way(tmp_path):
     """Found by review (2026-12-07, twenty-second stop): with ``--stop-within`` (as the systemd unit
     runs it) the first signal's line always said "one still under way in 1500s is stopped and its

@@ -576,8 +576,11 @@ def cmd_watch(args) -> int:
                       f"again to force)")
 
     forced = False
-    try:           # --once has no next pass to stop after: its first signal stops the deploy
-        with (_interrupts() if args.once else _interrupts(graceful, announce=again)):
+    # --once has no next pass to stop after: its first signal stops the deploy, or the pass where it
+    # is while it only reads (an MLflow that does not answer held it for the request's timeout)
+    try:
+        with (_interrupts(at_once=lambda: reconcile.phase == "reading") if args.once
+              else _interrupts(graceful, announce=again)):
             result = watcher.run()
     except KeyboardInterrupt:
         result, forced = watcher.result, True
@@ -631,6 +634,8 @@ def _report_watch(args, result, *, forced: bool = False) -> int:
         raise UserError(last.message, exit_code=INTERRUPTED)
     if forced:
         return INTERRUPTED
+    if args.once and last is not None and last.status == "stopped":     # its signal cut the one pass
+        raise UserError(last.message, exit_code=INTERRUPTED)
     if args.once and last is not None and last.status == "failed":
         raise DeployFailed(last.message)
     if args.once and last is not None and last.status == "error":
