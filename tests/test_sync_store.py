@@ -1630,7 +1630,8 @@ def test_a_rollback_that_only_switches_needs_no_store_credentials_one_that_uploa
     credentials, though the rollback target is kept warm on every host: its deploy is a switch
     and uploads nothing. Someone on call with SSH access and no AWS credentials could not roll
     back. The credentials are required only when a host would pull the version: a rollback to one
-    no host has is still refused in one line before production moves."""
+    no host has is still refused in one line before production moves, as it is when the store
+    refuses us (twenty-fourth stop)."""
     from tests.fixtures.faults import final_error_line
 
     env = deploy_env
@@ -1649,6 +1650,16 @@ def test_a_rollback_that_only_switches_needs_no_store_credentials_one_that_uploa
     assert env.production() == v2 and not env.ledger(("rollback",))
     assert {e.details.get("move") for e in env.ledger(("intent",))} == {"promote"}      # no rollback began
     env.serves(host, v2)
+    # with credentials, a store that refuses us (its bucket gone): refused before production moves
+    # too (twenty-fourth stop: it moved production to v3, then its deploy refused before the download)
+    _with_store(env, "rollback-store-gone", env.model)
+    r = env.cli("sync", "rollback", "--to", str(v3), "--reason", "v2 is slow")
+    line = final_error_line(r.stderr)
+    assert r.returncode == 2 and line.startswith(f"error: s3://rollback-store-gone/{env.model}: bucket "
+                                                 f"'rollback-store-gone' does not exist"), r.stderr[-3000:]
+    assert line.endswith("(the shared store the hosts pull the version from; nothing was changed)"), line
+    assert env.production() == v2 and not env.ledger(("rollback",))
+    # the switch-only rollback below needs neither credentials nor the store
     r = env.cli("sync", "plan", "--version", str(v1), extra_env=none)      # the switch the rollback makes
     assert r.returncode == 0, r.stderr[-3000:]
     r = env.cli("sync", "rollback", "--reason", "v2 is slow", extra_env=none)
@@ -1656,37 +1667,6 @@ def test_a_rollback_that_only_switches_needs_no_store_credentials_one_that_uploa
     assert env.production() == v1
     env.serves(host, v1)
     assert "uploading" not in r.stderr
-
-
-def test_a_rollback_that_would_upload_to_a_store_that_refuses_us_is_refused_before_production_moves(
-        deploy_env, sshd_factory, s3_env):
-    """Found by review (2026-12-07, twenty-second stop; fixed at the twenty-fourth): `sync rollback`
-    to a version no host has, with the shared store refusing us (here its bucket is gone), moved
-    production first; its deploy then refused before the download. Now the rollback refuses in one
-    line before production moves, as for missing credentials; a rollback that only switches (the
-    target kept warm) still goes, the store not asked."""
-    from tests.fixtures.faults import final_error_line
-
-    env = deploy_env
-    host = env.add_host("ssh")
-    bucket = s3_env.make_bucket("rollback-store-gone")
-    _with_store(env, bucket, env.model)
-    v1, v2 = env.release("a"), env.release("b")        # v1 kept warm on the host: the rollback target
-    v3 = env.register("c")                              # never on the host
-    _with_store(env, "rollback-store-gone-now", env.model)     # the store as the hosts file now names it
-    r = env.cli("sync", "rollback", "--to", str(v3), "--reason", "v2 is slow")
-    assert r.returncode == 2, r.stderr[-3000:]
-    line = final_error_line(r.stderr)
-    assert line.startswith(f"error: s3://rollback-store-gone-now/{env.model}: bucket 'rollback-store-gone-now' "
-                           f"does not exist"), r.stderr[-3000:]
-    assert line.endswith("(the shared store the hosts pull the version from; nothing was changed)"), line
-    assert env.production() == v2 and not env.ledger(("rollback",))
-    assert {e.details.get("move") for e in env.ledger(("intent",))} == {"promote"}      # no rollback began
-    env.serves(host, v2)
-    r = env.cli("sync", "rollback", "--reason", "v2 is slow")       # to v1, on the host: a switch
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert env.production() == v1
-    env.serves(host, v1)
 
 
 def test_the_store_keeps_the_rollback_target_read_before_the_switch_as_the_hosts_do(
