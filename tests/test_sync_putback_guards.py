@@ -116,7 +116,7 @@ def _note_kept_because(monkeypatch, line: str = "") -> dict:
 
     seen = {}
 
-    def registry(result, recorder, run, why, step, *, kept_because, canary=None):
+    def registry(result, recorder, run, why, step, *, kept_because, canary=None, not_back=()):
         seen["kept_because"] = kept_because
         return line
 
