@@ -100,8 +100,8 @@ def plan_fleet(model: str, hosts, *, version: int | None = None,
         extra = [s3_host_note(host)] if host.target.scheme == "s3" else []
         if lock is not None:
             line, refused = lock
-            extra.append(f"locked: {line}" + ("; `mlops sync deploy` refuses it at once, or waits for it with "
-                                              "--lock-wait S" if refused else ""))
+            extra.append("locked: " + ("`mlops sync deploy` refuses this at once (or waits for it with "
+                                       "--lock-wait S): " if refused else "") + line)
         if host.store is not None and p.publishes and v not in o.obs.published:
             pulled.setdefault(host.store.url, host.store)
         if host.store is not None and p.publishes:   # a switch or "up to date" pulls nothing

@@ -305,7 +305,8 @@ def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(depl
     lock_file.write_bytes(live.to_json())
     (note,) = _lock_notes(env)
     assert "another deploy holds the lock (ci@another-machine:4242, token 0123456789abcdef" in note, note
-    assert note.endswith("`mlops sync deploy` refuses it at once, or waits for it with --lock-wait S"), note
+    assert note.startswith("locked: `mlops sync deploy` refuses this at once (or waits for it with --lock-wait S): "
+                           "file://"), note
     r = env.cli("sync", "deploy")
     assert r.returncode == 2 and "another deploy holds the lock" in r.stderr
     assert "--break-lock 0123456789abcdef" in r.stderr
