@@ -204,7 +204,7 @@ def _write_failure(error: BaseException) -> str:
 
 def registry_after_failure(result: FleetResult, recorder, run: HostRun, why: str,
                            step: str, *, kept_because: str | None, canary: str | None = None,
-                           not_back: list[str] = ()) -> str:
+                           not_back: list[str] | tuple[str, ...] = ()) -> str:
     """Production after a failed deploy (moved back, left, or not involved), recorded; the note
     that says so. ``not_back``: the hosts that could not be put back (the note names them rather
     than say every host serves what production names again)."""
