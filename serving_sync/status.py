@@ -86,6 +86,7 @@ class HostStatus:
     published: list[int] = field(default_factory=list)
     verified: list[int] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
+    lock: str | None = None        # a deploy's host lock on it (one under way, or one a dead deploy left)
 
     @property
     def in_sync(self) -> bool:
@@ -99,18 +100,23 @@ class HostStatus:
                 "validation": {str(k): v for k, v in sorted(self.validation.items())},
                 "errors": {str(k): v for k, v in sorted(self.errors.items())},
                 "labels": self.labels, "unversioned": self.unversioned, "config": self.config,
-                "published": self.published, "verified": self.verified, "drift": self.drift}
+                "published": self.published, "verified": self.verified, "drift": self.drift, "lock": self.lock}
 
 
 def host_status(host, model: str, production: int | None, *, label: str = STABLE) -> HostStatus:
     """Observe one host (opens and closes its own connection); errors become ``error``."""
     from .connections import connected
+    from .lock import HostLock
     from .observe import observe_host
 
     st = HostStatus(host.name, host.rest_url, host.target.url, False)
     try:
         with connected([host]) as (conn,):
             obs = observe_host(host, conn.transport, conn.client, model, label=label).obs
+            # a drift seen mid-deploy (a validation entry, a label not yet moved) is that deploy's
+            # work under way: the on-call must not "fix" it by hand. Read only, as a deploy judges it
+            held = HostLock(conn.transport).preview()
+            st.lock = held[0] if held is not None else None
     except UserError as exc:
         st.error = exc.message
         st.drift = ["unreachable or unreadable: " + exc.message]

@@ -305,6 +305,11 @@ def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(depl
     lock_file.write_bytes(live.to_json())
     (note,) = _lock_notes(env)
     assert "another deploy holds the lock (ci@another-machine:4242, token 0123456789abcdef" in note, note
+    status = env.cli("sync", "status", "--json")      # `sync status` says it too: a deploy is under way
+    (seen,) = json.loads(status.stdout)["hosts"]
+    assert seen["lock"] and note.endswith(seen["lock"]), (seen, note)
+    (line,) = [x for x in env.cli("sync", "status").stdout.splitlines() if x.startswith("    lock: ")]
+    assert "another deploy holds the lock (ci@another-machine:4242, token 0123456789abcdef" in line, line
     assert note.startswith("locked: `mlops sync deploy` refuses this at once (or waits for it with --lock-wait S): "
                            "file://"), note
     r = env.cli("sync", "deploy")
@@ -322,6 +327,7 @@ def test_a_dead_deploys_lock_is_taken_over_and_a_live_one_only_by_its_token(depl
     r = env.cli("sync", "deploy")                      # its process is dead: no person needed
     assert r.returncode == 0, r.stderr
     assert _lock_notes(env) == []                      # released
+    assert [h["lock"] for h in json.loads(env.cli("sync", "status", "--json").stdout)["hosts"]] == [None]
     assert "took over the deploy lock fedcba9876543210" in r.stderr
     assert env.ledger(("lock_takeover",))[-1].details["previous_token"] == gone.token
     env.serves(host, v1)

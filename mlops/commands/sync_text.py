@@ -149,6 +149,8 @@ def status(fs) -> None:
         _say(f"  {s.name}: stable -> {f'v{label}' if label is not None else 'nothing'}, unversioned -> "
               f"{f'v{s.unversioned}' if s.unversioned is not None else 'nothing'} ({states}): "
               + ("in sync" if s.in_sync else "DRIFT: " + "; ".join(s.drift)))
+        if s.lock is not None:
+            _say(f"    lock: {s.lock}")
 
 
 def smoke(reports) -> None:
