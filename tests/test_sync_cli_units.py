@@ -361,7 +361,7 @@ def test_deploy_and_status_text_show_drift_and_leave_out_up_to_date_notes(capsys
     up_to_date = NS(host="h2", current=3, up_to_date=True, steps=[], retention=[1], notes=[])
     sync_text._host_plan(up_to_date, {})              # an up-to-date host runs no retention
     hosts = [NS(name="h1", reachable=True, versions={3: "AVAILABLE"}, labels={"stable": 3}, unversioned=3,
-                in_sync=False, drift=["serves v3, production is v4"]),
+                in_sync=False, drift=["serves v3, production is v4"], lock="another deploy holds the lock (...)"),
              NS(name="h2", reachable=False, error="connection refused"),
              NS(name="h3", reachable=False, error="h3: the host key changed")]
     sync_text.status(NS(model="m", production=4, hosts=hosts))
@@ -370,6 +370,7 @@ def test_deploy_and_status_text_show_drift_and_leave_out_up_to_date_notes(capsys
         "  h2 (serves v3): up to date, nothing to do",
         "'m': production is v4",
         "  h1: stable -> v3, unversioned -> v3 (v3 AVAILABLE): DRIFT: serves v3, production is v4",
+        "    lock: another deploy holds the lock (...)",      # the drift is a deploy's work under way
         "  h2: CANNOT OBSERVE: connection refused",      # any failure, not only the network's
         "  h3: CANNOT OBSERVE: the host key changed"]
 
