@@ -162,6 +162,10 @@ def takeover_reason(held: LockInfo | None, token: str, *, named: str | None, now
     return f"stale: {reason}" if reason else None
 
 
+def _owner(held: LockInfo | None) -> str:
+    return held.owner if held is not None else "nobody (unreadable file)"
+
+
 def _duration(s: float) -> str:
     return f"{s / 60:.0f} min" if s >= 120 else f"{s:.0f}s"
 
@@ -335,19 +339,14 @@ class HostLock:
                     _record_takeover(self.model, where, *took, info)
                 return info
             self.info, self._created = None, b""
-            got = self._read_settled()
-            if got is None:
+            judged = self._judge()
+            if judged is None:
                 continue
-            raw, held = got
-            if held is not None:
-                held = self._last_beat(held)
-            token = held.token if held is not None else corrupt_token(raw)
-            why = takeover_reason(held, token, named=self.break_lock, now=self.clock(),
-                                  hostname=self.hostname, ttl=self.ttl, pidns=self.pidns, empty=not raw)
+            raw, held, token, why = judged
             if why is None:
                 raise LockHeld(self._held_message(where, held, token))
             if self.transport.remove_if_same(LOCK_PATH, raw):
-                owner = held.owner if held is not None else "nobody (unreadable file)"
+                owner = _owner(held)
                 logger.warning("%s: took over the deploy lock %s held by %s (%s)", where, token, owner, why)
                 took = (held, token, why)
                 if held is not None:
@@ -361,6 +360,18 @@ class HostLock:
         """What a deploy would meet at this host's lock, read only (``sync plan``): None when the
         lock is free; else (the line ``acquire`` would refuse with, True), or (that it would take
         the lock over and why: a dead or silent owner, False), as ``acquire`` judges it."""
+        judged = self._judge()
+        if judged is None:
+            return None
+        _, held, token, why = judged
+        if why is None:
+            return self._held_message(self.transport.url, held, token), True
+        return f"the deploy takes over the lock {token} held by {_owner(held)} ({why})", False
+
+    def _judge(self) -> tuple[bytes, LockInfo | None, str, str | None] | None:
+        """The lock on the host as ``acquire`` and ``preview`` judge it: None when there is none;
+        else its bytes, its owner (None: unreadable), its token and why it may be taken over now
+        (None: leave it)."""
         got = self._read_settled()
         if got is None:
             return None
@@ -370,10 +381,7 @@ class HostLock:
         token = held.token if held is not None else corrupt_token(raw)
         why = takeover_reason(held, token, named=self.break_lock, now=self.clock(), hostname=self.hostname,
                               ttl=self.ttl, pidns=self.pidns, empty=not raw)
-        if why is None:
-            return self._held_message(self.transport.url, held, token), True
-        owner = held.owner if held is not None else "nobody (unreadable file)"
-        return f"the deploy takes over the lock {token} held by {owner} ({why})", False
+        return raw, held, token, why
 
     def _held_message(self, where: str, held: LockInfo | None, token: str) -> str:
         if held is None:
