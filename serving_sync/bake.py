@@ -303,7 +303,7 @@ def _expected(w: Window, canary: Window) -> float:
 
 
 def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
-                   limits: Limits) -> tuple[str | None, dict]:
+                   limits: Limits, old_hosts: int | None = None) -> tuple[str | None, dict]:
     """(breach reason, measurements) of the "traffic fell" rule. TF Serving counts a request when
     it finishes, so a canary that hangs or crawls on live traffic completes few: it breaches when
     its requests are below ``min_traffic_ratio`` times every baseline's in the same time — its own
@@ -332,22 +332,36 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         raw = f" ({', '.join(notes)})" if notes else ""
         parts.append(f"{_count(compared['before'], least)} before its switch{raw}")
     if "others" in compared:
-        parts.append(f"{_count(compared['others'], least)} per host on the {others.hosts} other hosts"
-                     if others.hosts > 1 else f"{_count(compared['others'], least)} on the other host")
+        parts.append(f"{_count(compared['others'], least)} {_on_others(others, old_hosts)}")
     took = f"in {_seconds(canary.seconds)}" if canary.seconds else "in the bake"
     return (f"answered {_requests(canary.requests)} {took} vs "
             f"{' and '.join(parts)}; traffic fell below {100 * ratio:g}%"), info
 
 
-def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits) -> Verdict:
-    """Did the canary's live traffic get worse than before its switch / than the old hosts?"""
+def _on_others(others: Window, old_hosts: int | None) -> str:
+    """Where the old version's per-host figure comes from: "on the other host", "per host on the 3
+    other hosts", or, when only some of the hosts still on the old version were compared (a sample
+    of a larger fleet, a host left out), "per host on 16 of the 999 other hosts"."""
+    if old_hosts is not None and old_hosts > others.hosts:
+        return f"per host on {others.hosts} of the {old_hosts} other hosts"
+    return f"per host on the {others.hosts} other hosts" if others.hosts > 1 else "on the other host"
+
+
+def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits, *,
+          old_hosts: int | None = None) -> Verdict:
+    """Did the canary's live traffic get worse than before its switch / than the old hosts?
+    ``old_hosts``: how many hosts are still on the old version, when ``others`` merges a sample of
+    them (``canary.baseline_sample``); the measurements and the line say so."""
     # "on the other host" when the old version's window is one host's (a fleet of two)
     where = "on the other hosts" if others is not None and others.hosts > 1 else "on the other host"
+    if others is not None and old_hosts is not None and old_hosts > others.hosts:
+        where = f"on {others.hosts} of the {old_hosts} other hosts"      # a sample, or one left out
     named = [(name, w) for name, w in (("before", before), (where, others)) if w is not None]
     baselines = {name: w for name, w in named if w.requests >= limits.min_requests and not w.restarted}
     measurements = {"canary": canary.to_dict(),
                     "before": before.to_dict() if before is not None else None,
                     "others": others.to_dict() if others is not None else None,
+                    "old_hosts": old_hosts,
                     "limits": {"max_error_rate": limits.max_error_rate,
                                "max_latency_ratio": limits.max_latency_ratio,
                                "min_requests": limits.min_requests, "on_low_traffic": limits.on_low_traffic,
@@ -355,7 +369,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     if canary.restarted:
         why = "TF Serving restarted during the bake (its counters went down)"
         return Verdict(host, "breached", f"canary {host}: {why}: rolled back", (why,), measurements)
-    fell, measurements["traffic"] = _judge_traffic(canary, before, others, limits)
+    fell, measurements["traffic"] = _judge_traffic(canary, before, others, limits, old_hosts)
     if fell and canary.requests < limits.min_requests:      # a hung canary, not a quiet fleet
         return Verdict(host, "breached", f"canary {host}: {fell}: rolled back", (fell,), measurements)
     reasons = []

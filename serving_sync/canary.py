@@ -1,19 +1,20 @@
 """The bake: read the hosts' TF Serving metrics around a switch and judge each switched host.
 
-Timeline (``Baker``): ``start`` scrapes every changing host before anything changes (a host to be
-judged — the canary; with ``--bake-each-wave`` every wave but the last — whose metrics cannot be
-read is refused here, before any host is touched); each judged host is read again just before
+Timeline (``Baker``): ``start`` scrapes the changing hosts before anything changes — every host to
+be judged (the canary; with ``--bake-each-wave`` every wave but the last), whose metrics cannot be
+read is refused here, before any host is touched, and at most ``BASELINE_HOSTS`` of the others
+(``baseline_sample``), the comparison; each judged host is read again just before
 its first prepare step and just after its last (``HostRun.own_marks``), and that stretch — the
 deploy's own work there: the validation copy's load, warmup and smoke test, a smoke test through
 the main entry (``smoke_main``) that TF Serving counts under the model's name — is left out of
 its "before" window (``metrics_windows.window_outside``: its traffic, error and latency baselines
 are live traffic only); ``before_switch`` waits until that window holds at least ``bake`` seconds
 of live traffic (equal to the bake or longer; reading them every ``RESTART_CHECK_EVERY`` seconds
-meanwhile: a restart then leaves that window out) and scrapes the hosts about to switch; ``judge`` scrapes the
-switched hosts and the hosts still on the old version, waits ``bake`` seconds (reading both
-every ``RESTART_CHECK_EVERY`` seconds meanwhile: a restart is seen while its counters are below
-their old values), scrapes again and returns one ``bake.Verdict`` per switched host. The
-numbers are ``bake.judge``'s.
+meanwhile: a restart then leaves that window out) and scrapes the hosts about to switch;
+``judge`` scrapes the switched hosts and (at most ``BASELINE_HOSTS`` of) the hosts still on the
+old version, waits ``bake`` seconds (reading both every ``RESTART_CHECK_EVERY`` seconds meanwhile:
+a restart is seen while its counters are below their old values), scrapes again and returns one
+``bake.Verdict`` per switched host. The numbers are ``bake.judge``'s.
 """
 from __future__ import annotations
 
@@ -51,6 +52,23 @@ def metrics_timeout(bake: float, deploy_timeout: float) -> float:
     bounds every wait of a deploy). A fixed 5 s refused a busy host's page that takes longer,
     whatever the bake's length."""
     return min(deploy_timeout, max(METRICS_TIMEOUT_MIN, min(METRICS_TIMEOUT_MAX, bake / 4)))
+
+
+# At most this many hosts still on the old version are read as the bake's comparison (``baseline_sample``):
+# all of them in a fleet of up to 17, a spread sample beyond. Reading every old host every
+# RESTART_CHECK_EVERY seconds cost a 1,000-host fleet ~14,000 page reads in a 60 s bake from the
+# deploying machine, for a baseline 16 hosts already pin down (their summed traffic is what the rules
+# compare); 16 is also what is read at once, so their windows line up.
+BASELINE_HOSTS = 16
+
+
+def baseline_sample(names, at_most: int = BASELINE_HOSTS) -> tuple[str, ...]:
+    """At most ``at_most`` of ``names`` (hosts-file order), spread evenly over it: hosts files are
+    often grouped by rack or zone, and the first 16 would all be one of them."""
+    names = list(names)
+    if len(names) <= at_most:
+        return tuple(names)
+    return tuple(names[i * len(names) // at_most] for i in range(at_most))
 
 
 # Seconds between reads of the judged hosts' pages during their bake: a TF Serving restart there
@@ -97,6 +115,8 @@ class Baker:
         # (``HostRun.own_marks``): left out of its window before the switch
         self.own: dict[str, list] = {}
         self.canary = set(canary)
+        # the hosts never judged that are read as the comparison (``baseline_sample``)
+        self.baseline = set(baseline_sample([n for n in self.runs if n not in self.canary]))
         self.opts = opts
         self.timeout = metrics_timeout(opts.bake, opts.timeout) if timeout is None else timeout
         self.s0: dict[str, metrics_windows.Snapshot] = {}
@@ -144,7 +164,7 @@ class Baker:
                 self.s0[n] = self._scrape(n)
             except UserError as exc:
                 raise UserError(unreadable_canary(exc.message, self.opts.bake_each_wave)) from None
-        self.s0.update(self._scrape_some([n for n in self.runs if n not in self.canary]))
+        self.s0.update(self._scrape_some([n for n in self.runs if n in self.baseline]))
         for n in self.canary:      # two more reads of a judged host, around its prepare phase
             self.runs[n].read_metrics = functools.partial(self._read_around_own, n)
 
@@ -212,7 +232,10 @@ class Baker:
 
     def judge(self, wave, old) -> list[bake.Verdict]:
         judged = [r.host.name for r in wave]      # every one read before its switch (``canary``)
-        old_names = [r.host.name for r in old]
+        # the comparison: a spread sample of the hosts still on the old version (later judged waves'
+        # hosts, with --bake-each-wave, and the sample of the never-judged ones that start read)
+        old_names = list(baseline_sample([r.host.name for r in old
+                                          if r.host.name in self.canary or r.host.name in self.baseline]))
         s2 = self._scrape_some(judged + old_names, required=judged)
         logger.info("bake: judging %s on live traffic for %gs", ", ".join(judged), self.opts.bake)
         # the old hosts too: one that restarts and climbs past its old counts by the bake's end is
@@ -240,7 +263,7 @@ class Baker:
             before = self._before(n) if n in self.s0 else None
             # a restart from the read before its switch on is the canary's too (a crash at its switch)
             mine = metrics_windows.window_through([*seen[n], s3[n]], before=self.s1.get(n))
-            verdicts.append(bake.judge(n, mine, before, merged, self.opts.limits))
+            verdicts.append(bake.judge(n, mine, before, merged, self.opts.limits, old_hosts=len(old)))
         return verdicts
 
     def _read_during_bake(self, judged: list[str], seen: dict[str, list], during: str = "during the bake") -> None:

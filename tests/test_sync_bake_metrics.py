@@ -1007,6 +1007,53 @@ def test_a_wave_nothing_judges_is_switched_without_reading_its_pages(monkeypatch
     assert read == [] and warned == [], (read, warned)
 
 
+def test_the_baseline_is_a_spread_sample_of_at_most_sixteen_hosts():
+    names = [f"web-{i:03d}" for i in range(1, 1000)]
+    sample = canary.baseline_sample(names)
+    assert len(sample) == canary.BASELINE_HOSTS == 16 and len(set(sample)) == 16
+    assert list(sample) == sorted(sample, key=names.index)          # hosts-file order kept
+    assert sample[0] == "web-001" and int(sample[-1][4:]) > 900      # from the first rack to the last
+    assert canary.baseline_sample(names[:16]) == tuple(names[:16])   # a small fleet: every old host
+    assert canary.baseline_sample(names[:3]) == tuple(names[:3]) and canary.baseline_sample([]) == ()
+
+
+def test_a_large_fleets_bake_reads_a_sample_of_the_old_hosts_and_says_so(monkeypatch):
+    """Found by review (2026-12-08, twenty-fifth stop): the bake read the page of every host still
+    on the old version at its start, every 5 s of the bake and at its end: ~14,000 reads in a 60 s
+    bake for a fleet of 1,000, 16 at a time from the deploying machine, for a comparison 16 hosts
+    already pin down. A fleet of 40 now reads the canary and 16 old hosts spread over the hosts file;
+    the verdict (a canary failing 10% against 0% on the old version) is the same, and the line and
+    the measurements say the baseline is 16 of the 39 other hosts."""
+    names = [f"web-{i:02d}" for i in range(1, 41)]
+    runs = [SimpleNamespace(host=SimpleNamespace(name=n, metrics=f"http://{n}/m"), own_marks=[]) for n in names]
+    opts = SimpleNamespace(bake=0.3, timeout=120.0, bake_each_wave=False, limits=LIMITS)
+    baker = canary.Baker("m", runs, ("web-01",), opts)
+    monkeypatch.setattr(canary, "RESTART_CHECK_EVERY", 0.1, raising=False)
+    switched = threading.Event()
+    read: dict[str, int] = {}
+    canary_reads: list[int] = []
+
+    def scrape(name):
+        read[name] = read.get(name, 0) + 1
+        if name != "web-01":                     # the old version: 100 clean requests per read
+            return _snap([1000] * 100 * read[name])
+        if switched.is_set():                    # 100 clean before its switch, then 100 with 10 failed
+            canary_reads.append(1)
+        return _snap([1000] * 100) if len(canary_reads) <= 1 else _snap([1000] * 190, errors=10)
+
+    monkeypatch.setattr(baker, "_scrape", scrape)
+    baker.start()
+    baker.before_switch([runs[0]])
+    switched.set()
+    verdict, = baker.judge([runs[0]], runs[1:])
+    old_read = sorted(n for n in read if n != "web-01")
+    assert len(old_read) == 16 and old_read[0] == "web-02" and old_read[-1] >= "web-38", old_read
+    assert all(read[n] >= 3 for n in old_read), read          # at the start, during and at the end
+    m = verdict.measurements
+    assert m["others"]["hosts"] == 16 and m["old_hosts"] == 39, m
+    assert verdict.outcome == "breached" and "on 16 of the 39 other hosts" in verdict.line, verdict.line
+
+
 # --- a model name with a newline: one request must not make the page unreadable ------------------
 FORGED = ('x\n:tensorflow:serving:request_count{model_name="m",status="OK"} 1000000\n'
           '# TYPE :tensorflow:serving:request_count gauge\n:tensorflow:serving:request_count{model_name=')
