@@ -15,6 +15,7 @@ sees what TF Serving's would.
 from __future__ import annotations
 
 import email.parser
+import email.utils
 import errno
 import io
 import logging
@@ -142,8 +143,10 @@ class _Handler(BaseHTTPRequestHandler):
         # request that asked for keep-alive (and is kept) is told so: a client such as `ab -k`
         # otherwise waits for the server to close the connection
         http10 = getattr(self, "request_version", "") == "HTTP/1.0"
-        lines = [f"HTTP/{'1.0' if http10 else '1.1'} {status} {reason}", f"Content-Type: {content_type}",
-                 f"Content-Length: {len(body)}"]
+        lines = [f"HTTP/{'1.0' if http10 else '1.1'} {status} {reason}", f"Content-Type: {content_type}"]
+        if not http10:      # evhttp_maybe_add_date_header: HTTP/1.1 answers carry the date (RFC 1123)
+            lines.append(f"Date: {email.utils.formatdate(usegmt=True)}")
+        lines.append(f"Content-Length: {len(body)}")
         if self.close_connection:
             lines.append("Connection: close")
         elif http10:

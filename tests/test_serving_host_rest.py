@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import os
+import re
 
 import pytest
 import requests
@@ -408,6 +409,31 @@ def test_an_http_1_0_keep_alive_request_is_answered_as_libevent_answers_it(serve
         assert head.split(b"\r\n")[0] == b"HTTP/1.0 404 Not Found", head
         assert b"keep-alive" not in head.lower()
         assert sock.recv(1) == b""      # closed after the answer, as HTTP/1.0 without keep-alive
+
+
+def test_http_1_1_answers_carry_the_date_as_libevent_adds_it(server):
+    """libevent's evhttp_make_header_response adds ``Date`` (RFC 1123, GMT) to every HTTP/1.1
+    answer, between the handler's Content-Type and its own Content-Length; not to HTTP/1.0 ones.
+    The local server sent none (a known limit until the twenty-fifth stop): a client or proxy that
+    reads the server's clock from it (caching, clock-skew checks) got nothing."""
+    import email.utils
+    import socket
+    import time
+
+    for method, path in (("POST", f"/v1/models/{M2}:predict"), ("GET", "/v1/models/nope")):
+        before = time.time()
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+            body = b'{"instances": [1.0]}' if method == "POST" else b""
+            head, _ = _http10(sock, f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        names = [line.split(b":", 1)[0] for line in head.split(b"\r\n")[1:]]
+        assert names[:3] == [b"Content-Type", b"Date", b"Content-Length"], head
+        date = next(line for line in head.split(b"\r\n") if line.startswith(b"Date: "))[6:].decode()
+        assert re.fullmatch(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT", date), date
+        assert before - 2 <= email.utils.parsedate_to_datetime(date).timestamp() <= time.time() + 1, date
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        head, _ = _http10(sock, b"GET /v1/models/nope HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 404") and b"\r\nDate:" not in head, head
 
 
 def test_a_gzip_body_is_uncompressed_like_tf_serving(server):
