@@ -308,14 +308,35 @@ def _group_is_ours(pgid: int, mark: str) -> bool:
     if not mark:
         return True
     want = f"{SERVICE_MARK}={mark}".encode()
-    for entry in group_members(pgid):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if want in f.read().split(b"\0"):
-                    return True
-        except OSError:
-            continue        # gone meanwhile, or not ours to read
-    return False
+    # A member caught inside execve reads as an empty environment (the kernel sets the new one up
+    # after switching the process to its new memory): a server's first process that forks a worker
+    # and dies at once left that worker running when the read fell there. Such a read is asked
+    # again, for at most EXEC_SETTLE_S.
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while True:
+        unsure = False
+        for entry in group_members(pgid):
+            env = _environ(entry)
+            if env is None:
+                continue        # gone meanwhile, or not ours to read
+            if want in env.split(b"\0"):
+                return True
+            unsure = unsure or not env
+        if not unsure or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+EXEC_SETTLE_S = 1.0
+
+
+def _environ(pid: str) -> bytes | None:
+    """``/proc/<pid>/environ`` (None: gone, or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _group_lives(rec: Service) -> bool:

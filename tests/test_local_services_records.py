@@ -167,6 +167,39 @@ def test_a_start_whose_first_process_dies_leaves_no_worker_behind(tmp_path):
     assert left == [] and not (tmp_path / "state" / "svc.json").exists()
 
 
+def test_a_worker_caught_inside_execve_is_still_known_as_ours(monkeypatch):
+    """Found by a targeted run (2026-12-08, twenty-fifth stop; the test above failed once under
+    load): a member of the group read while inside execve has an empty environment (the kernel
+    sets the new one up after switching the process to its new memory), so the group was judged
+    not ours and the worker of a first process that died at once was left running. An empty read
+    is asked again (for at most ``EXEC_SETTLE_S``); another program's environment is not."""
+    mark = "m-1234"
+    reads: list[str] = []
+
+    def environ(pid: str) -> bytes:
+        reads.append(pid)
+        if pid == "12" and reads.count("12") == 1:
+            return b""                                        # mid-execve
+        return {"11": b"HOME=/x\0PATH=/bin", "12": f"A=1\0{detached_service.SERVICE_MARK}={mark}".encode()}[pid]
+
+    monkeypatch.setattr(detached_service, "group_members", lambda pgid: iter(["11", "12"]))
+    monkeypatch.setattr(detached_service, "_environ", environ)
+    assert detached_service._group_is_ours(4242, mark)
+    assert reads.count("12") == 2
+    # a group whose members all carry another environment: not ours, at once
+    reads.clear()
+    monkeypatch.setattr(detached_service, "group_members", lambda pgid: iter(["11"]))
+    start = time.monotonic()
+    assert not detached_service._group_is_ours(4242, mark) and reads == ["11"]
+    assert time.monotonic() - start < 0.5
+    # one that stays empty (a zombie) is given up after EXEC_SETTLE_S
+    monkeypatch.setattr(detached_service, "EXEC_SETTLE_S", 0.2)
+    monkeypatch.setattr(detached_service, "_environ", lambda pid: b"")
+    start = time.monotonic()
+    assert not detached_service._group_is_ours(4242, mark)
+    assert 0.15 <= time.monotonic() - start < 2.0
+
+
 def test_a_state_path_too_long_is_one_line_for_up_and_down(tmp_path):
     """A 300-character folder name in MLOPS_HOME: `mlops up` and `mlops down` ended in an
     `OSError: File name too long` traceback."""
