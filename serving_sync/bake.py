@@ -332,19 +332,24 @@ def _judge_traffic(canary: Window, before: Window | None, others: Window | None,
         raw = f" ({', '.join(notes)})" if notes else ""
         parts.append(f"{_count(compared['before'], least)} before its switch{raw}")
     if "others" in compared:
-        parts.append(f"{_count(compared['others'], least)} {_on_others(others, old_hosts)}")
+        parts.append(f"{_count(compared['others'], least)} {_on_others(others, old_hosts, per_host=True)}")
     took = f"in {_seconds(canary.seconds)}" if canary.seconds else "in the bake"
     return (f"answered {_requests(canary.requests)} {took} vs "
             f"{' and '.join(parts)}; traffic fell below {100 * ratio:g}%"), info
 
 
-def _on_others(others: Window, old_hosts: int | None) -> str:
-    """Where the old version's per-host figure comes from: "on the other host", "per host on the 3
+def _on_others(others: Window, old_hosts: int | None, *, per_host: bool = False) -> str:
+    """Where the old version's figures come from: "on the other host" (a fleet of two), "on the
     other hosts", or, when only some of the hosts still on the old version were compared (a sample
-    of a larger fleet, a host left out), "per host on 16 of the 999 other hosts"."""
+    of a larger fleet, a host left out), "on 16 of the 999 other hosts"; ``per_host``: a per-host
+    count's, "per host on the 3 other hosts"."""
     if old_hosts is not None and old_hosts > others.hosts:
-        return f"per host on {others.hosts} of the {old_hosts} other hosts"
-    return f"per host on the {others.hosts} other hosts" if others.hosts > 1 else "on the other host"
+        where = f"on {others.hosts} of the {old_hosts} other hosts"
+    elif others.hosts > 1:
+        where = f"on the {others.hosts} other hosts" if per_host else "on the other hosts"
+    else:
+        return "on the other host"
+    return f"per host {where}" if per_host else where
 
 
 def judge(host: str, canary: Window, before: Window | None, others: Window | None, limits: Limits, *,
@@ -352,10 +357,7 @@ def judge(host: str, canary: Window, before: Window | None, others: Window | Non
     """Did the canary's live traffic get worse than before its switch / than the old hosts?
     ``old_hosts``: how many hosts are still on the old version, when ``others`` merges a sample of
     them (``canary.baseline_sample``); the measurements and the line say so."""
-    # "on the other host" when the old version's window is one host's (a fleet of two)
-    where = "on the other hosts" if others is not None and others.hosts > 1 else "on the other host"
-    if others is not None and old_hosts is not None and old_hosts > others.hosts:
-        where = f"on {others.hosts} of the {old_hosts} other hosts"      # a sample, or one left out
+    where = _on_others(others, old_hosts) if others is not None else ""
     named = [(name, w) for name, w in (("before", before), (where, others)) if w is not None]
     baselines = {name: w for name, w in named if w.requests >= limits.min_requests and not w.restarted}
     measurements = {"canary": canary.to_dict(),
