@@ -299,6 +299,10 @@ SERVICE_STATE = "MLOPS_SERVICE_STATE"
 SERVICE_NAME = "MLOPS_SERVICE_NAME"
 
 
+# how long a group member that reads as an empty environment (inside execve) is read again
+EXEC_SETTLE_S = 1.0
+
+
 def _group_is_ours(pgid: int, mark: str) -> bool:
     """A process of group ``pgid`` has ``SERVICE_MARK=mark`` in its environment (inherited from
     ``spawn``). The group's number is the recorded pid: once that process died, the number may be
@@ -325,9 +329,6 @@ def _group_is_ours(pgid: int, mark: str) -> bool:
         if not unsure or time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
-
-
-EXEC_SETTLE_S = 1.0
 
 
 def _environ(pid: str) -> bytes | None:
